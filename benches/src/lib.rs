@@ -1,0 +1,1 @@
+//! Benchmarks live in `benches/` (criterion) and in the comparison scripts beside them.

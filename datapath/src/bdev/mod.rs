@@ -1,0 +1,148 @@
+//! Block devices: one interface for every layer of a volume's stack.
+//!
+//! Model (SPDK's bdev + io_channel): a [`BlockDevice`] is shared by every reactor
+//! (`Send + Sync`, no locks on the I/O path); each reactor opens its own [`Channel`] to it, which
+//! owns that reactor's per-device state (for a file: its fixed-file slot in that reactor's ring).
+//! Front ends call the channel; layers (mirror, CDP, error injection) implement the same two
+//! traits and wrap an inner device, so inserting one never touches a front end.
+//!
+//! An operation either finishes at once ([`Start::Done`], [`ReadStart::Ready`]) or is
+//! `Pending` and finishes later as a completion carrying its [`IoTag`].
+//!
+//! Invariants every implementation keeps:
+//! - Requests are range-checked by the caller against [`DeviceInfo::size`]; a device still
+//!   refuses an out-of-range request with `EINVAL` and never touches memory outside itself.
+//! - A write is acknowledged only once it is in the device; with `fua` only once it is
+//!   durable; a `flush` covers every write acknowledged before it was issued, on any channel.
+
+pub mod errinj;
+pub mod file;
+pub mod malloc;
+
+use crate::uring::{Errno, IoCx, IoTag};
+use thiserror::Error;
+
+/// Static facts about a device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Smallest write granularity and alignment in bytes (reads of any alignment are served).
+    pub block_size: u32,
+    /// Alignment writes must keep, in bytes (1: any); advertised to initiators.
+    pub min_io: u32,
+    /// Short name of the layer stack, top first (e.g. "errinj>uring").
+    pub kind: String,
+}
+
+/// How an operation started.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Finished already.
+    Done(Result<(), Errno>),
+    /// Will finish as a completion with the caller's tag.
+    Pending,
+}
+
+/// How a read started.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadStart<'a> {
+    /// The data, valid until the channel is used again.
+    Ready(&'a [u8]),
+    /// Failed at once.
+    Failed(Errno),
+    /// Will finish as a completion with the caller's tag.
+    Pending,
+}
+
+/// A device shared by all reactors.
+pub trait BlockDevice: Send + Sync {
+    /// Static facts.
+    fn info(&self) -> DeviceInfo;
+    /// Open this reactor's channel (called on the reactor's own thread).
+    fn open_channel(&self, io: &mut IoCx) -> Result<Box<dyn Channel>, BdevError>;
+}
+
+/// One reactor's handle on a device.
+pub trait Channel {
+    /// Read `len` bytes at `offset`.
+    fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_>;
+    /// Write `data` at `offset`; `fua`: durable before it completes.
+    fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start;
+    /// Make every completed write durable.
+    fn flush(&mut self, io: &mut IoCx, tag: IoTag) -> Start;
+    /// Zero `len` bytes at `offset`.
+    fn write_zeroes(
+        &mut self,
+        io: &mut IoCx,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Start;
+    /// Deallocate `len` bytes at `offset` (reads afterwards return zeroes).
+    fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start;
+}
+
+/// Errors setting a device up.
+#[derive(Debug, Error)]
+pub enum BdevError {
+    /// Opening or sizing the backing file failed.
+    #[error("cannot open {path}")]
+    Open {
+        /// The path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backing store is smaller than the configured size.
+    #[error("{path} holds {have} bytes, the volume needs {want}")]
+    TooSmall {
+        /// The path.
+        path: String,
+        /// Bytes available.
+        have: u64,
+        /// Bytes configured.
+        want: u64,
+    },
+    /// A size that is zero or not a multiple of the block size.
+    #[error("size {size} is not a non-zero multiple of the block size {block}")]
+    BadSize {
+        /// Configured size.
+        size: u64,
+        /// Block size.
+        block: u32,
+    },
+    /// RAM for a malloc device could not be mapped.
+    #[error("cannot map {size} bytes of memory")]
+    Map {
+        /// Requested bytes.
+        size: u64,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Registering the file with a reactor's ring failed.
+    #[error("cannot register the device with the reactor's ring")]
+    Register(#[source] std::io::Error),
+}
+
+/// True when `[offset, offset + len)` lies inside a device of `size` bytes.
+pub fn in_range(offset: u64, len: u64, size: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_range;
+
+    #[test]
+    fn range_checks_catch_overflow_and_the_end() {
+        assert!(in_range(0, 4096, 4096));
+        assert!(in_range(4096, 0, 4096));
+        assert!(!in_range(1, 4096, 4096));
+        assert!(!in_range(u64::MAX, 2, u64::MAX));
+        assert!(!in_range(4097, 0, 4096));
+    }
+}

@@ -1,0 +1,407 @@
+//! Typed configuration: one [`Config`] shared by the TOML file, the command line and the
+//! control socket, checked by [`Config::validate`] before anything starts.
+//!
+//! The default (no file) is the README's quick start: one reactor on core 0 in `adaptive` mode,
+//! a 1 GiB RAM volume `vol0` exported over NBD on 127.0.0.1:10809.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// The whole daemon configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Reactors.
+    #[serde(default)]
+    pub reactor: ReactorConfig,
+    /// NBD front end.
+    #[serde(default)]
+    pub nbd: NbdConfig,
+    /// Control socket.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// Volumes.
+    #[serde(default, rename = "volume")]
+    pub volumes: Vec<VolumeConfig>,
+}
+
+/// Reactor placement and waiting.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactorConfig {
+    /// One reactor per entry, pinned to that core.
+    #[serde(default = "default_cores")]
+    pub cores: Vec<usize>,
+    /// `poll`, `adaptive` or `interrupt`.
+    #[serde(default)]
+    pub wait: Wait,
+    /// For `adaptive`: microseconds to spin after the last work before blocking.
+    #[serde(default = "default_spin_us")]
+    pub spin_us: u64,
+    /// Pin reactor threads to their cores.
+    #[serde(default = "yes")]
+    pub pin: bool,
+}
+
+/// Wait policy names.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Wait {
+    /// Busy-poll.
+    Poll,
+    /// Spin, then block.
+    #[default]
+    Adaptive,
+    /// Block when idle.
+    Interrupt,
+}
+
+/// NBD listeners and exports.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NbdConfig {
+    /// Addresses to listen on (empty: NBD off).
+    #[serde(default = "default_nbd_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Exports; when empty, every volume is exported under its own name.
+    #[serde(default, rename = "export")]
+    pub exports: Vec<ExportConfig>,
+}
+
+/// One NBD export.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Name clients ask for.
+    pub name: String,
+    /// Volume it serves.
+    pub volume: String,
+    /// Refuse writes.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The control socket.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Unix socket path (empty: no control socket).
+    #[serde(default = "default_control_socket")]
+    pub socket: PathBuf,
+}
+
+/// Where a volume's data lives.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// RAM.
+    Malloc,
+    /// A file or block device through io_uring with O_DIRECT.
+    Uring,
+}
+
+/// One volume.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeConfig {
+    /// Name.
+    pub name: String,
+    /// Backend.
+    pub backend: Backend,
+    /// Size: bytes, or a string with a unit ("1GiB", "512M").
+    pub size: Size,
+    /// Block size in bytes (512 or 4096).
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    /// For `uring`: the file or block device.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// For `uring`: create the file (or extend it) to `size`.
+    #[serde(default = "yes")]
+    pub create: bool,
+    /// Insert an error-injecting layer failing I/O over this byte range (tests, drills).
+    #[serde(default)]
+    pub fail_range: Option<[u64; 2]>,
+}
+
+/// A byte count written as a number or with a unit.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(into = "u64")]
+pub struct Size(pub u64);
+
+impl From<Size> for u64 {
+    fn from(s: Size) -> u64 {
+        s.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parse "4096", "64K", "512MiB", "1G", "2TiB" (binary units) into bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        u => return Err(format!("unknown size unit {u:?} in {s:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} overflows"))
+}
+
+fn default_cores() -> Vec<usize> {
+    vec![0]
+}
+fn default_spin_us() -> u64 {
+    50
+}
+fn yes() -> bool {
+    true
+}
+fn default_block_size() -> u32 {
+    512
+}
+fn default_nbd_listen() -> Vec<SocketAddr> {
+    vec!["127.0.0.1:10809".parse().expect("literal address")]
+}
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/tmp/twinblk.sock")
+}
+
+impl Default for ReactorConfig {
+    fn default() -> Self {
+        Self {
+            cores: default_cores(),
+            wait: Wait::default(),
+            spin_us: default_spin_us(),
+            pin: true,
+        }
+    }
+}
+
+impl Default for NbdConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_nbd_listen(),
+            exports: Vec::new(),
+        }
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: default_control_socket(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            reactor: ReactorConfig::default(),
+            nbd: NbdConfig::default(),
+            control: ControlConfig::default(),
+            volumes: vec![VolumeConfig {
+                name: "vol0".into(),
+                backend: Backend::Malloc,
+                size: Size(1 << 30),
+                block_size: 512,
+                path: None,
+                create: true,
+                fail_range: None,
+            }],
+        }
+    }
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// TOML syntax or a field of the wrong type.
+    #[error("config: {0}")]
+    Parse(String),
+    /// A semantic problem, said plainly.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parse TOML text (unknown fields are errors) and validate it.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Check everything that can be checked before starting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.reactor.cores.is_empty() {
+            return bad("reactor.cores must list at least one core".into());
+        }
+        let ncpu = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let cpus = num_configured_cpus().max(ncpu);
+        for (i, c) in self.reactor.cores.iter().enumerate() {
+            if *c >= cpus {
+                return bad(format!(
+                    "reactor.cores[{i}] = {c}, but this machine has cores 0..{}",
+                    cpus - 1
+                ));
+            }
+            if self.reactor.cores[..i].contains(c) {
+                return bad(format!("core {c} is listed twice in reactor.cores"));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for v in &self.volumes {
+            if v.name.is_empty() || !names.insert(v.name.as_str()) {
+                return bad(format!("volume name {:?} is empty or used twice", v.name));
+            }
+            if !matches!(v.block_size, 512 | 4096) {
+                return bad(format!("volume {}: block_size must be 512 or 4096", v.name));
+            }
+            if v.size.0 == 0 || v.size.0 % v.block_size as u64 != 0 {
+                return bad(format!(
+                    "volume {}: size {} is not a non-zero multiple of {}",
+                    v.name, v.size.0, v.block_size
+                ));
+            }
+            match (&v.backend, &v.path) {
+                (Backend::Uring, None) => {
+                    return bad(format!("volume {}: backend uring needs a path", v.name));
+                }
+                (Backend::Malloc, Some(_)) => {
+                    return bad(format!("volume {}: backend malloc takes no path", v.name));
+                }
+                _ => {}
+            }
+        }
+        let mut exports = std::collections::HashSet::new();
+        for e in &self.nbd.exports {
+            if !names.contains(e.volume.as_str()) {
+                return bad(format!("export {}: no volume named {:?}", e.name, e.volume));
+            }
+            if e.name.len() > 4096 || !exports.insert(e.name.as_str()) {
+                return bad(format!(
+                    "export name {:?} is too long or used twice",
+                    e.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The exports actually served: the configured ones, or every volume under its own name.
+    pub fn effective_exports(&self) -> Vec<ExportConfig> {
+        if !self.nbd.exports.is_empty() {
+            return self.nbd.exports.clone();
+        }
+        self.volumes
+            .iter()
+            .map(|v| ExportConfig {
+                name: v.name.clone(),
+                volume: v.name.clone(),
+                read_only: false,
+                description: String::new(),
+            })
+            .collect()
+    }
+}
+
+fn num_configured_cpus() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    if n > 0 { n as usize } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_exports_vol0() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.effective_exports()[0].name, "vol0");
+        assert_eq!(c.volumes[0].size.0, 1 << 30);
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2 TiB"), Ok(2 << 40));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_toml(
+            r#"
+            [reactor]
+            cores = [0]
+            wait = "poll"
+            [nbd]
+            listen = ["127.0.0.1:20809"]
+            [[nbd.export]]
+            name = "a"
+            volume = "disk"
+            read_only = true
+            [[volume]]
+            name = "disk"
+            backend = "uring"
+            size = "64MiB"
+            path = "/tmp/x.img"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.reactor.wait, Wait::Poll);
+        assert_eq!(c.volumes[0].size.0, 64 << 20);
+        assert!(c.effective_exports()[0].read_only);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e =
+            Config::from_toml("[[volume]]\nname='a'\nbackend='uring'\nsize=4096\n").unwrap_err();
+        assert!(e.to_string().contains("needs a path"), "{e}");
+        let e =
+            Config::from_toml("[[volume]]\nname='a'\nbackend='malloc'\nsize=1000\n").unwrap_err();
+        assert!(e.to_string().contains("multiple"), "{e}");
+        let e = Config::from_toml("[reactor]\ncores=[0,0]\n").unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        let e = Config::from_toml("[reactor]\nbogus=1\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Parse(_)), "{e}");
+        let e = Config::from_toml("[[nbd.export]]\nname='x'\nvolume='nope'\n").unwrap_err();
+        assert!(e.to_string().contains("no volume"), "{e}");
+    }
+}

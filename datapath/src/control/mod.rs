@@ -1,0 +1,176 @@
+//! The control socket: JSON-RPC 2.0 over a unix socket, one request per line.
+//!
+//! Model: one ordinary thread, never on the I/O path. It reads the reactors' published
+//! counters (relaxed atomics) and the read-only daemon state; it never locks anything a
+//! reactor touches.
+//!
+//! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
+//! `reactor_stats`, `volume_stats`.
+
+use crate::config::Config;
+use crate::frontend::Shared;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+/// Longest request line accepted (a request is a few hundred bytes).
+const MAX_LINE: usize = 64 * 1024;
+
+/// A running control socket.
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Listen on `path` (a stale socket file there is replaced).
+    pub fn start(path: &Path, shared: Arc<Shared>, cfg: Config) -> std::io::Result<Self> {
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another daemon", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stop2.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let shared = Arc::clone(&shared);
+                    let cfg = cfg.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("control-conn".into())
+                        .spawn(move || serve(conn, &shared, &cfg));
+                }
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stop listening and remove the socket file.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = UnixStream::connect(&self.path); // wake the accept loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(conn: UnixStream, shared: &Shared, cfg: &Config) {
+    let Ok(write_half) = conn.try_clone() else {
+        return;
+    };
+    let mut out = write_half;
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.by_ref().take(MAX_LINE as u64).read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let reply = handle_line(line.trim(), shared, cfg);
+        if writeln!(out, "{reply}").is_err() {
+            return;
+        }
+    }
+}
+
+/// Answer one JSON-RPC request line.
+pub fn handle_line(line: &str, shared: &Shared, cfg: &Config) -> Value {
+    let req: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: {e}")}});
+        }
+    };
+    let id = req.get("id").cloned().unwrap_or(Value::Null);
+    let Some(method) = req.get("method").and_then(Value::as_str) else {
+        return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32600, "message": "missing method"}});
+    };
+    match call(method, shared, cfg) {
+        Some(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        None => {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("no method {method:?}")}})
+        }
+    }
+}
+
+fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
+    Some(match method {
+        "daemon_info" => json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "reactors": cfg.reactor.cores.len(),
+            "cores": cfg.reactor.cores,
+            "wait": cfg.reactor.wait,
+            "listeners": shared.listeners.iter().map(|l| json!({"proto": l.proto, "addr": l.addr.to_string()})).collect::<Vec<_>>(),
+        }),
+        "volume_list" => Value::Array(
+            shared
+                .volumes
+                .iter()
+                .map(|v| json!({"name": v.name, "size": v.info.size, "block_size": v.info.block_size, "stack": v.info.kind}))
+                .collect(),
+        ),
+        "export_list" => Value::Array(
+            shared
+                .nbd_exports
+                .iter()
+                .map(|e| json!({"proto": "nbd", "name": e.name, "volume": shared.volumes[e.volume].name, "read_only": e.read_only}))
+                .collect(),
+        ),
+        "reactor_stats" => Value::Array(
+            shared
+                .stats
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let mut v = serde_json::to_value(s.snapshot()).unwrap_or(Value::Null);
+                    v["id"] = json!(i);
+                    v["core"] = json!(cfg.reactor.cores.get(i));
+                    v["open_conns"] = json!(s.open_conns.load(Ordering::Relaxed));
+                    v
+                })
+                .collect(),
+        ),
+        "volume_stats" => {
+            let per_reactor: Vec<_> = shared.stats.iter().map(|s| s.volumes()).collect();
+            Value::Array(
+                shared
+                    .volumes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let total = per_reactor
+                            .iter()
+                            .filter_map(|r| r.get(i))
+                            .fold(crate::reactor::VolCounters::default(), |a, b| a.add(b));
+                        let mut j = serde_json::to_value(total).unwrap_or(Value::Null);
+                        j["name"] = json!(v.name);
+                        j
+                    })
+                    .collect(),
+            )
+        }
+        _ => return None,
+    })
+}

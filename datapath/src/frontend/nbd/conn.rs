@@ -1,0 +1,705 @@
+//! One NBD connection, driven by its reactor.
+//!
+//! ```text
+//!  start ──> ClientFlags ──> Options ──(EXPORT_NAME / GO)──> Transmission
+//!                 │             │ ABORT, violation                │ DISC, EOF, violation, stop
+//!                 └─────────────┴──────────────> Closing <────────┘
+//! ```
+//! - ClientFlags / Options: the server greeting is queued at start; options are answered one
+//!   by one (the client waits for each reply).
+//! - Transmission: every whole request in the receive buffer is executed in arrival order;
+//!   requests a device finishes at once (RAM) are answered in the same turn, the others when
+//!   their completion arrives. Replies accumulate in `tx_pending` and leave in one send per
+//!   turn.
+//! - Closing: no new request is executed (requests already received are answered ESHUTDOWN
+//!   when the server is stopping); the connection is `done` once no receive, send or device
+//!   operation is in flight.
+//!
+//! Invariants:
+//! - `rx` is resized or compacted only while no receive is armed; `tx_sending` is not touched
+//!   while its send is armed. The kernel never sees a buffer move.
+//! - Every request that reached a device gets exactly one reply, unless the socket broke.
+//! - Backpressure: at most [`MAX_INFLIGHT`] device operations and about [`TX_HIGH_WATER`]
+//!   bytes of unsent replies; past either, the connection stops reading until they drain.
+
+use super::proto::{self, cflag, chunk, cmd, err, info, opt, rep, tflag};
+use crate::bdev::{ReadStart, Start, in_range};
+use crate::reactor::{Conn, Env};
+use crate::uring::{Errno, IoTag, Kind, UserData};
+use io_uring::{opcode, types};
+use slab::Slab;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// Device operations one connection may have in flight before it stops reading.
+pub const MAX_INFLIGHT: usize = 1024;
+/// Unsent reply bytes past which the connection stops reading.
+pub const TX_HIGH_WATER: usize = 64 << 20;
+/// Initial receive buffer: room for many 4 KiB writes per receive.
+const RX_INITIAL: usize = 256 << 10;
+/// Free space below which the receive buffer is compacted before the next receive.
+const RX_MIN_FREE: usize = 64 << 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    ClientFlags,
+    Options,
+    Transmission,
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    cookie: u64,
+    kind: u16,
+    offset: u64,
+    len: u32,
+}
+
+/// An NBD connection.
+pub struct NbdConn {
+    fd: OwnedFd,
+    phase: Phase,
+    fixed: bool,
+    no_zeroes: bool,
+    structured: bool,
+    vol: usize,
+    size: u64,
+    min_io: u32,
+    read_only: bool,
+    rx: Vec<u8>,
+    rx_lo: usize,
+    rx_hi: usize,
+    recv_armed: bool,
+    tx_sending: Vec<u8>,
+    tx_sent: usize,
+    send_armed: bool,
+    tx_pending: Vec<u8>,
+    reqs: Slab<Pending>,
+    /// Take no more requests (DISC, ABORT, EOF, server stop).
+    closing: bool,
+    /// The socket is unusable: drop unsent replies.
+    broken: bool,
+    /// The server is stopping: answer received requests with ESHUTDOWN.
+    shutting_down: bool,
+    cancel_sent: bool,
+    closed: bool,
+    /// Failed operations not yet added to the reactor's per-volume counters.
+    errors: u64,
+}
+
+fn nbd_error(e: Errno) -> u32 {
+    match e.0 {
+        libc::EPERM => err::EPERM,
+        libc::EIO => err::EIO,
+        libc::ENOMEM => err::ENOMEM,
+        libc::EINVAL => err::EINVAL,
+        libc::ENOSPC => err::ENOSPC,
+        libc::EOVERFLOW => err::EOVERFLOW,
+        libc::EOPNOTSUPP => err::ENOTSUP,
+        libc::ESHUTDOWN => err::ESHUTDOWN,
+        _ => err::EIO,
+    }
+}
+
+impl NbdConn {
+    /// A connection on an accepted socket.
+    pub fn new(fd: OwnedFd) -> Self {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from a live local; failure only costs latency.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        Self {
+            fd,
+            phase: Phase::ClientFlags,
+            fixed: false,
+            no_zeroes: false,
+            structured: false,
+            vol: 0,
+            size: 0,
+            min_io: 1,
+            read_only: false,
+            rx: vec![0; RX_INITIAL],
+            rx_lo: 0,
+            rx_hi: 0,
+            recv_armed: false,
+            tx_sending: Vec::with_capacity(RX_INITIAL),
+            tx_sent: 0,
+            send_armed: false,
+            tx_pending: Vec::with_capacity(RX_INITIAL),
+            reqs: Slab::with_capacity(64),
+            closing: false,
+            broken: false,
+            shutting_down: false,
+            cancel_sent: false,
+            closed: false,
+            errors: 0,
+        }
+    }
+
+    fn paused(&self) -> bool {
+        self.reqs.len() >= MAX_INFLIGHT
+            || self.tx_pending.len() + self.tx_sending.len() >= TX_HIGH_WATER
+    }
+
+    fn violation(&mut self, env: &mut Env<'_>, what: &str) {
+        env.counters.violations += 1;
+        tracing::warn!(conn = env.key, phase = ?self.phase, what, "NBD protocol violation; closing connection");
+        self.closing = true;
+        self.broken = true;
+    }
+
+    /// Parse and act on everything whole in the receive buffer.
+    fn process(&mut self, env: &mut Env<'_>) {
+        let rx = std::mem::take(&mut self.rx);
+        while !self.broken && self.rx_lo < self.rx_hi {
+            let avail = &rx[self.rx_lo..self.rx_hi];
+            let used = match self.phase {
+                Phase::ClientFlags => match proto::parse_client_flags(avail) {
+                    Err(_) => {
+                        self.violation(env, "unknown client flags");
+                        break;
+                    }
+                    Ok(None) => break,
+                    Ok(Some((flags, n))) => {
+                        self.fixed = flags & proto::FLAG_C_FIXED_NEWSTYLE != 0;
+                        self.no_zeroes = flags & proto::FLAG_C_NO_ZEROES != 0;
+                        self.phase = Phase::Options;
+                        n
+                    }
+                },
+                Phase::Options => {
+                    if self.closing {
+                        break;
+                    }
+                    match proto::parse_option(avail) {
+                        Err(v) => {
+                            self.violation(
+                                env,
+                                if v == proto::Violation::BadMagic {
+                                    "bad option magic"
+                                } else {
+                                    "option too long"
+                                },
+                            );
+                            break;
+                        }
+                        Ok(None) => break,
+                        Ok(Some((o, n))) => {
+                            self.option(env, o.code, o.data);
+                            n
+                        }
+                    }
+                }
+                Phase::Transmission => {
+                    if self.closing && !self.shutting_down {
+                        break;
+                    }
+                    if !self.shutting_down && self.paused() {
+                        break;
+                    }
+                    match proto::parse_request(avail) {
+                        Err(v) => {
+                            self.violation(
+                                env,
+                                if v == proto::Violation::BadMagic {
+                                    "bad request magic"
+                                } else {
+                                    "write payload too long"
+                                },
+                            );
+                            break;
+                        }
+                        Ok(None) => break,
+                        Ok(Some((r, n))) => {
+                            let need = n + r.payload_len();
+                            if avail.len() < need {
+                                break;
+                            }
+                            self.request(env, r, &avail[n..need]);
+                            need
+                        }
+                    }
+                }
+            };
+            self.rx_lo += used;
+        }
+        self.rx = rx;
+        if self.rx_lo == self.rx_hi {
+            self.rx_lo = 0;
+            self.rx_hi = 0;
+        }
+    }
+
+    /// Bytes the message at the head of the receive buffer needs in all.
+    fn head_needs(&self) -> usize {
+        let avail = &self.rx[self.rx_lo..self.rx_hi];
+        match self.phase {
+            Phase::ClientFlags => 4,
+            Phase::Options => proto::option_needs(avail),
+            Phase::Transmission => match proto::parse_request(avail) {
+                Ok(Some((r, n))) => n + r.payload_len(),
+                _ => proto::REQUEST_LEN,
+            },
+        }
+    }
+
+    /// Make room for the next receive (only while no receive is armed).
+    fn make_room(&mut self) {
+        debug_assert!(!self.recv_armed);
+        let need = self.head_needs().max(RX_MIN_FREE);
+        if self.rx.len() - self.rx_lo < need || self.rx.len() - self.rx_hi < RX_MIN_FREE {
+            self.rx.copy_within(self.rx_lo..self.rx_hi, 0);
+            self.rx_hi -= self.rx_lo;
+            self.rx_lo = 0;
+        }
+        if self.rx.len() < need + RX_MIN_FREE.min(need) {
+            self.rx.resize(need + RX_MIN_FREE, 0);
+        }
+    }
+
+    fn arm_recv(&mut self, env: &mut Env<'_>) {
+        self.make_room();
+        let free = &mut self.rx[self.rx_hi..];
+        let sqe = opcode::Recv::new(
+            types::Fd(self.fd.as_raw_fd()),
+            free.as_mut_ptr(),
+            free.len() as u32,
+        )
+        .build()
+        .user_data(UserData::new(Kind::Recv, env.key).0);
+        // SAFETY: rx is neither resized nor compacted while the receive is armed (invariant),
+        // and the connection outlives it (it is not `done` while armed).
+        unsafe { env.io.push(&sqe) };
+        self.recv_armed = true;
+    }
+
+    fn arm_send(&mut self, env: &mut Env<'_>) {
+        let rest = &self.tx_sending[self.tx_sent..];
+        let sqe = opcode::Send::new(
+            types::Fd(self.fd.as_raw_fd()),
+            rest.as_ptr(),
+            rest.len() as u32,
+        )
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(UserData::new(Kind::Send, env.key).0);
+        // SAFETY: tx_sending is not modified while the send is armed (invariant), and the
+        // connection outlives it.
+        unsafe { env.io.push(&sqe) };
+        self.send_armed = true;
+    }
+
+    fn cancel(&mut self, env: &mut Env<'_>, kind: Kind) {
+        let sqe = opcode::AsyncCancel::new(UserData::new(kind, env.key).0)
+            .build()
+            .user_data(UserData::new(Kind::Cancel, env.key).0);
+        // SAFETY: a cancel references no user memory.
+        unsafe { env.io.push(&sqe) };
+    }
+
+    // ----- negotiation -----
+
+    fn reply(&mut self, option: u32, kind: u32, data: &[&[u8]]) {
+        proto::put_option_reply(&mut self.tx_pending, option, kind, data);
+    }
+
+    fn find_export(env: &Env<'_>, name: &[u8]) -> Option<usize> {
+        if name.is_empty() {
+            return if env.shared.nbd_exports.is_empty() {
+                None
+            } else {
+                Some(0)
+            };
+        }
+        env.shared
+            .nbd_exports
+            .iter()
+            .position(|e| e.name.as_bytes() == name)
+    }
+
+    fn tflags(&self) -> u16 {
+        let mut f = tflag::HAS_FLAGS
+            | tflag::SEND_FLUSH
+            | tflag::SEND_FUA
+            | tflag::SEND_TRIM
+            | tflag::SEND_WRITE_ZEROES
+            | tflag::CAN_MULTI_CONN;
+        if self.read_only {
+            f |= tflag::READ_ONLY;
+        }
+        f
+    }
+
+    fn select(&mut self, env: &Env<'_>, export: usize) {
+        let e = &env.shared.nbd_exports[export];
+        let v = &env.shared.volumes[e.volume];
+        self.vol = e.volume;
+        self.size = v.info.size;
+        self.min_io = v.info.min_io;
+        self.read_only = e.read_only;
+    }
+
+    fn option(&mut self, env: &mut Env<'_>, code: u32, data: &[u8]) {
+        if !self.fixed && code != opt::EXPORT_NAME {
+            // Plain newstyle has no option replies: nothing else can be answered.
+            self.violation(env, "option other than EXPORT_NAME without fixed newstyle");
+            return;
+        }
+        if env.stopping && code != opt::ABORT {
+            self.reply(code, rep::ERR_SHUTDOWN, &[]);
+            return;
+        }
+        match code {
+            opt::EXPORT_NAME => match Self::find_export(env, data) {
+                None => {
+                    tracing::info!(conn = env.key, "EXPORT_NAME for an unknown export; closing");
+                    self.closing = true;
+                }
+                Some(x) => {
+                    self.select(env, x);
+                    let flags = self.tflags();
+                    self.tx_pending.extend_from_slice(&self.size.to_be_bytes());
+                    self.tx_pending.extend_from_slice(&flags.to_be_bytes());
+                    if !self.no_zeroes {
+                        self.tx_pending.extend_from_slice(&[0u8; 124]);
+                    }
+                    self.phase = Phase::Transmission;
+                }
+            },
+            opt::ABORT => {
+                self.reply(code, rep::ACK, &[]);
+                self.closing = true;
+            }
+            opt::LIST => {
+                if !data.is_empty() {
+                    self.reply(code, rep::ERR_INVALID, &[]);
+                    return;
+                }
+                for e in &env.shared.nbd_exports {
+                    let name = e.name.as_bytes();
+                    proto::put_option_reply(
+                        &mut self.tx_pending,
+                        code,
+                        rep::SERVER,
+                        &[&(name.len() as u32).to_be_bytes(), name],
+                    );
+                }
+                self.reply(code, rep::ACK, &[]);
+            }
+            opt::STRUCTURED_REPLY => {
+                if data.is_empty() {
+                    self.structured = true;
+                    self.reply(code, rep::ACK, &[]);
+                } else {
+                    self.reply(code, rep::ERR_INVALID, &[]);
+                }
+            }
+            opt::INFO | opt::GO => self.info_or_go(env, code, data),
+            opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
+                match proto::parse_meta_request(data) {
+                    _ if !self.structured => self.reply(code, rep::ERR_INVALID, &[]),
+                    None => self.reply(code, rep::ERR_INVALID, &[]),
+                    Some((name, _)) if Self::find_export(env, name).is_none() => {
+                        self.reply(code, rep::ERR_UNKNOWN, &[])
+                    }
+                    // No metadata context is offered: an empty list is a valid answer.
+                    Some(_) => self.reply(code, rep::ACK, &[]),
+                }
+            }
+            _ => self.reply(code, rep::ERR_UNSUP, &[]),
+        }
+    }
+
+    fn info_or_go(&mut self, env: &mut Env<'_>, code: u32, data: &[u8]) {
+        let Some(req) = proto::parse_info_request(data) else {
+            self.reply(code, rep::ERR_INVALID, &[]);
+            return;
+        };
+        let Some(x) = Self::find_export(env, req.name) else {
+            self.reply(code, rep::ERR_UNKNOWN, &[]);
+            return;
+        };
+        self.select(env, x);
+        let export = &env.shared.nbd_exports[x];
+        let mut buf = [0u8; 12];
+        buf[0..2].copy_from_slice(&info::EXPORT.to_be_bytes());
+        buf[2..10].copy_from_slice(&self.size.to_be_bytes());
+        buf[10..12].copy_from_slice(&self.tflags().to_be_bytes());
+        self.reply(code, rep::INFO, &[&buf]);
+        let mut asked_block_size = false;
+        for t in req.types() {
+            match t {
+                info::NAME => {
+                    let name = export.name.clone();
+                    self.reply(
+                        code,
+                        rep::INFO,
+                        &[&info::NAME.to_be_bytes(), name.as_bytes()],
+                    );
+                }
+                info::DESCRIPTION if !export.description.is_empty() => {
+                    let d = export.description.clone();
+                    self.reply(
+                        code,
+                        rep::INFO,
+                        &[&info::DESCRIPTION.to_be_bytes(), d.as_bytes()],
+                    );
+                }
+                info::BLOCK_SIZE if !asked_block_size => {
+                    asked_block_size = true;
+                    let mut b = [0u8; 14];
+                    b[0..2].copy_from_slice(&info::BLOCK_SIZE.to_be_bytes());
+                    b[2..6].copy_from_slice(&self.min_io.to_be_bytes());
+                    b[6..10].copy_from_slice(&self.min_io.max(4096).to_be_bytes());
+                    b[10..14].copy_from_slice(&proto::MAX_PAYLOAD.to_be_bytes());
+                    self.reply(code, rep::INFO, &[&b]);
+                }
+                _ => {}
+            }
+        }
+        if code == opt::INFO && !asked_block_size && self.min_io > 1 {
+            self.reply(code, rep::ERR_BLOCK_SIZE_REQD, &[]);
+            return;
+        }
+        self.reply(code, rep::ACK, &[]);
+        if code == opt::GO {
+            self.phase = Phase::Transmission;
+        }
+    }
+
+    // ----- transmission -----
+
+    fn reply_ok(&mut self, cookie: u64) {
+        proto::put_simple_reply(&mut self.tx_pending, 0, cookie);
+    }
+
+    fn reply_err(&mut self, cookie: u64, e: u32) {
+        if self.structured {
+            proto::put_chunk_error(&mut self.tx_pending, cookie, e);
+        } else {
+            proto::put_simple_reply(&mut self.tx_pending, e, cookie);
+        }
+    }
+
+    fn reply_read(&mut self, cookie: u64, offset: u64, data: &[u8]) {
+        if self.structured {
+            proto::put_chunk_header(
+                &mut self.tx_pending,
+                chunk::FLAG_DONE,
+                chunk::OFFSET_DATA,
+                cookie,
+                8 + data.len() as u32,
+            );
+            self.tx_pending.extend_from_slice(&offset.to_be_bytes());
+        } else {
+            proto::put_simple_reply(&mut self.tx_pending, 0, cookie);
+        }
+        self.tx_pending.extend_from_slice(data);
+    }
+
+    fn finish(&mut self, p: Pending, result: Result<(), Errno>, data: &[u8]) {
+        if result.is_err() {
+            self.errors += 1;
+        }
+        match result {
+            Err(e) => self.reply_err(p.cookie, nbd_error(e)),
+            Ok(()) if p.kind == cmd::READ => self.reply_read(p.cookie, p.offset, data),
+            Ok(()) => self.reply_ok(p.cookie),
+        }
+    }
+
+    fn request(&mut self, env: &mut Env<'_>, r: proto::Request, payload: &[u8]) {
+        if r.kind == cmd::DISC {
+            self.closing = true;
+            return;
+        }
+        if self.shutting_down {
+            self.reply_err(r.cookie, err::ESHUTDOWN);
+            return;
+        }
+        let known = cflag::FUA | cflag::NO_HOLE;
+        if r.flags & !known != 0 || (r.flags & cflag::NO_HOLE != 0 && r.kind != cmd::WRITE_ZEROES) {
+            self.reply_err(r.cookie, err::EINVAL);
+            return;
+        }
+        let is_write = matches!(r.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES);
+        if is_write && self.read_only {
+            self.reply_err(r.cookie, err::EPERM);
+            return;
+        }
+        let ranged = matches!(
+            r.kind,
+            cmd::READ | cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES
+        );
+        if ranged && !in_range(r.offset, r.len as u64, self.size) {
+            self.reply_err(r.cookie, if is_write { err::ENOSPC } else { err::EINVAL });
+            return;
+        }
+        if r.kind == cmd::READ && r.len > proto::MAX_PAYLOAD {
+            self.reply_err(r.cookie, err::EINVAL);
+            return;
+        }
+        let fua = r.flags & cflag::FUA != 0;
+        let p = Pending {
+            cookie: r.cookie,
+            kind: r.kind,
+            offset: r.offset,
+            len: r.len,
+        };
+        let tag = IoTag {
+            conn: env.key,
+            slot: self.reqs.vacant_key() as u32,
+        };
+        let chan = &mut env.chans[self.vol];
+        let vc = &mut env.vol_counters[self.vol];
+        vc.ops += 1;
+        env.counters.ios += 1;
+        let started = match r.kind {
+            cmd::READ => {
+                env.counters.read_bytes += r.len as u64;
+                vc.read_bytes += r.len as u64;
+                match chan.read(env.io, tag, r.offset, r.len) {
+                    ReadStart::Ready(data) => {
+                        self.reply_read(r.cookie, r.offset, data);
+                        return;
+                    }
+                    ReadStart::Failed(e) => Start::Done(Err(e)),
+                    ReadStart::Pending => Start::Pending,
+                }
+            }
+            cmd::WRITE => {
+                env.counters.write_bytes += r.len as u64;
+                vc.write_bytes += r.len as u64;
+                chan.write(env.io, tag, r.offset, payload, fua)
+            }
+            cmd::FLUSH => chan.flush(env.io, tag),
+            cmd::TRIM => chan.unmap(env.io, tag, r.offset, r.len as u64, fua),
+            cmd::WRITE_ZEROES => chan.write_zeroes(env.io, tag, r.offset, r.len as u64, fua),
+            _ => Start::Done(Err(Errno::INVAL)),
+        };
+        match started {
+            Start::Done(res) => self.finish(p, res, &[]),
+            Start::Pending => {
+                let k = self.reqs.insert(p);
+                debug_assert_eq!(k as u32, tag.slot);
+            }
+        }
+    }
+
+    fn try_close(&mut self) {
+        if self.closing && !self.recv_armed && !self.send_armed && self.reqs.is_empty() {
+            let unsent = self.tx_pending.len() + self.tx_sending.len() - self.tx_sent;
+            if unsent == 0 || self.broken {
+                self.closed = true;
+            }
+        }
+    }
+}
+
+impl Conn for NbdConn {
+    fn start(&mut self, env: &mut Env<'_>) {
+        proto::put_greeting(&mut self.tx_pending);
+        self.arm_recv(env);
+    }
+
+    fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
+        self.recv_armed = false;
+        if res <= 0 {
+            if res < 0 && res != -libc::ECANCELED {
+                tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "receive failed");
+                self.broken = true;
+            }
+            // EOF or cancelled: the client is gone or we are stopping; finish what is in
+            // flight, then close.
+            self.closing = true;
+            return;
+        }
+        self.rx_hi += res as usize;
+        self.process(env);
+    }
+
+    fn on_send(&mut self, env: &mut Env<'_>, res: i32) {
+        self.send_armed = false;
+        if res <= 0 {
+            if res != -libc::ECANCELED {
+                tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "send failed");
+            }
+            self.broken = true;
+            self.closing = true;
+            return;
+        }
+        self.tx_sent += res as usize;
+        if self.tx_sent < self.tx_sending.len() {
+            self.arm_send(env);
+        } else {
+            self.tx_sending.clear();
+            self.tx_sent = 0;
+        }
+    }
+
+    fn on_io(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        let Some(p) = self.reqs.try_remove(slot as usize) else {
+            tracing::error!(slot, "completion for an unknown request slot");
+            return;
+        };
+        if !self.broken {
+            debug_assert!(p.kind != cmd::READ || result.is_err() || data.len() == p.len as usize);
+            self.finish(p, result, data);
+        }
+    }
+
+    fn flush(&mut self, env: &mut Env<'_>) {
+        if self.errors > 0 && self.phase == Phase::Transmission {
+            env.vol_counters[self.vol].errors += std::mem::take(&mut self.errors);
+        }
+        if env.stopping && !self.shutting_down {
+            self.stop(env);
+        }
+        if !self.broken && !self.recv_armed && !self.paused() {
+            // Requests left in the buffer by backpressure can run now.
+            self.process(env);
+        }
+        if self.broken {
+            self.tx_pending.clear();
+        } else if !self.send_armed && !self.tx_pending.is_empty() {
+            std::mem::swap(&mut self.tx_sending, &mut self.tx_pending);
+            self.tx_pending.clear();
+            self.tx_sent = 0;
+            self.arm_send(env);
+        }
+        if !self.closing && !self.recv_armed && !self.paused() {
+            self.arm_recv(env);
+        }
+        self.try_close();
+    }
+
+    fn stop(&mut self, env: &mut Env<'_>) {
+        self.shutting_down = true;
+        self.closing = true;
+        if self.recv_armed && !self.cancel_sent {
+            self.cancel_sent = true;
+            self.cancel(env, Kind::Recv);
+        }
+    }
+
+    fn abort(&mut self, env: &mut Env<'_>) {
+        self.broken = true;
+        self.closing = true;
+        if self.recv_armed {
+            self.cancel(env, Kind::Recv);
+        }
+        if self.send_armed {
+            self.cancel(env, Kind::Send);
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.closed
+    }
+}

@@ -1,0 +1,138 @@
+//! `twinblk`: the target daemon's command line.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use twinblk::config::{Config, Wait};
+use twinblk::frontend::Proto;
+
+/// A userspace block target: volumes over NBD on io_uring reactors.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve volumes. With no options: a 1 GiB RAM volume `vol0` on nbd://127.0.0.1:10809.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Override the NBD listen addresses (repeatable).
+        #[arg(long)]
+        nbd_listen: Vec<SocketAddr>,
+        /// Override the reactor cores, e.g. `0,1`.
+        #[arg(long, value_delimiter = ',')]
+        cores: Vec<usize>,
+        /// Override the wait policy.
+        #[arg(long)]
+        wait: Option<Wait>,
+        /// Override the control socket path (empty string: none).
+        #[arg(long)]
+        control_socket: Option<PathBuf>,
+    },
+    /// Check a configuration file and print it with every default filled in.
+    CheckConfig {
+        /// TOML configuration file.
+        config: PathBuf,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config> {
+    match path {
+        None => Ok(Config::default()),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Config::from_toml(&text).with_context(|| format!("in {}", p.display()))
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::CheckConfig { config } => {
+            let c = load(Some(&config))?;
+            print!("{}", toml::to_string_pretty(&c)?);
+            Ok(())
+        }
+        Cmd::Serve {
+            config,
+            nbd_listen,
+            cores,
+            wait,
+            control_socket,
+        } => {
+            let mut cfg = load(config.as_ref())?;
+            if !nbd_listen.is_empty() {
+                cfg.nbd.listen = nbd_listen;
+            }
+            if !cores.is_empty() {
+                cfg.reactor.cores = cores;
+            }
+            if let Some(w) = wait {
+                cfg.reactor.wait = w;
+            }
+            if let Some(s) = control_socket {
+                cfg.control.socket = s;
+            }
+            cfg.validate()?;
+            serve(cfg)
+        }
+    }
+}
+
+fn serve(cfg: Config) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // Register before starting so a signal during start-up is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let mut daemon = twinblk::Daemon::start(&cfg).context("starting twinblk")?;
+    let exports = cfg.effective_exports();
+    println!(
+        "twinblk {} serving {} volume(s) on {} reactor(s) (cores {:?}, wait {:?})",
+        env!("CARGO_PKG_VERSION"),
+        cfg.volumes.len(),
+        cfg.reactor.cores.len(),
+        cfg.reactor.cores,
+        cfg.reactor.wait
+    );
+    for (proto, addr) in daemon.listeners() {
+        if proto == Proto::Nbd {
+            for e in &exports {
+                let uri = format!("nbd://{addr}/{}", e.name);
+                println!("  {uri}");
+                println!("    nbdinfo {uri}");
+                println!("    qemu-img info {uri}");
+                println!(
+                    "    fio --name=t --ioengine=nbd --uri={uri} --rw=randrw --bs=4k --iodepth=32 --size=256M --time_based --runtime=10"
+                );
+            }
+        }
+    }
+    if !cfg.control.socket.as_os_str().is_empty() {
+        println!(
+            "  control: {} (twinblk-ctl --socket {} reactor_stats)",
+            cfg.control.socket.display(),
+            cfg.control.socket.display()
+        );
+    }
+    println!("Ctrl-C stops it (in-flight I/O is finished first).");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "stopping");
+    }
+    daemon.stop();
+    tracing::info!("stopped");
+    Ok(())
+}

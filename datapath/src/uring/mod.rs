@@ -1,0 +1,193 @@
+//! The only place SQEs are built and pushed.
+//!
+//! Model: each reactor owns one [`IoCx`]: its io_uring, its buffer pool (registered as fixed
+//! buffers), its table of fixed files, and the in-flight table of block-device operations.
+//! Every SQE carries a [`UserData`] naming what its completion belongs to: a connection's
+//! receive or send, a listener's accept, the reactor's wake-up eventfd, or a block-device
+//! operation in [`IoCx::ops`].
+//!
+//! Invariants:
+//! - An SQE's memory (buffer, iovec, socket address) stays owned by the in-flight entry or the
+//!   connection that pushed it until its CQE is reaped; nobody frees or moves it before then.
+//! - SQEs are only queued here; the reactor submits them all with one `io_uring_enter` per
+//!   loop turn (or earlier, only when the submission queue is full).
+//!
+//! Kernel features relied on (minimum Linux): IORING_OP_READ_FIXED/WRITE_FIXED and registered
+//! buffers (5.1), fixed files (5.1), IORING_OP_FSYNC (5.1), IORING_OP_SEND/RECV (5.6),
+//! IORING_OP_FALLOCATE (5.6), multishot accept (5.19), IORING_OP_ASYNC_CANCEL (5.5),
+//! sparse file-table registration and updates (5.19 for IORING_REGISTER_FILES2 sparse).
+
+pub mod ops;
+
+use crate::buf::BufPool;
+use io_uring::{IoUring, squeue};
+pub use ops::{BdevOp, OpBuf, OpKind};
+use slab::Slab;
+use std::io;
+
+/// What a completion belongs to (top byte of `user_data`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// The reactor's wake-up eventfd read.
+    Wake = 1,
+    /// A listener's (multishot) accept; index = listener number.
+    Accept = 2,
+    /// A connection's receive; index = connection key.
+    Recv = 3,
+    /// A connection's send; index = connection key.
+    Send = 4,
+    /// A block-device operation; index = key in [`IoCx::ops`].
+    Bdev = 5,
+    /// A cancellation request; its completion carries no work.
+    Cancel = 6,
+    /// A timeout used to bound waits; no work.
+    Timer = 7,
+}
+
+/// `user_data` of an SQE: kind in the top byte, a 32-bit index in the low bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserData(pub u64);
+
+impl UserData {
+    /// Encode.
+    pub fn new(kind: Kind, index: u32) -> Self {
+        Self(((kind as u64) << 56) | index as u64)
+    }
+
+    /// Decode the kind; `None` for a value this crate never produced.
+    pub fn kind(self) -> Option<Kind> {
+        Some(match (self.0 >> 56) as u8 {
+            1 => Kind::Wake,
+            2 => Kind::Accept,
+            3 => Kind::Recv,
+            4 => Kind::Send,
+            5 => Kind::Bdev,
+            6 => Kind::Cancel,
+            7 => Kind::Timer,
+            _ => return None,
+        })
+    }
+
+    /// The index part.
+    pub fn index(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+/// Names whose completion a block-device operation is: a connection and its request slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoTag {
+    /// Connection key in the reactor's connection table.
+    pub conn: u32,
+    /// The connection's own request slot.
+    pub slot: u32,
+}
+
+/// Plain-data I/O error carried to front ends: an errno value (no allocation on the hot path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// Invalid argument (misaligned or malformed request).
+    pub const INVAL: Errno = Errno(libc::EINVAL);
+    /// I/O error.
+    pub const IO: Errno = Errno(libc::EIO);
+    /// Out of space / beyond the end of the device.
+    pub const NOSPC: Errno = Errno(libc::ENOSPC);
+    /// Operation not supported.
+    pub const NOTSUP: Errno = Errno(libc::EOPNOTSUPP);
+    /// Read-only.
+    pub const PERM: Errno = Errno(libc::EPERM);
+    /// Shutting down.
+    pub const SHUTDOWN: Errno = Errno(libc::ESHUTDOWN);
+}
+
+/// Counters the ring side keeps (published by the reactor with its own).
+#[derive(Default, Clone, Copy, Debug)]
+pub struct RingCounters {
+    /// SQEs queued for submission.
+    pub sqes: u64,
+    /// Times the submission queue was full and had to be submitted early.
+    pub sq_full: u64,
+    /// Bounce buffers allocated because the pool was empty or the request too large.
+    pub bounces: u64,
+}
+
+/// The reactor's ring and everything that must live exactly as long as it.
+pub struct IoCx {
+    /// The ring.
+    pub ring: IoUring,
+    /// Registered buffer pool (buffer index == fixed-buffer index).
+    pub pool: BufPool,
+    /// In-flight block-device operations.
+    pub ops: Slab<BdevOp>,
+    /// Counters.
+    pub counters: RingCounters,
+    /// Next free slot in the fixed-file table.
+    next_file: u32,
+    file_slots: u32,
+}
+
+impl IoCx {
+    /// A ring of `entries` SQEs with a pool of `bufs` x `buf_size` registered buffers and a
+    /// sparse fixed-file table of `file_slots` entries.
+    pub fn new(entries: u32, bufs: u16, buf_size: usize, file_slots: u32) -> io::Result<Self> {
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 4)
+            .build(entries)?;
+        let pool = BufPool::new(bufs, buf_size);
+        let iovecs = pool.iovecs();
+        // SAFETY: the iovecs describe the pool's allocation, which outlives the ring's use of
+        // it: the pool is a field of this struct and is only dropped with the ring, after the
+        // reactor has drained every operation.
+        unsafe { ring.submitter().register_buffers(&iovecs)? };
+        ring.submitter().register_files_sparse(file_slots)?;
+        Ok(Self {
+            ring,
+            pool,
+            ops: Slab::with_capacity(1024),
+            counters: RingCounters::default(),
+            next_file: 0,
+            file_slots,
+        })
+    }
+
+    /// Register `fd` in the next fixed-file slot and return the slot.
+    pub fn register_file(&mut self, fd: i32) -> io::Result<u32> {
+        if self.next_file >= self.file_slots {
+            return Err(io::Error::other("fixed-file table full"));
+        }
+        let slot = self.next_file;
+        self.ring.submitter().register_files_update(slot, &[fd])?;
+        self.next_file += 1;
+        Ok(slot)
+    }
+
+    /// Queue one SQE, submitting early only if the queue is full.
+    ///
+    /// # Safety
+    /// Every buffer, iovec or address the entry points at must stay valid and untouched until
+    /// its completion is reaped.
+    pub unsafe fn push(&mut self, sqe: &squeue::Entry) {
+        self.counters.sqes += 1;
+        loop {
+            // SAFETY: the caller guarantees the entry's memory outlives its completion.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                return;
+            }
+            self.counters.sq_full += 1;
+            // The queue is full: hand what is queued to the kernel now. EBUSY means the
+            // completion queue is full; the reactor reaps it on its next turn, and the kernel
+            // keeps overflowed completions, so submitting again is safe.
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let _ = self.ring.submit_and_wait(1);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => panic!("io_uring_enter failed: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The in-flight table of block-device operations on files and block devices.
+//!
+//! Model: a [`BdevOp`] is created when a channel starts an operation, owns its buffer until the
+//! final completion, and is resubmitted (for the remainder) when the kernel reports a short
+//! transfer. [`IoCx::finish_bdev`] turns the final CQE into a [`Finished`] for the front end.
+//!
+//! Invariants:
+//! - An op's buffer is returned to the pool (or its bounce freed) only in `release`, after the
+//!   final CQE, never while the kernel may still read or write it.
+//! - `done <= len` at all times; a zero-byte transfer before `len` is an error (EIO), so an op
+//!   cannot loop forever.
+
+use super::{Errno, IoCx, IoTag, Kind, UserData};
+use crate::buf::{Bounce, BufId};
+use io_uring::{opcode, types};
+
+/// Which buffer an op reads into or writes from.
+pub enum OpBuf {
+    /// No data (flush, fallocate).
+    None,
+    /// A registered pool buffer (READ_FIXED / WRITE_FIXED).
+    Pool(BufId),
+    /// A one-off aligned allocation (plain READ / WRITE).
+    Bounce(Bounce),
+}
+
+/// What the op does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// Read `len` bytes at `offset`; the front end wants bytes `[skip, skip + want)` of them.
+    Read {
+        /// Leading bytes read only for alignment.
+        skip: u32,
+        /// Bytes the front end asked for.
+        want: u32,
+    },
+    /// Write `len` bytes at `offset`; `fua` asks for RWF_DSYNC.
+    Write {
+        /// Force unit access.
+        fua: bool,
+    },
+    /// fdatasync.
+    Flush,
+    /// fallocate(mode) over `[offset, offset + len)`, then fdatasync when `fua`.
+    Fallocate {
+        /// FALLOC_FL_* flags.
+        mode: i32,
+        /// Follow with an fdatasync before completing.
+        fua: bool,
+    },
+}
+
+/// One in-flight block-device operation.
+pub struct BdevOp {
+    /// Whose completion this is.
+    pub tag: IoTag,
+    /// Fixed-file slot.
+    pub file: u32,
+    /// Byte offset on the device.
+    pub offset: u64,
+    /// Bytes to transfer (aligned).
+    pub len: u32,
+    /// Bytes already transferred.
+    pub done: u32,
+    /// The operation.
+    pub kind: OpKind,
+    /// Its buffer.
+    pub buf: OpBuf,
+}
+
+/// The outcome of a block-device operation, for the front end.
+pub struct Finished {
+    /// Whose completion this is.
+    pub tag: IoTag,
+    /// Success or an errno.
+    pub result: Result<(), Errno>,
+    /// For reads: where the data is (`buf`, `skip`, `want`) until [`IoCx::release`].
+    pub read: Option<(u32, u32)>,
+    /// The op key, to release after the data is consumed.
+    pub key: usize,
+}
+
+impl IoCx {
+    /// Put `op` in the in-flight table and queue its SQE.
+    pub fn start_bdev(&mut self, op: BdevOp) {
+        let key = self.ops.insert(op);
+        self.queue_bdev(key);
+    }
+
+    fn queue_bdev(&mut self, key: usize) {
+        let op = &self.ops[key];
+        let ud = UserData::new(Kind::Bdev, key as u32).0;
+        let file = types::Fixed(op.file);
+        let off = op.offset + op.done as u64;
+        let rest = op.len - op.done;
+        let ptr = match &op.buf {
+            OpBuf::None => std::ptr::null_mut(),
+            // SAFETY: done < len <= buffer size, so the pointer stays inside the buffer.
+            OpBuf::Pool(id) => unsafe { self.pool.ptr(id).add(op.done as usize) },
+            // SAFETY: as above for the bounce allocation.
+            OpBuf::Bounce(b) => unsafe { b.ptr().add(op.done as usize) },
+        };
+        let sqe = match (op.kind, &op.buf) {
+            (OpKind::Read { .. }, OpBuf::Pool(id)) => opcode::ReadFixed::new(file, ptr, rest, id.0)
+                .offset(off)
+                .build(),
+            (OpKind::Read { .. }, _) => opcode::Read::new(file, ptr, rest).offset(off).build(),
+            (OpKind::Write { fua }, OpBuf::Pool(id)) => {
+                opcode::WriteFixed::new(file, ptr, rest, id.0)
+                    .offset(off)
+                    .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
+                    .build()
+            }
+            (OpKind::Write { fua }, _) => opcode::Write::new(file, ptr, rest)
+                .offset(off)
+                .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
+                .build(),
+            (OpKind::Flush, _) => opcode::Fsync::new(file)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            (OpKind::Fallocate { mode, .. }, _) => opcode::Fallocate::new(file, op.len as u64)
+                .offset(op.offset)
+                .mode(mode)
+                .build(),
+        }
+        .user_data(ud);
+        // SAFETY: the op's buffer is owned by the in-flight table until `release`, which only
+        // runs after the final completion of this key.
+        unsafe { self.push(&sqe) };
+    }
+
+    /// Handle the CQE of op `key`; `None` when the op was resubmitted for a short transfer.
+    pub fn finish_bdev(&mut self, key: usize, res: i32) -> Option<Finished> {
+        let op = self.ops.get_mut(key)?;
+        let result = match op.kind {
+            OpKind::Read { .. } | OpKind::Write { .. } if res > 0 => {
+                op.done += res as u32;
+                if op.done < op.len {
+                    self.queue_bdev(key);
+                    return None;
+                }
+                Ok(())
+            }
+            OpKind::Read { .. } | OpKind::Write { .. } if res == 0 => Err(Errno::IO),
+            OpKind::Fallocate { fua: true, .. } if res >= 0 => {
+                // The range is zeroed; make it durable before completing (FUA).
+                op.kind = OpKind::Flush;
+                self.queue_bdev(key);
+                return None;
+            }
+            _ if res < 0 => Err(Errno(-res)),
+            _ => Ok(()),
+        };
+        let read = match (op.kind, result) {
+            (OpKind::Read { skip, want }, Ok(())) => Some((skip, want)),
+            _ => None,
+        };
+        Some(Finished {
+            tag: op.tag,
+            result,
+            read,
+            key,
+        })
+    }
+
+    /// The bytes a finished read produced.
+    pub fn read_data(&self, key: usize, skip: u32, want: u32) -> &[u8] {
+        let op = &self.ops[key];
+        let end = (skip + want) as usize;
+        match &op.buf {
+            OpBuf::Pool(id) => &self.pool.slice(id, end)[skip as usize..],
+            OpBuf::Bounce(b) => &b.slice(end)[skip as usize..],
+            OpBuf::None => &[],
+        }
+    }
+
+    /// Drop a finished op and give its buffer back.
+    pub fn release(&mut self, key: usize) {
+        let op = self.ops.remove(key);
+        if let OpBuf::Pool(id) = op.buf {
+            self.pool.put(id);
+        }
+    }
+
+    /// A buffer of at least `len` bytes: a pool buffer when one is free and large enough,
+    /// else a counted bounce allocation.
+    pub fn take_buf(&mut self, len: usize) -> OpBuf {
+        if len <= self.pool.buf_size() {
+            if let Some(id) = self.pool.get() {
+                return OpBuf::Pool(id);
+            }
+        }
+        self.counters.bounces += 1;
+        OpBuf::Bounce(Bounce::new(len))
+    }
+
+    /// Writable view of the first `len` bytes of `buf`.
+    pub fn buf_mut<'a>(&'a mut self, buf: &'a mut OpBuf, len: usize) -> &'a mut [u8] {
+        match buf {
+            OpBuf::Pool(id) => self.pool.slice_mut(id, len),
+            OpBuf::Bounce(b) => b.slice_mut(len),
+            OpBuf::None => &mut [],
+        }
+    }
+}

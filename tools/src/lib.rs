@@ -1,0 +1,1 @@
+//! twinblk operator tools. Binaries live in `src/bin/`: `twinblk-ctl` (control socket client).
