@@ -237,7 +237,13 @@ impl Reactor {
                     WaitPolicy::Interrupt => true,
                     WaitPolicy::Adaptive(spin) => now.duration_since(last_work) >= spin,
                 };
-            self.submit(may_block || self.stopping.is_some() && !worked);
+            let blocked = self.submit(may_block || self.stopping.is_some() && !worked);
+            if blocked {
+                // Time spent blocked in the ring is idle time, not part of the next turn.
+                let after = Instant::now();
+                self.counters.idle_ns += after.duration_since(turn_start).as_nanos() as u64;
+                turn_start = after;
+            }
             self.counters.turns += 1;
             self.counters.sqes = self.io.counters.sqes;
             self.counters.bounces = self.io.counters.bounces;
@@ -249,7 +255,8 @@ impl Reactor {
         self.stats.publish_volumes(&self.vol_counters);
     }
 
-    fn submit(&mut self, block: bool) {
+    /// Submit queued SQEs; with `block`, wait for a completion. True when it blocked.
+    fn submit(&mut self, block: bool) -> bool {
         let queued = !self.io.ring.submission().is_empty();
         if block {
             if self.mailbox.prepare_sleep() {
@@ -271,7 +278,7 @@ impl Reactor {
                         panic!("reactor {}: io_uring_enter failed: {e}", self.id);
                     }
                 }
-                return;
+                return true;
             }
         }
         if queued {
@@ -282,6 +289,7 @@ impl Reactor {
                 }
             }
         }
+        false
     }
 
     /// One turn; true when it did any work.

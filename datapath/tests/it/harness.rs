@@ -1,0 +1,164 @@
+//! Test harness: an in-process daemon for protocol tests, and the real `twinblk` binary for
+//! tests with clients nobody here wrote.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use twinblk::config::{Config, Wait};
+
+/// A daemon in this process on an ephemeral port, with `volumes` as TOML `[[volume]]` tables.
+pub fn in_process(volumes_toml: &str) -> (twinblk::Daemon, SocketAddr) {
+    let text = format!(
+        "[reactor]\ncores=[0]\nwait='adaptive'\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n{volumes_toml}"
+    );
+    let cfg = Config::from_toml(&text).expect("test config");
+    assert_eq!(cfg.reactor.wait, Wait::Adaptive);
+    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let addr = d.listeners()[0].1;
+    (d, addr)
+}
+
+/// A `twinblk serve` process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+/// Fail clearly when a client tool is missing (the README's test command installs them).
+pub fn need(tool: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success());
+    assert!(
+        ok.unwrap_or(false),
+        "{tool} is not installed: run the README's test command, which installs it"
+    );
+}
+
+impl Server {
+    /// Start the binary with `body` (TOML without [nbd] and [control]) in `dir`.
+    pub fn start(dir: &Path, body: &str) -> Server {
+        let socket = dir.join(format!("ctl-{}.sock", std::process::id()));
+        let config = dir.join("twinblk.toml");
+        let text = format!(
+            "[nbd]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n{body}",
+            socket.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Self::start_with(config, socket)
+    }
+
+    fn start_with(config: PathBuf, socket: PathBuf) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_twinblk"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn twinblk");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(rest) = line.trim().strip_prefix("nbd://") {
+                    let hostport = rest.split('/').next().unwrap().to_string();
+                    let _ = tx.send(hostport);
+                }
+            }
+        });
+        let hp = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("twinblk printed no endpoint");
+        Server {
+            child,
+            addr: hp.parse().unwrap(),
+            socket,
+            config,
+        }
+    }
+
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd://{}/{export}", self.addr)
+    }
+
+    /// SIGTERM and wait; true if it exited 0 within the deadline.
+    pub fn stop(&mut self) -> bool {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        false
+    }
+
+    /// Stop, then start again with the same config file.
+    pub fn restart(mut self) -> Server {
+        assert!(self.stop(), "clean stop failed");
+        let (config, socket) = (self.config.clone(), self.socket.clone());
+        Self::start_with(config, socket)
+    }
+
+    /// One control-socket call, via the ctl logic (a line of JSON-RPC).
+    pub fn rpc(&self, method: &str) -> serde_json::Value {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).expect("control socket");
+        writeln!(
+            s,
+            "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"{method}\"}}"
+        )
+        .unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["result"].clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Run a command, panic with its output unless it succeeds; return stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -1,0 +1,6 @@
+//! twinblk datapath integration tests (one binary, modules per concern, no global state).
+
+mod clients;
+mod harness;
+mod malformed;
+mod rawnbd;
