@@ -33,7 +33,7 @@ pub struct BufId(pub u16);
 impl BufPool {
     /// Allocate `count` buffers of `size` bytes (`size` a multiple of [`IO_ALIGN`]).
     pub fn new(count: u16, size: usize) -> Self {
-        assert!(size % IO_ALIGN == 0 && size > 0 && count > 0);
+        assert!(size.is_multiple_of(IO_ALIGN) && size > 0 && count > 0);
         let layout = Layout::from_size_align(size * count as usize, IO_ALIGN).expect("pool layout");
         // SAFETY: the layout has a non-zero size (checked above).
         let ptr = unsafe { alloc_zeroed(layout) };

@@ -36,7 +36,7 @@ impl FileDevice {
         block_size: u32,
         create: bool,
     ) -> Result<Arc<Self>, BdevError> {
-        if size == 0 || block_size == 0 || size % block_size as u64 != 0 {
+        if size == 0 || block_size == 0 || !size.is_multiple_of(block_size as u64) {
             return Err(BdevError::BadSize {
                 size,
                 block: block_size,
@@ -124,7 +124,7 @@ struct FileChannel {
 impl FileChannel {
     fn aligned(&self, offset: u64, len: u64) -> bool {
         let b = self.dev.block_size as u64;
-        offset % b == 0 && len % b == 0
+        offset.is_multiple_of(b) && len.is_multiple_of(b)
     }
 
     fn op(&self, tag: IoTag, offset: u64, len: u32, kind: OpKind, buf: OpBuf) -> BdevOp {

@@ -30,7 +30,7 @@ unsafe impl Sync for MallocDevice {}
 impl MallocDevice {
     /// Map `size` bytes of zeroed RAM (committed on first touch).
     pub fn new(size: u64, block_size: u32) -> Result<Arc<Self>, BdevError> {
-        if size == 0 || block_size == 0 || size % block_size as u64 != 0 {
+        if size == 0 || block_size == 0 || !size.is_multiple_of(block_size as u64) {
             return Err(BdevError::BadSize {
                 size,
                 block: block_size,

@@ -258,8 +258,8 @@ impl Reactor {
     /// Submit queued SQEs; with `block`, wait for a completion. True when it blocked.
     fn submit(&mut self, block: bool) -> bool {
         let queued = !self.io.ring.submission().is_empty();
-        if block {
-            if self.mailbox.prepare_sleep() {
+        if block
+            && self.mailbox.prepare_sleep() {
                 self.counters.enters += 1;
                 let r = if self.stopping.is_some() {
                     // Bounded wait while stopping, so the deadline is noticed.
@@ -270,24 +270,21 @@ impl Reactor {
                     self.io.ring.submit_and_wait(1)
                 };
                 self.mailbox.woke();
-                if let Err(e) = r {
-                    if !matches!(
+                if let Err(e) = r
+                    && !matches!(
                         e.raw_os_error(),
                         Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY)
                     ) {
                         panic!("reactor {}: io_uring_enter failed: {e}", self.id);
                     }
-                }
                 return true;
             }
-        }
         if queued {
             self.counters.enters += 1;
-            if let Err(e) = self.io.ring.submit() {
-                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+            if let Err(e) = self.io.ring.submit()
+                && !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
                     panic!("reactor {}: io_uring_enter failed: {e}", self.id);
                 }
-            }
         }
         false
     }
@@ -344,12 +341,11 @@ impl Reactor {
     }
 
     fn mark(&mut self, key: u32) {
-        if let Some(e) = self.conns.get_mut(key as usize) {
-            if !e.dirty {
+        if let Some(e) = self.conns.get_mut(key as usize)
+            && !e.dirty {
                 e.dirty = true;
                 self.dirty.push(key);
             }
-        }
     }
 
     fn flush_conn(&mut self, key: u32) {
@@ -373,10 +369,9 @@ impl Reactor {
         match ud.kind() {
             Some(Kind::Wake) => {
                 self.wake_armed = false;
-                if self.stopping.is_none() || res >= 0 {
-                    if self.stopping.is_none() {
-                        self.arm_wake();
-                    }
+                // While stopping the read is not re-armed, so nothing is left to cancel.
+                if self.stopping.is_none() {
+                    self.arm_wake();
                 }
             }
             Some(Kind::Accept) => self.on_accept(ud.index() as usize, res, flags),

@@ -185,11 +185,10 @@ impl IoCx {
     /// A buffer of at least `len` bytes: a pool buffer when one is free and large enough,
     /// else a counted bounce allocation.
     pub fn take_buf(&mut self, len: usize) -> OpBuf {
-        if len <= self.pool.buf_size() {
-            if let Some(id) = self.pool.get() {
+        if len <= self.pool.buf_size()
+            && let Some(id) = self.pool.get() {
                 return OpBuf::Pool(id);
             }
-        }
         self.counters.bounces += 1;
         OpBuf::Bounce(Bounce::new(len))
     }

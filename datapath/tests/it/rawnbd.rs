@@ -8,7 +8,6 @@ use twinblk::frontend::nbd::proto::{self, cmd, opt, rep};
 
 pub struct Client {
     pub s: TcpStream,
-    pub structured: bool,
     pub size: u64,
 }
 
@@ -98,7 +97,6 @@ impl Client {
         }
         Client {
             s,
-            structured,
             size,
         }
     }
