@@ -4,3 +4,4 @@ mod clients;
 mod harness;
 mod malformed;
 mod rawnbd;
+mod shutdown;

@@ -95,10 +95,7 @@ impl Client {
             }
             assert!(t == rep::INFO, "GO failed with reply type {t:#x}");
         }
-        Client {
-            s,
-            size,
-        }
+        Client { s, size }
     }
 
     pub fn send_request(

@@ -1,0 +1,117 @@
+//! Clean shutdown: every write acknowledged before (or during) a stop is on the device after a
+//! restart; exports are isolated and read-only exports refuse writes.
+
+use crate::harness::{in_process, pattern};
+use crate::rawnbd::*;
+use std::io::Read;
+use twinblk::frontend::nbd::proto::{self, cmd, err};
+
+#[test]
+fn every_write_acknowledged_across_a_stop_is_on_disk_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let vol = format!(
+        "[[volume]]\nname='disk'\nbackend='uring'\nsize='64MiB'\npath='{}'\n",
+        dir.path().join("disk.img").display()
+    );
+    for round in 0..3u64 {
+        let (mut d, addr) = in_process(&vol);
+        let mut c = Client::connect(addr, "disk", false);
+        const N: u64 = 2000;
+        let writer = {
+            let mut s = c.s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                for i in 0..N {
+                    let mut b = Vec::with_capacity(28 + 4096);
+                    b.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+                    b.extend_from_slice(&0u16.to_be_bytes());
+                    b.extend_from_slice(&cmd::WRITE.to_be_bytes());
+                    b.extend_from_slice(&i.to_be_bytes());
+                    b.extend_from_slice(&(i * 4096).to_be_bytes());
+                    b.extend_from_slice(&4096u32.to_be_bytes());
+                    b.extend_from_slice(&pattern(round * N + i + 1, 4096));
+                    if s.write_all(&b).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(5 + round * 10));
+        let stopper = std::thread::spawn(move || {
+            d.stop();
+            d
+        });
+        // Collect replies until the server closes the connection.
+        let mut acked = Vec::new();
+        let mut shut = 0;
+        loop {
+            let mut h = [0u8; 16];
+            if c.s.read_exact(&mut h).is_err() {
+                break;
+            }
+            assert_eq!(&h[0..4], &proto::SIMPLE_REPLY_MAGIC.to_be_bytes());
+            let e = u32::from_be_bytes(h[4..8].try_into().unwrap());
+            let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
+            match e {
+                0 => acked.push(cookie),
+                err::ESHUTDOWN => shut += 1,
+                other => panic!("unexpected error {other} for write {cookie}"),
+            }
+        }
+        let _ = writer.join();
+        drop(stopper.join().unwrap());
+        assert!(
+            !acked.is_empty(),
+            "round {round}: nothing was acknowledged before the stop"
+        );
+        // Restart on the same file and check every acknowledged write.
+        let (_d2, addr2) = in_process(&vol);
+        let mut r = Client::connect(addr2, "disk", true);
+        for &i in &acked {
+            let got = r.read(i * 4096, 4096).unwrap();
+            assert!(
+                got == pattern(round * N + i + 1, 4096),
+                "round {round}: acknowledged write {i} lost"
+            );
+        }
+        r.disconnect();
+        eprintln!(
+            "round {round}: {} acknowledged, {shut} refused with ESHUTDOWN",
+            acked.len()
+        );
+    }
+}
+
+#[test]
+fn several_exports_are_isolated_and_read_only_is_enforced() {
+    let (_d, addr) = in_process(
+        "[[volume]]\nname='a'\nbackend='malloc'\nsize='1MiB'\n\
+         [[volume]]\nname='b'\nbackend='malloc'\nsize='2MiB'\n\
+         [[nbd.export]]\nname='a'\nvolume='a'\n\
+         [[nbd.export]]\nname='b'\nvolume='b'\n\
+         [[nbd.export]]\nname='b-ro'\nvolume='b'\nread_only=true\n",
+    );
+    let mut a = Client::connect(addr, "a", false);
+    let mut b = Client::connect(addr, "b", true);
+    let mut ro = Client::connect(addr, "b-ro", true);
+    assert_eq!((a.size, b.size, ro.size), (1 << 20, 2 << 20, 2 << 20));
+    assert_eq!(a.write(0, &[0xaa; 4096]), 0);
+    assert_eq!(b.read(0, 4096).unwrap(), vec![0u8; 4096]);
+    assert_eq!(b.write(0, &[0xbb; 4096]), 0);
+    assert_eq!(ro.read(0, 4096).unwrap(), vec![0xbb; 4096]);
+    assert_eq!(ro.write(0, &[1; 4096]), err::EPERM);
+    ro.send_request(cmd::TRIM, 0, 9, 0, 4096, &[]);
+    assert_eq!(ro.read_reply(0).1, err::EPERM);
+    assert_eq!(a.read(0, 4096).unwrap(), vec![0xaa; 4096]);
+    // Trim and write-zeroes read back as zeroes.
+    b.send_request(cmd::WRITE_ZEROES, 0, 10, 0, 2048, &[]);
+    assert_eq!(b.read_reply(0).1, 0);
+    let got = b.read(0, 4096).unwrap();
+    assert!(got[..2048].iter().all(|&x| x == 0) && got[2048..].iter().all(|&x| x == 0xbb));
+    b.send_request(cmd::TRIM, 0, 11, 0, 4096, &[]);
+    assert_eq!(b.read_reply(0).1, 0);
+    assert_eq!(b.read(0, 4096).unwrap(), vec![0u8; 4096]);
+    for c in [a, b, ro] {
+        c.disconnect();
+    }
+}
