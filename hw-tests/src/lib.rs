@@ -6,8 +6,14 @@ use std::path::Path;
 /// Why a hardware test cannot run here, or `None` when the hardware is present.
 pub fn missing_rdma() -> Option<String> {
     let dir = Path::new("/sys/class/infiniband");
-    let present = std::fs::read_dir(dir).map(|mut it| it.next().is_some()).unwrap_or(false);
-    if present { None } else { Some(format!("no RDMA device under {}", dir.display())) }
+    let present = std::fs::read_dir(dir)
+        .map(|mut it| it.next().is_some())
+        .unwrap_or(false);
+    if present {
+        None
+    } else {
+        Some(format!("no RDMA device under {}", dir.display()))
+    }
 }
 
 /// Why an NVMe test cannot run here, or `None` when an NVMe namespace is present.

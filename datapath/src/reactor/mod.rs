@@ -258,33 +258,34 @@ impl Reactor {
     /// Submit queued SQEs; with `block`, wait for a completion. True when it blocked.
     fn submit(&mut self, block: bool) -> bool {
         let queued = !self.io.ring.submission().is_empty();
-        if block
-            && self.mailbox.prepare_sleep() {
-                self.counters.enters += 1;
-                let r = if self.stopping.is_some() {
-                    // Bounded wait while stopping, so the deadline is noticed.
-                    let ts = types::Timespec::new().nsec(50_000_000);
-                    let args = types::SubmitArgs::new().timespec(&ts);
-                    self.io.ring.submitter().submit_with_args(1, &args)
-                } else {
-                    self.io.ring.submit_and_wait(1)
-                };
-                self.mailbox.woke();
-                if let Err(e) = r
-                    && !matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY)
-                    ) {
-                        panic!("reactor {}: io_uring_enter failed: {e}", self.id);
-                    }
-                return true;
+        if block && self.mailbox.prepare_sleep() {
+            self.counters.enters += 1;
+            let r = if self.stopping.is_some() {
+                // Bounded wait while stopping, so the deadline is noticed.
+                let ts = types::Timespec::new().nsec(50_000_000);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.io.ring.submitter().submit_with_args(1, &args)
+            } else {
+                self.io.ring.submit_and_wait(1)
+            };
+            self.mailbox.woke();
+            if let Err(e) = r
+                && !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY)
+                )
+            {
+                panic!("reactor {}: io_uring_enter failed: {e}", self.id);
             }
+            return true;
+        }
         if queued {
             self.counters.enters += 1;
             if let Err(e) = self.io.ring.submit()
-                && !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
-                    panic!("reactor {}: io_uring_enter failed: {e}", self.id);
-                }
+                && !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY))
+            {
+                panic!("reactor {}: io_uring_enter failed: {e}", self.id);
+            }
         }
         false
     }
@@ -342,10 +343,11 @@ impl Reactor {
 
     fn mark(&mut self, key: u32) {
         if let Some(e) = self.conns.get_mut(key as usize)
-            && !e.dirty {
-                e.dirty = true;
-                self.dirty.push(key);
-            }
+            && !e.dirty
+        {
+            e.dirty = true;
+            self.dirty.push(key);
+        }
     }
 
     fn flush_conn(&mut self, key: u32) {

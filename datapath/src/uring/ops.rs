@@ -186,9 +186,10 @@ impl IoCx {
     /// else a counted bounce allocation.
     pub fn take_buf(&mut self, len: usize) -> OpBuf {
         if len <= self.pool.buf_size()
-            && let Some(id) = self.pool.get() {
-                return OpBuf::Pool(id);
-            }
+            && let Some(id) = self.pool.get()
+        {
+            return OpBuf::Pool(id);
+        }
         self.counters.bounces += 1;
         OpBuf::Bounce(Bounce::new(len))
     }
