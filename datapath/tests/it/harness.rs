@@ -6,15 +6,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use twinblk::config::{Config, Wait};
+use twinblk::config::Config;
 
 /// A daemon in this process on an ephemeral port, with `volumes` as TOML `[[volume]]` tables.
 pub fn in_process(volumes_toml: &str) -> (twinblk::Daemon, SocketAddr) {
+    in_process_with("cores=[0]\nwait='adaptive'", volumes_toml)
+}
+
+/// As [`in_process`], with the body of the `[reactor]` table given.
+pub fn in_process_with(reactor_toml: &str, volumes_toml: &str) -> (twinblk::Daemon, SocketAddr) {
     let text = format!(
-        "[reactor]\ncores=[0]\nwait='adaptive'\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n{volumes_toml}"
+        "[reactor]\n{reactor_toml}\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n{volumes_toml}"
     );
     let cfg = Config::from_toml(&text).expect("test config");
-    assert_eq!(cfg.reactor.wait, Wait::Adaptive);
     let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
     let addr = d.listeners()[0].1;
     (d, addr)
