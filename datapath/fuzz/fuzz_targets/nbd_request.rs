@@ -45,7 +45,10 @@ fn check_prefixes<'a, T: PartialEq + std::fmt::Debug>(
         }
     }
     if decided {
-        assert!(!matches!(full, Ok(None)), "whole input undecided, prefix decided");
+        assert!(
+            !matches!(full, Ok(None)),
+            "whole input undecided, prefix decided"
+        );
     }
 }
 
@@ -72,25 +75,19 @@ fn check_request(b: &[u8]) {
 fn serve_requests(b: &[u8]) {
     let mut at = 0usize;
     let mut steps = 0usize;
-    loop {
-        match parse_request(&b[at..]) {
-            Ok(Some((req, n))) => {
-                assert!(n > 0, "no progress at {at}");
-                assert!(n <= b.len() - at, "consumed {n} past the end at {at}");
-                at += n;
-                let p = req.payload_len();
-                if req.kind == cmd::WRITE {
-                    assert!(p <= MAX_PAYLOAD as usize, "WRITE payload {p} > MAX_PAYLOAD");
-                }
-                if b.len() - at < p {
-                    break; // a server would wait for the rest of the payload
-                }
-                at += p;
-                steps += 1;
-            }
-            Ok(None) | Err(_) => break,
+    while let Ok(Some((req, n))) = parse_request(&b[at..]) {
+        assert!(n > 0, "no progress at {at}");
+        assert!(n <= b.len() - at, "consumed {n} past the end at {at}");
+        at += n;
+        let p = req.payload_len();
+        if req.kind == cmd::WRITE {
+            assert!(p <= MAX_PAYLOAD as usize, "WRITE payload {p} > MAX_PAYLOAD");
         }
-        assert!(at <= b.len());
+        if b.len() - at < p {
+            break; // a server would wait for the rest of the payload
+        }
+        at += p;
+        steps += 1;
     }
     assert!(at <= b.len());
     assert!(steps <= b.len() / REQUEST_LEN);
@@ -126,7 +123,11 @@ fn check_option(b: &[u8]) {
             check_info(o.data);
             check_meta(o.data);
         }
-        Ok(None) => assert!(needs > b.len(), "needs {needs} <= have {} but undecided", b.len()),
+        Ok(None) => assert!(
+            needs > b.len(),
+            "needs {needs} <= have {} but undecided",
+            b.len()
+        ),
         Err(_) => assert!(b.len() >= OPTION_HEADER_LEN),
     }
     check_prefixes(b, parse_option);

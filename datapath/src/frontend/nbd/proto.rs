@@ -226,7 +226,7 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// Parse the client's 4-byte flags. Returns (consumed, no_zeroes, fixed_newstyle).
+/// Parse the client's 4-byte flags. Returns `(flags, consumed)`.
 pub fn parse_client_flags(b: &[u8]) -> Result<Option<(u32, usize)>, Violation> {
     if b.len() < 4 {
         return Ok(None);
