@@ -21,9 +21,10 @@
 #   SERVERS    subset/order of: twinblk-poll twinblk-adaptive nbdkit-memory qemu-nbd nbdkit-null
 #   SERVER_CPU / FIO_CPU  cores for servers / fio (default 0 / 1)
 #   KEEP=1     keep the raw fio JSON and server logs (the directory is printed)
-#   IDLE_WAIT  before each server start, wait up to this many seconds for the machine to be idle
-#              (all-CPU busy <= IDLE_MAX %, default 10, sampled over 1 s); default 300. On timeout
-#              the run goes on and the report says so. The background load seen is reported.
+#   IDLE_WAIT  before each server start, wait up to this many seconds (default 300) until other
+#              processes use <= IDLE_MAX % of one core (default 10); on timeout the run goes on.
+#   RETRIES    re-runs of a point during which other processes used > IDLE_MAX % of a core
+#              (default 2). The background CPU seen during every point is reported.
 #
 # Needs: cargo, fio (with the nbd engine), nbdkit (memory, null), qemu-nbd, nbdinfo, taskset,
 # python3. Servers listen on 127.0.0.1 only and are always killed on exit (trap).
@@ -40,6 +41,7 @@ FIO_CPU=${FIO_CPU:-1}
 KEEP=${KEEP:-0}
 IDLE_WAIT=${IDLE_WAIT:-300}
 IDLE_MAX=${IDLE_MAX:-10}
+RETRIES=${RETRIES:-2}
 SIZE=256M
 BS=4k
 RWS="randread randwrite"
@@ -54,7 +56,8 @@ is_uint "$BASE_PORT" && ((BASE_PORT >= 1024 && BASE_PORT + 10 * REPS + 10 < 6553
     die "bad BASE_PORT"
 is_uint "$SERVER_CPU" && is_uint "$FIO_CPU" || die "bad SERVER_CPU/FIO_CPU"
 is_uint "$IDLE_WAIT" && ((IDLE_WAIT <= 3600)) || die "IDLE_WAIT must be 0..3600"
-is_uint "$IDLE_MAX" && ((IDLE_MAX <= 100)) || die "IDLE_MAX must be 0..100"
+is_uint "$IDLE_MAX" && ((IDLE_MAX <= 200)) || die "IDLE_MAX must be 0..200"
+is_uint "$RETRIES" && ((RETRIES <= 5)) || die "RETRIES must be 0..5"
 for s in $SERVERS; do
     case $s in
     twinblk-poll | twinblk-adaptive | nbdkit-memory | qemu-nbd | nbdkit-null) ;;
@@ -64,7 +67,7 @@ done
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
-INVOCATION="RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP BASE_PORT=$BASE_PORT bash benches/nbd_compare.sh"
+INVOCATION="RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP IDLE_MAX=$IDLE_MAX RETRIES=$RETRIES BASE_PORT=$BASE_PORT bash benches/nbd_compare.sh"
 if [[ $SERVERS != "twinblk-poll twinblk-adaptive nbdkit-memory qemu-nbd nbdkit-null" ]]; then
     INVOCATION="SERVERS='$SERVERS' $INVOCATION"
 fi
@@ -80,11 +83,24 @@ NCPU=$(nproc)
 WORK=$(mktemp -d /tmp/nbd_compare.XXXXXX)
 SHM_FILE=/dev/shm/nbd_compare.$$.raw
 SERVER_PID=""
+FG_PID=""       # the fio (or fill) run in progress
+BG_PID=""       # the background-load sampler in progress
+
+# run_fg CMD...: run CMD in the background and wait for it. A script blocked in `wait` acts on
+# SIGINT/SIGTERM at once; while a plain foreground child runs, bash would defer (or, for
+# SIGINT, even drop) the signal until the child ends.
+run_fg() {
+    local rc=0
+    "$@" &
+    FG_PID=$!
+    wait "$FG_PID" || rc=$?
+    FG_PID=""
+    return "$rc"
+}
 
 stop_server() {
     local pid=$SERVER_PID i
     [[ -n $pid ]] || return 0
-    SERVER_PID=""
     if kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
         for ((i = 0; i < 100; i++)); do # up to 10 s
@@ -97,11 +113,19 @@ stop_server() {
         fi
     fi
     wait "$pid" 2>/dev/null || true
+    SERVER_PID=""
 }
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    local p
+    for p in $FG_PID $BG_PID; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in $FG_PID $BG_PID; do
+        wait "$p" 2>/dev/null || true
+    done
     stop_server
     rm -f "$SHM_FILE"
     if [[ $KEEP == 1 ]]; then
@@ -179,30 +203,73 @@ start_server() {
 }
 
 # ---- background load ---------------------------------------------------------------------------
-# busy_pct: percentage of all CPU time that was busy (not idle/iowait) over one second.
-busy_pct() {
-    local a b
-    a=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6; exit}' /proc/stat)
-    sleep 1
-    b=$(awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6; exit}' /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN{split(a,x," "); split(b,y," "); bu=y[1]-x[1]; id=y[2]-x[2];
-        t=bu+id; printf "%d\n", (t>0 ? 100*bu/t + 0.5 : 0)}'
-}
+# The machine is shared (other builds may start at any time). bgcpu.py measures the CPU time used
+# by OTHER user-space processes (not kernel threads, not fio, not the server under test) over an
+# interval, in % of one core, and names the top consumer. It is used (1) before each server start
+# to wait for a quiet machine and (2) alongside every measured point: a point measured while
+# others used more than IDLE_MAX % of a core is re-run (up to RETRIES times) after waiting again.
+BGCPU=$WORK/bgcpu.py
+cat >"$BGCPU" <<'PY'
+import os, sys, time
+secs, excl = float(sys.argv[1]), {int(x) for x in sys.argv[2:] if x}
+excl.add(os.getpid())
+hz = os.sysconf("SC_CLK_TCK")
 
-BG_MAX=0        # highest background busy% seen just before a server start
-BG_TIMEOUTS=0   # server starts that went ahead on a busy machine
+def snap():
+    d = {}
+    for p in os.listdir("/proc"):
+        if not p.isdigit() or int(p) in excl:
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        comm, rest = s[s.index("(") + 1:s.rindex(")")], s[s.rindex(")") + 2:].split()
+        if p == "2" or rest[1] == "2" or comm == "fio":
+            continue
+        d[int(p)] = (int(rest[11]) + int(rest[12]), comm)
+    return d
+
+t0 = time.monotonic()
+first = snap()
+base = {pid: v[0] for pid, v in first.items()}
+last = dict(first)
+while True:
+    left = secs - (time.monotonic() - t0)
+    if left <= 0:
+        break
+    time.sleep(min(1.0, left))
+    for pid, v in snap().items():
+        base.setdefault(pid, 0)
+        last[pid] = v
+el = time.monotonic() - t0
+use = {}
+for pid, (j, comm) in last.items():
+    use[comm] = use.get(comm, 0) + max(0, j - base.get(pid, j))
+tot = sum(use.values())
+top = max(use, key=use.get) if tot else "-"
+print(f"{100.0 * tot / hz / el:.0f} {top}")
+PY
+
+# bg SECONDS -> "PCT TOPCOMM" for other processes (the running server excluded).
+bg() { python3 "$BGCPU" "$1" "$SERVER_PID" 2>/dev/null || echo "0 ?"; }
+
+BG_WAITS=0      # server starts / point re-runs that had to wait for a quiet machine
+BG_TIMEOUTS=0   # ... that went ahead on a busy machine after IDLE_WAIT
 wait_idle() {
-    local b i
-    b=$(busy_pct)
-    for ((i = 1; i < IDLE_WAIT && b > IDLE_MAX; i++)); do
-        ((i % 30 == 1)) && echo "nbd_compare: machine busy (${b}% of all CPUs), waiting (up to ${IDLE_WAIT}s)" >&2
-        b=$(busy_pct)
+    local b i waited=0
+    b=$(bg 2)
+    for ((i = 0; i < IDLE_WAIT / 2 && ${b%% *} > IDLE_MAX; i++)); do
+        waited=1
+        ((i % 15 == 0)) && echo "nbd_compare: others use ${b%% *}% of a core (top: ${b#* }), waiting (up to ${IDLE_WAIT}s)" >&2
+        b=$(bg 2)
     done
-    if ((b > IDLE_MAX)); then
+    BG_WAITS=$((BG_WAITS + waited))
+    if ((${b%% *} > IDLE_MAX)); then
         BG_TIMEOUTS=$((BG_TIMEOUTS + 1))
-        echo "nbd_compare: WARNING: still ${b}% busy, going on" >&2
+        echo "nbd_compare: WARNING: others still use ${b%% *}% of a core (${b#* }), going on" >&2
     fi
-    ((b > BG_MAX)) && BG_MAX=$b
     return 0
 }
 
@@ -213,21 +280,40 @@ FIO_COMMON=(--ioengine=nbd --bs=$BS --size=$SIZE --numjobs=1 --output-format=jso
 # fill: sequential 1 MiB writes over the whole 256 MiB region.
 fill() {
     local out=$1
-    timeout 300 taskset -c "$FIO_CPU" fio --name=fill --ioengine=nbd --uri="$URI" --rw=write \
+    run_fg timeout 300 taskset -c "$FIO_CPU" fio --name=fill --ioengine=nbd --uri="$URI" --rw=write \
         --bs=1M --iodepth=8 --size=$SIZE --numjobs=1 --output-format=json --output="$out" \
         >/dev/null 2>&1 || die "fill pass failed on $URI (see $out)"
 }
 
-# point RW QD OUT: one measurement. Failure is recorded (no JSON), not fatal.
+# point RW QD OUT: one measurement (re-run if others were busy meanwhile). A fio failure is
+# recorded (no JSON), not fatal. OUT.bg gets "other-CPU% top-process attempts".
 point() {
-    local rw=$1 qd=$2 out=$3
-    if ! timeout $((RUNTIME + RAMP + 60)) taskset -c "$FIO_CPU" fio --name=p \
-        "${FIO_COMMON[@]}" --uri="$URI" --rw="$rw" --iodepth="$qd" --norandommap --randrepeat=0 \
-        --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --percentile_list=50:99 \
-        --output="$out" >"$out.log" 2>&1; then
-        echo "nbd_compare: fio $rw qd$qd FAILED on $URI" >&2
-        mv -f "$out" "$out.failed" 2>/dev/null || true
-    fi
+    local rw=$1 qd=$2 out=$3 attempt b bgfile=$3.bgtmp
+    for ((attempt = 0; attempt <= RETRIES; attempt++)); do
+        python3 "$BGCPU" "$((RUNTIME + RAMP))" "$SERVER_PID" >"$bgfile" 2>/dev/null &
+        BG_PID=$!
+        if ! run_fg timeout $((RUNTIME + RAMP + 60)) taskset -c "$FIO_CPU" fio --name=p \
+            "${FIO_COMMON[@]}" --uri="$URI" --rw="$rw" --iodepth="$qd" --norandommap \
+            --randrepeat=0 --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
+            --percentile_list=50:99 --output="$out" >"$out.log" 2>&1; then
+            echo "nbd_compare: fio $rw qd$qd FAILED on $URI" >&2
+            mv -f "$out" "$out.failed" 2>/dev/null || true
+        fi
+        wait "$BG_PID" 2>/dev/null || true
+        BG_PID=""
+        b=$(cat "$bgfile" 2>/dev/null)
+        [[ $b =~ ^[0-9]+\ .+ ]] || b="0 ?"
+        echo "$b $((attempt + 1))" >"$out.bg"
+        if ((${b%% *} <= IDLE_MAX)); then
+            break
+        fi
+        echo "nbd_compare: others used ${b%% *}% of a core during this point (top: ${b#* })" >&2
+        if ((attempt < RETRIES)); then
+            wait_idle
+            echo "nbd_compare: re-running $rw qd$qd" >&2
+        fi
+    done
+    rm -f "$bgfile"
 }
 
 # ---- run ----------------------------------------------------------------------------------------
@@ -270,7 +356,7 @@ CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     echo "- Machine: nproc=$NCPU, CPU: ${CPU_MODEL:-unknown}, kernel $(uname -r)"
     echo "- Date: $DATE_START .. $DATE_END"
     echo "- Tools: $(fio --version), $(nbdkit --version 2>&1 | head -1), $(qemu-nbd --version | head -1), twinblk $("$TWINBLK" --version | awk '{print $2}') ($(sha256sum "$TWINBLK" | cut -c1-12))"
-    echo "- Background: highest all-CPU busy before a server start ${BG_MAX}% (threshold ${IDLE_MAX}%, $BG_TIMEOUTS start(s) went ahead above it); loadavg at start $LOAD_START, at end $LOAD_END"
+    echo "- Background: other processes were allowed <= ${IDLE_MAX}% of one core (waited $BG_WAITS time(s) for a quiet machine, went ahead busy $BG_TIMEOUTS time(s)); loadavg at start $LOAD_START, at end $LOAD_END"
     echo "- Layout: servers \`taskset -c $SERVER_CPU\`, fio \`taskset -c $FIO_CPU\`, TCP on 127.0.0.1"
     echo "- Servers: twinblk \`serve --cores $SERVER_CPU --wait poll|adaptive\` (1 GiB malloc volume, no control socket);" \
         "\`nbdkit -f memory size=1G\`; \`qemu-nbd -f raw -t --cache=writeback --aio=threads\` on a 1 GiB file in /dev/shm;" \
@@ -280,7 +366,7 @@ CPU_MODEL=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
         "each server fresh per repetition, after a fill pass \`--rw=write --bs=1M --iodepth=8 --size=$SIZE\`."
     echo "- Values: median of $REPS repetitions (each metric separately); latencies are fio completion latency (clat) in µs."
     echo
-    python3 - "$WORK" "$REPS" "$SERVERS" <<'PY'
+    IDLE_MAX=$IDLE_MAX python3 - "$WORK" "$REPS" "$SERVERS" <<'PY'
 import json, os, statistics, sys
 
 work, reps, servers = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
@@ -316,7 +402,7 @@ res = {}    # (server, rw, qd) -> dict(iops, p50, p99, n)
 for s in servers:
     for rw in RWS:
         for qd in QDS:
-            iops, p50, p99 = [], [], []
+            iops, p50, p99, cpu = [], [], [], []
             for r in range(reps):
                 job = load(os.path.join(work, f"{s}.{rw}.qd{qd}.rep{r}.json"))
                 if job is None:
@@ -324,12 +410,14 @@ for s in servers:
                 d = job["read" if rw == "randread" else "write"]
                 pct = d["clat_ns"].get("percentile", {})
                 iops.append(d["iops"])
+                cpu.append(job.get("usr_cpu", 0.0) + job.get("sys_cpu", 0.0))
                 p50.append(pct.get("50.000000", float("nan")) / 1000.0)
                 p99.append(pct.get("99.000000", float("nan")) / 1000.0)
             if iops:
                 res[(s, rw, qd)] = dict(
                     iops=statistics.median(iops), p50=statistics.median(p50),
-                    p99=statistics.median(p99), n=len(iops), all=iops)
+                    p99=statistics.median(p99), cpu=statistics.median(cpu), n=len(iops),
+                    all=iops)
 
 def cell(s, rw, qd, k):
     v = res.get((s, rw, qd))
@@ -360,6 +448,29 @@ if missing:
         n = res.get((s, rw, qd), {}).get("n", 0)
         print(f"- WARNING: {s} {rw} QD{qd}: {n}/{reps} repetitions succeeded")
 
+bgs = []
+for s in servers:
+    for rw in RWS:
+        for qd in QDS:
+            for r in range(reps):
+                try:
+                    with open(os.path.join(work, f"{s}.{rw}.qd{qd}.rep{r}.json.bg")) as f:
+                        pct, comm, att = f.read().split()
+                    bgs.append((int(pct), comm, int(att), s, rw, qd, r))
+                except (OSError, ValueError):
+                    pass
+if bgs:
+    reruns = sum(b[2] - 1 for b in bgs)
+    worst = max(bgs)
+    print()
+    print(f"Background (CPU of other processes during the kept measurement of each point, % of one"
+          f" core): median {statistics.median(b[0] for b in bgs):.0f}%, max {worst[0]}%"
+          f" ({worst[1]}, {worst[3]} {worst[4]} QD{worst[5]} rep {worst[6] + 1});"
+          f" {reruns} re-run(s) because of background load.")
+    busy = [b for b in bgs if b[0] > int(os.environ.get("IDLE_MAX", "10"))]
+    for b in busy:
+        print(f"- WARNING: kept with background {b[0]}% ({b[1]}): {b[3]} {b[4]} QD{b[5]} rep {b[6] + 1}")
+
 print()
 print("Per-repetition IOPS (for spread):")
 print()
@@ -371,6 +482,18 @@ for s in servers:
             short = "rr" if rw == "randread" else "rw"
             parts.append(f"{short}/QD{qd} " + ("ERR" if v is None else
                          "/".join(f"{x:.0f}" for x in v["all"])))
+    print(f"- {LABEL[s]}: " + "; ".join(parts))
+
+print()
+print("Client CPU (fio job usr+sys, median; near 100% means fio itself is the limit):")
+print()
+for s in servers:
+    parts = []
+    for rw in RWS:
+        for qd in QDS:
+            v = res.get((s, rw, qd))
+            short = "rr" if rw == "randread" else "rw"
+            parts.append(f"{short}/QD{qd} " + ("ERR" if v is None else f"{v['cpu']:.0f}%"))
     print(f"- {LABEL[s]}: " + "; ".join(parts))
 
 def ratio(a, b, rw, qd, k="iops"):

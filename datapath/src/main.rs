@@ -33,7 +33,7 @@ enum Cmd {
         wait: Option<Wait>,
         /// Override the control socket path (empty string: none).
         #[arg(long)]
-        control_socket: Option<PathBuf>,
+        control_socket: Option<String>,
     },
     /// Check a configuration file and print it with every default filled in.
     CheckConfig {
@@ -84,7 +84,7 @@ fn main() -> Result<()> {
                 cfg.reactor.wait = w;
             }
             if let Some(s) = control_socket {
-                cfg.control.socket = s;
+                cfg.control.socket = PathBuf::from(s);
             }
             cfg.validate()?;
             serve(cfg)
