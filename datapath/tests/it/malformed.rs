@@ -41,29 +41,19 @@ fn handshake_violations_close_only_that_connection() {
     assert!(closed_by_server(&mut s));
 
     // Bad option magic.
-    let mut s = connect_raw(addr);
-    read_greeting(&mut s);
-    s.write_all(&1u32.to_be_bytes()).unwrap();
+    let mut s = fixed_newstyle(addr);
     s.write_all(&[0xde; 16]).unwrap();
     assert!(closed_by_server(&mut s));
 
     // An option length beyond any sane option (lying length).
-    let mut s = connect_raw(addr);
-    read_greeting(&mut s);
-    s.write_all(&1u32.to_be_bytes()).unwrap();
-    let mut b = proto::IHAVEOPT.to_be_bytes().to_vec();
-    b.extend_from_slice(&opt::GO.to_be_bytes());
-    b.extend_from_slice(&u32::MAX.to_be_bytes());
+    let mut s = fixed_newstyle(addr);
+    let b = option_header(opt::GO, u32::MAX);
     s.write_all(&b).unwrap();
     assert!(closed_by_server(&mut s));
 
     // A length that promises more than is sent, then an abrupt disconnect.
-    let mut s = connect_raw(addr);
-    read_greeting(&mut s);
-    s.write_all(&1u32.to_be_bytes()).unwrap();
-    let mut b = proto::IHAVEOPT.to_be_bytes().to_vec();
-    b.extend_from_slice(&opt::GO.to_be_bytes());
-    b.extend_from_slice(&1000u32.to_be_bytes());
+    let mut s = fixed_newstyle(addr);
+    let mut b = option_header(opt::GO, 1000);
     b.extend_from_slice(b"vol0");
     s.write_all(&b).unwrap();
     drop(s);
@@ -76,9 +66,7 @@ fn handshake_violations_close_only_that_connection() {
     assert!(closed_by_server(&mut s));
 
     // EXPORT_NAME for an export that does not exist cannot be answered: close.
-    let mut s = connect_raw(addr);
-    read_greeting(&mut s);
-    s.write_all(&1u32.to_be_bytes()).unwrap();
+    let mut s = fixed_newstyle(addr);
     send_option(&mut s, opt::EXPORT_NAME, b"nope");
     assert!(closed_by_server(&mut s));
 
@@ -91,9 +79,7 @@ fn handshake_violations_close_only_that_connection() {
 #[test]
 fn bad_options_get_errors_and_negotiation_goes_on() {
     let (_d, addr) = in_process(VOL);
-    let mut s = connect_raw(addr);
-    read_greeting(&mut s);
-    s.write_all(&1u32.to_be_bytes()).unwrap();
+    let mut s = fixed_newstyle(addr);
 
     send_option(&mut s, 0x7777, b"whatever");
     assert_eq!(read_option_reply(&mut s).1, rep::ERR_UNSUP);

@@ -25,11 +25,25 @@ pub fn read_greeting(s: &mut TcpStream) {
     assert_eq!(&g[8..16], &proto::IHAVEOPT.to_be_bytes());
 }
 
-pub fn send_option(s: &mut TcpStream, code: u32, data: &[u8]) {
-    let mut b = Vec::new();
-    b.extend_from_slice(&proto::IHAVEOPT.to_be_bytes());
+/// Connect, read the greeting and answer with fixed-newstyle client flags.
+pub fn fixed_newstyle(addr: SocketAddr) -> TcpStream {
+    let mut s = connect_raw(addr);
+    read_greeting(&mut s);
+    s.write_all(&proto::FLAG_C_FIXED_NEWSTYLE.to_be_bytes())
+        .unwrap();
+    s
+}
+
+/// An option header claiming `len` payload bytes (the caller decides what follows).
+pub fn option_header(code: u32, len: u32) -> Vec<u8> {
+    let mut b = proto::IHAVEOPT.to_be_bytes().to_vec();
     b.extend_from_slice(&code.to_be_bytes());
-    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    b.extend_from_slice(&len.to_be_bytes());
+    b
+}
+
+pub fn send_option(s: &mut TcpStream, code: u32, data: &[u8]) {
+    let mut b = option_header(code, data.len() as u32);
     b.extend_from_slice(data);
     s.write_all(&b).unwrap();
 }
