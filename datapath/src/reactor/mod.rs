@@ -257,7 +257,13 @@ impl Reactor {
 
     /// Submit queued SQEs; with `block`, wait for a completion. True when it blocked.
     fn submit(&mut self, block: bool) -> bool {
-        let queued = !self.io.ring.submission().is_empty();
+        // With DEFER_TASKRUN, completions wait in the kernel until this thread enters the ring
+        // with GETEVENTS; the TASKRUN flag says some are waiting (the crate's submit sets
+        // GETEVENTS when it sees the flag).
+        let queued = {
+            let sq = self.io.ring.submission();
+            !sq.is_empty() || sq.taskrun()
+        };
         if block && self.mailbox.prepare_sleep() {
             self.counters.enters += 1;
             let r = if self.stopping.is_some() {
