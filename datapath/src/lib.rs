@@ -32,6 +32,7 @@ pub mod buf;
 pub mod config;
 pub mod control;
 pub mod frontend;
+pub mod mirror;
 pub mod reactor;
 pub mod server;
 pub mod uring;

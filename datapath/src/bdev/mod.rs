@@ -82,6 +82,10 @@ pub trait Channel {
     ) -> Start;
     /// Deallocate `len` bytes at `offset` (reads afterwards return zeroes).
     fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start;
+    /// The mirror engine and its peer's address, when this is a mirrored volume's channel.
+    fn mirror(&mut self) -> Option<(&mut crate::mirror::engine::Engine, std::net::SocketAddr)> {
+        None
+    }
 }
 
 /// Errors setting a device up.

@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub enum Proto {
     /// The NBD protocol (fixed newstyle).
     Nbd,
+    /// The mirror's replication links (docs/mirror-protocol.md).
+    Mirror,
 }
 
 /// A listening socket.
@@ -61,5 +63,6 @@ pub struct Shared {
 pub fn new_conn(shared: &Shared, listener: usize, fd: OwnedFd) -> Box<dyn Conn> {
     match shared.listeners[listener].proto {
         Proto::Nbd => Box::new(nbd::NbdConn::new(fd)),
+        Proto::Mirror => Box::new(crate::mirror::link::LinkConn::accepted(fd)),
     }
 }

@@ -28,7 +28,8 @@ pub mod stats;
 
 use crate::bdev::Channel;
 use crate::frontend::{self, Shared};
-use crate::uring::{Errno, IoCx, Kind, UserData};
+use crate::mirror::engine::LAYER_KEY_BASE;
+use crate::uring::{Errno, IoCx, IoTag, Kind, UserData};
 use io_uring::{cqueue, opcode, types};
 pub use mailbox::{Mailbox, Msg};
 use slab::Slab;
@@ -135,7 +136,14 @@ pub struct Reactor {
     stopping: Option<Instant>,
     aborted: bool,
     cqes: Vec<(u64, i32, u32)>,
+    /// Volumes whose mirror engine lives on this reactor.
+    mirrors: Vec<usize>,
+    next_tick: Instant,
+    mirror_done: Vec<(IoTag, Result<(), Errno>)>,
 }
+
+/// How often mirror engines get their periodic work (timeouts, pings, dialling).
+const MIRROR_TICK: Duration = Duration::from_millis(5);
 
 impl Reactor {
     /// Build reactor `id` on the calling thread (its ring must be created there).
@@ -155,10 +163,16 @@ impl Reactor {
                     .map_err(std::io::Error::other)?,
             );
         }
+        let mirrors = (0..chans.len())
+            .filter(|&i| chans[i].mirror().is_some())
+            .collect();
         Ok(Self {
             id,
             io,
             chans,
+            mirrors,
+            next_tick: Instant::now(),
+            mirror_done: Vec::with_capacity(256),
             conns: Slab::with_capacity(64),
             dirty: Vec::with_capacity(64),
             mailbox: Arc::clone(&shared.mailboxes[id]),
@@ -266,9 +280,11 @@ impl Reactor {
         };
         if block && self.mailbox.prepare_sleep() {
             self.counters.enters += 1;
-            let r = if self.stopping.is_some() {
-                // Bounded wait while stopping, so the deadline is noticed.
-                let ts = types::Timespec::new().nsec(50_000_000);
+            let r = if self.stopping.is_some() || !self.mirrors.is_empty() {
+                // Bounded wait while stopping, so the deadline is noticed, and while mirror
+                // engines need their periodic work.
+                let ns = if self.stopping.is_some() { 50_000_000 } else { 10_000_000 };
+                let ts = types::Timespec::new().nsec(ns);
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.io.ring.submitter().submit_with_args(1, &args)
             } else {
@@ -320,6 +336,9 @@ impl Reactor {
                 Msg::Stop => self.begin_stop(),
                 Msg::Nop => {}
             }
+        }
+        if !self.mirrors.is_empty() {
+            worked |= self.service_mirrors();
         }
         if !self.dirty.is_empty() {
             worked = true;
@@ -406,6 +425,15 @@ impl Reactor {
                     return;
                 };
                 let key = fin.tag.conn;
+                if key >= LAYER_KEY_BASE {
+                    // An update the mirror engine applied to the local replica.
+                    let vol = (key - LAYER_KEY_BASE) as usize;
+                    if let Some((e, _)) = self.chans.get_mut(vol).and_then(|c| c.mirror()) {
+                        e.apply_finished(&mut self.io, fin.tag.slot as usize, fin.result);
+                    }
+                    self.io.release(fin.key);
+                    return;
+                }
                 if let Some(entry) = self.conns.get_mut(key as usize) {
                     let data = match fin.read {
                         Some((skip, want)) => self.io.read_data(fin.key, skip, want),
@@ -429,6 +457,53 @@ impl Reactor {
                 "completion with unknown user_data"
             ),
         }
+    }
+
+    /// Deliver mirror completions, wake links with something to send, and run the engines'
+    /// periodic work. True when anything happened.
+    fn service_mirrors(&mut self) -> bool {
+        let now = Instant::now();
+        let tick = now >= self.next_tick;
+        if tick {
+            self.next_tick = now + MIRROR_TICK;
+        }
+        let mut worked = false;
+        for i in 0..self.mirrors.len() {
+            let vol = self.mirrors[i];
+            let Some((e, peer)) = self.chans[vol].mirror() else {
+                continue;
+            };
+            let dial = tick && self.stopping.is_none() && e.tick(now);
+            std::mem::swap(&mut self.mirror_done, &mut e.done);
+            let link = e.link_key;
+            let kick = e.wants_send() || e.kill_link || (self.stopping.is_some() && e.idle());
+            if dial {
+                match crate::mirror::link::LinkConn::dial(peer, vol) {
+                    Ok(l) => {
+                        let key = self.insert_conn(Box::new(l));
+                        if let Some((e, _)) = self.chans[vol].mirror() {
+                            e.link_key = Some(key);
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "mirror: cannot create a socket"),
+                }
+            }
+            if let Some(k) = link
+                && kick
+            {
+                self.mark(k);
+            }
+            let mut done = std::mem::take(&mut self.mirror_done);
+            worked |= !done.is_empty();
+            for (tag, result) in done.drain(..) {
+                if let Some(entry) = self.conns.get_mut(tag.conn as usize) {
+                    entry.conn.on_io(tag.slot, result, &[]);
+                    self.mark(tag.conn);
+                }
+            }
+            self.mirror_done = done;
+        }
+        worked
     }
 
     fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
@@ -464,6 +539,11 @@ impl Reactor {
             return;
         }
         let conn = frontend::new_conn(&self.shared, listener, fd);
+        self.insert_conn(conn);
+    }
+
+    /// Add a connection to this reactor and start it.
+    fn insert_conn(&mut self, conn: Box<dyn Conn>) -> u32 {
         let key = self.conns.insert(Entry { conn, dirty: false }) as u32;
         self.counters.conns_opened += 1;
         self.stats.open_conns.store(
@@ -473,6 +553,7 @@ impl Reactor {
         let (entry, mut env) = self.env(key);
         entry.conn.start(&mut env);
         self.mark(key);
+        key
     }
 
     fn begin_stop(&mut self) {

@@ -1,0 +1,1255 @@
+//! The per-volume mirror engine: orders updates, applies them to the local replica, exchanges
+//! them with the peer site, and completes an initiator's request only when both replicas have
+//! it (docs/mirror-protocol.md).
+//!
+//! Model: one engine per mirrored volume, owned by the volume's channel on its home reactor
+//! (single-threaded: no locks). It knows nothing about sockets: the link hands it decoded
+//! messages ([`Engine::on_msg`]) and drains what it has to send ([`Engine::take_outbox`]), so
+//! another transport (RDMA) can drive it the same way.
+//!
+//! - The **leader** numbers every update (its own and those forwarded by the follower) with the
+//!   session's next `seq`, applies it, and sends WRITE/ZEROES/UNMAP or ORDER, in `seq` order.
+//! - The **follower** forwards its initiators' updates, keeps their data, and applies each
+//!   update (the leader's and its own) when the stream gives it its `seq`.
+//! - On both sites the **apply queue** starts an update only when no earlier update that
+//!   overlaps it is still queued or being applied, so overlapping updates reach the replica in
+//!   `seq` order and both replicas end identical.
+//!
+//! Invariants:
+//! - An initiator's update is completed with success only when it is applied locally and the
+//!   peer's applied watermark covers its `seq` in the current session.
+//! - The leader keeps the data of every update until the follower's watermark passes it, and
+//!   re-sends those updates, in their old order, at the start of the next session.
+//! - A message that fails a check is never applied: [`Engine::on_msg`] returns the reason and
+//!   the link is dropped.
+
+use super::stats::MirrorStats;
+use super::wire::{self, Header, Type};
+use crate::bdev::{Channel, Start};
+use crate::uring::{Errno, IoCx, IoTag};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which site orders this volume's updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Orders updates; listens for the follower's link.
+    Leader,
+    /// Forwards its updates; dials the leader.
+    Follower,
+}
+
+/// Tags of the engine's own inner operations use connection keys from here up.
+pub const LAYER_KEY_BASE: u32 = 0xFF00_0000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upd {
+    Write,
+    Zeroes,
+    Unmap,
+    Flush,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// From this site's initiator.
+    Local,
+    /// Leader's update applied at the follower.
+    PeerSeq,
+    /// Follower's update, sequenced at the leader (`id` is the follower's).
+    PeerFwd,
+    /// Flush asked by the peer (`id` is the peer's).
+    PeerFlush(u32),
+}
+
+struct Op {
+    origin: Origin,
+    upd: Upd,
+    offset: u64,
+    len: u64,
+    fua: bool,
+    data: Vec<u8>,
+    /// Sequence number in `session` (0: none yet).
+    seq: u64,
+    session: u32,
+    /// Applied locally at least once.
+    applied: bool,
+    apply_err: Option<Errno>,
+    /// Applies queued or in flight.
+    applying: u32,
+    /// The peer has it (watermark passed, or FLUSH_DONE).
+    remote_done: bool,
+    /// Who to answer, until answered.
+    initiator: Option<IoTag>,
+    deadline: Instant,
+    /// Follower: a forward waiting for its ORDER in the current session.
+    awaiting_order: bool,
+    /// Leader, forwarded update: the follower's request id, and whether its ORDER is still to
+    /// be sent (false once sent, or when re-sent as a WRITE in a later session).
+    peer_id: u32,
+    order_due: bool,
+}
+
+struct Apply {
+    op: usize,
+    session: u32,
+    seq: u64,
+    offset: u64,
+    len: u64,
+}
+
+/// Cumulative applied watermark over out-of-order completions.
+#[derive(Default)]
+struct Window {
+    wm: u64,
+    done: VecDeque<bool>,
+}
+
+impl Window {
+    fn mark(&mut self, seq: u64) {
+        if seq <= self.wm {
+            return;
+        }
+        let i = (seq - self.wm - 1) as usize;
+        if self.done.len() <= i {
+            self.done.resize(i + 1, false);
+        }
+        self.done[i] = true;
+        while self.done.front() == Some(&true) {
+            self.done.pop_front();
+            self.wm += 1;
+        }
+    }
+}
+
+/// Static engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Volume name.
+    pub name: String,
+    /// This site's role.
+    pub role: Role,
+    /// Volume size in bytes.
+    pub size: u64,
+    /// Block size.
+    pub block: u32,
+    /// How long an initiator's request may wait for the peer.
+    pub peer_timeout: Duration,
+    /// Most bytes of unacknowledged update data the leader keeps while the peer is away.
+    pub max_backlog: u64,
+}
+
+/// One mirrored volume's engine.
+pub struct Engine {
+    cfg: EngineConfig,
+    inner: Box<dyn Channel>,
+    layer_key: u32,
+    ops: Slab<Op>,
+    applies: Slab<Apply>,
+    /// Applies waiting for an overlapping earlier one, in order.
+    queued: VecDeque<usize>,
+    /// Applies started and not finished.
+    running: Vec<usize>,
+    /// Leader: updates the follower has not acknowledged, in `seq` order (old sessions first).
+    backlog: VecDeque<usize>,
+    backlog_bytes: u64,
+    /// Follower: forwards, in the order sent.
+    forwards: VecDeque<usize>,
+    /// Flushes waiting for FLUSH_DONE.
+    flushes: Vec<usize>,
+    session: u32,
+    up: bool,
+    /// Leader: next seq to give. Follower: next seq expected.
+    next_seq: u64,
+    applied: Window,
+    ack_sent: u64,
+    peer_wm: u64,
+    outbox: Vec<u8>,
+    spare: Vec<Vec<u8>>,
+    diverged: bool,
+    held_logged: bool,
+    stats: Arc<MirrorStats>,
+    epoch: Instant,
+    /// Completions to initiators: (tag, result).
+    pub done: Vec<(IoTag, Result<(), Errno>)>,
+    /// The connection key of the link carrying the session (or being dialled).
+    pub link_key: Option<u32>,
+    /// Last time the link received bytes.
+    pub last_rx: Instant,
+    /// The link must be dropped (heartbeat timeout).
+    pub kill_link: bool,
+    next_ping: Instant,
+    next_dial: Instant,
+}
+
+/// How often an up link is pinged.
+pub const PING_EVERY: Duration = Duration::from_millis(100);
+/// A link that received nothing for this long is dropped.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between dial attempts.
+pub const REDIAL_EVERY: Duration = Duration::from_millis(200);
+
+impl Engine {
+    /// An engine over the local replica's channel `inner`; `vol` is the volume's index.
+    pub fn new(
+        cfg: EngineConfig,
+        inner: Box<dyn Channel>,
+        vol: usize,
+        stats: Arc<MirrorStats>,
+    ) -> Self {
+        Self {
+            cfg,
+            inner,
+            layer_key: LAYER_KEY_BASE + vol as u32,
+            ops: Slab::with_capacity(1024),
+            applies: Slab::with_capacity(1024),
+            queued: VecDeque::new(),
+            running: Vec::with_capacity(256),
+            backlog: VecDeque::with_capacity(1024),
+            backlog_bytes: 0,
+            forwards: VecDeque::with_capacity(1024),
+            flushes: Vec::new(),
+            session: 0,
+            up: false,
+            next_seq: 1,
+            applied: Window::default(),
+            ack_sent: 0,
+            peer_wm: 0,
+            outbox: Vec::with_capacity(1 << 20),
+            spare: Vec::new(),
+            diverged: false,
+            held_logged: false,
+            stats,
+            epoch: Instant::now(),
+            done: Vec::with_capacity(256),
+            link_key: None,
+            last_rx: Instant::now(),
+            kill_link: false,
+            next_ping: Instant::now(),
+            next_dial: Instant::now(),
+        }
+    }
+
+    /// Published counters.
+    pub fn stats(&self) -> &MirrorStats {
+        &self.stats
+    }
+
+    /// Periodic work (the reactor calls it every few milliseconds): fail requests held past
+    /// the peer timeout, ping, and notice a silent peer. True when the follower should dial.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        self.expire(now);
+        if self.up {
+            if now >= self.next_ping {
+                self.next_ping = now + PING_EVERY;
+                self.ping();
+            }
+            if now.duration_since(self.last_rx) > HEARTBEAT_TIMEOUT {
+                self.kill_link = true;
+            }
+        }
+        if self.cfg.role == Role::Follower && self.link_key.is_none() && now >= self.next_dial {
+            self.next_dial = now + REDIAL_EVERY;
+            return true;
+        }
+        false
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The local replica's channel (reads go straight to it).
+    pub fn inner(&mut self) -> &mut dyn Channel {
+        &mut *self.inner
+    }
+
+    /// A session is running.
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Nothing is in flight or waiting.
+    pub fn idle(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Anything to send (messages or an ACK).
+    pub fn wants_send(&self) -> bool {
+        self.up && (!self.outbox.is_empty() || self.applied.wm > self.ack_sent)
+    }
+
+    fn buf(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut v = self.spare.pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(data);
+        v
+    }
+
+    fn recycle(&mut self, mut v: Vec<u8>) {
+        if v.capacity() > 0 && self.spare.len() < 1024 {
+            v.clear();
+            self.spare.push(v);
+        }
+    }
+
+    fn send(&mut self, h: Header, payload_of: Option<usize>) {
+        let payload: &[u8] = match payload_of {
+            Some(k) => &self.ops[k].data,
+            None => &[],
+        };
+        wire::encode(&mut self.outbox, &h, payload);
+        self.stats.inc(&self.stats.msgs_sent);
+    }
+
+    fn upd_header(&self, k: usize, fwd: bool) -> Header {
+        let op = &self.ops[k];
+        let ty = match (op.upd, fwd) {
+            (Upd::Write, false) => Type::Write,
+            (Upd::Zeroes, false) => Type::Zeroes,
+            (Upd::Unmap, false) => Type::Unmap,
+            (Upd::Write, true) => Type::FwdWrite,
+            (Upd::Zeroes, true) => Type::FwdZeroes,
+            (Upd::Unmap, true) => Type::FwdUnmap,
+            (Upd::Flush, _) => Type::Flush,
+        };
+        Header {
+            flags: if op.fua { wire::FLAG_FUA } else { 0 },
+            id: if fwd { k as u32 } else { 0 },
+            seq: if fwd { 0 } else { op.seq },
+            offset: op.offset,
+            count: op.len as u32,
+            ..Header::new(ty)
+        }
+    }
+
+    // ---- initiator side -------------------------------------------------------------------
+
+    /// Start an update from this site's initiator.
+    pub fn submit(
+        &mut self,
+        io: &mut IoCx,
+        tag: IoTag,
+        upd_write: Option<&[u8]>,
+        zeroes_or_unmap: Option<(u64, bool)>,
+        offset: u64,
+        fua: bool,
+    ) -> Start {
+        if self.diverged {
+            return Start::Done(Err(Errno::IO));
+        }
+        let (upd, len, data) = match (upd_write, zeroes_or_unmap) {
+            (Some(d), _) => (Upd::Write, d.len() as u64, self.buf(d)),
+            (None, Some((len, unmap))) => (
+                if unmap { Upd::Unmap } else { Upd::Zeroes },
+                len,
+                Vec::new(),
+            ),
+            (None, None) => (Upd::Flush, 0, Vec::new()),
+        };
+        let k = self.ops.insert(Op {
+            origin: Origin::Local,
+            upd,
+            offset,
+            len,
+            fua,
+            data,
+            seq: 0,
+            session: 0,
+            applied: false,
+            apply_err: None,
+            applying: 0,
+            remote_done: false,
+            initiator: Some(tag),
+            deadline: Instant::now() + self.cfg.peer_timeout,
+            awaiting_order: false,
+            peer_id: 0,
+            order_due: false,
+        });
+        self.stats.inc(&self.stats.updates);
+        if upd == Upd::Flush {
+            self.start_flush(io, k);
+            return Start::Pending;
+        }
+        match self.cfg.role {
+            Role::Leader => {
+                self.backlog_push(k);
+                if self.up {
+                    self.sequence_and_send(io, k);
+                } else {
+                    self.enqueue_apply(io, k, 0, 0);
+                }
+            }
+            Role::Follower => {
+                self.forwards.push_back(k);
+                if self.up {
+                    let h = self.upd_header(k, true);
+                    let p = (upd == Upd::Write).then_some(k);
+                    self.send(h, p);
+                    self.ops[k].awaiting_order = true;
+                }
+            }
+        }
+        Start::Pending
+    }
+
+    fn backlog_push(&mut self, k: usize) {
+        self.backlog.push_back(k);
+        self.backlog_bytes += self.ops[k].data.len() as u64;
+        if self.backlog_bytes > self.cfg.max_backlog {
+            self.diverge();
+        }
+    }
+
+    /// Leader: give `k` the next seq, send it, and apply it if not applied yet.
+    fn sequence_and_send(&mut self, io: &mut IoCx, k: usize) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let op = &mut self.ops[k];
+        op.seq = seq;
+        op.session = self.session;
+        let already = op.applied && op.applying == 0;
+        let upd = op.upd;
+        let id = op.peer_id;
+        if std::mem::take(&mut op.order_due) {
+            // A forward of this session: the follower has the data and only needs the order.
+            // (One from an old session is re-sent as a WRITE: the follower's ids are gone.)
+            self.send(
+                Header {
+                    seq,
+                    id,
+                    ..Header::new(Type::Order)
+                },
+                None,
+            );
+        } else {
+            let h = self.upd_header(k, false);
+            self.send(h, (upd == Upd::Write).then_some(k));
+            self.stats.inc(&self.stats.replicated);
+        }
+        if already {
+            self.applied.mark(seq);
+        } else if self.ops[k].applying == 0 {
+            self.enqueue_apply(io, k, self.session, seq);
+        } else {
+            // Being applied (queued before this session): the watermark follows its apply.
+            self.retag_running(k, seq);
+        }
+    }
+
+    fn retag_running(&mut self, k: usize, seq: u64) {
+        for (_, a) in self.applies.iter_mut() {
+            if a.op == k {
+                a.session = self.session;
+                a.seq = seq;
+            }
+        }
+    }
+
+    fn start_flush(&mut self, io: &mut IoCx, k: usize) {
+        self.flushes.push(k);
+        if self.up {
+            self.send(
+                Header {
+                    id: k as u32,
+                    ..Header::new(Type::Flush)
+                },
+                None,
+            );
+        }
+        self.ops[k].applying += 1;
+        let tag = IoTag {
+            conn: self.layer_key,
+            slot: self.applies.insert(Apply {
+                op: k,
+                session: 0,
+                seq: 0,
+                offset: 0,
+                len: 0,
+            }) as u32,
+        };
+        if let Start::Done(r) = self.inner.flush(io, tag) {
+            self.apply_finished(io, tag.slot as usize, r);
+        }
+    }
+
+    // ---- the apply queue ------------------------------------------------------------------
+
+    fn overlaps(&self, a: usize, b: usize) -> bool {
+        let (x, y) = (&self.applies[a], &self.applies[b]);
+        x.offset < y.offset + y.len && y.offset < x.offset + x.len
+    }
+
+    fn enqueue_apply(&mut self, io: &mut IoCx, k: usize, session: u32, seq: u64) {
+        let op = &mut self.ops[k];
+        op.applying += 1;
+        let a = self.applies.insert(Apply {
+            op: k,
+            session,
+            seq,
+            offset: op.offset,
+            len: op.len,
+        });
+        let blocked = self.running.iter().any(|&r| self.overlaps(r, a))
+            || self.queued.iter().any(|&q| self.overlaps(q, a));
+        if blocked {
+            self.queued.push_back(a);
+        } else {
+            self.start_apply(io, a);
+        }
+    }
+
+    fn start_apply(&mut self, io: &mut IoCx, a: usize) {
+        let (k, offset, len) = {
+            let ap = &self.applies[a];
+            (ap.op, ap.offset, ap.len)
+        };
+        let tag = IoTag {
+            conn: self.layer_key,
+            slot: a as u32,
+        };
+        self.running.push(a);
+        let op = &self.ops[k];
+        let r = match op.upd {
+            Upd::Write => self.inner.write(io, tag, offset, &op.data, op.fua),
+            Upd::Zeroes => self.inner.write_zeroes(io, tag, offset, len, op.fua),
+            Upd::Unmap => self.inner.unmap(io, tag, offset, len, op.fua),
+            Upd::Flush => self.inner.flush(io, tag),
+        };
+        if let Start::Done(r) = r {
+            self.apply_finished(io, a, r);
+        }
+    }
+
+    /// An inner operation the engine started finished (`slot` from its tag).
+    pub fn apply_finished(&mut self, io: &mut IoCx, slot: usize, r: Result<(), Errno>) {
+        let Some(ap) = self.applies.try_remove(slot) else {
+            tracing::error!(volume = %self.cfg.name, slot, "mirror: completion for an unknown apply");
+            return;
+        };
+        if let Some(i) = self.running.iter().position(|&x| x == slot) {
+            self.running.swap_remove(i);
+        }
+        let k = ap.op;
+        {
+            let op = &mut self.ops[k];
+            op.applying -= 1;
+            if let Err(e) = r {
+                op.apply_err = Some(e);
+            } else {
+                op.applied = true;
+            }
+        }
+        if let Err(e) = r {
+            tracing::error!(volume = %self.cfg.name, offset = ap.offset, errno = e.0,
+                "mirror: applying an update to the local replica failed");
+        }
+        if ap.session == self.session && ap.seq != 0 && r.is_ok() {
+            self.applied.mark(ap.seq);
+        }
+        if let Origin::PeerFlush(id) = self.ops[k].origin {
+            if self.up && self.ops[k].session == self.session {
+                let payload = r.err().map(|e| e.0.to_le_bytes());
+                let h = Header {
+                    id,
+                    ..Header::new(Type::FlushDone)
+                };
+                wire::encode(&mut self.outbox, &h, payload.as_ref().map_or(&[][..], |p| p));
+            }
+        }
+        self.start_unblocked(io);
+        self.settle(k);
+    }
+
+    fn start_unblocked(&mut self, io: &mut IoCx) {
+        let mut i = 0;
+        while i < self.queued.len() {
+            let a = self.queued[i];
+            let blocked = self.running.iter().any(|&r| self.overlaps(r, a))
+                || self.queued.iter().take(i).any(|&q| self.overlaps(q, a));
+            if blocked {
+                i += 1;
+            } else {
+                self.queued.remove(i);
+                self.start_apply(io, a);
+            }
+        }
+    }
+
+    /// Answer the initiator and free the op when nothing more is needed of it.
+    fn settle(&mut self, k: usize) {
+        let op = &self.ops[k];
+        let local_ok = op.applied && op.applying == 0;
+        let local_failed = op.apply_err.is_some() && op.applying == 0;
+        if op.initiator.is_some() && op.applying == 0 {
+            let result = if local_failed {
+                Some(Err(op.apply_err.unwrap_or(Errno::IO)))
+            } else if local_ok && op.remote_done {
+                Some(Ok(()))
+            } else {
+                None
+            };
+            if let Some(result) = result {
+                let tag = self.ops[k].initiator.take().expect("checked");
+                self.done.push((tag, result));
+            }
+        }
+        let op = &self.ops[k];
+        let finished = op.applying == 0
+            && op.initiator.is_none()
+            && match (op.origin, self.cfg.role) {
+                // The leader keeps data until the follower has it.
+                (Origin::Local | Origin::PeerFwd, Role::Leader) => {
+                    op.remote_done || op.upd == Upd::Flush
+                }
+                (Origin::Local, Role::Follower) => !self.forwards.contains(&k),
+                _ => true,
+            }
+            && !self.flushes.contains(&k);
+        if finished {
+            let op = self.ops.remove(k);
+            self.recycle(op.data);
+        }
+    }
+
+    // ---- the link -------------------------------------------------------------------------
+
+    /// A session started (after HELLO/WELCOME): re-send what the peer may not have.
+    pub fn link_up(&mut self, io: &mut IoCx) {
+        self.session += 1;
+        self.up = true;
+        self.next_seq = 1;
+        self.applied = Window::default();
+        self.ack_sent = 0;
+        self.peer_wm = 0;
+        self.outbox.clear();
+        self.held_logged = false;
+        self.last_rx = Instant::now();
+        self.kill_link = false;
+        self.stats.set_up(true, self.session);
+        tracing::info!(volume = %self.cfg.name, session = self.session, role = ?self.cfg.role,
+            resend = self.backlog.len() + self.forwards.len(), "mirror: link up");
+        match self.cfg.role {
+            Role::Leader => {
+                let backlog: Vec<usize> = self.backlog.iter().copied().collect();
+                for k in backlog {
+                    self.sequence_and_send(io, k);
+                }
+            }
+            Role::Follower => {
+                let fwds: Vec<usize> = self.forwards.iter().copied().collect();
+                for k in fwds {
+                    let h = self.upd_header(k, true);
+                    let p = (self.ops[k].upd == Upd::Write).then_some(k);
+                    self.send(h, p);
+                    self.ops[k].awaiting_order = true;
+                    self.ops[k].seq = 0;
+                }
+            }
+        }
+        for i in 0..self.flushes.len() {
+            let k = self.flushes[i];
+            if !self.ops[k].remote_done {
+                self.send(
+                    Header {
+                        id: k as u32,
+                        ..Header::new(Type::Flush)
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    /// The session ended: hold everything until the next one (or the timeout).
+    pub fn link_down(&mut self, why: &str) {
+        if !self.up {
+            return;
+        }
+        self.up = false;
+        self.outbox.clear();
+        self.stats.set_up(false, self.session);
+        tracing::warn!(volume = %self.cfg.name, session = self.session, why,
+            held = self.ops.len(), "mirror: link down; updates are held until the peer returns");
+    }
+
+    /// Move pending messages (and an ACK if the watermark moved) to `out`.
+    pub fn take_outbox(&mut self, out: &mut Vec<u8>) {
+        if !self.up {
+            return;
+        }
+        if self.applied.wm > self.ack_sent {
+            self.ack_sent = self.applied.wm;
+            let h = Header {
+                seq: self.ack_sent,
+                ..Header::new(Type::Ack)
+            };
+            wire::encode(&mut self.outbox, &h, &[]);
+            self.stats.inc(&self.stats.acks_sent);
+        }
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.outbox);
+        } else {
+            out.extend_from_slice(&self.outbox);
+            self.outbox.clear();
+        }
+    }
+
+    /// Queue a PING carrying the current clock.
+    pub fn ping(&mut self) {
+        if self.up {
+            let h = Header {
+                seq: self.epoch.elapsed().as_nanos() as u64,
+                ..Header::new(Type::Ping)
+            };
+            wire::encode(&mut self.outbox, &h, &[]);
+        }
+    }
+
+    fn check_range(&self, h: &Header) -> Result<(), &'static str> {
+        let b = self.cfg.block as u64;
+        let end = h.offset.checked_add(h.count as u64).ok_or("range overflows")?;
+        if h.count == 0 || end > self.cfg.size {
+            return Err("range outside the volume");
+        }
+        if h.offset % b != 0 || h.count as u64 % b != 0 {
+            return Err("range not aligned to the block size");
+        }
+        Ok(())
+    }
+
+    fn check_next_seq(&mut self, seq: u64) -> Result<(), &'static str> {
+        if seq != self.next_seq {
+            return Err(if seq < self.next_seq {
+                "duplicate sequence number"
+            } else {
+                "sequence number out of window"
+            });
+        }
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// One message from the peer. An `Err` is the reason to drop the link; nothing of that
+    /// message was applied.
+    pub fn on_msg(&mut self, io: &mut IoCx, h: &Header, payload: &[u8]) -> Result<(), &'static str> {
+        self.stats.inc(&self.stats.msgs_received);
+        let r = self.handle(io, h, payload);
+        if r.is_err() {
+            self.stats.inc(&self.stats.rejected);
+        }
+        r
+    }
+
+    fn handle(&mut self, io: &mut IoCx, h: &Header, payload: &[u8]) -> Result<(), &'static str> {
+        use Type::*;
+        let leader = self.cfg.role == Role::Leader;
+        match h.ty {
+            Write | Zeroes | Unmap if !leader => {
+                self.check_range(h)?;
+                self.check_next_seq(h.seq)?;
+                let upd = match h.ty {
+                    Write => Upd::Write,
+                    Zeroes => Upd::Zeroes,
+                    _ => Upd::Unmap,
+                };
+                let data = if upd == Upd::Write {
+                    self.buf(payload)
+                } else {
+                    Vec::new()
+                };
+                let k = self.new_peer_op(Origin::PeerSeq, upd, h, data);
+                self.ops[k].seq = h.seq;
+                // Settled by its apply's completion (at once for a RAM replica).
+                self.enqueue_apply(io, k, self.session, h.seq);
+            }
+            Order if !leader => {
+                let pos = self
+                    .forwards
+                    .iter()
+                    .position(|&k| self.ops[k].awaiting_order)
+                    .ok_or("ORDER with no forwarded request outstanding")?;
+                let k = self.forwards[pos];
+                if h.id as usize != k {
+                    return Err("ORDER for a request not outstanding");
+                }
+                self.check_next_seq(h.seq)?;
+                let op = &mut self.ops[k];
+                op.awaiting_order = false;
+                op.seq = h.seq;
+                op.session = self.session;
+                self.enqueue_apply(io, k, self.session, h.seq);
+            }
+            FwdWrite | FwdZeroes | FwdUnmap if leader => {
+                self.check_range(h)?;
+                let upd = match h.ty {
+                    FwdWrite => Upd::Write,
+                    FwdZeroes => Upd::Zeroes,
+                    _ => Upd::Unmap,
+                };
+                let data = if upd == Upd::Write {
+                    self.buf(payload)
+                } else {
+                    Vec::new()
+                };
+                let k = self.new_peer_op(Origin::PeerFwd, upd, h, data);
+                self.backlog_push(k);
+                self.sequence_and_send(io, k);
+            }
+            Ack => {
+                // Leader: the highest seq given; follower: the highest seq received.
+                if h.seq < self.peer_wm || h.seq > self.next_seq - 1 {
+                    return Err("ACK outside the window");
+                }
+                self.stats.inc(&self.stats.acks_received);
+                self.peer_wm = h.seq;
+                self.on_peer_wm();
+            }
+            Flush => {
+                let k = self.new_peer_op(Origin::PeerFlush(h.id), Upd::Flush, h, Vec::new());
+                self.ops[k].session = self.session;
+                self.enqueue_apply(io, k, 0, 0);
+            }
+            FlushDone => {
+                let k = h.id as usize;
+                let pos = self
+                    .flushes
+                    .iter()
+                    .position(|&f| f == k)
+                    .ok_or("FLUSH_DONE for no outstanding flush")?;
+                self.flushes.swap_remove(pos);
+                let op = &mut self.ops[k];
+                op.remote_done = true;
+                if payload.len() == 4 {
+                    let e = i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    op.apply_err = Some(Errno(e));
+                }
+                self.settle(k);
+            }
+            Ping => {
+                let h = Header {
+                    seq: h.seq,
+                    ..Header::new(Pong)
+                };
+                wire::encode(&mut self.outbox, &h, &[]);
+            }
+            Pong => {
+                let now = self.epoch.elapsed().as_nanos() as u64;
+                if h.seq <= now {
+                    self.stats.rtt_sample(now - h.seq);
+                }
+            }
+            Hello | Welcome | Refuse => return Err("handshake message inside a session"),
+            _ => return Err("message not allowed in this direction"),
+        }
+        Ok(())
+    }
+
+    fn new_peer_op(&mut self, origin: Origin, upd: Upd, h: &Header, data: Vec<u8>) -> usize {
+        self.ops.insert(Op {
+            origin,
+            upd,
+            offset: h.offset,
+            len: h.count as u64,
+            fua: h.fua(),
+            data,
+            seq: 0,
+            session: self.session,
+            applied: false,
+            apply_err: None,
+            applying: 0,
+            // A forwarded update is the leader's to keep until the follower's watermark
+            // passes it.
+            remote_done: origin != Origin::PeerFwd,
+            initiator: None,
+            deadline: Instant::now() + self.cfg.peer_timeout,
+            awaiting_order: false,
+            peer_id: h.id,
+            order_due: origin == Origin::PeerFwd,
+        })
+    }
+
+    fn on_peer_wm(&mut self) {
+        let wm = self.peer_wm;
+        match self.cfg.role {
+            Role::Leader => {
+                while let Some(&k) = self.backlog.front() {
+                    let op = &self.ops[k];
+                    if op.session != self.session || op.seq == 0 || op.seq > wm {
+                        break;
+                    }
+                    self.backlog.pop_front();
+                    self.backlog_bytes -= op.data.len() as u64;
+                    self.ops[k].remote_done = true;
+                    self.settle(k);
+                }
+            }
+            Role::Follower => {
+                while let Some(&k) = self.forwards.front() {
+                    let op = &self.ops[k];
+                    if op.awaiting_order || op.seq == 0 || op.seq > wm {
+                        break;
+                    }
+                    self.forwards.pop_front();
+                    self.ops[k].remote_done = true;
+                    self.settle(k);
+                }
+            }
+        }
+        self.stats
+            .backlog_bytes
+            .store(self.backlog_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Fail initiators whose requests waited longer than the peer timeout.
+    pub fn expire(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (k, op) in self.ops.iter() {
+            if op.initiator.is_some() && op.deadline <= now && op.origin == Origin::Local {
+                expired.push(k);
+            }
+        }
+        if expired.is_empty() {
+            return;
+        }
+        if !self.held_logged {
+            self.held_logged = true;
+            tracing::error!(volume = %self.cfg.name, failed = expired.len(),
+                timeout_ms = self.cfg.peer_timeout.as_millis() as u64,
+                "mirror: peer unreachable; failing held requests (never acknowledged on one site only)");
+        }
+        for k in expired {
+            self.stats.inc(&self.stats.timeouts);
+            let tag = self.ops[k].initiator.take().expect("checked");
+            self.done.push((tag, Err(Errno::IO)));
+            if self.cfg.role == Role::Follower
+                && !self.up
+                && let Some(p) = self.forwards.iter().position(|&f| f == k)
+            {
+                // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
+                self.forwards.remove(p);
+            }
+            if let Some(p) = self.flushes.iter().position(|&f| f == k) {
+                self.flushes.swap_remove(p);
+            }
+            self.settle(k);
+        }
+    }
+
+    fn diverge(&mut self) {
+        if self.diverged {
+            return;
+        }
+        self.diverged = true;
+        self.stats.diverged.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(volume = %self.cfg.name, backlog_bytes = self.backlog_bytes,
+            "mirror: the peer is away and the backlog is full; the replicas have diverged, writes now fail until a resync");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two engines joined back to back, with a replica that completes writes late and in a
+    //! random order, random traffic from both sites, and link drops: both replicas must end
+    //! identical and every request must be answered correctly.
+    use super::*;
+    use crate::bdev::ReadStart;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    const SIZE: u64 = 64 * 1024;
+    const BLOCK: u32 = 512;
+
+    #[derive(Default)]
+    struct Disk {
+        bytes: Vec<u8>,
+        /// Started, not yet applied: (slot, offset, data or None for zeroes).
+        pending: Vec<(u32, u64, Vec<u8>)>,
+    }
+
+    struct SlowChannel(Rc<RefCell<Disk>>);
+
+    impl Channel for SlowChannel {
+        fn read(&mut self, _: &mut IoCx, _: IoTag, _: u64, _: u32) -> ReadStart<'_> {
+            ReadStart::Failed(Errno::NOTSUP)
+        }
+        fn write(&mut self, _: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], _: bool) -> Start {
+            self.0.borrow_mut().pending.push((tag.slot, offset, data.to_vec()));
+            Start::Pending
+        }
+        fn flush(&mut self, _: &mut IoCx, _: IoTag) -> Start {
+            Start::Done(Ok(()))
+        }
+        fn write_zeroes(&mut self, _: &mut IoCx, tag: IoTag, o: u64, l: u64, _: bool) -> Start {
+            self.0.borrow_mut().pending.push((tag.slot, o, vec![0; l as usize]));
+            Start::Pending
+        }
+        fn unmap(&mut self, io: &mut IoCx, tag: IoTag, o: u64, l: u64, f: bool) -> Start {
+            self.write_zeroes(io, tag, o, l, f)
+        }
+    }
+
+    struct Site {
+        engine: Engine,
+        disk: Rc<RefCell<Disk>>,
+        /// Bytes sent towards the other site and not yet delivered.
+        wire: Vec<u8>,
+        /// Requests in flight: slot -> expected to succeed.
+        outstanding: usize,
+        ok: usize,
+        failed: usize,
+    }
+
+    fn site(role: Role, timeout: Duration) -> Site {
+        let disk = Rc::new(RefCell::new(Disk {
+            bytes: vec![0; SIZE as usize],
+            pending: Vec::new(),
+        }));
+        let cfg = EngineConfig {
+            name: "t".into(),
+            role,
+            size: SIZE,
+            block: BLOCK,
+            peer_timeout: timeout,
+            max_backlog: 1 << 30,
+        };
+        Site {
+            engine: Engine::new(
+                cfg,
+                Box::new(SlowChannel(Rc::clone(&disk))),
+                0,
+                Arc::new(MirrorStats::default()),
+            ),
+            disk,
+            wire: Vec::new(),
+            outstanding: 0,
+            ok: 0,
+            failed: 0,
+        }
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Apply one pending local write of `s`, chosen at random (out of order).
+    fn complete_one(s: &mut Site, io: &mut IoCx, rng: &mut Rng) -> bool {
+        let n = s.disk.borrow().pending.len();
+        if n == 0 {
+            return false;
+        }
+        let (slot, off, data) = s.disk.borrow_mut().pending.swap_remove(rng.below(n as u64) as usize);
+        s.disk.borrow_mut().bytes[off as usize..off as usize + data.len()].copy_from_slice(&data);
+        s.engine.apply_finished(io, slot as usize, Ok(()));
+        true
+    }
+
+    /// Deliver whole messages from `from.wire` to `to`, at most `max`.
+    fn deliver(from: &mut Site, to: &mut Site, io: &mut IoCx, max: usize) -> usize {
+        from.engine.take_outbox(&mut from.wire);
+        let mut n = 0;
+        let mut at = 0;
+        while n < max {
+            match wire::decode(&from.wire[at..]) {
+                wire::Decoded::Msg(h, r) => {
+                    let payload = from.wire[at + r.start..at + r.end].to_vec();
+                    at += r.end;
+                    to.engine.on_msg(io, &h, &payload).expect("valid message refused");
+                    n += 1;
+                }
+                wire::Decoded::Partial(_) => break,
+                wire::Decoded::Bad(why) => panic!("engine produced a bad message: {why}"),
+            }
+        }
+        from.wire.drain(..at);
+        n
+    }
+
+    fn collect(s: &mut Site) {
+        for (_, r) in s.engine.done.drain(..) {
+            s.outstanding -= 1;
+            match r {
+                Ok(()) => s.ok += 1,
+                Err(_) => s.failed += 1,
+            }
+        }
+    }
+
+    fn submit(s: &mut Site, io: &mut IoCx, rng: &mut Rng, slot: &mut u32) {
+        // Eight hot blocks: writes overlap all the time.
+        let off = rng.below(8) * BLOCK as u64;
+        let len = (1 + rng.below(3)) * BLOCK as u64;
+        let len = len.min(SIZE - off);
+        *slot += 1;
+        let tag = IoTag { conn: 1, slot: *slot };
+        let r = if rng.below(10) == 0 {
+            s.engine.submit(io, tag, None, Some((len, rng.below(2) == 0)), off, false)
+        } else {
+            let byte = (rng.next() & 0xff) as u8;
+            let data = vec![byte; len as usize];
+            s.engine.submit(io, tag, Some(&data), None, off, rng.below(4) == 0)
+        };
+        assert_eq!(r, Start::Pending);
+        s.outstanding += 1;
+    }
+
+    fn run(seed: u64, drops: bool) {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(seed);
+        let mut a = site(Role::Leader, Duration::from_secs(3600));
+        let mut b = site(Role::Follower, Duration::from_secs(3600));
+        a.engine.link_up(&mut io);
+        b.engine.link_up(&mut io);
+        let mut slot = 0;
+        for step in 0..2000 {
+            match rng.below(8) {
+                0 => submit(&mut a, &mut io, &mut rng, &mut slot),
+                1 => submit(&mut b, &mut io, &mut rng, &mut slot),
+                2 => {
+                    complete_one(&mut a, &mut io, &mut rng);
+                }
+                3 => {
+                    complete_one(&mut b, &mut io, &mut rng);
+                }
+                4 | 5 => {
+                    let n = 1 + rng.below(4) as usize;
+                    deliver(&mut a, &mut b, &mut io, n);
+                }
+                _ => {
+                    let n = 1 + rng.below(4) as usize;
+                    deliver(&mut b, &mut a, &mut io, n);
+                }
+            }
+            if drops && step % 500 == 250 {
+                // The link breaks: whatever is on the wire is lost; a new session starts.
+                a.engine.link_down("test");
+                b.engine.link_down("test");
+                a.wire.clear();
+                b.wire.clear();
+                a.engine.link_up(&mut io);
+                b.engine.link_up(&mut io);
+            }
+            collect(&mut a);
+            collect(&mut b);
+        }
+        // Quiesce.
+        for _ in 0..100_000 {
+            let mut any = complete_one(&mut a, &mut io, &mut rng);
+            any |= complete_one(&mut b, &mut io, &mut rng);
+            any |= deliver(&mut a, &mut b, &mut io, usize::MAX) > 0;
+            any |= deliver(&mut b, &mut a, &mut io, usize::MAX) > 0;
+            collect(&mut a);
+            collect(&mut b);
+            if !any {
+                break;
+            }
+        }
+        assert_eq!(a.outstanding, 0, "seed {seed}: leader requests unanswered");
+        assert_eq!(b.outstanding, 0, "seed {seed}: follower requests unanswered");
+        assert_eq!(a.failed + b.failed, 0, "seed {seed}: requests failed");
+        assert!(a.ok > 100 && b.ok > 100, "seed {seed}: too little traffic");
+        assert!(a.engine.idle() && b.engine.idle(), "seed {seed}: ops left");
+        assert!(
+            a.disk.borrow().bytes == b.disk.borrow().bytes,
+            "seed {seed}: replicas differ"
+        );
+    }
+
+    #[test]
+    fn overlapping_writes_from_both_sites_leave_identical_replicas() {
+        for seed in 1..13 {
+            run(seed * 0x9E37_79B9, false);
+        }
+    }
+
+    #[test]
+    fn replicas_stay_identical_across_link_drops() {
+        for seed in 1..13 {
+            run(seed * 0x2545_F491, true);
+        }
+    }
+
+    #[test]
+    fn nothing_is_acknowledged_without_the_peer_and_held_requests_time_out() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(7);
+        let mut a = site(Role::Leader, Duration::from_millis(1));
+        let mut slot = 0;
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        collect(&mut a);
+        assert_eq!(a.ok, 0, "acknowledged with one replica only");
+        std::thread::sleep(Duration::from_millis(5));
+        a.engine.expire(Instant::now());
+        collect(&mut a);
+        assert_eq!((a.ok, a.failed), (0, 1));
+        // The leader still keeps the update for the follower.
+        assert!(!a.engine.idle());
+    }
+
+    #[test]
+    fn forged_sequence_numbers_and_ranges_are_refused_and_not_applied() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut b = site(Role::Follower, Duration::from_secs(10));
+        b.engine.link_up(&mut io);
+        let w = |seq: u64, offset: u64, count: u32| Header {
+            seq,
+            offset,
+            count,
+            len: count,
+            ..Header::new(Type::Write)
+        };
+        let data = vec![0xAB; 512];
+        assert_eq!(
+            b.engine.on_msg(&mut io, &w(2, 0, 512), &data),
+            Err("sequence number out of window")
+        );
+        assert_eq!(
+            b.engine.on_msg(&mut io, &w(1, SIZE, 512), &data),
+            Err("range outside the volume")
+        );
+        assert_eq!(
+            b.engine.on_msg(&mut io, &w(1, 100, 512), &data),
+            Err("range not aligned to the block size")
+        );
+        assert!(b.disk.borrow().pending.is_empty(), "a refused message was applied");
+        assert_eq!(b.engine.on_msg(&mut io, &w(1, 0, 512), &data), Ok(()));
+        assert_eq!(
+            b.engine.on_msg(&mut io, &w(1, 0, 512), &data),
+            Err("duplicate sequence number")
+        );
+        assert_eq!(b.disk.borrow().pending.len(), 1);
+        let ack = Header {
+            seq: 5,
+            ..Header::new(Type::Ack)
+        };
+        assert_eq!(b.engine.on_msg(&mut io, &ack, &[]), Err("ACK outside the window"));
+        let order = Header {
+            seq: 2,
+            id: 3,
+            ..Header::new(Type::Order)
+        };
+        assert!(b.engine.on_msg(&mut io, &order, &[]).is_err());
+        let fwd = Header {
+            count: 512,
+            len: 512,
+            ..Header::new(Type::FwdWrite)
+        };
+        assert_eq!(
+            b.engine.on_msg(&mut io, &fwd, &data),
+            Err("message not allowed in this direction")
+        );
+    }
+}

@@ -1,0 +1,458 @@
+//! A mirror link over TCP: one socket carrying one volume's session, driven by the volume's
+//! home reactor like any connection (io_uring connect, receive and send).
+//!
+//! Model: the follower's reactor dials (`LinkConn::dial`), sends HELLO and waits for WELCOME;
+//! the leader's reactor accepts on the replication listener (`LinkConn::accepted`), waits for
+//! HELLO, checks it against its volumes and answers WELCOME or REFUSE. From then on the link
+//! only frames bytes: every whole message goes to the engine, and whatever the engine has to
+//! send leaves in one send per reactor turn (so one ACK per turn at most).
+//!
+//! Invariants: the receive buffer is not moved while a receive is armed, the send buffer not
+//! while a send is armed; a message that fails decoding or the engine's checks drops the link
+//! and is never applied; the engine is told `link_down` exactly once per session, when the
+//! link closes.
+
+use super::engine::{Engine, Role};
+use super::wire::{self, Decoded, Header, Type};
+use crate::bdev::Channel;
+use crate::reactor::{Conn, Env};
+use crate::uring::{Errno, Kind, UserData};
+use io_uring::{opcode, types};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+const RX_INITIAL: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    AwaitWelcome,
+    AwaitHello,
+    Up,
+    Closing,
+}
+
+/// One replication link.
+pub struct LinkConn {
+    fd: OwnedFd,
+    state: State,
+    /// Volume index, once known.
+    vol: Option<usize>,
+    addr: Box<libc::sockaddr_storage>,
+    addr_len: u32,
+    rx: Vec<u8>,
+    lo: usize,
+    hi: usize,
+    tx: Vec<u8>,
+    sent: usize,
+    recv_armed: bool,
+    send_armed: bool,
+    connect_armed: bool,
+    attached: bool,
+    stopping: bool,
+    closed: bool,
+    why: &'static str,
+}
+
+fn nodelay(fd: &OwnedFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a live local; failure only costs latency.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+}
+
+fn sockaddr(addr: SocketAddr) -> (Box<libc::sockaddr_storage>, u32) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) value.
+    let mut ss: Box<libc::sockaddr_storage> = Box::new(unsafe { std::mem::zeroed() });
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut *ss as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut *ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as u32)
+}
+
+fn engine(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut Engine> {
+    chans.get_mut(vol).and_then(|c| c.mirror()).map(|(e, _)| e)
+}
+
+impl LinkConn {
+    fn new(fd: OwnedFd, state: State, vol: Option<usize>, addr: Option<SocketAddr>) -> Self {
+        nodelay(&fd);
+        let (addr, addr_len) = sockaddr(addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
+        Self {
+            fd,
+            state,
+            vol,
+            addr,
+            addr_len,
+            rx: vec![0; RX_INITIAL],
+            lo: 0,
+            hi: 0,
+            tx: Vec::with_capacity(1 << 20),
+            sent: 0,
+            recv_armed: false,
+            send_armed: false,
+            connect_armed: false,
+            attached: false,
+            stopping: false,
+            closed: false,
+            why: "closed",
+        }
+    }
+
+    /// A link the follower dials to `peer` for volume `vol`.
+    pub fn dial(peer: SocketAddr, vol: usize) -> std::io::Result<Self> {
+        let family = if peer.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: plain socket(2); the result is checked and owned at once.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self::new(fd, State::Connecting, Some(vol), Some(peer)))
+    }
+
+    /// A link accepted on the replication listener.
+    pub fn accepted(fd: OwnedFd) -> Self {
+        Self::new(fd, State::AwaitHello, None, None)
+    }
+
+    fn close(&mut self, env: &mut Env<'_>, why: &'static str) {
+        if self.state == State::Closing {
+            return;
+        }
+        if why != "closed" {
+            tracing::warn!(volume = ?self.vol, why, "mirror: dropping the link");
+        }
+        self.why = why;
+        self.state = State::Closing;
+        // Make pending socket operations finish now.
+        // SAFETY: shutdown(2) on a descriptor we own.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        self.detach(env);
+    }
+
+    fn detach(&mut self, env: &mut Env<'_>) {
+        let key = env.key;
+        if let Some(vol) = self.vol
+            && let Some(e) = engine(env.chans, vol)
+        {
+            if std::mem::take(&mut self.attached) {
+                e.link_down(self.why);
+            }
+            if e.link_key == Some(key) {
+                e.link_key = None;
+            }
+        }
+    }
+
+    fn arm_recv(&mut self, env: &mut Env<'_>) {
+        if self.rx.len() - self.hi < 64 * 1024 {
+            self.rx.copy_within(self.lo..self.hi, 0);
+            self.hi -= self.lo;
+            self.lo = 0;
+        }
+        let need = match wire::decode(&self.rx[self.lo..self.hi]) {
+            Decoded::Partial(n) => n,
+            _ => 0,
+        };
+        if self.rx.len() < need + 64 * 1024 {
+            self.rx.resize(need + 64 * 1024, 0);
+        }
+        let free = &mut self.rx[self.hi..];
+        let sqe = opcode::Recv::new(
+            types::Fd(self.fd.as_raw_fd()),
+            free.as_mut_ptr(),
+            free.len() as u32,
+        )
+        .build()
+        .user_data(UserData::new(Kind::Recv, env.key).0);
+        // SAFETY: rx is not resized or compacted while the receive is armed, and the link
+        // is not done while anything is armed.
+        unsafe { env.io.push(&sqe) };
+        self.recv_armed = true;
+    }
+
+    fn arm_send(&mut self, env: &mut Env<'_>) {
+        let rest = &self.tx[self.sent..];
+        let sqe = opcode::Send::new(
+            types::Fd(self.fd.as_raw_fd()),
+            rest.as_ptr(),
+            rest.len() as u32,
+        )
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(UserData::new(Kind::Send, env.key).0);
+        // SAFETY: tx is not modified while the send is armed, and the link outlives it.
+        unsafe { env.io.push(&sqe) };
+        self.send_armed = true;
+    }
+
+    fn hello(&mut self, env: &mut Env<'_>, h: &Header, payload: &[u8]) -> Result<(), String> {
+        if h.ty != Type::Hello {
+            return Err("expected HELLO".into());
+        }
+        let (size, block, name) =
+            wire::decode_geometry(payload).ok_or_else(|| "HELLO payload malformed".to_string())?;
+        let vol = env
+            .shared
+            .volumes
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| format!("no volume named {name:?}"))?;
+        let key = env.key;
+        let Some(e) = engine(env.chans, vol) else {
+            return Err(format!("volume {name:?} is not mirrored here"));
+        };
+        let c = e.config();
+        if c.role != Role::Leader {
+            return Err(format!("this site is not the leader of {name:?}"));
+        }
+        if c.size != size || c.block != block {
+            return Err(format!(
+                "geometry differs: here {} bytes / {} block, peer {size} / {block}",
+                c.size, c.block
+            ));
+        }
+        if e.link_key.is_some() {
+            return Err(format!("{name:?} already has a link"));
+        }
+        let (size, block) = (c.size, c.block);
+        e.link_key = Some(key);
+        self.vol = Some(vol);
+        self.attached = true;
+        wire::encode(
+            &mut self.tx,
+            &Header::new(Type::Welcome),
+            &wire::encode_geometry(size, block, ""),
+        );
+        e.link_up(env.io);
+        Ok(())
+    }
+
+    fn process(&mut self, env: &mut Env<'_>) {
+        while self.state != State::Closing {
+            let (h, range) = match wire::decode(&self.rx[self.lo..self.hi]) {
+                Decoded::Partial(_) => return,
+                Decoded::Bad(why) => {
+                    if let Some(e) = self.vol.and_then(|v| engine(env.chans, v)) {
+                        e.stats().inc(&e.stats().rejected);
+                    }
+                    tracing::warn!(volume = ?self.vol, why, "mirror: rejected a message");
+                    return self.close(env, why);
+                }
+                Decoded::Msg(h, r) => (h, r.start + self.lo..r.end + self.lo),
+            };
+            self.lo = range.end;
+            let payload = &self.rx[range];
+            match self.state {
+                State::AwaitHello => {
+                    let payload = payload.to_vec();
+                    if let Err(why) = self.hello(env, &h, &payload) {
+                        tracing::warn!(%why, "mirror: refusing a link");
+                        let n = why.len().min(1024);
+                        wire::encode(
+                            &mut self.tx,
+                            &Header::new(Type::Refuse),
+                            &why.as_bytes()[..n],
+                        );
+                        self.state = State::Closing;
+                        self.why = "refused";
+                        return;
+                    }
+                }
+                State::AwaitWelcome => {
+                    let vol = self.vol.expect("dialled links know their volume");
+                    match h.ty {
+                        Type::Welcome => {
+                            let Some(e) = engine(env.chans, vol) else {
+                                return self.close(env, "volume not mirrored");
+                            };
+                            let ok = wire::decode_geometry(payload).is_some_and(|(s, b, _)| {
+                                s == e.config().size && b == e.config().block
+                            });
+                            if !ok {
+                                tracing::error!(volume = %e.config().name,
+                                    "mirror: the leader's volume geometry differs");
+                                return self.close(env, "geometry differs");
+                            }
+                            self.state = State::Up;
+                            self.attached = true;
+                            e.link_up(env.io);
+                        }
+                        Type::Refuse => {
+                            let why = String::from_utf8_lossy(payload);
+                            tracing::error!(%why, "mirror: the leader refused the link");
+                            return self.close(env, "refused by the leader");
+                        }
+                        _ => return self.close(env, "expected WELCOME"),
+                    }
+                }
+                State::Up => {
+                    let vol = self.vol.expect("up links know their volume");
+                    let Some(e) = engine(env.chans, vol) else {
+                        return self.close(env, "volume not mirrored");
+                    };
+                    if let Err(why) = e.on_msg(env.io, &h, payload) {
+                        tracing::warn!(volume = %e.config().name, why, seq = h.seq,
+                            ty = ?h.ty, "mirror: rejected a message");
+                        return self.close(env, why);
+                    }
+                }
+                State::Connecting | State::Closing => return,
+            }
+            if self.state == State::AwaitHello && self.attached {
+                self.state = State::Up;
+            }
+        }
+    }
+}
+
+impl Conn for LinkConn {
+    fn start(&mut self, env: &mut Env<'_>) {
+        match self.state {
+            State::Connecting => {
+                let sqe = opcode::Connect::new(
+                    types::Fd(self.fd.as_raw_fd()),
+                    (&*self.addr as *const libc::sockaddr_storage).cast(),
+                    self.addr_len,
+                )
+                .build()
+                .user_data(UserData::new(Kind::Send, env.key).0);
+                // SAFETY: the address is boxed in the link, which outlives the connect.
+                unsafe { env.io.push(&sqe) };
+                self.connect_armed = true;
+            }
+            _ => self.arm_recv(env),
+        }
+    }
+
+    fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
+        self.recv_armed = false;
+        if res <= 0 {
+            return self.close(env, if res == 0 { "peer closed" } else { "receive failed" });
+        }
+        self.hi += res as usize;
+        if let Some(e) = self.vol.and_then(|v| engine(env.chans, v)) {
+            e.last_rx = Instant::now();
+        }
+        self.process(env);
+    }
+
+    fn on_send(&mut self, env: &mut Env<'_>, res: i32) {
+        if self.connect_armed {
+            self.connect_armed = false;
+            if res < 0 {
+                tracing::debug!(error = %std::io::Error::from_raw_os_error(-res), "mirror: connect failed");
+                return self.close(env, "connect failed");
+            }
+            let vol = self.vol.expect("dialled links know their volume");
+            let Some(e) = engine(env.chans, vol) else {
+                return self.close(env, "volume not mirrored");
+            };
+            let c = e.config();
+            let p = wire::encode_geometry(c.size, c.block, &c.name);
+            wire::encode(&mut self.tx, &Header::new(Type::Hello), &p);
+            self.state = State::AwaitWelcome;
+            return;
+        }
+        self.send_armed = false;
+        if res <= 0 {
+            return self.close(env, "send failed");
+        }
+        self.sent += res as usize;
+        if self.sent < self.tx.len() {
+            self.arm_send(env);
+        } else {
+            self.tx.clear();
+            self.sent = 0;
+        }
+    }
+
+    fn on_io(&mut self, _slot: u32, _result: Result<(), Errno>, _data: &[u8]) {}
+
+    fn flush(&mut self, env: &mut Env<'_>) {
+        if env.stopping && !self.stopping {
+            self.stopping = true;
+        }
+        if self.state == State::Up
+            && let Some(e) = self.vol.and_then(|v| engine(env.chans, v))
+        {
+            if e.kill_link {
+                e.kill_link = false;
+                return self.close(env, "peer silent past the heartbeat timeout");
+            }
+            if self.stopping && e.idle() && self.tx.is_empty() {
+                return self.close(env, "closed");
+            }
+            if !self.send_armed {
+                e.take_outbox(&mut self.tx);
+            }
+        }
+        if !self.send_armed && !self.connect_armed && self.sent < self.tx.len() {
+            self.arm_send(env);
+        }
+        let receiving = matches!(self.state, State::AwaitHello | State::AwaitWelcome | State::Up);
+        if receiving && !self.recv_armed {
+            self.arm_recv(env);
+        }
+        if self.state == State::Closing
+            && !self.recv_armed
+            && !self.connect_armed
+            && !self.send_armed
+        {
+            self.detach(env);
+            self.closed = true;
+        }
+    }
+
+    fn stop(&mut self, _env: &mut Env<'_>) {
+        self.stopping = true;
+    }
+
+    fn abort(&mut self, env: &mut Env<'_>) {
+        self.close(env, "daemon stopping");
+    }
+
+    fn done(&self) -> bool {
+        self.closed
+    }
+}

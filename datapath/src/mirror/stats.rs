@@ -1,0 +1,124 @@
+//! A mirrored volume's counters and state, written by its home reactor with relaxed stores and
+//! read by the control socket.
+
+use serde::Serialize;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// Published mirror state of one volume.
+#[derive(Default)]
+pub struct MirrorStats {
+    /// A session is up.
+    pub up: AtomicBool,
+    /// The replicas diverged (backlog overflow).
+    pub diverged: AtomicBool,
+    /// Sessions started.
+    pub session: AtomicU32,
+    /// Updates submitted by this site's initiators.
+    pub updates: AtomicU64,
+    /// Updates sent to the follower as WRITE/ZEROES/UNMAP (leader only).
+    pub replicated: AtomicU64,
+    /// Messages sent / received.
+    pub msgs_sent: AtomicU64,
+    /// Messages received.
+    pub msgs_received: AtomicU64,
+    /// ACK messages sent.
+    pub acks_sent: AtomicU64,
+    /// ACK messages received.
+    pub acks_received: AtomicU64,
+    /// Messages refused (the link was dropped for each).
+    pub rejected: AtomicU64,
+    /// Requests failed because the peer did not answer in time.
+    pub timeouts: AtomicU64,
+    /// Leader: bytes of update data kept for the follower.
+    pub backlog_bytes: AtomicU64,
+    /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
+    rtts: Mutex<Vec<u64>>,
+}
+
+/// A snapshot for the control socket.
+#[derive(Serialize, Debug, Clone)]
+pub struct MirrorSnapshot {
+    /// Volume name.
+    pub volume: String,
+    /// `leader` or `follower`.
+    pub role: &'static str,
+    /// `up`, `down` or `diverged`.
+    pub state: &'static str,
+    /// Sessions started so far.
+    pub session: u32,
+    /// Updates from this site's initiators.
+    pub updates: u64,
+    /// Updates replicated to the follower (leader).
+    pub replicated: u64,
+    /// Messages sent.
+    pub msgs_sent: u64,
+    /// Messages received.
+    pub msgs_received: u64,
+    /// ACKs sent.
+    pub acks_sent: u64,
+    /// ACKs received.
+    pub acks_received: u64,
+    /// Messages refused.
+    pub rejected: u64,
+    /// Requests failed on the peer timeout.
+    pub timeouts: u64,
+    /// Unacknowledged update bytes kept (leader).
+    pub backlog_bytes: u64,
+    /// Median PING round trip over the last samples, in microseconds (null: none yet).
+    pub rtt_p50_us: Option<f64>,
+}
+
+impl MirrorStats {
+    /// Count one.
+    pub fn inc(&self, c: &AtomicU64) {
+        c.store(c.load(Relaxed) + 1, Relaxed);
+    }
+
+    /// Session state.
+    pub fn set_up(&self, up: bool, session: u32) {
+        self.up.store(up, Relaxed);
+        self.session.store(session, Relaxed);
+    }
+
+    /// One PING round trip (called a few times a second, off the I/O path).
+    pub fn rtt_sample(&self, ns: u64) {
+        if let Ok(mut v) = self.rtts.lock() {
+            if v.len() >= 64 {
+                v.remove(0);
+            }
+            v.push(ns);
+        }
+    }
+
+    /// Snapshot.
+    pub fn snapshot(&self, volume: &str, leader: bool) -> MirrorSnapshot {
+        let rtt = self.rtts.lock().ok().and_then(|v| {
+            let mut s = v.clone();
+            s.sort_unstable();
+            (!s.is_empty()).then(|| s[s.len() / 2] as f64 / 1000.0)
+        });
+        MirrorSnapshot {
+            volume: volume.to_string(),
+            role: if leader { "leader" } else { "follower" },
+            state: if self.diverged.load(Relaxed) {
+                "diverged"
+            } else if self.up.load(Relaxed) {
+                "up"
+            } else {
+                "down"
+            },
+            session: self.session.load(Relaxed),
+            updates: self.updates.load(Relaxed),
+            replicated: self.replicated.load(Relaxed),
+            msgs_sent: self.msgs_sent.load(Relaxed),
+            msgs_received: self.msgs_received.load(Relaxed),
+            acks_sent: self.acks_sent.load(Relaxed),
+            acks_received: self.acks_received.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            backlog_bytes: self.backlog_bytes.load(Relaxed),
+            rtt_p50_us: rtt,
+        }
+    }
+}

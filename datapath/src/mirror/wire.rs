@@ -1,0 +1,355 @@
+//! The mirror link's wire format (docs/mirror-protocol.md, version 1): a 40-byte header and a
+//! payload per message, CRC32C over both.
+//!
+//! Model: pure functions. [`decode`] looks at the front of a receive buffer and says whether a
+//! whole, well-formed message is there ([`Decoded::Msg`]), more bytes are needed
+//! ([`Decoded::Partial`]), or the stream is bad ([`Decoded::Bad`], with the reason to log).
+//! [`encode`] appends one message to a send buffer.
+//!
+//! Invariants: `decode` never reads past the buffer and never trusts `len` before checking it
+//! against [`MAX_PAYLOAD`]; a message is returned only when its checksum matched, its type is
+//! known, its flags are allowed and its length is what its type permits. Range and sequence
+//! checks need the volume and the session, so they are the engine's (`engine.rs`).
+
+/// `W R M T` on the wire.
+pub const MAGIC: u32 = 0x544D_5257;
+/// Protocol version.
+pub const VERSION: u8 = 1;
+/// Header bytes.
+pub const HEADER: usize = 40;
+/// Largest payload.
+pub const MAX_PAYLOAD: u32 = 8 << 20;
+/// FUA flag bit.
+pub const FLAG_FUA: u16 = 1;
+
+/// Message types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Type {
+    /// Follower opens a session.
+    Hello = 1,
+    /// Leader accepts it.
+    Welcome = 2,
+    /// Leader refuses it.
+    Refuse = 3,
+    /// Sequenced write with data.
+    Write = 4,
+    /// Sequenced write-zeroes.
+    Zeroes = 5,
+    /// Sequenced unmap.
+    Unmap = 6,
+    /// A forwarded request got a sequence number.
+    Order = 7,
+    /// Applied watermark.
+    Ack = 8,
+    /// Forwarded write with data.
+    FwdWrite = 9,
+    /// Forwarded write-zeroes.
+    FwdZeroes = 10,
+    /// Forwarded unmap.
+    FwdUnmap = 11,
+    /// Flush request.
+    Flush = 12,
+    /// Flush answer.
+    FlushDone = 13,
+    /// Liveness and round-trip probe (seq carries the sender's clock).
+    Ping = 14,
+    /// Answer to a ping (same seq).
+    Pong = 15,
+}
+
+impl Type {
+    fn from_u8(v: u8) -> Option<Self> {
+        use Type::*;
+        Some(match v {
+            1 => Hello,
+            2 => Welcome,
+            3 => Refuse,
+            4 => Write,
+            5 => Zeroes,
+            6 => Unmap,
+            7 => Order,
+            8 => Ack,
+            9 => FwdWrite,
+            10 => FwdZeroes,
+            11 => FwdUnmap,
+            12 => Flush,
+            13 => FlushDone,
+            14 => Ping,
+            15 => Pong,
+            _ => return None,
+        })
+    }
+
+    /// Updates carry an offset and a count (and data for writes).
+    pub fn is_update(self) -> bool {
+        use Type::*;
+        matches!(
+            self,
+            Write | Zeroes | Unmap | FwdWrite | FwdZeroes | FwdUnmap
+        )
+    }
+
+    /// Which payload lengths the type allows, and which flags.
+    fn allows(self, len: u32, count: u32, flags: u16) -> bool {
+        use Type::*;
+        let flags_ok = if self.is_update() {
+            flags & !FLAG_FUA == 0
+        } else {
+            flags == 0
+        };
+        let len_ok = match self {
+            Hello => (13..=12 + 255).contains(&len),
+            Welcome => len == 12,
+            Refuse => (1..=1024).contains(&len),
+            Write | FwdWrite => len == count,
+            FlushDone => len == 0 || len == 4,
+            _ => len == 0,
+        };
+        flags_ok && len_ok
+    }
+}
+
+/// A decoded header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Message type.
+    pub ty: Type,
+    /// Flags (FUA).
+    pub flags: u16,
+    /// Payload bytes.
+    pub len: u32,
+    /// Request id.
+    pub id: u32,
+    /// Sequence number or watermark.
+    pub seq: u64,
+    /// Byte offset.
+    pub offset: u64,
+    /// Bytes affected.
+    pub count: u32,
+}
+
+impl Header {
+    /// A header of type `ty` with every other field zero.
+    pub fn new(ty: Type) -> Self {
+        Self {
+            ty,
+            flags: 0,
+            len: 0,
+            id: 0,
+            seq: 0,
+            offset: 0,
+            count: 0,
+        }
+    }
+
+    /// FUA requested.
+    pub fn fua(&self) -> bool {
+        self.flags & FLAG_FUA != 0
+    }
+}
+
+/// What the front of a receive buffer holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Not enough bytes yet; at least this many are needed in all.
+    Partial(usize),
+    /// One message: its header and the payload's range in the buffer.
+    Msg(Header, std::ops::Range<usize>),
+    /// The stream is broken; the link must be dropped.
+    Bad(&'static str),
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Decode the message at the front of `buf`.
+pub fn decode(buf: &[u8]) -> Decoded {
+    if buf.len() < HEADER {
+        return Decoded::Partial(HEADER);
+    }
+    if u32_at(buf, 0) != MAGIC {
+        return Decoded::Bad("bad magic");
+    }
+    if buf[4] != VERSION {
+        return Decoded::Bad("unsupported version");
+    }
+    let len = u32_at(buf, 8);
+    if len > MAX_PAYLOAD {
+        return Decoded::Bad("payload too long");
+    }
+    let total = HEADER + len as usize;
+    if buf.len() < total {
+        return Decoded::Partial(total);
+    }
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..36]), &buf[HEADER..total]);
+    if crc != u32_at(buf, 36) {
+        return Decoded::Bad("checksum mismatch");
+    }
+    let Some(ty) = Type::from_u8(buf[5]) else {
+        return Decoded::Bad("unknown message type");
+    };
+    let h = Header {
+        ty,
+        flags: u16::from_le_bytes([buf[6], buf[7]]),
+        len,
+        id: u32_at(buf, 12),
+        seq: u64_at(buf, 16),
+        offset: u64_at(buf, 24),
+        count: u32_at(buf, 32),
+    };
+    if !ty.allows(len, h.count, h.flags) {
+        return Decoded::Bad("length or flags not allowed for the message type");
+    }
+    Decoded::Msg(h, HEADER..total)
+}
+
+/// Append one message (`h.len` is set from `payload`).
+pub fn encode(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.push(VERSION);
+    out.push(h.ty as u8);
+    out.extend_from_slice(&h.flags.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h.id.to_le_bytes());
+    out.extend_from_slice(&h.seq.to_le_bytes());
+    out.extend_from_slice(&h.offset.to_le_bytes());
+    out.extend_from_slice(&h.count.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 36]), payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// HELLO / WELCOME payload: `size u64, block u32` then (HELLO only) the volume name.
+pub fn encode_geometry(size: u64, block: u32, name: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + name.len());
+    p.extend_from_slice(&size.to_le_bytes());
+    p.extend_from_slice(&block.to_le_bytes());
+    p.extend_from_slice(name.as_bytes());
+    p
+}
+
+/// Parse a HELLO / WELCOME payload (length already checked by [`decode`]).
+pub fn decode_geometry(p: &[u8]) -> Option<(u64, u32, &str)> {
+    if p.len() < 12 {
+        return None;
+    }
+    let name = std::str::from_utf8(&p[12..]).ok()?;
+    Some((u64_at(p, 0), u32_at(p, 8), name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(h: &Header, p: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode(&mut v, h, p);
+        v
+    }
+
+    #[test]
+    fn round_trip_every_field() {
+        let h = Header {
+            ty: Type::Write,
+            flags: FLAG_FUA,
+            len: 4,
+            id: 7,
+            seq: 0x1122_3344_5566_7788,
+            offset: 4096,
+            count: 4,
+        };
+        let v = msg(&h, b"abcd");
+        assert_eq!(v.len(), HEADER + 4);
+        assert_eq!(&v[..4], b"WRMT");
+        match decode(&v) {
+            Decoded::Msg(got, r) => {
+                assert_eq!(got, h);
+                assert_eq!(&v[r], b"abcd");
+            }
+            other => panic!("{other:?}"),
+        }
+        for cut in 0..v.len() {
+            assert!(matches!(decode(&v[..cut]), Decoded::Partial(_)), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn every_corruption_is_refused() {
+        let h = Header {
+            count: 8,
+            ..Header::new(Type::FwdWrite)
+        };
+        let good = msg(&h, &[9; 8]);
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0x40;
+            match decode(&b) {
+                Decoded::Bad(_) => {}
+                // A flipped length bit can only make the message look longer.
+                Decoded::Partial(n) => assert!(n > good.len() && (8..12).contains(&i)),
+                Decoded::Msg(..) => panic!("corruption at byte {i} accepted"),
+            }
+        }
+    }
+
+    #[test]
+    fn lengths_and_flags_follow_the_type() {
+        let bad = [
+            (Header::new(Type::Ack), vec![0u8; 1]),
+            (
+                Header {
+                    count: 9,
+                    ..Header::new(Type::Write)
+                },
+                vec![0; 8],
+            ),
+            (
+                Header {
+                    flags: FLAG_FUA,
+                    ..Header::new(Type::Ack)
+                },
+                vec![],
+            ),
+            (
+                Header {
+                    flags: 2,
+                    count: 0,
+                    ..Header::new(Type::Zeroes)
+                },
+                vec![],
+            ),
+            (Header::new(Type::Welcome), vec![0; 11]),
+        ];
+        for (h, p) in bad {
+            assert!(matches!(decode(&msg(&h, &p)), Decoded::Bad(_)), "{h:?}");
+        }
+        let mut v = msg(&Header::new(Type::Ping), &[]);
+        v[4] = 2;
+        assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
+        let mut v = msg(&Header::new(Type::Ping), &[]);
+        v[8..12].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
+        assert_eq!(decode(&v), Decoded::Bad("payload too long"));
+        let mut v = msg(&Header::new(Type::Ping), &[]);
+        v[5] = 99;
+        // Re-seal the checksum so only the type is wrong.
+        let crc = crc32c::crc32c(&v[..36]);
+        v[36..40].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&v), Decoded::Bad("unknown message type"));
+    }
+
+    #[test]
+    fn geometry_round_trips() {
+        let p = encode_geometry(1 << 30, 512, "vol0");
+        assert_eq!(decode_geometry(&p), Some((1 << 30, 512, "vol0")));
+        assert_eq!(decode_geometry(&p[..11]), None);
+    }
+}
