@@ -25,6 +25,39 @@ pub struct Config {
     /// Volumes.
     #[serde(default, rename = "volume")]
     pub volumes: Vec<VolumeConfig>,
+    /// Two-site mirroring (absent: a single site).
+    #[serde(default)]
+    pub mirror: Option<MirrorConfig>,
+}
+
+/// This site and its peer, for mirrored volumes.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// This site's name.
+    pub site: String,
+    /// The peer site's name.
+    pub peer_site: String,
+    /// Replication listen addresses (the follower of a volume dials its leader here).
+    pub listen: Vec<SocketAddr>,
+    /// The peer's replication address.
+    pub peer: SocketAddr,
+    /// How long a request may wait for an unreachable peer before it fails, in ms.
+    #[serde(default = "default_peer_timeout_ms")]
+    pub peer_timeout_ms: u64,
+    /// Most unacknowledged update data the leader keeps for an absent follower, in MiB.
+    #[serde(default = "default_max_backlog_mib")]
+    pub max_backlog_mib: u64,
+}
+
+impl MirrorConfig {
+    /// The leader of a volume: its configured one, else the site whose name sorts first.
+    pub fn leader_of<'a>(&'a self, v: &'a VolumeConfig) -> &'a str {
+        match &v.leader {
+            Some(l) => l,
+            None => self.site.as_str().min(self.peer_site.as_str()),
+        }
+    }
 }
 
 /// Reactor placement and waiting.
@@ -127,6 +160,13 @@ pub struct VolumeConfig {
     /// Insert an error-injecting layer failing I/O over this byte range (tests, drills).
     #[serde(default)]
     pub fail_range: Option<[u64; 2]>,
+    /// Mirror this volume with the peer site (`[mirror]`).
+    #[serde(default)]
+    pub mirror: bool,
+    /// For a mirrored volume: the site that orders its updates (default: the site whose name
+    /// sorts first).
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
 /// A byte count written as a number or with a unit.
@@ -173,6 +213,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} overflows"))
 }
 
+fn default_peer_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_backlog_mib() -> u64 {
+    256
+}
 fn default_cores() -> Vec<usize> {
     vec![0]
 }
@@ -234,7 +280,10 @@ impl Default for Config {
                 path: None,
                 create: true,
                 fail_range: None,
+                mirror: false,
+                leader: None,
             }],
+            mirror: None,
         }
     }
 }
@@ -301,6 +350,47 @@ impl Config {
                     return bad(format!("volume {}: backend malloc takes no path", v.name));
                 }
                 _ => {}
+            }
+        }
+        let mirrored: Vec<&VolumeConfig> = self.volumes.iter().filter(|v| v.mirror).collect();
+        match &self.mirror {
+            None if !mirrored.is_empty() => {
+                return bad(format!(
+                    "volume {} is mirrored but there is no [mirror] section",
+                    mirrored[0].name
+                ));
+            }
+            Some(m) => {
+                if m.site.is_empty() || m.peer_site.is_empty() || m.site == m.peer_site {
+                    return bad("mirror.site and mirror.peer_site must be two different names".into());
+                }
+                if m.listen.is_empty() {
+                    return bad("mirror.listen needs at least one address".into());
+                }
+                if m.peer_timeout_ms == 0 {
+                    return bad("mirror.peer_timeout_ms must be at least 1".into());
+                }
+                if !mirrored.is_empty() && self.reactor.cores.len() != 1 {
+                    return bad(format!(
+                        "mirrored volumes run on one reactor per site for now; reactor.cores has {}",
+                        self.reactor.cores.len()
+                    ));
+                }
+                for v in &mirrored {
+                    let l = m.leader_of(v);
+                    if l != m.site && l != m.peer_site {
+                        return bad(format!(
+                            "volume {}: leader {l:?} is neither {:?} nor {:?}",
+                            v.name, m.site, m.peer_site
+                        ));
+                    }
+                }
+            }
+            None => {}
+        }
+        for v in &self.volumes {
+            if v.leader.is_some() && !v.mirror {
+                return bad(format!("volume {}: leader is set but mirror is not", v.name));
             }
         }
         let mut exports = std::collections::HashSet::new();

@@ -15,6 +15,8 @@ use crate::config::{Backend, Config, Wait};
 use crate::control::ControlServer;
 use crate::frontend::{Listener, NbdExport, Proto, Shared};
 use crate::reactor::{self, Mailbox, Msg, Reactor, ReactorStats, RingSizes, WaitPolicy};
+use crate::mirror::MirrorDevice;
+use crate::mirror::engine::{EngineConfig, Role};
 use crate::volume::Volume;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
@@ -87,16 +89,47 @@ fn build_device(v: &crate::config::VolumeConfig) -> Result<Arc<dyn BlockDevice>,
     })
 }
 
+fn bind(addr: SocketAddr, proto: Proto) -> Result<Listener, StartError> {
+    let err = |source| StartError::Listen { addr, source };
+    let l = TcpListener::bind(addr).map_err(err)?;
+    let bound = l.local_addr().map_err(err)?;
+    Ok(Listener {
+        fd: OwnedFd::from(l),
+        proto,
+        addr: bound,
+    })
+}
+
 impl Daemon {
     /// Start everything `cfg` describes.
     pub fn start(cfg: &Config) -> Result<Self, StartError> {
         let mut volumes = Vec::new();
-        for v in &cfg.volumes {
+        for (index, v) in cfg.volumes.iter().enumerate() {
             let device = build_device(v).map_err(|source| StartError::Volume {
                 name: v.name.clone(),
                 source,
             })?;
-            volumes.push(Arc::new(Volume::new(v.name.clone(), device)));
+            let volume = match (&cfg.mirror, v.mirror) {
+                (Some(m), true) => {
+                    let leader = m.leader_of(v) == m.site;
+                    let info = device.info();
+                    let engine = EngineConfig {
+                        name: v.name.clone(),
+                        role: if leader { Role::Leader } else { Role::Follower },
+                        size: info.size,
+                        block: info.block_size,
+                        peer_timeout: Duration::from_millis(m.peer_timeout_ms),
+                        max_backlog: m.max_backlog_mib << 20,
+                    };
+                    let md = MirrorDevice::new(device, engine, index, m.peer);
+                    let stats = Arc::clone(&md.stats);
+                    let mut vol = Volume::new(v.name.clone(), Arc::new(md));
+                    vol.mirror = Some((stats, leader));
+                    vol
+                }
+                _ => Volume::new(v.name.clone(), device),
+            };
+            volumes.push(Arc::new(volume));
         }
         let nbd_exports = cfg
             .effective_exports()
@@ -113,19 +146,10 @@ impl Daemon {
             .collect();
         let mut listeners = Vec::new();
         for addr in &cfg.nbd.listen {
-            let l = TcpListener::bind(addr).map_err(|source| StartError::Listen {
-                addr: *addr,
-                source,
-            })?;
-            let bound = l.local_addr().map_err(|source| StartError::Listen {
-                addr: *addr,
-                source,
-            })?;
-            listeners.push(Listener {
-                fd: OwnedFd::from(l),
-                proto: Proto::Nbd,
-                addr: bound,
-            });
+            listeners.push(bind(*addr, Proto::Nbd)?);
+        }
+        for addr in cfg.mirror.iter().flat_map(|m| m.listen.iter()) {
+            listeners.push(bind(*addr, Proto::Mirror)?);
         }
         let n = cfg.reactor.cores.len();
         let mut mailboxes = Vec::with_capacity(n);

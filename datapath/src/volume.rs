@@ -16,6 +16,8 @@ pub struct Volume {
     pub device: Arc<dyn BlockDevice>,
     /// Facts of the top of the stack, read once.
     pub info: DeviceInfo,
+    /// For a mirrored volume: its published mirror state and whether this site leads it.
+    pub mirror: Option<(Arc<crate::mirror::stats::MirrorStats>, bool)>,
 }
 
 impl Volume {
@@ -26,6 +28,7 @@ impl Volume {
             name: name.into(),
             device,
             info,
+            mirror: None,
         }
     }
 }

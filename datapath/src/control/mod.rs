@@ -171,6 +171,16 @@ fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
                     .collect(),
             )
         }
+        "mirror_status" => Value::Array(
+            shared
+                .volumes
+                .iter()
+                .filter_map(|v| {
+                    let (stats, leader) = v.mirror.as_ref()?;
+                    serde_json::to_value(stats.snapshot(&v.name, *leader)).ok()
+                })
+                .collect(),
+        ),
         _ => return None,
     })
 }
