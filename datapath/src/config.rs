@@ -362,7 +362,9 @@ impl Config {
             }
             Some(m) => {
                 if m.site.is_empty() || m.peer_site.is_empty() || m.site == m.peer_site {
-                    return bad("mirror.site and mirror.peer_site must be two different names".into());
+                    return bad(
+                        "mirror.site and mirror.peer_site must be two different names".into(),
+                    );
                 }
                 if m.listen.is_empty() {
                     return bad("mirror.listen needs at least one address".into());
@@ -390,7 +392,10 @@ impl Config {
         }
         for v in &self.volumes {
             if v.leader.is_some() && !v.mirror {
-                return bad(format!("volume {}: leader is set but mirror is not", v.name));
+                return bad(format!(
+                    "volume {}: leader is set but mirror is not",
+                    v.name
+                ));
             }
         }
         let mut exports = std::collections::HashSet::new();

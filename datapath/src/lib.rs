@@ -31,6 +31,7 @@ pub mod bdev;
 pub mod buf;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod frontend;
 pub mod mirror;
 pub mod reactor;

@@ -35,6 +35,22 @@ enum Cmd {
         #[arg(long)]
         control_socket: Option<String>,
     },
+    /// A two-site stretched cluster on loopback: sites a and b as two processes mirroring a
+    /// RAM volume `vol0` (site a on nbd://127.0.0.1:10809, site b on :10810).
+    Demo {
+        /// Directory for the site configs and control sockets.
+        #[arg(long, default_value = "/tmp/twinblk-demo")]
+        dir: PathBuf,
+        /// NBD port of site a (site b: the next one).
+        #[arg(long, default_value_t = 10809)]
+        nbd_port: u16,
+        /// Replication port of site a (site b: the next one).
+        #[arg(long, default_value_t = 7789)]
+        repl_port: u16,
+        /// Size of the mirrored RAM volume.
+        #[arg(long, default_value = "1GiB")]
+        size: String,
+    },
     /// Check a configuration file and print it with every default filled in.
     CheckConfig {
         /// TOML configuration file.
@@ -61,6 +77,21 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
+        Cmd::Demo {
+            dir,
+            nbd_port,
+            repl_port,
+            size,
+        } => {
+            twinblk::config::parse_size(&size).map_err(anyhow::Error::msg)?;
+            twinblk::demo::run(twinblk::demo::DemoOptions {
+                dir,
+                nbd_port,
+                repl_port,
+                size,
+                exe: std::env::current_exe().context("finding the twinblk binary")?,
+            })
+        }
         Cmd::CheckConfig { config } => {
             let c = load(Some(&config))?;
             print!("{}", toml::to_string_pretty(&c)?);

@@ -550,15 +550,20 @@ impl Engine {
         if ap.session == self.session && ap.seq != 0 && r.is_ok() {
             self.applied.mark(ap.seq);
         }
-        if let Origin::PeerFlush(id) = self.ops[k].origin {
-            if self.up && self.ops[k].session == self.session {
-                let payload = r.err().map(|e| e.0.to_le_bytes());
-                let h = Header {
-                    id,
-                    ..Header::new(Type::FlushDone)
-                };
-                wire::encode(&mut self.outbox, &h, payload.as_ref().map_or(&[][..], |p| p));
-            }
+        if let Origin::PeerFlush(id) = self.ops[k].origin
+            && self.up
+            && self.ops[k].session == self.session
+        {
+            let payload = r.err().map(|e| e.0.to_le_bytes());
+            let h = Header {
+                id,
+                ..Header::new(Type::FlushDone)
+            };
+            wire::encode(
+                &mut self.outbox,
+                &h,
+                payload.as_ref().map_or(&[][..], |p| p),
+            );
         }
         self.start_unblocked(io);
         self.settle(k);
@@ -711,11 +716,14 @@ impl Engine {
 
     fn check_range(&self, h: &Header) -> Result<(), &'static str> {
         let b = self.cfg.block as u64;
-        let end = h.offset.checked_add(h.count as u64).ok_or("range overflows")?;
+        let end = h
+            .offset
+            .checked_add(h.count as u64)
+            .ok_or("range overflows")?;
         if h.count == 0 || end > self.cfg.size {
             return Err("range outside the volume");
         }
-        if h.offset % b != 0 || h.count as u64 % b != 0 {
+        if !h.offset.is_multiple_of(b) || !(h.count as u64).is_multiple_of(b) {
             return Err("range not aligned to the block size");
         }
         Ok(())
@@ -735,7 +743,12 @@ impl Engine {
 
     /// One message from the peer. An `Err` is the reason to drop the link; nothing of that
     /// message was applied.
-    pub fn on_msg(&mut self, io: &mut IoCx, h: &Header, payload: &[u8]) -> Result<(), &'static str> {
+    pub fn on_msg(
+        &mut self,
+        io: &mut IoCx,
+        h: &Header,
+        payload: &[u8],
+    ) -> Result<(), &'static str> {
         self.stats.inc(&self.stats.msgs_received);
         let r = self.handle(io, h, payload);
         if r.is_err() {
@@ -944,7 +957,9 @@ impl Engine {
             return;
         }
         self.diverged = true;
-        self.stats.diverged.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .diverged
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::error!(volume = %self.cfg.name, backlog_bytes = self.backlog_bytes,
             "mirror: the peer is away and the backlog is full; the replicas have diverged, writes now fail until a resync");
     }
@@ -977,14 +992,20 @@ mod tests {
             ReadStart::Failed(Errno::NOTSUP)
         }
         fn write(&mut self, _: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], _: bool) -> Start {
-            self.0.borrow_mut().pending.push((tag.slot, offset, data.to_vec()));
+            self.0
+                .borrow_mut()
+                .pending
+                .push((tag.slot, offset, data.to_vec()));
             Start::Pending
         }
         fn flush(&mut self, _: &mut IoCx, _: IoTag) -> Start {
             Start::Done(Ok(()))
         }
         fn write_zeroes(&mut self, _: &mut IoCx, tag: IoTag, o: u64, l: u64, _: bool) -> Start {
-            self.0.borrow_mut().pending.push((tag.slot, o, vec![0; l as usize]));
+            self.0
+                .borrow_mut()
+                .pending
+                .push((tag.slot, o, vec![0; l as usize]));
             Start::Pending
         }
         fn unmap(&mut self, io: &mut IoCx, tag: IoTag, o: u64, l: u64, f: bool) -> Start {
@@ -1050,7 +1071,11 @@ mod tests {
         if n == 0 {
             return false;
         }
-        let (slot, off, data) = s.disk.borrow_mut().pending.swap_remove(rng.below(n as u64) as usize);
+        let (slot, off, data) = s
+            .disk
+            .borrow_mut()
+            .pending
+            .swap_remove(rng.below(n as u64) as usize);
         s.disk.borrow_mut().bytes[off as usize..off as usize + data.len()].copy_from_slice(&data);
         s.engine.apply_finished(io, slot as usize, Ok(()));
         true
@@ -1066,7 +1091,9 @@ mod tests {
                 wire::Decoded::Msg(h, r) => {
                     let payload = from.wire[at + r.start..at + r.end].to_vec();
                     at += r.end;
-                    to.engine.on_msg(io, &h, &payload).expect("valid message refused");
+                    to.engine
+                        .on_msg(io, &h, &payload)
+                        .expect("valid message refused");
                     n += 1;
                 }
                 wire::Decoded::Partial(_) => break,
@@ -1093,13 +1120,18 @@ mod tests {
         let len = (1 + rng.below(3)) * BLOCK as u64;
         let len = len.min(SIZE - off);
         *slot += 1;
-        let tag = IoTag { conn: 1, slot: *slot };
+        let tag = IoTag {
+            conn: 1,
+            slot: *slot,
+        };
         let r = if rng.below(10) == 0 {
-            s.engine.submit(io, tag, None, Some((len, rng.below(2) == 0)), off, false)
+            s.engine
+                .submit(io, tag, None, Some((len, rng.below(2) == 0)), off, false)
         } else {
             let byte = (rng.next() & 0xff) as u8;
             let data = vec![byte; len as usize];
-            s.engine.submit(io, tag, Some(&data), None, off, rng.below(4) == 0)
+            s.engine
+                .submit(io, tag, Some(&data), None, off, rng.below(4) == 0)
         };
         assert_eq!(r, Start::Pending);
         s.outstanding += 1;
@@ -1157,7 +1189,10 @@ mod tests {
             }
         }
         assert_eq!(a.outstanding, 0, "seed {seed}: leader requests unanswered");
-        assert_eq!(b.outstanding, 0, "seed {seed}: follower requests unanswered");
+        assert_eq!(
+            b.outstanding, 0,
+            "seed {seed}: follower requests unanswered"
+        );
         assert_eq!(a.failed + b.failed, 0, "seed {seed}: requests failed");
         assert!(a.ok > 100 && b.ok > 100, "seed {seed}: too little traffic");
         assert!(a.engine.idle() && b.engine.idle(), "seed {seed}: ops left");
@@ -1224,7 +1259,10 @@ mod tests {
             b.engine.on_msg(&mut io, &w(1, 100, 512), &data),
             Err("range not aligned to the block size")
         );
-        assert!(b.disk.borrow().pending.is_empty(), "a refused message was applied");
+        assert!(
+            b.disk.borrow().pending.is_empty(),
+            "a refused message was applied"
+        );
         assert_eq!(b.engine.on_msg(&mut io, &w(1, 0, 512), &data), Ok(()));
         assert_eq!(
             b.engine.on_msg(&mut io, &w(1, 0, 512), &data),
@@ -1235,7 +1273,10 @@ mod tests {
             seq: 5,
             ..Header::new(Type::Ack)
         };
-        assert_eq!(b.engine.on_msg(&mut io, &ack, &[]), Err("ACK outside the window"));
+        assert_eq!(
+            b.engine.on_msg(&mut io, &ack, &[]),
+            Err("ACK outside the window")
+        );
         let order = Header {
             seq: 2,
             id: 3,

@@ -368,7 +368,14 @@ impl Conn for LinkConn {
     fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
         self.recv_armed = false;
         if res <= 0 {
-            return self.close(env, if res == 0 { "peer closed" } else { "receive failed" });
+            return self.close(
+                env,
+                if res == 0 {
+                    "peer closed"
+                } else {
+                    "receive failed"
+                },
+            );
         }
         self.hi += res as usize;
         if let Some(e) = self.vol.and_then(|v| engine(env.chans, v)) {
@@ -430,7 +437,10 @@ impl Conn for LinkConn {
         if !self.send_armed && !self.connect_armed && self.sent < self.tx.len() {
             self.arm_send(env);
         }
-        let receiving = matches!(self.state, State::AwaitHello | State::AwaitWelcome | State::Up);
+        let receiving = matches!(
+            self.state,
+            State::AwaitHello | State::AwaitWelcome | State::Up
+        );
         if receiving && !self.recv_armed {
             self.arm_recv(env);
         }

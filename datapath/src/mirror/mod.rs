@@ -35,7 +35,12 @@ pub struct MirrorDevice {
 
 impl MirrorDevice {
     /// Mirror `inner` (volume index `vol`) with the peer at `peer`.
-    pub fn new(inner: Arc<dyn BlockDevice>, cfg: EngineConfig, vol: usize, peer: SocketAddr) -> Self {
+    pub fn new(
+        inner: Arc<dyn BlockDevice>,
+        cfg: EngineConfig,
+        vol: usize,
+        peer: SocketAddr,
+    ) -> Self {
         Self {
             inner,
             cfg,
@@ -87,12 +92,21 @@ impl Channel for MirrorChannel {
         self.engine.submit(io, tag, None, None, 0, false)
     }
 
-    fn write_zeroes(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start {
-        self.engine.submit(io, tag, None, Some((len, false)), offset, fua)
+    fn write_zeroes(
+        &mut self,
+        io: &mut IoCx,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Start {
+        self.engine
+            .submit(io, tag, None, Some((len, false)), offset, fua)
     }
 
     fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start {
-        self.engine.submit(io, tag, None, Some((len, true)), offset, fua)
+        self.engine
+            .submit(io, tag, None, Some((len, true)), offset, fua)
     }
 
     fn mirror(&mut self) -> Option<(&mut Engine, SocketAddr)> {

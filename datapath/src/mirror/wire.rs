@@ -278,7 +278,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         for cut in 0..v.len() {
-            assert!(matches!(decode(&v[..cut]), Decoded::Partial(_)), "cut {cut}");
+            assert!(
+                matches!(decode(&v[..cut]), Decoded::Partial(_)),
+                "cut {cut}"
+            );
         }
     }
 

@@ -283,7 +283,11 @@ impl Reactor {
             let r = if self.stopping.is_some() || !self.mirrors.is_empty() {
                 // Bounded wait while stopping, so the deadline is noticed, and while mirror
                 // engines need their periodic work.
-                let ns = if self.stopping.is_some() { 50_000_000 } else { 10_000_000 };
+                let ns = if self.stopping.is_some() {
+                    50_000_000
+                } else {
+                    10_000_000
+                };
                 let ts = types::Timespec::new().nsec(ns);
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.io.ring.submitter().submit_with_args(1, &args)

@@ -107,6 +107,12 @@ impl Server {
         false
     }
 
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stop, then start again with the same config file.
     pub fn restart(mut self) -> Server {
         assert!(self.stop(), "clean stop failed");

@@ -3,5 +3,6 @@
 mod clients;
 mod harness;
 mod malformed;
+mod mirror;
 mod rawnbd;
 mod shutdown;

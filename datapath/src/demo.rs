@@ -1,0 +1,165 @@
+//! `twinblk demo`: a two-site stretched cluster on loopback in one command.
+//!
+//! Model: the demo writes one config per site into a directory, starts `twinblk serve` once
+//! per site as its own process (site `a` leads `vol0`; site `a` on the standard ports, site `b`
+//! on the next ones), reads each site's endpoints from its standard output, prints them one
+//! per line with each process's PID, and then waits. Ctrl-C (or SIGTERM) stops both sites
+//! cleanly; if one site dies, the demo stops the other and exits with an error.
+
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Demo settings.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Where the site configs (and control sockets) go.
+    pub dir: PathBuf,
+    /// NBD port of site a (site b uses the next one).
+    pub nbd_port: u16,
+    /// Replication port of site a (site b uses the next one).
+    pub repl_port: u16,
+    /// Size of the mirrored RAM volume.
+    pub size: String,
+    /// The `twinblk` binary to start for each site.
+    pub exe: PathBuf,
+}
+
+/// Config text of one site.
+pub fn site_config(o: &DemoOptions, site: usize) -> String {
+    let names = ["a", "b"];
+    let me = names[site];
+    let peer = names[1 - site];
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let core = if cpus > 1 { site } else { 0 };
+    format!(
+        "# twinblk demo: site {me} of a two-site mirror on loopback\n\
+         [reactor]\ncores = [{core}]\npin = {pin}\n\n\
+         [nbd]\nlisten = [\"127.0.0.1:{nbd}\"]\n\n\
+         [control]\nsocket = \"{dir}/site-{me}.sock\"\n\n\
+         [mirror]\nsite = \"{me}\"\npeer_site = \"{peer}\"\n\
+         listen = [\"127.0.0.1:{repl}\"]\npeer = \"127.0.0.1:{peer_repl}\"\n\n\
+         [[volume]]\nname = \"vol0\"\nbackend = \"malloc\"\nsize = \"{size}\"\nmirror = true\n\
+         leader = \"a\"\n",
+        pin = cpus > 1,
+        nbd = o.nbd_port + site as u16,
+        dir = o.dir.display(),
+        repl = o.repl_port + site as u16,
+        peer_repl = o.repl_port + 1 - site as u16,
+        size = o.size,
+    )
+}
+
+struct Site {
+    name: &'static str,
+    child: Child,
+    uris: Vec<String>,
+}
+
+fn start_site(o: &DemoOptions, site: usize) -> Result<Site> {
+    let name = ["a", "b"][site];
+    let path = o.dir.join(format!("site-{name}.toml"));
+    std::fs::write(&path, site_config(o, site))
+        .with_context(|| format!("writing {}", path.display()))?;
+    let mut child = Command::new(&o.exe)
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting site {name} ({})", o.exe.display()))?;
+    let out = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(out).lines();
+    let mut uris = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                let t = l.trim();
+                if !t.contains(' ') && t.contains("://") {
+                    uris.push(t.to_string());
+                }
+                if t.starts_with("Ctrl-C") {
+                    break;
+                }
+            }
+            _ => {
+                let status = child.wait()?;
+                bail!("site {name} exited during start-up ({status}); see its log above");
+            }
+        }
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    Ok(Site { name, child, uris })
+}
+
+fn stop_all(sites: &mut [Site]) {
+    for s in sites.iter_mut() {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    }
+    for s in sites.iter_mut() {
+        let _ = s.child.wait();
+    }
+}
+
+/// Run the demo until Ctrl-C.
+pub fn run(o: DemoOptions) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
+    let mut sites = Vec::new();
+    for i in 0..2 {
+        match start_site(&o, i) {
+            Ok(s) => sites.push(s),
+            Err(e) => {
+                stop_all(&mut sites);
+                return Err(e);
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "twinblk demo: volume vol0 ({} RAM) mirrored synchronously between site a (leader) and site b",
+        o.size
+    )?;
+    for s in &sites {
+        for u in &s.uris {
+            writeln!(out, "{u}")?;
+        }
+    }
+    for s in &sites {
+        writeln!(
+            out,
+            "site {} pid {} (config {}/site-{}.toml, control {}/site-{}.sock)",
+            s.name,
+            s.child.id(),
+            o.dir.display(),
+            s.name,
+            o.dir.display(),
+            s.name
+        )?;
+    }
+    writeln!(out, "Ctrl-C stops both sites.")?;
+    out.flush()?;
+    drop(out);
+    loop {
+        if signals.pending().next().is_some() {
+            stop_all(&mut sites);
+            return Ok(());
+        }
+        for i in 0..sites.len() {
+            if let Some(status) = sites[i].child.try_wait()? {
+                let name = sites[i].name;
+                sites.remove(i);
+                stop_all(&mut sites);
+                bail!("site {name} exited ({status}); the other site was stopped");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
