@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Side-by-side: the same RAM volume served by one twinblk site vs mirrored synchronously across
+# two twinblk processes on loopback (site a leads; fio writes at site a), through fio's nbd
+# engine, 4 KiB random write at queue depth 1 and 32, one job.
+#
+#   RUNTIME=5 REPS=3 bash benches/mirror_compare.sh
+#
+# Each repetition starts every configuration fresh. Reported per point: the MEDIAN over the
+# repetitions of IOPS, clat p50 and p99; for the mirrored runs also ACK messages on the wire per
+# write (the follower's acks_sent delta / the leader's updates delta, from the control socket's
+# mirror_status) and the link's PING round trip (median, measured by the sites themselves).
+# Placement: single site on core 0; mirrored: site a on core 0, site b on core 1 (this machine
+# has 2 cores, so site b shares core 1 with fio); fio on core 1.
+#
+# Environment: RUNTIME (default 5), REPS (3), RAMP (1), BASE_PORT (12800), KEEP=1 keeps logs.
+# Needs: cargo, fio (nbd engine), python3, taskset. Listens on 127.0.0.1 only; always cleans up.
+
+set -euo pipefail
+RUNTIME=${RUNTIME:-5}
+REPS=${REPS:-3}
+RAMP=${RAMP:-1}
+BASE_PORT=${BASE_PORT:-12800}
+KEEP=${KEEP:-0}
+[[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
+    { echo "mirror_compare: RUNTIME, REPS, RAMP, BASE_PORT must be numbers" >&2; exit 1; }
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin twinblk --bin twinblk-ctl
+BIN=$PWD/target/release/twinblk
+CTL=$PWD/target/release/twinblk-ctl
+WORK=$(mktemp -d /tmp/mirror_compare.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [[ $KEEP == 1 ]] && echo "kept $WORK" >&2 || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+site_cfg() { # name peer core nbd_port repl_port peer_repl_port mirror(true|false)
+    local mirror_section=""
+    if [[ $7 == true ]]; then
+        mirror_section="[mirror]
+site = \"$1\"
+peer_site = \"$2\"
+listen = [\"127.0.0.1:$5\"]
+peer = \"127.0.0.1:$6\""
+    fi
+    cat >"$WORK/$1.toml" <<CFG
+[reactor]
+cores = [$3]
+wait = "poll"
+[nbd]
+listen = ["127.0.0.1:$4"]
+[control]
+socket = "$WORK/$1.sock"
+$mirror_section
+[[volume]]
+name = "vol0"
+backend = "malloc"
+size = "1GiB"
+mirror = $7
+CFG
+}
+
+start() { # name
+    "$BIN" serve --config "$WORK/$1.toml" >"$WORK/$1.out" 2>"$WORK/$1.log" &
+    PIDS+=($!)
+    for _ in $(seq 100); do [[ -S $WORK/$1.sock ]] && grep -q "Ctrl-C" "$WORK/$1.out" && return; sleep 0.05; done
+    echo "mirror_compare: site $1 did not start; log:" >&2; cat "$WORK/$1.log" >&2; exit 1
+}
+
+stop_all() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    PIDS=()
+    rm -f "$WORK"/*.sock
+}
+
+mstat() { "$CTL" --socket "$WORK/$1.sock" mirror_status; }
+
+wait_link() {
+    for _ in $(seq 200); do
+        mstat a | grep -q '"state": "up"' && return
+        sleep 0.05
+    done
+    echo "mirror_compare: link never came up" >&2; exit 1
+}
+
+RESULTS=$WORK/results.jsonl
+port=$BASE_PORT
+for rep in $(seq "$REPS"); do
+    for mode in single mirrored; do
+        for qd in 1 32; do
+            port=$((port + 3))
+            if [[ $mode == single ]]; then
+                site_cfg a b 0 "$port" 0 0 false
+                start a
+            else
+                site_cfg a b 0 "$port" $((port + 1)) $((port + 2)) true
+                site_cfg b a 1 $((port + 100)) $((port + 2)) $((port + 1)) true
+                start a
+                start b
+                wait_link
+                mstat a >"$WORK/a.before"
+                mstat b >"$WORK/b.before"
+            fi
+            echo "mirror_compare: rep $rep/$REPS $mode qd$qd" >&2
+            taskset -c 1 fio --name=w --ioengine=nbd --uri="nbd://127.0.0.1:$port/vol0" \
+                --rw=randwrite --bs=4k --iodepth="$qd" --size=256M --time_based \
+                --runtime="$RUNTIME" --ramp_time="$RAMP" --randrepeat=0 \
+                --output-format=json >"$WORK/fio.json" 2>"$WORK/fio.err" ||
+                { cat "$WORK/fio.err" >&2; exit 1; }
+            after_a=null; after_b=null; before_a=null; before_b=null
+            if [[ $mode == mirrored ]]; then
+                before_a=$(cat "$WORK/a.before"); before_b=$(cat "$WORK/b.before")
+                after_a=$(mstat a); after_b=$(mstat b)
+            fi
+            python3 - "$WORK/fio.json" "$mode" "$qd" "$before_a" "$before_b" "$after_a" "$after_b" >>"$RESULTS" <<'PY'
+import json, sys
+fio = json.load(open(sys.argv[1]))["jobs"][0]["write"]
+mode, qd = sys.argv[2], int(sys.argv[3])
+ba, bb, aa, ab = (json.loads(x) for x in sys.argv[4:8])
+r = {"mode": mode, "qd": qd, "iops": fio["iops"],
+     "p50": fio["clat_ns"]["percentile"]["50.000000"] / 1000,
+     "p99": fio["clat_ns"]["percentile"]["99.000000"] / 1000}
+if aa:
+    updates = aa[0]["updates"] - ba[0]["updates"]
+    acks = ab[0]["acks_sent"] - bb[0]["acks_sent"]
+    r["acks_per_write"] = acks / updates if updates else None
+    r["rtt_us"] = aa[0]["rtt_p50_us"]
+print(json.dumps(r))
+PY
+            stop_all
+        done
+    done
+done
+
+python3 - "$RESULTS" "$RUNTIME" "$REPS" <<'PY'
+import json, statistics as st, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(mode, qd, k):
+    v = [r[k] for r in rows if r["mode"] == mode and r["qd"] == qd and r.get(k) is not None]
+    return st.median(v) if v else float("nan")
+print(f"\n4 KiB randwrite, fio nbd engine, RAM volume, medians of {sys.argv[3]} reps x {sys.argv[2]} s\n")
+print("| QD | single IOPS | mirrored IOPS | ratio | single p50/p99 µs | mirrored p50/p99 µs | ACKs per write | link RTT p50 µs |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+for qd in (1, 32):
+    si, mi = med("single", qd, "iops"), med("mirrored", qd, "iops")
+    print(f"| {qd} | {si:,.0f} | {mi:,.0f} | {mi/si:.2f}x | {med('single',qd,'p50'):.1f} / {med('single',qd,'p99'):.1f} "
+          f"| {med('mirrored',qd,'p50'):.1f} / {med('mirrored',qd,'p99'):.1f} | {med('mirrored',qd,'acks_per_write'):.3f} "
+          f"| {med('mirrored',qd,'rtt_us'):.1f} |")
+added = med("mirrored", 1, "p50") - med("single", 1, "p50")
+rtt = med("mirrored", 1, "rtt_us")
+r32 = med("mirrored", 32, "iops") / med("single", 32, "iops")
+a32 = med("mirrored", 32, "acks_per_write")
+print()
+print(f"- mirrored / single IOPS at QD32: {r32:.2f}x (goal >= 0.85x: {'MET' if r32 >= 0.85 else 'NOT MET'})")
+print(f"- ACK messages per write at QD32: {a32:.3f} (goal <= 0.2: {'MET' if a32 <= 0.2 else 'NOT MET'})")
+print(f"- added p50 at QD1: {added:.1f} µs vs link RTT {rtt:.1f} µs = {added/rtt:.2f}x RTT (goal <= 1.5x: {'MET' if added <= 1.5*rtt else 'NOT MET'})")
+PY
