@@ -372,12 +372,6 @@ impl Config {
                 if m.peer_timeout_ms == 0 {
                     return bad("mirror.peer_timeout_ms must be at least 1".into());
                 }
-                if !mirrored.is_empty() && self.reactor.cores.len() != 1 {
-                    return bad(format!(
-                        "mirrored volumes run on one reactor per site for now; reactor.cores has {}",
-                        self.reactor.cores.len()
-                    ));
-                }
                 for v in &mirrored {
                     let l = m.leader_of(v);
                     if l != m.site && l != m.peer_site {

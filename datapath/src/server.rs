@@ -17,7 +17,7 @@ use crate::frontend::{Listener, NbdExport, Proto, Shared};
 use crate::mirror::MirrorDevice;
 use crate::mirror::engine::{EngineConfig, Role};
 use crate::reactor::{self, Mailbox, Msg, Reactor, ReactorStats, RingSizes, WaitPolicy};
-use crate::volume::Volume;
+use crate::volume::{MirrorInfo, Volume};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -104,6 +104,7 @@ impl Daemon {
     /// Start everything `cfg` describes.
     pub fn start(cfg: &Config) -> Result<Self, StartError> {
         let mut volumes = Vec::new();
+        let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
         for (index, v) in cfg.volumes.iter().enumerate() {
             let device = build_device(v).map_err(|source| StartError::Volume {
                 name: v.name.clone(),
@@ -121,10 +122,16 @@ impl Daemon {
                         peer_timeout: Duration::from_millis(m.peer_timeout_ms),
                         max_backlog: m.max_backlog_mib << 20,
                     };
-                    let md = MirrorDevice::new(device, engine, index, m.peer);
+                    let home = index % cfg.reactor.cores.len();
+                    let md = Arc::new(MirrorDevice::new(device, engine, index, home, m.peer));
+                    mirror_devs.push(Arc::clone(&md));
                     let stats = Arc::clone(&md.stats);
-                    let mut vol = Volume::new(v.name.clone(), Arc::new(md));
-                    vol.mirror = Some((stats, leader));
+                    let mut vol = Volume::new(v.name.clone(), md);
+                    vol.mirror = Some(MirrorInfo {
+                        stats,
+                        leader,
+                        home,
+                    });
                     vol
                 }
                 _ => Volume::new(v.name.clone(), device),
@@ -159,6 +166,9 @@ impl Daemon {
                 Mailbox::new().map_err(|source| StartError::Reactor { id, core, source })?,
             ));
         }
+        for md in &mirror_devs {
+            let _ = md.mailboxes.set(mailboxes.clone());
+        }
         let stats = (0..n)
             .map(|_| Arc::new(ReactorStats::new(volumes.len())))
             .collect();
@@ -168,6 +178,7 @@ impl Daemon {
             listeners,
             mailboxes,
             stats,
+            running: std::sync::atomic::AtomicUsize::new(n),
         });
         let policy = match cfg.reactor.wait {
             Wait::Poll => WaitPolicy::Poll,

@@ -16,8 +16,18 @@ pub struct Volume {
     pub device: Arc<dyn BlockDevice>,
     /// Facts of the top of the stack, read once.
     pub info: DeviceInfo,
-    /// For a mirrored volume: its published mirror state and whether this site leads it.
-    pub mirror: Option<(Arc<crate::mirror::stats::MirrorStats>, bool)>,
+    /// For a mirrored volume: where its engine runs and its published state.
+    pub mirror: Option<MirrorInfo>,
+}
+
+/// A mirrored volume's facts for the rest of the daemon.
+pub struct MirrorInfo {
+    /// Published counters and state.
+    pub stats: Arc<crate::mirror::stats::MirrorStats>,
+    /// This site orders the volume's updates.
+    pub leader: bool,
+    /// The reactor running the volume's engine.
+    pub home: usize,
 }
 
 impl Volume {

@@ -176,8 +176,10 @@ fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
                 .volumes
                 .iter()
                 .filter_map(|v| {
-                    let (stats, leader) = v.mirror.as_ref()?;
-                    serde_json::to_value(stats.snapshot(&v.name, *leader)).ok()
+                    let m = v.mirror.as_ref()?;
+                    let mut j = serde_json::to_value(m.stats.snapshot(&v.name, m.leader)).ok()?;
+                    j["home_reactor"] = json!(m.home);
+                    Some(j)
                 })
                 .collect(),
         ),

@@ -57,6 +57,9 @@ pub struct Shared {
     pub mailboxes: Vec<Arc<Mailbox>>,
     /// Every reactor's published counters.
     pub stats: Vec<Arc<ReactorStats>>,
+    /// Reactors that have not yet drained their own connections while stopping; a reactor
+    /// that runs mirror engines keeps serving other reactors' requests until this is zero.
+    pub running: std::sync::atomic::AtomicUsize,
 }
 
 /// Build the connection object for a socket accepted on `listener`.

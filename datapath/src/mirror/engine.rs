@@ -44,6 +44,19 @@ pub enum Role {
 /// Tags of the engine's own inner operations use connection keys from here up.
 pub const LAYER_KEY_BASE: u32 = 0xFF00_0000;
 
+/// An update an initiator asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update<'a> {
+    /// Write these bytes.
+    Write(&'a [u8]),
+    /// Write zeroes over this many bytes.
+    Zeroes(u64),
+    /// Deallocate this many bytes.
+    Unmap(u64),
+    /// Make completed writes durable.
+    Flush,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Upd {
     Write,
@@ -81,8 +94,8 @@ struct Op {
     applying: u32,
     /// The peer has it (watermark passed, or FLUSH_DONE).
     remote_done: bool,
-    /// Who to answer, until answered.
-    initiator: Option<IoTag>,
+    /// Who to answer (reactor, tag), until answered.
+    initiator: Option<(u32, IoTag)>,
     deadline: Instant,
     /// Follower: a forward waiting for its ORDER in the current session.
     awaiting_order: bool,
@@ -172,8 +185,8 @@ pub struct Engine {
     held_logged: bool,
     stats: Arc<MirrorStats>,
     epoch: Instant,
-    /// Completions to initiators: (tag, result).
-    pub done: Vec<(IoTag, Result<(), Errno>)>,
+    /// Completions to initiators: (their reactor, tag, result).
+    pub done: Vec<(u32, IoTag, Result<(), Errno>)>,
     /// The connection key of the link carrying the session (or being dialled).
     pub link_key: Option<u32>,
     /// Last time the link received bytes.
@@ -277,6 +290,11 @@ impl Engine {
         self.ops.is_empty()
     }
 
+    /// Some initiator still waits for an answer.
+    pub fn answering(&self) -> bool {
+        self.ops.iter().any(|(_, op)| op.initiator.is_some())
+    }
+
     /// Anything to send (messages or an ACK).
     pub fn wants_send(&self) -> bool {
         self.up && (!self.outbox.is_empty() || self.applied.wm > self.ack_sent)
@@ -332,23 +350,20 @@ impl Engine {
     pub fn submit(
         &mut self,
         io: &mut IoCx,
+        from: u32,
         tag: IoTag,
-        upd_write: Option<&[u8]>,
-        zeroes_or_unmap: Option<(u64, bool)>,
+        update: Update<'_>,
         offset: u64,
         fua: bool,
     ) -> Start {
         if self.diverged {
             return Start::Done(Err(Errno::IO));
         }
-        let (upd, len, data) = match (upd_write, zeroes_or_unmap) {
-            (Some(d), _) => (Upd::Write, d.len() as u64, self.buf(d)),
-            (None, Some((len, unmap))) => (
-                if unmap { Upd::Unmap } else { Upd::Zeroes },
-                len,
-                Vec::new(),
-            ),
-            (None, None) => (Upd::Flush, 0, Vec::new()),
+        let (upd, len, data) = match update {
+            Update::Write(d) => (Upd::Write, d.len() as u64, self.buf(d)),
+            Update::Zeroes(len) => (Upd::Zeroes, len, Vec::new()),
+            Update::Unmap(len) => (Upd::Unmap, len, Vec::new()),
+            Update::Flush => (Upd::Flush, 0, Vec::new()),
         };
         let k = self.ops.insert(Op {
             origin: Origin::Local,
@@ -363,7 +378,7 @@ impl Engine {
             apply_err: None,
             applying: 0,
             remote_done: false,
-            initiator: Some(tag),
+            initiator: Some((from, tag)),
             deadline: Instant::now() + self.cfg.peer_timeout,
             awaiting_order: false,
             peer_id: 0,
@@ -598,8 +613,8 @@ impl Engine {
                 None
             };
             if let Some(result) = result {
-                let tag = self.ops[k].initiator.take().expect("checked");
-                self.done.push((tag, result));
+                let (from, tag) = self.ops[k].initiator.take().expect("checked");
+                self.done.push((from, tag, result));
             }
         }
         let op = &self.ops[k];
@@ -936,8 +951,8 @@ impl Engine {
         }
         for k in expired {
             self.stats.inc(&self.stats.timeouts);
-            let tag = self.ops[k].initiator.take().expect("checked");
-            self.done.push((tag, Err(Errno::IO)));
+            let (from, tag) = self.ops[k].initiator.take().expect("checked");
+            self.done.push((from, tag, Err(Errno::IO)));
             if self.cfg.role == Role::Follower
                 && !self.up
                 && let Some(p) = self.forwards.iter().position(|&f| f == k)
@@ -1105,7 +1120,7 @@ mod tests {
     }
 
     fn collect(s: &mut Site) {
-        for (_, r) in s.engine.done.drain(..) {
+        for (_, _, r) in s.engine.done.drain(..) {
             s.outstanding -= 1;
             match r {
                 Ok(()) => s.ok += 1,
@@ -1125,13 +1140,17 @@ mod tests {
             slot: *slot,
         };
         let r = if rng.below(10) == 0 {
-            s.engine
-                .submit(io, tag, None, Some((len, rng.below(2) == 0)), off, false)
+            let u = if rng.below(2) == 0 {
+                Update::Unmap(len)
+            } else {
+                Update::Zeroes(len)
+            };
+            s.engine.submit(io, 0, tag, u, off, false)
         } else {
             let byte = (rng.next() & 0xff) as u8;
             let data = vec![byte; len as usize];
             s.engine
-                .submit(io, tag, Some(&data), None, off, rng.below(4) == 0)
+                .submit(io, 0, tag, Update::Write(&data), off, rng.below(4) == 0)
         };
         assert_eq!(r, Start::Pending);
         s.outstanding += 1;

@@ -155,6 +155,18 @@ impl LinkConn {
         Self::new(fd, State::AwaitHello, None, None)
     }
 
+    /// A link accepted on another reactor, handed here (its volume's home) with the HELLO it
+    /// already received; the HELLO is processed when the link starts.
+    pub fn adopted(fd: OwnedFd, hello: &[u8]) -> Self {
+        let mut l = Self::new(fd, State::AwaitHello, None, None);
+        if l.rx.len() < hello.len() {
+            l.rx.resize(hello.len(), 0);
+        }
+        l.rx[..hello.len()].copy_from_slice(hello);
+        l.hi = hello.len();
+        l
+    }
+
     fn close(&mut self, env: &mut Env<'_>, why: &'static str) {
         if self.state == State::Closing {
             return;
@@ -239,6 +251,22 @@ impl LinkConn {
             .position(|v| v.name == name)
             .ok_or_else(|| format!("no volume named {name:?}"))?;
         let key = env.key;
+        let home = env.shared.volumes[vol].mirror.as_ref().map(|m| m.home);
+        if home.is_some_and(|h| h != env.io.reactor) {
+            // The volume's engine runs on another reactor: hand the socket over, with the
+            // HELLO, and forget it here (the duplicate keeps the connection open).
+            let fd = self
+                .fd
+                .try_clone()
+                .map_err(|e| format!("cannot hand the link over: {e}"))?;
+            let mut raw = Vec::with_capacity(wire::HEADER + payload.len());
+            wire::encode(&mut raw, h, payload);
+            let home = home.expect("checked");
+            env.shared.mailboxes[home].send(crate::reactor::Msg::AdoptLink { fd, hello: raw });
+            self.state = State::Closing;
+            self.why = "handed over";
+            return Ok(());
+        }
         let Some(e) = engine(env.chans, vol) else {
             return Err(format!("volume {name:?} is not mirrored here"));
         };
@@ -348,6 +376,10 @@ impl LinkConn {
 
 impl Conn for LinkConn {
     fn start(&mut self, env: &mut Env<'_>) {
+        if self.hi > 0 {
+            // Adopted with its HELLO already received.
+            return self.process(env);
+        }
         match self.state {
             State::Connecting => {
                 let sqe = opcode::Connect::new(

@@ -23,6 +23,26 @@ pub enum Msg {
     },
     /// Finish in-flight I/O, close connections, then exit the loop.
     Stop,
+    /// An update for a mirrored volume whose engine lives on this reactor, from a connection on
+    /// reactor `from` (answered with `MirrorDone`).
+    MirrorIo(crate::mirror::RemoteIo),
+    /// The answer to a `MirrorIo`; `data` is a spare buffer for the next request.
+    MirrorDone {
+        /// Whose request.
+        tag: crate::uring::IoTag,
+        /// Outcome.
+        result: Result<(), crate::uring::Errno>,
+        /// A buffer handed back for reuse.
+        data: Vec<u8>,
+    },
+    /// A replication link accepted elsewhere whose volume's engine lives here: the socket and
+    /// the HELLO message already received on it.
+    AdoptLink {
+        /// The socket.
+        fd: OwnedFd,
+        /// The HELLO bytes.
+        hello: Vec<u8>,
+    },
     /// Counted and dropped (benchmarks and tests of the message path).
     Nop,
 }

@@ -36,6 +36,7 @@ use slab::Slab;
 pub use stats::{Counters, ReactorStats, VolCounters};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// How a reactor waits when it has no work.
@@ -139,7 +140,8 @@ pub struct Reactor {
     /// Volumes whose mirror engine lives on this reactor.
     mirrors: Vec<usize>,
     next_tick: Instant,
-    mirror_done: Vec<(IoTag, Result<(), Errno>)>,
+    mirror_done: Vec<(u32, IoTag, Result<(), Errno>)>,
+    drained: bool,
 }
 
 /// How often mirror engines get their periodic work (timeouts, pings, dialling).
@@ -155,6 +157,7 @@ impl Reactor {
     ) -> std::io::Result<Self> {
         let file_slots = (shared.volumes.len() as u32 + 16).max(64);
         let mut io = IoCx::new(sizes.entries, sizes.bufs, sizes.buf_size, file_slots)?;
+        io.reactor = id;
         let mut chans = Vec::with_capacity(shared.volumes.len());
         for v in &shared.volumes {
             chans.push(
@@ -173,6 +176,7 @@ impl Reactor {
             mirrors,
             next_tick: Instant::now(),
             mirror_done: Vec::with_capacity(256),
+            drained: false,
             conns: Slab::with_capacity(64),
             dirty: Vec::with_capacity(64),
             mailbox: Arc::clone(&shared.mailboxes[id]),
@@ -232,7 +236,24 @@ impl Reactor {
                 if !self.aborted && since.elapsed() > STOP_DEADLINE {
                     self.abort_all();
                 }
-                if self.conns.is_empty() && self.io.ops.is_empty() && self.accepts_armed == 0 {
+                let answering = self
+                    .mirrors
+                    .iter()
+                    .any(|&v| self.chans[v].mirror().is_some_and(|(e, _)| e.answering()));
+                if !self.drained
+                    && self.conns.is_empty()
+                    && self.io.ops.is_empty()
+                    && self.accepts_armed == 0
+                    && !answering
+                {
+                    self.drained = true;
+                    self.shared.running.fetch_sub(1, Ordering::SeqCst);
+                }
+                // A reactor running mirror engines serves the other reactors' requests until
+                // every reactor has drained.
+                if self.drained
+                    && (self.mirrors.is_empty() || self.shared.running.load(Ordering::SeqCst) == 0)
+                {
                     break;
                 }
             }
@@ -338,6 +359,22 @@ impl Reactor {
             match msg {
                 Msg::NewConn { fd, listener } => self.add_conn(fd, listener),
                 Msg::Stop => self.begin_stop(),
+                Msg::MirrorIo(r) => self.on_mirror_io(r),
+                Msg::MirrorDone { tag, result, data } => {
+                    if data.capacity() > 0 && self.io.spare_vecs.len() < 4096 {
+                        self.io.spare_vecs.push(data);
+                    }
+                    if let Some(entry) = self.conns.get_mut(tag.conn as usize) {
+                        entry.conn.on_io(tag.slot, result, &[]);
+                        self.mark(tag.conn);
+                    }
+                }
+                Msg::AdoptLink { fd, hello } => {
+                    if self.stopping.is_none() {
+                        let l = crate::mirror::link::LinkConn::adopted(fd, &hello);
+                        self.insert_conn(Box::new(l));
+                    }
+                }
                 Msg::Nop => {}
             }
         }
@@ -499,15 +536,57 @@ impl Reactor {
             }
             let mut done = std::mem::take(&mut self.mirror_done);
             worked |= !done.is_empty();
-            for (tag, result) in done.drain(..) {
-                if let Some(entry) = self.conns.get_mut(tag.conn as usize) {
-                    entry.conn.on_io(tag.slot, result, &[]);
-                    self.mark(tag.conn);
-                }
+            for (from, tag, result) in done.drain(..) {
+                self.answer(from, tag, result);
             }
             self.mirror_done = done;
         }
         worked
+    }
+
+    /// Complete a mirrored update for a connection here or on reactor `from`.
+    fn answer(&mut self, from: u32, tag: IoTag, result: Result<(), Errno>) {
+        if from as usize == self.id {
+            if let Some(entry) = self.conns.get_mut(tag.conn as usize) {
+                entry.conn.on_io(tag.slot, result, &[]);
+                self.mark(tag.conn);
+            }
+        } else {
+            let data = self.io.spare_vecs.pop().unwrap_or_default();
+            self.shared.mailboxes[from as usize].send(Msg::MirrorDone { tag, result, data });
+        }
+    }
+
+    /// An update from another reactor's connection for a volume whose engine lives here.
+    fn on_mirror_io(&mut self, r: crate::mirror::RemoteIo) {
+        use crate::mirror::RemoteOp;
+        let vol = r.vol as usize;
+        let started = match self.chans.get_mut(vol).and_then(|c| c.mirror()) {
+            Some((e, _)) => {
+                use crate::mirror::engine::Update;
+                let update = match r.op {
+                    RemoteOp::Write => Update::Write(&r.data),
+                    RemoteOp::Zeroes => Update::Zeroes(r.len),
+                    RemoteOp::Unmap => Update::Unmap(r.len),
+                    RemoteOp::Flush => Update::Flush,
+                };
+                e.submit(&mut self.io, r.from, r.tag, update, r.offset, r.fua)
+            }
+            None => {
+                tracing::error!(
+                    reactor = self.id,
+                    vol,
+                    "mirror request for a volume not homed here"
+                );
+                crate::bdev::Start::Done(Err(Errno::IO))
+            }
+        };
+        if r.data.capacity() > 0 && self.io.spare_vecs.len() < 4096 {
+            self.io.spare_vecs.push(r.data);
+        }
+        if let crate::bdev::Start::Done(result) = started {
+            self.answer(r.from, r.tag, result);
+        }
     }
 
     fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {

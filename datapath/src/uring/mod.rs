@@ -124,6 +124,10 @@ pub struct IoCx {
     pub ops: Slab<BdevOp>,
     /// Counters.
     pub counters: RingCounters,
+    /// The reactor that owns this ring (set by the reactor before opening channels).
+    pub reactor: usize,
+    /// Reused byte vectors for requests handed to another reactor (see `mirror`).
+    pub spare_vecs: Vec<Vec<u8>>,
     /// Next free slot in the fixed-file table.
     next_file: u32,
     file_slots: u32,
@@ -155,6 +159,8 @@ impl IoCx {
             pool,
             ops: Slab::with_capacity(1024),
             counters: RingCounters::default(),
+            reactor: 0,
+            spare_vecs: Vec::new(),
             next_file: 0,
             file_slots,
         })
