@@ -9,10 +9,12 @@
 # repetitions of IOPS, clat p50 and p99; for the mirrored runs also ACK messages on the wire per
 # write (the follower's acks_sent delta / the leader's updates delta, from the control socket's
 # mirror_status) and the link's PING round trip (median, measured by the sites themselves).
-# Placement: single site on core 0; mirrored: site a on core 0, site b on core 1 (this machine
-# has 2 cores, so site b shares core 1 with fio); fio on core 1.
+# Placement: single site on core 0; mirrored: site a on core 0, site b on CORE_B (this machine
+# has 2 cores, so site b shares a core with fio or with site a); fio on core 1.
 #
-# Environment: RUNTIME (default 5), REPS (3), RAMP (1), BASE_PORT (12800), KEEP=1 keeps logs.
+# Environment: RUNTIME (default 5), REPS (3), RAMP (1), BASE_PORT (12800), KEEP=1 keeps logs,
+# WAIT_A (wait policy of the single site and of site a, default poll), WAIT_B (site b, default
+# interrupt: it shares fio's core, so it must not spin), CORE_B (site b's core, default 1).
 # Needs: cargo, fio (nbd engine), python3, taskset. Listens on 127.0.0.1 only; always cleans up.
 
 set -euo pipefail
@@ -21,6 +23,9 @@ REPS=${REPS:-3}
 RAMP=${RAMP:-1}
 BASE_PORT=${BASE_PORT:-12800}
 KEEP=${KEEP:-0}
+WAIT_A=${WAIT_A:-poll}
+WAIT_B=${WAIT_B:-interrupt}
+CORE_B=${CORE_B:-1}
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     { echo "mirror_compare: RUNTIME, REPS, RAMP, BASE_PORT must be numbers" >&2; exit 1; }
 cd "$(dirname "$0")/.."
@@ -36,7 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-site_cfg() { # name peer core nbd_port repl_port peer_repl_port mirror(true|false)
+site_cfg() { # name peer core nbd_port repl_port peer_repl_port mirror(true|false) wait
     local mirror_section=""
     if [[ $7 == true ]]; then
         mirror_section="[mirror]
@@ -48,7 +53,7 @@ peer = \"127.0.0.1:$6\""
     cat >"$WORK/$1.toml" <<CFG
 [reactor]
 cores = [$3]
-wait = "poll"
+wait = "$8"
 [nbd]
 listen = ["127.0.0.1:$4"]
 [control]
@@ -93,11 +98,11 @@ for rep in $(seq "$REPS"); do
         for qd in 1 32; do
             port=$((port + 3))
             if [[ $mode == single ]]; then
-                site_cfg a b 0 "$port" 0 0 false
+                site_cfg a b 0 "$port" 0 0 false "$WAIT_A"
                 start a
             else
-                site_cfg a b 0 "$port" $((port + 1)) $((port + 2)) true
-                site_cfg b a 1 $((port + 100)) $((port + 2)) $((port + 1)) true
+                site_cfg a b 0 "$port" $((port + 1)) $((port + 2)) true "$WAIT_A"
+                site_cfg b a "$CORE_B" $((port + 100)) $((port + 2)) $((port + 1)) true "$WAIT_B"
                 start a
                 start b
                 wait_link
@@ -117,7 +122,8 @@ for rep in $(seq "$REPS"); do
             fi
             python3 - "$WORK/fio.json" "$mode" "$qd" "$before_a" "$before_b" "$after_a" "$after_b" >>"$RESULTS" <<'PY'
 import json, sys
-fio = json.load(open(sys.argv[1]))["jobs"][0]["write"]
+raw = open(sys.argv[1]).read()
+fio = json.loads(raw[raw.index("{"):])["jobs"][0]["write"]  # fio may print a line before the JSON
 mode, qd = sys.argv[2], int(sys.argv[3])
 ba, bb, aa, ab = (json.loads(x) for x in sys.argv[4:8])
 r = {"mode": mode, "qd": qd, "iops": fio["iops"],
@@ -135,13 +141,13 @@ PY
     done
 done
 
-python3 - "$RESULTS" "$RUNTIME" "$REPS" <<'PY'
+python3 - "$RESULTS" "$RUNTIME" "$REPS" "site a/single: core 0 wait $WAIT_A; site b: core $CORE_B wait $WAIT_B; fio: core 1" <<'PY'
 import json, statistics as st, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(mode, qd, k):
     v = [r[k] for r in rows if r["mode"] == mode and r["qd"] == qd and r.get(k) is not None]
     return st.median(v) if v else float("nan")
-print(f"\n4 KiB randwrite, fio nbd engine, RAM volume, medians of {sys.argv[3]} reps x {sys.argv[2]} s\n")
+print(f"\n4 KiB randwrite, fio nbd engine, RAM volume, medians of {sys.argv[3]} reps x {sys.argv[2]} s; {sys.argv[4]}\n")
 print("| QD | single IOPS | mirrored IOPS | ratio | single p50/p99 µs | mirrored p50/p99 µs | ACKs per write | link RTT p50 µs |")
 print("|---:|---:|---:|---:|---:|---:|---:|---:|")
 for qd in (1, 32):

@@ -195,7 +195,14 @@ pub struct Engine {
     pub kill_link: bool,
     next_ping: Instant,
     next_dial: Instant,
+    /// Messages arrived since the last `take_outbox`.
+    rx_since_flush: bool,
 }
+
+/// An ACK is sent at once when this many applied updates are unacknowledged; fewer wait until
+/// a turn in which the peer sent nothing new (its stream paused), so a busy stream is
+/// acknowledged in batches and an idle one at once.
+pub const ACK_BATCH: u64 = 16;
 
 /// How often an up link is pinged.
 pub const PING_EVERY: Duration = Duration::from_millis(100);
@@ -242,6 +249,7 @@ impl Engine {
             kill_link: false,
             next_ping: Instant::now(),
             next_dial: Instant::now(),
+            rx_since_flush: false,
         }
     }
 
@@ -701,7 +709,9 @@ impl Engine {
         if !self.up {
             return;
         }
-        if self.applied.wm > self.ack_sent {
+        let lag = self.applied.wm - self.ack_sent;
+        let rx = std::mem::take(&mut self.rx_since_flush);
+        if lag > 0 && (lag >= ACK_BATCH || !rx) {
             self.ack_sent = self.applied.wm;
             let h = Header {
                 seq: self.ack_sent,
@@ -765,6 +775,7 @@ impl Engine {
         payload: &[u8],
     ) -> Result<(), &'static str> {
         self.stats.inc(&self.stats.msgs_received);
+        self.rx_since_flush = true;
         let r = self.handle(io, h, payload);
         if r.is_err() {
             self.stats.inc(&self.stats.rejected);
