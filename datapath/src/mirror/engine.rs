@@ -262,6 +262,9 @@ impl Engine {
     /// the peer timeout, ping, and notice a silent peer. True when the follower should dial.
     pub fn tick(&mut self, now: Instant) -> bool {
         self.expire(now);
+        if self.diverged && !self.backlog.is_empty() {
+            self.drop_backlog();
+        }
         if self.up {
             if now >= self.next_ping {
                 self.next_ping = now + PING_EVERY;
@@ -971,10 +974,39 @@ impl Engine {
                 // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
                 self.forwards.remove(p);
             }
-            if let Some(p) = self.flushes.iter().position(|&f| f == k) {
+            // A flush stays outstanding while the link is up: its FLUSH_DONE will come and must
+            // find it (its id must not be reused meanwhile). A new session re-sends it.
+            if !self.up
+                && let Some(p) = self.flushes.iter().position(|&f| f == k)
+            {
                 self.flushes.swap_remove(p);
             }
             self.settle(k);
+        }
+    }
+
+    /// The replicas have diverged (backlog overflow): refuse sessions until a resync.
+    pub fn is_diverged(&self) -> bool {
+        self.diverged
+    }
+
+    /// Give up the backlog of a diverged volume: its requests fail, its memory is freed, and
+    /// the session (if any) is dropped.
+    fn drop_backlog(&mut self) {
+        while let Some(k) = self.backlog.pop_front() {
+            self.backlog_bytes -= self.ops[k].data.len() as u64;
+            let op = &mut self.ops[k];
+            op.remote_done = true;
+            if let Some((from, tag)) = op.initiator.take() {
+                self.done.push((from, tag, Err(Errno::IO)));
+            }
+            self.settle(k);
+        }
+        self.stats
+            .backlog_bytes
+            .store(self.backlog_bytes, std::sync::atomic::Ordering::Relaxed);
+        if self.up {
+            self.kill_link = true;
         }
     }
 
@@ -1262,6 +1294,38 @@ mod tests {
         assert_eq!((a.ok, a.failed), (0, 1));
         // The leader still keeps the update for the follower.
         assert!(!a.engine.idle());
+    }
+
+    #[test]
+    fn a_full_backlog_marks_the_volume_diverged_and_frees_it() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(11);
+        let mut a = site(Role::Leader, Duration::from_secs(60));
+        a.engine.cfg.max_backlog = 8 * 1024;
+        let mut slot = 0;
+        while !a.engine.is_diverged() {
+            submit(&mut a, &mut io, &mut rng, &mut slot);
+            while complete_one(&mut a, &mut io, &mut rng) {}
+            assert!(slot < 100, "backlog never overflowed");
+        }
+        a.engine.tick(Instant::now());
+        collect(&mut a);
+        assert_eq!(a.ok, 0, "acknowledged without the follower");
+        assert_eq!(a.outstanding, 0, "requests left hanging");
+        assert!(a.engine.idle(), "backlog not freed");
+        let r = a.engine.submit(
+            &mut io,
+            0,
+            IoTag { conn: 1, slot: 999 },
+            Update::Write(&[1; 512]),
+            0,
+            false,
+        );
+        assert_eq!(
+            r,
+            Start::Done(Err(Errno::IO)),
+            "a diverged volume must refuse writes"
+        );
     }
 
     #[test]

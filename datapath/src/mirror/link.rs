@@ -283,6 +283,11 @@ impl LinkConn {
         if e.link_key.is_some() {
             return Err(format!("{name:?} already has a link"));
         }
+        if e.is_diverged() {
+            return Err(format!(
+                "{name:?}: the replicas diverged while the follower was away; a resync is needed"
+            ));
+        }
         let (size, block) = (c.size, c.block);
         e.link_key = Some(key);
         self.vol = Some(vol);
