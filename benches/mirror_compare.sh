@@ -14,7 +14,8 @@
 #
 # Environment: RUNTIME (default 5), REPS (3), RAMP (1), BASE_PORT (12800), KEEP=1 keeps logs,
 # WAIT_A (wait policy of the single site and of site a, default poll), WAIT_B (site b, default
-# interrupt: it shares fio's core, so it must not spin), CORE_B (site b's core, default 1).
+# interrupt: it shares a core, so it must not spin), CORE_B (site b's core, default 0: the
+# two sites share core 0 and fio has core 1 to itself).
 # Needs: cargo, fio (nbd engine), python3, taskset. Listens on 127.0.0.1 only; always cleans up.
 
 set -euo pipefail
@@ -25,7 +26,7 @@ BASE_PORT=${BASE_PORT:-12800}
 KEEP=${KEEP:-0}
 WAIT_A=${WAIT_A:-poll}
 WAIT_B=${WAIT_B:-interrupt}
-CORE_B=${CORE_B:-1}
+CORE_B=${CORE_B:-0}
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     { echo "mirror_compare: RUNTIME, REPS, RAMP, BASE_PORT must be numbers" >&2; exit 1; }
 cd "$(dirname "$0")/.."

@@ -197,12 +197,17 @@ pub struct Engine {
     next_dial: Instant,
     /// Messages arrived since the last `take_outbox`.
     rx_since_flush: bool,
+    /// When the oldest unacknowledged applied update was first seen waiting for an ACK.
+    ack_pending_since: Option<Instant>,
 }
 
-/// An ACK is sent at once when this many applied updates are unacknowledged; fewer wait until
-/// a turn in which the peer sent nothing new (its stream paused), so a busy stream is
-/// acknowledged in batches and an idle one at once.
+/// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
+/// unacknowledged update (queue depth 1) is acknowledged in the first turn in which the peer
+/// sent nothing new; several (a stream of concurrent updates) wait at most [`ACK_WINDOW`] from
+/// the first of them, so a busy stream is acknowledged in batches and a lone update at once.
 pub const ACK_BATCH: u64 = 16;
+/// The longest an applied update waits for its ACK when others are pending with it.
+pub const ACK_WINDOW: Duration = Duration::from_micros(50);
 
 /// How often an up link is pinged.
 pub const PING_EVERY: Duration = Duration::from_millis(100);
@@ -250,6 +255,7 @@ impl Engine {
             next_ping: Instant::now(),
             next_dial: Instant::now(),
             rx_since_flush: false,
+            ack_pending_since: None,
         }
     }
 
@@ -307,8 +313,31 @@ impl Engine {
     }
 
     /// Anything to send (messages or an ACK).
-    pub fn wants_send(&self) -> bool {
-        self.up && (!self.outbox.is_empty() || self.applied.wm > self.ack_sent)
+    pub fn wants_send(&mut self, now: Instant) -> bool {
+        self.up && (!self.outbox.is_empty() || self.ack_due(now))
+    }
+
+    /// Whether the ACK policy (see [`ACK_BATCH`]) says to send an ACK now.
+    fn ack_due(&mut self, now: Instant) -> bool {
+        let lag = self.applied.wm - self.ack_sent;
+        if lag == 0 {
+            self.ack_pending_since = None;
+            return false;
+        }
+        let since = *self.ack_pending_since.get_or_insert(now);
+        match lag {
+            1 => !self.rx_since_flush,
+            l => l >= ACK_BATCH || now.duration_since(since) >= ACK_WINDOW,
+        }
+    }
+
+    /// When a held-back ACK falls due (the reactor may sleep until then, not longer).
+    pub fn ack_deadline(&self) -> Option<Instant> {
+        if self.up && self.applied.wm > self.ack_sent {
+            self.ack_pending_since.map(|s| s + ACK_WINDOW)
+        } else {
+            None
+        }
     }
 
     fn buf(&mut self, data: &[u8]) -> Vec<u8> {
@@ -712,9 +741,10 @@ impl Engine {
         if !self.up {
             return;
         }
-        let lag = self.applied.wm - self.ack_sent;
-        let rx = std::mem::take(&mut self.rx_since_flush);
-        if lag > 0 && (lag >= ACK_BATCH || !rx) {
+        let due = self.ack_due(Instant::now());
+        self.rx_since_flush = false;
+        if due {
+            self.ack_pending_since = None;
             self.ack_sent = self.applied.wm;
             let h = Header {
                 seq: self.ack_sent,
@@ -1247,7 +1277,11 @@ mod tests {
             collect(&mut a);
             collect(&mut b);
             if !any {
-                break;
+                if a.engine.ack_deadline().is_none() && b.engine.ack_deadline().is_none() {
+                    break;
+                }
+                // A held-back ACK falls due within ACK_WINDOW.
+                std::thread::sleep(ACK_WINDOW);
             }
         }
         assert_eq!(a.outstanding, 0, "seed {seed}: leader requests unanswered");

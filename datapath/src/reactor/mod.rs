@@ -304,12 +304,19 @@ impl Reactor {
             let r = if self.stopping.is_some() || !self.mirrors.is_empty() {
                 // Bounded wait while stopping, so the deadline is noticed, and while mirror
                 // engines need their periodic work.
-                let ns = if self.stopping.is_some() {
+                let mut ns: u64 = if self.stopping.is_some() {
                     50_000_000
                 } else {
                     10_000_000
                 };
-                let ts = types::Timespec::new().nsec(ns);
+                // A held-back mirror ACK must not wait for the next message.
+                let now = Instant::now();
+                for &v in &self.mirrors {
+                    if let Some(d) = self.chans[v].mirror().and_then(|(e, _)| e.ack_deadline()) {
+                        ns = ns.min(d.saturating_duration_since(now).as_nanos() as u64 + 1_000);
+                    }
+                }
+                let ts = types::Timespec::new().nsec(ns as u32);
                 let args = types::SubmitArgs::new().timespec(&ts);
                 self.io.ring.submitter().submit_with_args(1, &args)
             } else {
@@ -517,7 +524,7 @@ impl Reactor {
             let dial = tick && self.stopping.is_none() && e.tick(now);
             std::mem::swap(&mut self.mirror_done, &mut e.done);
             let link = e.link_key;
-            let kick = e.wants_send() || e.kill_link || (self.stopping.is_some() && e.idle());
+            let kick = e.wants_send(now) || e.kill_link || (self.stopping.is_some() && e.idle());
             if dial {
                 match crate::mirror::link::LinkConn::dial(peer, vol) {
                     Ok(l) => {
