@@ -199,6 +199,8 @@ pub struct Engine {
     rx_since_flush: bool,
     /// When the oldest unacknowledged applied update was first seen waiting for an ACK.
     ack_pending_since: Option<Instant>,
+    /// The daemon is stopping: take no new forwarded updates.
+    draining: bool,
 }
 
 /// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
@@ -256,6 +258,17 @@ impl Engine {
             next_dial: Instant::now(),
             rx_since_flush: false,
             ack_pending_since: None,
+            draining: false,
+        }
+    }
+
+    /// The daemon is stopping. A leader stops taking the follower's new forwarded updates (the
+    /// follower holds them and fails them on its timeout; neither replica applies them), so
+    /// its engine can become idle and its link close while the follower keeps writing.
+    pub fn begin_drain(&mut self) {
+        if !self.draining {
+            self.draining = true;
+            tracing::info!(volume = %self.cfg.name, "mirror: stopping; no new forwarded updates are taken");
         }
     }
 
@@ -854,6 +867,9 @@ impl Engine {
                 op.seq = h.seq;
                 op.session = self.session;
                 self.enqueue_apply(io, k, self.session, h.seq);
+            }
+            FwdWrite | FwdZeroes | FwdUnmap if leader && self.draining => {
+                self.check_range(h)?;
             }
             FwdWrite | FwdZeroes | FwdUnmap if leader => {
                 self.check_range(h)?;

@@ -457,19 +457,23 @@ impl Conn for LinkConn {
         if env.stopping && !self.stopping {
             self.stopping = true;
         }
+        let mut why = None;
         if self.state == State::Up
             && let Some(e) = self.vol.and_then(|v| engine(env.chans, v))
         {
             if e.kill_link {
                 e.kill_link = false;
-                return self.close(env, "peer silent past the heartbeat timeout");
-            }
-            if self.stopping && e.idle() && self.tx.is_empty() {
-                return self.close(env, "closed");
-            }
-            if !self.send_armed {
+                why = Some("peer silent past the heartbeat timeout");
+            } else if self.stopping && e.idle() && self.tx.is_empty() {
+                why = Some("closed");
+            } else if !self.send_armed {
                 e.take_outbox(&mut self.tx);
             }
+        }
+        // Closing falls through to the checks below, so a link with nothing armed is done in
+        // this same flush (nothing else would wake it).
+        if let Some(why) = why {
+            self.close(env, why);
         }
         if !self.send_armed && !self.connect_armed && self.sent < self.tx.len() {
             self.arm_send(env);
@@ -501,5 +505,16 @@ impl Conn for LinkConn {
 
     fn done(&self) -> bool {
         self.closed
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "mirror link: volume {:?}, state {:?}, receive armed {}, send armed {}, {} byte(s) unsent",
+            self.vol,
+            self.state,
+            self.recv_armed,
+            self.send_armed,
+            self.tx.len() - self.sent
+        )
     }
 }

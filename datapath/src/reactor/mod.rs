@@ -110,6 +110,10 @@ pub trait Conn {
     fn abort(&mut self, env: &mut Env<'_>);
     /// Nothing of this connection is in flight and it is closed.
     fn done(&self) -> bool;
+    /// A one-line account of what the connection still waits for (logged when it is aborted).
+    fn describe(&self) -> String {
+        String::new()
+    }
 }
 
 struct Entry {
@@ -521,7 +525,11 @@ impl Reactor {
             let Some((e, peer)) = self.chans[vol].mirror() else {
                 continue;
             };
-            let dial = tick && self.stopping.is_none() && e.tick(now);
+            if self.stopping.is_some() {
+                e.begin_drain();
+            }
+            // Timeouts and pings run while stopping too; only dialling stops.
+            let dial = tick && e.tick(now) && self.stopping.is_none();
             std::mem::swap(&mut self.mirror_done, &mut e.done);
             let link = e.link_key;
             let kick = e.wants_send(now) || e.kill_link || (self.stopping.is_some() && e.idle());
@@ -679,6 +687,7 @@ impl Reactor {
         let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
         for key in keys {
             let (entry, mut env) = self.env(key);
+            tracing::warn!(key, state = %entry.conn.describe(), "aborting a connection still busy at the deadline");
             entry.conn.abort(&mut env);
             self.mark(key);
         }

@@ -702,4 +702,17 @@ impl Conn for NbdConn {
     fn done(&self) -> bool {
         self.closed
     }
+
+    fn describe(&self) -> String {
+        format!(
+            "nbd: phase {:?}, {} request(s) in flight, closing {}, receive armed {}, send armed {}, {} byte(s) unsent, {} byte(s) unparsed",
+            self.phase,
+            self.reqs.len(),
+            self.closing,
+            self.recv_armed,
+            self.send_armed,
+            self.tx_pending.len() + self.tx_sending.len() - self.tx_sent,
+            self.rx_hi - self.rx_lo
+        )
+    }
 }
