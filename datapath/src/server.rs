@@ -13,6 +13,7 @@ use crate::bdev::malloc::MallocDevice;
 use crate::bdev::{BdevError, BlockDevice};
 use crate::config::{Backend, Config, Wait};
 use crate::control::ControlServer;
+use crate::frontend::nvmf::{NvmfShared, ctrl::Subsystem};
 use crate::frontend::{Listener, NbdExport, Proto, Shared};
 use crate::reactor::{self, Mailbox, Msg, Reactor, ReactorStats, RingSizes, WaitPolicy};
 use crate::volume::Volume;
@@ -112,7 +113,13 @@ impl Daemon {
             })
             .collect();
         let mut listeners = Vec::new();
-        for addr in &cfg.nbd.listen {
+        let wanted = cfg
+            .nbd
+            .listen
+            .iter()
+            .map(|a| (Proto::Nbd, a))
+            .chain(cfg.nvmf.listen.iter().map(|a| (Proto::Nvmf, a)));
+        for (proto, addr) in wanted {
             let l = TcpListener::bind(addr).map_err(|source| StartError::Listen {
                 addr: *addr,
                 source,
@@ -123,10 +130,33 @@ impl Daemon {
             })?;
             listeners.push(Listener {
                 fd: OwnedFd::from(l),
-                proto: Proto::Nbd,
+                proto,
                 addr: bound,
             });
         }
+        let mut nvmf = NvmfShared::empty();
+        nvmf.listen = listeners
+            .iter()
+            .filter(|l| l.proto == Proto::Nvmf)
+            .map(|l| l.addr)
+            .collect();
+        nvmf.subsystems = cfg
+            .effective_subsystems()
+            .into_iter()
+            .map(|s| {
+                let vols: Vec<usize> = s
+                    .namespaces
+                    .iter()
+                    .map(|n| {
+                        volumes
+                            .iter()
+                            .position(|v| &v.name == n)
+                            .expect("validated")
+                    })
+                    .collect();
+                Subsystem::new(s.nqn, s.allowed_hosts, &vols)
+            })
+            .collect();
         let n = cfg.reactor.cores.len();
         let mut mailboxes = Vec::with_capacity(n);
         for id in 0..n {
@@ -144,6 +174,7 @@ impl Daemon {
             listeners,
             mailboxes,
             stats,
+            nvmf,
         });
         let policy = match cfg.reactor.wait {
             Wait::Poll => WaitPolicy::Poll,

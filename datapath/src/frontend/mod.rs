@@ -5,6 +5,7 @@
 //! here is read-only once the reactors start.
 
 pub mod nbd;
+pub mod nvmf;
 
 use crate::reactor::{Conn, Mailbox, ReactorStats};
 use crate::volume::Volume;
@@ -18,6 +19,8 @@ use std::sync::Arc;
 pub enum Proto {
     /// The NBD protocol (fixed newstyle).
     Nbd,
+    /// NVMe over Fabrics, TCP transport.
+    Nvmf,
 }
 
 /// A listening socket.
@@ -55,11 +58,14 @@ pub struct Shared {
     pub mailboxes: Vec<Arc<Mailbox>>,
     /// Every reactor's published counters.
     pub stats: Vec<Arc<ReactorStats>>,
+    /// NVMe-oF subsystems, controllers and ANA state.
+    pub nvmf: nvmf::NvmfShared,
 }
 
 /// Build the connection object for a socket accepted on `listener`.
 pub fn new_conn(shared: &Shared, listener: usize, fd: OwnedFd) -> Box<dyn Conn> {
     match shared.listeners[listener].proto {
         Proto::Nbd => Box::new(nbd::NbdConn::new(fd)),
+        Proto::Nvmf => Box::new(nvmf::NvmfConn::new(fd)),
     }
 }

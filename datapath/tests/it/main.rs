@@ -3,5 +3,6 @@
 mod clients;
 mod harness;
 mod malformed;
+mod nvmf;
 mod rawnbd;
 mod shutdown;
