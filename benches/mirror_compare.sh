@@ -57,6 +57,8 @@ cores = [$3]
 wait = "$8"
 [nbd]
 listen = ["127.0.0.1:$4"]
+[nvmf]
+listen = []
 [control]
 socket = "$WORK/$1.sock"
 $mirror_section

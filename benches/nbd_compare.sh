@@ -152,6 +152,9 @@ cat >"$TB_CONF" <<'EOF'
 [control]
 socket = ""
 
+[nvmf]
+listen = []
+
 [[volume]]
 name = "vol0"
 backend = "malloc"

@@ -28,6 +28,7 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
 fn start(wait: Wait) -> Daemon {
     let mut cfg = Config::default();
     cfg.nbd.listen = vec![];
+    cfg.nvmf.listen = vec![];
     cfg.volumes = vec![];
     cfg.control.socket = PathBuf::new();
     cfg.reactor.cores = vec![0, 1];

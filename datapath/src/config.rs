@@ -2,7 +2,8 @@
 //! control socket, checked by [`Config::validate`] before anything starts.
 //!
 //! The default (no file) is the README's quick start: one reactor on core 0 in `adaptive` mode,
-//! a 1 GiB RAM volume `vol0` exported over NBD on 127.0.0.1:10809.
+//! a 1 GiB RAM volume `vol0` exported over NBD on 127.0.0.1:10809 and over NVMe/TCP on
+//! 127.0.0.1:4420 as subsystem `nqn.2026-11.io.twinblk:vol0`.
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -19,6 +20,9 @@ pub struct Config {
     /// NBD front end.
     #[serde(default)]
     pub nbd: NbdConfig,
+    /// NVMe/TCP front end.
+    #[serde(default)]
+    pub nvmf: NvmfConfig,
     /// Control socket.
     #[serde(default)]
     pub control: ControlConfig,
@@ -117,6 +121,31 @@ pub struct ExportConfig {
     /// Free text.
     #[serde(default)]
     pub description: String,
+}
+
+/// NVMe/TCP listeners and subsystems.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NvmfConfig {
+    /// Addresses to listen on (empty: NVMe/TCP off).
+    #[serde(default = "default_nvmf_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Subsystems; when empty, one per volume named `nqn.2026-11.io.twinblk:<volume>`.
+    #[serde(default, rename = "subsystem")]
+    pub subsystems: Vec<SubsystemConfig>,
+}
+
+/// One NVM subsystem.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemConfig {
+    /// NQN.
+    pub nqn: String,
+    /// Host NQNs allowed to connect (empty: any host).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Volumes served as namespaces 1, 2, ... in this order.
+    pub namespaces: Vec<String>,
 }
 
 /// The control socket.
@@ -234,6 +263,9 @@ fn default_block_size() -> u32 {
 fn default_nbd_listen() -> Vec<SocketAddr> {
     vec!["127.0.0.1:10809".parse().expect("literal address")]
 }
+fn default_nvmf_listen() -> Vec<SocketAddr> {
+    vec!["127.0.0.1:4420".parse().expect("literal address")]
+}
 fn default_control_socket() -> PathBuf {
     PathBuf::from("/tmp/twinblk.sock")
 }
@@ -258,6 +290,15 @@ impl Default for NbdConfig {
     }
 }
 
+impl Default for NvmfConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_nvmf_listen(),
+            subsystems: Vec::new(),
+        }
+    }
+}
+
 impl Default for ControlConfig {
     fn default() -> Self {
         Self {
@@ -271,6 +312,7 @@ impl Default for Config {
         Self {
             reactor: ReactorConfig::default(),
             nbd: NbdConfig::default(),
+            nvmf: NvmfConfig::default(),
             control: ControlConfig::default(),
             volumes: vec![VolumeConfig {
                 name: "vol0".into(),
@@ -404,7 +446,52 @@ impl Config {
                 ));
             }
         }
+        let mut nqns = std::collections::HashSet::new();
+        for s in &self.nvmf.subsystems {
+            if !s.nqn.starts_with("nqn.") || s.nqn.len() > 223 || !nqns.insert(s.nqn.as_str()) {
+                return bad(format!(
+                    "subsystem NQN {:?} must start with \"nqn.\", be at most 223 bytes and be unique",
+                    s.nqn
+                ));
+            }
+            if s.nqn == "nqn.2014-08.org.nvmexpress.discovery" {
+                return bad("the discovery NQN cannot name a subsystem".into());
+            }
+            if s.namespaces.is_empty() {
+                return bad(format!("subsystem {}: no namespaces", s.nqn));
+            }
+            for v in &s.namespaces {
+                if !names.contains(v.as_str()) {
+                    return bad(format!("subsystem {}: no volume named {v:?}", s.nqn));
+                }
+            }
+            if s.allowed_hosts
+                .iter()
+                .any(|h| h.is_empty() || h.len() > 223)
+            {
+                return bad(format!(
+                    "subsystem {}: a host NQN is empty or too long",
+                    s.nqn
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The NVMe-oF subsystems actually served: the configured ones, or one per volume named
+    /// `nqn.2026-11.io.twinblk:<volume>` with that volume as namespace 1 and any host allowed.
+    pub fn effective_subsystems(&self) -> Vec<SubsystemConfig> {
+        if !self.nvmf.subsystems.is_empty() {
+            return self.nvmf.subsystems.clone();
+        }
+        self.volumes
+            .iter()
+            .map(|v| SubsystemConfig {
+                nqn: format!("nqn.2026-11.io.twinblk:{}", v.name),
+                allowed_hosts: Vec::new(),
+                namespaces: vec![v.name.clone()],
+            })
+            .collect()
     }
 
     /// The exports actually served: the configured ones, or every volume under its own name.
@@ -440,6 +527,30 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.effective_exports()[0].name, "vol0");
         assert_eq!(c.volumes[0].size.0, 1 << 30);
+        assert_eq!(c.nvmf.listen[0].port(), 4420);
+        assert_eq!(
+            c.effective_subsystems()[0].nqn,
+            "nqn.2026-11.io.twinblk:vol0"
+        );
+    }
+
+    #[test]
+    fn nvmf_subsystems_parse_and_are_checked() {
+        let c = Config::from_toml(
+            "[nvmf]\nlisten=['127.0.0.1:0']\n[[nvmf.subsystem]]\nnqn='nqn.x:a'\nallowed_hosts=['nqn.h']\nnamespaces=['vol0']\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize=4096\n",
+        )
+        .unwrap();
+        assert_eq!(c.effective_subsystems()[0].allowed_hosts, vec!["nqn.h"]);
+        let e = Config::from_toml(
+            "[[nvmf.subsystem]]\nnqn='nqn.x'\nnamespaces=['nope']\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize=4096\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no volume"), "{e}");
+        let e = Config::from_toml(
+            "[[nvmf.subsystem]]\nnqn='bad'\nnamespaces=['vol0']\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize=4096\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("nqn."), "{e}");
     }
 
     #[test]

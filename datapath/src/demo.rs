@@ -1,8 +1,8 @@
 //! `twinblk demo`: a two-site stretched cluster on loopback in one command.
 //!
 //! Model: the demo writes one config per site into a directory, starts `twinblk serve` once
-//! per site as its own process (site `a` leads `vol0`; site `a` on the standard ports, site `b`
-//! on the next ones), reads each site's endpoints from its standard output, prints them one
+//! per site as its own process (site `a` leads `vol0`; site `a` on the standard ports, NBD
+//! 10809 and NVMe/TCP 4420, site `b` on the next ones), reads each site's endpoints from its standard output, prints them one
 //! per line with each process's PID, and then waits. Ctrl-C (or SIGTERM) stops both sites
 //! cleanly; if one site dies, the demo stops the other and exits with an error.
 
@@ -21,6 +21,8 @@ pub struct DemoOptions {
     pub nbd_port: u16,
     /// Replication port of site a (site b uses the next one).
     pub repl_port: u16,
+    /// NVMe/TCP port of site a (site b uses the next one).
+    pub nvmf_port: u16,
     /// Size of the mirrored RAM volume.
     pub size: String,
     /// The `twinblk` binary to start for each site.
@@ -38,6 +40,7 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
         "# twinblk demo: site {me} of a two-site mirror on loopback\n\
          [reactor]\ncores = [{core}]\npin = {pin}\n\n\
          [nbd]\nlisten = [\"127.0.0.1:{nbd}\"]\n\n\
+         [nvmf]\nlisten = [\"127.0.0.1:{nvmf}\"]\n\n\
          [control]\nsocket = \"{dir}/site-{me}.sock\"\n\n\
          [mirror]\nsite = \"{me}\"\npeer_site = \"{peer}\"\n\
          listen = [\"127.0.0.1:{repl}\"]\npeer = \"127.0.0.1:{peer_repl}\"\n\n\
@@ -45,6 +48,7 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
          leader = \"a\"\n",
         pin = cpus > 1,
         nbd = o.nbd_port + site as u16,
+        nvmf = o.nvmf_port + site as u16,
         dir = o.dir.display(),
         repl = o.repl_port + site as u16,
         peer_repl = o.repl_port + 1 - site as u16,

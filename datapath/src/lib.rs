@@ -18,7 +18,7 @@
 //! - [`buf`]: per-reactor pools of aligned, registered buffers.
 //! - [`bdev`]: the block-device interface and its layers (`malloc`, `uring`, `errinj`).
 //! - [`volume`]: a named stack of block-device layers.
-//! - [`frontend`]: protocols initiators speak (NBD today).
+//! - [`frontend`]: protocols initiators speak (NBD, NVMe over Fabrics/TCP).
 //! - [`config`]: typed configuration shared by file, CLI and control socket.
 //! - [`control`]: the JSON-RPC control socket.
 //! - [`server`]: the daemon that ties them together.

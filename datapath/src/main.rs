@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use twinblk::config::{Config, Wait};
 use twinblk::frontend::Proto;
 
-/// A userspace block target: volumes over NBD on io_uring reactors.
+/// A userspace block target: volumes over NBD and NVMe/TCP on io_uring reactors.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve volumes. With no options: a 1 GiB RAM volume `vol0` on nbd://127.0.0.1:10809.
+    /// Serve volumes. With no options: a 1 GiB RAM volume `vol0` on nbd://127.0.0.1:10809 and
+    /// nvme+tcp://127.0.0.1:4420/nqn.2026-11.io.twinblk:vol0.
     Serve {
         /// TOML configuration file.
         #[arg(long, short)]
@@ -25,6 +26,9 @@ enum Cmd {
         /// Override the NBD listen addresses (repeatable).
         #[arg(long)]
         nbd_listen: Vec<SocketAddr>,
+        /// Override the NVMe/TCP listen addresses (repeatable).
+        #[arg(long)]
+        nvmf_listen: Vec<SocketAddr>,
         /// Override the reactor cores, e.g. `0,1`.
         #[arg(long, value_delimiter = ',')]
         cores: Vec<usize>,
@@ -36,7 +40,7 @@ enum Cmd {
         control_socket: Option<String>,
     },
     /// A two-site stretched cluster on loopback: sites a and b as two processes mirroring a
-    /// RAM volume `vol0` (site a on nbd://127.0.0.1:10809, site b on :10810).
+    /// RAM volume `vol0` (site a on NBD 10809 and NVMe/TCP 4420, site b on 10810 and 4421).
     Demo {
         /// Directory for the site configs and control sockets.
         #[arg(long, default_value = "/tmp/twinblk-demo")]
@@ -47,6 +51,9 @@ enum Cmd {
         /// Replication port of site a (site b: the next one).
         #[arg(long, default_value_t = 7789)]
         repl_port: u16,
+        /// NVMe/TCP port of site a (site b: the next one).
+        #[arg(long, default_value_t = 4420)]
+        nvmf_port: u16,
         /// Size of the mirrored RAM volume.
         #[arg(long, default_value = "1GiB")]
         size: String,
@@ -81,6 +88,7 @@ fn main() -> Result<()> {
             dir,
             nbd_port,
             repl_port,
+            nvmf_port,
             size,
         } => {
             twinblk::config::parse_size(&size).map_err(anyhow::Error::msg)?;
@@ -88,6 +96,7 @@ fn main() -> Result<()> {
                 dir,
                 nbd_port,
                 repl_port,
+                nvmf_port,
                 size,
                 exe: std::env::current_exe().context("finding the twinblk binary")?,
             })
@@ -100,6 +109,7 @@ fn main() -> Result<()> {
         Cmd::Serve {
             config,
             nbd_listen,
+            nvmf_listen,
             cores,
             wait,
             control_socket,
@@ -107,6 +117,9 @@ fn main() -> Result<()> {
             let mut cfg = load(config.as_ref())?;
             if !nbd_listen.is_empty() {
                 cfg.nbd.listen = nbd_listen;
+            }
+            if !nvmf_listen.is_empty() {
+                cfg.nvmf.listen = nvmf_listen;
             }
             if !cores.is_empty() {
                 cfg.reactor.cores = cores;
@@ -137,7 +150,23 @@ fn serve(cfg: Config) -> Result<()> {
         cfg.reactor.cores,
         cfg.reactor.wait
     );
+    let subsystems = cfg.effective_subsystems();
     for (proto, addr) in daemon.listeners() {
+        if proto == Proto::Nvmf {
+            for s in &subsystems {
+                println!("  nvme+tcp://{addr}/{}", s.nqn);
+                println!(
+                    "    twinblk-nvme perf --addr {addr} --nqn {} --queues 4 --qd 32 --rw randrw --bs 4k --seconds 5 --verify",
+                    s.nqn
+                );
+                println!(
+                    "    nvme connect -t tcp -a {} -s {} -n {}",
+                    addr.ip(),
+                    addr.port(),
+                    s.nqn
+                );
+            }
+        }
         if proto == Proto::Nbd {
             for e in &exports {
                 let uri = format!("nbd://{addr}/{}", e.name);

@@ -13,6 +13,7 @@ use crate::bdev::malloc::MallocDevice;
 use crate::bdev::{BdevError, BlockDevice};
 use crate::config::{Backend, Config, Wait};
 use crate::control::ControlServer;
+use crate::frontend::nvmf::{NvmfShared, ctrl::Subsystem};
 use crate::frontend::{Listener, NbdExport, Proto, Shared};
 use crate::mirror::MirrorDevice;
 use crate::mirror::engine::{EngineConfig, Role};
@@ -155,9 +156,35 @@ impl Daemon {
         for addr in &cfg.nbd.listen {
             listeners.push(bind(*addr, Proto::Nbd)?);
         }
+        for addr in &cfg.nvmf.listen {
+            listeners.push(bind(*addr, Proto::Nvmf)?);
+        }
         for addr in cfg.mirror.iter().flat_map(|m| m.listen.iter()) {
             listeners.push(bind(*addr, Proto::Mirror)?);
         }
+        let mut nvmf = NvmfShared::empty();
+        nvmf.listen = listeners
+            .iter()
+            .filter(|l| l.proto == Proto::Nvmf)
+            .map(|l| l.addr)
+            .collect();
+        nvmf.subsystems = cfg
+            .effective_subsystems()
+            .into_iter()
+            .map(|s| {
+                let vols: Vec<usize> = s
+                    .namespaces
+                    .iter()
+                    .map(|n| {
+                        volumes
+                            .iter()
+                            .position(|v| &v.name == n)
+                            .expect("validated")
+                    })
+                    .collect();
+                Subsystem::new(s.nqn, s.allowed_hosts, &vols)
+            })
+            .collect();
         let n = cfg.reactor.cores.len();
         let mut mailboxes = Vec::with_capacity(n);
         for id in 0..n {
@@ -179,6 +206,7 @@ impl Daemon {
             mailboxes,
             stats,
             running: std::sync::atomic::AtomicUsize::new(n),
+            nvmf,
         });
         let policy = match cfg.reactor.wait {
             Wait::Poll => WaitPolicy::Poll,

@@ -5,7 +5,7 @@
 //! reactor touches.
 //!
 //! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
-//! `reactor_stats`, `volume_stats`.
+//! `reactor_stats`, `volume_stats`, `nvmf_subsystems`.
 
 use crate::config::Config;
 use crate::frontend::Shared;
@@ -138,6 +138,24 @@ fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
                 .map(|e| json!({"proto": "nbd", "name": e.name, "volume": shared.volumes[e.volume].name, "read_only": e.read_only}))
                 .collect(),
         ),
+        "nvmf_subsystems" => {
+            let nv = &shared.nvmf;
+            json!({
+                "listen": nv.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "controllers": nv.registry.len(),
+                "subsystems": nv.subsystems.iter().map(|s| json!({
+                    "nqn": s.nqn,
+                    "serial": s.serial,
+                    "allowed_hosts": s.allowed_hosts,
+                    "namespaces": s.namespaces.iter().map(|n| json!({
+                        "nsid": n.nsid,
+                        "volume": shared.volumes[n.volume].name,
+                        "ana_group": n.ana_group,
+                        "ana_state": nv.ana.state(n.ana_group),
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        }
         "reactor_stats" => Value::Array(
             shared
                 .stats

@@ -5,6 +5,7 @@
 //! here is read-only once the reactors start.
 
 pub mod nbd;
+pub mod nvmf;
 
 use crate::reactor::{Conn, Mailbox, ReactorStats};
 use crate::volume::Volume;
@@ -20,6 +21,8 @@ pub enum Proto {
     Nbd,
     /// The mirror's replication links (docs/mirror-protocol.md).
     Mirror,
+    /// NVMe over Fabrics, TCP transport.
+    Nvmf,
 }
 
 /// A listening socket.
@@ -60,6 +63,8 @@ pub struct Shared {
     /// Reactors that have not yet drained their own connections while stopping; a reactor
     /// that runs mirror engines keeps serving other reactors' requests until this is zero.
     pub running: std::sync::atomic::AtomicUsize,
+    /// NVMe-oF subsystems, controllers and ANA state.
+    pub nvmf: nvmf::NvmfShared,
 }
 
 /// Build the connection object for a socket accepted on `listener`.
@@ -67,5 +72,6 @@ pub fn new_conn(shared: &Shared, listener: usize, fd: OwnedFd) -> Box<dyn Conn> 
     match shared.listeners[listener].proto {
         Proto::Nbd => Box::new(nbd::NbdConn::new(fd)),
         Proto::Mirror => Box::new(crate::mirror::link::LinkConn::accepted(fd)),
+        Proto::Nvmf => Box::new(nvmf::NvmfConn::new(fd)),
     }
 }

@@ -203,4 +203,36 @@ impl IoCx {
             }
         }
     }
+
+    /// Queue two SQEs so that they reach the kernel in the same submission (a request and its
+    /// `LINK_TIMEOUT`: a link split across two submissions would be broken).
+    ///
+    /// # Safety
+    /// As for [`IoCx::push`], for both entries.
+    pub unsafe fn push_pair(&mut self, first: &squeue::Entry, second: &squeue::Entry) {
+        loop {
+            {
+                let mut sq = self.ring.submission();
+                if sq.capacity() - sq.len() >= 2 {
+                    // SAFETY: the caller guarantees both entries' memory outlives their
+                    // completions; two free slots were checked just above.
+                    unsafe {
+                        let _ = sq.push(first);
+                        let _ = sq.push(second);
+                    }
+                    self.counters.sqes += 2;
+                    return;
+                }
+            }
+            self.counters.sq_full += 1;
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    let _ = self.ring.submit_and_wait(1);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => panic!("io_uring_enter failed: {e}"),
+            }
+        }
+    }
 }

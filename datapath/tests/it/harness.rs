@@ -16,7 +16,7 @@ pub fn in_process(volumes_toml: &str) -> (twinblk::Daemon, SocketAddr) {
 /// As [`in_process`], with the body of the `[reactor]` table given.
 pub fn in_process_with(reactor_toml: &str, volumes_toml: &str) -> (twinblk::Daemon, SocketAddr) {
     let text = format!(
-        "[reactor]\n{reactor_toml}\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n{volumes_toml}"
+        "[reactor]\n{reactor_toml}\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n{volumes_toml}"
     );
     let cfg = Config::from_toml(&text).expect("test config");
     let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
@@ -24,10 +24,21 @@ pub fn in_process_with(reactor_toml: &str, volumes_toml: &str) -> (twinblk::Daem
     (d, addr)
 }
 
+/// The NVMe/TCP listener of an in-process daemon.
+pub fn nvmf_addr(d: &twinblk::Daemon) -> SocketAddr {
+    d.listeners()
+        .into_iter()
+        .find(|(p, _)| *p == twinblk::frontend::Proto::Nvmf)
+        .expect("an NVMe/TCP listener")
+        .1
+}
+
 /// A `twinblk serve` process.
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The NVMe/TCP listener (from the `nvme+tcp://` line the daemon prints).
+    pub nvmf_addr: SocketAddr,
     pub socket: PathBuf,
     pub config: PathBuf,
 }
@@ -52,7 +63,7 @@ impl Server {
         let socket = dir.join(format!("ctl-{}.sock", std::process::id()));
         let config = dir.join("twinblk.toml");
         let text = format!(
-            "[nbd]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n{body}",
+            "[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n{body}",
             socket.display()
         );
         std::fs::write(&config, text).unwrap();
@@ -71,18 +82,30 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(rest) = line.trim().strip_prefix("nbd://") {
-                    let hostport = rest.split('/').next().unwrap().to_string();
-                    let _ = tx.send(hostport);
+                for (scheme, nvmf) in [("nbd://", false), ("nvme+tcp://", true)] {
+                    if let Some(rest) = line.trim().strip_prefix(scheme) {
+                        let hostport = rest.split('/').next().unwrap().to_string();
+                        let _ = tx.send((nvmf, hostport));
+                    }
                 }
             }
         });
-        let hp = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("twinblk printed no endpoint");
+        let (mut nbd, mut nvmf) = (None, None);
+        while nbd.is_none() || nvmf.is_none() {
+            let (is_nvmf, hp) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("twinblk printed no endpoint");
+            let a: SocketAddr = hp.parse().unwrap();
+            if is_nvmf {
+                nvmf = Some(a);
+            } else {
+                nbd = Some(a);
+            }
+        }
         Server {
             child,
-            addr: hp.parse().unwrap(),
+            addr: nbd.unwrap(),
+            nvmf_addr: nvmf.unwrap(),
             socket,
             config,
         }

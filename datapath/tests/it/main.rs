@@ -4,5 +4,6 @@ mod clients;
 mod harness;
 mod malformed;
 mod mirror;
+mod nvmf;
 mod rawnbd;
 mod shutdown;

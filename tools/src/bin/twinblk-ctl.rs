@@ -14,7 +14,8 @@ struct Cli {
     /// The daemon's control socket.
     #[arg(long, default_value = "/tmp/twinblk.sock")]
     socket: PathBuf,
-    /// Method: daemon_info, volume_list, export_list, reactor_stats, volume_stats.
+    /// Method: daemon_info, volume_list, export_list, reactor_stats, volume_stats,
+    /// nvmf_subsystems.
     method: String,
     /// Parameters as a JSON value.
     #[arg(long)]

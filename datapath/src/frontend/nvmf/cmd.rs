@@ -1,0 +1,663 @@
+//! NVMe commands and data structures: SQE fields, CQE encoding, status codes, and builders for
+//! the Identify, log-page and discovery structures (layouts: `docs/nvmf.md`).
+//!
+//! Model: pure functions over byte slices; builders write into a caller-owned, zeroed buffer
+//! of the structure's size, so the admin path reuses one scratch buffer per connection.
+//!
+//! Invariants: accessors never index past the 64-byte SQE; builders never write past the
+//! buffer they are given (sizes are fixed by the spec and asserted by the tests); strings are
+//! space-padded ASCII (identify) or NUL-padded (NQNs, discovery fields) and truncated to fit.
+
+/// Size of a submission queue entry.
+pub const SQE_LEN: usize = 64;
+/// Size of a completion queue entry.
+pub const CQE_LEN: usize = 16;
+/// Size of Identify data and of the Connect data.
+pub const IDENTIFY_LEN: usize = 4096;
+/// Size of the Connect command's data.
+pub const CONNECT_DATA_LEN: usize = 1024;
+/// The discovery subsystem's NQN.
+pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
+
+/// Admin opcodes.
+pub mod admin {
+    /// Get Log Page.
+    pub const GET_LOG_PAGE: u8 = 0x02;
+    /// Identify.
+    pub const IDENTIFY: u8 = 0x06;
+    /// Abort.
+    pub const ABORT: u8 = 0x08;
+    /// Set Features.
+    pub const SET_FEATURES: u8 = 0x09;
+    /// Get Features.
+    pub const GET_FEATURES: u8 = 0x0A;
+    /// Asynchronous Event Request.
+    pub const ASYNC_EVENT: u8 = 0x0C;
+    /// Keep Alive.
+    pub const KEEP_ALIVE: u8 = 0x18;
+    /// Fabrics command (fctype at byte 4).
+    pub const FABRICS: u8 = 0x7F;
+}
+
+/// Fabrics command types.
+pub mod fctype {
+    /// Property Set.
+    pub const PROPERTY_SET: u8 = 0x00;
+    /// Connect.
+    pub const CONNECT: u8 = 0x01;
+    /// Property Get.
+    pub const PROPERTY_GET: u8 = 0x04;
+}
+
+/// NVM I/O opcodes.
+pub mod io {
+    /// Flush.
+    pub const FLUSH: u8 = 0x00;
+    /// Write.
+    pub const WRITE: u8 = 0x01;
+    /// Read.
+    pub const READ: u8 = 0x02;
+    /// Compare.
+    pub const COMPARE: u8 = 0x05;
+    /// Write Zeroes.
+    pub const WRITE_ZEROES: u8 = 0x08;
+    /// Dataset Management.
+    pub const DSM: u8 = 0x09;
+}
+
+/// Feature identifiers.
+pub mod feat {
+    /// Volatile write cache.
+    pub const VOLATILE_WC: u8 = 0x06;
+    /// Number of queues.
+    pub const NUM_QUEUES: u8 = 0x07;
+    /// Asynchronous event configuration.
+    pub const ASYNC_EVENT: u8 = 0x0B;
+    /// Keep-alive timer.
+    pub const KATO: u8 = 0x0F;
+}
+
+/// Log page identifiers.
+pub mod lid {
+    /// Error information.
+    pub const ERROR: u8 = 0x01;
+    /// SMART / health information.
+    pub const SMART: u8 = 0x02;
+    /// Firmware slot information.
+    pub const FW_SLOT: u8 = 0x03;
+    /// Changed namespace list.
+    pub const CHANGED_NS: u8 = 0x04;
+    /// Asymmetric namespace access.
+    pub const ANA: u8 = 0x0C;
+    /// Discovery.
+    pub const DISCOVERY: u8 = 0x70;
+}
+
+/// Controller property offsets.
+pub mod prop {
+    /// Capabilities (8 bytes).
+    pub const CAP: u32 = 0x00;
+    /// Version.
+    pub const VS: u32 = 0x08;
+    /// Controller configuration.
+    pub const CC: u32 = 0x14;
+    /// Controller status.
+    pub const CSTS: u32 = 0x1C;
+}
+
+/// A status: SCT in bits 10:8, SC in bits 7:0 (the CQE field is this shifted left by one,
+/// plus DNR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status(pub u16);
+
+impl Status {
+    /// Success.
+    pub const SUCCESS: Status = Status(0x000);
+    /// Invalid command opcode.
+    pub const INVALID_OPCODE: Status = Status(0x001);
+    /// Invalid field in command.
+    pub const INVALID_FIELD: Status = Status(0x002);
+    /// Data transfer error.
+    pub const DATA_XFER_ERROR: Status = Status(0x004);
+    /// Internal error.
+    pub const INTERNAL: Status = Status(0x006);
+    /// Invalid namespace or format.
+    pub const INVALID_NS: Status = Status(0x00B);
+    /// Command sequence error.
+    pub const CMD_SEQ_ERROR: Status = Status(0x00C);
+    /// Data SGL length invalid.
+    pub const SGL_INVALID_DATA: Status = Status(0x00F);
+    /// SGL descriptor type invalid.
+    pub const SGL_INVALID_TYPE: Status = Status(0x011);
+    /// LBA out of range.
+    pub const LBA_RANGE: Status = Status(0x080);
+    /// Namespace not ready (retryable).
+    pub const NS_NOT_READY: Status = Status(0x082);
+    /// Invalid queue identifier / size (command specific).
+    pub const INVALID_QUEUE_SIZE: Status = Status(0x102);
+    /// Asynchronous event request limit exceeded.
+    pub const AER_LIMIT: Status = Status(0x105);
+    /// Invalid log page.
+    pub const INVALID_LOG_PAGE: Status = Status(0x109);
+    /// Feature identifier not saveable.
+    pub const FEAT_NOT_SAVEABLE: Status = Status(0x10D);
+    /// Connect: incompatible format.
+    pub const CONNECT_FORMAT: Status = Status(0x180);
+    /// Connect: controller busy.
+    pub const CONNECT_BUSY: Status = Status(0x181);
+    /// Connect: invalid parameters.
+    pub const CONNECT_INVALID_PARAM: Status = Status(0x182);
+    /// Connect: invalid host.
+    pub const CONNECT_INVALID_HOST: Status = Status(0x184);
+    /// Write fault (media).
+    pub const WRITE_FAULT: Status = Status(0x280);
+    /// Unrecovered read error (media).
+    pub const READ_ERROR: Status = Status(0x281);
+    /// Compare failure (media).
+    pub const COMPARE_FAILED: Status = Status(0x285);
+    /// ANA persistent loss (path related).
+    pub const ANA_PERSISTENT_LOSS: Status = Status(0x301);
+    /// ANA inaccessible (path related).
+    pub const ANA_INACCESSIBLE: Status = Status(0x302);
+    /// ANA transition (path related, retryable).
+    pub const ANA_TRANSITION: Status = Status(0x303);
+
+    /// The CQE status field (phase 0), with DNR unless the error is worth retrying.
+    pub fn field(self) -> u16 {
+        if self.0 == 0 {
+            return 0;
+        }
+        let retry = matches!(
+            self,
+            Status::NS_NOT_READY | Status::ANA_INACCESSIBLE | Status::ANA_TRANSITION
+        );
+        (self.0 << 1) | if retry { 0 } else { 0x8000 }
+    }
+}
+
+/// Read-only view of a 64-byte SQE.
+#[derive(Clone, Copy)]
+pub struct Sqe<'a>(pub &'a [u8; SQE_LEN]);
+
+impl<'a> Sqe<'a> {
+    /// The SQE at the start of `b`, if 64 bytes are there.
+    pub fn new(b: &'a [u8]) -> Option<Self> {
+        b.get(..SQE_LEN)?.try_into().ok().map(Sqe)
+    }
+    fn u16(&self, at: usize) -> u16 {
+        u16::from_le_bytes([self.0[at], self.0[at + 1]])
+    }
+    fn u32(&self, at: usize) -> u32 {
+        u32::from_le_bytes([self.0[at], self.0[at + 1], self.0[at + 2], self.0[at + 3]])
+    }
+    fn u64(&self, at: usize) -> u64 {
+        u64::from(self.u32(at)) | (u64::from(self.u32(at + 4)) << 32)
+    }
+    /// Opcode.
+    pub fn opcode(&self) -> u8 {
+        self.0[0]
+    }
+    /// FUSE bits.
+    pub fn fuse(&self) -> u8 {
+        self.0[1] & 3
+    }
+    /// Command identifier.
+    pub fn cid(&self) -> u16 {
+        self.u16(2)
+    }
+    /// Namespace id.
+    pub fn nsid(&self) -> u32 {
+        self.u32(4)
+    }
+    /// Fabrics command type.
+    pub fn fctype(&self) -> u8 {
+        self.0[4]
+    }
+    /// SGL address (in-capsule: offset into the capsule data).
+    pub fn sgl_addr(&self) -> u64 {
+        self.u64(24)
+    }
+    /// SGL length.
+    pub fn sgl_len(&self) -> u32 {
+        self.u32(32)
+    }
+    /// SGL descriptor type byte (type << 4 | subtype).
+    pub fn sgl_type(&self) -> u8 {
+        self.0[39]
+    }
+    /// Command dword `n` (10..=15).
+    pub fn cdw(&self, n: usize) -> u32 {
+        debug_assert!((10..=15).contains(&n));
+        self.u32(40 + (n.clamp(10, 15) - 10) * 4)
+    }
+    /// Starting LBA (cdw10-11).
+    pub fn slba(&self) -> u64 {
+        self.u64(40)
+    }
+    /// Number of logical blocks (1-based, from the 0-based NLB in cdw12).
+    pub fn nlb(&self) -> u32 {
+        (self.cdw(12) & 0xFFFF) + 1
+    }
+    /// Force unit access (cdw12 bit 30).
+    pub fn fua(&self) -> bool {
+        self.cdw(12) & (1 << 30) != 0
+    }
+    /// Connect: record format.
+    pub fn connect_recfmt(&self) -> u16 {
+        self.u16(40)
+    }
+    /// Connect: queue id.
+    pub fn connect_qid(&self) -> u16 {
+        self.u16(42)
+    }
+    /// Connect: SQ size (0's based).
+    pub fn connect_sqsize(&self) -> u16 {
+        self.u16(44)
+    }
+    /// Connect: attributes.
+    pub fn connect_cattr(&self) -> u8 {
+        self.0[46]
+    }
+    /// Connect: keep-alive timeout in ms.
+    pub fn connect_kato(&self) -> u32 {
+        self.u32(48)
+    }
+    /// Property Get/Set: size attribute (0: 4 bytes, 1: 8 bytes).
+    pub fn prop_attrib(&self) -> u8 {
+        self.0[40]
+    }
+    /// Property Get/Set: offset.
+    pub fn prop_offset(&self) -> u32 {
+        self.u32(44)
+    }
+    /// Property Set: value.
+    pub fn prop_value(&self) -> u64 {
+        self.u64(48)
+    }
+}
+
+/// SGL descriptor types the TCP transport uses.
+pub mod sgl {
+    /// Data block, offset subtype: in-capsule data.
+    pub const INCAPSULE: u8 = 0x01;
+    /// Transport data block, transport-specific subtype: data by R2T/H2CData or C2HData.
+    pub const TRANSPORT: u8 = 0x5A;
+}
+
+/// Connect command attributes: the host disables SQ flow control.
+pub const CATTR_DISABLE_SQFLOW: u8 = 1 << 2;
+
+/// Encode a CQE.
+pub fn cqe(result: u64, sqhd: u16, sqid: u16, cid: u16, status: Status) -> [u8; CQE_LEN] {
+    let mut c = [0u8; CQE_LEN];
+    c[0..8].copy_from_slice(&result.to_le_bytes());
+    c[8..10].copy_from_slice(&sqhd.to_le_bytes());
+    c[10..12].copy_from_slice(&sqid.to_le_bytes());
+    c[12..14].copy_from_slice(&cid.to_le_bytes());
+    c[14..16].copy_from_slice(&status.field().to_le_bytes());
+    c
+}
+
+/// The fields of the Connect data the target uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectData<'a> {
+    /// Host identifier.
+    pub hostid: [u8; 16],
+    /// Controller id (0xFFFF on the admin queue: dynamic).
+    pub cntlid: u16,
+    /// Subsystem NQN (up to the first NUL).
+    pub subnqn: &'a [u8],
+    /// Host NQN (up to the first NUL).
+    pub hostnqn: &'a [u8],
+}
+
+fn nul_str(b: &[u8]) -> &[u8] {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    &b[..end]
+}
+
+/// Decode Connect data (at least 1024 bytes).
+pub fn connect_data(b: &[u8]) -> Option<ConnectData<'_>> {
+    let b = b.get(..CONNECT_DATA_LEN)?;
+    let mut hostid = [0u8; 16];
+    hostid.copy_from_slice(&b[..16]);
+    Some(ConnectData {
+        hostid,
+        cntlid: u16::from_le_bytes([b[16], b[17]]),
+        subnqn: nul_str(&b[256..512]),
+        hostnqn: nul_str(&b[512..768]),
+    })
+}
+
+fn put_str(buf: &mut [u8], s: &[u8], pad: u8) {
+    let n = s.len().min(buf.len());
+    buf[..n].copy_from_slice(&s[..n]);
+    buf[n..].fill(pad);
+}
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// What Identify Controller reports.
+pub struct CtrlIdentity<'a> {
+    /// Controller id.
+    pub cntlid: u16,
+    /// Subsystem NQN.
+    pub subnqn: &'a str,
+    /// Serial number (ASCII, at most 20).
+    pub serial: &'a str,
+    /// Discovery controller (else an I/O controller).
+    pub discovery: bool,
+    /// Highest namespace id.
+    pub nn: u32,
+    /// MDTS (power of two of 4 KiB pages).
+    pub mdts: u8,
+    /// Most commands outstanding per queue.
+    pub maxcmd: u16,
+    /// In-capsule data bytes accepted.
+    pub incapsule: u32,
+}
+
+/// Model number reported in Identify Controller.
+pub const MODEL: &str = "twinblk";
+/// Firmware revision reported.
+pub const FIRMWARE: &str = env!("CARGO_PKG_VERSION");
+/// NVMe version reported (1.4: ANA).
+pub const VERSION: u32 = 0x0001_0400;
+
+/// Fill Identify Controller (4096 bytes; `b` zeroed by the caller).
+pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
+    put_str(&mut b[4..24], c.serial.as_bytes(), b' ');
+    put_str(&mut b[24..64], MODEL.as_bytes(), b' ');
+    put_str(&mut b[64..72], FIRMWARE.as_bytes(), b' ');
+    b[72] = 6; // RAB
+    // CMIC: multiple controllers (bit 1), ANA reporting (bit 3).
+    b[76] = if c.discovery { 0 } else { (1 << 1) | (1 << 3) };
+    b[77] = c.mdts;
+    put16(b, 78, c.cntlid);
+    put32(b, 80, VERSION);
+    // OAES: ANA change notices (bit 11).
+    put32(b, 92, if c.discovery { 0 } else { 1 << 11 });
+    b[111] = if c.discovery { 2 } else { 1 }; // CNTRLTYPE
+    b[258] = 3; // ACL (0's based)
+    b[259] = 3; // AERL (0's based): 4 outstanding
+    b[260] = 0x03; // FRMW: slot 1 read-only, 1 slot
+    b[261] = 0x04; // LPA: extended data for Get Log Page (offsets)
+    put16(b, 266, 0x157); // WCTEMP
+    put16(b, 268, 0x175); // CCTEMP
+    put16(b, 320, 1); // KAS: 100 ms granularity
+    if !c.discovery {
+        b[342] = 10; // ANATT (s)
+        b[343] = 0x1F; // ANACAP: optimised, non-opt., inaccessible, loss, change
+        put32(b, 344, 1); // ANAGRPMAX
+        put32(b, 348, 1); // NANAGRPID
+    }
+    b[512] = 0x66; // SQES
+    b[513] = 0x44; // CQES
+    put16(b, 514, c.maxcmd);
+    put32(b, 516, c.nn);
+    // ONCS: Compare (bit 0), Dataset Management (bit 2), Write Zeroes (bit 3).
+    put16(
+        b,
+        520,
+        if c.discovery {
+            0
+        } else {
+            1 | (1 << 2) | (1 << 3)
+        },
+    );
+    b[525] = if c.discovery { 0 } else { 1 }; // VWC present
+    // SGLS: supported (bits 1:0 = 01), address as offset (bit 20).
+    put32(b, 536, 1 | (1 << 20));
+    put32(b, 540, c.nn); // MNAN
+    put_str(&mut b[768..1024], c.subnqn.as_bytes(), 0);
+    put32(b, 1792, ((64 + c.incapsule) / 16).max(4)); // IOCCSZ
+    put32(b, 1796, 1); // IORCSZ
+    b[1803] = 1; // MSDBD
+}
+
+/// Logical block size exponent of `block_size` (512 → 9).
+pub fn lbads(block_size: u32) -> u8 {
+    block_size.max(1).trailing_zeros() as u8
+}
+
+/// Fill Identify Namespace (4096 bytes; `b` zeroed).
+pub fn identify_ns(b: &mut [u8], blocks: u64, block_size: u32, ana_group: u32, nguid: &[u8; 16]) {
+    put64(b, 0, blocks);
+    put64(b, 8, blocks);
+    put64(b, 16, blocks);
+    b[25] = 0; // NLBAF: one format
+    b[26] = 0; // FLBAS
+    b[30] = 1; // NMIC: shared (multipath)
+    b[33] = 0x01; // DLFEAT: deallocated blocks read as zeroes
+    put32(b, 92, ana_group);
+    b[104..120].copy_from_slice(nguid);
+    b[128 + 2] = lbads(block_size);
+}
+
+/// Fill the active namespace list with ids above `after` (4096 bytes; `b` zeroed).
+pub fn active_ns_list(b: &mut [u8], nsids: impl Iterator<Item = u32>, after: u32) {
+    let mut at = 0;
+    for id in nsids.filter(|&id| id > after) {
+        if at + 4 > b.len().min(IDENTIFY_LEN) {
+            break;
+        }
+        put32(b, at, id);
+        at += 4;
+    }
+}
+
+/// Fill the namespace identification descriptor list (NGUID, CSI = NVM).
+pub fn ns_descriptors(b: &mut [u8], nguid: &[u8; 16]) {
+    b[0] = 2; // NIDT: NGUID
+    b[1] = 16;
+    b[4..20].copy_from_slice(nguid);
+    b[20] = 4; // NIDT: command set identifier
+    b[21] = 1;
+    b[24] = 0; // NVM
+}
+
+/// A derived NGUID: stable for a (subsystem, namespace) pair.
+pub fn nguid(subnqn: &str, nsid: u32) -> [u8; 16] {
+    let a = crc32c::crc32c(subnqn.as_bytes());
+    let b = crc32c::crc32c_append(a, &nsid.to_le_bytes());
+    let c = crc32c::crc32c_append(b, b"twinblk");
+    let d = crc32c::crc32c_append(c, &a.to_le_bytes());
+    let mut g = [0u8; 16];
+    g[0..4].copy_from_slice(&a.to_be_bytes());
+    g[4..8].copy_from_slice(&b.to_be_bytes());
+    g[8..12].copy_from_slice(&c.to_be_bytes());
+    g[12..16].copy_from_slice(&d.to_be_bytes());
+    g
+}
+
+/// Size of the SMART log, the firmware slot log and a discovery entry.
+pub const LOG_512: usize = 512;
+/// Size of one discovery log entry (and of the discovery log header).
+pub const DISC_ENTRY_LEN: usize = 1024;
+
+/// Fill the SMART / health log (512 bytes; `b` zeroed).
+pub fn smart_log(b: &mut [u8]) {
+    put16(b, 1, 0x141); // composite temperature (K)
+    b[3] = 100; // available spare
+    b[4] = 10; // spare threshold
+}
+
+/// Fill the firmware slot log (512 bytes; `b` zeroed).
+pub fn fw_slot_log(b: &mut [u8]) {
+    b[0] = 1; // active slot 1
+    put_str(&mut b[8..16], FIRMWARE.as_bytes(), b' ');
+}
+
+/// ANA states.
+pub mod ana {
+    /// Optimised.
+    pub const OPTIMIZED: u8 = 0x01;
+    /// Non-optimised.
+    pub const NON_OPTIMIZED: u8 = 0x02;
+    /// Inaccessible.
+    pub const INACCESSIBLE: u8 = 0x03;
+    /// Persistent loss.
+    pub const PERSISTENT_LOSS: u8 = 0x04;
+    /// Change.
+    pub const CHANGE: u8 = 0x0F;
+}
+
+/// Append the ANA log: header, then per group (id, state, nsids). `rgo`: groups only.
+pub fn ana_log(out: &mut Vec<u8>, chgcnt: u64, groups: &[(u32, u8, &[u32])], rgo: bool) {
+    out.extend_from_slice(&chgcnt.to_le_bytes());
+    out.extend_from_slice(&(groups.len() as u16).to_le_bytes());
+    out.extend_from_slice(&[0; 6]);
+    for &(id, state, nsids) in groups {
+        out.extend_from_slice(&id.to_le_bytes());
+        let n = if rgo { 0 } else { nsids.len() as u32 };
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&chgcnt.to_le_bytes());
+        out.push(state);
+        out.extend_from_slice(&[0; 15]);
+        if !rgo {
+            for id in nsids {
+                out.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// One discovery log entry.
+pub struct DiscEntry<'a> {
+    /// IPv6 (else IPv4).
+    pub ipv6: bool,
+    /// Port id.
+    pub portid: u16,
+    /// TCP port as text.
+    pub trsvcid: &'a str,
+    /// Subsystem NQN.
+    pub subnqn: &'a str,
+    /// Address as text.
+    pub traddr: &'a str,
+}
+
+/// Append the discovery log header (1024 bytes).
+pub fn disc_header(out: &mut Vec<u8>, genctr: u64, numrec: u64) {
+    let start = out.len();
+    out.extend_from_slice(&genctr.to_le_bytes());
+    out.extend_from_slice(&numrec.to_le_bytes());
+    out.resize(start + DISC_ENTRY_LEN, 0);
+}
+
+/// Append one discovery log entry (1024 bytes).
+pub fn disc_entry(out: &mut Vec<u8>, e: &DiscEntry<'_>) {
+    let start = out.len();
+    out.resize(start + DISC_ENTRY_LEN, 0);
+    let b = &mut out[start..];
+    b[0] = 3; // TRTYPE: TCP
+    b[1] = if e.ipv6 { 2 } else { 1 }; // ADRFAM
+    b[2] = 2; // SUBTYPE: NVMe subsystem
+    b[3] = 1 << 2; // TREQ: secure channel not specified; SQ flow control disable supported
+    put16(b, 4, e.portid);
+    put16(b, 6, 0xFFFF); // CNTLID: dynamic
+    put16(b, 8, 32); // ASQSZ
+    put_str(&mut b[32..64], e.trsvcid.as_bytes(), 0);
+    put_str(&mut b[256..512], e.subnqn.as_bytes(), 0);
+    put_str(&mut b[512..768], e.traddr.as_bytes(), 0);
+    // TSAS for TCP: SECTYPE 0 (none) at 768, already zero.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cqe_status_field_has_dnr_and_phase_zero() {
+        let c = cqe(0x1234, 5, 1, 0xBEEF, Status::LBA_RANGE);
+        assert_eq!(u16::from_le_bytes([c[14], c[15]]), (0x080 << 1) | 0x8000);
+        assert_eq!(u16::from_le_bytes([c[12], c[13]]), 0xBEEF);
+        assert_eq!(u16::from_le_bytes([c[8], c[9]]), 5);
+        let ok = cqe(0, 0, 0, 1, Status::SUCCESS);
+        assert_eq!(&ok[14..16], &[0, 0]);
+        // Retryable: no DNR.
+        assert_eq!(Status::NS_NOT_READY.field() & 0x8000, 0);
+    }
+
+    #[test]
+    fn sqe_fields_sit_where_the_spec_puts_them() {
+        let mut s = [0u8; 64];
+        s[0] = io::WRITE;
+        s[2..4].copy_from_slice(&7u16.to_le_bytes());
+        s[4..8].copy_from_slice(&1u32.to_le_bytes());
+        s[32..36].copy_from_slice(&8192u32.to_le_bytes());
+        s[39] = sgl::TRANSPORT;
+        s[40..48].copy_from_slice(&100u64.to_le_bytes());
+        s[48..52].copy_from_slice(&(15u32 | (1 << 30)).to_le_bytes());
+        let q = Sqe::new(&s).unwrap();
+        assert_eq!((q.opcode(), q.cid(), q.nsid()), (io::WRITE, 7, 1));
+        assert_eq!((q.slba(), q.nlb(), q.fua()), (100, 16, true));
+        assert_eq!((q.sgl_len(), q.sgl_type()), (8192, sgl::TRANSPORT));
+        assert!(Sqe::new(&s[..63]).is_none());
+    }
+
+    #[test]
+    fn identify_controller_offsets() {
+        let mut b = vec![0u8; IDENTIFY_LEN];
+        identify_ctrl(
+            &mut b,
+            &CtrlIdentity {
+                cntlid: 9,
+                subnqn: "nqn.x",
+                serial: "SN",
+                discovery: false,
+                nn: 3,
+                mdts: 5,
+                maxcmd: 1024,
+                incapsule: 8192,
+            },
+        );
+        assert_eq!(u16::from_le_bytes([b[78], b[79]]), 9);
+        assert_eq!(&b[768..773], b"nqn.x");
+        assert_eq!(u32::from_le_bytes(b[516..520].try_into().unwrap()), 3);
+        assert_eq!(u32::from_le_bytes(b[1792..1796].try_into().unwrap()), 516);
+        assert_eq!(b[76] & 8, 8);
+        assert_eq!(&b[4..8], b"SN  ");
+    }
+
+    #[test]
+    fn connect_data_and_logs() {
+        let mut d = vec![0u8; 1024];
+        d[16..18].copy_from_slice(&0xFFFFu16.to_le_bytes());
+        d[256..260].copy_from_slice(b"nqn1");
+        d[512..515].copy_from_slice(b"hst");
+        let c = connect_data(&d).unwrap();
+        assert_eq!(
+            (c.cntlid, c.subnqn, c.hostnqn),
+            (0xFFFF, &b"nqn1"[..], &b"hst"[..])
+        );
+        assert!(connect_data(&d[..1000]).is_none());
+        let mut out = Vec::new();
+        ana_log(&mut out, 3, &[(1, ana::OPTIMIZED, &[1, 2])], false);
+        assert_eq!(out.len(), 16 + 32 + 8);
+        assert_eq!(out[16 + 16], ana::OPTIMIZED);
+        out.clear();
+        disc_header(&mut out, 1, 1);
+        disc_entry(
+            &mut out,
+            &DiscEntry {
+                ipv6: false,
+                portid: 1,
+                trsvcid: "4420",
+                subnqn: "nqn.y",
+                traddr: "127.0.0.1",
+            },
+        );
+        assert_eq!(out.len(), 2048);
+        assert_eq!(&out[1024 + 32..1024 + 36], b"4420");
+        assert_eq!(&out[1024 + 512..1024 + 521], b"127.0.0.1");
+        assert_ne!(nguid("a", 1), nguid("a", 2));
+    }
+}

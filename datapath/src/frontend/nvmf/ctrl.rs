@@ -1,0 +1,359 @@
+//! Subsystems, controllers and ANA groups: the daemon-wide NVMe-oF state.
+//!
+//! Model: subsystems and namespaces are fixed at start (read-only, indexed without locks from
+//! any reactor). Controllers come and go with admin queues: the [`Registry`] maps cntlid to a
+//! [`Controller`] behind a `Mutex` taken only on Connect, queue close and teardown, never on
+//! the I/O path (an I/O queue holds its own `Arc<Controller>` and its subsystem's index).
+//! ANA states are atomics read per I/O with relaxed loads and written by whoever drives them
+//! (today nobody: every group stays optimised; the two-site mirror will call
+//! [`AnaGroups::set_state`]).
+//!
+//! Invariants:
+//! - A controller's I/O queues are registered only while it is alive; [`Controller::teardown`]
+//!   marks it dead under the same lock, so no queue attaches after teardown has run.
+//! - Teardown never closes another reactor's socket: it `shutdown(2)`s a duplicate of it, so the
+//!   owning reactor sees end of file, finishes its in-flight I/O and closes the socket itself.
+
+use super::cmd::{self, ana};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Highest controller id of the dynamic controller model.
+pub const MAX_CNTLID: u16 = 0xFFEF;
+/// Default number of I/O queues a controller may create (Set Features can lower it).
+pub const MAX_IO_QUEUES: u16 = 64;
+
+/// One namespace of a subsystem.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    /// Namespace id (1-based; equals the index in the subsystem's list plus one).
+    pub nsid: u32,
+    /// Index into the daemon's volumes.
+    pub volume: usize,
+    /// ANA group.
+    pub ana_group: u32,
+    /// Stable NGUID.
+    pub nguid: [u8; 16],
+}
+
+/// An NVM subsystem.
+#[derive(Clone, Debug)]
+pub struct Subsystem {
+    /// NQN.
+    pub nqn: String,
+    /// Serial number reported by its controllers.
+    pub serial: String,
+    /// Host NQNs allowed in (empty: any host).
+    pub allowed_hosts: Vec<String>,
+    /// Namespaces, nsid = index + 1.
+    pub namespaces: Vec<Namespace>,
+}
+
+impl Subsystem {
+    /// A subsystem with `volumes` as namespaces 1, 2, ...
+    pub fn new(nqn: String, allowed_hosts: Vec<String>, volumes: &[usize]) -> Self {
+        let namespaces = volumes
+            .iter()
+            .enumerate()
+            .map(|(i, &volume)| Namespace {
+                nsid: i as u32 + 1,
+                volume,
+                ana_group: 1,
+                nguid: cmd::nguid(&nqn, i as u32 + 1),
+            })
+            .collect();
+        let serial = format!("TB{:08X}", crc32c::crc32c(nqn.as_bytes()));
+        Self {
+            nqn,
+            serial,
+            allowed_hosts,
+            namespaces,
+        }
+    }
+
+    /// Whether `host` may connect.
+    pub fn allows(&self, host: &[u8]) -> bool {
+        self.allowed_hosts.is_empty() || self.allowed_hosts.iter().any(|h| h.as_bytes() == host)
+    }
+
+    /// The namespace `nsid`, if active.
+    pub fn ns(&self, nsid: u32) -> Option<&Namespace> {
+        self.namespaces.get((nsid as usize).checked_sub(1)?)
+    }
+
+    /// Highest namespace id.
+    pub fn nn(&self) -> u32 {
+        self.namespaces.len() as u32
+    }
+}
+
+/// ANA group states, shared by every controller.
+pub struct AnaGroups {
+    states: Vec<AtomicU8>,
+    chgcnt: AtomicU64,
+}
+
+impl AnaGroups {
+    /// `groups` groups (ids 1..=groups), all optimised.
+    pub fn new(groups: usize) -> Self {
+        Self {
+            states: (0..groups).map(|_| AtomicU8::new(ana::OPTIMIZED)).collect(),
+            chgcnt: AtomicU64::new(1),
+        }
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// True when there are no groups.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// State of group `id` (unknown groups read as inaccessible).
+    pub fn state(&self, id: u32) -> u8 {
+        (id as usize)
+            .checked_sub(1)
+            .and_then(|i| self.states.get(i))
+            .map_or(ana::INACCESSIBLE, |s| s.load(Ordering::Relaxed))
+    }
+
+    /// Set group `id`'s state (the hook for the two-site mirror); bumps the change count, which
+    /// admin queues report through the ANA log and an asynchronous event.
+    pub fn set_state(&self, id: u32, state: u8) -> bool {
+        let Some(s) = (id as usize)
+            .checked_sub(1)
+            .and_then(|i| self.states.get(i))
+        else {
+            return false;
+        };
+        if s.swap(state, Ordering::Relaxed) != state {
+            self.chgcnt.fetch_add(1, Ordering::Release);
+        }
+        true
+    }
+
+    /// Change count (reported in the ANA log).
+    pub fn change_count(&self) -> u64 {
+        self.chgcnt.load(Ordering::Acquire)
+    }
+}
+
+/// A controller: an admin queue plus the I/O queues attached to it.
+pub struct Controller {
+    /// Controller id.
+    pub cntlid: u16,
+    /// Subsystem index (`None`: the discovery controller).
+    pub subsys: Option<usize>,
+    /// Host NQN that created it.
+    pub hostnqn: String,
+    /// Host identifier.
+    pub hostid: [u8; 16],
+    /// I/O queues granted (Set Features, Number of Queues).
+    pub io_queues: AtomicU16,
+    /// CC.EN as last set by the host.
+    pub enabled: AtomicBool,
+    /// Keep-alive timeout in ms (0: none).
+    pub kato_ms: AtomicU32,
+    queues: Mutex<Queues>,
+}
+
+#[derive(Default)]
+struct Queues {
+    dead: bool,
+    /// (qid, duplicate of the queue's socket).
+    io: Vec<(u16, OwnedFd)>,
+}
+
+/// Why an I/O queue cannot attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachError {
+    /// The controller is being torn down.
+    Dead,
+    /// qid beyond the granted number of queues, or already in use.
+    BadQid,
+    /// The socket could not be duplicated.
+    NoFd,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these plain maps inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Controller {
+    /// Register I/O queue `qid` on `fd`.
+    pub fn attach_queue(&self, qid: u16, fd: &OwnedFd) -> Result<(), AttachError> {
+        let mut q = lock(&self.queues);
+        if q.dead {
+            return Err(AttachError::Dead);
+        }
+        if qid == 0
+            || qid > self.io_queues.load(Ordering::Relaxed)
+            || q.io.iter().any(|(id, _)| *id == qid)
+        {
+            return Err(AttachError::BadQid);
+        }
+        let dup = fd.try_clone().map_err(|_| AttachError::NoFd)?;
+        q.io.push((qid, dup));
+        Ok(())
+    }
+
+    /// Forget I/O queue `qid` (it closed).
+    pub fn detach_queue(&self, qid: u16) {
+        lock(&self.queues).io.retain(|(id, _)| *id != qid);
+    }
+
+    /// Number of I/O queues attached now.
+    pub fn attached(&self) -> usize {
+        lock(&self.queues).io.len()
+    }
+
+    /// Whether the controller has been torn down.
+    pub fn is_dead(&self) -> bool {
+        lock(&self.queues).dead
+    }
+
+    /// Mark dead and shut every I/O queue's socket down (each closes on its own reactor).
+    pub fn teardown(&self) {
+        let io = {
+            let mut q = lock(&self.queues);
+            q.dead = true;
+            std::mem::take(&mut q.io)
+        };
+        for (_, fd) in io {
+            // SAFETY: shutdown on a descriptor we own (a duplicate); no memory is passed.
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+}
+
+/// The daemon's controllers by cntlid.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<RegistryInner>,
+    /// Live controllers, readable without the lock (control socket).
+    live: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    ctrls: HashMap<u16, Arc<Controller>>,
+    last: u16,
+}
+
+impl Registry {
+    /// Create a controller with a fresh cntlid (`None` when all ids are in use).
+    pub fn create(
+        &self,
+        subsys: Option<usize>,
+        hostnqn: &str,
+        hostid: [u8; 16],
+        kato_ms: u32,
+    ) -> Option<Arc<Controller>> {
+        let mut r = lock(&self.inner);
+        let mut id = r.last;
+        for _ in 0..MAX_CNTLID {
+            id = if id >= MAX_CNTLID { 1 } else { id + 1 };
+            if let std::collections::hash_map::Entry::Vacant(slot) = r.ctrls.entry(id) {
+                let c = Arc::new(Controller {
+                    cntlid: id,
+                    subsys,
+                    hostnqn: hostnqn.to_owned(),
+                    hostid,
+                    io_queues: AtomicU16::new(if subsys.is_some() { MAX_IO_QUEUES } else { 0 }),
+                    enabled: AtomicBool::new(false),
+                    kato_ms: AtomicU32::new(kato_ms),
+                    queues: Mutex::new(Queues::default()),
+                });
+                slot.insert(Arc::clone(&c));
+                r.last = id;
+                self.live.store(r.ctrls.len(), Ordering::Relaxed);
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// The controller `cntlid`, if alive.
+    pub fn get(&self, cntlid: u16) -> Option<Arc<Controller>> {
+        lock(&self.inner).ctrls.get(&cntlid).cloned()
+    }
+
+    /// Remove `cntlid` and tear it down.
+    pub fn remove(&self, cntlid: u16) {
+        let c = {
+            let mut r = lock(&self.inner);
+            let c = r.ctrls.remove(&cntlid);
+            self.live.store(r.ctrls.len(), Ordering::Relaxed);
+            c
+        };
+        if let Some(c) = c {
+            c.teardown();
+        }
+    }
+
+    /// Number of live controllers (a relaxed read: no lock).
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// True when no controller is alive.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_allocates_ids_and_teardown_blocks_attach() {
+        let r = Registry::default();
+        let a = r.create(Some(0), "h", [0; 16], 0).unwrap();
+        let b = r.create(Some(0), "h", [0; 16], 0).unwrap();
+        assert_ne!(a.cntlid, b.cntlid);
+        let (s1, _s2) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = OwnedFd::from(s1);
+        assert_eq!(a.attach_queue(0, &fd), Err(AttachError::BadQid));
+        assert_eq!(
+            a.attach_queue(MAX_IO_QUEUES + 1, &fd),
+            Err(AttachError::BadQid)
+        );
+        a.attach_queue(1, &fd).unwrap();
+        assert_eq!(a.attach_queue(1, &fd), Err(AttachError::BadQid));
+        assert_eq!(a.attached(), 1);
+        r.remove(a.cntlid);
+        assert!(a.is_dead());
+        assert_eq!(a.attach_queue(2, &fd), Err(AttachError::Dead));
+        assert!(r.get(a.cntlid).is_none());
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn ana_groups_count_changes() {
+        let g = AnaGroups::new(1);
+        let c0 = g.change_count();
+        assert_eq!(g.state(1), ana::OPTIMIZED);
+        assert_eq!(g.state(2), ana::INACCESSIBLE);
+        assert!(g.set_state(1, ana::NON_OPTIMIZED));
+        assert!(g.set_state(1, ana::NON_OPTIMIZED));
+        assert_eq!(g.change_count(), c0 + 1);
+        assert!(!g.set_state(0, ana::OPTIMIZED));
+    }
+
+    #[test]
+    fn subsystem_hosts_and_namespaces() {
+        let s = Subsystem::new("nqn.a".into(), vec!["host1".into()], &[3, 4]);
+        assert!(s.allows(b"host1"));
+        assert!(!s.allows(b"host2"));
+        assert_eq!(s.ns(2).map(|n| n.volume), Some(4));
+        assert!(s.ns(0).is_none() && s.ns(3).is_none());
+        assert_eq!(s.nn(), 2);
+    }
+}
