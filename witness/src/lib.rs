@@ -1,13 +1,28 @@
 //! The twinblk witness: a tiny arbitration process in a third place that decides which site
 //! carries on when the two sites lose sight of each other.
 //!
-//! Not built yet: this crate holds the place the design gives it (it owns its wire protocol
-//! as `witness::proto`, and the datapath depends on it, never the reverse). The work is
-//! tracked by the issue "Witness, failover in about a second, fencing, and online resync".
+//! Model (the contract is `docs/witness-protocol.md`):
+//! - Sites send HEARTBEATs; on losing its peer a site sends GRANT_REQUEST per volume group; the
+//!   witness grants at most one site per group per epoch, persists the new epoch before
+//!   answering, and the denied site fences itself. A preferred site per group wins ties. The
+//!   holder RELEASEs once both sites are in sync again.
+//! - UDP datagrams, HMAC-SHA256 (truncated to 16 bytes) with a shared key, per-site counters that
+//!   strictly increase (replay protection), answers that echo the request's counter.
+//! - Single-threaded, blocking std I/O; no async runtime, no io_uring; one small state file.
+//!
+//! Module map:
+//! - [`proto`]: datagram encoding/decoding and the MAC (pure; never panics on input);
+//! - [`state`]: the persisted table, its file format, and the grant rules ([`state::Arbiter`]);
+//! - [`server`]: the witness loop ([`Witness`]);
+//! - [`client`]: the blocking client the sites use ([`WitnessClient`]).
+//!
+//! The datapath depends on this crate (for `client` and `proto`), never the reverse.
 
-/// The wire protocol between sites and the witness (documented in docs/witness-protocol.md
-/// once it exists).
-pub mod proto {
-    /// Protocol version a witness of this build speaks.
-    pub const VERSION: u16 = 0;
-}
+pub mod client;
+pub mod proto;
+pub mod server;
+pub mod state;
+
+pub use client::{ClientError, GrantOutcome, ReleaseOutcome, WitnessClient};
+pub use proto::{Claim, DenyReason, Epoch, GroupId, GroupView, Key, SiteId};
+pub use server::{Config, Witness, WitnessError};

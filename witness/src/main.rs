@@ -1,11 +1,87 @@
-//! `twinblk-witness`: not implemented yet; it says so and exits non-zero rather than pretend.
+//! `twinblk-witness`: parse the command line, load the key and state, serve until SIGINT/SIGTERM.
 
-fn main() {
-    eprintln!(
-        "twinblk-witness {}: the witness is not built yet (protocol version {}); see the issue \
-         \"Witness, failover in about a second, fencing, and online resync\"",
-        env!("CARGO_PKG_VERSION"),
-        twinblk_witness::proto::VERSION
-    );
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use twinblk_witness::{Config, Key, Witness};
+
+/// The twinblk witness: decides which site survives when the two sites lose each other
+/// (protocol: docs/witness-protocol.md).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// UDP address to listen on (a real deployment uses an address both sites reach).
+    #[arg(long, default_value = "127.0.0.1:7790")]
+    listen: SocketAddr,
+    /// File holding the shared key (trailing whitespace ignored; at least 16 bytes).
+    #[arg(long)]
+    key_file: PathBuf,
+    /// The witness's state file (grants, epochs, counters).
+    #[arg(long, default_value = "/var/lib/twinblk/witness.state")]
+    state: PathBuf,
+    /// How long the preferred site of a group must be silent before the other site may win a
+    /// tie, in ms.
+    #[arg(long, default_value_t = 1000)]
+    tie_grace_ms: u64,
+    /// Create the state file if it is missing (first start only: an empty state forgets every
+    /// grant a previous witness made).
+    #[arg(long)]
+    init: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    // A plain level (RUST_LOG=debug, ...), not an EnvFilter: its regex engine would be most of
+    // this small program's code and resident memory.
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.trim().parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("twinblk-witness: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let key = Key::from_file(&args.key_file).context("loading the key")?;
+    warn_if_readable(&args.key_file);
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let mut w = Witness::open(Config {
+        listen: args.listen,
+        state: args.state,
+        key,
+        tie_grace: Duration::from_millis(args.tie_grace_ms),
+        init: args.init,
+    })?;
+    w.serve(&stop)?;
+    Ok(())
+}
+
+fn warn_if_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            "key file is accessible by group or others; chmod 600 it"
+        );
+    }
 }

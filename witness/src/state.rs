@@ -1,0 +1,818 @@
+//! The witness's state: the persisted table, its file, and the rules that decide grants.
+//!
+//! Model: [`Table`] is everything that must survive a restart: per group `{epoch, holder,
+//! preferred}` and per site the highest request counter accepted. [`Arbiter`] wraps it with
+//! what may be forgotten on a restart (when each site was last seen, whether a preferred site
+//! asked and lost) and applies the rules of `docs/witness-protocol.md` to one request at a time.
+//! It does no I/O: it tells the caller, per answer, how durable the table must be before the
+//! answer leaves ([`Durability`]).
+//!
+//! Invariants:
+//! - A group has at most one holder; every grant raises the group's epoch by at least one, so two
+//!   grants never share an epoch; epochs never go down.
+//! - Answers that reveal a grant or a release are produced only with `Durability::Now`, and the
+//!   server sends them only after [`Table::save`] returned (fsync'd file and directory).
+//! - A site's accepted counters strictly increase; a request at or below the highest is a
+//!   replay and changes nothing.
+//! - [`Table::load`] refuses any file that fails a check; it never substitutes an empty table
+//!   for a damaged one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::proto::{
+    Body, Claim, DenyReason, Epoch, GroupId, GroupView, Msg, ReleaseStatus, SiteId,
+};
+
+/// State file magic.
+pub const STATE_MAGIC: &[u8; 8] = b"TBWSTATE";
+/// State file version this build reads and writes.
+pub const STATE_VERSION: u32 = 1;
+const STATE_HEADER: usize = 32;
+const SITE_REC: usize = 16;
+const GROUP_REC: usize = 24;
+const CRC_LEN: usize = 4;
+
+/// One group's persisted record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GroupRec {
+    pub epoch: Epoch,
+    pub holder: Option<SiteId>,
+    pub preferred: Option<SiteId>,
+}
+
+impl GroupRec {
+    /// A record equal to a group never seen: not written to the file.
+    fn is_blank(&self) -> bool {
+        *self == GroupRec::default()
+    }
+}
+
+/// Why the state could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "state file {0} does not exist; start with --init to create a new, empty state \
+         (this forgets every grant a previous witness made)"
+    )]
+    Missing(PathBuf),
+    #[error("reading state file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt ({what}); refusing to start")]
+    Corrupt { path: PathBuf, what: Corruption },
+    #[error("writing state file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The check a state file failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Corruption {
+    #[error("shorter than its header")]
+    Short,
+    #[error("bad magic")]
+    Magic,
+    #[error("unsupported version {0}")]
+    Version(u32),
+    #[error("reserved bytes not zero")]
+    Reserved,
+    #[error("length does not match the record counts")]
+    Length,
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("site records out of order, duplicated or site 0")]
+    Sites,
+    #[error("group records out of order or duplicated")]
+    Groups,
+    #[error("a group has a holder but epoch 0")]
+    Holder,
+}
+
+/// The persisted table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    pub groups: BTreeMap<GroupId, GroupRec>,
+    /// Highest request counter accepted per site.
+    pub counters: BTreeMap<SiteId, u64>,
+    /// How many times this state has been written (diagnostic).
+    pub writes: u64,
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+impl Table {
+    /// The file image (documented in docs/witness-protocol.md, "State file").
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let groups: Vec<_> = self.groups.iter().filter(|(_, r)| !r.is_blank()).collect();
+        let mut b = Vec::with_capacity(
+            STATE_HEADER + SITE_REC * self.counters.len() + GROUP_REC * groups.len() + CRC_LEN,
+        );
+        b.extend_from_slice(STATE_MAGIC);
+        b.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        b.extend_from_slice(&(self.counters.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&self.writes.to_le_bytes());
+        for (site, counter) in &self.counters {
+            b.extend_from_slice(&site.get().to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.extend_from_slice(&counter.to_le_bytes());
+        }
+        for (g, r) in groups {
+            b.extend_from_slice(&g.0.to_le_bytes());
+            b.extend_from_slice(&r.epoch.0.to_le_bytes());
+            b.extend_from_slice(&r.holder.map_or(0, SiteId::get).to_le_bytes());
+            b.extend_from_slice(&r.preferred.map_or(0, SiteId::get).to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parses a file image; every check of the format is made.
+    pub fn from_bytes(b: &[u8]) -> Result<Table, Corruption> {
+        let u32_at = |at: usize| {
+            b.get(at..at + 4)
+                .and_then(|s| s.try_into().ok())
+                .map(u32::from_le_bytes)
+                .ok_or(Corruption::Length)
+        };
+        let u64_at = |at: usize| {
+            b.get(at..at + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or(Corruption::Length)
+        };
+        if b.len() < STATE_HEADER + CRC_LEN {
+            return Err(Corruption::Short);
+        }
+        if &b[..8] != STATE_MAGIC {
+            return Err(Corruption::Magic);
+        }
+        let version = u32_at(8)?;
+        if version != STATE_VERSION {
+            return Err(Corruption::Version(version));
+        }
+        let sites = u32_at(12)? as u64;
+        let groups = u32_at(16)? as u64;
+        if u32_at(20)? != 0 {
+            return Err(Corruption::Reserved);
+        }
+        let want =
+            (STATE_HEADER + CRC_LEN) as u64 + sites * SITE_REC as u64 + groups * GROUP_REC as u64;
+        if b.len() as u64 != want {
+            return Err(Corruption::Length);
+        }
+        let body_end = b.len() - CRC_LEN;
+        if crc32c::crc32c(&b[..body_end]) != u32_at(body_end)? {
+            return Err(Corruption::Checksum);
+        }
+        let mut t = Table {
+            writes: u64_at(24)?,
+            ..Table::default()
+        };
+        let mut at = STATE_HEADER;
+        let mut prev_site = 0u32;
+        for _ in 0..sites {
+            let id = u32_at(at)?;
+            if u32_at(at + 4)? != 0 {
+                return Err(Corruption::Reserved);
+            }
+            let site = SiteId::new(id).ok_or(Corruption::Sites)?;
+            if id <= prev_site {
+                return Err(Corruption::Sites);
+            }
+            prev_site = id;
+            t.counters.insert(site, u64_at(at + 8)?);
+            at += SITE_REC;
+        }
+        let mut prev_group: Option<u64> = None;
+        for _ in 0..groups {
+            let g = u64_at(at)?;
+            if prev_group.is_some_and(|p| g <= p) {
+                return Err(Corruption::Groups);
+            }
+            prev_group = Some(g);
+            let rec = GroupRec {
+                epoch: Epoch(u64_at(at + 8)?),
+                holder: SiteId::new(u32_at(at + 16)?),
+                preferred: SiteId::new(u32_at(at + 20)?),
+            };
+            if rec.holder.is_some() && rec.epoch.0 == 0 {
+                return Err(Corruption::Holder);
+            }
+            t.groups.insert(GroupId(g), rec);
+            at += GROUP_REC;
+        }
+        Ok(t)
+    }
+
+    /// Reads the state file. A missing file is an empty table only when `init` is set.
+    pub fn load(path: &Path, init: bool) -> Result<Table, StateError> {
+        match std::fs::read(path) {
+            Ok(b) => Table::from_bytes(&b).map_err(|what| StateError::Corrupt {
+                path: path.to_owned(),
+                what,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if init {
+                    Ok(Table::default())
+                } else {
+                    Err(StateError::Missing(path.to_owned()))
+                }
+            }
+            Err(source) => Err(StateError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes the table durably: `PATH.tmp`, fsync, rename over `PATH`, fsync the directory.
+    /// On error the caller must stop (fail-stop): what is on disk is unknown.
+    pub fn save(&mut self, path: &Path) -> Result<(), StateError> {
+        self.writes += 1;
+        let bytes = self.to_bytes();
+        let tmp = tmp_path(path);
+        let werr = |source| StateError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(werr)?;
+        f.write_all(&bytes).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(werr)?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(dir).and_then(|d| d.sync_all()).map_err(werr)?;
+        Ok(())
+    }
+}
+
+/// How durable the table must be before an answer may be sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Nothing changed that must persist.
+    None,
+    /// Only heartbeat counters advanced: write within a second, no need to wait.
+    Coalesce,
+    /// Write and fsync before the answer leaves.
+    Now,
+}
+
+/// What to do with one accepted datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The counter was not above the site's highest: drop without an answer.
+    Replay { highest: u64 },
+    /// Not a request (an answer type sent to the witness): drop.
+    NotRequest,
+    /// Send `body` (echoing the request's site and counter) once the table is `durability`.
+    Answer { body: Body, durability: Durability },
+}
+
+/// The table plus the rules, and what the rules may forget on a restart.
+#[derive(Debug)]
+pub struct Arbiter {
+    table: Table,
+    tie_grace: Duration,
+    started: Instant,
+    /// Last accepted request of any type per site (monotonic clock; memory only).
+    last_seen: HashMap<SiteId, Instant>,
+    /// Groups whose preferred site asked since the last grant or release and was told STALE.
+    pref_lost: HashSet<GroupId>,
+    /// Preferred-site conflicts already logged (once per group and site per run).
+    conflicts_logged: HashSet<(GroupId, SiteId)>,
+}
+
+fn ms_ceil(d: Duration) -> u32 {
+    let ms = d.as_nanos().div_ceil(1_000_000).max(1);
+    u32::try_from(ms).unwrap_or(u32::MAX)
+}
+
+impl Arbiter {
+    /// `now` is the start: every site counts as last seen then.
+    pub fn new(table: Table, tie_grace: Duration, now: Instant) -> Self {
+        Arbiter {
+            table,
+            tie_grace,
+            started: now,
+            last_seen: HashMap::new(),
+            pref_lost: HashSet::new(),
+            conflicts_logged: HashSet::new(),
+        }
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// Writes the table durably (see [`Table::save`]).
+    pub fn save(&mut self, path: &Path) -> Result<(), StateError> {
+        self.table.save(path)
+    }
+
+    /// The current view of a group (a never-seen group: epoch 0, no holder, no preference).
+    pub fn view(&self, group: GroupId) -> GroupView {
+        let r = self.table.groups.get(&group).copied().unwrap_or_default();
+        GroupView {
+            group,
+            epoch: r.epoch,
+            holder: r.holder,
+            preferred: r.preferred,
+        }
+    }
+
+    /// Applies a preferred claim (or, from a heartbeat, its absence). True if the record changed.
+    fn claim(&mut self, group: GroupId, site: SiteId, preferred: bool, heartbeat: bool) -> bool {
+        let rec = self.table.groups.entry(group).or_default();
+        match (rec.preferred, preferred) {
+            (None, true) => {
+                rec.preferred = Some(site);
+                tracing::debug!(group = %group, site = site.get(), "preferred site recorded");
+                true
+            }
+            (Some(p), false) if p == site && heartbeat => {
+                rec.preferred = None;
+                tracing::debug!(group = %group, site = site.get(), "preferred site withdrew");
+                true
+            }
+            (Some(p), true) if p != site => {
+                if self.conflicts_logged.insert((group, site)) {
+                    tracing::warn!(
+                        group = %group,
+                        site = site.get(),
+                        recorded = p.get(),
+                        "preferred-site conflict: both sites claim the group; the recorded \
+                         one stays preferred (check the sites' configuration)"
+                    );
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies one authenticated request at `now`.
+    pub fn handle(&mut self, now: Instant, msg: &Msg) -> Outcome {
+        if !msg.body.is_request() {
+            return Outcome::NotRequest;
+        }
+        let site = msg.site;
+        let highest = self.table.counters.get(&site).copied().unwrap_or(0);
+        if msg.counter <= highest {
+            return Outcome::Replay { highest };
+        }
+        self.table.counters.insert(site, msg.counter);
+        self.last_seen.insert(site, now);
+        match &msg.body {
+            Body::Heartbeat { claims } => self.heartbeat(site, claims),
+            Body::GrantRequest {
+                group,
+                known,
+                preferred,
+            } => {
+                let body = self.grant_request(now, site, *group, *known, *preferred);
+                Outcome::Answer {
+                    body,
+                    durability: Durability::Now,
+                }
+            }
+            Body::Release { group, epoch } => {
+                let body = self.release(site, *group, *epoch);
+                Outcome::Answer {
+                    body,
+                    durability: Durability::Now,
+                }
+            }
+            _ => Outcome::NotRequest,
+        }
+    }
+
+    fn heartbeat(&mut self, site: SiteId, claims: &[Claim]) -> Outcome {
+        let mut changed = false;
+        let mut views = Vec::with_capacity(claims.len());
+        for c in claims {
+            changed |= self.claim(c.group, site, c.preferred, true);
+            views.push(self.view(c.group));
+        }
+        Outcome::Answer {
+            body: Body::View { views },
+            durability: if changed {
+                Durability::Now
+            } else {
+                Durability::Coalesce
+            },
+        }
+    }
+
+    fn grant_request(
+        &mut self,
+        now: Instant,
+        site: SiteId,
+        group: GroupId,
+        known: Epoch,
+        preferred: bool,
+    ) -> Body {
+        self.claim(group, site, preferred, false);
+        let rec = self.table.groups.get(&group).copied().unwrap_or_default();
+        let view = self.view(group);
+        let deny = |reason, wait_ms| Body::Deny {
+            reason,
+            view,
+            wait_ms,
+        };
+        match rec.holder {
+            Some(h) if h == site => return Body::Grant { view },
+            Some(h) => {
+                tracing::debug!(group = %group, site = site.get(), holder = h.get(), "denied: held");
+                return deny(DenyReason::Held, 0);
+            }
+            None => {}
+        }
+        let is_preferred = rec.preferred == Some(site);
+        let new_epoch = rec.epoch.0.max(known.0).checked_add(1);
+        let Some(new_epoch) = new_epoch.filter(|_| known >= rec.epoch) else {
+            if is_preferred {
+                self.pref_lost.insert(group);
+            }
+            tracing::info!(
+                group = %group, site = site.get(), known = known.0, epoch = rec.epoch.0,
+                "denied: stale (the site missed a failover)"
+            );
+            return deny(DenyReason::Stale, 0);
+        };
+        if let Some(p) = rec.preferred
+            && !is_preferred
+            && !self.pref_lost.contains(&group)
+        {
+            let seen = self.last_seen.get(&p).copied().unwrap_or(self.started);
+            let silent = now.saturating_duration_since(seen);
+            if silent < self.tie_grace {
+                return deny(DenyReason::TieWait, ms_ceil(self.tie_grace - silent));
+            }
+        }
+        let rec = self.table.groups.entry(group).or_default();
+        rec.epoch = Epoch(new_epoch);
+        rec.holder = Some(site);
+        self.pref_lost.remove(&group);
+        tracing::info!(group = %group, site = site.get(), epoch = new_epoch, "granted");
+        Body::Grant {
+            view: self.view(group),
+        }
+    }
+
+    fn release(&mut self, site: SiteId, group: GroupId, epoch: Epoch) -> Body {
+        let rec = self.table.groups.entry(group).or_default();
+        let status = if rec.epoch != epoch {
+            ReleaseStatus::NotHolder
+        } else if rec.holder == Some(site) {
+            rec.holder = None;
+            self.pref_lost.remove(&group);
+            tracing::info!(group = %group, site = site.get(), epoch = epoch.0, "released");
+            ReleaseStatus::Ok
+        } else if rec.holder.is_none() {
+            ReleaseStatus::Ok
+        } else {
+            ReleaseStatus::NotHolder
+        };
+        Body::State {
+            status,
+            view: self.view(group),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(n: u32) -> SiteId {
+        SiteId::new(n).expect("nonzero")
+    }
+
+    struct Rig {
+        a: Arbiter,
+        t0: Instant,
+        counter: u64,
+    }
+
+    impl Rig {
+        fn new(grace_ms: u64) -> Self {
+            let t0 = Instant::now();
+            Rig {
+                a: Arbiter::new(Table::default(), Duration::from_millis(grace_ms), t0),
+                t0,
+                counter: 100,
+            }
+        }
+        fn send(&mut self, at_ms: u64, site: u32, body: Body) -> Body {
+            self.counter += 1;
+            let m = Msg {
+                site: s(site),
+                counter: self.counter,
+                body,
+            };
+            match self.a.handle(self.t0 + Duration::from_millis(at_ms), &m) {
+                Outcome::Answer { body, .. } => body,
+                other => panic!("no answer: {other:?}"),
+            }
+        }
+        fn ask(&mut self, at_ms: u64, site: u32, known: u64, preferred: bool) -> Body {
+            let body = Body::GrantRequest {
+                group: GroupId(1),
+                known: Epoch(known),
+                preferred,
+            };
+            self.send(at_ms, site, body)
+        }
+    }
+
+    fn granted(b: &Body) -> Option<u64> {
+        match b {
+            Body::Grant { view } => Some(view.epoch.0),
+            _ => None,
+        }
+    }
+
+    fn denied(b: &Body) -> Option<DenyReason> {
+        match b {
+            Body::Deny { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn first_request_wins_and_holder_is_reanswered_same_epoch() {
+        let mut r = Rig::new(1000);
+        assert_eq!(granted(&r.ask(0, 1, 0, false)), Some(1));
+        assert_eq!(denied(&r.ask(1, 2, 0, false)), Some(DenyReason::Held));
+        assert_eq!(granted(&r.ask(2, 1, 0, false)), Some(1));
+        assert_eq!(r.a.table().groups[&GroupId(1)].holder, Some(s(1)));
+    }
+
+    #[test]
+    fn tie_rule_waits_for_a_live_preferred_site() {
+        let mut r = Rig::new(1000);
+        // Site 2 is preferred and heartbeats.
+        let hb = Body::Heartbeat {
+            claims: vec![Claim {
+                group: GroupId(1),
+                preferred: true,
+            }],
+        };
+        r.send(0, 2, hb.clone());
+        match r.ask(300, 1, 0, false) {
+            Body::Deny {
+                reason: DenyReason::TieWait,
+                wait_ms,
+                view,
+            } => {
+                assert_eq!(wait_ms, 700);
+                assert_eq!(view.preferred, Some(s(2)));
+            }
+            other => panic!("{other:?}"),
+        }
+        r.send(900, 2, Body::Heartbeat { claims: vec![] });
+        assert_eq!(denied(&r.ask(1800, 1, 0, false)), Some(DenyReason::TieWait));
+        // Silent for the full grace since 900: site 1 wins.
+        assert_eq!(granted(&r.ask(1900, 1, 0, false)), Some(1));
+        assert_eq!(denied(&r.ask(1901, 2, 0, true)), Some(DenyReason::Held));
+    }
+
+    #[test]
+    fn preferred_site_asking_wins_the_tie() {
+        let mut r = Rig::new(1000);
+        r.ask(0, 2, 0, true); // records 2 as preferred and grants it
+        r.send(
+            1,
+            2,
+            Body::Release {
+                group: GroupId(1),
+                epoch: Epoch(1),
+            },
+        );
+        assert_eq!(denied(&r.ask(10, 1, 1, false)), Some(DenyReason::TieWait));
+        assert_eq!(granted(&r.ask(20, 2, 1, true)), Some(2));
+        assert_eq!(denied(&r.ask(30, 1, 1, false)), Some(DenyReason::Held));
+    }
+
+    #[test]
+    fn stale_preferred_site_loses_and_releases_the_tie() {
+        let mut r = Rig::new(1000);
+        r.ask(0, 1, 0, false); // epoch 1 to site 1 (no preference yet)
+        r.send(
+            1,
+            1,
+            Body::Release {
+                group: GroupId(1),
+                epoch: Epoch(1),
+            },
+        );
+        // Site 2 (preferred) never learned epoch 1.
+        assert_eq!(denied(&r.ask(10, 2, 0, true)), Some(DenyReason::Stale));
+        // Preferred asked and lost: no need to wait for its silence.
+        assert_eq!(granted(&r.ask(20, 1, 1, false)), Some(2));
+    }
+
+    #[test]
+    fn restarted_witness_gives_the_preferred_site_a_full_grace() {
+        let mut r = Rig::new(500);
+        r.ask(0, 2, 0, true);
+        r.send(
+            1,
+            2,
+            Body::Release {
+                group: GroupId(1),
+                epoch: Epoch(1),
+            },
+        );
+        let table = r.a.table().clone();
+        let t1 = r.t0 + Duration::from_secs(10);
+        let mut a = Arbiter::new(table, Duration::from_millis(500), t1);
+        let m = |c, at| {
+            (
+                Msg {
+                    site: s(1),
+                    counter: c,
+                    body: Body::GrantRequest {
+                        group: GroupId(1),
+                        known: Epoch(1),
+                        preferred: false,
+                    },
+                },
+                t1 + Duration::from_millis(at),
+            )
+        };
+        let (msg, at) = m(1000, 100);
+        assert!(matches!(
+            a.handle(at, &msg),
+            Outcome::Answer {
+                body: Body::Deny {
+                    reason: DenyReason::TieWait,
+                    wait_ms: 400,
+                    ..
+                },
+                ..
+            }
+        ));
+        let (msg, at) = m(1001, 500);
+        assert!(matches!(
+            a.handle(at, &msg),
+            Outcome::Answer {
+                body: Body::Grant { .. },
+                durability: Durability::Now
+            }
+        ));
+    }
+
+    #[test]
+    fn replayed_and_older_counters_are_dropped() {
+        let mut r = Rig::new(0);
+        let m = Msg {
+            site: s(1),
+            counter: 500,
+            body: Body::Heartbeat { claims: vec![] },
+        };
+        assert!(matches!(r.a.handle(r.t0, &m), Outcome::Answer { .. }));
+        assert_eq!(r.a.handle(r.t0, &m), Outcome::Replay { highest: 500 });
+        let older = Msg {
+            counter: 499,
+            ..m.clone()
+        };
+        assert_eq!(r.a.handle(r.t0, &older), Outcome::Replay { highest: 500 });
+        // Another site has its own counter.
+        let other = Msg { site: s(2), ..m };
+        assert!(matches!(r.a.handle(r.t0, &other), Outcome::Answer { .. }));
+    }
+
+    #[test]
+    fn release_rules() {
+        let mut r = Rig::new(0);
+        r.ask(0, 1, 0, false);
+        let rel = |e| Body::Release {
+            group: GroupId(1),
+            epoch: Epoch(e),
+        };
+        let status = |b: Body| match b {
+            Body::State { status, view } => (status, view.holder, view.epoch.0),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            status(r.send(1, 2, rel(1))),
+            (ReleaseStatus::NotHolder, Some(s(1)), 1)
+        );
+        assert_eq!(
+            status(r.send(2, 1, rel(0))),
+            (ReleaseStatus::NotHolder, Some(s(1)), 1)
+        );
+        assert_eq!(status(r.send(3, 1, rel(1))), (ReleaseStatus::Ok, None, 1));
+        assert_eq!(status(r.send(4, 1, rel(1))), (ReleaseStatus::Ok, None, 1));
+        assert_eq!(granted(&r.ask(5, 2, 1, false)), Some(2));
+    }
+
+    #[test]
+    fn known_epoch_above_the_witness_keeps_epochs_rising() {
+        let mut r = Rig::new(0);
+        assert_eq!(granted(&r.ask(0, 1, 41, false)), Some(42));
+        assert_eq!(denied(&r.ask(1, 1, u64::MAX, false)), None); // holder: re-granted
+        r.send(
+            2,
+            1,
+            Body::Release {
+                group: GroupId(1),
+                epoch: Epoch(42),
+            },
+        );
+        assert_eq!(
+            denied(&r.ask(3, 2, u64::MAX, false)),
+            Some(DenyReason::Stale)
+        );
+    }
+
+    #[test]
+    fn preferred_conflicts_keep_the_first_and_withdrawal_clears() {
+        let mut r = Rig::new(1000);
+        let hb = |p| Body::Heartbeat {
+            claims: vec![Claim {
+                group: GroupId(1),
+                preferred: p,
+            }],
+        };
+        r.send(0, 1, hb(true));
+        match r.send(1, 2, hb(true)) {
+            Body::View { views } => assert_eq!(views[0].preferred, Some(s(1))),
+            other => panic!("{other:?}"),
+        }
+        r.send(2, 1, hb(false));
+        assert_eq!(r.a.view(GroupId(1)).preferred, None);
+    }
+
+    #[test]
+    fn state_file_round_trips_and_every_corruption_is_refused() {
+        let mut t = Table::default();
+        t.counters.insert(s(1), 17);
+        t.counters.insert(s(9), u64::MAX);
+        for g in 0..50u64 {
+            t.groups.insert(
+                GroupId(g * 3),
+                GroupRec {
+                    epoch: Epoch(g + 1),
+                    holder: SiteId::new((g % 3) as u32),
+                    preferred: SiteId::new((g % 2) as u32 + 1),
+                },
+            );
+        }
+        t.groups.insert(GroupId(1000), GroupRec::default()); // blank: not written
+        let b = t.to_bytes();
+        assert_eq!(b.len(), 36 + 2 * 16 + 50 * 24);
+        let back = Table::from_bytes(&b).expect("parse");
+        t.groups.remove(&GroupId(1000));
+        assert_eq!(back, t);
+        for i in 0..b.len() {
+            let mut bad = b.clone();
+            bad[i] ^= 0x10;
+            assert!(Table::from_bytes(&bad).is_err(), "flip at {i}");
+        }
+        for n in 0..b.len() {
+            assert!(Table::from_bytes(&b[..n]).is_err(), "truncated to {n}");
+        }
+    }
+
+    #[test]
+    fn save_then_load_and_missing_file_needs_init() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("w.state");
+        assert!(matches!(
+            Table::load(&p, false),
+            Err(StateError::Missing(_))
+        ));
+        let mut t = Table::load(&p, true).expect("init");
+        t.counters.insert(s(3), 5);
+        t.save(&p).expect("save");
+        assert_eq!(Table::load(&p, false).expect("load"), t);
+        assert!(!tmp_path(&p).exists());
+    }
+}
