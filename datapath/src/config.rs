@@ -52,9 +52,38 @@ pub struct MirrorConfig {
     /// Most unacknowledged update data the leader keeps for an absent follower, in MiB.
     #[serde(default = "default_max_backlog_mib")]
     pub max_backlog_mib: u64,
+    /// The link is declared dead after this many ms without a byte from the peer (the sites
+    /// PING each other every 100 ms).
+    #[serde(default = "default_peer_dead_ms")]
+    pub peer_dead_ms: u64,
+    /// The witness (`twinblk-witness`) deciding which site carries on when the sites lose each
+    /// other. Without it a site holds writes until `peer_timeout_ms` and then fails them.
+    #[serde(default)]
+    pub witness: Option<SocketAddr>,
+    /// The witness's shared key (at least 16 bytes).
+    #[serde(default)]
+    pub witness_key_file: Option<PathBuf>,
+    /// This site's id at the witness (default: 1 for the site name that sorts first, else 2).
+    #[serde(default)]
+    pub site_id: Option<u32>,
+    /// Heartbeat interval to the witness, ms.
+    #[serde(default = "default_witness_heartbeat_ms")]
+    pub witness_heartbeat_ms: u64,
+    /// How long a survivor-grant request may take before the site fences itself, ms.
+    #[serde(default = "default_witness_timeout_ms")]
+    pub witness_timeout_ms: u64,
+    /// Bytes per bit of the dirty-region bitmap kept while serving alone.
+    #[serde(default = "default_dirty_granularity")]
+    pub dirty_granularity: Size,
 }
 
 impl MirrorConfig {
+    /// This site's id at the witness.
+    pub fn site_id(&self) -> u32 {
+        self.site_id
+            .unwrap_or(if self.site <= self.peer_site { 1 } else { 2 })
+    }
+
     /// The leader of a volume: its configured one, else the site whose name sorts first.
     pub fn leader_of<'a>(&'a self, v: &'a VolumeConfig) -> &'a str {
         match &v.leader {
@@ -248,6 +277,18 @@ fn default_peer_timeout_ms() -> u64 {
 fn default_max_backlog_mib() -> u64 {
     256
 }
+fn default_peer_dead_ms() -> u64 {
+    400
+}
+fn default_witness_heartbeat_ms() -> u64 {
+    200
+}
+fn default_witness_timeout_ms() -> u64 {
+    3_000
+}
+fn default_dirty_granularity() -> Size {
+    Size(64 << 10)
+}
 fn default_cores() -> Vec<usize> {
     vec![0]
 }
@@ -413,6 +454,19 @@ impl Config {
                 }
                 if m.peer_timeout_ms == 0 {
                     return bad("mirror.peer_timeout_ms must be at least 1".into());
+                }
+                if m.peer_dead_ms < 150 {
+                    return bad("mirror.peer_dead_ms must be at least 150 (PINGs go every 100 ms)".into());
+                }
+                if m.witness.is_some() != m.witness_key_file.is_some() {
+                    return bad("mirror.witness and mirror.witness_key_file go together".into());
+                }
+                if m.site_id == Some(0) {
+                    return bad("mirror.site_id must not be 0".into());
+                }
+                let g = m.dirty_granularity.0;
+                if g < 4096 || !g.is_power_of_two() {
+                    return bad("mirror.dirty_granularity must be a power of two of at least 4 KiB".into());
                 }
                 for v in &mirrored {
                     let l = m.leader_of(v);

@@ -16,6 +16,8 @@ use crate::control::ControlServer;
 use crate::frontend::nvmf::{NvmfShared, ctrl::Subsystem};
 use crate::frontend::{Listener, NbdExport, Proto, Shared};
 use crate::mirror::MirrorDevice;
+use crate::mirror::failover::{self, FailoverConfig, FailoverSlot};
+use std::sync::atomic::{AtomicBool, Ordering};
 use crate::mirror::engine::{EngineConfig, Role};
 use crate::reactor::{self, Mailbox, Msg, Reactor, ReactorStats, RingSizes, WaitPolicy};
 use crate::volume::{MirrorInfo, Volume};
@@ -61,6 +63,9 @@ pub enum StartError {
     /// The control socket could not be created.
     #[error("control socket")]
     Control(#[source] std::io::Error),
+    /// The witness client could not be set up (key file, address).
+    #[error("cannot set up the witness client")]
+    Witness(#[source] std::io::Error),
 }
 
 /// A running daemon.
@@ -69,6 +74,8 @@ pub struct Daemon {
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
     cores: Vec<usize>,
+    failover: Option<JoinHandle<()>>,
+    failover_stop: Arc<AtomicBool>,
 }
 
 fn build_device(v: &crate::config::VolumeConfig) -> Result<Arc<dyn BlockDevice>, BdevError> {
@@ -106,6 +113,7 @@ impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, StartError> {
         let mut volumes = Vec::new();
         let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
+        let mut failover_vols = Vec::new();
         for (index, v) in cfg.volumes.iter().enumerate() {
             let device = build_device(v).map_err(|source| StartError::Volume {
                 name: v.name.clone(),
@@ -122,6 +130,13 @@ impl Daemon {
                         block: info.block_size,
                         peer_timeout: Duration::from_millis(m.peer_timeout_ms),
                         max_backlog: m.max_backlog_mib << 20,
+                        peer_dead: Duration::from_millis(m.peer_dead_ms),
+                        failover: m.witness.map(|_| {
+                            let slot = Arc::new(FailoverSlot::default());
+                            failover_vols.push((v.name.clone(), leader, Arc::clone(&slot)));
+                            slot
+                        }),
+                        dirty_granularity: m.dirty_granularity.0,
                     };
                     let home = index % cfg.reactor.cores.len();
                     let md = Arc::new(MirrorDevice::new(device, engine, index, home, m.peer));
@@ -218,7 +233,26 @@ impl Daemon {
             threads: Vec::new(),
             control: None,
             cores: cfg.reactor.cores.clone(),
+            failover: None,
+            failover_stop: Arc::new(AtomicBool::new(false)),
         };
+        if let Some(m) = &cfg.mirror
+            && let (Some(witness), Some(key_file)) = (m.witness, &m.witness_key_file)
+            && !failover_vols.is_empty()
+        {
+            let fc = FailoverConfig {
+                witness,
+                key_file: key_file.clone(),
+                site_id: m.site_id(),
+                heartbeat: Duration::from_millis(m.witness_heartbeat_ms),
+                request_timeout: Duration::from_millis(m.witness_timeout_ms),
+                volumes: failover_vols,
+            };
+            daemon.failover = Some(
+                failover::spawn(fc, Arc::clone(&daemon.failover_stop))
+                    .map_err(StartError::Witness)?,
+            );
+        }
         for (id, &core) in cfg.reactor.cores.iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
             let sh = Arc::clone(&shared);
@@ -300,6 +334,10 @@ impl Daemon {
             m.send(Msg::Stop);
         }
         for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.failover_stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.failover.take() {
             let _ = t.join();
         }
     }

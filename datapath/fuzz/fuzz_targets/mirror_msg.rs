@@ -34,6 +34,9 @@ fn engine(io: &mut IoCx, role: Role) -> Engine {
         block: 512,
         peer_timeout: Duration::from_secs(60),
         max_backlog: 1 << 20,
+        peer_dead: Duration::from_millis(400),
+        failover: None,
+        dirty_granularity: 4096,
     };
     let mut e = Engine::new(cfg, inner, 0, Arc::new(MirrorStats::default()));
     e.link_up(io);

@@ -152,6 +152,24 @@ pub struct EngineConfig {
     pub peer_timeout: Duration,
     /// Most bytes of unacknowledged update data the leader keeps while the peer is away.
     pub max_backlog: u64,
+    /// A link that received nothing for this long is dropped (PINGs go every 100 ms).
+    pub peer_dead: Duration,
+    /// With a witness: where the engine asks for a survivor grant when the peer is lost.
+    pub failover: Option<Arc<super::failover::FailoverSlot>>,
+    /// Bytes per bit of the dirty-region bitmap kept while serving alone.
+    pub dirty_granularity: u64,
+}
+
+/// What the engine does with updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Both sites (or holding updates while the link is down).
+    Mirroring,
+    /// This site holds the witness's grant: it acknowledges updates alone and records the
+    /// regions they touch for the peer's resync.
+    Survivor,
+    /// The witness gave the volume to the peer, or neither peer nor witness answered: no I/O.
+    Fenced,
 }
 
 /// One mirrored volume's engine.
@@ -201,6 +219,11 @@ pub struct Engine {
     ack_pending_since: Option<Instant>,
     /// The daemon is stopping: take no new forwarded updates.
     draining: bool,
+    mode: Mode,
+    /// A grant was asked for since the link went down.
+    grant_asked: bool,
+    /// Regions written while serving alone (one bit per `dirty_granularity` bytes).
+    dirty: Vec<u64>,
 }
 
 /// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
@@ -213,8 +236,6 @@ pub const ACK_WINDOW: Duration = Duration::from_micros(50);
 
 /// How often an up link is pinged.
 pub const PING_EVERY: Duration = Duration::from_millis(100);
-/// A link that received nothing for this long is dropped.
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between dial attempts.
 pub const REDIAL_EVERY: Duration = Duration::from_millis(200);
 
@@ -259,6 +280,115 @@ impl Engine {
             rx_since_flush: false,
             ack_pending_since: None,
             draining: false,
+            mode: Mode::Mirroring,
+            grant_asked: false,
+            dirty: Vec::new(),
+        }
+    }
+
+    /// Current mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Bytes of the volume marked dirty (written while serving alone).
+    pub fn dirty_bytes(&self) -> u64 {
+        let bits: u64 = self.dirty.iter().map(|w| w.count_ones() as u64).sum();
+        bits * self.cfg.dirty_granularity
+    }
+
+    fn mark_dirty(&mut self, offset: u64, len: u64) {
+        let g = self.cfg.dirty_granularity.max(1);
+        if self.dirty.is_empty() {
+            let bits = self.cfg.size.div_ceil(g);
+            self.dirty = vec![0; bits.div_ceil(64) as usize];
+        }
+        let first = offset / g;
+        let last = (offset + len.max(1) - 1) / g;
+        for b in first..=last {
+            if let Some(w) = self.dirty.get_mut((b / 64) as usize) {
+                *w |= 1 << (b % 64);
+            }
+        }
+        self.stats.dirty_bytes.store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The peer is gone and the witness granted this site the volume: acknowledge alone from
+    /// now on, finishing every held update, and record what the peer misses.
+    fn become_survivor(&mut self, io: &mut IoCx, epoch: u64) {
+        self.mode = Mode::Survivor;
+        self.stats.set_mode(Mode::Survivor);
+        tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
+            "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");
+        while let Some(k) = self.backlog.pop_front() {
+            self.backlog_bytes -= self.ops[k].data.len() as u64;
+            let (o, l) = (self.ops[k].offset, self.ops[k].len);
+            self.mark_dirty(o, l);
+            self.ops[k].remote_done = true;
+            self.settle(k);
+        }
+        while let Some(k) = self.forwards.pop_front() {
+            let (o, l) = (self.ops[k].offset, self.ops[k].len);
+            self.mark_dirty(o, l);
+            let op = &mut self.ops[k];
+            op.remote_done = true;
+            op.awaiting_order = false;
+            if op.applying == 0 && !op.applied {
+                self.enqueue_apply(io, k, 0, 0);
+            } else {
+                self.settle(k);
+            }
+        }
+        for k in std::mem::take(&mut self.flushes) {
+            self.ops[k].remote_done = true;
+            self.settle(k);
+        }
+        self.stats
+            .backlog_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// No grant: fail everything held and serve no I/O.
+    fn fence(&mut self, why: &str) {
+        self.mode = Mode::Fenced;
+        self.stats.set_mode(Mode::Fenced);
+        tracing::error!(volume = %self.cfg.name, why, "mirror: fenced; this site serves no I/O for the volume");
+        let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
+        self.backlog.clear();
+        self.backlog_bytes = 0;
+        self.forwards.clear();
+        self.flushes.clear();
+        for k in keys {
+            let op = &mut self.ops[k];
+            op.remote_done = true;
+            if let Some((from, tag)) = op.initiator.take() {
+                self.done.push((from, tag, Err(Errno::IO)));
+            }
+            self.settle(k);
+        }
+    }
+
+    fn failover_tick(&mut self, io: &mut IoCx) {
+        use super::failover::{DENIED, GRANTED, UNREACHABLE};
+        use std::sync::atomic::Ordering::SeqCst;
+        let Some(slot) = self.cfg.failover.clone() else {
+            return;
+        };
+        slot.in_sync.store(self.up && self.mode == Mode::Mirroring, SeqCst);
+        if self.up || self.mode != Mode::Mirroring || self.draining {
+            return;
+        }
+        if !self.grant_asked {
+            self.grant_asked = true;
+            slot.outcome.store(0, SeqCst);
+            slot.want.store(true, SeqCst);
+            return;
+        }
+        match slot.outcome.load(SeqCst) {
+            GRANTED => self.become_survivor(io, slot.epoch.load(SeqCst)),
+            DENIED => self.fence("the witness granted the volume to the peer"),
+            UNREACHABLE => self.fence("neither the peer nor the witness is reachable"),
+            _ => {}
         }
     }
 
@@ -279,7 +409,8 @@ impl Engine {
 
     /// Periodic work (the reactor calls it every few milliseconds): fail requests held past
     /// the peer timeout, ping, and notice a silent peer. True when the follower should dial.
-    pub fn tick(&mut self, now: Instant) -> bool {
+    pub fn tick(&mut self, io: &mut IoCx, now: Instant) -> bool {
+        self.failover_tick(io);
         self.expire(now);
         if self.diverged && !self.backlog.is_empty() {
             self.drop_backlog();
@@ -289,11 +420,16 @@ impl Engine {
                 self.next_ping = now + PING_EVERY;
                 self.ping();
             }
-            if now.duration_since(self.last_rx) > HEARTBEAT_TIMEOUT {
+            if now.duration_since(self.last_rx) > self.cfg.peer_dead {
                 self.kill_link = true;
             }
         }
-        if self.cfg.role == Role::Follower && self.link_key.is_none() && now >= self.next_dial {
+        // A survivor or fenced site does not resume mirroring on its own: that needs a resync.
+        if self.cfg.role == Role::Follower
+            && self.mode == Mode::Mirroring
+            && self.link_key.is_none()
+            && now >= self.next_dial
+        {
             self.next_dial = now + REDIAL_EVERY;
             return true;
         }
@@ -409,7 +545,7 @@ impl Engine {
         offset: u64,
         fua: bool,
     ) -> Start {
-        if self.diverged {
+        if self.diverged || self.mode == Mode::Fenced {
             return Start::Done(Err(Errno::IO));
         }
         let (upd, len, data) = match update {
@@ -438,6 +574,15 @@ impl Engine {
             order_due: false,
         });
         self.stats.inc(&self.stats.updates);
+        if self.mode == Mode::Survivor {
+            // Alone: done when the local replica has it; the peer gets it by resync.
+            self.ops[k].remote_done = true;
+            if upd != Upd::Flush {
+                self.mark_dirty(offset, len);
+            }
+            self.enqueue_apply(io, k, 0, 0);
+            return Start::Pending;
+        }
         if upd == Upd::Flush {
             self.start_flush(io, k);
             return Start::Pending;
@@ -743,6 +888,7 @@ impl Engine {
             return;
         }
         self.up = false;
+        self.grant_asked = false;
         self.outbox.clear();
         self.stats.set_up(false, self.session);
         tracing::warn!(volume = %self.cfg.name, session = self.session, why,
@@ -1140,6 +1286,9 @@ mod tests {
             block: BLOCK,
             peer_timeout: timeout,
             max_backlog: 1 << 30,
+            peer_dead: Duration::from_millis(400),
+            failover: None,
+            dirty_granularity: 4096,
         };
         Site {
             engine: Engine::new(
@@ -1346,6 +1495,79 @@ mod tests {
         assert!(!a.engine.idle());
     }
 
+    fn with_witness(role: Role) -> (Site, Arc<super::super::failover::FailoverSlot>) {
+        let mut s = site(role, Duration::from_secs(60));
+        let slot = Arc::new(super::super::failover::FailoverSlot::default());
+        s.engine.cfg.failover = Some(Arc::clone(&slot));
+        (s, slot)
+    }
+
+    /// Run the link down with writes held at both sites, then let the witness answer.
+    fn lose_peer(grant_to_a: bool) -> (Site, Site, IoCx) {
+        use super::super::failover::{DENIED, GRANTED};
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(5);
+        let (mut a, sa) = with_witness(Role::Leader);
+        let (mut b, sb) = with_witness(Role::Follower);
+        a.engine.link_up(&mut io);
+        b.engine.link_up(&mut io);
+        let mut slot = 0;
+        for _ in 0..20 {
+            submit(&mut a, &mut io, &mut rng, &mut slot);
+            submit(&mut b, &mut io, &mut rng, &mut slot);
+        }
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        a.engine.link_down("test");
+        b.engine.link_down("test");
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        assert!(sa.want.load(SeqCst) && sb.want.load(SeqCst), "no grant asked for");
+        collect(&mut a);
+        collect(&mut b);
+        assert_eq!(a.ok + b.ok, 0, "acknowledged before the witness answered");
+        let (win, lose) = if grant_to_a { (&sa, &sb) } else { (&sb, &sa) };
+        win.epoch.store(1, SeqCst);
+        win.outcome.store(GRANTED, SeqCst);
+        lose.outcome.store(DENIED, SeqCst);
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        collect(&mut a);
+        collect(&mut b);
+        (a, b, io)
+    }
+
+    #[test]
+    fn the_granted_site_finishes_held_writes_and_the_other_fences() {
+        for grant_to_a in [true, false] {
+            let (mut a, mut b, mut io) = lose_peer(grant_to_a);
+            let (win, lose) = if grant_to_a { (&mut a, &mut b) } else { (&mut b, &mut a) };
+            assert_eq!(win.engine.mode(), Mode::Survivor);
+            assert_eq!(lose.engine.mode(), Mode::Fenced);
+            assert_eq!((win.outstanding, win.failed), (0, 0), "survivor left requests");
+            assert_eq!((lose.outstanding, lose.ok), (0, 0), "fenced site acknowledged");
+            assert!(win.engine.dirty_bytes() > 0, "nothing recorded for the resync");
+            // New writes: the survivor acknowledges alone, the fenced site refuses.
+            let mut rng = Rng(9);
+            let mut slot = 1000;
+            submit(win, &mut io, &mut rng, &mut slot);
+            while complete_one(win, &mut io, &mut rng) {}
+            collect(win);
+            assert_eq!(win.outstanding, 0);
+            let r = lose.engine.submit(
+                &mut io,
+                0,
+                IoTag { conn: 1, slot: 7 },
+                Update::Write(&[1; 512]),
+                0,
+                false,
+            );
+            assert_eq!(r, Start::Done(Err(Errno::IO)));
+        }
+    }
+
     #[test]
     fn a_full_backlog_marks_the_volume_diverged_and_frees_it() {
         let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
@@ -1358,7 +1580,7 @@ mod tests {
             while complete_one(&mut a, &mut io, &mut rng) {}
             assert!(slot < 100, "backlog never overflowed");
         }
-        a.engine.tick(Instant::now());
+        a.engine.tick(&mut io, Instant::now());
         collect(&mut a);
         assert_eq!(a.ok, 0, "acknowledged without the follower");
         assert_eq!(a.outstanding, 0, "requests left hanging");

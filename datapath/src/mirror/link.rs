@@ -283,6 +283,12 @@ impl LinkConn {
         if e.link_key.is_some() {
             return Err(format!("{name:?} already has a link"));
         }
+        if e.mode() != super::engine::Mode::Mirroring {
+            return Err(format!(
+                "{name:?}: this site is {:?} since the sites lost each other; the peer needs a resync",
+                e.mode()
+            ));
+        }
         if e.is_diverged() {
             return Err(format!(
                 "{name:?}: the replicas diverged while the follower was away; a resync is needed"

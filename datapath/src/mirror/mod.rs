@@ -14,6 +14,7 @@
 //! allocates nothing.
 
 pub mod engine;
+pub mod failover;
 pub mod link;
 pub mod stats;
 pub mod wire;
@@ -120,6 +121,7 @@ impl BlockDevice for MirrorDevice {
                 })?;
             return Ok(Box::new(RemoteChannel {
                 inner,
+                stats: Arc::clone(&self.stats),
                 home,
                 vol: self.vol as u32,
                 from: io.reactor as u32,
@@ -143,6 +145,9 @@ pub struct MirrorChannel {
 
 impl Channel for MirrorChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
+        if self.engine.mode() == engine::Mode::Fenced {
+            return ReadStart::Failed(crate::uring::Errno::IO);
+        }
         self.engine.inner().read(io, tag, offset, len)
     }
 
@@ -181,6 +186,7 @@ impl Channel for MirrorChannel {
 /// A mirrored volume's channel on a reactor other than its home.
 pub struct RemoteChannel {
     inner: Box<dyn Channel>,
+    stats: Arc<MirrorStats>,
     home: Arc<Mailbox>,
     vol: u32,
     from: u32,
@@ -222,6 +228,9 @@ impl RemoteChannel {
 
 impl Channel for RemoteChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
+        if self.stats.fenced() {
+            return ReadStart::Failed(crate::uring::Errno::IO);
+        }
         self.inner.read(io, tag, offset, len)
     }
 

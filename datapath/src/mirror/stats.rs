@@ -32,6 +32,10 @@ pub struct MirrorStats {
     pub timeouts: AtomicU64,
     /// Leader: bytes of update data kept for the follower.
     pub backlog_bytes: AtomicU64,
+    /// Bytes marked dirty while serving alone.
+    pub dirty_bytes: AtomicU64,
+    /// 0 mirroring, 1 survivor, 2 fenced.
+    pub mode: std::sync::atomic::AtomicU8,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
 }
@@ -65,6 +69,8 @@ pub struct MirrorSnapshot {
     pub timeouts: u64,
     /// Unacknowledged update bytes kept (leader).
     pub backlog_bytes: u64,
+    /// Bytes written while serving alone, to copy to the peer when it returns.
+    pub dirty_bytes: u64,
     /// Median PING round trip over the last samples, in microseconds (null: none yet).
     pub rtt_p50_us: Option<f64>,
 }
@@ -73,6 +79,22 @@ impl MirrorStats {
     /// Count one.
     pub fn inc(&self, c: &AtomicU64) {
         c.store(c.load(Relaxed) + 1, Relaxed);
+    }
+
+    /// Mode (mirroring, survivor, fenced).
+    pub fn set_mode(&self, m: super::engine::Mode) {
+        use super::engine::Mode;
+        let v = match m {
+            Mode::Mirroring => 0,
+            Mode::Survivor => 1,
+            Mode::Fenced => 2,
+        };
+        self.mode.store(v, Relaxed);
+    }
+
+    /// The site is fenced for this volume (no I/O).
+    pub fn fenced(&self) -> bool {
+        self.mode.load(Relaxed) == 2
     }
 
     /// Session state.
@@ -103,6 +125,10 @@ impl MirrorStats {
             role: if leader { "leader" } else { "follower" },
             state: if self.diverged.load(Relaxed) {
                 "diverged"
+            } else if self.mode.load(Relaxed) == 1 {
+                "survivor"
+            } else if self.mode.load(Relaxed) == 2 {
+                "fenced"
             } else if self.up.load(Relaxed) {
                 "up"
             } else {
@@ -118,6 +144,7 @@ impl MirrorStats {
             rejected: self.rejected.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
             backlog_bytes: self.backlog_bytes.load(Relaxed),
+            dirty_bytes: self.dirty_bytes.load(Relaxed),
             rtt_p50_us: rtt,
         }
     }

@@ -529,7 +529,7 @@ impl Reactor {
                 e.begin_drain();
             }
             // Timeouts and pings run while stopping too; only dialling stops.
-            let dial = tick && e.tick(now) && self.stopping.is_none();
+            let dial = tick && e.tick(&mut self.io, now) && self.stopping.is_none();
             std::mem::swap(&mut self.mirror_done, &mut e.done);
             let link = e.link_key;
             let kick = e.wants_send(now) || e.kill_link || (self.stopping.is_some() && e.idle());

@@ -1,0 +1,146 @@
+//! Failover: asking the witness which site carries on when the sites lose each other.
+//!
+//! Model: one plain thread per daemon (never a reactor: the witness client blocks) owns the
+//! [`twinblk_witness::WitnessClient`]. Every heartbeat interval it sends the witness one
+//! heartbeat naming every mirrored volume (each volume is its own group, `GroupId::from_name`
+//! of its name; the volume's configured leader is the group's preferred site). An engine that
+//! has lost its peer sets its [`FailoverSlot`]'s `want` flag; the thread asks the witness for a
+//! survivor grant and writes the outcome back into the slot, which the engine reads on its next
+//! tick: granted -> survivor, denied -> fenced, witness unreachable -> fenced.
+//!
+//! Invariant: the engine never serves on its own without a grant the witness persisted first,
+//! so at most one site per group and epoch acknowledges writes alone.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
+use twinblk_witness::{Claim, Epoch, GrantOutcome, GroupId, Key, SiteId, WitnessClient};
+
+/// No answer yet.
+pub const PENDING: u8 = 0;
+/// This site is the survivor (epoch in `epoch`).
+pub const GRANTED: u8 = 1;
+/// The witness gave the group to the peer.
+pub const DENIED: u8 = 2;
+/// The witness could not be reached in time.
+pub const UNREACHABLE: u8 = 3;
+
+/// One volume's line to the failover thread.
+#[derive(Default, Debug)]
+pub struct FailoverSlot {
+    /// The engine wants a grant (set by the engine, taken by the thread).
+    pub want: AtomicBool,
+    /// `PENDING`, `GRANTED`, `DENIED` or `UNREACHABLE`.
+    pub outcome: AtomicU8,
+    /// The granted epoch.
+    pub epoch: AtomicU64,
+    /// The mirror is in sync (the thread may adopt the witness's epoch as known).
+    pub in_sync: AtomicBool,
+}
+
+/// What the failover thread needs.
+pub struct FailoverConfig {
+    /// The witness's address.
+    pub witness: SocketAddr,
+    /// The shared key file.
+    pub key_file: PathBuf,
+    /// This site's id at the witness (non-zero).
+    pub site_id: u32,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// How long one grant request may take (retransmits included).
+    pub request_timeout: Duration,
+    /// Mirrored volumes: name, whether this site is preferred, slot.
+    pub volumes: Vec<(String, bool, Arc<FailoverSlot>)>,
+}
+
+/// Start the failover thread; it stops when `stop` is set.
+pub fn spawn(cfg: FailoverConfig, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let key = Key::from_file(&cfg.key_file)
+        .map_err(|e| std::io::Error::other(format!("witness key: {e}")))?;
+    let site = SiteId::new(cfg.site_id)
+        .ok_or_else(|| std::io::Error::other("mirror.site_id must not be 0"))?;
+    let mut client = WitnessClient::new(cfg.witness, site, key)
+        .map_err(|e| std::io::Error::other(format!("witness client: {e}")))?;
+    client.set_timeout(cfg.request_timeout);
+    std::thread::Builder::new()
+        .name("witness-client".into())
+        .spawn(move || run(cfg, client, stop))
+}
+
+fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
+    let groups: Vec<(GroupId, bool, Arc<FailoverSlot>, String)> = cfg
+        .volumes
+        .iter()
+        .map(|(n, p, s)| (GroupId::from_name(n), *p, Arc::clone(s), n.clone()))
+        .collect();
+    let claims: Vec<Claim> = groups
+        .iter()
+        .map(|(g, p, _, _)| Claim {
+            group: *g,
+            preferred: *p,
+        })
+        .collect();
+    let mut known = vec![Epoch(0); groups.len()];
+    let mut reachable = true;
+    let mut next_beat = std::time::Instant::now();
+    while !stop.load(SeqCst) {
+        for (i, (group, preferred, slot, name)) in groups.iter().enumerate() {
+            if !slot.want.swap(false, SeqCst) {
+                continue;
+            }
+            tracing::warn!(volume = %name, "mirror: peer lost; asking the witness for a survivor grant");
+            client.set_timeout(cfg.request_timeout);
+            let outcome = match client.request_grant(*group, known[i], *preferred) {
+                Ok(GrantOutcome::Granted { epoch }) => {
+                    slot.epoch.store(epoch.0, SeqCst);
+                    known[i] = epoch;
+                    tracing::warn!(volume = %name, epoch = epoch.0, "mirror: the witness granted this site survivorship");
+                    GRANTED
+                }
+                Ok(GrantOutcome::Denied { reason, holder, epoch, .. }) => {
+                    tracing::error!(volume = %name, ?reason, holder = ?holder.map(|h| h.get()), epoch = epoch.0,
+                        "mirror: the witness denied survivorship; fencing");
+                    DENIED
+                }
+                Err(e) => {
+                    tracing::error!(volume = %name, error = %e,
+                        "mirror: neither the peer nor the witness is reachable; fencing");
+                    UNREACHABLE
+                }
+            };
+            slot.outcome.store(outcome, SeqCst);
+        }
+        let now = std::time::Instant::now();
+        if now >= next_beat {
+            next_beat = now + cfg.heartbeat;
+            // A dead witness must not delay a grant request for long.
+            client.set_timeout(cfg.heartbeat * 2);
+            match client.heartbeat(&claims) {
+                Ok(views) => {
+                    if !reachable {
+                        tracing::info!("mirror: the witness is reachable again");
+                    }
+                    reachable = true;
+                    for v in views {
+                        if let Some(i) = groups.iter().position(|g| g.0 == v.group)
+                            && groups[i].2.in_sync.load(SeqCst)
+                            && v.epoch.0 > known[i].0
+                        {
+                            known[i] = v.epoch;
+                        }
+                    }
+                }
+                Err(e) => {
+                    if reachable {
+                        tracing::warn!(error = %e, "mirror: the witness does not answer heartbeats (nothing changes while the sites see each other)");
+                    }
+                    reachable = false;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
