@@ -456,7 +456,9 @@ impl Config {
                     return bad("mirror.peer_timeout_ms must be at least 1".into());
                 }
                 if m.peer_dead_ms < 150 {
-                    return bad("mirror.peer_dead_ms must be at least 150 (PINGs go every 100 ms)".into());
+                    return bad(
+                        "mirror.peer_dead_ms must be at least 150 (PINGs go every 100 ms)".into(),
+                    );
                 }
                 if m.witness.is_some() != m.witness_key_file.is_some() {
                     return bad("mirror.witness and mirror.witness_key_file go together".into());
@@ -466,7 +468,9 @@ impl Config {
                 }
                 let g = m.dirty_granularity.0;
                 if g < 4096 || !g.is_power_of_two() {
-                    return bad("mirror.dirty_granularity must be a power of two of at least 4 KiB".into());
+                    return bad(
+                        "mirror.dirty_granularity must be a power of two of at least 4 KiB".into(),
+                    );
                 }
                 for v in &mirrored {
                     let l = m.leader_of(v);

@@ -310,7 +310,9 @@ impl Engine {
                 *w |= 1 << (b % 64);
             }
         }
-        self.stats.dirty_bytes.store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .dirty_bytes
+            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The peer is gone and the witness granted this site the volume: acknowledge alone from
@@ -374,8 +376,11 @@ impl Engine {
         let Some(slot) = self.cfg.failover.clone() else {
             return;
         };
-        slot.in_sync.store(self.up && self.mode == Mode::Mirroring, SeqCst);
-        if self.up || self.mode != Mode::Mirroring || self.draining {
+        slot.in_sync
+            .store(self.up && self.mode == Mode::Mirroring, SeqCst);
+        // Only a site that has had a session lost its peer; a site just started waits for
+        // its first session (it must not win a grant against a peer it has never seen).
+        if self.up || self.session == 0 || self.mode != Mode::Mirroring || self.draining {
             return;
         }
         if !self.grant_asked {
@@ -1523,7 +1528,10 @@ mod tests {
         let now = Instant::now();
         a.engine.tick(&mut io, now);
         b.engine.tick(&mut io, now);
-        assert!(sa.want.load(SeqCst) && sb.want.load(SeqCst), "no grant asked for");
+        assert!(
+            sa.want.load(SeqCst) && sb.want.load(SeqCst),
+            "no grant asked for"
+        );
         collect(&mut a);
         collect(&mut b);
         assert_eq!(a.ok + b.ok, 0, "acknowledged before the witness answered");
@@ -1543,12 +1551,27 @@ mod tests {
     fn the_granted_site_finishes_held_writes_and_the_other_fences() {
         for grant_to_a in [true, false] {
             let (mut a, mut b, mut io) = lose_peer(grant_to_a);
-            let (win, lose) = if grant_to_a { (&mut a, &mut b) } else { (&mut b, &mut a) };
+            let (win, lose) = if grant_to_a {
+                (&mut a, &mut b)
+            } else {
+                (&mut b, &mut a)
+            };
             assert_eq!(win.engine.mode(), Mode::Survivor);
             assert_eq!(lose.engine.mode(), Mode::Fenced);
-            assert_eq!((win.outstanding, win.failed), (0, 0), "survivor left requests");
-            assert_eq!((lose.outstanding, lose.ok), (0, 0), "fenced site acknowledged");
-            assert!(win.engine.dirty_bytes() > 0, "nothing recorded for the resync");
+            assert_eq!(
+                (win.outstanding, win.failed),
+                (0, 0),
+                "survivor left requests"
+            );
+            assert_eq!(
+                (lose.outstanding, lose.ok),
+                (0, 0),
+                "fenced site acknowledged"
+            );
+            assert!(
+                win.engine.dirty_bytes() > 0,
+                "nothing recorded for the resync"
+            );
             // New writes: the survivor acknowledges alone, the fenced site refuses.
             let mut rng = Rng(9);
             let mut slot = 1000;

@@ -57,7 +57,10 @@ pub struct FailoverConfig {
 }
 
 /// Start the failover thread; it stops when `stop` is set.
-pub fn spawn(cfg: FailoverConfig, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(
+    cfg: FailoverConfig,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let key = Key::from_file(&cfg.key_file)
         .map_err(|e| std::io::Error::other(format!("witness key: {e}")))?;
     let site = SiteId::new(cfg.site_id)
@@ -100,7 +103,12 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     tracing::warn!(volume = %name, epoch = epoch.0, "mirror: the witness granted this site survivorship");
                     GRANTED
                 }
-                Ok(GrantOutcome::Denied { reason, holder, epoch, .. }) => {
+                Ok(GrantOutcome::Denied {
+                    reason,
+                    holder,
+                    epoch,
+                    ..
+                }) => {
                     tracing::error!(volume = %name, ?reason, holder = ?holder.map(|h| h.get()), epoch = epoch.0,
                         "mirror: the witness denied survivorship; fencing");
                     DENIED

@@ -1,6 +1,7 @@
 //! twinblk datapath integration tests (one binary, modules per concern, no global state).
 
 mod clients;
+mod failover;
 mod harness;
 mod malformed;
 mod mirror;
