@@ -75,6 +75,9 @@ pub struct MirrorConfig {
     /// Bytes per bit of the dirty-region bitmap kept while serving alone.
     #[serde(default = "default_dirty_granularity")]
     pub dirty_granularity: Size,
+    /// Most bytes per second a resync copies to a returning peer.
+    #[serde(default = "default_resync_rate")]
+    pub resync_rate: Size,
 }
 
 impl MirrorConfig {
@@ -285,6 +288,9 @@ fn default_witness_heartbeat_ms() -> u64 {
 }
 fn default_witness_timeout_ms() -> u64 {
     3_000
+}
+fn default_resync_rate() -> Size {
+    Size(200 << 20)
 }
 fn default_dirty_granularity() -> Size {
     Size(64 << 10)

@@ -137,6 +137,7 @@ impl Daemon {
                             slot
                         }),
                         dirty_granularity: m.dirty_granularity.0,
+                        resync_rate: m.resync_rate.0.max(1 << 20),
                     };
                     let home = index % cfg.reactor.cores.len();
                     let md = Arc::new(MirrorDevice::new(device, engine, index, home, m.peer));

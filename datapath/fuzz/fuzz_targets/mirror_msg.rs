@@ -37,6 +37,7 @@ fn engine(io: &mut IoCx, role: Role) -> Engine {
         peer_dead: Duration::from_millis(400),
         failover: None,
         dirty_granularity: 4096,
+        resync_rate: 1 << 30,
     };
     let mut e = Engine::new(cfg, inner, 0, Arc::new(MirrorStats::default()));
     e.link_up(io);

@@ -63,6 +63,8 @@ enum Upd {
     Zeroes,
     Unmap,
     Flush,
+    /// Read a dirty region and send it to the returning peer (resync source).
+    ResyncRead,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +77,8 @@ enum Origin {
     PeerFwd,
     /// Flush asked by the peer (`id` is the peer's).
     PeerFlush(u32),
+    /// A resync copy: read here (source) or applied here (target).
+    Resync,
 }
 
 struct Op {
@@ -158,6 +162,8 @@ pub struct EngineConfig {
     pub failover: Option<Arc<super::failover::FailoverSlot>>,
     /// Bytes per bit of the dirty-region bitmap kept while serving alone.
     pub dirty_granularity: u64,
+    /// Resync copy rate limit, bytes per second.
+    pub resync_rate: u64,
 }
 
 /// What the engine does with updates.
@@ -170,6 +176,33 @@ pub enum Mode {
     Survivor,
     /// The witness gave the volume to the peer, or neither peer nor witness answered: no I/O.
     Fenced,
+    /// Receiving the survivor's changes: no I/O until the resync is done.
+    Resyncing,
+}
+
+fn state_name(s: u32) -> &'static str {
+    match s {
+        0 => "in sync",
+        1 => "survivor",
+        2 => "fenced",
+        _ => "resyncing",
+    }
+}
+
+/// The survivor's side of a resync.
+struct ResyncSource {
+    /// Next bitmap bit to look at in this pass.
+    cursor: u64,
+    /// Region reads in flight.
+    reads: u32,
+    /// Last pass: new updates wait (deferred) so the dirty set can drain to empty.
+    last_pass: bool,
+    deferred: VecDeque<usize>,
+    /// Byte budget of the rate limiter.
+    budget: f64,
+    last_refill: Instant,
+    started: Instant,
+    total: u64,
 }
 
 /// One mirrored volume's engine.
@@ -224,6 +257,15 @@ pub struct Engine {
     grant_asked: bool,
     /// Regions written while serving alone (one bit per `dirty_granularity` bytes).
     dirty: Vec<u64>,
+    resync: Option<ResyncSource>,
+    /// Target: resync copies still being applied.
+    resync_applies: u32,
+    /// Target: RESYNC_DONE received.
+    resync_done: bool,
+    /// Reused buffer for a region read at once.
+    resync_buf: Vec<u8>,
+    /// The witness epoch this site holds as survivor.
+    grant_epoch: u64,
 }
 
 /// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
@@ -283,7 +325,227 @@ impl Engine {
             mode: Mode::Mirroring,
             grant_asked: false,
             dirty: Vec::new(),
+            resync: None,
+            resync_applies: 0,
+            resync_done: false,
+            resync_buf: Vec::new(),
+            grant_epoch: 0,
         }
+    }
+
+    /// This site's replica state as told to the peer in HELLO/WELCOME (`id` field):
+    /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing.
+    pub fn replica_state(&self) -> u32 {
+        match self.mode {
+            Mode::Mirroring => 0,
+            Mode::Survivor => 1,
+            Mode::Fenced => 2,
+            Mode::Resyncing => 3,
+        }
+    }
+
+    /// Decide what a new session is, from both sites' replica states, and start it.
+    pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
+        let me = self.replica_state();
+        match (me, peer) {
+            (0, 0) => self.link_up(io),
+            (1, 1) => {
+                return Err("both sites claim to be the survivor (split brain): refusing to serve; an operator must choose the replica to keep".into());
+            }
+            (1, _) => {
+                self.link_up(io);
+                let now = Instant::now();
+                self.resync = Some(ResyncSource {
+                    cursor: 0,
+                    reads: 0,
+                    last_pass: false,
+                    deferred: VecDeque::new(),
+                    budget: 0.0,
+                    last_refill: now,
+                    started: now,
+                    total: 0,
+                });
+                tracing::warn!(volume = %self.cfg.name, dirty_bytes = self.dirty_bytes(),
+                    "mirror: the peer is back; resyncing it with the regions written since it was lost");
+            }
+            (_, 1) => {
+                self.mode = Mode::Resyncing;
+                self.stats.set_mode(Mode::Resyncing);
+                self.resync_applies = 0;
+                self.resync_done = false;
+                self.link_up(io);
+                tracing::warn!(volume = %self.cfg.name,
+                    "mirror: the peer is the survivor; receiving its changes (no I/O here until done)");
+            }
+            (m, p) => {
+                return Err(format!(
+                    "no survivor to resync from (this site {}, peer {}): the replicas may differ; refusing",
+                    state_name(m),
+                    state_name(p)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Survivor: copy dirty regions to the returning peer within the rate budget; switch
+    /// back to mirroring once nothing is left.
+    fn resync_step(&mut self, io: &mut IoCx, now: Instant) {
+        let Some(r) = self.resync.as_mut() else {
+            return;
+        };
+        if !self.up {
+            // The peer left again: keep every region dirty for the next attempt.
+            let deferred = std::mem::take(&mut r.deferred);
+            self.resync = None;
+            for k in deferred {
+                self.survivor_apply(io, k);
+            }
+            return;
+        }
+        let rate = self.cfg.resync_rate as f64;
+        let dt = now.duration_since(r.last_refill).as_secs_f64();
+        r.last_refill = now;
+        r.budget = (r.budget + rate * dt).min(rate * 0.05 + self.cfg.dirty_granularity as f64);
+        let g = self.cfg.dirty_granularity;
+        let bits = self.cfg.size.div_ceil(g);
+        while self
+            .resync
+            .as_ref()
+            .is_some_and(|r| r.budget > 0.0 && r.reads < 16)
+        {
+            let r = self.resync.as_mut().expect("checked");
+            let mut b = r.cursor;
+            let found = loop {
+                if b >= bits {
+                    break None;
+                }
+                let w = self.dirty.get((b / 64) as usize).copied().unwrap_or(0) >> (b % 64);
+                if w == 0 {
+                    b = (b / 64 + 1) * 64;
+                    continue;
+                }
+                b += w.trailing_zeros() as u64;
+                break (b < bits).then_some(b);
+            };
+            let Some(b) = found else {
+                // End of a pass.
+                r.cursor = 0;
+                let empty = self.dirty.iter().all(|&w| w == 0);
+                if !empty || r.reads > 0 {
+                    if !r.last_pass && empty {
+                        // Wait for the reads; the next tick starts over.
+                    } else if !r.last_pass {
+                        r.last_pass = true;
+                    }
+                    break;
+                }
+                let writes_in_flight = self
+                    .ops
+                    .iter()
+                    .any(|(_, op)| op.origin == Origin::Local && op.applying > 0);
+                if !r.last_pass {
+                    r.last_pass = true;
+                    break;
+                }
+                if !writes_in_flight {
+                    self.finish_resync(io);
+                }
+                break;
+            };
+            r.cursor = b + 1;
+            self.dirty[(b / 64) as usize] &= !(1 << (b % 64));
+            let offset = b * g;
+            let len = g.min(self.cfg.size - offset);
+            r.reads += 1;
+            r.budget -= len as f64;
+            r.total += len;
+            let k = self.ops.insert(Op {
+                origin: Origin::Resync,
+                upd: Upd::ResyncRead,
+                offset,
+                len,
+                fua: false,
+                data: Vec::new(),
+                seq: 0,
+                session: self.session,
+                applied: false,
+                apply_err: None,
+                applying: 0,
+                remote_done: true,
+                initiator: None,
+                deadline: now,
+                awaiting_order: false,
+                peer_id: 0,
+                order_due: false,
+            });
+            // Through the apply queue: it waits for overlapping writes still in flight, and
+            // later ones wait for it, so the copy holds every write acknowledged before it.
+            self.enqueue_apply(io, k, 0, 0);
+        }
+        self.stats
+            .dirty_bytes
+            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn finish_resync(&mut self, io: &mut IoCx) {
+        let Some(r) = self.resync.take() else {
+            return;
+        };
+        wire::encode(&mut self.outbox, &Header::new(Type::ResyncDone), &[]);
+        self.mode = Mode::Mirroring;
+        self.stats.set_mode(Mode::Mirroring);
+        self.dirty.clear();
+        self.stats
+            .dirty_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        if let Some(slot) = &self.cfg.failover {
+            slot.release
+                .store(self.grant_epoch, std::sync::atomic::Ordering::SeqCst);
+        }
+        tracing::warn!(volume = %self.cfg.name, copied_bytes = r.total,
+            seconds = r.started.elapsed().as_secs_f64(), deferred = r.deferred.len(),
+            "mirror: resync complete; both replicas in sync, mirroring again");
+        for k in r.deferred {
+            self.start_mirrored(io, k);
+        }
+    }
+
+    /// Start an initiator's update the normal (mirrored) way.
+    fn start_mirrored(&mut self, io: &mut IoCx, k: usize) {
+        let upd = self.ops[k].upd;
+        if upd == Upd::Flush {
+            return self.start_flush(io, k);
+        }
+        match self.cfg.role {
+            Role::Leader => {
+                self.backlog_push(k);
+                if self.up {
+                    self.sequence_and_send(io, k);
+                } else {
+                    self.enqueue_apply(io, k, 0, 0);
+                }
+            }
+            Role::Follower => {
+                self.forwards.push_back(k);
+                if self.up {
+                    let h = self.upd_header(k, true);
+                    let p = (upd == Upd::Write).then_some(k);
+                    self.send(h, p);
+                    self.ops[k].awaiting_order = true;
+                }
+            }
+        }
+    }
+
+    /// Survivor: an update done when the local replica has it.
+    fn survivor_apply(&mut self, io: &mut IoCx, k: usize) {
+        self.ops[k].remote_done = true;
+        let (o, l, upd) = (self.ops[k].offset, self.ops[k].len, self.ops[k].upd);
+        if upd != Upd::Flush {
+            self.mark_dirty(o, l);
+        }
+        self.enqueue_apply(io, k, 0, 0);
     }
 
     /// Current mode.
@@ -318,6 +580,7 @@ impl Engine {
     /// The peer is gone and the witness granted this site the volume: acknowledge alone from
     /// now on, finishing every held update, and record what the peer misses.
     fn become_survivor(&mut self, io: &mut IoCx, epoch: u64) {
+        self.grant_epoch = epoch;
         self.mode = Mode::Survivor;
         self.stats.set_mode(Mode::Survivor);
         tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
@@ -370,6 +633,15 @@ impl Engine {
         }
     }
 
+    /// Target: once RESYNC_DONE came and every copy is applied, serve I/O again.
+    fn maybe_end_resync_target(&mut self) {
+        if self.mode == Mode::Resyncing && self.resync_done && self.resync_applies == 0 {
+            self.mode = Mode::Mirroring;
+            self.stats.set_mode(Mode::Mirroring);
+            tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
+        }
+    }
+
     fn failover_tick(&mut self, io: &mut IoCx) {
         use super::failover::{DENIED, GRANTED, UNREACHABLE};
         use std::sync::atomic::Ordering::SeqCst;
@@ -416,6 +688,7 @@ impl Engine {
     /// the peer timeout, ping, and notice a silent peer. True when the follower should dial.
     pub fn tick(&mut self, io: &mut IoCx, now: Instant) -> bool {
         self.failover_tick(io);
+        self.resync_step(io, now);
         self.expire(now);
         if self.diverged && !self.backlog.is_empty() {
             self.drop_backlog();
@@ -429,9 +702,10 @@ impl Engine {
                 self.kill_link = true;
             }
         }
-        // A survivor or fenced site does not resume mirroring on its own: that needs a resync.
+        // The follower dials in every mode: a survivor or fenced site meets its peer again
+        // through a resync (decided at the session start).
         if self.cfg.role == Role::Follower
-            && self.mode == Mode::Mirroring
+            && !self.diverged
             && self.link_key.is_none()
             && now >= self.next_dial
         {
@@ -527,6 +801,7 @@ impl Engine {
             (Upd::Zeroes, true) => Type::FwdZeroes,
             (Upd::Unmap, true) => Type::FwdUnmap,
             (Upd::Flush, _) => Type::Flush,
+            (Upd::ResyncRead, _) => Type::Resync,
         };
         Header {
             flags: if op.fua { wire::FLAG_FUA } else { 0 },
@@ -550,7 +825,7 @@ impl Engine {
         offset: u64,
         fua: bool,
     ) -> Start {
-        if self.diverged || self.mode == Mode::Fenced {
+        if self.diverged || matches!(self.mode, Mode::Fenced | Mode::Resyncing) {
             return Start::Done(Err(Errno::IO));
         }
         let (upd, len, data) = match update {
@@ -580,12 +855,15 @@ impl Engine {
         });
         self.stats.inc(&self.stats.updates);
         if self.mode == Mode::Survivor {
-            // Alone: done when the local replica has it; the peer gets it by resync.
-            self.ops[k].remote_done = true;
-            if upd != Upd::Flush {
-                self.mark_dirty(offset, len);
+            if let Some(r) = self.resync.as_mut()
+                && r.last_pass
+            {
+                // The resync's last pass: wait, so the dirty set drains; mirrored after it.
+                r.deferred.push_back(k);
+                return Start::Pending;
             }
-            self.enqueue_apply(io, k, 0, 0);
+            // Alone: done when the local replica has it; the peer gets it by resync.
+            self.survivor_apply(io, k);
             return Start::Pending;
         }
         if upd == Upd::Flush {
@@ -690,7 +968,7 @@ impl Engine {
             }) as u32,
         };
         if let Start::Done(r) = self.inner.flush(io, tag) {
-            self.apply_finished(io, tag.slot as usize, r);
+            self.apply_finished(io, tag.slot as usize, r, &[]);
         }
     }
 
@@ -736,14 +1014,32 @@ impl Engine {
             Upd::Zeroes => self.inner.write_zeroes(io, tag, offset, len, op.fua),
             Upd::Unmap => self.inner.unmap(io, tag, offset, len, op.fua),
             Upd::Flush => self.inner.flush(io, tag),
+            Upd::ResyncRead => match self.inner.read(io, tag, offset, len as u32) {
+                crate::bdev::ReadStart::Ready(d) => {
+                    let mut buf = std::mem::take(&mut self.resync_buf);
+                    buf.clear();
+                    buf.extend_from_slice(d);
+                    self.apply_finished(io, a, Ok(()), &buf);
+                    self.resync_buf = buf;
+                    return;
+                }
+                crate::bdev::ReadStart::Failed(e) => Start::Done(Err(e)),
+                crate::bdev::ReadStart::Pending => Start::Pending,
+            },
         };
         if let Start::Done(r) = r {
-            self.apply_finished(io, a, r);
+            self.apply_finished(io, a, r, &[]);
         }
     }
 
     /// An inner operation the engine started finished (`slot` from its tag).
-    pub fn apply_finished(&mut self, io: &mut IoCx, slot: usize, r: Result<(), Errno>) {
+    pub fn apply_finished(
+        &mut self,
+        io: &mut IoCx,
+        slot: usize,
+        r: Result<(), Errno>,
+        data: &[u8],
+    ) {
         let Some(ap) = self.applies.try_remove(slot) else {
             tracing::error!(volume = %self.cfg.name, slot, "mirror: completion for an unknown apply");
             return;
@@ -767,6 +1063,31 @@ impl Engine {
         }
         if ap.session == self.session && ap.seq != 0 && r.is_ok() {
             self.applied.mark(ap.seq);
+        }
+        if self.ops[k].origin == Origin::Resync {
+            if self.ops[k].upd == Upd::ResyncRead {
+                // Source: send the region as read (or mark it dirty again if the read failed
+                // or the peer left).
+                if let Some(rs) = self.resync.as_mut() {
+                    rs.reads -= 1;
+                }
+                if r.is_ok() && self.up && self.ops[k].session == self.session {
+                    let h = Header {
+                        offset: ap.offset,
+                        count: ap.len as u32,
+                        ..Header::new(Type::Resync)
+                    };
+                    wire::encode(&mut self.outbox, &h, data);
+                    self.stats
+                        .resync_bytes
+                        .fetch_add(ap.len, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    self.mark_dirty(ap.offset, ap.len);
+                }
+            } else {
+                self.resync_applies -= 1;
+                self.maybe_end_resync_target();
+            }
         }
         if let Origin::PeerFlush(id) = self.ops[k].origin
             && self.up
@@ -1081,6 +1402,17 @@ impl Engine {
                     self.stats.rtt_sample(now - h.seq);
                 }
             }
+            Resync if self.mode == Mode::Resyncing && !self.resync_done => {
+                self.check_range(h)?;
+                let data = self.buf(payload);
+                let k = self.new_peer_op(Origin::Resync, Upd::Write, h, data);
+                self.resync_applies += 1;
+                self.enqueue_apply(io, k, 0, 0);
+            }
+            ResyncDone if self.mode == Mode::Resyncing && !self.resync_done => {
+                self.resync_done = true;
+                self.maybe_end_resync_target();
+            }
             Hello | Welcome | Refuse => return Err("handshake message inside a session"),
             _ => return Err("message not allowed in this direction"),
         }
@@ -1294,6 +1626,7 @@ mod tests {
             peer_dead: Duration::from_millis(400),
             failover: None,
             dirty_granularity: 4096,
+            resync_rate: 1 << 30,
         };
         Site {
             engine: Engine::new(
@@ -1335,7 +1668,7 @@ mod tests {
             .pending
             .swap_remove(rng.below(n as u64) as usize);
         s.disk.borrow_mut().bytes[off as usize..off as usize + data.len()].copy_from_slice(&data);
-        s.engine.apply_finished(io, slot as usize, Ok(()));
+        s.engine.apply_finished(io, slot as usize, Ok(()), &[]);
         true
     }
 

@@ -38,6 +38,8 @@ pub struct FailoverSlot {
     pub epoch: AtomicU64,
     /// The mirror is in sync (the thread may adopt the witness's epoch as known).
     pub in_sync: AtomicBool,
+    /// Non-zero: give this epoch's grant back (the resync brought the peer up to date).
+    pub release: AtomicU64,
 }
 
 /// What the failover thread needs.
@@ -90,6 +92,20 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
     let mut reachable = true;
     let mut next_beat = std::time::Instant::now();
     while !stop.load(SeqCst) {
+        for (group, _, slot, name) in &groups {
+            let epoch = slot.release.swap(0, SeqCst);
+            if epoch != 0 {
+                client.set_timeout(cfg.request_timeout);
+                match client.release(*group, Epoch(epoch)) {
+                    Ok(_) => {
+                        tracing::info!(volume = %name, epoch, "mirror: survivor grant released")
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume = %name, epoch, error = %e, "mirror: could not release the grant")
+                    }
+                }
+            }
+        }
         for (i, (group, preferred, slot, name)) in groups.iter().enumerate() {
             if !slot.want.swap(false, SeqCst) {
                 continue;

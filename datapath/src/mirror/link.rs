@@ -283,27 +283,26 @@ impl LinkConn {
         if e.link_key.is_some() {
             return Err(format!("{name:?} already has a link"));
         }
-        if e.mode() != super::engine::Mode::Mirroring {
-            return Err(format!(
-                "{name:?}: this site is {:?} since the sites lost each other; the peer needs a resync",
-                e.mode()
-            ));
-        }
         if e.is_diverged() {
             return Err(format!(
                 "{name:?}: the replicas diverged while the follower was away; a resync is needed"
             ));
         }
         let (size, block) = (c.size, c.block);
+        // Both sites' replica states decide the session (normal, or a resync one way).
+        let mine = e.replica_state();
+        e.session_start(env.io, h.id)?;
         e.link_key = Some(key);
         self.vol = Some(vol);
         self.attached = true;
         wire::encode(
             &mut self.tx,
-            &Header::new(Type::Welcome),
+            &Header {
+                id: mine,
+                ..Header::new(Type::Welcome)
+            },
             &wire::encode_geometry(size, block, ""),
         );
-        e.link_up(env.io);
         Ok(())
     }
 
@@ -353,9 +352,12 @@ impl LinkConn {
                                     "mirror: the leader's volume geometry differs");
                                 return self.close(env, "geometry differs");
                             }
+                            if let Err(why) = e.session_start(env.io, h.id) {
+                                tracing::error!(volume = %e.config().name, %why, "mirror: refusing the session");
+                                return self.close(env, "no session possible");
+                            }
                             self.state = State::Up;
                             self.attached = true;
-                            e.link_up(env.io);
                         }
                         Type::Refuse => {
                             let why = String::from_utf8_lossy(payload);
@@ -440,7 +442,11 @@ impl Conn for LinkConn {
             };
             let c = e.config();
             let p = wire::encode_geometry(c.size, c.block, &c.name);
-            wire::encode(&mut self.tx, &Header::new(Type::Hello), &p);
+            let hello = Header {
+                id: e.replica_state(),
+                ..Header::new(Type::Hello)
+            };
+            wire::encode(&mut self.tx, &hello, &p);
             self.state = State::AwaitWelcome;
             return;
         }

@@ -145,7 +145,10 @@ pub struct MirrorChannel {
 
 impl Channel for MirrorChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        if self.engine.mode() == engine::Mode::Fenced {
+        if matches!(
+            self.engine.mode(),
+            engine::Mode::Fenced | engine::Mode::Resyncing
+        ) {
             return ReadStart::Failed(crate::uring::Errno::IO);
         }
         self.engine.inner().read(io, tag, offset, len)

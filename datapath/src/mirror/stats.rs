@@ -34,6 +34,8 @@ pub struct MirrorStats {
     pub backlog_bytes: AtomicU64,
     /// Bytes marked dirty while serving alone.
     pub dirty_bytes: AtomicU64,
+    /// Bytes copied to the peer by resyncs.
+    pub resync_bytes: AtomicU64,
     /// 0 mirroring, 1 survivor, 2 fenced.
     pub mode: std::sync::atomic::AtomicU8,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
@@ -71,6 +73,8 @@ pub struct MirrorSnapshot {
     pub backlog_bytes: u64,
     /// Bytes written while serving alone, to copy to the peer when it returns.
     pub dirty_bytes: u64,
+    /// Bytes copied to the peer by resyncs so far.
+    pub resync_bytes: u64,
     /// Median PING round trip over the last samples, in microseconds (null: none yet).
     pub rtt_p50_us: Option<f64>,
 }
@@ -88,13 +92,14 @@ impl MirrorStats {
             Mode::Mirroring => 0,
             Mode::Survivor => 1,
             Mode::Fenced => 2,
+            Mode::Resyncing => 3,
         };
         self.mode.store(v, Relaxed);
     }
 
-    /// The site is fenced for this volume (no I/O).
+    /// The site serves no I/O for this volume (fenced, or receiving a resync).
     pub fn fenced(&self) -> bool {
-        self.mode.load(Relaxed) == 2
+        matches!(self.mode.load(Relaxed), 2 | 3)
     }
 
     /// Session state.
@@ -129,6 +134,8 @@ impl MirrorStats {
                 "survivor"
             } else if self.mode.load(Relaxed) == 2 {
                 "fenced"
+            } else if self.mode.load(Relaxed) == 3 {
+                "resyncing"
             } else if self.up.load(Relaxed) {
                 "up"
             } else {
@@ -145,6 +152,7 @@ impl MirrorStats {
             timeouts: self.timeouts.load(Relaxed),
             backlog_bytes: self.backlog_bytes.load(Relaxed),
             dirty_bytes: self.dirty_bytes.load(Relaxed),
+            resync_bytes: self.resync_bytes.load(Relaxed),
             rtt_p50_us: rtt,
         }
     }

@@ -56,6 +56,10 @@ pub enum Type {
     Ping = 14,
     /// Answer to a ping (same seq).
     Pong = 15,
+    /// Resync copy of a region, from the survivor to the returning site.
+    Resync = 16,
+    /// The resync is complete; mirroring resumes with the next message.
+    ResyncDone = 17,
 }
 
 impl Type {
@@ -77,6 +81,8 @@ impl Type {
             13 => FlushDone,
             14 => Ping,
             15 => Pong,
+            16 => Resync,
+            17 => ResyncDone,
             _ => return None,
         })
     }
@@ -102,7 +108,7 @@ impl Type {
             Hello => (13..=12 + 255).contains(&len),
             Welcome => len == 12,
             Refuse => (1..=1024).contains(&len),
-            Write | FwdWrite => len == count,
+            Write | FwdWrite | Resync => len == count,
             FlushDone => len == 0 || len == 4,
             _ => len == 0,
         };

@@ -480,8 +480,13 @@ impl Reactor {
                 if key >= LAYER_KEY_BASE {
                     // An update the mirror engine applied to the local replica.
                     let vol = (key - LAYER_KEY_BASE) as usize;
+                    // Only resync reads carry data here (rare: a copy is fine).
+                    let data = fin
+                        .read
+                        .map(|(skip, want)| self.io.read_data(fin.key, skip, want).to_vec())
+                        .unwrap_or_default();
                     if let Some((e, _)) = self.chans.get_mut(vol).and_then(|c| c.mirror()) {
-                        e.apply_finished(&mut self.io, fin.tag.slot as usize, fin.result);
+                        e.apply_finished(&mut self.io, fin.tag.slot as usize, fin.result, &data);
                     }
                     self.io.release(fin.key);
                     return;

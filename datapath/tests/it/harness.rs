@@ -136,6 +136,13 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// Start again with the same config file (after `kill`).
+    pub fn respawn(mut self) -> Server {
+        self.kill();
+        let (config, socket) = (self.config.clone(), self.socket.clone());
+        Self::start_with(config, socket)
+    }
+
     /// Stop, then start again with the same config file.
     pub fn restart(mut self) -> Server {
         assert!(self.stop(), "clean stop failed");
