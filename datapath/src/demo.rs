@@ -1,10 +1,12 @@
 //! `twinblk demo`: a two-site stretched cluster on loopback in one command.
 //!
-//! Model: the demo writes one config per site into a directory, starts `twinblk serve` once
-//! per site as its own process (site `a` leads `vol0`; site `a` on the standard ports, NBD
+//! Model: the demo starts a witness (`twinblk witness`, its own process, with a fresh random
+//! key in the demo directory), writes one config per site into that directory, starts
+//! `twinblk serve` once per site as its own process (site `a` leads `vol0`; site `a` on the standard ports, NBD
 //! 10809 and NVMe/TCP 4420, site `b` on the next ones), reads each site's endpoints from its standard output, prints them one
-//! per line with each process's PID, and then waits. Ctrl-C (or SIGTERM) stops both sites
-//! cleanly; if one site dies, the demo stops the other and exits with an error.
+//! per line with each process's PID, and then waits. Ctrl-C (or SIGTERM) stops everything
+//! cleanly; if a site dies (killed to try a failover), the demo says so and the rest keep
+//! running; when both sites are gone it stops the witness and exits with an error.
 
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Write};
@@ -23,6 +25,8 @@ pub struct DemoOptions {
     pub repl_port: u16,
     /// NVMe/TCP port of site a (site b uses the next one).
     pub nvmf_port: u16,
+    /// The witness's UDP port.
+    pub witness_port: u16,
     /// Size of the mirrored RAM volume.
     pub size: String,
     /// The `twinblk` binary to start for each site.
@@ -43,7 +47,8 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
          [nvmf]\nlisten = [\"127.0.0.1:{nvmf}\"]\n\n\
          [control]\nsocket = \"{dir}/site-{me}.sock\"\n\n\
          [mirror]\nsite = \"{me}\"\npeer_site = \"{peer}\"\n\
-         listen = [\"127.0.0.1:{repl}\"]\npeer = \"127.0.0.1:{peer_repl}\"\n\n\
+         listen = [\"127.0.0.1:{repl}\"]\npeer = \"127.0.0.1:{peer_repl}\"\n\
+         witness = \"127.0.0.1:{witness}\"\nwitness_key_file = \"{dir}/witness.key\"\n\n\
          [[volume]]\nname = \"vol0\"\nbackend = \"malloc\"\nsize = \"{size}\"\nmirror = true\n\
          leader = \"a\"\n",
         pin = cpus > 1,
@@ -52,6 +57,7 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
         dir = o.dir.display(),
         repl = o.repl_port + site as u16,
         peer_repl = o.repl_port + 1 - site as u16,
+        witness = o.witness_port,
         size = o.size,
     )
 }
@@ -67,14 +73,44 @@ fn start_site(o: &DemoOptions, site: usize) -> Result<Site> {
     let path = o.dir.join(format!("site-{name}.toml"));
     std::fs::write(&path, site_config(o, site))
         .with_context(|| format!("writing {}", path.display()))?;
-    let mut child = Command::new(&o.exe)
-        .arg("serve")
-        .arg("--config")
-        .arg(&path)
+    let mut cmd = Command::new(&o.exe);
+    cmd.arg("serve").arg("--config").arg(&path);
+    start_proc(cmd, name, "Ctrl-C")
+}
+
+fn start_witness(o: &DemoOptions) -> Result<Site> {
+    let key = o.dir.join("witness.key");
+    if !key.exists() {
+        let mut k = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut k))
+            .context("reading /dev/urandom for the witness key")?;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &k))
+            .with_context(|| format!("writing {}", key.display()))?;
+    }
+    let mut cmd = Command::new(&o.exe);
+    cmd.arg("witness")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", o.witness_port))
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--state")
+        .arg(o.dir.join("witness.state"));
+    start_proc(cmd, "witness", "twinblk witness on")
+}
+
+fn start_proc(mut cmd: Command, name: &'static str, ready: &str) -> Result<Site> {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("starting site {name} ({})", o.exe.display()))?;
+        .with_context(|| format!("starting {name}"))?;
     let out = child.stdout.take().expect("piped");
     let mut lines = BufReader::new(out).lines();
     let mut uris = Vec::new();
@@ -85,13 +121,13 @@ fn start_site(o: &DemoOptions, site: usize) -> Result<Site> {
                 if !t.contains(' ') && t.contains("://") {
                     uris.push(t.to_string());
                 }
-                if t.starts_with("Ctrl-C") {
+                if t.starts_with(ready) {
                     break;
                 }
             }
             _ => {
                 let status = child.wait()?;
-                bail!("site {name} exited during start-up ({status}); see its log above");
+                bail!("{name} exited during start-up ({status}); see its log above");
             }
         }
     }
@@ -101,7 +137,8 @@ fn start_site(o: &DemoOptions, site: usize) -> Result<Site> {
 }
 
 fn stop_all(sites: &mut [Site]) {
-    for s in sites.iter_mut() {
+    // Sites first, the witness (started first) last.
+    for s in sites.iter_mut().rev() {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
     }
@@ -115,7 +152,7 @@ pub fn run(o: DemoOptions) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
-    let mut sites = Vec::new();
+    let mut sites = vec![start_witness(&o)?];
     for i in 0..2 {
         match start_site(&o, i) {
             Ok(s) => sites.push(s),
@@ -128,7 +165,7 @@ pub fn run(o: DemoOptions) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "twinblk demo: volume vol0 ({} RAM) mirrored synchronously between site a (leader) and site b",
+        "twinblk demo: volume vol0 ({} RAM) mirrored synchronously between site a (leader) and site b, with a witness",
         o.size
     )?;
     for s in &sites {
@@ -137,6 +174,16 @@ pub fn run(o: DemoOptions) -> Result<()> {
         }
     }
     for s in &sites {
+        if s.name == "witness" {
+            writeln!(
+                out,
+                "witness pid {} (udp://127.0.0.1:{}, key {}/witness.key)",
+                s.child.id(),
+                o.witness_port,
+                o.dir.display()
+            )?;
+            continue;
+        }
         writeln!(
             out,
             "site {} pid {} (config {}/site-{}.toml, control {}/site-{}.sock)",
@@ -156,13 +203,21 @@ pub fn run(o: DemoOptions) -> Result<()> {
             stop_all(&mut sites);
             return Ok(());
         }
-        for i in 0..sites.len() {
+        // A process that dies (say, killed to try a failover) is reported; the others keep
+        // running, since surviving that is the point of the cluster.
+        let mut i = 0;
+        while i < sites.len() {
             if let Some(status) = sites[i].child.try_wait()? {
                 let name = sites[i].name;
                 sites.remove(i);
-                stop_all(&mut sites);
-                bail!("site {name} exited ({status}); the other site was stopped");
+                eprintln!("twinblk demo: {name} exited ({status}); the others keep running");
+            } else {
+                i += 1;
             }
+        }
+        if sites.iter().all(|s| s.name == "witness") {
+            stop_all(&mut sites);
+            bail!("both sites have exited");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

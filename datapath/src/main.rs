@@ -54,9 +54,29 @@ enum Cmd {
         /// NVMe/TCP port of site a (site b: the next one).
         #[arg(long, default_value_t = 4420)]
         nvmf_port: u16,
+        /// The witness's UDP port.
+        #[arg(long, default_value_t = 7799)]
+        witness_port: u16,
         /// Size of the mirrored RAM volume.
         #[arg(long, default_value = "1GiB")]
         size: String,
+    },
+    /// Run a witness (the same as the `twinblk-witness` binary; used by `demo` so that one
+    /// `cargo run` has everything).
+    #[command(hide = true)]
+    Witness {
+        /// UDP address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7790")]
+        listen: std::net::SocketAddr,
+        /// Shared key file (at least 16 bytes).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// State file.
+        #[arg(long)]
+        state: PathBuf,
+        /// How long the preferred site keeps the right of way after it was last heard, ms.
+        #[arg(long, default_value_t = 500)]
+        tie_grace_ms: u64,
     },
     /// Check a configuration file and print it with every default filled in.
     CheckConfig {
@@ -89,6 +109,7 @@ fn main() -> Result<()> {
             nbd_port,
             repl_port,
             nvmf_port,
+            witness_port,
             size,
         } => {
             twinblk::config::parse_size(&size).map_err(anyhow::Error::msg)?;
@@ -97,9 +118,35 @@ fn main() -> Result<()> {
                 nbd_port,
                 repl_port,
                 nvmf_port,
+                witness_port,
                 size,
                 exe: std::env::current_exe().context("finding the twinblk binary")?,
             })
+        }
+        Cmd::Witness {
+            listen,
+            key_file,
+            state,
+            tie_grace_ms,
+        } => {
+            let key = twinblk_witness::Key::from_file(&key_file)
+                .map_err(|e| anyhow::anyhow!("witness key: {e}"))?;
+            let mut w = twinblk_witness::Witness::open(twinblk_witness::Config {
+                listen,
+                state,
+                key,
+                tie_grace: std::time::Duration::from_millis(tie_grace_ms),
+                init: true,
+            })?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+            }
+            println!("twinblk witness on udp://{}", w.local_addr()?);
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            w.serve(&stop)?;
+            Ok(())
         }
         Cmd::CheckConfig { config } => {
             let c = load(Some(&config))?;

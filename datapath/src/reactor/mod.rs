@@ -534,7 +534,9 @@ impl Reactor {
                 e.begin_drain();
             }
             // Timeouts and pings run while stopping too; only dialling stops.
+            let mode_before = e.mode();
             let dial = tick && e.tick(&mut self.io, now) && self.stopping.is_none();
+            let mode_after = e.mode();
             std::mem::swap(&mut self.mirror_done, &mut e.done);
             let link = e.link_key;
             let kick = e.wants_send(now) || e.kill_link || (self.stopping.is_some() && e.idle());
@@ -554,6 +556,9 @@ impl Reactor {
             {
                 self.mark(k);
             }
+            if mode_before != mode_after {
+                self.announce_path_state(vol, mode_after);
+            }
             let mut done = std::mem::take(&mut self.mirror_done);
             worked |= !done.is_empty();
             for (from, tag, result) in done.drain(..) {
@@ -562,6 +567,29 @@ impl Reactor {
             self.mirror_done = done;
         }
         worked
+    }
+
+    /// Tell NVMe hosts (ANA) whether this site serves a mirrored volume: optimised while
+    /// mirroring or surviving, inaccessible while fenced or resyncing. The ANA group of the
+    /// volume's namespaces changes (with an ANA change notice to hosts waiting for events).
+    fn announce_path_state(&self, vol: usize, mode: crate::mirror::engine::Mode) {
+        use crate::mirror::engine::Mode;
+        let state = match mode {
+            Mode::Mirroring | Mode::Survivor => 1, // optimised
+            Mode::Fenced | Mode::Resyncing => 3,   // inaccessible
+        };
+        for sub in &self.shared.nvmf.subsystems {
+            for ns in sub.namespaces.iter().filter(|n| n.volume == vol) {
+                if self.shared.nvmf.ana.set_state(ns.ana_group, state) {
+                    tracing::info!(
+                        volume = vol,
+                        group = ns.ana_group,
+                        state,
+                        "NVMe ANA state set"
+                    );
+                }
+            }
+        }
     }
 
     /// Complete a mirrored update for a connection here or on reactor `from`.
