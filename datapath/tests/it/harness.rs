@@ -41,6 +41,8 @@ pub struct Server {
     pub nvmf_addr: SocketAddr,
     pub socket: PathBuf,
     pub config: PathBuf,
+    /// The network namespace it runs in (tests with separate hosts).
+    netns: Option<String>,
 }
 
 /// Fail clearly when a client tool is missing (the README's test command installs them).
@@ -67,11 +69,31 @@ impl Server {
             socket.display()
         );
         std::fs::write(&config, text).unwrap();
-        Self::start_with(config, socket)
+        Self::start_with(config, socket, None)
     }
 
-    fn start_with(config: PathBuf, socket: PathBuf) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_twinblk"))
+    /// Start the binary inside network namespace `netns`, its front ends on `ip` (port 0).
+    pub fn start_in(netns: &str, dir: &Path, ip: &str, body: &str) -> Server {
+        let socket = dir.join(format!("ctl-{}.sock", std::process::id()));
+        let config = dir.join("twinblk.toml");
+        let text = format!(
+            "[nbd]\nlisten=['{ip}:0']\n[nvmf]\nlisten=['{ip}:0']\n[control]\nsocket='{}'\n{body}",
+            socket.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Self::start_with(config, socket, Some(netns.to_string()))
+    }
+
+    fn start_with(config: PathBuf, socket: PathBuf, netns: Option<String>) -> Server {
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_twinblk")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_twinblk")),
+        };
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(&config)
             .stdout(Stdio::piped())
@@ -108,6 +130,7 @@ impl Server {
             nvmf_addr: nvmf.unwrap(),
             socket,
             config,
+            netns,
         }
     }
 
@@ -139,15 +162,17 @@ impl Server {
     /// Start again with the same config file (after `kill`).
     pub fn respawn(mut self) -> Server {
         self.kill();
-        let (config, socket) = (self.config.clone(), self.socket.clone());
-        Self::start_with(config, socket)
+        let (config, socket, netns) =
+            (self.config.clone(), self.socket.clone(), self.netns.clone());
+        Self::start_with(config, socket, netns)
     }
 
     /// Stop, then start again with the same config file.
     pub fn restart(mut self) -> Server {
         assert!(self.stop(), "clean stop failed");
-        let (config, socket) = (self.config.clone(), self.socket.clone());
-        Self::start_with(config, socket)
+        let (config, socket, netns) =
+            (self.config.clone(), self.socket.clone(), self.netns.clone());
+        Self::start_with(config, socket, netns)
     }
 
     /// One control-socket call, via the ctl logic (a line of JSON-RPC).

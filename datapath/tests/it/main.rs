@@ -5,6 +5,7 @@ mod failover;
 mod harness;
 mod malformed;
 mod mirror;
+mod netfault;
 mod nvmf;
 mod rawnbd;
 mod shutdown;
