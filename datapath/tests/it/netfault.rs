@@ -443,6 +443,38 @@ fn without_the_witness_a_partition_fences_both_sites() {
 }
 
 #[test]
+fn a_witness_restart_during_the_failover_gives_no_second_grant() {
+    let mut h = Hosts::new();
+    h.start_witness();
+    let a = h.site(A);
+    let b = h.site(B);
+    wait_state(&a, "up", Duration::from_secs(10));
+    wait_state(&b, "up", Duration::from_secs(10));
+    // Cut the link and take the witness down at the same moment; it comes back (from its
+    // state file) while both sites are asking.
+    h.kill_witness();
+    h.link_ab(false);
+    std::thread::sleep(Duration::from_millis(300));
+    h.start_witness();
+    wait_state(&a, "survivor", Duration::from_secs(5));
+    wait_state(&b, "fenced", Duration::from_secs(5));
+    // And once more: a restart after the grant changes nothing.
+    h.kill_witness();
+    h.start_witness();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        (state(&a).as_str(), state(&b).as_str()),
+        ("survivor", "fenced")
+    );
+    let mut c = Client::connect(a.addr, "vol0", false);
+    assert_eq!(
+        c.write(0, &pattern(3, 4096)),
+        0,
+        "the survivor must keep serving"
+    );
+}
+
+#[test]
 fn randomised_faults_never_lose_an_acknowledged_write() {
     let n: usize = std::env::var("TWINBLK_FAULT_ITERATIONS")
         .ok()
