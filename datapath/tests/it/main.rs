@@ -5,5 +5,6 @@ mod harness;
 mod malformed;
 mod mirror;
 mod nvmf;
+mod nvmf_fused_resv;
 mod rawnbd;
 mod shutdown;
