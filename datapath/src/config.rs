@@ -165,6 +165,10 @@ pub struct NvmfConfig {
     /// Subsystems; when empty, one per volume named `nqn.2026-11.io.twinblk:<volume>`.
     #[serde(default, rename = "subsystem")]
     pub subsystems: Vec<SubsystemConfig>,
+    /// Directory of the reservation state files (one per subsystem); unset: reservations
+    /// are kept in memory only and lost on restart.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// One NVM subsystem.
@@ -342,6 +346,7 @@ impl Default for NvmfConfig {
         Self {
             listen: default_nvmf_listen(),
             subsystems: Vec::new(),
+            state_dir: None,
         }
     }
 }

@@ -49,6 +49,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The NVMe-oF reservation state could not be loaded.
+    #[error("NVMe-oF reservations")]
+    Reservations(#[source] crate::frontend::nvmf::resv::ResvError),
     /// A reactor could not start (io_uring setup, pinning, channel opening).
     #[error("reactor {id} on core {core}")]
     Reactor {
@@ -201,6 +204,10 @@ impl Daemon {
                 Subsystem::new(s.nqn, s.allowed_hosts, &vols)
             })
             .collect();
+        if let Some(dir) = &cfg.nvmf.state_dir {
+            nvmf.load_reservations(dir.clone())
+                .map_err(StartError::Reservations)?;
+        }
         let n = cfg.reactor.cores.len();
         let mut mailboxes = Vec::with_capacity(n);
         for id in 0..n {

@@ -43,6 +43,9 @@ pub enum Msg {
         /// The HELLO bytes.
         hello: Vec<u8>,
     },
+    /// An NVMe-oF message: for one of this reactor's connections, or for its atomic-section
+    /// executor (created on first use; `frontend::nvmf::atomic`).
+    Nvmf(crate::frontend::nvmf::Note),
     /// Counted and dropped (benchmarks and tests of the message path).
     Nop,
 }

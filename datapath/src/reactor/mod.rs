@@ -114,6 +114,8 @@ pub trait Conn {
     fn describe(&self) -> String {
         String::new()
     }
+    /// A message from another reactor (or this one) addressed to this connection.
+    fn on_note(&mut self, _env: &mut Env<'_>, _note: crate::frontend::nvmf::Note) {}
 }
 
 struct Entry {
@@ -145,6 +147,8 @@ pub struct Reactor {
     mirrors: Vec<usize>,
     next_tick: Instant,
     mirror_done: Vec<(u32, IoTag, Result<(), Errno>)>,
+    /// Key of this reactor's NVMe-oF atomic-section executor, once created.
+    nvmf_home: Option<u32>,
     drained: bool,
 }
 
@@ -196,6 +200,7 @@ impl Reactor {
             stopping: None,
             aborted: false,
             cqes: Vec::with_capacity(256),
+            nvmf_home: None,
         })
     }
 
@@ -386,6 +391,7 @@ impl Reactor {
                         self.insert_conn(Box::new(l));
                     }
                 }
+                Msg::Nvmf(n) => self.on_nvmf(n),
                 Msg::Nop => {}
             }
         }
@@ -635,6 +641,29 @@ impl Reactor {
         if let crate::bdev::Start::Done(result) = started {
             self.answer(r.from, r.tag, result);
         }
+    }
+
+    /// Deliver an NVMe-oF message to its connection (dropped when that is gone) or to the
+    /// atomic-section executor, creating it on first use.
+    fn on_nvmf(&mut self, n: crate::frontend::nvmf::Note) {
+        let key = match n.conn() {
+            Some(k) => k,
+            None => match self.nvmf_home.filter(|&k| self.conns.contains(k as usize)) {
+                Some(k) => k,
+                None => {
+                    let home = crate::frontend::nvmf::atomic::Home::new();
+                    let k = self.insert_conn(Box::new(home));
+                    self.nvmf_home = Some(k);
+                    k
+                }
+            },
+        };
+        if !self.conns.contains(key as usize) {
+            return;
+        }
+        let (entry, mut env) = self.env(key);
+        entry.conn.on_note(&mut env, n);
+        self.mark(key);
     }
 
     fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {

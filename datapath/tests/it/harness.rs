@@ -62,10 +62,15 @@ pub fn need(tool: &str) {
 impl Server {
     /// Start the binary with `body` (TOML without [nbd] and [control]) in `dir`.
     pub fn start(dir: &Path, body: &str) -> Server {
+        Self::start_nvmf(dir, "", body)
+    }
+
+    /// As [`Server::start`], with `nvmf` (lines of TOML) added to the `[nvmf]` table.
+    pub fn start_nvmf(dir: &Path, nvmf: &str, body: &str) -> Server {
         let socket = dir.join(format!("ctl-{}.sock", std::process::id()));
         let config = dir.join("twinblk.toml");
         let text = format!(
-            "[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n{body}",
+            "[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n{nvmf}\n[control]\nsocket='{}'\n{body}",
             socket.display()
         );
         std::fs::write(&config, text).unwrap();

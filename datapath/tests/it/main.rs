@@ -7,5 +7,6 @@ mod malformed;
 mod mirror;
 mod netfault;
 mod nvmf;
+mod nvmf_fused_resv;
 mod rawnbd;
 mod shutdown;

@@ -165,6 +165,85 @@ impl Sqe {
             .cdw(11, (slba >> 32) as u32)
             .cdw(12, nlb - 1)
     }
+    /// Set the FUSE bits (1: first of a fused pair, 2: second).
+    pub fn fuse(mut self, f: u8) -> Self {
+        self.0[1] = (self.0[1] & !3) | (f & 3);
+        self
+    }
+}
+
+/// Reservation Register actions (RREGA).
+pub mod rrega {
+    /// Register a key.
+    pub const REGISTER: u8 = 0;
+    /// Unregister.
+    pub const UNREGISTER: u8 = 1;
+    /// Replace the key.
+    pub const REPLACE: u8 = 2;
+}
+
+/// Reservation Acquire actions (RACQA).
+pub mod racqa {
+    /// Acquire.
+    pub const ACQUIRE: u8 = 0;
+    /// Preempt.
+    pub const PREEMPT: u8 = 1;
+    /// Preempt and abort.
+    pub const PREEMPT_ABORT: u8 = 2;
+}
+
+/// Status codes the tests look for (SCT << 8 | SC).
+pub mod sc {
+    /// Command Abort Requested.
+    pub const ABORT_REQUESTED: u16 = 0x007;
+    /// Command Aborted due to Failed Fused Command.
+    pub const FUSED_FAILED: u16 = 0x009;
+    /// Command Aborted due to Missing Fused Command.
+    pub const FUSED_MISSING: u16 = 0x00A;
+    /// Host Identifier Inconsistent Format.
+    pub const HOST_ID_INCONSISTENT: u16 = 0x018;
+    /// Reservation Conflict.
+    pub const RESERVATION_CONFLICT: u16 = 0x083;
+    /// Compare Failure.
+    pub const COMPARE_FAILURE: u16 = 0x285;
+}
+
+/// A decoded Reservation Report (extended data structure).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResvReport {
+    /// Persistent reservation generation.
+    pub generation: u32,
+    /// Reservation type (0: none).
+    pub rtype: u8,
+    /// Persist through power loss state.
+    pub ptpls: bool,
+    /// Registrants: (host id, key, holds the reservation).
+    pub registrants: Vec<([u8; 16], u64, bool)>,
+}
+
+impl ResvReport {
+    /// Decode the extended Reservation Status data structure.
+    pub fn parse(d: &[u8]) -> Result<Self> {
+        ensure!(d.len() >= 64, "report shorter than its header");
+        let n = u16::from_le_bytes([d[5], d[6]]) as usize;
+        let mut r = ResvReport {
+            generation: u32::from_le_bytes(d[0..4].try_into()?),
+            rtype: d[4],
+            ptpls: d[9] & 1 != 0,
+            registrants: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let Some(e) = d.get(64 * (i + 1)..64 * (i + 2)) else {
+                break;
+            };
+            r.registrants.push((
+                e[16..32].try_into()?,
+                u64::from_le_bytes(e[8..16].try_into()?),
+                e[2] & 1 != 0,
+            ));
+        }
+        Ok(r)
+    }
 }
 
 impl Queue {
@@ -530,6 +609,112 @@ impl Queue {
         Ok(())
     }
 
+    /// Submit a fused Compare (`expect`) + Write (`new`) pair on `blocks` blocks at `slba`,
+    /// back to back; returns the two cids (collect both completions with `complete`).
+    pub fn submit_compare_and_write(
+        &mut self,
+        nsid: u32,
+        slba: u64,
+        expect: &[u8],
+        new: &[u8],
+        bs: u32,
+    ) -> Result<(u16, u16)> {
+        ensure!(
+            expect.len() == new.len(),
+            "compare and write data differ in length"
+        );
+        let nlb = (expect.len() / bs as usize) as u32;
+        let a = self.submit(Sqe::new(0x05).nsid(nsid).lba(slba, nlb).fuse(1), expect, 0)?;
+        let b = self.submit(Sqe::new(0x01).nsid(nsid).lba(slba, nlb).fuse(2), new, 0)?;
+        Ok((a, b))
+    }
+
+    /// Fused compare-and-write; returns the (compare, write) statuses.
+    pub fn compare_and_write(
+        &mut self,
+        nsid: u32,
+        slba: u64,
+        expect: &[u8],
+        new: &[u8],
+        bs: u32,
+    ) -> Result<(u16, u16)> {
+        let (a, b) = self.submit_compare_and_write(nsid, slba, expect, new, bs)?;
+        let (mut sa, mut sb) = (None, None);
+        for _ in 0..2 {
+            let c = self.complete()?;
+            if c.cid == a {
+                sa = Some(c.status);
+            } else if c.cid == b {
+                sb = Some(c.status);
+            } else {
+                bail!("completion for unexpected cid {}", c.cid);
+            }
+        }
+        Ok((
+            sa.context("no compare completion")?,
+            sb.context("no write completion")?,
+        ))
+    }
+
+    /// Reservation Register; returns the status.
+    pub fn resv_register(
+        &mut self,
+        nsid: u32,
+        action: u8,
+        iekey: bool,
+        crkey: u64,
+        nrkey: u64,
+    ) -> Result<u16> {
+        let mut d = crkey.to_le_bytes().to_vec();
+        d.extend_from_slice(&nrkey.to_le_bytes());
+        // CPTPL = 11b: persist through power loss.
+        let cdw10 = u32::from(action & 7) | (u32::from(iekey) << 3) | (3 << 30);
+        Ok(self
+            .cmd(Sqe::new(0x0D).nsid(nsid).cdw(10, cdw10), &d, 0)?
+            .status)
+    }
+
+    /// Reservation Acquire; returns the status.
+    pub fn resv_acquire(
+        &mut self,
+        nsid: u32,
+        action: u8,
+        rtype: u8,
+        crkey: u64,
+        prkey: u64,
+    ) -> Result<u16> {
+        let mut d = crkey.to_le_bytes().to_vec();
+        d.extend_from_slice(&prkey.to_le_bytes());
+        let cdw10 = u32::from(action & 7) | (u32::from(rtype) << 8);
+        Ok(self
+            .cmd(Sqe::new(0x11).nsid(nsid).cdw(10, cdw10), &d, 0)?
+            .status)
+    }
+
+    /// Reservation Release (`action` 0) or Clear (1); returns the status.
+    pub fn resv_release(&mut self, nsid: u32, action: u8, rtype: u8, crkey: u64) -> Result<u16> {
+        let cdw10 = u32::from(action & 7) | (u32::from(rtype) << 8);
+        let d = crkey.to_le_bytes();
+        Ok(self
+            .cmd(Sqe::new(0x15).nsid(nsid).cdw(10, cdw10), &d, 0)?
+            .status)
+    }
+
+    /// Reservation Report with the extended data structure (`len` bytes, a multiple of 4).
+    pub fn resv_report(&mut self, nsid: u32, eds: bool, len: u32) -> Result<(u16, Vec<u8>)> {
+        let sqe = Sqe::new(0x0E)
+            .nsid(nsid)
+            .cdw(10, len / 4 - 1)
+            .cdw(11, u32::from(eds));
+        let c = self.cmd(sqe, &[], len)?;
+        Ok((c.status, c.data))
+    }
+
+    /// Forget command `cid` (its completion was read with `read_pdu`).
+    pub fn forget(&mut self, cid: u16) {
+        self.pending.remove(&cid);
+    }
+
     /// Commands outstanding.
     pub fn outstanding(&self) -> usize {
         self.pending.len()
@@ -697,6 +882,13 @@ impl Controller {
             .admin
             .cmd_ok(Sqe::new(0x09).cdw(10, 0x07).cdw(11, v), &[], 0)?;
         Ok((c.result & 0xFFFF) as u16 + 1)
+    }
+
+    /// Abort command `cid` of queue `sqid`; the completion's result bit 0 is 1 when the
+    /// command was not aborted.
+    pub fn abort(&mut self, sqid: u16, cid: u16) -> Result<Completion> {
+        let sqe = Sqe::new(0x08).cdw(10, u32::from(sqid) | (u32::from(cid) << 16));
+        self.admin.cmd(sqe, &[], 0)
     }
 
     /// Keep Alive.

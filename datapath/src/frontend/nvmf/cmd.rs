@@ -63,7 +63,28 @@ pub mod io {
     pub const WRITE_ZEROES: u8 = 0x08;
     /// Dataset Management.
     pub const DSM: u8 = 0x09;
+    /// Reservation Register.
+    pub const RESV_REGISTER: u8 = 0x0D;
+    /// Reservation Report.
+    pub const RESV_REPORT: u8 = 0x0E;
+    /// Reservation Acquire.
+    pub const RESV_ACQUIRE: u8 = 0x11;
+    /// Reservation Release.
+    pub const RESV_RELEASE: u8 = 0x15;
 }
+
+/// FUSE field values (SQE byte 1, bits 1:0).
+pub mod fuse {
+    /// Not fused.
+    pub const NONE: u8 = 0;
+    /// First command of a fused pair (Compare).
+    pub const FIRST: u8 = 1;
+    /// Second command of a fused pair (Write).
+    pub const SECOND: u8 = 2;
+}
+
+/// Largest fused Compare and Write in blocks (Identify Controller ACWU is this minus one).
+pub const ACWU_BLOCKS: u32 = 32;
 
 /// Feature identifiers.
 pub mod feat {
@@ -75,6 +96,8 @@ pub mod feat {
     pub const ASYNC_EVENT: u8 = 0x0B;
     /// Keep-alive timer.
     pub const KATO: u8 = 0x0F;
+    /// Host identifier.
+    pub const HOST_ID: u8 = 0x81;
 }
 
 /// Log page identifiers.
@@ -149,6 +172,16 @@ impl Status {
     pub const CONNECT_INVALID_PARAM: Status = Status(0x182);
     /// Connect: invalid host.
     pub const CONNECT_INVALID_HOST: Status = Status(0x184);
+    /// Command Abort Requested.
+    pub const ABORT_REQUESTED: Status = Status(0x007);
+    /// Command Aborted due to Failed Fused Command.
+    pub const ABORTED_FUSED_FAIL: Status = Status(0x009);
+    /// Command Aborted due to Missing Fused Command.
+    pub const ABORTED_FUSED_MISSING: Status = Status(0x00A);
+    /// Host Identifier Inconsistent Format (a 64-bit host id asked of a fabrics controller).
+    pub const HOST_ID_INCONSISTENT: Status = Status(0x018);
+    /// Reservation Conflict (generic, NVM command set specific).
+    pub const RESERVATION_CONFLICT: Status = Status(0x083);
     /// Write fault (media).
     pub const WRITE_FAULT: Status = Status(0x280);
     /// Unrecovered read error (media).
@@ -403,16 +436,21 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     b[513] = 0x44; // CQES
     put16(b, 514, c.maxcmd);
     put32(b, 516, c.nn);
-    // ONCS: Compare (bit 0), Dataset Management (bit 2), Write Zeroes (bit 3).
+    // ONCS: Compare (bit 0), Dataset Management (bit 2), Write Zeroes (bit 3),
+    // Reservations (bit 5).
     put16(
         b,
         520,
         if c.discovery {
             0
         } else {
-            1 | (1 << 2) | (1 << 3)
+            1 | (1 << 2) | (1 << 3) | (1 << 5)
         },
     );
+    if !c.discovery {
+        put16(b, 522, 1); // FUSES: Compare and Write
+        put16(b, 534, (ACWU_BLOCKS - 1) as u16); // ACWU (0's based)
+    }
     b[525] = if c.discovery { 0 } else { 1 }; // VWC present
     // SGLS: supported (bits 1:0 = 01), address as offset (bit 20).
     put32(b, 536, 1 | (1 << 20));
@@ -436,6 +474,8 @@ pub fn identify_ns(b: &mut [u8], blocks: u64, block_size: u32, ana_group: u32, n
     b[25] = 0; // NLBAF: one format
     b[26] = 0; // FLBAS
     b[30] = 1; // NMIC: shared (multipath)
+    // RESCAP: persist through power loss, all six types, IEKEY semantics of NVMe 1.3+.
+    b[31] = 0xFF;
     b[33] = 0x01; // DLFEAT: deallocated blocks read as zeroes
     put32(b, 92, ana_group);
     b[104..120].copy_from_slice(nguid);

@@ -12,7 +12,10 @@
 //! - Admin: admin and fabrics property commands for the controller this queue created. Every
 //!   receive carries a linked timeout of KATO; a receive that times out tears the controller
 //!   down (its I/O queues' sockets are shut down and they close on their own reactors).
-//! - Io: NVM commands on the namespaces of the controller's subsystem.
+//! - Io: NVM commands on the namespaces of the controller's subsystem. Media accesses enter
+//!   the volume's atomic section (`atomic`) or are diverted to its home while a fused pair is
+//!   pending; fused pairs go to the home; reservation permissions are cached per namespace
+//!   and re-read only when the namespace's reservation version moves (`resv`).
 //! - Closing: no new PDU is parsed; in-flight device operations finish; the connection is
 //!   `done` once no receive, send or device operation is in flight. After a TermReq (sent or
 //!   received) or a broken socket no further response is sent.
@@ -36,11 +39,14 @@
 //!   [`MAX_R2T`] R2Ts are outstanding, so a host cannot make a queue hold more than
 //!   `MAX_R2T * MAX_XFER` bytes of half-received write data.
 
-use super::cmd::{self, Sqe, Status, admin, fctype, feat, io, lid, prop, sgl};
-use super::ctrl::{AttachError, Controller, MAX_IO_QUEUES};
+use super::atomic::{FusedReq, Note, OpKind, OpReq, Origin};
+use super::cmd::{self, Sqe, Status, admin, fctype, feat, fuse, io, lid, prop, sgl};
+use super::ctrl::{AttachError, Controller, MAX_IO_QUEUES, Subsystem};
 use super::pdu::{self, Digests, Violation, fes, pdu_type};
+use super::resv::Access;
 use super::{NvmfShared, ctrl};
 use crate::bdev::{ReadStart, Start, in_range};
+use crate::frontend::Shared;
 use crate::reactor::{Conn, Env};
 use crate::uring::{Errno, IoTag, Kind, UserData};
 use io_uring::{opcode, squeue, types};
@@ -70,6 +76,9 @@ pub const MQES: u16 = 1023;
 pub const MAX_R2T: usize = 32;
 /// Async Event Requests held at once (AERL + 1).
 const MAX_AERS: usize = 4;
+/// `Req::op` of a fused Compare+Write pair (not an NVMe opcode: bit 7 is never set in one
+/// this queue accepts).
+const OP_FUSED: u8 = 0xFF;
 const RX_INITIAL: usize = 256 << 10;
 const RX_MIN_FREE: usize = 64 << 10;
 
@@ -99,17 +108,25 @@ struct Xfer {
     total: u32,
     received: u32,
     buf: Vec<u8>,
+    /// Aborted: the data is received and dropped, the command already answered.
+    discard: bool,
 }
 
 /// A command at the device.
 struct Req {
     cid: u16,
+    /// Fused pair: the Write's cid (`cid` is the Compare's).
+    cid2: u16,
     op: u8,
     /// Device operations still running (DSM issues one per range).
     parts: u32,
     status: Status,
     /// Compare: the host's data (a reused buffer; empty for other commands).
     cmp: Vec<u8>,
+    /// Counted in this volume's atomic section (left when it finishes).
+    counted: Option<usize>,
+    /// Answered by a message from the volume's home, not by a device completion.
+    remote: bool,
 }
 
 /// An NVMe/TCP connection.
@@ -149,9 +166,17 @@ pub struct NvmfConn {
     closed: bool,
     errors: u64,
     err_vol: usize,
+    /// The first command of a fused pair, waiting for the second (SQE, data).
+    fused_first: Option<([u8; cmd::SQE_LEN], Vec<u8>)>,
+    /// Volumes whose atomic section a finished access still has to leave (done in `flush`,
+    /// which has the environment).
+    leaves: Vec<usize>,
+    /// Per namespace index: (reservation version, access) last evaluated.
+    resv_cache: Vec<(u64, Access)>,
 }
 
-fn status_of(e: Errno, op: u8) -> Status {
+/// The NVMe status for a device error of command `op`.
+pub(super) fn status_of(e: Errno, op: u8) -> Status {
     match e.0 {
         libc::EIO if op == io::READ => Status::READ_ERROR,
         libc::EIO => Status::WRITE_FAULT,
@@ -222,6 +247,9 @@ impl NvmfConn {
             closed: false,
             errors: 0,
             err_vol: 0,
+            fused_first: None,
+            leaves: Vec::new(),
+            resv_cache: Vec::new(),
         }
     }
 
@@ -403,6 +431,7 @@ impl NvmfConn {
             total,
             received: 0,
             buf,
+            discard: false,
         });
         pdu::put_r2t(&mut self.tx_pending, cid, ttag as u16, 0, total, self.dg);
     }
@@ -455,7 +484,9 @@ impl NvmfConn {
         if h.offset == 0 && h.len == x.total {
             // The whole transfer in one PDU: straight from the receive buffer.
             let x = self.xfers.remove(h.ttag as usize);
-            self.execute(env, Sqe(&x.sqe), p.data);
+            if !x.discard {
+                self.execute(env, Sqe(&x.sqe), p.data);
+            }
             self.spare.push(x.buf);
             self.next_r2t();
             return;
@@ -467,7 +498,9 @@ impl NvmfConn {
         x.received = end as u32;
         if x.received == x.total {
             let x = self.xfers.remove(h.ttag as usize);
-            self.execute(env, Sqe(&x.sqe), &x.buf[..x.total as usize]);
+            if !x.discard {
+                self.execute(env, Sqe(&x.sqe), &x.buf[..x.total as usize]);
+            }
             self.spare.push(x.buf);
             self.next_r2t();
         }
@@ -525,8 +558,29 @@ impl NvmfConn {
         if self.shutting_down {
             return self.respond(cid, Status::NS_NOT_READY, 0);
         }
-        if sqe.fuse() != 0 {
-            return self.respond(cid, Status::INVALID_FIELD, 0);
+        match sqe.fuse() {
+            fuse::NONE => {
+                if let Some((first, _)) = self.fused_first.take() {
+                    self.respond(Sqe(&first).cid(), Status::ABORTED_FUSED_MISSING, 0);
+                }
+            }
+            fuse::FIRST => {
+                if let Some((first, _)) = self.fused_first.take() {
+                    self.respond(Sqe(&first).cid(), Status::ABORTED_FUSED_MISSING, 0);
+                }
+                if !matches!(self.role, Role::Io) || sqe.opcode() != io::COMPARE {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                self.fused_first = Some((*sqe.0, data.to_vec()));
+                return;
+            }
+            fuse::SECOND => {
+                let Some((first, cmp)) = self.fused_first.take() else {
+                    return self.respond(cid, Status::ABORTED_FUSED_MISSING, 0);
+                };
+                return self.fused(env, first, cmp, sqe, data);
+            }
+            _ => return self.respond(cid, Status::INVALID_FIELD, 0),
         }
         if sqe.opcode() == admin::FABRICS {
             return match sqe.fctype() {
@@ -625,7 +679,7 @@ impl NvmfConn {
             if !c.enabled.load(Ordering::Acquire) {
                 return Err((Status::CMD_SEQ_ERROR, 0));
             }
-            match c.attach_queue(qid, &self.fd) {
+            match c.attach_queue(qid, &self.fd, (env.io.reactor, env.key)) {
                 Ok(()) => {}
                 Err(AttachError::BadQid) => return Err(invalid(0, 42)),
                 Err(AttachError::Dead) | Err(AttachError::NoFd) => {
@@ -639,6 +693,7 @@ impl NvmfConn {
         self.qid = qid;
         self.qsize = u32::from(sqsize) + 1;
         self.sqflow_off = sqe.connect_cattr() & cmd::CATTR_DISABLE_SQFLOW != 0;
+        self.resv_cache.clear();
         let id = ctrl.cntlid;
         self.ctrl = Some(ctrl);
         Ok(id)
@@ -717,6 +772,18 @@ impl NvmfConn {
                 let (s, r) = self.set_features(&ctrl, sqe);
                 self.respond(cid, s, r)
             }
+            admin::GET_FEATURES if (sqe.cdw(10) & 0xFF) as u8 == feat::HOST_ID => {
+                // Only the 128-bit identifier (EXHID = 1) exists on a fabrics controller.
+                if sqe.cdw(11) & 1 == 0 {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                if sqe.sgl_type() != sgl::TRANSPORT {
+                    return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+                }
+                self.scratch.clear();
+                self.scratch.extend_from_slice(&ctrl.hostid);
+                self.respond_scratch(cid, sqe.sgl_len().min(16));
+            }
             admin::GET_FEATURES => {
                 let (s, r) = self.get_features(&ctrl, sqe);
                 self.respond(cid, s, r)
@@ -732,8 +799,7 @@ impl NvmfConn {
                 }
             }
             admin::KEEP_ALIVE => self.respond(cid, Status::SUCCESS, 0),
-            // Nothing is ever aborted: result bit 0 = 1 ("not aborted").
-            admin::ABORT => self.respond(cid, Status::SUCCESS, 1),
+            admin::ABORT => self.abort_request(env, &ctrl, sqe),
             _ => self.respond(cid, Status::INVALID_OPCODE, 0),
         }
     }
@@ -918,6 +984,8 @@ impl NvmfConn {
                 (Status::SUCCESS, 0)
             }
             feat::VOLATILE_WC if ctrl.subsys.is_some() => (Status::SUCCESS, 0),
+            // The host identifier comes with Connect and cannot change afterwards.
+            feat::HOST_ID => (Status::CMD_SEQ_ERROR, 0),
             _ => (Status::INVALID_FIELD, 0),
         }
     }
@@ -941,31 +1009,116 @@ impl NvmfConn {
         }
     }
 
+    /// The namespace `nsid` of this queue's subsystem, with its ANA state checked.
+    fn io_ns<'s>(&self, shared: &'s Shared, nsid: u32) -> Result<(&'s Subsystem, usize), Status> {
+        let nv = &shared.nvmf;
+        let Some(sub) = nv.subsystems.get(self.subsys) else {
+            return Err(Status::INVALID_NS);
+        };
+        let Some(ns) = sub.ns(nsid) else {
+            return Err(Status::INVALID_NS);
+        };
+        match nv.ana.state(ns.ana_group) {
+            cmd::ana::OPTIMIZED | cmd::ana::NON_OPTIMIZED => {}
+            cmd::ana::PERSISTENT_LOSS => return Err(Status::ANA_PERSISTENT_LOSS),
+            cmd::ana::CHANGE => return Err(Status::ANA_TRANSITION),
+            _ => return Err(Status::ANA_INACCESSIBLE),
+        }
+        Ok((sub, nsid as usize - 1))
+    }
+
+    /// What this host may do on namespace index `idx`: one atomic load, and the lock only
+    /// when the reservation state changed since the last look.
+    fn resv_access(&mut self, sub: &Subsystem, idx: usize) -> Access {
+        let v = sub.resv.version(idx);
+        if let Some(&(cv, a)) = self.resv_cache.get(idx)
+            && cv == v
+        {
+            return a;
+        }
+        let host = self.ctrl.as_ref().map_or([0; 16], |c| c.hostid);
+        let (v, a) = sub.resv.access(idx, &host);
+        if self.resv_cache.len() <= idx {
+            self.resv_cache.resize(idx + 1, (u64::MAX, a));
+        }
+        self.resv_cache[idx] = (v, a);
+        a
+    }
+
+    /// Hand a media access to the volume's home while a fused pair is pending there.
+    #[allow(clippy::too_many_arguments)]
+    fn divert(
+        &mut self,
+        env: &Env<'_>,
+        vol: usize,
+        mut req: Req,
+        kind: OpKind,
+        ranges: Vec<(u64, u64)>,
+        data: Vec<u8>,
+        fua: bool,
+    ) {
+        let Some(sections) = env.shared.nvmf.sections(env.shared) else {
+            return self.respond(req.cid, Status::INTERNAL, 0);
+        };
+        req.remote = true;
+        let slot = self.reqs.insert(req) as u32;
+        let from = Origin {
+            reactor: env.io.reactor,
+            key: env.key,
+            slot,
+        };
+        sections.to_home(
+            vol,
+            Note::Op(Box::new(OpReq {
+                vol,
+                from,
+                kind,
+                ranges,
+                data,
+                fua,
+            })),
+        );
+    }
+
     fn io(&mut self, env: &mut Env<'_>, sqe: Sqe<'_>, data: &[u8]) {
         let cid = sqe.cid();
         let op = sqe.opcode();
         if !matches!(
             op,
-            io::READ | io::WRITE | io::WRITE_ZEROES | io::FLUSH | io::DSM | io::COMPARE
+            io::READ
+                | io::WRITE
+                | io::WRITE_ZEROES
+                | io::FLUSH
+                | io::DSM
+                | io::COMPARE
+                | io::RESV_REGISTER
+                | io::RESV_REPORT
+                | io::RESV_ACQUIRE
+                | io::RESV_RELEASE
         ) {
             return self.respond(cid, Status::INVALID_OPCODE, 0);
         }
-        let nv = &env.shared.nvmf;
-        let Some(ns) = nv
-            .subsystems
-            .get(self.subsys)
-            .and_then(|s| s.ns(sqe.nsid()))
-        else {
-            return self.respond(cid, Status::INVALID_NS, 0);
+        let shared: &Shared = env.shared;
+        let (sub, idx) = match self.io_ns(shared, sqe.nsid()) {
+            Ok(x) => x,
+            Err(s) => return self.respond(cid, s, 0),
         };
-        match nv.ana.state(ns.ana_group) {
-            cmd::ana::OPTIMIZED | cmd::ana::NON_OPTIMIZED => {}
-            cmd::ana::PERSISTENT_LOSS => return self.respond(cid, Status::ANA_PERSISTENT_LOSS, 0),
-            cmd::ana::CHANGE => return self.respond(cid, Status::ANA_TRANSITION, 0),
-            _ => return self.respond(cid, Status::ANA_INACCESSIBLE, 0),
+        if matches!(
+            op,
+            io::RESV_REGISTER | io::RESV_REPORT | io::RESV_ACQUIRE | io::RESV_RELEASE
+        ) {
+            return self.reservation(sub, idx, sqe, data);
         }
-        let vol = ns.volume;
-        let info = &env.shared.volumes[vol].info;
+        let access = self.resv_access(sub, idx);
+        let allowed = match op {
+            io::READ | io::COMPARE => access.read,
+            _ => access.write,
+        };
+        if !allowed {
+            return self.respond(cid, Status::RESERVATION_CONFLICT, 0);
+        }
+        let vol = sub.namespaces[idx].volume;
+        let info = &shared.volumes[vol].info;
         let bs = u64::from(info.block_size.max(1));
         let size = info.size;
         let ranged = |slba: u64, nlb: u64| -> Option<(u64, u64)> {
@@ -973,57 +1126,82 @@ impl NvmfConn {
             let len = nlb.checked_mul(bs)?;
             in_range(off, len, size).then_some((off, len))
         };
+        let me = env.io.reactor;
+        let section = shared.nvmf.sections(shared).and_then(|s| s.get(vol));
+        // Enter the volume's atomic section (false: divert to its home).
+        let enter = || section.is_none_or(|s| s.enter(me));
         let tag = IoTag {
             conn: env.key,
             slot: self.reqs.vacant_key() as u32,
         };
-        let chan = &mut env.chans[vol];
-        let vc = &mut env.vol_counters[vol];
         let mut req = Req {
             cid,
+            cid2: 0,
             op,
             parts: 1,
             status: Status::SUCCESS,
             cmp: Vec::new(),
+            counted: None,
+            remote: false,
         };
+        let counted = section.map(|_| vol);
         let started = match op {
             io::READ | io::WRITE | io::WRITE_ZEROES => {
                 let Some((off, len)) = ranged(sqe.slba(), u64::from(sqe.nlb())) else {
                     return self.respond(cid, Status::LBA_RANGE, 0);
                 };
                 let fua = sqe.fua();
-                env.counters.ios += 1;
-                vc.ops += 1;
-                if op == io::WRITE_ZEROES {
-                    chan.write_zeroes(env.io, tag, off, len, fua)
-                } else {
+                if op != io::WRITE_ZEROES {
                     if len > u64::from(MAX_XFER) {
                         return self.respond(cid, Status::INVALID_FIELD, 0);
                     }
                     if u64::from(sqe.sgl_len()) != len {
                         return self.respond(cid, Status::SGL_INVALID_DATA, 0);
                     }
-                    if op == io::WRITE {
-                        if data.len() as u64 != len {
-                            return self.respond(cid, Status::SGL_INVALID_DATA, 0);
-                        }
-                        env.counters.write_bytes += len;
-                        vc.write_bytes += len;
-                        chan.write(env.io, tag, off, data, fua)
+                    if op == io::WRITE && data.len() as u64 != len {
+                        return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                    }
+                    if op == io::READ && sqe.sgl_type() != sgl::TRANSPORT {
+                        return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+                    }
+                }
+                env.counters.ios += 1;
+                env.vol_counters[vol].ops += 1;
+                if op == io::READ {
+                    env.counters.read_bytes += len;
+                    env.vol_counters[vol].read_bytes += len;
+                } else if op == io::WRITE {
+                    env.counters.write_bytes += len;
+                    env.vol_counters[vol].write_bytes += len;
+                }
+                if !enter() {
+                    let kind = match op {
+                        io::READ => OpKind::Read,
+                        io::WRITE => OpKind::Write,
+                        _ => OpKind::Zeroes,
+                    };
+                    let d = if op == io::WRITE {
+                        data.to_vec()
                     } else {
-                        if sqe.sgl_type() != sgl::TRANSPORT {
-                            return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+                        Vec::new()
+                    };
+                    return self.divert(env, vol, req, kind, vec![(off, len)], d, fua);
+                }
+                req.counted = counted;
+                let chan = &mut env.chans[vol];
+                if op == io::WRITE_ZEROES {
+                    chan.write_zeroes(env.io, tag, off, len, fua)
+                } else if op == io::WRITE {
+                    chan.write(env.io, tag, off, data, fua)
+                } else {
+                    match chan.read(env.io, tag, off, len as u32) {
+                        ReadStart::Ready(d) => {
+                            self.leaves.extend(counted);
+                            self.respond_data(cid, d);
+                            return;
                         }
-                        env.counters.read_bytes += len;
-                        vc.read_bytes += len;
-                        match chan.read(env.io, tag, off, len as u32) {
-                            ReadStart::Ready(d) => {
-                                self.respond_data(cid, d);
-                                return;
-                            }
-                            ReadStart::Failed(e) => Start::Done(Err(e)),
-                            ReadStart::Pending => Start::Pending,
-                        }
+                        ReadStart::Failed(e) => Start::Done(Err(e)),
+                        ReadStart::Pending => Start::Pending,
                     }
                 }
             }
@@ -1038,32 +1216,44 @@ impl NvmfConn {
                     return self.respond(cid, Status::SGL_INVALID_DATA, 0);
                 }
                 env.counters.ios += 1;
-                vc.ops += 1;
+                env.vol_counters[vol].ops += 1;
                 env.counters.read_bytes += len;
-                vc.read_bytes += len;
-                match chan.read(env.io, tag, off, len as u32) {
+                env.vol_counters[vol].read_bytes += len;
+                let mut b = self.spare.pop().unwrap_or_default();
+                b.clear();
+                b.extend_from_slice(data);
+                req.cmp = b;
+                if !enter() {
+                    return self.divert(
+                        env,
+                        vol,
+                        req,
+                        OpKind::Read,
+                        vec![(off, len)],
+                        Vec::new(),
+                        false,
+                    );
+                }
+                req.counted = counted;
+                match env.chans[vol].read(env.io, tag, off, len as u32) {
                     ReadStart::Ready(d) => {
+                        self.leaves.extend(counted);
                         let s = if d == data {
                             Status::SUCCESS
                         } else {
                             Status::COMPARE_FAILED
                         };
+                        self.spare.push(std::mem::take(&mut req.cmp));
                         return self.respond(cid, s, 0);
                     }
                     ReadStart::Failed(e) => Start::Done(Err(e)),
-                    ReadStart::Pending => {
-                        let mut b = self.spare.pop().unwrap_or_default();
-                        b.clear();
-                        b.extend_from_slice(data);
-                        req.cmp = b;
-                        Start::Pending
-                    }
+                    ReadStart::Pending => Start::Pending,
                 }
             }
             io::FLUSH => {
                 env.counters.ios += 1;
-                vc.ops += 1;
-                chan.flush(env.io, tag)
+                env.vol_counters[vol].ops += 1;
+                env.chans[vol].flush(env.io, tag)
             }
             io::DSM => {
                 let nr = (sqe.cdw(10) & 0xFF) as usize + 1;
@@ -1074,7 +1264,7 @@ impl NvmfConn {
                 if data.len() < nr * 16 {
                     return self.respond(cid, Status::SGL_INVALID_DATA, 0);
                 }
-                let mut ranges = data[..nr * 16].chunks_exact(16).map(|r| {
+                let ranges = data[..nr * 16].chunks_exact(16).map(|r| {
                     let nlb = u32::from_le_bytes([r[4], r[5], r[6], r[7]]);
                     let slba =
                         u64::from_le_bytes([r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]]);
@@ -1083,17 +1273,21 @@ impl NvmfConn {
                 if ranges.clone().any(|(s, n)| ranged(s, n).is_none()) {
                     return self.respond(cid, Status::LBA_RANGE, 0);
                 }
+                let ranges = ranges
+                    .filter_map(|(s, n)| ranged(s, n))
+                    .filter(|&(_, len)| len > 0);
+                if !enter() {
+                    let list: Vec<(u64, u64)> = ranges.collect();
+                    env.counters.ios += list.len() as u64;
+                    env.vol_counters[vol].ops += list.len() as u64;
+                    return self.divert(env, vol, req, OpKind::Unmap, list, Vec::new(), false);
+                }
+                req.counted = counted;
                 req.parts = 0;
-                for (s, n) in ranges.by_ref() {
-                    let Some((off, len)) = ranged(s, n) else {
-                        continue;
-                    };
-                    if len == 0 {
-                        continue;
-                    }
+                for (off, len) in ranges {
                     env.counters.ios += 1;
-                    vc.ops += 1;
-                    match chan.unmap(env.io, tag, off, len, false) {
+                    env.vol_counters[vol].ops += 1;
+                    match env.chans[vol].unmap(env.io, tag, off, len, false) {
                         Start::Pending => req.parts += 1,
                         Start::Done(Err(e)) => req.status = status_of(e, op),
                         Start::Done(Ok(())) => {}
@@ -1114,7 +1308,9 @@ impl NvmfConn {
                 }
                 self.err_vol = vol;
                 // Only failures (or DSM/flush/write results) get here: no data to compare.
-                req.cmp.clear();
+                if req.cmp.capacity() > 0 {
+                    self.spare.push(std::mem::take(&mut req.cmp));
+                }
                 self.finish(req, &[]);
             }
             Start::Pending => {
@@ -1125,10 +1321,211 @@ impl NvmfConn {
         }
     }
 
+    /// Execute a fused Compare (`first`, with `cmp` data) + Write (`sqe`, with `data`) pair:
+    /// checked here, run atomically by the volume's home.
+    fn fused(
+        &mut self,
+        env: &mut Env<'_>,
+        first: [u8; cmd::SQE_LEN],
+        cmp: Vec<u8>,
+        sqe: Sqe<'_>,
+        data: &[u8],
+    ) {
+        let c = Sqe(&first);
+        let (cid1, cid2) = (c.cid(), sqe.cid());
+        let fail = |s: &mut Self, st: Status| {
+            s.respond(cid1, st, 0);
+            s.respond(cid2, Status::ABORTED_FUSED_FAIL, 0);
+        };
+        if !matches!(self.role, Role::Io) {
+            return fail(self, Status::INVALID_FIELD);
+        }
+        if c.opcode() != io::COMPARE || sqe.opcode() != io::WRITE {
+            return fail(self, Status::INVALID_FIELD);
+        }
+        if c.nsid() != sqe.nsid() || c.slba() != sqe.slba() || c.nlb() != sqe.nlb() {
+            return fail(self, Status::INVALID_FIELD);
+        }
+        let shared: &Shared = env.shared;
+        let (sub, idx) = match self.io_ns(shared, c.nsid()) {
+            Ok(x) => x,
+            Err(s) => return fail(self, s),
+        };
+        let access = self.resv_access(sub, idx);
+        if !access.read || !access.write {
+            return fail(self, Status::RESERVATION_CONFLICT);
+        }
+        let vol = sub.namespaces[idx].volume;
+        let info = &shared.volumes[vol].info;
+        let bs = u64::from(info.block_size.max(1));
+        let nlb = u64::from(c.nlb());
+        let Some((off, len)) = c
+            .slba()
+            .checked_mul(bs)
+            .zip(nlb.checked_mul(bs))
+            .filter(|&(o, l)| in_range(o, l, info.size))
+        else {
+            return fail(self, Status::LBA_RANGE);
+        };
+        if nlb > u64::from(cmd::ACWU_BLOCKS) || len > u64::from(MAX_XFER) {
+            return fail(self, Status::INVALID_FIELD);
+        }
+        if cmp.len() as u64 != len || data.len() as u64 != len {
+            return fail(self, Status::SGL_INVALID_DATA);
+        }
+        let Some(sections) = shared.nvmf.sections(shared) else {
+            return fail(self, Status::INTERNAL);
+        };
+        let Some(sec) = sections.get(vol) else {
+            return fail(self, Status::INTERNAL);
+        };
+        env.counters.ios += 2;
+        env.vol_counters[vol].ops += 2;
+        env.counters.read_bytes += len;
+        env.vol_counters[vol].read_bytes += len;
+        env.counters.write_bytes += len;
+        env.vol_counters[vol].write_bytes += len;
+        let slot = self.reqs.insert(Req {
+            cid: cid1,
+            cid2,
+            op: OP_FUSED,
+            parts: 1,
+            status: Status::SUCCESS,
+            cmp: Vec::new(),
+            counted: None,
+            remote: true,
+        }) as u32;
+        sec.begin_fused();
+        let from = Origin {
+            reactor: env.io.reactor,
+            key: env.key,
+            slot,
+        };
+        sections.to_home(
+            vol,
+            Note::Fused(Box::new(FusedReq {
+                vol,
+                from,
+                off,
+                cmp,
+                data: data.to_vec(),
+                fua: sqe.fua(),
+            })),
+        );
+    }
+
+    /// Reservation Register / Report / Acquire / Release on namespace index `idx`.
+    fn reservation(&mut self, sub: &Subsystem, idx: usize, sqe: Sqe<'_>, data: &[u8]) {
+        let cid = sqe.cid();
+        let host = self.ctrl.as_ref().map_or([0; 16], |c| c.hostid);
+        let cdw10 = sqe.cdw(10);
+        let action = (cdw10 & 7) as u8;
+        let iekey = cdw10 & (1 << 3) != 0;
+        let rtype = ((cdw10 >> 8) & 0xFF) as u8;
+        let key = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
+        };
+        let status = match sqe.opcode() {
+            io::RESV_REGISTER => {
+                let (Some(crkey), Some(nrkey)) = (key(0), key(8)) else {
+                    return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                };
+                // CPTPL: 00b no change, 11b persist; the state always persists, so 10b
+                // (stop persisting) cannot be honoured.
+                if matches!(cdw10 >> 30, 1 | 2) {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                sub.resv
+                    .update(idx, |n| n.register(&host, action, iekey, crkey, nrkey))
+            }
+            io::RESV_ACQUIRE => {
+                let (Some(crkey), Some(prkey)) = (key(0), key(8)) else {
+                    return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                };
+                if iekey {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                sub.resv
+                    .update(idx, |n| n.acquire(&host, action, rtype, crkey, prkey))
+            }
+            io::RESV_RELEASE => {
+                let Some(crkey) = key(0) else {
+                    return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                };
+                if iekey {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                sub.resv
+                    .update(idx, |n| n.release(&host, action, rtype, crkey))
+            }
+            _ => {
+                // Report: NVMe over Fabrics hosts have 128-bit identifiers, so only the
+                // extended data structure (EDS = 1) can describe them.
+                if sqe.cdw(11) & 1 == 0 {
+                    return self.respond(cid, Status::HOST_ID_INCONSISTENT, 0);
+                }
+                if sqe.sgl_type() != sgl::TRANSPORT {
+                    return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+                }
+                let numd = u64::from(cdw10) + 1;
+                let want = (numd * 4)
+                    .min(u64::from(sqe.sgl_len()))
+                    .min(u64::from(MAX_XFER)) as u32;
+                let Some(snap) = sub.resv.snapshot(idx) else {
+                    return self.respond(cid, Status::INVALID_NS, 0);
+                };
+                snap.report_ext(&mut self.scratch);
+                return self.respond_scratch(cid, want);
+            }
+        };
+        if status != Status::SUCCESS {
+            self.errors += 1;
+        }
+        self.respond(cid, status, 0)
+    }
+
+    /// An Abort from the admin queue for command `cid` of this queue.
+    fn abort_cmd(&mut self, cntlid: u16, sqid: u16, cid: u16) -> bool {
+        let mine = matches!(self.role, Role::Io)
+            && self.qid == sqid
+            && self.ctrl.as_ref().is_some_and(|c| c.cntlid == cntlid);
+        if !mine || self.terminated || self.broken {
+            return false;
+        }
+        // Not yet given an R2T: drop it.
+        if let Some(pos) = self.r2t_wait.iter().position(|s| Sqe(s).cid() == cid) {
+            self.r2t_wait.remove(pos);
+            self.respond(cid, Status::ABORT_REQUESTED, 0);
+            return true;
+        }
+        // R2T sent, data still to come: the data will be received and dropped.
+        if let Some((_, x)) = self
+            .xfers
+            .iter_mut()
+            .find(|(_, x)| !x.discard && Sqe(&x.sqe).cid() == cid)
+        {
+            x.discard = true;
+            self.respond(cid, Status::ABORT_REQUESTED, 0);
+            return true;
+        }
+        // The first half of a fused pair still waiting for its second.
+        if self
+            .fused_first
+            .as_ref()
+            .is_some_and(|(s, _)| Sqe(s).cid() == cid)
+        {
+            self.fused_first = None;
+            self.respond(cid, Status::ABORT_REQUESTED, 0);
+            return true;
+        }
+        false
+    }
+
     fn finish(&mut self, mut req: Req, data: &[u8]) {
         if req.status != Status::SUCCESS {
             self.errors += 1;
         }
+        self.leaves.extend(req.counted.take());
         if req.op == io::COMPARE && req.status == Status::SUCCESS && req.cmp != data {
             req.status = Status::COMPARE_FAILED;
         }
@@ -1140,6 +1537,49 @@ impl NvmfConn {
         if req.cmp.capacity() > 0 {
             self.spare.push(std::mem::take(&mut req.cmp));
         }
+    }
+
+    /// Admin Abort: cdw10 = SQID (bits 15:0), CID (bits 31:16). A held Async Event Request is
+    /// aborted here; a command of an I/O queue is looked for by that queue's reactor, which
+    /// answers with `Note::AbortDone`.
+    fn abort_request(&mut self, env: &Env<'_>, ctrl: &Controller, sqe: Sqe<'_>) {
+        let cid = sqe.cid();
+        let sqid = (sqe.cdw(10) & 0xFFFF) as u16;
+        let target = (sqe.cdw(10) >> 16) as u16;
+        if sqid == 0 {
+            let Role::Admin(st) = &mut self.role else {
+                return;
+            };
+            return match st.aers.iter().position(|&c| c == target) {
+                Some(pos) => {
+                    st.aers.remove(pos);
+                    self.respond(target, Status::ABORT_REQUESTED, 0);
+                    self.respond(cid, Status::SUCCESS, 0)
+                }
+                None => self.respond(cid, Status::SUCCESS, 1),
+            };
+        }
+        let (Some((reactor, key)), Some(sections)) =
+            (ctrl.queue_at(sqid), env.shared.nvmf.sections(env.shared))
+        else {
+            // No such queue: nothing to abort (result bit 0 = 1, "not aborted").
+            return self.respond(cid, Status::SUCCESS, 1);
+        };
+        let reply = Origin {
+            reactor: env.io.reactor,
+            key: env.key,
+            slot: u32::from(cid),
+        };
+        sections.send(
+            reactor,
+            Note::Abort {
+                key,
+                cntlid: ctrl.cntlid,
+                sqid,
+                cid: target,
+                reply,
+            },
+        );
     }
 
     /// Complete one held Async Event Request when the ANA state changed.
@@ -1327,6 +1767,13 @@ impl Conn for NvmfConn {
     }
 
     fn flush(&mut self, env: &mut Env<'_>) {
+        if !self.leaves.is_empty()
+            && let Some(sections) = env.shared.nvmf.sections(env.shared)
+        {
+            for vol in self.leaves.drain(..) {
+                sections.leave(vol, env.io.reactor);
+            }
+        }
         if self.errors > 0
             && let Some(vc) = env.vol_counters.get_mut(self.err_vol)
         {
@@ -1366,6 +1813,8 @@ impl Conn for NvmfConn {
     fn abort(&mut self, env: &mut Env<'_>) {
         self.broken = true;
         self.closing = true;
+        // Answers from a home reactor may never come now: stop waiting for them.
+        self.reqs.retain(|_, r| !r.remote);
         if self.recv_armed {
             self.cancel_sent = true;
             self.cancel(env, Kind::Recv);
@@ -1377,6 +1826,66 @@ impl Conn for NvmfConn {
 
     fn done(&self) -> bool {
         self.closed
+    }
+
+    fn on_note(&mut self, env: &mut Env<'_>, note: Note) {
+        match note {
+            Note::Done {
+                slot,
+                status,
+                status2,
+                data,
+                ..
+            } => {
+                if !self.reqs.get(slot as usize).is_some_and(|r| r.remote) {
+                    return;
+                }
+                let mut req = self.reqs.remove(slot as usize);
+                if req.op == OP_FUSED {
+                    if status != Status::SUCCESS || status2 != Status::SUCCESS {
+                        self.errors += 1;
+                    }
+                    self.respond(req.cid, status, 0);
+                    self.respond(req.cid2, status2, 0);
+                } else {
+                    req.status = status;
+                    self.finish(req, &data);
+                }
+            }
+            Note::Abort {
+                cntlid,
+                sqid,
+                cid,
+                reply,
+                ..
+            } => {
+                let aborted = self.abort_cmd(cntlid, sqid, cid);
+                if let Some(s) = env.shared.nvmf.sections(env.shared) {
+                    s.send(
+                        reply.reactor,
+                        Note::AbortDone {
+                            key: reply.key,
+                            cntlid,
+                            cid: reply.slot as u16,
+                            aborted,
+                        },
+                    );
+                }
+            }
+            Note::AbortDone {
+                cntlid,
+                cid,
+                aborted,
+                ..
+            } => {
+                let mine = matches!(self.role, Role::Admin(_))
+                    && self.ctrl.as_ref().is_some_and(|c| c.cntlid == cntlid);
+                if mine {
+                    self.respond(cid, Status::SUCCESS, u64::from(!aborted));
+                }
+            }
+            Note::Fused(_) | Note::Op(_) | Note::Drained => {}
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Subsystem {
     pub allowed_hosts: Vec<String>,
     /// Namespaces, nsid = index + 1.
     pub namespaces: Vec<Namespace>,
+    /// Reservations of the namespaces (shared by every controller of the subsystem).
+    pub resv: Arc<super::resv::ResvTable>,
 }
 
 impl Subsystem {
@@ -65,11 +67,13 @@ impl Subsystem {
             })
             .collect();
         let serial = format!("TB{:08X}", crc32c::crc32c(nqn.as_bytes()));
+        let resv = Arc::new(super::resv::ResvTable::new(volumes.len()));
         Self {
             nqn,
             serial,
             allowed_hosts,
             namespaces,
+            resv,
         }
     }
 
@@ -165,8 +169,17 @@ pub struct Controller {
 #[derive(Default)]
 struct Queues {
     dead: bool,
-    /// (qid, duplicate of the queue's socket).
-    io: Vec<(u16, OwnedFd)>,
+    /// I/O queues attached.
+    io: Vec<IoQueue>,
+}
+
+/// An attached I/O queue.
+struct IoQueue {
+    qid: u16,
+    /// Duplicate of the queue's socket (for teardown).
+    fd: OwnedFd,
+    /// Where the queue lives: (reactor, connection key).
+    at: (usize, u32),
 }
 
 /// Why an I/O queue cannot attach.
@@ -186,26 +199,40 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Controller {
-    /// Register I/O queue `qid` on `fd`.
-    pub fn attach_queue(&self, qid: u16, fd: &OwnedFd) -> Result<(), AttachError> {
+    /// Register I/O queue `qid` on `fd`, served by connection `at` = (reactor, key).
+    pub fn attach_queue(
+        &self,
+        qid: u16,
+        fd: &OwnedFd,
+        at: (usize, u32),
+    ) -> Result<(), AttachError> {
         let mut q = lock(&self.queues);
         if q.dead {
             return Err(AttachError::Dead);
         }
         if qid == 0
             || qid > self.io_queues.load(Ordering::Relaxed)
-            || q.io.iter().any(|(id, _)| *id == qid)
+            || q.io.iter().any(|e| e.qid == qid)
         {
             return Err(AttachError::BadQid);
         }
         let dup = fd.try_clone().map_err(|_| AttachError::NoFd)?;
-        q.io.push((qid, dup));
+        q.io.push(IoQueue { qid, fd: dup, at });
         Ok(())
+    }
+
+    /// Where I/O queue `qid` lives: (reactor, connection key).
+    pub fn queue_at(&self, qid: u16) -> Option<(usize, u32)> {
+        lock(&self.queues)
+            .io
+            .iter()
+            .find(|e| e.qid == qid)
+            .map(|e| e.at)
     }
 
     /// Forget I/O queue `qid` (it closed).
     pub fn detach_queue(&self, qid: u16) {
-        lock(&self.queues).io.retain(|(id, _)| *id != qid);
+        lock(&self.queues).io.retain(|e| e.qid != qid);
     }
 
     /// Number of I/O queues attached now.
@@ -225,9 +252,9 @@ impl Controller {
             q.dead = true;
             std::mem::take(&mut q.io)
         };
-        for (_, fd) in io {
+        for e in io {
             // SAFETY: shutdown on a descriptor we own (a duplicate); no memory is passed.
-            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(e.fd.as_raw_fd(), libc::SHUT_RDWR) };
         }
     }
 }
@@ -320,17 +347,19 @@ mod tests {
         assert_ne!(a.cntlid, b.cntlid);
         let (s1, _s2) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = OwnedFd::from(s1);
-        assert_eq!(a.attach_queue(0, &fd), Err(AttachError::BadQid));
+        assert_eq!(a.attach_queue(0, &fd, (0, 0)), Err(AttachError::BadQid));
         assert_eq!(
-            a.attach_queue(MAX_IO_QUEUES + 1, &fd),
+            a.attach_queue(MAX_IO_QUEUES + 1, &fd, (0, 0)),
             Err(AttachError::BadQid)
         );
-        a.attach_queue(1, &fd).unwrap();
-        assert_eq!(a.attach_queue(1, &fd), Err(AttachError::BadQid));
+        a.attach_queue(1, &fd, (1, 7)).unwrap();
+        assert_eq!(a.attach_queue(1, &fd, (0, 0)), Err(AttachError::BadQid));
         assert_eq!(a.attached(), 1);
+        assert_eq!(a.queue_at(1), Some((1, 7)));
+        assert_eq!(a.queue_at(2), None);
         r.remove(a.cntlid);
         assert!(a.is_dead());
-        assert_eq!(a.attach_queue(2, &fd), Err(AttachError::Dead));
+        assert_eq!(a.attach_queue(2, &fd, (0, 0)), Err(AttachError::Dead));
         assert!(r.get(a.cntlid).is_none());
         assert_eq!(r.len(), 1);
     }

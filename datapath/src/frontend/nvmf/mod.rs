@@ -4,19 +4,28 @@
 //! - [`cmd`]: SQE/CQE layouts, status codes, Identify / log-page / discovery builders.
 //! - [`ctrl`]: subsystems, the controller registry and ANA groups.
 //! - [`conn`]: one queue pair (one TCP connection) as a reactor connection.
+//! - [`atomic`]: per-volume atomic sections: fused Compare+Write run by the volume's home
+//!   reactor, excluded from every other NVMe/TCP media access by a lock-free handshake.
+//! - [`resv`]: reservations per namespace, persisted in one state file per subsystem.
 //!
 //! Model: everything in [`NvmfShared`] is built before the reactors start. Subsystems and
 //! listener addresses are read-only; the controller registry is locked only on the
-//! Connect/teardown path; ANA states are atomics.
+//! Connect/teardown path; ANA states are atomics; the reservation lock is taken only by
+//! reservation commands and when a namespace's reservation version moved.
 
+pub mod atomic;
 pub mod cmd;
 pub mod conn;
 pub mod ctrl;
 pub mod pdu;
+pub mod resv;
 
+pub use atomic::Note;
 pub use conn::NvmfConn;
 use ctrl::{AnaGroups, Registry, Subsystem};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 /// Prefix of the NQN of a default per-volume subsystem: `nqn.2026-11.io.twinblk:<volume>`.
 pub const DEFAULT_NQN_PREFIX: &str = "nqn.2026-11.io.twinblk:";
@@ -31,6 +40,10 @@ pub struct NvmfShared {
     pub registry: Registry,
     /// ANA group states (group 1 holds every namespace).
     pub ana: AnaGroups,
+    /// Directory of the reservation state files (`None`: reservations are not persisted).
+    pub state_dir: Option<PathBuf>,
+    /// Atomic sections per volume (built on first use, when the reactors exist).
+    sections: OnceLock<atomic::Sections>,
 }
 
 impl NvmfShared {
@@ -41,7 +54,34 @@ impl NvmfShared {
             listen: Vec::new(),
             registry: Registry::default(),
             ana: AnaGroups::new(1),
+            state_dir: None,
+            sections: OnceLock::new(),
         }
+    }
+
+    /// The atomic sections (`None` before any reactor exists).
+    pub fn sections(&self, shared: &crate::frontend::Shared) -> Option<&atomic::Sections> {
+        if shared.mailboxes.is_empty() {
+            return None;
+        }
+        Some(
+            self.sections.get_or_init(|| {
+                atomic::Sections::new(shared.volumes.len(), shared.mailboxes.clone())
+            }),
+        )
+    }
+
+    /// Load every subsystem's reservation state from `dir` and persist changes there.
+    pub fn load_reservations(&mut self, dir: PathBuf) -> Result<(), resv::ResvError> {
+        std::fs::create_dir_all(&dir).map_err(|source| resv::ResvError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for s in &self.subsystems {
+            s.resv.load(&dir, &s.nqn)?;
+        }
+        self.state_dir = Some(dir);
+        Ok(())
     }
 
     /// The subsystem named `nqn`.

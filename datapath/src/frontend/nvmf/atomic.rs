@@ -1,0 +1,529 @@
+//! Atomic sections: fused Compare and Write executed atomically per volume (`docs/nvmf.md`).
+//!
+//! Model: every volume has one *home* reactor (volume index % reactors) that owns its atomic
+//! section. A fused Compare+Write pair is handed to the home by message ([`Note::Fused`]); the
+//! home's [`Home`] executor runs the pairs of a volume one at a time, in arrival order.
+//!
+//! Exclusion without a lock on the I/O path (a Dekker handshake on two atomics per volume):
+//! - A queue that is about to start a media access (read, write, write zeroes, deallocate,
+//!   compare) on volume `v` increments its reactor's in-flight counter of `v` (a cache line
+//!   written only by that reactor) and then loads `busy[v]` (both SeqCst). `busy == 0`: it
+//!   goes ahead and decrements the counter when the device completes. `busy > 0`: it takes the
+//!   increment back and *diverts* the operation to the home ([`Note::Op`]), which runs it after
+//!   the fused pairs queued before it.
+//! - A queue that submits a fused pair increments `busy[v]` (SeqCst) before sending it.
+//!   The home starts a pair only when every reactor's counter of `v` reads zero; a queue whose
+//!   decrement brings its counter to zero while `busy > 0` sends [`Note::Drained`].
+//!
+//! In the SeqCst order either the queue sees `busy > 0` (and diverts), or the home sees its
+//! increment (and waits for the decrement, which then sees `busy > 0` and wakes the home). So
+//! while a pair runs no other NVMe/TCP media access of that volume is at the device, from any
+//! queue, controller or host on this daemon: the pair is atomic with respect to all of them,
+//! and a read never sees its write half done. `busy` falls back to zero when the last queued
+//! pair finished, after which queues go straight to the device again.
+//!
+//! Limits: NBD writes and the mirror peer's replicated writes do not take part (see the doc).
+
+use super::cmd::Status;
+use crate::reactor::{Conn, Env, Mailbox, Msg};
+use crate::uring::{Errno, IoTag};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// One reactor's in-flight counter, alone on its cache line (only that reactor writes it).
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+/// A volume's atomic section.
+#[derive(Default)]
+pub struct Section {
+    /// Fused pairs submitted and not yet finished.
+    busy: AtomicU32,
+    /// Per reactor: media accesses of this volume at the device.
+    inflight: Box<[Padded]>,
+}
+
+impl Section {
+    fn new(reactors: usize) -> Self {
+        Self {
+            busy: AtomicU32::new(0),
+            inflight: (0..reactors).map(|_| Padded::default()).collect(),
+        }
+    }
+
+    /// Before a media access from `reactor`: true to go ahead (counted), false to divert.
+    pub fn enter(&self, reactor: usize) -> bool {
+        let Some(c) = self.inflight.get(reactor) else {
+            return false;
+        };
+        c.0.fetch_add(1, Ordering::SeqCst);
+        if self.busy.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        c.0.fetch_sub(1, Ordering::SeqCst);
+        // Our own earlier accesses may still be running: if this was the last, the home may be
+        // waiting for it, but the one that brought it to zero before us already woke it (or
+        // the home saw zero). Nothing to do.
+        false
+    }
+
+    /// After a counted access finished: true when the home must be woken.
+    pub fn leave(&self, reactor: usize) -> bool {
+        let Some(c) = self.inflight.get(reactor) else {
+            return false;
+        };
+        let prev = c.0.fetch_sub(1, Ordering::SeqCst);
+        prev == 1 && self.busy.load(Ordering::SeqCst) > 0
+    }
+
+    /// A fused pair is on its way to the home.
+    pub fn begin_fused(&self) {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn end_fused(&self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn drained(&self) -> bool {
+        self.inflight
+            .iter()
+            .all(|c| c.0.load(Ordering::SeqCst) == 0)
+    }
+}
+
+/// Every volume's section plus the mailboxes to reach the homes.
+pub struct Sections {
+    sections: Vec<Section>,
+    mailboxes: Vec<Arc<Mailbox>>,
+}
+
+impl Sections {
+    /// Sections for `volumes` volumes served by the reactors behind `mailboxes`.
+    pub fn new(volumes: usize, mailboxes: Vec<Arc<Mailbox>>) -> Self {
+        let n = mailboxes.len();
+        Self {
+            sections: (0..volumes).map(|_| Section::new(n)).collect(),
+            mailboxes,
+        }
+    }
+
+    /// Volume `vol`'s section.
+    pub fn get(&self, vol: usize) -> Option<&Section> {
+        self.sections.get(vol)
+    }
+
+    /// The home reactor of `vol`.
+    pub fn home(&self, vol: usize) -> usize {
+        vol % self.mailboxes.len().max(1)
+    }
+
+    /// Send `note` to reactor `reactor`.
+    pub fn send(&self, reactor: usize, note: Note) {
+        if let Some(m) = self.mailboxes.get(reactor) {
+            m.send(Msg::Nvmf(note));
+        }
+    }
+
+    /// Send `note` to `vol`'s home executor.
+    pub fn to_home(&self, vol: usize, note: Note) {
+        self.send(self.home(vol), note);
+    }
+
+    /// A counted access of `vol` from `reactor` finished.
+    pub fn leave(&self, vol: usize, reactor: usize) {
+        if self.get(vol).is_some_and(|s| s.leave(reactor)) {
+            self.to_home(vol, Note::Drained);
+        }
+    }
+}
+
+/// Where an answer goes: a queue (connection `key` on `reactor`) and its request slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// Reactor of the queue.
+    pub reactor: usize,
+    /// The queue's connection key there.
+    pub key: u32,
+    /// The queue's request slot.
+    pub slot: u32,
+}
+
+/// A fused Compare+Write pair.
+pub struct FusedReq {
+    /// Volume index.
+    pub vol: usize,
+    /// Who asked.
+    pub from: Origin,
+    /// Byte offset.
+    pub off: u64,
+    /// The host's compare data (its length is the range).
+    pub cmp: Vec<u8>,
+    /// The data to write when the compare matches.
+    pub data: Vec<u8>,
+    /// Write with FUA.
+    pub fua: bool,
+}
+
+/// What a diverted operation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    /// Read `len` bytes at `off` (also used for a plain Compare: the queue compares).
+    Read,
+    /// Write the data.
+    Write,
+    /// Write zeroes.
+    Zeroes,
+    /// Deallocate every range.
+    Unmap,
+}
+
+/// A media access diverted to the home while a fused pair was pending.
+pub struct OpReq {
+    /// Volume index.
+    pub vol: usize,
+    /// Who asked.
+    pub from: Origin,
+    /// What to do.
+    pub kind: OpKind,
+    /// (offset, length) in bytes; several only for `Unmap`.
+    pub ranges: Vec<(u64, u64)>,
+    /// Write data.
+    pub data: Vec<u8>,
+    /// Write with FUA.
+    pub fua: bool,
+}
+
+/// NVMe-oF messages between reactors (carried by `Msg::Nvmf`).
+pub enum Note {
+    /// To a home: run a fused pair.
+    Fused(Box<FusedReq>),
+    /// To a home: run a diverted access.
+    Op(Box<OpReq>),
+    /// To a home: some reactor's in-flight count reached zero while a pair was pending.
+    Drained,
+    /// To a queue: the outcome of a fused pair (`status`: compare, `status2`: write) or of a
+    /// diverted access (`status`; read data in `data`).
+    Done {
+        /// The queue's connection key.
+        key: u32,
+        /// The request slot.
+        slot: u32,
+        /// First (or only) status.
+        status: Status,
+        /// Second status (fused write).
+        status2: Status,
+        /// Read data.
+        data: Vec<u8>,
+    },
+    /// To an I/O queue: abort command `cid` if it has not reached the device.
+    Abort {
+        /// The I/O queue's connection key.
+        key: u32,
+        /// Controller of the queue (checked: keys are reused).
+        cntlid: u16,
+        /// Queue id (checked).
+        sqid: u16,
+        /// Command to abort.
+        cid: u16,
+        /// The admin queue to answer (slot = the Abort command's cid).
+        reply: Origin,
+    },
+    /// To an admin queue: the outcome of an Abort.
+    AbortDone {
+        /// The admin queue's connection key.
+        key: u32,
+        /// Controller (checked).
+        cntlid: u16,
+        /// The Abort command's cid.
+        cid: u16,
+        /// True when the command was aborted.
+        aborted: bool,
+    },
+}
+
+impl Note {
+    /// The connection it is for; `None`: the reactor's home executor.
+    pub fn conn(&self) -> Option<u32> {
+        match self {
+            Note::Fused(_) | Note::Op(_) | Note::Drained => None,
+            Note::Done { key, .. } | Note::Abort { key, .. } | Note::AbortDone { key, .. } => {
+                Some(*key)
+            }
+        }
+    }
+}
+
+enum Item {
+    Fused(Box<FusedReq>),
+    Op(Box<OpReq>),
+}
+
+/// Where the head item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Not started (a pair waits here for the volume to drain).
+    Start,
+    /// Pair: reading for the compare.
+    Reading,
+    /// Pair: writing after a match.
+    Writing,
+    /// Access: device operation `n` of the item running.
+    Op(usize),
+}
+
+/// A reactor's executor of atomic sections: a connection without a socket, created by the
+/// reactor when the first [`Note`] for it arrives.
+///
+/// Invariant: at most one device operation in flight (request slot 0); items run strictly one
+/// after another in arrival order.
+pub struct Home {
+    queue: VecDeque<Item>,
+    stage: Stage,
+    in_flight: bool,
+    /// Outcome of the finished device operation, and read data.
+    last: Option<Result<(), Errno>>,
+    rbuf: Vec<u8>,
+    stopping: bool,
+}
+
+impl Default for Home {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Home {
+    /// An idle executor.
+    pub fn new() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            stage: Stage::Start,
+            in_flight: false,
+            last: None,
+            rbuf: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    fn answer(env: &Env<'_>, to: Origin, status: Status, status2: Status, data: Vec<u8>) {
+        let note = Note::Done {
+            key: to.key,
+            slot: to.slot,
+            status,
+            status2,
+            data,
+        };
+        if let Some(s) = env.shared.nvmf.sections(env.shared) {
+            s.send(to.reactor, note);
+        }
+    }
+
+    /// Advance the head item as far as it goes without waiting.
+    fn run(&mut self, env: &mut Env<'_>) {
+        let shared: &crate::frontend::Shared = env.shared;
+        while !self.in_flight {
+            let Some(sections) = shared.nvmf.sections(shared) else {
+                return;
+            };
+            let tag = IoTag {
+                conn: env.key,
+                slot: 0,
+            };
+            let Some(head) = self.queue.front() else {
+                return;
+            };
+            match head {
+                Item::Fused(f) => {
+                    let vol = f.vol;
+                    let Some(sec) = sections.get(vol) else {
+                        return;
+                    };
+                    let Some(chan) = env.chans.get_mut(vol) else {
+                        return;
+                    };
+                    let outcome: Option<(Status, Status)> = match (self.stage, self.last.take()) {
+                        (Stage::Start, _) => {
+                            if !sec.drained() {
+                                return; // a Drained note brings us back
+                            }
+                            self.stage = Stage::Reading;
+                            match chan.read(env.io, tag, f.off, f.cmp.len() as u32) {
+                                crate::bdev::ReadStart::Ready(d) => {
+                                    self.rbuf.clear();
+                                    self.rbuf.extend_from_slice(d);
+                                    self.last = Some(Ok(()));
+                                }
+                                crate::bdev::ReadStart::Failed(e) => self.last = Some(Err(e)),
+                                crate::bdev::ReadStart::Pending => self.in_flight = true,
+                            }
+                            None
+                        }
+                        (Stage::Reading, Some(Err(e))) => Some((
+                            super::conn::status_of(e, super::cmd::io::READ),
+                            Status::ABORTED_FUSED_FAIL,
+                        )),
+                        (Stage::Reading, Some(Ok(()))) => {
+                            if self.rbuf != f.cmp {
+                                Some((Status::COMPARE_FAILED, Status::ABORTED_FUSED_FAIL))
+                            } else {
+                                self.stage = Stage::Writing;
+                                match chan.write(env.io, tag, f.off, &f.data, f.fua) {
+                                    crate::bdev::Start::Done(r) => self.last = Some(r),
+                                    crate::bdev::Start::Pending => self.in_flight = true,
+                                }
+                                None
+                            }
+                        }
+                        (Stage::Writing, Some(r)) => Some((
+                            Status::SUCCESS,
+                            match r {
+                                Ok(()) => Status::SUCCESS,
+                                Err(e) => super::conn::status_of(e, super::cmd::io::WRITE),
+                            },
+                        )),
+                        _ => return,
+                    };
+                    if let Some((s1, s2)) = outcome {
+                        Self::answer(env, f.from, s1, s2, Vec::new());
+                        sec.end_fused();
+                        self.queue.pop_front();
+                        self.stage = Stage::Start;
+                    }
+                }
+                Item::Op(o) => {
+                    let Some(chan) = env.chans.get_mut(o.vol) else {
+                        return;
+                    };
+                    let n = match self.stage {
+                        Stage::Op(n) => n,
+                        _ => 0,
+                    };
+                    let failed = matches!(self.last, Some(Err(_)));
+                    if n >= o.ranges.len() || failed {
+                        let r = self.last.take().unwrap_or(Ok(()));
+                        let op = if o.kind == OpKind::Read {
+                            super::cmd::io::READ
+                        } else {
+                            super::cmd::io::WRITE
+                        };
+                        let status = match r {
+                            Ok(()) => Status::SUCCESS,
+                            Err(e) => super::conn::status_of(e, op),
+                        };
+                        let data = if o.kind == OpKind::Read && status == Status::SUCCESS {
+                            std::mem::take(&mut self.rbuf)
+                        } else {
+                            Vec::new()
+                        };
+                        Self::answer(env, o.from, status, Status::SUCCESS, data);
+                        self.queue.pop_front();
+                        self.stage = Stage::Start;
+                        continue;
+                    }
+                    self.last = None;
+                    self.stage = Stage::Op(n + 1);
+                    let (off, len) = o.ranges[n];
+                    let started = match o.kind {
+                        OpKind::Read => match chan.read(env.io, tag, off, len as u32) {
+                            crate::bdev::ReadStart::Ready(d) => {
+                                self.rbuf.clear();
+                                self.rbuf.extend_from_slice(d);
+                                crate::bdev::Start::Done(Ok(()))
+                            }
+                            crate::bdev::ReadStart::Failed(e) => crate::bdev::Start::Done(Err(e)),
+                            crate::bdev::ReadStart::Pending => crate::bdev::Start::Pending,
+                        },
+                        OpKind::Write => chan.write(env.io, tag, off, &o.data, o.fua),
+                        OpKind::Zeroes => chan.write_zeroes(env.io, tag, off, len, o.fua),
+                        OpKind::Unmap => chan.unmap(env.io, tag, off, len, false),
+                    };
+                    match started {
+                        crate::bdev::Start::Done(Ok(())) => {}
+                        crate::bdev::Start::Done(Err(e)) => self.last = Some(Err(e)),
+                        crate::bdev::Start::Pending => self.in_flight = true,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Conn for Home {
+    fn start(&mut self, env: &mut Env<'_>) {
+        // Created while the reactor stops (a late message): finish the work and go.
+        self.stopping = env.stopping;
+    }
+
+    fn on_recv(&mut self, _env: &mut Env<'_>, _res: i32) {}
+
+    fn on_send(&mut self, _env: &mut Env<'_>, _res: i32) {}
+
+    fn on_io(&mut self, _slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        self.in_flight = false;
+        if result.is_ok() && !data.is_empty() {
+            self.rbuf.clear();
+            self.rbuf.extend_from_slice(data);
+        }
+        self.last = Some(result);
+    }
+
+    fn on_note(&mut self, _env: &mut Env<'_>, note: Note) {
+        match note {
+            Note::Fused(f) => self.queue.push_back(Item::Fused(f)),
+            Note::Op(o) => self.queue.push_back(Item::Op(o)),
+            // Only a wake-up: the next flush re-checks the counters.
+            _ => {}
+        }
+    }
+
+    fn flush(&mut self, env: &mut Env<'_>) {
+        // Items are finished even while the daemon stops: their queues wait for the answers.
+        self.run(env);
+    }
+
+    fn stop(&mut self, _env: &mut Env<'_>) {
+        self.stopping = true;
+    }
+
+    fn abort(&mut self, _env: &mut Env<'_>) {
+        self.stopping = true;
+    }
+
+    fn done(&self) -> bool {
+        self.stopping && self.queue.is_empty() && !self.in_flight
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "NVMe-oF atomic-section executor: {} queued, stage {:?}",
+            self.queue.len(),
+            self.stage
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_divert_while_a_pair_is_pending_and_wake_the_home() {
+        let s = Section::new(2);
+        assert!(s.enter(0));
+        assert!(!s.drained());
+        s.begin_fused();
+        // A new access now diverts and leaves the counters as they were.
+        assert!(!s.enter(1));
+        assert!(!s.drained());
+        // The access that was in flight finishes: the home must be woken.
+        assert!(s.leave(0));
+        assert!(s.drained());
+        s.end_fused();
+        assert!(s.enter(1));
+        assert!(!s.leave(1), "no pair pending: no wake-up");
+        assert!(!s.enter(7), "unknown reactor diverts");
+    }
+}
