@@ -866,29 +866,7 @@ impl Engine {
             self.survivor_apply(io, k);
             return Start::Pending;
         }
-        if upd == Upd::Flush {
-            self.start_flush(io, k);
-            return Start::Pending;
-        }
-        match self.cfg.role {
-            Role::Leader => {
-                self.backlog_push(k);
-                if self.up {
-                    self.sequence_and_send(io, k);
-                } else {
-                    self.enqueue_apply(io, k, 0, 0);
-                }
-            }
-            Role::Follower => {
-                self.forwards.push_back(k);
-                if self.up {
-                    let h = self.upd_header(k, true);
-                    let p = (upd == Upd::Write).then_some(k);
-                    self.send(h, p);
-                    self.ops[k].awaiting_order = true;
-                }
-            }
-        }
+        self.start_mirrored(io, k);
         Start::Pending
     }
 

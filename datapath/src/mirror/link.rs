@@ -210,31 +210,16 @@ impl LinkConn {
             self.rx.resize(need + 64 * 1024, 0);
         }
         let free = &mut self.rx[self.hi..];
-        let sqe = opcode::Recv::new(
-            types::Fd(self.fd.as_raw_fd()),
-            free.as_mut_ptr(),
-            free.len() as u32,
-        )
-        .build()
-        .user_data(UserData::new(Kind::Recv, env.key).0);
         // SAFETY: rx is not resized or compacted while the receive is armed, and the link
         // is not done while anything is armed.
-        unsafe { env.io.push(&sqe) };
+        unsafe { env.io.push_recv(self.fd.as_raw_fd(), free, env.key) };
         self.recv_armed = true;
     }
 
     fn arm_send(&mut self, env: &mut Env<'_>) {
         let rest = &self.tx[self.sent..];
-        let sqe = opcode::Send::new(
-            types::Fd(self.fd.as_raw_fd()),
-            rest.as_ptr(),
-            rest.len() as u32,
-        )
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(UserData::new(Kind::Send, env.key).0);
         // SAFETY: tx is not modified while the send is armed, and the link outlives it.
-        unsafe { env.io.push(&sqe) };
+        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
         self.send_armed = true;
     }
 

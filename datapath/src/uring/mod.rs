@@ -177,6 +177,36 @@ impl IoCx {
         Ok(slot)
     }
 
+    /// Queue a socket receive into `buf` for connection `key` (completion kind `Recv`).
+    ///
+    /// # Safety
+    /// `buf` must stay valid and must not be moved or read until the completion is reaped.
+    pub unsafe fn push_recv(&mut self, fd: i32, buf: &mut [u8], key: u32) {
+        let sqe = io_uring::opcode::Recv::new(
+            io_uring::types::Fd(fd),
+            buf.as_mut_ptr(),
+            buf.len() as u32,
+        )
+        .build()
+        .user_data(UserData::new(Kind::Recv, key).0);
+        // SAFETY: the caller keeps `buf` alive and in place until the completion.
+        unsafe { self.push(&sqe) };
+    }
+
+    /// Queue a socket send of `buf` for connection `key` (completion kind `Send`).
+    ///
+    /// # Safety
+    /// `buf` must stay valid and unmodified until the completion is reaped.
+    pub unsafe fn push_send(&mut self, fd: i32, buf: &[u8], key: u32) {
+        let sqe =
+            io_uring::opcode::Send::new(io_uring::types::Fd(fd), buf.as_ptr(), buf.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(UserData::new(Kind::Send, key).0);
+        // SAFETY: the caller keeps `buf` alive and untouched until the completion.
+        unsafe { self.push(&sqe) };
+    }
+
     /// Queue one SQE, submitting early only if the queue is full.
     ///
     /// # Safety

@@ -2,22 +2,14 @@
 //! when a site dies the other carries on within about a second (RTO printed), every write
 //! acknowledged before is still there, and without the witness a lone site fences.
 
-use crate::harness::{Server, pattern};
+use crate::harness::{Server, free_port, mirror_state, pattern, sha, wait_mirror_state};
 use crate::rawnbd::Client;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use twinblk::frontend::nbd::proto::err;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct WitnessProc {
     stop: Arc<AtomicBool>,
@@ -90,25 +82,6 @@ fn site(
     )
 }
 
-fn state(s: &Server) -> String {
-    s.rpc("mirror_status")[0]["state"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
-fn wait_state(s: &Server, want: &str, within: Duration) {
-    let t = Instant::now();
-    while state(s) != want {
-        assert!(
-            t.elapsed() < within,
-            "state {} never became {want}",
-            state(s)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Writes 4 KiB blocks one after another at `addr` (QD1) until `stop`; returns every
 /// acknowledged (offset, seed, issued, acknowledged), and the failures.
 type Acked = Vec<(u64, u64, Instant, Instant)>;
@@ -140,8 +113,8 @@ fn kill_one_and_measure(kill_a: bool) -> Duration {
     let (pa, pb) = (free_port(), free_port());
     let mut a = site(root.path(), "a", "b", pa, pb, w.addr);
     let mut b = site(root.path(), "b", "a", pb, pa, w.addr);
-    wait_state(&a, "up", Duration::from_secs(10));
-    wait_state(&b, "up", Duration::from_secs(10));
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
     let (survivor, victim) = if kill_a {
         (&mut b, &mut a)
     } else {
@@ -152,7 +125,7 @@ fn kill_one_and_measure(kill_a: bool) -> Duration {
     std::thread::sleep(Duration::from_millis(500));
     let fault = Instant::now();
     victim.kill();
-    wait_state(survivor, "survivor", Duration::from_secs(5));
+    wait_mirror_state(survivor, "survivor", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let (acked, failed) = wr.join().unwrap();
@@ -212,8 +185,8 @@ fn losing_the_witness_changes_nothing_but_then_losing_the_peer_fences() {
     let (pa, pb) = (free_port(), free_port());
     let a = site(root.path(), "a", "b", pa, pb, w.addr);
     let mut b = site(root.path(), "b", "a", pb, pa, w.addr);
-    wait_state(&a, "up", Duration::from_secs(10));
-    wait_state(&b, "up", Duration::from_secs(10));
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
     w.kill();
     std::thread::sleep(Duration::from_millis(600));
     let mut c = Client::connect(a.addr, "vol0", false);
@@ -222,7 +195,7 @@ fn losing_the_witness_changes_nothing_but_then_losing_the_peer_fences() {
         0,
         "a write failed with only the witness gone"
     );
-    assert_eq!(state(&a), "up");
+    assert_eq!(mirror_state(&a), "up");
     b.kill();
     let t = Instant::now();
     assert_eq!(
@@ -231,16 +204,8 @@ fn losing_the_witness_changes_nothing_but_then_losing_the_peer_fences() {
         "a lone site without witness acknowledged"
     );
     eprintln!("fenced after {:?} without peer and witness", t.elapsed());
-    wait_state(&a, "fenced", Duration::from_secs(5));
+    wait_mirror_state(&a, "fenced", Duration::from_secs(5));
     assert!(c.read(0, 4096).is_err(), "a fenced site served a read");
-}
-
-fn sha(path: &Path) -> String {
-    crate::harness::run(std::process::Command::new("sha256sum").arg(path))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// Kill one site, write at the survivor, bring the lost site back: it is resynced with only
@@ -251,8 +216,8 @@ fn lost_site_returns(kill_a: bool) {
     let (pa, pb) = (free_port(), free_port());
     let a = site(root.path(), "a", "b", pa, pb, w.addr);
     let b = site(root.path(), "b", "a", pb, pa, w.addr);
-    wait_state(&a, "up", Duration::from_secs(10));
-    wait_state(&b, "up", Duration::from_secs(10));
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
     // Some data on both replicas first.
     let mut c = Client::connect(a.addr, "vol0", false);
     for i in 0..64u64 {
@@ -261,7 +226,7 @@ fn lost_site_returns(kill_a: bool) {
     drop(c);
     let (survivor, mut victim) = if kill_a { (b, a) } else { (a, b) };
     victim.kill();
-    wait_state(&survivor, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&survivor, "survivor", Duration::from_secs(5));
     // Written while alone: 40 blocks in 10 regions of 64 KiB.
     let mut c = Client::connect(survivor.addr, "vol0", false);
     for i in 0..40u64 {
@@ -272,8 +237,8 @@ fn lost_site_returns(kill_a: bool) {
         .unwrap();
     assert_eq!(dirty, 10 * 65536, "dirty regions");
     let victim = victim.respawn();
-    wait_state(&survivor, "up", Duration::from_secs(10));
-    wait_state(&victim, "up", Duration::from_secs(10));
+    wait_mirror_state(&survivor, "up", Duration::from_secs(10));
+    wait_mirror_state(&victim, "up", Duration::from_secs(10));
     let st = survivor.rpc("mirror_status")[0].clone();
     eprintln!("after resync: {st}");
     let copied = st["resync_bytes"].as_u64().unwrap();

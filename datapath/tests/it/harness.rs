@@ -232,3 +232,42 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A free TCP port on loopback (bound and released; the caller binds it again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// SHA-256 of a file, with the system's `sha256sum`.
+pub fn sha(path: &Path) -> String {
+    run(Command::new("sha256sum").arg(path))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The first mirrored volume's state (`mirror_status`).
+pub fn mirror_state(s: &Server) -> String {
+    s.rpc("mirror_status")[0]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Wait until the first mirrored volume's state is `want`.
+pub fn wait_mirror_state(s: &Server, want: &str, within: Duration) {
+    let t = Instant::now();
+    while mirror_state(s) != want {
+        assert!(
+            t.elapsed() < within,
+            "state {} never became {want}",
+            mirror_state(s)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -3,7 +3,7 @@
 //! survive a stop of both sites, a dead peer means no acknowledgement, and forged replication
 //! messages are refused without being applied.
 
-use crate::harness::{Server, need, pattern, run};
+use crate::harness::{Server, free_port, need, pattern, run, sha};
 use crate::rawnbd::Client;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,14 +14,6 @@ use twinblk::frontend::nbd::proto::{self, cmd, err};
 use twinblk::mirror::wire::{self, Decoded, Header, Type};
 
 const SIZE: u64 = 64 << 20;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn site_body(
     dir: &Path,
@@ -80,14 +72,6 @@ fn wait_up(s: &Server) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn sha(path: &Path) -> String {
-    run(Command::new("sha256sum").arg(path))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 fn fio_write(uri: &str, extra: &[&str]) -> std::process::Child {

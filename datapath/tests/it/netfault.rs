@@ -4,7 +4,7 @@
 //! link set down. Every test keeps a log of acknowledged writes and checks each one afterwards.
 //! Needs root (`ip netns`), as the README's test command runs.
 
-use crate::harness::{Server, pattern};
+use crate::harness::{Server, mirror_state, pattern, wait_mirror_state};
 use crate::rawnbd::Client;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -232,25 +232,6 @@ impl Drop for Hosts {
     }
 }
 
-fn state(s: &Server) -> String {
-    s.rpc("mirror_status")[0]["state"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
-fn wait_state(s: &Server, want: &str, within: Duration) {
-    let t = Instant::now();
-    while state(s) != want {
-        assert!(
-            t.elapsed() < within,
-            "state {} never became {want}",
-            state(s)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A log of acknowledged writes: (offset, seed, issued, acknowledged).
 type Log = Vec<(u64, u64, Instant, Instant)>;
 /// Writes whose outcome is not success (failed, or no answer): (offset, seed, issued). Such a
@@ -348,8 +329,8 @@ fn run_fault(fault: Fault, delay: Duration) -> Duration {
     h.start_witness();
     let mut a = h.site(A);
     let mut b = h.site(B);
-    wait_state(&a, "up", Duration::from_secs(10));
-    wait_state(&b, "up", Duration::from_secs(10));
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
     let stop = Arc::new(AtomicBool::new(false));
     let wa = writer(a.addr, 0, Arc::clone(&stop));
     let wb = writer(b.addr, 16 << 20, Arc::clone(&stop));
@@ -366,10 +347,10 @@ fn run_fault(fault: Fault, delay: Duration) -> Duration {
         Fault::CutLink | Fault::KillB => (&a, &b),
         Fault::KillA => (&b, &a),
     };
-    wait_state(survivor, "survivor", Duration::from_secs(5));
+    wait_mirror_state(survivor, "survivor", Duration::from_secs(5));
     if let Fault::CutLink = fault {
         // The other site is alive and must have fenced itself: never two sites serving.
-        wait_state(other, "fenced", Duration::from_secs(5));
+        wait_mirror_state(other, "fenced", Duration::from_secs(5));
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
@@ -425,8 +406,8 @@ fn without_the_witness_a_partition_fences_both_sites() {
     h.start_witness();
     let a = h.site(A);
     let b = h.site(B);
-    wait_state(&a, "up", Duration::from_secs(10));
-    wait_state(&b, "up", Duration::from_secs(10));
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
     h.kill_witness();
     let mut c = Client::connect(a.addr, "vol0", false);
     assert_eq!(
@@ -435,8 +416,8 @@ fn without_the_witness_a_partition_fences_both_sites() {
         "losing only the witness must change nothing"
     );
     h.link_ab(false);
-    wait_state(&a, "fenced", Duration::from_secs(6));
-    wait_state(&b, "fenced", Duration::from_secs(6));
+    wait_mirror_state(&a, "fenced", Duration::from_secs(6));
+    wait_mirror_state(&b, "fenced", Duration::from_secs(6));
     eprintln!("both sites fenced: no peer and no witness");
     assert_eq!(c.write(4096, &pattern(2, 4096)), err::EIO);
     let _ = h.root();
@@ -448,22 +429,22 @@ fn a_witness_restart_during_the_failover_gives_no_second_grant() {
     h.start_witness();
     let a = h.site(A);
     let b = h.site(B);
-    wait_state(&a, "up", Duration::from_secs(10));
-    wait_state(&b, "up", Duration::from_secs(10));
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
     // Cut the link and take the witness down at the same moment; it comes back (from its
     // state file) while both sites are asking.
     h.kill_witness();
     h.link_ab(false);
     std::thread::sleep(Duration::from_millis(300));
     h.start_witness();
-    wait_state(&a, "survivor", Duration::from_secs(5));
-    wait_state(&b, "fenced", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&b, "fenced", Duration::from_secs(5));
     // And once more: a restart after the grant changes nothing.
     h.kill_witness();
     h.start_witness();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        (state(&a).as_str(), state(&b).as_str()),
+        (mirror_state(&a).as_str(), mirror_state(&b).as_str()),
         ("survivor", "fenced")
     );
     let mut c = Client::connect(a.addr, "vol0", false);

@@ -266,32 +266,17 @@ impl NbdConn {
     fn arm_recv(&mut self, env: &mut Env<'_>) {
         self.make_room();
         let free = &mut self.rx[self.rx_hi..];
-        let sqe = opcode::Recv::new(
-            types::Fd(self.fd.as_raw_fd()),
-            free.as_mut_ptr(),
-            free.len() as u32,
-        )
-        .build()
-        .user_data(UserData::new(Kind::Recv, env.key).0);
         // SAFETY: rx is neither resized nor compacted while the receive is armed (invariant),
         // and the connection outlives it (it is not `done` while armed).
-        unsafe { env.io.push(&sqe) };
+        unsafe { env.io.push_recv(self.fd.as_raw_fd(), free, env.key) };
         self.recv_armed = true;
     }
 
     fn arm_send(&mut self, env: &mut Env<'_>) {
         let rest = &self.tx_sending[self.tx_sent..];
-        let sqe = opcode::Send::new(
-            types::Fd(self.fd.as_raw_fd()),
-            rest.as_ptr(),
-            rest.len() as u32,
-        )
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(UserData::new(Kind::Send, env.key).0);
         // SAFETY: tx_sending is not modified while the send is armed (invariant), and the
         // connection outlives it.
-        unsafe { env.io.push(&sqe) };
+        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
         self.send_armed = true;
     }
 

@@ -1658,17 +1658,9 @@ impl NvmfConn {
 
     fn arm_send(&mut self, env: &mut Env<'_>) {
         let rest = &self.tx_sending[self.tx_sent..];
-        let sqe = opcode::Send::new(
-            types::Fd(self.fd.as_raw_fd()),
-            rest.as_ptr(),
-            rest.len() as u32,
-        )
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(UserData::new(Kind::Send, env.key).0);
         // SAFETY: tx_sending is not modified while the send is armed (invariant), and the
         // connection outlives it.
-        unsafe { env.io.push(&sqe) };
+        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
         self.send_armed = true;
     }
 
