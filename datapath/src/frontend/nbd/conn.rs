@@ -26,7 +26,7 @@ use super::proto::{self, cflag, chunk, cmd, err, info, opt, rep, tflag};
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::reactor::{Conn, Env};
 use crate::uring::{Errno, IoTag, Kind, UserData};
-use io_uring::{opcode, types};
+use io_uring::opcode;
 use slab::Slab;
 use std::os::fd::{AsRawFd, OwnedFd};
 
