@@ -78,6 +78,11 @@ pub struct MirrorConfig {
     /// Most bytes per second a resync copies to a returning peer.
     #[serde(default = "default_resync_rate")]
     pub resync_rate: Size,
+    /// Directory for each mirrored volume's persisted replica state (mode, witness epoch,
+    /// dirty bitmap). With it, a restarted site serves no I/O until its first session shows
+    /// whether its peer moved on; without it the state lives in memory only.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl MirrorConfig {

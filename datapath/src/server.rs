@@ -141,6 +141,10 @@ impl Daemon {
                         }),
                         dirty_granularity: m.dirty_granularity.0,
                         resync_rate: m.resync_rate.0.max(1 << 20),
+                        state_file: m
+                            .state_dir
+                            .as_ref()
+                            .map(|d| d.join(format!("{}.mirror-state", v.name))),
                     };
                     let home = index % cfg.reactor.cores.len();
                     let md = Arc::new(MirrorDevice::new(device, engine, index, home, m.peer));

@@ -38,6 +38,7 @@ fn engine(io: &mut IoCx, role: Role) -> Engine {
         failover: None,
         dirty_granularity: 4096,
         resync_rate: 1 << 30,
+        state_file: None,
     };
     let mut e = Engine::new(cfg, inner, 0, Arc::new(MirrorStats::default()));
     e.link_up(io);

@@ -164,6 +164,8 @@ pub struct EngineConfig {
     pub dirty_granularity: u64,
     /// Resync copy rate limit, bytes per second.
     pub resync_rate: u64,
+    /// Where the replica state is persisted (none: in memory only).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// What the engine does with updates.
@@ -178,6 +180,9 @@ pub enum Mode {
     Fenced,
     /// Receiving the survivor's changes: no I/O until the resync is done.
     Resyncing,
+    /// Just started from a persisted "in sync" state: no I/O until the first session shows
+    /// whether the peer moved on meanwhile.
+    Waiting,
 }
 
 fn state_name(s: u32) -> &'static str {
@@ -333,22 +338,112 @@ impl Engine {
         }
     }
 
+    /// Change mode, publish it and persist it.
+    fn set_mode(&mut self, m: Mode) {
+        self.mode = m;
+        self.stats.set_mode(m);
+        self.persist(false);
+    }
+
+    /// Write the replica state (mode, epoch, bitmap) if a state file is configured.
+    /// `clean`: a clean stop, the bitmap is exact.
+    fn persist(&self, clean: bool) {
+        let Some(path) = &self.cfg.state_file else {
+            return;
+        };
+        let p = super::state::Persisted {
+            mode: self.replica_state() as u8,
+            clean,
+            epoch: self.grant_epoch,
+            size: self.cfg.size,
+            granularity: self.cfg.dirty_granularity,
+            bitmap: self.dirty.clone(),
+        };
+        if let Err(e) = super::state::save(path, &p) {
+            tracing::error!(volume = %self.cfg.name, error = %e, path = %path.display(),
+                "mirror: cannot persist the replica state");
+        }
+    }
+
+    /// Load the persisted replica state (called once, before any I/O).
+    pub fn restore(&mut self) -> Result<(), String> {
+        let Some(path) = self.cfg.state_file.clone() else {
+            return Ok(());
+        };
+        let Some(p) = super::state::load(&path)? else {
+            // A new replica: in sync with nothing yet; the first session decides.
+            self.mode = Mode::Waiting;
+            self.stats.set_mode(Mode::Waiting);
+            self.persist(false);
+            return Ok(());
+        };
+        if p.size != self.cfg.size {
+            return Err(format!(
+                "{} is for a volume of {} bytes, this one has {}",
+                path.display(),
+                p.size,
+                self.cfg.size
+            ));
+        }
+        self.grant_epoch = p.epoch;
+        let mode = match p.mode {
+            0 => Mode::Waiting,
+            1 => Mode::Survivor,
+            _ => Mode::Fenced,
+        };
+        if mode == Mode::Survivor {
+            if p.clean && p.granularity == self.cfg.dirty_granularity {
+                self.dirty = p.bitmap;
+            } else {
+                // Not stopped cleanly: what was written last is unknown; resync everything.
+                let g = self.cfg.dirty_granularity;
+                let bits = self.cfg.size.div_ceil(g);
+                self.dirty = vec![u64::MAX; bits.div_ceil(64) as usize];
+                if bits % 64 != 0
+                    && let Some(last) = self.dirty.last_mut()
+                {
+                    *last = (1u64 << (bits % 64)) - 1;
+                }
+                tracing::warn!(volume = %self.cfg.name,
+                    "mirror: the survivor did not stop cleanly; the whole volume will be resynced");
+            }
+            self.stats
+                .dirty_bytes
+                .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+        }
+        self.mode = mode;
+        self.stats.set_mode(mode);
+        tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
+            "mirror: replica state restored");
+        Ok(())
+    }
+
     /// This site's replica state as told to the peer in HELLO/WELCOME (`id` field):
     /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing.
     pub fn replica_state(&self) -> u32 {
         match self.mode {
-            Mode::Mirroring => 0,
+            Mode::Mirroring | Mode::Waiting => 0,
             Mode::Survivor => 1,
             Mode::Fenced => 2,
             Mode::Resyncing => 3,
         }
     }
 
+    /// I/O is refused here for now (fenced, resyncing, or waiting for the first session).
+    pub fn no_io(&self) -> bool {
+        matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting)
+    }
+
     /// Decide what a new session is, from both sites' replica states, and start it.
     pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
         let me = self.replica_state();
         match (me, peer) {
-            (0, 0) => self.link_up(io),
+            (0, 0) => {
+                if self.mode == Mode::Waiting {
+                    self.set_mode(Mode::Mirroring);
+                }
+                self.link_up(io);
+            }
             (1, 1) => {
                 return Err("both sites claim to be the survivor (split brain): refusing to serve; an operator must choose the replica to keep".into());
             }
@@ -369,8 +464,7 @@ impl Engine {
                     "mirror: the peer is back; resyncing it with the regions written since it was lost");
             }
             (_, 1) => {
-                self.mode = Mode::Resyncing;
-                self.stats.set_mode(Mode::Resyncing);
+                self.set_mode(Mode::Resyncing);
                 self.resync_applies = 0;
                 self.resync_done = false;
                 self.link_up(io);
@@ -493,8 +587,7 @@ impl Engine {
             return;
         };
         wire::encode(&mut self.outbox, &Header::new(Type::ResyncDone), &[]);
-        self.mode = Mode::Mirroring;
-        self.stats.set_mode(Mode::Mirroring);
+        self.set_mode(Mode::Mirroring);
         self.dirty.clear();
         self.stats
             .dirty_bytes
@@ -581,8 +674,7 @@ impl Engine {
     /// now on, finishing every held update, and record what the peer misses.
     fn become_survivor(&mut self, io: &mut IoCx, epoch: u64) {
         self.grant_epoch = epoch;
-        self.mode = Mode::Survivor;
-        self.stats.set_mode(Mode::Survivor);
+        self.set_mode(Mode::Survivor);
         tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
             "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");
         while let Some(k) = self.backlog.pop_front() {
@@ -615,8 +707,7 @@ impl Engine {
 
     /// No grant: fail everything held and serve no I/O.
     fn fence(&mut self, why: &str) {
-        self.mode = Mode::Fenced;
-        self.stats.set_mode(Mode::Fenced);
+        self.set_mode(Mode::Fenced);
         tracing::error!(volume = %self.cfg.name, why, "mirror: fenced; this site serves no I/O for the volume");
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
         self.backlog.clear();
@@ -636,8 +727,7 @@ impl Engine {
     /// Target: once RESYNC_DONE came and every copy is applied, serve I/O again.
     fn maybe_end_resync_target(&mut self) {
         if self.mode == Mode::Resyncing && self.resync_done && self.resync_applies == 0 {
-            self.mode = Mode::Mirroring;
-            self.stats.set_mode(Mode::Mirroring);
+            self.set_mode(Mode::Mirroring);
             tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
         }
     }
@@ -825,7 +915,7 @@ impl Engine {
         offset: u64,
         fua: bool,
     ) -> Start {
-        if self.diverged || matches!(self.mode, Mode::Fenced | Mode::Resyncing) {
+        if self.diverged || self.no_io() {
             return Start::Done(Err(Errno::IO));
         }
         let (upd, len, data) = match update {
@@ -1530,6 +1620,13 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    /// A clean stop: the persisted bitmap is exact.
+    fn drop(&mut self) {
+        self.persist(true);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Two engines joined back to back, with a replica that completes writes late and in a
@@ -1605,6 +1702,7 @@ mod tests {
             failover: None,
             dirty_granularity: 4096,
             resync_rate: 1 << 30,
+            state_file: None,
         };
         Site {
             engine: Engine::new(

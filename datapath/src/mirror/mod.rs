@@ -16,6 +16,7 @@
 pub mod engine;
 pub mod failover;
 pub mod link;
+pub mod state;
 pub mod stats;
 pub mod wire;
 
@@ -127,9 +128,13 @@ impl BlockDevice for MirrorDevice {
                 from: io.reactor as u32,
             }));
         }
+        let mut engine = Engine::new(self.cfg.clone(), inner, self.vol, Arc::clone(&self.stats));
+        engine
+            .restore()
+            .map_err(|e| BdevError::Register(std::io::Error::other(e)))?;
         Ok(Box::new(MirrorChannel {
             reactor: io.reactor as u32,
-            engine: Engine::new(self.cfg.clone(), inner, self.vol, Arc::clone(&self.stats)),
+            engine,
             peer: self.peer,
         }))
     }
@@ -145,10 +150,7 @@ pub struct MirrorChannel {
 
 impl Channel for MirrorChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        if matches!(
-            self.engine.mode(),
-            engine::Mode::Fenced | engine::Mode::Resyncing
-        ) {
+        if self.engine.no_io() {
             return ReadStart::Failed(crate::uring::Errno::IO);
         }
         self.engine.inner().read(io, tag, offset, len)

@@ -36,7 +36,7 @@ pub struct MirrorStats {
     pub dirty_bytes: AtomicU64,
     /// Bytes copied to the peer by resyncs.
     pub resync_bytes: AtomicU64,
-    /// 0 mirroring, 1 survivor, 2 fenced.
+    /// 0 mirroring, 1 survivor, 2 fenced, 3 resyncing, 4 waiting for the first session.
     pub mode: std::sync::atomic::AtomicU8,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
@@ -93,13 +93,14 @@ impl MirrorStats {
             Mode::Survivor => 1,
             Mode::Fenced => 2,
             Mode::Resyncing => 3,
+            Mode::Waiting => 4,
         };
         self.mode.store(v, Relaxed);
     }
 
     /// The site serves no I/O for this volume (fenced, or receiving a resync).
     pub fn fenced(&self) -> bool {
-        matches!(self.mode.load(Relaxed), 2 | 3)
+        matches!(self.mode.load(Relaxed), 2..=4)
     }
 
     /// Session state.
@@ -136,6 +137,8 @@ impl MirrorStats {
                 "fenced"
             } else if self.mode.load(Relaxed) == 3 {
                 "resyncing"
+            } else if self.mode.load(Relaxed) == 4 {
+                "waiting"
             } else if self.up.load(Relaxed) {
                 "up"
             } else {

@@ -582,7 +582,7 @@ impl Reactor {
         use crate::mirror::engine::Mode;
         let state = match mode {
             Mode::Mirroring | Mode::Survivor => 1, // optimised
-            Mode::Fenced | Mode::Resyncing => 3,   // inaccessible
+            Mode::Fenced | Mode::Resyncing | Mode::Waiting => 3, // inaccessible
         };
         for sub in &self.shared.nvmf.subsystems {
             for ns in sub.namespaces.iter().filter(|n| n.volume == vol) {
