@@ -399,7 +399,7 @@ impl Engine {
                 let g = self.cfg.dirty_granularity;
                 let bits = self.cfg.size.div_ceil(g);
                 self.dirty = vec![u64::MAX; bits.div_ceil(64) as usize];
-                if bits % 64 != 0
+                if !bits.is_multiple_of(64)
                     && let Some(last) = self.dirty.last_mut()
                 {
                     *last = (1u64 << (bits % 64)) - 1;
