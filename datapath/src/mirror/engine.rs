@@ -190,8 +190,37 @@ fn state_name(s: u32) -> &'static str {
         0 => "in sync",
         1 => "survivor",
         2 => "fenced",
-        _ => "resyncing",
+        3 => "resyncing",
+        _ => "new",
     }
+}
+
+/// Set the bits of `[offset, offset + len)` in a region bitmap of a `size`-byte volume with
+/// `g` bytes per bit (allocated on first use).
+fn set_bits(map: &mut Vec<u64>, size: u64, g: u64, offset: u64, len: u64) {
+    let g = g.max(1);
+    if map.is_empty() {
+        map.resize(size.div_ceil(g).div_ceil(64) as usize, 0);
+    }
+    let first = offset / g;
+    let last = (offset + len.max(1) - 1) / g;
+    for b in first..=last {
+        if let Some(w) = map.get_mut((b / 64) as usize) {
+            *w |= 1 << (b % 64);
+        }
+    }
+}
+
+/// Every bit of a `size`-byte volume with `g` bytes per bit.
+fn all_bits(size: u64, g: u64) -> Vec<u64> {
+    let bits = size.div_ceil(g.max(1));
+    let mut map = vec![u64::MAX; bits.div_ceil(64) as usize];
+    if !bits.is_multiple_of(64)
+        && let Some(last) = map.last_mut()
+    {
+        *last = (1u64 << (bits % 64)) - 1;
+    }
+    map
 }
 
 /// The survivor's side of a resync.
@@ -271,6 +300,10 @@ pub struct Engine {
     resync_buf: Vec<u8>,
     /// The witness epoch this site holds as survivor.
     grant_epoch: u64,
+    /// Regions ever written here (a new, empty replica is sent only these).
+    written: Vec<u64>,
+    /// Started with no persisted state: an empty replica that has never been in sync.
+    new_replica: bool,
 }
 
 /// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
@@ -335,6 +368,8 @@ impl Engine {
             resync_done: false,
             resync_buf: Vec::new(),
             grant_epoch: 0,
+            written: Vec::new(),
+            new_replica: false,
         }
     }
 
@@ -358,6 +393,7 @@ impl Engine {
             size: self.cfg.size,
             granularity: self.cfg.dirty_granularity,
             bitmap: self.dirty.clone(),
+            written: self.written.clone(),
         };
         if let Err(e) = super::state::save(path, &p) {
             tracing::error!(volume = %self.cfg.name, error = %e, path = %path.display(),
@@ -371,7 +407,8 @@ impl Engine {
             return Ok(());
         };
         let Some(p) = super::state::load(&path)? else {
-            // A new replica: in sync with nothing yet; the first session decides.
+            // A new, empty replica: the first session gives it the peer's data.
+            self.new_replica = true;
             self.mode = Mode::Waiting;
             self.stats.set_mode(Mode::Waiting);
             self.persist(false);
@@ -386,24 +423,27 @@ impl Engine {
             ));
         }
         self.grant_epoch = p.epoch;
+        let same_geometry = p.granularity == self.cfg.dirty_granularity;
+        self.written = if p.clean && same_geometry {
+            p.written
+        } else {
+            all_bits(self.cfg.size, self.cfg.dirty_granularity)
+        };
         let mode = match p.mode {
             0 => Mode::Waiting,
+            4 => {
+                self.new_replica = true;
+                Mode::Waiting
+            }
             1 => Mode::Survivor,
             _ => Mode::Fenced,
         };
         if mode == Mode::Survivor {
-            if p.clean && p.granularity == self.cfg.dirty_granularity {
+            if p.clean && same_geometry {
                 self.dirty = p.bitmap;
             } else {
                 // Not stopped cleanly: what was written last is unknown; resync everything.
-                let g = self.cfg.dirty_granularity;
-                let bits = self.cfg.size.div_ceil(g);
-                self.dirty = vec![u64::MAX; bits.div_ceil(64) as usize];
-                if !bits.is_multiple_of(64)
-                    && let Some(last) = self.dirty.last_mut()
-                {
-                    *last = (1u64 << (bits % 64)) - 1;
-                }
+                self.dirty = all_bits(self.cfg.size, self.cfg.dirty_granularity);
                 tracing::warn!(volume = %self.cfg.name,
                     "mirror: the survivor did not stop cleanly; the whole volume will be resynced");
             }
@@ -422,6 +462,7 @@ impl Engine {
     /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing.
     pub fn replica_state(&self) -> u32 {
         match self.mode {
+            Mode::Waiting if self.new_replica => 4,
             Mode::Mirroring | Mode::Waiting => 0,
             Mode::Survivor => 1,
             Mode::Fenced => 2,
@@ -438,32 +479,35 @@ impl Engine {
     pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
         let me = self.replica_state();
         match (me, peer) {
-            (0, 0) => {
+            (0, 0) | (4, 4) => {
+                // In sync (or both new and empty).
+                self.new_replica = false;
                 if self.mode == Mode::Waiting {
                     self.set_mode(Mode::Mirroring);
                 }
                 self.link_up(io);
             }
+            (0, 4) => {
+                // A new, empty replica: send it every region ever written here, serving alone
+                // meanwhile (the peer serves nothing until it has the data).
+                self.dirty_everything_written();
+                self.set_mode(Mode::Survivor);
+                self.session_start_source(io);
+                tracing::warn!(volume = %self.cfg.name, bytes = self.dirty_bytes(),
+                    "mirror: the peer is a new replica; sending it every region ever written");
+            }
             (1, 1) => {
                 return Err("both sites claim to be the survivor (split brain): refusing to serve; an operator must choose the replica to keep".into());
             }
-            (1, _) => {
-                self.link_up(io);
-                let now = Instant::now();
-                self.resync = Some(ResyncSource {
-                    cursor: 0,
-                    reads: 0,
-                    last_pass: false,
-                    deferred: VecDeque::new(),
-                    budget: 0.0,
-                    last_refill: now,
-                    started: now,
-                    total: 0,
-                });
+            (1, p) => {
+                if p == 4 {
+                    self.dirty_everything_written();
+                }
+                self.session_start_source(io);
                 tracing::warn!(volume = %self.cfg.name, dirty_bytes = self.dirty_bytes(),
                     "mirror: the peer is back; resyncing it with the regions written since it was lost");
             }
-            (_, 1) => {
+            (_, 1) | (4, 0) => {
                 self.set_mode(Mode::Resyncing);
                 self.resync_applies = 0;
                 self.resync_done = false;
@@ -480,6 +524,34 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Mark every region ever written dirty (for a new, empty peer).
+    fn dirty_everything_written(&mut self) {
+        if self.dirty.len() < self.written.len() {
+            self.dirty.resize(self.written.len(), 0);
+        }
+        for (d, w) in self.dirty.iter_mut().zip(&self.written) {
+            *d |= w;
+        }
+        self.stats
+            .dirty_bytes
+            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn session_start_source(&mut self, io: &mut IoCx) {
+        self.link_up(io);
+        let now = Instant::now();
+        self.resync = Some(ResyncSource {
+            cursor: 0,
+            reads: 0,
+            last_pass: false,
+            deferred: VecDeque::new(),
+            budget: 0.0,
+            last_refill: now,
+            started: now,
+            total: 0,
+        });
     }
 
     /// Survivor: copy dirty regions to the returning peer within the rate budget; switch
@@ -592,9 +664,12 @@ impl Engine {
         self.stats
             .dirty_bytes
             .store(0, std::sync::atomic::Ordering::Relaxed);
-        if let Some(slot) = &self.cfg.failover {
+        if let Some(slot) = &self.cfg.failover
+            && self.grant_epoch != 0
+        {
             slot.release
                 .store(self.grant_epoch, std::sync::atomic::Ordering::SeqCst);
+            self.grant_epoch = 0;
         }
         tracing::warn!(volume = %self.cfg.name, copied_bytes = r.total,
             seconds = r.started.elapsed().as_secs_f64(), deferred = r.deferred.len(),
@@ -653,18 +728,13 @@ impl Engine {
     }
 
     fn mark_dirty(&mut self, offset: u64, len: u64) {
-        let g = self.cfg.dirty_granularity.max(1);
-        if self.dirty.is_empty() {
-            let bits = self.cfg.size.div_ceil(g);
-            self.dirty = vec![0; bits.div_ceil(64) as usize];
-        }
-        let first = offset / g;
-        let last = (offset + len.max(1) - 1) / g;
-        for b in first..=last {
-            if let Some(w) = self.dirty.get_mut((b / 64) as usize) {
-                *w |= 1 << (b % 64);
-            }
-        }
+        set_bits(
+            &mut self.dirty,
+            self.cfg.size,
+            self.cfg.dirty_granularity,
+            offset,
+            len,
+        );
         self.stats
             .dirty_bytes
             .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
@@ -727,6 +797,7 @@ impl Engine {
     /// Target: once RESYNC_DONE came and every copy is applied, serve I/O again.
     fn maybe_end_resync_target(&mut self) {
         if self.mode == Mode::Resyncing && self.resync_done && self.resync_applies == 0 {
+            self.new_replica = false;
             self.set_mode(Mode::Mirroring);
             tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
         }
@@ -1078,7 +1149,16 @@ impl Engine {
         self.running.push(a);
         let op = &self.ops[k];
         let r = match op.upd {
-            Upd::Write => self.inner.write(io, tag, offset, &op.data, op.fua),
+            Upd::Write => {
+                set_bits(
+                    &mut self.written,
+                    self.cfg.size,
+                    self.cfg.dirty_granularity,
+                    offset,
+                    len,
+                );
+                self.inner.write(io, tag, offset, &op.data, op.fua)
+            }
             Upd::Zeroes => self.inner.write_zeroes(io, tag, offset, len, op.fua),
             Upd::Unmap => self.inner.unmap(io, tag, offset, len, op.fua),
             Upd::Flush => self.inner.flush(io, tag),

@@ -2,10 +2,13 @@
 //! survivor, fenced, resyncing), the witness epoch it holds, and the dirty-region bitmap.
 //!
 //! Format (little-endian), one small file per volume, `<state_dir>/<volume>.mirror-state`:
-//! `"TBMS"` | version u8 = 1 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing) |
+//! `"TBMS"` | version u8 = 1 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
+//! replica never in sync) |
 //! clean u8 (1: written at a clean stop, the bitmap is exact) | reserved u8 = 0 |
-//! epoch u64 | volume size u64 | granularity u64 | bitmap words u32 | words u64 ... |
-//! CRC32C u32 of everything before it.
+//! epoch u64 | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
+//! written words u32 | words u64 ... | CRC32C u32 of everything before it. The dirty bitmap
+//! holds the regions written while the peer was away; the written bitmap every region ever
+//! written (a new, empty replica is sent only those).
 //!
 //! Invariants: the file is replaced atomically (temporary file, fsync, rename, fsync of the
 //! directory), so a crash leaves the old or the new state, never a torn one; a file that fails
@@ -17,7 +20,7 @@ use std::path::Path;
 /// What is persisted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Persisted {
-    /// 0 in sync, 1 survivor, 2 fenced, 3 resyncing.
+    /// 0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new (never in sync yet).
     pub mode: u8,
     /// Written at a clean stop: the bitmap is exact.
     pub clean: bool,
@@ -29,6 +32,8 @@ pub struct Persisted {
     pub granularity: u64,
     /// Dirty bitmap.
     pub bitmap: Vec<u64>,
+    /// Regions ever written.
+    pub written: Vec<u64>,
 }
 
 const MAGIC: &[u8; 4] = b"TBMS";
@@ -43,6 +48,10 @@ pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     b.extend_from_slice(&p.granularity.to_le_bytes());
     b.extend_from_slice(&(p.bitmap.len() as u32).to_le_bytes());
     for w in &p.bitmap {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    b.extend_from_slice(&(p.written.len() as u32).to_le_bytes());
+    for w in &p.written {
         b.extend_from_slice(&w.to_le_bytes());
     }
     let crc = crc32c::crc32c(&b);
@@ -80,12 +89,17 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
     if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
         return bad("checksum mismatch");
     }
-    if body[4] != 1 || body[5] > 3 || body[6] > 1 || body[7] != 0 {
+    if body[4] != 1 || body[5] > 4 || body[6] > 1 || body[7] != 0 {
         return bad("unknown version or field value");
     }
     let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
     let words = u32::from_le_bytes(body[32..36].try_into().expect("4 bytes")) as usize;
-    if body.len() != 36 + words * 8 {
+    let w_at = 36usize.saturating_add(words.saturating_mul(8));
+    if body.len() < w_at.saturating_add(4) {
+        return bad("bitmap length");
+    }
+    let written = u32::from_le_bytes(body[w_at..w_at + 4].try_into().expect("4 bytes")) as usize;
+    if body.len() != w_at + 4 + written.saturating_mul(8) {
         return bad("bitmap length");
     }
     Ok(Some(Persisted {
@@ -95,6 +109,7 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
         size: u64_at(16),
         granularity: u64_at(24),
         bitmap: (0..words).map(|i| u64_at(36 + i * 8)).collect(),
+        written: (0..written).map(|i| u64_at(w_at + 4 + i * 8)).collect(),
     }))
 }
 
@@ -114,6 +129,7 @@ mod tests {
             size: 1 << 20,
             granularity: 65536,
             bitmap: vec![0b1011],
+            written: vec![0b1111, 1],
         };
         save(&path, &p).unwrap();
         assert_eq!(load(&path), Ok(Some(p)));
