@@ -564,6 +564,12 @@ impl Engine {
             // The peer left again: keep every region dirty for the next attempt.
             let deferred = std::mem::take(&mut r.deferred);
             self.resync = None;
+            self.stats
+                .resync_rate
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .resync_eta_ms
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             for k in deferred {
                 self.survivor_apply(io, k);
             }
@@ -649,9 +655,21 @@ impl Engine {
             // later ones wait for it, so the copy holds every write acknowledged before it.
             self.enqueue_apply(io, k, 0, 0);
         }
+        let dirty = self.dirty_bytes();
         self.stats
             .dirty_bytes
-            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+            .store(dirty, std::sync::atomic::Ordering::Relaxed);
+        if let Some(r) = &self.resync {
+            let secs = r.started.elapsed().as_secs_f64().max(1e-3);
+            let rate = ((r.total as f64 / secs) as u64).max(1);
+            self.stats
+                .resync_rate
+                .store(rate, std::sync::atomic::Ordering::Relaxed);
+            self.stats.resync_eta_ms.store(
+                dirty.saturating_mul(1000) / rate,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 
     fn finish_resync(&mut self, io: &mut IoCx) {
@@ -659,6 +677,12 @@ impl Engine {
             return;
         };
         wire::encode(&mut self.outbox, &Header::new(Type::ResyncDone), &[]);
+        self.stats
+            .resync_rate
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .resync_eta_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         self.set_mode(Mode::Mirroring);
         self.dirty.clear();
         self.stats
@@ -837,6 +861,20 @@ impl Engine {
         if !self.draining {
             self.draining = true;
             tracing::info!(volume = %self.cfg.name, "mirror: stopping; no new forwarded updates are taken");
+        }
+    }
+
+    /// The stop deadline passed: answer every request still waiting with EIO (the data may or
+    /// may not be on the replicas, as for any failed write), so the reactor can exit.
+    pub fn abort_requests(&mut self) {
+        let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            if let Some((from, tag)) = self.ops[k].initiator.take() {
+                self.done.push((from, tag, Err(Errno::IO)));
+            }
+        }
+        if let Some(r) = self.resync.as_mut() {
+            r.deferred.clear();
         }
     }
 

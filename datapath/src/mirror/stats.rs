@@ -36,6 +36,10 @@ pub struct MirrorStats {
     pub dirty_bytes: AtomicU64,
     /// Bytes copied to the peer by resyncs.
     pub resync_bytes: AtomicU64,
+    /// The running resync's copy rate, bytes per second (0: none running).
+    pub resync_rate: AtomicU64,
+    /// The running resync's estimated time left, ms (0: none running).
+    pub resync_eta_ms: AtomicU64,
     /// 0 mirroring, 1 survivor, 2 fenced, 3 resyncing, 4 waiting for the first session.
     pub mode: std::sync::atomic::AtomicU8,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
@@ -75,6 +79,12 @@ pub struct MirrorSnapshot {
     pub dirty_bytes: u64,
     /// Bytes copied to the peer by resyncs so far.
     pub resync_bytes: u64,
+    /// A resync is running (this site sends).
+    pub resync_running: bool,
+    /// Its copy rate, bytes per second.
+    pub resync_rate_bytes_per_s: u64,
+    /// Its estimated time left, seconds (dirty bytes left at the current rate).
+    pub resync_eta_s: f64,
     /// Median PING round trip over the last samples, in microseconds (null: none yet).
     pub rtt_p50_us: Option<f64>,
 }
@@ -156,6 +166,9 @@ impl MirrorStats {
             backlog_bytes: self.backlog_bytes.load(Relaxed),
             dirty_bytes: self.dirty_bytes.load(Relaxed),
             resync_bytes: self.resync_bytes.load(Relaxed),
+            resync_running: self.resync_rate.load(Relaxed) > 0,
+            resync_rate_bytes_per_s: self.resync_rate.load(Relaxed),
+            resync_eta_s: self.resync_eta_ms.load(Relaxed) as f64 / 1000.0,
             rtt_p50_us: rtt,
         }
     }

@@ -746,6 +746,12 @@ impl Reactor {
             conns = self.conns.len(),
             "stop deadline passed; aborting connections"
         );
+        for i in 0..self.mirrors.len() {
+            let v = self.mirrors[i];
+            if let Some((e, _)) = self.chans[v].mirror() {
+                e.abort_requests();
+            }
+        }
         let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
         for key in keys {
             let (entry, mut env) = self.env(key);
