@@ -234,9 +234,13 @@ pub struct VolumeConfig {
     #[serde(default)]
     pub mirror: bool,
     /// For a mirrored volume: the site that orders its updates (default: the site whose name
-    /// sorts first).
+    /// sorts first). It is also the preferred site of the volume's group at the witness.
     #[serde(default)]
     pub leader: Option<String>,
+    /// For a mirrored volume: its volume group at the witness (default: its own name). The
+    /// volumes of a group fail over together (one survivor grant); they must share a leader.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// A byte count written as a number or with a unit.
@@ -381,6 +385,7 @@ impl Default for Config {
                 fail_range: None,
                 mirror: false,
                 leader: None,
+                group: None,
             }],
             mirror: None,
         }
@@ -488,6 +493,7 @@ impl Config {
                         "mirror.dirty_granularity must be a power of two of at least 4 KiB".into(),
                     );
                 }
+                let mut groups: std::collections::HashMap<&str, &str> = Default::default();
                 for v in &mirrored {
                     let l = m.leader_of(v);
                     if l != m.site && l != m.peer_site {
@@ -496,12 +502,20 @@ impl Config {
                             v.name, m.site, m.peer_site
                         ));
                     }
+                    let g = v.group.as_deref().unwrap_or(&v.name);
+                    if let Some(other) = groups.insert(g, l)
+                        && other != l
+                    {
+                        return bad(format!(
+                            "volume group {g:?}: its volumes have different leaders ({other:?} and {l:?}); a group fails over as one, with one preferred site"
+                        ));
+                    }
                 }
             }
             None => {}
         }
         for v in &self.volumes {
-            if v.leader.is_some() && !v.mirror {
+            if (v.leader.is_some() || v.group.is_some()) && !v.mirror {
                 return bad(format!(
                     "volume {}: leader is set but mirror is not",
                     v.name
@@ -677,5 +691,26 @@ mod tests {
         assert!(matches!(e, ConfigError::Parse(_)), "{e}");
         let e = Config::from_toml("[[nbd.export]]\nname='x'\nvolume='nope'\n").unwrap_err();
         assert!(e.to_string().contains("no volume"), "{e}");
+    }
+
+    #[test]
+    fn mirror_mistakes_are_named() {
+        let m = "[mirror]\nsite='a'\npeer_site='b'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\n";
+        let vol = |name: &str, leader: &str, group: &str| {
+            format!(
+                "[[volume]]\nname='{name}'\nbackend='malloc'\nsize=4096\nmirror=true\nleader='{leader}'\ngroup='{group}'\n"
+            )
+        };
+        let ok = format!("{m}{}{}", vol("x", "a", "g"), vol("y", "a", "g"));
+        assert!(Config::from_toml(&ok).is_ok());
+        let e = Config::from_toml(&format!("{m}{}{}", vol("x", "a", "g"), vol("y", "b", "g")))
+            .unwrap_err();
+        assert!(e.to_string().contains("different leaders"), "{e}");
+        let e = Config::from_toml(&format!("{m}{}", vol("x", "c", "g"))).unwrap_err();
+        assert!(e.to_string().contains("neither"), "{e}");
+        let e = Config::from_toml(&vol("x", "a", "g")).unwrap_err();
+        assert!(e.to_string().contains("no [mirror] section"), "{e}");
+        let e = Config::from_toml(&format!("{m}witness='127.0.0.1:3'\n")).unwrap_err();
+        assert!(e.to_string().contains("go together"), "{e}");
     }
 }

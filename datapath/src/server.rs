@@ -135,9 +135,16 @@ impl Daemon {
                         max_backlog: m.max_backlog_mib << 20,
                         peer_dead: Duration::from_millis(m.peer_dead_ms),
                         failover: m.witness.map(|_| {
-                            let slot = Arc::new(FailoverSlot::default());
-                            failover_vols.push((v.name.clone(), leader, Arc::clone(&slot)));
-                            slot
+                            // One slot (one grant) per volume group.
+                            let group = v.group.clone().unwrap_or_else(|| v.name.clone());
+                            match failover_vols.iter().find(|(g, _, _)| *g == group) {
+                                Some((_, _, slot)) => Arc::clone(slot),
+                                None => {
+                                    let slot = Arc::new(FailoverSlot::default());
+                                    failover_vols.push((group, leader, Arc::clone(&slot)));
+                                    slot
+                                }
+                            }
                         }),
                         dirty_granularity: m.dirty_granularity.0,
                         resync_rate: m.resync_rate.0.max(1 << 20),

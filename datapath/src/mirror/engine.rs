@@ -451,6 +451,12 @@ impl Engine {
                 .dirty_bytes
                 .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
         }
+        if mode == Mode::Survivor
+            && let Some(slot) = &self.cfg.failover
+        {
+            slot.survivors
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.mode = mode;
         self.stats.set_mode(mode);
         tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
@@ -691,8 +697,15 @@ impl Engine {
         if let Some(slot) = &self.cfg.failover
             && self.grant_epoch != 0
         {
-            slot.release
-                .store(self.grant_epoch, std::sync::atomic::Ordering::SeqCst);
+            // The last volume of the group back in sync gives the group's grant back.
+            if slot
+                .survivors
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+                <= 1
+            {
+                slot.release
+                    .store(self.grant_epoch, std::sync::atomic::Ordering::SeqCst);
+            }
             self.grant_epoch = 0;
         }
         tracing::warn!(volume = %self.cfg.name, copied_bytes = r.total,
@@ -768,6 +781,10 @@ impl Engine {
     /// now on, finishing every held update, and record what the peer misses.
     fn become_survivor(&mut self, io: &mut IoCx, epoch: u64) {
         self.grant_epoch = epoch;
+        if let Some(slot) = &self.cfg.failover {
+            slot.survivors
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.set_mode(Mode::Survivor);
         tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
             "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");

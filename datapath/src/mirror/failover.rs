@@ -40,6 +40,9 @@ pub struct FailoverSlot {
     pub in_sync: AtomicBool,
     /// Non-zero: give this epoch's grant back (the resync brought the peer up to date).
     pub release: AtomicU64,
+    /// Volumes of the group serving alone; the grant is given back when the last one is in
+    /// sync again.
+    pub survivors: std::sync::atomic::AtomicU32,
 }
 
 /// What the failover thread needs.
@@ -54,7 +57,8 @@ pub struct FailoverConfig {
     pub heartbeat: Duration,
     /// How long one grant request may take (retransmits included).
     pub request_timeout: Duration,
-    /// Mirrored volumes: name, whether this site is preferred, slot.
+    /// Volume groups: name (a volume's name when it has no group), whether this site is the
+    /// preferred one, slot shared by the group's volumes.
     pub volumes: Vec<(String, bool, Arc<FailoverSlot>)>,
 }
 

@@ -381,3 +381,73 @@ fn a_new_empty_replica_gets_only_the_regions_ever_written() {
         "replicas differ after the first sync"
     );
 }
+
+#[test]
+fn a_volume_group_fails_over_as_one_and_both_volumes_resync() {
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let key = root.path().join("witness.key");
+    std::fs::write(&key, KEY).unwrap();
+    let body = |me: &str, peer: &str, listen: u16, peer_port: u16| {
+        let mut b = format!(
+            "[reactor]\ncores=[0]\npin=false\n\
+             [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
+             peer='127.0.0.1:{peer_port}'\npeer_dead_ms=400\n\
+             witness='{}'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n",
+            w.addr,
+            key.display()
+        );
+        for v in ["db", "log"] {
+            b += &format!(
+                "[[volume]]\nname='{v}'\nbackend='uring'\nsize='4MiB'\npath='{}'\nmirror=true\nleader='a'\ngroup='vm1'\n",
+                root.path().join(format!("{me}-{v}.img")).display()
+            );
+        }
+        b
+    };
+    let mk = |me: &str, peer: &str, l: u16, p: u16| {
+        let d = root.path().join(me);
+        std::fs::create_dir_all(&d).unwrap();
+        Server::start(&d, &body(me, peer, l, p))
+    };
+    let states = |s: &Server| -> Vec<String> {
+        let st = s.rpc("mirror_status");
+        (0..2)
+            .map(|i| st[i]["state"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let wait_all = |s: &Server, want: &str| {
+        let t = Instant::now();
+        while states(s).iter().any(|x| x != want) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "states {:?}, wanted {want}",
+                states(s)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let a = mk("a", "b", pa, pb);
+    let mut b = mk("b", "a", pb, pa);
+    wait_all(&a, "up");
+    wait_all(&b, "up");
+    b.kill();
+    // Both volumes of the group carry on at site a under the group's one grant.
+    wait_all(&a, "survivor");
+    let mut c = Client::connect(a.addr, "log", false);
+    assert_eq!(c.write(0, &pattern(9, 4096)), 0);
+    drop(c);
+    let b = b.respawn();
+    wait_all(&a, "up");
+    wait_all(&b, "up");
+    let (mut a, mut b) = (a, b);
+    assert!(a.stop() && b.stop());
+    for v in ["db", "log"] {
+        assert_eq!(
+            sha(&root.path().join(format!("a-{v}.img"))),
+            sha(&root.path().join(format!("b-{v}.img"))),
+            "{v}: replicas differ"
+        );
+    }
+}
