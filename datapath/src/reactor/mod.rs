@@ -150,6 +150,20 @@ pub struct Reactor {
     /// Key of this reactor's NVMe-oF atomic-section executor, once created.
     nvmf_home: Option<u32>,
     drained: bool,
+    /// The ANA state last set for each mirrored volume (index as in `mirrors`).
+    announced: Vec<u8>,
+}
+
+/// The NVMe ANA state of this site's paths to a mirrored volume: optimised at the volume's
+/// leader (and at a survivor), non-optimised at the follower (its writes take a round trip to
+/// the leader first), inaccessible while fenced, resyncing or waiting for its peer.
+fn path_state(mode: crate::mirror::engine::Mode, role: crate::mirror::engine::Role) -> u8 {
+    use crate::mirror::engine::{Mode, Role};
+    match (mode, role) {
+        (Mode::Survivor, _) | (Mode::Mirroring, Role::Leader) => 1,
+        (Mode::Mirroring, Role::Follower) => 2,
+        (Mode::Fenced | Mode::Resyncing | Mode::Waiting, _) => 3,
+    }
 }
 
 /// How often mirror engines get their periodic work (timeouts, pings, dialling).
@@ -174,9 +188,10 @@ impl Reactor {
                     .map_err(std::io::Error::other)?,
             );
         }
-        let mirrors = (0..chans.len())
+        let mirrors: Vec<usize> = (0..chans.len())
             .filter(|&i| chans[i].mirror().is_some())
             .collect();
+        let n_mirrors = mirrors.len();
         Ok(Self {
             id,
             io,
@@ -185,6 +200,7 @@ impl Reactor {
             next_tick: Instant::now(),
             mirror_done: Vec::with_capacity(256),
             drained: false,
+            announced: vec![0; n_mirrors],
             conns: Slab::with_capacity(64),
             dirty: Vec::with_capacity(64),
             mailbox: Arc::clone(&shared.mailboxes[id]),
@@ -540,9 +556,8 @@ impl Reactor {
                 e.begin_drain();
             }
             // Timeouts and pings run while stopping too; only dialling stops.
-            let mode_before = e.mode();
             let dial = tick && e.tick(&mut self.io, now) && self.stopping.is_none();
-            let mode_after = e.mode();
+            let path_state = path_state(e.mode(), e.config().role);
             std::mem::swap(&mut self.mirror_done, &mut e.done);
             let link = e.link_key;
             let kick = e.wants_send(now) || e.kill_link || (self.stopping.is_some() && e.idle());
@@ -562,8 +577,9 @@ impl Reactor {
             {
                 self.mark(k);
             }
-            if mode_before != mode_after {
-                self.announce_path_state(vol, mode_after);
+            if self.announced[i] != path_state {
+                self.announced[i] = path_state;
+                self.announce_path_state(vol, path_state);
             }
             let mut done = std::mem::take(&mut self.mirror_done);
             worked |= !done.is_empty();
@@ -575,15 +591,10 @@ impl Reactor {
         worked
     }
 
-    /// Tell NVMe hosts (ANA) whether this site serves a mirrored volume: optimised while
-    /// mirroring or surviving, inaccessible while fenced or resyncing. The ANA group of the
-    /// volume's namespaces changes (with an ANA change notice to hosts waiting for events).
-    fn announce_path_state(&self, vol: usize, mode: crate::mirror::engine::Mode) {
-        use crate::mirror::engine::Mode;
-        let state = match mode {
-            Mode::Mirroring | Mode::Survivor => 1, // optimised
-            Mode::Fenced | Mode::Resyncing | Mode::Waiting => 3, // inaccessible
-        };
+    /// Tell NVMe hosts (ANA) how this site serves a mirrored volume (see [`path_state`]): the
+    /// ANA group of the volume's namespaces changes (with an ANA change notice to hosts
+    /// waiting for events).
+    fn announce_path_state(&self, vol: usize, state: u8) {
         for sub in &self.shared.nvmf.subsystems {
             for ns in sub.namespaces.iter().filter(|n| n.volume == vol) {
                 if self.shared.nvmf.ana.set_state(ns.ana_group, state) {

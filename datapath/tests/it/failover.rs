@@ -171,6 +171,9 @@ fn kill_one_and_measure(kill_a: bool) -> Duration {
         st["dirty_bytes"].as_u64().unwrap() > 0,
         "no dirty regions recorded: {st}"
     );
+    let ana =
+        survivor.rpc("nvmf_subsystems")["subsystems"][0]["namespaces"][0]["ana_state"].clone();
+    assert_eq!(ana, 1, "the survivor's NVMe paths must be optimised");
     rto
 }
 

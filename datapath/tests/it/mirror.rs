@@ -96,6 +96,20 @@ fn data_written_at_either_site_reads_back_identical_at_the_other() {
     need("fio");
     let root = tempfile::tempdir().unwrap();
     let (mut a, mut b) = pair(root.path(), 10_000);
+    // NVMe ANA: optimised at the leader, non-optimised at the follower.
+    let ana = |s: &Server| {
+        s.rpc("nvmf_subsystems")["subsystems"][0]["namespaces"][0]["ana_state"].as_u64()
+    };
+    let t = Instant::now();
+    while (ana(&a), ana(&b)) != (Some(1), Some(2)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "ANA states {:?} / {:?}",
+            ana(&a),
+            ana(&b)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // qemu-img writes an image at site a; site b has it.
     let img = root.path().join("src.img");
     std::fs::write(&img, pattern(42, 8 << 20)).unwrap();

@@ -351,6 +351,9 @@ fn run_fault(fault: Fault, delay: Duration) -> Duration {
     if let Fault::CutLink = fault {
         // The other site is alive and must have fenced itself: never two sites serving.
         wait_mirror_state(other, "fenced", Duration::from_secs(5));
+        let ana =
+            other.rpc("nvmf_subsystems")["subsystems"][0]["namespaces"][0]["ana_state"].clone();
+        assert_eq!(ana, 3, "a fenced site's NVMe paths must be inaccessible");
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
