@@ -161,6 +161,11 @@ impl Hosts {
 
     /// Start site `who` (A or B); A is the preferred site and leader.
     fn site(&self, who: usize) -> Server {
+        self.site_with(who, "")
+    }
+
+    /// The same with extra `[mirror]` lines.
+    fn site_with(&self, who: usize, extra: &str) -> Server {
         let (me, peer, front, repl_me, repl_peer, witness) = if who == A {
             (
                 "a",
@@ -186,7 +191,7 @@ impl Hosts {
             "[reactor]\ncores=[0]\npin=false\n\
              [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['{repl_me}:7789']\n\
              peer='{repl_peer}:7789'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
-             witness='{witness}:7790'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n\
+             witness='{witness}:7790'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n{extra}\n\
              [[volume]]\nname='vol0'\nbackend='uring'\nsize='32MiB'\npath='{}'\nmirror=true\nleader='a'\n",
             self.key().display(),
             self.dir.path().join(format!("{me}.img")).display()
@@ -456,6 +461,72 @@ fn a_witness_restart_during_the_failover_gives_no_second_grant() {
         0,
         "the survivor must keep serving"
     );
+}
+
+fn state_dir(h: &Hosts, me: &str) -> String {
+    let d = h.root().join(format!("state-{me}"));
+    std::fs::create_dir_all(&d).unwrap();
+    format!("state_dir='{}'", d.display())
+}
+
+#[test]
+fn a_returning_site_is_resynced_and_a_stale_one_never_serves_first() {
+    let mut h = Hosts::new();
+    h.start_witness();
+    let (sa, sb) = (state_dir(&h, "a"), state_dir(&h, "b"));
+    let a = h.site_with(A, &sa);
+    let mut b = h.site_with(B, &sb);
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let mut c = Client::connect(a.addr, "vol0", false);
+    for i in 0..16u64 {
+        assert_eq!(c.write(i * 65536, &pattern(i + 1, 4096)), 0);
+    }
+    // (4) B is lost; A writes alone; B returns and gets only the dirty regions.
+    b.kill();
+    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    for i in 0..4u64 {
+        assert_eq!(c.write(i * 4 * 65536, &pattern(100 + i, 4096)), 0);
+    }
+    let dirty = a.rpc("mirror_status")[0]["dirty_bytes"].as_u64().unwrap();
+    let b = b.respawn();
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let copied = a.rpc("mirror_status")[0]["resync_bytes"].as_u64().unwrap();
+    assert_eq!(
+        copied, dirty,
+        "the resync copied other than the dirty regions"
+    );
+    assert_eq!(dirty, 4 * 65536);
+    // (5) B is lost again, A writes, A stops; B comes back first and must not serve.
+    let mut b = b;
+    b.kill();
+    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    assert_eq!(c.write(0, &pattern(999, 4096)), 0);
+    drop(c);
+    let mut a = a;
+    assert!(a.stop());
+    let b = b.respawn();
+    assert_eq!(mirror_state(&b), "waiting");
+    let mut cb = Client::connect(b.addr, "vol0", false);
+    assert!(
+        cb.read(0, 4096).is_err(),
+        "the stale site served before any resync"
+    );
+    drop(cb);
+    let a = a.respawn();
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let mut cb = Client::connect(b.addr, "vol0", false);
+    assert!(
+        cb.read(0, 4096).unwrap() == pattern(999, 4096),
+        "the resync missed a write"
+    );
+    drop(cb);
+    let (mut a, mut b) = (a, b);
+    assert!(a.stop() && b.stop());
+    let sha = |p: &str| crate::harness::sha(&h.root().join(p));
+    assert_eq!(sha("a.img"), sha("b.img"), "replicas differ");
 }
 
 #[test]
