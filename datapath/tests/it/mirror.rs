@@ -387,7 +387,13 @@ fn forged_replication_messages_are_refused_and_never_applied() {
     // A valid forward is ordered and applied.
     let mut s = fake_follower(pa);
     s.write_all(&fwd(0, 4096, 0x5A)).unwrap();
-    let (h, _) = read_msg(&mut s).expect("ORDER");
+    // (PINGs may come first: the leader pings an up link every 100 ms.)
+    let h = loop {
+        let (h, _) = read_msg(&mut s).expect("ORDER");
+        if !matches!(h.ty, Type::Ping | Type::Pong) {
+            break h;
+        }
+    };
     assert_eq!((h.ty, h.id, h.seq), (Type::Order, 1, 1));
     // The leader's ACK says it has applied seq 1.
     loop {
