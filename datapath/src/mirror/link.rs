@@ -55,20 +55,6 @@ pub struct LinkConn {
     why: &'static str,
 }
 
-fn nodelay(fd: &OwnedFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads one c_int from a live local; failure only costs latency.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-}
-
 fn sockaddr(addr: SocketAddr) -> (Box<libc::sockaddr_storage>, u32) {
     // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) value.
     let mut ss: Box<libc::sockaddr_storage> = Box::new(unsafe { std::mem::zeroed() });
@@ -110,7 +96,7 @@ fn engine(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut Engine> {
 
 impl LinkConn {
     fn new(fd: OwnedFd, state: State, vol: Option<usize>, addr: Option<SocketAddr>) -> Self {
-        nodelay(&fd);
+        crate::frontend::set_nodelay(&fd);
         let (addr, addr_len) = sockaddr(addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
         Self {
             fd,

@@ -285,19 +285,24 @@ fn a_returning_leader_is_resynced_from_the_follower_survivor() {
     lost_site_returns(true);
 }
 
+/// Sites a and b with persisted replica state (`state_dir` under `root`).
+fn persistent_pair(root: &Path, pa: u16, pb: u16, witness: SocketAddr) -> (Server, Server) {
+    let state = |me: &str| {
+        let d = root.join(format!("state-{me}"));
+        std::fs::create_dir_all(&d).unwrap();
+        format!("state_dir='{}'", d.display())
+    };
+    let a = site_with(root, "a", "b", pa, pb, witness, &state("a"));
+    let b = site_with(root, "b", "a", pb, pa, witness, &state("b"));
+    (a, b)
+}
+
 #[test]
 fn restarting_both_sites_in_the_wrong_order_never_serves_stale_data() {
     let root = tempfile::tempdir().unwrap();
     let w = WitnessProc::start(root.path(), KEY, None);
     let (pa, pb) = (free_port(), free_port());
-    let state = |me: &str| {
-        let d = root.path().join(format!("state-{me}"));
-        std::fs::create_dir_all(&d).unwrap();
-        format!("state_dir='{}'", d.display())
-    };
-    let (sa, sb) = (state("a"), state("b"));
-    let a = site_with(root.path(), "a", "b", pa, pb, w.addr, &sa);
-    let mut b = site_with(root.path(), "b", "a", pb, pa, w.addr, &sb);
+    let (a, mut b) = persistent_pair(root.path(), pa, pb, w.addr);
     wait_mirror_state(&a, "up", Duration::from_secs(10));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
     let mut c = Client::connect(a.addr, "vol0", false);
@@ -345,14 +350,7 @@ fn a_new_empty_replica_gets_only_the_regions_ever_written() {
     let root = tempfile::tempdir().unwrap();
     let w = WitnessProc::start(root.path(), KEY, None);
     let (pa, pb) = (free_port(), free_port());
-    let state = |me: &str| {
-        let d = root.path().join(format!("state-{me}"));
-        std::fs::create_dir_all(&d).unwrap();
-        format!("state_dir='{}'", d.display())
-    };
-    let (sa, sb) = (state("a"), state("b"));
-    let a = site_with(root.path(), "a", "b", pa, pb, w.addr, &sa);
-    let mut b = site_with(root.path(), "b", "a", pb, pa, w.addr, &sb);
+    let (a, mut b) = persistent_pair(root.path(), pa, pb, w.addr);
     wait_mirror_state(&a, "up", Duration::from_secs(10));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
     // Writes land in 6 regions of 64 KiB out of 256.

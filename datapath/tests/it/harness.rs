@@ -150,10 +150,17 @@ impl Server {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
             if let Some(st) = self.child.try_wait().unwrap() {
+                if !st.success() {
+                    eprintln!("twinblk ({}) exited with {st}", self.config.display());
+                }
                 return st.success();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        eprintln!(
+            "twinblk ({}) did not exit within 20 s of SIGTERM; killed",
+            self.config.display()
+        );
         let _ = self.child.kill();
         false
     }

@@ -239,7 +239,7 @@ fn every_write_acknowledged_before_a_stop_of_both_sites_is_on_both_replicas() {
     let wb = pipelined_writer(b.addr, 32 << 20, 2_000_000);
     std::thread::sleep(Duration::from_millis(300));
     let (sa, sb) = (a.stop(), b.stop());
-    assert!(sa && sb, "clean stop failed");
+    assert!(sa && sb, "clean stop failed (site a: {sa}, site b: {sb})");
     let (acked_a, acked_b) = (wa.join().unwrap(), wb.join().unwrap());
     assert!(
         !acked_a.is_empty() && !acked_b.is_empty(),

@@ -103,17 +103,7 @@ fn nbd_error(e: Errno) -> u32 {
 impl NbdConn {
     /// A connection on an accepted socket.
     pub fn new(fd: OwnedFd) -> Self {
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads one c_int from a live local; failure only costs latency.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
+        crate::frontend::set_nodelay(&fd);
         Self {
             fd,
             phase: Phase::ClientFlags,
