@@ -52,10 +52,12 @@ pub struct MirrorConfig {
     /// Most unacknowledged update data the leader keeps for an absent follower, in MiB.
     #[serde(default = "default_max_backlog_mib")]
     pub max_backlog_mib: u64,
-    /// The link is declared dead after this many ms without a byte from the peer (the sites
-    /// PING each other every 100 ms).
+    /// The link is declared dead after this many ms without a byte from the peer.
     #[serde(default = "default_peer_dead_ms")]
     pub peer_dead_ms: u64,
+    /// Site-to-site heartbeat: an up link is PINGed this often, ms.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
     /// The witness (`twinblk-witness`) deciding which site carries on when the sites lose each
     /// other. Without it a site holds writes until `peer_timeout_ms` and then fails them.
     #[serde(default)]
@@ -296,6 +298,9 @@ fn default_max_backlog_mib() -> u64 {
 fn default_peer_dead_ms() -> u64 {
     400
 }
+fn default_heartbeat_ms() -> u64 {
+    100
+}
 fn default_witness_heartbeat_ms() -> u64 {
     200
 }
@@ -476,10 +481,11 @@ impl Config {
                 if m.peer_timeout_ms == 0 {
                     return bad("mirror.peer_timeout_ms must be at least 1".into());
                 }
-                if m.peer_dead_ms < 150 {
-                    return bad(
-                        "mirror.peer_dead_ms must be at least 150 (PINGs go every 100 ms)".into(),
-                    );
+                if m.heartbeat_ms < 10 || m.peer_dead_ms < m.heartbeat_ms.saturating_mul(3) / 2 {
+                    return bad(format!(
+                        "mirror.heartbeat_ms must be at least 10 and mirror.peer_dead_ms at least 1.5 heartbeats ({} ms)",
+                        m.heartbeat_ms.max(10) * 3 / 2
+                    ));
                 }
                 if m.witness.is_some() != m.witness_key_file.is_some() {
                     return bad("mirror.witness and mirror.witness_key_file go together".into());

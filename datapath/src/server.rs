@@ -134,6 +134,7 @@ impl Daemon {
                         peer_timeout: Duration::from_millis(m.peer_timeout_ms),
                         max_backlog: m.max_backlog_mib << 20,
                         peer_dead: Duration::from_millis(m.peer_dead_ms),
+                        heartbeat: Duration::from_millis(m.heartbeat_ms),
                         failover: m.witness.map(|_| {
                             // One slot (one grant) per volume group.
                             let group = v.group.clone().unwrap_or_else(|| v.name.clone());

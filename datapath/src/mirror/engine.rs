@@ -156,8 +156,10 @@ pub struct EngineConfig {
     pub peer_timeout: Duration,
     /// Most bytes of unacknowledged update data the leader keeps while the peer is away.
     pub max_backlog: u64,
-    /// A link that received nothing for this long is dropped (PINGs go every 100 ms).
+    /// A link that received nothing for this long is dropped.
     pub peer_dead: Duration,
+    /// How often an up link is pinged (the site-to-site heartbeat).
+    pub heartbeat: Duration,
     /// With a witness: where the engine asks for a survivor grant when the peer is lost.
     pub failover: Option<Arc<super::failover::FailoverSlot>>,
     /// Bytes per bit of the dirty-region bitmap kept while serving alone.
@@ -314,8 +316,6 @@ pub const ACK_BATCH: u64 = 16;
 /// The longest an applied update waits for its ACK when others are pending with it.
 pub const ACK_WINDOW: Duration = Duration::from_micros(50);
 
-/// How often an up link is pinged.
-pub const PING_EVERY: Duration = Duration::from_millis(100);
 /// Pause between dial attempts.
 pub const REDIAL_EVERY: Duration = Duration::from_millis(200);
 
@@ -911,7 +911,7 @@ impl Engine {
         }
         if self.up {
             if now >= self.next_ping {
-                self.next_ping = now + PING_EVERY;
+                self.next_ping = now + self.cfg.heartbeat;
                 self.ping();
             }
             if now.duration_since(self.last_rx) > self.cfg.peer_dead {
@@ -1834,6 +1834,7 @@ mod tests {
             peer_timeout: timeout,
             max_backlog: 1 << 30,
             peer_dead: Duration::from_millis(400),
+            heartbeat: Duration::from_millis(100),
             failover: None,
             dirty_granularity: 4096,
             resync_rate: 1 << 30,
