@@ -35,6 +35,7 @@ fn engine(io: &mut IoCx, role: Role) -> Engine {
         peer_timeout: Duration::from_secs(60),
         max_backlog: 1 << 20,
         peer_dead: Duration::from_millis(400),
+        heartbeat: Duration::from_millis(100),
         failover: None,
         dirty_granularity: 4096,
         resync_rate: 1 << 30,
