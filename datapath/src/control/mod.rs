@@ -107,12 +107,46 @@ pub fn handle_line(line: &str, shared: &Shared, cfg: &Config) -> Value {
     let Some(method) = req.get("method").and_then(Value::as_str) else {
         return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32600, "message": "missing method"}});
     };
+    if method == "mirror_takeover" {
+        let r = takeover(req.get("params"), shared, cfg);
+        return match r {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
+        };
+    }
     match call(method, shared, cfg) {
         Some(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
         None => {
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("no method {method:?}")}})
         }
     }
+}
+
+/// `mirror_takeover {"volume": NAME}`: a site waiting for a peer that will not come back asks
+/// the witness to make it the volume's survivor (the witness still grants one site only).
+fn takeover(params: Option<&Value>, shared: &Shared, cfg: &Config) -> Result<Value, String> {
+    let name = params
+        .and_then(|p| p.get("volume"))
+        .and_then(Value::as_str)
+        .ok_or("params must name the volume: {\"volume\": NAME}")?;
+    let v = shared
+        .volumes
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| format!("no volume named {name:?}"))?;
+    let m = v
+        .mirror
+        .as_ref()
+        .ok_or_else(|| format!("volume {name:?} is not mirrored"))?;
+    if cfg.mirror.as_ref().and_then(|c| c.witness).is_none() {
+        return Err("no witness is configured: a takeover needs the witness's grant".into());
+    }
+    m.stats.takeover.store(true, Ordering::SeqCst);
+    tracing::warn!(
+        volume = name,
+        "mirror: operator asked this site to take the volume over"
+    );
+    Ok(json!({"volume": name, "asked": true}))
 }
 
 fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {

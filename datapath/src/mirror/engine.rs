@@ -853,8 +853,17 @@ impl Engine {
         slot.in_sync
             .store(self.up && self.mode == Mode::Mirroring, SeqCst);
         // Only a site that has had a session lost its peer; a site just started waits for
-        // its first session (it must not win a grant against a peer it has never seen).
-        if self.up || self.session == 0 || self.mode != Mode::Mirroring || self.draining {
+        // its first session (it must not win a grant against a peer it has never seen) unless
+        // an operator asked it to take over (`mirror_takeover`).
+        let takeover = self.stats.takeover.load(SeqCst)
+            && matches!(self.mode, Mode::Waiting | Mode::Mirroring);
+        if !takeover
+            && (self.up || self.session == 0 || self.mode != Mode::Mirroring || self.draining)
+        {
+            return;
+        }
+        if takeover && (self.up || self.draining) {
+            self.stats.takeover.store(false, SeqCst);
             return;
         }
         if !self.grant_asked {
@@ -863,7 +872,11 @@ impl Engine {
             slot.want.store(true, SeqCst);
             return;
         }
-        match slot.outcome.load(SeqCst) {
+        let outcome = slot.outcome.load(SeqCst);
+        if outcome != 0 {
+            self.stats.takeover.store(false, SeqCst);
+        }
+        match outcome {
             GRANTED => self.become_survivor(io, slot.epoch.load(SeqCst)),
             DENIED => self.fence("the witness granted the volume to the peer"),
             UNREACHABLE => self.fence("neither the peer nor the witness is reachable"),

@@ -42,6 +42,9 @@ pub struct MirrorStats {
     pub resync_eta_ms: AtomicU64,
     /// 0 mirroring, 1 survivor, 2 fenced, 3 resyncing, 4 waiting for the first session.
     pub mode: std::sync::atomic::AtomicU8,
+    /// An operator asked this site to take the volume over (ask the witness for a grant
+    /// without a peer session); cleared when the witness has answered.
+    pub takeover: AtomicBool,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
 }

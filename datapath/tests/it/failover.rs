@@ -452,3 +452,37 @@ fn a_volume_group_fails_over_as_one_and_both_volumes_resync() {
         );
     }
 }
+
+#[test]
+fn an_operator_can_make_a_lone_restarted_site_take_over() {
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let d = root.path().join("state-a");
+    std::fs::create_dir_all(&d).unwrap();
+    // Site a starts alone (its peer never comes): it waits and serves nothing.
+    let a = site_with(
+        root.path(),
+        "a",
+        "b",
+        pa,
+        pb,
+        w.addr,
+        &format!("state_dir='{}'", d.display()),
+    );
+    assert_eq!(mirror_state(&a), "waiting");
+    let mut c = Client::connect(a.addr, "vol0", false);
+    assert_eq!(c.write(0, &pattern(1, 4096)), err::EIO);
+    let r = a.rpc_with("mirror_takeover", serde_json::json!({"volume": "nope"}));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no volume"),
+        "{r}"
+    );
+    let r = a.rpc_with("mirror_takeover", serde_json::json!({"volume": "vol0"}));
+    assert_eq!(r["result"]["asked"], true, "{r}");
+    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    assert_eq!(c.write(0, &pattern(1, 4096)), 0, "the survivor must serve");
+}

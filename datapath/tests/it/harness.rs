@@ -189,17 +189,19 @@ impl Server {
 
     /// One control-socket call, via the ctl logic (a line of JSON-RPC).
     pub fn rpc(&self, method: &str) -> serde_json::Value {
+        self.rpc_with(method, serde_json::Value::Null)["result"].clone()
+    }
+
+    /// One control-socket call with parameters; the whole reply (result or error).
+    pub fn rpc_with(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
         use std::io::Write;
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket).expect("control socket");
-        writeln!(
-            s,
-            "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"{method}\"}}"
-        )
-        .unwrap();
+        let req =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        writeln!(s, "{req}").unwrap();
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        v["result"].clone()
+        serde_json::from_str(&line).unwrap()
     }
 }
 
