@@ -306,6 +306,8 @@ pub struct Engine {
     written: Vec<u64>,
     /// Started with no persisted state: an empty replica that has never been in sync.
     new_replica: bool,
+    /// An operator's takeover is being asked for.
+    takeover_started: bool,
 }
 
 /// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
@@ -370,6 +372,7 @@ impl Engine {
             grant_epoch: 0,
             written: Vec::new(),
             new_replica: false,
+            takeover_started: false,
         }
     }
 
@@ -856,8 +859,14 @@ impl Engine {
         // its first session (it must not win a grant against a peer it has never seen) unless
         // an operator asked it to take over (`mirror_takeover`).
         let takeover = self.stats.takeover.load(SeqCst)
-            && matches!(self.mode, Mode::Waiting | Mode::Mirroring);
+            && matches!(self.mode, Mode::Waiting | Mode::Mirroring | Mode::Fenced);
+        if takeover && !self.takeover_started {
+            // A new request for the grant, whatever was asked before.
+            self.takeover_started = true;
+            self.grant_asked = false;
+        }
         if !takeover
+            && !self.takeover_started
             && (self.up || self.session == 0 || self.mode != Mode::Mirroring || self.draining)
         {
             return;
@@ -875,6 +884,14 @@ impl Engine {
         let outcome = slot.outcome.load(SeqCst);
         if outcome != 0 {
             self.stats.takeover.store(false, SeqCst);
+        }
+        if outcome == GRANTED && std::mem::take(&mut self.takeover_started) {
+            // Taken over by an operator: which regions differ from the peer is unknown, so
+            // the peer gets every region ever written when it returns.
+            self.dirty_everything_written();
+        }
+        if outcome != 0 {
+            self.takeover_started = false;
         }
         match outcome {
             GRANTED => self.become_survivor(io, slot.epoch.load(SeqCst)),

@@ -428,7 +428,32 @@ fn without_the_witness_a_partition_fences_both_sites() {
     wait_mirror_state(&b, "fenced", Duration::from_secs(6));
     eprintln!("both sites fenced: no peer and no witness");
     assert_eq!(c.write(4096, &pattern(2, 4096)), err::EIO);
-    let _ = h.root();
+    // Recovery: the witness and the link come back; both sites stay fenced (neither knows
+    // whose data to keep) until an operator makes one take over, which then resyncs the other
+    // with every region ever written.
+    h.start_witness();
+    h.link_ab(true);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        (mirror_state(&a).as_str(), mirror_state(&b).as_str()),
+        ("fenced", "fenced")
+    );
+    let r = a.rpc_with("mirror_takeover", serde_json::json!({"volume": "vol0"}));
+    assert_eq!(r["result"]["asked"], true, "{r}");
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let copied = a.rpc("mirror_status")[0]["resync_bytes"].as_u64().unwrap();
+    assert!(copied > 0, "the takeover resynced nothing");
+    let mut cb = Client::connect(b.addr, "vol0", false);
+    assert!(
+        cb.read(0, 4096).unwrap() == pattern(1, 4096),
+        "acknowledged write lost"
+    );
+    assert_eq!(
+        cb.write(8192, &pattern(3, 4096)),
+        0,
+        "mirroring did not resume"
+    );
 }
 
 #[test]
