@@ -107,6 +107,8 @@ struct Op {
     /// be sent (false once sent, or when re-sent as a WRITE in a later session).
     peer_id: u32,
     order_due: bool,
+    /// In `forwards` or `flushes` (kept so `settle` need not search those lists).
+    listed: bool,
 }
 
 struct Apply {
@@ -659,6 +661,7 @@ impl Engine {
                 awaiting_order: false,
                 peer_id: 0,
                 order_due: false,
+                listed: false,
             });
             // Through the apply queue: it waits for overlapping writes still in flight, and
             // later ones wait for it, so the copy holds every write acknowledged before it.
@@ -736,6 +739,7 @@ impl Engine {
             }
             Role::Follower => {
                 self.forwards.push_back(k);
+                self.ops[k].listed = true;
                 if self.up {
                     let h = self.upd_header(k, true);
                     let p = (upd == Upd::Write).then_some(k);
@@ -802,6 +806,7 @@ impl Engine {
             let (o, l) = (self.ops[k].offset, self.ops[k].len);
             self.mark_dirty(o, l);
             let op = &mut self.ops[k];
+            op.listed = false;
             op.remote_done = true;
             op.awaiting_order = false;
             if op.applying == 0 && !op.applied {
@@ -811,6 +816,7 @@ impl Engine {
             }
         }
         for k in std::mem::take(&mut self.flushes) {
+            self.ops[k].listed = false;
             self.ops[k].remote_done = true;
             self.settle(k);
         }
@@ -830,6 +836,7 @@ impl Engine {
         self.flushes.clear();
         for k in keys {
             let op = &mut self.ops[k];
+            op.listed = false;
             op.remote_done = true;
             if let Some((from, tag)) = op.initiator.take() {
                 self.done.push((from, tag, Err(Errno::IO)));
@@ -1098,6 +1105,7 @@ impl Engine {
             awaiting_order: false,
             peer_id: 0,
             order_due: false,
+            listed: false,
         });
         self.stats.inc(&self.stats.updates);
         if self.mode == Mode::Survivor {
@@ -1171,6 +1179,7 @@ impl Engine {
 
     fn start_flush(&mut self, io: &mut IoCx, k: usize) {
         self.flushes.push(k);
+        self.ops[k].listed = true;
         if self.up {
             self.send(
                 Header {
@@ -1382,10 +1391,9 @@ impl Engine {
                 (Origin::Local | Origin::PeerFwd, Role::Leader) => {
                     op.remote_done || op.upd == Upd::Flush
                 }
-                (Origin::Local, Role::Follower) => !self.forwards.contains(&k),
                 _ => true,
             }
-            && !self.flushes.contains(&k);
+            && !op.listed;
         if finished {
             let op = self.ops.remove(k);
             self.recycle(op.data);
@@ -1615,6 +1623,7 @@ impl Engine {
                     .ok_or("FLUSH_DONE for no outstanding flush")?;
                 self.flushes.swap_remove(pos);
                 let op = &mut self.ops[k];
+                op.listed = false;
                 op.remote_done = true;
                 if payload.len() == 4 {
                     let e = i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
@@ -1673,6 +1682,7 @@ impl Engine {
             awaiting_order: false,
             peer_id: h.id,
             order_due: origin == Origin::PeerFwd,
+            listed: false,
         })
     }
 
@@ -1698,6 +1708,7 @@ impl Engine {
                         break;
                     }
                     self.forwards.pop_front();
+                    self.ops[k].listed = false;
                     self.ops[k].remote_done = true;
                     self.settle(k);
                 }
@@ -1735,6 +1746,7 @@ impl Engine {
             {
                 // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
                 self.forwards.remove(p);
+                self.ops[k].listed = false;
             }
             // A flush stays outstanding while the link is up: its FLUSH_DONE will come and must
             // find it (its id must not be reused meanwhile). A new session re-sends it.
@@ -1742,6 +1754,7 @@ impl Engine {
                 && let Some(p) = self.flushes.iter().position(|&f| f == k)
             {
                 self.flushes.swap_remove(p);
+                self.ops[k].listed = false;
             }
             self.settle(k);
         }
@@ -2164,6 +2177,63 @@ mod tests {
             );
             assert_eq!(r, Start::Done(Err(Errno::IO)));
         }
+    }
+
+    #[test]
+    fn acks_are_batched_for_a_stream_and_immediate_for_a_lone_update() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(3);
+        let mut a = site(Role::Leader, Duration::from_secs(60));
+        let mut b = site(Role::Follower, Duration::from_secs(60));
+        a.engine.link_up(&mut io);
+        b.engine.link_up(&mut io);
+        // A stream: 32 updates arrive in one receive and are applied: one ACK covers them.
+        let mut slot = 0;
+        for i in 0..32u64 {
+            slot += 1;
+            let tag = IoTag { conn: 1, slot };
+            let r = a.engine.submit(
+                &mut io,
+                0,
+                tag,
+                Update::Write(&[i as u8; 512]),
+                i * 1024,
+                false,
+            );
+            assert_eq!(r, Start::Pending);
+            a.outstanding += 1;
+        }
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        collect(&mut a);
+        assert_eq!(a.ok, 32, "the stream was not acknowledged");
+        assert_eq!(
+            b.engine.stats().acks_sent.load(Relaxed),
+            1,
+            "32 updates took more than one ACK"
+        );
+        // A lone update: held back while the peer's message is fresh, sent on the next turn.
+        slot += 1;
+        let tag = IoTag { conn: 1, slot };
+        a.engine
+            .submit(&mut io, 0, tag, Update::Write(&[9; 512]), 0, false);
+        a.outstanding += 1;
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        let before = b.engine.stats().acks_sent.load(Relaxed);
+        let mut out = Vec::new();
+        b.engine.take_outbox(&mut out); // the turn the WRITE arrived in
+        assert_eq!(
+            b.engine.stats().acks_sent.load(Relaxed),
+            before,
+            "ACK sent before the turn ended"
+        );
+        b.engine.take_outbox(&mut out); // the next turn: nothing new came
+        assert_eq!(b.engine.stats().acks_sent.load(Relaxed), before + 1);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub mod wire;
 use crate::bdev::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start};
 use crate::reactor::{Mailbox, Msg};
 use crate::uring::{IoCx, IoTag};
-use engine::{Engine, EngineConfig, Role, Update};
+use engine::{Engine, EngineConfig, Update};
 use stats::MirrorStats;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -94,11 +94,6 @@ impl MirrorDevice {
             peer,
             stats: Arc::new(MirrorStats::default()),
         }
-    }
-
-    /// This site orders the volume's updates.
-    pub fn is_leader(&self) -> bool {
-        self.cfg.role == Role::Leader
     }
 }
 

@@ -541,3 +541,104 @@ fn volumes_spread_over_reactors_each_with_its_own_link_and_requests_cross_reacto
         );
     }
 }
+
+/// A port `p` with `p + 1` free as well (the demo uses consecutive ports per site).
+fn free_port_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+#[test]
+fn the_demo_runs_two_mirrored_sites_and_a_witness_and_stops_cleanly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (nbd, repl, nvmf) = (free_port_pair(), free_port_pair(), free_port_pair());
+    let witness = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twinblk"))
+        .arg("demo")
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--size", "64MiB"])
+        .args([
+            "--nbd-port",
+            &nbd.to_string(),
+            "--repl-port",
+            &repl.to_string(),
+        ])
+        .args([
+            "--nvmf-port",
+            &nvmf.to_string(),
+            "--witness-port",
+            &witness.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("twinblk demo");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut out = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let end = line.starts_with("Ctrl-C");
+        out.push(line);
+        if end {
+            break;
+        }
+    }
+    let text = out.join("\n");
+    for want in [
+        format!("nbd://127.0.0.1:{nbd}/vol0"),
+        format!("nbd://127.0.0.1:{}/vol0", nbd + 1),
+        format!("nvme+tcp://127.0.0.1:{nvmf}/"),
+        format!("nvme+tcp://127.0.0.1:{}/", nvmf + 1),
+        "witness pid".to_string(),
+        "site a pid".to_string(),
+        "site b pid".to_string(),
+    ] {
+        assert!(text.contains(&want), "demo output lacks {want:?}:\n{text}");
+    }
+    // A write at site a is read back at site b.
+    let a: SocketAddr = format!("127.0.0.1:{nbd}").parse().unwrap();
+    let b: SocketAddr = format!("127.0.0.1:{}", nbd + 1).parse().unwrap();
+    let mut ca = Client::connect(a, "vol0", false);
+    assert_eq!(ca.write(4096, &pattern(5, 4096)), 0);
+    let mut cb = Client::connect(b, "vol0", false);
+    assert!(
+        cb.read(4096, 4096).unwrap() == pattern(5, 4096),
+        "site b lacks site a's write"
+    );
+    drop((ca, cb));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "demo exited with {st}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "demo did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its processes are gone too.
+    for l in out.iter().filter(|l| l.contains(" pid ")) {
+        let pid: i32 = l
+            .split(" pid ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "demo left process {pid} running");
+    }
+}

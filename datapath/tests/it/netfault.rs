@@ -159,12 +159,8 @@ impl Hosts {
         }
     }
 
-    /// Start site `who` (A or B); A is the preferred site and leader.
-    fn site(&self, who: usize) -> Server {
-        self.site_with(who, "")
-    }
-
-    /// The same with extra `[mirror]` lines.
+    /// Start site `who` (A or B; A is the preferred site and leader) with extra `[mirror]`
+    /// lines.
     fn site_with(&self, who: usize, extra: &str) -> Server {
         let (me, peer, front, repl_me, repl_peer, witness) = if who == A {
             (
@@ -235,6 +231,21 @@ impl Drop for Hosts {
         }
         // The root ends of the links to A and B go with their peers.
     }
+}
+
+/// Wait until both sites' first mirrored volume is `want`.
+fn wait_both(a: &Server, b: &Server, want: &str) {
+    wait_mirror_state(a, want, Duration::from_secs(10));
+    wait_mirror_state(b, want, Duration::from_secs(10));
+}
+
+/// Witness, site A and site B started, their link up.
+fn started(h: &mut Hosts, extra_a: &str, extra_b: &str) -> (Server, Server) {
+    h.start_witness();
+    let a = h.site_with(A, extra_a);
+    let b = h.site_with(B, extra_b);
+    wait_both(&a, &b, "up");
+    (a, b)
 }
 
 /// A log of acknowledged writes: (offset, seed, issued, acknowledged).
@@ -331,11 +342,7 @@ enum Fault {
 /// Returns the RTO.
 fn run_fault(fault: Fault, delay: Duration) -> Duration {
     let mut h = Hosts::new();
-    h.start_witness();
-    let mut a = h.site(A);
-    let mut b = h.site(B);
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (mut a, mut b) = started(&mut h, "", "");
     let stop = Arc::new(AtomicBool::new(false));
     let wa = writer(a.addr, 0, Arc::clone(&stop));
     let wb = writer(b.addr, 16 << 20, Arc::clone(&stop));
@@ -411,11 +418,7 @@ fn killing_a_site_under_load_leaves_the_other_serving() {
 #[test]
 fn without_the_witness_a_partition_fences_both_sites() {
     let mut h = Hosts::new();
-    h.start_witness();
-    let a = h.site(A);
-    let b = h.site(B);
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (a, b) = started(&mut h, "", "");
     h.kill_witness();
     let mut c = Client::connect(a.addr, "vol0", false);
     assert_eq!(
@@ -440,8 +443,7 @@ fn without_the_witness_a_partition_fences_both_sites() {
     );
     let r = a.rpc_with("mirror_takeover", serde_json::json!({"volume": "vol0"}));
     assert_eq!(r["result"]["asked"], true, "{r}");
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    wait_both(&a, &b, "up");
     let copied = a.rpc("mirror_status")[0]["resync_bytes"].as_u64().unwrap();
     assert!(copied > 0, "the takeover resynced nothing");
     let mut cb = Client::connect(b.addr, "vol0", false);
@@ -459,11 +461,7 @@ fn without_the_witness_a_partition_fences_both_sites() {
 #[test]
 fn a_witness_restart_during_the_failover_gives_no_second_grant() {
     let mut h = Hosts::new();
-    h.start_witness();
-    let a = h.site(A);
-    let b = h.site(B);
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (a, b) = started(&mut h, "", "");
     // Cut the link and take the witness down at the same moment; it comes back (from its
     // state file) while both sites are asking.
     h.kill_witness();
@@ -497,12 +495,8 @@ fn state_dir(h: &Hosts, me: &str) -> String {
 #[test]
 fn a_returning_site_is_resynced_and_a_stale_one_never_serves_first() {
     let mut h = Hosts::new();
-    h.start_witness();
     let (sa, sb) = (state_dir(&h, "a"), state_dir(&h, "b"));
-    let a = h.site_with(A, &sa);
-    let mut b = h.site_with(B, &sb);
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (a, mut b) = started(&mut h, &sa, &sb);
     let mut c = Client::connect(a.addr, "vol0", false);
     for i in 0..16u64 {
         assert_eq!(c.write(i * 65536, &pattern(i + 1, 4096)), 0);
@@ -515,8 +509,7 @@ fn a_returning_site_is_resynced_and_a_stale_one_never_serves_first() {
     }
     let dirty = a.rpc("mirror_status")[0]["dirty_bytes"].as_u64().unwrap();
     let b = b.respawn();
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    wait_both(&a, &b, "up");
     let copied = a.rpc("mirror_status")[0]["resync_bytes"].as_u64().unwrap();
     assert_eq!(
         copied, dirty,
@@ -540,8 +533,7 @@ fn a_returning_site_is_resynced_and_a_stale_one_never_serves_first() {
     );
     drop(cb);
     let a = a.respawn();
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    wait_both(&a, &b, "up");
     let mut cb = Client::connect(b.addr, "vol0", false);
     assert!(
         cb.read(0, 4096).unwrap() == pattern(999, 4096),
