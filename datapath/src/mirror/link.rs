@@ -423,6 +423,10 @@ impl Conn for LinkConn {
         }
         self.send_armed = false;
         if res <= 0 {
+            // Nothing more can go out on this socket: drop what is unsent, or the flush
+            // below would re-arm the send forever and the link would never be done.
+            self.tx.clear();
+            self.sent = 0;
             return self.close(env, "send failed");
         }
         self.sent += res as usize;
@@ -483,6 +487,10 @@ impl Conn for LinkConn {
     }
 
     fn abort(&mut self, env: &mut Env<'_>) {
+        // Even a link already closing (say, flushing a REFUSE to a peer that never reads) is
+        // shut down here, so whatever is armed completes.
+        // SAFETY: shutdown(2) on a descriptor we own.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
         self.close(env, "daemon stopping");
     }
 

@@ -642,3 +642,54 @@ fn the_demo_runs_two_mirrored_sites_and_a_witness_and_stops_cleanly() {
         assert!(!alive, "demo left process {pid} running");
     }
 }
+
+#[test]
+fn a_follower_whose_leader_resets_the_link_mid_send_still_stops_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    // We play a leader that welcomes site b, then never reads: b's forwarded writes back up
+    // in its send queue. Resetting the connection then fails b's send with bytes unsent.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lp = l.local_addr().unwrap().port();
+    let mut b = start_site(root.path(), "b", "a", free_port(), lp, 2_000);
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (h, _) = read_msg(&mut s).expect("HELLO");
+    assert_eq!(h.ty, Type::Hello);
+    s.write_all(&msg(
+        Header::new(Type::Welcome),
+        &wire::encode_geometry(SIZE, 512, ""),
+    ))
+    .unwrap();
+    wait_up(&b);
+    // Three pipelined writers keep more in flight (12 MiB) than the socket buffers hold.
+    let ws: Vec<_> = (0..3u64)
+        .map(|i| pipelined_writer(b.addr, i << 24, 7 + i * 10_000))
+        .collect();
+    let t = Instant::now();
+    while status(&b)["updates"].as_u64().unwrap_or(0) < 2048 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "nothing forwarded: {}",
+            status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the socket buffers fill, then reset (unread data makes close send an RST).
+    std::thread::sleep(Duration::from_millis(300));
+    drop(l);
+    drop(s);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        b.stop(),
+        "site b did not stop after its link was reset mid-send"
+    );
+    // Nothing reached the leader, so nothing may have been acknowledged.
+    for w in ws {
+        let acked = w.join().unwrap();
+        assert!(
+            acked.is_empty(),
+            "{} writes acknowledged without the leader",
+            acked.len()
+        );
+    }
+}
