@@ -82,6 +82,22 @@ pub trait Channel {
     ) -> Start;
     /// Deallocate `len` bytes at `offset` (reads afterwards return zeroes).
     fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start;
+    /// Compare `cmp` with the data at `offset` and write `data` there when they are equal,
+    /// atomically with respect to every other update of the volume (of a mirrored volume:
+    /// at both sites). A mismatch completes with [`Errno::MISCOMPARE`]. `None`: this layer
+    /// does not do it; the caller reads, compares and writes under its own exclusion.
+    #[allow(clippy::too_many_arguments)]
+    fn compare_and_write(
+        &mut self,
+        _io: &mut IoCx,
+        _tag: IoTag,
+        _offset: u64,
+        _cmp: &[u8],
+        _data: &[u8],
+        _fua: bool,
+    ) -> Option<Start> {
+        None
+    }
     /// The mirror engine and its peer's address, when this is a mirrored volume's channel.
     fn mirror(&mut self) -> Option<(&mut crate::mirror::engine::Engine, std::net::SocketAddr)> {
         None

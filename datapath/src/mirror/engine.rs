@@ -55,11 +55,23 @@ pub enum Update<'a> {
     Unmap(u64),
     /// Make completed writes durable.
     Flush,
+    /// Compare `cmp` with the data at the offset and, when equal, write `data` (the same
+    /// length) there, atomically across both sites. A mismatch fails with
+    /// [`Errno::MISCOMPARE`] and writes nothing.
+    CompareWrite {
+        /// Expected data.
+        cmp: &'a [u8],
+        /// Data to write when it matches.
+        data: &'a [u8],
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Upd {
     Write,
+    /// Compare-and-write not yet decided (`data` = compare data, then write data). Once
+    /// decided it becomes a `Write` of the write data (match) or ends (miscompare).
+    Caw,
     Zeroes,
     Unmap,
     Flush,
@@ -109,6 +121,10 @@ struct Op {
     order_due: bool,
     /// In `forwards` or `flushes` (kept so `settle` need not search those lists).
     listed: bool,
+    /// Submitted as a compare-and-write (still so, or decided and now a write).
+    caw: bool,
+    /// Follower: the session its forward was sent in (0: not sent yet).
+    fwd_session: u32,
 }
 
 struct Apply {
@@ -259,6 +275,10 @@ pub struct Engine {
     backlog_bytes: u64,
     /// Follower: forwards, in the order sent.
     forwards: VecDeque<usize>,
+    /// Leader: the compare-and-write being decided; updates arriving meanwhile wait in
+    /// `barrier` (unsequenced, in arrival order).
+    caw_active: Option<usize>,
+    barrier: VecDeque<usize>,
     /// Flushes waiting for FLUSH_DONE.
     flushes: Vec<usize>,
     session: u32,
@@ -342,6 +362,8 @@ impl Engine {
             backlog: VecDeque::with_capacity(1024),
             backlog_bytes: 0,
             forwards: VecDeque::with_capacity(1024),
+            caw_active: None,
+            barrier: VecDeque::new(),
             flushes: Vec::new(),
             session: 0,
             up: false,
@@ -662,6 +684,8 @@ impl Engine {
                 peer_id: 0,
                 order_due: false,
                 listed: false,
+                caw: false,
+                fwd_session: 0,
             });
             // Through the apply queue: it waits for overlapping writes still in flight, and
             // later ones wait for it, so the copy holds every write acknowledged before it.
@@ -729,23 +753,145 @@ impl Engine {
             return self.start_flush(io, k);
         }
         match self.cfg.role {
-            Role::Leader => {
-                self.backlog_push(k);
-                if self.up {
-                    self.sequence_and_send(io, k);
-                } else {
-                    self.enqueue_apply(io, k, 0, 0);
-                }
-            }
+            Role::Leader => self.leader_take(io, k),
             Role::Follower => {
                 self.forwards.push_back(k);
                 self.ops[k].listed = true;
                 if self.up {
-                    let h = self.upd_header(k, true);
-                    let p = (upd == Upd::Write).then_some(k);
-                    self.send(h, p);
-                    self.ops[k].awaiting_order = true;
+                    self.forward(k);
                 }
+            }
+        }
+    }
+
+    /// Follower: send `k` to the leader in this session.
+    fn forward(&mut self, k: usize) {
+        let h = self.upd_header(k, true);
+        let p = matches!(self.ops[k].upd, Upd::Write | Upd::Caw).then_some(k);
+        self.send(h, p);
+        let op = &mut self.ops[k];
+        op.awaiting_order = true;
+        op.seq = 0;
+        op.fwd_session = self.session;
+    }
+
+    /// Leader: an update (this site's or forwarded) to sequence, unless a compare-and-write
+    /// is being decided: then it waits behind it.
+    fn leader_take(&mut self, io: &mut IoCx, k: usize) {
+        if self.caw_active.is_some() || !self.barrier.is_empty() {
+            self.barrier.push_back(k);
+        } else {
+            self.leader_start(io, k);
+        }
+    }
+
+    fn leader_start(&mut self, io: &mut IoCx, k: usize) {
+        if self.ops[k].upd == Upd::Caw {
+            // Read and compared through the apply queue, sequenced only once decided.
+            self.caw_active = Some(k);
+            self.enqueue_apply(io, k, 0, 0);
+            return;
+        }
+        self.backlog_push(k);
+        if self.up {
+            self.sequence_and_send(io, k);
+        } else {
+            self.enqueue_apply(io, k, 0, 0);
+        }
+    }
+
+    /// Leader: the compare-and-write holding the barrier is decided; sequence what waited.
+    fn release_barrier(&mut self, io: &mut IoCx) {
+        while self.caw_active.is_none() {
+            let Some(k) = self.barrier.pop_front() else {
+                break;
+            };
+            self.leader_start(io, k);
+        }
+    }
+
+    /// A compare-and-write's read finished (apply `slot`): compare, then either write the
+    /// new data under the same apply (which keeps holding the range) or end without writing.
+    fn caw_compared(&mut self, io: &mut IoCx, slot: usize, r: Result<(), Errno>, data: &[u8]) {
+        let k = self.applies[slot].op;
+        let len = self.ops[k].len as usize;
+        // Only the leader decides while mirroring; a survivor decides alone. Anything else
+        // (fenced, or a follower whose survivorship ended meanwhile) writes nothing.
+        let may_write = self.mode == Mode::Survivor
+            || (self.mode == Mode::Mirroring && self.cfg.role == Role::Leader);
+        let outcome = match r {
+            Err(e) => Err(e),
+            Ok(()) if !may_write => Err(Errno::IO),
+            Ok(()) if data.len() == len && data == &self.ops[k].data[..len] => Ok(()),
+            Ok(()) => Err(Errno::MISCOMPARE),
+        };
+        let leader_decides = self.mode == Mode::Mirroring && self.cfg.role == Role::Leader;
+        let op = &mut self.ops[k];
+        let same_session = op.session == self.session && self.up;
+        op.upd = Upd::Write;
+        match outcome {
+            Ok(()) => {
+                op.data.drain(..len);
+                if op.origin == Origin::PeerFwd && !same_session {
+                    // Its follower's id is gone with the session: sent as a WRITE.
+                    op.order_due = false;
+                }
+                let (offset, fua) = (op.offset, op.fua);
+                if leader_decides {
+                    self.backlog_push(k);
+                    if self.up {
+                        // Retags this running apply with the seq.
+                        self.sequence_and_send(io, k);
+                    }
+                } else {
+                    self.ops[k].remote_done = true;
+                    self.mark_dirty(offset, len as u64);
+                }
+                if self.caw_active == Some(k) {
+                    self.caw_active = None;
+                    self.release_barrier(io);
+                }
+                set_bits(
+                    &mut self.written,
+                    self.cfg.size,
+                    self.cfg.dirty_granularity,
+                    offset,
+                    len as u64,
+                );
+                let tag = IoTag {
+                    conn: self.layer_key,
+                    slot: slot as u32,
+                };
+                let op = &self.ops[k];
+                if let Start::Done(r) = self.inner.write(io, tag, offset, &op.data, fua) {
+                    self.apply_finished(io, slot, r, &[]);
+                }
+            }
+            Err(e) => {
+                op.data.clear();
+                op.remote_done = true;
+                let (origin, peer_id) = (op.origin, op.peer_id);
+                if origin == Origin::PeerFwd && same_session {
+                    if e == Errno::MISCOMPARE {
+                        self.send(
+                            Header {
+                                id: peer_id,
+                                ..Header::new(Type::Miscompare)
+                            },
+                            None,
+                        );
+                    } else {
+                        // The follower cannot be told "failed, nothing written" otherwise:
+                        // dropping the link makes it fail the request (outcome unknown).
+                        self.kill_link = true;
+                    }
+                }
+                if self.caw_active == Some(k) {
+                    self.caw_active = None;
+                }
+                // Ends like a failed apply (the initiator gets the error).
+                self.apply_finished(io, slot, Err(e), &[]);
+                self.release_barrier(io);
             }
         }
     }
@@ -795,6 +941,17 @@ impl Engine {
         self.set_mode(Mode::Survivor);
         tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
             "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");
+        // Updates waiting behind a compare-and-write go ahead alone (forwarded ones are the
+        // lost peer's: dropped).
+        self.caw_active = None;
+        while let Some(k) = self.barrier.pop_front() {
+            if self.ops[k].origin == Origin::PeerFwd {
+                let op = self.ops.remove(k);
+                self.recycle(op.data);
+            } else {
+                self.survivor_apply(io, k);
+            }
+        }
         while let Some(k) = self.backlog.pop_front() {
             self.backlog_bytes -= self.ops[k].data.len() as u64;
             let (o, l) = (self.ops[k].offset, self.ops[k].len);
@@ -834,6 +991,8 @@ impl Engine {
         self.backlog_bytes = 0;
         self.forwards.clear();
         self.flushes.clear();
+        self.barrier.clear();
+        self.caw_active = None;
         for k in keys {
             let op = &mut self.ops[k];
             op.listed = false;
@@ -1047,7 +1206,8 @@ impl Engine {
     fn upd_header(&self, k: usize, fwd: bool) -> Header {
         let op = &self.ops[k];
         let ty = match (op.upd, fwd) {
-            (Upd::Write, false) => Type::Write,
+            (Upd::Write | Upd::Caw, false) => Type::Write,
+            (Upd::Caw, true) => Type::FwdCaw,
             (Upd::Zeroes, false) => Type::Zeroes,
             (Upd::Unmap, false) => Type::Unmap,
             (Upd::Write, true) => Type::FwdWrite,
@@ -1086,6 +1246,14 @@ impl Engine {
             Update::Zeroes(len) => (Upd::Zeroes, len, Vec::new()),
             Update::Unmap(len) => (Upd::Unmap, len, Vec::new()),
             Update::Flush => (Upd::Flush, 0, Vec::new()),
+            Update::CompareWrite { cmp, data } => {
+                if cmp.len() != data.len() || cmp.is_empty() {
+                    return Start::Done(Err(Errno::INVAL));
+                }
+                let mut v = self.buf(cmp);
+                v.extend_from_slice(data);
+                (Upd::Caw, cmp.len() as u64, v)
+            }
         };
         let k = self.ops.insert(Op {
             origin: Origin::Local,
@@ -1106,6 +1274,8 @@ impl Engine {
             peer_id: 0,
             order_due: false,
             listed: false,
+            caw: upd == Upd::Caw,
+            fwd_session: 0,
         });
         self.stats.inc(&self.stats.updates);
         if self.mode == Mode::Survivor {
@@ -1256,6 +1426,20 @@ impl Engine {
             Upd::Zeroes => self.inner.write_zeroes(io, tag, offset, len, op.fua),
             Upd::Unmap => self.inner.unmap(io, tag, offset, len, op.fua),
             Upd::Flush => self.inner.flush(io, tag),
+            Upd::Caw => {
+                match self.inner.read(io, tag, offset, len as u32) {
+                    crate::bdev::ReadStart::Ready(d) => {
+                        let mut buf = std::mem::take(&mut self.resync_buf);
+                        buf.clear();
+                        buf.extend_from_slice(d);
+                        self.caw_compared(io, a, Ok(()), &buf);
+                        self.resync_buf = buf;
+                    }
+                    crate::bdev::ReadStart::Failed(e) => self.caw_compared(io, a, Err(e), &[]),
+                    crate::bdev::ReadStart::Pending => {}
+                }
+                return;
+            }
             Upd::ResyncRead => match self.inner.read(io, tag, offset, len as u32) {
                 crate::bdev::ReadStart::Ready(d) => {
                     let mut buf = std::mem::take(&mut self.resync_buf);
@@ -1282,6 +1466,11 @@ impl Engine {
         r: Result<(), Errno>,
         data: &[u8],
     ) {
+        if let Some(ap) = self.applies.get(slot)
+            && self.ops.get(ap.op).is_some_and(|op| op.upd == Upd::Caw)
+        {
+            return self.caw_compared(io, slot, r, data);
+        }
         let Some(ap) = self.applies.try_remove(slot) else {
             tracing::error!(volume = %self.cfg.name, slot, "mirror: completion for an unknown apply");
             return;
@@ -1299,7 +1488,9 @@ impl Engine {
                 op.applied = true;
             }
         }
-        if let Err(e) = r {
+        if let Err(e) = r
+            && e != Errno::MISCOMPARE
+        {
             tracing::error!(volume = %self.cfg.name, offset = ap.offset, errno = e.0,
                 "mirror: applying an update to the local replica failed");
         }
@@ -1427,11 +1618,22 @@ impl Engine {
             Role::Follower => {
                 let fwds: Vec<usize> = self.forwards.iter().copied().collect();
                 for k in fwds {
-                    let h = self.upd_header(k, true);
-                    let p = (self.ops[k].upd == Upd::Write).then_some(k);
-                    self.send(h, p);
-                    self.ops[k].awaiting_order = true;
-                    self.ops[k].seq = 0;
+                    let op = &mut self.ops[k];
+                    if op.caw && op.fwd_session != 0 {
+                        // Sent in an earlier session and not settled: the leader may have
+                        // written it (then its backlog re-sends that write) or not. Never
+                        // forwarded twice; the outcome is unknown, so it fails.
+                        op.listed = false;
+                        op.awaiting_order = false;
+                        op.remote_done = true;
+                        if let Some((from, tag)) = op.initiator.take() {
+                            self.done.push((from, tag, Err(Errno::IO)));
+                        }
+                        self.forwards.retain(|&f| f != k);
+                        self.settle(k);
+                        continue;
+                    }
+                    self.forward(k);
                 }
             }
         }
@@ -1457,6 +1659,22 @@ impl Engine {
         self.up = false;
         self.grant_asked = false;
         self.outbox.clear();
+        // Forwards still waiting behind a compare-and-write: the follower sends them again.
+        let ops = &self.ops;
+        let dropped: Vec<usize> = self
+            .barrier
+            .iter()
+            .copied()
+            .filter(|&k| ops[k].origin == Origin::PeerFwd)
+            .collect();
+        if !dropped.is_empty() {
+            self.barrier
+                .retain(|&k| self.ops[k].origin != Origin::PeerFwd);
+            for k in dropped {
+                let op = self.ops.remove(k);
+                self.recycle(op.data);
+            }
+        }
         self.stats.set_up(false, self.session);
         tracing::warn!(volume = %self.cfg.name, session = self.session, why,
             held = self.ops.len(), "mirror: link down; updates are held until the peer returns");
@@ -1576,29 +1794,53 @@ impl Engine {
                 }
                 self.check_next_seq(h.seq)?;
                 let op = &mut self.ops[k];
+                if op.upd == Upd::Caw {
+                    // The leader found it matching: apply the write data at this seq.
+                    let len = op.len as usize;
+                    op.data.drain(..len);
+                    op.upd = Upd::Write;
+                }
                 op.awaiting_order = false;
                 op.seq = h.seq;
                 op.session = self.session;
                 self.enqueue_apply(io, k, self.session, h.seq);
             }
-            FwdWrite | FwdZeroes | FwdUnmap if leader && self.draining => {
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw if leader && self.draining => {
                 self.check_range(h)?;
             }
-            FwdWrite | FwdZeroes | FwdUnmap if leader => {
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw if leader => {
                 self.check_range(h)?;
                 let upd = match h.ty {
                     FwdWrite => Upd::Write,
                     FwdZeroes => Upd::Zeroes,
+                    FwdCaw => Upd::Caw,
                     _ => Upd::Unmap,
                 };
-                let data = if upd == Upd::Write {
+                let data = if matches!(upd, Upd::Write | Upd::Caw) {
                     self.buf(payload)
                 } else {
                     Vec::new()
                 };
                 let k = self.new_peer_op(Origin::PeerFwd, upd, h, data);
-                self.backlog_push(k);
-                self.sequence_and_send(io, k);
+                self.leader_take(io, k);
+            }
+            Miscompare if !leader => {
+                let pos = self
+                    .forwards
+                    .iter()
+                    .position(|&k| self.ops[k].awaiting_order)
+                    .ok_or("MISCOMPARE with no forwarded request outstanding")?;
+                let k = self.forwards[pos];
+                if h.id as usize != k || self.ops[k].upd != Upd::Caw {
+                    return Err("MISCOMPARE for a request not outstanding");
+                }
+                self.forwards.remove(pos);
+                let op = &mut self.ops[k];
+                op.listed = false;
+                op.awaiting_order = false;
+                op.remote_done = true;
+                op.apply_err = Some(Errno::MISCOMPARE);
+                self.settle(k);
             }
             Ack => {
                 // Leader: the highest seq given; follower: the highest seq received.
@@ -1683,6 +1925,8 @@ impl Engine {
             peer_id: h.id,
             order_due: origin == Origin::PeerFwd,
             listed: false,
+            caw: upd == Upd::Caw,
+            fwd_session: 0,
         })
     }
 
@@ -1821,21 +2065,25 @@ mod tests {
     #[derive(Default)]
     struct Disk {
         bytes: Vec<u8>,
-        /// Started, not yet applied: (slot, offset, data or None for zeroes).
-        pending: Vec<(u32, u64, Vec<u8>)>,
+        /// Started, not yet done: (slot, offset, data to write, or None: a read of `len`).
+        pending: Vec<(u32, u64, Option<Vec<u8>>, usize)>,
     }
 
     struct SlowChannel(Rc<RefCell<Disk>>);
 
     impl Channel for SlowChannel {
-        fn read(&mut self, _: &mut IoCx, _: IoTag, _: u64, _: u32) -> ReadStart<'_> {
-            ReadStart::Failed(Errno::NOTSUP)
+        fn read(&mut self, _: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
+            self.0
+                .borrow_mut()
+                .pending
+                .push((tag.slot, offset, None, len as usize));
+            ReadStart::Pending
         }
         fn write(&mut self, _: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], _: bool) -> Start {
             self.0
                 .borrow_mut()
                 .pending
-                .push((tag.slot, offset, data.to_vec()));
+                .push((tag.slot, offset, Some(data.to_vec()), data.len()));
             Start::Pending
         }
         fn flush(&mut self, _: &mut IoCx, _: IoTag) -> Start {
@@ -1845,7 +2093,7 @@ mod tests {
             self.0
                 .borrow_mut()
                 .pending
-                .push((tag.slot, o, vec![0; l as usize]));
+                .push((tag.slot, o, Some(vec![0; l as usize]), l as usize));
             Start::Pending
         }
         fn unmap(&mut self, io: &mut IoCx, tag: IoTag, o: u64, l: u64, f: bool) -> Start {
@@ -1858,10 +2106,20 @@ mod tests {
         disk: Rc<RefCell<Disk>>,
         /// Bytes sent towards the other site and not yet delivered.
         wire: Vec<u8>,
-        /// Requests in flight: slot -> expected to succeed.
+        /// Requests in flight.
         outstanding: usize,
         ok: usize,
         failed: usize,
+        /// Slots of this site's compare-and-writes in flight.
+        caws: std::collections::HashSet<u32>,
+        caw_ok: usize,
+        caw_miscompare: usize,
+        /// Compare-and-writes failed with an I/O error (outcome unknown: link drops).
+        caw_failed: usize,
+        /// Slots of compare-and-writes on the hot blocks (racing plain writes).
+        hot_caws: std::collections::HashSet<u32>,
+        /// Their outcomes: written, miscompared, failed.
+        hot: [usize; 3],
     }
 
     fn site(role: Role, timeout: Duration) -> Site {
@@ -1895,6 +2153,12 @@ mod tests {
             outstanding: 0,
             ok: 0,
             failed: 0,
+            caws: Default::default(),
+            caw_ok: 0,
+            caw_miscompare: 0,
+            caw_failed: 0,
+            hot_caws: Default::default(),
+            hot: [0; 3],
         }
     }
 
@@ -1911,19 +2175,28 @@ mod tests {
         }
     }
 
-    /// Apply one pending local write of `s`, chosen at random (out of order).
+    /// Finish one pending local write or read of `s`, chosen at random (out of order).
     fn complete_one(s: &mut Site, io: &mut IoCx, rng: &mut Rng) -> bool {
         let n = s.disk.borrow().pending.len();
         if n == 0 {
             return false;
         }
-        let (slot, off, data) = s
+        let (slot, off, data, len) = s
             .disk
             .borrow_mut()
             .pending
             .swap_remove(rng.below(n as u64) as usize);
-        s.disk.borrow_mut().bytes[off as usize..off as usize + data.len()].copy_from_slice(&data);
-        s.engine.apply_finished(io, slot as usize, Ok(()), &[]);
+        let range = off as usize..off as usize + len;
+        match data {
+            Some(data) => {
+                s.disk.borrow_mut().bytes[range].copy_from_slice(&data);
+                s.engine.apply_finished(io, slot as usize, Ok(()), &[]);
+            }
+            None => {
+                let read = s.disk.borrow().bytes[range].to_vec();
+                s.engine.apply_finished(io, slot as usize, Ok(()), &read);
+            }
+        }
         true
     }
 
@@ -1951,13 +2224,84 @@ mod tests {
     }
 
     fn collect(s: &mut Site) {
-        for (_, _, r) in s.engine.done.drain(..) {
+        for (_, tag, r) in s.engine.done.drain(..) {
             s.outstanding -= 1;
+            if s.hot_caws.remove(&tag.slot) {
+                let i = match r {
+                    Ok(()) => 0,
+                    Err(Errno::MISCOMPARE) => 1,
+                    Err(_) => 2,
+                };
+                s.hot[i] += 1;
+                continue;
+            }
+            if s.caws.remove(&tag.slot) {
+                match r {
+                    Ok(()) => s.caw_ok += 1,
+                    Err(Errno::MISCOMPARE) => s.caw_miscompare += 1,
+                    Err(_) => s.caw_failed += 1,
+                }
+                continue;
+            }
             match r {
                 Ok(()) => s.ok += 1,
                 Err(_) => s.failed += 1,
             }
         }
+    }
+
+    /// Where the compare-and-write counter lives (random writes stay below it).
+    const COUNTER: u64 = 32 * BLOCK as u64;
+
+    fn counter(s: &Site) -> u64 {
+        let b = &s.disk.borrow().bytes;
+        u64::from_le_bytes(
+            b[COUNTER as usize..COUNTER as usize + 8]
+                .try_into()
+                .unwrap(),
+        )
+    }
+
+    /// Increment the counter block by compare-and-write from site `s`, guessing its value `v`
+    /// (a stale guess miscompares).
+    fn submit_caw(s: &mut Site, io: &mut IoCx, slot: &mut u32, v: u64) {
+        let (mut cmp, mut new) = (vec![0u8; BLOCK as usize], vec![0u8; BLOCK as usize]);
+        cmp[..8].copy_from_slice(&v.to_le_bytes());
+        new[..8].copy_from_slice(&(v + 1).to_le_bytes());
+        *slot += 1;
+        let tag = IoTag {
+            conn: 1,
+            slot: *slot,
+        };
+        let u = Update::CompareWrite {
+            cmp: &cmp,
+            data: &new,
+        };
+        assert_eq!(
+            s.engine.submit(io, 0, tag, u, COUNTER, false),
+            Start::Pending
+        );
+        s.caws.insert(*slot);
+        s.outstanding += 1;
+    }
+
+    /// A compare-and-write on the hot blocks, expecting what the leader's replica holds now.
+    fn submit_hot_caw(s: &mut Site, io: &mut IoCx, rng: &mut Rng, slot: &mut u32, now: &[u8]) {
+        let off = rng.below(8) * BLOCK as u64;
+        let cmp = now[off as usize..(off + BLOCK as u64) as usize].to_vec();
+        let new = vec![(rng.next() & 0xff) as u8; BLOCK as usize];
+        *slot += 1;
+        let tag = IoTag {
+            conn: 1,
+            slot: *slot,
+        };
+        let u = Update::CompareWrite {
+            cmp: &cmp,
+            data: &new,
+        };
+        assert_eq!(s.engine.submit(io, 0, tag, u, off, false), Start::Pending);
+        s.hot_caws.insert(*slot);
+        s.outstanding += 1;
     }
 
     fn submit(s: &mut Site, io: &mut IoCx, rng: &mut Rng, slot: &mut u32) {
@@ -1987,7 +2331,9 @@ mod tests {
         s.outstanding += 1;
     }
 
-    fn run(seed: u64, drops: bool) {
+    /// Returns the counter's compare-and-writes that succeeded at a and at b, those that
+    /// miscompared, and the hot blocks' ones that succeeded.
+    fn run(seed: u64, drops: bool) -> [usize; 4] {
         let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
         let mut rng = Rng(seed);
         let mut a = site(Role::Leader, Duration::from_secs(3600));
@@ -1996,9 +2342,21 @@ mod tests {
         b.engine.link_up(&mut io);
         let mut slot = 0;
         for step in 0..2000 {
-            match rng.below(8) {
+            match rng.below(9) {
                 0 => submit(&mut a, &mut io, &mut rng, &mut slot),
                 1 => submit(&mut b, &mut io, &mut rng, &mut slot),
+                // At most two at once (both may guess the same value: one must lose).
+                8 if a.caws.len() + b.caws.len() < 2 => {
+                    // Guessed from the leader's replica, the freshest.
+                    let v = counter(&a);
+                    let s = if rng.below(2) == 0 { &mut a } else { &mut b };
+                    submit_caw(s, &mut io, &mut slot, v);
+                }
+                8 => {
+                    let now = a.disk.borrow().bytes.clone();
+                    let s = if rng.below(2) == 0 { &mut a } else { &mut b };
+                    submit_hot_caw(s, &mut io, &mut rng, &mut slot, &now);
+                }
                 2 => {
                     complete_one(&mut a, &mut io, &mut rng);
                 }
@@ -2054,20 +2412,62 @@ mod tests {
             a.disk.borrow().bytes == b.disk.borrow().bytes,
             "seed {seed}: replicas differ"
         );
+        // Compare-and-write is atomic across the sites: every success incremented the
+        // counter once and no two of them saw the same value. Only a failed one (a forward
+        // whose session broke) may or may not have counted.
+        let (oks, unknown) = (a.caw_ok + b.caw_ok, a.caw_failed + b.caw_failed);
+        let c = counter(&a);
+        assert!(
+            c >= oks as u64 && c <= (oks + unknown) as u64,
+            "seed {seed}: counter {c} after {oks} successful and {unknown} failed increments"
+        );
+        if !drops {
+            assert_eq!(unknown, 0, "seed {seed}: compare-and-writes failed");
+            assert_eq!(
+                a.hot[2] + b.hot[2],
+                0,
+                "seed {seed}: compare-and-writes failed"
+            );
+        }
+
+        [
+            a.caw_ok,
+            b.caw_ok,
+            a.caw_miscompare + b.caw_miscompare,
+            a.hot[0] + b.hot[0],
+        ]
+    }
+
+    fn caw_exercised(counts: [usize; 4]) {
+        assert!(
+            counts.iter().all(|&n| n > 0),
+            "compare-and-write not exercised: {} ok at a, {} ok at b, {} miscompared, {} ok \
+             among plain writes",
+            counts[0],
+            counts[1],
+            counts[2],
+            counts[3]
+        );
     }
 
     #[test]
-    fn overlapping_writes_from_both_sites_leave_identical_replicas() {
+    fn overlapping_writes_and_compare_and_writes_from_both_sites_leave_identical_replicas() {
+        let mut caws = [0; 4];
         for seed in 1..13 {
-            run(seed * 0x9E37_79B9, false);
+            let c = run(seed * 0x9E37_79B9, false);
+            (0..4).for_each(|i| caws[i] += c[i]);
         }
+        caw_exercised(caws);
     }
 
     #[test]
     fn replicas_stay_identical_across_link_drops() {
+        let mut caws = [0; 4];
         for seed in 1..13 {
-            run(seed * 0x2545_F491, true);
+            let c = run(seed * 0x2545_F491, true);
+            (0..4).for_each(|i| caws[i] += c[i]);
         }
+        caw_exercised(caws);
     }
 
     #[test]

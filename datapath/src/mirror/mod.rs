@@ -3,7 +3,8 @@
 //! Model: [`MirrorDevice`] wraps the local replica (any [`BlockDevice`]) and is the top of a
 //! mirrored volume's stack. Its channel holds the volume's [`engine::Engine`]; reads go straight
 //! to the local replica, every update (write, write-zeroes, unmap, flush) goes through the
-//! engine, which completes it only when both sites have it. The link ([`link::LinkConn`]) is a
+//! engine, which completes it only when both sites have it. A compare-and-write is decided by
+//! the leader alone (docs/mirror-protocol.md), so it is atomic across the sites. The link ([`link::LinkConn`]) is a
 //! reactor connection that carries the engine's messages (docs/mirror-protocol.md).
 //!
 //! Invariant: a mirrored volume's engine lives on one reactor per site, its *home* (volume
@@ -178,6 +179,25 @@ impl Channel for MirrorChannel {
             .submit(io, self.reactor, tag, Update::Unmap(len), offset, fua)
     }
 
+    fn compare_and_write(
+        &mut self,
+        io: &mut IoCx,
+        tag: IoTag,
+        offset: u64,
+        cmp: &[u8],
+        data: &[u8],
+        fua: bool,
+    ) -> Option<Start> {
+        Some(self.engine.submit(
+            io,
+            self.reactor,
+            tag,
+            Update::CompareWrite { cmp, data },
+            offset,
+            fua,
+        ))
+    }
+
     fn mirror(&mut self) -> Option<(&mut Engine, SocketAddr)> {
         Some((&mut self.engine, self.peer))
     }
@@ -211,6 +231,11 @@ impl RemoteChannel {
             Update::Zeroes(len) => (RemoteOp::Zeroes, len),
             Update::Unmap(len) => (RemoteOp::Unmap, len),
             Update::Flush => (RemoteOp::Flush, 0),
+            // Never handed over: the NVMe atomic section runs on the home reactor.
+            Update::CompareWrite { .. } => {
+                io.spare_vecs.push(data);
+                return Start::Done(Err(crate::uring::Errno::NOTSUP));
+            }
         };
         self.home.send(Msg::MirrorIo(RemoteIo {
             vol: self.vol,

@@ -60,6 +60,10 @@ pub enum Type {
     Resync = 16,
     /// The resync is complete; mirroring resumes with the next message.
     ResyncDone = 17,
+    /// Forwarded compare-and-write: compare data, then write data.
+    FwdCaw = 18,
+    /// The leader's answer to a forwarded compare-and-write that did not match.
+    Miscompare = 19,
 }
 
 impl Type {
@@ -83,6 +87,8 @@ impl Type {
             15 => Pong,
             16 => Resync,
             17 => ResyncDone,
+            18 => FwdCaw,
+            19 => Miscompare,
             _ => return None,
         })
     }
@@ -92,7 +98,7 @@ impl Type {
         use Type::*;
         matches!(
             self,
-            Write | Zeroes | Unmap | FwdWrite | FwdZeroes | FwdUnmap
+            Write | Zeroes | Unmap | FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
         )
     }
 
@@ -109,6 +115,7 @@ impl Type {
             Welcome => len == 12,
             Refuse => (1..=1024).contains(&len),
             Write | FwdWrite | Resync => len == count,
+            FwdCaw => len as u64 == 2 * count as u64,
             FlushDone => len == 0 || len == 4,
             _ => len == 0,
         };

@@ -93,6 +93,8 @@ impl Errno {
     pub const INVAL: Errno = Errno(libc::EINVAL);
     /// I/O error.
     pub const IO: Errno = Errno(libc::EIO);
+    /// A compare-and-write found different data (nothing was written).
+    pub const MISCOMPARE: Errno = Errno(libc::EILSEQ);
     /// Out of space / beyond the end of the device.
     pub const NOSPC: Errno = Errno(libc::ENOSPC);
     /// Operation not supported.

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twinblk::frontend::nbd::proto::{self, cmd, err};
 use twinblk::mirror::wire::{self, Decoded, Header, Type};
@@ -692,4 +693,88 @@ fn a_follower_whose_leader_resets_the_link_mid_send_still_stops_cleanly() {
             acked.len()
         );
     }
+}
+
+#[test]
+fn compare_and_write_from_both_sites_on_one_block_is_atomic_across_the_sites() {
+    use crate::nvmf_fused_resv::{decode, encode, host};
+    use twinblk_tools::nvmf::{Controller, sc};
+    const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
+    const ROUNDS: usize = 100;
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = pair(root.path(), 10_000);
+    let mut ca = Controller::connect(a.nvmf_addr, NQN, &host(1)).unwrap();
+    let cb = Controller::connect(b.nvmf_addr, NQN, &host(2)).unwrap();
+    let bs = ca.ns_info(1).unwrap().block_size as usize;
+    let mut qa = ca.io_queue(1, 8).unwrap();
+    let mut qb = cb.io_queue(1, 8).unwrap();
+    qa.write(1, 0, &encode(0, 0, bs), bs as u32, false).unwrap();
+    // At the follower too, a wrong compare fails and writes nothing, at either site.
+    let (s1, s2) = qb
+        .compare_and_write(1, 0, &encode(7, 7, bs), &encode(8, 8, bs), bs as u32)
+        .unwrap();
+    assert_eq!((s1, s2), (sc::COMPARE_FAILURE, sc::FUSED_FAILED));
+    for q in [&mut qa, &mut qb] {
+        assert_eq!(decode(&q.read(1, 0, 1, bs as u32).unwrap()), Some((0, 0)));
+    }
+    // One host per site increments block 0 by compare-and-write, racing; each reads its own
+    // site's replica for the value to compare with.
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let racers: Vec<_> = [(1u8, qa), (2u8, qb)]
+        .into_iter()
+        .map(|(id, mut q)| {
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                let (mut won, mut lost) = (Vec::new(), 0);
+                for _ in 0..ROUNDS {
+                    let old = q.read(1, 0, 1, bs as u32).unwrap();
+                    let (n, _) = decode(&old).expect("a torn block read");
+                    let new = encode(n + 1, id, bs);
+                    match q.compare_and_write(1, 0, &old, &new, bs as u32).unwrap() {
+                        (0, 0) => won.push(n + 1),
+                        (sc::COMPARE_FAILURE, sc::FUSED_FAILED) => lost += 1,
+                        other => panic!("unexpected compare-and-write statuses {other:x?}"),
+                    }
+                }
+                (won, lost, q)
+            })
+        })
+        .collect();
+    let (mut all, mut losses, mut per_site) = (Vec::new(), 0, Vec::new());
+    let mut queues = Vec::new();
+    for r in racers {
+        let (won, lost, q) = r.join().unwrap();
+        per_site.push(won.len());
+        all.extend(won);
+        losses += lost;
+        queues.push(q);
+    }
+    // Every success saw the value the previous success wrote, whichever site either ran
+    // at: the values written are exactly 1..=successes, each once.
+    all.sort_unstable();
+    let n = all.len() as u64;
+    assert_eq!(
+        all,
+        (1..=n).collect::<Vec<_>>(),
+        "lost or duplicated updates across the sites"
+    );
+    assert_eq!(n as usize + losses, 2 * ROUNDS);
+    assert!(
+        per_site.iter().all(|&w| w > 0),
+        "a site never won: {per_site:?}"
+    );
+    for q in &mut queues {
+        let (last, _) = decode(&q.read(1, 0, 1, bs as u32).unwrap()).unwrap();
+        assert_eq!(last, n, "a site's replica does not hold the last success");
+    }
+    eprintln!("cross-site compare-and-write: {per_site:?} successes, {losses} miscompares");
+    drop(queues);
+    drop((ca, cb));
+    assert!(a.stop() && b.stop(), "clean stop failed");
+    assert_eq!(
+        sha(&root.path().join("a.img")),
+        sha(&root.path().join("b.img")),
+        "replicas differ"
+    );
 }

@@ -11,7 +11,7 @@ use twinblk_tools::nvmf::{Controller, Host, Opts, ResvReport, Sqe, racqa, rrega,
 const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
 const RAM: &str = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\n";
 
-fn host(n: u8) -> Opts {
+pub fn host(n: u8) -> Opts {
     Opts {
         host: Host {
             nqn: format!("nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-00000000000{n}"),
@@ -22,7 +22,7 @@ fn host(n: u8) -> Opts {
 }
 
 /// A block that says (counter, writer) in every byte, so a torn block cannot decode.
-fn encode(counter: u64, writer: u8, bs: usize) -> Vec<u8> {
+pub fn encode(counter: u64, writer: u8, bs: usize) -> Vec<u8> {
     let mut b = vec![0u8; bs];
     b[..8].copy_from_slice(&counter.to_le_bytes());
     b[8] = writer;
@@ -32,7 +32,7 @@ fn encode(counter: u64, writer: u8, bs: usize) -> Vec<u8> {
     b
 }
 
-fn decode(b: &[u8]) -> Option<(u64, u8)> {
+pub fn decode(b: &[u8]) -> Option<(u64, u8)> {
     let counter = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
     let writer = *b.get(8)?;
     (encode(counter, writer, b.len()) == b).then_some((counter, writer))

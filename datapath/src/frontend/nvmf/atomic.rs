@@ -22,7 +22,12 @@
 //! and a read never sees its write half done. `busy` falls back to zero when the last queued
 //! pair finished, after which queues go straight to the device again.
 //!
-//! Limits: NBD writes and the mirror peer's replicated writes do not take part (see the doc).
+//! A mirrored volume's pair is handed whole to its mirror engine ([`crate::bdev::Channel::
+//! compare_and_write`]), where the leader site decides it, so it is atomic with respect to
+//! both sites' updates; the exclusion above still keeps this site's NVMe accesses out of it.
+//!
+//! Limits: NBD writes do not take part in the exclusion, and at the site that did not
+//! initiate a pair, a read may run concurrently with its write (see the doc).
 
 use super::cmd::Status;
 use crate::reactor::{Conn, Env, Mailbox, Msg};
@@ -270,6 +275,8 @@ enum Stage {
     Reading,
     /// Pair: writing after a match.
     Writing,
+    /// Pair: handed whole to the volume's stack (a mirrored volume: decided by the leader).
+    Delegated,
     /// Access: device operation `n` of the item running.
     Op(usize),
 }
@@ -349,6 +356,16 @@ impl Home {
                             if !sec.drained() {
                                 return; // a Drained note brings us back
                             }
+                            if let Some(started) =
+                                chan.compare_and_write(env.io, tag, f.off, &f.cmp, &f.data, f.fua)
+                            {
+                                self.stage = Stage::Delegated;
+                                match started {
+                                    crate::bdev::Start::Done(r) => self.last = Some(r),
+                                    crate::bdev::Start::Pending => self.in_flight = true,
+                                }
+                                continue;
+                            }
                             self.stage = Stage::Reading;
                             match chan.read(env.io, tag, f.off, f.cmp.len() as u32) {
                                 crate::bdev::ReadStart::Ready(d) => {
@@ -377,6 +394,16 @@ impl Home {
                                 None
                             }
                         }
+                        (Stage::Delegated, Some(r)) => Some(match r {
+                            Ok(()) => (Status::SUCCESS, Status::SUCCESS),
+                            Err(Errno::MISCOMPARE) => {
+                                (Status::COMPARE_FAILED, Status::ABORTED_FUSED_FAIL)
+                            }
+                            Err(e) => (
+                                super::conn::status_of(e, super::cmd::io::WRITE),
+                                Status::ABORTED_FUSED_FAIL,
+                            ),
+                        }),
                         (Stage::Writing, Some(r)) => Some((
                             Status::SUCCESS,
                             match r {
