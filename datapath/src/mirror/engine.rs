@@ -2726,5 +2726,38 @@ mod tests {
             b.engine.on_msg(&mut io, &fwd, &data),
             Err("message not allowed in this direction")
         );
+        // A MISCOMPARE for no forwarded compare-and-write, or for a forwarded plain write.
+        let miscompare = |id: u32| Header {
+            id,
+            ..Header::new(Type::Miscompare)
+        };
+        assert_eq!(
+            b.engine.on_msg(&mut io, &miscompare(0), &[]),
+            Err("MISCOMPARE with no forwarded request outstanding")
+        );
+        let mut slot = 0;
+        let mut rng = Rng(3);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+        let k = *b.engine.forwards.back().unwrap() as u32;
+        assert_eq!(
+            b.engine.on_msg(&mut io, &miscompare(k), &[]),
+            Err("MISCOMPARE for a request not outstanding")
+        );
+        // The leader refuses FWD_CAW outside the volume, and a follower never takes one.
+        let mut a = site(Role::Leader, Duration::from_secs(10));
+        a.engine.link_up(&mut io);
+        let caw = Header {
+            offset: SIZE,
+            count: 512,
+            len: 1024,
+            ..Header::new(Type::FwdCaw)
+        };
+        let two = vec![0u8; 1024];
+        assert_eq!(
+            a.engine.on_msg(&mut io, &caw, &two),
+            Err("range outside the volume")
+        );
+        assert!(a.disk.borrow().pending.is_empty(), "a refused FWD_CAW read");
+        assert!(b.engine.on_msg(&mut io, &caw, &two).is_err());
     }
 }

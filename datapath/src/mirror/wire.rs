@@ -344,10 +344,31 @@ mod tests {
                 vec![],
             ),
             (Header::new(Type::Welcome), vec![0; 11]),
+            // A forwarded compare-and-write carries exactly twice `count` bytes.
+            (
+                Header {
+                    count: 8,
+                    ..Header::new(Type::FwdCaw)
+                },
+                vec![0; 8],
+            ),
+            (
+                Header {
+                    id: 1,
+                    ..Header::new(Type::Miscompare)
+                },
+                vec![0; 1],
+            ),
         ];
         for (h, p) in bad {
             assert!(matches!(decode(&msg(&h, &p)), Decoded::Bad(_)), "{h:?}");
         }
+        let caw = Header {
+            count: 8,
+            flags: FLAG_FUA,
+            ..Header::new(Type::FwdCaw)
+        };
+        assert!(matches!(decode(&msg(&caw, &[0; 16])), Decoded::Msg(..)));
         let mut v = msg(&Header::new(Type::Ping), &[]);
         v[4] = 2;
         assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
