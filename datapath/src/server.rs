@@ -153,6 +153,7 @@ impl Daemon {
                             .state_dir
                             .as_ref()
                             .map(|d| d.join(format!("{}.mirror-state", v.name))),
+                        meta: None,
                     };
                     let home = index % cfg.reactor.cores.len();
                     let md = Arc::new(MirrorDevice::new(device, engine, index, home, m.peer));
@@ -221,6 +222,16 @@ impl Daemon {
                 .map_err(StartError::Reservations)?;
         }
         let n = cfg.reactor.cores.len();
+        // Reservations of mirrored volumes are decided by the volume's leader site.
+        let replicator = Arc::new(crate::frontend::nvmf::resv::ResvReplicator::new(
+            nvmf.subsystems
+                .iter()
+                .map(|s| {
+                    let nss = s.namespaces.iter().map(|n| (n.nsid, n.volume)).collect();
+                    (s.nqn.clone(), Arc::clone(&s.resv), nss)
+                })
+                .collect(),
+        ));
         let mut mailboxes = Vec::with_capacity(n);
         for id in 0..n {
             let core = cfg.reactor.cores[id];
@@ -230,6 +241,7 @@ impl Daemon {
         }
         for md in &mirror_devs {
             let _ = md.mailboxes.set(mailboxes.clone());
+            let _ = md.meta.set(Arc::clone(&replicator) as _);
         }
         let stats = (0..n)
             .map(|_| Arc::new(ReactorStats::new(volumes.len())))

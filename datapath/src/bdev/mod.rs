@@ -98,6 +98,11 @@ pub trait Channel {
     ) -> Option<Start> {
         None
     }
+    /// A metadata command (an NVMe reservation command, docs/nvmf.md) to decide with the
+    /// volume's other site. `None`: the volume is not mirrored; the caller decides it alone.
+    fn meta(&mut self, _io: &mut IoCx, _tag: IoTag, _cmd: &[u8]) -> Option<Start> {
+        None
+    }
     /// The mirror engine and its peer's address, when this is a mirrored volume's channel.
     fn mirror(&mut self) -> Option<(&mut crate::mirror::engine::Engine, std::net::SocketAddr)> {
         None

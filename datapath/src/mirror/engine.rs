@@ -32,6 +32,43 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Decides and installs a volume's replicated metadata (NVMe reservations). The engine only
+/// carries its opaque commands and states between the sites (docs/mirror-protocol.md).
+pub trait MetaHandler: Send + Sync + std::fmt::Debug {
+    /// Decide `cmd` at this site (the leader, or a survivor): its status (0: success) and,
+    /// when the state changed, the new state to copy to the peer.
+    fn execute(&self, vol: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>);
+    /// Install a state the peer decided; false when it cannot (malformed, unknown, or not
+    /// persisted).
+    fn install(&self, vol: usize, state: &[u8]) -> bool;
+    /// This site's whole state of the volume, one META_STATE payload each.
+    fn full_state(&self, vol: usize) -> Vec<Vec<u8>>;
+}
+
+/// A metadata command's non-zero status travels to the initiator as `Errno(META_STATUS |
+/// status)`.
+pub const META_STATUS: i32 = 0x4000_0000;
+
+/// The completion of a metadata command with `status`.
+pub fn meta_result(status: u16) -> Result<(), Errno> {
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(Errno(META_STATUS | i32::from(status)))
+    }
+}
+
+/// A metadata command waiting for the peer.
+struct MetaWait {
+    from: u32,
+    tag: IoTag,
+    /// Leader: the META_STATE token whose META_ACK completes it (follower: 0, the answer's
+    /// `id` is this entry's key).
+    token: u64,
+    status: u16,
+    deadline: Instant,
+}
+
 /// Which site orders this volume's updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -55,6 +92,8 @@ pub enum Update<'a> {
     Unmap(u64),
     /// Make completed writes durable.
     Flush,
+    /// A volume metadata command (an NVMe reservation command), decided by the leader.
+    Meta(&'a [u8]),
     /// Compare `cmp` with the data at the offset and, when equal, write `data` (the same
     /// length) there, atomically across both sites. A mismatch fails with
     /// [`Errno::MISCOMPARE`] and writes nothing.
@@ -186,6 +225,8 @@ pub struct EngineConfig {
     pub resync_rate: u64,
     /// Where the replica state is persisted (none: in memory only).
     pub state_file: Option<std::path::PathBuf>,
+    /// Replicated metadata (reservations) of the volume, when a front end keeps any.
+    pub meta: Option<Arc<dyn MetaHandler>>,
 }
 
 /// What the engine does with updates.
@@ -279,6 +320,10 @@ pub struct Engine {
     /// `barrier` (unsequenced, in arrival order).
     caw_active: Option<usize>,
     barrier: VecDeque<usize>,
+    /// Metadata commands waiting for the peer.
+    metas: Slab<MetaWait>,
+    next_token: u64,
+    vol: usize,
     /// Flushes waiting for FLUSH_DONE.
     flushes: Vec<usize>,
     session: u32,
@@ -364,6 +409,9 @@ impl Engine {
             forwards: VecDeque::with_capacity(1024),
             caw_active: None,
             barrier: VecDeque::new(),
+            metas: Slab::new(),
+            next_token: 1,
+            vol,
             flushes: Vec::new(),
             session: 0,
             up: false,
@@ -519,6 +567,9 @@ impl Engine {
                     self.set_mode(Mode::Mirroring);
                 }
                 self.link_up(io);
+                if self.cfg.role == Role::Leader {
+                    self.push_meta();
+                }
             }
             (0, 4) => {
                 // A new, empty replica: send it every region ever written here, serving alone
@@ -526,6 +577,7 @@ impl Engine {
                 self.dirty_everything_written();
                 self.set_mode(Mode::Survivor);
                 self.session_start_source(io);
+                self.push_meta();
                 tracing::warn!(volume = %self.cfg.name, bytes = self.dirty_bytes(),
                     "mirror: the peer is a new replica; sending it every region ever written");
             }
@@ -537,6 +589,7 @@ impl Engine {
                     self.dirty_everything_written();
                 }
                 self.session_start_source(io);
+                self.push_meta();
                 tracing::warn!(volume = %self.cfg.name, dirty_bytes = self.dirty_bytes(),
                     "mirror: the peer is back; resyncing it with the regions written since it was lost");
             }
@@ -1089,6 +1142,7 @@ impl Engine {
         if let Some(r) = self.resync.as_mut() {
             r.deferred.clear();
         }
+        self.fail_metas();
     }
 
     /// Published counters.
@@ -1144,12 +1198,12 @@ impl Engine {
 
     /// Nothing is in flight or waiting.
     pub fn idle(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.metas.is_empty()
     }
 
     /// Some initiator still waits for an answer.
     pub fn answering(&self) -> bool {
-        self.ops.iter().any(|(_, op)| op.initiator.is_some())
+        !self.metas.is_empty() || self.ops.iter().any(|(_, op)| op.initiator.is_some())
     }
 
     /// Anything to send (messages or an ACK).
@@ -1242,6 +1296,7 @@ impl Engine {
             return Start::Done(Err(Errno::IO));
         }
         let (upd, len, data) = match update {
+            Update::Meta(cmd) => return self.submit_meta(from, tag, cmd),
             Update::Write(d) => (Upd::Write, d.len() as u64, self.buf(d)),
             Update::Zeroes(len) => (Upd::Zeroes, len, Vec::new()),
             Update::Unmap(len) => (Upd::Unmap, len, Vec::new()),
@@ -1292,6 +1347,81 @@ impl Engine {
         }
         self.start_mirrored(io, k);
         Start::Pending
+    }
+
+    /// A metadata command from this site's initiator.
+    fn submit_meta(&mut self, from: u32, tag: IoTag, cmd: &[u8]) -> Start {
+        let Some(h) = self.cfg.meta.clone() else {
+            return Start::Done(Err(Errno::NOTSUP));
+        };
+        let deadline = Instant::now() + self.cfg.peer_timeout;
+        match (self.mode, self.cfg.role, self.up) {
+            (Mode::Survivor, _, _) => Start::Done(meta_result(h.execute(self.vol, cmd).0)),
+            (Mode::Mirroring, Role::Leader, true) => match h.execute(self.vol, cmd) {
+                (status, None) => Start::Done(meta_result(status)),
+                (status, Some(state)) => {
+                    let token = self.send_meta_state(wire::META_NO_ID, status, &state);
+                    self.metas.insert(MetaWait {
+                        from,
+                        tag,
+                        token,
+                        status,
+                        deadline,
+                    });
+                    Start::Pending
+                }
+            },
+            (Mode::Mirroring, Role::Follower, true) if cmd.len() <= wire::MAX_META as usize => {
+                let k = self.metas.insert(MetaWait {
+                    from,
+                    tag,
+                    token: 0,
+                    status: 0,
+                    deadline,
+                });
+                let h = Header {
+                    id: k as u32,
+                    ..Header::new(Type::Meta)
+                };
+                wire::encode(&mut self.outbox, &h, cmd);
+                self.stats.inc(&self.stats.msgs_sent);
+                Start::Pending
+            }
+            // No session and no grant: deciding alone could split the state.
+            _ => Start::Done(Err(Errno::IO)),
+        }
+    }
+
+    /// Send a metadata state (answering META `id`, or none); returns its token.
+    fn send_meta_state(&mut self, id: u32, status: u16, state: &[u8]) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        let h = Header {
+            id,
+            seq: token,
+            count: u32::from(status),
+            ..Header::new(Type::MetaState)
+        };
+        wire::encode(&mut self.outbox, &h, state);
+        self.stats.inc(&self.stats.msgs_sent);
+        token
+    }
+
+    /// At a session start, the site whose replica wins sends its whole metadata state.
+    fn push_meta(&mut self) {
+        if let Some(h) = self.cfg.meta.clone() {
+            for state in h.full_state(self.vol) {
+                self.send_meta_state(wire::META_NO_ID, 0, &state);
+            }
+        }
+    }
+
+    /// Fail every metadata command waiting for the peer (its effect is settled by the next
+    /// session's full state).
+    fn fail_metas(&mut self) {
+        for m in self.metas.drain() {
+            self.done.push((m.from, m.tag, Err(Errno::IO)));
+        }
     }
 
     fn backlog_push(&mut self, k: usize) {
@@ -1659,6 +1789,7 @@ impl Engine {
         self.up = false;
         self.grant_asked = false;
         self.outbox.clear();
+        self.fail_metas();
         // Forwards still waiting behind a compare-and-write: the follower sends them again.
         let ops = &self.ops;
         let dropped: Vec<usize> = self
@@ -1897,6 +2028,53 @@ impl Engine {
                 self.resync_done = true;
                 self.maybe_end_resync_target();
             }
+            Meta if leader => {
+                let (status, state) = match &self.cfg.meta {
+                    Some(m) => m.execute(self.vol, payload),
+                    // Status 0x006, Internal Error.
+                    None => (6, None),
+                };
+                self.send_meta_state(h.id, status, state.as_deref().unwrap_or(&[]));
+            }
+            MetaState => {
+                if h.id != wire::META_NO_ID
+                    && (leader || self.metas.get(h.id as usize).is_none_or(|m| m.token != 0))
+                {
+                    return Err("META_STATE answers no outstanding request");
+                }
+                if !payload.is_empty()
+                    && !self
+                        .cfg
+                        .meta
+                        .as_ref()
+                        .is_some_and(|m| m.install(self.vol, payload))
+                {
+                    return Err("metadata state not installed");
+                }
+                let ack = Header {
+                    seq: h.seq,
+                    ..Header::new(MetaAck)
+                };
+                wire::encode(&mut self.outbox, &ack, &[]);
+                self.stats.inc(&self.stats.msgs_sent);
+                if h.id != wire::META_NO_ID {
+                    let m = self.metas.remove(h.id as usize);
+                    self.done
+                        .push((m.from, m.tag, meta_result(h.count.min(0xFFFF) as u16)));
+                }
+            }
+            MetaAck => {
+                // A push's ACK has no waiter.
+                if let Some(k) = self
+                    .metas
+                    .iter()
+                    .find(|(_, m)| m.token != 0 && m.token == h.seq)
+                    .map(|(k, _)| k)
+                {
+                    let m = self.metas.remove(k);
+                    self.done.push((m.from, m.tag, meta_result(m.status)));
+                }
+            }
             Hello | Welcome | Refuse => return Err("handshake message inside a session"),
             _ => return Err("message not allowed in this direction"),
         }
@@ -1965,6 +2143,19 @@ impl Engine {
 
     /// Fail initiators whose requests waited longer than the peer timeout.
     pub fn expire(&mut self, now: Instant) {
+        if self.metas.iter().any(|(_, m)| m.deadline <= now) {
+            let late: Vec<usize> = self
+                .metas
+                .iter()
+                .filter(|(_, m)| m.deadline <= now)
+                .map(|(k, _)| k)
+                .collect();
+            for k in late {
+                let m = self.metas.remove(k);
+                self.stats.inc(&self.stats.timeouts);
+                self.done.push((m.from, m.tag, Err(Errno::IO)));
+            }
+        }
         let mut expired = Vec::new();
         for (k, op) in self.ops.iter() {
             if op.initiator.is_some() && op.deadline <= now && op.origin == Origin::Local {
@@ -2140,6 +2331,7 @@ mod tests {
             dirty_granularity: 4096,
             resync_rate: 1 << 30,
             state_file: None,
+            meta: None,
         };
         Site {
             engine: Engine::new(

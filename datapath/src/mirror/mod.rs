@@ -40,6 +40,8 @@ pub enum RemoteOp {
     Unmap,
     /// Flush.
     Flush,
+    /// A metadata command (`data`).
+    Meta,
 }
 
 /// An update handed from a connection's reactor to the volume's home reactor.
@@ -75,6 +77,8 @@ pub struct MirrorDevice {
     pub peer: SocketAddr,
     /// Published counters.
     pub stats: Arc<MirrorStats>,
+    /// The volume's replicated metadata (set once the front ends exist).
+    pub meta: OnceLock<Arc<dyn engine::MetaHandler>>,
 }
 
 impl MirrorDevice {
@@ -94,6 +98,7 @@ impl MirrorDevice {
             mailboxes: OnceLock::new(),
             peer,
             stats: Arc::new(MirrorStats::default()),
+            meta: OnceLock::new(),
         }
     }
 }
@@ -124,7 +129,9 @@ impl BlockDevice for MirrorDevice {
                 from: io.reactor as u32,
             }));
         }
-        let mut engine = Engine::new(self.cfg.clone(), inner, self.vol, Arc::clone(&self.stats));
+        let mut cfg = self.cfg.clone();
+        cfg.meta = self.meta.get().cloned();
+        let mut engine = Engine::new(cfg, inner, self.vol, Arc::clone(&self.stats));
         engine
             .restore()
             .map_err(|e| BdevError::Register(std::io::Error::other(e)))?;
@@ -198,6 +205,13 @@ impl Channel for MirrorChannel {
         ))
     }
 
+    fn meta(&mut self, io: &mut IoCx, tag: IoTag, cmd: &[u8]) -> Option<Start> {
+        Some(
+            self.engine
+                .submit(io, self.reactor, tag, Update::Meta(cmd), 0, false),
+        )
+    }
+
     fn mirror(&mut self) -> Option<(&mut Engine, SocketAddr)> {
         Some((&mut self.engine, self.peer))
     }
@@ -231,6 +245,10 @@ impl RemoteChannel {
             Update::Zeroes(len) => (RemoteOp::Zeroes, len),
             Update::Unmap(len) => (RemoteOp::Unmap, len),
             Update::Flush => (RemoteOp::Flush, 0),
+            Update::Meta(cmd) => {
+                data.extend_from_slice(cmd);
+                (RemoteOp::Meta, 0)
+            }
             // Never handed over: the NVMe atomic section runs on the home reactor.
             Update::CompareWrite { .. } => {
                 io.spare_vecs.push(data);
@@ -280,5 +298,9 @@ impl Channel for RemoteChannel {
 
     fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start {
         self.hand_over(io, tag, Update::Unmap(len), offset, fua)
+    }
+
+    fn meta(&mut self, io: &mut IoCx, tag: IoTag, cmd: &[u8]) -> Option<Start> {
+        Some(self.hand_over(io, tag, Update::Meta(cmd), 0, false))
     }
 }

@@ -64,7 +64,20 @@ pub enum Type {
     FwdCaw = 18,
     /// The leader's answer to a forwarded compare-and-write that did not match.
     Miscompare = 19,
+    /// A volume metadata command (reservations) for the leader to decide.
+    Meta = 20,
+    /// A metadata state to install (and a command's status).
+    MetaState = 21,
+    /// A metadata state was installed.
+    MetaAck = 22,
 }
+
+/// `id` of a META_STATE that answers no META.
+pub const META_NO_ID: u32 = u32::MAX;
+/// Largest META payload.
+pub const MAX_META: u32 = 4096;
+/// Largest META_STATE payload.
+pub const MAX_META_STATE: u32 = 65536;
 
 impl Type {
     fn from_u8(v: u8) -> Option<Self> {
@@ -89,6 +102,9 @@ impl Type {
             17 => ResyncDone,
             18 => FwdCaw,
             19 => Miscompare,
+            20 => Meta,
+            21 => MetaState,
+            22 => MetaAck,
             _ => return None,
         })
     }
@@ -116,6 +132,8 @@ impl Type {
             Refuse => (1..=1024).contains(&len),
             Write | FwdWrite | Resync => len == count,
             FwdCaw => len as u64 == 2 * count as u64,
+            Meta => (1..=MAX_META).contains(&len),
+            MetaState => len <= MAX_META_STATE,
             FlushDone => len == 0 || len == 4,
             _ => len == 0,
         };

@@ -634,6 +634,7 @@ impl Reactor {
                     RemoteOp::Zeroes => Update::Zeroes(r.len),
                     RemoteOp::Unmap => Update::Unmap(r.len),
                     RemoteOp::Flush => Update::Flush,
+                    RemoteOp::Meta => Update::Meta(&r.data),
                 };
                 e.submit(&mut self.io, r.from, r.tag, update, r.offset, r.fua)
             }

@@ -331,7 +331,12 @@ fn dropped(s: &mut TcpStream) -> bool {
     loop {
         match read_msg(s) {
             None => return true,
-            Some((h, _)) if matches!(h.ty, Type::Ping | Type::Pong | Type::Ack) => continue,
+            // (A leader sends its reservation state at the start of a session.)
+            Some((h, _))
+                if matches!(h.ty, Type::Ping | Type::Pong | Type::Ack | Type::MetaState) =>
+            {
+                continue;
+            }
             Some((h, _)) => panic!("expected the link to drop, got {h:?}"),
         }
     }
@@ -391,7 +396,7 @@ fn forged_replication_messages_are_refused_and_never_applied() {
     // (PINGs may come first: the leader pings an up link every 100 ms.)
     let h = loop {
         let (h, _) = read_msg(&mut s).expect("ORDER");
-        if !matches!(h.ty, Type::Ping | Type::Pong) {
+        if !matches!(h.ty, Type::Ping | Type::Pong | Type::MetaState) {
             break h;
         }
     };
@@ -777,4 +782,100 @@ fn compare_and_write_from_both_sites_on_one_block_is_atomic_across_the_sites() {
         sha(&root.path().join("b.img")),
         "replicas differ"
     );
+}
+
+#[test]
+fn reservations_are_decided_by_the_leader_and_enforced_at_both_sites() {
+    use crate::nvmf_fused_resv::host;
+    use twinblk_tools::nvmf::{Controller, ResvReport, Sqe, racqa, rrega, sc};
+    const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
+    let (ka, kb) = (0xA1, 0xB2);
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = pair(root.path(), 10_000);
+    // Host 1 at site a (the leader), host 2 at site b.
+    let ca = Controller::connect(a.nvmf_addr, NQN, &host(1)).unwrap();
+    let cb = Controller::connect(b.nvmf_addr, NQN, &host(2)).unwrap();
+    let (mut qa, mut qb) = (ca.io_queue(1, 8).unwrap(), cb.io_queue(1, 8).unwrap());
+    let blk = pattern(5, 4096);
+    let write = |q: &mut twinblk_tools::nvmf::Queue| {
+        q.cmd(Sqe::new(0x01).nsid(1).lba(0, 8), &blk, 0)
+            .unwrap()
+            .status
+    };
+    let report = |q: &mut twinblk_tools::nvmf::Queue| {
+        let (s, d) = q.resv_report(1, true, 4096).unwrap();
+        assert_eq!(s, 0);
+        ResvReport::parse(&d).unwrap()
+    };
+    // Host 1 registers and takes Write Exclusive at site a; host 2 registers from site b.
+    assert_eq!(
+        qa.resv_register(1, rrega::REGISTER, false, 0, ka).unwrap(),
+        0
+    );
+    assert_eq!(
+        qb.resv_register(1, rrega::REGISTER, false, 0, kb).unwrap(),
+        0
+    );
+    assert_eq!(qa.resv_acquire(1, racqa::ACQUIRE, 1, ka, 0).unwrap(), 0);
+    // Site b enforces what site a decided, as soon as the command completed.
+    assert_eq!(write(&mut qb), sc::RESERVATION_CONFLICT);
+    assert_eq!(write(&mut qa), 0);
+    // Host 2's acquire, sent from site b, is decided at the leader against host 1's hold.
+    assert_eq!(
+        qb.resv_acquire(1, racqa::ACQUIRE, 1, kb, 0).unwrap(),
+        sc::RESERVATION_CONFLICT
+    );
+    // Both sites report the same state, in the leader's order.
+    let (ra, rb) = (report(&mut qa), report(&mut qb));
+    assert_eq!(ra.generation, 2);
+    assert_eq!(
+        ra.registrants,
+        vec![([1; 16], ka, true), ([2; 16], kb, false)]
+    );
+    assert_eq!(
+        (rb.generation, rb.rtype, &rb.registrants),
+        (ra.generation, ra.rtype, &ra.registrants)
+    );
+    // Host 2 preempts host 1 from site b: now host 1 is refused at site a.
+    assert_eq!(qb.resv_acquire(1, racqa::PREEMPT, 1, kb, ka).unwrap(), 0);
+    assert_eq!(write(&mut qa), sc::RESERVATION_CONFLICT);
+    assert_eq!(write(&mut qb), 0);
+    let ra = report(&mut qa);
+    assert_eq!(ra.registrants, vec![([2; 16], kb, true)]);
+    // With the peer gone (no witness), reservation commands change nothing and fail.
+    drop((qb, cb));
+    let mut b = b;
+    b.kill();
+    let t = Instant::now();
+    while status(&a)["state"] != "down" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "link never went down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        qa.resv_register(1, rrega::REGISTER, false, 0, ka).unwrap(),
+        0x006
+    );
+    assert_eq!(report(&mut qa).registrants, vec![([2; 16], kb, true)]);
+    // Site b comes back empty (nothing persisted): the leader's whole state is sent to it
+    // with the first session, so it enforces host 2's reservation again.
+    let b = b.respawn();
+    wait_up(&b);
+    let cb = Controller::connect(b.nvmf_addr, NQN, &host(1)).unwrap();
+    let mut qb = cb.io_queue(1, 8).unwrap();
+    let t = Instant::now();
+    loop {
+        let r = report(&mut qb);
+        if r.registrants == vec![([2; 16], kb, true)] {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "site b never got the state: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(write(&mut qb), sc::RESERVATION_CONFLICT);
 }

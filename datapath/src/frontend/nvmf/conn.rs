@@ -177,7 +177,14 @@ pub struct NvmfConn {
 
 /// The NVMe status for a device error of command `op`.
 pub(super) fn status_of(e: Errno, op: u8) -> Status {
+    use crate::mirror::engine::META_STATUS;
     match e.0 {
+        // A reservation command's status, decided by the mirror's leader site.
+        x if x & META_STATUS != 0 => Status((x & 0xFFFF) as u16),
+        // The other site could not be reached: nothing was decided.
+        libc::EIO if matches!(op, io::RESV_REGISTER | io::RESV_ACQUIRE | io::RESV_RELEASE) => {
+            Status::INTERNAL
+        }
         libc::EIO if op == io::READ => Status::READ_ERROR,
         libc::EIO => Status::WRITE_FAULT,
         libc::EINVAL => Status::INVALID_FIELD,
@@ -186,6 +193,16 @@ pub(super) fn status_of(e: Errno, op: u8) -> Status {
         libc::ESHUTDOWN => Status::NS_NOT_READY,
         _ => Status::INTERNAL,
     }
+}
+
+/// Where a reservation command goes.
+enum Routed {
+    /// Decided here, alone (the volume is not mirrored).
+    Local,
+    /// Decided (or refused) already: answer with this.
+    Answer(Status),
+    /// Sent to the mirror engine; its completion answers.
+    Pending,
 }
 
 /// Data direction of a command: opcode bits 1:0 (fctype for fabrics commands) = 01.
@@ -1097,7 +1114,7 @@ impl NvmfConn {
             op,
             io::RESV_REGISTER | io::RESV_REPORT | io::RESV_ACQUIRE | io::RESV_RELEASE
         ) {
-            return self.reservation(sub, idx, sqe, data);
+            return self.reservation(env, sub, idx, sqe, data);
         }
         let access = self.resv_access(sub, idx);
         let allowed = match op {
@@ -1405,9 +1422,26 @@ impl NvmfConn {
     }
 
     /// Reservation Register / Report / Acquire / Release on namespace index `idx`.
-    fn reservation(&mut self, sub: &Subsystem, idx: usize, sqe: Sqe<'_>, data: &[u8]) {
+    fn reservation(
+        &mut self,
+        env: &mut Env<'_>,
+        sub: &Subsystem,
+        idx: usize,
+        sqe: Sqe<'_>,
+        data: &[u8],
+    ) {
         let cid = sqe.cid();
         let host = self.ctrl.as_ref().map_or([0; 16], |c| c.hostid);
+        if matches!(
+            sqe.opcode(),
+            io::RESV_REGISTER | io::RESV_ACQUIRE | io::RESV_RELEASE
+        ) {
+            match self.replicated_reservation(env, sub, idx, sqe, data, host) {
+                Routed::Local => {}
+                Routed::Answer(status) => return self.respond(cid, status, 0),
+                Routed::Pending => return,
+            }
+        }
         let cdw10 = sqe.cdw(10);
         let action = (cdw10 & 7) as u8;
         let iekey = cdw10 & (1 << 3) != 0;
@@ -1472,6 +1506,81 @@ impl NvmfConn {
             self.errors += 1;
         }
         self.respond(cid, status, 0)
+    }
+
+    /// A Register/Acquire/Release on a mirrored volume's namespace goes to the volume's mirror
+    /// engine, whose leader site decides it for both sites (docs/nvmf.md). A malformed one is
+    /// left to the local checks, which answer it.
+    fn replicated_reservation(
+        &mut self,
+        env: &mut Env<'_>,
+        sub: &Subsystem,
+        idx: usize,
+        sqe: Sqe<'_>,
+        data: &[u8],
+        host: [u8; 16],
+    ) -> Routed {
+        let cdw10 = sqe.cdw(10);
+        let key = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
+        };
+        let op = sqe.opcode();
+        // The same field checks as the local path, before anything is sent.
+        let iekey = cdw10 & (1 << 3) != 0;
+        let valid = match op {
+            io::RESV_REGISTER => key(8).is_some() && !matches!(cdw10 >> 30, 1 | 2),
+            io::RESV_ACQUIRE => key(8).is_some() && !iekey,
+            _ => key(0).is_some() && !iekey,
+        };
+        let (Some(ns), Some(key1), Some(key2), true) =
+            (sub.namespaces.get(idx), key(0), key(8).or(Some(0)), valid)
+        else {
+            return Routed::Local;
+        };
+        let vol = ns.volume;
+        let cmd = super::resv::ResvCmd {
+            nqn: sub.nqn.clone(),
+            nsid: idx as u32 + 1,
+            opcode: op,
+            cdw10,
+            host,
+            key1,
+            key2: if op == io::RESV_RELEASE { 0 } else { key2 },
+        }
+        .encode();
+        let tag = IoTag {
+            conn: env.key,
+            slot: self.reqs.vacant_key() as u32,
+        };
+        let Some(started) = env
+            .chans
+            .get_mut(vol)
+            .and_then(|c| c.meta(env.io, tag, &cmd))
+        else {
+            return Routed::Local;
+        };
+        match started {
+            Start::Done(Ok(())) => Routed::Answer(Status::SUCCESS),
+            Start::Done(Err(e)) => {
+                self.errors += 1;
+                Routed::Answer(status_of(e, op))
+            }
+            Start::Pending => {
+                self.err_vol = vol;
+                let k = self.reqs.insert(Req {
+                    cid: sqe.cid(),
+                    cid2: 0,
+                    op,
+                    parts: 1,
+                    status: Status::SUCCESS,
+                    cmp: Vec::new(),
+                    counted: None,
+                    remote: false,
+                });
+                debug_assert_eq!(k as u32, tag.slot);
+                Routed::Pending
+            }
+        }
     }
 
     /// An Abort from the admin queue for command `cid` of this queue.

@@ -584,6 +584,249 @@ fn save(path: &Path, nqn: &str, ns: &[NsResv]) -> Result<(), ResvError> {
     Ok(())
 }
 
+// ---- replication of a mirrored volume's reservations (docs/nvmf.md) ----------------------
+
+/// A Register, Acquire or Release as the mirror carries it to the leader site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResvCmd {
+    /// Subsystem NQN.
+    pub nqn: String,
+    /// Namespace id.
+    pub nsid: u32,
+    /// Opcode (0x0D, 0x11 or 0x15).
+    pub opcode: u8,
+    /// Command dword 10.
+    pub cdw10: u32,
+    /// The host's identifier.
+    pub host: [u8; 16],
+    /// CRKEY.
+    pub key1: u64,
+    /// NRKEY (Register), PRKEY (Acquire), 0 (Release).
+    pub key2: u64,
+}
+
+/// Reads little-endian fields off the front of a slice.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn id(&mut self) -> Option<[u8; 16]> {
+        self.take(16)?.try_into().ok()
+    }
+    fn nqn(&mut self) -> Option<String> {
+        let n = self.u16()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+fn put_nqn(out: &mut Vec<u8>, nqn: &str) {
+    let b = &nqn.as_bytes()[..nqn.len().min(1024)];
+    out.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+impl ResvCmd {
+    /// The wire payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64 + self.nqn.len());
+        put_nqn(&mut v, &self.nqn);
+        v.extend_from_slice(&self.nsid.to_le_bytes());
+        v.push(self.opcode);
+        v.extend_from_slice(&self.cdw10.to_le_bytes());
+        v.extend_from_slice(&self.host);
+        v.extend_from_slice(&self.key1.to_le_bytes());
+        v.extend_from_slice(&self.key2.to_le_bytes());
+        v
+    }
+
+    /// Parse a payload (`None`: malformed, or bytes left over).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut c = Cursor(b);
+        let cmd = Self {
+            nqn: c.nqn()?,
+            nsid: c.u32()?,
+            opcode: c.u8()?,
+            cdw10: c.u32()?,
+            host: c.id()?,
+            key1: c.u64()?,
+            key2: c.u64()?,
+        };
+        c.0.is_empty().then_some(cmd)
+    }
+
+    /// Decide it on `n`.
+    pub fn apply(&self, n: &mut NsResv) -> Result<(), Status> {
+        let action = (self.cdw10 & 7) as u8;
+        let iekey = self.cdw10 & (1 << 3) != 0;
+        let t = ((self.cdw10 >> 8) & 0xFF) as u8;
+        match self.opcode {
+            0x0D => n.register(&self.host, action, iekey, self.key1, self.key2),
+            0x11 => n.acquire(&self.host, action, t, self.key1, self.key2),
+            0x15 => n.release(&self.host, action, t, self.key1),
+            _ => Err(Status::INVALID_OPCODE),
+        }
+    }
+}
+
+/// The replicated form of a namespace's state.
+pub fn encode_state(nqn: &str, nsid: u32, n: &NsResv) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32 + nqn.len() + 24 * n.registrants.len());
+    put_nqn(&mut v, nqn);
+    v.extend_from_slice(&nsid.to_le_bytes());
+    v.extend_from_slice(&n.generation.to_le_bytes());
+    v.push(n.rtype);
+    v.push(n.holder.is_some() as u8);
+    v.extend_from_slice(&n.holder.unwrap_or([0; 16]));
+    let count = n.registrants.len().min(u16::MAX as usize);
+    v.extend_from_slice(&(count as u16).to_le_bytes());
+    for r in &n.registrants[..count] {
+        v.extend_from_slice(&r.hostid);
+        v.extend_from_slice(&r.rkey.to_le_bytes());
+    }
+    v
+}
+
+/// Parse a replicated state (`None`: malformed).
+pub fn decode_state(b: &[u8]) -> Option<(String, u32, NsResv)> {
+    let mut c = Cursor(b);
+    let nqn = c.nqn()?;
+    let nsid = c.u32()?;
+    let generation = c.u32()?;
+    let rtype = c.u8()?;
+    if rtype > rtype::EA_ALL_REGISTRANTS {
+        return None;
+    }
+    let has_holder = c.u8()?;
+    let holder = c.id()?;
+    let count = c.u16()?;
+    let mut registrants = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        registrants.push(Registrant {
+            hostid: c.id()?,
+            rkey: c.u64()?,
+        });
+    }
+    if !c.0.is_empty() || has_holder > 1 {
+        return None;
+    }
+    let n = NsResv {
+        generation,
+        rtype,
+        holder: (has_holder == 1).then_some(holder),
+        registrants,
+    };
+    Some((nqn, nsid, n))
+}
+
+impl ResvTable {
+    /// Replace namespace index `i`'s state with one decided elsewhere (persisted, then
+    /// published); false when it could not be persisted.
+    pub fn install(&self, i: usize, n: NsResv) -> bool {
+        self.update(i, |cur| {
+            *cur = n;
+            Ok(())
+        }) == Status::SUCCESS
+    }
+}
+
+/// A subsystem as the replicator sees it: NQN, reservation table, (nsid, volume) of each
+/// namespace.
+pub type ReplicatedSubsystem = (String, std::sync::Arc<ResvTable>, Vec<(u32, usize)>);
+
+/// The reservations of every namespace, for the mirror engines of the volumes behind them:
+/// decides commands at the leader site and installs the leader's states at the other.
+#[derive(Debug)]
+pub struct ResvReplicator {
+    /// (subsystem NQN, its table, (nsid, volume) of each namespace).
+    subs: Vec<ReplicatedSubsystem>,
+}
+
+impl ResvReplicator {
+    /// Over the subsystems' tables.
+    pub fn new(subs: Vec<ReplicatedSubsystem>) -> Self {
+        Self { subs }
+    }
+
+    /// The table and namespace index of (`nqn`, `nsid`), which must map volume `vol`.
+    fn find(&self, vol: usize, nqn: &str, nsid: u32) -> Option<(&ResvTable, usize)> {
+        let (_, table, nss) = self.subs.iter().find(|(n, _, _)| n == nqn)?;
+        // A namespace's index is its nsid - 1.
+        nss.iter()
+            .any(|&(id, v)| id == nsid && v == vol)
+            .then(|| (&**table, nsid as usize - 1))
+    }
+}
+
+impl crate::mirror::engine::MetaHandler for ResvReplicator {
+    fn execute(&self, vol: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>) {
+        let Some(c) = ResvCmd::decode(cmd) else {
+            return (Status::INVALID_FIELD.0, None);
+        };
+        let Some((table, idx)) = self.find(vol, &c.nqn, c.nsid) else {
+            return (Status::INVALID_NS.0, None);
+        };
+        // Every change of a mirrored namespace is decided here, on the volume's home reactor,
+        // so nothing changes the table between the update and the snapshot.
+        let before = table.version(idx);
+        let status = table.update(idx, |n| c.apply(n));
+        let state = (table.version(idx) != before)
+            .then(|| table.snapshot(idx))
+            .flatten()
+            .map(|n| encode_state(&c.nqn, c.nsid, &n));
+        (status.0, state)
+    }
+
+    fn install(&self, vol: usize, state: &[u8]) -> bool {
+        let Some((nqn, nsid, n)) = decode_state(state) else {
+            tracing::error!(vol, "mirror: malformed reservation state from the peer");
+            return false;
+        };
+        let Some((table, idx)) = self.find(vol, &nqn, nsid) else {
+            tracing::error!(
+                vol,
+                nqn,
+                nsid,
+                "mirror: the peer's reservation state is for a namespace not here"
+            );
+            return false;
+        };
+        table.install(idx, n)
+    }
+
+    fn full_state(&self, vol: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (nqn, table, nss) in &self.subs {
+            for &(nsid, v) in nss {
+                if v == vol
+                    && let Some(n) = table.snapshot(nsid as usize - 1)
+                {
+                    out.push(encode_state(nqn, nsid, &n));
+                }
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
