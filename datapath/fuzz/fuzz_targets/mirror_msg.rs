@@ -5,7 +5,9 @@
 //! - `decode` never claims more bytes than it was given, and a `Partial(n)` asks for more than
 //!   it has;
 //! - a decoded message re-encodes to exactly the bytes it was decoded from;
-//! - once an engine refuses a message (the link would be dropped), nothing more is fed to it.
+//! - once an engine refuses a message (the link would be dropped), nothing more is fed to it;
+//! - reservation commands and states (META, META_STATE) reach the reservation decoders through
+//!   the engines' metadata handler without a panic.
 //!
 //! The first input byte picks the mode: even = the rest is a raw byte stream (exercises the
 //! decoder and its checksum); odd = the rest is a list of messages described field by field and
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use twinblk::bdev::BlockDevice;
 use twinblk::bdev::malloc::MallocDevice;
+use twinblk::frontend::nvmf::resv::{ResvReplicator, ResvTable};
 use twinblk::mirror::engine::{Engine, EngineConfig, Role};
 use twinblk::mirror::stats::MirrorStats;
 use twinblk::mirror::wire::{Decoded, decode, encode};
@@ -40,6 +43,11 @@ fn engine(io: &mut IoCx, role: Role) -> Engine {
         dirty_granularity: 4096,
         resync_rate: 1 << 30,
         state_file: None,
+        meta: Some(Arc::new(ResvReplicator::new(vec![(
+            "nqn.f".into(),
+            Arc::new(ResvTable::new(1)),
+            vec![(1, 0)],
+        )]))),
     };
     let mut e = Engine::new(cfg, inner, 0, Arc::new(MirrorStats::default()));
     e.link_up(io);
@@ -51,13 +59,13 @@ fn sealed(mut d: &[u8]) -> Vec<u8> {
     use twinblk::mirror::wire::Header;
     let mut out = Vec::new();
     while d.len() >= 12 {
-        let ty = d[0] % 18;
+        let ty = d[0] % 23;
         let fua = d[1] & 1;
         let id = d[2] as u32;
         let seq = d[3] as u64;
         let offset = u32::from_le_bytes([d[4], d[5], d[6], d[7]]) as u64 * 512 % (SIZE + 4096);
         let count = (u16::from_le_bytes([d[8], d[9]]) as u32 % 64) * 512 + (d[10] as u32 % 2);
-        let plen = d[11] as usize % 3;
+        let plen = d[11] as usize % 4;
         d = &d[12..];
         let mut raw = Vec::new();
         let h = Header {
@@ -73,7 +81,15 @@ fn sealed(mut d: &[u8]) -> Vec<u8> {
         let payload = match plen {
             0 => vec![],
             1 => vec![0xA5; count as usize],
-            _ => d.iter().take(16).copied().collect(),
+            2 => d.iter().take(16).copied().collect(),
+            // A reservation command or state for the one namespace, then the input's bytes.
+            _ => {
+                let mut p = vec![5, 0];
+                p.extend_from_slice(b"nqn.f");
+                p.extend_from_slice(&1u32.to_le_bytes());
+                p.extend(d.iter().take(64).copied());
+                p
+            }
         };
         raw[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         raw.truncate(36);

@@ -2952,4 +2952,137 @@ mod tests {
         assert!(a.disk.borrow().pending.is_empty(), "a refused FWD_CAW read");
         assert!(b.engine.on_msg(&mut io, &caw, &two).is_err());
     }
+
+    /// A metadata handler over one counter: a command adds its first byte (0: refused with
+    /// status 0x83, nothing changes); the state is the counter's 8 bytes.
+    #[derive(Debug, Default)]
+    struct Counter(std::sync::Mutex<u64>);
+
+    impl MetaHandler for Counter {
+        fn execute(&self, _: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>) {
+            let mut c = self.0.lock().unwrap();
+            match cmd.first() {
+                Some(&n) if n > 0 => {
+                    *c += u64::from(n);
+                    (0, Some(c.to_le_bytes().to_vec()))
+                }
+                _ => (0x83, None),
+            }
+        }
+        fn install(&self, _: usize, state: &[u8]) -> bool {
+            let Ok(b) = <[u8; 8]>::try_from(state) else {
+                return false;
+            };
+            *self.0.lock().unwrap() = u64::from_le_bytes(b);
+            true
+        }
+        fn full_state(&self, _: usize) -> Vec<Vec<u8>> {
+            vec![self.0.lock().unwrap().to_le_bytes().to_vec()]
+        }
+    }
+
+    fn with_meta(role: Role) -> (Site, Arc<Counter>) {
+        let mut s = site(role, Duration::from_secs(60));
+        let c = Arc::new(Counter::default());
+        s.engine.cfg.meta = Some(Arc::clone(&c) as _);
+        (s, c)
+    }
+
+    fn meta(s: &mut Site, io: &mut IoCx, slot: u32, cmd: &[u8]) -> Start {
+        let tag = IoTag { conn: 1, slot };
+        let r = s.engine.submit(io, 0, tag, Update::Meta(cmd), 0, false);
+        if r == Start::Pending {
+            s.outstanding += 1;
+        }
+        r
+    }
+
+    #[test]
+    fn metadata_is_decided_by_the_leader_and_installed_at_the_follower_before_completing() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let (mut a, ca) = with_meta(Role::Leader);
+        let (mut b, cb) = with_meta(Role::Follower);
+        // Before any session: nothing is decided, at either site.
+        assert_eq!(meta(&mut a, &mut io, 1, &[5]), Start::Done(Err(Errno::IO)));
+        assert_eq!(meta(&mut b, &mut io, 1, &[5]), Start::Done(Err(Errno::IO)));
+        *ca.0.lock().unwrap() = 40;
+        // A normal session: the leader sends its whole state first.
+        a.engine.session_start(&mut io, 0).unwrap();
+        b.engine.session_start(&mut io, 0).unwrap();
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        assert_eq!(
+            *cb.0.lock().unwrap(),
+            40,
+            "the leader's state was not pushed"
+        );
+        // The leader's own change completes only once the follower installed it.
+        assert_eq!(meta(&mut a, &mut io, 2, &[2]), Start::Pending);
+        collect(&mut a);
+        assert_eq!(a.ok, 0, "completed before the follower had it");
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        assert_eq!(*cb.0.lock().unwrap(), 42);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        collect(&mut a);
+        assert_eq!((a.ok, a.outstanding), (1, 0));
+        // A refusal changes nothing and completes at once with its status.
+        assert_eq!(
+            meta(&mut a, &mut io, 3, &[0]),
+            Start::Done(meta_result(0x83))
+        );
+        // The follower's command is decided at the leader and completes with the state here.
+        assert_eq!(meta(&mut b, &mut io, 4, &[8]), Start::Pending);
+        assert_eq!(
+            *ca.0.lock().unwrap(),
+            42,
+            "decided before the leader saw it"
+        );
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        assert_eq!(*ca.0.lock().unwrap(), 50);
+        collect(&mut b);
+        assert_eq!(b.ok, 0, "completed before the state came back");
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        collect(&mut b);
+        assert_eq!((b.ok, b.outstanding, *cb.0.lock().unwrap()), (1, 0, 50));
+        assert_eq!(meta(&mut b, &mut io, 5, &[0]), Start::Pending);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        let (_, _, r) = b.engine.done.pop().unwrap();
+        assert_eq!(r, meta_result(0x83));
+        // A command in flight when the link breaks fails (its effect is settled by the next
+        // session's full state).
+        assert_eq!(meta(&mut b, &mut io, 6, &[1]), Start::Pending);
+        b.engine.link_down("test");
+        let (_, _, r) = b.engine.done.pop().unwrap();
+        assert_eq!(r, Err(Errno::IO));
+        assert!(b.engine.idle());
+        // Forged answers are refused.
+        a.engine.link_down("test");
+        b.wire.clear();
+        a.wire.clear();
+        a.engine.session_start(&mut io, 0).unwrap();
+        b.engine.session_start(&mut io, 0).unwrap();
+        let forged = Header {
+            id: 77,
+            seq: 1,
+            ..Header::new(Type::MetaState)
+        };
+        assert_eq!(
+            b.engine.on_msg(&mut io, &forged, &[0; 8]),
+            Err("META_STATE answers no outstanding request")
+        );
+        let bad = Header {
+            id: wire::META_NO_ID,
+            seq: 1,
+            ..Header::new(Type::MetaState)
+        };
+        assert_eq!(
+            b.engine.on_msg(&mut io, &bad, &[0; 3]),
+            Err("metadata state not installed")
+        );
+        assert!(
+            b.engine
+                .on_msg(&mut io, &Header::new(Type::Meta), &[1])
+                .is_err()
+        );
+    }
 }

@@ -970,4 +970,54 @@ mod tests {
         assert_eq!(unhex("zz"), None);
         assert_eq!(unhex(&hex(&C)), Some(C));
     }
+
+    #[test]
+    fn replicated_commands_and_states_round_trip_and_malformed_ones_are_refused() {
+        let cmd = ResvCmd {
+            nqn: "nqn.x".into(),
+            nsid: 1,
+            opcode: 0x11,
+            cdw10: 1 << 8,
+            host: A,
+            key1: 10,
+            key2: 0,
+        };
+        let b = cmd.encode();
+        assert_eq!(ResvCmd::decode(&b), Some(cmd.clone()));
+        for n in 0..b.len() {
+            assert_eq!(ResvCmd::decode(&b[..n]), None, "truncated at {n}");
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(ResvCmd::decode(&long), None);
+        // Applied like the local command: A acquires Write Exclusive with its key.
+        let mut n = NsResv::default();
+        n.register(&A, 0, false, 0, 10).unwrap();
+        cmd.apply(&mut n).unwrap();
+        assert_eq!((n.rtype, n.holder), (rtype::WRITE_EXCLUSIVE, Some(A)));
+        let bad_op = ResvCmd {
+            opcode: 0x01,
+            ..cmd
+        };
+        assert_eq!(bad_op.apply(&mut n), Err(Status::INVALID_OPCODE));
+
+        n.register(&B, 0, false, 0, 20).unwrap();
+        let st = encode_state("nqn.x", 1, &n);
+        assert_eq!(decode_state(&st), Some(("nqn.x".to_string(), 1, n.clone())));
+        for k in 0..st.len() {
+            assert_eq!(decode_state(&st[..k]), None, "truncated at {k}");
+        }
+        let mut bad_type = st.clone();
+        bad_type[2 + 5 + 4 + 4] = 7;
+        assert_eq!(decode_state(&bad_type), None);
+        let mut bad_flag = st.clone();
+        bad_flag[2 + 5 + 4 + 4 + 1] = 2;
+        assert_eq!(decode_state(&bad_flag), None);
+        // Installing replaces the state and moves the version.
+        let t = ResvTable::new(1);
+        let v = t.version(0);
+        assert!(t.install(0, n.clone()));
+        assert_eq!(t.snapshot(0), Some(n));
+        assert_ne!(t.version(0), v);
+    }
 }
