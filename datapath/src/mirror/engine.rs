@@ -1356,7 +1356,16 @@ impl Engine {
         };
         let deadline = Instant::now() + self.cfg.peer_timeout;
         match (self.mode, self.cfg.role, self.up) {
-            (Mode::Survivor, _, _) => Start::Done(meta_result(h.execute(self.vol, cmd).0)),
+            (Mode::Survivor, _, _) => {
+                // Alone; a peer being resynced meanwhile gets the change too.
+                let (status, state) = h.execute(self.vol, cmd);
+                if self.up
+                    && let Some(state) = state
+                {
+                    self.send_meta_state(wire::META_NO_ID, 0, &state);
+                }
+                Start::Done(meta_result(status))
+            }
             (Mode::Mirroring, Role::Leader, true) => match h.execute(self.vol, cmd) {
                 (status, None) => Start::Done(meta_result(status)),
                 (status, Some(state)) => {

@@ -3,6 +3,7 @@
 //! acknowledged before is still there, and without the witness a lone site fences.
 
 use crate::harness::{Server, free_port, mirror_state, pattern, sha, wait_mirror_state};
+use crate::nvmf_fused_resv::host;
 use crate::rawnbd::Client;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,6 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use twinblk::frontend::nbd::proto::err;
+use twinblk_tools::nvmf::{Controller, ResvReport, Sqe, racqa, rrega, sc};
+
+const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
 
 struct WitnessProc {
     stop: Arc<AtomicBool>,
@@ -251,6 +255,15 @@ fn lost_site_returns(kill_a: bool) {
         .as_u64()
         .unwrap();
     assert_eq!(dirty, 10 * 65536, "dirty regions");
+    // The survivor decides reservations alone: host 1 takes Write Exclusive there.
+    let cs = Controller::connect(survivor.nvmf_addr, NQN, &host(1)).unwrap();
+    let mut qs = cs.io_queue(1, 8).unwrap();
+    assert_eq!(
+        qs.resv_register(1, rrega::REGISTER, false, 0, 0x51)
+            .unwrap(),
+        0
+    );
+    assert_eq!(qs.resv_acquire(1, racqa::ACQUIRE, 1, 0x51, 0).unwrap(), 0);
     let victim = victim.respawn();
     wait_mirror_state(&survivor, "up", Duration::from_secs(10));
     wait_mirror_state(&victim, "up", Duration::from_secs(10));
@@ -261,6 +274,21 @@ fn lost_site_returns(kill_a: bool) {
         copied, dirty,
         "the resync copied more or less than the dirty regions"
     );
+    // The returned site got the survivor's reservations with the session: host 2 may not
+    // write there.
+    let cv = Controller::connect(victim.nvmf_addr, NQN, &host(2)).unwrap();
+    let mut qv = cv.io_queue(1, 8).unwrap();
+    let (s, d) = qv.resv_report(1, true, 4096).unwrap();
+    assert_eq!(s, 0);
+    assert_eq!(
+        ResvReport::parse(&d).unwrap().registrants,
+        vec![([1; 16], 0x51, true)]
+    );
+    let w = qv
+        .cmd(Sqe::new(0x01).nsid(1).lba(0, 8), &pattern(3, 4096), 0)
+        .unwrap();
+    assert_eq!(w.status, sc::RESERVATION_CONFLICT);
+    drop((qs, cs, qv, cv));
     // Mirroring again: a write at the returned site reaches both.
     let mut c2 = Client::connect(victim.addr, "vol0", false);
     assert_eq!(c2.write(4096, &pattern(77, 4096)), 0);
