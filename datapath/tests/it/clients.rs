@@ -70,6 +70,7 @@ fn qemu_img_writes_and_compares_identical() {
 fn fio_verify(uri: &str, size: &str) {
     let out = run(Command::new("fio").args([
         "--name=verify",
+        "--verify_state_save=0",
         "--ioengine=nbd",
         &format!("--uri={uri}"),
         "--rw=randwrite",

@@ -79,6 +79,7 @@ fn fio_write(uri: &str, extra: &[&str]) -> std::process::Child {
     Command::new("fio")
         .args([
             "--name=m",
+            "--verify_state_save=0",
             "--ioengine=nbd",
             "--bs=4k",
             "--iodepth=32",
