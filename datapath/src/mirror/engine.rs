@@ -59,9 +59,12 @@ pub fn meta_result(status: u16) -> Result<(), Errno> {
 }
 
 /// A metadata command waiting for the peer.
+///
+/// An entry stays until its answer (or the end of the session) even when its initiator was
+/// already failed on the timeout, so a late answer never finds another request in its slot.
 struct MetaWait {
-    from: u32,
-    tag: IoTag,
+    /// Who to answer, until answered.
+    initiator: Option<(u32, IoTag)>,
     /// Leader: the META_STATE token whose META_ACK completes it (follower: 0, the answer's
     /// `id` is this entry's key).
     token: u64,
@@ -1203,7 +1206,8 @@ impl Engine {
 
     /// Some initiator still waits for an answer.
     pub fn answering(&self) -> bool {
-        !self.metas.is_empty() || self.ops.iter().any(|(_, op)| op.initiator.is_some())
+        self.metas.iter().any(|(_, m)| m.initiator.is_some())
+            || self.ops.iter().any(|(_, op)| op.initiator.is_some())
     }
 
     /// Anything to send (messages or an ACK).
@@ -1371,8 +1375,7 @@ impl Engine {
                 (status, Some(state)) => {
                     let token = self.send_meta_state(wire::META_NO_ID, status, &state);
                     self.metas.insert(MetaWait {
-                        from,
-                        tag,
+                        initiator: Some((from, tag)),
                         token,
                         status,
                         deadline,
@@ -1382,8 +1385,7 @@ impl Engine {
             },
             (Mode::Mirroring, Role::Follower, true) if cmd.len() <= wire::MAX_META as usize => {
                 let k = self.metas.insert(MetaWait {
-                    from,
-                    tag,
+                    initiator: Some((from, tag)),
                     token: 0,
                     status: 0,
                     deadline,
@@ -1429,7 +1431,9 @@ impl Engine {
     /// session's full state).
     fn fail_metas(&mut self) {
         for m in self.metas.drain() {
-            self.done.push((m.from, m.tag, Err(Errno::IO)));
+            if let Some((from, tag)) = m.initiator {
+                self.done.push((from, tag, Err(Errno::IO)));
+            }
         }
     }
 
@@ -2068,8 +2072,10 @@ impl Engine {
                 self.stats.inc(&self.stats.msgs_sent);
                 if h.id != wire::META_NO_ID {
                     let m = self.metas.remove(h.id as usize);
-                    self.done
-                        .push((m.from, m.tag, meta_result(h.count.min(0xFFFF) as u16)));
+                    if let Some((from, tag)) = m.initiator {
+                        self.done
+                            .push((from, tag, meta_result(h.count.min(0xFFFF) as u16)));
+                    }
                 }
             }
             MetaAck => {
@@ -2081,7 +2087,9 @@ impl Engine {
                     .map(|(k, _)| k)
                 {
                     let m = self.metas.remove(k);
-                    self.done.push((m.from, m.tag, meta_result(m.status)));
+                    if let Some((from, tag)) = m.initiator {
+                        self.done.push((from, tag, meta_result(m.status)));
+                    }
                 }
             }
             Hello | Welcome | Refuse => return Err("handshake message inside a session"),
@@ -2152,17 +2160,13 @@ impl Engine {
 
     /// Fail initiators whose requests waited longer than the peer timeout.
     pub fn expire(&mut self, now: Instant) {
-        if self.metas.iter().any(|(_, m)| m.deadline <= now) {
-            let late: Vec<usize> = self
-                .metas
-                .iter()
-                .filter(|(_, m)| m.deadline <= now)
-                .map(|(k, _)| k)
-                .collect();
-            for k in late {
-                let m = self.metas.remove(k);
+        for (_, m) in self.metas.iter_mut() {
+            if m.deadline <= now
+                && let Some((from, tag)) = m.initiator.take()
+            {
+                // The entry stays for the answer (see `MetaWait`).
                 self.stats.inc(&self.stats.timeouts);
-                self.done.push((m.from, m.tag, Err(Errno::IO)));
+                self.done.push((from, tag, Err(Errno::IO)));
             }
         }
         let mut expired = Vec::new();
@@ -3093,5 +3097,34 @@ mod tests {
                 .on_msg(&mut io, &Header::new(Type::Meta), &[1])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_late_metadata_answer_never_completes_a_newer_request() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let (mut a, _) = with_meta(Role::Leader);
+        let (mut b, cb) = with_meta(Role::Follower);
+        a.engine.session_start(&mut io, 0).unwrap();
+        b.engine.session_start(&mut io, 0).unwrap();
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        // The first command times out before its answer comes.
+        assert_eq!(meta(&mut b, &mut io, 1, &[3]), Start::Pending);
+        b.engine.expire(Instant::now() + Duration::from_secs(120));
+        let (_, tag, r) = b.engine.done.pop().unwrap();
+        assert_eq!((tag.slot, r), (1, Err(Errno::IO)));
+        // A refused second command must get its own answer, not the first one's.
+        assert_eq!(meta(&mut b, &mut io, 2, &[0]), Start::Pending);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        let got: Vec<(u32, Result<(), Errno>)> = b
+            .engine
+            .done
+            .drain(..)
+            .map(|(_, t, r)| (t.slot, r))
+            .collect();
+        assert_eq!(got, vec![(2, meta_result(0x83))]);
+        // The first one did take effect at the leader; the follower installed it anyway.
+        assert_eq!(*cb.0.lock().unwrap(), 3);
+        assert!(b.engine.idle());
     }
 }
