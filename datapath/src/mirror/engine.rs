@@ -167,6 +167,8 @@ struct Op {
     caw: bool,
     /// Follower: the session its forward was sent in (0: not sent yet).
     fwd_session: u32,
+    /// Follower: the forward's id, unique while the op lives (across sessions).
+    uid: u32,
 }
 
 struct Apply {
@@ -326,6 +328,17 @@ pub struct Engine {
     /// Metadata commands waiting for the peer.
     metas: Slab<MetaWait>,
     next_token: u64,
+    /// Follower: the last forward id given.
+    next_uid: u32,
+    /// Follower: the session started and the leader's RESENT has not come yet (no forwards).
+    resent_pending: bool,
+    /// Leader: RESENT waits for these applies (running or queued when the session started),
+    /// so that a forward it does not re-send is applied here when the follower learns so.
+    resent_wait: Vec<usize>,
+    resent_due: bool,
+    /// Follower: MISCOMPAREs answered once the applied watermark reaches their seq:
+    /// (op, its uid, seq).
+    miscompare_waits: Vec<(usize, u32, u64)>,
     vol: usize,
     /// Flushes waiting for FLUSH_DONE.
     flushes: Vec<usize>,
@@ -349,7 +362,7 @@ pub struct Engine {
     /// Last time the link received bytes.
     pub last_rx: Instant,
     /// The link must be dropped (heartbeat timeout).
-    pub kill_link: bool,
+    pub kill_link: Option<&'static str>,
     next_ping: Instant,
     next_dial: Instant,
     /// Messages arrived since the last `take_outbox`.
@@ -414,6 +427,11 @@ impl Engine {
             barrier: VecDeque::new(),
             metas: Slab::new(),
             next_token: 1,
+            next_uid: 0,
+            resent_pending: false,
+            resent_wait: Vec::new(),
+            resent_due: false,
+            miscompare_waits: Vec::new(),
             vol,
             flushes: Vec::new(),
             session: 0,
@@ -431,7 +449,7 @@ impl Engine {
             done: Vec::with_capacity(256),
             link_key: None,
             last_rx: Instant::now(),
-            kill_link: false,
+            kill_link: None,
             next_ping: Instant::now(),
             next_dial: Instant::now(),
             rx_since_flush: false,
@@ -597,6 +615,9 @@ impl Engine {
                     "mirror: the peer is back; resyncing it with the regions written since it was lost");
             }
             (_, 1) | (4, 0) => {
+                // This replica is about to be overwritten by the peer's: updates still held
+                // here are failed, never sent (the peer would not take them).
+                self.fail_forwards();
                 self.set_mode(Mode::Resyncing);
                 self.resync_applies = 0;
                 self.resync_done = false;
@@ -742,6 +763,7 @@ impl Engine {
                 listed: false,
                 caw: false,
                 fwd_session: 0,
+                uid: 0,
             });
             // Through the apply queue: it waits for overlapping writes still in flight, and
             // later ones wait for it, so the copy holds every write acknowledged before it.
@@ -813,7 +835,7 @@ impl Engine {
             Role::Follower => {
                 self.forwards.push_back(k);
                 self.ops[k].listed = true;
-                if self.up {
+                if self.up && !self.resent_pending {
                     self.forward(k);
                 }
             }
@@ -929,9 +951,13 @@ impl Engine {
                 let (origin, peer_id) = (op.origin, op.peer_id);
                 if origin == Origin::PeerFwd && same_session {
                     if e == Errno::MISCOMPARE {
+                        // Its seq: the last given, so the follower answers only once it has
+                        // applied what the compare saw.
+                        let seq = self.next_seq - 1;
                         self.send(
                             Header {
                                 id: peer_id,
+                                seq,
                                 ..Header::new(Type::Miscompare)
                             },
                             None,
@@ -939,7 +965,7 @@ impl Engine {
                     } else {
                         // The follower cannot be told "failed, nothing written" otherwise:
                         // dropping the link makes it fail the request (outcome unknown).
-                        self.kill_link = true;
+                        self.kill_link = Some("a forwarded compare-and-write could not be read");
                     }
                 }
                 if self.caw_active == Some(k) {
@@ -1168,7 +1194,7 @@ impl Engine {
                 self.ping();
             }
             if now.duration_since(self.last_rx) > self.cfg.peer_dead {
-                self.kill_link = true;
+                self.kill_link = Some("peer silent past the heartbeat timeout");
             }
         }
         // The follower dials in every mode: a survivor or fenced site meets its peer again
@@ -1275,8 +1301,19 @@ impl Engine {
             (Upd::ResyncRead, _) => Type::Resync,
         };
         Header {
-            flags: if op.fua { wire::FLAG_FUA } else { 0 },
-            id: if fwd { k as u32 } else { 0 },
+            flags: if op.fua { wire::FLAG_FUA } else { 0 }
+                | if !fwd && op.origin == Origin::PeerFwd {
+                    wire::FLAG_RESENT
+                } else {
+                    0
+                },
+            id: if fwd {
+                op.uid
+            } else if op.origin == Origin::PeerFwd {
+                op.peer_id
+            } else {
+                0
+            },
             seq: if fwd { 0 } else { op.seq },
             offset: op.offset,
             count: op.len as u32,
@@ -1335,7 +1372,12 @@ impl Engine {
             listed: false,
             caw: upd == Upd::Caw,
             fwd_session: 0,
+            uid: 0,
         });
+        if self.cfg.role == Role::Follower {
+            self.next_uid = self.next_uid.wrapping_add(1).max(1);
+            self.ops[k].uid = self.next_uid;
+        }
         self.stats.inc(&self.stats.updates);
         if self.mode == Mode::Survivor {
             if let Some(r) = self.resync.as_mut()
@@ -1618,6 +1660,10 @@ impl Engine {
             tracing::error!(volume = %self.cfg.name, slot, "mirror: completion for an unknown apply");
             return;
         };
+        if let Some(i) = self.resent_wait.iter().position(|&x| x == slot) {
+            self.resent_wait.swap_remove(i);
+            self.maybe_send_resent();
+        }
         if let Some(i) = self.running.iter().position(|&x| x == slot) {
             self.running.swap_remove(i);
         }
@@ -1639,6 +1685,9 @@ impl Engine {
         }
         if ap.session == self.session && ap.seq != 0 && r.is_ok() {
             self.applied.mark(ap.seq);
+            if !self.miscompare_waits.is_empty() {
+                self.release_miscompares(false);
+            }
         }
         if self.ops[k].origin == Origin::Resync {
             if self.ops[k].upd == Upd::ResyncRead {
@@ -1747,36 +1796,28 @@ impl Engine {
         self.outbox.clear();
         self.held_logged = false;
         self.last_rx = Instant::now();
-        self.kill_link = false;
+        self.kill_link = None;
         self.stats.set_up(true, self.session);
         tracing::info!(volume = %self.cfg.name, session = self.session, role = ?self.cfg.role,
             resend = self.backlog.len() + self.forwards.len(), "mirror: link up");
         match self.cfg.role {
             Role::Leader => {
+                // Applies already under way (this session's re-sends start after the snapshot).
+                self.resent_wait.clear();
+                self.resent_wait.extend(self.running.iter().chain(&self.queued).copied());
                 let backlog: Vec<usize> = self.backlog.iter().copied().collect();
                 for k in backlog {
                     self.sequence_and_send(io, k);
                 }
+                self.resent_due = true;
+                self.maybe_send_resent();
             }
             Role::Follower => {
-                let fwds: Vec<usize> = self.forwards.iter().copied().collect();
-                for k in fwds {
-                    let op = &mut self.ops[k];
-                    if op.caw && op.fwd_session != 0 {
-                        // Sent in an earlier session and not settled: the leader may have
-                        // written it (then its backlog re-sends that write) or not. Never
-                        // forwarded twice; the outcome is unknown, so it fails.
-                        op.listed = false;
-                        op.awaiting_order = false;
-                        op.remote_done = true;
-                        if let Some((from, tag)) = op.initiator.take() {
-                            self.done.push((from, tag, Err(Errno::IO)));
-                        }
-                        self.forwards.retain(|&f| f != k);
-                        self.settle(k);
-                        continue;
-                    }
-                    self.forward(k);
+                // Nothing is forwarded until the leader's re-sends are in (RESENT): they say
+                // which forwards the leader already has.
+                self.resent_pending = true;
+                for &k in &self.forwards {
+                    self.ops[k].awaiting_order = false;
                 }
             }
         }
@@ -1803,6 +1844,10 @@ impl Engine {
         self.grant_asked = false;
         self.outbox.clear();
         self.fail_metas();
+        self.resent_pending = false;
+        self.resent_due = false;
+        self.resent_wait.clear();
+        self.release_miscompares(true);
         // Forwards still waiting behind a compare-and-write: the follower sends them again.
         let ops = &self.ops;
         let dropped: Vec<usize> = self
@@ -1908,6 +1953,8 @@ impl Engine {
         use Type::*;
         let leader = self.cfg.role == Role::Leader;
         match h.ty {
+            Write | Zeroes | Unmap
+                if !leader && h.flags & wire::FLAG_RESENT != 0 && self.claim_resent(io, h)? => {}
             Write | Zeroes | Unmap if !leader => {
                 self.check_range(h)?;
                 self.check_next_seq(h.seq)?;
@@ -1933,7 +1980,7 @@ impl Engine {
                     .position(|&k| self.ops[k].awaiting_order)
                     .ok_or("ORDER with no forwarded request outstanding")?;
                 let k = self.forwards[pos];
-                if h.id as usize != k {
+                if h.id != self.ops[k].uid {
                     return Err("ORDER for a request not outstanding");
                 }
                 self.check_next_seq(h.seq)?;
@@ -1949,7 +1996,11 @@ impl Engine {
                 op.session = self.session;
                 self.enqueue_apply(io, k, self.session, h.seq);
             }
-            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw if leader && self.draining => {
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
+                if leader && (self.draining || self.mode != Mode::Mirroring) =>
+            {
+                // Not taken (stopping, or a survivor resyncing the peer): the follower fails
+                // it on its timeout; neither replica applies it.
                 self.check_range(h)?;
             }
             FwdWrite | FwdZeroes | FwdUnmap | FwdCaw if leader => {
@@ -1975,8 +2026,11 @@ impl Engine {
                     .position(|&k| self.ops[k].awaiting_order)
                     .ok_or("MISCOMPARE with no forwarded request outstanding")?;
                 let k = self.forwards[pos];
-                if h.id as usize != k || self.ops[k].upd != Upd::Caw {
+                if h.id != self.ops[k].uid || self.ops[k].upd != Upd::Caw {
                     return Err("MISCOMPARE for a request not outstanding");
+                }
+                if h.seq >= self.next_seq {
+                    return Err("MISCOMPARE after a seq not received");
                 }
                 self.forwards.remove(pos);
                 let op = &mut self.ops[k];
@@ -1984,7 +2038,20 @@ impl Engine {
                 op.awaiting_order = false;
                 op.remote_done = true;
                 op.apply_err = Some(Errno::MISCOMPARE);
-                self.settle(k);
+                let uid = op.uid;
+                if self.applied.wm >= h.seq {
+                    self.settle(k);
+                } else {
+                    // Answered once this site has what the leader compared against.
+                    op.applying += 1;
+                    self.miscompare_waits.push((k, uid, h.seq));
+                }
+            }
+            Resent if !leader => {
+                if !std::mem::take(&mut self.resent_pending) {
+                    return Err("RESENT twice in a session");
+                }
+                self.after_resent();
             }
             Ack => {
                 // Leader: the highest seq given; follower: the highest seq received.
@@ -2098,6 +2165,118 @@ impl Engine {
         Ok(())
     }
 
+    /// Leader: send RESENT once the applies under way at the session start are done.
+    fn maybe_send_resent(&mut self) {
+        if self.resent_due && self.resent_wait.is_empty() && self.up {
+            self.resent_due = false;
+            self.send(Header::new(Type::Resent), None);
+        }
+    }
+
+    /// Follower, before RESENT: a re-sent WRITE for forward `h.id` of an earlier session is
+    /// that forward's ORDER (its own copy is applied at this seq). False: no such forward here;
+    /// the WRITE is an ordinary one.
+    fn claim_resent(&mut self, io: &mut IoCx, h: &Header) -> Result<bool, &'static str> {
+        if !self.resent_pending {
+            return Ok(false);
+        }
+        let session = self.session;
+        let Some(k) = self.forwards.iter().copied().find(|&k| {
+            let op = &self.ops[k];
+            op.uid == h.id && op.fwd_session != 0 && op.fwd_session != session
+        }) else {
+            return Ok(false);
+        };
+        self.check_range(h)?;
+        let op = &self.ops[k];
+        let same_kind = match h.ty {
+            Type::Write => matches!(op.upd, Upd::Write | Upd::Caw),
+            Type::Zeroes => op.upd == Upd::Zeroes,
+            _ => op.upd == Upd::Unmap,
+        };
+        if !same_kind || op.offset != h.offset || op.len != u64::from(h.count) {
+            return Err("re-sent forward does not match the forward");
+        }
+        self.check_next_seq(h.seq)?;
+        let op = &mut self.ops[k];
+        if op.upd == Upd::Caw {
+            // Re-sent, so the leader found it matching.
+            let len = op.len as usize;
+            op.data.drain(..len);
+            op.upd = Upd::Write;
+        }
+        op.awaiting_order = false;
+        op.seq = h.seq;
+        op.session = session;
+        op.fwd_session = session;
+        self.enqueue_apply(io, k, session, h.seq);
+        Ok(true)
+    }
+
+    /// Fail every held forward (nothing of them reached the peer's order).
+    fn fail_forwards(&mut self) {
+        while let Some(k) = self.forwards.pop_front() {
+            let op = &mut self.ops[k];
+            op.listed = false;
+            op.awaiting_order = false;
+            op.remote_done = true;
+            if let Some((from, tag)) = op.initiator.take() {
+                self.done.push((from, tag, Err(Errno::IO)));
+            }
+            self.settle(k);
+        }
+    }
+
+    /// Follower: the leader's re-sends are in. A forward of an earlier session that none
+    /// claimed either got its ORDER (the leader had this site's acknowledgement, so it did not
+    /// re-send it, and RESENT comes only once the leader's applies of then are done: it is on
+    /// both replicas), or never got it: forwarded again, unless it is a compare-and-write
+    /// (the leader may have decided it: outcome unknown, failed). Then the new ones go out.
+    fn after_resent(&mut self) {
+        let session = self.session;
+        let fwds: Vec<usize> = self.forwards.iter().copied().collect();
+        for k in fwds {
+            let op = &mut self.ops[k];
+            if op.fwd_session == session {
+                continue; // claimed by a re-send
+            }
+            let ordered = op.fwd_session != 0 && op.seq != 0;
+            if ordered || (op.fwd_session != 0 && op.caw) {
+                op.listed = false;
+                op.awaiting_order = false;
+                op.remote_done = true;
+                if !ordered && let Some((from, tag)) = op.initiator.take() {
+                    self.done.push((from, tag, Err(Errno::IO)));
+                }
+                self.forwards.retain(|&f| f != k);
+                self.settle(k);
+                continue;
+            }
+            self.forward(k);
+        }
+    }
+
+    /// Follower: answer the MISCOMPAREs whose seq the applied watermark reached (all of them
+    /// when the session ended: the outcome is final).
+    fn release_miscompares(&mut self, all: bool) {
+        let wm = self.applied.wm;
+        let mut i = 0;
+        while i < self.miscompare_waits.len() {
+            let (k, uid, seq) = self.miscompare_waits[i];
+            if all || seq <= wm {
+                self.miscompare_waits.swap_remove(i);
+                if let Some(op) = self.ops.get_mut(k)
+                    && op.uid == uid
+                {
+                    op.applying -= 1;
+                    self.settle(k);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn new_peer_op(&mut self, origin: Origin, upd: Upd, h: &Header, data: Vec<u8>) -> usize {
         self.ops.insert(Op {
             origin,
@@ -2122,6 +2301,7 @@ impl Engine {
             listed: false,
             caw: upd == Upd::Caw,
             fwd_session: 0,
+            uid: 0,
         })
     }
 
@@ -2143,7 +2323,11 @@ impl Engine {
             Role::Follower => {
                 while let Some(&k) = self.forwards.front() {
                     let op = &self.ops[k];
-                    if op.awaiting_order || op.seq == 0 || op.seq > wm {
+                    if op.awaiting_order
+                        || op.seq == 0
+                        || op.seq > wm
+                        || op.session != self.session
+                    {
                         break;
                     }
                     self.forwards.pop_front();
@@ -2229,7 +2413,7 @@ impl Engine {
             .backlog_bytes
             .store(self.backlog_bytes, std::sync::atomic::Ordering::Relaxed);
         if self.up {
-            self.kill_link = true;
+            self.kill_link = Some("the volume diverged");
         }
     }
 
@@ -2878,6 +3062,8 @@ mod tests {
         let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
         let mut b = site(Role::Follower, Duration::from_secs(10));
         b.engine.link_up(&mut io);
+        let resent = Header::new(Type::Resent);
+        assert_eq!(b.engine.on_msg(&mut io, &resent, &[]), Ok(()));
         let w = |seq: u64, offset: u64, count: u32| Header {
             seq,
             offset,
@@ -3126,5 +3312,110 @@ mod tests {
         // The first one did take effect at the leader; the follower installed it anyway.
         assert_eq!(*cb.0.lock().unwrap(), 3);
         assert!(b.engine.idle());
+    }
+
+    /// Deliver `from`'s messages to `to`, dropping its ACKs (as a link that breaks would).
+    fn deliver_without_acks(from: &mut Site, to: &mut Site, io: &mut IoCx) {
+        from.engine.take_outbox(&mut from.wire);
+        let mut at = 0;
+        while let wire::Decoded::Msg(h, r) = wire::decode(&from.wire[at..]) {
+            let payload = from.wire[at + r.start..at + r.end].to_vec();
+            at += r.end;
+            if h.ty != Type::Ack {
+                to.engine.on_msg(io, &h, &payload).expect("valid message refused");
+            }
+        }
+        from.wire.drain(..at);
+    }
+
+    #[test]
+    fn a_forward_is_never_applied_twice_so_a_later_compare_and_write_stands() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(3);
+        let mut a = site(Role::Leader, Duration::from_secs(60));
+        let mut b = site(Role::Follower, Duration::from_secs(60));
+        a.engine.link_up(&mut io);
+        b.engine.link_up(&mut io);
+        deliver(&mut a, &mut b, &mut io, usize::MAX); // RESENT
+        let (va, vb) = ([0xAAu8; 512], [0xBBu8; 512]);
+        let tag = |slot| IoTag { conn: 1, slot };
+        // b writes A; a orders and applies it; b's ACK reaches a, a's ACKs never reach b.
+        let w = b.engine.submit(&mut io, 0, tag(1), Update::Write(&va), 0, false);
+        assert_eq!(w, Start::Pending);
+        b.outstanding += 1;
+        deliver_without_acks(&mut b, &mut a, &mut io);
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        // a's compare-and-write compares against A and writes B.
+        let u = Update::CompareWrite { cmp: &va, data: &vb };
+        assert_eq!(a.engine.submit(&mut io, 0, tag(2), u, 0, false), Start::Pending);
+        a.outstanding += 1;
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        deliver_without_acks(&mut a, &mut b, &mut io);
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        for _ in 0..10 {
+            std::thread::sleep(ACK_WINDOW);
+            deliver(&mut b, &mut a, &mut io, usize::MAX);
+            collect(&mut a);
+        }
+        assert_eq!(a.ok, 1, "the compare-and-write was not acknowledged");
+        // The link breaks; a new session must not apply A again after B.
+        a.engine.link_down("test");
+        b.engine.link_down("test");
+        a.wire.clear();
+        b.wire.clear();
+        a.engine.link_up(&mut io);
+        b.engine.link_up(&mut io);
+        for _ in 0..20 {
+            deliver(&mut b, &mut a, &mut io, usize::MAX);
+            deliver(&mut a, &mut b, &mut io, usize::MAX);
+            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+            std::thread::sleep(ACK_WINDOW);
+        }
+        collect(&mut b);
+        assert_eq!(b.outstanding, 0, "b's write was never answered");
+        assert_eq!((b.ok, b.failed), (1, 0), "b's write was on both replicas");
+        for s in [&a, &b] {
+            assert_eq!(s.disk.borrow().bytes[..512], vb, "an acknowledged compare-and-write was undone");
+        }
+        assert!(a.engine.idle() && b.engine.idle());
+    }
+
+    #[test]
+    fn a_follower_that_is_resynced_fails_its_held_forwards_and_mirrors_afterwards() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(3);
+        let mut a = site(Role::Leader, Duration::from_secs(60));
+        let mut b = site(Role::Follower, Duration::from_secs(60));
+        // a became the survivor while b, not yet told, held a compare-and-write.
+        a.engine.set_mode(Mode::Survivor);
+        let mut slot = 0;
+        submit_caw(&mut b, &mut io, &mut slot, 0);
+        a.engine.session_start(&mut io, 0).unwrap();
+        b.engine.session_start(&mut io, 1).unwrap();
+        assert_eq!(b.engine.mode(), Mode::Resyncing);
+        collect(&mut b);
+        assert_eq!((b.caw_failed, b.outstanding), (1, 0), "the held forward was not failed");
+        for _ in 0..200 {
+            deliver(&mut b, &mut a, &mut io, usize::MAX);
+            deliver(&mut a, &mut b, &mut io, usize::MAX);
+            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+            a.engine.tick(&mut io, Instant::now());
+            b.engine.tick(&mut io, Instant::now());
+            if a.engine.mode() == Mode::Mirroring && b.engine.mode() == Mode::Mirroring {
+                break;
+            }
+        }
+        assert_eq!((a.engine.mode(), b.engine.mode()), (Mode::Mirroring, Mode::Mirroring));
+        // Mirroring again: b's write is ordered and acknowledged.
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+        for _ in 0..20 {
+            deliver(&mut b, &mut a, &mut io, usize::MAX);
+            deliver(&mut a, &mut b, &mut io, usize::MAX);
+            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+            std::thread::sleep(ACK_WINDOW);
+        }
+        collect(&mut b);
+        assert_eq!((b.ok, b.outstanding), (1, 0));
+        assert!(a.disk.borrow().bytes == b.disk.borrow().bytes, "replicas differ");
     }
 }

@@ -448,9 +448,8 @@ impl Conn for LinkConn {
         if self.state == State::Up
             && let Some(e) = self.vol.and_then(|v| engine(env.chans, v))
         {
-            if e.kill_link {
-                e.kill_link = false;
-                why = Some("peer silent past the heartbeat timeout");
+            if let Some(reason) = e.kill_link.take() {
+                why = Some(reason);
             } else if self.stopping && e.idle() && self.tx.is_empty() {
                 why = Some("closed");
             } else if !self.send_armed {

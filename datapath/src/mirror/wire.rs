@@ -21,6 +21,9 @@ pub const HEADER: usize = 40;
 pub const MAX_PAYLOAD: u32 = 8 << 20;
 /// FUA flag bit.
 pub const FLAG_FUA: u16 = 1;
+/// WRITE/ZEROES/UNMAP flag: a re-send of a forwarded update from an earlier session; `id` is
+/// the forward's.
+pub const FLAG_RESENT: u16 = 2;
 
 /// Message types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +73,8 @@ pub enum Type {
     MetaState = 21,
     /// A metadata state was installed.
     MetaAck = 22,
+    /// The leader's re-sends for the session are all sent.
+    Resent = 25,
 }
 
 /// `id` of a META_STATE that answers no META.
@@ -105,6 +110,7 @@ impl Type {
             20 => Meta,
             21 => MetaState,
             22 => MetaAck,
+            25 => Resent,
             _ => return None,
         })
     }
@@ -121,7 +127,9 @@ impl Type {
     /// Which payload lengths the type allows, and which flags.
     fn allows(self, len: u32, count: u32, flags: u16) -> bool {
         use Type::*;
-        let flags_ok = if self.is_update() {
+        let flags_ok = if matches!(self, Write | Zeroes | Unmap) {
+            flags & !(FLAG_FUA | FLAG_RESENT) == 0
+        } else if self.is_update() {
             flags & !FLAG_FUA == 0
         } else {
             flags == 0
@@ -355,11 +363,20 @@ mod tests {
             ),
             (
                 Header {
-                    flags: 2,
+                    flags: 4,
                     count: 0,
                     ..Header::new(Type::Zeroes)
                 },
                 vec![],
+            ),
+            // RESENT only on the leader's sequenced updates.
+            (
+                Header {
+                    flags: FLAG_RESENT,
+                    count: 8,
+                    ..Header::new(Type::FwdWrite)
+                },
+                vec![0; 8],
             ),
             (Header::new(Type::Welcome), vec![0; 11]),
             // A forwarded compare-and-write carries exactly twice `count` bytes.
