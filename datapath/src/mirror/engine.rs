@@ -38,12 +38,26 @@ pub trait MetaHandler: Send + Sync + std::fmt::Debug {
     /// Decide `cmd` at this site (the leader, or a survivor): its status (0: success) and,
     /// when the state changed, the new state to copy to the peer.
     fn execute(&self, vol: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>);
-    /// Install a state the peer decided; false when it cannot (malformed, unknown, or not
-    /// persisted).
-    fn install(&self, vol: usize, state: &[u8]) -> bool;
+    /// Install a state the peer decided.
+    fn install(&self, vol: usize, state: &[u8]) -> Install;
     /// This site's whole state of the volume, one META_STATE payload each.
     fn full_state(&self, vol: usize) -> Vec<Vec<u8>>;
 }
+
+/// What installing a peer's metadata state did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Install {
+    /// Installed (and persisted).
+    Done,
+    /// Not a valid state: the message is refused and the link dropped.
+    Malformed,
+    /// Valid but not installed here (not configured here, or not persisted): logged, and
+    /// reported to the peer in META_ACK; the link stays up.
+    Failed,
+}
+
+/// Status 0x006, Internal Error.
+const META_INTERNAL: u16 = 6;
 
 /// A metadata command's non-zero status travels to the initiator as `Errno(META_STATUS |
 /// status)`.
@@ -1413,6 +1427,17 @@ impl Engine {
                 Start::Done(meta_result(status))
             }
             (Mode::Mirroring, Role::Leader, true) => match h.execute(self.vol, cmd) {
+                // Unchanged, but decided on state the follower may not have yet: answered
+                // only once every earlier change is acknowledged.
+                (status, None) if self.metas.iter().any(|(_, m)| m.token != 0) => {
+                    self.metas.insert(MetaWait {
+                        initiator: Some((from, tag)),
+                        token: self.next_token - 1,
+                        status,
+                        deadline,
+                    });
+                    Start::Pending
+                }
                 (status, None) => Start::Done(meta_result(status)),
                 (status, Some(state)) => {
                     let token = self.send_meta_state(wire::META_NO_ID, status, &state);
@@ -1804,7 +1829,8 @@ impl Engine {
             Role::Leader => {
                 // Applies already under way (this session's re-sends start after the snapshot).
                 self.resent_wait.clear();
-                self.resent_wait.extend(self.running.iter().chain(&self.queued).copied());
+                self.resent_wait
+                    .extend(self.running.iter().chain(&self.queued).copied());
                 let backlog: Vec<usize> = self.backlog.iter().copied().collect();
                 for k in backlog {
                     self.sequence_and_send(io, k);
@@ -2111,8 +2137,7 @@ impl Engine {
             Meta if leader => {
                 let (status, state) = match &self.cfg.meta {
                     Some(m) => m.execute(self.vol, payload),
-                    // Status 0x006, Internal Error.
-                    None => (6, None),
+                    None => (META_INTERNAL, None),
                 };
                 self.send_meta_state(h.id, status, state.as_deref().unwrap_or(&[]));
             }
@@ -2122,40 +2147,56 @@ impl Engine {
                 {
                     return Err("META_STATE answers no outstanding request");
                 }
-                if !payload.is_empty()
-                    && !self
-                        .cfg
-                        .meta
-                        .as_ref()
-                        .is_some_and(|m| m.install(self.vol, payload))
-                {
-                    return Err("metadata state not installed");
+                let installed = match (&self.cfg.meta, payload.is_empty()) {
+                    (_, true) => Install::Done,
+                    (Some(m), false) => m.install(self.vol, payload),
+                    (None, false) => Install::Failed,
+                };
+                if installed == Install::Malformed {
+                    return Err("malformed metadata state");
+                }
+                let failed = installed == Install::Failed;
+                if failed {
+                    tracing::error!(volume = %self.cfg.name,
+                        "mirror: the peer's metadata (reservation) state could not be installed here");
                 }
                 let ack = Header {
                     seq: h.seq,
+                    count: if failed { u32::from(META_INTERNAL) } else { 0 },
                     ..Header::new(MetaAck)
                 };
                 wire::encode(&mut self.outbox, &ack, &[]);
                 self.stats.inc(&self.stats.msgs_sent);
                 if h.id != wire::META_NO_ID {
                     let m = self.metas.remove(h.id as usize);
+                    let status = if failed {
+                        META_INTERNAL
+                    } else {
+                        h.count.min(0xFFFF) as u16
+                    };
                     if let Some((from, tag)) = m.initiator {
-                        self.done
-                            .push((from, tag, meta_result(h.count.min(0xFFFF) as u16)));
+                        self.done.push((from, tag, meta_result(status)));
                     }
                 }
             }
             MetaAck => {
-                // A push's ACK has no waiter.
-                if let Some(k) = self
+                // Every wait up to this token is settled (ACKs come in order; a push's has no
+                // waiter). A state the peer could not install fails the command it carried.
+                let done: Vec<usize> = self
                     .metas
                     .iter()
-                    .find(|(_, m)| m.token != 0 && m.token == h.seq)
+                    .filter(|(_, m)| m.token != 0 && m.token <= h.seq)
                     .map(|(k, _)| k)
-                {
+                    .collect();
+                for k in done {
                     let m = self.metas.remove(k);
+                    let status = if m.token == h.seq && h.count != 0 {
+                        h.count.min(0xFFFF) as u16
+                    } else {
+                        m.status
+                    };
                     if let Some((from, tag)) = m.initiator {
-                        self.done.push((from, tag, meta_result(m.status)));
+                        self.done.push((from, tag, meta_result(status)));
                     }
                 }
             }
@@ -2323,10 +2364,7 @@ impl Engine {
             Role::Follower => {
                 while let Some(&k) = self.forwards.front() {
                     let op = &self.ops[k];
-                    if op.awaiting_order
-                        || op.seq == 0
-                        || op.seq > wm
-                        || op.session != self.session
+                    if op.awaiting_order || op.seq == 0 || op.seq > wm || op.session != self.session
                     {
                         break;
                     }
@@ -3155,7 +3193,7 @@ mod tests {
     /// A metadata handler over one counter: a command adds its first byte (0: refused with
     /// status 0x83, nothing changes); the state is the counter's 8 bytes.
     #[derive(Debug, Default)]
-    struct Counter(std::sync::Mutex<u64>);
+    struct Counter(std::sync::Mutex<u64>, std::sync::atomic::AtomicBool);
 
     impl MetaHandler for Counter {
         fn execute(&self, _: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>) {
@@ -3168,12 +3206,15 @@ mod tests {
                 _ => (0x83, None),
             }
         }
-        fn install(&self, _: usize, state: &[u8]) -> bool {
+        fn install(&self, _: usize, state: &[u8]) -> Install {
             let Ok(b) = <[u8; 8]>::try_from(state) else {
-                return false;
+                return Install::Malformed;
             };
+            if self.1.load(std::sync::atomic::Ordering::Relaxed) {
+                return Install::Failed;
+            }
             *self.0.lock().unwrap() = u64::from_le_bytes(b);
-            true
+            Install::Done
         }
         fn full_state(&self, _: usize) -> Vec<Vec<u8>> {
             vec![self.0.lock().unwrap().to_le_bytes().to_vec()]
@@ -3276,7 +3317,7 @@ mod tests {
         };
         assert_eq!(
             b.engine.on_msg(&mut io, &bad, &[0; 3]),
-            Err("metadata state not installed")
+            Err("malformed metadata state")
         );
         assert!(
             b.engine
@@ -3322,7 +3363,9 @@ mod tests {
             let payload = from.wire[at + r.start..at + r.end].to_vec();
             at += r.end;
             if h.ty != Type::Ack {
-                to.engine.on_msg(io, &h, &payload).expect("valid message refused");
+                to.engine
+                    .on_msg(io, &h, &payload)
+                    .expect("valid message refused");
             }
         }
         from.wire.drain(..at);
@@ -3340,14 +3383,22 @@ mod tests {
         let (va, vb) = ([0xAAu8; 512], [0xBBu8; 512]);
         let tag = |slot| IoTag { conn: 1, slot };
         // b writes A; a orders and applies it; b's ACK reaches a, a's ACKs never reach b.
-        let w = b.engine.submit(&mut io, 0, tag(1), Update::Write(&va), 0, false);
+        let w = b
+            .engine
+            .submit(&mut io, 0, tag(1), Update::Write(&va), 0, false);
         assert_eq!(w, Start::Pending);
         b.outstanding += 1;
         deliver_without_acks(&mut b, &mut a, &mut io);
         while complete_one(&mut a, &mut io, &mut rng) {}
         // a's compare-and-write compares against A and writes B.
-        let u = Update::CompareWrite { cmp: &va, data: &vb };
-        assert_eq!(a.engine.submit(&mut io, 0, tag(2), u, 0, false), Start::Pending);
+        let u = Update::CompareWrite {
+            cmp: &va,
+            data: &vb,
+        };
+        assert_eq!(
+            a.engine.submit(&mut io, 0, tag(2), u, 0, false),
+            Start::Pending
+        );
         a.outstanding += 1;
         while complete_one(&mut a, &mut io, &mut rng) {}
         deliver_without_acks(&mut a, &mut b, &mut io);
@@ -3368,14 +3419,20 @@ mod tests {
         for _ in 0..20 {
             deliver(&mut b, &mut a, &mut io, usize::MAX);
             deliver(&mut a, &mut b, &mut io, usize::MAX);
-            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng)
+            {
+            }
             std::thread::sleep(ACK_WINDOW);
         }
         collect(&mut b);
         assert_eq!(b.outstanding, 0, "b's write was never answered");
         assert_eq!((b.ok, b.failed), (1, 0), "b's write was on both replicas");
         for s in [&a, &b] {
-            assert_eq!(s.disk.borrow().bytes[..512], vb, "an acknowledged compare-and-write was undone");
+            assert_eq!(
+                s.disk.borrow().bytes[..512],
+                vb,
+                "an acknowledged compare-and-write was undone"
+            );
         }
         assert!(a.engine.idle() && b.engine.idle());
     }
@@ -3394,28 +3451,79 @@ mod tests {
         b.engine.session_start(&mut io, 1).unwrap();
         assert_eq!(b.engine.mode(), Mode::Resyncing);
         collect(&mut b);
-        assert_eq!((b.caw_failed, b.outstanding), (1, 0), "the held forward was not failed");
+        assert_eq!(
+            (b.caw_failed, b.outstanding),
+            (1, 0),
+            "the held forward was not failed"
+        );
         for _ in 0..200 {
             deliver(&mut b, &mut a, &mut io, usize::MAX);
             deliver(&mut a, &mut b, &mut io, usize::MAX);
-            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng)
+            {
+            }
             a.engine.tick(&mut io, Instant::now());
             b.engine.tick(&mut io, Instant::now());
             if a.engine.mode() == Mode::Mirroring && b.engine.mode() == Mode::Mirroring {
                 break;
             }
         }
-        assert_eq!((a.engine.mode(), b.engine.mode()), (Mode::Mirroring, Mode::Mirroring));
+        assert_eq!(
+            (a.engine.mode(), b.engine.mode()),
+            (Mode::Mirroring, Mode::Mirroring)
+        );
         // Mirroring again: b's write is ordered and acknowledged.
         submit(&mut b, &mut io, &mut rng, &mut slot);
         for _ in 0..20 {
             deliver(&mut b, &mut a, &mut io, usize::MAX);
             deliver(&mut a, &mut b, &mut io, usize::MAX);
-            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng)
+            {
+            }
             std::thread::sleep(ACK_WINDOW);
         }
         collect(&mut b);
         assert_eq!((b.ok, b.outstanding), (1, 0));
-        assert!(a.disk.borrow().bytes == b.disk.borrow().bytes, "replicas differ");
+        assert!(
+            a.disk.borrow().bytes == b.disk.borrow().bytes,
+            "replicas differ"
+        );
+    }
+
+    #[test]
+    fn metadata_answers_wait_for_earlier_changes_and_an_uninstallable_state_keeps_the_link() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let (mut a, _) = with_meta(Role::Leader);
+        let (mut b, cb) = with_meta(Role::Follower);
+        a.engine.session_start(&mut io, 0).unwrap();
+        b.engine.session_start(&mut io, 0).unwrap();
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        // A change, then a refusal decided on it: the refusal waits for the change's ACK.
+        assert_eq!(meta(&mut a, &mut io, 1, &[4]), Start::Pending);
+        assert_eq!(meta(&mut a, &mut io, 2, &[0]), Start::Pending);
+        collect(&mut a);
+        assert_eq!(
+            a.outstanding, 2,
+            "answered before the follower had the change"
+        );
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        let mut got: Vec<(u32, Result<(), Errno>)> = a
+            .engine
+            .done
+            .drain(..)
+            .map(|(_, t, r)| (t.slot, r))
+            .collect();
+        got.sort_by_key(|g| g.0);
+        assert_eq!(got, vec![(1, Ok(())), (2, meta_result(0x83))]);
+        // The follower cannot install a state: the command fails, the link stays up.
+        cb.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(meta(&mut a, &mut io, 3, &[1]), Start::Pending);
+        deliver(&mut a, &mut b, &mut io, usize::MAX); // would panic if refused
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        let (_, t, r) = a.engine.done.pop().unwrap();
+        assert_eq!((t.slot, r), (3, meta_result(META_INTERNAL)));
+        assert!(a.engine.is_up() && b.engine.is_up());
     }
 }

@@ -560,7 +560,8 @@ impl Reactor {
             let path_state = path_state(e.mode(), e.config().role);
             std::mem::swap(&mut self.mirror_done, &mut e.done);
             let link = e.link_key;
-            let kick = e.wants_send(now) || e.kill_link.is_some() || (self.stopping.is_some() && e.idle());
+            let kick =
+                e.wants_send(now) || e.kill_link.is_some() || (self.stopping.is_some() && e.idle());
             if dial {
                 match crate::mirror::link::LinkConn::dial(peer, vol) {
                     Ok(l) => {

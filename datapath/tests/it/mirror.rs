@@ -334,7 +334,10 @@ fn dropped(s: &mut TcpStream) -> bool {
             None => return true,
             // (A leader sends its reservation state at the start of a session.)
             Some((h, _))
-                if matches!(h.ty, Type::Ping | Type::Pong | Type::Ack | Type::MetaState) =>
+                if matches!(
+                    h.ty,
+                    Type::Ping | Type::Pong | Type::Ack | Type::MetaState | Type::Resent
+                ) =>
             {
                 continue;
             }
@@ -397,7 +400,10 @@ fn forged_replication_messages_are_refused_and_never_applied() {
     // (PINGs may come first: the leader pings an up link every 100 ms.)
     let h = loop {
         let (h, _) = read_msg(&mut s).expect("ORDER");
-        if !matches!(h.ty, Type::Ping | Type::Pong | Type::MetaState) {
+        if !matches!(
+            h.ty,
+            Type::Ping | Type::Pong | Type::MetaState | Type::Resent
+        ) {
             break h;
         }
     };
@@ -667,6 +673,8 @@ fn a_follower_whose_leader_resets_the_link_mid_send_still_stops_cleanly() {
         &wire::encode_geometry(SIZE, 512, ""),
     ))
     .unwrap();
+    // Nothing to re-send: the follower may forward from now on.
+    s.write_all(&msg(Header::new(Type::Resent), &[])).unwrap();
     wait_up(&b);
     // Three pipelined writers keep more in flight (12 MiB) than the socket buffers hold.
     let ws: Vec<_> = (0..3u64)

@@ -24,7 +24,9 @@
 //!
 //! A mirrored volume's pair is handed whole to its mirror engine ([`crate::bdev::Channel::
 //! compare_and_write`]), where the leader site decides it, so it is atomic with respect to
-//! both sites' updates; the exclusion above still keeps this site's NVMe accesses out of it.
+//! both sites' updates. The exclusion above only waits for this site's accesses in flight to
+//! drain before the hand-over and is lifted at once (so queues do not divert for a round
+//! trip); a plain Read may then overlap the pair's write at either site.
 //!
 //! Limits: NBD writes do not take part in the exclusion, and at the site that did not
 //! initiate a pair, a read may run concurrently with its write (see the doc).
@@ -360,6 +362,9 @@ impl Home {
                                 chan.compare_and_write(env.io, tag, f.off, &f.cmp, &f.data, f.fua)
                             {
                                 self.stage = Stage::Delegated;
+                                // The engine orders it against every update of both sites;
+                                // this site's queues need not wait the round trip for it.
+                                sec.end_fused();
                                 match started {
                                     crate::bdev::Start::Done(r) => self.last = Some(r),
                                     crate::bdev::Start::Pending => self.in_flight = true,
@@ -415,7 +420,9 @@ impl Home {
                     };
                     if let Some((s1, s2)) = outcome {
                         Self::answer(env, f.from, s1, s2, Vec::new());
-                        sec.end_fused();
+                        if self.stage != Stage::Delegated {
+                            sec.end_fused();
+                        }
                         self.queue.pop_front();
                         self.stage = Stage::Start;
                     }

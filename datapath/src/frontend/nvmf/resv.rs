@@ -41,6 +41,9 @@ pub mod rtype {
     pub const EA_ALL_REGISTRANTS: u8 = 6;
 }
 
+/// Most registrants per namespace (a new registration beyond it fails with Internal Error).
+pub const MAX_REGISTRANTS: usize = 1024;
+
 /// Version of the state file format.
 pub const FILE_VERSION: u32 = 1;
 /// Size of the extended Reservation Report header and of each registrant entry.
@@ -198,6 +201,10 @@ impl NsResv {
         match (action, current) {
             (0, Some(k)) if k == nrkey => return Ok(()),
             (0, Some(_)) => return Err(CONFLICT),
+            // Bounded, so a namespace's state always fits one replication message.
+            (0, None) if self.registrants.len() >= MAX_REGISTRANTS => {
+                return Err(Status::INTERNAL);
+            }
             (0, None) => self.registrants.push(Registrant {
                 hostid: *host,
                 rkey: nrkey,
@@ -718,6 +725,9 @@ pub fn decode_state(b: &[u8]) -> Option<(String, u32, NsResv)> {
     let has_holder = c.u8()?;
     let holder = c.id()?;
     let count = c.u16()?;
+    if count as usize > MAX_REGISTRANTS {
+        return None;
+    }
     let mut registrants = Vec::with_capacity(count as usize);
     for _ in 0..count {
         registrants.push(Registrant {
@@ -776,6 +786,8 @@ impl ResvReplicator {
     }
 }
 
+use crate::mirror::engine::Install;
+
 impl crate::mirror::engine::MetaHandler for ResvReplicator {
     fn execute(&self, vol: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>) {
         let Some(c) = ResvCmd::decode(cmd) else {
@@ -795,21 +807,25 @@ impl crate::mirror::engine::MetaHandler for ResvReplicator {
         (status.0, state)
     }
 
-    fn install(&self, vol: usize, state: &[u8]) -> bool {
+    fn install(&self, vol: usize, state: &[u8]) -> Install {
         let Some((nqn, nsid, n)) = decode_state(state) else {
             tracing::error!(vol, "mirror: malformed reservation state from the peer");
-            return false;
+            return Install::Malformed;
         };
         let Some((table, idx)) = self.find(vol, &nqn, nsid) else {
             tracing::error!(
                 vol,
                 nqn,
                 nsid,
-                "mirror: the peer's reservation state is for a namespace not here"
+                "mirror: the peer's reservation state is for a namespace not here (the sites' subsystems differ)"
             );
-            return false;
+            return Install::Failed;
         };
-        table.install(idx, n)
+        if table.install(idx, n) {
+            Install::Done
+        } else {
+            Install::Failed
+        }
     }
 
     fn full_state(&self, vol: usize) -> Vec<Vec<u8>> {
