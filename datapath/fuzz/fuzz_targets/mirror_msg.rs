@@ -59,7 +59,7 @@ fn sealed(mut d: &[u8]) -> Vec<u8> {
     use twinblk::mirror::wire::Header;
     let mut out = Vec::new();
     while d.len() >= 12 {
-        let ty = d[0] % 23;
+        let ty = d[0] % 26;
         let fua = d[1] & 1;
         let id = d[2] as u32;
         let seq = d[3] as u64;

@@ -22,6 +22,9 @@
 //!   re-sends those updates, in their old order, at the start of the next session.
 //! - A message that fails a check is never applied: [`Engine::on_msg`] returns the reason and
 //!   the link is dropped.
+//! - A site that fences records the regions of every update it still tracks (applied or being
+//!   applied here, not confirmed by the peer) as *suspect*; as a resync target it lists them to
+//!   the source (RESYNC_ALSO), which copies them too and finishes only after the list's end.
 
 use super::stats::MirrorStats;
 use super::wire::{self, Header, Type};
@@ -303,6 +306,47 @@ fn all_bits(size: u64, g: u64) -> Vec<u64> {
     map
 }
 
+/// `map |= other` (growing `map` as needed).
+fn or_into(map: &mut Vec<u64>, other: &[u64]) {
+    if map.len() < other.len() {
+        map.resize(other.len(), 0);
+    }
+    for (m, o) in map.iter_mut().zip(other) {
+        *m |= o;
+    }
+}
+
+/// The set bits of a region bitmap as byte ranges `(offset, length)`, adjacent regions
+/// joined, within a `size`-byte volume with `g` bytes per bit.
+fn ranges_of(map: &[u64], size: u64, g: u64) -> Vec<(u64, u64)> {
+    let g = g.max(1);
+    let bits = size.div_ceil(g);
+    let set = |b: u64| {
+        map.get((b / 64) as usize)
+            .is_some_and(|w| w >> (b % 64) & 1 == 1)
+    };
+    let mut ranges = Vec::new();
+    let mut b = 0;
+    while b < bits {
+        if map.get((b / 64) as usize).copied().unwrap_or(0) >> (b % 64) == 0 {
+            // Nothing set in the rest of this word.
+            b = (b / 64 + 1) * 64;
+            continue;
+        }
+        if !set(b) {
+            b += 1;
+            continue;
+        }
+        let start = b;
+        while b < bits && set(b) {
+            b += 1;
+        }
+        let offset = start * g;
+        ranges.push((offset, (b * g).min(size) - offset));
+    }
+    ranges
+}
+
 /// The survivor's side of a resync.
 struct ResyncSource {
     /// Next bitmap bit to look at in this pass.
@@ -317,6 +361,12 @@ struct ResyncSource {
     last_refill: Instant,
     started: Instant,
     total: u64,
+    /// The target's list of suspect regions has ended (RESYNC_ALSO with no range): only then
+    /// may the last pass start.
+    also_done: bool,
+    /// Regions copied in this attempt: dirty again if it is interrupted (they may not have
+    /// arrived).
+    copied: Vec<u64>,
 }
 
 /// One mirrored volume's engine.
@@ -401,6 +451,10 @@ pub struct Engine {
     grant_epoch: u64,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: Vec<u64>,
+    /// Suspect regions: updates applied here that the peer never confirmed (recorded when
+    /// this site fences); sent as RESYNC_ALSO when this site is resynced, so the source copies
+    /// them too. Not used while serving as survivor (merged into `dirty`).
+    suspect: Vec<u64>,
     /// Started with no persisted state: an empty replica that has never been in sync.
     new_replica: bool,
     /// An operator's takeover is being asked for.
@@ -478,6 +532,7 @@ impl Engine {
             resync_buf: Vec::new(),
             grant_epoch: 0,
             written: Vec::new(),
+            suspect: Vec::new(),
             new_replica: false,
             takeover_started: false,
         }
@@ -490,12 +545,17 @@ impl Engine {
         self.persist(false);
     }
 
-    /// Write the replica state (mode, epoch, bitmap) if a state file is configured.
-    /// `clean`: a clean stop, the bitmap is exact.
+    /// Write the replica state (mode, epoch, bitmaps) if a state file is configured.
+    /// `clean`: a clean stop, the bitmaps are exact.
     fn persist(&self, clean: bool) {
         let Some(path) = &self.cfg.state_file else {
             return;
         };
+        let mut suspect = self.suspect.clone();
+        if self.mode != Mode::Survivor {
+            // At a stop, or a mode change, with updates not confirmed yet.
+            self.unconfirmed_into(&mut suspect);
+        }
         let p = super::state::Persisted {
             mode: self.replica_state() as u8,
             clean,
@@ -504,6 +564,8 @@ impl Engine {
             granularity: self.cfg.dirty_granularity,
             bitmap: self.dirty.clone(),
             written: self.written.clone(),
+            led: self.cfg.role == Role::Leader,
+            suspect: Some(suspect),
         };
         if let Err(e) = super::state::save(path, &p) {
             tracing::error!(volume = %self.cfg.name, error = %e, path = %path.display(),
@@ -539,6 +601,23 @@ impl Engine {
         } else {
             all_bits(self.cfg.size, self.cfg.dirty_granularity)
         };
+        // Suspect regions (docs/mirror-protocol.md, "Suspect regions").
+        let led = p.led || self.cfg.role == Role::Leader;
+        self.suspect = match (p.mode, p.suspect) {
+            // A new replica has applied nothing; a survivor's own dirty bitmap covers them.
+            (4, _) => Vec::new(),
+            (1, s) if same_geometry => s.unwrap_or_default(),
+            (1, _) => Vec::new(),
+            // Exact: written at a clean stop, or at the fence (a fenced or resyncing site
+            // applies nothing of its own after it).
+            (m, Some(s)) if same_geometry && (p.clean || m != 0 || !led) => s,
+            // A follower applies only what its leader ordered, which the leader (or the
+            // survivor that resyncs it) has.
+            (_, None) if !led => Vec::new(),
+            // Unknown (a leader that did not stop cleanly, a version-1 file): every region
+            // ever written ("everything" after a crash, see above).
+            _ => self.written.clone(),
+        };
         let mode = match p.mode {
             0 => Mode::Waiting,
             4 => {
@@ -557,6 +636,7 @@ impl Engine {
                 tracing::warn!(volume = %self.cfg.name,
                     "mirror: the survivor did not stop cleanly; the whole volume will be resynced");
             }
+            self.absorb_suspect();
             self.stats
                 .dirty_bytes
                 .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
@@ -570,7 +650,7 @@ impl Engine {
         self.mode = mode;
         self.stats.set_mode(mode);
         tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
-            "mirror: replica state restored");
+            suspect_bytes = self.suspect_bytes(), "mirror: replica state restored");
         Ok(())
     }
 
@@ -636,6 +716,7 @@ impl Engine {
                 self.resync_applies = 0;
                 self.resync_done = false;
                 self.link_up(io);
+                self.send_suspect();
                 tracing::warn!(volume = %self.cfg.name,
                     "mirror: the peer is the survivor; receiving its changes (no I/O here until done)");
             }
@@ -664,6 +745,10 @@ impl Engine {
     }
 
     fn session_start_source(&mut self, io: &mut IoCx) {
+        // An attempt whose end no tick saw yet.
+        self.abandon_resync(io);
+        // This replica wins: its own suspect regions are copied to the peer too.
+        self.absorb_suspect();
         self.link_up(io);
         let now = Instant::now();
         self.resync = Some(ResyncSource {
@@ -675,7 +760,47 @@ impl Engine {
             last_refill: now,
             started: now,
             total: 0,
+            also_done: false,
+            copied: Vec::new(),
         });
+    }
+
+    /// A resync attempt ended with its session: every region it copied is dirty again (the
+    /// copies may not have arrived), and the deferred updates go ahead alone.
+    fn abandon_resync(&mut self, io: &mut IoCx) {
+        let Some(r) = self.resync.take() else {
+            return;
+        };
+        or_into(&mut self.dirty, &r.copied);
+        self.stats
+            .dirty_bytes
+            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .resync_rate
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .resync_eta_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        for k in r.deferred {
+            self.survivor_apply(io, k);
+        }
+    }
+
+    /// Resync target: list the suspect regions for the source (RESYNC_ALSO), then end the
+    /// list; the source copies them too and does not finish before the end of the list.
+    fn send_suspect(&mut self) {
+        let mut map = std::mem::take(&mut self.suspect);
+        self.unconfirmed_into(&mut map);
+        let ranges = ranges_of(&map, self.cfg.size, self.cfg.dirty_granularity);
+        self.suspect = map;
+        wire::encode_resync_also(&mut self.outbox, &ranges);
+        for _ in 0..ranges.len().div_ceil(wire::MAX_RESYNC_ALSO as usize) + 1 {
+            self.stats.inc(&self.stats.msgs_sent);
+        }
+        if !ranges.is_empty() {
+            tracing::warn!(volume = %self.cfg.name, suspect_bytes = self.suspect_bytes(),
+                "mirror: this replica may hold updates the peer never confirmed; asking the peer to copy those regions too");
+        }
     }
 
     /// Survivor: copy dirty regions to the returning peer within the rate budget; switch
@@ -686,18 +811,7 @@ impl Engine {
         };
         if !self.up {
             // The peer left again: keep every region dirty for the next attempt.
-            let deferred = std::mem::take(&mut r.deferred);
-            self.resync = None;
-            self.stats
-                .resync_rate
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-            self.stats
-                .resync_eta_ms
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-            for k in deferred {
-                self.survivor_apply(io, k);
-            }
-            return;
+            return self.abandon_resync(io);
         }
         let rate = self.cfg.resync_rate as f64;
         let dt = now.duration_since(r.last_refill).as_secs_f64();
@@ -727,6 +841,10 @@ impl Engine {
             let Some(b) = found else {
                 // End of a pass.
                 r.cursor = 0;
+                if !r.also_done {
+                    // The target's suspect regions are still coming: no last pass yet.
+                    break;
+                }
                 let empty = self.dirty.iter().all(|&w| w == 0);
                 if !empty || r.reads > 0 {
                     if !r.last_pass && empty {
@@ -753,6 +871,7 @@ impl Engine {
             self.dirty[(b / 64) as usize] &= !(1 << (b % 64));
             let offset = b * g;
             let len = g.min(self.cfg.size - offset);
+            set_bits(&mut r.copied, self.cfg.size, g, offset, len);
             r.reads += 1;
             r.budget -= len as f64;
             r.total += len;
@@ -1026,10 +1145,47 @@ impl Engine {
             .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Bytes of the volume in suspect regions (updates applied here the peer never
+    /// confirmed; see `suspect`).
+    pub fn suspect_bytes(&self) -> u64 {
+        let bits: u64 = self.suspect.iter().map(|w| w.count_ones() as u64).sum();
+        bits * self.cfg.dirty_granularity
+    }
+
+    /// Add the regions of every update still tracked here (applied or possibly applied, and
+    /// not confirmed by the peer, or just confirmed) to `map`.
+    fn unconfirmed_into(&self, map: &mut Vec<u64>) {
+        for (_, op) in self.ops.iter() {
+            if !matches!(op.upd, Upd::Flush | Upd::ResyncRead) {
+                set_bits(
+                    map,
+                    self.cfg.size,
+                    self.cfg.dirty_granularity,
+                    op.offset,
+                    op.len,
+                );
+            }
+        }
+    }
+
+    /// This replica's copy wins (it serves alone or is a resync source): its suspect regions
+    /// become dirty, to be copied to the peer.
+    fn absorb_suspect(&mut self) {
+        if self.suspect.is_empty() {
+            return;
+        }
+        let suspect = std::mem::take(&mut self.suspect);
+        or_into(&mut self.dirty, &suspect);
+        self.stats
+            .dirty_bytes
+            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The peer is gone and the witness granted this site the volume: acknowledge alone from
     /// now on, finishing every held update, and record what the peer misses.
     fn become_survivor(&mut self, io: &mut IoCx, epoch: u64) {
         self.grant_epoch = epoch;
+        self.absorb_suspect();
         if let Some(slot) = &self.cfg.failover {
             slot.survivors
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -1080,8 +1236,14 @@ impl Engine {
 
     /// No grant: fail everything held and serve no I/O.
     fn fence(&mut self, why: &str) {
+        // Updates applied here (or being applied) that the peer never confirmed may be on this
+        // replica only: the survivor must copy those regions too when it resyncs this site.
+        let mut suspect = std::mem::take(&mut self.suspect);
+        self.unconfirmed_into(&mut suspect);
+        self.suspect = suspect;
         self.set_mode(Mode::Fenced);
-        tracing::error!(volume = %self.cfg.name, why, "mirror: fenced; this site serves no I/O for the volume");
+        tracing::error!(volume = %self.cfg.name, why, suspect_bytes = self.suspect_bytes(),
+            "mirror: fenced; this site serves no I/O for the volume");
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
         self.backlog.clear();
         self.backlog_bytes = 0;
@@ -1104,6 +1266,8 @@ impl Engine {
     fn maybe_end_resync_target(&mut self) {
         if self.mode == Mode::Resyncing && self.resync_done && self.resync_applies == 0 {
             self.new_replica = false;
+            // The source copied them (it finishes only after the end of our list).
+            self.suspect.clear();
             self.set_mode(Mode::Mirroring);
             tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
         }
@@ -2123,6 +2287,33 @@ impl Engine {
                     self.stats.rtt_sample(now - h.seq);
                 }
             }
+            ResyncAlso if self.resync.as_ref().is_some_and(|r| !r.also_done) => {
+                let (b, size) = (self.cfg.block as u64, self.cfg.size);
+                for (offset, len) in wire::decode_resync_also(payload) {
+                    let end = offset.checked_add(len).ok_or("range overflows")?;
+                    if len == 0 || end > size {
+                        return Err("RESYNC_ALSO range outside the volume");
+                    }
+                    if !offset.is_multiple_of(b) || !len.is_multiple_of(b) {
+                        return Err("RESYNC_ALSO range not aligned to the block size");
+                    }
+                }
+                for (offset, len) in wire::decode_resync_also(payload) {
+                    set_bits(
+                        &mut self.dirty,
+                        size,
+                        self.cfg.dirty_granularity,
+                        offset,
+                        len,
+                    );
+                }
+                self.stats
+                    .dirty_bytes
+                    .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+                if h.count == 0 {
+                    self.resync.as_mut().expect("checked").also_done = true;
+                }
+            }
             Resync if self.mode == Mode::Resyncing && !self.resync_done => {
                 self.check_range(h)?;
                 let data = self.buf(payload);
@@ -2438,6 +2629,17 @@ impl Engine {
     /// Give up the backlog of a diverged volume: its requests fail, its memory is freed, and
     /// the session (if any) is dropped.
     fn drop_backlog(&mut self) {
+        // Applied here, never confirmed, and forgotten now: suspect.
+        for &k in &self.backlog {
+            let op = &self.ops[k];
+            set_bits(
+                &mut self.suspect,
+                self.cfg.size,
+                self.cfg.dirty_granularity,
+                op.offset,
+                op.len,
+            );
+        }
         while let Some(k) = self.backlog.pop_front() {
             self.backlog_bytes -= self.ops[k].data.len() as u64;
             let op = &mut self.ops[k];
@@ -3003,6 +3205,263 @@ mod tests {
                 false,
             );
             assert_eq!(r, Start::Done(Err(Errno::IO)));
+        }
+    }
+
+    /// Submit a write of `len` bytes of `byte` at `off` from site `s`.
+    fn write_at(s: &mut Site, io: &mut IoCx, slot: &mut u32, off: u64, byte: u8, len: usize) {
+        *slot += 1;
+        let tag = IoTag {
+            conn: 1,
+            slot: *slot,
+        };
+        let r = s
+            .engine
+            .submit(io, 0, tag, Update::Write(&vec![byte; len]), off, false);
+        assert_eq!(r, Start::Pending);
+        s.outstanding += 1;
+    }
+
+    /// Run both sites (ticks, messages both ways, local completions) until both mirror again
+    /// and nothing moves.
+    fn run_until_in_sync(a: &mut Site, b: &mut Site, io: &mut IoCx, rng: &mut Rng) {
+        for _ in 0..200_000 {
+            let now = Instant::now();
+            a.engine.tick(io, now);
+            b.engine.tick(io, now);
+            let mut any = complete_one(a, io, rng);
+            any |= complete_one(b, io, rng);
+            any |= deliver(a, b, io, usize::MAX) > 0;
+            any |= deliver(b, a, io, usize::MAX) > 0;
+            collect(a);
+            collect(b);
+            let synced = a.engine.mode() == Mode::Mirroring && b.engine.mode() == Mode::Mirroring;
+            if !any && synced && a.engine.idle() && b.engine.idle() {
+                if a.engine.ack_deadline().is_none() && b.engine.ack_deadline().is_none() {
+                    return;
+                }
+                std::thread::sleep(ACK_WINDOW);
+            }
+        }
+        panic!(
+            "not back in sync: {:?} / {:?}",
+            a.engine.mode(),
+            b.engine.mode()
+        );
+    }
+
+    /// The leader applies its updates before the follower has them. Site a (leader) applies
+    /// two updates the follower never receives (one still being applied when the link
+    /// breaks), the witness grants b (follower), a fences, and b writes alone elsewhere.
+    /// Returns the sites, with the replicas different, before b dials again.
+    fn fenced_leader_with_unconfirmed_updates() -> (Site, Site, IoCx, Rng) {
+        use super::super::failover::{DENIED, GRANTED};
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(21);
+        let (mut a, sa) = with_witness(Role::Leader);
+        let (mut b, sb) = with_witness(Role::Follower);
+        a.engine.link_up(&mut io);
+        b.engine.link_up(&mut io);
+        let mut slot = 0;
+        // On both replicas and acknowledged.
+        write_at(&mut a, &mut io, &mut slot, 0, 0x11, 8192);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert_eq!(a.ok, 1);
+        // Applied at a only; then one a is still applying; and b's forward, never delivered.
+        write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
+        assert!(complete_one(&mut a, &mut io, &mut rng));
+        write_at(&mut a, &mut io, &mut slot, 40960, 0xA2, 4096);
+        write_at(&mut b, &mut io, &mut slot, 8192, 0xB1, 4096);
+        a.engine.link_down("test");
+        b.engine.link_down("test");
+        a.wire.clear();
+        b.wire.clear();
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        sb.epoch.store(1, SeqCst);
+        sb.outcome.store(GRANTED, SeqCst);
+        sa.outcome.store(DENIED, SeqCst);
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        assert_eq!(
+            (a.engine.mode(), b.engine.mode()),
+            (Mode::Fenced, Mode::Survivor)
+        );
+        // The apply in flight at the fence reaches a's replica afterwards.
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        collect(&mut a);
+        collect(&mut b);
+        assert_eq!((a.ok, a.failed, b.ok), (1, 2, 1));
+        // Both of a's unconfirmed updates are suspect (4 KiB regions).
+        assert_eq!(a.engine.suspect_bytes(), 2 * 4096);
+        // b alone.
+        write_at(&mut b, &mut io, &mut slot, 57344, 0xB2, 4096);
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        collect(&mut b);
+        assert_eq!(b.ok, 2);
+        assert!(a.disk.borrow().bytes[16384] == 0xA1 && b.disk.borrow().bytes[16384] == 0);
+        (a, b, io, rng)
+    }
+
+    /// The follower dials again: both start the session from the other's replica state
+    /// (the leader first, as it answers HELLO before the follower reads WELCOME).
+    fn redial(a: &mut Site, b: &mut Site, io: &mut IoCx) {
+        let (sa, sb) = (a.engine.replica_state(), b.engine.replica_state());
+        a.engine.session_start(io, sb).expect("session at a");
+        b.engine.session_start(io, sa).expect("session at b");
+        assert_eq!(a.engine.mode(), Mode::Resyncing);
+    }
+
+    #[test]
+    fn a_fenced_leader_gets_back_the_regions_only_it_had_applied() {
+        let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+        redial(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert!(
+            a.disk.borrow().bytes == b.disk.borrow().bytes,
+            "replicas differ after the resync"
+        );
+        // The survivor's two regions and the fenced leader's two suspect ones.
+        assert_eq!(
+            b.engine
+                .stats()
+                .resync_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            4 * 4096
+        );
+        assert_eq!(a.engine.suspect_bytes(), 0);
+        assert_eq!(b.engine.dirty_bytes(), 0);
+    }
+
+    #[test]
+    fn the_source_finishes_a_resync_only_after_the_targets_suspect_list() {
+        let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+        redial(&mut a, &mut b, &mut io);
+        // a's list is held back: b copies its own dirty regions but must not finish.
+        for _ in 0..2000 {
+            b.engine.tick(&mut io, Instant::now());
+            complete_one(&mut b, &mut io, &mut rng);
+            deliver(&mut b, &mut a, &mut io, usize::MAX);
+            complete_one(&mut a, &mut io, &mut rng);
+        }
+        assert_eq!(b.engine.dirty_bytes(), 0, "b's own regions not copied");
+        assert_eq!(
+            (a.engine.mode(), b.engine.mode()),
+            (Mode::Resyncing, Mode::Survivor),
+            "the resync finished before the target's suspect regions arrived"
+        );
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
+    }
+
+    #[test]
+    fn an_interrupted_resync_copies_again_what_it_had_sent() {
+        let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+        redial(&mut a, &mut b, &mut io);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        // b reads every dirty region (its own and a's suspect ones) and queues the copies...
+        for _ in 0..2000 {
+            if b.engine.dirty_bytes() == 0 {
+                break;
+            }
+            b.engine.tick(&mut io, Instant::now());
+        }
+        assert_eq!(b.engine.dirty_bytes(), 0);
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        assert_eq!(b.engine.mode(), Mode::Survivor);
+        // ...which the link loses.
+        a.engine.link_down("test");
+        b.engine.link_down("test");
+        a.wire.clear();
+        b.wire.clear();
+        b.engine.tick(&mut io, Instant::now());
+        assert_eq!(
+            b.engine.dirty_bytes(),
+            4 * 4096,
+            "copies lost, not dirty again"
+        );
+        redial(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert!(
+            a.disk.borrow().bytes == b.disk.borrow().bytes,
+            "replicas differ after the resumed resync"
+        );
+    }
+
+    #[test]
+    fn suspect_regions_are_persisted_and_unknown_ones_after_a_leaders_crash_are_everything() {
+        use super::super::state::{Persisted, save};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.mirror-state");
+        // A fenced leader persists its suspect regions; a restart restores them.
+        let (mut a, _b, _io, _rng) = fenced_leader_with_unconfirmed_updates();
+        a.engine.cfg.state_file = Some(path.clone());
+        a.engine.persist(false);
+        let mut r = site(Role::Leader, Duration::from_secs(1));
+        r.engine.cfg.state_file = Some(path.clone());
+        r.engine.restore().unwrap();
+        assert_eq!(r.engine.mode(), Mode::Fenced);
+        assert_eq!(r.engine.suspect_bytes(), 2 * 4096);
+        // (mode, clean, led, suspect, role here) -> suspect bytes restored.
+        let all = SIZE;
+        let one = Some(vec![1u64 << 3]);
+        let cases = [
+            // In sync and stopped cleanly: exact.
+            (0, true, true, one.clone(), Role::Leader, 4096),
+            // A leader that crashed: what it applied last is unknown.
+            (0, false, true, Some(vec![]), Role::Leader, all),
+            // The same file at a site now configured as follower: still the leader's file.
+            (0, false, true, Some(vec![]), Role::Follower, all),
+            // A follower that crashed applied only what the leader ordered.
+            (0, false, false, Some(vec![]), Role::Follower, 0),
+            (0, false, false, None, Role::Follower, 0),
+            // Fenced or resyncing: recorded at the fence, exact even after a crash.
+            (2, false, true, one.clone(), Role::Leader, 4096),
+            (3, false, true, one.clone(), Role::Leader, 4096),
+            // Version 1 (not recorded): every region ever written (two here, a clean stop).
+            (2, true, false, None, Role::Leader, 2 * 4096),
+            (2, true, false, None, Role::Follower, 0),
+            // A survivor's suspect regions become dirty; a new replica has none.
+            (1, true, true, one.clone(), Role::Leader, 0),
+            (4, false, true, one.clone(), Role::Leader, 0),
+        ];
+        for (i, (mode, clean, led, suspect, role, want)) in cases.into_iter().enumerate() {
+            let p = Persisted {
+                mode,
+                clean,
+                epoch: 1,
+                size: SIZE,
+                granularity: 4096,
+                bitmap: vec![],
+                written: vec![0b11],
+                led,
+                suspect,
+            };
+            let v1 = p.suspect.is_none();
+            save(&path, &p).unwrap();
+            if v1 {
+                // As version 1 wrote it: no flags and no suspect bitmap (an empty one here).
+                let mut b = std::fs::read(&path).unwrap();
+                b.truncate(b.len() - 8);
+                b[4] = 1;
+                b[7] = 0;
+                let crc = crc32c::crc32c(&b);
+                b.extend_from_slice(&crc.to_le_bytes());
+                std::fs::write(&path, &b).unwrap();
+                assert_eq!(
+                    super::super::state::load(&path).unwrap().unwrap().suspect,
+                    None
+                );
+            }
+            let mut s = site(role, Duration::from_secs(1));
+            s.engine.cfg.state_file = Some(path.clone());
+            s.engine.restore().unwrap();
+            assert_eq!(s.engine.suspect_bytes(), want, "case {i}");
+            if mode == 1 {
+                assert_eq!(s.engine.dirty_bytes(), 4096, "case {i}: not made dirty");
+            }
         }
     }
 

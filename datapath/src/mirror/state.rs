@@ -1,14 +1,21 @@
 //! A mirrored volume's persisted replica state: which mode this site was in (in sync,
-//! survivor, fenced, resyncing), the witness epoch it holds, and the dirty-region bitmap.
+//! survivor, fenced, resyncing), the witness epoch it holds, and its region bitmaps.
 //!
 //! Format (little-endian), one small file per volume, `<state_dir>/<volume>.mirror-state`:
-//! `"TBMS"` | version u8 = 1 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
+//! `"TBMS"` | version u8 = 2 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
 //! replica never in sync) |
-//! clean u8 (1: written at a clean stop, the bitmap is exact) | reserved u8 = 0 |
+//! clean u8 (1: written at a clean stop, the bitmaps are exact) | flags u8 (bit 0: this site
+//! was the volume's leader; other bits 0) |
 //! epoch u64 | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
-//! written words u32 | words u64 ... | CRC32C u32 of everything before it. The dirty bitmap
-//! holds the regions written while the peer was away; the written bitmap every region ever
-//! written (a new, empty replica is sent only those).
+//! written words u32 | words u64 ... | suspect words u32 | words u64 ... | CRC32C u32 of
+//! everything before it. The dirty bitmap holds the regions written while the peer was away
+//! (a survivor's, to send); the written bitmap every region ever written (a new, empty
+//! replica is sent only those); the suspect bitmap the regions of updates this site applied
+//! that the peer never confirmed (recorded when it fenced or stopped, sent as RESYNC_ALSO
+//! when it is resynced, docs/mirror-protocol.md). Each bitmap may be empty (no words).
+//!
+//! Version 1 (still read) is the same without the suspect bitmap and with byte 7 = 0:
+//! [`Persisted::suspect`] is then `None` (unknown) and the engine assumes the worst.
 //!
 //! Invariants: the file is replaced atomically (temporary file, fsync, rename, fsync of the
 //! directory), so a crash leaves the old or the new state, never a torn one; a file that fails
@@ -34,15 +41,23 @@ pub struct Persisted {
     pub bitmap: Vec<u64>,
     /// Regions ever written.
     pub written: Vec<u64>,
+    /// This site was the volume's leader.
+    pub led: bool,
+    /// Regions of updates applied here and never confirmed by the peer; `None`: a version-1
+    /// file, which did not record them.
+    pub suspect: Option<Vec<u64>>,
 }
 
 const MAGIC: &[u8; 4] = b"TBMS";
+/// The version written.
+const VERSION: u8 = 2;
 
 /// Write `p` to `path` atomically.
 pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
-    let mut b = Vec::with_capacity(40 + p.bitmap.len() * 8);
+    let suspect = p.suspect.as_deref().unwrap_or(&[]);
+    let mut b = Vec::with_capacity(48 + (p.bitmap.len() + p.written.len() + suspect.len()) * 8);
     b.extend_from_slice(MAGIC);
-    b.extend_from_slice(&[1, p.mode, p.clean as u8, 0]);
+    b.extend_from_slice(&[VERSION, p.mode, p.clean as u8, p.led as u8]);
     b.extend_from_slice(&p.epoch.to_le_bytes());
     b.extend_from_slice(&p.size.to_le_bytes());
     b.extend_from_slice(&p.granularity.to_le_bytes());
@@ -52,6 +67,10 @@ pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     }
     b.extend_from_slice(&(p.written.len() as u32).to_le_bytes());
     for w in &p.written {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    b.extend_from_slice(&(suspect.len() as u32).to_le_bytes());
+    for w in suspect {
         b.extend_from_slice(&w.to_le_bytes());
     }
     let crc = crc32c::crc32c(&b);
@@ -89,17 +108,38 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
     if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
         return bad("checksum mismatch");
     }
-    if body[4] != 1 || body[5] > 4 || body[6] > 1 || body[7] != 0 {
+    let version = body[4];
+    let flags_ok = match version {
+        1 => body[7] == 0,
+        2 => body[7] & !1 == 0,
+        _ => false,
+    };
+    if !flags_ok || body[5] > 4 || body[6] > 1 {
         return bad("unknown version or field value");
     }
     let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
-    let words = u32::from_le_bytes(body[32..36].try_into().expect("4 bytes")) as usize;
-    let w_at = 36usize.saturating_add(words.saturating_mul(8));
-    if body.len() < w_at.saturating_add(4) {
+    // A bitmap at `at`: its word count, then the words; returns them and where the next
+    // field starts.
+    let bitmap = |at: usize| -> Option<(Vec<u64>, usize)> {
+        let n = u32::from_le_bytes(body.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize;
+        let end = (at + 4).checked_add(n.checked_mul(8)?)?;
+        (end <= body.len()).then(|| ((0..n).map(|i| u64_at(at + 4 + i * 8)).collect(), end))
+    };
+    let Some((dirty, at)) = bitmap(32) else {
         return bad("bitmap length");
-    }
-    let written = u32::from_le_bytes(body[w_at..w_at + 4].try_into().expect("4 bytes")) as usize;
-    if body.len() != w_at + 4 + written.saturating_mul(8) {
+    };
+    let Some((written, at)) = bitmap(at) else {
+        return bad("bitmap length");
+    };
+    let (suspect, at) = if version >= 2 {
+        let Some((s, at)) = bitmap(at) else {
+            return bad("bitmap length");
+        };
+        (Some(s), at)
+    } else {
+        (None, at)
+    };
+    if at != body.len() {
         return bad("bitmap length");
     }
     Ok(Some(Persisted {
@@ -108,8 +148,10 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
         epoch: u64_at(8),
         size: u64_at(16),
         granularity: u64_at(24),
-        bitmap: (0..words).map(|i| u64_at(36 + i * 8)).collect(),
-        written: (0..written).map(|i| u64_at(w_at + 4 + i * 8)).collect(),
+        bitmap: dirty,
+        written,
+        led: body[7] & 1 != 0,
+        suspect,
     }))
 }
 
@@ -130,6 +172,8 @@ mod tests {
             granularity: 65536,
             bitmap: vec![0b1011],
             written: vec![0b1111, 1],
+            led: true,
+            suspect: Some(vec![0, 0b100]),
         };
         save(&path, &p).unwrap();
         assert_eq!(load(&path), Ok(Some(p)));
@@ -141,6 +185,47 @@ mod tests {
             assert!(load(&path).is_err(), "corruption at byte {i} accepted");
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        assert!(load(&path).is_err());
+    }
+
+    #[test]
+    fn a_version_1_file_still_loads_without_suspect_regions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.mirror-state");
+        // Built by hand as version 1 wrote it: no flags, no suspect bitmap.
+        let mut b = b"TBMS".to_vec();
+        b.extend_from_slice(&[1, 2, 0, 0]);
+        for v in [3u64, 1 << 20, 65536] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&5u64.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&7u64.to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        let p = load(&path).unwrap().unwrap();
+        assert_eq!(
+            p,
+            Persisted {
+                mode: 2,
+                clean: false,
+                epoch: 3,
+                size: 1 << 20,
+                granularity: 65536,
+                bitmap: vec![5],
+                written: vec![7],
+                led: false,
+                suspect: None,
+            }
+        );
+        // Version 1 had no flags: a set bit 0 there is refused.
+        b[7] = 1;
+        let n = b.len() - 4;
+        let crc = crc32c::crc32c(&b[..n]);
+        b[n..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
         assert!(load(&path).is_err());
     }
 }

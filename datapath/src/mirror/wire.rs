@@ -73,6 +73,9 @@ pub enum Type {
     MetaState = 21,
     /// A metadata state was installed.
     MetaAck = 22,
+    /// Resync target to source: regions the target may hold that the source must copy too
+    /// (`count` ranges of `offset u64, length u64`); `count` 0 ends the list.
+    ResyncAlso = 23,
     /// The leader's re-sends for the session are all sent.
     Resent = 25,
 }
@@ -83,6 +86,10 @@ pub const META_NO_ID: u32 = u32::MAX;
 pub const MAX_META: u32 = 4096;
 /// Largest META_STATE payload.
 pub const MAX_META_STATE: u32 = 65536;
+/// Most ranges in one RESYNC_ALSO.
+pub const MAX_RESYNC_ALSO: u32 = 4096;
+/// Bytes of one RESYNC_ALSO range (`offset u64, length u64`).
+pub const RANGE: usize = 16;
 
 impl Type {
     fn from_u8(v: u8) -> Option<Self> {
@@ -110,6 +117,7 @@ impl Type {
             20 => Meta,
             21 => MetaState,
             22 => MetaAck,
+            23 => ResyncAlso,
             25 => Resent,
             _ => return None,
         })
@@ -143,6 +151,7 @@ impl Type {
             Meta => (1..=MAX_META).contains(&len),
             MetaState => len <= MAX_META_STATE,
             FlushDone => len == 0 || len == 4,
+            ResyncAlso => count <= MAX_RESYNC_ALSO && len as usize == RANGE * count as usize,
             _ => len == 0,
         };
         flags_ok && len_ok
@@ -274,6 +283,32 @@ pub fn encode_geometry(size: u64, block: u32, name: &str) -> Vec<u8> {
     p.extend_from_slice(&block.to_le_bytes());
     p.extend_from_slice(name.as_bytes());
     p
+}
+
+/// Append RESYNC_ALSO messages listing `ranges` (`offset, length`), at most
+/// [`MAX_RESYNC_ALSO`] per message, then the empty one that ends the list.
+pub fn encode_resync_also(out: &mut Vec<u8>, ranges: &[(u64, u64)]) {
+    let mut payload = Vec::new();
+    for chunk in ranges
+        .chunks(MAX_RESYNC_ALSO as usize)
+        .chain(std::iter::once(&[][..]))
+    {
+        payload.clear();
+        for &(offset, len) in chunk {
+            payload.extend_from_slice(&offset.to_le_bytes());
+            payload.extend_from_slice(&len.to_le_bytes());
+        }
+        let h = Header {
+            count: chunk.len() as u32,
+            ..Header::new(Type::ResyncAlso)
+        };
+        encode(out, &h, &payload);
+    }
+}
+
+/// The ranges of a RESYNC_ALSO payload (length already checked by [`decode`]).
+pub fn decode_resync_also(p: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    p.chunks_exact(RANGE).map(|r| (u64_at(r, 0), u64_at(r, 8)))
 }
 
 /// Parse a HELLO / WELCOME payload (length already checked by [`decode`]).
@@ -416,6 +451,45 @@ mod tests {
         let crc = crc32c::crc32c(&v[..36]);
         v[36..40].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode(&v), Decoded::Bad("unknown message type"));
+    }
+
+    #[test]
+    fn resync_also_lists_ranges_in_messages_and_ends_with_an_empty_one() {
+        let ranges: Vec<(u64, u64)> = (0..MAX_RESYNC_ALSO as u64 + 3)
+            .map(|i| (i << 20, 4096 + i))
+            .collect();
+        let mut v = Vec::new();
+        encode_resync_also(&mut v, &ranges);
+        let (mut got, mut counts, mut at) = (Vec::new(), Vec::new(), 0);
+        while at < v.len() {
+            let Decoded::Msg(h, r) = decode(&v[at..]) else {
+                panic!("bad RESYNC_ALSO")
+            };
+            assert_eq!(h.ty, Type::ResyncAlso);
+            counts.push(h.count);
+            got.extend(decode_resync_also(&v[at + r.start..at + r.end]));
+            at += r.end;
+        }
+        assert_eq!(counts, vec![MAX_RESYNC_ALSO, 3, 0]);
+        assert_eq!(got, ranges);
+        // Nothing to list: only the end marker.
+        let mut v = Vec::new();
+        encode_resync_also(&mut v, &[]);
+        assert!(matches!(decode(&v), Decoded::Msg(h, _) if h.count == 0 && h.len == 0));
+        assert_eq!(v.len(), HEADER);
+        // The payload must be exactly `count` ranges, and `count` at most the limit.
+        let over = MAX_RESYNC_ALSO + 1;
+        for (count, len) in [(1, 15), (1, 17), (0, 16), (over, RANGE * over as usize)] {
+            let h = Header {
+                count,
+                ..Header::new(Type::ResyncAlso)
+            };
+            let p = vec![0; len];
+            assert!(
+                matches!(decode(&msg(&h, &p)), Decoded::Bad(_)),
+                "{count} {len}"
+            );
+        }
     }
 
     #[test]

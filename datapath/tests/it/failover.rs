@@ -313,6 +313,88 @@ fn a_returning_leader_is_resynced_from_the_follower_survivor() {
     lost_site_returns(true);
 }
 
+/// The leader applies a write before the follower has it. With the follower frozen and the
+/// witness lost, the leader declares the link dead, takes a write (applied there, held, never
+/// acknowledged) and fences. The leader then crashes, the witness returns, the follower
+/// resumes, is granted and writes alone. When the leader returns (from the state it persisted
+/// at the fence) its resync must copy the region of its unacknowledged write too
+/// (RESYNC_ALSO), or the replicas stay different forever.
+#[test]
+fn a_fenced_leaders_unacknowledged_write_is_overwritten_by_its_resync() {
+    let root = tempfile::tempdir().unwrap();
+    let mut w = WitnessProc::start(root.path(), KEY, None);
+    let witness = w.addr;
+    let (pa, pb) = (free_port(), free_port());
+    let state_a = root.path().join("state-a");
+    std::fs::create_dir_all(&state_a).unwrap();
+    let a = site_with(
+        root.path(),
+        "a",
+        "b",
+        pa,
+        pb,
+        witness,
+        &format!("state_dir='{}'", state_a.display()),
+    );
+    let b = site(root.path(), "b", "a", pb, pa, witness);
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let mut c = Client::connect(a.addr, "vol0", false);
+    for i in 0..8u64 {
+        assert_eq!(c.write(i * 65536, &pattern(i + 1, 4096)), 0);
+    }
+    // The witness is lost and b freezes; a declares b dead (so nothing more goes out on the
+    // link) and asks the witness in vain for `witness_timeout_ms` (1.5 s). A write meanwhile
+    // is applied at a only, held, and fails when a fences.
+    w.kill();
+    b.signal(libc::SIGSTOP);
+    wait_mirror_state(&a, "down", Duration::from_secs(5));
+    assert_eq!(
+        c.write(20 * 65536, &pattern(500, 4096)),
+        err::EIO,
+        "acknowledged without the follower"
+    );
+    wait_mirror_state(&a, "fenced", Duration::from_secs(5));
+    drop(c);
+    let mut a = a;
+    a.kill();
+    // The witness returns and b resumes: it sees the link gone, and is granted once the
+    // preferred site (a, dead) stays silent for the tie grace. It writes alone.
+    let _w = WitnessProc::start(root.path(), KEY, Some(witness));
+    b.signal(libc::SIGCONT);
+    wait_mirror_state(&b, "survivor", Duration::from_secs(5));
+    let mut cb = Client::connect(b.addr, "vol0", false);
+    assert_eq!(cb.write(30 * 65536, &pattern(600, 4096)), 0);
+    drop(cb);
+    let st = b.rpc("mirror_status")[0].clone();
+    assert_eq!(st["dirty_bytes"].as_u64().unwrap(), 65536, "{st}");
+    // a returns fenced (its suspect region persisted at the fence, kept through its crash)
+    // and is resynced from b.
+    let a = a.respawn();
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    let st = b.rpc("mirror_status")[0].clone();
+    eprintln!("after the fenced leader's resync: {st}");
+    assert_eq!(
+        st["resync_bytes"].as_u64().unwrap(),
+        2 * 65536,
+        "the resync must copy b's region and a's suspect one"
+    );
+    let mut ca = Client::connect(a.addr, "vol0", false);
+    assert!(
+        ca.read(20 * 65536, 4096).unwrap() == vec![0; 4096],
+        "the fenced leader kept its unacknowledged write"
+    );
+    drop(ca);
+    let (mut a, mut b) = (a, b);
+    assert!(a.stop() && b.stop(), "clean stop failed");
+    assert_eq!(
+        sha(&root.path().join("a.img")),
+        sha(&root.path().join("b.img")),
+        "replicas differ after the resync"
+    );
+}
+
 /// Sites a and b with persisted replica state (`state_dir` under `root`).
 fn persistent_pair(root: &Path, pa: u16, pb: u16, witness: SocketAddr) -> (Server, Server) {
     let state = |me: &str| {

@@ -165,6 +165,12 @@ impl Server {
         false
     }
 
+    /// Send signal `sig` (e.g. `libc::SIGSTOP` to freeze the site, `SIGCONT` to resume it).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

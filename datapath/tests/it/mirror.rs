@@ -800,7 +800,11 @@ fn reservations_are_decided_by_the_leader_and_enforced_at_both_sites() {
     const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
     let (ka, kb) = (0xA1, 0xB2);
     let root = tempfile::tempdir().unwrap();
-    let (a, b) = pair(root.path(), 10_000);
+    let (pa, pb) = (free_port(), free_port());
+    let a = start_site(root.path(), "a", "b", pa, pb, 10_000);
+    let b = start_site(root.path(), "b", "a", pb, pa, 10_000);
+    wait_up(&a);
+    wait_up(&b);
     // Host 1 at site a (the leader), host 2 at site b.
     let ca = Controller::connect(a.nvmf_addr, NQN, &host(1)).unwrap();
     let cb = Controller::connect(b.nvmf_addr, NQN, &host(2)).unwrap();
@@ -869,8 +873,10 @@ fn reservations_are_decided_by_the_leader_and_enforced_at_both_sites() {
     );
     assert_eq!(report(&mut qa).registrants, vec![([2; 16], kb, true)]);
     // Site b comes back empty (nothing persisted): the leader's whole state is sent to it
-    // with the first session, so it enforces host 2's reservation again.
-    let b = b.respawn();
+    // with the first session, so it enforces host 2's reservation again. (A new listening
+    // port: b's old one may have been taken as an ephemeral port meanwhile.)
+    drop(b);
+    let b = start_site(root.path(), "b", "a", free_port(), pa, 10_000);
     wait_up(&b);
     let cb = Controller::connect(b.nvmf_addr, NQN, &host(1)).unwrap();
     let mut qb = cb.io_queue(1, 8).unwrap();
