@@ -262,6 +262,7 @@ impl LinkConn {
         let (size, block) = (c.size, c.block);
         // Both sites' replica states decide the session (normal, or a resync one way).
         let mine = e.replica_state();
+        e.set_peer_incarnation(h.seq);
         e.session_start(env.io, h.id)?;
         e.link_key = Some(key);
         self.vol = Some(vol);
@@ -415,6 +416,7 @@ impl Conn for LinkConn {
             let p = wire::encode_geometry(c.size, c.block, &c.name);
             let hello = Header {
                 id: e.replica_state(),
+                seq: e.incarnation(),
                 ..Header::new(Type::Hello)
             };
             wire::encode(&mut self.tx, &hello, &p);

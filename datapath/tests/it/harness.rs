@@ -249,12 +249,30 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// A free TCP port on loopback (bound and released; the caller binds it again at once).
+/// A TCP port free on 127.0.0.1 for a server a test starts next.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range` starts at 32768 here), so
+/// no outgoing connection of a parallel test can grab it between this check and the server's
+/// bind; each call in this process gets a different port (a counter from a start that depends
+/// on the process id), probed by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000; // 20000..32000
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {LOW}..{}", LOW + SPAN);
 }
 
 /// SHA-256 of a file, with the system's `sha256sum`.
