@@ -1031,6 +1031,10 @@ impl Engine {
 
     /// Leader: the compare-and-write holding the barrier is decided; sequence what waited.
     fn release_barrier(&mut self, io: &mut IoCx) {
+        // (Forwards kept while a resync's last copies are applied wait for mirroring.)
+        if self.mode != Mode::Mirroring {
+            return;
+        }
         while self.caw_active.is_none() {
             let Some(k) = self.barrier.pop_front() else {
                 break;
@@ -1930,8 +1934,9 @@ impl Engine {
                 } else {
                     self.mark_dirty(ap.offset, ap.len);
                 }
-            } else {
-                self.resync_applies -= 1;
+            } else if self.ops[k].session == self.session {
+                // (A copy of an earlier attempt, from an earlier session, is not this one's.)
+                self.resync_applies = self.resync_applies.saturating_sub(1);
                 self.maybe_end_resync_target(io);
             }
         }
@@ -4032,7 +4037,7 @@ mod tests {
         assert!(a.engine.is_up() && b.engine.is_up());
     }
 
-    /// R1: a leader restarts (its apply of an ordered forward lost); the follower completes
+    /// A leader restarts (its apply of an ordered forward lost); the follower completes
     /// the forward OK at RESENT although the leader never had it.
     #[test]
     fn a_forward_ordered_before_the_leader_restarted_is_never_acknowledged_on_one_replica() {
@@ -4071,7 +4076,7 @@ mod tests {
         );
     }
 
-    /// R2: forward ids restart with a follower process; the leader still re-sends the old
+    /// Forward ids restart with a follower process; the leader still re-sends the old
     /// process's forward with the same id: the new process takes it as the ORDER of its own
     /// compare-and-write (which the leader found a MISCOMPARE) and completes it OK.
     #[test]
@@ -4140,7 +4145,7 @@ mod tests {
         );
     }
 
-    /// R3: a resync source stopped cleanly mid-resync persists its dirty bitmap without the
+    /// A resync source stopped cleanly mid-resync persists its dirty bitmap without the
     /// regions copied in the interrupted attempt.
     #[test]
     fn a_stop_in_the_middle_of_a_resync_keeps_what_it_copied_dirty() {
@@ -4171,7 +4176,7 @@ mod tests {
         );
     }
 
-    /// R4: a leader resync target that has RESYNC_DONE but still applies copies drops the
+    /// A leader resync target that has RESYNC_DONE but still applies copies drops the
     /// follower's first forwards (mode != Mirroring); the next ORDER then mismatches.
     #[test]
     fn a_forward_that_arrives_while_the_leader_still_applies_its_resync_is_kept() {
@@ -4203,5 +4208,98 @@ mod tests {
             let res = b.engine.on_msg(&mut io, &h, &payload);
             assert!(res.is_ok(), "b refused {:?}: {:?}", h.ty, res);
         }
+    }
+
+    /// A resync target re-sessions while copies of the previous attempt are still
+    /// being applied: `resync_applies` is reset to 0 and the old copies' completions underflow.
+    #[test]
+    fn copies_of_an_earlier_resync_attempt_do_not_count_for_the_next() {
+        let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+        redial(&mut a, &mut b, &mut io);
+        deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_ALSO list, RESENT
+        b.engine.tick(&mut io, Instant::now());
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        assert_eq!(b.engine.mode(), Mode::Survivor);
+        deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNC copies; a's applies pending
+        assert!(!a.disk.borrow().pending.is_empty());
+        a.engine.link_down("test");
+        b.engine.link_down("test");
+        a.wire.clear();
+        b.wire.clear();
+        redial(&mut a, &mut b, &mut io); // (3, 1): target again
+        while complete_one(&mut a, &mut io, &mut rng) {} // old copies finish
+    }
+
+    /// A stale compare-and-write (in flight at the fence) fails after the leader, now a
+    /// resync target with RESYNC_DONE, kept forwards: its Err path releases the barrier while
+    /// still Resyncing.
+    #[test]
+    fn a_stale_compare_and_write_does_not_release_kept_forwards_before_mirroring() {
+        use super::super::failover::{DENIED, GRANTED};
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(21);
+        let (mut a, sa) = with_witness(Role::Leader);
+        let (mut b, sb) = with_witness(Role::Follower);
+        a.engine.link_up(&mut io);
+        b.engine.link_up(&mut io);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        // a's own compare-and-write: its read stays pending.
+        let u = Update::CompareWrite {
+            cmp: &[0xEE; 512],
+            data: &[0xFF; 512],
+        };
+        let tag = IoTag { conn: 1, slot: 77 };
+        assert_eq!(
+            a.engine.submit(&mut io, 0, tag, u, 0, false),
+            Start::Pending
+        );
+        a.outstanding += 1;
+        a.caws.insert(77);
+        let caw_read = a.disk.borrow_mut().pending.pop().expect("caw read pending");
+        a.engine.link_down("test");
+        b.engine.link_down("test");
+        a.wire.clear();
+        b.wire.clear();
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        sb.epoch.store(1, SeqCst);
+        sb.outcome.store(GRANTED, SeqCst);
+        sa.outcome.store(DENIED, SeqCst);
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        assert_eq!(
+            (a.engine.mode(), b.engine.mode()),
+            (Mode::Fenced, Mode::Survivor)
+        );
+        let mut slot = 0;
+        write_at(&mut b, &mut io, &mut slot, 8192, 0xB2, 4096);
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        redial(&mut a, &mut b, &mut io);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        for _ in 0..100 {
+            b.engine.tick(&mut io, Instant::now());
+            while complete_one(&mut b, &mut io, &mut rng) {}
+            if b.engine.mode() == Mode::Mirroring {
+                break;
+            }
+        }
+        assert_eq!(b.engine.mode(), Mode::Mirroring);
+        deliver(&mut b, &mut a, &mut io, usize::MAX); // copies + RESYNC_DONE, applies pending
+        assert_eq!(a.engine.mode(), Mode::Resyncing);
+        let mut slot = 100;
+        write_at(&mut b, &mut io, &mut slot, 4096 * 3, 0x77, 512);
+        deliver(&mut b, &mut a, &mut io, usize::MAX); // kept
+        assert_eq!(a.engine.barrier.len(), 1);
+        // The stale read fails.
+        a.engine
+            .apply_finished(&mut io, caw_read.0 as usize, Err(Errno::IO), &[]);
+        assert_eq!(a.engine.mode(), Mode::Resyncing);
+        assert_eq!(
+            a.engine.barrier.len(),
+            1,
+            "kept forward released while still Resyncing"
+        );
     }
 }
