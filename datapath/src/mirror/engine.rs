@@ -187,6 +187,7 @@ struct Op {
     /// Follower: the forward's id, unique while the op lives (across sessions).
     uid: u32,
     /// Leader, forwarded update: the incarnation of the follower process that sent it.
+    /// Follower, forward: the incarnation of the leader process that ordered it.
     fwd_inc: u64,
 }
 
@@ -400,8 +401,12 @@ pub struct Engine {
     resent_pending: bool,
     /// This process's incarnation (random at start; the follower sends it in HELLO).
     incarnation: u64,
-    /// Leader: the follower process's incarnation (from its HELLO).
+    /// The peer process's incarnation (from its HELLO or WELCOME).
     peer_incarnation: u64,
+    /// Leader: RESENT waits for these applies (running or queued when the session started),
+    /// so that a forward it does not re-send is applied here when the follower learns so.
+    resent_wait: Vec<usize>,
+    resent_due: bool,
     /// Follower: MISCOMPAREs answered once the applied watermark reaches their seq:
     /// (op, its uid, seq).
     miscompare_waits: Vec<(usize, u32, u64)>,
@@ -509,6 +514,8 @@ impl Engine {
                 t ^ (u64::from(std::process::id()) << 32) ^ n.rotate_left(48)
             },
             peer_incarnation: 0,
+            resent_wait: Vec::new(),
+            resent_due: false,
             miscompare_waits: Vec::new(),
             vol,
             flushes: Vec::new(),
@@ -1430,7 +1437,8 @@ impl Engine {
         self.incarnation
     }
 
-    /// Leader: the follower's incarnation, from its HELLO (before `session_start`).
+    /// The peer's incarnation, from its HELLO (leader) or WELCOME (follower), before
+    /// `session_start`.
     pub fn set_peer_incarnation(&mut self, v: u64) {
         self.peer_incarnation = v;
     }
@@ -1886,6 +1894,10 @@ impl Engine {
             tracing::error!(volume = %self.cfg.name, slot, "mirror: completion for an unknown apply");
             return;
         };
+        if let Some(i) = self.resent_wait.iter().position(|&x| x == slot) {
+            self.resent_wait.swap_remove(i);
+            self.maybe_send_resent();
+        }
         if let Some(i) = self.running.iter().position(|&x| x == slot) {
             self.running.swap_remove(i);
         }
@@ -2028,11 +2040,23 @@ impl Engine {
             resend = self.backlog.len() + self.forwards.len(), "mirror: link up");
         match self.cfg.role {
             Role::Leader => {
+                // Applies of forwarded updates already under way (this session's re-sends
+                // start after the snapshot).
+                self.resent_wait.clear();
+                let (ops, applies) = (&self.ops, &self.applies);
+                self.resent_wait.extend(
+                    self.running
+                        .iter()
+                        .chain(&self.queued)
+                        .copied()
+                        .filter(|&a| ops[applies[a].op].origin == Origin::PeerFwd),
+                );
                 let backlog: Vec<usize> = self.backlog.iter().copied().collect();
                 for k in backlog {
                     self.sequence_and_send(io, k);
                 }
-                self.send(Header::new(Type::Resent), None);
+                self.resent_due = true;
+                self.maybe_send_resent();
             }
             Role::Follower => {
                 // Nothing is forwarded until the leader's re-sends are in (RESENT): they say
@@ -2067,6 +2091,8 @@ impl Engine {
         self.outbox.clear();
         self.fail_metas();
         self.resent_pending = false;
+        self.resent_due = false;
+        self.resent_wait.clear();
         self.release_miscompares(true);
         // Forwards still waiting behind a compare-and-write: the follower sends them again.
         let ops = &self.ops;
@@ -2214,6 +2240,7 @@ impl Engine {
                 op.awaiting_order = false;
                 op.seq = h.seq;
                 op.session = self.session;
+                op.fwd_inc = self.peer_incarnation;
                 self.enqueue_apply(io, k, self.session, h.seq);
             }
             FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
@@ -2447,6 +2474,14 @@ impl Engine {
         Ok(())
     }
 
+    /// Leader: send RESENT once the applies under way at the session start are done.
+    fn maybe_send_resent(&mut self) {
+        if self.resent_due && self.resent_wait.is_empty() && self.up {
+            self.resent_due = false;
+            self.send(Header::new(Type::Resent), None);
+        }
+    }
+
     /// Follower, before RESENT: a re-sent WRITE for forward `h.id` of an earlier session is
     /// that forward's ORDER (its own copy is applied at this seq). False: no such forward here;
     /// the WRITE is an ordinary one.
@@ -2483,6 +2518,7 @@ impl Engine {
         op.seq = h.seq;
         op.session = session;
         op.fwd_session = session;
+        op.fwd_inc = self.peer_incarnation;
         self.enqueue_apply(io, k, session, h.seq);
         Ok(true)
     }
@@ -2502,11 +2538,12 @@ impl Engine {
     }
 
     /// Follower: the leader's re-sends are in. A forward of an earlier session that none
-    /// claimed either got its ORDER (the leader had it, but whether the leader's replica still
-    /// has it is unknown: a restarted leader may have lost its apply) or a compare-and-write
-    /// the leader may have decided: failed, outcome unknown, never applied twice. One that
-    /// never got its ORDER is forwarded again (the leader never sequenced it). Then the new
-    /// ones go out, in order.
+    /// claimed and that got its ORDER from this same leader process is on both replicas (the
+    /// leader had this site's acknowledgement, so it did not re-send it, and it sends RESENT
+    /// only once its applies of then are done): complete. One ordered by an earlier leader
+    /// process (which may have lost its apply), or a compare-and-write the leader may have
+    /// decided: failed, outcome unknown, never applied twice. One that never got its ORDER is
+    /// forwarded again (the leader never sequenced it). Then the new ones go out, in order.
     fn after_resent(&mut self) {
         let session = self.session;
         let fwds: Vec<usize> = self.forwards.iter().copied().collect();
@@ -2517,10 +2554,11 @@ impl Engine {
             }
             let ordered = op.fwd_session != 0 && op.seq != 0;
             if ordered || (op.fwd_session != 0 && op.caw) {
+                let on_both = ordered && op.fwd_inc == self.peer_incarnation;
                 op.listed = false;
                 op.awaiting_order = false;
                 op.remote_done = true;
-                if let Some((from, tag)) = op.initiator.take() {
+                if !on_both && let Some((from, tag)) = op.initiator.take() {
                     self.done.push((from, tag, Err(Errno::IO)));
                 }
                 self.forwards.retain(|&f| f != k);
@@ -3078,12 +3116,7 @@ mod tests {
             b.outstanding, 0,
             "seed {seed}: follower requests unanswered"
         );
-        // A forward ordered before a link drop whose completion the follower never saw fails
-        // (outcome unknown); without drops nothing fails.
-        if !drops {
-            assert_eq!(a.failed + b.failed, 0, "seed {seed}: requests failed");
-        }
-        assert_eq!(a.failed, 0, "seed {seed}: leader requests failed");
+        assert_eq!(a.failed + b.failed, 0, "seed {seed}: requests failed");
         assert!(a.ok > 100 && b.ok > 100, "seed {seed}: too little traffic");
         assert!(a.engine.idle() && b.engine.idle(), "seed {seed}: ops left");
         assert!(
@@ -3934,9 +3967,9 @@ mod tests {
         }
         collect(&mut b);
         assert_eq!(b.outstanding, 0, "b's write was never answered");
-        // Its outcome is unknown to b (the leader had it; whether it still does, b cannot
-        // tell): failed, never applied twice.
-        assert_eq!((b.ok, b.failed), (0, 1), "b's write was answered wrongly");
+        // Same leader process, which had b's acknowledgement: on both replicas, never
+        // applied twice.
+        assert_eq!((b.ok, b.failed), (1, 0), "b's write was answered wrongly");
         for s in [&a, &b] {
             assert_eq!(
                 s.disk.borrow().bytes[..512],
@@ -4045,6 +4078,8 @@ mod tests {
         let mut rng = Rng(9);
         let mut a = site(Role::Leader, Duration::from_secs(60));
         let mut b = site(Role::Follower, Duration::from_secs(60));
+        // (What WELCOME tells the follower.)
+        b.engine.set_peer_incarnation(a.engine.incarnation());
         a.engine.link_up(&mut io);
         b.engine.link_up(&mut io);
         deliver(&mut a, &mut b, &mut io, usize::MAX); // RESENT
@@ -4057,6 +4092,7 @@ mod tests {
         b.engine.link_down("test");
         b.wire.clear();
         let mut a = site(Role::Leader, Duration::from_secs(60));
+        b.engine.set_peer_incarnation(a.engine.incarnation());
         a.engine.link_up(&mut io);
         b.engine.link_up(&mut io);
         for _ in 0..10 {

@@ -261,7 +261,7 @@ impl LinkConn {
         }
         let (size, block) = (c.size, c.block);
         // Both sites' replica states decide the session (normal, or a resync one way).
-        let mine = e.replica_state();
+        let (mine, incarnation) = (e.replica_state(), e.incarnation());
         e.set_peer_incarnation(h.seq);
         e.session_start(env.io, h.id)?;
         e.link_key = Some(key);
@@ -271,6 +271,7 @@ impl LinkConn {
             &mut self.tx,
             &Header {
                 id: mine,
+                seq: incarnation,
                 ..Header::new(Type::Welcome)
             },
             &wire::encode_geometry(size, block, ""),
@@ -324,6 +325,7 @@ impl LinkConn {
                                     "mirror: the leader's volume geometry differs");
                                 return self.close(env, "geometry differs");
                             }
+                            e.set_peer_incarnation(h.seq);
                             if let Err(why) = e.session_start(env.io, h.id) {
                                 tracing::error!(volume = %e.config().name, %why, "mirror: refusing the session");
                                 return self.close(env, "no session possible");
