@@ -710,9 +710,11 @@ impl Engine {
                     self.push_meta();
                 }
             }
-            (0, 4) => {
-                // A new, empty replica: send it every region ever written here, serving alone
-                // meanwhile (the peer serves nothing until it has the data).
+            (0, 4) | (0, 3) => {
+                // A new, empty replica, or one whose resync from here ended without its
+                // RESYNC_DONE (this site finished, the peer never heard): send it every region
+                // ever written here, serving alone meanwhile (the peer serves nothing until it
+                // has the data).
                 self.dirty_everything_written();
                 self.set_mode(Mode::Survivor);
                 self.session_start_source(io);
@@ -732,7 +734,7 @@ impl Engine {
                 tracing::warn!(volume = %self.cfg.name, dirty_bytes = self.dirty_bytes(),
                     "mirror: the peer is back; resyncing it with the regions written since it was lost");
             }
-            (_, 1) | (4, 0) => {
+            (_, 1) | (4, 0) | (3, 0) => {
                 // This replica is about to be overwritten by the peer's: updates still held
                 // here are failed, never sent (the peer would not take them).
                 self.fail_forwards();
@@ -4336,6 +4338,34 @@ mod tests {
             a.engine.barrier.len(),
             1,
             "kept forward released while still Resyncing"
+        );
+    }
+
+    #[test]
+    fn a_resync_whose_done_message_was_lost_is_done_again_in_full() {
+        let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+        redial(&mut a, &mut b, &mut io);
+        deliver(&mut a, &mut b, &mut io, usize::MAX); // a's suspect list
+        // b copies everything and finishes; nothing of it reaches a (lost with the link).
+        for _ in 0..10_000 {
+            b.engine.tick(&mut io, Instant::now());
+            while complete_one(&mut b, &mut io, &mut rng) {}
+            if b.engine.mode() == Mode::Mirroring {
+                break;
+            }
+        }
+        assert_eq!(b.engine.mode(), Mode::Mirroring);
+        a.engine.link_down("test");
+        b.engine.link_down("test");
+        a.wire.clear();
+        b.wire.clear();
+        assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (3, 0));
+        // The next session is not refused: b sends every region it ever wrote.
+        redial(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert!(
+            a.disk.borrow().bytes == b.disk.borrow().bytes,
+            "replicas differ after the repeated resync"
         );
     }
 }
