@@ -75,29 +75,9 @@ mirror = $7
 CFG
 }
 
-start() { # name
-    "$BIN" serve --config "$WORK/$1.toml" >"$WORK/$1.out" 2>"$WORK/$1.log" &
-    PIDS+=($!)
-    for _ in $(seq 100); do [[ -S $WORK/$1.sock ]] && grep -q "Ctrl-C" "$WORK/$1.out" && return; sleep 0.05; done
-    echo "mirror_compare: site $1 did not start; log:" >&2; cat "$WORK/$1.log" >&2; exit 1
-}
-
-stop_all() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    PIDS=()
-    rm -f "$WORK"/*.sock
-}
-
-mstat() { "$CTL" --socket "$WORK/$1.sock" mirror_status; }
-
-wait_link() {
-    for _ in $(seq 200); do
-        mstat a | grep -q '"state": "up"' && return
-        sleep 0.05
-    done
-    echo "mirror_compare: link never came up" >&2; exit 1
-}
+SCRIPT=mirror_compare
+# shellcheck source=benches/sites.sh
+source benches/sites.sh # (the working directory is the repository root here)
 
 RESULTS=$WORK/results.jsonl
 port=$BASE_PORT

@@ -2250,19 +2250,7 @@ impl Engine {
             {
                 // The source is mirroring already; this site still applies its last copies:
                 // the forward waits, in order, until they are done.
-                self.check_range(h)?;
-                let upd = match h.ty {
-                    FwdWrite => Upd::Write,
-                    FwdZeroes => Upd::Zeroes,
-                    FwdCaw => Upd::Caw,
-                    _ => Upd::Unmap,
-                };
-                let data = if matches!(upd, Upd::Write | Upd::Caw) {
-                    self.buf(payload)
-                } else {
-                    Vec::new()
-                };
-                let k = self.new_peer_op(Origin::PeerFwd, upd, h, data);
+                let k = self.forwarded_op(h, payload)?;
                 self.barrier.push_back(k);
             }
             FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
@@ -2273,19 +2261,7 @@ impl Engine {
                 self.check_range(h)?;
             }
             FwdWrite | FwdZeroes | FwdUnmap | FwdCaw if leader => {
-                self.check_range(h)?;
-                let upd = match h.ty {
-                    FwdWrite => Upd::Write,
-                    FwdZeroes => Upd::Zeroes,
-                    FwdCaw => Upd::Caw,
-                    _ => Upd::Unmap,
-                };
-                let data = if matches!(upd, Upd::Write | Upd::Caw) {
-                    self.buf(payload)
-                } else {
-                    Vec::new()
-                };
-                let k = self.new_peer_op(Origin::PeerFwd, upd, h, data);
+                let k = self.forwarded_op(h, payload)?;
                 self.leader_take(io, k);
             }
             Miscompare if !leader => {
@@ -2528,15 +2504,21 @@ impl Engine {
     /// Fail every held forward (nothing of them reached the peer's order).
     fn fail_forwards(&mut self) {
         while let Some(k) = self.forwards.pop_front() {
-            let op = &mut self.ops[k];
-            op.listed = false;
-            op.awaiting_order = false;
-            op.remote_done = true;
-            if let Some((from, tag)) = op.initiator.take() {
-                self.done.push((from, tag, Err(Errno::IO)));
-            }
-            self.settle(k);
+            self.end_forward(k, true);
         }
+    }
+
+    /// Follower: forward `k`, already out of `forwards`, needs nothing more from the peer;
+    /// with `fail` its initiator gets EIO (outcome unknown), else its local apply answers.
+    fn end_forward(&mut self, k: usize, fail: bool) {
+        let op = &mut self.ops[k];
+        op.listed = false;
+        op.awaiting_order = false;
+        op.remote_done = true;
+        if fail && let Some((from, tag)) = op.initiator.take() {
+            self.done.push((from, tag, Err(Errno::IO)));
+        }
+        self.settle(k);
     }
 
     /// Follower: the leader's re-sends are in. A forward of an earlier session that none
@@ -2557,14 +2539,8 @@ impl Engine {
             let ordered = op.fwd_session != 0 && op.seq != 0;
             if ordered || (op.fwd_session != 0 && op.caw) {
                 let on_both = ordered && op.fwd_inc == self.peer_incarnation;
-                op.listed = false;
-                op.awaiting_order = false;
-                op.remote_done = true;
-                if !on_both && let Some((from, tag)) = op.initiator.take() {
-                    self.done.push((from, tag, Err(Errno::IO)));
-                }
                 self.forwards.retain(|&f| f != k);
-                self.settle(k);
+                self.end_forward(k, !on_both);
                 continue;
             }
             self.forward(k);
@@ -2590,6 +2566,23 @@ impl Engine {
                 i += 1;
             }
         }
+    }
+
+    /// Leader: the op of a forwarded update (FWD_WRITE, FWD_ZEROES, FWD_UNMAP, FWD_CAW).
+    fn forwarded_op(&mut self, h: &Header, payload: &[u8]) -> Result<usize, &'static str> {
+        self.check_range(h)?;
+        let upd = match h.ty {
+            Type::FwdWrite => Upd::Write,
+            Type::FwdZeroes => Upd::Zeroes,
+            Type::FwdCaw => Upd::Caw,
+            _ => Upd::Unmap,
+        };
+        let data = if matches!(upd, Upd::Write | Upd::Caw) {
+            self.buf(payload)
+        } else {
+            Vec::new()
+        };
+        Ok(self.new_peer_op(Origin::PeerFwd, upd, h, data))
     }
 
     fn new_peer_op(&mut self, origin: Origin, upd: Upd, h: &Header, data: Vec<u8>) -> usize {
@@ -3087,10 +3080,7 @@ mod tests {
             }
             if drops && step % 500 == 250 {
                 // The link breaks: whatever is on the wire is lost; a new session starts.
-                a.engine.link_down("test");
-                b.engine.link_down("test");
-                a.wire.clear();
-                b.wire.clear();
+                break_link(&mut a, &mut b);
                 a.engine.link_up(&mut io);
                 b.engine.link_up(&mut io);
             }
@@ -3206,6 +3196,48 @@ mod tests {
         let slot = Arc::new(super::super::failover::FailoverSlot::default());
         s.engine.cfg.failover = Some(Arc::clone(&slot));
         (s, slot)
+    }
+
+    /// `rounds` turns of: deliver both ways, finish every local operation, let ACKs fall due.
+    fn exchange(a: &mut Site, b: &mut Site, io: &mut IoCx, rng: &mut Rng, rounds: usize) {
+        for _ in 0..rounds {
+            deliver(a, b, io, usize::MAX);
+            deliver(b, a, io, usize::MAX);
+            while complete_one(a, io, rng) || complete_one(b, io, rng) {}
+            std::thread::sleep(ACK_WINDOW);
+        }
+    }
+
+    /// The link breaks: both sessions end and whatever is on the wire is lost.
+    fn break_link(a: &mut Site, b: &mut Site) {
+        a.engine.link_down("test");
+        b.engine.link_down("test");
+        a.wire.clear();
+        b.wire.clear();
+    }
+
+    /// With the link down, the witness grants b and denies a: b survives, a fences.
+    fn grant_b_fence_a(
+        a: &mut Site,
+        b: &mut Site,
+        sa: &super::super::failover::FailoverSlot,
+        sb: &super::super::failover::FailoverSlot,
+        io: &mut IoCx,
+    ) {
+        use super::super::failover::{DENIED, GRANTED};
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = Instant::now();
+        a.engine.tick(io, now);
+        b.engine.tick(io, now);
+        sb.epoch.store(1, SeqCst);
+        sb.outcome.store(GRANTED, SeqCst);
+        sa.outcome.store(DENIED, SeqCst);
+        a.engine.tick(io, now);
+        b.engine.tick(io, now);
+        assert_eq!(
+            (a.engine.mode(), b.engine.mode()),
+            (Mode::Fenced, Mode::Survivor)
+        );
     }
 
     /// Run the link down with writes held at both sites, then let the witness answer.
@@ -3339,8 +3371,6 @@ mod tests {
     /// breaks), the witness grants b (follower), a fences, and b writes alone elsewhere.
     /// Returns the sites, with the replicas different, before b dials again.
     fn fenced_leader_with_unconfirmed_updates() -> (Site, Site, IoCx, Rng) {
-        use super::super::failover::{DENIED, GRANTED};
-        use std::sync::atomic::Ordering::SeqCst;
         let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
         let mut rng = Rng(21);
         let (mut a, sa) = with_witness(Role::Leader);
@@ -3357,22 +3387,8 @@ mod tests {
         assert!(complete_one(&mut a, &mut io, &mut rng));
         write_at(&mut a, &mut io, &mut slot, 40960, 0xA2, 4096);
         write_at(&mut b, &mut io, &mut slot, 8192, 0xB1, 4096);
-        a.engine.link_down("test");
-        b.engine.link_down("test");
-        a.wire.clear();
-        b.wire.clear();
-        let now = Instant::now();
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        sb.epoch.store(1, SeqCst);
-        sb.outcome.store(GRANTED, SeqCst);
-        sa.outcome.store(DENIED, SeqCst);
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        assert_eq!(
-            (a.engine.mode(), b.engine.mode()),
-            (Mode::Fenced, Mode::Survivor)
-        );
+        break_link(&mut a, &mut b);
+        grant_b_fence_a(&mut a, &mut b, &sa, &sb, &mut io);
         // The apply in flight at the fence reaches a's replica afterwards.
         while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
         collect(&mut a);
@@ -3456,10 +3472,7 @@ mod tests {
         while complete_one(&mut b, &mut io, &mut rng) {}
         assert_eq!(b.engine.mode(), Mode::Survivor);
         // ...which the link loses.
-        a.engine.link_down("test");
-        b.engine.link_down("test");
-        a.wire.clear();
-        b.wire.clear();
+        break_link(&mut a, &mut b);
         b.engine.tick(&mut io, Instant::now());
         assert_eq!(
             b.engine.dirty_bytes(),
@@ -3953,20 +3966,10 @@ mod tests {
         }
         assert_eq!(a.ok, 1, "the compare-and-write was not acknowledged");
         // The link breaks; a new session must not apply A again after B.
-        a.engine.link_down("test");
-        b.engine.link_down("test");
-        a.wire.clear();
-        b.wire.clear();
+        break_link(&mut a, &mut b);
         a.engine.link_up(&mut io);
         b.engine.link_up(&mut io);
-        for _ in 0..20 {
-            deliver(&mut b, &mut a, &mut io, usize::MAX);
-            deliver(&mut a, &mut b, &mut io, usize::MAX);
-            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng)
-            {
-            }
-            std::thread::sleep(ACK_WINDOW);
-        }
+        exchange(&mut a, &mut b, &mut io, &mut rng, 20);
         collect(&mut b);
         assert_eq!(b.outstanding, 0, "b's write was never answered");
         // Same leader process, which had b's acknowledgement: on both replicas, never
@@ -4019,14 +4022,7 @@ mod tests {
         );
         // Mirroring again: b's write is ordered and acknowledged.
         submit(&mut b, &mut io, &mut rng, &mut slot);
-        for _ in 0..20 {
-            deliver(&mut b, &mut a, &mut io, usize::MAX);
-            deliver(&mut a, &mut b, &mut io, usize::MAX);
-            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng)
-            {
-            }
-            std::thread::sleep(ACK_WINDOW);
-        }
+        exchange(&mut a, &mut b, &mut io, &mut rng, 20);
         collect(&mut b);
         assert_eq!((b.ok, b.outstanding), (1, 0));
         assert!(
@@ -4097,14 +4093,7 @@ mod tests {
         b.engine.set_peer_incarnation(a.engine.incarnation());
         a.engine.link_up(&mut io);
         b.engine.link_up(&mut io);
-        for _ in 0..10 {
-            deliver(&mut a, &mut b, &mut io, usize::MAX);
-            deliver(&mut b, &mut a, &mut io, usize::MAX);
-            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng)
-            {
-            }
-            std::thread::sleep(ACK_WINDOW);
-        }
+        exchange(&mut a, &mut b, &mut io, &mut rng, 10);
         collect(&mut b);
         let on_a = a.disk.borrow().bytes[0] == 0xCC;
         assert!(
@@ -4156,20 +4145,10 @@ mod tests {
         b.caws.insert(99);
         deliver_without_acks(&mut b, &mut a, &mut io); // FWD_CAW; b's ACK of seq 1 held back
         while complete_one(&mut a, &mut io, &mut rng) {} // a compares: MISCOMPARE (lost)
-        a.engine.link_down("test");
-        b.engine.link_down("test");
-        a.wire.clear();
-        b.wire.clear();
+        break_link(&mut a, &mut b);
         a.engine.link_up(&mut io);
         b.engine.link_up(&mut io);
-        for _ in 0..10 {
-            deliver(&mut a, &mut b, &mut io, usize::MAX);
-            deliver(&mut b, &mut a, &mut io, usize::MAX);
-            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng)
-            {
-            }
-            std::thread::sleep(ACK_WINDOW);
-        }
+        exchange(&mut a, &mut b, &mut io, &mut rng, 10);
         collect(&mut b);
         assert_eq!(
             b.caw_ok, 0,
@@ -4260,10 +4239,7 @@ mod tests {
         assert_eq!(b.engine.mode(), Mode::Survivor);
         deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNC copies; a's applies pending
         assert!(!a.disk.borrow().pending.is_empty());
-        a.engine.link_down("test");
-        b.engine.link_down("test");
-        a.wire.clear();
-        b.wire.clear();
+        break_link(&mut a, &mut b);
         redial(&mut a, &mut b, &mut io); // (3, 1): target again
         while complete_one(&mut a, &mut io, &mut rng) {} // old copies finish
     }
@@ -4273,8 +4249,6 @@ mod tests {
     /// still Resyncing.
     #[test]
     fn a_stale_compare_and_write_does_not_release_kept_forwards_before_mirroring() {
-        use super::super::failover::{DENIED, GRANTED};
-        use std::sync::atomic::Ordering::SeqCst;
         let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
         let mut rng = Rng(21);
         let (mut a, sa) = with_witness(Role::Leader);
@@ -4295,22 +4269,8 @@ mod tests {
         a.outstanding += 1;
         a.caws.insert(77);
         let caw_read = a.disk.borrow_mut().pending.pop().expect("caw read pending");
-        a.engine.link_down("test");
-        b.engine.link_down("test");
-        a.wire.clear();
-        b.wire.clear();
-        let now = Instant::now();
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        sb.epoch.store(1, SeqCst);
-        sb.outcome.store(GRANTED, SeqCst);
-        sa.outcome.store(DENIED, SeqCst);
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        assert_eq!(
-            (a.engine.mode(), b.engine.mode()),
-            (Mode::Fenced, Mode::Survivor)
-        );
+        break_link(&mut a, &mut b);
+        grant_b_fence_a(&mut a, &mut b, &sa, &sb, &mut io);
         let mut slot = 0;
         write_at(&mut b, &mut io, &mut slot, 8192, 0xB2, 4096);
         while complete_one(&mut b, &mut io, &mut rng) {}
@@ -4355,10 +4315,7 @@ mod tests {
             }
         }
         assert_eq!(b.engine.mode(), Mode::Mirroring);
-        a.engine.link_down("test");
-        b.engine.link_down("test");
-        a.wire.clear();
-        b.wire.clear();
+        break_link(&mut a, &mut b);
         assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (3, 0));
         // The next session is not refused: b sends every region it ever wrote.
         redial(&mut a, &mut b, &mut io);
@@ -4367,5 +4324,51 @@ mod tests {
             a.disk.borrow().bytes == b.disk.borrow().bytes,
             "replicas differ after the repeated resync"
         );
+    }
+
+    #[test]
+    fn a_forwarded_miscompare_is_answered_only_once_the_follower_has_what_it_compared() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(5);
+        let mut a = site(Role::Leader, Duration::from_secs(60));
+        let mut b = site(Role::Follower, Duration::from_secs(60));
+        a.engine.link_up(&mut io);
+        b.engine.link_up(&mut io);
+        deliver(&mut a, &mut b, &mut io, usize::MAX); // RESENT
+        // a writes 0x11 at block 0; b receives it but has not applied it yet.
+        let mut slot = 0;
+        write_at(&mut a, &mut io, &mut slot, 0, 0x11, 512);
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        assert_eq!(
+            b.disk.borrow().pending.len(),
+            1,
+            "b applied the write already"
+        );
+        // b's compare-and-write expects the old zeroes: a miscompares it against 0x11.
+        let u = Update::CompareWrite {
+            cmp: &[0; 512],
+            data: &[0x22; 512],
+        };
+        let tag = IoTag { conn: 1, slot: 50 };
+        assert_eq!(
+            b.engine.submit(&mut io, 0, tag, u, 0, false),
+            Start::Pending
+        );
+        b.outstanding += 1;
+        b.caws.insert(50);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        deliver(&mut a, &mut b, &mut io, usize::MAX); // MISCOMPARE
+        collect(&mut b);
+        assert_eq!(
+            b.caw_miscompare, 0,
+            "answered before b had the data it failed on"
+        );
+        // Once b has applied the write, the miscompare is answered.
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        collect(&mut b);
+        assert_eq!((b.caw_miscompare, b.outstanding), (1, 0));
+        assert_eq!(b.disk.borrow().bytes[0], 0x11);
     }
 }

@@ -2,7 +2,7 @@
 //! when a site dies the other carries on within about a second (RTO printed), every write
 //! acknowledged before is still there, and without the witness a lone site fences.
 
-use crate::harness::{Server, free_port, mirror_state, pattern, sha, wait_mirror_state};
+use crate::harness::{Server, free_port, mirror_state, pattern, same_files, wait_mirror_state};
 use crate::nvmf_fused_resv::host;
 use crate::rawnbd::Client;
 use std::net::SocketAddr;
@@ -296,10 +296,10 @@ fn lost_site_returns(kill_a: bool) {
     drop(c);
     let (mut s, mut v) = (survivor, victim);
     assert!(s.stop() && v.stop(), "clean stop failed");
-    assert_eq!(
-        sha(&root.path().join("a.img")),
-        sha(&root.path().join("b.img")),
-        "replicas differ after the resync"
+    same_files(
+        &root.path().join("a.img"),
+        &root.path().join("b.img"),
+        "replicas differ after the resync",
     );
 }
 
@@ -388,10 +388,10 @@ fn a_fenced_leaders_unacknowledged_write_is_overwritten_by_its_resync() {
     drop(ca);
     let (mut a, mut b) = (a, b);
     assert!(a.stop() && b.stop(), "clean stop failed");
-    assert_eq!(
-        sha(&root.path().join("a.img")),
-        sha(&root.path().join("b.img")),
-        "replicas differ after the resync"
+    same_files(
+        &root.path().join("a.img"),
+        &root.path().join("b.img"),
+        "replicas differ after the resync",
     );
 }
 
@@ -486,10 +486,10 @@ fn a_new_empty_replica_gets_only_the_regions_ever_written() {
     );
     let (mut a, mut b) = (a, b);
     assert!(a.stop() && b.stop());
-    assert_eq!(
-        sha(&root.path().join("a.img")),
-        sha(&root.path().join("b.img")),
-        "replicas differ after the first sync"
+    same_files(
+        &root.path().join("a.img"),
+        &root.path().join("b.img"),
+        "replicas differ after the first sync",
     );
 }
 
@@ -555,10 +555,10 @@ fn a_volume_group_fails_over_as_one_and_both_volumes_resync() {
     let (mut a, mut b) = (a, b);
     assert!(a.stop() && b.stop());
     for v in ["db", "log"] {
-        assert_eq!(
-            sha(&root.path().join(format!("a-{v}.img"))),
-            sha(&root.path().join(format!("b-{v}.img"))),
-            "{v}: replicas differ"
+        same_files(
+            &root.path().join(format!("a-{v}.img")),
+            &root.path().join(format!("b-{v}.img")),
+            "{v}: replicas differ",
         );
     }
 }

@@ -275,6 +275,12 @@ pub fn free_port() -> u16 {
     panic!("no free TCP port in {LOW}..{}", LOW + SPAN);
 }
 
+/// Assert that two files (two sites' replicas) are byte-identical, by SHA-256.
+#[track_caller]
+pub fn same_files(a: &Path, b: &Path, what: &str) {
+    assert_eq!(sha(a), sha(b), "{what}");
+}
+
 /// SHA-256 of a file, with the system's `sha256sum`.
 pub fn sha(path: &Path) -> String {
     run(Command::new("sha256sum").arg(path))

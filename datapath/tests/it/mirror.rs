@@ -3,7 +3,7 @@
 //! survive a stop of both sites, a dead peer means no acknowledgement, and forged replication
 //! messages are refused without being applied.
 
-use crate::harness::{Server, free_port, need, pattern, run, sha};
+use crate::harness::{Server, free_port, need, pattern, run, same_files};
 use crate::rawnbd::Client;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -148,10 +148,10 @@ fn data_written_at_either_site_reads_back_identical_at_the_other() {
     // Batched acknowledgements: fewer ACK messages than updates.
     eprintln!("site a: {sa}\nsite b: {sb}");
     assert!(a.stop() && b.stop(), "clean stop failed");
-    assert_eq!(
-        sha(&root.path().join("a.img")),
-        sha(&root.path().join("b.img")),
-        "replicas differ"
+    same_files(
+        &root.path().join("a.img"),
+        &root.path().join("b.img"),
+        "replicas differ",
     );
 }
 
@@ -178,10 +178,10 @@ fn two_writers_one_per_site_on_the_same_blocks_leave_identical_replicas() {
     eprintln!("site a: {sa}\nsite b: {sb}");
     assert!(sa["updates"].as_u64().unwrap() > 500 && sb["updates"].as_u64().unwrap() > 500);
     assert!(a.stop() && b.stop(), "clean stop failed");
-    assert_eq!(
-        sha(&root.path().join("a.img")),
-        sha(&root.path().join("b.img")),
-        "replicas differ"
+    same_files(
+        &root.path().join("a.img"),
+        &root.path().join("b.img"),
+        "replicas differ",
     );
 }
 
@@ -547,10 +547,10 @@ fn volumes_spread_over_reactors_each_with_its_own_link_and_requests_cross_reacto
     );
     assert!(a.stop() && b.stop(), "clean stop failed");
     for v in ["vol0", "vol1"] {
-        assert_eq!(
-            sha(&root.path().join(format!("a-{v}.img"))),
-            sha(&root.path().join(format!("b-{v}.img"))),
-            "{v}: replicas differ"
+        same_files(
+            &root.path().join(format!("a-{v}.img")),
+            &root.path().join(format!("b-{v}.img")),
+            "{v}: replicas differ",
         );
     }
 }
@@ -788,10 +788,10 @@ fn compare_and_write_from_both_sites_on_one_block_is_atomic_across_the_sites() {
     drop(queues);
     drop((ca, cb));
     assert!(a.stop() && b.stop(), "clean stop failed");
-    assert_eq!(
-        sha(&root.path().join("a.img")),
-        sha(&root.path().join("b.img")),
-        "replicas differ"
+    same_files(
+        &root.path().join("a.img"),
+        &root.path().join("b.img"),
+        "replicas differ",
     );
 }
 

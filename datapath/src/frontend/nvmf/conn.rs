@@ -1431,76 +1431,63 @@ impl NvmfConn {
         data: &[u8],
     ) {
         let cid = sqe.cid();
-        let host = self.ctrl.as_ref().map_or([0; 16], |c| c.hostid);
-        if matches!(
-            sqe.opcode(),
-            io::RESV_REGISTER | io::RESV_ACQUIRE | io::RESV_RELEASE
-        ) {
-            match self.replicated_reservation(env, sub, idx, sqe, data, host) {
-                Routed::Local => {}
-                Routed::Answer(status) => return self.respond(cid, status, 0),
-                Routed::Pending => return,
-            }
-        }
+        let op = sqe.opcode();
         let cdw10 = sqe.cdw(10);
-        let action = (cdw10 & 7) as u8;
-        let iekey = cdw10 & (1 << 3) != 0;
-        let rtype = ((cdw10 >> 8) & 0xFF) as u8;
         let key = |at: usize| -> Option<u64> {
             Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
         };
-        let status = match sqe.opcode() {
-            io::RESV_REGISTER => {
-                let (Some(crkey), Some(nrkey)) = (key(0), key(8)) else {
-                    return self.respond(cid, Status::SGL_INVALID_DATA, 0);
-                };
-                // CPTPL: 00b no change, 11b persist; the state always persists, so 10b
-                // (stop persisting) cannot be honoured.
-                if matches!(cdw10 >> 30, 1 | 2) {
-                    return self.respond(cid, Status::INVALID_FIELD, 0);
-                }
-                sub.resv
-                    .update(idx, |n| n.register(&host, action, iekey, crkey, nrkey))
+        if op == io::RESV_REPORT {
+            // Report: NVMe over Fabrics hosts have 128-bit identifiers, so only the
+            // extended data structure (EDS = 1) can describe them.
+            if sqe.cdw(11) & 1 == 0 {
+                return self.respond(cid, Status::HOST_ID_INCONSISTENT, 0);
             }
-            io::RESV_ACQUIRE => {
-                let (Some(crkey), Some(prkey)) = (key(0), key(8)) else {
-                    return self.respond(cid, Status::SGL_INVALID_DATA, 0);
-                };
-                if iekey {
-                    return self.respond(cid, Status::INVALID_FIELD, 0);
-                }
-                sub.resv
-                    .update(idx, |n| n.acquire(&host, action, rtype, crkey, prkey))
+            if sqe.sgl_type() != sgl::TRANSPORT {
+                return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
             }
-            io::RESV_RELEASE => {
-                let Some(crkey) = key(0) else {
-                    return self.respond(cid, Status::SGL_INVALID_DATA, 0);
-                };
-                if iekey {
-                    return self.respond(cid, Status::INVALID_FIELD, 0);
-                }
-                sub.resv
-                    .update(idx, |n| n.release(&host, action, rtype, crkey))
-            }
-            _ => {
-                // Report: NVMe over Fabrics hosts have 128-bit identifiers, so only the
-                // extended data structure (EDS = 1) can describe them.
-                if sqe.cdw(11) & 1 == 0 {
-                    return self.respond(cid, Status::HOST_ID_INCONSISTENT, 0);
-                }
-                if sqe.sgl_type() != sgl::TRANSPORT {
-                    return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
-                }
-                let numd = u64::from(cdw10) + 1;
-                let want = (numd * 4)
-                    .min(u64::from(sqe.sgl_len()))
-                    .min(u64::from(MAX_XFER)) as u32;
-                let Some(snap) = sub.resv.snapshot(idx) else {
-                    return self.respond(cid, Status::INVALID_NS, 0);
-                };
-                snap.report_ext(&mut self.scratch);
-                return self.respond_scratch(cid, want);
-            }
+            let numd = u64::from(cdw10) + 1;
+            let want = (numd * 4)
+                .min(u64::from(sqe.sgl_len()))
+                .min(u64::from(MAX_XFER)) as u32;
+            let Some(snap) = sub.resv.snapshot(idx) else {
+                return self.respond(cid, Status::INVALID_NS, 0);
+            };
+            snap.report_ext(&mut self.scratch);
+            return self.respond_scratch(cid, want);
+        }
+        // Register (CRKEY, NRKEY), Acquire (CRKEY, PRKEY), Release (CRKEY).
+        let key2 = if op == io::RESV_RELEASE {
+            Some(0)
+        } else {
+            key(8)
+        };
+        let (Some(key1), Some(key2)) = (key(0), key2) else {
+            return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+        };
+        let iekey = cdw10 & (1 << 3) != 0;
+        let invalid = if op == io::RESV_REGISTER {
+            // CPTPL: 00b no change, 11b persist; the state always persists, so 10b (stop
+            // persisting) cannot be honoured.
+            matches!(cdw10 >> 30, 1 | 2)
+        } else {
+            iekey
+        };
+        if invalid {
+            return self.respond(cid, Status::INVALID_FIELD, 0);
+        }
+        let cmd = super::resv::ResvCmd {
+            nqn: sub.nqn.clone(),
+            nsid: idx as u32 + 1,
+            opcode: op,
+            cdw10,
+            host: self.ctrl.as_ref().map_or([0; 16], |c| c.hostid),
+            key1,
+            key2,
+        };
+        let status = match self.replicated_reservation(env, sub, idx, cid, &cmd) {
+            Routed::Local => sub.resv.update(idx, |n| cmd.apply(n)),
+            Routed::Answer(status) => status,
+            Routed::Pending => return,
         };
         if status != Status::SUCCESS {
             self.errors += 1;
@@ -1509,45 +1496,19 @@ impl NvmfConn {
     }
 
     /// A Register/Acquire/Release on a mirrored volume's namespace goes to the volume's mirror
-    /// engine, whose leader site decides it for both sites (docs/nvmf.md). A malformed one is
-    /// left to the local checks, which answer it.
+    /// engine, whose leader site decides it for both sites (docs/nvmf.md); on any other
+    /// namespace it is decided here (`Routed::Local`).
     fn replicated_reservation(
         &mut self,
         env: &mut Env<'_>,
         sub: &Subsystem,
         idx: usize,
-        sqe: Sqe<'_>,
-        data: &[u8],
-        host: [u8; 16],
+        cid: u16,
+        cmd: &super::resv::ResvCmd,
     ) -> Routed {
-        let cdw10 = sqe.cdw(10);
-        let key = |at: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
-        };
-        let op = sqe.opcode();
-        // The same field checks as the local path, before anything is sent.
-        let iekey = cdw10 & (1 << 3) != 0;
-        let valid = match op {
-            io::RESV_REGISTER => key(8).is_some() && !matches!(cdw10 >> 30, 1 | 2),
-            io::RESV_ACQUIRE => key(8).is_some() && !iekey,
-            _ => key(0).is_some() && !iekey,
-        };
-        let (Some(ns), Some(key1), Some(key2), true) =
-            (sub.namespaces.get(idx), key(0), key(8).or(Some(0)), valid)
-        else {
+        let Some(vol) = sub.namespaces.get(idx).map(|ns| ns.volume) else {
             return Routed::Local;
         };
-        let vol = ns.volume;
-        let cmd = super::resv::ResvCmd {
-            nqn: sub.nqn.clone(),
-            nsid: idx as u32 + 1,
-            opcode: op,
-            cdw10,
-            host,
-            key1,
-            key2: if op == io::RESV_RELEASE { 0 } else { key2 },
-        }
-        .encode();
         let tag = IoTag {
             conn: env.key,
             slot: self.reqs.vacant_key() as u32,
@@ -1555,22 +1516,19 @@ impl NvmfConn {
         let Some(started) = env
             .chans
             .get_mut(vol)
-            .and_then(|c| c.meta(env.io, tag, &cmd))
+            .and_then(|c| c.meta(env.io, tag, &cmd.encode()))
         else {
             return Routed::Local;
         };
         match started {
             Start::Done(Ok(())) => Routed::Answer(Status::SUCCESS),
-            Start::Done(Err(e)) => {
-                self.errors += 1;
-                Routed::Answer(status_of(e, op))
-            }
+            Start::Done(Err(e)) => Routed::Answer(status_of(e, cmd.opcode)),
             Start::Pending => {
                 self.err_vol = vol;
                 let k = self.reqs.insert(Req {
-                    cid: sqe.cid(),
+                    cid,
                     cid2: 0,
-                    op,
+                    op: cmd.opcode,
                     parts: 1,
                     status: Status::SUCCESS,
                     cmp: Vec::new(),
