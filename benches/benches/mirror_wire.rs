@@ -12,7 +12,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::Duration;
-use twinblk::mirror::wire::{self, Decoded, Header, Type};
+use twinblk::layer::mirror::wire::{self, Decoded, Header, Type};
 
 const MSGS: usize = 256;
 

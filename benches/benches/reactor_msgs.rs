@@ -16,8 +16,8 @@
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use twinblk::config::Wait;
-use twinblk::reactor::Msg;
+use twinblk::control::config::Wait;
+use twinblk::runtime::Msg;
 use twinblk::{Config, Daemon};
 
 /// Reactor the messages go to.

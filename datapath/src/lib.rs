@@ -28,16 +28,13 @@
 //! every buffer handed to the kernel is owned by the in-flight table until its completion.
 
 pub mod bdev;
-pub mod buf;
-pub mod config;
 pub mod control;
-pub mod demo;
+pub mod daemon;
 pub mod frontend;
-pub mod mirror;
-pub mod reactor;
-pub mod server;
+pub mod layer;
+pub mod runtime;
+pub mod transport;
 pub mod uring;
-pub mod volume;
 
-pub use config::Config;
-pub use server::Daemon;
+pub use control::config::Config;
+pub use daemon::Daemon;

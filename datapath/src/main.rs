@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use twinblk::config::{Config, Wait};
+use twinblk::control::config::{Config, Wait};
 use twinblk::frontend::Proto;
 
 /// A userspace block target: volumes over NBD and NVMe/TCP on io_uring reactors.
@@ -112,8 +112,8 @@ fn main() -> Result<()> {
             witness_port,
             size,
         } => {
-            twinblk::config::parse_size(&size).map_err(anyhow::Error::msg)?;
-            twinblk::demo::run(twinblk::demo::DemoOptions {
+            twinblk::control::config::parse_size(&size).map_err(anyhow::Error::msg)?;
+            twinblk::daemon::demo::run(twinblk::daemon::demo::DemoOptions {
                 dir,
                 nbd_port,
                 repl_port,

@@ -20,9 +20,9 @@ use std::time::Duration;
 use twinblk::bdev::BlockDevice;
 use twinblk::bdev::malloc::MallocDevice;
 use twinblk::frontend::nvmf::resv::{ResvReplicator, ResvTable};
-use twinblk::mirror::engine::{Engine, EngineConfig, Role};
-use twinblk::mirror::stats::MirrorStats;
-use twinblk::mirror::wire::{Decoded, decode, encode};
+use twinblk::layer::mirror::engine::{Engine, EngineConfig, Role};
+use twinblk::layer::mirror::stats::MirrorStats;
+use twinblk::layer::mirror::wire::{Decoded, decode, encode};
 use twinblk::uring::IoCx;
 
 const SIZE: u64 = 1 << 20;
@@ -56,7 +56,7 @@ fn engine(io: &mut IoCx, role: Role) -> Engine {
 
 /// Build well-sealed messages from a field-by-field description.
 fn sealed(mut d: &[u8]) -> Vec<u8> {
-    use twinblk::mirror::wire::Header;
+    use twinblk::layer::mirror::wire::Header;
     let mut out = Vec::new();
     while d.len() >= 12 {
         let ty = d[0] % 26;
@@ -74,7 +74,7 @@ fn sealed(mut d: &[u8]) -> Vec<u8> {
             seq,
             offset,
             count,
-            ..Header::new(twinblk::mirror::wire::Type::Ping)
+            ..Header::new(twinblk::layer::mirror::wire::Type::Ping)
         };
         encode(&mut raw, &h, &[]);
         raw[5] = ty;
@@ -146,7 +146,7 @@ fn run(io: &mut IoCx, data: &[u8]) {
             }
             Decoded::Bad(_) => break,
             Decoded::Msg(h, r) => {
-                assert!(r.end <= data.len() - at && r.start == twinblk::mirror::wire::HEADER);
+                assert!(r.end <= data.len() - at && r.start == twinblk::layer::mirror::wire::HEADER);
                 let bytes = &data[at..at + r.end];
                 let payload = &bytes[r.start..];
                 let mut again = Vec::new();

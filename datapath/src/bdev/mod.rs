@@ -19,6 +19,7 @@ pub mod errinj;
 pub mod file;
 pub mod malloc;
 
+pub mod volume;
 use crate::uring::{Errno, IoCx, IoTag};
 use thiserror::Error;
 
@@ -104,7 +105,12 @@ pub trait Channel {
         None
     }
     /// The mirror engine and its peer's address, when this is a mirrored volume's channel.
-    fn mirror(&mut self) -> Option<(&mut crate::mirror::engine::Engine, std::net::SocketAddr)> {
+    fn mirror(
+        &mut self,
+    ) -> Option<(
+        &mut crate::layer::mirror::engine::Engine,
+        std::net::SocketAddr,
+    )> {
         None
     }
 }

@@ -7,7 +7,9 @@
 //! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
 //! `reactor_stats`, `volume_stats`, `nvmf_subsystems`.
 
-use crate::config::Config;
+pub mod config;
+
+use crate::control::config::Config;
 use crate::frontend::Shared;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -215,7 +217,7 @@ fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
                         let total = per_reactor
                             .iter()
                             .filter_map(|r| r.get(i))
-                            .fold(crate::reactor::VolCounters::default(), |a, b| a.add(b));
+                            .fold(crate::runtime::VolCounters::default(), |a, b| a.add(b));
                         let mut j = serde_json::to_value(total).unwrap_or(Value::Null);
                         j["name"] = json!(v.name);
                         j

@@ -7,8 +7,8 @@
 pub mod nbd;
 pub mod nvmf;
 
-use crate::reactor::{Conn, Mailbox, ReactorStats};
-use crate::volume::Volume;
+use crate::bdev::volume::Volume;
+use crate::runtime::{Conn, Mailbox, ReactorStats};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -67,28 +67,11 @@ pub struct Shared {
     pub nvmf: nvmf::NvmfShared,
 }
 
-/// Turn Nagle off on a connection's socket (replies and messages leave at once; failure only
-/// costs latency).
-pub fn set_nodelay(fd: &OwnedFd) {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads one c_int from a live local.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-}
-
 /// Build the connection object for a socket accepted on `listener`.
 pub fn new_conn(shared: &Shared, listener: usize, fd: OwnedFd) -> Box<dyn Conn> {
     match shared.listeners[listener].proto {
         Proto::Nbd => Box::new(nbd::NbdConn::new(fd)),
-        Proto::Mirror => Box::new(crate::mirror::link::LinkConn::accepted(fd)),
+        Proto::Mirror => Box::new(crate::layer::mirror::link::LinkConn::accepted(fd)),
         Proto::Nvmf => Box::new(nvmf::NvmfConn::new(fd)),
     }
 }

@@ -17,9 +17,10 @@
 //! IORING_OP_FALLOCATE (5.6), multishot accept (5.19), IORING_OP_ASYNC_CANCEL (5.5),
 //! sparse file-table registration and updates (5.19 for IORING_REGISTER_FILES2 sparse).
 
+pub mod buf;
 pub mod ops;
 
-use crate::buf::BufPool;
+use crate::uring::buf::BufPool;
 use io_uring::{IoUring, squeue};
 pub use ops::{BdevOp, OpBuf, OpKind};
 use slab::Slab;

@@ -11,7 +11,7 @@
 //!   cannot loop forever.
 
 use super::{Errno, IoCx, IoTag, Kind, UserData};
-use crate::buf::{Bounce, BufId};
+use crate::uring::buf::{Bounce, BufId};
 use io_uring::{opcode, types};
 
 /// Which buffer an op reads into or writes from.

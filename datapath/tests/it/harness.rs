@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use twinblk::config::Config;
+use twinblk::control::config::Config;
 
 /// A daemon in this process on an ephemeral port, with `volumes` as TOML `[[volume]]` tables.
 pub fn in_process(volumes_toml: &str) -> (twinblk::Daemon, SocketAddr) {

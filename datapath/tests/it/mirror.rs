@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twinblk::frontend::nbd::proto::{self, cmd, err};
-use twinblk::mirror::wire::{self, Decoded, Header, Type};
+use twinblk::layer::mirror::wire::{self, Decoded, Header, Type};
 
 const SIZE: u64 = 64 << 20;
 

@@ -24,7 +24,7 @@
 
 use super::proto::{self, cflag, chunk, cmd, err, info, opt, rep, tflag};
 use crate::bdev::{ReadStart, Start, in_range};
-use crate::reactor::{Conn, Env};
+use crate::runtime::{Conn, Env};
 use crate::uring::{Errno, IoTag, Kind, UserData};
 use io_uring::opcode;
 use slab::Slab;
@@ -103,7 +103,7 @@ fn nbd_error(e: Errno) -> u32 {
 impl NbdConn {
     /// A connection on an accepted socket.
     pub fn new(fd: OwnedFd) -> Self {
-        crate::frontend::set_nodelay(&fd);
+        crate::transport::tcp::set_nodelay(&fd);
         Self {
             fd,
             phase: Phase::ClientFlags,

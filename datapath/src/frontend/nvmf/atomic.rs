@@ -32,7 +32,7 @@
 //! initiate a pair, a read may run concurrently with its write (see the doc).
 
 use super::cmd::Status;
-use crate::reactor::{Conn, Env, Mailbox, Msg};
+use crate::runtime::{Conn, Env, Mailbox, Msg};
 use crate::uring::{Errno, IoTag};
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -47,7 +47,7 @@ use super::resv::Access;
 use super::{NvmfShared, ctrl};
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::Shared;
-use crate::reactor::{Conn, Env};
+use crate::runtime::{Conn, Env};
 use crate::uring::{Errno, IoTag, Kind, UserData};
 use io_uring::{opcode, squeue, types};
 use slab::Slab;
@@ -177,7 +177,7 @@ pub struct NvmfConn {
 
 /// The NVMe status for a device error of command `op`.
 pub(super) fn status_of(e: Errno, op: u8) -> Status {
-    use crate::mirror::engine::META_STATUS;
+    use crate::layer::mirror::engine::META_STATUS;
     match e.0 {
         // A reservation command's status, decided by the mirror's leader site.
         x if x & META_STATUS != 0 => Status((x & 0xFFFF) as u16),
@@ -218,7 +218,7 @@ fn host_to_ctrl(sqe: &Sqe<'_>) -> bool {
 impl NvmfConn {
     /// A connection on an accepted socket.
     pub fn new(fd: OwnedFd) -> Self {
-        crate::frontend::set_nodelay(&fd);
+        crate::transport::tcp::set_nodelay(&fd);
         Self {
             fd,
             phase: Phase::AwaitIcReq,

@@ -786,9 +786,9 @@ impl ResvReplicator {
     }
 }
 
-use crate::mirror::engine::Install;
+use crate::layer::mirror::engine::Install;
 
-impl crate::mirror::engine::MetaHandler for ResvReplicator {
+impl crate::layer::mirror::engine::MetaHandler for ResvReplicator {
     fn execute(&self, vol: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>) {
         let Some(c) = ResvCmd::decode(cmd) else {
             return (Status::INVALID_FIELD.0, None);

@@ -28,7 +28,7 @@ pub mod stats;
 
 use crate::bdev::Channel;
 use crate::frontend::{self, Shared};
-use crate::mirror::engine::LAYER_KEY_BASE;
+use crate::layer::mirror::engine::LAYER_KEY_BASE;
 use crate::uring::{Errno, IoCx, IoTag, Kind, UserData};
 use io_uring::{cqueue, opcode, types};
 pub use mailbox::{Mailbox, Msg};
@@ -157,8 +157,11 @@ pub struct Reactor {
 /// The NVMe ANA state of this site's paths to a mirrored volume: optimised at the volume's
 /// leader (and at a survivor), non-optimised at the follower (its writes take a round trip to
 /// the leader first), inaccessible while fenced, resyncing or waiting for its peer.
-fn path_state(mode: crate::mirror::engine::Mode, role: crate::mirror::engine::Role) -> u8 {
-    use crate::mirror::engine::{Mode, Role};
+fn path_state(
+    mode: crate::layer::mirror::engine::Mode,
+    role: crate::layer::mirror::engine::Role,
+) -> u8 {
+    use crate::layer::mirror::engine::{Mode, Role};
     match (mode, role) {
         (Mode::Survivor, _) | (Mode::Mirroring, Role::Leader) => 1,
         (Mode::Mirroring, Role::Follower) => 2,
@@ -403,7 +406,7 @@ impl Reactor {
                 }
                 Msg::AdoptLink { fd, hello } => {
                     if self.stopping.is_none() {
-                        let l = crate::mirror::link::LinkConn::adopted(fd, &hello);
+                        let l = crate::layer::mirror::link::LinkConn::adopted(fd, &hello);
                         self.insert_conn(Box::new(l));
                     }
                 }
@@ -563,7 +566,7 @@ impl Reactor {
             let kick =
                 e.wants_send(now) || e.kill_link.is_some() || (self.stopping.is_some() && e.idle());
             if dial {
-                match crate::mirror::link::LinkConn::dial(peer, vol) {
+                match crate::layer::mirror::link::LinkConn::dial(peer, vol) {
                     Ok(l) => {
                         let key = self.insert_conn(Box::new(l));
                         if let Some((e, _)) = self.chans[vol].mirror() {
@@ -624,12 +627,12 @@ impl Reactor {
     }
 
     /// An update from another reactor's connection for a volume whose engine lives here.
-    fn on_mirror_io(&mut self, r: crate::mirror::RemoteIo) {
-        use crate::mirror::RemoteOp;
+    fn on_mirror_io(&mut self, r: crate::layer::mirror::RemoteIo) {
+        use crate::layer::mirror::RemoteOp;
         let vol = r.vol as usize;
         let started = match self.chans.get_mut(vol).and_then(|c| c.mirror()) {
             Some((e, _)) => {
-                use crate::mirror::engine::Update;
+                use crate::layer::mirror::engine::Update;
                 let update = match r.op {
                     RemoteOp::Write => Update::Write(&r.data),
                     RemoteOp::Zeroes => Update::Zeroes(r.len),

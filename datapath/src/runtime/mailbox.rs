@@ -25,7 +25,7 @@ pub enum Msg {
     Stop,
     /// An update for a mirrored volume whose engine lives on this reactor, from a connection on
     /// reactor `from` (answered with `MirrorDone`).
-    MirrorIo(crate::mirror::RemoteIo),
+    MirrorIo(crate::layer::mirror::RemoteIo),
     /// The answer to a `MirrorIo`; `data` is a spare buffer for the next request.
     MirrorDone {
         /// Whose request.

@@ -15,11 +15,11 @@
 use super::engine::{Engine, Role};
 use super::wire::{self, Decoded, Header, Type};
 use crate::bdev::Channel;
-use crate::reactor::{Conn, Env};
+use crate::runtime::{Conn, Env};
 use crate::uring::{Errno, Kind, UserData};
 use io_uring::{opcode, types};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
 const RX_INITIAL: usize = 1 << 20;
@@ -55,49 +55,15 @@ pub struct LinkConn {
     why: &'static str,
 }
 
-fn sockaddr(addr: SocketAddr) -> (Box<libc::sockaddr_storage>, u32) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is a valid (unspecified) value.
-    let mut ss: Box<libc::sockaddr_storage> = Box::new(unsafe { std::mem::zeroed() });
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut *ss as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as u16,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut *ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as u32)
-}
-
 fn engine(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut Engine> {
     chans.get_mut(vol).and_then(|c| c.mirror()).map(|(e, _)| e)
 }
 
 impl LinkConn {
     fn new(fd: OwnedFd, state: State, vol: Option<usize>, addr: Option<SocketAddr>) -> Self {
-        crate::frontend::set_nodelay(&fd);
-        let (addr, addr_len) = sockaddr(addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
+        crate::transport::tcp::set_nodelay(&fd);
+        let (addr, addr_len) =
+            crate::transport::tcp::sockaddr(addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
         Self {
             fd,
             state,
@@ -121,18 +87,7 @@ impl LinkConn {
 
     /// A link the follower dials to `peer` for volume `vol`.
     pub fn dial(peer: SocketAddr, vol: usize) -> std::io::Result<Self> {
-        let family = if peer.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        // SAFETY: plain socket(2); the result is checked and owned at once.
-        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = crate::transport::tcp::stream_socket(peer)?;
         Ok(Self::new(fd, State::Connecting, Some(vol), Some(peer)))
     }
 
@@ -233,7 +188,7 @@ impl LinkConn {
             let mut raw = Vec::with_capacity(wire::HEADER + payload.len());
             wire::encode(&mut raw, h, payload);
             let home = home.expect("checked");
-            env.shared.mailboxes[home].send(crate::reactor::Msg::AdoptLink { fd, hello: raw });
+            env.shared.mailboxes[home].send(crate::runtime::Msg::AdoptLink { fd, hello: raw });
             self.state = State::Closing;
             self.why = "handed over";
             return Ok(());

@@ -7,21 +7,22 @@
 //! - [`Daemon::stop`] returns only after every reactor has finished its in-flight I/O (or hit
 //!   its deadline) and exited, so nothing acknowledged is lost on SIGINT/SIGTERM.
 
+pub mod demo;
+
 use crate::bdev::errinj::{ErrInjDevice, FaultRange};
 use crate::bdev::file::FileDevice;
 use crate::bdev::malloc::MallocDevice;
+use crate::bdev::volume::{MirrorInfo, Volume};
 use crate::bdev::{BdevError, BlockDevice};
-use crate::config::{Backend, Config, Wait};
 use crate::control::ControlServer;
+use crate::control::config::{Backend, Config, Wait};
 use crate::frontend::nvmf::{NvmfShared, ctrl::Subsystem};
 use crate::frontend::{Listener, NbdExport, Proto, Shared};
-use crate::mirror::MirrorDevice;
-use crate::mirror::engine::{EngineConfig, Role};
-use crate::mirror::failover::{self, FailoverConfig, FailoverSlot};
-use crate::reactor::{self, Mailbox, Msg, Reactor, ReactorStats, RingSizes, WaitPolicy};
-use crate::volume::{MirrorInfo, Volume};
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
+use crate::layer::mirror::MirrorDevice;
+use crate::layer::mirror::engine::{EngineConfig, Role};
+use crate::layer::mirror::failover::{self, FailoverConfig, FailoverSlot};
+use crate::runtime::{self, Mailbox, Msg, Reactor, ReactorStats, RingSizes, WaitPolicy};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -81,7 +82,9 @@ pub struct Daemon {
     failover_stop: Arc<AtomicBool>,
 }
 
-fn build_device(v: &crate::config::VolumeConfig) -> Result<Arc<dyn BlockDevice>, BdevError> {
+fn build_device(
+    v: &crate::control::config::VolumeConfig,
+) -> Result<Arc<dyn BlockDevice>, BdevError> {
     let base: Arc<dyn BlockDevice> = match v.backend {
         Backend::Malloc => Arc::new(MallocDevice::new(v.size.0, v.block_size)?),
         Backend::Uring => {
@@ -102,10 +105,9 @@ fn build_device(v: &crate::config::VolumeConfig) -> Result<Arc<dyn BlockDevice>,
 
 fn bind(addr: SocketAddr, proto: Proto) -> Result<Listener, StartError> {
     let err = |source| StartError::Listen { addr, source };
-    let l = TcpListener::bind(addr).map_err(err)?;
-    let bound = l.local_addr().map_err(err)?;
+    let (fd, bound) = crate::transport::tcp::listen(addr).map_err(err)?;
     Ok(Listener {
-        fd: OwnedFd::from(l),
+        fd,
         proto,
         addr: bound,
     })
@@ -294,7 +296,7 @@ impl Daemon {
                 .spawn(move || {
                     let setup = (|| {
                         if pin {
-                            reactor::pin_to_core(core)?;
+                            runtime::pin_to_core(core)?;
                         }
                         Reactor::new(id, sh, policy, RingSizes::default())
                     })();

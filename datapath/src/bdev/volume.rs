@@ -23,7 +23,7 @@ pub struct Volume {
 /// A mirrored volume's facts for the rest of the daemon.
 pub struct MirrorInfo {
     /// Published counters and state.
-    pub stats: Arc<crate::mirror::stats::MirrorStats>,
+    pub stats: Arc<crate::layer::mirror::stats::MirrorStats>,
     /// This site orders the volume's updates.
     pub leader: bool,
     /// The reactor running the volume's engine.

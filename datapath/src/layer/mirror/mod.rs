@@ -22,7 +22,7 @@ pub mod stats;
 pub mod wire;
 
 use crate::bdev::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start};
-use crate::reactor::{Mailbox, Msg};
+use crate::runtime::{Mailbox, Msg};
 use crate::uring::{IoCx, IoTag};
 use engine::{Engine, EngineConfig, Update};
 use stats::MirrorStats;
