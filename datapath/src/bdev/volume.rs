@@ -7,6 +7,71 @@
 
 use crate::bdev::{BlockDevice, DeviceInfo};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+/// How this site serves a volume to hosts, as its top layer publishes it. Front ends map it
+/// to their own vocabulary (NVMe ANA states, SCSI ALUA target port group states); a volume
+/// without such a layer is always [`PathState::Optimized`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PathState {
+    /// The best path: I/O is served here at full speed.
+    Optimized = 1,
+    /// Served, but another path is better (e.g. writes take a round trip to the other site).
+    NonOptimized = 2,
+    /// Not served here: I/O fails with a path error, hosts use another path.
+    Inaccessible = 3,
+    /// Changing: hosts retry after a short while.
+    Transitioning = 4,
+}
+
+impl PathState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Optimized,
+            2 => Self::NonOptimized,
+            4 => Self::Transitioning,
+            _ => Self::Inaccessible,
+        }
+    }
+}
+
+/// A volume's published [`PathState`] and a count of its changes (lock-free: written by the
+/// layer that decides it, read by every front end's queues).
+#[derive(Debug)]
+pub struct PathCell {
+    state: AtomicU8,
+    changes: AtomicU64,
+}
+
+impl PathCell {
+    /// A cell starting in `state`.
+    pub fn new(state: PathState) -> Self {
+        Self {
+            state: AtomicU8::new(state as u8),
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    /// The current state.
+    pub fn get(&self) -> PathState {
+        PathState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Publish `state`; true (and the change count moves) when it differs from the last one.
+    pub fn set(&self, state: PathState) -> bool {
+        if self.state.swap(state as u8, Ordering::AcqRel) == state as u8 {
+            return false;
+        }
+        self.changes.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// How many times the state changed (front ends compare it to tell hosts of changes).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+}
 
 /// A named volume.
 pub struct Volume {
@@ -16,6 +81,8 @@ pub struct Volume {
     pub device: Arc<dyn BlockDevice>,
     /// Facts of the top of the stack, read once.
     pub info: DeviceInfo,
+    /// How this site serves the volume (published by its top layer).
+    pub path: Arc<PathCell>,
     /// For a mirrored volume: where its engine runs and its published state.
     pub mirror: Option<MirrorInfo>,
 }
@@ -38,7 +105,24 @@ impl Volume {
             name: name.into(),
             device,
             info,
+            path: Arc::new(PathCell::new(PathState::Optimized)),
             mirror: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{PathCell, PathState};
+
+    #[test]
+    fn a_path_cell_counts_only_real_changes() {
+        let c = PathCell::new(PathState::Inaccessible);
+        assert_eq!(c.get(), PathState::Inaccessible);
+        assert!(c.set(PathState::Optimized));
+        assert!(!c.set(PathState::Optimized));
+        assert!(c.set(PathState::Transitioning));
+        assert_eq!(c.get(), PathState::Transitioning);
+        assert_eq!(c.changes(), 2);
     }
 }
