@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use twinblk::control::config::{Config, Wait};
-use twinblk::frontend::Proto;
+use twinblk::daemon::Proto;
 
 /// A userspace block target: volumes over NBD and NVMe/TCP on io_uring reactors.
 #[derive(Parser)]

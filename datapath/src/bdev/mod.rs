@@ -104,15 +104,59 @@ pub trait Channel {
     fn meta(&mut self, _io: &mut IoCx, _tag: IoTag, _cmd: &[u8]) -> Option<Start> {
         None
     }
-    /// The mirror engine and its peer's address, when this is a mirrored volume's channel.
-    fn mirror(
-        &mut self,
-    ) -> Option<(
-        &mut crate::layer::mirror::engine::Engine,
-        std::net::SocketAddr,
-    )> {
+    /// A request handed over by another reactor (see [`BlockRequest`]): a layer that runs a
+    /// volume's updates on one home reactor executes it here. `Pending` requests complete
+    /// through the layer's poller, to the reactor and tag in the request. A plain device is
+    /// never handed requests and refuses them.
+    fn submit_request(&mut self, _io: &mut IoCx, _req: &BlockRequest) -> Start {
+        Start::Done(Err(Errno::IO))
+    }
+    /// A device operation this channel started with a tag of its own
+    /// ([`IoTag::channel`]) finished; `data` holds what a read produced.
+    fn on_own_io(&mut self, _io: &mut IoCx, _slot: u32, _result: Result<(), Errno>, _data: &[u8]) {}
+    /// The concrete channel, for the layer that made it (its poller and its connections find
+    /// their own state this way); `None` for channels nobody needs to reach.
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         None
     }
+}
+
+/// What a [`BlockRequest`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockOp {
+    /// Write `data`.
+    Write,
+    /// Write zeroes over `len` bytes.
+    Zeroes,
+    /// Deallocate `len` bytes.
+    Unmap,
+    /// Make every completed write durable.
+    Flush,
+    /// A metadata command (`data`; see [`Channel::meta`]).
+    Meta,
+}
+
+/// A block request handed from the reactor of the connection that issued it to the reactor
+/// that executes it (a volume's home): plain data, moved through the runtime's mailbox and
+/// answered with the request's tag.
+#[derive(Debug)]
+pub struct BlockRequest {
+    /// Volume index.
+    pub vol: u32,
+    /// The reactor of the issuing connection (where the answer goes).
+    pub from: u32,
+    /// The issuing connection's tag.
+    pub tag: IoTag,
+    /// What to do.
+    pub op: BlockOp,
+    /// Byte offset.
+    pub offset: u64,
+    /// Bytes (zeroes, unmap).
+    pub len: u64,
+    /// Force unit access.
+    pub fua: bool,
+    /// Write data or the metadata command; recycled by the receiver.
+    pub data: Vec<u8>,
 }
 
 /// Errors setting a device up.

@@ -83,30 +83,26 @@ pub struct Volume {
     pub info: DeviceInfo,
     /// How this site serves the volume (published by its top layer).
     pub path: Arc<PathCell>,
-    /// For a mirrored volume: where its engine runs and its published state.
-    pub mirror: Option<MirrorInfo>,
-}
-
-/// A mirrored volume's facts for the rest of the daemon.
-pub struct MirrorInfo {
-    /// Published counters and state.
-    pub stats: Arc<crate::layer::mirror::stats::MirrorStats>,
-    /// This site orders the volume's updates.
-    pub leader: bool,
-    /// The reactor running the volume's engine.
-    pub home: usize,
 }
 
 impl Volume {
-    /// A volume over `device`.
+    /// A volume over `device`, always served optimised.
     pub fn new(name: impl Into<String>, device: Arc<dyn BlockDevice>) -> Self {
+        Self::with_path(name, device, Arc::new(PathCell::new(PathState::Optimized)))
+    }
+
+    /// A volume over `device` whose path state its top layer publishes in `path`.
+    pub fn with_path(
+        name: impl Into<String>,
+        device: Arc<dyn BlockDevice>,
+        path: Arc<PathCell>,
+    ) -> Self {
         let info = device.info();
         Self {
             name: name.into(),
             device,
             info,
-            path: Arc::new(PathCell::new(PathState::Optimized)),
-            mirror: None,
+            path,
         }
     }
 }

@@ -10,7 +10,22 @@
 pub mod config;
 
 use crate::control::config::Config;
-use crate::frontend::Shared;
+use crate::frontend::nbd::NbdExport;
+use crate::frontend::nvmf::NvmfShared;
+use crate::layer::mirror::MirrorInfo;
+use crate::runtime::Shared;
+
+/// What the control socket reads: the runtime, the front ends' and the layers' state.
+pub struct ControlCx {
+    /// Runtime state (volumes, reactors' counters, listeners).
+    pub rt: Arc<Shared>,
+    /// NBD exports.
+    pub nbd_exports: Arc<Vec<NbdExport>>,
+    /// NVMe-oF subsystems and controllers.
+    pub nvmf: Arc<NvmfShared>,
+    /// Mirrored volumes.
+    pub mirrors: Vec<MirrorInfo>,
+}
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -31,7 +46,7 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Listen on `path` (a stale socket file there is replaced).
-    pub fn start(path: &Path, shared: Arc<Shared>, cfg: Config) -> std::io::Result<Self> {
+    pub fn start(path: &Path, shared: Arc<ControlCx>, cfg: Config) -> std::io::Result<Self> {
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
                 return Err(std::io::Error::new(
@@ -77,7 +92,7 @@ impl ControlServer {
     }
 }
 
-fn serve(conn: UnixStream, shared: &Shared, cfg: &Config) {
+fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config) {
     let Ok(write_half) = conn.try_clone() else {
         return;
     };
@@ -98,7 +113,7 @@ fn serve(conn: UnixStream, shared: &Shared, cfg: &Config) {
 }
 
 /// Answer one JSON-RPC request line.
-pub fn handle_line(line: &str, shared: &Shared, cfg: &Config) -> Value {
+pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
     let req: Value = match serde_json::from_str(line) {
         Ok(v) => v,
         Err(e) => {
@@ -126,19 +141,21 @@ pub fn handle_line(line: &str, shared: &Shared, cfg: &Config) -> Value {
 
 /// `mirror_takeover {"volume": NAME}`: a site waiting for a peer that will not come back asks
 /// the witness to make it the volume's survivor (the witness still grants one site only).
-fn takeover(params: Option<&Value>, shared: &Shared, cfg: &Config) -> Result<Value, String> {
+fn takeover(params: Option<&Value>, shared: &ControlCx, cfg: &Config) -> Result<Value, String> {
     let name = params
         .and_then(|p| p.get("volume"))
         .and_then(Value::as_str)
         .ok_or("params must name the volume: {\"volume\": NAME}")?;
-    let v = shared
+    let vol = shared
+        .rt
         .volumes
         .iter()
-        .find(|v| v.name == name)
+        .position(|v| v.name == name)
         .ok_or_else(|| format!("no volume named {name:?}"))?;
-    let m = v
-        .mirror
-        .as_ref()
+    let m = shared
+        .mirrors
+        .iter()
+        .find(|m| m.vol == vol)
         .ok_or_else(|| format!("volume {name:?} is not mirrored"))?;
     if cfg.mirror.as_ref().and_then(|c| c.witness).is_none() {
         return Err("no witness is configured: a takeover needs the witness's grant".into());
@@ -151,17 +168,18 @@ fn takeover(params: Option<&Value>, shared: &Shared, cfg: &Config) -> Result<Val
     Ok(json!({"volume": name, "asked": true}))
 }
 
-fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
+fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
     Some(match method {
         "daemon_info" => json!({
             "version": env!("CARGO_PKG_VERSION"),
             "reactors": cfg.reactor.cores.len(),
             "cores": cfg.reactor.cores,
             "wait": cfg.reactor.wait,
-            "listeners": shared.listeners.iter().map(|l| json!({"proto": l.proto, "addr": l.addr.to_string()})).collect::<Vec<_>>(),
+            "listeners": shared.rt.listeners.iter().map(|l| json!({"proto": l.acceptor.proto(), "addr": l.addr.to_string()})).collect::<Vec<_>>(),
         }),
         "volume_list" => Value::Array(
             shared
+                .rt
                 .volumes
                 .iter()
                 .map(|v| json!({"name": v.name, "size": v.info.size, "block_size": v.info.block_size, "stack": v.info.kind}))
@@ -171,11 +189,11 @@ fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
             shared
                 .nbd_exports
                 .iter()
-                .map(|e| json!({"proto": "nbd", "name": e.name, "volume": shared.volumes[e.volume].name, "read_only": e.read_only}))
+                .map(|e| json!({"proto": "nbd", "name": e.name, "volume": shared.rt.volumes[e.volume].name, "read_only": e.read_only}))
                 .collect(),
         ),
         "nvmf_subsystems" => {
-            let nv = &shared.nvmf;
+            let nv = &*shared.nvmf;
             json!({
                 "listen": nv.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "controllers": nv.registry.len(),
@@ -185,7 +203,7 @@ fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
                     "allowed_hosts": s.allowed_hosts,
                     "namespaces": s.namespaces.iter().map(|n| json!({
                         "nsid": n.nsid,
-                        "volume": shared.volumes[n.volume].name,
+                        "volume": shared.rt.volumes[n.volume].name,
                         "ana_group": n.ana_group,
                         "ana_state": nv.ana.state(n.ana_group),
                     })).collect::<Vec<_>>(),
@@ -194,6 +212,7 @@ fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
         }
         "reactor_stats" => Value::Array(
             shared
+                .rt
                 .stats
                 .iter()
                 .enumerate()
@@ -207,9 +226,10 @@ fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
                 .collect(),
         ),
         "volume_stats" => {
-            let per_reactor: Vec<_> = shared.stats.iter().map(|s| s.volumes()).collect();
+            let per_reactor: Vec<_> = shared.rt.stats.iter().map(|s| s.volumes()).collect();
             Value::Array(
                 shared
+                    .rt
                     .volumes
                     .iter()
                     .enumerate()
@@ -227,11 +247,11 @@ fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
         }
         "mirror_status" => Value::Array(
             shared
-                .volumes
+                .mirrors
                 .iter()
-                .filter_map(|v| {
-                    let m = v.mirror.as_ref()?;
-                    let mut j = serde_json::to_value(m.stats.snapshot(&v.name, m.leader)).ok()?;
+                .filter_map(|m| {
+                    let name = &shared.rt.volumes[m.vol].name;
+                    let mut j = serde_json::to_value(m.stats.snapshot(name, m.leader)).ok()?;
                     j["home_reactor"] = json!(m.home);
                     Some(j)
                 })

@@ -12,16 +12,21 @@ pub mod demo;
 use crate::bdev::errinj::{ErrInjDevice, FaultRange};
 use crate::bdev::file::FileDevice;
 use crate::bdev::malloc::MallocDevice;
-use crate::bdev::volume::{MirrorInfo, Volume};
+use crate::bdev::volume::Volume;
 use crate::bdev::{BdevError, BlockDevice};
+use crate::control::ControlCx;
 use crate::control::ControlServer;
 use crate::control::config::{Backend, Config, Wait};
-use crate::frontend::nvmf::{NvmfShared, ctrl::Subsystem};
-use crate::frontend::{Listener, NbdExport, Proto, Shared};
-use crate::layer::mirror::MirrorDevice;
+use crate::frontend::nbd::{NbdAcceptor, NbdExport};
+use crate::frontend::nvmf::atomic::HomeService;
+use crate::frontend::nvmf::{NvmfAcceptor, NvmfShared, ctrl::Subsystem};
 use crate::layer::mirror::engine::{EngineConfig, Role};
 use crate::layer::mirror::failover::{self, FailoverConfig, FailoverSlot};
-use crate::runtime::{self, Mailbox, Msg, Reactor, ReactorStats, RingSizes, WaitPolicy};
+use crate::layer::mirror::link::LinkAcceptor;
+use crate::layer::mirror::{MirrorDevice, MirrorInfo};
+use crate::runtime::{
+    self, Acceptor, Listener, Mailbox, Msg, Reactor, ReactorStats, RingSizes, Shared, WaitPolicy,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,9 +77,23 @@ pub enum StartError {
     Witness(#[source] std::io::Error),
 }
 
+/// Protocols a listener can serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// The NBD protocol (fixed newstyle).
+    Nbd,
+    /// The mirror's replication links (docs/mirror-protocol.md).
+    Mirror,
+    /// NVMe over Fabrics, TCP transport.
+    Nvmf,
+}
+
 /// A running daemon.
 pub struct Daemon {
     shared: Arc<Shared>,
+    nvmf: Arc<NvmfShared>,
+    listen: Vec<(Proto, SocketAddr)>,
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
     cores: Vec<usize>,
@@ -103,13 +122,13 @@ fn build_device(
     })
 }
 
-fn bind(addr: SocketAddr, proto: Proto) -> Result<Listener, StartError> {
+fn bind(addr: SocketAddr, acceptor: Arc<dyn Acceptor>) -> Result<Listener, StartError> {
     let err = |source| StartError::Listen { addr, source };
     let (fd, bound) = crate::transport::tcp::listen(addr).map_err(err)?;
     Ok(Listener {
         fd,
-        proto,
         addr: bound,
+        acceptor,
     })
 }
 
@@ -118,6 +137,7 @@ impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, StartError> {
         let mut volumes = Vec::new();
         let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
+        let mut mirrors: Vec<MirrorInfo> = Vec::new();
         let mut failover_vols = Vec::new();
         for (index, v) in cfg.volumes.iter().enumerate() {
             let device = build_device(v).map_err(|source| StartError::Volume {
@@ -160,20 +180,19 @@ impl Daemon {
                     let home = index % cfg.reactor.cores.len();
                     let md = Arc::new(MirrorDevice::new(device, engine, index, home, m.peer));
                     mirror_devs.push(Arc::clone(&md));
-                    let stats = Arc::clone(&md.stats);
-                    let mut vol = Volume::new(v.name.clone(), md);
-                    vol.mirror = Some(MirrorInfo {
-                        stats,
+                    mirrors.push(MirrorInfo {
+                        vol: index,
+                        stats: Arc::clone(&md.stats),
                         leader,
                         home,
                     });
-                    vol
+                    Volume::with_path(v.name.clone(), md.clone(), Arc::clone(&md.path))
                 }
                 _ => Volume::new(v.name.clone(), device),
             };
             volumes.push(Arc::new(volume));
         }
-        let nbd_exports = cfg
+        let nbd_exports: Vec<NbdExport> = cfg
             .effective_exports()
             .into_iter()
             .map(|e| NbdExport {
@@ -186,22 +205,19 @@ impl Daemon {
                 description: e.description,
             })
             .collect();
-        let mut listeners = Vec::new();
-        for addr in &cfg.nbd.listen {
-            listeners.push(bind(*addr, Proto::Nbd)?);
-        }
+        let nbd_exports = Arc::new(nbd_exports);
+        // The NVMe-oF listeners are bound before the front end is built (its discovery log
+        // lists their bound addresses); their acceptor is set once it exists.
+        let mut nvmf_socks = Vec::new();
         for addr in &cfg.nvmf.listen {
-            listeners.push(bind(*addr, Proto::Nvmf)?);
-        }
-        for addr in cfg.mirror.iter().flat_map(|m| m.listen.iter()) {
-            listeners.push(bind(*addr, Proto::Mirror)?);
+            let err = |source| StartError::Listen {
+                addr: *addr,
+                source,
+            };
+            nvmf_socks.push(crate::transport::tcp::listen(*addr).map_err(err)?);
         }
         let mut nvmf = NvmfShared::empty();
-        nvmf.listen = listeners
-            .iter()
-            .filter(|l| l.proto == Proto::Nvmf)
-            .map(|l| l.addr)
-            .collect();
+        nvmf.listen = nvmf_socks.iter().map(|(_, a)| *a).collect();
         nvmf.subsystems = cfg
             .effective_subsystems()
             .into_iter()
@@ -223,6 +239,8 @@ impl Daemon {
             nvmf.load_reservations(dir.clone())
                 .map_err(StartError::Reservations)?;
         }
+        // The atomic-section executors are the runtime's service 0.
+        nvmf.home_service = 0;
         let n = cfg.reactor.cores.len();
         // Reservations of mirrored volumes are decided by the volume's leader site.
         let replicator = Arc::new(crate::frontend::nvmf::resv::ResvReplicator::new(
@@ -248,14 +266,40 @@ impl Daemon {
         let stats = (0..n)
             .map(|_| Arc::new(ReactorStats::new(volumes.len())))
             .collect();
+        let nvmf = Arc::new(nvmf);
+        let mut listen = Vec::new();
+        let mut listeners = Vec::new();
+        let nbd: Arc<dyn Acceptor> = Arc::new(NbdAcceptor::new(Arc::clone(&nbd_exports)));
+        for addr in &cfg.nbd.listen {
+            listeners.push(bind(*addr, Arc::clone(&nbd))?);
+            listen.push((Proto::Nbd, listeners.last().expect("pushed").addr));
+        }
+        let nvmf_acceptor: Arc<dyn Acceptor> = Arc::new(NvmfAcceptor::new(Arc::clone(&nvmf)));
+        for (fd, addr) in nvmf_socks {
+            listeners.push(Listener {
+                fd,
+                addr,
+                acceptor: Arc::clone(&nvmf_acceptor),
+            });
+            listen.push((Proto::Nvmf, addr));
+        }
+        let mut homes = vec![None; volumes.len()];
+        for m in &mirrors {
+            homes[m.vol] = Some(m.home);
+        }
+        let links: Arc<dyn Acceptor> = Arc::new(LinkAcceptor::new(homes));
+        for addr in cfg.mirror.iter().flat_map(|m| m.listen.iter()) {
+            listeners.push(bind(*addr, Arc::clone(&links))?);
+            listen.push((Proto::Mirror, listeners.last().expect("pushed").addr));
+        }
         let shared = Arc::new(Shared {
             volumes,
-            nbd_exports,
             listeners,
+            services: vec![Arc::new(HomeService::new(Arc::clone(&nvmf)))],
+            pollers: mirror_devs.iter().map(|m| Arc::clone(m) as _).collect(),
             mailboxes,
             stats,
             running: std::sync::atomic::AtomicUsize::new(n),
-            nvmf,
         });
         let policy = match cfg.reactor.wait {
             Wait::Poll => WaitPolicy::Poll,
@@ -264,6 +308,8 @@ impl Daemon {
         };
         let mut daemon = Daemon {
             shared: Arc::clone(&shared),
+            nvmf: Arc::clone(&nvmf),
+            listen: listen.clone(),
             threads: Vec::new(),
             control: None,
             cores: cfg.reactor.cores.clone(),
@@ -329,7 +375,13 @@ impl Daemon {
             }
         }
         if !cfg.control.socket.as_os_str().is_empty() {
-            match ControlServer::start(&cfg.control.socket, Arc::clone(&shared), cfg.clone()) {
+            let cx = ControlCx {
+                rt: Arc::clone(&shared),
+                nbd_exports,
+                nvmf: Arc::clone(&nvmf),
+                mirrors,
+            };
+            match ControlServer::start(&cfg.control.socket, Arc::new(cx), cfg.clone()) {
                 Ok(c) => daemon.control = Some(c),
                 Err(e) => {
                     daemon.stop();
@@ -342,16 +394,17 @@ impl Daemon {
 
     /// Addresses the daemon listens on, with their protocols.
     pub fn listeners(&self) -> Vec<(Proto, SocketAddr)> {
-        self.shared
-            .listeners
-            .iter()
-            .map(|l| (l.proto, l.addr))
-            .collect()
+        self.listen.clone()
     }
 
-    /// Shared state (volumes, exports, statistics).
+    /// Runtime state (volumes, statistics).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The NVMe-oF front end's state (subsystems, controllers, ANA, reservations).
+    pub fn nvmf(&self) -> &Arc<NvmfShared> {
+        &self.nvmf
     }
 
     /// Cores the reactors run on.

@@ -8,44 +8,55 @@
 //! checks the queue once more before blocking; a sender pushes, issues a SeqCst fence, then
 //! reads `sleeping`. One of the two always sees the other's write.
 
+use super::conn::{Conn, Note};
+use crate::bdev::BlockRequest;
+use crate::uring::{Errno, IoTag};
 use crossbeam_queue::ArrayQueue;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 
-/// Messages a reactor accepts.
+/// Where a [`Msg::Note`] goes on the receiving reactor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoteTo {
+    /// A connection, by key (dropped when it is gone).
+    Conn(u32),
+    /// A service, by its index in [`super::Shared::services`].
+    Service(u32),
+}
+
+/// Messages a reactor accepts: only the runtime's own vocabulary.
 pub enum Msg {
     /// Serve an accepted connection on this reactor: the socket and the listener it came on.
     NewConn {
         /// The accepted socket (ownership passes to the reactor).
         fd: OwnedFd,
-        /// Listener index in the daemon's listener table.
+        /// Listener index in the runtime's listener table.
         listener: usize,
     },
+    /// Run a connection built elsewhere on this reactor (e.g. a link whose first message
+    /// said it belongs to a volume homed here).
+    Spawn(Box<dyn Conn + Send>),
     /// Finish in-flight I/O, close connections, then exit the loop.
     Stop,
-    /// An update for a mirrored volume whose engine lives on this reactor, from a connection on
-    /// reactor `from` (answered with `MirrorDone`).
-    MirrorIo(crate::layer::mirror::RemoteIo),
-    /// The answer to a `MirrorIo`; `data` is a spare buffer for the next request.
-    MirrorDone {
+    /// A block request for a volume executed on this reactor, from a connection on another
+    /// (answered with [`Msg::BlockDone`]).
+    Block(BlockRequest),
+    /// The answer to a [`Msg::Block`]; `data` is a spare buffer for the next request.
+    BlockDone {
         /// Whose request.
-        tag: crate::uring::IoTag,
+        tag: IoTag,
         /// Outcome.
-        result: Result<(), crate::uring::Errno>,
+        result: Result<(), Errno>,
         /// A buffer handed back for reuse.
         data: Vec<u8>,
     },
-    /// A replication link accepted elsewhere whose volume's engine lives here: the socket and
-    /// the HELLO message already received on it.
-    AdoptLink {
-        /// The socket.
-        fd: OwnedFd,
-        /// The HELLO bytes.
-        hello: Vec<u8>,
+    /// A note for a connection or service on this reactor.
+    Note {
+        /// Its addressee.
+        to: NoteTo,
+        /// The note.
+        note: Note,
     },
-    /// An NVMe-oF message: for one of this reactor's connections, or for its atomic-section
-    /// executor (created on first use; `frontend::nvmf::atomic`).
-    Nvmf(crate::frontend::nvmf::Note),
     /// Counted and dropped (benchmarks and tests of the message path).
     Nop,
 }

@@ -76,13 +76,54 @@ impl UserData {
     }
 }
 
-/// Names whose completion a block-device operation is: a connection and its request slot.
+/// Names whose completion a block-device operation is: its owner and the owner's request
+/// slot. The owner is a connection (`conn` is its key in the reactor's connection table) or,
+/// when the top bit of `conn` is set ([`IoTag::channel`]), a volume's channel on the reactor
+/// (a layer's own device operation: the runtime hands its completion to
+/// [`crate::bdev::Channel::on_own_io`] of that volume). Build tags with [`IoTag::conn`] and
+/// [`IoTag::channel`]; read the owner with [`IoTag::owner`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoTag {
-    /// Connection key in the reactor's connection table.
+    /// The owner, encoded (see the type's doc).
     pub conn: u32,
-    /// The connection's own request slot.
+    /// The owner's own request slot.
     pub slot: u32,
+}
+
+/// Whose a block-device operation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// A connection, by key.
+    Conn(u32),
+    /// A volume's channel (a layer in its stack), by volume index.
+    Channel(u32),
+}
+
+impl IoTag {
+    const CHANNEL: u32 = 1 << 31;
+
+    /// A connection's request: connection `key`, request `slot`.
+    pub fn conn(key: u32, slot: u32) -> Self {
+        debug_assert!(key & Self::CHANNEL == 0, "connection keys stay below 2^31");
+        Self { conn: key, slot }
+    }
+
+    /// A layer's own request, completed to volume `vol`'s channel.
+    pub fn channel(vol: u32, slot: u32) -> Self {
+        Self {
+            conn: Self::CHANNEL | vol,
+            slot,
+        }
+    }
+
+    /// Whose it is.
+    pub fn owner(self) -> Owner {
+        if self.conn & Self::CHANNEL != 0 {
+            Owner::Channel(self.conn & !Self::CHANNEL)
+        } else {
+            Owner::Conn(self.conn)
+        }
+    }
 }
 
 /// Plain-data I/O error carried to front ends: an errno value (no allocation on the hot path).
@@ -267,5 +308,21 @@ impl IoCx {
                 Err(e) => panic!("io_uring_enter failed: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{IoTag, Owner};
+
+    #[test]
+    fn a_tag_names_its_owner() {
+        assert_eq!(IoTag::conn(7, 3).owner(), Owner::Conn(7));
+        assert_eq!(IoTag::channel(0, 3).owner(), Owner::Channel(0));
+        assert_eq!(
+            IoTag::channel(u32::MAX >> 1, 1).owner(),
+            Owner::Channel(u32::MAX >> 1)
+        );
+        assert_ne!(IoTag::conn(5, 1), IoTag::channel(5, 1));
     }
 }

@@ -174,6 +174,39 @@ impl IoCx {
         }
     }
 
+    /// Take finished op `fin` out of the in-flight table with its buffer, so its read data can
+    /// be used while the ring is used again (a layer's own reads: no copy). Hand it back with
+    /// [`IoCx::reattach`].
+    pub fn detach(&mut self, fin: &Finished) -> Detached {
+        let op = self.ops.remove(fin.key);
+        let (ptr, len) = match (fin.read, &op.buf) {
+            // SAFETY: skip + want <= len <= the buffer's size (checked when the op started).
+            (Some((skip, want)), OpBuf::Pool(id)) => unsafe {
+                (
+                    self.pool.ptr(id).add(skip as usize).cast_const(),
+                    want as usize,
+                )
+            },
+            // SAFETY: as above, for the bounce allocation.
+            (Some((skip, want)), OpBuf::Bounce(b)) => unsafe {
+                (b.ptr().add(skip as usize).cast_const(), want as usize)
+            },
+            _ => (std::ptr::null(), 0),
+        };
+        Detached {
+            buf: op.buf,
+            ptr,
+            len,
+        }
+    }
+
+    /// Give a detached op's buffer back.
+    pub fn reattach(&mut self, d: Detached) {
+        if let OpBuf::Pool(id) = d.buf {
+            self.pool.put(id);
+        }
+    }
+
     /// Drop a finished op and give its buffer back.
     pub fn release(&mut self, key: usize) {
         let op = self.ops.remove(key);
@@ -201,5 +234,29 @@ impl IoCx {
             OpBuf::Bounce(b) => b.slice_mut(len),
             OpBuf::None => &mut [],
         }
+    }
+}
+
+/// A finished op out of the in-flight table, owning its buffer: neither the kernel (its last
+/// completion was reaped) nor the pool (the buffer is not on the free list) touches it until
+/// [`IoCx::reattach`].
+#[must_use = "hand the buffer back with IoCx::reattach"]
+pub struct Detached {
+    buf: OpBuf,
+    ptr: *const u8,
+    len: usize,
+}
+
+impl Detached {
+    /// The bytes the read produced (empty for other ops).
+    pub fn data(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: ptr/len lie inside the buffer this value owns (see `IoCx::detach`); a pool
+        // buffer's memory lives as long as the IoCx, which outlives every Detached (they are
+        // handed back within the completion that made them), and a bounce allocation lives in
+        // `buf`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }

@@ -28,7 +28,7 @@ pub fn in_process_with(reactor_toml: &str, volumes_toml: &str) -> (twinblk::Daem
 pub fn nvmf_addr(d: &twinblk::Daemon) -> SocketAddr {
     d.listeners()
         .into_iter()
-        .find(|(p, _)| *p == twinblk::frontend::Proto::Nvmf)
+        .find(|(p, _)| *p == twinblk::daemon::Proto::Nvmf)
         .expect("an NVMe/TCP listener")
         .1
 }

@@ -3,6 +3,7 @@
 mod clients;
 mod failover;
 mod harness;
+mod layering;
 mod malformed;
 mod mirror;
 mod netfault;

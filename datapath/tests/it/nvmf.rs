@@ -220,7 +220,7 @@ fn discovery_identify_logs_and_io_paths() {
         .connect(3, 8, NQN, &Host::default(), 0x7777, 0, true)
         .unwrap();
     assert_eq!(r.status, 0x182, "unknown cntlid");
-    assert_eq!(d.shared().nvmf.registry.len(), 1);
+    assert_eq!(d.nvmf().registry.len(), 1);
 }
 
 #[test]
@@ -322,7 +322,7 @@ fn keep_alive_expiry_tears_down_a_silent_host() {
     let mut silent_q = silent.io_queue(1, 8).unwrap();
     let mut live = Controller::connect(addr, NQN, &live_opts).unwrap();
     let mut live_q = live.io_queue(1, 8).unwrap();
-    assert_eq!(d.shared().nvmf.registry.len(), 2);
+    assert_eq!(d.nvmf().registry.len(), 2);
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_millis(1500) {
         live.keep_alive().unwrap();
@@ -335,7 +335,7 @@ fn keep_alive_expiry_tears_down_a_silent_host() {
     live_q.write(1, 0, &data, 512, false).unwrap();
     assert_eq!(live_q.read(1, 0, 8, 512).unwrap(), data);
     live.keep_alive().unwrap();
-    assert_eq!(d.shared().nvmf.registry.len(), 1);
+    assert_eq!(d.nvmf().registry.len(), 1);
     // The torn-down controller's id no longer takes I/O queues.
     let mut q = Queue::open(addr, Digests::default()).unwrap();
     let r = q
@@ -360,7 +360,7 @@ fn ana_state_changes_reach_io_log_and_async_events() {
         0
     );
     let aer = c.admin.submit(Sqe::new(0x0C), &[], 0).unwrap();
-    assert!(d.shared().nvmf.ana.set_state(1, 0x03));
+    assert!(d.nvmf().ana.set_state(1, 0x03));
     assert_eq!(
         status(&mut q, Sqe::new(0x02).nsid(1).lba(0, 1), &[], 512),
         0x302
@@ -380,20 +380,20 @@ fn ana_state_changes_reach_io_log_and_async_events() {
     assert!(seen.iter().any(|x| x.cid == ka && x.status == 0));
     let ana = c.log(0x0C, 0, 0, 4096).unwrap();
     assert_eq!(ana[32], 0x03, "inaccessible");
-    d.shared().nvmf.ana.set_state(1, 0x0F);
+    d.nvmf().ana.set_state(1, 0x0F);
     let c = q.cmd(Sqe::new(0x02).nsid(1).lba(0, 1), &[], 512).unwrap();
     assert_eq!((c.status, c.dnr), (0x303, false), "transition: retryable");
-    d.shared().nvmf.ana.set_state(1, 0x04);
+    d.nvmf().ana.set_state(1, 0x04);
     assert_eq!(
         status(&mut q, Sqe::new(0x01).nsid(1).lba(0, 1), &[0; 512], 0),
         0x301
     );
-    d.shared().nvmf.ana.set_state(1, 0x02);
+    d.nvmf().ana.set_state(1, 0x02);
     assert_eq!(
         status(&mut q, Sqe::new(0x02).nsid(1).lba(0, 1), &[], 512),
         0
     );
-    d.shared().nvmf.ana.set_state(1, 0x01);
+    d.nvmf().ana.set_state(1, 0x01);
     assert_eq!(
         status(&mut q, Sqe::new(0x02).nsid(1).lba(0, 1), &[], 512),
         0

@@ -22,6 +22,7 @@
 //! - Backpressure: at most [`MAX_INFLIGHT`] device operations and about [`TX_HIGH_WATER`]
 //!   bytes of unsent replies; past either, the connection stops reading until they drain.
 
+use super::NbdExport;
 use super::proto::{self, cflag, chunk, cmd, err, info, opt, rep, tflag};
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::runtime::{Conn, Env};
@@ -29,6 +30,7 @@ use crate::uring::{Errno, IoTag, Kind, UserData};
 use io_uring::opcode;
 use slab::Slab;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 /// Device operations one connection may have in flight before it stops reading.
 pub const MAX_INFLIGHT: usize = 1024;
@@ -57,6 +59,8 @@ struct Pending {
 /// An NBD connection.
 pub struct NbdConn {
     fd: OwnedFd,
+    /// The daemon's exports.
+    exports: Arc<Vec<NbdExport>>,
     phase: Phase,
     fixed: bool,
     no_zeroes: bool,
@@ -102,10 +106,11 @@ fn nbd_error(e: Errno) -> u32 {
 
 impl NbdConn {
     /// A connection on an accepted socket.
-    pub fn new(fd: OwnedFd) -> Self {
+    pub fn new(fd: OwnedFd, exports: Arc<Vec<NbdExport>>) -> Self {
         crate::transport::tcp::set_nodelay(&fd);
         Self {
             fd,
+            exports,
             phase: Phase::ClientFlags,
             fixed: false,
             no_zeroes: false,
@@ -284,18 +289,11 @@ impl NbdConn {
         proto::put_option_reply(&mut self.tx_pending, option, kind, data);
     }
 
-    fn find_export(env: &Env<'_>, name: &[u8]) -> Option<usize> {
+    fn find_export(exports: &[NbdExport], name: &[u8]) -> Option<usize> {
         if name.is_empty() {
-            return if env.shared.nbd_exports.is_empty() {
-                None
-            } else {
-                Some(0)
-            };
+            return if exports.is_empty() { None } else { Some(0) };
         }
-        env.shared
-            .nbd_exports
-            .iter()
-            .position(|e| e.name.as_bytes() == name)
+        exports.iter().position(|e| e.name.as_bytes() == name)
     }
 
     fn tflags(&self) -> u16 {
@@ -312,7 +310,7 @@ impl NbdConn {
     }
 
     fn select(&mut self, env: &Env<'_>, export: usize) {
-        let e = &env.shared.nbd_exports[export];
+        let e = &self.exports[export];
         let v = &env.shared.volumes[e.volume];
         self.vol = e.volume;
         self.size = v.info.size;
@@ -331,7 +329,7 @@ impl NbdConn {
             return;
         }
         match code {
-            opt::EXPORT_NAME => match Self::find_export(env, data) {
+            opt::EXPORT_NAME => match Self::find_export(&self.exports, data) {
                 None => {
                     tracing::info!(conn = env.key, "EXPORT_NAME for an unknown export; closing");
                     self.closing = true;
@@ -356,7 +354,7 @@ impl NbdConn {
                     self.reply(code, rep::ERR_INVALID, &[]);
                     return;
                 }
-                for e in &env.shared.nbd_exports {
+                for e in self.exports.iter() {
                     let name = e.name.as_bytes();
                     proto::put_option_reply(
                         &mut self.tx_pending,
@@ -380,7 +378,7 @@ impl NbdConn {
                 match proto::parse_meta_request(data) {
                     _ if !self.structured => self.reply(code, rep::ERR_INVALID, &[]),
                     None => self.reply(code, rep::ERR_INVALID, &[]),
-                    Some((name, _)) if Self::find_export(env, name).is_none() => {
+                    Some((name, _)) if Self::find_export(&self.exports, name).is_none() => {
                         self.reply(code, rep::ERR_UNKNOWN, &[])
                     }
                     // No metadata context is offered: an empty list is a valid answer.
@@ -396,12 +394,13 @@ impl NbdConn {
             self.reply(code, rep::ERR_INVALID, &[]);
             return;
         };
-        let Some(x) = Self::find_export(env, req.name) else {
+        let Some(x) = Self::find_export(&self.exports, req.name) else {
             self.reply(code, rep::ERR_UNKNOWN, &[]);
             return;
         };
         self.select(env, x);
-        let export = &env.shared.nbd_exports[x];
+        let exports = Arc::clone(&self.exports);
+        let export = &exports[x];
         let mut buf = [0u8; 12];
         buf[0..2].copy_from_slice(&info::EXPORT.to_be_bytes());
         buf[2..10].copy_from_slice(&self.size.to_be_bytes());

@@ -32,7 +32,7 @@
 //! initiate a pair, a read may run concurrently with its write (see the doc).
 
 use super::cmd::Status;
-use crate::runtime::{Conn, Env, Mailbox, Msg};
+use crate::runtime::{Conn, Env, Mailbox, Msg, NoteTo, Service};
 use crate::uring::{Errno, IoTag};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -105,15 +105,19 @@ impl Section {
 pub struct Sections {
     sections: Vec<Section>,
     mailboxes: Vec<Arc<Mailbox>>,
+    /// The executors' service index on every reactor.
+    service: u32,
 }
 
 impl Sections {
-    /// Sections for `volumes` volumes served by the reactors behind `mailboxes`.
-    pub fn new(volumes: usize, mailboxes: Vec<Arc<Mailbox>>) -> Self {
+    /// Sections for `volumes` volumes served by the reactors behind `mailboxes`, whose
+    /// executors run as runtime service `service`.
+    pub fn new(volumes: usize, mailboxes: Vec<Arc<Mailbox>>, service: u32) -> Self {
         let n = mailboxes.len();
         Self {
             sections: (0..volumes).map(|_| Section::new(n)).collect(),
             mailboxes,
+            service,
         }
     }
 
@@ -130,7 +134,14 @@ impl Sections {
     /// Send `note` to reactor `reactor`.
     pub fn send(&self, reactor: usize, note: Note) {
         if let Some(m) = self.mailboxes.get(reactor) {
-            m.send(Msg::Nvmf(note));
+            let to = match note.conn() {
+                Some(key) => NoteTo::Conn(key),
+                None => NoteTo::Service(self.service),
+            };
+            m.send(Msg::Note {
+                to,
+                note: Box::new(note),
+            });
         }
     }
 
@@ -203,7 +214,7 @@ pub struct OpReq {
     pub fua: bool,
 }
 
-/// NVMe-oF messages between reactors (carried by `Msg::Nvmf`).
+/// NVMe-oF messages between reactors (carried boxed by the runtime's `Msg::Note`).
 pub enum Note {
     /// To a home: run a fused pair.
     Fused(Box<FusedReq>),
@@ -252,7 +263,7 @@ pub enum Note {
 }
 
 impl Note {
-    /// The connection it is for; `None`: the reactor's home executor.
+    /// The connection it is for; `None`: the reactor's executor (a runtime service).
     pub fn conn(&self) -> Option<u32> {
         match self {
             Note::Fused(_) | Note::Op(_) | Note::Drained => None,
@@ -283,12 +294,13 @@ enum Stage {
     Op(usize),
 }
 
-/// A reactor's executor of atomic sections: a connection without a socket, created by the
-/// reactor when the first [`Note`] for it arrives.
+/// A reactor's executor of atomic sections: a connection without a socket that every reactor
+/// runs as a runtime service ([`HomeService`]), reached by [`Note`]s.
 ///
 /// Invariant: at most one device operation in flight (request slot 0); items run strictly one
 /// after another in arrival order.
 pub struct Home {
+    nv: Arc<super::NvmfShared>,
     queue: VecDeque<Item>,
     stage: Stage,
     in_flight: bool,
@@ -298,16 +310,29 @@ pub struct Home {
     stopping: bool,
 }
 
-impl Default for Home {
-    fn default() -> Self {
-        Self::new()
+/// The runtime service that runs a [`Home`] on every reactor.
+pub struct HomeService {
+    nv: Arc<super::NvmfShared>,
+}
+
+impl HomeService {
+    /// Executors for the daemon's NVMe-oF state `nv`.
+    pub fn new(nv: Arc<super::NvmfShared>) -> Self {
+        Self { nv }
+    }
+}
+
+impl Service for HomeService {
+    fn start_on(&self, _reactor: usize) -> Box<dyn Conn> {
+        Box::new(Home::new(Arc::clone(&self.nv)))
     }
 }
 
 impl Home {
     /// An idle executor.
-    pub fn new() -> Self {
+    pub fn new(nv: Arc<super::NvmfShared>) -> Self {
         Self {
+            nv,
             queue: VecDeque::new(),
             stage: Stage::Start,
             in_flight: false,
@@ -317,7 +342,14 @@ impl Home {
         }
     }
 
-    fn answer(env: &Env<'_>, to: Origin, status: Status, status2: Status, data: Vec<u8>) {
+    fn answer(
+        nv: &super::NvmfShared,
+        env: &Env<'_>,
+        to: Origin,
+        status: Status,
+        status2: Status,
+        data: Vec<u8>,
+    ) {
         let note = Note::Done {
             key: to.key,
             slot: to.slot,
@@ -325,16 +357,16 @@ impl Home {
             status2,
             data,
         };
-        if let Some(s) = env.shared.nvmf.sections(env.shared) {
+        if let Some(s) = nv.sections(env.shared) {
             s.send(to.reactor, note);
         }
     }
 
     /// Advance the head item as far as it goes without waiting.
     fn run(&mut self, env: &mut Env<'_>) {
-        let shared: &crate::frontend::Shared = env.shared;
+        let shared: &crate::runtime::Shared = env.shared;
         while !self.in_flight {
-            let Some(sections) = shared.nvmf.sections(shared) else {
+            let Some(sections) = self.nv.sections(shared) else {
                 return;
             };
             let tag = IoTag {
@@ -419,7 +451,7 @@ impl Home {
                         _ => return,
                     };
                     if let Some((s1, s2)) = outcome {
-                        Self::answer(env, f.from, s1, s2, Vec::new());
+                        Self::answer(&self.nv, env, f.from, s1, s2, Vec::new());
                         if self.stage != Stage::Delegated {
                             sec.end_fused();
                         }
@@ -452,7 +484,7 @@ impl Home {
                         } else {
                             Vec::new()
                         };
-                        Self::answer(env, o.from, status, Status::SUCCESS, data);
+                        Self::answer(&self.nv, env, o.from, status, Status::SUCCESS, data);
                         self.queue.pop_front();
                         self.stage = Stage::Start;
                         continue;
@@ -504,8 +536,11 @@ impl Conn for Home {
         self.last = Some(result);
     }
 
-    fn on_note(&mut self, _env: &mut Env<'_>, note: Note) {
-        match note {
+    fn on_note(&mut self, _env: &mut Env<'_>, note: crate::runtime::Note) {
+        let Ok(note) = note.downcast::<Note>() else {
+            return;
+        };
+        match *note {
             Note::Fused(f) => self.queue.push_back(Item::Fused(f)),
             Note::Op(o) => self.queue.push_back(Item::Op(o)),
             // Only a wake-up: the next flush re-checks the counters.

@@ -46,7 +46,7 @@ use super::pdu::{self, Digests, Violation, fes, pdu_type};
 use super::resv::Access;
 use super::{NvmfShared, ctrl};
 use crate::bdev::{ReadStart, Start, in_range};
-use crate::frontend::Shared;
+use crate::runtime::Shared;
 use crate::runtime::{Conn, Env};
 use crate::uring::{Errno, IoTag, Kind, UserData};
 use io_uring::{opcode, squeue, types};
@@ -132,6 +132,8 @@ struct Req {
 /// An NVMe/TCP connection.
 pub struct NvmfConn {
     fd: OwnedFd,
+    /// The daemon's NVMe-oF state.
+    nv: Arc<NvmfShared>,
     phase: Phase,
     role: Role,
     ctrl: Option<Arc<Controller>>,
@@ -217,10 +219,11 @@ fn host_to_ctrl(sqe: &Sqe<'_>) -> bool {
 
 impl NvmfConn {
     /// A connection on an accepted socket.
-    pub fn new(fd: OwnedFd) -> Self {
+    pub fn new(fd: OwnedFd, nv: Arc<NvmfShared>) -> Self {
         crate::transport::tcp::set_nodelay(&fd);
         Self {
             fd,
+            nv,
             phase: Phase::AwaitIcReq,
             role: Role::None,
             ctrl: None,
@@ -630,7 +633,7 @@ impl NvmfConn {
         data: &[u8],
         invalid: impl Fn(u64, u64) -> (Status, u64),
     ) -> Result<u16, (Status, u64)> {
-        let nv: &NvmfShared = &env.shared.nvmf;
+        let nv: &NvmfShared = &self.nv;
         if !matches!(self.role, Role::None) {
             return Err((Status::CMD_SEQ_ERROR, 0));
         }
@@ -813,7 +816,7 @@ impl NvmfConn {
 
     /// Fill `self.scratch` with Identify data.
     fn identify(&mut self, env: &Env<'_>, ctrl: &Controller, sqe: Sqe<'_>) -> Status {
-        let nv = &env.shared.nvmf;
+        let nv = &self.nv;
         let cns = sqe.cdw(10) & 0xFF;
         self.scratch.clear();
         self.scratch.resize(cmd::IDENTIFY_LEN, 0);
@@ -887,8 +890,8 @@ impl NvmfConn {
     }
 
     /// Fill `self.scratch` with the whole log page.
-    fn log_page(&mut self, env: &Env<'_>, discovery: bool, sqe: Sqe<'_>) -> Status {
-        let nv = &env.shared.nvmf;
+    fn log_page(&mut self, _env: &Env<'_>, discovery: bool, sqe: Sqe<'_>) -> Status {
+        let nv = &self.nv;
         let id = (sqe.cdw(10) & 0xFF) as u8;
         let lsp = (sqe.cdw(10) >> 8) & 0x7F;
         self.scratch.clear();
@@ -1017,8 +1020,7 @@ impl NvmfConn {
     }
 
     /// The namespace `nsid` of this queue's subsystem, with its ANA state checked.
-    fn io_ns<'s>(&self, shared: &'s Shared, nsid: u32) -> Result<(&'s Subsystem, usize), Status> {
-        let nv = &shared.nvmf;
+    fn io_ns<'s>(&self, nv: &'s NvmfShared, nsid: u32) -> Result<(&'s Subsystem, usize), Status> {
         let Some(sub) = nv.subsystems.get(self.subsys) else {
             return Err(Status::INVALID_NS);
         };
@@ -1064,7 +1066,7 @@ impl NvmfConn {
         data: Vec<u8>,
         fua: bool,
     ) {
-        let Some(sections) = env.shared.nvmf.sections(env.shared) else {
+        let Some(sections) = self.nv.sections(env.shared) else {
             return self.respond(req.cid, Status::INTERNAL, 0);
         };
         req.remote = true;
@@ -1106,7 +1108,8 @@ impl NvmfConn {
             return self.respond(cid, Status::INVALID_OPCODE, 0);
         }
         let shared: &Shared = env.shared;
-        let (sub, idx) = match self.io_ns(shared, sqe.nsid()) {
+        let nv = Arc::clone(&self.nv);
+        let (sub, idx) = match self.io_ns(&nv, sqe.nsid()) {
             Ok(x) => x,
             Err(s) => return self.respond(cid, s, 0),
         };
@@ -1134,7 +1137,7 @@ impl NvmfConn {
             in_range(off, len, size).then_some((off, len))
         };
         let me = env.io.reactor;
-        let section = shared.nvmf.sections(shared).and_then(|s| s.get(vol));
+        let section = self.nv.sections(shared).and_then(|s| s.get(vol));
         // Enter the volume's atomic section (false: divert to its home).
         let enter = || section.is_none_or(|s| s.enter(me));
         let tag = IoTag {
@@ -1354,7 +1357,8 @@ impl NvmfConn {
             return fail(self, Status::INVALID_FIELD);
         }
         let shared: &Shared = env.shared;
-        let (sub, idx) = match self.io_ns(shared, c.nsid()) {
+        let nv = Arc::clone(&self.nv);
+        let (sub, idx) = match self.io_ns(&nv, c.nsid()) {
             Ok(x) => x,
             Err(s) => return fail(self, s),
         };
@@ -1380,7 +1384,7 @@ impl NvmfConn {
         if cmp.len() as u64 != len || data.len() as u64 != len {
             return fail(self, Status::SGL_INVALID_DATA);
         }
-        let Some(sections) = shared.nvmf.sections(shared) else {
+        let Some(sections) = self.nv.sections(shared) else {
             return fail(self, Status::INTERNAL);
         };
         let Some(sec) = sections.get(vol) else {
@@ -1617,7 +1621,7 @@ impl NvmfConn {
             };
         }
         let (Some((reactor, key)), Some(sections)) =
-            (ctrl.queue_at(sqid), env.shared.nvmf.sections(env.shared))
+            (ctrl.queue_at(sqid), self.nv.sections(env.shared))
         else {
             // No such queue: nothing to abort (result bit 0 = 1, "not aborted").
             return self.respond(cid, Status::SUCCESS, 1);
@@ -1640,8 +1644,8 @@ impl NvmfConn {
     }
 
     /// Complete one held Async Event Request when the ANA state changed.
-    fn async_events(&mut self, env: &Env<'_>) {
-        let chg = env.shared.nvmf.ana.change_count();
+    fn async_events(&mut self, _env: &Env<'_>) {
+        let chg = self.nv.ana.change_count();
         let Role::Admin(st) = &mut self.role else {
             return;
         };
@@ -1730,12 +1734,12 @@ impl NvmfConn {
     }
 
     /// Leave the controller: an admin queue removes and tears it down, an I/O queue detaches.
-    fn leave(&mut self, env: &Env<'_>) {
+    fn leave(&mut self, _env: &Env<'_>) {
         let Some(c) = self.ctrl.take() else {
             return;
         };
         match self.role {
-            Role::Admin(_) => env.shared.nvmf.registry.remove(c.cntlid),
+            Role::Admin(_) => self.nv.registry.remove(c.cntlid),
             Role::Io => c.detach_queue(self.qid),
             Role::None => {}
         }
@@ -1817,7 +1821,7 @@ impl Conn for NvmfConn {
 
     fn flush(&mut self, env: &mut Env<'_>) {
         if !self.leaves.is_empty()
-            && let Some(sections) = env.shared.nvmf.sections(env.shared)
+            && let Some(sections) = self.nv.sections(env.shared)
         {
             for vol in self.leaves.drain(..) {
                 sections.leave(vol, env.io.reactor);
@@ -1877,8 +1881,11 @@ impl Conn for NvmfConn {
         self.closed
     }
 
-    fn on_note(&mut self, env: &mut Env<'_>, note: Note) {
-        match note {
+    fn on_note(&mut self, env: &mut Env<'_>, note: crate::runtime::Note) {
+        let Ok(note) = note.downcast::<Note>() else {
+            return;
+        };
+        match *note {
             Note::Done {
                 slot,
                 status,
@@ -1909,7 +1916,7 @@ impl Conn for NvmfConn {
                 ..
             } => {
                 let aborted = self.abort_cmd(cntlid, sqid, cid);
-                if let Some(s) = env.shared.nvmf.sections(env.shared) {
+                if let Some(s) = self.nv.sections(env.shared) {
                     s.send(
                         reply.reactor,
                         Note::AbortDone {

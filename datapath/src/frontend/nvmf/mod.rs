@@ -24,8 +24,9 @@ pub use atomic::Note;
 pub use conn::NvmfConn;
 use ctrl::{AnaGroups, Registry, Subsystem};
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Prefix of the NQN of a default per-volume subsystem: `nqn.2026-11.io.twinblk:<volume>`.
 pub const DEFAULT_NQN_PREFIX: &str = "nqn.2026-11.io.twinblk:";
@@ -44,6 +45,8 @@ pub struct NvmfShared {
     pub state_dir: Option<PathBuf>,
     /// Atomic sections per volume (built on first use, when the reactors exist).
     sections: OnceLock<atomic::Sections>,
+    /// The runtime service index of the atomic-section executors ([`atomic::HomeService`]).
+    pub home_service: u32,
 }
 
 impl NvmfShared {
@@ -56,19 +59,22 @@ impl NvmfShared {
             ana: AnaGroups::new(1),
             state_dir: None,
             sections: OnceLock::new(),
+            home_service: 0,
         }
     }
 
     /// The atomic sections (`None` before any reactor exists).
-    pub fn sections(&self, shared: &crate::frontend::Shared) -> Option<&atomic::Sections> {
+    pub fn sections(&self, shared: &crate::runtime::Shared) -> Option<&atomic::Sections> {
         if shared.mailboxes.is_empty() {
             return None;
         }
-        Some(
-            self.sections.get_or_init(|| {
-                atomic::Sections::new(shared.volumes.len(), shared.mailboxes.clone())
-            }),
-        )
+        Some(self.sections.get_or_init(|| {
+            atomic::Sections::new(
+                shared.volumes.len(),
+                shared.mailboxes.clone(),
+                self.home_service,
+            )
+        }))
     }
 
     /// Load every subsystem's reservation state from `dir` and persist changes there.
@@ -87,5 +93,27 @@ impl NvmfShared {
     /// The subsystem named `nqn`.
     pub fn find(&self, nqn: &[u8]) -> Option<usize> {
         self.subsystems.iter().position(|s| s.nqn.as_bytes() == nqn)
+    }
+}
+
+/// The NVMe/TCP listeners' acceptor: every accepted socket is a queue pair.
+pub struct NvmfAcceptor {
+    nv: Arc<NvmfShared>,
+}
+
+impl NvmfAcceptor {
+    /// An acceptor serving the subsystems of `nv`.
+    pub fn new(nv: Arc<NvmfShared>) -> Self {
+        Self { nv }
+    }
+}
+
+impl crate::runtime::Acceptor for NvmfAcceptor {
+    fn proto(&self) -> &'static str {
+        "nvmf"
+    }
+
+    fn accept(&self, fd: OwnedFd) -> Box<dyn crate::runtime::Conn> {
+        Box::new(NvmfConn::new(fd, Arc::clone(&self.nv)))
     }
 }

@@ -98,9 +98,6 @@ pub enum Role {
     Follower,
 }
 
-/// Tags of the engine's own inner operations use connection keys from here up.
-pub const LAYER_KEY_BASE: u32 = 0xFF00_0000;
-
 /// An update an initiator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Update<'a> {
@@ -490,7 +487,7 @@ impl Engine {
         Self {
             cfg,
             inner,
-            layer_key: LAYER_KEY_BASE + vol as u32,
+            layer_key: IoTag::channel(vol as u32, 0).conn,
             ops: Slab::with_capacity(1024),
             applies: Slab::with_capacity(1024),
             queued: VecDeque::new(),

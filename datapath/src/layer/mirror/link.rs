@@ -12,14 +12,14 @@
 //! and is never applied; the engine is told `link_down` exactly once per session, when the
 //! link closes.
 
-use super::engine::{Engine, Role};
+use super::engine::Role;
 use super::wire::{self, Decoded, Header, Type};
-use crate::bdev::Channel;
-use crate::runtime::{Conn, Env};
+use crate::runtime::{Acceptor, Conn, Env};
 use crate::uring::{Errno, Kind, UserData};
 use io_uring::{opcode, types};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 const RX_INITIAL: usize = 1 << 20;
@@ -53,10 +53,36 @@ pub struct LinkConn {
     stopping: bool,
     closed: bool,
     why: &'static str,
+    /// For a link accepted on the listener: where each volume's engine runs (a link for a
+    /// volume homed elsewhere is handed over there after its HELLO).
+    homes: Option<Arc<Vec<Option<usize>>>>,
 }
 
-fn engine(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut Engine> {
-    chans.get_mut(vol).and_then(|c| c.mirror()).map(|(e, _)| e)
+use super::engine_of as engine;
+
+/// The replication listener's acceptor: accepted sockets become links that wait for HELLO.
+pub struct LinkAcceptor {
+    /// Per volume index: the reactor running its engine, for mirrored volumes.
+    homes: Arc<Vec<Option<usize>>>,
+}
+
+impl LinkAcceptor {
+    /// An acceptor for a daemon whose mirrored volumes run on `homes` (index = volume).
+    pub fn new(homes: Vec<Option<usize>>) -> Self {
+        Self {
+            homes: Arc::new(homes),
+        }
+    }
+}
+
+impl Acceptor for LinkAcceptor {
+    fn proto(&self) -> &'static str {
+        "mirror"
+    }
+
+    fn accept(&self, fd: OwnedFd) -> Box<dyn Conn> {
+        Box::new(LinkConn::accepted(fd, Arc::clone(&self.homes)))
+    }
 }
 
 impl LinkConn {
@@ -82,6 +108,7 @@ impl LinkConn {
             stopping: false,
             closed: false,
             why: "closed",
+            homes: None,
         }
     }
 
@@ -92,8 +119,10 @@ impl LinkConn {
     }
 
     /// A link accepted on the replication listener.
-    pub fn accepted(fd: OwnedFd) -> Self {
-        Self::new(fd, State::AwaitHello, None, None)
+    pub fn accepted(fd: OwnedFd, homes: Arc<Vec<Option<usize>>>) -> Self {
+        let mut l = Self::new(fd, State::AwaitHello, None, None);
+        l.homes = Some(homes);
+        l
     }
 
     /// A link accepted on another reactor, handed here (its volume's home) with the HELLO it
@@ -177,7 +206,10 @@ impl LinkConn {
             .position(|v| v.name == name)
             .ok_or_else(|| format!("no volume named {name:?}"))?;
         let key = env.key;
-        let home = env.shared.volumes[vol].mirror.as_ref().map(|m| m.home);
+        let home = self
+            .homes
+            .as_ref()
+            .and_then(|h| h.get(vol).copied().flatten());
         if home.is_some_and(|h| h != env.io.reactor) {
             // The volume's engine runs on another reactor: hand the socket over, with the
             // HELLO, and forget it here (the duplicate keeps the connection open).
@@ -188,7 +220,8 @@ impl LinkConn {
             let mut raw = Vec::with_capacity(wire::HEADER + payload.len());
             wire::encode(&mut raw, h, payload);
             let home = home.expect("checked");
-            env.shared.mailboxes[home].send(crate::runtime::Msg::AdoptLink { fd, hello: raw });
+            let link = LinkConn::adopted(fd, &raw);
+            env.shared.mailboxes[home].send(crate::runtime::Msg::Spawn(Box::new(link)));
             self.state = State::Closing;
             self.why = "handed over";
             return Ok(());
@@ -324,6 +357,11 @@ impl Conn for LinkConn {
         }
         match self.state {
             State::Connecting => {
+                // A dialled link is its volume's link from the start (the engine then dials
+                // no other until this one closes).
+                if let Some(e) = self.vol.and_then(|v| engine(env.chans, v)) {
+                    e.link_key = Some(env.key);
+                }
                 let sqe = opcode::Connect::new(
                     types::Fd(self.fd.as_raw_fd()),
                     (&*self.addr as *const libc::sockaddr_storage).cast(),

@@ -10,9 +10,15 @@
 //! Invariant: a mirrored volume's engine lives on one reactor per site, its *home* (volume
 //! index modulo the number of reactors), so the engine needs no lock. On the other reactors
 //! the volume's channel ([`RemoteChannel`]) serves reads from the local replica directly and
-//! hands every update to the home reactor by message ([`RemoteIo`]), which answers with
-//! `MirrorDone`; the byte vectors travel back and forth and are reused, so steady state
-//! allocates nothing.
+//! hands every update to the home reactor as a runtime block request
+//! ([`crate::bdev::BlockRequest`]), answered with the runtime's `BlockDone`; the byte vectors
+//! travel back and forth and are reused, so steady state allocates nothing.
+//!
+//! The engine's periodic work (timeouts, pings, dialling the leader, held-back ACKs, answers
+//! to requests) runs in the volume's [`MirrorPoller`], which [`MirrorDevice`] registers with
+//! the runtime as a poller source for the home reactor; the engine's own device operations
+//! complete to the channel ([`crate::uring::IoTag::channel`]). The poller also publishes the
+//! volume's path state ([`path_state`]) for the front ends.
 
 pub mod engine;
 pub mod failover;
@@ -21,48 +27,43 @@ pub mod state;
 pub mod stats;
 pub mod wire;
 
-use crate::bdev::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start};
-use crate::runtime::{Mailbox, Msg};
-use crate::uring::{IoCx, IoTag};
-use engine::{Engine, EngineConfig, Update};
+use crate::bdev::volume::{PathCell, PathState};
+use crate::bdev::{
+    BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, ReadStart, Start,
+};
+use crate::runtime::{Mailbox, Msg, PollCx, Poller, PollerSource};
+use crate::uring::{Errno, IoCx, IoTag};
+use engine::{Engine, EngineConfig, Mode, Role, Update};
 use stats::MirrorStats;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-/// What a [`RemoteIo`] asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RemoteOp {
-    /// Write `data`.
-    Write,
-    /// Write zeroes over `len`.
-    Zeroes,
-    /// Unmap `len`.
-    Unmap,
-    /// Flush.
-    Flush,
-    /// A metadata command (`data`).
-    Meta,
-}
-
-/// An update handed from a connection's reactor to the volume's home reactor.
-pub struct RemoteIo {
+/// A mirrored volume's facts for the control plane.
+pub struct MirrorInfo {
     /// Volume index.
-    pub vol: u32,
-    /// The connection's reactor.
-    pub from: u32,
-    /// The connection's tag.
-    pub tag: IoTag,
-    /// What to do.
-    pub op: RemoteOp,
-    /// Byte offset.
-    pub offset: u64,
-    /// Bytes (zeroes, unmap).
-    pub len: u64,
-    /// Force unit access.
-    pub fua: bool,
-    /// Write data.
-    pub data: Vec<u8>,
+    pub vol: usize,
+    /// Published counters and state.
+    pub stats: Arc<MirrorStats>,
+    /// This site orders the volume's updates.
+    pub leader: bool,
+    /// The reactor running the volume's engine.
+    pub home: usize,
 }
+
+/// The path state of this site for a mirrored volume: optimised at the volume's leader (and
+/// at a survivor), non-optimised at the follower (its writes take a round trip to the leader
+/// first), inaccessible while fenced, resyncing or waiting for its peer.
+pub fn path_state(mode: Mode, role: Role) -> PathState {
+    match (mode, role) {
+        (Mode::Survivor, _) | (Mode::Mirroring, Role::Leader) => PathState::Optimized,
+        (Mode::Mirroring, Role::Follower) => PathState::NonOptimized,
+        (Mode::Fenced | Mode::Resyncing | Mode::Waiting, _) => PathState::Inaccessible,
+    }
+}
+
+/// How often an engine gets its periodic work (timeouts, pings, dialling).
+const TICK: Duration = Duration::from_millis(5);
 
 /// A mirrored volume's top layer.
 pub struct MirrorDevice {
@@ -79,6 +80,8 @@ pub struct MirrorDevice {
     pub stats: Arc<MirrorStats>,
     /// The volume's replicated metadata (set once the front ends exist).
     pub meta: OnceLock<Arc<dyn engine::MetaHandler>>,
+    /// The volume's path state, published by the poller.
+    pub path: Arc<PathCell>,
 }
 
 impl MirrorDevice {
@@ -99,6 +102,99 @@ impl MirrorDevice {
             peer,
             stats: Arc::new(MirrorStats::default()),
             meta: OnceLock::new(),
+            // Nothing is served before the engine has decided its mode.
+            path: Arc::new(PathCell::new(PathState::Inaccessible)),
+        }
+    }
+}
+
+impl PollerSource for MirrorDevice {
+    fn poller_for(&self, reactor: usize) -> Option<Box<dyn Poller>> {
+        (reactor == self.home).then(|| {
+            Box::new(MirrorPoller {
+                vol: self.vol,
+                peer: self.peer,
+                path: Arc::clone(&self.path),
+                next_tick: Instant::now(),
+            }) as Box<dyn Poller>
+        })
+    }
+}
+
+/// The engine of `chans[vol]`, when that is a mirrored volume's home channel.
+pub fn engine_of(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut Engine> {
+    chans
+        .get_mut(vol)?
+        .as_any_mut()?
+        .downcast_mut::<MirrorChannel>()
+        .map(|c| &mut c.engine)
+}
+
+/// A mirrored volume's work on its home reactor: the engine's periodic work, dialling the
+/// leader, waking the link, answering finished requests and publishing the path state.
+pub struct MirrorPoller {
+    vol: usize,
+    peer: SocketAddr,
+    path: Arc<PathCell>,
+    next_tick: Instant,
+}
+
+impl Poller for MirrorPoller {
+    fn poll(&mut self, cx: &mut PollCx<'_>) -> bool {
+        let now = cx.now;
+        let tick = now >= self.next_tick;
+        if tick {
+            self.next_tick = now + TICK;
+        }
+        let stopping = cx.stopping;
+        let Some(e) = engine_of(cx.chans, self.vol) else {
+            return false;
+        };
+        if stopping {
+            e.begin_drain();
+        }
+        // Timeouts and pings run while stopping too; only dialling stops.
+        let dial = tick && e.tick(cx.io, now) && !stopping;
+        let state = path_state(e.mode(), e.config().role);
+        let kick = e.wants_send(now) || e.kill_link.is_some() || (stopping && e.idle());
+        let link = e.link_key;
+        let worked = !e.done.is_empty();
+        let mut done = std::mem::take(&mut e.done);
+        cx.complete_all(&mut done);
+        if let Some(e) = engine_of(cx.chans, self.vol) {
+            // Give the (now empty) vector back so steady state allocates nothing.
+            e.done = done;
+        }
+        if self.path.set(state) {
+            tracing::info!(volume = self.vol, ?state, "mirror: path state set");
+        }
+        if let Some(k) = link
+            && kick
+        {
+            cx.wake(k);
+        }
+        if dial {
+            match link::LinkConn::dial(self.peer, self.vol) {
+                Ok(l) => cx.spawn(Box::new(l)),
+                Err(err) => tracing::warn!(%err, "mirror: cannot create a socket"),
+            }
+        }
+        worked
+    }
+
+    fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant> {
+        // A held-back ACK must not wait for the next message.
+        let ack = engine_of(chans, self.vol).and_then(|e| e.ack_deadline());
+        Some(ack.map_or(self.next_tick, |a| a.min(self.next_tick)))
+    }
+
+    fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool {
+        engine_of(chans, self.vol).is_some_and(|e| e.answering())
+    }
+
+    fn abort(&mut self, chans: &mut [Box<dyn Channel>]) {
+        if let Some(e) = engine_of(chans, self.vol) {
+            e.abort_requests();
         }
     }
 }
@@ -138,7 +234,6 @@ impl BlockDevice for MirrorDevice {
         Ok(Box::new(MirrorChannel {
             reactor: io.reactor as u32,
             engine,
-            peer: self.peer,
         }))
     }
 }
@@ -147,14 +242,12 @@ impl BlockDevice for MirrorDevice {
 pub struct MirrorChannel {
     engine: Engine,
     reactor: u32,
-    /// Where the follower dials.
-    pub peer: SocketAddr,
 }
 
 impl Channel for MirrorChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
         if self.engine.no_io() {
-            return ReadStart::Failed(crate::uring::Errno::IO);
+            return ReadStart::Failed(Errno::IO);
         }
         self.engine.inner().read(io, tag, offset, len)
     }
@@ -212,8 +305,24 @@ impl Channel for MirrorChannel {
         )
     }
 
-    fn mirror(&mut self) -> Option<(&mut Engine, SocketAddr)> {
-        Some((&mut self.engine, self.peer))
+    fn submit_request(&mut self, io: &mut IoCx, r: &BlockRequest) -> Start {
+        let update = match r.op {
+            BlockOp::Write => Update::Write(&r.data),
+            BlockOp::Zeroes => Update::Zeroes(r.len),
+            BlockOp::Unmap => Update::Unmap(r.len),
+            BlockOp::Flush => Update::Flush,
+            BlockOp::Meta => Update::Meta(&r.data),
+        };
+        self.engine
+            .submit(io, r.from, r.tag, update, r.offset, r.fua)
+    }
+
+    fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        self.engine.apply_finished(io, slot as usize, result, data);
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }
 
@@ -240,22 +349,22 @@ impl RemoteChannel {
         let (op, len) = match update {
             Update::Write(d) => {
                 data.extend_from_slice(d);
-                (RemoteOp::Write, d.len() as u64)
+                (BlockOp::Write, d.len() as u64)
             }
-            Update::Zeroes(len) => (RemoteOp::Zeroes, len),
-            Update::Unmap(len) => (RemoteOp::Unmap, len),
-            Update::Flush => (RemoteOp::Flush, 0),
+            Update::Zeroes(len) => (BlockOp::Zeroes, len),
+            Update::Unmap(len) => (BlockOp::Unmap, len),
+            Update::Flush => (BlockOp::Flush, 0),
             Update::Meta(cmd) => {
                 data.extend_from_slice(cmd);
-                (RemoteOp::Meta, 0)
+                (BlockOp::Meta, 0)
             }
             // Never handed over: the NVMe atomic section runs on the home reactor.
             Update::CompareWrite { .. } => {
                 io.spare_vecs.push(data);
-                return Start::Done(Err(crate::uring::Errno::NOTSUP));
+                return Start::Done(Err(Errno::NOTSUP));
             }
         };
-        self.home.send(Msg::MirrorIo(RemoteIo {
+        self.home.send(Msg::Block(BlockRequest {
             vol: self.vol,
             from: self.from,
             tag,
@@ -272,7 +381,7 @@ impl RemoteChannel {
 impl Channel for RemoteChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
         if self.stats.fenced() {
-            return ReadStart::Failed(crate::uring::Errno::IO);
+            return ReadStart::Failed(Errno::IO);
         }
         self.inner.read(io, tag, offset, len)
     }

@@ -1,0 +1,78 @@
+//! Pollers: a layer's own work on a reactor, called every loop turn (SPDK's `spdk_poller`).
+//!
+//! Model: a layer that needs more than one request at a time (timers, its own device
+//! operations, a network link, answering requests other reactors handed over) registers a
+//! [`PollerSource`] with the runtime; every reactor asks each source once, at start, whether
+//! it runs a poller there. A poller reaches its volume's channel through [`PollCx::chans`]
+//! (its layer downcasts it), and tells the reactor what to do through the context: complete a
+//! request to the reactor that issued it, start a connection, wake a connection. Its
+//! [`Poller::deadline`] bounds how long the reactor may sleep.
+//!
+//! The runtime knows nothing of what a poller does: the mirror engine is one, the CDP flusher
+//! will be another.
+
+use super::conn::Conn;
+use crate::bdev::Channel;
+use crate::uring::{Errno, IoCx, IoTag};
+use std::time::Instant;
+
+/// A finished request to deliver: the issuing reactor, its tag, the outcome.
+pub type Completion = (u32, IoTag, Result<(), Errno>);
+
+/// What a poller may touch and ask for.
+pub struct PollCx<'a> {
+    /// The reactor's ring.
+    pub io: &'a mut IoCx,
+    /// This reactor's channel to every volume.
+    pub chans: &'a mut [Box<dyn Channel>],
+    /// The time this turn's pollers run at.
+    pub now: Instant,
+    /// The reactor is stopping.
+    pub stopping: bool,
+    pub(super) completions: &'a mut Vec<Completion>,
+    pub(super) spawned: &'a mut Vec<Box<dyn Conn>>,
+    pub(super) wakes: &'a mut Vec<u32>,
+}
+
+impl PollCx<'_> {
+    /// Deliver a finished request to its connection (on this reactor or another).
+    pub fn complete(&mut self, from: u32, tag: IoTag, result: Result<(), Errno>) {
+        self.completions.push((from, tag, result));
+    }
+
+    /// Every finished request of `done`, drained.
+    pub fn complete_all(&mut self, done: &mut Vec<Completion>) {
+        self.completions.append(done);
+    }
+
+    /// Start `conn` on this reactor (after the pollers of this turn ran).
+    pub fn spawn(&mut self, conn: Box<dyn Conn>) {
+        self.spawned.push(conn);
+    }
+
+    /// Give connection `key` a [`Conn::flush`] at the end of this turn.
+    pub fn wake(&mut self, key: u32) {
+        self.wakes.push(key);
+    }
+}
+
+/// A layer's per-reactor work.
+pub trait Poller {
+    /// One turn's work; true when it did any.
+    fn poll(&mut self, cx: &mut PollCx<'_>) -> bool;
+    /// The latest moment the reactor may sleep until.
+    fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant>;
+    /// While stopping: this poller still serves other reactors' requests (the reactor keeps
+    /// running until every reactor has drained).
+    fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool;
+    /// The stop deadline passed: fail what still waits.
+    fn abort(&mut self, chans: &mut [Box<dyn Channel>]);
+}
+
+/// Registered with the runtime by a layer: makes the layer's poller on the reactors that need
+/// one.
+pub trait PollerSource: Send + Sync {
+    /// The poller reactor `reactor` runs for this source, if any (called on that reactor
+    /// after its channels are open).
+    fn poller_for(&self, reactor: usize) -> Option<Box<dyn Poller>>;
+}

@@ -1,0 +1,695 @@
+//! Reactors: one pinned thread per configured core, each owning an io_uring, run to completion.
+//!
+//! One loop turn:
+//! 1. reap every CQE and dispatch it (connection receive/send, block-device completion,
+//!    accept, wake-up);
+//! 2. drain the mailbox (new connections, stop, block requests handed over and their answers,
+//!    notes for connections and services);
+//! 3. run the layers' pollers, deliver what they completed, start the connections they made;
+//! 4. let every connection touched this turn flush its replies (one send per connection per
+//!    turn, however many requests completed) and drop connections that are finished;
+//! 5. submit every SQE queued during the turn with one `io_uring_enter`, or, when the turn did
+//!    no work and the wait policy allows, block in the same call until a completion arrives.
+//!
+//! Wait policies: `poll` never blocks (lowest latency, a core at 100 %); `interrupt` blocks
+//! whenever a turn finds no work; `adaptive` spins for `spin` after the last work, then blocks.
+//! A reactor with pollers never sleeps past the earliest poller deadline (nor 10 ms).
+//!
+//! Invariants:
+//! - Everything a connection owns (socket, buffers, in-flight requests) lives on one reactor;
+//!   other threads reach a reactor only through its [`Mailbox`].
+//! - A connection is dropped only when it reports `done()`: no SQE of its own in flight and no
+//!   block-device operation pending for it. The in-flight table therefore never names a
+//!   connection that is gone.
+//! - On `Stop`, the reactor stops accepting, asks every connection to finish what it has in
+//!   flight and close, and exits only when no connection and no operation is left (or a
+//!   deadline passes, after which connections are aborted but in-flight device operations are
+//!   still reaped before the ring is dropped).
+
+use super::conn::{Conn, Env};
+use super::mailbox::{Msg, NoteTo};
+use super::poller::{Completion, PollCx, Poller};
+use super::stats::{Counters, ReactorStats, VolCounters};
+use super::{Mailbox, Shared};
+use crate::bdev::{BlockRequest, Channel, Start};
+use crate::uring::{Errno, IoCx, IoTag, Kind, Owner, UserData};
+use io_uring::{cqueue, opcode, types};
+use slab::Slab;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How a reactor waits when it has no work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitPolicy {
+    /// Never block.
+    Poll,
+    /// Spin this long after the last work, then block.
+    Adaptive(Duration),
+    /// Block as soon as a turn finds no work.
+    Interrupt,
+}
+
+/// Ring and pool sizes for one reactor.
+#[derive(Clone, Copy, Debug)]
+pub struct RingSizes {
+    /// SQ entries.
+    pub entries: u32,
+    /// Buffers in the registered pool.
+    pub bufs: u16,
+    /// Bytes per pool buffer.
+    pub buf_size: usize,
+}
+
+impl Default for RingSizes {
+    fn default() -> Self {
+        Self {
+            entries: 1024,
+            bufs: 512,
+            buf_size: 128 * 1024,
+        }
+    }
+}
+
+/// How long a stopping reactor waits for connections to finish their in-flight I/O.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+struct Entry {
+    conn: Box<dyn Conn>,
+    dirty: bool,
+}
+
+/// One reactor.
+pub struct Reactor {
+    id: usize,
+    io: IoCx,
+    chans: Vec<Box<dyn Channel>>,
+    conns: Slab<Entry>,
+    dirty: Vec<u32>,
+    shared: Arc<Shared>,
+    mailbox: Arc<Mailbox>,
+    stats: Arc<ReactorStats>,
+    counters: Counters,
+    vol_counters: Vec<VolCounters>,
+    policy: WaitPolicy,
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    accepts_armed: usize,
+    next_target: usize,
+    stopping: Option<Instant>,
+    aborted: bool,
+    cqes: Vec<(u64, i32, u32)>,
+    /// Layers' pollers running on this reactor.
+    pollers: Vec<Box<dyn Poller>>,
+    completions: Vec<Completion>,
+    spawned: Vec<Box<dyn Conn>>,
+    wakes: Vec<u32>,
+    /// Connection keys of the services (index as in `Shared::services`).
+    services: Vec<u32>,
+    drained: bool,
+}
+
+/// Longest sleep of a reactor that runs pollers (their deadlines may shorten it).
+const POLLER_MAX_SLEEP: Duration = Duration::from_millis(10);
+
+/// Longest sleep while stopping, so the stop deadline is noticed.
+const STOPPING_MAX_SLEEP: Duration = Duration::from_millis(50);
+
+impl Reactor {
+    /// Build reactor `id` on the calling thread (its ring must be created there).
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        policy: WaitPolicy,
+        sizes: RingSizes,
+    ) -> std::io::Result<Self> {
+        let file_slots = (shared.volumes.len() as u32 + 16).max(64);
+        let mut io = IoCx::new(sizes.entries, sizes.bufs, sizes.buf_size, file_slots)?;
+        io.reactor = id;
+        let mut chans = Vec::with_capacity(shared.volumes.len());
+        for v in &shared.volumes {
+            chans.push(
+                v.device
+                    .open_channel(&mut io)
+                    .map_err(std::io::Error::other)?,
+            );
+        }
+        let pollers = shared
+            .pollers
+            .iter()
+            .filter_map(|p| p.poller_for(id))
+            .collect();
+        Ok(Self {
+            id,
+            io,
+            chans,
+            pollers,
+            completions: Vec::with_capacity(256),
+            spawned: Vec::new(),
+            wakes: Vec::new(),
+            services: Vec::new(),
+            drained: false,
+            conns: Slab::with_capacity(64),
+            dirty: Vec::with_capacity(64),
+            mailbox: Arc::clone(&shared.mailboxes[id]),
+            stats: Arc::clone(&shared.stats[id]),
+            vol_counters: vec![VolCounters::default(); shared.volumes.len()],
+            shared,
+            counters: Counters::default(),
+            policy,
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            accepts_armed: 0,
+            next_target: id,
+            stopping: None,
+            aborted: false,
+            cqes: Vec::with_capacity(256),
+        })
+    }
+
+    fn arm_wake(&mut self) {
+        let sqe = opcode::Read::new(
+            types::Fd(self.mailbox.eventfd()),
+            (&mut *self.wake_buf as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(UserData::new(Kind::Wake, 0).0);
+        // SAFETY: wake_buf is a heap u64 owned by the reactor; the reactor cancels and reaps
+        // this read before it drops the buffer (see `drain_and_close`).
+        unsafe { self.io.push(&sqe) };
+        self.wake_armed = true;
+    }
+
+    fn arm_accept(&mut self, listener: usize) {
+        let fd = self.shared.listeners[listener].fd.as_raw_fd();
+        let sqe = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(UserData::new(Kind::Accept, listener as u32).0);
+        // SAFETY: multishot accept references no user memory.
+        unsafe { self.io.push(&sqe) };
+        self.accepts_armed += 1;
+    }
+
+    /// Run until stopped.
+    pub fn run(mut self) {
+        self.arm_wake();
+        if self.id == 0 {
+            for l in 0..self.shared.listeners.len() {
+                self.arm_accept(l);
+            }
+        }
+        for i in 0..self.shared.services.len() {
+            let conn = self.shared.services[i].start_on(self.id);
+            let key = self.insert_conn(conn);
+            self.services.push(key);
+        }
+        let mut last_work = Instant::now();
+        let mut turn_start = Instant::now();
+        loop {
+            let worked = self.turn();
+            if let Some(since) = self.stopping {
+                if !self.aborted && since.elapsed() > STOP_DEADLINE {
+                    self.abort_all();
+                }
+                let chans = &mut self.chans;
+                let answering = self.pollers.iter().any(|p| p.busy(chans));
+                if !self.drained
+                    && self.conns.is_empty()
+                    && self.io.ops.is_empty()
+                    && self.accepts_armed == 0
+                    && !answering
+                {
+                    self.drained = true;
+                    self.shared.running.fetch_sub(1, Ordering::SeqCst);
+                }
+                // A reactor running pollers serves the other reactors' requests until every
+                // reactor has drained.
+                if self.drained
+                    && (self.pollers.is_empty() || self.shared.running.load(Ordering::SeqCst) == 0)
+                {
+                    break;
+                }
+            }
+            let now = Instant::now();
+            let spent = now.duration_since(turn_start).as_nanos() as u64;
+            if worked {
+                self.counters.busy_ns += spent;
+                last_work = now;
+            } else {
+                self.counters.idle_ns += spent;
+            }
+            turn_start = now;
+            let may_block = !worked
+                && match self.policy {
+                    WaitPolicy::Poll => false,
+                    WaitPolicy::Interrupt => true,
+                    WaitPolicy::Adaptive(spin) => now.duration_since(last_work) >= spin,
+                };
+            let blocked = self.submit(may_block || self.stopping.is_some() && !worked);
+            if blocked {
+                // Time spent blocked in the ring is idle time, not part of the next turn.
+                let after = Instant::now();
+                self.counters.idle_ns += after.duration_since(turn_start).as_nanos() as u64;
+                turn_start = after;
+            }
+            self.counters.turns += 1;
+            self.counters.sqes = self.io.counters.sqes;
+            self.counters.bounces = self.io.counters.bounces;
+            self.stats.publish(&self.counters);
+            self.stats.publish_volumes(&self.vol_counters);
+        }
+        self.drain_and_close();
+        self.stats.publish(&self.counters);
+        self.stats.publish_volumes(&self.vol_counters);
+    }
+
+    /// Submit queued SQEs; with `block`, wait for a completion. True when it blocked.
+    fn submit(&mut self, block: bool) -> bool {
+        // With DEFER_TASKRUN, completions wait in the kernel until this thread enters the ring
+        // with GETEVENTS; the TASKRUN flag says some are waiting (the crate's submit sets
+        // GETEVENTS when it sees the flag).
+        let queued = {
+            let sq = self.io.ring.submission();
+            !sq.is_empty() || sq.taskrun()
+        };
+        if block && self.mailbox.prepare_sleep() {
+            self.counters.enters += 1;
+            let r = if self.stopping.is_some() || !self.pollers.is_empty() {
+                // Bounded wait while stopping, so the deadline is noticed, and while pollers
+                // have periodic work: never past the earliest poller deadline.
+                let mut ns = if self.stopping.is_some() {
+                    STOPPING_MAX_SLEEP
+                } else {
+                    POLLER_MAX_SLEEP
+                }
+                .as_nanos() as u64;
+                let now = Instant::now();
+                for p in &self.pollers {
+                    if let Some(d) = p.deadline(&mut self.chans) {
+                        ns = ns.min(d.saturating_duration_since(now).as_nanos() as u64 + 1_000);
+                    }
+                }
+                let ts = types::Timespec::new().nsec(ns as u32);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.io.ring.submitter().submit_with_args(1, &args)
+            } else {
+                self.io.ring.submit_and_wait(1)
+            };
+            self.mailbox.woke();
+            if let Err(e) = r
+                && !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::ETIME) | Some(libc::EBUSY)
+                )
+            {
+                panic!("reactor {}: io_uring_enter failed: {e}", self.id);
+            }
+            return true;
+        }
+        if queued {
+            self.counters.enters += 1;
+            if let Err(e) = self.io.ring.submit()
+                && !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY))
+            {
+                panic!("reactor {}: io_uring_enter failed: {e}", self.id);
+            }
+        }
+        false
+    }
+
+    /// One turn; true when it did any work.
+    fn turn(&mut self) -> bool {
+        let mut worked = false;
+        self.cqes.clear();
+        for cqe in self.io.ring.completion() {
+            self.cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+        if !self.cqes.is_empty() {
+            worked = true;
+            self.counters.cqes += self.cqes.len() as u64;
+            let cqes = std::mem::take(&mut self.cqes);
+            for &(ud, res, flags) in &cqes {
+                self.dispatch(UserData(ud), res, flags);
+            }
+            self.cqes = cqes;
+        }
+        while let Some(msg) = self.mailbox.pop() {
+            worked = true;
+            self.counters.msgs += 1;
+            match msg {
+                Msg::NewConn { fd, listener } => self.add_conn(fd, listener),
+                Msg::Stop => self.begin_stop(),
+                Msg::Block(r) => self.on_block_request(r),
+                Msg::BlockDone { tag, result, data } => {
+                    if data.capacity() > 0 && self.io.spare_vecs.len() < 4096 {
+                        self.io.spare_vecs.push(data);
+                    }
+                    if let Some(entry) = self.conns.get_mut(tag.conn as usize) {
+                        entry.conn.on_io(tag.slot, result, &[]);
+                        self.mark(tag.conn);
+                    }
+                }
+                Msg::Spawn(conn) => {
+                    if self.stopping.is_none() {
+                        self.insert_conn(conn);
+                    }
+                }
+                Msg::Note { to, note } => self.on_note(to, note),
+                Msg::Nop => {}
+            }
+        }
+        if !self.pollers.is_empty() {
+            worked |= self.run_pollers();
+        }
+        if !self.dirty.is_empty() {
+            worked = true;
+            let mut dirty = std::mem::take(&mut self.dirty);
+            for &key in &dirty {
+                self.flush_conn(key);
+            }
+            dirty.clear();
+            self.dirty = dirty;
+        }
+        worked
+    }
+
+    fn env(&mut self, key: u32) -> (&mut Entry, Env<'_>) {
+        let entry = &mut self.conns[key as usize];
+        let env = Env {
+            io: &mut self.io,
+            chans: &mut self.chans,
+            shared: &self.shared,
+            counters: &mut self.counters,
+            vol_counters: &mut self.vol_counters,
+            key,
+            stopping: self.stopping.is_some(),
+        };
+        (entry, env)
+    }
+
+    fn mark(&mut self, key: u32) {
+        if let Some(e) = self.conns.get_mut(key as usize)
+            && !e.dirty
+        {
+            e.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn flush_conn(&mut self, key: u32) {
+        if !self.conns.contains(key as usize) {
+            return;
+        }
+        let (entry, mut env) = self.env(key);
+        entry.dirty = false;
+        entry.conn.flush(&mut env);
+        if entry.conn.done() {
+            self.conns.remove(key as usize);
+            self.counters.conns_closed += 1;
+            self.stats.open_conns.store(
+                self.conns.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn dispatch(&mut self, ud: UserData, res: i32, flags: u32) {
+        match ud.kind() {
+            Some(Kind::Wake) => {
+                self.wake_armed = false;
+                // While stopping the read is not re-armed, so nothing is left to cancel.
+                if self.stopping.is_none() {
+                    self.arm_wake();
+                }
+            }
+            Some(Kind::Accept) => self.on_accept(ud.index() as usize, res, flags),
+            Some(Kind::Recv) | Some(Kind::Send) => {
+                let key = ud.index();
+                if !self.conns.contains(key as usize) {
+                    tracing::error!(
+                        reactor = self.id,
+                        key,
+                        "completion for a connection that is gone"
+                    );
+                    return;
+                }
+                let (entry, mut env) = self.env(key);
+                if ud.kind() == Some(Kind::Recv) {
+                    entry.conn.on_recv(&mut env, res);
+                } else {
+                    entry.conn.on_send(&mut env, res);
+                }
+                self.mark(key);
+            }
+            Some(Kind::Bdev) => {
+                let Some(fin) = self.io.finish_bdev(ud.index() as usize, res) else {
+                    return;
+                };
+                let key = match fin.tag.owner() {
+                    Owner::Conn(key) => key,
+                    Owner::Channel(vol) => {
+                        // A layer's own operation: its channel takes the data in place.
+                        let d = self.io.detach(&fin);
+                        if let Some(c) = self.chans.get_mut(vol as usize) {
+                            c.on_own_io(&mut self.io, fin.tag.slot, fin.result, d.data());
+                        }
+                        self.io.reattach(d);
+                        return;
+                    }
+                };
+                if let Some(entry) = self.conns.get_mut(key as usize) {
+                    let data = match fin.read {
+                        Some((skip, want)) => self.io.read_data(fin.key, skip, want),
+                        None => &[],
+                    };
+                    entry.conn.on_io(fin.tag.slot, fin.result, data);
+                } else {
+                    tracing::error!(
+                        reactor = self.id,
+                        key,
+                        "device completion for a connection that is gone"
+                    );
+                }
+                self.io.release(fin.key);
+                self.mark(key);
+            }
+            Some(Kind::Cancel) | Some(Kind::Timer) => {}
+            None => tracing::error!(
+                reactor = self.id,
+                user_data = ud.0,
+                "completion with unknown user_data"
+            ),
+        }
+    }
+
+    /// Run every poller, then deliver what they completed, start the connections they made
+    /// and wake the ones they named. True when anything happened.
+    fn run_pollers(&mut self) -> bool {
+        let mut worked = false;
+        let stopping = self.stopping.is_some();
+        let now = Instant::now();
+        for p in &mut self.pollers {
+            let mut cx = PollCx {
+                io: &mut self.io,
+                chans: &mut self.chans,
+                now,
+                stopping,
+                completions: &mut self.completions,
+                spawned: &mut self.spawned,
+                wakes: &mut self.wakes,
+            };
+            worked |= p.poll(&mut cx);
+        }
+        let mut spawned = std::mem::take(&mut self.spawned);
+        for conn in spawned.drain(..) {
+            if self.stopping.is_none() {
+                self.insert_conn(conn);
+            }
+        }
+        self.spawned = spawned;
+        let mut wakes = std::mem::take(&mut self.wakes);
+        for key in wakes.drain(..) {
+            self.mark(key);
+        }
+        self.wakes = wakes;
+        let mut done = std::mem::take(&mut self.completions);
+        worked |= !done.is_empty();
+        for (from, tag, result) in done.drain(..) {
+            self.answer(from, tag, result);
+        }
+        self.completions = done;
+        worked
+    }
+
+    /// Complete a request for a connection here or on reactor `from`.
+    fn answer(&mut self, from: u32, tag: IoTag, result: Result<(), Errno>) {
+        if from as usize == self.id {
+            if let Some(entry) = self.conns.get_mut(tag.conn as usize) {
+                entry.conn.on_io(tag.slot, result, &[]);
+                self.mark(tag.conn);
+            }
+        } else {
+            let data = self.io.spare_vecs.pop().unwrap_or_default();
+            self.shared.mailboxes[from as usize].send(Msg::BlockDone { tag, result, data });
+        }
+    }
+
+    /// A block request from another reactor's connection for a volume executed here.
+    fn on_block_request(&mut self, mut r: BlockRequest) {
+        let started = match self.chans.get_mut(r.vol as usize) {
+            Some(c) => c.submit_request(&mut self.io, &r),
+            None => {
+                tracing::error!(
+                    reactor = self.id,
+                    vol = r.vol,
+                    "block request for no volume"
+                );
+                Start::Done(Err(Errno::IO))
+            }
+        };
+        let data = std::mem::take(&mut r.data);
+        if data.capacity() > 0 && self.io.spare_vecs.len() < 4096 {
+            self.io.spare_vecs.push(data);
+        }
+        if let Start::Done(result) = started {
+            self.answer(r.from, r.tag, result);
+        }
+    }
+
+    /// Deliver a note to its connection or service (dropped when that is gone).
+    fn on_note(&mut self, to: NoteTo, note: super::Note) {
+        let key = match to {
+            NoteTo::Conn(k) => k,
+            NoteTo::Service(i) => match self.services.get(i as usize) {
+                Some(&k) => k,
+                None => return,
+            },
+        };
+        if !self.conns.contains(key as usize) {
+            return;
+        }
+        let (entry, mut env) = self.env(key);
+        entry.conn.on_note(&mut env, note);
+        self.mark(key);
+    }
+
+    fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accepts_armed -= 1;
+            if self.stopping.is_none() {
+                self.arm_accept(listener);
+            }
+        }
+        if res < 0 {
+            if res != -libc::ECANCELED {
+                tracing::warn!(listener, error = %std::io::Error::from_raw_os_error(-res), "accept failed");
+            }
+            return;
+        }
+        // SAFETY: a successful accept returns a new descriptor that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+        if self.stopping.is_some() {
+            return; // dropped: closes the socket
+        }
+        let n = self.shared.mailboxes.len();
+        let target = self.next_target % n;
+        self.next_target = self.next_target.wrapping_add(1);
+        if target == self.id {
+            self.add_conn(fd, listener);
+        } else {
+            self.shared.mailboxes[target].send(Msg::NewConn { fd, listener });
+        }
+    }
+
+    fn add_conn(&mut self, fd: OwnedFd, listener: usize) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let conn = self.shared.listeners[listener].acceptor.accept(fd);
+        self.insert_conn(conn);
+    }
+
+    /// Add a connection to this reactor and start it.
+    fn insert_conn(&mut self, conn: Box<dyn Conn>) -> u32 {
+        let key = self.conns.insert(Entry { conn, dirty: false }) as u32;
+        self.counters.conns_opened += 1;
+        self.stats.open_conns.store(
+            self.conns.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let (entry, mut env) = self.env(key);
+        entry.conn.start(&mut env);
+        self.mark(key);
+        key
+    }
+
+    fn begin_stop(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(Instant::now());
+        tracing::debug!(reactor = self.id, conns = self.conns.len(), "stopping");
+        if self.accepts_armed > 0 {
+            for l in 0..self.shared.listeners.len() {
+                let sqe = opcode::AsyncCancel::new(UserData::new(Kind::Accept, l as u32).0)
+                    .build()
+                    .user_data(UserData::new(Kind::Cancel, 0).0);
+                // SAFETY: a cancel references no user memory.
+                unsafe { self.io.push(&sqe) };
+            }
+        }
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            let (entry, mut env) = self.env(key);
+            entry.conn.stop(&mut env);
+            self.mark(key);
+        }
+    }
+
+    fn abort_all(&mut self) {
+        self.aborted = true;
+        tracing::warn!(
+            reactor = self.id,
+            conns = self.conns.len(),
+            "stop deadline passed; aborting connections"
+        );
+        for p in &mut self.pollers {
+            p.abort(&mut self.chans);
+        }
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            let (entry, mut env) = self.env(key);
+            tracing::warn!(key, state = %entry.conn.describe(), "aborting a connection still busy at the deadline");
+            entry.conn.abort(&mut env);
+            self.mark(key);
+        }
+    }
+
+    /// Cancel the wake-up read and reap it, so its buffer is not freed under the kernel.
+    fn drain_and_close(&mut self) {
+        if self.wake_armed {
+            let sqe = opcode::AsyncCancel::new(UserData::new(Kind::Wake, 0).0)
+                .build()
+                .user_data(UserData::new(Kind::Cancel, 0).0);
+            // SAFETY: a cancel references no user memory.
+            unsafe { self.io.push(&sqe) };
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.wake_armed && Instant::now() < deadline {
+                let _ = self.io.ring.submit_and_wait(1);
+                let mut seen = false;
+                for cqe in self.io.ring.completion() {
+                    if UserData(cqe.user_data()).kind() == Some(Kind::Wake) {
+                        seen = true;
+                    }
+                }
+                if seen {
+                    self.wake_armed = false;
+                }
+            }
+        }
+        tracing::debug!(reactor = self.id, "stopped");
+    }
+}
