@@ -178,6 +178,8 @@ impl Status {
     pub const ABORTED_FUSED_FAIL: Status = Status(0x009);
     /// Command Aborted due to Missing Fused Command.
     pub const ABORTED_FUSED_MISSING: Status = Status(0x00A);
+    /// Namespace is Write Protected.
+    pub const NS_WRITE_PROTECTED: Status = Status(0x020);
     /// Host Identifier Inconsistent Format (a 64-bit host id asked of a fabrics controller).
     pub const HOST_ID_INCONSISTENT: Status = Status(0x018);
     /// Reservation Conflict (generic, NVM command set specific).

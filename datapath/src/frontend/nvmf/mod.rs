@@ -3,7 +3,9 @@
 //! - [`pdu`]: NVMe/TCP PDUs as pure parsers and encoders (fuzzed by `datapath/fuzz`).
 //! - [`cmd`]: SQE/CQE layouts, status codes, Identify / log-page / discovery builders.
 //! - [`ctrl`]: subsystems, the controller registry and ANA groups.
-//! - [`conn`]: one queue pair (one TCP connection) as a reactor connection.
+//! - [`conn`]: one queue pair (one TCP connection) as a reactor connection, split by concern
+//!   (queue core, data transfer, fabrics, admin, I/O, fused commands, reservations).
+//! - [`status`]: the one table from device errors (and path states) to NVMe statuses.
 //! - [`atomic`]: per-volume atomic sections: fused Compare+Write run by the volume's home
 //!   reactor, excluded from every other NVMe/TCP media access by a lock-free handshake.
 //! - [`resv`]: reservations per namespace, persisted in one state file per subsystem.
@@ -19,6 +21,7 @@ pub mod conn;
 pub mod ctrl;
 pub mod pdu;
 pub mod resv;
+pub mod status;
 
 pub use atomic::Note;
 pub use conn::NvmfConn;
