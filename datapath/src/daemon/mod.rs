@@ -255,7 +255,7 @@ impl Daemon {
             mailboxes,
             stats,
             running: std::sync::atomic::AtomicUsize::new(n),
-            nvmf,
+            nvmf: Arc::new(nvmf),
         });
         let policy = match cfg.reactor.wait {
             Wait::Poll => WaitPolicy::Poll,

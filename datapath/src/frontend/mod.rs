@@ -63,8 +63,9 @@ pub struct Shared {
     /// Reactors that have not yet drained their own connections while stopping; a reactor
     /// that runs mirror engines keeps serving other reactors' requests until this is zero.
     pub running: std::sync::atomic::AtomicUsize,
-    /// NVMe-oF subsystems, controllers and ANA state.
-    pub nvmf: nvmf::NvmfShared,
+    /// NVMe-oF subsystems, controllers and atomic sections (each NVMe/TCP connection holds
+    /// its own reference, given at construction).
+    pub nvmf: Arc<nvmf::NvmfShared>,
 }
 
 /// Build the connection object for a socket accepted on `listener`.
@@ -72,6 +73,6 @@ pub fn new_conn(shared: &Shared, listener: usize, fd: OwnedFd) -> Box<dyn Conn> 
     match shared.listeners[listener].proto {
         Proto::Nbd => Box::new(nbd::NbdConn::new(fd)),
         Proto::Mirror => Box::new(crate::layer::mirror::link::LinkConn::accepted(fd)),
-        Proto::Nvmf => Box::new(nvmf::NvmfConn::new(fd)),
+        Proto::Nvmf => Box::new(nvmf::NvmfConn::new(fd, Arc::clone(&shared.nvmf))),
     }
 }

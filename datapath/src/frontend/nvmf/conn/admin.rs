@@ -14,6 +14,7 @@
 //!   answered when it replies (`Note::AbortDone`); a held AER is aborted here.
 
 use super::{INCAPSULE_MAX, MAX_AERS, MAX_XFER, MDTS, MQES, NvmfConn, Role};
+use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::atomic::{Note, Origin};
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, feat, lid, sgl};
 use crate::frontend::nvmf::ctrl::{self, Controller, MAX_IO_QUEUES};
@@ -21,7 +22,7 @@ use crate::runtime::Env;
 use std::sync::atomic::Ordering;
 
 impl NvmfConn {
-    pub(super) fn admin(&mut self, env: &mut Env<'_>, sqe: Sqe<'_>, _data: &[u8]) {
+    pub(super) fn admin(&mut self, env: &mut Env<'_>, nv: &NvmfShared, sqe: Sqe<'_>, _data: &[u8]) {
         let cid = sqe.cid();
         let Some(ctrl) = self.ctrl.clone() else {
             return self.respond(cid, Status::CMD_SEQ_ERROR, 0);
@@ -36,7 +37,7 @@ impl NvmfConn {
         }
         match sqe.opcode() {
             admin::IDENTIFY => {
-                let s = self.identify(env, &ctrl, sqe);
+                let s = self.identify(env, nv, &ctrl, sqe);
                 if s == Status::SUCCESS {
                     self.respond_scratch(cid, sqe.sgl_len().min(cmd::IDENTIFY_LEN as u32));
                 } else {
@@ -47,7 +48,7 @@ impl NvmfConn {
                 let numd = ((sqe.cdw(11) & 0xFFFF) << 16 | (sqe.cdw(10) >> 16)) + 1;
                 let want = (u64::from(numd) * 4).min(u64::from(sqe.sgl_len())) as u32;
                 let lpo = u64::from(sqe.cdw(12)) | (u64::from(sqe.cdw(13)) << 32);
-                let s = self.log_page(env, discovery, sqe);
+                let s = self.log_page(nv, discovery, sqe);
                 if s != Status::SUCCESS {
                     return self.respond(cid, s, 0);
                 }
@@ -88,14 +89,19 @@ impl NvmfConn {
                 }
             }
             admin::KEEP_ALIVE => self.respond(cid, Status::SUCCESS, 0),
-            admin::ABORT => self.abort_request(env, &ctrl, sqe),
+            admin::ABORT => self.abort_request(env, nv, &ctrl, sqe),
             _ => self.respond(cid, Status::INVALID_OPCODE, 0),
         }
     }
 
     /// Fill `self.scratch` with Identify data.
-    pub(super) fn identify(&mut self, env: &Env<'_>, ctrl: &Controller, sqe: Sqe<'_>) -> Status {
-        let nv = &env.shared.nvmf;
+    pub(super) fn identify(
+        &mut self,
+        env: &Env<'_>,
+        nv: &NvmfShared,
+        ctrl: &Controller,
+        sqe: Sqe<'_>,
+    ) -> Status {
         let cns = sqe.cdw(10) & 0xFF;
         self.scratch.clear();
         self.scratch.resize(cmd::IDENTIFY_LEN, 0);
@@ -169,8 +175,7 @@ impl NvmfConn {
     }
 
     /// Fill `self.scratch` with the whole log page.
-    pub(super) fn log_page(&mut self, env: &Env<'_>, discovery: bool, sqe: Sqe<'_>) -> Status {
-        let nv = &env.shared.nvmf;
+    pub(super) fn log_page(&mut self, nv: &NvmfShared, discovery: bool, sqe: Sqe<'_>) -> Status {
         let id = (sqe.cdw(10) & 0xFF) as u8;
         let lsp = (sqe.cdw(10) >> 8) & 0x7F;
         self.scratch.clear();
@@ -338,7 +343,13 @@ impl NvmfConn {
     /// Admin Abort: cdw10 = SQID (bits 15:0), CID (bits 31:16). A held Async Event Request is
     /// aborted here; a command of an I/O queue is looked for by that queue's reactor, which
     /// answers with `Note::AbortDone`.
-    pub(super) fn abort_request(&mut self, env: &Env<'_>, ctrl: &Controller, sqe: Sqe<'_>) {
+    pub(super) fn abort_request(
+        &mut self,
+        env: &Env<'_>,
+        nv: &NvmfShared,
+        ctrl: &Controller,
+        sqe: Sqe<'_>,
+    ) {
         let cid = sqe.cid();
         let sqid = (sqe.cdw(10) & 0xFFFF) as u16;
         let target = (sqe.cdw(10) >> 16) as u16;
@@ -355,8 +366,7 @@ impl NvmfConn {
                 None => self.respond(cid, Status::SUCCESS, 1),
             };
         }
-        let (Some((reactor, key)), Some(sections)) =
-            (ctrl.queue_at(sqid), env.shared.nvmf.sections(env.shared))
+        let (Some((reactor, key)), Some(sections)) = (ctrl.queue_at(sqid), nv.sections(env.shared))
         else {
             // No such queue: nothing to abort (result bit 0 = 1, "not aborted").
             return self.respond(cid, Status::SUCCESS, 1);
@@ -379,8 +389,8 @@ impl NvmfConn {
     }
 
     /// Complete one held Async Event Request when the ANA state changed.
-    pub(super) fn async_events(&mut self, env: &Env<'_>) {
-        let chg = env.shared.nvmf.ana.change_count();
+    pub(super) fn async_events(&mut self, _env: &Env<'_>) {
+        let chg = self.nv.ana.change_count();
         let Role::Admin(st) = &mut self.role else {
             return;
         };

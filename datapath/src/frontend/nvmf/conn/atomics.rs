@@ -15,6 +15,7 @@
 use super::{MAX_XFER, NvmfConn, OP_FUSED, Req, Role};
 use crate::bdev::in_range;
 use crate::frontend::Shared;
+use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::atomic::{FusedReq, Note, Origin};
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, io};
 use crate::runtime::Env;
@@ -25,6 +26,7 @@ impl NvmfConn {
     pub(super) fn fused(
         &mut self,
         env: &mut Env<'_>,
+        nv: &NvmfShared,
         first: [u8; cmd::SQE_LEN],
         cmp: Vec<u8>,
         sqe: Sqe<'_>,
@@ -46,7 +48,7 @@ impl NvmfConn {
             return fail(self, Status::INVALID_FIELD);
         }
         let shared: &Shared = env.shared;
-        let (sub, idx) = match self.io_ns(shared, c.nsid()) {
+        let (sub, idx) = match self.io_ns(shared, nv, c.nsid()) {
             Ok(x) => x,
             Err(s) => return fail(self, s),
         };
@@ -72,7 +74,7 @@ impl NvmfConn {
         if cmp.len() as u64 != len || data.len() as u64 != len {
             return fail(self, Status::SGL_INVALID_DATA);
         }
-        let Some(sections) = shared.nvmf.sections(shared) else {
+        let Some(sections) = nv.sections(shared) else {
             return fail(self, Status::INTERNAL);
         };
         let Some(sec) = sections.get(vol) else {

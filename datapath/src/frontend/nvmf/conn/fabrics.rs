@@ -66,10 +66,16 @@ impl NvmfConn {
         self.phase = Phase::Ready;
     }
 
-    pub(super) fn connect(&mut self, env: &mut Env<'_>, sqe: Sqe<'_>, data: &[u8]) {
+    pub(super) fn connect(
+        &mut self,
+        env: &mut Env<'_>,
+        nv: &NvmfShared,
+        sqe: Sqe<'_>,
+        data: &[u8],
+    ) {
         let cid = sqe.cid();
         let invalid = |iattr: u64, ipo: u64| (Status::CONNECT_INVALID_PARAM, (iattr << 16) | ipo);
-        let r = self.try_connect(env, sqe, data, invalid);
+        let r = self.try_connect(env, nv, sqe, data, invalid);
         match r {
             Ok(cntlid) => self.respond(cid, Status::SUCCESS, u64::from(cntlid)),
             Err((s, result)) => {
@@ -82,11 +88,11 @@ impl NvmfConn {
     pub(super) fn try_connect(
         &mut self,
         env: &mut Env<'_>,
+        nv: &NvmfShared,
         sqe: Sqe<'_>,
         data: &[u8],
         invalid: impl Fn(u64, u64) -> (Status, u64),
     ) -> Result<u16, (Status, u64)> {
-        let nv: &NvmfShared = &env.shared.nvmf;
         if !matches!(self.role, Role::None) {
             return Err((Status::CMD_SEQ_ERROR, 0));
         }

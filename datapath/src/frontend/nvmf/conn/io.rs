@@ -14,6 +14,7 @@
 use super::{MAX_XFER, NvmfConn, Req};
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::Shared;
+use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::atomic::{Note, OpKind, OpReq, Origin};
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, io, sgl};
 use crate::frontend::nvmf::ctrl::Subsystem;
@@ -26,10 +27,10 @@ impl NvmfConn {
     /// The namespace `nsid` of this queue's subsystem, with its ANA state checked.
     pub(super) fn io_ns<'s>(
         &self,
-        shared: &'s Shared,
+        _shared: &'s Shared,
+        nv: &'s NvmfShared,
         nsid: u32,
     ) -> Result<(&'s Subsystem, usize), Status> {
-        let nv = &shared.nvmf;
         let Some(sub) = nv.subsystems.get(self.subsys) else {
             return Err(Status::INVALID_NS);
         };
@@ -68,6 +69,7 @@ impl NvmfConn {
     pub(super) fn divert(
         &mut self,
         env: &Env<'_>,
+        nv: &NvmfShared,
         vol: usize,
         mut req: Req,
         kind: OpKind,
@@ -75,7 +77,7 @@ impl NvmfConn {
         data: Vec<u8>,
         fua: bool,
     ) {
-        let Some(sections) = env.shared.nvmf.sections(env.shared) else {
+        let Some(sections) = nv.sections(env.shared) else {
             return self.respond(req.cid, Status::INTERNAL, 0);
         };
         req.remote = true;
@@ -98,7 +100,7 @@ impl NvmfConn {
         );
     }
 
-    pub(super) fn io(&mut self, env: &mut Env<'_>, sqe: Sqe<'_>, data: &[u8]) {
+    pub(super) fn io(&mut self, env: &mut Env<'_>, nv: &NvmfShared, sqe: Sqe<'_>, data: &[u8]) {
         let cid = sqe.cid();
         let op = sqe.opcode();
         if !matches!(
@@ -117,7 +119,7 @@ impl NvmfConn {
             return self.respond(cid, Status::INVALID_OPCODE, 0);
         }
         let shared: &Shared = env.shared;
-        let (sub, idx) = match self.io_ns(shared, sqe.nsid()) {
+        let (sub, idx) = match self.io_ns(shared, nv, sqe.nsid()) {
             Ok(x) => x,
             Err(s) => return self.respond(cid, s, 0),
         };
@@ -145,7 +147,7 @@ impl NvmfConn {
             in_range(off, len, size).then_some((off, len))
         };
         let me = env.io.reactor;
-        let section = shared.nvmf.sections(shared).and_then(|s| s.get(vol));
+        let section = nv.sections(shared).and_then(|s| s.get(vol));
         // Enter the volume's atomic section (false: divert to its home).
         let enter = || section.is_none_or(|s| s.enter(me));
         let tag = IoTag {
@@ -203,7 +205,7 @@ impl NvmfConn {
                     } else {
                         Vec::new()
                     };
-                    return self.divert(env, vol, req, kind, vec![(off, len)], d, fua);
+                    return self.divert(env, nv, vol, req, kind, vec![(off, len)], d, fua);
                 }
                 req.counted = counted;
                 let chan = &mut env.chans[vol];
@@ -244,6 +246,7 @@ impl NvmfConn {
                 if !enter() {
                     return self.divert(
                         env,
+                        nv,
                         vol,
                         req,
                         OpKind::Read,
@@ -298,7 +301,7 @@ impl NvmfConn {
                     let list: Vec<(u64, u64)> = ranges.collect();
                     env.counters.ios += list.len() as u64;
                     env.vol_counters[vol].ops += list.len() as u64;
-                    return self.divert(env, vol, req, OpKind::Unmap, list, Vec::new(), false);
+                    return self.divert(env, nv, vol, req, OpKind::Unmap, list, Vec::new(), false);
                 }
                 req.counted = counted;
                 req.parts = 0;

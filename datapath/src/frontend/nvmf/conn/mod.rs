@@ -54,6 +54,7 @@ mod io;
 mod reservations;
 mod transfer;
 
+use super::NvmfShared;
 use super::atomic::Note;
 use super::cmd::{self, Sqe, Status, admin as adm, fctype, fuse, io as nvm, sgl};
 use super::ctrl::Controller;
@@ -145,6 +146,8 @@ struct Req {
 
 /// An NVMe/TCP connection.
 pub struct NvmfConn {
+    /// The daemon's NVMe-oF state: subsystems, controllers, ANA groups, atomic sections.
+    nv: Arc<NvmfShared>,
     fd: OwnedFd,
     phase: Phase,
     role: Role,
@@ -189,10 +192,11 @@ pub struct NvmfConn {
     resv_cache: Vec<(u64, Access)>,
 }
 impl NvmfConn {
-    /// A connection on an accepted socket.
-    pub fn new(fd: OwnedFd) -> Self {
+    /// A connection on an accepted socket, serving the subsystems of `nv`.
+    pub fn new(fd: OwnedFd, nv: Arc<NvmfShared>) -> Self {
         crate::transport::tcp::set_nodelay(&fd);
         Self {
+            nv,
             fd,
             phase: Phase::AwaitIcReq,
             role: Role::None,
@@ -269,6 +273,8 @@ impl NvmfConn {
     /// Parse and act on every whole PDU in the receive buffer.
     fn process(&mut self, env: &mut Env<'_>) {
         let rx = std::mem::take(&mut self.rx);
+        // One reference count update per receive, none per command.
+        let nv = Arc::clone(&self.nv);
         while !self.terminated && !self.broken && self.rx_lo < self.rx_hi {
             // While the daemon stops, commands already received are still answered.
             if (self.closing && !self.shutting_down) || self.paused() {
@@ -286,7 +292,7 @@ impl NvmfConn {
                 }
                 Ok(None) => break,
                 Ok(Some((p, n))) => {
-                    self.pdu(env, p);
+                    self.pdu(env, &nv, p);
                     self.rx_lo += n;
                 }
             }
@@ -298,7 +304,7 @@ impl NvmfConn {
         }
     }
 
-    fn pdu(&mut self, env: &mut Env<'_>, p: pdu::Pdu<'_>) {
+    fn pdu(&mut self, env: &mut Env<'_>, nv: &NvmfShared, p: pdu::Pdu<'_>) {
         match (self.phase, p.ch.kind) {
             (_, pdu_type::H2C_TERM) => {
                 let (f, i) = pdu::term_req(p.header).unwrap_or((0, 0));
@@ -312,8 +318,8 @@ impl NvmfConn {
                 self.closing = true;
             }
             (Phase::AwaitIcReq, pdu_type::IC_REQ) => self.ic_req(env, p),
-            (Phase::Ready, pdu_type::CMD) => self.capsule(env, p),
-            (Phase::Ready, pdu_type::H2C_DATA) => self.h2c_data(env, p),
+            (Phase::Ready, pdu_type::CMD) => self.capsule(env, nv, p),
+            (Phase::Ready, pdu_type::H2C_DATA) => self.h2c_data(env, nv, p),
             _ => self.fatal(
                 env,
                 Violation {
@@ -325,7 +331,7 @@ impl NvmfConn {
         }
     }
 
-    fn capsule(&mut self, env: &mut Env<'_>, p: pdu::Pdu<'_>) {
+    fn capsule(&mut self, env: &mut Env<'_>, nv: &NvmfShared, p: pdu::Pdu<'_>) {
         let Some(sqe) = Sqe::new(&p.header[pdu::CH_LEN..]) else {
             return;
         };
@@ -341,7 +347,7 @@ impl NvmfConn {
             if sqe.sgl_len() as usize != p.data.len() || p.data.len() > INCAPSULE_MAX as usize {
                 return self.respond(cid, Status::SGL_INVALID_DATA, 0);
             }
-            return self.execute(env, sqe, p.data);
+            return self.execute(env, nv, sqe, p.data);
         }
         if host_to_ctrl(&sqe) && sqe.sgl_len() > 0 {
             if sqe.sgl_type() != sgl::TRANSPORT {
@@ -362,7 +368,7 @@ impl NvmfConn {
             }
             return;
         }
-        self.execute(env, sqe, &[])
+        self.execute(env, nv, sqe, &[])
     }
 
     // ----- responses -----
@@ -388,7 +394,7 @@ impl NvmfConn {
 
     // ----- commands -----
 
-    fn execute(&mut self, env: &mut Env<'_>, sqe: Sqe<'_>, data: &[u8]) {
+    fn execute(&mut self, env: &mut Env<'_>, nv: &NvmfShared, sqe: Sqe<'_>, data: &[u8]) {
         let cid = sqe.cid();
         if self.shutting_down {
             return self.respond(cid, Status::NS_NOT_READY, 0);
@@ -413,13 +419,13 @@ impl NvmfConn {
                 let Some((first, cmp)) = self.fused_first.take() else {
                     return self.respond(cid, Status::ABORTED_FUSED_MISSING, 0);
                 };
-                return self.fused(env, first, cmp, sqe, data);
+                return self.fused(env, nv, first, cmp, sqe, data);
             }
             _ => return self.respond(cid, Status::INVALID_FIELD, 0),
         }
         if sqe.opcode() == adm::FABRICS {
             return match sqe.fctype() {
-                fctype::CONNECT => self.connect(env, sqe, data),
+                fctype::CONNECT => self.connect(env, nv, sqe, data),
                 fctype::PROPERTY_GET | fctype::PROPERTY_SET
                     if matches!(self.role, Role::Admin(_)) =>
                 {
@@ -433,8 +439,8 @@ impl NvmfConn {
         }
         match self.role {
             Role::None => self.respond(cid, Status::CMD_SEQ_ERROR, 0),
-            Role::Admin(_) => self.admin(env, sqe, data),
-            Role::Io => self.io(env, sqe, data),
+            Role::Admin(_) => self.admin(env, nv, sqe, data),
+            Role::Io => self.io(env, nv, sqe, data),
         }
     }
 
@@ -531,22 +537,22 @@ impl NvmfConn {
     }
 
     /// Leave the controller: an admin queue removes and tears it down, an I/O queue detaches.
-    fn leave(&mut self, env: &Env<'_>) {
+    fn leave(&mut self) {
         let Some(c) = self.ctrl.take() else {
             return;
         };
         match self.role {
-            Role::Admin(_) => env.shared.nvmf.registry.remove(c.cntlid),
+            Role::Admin(_) => self.nv.registry.remove(c.cntlid),
             Role::Io => c.detach_queue(self.qid),
             Role::None => {}
         }
     }
 
-    fn try_close(&mut self, env: &Env<'_>) {
+    fn try_close(&mut self) {
         if self.closing && !self.recv_armed && !self.send_armed && self.reqs.is_empty() {
             let unsent = self.tx_pending.len() + self.tx_sending.len() - self.tx_sent;
             if unsent == 0 || self.broken {
-                self.leave(env);
+                self.leave();
                 self.closed = true;
             }
         }
@@ -568,7 +574,7 @@ impl Conn for NvmfConn {
                     "keep-alive timeout: tearing the controller down"
                 );
                 // Tear down now so the I/O queues stop at once, not when this one closes.
-                self.leave(env);
+                self.leave();
                 self.broken = true;
             } else if res < 0 && res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "receive failed");
@@ -618,7 +624,7 @@ impl Conn for NvmfConn {
 
     fn flush(&mut self, env: &mut Env<'_>) {
         if !self.leaves.is_empty()
-            && let Some(sections) = env.shared.nvmf.sections(env.shared)
+            && let Some(sections) = self.nv.sections(env.shared)
         {
             for vol in self.leaves.drain(..) {
                 sections.leave(vol, env.io.reactor);
@@ -648,7 +654,7 @@ impl Conn for NvmfConn {
         if !self.closing && !self.recv_armed && !self.paused() {
             self.arm_recv(env);
         }
-        self.try_close(env);
+        self.try_close();
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {
@@ -710,7 +716,7 @@ impl Conn for NvmfConn {
                 ..
             } => {
                 let aborted = self.abort_cmd(cntlid, sqid, cid);
-                if let Some(s) = env.shared.nvmf.sections(env.shared) {
+                if let Some(s) = self.nv.sections(env.shared) {
                     s.send(
                         reply.reactor,
                         Note::AbortDone {

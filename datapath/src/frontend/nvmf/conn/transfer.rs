@@ -17,6 +17,7 @@
 #[cfg(doc)]
 use super::INCAPSULE_MAX;
 use super::{MAX_R2T, MAXH2CDATA, NvmfConn, Xfer};
+use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::cmd::{self, Sqe, Status};
 use crate::frontend::nvmf::pdu::{self, Violation, fes};
 use crate::runtime::Env;
@@ -46,7 +47,7 @@ impl NvmfConn {
         }
     }
 
-    pub(super) fn h2c_data(&mut self, env: &mut Env<'_>, p: pdu::Pdu<'_>) {
+    pub(super) fn h2c_data(&mut self, env: &mut Env<'_>, nv: &NvmfShared, p: pdu::Pdu<'_>) {
         let Some(h) = pdu::data_hdr(p.header) else {
             return;
         };
@@ -85,7 +86,7 @@ impl NvmfConn {
             // The whole transfer in one PDU: straight from the receive buffer.
             let x = self.xfers.remove(h.ttag as usize);
             if !x.discard {
-                self.execute(env, Sqe(&x.sqe), p.data);
+                self.execute(env, nv, Sqe(&x.sqe), p.data);
             }
             self.spare.push(x.buf);
             self.next_r2t();
@@ -99,7 +100,7 @@ impl NvmfConn {
         if x.received == x.total {
             let x = self.xfers.remove(h.ttag as usize);
             if !x.discard {
-                self.execute(env, Sqe(&x.sqe), &x.buf[..x.total as usize]);
+                self.execute(env, nv, Sqe(&x.sqe), &x.buf[..x.total as usize]);
             }
             self.spare.push(x.buf);
             self.next_r2t();
