@@ -187,7 +187,7 @@ fn call(method: &str, shared: &Shared, cfg: &Config) -> Option<Value> {
                         "nsid": n.nsid,
                         "volume": shared.volumes[n.volume].name,
                         "ana_group": n.ana_group,
-                        "ana_state": nv.ana.state(n.ana_group),
+                        "ana_state": crate::frontend::nvmf::status::ana_state(shared.volumes[n.volume].path.get()),
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })

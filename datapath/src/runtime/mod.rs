@@ -27,6 +27,7 @@ pub mod mailbox;
 pub mod stats;
 
 use crate::bdev::Channel;
+use crate::bdev::volume::PathState;
 use crate::frontend::{self, Shared};
 use crate::layer::mirror::engine::LAYER_KEY_BASE;
 use crate::uring::{Errno, IoCx, IoTag, Kind, UserData};
@@ -150,22 +151,22 @@ pub struct Reactor {
     /// Key of this reactor's NVMe-oF atomic-section executor, once created.
     nvmf_home: Option<u32>,
     drained: bool,
-    /// The ANA state last set for each mirrored volume (index as in `mirrors`).
-    announced: Vec<u8>,
+    /// The path state last published for each mirrored volume (index as in `mirrors`).
+    announced: Vec<Option<PathState>>,
 }
 
-/// The NVMe ANA state of this site's paths to a mirrored volume: optimised at the volume's
+/// How this site serves a mirrored volume (front ends map it to NVMe ANA): optimised at the volume's
 /// leader (and at a survivor), non-optimised at the follower (its writes take a round trip to
 /// the leader first), inaccessible while fenced, resyncing or waiting for its peer.
 fn path_state(
     mode: crate::layer::mirror::engine::Mode,
     role: crate::layer::mirror::engine::Role,
-) -> u8 {
+) -> PathState {
     use crate::layer::mirror::engine::{Mode, Role};
     match (mode, role) {
-        (Mode::Survivor, _) | (Mode::Mirroring, Role::Leader) => 1,
-        (Mode::Mirroring, Role::Follower) => 2,
-        (Mode::Fenced | Mode::Resyncing | Mode::Waiting, _) => 3,
+        (Mode::Survivor, _) | (Mode::Mirroring, Role::Leader) => PathState::Optimized,
+        (Mode::Mirroring, Role::Follower) => PathState::NonOptimized,
+        (Mode::Fenced | Mode::Resyncing | Mode::Waiting, _) => PathState::Inaccessible,
     }
 }
 
@@ -203,7 +204,7 @@ impl Reactor {
             next_tick: Instant::now(),
             mirror_done: Vec::with_capacity(256),
             drained: false,
-            announced: vec![0; n_mirrors],
+            announced: vec![None; n_mirrors],
             conns: Slab::with_capacity(64),
             dirty: Vec::with_capacity(64),
             mailbox: Arc::clone(&shared.mailboxes[id]),
@@ -581,8 +582,8 @@ impl Reactor {
             {
                 self.mark(k);
             }
-            if self.announced[i] != path_state {
-                self.announced[i] = path_state;
+            if self.announced[i] != Some(path_state) {
+                self.announced[i] = Some(path_state);
                 self.announce_path_state(vol, path_state);
             }
             let mut done = std::mem::take(&mut self.mirror_done);
@@ -595,21 +596,11 @@ impl Reactor {
         worked
     }
 
-    /// Tell NVMe hosts (ANA) how this site serves a mirrored volume (see [`path_state`]): the
-    /// ANA group of the volume's namespaces changes (with an ANA change notice to hosts
-    /// waiting for events).
-    fn announce_path_state(&self, vol: usize, state: u8) {
-        for sub in &self.shared.nvmf.subsystems {
-            for ns in sub.namespaces.iter().filter(|n| n.volume == vol) {
-                if self.shared.nvmf.ana.set_state(ns.ana_group, state) {
-                    tracing::info!(
-                        volume = vol,
-                        group = ns.ana_group,
-                        state,
-                        "NVMe ANA state set"
-                    );
-                }
-            }
+    /// Publish how this site serves a mirrored volume (see [`path_state`]) in the volume's
+    /// path cell, which front ends read (NVMe: the volume's ANA group, with a change notice).
+    fn announce_path_state(&self, vol: usize, state: PathState) {
+        if self.shared.volumes[vol].path.set(state) {
+            tracing::info!(volume = vol, ?state, "path state published");
         }
     }
 

@@ -10,10 +10,12 @@
 //!   reactor, excluded from every other NVMe/TCP media access by a lock-free handshake.
 //! - [`resv`]: reservations per namespace, persisted in one state file per subsystem.
 //!
-//! Model: everything in [`NvmfShared`] is built before the reactors start. Subsystems and
-//! listener addresses are read-only; the controller registry is locked only on the
-//! Connect/teardown path; ANA states are atomics; the reservation lock is taken only by
-//! reservation commands and when a namespace's reservation version moved.
+//! Model: everything in [`NvmfShared`] is built before the reactors start and handed to each
+//! connection at construction. Subsystems and listener addresses are read-only; the controller
+//! registry is locked only on the Connect/teardown path; the reservation lock is taken only by
+//! reservation commands and when a namespace's reservation version moved. ANA: one group per
+//! volume (id = volume index + 1) whose state is the volume's published path state
+//! (`bdev::volume::PathCell`, written by the volume's top layer), read lock-free.
 
 pub mod atomic;
 pub mod cmd;
@@ -25,7 +27,7 @@ pub mod status;
 
 pub use atomic::Note;
 pub use conn::NvmfConn;
-use ctrl::{AnaGroups, Registry, Subsystem};
+use ctrl::{Registry, Subsystem};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -41,8 +43,6 @@ pub struct NvmfShared {
     pub listen: Vec<SocketAddr>,
     /// Live controllers.
     pub registry: Registry,
-    /// ANA group states (group 1 holds every namespace).
-    pub ana: AnaGroups,
     /// Directory of the reservation state files (`None`: reservations are not persisted).
     pub state_dir: Option<PathBuf>,
     /// Atomic sections per volume (built on first use, when the reactors exist).
@@ -56,7 +56,6 @@ impl NvmfShared {
             subsystems: Vec::new(),
             listen: Vec::new(),
             registry: Registry::default(),
-            ana: AnaGroups::new(1),
             state_dir: None,
             sections: OnceLock::new(),
         }

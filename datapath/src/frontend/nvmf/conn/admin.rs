@@ -14,10 +14,10 @@
 //!   answered when it replies (`Note::AbortDone`); a held AER is aborted here.
 
 use super::{INCAPSULE_MAX, MAX_AERS, MAX_XFER, MDTS, MQES, NvmfConn, Role};
-use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::atomic::{Note, Origin};
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, feat, lid, sgl};
 use crate::frontend::nvmf::ctrl::{self, Controller, MAX_IO_QUEUES};
+use crate::frontend::nvmf::{NvmfShared, status};
 use crate::runtime::Env;
 use std::sync::atomic::Ordering;
 
@@ -48,7 +48,7 @@ impl NvmfConn {
                 let numd = ((sqe.cdw(11) & 0xFFFF) << 16 | (sqe.cdw(10) >> 16)) + 1;
                 let want = (u64::from(numd) * 4).min(u64::from(sqe.sgl_len())) as u32;
                 let lpo = u64::from(sqe.cdw(12)) | (u64::from(sqe.cdw(13)) << 32);
-                let s = self.log_page(nv, discovery, sqe);
+                let s = self.log_page(env, nv, discovery, sqe);
                 if s != Status::SUCCESS {
                     return self.respond(cid, s, 0);
                 }
@@ -123,6 +123,8 @@ impl NvmfConn {
                         mdts: MDTS,
                         maxcmd: MQES + 1,
                         incapsule: INCAPSULE_MAX,
+                        anagrpmax: sub.map_or(0, |s| s.ana_grpmax()),
+                        nanagrpid: sub.map_or(0, |s| s.ana_groups.len() as u32),
                     },
                 );
                 Status::SUCCESS
@@ -175,7 +177,13 @@ impl NvmfConn {
     }
 
     /// Fill `self.scratch` with the whole log page.
-    pub(super) fn log_page(&mut self, nv: &NvmfShared, discovery: bool, sqe: Sqe<'_>) -> Status {
+    pub(super) fn log_page(
+        &mut self,
+        env: &Env<'_>,
+        nv: &NvmfShared,
+        discovery: bool,
+        sqe: Sqe<'_>,
+    ) -> Status {
         let id = (sqe.cdw(10) & 0xFF) as u8;
         let lsp = (sqe.cdw(10) >> 8) & 0x7F;
         self.scratch.clear();
@@ -226,20 +234,26 @@ impl NvmfConn {
                 else {
                     return Status::INTERNAL;
                 };
-                let nsids: Vec<u32> = s
-                    .namespaces
+                let vols = &env.shared.volumes;
+                // The count first: a state that changes after it is read moves the count past
+                // what this queue saw, so the host hears of it again.
+                let chg = s.ana_changes(vols);
+                let groups: Vec<cmd::AnaDesc<'_>> = s
+                    .ana_groups
                     .iter()
-                    .filter(|n| n.ana_group == 1)
-                    .map(|n| n.nsid)
+                    .filter_map(|g| {
+                        let path = &vols.get(g.volume)?.path;
+                        Some(cmd::AnaDesc {
+                            id: g.id,
+                            chgcnt: path.changes(),
+                            state: status::ana_state(path.get()),
+                            nsids: &g.nsids,
+                        })
+                    })
                     .collect();
-                cmd::ana_log(
-                    &mut self.scratch,
-                    nv.ana.change_count(),
-                    &[(1, nv.ana.state(1), &nsids)],
-                    lsp & 1 != 0,
-                );
+                cmd::ana_log(&mut self.scratch, chg, &groups, lsp & 1 != 0);
                 if let Role::Admin(st) = &mut self.role {
-                    st.ana_seen = nv.ana.change_count();
+                    st.ana_seen = chg;
                 }
             }
             _ => return Status::INVALID_LOG_PAGE,
@@ -388,13 +402,28 @@ impl NvmfConn {
         );
     }
 
-    /// Complete one held Async Event Request when the ANA state changed.
-    pub(super) fn async_events(&mut self, _env: &Env<'_>) {
-        let chg = self.nv.ana.change_count();
+    /// Complete one held Async Event Request when the state of one of the subsystem's ANA
+    /// groups changed since this controller last reported it.
+    pub(super) fn async_events(&mut self, env: &Env<'_>) {
+        let Role::Admin(st) = &self.role else {
+            return;
+        };
+        if st.aers.is_empty() || st.aec & (1 << 11) == 0 {
+            return;
+        }
+        let Some(chg) = self
+            .ctrl
+            .as_ref()
+            .and_then(|c| c.subsys)
+            .and_then(|i| self.nv.subsystems.get(i))
+            .map(|s| s.ana_changes(&env.shared.volumes))
+        else {
+            return;
+        };
         let Role::Admin(st) = &mut self.role else {
             return;
         };
-        if st.ana_seen == chg || st.aers.is_empty() || st.aec & (1 << 11) == 0 {
+        if st.ana_seen == chg {
             return;
         }
         st.ana_seen = chg;

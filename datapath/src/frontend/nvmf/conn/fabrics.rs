@@ -134,7 +134,9 @@ impl NvmfConn {
                 csts: 0,
                 aec: 0,
                 aers: Vec::with_capacity(MAX_AERS),
-                ana_seen: nv.ana.change_count(),
+                ana_seen: subsys
+                    .and_then(|s| nv.subsystems.get(s))
+                    .map_or(0, |s| s.ana_changes(&env.shared.volumes)),
             });
             c
         } else {

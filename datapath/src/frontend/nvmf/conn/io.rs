@@ -16,18 +16,18 @@ use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::Shared;
 use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::atomic::{Note, OpKind, OpReq, Origin};
-use crate::frontend::nvmf::cmd::{self, Sqe, Status, io, sgl};
+use crate::frontend::nvmf::cmd::{Sqe, Status, io, sgl};
 use crate::frontend::nvmf::ctrl::Subsystem;
 use crate::frontend::nvmf::resv::Access;
-use crate::frontend::nvmf::status::status_of;
+use crate::frontend::nvmf::status::{path_status, status_of};
 use crate::runtime::Env;
 use crate::uring::IoTag;
 
 impl NvmfConn {
-    /// The namespace `nsid` of this queue's subsystem, with its ANA state checked.
+    /// The namespace `nsid` of this queue's subsystem, with its ANA group's state checked.
     pub(super) fn io_ns<'s>(
         &self,
-        _shared: &'s Shared,
+        shared: &'s Shared,
         nv: &'s NvmfShared,
         nsid: u32,
     ) -> Result<(&'s Subsystem, usize), Status> {
@@ -37,12 +37,12 @@ impl NvmfConn {
         let Some(ns) = sub.ns(nsid) else {
             return Err(Status::INVALID_NS);
         };
-        match nv.ana.state(ns.ana_group) {
-            cmd::ana::OPTIMIZED | cmd::ana::NON_OPTIMIZED => {}
-            cmd::ana::PERSISTENT_LOSS => return Err(Status::ANA_PERSISTENT_LOSS),
-            cmd::ana::CHANGE => return Err(Status::ANA_TRANSITION),
-            _ => return Err(Status::ANA_INACCESSIBLE),
-        }
+        // The namespace's ANA group is its volume's: refused with a path status (never a
+        // media error) unless this site serves the volume.
+        let Some(vol) = shared.volumes.get(ns.volume) else {
+            return Err(Status::INVALID_NS);
+        };
+        path_status(vol.path.get())?;
         Ok((sub, nsid as usize - 1))
     }
 
