@@ -155,9 +155,9 @@ pub struct Reactor {
     announced: Vec<Option<PathState>>,
 }
 
-/// How this site serves a mirrored volume (front ends map it to NVMe ANA): optimised at the volume's
-/// leader (and at a survivor), non-optimised at the follower (its writes take a round trip to
-/// the leader first), inaccessible while fenced, resyncing or waiting for its peer.
+/// How this site serves a mirrored volume (front ends map it to NVMe ANA): optimised at the
+/// volume's leader (and at a survivor), non-optimised at the follower (its writes take a round
+/// trip to the leader first), inaccessible while fenced, resyncing or waiting for its peer.
 fn path_state(
     mode: crate::layer::mirror::engine::Mode,
     role: crate::layer::mirror::engine::Role,
