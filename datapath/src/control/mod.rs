@@ -205,7 +205,7 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                         "nsid": n.nsid,
                         "volume": shared.rt.volumes[n.volume].name,
                         "ana_group": n.ana_group,
-                        "ana_state": nv.ana.state(n.ana_group),
+                        "ana_state": crate::frontend::nvmf::status::ana_state(shared.rt.volumes[n.volume].path.get()),
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })

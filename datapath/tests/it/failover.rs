@@ -15,14 +15,14 @@ use twinblk_tools::nvmf::{Controller, ResvReport, Sqe, racqa, rrega, sc};
 
 const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
 
-struct WitnessProc {
+pub(crate) struct WitnessProc {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl WitnessProc {
-    fn start(dir: &Path, key: &[u8], addr: Option<SocketAddr>) -> WitnessProc {
+    pub(crate) fn start(dir: &Path, key: &[u8], addr: Option<SocketAddr>) -> WitnessProc {
         let cfg = twinblk_witness::Config {
             listen: addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
             state: dir.join("witness.state"),
@@ -58,7 +58,7 @@ impl Drop for WitnessProc {
     }
 }
 
-const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+pub(crate) const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 fn site(
     root: &Path,

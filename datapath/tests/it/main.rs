@@ -8,6 +8,7 @@ mod malformed;
 mod mirror;
 mod netfault;
 mod nvmf;
+mod nvmf_ana;
 mod nvmf_fused_resv;
 mod rawnbd;
 mod shutdown;

@@ -7,6 +7,7 @@ use crate::harness::{Server, in_process, in_process_with, nvmf_addr, pattern};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use twinblk::bdev::volume::PathState;
 use twinblk_tools::nvmf::perf::{self, PerfOpts, Rw};
 use twinblk_tools::nvmf::{self, Controller, Digests, Host, Opts, Queue, Sqe, TermReq, t};
 
@@ -360,7 +361,9 @@ fn ana_state_changes_reach_io_log_and_async_events() {
         0
     );
     let aer = c.admin.submit(Sqe::new(0x0C), &[], 0).unwrap();
-    assert!(d.nvmf().ana.set_state(1, 0x03));
+    // The volume's published path state is its ANA group's state (group 1: volume 0).
+    let path = &d.shared().volumes[0].path;
+    assert!(path.set(PathState::Inaccessible));
     assert_eq!(
         status(&mut q, Sqe::new(0x02).nsid(1).lba(0, 1), &[], 512),
         0x302
@@ -380,20 +383,21 @@ fn ana_state_changes_reach_io_log_and_async_events() {
     assert!(seen.iter().any(|x| x.cid == ka && x.status == 0));
     let ana = c.log(0x0C, 0, 0, 4096).unwrap();
     assert_eq!(ana[32], 0x03, "inaccessible");
-    d.nvmf().ana.set_state(1, 0x0F);
+    path.set(PathState::Transitioning);
     let c = q.cmd(Sqe::new(0x02).nsid(1).lba(0, 1), &[], 512).unwrap();
     assert_eq!((c.status, c.dnr), (0x303, false), "transition: retryable");
-    d.nvmf().ana.set_state(1, 0x04);
+    path.set(PathState::Inaccessible);
     assert_eq!(
         status(&mut q, Sqe::new(0x01).nsid(1).lba(0, 1), &[0; 512], 0),
-        0x301
+        0x302,
+        "a write to an inaccessible group: a path error, not a media error"
     );
-    d.nvmf().ana.set_state(1, 0x02);
+    path.set(PathState::NonOptimized);
     assert_eq!(
         status(&mut q, Sqe::new(0x02).nsid(1).lba(0, 1), &[], 512),
         0
     );
-    d.nvmf().ana.set_state(1, 0x01);
+    path.set(PathState::Optimized);
     assert_eq!(
         status(&mut q, Sqe::new(0x02).nsid(1).lba(0, 1), &[], 512),
         0

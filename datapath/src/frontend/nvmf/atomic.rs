@@ -416,7 +416,7 @@ impl Home {
                             None
                         }
                         (Stage::Reading, Some(Err(e))) => Some((
-                            super::conn::status_of(e, super::cmd::io::READ),
+                            super::status::status_of(e, super::cmd::io::READ),
                             Status::ABORTED_FUSED_FAIL,
                         )),
                         (Stage::Reading, Some(Ok(()))) => {
@@ -437,7 +437,7 @@ impl Home {
                                 (Status::COMPARE_FAILED, Status::ABORTED_FUSED_FAIL)
                             }
                             Err(e) => (
-                                super::conn::status_of(e, super::cmd::io::WRITE),
+                                super::status::status_of(e, super::cmd::io::WRITE),
                                 Status::ABORTED_FUSED_FAIL,
                             ),
                         }),
@@ -445,7 +445,7 @@ impl Home {
                             Status::SUCCESS,
                             match r {
                                 Ok(()) => Status::SUCCESS,
-                                Err(e) => super::conn::status_of(e, super::cmd::io::WRITE),
+                                Err(e) => super::status::status_of(e, super::cmd::io::WRITE),
                             },
                         )),
                         _ => return,
@@ -477,7 +477,7 @@ impl Home {
                         };
                         let status = match r {
                             Ok(()) => Status::SUCCESS,
-                            Err(e) => super::conn::status_of(e, op),
+                            Err(e) => super::status::status_of(e, op),
                         };
                         let data = if o.kind == OpKind::Read && status == Status::SUCCESS {
                             std::mem::take(&mut self.rbuf)

@@ -178,6 +178,8 @@ impl Status {
     pub const ABORTED_FUSED_FAIL: Status = Status(0x009);
     /// Command Aborted due to Missing Fused Command.
     pub const ABORTED_FUSED_MISSING: Status = Status(0x00A);
+    /// Namespace is Write Protected.
+    pub const NS_WRITE_PROTECTED: Status = Status(0x020);
     /// Host Identifier Inconsistent Format (a 64-bit host id asked of a fabrics controller).
     pub const HOST_ID_INCONSISTENT: Status = Status(0x018);
     /// Reservation Conflict (generic, NVM command set specific).
@@ -396,6 +398,10 @@ pub struct CtrlIdentity<'a> {
     pub maxcmd: u16,
     /// In-capsule data bytes accepted.
     pub incapsule: u32,
+    /// Highest ANA group id (ANAGRPMAX).
+    pub anagrpmax: u32,
+    /// ANA groups the subsystem has (NANAGRPID; one descriptor each in the ANA log).
+    pub nanagrpid: u32,
 }
 
 /// Model number reported in Identify Controller.
@@ -429,8 +435,8 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     if !c.discovery {
         b[342] = 10; // ANATT (s)
         b[343] = 0x1F; // ANACAP: optimised, non-opt., inaccessible, loss, change
-        put32(b, 344, 1); // ANAGRPMAX
-        put32(b, 348, 1); // NANAGRPID
+        put32(b, 344, c.anagrpmax); // ANAGRPMAX
+        put32(b, 348, c.nanagrpid); // NANAGRPID
     }
     b[512] = 0x66; // SQES
     b[513] = 0x44; // CQES
@@ -550,16 +556,32 @@ pub mod ana {
     pub const CHANGE: u8 = 0x0F;
 }
 
-/// Append the ANA log: header, then per group (id, state, nsids). `rgo`: groups only.
-pub fn ana_log(out: &mut Vec<u8>, chgcnt: u64, groups: &[(u32, u8, &[u32])], rgo: bool) {
+/// One ANA group descriptor's content.
+pub struct AnaDesc<'a> {
+    /// ANAGRPID (non-zero).
+    pub id: u32,
+    /// The group's change count.
+    pub chgcnt: u64,
+    /// ANA state ([`ana`]).
+    pub state: u8,
+    /// Namespaces in the group, ascending.
+    pub nsids: &'a [u32],
+}
+
+/// Append the ANA log page (NVMe base spec, Asymmetric Namespace Access log, 0Ch): a 16-byte
+/// header (bytes 7:0 change count, 9:8 number of descriptors), then per group a 32-byte
+/// descriptor (3:0 ANAGRPID, 7:4 NNSID, 15:8 change count, 16 ANA state in bits 3:0) followed
+/// by its NNSID namespace ids. `rgo` (Return Groups Only): no namespace ids, NNSID 0.
+pub fn ana_log(out: &mut Vec<u8>, chgcnt: u64, groups: &[AnaDesc<'_>], rgo: bool) {
     out.extend_from_slice(&chgcnt.to_le_bytes());
     out.extend_from_slice(&(groups.len() as u16).to_le_bytes());
     out.extend_from_slice(&[0; 6]);
-    for &(id, state, nsids) in groups {
+    for g in groups {
+        let (id, state, nsids) = (g.id, g.state, g.nsids);
         out.extend_from_slice(&id.to_le_bytes());
         let n = if rgo { 0 } else { nsids.len() as u32 };
         out.extend_from_slice(&n.to_le_bytes());
-        out.extend_from_slice(&chgcnt.to_le_bytes());
+        out.extend_from_slice(&g.chgcnt.to_le_bytes());
         out.push(state);
         out.extend_from_slice(&[0; 15]);
         if !rgo {
@@ -657,9 +679,21 @@ mod tests {
                 mdts: 5,
                 maxcmd: 1024,
                 incapsule: 8192,
+                anagrpmax: 7,
+                nanagrpid: 2,
             },
         );
         assert_eq!(u16::from_le_bytes([b[78], b[79]]), 9);
+        assert_eq!(
+            u32::from_le_bytes(b[344..348].try_into().unwrap()),
+            7,
+            "ANAGRPMAX"
+        );
+        assert_eq!(
+            u32::from_le_bytes(b[348..352].try_into().unwrap()),
+            2,
+            "NANAGRPID"
+        );
         assert_eq!(&b[768..773], b"nqn.x");
         assert_eq!(u32::from_le_bytes(b[516..520].try_into().unwrap()), 3);
         assert_eq!(u32::from_le_bytes(b[1792..1796].try_into().unwrap()), 516);
@@ -680,7 +714,13 @@ mod tests {
         );
         assert!(connect_data(&d[..1000]).is_none());
         let mut out = Vec::new();
-        ana_log(&mut out, 3, &[(1, ana::OPTIMIZED, &[1, 2])], false);
+        let one = AnaDesc {
+            id: 1,
+            chgcnt: 3,
+            state: ana::OPTIMIZED,
+            nsids: &[1, 2],
+        };
+        ana_log(&mut out, 3, &[one], false);
         assert_eq!(out.len(), 16 + 32 + 8);
         assert_eq!(out[16 + 16], ana::OPTIMIZED);
         out.clear();
@@ -699,5 +739,56 @@ mod tests {
         assert_eq!(&out[1024 + 32..1024 + 36], b"4420");
         assert_eq!(&out[1024 + 512..1024 + 521], b"127.0.0.1");
         assert_ne!(nguid("a", 1), nguid("a", 2));
+    }
+
+    #[test]
+    fn ana_log_with_two_groups_byte_by_byte() {
+        let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        let groups = [
+            AnaDesc {
+                id: 1,
+                chgcnt: 2,
+                state: ana::OPTIMIZED,
+                nsids: &[1],
+            },
+            AnaDesc {
+                id: 2,
+                chgcnt: 5,
+                state: ana::INACCESSIBLE,
+                nsids: &[2, 3],
+            },
+        ];
+        let mut out = Vec::new();
+        ana_log(&mut out, 7, &groups, false);
+        // Header: 16 bytes; group 1: 32 + 4; group 2: 32 + 8.
+        assert_eq!(out.len(), 16 + 36 + 40);
+        assert_eq!(u64_at(&out, 0), 7, "header CHGCNT");
+        assert_eq!(u16::from_le_bytes([out[8], out[9]]), 2, "NGRPS");
+        assert!(out[10..16].iter().all(|&b| b == 0), "reserved");
+        let g1 = &out[16..52];
+        assert_eq!(u32_at(g1, 0), 1, "ANAGRPID");
+        assert_eq!(u32_at(g1, 4), 1, "NNSID");
+        assert_eq!(u64_at(g1, 8), 2, "group CHGCNT");
+        assert_eq!(g1[16], 0x01, "optimised");
+        assert!(g1[17..32].iter().all(|&b| b == 0), "reserved");
+        assert_eq!(u32_at(g1, 32), 1, "nsid 1");
+        let g2 = &out[52..];
+        assert_eq!(u32_at(g2, 0), 2, "ANAGRPID");
+        assert_eq!(u32_at(g2, 4), 2, "NNSID");
+        assert_eq!(u64_at(g2, 8), 5, "group CHGCNT");
+        assert_eq!(g2[16], 0x03, "inaccessible");
+        assert!(g2[17..32].iter().all(|&b| b == 0), "reserved");
+        assert_eq!((u32_at(g2, 32), u32_at(g2, 36)), (2, 3), "nsids 2, 3");
+        // Return Groups Only: descriptors without namespace ids.
+        out.clear();
+        ana_log(&mut out, 7, &groups, true);
+        assert_eq!(out.len(), 16 + 32 + 32);
+        assert_eq!(
+            (u32_at(&out, 16 + 4), u32_at(&out, 48 + 4)),
+            (0, 0),
+            "NNSID 0"
+        );
+        assert_eq!((out[16 + 16], out[48 + 16]), (0x01, 0x03));
     }
 }

@@ -4,9 +4,12 @@
 //! any reactor). Controllers come and go with admin queues: the [`Registry`] maps cntlid to a
 //! [`Controller`] behind a `Mutex` taken only on Connect, queue close and teardown, never on
 //! the I/O path (an I/O queue holds its own `Arc<Controller>` and its subsystem's index).
-//! ANA states are atomics read per I/O with relaxed loads and written by whoever drives them
-//! (today nobody: every group stays optimised; the two-site mirror will call
-//! [`AnaGroups::set_state`]).
+//!
+//! ANA: one group per volume, id = volume index + 1, so two volumes' path states never
+//! share a group. A group's state is not kept here: it is the volume's published
+//! [`PathState`](crate::bdev::volume::PathState) (a lock-free `PathCell` written by the
+//! volume's top layer, e.g. the mirror), read per I/O and per ANA log page; a subsystem's ANA
+//! change count is the sum of its groups' volumes' change counts ([`Subsystem::ana_changes`]).
 //!
 //! Invariants:
 //! - A controller's I/O queues are registered only while it is alive; [`Controller::teardown`]
@@ -14,10 +17,11 @@
 //! - Teardown never closes another reactor's socket: it `shutdown(2)`s a duplicate of it, so the
 //!   owning reactor sees end of file, finishes its in-flight I/O and closes the socket itself.
 
-use super::cmd::{self, ana};
+use super::cmd;
+use crate::bdev::volume::Volume;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Highest controller id of the dynamic controller model.
@@ -32,7 +36,7 @@ pub struct Namespace {
     pub nsid: u32,
     /// Index into the daemon's volumes.
     pub volume: usize,
-    /// ANA group.
+    /// ANA group: the volume's ([`ana_group_of`]).
     pub ana_group: u32,
     /// Stable NGUID.
     pub nguid: [u8; 16],
@@ -51,6 +55,24 @@ pub struct Subsystem {
     pub namespaces: Vec<Namespace>,
     /// Reservations of the namespaces (shared by every controller of the subsystem).
     pub resv: Arc<super::resv::ResvTable>,
+    /// The ANA groups its namespaces are in, by ascending id.
+    pub ana_groups: Vec<AnaGroup>,
+}
+
+/// An ANA group of a subsystem: one volume's namespaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnaGroup {
+    /// Group id ([`ana_group_of`] the volume).
+    pub id: u32,
+    /// Index into the daemon's volumes: its path state is the group's.
+    pub volume: usize,
+    /// The subsystem's namespaces in the group, ascending (hosts walk them in order).
+    pub nsids: Vec<u32>,
+}
+
+/// The ANA group id of volume index `volume` (group ids start at 1).
+pub fn ana_group_of(volume: usize) -> u32 {
+    volume as u32 + 1
 }
 
 impl Subsystem {
@@ -62,10 +84,22 @@ impl Subsystem {
             .map(|(i, &volume)| Namespace {
                 nsid: i as u32 + 1,
                 volume,
-                ana_group: 1,
+                ana_group: ana_group_of(volume),
                 nguid: cmd::nguid(&nqn, i as u32 + 1),
             })
             .collect();
+        let mut ana_groups: Vec<AnaGroup> = Vec::new();
+        for (i, &volume) in volumes.iter().enumerate() {
+            match ana_groups.iter_mut().find(|g| g.volume == volume) {
+                Some(g) => g.nsids.push(i as u32 + 1),
+                None => ana_groups.push(AnaGroup {
+                    id: ana_group_of(volume),
+                    volume,
+                    nsids: vec![i as u32 + 1],
+                }),
+            }
+        }
+        ana_groups.sort_by_key(|g| g.id);
         let serial = format!("TB{:08X}", crc32c::crc32c(nqn.as_bytes()));
         let resv = Arc::new(super::resv::ResvTable::new(volumes.len()));
         Self {
@@ -74,6 +108,7 @@ impl Subsystem {
             allowed_hosts,
             namespaces,
             resv,
+            ana_groups,
         }
     }
 
@@ -91,59 +126,20 @@ impl Subsystem {
     pub fn nn(&self) -> u32 {
         self.namespaces.len() as u32
     }
-}
 
-/// ANA group states, shared by every controller.
-pub struct AnaGroups {
-    states: Vec<AtomicU8>,
-    chgcnt: AtomicU64,
-}
-
-impl AnaGroups {
-    /// `groups` groups (ids 1..=groups), all optimised.
-    pub fn new(groups: usize) -> Self {
-        Self {
-            states: (0..groups).map(|_| AtomicU8::new(ana::OPTIMIZED)).collect(),
-            chgcnt: AtomicU64::new(1),
-        }
+    /// Highest ANA group id of the subsystem (Identify Controller ANAGRPMAX; 0: none).
+    pub fn ana_grpmax(&self) -> u32 {
+        self.ana_groups.last().map_or(0, |g| g.id)
     }
 
-    /// Number of groups.
-    pub fn len(&self) -> usize {
-        self.states.len()
-    }
-
-    /// True when there are no groups.
-    pub fn is_empty(&self) -> bool {
-        self.states.is_empty()
-    }
-
-    /// State of group `id` (unknown groups read as inaccessible).
-    pub fn state(&self, id: u32) -> u8 {
-        (id as usize)
-            .checked_sub(1)
-            .and_then(|i| self.states.get(i))
-            .map_or(ana::INACCESSIBLE, |s| s.load(Ordering::Relaxed))
-    }
-
-    /// Set group `id`'s state (the hook for the two-site mirror); bumps the change count, which
-    /// admin queues report through the ANA log and an asynchronous event.
-    pub fn set_state(&self, id: u32, state: u8) -> bool {
-        let Some(s) = (id as usize)
-            .checked_sub(1)
-            .and_then(|i| self.states.get(i))
-        else {
-            return false;
-        };
-        if s.swap(state, Ordering::Relaxed) != state {
-            self.chgcnt.fetch_add(1, Ordering::Release);
-        }
-        true
-    }
-
-    /// Change count (reported in the ANA log).
-    pub fn change_count(&self) -> u64 {
-        self.chgcnt.load(Ordering::Acquire)
+    /// The subsystem's ANA change count: the sum of its groups' volumes' path changes, so it
+    /// moves whenever one of its groups changes state, and only then.
+    pub fn ana_changes(&self, volumes: &[Arc<Volume>]) -> u64 {
+        self.ana_groups
+            .iter()
+            .filter_map(|g| volumes.get(g.volume))
+            .map(|v| v.path.changes())
+            .sum()
     }
 }
 
@@ -365,18 +361,6 @@ mod tests {
     }
 
     #[test]
-    fn ana_groups_count_changes() {
-        let g = AnaGroups::new(1);
-        let c0 = g.change_count();
-        assert_eq!(g.state(1), ana::OPTIMIZED);
-        assert_eq!(g.state(2), ana::INACCESSIBLE);
-        assert!(g.set_state(1, ana::NON_OPTIMIZED));
-        assert!(g.set_state(1, ana::NON_OPTIMIZED));
-        assert_eq!(g.change_count(), c0 + 1);
-        assert!(!g.set_state(0, ana::OPTIMIZED));
-    }
-
-    #[test]
     fn subsystem_hosts_and_namespaces() {
         let s = Subsystem::new("nqn.a".into(), vec!["host1".into()], &[3, 4]);
         assert!(s.allows(b"host1"));
@@ -384,5 +368,30 @@ mod tests {
         assert_eq!(s.ns(2).map(|n| n.volume), Some(4));
         assert!(s.ns(0).is_none() && s.ns(3).is_none());
         assert_eq!(s.nn(), 2);
+    }
+
+    #[test]
+    fn each_volume_is_its_own_ana_group() {
+        // Namespaces 1 and 3 share volume 4; namespace 2 is volume 0.
+        let s = Subsystem::new("nqn.a".into(), vec![], &[4, 0, 4]);
+        let ids: Vec<u32> = s.namespaces.iter().map(|n| n.ana_group).collect();
+        assert_eq!(ids, vec![5, 1, 5]);
+        assert_eq!(
+            s.ana_groups,
+            vec![
+                AnaGroup {
+                    id: 1,
+                    volume: 0,
+                    nsids: vec![2]
+                },
+                AnaGroup {
+                    id: 5,
+                    volume: 4,
+                    nsids: vec![1, 3]
+                },
+            ]
+        );
+        assert_eq!(s.ana_grpmax(), 5);
+        assert_eq!(Subsystem::new("nqn.b".into(), vec![], &[]).ana_grpmax(), 0);
     }
 }

@@ -3,15 +3,19 @@
 //! - [`pdu`]: NVMe/TCP PDUs as pure parsers and encoders (fuzzed by `datapath/fuzz`).
 //! - [`cmd`]: SQE/CQE layouts, status codes, Identify / log-page / discovery builders.
 //! - [`ctrl`]: subsystems, the controller registry and ANA groups.
-//! - [`conn`]: one queue pair (one TCP connection) as a reactor connection.
+//! - [`conn`]: one queue pair (one TCP connection) as a reactor connection, split by concern
+//!   (queue core, data transfer, fabrics, admin, I/O, fused commands, reservations).
+//! - [`status`]: the one table from device errors (and path states) to NVMe statuses.
 //! - [`atomic`]: per-volume atomic sections: fused Compare+Write run by the volume's home
 //!   reactor, excluded from every other NVMe/TCP media access by a lock-free handshake.
 //! - [`resv`]: reservations per namespace, persisted in one state file per subsystem.
 //!
-//! Model: everything in [`NvmfShared`] is built before the reactors start. Subsystems and
-//! listener addresses are read-only; the controller registry is locked only on the
-//! Connect/teardown path; ANA states are atomics; the reservation lock is taken only by
-//! reservation commands and when a namespace's reservation version moved.
+//! Model: everything in [`NvmfShared`] is built before the reactors start and handed to each
+//! connection at construction. Subsystems and listener addresses are read-only; the controller
+//! registry is locked only on the Connect/teardown path; the reservation lock is taken only by
+//! reservation commands and when a namespace's reservation version moved. ANA: one group per
+//! volume (id = volume index + 1) whose state is the volume's published path state
+//! (`bdev::volume::PathCell`, written by the volume's top layer), read lock-free.
 
 pub mod atomic;
 pub mod cmd;
@@ -19,10 +23,11 @@ pub mod conn;
 pub mod ctrl;
 pub mod pdu;
 pub mod resv;
+pub mod status;
 
 pub use atomic::Note;
 pub use conn::NvmfConn;
-use ctrl::{AnaGroups, Registry, Subsystem};
+use ctrl::{Registry, Subsystem};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -39,8 +44,6 @@ pub struct NvmfShared {
     pub listen: Vec<SocketAddr>,
     /// Live controllers.
     pub registry: Registry,
-    /// ANA group states (group 1 holds every namespace).
-    pub ana: AnaGroups,
     /// Directory of the reservation state files (`None`: reservations are not persisted).
     pub state_dir: Option<PathBuf>,
     /// Atomic sections per volume (built on first use, when the reactors exist).
@@ -56,7 +59,6 @@ impl NvmfShared {
             subsystems: Vec::new(),
             listen: Vec::new(),
             registry: Registry::default(),
-            ana: AnaGroups::new(1),
             state_dir: None,
             sections: OnceLock::new(),
             home_service: 0,

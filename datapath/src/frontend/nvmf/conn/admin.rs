@@ -1,0 +1,435 @@
+//! Admin commands: Identify, Get Log Page, Get/Set Features, Async Event Request, Keep Alive
+//! and Abort.
+//!
+//! Model: data returned to the host is built whole in `scratch` and sent from it. ANA: each
+//! namespace is in its volume's group (id = volume index + 1); the ANA log page has one
+//! descriptor per group of the subsystem, with the state its volume publishes (a
+//! `PathCell`), and the subsystem's change count is the sum of its volumes' change counts.
+//! An admin queue remembers the count it last reported (log page read or event sent) and
+//! completes a held Async Event Request when the count moved and ANA notices are enabled.
+//!
+//! Invariants:
+//! - Identify and log data never exceed the host's SGL length; log page offsets are checked.
+//! - Abort of a command on another queue is asked of that queue's reactor (`Note::Abort`) and
+//!   answered when it replies (`Note::AbortDone`); a held AER is aborted here.
+
+use super::{INCAPSULE_MAX, MAX_AERS, MAX_XFER, MDTS, MQES, NvmfConn, Role};
+use crate::frontend::nvmf::atomic::{Note, Origin};
+use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, feat, lid, sgl};
+use crate::frontend::nvmf::ctrl::{self, Controller, MAX_IO_QUEUES};
+use crate::frontend::nvmf::{NvmfShared, status};
+use crate::runtime::Env;
+use std::sync::atomic::Ordering;
+
+impl NvmfConn {
+    pub(super) fn admin(&mut self, env: &mut Env<'_>, nv: &NvmfShared, sqe: Sqe<'_>, _data: &[u8]) {
+        let cid = sqe.cid();
+        let Some(ctrl) = self.ctrl.clone() else {
+            return self.respond(cid, Status::CMD_SEQ_ERROR, 0);
+        };
+        let discovery = ctrl.subsys.is_none();
+        let wants_data = matches!(sqe.opcode(), admin::IDENTIFY | admin::GET_LOG_PAGE);
+        if wants_data && sqe.sgl_type() != sgl::TRANSPORT {
+            return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+        }
+        if wants_data && sqe.sgl_len() > MAX_XFER {
+            return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+        }
+        match sqe.opcode() {
+            admin::IDENTIFY => {
+                let s = self.identify(env, nv, &ctrl, sqe);
+                if s == Status::SUCCESS {
+                    self.respond_scratch(cid, sqe.sgl_len().min(cmd::IDENTIFY_LEN as u32));
+                } else {
+                    self.respond(cid, s, 0);
+                }
+            }
+            admin::GET_LOG_PAGE => {
+                let numd = ((sqe.cdw(11) & 0xFFFF) << 16 | (sqe.cdw(10) >> 16)) + 1;
+                let want = (u64::from(numd) * 4).min(u64::from(sqe.sgl_len())) as u32;
+                let lpo = u64::from(sqe.cdw(12)) | (u64::from(sqe.cdw(13)) << 32);
+                let s = self.log_page(env, nv, discovery, sqe);
+                if s != Status::SUCCESS {
+                    return self.respond(cid, s, 0);
+                }
+                if lpo % 4 != 0 || lpo > self.scratch.len() as u64 {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                self.scratch.drain(..lpo as usize);
+                self.respond_scratch(cid, want);
+            }
+            admin::SET_FEATURES => {
+                let (s, r) = self.set_features(&ctrl, sqe);
+                self.respond(cid, s, r)
+            }
+            admin::GET_FEATURES if (sqe.cdw(10) & 0xFF) as u8 == feat::HOST_ID => {
+                // Only the 128-bit identifier (EXHID = 1) exists on a fabrics controller.
+                if sqe.cdw(11) & 1 == 0 {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                if sqe.sgl_type() != sgl::TRANSPORT {
+                    return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+                }
+                self.scratch.clear();
+                self.scratch.extend_from_slice(&ctrl.hostid);
+                self.respond_scratch(cid, sqe.sgl_len().min(16));
+            }
+            admin::GET_FEATURES => {
+                let (s, r) = self.get_features(&ctrl, sqe);
+                self.respond(cid, s, r)
+            }
+            admin::ASYNC_EVENT => {
+                let Role::Admin(st) = &mut self.role else {
+                    return;
+                };
+                if st.aers.len() >= MAX_AERS {
+                    self.respond(cid, Status::AER_LIMIT, 0)
+                } else {
+                    st.aers.push(cid);
+                }
+            }
+            admin::KEEP_ALIVE => self.respond(cid, Status::SUCCESS, 0),
+            admin::ABORT => self.abort_request(env, nv, &ctrl, sqe),
+            _ => self.respond(cid, Status::INVALID_OPCODE, 0),
+        }
+    }
+
+    /// Fill `self.scratch` with Identify data.
+    pub(super) fn identify(
+        &mut self,
+        env: &Env<'_>,
+        nv: &NvmfShared,
+        ctrl: &Controller,
+        sqe: Sqe<'_>,
+    ) -> Status {
+        let cns = sqe.cdw(10) & 0xFF;
+        self.scratch.clear();
+        self.scratch.resize(cmd::IDENTIFY_LEN, 0);
+        let sub = ctrl.subsys.and_then(|s| nv.subsystems.get(s));
+        match (cns, sub) {
+            (0x01, _) => {
+                let (subnqn, serial, nn) = match sub {
+                    Some(s) => (s.nqn.as_str(), s.serial.as_str(), s.nn()),
+                    None => (cmd::DISCOVERY_NQN, "TBDISCOVERY", 0),
+                };
+                cmd::identify_ctrl(
+                    &mut self.scratch,
+                    &cmd::CtrlIdentity {
+                        cntlid: ctrl.cntlid,
+                        subnqn,
+                        serial,
+                        discovery: sub.is_none(),
+                        nn,
+                        mdts: MDTS,
+                        maxcmd: MQES + 1,
+                        incapsule: INCAPSULE_MAX,
+                        anagrpmax: sub.map_or(0, |s| s.ana_grpmax()),
+                        nanagrpid: sub.map_or(0, |s| s.ana_groups.len() as u32),
+                    },
+                );
+                Status::SUCCESS
+            }
+            (0x00, Some(s)) => {
+                let nsid = sqe.nsid();
+                match s.ns(nsid) {
+                    Some(ns) => {
+                        let info = &env.shared.volumes[ns.volume].info;
+                        let bs = info.block_size.max(1);
+                        cmd::identify_ns(
+                            &mut self.scratch,
+                            info.size / u64::from(bs),
+                            bs,
+                            ns.ana_group,
+                            &ns.nguid,
+                        );
+                        Status::SUCCESS
+                    }
+                    None => Status::INVALID_NS,
+                }
+            }
+            (0x02, Some(s)) => {
+                if sqe.nsid() >= 0xFFFF_FFFE {
+                    return Status::INVALID_NS;
+                }
+                cmd::active_ns_list(
+                    &mut self.scratch,
+                    s.namespaces.iter().map(|n| n.nsid),
+                    sqe.nsid(),
+                );
+                Status::SUCCESS
+            }
+            // I/O command set specific namespace / controller for CSI 0 (NVM): nothing beyond
+            // the common structures, so all zero (no extra limits).
+            (0x05, Some(s)) if sqe.cdw(11) >> 24 == 0 => match s.ns(sqe.nsid()) {
+                Some(_) => Status::SUCCESS,
+                None => Status::INVALID_NS,
+            },
+            (0x06, Some(_)) if sqe.cdw(11) >> 24 == 0 => Status::SUCCESS,
+            (0x03, Some(s)) => match s.ns(sqe.nsid()) {
+                Some(ns) => {
+                    cmd::ns_descriptors(&mut self.scratch, &ns.nguid);
+                    Status::SUCCESS
+                }
+                None => Status::INVALID_NS,
+            },
+            _ => Status::INVALID_FIELD,
+        }
+    }
+
+    /// Fill `self.scratch` with the whole log page.
+    pub(super) fn log_page(
+        &mut self,
+        env: &Env<'_>,
+        nv: &NvmfShared,
+        discovery: bool,
+        sqe: Sqe<'_>,
+    ) -> Status {
+        let id = (sqe.cdw(10) & 0xFF) as u8;
+        let lsp = (sqe.cdw(10) >> 8) & 0x7F;
+        self.scratch.clear();
+        match (id, discovery) {
+            (lid::DISCOVERY, true) => {
+                let host = self.ctrl.as_ref().map(|c| c.hostnqn.as_str()).unwrap_or("");
+                let subs: Vec<&ctrl::Subsystem> = nv
+                    .subsystems
+                    .iter()
+                    .filter(|s| s.allows(host.as_bytes()))
+                    .collect();
+                let n = (subs.len() * nv.listen.len()) as u64;
+                cmd::disc_header(&mut self.scratch, 1, n);
+                for s in subs {
+                    for (i, a) in nv.listen.iter().enumerate() {
+                        let port = a.port().to_string();
+                        let addr = a.ip().to_string();
+                        cmd::disc_entry(
+                            &mut self.scratch,
+                            &cmd::DiscEntry {
+                                ipv6: a.is_ipv6(),
+                                portid: i as u16 + 1,
+                                trsvcid: &port,
+                                subnqn: &s.nqn,
+                                traddr: &addr,
+                            },
+                        );
+                    }
+                }
+            }
+            (lid::DISCOVERY, false) | (_, true) => return Status::INVALID_LOG_PAGE,
+            (lid::ERROR, false) => self.scratch.resize(64, 0),
+            (lid::SMART, false) => {
+                self.scratch.resize(cmd::LOG_512, 0);
+                cmd::smart_log(&mut self.scratch);
+            }
+            (lid::FW_SLOT, false) => {
+                self.scratch.resize(cmd::LOG_512, 0);
+                cmd::fw_slot_log(&mut self.scratch);
+            }
+            (lid::CHANGED_NS, false) => self.scratch.resize(cmd::IDENTIFY_LEN, 0),
+            (lid::ANA, false) => {
+                let Some(s) = self
+                    .ctrl
+                    .as_ref()
+                    .and_then(|c| c.subsys)
+                    .and_then(|i| nv.subsystems.get(i))
+                else {
+                    return Status::INTERNAL;
+                };
+                let vols = &env.shared.volumes;
+                // The count first: a state that changes after it is read moves the count past
+                // what this queue saw, so the host hears of it again.
+                let chg = s.ana_changes(vols);
+                let groups: Vec<cmd::AnaDesc<'_>> = s
+                    .ana_groups
+                    .iter()
+                    .filter_map(|g| {
+                        let path = &vols.get(g.volume)?.path;
+                        Some(cmd::AnaDesc {
+                            id: g.id,
+                            chgcnt: path.changes(),
+                            state: status::ana_state(path.get()),
+                            nsids: &g.nsids,
+                        })
+                    })
+                    .collect();
+                cmd::ana_log(&mut self.scratch, chg, &groups, lsp & 1 != 0);
+                if let Role::Admin(st) = &mut self.role {
+                    st.ana_seen = chg;
+                }
+            }
+            _ => return Status::INVALID_LOG_PAGE,
+        }
+        Status::SUCCESS
+    }
+
+    pub(super) fn set_features(&mut self, ctrl: &Controller, sqe: Sqe<'_>) -> (Status, u64) {
+        let Role::Admin(st) = &mut self.role else {
+            return (Status::CMD_SEQ_ERROR, 0);
+        };
+        if sqe.cdw(10) & (1 << 31) != 0 {
+            return (Status::FEAT_NOT_SAVEABLE, 0);
+        }
+        let v = sqe.cdw(11);
+        match (sqe.cdw(10) & 0xFF) as u8 {
+            feat::NUM_QUEUES if ctrl.subsys.is_some() => {
+                let (nsqr, ncqr) = (v & 0xFFFF, v >> 16);
+                if nsqr == 0xFFFF || ncqr == 0xFFFF {
+                    return (Status::INVALID_FIELD, 0);
+                }
+                if ctrl.attached() > 0 {
+                    return (Status::CMD_SEQ_ERROR, 0);
+                }
+                let granted = (nsqr.max(ncqr) + 1).min(u32::from(MAX_IO_QUEUES));
+                ctrl.io_queues.store(granted as u16, Ordering::Relaxed);
+                let g = u64::from(granted - 1);
+                (Status::SUCCESS, (g << 16) | g)
+            }
+            feat::KATO => {
+                ctrl.kato_ms.store(v, Ordering::Relaxed);
+                (Status::SUCCESS, 0)
+            }
+            feat::ASYNC_EVENT => {
+                st.aec = v;
+                (Status::SUCCESS, 0)
+            }
+            feat::VOLATILE_WC if ctrl.subsys.is_some() => (Status::SUCCESS, 0),
+            // The host identifier comes with Connect and cannot change afterwards.
+            feat::HOST_ID => (Status::CMD_SEQ_ERROR, 0),
+            _ => (Status::INVALID_FIELD, 0),
+        }
+    }
+
+    pub(super) fn get_features(&mut self, ctrl: &Controller, sqe: Sqe<'_>) -> (Status, u64) {
+        let Role::Admin(st) = &self.role else {
+            return (Status::CMD_SEQ_ERROR, 0);
+        };
+        match (sqe.cdw(10) & 0xFF) as u8 {
+            feat::NUM_QUEUES if ctrl.subsys.is_some() => {
+                let g = u64::from(ctrl.io_queues.load(Ordering::Relaxed).max(1) - 1);
+                (Status::SUCCESS, (g << 16) | g)
+            }
+            feat::KATO => (
+                Status::SUCCESS,
+                u64::from(ctrl.kato_ms.load(Ordering::Relaxed)),
+            ),
+            feat::ASYNC_EVENT => (Status::SUCCESS, u64::from(st.aec)),
+            feat::VOLATILE_WC if ctrl.subsys.is_some() => (Status::SUCCESS, 1),
+            _ => (Status::INVALID_FIELD, 0),
+        }
+    }
+
+    /// An Abort from the admin queue for command `cid` of this queue.
+    pub(super) fn abort_cmd(&mut self, cntlid: u16, sqid: u16, cid: u16) -> bool {
+        let mine = matches!(self.role, Role::Io)
+            && self.qid == sqid
+            && self.ctrl.as_ref().is_some_and(|c| c.cntlid == cntlid);
+        if !mine || self.terminated || self.broken {
+            return false;
+        }
+        // Not yet given an R2T: drop it.
+        if let Some(pos) = self.r2t_wait.iter().position(|s| Sqe(s).cid() == cid) {
+            self.r2t_wait.remove(pos);
+            self.respond(cid, Status::ABORT_REQUESTED, 0);
+            return true;
+        }
+        // R2T sent, data still to come: the data will be received and dropped.
+        if let Some((_, x)) = self
+            .xfers
+            .iter_mut()
+            .find(|(_, x)| !x.discard && Sqe(&x.sqe).cid() == cid)
+        {
+            x.discard = true;
+            self.respond(cid, Status::ABORT_REQUESTED, 0);
+            return true;
+        }
+        // The first half of a fused pair still waiting for its second.
+        if self
+            .fused_first
+            .as_ref()
+            .is_some_and(|(s, _)| Sqe(s).cid() == cid)
+        {
+            self.fused_first = None;
+            self.respond(cid, Status::ABORT_REQUESTED, 0);
+            return true;
+        }
+        false
+    }
+
+    /// Admin Abort: cdw10 = SQID (bits 15:0), CID (bits 31:16). A held Async Event Request is
+    /// aborted here; a command of an I/O queue is looked for by that queue's reactor, which
+    /// answers with `Note::AbortDone`.
+    pub(super) fn abort_request(
+        &mut self,
+        env: &Env<'_>,
+        nv: &NvmfShared,
+        ctrl: &Controller,
+        sqe: Sqe<'_>,
+    ) {
+        let cid = sqe.cid();
+        let sqid = (sqe.cdw(10) & 0xFFFF) as u16;
+        let target = (sqe.cdw(10) >> 16) as u16;
+        if sqid == 0 {
+            let Role::Admin(st) = &mut self.role else {
+                return;
+            };
+            return match st.aers.iter().position(|&c| c == target) {
+                Some(pos) => {
+                    st.aers.remove(pos);
+                    self.respond(target, Status::ABORT_REQUESTED, 0);
+                    self.respond(cid, Status::SUCCESS, 0)
+                }
+                None => self.respond(cid, Status::SUCCESS, 1),
+            };
+        }
+        let (Some((reactor, key)), Some(sections)) = (ctrl.queue_at(sqid), nv.sections(env.shared))
+        else {
+            // No such queue: nothing to abort (result bit 0 = 1, "not aborted").
+            return self.respond(cid, Status::SUCCESS, 1);
+        };
+        let reply = Origin {
+            reactor: env.io.reactor,
+            key: env.key,
+            slot: u32::from(cid),
+        };
+        sections.send(
+            reactor,
+            Note::Abort {
+                key,
+                cntlid: ctrl.cntlid,
+                sqid,
+                cid: target,
+                reply,
+            },
+        );
+    }
+
+    /// Complete one held Async Event Request when the state of one of the subsystem's ANA
+    /// groups changed since this controller last reported it.
+    pub(super) fn async_events(&mut self, env: &Env<'_>) {
+        let Role::Admin(st) = &self.role else {
+            return;
+        };
+        if st.aers.is_empty() || st.aec & (1 << 11) == 0 {
+            return;
+        }
+        let Some(chg) = self
+            .ctrl
+            .as_ref()
+            .and_then(|c| c.subsys)
+            .and_then(|i| self.nv.subsystems.get(i))
+            .map(|s| s.ana_changes(&env.shared.volumes))
+        else {
+            return;
+        };
+        let Role::Admin(st) = &mut self.role else {
+            return;
+        };
+        if st.ana_seen == chg {
+            return;
+        }
+        st.ana_seen = chg;
+        let cid = st.aers.remove(0);
+        // Notice (type 2), ANA change (info 0x03), log page 0x0C.
+        let result = 0x2 | (0x03 << 8) | (u64::from(lid::ANA) << 16);
+        self.respond(cid, Status::SUCCESS, result);
+    }
+}

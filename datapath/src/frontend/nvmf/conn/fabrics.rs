@@ -1,0 +1,225 @@
+//! Fabrics commands: the ICReq that opens the connection, Connect, Property Get/Set.
+//!
+//! Model: Connect decides the queue's role once: qid 0 creates a controller in the registry
+//! (this queue becomes its admin queue), qid n attaches to a live, enabled controller of the
+//! same host and subsystem. Properties (CAP, VS, CC, CSTS) live in the admin queue's state;
+//! setting CC.EN enables the controller for I/O queues.
+//!
+//! Invariants:
+//! - A queue connects at most once (a second Connect is a command sequence error).
+//! - An I/O queue attaches only to a controller that is alive and enabled, for the host (NQN
+//!   and host id) that created it; the registry is locked only here and on teardown.
+
+use super::{AdminState, MAX_AERS, MAXH2CDATA, MQES, NvmfConn, Phase, Role};
+use crate::frontend::nvmf::NvmfShared;
+use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, fctype, prop};
+use crate::frontend::nvmf::ctrl::AttachError;
+use crate::frontend::nvmf::pdu::{self, Violation, fes};
+use crate::runtime::Env;
+use std::sync::atomic::Ordering;
+
+/// Data direction of a command: opcode bits 1:0 (fctype for fabrics commands) = 01.
+pub(super) fn host_to_ctrl(sqe: &Sqe<'_>) -> bool {
+    let op = if sqe.opcode() == admin::FABRICS {
+        sqe.fctype()
+    } else {
+        sqe.opcode()
+    };
+    op & 3 == 1
+}
+
+impl NvmfConn {
+    pub(super) fn ic_req(&mut self, env: &mut Env<'_>, p: pdu::Pdu<'_>) {
+        let Some(ic) = pdu::ic_req(p.header) else {
+            return self.fatal(
+                env,
+                Violation {
+                    fes: fes::INVALID_HEADER,
+                    fei: 0,
+                },
+                p.header,
+            );
+        };
+        if ic.pfv != 0 {
+            return self.fatal(
+                env,
+                Violation {
+                    fes: fes::INVALID_HEADER,
+                    fei: 8,
+                },
+                p.header,
+            );
+        }
+        if ic.hpda > 31 {
+            return self.fatal(
+                env,
+                Violation {
+                    fes: fes::INVALID_HEADER,
+                    fei: 10,
+                },
+                p.header,
+            );
+        }
+        pdu::put_ic_resp(&mut self.tx_pending, 0, ic.digests, MAXH2CDATA);
+        self.dg = ic.digests;
+        self.c2h_align = (usize::from(ic.hpda) + 1) * 4;
+        self.phase = Phase::Ready;
+    }
+
+    pub(super) fn connect(
+        &mut self,
+        env: &mut Env<'_>,
+        nv: &NvmfShared,
+        sqe: Sqe<'_>,
+        data: &[u8],
+    ) {
+        let cid = sqe.cid();
+        let invalid = |iattr: u64, ipo: u64| (Status::CONNECT_INVALID_PARAM, (iattr << 16) | ipo);
+        let r = self.try_connect(env, nv, sqe, data, invalid);
+        match r {
+            Ok(cntlid) => self.respond(cid, Status::SUCCESS, u64::from(cntlid)),
+            Err((s, result)) => {
+                tracing::info!(conn = env.key, status = s.0, "NVMe-oF connect refused");
+                self.respond(cid, s, result)
+            }
+        }
+    }
+
+    pub(super) fn try_connect(
+        &mut self,
+        env: &mut Env<'_>,
+        nv: &NvmfShared,
+        sqe: Sqe<'_>,
+        data: &[u8],
+        invalid: impl Fn(u64, u64) -> (Status, u64),
+    ) -> Result<u16, (Status, u64)> {
+        if !matches!(self.role, Role::None) {
+            return Err((Status::CMD_SEQ_ERROR, 0));
+        }
+        if sqe.connect_recfmt() != 0 {
+            return Err((Status::CONNECT_FORMAT, 0));
+        }
+        let Some(cd) = cmd::connect_data(data) else {
+            return Err((Status::SGL_INVALID_DATA, 0));
+        };
+        let discovery = cd.subnqn == cmd::DISCOVERY_NQN.as_bytes();
+        let subsys = if discovery {
+            None
+        } else {
+            Some(nv.find(cd.subnqn).ok_or_else(|| invalid(1, 256))?)
+        };
+        if let Some(s) = subsys
+            && !nv.subsystems[s].allows(cd.hostnqn)
+        {
+            return Err((Status::CONNECT_INVALID_HOST, 0));
+        }
+        let Ok(hostnqn) = std::str::from_utf8(cd.hostnqn) else {
+            return Err(invalid(1, 512));
+        };
+        let sqsize = sqe.connect_sqsize();
+        if sqsize == 0 || sqsize > MQES {
+            return Err(invalid(0, 44));
+        }
+        let qid = sqe.connect_qid();
+        let ctrl = if qid == 0 {
+            if cd.cntlid != 0xFFFF {
+                return Err(invalid(1, 16));
+            }
+            let c = nv
+                .registry
+                .create(subsys, hostnqn, cd.hostid, sqe.connect_kato())
+                .ok_or((Status::CONNECT_BUSY, 0))?;
+            self.role = Role::Admin(AdminState {
+                cc: 0,
+                csts: 0,
+                aec: 0,
+                aers: Vec::with_capacity(MAX_AERS),
+                ana_seen: subsys
+                    .and_then(|s| nv.subsystems.get(s))
+                    .map_or(0, |s| s.ana_changes(&env.shared.volumes)),
+            });
+            c
+        } else {
+            let c = nv.registry.get(cd.cntlid).ok_or_else(|| invalid(1, 16))?;
+            if c.subsys != subsys || subsys.is_none() {
+                return Err(invalid(1, 256));
+            }
+            if c.hostnqn.as_bytes() != cd.hostnqn || c.hostid != cd.hostid {
+                return Err((Status::CONNECT_INVALID_HOST, 0));
+            }
+            if !c.enabled.load(Ordering::Acquire) {
+                return Err((Status::CMD_SEQ_ERROR, 0));
+            }
+            match c.attach_queue(qid, &self.fd, (env.io.reactor, env.key)) {
+                Ok(()) => {}
+                Err(AttachError::BadQid) => return Err(invalid(0, 42)),
+                Err(AttachError::Dead) | Err(AttachError::NoFd) => {
+                    return Err((Status::CONNECT_BUSY, 0));
+                }
+            }
+            self.role = Role::Io;
+            c
+        };
+        self.subsys = subsys.unwrap_or(0);
+        self.qid = qid;
+        self.qsize = u32::from(sqsize) + 1;
+        self.sqflow_off = sqe.connect_cattr() & cmd::CATTR_DISABLE_SQFLOW != 0;
+        self.resv_cache.clear();
+        let id = ctrl.cntlid;
+        self.ctrl = Some(ctrl);
+        Ok(id)
+    }
+
+    pub(super) fn property(&mut self, sqe: Sqe<'_>) {
+        let cid = sqe.cid();
+        let Role::Admin(st) = &mut self.role else {
+            return;
+        };
+        let set = sqe.fctype() == fctype::PROPERTY_SET;
+        let eight = sqe.prop_attrib() & 7 == 1;
+        let (status, result) = match (set, sqe.prop_offset()) {
+            (false, prop::CAP) => {
+                let cap = u64::from(MQES) | (1 << 16) | (10 << 24) | (1 << 37);
+                (Status::SUCCESS, if eight { cap } else { cap & 0xFFFF_FFFF })
+            }
+            (false, prop::VS) => (Status::SUCCESS, u64::from(cmd::VERSION)),
+            (false, prop::CC) => (Status::SUCCESS, u64::from(st.cc)),
+            (false, prop::CSTS) => (Status::SUCCESS, u64::from(st.csts)),
+            (true, prop::CC) if !eight => {
+                let cc = sqe.prop_value() as u32;
+                st.cc = cc;
+                let en = cc & 1 != 0;
+                st.csts = u32::from(en);
+                if (cc >> 14) & 3 != 0 {
+                    st.csts |= 2 << 2; // SHST: shutdown complete
+                }
+                if let Some(c) = &self.ctrl {
+                    c.enabled.store(en, Ordering::Release);
+                }
+                (Status::SUCCESS, 0)
+            }
+            _ => (Status::INVALID_FIELD, 0),
+        };
+        self.respond(cid, status, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontend::nvmf::cmd::io;
+
+    #[test]
+    fn data_direction_follows_opcode_bits() {
+        let mut s = [0u8; 64];
+        s[0] = io::WRITE;
+        assert!(host_to_ctrl(&Sqe(&s)));
+        s[0] = io::READ;
+        assert!(!host_to_ctrl(&Sqe(&s)));
+        s[0] = admin::FABRICS;
+        s[4] = fctype::CONNECT;
+        assert!(host_to_ctrl(&Sqe(&s)));
+        s[4] = fctype::PROPERTY_GET;
+        assert!(!host_to_ctrl(&Sqe(&s)));
+    }
+}

@@ -1,0 +1,749 @@
+//! One NVMe/TCP queue pair (one TCP connection), driven by its reactor: the queue core.
+//!
+//! ```text
+//!  start ──> AwaitIcReq ──(ICReq / ICResp)──> Ready ──(Connect qid 0)──> Admin
+//!                 │                             └──(Connect qid n)──> Io
+//!                 └─ anything else: C2HTermReq ──> Closing <── EOF, H2CTermReq, TermReq,
+//!                                                              keep-alive expiry, stop
+//! ```
+//! - AwaitIcReq: only an ICReq is accepted; it fixes the digests and the host's data alignment.
+//! - Ready (no role yet): only a fabrics Connect is executed; other commands get
+//!   "command sequence error".
+//! - Admin: admin and fabrics property commands for the controller this queue created. Every
+//!   receive carries a linked timeout of KATO; a receive that times out tears the controller
+//!   down (its I/O queues' sockets are shut down and they close on their own reactors).
+//! - Io: NVM commands on the namespaces of the controller's subsystem. Media accesses enter
+//!   the volume's atomic section (`atomic`) or are diverted to its home while a fused pair is
+//!   pending; fused pairs go to the home; reservation permissions are cached per namespace
+//!   and re-read only when the namespace's reservation version moves (`resv`).
+//! - Closing: no new PDU is parsed; in-flight device operations finish; the connection is
+//!   `done` once no receive, send or device operation is in flight. After a TermReq (sent or
+//!   received) or a broken socket no further response is sent.
+//!
+//! The queue is split by concern; each file adds methods to [`NvmfConn`]:
+//! - this file: the state, the socket (receive, send, backpressure, close), PDU dispatch,
+//!   responses, command dispatch and device completions;
+//! - [`transfer`]: command data in (R2T, H2CData) and out (C2HData);
+//! - [`fabrics`]: ICReq, Connect, Property Get/Set;
+//! - [`admin`]: admin commands (Identify, log pages incl. ANA, features, Abort, events);
+//! - [`io`]: NVM I/O commands;
+//! - [`atomics`]: fused Compare+Write handed to the volume's home;
+//! - [`reservations`]: reservation commands, local or decided by the mirror's leader;
+//! - errors and path states become statuses in `super::status` (one table).
+//!
+//! The NVMe-oF state (subsystems, controllers, ANA groups, atomic sections) is the
+//! [`NvmfShared`] given at construction (`self.nv`), never read through the runtime.
+//!
+//! Invariants:
+//! - `rx` is resized or compacted only while no receive is armed; `tx_sending` is not touched
+//!   while its send is armed.
+//! - Every command taken from the wire gets exactly one response (CapsuleResp, or C2HData with
+//!   SUCCESS), unless the connection terminated or the socket broke; Async Event Requests are
+//!   answered when an event occurs or never (the queue closing ends them).
+//! - Bad input never panics: every length and index from the wire is checked (`pdu`, `cmd`).
+//! - Backpressure: at most [`MAX_INFLIGHT`] commands at the device and about
+//!   [`TX_HIGH_WATER`] unsent bytes; past either, the connection stops receiving (both drain
+//!   without the host's help, so this cannot deadlock on H2CData still to come). At most
+//!   [`MAX_R2T`] R2Ts are outstanding, so a host cannot make a queue hold more than
+//!   `MAX_R2T * MAX_XFER` bytes of half-received write data.
+
+mod admin;
+mod atomics;
+mod fabrics;
+mod io;
+mod reservations;
+mod transfer;
+
+use super::NvmfShared;
+use super::atomic::Note;
+use super::cmd::{self, Sqe, Status, admin as adm, fctype, fuse, io as nvm, sgl};
+use super::ctrl::Controller;
+use super::pdu::{self, Digests, Violation, fes, pdu_type};
+use super::resv::Access;
+use super::status::status_of;
+use crate::runtime::{Conn, Env};
+use crate::uring::{Errno, Kind, UserData};
+use fabrics::host_to_ctrl;
+use io_uring::{opcode, squeue, types};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Device operations one queue may have in flight before it stops receiving; also the most
+/// commands that may wait for their data.
+pub const MAX_INFLIGHT: usize = 1024;
+/// Unsent bytes past which the queue stops parsing.
+pub const TX_HIGH_WATER: usize = 64 << 20;
+/// In-capsule data accepted on every queue (IOCCSZ = (64 + this) / 16).
+pub const INCAPSULE_MAX: u32 = 8192;
+/// Largest H2CData PDU payload (ICResp MAXH2CDATA).
+pub const MAXH2CDATA: u32 = 64 << 10;
+/// Maximum data transfer size, as a power of two of 4 KiB pages (5: 128 KiB, a pool buffer).
+pub const MDTS: u8 = 5;
+/// Maximum data transfer size in bytes.
+pub const MAX_XFER: u32 = 4096 << MDTS;
+/// Largest queue (0's based): CAP.MQES and the Connect SQSIZE limit.
+pub const MQES: u16 = 1023;
+/// R2Ts outstanding per queue: bounds the assembly buffers a host can make a queue hold to
+/// `MAX_R2T * MAX_XFER` (4 MiB); further commands needing data wait (64 bytes each) for one.
+pub const MAX_R2T: usize = 32;
+/// Async Event Requests held at once (AERL + 1).
+const MAX_AERS: usize = 4;
+/// `Req::op` of a fused Compare+Write pair (not an NVMe opcode: bit 7 is never set in one
+/// this queue accepts).
+const OP_FUSED: u8 = 0xFF;
+const RX_INITIAL: usize = 256 << 10;
+const RX_MIN_FREE: usize = 64 << 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    AwaitIcReq,
+    Ready,
+}
+
+struct AdminState {
+    cc: u32,
+    csts: u32,
+    aec: u32,
+    aers: Vec<u16>,
+    ana_seen: u64,
+}
+
+enum Role {
+    None,
+    Admin(AdminState),
+    Io,
+}
+
+/// A command waiting for its data (R2T sent).
+struct Xfer {
+    sqe: [u8; cmd::SQE_LEN],
+    total: u32,
+    received: u32,
+    buf: Vec<u8>,
+    /// Aborted: the data is received and dropped, the command already answered.
+    discard: bool,
+}
+
+/// A command at the device.
+struct Req {
+    cid: u16,
+    /// Fused pair: the Write's cid (`cid` is the Compare's).
+    cid2: u16,
+    op: u8,
+    /// Device operations still running (DSM issues one per range).
+    parts: u32,
+    status: Status,
+    /// Compare: the host's data (a reused buffer; empty for other commands).
+    cmp: Vec<u8>,
+    /// Counted in this volume's atomic section (left when it finishes).
+    counted: Option<usize>,
+    /// Answered by a message from the volume's home, not by a device completion.
+    remote: bool,
+}
+
+/// An NVMe/TCP connection.
+pub struct NvmfConn {
+    /// The daemon's NVMe-oF state: subsystems, controllers, ANA groups, atomic sections.
+    nv: Arc<NvmfShared>,
+    fd: OwnedFd,
+    phase: Phase,
+    role: Role,
+    ctrl: Option<Arc<Controller>>,
+    subsys: usize,
+    qid: u16,
+    qsize: u32,
+    sqhd: u32,
+    sqflow_off: bool,
+    dg: Digests,
+    c2h_align: usize,
+    rx: Vec<u8>,
+    rx_lo: usize,
+    rx_hi: usize,
+    recv_armed: bool,
+    tx_sending: Vec<u8>,
+    tx_sent: usize,
+    send_armed: bool,
+    tx_pending: Vec<u8>,
+    scratch: Vec<u8>,
+    reqs: Slab<Req>,
+    xfers: Slab<Xfer>,
+    r2t_wait: VecDeque<[u8; cmd::SQE_LEN]>,
+    spare: Vec<Vec<u8>>,
+    kato_ts: Box<types::Timespec>,
+    kato_armed: bool,
+    closing: bool,
+    /// No more output: a TermReq went out or came in.
+    terminated: bool,
+    broken: bool,
+    shutting_down: bool,
+    cancel_sent: bool,
+    closed: bool,
+    errors: u64,
+    err_vol: usize,
+    /// The first command of a fused pair, waiting for the second (SQE, data).
+    fused_first: Option<([u8; cmd::SQE_LEN], Vec<u8>)>,
+    /// Volumes whose atomic section a finished access still has to leave (done in `flush`,
+    /// which has the environment).
+    leaves: Vec<usize>,
+    /// Per namespace index: (reservation version, access) last evaluated.
+    resv_cache: Vec<(u64, Access)>,
+}
+impl NvmfConn {
+    /// A connection on an accepted socket, serving the subsystems of `nv`.
+    pub fn new(fd: OwnedFd, nv: Arc<NvmfShared>) -> Self {
+        crate::transport::tcp::set_nodelay(&fd);
+        Self {
+            nv,
+            fd,
+            phase: Phase::AwaitIcReq,
+            role: Role::None,
+            ctrl: None,
+            subsys: 0,
+            qid: 0,
+            qsize: 1,
+            sqhd: 0,
+            sqflow_off: false,
+            dg: Digests::default(),
+            c2h_align: 4,
+            rx: vec![0; RX_INITIAL],
+            rx_lo: 0,
+            rx_hi: 0,
+            recv_armed: false,
+            tx_sending: Vec::with_capacity(RX_INITIAL),
+            tx_sent: 0,
+            send_armed: false,
+            tx_pending: Vec::with_capacity(RX_INITIAL),
+            scratch: Vec::with_capacity(cmd::IDENTIFY_LEN),
+            reqs: Slab::with_capacity(128),
+            xfers: Slab::with_capacity(MAX_R2T),
+            r2t_wait: VecDeque::new(),
+            spare: Vec::new(),
+            kato_ts: Box::new(types::Timespec::new()),
+            kato_armed: false,
+            closing: false,
+            terminated: false,
+            broken: false,
+            shutting_down: false,
+            cancel_sent: false,
+            closed: false,
+            errors: 0,
+            err_vol: 0,
+            fused_first: None,
+            leaves: Vec::new(),
+            resv_cache: Vec::new(),
+        }
+    }
+
+    /// Stop receiving. Only what drains without the host's help counts (device operations,
+    /// unsent bytes): commands waiting for H2CData must not stop the receive that brings it.
+    fn paused(&self) -> bool {
+        self.reqs.len() >= MAX_INFLIGHT
+            || self.tx_pending.len() + self.tx_sending.len() >= TX_HIGH_WATER
+    }
+
+    fn max_data(&self) -> u32 {
+        match self.phase {
+            Phase::AwaitIcReq => 0,
+            Phase::Ready => INCAPSULE_MAX.max(MAXH2CDATA),
+        }
+    }
+
+    /// Fatal transport error: a C2HTermReq, then close.
+    fn fatal(&mut self, env: &mut Env<'_>, v: Violation, offending: &[u8]) {
+        env.counters.violations += 1;
+        tracing::warn!(
+            conn = env.key,
+            fes = v.fes,
+            fei = v.fei,
+            "NVMe/TCP protocol violation; terminating the connection"
+        );
+        if !self.terminated && !self.broken && v != pdu::DATA_DIGEST_MISMATCH {
+            pdu::put_c2h_term(&mut self.tx_pending, v, offending);
+        }
+        if v == pdu::DATA_DIGEST_MISMATCH {
+            self.broken = true;
+        }
+        self.terminated = true;
+        self.closing = true;
+    }
+
+    /// Parse and act on every whole PDU in the receive buffer.
+    fn process(&mut self, env: &mut Env<'_>) {
+        let rx = std::mem::take(&mut self.rx);
+        // One reference count update per receive, none per command.
+        let nv = Arc::clone(&self.nv);
+        while !self.terminated && !self.broken && self.rx_lo < self.rx_hi {
+            // While the daemon stops, commands already received are still answered.
+            if (self.closing && !self.shutting_down) || self.paused() {
+                break;
+            }
+            let avail = &rx[self.rx_lo..self.rx_hi];
+            match pdu::parse(avail, self.dg, self.max_data()) {
+                Err(v) => {
+                    let hl = avail
+                        .first()
+                        .and_then(|&t| pdu::host_hlen(t))
+                        .unwrap_or(pdu::CH_LEN);
+                    self.fatal(env, v, &avail[..avail.len().min(hl)]);
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some((p, n))) => {
+                    self.pdu(env, &nv, p);
+                    self.rx_lo += n;
+                }
+            }
+        }
+        self.rx = rx;
+        if self.rx_lo == self.rx_hi {
+            self.rx_lo = 0;
+            self.rx_hi = 0;
+        }
+    }
+
+    fn pdu(&mut self, env: &mut Env<'_>, nv: &NvmfShared, p: pdu::Pdu<'_>) {
+        match (self.phase, p.ch.kind) {
+            (_, pdu_type::H2C_TERM) => {
+                let (f, i) = pdu::term_req(p.header).unwrap_or((0, 0));
+                tracing::info!(
+                    conn = env.key,
+                    fes = f,
+                    fei = i,
+                    "host terminated the connection"
+                );
+                self.terminated = true;
+                self.closing = true;
+            }
+            (Phase::AwaitIcReq, pdu_type::IC_REQ) => self.ic_req(env, p),
+            (Phase::Ready, pdu_type::CMD) => self.capsule(env, nv, p),
+            (Phase::Ready, pdu_type::H2C_DATA) => self.h2c_data(env, nv, p),
+            _ => self.fatal(
+                env,
+                Violation {
+                    fes: fes::PDU_SEQUENCE,
+                    fei: 0,
+                },
+                p.header,
+            ),
+        }
+    }
+
+    fn capsule(&mut self, env: &mut Env<'_>, nv: &NvmfShared, p: pdu::Pdu<'_>) {
+        let Some(sqe) = Sqe::new(&p.header[pdu::CH_LEN..]) else {
+            return;
+        };
+        self.sqhd = (self.sqhd + 1) % self.qsize.max(1);
+        let cid = sqe.cid();
+        if self.shutting_down {
+            return self.respond(cid, Status::NS_NOT_READY, 0);
+        }
+        if !p.data.is_empty() {
+            if sqe.sgl_type() != sgl::INCAPSULE || sqe.sgl_addr() != 0 {
+                return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+            }
+            if sqe.sgl_len() as usize != p.data.len() || p.data.len() > INCAPSULE_MAX as usize {
+                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+            }
+            return self.execute(env, nv, sqe, p.data);
+        }
+        if host_to_ctrl(&sqe) && sqe.sgl_len() > 0 {
+            if sqe.sgl_type() != sgl::TRANSPORT {
+                return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+            }
+            let total = sqe.sgl_len();
+            if total > MAX_XFER {
+                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+            }
+            if self.xfers.len() + self.r2t_wait.len() >= MAX_INFLIGHT {
+                // More commands waiting for data than any legal queue (MQES + 1) can hold.
+                return self.respond(cid, Status::INTERNAL, 0);
+            }
+            if self.xfers.len() >= MAX_R2T {
+                self.r2t_wait.push_back(*sqe.0);
+            } else {
+                self.issue_r2t(*sqe.0);
+            }
+            return;
+        }
+        self.execute(env, nv, sqe, &[])
+    }
+
+    // ----- responses -----
+
+    fn respond(&mut self, cid: u16, status: Status, result: u64) {
+        if self.terminated || self.broken {
+            return;
+        }
+        let c = cmd::cqe(result, self.sqhd as u16, self.qid, cid, status);
+        pdu::put_rsp(&mut self.tx_pending, &c, self.dg);
+    }
+
+    /// Send the first `want` bytes of `self.scratch` (zero-padded) for `cid`.
+    fn respond_scratch(&mut self, cid: u16, want: u32) {
+        let want = want as usize;
+        if self.scratch.len() < want {
+            self.scratch.resize(want, 0);
+        }
+        let scratch = std::mem::take(&mut self.scratch);
+        self.respond_data(cid, &scratch[..want]);
+        self.scratch = scratch;
+    }
+
+    // ----- commands -----
+
+    fn execute(&mut self, env: &mut Env<'_>, nv: &NvmfShared, sqe: Sqe<'_>, data: &[u8]) {
+        let cid = sqe.cid();
+        if self.shutting_down {
+            return self.respond(cid, Status::NS_NOT_READY, 0);
+        }
+        match sqe.fuse() {
+            fuse::NONE => {
+                if let Some((first, _)) = self.fused_first.take() {
+                    self.respond(Sqe(&first).cid(), Status::ABORTED_FUSED_MISSING, 0);
+                }
+            }
+            fuse::FIRST => {
+                if let Some((first, _)) = self.fused_first.take() {
+                    self.respond(Sqe(&first).cid(), Status::ABORTED_FUSED_MISSING, 0);
+                }
+                if !matches!(self.role, Role::Io) || sqe.opcode() != nvm::COMPARE {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                self.fused_first = Some((*sqe.0, data.to_vec()));
+                return;
+            }
+            fuse::SECOND => {
+                let Some((first, cmp)) = self.fused_first.take() else {
+                    return self.respond(cid, Status::ABORTED_FUSED_MISSING, 0);
+                };
+                return self.fused(env, nv, first, cmp, sqe, data);
+            }
+            _ => return self.respond(cid, Status::INVALID_FIELD, 0),
+        }
+        if sqe.opcode() == adm::FABRICS {
+            return match sqe.fctype() {
+                fctype::CONNECT => self.connect(env, nv, sqe, data),
+                fctype::PROPERTY_GET | fctype::PROPERTY_SET
+                    if matches!(self.role, Role::Admin(_)) =>
+                {
+                    self.property(sqe)
+                }
+                fctype::PROPERTY_GET | fctype::PROPERTY_SET => {
+                    self.respond(cid, Status::CMD_SEQ_ERROR, 0)
+                }
+                _ => self.respond(cid, Status::INVALID_OPCODE, 0),
+            };
+        }
+        match self.role {
+            Role::None => self.respond(cid, Status::CMD_SEQ_ERROR, 0),
+            Role::Admin(_) => self.admin(env, nv, sqe, data),
+            Role::Io => self.io(env, nv, sqe, data),
+        }
+    }
+
+    fn finish(&mut self, mut req: Req, data: &[u8]) {
+        if req.status != Status::SUCCESS {
+            self.errors += 1;
+        }
+        self.leaves.extend(req.counted.take());
+        if req.op == nvm::COMPARE && req.status == Status::SUCCESS && req.cmp != data {
+            req.status = Status::COMPARE_FAILED;
+        }
+        if req.op == nvm::READ && req.status == Status::SUCCESS {
+            self.respond_data(req.cid, data);
+        } else {
+            self.respond(req.cid, req.status, 0);
+        }
+        if req.cmp.capacity() > 0 {
+            self.spare.push(std::mem::take(&mut req.cmp));
+        }
+    }
+
+    // ----- socket -----
+
+    fn head_needs(&self) -> usize {
+        pdu::needs(&self.rx[self.rx_lo..self.rx_hi])
+    }
+
+    fn make_room(&mut self) {
+        debug_assert!(!self.recv_armed);
+        let need = self.head_needs().max(RX_MIN_FREE);
+        if self.rx.len() - self.rx_lo < need || self.rx.len() - self.rx_hi < RX_MIN_FREE {
+            self.rx.copy_within(self.rx_lo..self.rx_hi, 0);
+            self.rx_hi -= self.rx_lo;
+            self.rx_lo = 0;
+        }
+        if self.rx.len() < need + RX_MIN_FREE.min(need) {
+            self.rx.resize(need + RX_MIN_FREE, 0);
+        }
+    }
+
+    fn kato_ms(&self) -> u32 {
+        match (&self.role, &self.ctrl) {
+            (Role::Admin(_), Some(c)) => c.kato_ms.load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    fn arm_recv(&mut self, env: &mut Env<'_>) {
+        self.make_room();
+        let free = &mut self.rx[self.rx_hi..];
+        let recv = opcode::Recv::new(
+            types::Fd(self.fd.as_raw_fd()),
+            free.as_mut_ptr(),
+            free.len() as u32,
+        )
+        .build()
+        .user_data(UserData::new(Kind::Recv, env.key).0);
+        let kato = self.kato_ms();
+        if kato > 0 {
+            *self.kato_ts = types::Timespec::new()
+                .sec(u64::from(kato / 1000))
+                .nsec((kato % 1000) * 1_000_000);
+            let recv = recv.flags(squeue::Flags::IO_LINK);
+            let timeout = opcode::LinkTimeout::new(&*self.kato_ts)
+                .build()
+                .user_data(UserData::new(Kind::Cancel, env.key).0);
+            // SAFETY: rx is neither resized nor compacted while the receive is armed; the
+            // timespec is boxed in the connection, which outlives the submission (it is not
+            // `done` while the receive is armed), and the kernel copies it at submission.
+            unsafe { env.io.push_pair(&recv, &timeout) };
+            self.kato_armed = true;
+        } else {
+            // SAFETY: as above; the connection outlives the receive.
+            unsafe { env.io.push(&recv) };
+            self.kato_armed = false;
+        }
+        self.recv_armed = true;
+    }
+
+    fn arm_send(&mut self, env: &mut Env<'_>) {
+        let rest = &self.tx_sending[self.tx_sent..];
+        // SAFETY: tx_sending is not modified while the send is armed (invariant), and the
+        // connection outlives it.
+        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
+        self.send_armed = true;
+    }
+
+    fn cancel(&mut self, env: &mut Env<'_>, kind: Kind) {
+        let sqe = opcode::AsyncCancel::new(UserData::new(kind, env.key).0)
+            .build()
+            .user_data(UserData::new(Kind::Cancel, env.key).0);
+        // SAFETY: a cancel references no user memory.
+        unsafe { env.io.push(&sqe) };
+    }
+
+    /// Leave the controller: an admin queue removes and tears it down, an I/O queue detaches.
+    fn leave(&mut self) {
+        let Some(c) = self.ctrl.take() else {
+            return;
+        };
+        match self.role {
+            Role::Admin(_) => self.nv.registry.remove(c.cntlid),
+            Role::Io => c.detach_queue(self.qid),
+            Role::None => {}
+        }
+    }
+
+    fn try_close(&mut self) {
+        if self.closing && !self.recv_armed && !self.send_armed && self.reqs.is_empty() {
+            let unsent = self.tx_pending.len() + self.tx_sending.len() - self.tx_sent;
+            if unsent == 0 || self.broken {
+                self.leave();
+                self.closed = true;
+            }
+        }
+    }
+}
+
+impl Conn for NvmfConn {
+    fn start(&mut self, env: &mut Env<'_>) {
+        self.arm_recv(env);
+    }
+
+    fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
+        self.recv_armed = false;
+        if res <= 0 {
+            if res == -libc::ECANCELED && self.kato_armed && !self.cancel_sent {
+                tracing::warn!(
+                    conn = env.key,
+                    cntlid = self.ctrl.as_ref().map(|c| c.cntlid),
+                    "keep-alive timeout: tearing the controller down"
+                );
+                // Tear down now so the I/O queues stop at once, not when this one closes.
+                self.leave();
+                self.broken = true;
+            } else if res < 0 && res != -libc::ECANCELED {
+                tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "receive failed");
+                self.broken = true;
+            }
+            self.closing = true;
+            return;
+        }
+        self.rx_hi += res as usize;
+        self.process(env);
+    }
+
+    fn on_send(&mut self, env: &mut Env<'_>, res: i32) {
+        self.send_armed = false;
+        if res <= 0 {
+            if res != -libc::ECANCELED {
+                tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "send failed");
+            }
+            self.broken = true;
+            self.closing = true;
+            return;
+        }
+        self.tx_sent += res as usize;
+        if self.tx_sent < self.tx_sending.len() {
+            self.arm_send(env);
+        } else {
+            self.tx_sending.clear();
+            self.tx_sent = 0;
+        }
+    }
+
+    fn on_io(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        let Some(req) = self.reqs.get_mut(slot as usize) else {
+            tracing::error!(slot, "completion for an unknown command slot");
+            return;
+        };
+        if let Err(e) = result {
+            req.status = status_of(e, req.op);
+        }
+        req.parts = req.parts.saturating_sub(1);
+        if req.parts > 0 {
+            return;
+        }
+        let req = self.reqs.remove(slot as usize);
+        self.finish(req, data);
+    }
+
+    fn flush(&mut self, env: &mut Env<'_>) {
+        if !self.leaves.is_empty()
+            && let Some(sections) = self.nv.sections(env.shared)
+        {
+            for vol in self.leaves.drain(..) {
+                sections.leave(vol, env.io.reactor);
+            }
+        }
+        if self.errors > 0
+            && let Some(vc) = env.vol_counters.get_mut(self.err_vol)
+        {
+            vc.errors += std::mem::take(&mut self.errors);
+        }
+        if env.stopping && !self.shutting_down {
+            self.stop(env);
+        }
+        if !self.broken && !self.recv_armed && !self.paused() {
+            // Commands left in the buffer by backpressure (or by a stop) can run now.
+            self.process(env);
+        }
+        self.async_events(env);
+        if self.broken {
+            self.tx_pending.clear();
+        } else if !self.send_armed && !self.tx_pending.is_empty() {
+            std::mem::swap(&mut self.tx_sending, &mut self.tx_pending);
+            self.tx_pending.clear();
+            self.tx_sent = 0;
+            self.arm_send(env);
+        }
+        if !self.closing && !self.recv_armed && !self.paused() {
+            self.arm_recv(env);
+        }
+        self.try_close();
+    }
+
+    fn stop(&mut self, env: &mut Env<'_>) {
+        self.shutting_down = true;
+        self.closing = true;
+        if self.recv_armed && !self.cancel_sent {
+            self.cancel_sent = true;
+            self.cancel(env, Kind::Recv);
+        }
+    }
+
+    fn abort(&mut self, env: &mut Env<'_>) {
+        self.broken = true;
+        self.closing = true;
+        // Answers from a home reactor may never come now: stop waiting for them.
+        self.reqs.retain(|_, r| !r.remote);
+        if self.recv_armed {
+            self.cancel_sent = true;
+            self.cancel(env, Kind::Recv);
+        }
+        if self.send_armed {
+            self.cancel(env, Kind::Send);
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.closed
+    }
+
+    fn on_note(&mut self, env: &mut Env<'_>, note: crate::runtime::Note) {
+        let Ok(note) = note.downcast::<Note>() else {
+            return;
+        };
+        match *note {
+            Note::Done {
+                slot,
+                status,
+                status2,
+                data,
+                ..
+            } => {
+                if !self.reqs.get(slot as usize).is_some_and(|r| r.remote) {
+                    return;
+                }
+                let mut req = self.reqs.remove(slot as usize);
+                if req.op == OP_FUSED {
+                    if status != Status::SUCCESS || status2 != Status::SUCCESS {
+                        self.errors += 1;
+                    }
+                    self.respond(req.cid, status, 0);
+                    self.respond(req.cid2, status2, 0);
+                } else {
+                    req.status = status;
+                    self.finish(req, &data);
+                }
+            }
+            Note::Abort {
+                cntlid,
+                sqid,
+                cid,
+                reply,
+                ..
+            } => {
+                let aborted = self.abort_cmd(cntlid, sqid, cid);
+                if let Some(s) = self.nv.sections(env.shared) {
+                    s.send(
+                        reply.reactor,
+                        Note::AbortDone {
+                            key: reply.key,
+                            cntlid,
+                            cid: reply.slot as u16,
+                            aborted,
+                        },
+                    );
+                }
+            }
+            Note::AbortDone {
+                cntlid,
+                cid,
+                aborted,
+                ..
+            } => {
+                let mine = matches!(self.role, Role::Admin(_))
+                    && self.ctrl.as_ref().is_some_and(|c| c.cntlid == cntlid);
+                if mine {
+                    self.respond(cid, Status::SUCCESS, u64::from(!aborted));
+                }
+            }
+            Note::Fused(_) | Note::Op(_) | Note::Drained => {}
+        }
+    }
+}

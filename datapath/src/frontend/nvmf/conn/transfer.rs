@@ -1,0 +1,133 @@
+//! Command data movement: R2T and H2CData in, C2HData out.
+//!
+//! Model: write data arrives in the capsule (at most [`INCAPSULE_MAX`] bytes) or, when larger,
+//! after one R2T for the whole transfer in H2CData PDUs of at most [`MAXH2CDATA`] bytes, in
+//! order. A transfer that arrives in one PDU is executed straight from the receive buffer; one
+//! in several PDUs is assembled in a reused buffer (`spare`). Read data leaves in one C2HData
+//! PDU (with the SUCCESS flag and no response capsule when the host disabled SQ flow control).
+//!
+//! Invariants:
+//! - At most [`MAX_R2T`] transfers are outstanding (`xfers`); further commands needing data
+//!   wait in `r2t_wait` (their SQE only) and get an R2T in arrival order as slots free up.
+//! - An H2CData PDU must name an outstanding transfer tag, its command, and continue exactly
+//!   where the previous one ended without passing the transfer's end; anything else is a
+//!   fatal transport error (C2HTermReq).
+//! - An aborted transfer (`discard`) still receives its data, then drops it unexecuted.
+
+#[cfg(doc)]
+use super::INCAPSULE_MAX;
+use super::{MAX_R2T, MAXH2CDATA, NvmfConn, Xfer};
+use crate::frontend::nvmf::NvmfShared;
+use crate::frontend::nvmf::cmd::{self, Sqe, Status};
+use crate::frontend::nvmf::pdu::{self, Violation, fes};
+use crate::runtime::Env;
+
+impl NvmfConn {
+    /// Ask for a command's data with one R2T covering the whole transfer.
+    pub(super) fn issue_r2t(&mut self, sqe: [u8; cmd::SQE_LEN]) {
+        let (cid, total) = (Sqe(&sqe).cid(), Sqe(&sqe).sgl_len());
+        let buf = self.spare.pop().unwrap_or_default();
+        let ttag = self.xfers.insert(Xfer {
+            sqe,
+            total,
+            received: 0,
+            buf,
+            discard: false,
+        });
+        pdu::put_r2t(&mut self.tx_pending, cid, ttag as u16, 0, total, self.dg);
+    }
+
+    /// A transfer finished: give its slot to the oldest command waiting for an R2T.
+    pub(super) fn next_r2t(&mut self) {
+        if self.xfers.len() < MAX_R2T
+            && !self.terminated
+            && let Some(sqe) = self.r2t_wait.pop_front()
+        {
+            self.issue_r2t(sqe);
+        }
+    }
+
+    pub(super) fn h2c_data(&mut self, env: &mut Env<'_>, nv: &NvmfShared, p: pdu::Pdu<'_>) {
+        let Some(h) = pdu::data_hdr(p.header) else {
+            return;
+        };
+        let header = |fei| Violation {
+            fes: fes::INVALID_HEADER,
+            fei,
+        };
+        let Some(x) = self.xfers.get_mut(h.ttag as usize) else {
+            return self.fatal(env, header(pdu::FEI_TTAG), p.header);
+        };
+        if Sqe(&x.sqe).cid() != h.cid {
+            return self.fatal(env, header(8), p.header);
+        }
+        if h.len as usize != p.data.len() {
+            return self.fatal(env, header(pdu::FEI_DATAL), p.header);
+        }
+        if h.len > MAXH2CDATA {
+            let v = Violation {
+                fes: fes::DATA_LIMIT_EXCEEDED,
+                fei: 0,
+            };
+            return self.fatal(env, v, p.header);
+        }
+        let end = u64::from(h.offset) + u64::from(h.len);
+        if end > u64::from(x.total) {
+            let v = Violation {
+                fes: fes::DATA_OUT_OF_RANGE,
+                fei: 0,
+            };
+            return self.fatal(env, v, p.header);
+        }
+        if h.offset != x.received {
+            return self.fatal(env, header(pdu::FEI_DATAO), p.header);
+        }
+        if h.offset == 0 && h.len == x.total {
+            // The whole transfer in one PDU: straight from the receive buffer.
+            let x = self.xfers.remove(h.ttag as usize);
+            if !x.discard {
+                self.execute(env, nv, Sqe(&x.sqe), p.data);
+            }
+            self.spare.push(x.buf);
+            self.next_r2t();
+            return;
+        }
+        if x.buf.len() < x.total as usize {
+            x.buf.resize(x.total as usize, 0);
+        }
+        x.buf[h.offset as usize..end as usize].copy_from_slice(p.data);
+        x.received = end as u32;
+        if x.received == x.total {
+            let x = self.xfers.remove(h.ttag as usize);
+            if !x.discard {
+                self.execute(env, nv, Sqe(&x.sqe), &x.buf[..x.total as usize]);
+            }
+            self.spare.push(x.buf);
+            self.next_r2t();
+        }
+    }
+
+    /// Send `data` to the host for command `cid`, then its success response.
+    pub(super) fn respond_data(&mut self, cid: u16, data: &[u8]) {
+        if self.terminated || self.broken {
+            return;
+        }
+        if data.is_empty() {
+            // Nothing to transfer (a zero-length SGL): a data PDU would carry no data.
+            return self.respond(cid, Status::SUCCESS, 0);
+        }
+        let success = self.sqflow_off;
+        pdu::put_c2h_data(
+            &mut self.tx_pending,
+            cid,
+            0,
+            data,
+            success,
+            self.dg,
+            self.c2h_align,
+        );
+        if !success {
+            self.respond(cid, Status::SUCCESS, 0);
+        }
+    }
+}
