@@ -26,10 +26,13 @@
 //!   applied here, not confirmed by the peer) as *suspect*; as a resync target it lists them to
 //!   the source (RESYNC_ALSO), which copies them too and finishes only after the list's end.
 
+mod region;
+
 use super::stats::MirrorStats;
 use super::wire::{self, Header, Type};
 use crate::bdev::{Channel, Start};
 use crate::uring::{Errno, IoCx, IoTag};
+pub use region::RegionMap;
 use slab::Slab;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -281,75 +284,6 @@ fn state_name(s: u32) -> &'static str {
     }
 }
 
-/// Set the bits of `[offset, offset + len)` in a region bitmap of a `size`-byte volume with
-/// `g` bytes per bit (allocated on first use).
-fn set_bits(map: &mut Vec<u64>, size: u64, g: u64, offset: u64, len: u64) {
-    let g = g.max(1);
-    if map.is_empty() {
-        map.resize(size.div_ceil(g).div_ceil(64) as usize, 0);
-    }
-    let first = offset / g;
-    let last = (offset + len.max(1) - 1) / g;
-    for b in first..=last {
-        if let Some(w) = map.get_mut((b / 64) as usize) {
-            *w |= 1 << (b % 64);
-        }
-    }
-}
-
-/// Every bit of a `size`-byte volume with `g` bytes per bit.
-fn all_bits(size: u64, g: u64) -> Vec<u64> {
-    let bits = size.div_ceil(g.max(1));
-    let mut map = vec![u64::MAX; bits.div_ceil(64) as usize];
-    if !bits.is_multiple_of(64)
-        && let Some(last) = map.last_mut()
-    {
-        *last = (1u64 << (bits % 64)) - 1;
-    }
-    map
-}
-
-/// `map |= other` (growing `map` as needed).
-fn or_into(map: &mut Vec<u64>, other: &[u64]) {
-    if map.len() < other.len() {
-        map.resize(other.len(), 0);
-    }
-    for (m, o) in map.iter_mut().zip(other) {
-        *m |= o;
-    }
-}
-
-/// The set bits of a region bitmap as byte ranges `(offset, length)`, adjacent regions
-/// joined, within a `size`-byte volume with `g` bytes per bit.
-fn ranges_of(map: &[u64], size: u64, g: u64) -> Vec<(u64, u64)> {
-    let g = g.max(1);
-    let bits = size.div_ceil(g);
-    let set = |b: u64| {
-        map.get((b / 64) as usize)
-            .is_some_and(|w| w >> (b % 64) & 1 == 1)
-    };
-    let mut ranges = Vec::new();
-    let mut b = 0;
-    while b < bits {
-        if map.get((b / 64) as usize).copied().unwrap_or(0) >> (b % 64) == 0 {
-            // Nothing set in the rest of this word.
-            b = (b / 64 + 1) * 64;
-            continue;
-        }
-        if !set(b) {
-            b += 1;
-            continue;
-        }
-        let start = b;
-        while b < bits && set(b) {
-            b += 1;
-        }
-        let offset = start * g;
-        ranges.push((offset, (b * g).min(size) - offset));
-    }
-    ranges
-}
-
 /// The survivor's side of a resync.
 struct ResyncSource {
     /// Next bitmap bit to look at in this pass.
@@ -369,7 +303,7 @@ struct ResyncSource {
     also_done: bool,
     /// Regions copied in this attempt: dirty again if it is interrupted (they may not have
     /// arrived).
-    copied: Vec<u64>,
+    copied: RegionMap,
 }
 
 /// One mirrored volume's engine.
@@ -446,7 +380,7 @@ pub struct Engine {
     /// A grant was asked for since the link went down.
     grant_asked: bool,
     /// Regions written while serving alone (one bit per `dirty_granularity` bytes).
-    dirty: Vec<u64>,
+    dirty: RegionMap,
     resync: Option<ResyncSource>,
     /// Target: resync copies still being applied.
     resync_applies: u32,
@@ -457,11 +391,11 @@ pub struct Engine {
     /// The witness epoch this site holds as survivor.
     grant_epoch: u64,
     /// Regions ever written here (a new, empty replica is sent only these).
-    written: Vec<u64>,
+    written: RegionMap,
     /// Suspect regions: updates applied here that the peer never confirmed (recorded when
     /// this site fences); sent as RESYNC_ALSO when this site is resynced, so the source copies
     /// them too. Not used while serving as survivor (merged into `dirty`).
-    suspect: Vec<u64>,
+    suspect: RegionMap,
     /// Started with no persisted state: an empty replica that has never been in sync.
     new_replica: bool,
     /// An operator's takeover is being asked for.
@@ -487,6 +421,7 @@ impl Engine {
         vol: usize,
         stats: Arc<MirrorStats>,
     ) -> Self {
+        let (size, g) = (cfg.size, cfg.dirty_granularity);
         Self {
             cfg,
             inner,
@@ -542,14 +477,14 @@ impl Engine {
             draining: false,
             mode: Mode::Mirroring,
             grant_asked: false,
-            dirty: Vec::new(),
+            dirty: RegionMap::new(size, g),
             resync: None,
             resync_applies: 0,
             resync_done: false,
             resync_buf: Vec::new(),
             grant_epoch: 0,
-            written: Vec::new(),
-            suspect: Vec::new(),
+            written: RegionMap::new(size, g),
+            suspect: RegionMap::new(size, g),
             new_replica: false,
             takeover_started: false,
         }
@@ -583,13 +518,13 @@ impl Engine {
                 // Regions a resync under way already copied may not have reached the peer.
                 let mut d = self.dirty.clone();
                 if let Some(r) = &self.resync {
-                    or_into(&mut d, &r.copied);
+                    d.or_with(&r.copied);
                 }
-                d
+                d.words().to_vec()
             },
-            written: self.written.clone(),
+            written: self.written.words().to_vec(),
             led: self.cfg.role == Role::Leader,
-            suspect: Some(suspect),
+            suspect: Some(suspect.words().to_vec()),
         };
         if let Err(e) = super::state::save(path, &p) {
             tracing::error!(volume = %self.cfg.name, error = %e, path = %path.display(),
@@ -620,14 +555,15 @@ impl Engine {
         }
         self.grant_epoch = p.epoch;
         let same_geometry = p.granularity == self.cfg.dirty_granularity;
+        let (size, g) = (self.cfg.size, self.cfg.dirty_granularity);
         self.written = if p.clean && same_geometry {
-            p.written
+            RegionMap::from_words(size, g, p.written)
         } else {
-            all_bits(self.cfg.size, self.cfg.dirty_granularity)
+            RegionMap::all(size, g)
         };
         // Suspect regions (docs/mirror-protocol.md, "Suspect regions").
         let led = p.led || self.cfg.role == Role::Leader;
-        self.suspect = match (p.mode, p.suspect) {
+        let suspect = match (p.mode, p.suspect) {
             // A new replica has applied nothing; a survivor's own dirty bitmap covers them.
             (4, _) => Vec::new(),
             (1, s) if same_geometry => s.unwrap_or_default(),
@@ -640,8 +576,9 @@ impl Engine {
             (_, None) if !led => Vec::new(),
             // Unknown (a leader that did not stop cleanly, a version-1 file): every region
             // ever written ("everything" after a crash, see above).
-            _ => self.written.clone(),
+            _ => self.written.words().to_vec(),
         };
+        self.suspect = RegionMap::from_words(size, g, suspect);
         let mode = match p.mode {
             0 => Mode::Waiting,
             4 => {
@@ -653,10 +590,10 @@ impl Engine {
         };
         if mode == Mode::Survivor {
             if p.clean && same_geometry {
-                self.dirty = p.bitmap;
+                self.dirty = RegionMap::from_words(size, g, p.bitmap);
             } else {
                 // Not stopped cleanly: what was written last is unknown; resync everything.
-                self.dirty = all_bits(self.cfg.size, self.cfg.dirty_granularity);
+                self.dirty = RegionMap::all(size, g);
                 tracing::warn!(volume = %self.cfg.name,
                     "mirror: the survivor did not stop cleanly; the whole volume will be resynced");
             }
@@ -759,12 +696,7 @@ impl Engine {
 
     /// Mark every region ever written dirty (for a new, empty peer).
     fn dirty_everything_written(&mut self) {
-        if self.dirty.len() < self.written.len() {
-            self.dirty.resize(self.written.len(), 0);
-        }
-        for (d, w) in self.dirty.iter_mut().zip(&self.written) {
-            *d |= w;
-        }
+        self.dirty.or_with(&self.written);
         self.stats
             .dirty_bytes
             .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
@@ -787,7 +719,7 @@ impl Engine {
             started: now,
             total: 0,
             also_done: false,
-            copied: Vec::new(),
+            copied: RegionMap::new(self.cfg.size, self.cfg.dirty_granularity),
         });
     }
 
@@ -797,7 +729,7 @@ impl Engine {
         let Some(r) = self.resync.take() else {
             return;
         };
-        or_into(&mut self.dirty, &r.copied);
+        self.dirty.or_with(&r.copied);
         self.stats
             .dirty_bytes
             .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
@@ -815,9 +747,9 @@ impl Engine {
     /// Resync target: list the suspect regions for the source (RESYNC_ALSO), then end the
     /// list; the source copies them too and does not finish before the end of the list.
     fn send_suspect(&mut self) {
-        let mut map = std::mem::take(&mut self.suspect);
+        let mut map = self.take_suspect();
         self.unconfirmed_into(&mut map);
-        let ranges = ranges_of(&map, self.cfg.size, self.cfg.dirty_granularity);
+        let ranges = map.ranges();
         self.suspect = map;
         wire::encode_resync_also(&mut self.outbox, &ranges);
         for _ in 0..ranges.len().div_ceil(wire::MAX_RESYNC_ALSO as usize) + 1 {
@@ -844,26 +776,13 @@ impl Engine {
         r.last_refill = now;
         r.budget = (r.budget + rate * dt).min(rate * 0.05 + self.cfg.dirty_granularity as f64);
         let g = self.cfg.dirty_granularity;
-        let bits = self.cfg.size.div_ceil(g);
         while self
             .resync
             .as_ref()
             .is_some_and(|r| r.budget > 0.0 && r.reads < 16)
         {
             let r = self.resync.as_mut().expect("checked");
-            let mut b = r.cursor;
-            let found = loop {
-                if b >= bits {
-                    break None;
-                }
-                let w = self.dirty.get((b / 64) as usize).copied().unwrap_or(0) >> (b % 64);
-                if w == 0 {
-                    b = (b / 64 + 1) * 64;
-                    continue;
-                }
-                b += w.trailing_zeros() as u64;
-                break (b < bits).then_some(b);
-            };
+            let found = self.dirty.next_set(r.cursor);
             let Some(b) = found else {
                 // End of a pass.
                 r.cursor = 0;
@@ -871,7 +790,7 @@ impl Engine {
                     // The target's suspect regions are still coming: no last pass yet.
                     break;
                 }
-                let empty = self.dirty.iter().all(|&w| w == 0);
+                let empty = self.dirty.none();
                 if !empty || r.reads > 0 {
                     if !r.last_pass && empty {
                         // Wait for the reads; the next tick starts over.
@@ -894,10 +813,10 @@ impl Engine {
                 break;
             };
             r.cursor = b + 1;
-            self.dirty[(b / 64) as usize] &= !(1 << (b % 64));
+            self.dirty.clear_bit(b);
             let offset = b * g;
             let len = g.min(self.cfg.size - offset);
-            set_bits(&mut r.copied, self.cfg.size, g, offset, len);
+            r.copied.set_range(offset, len);
             r.reads += 1;
             r.budget -= len as f64;
             r.total += len;
@@ -1093,13 +1012,7 @@ impl Engine {
                     self.caw_active = None;
                     self.release_barrier(io);
                 }
-                set_bits(
-                    &mut self.written,
-                    self.cfg.size,
-                    self.cfg.dirty_granularity,
-                    offset,
-                    len as u64,
-                );
+                self.written.set_range(offset, len as u64);
                 let tag = IoTag {
                     conn: self.layer_key,
                     slot: slot as u32,
@@ -1159,18 +1072,11 @@ impl Engine {
 
     /// Bytes of the volume marked dirty (written while serving alone).
     pub fn dirty_bytes(&self) -> u64 {
-        let bits: u64 = self.dirty.iter().map(|w| w.count_ones() as u64).sum();
-        bits * self.cfg.dirty_granularity
+        self.dirty.bytes()
     }
 
     fn mark_dirty(&mut self, offset: u64, len: u64) {
-        set_bits(
-            &mut self.dirty,
-            self.cfg.size,
-            self.cfg.dirty_granularity,
-            offset,
-            len,
-        );
+        self.dirty.set_range(offset, len);
         self.stats
             .dirty_bytes
             .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
@@ -1179,34 +1085,33 @@ impl Engine {
     /// Bytes of the volume in suspect regions (updates applied here the peer never
     /// confirmed; see `suspect`).
     pub fn suspect_bytes(&self) -> u64 {
-        let bits: u64 = self.suspect.iter().map(|w| w.count_ones() as u64).sum();
-        bits * self.cfg.dirty_granularity
+        self.suspect.bytes()
     }
 
     /// Add the regions of every update still tracked here (applied or possibly applied, and
     /// not confirmed by the peer, or just confirmed) to `map`.
-    fn unconfirmed_into(&self, map: &mut Vec<u64>) {
+    fn unconfirmed_into(&self, map: &mut RegionMap) {
         for (_, op) in self.ops.iter() {
             if !matches!(op.upd, Upd::Flush | Upd::ResyncRead) {
-                set_bits(
-                    map,
-                    self.cfg.size,
-                    self.cfg.dirty_granularity,
-                    op.offset,
-                    op.len,
-                );
+                map.set_range(op.offset, op.len);
             }
         }
+    }
+
+    /// The suspect map, leaving an empty one.
+    fn take_suspect(&mut self) -> RegionMap {
+        let empty = RegionMap::new(self.cfg.size, self.cfg.dirty_granularity);
+        std::mem::replace(&mut self.suspect, empty)
     }
 
     /// This replica's copy wins (it serves alone or is a resync source): its suspect regions
     /// become dirty, to be copied to the peer.
     fn absorb_suspect(&mut self) {
-        if self.suspect.is_empty() {
+        if self.suspect.unallocated() {
             return;
         }
-        let suspect = std::mem::take(&mut self.suspect);
-        or_into(&mut self.dirty, &suspect);
+        let suspect = self.take_suspect();
+        self.dirty.or_with(&suspect);
         self.stats
             .dirty_bytes
             .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
@@ -1269,7 +1174,7 @@ impl Engine {
     fn fence(&mut self, why: &str) {
         // Updates applied here (or being applied) that the peer never confirmed may be on this
         // replica only: the survivor must copy those regions too when it resyncs this site.
-        let mut suspect = std::mem::take(&mut self.suspect);
+        let mut suspect = self.take_suspect();
         self.unconfirmed_into(&mut suspect);
         self.suspect = suspect;
         self.set_mode(Mode::Fenced);
@@ -1835,13 +1740,7 @@ impl Engine {
         let op = &self.ops[k];
         let r = match op.upd {
             Upd::Write => {
-                set_bits(
-                    &mut self.written,
-                    self.cfg.size,
-                    self.cfg.dirty_granularity,
-                    offset,
-                    len,
-                );
+                self.written.set_range(offset, len);
                 self.inner.write(io, tag, offset, &op.data, op.fua)
             }
             Upd::Zeroes => self.inner.write_zeroes(io, tag, offset, len, op.fua),
@@ -2354,13 +2253,7 @@ impl Engine {
                     }
                 }
                 for (offset, len) in wire::decode_resync_also(payload) {
-                    set_bits(
-                        &mut self.dirty,
-                        size,
-                        self.cfg.dirty_granularity,
-                        offset,
-                        len,
-                    );
+                    self.dirty.set_range(offset, len);
                 }
                 self.stats
                     .dirty_bytes
@@ -2709,13 +2602,7 @@ impl Engine {
         // Applied here, never confirmed, and forgotten now: suspect.
         for &k in &self.backlog {
             let op = &self.ops[k];
-            set_bits(
-                &mut self.suspect,
-                self.cfg.size,
-                self.cfg.dirty_granularity,
-                op.offset,
-                op.len,
-            );
+            self.suspect.set_range(op.offset, op.len);
         }
         while let Some(k) = self.backlog.pop_front() {
             self.backlog_bytes -= self.ops[k].data.len() as u64;
