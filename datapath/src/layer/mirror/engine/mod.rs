@@ -26,12 +26,14 @@
 //!   applied here, not confirmed by the peer) as *suspect*; as a resync target it lists them to
 //!   the source (RESYNC_ALSO), which copies them too and finishes only after the list's end.
 
+mod apply;
 mod region;
 
 use super::stats::MirrorStats;
 use super::wire::{self, Header, Type};
 use crate::bdev::{Channel, Start};
 use crate::uring::{Errno, IoCx, IoTag};
+use apply::ApplyQueue;
 pub use region::RegionMap;
 use slab::Slab;
 use std::collections::VecDeque;
@@ -194,38 +196,6 @@ struct Op {
     fwd_inc: u64,
 }
 
-struct Apply {
-    op: usize,
-    session: u32,
-    seq: u64,
-    offset: u64,
-    len: u64,
-}
-
-/// Cumulative applied watermark over out-of-order completions.
-#[derive(Default)]
-struct Window {
-    wm: u64,
-    done: VecDeque<bool>,
-}
-
-impl Window {
-    fn mark(&mut self, seq: u64) {
-        if seq <= self.wm {
-            return;
-        }
-        let i = (seq - self.wm - 1) as usize;
-        if self.done.len() <= i {
-            self.done.resize(i + 1, false);
-        }
-        self.done[i] = true;
-        while self.done.front() == Some(&true) {
-            self.done.pop_front();
-            self.wm += 1;
-        }
-    }
-}
-
 /// Static engine settings.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -312,11 +282,8 @@ pub struct Engine {
     inner: Box<dyn Channel>,
     layer_key: u32,
     ops: Slab<Op>,
-    applies: Slab<Apply>,
-    /// Applies waiting for an overlapping earlier one, in order.
-    queued: VecDeque<usize>,
-    /// Applies started and not finished.
-    running: Vec<usize>,
+    /// The apply queue and the session's applied watermark.
+    aq: ApplyQueue,
     /// Leader: updates the follower has not acknowledged, in `seq` order (old sessions first).
     backlog: VecDeque<usize>,
     backlog_bytes: u64,
@@ -351,7 +318,6 @@ pub struct Engine {
     up: bool,
     /// Leader: next seq to give. Follower: next seq expected.
     next_seq: u64,
-    applied: Window,
     ack_sent: u64,
     peer_wm: u64,
     outbox: Vec<u8>,
@@ -427,9 +393,7 @@ impl Engine {
             inner,
             layer_key: LAYER_KEY_BASE + vol as u32,
             ops: Slab::with_capacity(1024),
-            applies: Slab::with_capacity(1024),
-            queued: VecDeque::new(),
-            running: Vec::with_capacity(256),
+            aq: ApplyQueue::new(),
             backlog: VecDeque::with_capacity(1024),
             backlog_bytes: 0,
             forwards: VecDeque::with_capacity(1024),
@@ -457,7 +421,6 @@ impl Engine {
             session: 0,
             up: false,
             next_seq: 1,
-            applied: Window::default(),
             ack_sent: 0,
             peer_wm: 0,
             outbox: Vec::with_capacity(1 << 20),
@@ -974,7 +937,7 @@ impl Engine {
     /// A compare-and-write's read finished (apply `slot`): compare, then either write the
     /// new data under the same apply (which keeps holding the range) or end without writing.
     fn caw_compared(&mut self, io: &mut IoCx, slot: usize, r: Result<(), Errno>, data: &[u8]) {
-        let k = self.applies[slot].op;
+        let k = self.aq.op_of(slot);
         let len = self.ops[k].len as usize;
         // Only the leader decides while mirroring; a survivor decides alone. Anything else
         // (fenced, or a follower whose survivorship ended meanwhile) writes nothing.
@@ -1373,7 +1336,7 @@ impl Engine {
 
     /// Whether the ACK policy (see [`ACK_BATCH`]) says to send an ACK now.
     fn ack_due(&mut self, now: Instant) -> bool {
-        let lag = self.applied.wm - self.ack_sent;
+        let lag = self.aq.applied.wm - self.ack_sent;
         if lag == 0 {
             self.ack_pending_since = None;
             return false;
@@ -1387,7 +1350,7 @@ impl Engine {
 
     /// When a held-back ACK falls due (the reactor may sleep until then, not longer).
     pub fn ack_deadline(&self) -> Option<Instant> {
-        if self.up && self.applied.wm > self.ack_sent {
+        if self.up && self.aq.applied.wm > self.ack_sent {
             self.ack_pending_since.map(|s| s + ACK_WINDOW)
         } else {
             None
@@ -1655,7 +1618,7 @@ impl Engine {
             self.stats.inc(&self.stats.replicated);
         }
         if already {
-            self.applied.mark(seq);
+            self.aq.applied.mark(seq);
         } else if self.ops[k].applying == 0 {
             self.enqueue_apply(io, k, self.session, seq);
         } else {
@@ -1665,12 +1628,7 @@ impl Engine {
     }
 
     fn retag_running(&mut self, k: usize, seq: u64) {
-        for (_, a) in self.applies.iter_mut() {
-            if a.op == k {
-                a.session = self.session;
-                a.seq = seq;
-            }
-        }
+        self.aq.retag(k, self.session, seq);
     }
 
     fn start_flush(&mut self, io: &mut IoCx, k: usize) {
@@ -1688,13 +1646,7 @@ impl Engine {
         self.ops[k].applying += 1;
         let tag = IoTag {
             conn: self.layer_key,
-            slot: self.applies.insert(Apply {
-                op: k,
-                session: 0,
-                seq: 0,
-                offset: 0,
-                len: 0,
-            }) as u32,
+            slot: self.aq.push_outside(k) as u32,
         };
         if let Start::Done(r) = self.inner.flush(io, tag) {
             self.apply_finished(io, tag.slot as usize, r, &[]);
@@ -1703,40 +1655,24 @@ impl Engine {
 
     // ---- the apply queue ------------------------------------------------------------------
 
-    fn overlaps(&self, a: usize, b: usize) -> bool {
-        let (x, y) = (&self.applies[a], &self.applies[b]);
-        x.offset < y.offset + y.len && y.offset < x.offset + x.len
-    }
-
     fn enqueue_apply(&mut self, io: &mut IoCx, k: usize, session: u32, seq: u64) {
         let op = &mut self.ops[k];
         op.applying += 1;
-        let a = self.applies.insert(Apply {
-            op: k,
-            session,
-            seq,
-            offset: op.offset,
-            len: op.len,
-        });
-        let blocked = self.running.iter().any(|&r| self.overlaps(r, a))
-            || self.queued.iter().any(|&q| self.overlaps(q, a));
-        if blocked {
-            self.queued.push_back(a);
-        } else {
+        let (a, now) = self.aq.push(k, session, seq, op.offset, op.len);
+        if now {
             self.start_apply(io, a);
         }
     }
 
     fn start_apply(&mut self, io: &mut IoCx, a: usize) {
         let (k, offset, len) = {
-            let ap = &self.applies[a];
+            let ap = self.aq.get(a).expect("queued apply");
             (ap.op, ap.offset, ap.len)
         };
         let tag = IoTag {
             conn: self.layer_key,
             slot: a as u32,
         };
-        self.running.push(a);
         let op = &self.ops[k];
         let r = match op.upd {
             Upd::Write => {
@@ -1786,21 +1722,18 @@ impl Engine {
         r: Result<(), Errno>,
         data: &[u8],
     ) {
-        if let Some(ap) = self.applies.get(slot)
+        if let Some(ap) = self.aq.get(slot)
             && self.ops.get(ap.op).is_some_and(|op| op.upd == Upd::Caw)
         {
             return self.caw_compared(io, slot, r, data);
         }
-        let Some(ap) = self.applies.try_remove(slot) else {
+        let Some(ap) = self.aq.finish(slot) else {
             tracing::error!(volume = %self.cfg.name, slot, "mirror: completion for an unknown apply");
             return;
         };
         if let Some(i) = self.resent_wait.iter().position(|&x| x == slot) {
             self.resent_wait.swap_remove(i);
             self.maybe_send_resent();
-        }
-        if let Some(i) = self.running.iter().position(|&x| x == slot) {
-            self.running.swap_remove(i);
         }
         let k = ap.op;
         {
@@ -1819,7 +1752,7 @@ impl Engine {
                 "mirror: applying an update to the local replica failed");
         }
         if ap.session == self.session && ap.seq != 0 && r.is_ok() {
-            self.applied.mark(ap.seq);
+            self.aq.applied.mark(ap.seq);
             if !self.miscompare_waits.is_empty() {
                 self.release_miscompares(false);
             }
@@ -1868,22 +1801,14 @@ impl Engine {
                 payload.as_ref().map_or(&[][..], |p| p),
             );
         }
-        self.start_unblocked(io);
+        self.start_unblocked(io, &ap);
         self.settle(k);
     }
 
-    fn start_unblocked(&mut self, io: &mut IoCx) {
-        let mut i = 0;
-        while i < self.queued.len() {
-            let a = self.queued[i];
-            let blocked = self.running.iter().any(|&r| self.overlaps(r, a))
-                || self.queued.iter().take(i).any(|&q| self.overlaps(q, a));
-            if blocked {
-                i += 1;
-            } else {
-                self.queued.remove(i);
-                self.start_apply(io, a);
-            }
+    /// Start the queued applies that `done` held back.
+    fn start_unblocked(&mut self, io: &mut IoCx, done: &apply::Apply) {
+        for a in self.aq.unblocked_by(done) {
+            self.start_apply(io, a);
         }
     }
 
@@ -1929,7 +1854,7 @@ impl Engine {
         self.session += 1;
         self.up = true;
         self.next_seq = 1;
-        self.applied = Window::default();
+        self.aq.applied = apply::Window::default();
         self.ack_sent = 0;
         self.peer_wm = 0;
         self.outbox.clear();
@@ -1944,13 +1869,12 @@ impl Engine {
                 // Applies of forwarded updates already under way (this session's re-sends
                 // start after the snapshot).
                 self.resent_wait.clear();
-                let (ops, applies) = (&self.ops, &self.applies);
+                let ops = &self.ops;
                 self.resent_wait.extend(
-                    self.running
-                        .iter()
-                        .chain(&self.queued)
-                        .copied()
-                        .filter(|&a| ops[applies[a].op].origin == Origin::PeerFwd),
+                    self.aq
+                        .active()
+                        .filter(|(_, a)| ops[a.op].origin == Origin::PeerFwd)
+                        .map(|(s, _)| s),
                 );
                 let backlog: Vec<usize> = self.backlog.iter().copied().collect();
                 for k in backlog {
@@ -2025,7 +1949,7 @@ impl Engine {
         self.rx_since_flush = false;
         if due {
             self.ack_pending_since = None;
-            self.ack_sent = self.applied.wm;
+            self.ack_sent = self.aq.applied.wm;
             let h = Header {
                 seq: self.ack_sent,
                 ..Header::new(Type::Ack)
@@ -2183,7 +2107,7 @@ impl Engine {
                 op.remote_done = true;
                 op.apply_err = Some(Errno::MISCOMPARE);
                 let uid = op.uid;
-                if self.applied.wm >= h.seq {
+                if self.aq.applied.wm >= h.seq {
                     self.settle(k);
                 } else {
                     // Answered once this site has what the leader compared against.
@@ -2443,7 +2367,7 @@ impl Engine {
     /// Follower: answer the MISCOMPAREs whose seq the applied watermark reached (all of them
     /// when the session ended: the outcome is final).
     fn release_miscompares(&mut self, all: bool) {
-        let wm = self.applied.wm;
+        let wm = self.aq.applied.wm;
         let mut i = 0;
         while i < self.miscompare_waits.len() {
             let (k, uid, seq) = self.miscompare_waits[i];
