@@ -28,6 +28,7 @@
 
 mod apply;
 mod region;
+mod replica;
 
 use super::stats::MirrorStats;
 use super::wire::{self, Header, Type};
@@ -35,6 +36,7 @@ use crate::bdev::{Channel, Start};
 use crate::uring::{Errno, IoCx, IoTag};
 use apply::ApplyQueue;
 pub use region::RegionMap;
+pub use replica::{Mode, Session, decide, state_name};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -225,33 +227,6 @@ pub struct EngineConfig {
     pub state_file: Option<std::path::PathBuf>,
     /// Replicated metadata (reservations) of the volume, when a front end keeps any.
     pub meta: Option<Arc<dyn MetaHandler>>,
-}
-
-/// What the engine does with updates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Both sites (or holding updates while the link is down).
-    Mirroring,
-    /// This site holds the witness's grant: it acknowledges updates alone and records the
-    /// regions they touch for the peer's resync.
-    Survivor,
-    /// The witness gave the volume to the peer, or neither peer nor witness answered: no I/O.
-    Fenced,
-    /// Receiving the survivor's changes: no I/O until the resync is done.
-    Resyncing,
-    /// Just started from a persisted "in sync" state: no I/O until the first session shows
-    /// whether the peer moved on meanwhile.
-    Waiting,
-}
-
-fn state_name(s: u32) -> &'static str {
-    match s {
-        0 => "in sync",
-        1 => "survivor",
-        2 => "fenced",
-        3 => "resyncing",
-        _ => "new",
-    }
 }
 
 /// The survivor's side of a resync.
@@ -581,13 +556,7 @@ impl Engine {
     /// This site's replica state as told to the peer in HELLO/WELCOME (`id` field):
     /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing.
     pub fn replica_state(&self) -> u32 {
-        match self.mode {
-            Mode::Waiting if self.new_replica => 4,
-            Mode::Mirroring | Mode::Waiting => 0,
-            Mode::Survivor => 1,
-            Mode::Fenced => 2,
-            Mode::Resyncing => 3,
-        }
+        replica::replica_state(self.mode, self.new_replica)
     }
 
     /// I/O is refused here for now (fenced, resyncing, or waiting for the first session).
@@ -598,8 +567,8 @@ impl Engine {
     /// Decide what a new session is, from both sites' replica states, and start it.
     pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
         let me = self.replica_state();
-        match (me, peer) {
-            (0, 0) | (4, 4) => {
+        match decide(me, peer) {
+            Session::InSync => {
                 // In sync (or both new and empty).
                 self.new_replica = false;
                 if self.mode == Mode::Waiting {
@@ -610,7 +579,7 @@ impl Engine {
                     self.push_meta();
                 }
             }
-            (0, 4) | (0, 3) => {
+            Session::SendAll => {
                 // A new, empty replica, or one whose resync from here ended without its
                 // RESYNC_DONE (this site finished, the peer never heard): send it every region
                 // ever written here, serving alone meanwhile (the peer serves nothing until it
@@ -622,11 +591,11 @@ impl Engine {
                 tracing::warn!(volume = %self.cfg.name, bytes = self.dirty_bytes(),
                     "mirror: the peer is a new replica; sending it every region ever written");
             }
-            (1, 1) => {
+            Session::SplitBrain => {
                 return Err("both sites claim to be the survivor (split brain): refusing to serve; an operator must choose the replica to keep".into());
             }
-            (1, p) => {
-                if p == 4 {
+            Session::Resync { everything_written } => {
+                if everything_written {
                     self.dirty_everything_written();
                 }
                 self.session_start_source(io);
@@ -634,7 +603,7 @@ impl Engine {
                 tracing::warn!(volume = %self.cfg.name, dirty_bytes = self.dirty_bytes(),
                     "mirror: the peer is back; resyncing it with the regions written since it was lost");
             }
-            (_, 1) | (4, 0) | (3, 0) => {
+            Session::Receive => {
                 // This replica is about to be overwritten by the peer's: updates still held
                 // here are failed, never sent (the peer would not take them).
                 self.fail_forwards();
@@ -646,11 +615,11 @@ impl Engine {
                 tracing::warn!(volume = %self.cfg.name,
                     "mirror: the peer is the survivor; receiving its changes (no I/O here until done)");
             }
-            (m, p) => {
+            Session::Refuse => {
                 return Err(format!(
                     "no survivor to resync from (this site {}, peer {}): the replicas may differ; refusing",
-                    state_name(m),
-                    state_name(p)
+                    state_name(me),
+                    state_name(peer)
                 ));
             }
         }
