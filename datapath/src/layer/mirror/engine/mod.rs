@@ -25,6 +25,19 @@
 //! - A site that fences records the regions of every update it still tracks (applied or being
 //!   applied here, not confirmed by the peer) as *suspect*; as a resync target it lists them to
 //!   the source (RESYNC_ALSO), which copies them too and finishes only after the list's end.
+//!
+//! Layout (this folder):
+//! - `region.rs`: [`RegionMap`], the dirty, written and suspect maps (owns its bits and their
+//!   count).
+//! - `apply.rs`: the apply queue (owns the applies, the interval index of in-flight ranges and
+//!   the applied watermark); says which applies start, the engine starts them.
+//! - `replica.rs`: [`Mode`], replica states and [`decide`], the session decision (pure).
+//! - `leader.rs`, `follower.rs`, `resync.rs`, `survivor.rs`, `meta.rs`, `session.rs`: the
+//!   engine's methods for sequencing and the backlog, forwards, the resync source, serving
+//!   alone and fencing, replicated metadata, and the session with its message dispatch. These
+//!   are still `impl Engine` blocks over the engine's fields, not yet parts that own their
+//!   state.
+//! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
 
 mod apply;
 mod follower;
