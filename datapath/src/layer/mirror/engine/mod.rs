@@ -1,0 +1,1136 @@
+//! The per-volume mirror engine: orders updates, applies them to the local replica, exchanges
+//! them with the peer site, and completes an initiator's request only when both replicas have
+//! it (docs/mirror-protocol.md).
+//!
+//! Model: one engine per mirrored volume, owned by the volume's channel on its home reactor
+//! (single-threaded: no locks). It knows nothing about sockets: the link hands it decoded
+//! messages ([`Engine::on_msg`]) and drains what it has to send ([`Engine::take_outbox`]), so
+//! another transport (RDMA) can drive it the same way.
+//!
+//! - The **leader** numbers every update (its own and those forwarded by the follower) with the
+//!   session's next `seq`, applies it, and sends WRITE/ZEROES/UNMAP or ORDER, in `seq` order.
+//! - The **follower** forwards its initiators' updates, keeps their data, and applies each
+//!   update (the leader's and its own) when the stream gives it its `seq`.
+//! - On both sites the **apply queue** starts an update only when no earlier update that
+//!   overlaps it is still queued or being applied, so overlapping updates reach the replica in
+//!   `seq` order and both replicas end identical.
+//!
+//! Invariants:
+//! - An initiator's update is completed with success only when it is applied locally and the
+//!   peer's applied watermark covers its `seq` in the current session.
+//! - The leader keeps the data of every update until the follower's watermark passes it, and
+//!   re-sends those updates, in their old order, at the start of the next session.
+//! - A message that fails a check is never applied: [`Engine::on_msg`] returns the reason and
+//!   the link is dropped.
+//! - A site that fences records the regions of every update it still tracks (applied or being
+//!   applied here, not confirmed by the peer) as *suspect*; as a resync target it lists them to
+//!   the source (RESYNC_ALSO), which copies them too and finishes only after the list's end.
+//!
+//! Layout (this folder):
+//! - `region.rs`: [`RegionMap`], the dirty, written and suspect maps (owns its bits and their
+//!   count).
+//! - `apply.rs`: the apply queue (owns the applies, the interval index of in-flight ranges and
+//!   the applied watermark); says which applies start, the engine starts them.
+//! - `replica.rs`: [`Mode`], replica states and [`decide`], the session decision (pure).
+//! - `leader.rs`, `follower.rs`, `resync.rs`, `survivor.rs`, `meta.rs`, `session.rs`: the
+//!   engine's methods for sequencing and the backlog, forwards, the resync source, serving
+//!   alone and fencing, replicated metadata, and the session with its message dispatch. These
+//!   are still `impl Engine` blocks over the engine's fields, not yet parts that own their
+//!   state.
+//! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
+
+mod apply;
+mod follower;
+mod leader;
+mod meta;
+mod region;
+mod replica;
+mod resync;
+mod session;
+mod survivor;
+
+use super::stats::MirrorStats;
+use super::wire::{self, Header, Type};
+use crate::bdev::{Channel, Start};
+use crate::uring::{Errno, IoCx, IoTag};
+use apply::ApplyQueue;
+use meta::META_INTERNAL;
+pub use meta::{Install, META_STATUS, MetaHandler, meta_result};
+pub use region::RegionMap;
+pub use replica::{Mode, Session, decide, state_name};
+use slab::Slab;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A metadata command waiting for the peer.
+///
+/// An entry stays until its answer (or the end of the session) even when its initiator was
+/// already failed on the timeout, so a late answer never finds another request in its slot.
+struct MetaWait {
+    /// Who to answer, until answered.
+    initiator: Option<(u32, IoTag)>,
+    /// Leader: the META_STATE token whose META_ACK completes it (follower: 0, the answer's
+    /// `id` is this entry's key).
+    token: u64,
+    status: u16,
+    deadline: Instant,
+}
+
+/// Which site orders this volume's updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Orders updates; listens for the follower's link.
+    Leader,
+    /// Forwards its updates; dials the leader.
+    Follower,
+}
+
+/// An update an initiator asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update<'a> {
+    /// Write these bytes.
+    Write(&'a [u8]),
+    /// Write zeroes over this many bytes.
+    Zeroes(u64),
+    /// Deallocate this many bytes.
+    Unmap(u64),
+    /// Make completed writes durable.
+    Flush,
+    /// A volume metadata command (an NVMe reservation command), decided by the leader.
+    Meta(&'a [u8]),
+    /// Compare `cmp` with the data at the offset and, when equal, write `data` (the same
+    /// length) there, atomically across both sites. A mismatch fails with
+    /// [`Errno::MISCOMPARE`] and writes nothing.
+    CompareWrite {
+        /// Expected data.
+        cmp: &'a [u8],
+        /// Data to write when it matches.
+        data: &'a [u8],
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upd {
+    Write,
+    /// Compare-and-write not yet decided (`data` = compare data, then write data). Once
+    /// decided it becomes a `Write` of the write data (match) or ends (miscompare).
+    Caw,
+    Zeroes,
+    Unmap,
+    Flush,
+    /// Read a dirty region and send it to the returning peer (resync source).
+    ResyncRead,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// From this site's initiator.
+    Local,
+    /// Leader's update applied at the follower.
+    PeerSeq,
+    /// Follower's update, sequenced at the leader (`id` is the follower's).
+    PeerFwd,
+    /// Flush asked by the peer (`id` is the peer's).
+    PeerFlush(u32),
+    /// A resync copy: read here (source) or applied here (target).
+    Resync,
+}
+
+struct Op {
+    origin: Origin,
+    upd: Upd,
+    offset: u64,
+    len: u64,
+    fua: bool,
+    data: Vec<u8>,
+    /// Sequence number in `session` (0: none yet).
+    seq: u64,
+    session: u32,
+    /// Applied locally at least once.
+    applied: bool,
+    apply_err: Option<Errno>,
+    /// Applies queued or in flight.
+    applying: u32,
+    /// The peer has it (watermark passed, or FLUSH_DONE).
+    remote_done: bool,
+    /// Who to answer (reactor, tag), until answered.
+    initiator: Option<(u32, IoTag)>,
+    deadline: Instant,
+    /// Follower: a forward waiting for its ORDER in the current session.
+    awaiting_order: bool,
+    /// Leader, forwarded update: the follower's request id, and whether its ORDER is still to
+    /// be sent (false once sent, or when re-sent as a WRITE in a later session).
+    peer_id: u32,
+    order_due: bool,
+    /// In `forwards` or `flushes` (kept so `settle` need not search those lists).
+    listed: bool,
+    /// Submitted as a compare-and-write (still so, or decided and now a write).
+    caw: bool,
+    /// Follower: the session its forward was sent in (0: not sent yet).
+    fwd_session: u32,
+    /// Follower: the forward's id, unique while the op lives (across sessions).
+    uid: u32,
+    /// Leader, forwarded update: the incarnation of the follower process that sent it.
+    /// Follower, forward: the incarnation of the leader process that ordered it.
+    fwd_inc: u64,
+}
+
+/// Static engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Volume name.
+    pub name: String,
+    /// This site's role.
+    pub role: Role,
+    /// Volume size in bytes.
+    pub size: u64,
+    /// Block size.
+    pub block: u32,
+    /// How long an initiator's request may wait for the peer.
+    pub peer_timeout: Duration,
+    /// Most bytes of unacknowledged update data the leader keeps while the peer is away.
+    pub max_backlog: u64,
+    /// A link that received nothing for this long is dropped.
+    pub peer_dead: Duration,
+    /// How often an up link is pinged (the site-to-site heartbeat).
+    pub heartbeat: Duration,
+    /// With a witness: where the engine asks for a survivor grant when the peer is lost.
+    pub failover: Option<Arc<super::failover::FailoverSlot>>,
+    /// Bytes per bit of the dirty-region bitmap kept while serving alone.
+    pub dirty_granularity: u64,
+    /// Resync copy rate limit, bytes per second.
+    pub resync_rate: u64,
+    /// Where the replica state is persisted (none: in memory only).
+    pub state_file: Option<std::path::PathBuf>,
+    /// Replicated metadata (reservations) of the volume, when a front end keeps any.
+    pub meta: Option<Arc<dyn MetaHandler>>,
+}
+
+/// The survivor's side of a resync.
+struct ResyncSource {
+    /// Next bitmap bit to look at in this pass.
+    cursor: u64,
+    /// Region reads in flight.
+    reads: u32,
+    /// Last pass: new updates wait (deferred) so the dirty set can drain to empty.
+    last_pass: bool,
+    deferred: VecDeque<usize>,
+    /// Byte budget of the rate limiter.
+    budget: f64,
+    last_refill: Instant,
+    started: Instant,
+    total: u64,
+    /// The target's list of suspect regions has ended (RESYNC_ALSO with no range): only then
+    /// may the last pass start.
+    also_done: bool,
+    /// Regions copied in this attempt: dirty again if it is interrupted (they may not have
+    /// arrived).
+    copied: RegionMap,
+}
+
+/// One mirrored volume's engine.
+pub struct Engine {
+    cfg: EngineConfig,
+    inner: Box<dyn Channel>,
+    layer_key: u32,
+    ops: Slab<Op>,
+    /// The apply queue and the session's applied watermark.
+    aq: ApplyQueue,
+    /// Leader: updates the follower has not acknowledged, in `seq` order (old sessions first).
+    backlog: VecDeque<usize>,
+    backlog_bytes: u64,
+    /// Follower: forwards, in the order sent.
+    forwards: VecDeque<usize>,
+    /// Leader: the compare-and-write being decided; updates arriving meanwhile wait in
+    /// `barrier` (unsequenced, in arrival order).
+    caw_active: Option<usize>,
+    barrier: VecDeque<usize>,
+    /// Metadata commands waiting for the peer.
+    metas: Slab<MetaWait>,
+    next_token: u64,
+    /// Follower: the last forward id given.
+    next_uid: u32,
+    /// Follower: the session started and the leader's RESENT has not come yet (no forwards).
+    resent_pending: bool,
+    /// This process's incarnation (random at start; the follower sends it in HELLO).
+    incarnation: u64,
+    /// The peer process's incarnation (from its HELLO or WELCOME).
+    peer_incarnation: u64,
+    /// Leader: RESENT waits for these applies (running or queued when the session started),
+    /// so that a forward it does not re-send is applied here when the follower learns so.
+    resent_wait: Vec<usize>,
+    resent_due: bool,
+    /// Follower: MISCOMPAREs answered once the applied watermark reaches their seq:
+    /// (op, its uid, seq).
+    miscompare_waits: Vec<(usize, u32, u64)>,
+    vol: usize,
+    /// Flushes waiting for FLUSH_DONE.
+    flushes: Vec<usize>,
+    session: u32,
+    up: bool,
+    /// Leader: next seq to give. Follower: next seq expected.
+    next_seq: u64,
+    ack_sent: u64,
+    peer_wm: u64,
+    outbox: Vec<u8>,
+    spare: Vec<Vec<u8>>,
+    diverged: bool,
+    held_logged: bool,
+    stats: Arc<MirrorStats>,
+    epoch: Instant,
+    /// Completions to initiators: (their reactor, tag, result).
+    pub done: Vec<(u32, IoTag, Result<(), Errno>)>,
+    /// The connection key of the link carrying the session (or being dialled).
+    pub link_key: Option<u32>,
+    /// Last time the link received bytes.
+    pub last_rx: Instant,
+    /// The link must be dropped (heartbeat timeout).
+    pub kill_link: Option<&'static str>,
+    next_ping: Instant,
+    next_dial: Instant,
+    /// Messages arrived since the last `take_outbox`.
+    rx_since_flush: bool,
+    /// When the oldest unacknowledged applied update was first seen waiting for an ACK.
+    ack_pending_since: Option<Instant>,
+    /// The daemon is stopping: take no new forwarded updates.
+    draining: bool,
+    mode: Mode,
+    /// A grant was asked for since the link went down.
+    grant_asked: bool,
+    /// Regions written while serving alone (one bit per `dirty_granularity` bytes).
+    dirty: RegionMap,
+    resync: Option<ResyncSource>,
+    /// Target: resync copies still being applied.
+    resync_applies: u32,
+    /// Target: RESYNC_DONE received.
+    resync_done: bool,
+    /// Reused buffer for a region read at once.
+    resync_buf: Vec<u8>,
+    /// The witness epoch this site holds as survivor.
+    grant_epoch: u64,
+    /// Regions ever written here (a new, empty replica is sent only these).
+    written: RegionMap,
+    /// Suspect regions: updates applied here that the peer never confirmed (recorded when
+    /// this site fences); sent as RESYNC_ALSO when this site is resynced, so the source copies
+    /// them too. Not used while serving as survivor (merged into `dirty`).
+    suspect: RegionMap,
+    /// Started with no persisted state: an empty replica that has never been in sync.
+    new_replica: bool,
+    /// An operator's takeover is being asked for.
+    takeover_started: bool,
+}
+
+/// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
+/// unacknowledged update (queue depth 1) is acknowledged in the first turn in which the peer
+/// sent nothing new; several (a stream of concurrent updates) wait at most [`ACK_WINDOW`] from
+/// the first of them, so a busy stream is acknowledged in batches and a lone update at once.
+pub const ACK_BATCH: u64 = 16;
+/// The longest an applied update waits for its ACK when others are pending with it.
+pub const ACK_WINDOW: Duration = Duration::from_micros(50);
+
+/// Pause between dial attempts.
+pub const REDIAL_EVERY: Duration = Duration::from_millis(200);
+
+impl Engine {
+    /// An engine over the local replica's channel `inner`; `vol` is the volume's index.
+    pub fn new(
+        cfg: EngineConfig,
+        inner: Box<dyn Channel>,
+        vol: usize,
+        stats: Arc<MirrorStats>,
+    ) -> Self {
+        let (size, g) = (cfg.size, cfg.dirty_granularity);
+        Self {
+            cfg,
+            inner,
+            layer_key: IoTag::channel(vol as u32, 0).conn,
+            ops: Slab::with_capacity(1024),
+            aq: ApplyQueue::new(),
+            backlog: VecDeque::with_capacity(1024),
+            backlog_bytes: 0,
+            forwards: VecDeque::with_capacity(1024),
+            caw_active: None,
+            barrier: VecDeque::new(),
+            metas: Slab::new(),
+            next_token: 1,
+            next_uid: 0,
+            resent_pending: false,
+            incarnation: {
+                // Differs between processes (clock, pid) and between engines of one process.
+                static ENGINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = ENGINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                t ^ (u64::from(std::process::id()) << 32) ^ n.rotate_left(48)
+            },
+            peer_incarnation: 0,
+            resent_wait: Vec::new(),
+            resent_due: false,
+            miscompare_waits: Vec::new(),
+            vol,
+            flushes: Vec::new(),
+            session: 0,
+            up: false,
+            next_seq: 1,
+            ack_sent: 0,
+            peer_wm: 0,
+            outbox: Vec::with_capacity(1 << 20),
+            spare: Vec::new(),
+            diverged: false,
+            held_logged: false,
+            stats,
+            epoch: Instant::now(),
+            done: Vec::with_capacity(256),
+            link_key: None,
+            last_rx: Instant::now(),
+            kill_link: None,
+            next_ping: Instant::now(),
+            next_dial: Instant::now(),
+            rx_since_flush: false,
+            ack_pending_since: None,
+            draining: false,
+            mode: Mode::Mirroring,
+            grant_asked: false,
+            dirty: RegionMap::new(size, g),
+            resync: None,
+            resync_applies: 0,
+            resync_done: false,
+            resync_buf: Vec::new(),
+            grant_epoch: 0,
+            written: RegionMap::new(size, g),
+            suspect: RegionMap::new(size, g),
+            new_replica: false,
+            takeover_started: false,
+        }
+    }
+
+    /// Change mode, publish it and persist it.
+    fn set_mode(&mut self, m: Mode) {
+        self.mode = m;
+        self.stats.set_mode(m);
+        self.persist(false);
+    }
+
+    /// Write the replica state (mode, epoch, bitmaps) if a state file is configured.
+    /// `clean`: a clean stop, the bitmaps are exact.
+    fn persist(&self, clean: bool) {
+        let Some(path) = &self.cfg.state_file else {
+            return;
+        };
+        let mut suspect = self.suspect.clone();
+        if self.mode != Mode::Survivor {
+            // At a stop, or a mode change, with updates not confirmed yet.
+            self.unconfirmed_into(&mut suspect);
+        }
+        let p = super::state::Persisted {
+            mode: self.replica_state() as u8,
+            clean,
+            epoch: self.grant_epoch,
+            size: self.cfg.size,
+            granularity: self.cfg.dirty_granularity,
+            bitmap: {
+                // Regions a resync under way already copied may not have reached the peer.
+                let mut d = self.dirty.clone();
+                if let Some(r) = &self.resync {
+                    d.or_with(&r.copied);
+                }
+                d.words().to_vec()
+            },
+            written: self.written.words().to_vec(),
+            led: self.cfg.role == Role::Leader,
+            suspect: Some(suspect.words().to_vec()),
+        };
+        if let Err(e) = super::state::save(path, &p) {
+            tracing::error!(volume = %self.cfg.name, error = %e, path = %path.display(),
+                "mirror: cannot persist the replica state");
+        }
+    }
+
+    /// Load the persisted replica state (called once, before any I/O).
+    pub fn restore(&mut self) -> Result<(), String> {
+        let Some(path) = self.cfg.state_file.clone() else {
+            return Ok(());
+        };
+        let Some(p) = super::state::load(&path)? else {
+            // A new, empty replica: the first session gives it the peer's data.
+            self.new_replica = true;
+            self.mode = Mode::Waiting;
+            self.stats.set_mode(Mode::Waiting);
+            self.persist(false);
+            return Ok(());
+        };
+        if p.size != self.cfg.size {
+            return Err(format!(
+                "{} is for a volume of {} bytes, this one has {}",
+                path.display(),
+                p.size,
+                self.cfg.size
+            ));
+        }
+        self.grant_epoch = p.epoch;
+        let same_geometry = p.granularity == self.cfg.dirty_granularity;
+        let (size, g) = (self.cfg.size, self.cfg.dirty_granularity);
+        self.written = if p.clean && same_geometry {
+            RegionMap::from_words(size, g, p.written)
+        } else {
+            RegionMap::all(size, g)
+        };
+        // Suspect regions (docs/mirror-protocol.md, "Suspect regions").
+        let led = p.led || self.cfg.role == Role::Leader;
+        let suspect = match (p.mode, p.suspect) {
+            // A new replica has applied nothing; a survivor's own dirty bitmap covers them.
+            (4, _) => Vec::new(),
+            (1, s) if same_geometry => s.unwrap_or_default(),
+            (1, _) => Vec::new(),
+            // Exact: written at a clean stop, or at the fence (a fenced or resyncing site
+            // applies nothing of its own after it).
+            (m, Some(s)) if same_geometry && (p.clean || m != 0 || !led) => s,
+            // A follower applies only what its leader ordered, which the leader (or the
+            // survivor that resyncs it) has.
+            (_, None) if !led => Vec::new(),
+            // Unknown (a leader that did not stop cleanly, a version-1 file): every region
+            // ever written ("everything" after a crash, see above).
+            _ => self.written.words().to_vec(),
+        };
+        self.suspect = RegionMap::from_words(size, g, suspect);
+        let mode = match p.mode {
+            0 => Mode::Waiting,
+            4 => {
+                self.new_replica = true;
+                Mode::Waiting
+            }
+            1 => Mode::Survivor,
+            _ => Mode::Fenced,
+        };
+        if mode == Mode::Survivor {
+            if p.clean && same_geometry {
+                self.dirty = RegionMap::from_words(size, g, p.bitmap);
+            } else {
+                // Not stopped cleanly: what was written last is unknown; resync everything.
+                self.dirty = RegionMap::all(size, g);
+                tracing::warn!(volume = %self.cfg.name,
+                    "mirror: the survivor did not stop cleanly; the whole volume will be resynced");
+            }
+            self.absorb_suspect();
+            self.stats
+                .dirty_bytes
+                .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+        }
+        if mode == Mode::Survivor
+            && let Some(slot) = &self.cfg.failover
+        {
+            slot.survivors
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.mode = mode;
+        self.stats.set_mode(mode);
+        tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
+            suspect_bytes = self.suspect_bytes(), "mirror: replica state restored");
+        Ok(())
+    }
+
+    /// This site's replica state as told to the peer in HELLO/WELCOME (`id` field):
+    /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing.
+    pub fn replica_state(&self) -> u32 {
+        replica::replica_state(self.mode, self.new_replica)
+    }
+
+    /// I/O is refused here for now (fenced, resyncing, or waiting for the first session).
+    pub fn no_io(&self) -> bool {
+        matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting)
+    }
+
+    /// Decide what a new session is, from both sites' replica states, and start it.
+    pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
+        let me = self.replica_state();
+        match decide(me, peer) {
+            Session::InSync => {
+                // In sync (or both new and empty).
+                self.new_replica = false;
+                if self.mode == Mode::Waiting {
+                    self.set_mode(Mode::Mirroring);
+                }
+                self.link_up(io);
+                if self.cfg.role == Role::Leader {
+                    self.push_meta();
+                }
+            }
+            Session::SendAll => {
+                // A new, empty replica, or one whose resync from here ended without its
+                // RESYNC_DONE (this site finished, the peer never heard): send it every region
+                // ever written here, serving alone meanwhile (the peer serves nothing until it
+                // has the data).
+                self.dirty_everything_written();
+                self.set_mode(Mode::Survivor);
+                self.session_start_source(io);
+                self.push_meta();
+                tracing::warn!(volume = %self.cfg.name, bytes = self.dirty_bytes(),
+                    "mirror: the peer is a new replica; sending it every region ever written");
+            }
+            Session::SplitBrain => {
+                return Err("both sites claim to be the survivor (split brain): refusing to serve; an operator must choose the replica to keep".into());
+            }
+            Session::Resync { everything_written } => {
+                if everything_written {
+                    self.dirty_everything_written();
+                }
+                self.session_start_source(io);
+                self.push_meta();
+                tracing::warn!(volume = %self.cfg.name, dirty_bytes = self.dirty_bytes(),
+                    "mirror: the peer is back; resyncing it with the regions written since it was lost");
+            }
+            Session::Receive => {
+                // This replica is about to be overwritten by the peer's: updates still held
+                // here are failed, never sent (the peer would not take them).
+                self.fail_forwards();
+                self.set_mode(Mode::Resyncing);
+                self.resync_applies = 0;
+                self.resync_done = false;
+                self.link_up(io);
+                self.send_suspect();
+                tracing::warn!(volume = %self.cfg.name,
+                    "mirror: the peer is the survivor; receiving its changes (no I/O here until done)");
+            }
+            Session::Refuse => {
+                return Err(format!(
+                    "no survivor to resync from (this site {}, peer {}): the replicas may differ; refusing",
+                    state_name(me),
+                    state_name(peer)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Start an initiator's update the normal (mirrored) way.
+    fn start_mirrored(&mut self, io: &mut IoCx, k: usize) {
+        let upd = self.ops[k].upd;
+        if upd == Upd::Flush {
+            return self.start_flush(io, k);
+        }
+        match self.cfg.role {
+            Role::Leader => self.leader_take(io, k),
+            Role::Follower => {
+                self.forwards.push_back(k);
+                self.ops[k].listed = true;
+                if self.up && !self.resent_pending {
+                    self.forward(k);
+                }
+            }
+        }
+    }
+
+    /// The daemon is stopping. A leader stops taking the follower's new forwarded updates (the
+    /// follower holds them and fails them on its timeout; neither replica applies them), so
+    /// its engine can become idle and its link close while the follower keeps writing.
+    pub fn begin_drain(&mut self) {
+        if !self.draining {
+            self.draining = true;
+            tracing::info!(volume = %self.cfg.name, "mirror: stopping; no new forwarded updates are taken");
+        }
+    }
+
+    /// The stop deadline passed: answer every request still waiting with EIO (the data may or
+    /// may not be on the replicas, as for any failed write), so the reactor can exit.
+    pub fn abort_requests(&mut self) {
+        let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            if let Some((from, tag)) = self.ops[k].initiator.take() {
+                self.done.push((from, tag, Err(Errno::IO)));
+            }
+        }
+        if let Some(r) = self.resync.as_mut() {
+            r.deferred.clear();
+        }
+        self.fail_metas();
+    }
+
+    /// Published counters.
+    pub fn stats(&self) -> &MirrorStats {
+        &self.stats
+    }
+
+    /// Periodic work (the reactor calls it every few milliseconds): fail requests held past
+    /// the peer timeout, ping, and notice a silent peer. True when the follower should dial.
+    pub fn tick(&mut self, io: &mut IoCx, now: Instant) -> bool {
+        self.failover_tick(io);
+        self.resync_step(io, now);
+        self.expire(now);
+        if self.diverged && !self.backlog.is_empty() {
+            self.drop_backlog();
+        }
+        if self.up {
+            if now >= self.next_ping {
+                self.next_ping = now + self.cfg.heartbeat;
+                self.ping();
+            }
+            if now.duration_since(self.last_rx) > self.cfg.peer_dead {
+                self.kill_link = Some("peer silent past the heartbeat timeout");
+            }
+        }
+        // The follower dials in every mode: a survivor or fenced site meets its peer again
+        // through a resync (decided at the session start).
+        if self.cfg.role == Role::Follower
+            && !self.diverged
+            && self.link_key.is_none()
+            && now >= self.next_dial
+        {
+            self.next_dial = now + REDIAL_EVERY;
+            return true;
+        }
+        false
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The local replica's channel (reads go straight to it).
+    pub fn inner(&mut self) -> &mut dyn Channel {
+        &mut *self.inner
+    }
+
+    /// This process's incarnation, sent in HELLO (a follower's forward ids are unique only
+    /// within one incarnation).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The peer's incarnation, from its HELLO (leader) or WELCOME (follower), before
+    /// `session_start`.
+    pub fn set_peer_incarnation(&mut self, v: u64) {
+        self.peer_incarnation = v;
+    }
+
+    /// A session is running.
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Nothing is in flight or waiting.
+    pub fn idle(&self) -> bool {
+        self.ops.is_empty() && self.metas.is_empty()
+    }
+
+    /// Some initiator still waits for an answer.
+    pub fn answering(&self) -> bool {
+        self.metas.iter().any(|(_, m)| m.initiator.is_some())
+            || self.ops.iter().any(|(_, op)| op.initiator.is_some())
+    }
+
+    /// Anything to send (messages or an ACK).
+    pub fn wants_send(&mut self, now: Instant) -> bool {
+        self.up && (!self.outbox.is_empty() || self.ack_due(now))
+    }
+
+    /// Whether the ACK policy (see [`ACK_BATCH`]) says to send an ACK now.
+    fn ack_due(&mut self, now: Instant) -> bool {
+        let lag = self.aq.applied.wm - self.ack_sent;
+        if lag == 0 {
+            self.ack_pending_since = None;
+            return false;
+        }
+        let since = *self.ack_pending_since.get_or_insert(now);
+        match lag {
+            1 => !self.rx_since_flush,
+            l => l >= ACK_BATCH || now.duration_since(since) >= ACK_WINDOW,
+        }
+    }
+
+    /// When a held-back ACK falls due (the reactor may sleep until then, not longer).
+    pub fn ack_deadline(&self) -> Option<Instant> {
+        if self.up && self.aq.applied.wm > self.ack_sent {
+            self.ack_pending_since.map(|s| s + ACK_WINDOW)
+        } else {
+            None
+        }
+    }
+
+    fn buf(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut v = self.spare.pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(data);
+        v
+    }
+
+    fn recycle(&mut self, mut v: Vec<u8>) {
+        if v.capacity() > 0 && self.spare.len() < 1024 {
+            v.clear();
+            self.spare.push(v);
+        }
+    }
+
+    fn send(&mut self, h: Header, payload_of: Option<usize>) {
+        let payload: &[u8] = match payload_of {
+            Some(k) => &self.ops[k].data,
+            None => &[],
+        };
+        wire::encode(&mut self.outbox, &h, payload);
+        self.stats.inc(&self.stats.msgs_sent);
+    }
+
+    fn upd_header(&self, k: usize, fwd: bool) -> Header {
+        let op = &self.ops[k];
+        // A re-sent forward names its forward only to the process that forwarded it (a
+        // restarted follower reuses ids).
+        let resent = !fwd && op.origin == Origin::PeerFwd && op.fwd_inc == self.peer_incarnation;
+        let ty = match (op.upd, fwd) {
+            (Upd::Write | Upd::Caw, false) => Type::Write,
+            (Upd::Caw, true) => Type::FwdCaw,
+            (Upd::Zeroes, false) => Type::Zeroes,
+            (Upd::Unmap, false) => Type::Unmap,
+            (Upd::Write, true) => Type::FwdWrite,
+            (Upd::Zeroes, true) => Type::FwdZeroes,
+            (Upd::Unmap, true) => Type::FwdUnmap,
+            (Upd::Flush, _) => Type::Flush,
+            (Upd::ResyncRead, _) => Type::Resync,
+        };
+        Header {
+            flags: if op.fua { wire::FLAG_FUA } else { 0 }
+                | if resent { wire::FLAG_RESENT } else { 0 },
+            id: if fwd {
+                op.uid
+            } else if resent {
+                op.peer_id
+            } else {
+                0
+            },
+            seq: if fwd { 0 } else { op.seq },
+            offset: op.offset,
+            count: op.len as u32,
+            ..Header::new(ty)
+        }
+    }
+
+    // ---- initiator side -------------------------------------------------------------------
+
+    /// Start an update from this site's initiator.
+    pub fn submit(
+        &mut self,
+        io: &mut IoCx,
+        from: u32,
+        tag: IoTag,
+        update: Update<'_>,
+        offset: u64,
+        fua: bool,
+    ) -> Start {
+        if self.diverged || self.no_io() {
+            return Start::Done(Err(Errno::IO));
+        }
+        let (upd, len, data) = match update {
+            Update::Meta(cmd) => return self.submit_meta(from, tag, cmd),
+            Update::Write(d) => (Upd::Write, d.len() as u64, self.buf(d)),
+            Update::Zeroes(len) => (Upd::Zeroes, len, Vec::new()),
+            Update::Unmap(len) => (Upd::Unmap, len, Vec::new()),
+            Update::Flush => (Upd::Flush, 0, Vec::new()),
+            Update::CompareWrite { cmp, data } => {
+                if cmp.len() != data.len() || cmp.is_empty() {
+                    return Start::Done(Err(Errno::INVAL));
+                }
+                let mut v = self.buf(cmp);
+                v.extend_from_slice(data);
+                (Upd::Caw, cmp.len() as u64, v)
+            }
+        };
+        let k = self.ops.insert(Op {
+            origin: Origin::Local,
+            upd,
+            offset,
+            len,
+            fua,
+            data,
+            seq: 0,
+            session: 0,
+            applied: false,
+            apply_err: None,
+            applying: 0,
+            remote_done: false,
+            initiator: Some((from, tag)),
+            deadline: Instant::now() + self.cfg.peer_timeout,
+            awaiting_order: false,
+            peer_id: 0,
+            order_due: false,
+            listed: false,
+            caw: upd == Upd::Caw,
+            fwd_session: 0,
+            uid: 0,
+            fwd_inc: 0,
+        });
+        if self.cfg.role == Role::Follower {
+            self.next_uid = self.next_uid.wrapping_add(1).max(1);
+            self.ops[k].uid = self.next_uid;
+        }
+        self.stats.inc(&self.stats.updates);
+        if self.mode == Mode::Survivor {
+            if let Some(r) = self.resync.as_mut()
+                && r.last_pass
+            {
+                // The resync's last pass: wait, so the dirty set drains; mirrored after it.
+                r.deferred.push_back(k);
+                return Start::Pending;
+            }
+            // Alone: done when the local replica has it; the peer gets it by resync.
+            self.survivor_apply(io, k);
+            return Start::Pending;
+        }
+        self.start_mirrored(io, k);
+        Start::Pending
+    }
+
+    // ---- the apply queue ------------------------------------------------------------------
+
+    fn enqueue_apply(&mut self, io: &mut IoCx, k: usize, session: u32, seq: u64) {
+        let op = &mut self.ops[k];
+        op.applying += 1;
+        let (a, now) = self.aq.push(k, session, seq, op.offset, op.len);
+        if now {
+            self.start_apply(io, a);
+        }
+    }
+
+    fn start_apply(&mut self, io: &mut IoCx, a: usize) {
+        let (k, offset, len) = {
+            let ap = self.aq.get(a).expect("queued apply");
+            (ap.op, ap.offset, ap.len)
+        };
+        let tag = IoTag {
+            conn: self.layer_key,
+            slot: a as u32,
+        };
+        let op = &self.ops[k];
+        let r = match op.upd {
+            Upd::Write => {
+                self.written.set_range(offset, len);
+                self.inner.write(io, tag, offset, &op.data, op.fua)
+            }
+            Upd::Zeroes => self.inner.write_zeroes(io, tag, offset, len, op.fua),
+            Upd::Unmap => self.inner.unmap(io, tag, offset, len, op.fua),
+            Upd::Flush => self.inner.flush(io, tag),
+            Upd::Caw => {
+                match self.inner.read(io, tag, offset, len as u32) {
+                    crate::bdev::ReadStart::Ready(d) => {
+                        let mut buf = std::mem::take(&mut self.resync_buf);
+                        buf.clear();
+                        buf.extend_from_slice(d);
+                        self.caw_compared(io, a, Ok(()), &buf);
+                        self.resync_buf = buf;
+                    }
+                    crate::bdev::ReadStart::Failed(e) => self.caw_compared(io, a, Err(e), &[]),
+                    crate::bdev::ReadStart::Pending => {}
+                }
+                return;
+            }
+            Upd::ResyncRead => match self.inner.read(io, tag, offset, len as u32) {
+                crate::bdev::ReadStart::Ready(d) => {
+                    let mut buf = std::mem::take(&mut self.resync_buf);
+                    buf.clear();
+                    buf.extend_from_slice(d);
+                    self.apply_finished(io, a, Ok(()), &buf);
+                    self.resync_buf = buf;
+                    return;
+                }
+                crate::bdev::ReadStart::Failed(e) => Start::Done(Err(e)),
+                crate::bdev::ReadStart::Pending => Start::Pending,
+            },
+        };
+        if let Start::Done(r) = r {
+            self.apply_finished(io, a, r, &[]);
+        }
+    }
+
+    /// An inner operation the engine started finished (`slot` from its tag).
+    pub fn apply_finished(
+        &mut self,
+        io: &mut IoCx,
+        slot: usize,
+        r: Result<(), Errno>,
+        data: &[u8],
+    ) {
+        if let Some(ap) = self.aq.get(slot)
+            && self.ops.get(ap.op).is_some_and(|op| op.upd == Upd::Caw)
+        {
+            return self.caw_compared(io, slot, r, data);
+        }
+        let Some(ap) = self.aq.finish(slot) else {
+            tracing::error!(volume = %self.cfg.name, slot, "mirror: completion for an unknown apply");
+            return;
+        };
+        if let Some(i) = self.resent_wait.iter().position(|&x| x == slot) {
+            self.resent_wait.swap_remove(i);
+            self.maybe_send_resent();
+        }
+        let k = ap.op;
+        {
+            let op = &mut self.ops[k];
+            op.applying -= 1;
+            if let Err(e) = r {
+                op.apply_err = Some(e);
+            } else {
+                op.applied = true;
+            }
+        }
+        if let Err(e) = r
+            && e != Errno::MISCOMPARE
+        {
+            tracing::error!(volume = %self.cfg.name, offset = ap.offset, errno = e.0,
+                "mirror: applying an update to the local replica failed");
+        }
+        if ap.session == self.session && ap.seq != 0 && r.is_ok() {
+            self.aq.applied.mark(ap.seq);
+            if !self.miscompare_waits.is_empty() {
+                self.release_miscompares(false);
+            }
+        }
+        if self.ops[k].origin == Origin::Resync {
+            if self.ops[k].upd == Upd::ResyncRead {
+                // Source: send the region as read (or mark it dirty again if the read failed
+                // or the peer left).
+                // (A read of an earlier attempt, from an earlier session, is not this one's.)
+                if self.ops[k].session == self.session
+                    && let Some(rs) = self.resync.as_mut()
+                {
+                    rs.reads = rs.reads.saturating_sub(1);
+                }
+                if r.is_ok() && self.up && self.ops[k].session == self.session {
+                    let h = Header {
+                        offset: ap.offset,
+                        count: ap.len as u32,
+                        ..Header::new(Type::Resync)
+                    };
+                    wire::encode(&mut self.outbox, &h, data);
+                    self.stats
+                        .resync_bytes
+                        .fetch_add(ap.len, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    self.mark_dirty(ap.offset, ap.len);
+                }
+            } else if self.ops[k].session == self.session {
+                // (A copy of an earlier attempt, from an earlier session, is not this one's.)
+                self.resync_applies = self.resync_applies.saturating_sub(1);
+                self.maybe_end_resync_target(io);
+            }
+        }
+        if let Origin::PeerFlush(id) = self.ops[k].origin
+            && self.up
+            && self.ops[k].session == self.session
+        {
+            let payload = r.err().map(|e| e.0.to_le_bytes());
+            let h = Header {
+                id,
+                ..Header::new(Type::FlushDone)
+            };
+            wire::encode(
+                &mut self.outbox,
+                &h,
+                payload.as_ref().map_or(&[][..], |p| p),
+            );
+        }
+        self.start_unblocked(io, &ap);
+        self.settle(k);
+    }
+
+    /// Start the queued applies that `done` held back.
+    fn start_unblocked(&mut self, io: &mut IoCx, done: &apply::Apply) {
+        for a in self.aq.unblocked_by(done) {
+            self.start_apply(io, a);
+        }
+    }
+
+    /// Answer the initiator and free the op when nothing more is needed of it.
+    fn settle(&mut self, k: usize) {
+        let op = &self.ops[k];
+        let local_ok = op.applied && op.applying == 0;
+        let local_failed = op.apply_err.is_some() && op.applying == 0;
+        if op.initiator.is_some() && op.applying == 0 {
+            let result = if local_failed {
+                Some(Err(op.apply_err.unwrap_or(Errno::IO)))
+            } else if local_ok && op.remote_done {
+                Some(Ok(()))
+            } else {
+                None
+            };
+            if let Some(result) = result {
+                let (from, tag) = self.ops[k].initiator.take().expect("checked");
+                self.done.push((from, tag, result));
+            }
+        }
+        let op = &self.ops[k];
+        let finished = op.applying == 0
+            && op.initiator.is_none()
+            && match (op.origin, self.cfg.role) {
+                // The leader keeps data until the follower has it.
+                (Origin::Local | Origin::PeerFwd, Role::Leader) => {
+                    op.remote_done || op.upd == Upd::Flush
+                }
+                _ => true,
+            }
+            && !op.listed;
+        if finished {
+            let op = self.ops.remove(k);
+            self.recycle(op.data);
+        }
+    }
+
+    /// Fail initiators whose requests waited longer than the peer timeout.
+    pub fn expire(&mut self, now: Instant) {
+        for (_, m) in self.metas.iter_mut() {
+            if m.deadline <= now
+                && let Some((from, tag)) = m.initiator.take()
+            {
+                // The entry stays for the answer (see `MetaWait`).
+                self.stats.inc(&self.stats.timeouts);
+                self.done.push((from, tag, Err(Errno::IO)));
+            }
+        }
+        let mut expired = Vec::new();
+        for (k, op) in self.ops.iter() {
+            if op.initiator.is_some() && op.deadline <= now && op.origin == Origin::Local {
+                expired.push(k);
+            }
+        }
+        if expired.is_empty() {
+            return;
+        }
+        if !self.held_logged {
+            self.held_logged = true;
+            tracing::error!(volume = %self.cfg.name, failed = expired.len(),
+                timeout_ms = self.cfg.peer_timeout.as_millis() as u64,
+                "mirror: peer unreachable; failing held requests (never acknowledged on one site only)");
+        }
+        for k in expired {
+            self.stats.inc(&self.stats.timeouts);
+            let (from, tag) = self.ops[k].initiator.take().expect("checked");
+            self.done.push((from, tag, Err(Errno::IO)));
+            if self.cfg.role == Role::Follower
+                && !self.up
+                && let Some(p) = self.forwards.iter().position(|&f| f == k)
+            {
+                // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
+                self.forwards.remove(p);
+                self.ops[k].listed = false;
+            }
+            // A flush stays outstanding while the link is up: its FLUSH_DONE will come and must
+            // find it (its id must not be reused meanwhile). A new session re-sends it.
+            if !self.up
+                && let Some(p) = self.flushes.iter().position(|&f| f == k)
+            {
+                self.flushes.swap_remove(p);
+                self.ops[k].listed = false;
+            }
+            self.settle(k);
+        }
+    }
+}
+
+impl Drop for Engine {
+    /// A clean stop: the persisted bitmap is exact.
+    fn drop(&mut self) {
+        self.persist(true);
+    }
+}
+
+#[cfg(test)]
+mod tests;

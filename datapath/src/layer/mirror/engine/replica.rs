@@ -1,0 +1,145 @@
+//! Replica states and the session decision.
+//!
+//! Model: each site tells the other its *replica state* in HELLO/WELCOME (the header's `id`):
+//! 0 in sync (or just started from an in-sync state), 1 survivor, 2 fenced, 3 resyncing,
+//! 4 new (docs/mirror-protocol.md, the session table). [`decide`] is a pure function of both
+//! states that says what the session does at this site; the engine carries it out.
+//!
+//! Invariants:
+//! - Exactly one side of a resync is the source: `decide(a, b)` is [`Session::SendAll`] or
+//!   [`Session::Resync`] exactly when `decide(b, a)` is [`Session::Receive`].
+//! - Two survivors never serve together ([`Session::SplitBrain`]); a pair with no survivor to
+//!   resync from and not both in sync is refused ([`Session::Refuse`]).
+
+/// What the engine does with updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Both sites (or holding updates while the link is down).
+    Mirroring,
+    /// This site holds the witness's grant: it acknowledges updates alone and records the
+    /// regions they touch for the peer's resync.
+    Survivor,
+    /// The witness gave the volume to the peer, or neither peer nor witness answered: no I/O.
+    Fenced,
+    /// Receiving the survivor's changes: no I/O until the resync is done.
+    Resyncing,
+    /// Just started from a persisted "in sync" state: no I/O until the first session shows
+    /// whether the peer moved on meanwhile.
+    Waiting,
+}
+
+/// A replica state's name, for logs.
+pub fn state_name(s: u32) -> &'static str {
+    match s {
+        0 => "in sync",
+        1 => "survivor",
+        2 => "fenced",
+        3 => "resyncing",
+        _ => "new",
+    }
+}
+
+/// The replica state of a site in `mode` (`new_replica`: never in sync yet).
+pub fn replica_state(mode: Mode, new_replica: bool) -> u32 {
+    match mode {
+        Mode::Waiting if new_replica => 4,
+        Mode::Mirroring | Mode::Waiting => 0,
+        Mode::Survivor => 1,
+        Mode::Fenced => 2,
+        Mode::Resyncing => 3,
+    }
+}
+
+/// What a new session does at this site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Session {
+    /// Both in sync (or both new and empty): mirror.
+    InSync,
+    /// The peer is new, or its resync from here ended without its RESYNC_DONE: this site
+    /// becomes survivor and sends every region ever written.
+    SendAll,
+    /// This site is the survivor: resync the peer with the dirty regions (and every region
+    /// ever written too when the peer is new).
+    Resync {
+        /// The peer is a new, empty replica.
+        everything_written: bool,
+    },
+    /// The peer's replica wins: receive its resync (no I/O here until done).
+    Receive,
+    /// Both claim to be the survivor: refused.
+    SplitBrain,
+    /// No survivor to resync from: refused.
+    Refuse,
+}
+
+/// The session of a site in replica state `me` whose peer is in state `peer`.
+pub fn decide(me: u32, peer: u32) -> Session {
+    match (me, peer) {
+        (0, 0) | (4, 4) => Session::InSync,
+        (0, 4) | (0, 3) => Session::SendAll,
+        (1, 1) => Session::SplitBrain,
+        (1, p) => Session::Resync {
+            everything_written: p == 4,
+        },
+        (_, 1) | (4, 0) | (3, 0) => Session::Receive,
+        _ => Session::Refuse,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Session::*;
+
+    /// The session table of docs/mirror-protocol.md, every pair (5 and 6: unknown states a
+    /// peer might send).
+    #[test]
+    fn the_session_decision_follows_the_table_for_every_pair_of_states() {
+        const R: Session = Resync {
+            everything_written: false,
+        };
+        const RW: Session = Resync {
+            everything_written: true,
+        };
+        // Rows: this site 0..=6; columns: the peer 0..=6.
+        let table = [
+            [InSync, Receive, Refuse, SendAll, SendAll, Refuse, Refuse],
+            [R, SplitBrain, R, R, RW, R, R],
+            [Refuse, Receive, Refuse, Refuse, Refuse, Refuse, Refuse],
+            [Receive, Receive, Refuse, Refuse, Refuse, Refuse, Refuse],
+            [Receive, Receive, Refuse, Refuse, InSync, Refuse, Refuse],
+            [Refuse, Receive, Refuse, Refuse, Refuse, Refuse, Refuse],
+            [Refuse, Receive, Refuse, Refuse, Refuse, Refuse, Refuse],
+        ];
+        for (me, row) in table.iter().enumerate() {
+            for (peer, want) in row.iter().enumerate() {
+                assert_eq!(
+                    decide(me as u32, peer as u32),
+                    *want,
+                    "this site {me}, peer {peer}"
+                );
+            }
+        }
+        // One source per resync, and both sides agree on mirroring.
+        for me in 0..7 {
+            for peer in 0..7 {
+                let (a, b) = (decide(me, peer), decide(peer, me));
+                let source = matches!(a, SendAll | Resync { .. });
+                assert_eq!(source, b == Receive, "{me} {peer}: {a:?} / {b:?}");
+                assert_eq!(a == InSync, b == InSync, "{me} {peer}");
+                assert_eq!(a == SplitBrain, b == SplitBrain, "{me} {peer}");
+            }
+        }
+    }
+
+    #[test]
+    fn replica_states_of_modes() {
+        assert_eq!(replica_state(Mode::Waiting, true), 4);
+        assert_eq!(replica_state(Mode::Waiting, false), 0);
+        assert_eq!(replica_state(Mode::Mirroring, true), 0);
+        assert_eq!(replica_state(Mode::Survivor, false), 1);
+        assert_eq!(replica_state(Mode::Fenced, false), 2);
+        assert_eq!(replica_state(Mode::Resyncing, false), 3);
+        assert_eq!(state_name(7), "new");
+    }
+}

@@ -1,0 +1,306 @@
+//! Losing the peer with a witness (survivor and fenced sites), resyncs and their suspect
+//! regions, and the replica state persisted across a stop.
+
+use super::*;
+
+#[test]
+fn the_granted_site_finishes_held_writes_and_the_other_fences() {
+    for grant_to_a in [true, false] {
+        let (mut a, mut b, mut io) = lose_peer(grant_to_a);
+        let (win, lose) = if grant_to_a {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        assert_eq!(win.engine.mode(), Mode::Survivor);
+        assert_eq!(lose.engine.mode(), Mode::Fenced);
+        assert_eq!(
+            (win.outstanding, win.failed),
+            (0, 0),
+            "survivor left requests"
+        );
+        assert_eq!(
+            (lose.outstanding, lose.ok),
+            (0, 0),
+            "fenced site acknowledged"
+        );
+        assert!(
+            win.engine.dirty_bytes() > 0,
+            "nothing recorded for the resync"
+        );
+        // New writes: the survivor acknowledges alone, the fenced site refuses.
+        let mut rng = Rng(9);
+        let mut slot = 1000;
+        submit(win, &mut io, &mut rng, &mut slot);
+        while complete_one(win, &mut io, &mut rng) {}
+        collect(win);
+        assert_eq!(win.outstanding, 0);
+        let r = lose.engine.submit(
+            &mut io,
+            0,
+            IoTag { conn: 1, slot: 7 },
+            Update::Write(&[1; 512]),
+            0,
+            false,
+        );
+        assert_eq!(r, Start::Done(Err(Errno::IO)));
+    }
+}
+
+#[test]
+fn a_fenced_leader_gets_back_the_regions_only_it_had_applied() {
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    redial(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after the resync"
+    );
+    // The survivor's two regions and the fenced leader's two suspect ones.
+    assert_eq!(
+        b.engine
+            .stats()
+            .resync_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4 * 4096
+    );
+    assert_eq!(a.engine.suspect_bytes(), 0);
+    assert_eq!(b.engine.dirty_bytes(), 0);
+}
+
+#[test]
+fn the_source_finishes_a_resync_only_after_the_targets_suspect_list() {
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    redial(&mut a, &mut b, &mut io);
+    // a's list is held back: b copies its own dirty regions but must not finish.
+    for _ in 0..2000 {
+        b.engine.tick(&mut io, Instant::now());
+        complete_one(&mut b, &mut io, &mut rng);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        complete_one(&mut a, &mut io, &mut rng);
+    }
+    assert_eq!(b.engine.dirty_bytes(), 0, "b's own regions not copied");
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Resyncing, Mode::Survivor),
+        "the resync finished before the target's suspect regions arrived"
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
+}
+
+#[test]
+fn an_interrupted_resync_copies_again_what_it_had_sent() {
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    redial(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    // b reads every dirty region (its own and a's suspect ones) and queues the copies...
+    for _ in 0..2000 {
+        if b.engine.dirty_bytes() == 0 {
+            break;
+        }
+        b.engine.tick(&mut io, Instant::now());
+    }
+    assert_eq!(b.engine.dirty_bytes(), 0);
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    // ...which the link loses.
+    break_link(&mut a, &mut b);
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        b.engine.dirty_bytes(),
+        4 * 4096,
+        "copies lost, not dirty again"
+    );
+    redial(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after the resumed resync"
+    );
+}
+
+#[test]
+fn suspect_regions_are_persisted_and_unknown_ones_after_a_leaders_crash_are_everything() {
+    use crate::layer::mirror::state::{Persisted, save};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.mirror-state");
+    // A fenced leader persists its suspect regions; a restart restores them.
+    let (mut a, _b, _io, _rng) = fenced_leader_with_unconfirmed_updates();
+    a.engine.cfg.state_file = Some(path.clone());
+    a.engine.persist(false);
+    let mut r = site(Role::Leader, Duration::from_secs(1));
+    r.engine.cfg.state_file = Some(path.clone());
+    r.engine.restore().unwrap();
+    assert_eq!(r.engine.mode(), Mode::Fenced);
+    assert_eq!(r.engine.suspect_bytes(), 2 * 4096);
+    // (mode, clean, led, suspect, role here) -> suspect bytes restored.
+    let all = SIZE;
+    let one = Some(vec![1u64 << 3]);
+    let cases = [
+        // In sync and stopped cleanly: exact.
+        (0, true, true, one.clone(), Role::Leader, 4096),
+        // A leader that crashed: what it applied last is unknown.
+        (0, false, true, Some(vec![]), Role::Leader, all),
+        // The same file at a site now configured as follower: still the leader's file.
+        (0, false, true, Some(vec![]), Role::Follower, all),
+        // A follower that crashed applied only what the leader ordered.
+        (0, false, false, Some(vec![]), Role::Follower, 0),
+        (0, false, false, None, Role::Follower, 0),
+        // Fenced or resyncing: recorded at the fence, exact even after a crash.
+        (2, false, true, one.clone(), Role::Leader, 4096),
+        (3, false, true, one.clone(), Role::Leader, 4096),
+        // Version 1 (not recorded): every region ever written (two here, a clean stop).
+        (2, true, false, None, Role::Leader, 2 * 4096),
+        (2, true, false, None, Role::Follower, 0),
+        // A survivor's suspect regions become dirty; a new replica has none.
+        (1, true, true, one.clone(), Role::Leader, 0),
+        (4, false, true, one.clone(), Role::Leader, 0),
+    ];
+    for (i, (mode, clean, led, suspect, role, want)) in cases.into_iter().enumerate() {
+        let p = Persisted {
+            mode,
+            clean,
+            epoch: 1,
+            size: SIZE,
+            granularity: 4096,
+            bitmap: vec![],
+            written: vec![0b11],
+            led,
+            suspect,
+        };
+        let v1 = p.suspect.is_none();
+        save(&path, &p).unwrap();
+        if v1 {
+            // As version 1 wrote it: no flags and no suspect bitmap (an empty one here).
+            let mut b = std::fs::read(&path).unwrap();
+            b.truncate(b.len() - 8);
+            b[4] = 1;
+            b[7] = 0;
+            let crc = crc32c::crc32c(&b);
+            b.extend_from_slice(&crc.to_le_bytes());
+            std::fs::write(&path, &b).unwrap();
+            assert_eq!(
+                crate::layer::mirror::state::load(&path)
+                    .unwrap()
+                    .unwrap()
+                    .suspect,
+                None
+            );
+        }
+        let mut s = site(role, Duration::from_secs(1));
+        s.engine.cfg.state_file = Some(path.clone());
+        s.engine.restore().unwrap();
+        assert_eq!(s.engine.suspect_bytes(), want, "case {i}");
+        if mode == 1 {
+            assert_eq!(s.engine.dirty_bytes(), 4096, "case {i}: not made dirty");
+        }
+    }
+}
+
+/// A resync source stopped cleanly mid-resync persists its dirty bitmap without the
+/// regions copied in the interrupted attempt.
+#[test]
+fn a_stop_in_the_middle_of_a_resync_keeps_what_it_copied_dirty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.mirror-state");
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    b.engine.cfg.state_file = Some(path.clone());
+    redial(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    for _ in 0..2000 {
+        if b.engine.dirty_bytes() == 0 {
+            break;
+        }
+        b.engine.tick(&mut io, Instant::now());
+    }
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    // The copies never arrive (the link is lost as b stops); b stops cleanly.
+    b.engine.link_down("test");
+    b.wire.clear();
+    drop(b);
+    let p = crate::layer::mirror::state::load(&path).unwrap().unwrap();
+    let bits: u32 = p.bitmap.iter().map(|w| w.count_ones()).sum();
+    assert_eq!(p.mode, 1);
+    assert_eq!(
+        bits, 4,
+        "regions copied in the interrupted attempt are not dirty after restart"
+    );
+}
+
+/// A leader resync target that has RESYNC_DONE but still applies copies drops the
+/// follower's first forwards (mode != Mirroring); the next ORDER then mismatches.
+#[test]
+fn a_forward_that_arrives_while_the_leader_still_applies_its_resync_is_kept() {
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    redial(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_ALSO list, RESENT
+    for _ in 0..100 {
+        b.engine.tick(&mut io, Instant::now());
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        if b.engine.mode() == Mode::Mirroring {
+            break;
+        }
+    }
+    assert_eq!(b.engine.mode(), Mode::Mirroring, "b did not finish");
+    deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNCs + RESYNC_DONE, a's applies pending
+    assert_eq!(a.engine.mode(), Mode::Resyncing);
+    let mut slot = 100;
+    write_at(&mut b, &mut io, &mut slot, 0, 0x77, 512);
+    deliver(&mut b, &mut a, &mut io, usize::MAX); // FWD_WRITE, silently not taken
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    assert_eq!(a.engine.mode(), Mode::Mirroring);
+    write_at(&mut b, &mut io, &mut slot, 4096, 0x78, 512);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    a.engine.take_outbox(&mut a.wire);
+    let mut at = 0;
+    while let wire::Decoded::Msg(h, r) = wire::decode(&a.wire[at..]) {
+        let payload = a.wire[at + r.start..at + r.end].to_vec();
+        at += r.end;
+        let res = b.engine.on_msg(&mut io, &h, &payload);
+        assert!(res.is_ok(), "b refused {:?}: {:?}", h.ty, res);
+    }
+}
+
+/// A resync target re-sessions while copies of the previous attempt are still
+/// being applied: `resync_applies` is reset to 0 and the old copies' completions underflow.
+#[test]
+fn copies_of_an_earlier_resync_attempt_do_not_count_for_the_next() {
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    redial(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_ALSO list, RESENT
+    b.engine.tick(&mut io, Instant::now());
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNC copies; a's applies pending
+    assert!(!a.disk.borrow().pending.is_empty());
+    break_link(&mut a, &mut b);
+    redial(&mut a, &mut b, &mut io); // (3, 1): target again
+    while complete_one(&mut a, &mut io, &mut rng) {} // old copies finish
+}
+
+#[test]
+fn a_resync_whose_done_message_was_lost_is_done_again_in_full() {
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    redial(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX); // a's suspect list
+    // b copies everything and finishes; nothing of it reaches a (lost with the link).
+    for _ in 0..10_000 {
+        b.engine.tick(&mut io, Instant::now());
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        if b.engine.mode() == Mode::Mirroring {
+            break;
+        }
+    }
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    break_link(&mut a, &mut b);
+    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (3, 0));
+    // The next session is not refused: b sends every region it ever wrote.
+    redial(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after the repeated resync"
+    );
+}

@@ -1,0 +1,206 @@
+//! Replicated volume metadata (reservations): decided by the leader, installed at the
+//! follower before the command completes.
+
+use super::*;
+
+/// A metadata handler over one counter: a command adds its first byte (0: refused with
+/// status 0x83, nothing changes); the state is the counter's 8 bytes.
+#[derive(Debug, Default)]
+struct Counter(std::sync::Mutex<u64>, std::sync::atomic::AtomicBool);
+
+impl MetaHandler for Counter {
+    fn execute(&self, _: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>) {
+        let mut c = self.0.lock().unwrap();
+        match cmd.first() {
+            Some(&n) if n > 0 => {
+                *c += u64::from(n);
+                (0, Some(c.to_le_bytes().to_vec()))
+            }
+            _ => (0x83, None),
+        }
+    }
+    fn install(&self, _: usize, state: &[u8]) -> Install {
+        let Ok(b) = <[u8; 8]>::try_from(state) else {
+            return Install::Malformed;
+        };
+        if self.1.load(std::sync::atomic::Ordering::Relaxed) {
+            return Install::Failed;
+        }
+        *self.0.lock().unwrap() = u64::from_le_bytes(b);
+        Install::Done
+    }
+    fn full_state(&self, _: usize) -> Vec<Vec<u8>> {
+        vec![self.0.lock().unwrap().to_le_bytes().to_vec()]
+    }
+}
+
+fn with_meta(role: Role) -> (Site, Arc<Counter>) {
+    let mut s = site(role, Duration::from_secs(60));
+    let c = Arc::new(Counter::default());
+    s.engine.cfg.meta = Some(Arc::clone(&c) as _);
+    (s, c)
+}
+
+fn meta(s: &mut Site, io: &mut IoCx, slot: u32, cmd: &[u8]) -> Start {
+    let tag = IoTag { conn: 1, slot };
+    let r = s.engine.submit(io, 0, tag, Update::Meta(cmd), 0, false);
+    if r == Start::Pending {
+        s.outstanding += 1;
+    }
+    r
+}
+
+#[test]
+fn metadata_is_decided_by_the_leader_and_installed_at_the_follower_before_completing() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut a, ca) = with_meta(Role::Leader);
+    let (mut b, cb) = with_meta(Role::Follower);
+    // Before any session: nothing is decided, at either site.
+    assert_eq!(meta(&mut a, &mut io, 1, &[5]), Start::Done(Err(Errno::IO)));
+    assert_eq!(meta(&mut b, &mut io, 1, &[5]), Start::Done(Err(Errno::IO)));
+    *ca.0.lock().unwrap() = 40;
+    // A normal session: the leader sends its whole state first.
+    a.engine.session_start(&mut io, 0).unwrap();
+    b.engine.session_start(&mut io, 0).unwrap();
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    assert_eq!(
+        *cb.0.lock().unwrap(),
+        40,
+        "the leader's state was not pushed"
+    );
+    // The leader's own change completes only once the follower installed it.
+    assert_eq!(meta(&mut a, &mut io, 2, &[2]), Start::Pending);
+    collect(&mut a);
+    assert_eq!(a.ok, 0, "completed before the follower had it");
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    assert_eq!(*cb.0.lock().unwrap(), 42);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1, 0));
+    // A refusal changes nothing and completes at once with its status.
+    assert_eq!(
+        meta(&mut a, &mut io, 3, &[0]),
+        Start::Done(meta_result(0x83))
+    );
+    // The follower's command is decided at the leader and completes with the state here.
+    assert_eq!(meta(&mut b, &mut io, 4, &[8]), Start::Pending);
+    assert_eq!(
+        *ca.0.lock().unwrap(),
+        42,
+        "decided before the leader saw it"
+    );
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    assert_eq!(*ca.0.lock().unwrap(), 50);
+    collect(&mut b);
+    assert_eq!(b.ok, 0, "completed before the state came back");
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    collect(&mut b);
+    assert_eq!((b.ok, b.outstanding, *cb.0.lock().unwrap()), (1, 0, 50));
+    assert_eq!(meta(&mut b, &mut io, 5, &[0]), Start::Pending);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    let (_, _, r) = b.engine.done.pop().unwrap();
+    assert_eq!(r, meta_result(0x83));
+    // A command in flight when the link breaks fails (its effect is settled by the next
+    // session's full state).
+    assert_eq!(meta(&mut b, &mut io, 6, &[1]), Start::Pending);
+    b.engine.link_down("test");
+    let (_, _, r) = b.engine.done.pop().unwrap();
+    assert_eq!(r, Err(Errno::IO));
+    assert!(b.engine.idle());
+    // Forged answers are refused.
+    a.engine.link_down("test");
+    b.wire.clear();
+    a.wire.clear();
+    a.engine.session_start(&mut io, 0).unwrap();
+    b.engine.session_start(&mut io, 0).unwrap();
+    let forged = Header {
+        id: 77,
+        seq: 1,
+        ..Header::new(Type::MetaState)
+    };
+    assert_eq!(
+        b.engine.on_msg(&mut io, &forged, &[0; 8]),
+        Err("META_STATE answers no outstanding request")
+    );
+    let bad = Header {
+        id: wire::META_NO_ID,
+        seq: 1,
+        ..Header::new(Type::MetaState)
+    };
+    assert_eq!(
+        b.engine.on_msg(&mut io, &bad, &[0; 3]),
+        Err("malformed metadata state")
+    );
+    assert!(
+        b.engine
+            .on_msg(&mut io, &Header::new(Type::Meta), &[1])
+            .is_err()
+    );
+}
+
+#[test]
+fn a_late_metadata_answer_never_completes_a_newer_request() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut a, _) = with_meta(Role::Leader);
+    let (mut b, cb) = with_meta(Role::Follower);
+    a.engine.session_start(&mut io, 0).unwrap();
+    b.engine.session_start(&mut io, 0).unwrap();
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    // The first command times out before its answer comes.
+    assert_eq!(meta(&mut b, &mut io, 1, &[3]), Start::Pending);
+    b.engine.expire(Instant::now() + Duration::from_secs(120));
+    let (_, tag, r) = b.engine.done.pop().unwrap();
+    assert_eq!((tag.slot, r), (1, Err(Errno::IO)));
+    // A refused second command must get its own answer, not the first one's.
+    assert_eq!(meta(&mut b, &mut io, 2, &[0]), Start::Pending);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    let got: Vec<(u32, Result<(), Errno>)> = b
+        .engine
+        .done
+        .drain(..)
+        .map(|(_, t, r)| (t.slot, r))
+        .collect();
+    assert_eq!(got, vec![(2, meta_result(0x83))]);
+    // The first one did take effect at the leader; the follower installed it anyway.
+    assert_eq!(*cb.0.lock().unwrap(), 3);
+    assert!(b.engine.idle());
+}
+
+#[test]
+fn metadata_answers_wait_for_earlier_changes_and_an_uninstallable_state_keeps_the_link() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut a, _) = with_meta(Role::Leader);
+    let (mut b, cb) = with_meta(Role::Follower);
+    a.engine.session_start(&mut io, 0).unwrap();
+    b.engine.session_start(&mut io, 0).unwrap();
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    // A change, then a refusal decided on it: the refusal waits for the change's ACK.
+    assert_eq!(meta(&mut a, &mut io, 1, &[4]), Start::Pending);
+    assert_eq!(meta(&mut a, &mut io, 2, &[0]), Start::Pending);
+    collect(&mut a);
+    assert_eq!(
+        a.outstanding, 2,
+        "answered before the follower had the change"
+    );
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    let mut got: Vec<(u32, Result<(), Errno>)> = a
+        .engine
+        .done
+        .drain(..)
+        .map(|(_, t, r)| (t.slot, r))
+        .collect();
+    got.sort_by_key(|g| g.0);
+    assert_eq!(got, vec![(1, Ok(())), (2, meta_result(0x83))]);
+    // The follower cannot install a state: the command fails, the link stays up.
+    cb.1.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(meta(&mut a, &mut io, 3, &[1]), Start::Pending);
+    deliver(&mut a, &mut b, &mut io, usize::MAX); // would panic if refused
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    let (_, t, r) = a.engine.done.pop().unwrap();
+    assert_eq!((t.slot, r), (3, meta_result(META_INTERNAL)));
+    assert!(a.engine.is_up() && b.engine.is_up());
+}
