@@ -4,37 +4,55 @@
 //!
 //! ```text
 //!  initiators ──TCP──> listener (reactor 0 accepts, round-robin hand-off by mailbox)
-//!                        │
+//!                        │ the listener's acceptor builds the connection (NBD, NVMe/TCP, link)
 //!          ┌─────────────┴──────────────┐
 //!      reactor 0 (core a)          reactor 1 (core b)        one pinned thread per core,
 //!      io_uring + buffer pool      io_uring + buffer pool    each owning its ring, buffers,
-//!      connections ─┐              connections ─┐            connections and channels
+//!      connections, pollers        connections, pollers      connections and channels
 //!                   v                           v
-//!      channel(vol) per reactor ──> volume stack (errinj?) ──> base device (malloc | uring)
+//!      channel(vol) per reactor ──> volume stack: [mirror >] [errinj >] base (malloc | uring)
+//!                                    the mirror's engine runs on the volume's home reactor;
+//!                                    other reactors hand it updates by mailbox
 //! ```
 //!
-//! - [`reactor`]: the run-to-completion loop, wait policies, mailboxes, counters.
-//! - [`uring`]: the only place SQEs are built; the in-flight table of device operations.
-//! - [`buf`]: per-reactor pools of aligned, registered buffers.
-//! - [`bdev`]: the block-device interface and its layers (`malloc`, `uring`, `errinj`).
-//! - [`volume`]: a named stack of block-device layers.
+//! Modules, bottom first; each imports only from those above it in this list (the test
+//! `layering::no_module_imports_one_above_it` reads every file's `crate::` paths):
+//! - [`uring`]: the only place SQEs are built; the in-flight table of device operations; the
+//!   per-reactor pools of aligned, registered buffers ([`uring::buf`]).
+//! - [`bdev`]: the block-device interface, its devices (`malloc`, `file`, `errinj`), and
+//!   [`bdev::volume`]: a named stack of layers with its published path state.
+//! - [`runtime`]: reactors, connections, pollers, acceptors, services, mailboxes, counters;
+//!   knows no protocol and no layer.
+//! - [`transport`]: sockets (TCP today; RDMA and TLS later).
+//! - [`layer`]: devices that wrap a replica and add a service: the two-site mirror.
 //! - [`frontend`]: protocols initiators speak (NBD, NVMe over Fabrics/TCP).
-//! - [`config`]: typed configuration shared by file, CLI and control socket.
-//! - [`control`]: the JSON-RPC control socket.
-//! - [`server`]: the daemon that ties them together.
+//! - [`control`]: typed configuration (file, CLI) and the JSON-RPC control socket.
+//! - [`daemon`]: ties them together; `twinblk demo`.
 //!
-//! Invariants that hold everywhere: no lock, allocation or syscall per I/O on the data path
-//! beyond the one `io_uring_enter` per loop turn; a connection and its I/O live on one reactor;
-//! every buffer handed to the kernel is owned by the in-flight table until its completion.
+//! Invariants that hold everywhere: no lock or allocation per I/O on the data path (the
+//! control plane, connection setup and reservation changes may take locks); SQEs are queued
+//! during a reactor turn and submitted together with one `io_uring_enter` per turn (a
+//! connection's replies leave in one send per turn), though a turn that finds no work may also
+//! enter the kernel to sleep, and a completion handed to another reactor costs an eventfd write
+//! only when that reactor sleeps; a connection and its I/O live on one reactor; every buffer
+//! handed to the kernel is owned by the in-flight table (or its connection) until its
+//! completion; a mirrored volume's updates are ordered by one engine on one reactor per site.
+
+pub mod uring;
 
 pub mod bdev;
-pub mod control;
-pub mod daemon;
-pub mod frontend;
-pub mod layer;
+
 pub mod runtime;
+
 pub mod transport;
-pub mod uring;
+
+pub mod layer;
+
+pub mod frontend;
+
+pub mod control;
+
+pub mod daemon;
 
 pub use control::config::Config;
 pub use daemon::Daemon;
