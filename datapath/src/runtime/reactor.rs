@@ -195,6 +195,7 @@ impl Reactor {
 
     /// Run until stopped.
     pub fn run(mut self) {
+        super::mailbox::enter_reactor();
         self.arm_wake();
         if self.id == 0 {
             for l in 0..self.shared.listeners.len() {
@@ -228,6 +229,7 @@ impl Reactor {
                 // A reactor running pollers serves the other reactors' requests until every
                 // reactor has drained.
                 if self.drained
+                    && super::mailbox::held() == 0
                     && (self.pollers.is_empty() || self.shared.running.load(Ordering::SeqCst) == 0)
                 {
                     break;
@@ -242,13 +244,17 @@ impl Reactor {
                 self.counters.idle_ns += spent;
             }
             turn_start = now;
+            // Messages held for a full mailbox are retried every turn, so never sleep on them.
             let may_block = !worked
+                && super::mailbox::held() == 0
                 && match self.policy {
                     WaitPolicy::Poll => false,
                     WaitPolicy::Interrupt => true,
                     WaitPolicy::Adaptive(spin) => now.duration_since(last_work) >= spin,
                 };
-            let blocked = self.submit(may_block || self.stopping.is_some() && !worked);
+            let blocked = self.submit(
+                may_block || self.stopping.is_some() && !worked && super::mailbox::held() == 0,
+            );
             if blocked {
                 // Time spent blocked in the ring is idle time, not part of the next turn.
                 let after = Instant::now();
@@ -335,6 +341,9 @@ impl Reactor {
                 self.dispatch(UserData(ud), res, flags);
             }
             self.cqes = cqes;
+        }
+        if super::mailbox::flush_held() {
+            worked = true;
         }
         while let Some(msg) = self.mailbox.pop() {
             worked = true;
