@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the side-by-side scripts that run twinblk sites (sourced, not run): starting a site
 # from "$WORK/<name>.toml", stopping every site, reading a site's mirror_status, waiting for
 # site a's mirror link. Needs WORK, BIN, CTL, PIDS (an array) and SCRIPT (for messages); BIN and

@@ -259,12 +259,17 @@ mod tests {
         let a = Arc::new(Mailbox::with_capacity(4).unwrap());
         let b = Arc::new(Mailbox::with_capacity(4).unwrap());
         let (a2, b2) = (Arc::clone(&a), Arc::clone(&b));
+        // Both send everything before either drains.
+        let sent = Arc::new(std::sync::Barrier::new(2));
+        let sent2 = Arc::clone(&sent);
         let t = std::thread::spawn(move || {
             enter_reactor();
             for k in 0..10 {
                 a2.send(note(k));
             }
-            assert_eq!(held(), 6, "what does not fit is held");
+            let held_here = held();
+            sent2.wait();
+            assert_eq!(held_here, 6, "what does not fit is held");
             // Wait until the other side drained its inbox, then deliver the rest.
             let mut got = Vec::new();
             while held() > 0 || got.len() < 10 {
@@ -278,7 +283,9 @@ mod tests {
         for k in 100..110 {
             b.send(note(k));
         }
-        assert_eq!(held(), 6);
+        let held_here = held();
+        sent.wait();
+        assert_eq!(held_here, 6);
         let mut got = Vec::new();
         while held() > 0 || got.len() < 10 {
             flush_held();
