@@ -8,6 +8,7 @@
 //! cleanly; if a site dies (killed to try a failover), the demo says so and the rest keep
 //! running; when both sites are gone it stops the witness and exits with an error.
 
+use crate::control::config::{CNTLID_SPLIT, MAX_CNTLID};
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -44,7 +45,9 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
         "# twinblk demo: site {me} of a two-site mirror on loopback\n\
          [reactor]\ncores = [{core}]\npin = {pin}\n\n\
          [nbd]\nlisten = [\"127.0.0.1:{nbd}\"]\n\n\
-         [nvmf]\nlisten = [\"127.0.0.1:{nvmf}\"]\n\n\
+         [nvmf]\nlisten = [\"127.0.0.1:{nvmf}\"]\n\
+         # controller ids are unique within a subsystem, which both sites present: one range each\n\
+         min_cntlid = {min_cntlid:#06x}\nmax_cntlid = {max_cntlid:#06x}\n\n\
          [control]\nsocket = \"{dir}/site-{me}.sock\"\n\n\
          [mirror]\nsite = \"{me}\"\npeer_site = \"{peer}\"\n\
          listen = [\"127.0.0.1:{repl}\"]\npeer = \"127.0.0.1:{peer_repl}\"\n\
@@ -54,6 +57,8 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
         pin = cpus > 1,
         nbd = o.nbd_port + site as u16,
         nvmf = o.nvmf_port + site as u16,
+        min_cntlid = [1, CNTLID_SPLIT + 1][site],
+        max_cntlid = [CNTLID_SPLIT, MAX_CNTLID][site],
         dir = o.dir.display(),
         repl = o.repl_port + site as u16,
         peer_repl = o.repl_port + 1 - site as u16,
@@ -220,5 +225,40 @@ pub fn run(o: DemoOptions) -> Result<()> {
             bail!("both sites have exited");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::config::Config;
+
+    #[test]
+    fn the_demo_sites_have_disjoint_controller_ids_and_distinct_port_ids() {
+        let o = DemoOptions {
+            dir: PathBuf::from("/tmp/twinblk-demo-test"),
+            nbd_port: 10809,
+            repl_port: 7700,
+            nvmf_port: 4420,
+            witness_port: 7800,
+            size: "64MiB".into(),
+            exe: PathBuf::from("twinblk"),
+        };
+        let key = tempfile::NamedTempFile::new().unwrap();
+        let cfg = |site| {
+            let text = site_config(&o, site).replace(
+                &format!("{}/witness.key", o.dir.display()),
+                &key.path().display().to_string(),
+            );
+            Config::from_toml(&text).unwrap()
+        };
+        let (a, b) = (cfg(0), cfg(1));
+        let (ra, rb) = (a.cntlid_range(), b.cntlid_range());
+        assert_eq!(
+            (a.nvmf.min_cntlid, b.nvmf.max_cntlid),
+            (Some(1), Some(0xFFEF))
+        );
+        assert!(ra.end() < rb.start(), "{ra:?} and {rb:?} overlap");
+        assert_ne!(a.nvmf_first_port_id(), b.nvmf_first_port_id());
     }
 }
