@@ -207,9 +207,14 @@ pub struct SubsystemConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
-    /// Unix socket path (empty: no control socket).
+    /// Unix socket path (empty: no control socket). Its directory is created 0750 when
+    /// missing; the daemon refuses a directory or socket file owned by another user.
     #[serde(default = "default_control_socket")]
     pub socket: PathBuf,
+    /// Group (name or number) given the socket (mode 0660) and a directory the daemon creates
+    /// (mode 0750): its members may use the socket. Unset: the daemon's group.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// Where a volume's data lives.
@@ -343,8 +348,12 @@ fn default_nbd_listen() -> Vec<SocketAddr> {
 fn default_nvmf_listen() -> Vec<SocketAddr> {
     vec!["127.0.0.1:4420".parse().expect("literal address")]
 }
+/// Default control socket: in a directory of its own under /run (created 0750), never in a
+/// world-writable directory.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/twinblk/twinblk.sock";
+
 fn default_control_socket() -> PathBuf {
-    PathBuf::from("/tmp/twinblk.sock")
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
 }
 
 impl Default for ReactorConfig {
@@ -383,6 +392,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         Self {
             socket: default_control_socket(),
+            group: None,
         }
     }
 }
@@ -553,6 +563,9 @@ impl Config {
                     e.name
                 ));
             }
+        }
+        if self.control.group.as_deref() == Some("") {
+            return bad("control.group is empty: name a group or leave it out".into());
         }
         for (name, v) in [
             ("min_cntlid", self.nvmf.min_cntlid),
