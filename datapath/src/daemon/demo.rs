@@ -6,7 +6,9 @@
 //! 10809 and NVMe/TCP 4420, site `b` on the next ones), reads each site's endpoints from its standard output, prints them one
 //! per line with each process's PID, and then waits. Ctrl-C (or SIGTERM) stops everything
 //! cleanly; if a site dies (killed to try a failover), the demo says so and the rest keep
-//! running; when both sites are gone it stops the witness and exits with an error.
+//! running; when both sites are gone it stops the witness and exits with an error. If the demo
+//! itself dies, even by SIGKILL, the kernel sends its children SIGTERM (`PR_SET_PDEATHSIG`), so
+//! no witness or site outlives it.
 
 use crate::control::config::{CNTLID_SPLIT, MAX_CNTLID};
 use anyhow::{Context, Result, bail};
@@ -110,7 +112,38 @@ fn start_witness(o: &DemoOptions) -> Result<Site> {
     start_proc(cmd, "witness", "twinblk witness on")
 }
 
+/// Make the child die with the demo: `PR_SET_PDEATHSIG` asks the kernel to send it SIGTERM
+/// (a clean stop) when the demo goes away, even by SIGKILL, when nothing could forward a
+/// signal. The signal comes when the thread that forked the child ends, so every child is
+/// started from the demo's main thread, which lives as long as the demo.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, getppid
+    // and raise, which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The demo died between the fork and the prctl: nobody will signal us.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+}
+
 fn start_proc(mut cmd: Command, name: &'static str, ready: &str) -> Result<Site> {
+    die_with_parent(&mut cmd);
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

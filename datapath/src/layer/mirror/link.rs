@@ -137,12 +137,35 @@ impl LinkConn {
         l
     }
 
+    /// A session started: the link's warnings start afresh (the next failure is logged at
+    /// once), and failures not logged since the last warning are reported.
+    fn link_warnings_end(e: &mut super::engine::Engine) {
+        let n = e.link_warns.clear();
+        if n > 0 {
+            tracing::info!(volume = %e.config().name, not_logged = n,
+                "mirror: link up; {n} link failures were not logged since the last warning");
+        }
+    }
+
     fn close(&mut self, env: &mut Env<'_>, why: &'static str) {
         if self.state == State::Closing {
             return;
         }
         if why != "closed" {
-            tracing::warn!(volume = ?self.vol, why, "mirror: dropping the link");
+            // A follower whose leader is gone fails a dial every 200 ms: the first failure
+            // is logged, then one a minute with the count of those not logged.
+            let limited = self
+                .vol
+                .and_then(|vol| engine(env.chans, vol))
+                .map(|e| e.link_warns.check(why, Instant::now()));
+            match limited {
+                None | Some(Some(0)) => {
+                    tracing::warn!(volume = ?self.vol, why, "mirror: dropping the link")
+                }
+                Some(Some(n)) => tracing::warn!(volume = ?self.vol, why, not_logged = n,
+                    "mirror: dropping the link (again; {n} more since the last warning)"),
+                Some(None) => {}
+            }
         }
         self.why = why;
         self.state = State::Closing;
@@ -255,6 +278,7 @@ impl LinkConn {
         e.link_key = Some(key);
         self.vol = Some(vol);
         self.attached = true;
+        Self::link_warnings_end(e);
         wire::encode(
             &mut self.tx,
             &Header {
@@ -320,6 +344,7 @@ impl LinkConn {
                             }
                             self.state = State::Up;
                             self.attached = true;
+                            Self::link_warnings_end(e);
                         }
                         Type::Refuse => {
                             let why = String::from_utf8_lossy(payload);
