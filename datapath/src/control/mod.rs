@@ -97,6 +97,7 @@ pub fn resolve_group(name: &str) -> std::io::Result<u32> {
     }
     let cname = std::ffi::CString::new(name)
         .map_err(|_| std::io::Error::other(format!("control.group {name:?}: bad name")))?;
+    // SAFETY: `group` is plain data (integers and pointers) for which all zeroes is valid.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
