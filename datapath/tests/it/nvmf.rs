@@ -83,7 +83,8 @@ fn discovery_identify_logs_and_io_paths() {
     assert_eq!(ns.blocks * u64::from(ns.block_size), 64 << 20);
     assert_eq!(ns.anagrpid, 1);
     let desc = c.identify(0x03, 1).unwrap();
-    assert_eq!((desc[0], desc[1]), (2, 16), "NGUID descriptor first");
+    assert_eq!((desc[0], desc[1]), (1, 8), "EUI-64 descriptor first");
+    assert_eq!((desc[12], desc[13]), (2, 16), "then the NGUID");
     // Command-set-specific identify (CSI 0): zeroes; another CSI: invalid field.
     assert!(c.identify(0x06, 0).unwrap().iter().all(|&b| b == 0));
     assert!(c.identify(0x05, 1).unwrap().iter().all(|&b| b == 0));
