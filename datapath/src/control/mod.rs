@@ -314,6 +314,8 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
             json!({
                 "listen": nv.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "controllers": nv.registry.len(),
+                "cntlid_range": [nv.registry.ids().start(), nv.registry.ids().end()],
+                "first_port_id": nv.first_port_id,
                 "subsystems": nv.subsystems.iter().map(|s| json!({
                     "nqn": s.nqn,
                     "serial": s.serial,

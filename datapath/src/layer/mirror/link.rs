@@ -310,7 +310,14 @@ impl LinkConn {
                 State::AwaitHello => {
                     let payload = payload.to_vec();
                     if let Err(why) = self.hello(env, &h, &payload) {
-                        tracing::warn!(%why, "mirror: refusing a link");
+                        // A follower redials every 200 ms: the refusal is logged the first
+                        // time, then once a minute with the count.
+                        match super::ratelimit::check_unbound("refusing a link", Instant::now()) {
+                            Some(0) => tracing::warn!(%why, "mirror: refusing a link"),
+                            Some(n) => tracing::warn!(%why, not_logged = n,
+                                "mirror: refusing a link (again; {n} more since the last warning)"),
+                            None => {}
+                        }
                         let n = why.len().min(1024);
                         wire::encode(
                             &mut self.tx,
@@ -339,7 +346,14 @@ impl LinkConn {
                             }
                             e.set_peer_incarnation(h.seq);
                             if let Err(why) = e.session_start(env.io, h.id) {
-                                tracing::error!(volume = %e.config().name, %why, "mirror: refusing the session");
+                                match e.link_warns.check("refusing the session", Instant::now()) {
+                                    Some(0) => tracing::error!(volume = %e.config().name, %why,
+                                        "mirror: refusing the session"),
+                                    Some(n) => tracing::error!(volume = %e.config().name, %why,
+                                        not_logged = n,
+                                        "mirror: refusing the session (again; {n} more since the last error)"),
+                                    None => {}
+                                }
                                 return self.close(env, "no session possible");
                             }
                             self.state = State::Up;
@@ -348,7 +362,18 @@ impl LinkConn {
                         }
                         Type::Refuse => {
                             let why = String::from_utf8_lossy(payload);
-                            tracing::error!(%why, "mirror: the leader refused the link");
+                            let limited = self
+                                .vol
+                                .and_then(|v| engine(env.chans, v))
+                                .map(|e| e.link_warns.check("the leader refused", Instant::now()));
+                            match limited {
+                                None | Some(Some(0)) => {
+                                    tracing::error!(%why, "mirror: the leader refused the link")
+                                }
+                                Some(Some(n)) => tracing::error!(%why, not_logged = n,
+                                    "mirror: the leader refused the link (again; {n} more since the last error)"),
+                                Some(None) => {}
+                            }
                             return self.close(env, "refused by the leader");
                         }
                         _ => return self.close(env, "expected WELCOME"),

@@ -92,6 +92,16 @@ impl WarnLimits {
     }
 }
 
+/// Warnings of links not yet tied to a volume (a leader refusing a link before it knows the
+/// volume): one process-wide set of limits, taken only on such a refusal.
+static UNBOUND: std::sync::Mutex<Option<WarnLimits>> = std::sync::Mutex::new(None);
+
+/// An occurrence of `reason` on a link of no known volume ([`WarnLimit::check`]).
+pub fn check_unbound(reason: &'static str, now: Instant) -> Option<u64> {
+    let mut g = UNBOUND.lock().unwrap_or_else(|p| p.into_inner());
+    g.get_or_insert_with(WarnLimits::default).check(reason, now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
