@@ -176,7 +176,19 @@ pub struct NvmfConfig {
     /// are kept in memory only and lost on restart.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Lowest controller id this site hands out (default: see [`Config::cntlid_range`]).
+    #[serde(default)]
+    pub min_cntlid: Option<u16>,
+    /// Highest controller id this site hands out (default: see [`Config::cntlid_range`]).
+    #[serde(default)]
+    pub max_cntlid: Option<u16>,
 }
+
+/// Highest controller id of the dynamic controller model (0xFFF0..=0xFFFF are reserved).
+pub const MAX_CNTLID: u16 = 0xFFEF;
+/// Last controller id of the lower half: the site whose name sorts first hands out
+/// `1..=CNTLID_SPLIT` by default, the other `CNTLID_SPLIT + 1..=MAX_CNTLID`.
+pub const CNTLID_SPLIT: u16 = MAX_CNTLID / 2;
 
 /// One NVM subsystem.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -195,9 +207,14 @@ pub struct SubsystemConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
-    /// Unix socket path (empty: no control socket).
+    /// Unix socket path (empty: no control socket). Its directory is created 0750 when
+    /// missing; the daemon refuses a directory or socket file owned by another user.
     #[serde(default = "default_control_socket")]
     pub socket: PathBuf,
+    /// Group (name or number) given the socket (mode 0660) and a directory the daemon creates
+    /// (mode 0750): its members may use the socket. Unset: the daemon's group.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// Where a volume's data lives.
@@ -331,8 +348,12 @@ fn default_nbd_listen() -> Vec<SocketAddr> {
 fn default_nvmf_listen() -> Vec<SocketAddr> {
     vec!["127.0.0.1:4420".parse().expect("literal address")]
 }
+/// Default control socket: in a directory of its own under /run (created 0750), never in a
+/// world-writable directory.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/twinblk/twinblk.sock";
+
 fn default_control_socket() -> PathBuf {
-    PathBuf::from("/tmp/twinblk.sock")
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
 }
 
 impl Default for ReactorConfig {
@@ -361,6 +382,8 @@ impl Default for NvmfConfig {
             listen: default_nvmf_listen(),
             subsystems: Vec::new(),
             state_dir: None,
+            min_cntlid: None,
+            max_cntlid: None,
         }
     }
 }
@@ -369,6 +392,7 @@ impl Default for ControlConfig {
     fn default() -> Self {
         Self {
             socket: default_control_socket(),
+            group: None,
         }
     }
 }
@@ -540,6 +564,29 @@ impl Config {
                 ));
             }
         }
+        if self.control.group.as_deref() == Some("") {
+            return bad("control.group is empty: name a group or leave it out".into());
+        }
+        for (name, v) in [
+            ("min_cntlid", self.nvmf.min_cntlid),
+            ("max_cntlid", self.nvmf.max_cntlid),
+        ] {
+            if let Some(v) = v
+                && !(1..=MAX_CNTLID).contains(&v)
+            {
+                return bad(format!(
+                    "nvmf.{name} = {v:#x} is outside 1..=0xFFEF (the dynamic controller ids)"
+                ));
+            }
+        }
+        let ids = self.cntlid_range();
+        if ids.is_empty() {
+            return bad(format!(
+                "nvmf.min_cntlid ({:#x}) is above nvmf.max_cntlid ({:#x})",
+                ids.start(),
+                ids.end()
+            ));
+        }
         let mut nqns = std::collections::HashSet::new();
         for s in &self.nvmf.subsystems {
             if !s.nqn.starts_with("nqn.") || s.nqn.len() > 223 || !nqns.insert(s.nqn.as_str()) {
@@ -570,6 +617,35 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Whether this site is the mirror's lower site (its name sorts first; a single site is).
+    /// The lower site takes the lower half of the controller ids and its port ids start at 1.
+    pub fn lower_site(&self) -> bool {
+        self.mirror.as_ref().is_none_or(|m| m.site < m.peer_site)
+    }
+
+    /// The controller ids this site hands out. Controller ids must be unique within an NVM
+    /// subsystem, and the two sites present each subsystem together (a multipath host rejects
+    /// a second path with a cntlid it already has), so each site has its own range:
+    /// `[nvmf] min_cntlid`/`max_cntlid`, by default `1..=0x7FF7` at the mirror site whose name
+    /// sorts first, `0x7FF8..=0xFFEF` at the other, and `1..=0xFFEF` without a mirror.
+    pub fn cntlid_range(&self) -> std::ops::RangeInclusive<u16> {
+        let (lo, hi) = if self.mirror.is_none() {
+            (1, MAX_CNTLID)
+        } else if self.lower_site() {
+            (1, CNTLID_SPLIT)
+        } else {
+            (CNTLID_SPLIT + 1, MAX_CNTLID)
+        };
+        self.nvmf.min_cntlid.unwrap_or(lo)..=self.nvmf.max_cntlid.unwrap_or(hi)
+    }
+
+    /// The discovery log's port id of this site's first NVMe/TCP listener (the others follow):
+    /// 1 at a single site and at the mirror site whose name sorts first, 0x101 at the other,
+    /// so a host that discovers both sites sees distinct ports.
+    pub fn nvmf_first_port_id(&self) -> u16 {
+        if self.lower_site() { 1 } else { 0x101 }
     }
 
     /// The NVMe-oF subsystems actually served: the configured ones, or one per volume named
@@ -645,6 +721,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("nqn."), "{e}");
+    }
+
+    #[test]
+    fn each_mirror_site_has_its_own_controller_id_range_and_ranges_are_checked() {
+        let m = |me: &str, peer: &str| {
+            format!(
+                "[mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\n"
+            )
+        };
+        let a = Config::from_toml(&m("a", "b")).unwrap();
+        let b = Config::from_toml(&m("b", "a")).unwrap();
+        assert_eq!(a.cntlid_range(), 1..=0x7FF7);
+        assert_eq!(b.cntlid_range(), 0x7FF8..=0xFFEF);
+        assert_ne!(a.nvmf_first_port_id(), b.nvmf_first_port_id());
+        assert_eq!(Config::default().cntlid_range(), 1..=MAX_CNTLID);
+        let c = Config::from_toml(&format!(
+            "[nvmf]\nmin_cntlid=100\nmax_cntlid=199\n{}",
+            m("b", "a")
+        ))
+        .unwrap();
+        assert_eq!(c.cntlid_range(), 100..=199);
+        for bad in [
+            "[nvmf]\nmin_cntlid=0\n",
+            "[nvmf]\nmax_cntlid=0xFFF0\n",
+            "[nvmf]\nmin_cntlid=10\nmax_cntlid=9\n",
+        ] {
+            let e = Config::from_toml(bad).unwrap_err();
+            assert!(e.to_string().contains("cntlid"), "{bad}: {e}");
+        }
     }
 
     #[test]

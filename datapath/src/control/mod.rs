@@ -45,18 +45,16 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Listen on `path` (a stale socket file there is replaced).
+    /// Listen on `path` ([`bind_socket`]: a stale socket file there is replaced; the socket
+    /// is 0660 with the group `cfg.control.group`).
     pub fn start(path: &Path, shared: Arc<ControlCx>, cfg: Config) -> std::io::Result<Self> {
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!("{} is in use by another daemon", path.display()),
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
+        let group = cfg
+            .control
+            .group
+            .as_deref()
+            .map(resolve_group)
+            .transpose()?;
+        let listener = bind_socket(path, group)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -90,6 +88,125 @@ impl ControlServer {
         }
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The gid of group `name` (a name, or a number).
+pub fn resolve_group(name: &str) -> std::io::Result<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::other(format!("control.group {name:?}: bad name")))?;
+    // SAFETY: `group` is plain data (integers and pointers) for which all zeroes is valid.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives it and `out` points into it
+    // or is null.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if rc != 0 || out.is_null() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("control.group {name:?}: no such group"),
+        ));
+    }
+    Ok(grp.gr_gid)
+}
+
+fn chown_group(path: &Path, gid: Option<u32>) -> std::io::Result<()> {
+    match gid {
+        Some(g) => std::os::unix::fs::chown(path, None, Some(g)).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot give {} to group {g}: {e}", path.display()),
+            )
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuse `path` unless this (effective) user owns it: a socket or directory of another user
+/// could be swapped or watched by that user.
+fn check_owner(path: &Path, meta: &std::fs::Metadata, what: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "control {what} {} is owned by uid {}, not by this user (uid {me}): refusing to start; remove it or set control.socket elsewhere",
+                path.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Bind the control socket at `path`. Its directory is created with mode 0750 (and group
+/// `group`) when missing; an existing directory, or an existing file at `path`, owned by
+/// another user is refused. A live socket there is refused (another daemon); a stale one is
+/// replaced. The socket gets mode 0660 and group `group`.
+pub fn bind_socket(path: &Path, group: Option<u32>) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let ctx = |what: String| {
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) => {
+            check_owner(dir, &m, "socket directory")?;
+            if !m.is_dir() {
+                return Err(std::io::Error::other(format!(
+                    "control socket directory {} is not a directory",
+                    dir.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(up) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(up).map_err(ctx(format!("creating {}", up.display())))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o750)
+                .create(dir)
+                .map_err(ctx(format!("creating {}", dir.display())))?;
+            // The umask may have taken bits away; the mode is exactly 0750.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+            chown_group(dir, group)?;
+        }
+        Err(e) => {
+            return Err(ctx(format!("control socket directory {}", dir.display()))(
+                e,
+            ));
+        }
+    }
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        check_owner(path, &m, "socket")?;
+        if UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another daemon", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path).map_err(ctx(format!("binding {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    chown_group(path, group)?;
+    Ok(listener)
 }
 
 fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config) {
@@ -197,6 +314,8 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
             json!({
                 "listen": nv.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "controllers": nv.registry.len(),
+                "cntlid_range": [nv.registry.ids().start(), nv.registry.ids().end()],
+                "first_port_id": nv.first_port_id,
                 "subsystems": nv.subsystems.iter().map(|s| json!({
                     "nqn": s.nqn,
                     "serial": s.serial,
@@ -259,4 +378,60 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
         ),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_control_socket_is_0660_in_a_0750_directory_it_creates() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run/twinblk");
+        let sock = dir.join("site.sock");
+        // SAFETY: getegid has no preconditions.
+        let gid = unsafe { libc::getegid() };
+        let l = bind_socket(&sock, Some(gid)).unwrap();
+        assert_eq!(mode(&dir), 0o750, "directory mode");
+        assert_eq!(mode(&sock), 0o660, "socket mode");
+        assert_eq!(std::fs::metadata(&sock).unwrap().gid(), gid);
+        // A second daemon on the same path is refused while the first listens.
+        let e = bind_socket(&sock, None).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        drop(l);
+        // A stale socket is replaced.
+        bind_socket(&sock, None).unwrap();
+        assert_eq!(mode(&sock), 0o660);
+        assert_eq!(resolve_group(&gid.to_string()).unwrap(), gid);
+        assert!(resolve_group("no-such-group-twinblk").is_err());
+    }
+
+    #[test]
+    fn a_socket_or_directory_owned_by_another_user_is_refused() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to give a directory to another user");
+            return;
+        }
+        let nobody = 65534;
+        let tmp = tempfile::tempdir().unwrap();
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(nobody), Some(nobody)).unwrap();
+        let e = bind_socket(&theirs.join("x.sock"), None).unwrap_err();
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        assert!(!theirs.join("x.sock").exists());
+        // A file at the socket path owned by someone else, in a directory of ours.
+        let sock = tmp.path().join("y.sock");
+        std::fs::write(&sock, b"").unwrap();
+        std::os::unix::fs::chown(&sock, Some(nobody), None).unwrap();
+        let e = bind_socket(&sock, None).unwrap_err();
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        assert!(sock.exists(), "another user's file was removed");
+    }
 }

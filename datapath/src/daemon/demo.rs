@@ -6,8 +6,11 @@
 //! 10809 and NVMe/TCP 4420, site `b` on the next ones), reads each site's endpoints from its standard output, prints them one
 //! per line with each process's PID, and then waits. Ctrl-C (or SIGTERM) stops everything
 //! cleanly; if a site dies (killed to try a failover), the demo says so and the rest keep
-//! running; when both sites are gone it stops the witness and exits with an error.
+//! running; when both sites are gone it stops the witness and exits with an error. If the demo
+//! itself dies, even by SIGKILL, the kernel sends its children SIGTERM (`PR_SET_PDEATHSIG`), so
+//! no witness or site outlives it.
 
+use crate::control::config::{CNTLID_SPLIT, MAX_CNTLID};
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -44,7 +47,9 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
         "# twinblk demo: site {me} of a two-site mirror on loopback\n\
          [reactor]\ncores = [{core}]\npin = {pin}\n\n\
          [nbd]\nlisten = [\"127.0.0.1:{nbd}\"]\n\n\
-         [nvmf]\nlisten = [\"127.0.0.1:{nvmf}\"]\n\n\
+         [nvmf]\nlisten = [\"127.0.0.1:{nvmf}\"]\n\
+         # controller ids are unique within a subsystem, which both sites present: one range each\n\
+         min_cntlid = {min_cntlid:#06x}\nmax_cntlid = {max_cntlid:#06x}\n\n\
          [control]\nsocket = \"{dir}/site-{me}.sock\"\n\n\
          [mirror]\nsite = \"{me}\"\npeer_site = \"{peer}\"\n\
          listen = [\"127.0.0.1:{repl}\"]\npeer = \"127.0.0.1:{peer_repl}\"\n\
@@ -54,6 +59,8 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
         pin = cpus > 1,
         nbd = o.nbd_port + site as u16,
         nvmf = o.nvmf_port + site as u16,
+        min_cntlid = [1, CNTLID_SPLIT + 1][site],
+        max_cntlid = [CNTLID_SPLIT, MAX_CNTLID][site],
         dir = o.dir.display(),
         repl = o.repl_port + site as u16,
         peer_repl = o.repl_port + 1 - site as u16,
@@ -105,7 +112,38 @@ fn start_witness(o: &DemoOptions) -> Result<Site> {
     start_proc(cmd, "witness", "twinblk witness on")
 }
 
+/// Make the child die with the demo: `PR_SET_PDEATHSIG` asks the kernel to send it SIGTERM
+/// (a clean stop) when the demo goes away, even by SIGKILL, when nothing could forward a
+/// signal. The signal comes when the thread that forked the child ends, so every child is
+/// started from the demo's main thread, which lives as long as the demo.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, getppid
+    // and raise, which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The demo died between the fork and the prctl: nobody will signal us.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+}
+
 fn start_proc(mut cmd: Command, name: &'static str, ready: &str) -> Result<Site> {
+    die_with_parent(&mut cmd);
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -220,5 +258,40 @@ pub fn run(o: DemoOptions) -> Result<()> {
             bail!("both sites have exited");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::config::Config;
+
+    #[test]
+    fn the_demo_sites_have_disjoint_controller_ids_and_distinct_port_ids() {
+        let o = DemoOptions {
+            dir: PathBuf::from("/tmp/twinblk-demo-test"),
+            nbd_port: 10809,
+            repl_port: 7700,
+            nvmf_port: 4420,
+            witness_port: 7800,
+            size: "64MiB".into(),
+            exe: PathBuf::from("twinblk"),
+        };
+        let key = tempfile::NamedTempFile::new().unwrap();
+        let cfg = |site| {
+            let text = site_config(&o, site).replace(
+                &format!("{}/witness.key", o.dir.display()),
+                &key.path().display().to_string(),
+            );
+            Config::from_toml(&text).unwrap()
+        };
+        let (a, b) = (cfg(0), cfg(1));
+        let (ra, rb) = (a.cntlid_range(), b.cntlid_range());
+        assert_eq!(
+            (a.nvmf.min_cntlid, b.nvmf.max_cntlid),
+            (Some(1), Some(0xFFEF))
+        );
+        assert!(ra.end() < rb.start(), "{ra:?} and {rb:?} overlap");
+        assert_ne!(a.nvmf_first_port_id(), b.nvmf_first_port_id());
     }
 }

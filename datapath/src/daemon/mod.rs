@@ -217,6 +217,8 @@ impl Daemon {
             nvmf_socks.push(crate::transport::tcp::listen(*addr).map_err(err)?);
         }
         let mut nvmf = NvmfShared::empty();
+        nvmf.registry = crate::frontend::nvmf::ctrl::Registry::new(cfg.cntlid_range());
+        nvmf.first_port_id = cfg.nvmf_first_port_id();
         nvmf.listen = nvmf_socks.iter().map(|(_, a)| *a).collect();
         nvmf.subsystems = cfg
             .effective_subsystems()

@@ -567,10 +567,10 @@ fn free_port_pair() -> u16 {
     }
 }
 
-#[test]
-fn the_demo_runs_two_mirrored_sites_and_a_witness_and_stops_cleanly() {
+/// `twinblk demo` in `dir` on free ports: the child, its output up to "Ctrl-C ..." and its
+/// (NBD, NVMe/TCP) ports of site a.
+fn spawn_demo(dir: &Path) -> (std::process::Child, Vec<String>, u16, u16) {
     use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
     let (nbd, repl, nvmf) = (free_port_pair(), free_port_pair(), free_port_pair());
     let witness = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -580,7 +580,7 @@ fn the_demo_runs_two_mirrored_sites_and_a_witness_and_stops_cleanly() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_twinblk"))
         .arg("demo")
         .arg("--dir")
-        .arg(dir.path())
+        .arg(dir)
         .args(["--size", "64MiB"])
         .args([
             "--nbd-port",
@@ -607,6 +607,43 @@ fn the_demo_runs_two_mirrored_sites_and_a_witness_and_stops_cleanly() {
             break;
         }
     }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+    (child, out, nbd, nvmf)
+}
+
+/// The pids the demo printed ("... pid N ...").
+fn demo_pids(out: &[String]) -> Vec<i32> {
+    out.iter()
+        .filter(|l| l.contains(" pid "))
+        .map(|l| {
+            l.split(" pid ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie left to a parent that does not reap it does not count).
+fn running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(st) => !st
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn the_demo_runs_two_mirrored_sites_and_a_witness_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, out, nbd, nvmf) = spawn_demo(dir.path());
     let text = out.join("\n");
     for want in [
         format!("nbd://127.0.0.1:{nbd}/vol0"),
@@ -642,19 +679,34 @@ fn the_demo_runs_two_mirrored_sites_and_a_witness_and_stops_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Its processes are gone too.
-    for l in out.iter().filter(|l| l.contains(" pid ")) {
-        let pid: i32 = l
-            .split(" pid ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        // SAFETY: signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0;
-        assert!(!alive, "demo left process {pid} running");
+    for pid in demo_pids(&out) {
+        assert!(!running(pid), "demo left process {pid} running");
+    }
+}
+
+#[test]
+fn killing_the_demo_with_sigkill_takes_its_witness_and_sites_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, out, _, _) = spawn_demo(dir.path());
+    let pids = demo_pids(&out);
+    assert_eq!(pids.len(), 3, "witness and two sites: {out:?}");
+    assert!(pids.iter().all(|&p| running(p)));
+    child.kill().unwrap(); // SIGKILL: the demo cannot forward anything
+    child.wait().unwrap();
+    let t = Instant::now();
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| running(p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(3) {
+            for &p in &left {
+                // SAFETY: cleaning up the processes this test started (through the demo).
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            panic!("the demo's processes {left:?} outlived it by 3 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

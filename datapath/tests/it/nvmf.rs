@@ -83,7 +83,8 @@ fn discovery_identify_logs_and_io_paths() {
     assert_eq!(ns.blocks * u64::from(ns.block_size), 64 << 20);
     assert_eq!(ns.anagrpid, 1);
     let desc = c.identify(0x03, 1).unwrap();
-    assert_eq!((desc[0], desc[1]), (2, 16), "NGUID descriptor first");
+    assert_eq!((desc[0], desc[1]), (1, 8), "EUI-64 descriptor first");
+    assert_eq!((desc[12], desc[13]), (2, 16), "then the NGUID");
     // Command-set-specific identify (CSI 0): zeroes; another CSI: invalid field.
     assert!(c.identify(0x06, 0).unwrap().iter().all(|&b| b == 0));
     assert!(c.identify(0x05, 1).unwrap().iter().all(|&b| b == 0));
@@ -779,4 +780,102 @@ fn stop_with_io_in_flight_answers_or_closes_and_returns() {
 /// A [`Queue`] over a stream that has not done ICReq (for tests of what comes before it).
 fn raw_queue(s: TcpStream) -> Queue {
     Queue::from_stream(s)
+}
+
+/// One site of a mirror, in this process: `[mirror]` only (no mirrored volume, so no link),
+/// which is what the site's NVMe-oF identity derives from.
+fn mirror_site(me: &str, peer: &str) -> twinblk::Daemon {
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=['127.0.0.1:0']\n\
+         [control]\nsocket=''\n[mirror]\nsite='{me}'\npeer_site='{peer}'\n\
+         listen=['127.0.0.1:0']\npeer='127.0.0.1:9'\n{RAM}"
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("site config");
+    twinblk::Daemon::start(&cfg).expect("site starts")
+}
+
+/// What a multipath host (Linux) compares between two paths to one subsystem: the controller
+/// ids must differ (it rejects a duplicate cntlid), the subsystem's and namespace's identity
+/// must be the same, and the discovery logs of the two sites name two different ports.
+#[test]
+fn both_sites_present_one_subsystem_with_distinct_controller_ids_and_ports() {
+    let (a, b) = (mirror_site("a", "b"), mirror_site("b", "a"));
+    let (aa, ba) = (nvmf_addr(&a), nvmf_addr(&b));
+    let opts = Opts::default();
+    let mut ca = Controller::connect(aa, NQN, &opts).unwrap();
+    let mut cb = Controller::connect(ba, NQN, &opts).unwrap();
+    assert_ne!(ca.cntlid, cb.cntlid, "both sites hand out the same cntlid");
+    assert!(
+        (1..=0x7FF7).contains(&ca.cntlid),
+        "site a: {:#x}",
+        ca.cntlid
+    );
+    assert!(
+        (0x7FF8..=0xFFEF).contains(&cb.cntlid),
+        "site b: {:#x}",
+        cb.cntlid
+    );
+    let (ia, ib) = (ca.identify(0x01, 0).unwrap(), cb.identify(0x01, 0).unwrap());
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    assert_eq!(u16_at(&ia, 78), ca.cntlid);
+    assert_eq!(u16_at(&ib, 78), cb.cntlid);
+    // Everything but CNTLID is the same at both sites: SN, MN, FR, CMIC, CTRATT, ANATT,
+    // ANACAP, ANAGRPMAX, NANAGRPID, SUBNQN...
+    let mut ia0 = ia.clone();
+    ia0[78..80].copy_from_slice(&ib[78..80]);
+    assert!(ia0 == ib, "Identify Controller differs beyond CNTLID");
+    assert_eq!(
+        ia[76] & 0x0B,
+        0x0B,
+        "CMIC: multi-port, multi-controller, ANA"
+    );
+    assert_eq!(ia[96] & 1, 1, "CTRATT: 128-bit host identifier");
+    // The namespace's identifiers too.
+    for cns in [0x00, 0x03] {
+        let (na, nb) = (ca.identify(cns, 1).unwrap(), cb.identify(cns, 1).unwrap());
+        assert!(na == nb, "Identify CNS {cns:#x} differs between the sites");
+    }
+    let desc = ca.identify(0x03, 1).unwrap();
+    let nidts: Vec<u8> = [0, 12, 32, 52].iter().map(|&at| desc[at]).collect();
+    assert_eq!(
+        nidts,
+        vec![1, 2, 3, 4],
+        "EUI-64, NGUID, UUID, CSI descriptors"
+    );
+    // Discovery: distinct port ids.
+    let (da, db) = (
+        nvmf::discover(aa, &opts).unwrap(),
+        nvmf::discover(ba, &opts).unwrap(),
+    );
+    assert_eq!((da.len(), db.len()), (1, 1));
+    assert_ne!(
+        da[0].portid, db[0].portid,
+        "both sites call their port {}",
+        da[0].portid
+    );
+}
+
+/// Get Features for the features every controller must support (arbitration, power
+/// management, temperature threshold, error recovery) is answered, not refused.
+#[test]
+fn get_features_answers_arbitration_power_temperature_and_error_recovery() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut get = |fid: u32, cdw11: u32| {
+        let r = c
+            .admin
+            .cmd(Sqe::new(0x0A).cdw(10, fid).cdw(11, cdw11), &[], 0)
+            .unwrap();
+        (r.status, r.result as u32)
+    };
+    assert_eq!(get(0x01, 0), (0, 0x7), "arbitration: no burst limit");
+    assert_eq!(get(0x02, 0), (0, 0), "power management: state 0");
+    assert_eq!(
+        get(0x04, 0),
+        (0, 0x157),
+        "composite over-temperature = WCTEMP"
+    );
+    assert_eq!(get(0x04, 1 << 20), (0, 0), "composite under-temperature");
+    assert_eq!(get(0x04, 3 << 20).0, 0x002, "reserved THSEL");
+    assert_eq!(get(0x05, 0), (0, 0), "error recovery");
 }

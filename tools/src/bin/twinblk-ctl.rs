@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[command(version, about)]
 struct Cli {
     /// The daemon's control socket.
-    #[arg(long, default_value = "/tmp/twinblk.sock")]
+    #[arg(long, default_value = "/run/twinblk/twinblk.sock")]
     socket: PathBuf,
     /// Method: daemon_info, volume_list, export_list, reactor_stats, volume_stats,
     /// nvmf_subsystems.

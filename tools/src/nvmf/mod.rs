@@ -923,6 +923,8 @@ impl Controller {
 pub struct DiscEntry {
     /// Transport type (3: TCP).
     pub trtype: u8,
+    /// Port id.
+    pub portid: u16,
     /// Subsystem NQN.
     pub subnqn: String,
     /// Address.
@@ -953,6 +955,7 @@ pub fn discover(addr: SocketAddr, opts: &Opts) -> Result<Vec<DiscEntry>> {
         let e = c.log(0x70, 0, 1024 * (i + 1), 1024)?;
         out.push(DiscEntry {
             trtype: e[0],
+            portid: u16::from_le_bytes([e[4], e[5]]),
             trsvcid: cstr(&e[32..64]),
             subnqn: cstr(&e[256..512]),
             traddr: cstr(&e[512..768]),

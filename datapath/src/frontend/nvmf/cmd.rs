@@ -88,6 +88,14 @@ pub const ACWU_BLOCKS: u32 = 32;
 
 /// Feature identifiers.
 pub mod feat {
+    /// Arbitration (mandatory).
+    pub const ARBITRATION: u8 = 0x01;
+    /// Power management (mandatory).
+    pub const POWER_MGMT: u8 = 0x02;
+    /// Temperature threshold (mandatory).
+    pub const TEMP_THRESHOLD: u8 = 0x04;
+    /// Error recovery (mandatory).
+    pub const ERROR_RECOVERY: u8 = 0x05;
     /// Volatile write cache.
     pub const VOLATILE_WC: u8 = 0x06;
     /// Number of queues.
@@ -411,30 +419,46 @@ pub const FIRMWARE: &str = env!("CARGO_PKG_VERSION");
 /// NVMe version reported (1.4: ANA).
 pub const VERSION: u32 = 0x0001_0400;
 
-/// Fill Identify Controller (4096 bytes; `b` zeroed by the caller).
+/// CMIC of an I/O controller: the subsystem has several ports (bit 0: both sites' listeners)
+/// and several controllers (bit 1), and reports ANA (bit 3).
+pub const CMIC: u8 = (1 << 0) | (1 << 1) | (1 << 3);
+/// CTRATT: 128-bit host identifiers (bit 0; the only kind a fabrics controller has).
+pub const CTRATT: u32 = 1;
+/// ANA transition time, seconds.
+pub const ANATT: u8 = 10;
+/// ANACAP: optimised, non-optimised, inaccessible, persistent loss and change states reported
+/// (bits 4:0); the group id of a namespace never changes while it is attached (bit 6).
+pub const ANACAP: u8 = 0x1F | (1 << 6);
+/// Warning composite temperature threshold (K), also the default over-temperature threshold.
+pub const WCTEMP: u16 = 0x157;
+/// Critical composite temperature threshold (K).
+pub const CCTEMP: u16 = 0x175;
+
+/// Fill Identify Controller (4096 bytes; `b` zeroed by the caller). Offsets: NVM Express Base
+/// 2.0, Identify Controller data structure (checked field by field by the tests).
 pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     put_str(&mut b[4..24], c.serial.as_bytes(), b' ');
     put_str(&mut b[24..64], MODEL.as_bytes(), b' ');
     put_str(&mut b[64..72], FIRMWARE.as_bytes(), b' ');
     b[72] = 6; // RAB
-    // CMIC: multiple controllers (bit 1), ANA reporting (bit 3).
-    b[76] = if c.discovery { 0 } else { (1 << 1) | (1 << 3) };
+    b[76] = if c.discovery { 0 } else { CMIC };
     b[77] = c.mdts;
     put16(b, 78, c.cntlid);
     put32(b, 80, VERSION);
     // OAES: ANA change notices (bit 11).
     put32(b, 92, if c.discovery { 0 } else { 1 << 11 });
+    put32(b, 96, CTRATT);
     b[111] = if c.discovery { 2 } else { 1 }; // CNTRLTYPE
     b[258] = 3; // ACL (0's based)
     b[259] = 3; // AERL (0's based): 4 outstanding
     b[260] = 0x03; // FRMW: slot 1 read-only, 1 slot
     b[261] = 0x04; // LPA: extended data for Get Log Page (offsets)
-    put16(b, 266, 0x157); // WCTEMP
-    put16(b, 268, 0x175); // CCTEMP
+    put16(b, 266, WCTEMP);
+    put16(b, 268, CCTEMP);
     put16(b, 320, 1); // KAS: 100 ms granularity
     if !c.discovery {
-        b[342] = 10; // ANATT (s)
-        b[343] = 0x1F; // ANACAP: optimised, non-opt., inaccessible, loss, change
+        b[342] = ANATT;
+        b[343] = ANACAP;
         put32(b, 344, c.anagrpmax); // ANAGRPMAX
         put32(b, 348, c.nanagrpid); // NANAGRPID
     }
@@ -455,7 +479,8 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     );
     if !c.discovery {
         put16(b, 522, 1); // FUSES: Compare and Write
-        put16(b, 534, (ACWU_BLOCKS - 1) as u16); // ACWU (0's based)
+        // ACWU (0's based) is bytes 533:532; 535:534 is OCFS (no Copy formats: zero).
+        put16(b, 532, (ACWU_BLOCKS - 1) as u16);
     }
     b[525] = if c.discovery { 0 } else { 1 }; // VWC present
     // SGLS: supported (bits 1:0 = 01), address as offset (bit 20).
@@ -473,7 +498,7 @@ pub fn lbads(block_size: u32) -> u8 {
 }
 
 /// Fill Identify Namespace (4096 bytes; `b` zeroed).
-pub fn identify_ns(b: &mut [u8], blocks: u64, block_size: u32, ana_group: u32, nguid: &[u8; 16]) {
+pub fn identify_ns(b: &mut [u8], blocks: u64, block_size: u32, ana_group: u32, ids: &NsIds) {
     put64(b, 0, blocks);
     put64(b, 8, blocks);
     put64(b, 16, blocks);
@@ -484,7 +509,8 @@ pub fn identify_ns(b: &mut [u8], blocks: u64, block_size: u32, ana_group: u32, n
     b[31] = 0xFF;
     b[33] = 0x01; // DLFEAT: deallocated blocks read as zeroes
     put32(b, 92, ana_group);
-    b[104..120].copy_from_slice(nguid);
+    b[104..120].copy_from_slice(&ids.nguid);
+    b[120..128].copy_from_slice(&ids.eui64);
     b[128 + 2] = lbads(block_size);
 }
 
@@ -500,14 +526,51 @@ pub fn active_ns_list(b: &mut [u8], nsids: impl Iterator<Item = u32>, after: u32
     }
 }
 
-/// Fill the namespace identification descriptor list (NGUID, CSI = NVM).
-pub fn ns_descriptors(b: &mut [u8], nguid: &[u8; 16]) {
-    b[0] = 2; // NIDT: NGUID
-    b[1] = 16;
-    b[4..20].copy_from_slice(nguid);
-    b[20] = 4; // NIDT: command set identifier
-    b[21] = 1;
-    b[24] = 0; // NVM
+/// Fill the namespace identification descriptor list (4 bytes of header, NIDT @0, NIDL @1,
+/// then the identifier): EUI-64, NGUID, UUID, CSI = NVM.
+pub fn ns_descriptors(b: &mut [u8], ids: &NsIds) {
+    let mut at = 0;
+    for (nidt, id) in [
+        (1u8, &ids.eui64[..]),
+        (2, &ids.nguid[..]),
+        (3, &ids.uuid[..]),
+        (4, &[0]),
+    ] {
+        b[at] = nidt;
+        b[at + 1] = id.len() as u8;
+        b[at + 4..at + 4 + id.len()].copy_from_slice(id);
+        at += 4 + id.len();
+    }
+}
+
+/// A namespace's globally unique identifiers, as Identify Namespace and the namespace
+/// identification descriptors report them. A multipath host checks that every path to a
+/// namespace reports the same ones, so they depend on the subsystem NQN and nsid only (never on
+/// the site).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NsIds {
+    /// NGUID.
+    pub nguid: [u8; 16],
+    /// EUI-64 (locally administered: first byte's bit 1 set, bit 0 clear).
+    pub eui64: [u8; 8],
+    /// UUID (RFC 9562 version 8, variant 10b).
+    pub uuid: [u8; 16],
+}
+
+impl NsIds {
+    /// The identifiers of namespace `nsid` of subsystem `subnqn`.
+    pub fn derive(subnqn: &str, nsid: u32) -> Self {
+        let nguid = nguid(subnqn, nsid);
+        let mut eui64 = [0u8; 8];
+        eui64.copy_from_slice(&nguid[8..16]);
+        eui64[0] = (eui64[0] | 0x02) & !0x01;
+        let h = crc32c::crc32c_append(crc32c::crc32c(&nguid), b"uuid");
+        let mut uuid = nguid;
+        uuid[0..4].copy_from_slice(&h.to_be_bytes());
+        uuid[6] = (uuid[6] & 0x0F) | 0x80; // version 8
+        uuid[8] = (uuid[8] & 0x3F) | 0x80; // variant 10b
+        Self { nguid, eui64, uuid }
+    }
 }
 
 /// A derived NGUID: stable for a (subsystem, namespace) pair.
@@ -699,6 +762,223 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b[1792..1796].try_into().unwrap()), 516);
         assert_eq!(b[76] & 8, 8);
         assert_eq!(&b[4..8], b"SN  ");
+    }
+
+    /// One field of a structure: (name, byte offset, width, expected little-endian value or
+    /// padded bytes).
+    type Field = (&'static str, usize, usize, Vec<u8>);
+
+    fn int(v: u64, width: usize) -> Vec<u8> {
+        v.to_le_bytes()[..width.min(8)].to_vec()
+    }
+
+    fn text(s: &str, width: usize, pad: u8) -> Vec<u8> {
+        let mut b = s.as_bytes().to_vec();
+        b.resize(width, pad);
+        b
+    }
+
+    /// Every field at its offset with its value, and every byte outside the table zero (so the
+    /// table names every field the builder fills).
+    fn check_fields(what: &str, b: &[u8], len: usize, table: &[Field]) {
+        assert_eq!(b.len(), len, "{what}: size");
+        let mut covered = vec![false; len];
+        for (name, at, width, want) in table {
+            assert_eq!(want.len(), *width, "{what} {name}: table entry width");
+            assert_eq!(
+                &b[*at..at + width],
+                &want[..],
+                "{what} {name} (bytes {}:{at})",
+                at + width - 1
+            );
+            for c in &mut covered[*at..at + width] {
+                assert!(!*c, "{what} {name}: overlaps another field");
+                *c = true;
+            }
+        }
+        for (i, (&v, &c)) in b.iter().zip(&covered).enumerate() {
+            assert!(
+                c || v == 0,
+                "{what}: byte {i} = {v:#x} is set but in no field"
+            );
+        }
+    }
+
+    /// Identify Controller, Identify Namespace, the namespace identification descriptors, the
+    /// ANA log and the discovery log against the byte offsets and widths of NVM Express Base
+    /// 2.0 and NVMe over Fabrics 1.1.
+    #[test]
+    fn identify_logs_and_discovery_fields_sit_at_their_spec_offsets() {
+        let mut b = vec![0u8; IDENTIFY_LEN];
+        identify_ctrl(
+            &mut b,
+            &CtrlIdentity {
+                cntlid: 0x7FF9,
+                subnqn: "nqn.x",
+                serial: "TB0123ABCD",
+                discovery: false,
+                nn: 3,
+                mdts: 5,
+                maxcmd: 1024,
+                incapsule: 8192,
+                anagrpmax: 7,
+                nanagrpid: 2,
+            },
+        );
+        let ctrl: Vec<Field> = vec![
+            ("SN", 4, 20, text("TB0123ABCD", 20, b' ')),
+            ("MN", 24, 40, text(MODEL, 40, b' ')),
+            ("FR", 64, 8, text(FIRMWARE, 8, b' ')),
+            ("RAB", 72, 1, int(6, 1)),
+            (
+                "CMIC: multi-port, multi-controller, ANA",
+                76,
+                1,
+                int(0x0B, 1),
+            ),
+            ("MDTS", 77, 1, int(5, 1)),
+            ("CNTLID", 78, 2, int(0x7FF9, 2)),
+            ("VER", 80, 4, int(0x0001_0400, 4)),
+            ("OAES: ANA change notices", 92, 4, int(1 << 11, 4)),
+            ("CTRATT: 128-bit host id", 96, 4, int(1, 4)),
+            ("CNTRLTYPE: I/O", 111, 1, int(1, 1)),
+            ("ACL", 258, 1, int(3, 1)),
+            ("AERL", 259, 1, int(3, 1)),
+            ("FRMW", 260, 1, int(3, 1)),
+            ("LPA", 261, 1, int(4, 1)),
+            ("WCTEMP", 266, 2, int(0x157, 2)),
+            ("CCTEMP", 268, 2, int(0x175, 2)),
+            ("KAS", 320, 2, int(1, 2)),
+            ("ANATT", 342, 1, int(10, 1)),
+            ("ANACAP", 343, 1, int(0x5F, 1)),
+            ("ANAGRPMAX", 344, 4, int(7, 4)),
+            ("NANAGRPID", 348, 4, int(2, 4)),
+            ("SQES", 512, 1, int(0x66, 1)),
+            ("CQES", 513, 1, int(0x44, 1)),
+            ("MAXCMD", 514, 2, int(1024, 2)),
+            ("NN", 516, 4, int(3, 4)),
+            ("ONCS", 520, 2, int(0x2D, 2)),
+            ("FUSES", 522, 2, int(1, 2)),
+            ("VWC", 525, 1, int(1, 1)),
+            ("ACWU", 532, 2, int(31, 2)),
+            ("OCFS", 534, 2, int(0, 2)),
+            ("SGLS", 536, 4, int(1 | (1 << 20), 4)),
+            ("MNAN", 540, 4, int(3, 4)),
+            ("SUBNQN", 768, 256, text("nqn.x", 256, 0)),
+            ("IOCCSZ", 1792, 4, int(516, 4)),
+            ("IORCSZ", 1796, 4, int(1, 4)),
+            ("MSDBD", 1803, 1, int(1, 1)),
+        ];
+        check_fields("Identify Controller", &b, IDENTIFY_LEN, &ctrl);
+
+        let ids = NsIds::derive("nqn.x", 2);
+        let mut b = vec![0u8; IDENTIFY_LEN];
+        identify_ns(&mut b, 1000, 4096, 5, &ids);
+        let ns: Vec<Field> = vec![
+            ("NSZE", 0, 8, int(1000, 8)),
+            ("NCAP", 8, 8, int(1000, 8)),
+            ("NUSE", 16, 8, int(1000, 8)),
+            ("NLBAF", 25, 1, int(0, 1)),
+            ("FLBAS", 26, 1, int(0, 1)),
+            ("NMIC: shared", 30, 1, int(1, 1)),
+            ("RESCAP", 31, 1, int(0xFF, 1)),
+            ("DLFEAT", 33, 1, int(1, 1)),
+            ("ANAGRPID", 92, 4, int(5, 4)),
+            ("NGUID", 104, 16, ids.nguid.to_vec()),
+            ("EUI64", 120, 8, ids.eui64.to_vec()),
+            ("LBAF0: LBADS 12", 128, 4, int(12 << 16, 4)),
+        ];
+        check_fields("Identify Namespace", &b, IDENTIFY_LEN, &ns);
+
+        let mut b = vec![0u8; IDENTIFY_LEN];
+        ns_descriptors(&mut b, &ids);
+        let desc: Vec<Field> = vec![
+            ("NIDT EUI-64", 0, 1, int(1, 1)),
+            ("NIDL", 1, 1, int(8, 1)),
+            ("EUI-64", 4, 8, ids.eui64.to_vec()),
+            ("NIDT NGUID", 12, 1, int(2, 1)),
+            ("NIDL", 13, 1, int(16, 1)),
+            ("NGUID", 16, 16, ids.nguid.to_vec()),
+            ("NIDT UUID", 32, 1, int(3, 1)),
+            ("NIDL", 33, 1, int(16, 1)),
+            ("UUID", 36, 16, ids.uuid.to_vec()),
+            ("NIDT CSI", 52, 1, int(4, 1)),
+            ("NIDL", 53, 1, int(1, 1)),
+            ("CSI: NVM", 56, 1, int(0, 1)),
+        ];
+        check_fields(
+            "Namespace Identification Descriptors",
+            &b,
+            IDENTIFY_LEN,
+            &desc,
+        );
+
+        let mut b = Vec::new();
+        let g = AnaDesc {
+            id: 5,
+            chgcnt: 9,
+            state: ana::NON_OPTIMIZED,
+            nsids: &[2, 4],
+        };
+        ana_log(&mut b, 11, &[g], false);
+        let log: Vec<Field> = vec![
+            ("CHGCNT", 0, 8, int(11, 8)),
+            ("NGRPS", 8, 2, int(1, 2)),
+            ("ANAGRPID", 16, 4, int(5, 4)),
+            ("NNSID", 20, 4, int(2, 4)),
+            ("group CHGCNT", 24, 8, int(9, 8)),
+            ("ANAS", 32, 1, int(2, 1)),
+            ("NSID 0", 48, 4, int(2, 4)),
+            ("NSID 1", 52, 4, int(4, 4)),
+        ];
+        check_fields("ANA log", &b, 56, &log);
+
+        let mut b = Vec::new();
+        disc_header(&mut b, 3, 1);
+        disc_entry(
+            &mut b,
+            &DiscEntry {
+                ipv6: false,
+                portid: 0x101,
+                trsvcid: "4421",
+                subnqn: "nqn.y",
+                traddr: "127.0.0.1",
+            },
+        );
+        let e = DISC_ENTRY_LEN;
+        let disc: Vec<Field> = vec![
+            ("GENCTR", 0, 8, int(3, 8)),
+            ("NUMREC", 8, 8, int(1, 8)),
+            ("RECFMT", 16, 2, int(0, 2)),
+            ("TRTYPE: TCP", e, 1, int(3, 1)),
+            ("ADRFAM: IPv4", e + 1, 1, int(1, 1)),
+            ("SUBTYPE: NVM subsystem", e + 2, 1, int(2, 1)),
+            ("TREQ", e + 3, 1, int(4, 1)),
+            ("PORTID", e + 4, 2, int(0x101, 2)),
+            ("CNTLID: dynamic", e + 6, 2, int(0xFFFF, 2)),
+            ("ASQSZ", e + 8, 2, int(32, 2)),
+            ("EFLAGS", e + 10, 2, int(0, 2)),
+            ("TRSVCID", e + 32, 32, text("4421", 32, 0)),
+            ("SUBNQN", e + 256, 256, text("nqn.y", 256, 0)),
+            ("TRADDR", e + 512, 256, text("127.0.0.1", 256, 0)),
+            ("TSAS: SECTYPE none", e + 768, 1, int(0, 1)),
+        ];
+        check_fields("discovery log", &b, 2 * DISC_ENTRY_LEN, &disc);
+    }
+
+    #[test]
+    fn namespace_ids_depend_on_the_subsystem_and_nsid_only() {
+        let a = NsIds::derive("nqn.2026-11.io.twinblk:vol0", 1);
+        assert_eq!(a, NsIds::derive("nqn.2026-11.io.twinblk:vol0", 1));
+        assert_ne!(a, NsIds::derive("nqn.2026-11.io.twinblk:vol0", 2));
+        assert_ne!(a, NsIds::derive("nqn.2026-11.io.twinblk:vol1", 1));
+        assert_eq!(
+            a.eui64[0] & 0x03,
+            0x02,
+            "EUI-64 locally administered, unicast"
+        );
+        assert_eq!(a.uuid[6] >> 4, 8, "UUID version 8");
+        assert_eq!(a.uuid[8] >> 6, 0b10, "UUID variant");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Highest controller id of the dynamic controller model.
-pub const MAX_CNTLID: u16 = 0xFFEF;
+pub const MAX_CNTLID: u16 = crate::control::config::MAX_CNTLID;
 /// Default number of I/O queues a controller may create (Set Features can lower it).
 pub const MAX_IO_QUEUES: u16 = 64;
 
@@ -38,8 +38,9 @@ pub struct Namespace {
     pub volume: usize,
     /// ANA group: the volume's ([`ana_group_of`]).
     pub ana_group: u32,
-    /// Stable NGUID.
-    pub nguid: [u8; 16],
+    /// The namespace's identifiers (NGUID, EUI-64, UUID): derived from the subsystem NQN and
+    /// the nsid only, so both sites report the same ones for the same namespace.
+    pub ids: cmd::NsIds,
 }
 
 /// An NVM subsystem.
@@ -85,7 +86,7 @@ impl Subsystem {
                 nsid: i as u32 + 1,
                 volume,
                 ana_group: ana_group_of(volume),
-                nguid: cmd::nguid(&nqn, i as u32 + 1),
+                ids: cmd::NsIds::derive(&nqn, i as u32 + 1),
             })
             .collect();
         let mut ana_groups: Vec<AnaGroup> = Vec::new();
@@ -256,20 +257,44 @@ impl Controller {
 }
 
 /// The daemon's controllers by cntlid.
-#[derive(Default)]
 pub struct Registry {
     inner: Mutex<RegistryInner>,
     /// Live controllers, readable without the lock (control socket).
     live: std::sync::atomic::AtomicUsize,
+    /// The ids this site hands out (each site of a mirror has its own range: controller ids
+    /// are unique within a subsystem, and both sites present the same subsystems).
+    ids: std::ops::RangeInclusive<u16>,
 }
 
 #[derive(Default)]
 struct RegistryInner {
     ctrls: HashMap<u16, Arc<Controller>>,
-    last: u16,
+    last: Option<u16>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(1..=MAX_CNTLID)
+    }
 }
 
 impl Registry {
+    /// A registry handing out controller ids in `ids` (within `1..=MAX_CNTLID`; clamped).
+    pub fn new(ids: std::ops::RangeInclusive<u16>) -> Self {
+        let lo = (*ids.start()).clamp(1, MAX_CNTLID);
+        let hi = (*ids.end()).clamp(lo, MAX_CNTLID);
+        Self {
+            inner: Mutex::new(RegistryInner::default()),
+            live: std::sync::atomic::AtomicUsize::new(0),
+            ids: lo..=hi,
+        }
+    }
+
+    /// The controller ids this registry hands out.
+    pub fn ids(&self) -> std::ops::RangeInclusive<u16> {
+        self.ids.clone()
+    }
+
     /// Create a controller with a fresh cntlid (`None` when all ids are in use).
     pub fn create(
         &self,
@@ -279,9 +304,10 @@ impl Registry {
         kato_ms: u32,
     ) -> Option<Arc<Controller>> {
         let mut r = lock(&self.inner);
-        let mut id = r.last;
-        for _ in 0..MAX_CNTLID {
-            id = if id >= MAX_CNTLID { 1 } else { id + 1 };
+        let (lo, hi) = (*self.ids.start(), *self.ids.end());
+        let mut id = r.last.unwrap_or(hi);
+        for _ in lo..=hi {
+            id = if id >= hi || id < lo { lo } else { id + 1 };
             if let std::collections::hash_map::Entry::Vacant(slot) = r.ctrls.entry(id) {
                 let c = Arc::new(Controller {
                     cntlid: id,
@@ -294,7 +320,7 @@ impl Registry {
                     queues: Mutex::new(Queues::default()),
                 });
                 slot.insert(Arc::clone(&c));
-                r.last = id;
+                r.last = Some(id);
                 self.live.store(r.ctrls.len(), Ordering::Relaxed);
                 return Some(c);
             }
@@ -358,6 +384,22 @@ mod tests {
         assert_eq!(a.attach_queue(2, &fd, (0, 0)), Err(AttachError::Dead));
         assert!(r.get(a.cntlid).is_none());
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_registry_hands_out_only_the_ids_of_its_range_and_wraps_within_it() {
+        let r = Registry::new(0x7FF8..=0x7FFA);
+        let ids: Vec<u16> = (0..3)
+            .map(|_| r.create(Some(0), "h", [0; 16], 0).unwrap().cntlid)
+            .collect();
+        assert_eq!(ids, vec![0x7FF8, 0x7FF9, 0x7FFA]);
+        assert!(r.create(Some(0), "h", [0; 16], 0).is_none(), "range full");
+        r.remove(0x7FF9);
+        assert_eq!(r.create(Some(0), "h", [0; 16], 0).unwrap().cntlid, 0x7FF9);
+        // The default range is the whole dynamic range, starting at 1.
+        let d = Registry::default();
+        assert_eq!(d.ids(), 1..=MAX_CNTLID);
+        assert_eq!(d.create(None, "h", [0; 16], 0).unwrap().cntlid, 1);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct NvmfShared {
     pub listen: Vec<SocketAddr>,
     /// Live controllers.
     pub registry: Registry,
+    /// The discovery log's port id of the first listener (the others follow): distinct per
+    /// site, since a host discovering both sites must see two ports.
+    pub first_port_id: u16,
     /// Directory of the reservation state files (`None`: reservations are not persisted).
     pub state_dir: Option<PathBuf>,
     /// Atomic sections per volume (built on first use, when the reactors exist).
@@ -59,6 +62,7 @@ impl NvmfShared {
             subsystems: Vec::new(),
             listen: Vec::new(),
             registry: Registry::default(),
+            first_port_id: 1,
             state_dir: None,
             sections: OnceLock::new(),
             home_service: 0,

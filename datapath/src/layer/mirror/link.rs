@@ -137,12 +137,35 @@ impl LinkConn {
         l
     }
 
+    /// A session started: the link's warnings start afresh (the next failure is logged at
+    /// once), and failures not logged since the last warning are reported.
+    fn link_warnings_end(e: &mut super::engine::Engine) {
+        let n = e.link_warns.clear();
+        if n > 0 {
+            tracing::info!(volume = %e.config().name, not_logged = n,
+                "mirror: link up; {n} link failures were not logged since the last warning");
+        }
+    }
+
     fn close(&mut self, env: &mut Env<'_>, why: &'static str) {
         if self.state == State::Closing {
             return;
         }
         if why != "closed" {
-            tracing::warn!(volume = ?self.vol, why, "mirror: dropping the link");
+            // A follower whose leader is gone fails a dial every 200 ms: the first failure
+            // is logged, then one a minute with the count of those not logged.
+            let limited = self
+                .vol
+                .and_then(|vol| engine(env.chans, vol))
+                .map(|e| e.link_warns.check(why, Instant::now()));
+            match limited {
+                None | Some(Some(0)) => {
+                    tracing::warn!(volume = ?self.vol, why, "mirror: dropping the link")
+                }
+                Some(Some(n)) => tracing::warn!(volume = ?self.vol, why, not_logged = n,
+                    "mirror: dropping the link (again; {n} more since the last warning)"),
+                Some(None) => {}
+            }
         }
         self.why = why;
         self.state = State::Closing;
@@ -255,6 +278,7 @@ impl LinkConn {
         e.link_key = Some(key);
         self.vol = Some(vol);
         self.attached = true;
+        Self::link_warnings_end(e);
         wire::encode(
             &mut self.tx,
             &Header {
@@ -286,7 +310,14 @@ impl LinkConn {
                 State::AwaitHello => {
                     let payload = payload.to_vec();
                     if let Err(why) = self.hello(env, &h, &payload) {
-                        tracing::warn!(%why, "mirror: refusing a link");
+                        // A follower redials every 200 ms: the refusal is logged the first
+                        // time, then once a minute with the count.
+                        match super::ratelimit::check_unbound("refusing a link", Instant::now()) {
+                            Some(0) => tracing::warn!(%why, "mirror: refusing a link"),
+                            Some(n) => tracing::warn!(%why, not_logged = n,
+                                "mirror: refusing a link (again; {n} more since the last warning)"),
+                            None => {}
+                        }
                         let n = why.len().min(1024);
                         wire::encode(
                             &mut self.tx,
@@ -315,15 +346,34 @@ impl LinkConn {
                             }
                             e.set_peer_incarnation(h.seq);
                             if let Err(why) = e.session_start(env.io, h.id) {
-                                tracing::error!(volume = %e.config().name, %why, "mirror: refusing the session");
+                                match e.link_warns.check("refusing the session", Instant::now()) {
+                                    Some(0) => tracing::error!(volume = %e.config().name, %why,
+                                        "mirror: refusing the session"),
+                                    Some(n) => tracing::error!(volume = %e.config().name, %why,
+                                        not_logged = n,
+                                        "mirror: refusing the session (again; {n} more since the last error)"),
+                                    None => {}
+                                }
                                 return self.close(env, "no session possible");
                             }
                             self.state = State::Up;
                             self.attached = true;
+                            Self::link_warnings_end(e);
                         }
                         Type::Refuse => {
                             let why = String::from_utf8_lossy(payload);
-                            tracing::error!(%why, "mirror: the leader refused the link");
+                            let limited = self
+                                .vol
+                                .and_then(|v| engine(env.chans, v))
+                                .map(|e| e.link_warns.check("the leader refused", Instant::now()));
+                            match limited {
+                                None | Some(Some(0)) => {
+                                    tracing::error!(%why, "mirror: the leader refused the link")
+                                }
+                                Some(Some(n)) => tracing::error!(%why, not_logged = n,
+                                    "mirror: the leader refused the link (again; {n} more since the last error)"),
+                                Some(None) => {}
+                            }
                             return self.close(env, "refused by the leader");
                         }
                         _ => return self.close(env, "expected WELCOME"),

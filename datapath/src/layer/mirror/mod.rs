@@ -23,6 +23,7 @@
 pub mod engine;
 pub mod failover;
 pub mod link;
+pub mod ratelimit;
 pub mod state;
 pub mod stats;
 pub mod wire;

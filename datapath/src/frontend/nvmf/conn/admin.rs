@@ -140,7 +140,7 @@ impl NvmfConn {
                             info.size / u64::from(bs),
                             bs,
                             ns.ana_group,
-                            &ns.nguid,
+                            &ns.ids,
                         );
                         Status::SUCCESS
                     }
@@ -167,7 +167,7 @@ impl NvmfConn {
             (0x06, Some(_)) if sqe.cdw(11) >> 24 == 0 => Status::SUCCESS,
             (0x03, Some(s)) => match s.ns(sqe.nsid()) {
                 Some(ns) => {
-                    cmd::ns_descriptors(&mut self.scratch, &ns.nguid);
+                    cmd::ns_descriptors(&mut self.scratch, &ns.ids);
                     Status::SUCCESS
                 }
                 None => Status::INVALID_NS,
@@ -205,7 +205,7 @@ impl NvmfConn {
                             &mut self.scratch,
                             &cmd::DiscEntry {
                                 ipv6: a.is_ipv6(),
-                                portid: i as u16 + 1,
+                                portid: nv.first_port_id + i as u16,
                                 trsvcid: &port,
                                 subnqn: &s.nqn,
                                 traddr: &addr,
@@ -313,6 +313,27 @@ impl NvmfConn {
             ),
             feat::ASYNC_EVENT => (Status::SUCCESS, u64::from(st.aec)),
             feat::VOLATILE_WC if ctrl.subsys.is_some() => (Status::SUCCESS, 1),
+            // The features every controller must support (NVM Express Base 2.0, Feature
+            // Identifiers, M for I/O controllers). None can be changed here; each reports its
+            // fixed value.
+            // Arbitration: AB (bits 2:0) 111b, no burst limit; priority weights 0 (round robin).
+            feat::ARBITRATION if ctrl.subsys.is_some() => (Status::SUCCESS, 0x7),
+            // Power management: power state 0 (the only one, NPSS = 0), no workload hint.
+            feat::POWER_MGMT if ctrl.subsys.is_some() => (Status::SUCCESS, 0),
+            // Temperature threshold: cdw11 TMPSEL bits 19:16 (0: composite, 1..=8 sensors,
+            // 0xF "all" only for Set Features), THSEL bits 21:20 (0 over, 1 under). The composite over threshold is
+            // WCTEMP; the under threshold and the absent sensors' thresholds are 0.
+            feat::TEMP_THRESHOLD if ctrl.subsys.is_some() => {
+                let tmpsel = (sqe.cdw(11) >> 16) & 0xF;
+                let thsel = (sqe.cdw(11) >> 20) & 0x3;
+                match (tmpsel, thsel) {
+                    (0x9..=0xF, _) | (_, 2..) => (Status::INVALID_FIELD, 0),
+                    (0, 0) => (Status::SUCCESS, u64::from(cmd::WCTEMP)),
+                    _ => (Status::SUCCESS, 0),
+                }
+            }
+            // Error recovery: TLER 0 (no time limit), DULBE 0.
+            feat::ERROR_RECOVERY if ctrl.subsys.is_some() => (Status::SUCCESS, 0),
             _ => (Status::INVALID_FIELD, 0),
         }
     }

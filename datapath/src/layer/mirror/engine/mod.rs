@@ -287,6 +287,9 @@ pub struct Engine {
     pub last_rx: Instant,
     /// The link must be dropped (heartbeat timeout).
     pub kill_link: Option<&'static str>,
+    /// Rate limits of the link's warnings: a follower whose leader is gone redials every
+    /// [`REDIAL_EVERY`] and each failed dial drops a link (cleared when a session starts).
+    pub link_warns: crate::layer::mirror::ratelimit::WarnLimits,
     next_ping: Instant,
     next_dial: Instant,
     /// Messages arrived since the last `take_outbox`.
@@ -386,6 +389,7 @@ impl Engine {
             link_key: None,
             last_rx: Instant::now(),
             kill_link: None,
+            link_warns: Default::default(),
             next_ping: Instant::now(),
             next_dial: Instant::now(),
             rx_since_flush: false,
