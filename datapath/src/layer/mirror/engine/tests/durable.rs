@@ -32,6 +32,15 @@ fn granted_with(p: &Arc<Persister>, dir: &std::path::Path) -> (Site, Site, IoCx,
     (a, b, io, rng, slot)
 }
 
+/// Lifts the hold when dropped, before the engine's clean stop waits for the persister (a
+/// failing assertion must not leave the stop waiting).
+struct Unhold(Arc<Persister>);
+impl Drop for Unhold {
+    fn drop(&mut self) {
+        self.0.hold(false);
+    }
+}
+
 /// The survivor state is handed to a persister that takes its time: the engine goes on at
 /// once, applies the held and new writes, and acknowledges none of them until the persister
 /// reports "survivor, epoch 7" durable; then all of them.
@@ -42,6 +51,7 @@ fn a_survivor_acknowledges_no_write_until_its_state_is_durable() {
     p.hold(true);
     let t = Instant::now();
     let (mut a, _b, mut io, mut rng, mut slot) = granted_with(&p, dir.path());
+    let _unhold = Unhold(Arc::clone(&p));
     assert_eq!(a.engine.mode(), Mode::Survivor);
     for _ in 0..10 {
         submit(&mut a, &mut io, &mut rng, &mut slot);
@@ -93,6 +103,7 @@ fn a_survivor_that_cannot_persist_its_state_stops_serving() {
     p.hold(true);
     p.fail_saves(true);
     let (mut a, _b, mut io, mut rng, mut slot) = granted_with(&p, dir.path());
+    let _unhold = Unhold(Arc::clone(&p));
     for _ in 0..5 {
         submit(&mut a, &mut io, &mut rng, &mut slot);
     }
