@@ -29,6 +29,8 @@
 //! Layout (this folder):
 //! - `region.rs`: [`RegionMap`], the dirty, written and suspect maps (owns its bits and their
 //!   count).
+//! - `durable.rs`: the replica state handed to the persister, what waits until it is durable
+//!   (a survivor's answers, giving the grant back) and the fail-stop (owns its state).
 //! - `apply.rs`: the apply queue (owns the applies, the interval index of in-flight ranges and
 //!   the applied watermark); says which applies start, the engine starts them.
 //! - `replica.rs`: [`Mode`], replica states and [`decide`], the session decision (pure).
