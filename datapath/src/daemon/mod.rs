@@ -23,6 +23,7 @@ use crate::frontend::nvmf::{NvmfAcceptor, NvmfShared, ctrl::Subsystem};
 use crate::layer::mirror::engine::{EngineConfig, Role};
 use crate::layer::mirror::failover::{self, FailoverConfig, FailoverSlot};
 use crate::layer::mirror::link::LinkAcceptor;
+use crate::layer::mirror::persist::Persister;
 use crate::layer::mirror::{MirrorDevice, MirrorInfo};
 use crate::runtime::{
     self, Acceptor, Listener, Mailbox, Msg, Reactor, ReactorStats, RingSizes, Shared, WaitPolicy,
@@ -72,6 +73,9 @@ pub enum StartError {
     /// The control socket could not be created.
     #[error("control socket")]
     Control(#[source] std::io::Error),
+    /// The mirror's replica-state persister thread could not be started.
+    #[error("cannot start the replica-state persister thread")]
+    Persister(#[source] std::io::Error),
     /// The witness client could not be set up (key file, address).
     #[error("cannot set up the witness client")]
     Witness(#[source] std::io::Error),
@@ -99,6 +103,8 @@ pub struct Daemon {
     cores: Vec<usize>,
     failover: Option<JoinHandle<()>>,
     failover_stop: Arc<AtomicBool>,
+    /// Writes the mirrored volumes' replica states off the reactors.
+    persister: Option<Arc<Persister>>,
 }
 
 fn build_device(
@@ -261,7 +267,15 @@ impl Daemon {
                 Mailbox::new().map_err(|source| StartError::Reactor { id, core, source })?,
             ));
         }
+        let persister = if cfg.mirror.as_ref().is_some_and(|m| m.state_dir.is_some()) {
+            Some(Persister::spawn().map_err(StartError::Persister)?)
+        } else {
+            None
+        };
         for md in &mirror_devs {
+            if let Some(p) = &persister {
+                let _ = md.persister.set(Arc::clone(p));
+            }
             let _ = md.mailboxes.set(mailboxes.clone());
             let _ = md.meta.set(Arc::clone(&replicator) as _);
         }
@@ -317,6 +331,7 @@ impl Daemon {
             cores: cfg.reactor.cores.clone(),
             failover: None,
             failover_stop: Arc::new(AtomicBool::new(false)),
+            persister,
         };
         if let Some(m) = &cfg.mirror
             && let (Some(witness), Some(key_file)) = (m.witness, &m.witness_key_file)
@@ -424,6 +439,10 @@ impl Daemon {
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        // Every engine waited for its clean-stop state; write whatever is left and stop.
+        if let Some(p) = self.persister.take() {
+            p.shutdown();
         }
         self.failover_stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.failover.take() {

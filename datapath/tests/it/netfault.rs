@@ -517,6 +517,21 @@ fn a_returning_site_is_resynced_and_a_stale_one_never_serves_first() {
     );
     assert_eq!(dirty, 4 * 65536);
     // (5) B is lost again, A writes, A stops; B comes back first and must not serve.
+    // (B's "in sync" after the resync is written lazily, off the reactor: the crash comes
+    // after it is on disk, or B restarts as a resync target, fenced rather than waiting.)
+    let file = h.root().join("state-b").join("vol0.mirror-state");
+    let t = Instant::now();
+    while twinblk::layer::mirror::state::load(&file)
+        .ok()
+        .flatten()
+        .is_none_or(|p| p.mode != 0)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "in sync never persisted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut b = b;
     b.kill();
     wait_mirror_state(&a, "survivor", Duration::from_secs(5));

@@ -23,6 +23,7 @@
 pub mod engine;
 pub mod failover;
 pub mod link;
+pub mod persist;
 pub mod ratelimit;
 pub mod state;
 pub mod stats;
@@ -83,6 +84,9 @@ pub struct MirrorDevice {
     pub meta: OnceLock<Arc<dyn engine::MetaHandler>>,
     /// The volume's path state, published by the poller.
     pub path: Arc<PathCell>,
+    /// The daemon's replica-state persister (set before the channels open; none: the engine
+    /// starts its own when it has a state file).
+    pub persister: OnceLock<Arc<persist::Persister>>,
 }
 
 impl MirrorDevice {
@@ -105,6 +109,7 @@ impl MirrorDevice {
             meta: OnceLock::new(),
             // Nothing is served before the engine has decided its mode.
             path: Arc::new(PathCell::new(PathState::Inaccessible)),
+            persister: OnceLock::new(),
         }
     }
 }
@@ -154,6 +159,8 @@ impl Poller for MirrorPoller {
         if stopping {
             e.begin_drain();
         }
+        // Answers that waited for a durable replica state, or the fail-stop.
+        e.poll_durable();
         // Timeouts and pings run while stopping too; only dialling stops.
         let dial = tick && e.tick(cx.io, now) && !stopping;
         let state = path_state(e.mode(), e.config().role);
@@ -229,6 +236,9 @@ impl BlockDevice for MirrorDevice {
         let mut cfg = self.cfg.clone();
         cfg.meta = self.meta.get().cloned();
         let mut engine = Engine::new(cfg, inner, self.vol, Arc::clone(&self.stats));
+        if let Some(p) = self.persister.get() {
+            engine.set_persister(Arc::clone(p));
+        }
         engine
             .restore()
             .map_err(|e| BdevError::Register(std::io::Error::other(e)))?;

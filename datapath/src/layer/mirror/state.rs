@@ -17,6 +17,11 @@
 //! Version 1 (still read) is the same without the suspect bitmap and with byte 7 = 0:
 //! [`Persisted::suspect`] is then `None` (unknown) and the engine assumes the worst.
 //!
+//! Who writes it: [`save`] runs on the persister thread ([`super::persist`]), never on a
+//! reactor; the engine hands it snapshots and learns from it when one is durable. What waits
+//! for durability (a survivor's acknowledgements, giving a grant back) and the fail-stop when
+//! a save fails are in the engine's `durable.rs`.
+//!
 //! Invariants: the file is replaced atomically (temporary file, fsync, rename, fsync of the
 //! directory), so a crash leaves the old or the new state, never a torn one; a file that fails
 //! its checks is an error (the daemon does not start), never silently ignored.

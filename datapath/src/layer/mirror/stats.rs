@@ -45,6 +45,9 @@ pub struct MirrorStats {
     /// An operator asked this site to take the volume over (ask the witness for a grant
     /// without a peer session); cleared when the witness has answered.
     pub takeover: AtomicBool,
+    /// Why the replica state could not be persisted (set once: the volume is stopped at
+    /// this site); read rarely (control path only).
+    persist_error: Mutex<Option<String>>,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
 }
@@ -88,6 +91,9 @@ pub struct MirrorSnapshot {
     pub resync_rate_bytes_per_s: u64,
     /// Its estimated time left, seconds (dirty bytes left at the current rate).
     pub resync_eta_s: f64,
+    /// Set when the replica state could not be persisted: why (the volume is stopped at
+    /// this site, state `failed`; fix the state directory and restart the daemon).
+    pub persist_error: Option<String>,
     /// Median PING round trip over the last samples, in microseconds (null: none yet).
     pub rtt_p50_us: Option<f64>,
 }
@@ -116,6 +122,13 @@ impl MirrorStats {
         matches!(self.mode.load(Relaxed), 2..=4)
     }
 
+    /// The replica state could not be persisted (the engine fail-stopped the volume).
+    pub fn set_persist_error(&self, why: &str) {
+        if let Ok(mut e) = self.persist_error.lock() {
+            *e = Some(why.to_string());
+        }
+    }
+
     /// Session state.
     pub fn set_up(&self, up: bool, session: u32) {
         self.up.store(up, Relaxed);
@@ -139,10 +152,13 @@ impl MirrorStats {
             s.sort_unstable();
             (!s.is_empty()).then(|| s[s.len() / 2] as f64 / 1000.0)
         });
+        let persist_error = self.persist_error.lock().ok().and_then(|e| e.clone());
         MirrorSnapshot {
             volume: volume.to_string(),
             role: if leader { "leader" } else { "follower" },
-            state: if self.diverged.load(Relaxed) {
+            state: if persist_error.is_some() {
+                "failed"
+            } else if self.diverged.load(Relaxed) {
                 "diverged"
             } else if self.mode.load(Relaxed) == 1 {
                 "survivor"
@@ -173,6 +189,7 @@ impl MirrorStats {
             resync_rate_bytes_per_s: self.resync_rate.load(Relaxed),
             resync_eta_s: self.resync_eta_ms.load(Relaxed) as f64 / 1000.0,
             rtt_p50_us: rtt,
+            persist_error,
         }
     }
 }

@@ -67,6 +67,11 @@ impl Engine {
                 {
                     self.send_meta_state(wire::META_NO_ID, 0, &state);
                 }
+                if meta_result(status).is_ok() && self.durable.waiting() {
+                    // Answered once the survivor state is durable (durable.rs).
+                    self.answer(from, tag, meta_result(status));
+                    return Start::Pending;
+                }
                 Start::Done(meta_result(status))
             }
             (Mode::Mirroring, Role::Leader, true) => match h.execute(self.vol, cmd) {

@@ -29,6 +29,8 @@
 //! Layout (this folder):
 //! - `region.rs`: [`RegionMap`], the dirty, written and suspect maps (owns its bits and their
 //!   count).
+//! - `durable.rs`: the replica state handed to the persister, what waits until it is durable
+//!   (a survivor's answers, giving the grant back) and the fail-stop (owns its state).
 //! - `apply.rs`: the apply queue (owns the applies, the interval index of in-flight ranges and
 //!   the applied watermark); says which applies start, the engine starts them.
 //! - `replica.rs`: [`Mode`], replica states and [`decide`], the session decision (pure).
@@ -40,6 +42,7 @@
 //! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
 
 mod apply;
+mod durable;
 mod follower;
 mod leader;
 mod meta;
@@ -322,6 +325,8 @@ pub struct Engine {
     new_replica: bool,
     /// An operator's takeover is being asked for.
     takeover_started: bool,
+    /// The replica state's persistence (durable.rs).
+    durable: durable::Durable,
 }
 
 /// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
@@ -407,49 +412,15 @@ impl Engine {
             suspect: RegionMap::new(size, g),
             new_replica: false,
             takeover_started: false,
+            durable: Default::default(),
         }
     }
 
-    /// Change mode, publish it and persist it.
+    /// Change mode, publish it and persist it (durable.rs: what waits until it is durable).
     fn set_mode(&mut self, m: Mode) {
         self.mode = m;
         self.stats.set_mode(m);
-        self.persist(false);
-    }
-
-    /// Write the replica state (mode, epoch, bitmaps) if a state file is configured.
-    /// `clean`: a clean stop, the bitmaps are exact.
-    fn persist(&self, clean: bool) {
-        let Some(path) = &self.cfg.state_file else {
-            return;
-        };
-        let mut suspect = self.suspect.clone();
-        if self.mode != Mode::Survivor {
-            // At a stop, or a mode change, with updates not confirmed yet.
-            self.unconfirmed_into(&mut suspect);
-        }
-        let p = super::state::Persisted {
-            mode: self.replica_state() as u8,
-            clean,
-            epoch: self.grant_epoch,
-            size: self.cfg.size,
-            granularity: self.cfg.dirty_granularity,
-            bitmap: {
-                // Regions a resync under way already copied may not have reached the peer.
-                let mut d = self.dirty.clone();
-                if let Some(r) = &self.resync {
-                    d.or_with(&r.copied);
-                }
-                d.words().to_vec()
-            },
-            written: self.written.words().to_vec(),
-            led: self.cfg.role == Role::Leader,
-            suspect: Some(suspect.words().to_vec()),
-        };
-        if let Err(e) = super::state::save(path, &p) {
-            tracing::error!(volume = %self.cfg.name, error = %e, path = %path.display(),
-                "mirror: cannot persist the replica state");
-        }
+        self.persist_mode(m);
     }
 
     /// Load the persisted replica state (called once, before any I/O).
@@ -548,6 +519,9 @@ impl Engine {
 
     /// Decide what a new session is, from both sites' replica states, and start it.
     pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
+        if self.durable.failed {
+            return Err("the replica state cannot be persisted at this site: refusing".into());
+        }
         let me = self.replica_state();
         match decide(me, peer) {
             Session::InSync => {
@@ -648,6 +622,7 @@ impl Engine {
         if let Some(r) = self.resync.as_mut() {
             r.deferred.clear();
         }
+        self.fail_held();
         self.fail_metas();
     }
 
@@ -659,6 +634,7 @@ impl Engine {
     /// Periodic work (the reactor calls it every few milliseconds): fail requests held past
     /// the peer timeout, ping, and notice a silent peer. True when the follower should dial.
     pub fn tick(&mut self, io: &mut IoCx, now: Instant) -> bool {
+        self.poll_durable();
         self.failover_tick(io);
         self.resync_step(io, now);
         self.expire(now);
@@ -721,7 +697,8 @@ impl Engine {
 
     /// Some initiator still waits for an answer.
     pub fn answering(&self) -> bool {
-        self.metas.iter().any(|(_, m)| m.initiator.is_some())
+        !self.durable.held.is_empty()
+            || self.metas.iter().any(|(_, m)| m.initiator.is_some())
             || self.ops.iter().any(|(_, op)| op.initiator.is_some())
     }
 
@@ -1058,7 +1035,7 @@ impl Engine {
             };
             if let Some(result) = result {
                 let (from, tag) = self.ops[k].initiator.take().expect("checked");
-                self.done.push((from, tag, result));
+                self.answer(from, tag, result);
             }
         }
         let op = &self.ops[k];
@@ -1132,7 +1109,7 @@ impl Engine {
 impl Drop for Engine {
     /// A clean stop: the persisted bitmap is exact.
     fn drop(&mut self) {
-        self.persist(true);
+        self.persist_clean_stop();
     }
 }
 

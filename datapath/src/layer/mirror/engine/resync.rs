@@ -209,8 +209,8 @@ impl Engine {
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
                 <= 1
             {
-                slot.release
-                    .store(self.grant_epoch, std::sync::atomic::Ordering::SeqCst);
+                // Once "in sync" is durable (durable.rs).
+                self.durable.release_after(slot, self.grant_epoch);
             }
             self.grant_epoch = 0;
         }

@@ -176,6 +176,11 @@ impl Engine {
         let Some(slot) = self.cfg.failover.clone() else {
             return;
         };
+        if self.durable.failed {
+            // Stopped here: never ask for (or take) a grant.
+            slot.in_sync.store(false, SeqCst);
+            return;
+        }
         slot.in_sync
             .store(self.up && self.mode == Mode::Mirroring, SeqCst);
         // Only a site that has had a session lost its peer; a site just started waits for

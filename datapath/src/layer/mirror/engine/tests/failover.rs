@@ -129,6 +129,7 @@ fn suspect_regions_are_persisted_and_unknown_ones_after_a_leaders_crash_are_ever
     let (mut a, _b, _io, _rng) = fenced_leader_with_unconfirmed_updates();
     a.engine.cfg.state_file = Some(path.clone());
     a.engine.persist(false);
+    assert!(a.engine.wait_persisted());
     let mut r = site(Role::Leader, Duration::from_secs(1));
     r.engine.cfg.state_file = Some(path.clone());
     r.engine.restore().unwrap();

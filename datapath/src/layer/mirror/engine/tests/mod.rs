@@ -812,6 +812,7 @@ fn deliver_without_acks(from: &mut Site, to: &mut Site, io: &mut IoCx) {
     from.wire.drain(..at);
 }
 
+mod durable;
 mod failover;
 mod forwards;
 mod meta;

@@ -1,0 +1,259 @@
+//! The replica state's durability: what the engine hands the persister
+//! ([`crate::layer::mirror::persist`]), what waits until a state is on disk, and the fail-stop
+//! when it cannot be written.
+//!
+//! Model: every mode change builds a snapshot and hands it to the volume's
+//! [`PersistHandle`] (a generation number back, no disk I/O on the reactor); the engine polls
+//! the handle's atomics ([`Engine::poll_durable`], every reactor turn) and releases what waited.
+//!
+//! What waits for durability, and why (think of a crash right after the transition, and a
+//! restart from the state that was on disk before it):
+//! - **Survivor (epoch E)**: no update or metadata command is *acknowledged* as survivor
+//!   until "survivor, epoch E" is durable. Updates arriving meanwhile are applied locally and
+//!   their answers held (not failed); failures are answered at once. Otherwise a crash could
+//!   restart the site as "in sync" or "fenced" with writes acknowledged on this replica only:
+//!   the peer, resyncing it or taken over by an operator, would silently drop them.
+//! - **In sync after a resync (source)**: the witness grant is given back only once the
+//!   in-sync state is durable. Otherwise a crash could restart the site as "survivor, epoch
+//!   E" after the witness gave a newer grant to the peer (two survivors: refused, an operator
+//!   must choose). The RESYNC_DONE itself need not wait: restarting as survivor from the
+//!   older state only resyncs the peer again (everything, as after any crash), which is safe.
+//! - **Clean stop**: synchronous, the engine waits for its last snapshot (clean: exact
+//!   bitmaps) before it is dropped, and the daemon stops the persister only after that.
+//! - Written lazily (nothing waits): **fenced** (a crash restarts from "in sync" or "new":
+//!   the site serves nothing until a session decides, the same as a crash just before the
+//!   fence; a fenced site acknowledges nothing, so there is nothing to protect), **resyncing**
+//!   (a crash restarts the target from its earlier non-serving state and the survivor's
+//!   session resyncs it again; the window where an *operator* could take over a half-copied
+//!   replica from that older state is a few milliseconds, see docs/architecture.md),
+//!   **in sync after receiving a resync** (restarting as "resyncing" only means being
+//!   resynced again), and **waiting -> mirroring** (no state change on disk that matters).
+//!
+//! Fail-stop: a save that fails makes the volume stop at this site for good (until a
+//! restart): every held and later request fails with EIO, reads too, the path state is
+//! inaccessible, the session is dropped and none is accepted again, no grant is asked for,
+//! and nothing more is written (the file keeps the last state persisted, which never claims
+//! less than this site acknowledged). The status shows `failed` and the error. The grant, if
+//! held, is not given back: the file may still say "survivor".
+//!
+//! Invariant: an answer that depends on the survivor state is in [`Engine::done`] only when
+//! that state (or a newer one) is durable.
+
+use super::*;
+use crate::layer::mirror::failover::FailoverSlot;
+use crate::layer::mirror::persist::{PersistHandle, Persister};
+use crate::layer::mirror::state::Persisted;
+
+/// The engine's durability bookkeeping.
+#[derive(Default)]
+pub(super) struct Durable {
+    /// The daemon's persister (none: the engine starts its own when it first persists).
+    persister: Option<Arc<Persister>>,
+    handle: Option<Arc<PersistHandle>>,
+    /// Successful answers wait until this generation is durable (0: nothing waits).
+    gate: u64,
+    /// The answers waiting for `gate`.
+    pub(super) held: Vec<(u32, IoTag, Result<(), Errno>)>,
+    /// The group's grant to give back once this generation is durable: (slot, generation,
+    /// epoch).
+    release: Option<(Arc<FailoverSlot>, u64, u64)>,
+    /// The state could not be persisted: the volume is stopped at this site.
+    pub(super) failed: bool,
+}
+
+impl Durable {
+    /// Successful answers are held (a survivor state is not durable yet).
+    pub(super) fn waiting(&self) -> bool {
+        self.gate != 0
+    }
+
+    /// Give the grant of `epoch` back once the newest state submitted is durable.
+    pub(super) fn release_after(&mut self, slot: &Arc<FailoverSlot>, epoch: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        match &self.handle {
+            _ if self.failed => {}
+            Some(h) if h.persisted() < h.submitted() => {
+                self.release = Some((Arc::clone(slot), h.submitted(), epoch));
+            }
+            _ => slot.release.store(epoch, SeqCst),
+        }
+    }
+}
+
+impl Engine {
+    /// Use the daemon's persister (before the first mode change).
+    pub fn set_persister(&mut self, p: Arc<Persister>) {
+        self.durable.persister = Some(p);
+    }
+
+    /// The state could not be persisted: the volume is stopped here.
+    pub fn persist_failed(&self) -> bool {
+        self.durable.failed
+    }
+
+    fn snapshot(&self, clean: bool) -> Persisted {
+        let mut suspect = self.suspect.clone();
+        if self.mode != Mode::Survivor {
+            // At a stop, or a mode change, with updates not confirmed yet.
+            self.unconfirmed_into(&mut suspect);
+        }
+        Persisted {
+            mode: self.replica_state() as u8,
+            clean,
+            epoch: self.grant_epoch,
+            size: self.cfg.size,
+            granularity: self.cfg.dirty_granularity,
+            bitmap: {
+                // Regions a resync under way already copied may not have reached the peer.
+                let mut d = self.dirty.clone();
+                if let Some(r) = &self.resync {
+                    d.or_with(&r.copied);
+                }
+                d.words().to_vec()
+            },
+            written: self.written.words().to_vec(),
+            led: self.cfg.role == Role::Leader,
+            suspect: Some(suspect.words().to_vec()),
+        }
+    }
+
+    /// Hand the replica state (mode, epoch, bitmaps) to the persister if a state file is
+    /// configured; its generation (0: nothing to write). `clean`: a clean stop, the bitmaps
+    /// are exact.
+    pub(super) fn persist(&mut self, clean: bool) -> u64 {
+        if self.durable.failed {
+            return 0;
+        }
+        let Some(path) = self.cfg.state_file.clone() else {
+            return 0;
+        };
+        if self.durable.handle.is_none() {
+            let p = match self.durable.persister.clone() {
+                Some(p) => p,
+                None => match Persister::spawn() {
+                    Ok(p) => {
+                        self.durable.persister = Some(Arc::clone(&p));
+                        p
+                    }
+                    Err(e) => {
+                        self.fail_stop(&format!("cannot start the persister thread: {e}"));
+                        return 0;
+                    }
+                },
+            };
+            self.durable.handle = Some(p.register(&self.cfg.name, path));
+        }
+        let snap = self.snapshot(clean);
+        self.durable
+            .handle
+            .as_ref()
+            .expect("registered")
+            .submit(snap)
+    }
+
+    /// Persist the new mode `m` (from `set_mode`); a survivor's answers wait until it is
+    /// durable.
+    pub(super) fn persist_mode(&mut self, m: Mode) {
+        let g = self.persist(false);
+        if m == Mode::Survivor && g != 0 {
+            self.durable.gate = g;
+        }
+    }
+
+    /// Answer an initiator (held while a survivor state is not durable yet).
+    pub(super) fn answer(&mut self, from: u32, tag: IoTag, r: Result<(), Errno>) {
+        if r.is_ok() && self.durable.gate != 0 {
+            self.durable.held.push((from, tag, r));
+        } else {
+            self.done.push((from, tag, r));
+        }
+    }
+
+    /// Take the persister's news: release what waited for a durable state, or fail-stop.
+    /// Cheap (atomic loads); the poller calls it every turn.
+    pub fn poll_durable(&mut self) {
+        let Some(h) = &self.durable.handle else {
+            return;
+        };
+        if self.durable.failed {
+            return;
+        }
+        if h.failed() != 0 {
+            let e = h.error();
+            return self.fail_stop(&e);
+        }
+        let p = h.persisted();
+        if self.durable.gate != 0 && p >= self.durable.gate {
+            self.durable.gate = 0;
+            let held = std::mem::take(&mut self.durable.held);
+            self.done.extend(held);
+        }
+        if let Some((_, g, _)) = &self.durable.release
+            && p >= *g
+        {
+            let (slot, _, epoch) = self.durable.release.take().expect("checked");
+            slot.release
+                .store(epoch, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Fail every held answer (the stop deadline, or a fail-stop).
+    pub(super) fn fail_held(&mut self) {
+        for (from, tag, _) in std::mem::take(&mut self.durable.held) {
+            self.done.push((from, tag, Err(Errno::IO)));
+        }
+    }
+
+    /// The state cannot be persisted: stop serving the volume at this site (see the module
+    /// doc).
+    fn fail_stop(&mut self, why: &str) {
+        self.durable.failed = true;
+        self.durable.gate = 0;
+        self.durable.release = None;
+        self.fail_held();
+        self.stats.set_persist_error(why);
+        tracing::error!(volume = %self.cfg.name, error = why, mode = ?self.mode,
+            "mirror: the replica state cannot be persisted; this site stops serving the volume \
+             (no I/O, no survivorship). Fix the state directory (space, permissions, device) and \
+             restart the daemon: it resumes from the last state persisted");
+        // A resync this site was sending stops (the peer stays a resync target, serving
+        // nothing); requests it deferred are failed with the rest by the fence.
+        self.resync = None;
+        self.stats
+            .resync_rate
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        if self.up || self.link_key.is_some() {
+            self.kill_link = Some("the replica state cannot be persisted");
+        }
+        self.fence("the replica state cannot be persisted");
+    }
+
+    /// A clean stop: persist the exact state and wait until it is on disk.
+    pub(super) fn persist_clean_stop(&mut self) {
+        let g = self.persist(true);
+        if g == 0 {
+            return;
+        }
+        let h = self.durable.handle.as_ref().expect("persisted");
+        if !h.wait(g, Duration::from_secs(60)) {
+            tracing::error!(volume = %self.cfg.name, error = %h.error(),
+                "mirror: the replica state could not be persisted at the stop; the next start \
+                 resumes from the last state persisted (bitmaps not exact)");
+        }
+    }
+
+    /// Wait until everything handed to the persister is on disk (tests).
+    #[cfg(test)]
+    pub(super) fn wait_persisted(&self) -> bool {
+        self.durable
+            .handle
+            .as_ref()
+            .is_none_or(|h| h.wait(h.submitted(), Duration::from_secs(10)))
+    }
+
+    /// Answers held until the survivor state is durable.
+    #[cfg(test)]
+    pub(super) fn held_answers(&self) -> usize {
+        self.durable.held.len()
+    }
+}

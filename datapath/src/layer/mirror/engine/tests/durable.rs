@@ -1,0 +1,153 @@
+//! The replica state written off the reactor: a survivor acknowledges nothing until its
+//! state is durable, and fail-stops when it cannot be written.
+
+use super::*;
+use crate::layer::mirror::failover::{FailoverSlot, GRANTED};
+use crate::layer::mirror::persist::Persister;
+use std::sync::atomic::Ordering::SeqCst;
+
+/// Leader `a` with a state file and the persister `p`, in a session with follower `b`;
+/// writes from `a` are held when the link breaks; then the witness grants `a`.
+fn granted_with(p: &Arc<Persister>, dir: &std::path::Path) -> (Site, Site, IoCx, Rng, u32) {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(11);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, _sb) = with_witness(Role::Follower);
+    a.engine.cfg.state_file = Some(dir.join("a.mirror-state"));
+    a.engine.set_persister(Arc::clone(p));
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    let mut slot = 0;
+    for _ in 0..10 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+    }
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "no grant asked for");
+    sa.epoch.store(7, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    a.engine.tick(&mut io, now);
+    (a, b, io, rng, slot)
+}
+
+/// Lifts the hold when dropped, before the engine's clean stop waits for the persister (a
+/// failing assertion must not leave the stop waiting).
+struct Unhold(Arc<Persister>);
+impl Drop for Unhold {
+    fn drop(&mut self) {
+        self.0.hold(false);
+    }
+}
+
+/// The survivor state is handed to a persister that takes its time: the engine goes on at
+/// once, applies the held and new writes, and acknowledges none of them until the persister
+/// reports "survivor, epoch 7" durable; then all of them.
+#[test]
+fn a_survivor_acknowledges_no_write_until_its_state_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Persister::spawn().unwrap();
+    p.hold(true);
+    let t = Instant::now();
+    let (mut a, _b, mut io, mut rng, mut slot) = granted_with(&p, dir.path());
+    let _unhold = Unhold(Arc::clone(&p));
+    assert_eq!(a.engine.mode(), Mode::Survivor);
+    for _ in 0..10 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+    }
+    for _ in 0..20 {
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        a.engine.tick(&mut io, Instant::now());
+        a.engine.poll_durable();
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "the engine waited for the disk"
+    );
+    collect(&mut a);
+    assert_eq!(
+        (a.ok, a.failed, a.outstanding),
+        (0, 0, 20),
+        "a survivor write acknowledged (or failed) before its state was durable"
+    );
+    assert_eq!(a.engine.held_answers(), 20);
+    assert_eq!(
+        crate::layer::mirror::state::load(&dir.path().join("a.mirror-state")).unwrap(),
+        None
+    );
+    // The disk catches up: every write is acknowledged.
+    p.hold(false);
+    assert!(a.engine.wait_persisted());
+    a.engine.poll_durable();
+    collect(&mut a);
+    assert_eq!((a.ok, a.failed, a.outstanding), (20, 0, 0));
+    let st = crate::layer::mirror::state::load(&dir.path().join("a.mirror-state"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((st.mode, st.epoch), (1, 7));
+    // From now on a survivor write is acknowledged as soon as it is applied.
+    submit(&mut a, &mut io, &mut rng, &mut slot);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (21, 0));
+}
+
+/// The survivor state cannot be written: nothing is acknowledged, every held and new
+/// request fails with EIO, reads are refused, no session or grant is taken again, and the
+/// status says why.
+#[test]
+fn a_survivor_that_cannot_persist_its_state_stops_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Persister::spawn().unwrap();
+    p.hold(true);
+    p.fail_saves(true);
+    let (mut a, _b, mut io, mut rng, mut slot) = granted_with(&p, dir.path());
+    let _unhold = Unhold(Arc::clone(&p));
+    for _ in 0..5 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+    }
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    p.hold(false);
+    assert!(!a.engine.wait_persisted());
+    a.engine.tick(&mut io, Instant::now());
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    collect(&mut a);
+    assert_eq!(
+        (a.ok, a.failed, a.outstanding),
+        (0, 15, 0),
+        "acknowledged without a durable state"
+    );
+    assert!(a.engine.persist_failed());
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    assert!(a.engine.no_io());
+    assert_ne!(a.engine.replica_state(), 1, "still claims survivorship");
+    let tag = IoTag { conn: 1, slot: 999 };
+    assert_eq!(
+        a.engine
+            .submit(&mut io, 0, tag, Update::Write(&[1; 512]), 0, false),
+        Start::Done(Err(Errno::IO))
+    );
+    let snap = a.engine.stats().snapshot("t", true);
+    assert_eq!(snap.state, "failed");
+    assert!(
+        snap.persist_error
+            .as_deref()
+            .is_some_and(|e| e.contains("injected")),
+        "{snap:?}"
+    );
+    // No session and no grant any more.
+    assert!(a.engine.session_start(&mut io, 1).is_err());
+    let slot_a: Arc<FailoverSlot> = a.engine.cfg.failover.clone().unwrap();
+    slot_a.want.store(false, SeqCst);
+    a.engine.stats().takeover.store(true, SeqCst);
+    a.engine.tick(&mut io, Instant::now());
+    a.engine.tick(&mut io, Instant::now());
+    assert!(!slot_a.want.load(SeqCst), "asked for a grant after failing");
+    // Nothing was ever written, and a stop writes nothing either.
+    drop(a);
+    assert_eq!(
+        crate::layer::mirror::state::load(&dir.path().join("a.mirror-state")).unwrap(),
+        None
+    );
+}
