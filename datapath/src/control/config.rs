@@ -185,7 +185,7 @@ pub struct NvmfConfig {
 }
 
 /// Highest controller id of the dynamic controller model (0xFFF0..=0xFFFF are reserved).
-pub const MAX_CNTLID: u16 = 0xFFEF;
+pub use crate::frontend::nvmf::ctrl::MAX_CNTLID;
 /// Last controller id of the lower half: the site whose name sorts first hands out
 /// `1..=CNTLID_SPLIT` by default, the other `CNTLID_SPLIT + 1..=MAX_CNTLID`.
 pub const CNTLID_SPLIT: u16 = MAX_CNTLID / 2;

@@ -24,8 +24,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Highest controller id of the dynamic controller model.
-pub const MAX_CNTLID: u16 = crate::control::config::MAX_CNTLID;
+/// Highest controller id of the dynamic controller model (NVMe base spec: FFF0h..FFFFh are
+/// reserved).
+pub const MAX_CNTLID: u16 = 0xFFEF;
 /// Default number of I/O queues a controller may create (Set Features can lower it).
 pub const MAX_IO_QUEUES: u16 = 64;
 
