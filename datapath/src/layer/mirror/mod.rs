@@ -82,16 +82,20 @@ pub struct MirrorDevice {
     pub meta: OnceLock<Arc<dyn engine::MetaHandler>>,
     /// The volume's path state, published by the poller.
     pub path: Arc<PathCell>,
+    /// The sites' shared key: the link's handshake proves both ends hold it.
+    key: Arc<twinblk_witness::Key>,
 }
 
 impl MirrorDevice {
-    /// Mirror `inner` (volume index `vol`) with the peer at `peer`.
+    /// Mirror `inner` (volume index `vol`) with the peer at `peer`; links authenticate with
+    /// `key`.
     pub fn new(
         inner: Arc<dyn BlockDevice>,
         cfg: EngineConfig,
         vol: usize,
         home: usize,
         peer: SocketAddr,
+        key: Arc<twinblk_witness::Key>,
     ) -> Self {
         Self {
             inner,
@@ -104,6 +108,7 @@ impl MirrorDevice {
             meta: OnceLock::new(),
             // Nothing is served before the engine has decided its mode.
             path: Arc::new(PathCell::new(PathState::Inaccessible)),
+            key,
         }
     }
 }
@@ -116,6 +121,7 @@ impl PollerSource for MirrorDevice {
                 peer: self.peer,
                 path: Arc::clone(&self.path),
                 next_tick: Instant::now(),
+                key: Arc::clone(&self.key),
             }) as Box<dyn Poller>
         })
     }
@@ -137,6 +143,7 @@ pub struct MirrorPoller {
     peer: SocketAddr,
     path: Arc<PathCell>,
     next_tick: Instant,
+    key: Arc<twinblk_witness::Key>,
 }
 
 impl Poller for MirrorPoller {
@@ -174,7 +181,7 @@ impl Poller for MirrorPoller {
             cx.wake(k);
         }
         if dial {
-            match link::LinkConn::dial(self.peer, self.vol) {
+            match link::LinkConn::dial(self.peer, self.vol, Arc::clone(&self.key)) {
                 Ok(l) => cx.spawn(Box::new(l)),
                 Err(err) => tracing::warn!(%err, "mirror: cannot create a socket"),
             }

@@ -1,5 +1,6 @@
-//! The mirror link's wire format (docs/mirror-protocol.md, version 1): a 40-byte header and a
-//! payload per message, CRC32C over both.
+//! The mirror link's wire format (docs/mirror-protocol.md, version 2): a 40-byte header and a
+//! payload per message, CRC32C over both, and the link's authentication handshake (HELLO,
+//! WELCOME, AUTH: the payloads and the HMAC proofs over the handshake's transcript).
 //!
 //! Model: pure functions. [`decode`] looks at the front of a receive buffer and says whether a
 //! whole, well-formed message is there ([`Decoded::Msg`]), more bytes are needed
@@ -11,10 +12,18 @@
 //! known, its flags are allowed and its length is what its type permits. Range and sequence
 //! checks need the volume and the session, so they are the engine's (`engine.rs`).
 
+use twinblk_witness::Key;
+
 /// `W R M T` on the wire.
 pub const MAGIC: u32 = 0x544D_5257;
-/// Protocol version.
-pub const VERSION: u8 = 1;
+/// Protocol version (2: the handshake is authenticated).
+pub const VERSION: u8 = 2;
+/// Bytes of a handshake nonce.
+pub const NONCE: usize = 32;
+/// Bytes of a handshake proof (HMAC-SHA256).
+pub const PROOF: usize = 32;
+/// Longest volume name in a HELLO.
+pub const MAX_NAME: usize = 255;
 /// Header bytes.
 pub const HEADER: usize = 40;
 /// Largest payload.
@@ -78,6 +87,8 @@ pub enum Type {
     ResyncAlso = 23,
     /// The leader's re-sends for the session are all sent.
     Resent = 25,
+    /// The follower's half of the handshake (its proof of the key).
+    Auth = 26,
 }
 
 /// `id` of a META_STATE that answers no META.
@@ -119,6 +130,7 @@ impl Type {
             22 => MetaAck,
             23 => ResyncAlso,
             25 => Resent,
+            26 => Auth,
             _ => return None,
         })
     }
@@ -143,8 +155,9 @@ impl Type {
             flags == 0
         };
         let len_ok = match self {
-            Hello => (13..=12 + 255).contains(&len),
-            Welcome => len == 12,
+            Hello => (13 + NONCE as u32..=12 + NONCE as u32 + MAX_NAME as u32).contains(&len),
+            Welcome => len as usize == 12 + NONCE + PROOF,
+            Auth => len as usize == PROOF,
             Refuse => (1..=1024).contains(&len),
             Write | FwdWrite | Resync => len == count,
             FwdCaw => len as u64 == 2 * count as u64,
@@ -226,6 +239,9 @@ pub fn decode(buf: &[u8]) -> Decoded {
     if u32_at(buf, 0) != MAGIC {
         return Decoded::Bad("bad magic");
     }
+    if buf[4] == 1 {
+        return Decoded::Bad("peer speaks protocol version 1 (no link authentication): refused");
+    }
     if buf[4] != VERSION {
         return Decoded::Bad("unsupported version");
     }
@@ -276,13 +292,163 @@ pub fn encode(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// HELLO / WELCOME payload: `size u64, block u32` then (HELLO only) the volume name.
-pub fn encode_geometry(size: u64, block: u32, name: &str) -> Vec<u8> {
-    let mut p = Vec::with_capacity(12 + name.len());
+/// A HELLO's payload: geometry, the follower's nonce and the volume's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// Volume size, bytes.
+    pub size: u64,
+    /// Block size.
+    pub block: u32,
+    /// The follower's fresh nonce.
+    pub nonce: [u8; NONCE],
+    /// The volume's name (1 ..= 255 bytes).
+    pub name: &'a str,
+}
+
+/// `size u64, block u32, nonce [32], name`.
+pub fn encode_hello(size: u64, block: u32, nonce: &[u8; NONCE], name: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + NONCE + name.len());
     p.extend_from_slice(&size.to_le_bytes());
     p.extend_from_slice(&block.to_le_bytes());
+    p.extend_from_slice(nonce);
     p.extend_from_slice(name.as_bytes());
     p
+}
+
+/// Parse a HELLO payload: `None` if it is too short, the name is empty, longer than
+/// [`MAX_NAME`] or not UTF-8.
+pub fn decode_hello(p: &[u8]) -> Option<Hello<'_>> {
+    if p.len() < 12 + NONCE + 1 || p.len() > 12 + NONCE + MAX_NAME {
+        return None;
+    }
+    let name = std::str::from_utf8(&p[12 + NONCE..]).ok()?;
+    Some(Hello {
+        size: u64_at(p, 0),
+        block: u32_at(p, 8),
+        nonce: p[12..12 + NONCE].try_into().ok()?,
+        name,
+    })
+}
+
+/// A WELCOME's payload: geometry, the leader's nonce and its proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Volume size, bytes.
+    pub size: u64,
+    /// Block size.
+    pub block: u32,
+    /// The leader's fresh nonce.
+    pub nonce: [u8; NONCE],
+    /// The leader's proof of the key.
+    pub proof: [u8; PROOF],
+}
+
+/// `size u64, block u32, nonce [32], proof [32]`.
+pub fn encode_welcome(w: &Welcome) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + NONCE + PROOF);
+    p.extend_from_slice(&w.size.to_le_bytes());
+    p.extend_from_slice(&w.block.to_le_bytes());
+    p.extend_from_slice(&w.nonce);
+    p.extend_from_slice(&w.proof);
+    p
+}
+
+/// Parse a WELCOME payload (`None` unless exactly 76 bytes).
+pub fn decode_welcome(p: &[u8]) -> Option<Welcome> {
+    if p.len() != 12 + NONCE + PROOF {
+        return None;
+    }
+    Some(Welcome {
+        size: u64_at(p, 0),
+        block: u32_at(p, 8),
+        nonce: p[12..12 + NONCE].try_into().ok()?,
+        proof: p[12 + NONCE..].try_into().ok()?,
+    })
+}
+
+/// Which end a proof is from (its label in the transcript).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthRole {
+    /// The leader's proof, in WELCOME.
+    Leader,
+    /// The follower's proof, in AUTH.
+    Follower,
+}
+
+/// Everything a handshake's proofs cover (docs/mirror-protocol.md, "Link authentication").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake<'a> {
+    /// The follower's nonce (HELLO).
+    pub nonce_f: [u8; NONCE],
+    /// The leader's nonce (WELCOME).
+    pub nonce_l: [u8; NONCE],
+    /// Volume size.
+    pub size: u64,
+    /// Block size.
+    pub block: u32,
+    /// The follower's replica state (HELLO `id`).
+    pub f_state: u32,
+    /// The follower's incarnation (HELLO `seq`).
+    pub f_inc: u64,
+    /// The leader's replica state (WELCOME `id`).
+    pub l_state: u32,
+    /// The leader's incarnation (WELCOME `seq`).
+    pub l_inc: u64,
+    /// The volume's name (1 ..= 255 bytes).
+    pub name: &'a str,
+}
+
+impl Handshake<'_> {
+    /// The bytes the proofs are computed over, for `role`'s proof.
+    pub fn transcript(&self, role: AuthRole) -> Vec<u8> {
+        let mut t = Vec::with_capacity(125 + self.name.len());
+        t.extend_from_slice(b"TWINBLK-LINKAUTH");
+        t.extend_from_slice(match role {
+            AuthRole::Leader => b"LEADER\0\0",
+            AuthRole::Follower => b"FOLLOWER",
+        });
+        t.extend_from_slice(&self.nonce_f);
+        t.extend_from_slice(&self.nonce_l);
+        t.extend_from_slice(&self.size.to_le_bytes());
+        t.extend_from_slice(&self.block.to_le_bytes());
+        t.extend_from_slice(&self.f_state.to_le_bytes());
+        t.extend_from_slice(&self.f_inc.to_le_bytes());
+        t.extend_from_slice(&self.l_state.to_le_bytes());
+        t.extend_from_slice(&self.l_inc.to_le_bytes());
+        let name = &self.name.as_bytes()[..self.name.len().min(MAX_NAME)];
+        t.push(name.len() as u8);
+        t.extend_from_slice(name);
+        t
+    }
+
+    /// `role`'s proof: HMAC-SHA256 under the shared key of `role`'s transcript.
+    pub fn proof(&self, key: &Key, role: AuthRole) -> [u8; PROOF] {
+        key.mac256(&self.transcript(role))
+    }
+
+    /// Whether `proof` is `role`'s proof (constant-time comparison).
+    pub fn verify(&self, key: &Key, role: AuthRole, proof: &[u8]) -> bool {
+        key.verify256(&self.transcript(role), proof)
+    }
+}
+
+/// A fresh random nonce from the kernel (`getrandom(2)`).
+pub fn nonce() -> std::io::Result<[u8; NONCE]> {
+    let mut n = [0u8; NONCE];
+    let mut at = 0;
+    while at < NONCE {
+        // SAFETY: writes at most `NONCE - at` bytes into the rest of `n`.
+        let r = unsafe { libc::getrandom(n[at..].as_mut_ptr().cast(), NONCE - at, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        at += r as usize;
+    }
+    Ok(n)
 }
 
 /// Append RESYNC_ALSO messages listing `ranges` (`offset, length`), at most
@@ -309,15 +475,6 @@ pub fn encode_resync_also(out: &mut Vec<u8>, ranges: &[(u64, u64)]) {
 /// The ranges of a RESYNC_ALSO payload (length already checked by [`decode`]).
 pub fn decode_resync_also(p: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
     p.chunks_exact(RANGE).map(|r| (u64_at(r, 0), u64_at(r, 8)))
-}
-
-/// Parse a HELLO / WELCOME payload (length already checked by [`decode`]).
-pub fn decode_geometry(p: &[u8]) -> Option<(u64, u32, &str)> {
-    if p.len() < 12 {
-        return None;
-    }
-    let name = std::str::from_utf8(&p[12..]).ok()?;
-    Some((u64_at(p, 0), u32_at(p, 8), name))
 }
 
 #[cfg(test)]
@@ -440,8 +597,11 @@ mod tests {
         };
         assert!(matches!(decode(&msg(&caw, &[0; 16])), Decoded::Msg(..)));
         let mut v = msg(&Header::new(Type::Ping), &[]);
-        v[4] = 2;
+        v[4] = 3;
         assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
+        // A version-1 peer (no link authentication) is refused by name.
+        v[4] = 1;
+        assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 1")));
         let mut v = msg(&Header::new(Type::Ping), &[]);
         v[8..12].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
         assert_eq!(decode(&v), Decoded::Bad("payload too long"));
@@ -493,9 +653,106 @@ mod tests {
     }
 
     #[test]
-    fn geometry_round_trips() {
-        let p = encode_geometry(1 << 30, 512, "vol0");
-        assert_eq!(decode_geometry(&p), Some((1 << 30, 512, "vol0")));
-        assert_eq!(decode_geometry(&p[..11]), None);
+    fn handshake_payloads_round_trip_and_malformed_ones_are_refused() {
+        let n = [7u8; NONCE];
+        let p = encode_hello(1 << 30, 512, &n, "vol0");
+        let h = decode_hello(&p).unwrap();
+        assert_eq!(
+            (h.size, h.block, h.nonce, h.name),
+            (1 << 30, 512, n, "vol0")
+        );
+        // No name, a name too long, not UTF-8, too short.
+        assert_eq!(decode_hello(&p[..12 + NONCE]), None);
+        let long = "x".repeat(MAX_NAME + 1);
+        assert_eq!(decode_hello(&encode_hello(1, 512, &n, &long)), None);
+        let mut bad = p.clone();
+        bad[12 + NONCE] = 0xFF;
+        assert_eq!(decode_hello(&bad), None);
+        assert_eq!(decode_hello(&p[..11]), None);
+        let w = Welcome {
+            size: 1 << 30,
+            block: 4096,
+            nonce: [1; NONCE],
+            proof: [2; PROOF],
+        };
+        let p = encode_welcome(&w);
+        assert_eq!(decode_welcome(&p), Some(w));
+        assert_eq!(decode_welcome(&p[..p.len() - 1]), None);
+        // And their lengths at the framing layer.
+        let hello = |len: usize| msg(&Header::new(Type::Hello), &vec![b'a'; len]);
+        assert!(matches!(decode(&hello(12 + NONCE)), Decoded::Bad(_)));
+        assert!(matches!(decode(&hello(12 + NONCE + 1)), Decoded::Msg(..)));
+        assert!(matches!(
+            decode(&hello(12 + NONCE + MAX_NAME + 1)),
+            Decoded::Bad(_)
+        ));
+        let auth = |len: usize| msg(&Header::new(Type::Auth), &vec![0; len]);
+        assert!(matches!(decode(&auth(PROOF)), Decoded::Msg(..)));
+        assert!(matches!(decode(&auth(PROOF - 1)), Decoded::Bad(_)));
+        let welcome = |len: usize| msg(&Header::new(Type::Welcome), &vec![0; len]);
+        assert!(matches!(
+            decode(&welcome(12 + NONCE + PROOF)),
+            Decoded::Msg(..)
+        ));
+        assert!(matches!(decode(&welcome(12)), Decoded::Bad(_)));
+    }
+
+    fn hs() -> Handshake<'static> {
+        Handshake {
+            nonce_f: [1; NONCE],
+            nonce_l: [2; NONCE],
+            size: 1 << 30,
+            block: 512,
+            f_state: 0,
+            f_inc: 11,
+            l_state: 0,
+            l_inc: 22,
+            name: "vol0",
+        }
+    }
+
+    #[test]
+    fn a_proof_holds_only_for_its_key_role_nonces_and_session_fields() {
+        let key = Key::new(b"0123456789abcdef-link").unwrap();
+        let other = Key::new(b"0123456789abcdef-other").unwrap();
+        let h = hs();
+        let p = h.proof(&key, AuthRole::Leader);
+        assert!(h.verify(&key, AuthRole::Leader, &p));
+        // Wrong key, reflected (the other role), truncated.
+        assert!(!h.verify(&other, AuthRole::Leader, &p));
+        assert!(!h.verify(&key, AuthRole::Follower, &p));
+        assert!(!h.verify(&key, AuthRole::Leader, &p[..16]));
+        // Any field changed (a replay into a session with other nonces, or an altered field).
+        let changed = [
+            Handshake {
+                nonce_f: [9; NONCE],
+                ..hs()
+            },
+            Handshake {
+                nonce_l: [9; NONCE],
+                ..hs()
+            },
+            Handshake {
+                size: 1 << 31,
+                ..hs()
+            },
+            Handshake {
+                block: 4096,
+                ..hs()
+            },
+            Handshake { f_state: 1, ..hs() },
+            Handshake { f_inc: 12, ..hs() },
+            Handshake { l_state: 3, ..hs() },
+            Handshake { l_inc: 23, ..hs() },
+            Handshake {
+                name: "vol1",
+                ..hs()
+            },
+        ];
+        for c in changed {
+            assert!(!c.verify(&key, AuthRole::Leader, &p), "{c:?}");
+        }
+        // Nonces are fresh.
+        assert_ne!(nonce().unwrap(), nonce().unwrap());
     }
 }
