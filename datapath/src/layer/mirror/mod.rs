@@ -27,6 +27,9 @@ pub mod state;
 pub mod stats;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 use crate::bdev::volume::{PathCell, PathState};
 use crate::bdev::{
     BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, ReadStart, Start,

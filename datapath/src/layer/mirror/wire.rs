@@ -272,7 +272,67 @@ pub fn decode(buf: &[u8]) -> Decoded {
     if !ty.allows(len, h.count, h.flags) {
         return Decoded::Bad("length or flags not allowed for the message type");
     }
+    if let Err(why) = check_fields(&h, &buf[HEADER..total]) {
+        return Decoded::Bad(why);
+    }
     Decoded::Msg(h, HEADER..total)
+}
+
+/// Largest replica state in HELLO / WELCOME `id` (4: new).
+pub const MAX_REPLICA_STATE: u32 = 4;
+/// Largest status in META_STATE / META_ACK `count` (an NVMe status is 16 bits).
+pub const MAX_META_STATUS: u32 = 0xFFFF;
+/// Largest errno in a FLUSH_DONE payload.
+pub const MAX_ERRNO: i32 = 4095;
+
+/// Every header field checked against its meaning for the message's type
+/// (docs/mirror-protocol.md, "Messages"): the fields a type does not use must be 0, counts of
+/// updates must not be 0, statuses and states must be in range. (Ranges against the volume,
+/// and sequence numbers against the session, are the engine's.)
+pub fn check_fields(h: &Header, payload: &[u8]) -> Result<(), &'static str> {
+    use Type::*;
+    // Which fields the type carries: (id, seq, offset, count).
+    let (id, seq, offset, count) = match h.ty {
+        Hello | Welcome => (true, true, false, false),
+        Refuse | ResyncDone | Resent | Auth => (false, false, false, false),
+        // `id` only on a re-sent forward.
+        Write | Zeroes | Unmap => (h.flags & FLAG_RESENT != 0, true, true, true),
+        Order | Miscompare => (true, true, false, false),
+        Ack | Ping | Pong => (false, true, false, false),
+        FwdWrite | FwdZeroes | FwdUnmap | FwdCaw => (true, false, true, true),
+        Flush | FlushDone | Meta => (true, false, false, false),
+        Resync => (false, false, true, true),
+        MetaState => (true, true, false, true),
+        MetaAck => (false, true, false, true),
+        ResyncAlso => (false, false, false, true),
+    };
+    if (!id && h.id != 0) || (!seq && h.seq != 0) || (!offset && h.offset != 0) {
+        return Err("a field the message type does not use is not 0");
+    }
+    if !count && h.count != 0 {
+        return Err("a field the message type does not use is not 0");
+    }
+    match h.ty {
+        _ if h.ty.is_update() || h.ty == Resync => {
+            if h.count == 0 {
+                return Err("update of 0 bytes");
+            }
+        }
+        Hello | Welcome if h.id > MAX_REPLICA_STATE => {
+            return Err("unknown replica state");
+        }
+        MetaState | MetaAck if h.count > MAX_META_STATUS => {
+            return Err("metadata status out of range");
+        }
+        FlushDone if payload.len() == 4 => {
+            let e = i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+            if !(1..=MAX_ERRNO).contains(&e) {
+                return Err("FLUSH_DONE errno out of range");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Append one message (`h.len` is set from `payload`).
@@ -491,7 +551,7 @@ mod tests {
     fn round_trip_every_field() {
         let h = Header {
             ty: Type::Write,
-            flags: FLAG_FUA,
+            flags: FLAG_FUA | FLAG_RESENT,
             len: 4,
             id: 7,
             seq: 0x1122_3344_5566_7788,
@@ -648,6 +708,229 @@ mod tests {
             assert!(
                 matches!(decode(&msg(&h, &p)), Decoded::Bad(_)),
                 "{count} {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_field_is_checked_against_its_meaning_per_type() {
+        let h = |ty| Header::new(ty);
+        let upd = |ty| Header {
+            offset: 4096,
+            count: 512,
+            ..Header::new(ty)
+        };
+        let payload = |h: &Header| -> Vec<u8> {
+            match h.ty {
+                Type::Hello => encode_hello(1 << 20, 512, &[0; NONCE], "v"),
+                Type::Welcome => vec![0; 12 + NONCE + PROOF],
+                Type::Refuse => b"no".to_vec(),
+                Type::Auth => vec![0; PROOF],
+                Type::Meta => vec![1],
+                Type::Write | Type::FwdWrite | Type::Resync => vec![0; h.count as usize],
+                Type::FwdCaw => vec![0; 2 * h.count as usize],
+                _ => vec![],
+            }
+        };
+        // Each type's well-formed message, then each with one field it must not carry.
+        let good = [
+            Header {
+                id: 4,
+                seq: 9,
+                ..h(Type::Hello)
+            },
+            Header {
+                id: 1,
+                seq: 9,
+                ..h(Type::Welcome)
+            },
+            h(Type::Refuse),
+            Header {
+                seq: 1,
+                ..upd(Type::Write)
+            },
+            Header {
+                seq: 1,
+                ..upd(Type::Zeroes)
+            },
+            Header {
+                seq: 1,
+                id: 3,
+                flags: FLAG_RESENT,
+                ..upd(Type::Unmap)
+            },
+            Header {
+                seq: 1,
+                id: 3,
+                ..h(Type::Order)
+            },
+            Header {
+                seq: 1,
+                ..h(Type::Ack)
+            },
+            Header {
+                id: 1,
+                ..upd(Type::FwdWrite)
+            },
+            Header {
+                id: 1,
+                ..upd(Type::FwdZeroes)
+            },
+            Header {
+                id: 1,
+                ..upd(Type::FwdUnmap)
+            },
+            Header {
+                id: 7,
+                ..h(Type::Flush)
+            },
+            Header {
+                id: 7,
+                ..h(Type::FlushDone)
+            },
+            Header {
+                seq: 5,
+                ..h(Type::Ping)
+            },
+            Header {
+                seq: 5,
+                ..h(Type::Pong)
+            },
+            upd(Type::Resync),
+            h(Type::ResyncDone),
+            Header {
+                id: 1,
+                ..upd(Type::FwdCaw)
+            },
+            Header {
+                id: 1,
+                seq: 3,
+                ..h(Type::Miscompare)
+            },
+            Header {
+                id: 1,
+                ..h(Type::Meta)
+            },
+            Header {
+                id: META_NO_ID,
+                seq: 2,
+                count: 2,
+                ..h(Type::MetaState)
+            },
+            Header {
+                seq: 2,
+                count: 6,
+                ..h(Type::MetaAck)
+            },
+            h(Type::ResyncAlso),
+            h(Type::Resent),
+            h(Type::Auth),
+        ];
+        for g in good {
+            assert!(
+                matches!(decode(&msg(&g, &payload(&g))), Decoded::Msg(..)),
+                "{g:?}"
+            );
+            let mut bad = Vec::new();
+            if g.id == 0 && !(g.ty == Type::Write || g.ty == Type::Zeroes) {
+                bad.push(Header { id: 1, ..g });
+            }
+            if g.seq == 0 {
+                bad.push(Header { seq: 1, ..g });
+            }
+            if g.offset == 0 && g.ty != Type::FwdCaw {
+                bad.push(Header { offset: 4096, ..g });
+            }
+            if g.count == 0 && !matches!(g.ty, Type::MetaState | Type::MetaAck) {
+                // (RESYNC_ALSO's count is its number of ranges: checked with its length.)
+                if g.ty != Type::ResyncAlso {
+                    bad.push(Header { count: 512, ..g });
+                }
+            }
+            for b in bad {
+                let p = payload(&g);
+                assert!(
+                    matches!(decode(&msg(&b, &p)), Decoded::Bad(_)),
+                    "accepted {b:?}"
+                );
+            }
+        }
+        // Out-of-range values.
+        let flush_done = |e: i32| {
+            msg(
+                &Header {
+                    id: 7,
+                    ..h(Type::FlushDone)
+                },
+                &e.to_le_bytes(),
+            )
+        };
+        assert!(matches!(decode(&flush_done(5)), Decoded::Msg(..)));
+        for e in [0, -5, MAX_ERRNO + 1] {
+            assert!(
+                matches!(decode(&flush_done(e)), Decoded::Bad(_)),
+                "errno {e}"
+            );
+        }
+        let bad = [
+            (
+                Header {
+                    id: 5,
+                    ..h(Type::Hello)
+                },
+                payload(&h(Type::Hello)),
+            ),
+            (
+                Header {
+                    id: 9,
+                    ..h(Type::Welcome)
+                },
+                payload(&h(Type::Welcome)),
+            ),
+            (
+                Header {
+                    count: 0x1_0000,
+                    ..h(Type::MetaState)
+                },
+                vec![],
+            ),
+            (
+                Header {
+                    count: 0x1_0000,
+                    ..h(Type::MetaAck)
+                },
+                vec![],
+            ),
+            // Updates of 0 bytes.
+            (
+                Header {
+                    seq: 1,
+                    ..h(Type::Zeroes)
+                },
+                vec![],
+            ),
+            (
+                Header {
+                    id: 1,
+                    ..h(Type::FwdUnmap)
+                },
+                vec![],
+            ),
+            (h(Type::Resync), vec![]),
+            // A FLUSH with an offset and a count (the overflow of finding 2).
+            (
+                Header {
+                    offset: u64::MAX - 511,
+                    count: 4096,
+                    ..h(Type::Flush)
+                },
+                vec![],
+            ),
+        ];
+        for (b, p) in bad {
+            assert!(
+                matches!(decode(&msg(&b, &p)), Decoded::Bad(_)),
+                "accepted {b:?}"
             );
         }
     }
