@@ -23,6 +23,7 @@
 pub mod engine;
 pub mod failover;
 pub mod link;
+pub mod split;
 pub mod state;
 pub mod stats;
 pub mod wire;
@@ -132,11 +133,14 @@ impl PollerSource for MirrorDevice {
 
 /// The engine of `chans[vol]`, when that is a mirrored volume's home channel.
 pub fn engine_of(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut Engine> {
+    channel_of(chans, vol).map(|c| &mut c.engine)
+}
+
+fn channel_of(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut MirrorChannel> {
     chans
         .get_mut(vol)?
         .as_any_mut()?
         .downcast_mut::<MirrorChannel>()
-        .map(|c| &mut c.engine)
 }
 
 /// A mirrored volume's work on its home reactor: the engine's periodic work, dialling the
@@ -170,6 +174,10 @@ impl Poller for MirrorPoller {
         let link = e.link_key;
         let worked = !e.done.is_empty();
         let mut done = std::mem::take(&mut e.done);
+        if let Some(c) = channel_of(cx.chans, self.vol) {
+            // Parts of split updates answer their original.
+            c.splits.join(&mut done);
+        }
         cx.complete_all(&mut done);
         if let Some(e) = engine_of(cx.chans, self.vol) {
             // Give the (now empty) vector back so steady state allocates nothing.
@@ -244,6 +252,7 @@ impl BlockDevice for MirrorDevice {
         Ok(Box::new(MirrorChannel {
             reactor: io.reactor as u32,
             engine,
+            splits: split::Splits::default(),
         }))
     }
 }
@@ -252,6 +261,23 @@ impl BlockDevice for MirrorDevice {
 pub struct MirrorChannel {
     engine: Engine,
     reactor: u32,
+    /// Updates too long for one message, in parts.
+    splits: split::Splits,
+}
+
+impl MirrorChannel {
+    fn submit(
+        &mut self,
+        io: &mut IoCx,
+        from: u32,
+        tag: IoTag,
+        update: Update<'_>,
+        offset: u64,
+        fua: bool,
+    ) -> Start {
+        self.splits
+            .submit(&mut self.engine, io, from, tag, update, offset, fua)
+    }
 }
 
 impl Channel for MirrorChannel {
@@ -263,13 +289,13 @@ impl Channel for MirrorChannel {
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {
-        self.engine
-            .submit(io, self.reactor, tag, Update::Write(data), offset, fua)
+        let from = self.reactor;
+        self.submit(io, from, tag, Update::Write(data), offset, fua)
     }
 
     fn flush(&mut self, io: &mut IoCx, tag: IoTag) -> Start {
-        self.engine
-            .submit(io, self.reactor, tag, Update::Flush, 0, false)
+        let from = self.reactor;
+        self.submit(io, from, tag, Update::Flush, 0, false)
     }
 
     fn write_zeroes(
@@ -280,13 +306,13 @@ impl Channel for MirrorChannel {
         len: u64,
         fua: bool,
     ) -> Start {
-        self.engine
-            .submit(io, self.reactor, tag, Update::Zeroes(len), offset, fua)
+        let from = self.reactor;
+        self.submit(io, from, tag, Update::Zeroes(len), offset, fua)
     }
 
     fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start {
-        self.engine
-            .submit(io, self.reactor, tag, Update::Unmap(len), offset, fua)
+        let from = self.reactor;
+        self.submit(io, from, tag, Update::Unmap(len), offset, fua)
     }
 
     fn compare_and_write(
@@ -323,8 +349,7 @@ impl Channel for MirrorChannel {
             BlockOp::Flush => Update::Flush,
             BlockOp::Meta => Update::Meta(&r.data),
         };
-        self.engine
-            .submit(io, r.from, r.tag, update, r.offset, r.fua)
+        self.submit(io, r.from, r.tag, update, r.offset, r.fua)
     }
 
     fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {

@@ -335,14 +335,27 @@ pub fn check_fields(h: &Header, payload: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A byte count as the header's 32-bit `count`: refused (never truncated) when it does not fit
+/// (4 GiB and more would wrap, exactly 4 GiB to 0).
+pub fn count(len: u64) -> Result<u32, &'static str> {
+    u32::try_from(len).map_err(|_| "count does not fit a message header (32 bits)")
+}
+
 /// Append one message (`h.len` is set from `payload`).
+///
+/// Panics when `payload` is longer than [`MAX_PAYLOAD`]: a peer would refuse it, so callers
+/// split first (a silent truncation of `len` would corrupt the stream instead).
 pub fn encode(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&n| n <= MAX_PAYLOAD)
+        .expect("a payload longer than one message");
     let start = out.len();
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.push(VERSION);
     out.push(h.ty as u8);
     out.extend_from_slice(&h.flags.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&h.id.to_le_bytes());
     out.extend_from_slice(&h.seq.to_le_bytes());
     out.extend_from_slice(&h.offset.to_le_bytes());
@@ -525,7 +538,7 @@ pub fn encode_resync_also(out: &mut Vec<u8>, ranges: &[(u64, u64)]) {
             payload.extend_from_slice(&len.to_le_bytes());
         }
         let h = Header {
-            count: chunk.len() as u32,
+            count: count(chunk.len() as u64).expect("at most MAX_RESYNC_ALSO ranges"),
             ..Header::new(Type::ResyncAlso)
         };
         encode(out, &h, &payload);
@@ -933,6 +946,25 @@ mod tests {
                 "accepted {b:?}"
             );
         }
+    }
+
+    #[test]
+    fn counts_of_4_gib_and_more_are_refused_never_truncated() {
+        assert_eq!(count((1 << 32) - 512), Ok(u32::MAX - 511));
+        assert_eq!(count(u32::MAX as u64), Ok(u32::MAX));
+        // Exactly 4 GiB would encode as 0, 4 GiB + 1 MiB as 1 MiB.
+        assert!(count(1 << 32).is_err());
+        assert!(count((1 << 32) + (1 << 20)).is_err());
+        assert!(count(u64::MAX).is_err());
+        // And a payload longer than a message is never encoded.
+        let long = std::panic::catch_unwind(|| {
+            encode(
+                &mut Vec::new(),
+                &Header::new(Type::Refuse),
+                &vec![0; MAX_PAYLOAD as usize + 1],
+            )
+        });
+        assert!(long.is_err());
     }
 
     #[test]
