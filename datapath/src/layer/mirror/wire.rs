@@ -313,10 +313,8 @@ pub fn check_fields(h: &Header, payload: &[u8]) -> Result<(), &'static str> {
         return Err("a field the message type does not use is not 0");
     }
     match h.ty {
-        _ if h.ty.is_update() || h.ty == Resync => {
-            if h.count == 0 {
-                return Err("update of 0 bytes");
-            }
+        _ if (h.ty.is_update() || h.ty == Resync) && h.count == 0 => {
+            return Err("update of 0 bytes");
         }
         Hello | Welcome if h.id > MAX_REPLICA_STATE => {
             return Err("unknown replica state");
