@@ -89,7 +89,7 @@ fn sealed(mut d: &[u8]) -> Vec<u8> {
             1 => vec![0xA5; count as usize],
             2 => d.iter().take(16).copied().collect(),
             // A reservation command or state for the one namespace, then the input's bytes.
-            _ => {
+            3 => {
                 let mut p = vec![5, 0];
                 p.extend_from_slice(b"nqn.f");
                 p.extend_from_slice(&1u32.to_le_bytes());
