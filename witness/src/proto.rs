@@ -172,6 +172,21 @@ impl Key {
         Key::new(&raw[..end])
     }
 
+    /// The full HMAC-SHA256 of `data` under this key (for other protocols sharing the key,
+    /// such as the mirror link's handshake; they prefix their own context string).
+    pub fn mac256(&self, data: &[u8]) -> [u8; 32] {
+        let mut m = self.mac.clone();
+        m.update(data);
+        m.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the full HMAC-SHA256 of `data` (constant-time comparison).
+    pub fn verify256(&self, data: &[u8], tag: &[u8]) -> bool {
+        let mut m = self.mac.clone();
+        m.update(data);
+        m.verify_slice(tag).is_ok()
+    }
+
     fn tag(&self, data: &[u8]) -> [u8; MAC_LEN] {
         let mut m = self.mac.clone();
         m.update(data);

@@ -62,7 +62,9 @@ pub struct MirrorConfig {
     /// other. Without it a site holds writes until `peer_timeout_ms` and then fails them.
     #[serde(default)]
     pub witness: Option<SocketAddr>,
-    /// The witness's shared key (at least 16 bytes).
+    /// The sites' shared key (16 ..= 1024 bytes), the witness's: required with `[mirror]`, it
+    /// authenticates the replication links (docs/mirror-protocol.md, "Link authentication")
+    /// and, with `witness`, the witness's messages.
     #[serde(default)]
     pub witness_key_file: Option<PathBuf>,
     /// This site's id at the witness (default: 1 for the site name that sorts first, else 2).
@@ -511,8 +513,8 @@ impl Config {
                         m.heartbeat_ms.max(10) * 3 / 2
                     ));
                 }
-                if m.witness.is_some() != m.witness_key_file.is_some() {
-                    return bad("mirror.witness and mirror.witness_key_file go together".into());
+                if m.witness_key_file.is_none() {
+                    return bad("mirror.witness_key_file is required: the replication links are authenticated with the sites' shared key (there is no unauthenticated mode)".into());
                 }
                 if m.site_id == Some(0) {
                     return bad("mirror.site_id must not be 0".into());
@@ -727,7 +729,7 @@ mod tests {
     fn each_mirror_site_has_its_own_controller_id_range_and_ranges_are_checked() {
         let m = |me: &str, peer: &str| {
             format!(
-                "[mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\n"
+                "[mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\nwitness_key_file='/k'\n"
             )
         };
         let a = Config::from_toml(&m("a", "b")).unwrap();
@@ -806,7 +808,7 @@ mod tests {
 
     #[test]
     fn mirror_mistakes_are_named() {
-        let m = "[mirror]\nsite='a'\npeer_site='b'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\n";
+        let m = "[mirror]\nsite='a'\npeer_site='b'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\nwitness_key_file='/k'\n";
         let vol = |name: &str, leader: &str, group: &str| {
             format!(
                 "[[volume]]\nname='{name}'\nbackend='malloc'\nsize=4096\nmirror=true\nleader='{leader}'\ngroup='{group}'\n"
@@ -821,7 +823,12 @@ mod tests {
         assert!(e.to_string().contains("neither"), "{e}");
         let e = Config::from_toml(&vol("x", "a", "g")).unwrap_err();
         assert!(e.to_string().contains("no [mirror] section"), "{e}");
-        let e = Config::from_toml(&format!("{m}witness='127.0.0.1:3'\n")).unwrap_err();
-        assert!(e.to_string().contains("go together"), "{e}");
+        assert!(Config::from_toml(&format!("{m}witness='127.0.0.1:3'\n")).is_ok());
+        let keyless = m.replace("witness_key_file='/k'\n", "");
+        let e = Config::from_toml(&format!("{keyless}{}", vol("x", "a", "g"))).unwrap_err();
+        assert!(
+            e.to_string().contains("witness_key_file is required"),
+            "{e}"
+        );
     }
 }

@@ -79,6 +79,10 @@ pub enum StartError {
     /// The witness client could not be set up (key file, address).
     #[error("cannot set up the witness client")]
     Witness(#[source] std::io::Error),
+    /// The sites' shared key (`mirror.witness_key_file`), which authenticates the replication
+    /// links, could not be loaded.
+    #[error("mirror: the link key (mirror.witness_key_file)")]
+    LinkKey(#[source] twinblk_witness::proto::KeyError),
 }
 
 /// Protocols a listener can serve.
@@ -145,6 +149,19 @@ impl Daemon {
         let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
         let mut mirrors: Vec<MirrorInfo> = Vec::new();
         let mut failover_vols = Vec::new();
+        // The replication links authenticate with the sites' shared key: no key, no mirror
+        // (the configuration requires the file with a `[mirror]` section).
+        let link_key = match cfg.mirror.as_ref().map(|m| m.witness_key_file.as_ref()) {
+            Some(Some(f)) => Some(Arc::new(
+                twinblk_witness::Key::from_file(f).map_err(StartError::LinkKey)?,
+            )),
+            Some(None) => {
+                return Err(StartError::LinkKey(
+                    twinblk_witness::proto::KeyError::TooShort(0),
+                ));
+            }
+            None => None,
+        };
         for (index, v) in cfg.volumes.iter().enumerate() {
             let device = build_device(v).map_err(|source| StartError::Volume {
                 name: v.name.clone(),
@@ -184,7 +201,14 @@ impl Daemon {
                         meta: None,
                     };
                     let home = index % cfg.reactor.cores.len();
-                    let md = Arc::new(MirrorDevice::new(device, engine, index, home, m.peer));
+                    let md = Arc::new(MirrorDevice::new(
+                        device,
+                        engine,
+                        index,
+                        home,
+                        m.peer,
+                        Arc::clone(link_key.as_ref().expect("loaded with [mirror]")),
+                    ));
                     mirror_devs.push(Arc::clone(&md));
                     mirrors.push(MirrorInfo {
                         vol: index,
@@ -303,10 +327,12 @@ impl Daemon {
         for m in &mirrors {
             homes[m.vol] = Some(m.home);
         }
-        let links: Arc<dyn Acceptor> = Arc::new(LinkAcceptor::new(homes));
-        for addr in cfg.mirror.iter().flat_map(|m| m.listen.iter()) {
-            listeners.push(bind(*addr, Arc::clone(&links))?);
-            listen.push((Proto::Mirror, listeners.last().expect("pushed").addr));
+        if let Some(key) = &link_key {
+            let links: Arc<dyn Acceptor> = Arc::new(LinkAcceptor::new(homes, Arc::clone(key)));
+            for addr in cfg.mirror.iter().flat_map(|m| m.listen.iter()) {
+                listeners.push(bind(*addr, Arc::clone(&links))?);
+                listen.push((Proto::Mirror, listeners.last().expect("pushed").addr));
+            }
         }
         let shared = Arc::new(Shared {
             volumes,

@@ -1,7 +1,8 @@
 //! Two sites as two processes mirroring one volume: data written at either site is at the
 //! other, two writers racing on the same blocks leave identical replicas, acknowledged writes
 //! survive a stop of both sites, a dead peer means no acknowledgement, and forged replication
-//! messages are refused without being applied.
+//! messages are refused without being applied; the link's handshake is authenticated (no key,
+//! a wrong key, a replayed HELLO/AUTH or WELCOME: refused, nothing applied).
 
 use crate::harness::{Server, free_port, need, pattern, run, same_files};
 use crate::rawnbd::Client;
@@ -12,9 +13,19 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twinblk::frontend::nbd::proto::{self, cmd, err};
-use twinblk::layer::mirror::wire::{self, Decoded, Header, Type};
+use twinblk::layer::mirror::wire::{self, AuthRole, Decoded, Handshake, Header, NONCE, Type};
+use twinblk_witness::Key;
 
 const SIZE: u64 = 64 << 20;
+/// The sites' shared key in these tests.
+const KEY: &[u8] = b"mirror-link-test-key-0123456789";
+
+/// Write the shared key file into `dir`; its path.
+fn key_file(dir: &Path, key: &[u8]) -> std::path::PathBuf {
+    let f = dir.join("link.key");
+    std::fs::write(&f, key).unwrap();
+    f
+}
 
 fn site_body(
     dir: &Path,
@@ -27,8 +38,9 @@ fn site_body(
     format!(
         "[reactor]\ncores=[0]\npin=false\n\
          [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
-         peer='127.0.0.1:{peer_port}'\npeer_timeout_ms={timeout_ms}\n\
+         peer='127.0.0.1:{peer_port}'\npeer_timeout_ms={timeout_ms}\nwitness_key_file='{}'\n\
          [[volume]]\nname='vol0'\nbackend='uring'\nsize={SIZE}\npath='{}'\nmirror=true\n",
+        key_file(dir, KEY).display(),
         dir.join(format!("{me}.img")).display()
     )
 }
@@ -311,20 +323,68 @@ fn msg(h: Header, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-fn hello() -> Vec<u8> {
+/// The fake follower's incarnation.
+const FAKE_INC: u64 = 77;
+
+fn hello_with(nonce: &[u8; NONCE]) -> Vec<u8> {
     msg(
-        Header::new(Type::Hello),
-        &wire::encode_geometry(SIZE, 512, "vol0"),
+        Header {
+            seq: FAKE_INC,
+            ..Header::new(Type::Hello)
+        },
+        &wire::encode_hello(SIZE, 512, nonce, "vol0"),
     )
 }
 
-/// Connects as a (fake) follower and says HELLO; returns the stream after WELCOME.
-fn fake_follower(port: u16) -> TcpStream {
+fn hello() -> Vec<u8> {
+    hello_with(&[0x42; NONCE])
+}
+
+/// The handshake a fake follower that sent `nonce` (state 0) sees in WELCOME `(h, p)`.
+fn follower_view(nonce: [u8; NONCE], h: &Header, p: &[u8]) -> (Handshake<'static>, [u8; 32]) {
+    let w = wire::decode_welcome(p).expect("WELCOME payload");
+    let hs = Handshake {
+        nonce_f: nonce,
+        nonce_l: w.nonce,
+        size: SIZE,
+        block: 512,
+        f_state: 0,
+        f_inc: FAKE_INC,
+        l_state: h.id,
+        l_inc: h.seq,
+        name: "vol0",
+    };
+    (hs, w.proof)
+}
+
+/// Says HELLO as a fake follower with a fresh nonce; the stream, the WELCOME's handshake as
+/// seen by the follower, and the leader's proof.
+fn fake_hello(port: u16) -> (TcpStream, Handshake<'static>, [u8; 32], Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&hello()).unwrap();
-    let (h, _) = read_msg(&mut s).expect("WELCOME");
+    let nonce = wire::nonce().unwrap();
+    let hello = hello_with(&nonce);
+    s.write_all(&hello).unwrap();
+    let (h, p) = read_msg(&mut s).expect("WELCOME");
     assert_eq!(h.ty, Type::Welcome);
+    let (hs, proof) = follower_view(nonce, &h, &p);
+    (s, hs, proof, hello)
+}
+
+/// Connects as a (fake) follower holding the key and completes the handshake (HELLO, WELCOME,
+/// AUTH); returns the stream.
+fn fake_follower(port: u16) -> TcpStream {
+    let key = Key::new(KEY).unwrap();
+    let (mut s, hs, proof, _) = fake_hello(port);
+    assert!(
+        hs.verify(&key, AuthRole::Leader, &proof),
+        "the leader's proof does not verify"
+    );
+    s.write_all(&msg(
+        Header::new(Type::Auth),
+        &hs.proof(&key, AuthRole::Follower),
+    ))
+    .unwrap();
     s
 }
 
@@ -336,7 +396,12 @@ fn dropped(s: &mut TcpStream) -> bool {
             Some((h, _))
                 if matches!(
                     h.ty,
-                    Type::Ping | Type::Pong | Type::Ack | Type::MetaState | Type::Resent
+                    Type::Ping
+                        | Type::Pong
+                        | Type::Ack
+                        | Type::MetaState
+                        | Type::Resent
+                        | Type::Refuse
                 ) =>
             {
                 continue;
@@ -431,19 +496,7 @@ fn forged_sequence_numbers_are_refused_by_the_follower() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let lp = l.local_addr().unwrap().port();
     let b = start_site(root.path(), "b", "a", free_port(), lp, 10_000);
-    let accept = || {
-        let (mut s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let (h, p) = read_msg(&mut s).expect("HELLO");
-        assert_eq!(h.ty, Type::Hello);
-        assert_eq!(wire::decode_geometry(&p).unwrap(), (SIZE, 512, "vol0"));
-        s.write_all(&msg(
-            Header::new(Type::Welcome),
-            &wire::encode_geometry(SIZE, 512, ""),
-        ))
-        .unwrap();
-        s
-    };
+    let accept = || fake_leader_accept(&l, &Key::new(KEY).unwrap()).0;
     let write = |seq: u64, fill: u8| {
         msg(
             Header {
@@ -489,7 +542,8 @@ fn volumes_spread_over_reactors_each_with_its_own_link_and_requests_cross_reacto
         let mut b = format!(
             "[reactor]\ncores=[0,1]\npin=false\n\
              [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
-             peer='127.0.0.1:{peer_port}'\n"
+             peer='127.0.0.1:{peer_port}'\nwitness_key_file='{}'\n",
+            key_file(root.path(), KEY).display()
         );
         for v in ["vol0", "vol1"] {
             b += &format!(
@@ -718,15 +772,7 @@ fn a_follower_whose_leader_resets_the_link_mid_send_still_stops_cleanly() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let lp = l.local_addr().unwrap().port();
     let mut b = start_site(root.path(), "b", "a", free_port(), lp, 2_000);
-    let (mut s, _) = l.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (h, _) = read_msg(&mut s).expect("HELLO");
-    assert_eq!(h.ty, Type::Hello);
-    s.write_all(&msg(
-        Header::new(Type::Welcome),
-        &wire::encode_geometry(SIZE, 512, ""),
-    ))
-    .unwrap();
+    let (mut s, _) = fake_leader_accept(&l, &Key::new(KEY).unwrap());
     // Nothing to re-send: the follower may forward from now on.
     s.write_all(&msg(Header::new(Type::Resent), &[])).unwrap();
     wait_up(&b);
@@ -947,4 +993,248 @@ fn reservations_are_decided_by_the_leader_and_enforced_at_both_sites() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(write(&mut qb), sc::RESERVATION_CONFLICT);
+}
+
+/// Plays the leader for one dial of a follower: reads its HELLO, answers a WELCOME proved with
+/// `key` (state 0, incarnation 5); returns the stream, the WELCOME's bytes and the handshake.
+fn fake_leader_welcome(l: &TcpListener, key: &Key) -> (TcpStream, Vec<u8>, Handshake<'static>) {
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (h, p) = read_msg(&mut s).expect("HELLO");
+    assert_eq!(h.ty, Type::Hello);
+    let hello = wire::decode_hello(&p).unwrap();
+    assert_eq!((hello.size, hello.block, hello.name), (SIZE, 512, "vol0"));
+    let hs = Handshake {
+        nonce_f: hello.nonce,
+        nonce_l: wire::nonce().unwrap(),
+        size: SIZE,
+        block: 512,
+        f_state: h.id,
+        f_inc: h.seq,
+        l_state: 0,
+        l_inc: 5,
+        name: "vol0",
+    };
+    let welcome = msg(
+        Header {
+            id: 0,
+            seq: 5,
+            ..Header::new(Type::Welcome)
+        },
+        &wire::encode_welcome(&wire::Welcome {
+            size: SIZE,
+            block: 512,
+            nonce: hs.nonce_l,
+            proof: hs.proof(key, AuthRole::Leader),
+        }),
+    );
+    s.write_all(&welcome).unwrap();
+    (s, welcome, hs)
+}
+
+/// As [`fake_leader_welcome`], then checks the follower's AUTH (it must prove the key).
+fn fake_leader_accept(l: &TcpListener, key: &Key) -> (TcpStream, Vec<u8>) {
+    let (mut s, welcome, hs) = fake_leader_welcome(l, key);
+    let (h, p) = read_msg(&mut s).expect("AUTH");
+    assert_eq!(h.ty, Type::Auth);
+    assert!(
+        hs.verify(key, AuthRole::Follower, &p),
+        "the follower's proof does not verify"
+    );
+    (s, welcome)
+}
+
+/// The follower answers nothing and drops the link.
+fn silently_dropped(s: &mut TcpStream) -> bool {
+    match read_msg(s) {
+        None => true,
+        Some((h, _)) => panic!("expected the follower to drop the link, got {h:?}"),
+    }
+}
+
+fn fwd_write(fill: u8) -> Vec<u8> {
+    msg(
+        Header {
+            id: 1,
+            offset: 0,
+            count: 4096,
+            ..Header::new(Type::FwdWrite)
+        },
+        &vec![fill; 4096],
+    )
+}
+
+#[test]
+fn a_forged_hello_without_the_key_is_refused_and_nothing_is_applied() {
+    let root = tempfile::tempdir().unwrap();
+    let pa = free_port();
+    let a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
+    // HELLO, then straight to a forwarded write (no AUTH).
+    let (mut s, ..) = fake_hello(pa);
+    s.write_all(&fwd_write(0xEE)).unwrap();
+    assert!(dropped(&mut s), "a forward before AUTH was not refused");
+    // HELLO, AUTH with a made-up proof, then a forwarded write.
+    let (mut s, ..) = fake_hello(pa);
+    s.write_all(&msg(Header::new(Type::Auth), &[0xAB; 32]))
+        .unwrap();
+    s.write_all(&fwd_write(0xEE)).unwrap();
+    assert!(dropped(&mut s), "a forged AUTH was not refused");
+    // A version-1 HELLO (no authentication at all), sealed correctly.
+    let mut v1 = msg(
+        Header::new(Type::Hello),
+        &[&SIZE.to_le_bytes()[..], &512u32.to_le_bytes(), b"vol0"].concat(),
+    );
+    v1[4] = 1;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&v1[..36]), &v1[wire::HEADER..]);
+    v1[36..40].copy_from_slice(&crc.to_le_bytes());
+    let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&v1).unwrap();
+    s.write_all(&fwd_write(0xEE)).unwrap();
+    assert!(dropped(&mut s), "a version-1 HELLO was not refused");
+    // No session ever started, nothing was applied.
+    let st = status(&a);
+    assert_eq!(st["session"], 0, "{st}");
+    let mut c = Client::connect(a.addr, "vol0", false);
+    assert!(
+        c.read(0, 4096).unwrap() == vec![0u8; 4096],
+        "an unauthenticated forward was applied"
+    );
+}
+
+#[test]
+fn a_replayed_hello_and_auth_are_refused_by_the_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let pa = free_port();
+    let a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
+    let key = Key::new(KEY).unwrap();
+    // A genuine handshake, recorded.
+    let (mut s, hs, _, hello) = fake_hello(pa);
+    let auth = msg(Header::new(Type::Auth), &hs.proof(&key, AuthRole::Follower));
+    s.write_all(&auth).unwrap();
+    let t = Instant::now();
+    while status(&a)["state"] != "up" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "genuine handshake refused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s);
+    while status(&a)["state"] == "up" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "link never went down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Replayed: the leader's WELCOME carries a new nonce, so the recorded AUTH is refused.
+    let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&hello).unwrap();
+    let (h, p) = read_msg(&mut s).expect("WELCOME");
+    assert_eq!(h.ty, Type::Welcome);
+    assert_ne!(
+        wire::decode_welcome(&p).unwrap().nonce,
+        hs.nonce_l,
+        "nonce reused"
+    );
+    s.write_all(&auth).unwrap();
+    s.write_all(&fwd_write(0xEE)).unwrap();
+    assert!(dropped(&mut s), "a replayed handshake was not refused");
+    let st = status(&a);
+    assert_eq!(st["session"], 1, "the replay started a session: {st}");
+    let mut c = Client::connect(a.addr, "vol0", false);
+    assert!(
+        c.read(0, 4096).unwrap() == vec![0u8; 4096],
+        "replayed forward applied"
+    );
+}
+
+#[test]
+fn a_replayed_welcome_is_refused_by_the_follower() {
+    let root = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lp = l.local_addr().unwrap().port();
+    let b = start_site(root.path(), "b", "a", free_port(), lp, 10_000);
+    let key = Key::new(KEY).unwrap();
+    // A genuine session, its WELCOME recorded.
+    let (s, welcome) = fake_leader_accept(&l, &key);
+    drop(s);
+    // The follower dials again with a fresh nonce: the recorded WELCOME does not match it.
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (h, _) = read_msg(&mut s).expect("HELLO");
+    assert_eq!(h.ty, Type::Hello);
+    s.write_all(&welcome).unwrap();
+    s.write_all(&msg(
+        Header {
+            seq: 1,
+            offset: 0,
+            count: 4096,
+            ..Header::new(Type::Write)
+        },
+        &vec![0xEE; 4096],
+    ))
+    .unwrap();
+    assert!(silently_dropped(&mut s), "a replayed WELCOME was accepted");
+    let st = status(&b);
+    assert!(st["session"].as_u64().unwrap() <= 1, "{st}");
+    let mut c = Client::connect(b.addr, "vol0", false);
+    assert!(
+        c.read(0, 4096).unwrap() == vec![0u8; 4096],
+        "a replayed session's write applied"
+    );
+}
+
+#[test]
+fn a_wrong_key_is_refused_at_both_ends() {
+    let root = tempfile::tempdir().unwrap();
+    let wrong = Key::new(b"not-the-mirror-key-0123456789").unwrap();
+    // A follower with the wrong key: the leader's proof does not verify with it, and its AUTH
+    // is refused.
+    let pa = free_port();
+    let a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
+    let (mut s, hs, proof, _) = fake_hello(pa);
+    assert!(!hs.verify(&wrong, AuthRole::Leader, &proof));
+    s.write_all(&msg(
+        Header::new(Type::Auth),
+        &hs.proof(&wrong, AuthRole::Follower),
+    ))
+    .unwrap();
+    s.write_all(&fwd_write(0xEE)).unwrap();
+    assert!(dropped(&mut s), "the leader took a wrong key");
+    assert_eq!(status(&a)["session"], 0);
+    // A leader with the wrong key: the follower sends no AUTH and drops the link.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let lp = l.local_addr().unwrap().port();
+    let rb = root.path().join("b");
+    std::fs::create_dir_all(&rb).unwrap();
+    let b = start_site(&rb, "b", "a", free_port(), lp, 10_000);
+    let (mut s, _, _) = fake_leader_welcome(&l, &wrong);
+    assert!(silently_dropped(&mut s), "the follower took a wrong key");
+    assert_eq!(status(&b)["session"], 0);
+    drop((a, b));
+    // Two real sites with different keys never bring the link up.
+    let (pa, pb) = (free_port(), free_port());
+    let (ra, rb) = (root.path().join("ra"), root.path().join("rb"));
+    std::fs::create_dir_all(&ra).unwrap();
+    std::fs::create_dir_all(&rb).unwrap();
+    let a = start_site(&ra, "a", "b", pa, pb, 10_000);
+    let mut body = site_body(&rb, "b", "a", pb, pa, 10_000);
+    let other = rb.join("other.key");
+    std::fs::write(&other, b"not-the-mirror-key-0123456789").unwrap();
+    body = body.replace(
+        &rb.join("link.key").display().to_string(),
+        &other.display().to_string(),
+    );
+    let b = Server::start(&rb, &body);
+    std::thread::sleep(Duration::from_millis(1500));
+    for s in [&a, &b] {
+        let st = status(s);
+        assert_eq!(
+            st["session"], 0,
+            "sites with different keys had a session: {st}"
+        );
+    }
 }

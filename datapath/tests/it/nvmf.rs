@@ -785,10 +785,14 @@ fn raw_queue(s: TcpStream) -> Queue {
 /// One site of a mirror, in this process: `[mirror]` only (no mirrored volume, so no link),
 /// which is what the site's NVMe-oF identity derives from.
 fn mirror_site(me: &str, peer: &str) -> twinblk::Daemon {
+    // The sites' shared key (the replication links are authenticated; no link is made here).
+    let key = std::env::temp_dir().join(format!("twinblk-nvmf-site-{}.key", std::process::id()));
+    std::fs::write(&key, [7u8; 32]).expect("key file");
     let text = format!(
         "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=['127.0.0.1:0']\n\
          [control]\nsocket=''\n[mirror]\nsite='{me}'\npeer_site='{peer}'\n\
-         listen=['127.0.0.1:0']\npeer='127.0.0.1:9'\n{RAM}"
+         listen=['127.0.0.1:0']\npeer='127.0.0.1:9'\nwitness_key_file='{}'\n{RAM}",
+        key.display()
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("site config");
     twinblk::Daemon::start(&cfg).expect("site starts")

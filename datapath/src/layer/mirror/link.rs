@@ -1,19 +1,23 @@
 //! A mirror link over TCP: one socket carrying one volume's session, driven by the volume's
 //! home reactor like any connection (io_uring connect, receive and send).
 //!
-//! Model: the follower's reactor dials (`LinkConn::dial`), sends HELLO and waits for WELCOME;
-//! the leader's reactor accepts on the replication listener (`LinkConn::accepted`), waits for
-//! HELLO, checks it against its volumes and answers WELCOME or REFUSE. From then on the link
-//! only frames bytes: every whole message goes to the engine, and whatever the engine has to
-//! send leaves in one send per reactor turn (so one ACK per turn at most).
+//! Model: the follower's reactor dials (`LinkConn::dial`), sends HELLO (with a fresh nonce)
+//! and waits for WELCOME; the leader's reactor accepts on the replication listener
+//! (`LinkConn::accepted`), waits for HELLO, checks it against its volumes and answers WELCOME
+//! (its nonce and its proof of the shared key) or REFUSE, then waits for the follower's AUTH
+//! (its proof) before it starts the session (docs/mirror-protocol.md, "Link authentication").
+//! From then on the link only frames bytes: every whole message goes to the engine, and
+//! whatever the engine has to send leaves in one send per reactor turn (so one ACK per turn
+//! at most).
 //!
 //! Invariants: the receive buffer is not moved while a receive is armed, the send buffer not
 //! while a send is armed; a message that fails decoding or the engine's checks drops the link
-//! and is never applied; the engine is told `link_down` exactly once per session, when the
+//! and is never applied; nothing reaches the engine (no session start, no message) before
+//! both proofs are verified; the engine is told `link_down` exactly once per session, when the
 //! link closes.
 
 use super::engine::Role;
-use super::wire::{self, Decoded, Header, Type};
+use super::wire::{self, AuthRole, Decoded, Handshake, Header, NONCE, Type};
 use crate::runtime::{Acceptor, Conn, Env};
 use crate::uring::{Errno, Kind, UserData};
 use io_uring::{opcode, types};
@@ -21,6 +25,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
+use twinblk_witness::Key;
 
 const RX_INITIAL: usize = 1 << 20;
 
@@ -29,6 +34,7 @@ enum State {
     Connecting,
     AwaitWelcome,
     AwaitHello,
+    AwaitAuth,
     Up,
     Closing,
 }
@@ -56,6 +62,37 @@ pub struct LinkConn {
     /// For a link accepted on the listener: where each volume's engine runs (a link for a
     /// volume homed elsewhere is handed over there after its HELLO).
     homes: Option<Arc<Vec<Option<usize>>>>,
+    /// The sites' shared key (the witness's): both ends prove they hold it.
+    key: Arc<Key>,
+    /// The handshake under way (follower: after HELLO; leader: after WELCOME).
+    pending: Option<Pending>,
+}
+
+/// The fields of a handshake under way (docs/mirror-protocol.md, "Link authentication").
+struct Pending {
+    vol: usize,
+    nonce_f: [u8; NONCE],
+    nonce_l: [u8; NONCE],
+    f_state: u32,
+    f_inc: u64,
+    l_state: u32,
+    l_inc: u64,
+}
+
+impl Pending {
+    fn handshake<'a>(&self, size: u64, block: u32, name: &'a str) -> Handshake<'a> {
+        Handshake {
+            nonce_f: self.nonce_f,
+            nonce_l: self.nonce_l,
+            size,
+            block,
+            f_state: self.f_state,
+            f_inc: self.f_inc,
+            l_state: self.l_state,
+            l_inc: self.l_inc,
+            name,
+        }
+    }
 }
 
 use super::engine_of as engine;
@@ -64,13 +101,16 @@ use super::engine_of as engine;
 pub struct LinkAcceptor {
     /// Per volume index: the reactor running its engine, for mirrored volumes.
     homes: Arc<Vec<Option<usize>>>,
+    key: Arc<Key>,
 }
 
 impl LinkAcceptor {
-    /// An acceptor for a daemon whose mirrored volumes run on `homes` (index = volume).
-    pub fn new(homes: Vec<Option<usize>>) -> Self {
+    /// An acceptor for a daemon whose mirrored volumes run on `homes` (index = volume), whose
+    /// links authenticate with `key`.
+    pub fn new(homes: Vec<Option<usize>>, key: Arc<Key>) -> Self {
         Self {
             homes: Arc::new(homes),
+            key,
         }
     }
 }
@@ -81,12 +121,22 @@ impl Acceptor for LinkAcceptor {
     }
 
     fn accept(&self, fd: OwnedFd) -> Box<dyn Conn> {
-        Box::new(LinkConn::accepted(fd, Arc::clone(&self.homes)))
+        Box::new(LinkConn::accepted(
+            fd,
+            Arc::clone(&self.homes),
+            Arc::clone(&self.key),
+        ))
     }
 }
 
 impl LinkConn {
-    fn new(fd: OwnedFd, state: State, vol: Option<usize>, addr: Option<SocketAddr>) -> Self {
+    fn new(
+        fd: OwnedFd,
+        state: State,
+        vol: Option<usize>,
+        addr: Option<SocketAddr>,
+        key: Arc<Key>,
+    ) -> Self {
         crate::transport::tcp::set_nodelay(&fd);
         let (addr, addr_len) =
             crate::transport::tcp::sockaddr(addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))));
@@ -109,26 +159,28 @@ impl LinkConn {
             closed: false,
             why: "closed",
             homes: None,
+            key,
+            pending: None,
         }
     }
 
-    /// A link the follower dials to `peer` for volume `vol`.
-    pub fn dial(peer: SocketAddr, vol: usize) -> std::io::Result<Self> {
+    /// A link the follower dials to `peer` for volume `vol`, authenticated with `key`.
+    pub fn dial(peer: SocketAddr, vol: usize, key: Arc<Key>) -> std::io::Result<Self> {
         let fd = crate::transport::tcp::stream_socket(peer)?;
-        Ok(Self::new(fd, State::Connecting, Some(vol), Some(peer)))
+        Ok(Self::new(fd, State::Connecting, Some(vol), Some(peer), key))
     }
 
     /// A link accepted on the replication listener.
-    pub fn accepted(fd: OwnedFd, homes: Arc<Vec<Option<usize>>>) -> Self {
-        let mut l = Self::new(fd, State::AwaitHello, None, None);
+    pub fn accepted(fd: OwnedFd, homes: Arc<Vec<Option<usize>>>, key: Arc<Key>) -> Self {
+        let mut l = Self::new(fd, State::AwaitHello, None, None, key);
         l.homes = Some(homes);
         l
     }
 
     /// A link accepted on another reactor, handed here (its volume's home) with the HELLO it
     /// already received; the HELLO is processed when the link starts.
-    pub fn adopted(fd: OwnedFd, hello: &[u8]) -> Self {
-        let mut l = Self::new(fd, State::AwaitHello, None, None);
+    pub fn adopted(fd: OwnedFd, hello: &[u8], key: Arc<Key>) -> Self {
+        let mut l = Self::new(fd, State::AwaitHello, None, None, key);
         if l.rx.len() < hello.len() {
             l.rx.resize(hello.len(), 0);
         }
@@ -220,15 +272,15 @@ impl LinkConn {
         if h.ty != Type::Hello {
             return Err("expected HELLO".into());
         }
-        let (size, block, name) =
-            wire::decode_geometry(payload).ok_or_else(|| "HELLO payload malformed".to_string())?;
+        let hello =
+            wire::decode_hello(payload).ok_or_else(|| "HELLO payload malformed".to_string())?;
+        let (size, block, name) = (hello.size, hello.block, hello.name);
         let vol = env
             .shared
             .volumes
             .iter()
             .position(|v| v.name == name)
             .ok_or_else(|| format!("no volume named {name:?}"))?;
-        let key = env.key;
         let home = self
             .homes
             .as_ref()
@@ -243,7 +295,7 @@ impl LinkConn {
             let mut raw = Vec::with_capacity(wire::HEADER + payload.len());
             wire::encode(&mut raw, h, payload);
             let home = home.expect("checked");
-            let link = LinkConn::adopted(fd, &raw);
+            let link = LinkConn::adopted(fd, &raw, Arc::clone(&self.key));
             env.shared.mailboxes[home].send(crate::runtime::Msg::Spawn(Box::new(link)));
             self.state = State::Closing;
             self.why = "handed over";
@@ -271,14 +323,22 @@ impl LinkConn {
             ));
         }
         let (size, block) = (c.size, c.block);
-        // Both sites' replica states decide the session (normal, or a resync one way).
+        // Nothing reaches the engine before the follower has proved it holds the key (AUTH):
+        // answer with this site's nonce and proof, and remember the handshake.
+        let nonce_l = wire::nonce().map_err(|e| format!("no random nonce: {e}"))?;
         let (mine, incarnation) = (e.replica_state(), e.incarnation());
-        e.set_peer_incarnation(h.seq);
-        e.session_start(env.io, h.id)?;
-        e.link_key = Some(key);
-        self.vol = Some(vol);
-        self.attached = true;
-        Self::link_warnings_end(e);
+        let p = Pending {
+            vol,
+            nonce_f: hello.nonce,
+            nonce_l,
+            f_state: h.id,
+            f_inc: h.seq,
+            l_state: mine,
+            l_inc: incarnation,
+        };
+        let proof = p
+            .handshake(size, block, name)
+            .proof(&self.key, AuthRole::Leader);
         wire::encode(
             &mut self.tx,
             &Header {
@@ -286,9 +346,77 @@ impl LinkConn {
                 seq: incarnation,
                 ..Header::new(Type::Welcome)
             },
-            &wire::encode_geometry(size, block, ""),
+            &wire::encode_welcome(&wire::Welcome {
+                size,
+                block,
+                nonce: nonce_l,
+                proof,
+            }),
         );
+        self.pending = Some(p);
+        self.state = State::AwaitAuth;
         Ok(())
+    }
+
+    /// The leader's end of the handshake: the follower's AUTH. Only a valid proof starts the
+    /// session.
+    fn auth(&mut self, env: &mut Env<'_>, h: &Header, payload: &[u8]) -> Result<(), String> {
+        if h.ty != Type::Auth {
+            return Err("expected AUTH".into());
+        }
+        let p = self.pending.take().ok_or("no handshake under way")?;
+        let Some(e) = engine(env.chans, p.vol) else {
+            return Err("volume not mirrored here".into());
+        };
+        let name = e.config().name.clone();
+        let hs = p.handshake(e.config().size, e.config().block, &name);
+        if !hs.verify(&self.key, AuthRole::Follower, payload) {
+            tracing::warn!(volume = %name,
+                "mirror: link authentication failed (the peer does not hold the key, or replayed or forged a handshake)");
+            return Err("authentication failed".into());
+        }
+        if e.link_key.is_some() {
+            return Err(format!("{name:?} already has a link"));
+        }
+        if e.is_diverged() {
+            return Err(format!(
+                "{name:?}: the replicas diverged while the follower was away; a resync is needed"
+            ));
+        }
+        if e.replica_state() != p.l_state || e.incarnation() != p.l_inc {
+            return Err(format!(
+                "{name:?}: the replica state changed during the handshake"
+            ));
+        }
+        // Both sites' replica states decide the session (normal, or a resync one way).
+        e.set_peer_incarnation(p.f_inc);
+        e.session_start(env.io, p.f_state)?;
+        e.link_key = Some(env.key);
+        Self::link_warnings_end(e);
+        self.vol = Some(p.vol);
+        self.attached = true;
+        self.state = State::Up;
+        Ok(())
+    }
+
+    /// Send REFUSE with `why` and close once it is out.
+    fn refuse(&mut self, why: &str) {
+        // A follower redials every 200 ms: the refusal is logged the first time, then once a
+        // minute with the count.
+        match super::ratelimit::check_unbound("refusing a link", Instant::now()) {
+            Some(0) => tracing::warn!(%why, "mirror: refusing a link"),
+            Some(n) => tracing::warn!(%why, not_logged = n,
+                "mirror: refusing a link (again; {n} more since the last warning)"),
+            None => {}
+        }
+        let n = why.len().min(1024);
+        wire::encode(
+            &mut self.tx,
+            &Header::new(Type::Refuse),
+            &why.as_bytes()[..n],
+        );
+        self.state = State::Closing;
+        self.why = "refused";
     }
 
     fn process(&mut self, env: &mut Env<'_>) {
@@ -310,23 +438,13 @@ impl LinkConn {
                 State::AwaitHello => {
                     let payload = payload.to_vec();
                     if let Err(why) = self.hello(env, &h, &payload) {
-                        // A follower redials every 200 ms: the refusal is logged the first
-                        // time, then once a minute with the count.
-                        match super::ratelimit::check_unbound("refusing a link", Instant::now()) {
-                            Some(0) => tracing::warn!(%why, "mirror: refusing a link"),
-                            Some(n) => tracing::warn!(%why, not_logged = n,
-                                "mirror: refusing a link (again; {n} more since the last warning)"),
-                            None => {}
-                        }
-                        let n = why.len().min(1024);
-                        wire::encode(
-                            &mut self.tx,
-                            &Header::new(Type::Refuse),
-                            &why.as_bytes()[..n],
-                        );
-                        self.state = State::Closing;
-                        self.why = "refused";
-                        return;
+                        return self.refuse(&why);
+                    }
+                }
+                State::AwaitAuth => {
+                    let payload = payload.to_vec();
+                    if let Err(why) = self.auth(env, &h, &payload) {
+                        return self.refuse(&why);
                     }
                 }
                 State::AwaitWelcome => {
@@ -336,14 +454,32 @@ impl LinkConn {
                             let Some(e) = engine(env.chans, vol) else {
                                 return self.close(env, "volume not mirrored");
                             };
-                            let ok = wire::decode_geometry(payload).is_some_and(|(s, b, _)| {
-                                s == e.config().size && b == e.config().block
-                            });
-                            if !ok {
+                            let Some(w) = wire::decode_welcome(payload) else {
+                                return self.close(env, "malformed WELCOME");
+                            };
+                            if w.size != e.config().size || w.block != e.config().block {
                                 tracing::error!(volume = %e.config().name,
                                     "mirror: the leader's volume geometry differs");
                                 return self.close(env, "geometry differs");
                             }
+                            let Some(mut p) = self.pending.take() else {
+                                return self.close(env, "WELCOME without HELLO");
+                            };
+                            (p.nonce_l, p.l_state, p.l_inc) = (w.nonce, h.id, h.seq);
+                            let name = e.config().name.clone();
+                            let hs = p.handshake(w.size, w.block, &name);
+                            if !hs.verify(&self.key, AuthRole::Leader, &w.proof) {
+                                tracing::error!(volume = %name,
+                                    "mirror: the leader failed link authentication (it does not hold the key, or the WELCOME is replayed or forged)");
+                                return self.close(env, "the leader failed authentication");
+                            }
+                            if e.replica_state() != p.f_state {
+                                return self
+                                    .close(env, "replica state changed during the handshake");
+                            }
+                            // Our proof goes out before anything of the session.
+                            let proof = hs.proof(&self.key, AuthRole::Follower);
+                            wire::encode(&mut self.tx, &Header::new(Type::Auth), &proof);
                             e.set_peer_incarnation(h.seq);
                             if let Err(why) = e.session_start(env.io, h.id) {
                                 match e.link_warns.check("refusing the session", Instant::now()) {
@@ -379,6 +515,12 @@ impl LinkConn {
                         _ => return self.close(env, "expected WELCOME"),
                     }
                 }
+                State::Up if h.ty == Type::Refuse => {
+                    // The leader refused our AUTH (or the session).
+                    let why = String::from_utf8_lossy(payload);
+                    tracing::error!(volume = ?self.vol, %why, "mirror: the leader refused the link");
+                    return self.close(env, "refused by the leader");
+                }
                 State::Up => {
                     let vol = self.vol.expect("up links know their volume");
                     let Some(e) = engine(env.chans, vol) else {
@@ -391,9 +533,6 @@ impl LinkConn {
                     }
                 }
                 State::Connecting | State::Closing => return,
-            }
-            if self.state == State::AwaitHello && self.attached {
-                self.state = State::Up;
             }
         }
     }
@@ -432,10 +571,12 @@ impl Conn for LinkConn {
         if res <= 0 {
             return self.close(
                 env,
-                if res == 0 {
-                    "peer closed"
-                } else {
-                    "receive failed"
+                match (res, self.state) {
+                    (0, State::AwaitWelcome) => {
+                        "the leader closed the link during the handshake (it refused our HELLO, or runs protocol version 1 without link authentication)"
+                    }
+                    (0, _) => "peer closed",
+                    _ => "receive failed",
                 },
             );
         }
@@ -457,14 +598,30 @@ impl Conn for LinkConn {
             let Some(e) = engine(env.chans, vol) else {
                 return self.close(env, "volume not mirrored");
             };
+            let nonce_f = match wire::nonce() {
+                Ok(n) => n,
+                Err(err) => {
+                    tracing::error!(%err, "mirror: no random nonce for the handshake");
+                    return self.close(env, "no random nonce");
+                }
+            };
             let c = e.config();
-            let p = wire::encode_geometry(c.size, c.block, &c.name);
+            let p = wire::encode_hello(c.size, c.block, &nonce_f, &c.name);
             let hello = Header {
                 id: e.replica_state(),
                 seq: e.incarnation(),
                 ..Header::new(Type::Hello)
             };
             wire::encode(&mut self.tx, &hello, &p);
+            self.pending = Some(Pending {
+                vol,
+                nonce_f,
+                nonce_l: [0; NONCE],
+                f_state: hello.id,
+                f_inc: hello.seq,
+                l_state: 0,
+                l_inc: 0,
+            });
             self.state = State::AwaitWelcome;
             return;
         }
@@ -513,7 +670,7 @@ impl Conn for LinkConn {
         }
         let receiving = matches!(
             self.state,
-            State::AwaitHello | State::AwaitWelcome | State::Up
+            State::AwaitHello | State::AwaitAuth | State::AwaitWelcome | State::Up
         );
         if receiving && !self.recv_armed {
             self.arm_recv(env);

@@ -25,9 +25,13 @@ pub mod failover;
 pub mod link;
 pub mod persist;
 pub mod ratelimit;
+pub mod split;
 pub mod state;
 pub mod stats;
 pub mod wire;
+
+#[cfg(test)]
+mod tests;
 
 use crate::bdev::volume::{PathCell, PathState};
 use crate::bdev::{
@@ -87,16 +91,20 @@ pub struct MirrorDevice {
     /// The daemon's replica-state persister (set before the channels open; none: the engine
     /// starts its own when it has a state file).
     pub persister: OnceLock<Arc<persist::Persister>>,
+    /// The sites' shared key: the link's handshake proves both ends hold it.
+    key: Arc<twinblk_witness::Key>,
 }
 
 impl MirrorDevice {
-    /// Mirror `inner` (volume index `vol`) with the peer at `peer`.
+    /// Mirror `inner` (volume index `vol`) with the peer at `peer`; links authenticate with
+    /// `key`.
     pub fn new(
         inner: Arc<dyn BlockDevice>,
         cfg: EngineConfig,
         vol: usize,
         home: usize,
         peer: SocketAddr,
+        key: Arc<twinblk_witness::Key>,
     ) -> Self {
         Self {
             inner,
@@ -110,6 +118,7 @@ impl MirrorDevice {
             // Nothing is served before the engine has decided its mode.
             path: Arc::new(PathCell::new(PathState::Inaccessible)),
             persister: OnceLock::new(),
+            key,
         }
     }
 }
@@ -122,6 +131,7 @@ impl PollerSource for MirrorDevice {
                 peer: self.peer,
                 path: Arc::clone(&self.path),
                 next_tick: Instant::now(),
+                key: Arc::clone(&self.key),
             }) as Box<dyn Poller>
         })
     }
@@ -129,11 +139,14 @@ impl PollerSource for MirrorDevice {
 
 /// The engine of `chans[vol]`, when that is a mirrored volume's home channel.
 pub fn engine_of(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut Engine> {
+    channel_of(chans, vol).map(|c| &mut c.engine)
+}
+
+fn channel_of(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut MirrorChannel> {
     chans
         .get_mut(vol)?
         .as_any_mut()?
         .downcast_mut::<MirrorChannel>()
-        .map(|c| &mut c.engine)
 }
 
 /// A mirrored volume's work on its home reactor: the engine's periodic work, dialling the
@@ -143,6 +156,7 @@ pub struct MirrorPoller {
     peer: SocketAddr,
     path: Arc<PathCell>,
     next_tick: Instant,
+    key: Arc<twinblk_witness::Key>,
 }
 
 impl Poller for MirrorPoller {
@@ -168,6 +182,10 @@ impl Poller for MirrorPoller {
         let link = e.link_key;
         let worked = !e.done.is_empty();
         let mut done = std::mem::take(&mut e.done);
+        if let Some(c) = channel_of(cx.chans, self.vol) {
+            // Parts of split updates answer their original.
+            c.splits.join(&mut done);
+        }
         cx.complete_all(&mut done);
         if let Some(e) = engine_of(cx.chans, self.vol) {
             // Give the (now empty) vector back so steady state allocates nothing.
@@ -182,7 +200,7 @@ impl Poller for MirrorPoller {
             cx.wake(k);
         }
         if dial {
-            match link::LinkConn::dial(self.peer, self.vol) {
+            match link::LinkConn::dial(self.peer, self.vol, Arc::clone(&self.key)) {
                 Ok(l) => cx.spawn(Box::new(l)),
                 Err(err) => tracing::warn!(%err, "mirror: cannot create a socket"),
             }
@@ -245,6 +263,7 @@ impl BlockDevice for MirrorDevice {
         Ok(Box::new(MirrorChannel {
             reactor: io.reactor as u32,
             engine,
+            splits: split::Splits::default(),
         }))
     }
 }
@@ -253,6 +272,23 @@ impl BlockDevice for MirrorDevice {
 pub struct MirrorChannel {
     engine: Engine,
     reactor: u32,
+    /// Updates too long for one message, in parts.
+    splits: split::Splits,
+}
+
+impl MirrorChannel {
+    fn submit(
+        &mut self,
+        io: &mut IoCx,
+        from: u32,
+        tag: IoTag,
+        update: Update<'_>,
+        offset: u64,
+        fua: bool,
+    ) -> Start {
+        self.splits
+            .submit(&mut self.engine, io, from, tag, update, offset, fua)
+    }
 }
 
 impl Channel for MirrorChannel {
@@ -264,13 +300,13 @@ impl Channel for MirrorChannel {
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {
-        self.engine
-            .submit(io, self.reactor, tag, Update::Write(data), offset, fua)
+        let from = self.reactor;
+        self.submit(io, from, tag, Update::Write(data), offset, fua)
     }
 
     fn flush(&mut self, io: &mut IoCx, tag: IoTag) -> Start {
-        self.engine
-            .submit(io, self.reactor, tag, Update::Flush, 0, false)
+        let from = self.reactor;
+        self.submit(io, from, tag, Update::Flush, 0, false)
     }
 
     fn write_zeroes(
@@ -281,13 +317,13 @@ impl Channel for MirrorChannel {
         len: u64,
         fua: bool,
     ) -> Start {
-        self.engine
-            .submit(io, self.reactor, tag, Update::Zeroes(len), offset, fua)
+        let from = self.reactor;
+        self.submit(io, from, tag, Update::Zeroes(len), offset, fua)
     }
 
     fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start {
-        self.engine
-            .submit(io, self.reactor, tag, Update::Unmap(len), offset, fua)
+        let from = self.reactor;
+        self.submit(io, from, tag, Update::Unmap(len), offset, fua)
     }
 
     fn compare_and_write(
@@ -324,8 +360,7 @@ impl Channel for MirrorChannel {
             BlockOp::Flush => Update::Flush,
             BlockOp::Meta => Update::Meta(&r.data),
         };
-        self.engine
-            .submit(io, r.from, r.tag, update, r.offset, r.fua)
+        self.submit(io, r.from, r.tag, update, r.offset, r.fua)
     }
 
     fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {

@@ -1,5 +1,6 @@
-//! The mirror link's wire format (docs/mirror-protocol.md, version 1): a 40-byte header and a
-//! payload per message, CRC32C over both.
+//! The mirror link's wire format (docs/mirror-protocol.md, version 2): a 40-byte header and a
+//! payload per message, CRC32C over both, and the link's authentication handshake (HELLO,
+//! WELCOME, AUTH: the payloads and the HMAC proofs over the handshake's transcript).
 //!
 //! Model: pure functions. [`decode`] looks at the front of a receive buffer and says whether a
 //! whole, well-formed message is there ([`Decoded::Msg`]), more bytes are needed
@@ -11,10 +12,18 @@
 //! known, its flags are allowed and its length is what its type permits. Range and sequence
 //! checks need the volume and the session, so they are the engine's (`engine.rs`).
 
+use twinblk_witness::Key;
+
 /// `W R M T` on the wire.
 pub const MAGIC: u32 = 0x544D_5257;
-/// Protocol version.
-pub const VERSION: u8 = 1;
+/// Protocol version (2: the handshake is authenticated).
+pub const VERSION: u8 = 2;
+/// Bytes of a handshake nonce.
+pub const NONCE: usize = 32;
+/// Bytes of a handshake proof (HMAC-SHA256).
+pub const PROOF: usize = 32;
+/// Longest volume name in a HELLO.
+pub const MAX_NAME: usize = 255;
 /// Header bytes.
 pub const HEADER: usize = 40;
 /// Largest payload.
@@ -78,6 +87,8 @@ pub enum Type {
     ResyncAlso = 23,
     /// The leader's re-sends for the session are all sent.
     Resent = 25,
+    /// The follower's half of the handshake (its proof of the key).
+    Auth = 26,
 }
 
 /// `id` of a META_STATE that answers no META.
@@ -119,6 +130,7 @@ impl Type {
             22 => MetaAck,
             23 => ResyncAlso,
             25 => Resent,
+            26 => Auth,
             _ => return None,
         })
     }
@@ -143,8 +155,9 @@ impl Type {
             flags == 0
         };
         let len_ok = match self {
-            Hello => (13..=12 + 255).contains(&len),
-            Welcome => len == 12,
+            Hello => (13 + NONCE as u32..=12 + NONCE as u32 + MAX_NAME as u32).contains(&len),
+            Welcome => len as usize == 12 + NONCE + PROOF,
+            Auth => len as usize == PROOF,
             Refuse => (1..=1024).contains(&len),
             Write | FwdWrite | Resync => len == count,
             FwdCaw => len as u64 == 2 * count as u64,
@@ -226,6 +239,9 @@ pub fn decode(buf: &[u8]) -> Decoded {
     if u32_at(buf, 0) != MAGIC {
         return Decoded::Bad("bad magic");
     }
+    if buf[4] == 1 {
+        return Decoded::Bad("peer speaks protocol version 1 (no link authentication): refused");
+    }
     if buf[4] != VERSION {
         return Decoded::Bad("unsupported version");
     }
@@ -256,17 +272,88 @@ pub fn decode(buf: &[u8]) -> Decoded {
     if !ty.allows(len, h.count, h.flags) {
         return Decoded::Bad("length or flags not allowed for the message type");
     }
+    if let Err(why) = check_fields(&h, &buf[HEADER..total]) {
+        return Decoded::Bad(why);
+    }
     Decoded::Msg(h, HEADER..total)
 }
 
+/// Largest replica state in HELLO / WELCOME `id` (4: new).
+pub const MAX_REPLICA_STATE: u32 = 4;
+/// Largest status in META_STATE / META_ACK `count` (an NVMe status is 16 bits).
+pub const MAX_META_STATUS: u32 = 0xFFFF;
+/// Largest errno in a FLUSH_DONE payload.
+pub const MAX_ERRNO: i32 = 4095;
+
+/// Every header field checked against its meaning for the message's type
+/// (docs/mirror-protocol.md, "Messages"): the fields a type does not use must be 0, counts of
+/// updates must not be 0, statuses and states must be in range. (Ranges against the volume,
+/// and sequence numbers against the session, are the engine's.)
+pub fn check_fields(h: &Header, payload: &[u8]) -> Result<(), &'static str> {
+    use Type::*;
+    // Which fields the type carries: (id, seq, offset, count).
+    let (id, seq, offset, count) = match h.ty {
+        Hello | Welcome => (true, true, false, false),
+        Refuse | ResyncDone | Resent | Auth => (false, false, false, false),
+        // `id` only on a re-sent forward.
+        Write | Zeroes | Unmap => (h.flags & FLAG_RESENT != 0, true, true, true),
+        Order | Miscompare => (true, true, false, false),
+        Ack | Ping | Pong => (false, true, false, false),
+        FwdWrite | FwdZeroes | FwdUnmap | FwdCaw => (true, false, true, true),
+        Flush | FlushDone | Meta => (true, false, false, false),
+        Resync => (false, false, true, true),
+        MetaState => (true, true, false, true),
+        MetaAck => (false, true, false, true),
+        ResyncAlso => (false, false, false, true),
+    };
+    if (!id && h.id != 0) || (!seq && h.seq != 0) || (!offset && h.offset != 0) {
+        return Err("a field the message type does not use is not 0");
+    }
+    if !count && h.count != 0 {
+        return Err("a field the message type does not use is not 0");
+    }
+    match h.ty {
+        _ if (h.ty.is_update() || h.ty == Resync) && h.count == 0 => {
+            return Err("update of 0 bytes");
+        }
+        Hello | Welcome if h.id > MAX_REPLICA_STATE => {
+            return Err("unknown replica state");
+        }
+        MetaState | MetaAck if h.count > MAX_META_STATUS => {
+            return Err("metadata status out of range");
+        }
+        FlushDone if payload.len() == 4 => {
+            let e = i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+            if !(1..=MAX_ERRNO).contains(&e) {
+                return Err("FLUSH_DONE errno out of range");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A byte count as the header's 32-bit `count`: refused (never truncated) when it does not fit
+/// (4 GiB and more would wrap, exactly 4 GiB to 0).
+pub fn count(len: u64) -> Result<u32, &'static str> {
+    u32::try_from(len).map_err(|_| "count does not fit a message header (32 bits)")
+}
+
 /// Append one message (`h.len` is set from `payload`).
+///
+/// Panics when `payload` is longer than [`MAX_PAYLOAD`]: a peer would refuse it, so callers
+/// split first (a silent truncation of `len` would corrupt the stream instead).
 pub fn encode(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&n| n <= MAX_PAYLOAD)
+        .expect("a payload longer than one message");
     let start = out.len();
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.push(VERSION);
     out.push(h.ty as u8);
     out.extend_from_slice(&h.flags.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&h.id.to_le_bytes());
     out.extend_from_slice(&h.seq.to_le_bytes());
     out.extend_from_slice(&h.offset.to_le_bytes());
@@ -276,13 +363,163 @@ pub fn encode(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// HELLO / WELCOME payload: `size u64, block u32` then (HELLO only) the volume name.
-pub fn encode_geometry(size: u64, block: u32, name: &str) -> Vec<u8> {
-    let mut p = Vec::with_capacity(12 + name.len());
+/// A HELLO's payload: geometry, the follower's nonce and the volume's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// Volume size, bytes.
+    pub size: u64,
+    /// Block size.
+    pub block: u32,
+    /// The follower's fresh nonce.
+    pub nonce: [u8; NONCE],
+    /// The volume's name (1 ..= 255 bytes).
+    pub name: &'a str,
+}
+
+/// `size u64, block u32, nonce [32], name`.
+pub fn encode_hello(size: u64, block: u32, nonce: &[u8; NONCE], name: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + NONCE + name.len());
     p.extend_from_slice(&size.to_le_bytes());
     p.extend_from_slice(&block.to_le_bytes());
+    p.extend_from_slice(nonce);
     p.extend_from_slice(name.as_bytes());
     p
+}
+
+/// Parse a HELLO payload: `None` if it is too short, the name is empty, longer than
+/// [`MAX_NAME`] or not UTF-8.
+pub fn decode_hello(p: &[u8]) -> Option<Hello<'_>> {
+    if p.len() < 12 + NONCE + 1 || p.len() > 12 + NONCE + MAX_NAME {
+        return None;
+    }
+    let name = std::str::from_utf8(&p[12 + NONCE..]).ok()?;
+    Some(Hello {
+        size: u64_at(p, 0),
+        block: u32_at(p, 8),
+        nonce: p[12..12 + NONCE].try_into().ok()?,
+        name,
+    })
+}
+
+/// A WELCOME's payload: geometry, the leader's nonce and its proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    /// Volume size, bytes.
+    pub size: u64,
+    /// Block size.
+    pub block: u32,
+    /// The leader's fresh nonce.
+    pub nonce: [u8; NONCE],
+    /// The leader's proof of the key.
+    pub proof: [u8; PROOF],
+}
+
+/// `size u64, block u32, nonce [32], proof [32]`.
+pub fn encode_welcome(w: &Welcome) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + NONCE + PROOF);
+    p.extend_from_slice(&w.size.to_le_bytes());
+    p.extend_from_slice(&w.block.to_le_bytes());
+    p.extend_from_slice(&w.nonce);
+    p.extend_from_slice(&w.proof);
+    p
+}
+
+/// Parse a WELCOME payload (`None` unless exactly 76 bytes).
+pub fn decode_welcome(p: &[u8]) -> Option<Welcome> {
+    if p.len() != 12 + NONCE + PROOF {
+        return None;
+    }
+    Some(Welcome {
+        size: u64_at(p, 0),
+        block: u32_at(p, 8),
+        nonce: p[12..12 + NONCE].try_into().ok()?,
+        proof: p[12 + NONCE..].try_into().ok()?,
+    })
+}
+
+/// Which end a proof is from (its label in the transcript).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthRole {
+    /// The leader's proof, in WELCOME.
+    Leader,
+    /// The follower's proof, in AUTH.
+    Follower,
+}
+
+/// Everything a handshake's proofs cover (docs/mirror-protocol.md, "Link authentication").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake<'a> {
+    /// The follower's nonce (HELLO).
+    pub nonce_f: [u8; NONCE],
+    /// The leader's nonce (WELCOME).
+    pub nonce_l: [u8; NONCE],
+    /// Volume size.
+    pub size: u64,
+    /// Block size.
+    pub block: u32,
+    /// The follower's replica state (HELLO `id`).
+    pub f_state: u32,
+    /// The follower's incarnation (HELLO `seq`).
+    pub f_inc: u64,
+    /// The leader's replica state (WELCOME `id`).
+    pub l_state: u32,
+    /// The leader's incarnation (WELCOME `seq`).
+    pub l_inc: u64,
+    /// The volume's name (1 ..= 255 bytes).
+    pub name: &'a str,
+}
+
+impl Handshake<'_> {
+    /// The bytes the proofs are computed over, for `role`'s proof.
+    pub fn transcript(&self, role: AuthRole) -> Vec<u8> {
+        let mut t = Vec::with_capacity(125 + self.name.len());
+        t.extend_from_slice(b"TWINBLK-LINKAUTH");
+        t.extend_from_slice(match role {
+            AuthRole::Leader => b"LEADER\0\0",
+            AuthRole::Follower => b"FOLLOWER",
+        });
+        t.extend_from_slice(&self.nonce_f);
+        t.extend_from_slice(&self.nonce_l);
+        t.extend_from_slice(&self.size.to_le_bytes());
+        t.extend_from_slice(&self.block.to_le_bytes());
+        t.extend_from_slice(&self.f_state.to_le_bytes());
+        t.extend_from_slice(&self.f_inc.to_le_bytes());
+        t.extend_from_slice(&self.l_state.to_le_bytes());
+        t.extend_from_slice(&self.l_inc.to_le_bytes());
+        let name = &self.name.as_bytes()[..self.name.len().min(MAX_NAME)];
+        t.push(name.len() as u8);
+        t.extend_from_slice(name);
+        t
+    }
+
+    /// `role`'s proof: HMAC-SHA256 under the shared key of `role`'s transcript.
+    pub fn proof(&self, key: &Key, role: AuthRole) -> [u8; PROOF] {
+        key.mac256(&self.transcript(role))
+    }
+
+    /// Whether `proof` is `role`'s proof (constant-time comparison).
+    pub fn verify(&self, key: &Key, role: AuthRole, proof: &[u8]) -> bool {
+        key.verify256(&self.transcript(role), proof)
+    }
+}
+
+/// A fresh random nonce from the kernel (`getrandom(2)`).
+pub fn nonce() -> std::io::Result<[u8; NONCE]> {
+    let mut n = [0u8; NONCE];
+    let mut at = 0;
+    while at < NONCE {
+        // SAFETY: writes at most `NONCE - at` bytes into the rest of `n`.
+        let r = unsafe { libc::getrandom(n[at..].as_mut_ptr().cast(), NONCE - at, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        at += r as usize;
+    }
+    Ok(n)
 }
 
 /// Append RESYNC_ALSO messages listing `ranges` (`offset, length`), at most
@@ -299,7 +536,7 @@ pub fn encode_resync_also(out: &mut Vec<u8>, ranges: &[(u64, u64)]) {
             payload.extend_from_slice(&len.to_le_bytes());
         }
         let h = Header {
-            count: chunk.len() as u32,
+            count: count(chunk.len() as u64).expect("at most MAX_RESYNC_ALSO ranges"),
             ..Header::new(Type::ResyncAlso)
         };
         encode(out, &h, &payload);
@@ -309,15 +546,6 @@ pub fn encode_resync_also(out: &mut Vec<u8>, ranges: &[(u64, u64)]) {
 /// The ranges of a RESYNC_ALSO payload (length already checked by [`decode`]).
 pub fn decode_resync_also(p: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
     p.chunks_exact(RANGE).map(|r| (u64_at(r, 0), u64_at(r, 8)))
-}
-
-/// Parse a HELLO / WELCOME payload (length already checked by [`decode`]).
-pub fn decode_geometry(p: &[u8]) -> Option<(u64, u32, &str)> {
-    if p.len() < 12 {
-        return None;
-    }
-    let name = std::str::from_utf8(&p[12..]).ok()?;
-    Some((u64_at(p, 0), u32_at(p, 8), name))
 }
 
 #[cfg(test)]
@@ -334,7 +562,7 @@ mod tests {
     fn round_trip_every_field() {
         let h = Header {
             ty: Type::Write,
-            flags: FLAG_FUA,
+            flags: FLAG_FUA | FLAG_RESENT,
             len: 4,
             id: 7,
             seq: 0x1122_3344_5566_7788,
@@ -440,8 +668,11 @@ mod tests {
         };
         assert!(matches!(decode(&msg(&caw, &[0; 16])), Decoded::Msg(..)));
         let mut v = msg(&Header::new(Type::Ping), &[]);
-        v[4] = 2;
+        v[4] = 3;
         assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
+        // A version-1 peer (no link authentication) is refused by name.
+        v[4] = 1;
+        assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 1")));
         let mut v = msg(&Header::new(Type::Ping), &[]);
         v[8..12].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
         assert_eq!(decode(&v), Decoded::Bad("payload too long"));
@@ -493,9 +724,348 @@ mod tests {
     }
 
     #[test]
-    fn geometry_round_trips() {
-        let p = encode_geometry(1 << 30, 512, "vol0");
-        assert_eq!(decode_geometry(&p), Some((1 << 30, 512, "vol0")));
-        assert_eq!(decode_geometry(&p[..11]), None);
+    fn every_field_is_checked_against_its_meaning_per_type() {
+        let h = |ty| Header::new(ty);
+        let upd = |ty| Header {
+            offset: 4096,
+            count: 512,
+            ..Header::new(ty)
+        };
+        let payload = |h: &Header| -> Vec<u8> {
+            match h.ty {
+                Type::Hello => encode_hello(1 << 20, 512, &[0; NONCE], "v"),
+                Type::Welcome => vec![0; 12 + NONCE + PROOF],
+                Type::Refuse => b"no".to_vec(),
+                Type::Auth => vec![0; PROOF],
+                Type::Meta => vec![1],
+                Type::Write | Type::FwdWrite | Type::Resync => vec![0; h.count as usize],
+                Type::FwdCaw => vec![0; 2 * h.count as usize],
+                _ => vec![],
+            }
+        };
+        // Each type's well-formed message, then each with one field it must not carry.
+        let good = [
+            Header {
+                id: 4,
+                seq: 9,
+                ..h(Type::Hello)
+            },
+            Header {
+                id: 1,
+                seq: 9,
+                ..h(Type::Welcome)
+            },
+            h(Type::Refuse),
+            Header {
+                seq: 1,
+                ..upd(Type::Write)
+            },
+            Header {
+                seq: 1,
+                ..upd(Type::Zeroes)
+            },
+            Header {
+                seq: 1,
+                id: 3,
+                flags: FLAG_RESENT,
+                ..upd(Type::Unmap)
+            },
+            Header {
+                seq: 1,
+                id: 3,
+                ..h(Type::Order)
+            },
+            Header {
+                seq: 1,
+                ..h(Type::Ack)
+            },
+            Header {
+                id: 1,
+                ..upd(Type::FwdWrite)
+            },
+            Header {
+                id: 1,
+                ..upd(Type::FwdZeroes)
+            },
+            Header {
+                id: 1,
+                ..upd(Type::FwdUnmap)
+            },
+            Header {
+                id: 7,
+                ..h(Type::Flush)
+            },
+            Header {
+                id: 7,
+                ..h(Type::FlushDone)
+            },
+            Header {
+                seq: 5,
+                ..h(Type::Ping)
+            },
+            Header {
+                seq: 5,
+                ..h(Type::Pong)
+            },
+            upd(Type::Resync),
+            h(Type::ResyncDone),
+            Header {
+                id: 1,
+                ..upd(Type::FwdCaw)
+            },
+            Header {
+                id: 1,
+                seq: 3,
+                ..h(Type::Miscompare)
+            },
+            Header {
+                id: 1,
+                ..h(Type::Meta)
+            },
+            Header {
+                id: META_NO_ID,
+                seq: 2,
+                count: 2,
+                ..h(Type::MetaState)
+            },
+            Header {
+                seq: 2,
+                count: 6,
+                ..h(Type::MetaAck)
+            },
+            h(Type::ResyncAlso),
+            h(Type::Resent),
+            h(Type::Auth),
+        ];
+        for g in good {
+            assert!(
+                matches!(decode(&msg(&g, &payload(&g))), Decoded::Msg(..)),
+                "{g:?}"
+            );
+            let mut bad = Vec::new();
+            if g.id == 0 && !(g.ty == Type::Write || g.ty == Type::Zeroes) {
+                bad.push(Header { id: 1, ..g });
+            }
+            if g.seq == 0 {
+                bad.push(Header { seq: 1, ..g });
+            }
+            if g.offset == 0 && g.ty != Type::FwdCaw {
+                bad.push(Header { offset: 4096, ..g });
+            }
+            if g.count == 0 && !matches!(g.ty, Type::MetaState | Type::MetaAck) {
+                // (RESYNC_ALSO's count is its number of ranges: checked with its length.)
+                if g.ty != Type::ResyncAlso {
+                    bad.push(Header { count: 512, ..g });
+                }
+            }
+            for b in bad {
+                let p = payload(&g);
+                assert!(
+                    matches!(decode(&msg(&b, &p)), Decoded::Bad(_)),
+                    "accepted {b:?}"
+                );
+            }
+        }
+        // Out-of-range values.
+        let flush_done = |e: i32| {
+            msg(
+                &Header {
+                    id: 7,
+                    ..h(Type::FlushDone)
+                },
+                &e.to_le_bytes(),
+            )
+        };
+        assert!(matches!(decode(&flush_done(5)), Decoded::Msg(..)));
+        for e in [0, -5, MAX_ERRNO + 1] {
+            assert!(
+                matches!(decode(&flush_done(e)), Decoded::Bad(_)),
+                "errno {e}"
+            );
+        }
+        let bad = [
+            (
+                Header {
+                    id: 5,
+                    ..h(Type::Hello)
+                },
+                payload(&h(Type::Hello)),
+            ),
+            (
+                Header {
+                    id: 9,
+                    ..h(Type::Welcome)
+                },
+                payload(&h(Type::Welcome)),
+            ),
+            (
+                Header {
+                    count: 0x1_0000,
+                    ..h(Type::MetaState)
+                },
+                vec![],
+            ),
+            (
+                Header {
+                    count: 0x1_0000,
+                    ..h(Type::MetaAck)
+                },
+                vec![],
+            ),
+            // Updates of 0 bytes.
+            (
+                Header {
+                    seq: 1,
+                    ..h(Type::Zeroes)
+                },
+                vec![],
+            ),
+            (
+                Header {
+                    id: 1,
+                    ..h(Type::FwdUnmap)
+                },
+                vec![],
+            ),
+            (h(Type::Resync), vec![]),
+            // A FLUSH with an offset and a count (the overflow of finding 2).
+            (
+                Header {
+                    offset: u64::MAX - 511,
+                    count: 4096,
+                    ..h(Type::Flush)
+                },
+                vec![],
+            ),
+        ];
+        for (b, p) in bad {
+            assert!(
+                matches!(decode(&msg(&b, &p)), Decoded::Bad(_)),
+                "accepted {b:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn counts_of_4_gib_and_more_are_refused_never_truncated() {
+        assert_eq!(count((1 << 32) - 512), Ok(u32::MAX - 511));
+        assert_eq!(count(u32::MAX as u64), Ok(u32::MAX));
+        // Exactly 4 GiB would encode as 0, 4 GiB + 1 MiB as 1 MiB.
+        assert!(count(1 << 32).is_err());
+        assert!(count((1 << 32) + (1 << 20)).is_err());
+        assert!(count(u64::MAX).is_err());
+        // And a payload longer than a message is never encoded.
+        let long = std::panic::catch_unwind(|| {
+            encode(
+                &mut Vec::new(),
+                &Header::new(Type::Refuse),
+                &vec![0; MAX_PAYLOAD as usize + 1],
+            )
+        });
+        assert!(long.is_err());
+    }
+
+    #[test]
+    fn handshake_payloads_round_trip_and_malformed_ones_are_refused() {
+        let n = [7u8; NONCE];
+        let p = encode_hello(1 << 30, 512, &n, "vol0");
+        let h = decode_hello(&p).unwrap();
+        assert_eq!(
+            (h.size, h.block, h.nonce, h.name),
+            (1 << 30, 512, n, "vol0")
+        );
+        // No name, a name too long, not UTF-8, too short.
+        assert_eq!(decode_hello(&p[..12 + NONCE]), None);
+        let long = "x".repeat(MAX_NAME + 1);
+        assert_eq!(decode_hello(&encode_hello(1, 512, &n, &long)), None);
+        let mut bad = p.clone();
+        bad[12 + NONCE] = 0xFF;
+        assert_eq!(decode_hello(&bad), None);
+        assert_eq!(decode_hello(&p[..11]), None);
+        let w = Welcome {
+            size: 1 << 30,
+            block: 4096,
+            nonce: [1; NONCE],
+            proof: [2; PROOF],
+        };
+        let p = encode_welcome(&w);
+        assert_eq!(decode_welcome(&p), Some(w));
+        assert_eq!(decode_welcome(&p[..p.len() - 1]), None);
+        // And their lengths at the framing layer.
+        let hello = |len: usize| msg(&Header::new(Type::Hello), &vec![b'a'; len]);
+        assert!(matches!(decode(&hello(12 + NONCE)), Decoded::Bad(_)));
+        assert!(matches!(decode(&hello(12 + NONCE + 1)), Decoded::Msg(..)));
+        assert!(matches!(
+            decode(&hello(12 + NONCE + MAX_NAME + 1)),
+            Decoded::Bad(_)
+        ));
+        let auth = |len: usize| msg(&Header::new(Type::Auth), &vec![0; len]);
+        assert!(matches!(decode(&auth(PROOF)), Decoded::Msg(..)));
+        assert!(matches!(decode(&auth(PROOF - 1)), Decoded::Bad(_)));
+        let welcome = |len: usize| msg(&Header::new(Type::Welcome), &vec![0; len]);
+        assert!(matches!(
+            decode(&welcome(12 + NONCE + PROOF)),
+            Decoded::Msg(..)
+        ));
+        assert!(matches!(decode(&welcome(12)), Decoded::Bad(_)));
+    }
+
+    fn hs() -> Handshake<'static> {
+        Handshake {
+            nonce_f: [1; NONCE],
+            nonce_l: [2; NONCE],
+            size: 1 << 30,
+            block: 512,
+            f_state: 0,
+            f_inc: 11,
+            l_state: 0,
+            l_inc: 22,
+            name: "vol0",
+        }
+    }
+
+    #[test]
+    fn a_proof_holds_only_for_its_key_role_nonces_and_session_fields() {
+        let key = Key::new(b"0123456789abcdef-link").unwrap();
+        let other = Key::new(b"0123456789abcdef-other").unwrap();
+        let h = hs();
+        let p = h.proof(&key, AuthRole::Leader);
+        assert!(h.verify(&key, AuthRole::Leader, &p));
+        // Wrong key, reflected (the other role), truncated.
+        assert!(!h.verify(&other, AuthRole::Leader, &p));
+        assert!(!h.verify(&key, AuthRole::Follower, &p));
+        assert!(!h.verify(&key, AuthRole::Leader, &p[..16]));
+        // Any field changed (a replay into a session with other nonces, or an altered field).
+        let changed = [
+            Handshake {
+                nonce_f: [9; NONCE],
+                ..hs()
+            },
+            Handshake {
+                nonce_l: [9; NONCE],
+                ..hs()
+            },
+            Handshake {
+                size: 1 << 31,
+                ..hs()
+            },
+            Handshake {
+                block: 4096,
+                ..hs()
+            },
+            Handshake { f_state: 1, ..hs() },
+            Handshake { f_inc: 12, ..hs() },
+            Handshake { l_state: 3, ..hs() },
+            Handshake { l_inc: 23, ..hs() },
+            Handshake {
+                name: "vol1",
+                ..hs()
+            },
+        ];
+        for c in changed {
+            assert!(!c.verify(&key, AuthRole::Leader, &p), "{c:?}");
+        }
+        // Nonces are fresh.
+        assert_ne!(nonce().unwrap(), nonce().unwrap());
     }
 }

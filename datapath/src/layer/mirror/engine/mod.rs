@@ -781,7 +781,8 @@ impl Engine {
             },
             seq: if fwd { 0 } else { op.seq },
             offset: op.offset,
-            count: op.len as u32,
+            // Never truncated: the mirror channel splits what does not fit (split.rs).
+            count: wire::count(op.len).expect("an update longer than one message"),
             ..Header::new(ty)
         }
     }
@@ -978,7 +979,7 @@ impl Engine {
                 if r.is_ok() && self.up && self.ops[k].session == self.session {
                     let h = Header {
                         offset: ap.offset,
-                        count: ap.len as u32,
+                        count: wire::count(ap.len).expect("a resync copy longer than one message"),
                         ..Header::new(Type::Resync)
                     };
                     wire::encode(&mut self.outbox, &h, data);

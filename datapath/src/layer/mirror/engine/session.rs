@@ -178,7 +178,8 @@ impl Engine {
     ) -> Result<(), &'static str> {
         self.stats.inc(&self.stats.msgs_received);
         self.rx_since_flush = true;
-        let r = self.handle(io, h, payload);
+        // Every field against its meaning for the type (the link's decoder checked it too).
+        let r = wire::check_fields(h, payload).and_then(|()| self.handle(io, h, payload));
         if r.is_err() {
             self.stats.inc(&self.stats.rejected);
         }

@@ -1,0 +1,245 @@
+//! Mirror tests across parts: two engines over sparse RAM replicas, joined back to back
+//! through the wire format (messages the peer must refuse; updates too long for one message).
+
+use super::engine::{Engine, EngineConfig, Role};
+use super::stats::MirrorStats;
+use super::wire::{self, Decoded, Header, Type};
+use crate::bdev::BlockDevice;
+use crate::bdev::malloc::MallocDevice;
+use crate::uring::IoCx;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn engine(io: &mut IoCx, role: Role, size: u64) -> (Engine, Arc<MallocDevice>) {
+    let dev = MallocDevice::new(size, 512).expect("malloc");
+    let inner = dev.open_channel(io).expect("channel");
+    let cfg = EngineConfig {
+        name: "t".into(),
+        role,
+        size,
+        block: 512,
+        peer_timeout: Duration::from_secs(60),
+        max_backlog: 1 << 30,
+        peer_dead: Duration::from_secs(60),
+        heartbeat: Duration::from_secs(60),
+        failover: None,
+        dirty_granularity: 1 << 20,
+        resync_rate: 1 << 30,
+        state_file: None,
+        meta: None,
+    };
+    let mut e = Engine::new(cfg, inner, 0, Arc::new(MirrorStats::default()));
+    e.link_up(io);
+    (e, dev)
+}
+
+#[test]
+fn a_flush_with_an_offset_and_count_from_the_peer_is_refused() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    for role in [Role::Leader, Role::Follower] {
+        let (mut e, _dev) = engine(&mut io, role, 1 << 20);
+        for (offset, count) in [(u64::MAX - 511, 4096), (0, 1 << 20), (512, 0)] {
+            let h = Header {
+                id: 1,
+                offset,
+                count,
+                ..Header::new(Type::Flush)
+            };
+            assert!(
+                e.on_msg(&mut io, &h, &[]).is_err(),
+                "{role:?}: FLUSH offset {offset} count {count} taken"
+            );
+            let mut v = Vec::new();
+            wire::encode(&mut v, &h, &[]);
+            assert!(matches!(wire::decode(&v), Decoded::Bad(_)));
+        }
+        // A plain FLUSH still is.
+        let h = Header {
+            id: 1,
+            ..Header::new(Type::Flush)
+        };
+        assert!(e.on_msg(&mut io, &h, &[]).is_ok());
+    }
+}
+
+/// Deliver every whole message `from` has to send to `to`; how many.
+fn deliver(from: &mut Engine, to: &mut Engine, io: &mut IoCx) -> usize {
+    let mut out = Vec::new();
+    from.take_outbox(&mut out);
+    let (mut at, mut n) = (0, 0);
+    while at < out.len() {
+        match wire::decode(&out[at..]) {
+            Decoded::Msg(h, r) => {
+                let payload = &out[at + r.start..at + r.end];
+                if let Err(why) = to.on_msg(io, &h, payload) {
+                    panic!("{h:?} refused by the peer: {why}");
+                }
+                at += r.end;
+                n += 1;
+            }
+            other => panic!("engine produced {other:?}"),
+        }
+    }
+    n
+}
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+/// Unmap (or write zeroes over) `len` bytes at 1 GiB of a 16 GiB volume from `from_leader`'s
+/// site (else the follower's, forwarded), through the mirror channel's splitting; both
+/// replicas must end with exactly that range cleared.
+fn long_update_applies_alike(len: u64, from_leader: bool, zeroes: bool) {
+    use super::engine::Update;
+    use super::split::Splits;
+    use crate::uring::IoTag;
+    const SIZE: u64 = 16 * GIB;
+    const START: u64 = GIB;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut leader, ldev) = engine(&mut io, Role::Leader, SIZE);
+    let (mut follower, fdev) = engine(&mut io, Role::Follower, SIZE);
+    // Markers around every boundary a truncated count would produce.
+    let end = START + len;
+    let probes = [
+        START - 512,
+        START,
+        START + MIB - 512,
+        START + MIB,
+        START + 2 * GIB,
+        START + 4 * GIB - 1024,
+        START + 4 * GIB - 512,
+        START + 4 * GIB,
+        START + 4 * GIB + MIB - 512,
+        START + 4 * GIB + MIB,
+        START + 4 * GIB + 2 * MIB,
+        end - 512,
+        end,
+    ];
+    let tag = IoTag { conn: 1, slot: 0 };
+    let mut chans = [
+        ldev.open_channel(&mut io).unwrap(),
+        fdev.open_channel(&mut io).unwrap(),
+    ];
+    for c in chans.iter_mut() {
+        for &p in &probes {
+            assert!(matches!(
+                c.write(&mut io, tag, p, &[0xA5; 512], false),
+                crate::bdev::Start::Done(Ok(()))
+            ));
+        }
+    }
+    // The session's start (RESENT) reaches the follower first.
+    deliver(&mut leader, &mut follower, &mut io);
+    let mut splits = Splits::default();
+    let update = if zeroes {
+        Update::Zeroes(len)
+    } else {
+        Update::Unmap(len)
+    };
+    let (site, peer) = if from_leader {
+        (&mut leader, &mut follower)
+    } else {
+        (&mut follower, &mut leader)
+    };
+    let started = splits.submit(site, &mut io, 0, tag, update, START, false);
+    assert!(matches!(started, crate::bdev::Start::Pending));
+    let mut answer = None;
+    for _ in 0..1000 {
+        let moved = deliver(site, peer, &mut io) + deliver(peer, site, &mut io);
+        let mut done = std::mem::take(&mut site.done);
+        splits.join(&mut done);
+        if let Some(&(_, t, r)) = done.iter().find(|d| d.0 == 0) {
+            assert_eq!(t, tag);
+            answer = Some(r);
+        }
+        if answer.is_some() && moved == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        answer,
+        Some(Ok(())),
+        "the update never completed at both sites"
+    );
+    assert_eq!(splits.pending(), 0);
+    for &p in &probes {
+        let cleared = (START..end).contains(&p);
+        let mut got = Vec::new();
+        for c in chans.iter_mut() {
+            match c.read(&mut io, tag, p, 512) {
+                crate::bdev::ReadStart::Ready(b) => got.push(b[0] == 0),
+                _ => panic!("read"),
+            }
+        }
+        assert_eq!(
+            got,
+            vec![cleared, cleared],
+            "len {len:#x}: at {p:#x} leader/follower cleared {got:?}, expected {cleared}"
+        );
+    }
+}
+
+#[test]
+fn unmap_of_4_gib_minus_a_block_applies_alike_at_both_sites() {
+    long_update_applies_alike(4 * GIB - 512, true, false);
+    long_update_applies_alike(4 * GIB - 512, false, true);
+}
+
+#[test]
+fn unmap_of_4_gib_applies_alike_at_both_sites() {
+    long_update_applies_alike(4 * GIB, true, false);
+    long_update_applies_alike(4 * GIB, false, false);
+    long_update_applies_alike(4 * GIB, true, true);
+}
+
+#[test]
+fn unmap_of_4_gib_plus_1_mib_applies_alike_at_both_sites() {
+    long_update_applies_alike(4 * GIB + MIB, true, false);
+    long_update_applies_alike(4 * GIB + MIB, false, false);
+    long_update_applies_alike(4 * GIB + MIB, false, true);
+}
+
+#[test]
+fn a_write_longer_than_one_message_is_split_too() {
+    use super::engine::Update;
+    use super::split::Splits;
+    use crate::uring::IoTag;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut leader, ldev) = engine(&mut io, Role::Leader, 64 * MIB);
+    let (mut follower, fdev) = engine(&mut io, Role::Follower, 64 * MIB);
+    deliver(&mut leader, &mut follower, &mut io);
+    let data: Vec<u8> = (0..wire::MAX_PAYLOAD as usize + 4096)
+        .map(|i| (i / 512) as u8)
+        .collect();
+    let tag = IoTag { conn: 1, slot: 3 };
+    let mut splits = Splits::default();
+    let s = splits.submit(
+        &mut follower,
+        &mut io,
+        0,
+        tag,
+        Update::Write(&data),
+        MIB,
+        false,
+    );
+    assert!(matches!(s, crate::bdev::Start::Pending));
+    let mut ok = false;
+    for _ in 0..1000 {
+        deliver(&mut follower, &mut leader, &mut io);
+        deliver(&mut leader, &mut follower, &mut io);
+        let mut done = std::mem::take(&mut follower.done);
+        splits.join(&mut done);
+        if done.iter().any(|d| d.0 == 0 && d.1 == tag && d.2.is_ok()) {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "the split write never completed");
+    for dev in [&ldev, &fdev] {
+        let mut c = dev.open_channel(&mut io).unwrap();
+        match c.read(&mut io, tag, MIB, data.len() as u32) {
+            crate::bdev::ReadStart::Ready(b) => assert!(b == &data[..]),
+            _ => panic!("read"),
+        }
+    }
+}
