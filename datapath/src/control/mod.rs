@@ -37,6 +37,12 @@ use std::thread::JoinHandle;
 /// Longest request line accepted (a request is a few hundred bytes).
 const MAX_LINE: usize = 64 * 1024;
 
+/// Control clients served at once; more are refused with an error line.
+pub const MAX_CLIENTS: usize = 16;
+
+/// A control client that sends nothing for this long is disconnected.
+pub const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A running control socket.
 pub struct ControlServer {
     path: PathBuf,
@@ -57,6 +63,7 @@ impl ControlServer {
         let listener = bind_socket(path, group)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
+        let clients = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
@@ -64,12 +71,34 @@ impl ControlServer {
                     if stop2.load(Ordering::Relaxed) {
                         break;
                     }
-                    let Ok(conn) = conn else { continue };
+                    let Ok(mut conn) = conn else { continue };
+                    // One thread per client, at most MAX_CLIENTS at a time: the others are
+                    // told so and closed, and an idle client is dropped after IDLE.
+                    if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                        clients.fetch_sub(1, Ordering::SeqCst);
+                        tracing::warn!(max = MAX_CLIENTS, "control: too many clients; refusing one");
+                        let busy = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000,
+                            "message": format!("too many control clients (at most {MAX_CLIENTS} at a time); try again")}});
+                        let _ = writeln!(conn, "{busy}");
+                        continue;
+                    }
+                    let _ = conn.set_read_timeout(Some(IDLE));
+                    let _ = conn.set_write_timeout(Some(IDLE));
                     let shared = Arc::clone(&shared);
                     let cfg = cfg.clone();
-                    let _ = std::thread::Builder::new()
+                    let clients = Arc::clone(&clients);
+                    let spawned = std::thread::Builder::new()
                         .name("control-conn".into())
-                        .spawn(move || serve(conn, &shared, &cfg));
+                        .spawn({
+                            let clients = Arc::clone(&clients);
+                            move || {
+                                serve(conn, &shared, &cfg);
+                                clients.fetch_sub(1, Ordering::SeqCst);
+                            }
+                        });
+                    if spawned.is_err() {
+                        clients.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
             })?;
         Ok(Self {

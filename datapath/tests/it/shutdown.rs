@@ -157,3 +157,60 @@ fn every_wait_policy_serves_pipelined_io_over_two_reactors() {
         d.stop();
     }
 }
+
+/// The control socket serves at most `MAX_CLIENTS` clients at a time (a thread each): one
+/// more is told so and closed, and a slot frees when a client leaves.
+#[test]
+fn the_control_socket_serves_a_bounded_number_of_clients() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    use twinblk::control::MAX_CLIENTS;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("c.sock");
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=[]\n\
+         [control]\nsocket='{}'\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize=1048576\n",
+        sock.display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).unwrap();
+    let mut d = twinblk::Daemon::start(&cfg).unwrap();
+    let ask = |s: &mut UnixStream| -> String {
+        writeln!(s, r#"{{"jsonrpc":"2.0","id":1,"method":"volume_list"}}"#).unwrap();
+        let mut line = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
+    };
+    let mut held: Vec<UnixStream> = (0..MAX_CLIENTS)
+        .map(|_| {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            assert!(ask(&mut s).contains("vol0"), "served");
+            s
+        })
+        .collect();
+    let mut extra = UnixStream::connect(&sock).unwrap();
+    let mut line = String::new();
+    BufReader::new(extra.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("too many control clients"), "{line}");
+    let _ = writeln!(extra, "{{}}");
+    drop(held.pop());
+    // The freed slot is given to the next client (the server notices the close first).
+    let t = std::time::Instant::now();
+    loop {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let l = ask(&mut s);
+        if l.contains("vol0") {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "no slot freed: {l}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(held);
+    d.stop();
+}
