@@ -376,6 +376,7 @@ point() {
             echo "nbd_compare: no server CPU for $rw qd$qd: $(cat "$out.cpu.err")" >&2
             rm -f "$out.cpu"
         fi
+        rm -f "$out.cpu.err"
         b=$(cat "$bgfile" 2>/dev/null)
         [[ $b =~ ^[0-9]+\ .+ ]] || b="0 ?"
         echo "$b $((attempt + 1))" >"$out.bg"

@@ -23,6 +23,7 @@
 pub mod engine;
 pub mod failover;
 pub mod link;
+pub mod mode;
 pub mod persist;
 pub mod ratelimit;
 pub mod split;

@@ -1,6 +1,7 @@
 //! A mirrored volume's counters and state, written by its home reactor with relaxed stores and
 //! read by the control socket.
 
+use super::mode::Mode;
 use serde::Serialize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -40,8 +41,8 @@ pub struct MirrorStats {
     pub resync_rate: AtomicU64,
     /// The running resync's estimated time left, ms (0: none running).
     pub resync_eta_ms: AtomicU64,
-    /// 0 mirroring, 1 survivor, 2 fenced, 3 resyncing, 4 waiting for the first session.
-    pub mode: std::sync::atomic::AtomicU8,
+    /// The engine's mode, as `Mode as u8`.
+    mode: std::sync::atomic::AtomicU8,
     /// An operator asked this site to take the volume over (ask the witness for a grant
     /// without a peer session); cleared when the witness has answered.
     pub takeover: AtomicBool,
@@ -104,22 +105,19 @@ impl MirrorStats {
         c.store(c.load(Relaxed) + 1, Relaxed);
     }
 
-    /// Mode (mirroring, survivor, fenced).
-    pub fn set_mode(&self, m: super::engine::Mode) {
-        use super::engine::Mode;
-        let v = match m {
-            Mode::Mirroring => 0,
-            Mode::Survivor => 1,
-            Mode::Fenced => 2,
-            Mode::Resyncing => 3,
-            Mode::Waiting => 4,
-        };
-        self.mode.store(v, Relaxed);
+    /// Publish the engine's mode.
+    pub fn set_mode(&self, m: Mode) {
+        self.mode.store(m as u8, Relaxed);
     }
 
-    /// The site serves no I/O for this volume (fenced, or receiving a resync).
+    /// The engine's mode as last published.
+    pub fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode.load(Relaxed)).unwrap_or(Mode::Mirroring)
+    }
+
+    /// The site serves no I/O for this volume (fenced, waiting, or receiving a resync).
     pub fn fenced(&self) -> bool {
-        matches!(self.mode.load(Relaxed), 2..=4)
+        self.mode().serves_nothing()
     }
 
     /// The replica state could not be persisted (the engine fail-stopped the volume).
@@ -160,18 +158,15 @@ impl MirrorStats {
                 "failed"
             } else if self.diverged.load(Relaxed) {
                 "diverged"
-            } else if self.mode.load(Relaxed) == 1 {
-                "survivor"
-            } else if self.mode.load(Relaxed) == 2 {
-                "fenced"
-            } else if self.mode.load(Relaxed) == 3 {
-                "resyncing"
-            } else if self.mode.load(Relaxed) == 4 {
-                "waiting"
-            } else if self.up.load(Relaxed) {
-                "up"
             } else {
-                "down"
+                match self.mode() {
+                    Mode::Survivor => "survivor",
+                    Mode::Fenced => "fenced",
+                    Mode::Resyncing => "resyncing",
+                    Mode::Waiting => "waiting",
+                    Mode::Mirroring if self.up.load(Relaxed) => "up",
+                    Mode::Mirroring => "down",
+                }
             },
             session: self.session.load(Relaxed),
             updates: self.updates.load(Relaxed),

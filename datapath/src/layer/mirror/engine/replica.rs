@@ -11,22 +11,7 @@
 //! - Two survivors never serve together ([`Session::SplitBrain`]); a pair with no survivor to
 //!   resync from and not both in sync is refused ([`Session::Refuse`]).
 
-/// What the engine does with updates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Both sites (or holding updates while the link is down).
-    Mirroring,
-    /// This site holds the witness's grant: it acknowledges updates alone and records the
-    /// regions they touch for the peer's resync.
-    Survivor,
-    /// The witness gave the volume to the peer, or neither peer nor witness answered: no I/O.
-    Fenced,
-    /// Receiving the survivor's changes: no I/O until the resync is done.
-    Resyncing,
-    /// Just started from a persisted "in sync" state: no I/O until the first session shows
-    /// whether the peer moved on meanwhile.
-    Waiting,
-}
+pub use crate::layer::mirror::mode::Mode;
 
 /// A replica state's name, for logs.
 pub fn state_name(s: u32) -> &'static str {
@@ -130,6 +115,20 @@ mod tests {
                 assert_eq!(a == SplitBrain, b == SplitBrain, "{me} {peer}");
             }
         }
+    }
+
+    #[test]
+    fn a_mode_round_trips_through_its_number() {
+        for m in [
+            Mode::Mirroring,
+            Mode::Survivor,
+            Mode::Fenced,
+            Mode::Resyncing,
+            Mode::Waiting,
+        ] {
+            assert_eq!(Mode::from_u8(m as u8), Some(m));
+        }
+        assert_eq!(Mode::from_u8(5), None);
     }
 
     #[test]
