@@ -16,9 +16,8 @@ impl Engine {
         let p = matches!(self.ops[k].upd, Upd::Write | Upd::Caw).then_some(k);
         self.send(h, p);
         let op = &mut self.ops[k];
-        op.awaiting_order = true;
+        op.stage.forward(self.session);
         op.seq = 0;
-        op.fwd_session = self.session;
     }
 
     /// Follower, before RESENT: a re-sent WRITE for forward `h.id` of an earlier session is
@@ -31,7 +30,7 @@ impl Engine {
         let session = self.session;
         let Some(k) = self.forwards.iter().copied().find(|&k| {
             let op = &self.ops[k];
-            op.uid == h.id && op.fwd_session != 0 && op.fwd_session != session
+            op.uid == h.id && op.stage.forwarded_in().is_some_and(|s| s != session)
         }) else {
             return Ok(false);
         };
@@ -53,10 +52,9 @@ impl Engine {
             op.data.drain(..len);
             op.upd = Upd::Write;
         }
-        op.awaiting_order = false;
+        op.stage.order(session);
         op.seq = h.seq;
         op.session = session;
-        op.fwd_session = session;
         op.fwd_inc = self.peer_incarnation;
         self.enqueue_apply(io, k, session, h.seq);
         Ok(true)
@@ -73,9 +71,7 @@ impl Engine {
     /// with `fail` its initiator gets EIO (outcome unknown), else its local apply answers.
     pub(super) fn end_forward(&mut self, k: usize, fail: bool) {
         let op = &mut self.ops[k];
-        op.listed = false;
-        op.awaiting_order = false;
-        op.remote_done = true;
+        op.stage.confirm();
         if fail && let Some((from, tag)) = op.initiator.take() {
             self.done.push((from, tag, Err(Errno::IO)));
         }
@@ -94,11 +90,12 @@ impl Engine {
         let fwds: Vec<usize> = self.forwards.iter().copied().collect();
         for k in fwds {
             let op = &mut self.ops[k];
-            if op.fwd_session == session {
+            if op.stage.forwarded_in() == Some(session) {
                 continue; // claimed by a re-send
             }
-            let ordered = op.fwd_session != 0 && op.seq != 0;
-            if ordered || (op.fwd_session != 0 && op.caw) {
+            let ordered = op.stage.ordered();
+            // (A compare-and-write stays `Caw` until its ORDER.)
+            if ordered || (op.stage.forwarded_in().is_some() && op.upd == Upd::Caw) {
                 let on_both = ordered && op.fwd_inc == self.peer_incarnation;
                 self.forwards.retain(|&f| f != k);
                 self.end_forward(k, !on_both);

@@ -78,7 +78,7 @@ impl Engine {
                 op.data.drain(..len);
                 if op.origin == Origin::PeerFwd && !same_session {
                     // Its follower's id is gone with the session: sent as a WRITE.
-                    op.order_due = false;
+                    op.stage.order_lost();
                 }
                 let (offset, fua) = (op.offset, op.fua);
                 if leader_decides {
@@ -88,7 +88,7 @@ impl Engine {
                         self.sequence_and_send(io, k);
                     }
                 } else {
-                    self.ops[k].remote_done = true;
+                    self.ops[k].stage.confirm();
                     self.mark_dirty(offset, len as u64);
                 }
                 if self.caw_active == Some(k) {
@@ -107,7 +107,7 @@ impl Engine {
             }
             Err(e) => {
                 op.data.clear();
-                op.remote_done = true;
+                op.stage.confirm();
                 let (origin, peer_id) = (op.origin, op.peer_id);
                 if origin == Origin::PeerFwd && same_session {
                     if e == Errno::MISCOMPARE {
@@ -156,7 +156,7 @@ impl Engine {
         let already = op.applied && op.applying == 0;
         let upd = op.upd;
         let id = op.peer_id;
-        if std::mem::take(&mut op.order_due) {
+        if op.stage.sequence() {
             // A forward of this session: the follower has the data and only needs the order.
             // (One from an old session is re-sent as a WRITE: the follower's ids are gone.)
             self.send(
@@ -188,7 +188,7 @@ impl Engine {
 
     pub(super) fn start_flush(&mut self, io: &mut IoCx, k: usize) {
         self.flushes.push(k);
-        self.ops[k].listed = true;
+        self.ops[k].stage.flush();
         if self.up {
             self.send(
                 Header {
@@ -244,32 +244,26 @@ impl Engine {
         h: &Header,
         data: Vec<u8>,
     ) -> usize {
-        self.ops.insert(Op {
+        // A forwarded update is the leader's to keep until the follower's watermark passes
+        // it; nothing is asked of the peer for the others.
+        let stage = if origin == Origin::PeerFwd {
+            Stage::OrderDue
+        } else {
+            Stage::Confirmed
+        };
+        let mut op = Op::new(
             origin,
             upd,
-            offset: h.offset,
-            len: h.count as u64,
-            fua: h.fua(),
+            (h.offset, h.count as u64),
+            h.fua(),
             data,
-            seq: 0,
-            session: self.session,
-            applied: false,
-            apply_err: None,
-            applying: 0,
-            // A forwarded update is the leader's to keep until the follower's watermark
-            // passes it.
-            remote_done: origin != Origin::PeerFwd,
-            initiator: None,
-            deadline: Instant::now() + self.cfg.peer_timeout,
-            awaiting_order: false,
-            peer_id: h.id,
-            order_due: origin == Origin::PeerFwd,
-            listed: false,
-            caw: upd == Upd::Caw,
-            fwd_session: 0,
-            uid: 0,
-            fwd_inc: self.peer_incarnation,
-        })
+            stage,
+            Instant::now() + self.cfg.peer_timeout,
+        );
+        op.session = self.session;
+        op.peer_id = h.id;
+        op.fwd_inc = self.peer_incarnation;
+        self.ops.insert(op)
     }
 
     pub(super) fn on_peer_wm(&mut self) {
@@ -283,20 +277,22 @@ impl Engine {
                     }
                     self.backlog.pop_front();
                     self.backlog_bytes -= op.data.len() as u64;
-                    self.ops[k].remote_done = true;
+                    self.ops[k].stage.confirm();
                     self.settle(k);
                 }
             }
             Role::Follower => {
                 while let Some(&k) = self.forwards.front() {
                     let op = &self.ops[k];
-                    if op.awaiting_order || op.seq == 0 || op.seq > wm || op.session != self.session
+                    if !op.stage.ordered()
+                        || op.seq == 0
+                        || op.seq > wm
+                        || op.session != self.session
                     {
                         break;
                     }
                     self.forwards.pop_front();
-                    self.ops[k].listed = false;
-                    self.ops[k].remote_done = true;
+                    self.ops[k].stage.confirm();
                     self.settle(k);
                 }
             }
@@ -322,7 +318,7 @@ impl Engine {
         while let Some(k) = self.backlog.pop_front() {
             self.backlog_bytes -= self.ops[k].data.len() as u64;
             let op = &mut self.ops[k];
-            op.remote_done = true;
+            op.stage.confirm();
             if let Some((from, tag)) = op.initiator.take() {
                 self.done.push((from, tag, Err(Errno::IO)));
             }

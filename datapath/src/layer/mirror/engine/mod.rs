@@ -32,6 +32,8 @@
 //! - `apply.rs`: the apply queue (owns the applies, the interval index of in-flight ranges and
 //!   the applied watermark); says which applies start, the engine starts them.
 //! - `replica.rs`: [`Mode`], replica states and [`decide`], the session decision (pure).
+//! - `op.rs`: an update's record and its lifecycle towards the peer, one `Stage` enum whose
+//!   transitions are decided in one place (`Stage::next`), with the state diagram.
 //! - `leader.rs`, `follower.rs`, `resync.rs`, `survivor.rs`, `meta.rs`, `session.rs`: the
 //!   engine's methods for sequencing and the backlog, forwards, the resync source, serving
 //!   alone and fencing, replicated metadata, and the session with its message dispatch. These
@@ -43,6 +45,7 @@ mod apply;
 mod follower;
 mod leader;
 mod meta;
+mod op;
 mod region;
 mod replica;
 mod resync;
@@ -56,6 +59,7 @@ use crate::uring::{Errno, IoCx, IoTag};
 use apply::ApplyQueue;
 use meta::META_INTERNAL;
 pub use meta::{Install, META_STATUS, MetaHandler, meta_result};
+use op::{Op, Origin, Stage, Upd};
 pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};
 use slab::Slab;
@@ -108,72 +112,6 @@ pub enum Update<'a> {
         /// Data to write when it matches.
         data: &'a [u8],
     },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Upd {
-    Write,
-    /// Compare-and-write not yet decided (`data` = compare data, then write data). Once
-    /// decided it becomes a `Write` of the write data (match) or ends (miscompare).
-    Caw,
-    Zeroes,
-    Unmap,
-    Flush,
-    /// Read a dirty region and send it to the returning peer (resync source).
-    ResyncRead,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Origin {
-    /// From this site's initiator.
-    Local,
-    /// Leader's update applied at the follower.
-    PeerSeq,
-    /// Follower's update, sequenced at the leader (`id` is the follower's).
-    PeerFwd,
-    /// Flush asked by the peer (`id` is the peer's).
-    PeerFlush(u32),
-    /// A resync copy: read here (source) or applied here (target).
-    Resync,
-}
-
-struct Op {
-    origin: Origin,
-    upd: Upd,
-    offset: u64,
-    len: u64,
-    fua: bool,
-    data: Vec<u8>,
-    /// Sequence number in `session` (0: none yet).
-    seq: u64,
-    session: u32,
-    /// Applied locally at least once.
-    applied: bool,
-    apply_err: Option<Errno>,
-    /// Applies queued or in flight.
-    applying: u32,
-    /// The peer has it (watermark passed, or FLUSH_DONE).
-    remote_done: bool,
-    /// Who to answer (reactor, tag), until answered.
-    initiator: Option<(u32, IoTag)>,
-    deadline: Instant,
-    /// Follower: a forward waiting for its ORDER in the current session.
-    awaiting_order: bool,
-    /// Leader, forwarded update: the follower's request id, and whether its ORDER is still to
-    /// be sent (false once sent, or when re-sent as a WRITE in a later session).
-    peer_id: u32,
-    order_due: bool,
-    /// In `forwards` or `flushes` (kept so `settle` need not search those lists).
-    listed: bool,
-    /// Submitted as a compare-and-write (still so, or decided and now a write).
-    caw: bool,
-    /// Follower: the session its forward was sent in (0: not sent yet).
-    fwd_session: u32,
-    /// Follower: the forward's id, unique while the op lives (across sessions).
-    uid: u32,
-    /// Leader, forwarded update: the incarnation of the follower process that sent it.
-    /// Follower, forward: the incarnation of the leader process that ordered it.
-    fwd_inc: u64,
 }
 
 /// Static engine settings.
@@ -614,7 +552,7 @@ impl Engine {
             Role::Leader => self.leader_take(io, k),
             Role::Follower => {
                 self.forwards.push_back(k);
-                self.ops[k].listed = true;
+                self.ops[k].stage.hold();
                 if self.up && !self.resent_pending {
                     self.forward(k);
                 }
@@ -835,30 +773,17 @@ impl Engine {
                 (Upd::Caw, cmp.len() as u64, v)
             }
         };
-        let k = self.ops.insert(Op {
-            origin: Origin::Local,
+        let mut op = Op::new(
+            Origin::Local,
             upd,
-            offset,
-            len,
+            (offset, len),
             fua,
             data,
-            seq: 0,
-            session: 0,
-            applied: false,
-            apply_err: None,
-            applying: 0,
-            remote_done: false,
-            initiator: Some((from, tag)),
-            deadline: Instant::now() + self.cfg.peer_timeout,
-            awaiting_order: false,
-            peer_id: 0,
-            order_due: false,
-            listed: false,
-            caw: upd == Upd::Caw,
-            fwd_session: 0,
-            uid: 0,
-            fwd_inc: 0,
-        });
+            Stage::New,
+            Instant::now() + self.cfg.peer_timeout,
+        );
+        op.initiator = Some((from, tag));
+        let k = self.ops.insert(op);
         if self.cfg.role == Role::Follower {
             self.next_uid = self.next_uid.wrapping_add(1).max(1);
             self.ops[k].uid = self.next_uid;
@@ -1047,7 +972,7 @@ impl Engine {
         if op.initiator.is_some() && op.applying == 0 {
             let result = if local_failed {
                 Some(Err(op.apply_err.unwrap_or(Errno::IO)))
-            } else if local_ok && op.remote_done {
+            } else if local_ok && op.stage.confirmed() {
                 Some(Ok(()))
             } else {
                 None
@@ -1063,11 +988,11 @@ impl Engine {
             && match (op.origin, self.cfg.role) {
                 // The leader keeps data until the follower has it.
                 (Origin::Local | Origin::PeerFwd, Role::Leader) => {
-                    op.remote_done || op.upd == Upd::Flush
+                    op.stage.confirmed() || op.upd == Upd::Flush
                 }
                 _ => true,
             }
-            && !op.listed;
+            && !op.stage.listed();
         if finished {
             let op = self.ops.remove(k);
             self.recycle(op.data);
@@ -1110,7 +1035,7 @@ impl Engine {
             {
                 // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
                 self.forwards.remove(p);
-                self.ops[k].listed = false;
+                self.ops[k].stage.abandon();
             }
             // A flush stays outstanding while the link is up: its FLUSH_DONE will come and must
             // find it (its id must not be reused meanwhile). A new session re-sends it.
@@ -1118,7 +1043,7 @@ impl Engine {
                 && let Some(p) = self.flushes.iter().position(|&f| f == k)
             {
                 self.flushes.swap_remove(p);
-                self.ops[k].listed = false;
+                self.ops[k].stage.abandon();
             }
             self.settle(k);
         }

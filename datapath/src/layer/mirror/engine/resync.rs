@@ -139,30 +139,17 @@ impl Engine {
             r.reads += 1;
             r.budget -= len as f64;
             r.total += len;
-            let k = self.ops.insert(Op {
-                origin: Origin::Resync,
-                upd: Upd::ResyncRead,
-                offset,
-                len,
-                fua: false,
-                data: Vec::new(),
-                seq: 0,
-                session: self.session,
-                applied: false,
-                apply_err: None,
-                applying: 0,
-                remote_done: true,
-                initiator: None,
-                deadline: now,
-                awaiting_order: false,
-                peer_id: 0,
-                order_due: false,
-                listed: false,
-                caw: false,
-                fwd_session: 0,
-                uid: 0,
-                fwd_inc: 0,
-            });
+            let mut op = Op::new(
+                Origin::Resync,
+                Upd::ResyncRead,
+                (offset, len),
+                false,
+                Vec::new(),
+                Stage::Confirmed,
+                now,
+            );
+            op.session = self.session;
+            let k = self.ops.insert(op);
             // Through the apply queue: it waits for overlapping writes still in flight, and
             // later ones wait for it, so the copy holds every write acknowledged before it.
             self.enqueue_apply(io, k, 0, 0);

@@ -53,13 +53,13 @@ impl Engine {
                 // which forwards the leader already has.
                 self.resent_pending = true;
                 for &k in &self.forwards {
-                    self.ops[k].awaiting_order = false;
+                    self.ops[k].stage.session_ended();
                 }
             }
         }
         for i in 0..self.flushes.len() {
             let k = self.flushes[i];
-            if !self.ops[k].remote_done {
+            if !self.ops[k].stage.confirmed() {
                 self.send(
                     Header {
                         id: k as u32,
@@ -218,7 +218,7 @@ impl Engine {
                 let pos = self
                     .forwards
                     .iter()
-                    .position(|&k| self.ops[k].awaiting_order)
+                    .position(|&k| self.ops[k].stage.awaiting_order())
                     .ok_or("ORDER with no forwarded request outstanding")?;
                 let k = self.forwards[pos];
                 if h.id != self.ops[k].uid {
@@ -232,7 +232,7 @@ impl Engine {
                     op.data.drain(..len);
                     op.upd = Upd::Write;
                 }
-                op.awaiting_order = false;
+                op.stage.order(self.session);
                 op.seq = h.seq;
                 op.session = self.session;
                 op.fwd_inc = self.peer_incarnation;
@@ -261,7 +261,7 @@ impl Engine {
                 let pos = self
                     .forwards
                     .iter()
-                    .position(|&k| self.ops[k].awaiting_order)
+                    .position(|&k| self.ops[k].stage.awaiting_order())
                     .ok_or("MISCOMPARE with no forwarded request outstanding")?;
                 let k = self.forwards[pos];
                 if h.id != self.ops[k].uid || self.ops[k].upd != Upd::Caw {
@@ -272,9 +272,7 @@ impl Engine {
                 }
                 self.forwards.remove(pos);
                 let op = &mut self.ops[k];
-                op.listed = false;
-                op.awaiting_order = false;
-                op.remote_done = true;
+                op.stage.confirm();
                 op.apply_err = Some(Errno::MISCOMPARE);
                 let uid = op.uid;
                 if self.aq.applied.wm >= h.seq {
@@ -314,8 +312,7 @@ impl Engine {
                     .ok_or("FLUSH_DONE for no outstanding flush")?;
                 self.flushes.swap_remove(pos);
                 let op = &mut self.ops[k];
-                op.listed = false;
-                op.remote_done = true;
+                op.stage.confirm();
                 if payload.len() == 4 {
                     let e = i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
                     op.apply_err = Some(Errno(e));

@@ -14,7 +14,7 @@ use super::*;
 impl Engine {
     /// Survivor: an update done when the local replica has it.
     pub(super) fn survivor_apply(&mut self, io: &mut IoCx, k: usize) {
-        self.ops[k].remote_done = true;
+        self.ops[k].stage.confirm();
         let (o, l, upd) = (self.ops[k].offset, self.ops[k].len, self.ops[k].upd);
         if upd != Upd::Flush {
             self.mark_dirty(o, l);
@@ -101,16 +101,14 @@ impl Engine {
             self.backlog_bytes -= self.ops[k].data.len() as u64;
             let (o, l) = (self.ops[k].offset, self.ops[k].len);
             self.mark_dirty(o, l);
-            self.ops[k].remote_done = true;
+            self.ops[k].stage.confirm();
             self.settle(k);
         }
         while let Some(k) = self.forwards.pop_front() {
             let (o, l) = (self.ops[k].offset, self.ops[k].len);
             self.mark_dirty(o, l);
             let op = &mut self.ops[k];
-            op.listed = false;
-            op.remote_done = true;
-            op.awaiting_order = false;
+            op.stage.confirm();
             if op.applying == 0 && !op.applied {
                 self.enqueue_apply(io, k, 0, 0);
             } else {
@@ -118,8 +116,7 @@ impl Engine {
             }
         }
         for k in std::mem::take(&mut self.flushes) {
-            self.ops[k].listed = false;
-            self.ops[k].remote_done = true;
+            self.ops[k].stage.confirm();
             self.settle(k);
         }
         self.stats
@@ -146,8 +143,7 @@ impl Engine {
         self.caw_active = None;
         for k in keys {
             let op = &mut self.ops[k];
-            op.listed = false;
-            op.remote_done = true;
+            op.stage.confirm();
             if let Some((from, tag)) = op.initiator.take() {
                 self.done.push((from, tag, Err(Errno::IO)));
             }
