@@ -16,7 +16,7 @@ impl Engine {
         let p = matches!(self.ops[k].upd, Upd::Write | Upd::Caw).then_some(k);
         self.send(h, p);
         let op = &mut self.ops[k];
-        op.stage.forward(self.session);
+        op.stage.forward(self.sess.number);
         op.seq = 0;
     }
 
@@ -27,7 +27,7 @@ impl Engine {
         if !self.resent_pending {
             return Ok(false);
         }
-        let session = self.session;
+        let session = self.sess.number;
         let Some(k) = self.forwards.iter().copied().find(|&k| {
             let op = &self.ops[k];
             op.uid == h.id && op.stage.forwarded_in().is_some_and(|s| s != session)
@@ -86,7 +86,7 @@ impl Engine {
     /// decided: failed, outcome unknown, never applied twice. One that never got its ORDER is
     /// forwarded again (the leader never sequenced it). Then the new ones go out, in order.
     pub(super) fn after_resent(&mut self) {
-        let session = self.session;
+        let session = self.sess.number;
         let fwds: Vec<usize> = self.forwards.iter().copied().collect();
         for k in fwds {
             let op = &mut self.ops[k];

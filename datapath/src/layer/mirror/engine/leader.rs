@@ -27,7 +27,7 @@ impl Engine {
             return;
         }
         self.backlog_push(k);
-        if self.up {
+        if self.sess.up {
             self.sequence_and_send(io, k);
         } else {
             self.enqueue_apply(io, k, 0, 0);
@@ -71,7 +71,7 @@ impl Engine {
         };
         let leader_decides = self.mode == Mode::Mirroring && self.cfg.role == Role::Leader;
         let op = &mut self.ops[k];
-        let same_session = op.session == self.session && self.up;
+        let same_session = op.session == self.sess.number && self.sess.up;
         op.upd = Upd::Write;
         match outcome {
             Ok(()) => {
@@ -83,7 +83,7 @@ impl Engine {
                 let (offset, fua) = (op.offset, op.fua);
                 if leader_decides {
                     self.backlog_push(k);
-                    if self.up {
+                    if self.sess.up {
                         // Retags this running apply with the seq.
                         self.sequence_and_send(io, k);
                     }
@@ -113,7 +113,7 @@ impl Engine {
                     if e == Errno::MISCOMPARE {
                         // Its seq: the last given, so the follower answers only once it has
                         // applied what the compare saw.
-                        let seq = self.next_seq - 1;
+                        let seq = self.sess.last_seq();
                         self.send(
                             Header {
                                 id: peer_id,
@@ -148,11 +148,10 @@ impl Engine {
 
     /// Leader: give `k` the next seq, send it, and apply it if not applied yet.
     pub(super) fn sequence_and_send(&mut self, io: &mut IoCx, k: usize) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.sess.give_seq();
         let op = &mut self.ops[k];
         op.seq = seq;
-        op.session = self.session;
+        op.session = self.sess.number;
         let already = op.applied && op.applying == 0;
         let upd = op.upd;
         let id = op.peer_id;
@@ -175,7 +174,7 @@ impl Engine {
         if already {
             self.aq.applied.mark(seq);
         } else if self.ops[k].applying == 0 {
-            self.enqueue_apply(io, k, self.session, seq);
+            self.enqueue_apply(io, k, self.sess.number, seq);
         } else {
             // Being applied (queued before this session): the watermark follows its apply.
             self.retag_running(k, seq);
@@ -183,13 +182,13 @@ impl Engine {
     }
 
     pub(super) fn retag_running(&mut self, k: usize, seq: u64) {
-        self.aq.retag(k, self.session, seq);
+        self.aq.retag(k, self.sess.number, seq);
     }
 
     pub(super) fn start_flush(&mut self, io: &mut IoCx, k: usize) {
         self.flushes.push(k);
         self.ops[k].stage.flush();
-        if self.up {
+        if self.sess.up {
             self.send(
                 Header {
                     id: k as u32,
@@ -210,7 +209,7 @@ impl Engine {
 
     /// Leader: send RESENT once the applies under way at the session start are done.
     pub(super) fn maybe_send_resent(&mut self) {
-        if self.resent_due && self.resent_wait.is_empty() && self.up {
+        if self.resent_due && self.resent_wait.is_empty() && self.sess.up {
             self.resent_due = false;
             self.send(Header::new(Type::Resent), None);
         }
@@ -260,19 +259,19 @@ impl Engine {
             stage,
             Instant::now() + self.cfg.peer_timeout,
         );
-        op.session = self.session;
+        op.session = self.sess.number;
         op.peer_id = h.id;
         op.fwd_inc = self.peer_incarnation;
         self.ops.insert(op)
     }
 
     pub(super) fn on_peer_wm(&mut self) {
-        let wm = self.peer_wm;
+        let wm = self.sess.peer_wm;
         match self.cfg.role {
             Role::Leader => {
                 while let Some(&k) = self.backlog.front() {
                     let op = &self.ops[k];
-                    if op.session != self.session || op.seq == 0 || op.seq > wm {
+                    if op.session != self.sess.number || op.seq == 0 || op.seq > wm {
                         break;
                     }
                     self.backlog.pop_front();
@@ -287,7 +286,7 @@ impl Engine {
                     if !op.stage.ordered()
                         || op.seq == 0
                         || op.seq > wm
-                        || op.session != self.session
+                        || op.session != self.sess.number
                     {
                         break;
                     }
@@ -327,7 +326,7 @@ impl Engine {
         self.stats
             .backlog_bytes
             .store(self.backlog_bytes, std::sync::atomic::Ordering::Relaxed);
-        if self.up {
+        if self.sess.up {
             self.kill_link = Some("the volume diverged");
         }
     }

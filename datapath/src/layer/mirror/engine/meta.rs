@@ -58,11 +58,11 @@ impl Engine {
             return Start::Done(Err(Errno::NOTSUP));
         };
         let deadline = Instant::now() + self.cfg.peer_timeout;
-        match (self.mode, self.cfg.role, self.up) {
+        match (self.mode, self.cfg.role, self.sess.up) {
             (Mode::Survivor, _, _) => {
                 // Alone; a peer being resynced meanwhile gets the change too.
                 let (status, state) = h.execute(self.vol, cmd);
-                if self.up
+                if self.sess.up
                     && let Some(state) = state
                 {
                     self.send_meta_state(wire::META_NO_ID, 0, &state);
@@ -104,8 +104,7 @@ impl Engine {
                     id: k as u32,
                     ..Header::new(Type::Meta)
                 };
-                wire::encode(&mut self.outbox, &h, cmd);
-                self.stats.inc(&self.stats.msgs_sent);
+                self.sess.send(&h, cmd);
                 Start::Pending
             }
             // No session and no grant: deciding alone could split the state.
@@ -123,8 +122,7 @@ impl Engine {
             count: u32::from(status),
             ..Header::new(Type::MetaState)
         };
-        wire::encode(&mut self.outbox, &h, state);
-        self.stats.inc(&self.stats.msgs_sent);
+        self.sess.send(&h, state);
         token
     }
 

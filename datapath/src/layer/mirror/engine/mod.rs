@@ -34,14 +34,17 @@
 //! - `replica.rs`: [`Mode`], replica states and [`decide`], the session decision (pure).
 //! - `op.rs`: an update's record and its lifecycle towards the peer, one `Stage` enum whose
 //!   transitions are decided in one place (`Stage::next`), with the state diagram.
-//! - `leader.rs`, `follower.rs`, `resync.rs`, `survivor.rs`, `meta.rs`, `session.rs`: the
-//!   engine's methods for sequencing and the backlog, forwards, the resync source, serving
-//!   alone and fencing, replicated metadata, and the session with its message dispatch. These
-//!   are still `impl Engine` blocks over the engine's fields, not yet parts that own their
-//!   state.
+//! - `session.rs`: `PeerSession`, the session with the peer (number, up, the seq counter,
+//!   both watermarks, the ACK policy, heartbeat and outbox); returns verdicts and seqs.
+//! - `dispatch.rs`: the engine's routing at link up/down and of every message to its part.
+//! - `leader.rs`, `follower.rs`, `resync.rs`, `survivor.rs`, `meta.rs`: the engine's methods
+//!   for sequencing and the backlog, forwards, the resync source, serving alone and fencing,
+//!   and replicated metadata. These are still `impl Engine` blocks over the engine's fields,
+//!   not yet parts that own their state.
 //! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
 
 mod apply;
+mod dispatch;
 mod follower;
 mod leader;
 mod meta;
@@ -62,6 +65,8 @@ pub use meta::{Install, META_STATUS, MetaHandler, meta_result};
 use op::{Op, Origin, Stage, Upd};
 pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};
+use session::PeerSession;
+pub use session::{ACK_BATCH, ACK_WINDOW, REDIAL_EVERY};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -205,18 +210,12 @@ pub struct Engine {
     vol: usize,
     /// Flushes waiting for FLUSH_DONE.
     flushes: Vec<usize>,
-    session: u32,
-    up: bool,
-    /// Leader: next seq to give. Follower: next seq expected.
-    next_seq: u64,
-    ack_sent: u64,
-    peer_wm: u64,
-    outbox: Vec<u8>,
+    /// The session with the peer: number, up, seqs, watermarks, ACK policy, outbox.
+    sess: PeerSession,
     spare: Vec<Vec<u8>>,
     diverged: bool,
     held_logged: bool,
     stats: Arc<MirrorStats>,
-    epoch: Instant,
     /// Completions to initiators: (their reactor, tag, result).
     pub done: Vec<(u32, IoTag, Result<(), Errno>)>,
     /// The connection key of the link carrying the session (or being dialled).
@@ -225,12 +224,6 @@ pub struct Engine {
     pub last_rx: Instant,
     /// The link must be dropped (heartbeat timeout).
     pub kill_link: Option<&'static str>,
-    next_ping: Instant,
-    next_dial: Instant,
-    /// Messages arrived since the last `take_outbox`.
-    rx_since_flush: bool,
-    /// When the oldest unacknowledged applied update was first seen waiting for an ACK.
-    ack_pending_since: Option<Instant>,
     /// The daemon is stopping: take no new forwarded updates.
     draining: bool,
     mode: Mode,
@@ -258,17 +251,6 @@ pub struct Engine {
     /// An operator's takeover is being asked for.
     takeover_started: bool,
 }
-
-/// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
-/// unacknowledged update (queue depth 1) is acknowledged in the first turn in which the peer
-/// sent nothing new; several (a stream of concurrent updates) wait at most [`ACK_WINDOW`] from
-/// the first of them, so a busy stream is acknowledged in batches and a lone update at once.
-pub const ACK_BATCH: u64 = 16;
-/// The longest an applied update waits for its ACK when others are pending with it.
-pub const ACK_WINDOW: Duration = Duration::from_micros(50);
-
-/// Pause between dial attempts.
-pub const REDIAL_EVERY: Duration = Duration::from_millis(200);
 
 impl Engine {
     /// An engine over the local replica's channel `inner`; `vol` is the volume's index.
@@ -309,25 +291,15 @@ impl Engine {
             miscompare_waits: Vec::new(),
             vol,
             flushes: Vec::new(),
-            session: 0,
-            up: false,
-            next_seq: 1,
-            ack_sent: 0,
-            peer_wm: 0,
-            outbox: Vec::with_capacity(1 << 20),
+            sess: PeerSession::new(Arc::clone(&stats)),
             spare: Vec::new(),
             diverged: false,
             held_logged: false,
             stats,
-            epoch: Instant::now(),
             done: Vec::with_capacity(256),
             link_key: None,
             last_rx: Instant::now(),
             kill_link: None,
-            next_ping: Instant::now(),
-            next_dial: Instant::now(),
-            rx_since_flush: false,
-            ack_pending_since: None,
             draining: false,
             mode: Mode::Mirroring,
             grant_asked: false,
@@ -553,7 +525,7 @@ impl Engine {
             Role::Follower => {
                 self.forwards.push_back(k);
                 self.ops[k].stage.hold();
-                if self.up && !self.resent_pending {
+                if self.sess.up && !self.resent_pending {
                     self.forward(k);
                 }
             }
@@ -599,24 +571,16 @@ impl Engine {
         if self.diverged && !self.backlog.is_empty() {
             self.drop_backlog();
         }
-        if self.up {
-            if now >= self.next_ping {
-                self.next_ping = now + self.cfg.heartbeat;
-                self.ping();
-            }
-            if now.duration_since(self.last_rx) > self.cfg.peer_dead {
-                self.kill_link = Some("peer silent past the heartbeat timeout");
-            }
+        if let Some(why) =
+            self.sess
+                .heartbeat(now, self.cfg.heartbeat, self.cfg.peer_dead, self.last_rx)
+        {
+            self.kill_link = Some(why);
         }
         // The follower dials in every mode: a survivor or fenced site meets its peer again
         // through a resync (decided at the session start).
-        if self.cfg.role == Role::Follower
-            && !self.diverged
-            && self.link_key.is_none()
-            && now >= self.next_dial
-        {
-            self.next_dial = now + REDIAL_EVERY;
-            return true;
+        if self.cfg.role == Role::Follower && !self.diverged && self.link_key.is_none() {
+            return self.sess.dial_due(now);
         }
         false
     }
@@ -645,7 +609,7 @@ impl Engine {
 
     /// A session is running.
     pub fn is_up(&self) -> bool {
-        self.up
+        self.sess.up
     }
 
     /// Nothing is in flight or waiting.
@@ -661,30 +625,12 @@ impl Engine {
 
     /// Anything to send (messages or an ACK).
     pub fn wants_send(&mut self, now: Instant) -> bool {
-        self.up && (!self.outbox.is_empty() || self.ack_due(now))
-    }
-
-    /// Whether the ACK policy (see [`ACK_BATCH`]) says to send an ACK now.
-    fn ack_due(&mut self, now: Instant) -> bool {
-        let lag = self.aq.applied.wm - self.ack_sent;
-        if lag == 0 {
-            self.ack_pending_since = None;
-            return false;
-        }
-        let since = *self.ack_pending_since.get_or_insert(now);
-        match lag {
-            1 => !self.rx_since_flush,
-            l => l >= ACK_BATCH || now.duration_since(since) >= ACK_WINDOW,
-        }
+        self.sess.wants_send(now, self.aq.applied.wm)
     }
 
     /// When a held-back ACK falls due (the reactor may sleep until then, not longer).
     pub fn ack_deadline(&self) -> Option<Instant> {
-        if self.up && self.aq.applied.wm > self.ack_sent {
-            self.ack_pending_since.map(|s| s + ACK_WINDOW)
-        } else {
-            None
-        }
+        self.sess.ack_deadline(self.aq.applied.wm)
     }
 
     fn buf(&mut self, data: &[u8]) -> Vec<u8> {
@@ -706,8 +652,7 @@ impl Engine {
             Some(k) => &self.ops[k].data,
             None => &[],
         };
-        wire::encode(&mut self.outbox, &h, payload);
-        self.stats.inc(&self.stats.msgs_sent);
+        self.sess.send(&h, payload);
     }
 
     fn upd_header(&self, k: usize, fwd: bool) -> Header {
@@ -903,7 +848,7 @@ impl Engine {
             tracing::error!(volume = %self.cfg.name, offset = ap.offset, errno = e.0,
                 "mirror: applying an update to the local replica failed");
         }
-        if ap.session == self.session && ap.seq != 0 && r.is_ok() {
+        if ap.session == self.sess.number && ap.seq != 0 && r.is_ok() {
             self.aq.applied.mark(ap.seq);
             if !self.miscompare_waits.is_empty() {
                 self.release_miscompares(false);
@@ -914,44 +859,40 @@ impl Engine {
                 // Source: send the region as read (or mark it dirty again if the read failed
                 // or the peer left).
                 // (A read of an earlier attempt, from an earlier session, is not this one's.)
-                if self.ops[k].session == self.session
+                if self.ops[k].session == self.sess.number
                     && let Some(rs) = self.resync.as_mut()
                 {
                     rs.reads = rs.reads.saturating_sub(1);
                 }
-                if r.is_ok() && self.up && self.ops[k].session == self.session {
+                if r.is_ok() && self.sess.up && self.ops[k].session == self.sess.number {
                     let h = Header {
                         offset: ap.offset,
                         count: ap.len as u32,
                         ..Header::new(Type::Resync)
                     };
-                    wire::encode(&mut self.outbox, &h, data);
+                    self.sess.queue(&h, data);
                     self.stats
                         .resync_bytes
                         .fetch_add(ap.len, std::sync::atomic::Ordering::Relaxed);
                 } else {
                     self.mark_dirty(ap.offset, ap.len);
                 }
-            } else if self.ops[k].session == self.session {
+            } else if self.ops[k].session == self.sess.number {
                 // (A copy of an earlier attempt, from an earlier session, is not this one's.)
                 self.resync_applies = self.resync_applies.saturating_sub(1);
                 self.maybe_end_resync_target(io);
             }
         }
         if let Origin::PeerFlush(id) = self.ops[k].origin
-            && self.up
-            && self.ops[k].session == self.session
+            && self.sess.up
+            && self.ops[k].session == self.sess.number
         {
             let payload = r.err().map(|e| e.0.to_le_bytes());
             let h = Header {
                 id,
                 ..Header::new(Type::FlushDone)
             };
-            wire::encode(
-                &mut self.outbox,
-                &h,
-                payload.as_ref().map_or(&[][..], |p| p),
-            );
+            self.sess.queue(&h, payload.as_ref().map_or(&[][..], |p| p));
         }
         self.start_unblocked(io, &ap);
         self.settle(k);
@@ -1030,7 +971,7 @@ impl Engine {
             let (from, tag) = self.ops[k].initiator.take().expect("checked");
             self.done.push((from, tag, Err(Errno::IO)));
             if self.cfg.role == Role::Follower
-                && !self.up
+                && !self.sess.up
                 && let Some(p) = self.forwards.iter().position(|&f| f == k)
             {
                 // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
@@ -1039,7 +980,7 @@ impl Engine {
             }
             // A flush stays outstanding while the link is up: its FLUSH_DONE will come and must
             // find it (its id must not be reused meanwhile). A new session re-sends it.
-            if !self.up
+            if !self.sess.up
                 && let Some(p) = self.flushes.iter().position(|&f| f == k)
             {
                 self.flushes.swap_remove(p);

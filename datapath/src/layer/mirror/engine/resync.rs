@@ -70,10 +70,7 @@ impl Engine {
         self.unconfirmed_into(&mut map);
         let ranges = map.ranges();
         self.suspect = map;
-        wire::encode_resync_also(&mut self.outbox, &ranges);
-        for _ in 0..ranges.len().div_ceil(wire::MAX_RESYNC_ALSO as usize) + 1 {
-            self.stats.inc(&self.stats.msgs_sent);
-        }
+        self.sess.send_resync_also(&ranges);
         if !ranges.is_empty() {
             tracing::warn!(volume = %self.cfg.name, suspect_bytes = self.suspect_bytes(),
                 "mirror: this replica may hold updates the peer never confirmed; asking the peer to copy those regions too");
@@ -86,7 +83,7 @@ impl Engine {
         let Some(r) = self.resync.as_mut() else {
             return;
         };
-        if !self.up {
+        if !self.sess.up {
             // The peer left again: keep every region dirty for the next attempt.
             return self.abandon_resync(io);
         }
@@ -148,7 +145,7 @@ impl Engine {
                 Stage::Confirmed,
                 now,
             );
-            op.session = self.session;
+            op.session = self.sess.number;
             let k = self.ops.insert(op);
             // Through the apply queue: it waits for overlapping writes still in flight, and
             // later ones wait for it, so the copy holds every write acknowledged before it.
@@ -175,7 +172,7 @@ impl Engine {
         let Some(r) = self.resync.take() else {
             return;
         };
-        wire::encode(&mut self.outbox, &Header::new(Type::ResyncDone), &[]);
+        self.sess.queue(&Header::new(Type::ResyncDone), &[]);
         self.stats
             .resync_rate
             .store(0, std::sync::atomic::Ordering::Relaxed);

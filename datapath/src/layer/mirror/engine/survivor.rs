@@ -173,7 +173,7 @@ impl Engine {
             return;
         };
         slot.in_sync
-            .store(self.up && self.mode == Mode::Mirroring, SeqCst);
+            .store(self.sess.up && self.mode == Mode::Mirroring, SeqCst);
         // Only a site that has had a session lost its peer; a site just started waits for
         // its first session (it must not win a grant against a peer it has never seen) unless
         // an operator asked it to take over (`mirror_takeover`).
@@ -186,11 +186,14 @@ impl Engine {
         }
         if !takeover
             && !self.takeover_started
-            && (self.up || self.session == 0 || self.mode != Mode::Mirroring || self.draining)
+            && (self.sess.up
+                || self.sess.number == 0
+                || self.mode != Mode::Mirroring
+                || self.draining)
         {
             return;
         }
-        if takeover && (self.up || self.draining) {
+        if takeover && (self.sess.up || self.draining) {
             self.stats.takeover.store(false, SeqCst);
             return;
         }

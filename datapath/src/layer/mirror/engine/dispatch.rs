@@ -1,0 +1,381 @@
+//! The engine's routing at the session's edges and for every message from the peer: link up
+//! and down (what each part re-sends or holds), and the checks and dispatch of each message
+//! to the part it is for. The session's own state is [`PeerSession`] (`session.rs`); this
+//! file only routes.
+//!
+//! Model: a session starts after HELLO/WELCOME (`link_up`, which re-sends what the peer may
+//! not have) and ends with the link (`link_down`, which holds everything until the next one).
+//! [`Engine::on_msg`] checks a message and routes it.
+//!
+//! Invariants: a message that fails a check is never applied (`on_msg` returns the reason and
+//! the link is dropped); sequence numbers arrive exactly in order; an ACK never passes the
+//! highest `seq` given or received.
+
+use super::*;
+
+impl Engine {
+    // ---- the link -------------------------------------------------------------------------
+
+    /// A session started (after HELLO/WELCOME): re-send what the peer may not have.
+    pub fn link_up(&mut self, io: &mut IoCx) {
+        self.sess.start();
+        self.aq.applied = apply::Window::default();
+        self.held_logged = false;
+        self.last_rx = Instant::now();
+        self.kill_link = None;
+        tracing::info!(volume = %self.cfg.name, session = self.sess.number, role = ?self.cfg.role,
+            resend = self.backlog.len() + self.forwards.len(), "mirror: link up");
+        match self.cfg.role {
+            Role::Leader => {
+                // Applies of forwarded updates already under way (this session's re-sends
+                // start after the snapshot).
+                self.resent_wait.clear();
+                let ops = &self.ops;
+                self.resent_wait.extend(
+                    self.aq
+                        .active()
+                        .filter(|(_, a)| ops[a.op].origin == Origin::PeerFwd)
+                        .map(|(s, _)| s),
+                );
+                let backlog: Vec<usize> = self.backlog.iter().copied().collect();
+                for k in backlog {
+                    self.sequence_and_send(io, k);
+                }
+                self.resent_due = true;
+                self.maybe_send_resent();
+            }
+            Role::Follower => {
+                // Nothing is forwarded until the leader's re-sends are in (RESENT): they say
+                // which forwards the leader already has.
+                self.resent_pending = true;
+                for &k in &self.forwards {
+                    self.ops[k].stage.session_ended();
+                }
+            }
+        }
+        for i in 0..self.flushes.len() {
+            let k = self.flushes[i];
+            if !self.ops[k].stage.confirmed() {
+                self.send(
+                    Header {
+                        id: k as u32,
+                        ..Header::new(Type::Flush)
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    /// The session ended: hold everything until the next one (or the timeout).
+    pub fn link_down(&mut self, why: &str) {
+        if !self.sess.end() {
+            return;
+        }
+        self.grant_asked = false;
+        self.fail_metas();
+        self.resent_pending = false;
+        self.resent_due = false;
+        self.resent_wait.clear();
+        self.release_miscompares(true);
+        // Forwards still waiting behind a compare-and-write: the follower sends them again.
+        let ops = &self.ops;
+        let dropped: Vec<usize> = self
+            .barrier
+            .iter()
+            .copied()
+            .filter(|&k| ops[k].origin == Origin::PeerFwd)
+            .collect();
+        if !dropped.is_empty() {
+            self.barrier
+                .retain(|&k| self.ops[k].origin != Origin::PeerFwd);
+            for k in dropped {
+                let op = self.ops.remove(k);
+                self.recycle(op.data);
+            }
+        }
+        self.sess.publish_down();
+        tracing::warn!(volume = %self.cfg.name, session = self.sess.number, why,
+            held = self.ops.len(), "mirror: link down; updates are held until the peer returns");
+    }
+
+    /// Move pending messages (and an ACK if the watermark moved) to `out`.
+    pub fn take_outbox(&mut self, out: &mut Vec<u8>) {
+        self.sess.take_outbox(out, self.aq.applied.wm);
+    }
+
+    /// Queue a PING carrying the current clock.
+    pub fn ping(&mut self) {
+        self.sess.ping();
+    }
+
+    pub(super) fn check_range(&self, h: &Header) -> Result<(), &'static str> {
+        let b = self.cfg.block as u64;
+        let end = h
+            .offset
+            .checked_add(h.count as u64)
+            .ok_or("range overflows")?;
+        if h.count == 0 || end > self.cfg.size {
+            return Err("range outside the volume");
+        }
+        if !h.offset.is_multiple_of(b) || !(h.count as u64).is_multiple_of(b) {
+            return Err("range not aligned to the block size");
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_next_seq(&mut self, seq: u64) -> Result<(), &'static str> {
+        self.sess.check_next_seq(seq)
+    }
+
+    /// One message from the peer. An `Err` is the reason to drop the link; nothing of that
+    /// message was applied.
+    pub fn on_msg(
+        &mut self,
+        io: &mut IoCx,
+        h: &Header,
+        payload: &[u8],
+    ) -> Result<(), &'static str> {
+        self.sess.received();
+        let r = self.handle(io, h, payload);
+        if r.is_err() {
+            self.stats.inc(&self.stats.rejected);
+        }
+        r
+    }
+
+    pub(super) fn handle(
+        &mut self,
+        io: &mut IoCx,
+        h: &Header,
+        payload: &[u8],
+    ) -> Result<(), &'static str> {
+        use Type::*;
+        let leader = self.cfg.role == Role::Leader;
+        match h.ty {
+            Write | Zeroes | Unmap
+                if !leader && h.flags & wire::FLAG_RESENT != 0 && self.claim_resent(io, h)? => {}
+            Write | Zeroes | Unmap if !leader => {
+                self.check_range(h)?;
+                self.check_next_seq(h.seq)?;
+                let upd = match h.ty {
+                    Write => Upd::Write,
+                    Zeroes => Upd::Zeroes,
+                    _ => Upd::Unmap,
+                };
+                let data = if upd == Upd::Write {
+                    self.buf(payload)
+                } else {
+                    Vec::new()
+                };
+                let k = self.new_peer_op(Origin::PeerSeq, upd, h, data);
+                self.ops[k].seq = h.seq;
+                // Settled by its apply's completion (at once for a RAM replica).
+                self.enqueue_apply(io, k, self.sess.number, h.seq);
+            }
+            Order if !leader => {
+                let pos = self
+                    .forwards
+                    .iter()
+                    .position(|&k| self.ops[k].stage.awaiting_order())
+                    .ok_or("ORDER with no forwarded request outstanding")?;
+                let k = self.forwards[pos];
+                if h.id != self.ops[k].uid {
+                    return Err("ORDER for a request not outstanding");
+                }
+                self.check_next_seq(h.seq)?;
+                let op = &mut self.ops[k];
+                if op.upd == Upd::Caw {
+                    // The leader found it matching: apply the write data at this seq.
+                    let len = op.len as usize;
+                    op.data.drain(..len);
+                    op.upd = Upd::Write;
+                }
+                op.stage.order(self.sess.number);
+                op.seq = h.seq;
+                op.session = self.sess.number;
+                op.fwd_inc = self.peer_incarnation;
+                self.enqueue_apply(io, k, self.sess.number, h.seq);
+            }
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
+                if leader && !self.draining && self.mode == Mode::Resyncing && self.resync_done =>
+            {
+                // The source is mirroring already; this site still applies its last copies:
+                // the forward waits, in order, until they are done.
+                let k = self.forwarded_op(h, payload)?;
+                self.barrier.push_back(k);
+            }
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
+                if leader && (self.draining || self.mode != Mode::Mirroring) =>
+            {
+                // Not taken (stopping, or a survivor resyncing the peer): the follower fails
+                // it on its timeout; neither replica applies it.
+                self.check_range(h)?;
+            }
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw if leader => {
+                let k = self.forwarded_op(h, payload)?;
+                self.leader_take(io, k);
+            }
+            Miscompare if !leader => {
+                let pos = self
+                    .forwards
+                    .iter()
+                    .position(|&k| self.ops[k].stage.awaiting_order())
+                    .ok_or("MISCOMPARE with no forwarded request outstanding")?;
+                let k = self.forwards[pos];
+                if h.id != self.ops[k].uid || self.ops[k].upd != Upd::Caw {
+                    return Err("MISCOMPARE for a request not outstanding");
+                }
+                if h.seq > self.sess.last_seq() {
+                    return Err("MISCOMPARE after a seq not received");
+                }
+                self.forwards.remove(pos);
+                let op = &mut self.ops[k];
+                op.stage.confirm();
+                op.apply_err = Some(Errno::MISCOMPARE);
+                let uid = op.uid;
+                if self.aq.applied.wm >= h.seq {
+                    self.settle(k);
+                } else {
+                    // Answered once this site has what the leader compared against.
+                    op.applying += 1;
+                    self.miscompare_waits.push((k, uid, h.seq));
+                }
+            }
+            Resent if !leader => {
+                if !std::mem::take(&mut self.resent_pending) {
+                    return Err("RESENT twice in a session");
+                }
+                self.after_resent();
+            }
+            Ack => {
+                // Leader: the highest seq given; follower: the highest seq received.
+                self.sess.on_ack(h.seq)?;
+                self.on_peer_wm();
+            }
+            Flush => {
+                let k = self.new_peer_op(Origin::PeerFlush(h.id), Upd::Flush, h, Vec::new());
+                self.ops[k].session = self.sess.number;
+                self.enqueue_apply(io, k, 0, 0);
+            }
+            FlushDone => {
+                let k = h.id as usize;
+                let pos = self
+                    .flushes
+                    .iter()
+                    .position(|&f| f == k)
+                    .ok_or("FLUSH_DONE for no outstanding flush")?;
+                self.flushes.swap_remove(pos);
+                let op = &mut self.ops[k];
+                op.stage.confirm();
+                if payload.len() == 4 {
+                    let e = i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    op.apply_err = Some(Errno(e));
+                }
+                self.settle(k);
+            }
+            Ping => self.sess.on_ping(h),
+            Pong => self.sess.on_pong(h),
+            ResyncAlso if self.resync.as_ref().is_some_and(|r| !r.also_done) => {
+                let (b, size) = (self.cfg.block as u64, self.cfg.size);
+                for (offset, len) in wire::decode_resync_also(payload) {
+                    let end = offset.checked_add(len).ok_or("range overflows")?;
+                    if len == 0 || end > size {
+                        return Err("RESYNC_ALSO range outside the volume");
+                    }
+                    if !offset.is_multiple_of(b) || !len.is_multiple_of(b) {
+                        return Err("RESYNC_ALSO range not aligned to the block size");
+                    }
+                }
+                for (offset, len) in wire::decode_resync_also(payload) {
+                    self.dirty.set_range(offset, len);
+                }
+                self.stats
+                    .dirty_bytes
+                    .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+                if h.count == 0 {
+                    self.resync.as_mut().expect("checked").also_done = true;
+                }
+            }
+            Resync if self.mode == Mode::Resyncing && !self.resync_done => {
+                self.check_range(h)?;
+                let data = self.buf(payload);
+                let k = self.new_peer_op(Origin::Resync, Upd::Write, h, data);
+                self.resync_applies += 1;
+                self.enqueue_apply(io, k, 0, 0);
+            }
+            ResyncDone if self.mode == Mode::Resyncing && !self.resync_done => {
+                self.resync_done = true;
+                self.maybe_end_resync_target(io);
+            }
+            Meta if leader => {
+                let (status, state) = match &self.cfg.meta {
+                    Some(m) => m.execute(self.vol, payload),
+                    None => (META_INTERNAL, None),
+                };
+                self.send_meta_state(h.id, status, state.as_deref().unwrap_or(&[]));
+            }
+            MetaState => {
+                if h.id != wire::META_NO_ID
+                    && (leader || self.metas.get(h.id as usize).is_none_or(|m| m.token != 0))
+                {
+                    return Err("META_STATE answers no outstanding request");
+                }
+                let installed = match (&self.cfg.meta, payload.is_empty()) {
+                    (_, true) => Install::Done,
+                    (Some(m), false) => m.install(self.vol, payload),
+                    (None, false) => Install::Failed,
+                };
+                if installed == Install::Malformed {
+                    return Err("malformed metadata state");
+                }
+                let failed = installed == Install::Failed;
+                if failed {
+                    tracing::error!(volume = %self.cfg.name,
+                        "mirror: the peer's metadata (reservation) state could not be installed here");
+                }
+                let ack = Header {
+                    seq: h.seq,
+                    count: if failed { u32::from(META_INTERNAL) } else { 0 },
+                    ..Header::new(MetaAck)
+                };
+                self.sess.send(&ack, &[]);
+                if h.id != wire::META_NO_ID {
+                    let m = self.metas.remove(h.id as usize);
+                    let status = if failed {
+                        META_INTERNAL
+                    } else {
+                        h.count.min(0xFFFF) as u16
+                    };
+                    if let Some((from, tag)) = m.initiator {
+                        self.done.push((from, tag, meta_result(status)));
+                    }
+                }
+            }
+            MetaAck => {
+                // Every wait up to this token is settled (ACKs come in order; a push's has no
+                // waiter). A state the peer could not install fails the command it carried.
+                let done: Vec<usize> = self
+                    .metas
+                    .iter()
+                    .filter(|(_, m)| m.token != 0 && m.token <= h.seq)
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in done {
+                    let m = self.metas.remove(k);
+                    let status = if m.token == h.seq && h.count != 0 {
+                        h.count.min(0xFFFF) as u16
+                    } else {
+                        m.status
+                    };
+                    if let Some((from, tag)) = m.initiator {
+                        self.done.push((from, tag, meta_result(status)));
+                    }
+                }
+            }
+            Hello | Welcome | Refuse => return Err("handshake message inside a session"),
+            _ => return Err("message not allowed in this direction"),
+        }
+        Ok(())
+    }
+}
