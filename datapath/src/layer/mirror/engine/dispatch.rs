@@ -24,24 +24,22 @@ impl Engine {
         self.last_rx = Instant::now();
         self.kill_link = None;
         tracing::info!(volume = %self.cfg.name, session = self.sess.number, role = ?self.cfg.role,
-            resend = self.backlog.len() + self.forwards.len(), "mirror: link up");
+            resend = self.leader.backlog_len() + self.forwards.len(), "mirror: link up");
         match self.cfg.role {
             Role::Leader => {
                 // Applies of forwarded updates already under way (this session's re-sends
                 // start after the snapshot).
-                self.resent_wait.clear();
                 let ops = &self.ops;
-                self.resent_wait.extend(
+                let backlog = self.leader.session_started(
                     self.aq
                         .active()
                         .filter(|(_, a)| ops[a.op].origin == Origin::PeerFwd)
                         .map(|(s, _)| s),
                 );
-                let backlog: Vec<usize> = self.backlog.iter().copied().collect();
                 for k in backlog {
                     self.sequence_and_send(io, k);
                 }
-                self.resent_due = true;
+                self.leader.resends_sent();
                 self.maybe_send_resent();
             }
             Role::Follower => {
@@ -75,24 +73,11 @@ impl Engine {
         self.grant_asked = false;
         self.fail_metas();
         self.resent_pending = false;
-        self.resent_due = false;
-        self.resent_wait.clear();
         self.release_miscompares(true);
         // Forwards still waiting behind a compare-and-write: the follower sends them again.
-        let ops = &self.ops;
-        let dropped: Vec<usize> = self
-            .barrier
-            .iter()
-            .copied()
-            .filter(|&k| ops[k].origin == Origin::PeerFwd)
-            .collect();
-        if !dropped.is_empty() {
-            self.barrier
-                .retain(|&k| self.ops[k].origin != Origin::PeerFwd);
-            for k in dropped {
-                let op = self.ops.remove(k);
-                self.recycle(op.data);
-            }
+        for k in self.leader.session_ended(&self.ops) {
+            let op = self.ops.remove(k);
+            self.recycle(op.data);
         }
         self.sess.publish_down();
         tracing::warn!(volume = %self.cfg.name, session = self.sess.number, why,
@@ -203,7 +188,7 @@ impl Engine {
                 // The source is mirroring already; this site still applies its last copies:
                 // the forward waits, in order, until they are done.
                 let k = self.forwarded_op(h, payload)?;
-                self.barrier.push_back(k);
+                self.leader.wait(k);
             }
             FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
                 if leader && (self.draining || self.mode != Mode::Mirroring) =>

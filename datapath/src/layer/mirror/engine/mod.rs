@@ -36,15 +36,20 @@
 //!   transitions are decided in one place (`Stage::next`), with the state diagram.
 //! - `session.rs`: `PeerSession`, the session with the peer (number, up, the seq counter,
 //!   both watermarks, the ACK policy, heartbeat and outbox); returns verdicts and seqs.
-//! - `dispatch.rs`: the engine's routing at link up/down and of every message to its part.
-//! - `leader.rs`, `follower.rs`, `resync.rs`, `survivor.rs`, `meta.rs`: the engine's methods
-//!   for sequencing and the backlog, forwards, the resync source, serving alone and fencing,
-//!   and replicated metadata. These are still `impl Engine` blocks over the engine's fields,
-//!   not yet parts that own their state.
+//! - `leader.rs`: `Leader`, the compare-and-write barrier, the backlog, RESENT and
+//!   divergence (owns those lists; returns the op keys the engine must sequence or settle).
+//! - `dispatch.rs`, `flow.rs`: the engine's routing (not parts): link up/down and every
+//!   message to its part; an update's path through the leader, the session and the apply
+//!   queue.
+//! - `follower.rs`, `resync.rs`, `survivor.rs`, `meta.rs`: the engine's methods for
+//!   forwards, the resync source, serving alone and fencing, and replicated metadata. These
+//!   are still `impl Engine` blocks over the engine's fields, not yet parts that own their
+//!   state.
 //! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
 
 mod apply;
 mod dispatch;
+mod flow;
 mod follower;
 mod leader;
 mod meta;
@@ -60,6 +65,7 @@ use super::wire::{self, Header, Type};
 use crate::bdev::{Channel, Start};
 use crate::uring::{Errno, IoCx, IoTag};
 use apply::ApplyQueue;
+use leader::Leader;
 use meta::META_INTERNAL;
 pub use meta::{Install, META_STATUS, MetaHandler, meta_result};
 use op::{Op, Origin, Stage, Upd};
@@ -180,15 +186,10 @@ pub struct Engine {
     ops: Slab<Op>,
     /// The apply queue and the session's applied watermark.
     aq: ApplyQueue,
-    /// Leader: updates the follower has not acknowledged, in `seq` order (old sessions first).
-    backlog: VecDeque<usize>,
-    backlog_bytes: u64,
+    /// Leader: the barrier, the backlog, RESENT and divergence.
+    leader: Leader,
     /// Follower: forwards, in the order sent.
     forwards: VecDeque<usize>,
-    /// Leader: the compare-and-write being decided; updates arriving meanwhile wait in
-    /// `barrier` (unsequenced, in arrival order).
-    caw_active: Option<usize>,
-    barrier: VecDeque<usize>,
     /// Metadata commands waiting for the peer.
     metas: Slab<MetaWait>,
     next_token: u64,
@@ -200,10 +201,6 @@ pub struct Engine {
     incarnation: u64,
     /// The peer process's incarnation (from its HELLO or WELCOME).
     peer_incarnation: u64,
-    /// Leader: RESENT waits for these applies (running or queued when the session started),
-    /// so that a forward it does not re-send is applied here when the follower learns so.
-    resent_wait: Vec<usize>,
-    resent_due: bool,
     /// Follower: MISCOMPAREs answered once the applied watermark reaches their seq:
     /// (op, its uid, seq).
     miscompare_waits: Vec<(usize, u32, u64)>,
@@ -213,7 +210,6 @@ pub struct Engine {
     /// The session with the peer: number, up, seqs, watermarks, ACK policy, outbox.
     sess: PeerSession,
     spare: Vec<Vec<u8>>,
-    diverged: bool,
     held_logged: bool,
     stats: Arc<MirrorStats>,
     /// Completions to initiators: (their reactor, tag, result).
@@ -267,11 +263,8 @@ impl Engine {
             layer_key: IoTag::channel(vol as u32, 0).conn,
             ops: Slab::with_capacity(1024),
             aq: ApplyQueue::new(),
-            backlog: VecDeque::with_capacity(1024),
-            backlog_bytes: 0,
+            leader: Leader::new(),
             forwards: VecDeque::with_capacity(1024),
-            caw_active: None,
-            barrier: VecDeque::new(),
             metas: Slab::new(),
             next_token: 1,
             next_uid: 0,
@@ -286,14 +279,11 @@ impl Engine {
                 t ^ (u64::from(std::process::id()) << 32) ^ n.rotate_left(48)
             },
             peer_incarnation: 0,
-            resent_wait: Vec::new(),
-            resent_due: false,
             miscompare_waits: Vec::new(),
             vol,
             flushes: Vec::new(),
             sess: PeerSession::new(Arc::clone(&stats)),
             spare: Vec::new(),
-            diverged: false,
             held_logged: false,
             stats,
             done: Vec::with_capacity(256),
@@ -568,7 +558,7 @@ impl Engine {
         self.failover_tick(io);
         self.resync_step(io, now);
         self.expire(now);
-        if self.diverged && !self.backlog.is_empty() {
+        if self.leader.is_diverged() && self.leader.backlog_len() > 0 {
             self.drop_backlog();
         }
         if let Some(why) =
@@ -579,7 +569,8 @@ impl Engine {
         }
         // The follower dials in every mode: a survivor or fenced site meets its peer again
         // through a resync (decided at the session start).
-        if self.cfg.role == Role::Follower && !self.diverged && self.link_key.is_none() {
+        if self.cfg.role == Role::Follower && !self.leader.is_diverged() && self.link_key.is_none()
+        {
             return self.sess.dial_due(now);
         }
         false
@@ -700,7 +691,7 @@ impl Engine {
         offset: u64,
         fua: bool,
     ) -> Start {
-        if self.diverged || self.no_io() {
+        if self.leader.is_diverged() || self.no_io() {
             return Start::Done(Err(Errno::IO));
         }
         let (upd, len, data) = match update {
@@ -828,8 +819,7 @@ impl Engine {
             tracing::error!(volume = %self.cfg.name, slot, "mirror: completion for an unknown apply");
             return;
         };
-        if let Some(i) = self.resent_wait.iter().position(|&x| x == slot) {
-            self.resent_wait.swap_remove(i);
+        if self.leader.apply_done(slot) {
             self.maybe_send_resent();
         }
         let k = ap.op;

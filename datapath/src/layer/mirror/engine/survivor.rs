@@ -88,8 +88,8 @@ impl Engine {
             "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");
         // Updates waiting behind a compare-and-write go ahead alone (forwarded ones are the
         // lost peer's: dropped).
-        self.caw_active = None;
-        while let Some(k) = self.barrier.pop_front() {
+        let (waited, backlog) = self.leader.survive();
+        for k in waited {
             if self.ops[k].origin == Origin::PeerFwd {
                 let op = self.ops.remove(k);
                 self.recycle(op.data);
@@ -97,8 +97,7 @@ impl Engine {
                 self.survivor_apply(io, k);
             }
         }
-        while let Some(k) = self.backlog.pop_front() {
-            self.backlog_bytes -= self.ops[k].data.len() as u64;
+        for k in backlog {
             let (o, l) = (self.ops[k].offset, self.ops[k].len);
             self.mark_dirty(o, l);
             self.ops[k].stage.confirm();
@@ -135,12 +134,9 @@ impl Engine {
         tracing::error!(volume = %self.cfg.name, why, suspect_bytes = self.suspect_bytes(),
             "mirror: fenced; this site serves no I/O for the volume");
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
-        self.backlog.clear();
-        self.backlog_bytes = 0;
+        self.leader.fence();
         self.forwards.clear();
         self.flushes.clear();
-        self.barrier.clear();
-        self.caw_active = None;
         for k in keys {
             let op = &mut self.ops[k];
             op.stage.confirm();

@@ -244,13 +244,13 @@ fn a_stale_compare_and_write_does_not_release_kept_forwards_before_mirroring() {
     let mut slot = 100;
     write_at(&mut b, &mut io, &mut slot, 4096 * 3, 0x77, 512);
     deliver(&mut b, &mut a, &mut io, usize::MAX); // kept
-    assert_eq!(a.engine.barrier.len(), 1);
+    assert_eq!(a.engine.leader.waiting(), 1);
     // The stale read fails.
     a.engine
         .apply_finished(&mut io, caw_read.0 as usize, Err(Errno::IO), &[]);
     assert_eq!(a.engine.mode(), Mode::Resyncing);
     assert_eq!(
-        a.engine.barrier.len(),
+        a.engine.leader.waiting(),
         1,
         "kept forward released while still Resyncing"
     );
