@@ -24,7 +24,7 @@ impl Engine {
         self.last_rx = Instant::now();
         self.kill_link = None;
         tracing::info!(volume = %self.cfg.name, session = self.sess.number, role = ?self.cfg.role,
-            resend = self.leader.backlog_len() + self.forwards.len(), "mirror: link up");
+            resend = self.leader.backlog_len() + self.follower.len(), "mirror: link up");
         match self.cfg.role {
             Role::Leader => {
                 // Applies of forwarded updates already under way (this session's re-sends
@@ -45,8 +45,7 @@ impl Engine {
             Role::Follower => {
                 // Nothing is forwarded until the leader's re-sends are in (RESENT): they say
                 // which forwards the leader already has.
-                self.resent_pending = true;
-                for &k in &self.forwards {
+                for k in self.follower.session_started() {
                     self.ops[k].stage.session_ended();
                 }
             }
@@ -72,8 +71,9 @@ impl Engine {
         }
         self.grant_asked = false;
         self.fail_metas();
-        self.resent_pending = false;
-        self.release_miscompares(true);
+        // The MISCOMPAREs still waiting: their outcome is final.
+        let due = self.follower.session_ended();
+        self.answer_miscompares(due);
         // Forwards still waiting behind a compare-and-write: the follower sends them again.
         for k in self.leader.session_ended(&self.ops) {
             let op = self.ops.remove(k);
@@ -159,12 +159,10 @@ impl Engine {
                 self.enqueue_apply(io, k, self.sess.number, h.seq);
             }
             Order if !leader => {
-                let pos = self
-                    .forwards
-                    .iter()
-                    .position(|&k| self.ops[k].stage.awaiting_order())
+                let (_, k) = self
+                    .follower
+                    .awaiting(&self.ops)
                     .ok_or("ORDER with no forwarded request outstanding")?;
-                let k = self.forwards[pos];
                 if h.id != self.ops[k].uid {
                     return Err("ORDER for a request not outstanding");
                 }
@@ -202,19 +200,17 @@ impl Engine {
                 self.leader_take(io, k);
             }
             Miscompare if !leader => {
-                let pos = self
-                    .forwards
-                    .iter()
-                    .position(|&k| self.ops[k].stage.awaiting_order())
+                let (pos, k) = self
+                    .follower
+                    .awaiting(&self.ops)
                     .ok_or("MISCOMPARE with no forwarded request outstanding")?;
-                let k = self.forwards[pos];
                 if h.id != self.ops[k].uid || self.ops[k].upd != Upd::Caw {
                     return Err("MISCOMPARE for a request not outstanding");
                 }
                 if h.seq > self.sess.last_seq() {
                     return Err("MISCOMPARE after a seq not received");
                 }
-                self.forwards.remove(pos);
+                self.follower.remove_at(pos);
                 let op = &mut self.ops[k];
                 op.stage.confirm();
                 op.apply_err = Some(Errno::MISCOMPARE);
@@ -224,14 +220,11 @@ impl Engine {
                 } else {
                     // Answered once this site has what the leader compared against.
                     op.applying += 1;
-                    self.miscompare_waits.push((k, uid, h.seq));
+                    self.follower.wait_miscompare(k, uid, h.seq);
                 }
             }
             Resent if !leader => {
-                if !std::mem::take(&mut self.resent_pending) {
-                    return Err("RESENT twice in a session");
-                }
-                self.after_resent();
+                self.after_resent()?;
             }
             Ack => {
                 // Leader: the highest seq given; follower: the highest seq received.

@@ -271,16 +271,7 @@ impl Engine {
                 }
             }
             Role::Follower => {
-                while let Some(&k) = self.forwards.front() {
-                    let op = &self.ops[k];
-                    if !op.stage.ordered()
-                        || op.seq == 0
-                        || op.seq > wm
-                        || op.session != self.sess.number
-                    {
-                        break;
-                    }
-                    self.forwards.pop_front();
+                for k in self.follower.acked(&self.ops, self.sess.number, wm) {
                     self.ops[k].stage.confirm();
                     self.settle(k);
                 }
@@ -316,6 +307,105 @@ impl Engine {
         );
         if self.sess.up {
             self.kill_link = Some("the volume diverged");
+        }
+    }
+}
+
+impl Engine {
+    // ---- the follower's forwards -----------------------------------------------------------
+
+    /// Follower: send `k` to the leader in this session.
+    pub(super) fn forward(&mut self, k: usize) {
+        let h = self.upd_header(k, true);
+        let p = matches!(self.ops[k].upd, Upd::Write | Upd::Caw).then_some(k);
+        self.send(h, p);
+        let op = &mut self.ops[k];
+        op.stage.forward(self.sess.number);
+        op.seq = 0;
+    }
+
+    /// Follower, before RESENT: a re-sent WRITE for forward `h.id` of an earlier session is
+    /// that forward's ORDER (its own copy is applied at this seq). False: no such forward here;
+    /// the WRITE is an ordinary one.
+    pub(super) fn claim_resent(&mut self, io: &mut IoCx, h: &Header) -> Result<bool, &'static str> {
+        let session = self.sess.number;
+        let Some(k) = self.follower.claimable(&self.ops, h.id, session) else {
+            return Ok(false);
+        };
+        self.check_range(h)?;
+        let op = &self.ops[k];
+        let same_kind = match h.ty {
+            Type::Write => matches!(op.upd, Upd::Write | Upd::Caw),
+            Type::Zeroes => op.upd == Upd::Zeroes,
+            _ => op.upd == Upd::Unmap,
+        };
+        if !same_kind || op.offset != h.offset || op.len != u64::from(h.count) {
+            return Err("re-sent forward does not match the forward");
+        }
+        self.check_next_seq(h.seq)?;
+        let op = &mut self.ops[k];
+        if op.upd == Upd::Caw {
+            // Re-sent, so the leader found it matching.
+            let len = op.len as usize;
+            op.data.drain(..len);
+            op.upd = Upd::Write;
+        }
+        op.stage.order(session);
+        op.seq = h.seq;
+        op.session = session;
+        op.fwd_inc = self.peer_incarnation;
+        self.enqueue_apply(io, k, session, h.seq);
+        Ok(true)
+    }
+
+    /// Fail every held forward (nothing of them reached the peer's order).
+    pub(super) fn fail_forwards(&mut self) {
+        for k in self.follower.take_all() {
+            self.end_forward(k, true);
+        }
+    }
+
+    /// Follower: forward `k`, already out of `forwards`, needs nothing more from the peer;
+    /// with `fail` its initiator gets EIO (outcome unknown), else its local apply answers.
+    pub(super) fn end_forward(&mut self, k: usize, fail: bool) {
+        let op = &mut self.ops[k];
+        op.stage.confirm();
+        if fail && let Some((from, tag)) = op.initiator.take() {
+            self.done.push((from, tag, Err(Errno::IO)));
+        }
+        self.settle(k);
+    }
+
+    /// Follower: the leader's re-sends are in (see [`Follower::resent`]); then the new
+    /// forwards go out, in order.
+    pub(super) fn after_resent(&mut self) -> Result<(), &'static str> {
+        let steps = self
+            .follower
+            .resent(&self.ops, self.sess.number, self.peer_incarnation)?;
+        for step in steps {
+            match step {
+                Resent::End { k, fail } => self.end_forward(k, fail),
+                Resent::Forward(k) => self.forward(k),
+            }
+        }
+        Ok(())
+    }
+
+    /// Follower: answer the MISCOMPAREs whose seq the applied watermark reached.
+    pub(super) fn release_miscompares(&mut self) {
+        let due = self.follower.miscompares_due(self.aq.applied.wm, false);
+        self.answer_miscompares(due);
+    }
+
+    /// Answer these MISCOMPAREs `(op, uid)` (if the op is still that forward).
+    pub(super) fn answer_miscompares(&mut self, due: Vec<(usize, u32)>) {
+        for (k, uid) in due {
+            if let Some(op) = self.ops.get_mut(k)
+                && op.uid == uid
+            {
+                op.applying -= 1;
+                self.settle(k);
+            }
         }
     }
 }

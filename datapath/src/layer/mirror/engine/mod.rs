@@ -38,13 +38,15 @@
 //!   both watermarks, the ACK policy, heartbeat and outbox); returns verdicts and seqs.
 //! - `leader.rs`: `Leader`, the compare-and-write barrier, the backlog, RESENT and
 //!   divergence (owns those lists; returns the op keys the engine must sequence or settle).
+//! - `follower.rs`: `Follower`, the forwards, their ids, RESENT's wait and MISCOMPAREs
+//!   waiting for the watermark (owns those; returns which forward an answer is for and what
+//!   each forward becomes at RESENT).
 //! - `dispatch.rs`, `flow.rs`: the engine's routing (not parts): link up/down and every
-//!   message to its part; an update's path through the leader, the session and the apply
-//!   queue.
-//! - `follower.rs`, `resync.rs`, `survivor.rs`, `meta.rs`: the engine's methods for
-//!   forwards, the resync source, serving alone and fencing, and replicated metadata. These
-//!   are still `impl Engine` blocks over the engine's fields, not yet parts that own their
-//!   state.
+//!   message to its part; an update's path through the leader, the follower, the session and
+//!   the apply queue.
+//! - `resync.rs`, `survivor.rs`, `meta.rs`: the engine's methods for the resync source,
+//!   serving alone and fencing, and replicated metadata. These are still `impl Engine` blocks
+//!   over the engine's fields, not yet parts that own their state.
 //! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
 
 mod apply;
@@ -65,6 +67,7 @@ use super::wire::{self, Header, Type};
 use crate::bdev::{Channel, Start};
 use crate::uring::{Errno, IoCx, IoTag};
 use apply::ApplyQueue;
+use follower::{Follower, Resent};
 use leader::Leader;
 use meta::META_INTERNAL;
 pub use meta::{Install, META_STATUS, MetaHandler, meta_result};
@@ -188,22 +191,15 @@ pub struct Engine {
     aq: ApplyQueue,
     /// Leader: the barrier, the backlog, RESENT and divergence.
     leader: Leader,
-    /// Follower: forwards, in the order sent.
-    forwards: VecDeque<usize>,
+    /// Follower: the forwards, RESENT's wait and MISCOMPAREs.
+    follower: Follower,
     /// Metadata commands waiting for the peer.
     metas: Slab<MetaWait>,
     next_token: u64,
-    /// Follower: the last forward id given.
-    next_uid: u32,
-    /// Follower: the session started and the leader's RESENT has not come yet (no forwards).
-    resent_pending: bool,
     /// This process's incarnation (random at start; the follower sends it in HELLO).
     incarnation: u64,
     /// The peer process's incarnation (from its HELLO or WELCOME).
     peer_incarnation: u64,
-    /// Follower: MISCOMPAREs answered once the applied watermark reaches their seq:
-    /// (op, its uid, seq).
-    miscompare_waits: Vec<(usize, u32, u64)>,
     vol: usize,
     /// Flushes waiting for FLUSH_DONE.
     flushes: Vec<usize>,
@@ -264,11 +260,9 @@ impl Engine {
             ops: Slab::with_capacity(1024),
             aq: ApplyQueue::new(),
             leader: Leader::new(),
-            forwards: VecDeque::with_capacity(1024),
+            follower: Follower::new(),
             metas: Slab::new(),
             next_token: 1,
-            next_uid: 0,
-            resent_pending: false,
             incarnation: {
                 // Differs between processes (clock, pid) and between engines of one process.
                 static ENGINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -279,7 +273,6 @@ impl Engine {
                 t ^ (u64::from(std::process::id()) << 32) ^ n.rotate_left(48)
             },
             peer_incarnation: 0,
-            miscompare_waits: Vec::new(),
             vol,
             flushes: Vec::new(),
             sess: PeerSession::new(Arc::clone(&stats)),
@@ -513,9 +506,8 @@ impl Engine {
         match self.cfg.role {
             Role::Leader => self.leader_take(io, k),
             Role::Follower => {
-                self.forwards.push_back(k);
                 self.ops[k].stage.hold();
-                if self.sess.up && !self.resent_pending {
+                if self.follower.hold(k, self.sess.up) {
                     self.forward(k);
                 }
             }
@@ -721,8 +713,7 @@ impl Engine {
         op.initiator = Some((from, tag));
         let k = self.ops.insert(op);
         if self.cfg.role == Role::Follower {
-            self.next_uid = self.next_uid.wrapping_add(1).max(1);
-            self.ops[k].uid = self.next_uid;
+            self.ops[k].uid = self.follower.new_uid();
         }
         self.stats.inc(&self.stats.updates);
         if self.mode == Mode::Survivor {
@@ -840,8 +831,8 @@ impl Engine {
         }
         if ap.session == self.sess.number && ap.seq != 0 && r.is_ok() {
             self.aq.applied.mark(ap.seq);
-            if !self.miscompare_waits.is_empty() {
-                self.release_miscompares(false);
+            if self.follower.miscompares_waiting() {
+                self.release_miscompares();
             }
         }
         if self.ops[k].origin == Origin::Resync {
@@ -960,12 +951,8 @@ impl Engine {
             self.stats.inc(&self.stats.timeouts);
             let (from, tag) = self.ops[k].initiator.take().expect("checked");
             self.done.push((from, tag, Err(Errno::IO)));
-            if self.cfg.role == Role::Follower
-                && !self.sess.up
-                && let Some(p) = self.forwards.iter().position(|&f| f == k)
-            {
+            if self.cfg.role == Role::Follower && !self.sess.up && self.follower.remove(k) {
                 // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
-                self.forwards.remove(p);
                 self.ops[k].stage.abandon();
             }
             // A flush stays outstanding while the link is up: its FLUSH_DONE will come and must

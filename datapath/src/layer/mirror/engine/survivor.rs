@@ -103,7 +103,7 @@ impl Engine {
             self.ops[k].stage.confirm();
             self.settle(k);
         }
-        while let Some(k) = self.forwards.pop_front() {
+        for k in self.follower.take_all() {
             let (o, l) = (self.ops[k].offset, self.ops[k].len);
             self.mark_dirty(o, l);
             let op = &mut self.ops[k];
@@ -135,7 +135,7 @@ impl Engine {
             "mirror: fenced; this site serves no I/O for the volume");
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
         self.leader.fence();
-        self.forwards.clear();
+        self.follower.take_all();
         self.flushes.clear();
         for k in keys {
             let op = &mut self.ops[k];

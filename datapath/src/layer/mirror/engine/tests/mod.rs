@@ -773,7 +773,7 @@ fn forged_sequence_numbers_and_ranges_are_refused_and_not_applied() {
     let mut slot = 0;
     let mut rng = Rng(3);
     submit(&mut b, &mut io, &mut rng, &mut slot);
-    let k = *b.engine.forwards.back().unwrap() as u32;
+    let k = b.engine.follower.last().unwrap() as u32;
     assert_eq!(
         b.engine.on_msg(&mut io, &miscompare(k), &[]),
         Err("MISCOMPARE for a request not outstanding")
