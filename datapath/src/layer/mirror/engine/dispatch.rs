@@ -294,9 +294,7 @@ impl Engine {
                 self.send_meta_state(h.id, status, state.as_deref().unwrap_or(&[]));
             }
             MetaState => {
-                if h.id != wire::META_NO_ID
-                    && (leader || self.metas.get(h.id as usize).is_none_or(|m| m.token != 0))
-                {
+                if h.id != wire::META_NO_ID && (leader || !self.metas.asked(h.id)) {
                     return Err("META_STATE answers no outstanding request");
                 }
                 let installed = match (&self.cfg.meta, payload.is_empty()) {
@@ -319,41 +317,99 @@ impl Engine {
                 };
                 self.sess.send(&ack, &[]);
                 if h.id != wire::META_NO_ID {
-                    let m = self.metas.remove(h.id as usize);
                     let status = if failed {
                         META_INTERNAL
                     } else {
                         h.count.min(0xFFFF) as u16
                     };
-                    if let Some((from, tag)) = m.initiator {
-                        self.done.push((from, tag, meta_result(status)));
-                    }
+                    self.done.extend(self.metas.answered(h.id, status));
                 }
             }
             MetaAck => {
-                // Every wait up to this token is settled (ACKs come in order; a push's has no
-                // waiter). A state the peer could not install fails the command it carried.
-                let done: Vec<usize> = self
-                    .metas
-                    .iter()
-                    .filter(|(_, m)| m.token != 0 && m.token <= h.seq)
-                    .map(|(k, _)| k)
-                    .collect();
-                for k in done {
-                    let m = self.metas.remove(k);
-                    let status = if m.token == h.seq && h.count != 0 {
-                        h.count.min(0xFFFF) as u16
-                    } else {
-                        m.status
-                    };
-                    if let Some((from, tag)) = m.initiator {
-                        self.done.push((from, tag, meta_result(status)));
-                    }
-                }
+                let answers = self.metas.acked(h.seq, h.count);
+                self.done.extend(answers);
             }
             Hello | Welcome | Refuse => return Err("handshake message inside a session"),
             _ => return Err("message not allowed in this direction"),
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    // ---- replicated metadata (the waits are `MetaRepl`'s) ------------------------------
+
+    /// A metadata command from this site's initiator.
+    pub(super) fn submit_meta(&mut self, from: u32, tag: IoTag, cmd: &[u8]) -> Start {
+        let Some(h) = self.cfg.meta.clone() else {
+            return Start::Done(Err(Errno::NOTSUP));
+        };
+        let deadline = Instant::now() + self.cfg.peer_timeout;
+        match (self.mode, self.cfg.role, self.sess.up) {
+            (Mode::Survivor, _, _) => {
+                // Alone; a peer being resynced meanwhile gets the change too.
+                let (status, state) = h.execute(self.vol, cmd);
+                if self.sess.up
+                    && let Some(state) = state
+                {
+                    self.send_meta_state(wire::META_NO_ID, 0, &state);
+                }
+                Start::Done(meta_result(status))
+            }
+            (Mode::Mirroring, Role::Leader, true) => match h.execute(self.vol, cmd) {
+                // Unchanged, but decided on state the follower may not have yet: answered
+                // only once every earlier change is acknowledged.
+                (status, None) => match self.metas.unchanged((from, tag), status, deadline) {
+                    Some(r) => Start::Done(r),
+                    None => Start::Pending,
+                },
+                (status, Some(state)) => {
+                    let token = self.send_meta_state(wire::META_NO_ID, status, &state);
+                    self.metas.changed((from, tag), token, status, deadline);
+                    Start::Pending
+                }
+            },
+            (Mode::Mirroring, Role::Follower, true) if cmd.len() <= wire::MAX_META as usize => {
+                let id = self.metas.ask((from, tag), deadline);
+                let h = Header {
+                    id,
+                    ..Header::new(Type::Meta)
+                };
+                self.sess.send(&h, cmd);
+                Start::Pending
+            }
+            // No session and no grant: deciding alone could split the state.
+            _ => Start::Done(Err(Errno::IO)),
+        }
+    }
+
+    /// Send a metadata state (answering META `id`, or none); returns its token.
+    pub(super) fn send_meta_state(&mut self, id: u32, status: u16, state: &[u8]) -> u64 {
+        let token = self.metas.next_token();
+        let h = Header {
+            id,
+            seq: token,
+            count: u32::from(status),
+            ..Header::new(Type::MetaState)
+        };
+        self.sess.send(&h, state);
+        token
+    }
+
+    /// At a session start, the site whose replica wins sends its whole metadata state.
+    pub(super) fn push_meta(&mut self) {
+        if let Some(h) = self.cfg.meta.clone() {
+            for state in h.full_state(self.vol) {
+                self.send_meta_state(wire::META_NO_ID, 0, &state);
+            }
+        }
+    }
+
+    /// Fail every metadata command waiting for the peer (its effect is settled by the next
+    /// session's full state).
+    pub(super) fn fail_metas(&mut self) {
+        for (from, tag) in self.metas.fail_all() {
+            self.done.push((from, tag, Err(Errno::IO)));
+        }
     }
 }

@@ -41,12 +41,14 @@
 //! - `follower.rs`: `Follower`, the forwards, their ids, RESENT's wait and MISCOMPAREs
 //!   waiting for the watermark (owns those; returns which forward an answer is for and what
 //!   each forward becomes at RESENT).
-//! - `dispatch.rs`, `flow.rs`: the engine's routing (not parts): link up/down and every
-//!   message to its part; an update's path through the leader, the follower, the session and
-//!   the apply queue.
-//! - `resync.rs`, `survivor.rs`, `meta.rs`: the engine's methods for the resync source,
-//!   serving alone and fencing, and replicated metadata. These are still `impl Engine` blocks
-//!   over the engine's fields, not yet parts that own their state.
+//! - `meta.rs`: `MetaRepl`, the metadata commands waiting for the peer and the META_STATE
+//!   tokens (returns the answers to give); the [`MetaHandler`] trait.
+//! - `dispatch.rs`, `flow.rs`: the engine's routing (not parts): link up/down, every message
+//!   to its part and metadata commands; an update's path through the leader, the follower,
+//!   the session and the apply queue.
+//! - `resync.rs`, `survivor.rs`: the engine's methods for the resync source, serving alone
+//!   and fencing. These are still `impl Engine` blocks over the engine's fields, not yet
+//!   parts that own their state.
 //! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
 
 mod apply;
@@ -70,6 +72,7 @@ use apply::ApplyQueue;
 use follower::{Follower, Resent};
 use leader::Leader;
 use meta::META_INTERNAL;
+use meta::MetaRepl;
 pub use meta::{Install, META_STATUS, MetaHandler, meta_result};
 use op::{Op, Origin, Stage, Upd};
 pub use region::RegionMap;
@@ -80,20 +83,6 @@ use slab::Slab;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A metadata command waiting for the peer.
-///
-/// An entry stays until its answer (or the end of the session) even when its initiator was
-/// already failed on the timeout, so a late answer never finds another request in its slot.
-struct MetaWait {
-    /// Who to answer, until answered.
-    initiator: Option<(u32, IoTag)>,
-    /// Leader: the META_STATE token whose META_ACK completes it (follower: 0, the answer's
-    /// `id` is this entry's key).
-    token: u64,
-    status: u16,
-    deadline: Instant,
-}
 
 /// Which site orders this volume's updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,8 +183,7 @@ pub struct Engine {
     /// Follower: the forwards, RESENT's wait and MISCOMPAREs.
     follower: Follower,
     /// Metadata commands waiting for the peer.
-    metas: Slab<MetaWait>,
-    next_token: u64,
+    metas: MetaRepl,
     /// This process's incarnation (random at start; the follower sends it in HELLO).
     incarnation: u64,
     /// The peer process's incarnation (from its HELLO or WELCOME).
@@ -261,8 +249,7 @@ impl Engine {
             aq: ApplyQueue::new(),
             leader: Leader::new(),
             follower: Follower::new(),
-            metas: Slab::new(),
-            next_token: 1,
+            metas: MetaRepl::new(),
             incarnation: {
                 // Differs between processes (clock, pid) and between engines of one process.
                 static ENGINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -602,8 +589,7 @@ impl Engine {
 
     /// Some initiator still waits for an answer.
     pub fn answering(&self) -> bool {
-        self.metas.iter().any(|(_, m)| m.initiator.is_some())
-            || self.ops.iter().any(|(_, op)| op.initiator.is_some())
+        self.metas.answering() || self.ops.iter().any(|(_, op)| op.initiator.is_some())
     }
 
     /// Anything to send (messages or an ACK).
@@ -923,14 +909,10 @@ impl Engine {
 
     /// Fail initiators whose requests waited longer than the peer timeout.
     pub fn expire(&mut self, now: Instant) {
-        for (_, m) in self.metas.iter_mut() {
-            if m.deadline <= now
-                && let Some((from, tag)) = m.initiator.take()
-            {
-                // The entry stays for the answer (see `MetaWait`).
-                self.stats.inc(&self.stats.timeouts);
-                self.done.push((from, tag, Err(Errno::IO)));
-            }
+        for (from, tag) in self.metas.expire(now) {
+            // The entry stays for the answer (see `MetaRepl`).
+            self.stats.inc(&self.stats.timeouts);
+            self.done.push((from, tag, Err(Errno::IO)));
         }
         let mut expired = Vec::new();
         for (k, op) in self.ops.iter() {
