@@ -69,7 +69,7 @@ impl Engine {
         if !self.sess.end() {
             return;
         }
-        self.grant_asked = false;
+        self.witness.link_lost();
         self.fail_metas();
         // The MISCOMPAREs still waiting: their outcome is final.
         let due = self.follower.session_ended();
@@ -181,7 +181,10 @@ impl Engine {
                 self.enqueue_apply(io, k, self.sess.number, h.seq);
             }
             FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
-                if leader && !self.draining && self.mode == Mode::Resyncing && self.resync_done =>
+                if leader
+                    && !self.draining
+                    && self.mode == Mode::Resyncing
+                    && self.target.is_done() =>
             {
                 // The source is mirroring already; this site still applies its last copies:
                 // the forward waits, in order, until they are done.
@@ -254,7 +257,7 @@ impl Engine {
             }
             Ping => self.sess.on_ping(h),
             Pong => self.sess.on_pong(h),
-            ResyncAlso if self.resync.as_ref().is_some_and(|r| !r.also_done) => {
+            ResyncAlso if self.resync.as_ref().is_some_and(|r| r.listing()) => {
                 let (b, size) = (self.cfg.block as u64, self.cfg.size);
                 for (offset, len) in wire::decode_resync_also(payload) {
                     let end = offset.checked_add(len).ok_or("range overflows")?;
@@ -272,18 +275,18 @@ impl Engine {
                     .dirty_bytes
                     .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
                 if h.count == 0 {
-                    self.resync.as_mut().expect("checked").also_done = true;
+                    self.resync.as_mut().expect("checked").list_ended();
                 }
             }
-            Resync if self.mode == Mode::Resyncing && !self.resync_done => {
+            Resync if self.mode == Mode::Resyncing && !self.target.is_done() => {
                 self.check_range(h)?;
                 let data = self.buf(payload);
                 let k = self.new_peer_op(Origin::Resync, Upd::Write, h, data);
-                self.resync_applies += 1;
+                self.target.copy_started();
                 self.enqueue_apply(io, k, 0, 0);
             }
-            ResyncDone if self.mode == Mode::Resyncing && !self.resync_done => {
-                self.resync_done = true;
+            ResyncDone if self.mode == Mode::Resyncing && !self.target.is_done() => {
+                self.target.done_received();
                 self.maybe_end_resync_target(io);
             }
             Meta if leader => {

@@ -43,14 +43,18 @@
 //!   each forward becomes at RESENT).
 //! - `meta.rs`: `MetaRepl`, the metadata commands waiting for the peer and the META_STATE
 //!   tokens (returns the answers to give); the [`MetaHandler`] trait.
-//! - `dispatch.rs`, `flow.rs`: the engine's routing (not parts): link up/down, every message
-//!   to its part and metadata commands; an update's path through the leader, the follower,
-//!   the session and the apply queue.
-//! - `resync.rs`, `survivor.rs`: the engine's methods for the resync source, serving alone
-//!   and fencing. These are still `impl Engine` blocks over the engine's fields, not yet
-//!   parts that own their state.
+//! - `resync.rs`: `ResyncSource` (the cursor, rate budget, reads, last pass, deferred
+//!   updates and the attempt's copied regions; says the next step: read, finish or stop) and
+//!   `ResyncTarget` (copies being applied, RESYNC_DONE).
+//! - `survivor.rs`: `Witness`, asking the witness for the grant (and an operator's
+//!   takeover); returns `Grant` (wait, survive, fence).
+//! - `dispatch.rs`, `flow.rs`, `alone.rs`: the engine's routing (not parts): link up/down,
+//!   every message to its part and metadata commands; an update's path through the leader,
+//!   the follower, the session and the apply queue; serving alone, fencing and resyncs over
+//!   the region maps.
 //! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
 
+mod alone;
 mod apply;
 mod dispatch;
 mod flow;
@@ -77,12 +81,13 @@ pub use meta::{Install, META_STATUS, MetaHandler, meta_result};
 use op::{Op, Origin, Stage, Upd};
 pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};
+use resync::{Next, ResyncSource, ResyncTarget};
 use session::PeerSession;
 pub use session::{ACK_BATCH, ACK_WINDOW, REDIAL_EVERY};
 use slab::Slab;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use survivor::{Grant, SiteNow, Witness};
 
 /// Which site orders this volume's updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,28 +153,6 @@ pub struct EngineConfig {
     pub meta: Option<Arc<dyn MetaHandler>>,
 }
 
-/// The survivor's side of a resync.
-struct ResyncSource {
-    /// Next bitmap bit to look at in this pass.
-    cursor: u64,
-    /// Region reads in flight.
-    reads: u32,
-    /// Last pass: new updates wait (deferred) so the dirty set can drain to empty.
-    last_pass: bool,
-    deferred: VecDeque<usize>,
-    /// Byte budget of the rate limiter.
-    budget: f64,
-    last_refill: Instant,
-    started: Instant,
-    total: u64,
-    /// The target's list of suspect regions has ended (RESYNC_ALSO with no range): only then
-    /// may the last pass start.
-    also_done: bool,
-    /// Regions copied in this attempt: dirty again if it is interrupted (they may not have
-    /// arrived).
-    copied: RegionMap,
-}
-
 /// One mirrored volume's engine.
 pub struct Engine {
     cfg: EngineConfig,
@@ -207,15 +190,14 @@ pub struct Engine {
     /// The daemon is stopping: take no new forwarded updates.
     draining: bool,
     mode: Mode,
-    /// A grant was asked for since the link went down.
-    grant_asked: bool,
+    /// Asking the witness for the grant (and an operator's takeover).
+    witness: Witness,
     /// Regions written while serving alone (one bit per `dirty_granularity` bytes).
     dirty: RegionMap,
+    /// Source: the resync under way.
     resync: Option<ResyncSource>,
-    /// Target: resync copies still being applied.
-    resync_applies: u32,
-    /// Target: RESYNC_DONE received.
-    resync_done: bool,
+    /// Target: the copies being applied and RESYNC_DONE.
+    target: ResyncTarget,
     /// Reused buffer for a region read at once.
     resync_buf: Vec<u8>,
     /// The witness epoch this site holds as survivor.
@@ -228,8 +210,6 @@ pub struct Engine {
     suspect: RegionMap,
     /// Started with no persisted state: an empty replica that has never been in sync.
     new_replica: bool,
-    /// An operator's takeover is being asked for.
-    takeover_started: bool,
 }
 
 impl Engine {
@@ -272,17 +252,15 @@ impl Engine {
             kill_link: None,
             draining: false,
             mode: Mode::Mirroring,
-            grant_asked: false,
+            witness: Witness::default(),
             dirty: RegionMap::new(size, g),
             resync: None,
-            resync_applies: 0,
-            resync_done: false,
+            target: ResyncTarget::default(),
             resync_buf: Vec::new(),
             grant_epoch: 0,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
             new_replica: false,
-            takeover_started: false,
         }
     }
 
@@ -466,8 +444,7 @@ impl Engine {
                 // here are failed, never sent (the peer would not take them).
                 self.fail_forwards();
                 self.set_mode(Mode::Resyncing);
-                self.resync_applies = 0;
-                self.resync_done = false;
+                self.target.start();
                 self.link_up(io);
                 self.send_suspect();
                 tracing::warn!(volume = %self.cfg.name,
@@ -521,7 +498,7 @@ impl Engine {
             }
         }
         if let Some(r) = self.resync.as_mut() {
-            r.deferred.clear();
+            r.drop_deferred();
         }
         self.fail_metas();
     }
@@ -704,10 +681,9 @@ impl Engine {
         self.stats.inc(&self.stats.updates);
         if self.mode == Mode::Survivor {
             if let Some(r) = self.resync.as_mut()
-                && r.last_pass
+                && r.defer(k)
             {
                 // The resync's last pass: wait, so the dirty set drains; mirrored after it.
-                r.deferred.push_back(k);
                 return Start::Pending;
             }
             // Alone: done when the local replica has it; the peer gets it by resync.
@@ -829,7 +805,7 @@ impl Engine {
                 if self.ops[k].session == self.sess.number
                     && let Some(rs) = self.resync.as_mut()
                 {
-                    rs.reads = rs.reads.saturating_sub(1);
+                    rs.read_done();
                 }
                 if r.is_ok() && self.sess.up && self.ops[k].session == self.sess.number {
                     let h = Header {
@@ -846,7 +822,7 @@ impl Engine {
                 }
             } else if self.ops[k].session == self.sess.number {
                 // (A copy of an earlier attempt, from an earlier session, is not this one's.)
-                self.resync_applies = self.resync_applies.saturating_sub(1);
+                self.target.copy_applied();
                 self.maybe_end_resync_target(io);
             }
         }
