@@ -53,6 +53,15 @@
 //!   the follower, the session and the apply queue; serving alone, fencing and resyncs over
 //!   the region maps.
 //! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
+//!
+//! Routing: a part never calls another part or the engine. It takes what it needs as
+//! arguments (the op slab read-only, the dirty map lent, the applied watermark, the session
+//! number) and returns what the engine must do next (op keys, `Next`, `Grant`, `Resent`,
+//! answers, verdicts). Only the engine (`impl Engine`: this file, `dispatch.rs`, `flow.rs`,
+//! `alone.rs`) calls parts and carries out what they return. The engine itself keeps the
+//! ops, the flushes waiting for FLUSH_DONE, the local replica's channel and the replica
+//! state that `persist`/`restore` read and write (mode, grant epoch, dirty, written and
+//! suspect maps, the resync's copied map).
 
 mod alone;
 mod apply;
