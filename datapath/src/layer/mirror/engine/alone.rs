@@ -121,7 +121,7 @@ impl Engine {
                 self.settle(k);
             }
         }
-        for k in std::mem::take(&mut self.flushes) {
+        for k in self.flushes.take_all() {
             self.ops[k].stage.confirm();
             self.settle(k);
         }
@@ -143,7 +143,7 @@ impl Engine {
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
         self.leader.fence();
         self.follower.take_all();
-        self.flushes.clear();
+        self.flushes.take_all();
         for k in keys {
             let op = &mut self.ops[k];
             op.stage.confirm();

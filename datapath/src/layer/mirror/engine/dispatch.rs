@@ -50,8 +50,7 @@ impl Engine {
                 }
             }
         }
-        for i in 0..self.flushes.len() {
-            let k = self.flushes[i];
+        for k in self.flushes.waiting() {
             if !self.ops[k].stage.confirmed() {
                 self.send(
                     Header {
@@ -241,12 +240,9 @@ impl Engine {
             }
             FlushDone => {
                 let k = h.id as usize;
-                let pos = self
-                    .flushes
-                    .iter()
-                    .position(|&f| f == k)
-                    .ok_or("FLUSH_DONE for no outstanding flush")?;
-                self.flushes.swap_remove(pos);
+                if !self.flushes.remove(k) {
+                    return Err("FLUSH_DONE for no outstanding flush");
+                }
                 let op = &mut self.ops[k];
                 op.stage.confirm();
                 if payload.len() == 4 {

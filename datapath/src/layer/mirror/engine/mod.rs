@@ -48,6 +48,7 @@
 //!   `ResyncTarget` (copies being applied, RESYNC_DONE).
 //! - `survivor.rs`: `Witness`, asking the witness for the grant (and an operator's
 //!   takeover); returns `Grant` (wait, survive, fence).
+//! - `flush.rs`: `Flushes`, this site's flushes waiting for FLUSH_DONE.
 //! - `dispatch.rs`, `flow.rs`, `alone.rs`: the engine's routing (not parts): link up/down,
 //!   every message to its part and metadata commands; an update's path through the leader,
 //!   the follower, the session and the apply queue; serving alone, fencing and resyncs over
@@ -59,14 +60,14 @@
 //! number) and returns what the engine must do next (op keys, `Next`, `Grant`, `Resent`,
 //! answers, verdicts). Only the engine (`impl Engine`: this file, `dispatch.rs`, `flow.rs`,
 //! `alone.rs`) calls parts and carries out what they return. The engine itself keeps the
-//! ops, the flushes waiting for FLUSH_DONE, the local replica's channel and the replica
-//! state that `persist`/`restore` read and write (mode, grant epoch, dirty, written and
-//! suspect maps, the resync's copied map).
+//! ops, the local replica's channel and the replica state that `persist`/`restore` read and
+//! write (mode, grant epoch, dirty, written and suspect maps, the resync's copied map).
 
 mod alone;
 mod apply;
 mod dispatch;
 mod flow;
+mod flush;
 mod follower;
 mod leader;
 mod meta;
@@ -82,6 +83,7 @@ use super::wire::{self, Header, Type};
 use crate::bdev::{Channel, Start};
 use crate::uring::{Errno, IoCx, IoTag};
 use apply::ApplyQueue;
+use flush::Flushes;
 use follower::{Follower, Resent};
 use leader::Leader;
 use meta::META_INTERNAL;
@@ -182,7 +184,7 @@ pub struct Engine {
     peer_incarnation: u64,
     vol: usize,
     /// Flushes waiting for FLUSH_DONE.
-    flushes: Vec<usize>,
+    flushes: Flushes,
     /// The session with the peer: number, up, seqs, watermarks, ACK policy, outbox.
     sess: PeerSession,
     spare: Vec<Vec<u8>>,
@@ -250,7 +252,7 @@ impl Engine {
             },
             peer_incarnation: 0,
             vol,
-            flushes: Vec::new(),
+            flushes: Flushes::default(),
             sess: PeerSession::new(Arc::clone(&stats)),
             spare: Vec::new(),
             held_logged: false,
@@ -924,10 +926,7 @@ impl Engine {
             }
             // A flush stays outstanding while the link is up: its FLUSH_DONE will come and must
             // find it (its id must not be reused meanwhile). A new session re-sends it.
-            if !self.sess.up
-                && let Some(p) = self.flushes.iter().position(|&f| f == k)
-            {
-                self.flushes.swap_remove(p);
+            if !self.sess.up && self.flushes.remove(k) {
                 self.ops[k].stage.abandon();
             }
             self.settle(k);
