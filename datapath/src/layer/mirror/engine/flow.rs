@@ -3,6 +3,12 @@
 //! ops of the peer's updates, and the follower's watermark. The lists are the parts'; this
 //! file only routes between them.
 //!
+//! Model: an update taken here goes to the leader part (which says whether it starts or
+//! waits behind a compare-and-write) or the follower part (which says whether it is forwarded
+//! now); started, it gets its seq from the session, is sent through it and applied through
+//! the apply queue; the peer's watermark goes to the part that keeps the update (backlog or
+//! forwards), which returns what is confirmed, and the engine settles those.
+//!
 //! Invariants: updates are sent in `seq` order; the backlog keeps every update's data until
 //! the follower's watermark passes it and is re-sent, in order, at the next session; a backlog
 //! over `max_backlog` marks the volume diverged; a compare-and-write is decided (read and

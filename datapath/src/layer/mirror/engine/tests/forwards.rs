@@ -1,5 +1,10 @@
 //! The follower's forwards across sessions: never applied twice, never acknowledged on one
 //! replica only; forwarded compare-and-writes.
+//!
+//! Model: two engines back to back (see `tests/mod.rs`); links dropped at chosen moments
+//! between a forward, its ORDER and the watermark. Invariants checked: a forward is applied
+//! once, its initiator gets success only when both replicas have it, and the replicas end
+//! identical.
 
 use super::*;
 

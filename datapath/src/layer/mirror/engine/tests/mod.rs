@@ -1,6 +1,12 @@
 //! Two engines joined back to back, with a replica that completes writes late and in a
 //! random order, random traffic from both sites, and link drops: both replicas must end
 //! identical and every request must be answered correctly.
+//!
+//! Model: each `Site` is an engine over a `SlowChannel` (completions held and released in a
+//! random order); the sites' outboxes are delivered to each other by the test loop.
+//! Invariants checked: replicas byte-identical once quiet, every request answered, nothing
+//! acknowledged on one site only.
+
 use super::*;
 use crate::bdev::ReadStart;
 use std::cell::RefCell;
