@@ -222,7 +222,7 @@ impl Engine {
         self.stats
             .resync_rate
             .store(0, std::sync::atomic::Ordering::Relaxed);
-        if self.up || self.link_key.is_some() {
+        if self.sess.up || self.link_key.is_some() {
             self.kill_link = Some("the replica state cannot be persisted");
         }
         self.fence("the replica state cannot be persisted");

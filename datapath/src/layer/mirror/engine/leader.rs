@@ -1,350 +1,321 @@
-//! Leader: sequencing every update (this site's and forwarded ones), the compare-and-write
-//! barrier, and the backlog of updates the follower has not acknowledged.
+//! Leader: the compare-and-write barrier, the backlog of updates the follower has not
+//! acknowledged, the RESENT that ends a session's re-sends, and divergence.
 //!
-//! Invariants: updates are sent in `seq` order; the backlog keeps every update's data until
-//! the follower's watermark passes it and is re-sent, in order, at the next session; a backlog
-//! over `max_backlog` marks the volume diverged; a compare-and-write is decided (read and
-//! compared through the apply queue) before anything after it is sequenced.
+//! Model: [`Leader`] owns the lists of op keys (into the engine's slab) that only the leader
+//! keeps. It decides which update goes next and which are done with the follower, and returns
+//! those keys; the engine sequences, sends, applies and settles them (it gives the seq from
+//! the session, sends through the session, applies through the apply queue).
+//!
+//! - An update is *taken* ([`Leader::take`]): it starts at once unless a compare-and-write is
+//!   being decided or others already wait, then it waits in the `barrier`, in arrival order.
+//! - A started update (other than a compare-and-write being decided) is pushed on the
+//!   `backlog` ([`Leader::push_backlog`]) and stays until the follower's watermark passes its
+//!   `seq` in the current session ([`Leader::acked`]).
+//! - At a session start the backlog is re-sent in its order, and RESENT is due once the applies
+//!   of forwarded updates under way at that moment are done ([`Leader::session_started`],
+//!   [`Leader::apply_done`], [`Leader::resent_now`]).
+//!
+//! Invariants:
+//! - `backlog` is in `seq` order, old sessions first; `backlog_bytes` is the sum of its ops'
+//!   data lengths.
+//! - While `caw_active` is set or `barrier` is not empty, nothing new is started (taken updates
+//!   wait in arrival order).
+//! - Once diverged (a backlog over `max_backlog`), always diverged (until the process restarts
+//!   from a resync).
 
-use super::*;
+use super::op::{Op, Origin};
+use slab::Slab;
+use std::collections::VecDeque;
 
-impl Engine {
-    /// Leader: an update (this site's or forwarded) to sequence, unless a compare-and-write
-    /// is being decided: then it waits behind it.
-    pub(super) fn leader_take(&mut self, io: &mut IoCx, k: usize) {
+/// The leader's lists (see the module doc).
+pub(super) struct Leader {
+    /// Updates the follower has not acknowledged, in `seq` order (old sessions first).
+    backlog: VecDeque<usize>,
+    backlog_bytes: u64,
+    /// The compare-and-write being decided; updates arriving meanwhile wait in `barrier`
+    /// (unsequenced, in arrival order).
+    caw_active: Option<usize>,
+    barrier: VecDeque<usize>,
+    /// RESENT waits for these applies (running or queued when the session started), so that a
+    /// forward it does not re-send is applied here when the follower learns so.
+    resent_wait: Vec<usize>,
+    resent_due: bool,
+    diverged: bool,
+}
+
+impl Leader {
+    pub(super) fn new() -> Self {
+        Self {
+            backlog: VecDeque::with_capacity(1024),
+            backlog_bytes: 0,
+            caw_active: None,
+            barrier: VecDeque::new(),
+            resent_wait: Vec::new(),
+            resent_due: false,
+            diverged: false,
+        }
+    }
+
+    /// An update to sequence: true when it starts now, false when it waits behind a
+    /// compare-and-write (in the barrier).
+    pub(super) fn take(&mut self, k: usize) -> bool {
         if self.caw_active.is_some() || !self.barrier.is_empty() {
             self.barrier.push_back(k);
+            false
         } else {
-            self.leader_start(io, k);
+            true
         }
     }
 
-    pub(super) fn leader_start(&mut self, io: &mut IoCx, k: usize) {
-        if self.ops[k].upd == Upd::Caw {
-            // Read and compared through the apply queue, sequenced only once decided.
-            self.caw_active = Some(k);
-            self.enqueue_apply(io, k, 0, 0);
-            return;
-        }
-        self.backlog_push(k);
-        if self.up {
-            self.sequence_and_send(io, k);
+    /// An update that must wait in the barrier whatever happens (a forward that arrives while
+    /// this site still applies its last resync copies).
+    pub(super) fn wait(&mut self, k: usize) {
+        self.barrier.push_back(k);
+    }
+
+    /// Updates waiting in the barrier.
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.barrier.len()
+    }
+
+    /// Compare-and-write `k` is being decided: nothing starts until it is.
+    pub(super) fn deciding(&mut self, k: usize) {
+        self.caw_active = Some(k);
+    }
+
+    /// `k` is decided: true when it was the one holding the barrier (now released).
+    pub(super) fn decided(&mut self, k: usize) -> bool {
+        if self.caw_active == Some(k) {
+            self.caw_active = None;
+            true
         } else {
-            self.enqueue_apply(io, k, 0, 0);
+            false
         }
     }
 
-    /// Leader: the compare-and-write holding the barrier is decided; sequence what waited.
-    pub(super) fn release_barrier(&mut self, io: &mut IoCx) {
-        // (Forwards kept while a resync's last copies are applied wait for mirroring.)
-        if self.mode != Mode::Mirroring {
-            return;
+    /// The next update that waited and may start now (none while a compare-and-write is
+    /// being decided).
+    pub(super) fn next_unblocked(&mut self) -> Option<usize> {
+        if self.caw_active.is_some() {
+            return None;
         }
-        while self.caw_active.is_none() {
-            let Some(k) = self.barrier.pop_front() else {
-                break;
-            };
-            self.leader_start(io, k);
-        }
+        self.barrier.pop_front()
     }
 
-    /// A compare-and-write's read finished (apply `slot`): compare, then either write the
-    /// new data under the same apply (which keeps holding the range) or end without writing.
-    pub(super) fn caw_compared(
-        &mut self,
-        io: &mut IoCx,
-        slot: usize,
-        r: Result<(), Errno>,
-        data: &[u8],
-    ) {
-        let k = self.aq.op_of(slot);
-        let len = self.ops[k].len as usize;
-        // Only the leader decides while mirroring; a survivor decides alone. Anything else
-        // (fenced, or a follower whose survivorship ended meanwhile) writes nothing.
-        let may_write = self.mode == Mode::Survivor
-            || (self.mode == Mode::Mirroring && self.cfg.role == Role::Leader);
-        let outcome = match r {
-            Err(e) => Err(e),
-            Ok(()) if !may_write => Err(Errno::IO),
-            Ok(()) if data.len() == len && data == &self.ops[k].data[..len] => Ok(()),
-            Ok(()) => Err(Errno::MISCOMPARE),
-        };
-        let leader_decides = self.mode == Mode::Mirroring && self.cfg.role == Role::Leader;
-        let op = &mut self.ops[k];
-        let same_session = op.session == self.session && self.up;
-        op.upd = Upd::Write;
-        match outcome {
-            Ok(()) => {
-                op.data.drain(..len);
-                if op.origin == Origin::PeerFwd && !same_session {
-                    // Its follower's id is gone with the session: sent as a WRITE.
-                    op.order_due = false;
-                }
-                let (offset, fua) = (op.offset, op.fua);
-                if leader_decides {
-                    self.backlog_push(k);
-                    if self.up {
-                        // Retags this running apply with the seq.
-                        self.sequence_and_send(io, k);
-                    }
-                } else {
-                    self.ops[k].remote_done = true;
-                    self.mark_dirty(offset, len as u64);
-                }
-                if self.caw_active == Some(k) {
-                    self.caw_active = None;
-                    self.release_barrier(io);
-                }
-                self.written.set_range(offset, len as u64);
-                let tag = IoTag {
-                    conn: self.layer_key,
-                    slot: slot as u32,
-                };
-                let op = &self.ops[k];
-                if let Start::Done(r) = self.inner.write(io, tag, offset, &op.data, fua) {
-                    self.apply_finished(io, slot, r, &[]);
-                }
-            }
-            Err(e) => {
-                op.data.clear();
-                op.remote_done = true;
-                let (origin, peer_id) = (op.origin, op.peer_id);
-                if origin == Origin::PeerFwd && same_session {
-                    if e == Errno::MISCOMPARE {
-                        // Its seq: the last given, so the follower answers only once it has
-                        // applied what the compare saw.
-                        let seq = self.next_seq - 1;
-                        self.send(
-                            Header {
-                                id: peer_id,
-                                seq,
-                                ..Header::new(Type::Miscompare)
-                            },
-                            None,
-                        );
-                    } else {
-                        // The follower cannot be told "failed, nothing written" otherwise:
-                        // dropping the link makes it fail the request (outcome unknown).
-                        self.kill_link = Some("a forwarded compare-and-write could not be read");
-                    }
-                }
-                if self.caw_active == Some(k) {
-                    self.caw_active = None;
-                }
-                // Ends like a failed apply (the initiator gets the error).
-                self.apply_finished(io, slot, Err(e), &[]);
-                self.release_barrier(io);
-            }
-        }
-    }
-
-    pub(super) fn backlog_push(&mut self, k: usize) {
+    /// Keep `k` (with `bytes` of data) until the follower has it. True when the backlog just
+    /// went over `max`: the volume has diverged.
+    pub(super) fn push_backlog(&mut self, k: usize, bytes: u64, max: u64) -> bool {
         self.backlog.push_back(k);
-        self.backlog_bytes += self.ops[k].data.len() as u64;
-        if self.backlog_bytes > self.cfg.max_backlog {
-            self.diverge();
+        self.backlog_bytes += bytes;
+        self.backlog_bytes > max && !std::mem::replace(&mut self.diverged, true)
+    }
+
+    /// Bytes of data kept in the backlog.
+    pub(super) fn backlog_bytes(&self) -> u64 {
+        self.backlog_bytes
+    }
+
+    /// Updates kept in the backlog.
+    pub(super) fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// The follower's watermark is `wm` in session `session`: the updates it passed leave the
+    /// backlog, in order (returned; the engine confirms and settles them).
+    pub(super) fn acked(&mut self, ops: &Slab<Op>, session: u32, wm: u64) -> Vec<usize> {
+        let mut done = Vec::new();
+        while let Some(&k) = self.backlog.front() {
+            let op = &ops[k];
+            if op.session != session || op.seq == 0 || op.seq > wm {
+                break;
+            }
+            self.backlog.pop_front();
+            self.backlog_bytes -= op.data.len() as u64;
+            done.push(k);
+        }
+        done
+    }
+
+    /// A session started; `forward_applies` are the apply slots of forwarded updates under
+    /// way now. Returns the backlog, to re-send in its order; then [`Leader::resends_sent`].
+    pub(super) fn session_started(
+        &mut self,
+        forward_applies: impl Iterator<Item = usize>,
+    ) -> Vec<usize> {
+        self.resent_wait.clear();
+        self.resent_wait.extend(forward_applies);
+        self.backlog.iter().copied().collect()
+    }
+
+    /// The backlog is re-sent: RESENT is due (not before, even if the applies it waits for
+    /// finish while the re-sends go out).
+    pub(super) fn resends_sent(&mut self) {
+        self.resent_due = true;
+    }
+
+    /// Apply `slot` finished: true when RESENT was waiting for it.
+    pub(super) fn apply_done(&mut self, slot: usize) -> bool {
+        match self.resent_wait.iter().position(|&x| x == slot) {
+            Some(i) => {
+                self.resent_wait.swap_remove(i);
+                true
+            }
+            None => false,
         }
     }
 
-    /// Leader: give `k` the next seq, send it, and apply it if not applied yet.
-    pub(super) fn sequence_and_send(&mut self, io: &mut IoCx, k: usize) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let op = &mut self.ops[k];
-        op.seq = seq;
-        op.session = self.session;
-        let already = op.applied && op.applying == 0;
-        let upd = op.upd;
-        let id = op.peer_id;
-        if std::mem::take(&mut op.order_due) {
-            // A forward of this session: the follower has the data and only needs the order.
-            // (One from an old session is re-sent as a WRITE: the follower's ids are gone.)
-            self.send(
-                Header {
-                    seq,
-                    id,
-                    ..Header::new(Type::Order)
-                },
-                None,
-            );
-        } else {
-            let h = self.upd_header(k, false);
-            self.send(h, (upd == Upd::Write).then_some(k));
-            self.stats.inc(&self.stats.replicated);
-        }
-        if already {
-            self.aq.applied.mark(seq);
-        } else if self.ops[k].applying == 0 {
-            self.enqueue_apply(io, k, self.session, seq);
-        } else {
-            // Being applied (queued before this session): the watermark follows its apply.
-            self.retag_running(k, seq);
-        }
-    }
-
-    pub(super) fn retag_running(&mut self, k: usize, seq: u64) {
-        self.aq.retag(k, self.session, seq);
-    }
-
-    pub(super) fn start_flush(&mut self, io: &mut IoCx, k: usize) {
-        self.flushes.push(k);
-        self.ops[k].listed = true;
-        if self.up {
-            self.send(
-                Header {
-                    id: k as u32,
-                    ..Header::new(Type::Flush)
-                },
-                None,
-            );
-        }
-        self.ops[k].applying += 1;
-        let tag = IoTag {
-            conn: self.layer_key,
-            slot: self.aq.push_outside(k) as u32,
-        };
-        if let Start::Done(r) = self.inner.flush(io, tag) {
-            self.apply_finished(io, tag.slot as usize, r, &[]);
-        }
-    }
-
-    /// Leader: send RESENT once the applies under way at the session start are done.
-    pub(super) fn maybe_send_resent(&mut self) {
-        if self.resent_due && self.resent_wait.is_empty() && self.up {
+    /// Whether to send RESENT now (once per session, when the applies it waits for are done
+    /// and the session is `up`).
+    pub(super) fn resent_now(&mut self, up: bool) -> bool {
+        if self.resent_due && self.resent_wait.is_empty() && up {
             self.resent_due = false;
-            self.send(Header::new(Type::Resent), None);
+            return true;
         }
+        false
     }
 
-    /// Leader: the op of a forwarded update (FWD_WRITE, FWD_ZEROES, FWD_UNMAP, FWD_CAW).
-    pub(super) fn forwarded_op(
-        &mut self,
-        h: &Header,
-        payload: &[u8],
-    ) -> Result<usize, &'static str> {
-        self.check_range(h)?;
-        let upd = match h.ty {
-            Type::FwdWrite => Upd::Write,
-            Type::FwdZeroes => Upd::Zeroes,
-            Type::FwdCaw => Upd::Caw,
-            _ => Upd::Unmap,
-        };
-        let data = if matches!(upd, Upd::Write | Upd::Caw) {
-            self.buf(payload)
-        } else {
-            Vec::new()
-        };
-        Ok(self.new_peer_op(Origin::PeerFwd, upd, h, data))
-    }
-
-    pub(super) fn new_peer_op(
-        &mut self,
-        origin: Origin,
-        upd: Upd,
-        h: &Header,
-        data: Vec<u8>,
-    ) -> usize {
-        self.ops.insert(Op {
-            origin,
-            upd,
-            offset: h.offset,
-            len: h.count as u64,
-            fua: h.fua(),
-            data,
-            seq: 0,
-            session: self.session,
-            applied: false,
-            apply_err: None,
-            applying: 0,
-            // A forwarded update is the leader's to keep until the follower's watermark
-            // passes it.
-            remote_done: origin != Origin::PeerFwd,
-            initiator: None,
-            deadline: Instant::now() + self.cfg.peer_timeout,
-            awaiting_order: false,
-            peer_id: h.id,
-            order_due: origin == Origin::PeerFwd,
-            listed: false,
-            caw: upd == Upd::Caw,
-            fwd_session: 0,
-            uid: 0,
-            fwd_inc: self.peer_incarnation,
-        })
-    }
-
-    pub(super) fn on_peer_wm(&mut self) {
-        let wm = self.peer_wm;
-        match self.cfg.role {
-            Role::Leader => {
-                while let Some(&k) = self.backlog.front() {
-                    let op = &self.ops[k];
-                    if op.session != self.session || op.seq == 0 || op.seq > wm {
-                        break;
-                    }
-                    self.backlog.pop_front();
-                    self.backlog_bytes -= op.data.len() as u64;
-                    self.ops[k].remote_done = true;
-                    self.settle(k);
-                }
-            }
-            Role::Follower => {
-                while let Some(&k) = self.forwards.front() {
-                    let op = &self.ops[k];
-                    if op.awaiting_order || op.seq == 0 || op.seq > wm || op.session != self.session
-                    {
-                        break;
-                    }
-                    self.forwards.pop_front();
-                    self.ops[k].listed = false;
-                    self.ops[k].remote_done = true;
-                    self.settle(k);
-                }
-            }
+    /// The session ended: no RESENT is due; forwards waiting in the barrier are the
+    /// follower's to send again (returned; the engine frees them).
+    pub(super) fn session_ended(&mut self, ops: &Slab<Op>) -> Vec<usize> {
+        self.resent_due = false;
+        self.resent_wait.clear();
+        let dropped: Vec<usize> = self
+            .barrier
+            .iter()
+            .copied()
+            .filter(|&k| ops[k].origin == Origin::PeerFwd)
+            .collect();
+        if !dropped.is_empty() {
+            self.barrier.retain(|&k| ops[k].origin != Origin::PeerFwd);
         }
-        self.stats
-            .backlog_bytes
-            .store(self.backlog_bytes, std::sync::atomic::Ordering::Relaxed);
+        dropped
     }
 
-    /// The replicas have diverged (backlog overflow): refuse sessions until a resync.
-    pub fn is_diverged(&self) -> bool {
+    /// Whether the volume has diverged (backlog overflow).
+    pub(super) fn is_diverged(&self) -> bool {
         self.diverged
     }
 
-    /// Give up the backlog of a diverged volume: its requests fail, its memory is freed, and
-    /// the session (if any) is dropped.
-    pub(super) fn drop_backlog(&mut self) {
-        // Applied here, never confirmed, and forgotten now: suspect.
-        for &k in &self.backlog {
-            let op = &self.ops[k];
-            self.suspect.set_range(op.offset, op.len);
-        }
-        while let Some(k) = self.backlog.pop_front() {
-            self.backlog_bytes -= self.ops[k].data.len() as u64;
-            let op = &mut self.ops[k];
-            op.remote_done = true;
-            if let Some((from, tag)) = op.initiator.take() {
-                self.done.push((from, tag, Err(Errno::IO)));
-            }
-            self.settle(k);
-        }
-        self.stats
-            .backlog_bytes
-            .store(self.backlog_bytes, std::sync::atomic::Ordering::Relaxed);
-        if self.up {
-            self.kill_link = Some("the volume diverged");
-        }
+    /// Give the backlog up (a diverged volume): returns its updates, in order.
+    pub(super) fn drop_backlog(&mut self) -> Vec<usize> {
+        self.backlog_bytes = 0;
+        self.backlog.drain(..).collect()
     }
 
-    pub(super) fn diverge(&mut self) {
-        if self.diverged {
-            return;
-        }
-        self.diverged = true;
-        self.stats
-            .diverged
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::error!(volume = %self.cfg.name, backlog_bytes = self.backlog_bytes,
-            "mirror: the peer is away and the backlog is full; the replicas have diverged, writes now fail until a resync");
+    /// Serving alone: no barrier any more. Returns the updates that waited (in arrival order)
+    /// and the backlog (in order); the engine finishes them alone.
+    pub(super) fn survive(&mut self) -> (Vec<usize>, Vec<usize>) {
+        self.caw_active = None;
+        self.backlog_bytes = 0;
+        (
+            self.barrier.drain(..).collect(),
+            self.backlog.drain(..).collect(),
+        )
+    }
+
+    /// Fenced: forget every list (the engine fails every op).
+    pub(super) fn fence(&mut self) {
+        self.backlog.clear();
+        self.backlog_bytes = 0;
+        self.barrier.clear();
+        self.caw_active = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::op::{Stage, Upd};
+    use super::*;
+    use std::time::Instant;
+
+    fn op(ops: &mut Slab<Op>, origin: Origin, session: u32, seq: u64, bytes: usize) -> usize {
+        let mut o = Op::new(
+            origin,
+            Upd::Write,
+            (0, 512),
+            false,
+            vec![0; bytes],
+            Stage::Sent,
+            Instant::now(),
+        );
+        o.session = session;
+        o.seq = seq;
+        ops.insert(o)
+    }
+
+    #[test]
+    fn updates_wait_behind_a_compare_and_write_in_arrival_order() {
+        let mut l = Leader::new();
+        assert!(l.take(1));
+        l.deciding(1);
+        assert!(!l.take(2));
+        assert!(!l.take(3));
+        assert_eq!(l.next_unblocked(), None, "still deciding");
+        assert!(!l.decided(9));
+        assert!(l.decided(1));
+        assert!(!l.take(4), "behind those already waiting");
+        assert_eq!(l.next_unblocked(), Some(2));
+        l.deciding(2);
+        assert_eq!(l.next_unblocked(), None);
+        assert!(l.decided(2));
+        assert_eq!(l.next_unblocked(), Some(3));
+        assert_eq!(l.next_unblocked(), Some(4));
+        assert!(l.take(5));
+    }
+
+    #[test]
+    fn the_backlog_leaves_in_order_as_the_watermark_passes_and_overflows_once() {
+        let mut ops = Slab::new();
+        let mut l = Leader::new();
+        let old = op(&mut ops, Origin::Local, 1, 7, 100);
+        let a = op(&mut ops, Origin::Local, 2, 1, 100);
+        let b = op(&mut ops, Origin::PeerFwd, 2, 2, 100);
+        assert!(!l.push_backlog(old, 100, 1000));
+        assert!(!l.push_backlog(a, 100, 1000));
+        assert!(!l.push_backlog(b, 100, 1000));
+        // The old session's update is re-sent first: nothing passes it.
+        assert_eq!(l.acked(&ops, 2, 2), Vec::<usize>::new());
+        ops[old].session = 2;
+        ops[old].seq = 1;
+        ops[a].seq = 2;
+        ops[b].seq = 3;
+        assert_eq!(l.acked(&ops, 2, 2), vec![old, a]);
+        assert_eq!((l.backlog_len(), l.backlog_bytes()), (1, 100));
+        assert!(l.push_backlog(a, 1000, 1000), "over the limit");
+        assert!(!l.push_backlog(a, 1000, 1000), "diverged once");
+        assert!(l.is_diverged());
+        assert_eq!(l.drop_backlog(), vec![b, a, a]);
+        assert_eq!(l.backlog_bytes(), 0);
+    }
+
+    #[test]
+    fn resent_waits_for_the_forwards_applied_at_the_session_start() {
+        let mut ops = Slab::new();
+        let mut l = Leader::new();
+        let k = op(&mut ops, Origin::Local, 1, 1, 0);
+        l.push_backlog(k, 0, 10);
+        assert_eq!(l.session_started([4, 5].into_iter()), vec![k]);
+        assert!(l.apply_done(4));
+        assert!(!l.resent_now(true), "the re-sends are not all out");
+        l.resends_sent();
+        assert!(!l.resent_now(true));
+        l.session_started([4, 5].into_iter());
+        l.resends_sent();
+        assert!(l.apply_done(4));
+        assert!(!l.apply_done(4));
+        assert!(!l.resent_now(true));
+        assert!(l.apply_done(5));
+        assert!(!l.resent_now(false), "not while down");
+        assert!(l.resent_now(true));
+        assert!(!l.resent_now(true), "once per session");
+        // A session's end drops the forwards that waited, keeps this site's updates.
+        let f = op(&mut ops, Origin::PeerFwd, 1, 0, 0);
+        l.deciding(k);
+        assert!(!l.take(f));
+        let mine = op(&mut ops, Origin::Local, 1, 0, 0);
+        assert!(!l.take(mine));
+        assert_eq!(l.session_ended(&ops), vec![f]);
+        assert_eq!(l.waiting(), 1);
     }
 }

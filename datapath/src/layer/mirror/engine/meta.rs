@@ -2,14 +2,19 @@
 //! the sites, decided by the leader (or a survivor alone).
 //!
 //! Model: the follower sends META and waits for the leader's META_STATE; the leader executes,
-//! sends META_STATE to the follower and completes once its META_ACK comes. Entries wait in
-//! `metas` (a slab) until answered or the session ends.
+//! sends META_STATE to the follower and completes once its META_ACK comes. [`MetaRepl`] owns
+//! the commands waiting for the peer (a slab) and the META_STATE tokens; it returns the
+//! answers to give ((reactor, tag, result)); the engine executes and installs through the
+//! [`MetaHandler`] and sends through the session.
 //!
 //! Invariants: an entry stays until its answer even when its initiator was failed on the
 //! timeout, so a late answer never completes a newer request; an unchanged answer decided on
-//! state the follower may not have yet waits for every earlier change's META_ACK.
+//! state the follower may not have yet waits for every earlier change's META_ACK; tokens
+//! increase by one per META_STATE sent, from 1.
 
-use super::*;
+use crate::uring::{Errno, IoTag};
+use slab::Slab;
+use std::time::Instant;
 
 /// Decides and installs a volume's replicated metadata (NVMe reservations). The engine only
 /// carries its opaque commands and states between the sites (docs/mirror-protocol.md).
@@ -51,104 +56,203 @@ pub fn meta_result(status: u16) -> Result<(), Errno> {
     }
 }
 
-impl Engine {
-    /// A metadata command from this site's initiator.
-    pub(super) fn submit_meta(&mut self, from: u32, tag: IoTag, cmd: &[u8]) -> Start {
-        let Some(h) = self.cfg.meta.clone() else {
-            return Start::Done(Err(Errno::NOTSUP));
-        };
-        let deadline = Instant::now() + self.cfg.peer_timeout;
-        match (self.mode, self.cfg.role, self.up) {
-            (Mode::Survivor, _, _) => {
-                // Alone; a peer being resynced meanwhile gets the change too.
-                let (status, state) = h.execute(self.vol, cmd);
-                if self.up
-                    && let Some(state) = state
-                {
-                    self.send_meta_state(wire::META_NO_ID, 0, &state);
-                }
-                if meta_result(status).is_ok() && self.durable.waiting() {
-                    // Answered once the survivor state is durable (durable.rs).
-                    self.answer(from, tag, meta_result(status));
-                    return Start::Pending;
-                }
-                Start::Done(meta_result(status))
-            }
-            (Mode::Mirroring, Role::Leader, true) => match h.execute(self.vol, cmd) {
-                // Unchanged, but decided on state the follower may not have yet: answered
-                // only once every earlier change is acknowledged.
-                (status, None) if self.metas.iter().any(|(_, m)| m.token != 0) => {
-                    self.metas.insert(MetaWait {
-                        initiator: Some((from, tag)),
-                        token: self.next_token - 1,
-                        status,
-                        deadline,
-                    });
-                    Start::Pending
-                }
-                (status, None) => Start::Done(meta_result(status)),
-                (status, Some(state)) => {
-                    let token = self.send_meta_state(wire::META_NO_ID, status, &state);
-                    self.metas.insert(MetaWait {
-                        initiator: Some((from, tag)),
-                        token,
-                        status,
-                        deadline,
-                    });
-                    Start::Pending
-                }
-            },
-            (Mode::Mirroring, Role::Follower, true) if cmd.len() <= wire::MAX_META as usize => {
-                let k = self.metas.insert(MetaWait {
-                    initiator: Some((from, tag)),
-                    token: 0,
-                    status: 0,
-                    deadline,
-                });
-                let h = Header {
-                    id: k as u32,
-                    ..Header::new(Type::Meta)
-                };
-                wire::encode(&mut self.outbox, &h, cmd);
-                self.stats.inc(&self.stats.msgs_sent);
-                Start::Pending
-            }
-            // No session and no grant: deciding alone could split the state.
-            _ => Start::Done(Err(Errno::IO)),
+/// Who to answer: (their reactor, tag).
+pub(super) type Initiator = (u32, IoTag);
+
+/// A metadata command waiting for the peer.
+///
+/// An entry stays until its answer (or the end of the session) even when its initiator was
+/// already failed on the timeout, so a late answer never finds another request in its slot.
+struct MetaWait {
+    /// Who to answer, until answered.
+    initiator: Option<Initiator>,
+    /// Leader: the META_STATE token whose META_ACK completes it (follower: 0, the answer's
+    /// `id` is this entry's key).
+    token: u64,
+    status: u16,
+    deadline: Instant,
+}
+
+/// The metadata commands waiting for the peer and the META_STATE tokens (see the module doc).
+pub(super) struct MetaRepl {
+    waits: Slab<MetaWait>,
+    next_token: u64,
+}
+
+impl MetaRepl {
+    pub(super) fn new() -> Self {
+        Self {
+            waits: Slab::new(),
+            next_token: 1,
         }
     }
 
-    /// Send a metadata state (answering META `id`, or none); returns its token.
-    pub(super) fn send_meta_state(&mut self, id: u32, status: u16, state: &[u8]) -> u64 {
-        let token = self.next_token;
+    /// The token of a META_STATE about to be sent.
+    pub(super) fn next_token(&mut self) -> u64 {
+        let t = self.next_token;
         self.next_token += 1;
-        let h = Header {
-            id,
-            seq: token,
-            count: u32::from(status),
-            ..Header::new(Type::MetaState)
-        };
-        wire::encode(&mut self.outbox, &h, state);
-        self.stats.inc(&self.stats.msgs_sent);
-        token
+        t
     }
 
-    /// At a session start, the site whose replica wins sends its whole metadata state.
-    pub(super) fn push_meta(&mut self) {
-        if let Some(h) = self.cfg.meta.clone() {
-            for state in h.full_state(self.vol) {
-                self.send_meta_state(wire::META_NO_ID, 0, &state);
-            }
+    /// Leader: `who`'s command decided `status` without changing the state. Answered now
+    /// (the result), or, when earlier changes are not acknowledged yet, after them (None).
+    pub(super) fn unchanged(
+        &mut self,
+        who: Initiator,
+        status: u16,
+        deadline: Instant,
+    ) -> Option<Result<(), Errno>> {
+        if !self.waits.iter().any(|(_, m)| m.token != 0) {
+            return Some(meta_result(status));
         }
+        self.waits.insert(MetaWait {
+            initiator: Some(who),
+            token: self.next_token - 1,
+            status,
+            deadline,
+        });
+        None
     }
 
-    /// Fail every metadata command waiting for the peer (its effect is settled by the next
-    /// session's full state).
-    pub(super) fn fail_metas(&mut self) {
-        for m in self.metas.drain() {
+    /// Leader: `who`'s command changed the state, sent with `token`: answered at its META_ACK.
+    pub(super) fn changed(&mut self, who: Initiator, token: u64, status: u16, deadline: Instant) {
+        self.waits.insert(MetaWait {
+            initiator: Some(who),
+            token,
+            status,
+            deadline,
+        });
+    }
+
+    /// Follower: `who`'s command goes to the leader; returns the id its META_STATE answers.
+    pub(super) fn ask(&mut self, who: Initiator, deadline: Instant) -> u32 {
+        self.waits.insert(MetaWait {
+            initiator: Some(who),
+            token: 0,
+            status: 0,
+            deadline,
+        }) as u32
+    }
+
+    /// Follower: whether `id` is a command waiting for the leader's META_STATE.
+    pub(super) fn asked(&self, id: u32) -> bool {
+        self.waits.get(id as usize).is_some_and(|m| m.token == 0)
+    }
+
+    /// Follower: command `id` (which must be [`MetaRepl::asked`]) is answered with `status`.
+    pub(super) fn answered(
+        &mut self,
+        id: u32,
+        status: u16,
+    ) -> Option<(u32, IoTag, Result<(), Errno>)> {
+        let m = self.waits.remove(id as usize);
+        m.initiator
+            .map(|(from, tag)| (from, tag, meta_result(status)))
+    }
+
+    /// Leader: META_ACK of `token` (`status`: non-zero when the peer could not install that
+    /// state). Every wait up to it is settled (ACKs come in order; a push's has no waiter).
+    pub(super) fn acked(
+        &mut self,
+        token: u64,
+        status: u32,
+    ) -> Vec<(u32, IoTag, Result<(), Errno>)> {
+        let done: Vec<usize> = self
+            .waits
+            .iter()
+            .filter(|(_, m)| m.token != 0 && m.token <= token)
+            .map(|(k, _)| k)
+            .collect();
+        let mut answers = Vec::new();
+        for k in done {
+            let m = self.waits.remove(k);
+            // A state the peer could not install fails the command it carried.
+            let status = if m.token == token && status != 0 {
+                status.min(0xFFFF) as u16
+            } else {
+                m.status
+            };
             if let Some((from, tag)) = m.initiator {
-                self.done.push((from, tag, Err(Errno::IO)));
+                answers.push((from, tag, meta_result(status)));
             }
         }
+        answers
+    }
+
+    /// The initiators whose commands waited past their deadline (the entries stay for the
+    /// answer).
+    pub(super) fn expire(&mut self, now: Instant) -> Vec<Initiator> {
+        let mut expired = Vec::new();
+        for (_, m) in self.waits.iter_mut() {
+            if m.deadline <= now
+                && let Some(who) = m.initiator.take()
+            {
+                expired.push(who);
+            }
+        }
+        expired
+    }
+
+    /// Forget every command (the session ended or the daemon stops): their initiators.
+    pub(super) fn fail_all(&mut self) -> Vec<Initiator> {
+        self.waits.drain().filter_map(|m| m.initiator).collect()
+    }
+
+    /// Nothing waits.
+    pub(super) fn is_empty(&self) -> bool {
+        self.waits.is_empty()
+    }
+
+    /// Some initiator still waits for an answer.
+    pub(super) fn answering(&self) -> bool {
+        self.waits.iter().any(|(_, m)| m.initiator.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(n: u32) -> Initiator {
+        (0, IoTag { conn: n, slot: 0 })
+    }
+
+    #[test]
+    fn the_leader_answers_once_the_follower_acknowledged_every_earlier_change() {
+        let mut m = MetaRepl::new();
+        let t = Instant::now();
+        assert_eq!(m.unchanged(who(1), 0, t), Some(Ok(())), "nothing pending");
+        let t1 = m.next_token();
+        m.changed(who(2), t1, 0, t);
+        assert_eq!(
+            m.unchanged(who(3), 5, t),
+            None,
+            "decided on a change in flight"
+        );
+        let t2 = m.next_token();
+        m.changed(who(4), t2, 0, t);
+        // The follower could not install the second state.
+        let a = m.acked(t1, 0);
+        let mut got: Vec<_> = a.iter().map(|(_, tag, r)| (tag.conn, *r)).collect();
+        got.sort_by_key(|g| g.0);
+        assert_eq!(got, vec![(2, Ok(())), (3, meta_result(5))]);
+        let a = m.acked(t2, 6);
+        assert_eq!(a[0].2, meta_result(6));
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn an_entry_outlives_its_timeout_until_its_answer() {
+        let mut m = MetaRepl::new();
+        let t = Instant::now();
+        let id = m.ask(who(1), t);
+        assert!(m.asked(id));
+        assert!(!m.asked(id + 1));
+        assert_eq!(m.expire(t), vec![who(1)]);
+        assert!(!m.answering() && !m.is_empty());
+        assert_eq!(m.answered(id, 0), None, "already failed");
+        assert!(m.is_empty());
+        m.ask(who(2), t);
+        assert_eq!(m.fail_all(), vec![who(2)]);
     }
 }

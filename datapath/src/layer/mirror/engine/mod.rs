@@ -29,23 +29,50 @@
 //! Layout (this folder):
 //! - `region.rs`: [`RegionMap`], the dirty, written and suspect maps (owns its bits and their
 //!   count).
-//! - `durable.rs`: the replica state handed to the persister, what waits until it is durable
-//!   (a survivor's answers, giving the grant back) and the fail-stop (owns its state).
 //! - `apply.rs`: the apply queue (owns the applies, the interval index of in-flight ranges and
 //!   the applied watermark); says which applies start, the engine starts them.
 //! - `replica.rs`: [`Mode`], replica states and [`decide`], the session decision (pure).
-//! - `leader.rs`, `follower.rs`, `resync.rs`, `survivor.rs`, `meta.rs`, `session.rs`: the
-//!   engine's methods for sequencing and the backlog, forwards, the resync source, serving
-//!   alone and fencing, replicated metadata, and the session with its message dispatch. These
-//!   are still `impl Engine` blocks over the engine's fields, not yet parts that own their
-//!   state.
+//! - `op.rs`: an update's record and its lifecycle towards the peer, one `Stage` enum whose
+//!   transitions are decided in one place (`Stage::next`), with the state diagram.
+//! - `session.rs`: `PeerSession`, the session with the peer (number, up, the seq counter,
+//!   both watermarks, the ACK policy, heartbeat and outbox); returns verdicts and seqs.
+//! - `leader.rs`: `Leader`, the compare-and-write barrier, the backlog, RESENT and
+//!   divergence (owns those lists; returns the op keys the engine must sequence or settle).
+//! - `follower.rs`: `Follower`, the forwards, their ids, RESENT's wait and MISCOMPAREs
+//!   waiting for the watermark (owns those; returns which forward an answer is for and what
+//!   each forward becomes at RESENT).
+//! - `meta.rs`: `MetaRepl`, the metadata commands waiting for the peer and the META_STATE
+//!   tokens (returns the answers to give); the [`MetaHandler`] trait.
+//! - `resync.rs`: `ResyncSource` (the cursor, rate budget, reads, last pass, deferred
+//!   updates and the attempt's copied regions; says the next step: read, finish or stop) and
+//!   `ResyncTarget` (copies being applied, RESYNC_DONE).
+//! - `survivor.rs`: `Witness`, asking the witness for the grant (and an operator's
+//!   takeover); returns `Grant` (wait, survive, fence).
+//! - `flush.rs`: `Flushes`, this site's flushes waiting for FLUSH_DONE.
+//! - `dispatch.rs`, `flow.rs`, `alone.rs`: the engine's routing (not parts): link up/down,
+//!   every message to its part and metadata commands; an update's path through the leader,
+//!   the follower, the session and the apply queue; serving alone, fencing and resyncs over
+//!   the region maps.
 //! - `tests/`: two engines back to back (random traffic, failover, forwards, metadata).
+//!
+//! Routing: a part never calls another part or the engine. It takes what it needs as
+//! arguments (the op slab read-only, the dirty map lent, the applied watermark, the session
+//! number) and returns what the engine must do next (op keys, `Next`, `Grant`, `Resent`,
+//! answers, verdicts). Only the engine (`impl Engine`: this file, `dispatch.rs`, `flow.rs`,
+//! `alone.rs`) calls parts and carries out what they return. The engine itself keeps the
+//! ops, the local replica's channel and the replica state that `persist`/`restore` read and
+//! write (mode, grant epoch, dirty, written and suspect maps, the resync's copied map).
 
+mod alone;
 mod apply;
+mod dispatch;
 mod durable;
+mod flow;
+mod flush;
 mod follower;
 mod leader;
 mod meta;
+mod op;
 mod region;
 mod replica;
 mod resync;
@@ -57,28 +84,22 @@ use super::wire::{self, Header, Type};
 use crate::bdev::{Channel, Start};
 use crate::uring::{Errno, IoCx, IoTag};
 use apply::ApplyQueue;
+use flush::Flushes;
+use follower::{Follower, Resent};
+use leader::Leader;
 use meta::META_INTERNAL;
+use meta::MetaRepl;
 pub use meta::{Install, META_STATUS, MetaHandler, meta_result};
+use op::{Op, Origin, Stage, Upd};
 pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};
+use resync::{Next, ResyncSource, ResyncTarget};
+use session::PeerSession;
+pub use session::{ACK_BATCH, ACK_WINDOW, REDIAL_EVERY};
 use slab::Slab;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A metadata command waiting for the peer.
-///
-/// An entry stays until its answer (or the end of the session) even when its initiator was
-/// already failed on the timeout, so a late answer never finds another request in its slot.
-struct MetaWait {
-    /// Who to answer, until answered.
-    initiator: Option<(u32, IoTag)>,
-    /// Leader: the META_STATE token whose META_ACK completes it (follower: 0, the answer's
-    /// `id` is this entry's key).
-    token: u64,
-    status: u16,
-    deadline: Instant,
-}
+use survivor::{Grant, SiteNow, Witness};
 
 /// Which site orders this volume's updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,72 +134,6 @@ pub enum Update<'a> {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Upd {
-    Write,
-    /// Compare-and-write not yet decided (`data` = compare data, then write data). Once
-    /// decided it becomes a `Write` of the write data (match) or ends (miscompare).
-    Caw,
-    Zeroes,
-    Unmap,
-    Flush,
-    /// Read a dirty region and send it to the returning peer (resync source).
-    ResyncRead,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Origin {
-    /// From this site's initiator.
-    Local,
-    /// Leader's update applied at the follower.
-    PeerSeq,
-    /// Follower's update, sequenced at the leader (`id` is the follower's).
-    PeerFwd,
-    /// Flush asked by the peer (`id` is the peer's).
-    PeerFlush(u32),
-    /// A resync copy: read here (source) or applied here (target).
-    Resync,
-}
-
-struct Op {
-    origin: Origin,
-    upd: Upd,
-    offset: u64,
-    len: u64,
-    fua: bool,
-    data: Vec<u8>,
-    /// Sequence number in `session` (0: none yet).
-    seq: u64,
-    session: u32,
-    /// Applied locally at least once.
-    applied: bool,
-    apply_err: Option<Errno>,
-    /// Applies queued or in flight.
-    applying: u32,
-    /// The peer has it (watermark passed, or FLUSH_DONE).
-    remote_done: bool,
-    /// Who to answer (reactor, tag), until answered.
-    initiator: Option<(u32, IoTag)>,
-    deadline: Instant,
-    /// Follower: a forward waiting for its ORDER in the current session.
-    awaiting_order: bool,
-    /// Leader, forwarded update: the follower's request id, and whether its ORDER is still to
-    /// be sent (false once sent, or when re-sent as a WRITE in a later session).
-    peer_id: u32,
-    order_due: bool,
-    /// In `forwards` or `flushes` (kept so `settle` need not search those lists).
-    listed: bool,
-    /// Submitted as a compare-and-write (still so, or decided and now a write).
-    caw: bool,
-    /// Follower: the session its forward was sent in (0: not sent yet).
-    fwd_session: u32,
-    /// Follower: the forward's id, unique while the op lives (across sessions).
-    uid: u32,
-    /// Leader, forwarded update: the incarnation of the follower process that sent it.
-    /// Follower, forward: the incarnation of the leader process that ordered it.
-    fwd_inc: u64,
-}
-
 /// Static engine settings.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -210,28 +165,6 @@ pub struct EngineConfig {
     pub meta: Option<Arc<dyn MetaHandler>>,
 }
 
-/// The survivor's side of a resync.
-struct ResyncSource {
-    /// Next bitmap bit to look at in this pass.
-    cursor: u64,
-    /// Region reads in flight.
-    reads: u32,
-    /// Last pass: new updates wait (deferred) so the dirty set can drain to empty.
-    last_pass: bool,
-    deferred: VecDeque<usize>,
-    /// Byte budget of the rate limiter.
-    budget: f64,
-    last_refill: Instant,
-    started: Instant,
-    total: u64,
-    /// The target's list of suspect regions has ended (RESYNC_ALSO with no range): only then
-    /// may the last pass start.
-    also_done: bool,
-    /// Regions copied in this attempt: dirty again if it is interrupted (they may not have
-    /// arrived).
-    copied: RegionMap,
-}
-
 /// One mirrored volume's engine.
 pub struct Engine {
     cfg: EngineConfig,
@@ -240,48 +173,24 @@ pub struct Engine {
     ops: Slab<Op>,
     /// The apply queue and the session's applied watermark.
     aq: ApplyQueue,
-    /// Leader: updates the follower has not acknowledged, in `seq` order (old sessions first).
-    backlog: VecDeque<usize>,
-    backlog_bytes: u64,
-    /// Follower: forwards, in the order sent.
-    forwards: VecDeque<usize>,
-    /// Leader: the compare-and-write being decided; updates arriving meanwhile wait in
-    /// `barrier` (unsequenced, in arrival order).
-    caw_active: Option<usize>,
-    barrier: VecDeque<usize>,
+    /// Leader: the barrier, the backlog, RESENT and divergence.
+    leader: Leader,
+    /// Follower: the forwards, RESENT's wait and MISCOMPAREs.
+    follower: Follower,
     /// Metadata commands waiting for the peer.
-    metas: Slab<MetaWait>,
-    next_token: u64,
-    /// Follower: the last forward id given.
-    next_uid: u32,
-    /// Follower: the session started and the leader's RESENT has not come yet (no forwards).
-    resent_pending: bool,
+    metas: MetaRepl,
     /// This process's incarnation (random at start; the follower sends it in HELLO).
     incarnation: u64,
     /// The peer process's incarnation (from its HELLO or WELCOME).
     peer_incarnation: u64,
-    /// Leader: RESENT waits for these applies (running or queued when the session started),
-    /// so that a forward it does not re-send is applied here when the follower learns so.
-    resent_wait: Vec<usize>,
-    resent_due: bool,
-    /// Follower: MISCOMPAREs answered once the applied watermark reaches their seq:
-    /// (op, its uid, seq).
-    miscompare_waits: Vec<(usize, u32, u64)>,
     vol: usize,
     /// Flushes waiting for FLUSH_DONE.
-    flushes: Vec<usize>,
-    session: u32,
-    up: bool,
-    /// Leader: next seq to give. Follower: next seq expected.
-    next_seq: u64,
-    ack_sent: u64,
-    peer_wm: u64,
-    outbox: Vec<u8>,
+    flushes: Flushes,
+    /// The session with the peer: number, up, seqs, watermarks, ACK policy, outbox.
+    sess: PeerSession,
     spare: Vec<Vec<u8>>,
-    diverged: bool,
     held_logged: bool,
     stats: Arc<MirrorStats>,
-    epoch: Instant,
     /// Completions to initiators: (their reactor, tag, result).
     pub done: Vec<(u32, IoTag, Result<(), Errno>)>,
     /// The connection key of the link carrying the session (or being dialled).
@@ -293,24 +202,17 @@ pub struct Engine {
     /// Rate limits of the link's warnings: a follower whose leader is gone redials every
     /// [`REDIAL_EVERY`] and each failed dial drops a link (cleared when a session starts).
     pub link_warns: crate::layer::mirror::ratelimit::WarnLimits,
-    next_ping: Instant,
-    next_dial: Instant,
-    /// Messages arrived since the last `take_outbox`.
-    rx_since_flush: bool,
-    /// When the oldest unacknowledged applied update was first seen waiting for an ACK.
-    ack_pending_since: Option<Instant>,
     /// The daemon is stopping: take no new forwarded updates.
     draining: bool,
     mode: Mode,
-    /// A grant was asked for since the link went down.
-    grant_asked: bool,
+    /// Asking the witness for the grant (and an operator's takeover).
+    witness: Witness,
     /// Regions written while serving alone (one bit per `dirty_granularity` bytes).
     dirty: RegionMap,
+    /// Source: the resync under way.
     resync: Option<ResyncSource>,
-    /// Target: resync copies still being applied.
-    resync_applies: u32,
-    /// Target: RESYNC_DONE received.
-    resync_done: bool,
+    /// Target: the copies being applied and RESYNC_DONE.
+    target: ResyncTarget,
     /// Reused buffer for a region read at once.
     resync_buf: Vec<u8>,
     /// The witness epoch this site holds as survivor.
@@ -323,22 +225,9 @@ pub struct Engine {
     suspect: RegionMap,
     /// Started with no persisted state: an empty replica that has never been in sync.
     new_replica: bool,
-    /// An operator's takeover is being asked for.
-    takeover_started: bool,
     /// The replica state's persistence (durable.rs).
     durable: durable::Durable,
 }
-
-/// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
-/// unacknowledged update (queue depth 1) is acknowledged in the first turn in which the peer
-/// sent nothing new; several (a stream of concurrent updates) wait at most [`ACK_WINDOW`] from
-/// the first of them, so a busy stream is acknowledged in batches and a lone update at once.
-pub const ACK_BATCH: u64 = 16;
-/// The longest an applied update waits for its ACK when others are pending with it.
-pub const ACK_WINDOW: Duration = Duration::from_micros(50);
-
-/// Pause between dial attempts.
-pub const REDIAL_EVERY: Duration = Duration::from_millis(200);
 
 impl Engine {
     /// An engine over the local replica's channel `inner`; `vol` is the volume's index.
@@ -355,15 +244,9 @@ impl Engine {
             layer_key: IoTag::channel(vol as u32, 0).conn,
             ops: Slab::with_capacity(1024),
             aq: ApplyQueue::new(),
-            backlog: VecDeque::with_capacity(1024),
-            backlog_bytes: 0,
-            forwards: VecDeque::with_capacity(1024),
-            caw_active: None,
-            barrier: VecDeque::new(),
-            metas: Slab::new(),
-            next_token: 1,
-            next_uid: 0,
-            resent_pending: false,
+            leader: Leader::new(),
+            follower: Follower::new(),
+            metas: MetaRepl::new(),
             incarnation: {
                 // Differs between processes (clock, pid) and between engines of one process.
                 static ENGINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -374,44 +257,28 @@ impl Engine {
                 t ^ (u64::from(std::process::id()) << 32) ^ n.rotate_left(48)
             },
             peer_incarnation: 0,
-            resent_wait: Vec::new(),
-            resent_due: false,
-            miscompare_waits: Vec::new(),
             vol,
-            flushes: Vec::new(),
-            session: 0,
-            up: false,
-            next_seq: 1,
-            ack_sent: 0,
-            peer_wm: 0,
-            outbox: Vec::with_capacity(1 << 20),
+            flushes: Flushes::default(),
+            sess: PeerSession::new(Arc::clone(&stats)),
             spare: Vec::new(),
-            diverged: false,
             held_logged: false,
             stats,
-            epoch: Instant::now(),
             done: Vec::with_capacity(256),
             link_key: None,
             last_rx: Instant::now(),
             kill_link: None,
             link_warns: Default::default(),
-            next_ping: Instant::now(),
-            next_dial: Instant::now(),
-            rx_since_flush: false,
-            ack_pending_since: None,
             draining: false,
             mode: Mode::Mirroring,
-            grant_asked: false,
+            witness: Witness::default(),
             dirty: RegionMap::new(size, g),
             resync: None,
-            resync_applies: 0,
-            resync_done: false,
+            target: ResyncTarget::default(),
             resync_buf: Vec::new(),
             grant_epoch: 0,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
             new_replica: false,
-            takeover_started: false,
             durable: Default::default(),
         }
     }
@@ -564,8 +431,7 @@ impl Engine {
                 // here are failed, never sent (the peer would not take them).
                 self.fail_forwards();
                 self.set_mode(Mode::Resyncing);
-                self.resync_applies = 0;
-                self.resync_done = false;
+                self.target.start();
                 self.link_up(io);
                 self.send_suspect();
                 tracing::warn!(volume = %self.cfg.name,
@@ -591,9 +457,8 @@ impl Engine {
         match self.cfg.role {
             Role::Leader => self.leader_take(io, k),
             Role::Follower => {
-                self.forwards.push_back(k);
-                self.ops[k].listed = true;
-                if self.up && !self.resent_pending {
+                self.ops[k].stage.hold();
+                if self.follower.hold(k, self.sess.up) {
                     self.forward(k);
                 }
             }
@@ -620,9 +485,8 @@ impl Engine {
             }
         }
         if let Some(r) = self.resync.as_mut() {
-            r.deferred.clear();
+            r.drop_deferred();
         }
-        self.fail_held();
         self.fail_metas();
     }
 
@@ -638,27 +502,20 @@ impl Engine {
         self.failover_tick(io);
         self.resync_step(io, now);
         self.expire(now);
-        if self.diverged && !self.backlog.is_empty() {
+        if self.leader.is_diverged() && self.leader.backlog_len() > 0 {
             self.drop_backlog();
         }
-        if self.up {
-            if now >= self.next_ping {
-                self.next_ping = now + self.cfg.heartbeat;
-                self.ping();
-            }
-            if now.duration_since(self.last_rx) > self.cfg.peer_dead {
-                self.kill_link = Some("peer silent past the heartbeat timeout");
-            }
+        if let Some(why) =
+            self.sess
+                .heartbeat(now, self.cfg.heartbeat, self.cfg.peer_dead, self.last_rx)
+        {
+            self.kill_link = Some(why);
         }
         // The follower dials in every mode: a survivor or fenced site meets its peer again
         // through a resync (decided at the session start).
-        if self.cfg.role == Role::Follower
-            && !self.diverged
-            && self.link_key.is_none()
-            && now >= self.next_dial
+        if self.cfg.role == Role::Follower && !self.leader.is_diverged() && self.link_key.is_none()
         {
-            self.next_dial = now + REDIAL_EVERY;
-            return true;
+            return self.sess.dial_due(now);
         }
         false
     }
@@ -687,7 +544,7 @@ impl Engine {
 
     /// A session is running.
     pub fn is_up(&self) -> bool {
-        self.up
+        self.sess.up
     }
 
     /// Nothing is in flight or waiting.
@@ -698,36 +555,18 @@ impl Engine {
     /// Some initiator still waits for an answer.
     pub fn answering(&self) -> bool {
         !self.durable.held.is_empty()
-            || self.metas.iter().any(|(_, m)| m.initiator.is_some())
+            || self.metas.answering()
             || self.ops.iter().any(|(_, op)| op.initiator.is_some())
     }
 
     /// Anything to send (messages or an ACK).
     pub fn wants_send(&mut self, now: Instant) -> bool {
-        self.up && (!self.outbox.is_empty() || self.ack_due(now))
-    }
-
-    /// Whether the ACK policy (see [`ACK_BATCH`]) says to send an ACK now.
-    fn ack_due(&mut self, now: Instant) -> bool {
-        let lag = self.aq.applied.wm - self.ack_sent;
-        if lag == 0 {
-            self.ack_pending_since = None;
-            return false;
-        }
-        let since = *self.ack_pending_since.get_or_insert(now);
-        match lag {
-            1 => !self.rx_since_flush,
-            l => l >= ACK_BATCH || now.duration_since(since) >= ACK_WINDOW,
-        }
+        self.sess.wants_send(now, self.aq.applied.wm)
     }
 
     /// When a held-back ACK falls due (the reactor may sleep until then, not longer).
     pub fn ack_deadline(&self) -> Option<Instant> {
-        if self.up && self.aq.applied.wm > self.ack_sent {
-            self.ack_pending_since.map(|s| s + ACK_WINDOW)
-        } else {
-            None
-        }
+        self.sess.ack_deadline(self.aq.applied.wm)
     }
 
     fn buf(&mut self, data: &[u8]) -> Vec<u8> {
@@ -749,8 +588,7 @@ impl Engine {
             Some(k) => &self.ops[k].data,
             None => &[],
         };
-        wire::encode(&mut self.outbox, &h, payload);
-        self.stats.inc(&self.stats.msgs_sent);
+        self.sess.send(&h, payload);
     }
 
     fn upd_header(&self, k: usize, fwd: bool) -> Header {
@@ -799,7 +637,7 @@ impl Engine {
         offset: u64,
         fua: bool,
     ) -> Start {
-        if self.diverged || self.no_io() {
+        if self.leader.is_diverged() || self.no_io() {
             return Start::Done(Err(Errno::IO));
         }
         let (upd, len, data) = match update {
@@ -817,41 +655,26 @@ impl Engine {
                 (Upd::Caw, cmp.len() as u64, v)
             }
         };
-        let k = self.ops.insert(Op {
-            origin: Origin::Local,
+        let mut op = Op::new(
+            Origin::Local,
             upd,
-            offset,
-            len,
+            (offset, len),
             fua,
             data,
-            seq: 0,
-            session: 0,
-            applied: false,
-            apply_err: None,
-            applying: 0,
-            remote_done: false,
-            initiator: Some((from, tag)),
-            deadline: Instant::now() + self.cfg.peer_timeout,
-            awaiting_order: false,
-            peer_id: 0,
-            order_due: false,
-            listed: false,
-            caw: upd == Upd::Caw,
-            fwd_session: 0,
-            uid: 0,
-            fwd_inc: 0,
-        });
+            Stage::New,
+            Instant::now() + self.cfg.peer_timeout,
+        );
+        op.initiator = Some((from, tag));
+        let k = self.ops.insert(op);
         if self.cfg.role == Role::Follower {
-            self.next_uid = self.next_uid.wrapping_add(1).max(1);
-            self.ops[k].uid = self.next_uid;
+            self.ops[k].uid = self.follower.new_uid();
         }
         self.stats.inc(&self.stats.updates);
         if self.mode == Mode::Survivor {
             if let Some(r) = self.resync.as_mut()
-                && r.last_pass
+                && r.defer(k)
             {
                 // The resync's last pass: wait, so the dirty set drains; mirrored after it.
-                r.deferred.push_back(k);
                 return Start::Pending;
             }
             // Alone: done when the local replica has it; the peer gets it by resync.
@@ -940,8 +763,7 @@ impl Engine {
             tracing::error!(volume = %self.cfg.name, slot, "mirror: completion for an unknown apply");
             return;
         };
-        if let Some(i) = self.resent_wait.iter().position(|&x| x == slot) {
-            self.resent_wait.swap_remove(i);
+        if self.leader.apply_done(slot) {
             self.maybe_send_resent();
         }
         let k = ap.op;
@@ -960,10 +782,10 @@ impl Engine {
             tracing::error!(volume = %self.cfg.name, offset = ap.offset, errno = e.0,
                 "mirror: applying an update to the local replica failed");
         }
-        if ap.session == self.session && ap.seq != 0 && r.is_ok() {
+        if ap.session == self.sess.number && ap.seq != 0 && r.is_ok() {
             self.aq.applied.mark(ap.seq);
-            if !self.miscompare_waits.is_empty() {
-                self.release_miscompares(false);
+            if self.follower.miscompares_waiting() {
+                self.release_miscompares();
             }
         }
         if self.ops[k].origin == Origin::Resync {
@@ -971,44 +793,40 @@ impl Engine {
                 // Source: send the region as read (or mark it dirty again if the read failed
                 // or the peer left).
                 // (A read of an earlier attempt, from an earlier session, is not this one's.)
-                if self.ops[k].session == self.session
+                if self.ops[k].session == self.sess.number
                     && let Some(rs) = self.resync.as_mut()
                 {
-                    rs.reads = rs.reads.saturating_sub(1);
+                    rs.read_done();
                 }
-                if r.is_ok() && self.up && self.ops[k].session == self.session {
+                if r.is_ok() && self.sess.up && self.ops[k].session == self.sess.number {
                     let h = Header {
                         offset: ap.offset,
                         count: wire::count(ap.len).expect("a resync copy longer than one message"),
                         ..Header::new(Type::Resync)
                     };
-                    wire::encode(&mut self.outbox, &h, data);
+                    self.sess.queue(&h, data);
                     self.stats
                         .resync_bytes
                         .fetch_add(ap.len, std::sync::atomic::Ordering::Relaxed);
                 } else {
                     self.mark_dirty(ap.offset, ap.len);
                 }
-            } else if self.ops[k].session == self.session {
+            } else if self.ops[k].session == self.sess.number {
                 // (A copy of an earlier attempt, from an earlier session, is not this one's.)
-                self.resync_applies = self.resync_applies.saturating_sub(1);
+                self.target.copy_applied();
                 self.maybe_end_resync_target(io);
             }
         }
         if let Origin::PeerFlush(id) = self.ops[k].origin
-            && self.up
-            && self.ops[k].session == self.session
+            && self.sess.up
+            && self.ops[k].session == self.sess.number
         {
             let payload = r.err().map(|e| e.0.to_le_bytes());
             let h = Header {
                 id,
                 ..Header::new(Type::FlushDone)
             };
-            wire::encode(
-                &mut self.outbox,
-                &h,
-                payload.as_ref().map_or(&[][..], |p| p),
-            );
+            self.sess.queue(&h, payload.as_ref().map_or(&[][..], |p| p));
         }
         self.start_unblocked(io, &ap);
         self.settle(k);
@@ -1029,7 +847,7 @@ impl Engine {
         if op.initiator.is_some() && op.applying == 0 {
             let result = if local_failed {
                 Some(Err(op.apply_err.unwrap_or(Errno::IO)))
-            } else if local_ok && op.remote_done {
+            } else if local_ok && op.stage.confirmed() {
                 Some(Ok(()))
             } else {
                 None
@@ -1045,11 +863,11 @@ impl Engine {
             && match (op.origin, self.cfg.role) {
                 // The leader keeps data until the follower has it.
                 (Origin::Local | Origin::PeerFwd, Role::Leader) => {
-                    op.remote_done || op.upd == Upd::Flush
+                    op.stage.confirmed() || op.upd == Upd::Flush
                 }
                 _ => true,
             }
-            && !op.listed;
+            && !op.stage.listed();
         if finished {
             let op = self.ops.remove(k);
             self.recycle(op.data);
@@ -1058,14 +876,10 @@ impl Engine {
 
     /// Fail initiators whose requests waited longer than the peer timeout.
     pub fn expire(&mut self, now: Instant) {
-        for (_, m) in self.metas.iter_mut() {
-            if m.deadline <= now
-                && let Some((from, tag)) = m.initiator.take()
-            {
-                // The entry stays for the answer (see `MetaWait`).
-                self.stats.inc(&self.stats.timeouts);
-                self.done.push((from, tag, Err(Errno::IO)));
-            }
+        for (from, tag) in self.metas.expire(now) {
+            // The entry stays for the answer (see `MetaRepl`).
+            self.stats.inc(&self.stats.timeouts);
+            self.done.push((from, tag, Err(Errno::IO)));
         }
         let mut expired = Vec::new();
         for (k, op) in self.ops.iter() {
@@ -1086,21 +900,14 @@ impl Engine {
             self.stats.inc(&self.stats.timeouts);
             let (from, tag) = self.ops[k].initiator.take().expect("checked");
             self.done.push((from, tag, Err(Errno::IO)));
-            if self.cfg.role == Role::Follower
-                && !self.up
-                && let Some(p) = self.forwards.iter().position(|&f| f == k)
-            {
+            if self.cfg.role == Role::Follower && !self.sess.up && self.follower.remove(k) {
                 // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
-                self.forwards.remove(p);
-                self.ops[k].listed = false;
+                self.ops[k].stage.abandon();
             }
             // A flush stays outstanding while the link is up: its FLUSH_DONE will come and must
             // find it (its id must not be reused meanwhile). A new session re-sends it.
-            if !self.up
-                && let Some(p) = self.flushes.iter().position(|&f| f == k)
-            {
-                self.flushes.swap_remove(p);
-                self.ops[k].listed = false;
+            if !self.sess.up && self.flushes.remove(k) {
+                self.ops[k].stage.abandon();
             }
             self.settle(k);
         }

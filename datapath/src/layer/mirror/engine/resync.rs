@@ -1,34 +1,70 @@
-//! Resync, source side: a survivor (or the sender of a first sync) copies its dirty regions to
-//! the returning peer within the rate limit, then sends RESYNC_DONE and mirrors again.
+//! Resync: the source's walk over its dirty regions ([`ResyncSource`]) and the target's count
+//! of copies still to apply ([`ResyncTarget`]).
 //!
-//! Model: the source walks the dirty [`RegionMap`] with a cursor, one region read at a time
-//! through the apply queue (so a copy holds every write acknowledged before it), clears each
-//! bit as it is read and records it in the attempt's `copied` map. Updates that arrive during
-//! the last pass wait (deferred) so the dirty set drains to empty.
+//! Model: a survivor (or the sender of a first sync) copies its dirty regions to the
+//! returning peer within a rate limit, then sends RESYNC_DONE and mirrors again. The source
+//! walks the dirty [`RegionMap`] (the engine's, lent to [`ResyncSource::next`]) with a
+//! cursor, clears each bit as it is read and records it in the attempt's `copied` map; it
+//! says, one step at a time, what the engine does next ([`Next`]): read a region (through the
+//! apply queue, so a copy holds every write acknowledged before it), finish, or stop for this
+//! tick. Updates that arrive during the last pass wait (deferred) so the dirty set drains to
+//! empty. The target counts the copies it applies and ends once RESYNC_DONE came and none is
+//! left.
 //!
-//! Invariants: a region copied by an attempt that ends before RESYNC_DONE is dirty again
-//! (`abandon_resync`); the last pass starts only once the target's suspect list has ended
-//! (RESYNC_ALSO with no range).
+//! Invariants:
+//! - A region copied by an attempt that ends before RESYNC_DONE is dirty again
+//!   ([`ResyncSource::abandon`]).
+//! - The last pass starts only once the target's suspect list has ended (RESYNC_ALSO with no
+//!   range); the resync finishes only after a whole last pass found nothing dirty, no read in
+//!   flight and no write of this site's initiators being applied.
+//! - At most 16 region reads are in flight; the budget never exceeds 50 ms of the rate plus
+//!   one region.
 
-use super::*;
+use super::RegionMap;
+use std::collections::VecDeque;
+use std::time::Instant;
 
-impl Engine {
-    /// Mark every region ever written dirty (for a new, empty peer).
-    pub(super) fn dirty_everything_written(&mut self) {
-        self.dirty.or_with(&self.written);
-        self.stats
-            .dirty_bytes
-            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
-    }
+/// Region reads in flight at most.
+const MAX_READS: u32 = 16;
 
-    pub(super) fn session_start_source(&mut self, io: &mut IoCx) {
-        // An attempt whose end no tick saw yet.
-        self.abandon_resync(io);
-        // This replica wins: its own suspect regions are copied to the peer too.
-        self.absorb_suspect();
-        self.link_up(io);
-        let now = Instant::now();
-        self.resync = Some(ResyncSource {
+/// What the resync source does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Read this region (through the apply queue) and send it.
+    Read { offset: u64, len: u64 },
+    /// Nothing is left: send RESYNC_DONE and mirror again.
+    Finish,
+    /// Nothing more this tick (budget, reads in flight, or waiting for the target's list, for
+    /// reads or for writes).
+    Stop,
+}
+
+/// The survivor's side of a resync.
+pub(super) struct ResyncSource {
+    /// Next bitmap bit to look at in this pass.
+    cursor: u64,
+    /// Region reads in flight.
+    reads: u32,
+    /// Last pass: new updates wait (deferred) so the dirty set can drain to empty.
+    last_pass: bool,
+    deferred: VecDeque<usize>,
+    /// Byte budget of the rate limiter.
+    budget: f64,
+    last_refill: Instant,
+    started: Instant,
+    total: u64,
+    /// The target's list of suspect regions has ended (RESYNC_ALSO with no range): only then
+    /// may the last pass start.
+    also_done: bool,
+    /// Regions copied in this attempt: dirty again if it is interrupted (they may not have
+    /// arrived).
+    pub(super) copied: RegionMap,
+}
+
+impl ResyncSource {
+    /// An attempt starting at `now` over a volume of `size` bytes, `g` bytes per region.
+    pub(super) fn new(size: u64, g: u64, now: Instant) -> Self {
+        Self {
             cursor: 0,
             reads: 0,
             last_pass: false,
@@ -38,187 +74,236 @@ impl Engine {
             started: now,
             total: 0,
             also_done: false,
-            copied: RegionMap::new(self.cfg.size, self.cfg.dirty_granularity),
-        });
-    }
-
-    /// A resync attempt ended with its session: every region it copied is dirty again (the
-    /// copies may not have arrived), and the deferred updates go ahead alone.
-    pub(super) fn abandon_resync(&mut self, io: &mut IoCx) {
-        let Some(r) = self.resync.take() else {
-            return;
-        };
-        self.dirty.or_with(&r.copied);
-        self.stats
-            .dirty_bytes
-            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
-        self.stats
-            .resync_rate
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        self.stats
-            .resync_eta_ms
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        for k in r.deferred {
-            self.survivor_apply(io, k);
+            copied: RegionMap::new(size, g),
         }
     }
 
-    /// Resync target: list the suspect regions for the source (RESYNC_ALSO), then end the
-    /// list; the source copies them too and does not finish before the end of the list.
-    pub(super) fn send_suspect(&mut self) {
-        let mut map = self.take_suspect();
-        self.unconfirmed_into(&mut map);
-        let ranges = map.ranges();
-        self.suspect = map;
-        wire::encode_resync_also(&mut self.outbox, &ranges);
-        for _ in 0..ranges.len().div_ceil(wire::MAX_RESYNC_ALSO as usize) + 1 {
-            self.stats.inc(&self.stats.msgs_sent);
+    /// In the last pass, an update of this site's initiator waits (`k` kept, true) until the
+    /// resync is done; otherwise false (it goes ahead alone).
+    pub(super) fn defer(&mut self, k: usize) -> bool {
+        if self.last_pass {
+            self.deferred.push_back(k);
         }
-        if !ranges.is_empty() {
-            tracing::warn!(volume = %self.cfg.name, suspect_bytes = self.suspect_bytes(),
-                "mirror: this replica may hold updates the peer never confirmed; asking the peer to copy those regions too");
-        }
+        self.last_pass
     }
 
-    /// Survivor: copy dirty regions to the returning peer within the rate budget; switch
-    /// back to mirroring once nothing is left.
-    pub(super) fn resync_step(&mut self, io: &mut IoCx, now: Instant) {
-        let Some(r) = self.resync.as_mut() else {
-            return;
-        };
-        if !self.up {
-            // The peer left again: keep every region dirty for the next attempt.
-            return self.abandon_resync(io);
-        }
-        let rate = self.cfg.resync_rate as f64;
-        let dt = now.duration_since(r.last_refill).as_secs_f64();
-        r.last_refill = now;
-        r.budget = (r.budget + rate * dt).min(rate * 0.05 + self.cfg.dirty_granularity as f64);
-        let g = self.cfg.dirty_granularity;
-        while self
-            .resync
-            .as_ref()
-            .is_some_and(|r| r.budget > 0.0 && r.reads < 16)
-        {
-            let r = self.resync.as_mut().expect("checked");
-            let found = self.dirty.next_set(r.cursor);
-            let Some(b) = found else {
-                // End of a pass.
-                r.cursor = 0;
-                if !r.also_done {
-                    // The target's suspect regions are still coming: no last pass yet.
-                    break;
-                }
-                let empty = self.dirty.none();
-                if !empty || r.reads > 0 {
-                    if !r.last_pass && empty {
-                        // Wait for the reads; the next tick starts over.
-                    } else if !r.last_pass {
-                        r.last_pass = true;
-                    }
-                    break;
-                }
-                let writes_in_flight = self
-                    .ops
-                    .iter()
-                    .any(|(_, op)| op.origin == Origin::Local && op.applying > 0);
-                if !r.last_pass {
-                    r.last_pass = true;
-                    break;
-                }
-                if !writes_in_flight {
-                    self.finish_resync(io);
-                }
-                break;
-            };
-            r.cursor = b + 1;
-            self.dirty.clear_bit(b);
-            let offset = b * g;
-            let len = g.min(self.cfg.size - offset);
-            r.copied.set_range(offset, len);
-            r.reads += 1;
-            r.budget -= len as f64;
-            r.total += len;
-            let k = self.ops.insert(Op {
-                origin: Origin::Resync,
-                upd: Upd::ResyncRead,
-                offset,
-                len,
-                fua: false,
-                data: Vec::new(),
-                seq: 0,
-                session: self.session,
-                applied: false,
-                apply_err: None,
-                applying: 0,
-                remote_done: true,
-                initiator: None,
-                deadline: now,
-                awaiting_order: false,
-                peer_id: 0,
-                order_due: false,
-                listed: false,
-                caw: false,
-                fwd_session: 0,
-                uid: 0,
-                fwd_inc: 0,
-            });
-            // Through the apply queue: it waits for overlapping writes still in flight, and
-            // later ones wait for it, so the copy holds every write acknowledged before it.
-            self.enqueue_apply(io, k, 0, 0);
-        }
-        let dirty = self.dirty_bytes();
-        self.stats
-            .dirty_bytes
-            .store(dirty, std::sync::atomic::Ordering::Relaxed);
-        if let Some(r) = &self.resync {
-            let secs = r.started.elapsed().as_secs_f64().max(1e-3);
-            let rate = ((r.total as f64 / secs) as u64).max(1);
-            self.stats
-                .resync_rate
-                .store(rate, std::sync::atomic::Ordering::Relaxed);
-            self.stats.resync_eta_ms.store(
-                dirty.saturating_mul(1000) / rate,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
+    /// The daemon stops: the deferred updates were answered (with EIO); forget them.
+    pub(super) fn drop_deferred(&mut self) {
+        self.deferred.clear();
     }
 
-    pub(super) fn finish_resync(&mut self, io: &mut IoCx) {
-        let Some(r) = self.resync.take() else {
-            return;
-        };
-        wire::encode(&mut self.outbox, &Header::new(Type::ResyncDone), &[]);
-        self.stats
-            .resync_rate
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        self.stats
-            .resync_eta_ms
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        self.set_mode(Mode::Mirroring);
-        self.dirty.clear();
-        self.stats
-            .dirty_bytes
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-        if let Some(slot) = &self.cfg.failover
-            && self.grant_epoch != 0
-        {
-            // The last volume of the group back in sync gives the group's grant back.
-            if slot
-                .survivors
-                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-                <= 1
-            {
-                // Once "in sync" is durable (durable.rs).
-                self.durable.release_after(slot, self.grant_epoch);
+    /// A region read of this attempt finished.
+    pub(super) fn read_done(&mut self) {
+        self.reads = self.reads.saturating_sub(1);
+    }
+
+    /// The target is still listing its suspect regions (RESYNC_ALSO is taken).
+    pub(super) fn listing(&self) -> bool {
+        !self.also_done
+    }
+
+    /// The target's list ended (RESYNC_ALSO with no range).
+    pub(super) fn list_ended(&mut self) {
+        self.also_done = true;
+    }
+
+    /// Refill the rate budget at `now` (`rate` bytes per second, regions of `g` bytes).
+    pub(super) fn refill(&mut self, now: Instant, rate: u64, g: u64) {
+        let rate = rate as f64;
+        let dt = now.duration_since(self.last_refill).as_secs_f64();
+        self.last_refill = now;
+        self.budget = (self.budget + rate * dt).min(rate * 0.05 + g as f64);
+    }
+
+    /// The next step over `dirty` (regions of `g` bytes, volume of `size`); `writes_in_flight`
+    /// says whether writes of this site's initiators are being applied (asked only when
+    /// nothing else holds the end back).
+    pub(super) fn next(
+        &mut self,
+        dirty: &mut RegionMap,
+        g: u64,
+        size: u64,
+        writes_in_flight: impl FnOnce() -> bool,
+    ) -> Next {
+        if self.budget <= 0.0 || self.reads >= MAX_READS {
+            return Next::Stop;
+        }
+        let Some(b) = dirty.next_set(self.cursor) else {
+            // End of a pass.
+            self.cursor = 0;
+            if !self.also_done {
+                // The target's suspect regions are still coming: no last pass yet.
+                return Next::Stop;
             }
-            self.grant_epoch = 0;
+            let empty = dirty.none();
+            if !empty || self.reads > 0 {
+                if !self.last_pass && empty {
+                    // Wait for the reads; the next tick starts over.
+                } else if !self.last_pass {
+                    self.last_pass = true;
+                }
+                return Next::Stop;
+            }
+            let writes = writes_in_flight();
+            if !self.last_pass {
+                self.last_pass = true;
+                return Next::Stop;
+            }
+            return if writes { Next::Stop } else { Next::Finish };
+        };
+        self.cursor = b + 1;
+        dirty.clear_bit(b);
+        let offset = b * g;
+        let len = g.min(size - offset);
+        self.copied.set_range(offset, len);
+        self.reads += 1;
+        self.budget -= len as f64;
+        self.total += len;
+        Next::Read { offset, len }
+    }
+
+    /// Bytes per second copied so far (at least 1).
+    pub(super) fn rate(&self) -> u64 {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        ((self.total as f64 / secs) as u64).max(1)
+    }
+
+    /// The attempt ended with its session: every region it copied is dirty again (the copies
+    /// may not have arrived). Returns the deferred updates (to go ahead alone).
+    pub(super) fn abandon(self, dirty: &mut RegionMap) -> VecDeque<usize> {
+        dirty.or_with(&self.copied);
+        self.deferred
+    }
+
+    /// The resync is done: (bytes copied, seconds taken, the deferred updates, to mirror).
+    pub(super) fn finish(self) -> (u64, f64, VecDeque<usize>) {
+        (
+            self.total,
+            self.started.elapsed().as_secs_f64(),
+            self.deferred,
+        )
+    }
+}
+
+/// The returning site's side of a resync: copies being applied, and RESYNC_DONE.
+#[derive(Default)]
+pub(super) struct ResyncTarget {
+    /// Resync copies still being applied.
+    applies: u32,
+    /// RESYNC_DONE received.
+    done: bool,
+}
+
+impl ResyncTarget {
+    /// A resync from the peer starts.
+    pub(super) fn start(&mut self) {
+        *self = Self::default();
+    }
+
+    /// RESYNC_DONE came.
+    pub(super) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// A copy arrived and is being applied.
+    pub(super) fn copy_started(&mut self) {
+        self.applies += 1;
+    }
+
+    /// A copy of this attempt was applied.
+    pub(super) fn copy_applied(&mut self) {
+        self.applies = self.applies.saturating_sub(1);
+    }
+
+    /// RESYNC_DONE came.
+    pub(super) fn done_received(&mut self) {
+        self.done = true;
+    }
+
+    /// RESYNC_DONE came and every copy is applied.
+    pub(super) fn complete(&self) -> bool {
+        self.done && self.applies == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = 4096;
+
+    fn source(now: Instant) -> ResyncSource {
+        let mut r = ResyncSource::new(16 * G, G, now);
+        r.refill(now, 1 << 30, G);
+        r
+    }
+
+    #[test]
+    fn copies_every_dirty_region_then_finishes_after_a_last_pass() {
+        let t = Instant::now();
+        let mut r = source(t);
+        r.refill(t + std::time::Duration::from_secs(1), 1 << 30, G);
+        let mut dirty = RegionMap::new(16 * G, G);
+        dirty.set_range(G, 2 * G);
+        dirty.set_range(15 * G, G);
+        let mut reads = Vec::new();
+        while let Next::Read { offset, len } = r.next(&mut dirty, G, 16 * G, || false) {
+            reads.push((offset, len));
         }
-        tracing::warn!(volume = %self.cfg.name, copied_bytes = r.total,
-            seconds = r.started.elapsed().as_secs_f64(), deferred = r.deferred.len(),
-            "mirror: resync complete; both replicas in sync, mirroring again");
-        for k in r.deferred {
-            self.start_mirrored(io, k);
+        assert_eq!(reads, vec![(G, G), (2 * G, G), (15 * G, G)]);
+        assert!(dirty.none());
+        assert!(r.copied.test(15));
+        // The target's list has not ended: no last pass.
+        assert_eq!(r.next(&mut dirty, G, 16 * G, || false), Next::Stop);
+        r.list_ended();
+        for _ in 0..3 {
+            r.read_done();
         }
+        assert!(!r.defer(7), "not the last pass yet");
+        assert_eq!(r.next(&mut dirty, G, 16 * G, || false), Next::Stop);
+        assert!(r.defer(7), "the last pass");
+        assert_eq!(r.next(&mut dirty, G, 16 * G, || true), Next::Stop, "writes");
+        assert_eq!(r.next(&mut dirty, G, 16 * G, || false), Next::Finish);
+        let (total, _, deferred) = r.finish();
+        assert_eq!((total, deferred), (3 * G, VecDeque::from([7])));
+    }
+
+    #[test]
+    fn the_budget_and_the_reads_in_flight_hold_it_back() {
+        let t = Instant::now();
+        let mut r = ResyncSource::new(64 * G, G, t);
+        let mut dirty = RegionMap::all(64 * G, G);
+        assert_eq!(
+            r.next(&mut dirty, G, 64 * G, || false),
+            Next::Stop,
+            "no budget"
+        );
+        // 1 s at 1 GiB/s: capped at 50 ms of the rate plus a region.
+        r.refill(t + std::time::Duration::from_secs(1), 1 << 30, G);
+        let mut n = 0;
+        while let Next::Read { .. } = r.next(&mut dirty, G, 64 * G, || false) {
+            n += 1;
+        }
+        assert_eq!(n, MAX_READS, "reads in flight");
+        // Abandoned: what it copied is dirty again.
+        let deferred = r.abandon(&mut dirty);
+        assert!(deferred.is_empty());
+        assert_eq!(dirty.count(), 64);
+    }
+
+    #[test]
+    fn the_target_ends_after_resync_done_and_its_last_copy() {
+        let mut t = ResyncTarget::default();
+        t.copy_started();
+        t.done_received();
+        assert!(!t.complete());
+        t.copy_applied();
+        assert!(t.complete());
+        t.start();
+        assert!(!t.is_done());
+        // A copy of an earlier attempt finishing late does not underflow.
+        t.copy_applied();
+        t.done_received();
+        assert!(t.complete());
     }
 }

@@ -1,120 +1,185 @@
-//! The session and its wire handling: link up and down, the ACK policy, the outbox, and the
-//! checks and dispatch of every message from the peer.
+//! The session with the peer: its number, whether it is up, the sequence counter, both
+//! applied watermarks as exchanged in ACKs, the ACK policy, the heartbeat and the outbox.
 //!
-//! Model: a session is numbered; it starts after HELLO/WELCOME (`link_up`, which re-sends what
-//! the peer may not have) and ends with the link (`link_down`, which holds everything until
-//! the next one). [`Engine::on_msg`] checks a message and routes it to the part it is for.
+//! Model: [`PeerSession`] owns everything about the exchange that is not about a particular
+//! update. A session is numbered; [`PeerSession::start`] begins one after HELLO/WELCOME and
+//! [`PeerSession::end`] ends it with the link. Messages are encoded into the outbox, which the
+//! link drains ([`PeerSession::take_outbox`]), adding an ACK when the policy says one is due.
+//! It reads the engine's applied watermark as an argument and returns what the engine must do
+//! (a seq to use, a check's verdict, a reason to drop the link); it never touches an update.
 //!
-//! Invariants: a message that fails a check is never applied (`on_msg` returns the reason and
-//! the link is dropped); sequence numbers arrive exactly in order; an ACK never passes the
-//! highest `seq` given or received.
+//! Invariants:
+//! - `next_seq` starts at 1 in every session; on the follower a sequenced message is taken
+//!   only with exactly the next `seq` (no duplicates, no gaps).
+//! - An ACK received never goes backwards and never passes the highest `seq` given (leader)
+//!   or received (follower); an ACK sent never passes the applied watermark.
+//! - Nothing is queued while the session is down (the outbox is cleared at both ends).
 
-use super::*;
+use super::super::stats::MirrorStats;
+use super::super::wire::{self, Header, Type};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-impl Engine {
-    // ---- the link -------------------------------------------------------------------------
+/// An ACK is sent at once when this many applied updates are unacknowledged. Otherwise: one
+/// unacknowledged update (queue depth 1) is acknowledged in the first turn in which the peer
+/// sent nothing new; several (a stream of concurrent updates) wait at most [`ACK_WINDOW`] from
+/// the first of them, so a busy stream is acknowledged in batches and a lone update at once.
+pub const ACK_BATCH: u64 = 16;
+/// The longest an applied update waits for its ACK when others are pending with it.
+pub const ACK_WINDOW: Duration = Duration::from_micros(50);
 
-    /// A session started (after HELLO/WELCOME): re-send what the peer may not have.
-    pub fn link_up(&mut self, io: &mut IoCx) {
-        self.session += 1;
+/// Pause between dial attempts.
+pub const REDIAL_EVERY: Duration = Duration::from_millis(200);
+
+/// The session with the peer (see the module doc).
+pub(super) struct PeerSession {
+    /// The current (or last) session's number; 0: none yet.
+    pub(super) number: u32,
+    pub(super) up: bool,
+    /// Leader: next seq to give. Follower: next seq expected.
+    next_seq: u64,
+    /// The watermark of the last ACK sent.
+    ack_sent: u64,
+    /// The peer's applied watermark (its last ACK) in this session.
+    pub(super) peer_wm: u64,
+    outbox: Vec<u8>,
+    /// Messages arrived since the last `take_outbox`.
+    rx_since_flush: bool,
+    /// When the oldest unacknowledged applied update was first seen waiting for an ACK.
+    ack_pending_since: Option<Instant>,
+    /// The clock of PING and PONG.
+    epoch: Instant,
+    next_ping: Instant,
+    next_dial: Instant,
+    stats: Arc<MirrorStats>,
+}
+
+impl PeerSession {
+    pub(super) fn new(stats: Arc<MirrorStats>) -> Self {
+        let now = Instant::now();
+        Self {
+            number: 0,
+            up: false,
+            next_seq: 1,
+            ack_sent: 0,
+            peer_wm: 0,
+            outbox: Vec::with_capacity(1 << 20),
+            rx_since_flush: false,
+            ack_pending_since: None,
+            epoch: now,
+            next_ping: now,
+            next_dial: now,
+            stats,
+        }
+    }
+
+    /// A new session starts: returns its number.
+    pub(super) fn start(&mut self) -> u32 {
+        self.number += 1;
         self.up = true;
         self.next_seq = 1;
-        self.aq.applied = apply::Window::default();
         self.ack_sent = 0;
         self.peer_wm = 0;
         self.outbox.clear();
-        self.held_logged = false;
-        self.last_rx = Instant::now();
-        self.kill_link = None;
-        self.stats.set_up(true, self.session);
-        tracing::info!(volume = %self.cfg.name, session = self.session, role = ?self.cfg.role,
-            resend = self.backlog.len() + self.forwards.len(), "mirror: link up");
-        match self.cfg.role {
-            Role::Leader => {
-                // Applies of forwarded updates already under way (this session's re-sends
-                // start after the snapshot).
-                self.resent_wait.clear();
-                let ops = &self.ops;
-                self.resent_wait.extend(
-                    self.aq
-                        .active()
-                        .filter(|(_, a)| ops[a.op].origin == Origin::PeerFwd)
-                        .map(|(s, _)| s),
-                );
-                let backlog: Vec<usize> = self.backlog.iter().copied().collect();
-                for k in backlog {
-                    self.sequence_and_send(io, k);
-                }
-                self.resent_due = true;
-                self.maybe_send_resent();
-            }
-            Role::Follower => {
-                // Nothing is forwarded until the leader's re-sends are in (RESENT): they say
-                // which forwards the leader already has.
-                self.resent_pending = true;
-                for &k in &self.forwards {
-                    self.ops[k].awaiting_order = false;
-                }
-            }
-        }
-        for i in 0..self.flushes.len() {
-            let k = self.flushes[i];
-            if !self.ops[k].remote_done {
-                self.send(
-                    Header {
-                        id: k as u32,
-                        ..Header::new(Type::Flush)
-                    },
-                    None,
-                );
-            }
-        }
+        self.stats.set_up(true, self.number);
+        self.number
     }
 
-    /// The session ended: hold everything until the next one (or the timeout).
-    pub fn link_down(&mut self, why: &str) {
+    /// The session ends with the link; false when none was up (nothing to do).
+    pub(super) fn end(&mut self) -> bool {
         if !self.up {
-            return;
+            return false;
         }
         self.up = false;
-        self.grant_asked = false;
         self.outbox.clear();
-        self.fail_metas();
-        self.resent_pending = false;
-        self.resent_due = false;
-        self.resent_wait.clear();
-        self.release_miscompares(true);
-        // Forwards still waiting behind a compare-and-write: the follower sends them again.
-        let ops = &self.ops;
-        let dropped: Vec<usize> = self
-            .barrier
-            .iter()
-            .copied()
-            .filter(|&k| ops[k].origin == Origin::PeerFwd)
-            .collect();
-        if !dropped.is_empty() {
-            self.barrier
-                .retain(|&k| self.ops[k].origin != Origin::PeerFwd);
-            for k in dropped {
-                let op = self.ops.remove(k);
-                self.recycle(op.data);
-            }
-        }
-        self.stats.set_up(false, self.session);
-        tracing::warn!(volume = %self.cfg.name, session = self.session, why,
-            held = self.ops.len(), "mirror: link down; updates are held until the peer returns");
+        true
     }
 
-    /// Move pending messages (and an ACK if the watermark moved) to `out`.
-    pub fn take_outbox(&mut self, out: &mut Vec<u8>) {
+    /// The session ended: publish it (after the engine held what it holds).
+    pub(super) fn publish_down(&self) {
+        self.stats.set_up(false, self.number);
+    }
+
+    /// Leader: the next seq of this session.
+    pub(super) fn give_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// The highest seq given (leader) or received (follower) in this session.
+    pub(super) fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Follower: take a sequenced message's `seq`, which must be exactly the next one.
+    pub(super) fn check_next_seq(&mut self, seq: u64) -> Result<(), &'static str> {
+        if seq != self.next_seq {
+            return Err(if seq < self.next_seq {
+                "duplicate sequence number"
+            } else {
+                "sequence number out of window"
+            });
+        }
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// An ACK from the peer: its new watermark, or the reason to drop the link.
+    pub(super) fn on_ack(&mut self, seq: u64) -> Result<u64, &'static str> {
+        if seq < self.peer_wm || seq > self.last_seq() {
+            return Err("ACK outside the window");
+        }
+        self.stats.inc(&self.stats.acks_received);
+        self.peer_wm = seq;
+        Ok(seq)
+    }
+
+    /// A message arrived (before it is handled).
+    pub(super) fn received(&mut self) {
+        self.stats.inc(&self.stats.msgs_received);
+        self.rx_since_flush = true;
+    }
+
+    /// Whether the ACK policy (see [`ACK_BATCH`]) says to send an ACK now, the applied
+    /// watermark being `wm`.
+    pub(super) fn ack_due(&mut self, now: Instant, wm: u64) -> bool {
+        let lag = wm - self.ack_sent;
+        if lag == 0 {
+            self.ack_pending_since = None;
+            return false;
+        }
+        let since = *self.ack_pending_since.get_or_insert(now);
+        match lag {
+            1 => !self.rx_since_flush,
+            l => l >= ACK_BATCH || now.duration_since(since) >= ACK_WINDOW,
+        }
+    }
+
+    /// When a held-back ACK falls due.
+    pub(super) fn ack_deadline(&self, wm: u64) -> Option<Instant> {
+        if self.up && wm > self.ack_sent {
+            self.ack_pending_since.map(|s| s + ACK_WINDOW)
+        } else {
+            None
+        }
+    }
+
+    /// Anything to send (messages or an ACK).
+    pub(super) fn wants_send(&mut self, now: Instant, wm: u64) -> bool {
+        self.up && (!self.outbox.is_empty() || self.ack_due(now, wm))
+    }
+
+    /// Move pending messages (and an ACK up to `wm` if one is due) to `out`.
+    pub(super) fn take_outbox(&mut self, out: &mut Vec<u8>, wm: u64) {
         if !self.up {
             return;
         }
-        let due = self.ack_due(Instant::now());
+        let due = self.ack_due(Instant::now(), wm);
         self.rx_since_flush = false;
         if due {
             self.ack_pending_since = None;
-            self.ack_sent = self.aq.applied.wm;
+            self.ack_sent = wm;
             let h = Header {
                 seq: self.ack_sent,
                 ..Header::new(Type::Ack)
@@ -130,313 +195,144 @@ impl Engine {
         }
     }
 
+    /// Queue a message, counted in `msgs_sent`.
+    pub(super) fn send(&mut self, h: &Header, payload: &[u8]) {
+        wire::encode(&mut self.outbox, h, payload);
+        self.stats.inc(&self.stats.msgs_sent);
+    }
+
+    /// Queue a message not counted in `msgs_sent` (copies, answers, control).
+    pub(super) fn queue(&mut self, h: &Header, payload: &[u8]) {
+        wire::encode(&mut self.outbox, h, payload);
+    }
+
+    /// Queue the RESYNC_ALSO messages listing `ranges` and the list's end.
+    pub(super) fn send_resync_also(&mut self, ranges: &[(u64, u64)]) {
+        wire::encode_resync_also(&mut self.outbox, ranges);
+        for _ in 0..ranges.len().div_ceil(wire::MAX_RESYNC_ALSO as usize) + 1 {
+            self.stats.inc(&self.stats.msgs_sent);
+        }
+    }
+
     /// Queue a PING carrying the current clock.
-    pub fn ping(&mut self) {
+    pub(super) fn ping(&mut self) {
         if self.up {
             let h = Header {
                 seq: self.epoch.elapsed().as_nanos() as u64,
                 ..Header::new(Type::Ping)
             };
-            wire::encode(&mut self.outbox, &h, &[]);
+            self.queue(&h, &[]);
         }
     }
 
-    pub(super) fn check_range(&self, h: &Header) -> Result<(), &'static str> {
-        let b = self.cfg.block as u64;
-        let end = h
-            .offset
-            .checked_add(h.count as u64)
-            .ok_or("range overflows")?;
-        if h.count == 0 || end > self.cfg.size {
-            return Err("range outside the volume");
-        }
-        if !h.offset.is_multiple_of(b) || !(h.count as u64).is_multiple_of(b) {
-            return Err("range not aligned to the block size");
-        }
-        Ok(())
+    /// The peer's PING: answer it.
+    pub(super) fn on_ping(&mut self, h: &Header) {
+        let h = Header {
+            seq: h.seq,
+            ..Header::new(Type::Pong)
+        };
+        self.queue(&h, &[]);
     }
 
-    pub(super) fn check_next_seq(&mut self, seq: u64) -> Result<(), &'static str> {
-        if seq != self.next_seq {
-            return Err(if seq < self.next_seq {
-                "duplicate sequence number"
-            } else {
-                "sequence number out of window"
-            });
+    /// The peer's PONG: a round-trip sample.
+    pub(super) fn on_pong(&mut self, h: &Header) {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        if h.seq <= now {
+            self.stats.rtt_sample(now - h.seq);
         }
-        self.next_seq += 1;
-        Ok(())
     }
 
-    /// One message from the peer. An `Err` is the reason to drop the link; nothing of that
-    /// message was applied.
-    pub fn on_msg(
+    /// The heartbeat at `now`: ping when due; the reason to drop the link when the peer sent
+    /// nothing (last at `last_rx`) for longer than `peer_dead`.
+    pub(super) fn heartbeat(
         &mut self,
-        io: &mut IoCx,
-        h: &Header,
-        payload: &[u8],
-    ) -> Result<(), &'static str> {
-        self.stats.inc(&self.stats.msgs_received);
-        self.rx_since_flush = true;
-        // Every field against its meaning for the type (the link's decoder checked it too).
-        let r = wire::check_fields(h, payload).and_then(|()| self.handle(io, h, payload));
-        if r.is_err() {
-            self.stats.inc(&self.stats.rejected);
+        now: Instant,
+        every: Duration,
+        peer_dead: Duration,
+        last_rx: Instant,
+    ) -> Option<&'static str> {
+        if !self.up {
+            return None;
         }
-        r
+        if now >= self.next_ping {
+            self.next_ping = now + every;
+            self.ping();
+        }
+        (now.duration_since(last_rx) > peer_dead)
+            .then_some("peer silent past the heartbeat timeout")
     }
 
-    pub(super) fn handle(
-        &mut self,
-        io: &mut IoCx,
-        h: &Header,
-        payload: &[u8],
-    ) -> Result<(), &'static str> {
-        use Type::*;
-        let leader = self.cfg.role == Role::Leader;
-        match h.ty {
-            Write | Zeroes | Unmap
-                if !leader && h.flags & wire::FLAG_RESENT != 0 && self.claim_resent(io, h)? => {}
-            Write | Zeroes | Unmap if !leader => {
-                self.check_range(h)?;
-                self.check_next_seq(h.seq)?;
-                let upd = match h.ty {
-                    Write => Upd::Write,
-                    Zeroes => Upd::Zeroes,
-                    _ => Upd::Unmap,
-                };
-                let data = if upd == Upd::Write {
-                    self.buf(payload)
-                } else {
-                    Vec::new()
-                };
-                let k = self.new_peer_op(Origin::PeerSeq, upd, h, data);
-                self.ops[k].seq = h.seq;
-                // Settled by its apply's completion (at once for a RAM replica).
-                self.enqueue_apply(io, k, self.session, h.seq);
-            }
-            Order if !leader => {
-                let pos = self
-                    .forwards
-                    .iter()
-                    .position(|&k| self.ops[k].awaiting_order)
-                    .ok_or("ORDER with no forwarded request outstanding")?;
-                let k = self.forwards[pos];
-                if h.id != self.ops[k].uid {
-                    return Err("ORDER for a request not outstanding");
-                }
-                self.check_next_seq(h.seq)?;
-                let op = &mut self.ops[k];
-                if op.upd == Upd::Caw {
-                    // The leader found it matching: apply the write data at this seq.
-                    let len = op.len as usize;
-                    op.data.drain(..len);
-                    op.upd = Upd::Write;
-                }
-                op.awaiting_order = false;
-                op.seq = h.seq;
-                op.session = self.session;
-                op.fwd_inc = self.peer_incarnation;
-                self.enqueue_apply(io, k, self.session, h.seq);
-            }
-            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
-                if leader && !self.draining && self.mode == Mode::Resyncing && self.resync_done =>
-            {
-                // The source is mirroring already; this site still applies its last copies:
-                // the forward waits, in order, until they are done.
-                let k = self.forwarded_op(h, payload)?;
-                self.barrier.push_back(k);
-            }
-            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
-                if leader && (self.draining || self.mode != Mode::Mirroring) =>
-            {
-                // Not taken (stopping, or a survivor resyncing the peer): the follower fails
-                // it on its timeout; neither replica applies it.
-                self.check_range(h)?;
-            }
-            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw if leader => {
-                let k = self.forwarded_op(h, payload)?;
-                self.leader_take(io, k);
-            }
-            Miscompare if !leader => {
-                let pos = self
-                    .forwards
-                    .iter()
-                    .position(|&k| self.ops[k].awaiting_order)
-                    .ok_or("MISCOMPARE with no forwarded request outstanding")?;
-                let k = self.forwards[pos];
-                if h.id != self.ops[k].uid || self.ops[k].upd != Upd::Caw {
-                    return Err("MISCOMPARE for a request not outstanding");
-                }
-                if h.seq >= self.next_seq {
-                    return Err("MISCOMPARE after a seq not received");
-                }
-                self.forwards.remove(pos);
-                let op = &mut self.ops[k];
-                op.listed = false;
-                op.awaiting_order = false;
-                op.remote_done = true;
-                op.apply_err = Some(Errno::MISCOMPARE);
-                let uid = op.uid;
-                if self.aq.applied.wm >= h.seq {
-                    self.settle(k);
-                } else {
-                    // Answered once this site has what the leader compared against.
-                    op.applying += 1;
-                    self.miscompare_waits.push((k, uid, h.seq));
-                }
-            }
-            Resent if !leader => {
-                if !std::mem::take(&mut self.resent_pending) {
-                    return Err("RESENT twice in a session");
-                }
-                self.after_resent();
-            }
-            Ack => {
-                // Leader: the highest seq given; follower: the highest seq received.
-                if h.seq < self.peer_wm || h.seq > self.next_seq - 1 {
-                    return Err("ACK outside the window");
-                }
-                self.stats.inc(&self.stats.acks_received);
-                self.peer_wm = h.seq;
-                self.on_peer_wm();
-            }
-            Flush => {
-                let k = self.new_peer_op(Origin::PeerFlush(h.id), Upd::Flush, h, Vec::new());
-                self.ops[k].session = self.session;
-                self.enqueue_apply(io, k, 0, 0);
-            }
-            FlushDone => {
-                let k = h.id as usize;
-                let pos = self
-                    .flushes
-                    .iter()
-                    .position(|&f| f == k)
-                    .ok_or("FLUSH_DONE for no outstanding flush")?;
-                self.flushes.swap_remove(pos);
-                let op = &mut self.ops[k];
-                op.listed = false;
-                op.remote_done = true;
-                if payload.len() == 4 {
-                    let e = i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                    op.apply_err = Some(Errno(e));
-                }
-                self.settle(k);
-            }
-            Ping => {
-                let h = Header {
-                    seq: h.seq,
-                    ..Header::new(Pong)
-                };
-                wire::encode(&mut self.outbox, &h, &[]);
-            }
-            Pong => {
-                let now = self.epoch.elapsed().as_nanos() as u64;
-                if h.seq <= now {
-                    self.stats.rtt_sample(now - h.seq);
-                }
-            }
-            ResyncAlso if self.resync.as_ref().is_some_and(|r| !r.also_done) => {
-                let (b, size) = (self.cfg.block as u64, self.cfg.size);
-                for (offset, len) in wire::decode_resync_also(payload) {
-                    let end = offset.checked_add(len).ok_or("range overflows")?;
-                    if len == 0 || end > size {
-                        return Err("RESYNC_ALSO range outside the volume");
-                    }
-                    if !offset.is_multiple_of(b) || !len.is_multiple_of(b) {
-                        return Err("RESYNC_ALSO range not aligned to the block size");
-                    }
-                }
-                for (offset, len) in wire::decode_resync_also(payload) {
-                    self.dirty.set_range(offset, len);
-                }
-                self.stats
-                    .dirty_bytes
-                    .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
-                if h.count == 0 {
-                    self.resync.as_mut().expect("checked").also_done = true;
-                }
-            }
-            Resync if self.mode == Mode::Resyncing && !self.resync_done => {
-                self.check_range(h)?;
-                let data = self.buf(payload);
-                let k = self.new_peer_op(Origin::Resync, Upd::Write, h, data);
-                self.resync_applies += 1;
-                self.enqueue_apply(io, k, 0, 0);
-            }
-            ResyncDone if self.mode == Mode::Resyncing && !self.resync_done => {
-                self.resync_done = true;
-                self.maybe_end_resync_target(io);
-            }
-            Meta if leader => {
-                let (status, state) = match &self.cfg.meta {
-                    Some(m) => m.execute(self.vol, payload),
-                    None => (META_INTERNAL, None),
-                };
-                self.send_meta_state(h.id, status, state.as_deref().unwrap_or(&[]));
-            }
-            MetaState => {
-                if h.id != wire::META_NO_ID
-                    && (leader || self.metas.get(h.id as usize).is_none_or(|m| m.token != 0))
-                {
-                    return Err("META_STATE answers no outstanding request");
-                }
-                let installed = match (&self.cfg.meta, payload.is_empty()) {
-                    (_, true) => Install::Done,
-                    (Some(m), false) => m.install(self.vol, payload),
-                    (None, false) => Install::Failed,
-                };
-                if installed == Install::Malformed {
-                    return Err("malformed metadata state");
-                }
-                let failed = installed == Install::Failed;
-                if failed {
-                    tracing::error!(volume = %self.cfg.name,
-                        "mirror: the peer's metadata (reservation) state could not be installed here");
-                }
-                let ack = Header {
-                    seq: h.seq,
-                    count: if failed { u32::from(META_INTERNAL) } else { 0 },
-                    ..Header::new(MetaAck)
-                };
-                wire::encode(&mut self.outbox, &ack, &[]);
-                self.stats.inc(&self.stats.msgs_sent);
-                if h.id != wire::META_NO_ID {
-                    let m = self.metas.remove(h.id as usize);
-                    let status = if failed {
-                        META_INTERNAL
-                    } else {
-                        h.count.min(0xFFFF) as u16
-                    };
-                    if let Some((from, tag)) = m.initiator {
-                        self.done.push((from, tag, meta_result(status)));
-                    }
-                }
-            }
-            MetaAck => {
-                // Every wait up to this token is settled (ACKs come in order; a push's has no
-                // waiter). A state the peer could not install fails the command it carried.
-                let done: Vec<usize> = self
-                    .metas
-                    .iter()
-                    .filter(|(_, m)| m.token != 0 && m.token <= h.seq)
-                    .map(|(k, _)| k)
-                    .collect();
-                for k in done {
-                    let m = self.metas.remove(k);
-                    let status = if m.token == h.seq && h.count != 0 {
-                        h.count.min(0xFFFF) as u16
-                    } else {
-                        m.status
-                    };
-                    if let Some((from, tag)) = m.initiator {
-                        self.done.push((from, tag, meta_result(status)));
-                    }
-                }
-            }
-            Hello | Welcome | Refuse => return Err("handshake message inside a session"),
-            _ => return Err("message not allowed in this direction"),
+    /// Follower without a link: whether to dial now (at most every [`REDIAL_EVERY`]).
+    pub(super) fn dial_due(&mut self, now: Instant) -> bool {
+        if now >= self.next_dial {
+            self.next_dial = now + REDIAL_EVERY;
+            return true;
         }
-        Ok(())
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> PeerSession {
+        PeerSession::new(Arc::new(MirrorStats::default()))
+    }
+
+    #[test]
+    fn seqs_are_taken_exactly_in_order_and_restart_with_each_session() {
+        let mut s = session();
+        assert_eq!(s.start(), 1);
+        assert_eq!(s.check_next_seq(2), Err("sequence number out of window"));
+        assert_eq!(s.check_next_seq(1), Ok(()));
+        assert_eq!(s.check_next_seq(1), Err("duplicate sequence number"));
+        assert_eq!(s.last_seq(), 1);
+        assert!(s.end());
+        assert!(!s.end());
+        assert_eq!(s.start(), 2);
+        assert_eq!(s.give_seq(), 1);
+        assert_eq!(s.give_seq(), 2);
+    }
+
+    #[test]
+    fn acks_never_go_backwards_nor_past_the_last_seq() {
+        let mut s = session();
+        s.start();
+        s.give_seq();
+        s.give_seq();
+        assert_eq!(s.on_ack(3), Err("ACK outside the window"));
+        assert_eq!(s.on_ack(2), Ok(2));
+        assert_eq!(s.on_ack(1), Err("ACK outside the window"));
+        assert_eq!(s.on_ack(2), Ok(2));
+    }
+
+    #[test]
+    fn the_ack_policy() {
+        let mut s = session();
+        s.start();
+        let t = Instant::now();
+        // Nothing applied: no ACK.
+        assert!(!s.ack_due(t, 0));
+        // A lone update: at once, unless the peer just sent more.
+        s.received();
+        assert!(!s.ack_due(t, 1));
+        let mut out = Vec::new();
+        s.take_outbox(&mut out, 1);
+        assert!(out.is_empty(), "held while the peer is sending");
+        assert!(s.ack_due(t, 1));
+        s.take_outbox(&mut out, 1);
+        assert!(!out.is_empty());
+        assert!(!s.ack_due(t, 1));
+        // Several: a batch, or the window from the first.
+        s.received();
+        assert!(!s.ack_due(t, 3));
+        assert_eq!(s.ack_deadline(3), Some(t + ACK_WINDOW));
+        assert!(s.ack_due(t + ACK_WINDOW, 3));
+        assert!(s.ack_due(t, 1 + ACK_BATCH));
+        // Down: nothing is due, nothing is sent.
+        s.end();
+        assert_eq!(s.ack_deadline(3), None);
+        assert!(!s.wants_send(t, 3));
     }
 }

@@ -1,231 +1,193 @@
-//! Serving alone: the survivor's dirty regions, the fence, suspect regions, and the witness
-//! grant that decides between them.
+//! Asking the witness: when a site that lost its peer (or whose operator asked for a takeover)
+//! asks for the volume's grant, and what the answer means ([`Witness`]).
 //!
-//! Model: without the peer, a site asks the witness (through its failover slot) for the
-//! volume. Granted: it becomes the survivor, completes what it held, and records every region
-//! it writes in the dirty [`RegionMap`] (kept counted, so a write costs the same on any volume
-//! size). Denied or unreachable: it fences and records its unconfirmed updates as suspect.
+//! Model: the engine's failover slot is shared with the daemon's witness client: the engine
+//! sets `want`, the client asks the witness and stores the `outcome` (and the grant's
+//! `epoch`). [`Witness::tick`] runs every engine tick with what it needs of the site
+//! ([`SiteNow`]) and returns what the engine must do ([`Grant`]): nothing yet, become the
+//! survivor, or fence. What serving alone and fencing do is the engine's (`alone.rs`).
 //!
-//! Invariants: a survivor's dirty map covers every region written since the peer was lost;
-//! a fenced site's suspect map covers every update it applied that the peer never confirmed.
+//! Invariants:
+//! - Only a site that has had a session lost its peer: a site just started waits for its
+//!   first session (it must not win a grant against a peer it has never seen) unless an
+//!   operator asked it to take over (`mirror_takeover`).
+//! - One request per lost link (or per takeover): `asked` is reset only when the link goes
+//!   down again or a new takeover starts.
+//! - A takeover is never asked while the link is up or the daemon stops (the request is
+//!   dropped).
 
-use super::*;
+use super::Mode;
+use crate::layer::mirror::failover::{DENIED, FailoverSlot, GRANTED, UNREACHABLE};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
 
-impl Engine {
-    /// Survivor: an update done when the local replica has it.
-    pub(super) fn survivor_apply(&mut self, io: &mut IoCx, k: usize) {
-        self.ops[k].remote_done = true;
-        let (o, l, upd) = (self.ops[k].offset, self.ops[k].len, self.ops[k].upd);
-        if upd != Upd::Flush {
-            self.mark_dirty(o, l);
-        }
-        self.enqueue_apply(io, k, 0, 0);
+/// What the witness's answer asks of the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Grant {
+    /// Nothing (yet).
+    Wait,
+    /// This site holds the volume from `epoch` on: serve alone. `takeover`: granted to an
+    /// operator's takeover (which regions differ from the peer is unknown).
+    Granted { epoch: u64, takeover: bool },
+    /// No grant: fence, for this reason.
+    Fence(&'static str),
+}
+
+/// What the witness part needs to know of the site, now.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SiteNow {
+    /// A session is running.
+    pub(super) up: bool,
+    /// A session has run since the start.
+    pub(super) had_session: bool,
+    pub(super) mode: Mode,
+    /// The daemon is stopping.
+    pub(super) draining: bool,
+}
+
+/// The state of asking the witness (see the module doc).
+#[derive(Default)]
+pub(super) struct Witness {
+    /// A grant was asked for since the link went down.
+    asked: bool,
+    /// An operator's takeover is being asked for.
+    takeover: bool,
+}
+
+impl Witness {
+    /// The link went down: the next loss asks again.
+    pub(super) fn link_lost(&mut self) {
+        self.asked = false;
     }
 
-    /// Current mode.
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
-    /// Bytes of the volume marked dirty (written while serving alone).
-    pub fn dirty_bytes(&self) -> u64 {
-        self.dirty.bytes()
-    }
-
-    pub(super) fn mark_dirty(&mut self, offset: u64, len: u64) {
-        self.dirty.set_range(offset, len);
-        self.stats
-            .dirty_bytes
-            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Bytes of the volume in suspect regions (updates applied here the peer never
-    /// confirmed; see `suspect`).
-    pub fn suspect_bytes(&self) -> u64 {
-        self.suspect.bytes()
-    }
-
-    /// Add the regions of every update still tracked here (applied or possibly applied, and
-    /// not confirmed by the peer, or just confirmed) to `map`.
-    pub(super) fn unconfirmed_into(&self, map: &mut RegionMap) {
-        for (_, op) in self.ops.iter() {
-            if !matches!(op.upd, Upd::Flush | Upd::ResyncRead) {
-                map.set_range(op.offset, op.len);
-            }
-        }
-    }
-
-    /// The suspect map, leaving an empty one.
-    pub(super) fn take_suspect(&mut self) -> RegionMap {
-        let empty = RegionMap::new(self.cfg.size, self.cfg.dirty_granularity);
-        std::mem::replace(&mut self.suspect, empty)
-    }
-
-    /// This replica's copy wins (it serves alone or is a resync source): its suspect regions
-    /// become dirty, to be copied to the peer.
-    pub(super) fn absorb_suspect(&mut self) {
-        if self.suspect.unallocated() {
-            return;
-        }
-        let suspect = self.take_suspect();
-        self.dirty.or_with(&suspect);
-        self.stats
-            .dirty_bytes
-            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The peer is gone and the witness granted this site the volume: acknowledge alone from
-    /// now on, finishing every held update, and record what the peer misses.
-    pub(super) fn become_survivor(&mut self, io: &mut IoCx, epoch: u64) {
-        self.grant_epoch = epoch;
-        self.absorb_suspect();
-        if let Some(slot) = &self.cfg.failover {
-            slot.survivors
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        self.set_mode(Mode::Survivor);
-        tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
-            "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");
-        // Updates waiting behind a compare-and-write go ahead alone (forwarded ones are the
-        // lost peer's: dropped).
-        self.caw_active = None;
-        while let Some(k) = self.barrier.pop_front() {
-            if self.ops[k].origin == Origin::PeerFwd {
-                let op = self.ops.remove(k);
-                self.recycle(op.data);
-            } else {
-                self.survivor_apply(io, k);
-            }
-        }
-        while let Some(k) = self.backlog.pop_front() {
-            self.backlog_bytes -= self.ops[k].data.len() as u64;
-            let (o, l) = (self.ops[k].offset, self.ops[k].len);
-            self.mark_dirty(o, l);
-            self.ops[k].remote_done = true;
-            self.settle(k);
-        }
-        while let Some(k) = self.forwards.pop_front() {
-            let (o, l) = (self.ops[k].offset, self.ops[k].len);
-            self.mark_dirty(o, l);
-            let op = &mut self.ops[k];
-            op.listed = false;
-            op.remote_done = true;
-            op.awaiting_order = false;
-            if op.applying == 0 && !op.applied {
-                self.enqueue_apply(io, k, 0, 0);
-            } else {
-                self.settle(k);
-            }
-        }
-        for k in std::mem::take(&mut self.flushes) {
-            self.ops[k].listed = false;
-            self.ops[k].remote_done = true;
-            self.settle(k);
-        }
-        self.stats
-            .backlog_bytes
-            .store(0, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// No grant: fail everything held and serve no I/O.
-    pub(super) fn fence(&mut self, why: &str) {
-        // Updates applied here (or being applied) that the peer never confirmed may be on this
-        // replica only: the survivor must copy those regions too when it resyncs this site.
-        let mut suspect = self.take_suspect();
-        self.unconfirmed_into(&mut suspect);
-        self.suspect = suspect;
-        self.set_mode(Mode::Fenced);
-        tracing::error!(volume = %self.cfg.name, why, suspect_bytes = self.suspect_bytes(),
-            "mirror: fenced; this site serves no I/O for the volume");
-        let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
-        self.backlog.clear();
-        self.backlog_bytes = 0;
-        self.forwards.clear();
-        self.flushes.clear();
-        self.barrier.clear();
-        self.caw_active = None;
-        for k in keys {
-            let op = &mut self.ops[k];
-            op.listed = false;
-            op.remote_done = true;
-            if let Some((from, tag)) = op.initiator.take() {
-                self.done.push((from, tag, Err(Errno::IO)));
-            }
-            self.settle(k);
-        }
-    }
-
-    /// Target: once RESYNC_DONE came and every copy is applied, serve I/O again.
-    pub(super) fn maybe_end_resync_target(&mut self, io: &mut IoCx) {
-        if self.mode == Mode::Resyncing && self.resync_done && self.resync_applies == 0 {
-            self.new_replica = false;
-            // The source copied them (it finishes only after the end of our list).
-            self.suspect.clear();
-            self.set_mode(Mode::Mirroring);
-            tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
-            // Forwards that came after RESYNC_DONE, while copies were still being applied.
-            if self.cfg.role == Role::Leader {
-                self.release_barrier(io);
-            }
-        }
-    }
-
-    pub(super) fn failover_tick(&mut self, io: &mut IoCx) {
-        use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
-        use std::sync::atomic::Ordering::SeqCst;
-        let Some(slot) = self.cfg.failover.clone() else {
-            return;
-        };
-        if self.durable.failed {
-            // Stopped here: never ask for (or take) a grant.
-            slot.in_sync.store(false, SeqCst);
-            return;
-        }
+    /// Once per engine tick: publish whether the site is in sync, ask for the grant when due,
+    /// and read the answer. `takeover_flag` is the operator's request (cleared once answered
+    /// or refused).
+    pub(super) fn tick(
+        &mut self,
+        slot: &FailoverSlot,
+        takeover_flag: &AtomicBool,
+        site: SiteNow,
+    ) -> Grant {
         slot.in_sync
-            .store(self.up && self.mode == Mode::Mirroring, SeqCst);
-        // Only a site that has had a session lost its peer; a site just started waits for
-        // its first session (it must not win a grant against a peer it has never seen) unless
-        // an operator asked it to take over (`mirror_takeover`).
-        let takeover = self.stats.takeover.load(SeqCst)
-            && matches!(self.mode, Mode::Waiting | Mode::Mirroring | Mode::Fenced);
-        if takeover && !self.takeover_started {
+            .store(site.up && site.mode == Mode::Mirroring, SeqCst);
+        let takeover = takeover_flag.load(SeqCst)
+            && matches!(site.mode, Mode::Waiting | Mode::Mirroring | Mode::Fenced);
+        if takeover && !self.takeover {
             // A new request for the grant, whatever was asked before.
-            self.takeover_started = true;
-            self.grant_asked = false;
+            self.takeover = true;
+            self.asked = false;
         }
         if !takeover
-            && !self.takeover_started
-            && (self.up || self.session == 0 || self.mode != Mode::Mirroring || self.draining)
+            && !self.takeover
+            && (site.up || !site.had_session || site.mode != Mode::Mirroring || site.draining)
         {
-            return;
+            return Grant::Wait;
         }
-        if takeover && (self.up || self.draining) {
-            self.stats.takeover.store(false, SeqCst);
-            return;
+        if takeover && (site.up || site.draining) {
+            takeover_flag.store(false, SeqCst);
+            return Grant::Wait;
         }
-        if !self.grant_asked {
-            self.grant_asked = true;
+        if !self.asked {
+            self.asked = true;
             slot.outcome.store(0, SeqCst);
             slot.want.store(true, SeqCst);
-            return;
+            return Grant::Wait;
         }
         let outcome = slot.outcome.load(SeqCst);
-        if outcome != 0 {
-            self.stats.takeover.store(false, SeqCst);
+        if outcome == 0 {
+            return Grant::Wait;
         }
-        if outcome == GRANTED && std::mem::take(&mut self.takeover_started) {
-            // Taken over by an operator: which regions differ from the peer is unknown, so
-            // the peer gets every region ever written when it returns.
-            self.dirty_everything_written();
-        }
-        if outcome != 0 {
-            self.takeover_started = false;
-        }
+        takeover_flag.store(false, SeqCst);
+        let takeover = std::mem::take(&mut self.takeover);
         match outcome {
-            GRANTED => self.become_survivor(io, slot.epoch.load(SeqCst)),
-            DENIED => self.fence("the witness granted the volume to the peer"),
-            UNREACHABLE => self.fence("neither the peer nor the witness is reachable"),
-            _ => {}
+            GRANTED => Grant::Granted {
+                epoch: slot.epoch.load(SeqCst),
+                takeover,
+            },
+            DENIED => Grant::Fence("the witness granted the volume to the peer"),
+            UNREACHABLE => Grant::Fence("neither the peer nor the witness is reachable"),
+            _ => Grant::Wait,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(up: bool, mode: Mode) -> SiteNow {
+        SiteNow {
+            up,
+            had_session: true,
+            mode,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn a_lost_peer_asks_once_and_acts_on_the_answer() {
+        let slot = FailoverSlot::default();
+        let flag = AtomicBool::new(false);
+        let mut w = Witness::default();
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Wait
+        );
+        assert!(slot.in_sync.load(SeqCst));
+        let never = SiteNow {
+            had_session: false,
+            ..site(false, Mode::Mirroring)
+        };
+        assert_eq!(w.tick(&slot, &flag, never), Grant::Wait);
+        assert!(!slot.want.load(SeqCst), "a site just started does not ask");
+        assert_eq!(
+            w.tick(&slot, &flag, site(false, Mode::Mirroring)),
+            Grant::Wait
+        );
+        assert!(slot.want.load(SeqCst));
+        assert_eq!(
+            w.tick(&slot, &flag, site(false, Mode::Mirroring)),
+            Grant::Wait
+        );
+        slot.epoch.store(9, SeqCst);
+        slot.outcome.store(GRANTED, SeqCst);
+        assert_eq!(
+            w.tick(&slot, &flag, site(false, Mode::Mirroring)),
+            Grant::Granted {
+                epoch: 9,
+                takeover: false
+            }
+        );
+        slot.outcome.store(DENIED, SeqCst);
+        assert_eq!(
+            w.tick(&slot, &flag, site(false, Mode::Mirroring)),
+            Grant::Fence("the witness granted the volume to the peer")
+        );
+    }
+
+    #[test]
+    fn a_takeover_asks_anew_and_is_dropped_while_the_link_is_up() {
+        let slot = FailoverSlot::default();
+        let flag = AtomicBool::new(true);
+        let mut w = Witness::default();
+        assert_eq!(w.tick(&slot, &flag, site(true, Mode::Waiting)), Grant::Wait);
+        assert!(!flag.load(SeqCst), "refused while up");
+        flag.store(true, SeqCst);
+        let started = SiteNow {
+            had_session: false,
+            ..site(false, Mode::Fenced)
+        };
+        assert_eq!(w.tick(&slot, &flag, started), Grant::Wait);
+        assert!(slot.want.load(SeqCst));
+        slot.outcome.store(GRANTED, SeqCst);
+        assert_eq!(
+            w.tick(&slot, &flag, started),
+            Grant::Granted {
+                epoch: 0,
+                takeover: true
+            }
+        );
+        assert!(!flag.load(SeqCst));
     }
 }

@@ -1,5 +1,10 @@
 //! Losing the peer with a witness (survivor and fenced sites), resyncs and their suspect
 //! regions, and the replica state persisted across a stop.
+//!
+//! Model: two engines back to back (see `tests/mod.rs`), each with its failover slot, which
+//! the test answers in the witness's place. Invariants checked: one survivor at most; the survivor records every
+//! region written alone; after a resync the replicas are byte-identical, including regions
+//! the fenced site applied without the peer's confirmation.
 
 use super::*;
 

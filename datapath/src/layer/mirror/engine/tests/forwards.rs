@@ -1,5 +1,10 @@
 //! The follower's forwards across sessions: never applied twice, never acknowledged on one
 //! replica only; forwarded compare-and-writes.
+//!
+//! Model: two engines back to back (see `tests/mod.rs`); links dropped at chosen moments
+//! between a forward, its ORDER and the watermark. Invariants checked: a forward is applied
+//! once, its initiator gets success only when both replicas have it, and the replicas end
+//! identical.
 
 use super::*;
 
@@ -244,13 +249,13 @@ fn a_stale_compare_and_write_does_not_release_kept_forwards_before_mirroring() {
     let mut slot = 100;
     write_at(&mut b, &mut io, &mut slot, 4096 * 3, 0x77, 512);
     deliver(&mut b, &mut a, &mut io, usize::MAX); // kept
-    assert_eq!(a.engine.barrier.len(), 1);
+    assert_eq!(a.engine.leader.waiting(), 1);
     // The stale read fails.
     a.engine
         .apply_finished(&mut io, caw_read.0 as usize, Err(Errno::IO), &[]);
     assert_eq!(a.engine.mode(), Mode::Resyncing);
     assert_eq!(
-        a.engine.barrier.len(),
+        a.engine.leader.waiting(),
         1,
         "kept forward released while still Resyncing"
     );

@@ -1,5 +1,9 @@
 //! Replicated volume metadata (reservations): decided by the leader, installed at the
 //! follower before the command completes.
+//!
+//! Model: two engines back to back with a counting `MetaHandler` on each. Invariants
+//! checked: a command completes only after the peer installed the state it produced; a late
+//! answer never completes a newer command.
 
 use super::*;
 

@@ -1,0 +1,359 @@
+//! The engine's routing for serving alone and for resyncs (not a part): the survivor's dirty
+//! regions, the fence and suspect regions, the witness's answer ([`Witness`]), and both sides
+//! of a resync ([`ResyncSource`], [`ResyncTarget`]).
+//!
+//! Model: without the peer, a site asks the witness (through its failover slot) for the
+//! volume. Granted: it becomes the survivor, completes what it held, and records every region
+//! it writes in the dirty [`RegionMap`] (kept counted, so a write costs the same on any volume
+//! size). Denied or unreachable: it fences and records its unconfirmed updates as suspect.
+//! When the peer returns, the survivor copies its dirty regions to it (the source's steps are
+//! [`ResyncSource::next`]'s), then both mirror again. The region maps stay the engine's
+//! fields (the persisted replica state reads them).
+//!
+//! Invariants: a survivor's dirty map covers every region written since the peer was lost;
+//! a fenced site's suspect map covers every update it applied that the peer never confirmed;
+//! a region copied by an attempt that ends before RESYNC_DONE is dirty again.
+
+use super::*;
+
+impl Engine {
+    // ---- serving alone and fencing --------------------------------------------------------
+
+    /// Survivor: an update done when the local replica has it.
+    pub(super) fn survivor_apply(&mut self, io: &mut IoCx, k: usize) {
+        self.ops[k].stage.confirm();
+        let (o, l, upd) = (self.ops[k].offset, self.ops[k].len, self.ops[k].upd);
+        if upd != Upd::Flush {
+            self.mark_dirty(o, l);
+        }
+        self.enqueue_apply(io, k, 0, 0);
+    }
+
+    /// Current mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Bytes of the volume marked dirty (written while serving alone).
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty.bytes()
+    }
+
+    pub(super) fn mark_dirty(&mut self, offset: u64, len: u64) {
+        self.dirty.set_range(offset, len);
+        self.stats
+            .dirty_bytes
+            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes of the volume in suspect regions (updates applied here the peer never
+    /// confirmed; see `suspect`).
+    pub fn suspect_bytes(&self) -> u64 {
+        self.suspect.bytes()
+    }
+
+    /// Add the regions of every update still tracked here (applied or possibly applied, and
+    /// not confirmed by the peer, or just confirmed) to `map`.
+    pub(super) fn unconfirmed_into(&self, map: &mut RegionMap) {
+        for (_, op) in self.ops.iter() {
+            if !matches!(op.upd, Upd::Flush | Upd::ResyncRead) {
+                map.set_range(op.offset, op.len);
+            }
+        }
+    }
+
+    /// The suspect map, leaving an empty one.
+    pub(super) fn take_suspect(&mut self) -> RegionMap {
+        let empty = RegionMap::new(self.cfg.size, self.cfg.dirty_granularity);
+        std::mem::replace(&mut self.suspect, empty)
+    }
+
+    /// This replica's copy wins (it serves alone or is a resync source): its suspect regions
+    /// become dirty, to be copied to the peer.
+    pub(super) fn absorb_suspect(&mut self) {
+        if self.suspect.unallocated() {
+            return;
+        }
+        let suspect = self.take_suspect();
+        self.dirty.or_with(&suspect);
+        self.stats
+            .dirty_bytes
+            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The peer is gone and the witness granted this site the volume: acknowledge alone from
+    /// now on, finishing every held update, and record what the peer misses.
+    pub(super) fn become_survivor(&mut self, io: &mut IoCx, epoch: u64) {
+        self.grant_epoch = epoch;
+        self.absorb_suspect();
+        if let Some(slot) = &self.cfg.failover {
+            slot.survivors
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.set_mode(Mode::Survivor);
+        tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
+            "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");
+        // Updates waiting behind a compare-and-write go ahead alone (forwarded ones are the
+        // lost peer's: dropped).
+        let (waited, backlog) = self.leader.survive();
+        for k in waited {
+            if self.ops[k].origin == Origin::PeerFwd {
+                let op = self.ops.remove(k);
+                self.recycle(op.data);
+            } else {
+                self.survivor_apply(io, k);
+            }
+        }
+        for k in backlog {
+            let (o, l) = (self.ops[k].offset, self.ops[k].len);
+            self.mark_dirty(o, l);
+            self.ops[k].stage.confirm();
+            self.settle(k);
+        }
+        for k in self.follower.take_all() {
+            let (o, l) = (self.ops[k].offset, self.ops[k].len);
+            self.mark_dirty(o, l);
+            let op = &mut self.ops[k];
+            op.stage.confirm();
+            if op.applying == 0 && !op.applied {
+                self.enqueue_apply(io, k, 0, 0);
+            } else {
+                self.settle(k);
+            }
+        }
+        for k in self.flushes.take_all() {
+            self.ops[k].stage.confirm();
+            self.settle(k);
+        }
+        self.stats
+            .backlog_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// No grant: fail everything held and serve no I/O.
+    pub(super) fn fence(&mut self, why: &str) {
+        // Updates applied here (or being applied) that the peer never confirmed may be on this
+        // replica only: the survivor must copy those regions too when it resyncs this site.
+        let mut suspect = self.take_suspect();
+        self.unconfirmed_into(&mut suspect);
+        self.suspect = suspect;
+        self.set_mode(Mode::Fenced);
+        tracing::error!(volume = %self.cfg.name, why, suspect_bytes = self.suspect_bytes(),
+            "mirror: fenced; this site serves no I/O for the volume");
+        let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
+        self.leader.fence();
+        self.follower.take_all();
+        self.flushes.take_all();
+        for k in keys {
+            let op = &mut self.ops[k];
+            op.stage.confirm();
+            if let Some((from, tag)) = op.initiator.take() {
+                self.done.push((from, tag, Err(Errno::IO)));
+            }
+            self.settle(k);
+        }
+    }
+
+    /// Target: once RESYNC_DONE came and every copy is applied, serve I/O again.
+    pub(super) fn maybe_end_resync_target(&mut self, io: &mut IoCx) {
+        if self.mode == Mode::Resyncing && self.target.complete() {
+            self.new_replica = false;
+            // The source copied them (it finishes only after the end of our list).
+            self.suspect.clear();
+            self.set_mode(Mode::Mirroring);
+            tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
+            // Forwards that came after RESYNC_DONE, while copies were still being applied.
+            if self.cfg.role == Role::Leader {
+                self.release_barrier(io);
+            }
+        }
+    }
+
+    /// Ask the witness when the peer is lost (or an operator asks for a takeover), and act
+    /// on its answer.
+    pub(super) fn failover_tick(&mut self, io: &mut IoCx) {
+        let Some(slot) = self.cfg.failover.clone() else {
+            return;
+        };
+        if self.durable.failed {
+            // Stopped here: never ask for (or take) a grant.
+            slot.in_sync
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
+        let site = SiteNow {
+            up: self.sess.up,
+            had_session: self.sess.number != 0,
+            mode: self.mode,
+            draining: self.draining,
+        };
+        match self.witness.tick(&slot, &self.stats.takeover, site) {
+            Grant::Wait => {}
+            Grant::Granted { epoch, takeover } => {
+                if takeover {
+                    // Taken over by an operator: which regions differ from the peer is
+                    // unknown, so the peer gets every region ever written when it returns.
+                    self.dirty_everything_written();
+                }
+                self.become_survivor(io, epoch);
+            }
+            Grant::Fence(why) => self.fence(why),
+        }
+    }
+
+    // ---- resync ---------------------------------------------------------------------------
+
+    /// Mark every region ever written dirty (for a new, empty peer).
+    pub(super) fn dirty_everything_written(&mut self) {
+        self.dirty.or_with(&self.written);
+        self.stats
+            .dirty_bytes
+            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn session_start_source(&mut self, io: &mut IoCx) {
+        // An attempt whose end no tick saw yet.
+        self.abandon_resync(io);
+        // This replica wins: its own suspect regions are copied to the peer too.
+        self.absorb_suspect();
+        self.link_up(io);
+        self.resync = Some(ResyncSource::new(
+            self.cfg.size,
+            self.cfg.dirty_granularity,
+            Instant::now(),
+        ));
+    }
+
+    /// A resync attempt ended with its session: every region it copied is dirty again (the
+    /// copies may not have arrived), and the deferred updates go ahead alone.
+    pub(super) fn abandon_resync(&mut self, io: &mut IoCx) {
+        let Some(r) = self.resync.take() else {
+            return;
+        };
+        let deferred = r.abandon(&mut self.dirty);
+        self.stats
+            .dirty_bytes
+            .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .resync_rate
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .resync_eta_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        for k in deferred {
+            self.survivor_apply(io, k);
+        }
+    }
+
+    /// Resync target: list the suspect regions for the source (RESYNC_ALSO), then end the
+    /// list; the source copies them too and does not finish before the end of the list.
+    pub(super) fn send_suspect(&mut self) {
+        let mut map = self.take_suspect();
+        self.unconfirmed_into(&mut map);
+        let ranges = map.ranges();
+        self.suspect = map;
+        self.sess.send_resync_also(&ranges);
+        if !ranges.is_empty() {
+            tracing::warn!(volume = %self.cfg.name, suspect_bytes = self.suspect_bytes(),
+                "mirror: this replica may hold updates the peer never confirmed; asking the peer to copy those regions too");
+        }
+    }
+
+    /// Survivor: copy dirty regions to the returning peer within the rate budget; switch
+    /// back to mirroring once nothing is left.
+    pub(super) fn resync_step(&mut self, io: &mut IoCx, now: Instant) {
+        let Some(r) = self.resync.as_mut() else {
+            return;
+        };
+        if !self.sess.up {
+            // The peer left again: keep every region dirty for the next attempt.
+            return self.abandon_resync(io);
+        }
+        let (g, size) = (self.cfg.dirty_granularity, self.cfg.size);
+        r.refill(now, self.cfg.resync_rate, g);
+        while let Some(r) = self.resync.as_mut() {
+            let ops = &self.ops;
+            let writes_in_flight = || {
+                ops.iter()
+                    .any(|(_, op)| op.origin == Origin::Local && op.applying > 0)
+            };
+            match r.next(&mut self.dirty, g, size, writes_in_flight) {
+                Next::Stop => break,
+                Next::Finish => {
+                    self.finish_resync(io);
+                    break;
+                }
+                Next::Read { offset, len } => {
+                    let mut op = Op::new(
+                        Origin::Resync,
+                        Upd::ResyncRead,
+                        (offset, len),
+                        false,
+                        Vec::new(),
+                        Stage::Confirmed,
+                        now,
+                    );
+                    op.session = self.sess.number;
+                    let k = self.ops.insert(op);
+                    // Through the apply queue: it waits for overlapping writes still in
+                    // flight, and later ones wait for it, so the copy holds every write
+                    // acknowledged before it.
+                    self.enqueue_apply(io, k, 0, 0);
+                }
+            }
+        }
+        let dirty = self.dirty_bytes();
+        self.stats
+            .dirty_bytes
+            .store(dirty, std::sync::atomic::Ordering::Relaxed);
+        if let Some(r) = &self.resync {
+            let rate = r.rate();
+            self.stats
+                .resync_rate
+                .store(rate, std::sync::atomic::Ordering::Relaxed);
+            self.stats.resync_eta_ms.store(
+                dirty.saturating_mul(1000) / rate,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    pub(super) fn finish_resync(&mut self, io: &mut IoCx) {
+        let Some(r) = self.resync.take() else {
+            return;
+        };
+        self.sess.queue(&Header::new(Type::ResyncDone), &[]);
+        self.stats
+            .resync_rate
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .resync_eta_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.set_mode(Mode::Mirroring);
+        self.dirty.clear();
+        self.stats
+            .dirty_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        if let Some(slot) = &self.cfg.failover
+            && self.grant_epoch != 0
+        {
+            // The last volume of the group back in sync gives the group's grant back.
+            if slot
+                .survivors
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+                <= 1
+            {
+                // Once "in sync" is durable (durable.rs).
+                self.durable.release_after(slot, self.grant_epoch);
+            }
+            self.grant_epoch = 0;
+        }
+        let (total, seconds, deferred) = r.finish();
+        tracing::warn!(volume = %self.cfg.name, copied_bytes = total,
+            seconds, deferred = deferred.len(),
+            "mirror: resync complete; both replicas in sync, mirroring again");
+        for k in deferred {
+            self.start_mirrored(io, k);
+        }
+    }
+}

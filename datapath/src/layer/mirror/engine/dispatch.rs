@@ -1,0 +1,421 @@
+//! The engine's routing at the session's edges and for every message from the peer: link up
+//! and down (what each part re-sends or holds), and the checks and dispatch of each message
+//! to the part it is for. The session's own state is [`PeerSession`] (`session.rs`); this
+//! file only routes.
+//!
+//! Model: a session starts after HELLO/WELCOME (`link_up`, which re-sends what the peer may
+//! not have) and ends with the link (`link_down`, which holds everything until the next one).
+//! [`Engine::on_msg`] checks a message and routes it.
+//!
+//! Invariants: a message that fails a check is never applied (`on_msg` returns the reason and
+//! the link is dropped); sequence numbers arrive exactly in order; an ACK never passes the
+//! highest `seq` given or received.
+
+use super::*;
+
+impl Engine {
+    // ---- the link -------------------------------------------------------------------------
+
+    /// A session started (after HELLO/WELCOME): re-send what the peer may not have.
+    pub fn link_up(&mut self, io: &mut IoCx) {
+        self.sess.start();
+        self.aq.applied = apply::Window::default();
+        self.held_logged = false;
+        self.last_rx = Instant::now();
+        self.kill_link = None;
+        tracing::info!(volume = %self.cfg.name, session = self.sess.number, role = ?self.cfg.role,
+            resend = self.leader.backlog_len() + self.follower.len(), "mirror: link up");
+        match self.cfg.role {
+            Role::Leader => {
+                // Applies of forwarded updates already under way (this session's re-sends
+                // start after the snapshot).
+                let ops = &self.ops;
+                let backlog = self.leader.session_started(
+                    self.aq
+                        .active()
+                        .filter(|(_, a)| ops[a.op].origin == Origin::PeerFwd)
+                        .map(|(s, _)| s),
+                );
+                for k in backlog {
+                    self.sequence_and_send(io, k);
+                }
+                self.leader.resends_sent();
+                self.maybe_send_resent();
+            }
+            Role::Follower => {
+                // Nothing is forwarded until the leader's re-sends are in (RESENT): they say
+                // which forwards the leader already has.
+                for k in self.follower.session_started() {
+                    self.ops[k].stage.session_ended();
+                }
+            }
+        }
+        for k in self.flushes.waiting() {
+            if !self.ops[k].stage.confirmed() {
+                self.send(
+                    Header {
+                        id: k as u32,
+                        ..Header::new(Type::Flush)
+                    },
+                    None,
+                );
+            }
+        }
+    }
+
+    /// The session ended: hold everything until the next one (or the timeout).
+    pub fn link_down(&mut self, why: &str) {
+        if !self.sess.end() {
+            return;
+        }
+        self.witness.link_lost();
+        self.fail_held();
+        self.fail_metas();
+        // The MISCOMPAREs still waiting: their outcome is final.
+        let due = self.follower.session_ended();
+        self.answer_miscompares(due);
+        // Forwards still waiting behind a compare-and-write: the follower sends them again.
+        for k in self.leader.session_ended(&self.ops) {
+            let op = self.ops.remove(k);
+            self.recycle(op.data);
+        }
+        self.sess.publish_down();
+        tracing::warn!(volume = %self.cfg.name, session = self.sess.number, why,
+            held = self.ops.len(), "mirror: link down; updates are held until the peer returns");
+    }
+
+    /// Move pending messages (and an ACK if the watermark moved) to `out`.
+    pub fn take_outbox(&mut self, out: &mut Vec<u8>) {
+        self.sess.take_outbox(out, self.aq.applied.wm);
+    }
+
+    /// Queue a PING carrying the current clock.
+    pub fn ping(&mut self) {
+        self.sess.ping();
+    }
+
+    pub(super) fn check_range(&self, h: &Header) -> Result<(), &'static str> {
+        let b = self.cfg.block as u64;
+        let end = h
+            .offset
+            .checked_add(h.count as u64)
+            .ok_or("range overflows")?;
+        if h.count == 0 || end > self.cfg.size {
+            return Err("range outside the volume");
+        }
+        if !h.offset.is_multiple_of(b) || !(h.count as u64).is_multiple_of(b) {
+            return Err("range not aligned to the block size");
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_next_seq(&mut self, seq: u64) -> Result<(), &'static str> {
+        self.sess.check_next_seq(seq)
+    }
+
+    /// One message from the peer. An `Err` is the reason to drop the link; nothing of that
+    /// message was applied.
+    pub fn on_msg(
+        &mut self,
+        io: &mut IoCx,
+        h: &Header,
+        payload: &[u8],
+    ) -> Result<(), &'static str> {
+        self.sess.received();
+        // Every field against its meaning for the type (the link's decoder checked it too).
+        let r = wire::check_fields(h, payload).and_then(|()| self.handle(io, h, payload));
+        if r.is_err() {
+            self.stats.inc(&self.stats.rejected);
+        }
+        r
+    }
+
+    pub(super) fn handle(
+        &mut self,
+        io: &mut IoCx,
+        h: &Header,
+        payload: &[u8],
+    ) -> Result<(), &'static str> {
+        use Type::*;
+        let leader = self.cfg.role == Role::Leader;
+        match h.ty {
+            Write | Zeroes | Unmap
+                if !leader && h.flags & wire::FLAG_RESENT != 0 && self.claim_resent(io, h)? => {}
+            Write | Zeroes | Unmap if !leader => {
+                self.check_range(h)?;
+                self.check_next_seq(h.seq)?;
+                let upd = match h.ty {
+                    Write => Upd::Write,
+                    Zeroes => Upd::Zeroes,
+                    _ => Upd::Unmap,
+                };
+                let data = if upd == Upd::Write {
+                    self.buf(payload)
+                } else {
+                    Vec::new()
+                };
+                let k = self.new_peer_op(Origin::PeerSeq, upd, h, data);
+                self.ops[k].seq = h.seq;
+                // Settled by its apply's completion (at once for a RAM replica).
+                self.enqueue_apply(io, k, self.sess.number, h.seq);
+            }
+            Order if !leader => {
+                let (_, k) = self
+                    .follower
+                    .awaiting(&self.ops)
+                    .ok_or("ORDER with no forwarded request outstanding")?;
+                if h.id != self.ops[k].uid {
+                    return Err("ORDER for a request not outstanding");
+                }
+                self.check_next_seq(h.seq)?;
+                let op = &mut self.ops[k];
+                if op.upd == Upd::Caw {
+                    // The leader found it matching: apply the write data at this seq.
+                    let len = op.len as usize;
+                    op.data.drain(..len);
+                    op.upd = Upd::Write;
+                }
+                op.stage.order(self.sess.number);
+                op.seq = h.seq;
+                op.session = self.sess.number;
+                op.fwd_inc = self.peer_incarnation;
+                self.enqueue_apply(io, k, self.sess.number, h.seq);
+            }
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
+                if leader
+                    && !self.draining
+                    && self.mode == Mode::Resyncing
+                    && self.target.is_done() =>
+            {
+                // The source is mirroring already; this site still applies its last copies:
+                // the forward waits, in order, until they are done.
+                let k = self.forwarded_op(h, payload)?;
+                self.leader.wait(k);
+            }
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw
+                if leader && (self.draining || self.mode != Mode::Mirroring) =>
+            {
+                // Not taken (stopping, or a survivor resyncing the peer): the follower fails
+                // it on its timeout; neither replica applies it.
+                self.check_range(h)?;
+            }
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw if leader => {
+                let k = self.forwarded_op(h, payload)?;
+                self.leader_take(io, k);
+            }
+            Miscompare if !leader => {
+                let (pos, k) = self
+                    .follower
+                    .awaiting(&self.ops)
+                    .ok_or("MISCOMPARE with no forwarded request outstanding")?;
+                if h.id != self.ops[k].uid || self.ops[k].upd != Upd::Caw {
+                    return Err("MISCOMPARE for a request not outstanding");
+                }
+                if h.seq > self.sess.last_seq() {
+                    return Err("MISCOMPARE after a seq not received");
+                }
+                self.follower.remove_at(pos);
+                let op = &mut self.ops[k];
+                op.stage.confirm();
+                op.apply_err = Some(Errno::MISCOMPARE);
+                let uid = op.uid;
+                if self.aq.applied.wm >= h.seq {
+                    self.settle(k);
+                } else {
+                    // Answered once this site has what the leader compared against.
+                    op.applying += 1;
+                    self.follower.wait_miscompare(k, uid, h.seq);
+                }
+            }
+            Resent if !leader => {
+                self.after_resent()?;
+            }
+            Ack => {
+                // Leader: the highest seq given; follower: the highest seq received.
+                self.sess.on_ack(h.seq)?;
+                self.on_peer_wm();
+            }
+            Flush => {
+                let k = self.new_peer_op(Origin::PeerFlush(h.id), Upd::Flush, h, Vec::new());
+                self.ops[k].session = self.sess.number;
+                self.enqueue_apply(io, k, 0, 0);
+            }
+            FlushDone => {
+                let k = h.id as usize;
+                if !self.flushes.remove(k) {
+                    return Err("FLUSH_DONE for no outstanding flush");
+                }
+                let op = &mut self.ops[k];
+                op.stage.confirm();
+                if payload.len() == 4 {
+                    let e = i32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    op.apply_err = Some(Errno(e));
+                }
+                self.settle(k);
+            }
+            Ping => self.sess.on_ping(h),
+            Pong => self.sess.on_pong(h),
+            ResyncAlso if self.resync.as_ref().is_some_and(|r| r.listing()) => {
+                let (b, size) = (self.cfg.block as u64, self.cfg.size);
+                for (offset, len) in wire::decode_resync_also(payload) {
+                    let end = offset.checked_add(len).ok_or("range overflows")?;
+                    if len == 0 || end > size {
+                        return Err("RESYNC_ALSO range outside the volume");
+                    }
+                    if !offset.is_multiple_of(b) || !len.is_multiple_of(b) {
+                        return Err("RESYNC_ALSO range not aligned to the block size");
+                    }
+                }
+                for (offset, len) in wire::decode_resync_also(payload) {
+                    self.dirty.set_range(offset, len);
+                }
+                self.stats
+                    .dirty_bytes
+                    .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+                if h.count == 0 {
+                    self.resync.as_mut().expect("checked").list_ended();
+                }
+            }
+            Resync if self.mode == Mode::Resyncing && !self.target.is_done() => {
+                self.check_range(h)?;
+                let data = self.buf(payload);
+                let k = self.new_peer_op(Origin::Resync, Upd::Write, h, data);
+                self.target.copy_started();
+                self.enqueue_apply(io, k, 0, 0);
+            }
+            ResyncDone if self.mode == Mode::Resyncing && !self.target.is_done() => {
+                self.target.done_received();
+                self.maybe_end_resync_target(io);
+            }
+            Meta if leader => {
+                let (status, state) = match &self.cfg.meta {
+                    Some(m) => m.execute(self.vol, payload),
+                    None => (META_INTERNAL, None),
+                };
+                self.send_meta_state(h.id, status, state.as_deref().unwrap_or(&[]));
+            }
+            MetaState => {
+                if h.id != wire::META_NO_ID && (leader || !self.metas.asked(h.id)) {
+                    return Err("META_STATE answers no outstanding request");
+                }
+                let installed = match (&self.cfg.meta, payload.is_empty()) {
+                    (_, true) => Install::Done,
+                    (Some(m), false) => m.install(self.vol, payload),
+                    (None, false) => Install::Failed,
+                };
+                if installed == Install::Malformed {
+                    return Err("malformed metadata state");
+                }
+                let failed = installed == Install::Failed;
+                if failed {
+                    tracing::error!(volume = %self.cfg.name,
+                        "mirror: the peer's metadata (reservation) state could not be installed here");
+                }
+                let ack = Header {
+                    seq: h.seq,
+                    count: if failed { u32::from(META_INTERNAL) } else { 0 },
+                    ..Header::new(MetaAck)
+                };
+                self.sess.send(&ack, &[]);
+                if h.id != wire::META_NO_ID {
+                    let status = if failed {
+                        META_INTERNAL
+                    } else {
+                        h.count.min(0xFFFF) as u16
+                    };
+                    self.done.extend(self.metas.answered(h.id, status));
+                }
+            }
+            MetaAck => {
+                let answers = self.metas.acked(h.seq, h.count);
+                self.done.extend(answers);
+            }
+            Hello | Welcome | Refuse => return Err("handshake message inside a session"),
+            _ => return Err("message not allowed in this direction"),
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    // ---- replicated metadata (the waits are `MetaRepl`'s) ------------------------------
+
+    /// A metadata command from this site's initiator.
+    pub(super) fn submit_meta(&mut self, from: u32, tag: IoTag, cmd: &[u8]) -> Start {
+        let Some(h) = self.cfg.meta.clone() else {
+            return Start::Done(Err(Errno::NOTSUP));
+        };
+        let deadline = Instant::now() + self.cfg.peer_timeout;
+        match (self.mode, self.cfg.role, self.sess.up) {
+            (Mode::Survivor, _, _) => {
+                // Alone; a peer being resynced meanwhile gets the change too.
+                let (status, state) = h.execute(self.vol, cmd);
+                if self.sess.up
+                    && let Some(state) = state
+                {
+                    self.send_meta_state(wire::META_NO_ID, 0, &state);
+                }
+                if meta_result(status).is_ok() && self.durable.waiting() {
+                    // Answered once the survivor state is durable (durable.rs).
+                    self.answer(from, tag, meta_result(status));
+                    return Start::Pending;
+                }
+                Start::Done(meta_result(status))
+            }
+            (Mode::Mirroring, Role::Leader, true) => match h.execute(self.vol, cmd) {
+                // Unchanged, but decided on state the follower may not have yet: answered
+                // only once every earlier change is acknowledged.
+                (status, None) => match self.metas.unchanged((from, tag), status, deadline) {
+                    Some(r) => Start::Done(r),
+                    None => Start::Pending,
+                },
+                (status, Some(state)) => {
+                    let token = self.send_meta_state(wire::META_NO_ID, status, &state);
+                    self.metas.changed((from, tag), token, status, deadline);
+                    Start::Pending
+                }
+            },
+            (Mode::Mirroring, Role::Follower, true) if cmd.len() <= wire::MAX_META as usize => {
+                let id = self.metas.ask((from, tag), deadline);
+                let h = Header {
+                    id,
+                    ..Header::new(Type::Meta)
+                };
+                self.sess.send(&h, cmd);
+                Start::Pending
+            }
+            // No session and no grant: deciding alone could split the state.
+            _ => Start::Done(Err(Errno::IO)),
+        }
+    }
+
+    /// Send a metadata state (answering META `id`, or none); returns its token.
+    pub(super) fn send_meta_state(&mut self, id: u32, status: u16, state: &[u8]) -> u64 {
+        let token = self.metas.next_token();
+        let h = Header {
+            id,
+            seq: token,
+            count: u32::from(status),
+            ..Header::new(Type::MetaState)
+        };
+        self.sess.send(&h, state);
+        token
+    }
+
+    /// At a session start, the site whose replica wins sends its whole metadata state.
+    pub(super) fn push_meta(&mut self) {
+        if let Some(h) = self.cfg.meta.clone() {
+            for state in h.full_state(self.vol) {
+                self.send_meta_state(wire::META_NO_ID, 0, &state);
+            }
+        }
+    }
+
+    /// Fail every metadata command waiting for the peer (its effect is settled by the next
+    /// session's full state).
+    pub(super) fn fail_metas(&mut self) {
+        for (from, tag) in self.metas.fail_all() {
+            self.done.push((from, tag, Err(Errno::IO)));
+        }
+    }
+}
