@@ -1014,7 +1014,7 @@ fn forge(h: &Hosts, x: usize, rnd: &mut u64) -> String {
         .expect("connect to the replication port");
     let mut out = Vec::new();
     let r = xorshift(rnd);
-    let what = if r % 5 == 0 {
+    let what = if r.is_multiple_of(5) {
         for _ in 0..(r >> 8) % 300 {
             out.push(xorshift(rnd) as u8);
         }
@@ -1024,8 +1024,12 @@ fn forge(h: &Hosts, x: usize, rnd: &mut u64) -> String {
         for b in &mut nonce {
             *b = xorshift(rnd) as u8;
         }
-        let size = if r % 3 == 0 { xorshift(rnd) } else { 32 << 20 };
-        let name = if r % 7 == 0 { "volX" } else { "vol0" };
+        let size = if r.is_multiple_of(3) {
+            xorshift(rnd)
+        } else {
+            32 << 20
+        };
+        let name = if r.is_multiple_of(7) { "volX" } else { "vol0" };
         let mut hd = wire::Header::new(wire::Type::Hello);
         hd.id = (xorshift(rnd) % 5) as u32;
         hd.seq = xorshift(rnd);
@@ -1075,7 +1079,7 @@ fn oversize(addr: SocketAddr, rnd: &mut u64) -> String {
     let first = 0xFFFF_F000u32;
     let rest = ((5u64 << 30) - first as u64) as u32;
     let mut kinds = [cmd::WRITE_ZEROES, cmd::TRIM];
-    if xorshift(rnd) % 2 == 0 {
+    if xorshift(rnd).is_multiple_of(2) {
         kinds.reverse();
     }
     let mut said = Vec::new();
@@ -1349,16 +1353,15 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         }
     }
     // No split: during a cut, B acknowledges nothing issued after the cut, until it is healed.
-    if kind == Kind::CutLink {
-        if let Some(w) = lb
+    if kind == Kind::CutLink
+        && let Some(w) = lb
             .iter()
             .find(|w| w.issued >= fault_done && w.issued < heal_done && w.acked.is_some())
-        {
-            problems.push(format!(
-                "fenced site b acknowledged a write issued {} ms during the partition",
-                ms(w.issued)
-            ));
-        }
+    {
+        problems.push(format!(
+            "fenced site b acknowledged a write issued {} ms during the partition",
+            ms(w.issued)
+        ));
     }
     let mut all_writes = vec![la.clone(), lb.clone()];
     all_writes.push(extra_writes);
