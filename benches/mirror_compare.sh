@@ -86,7 +86,8 @@ site_cfg() { # name peer core nbd_port repl_port peer_repl_port mirror(true|fals
 site = \"$1\"
 peer_site = \"$2\"
 listen = [\"127.0.0.1:$5\"]
-peer = \"127.0.0.1:$6\""
+peer = \"127.0.0.1:$6\"
+$KEY_LINE"
     fi
     cat >"$WORK/$1.toml" <<CFG
 [reactor]
@@ -121,24 +122,47 @@ tree_of() {
     fi
     echo "$c"
 }
+
+# The replication link key. Since link authentication (7476751) a site with [mirror] requires
+# mirror.witness_key_file (the sites' shared key); a tree before it takes that key only together
+# with a witness, which this benchmark does not run. So each binary is asked (check-config on a
+# mirrored site config) whether it runs without the key, else with it: KEY_LINE_<tree> is the
+# line its [mirror] sections get ("" for none).
+LINK_KEY=$WORK/link.key
+(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$LINK_KEY")
+KEY_LINE="" KEY_LINE_new="" KEY_LINE_old=""
+key_line_for() { # TREE BIN (sets KEY_LINE_<TREE>; leaves BIN's check-config output in $WORK/check.TREE)
+    local line
+    for line in "" "witness_key_file = \"$LINK_KEY\""; do
+        KEY_LINE=$line
+        site_cfg a b 0 1 2 3 true "$WAIT_A" 4
+        if "$2" check-config "$WORK/a.toml" >"$WORK/check.$1" 2>&1; then
+            if [[ $1 == old ]]; then KEY_LINE_old=$line; else KEY_LINE_new=$line; fi
+            KEY_LINE=""
+            rm -f "$WORK/a.toml"
+            return 0
+        fi
+    done
+    echo "mirror_compare: $2 check-config rejects the site config (with and without the link key):" >&2
+    cat "$WORK/check.$1" >&2
+    exit 1
+}
+key_desc() { if [[ -n $1 ]]; then echo "with the link key (mirror.witness_key_file)"; else echo "without a link key"; fi; }
+key_line_for new "$NEW_BIN"
 TREES="new"
-BIN_DESC="new tree: \`$NEW_BIN\` ($(sha256sum "$NEW_BIN" | cut -c1-12), tree $(tree_of "$PWD"))"
+BIN_DESC="new tree: \`$NEW_BIN\` ($(sha256sum "$NEW_BIN" | cut -c1-12), tree $(tree_of "$PWD")), mirrored sites $(key_desc "$KEY_LINE_new")"
 if [[ -n $OLD_BIN ]]; then
-    # The old binary must take the same command line and read the config files the same way.
+    # The old binary must take the same command line and read the config files the same way
+    # (but for the link key line).
     OLD_HELP=$("$OLD_BIN" serve --help 2>&1) || { echo "mirror_compare: $OLD_BIN serve --help failed" >&2; exit 1; }
     grep -q -- --config <<<"$OLD_HELP" || { echo "mirror_compare: $OLD_BIN serve has no --config" >&2; exit 1; }
-    site_cfg a b 0 1 2 3 true "$WAIT_A" 4
-    for t in new old; do
-        if [[ $t == old ]]; then b=$OLD_BIN; else b=$NEW_BIN; fi
-        "$b" check-config "$WORK/a.toml" >"$WORK/check.$t" 2>&1 ||
-            { echo "mirror_compare: $b check-config rejects the site config:" >&2; cat "$WORK/check.$t" >&2; exit 1; }
-    done
-    cmp -s "$WORK/check.new" "$WORK/check.old" ||
+    key_line_for old "$OLD_BIN"
+    cmp -s <(grep -v '^witness_key_file = ' "$WORK/check.new") <(grep -v '^witness_key_file = ' "$WORK/check.old") ||
         { echo "mirror_compare: $OLD_BIN reads the site config differently:" >&2; diff "$WORK/check.new" "$WORK/check.old" >&2; exit 1; }
-    rm -f "$WORK/check.new" "$WORK/check.old" "$WORK/a.toml"
     TREES="new old"
-    BIN_DESC="$BIN_DESC; old tree: \`$OLD_BIN\` ($(sha256sum "$OLD_BIN" | cut -c1-12), its directory's checkout $(tree_of "$(dirname "$OLD_BIN")")), ctl \`$OLD_CTL\`"
+    BIN_DESC="$BIN_DESC; old tree: \`$OLD_BIN\` ($(sha256sum "$OLD_BIN" | cut -c1-12), its directory's checkout $(tree_of "$(dirname "$OLD_BIN")")), ctl \`$OLD_CTL\`, mirrored sites $(key_desc "$KEY_LINE_old")"
 fi
+rm -f "$WORK"/check.*
 read -r -a TREE_LIST <<<"$TREES"
 NPOINTS=$((REPS * 8 * ${#TREE_LIST[@]}))
 B_OFF=$((4 * NPOINTS + 4 > 100 ? 4 * NPOINTS + 4 : 100)) # site b's ports: above every site a's
@@ -154,7 +178,11 @@ for rep in $(seq "$REPS"); do
     for mode in single mirrored; do
         for qd in 1 32; do
         for tree in "${order[@]}"; do
-            if [[ $tree == old ]]; then BIN=$OLD_BIN; CTL=$OLD_CTL; else BIN=$NEW_BIN; CTL=$NEW_CTL; fi
+            if [[ $tree == old ]]; then
+                BIN=$OLD_BIN CTL=$OLD_CTL KEY_LINE=$KEY_LINE_old
+            else
+                BIN=$NEW_BIN CTL=$NEW_CTL KEY_LINE=$KEY_LINE_new
+            fi
             port=$((port + 4))
             if [[ $mode == single ]]; then
                 site_cfg a b 0 "$port" 0 0 false "$WAIT_A" $((port + 3))
@@ -179,12 +207,14 @@ for rep in $(seq "$REPS"); do
                     --output-format=json >"$WORK/client.out" 2>"$WORK/client.err" &
                 CLIENT_PID=$!
             else
+                # the client's CPU too: the sampler reads its pid from client.pid once it runs
+                rm -f "$WORK/client.pid"
+                cpu_start "$WORK/cpu.samples" $((RUNTIME + 70)) "${SITE_PIDS[@]}" "@$WORK/client.pid"
                 taskset -c 1 "$NVME" perf --addr "127.0.0.1:$((port + 3))" \
                     --nqn nqn.2026-11.io.twinblk:vol0 --queues 1 --qd "$qd" --rw randwrite \
                     --bs 4k --size 256M --seconds "$RUNTIME" >"$WORK/client.out" 2>"$WORK/client.err" &
                 CLIENT_PID=$!
-                # the client's CPU too (it has no ramp: the sampler starts during its connect)
-                cpu_start "$WORK/cpu.samples" $((RUNTIME + 70)) "${SITE_PIDS[@]}" "$CLIENT_PID"
+                echo "$CLIENT_PID" >"$WORK/client.pid.tmp" && mv "$WORK/client.pid.tmp" "$WORK/client.pid"
             fi
             wait "$CLIENT_PID" || { cat "$WORK/client.err" >&2; exit 1; }
             CLIENT_PID=""
@@ -226,14 +256,14 @@ if aa:
     r["acks_per_write"] = acks / updates if updates else None
     r["rtt_us"] = aa[0]["rtt_p50_us"]
 cpu = json.loads(sys.argv[10])
-if cpu and iops > 0:
+sites = ["a", "b"][:2 if mode == "mirrored" else 1]
+if cpu and iops > 0 and None not in cpu["cpu_s"][:len(sites)]:
     ios = iops * cpu["secs"]  # I/Os completed in the part of the window the CPU was taken over
-    sites = ["a", "b"][:2 if mode == "mirrored" else 1]
     for i, site in enumerate(sites):
         r[f"cpu_us_{site}"] = cpu["cpu_s"][i] * 1e6 / ios
     r["cpu_us"] = sum(cpu["cpu_s"][:len(sites)]) * 1e6 / ios
-    if proto == "nvmf":
-        client_cpu = 100.0 * cpu["cpu_s"][len(sites)] / cpu["secs"]
+if cpu and proto == "nvmf" and cpu["cpu_s"][len(sites)] is not None:
+    client_cpu = 100.0 * cpu["cpu_s"][len(sites)] / cpu["secs"]
 if client_cpu is not None:
     r["client_cpu"] = client_cpu
 print(json.dumps(r))

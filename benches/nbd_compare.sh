@@ -486,7 +486,7 @@ def load_cpu(path):
     try:
         with open(path) as f:
             c = json.load(f)
-        return c["cpu_s"][0], c["secs"]
+        return None if c["cpu_s"][0] is None else (c["cpu_s"][0], c["secs"])
     except (OSError, ValueError, KeyError, IndexError):
         return None
 

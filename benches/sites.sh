@@ -59,12 +59,24 @@ def ticks(pid):
     rest = s[s.rindex(")") + 2:].split()  # rest[0] is field 3
     return int(rest[11]) + int(rest[12])  # fields 14 (utime) and 15 (stime)
 
+def pid_of(p):  # "PID", or "@FILE": the pid written to FILE (None until it is there)
+    if not p.startswith("@"):
+        return int(p)
+    try:
+        with open(p[1:]) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
 def sample(out, every, most, pids):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     end = time.monotonic() + most
+    known = [None] * len(pids)
     with open(out, "w") as f:
         while time.monotonic() < end:
-            f.write(f"{time.time_ns() // 1000} " + " ".join(str(ticks(p)) for p in pids) + "\n")
+            known = [k if k is not None else pid_of(p) for k, p in zip(known, pids)]
+            f.write(f"{time.time_ns() // 1000} "
+                    + " ".join(str(-1 if k is None else ticks(k)) for k in known) + "\n")
             f.flush()
             time.sleep(every)
 
@@ -89,26 +101,27 @@ def window(samples, hz, end_spec, length_ms=None):
     if len(inside) < 2 or inside[-1][0] - inside[0][0] < 0.5 * (hi - lo):
         sys.exit(f"cpu window: samples cover too little of the window ({len(inside)} inside)")
     a, b = inside[0], inside[-1]
-    if min(a[1:] + b[1:]) < 0:
-        sys.exit("cpu window: a process was gone during the window")
+    # null for a process not there (yet, or any more) at either end
     print(json.dumps({"secs": (b[0] - a[0]) / 1e6,
-                      "cpu_s": [(y - x) / hz for x, y in zip(a[1:], b[1:])],
+                      "cpu_s": [(y - x) / hz if min(x, y) >= 0 else None
+                                for x, y in zip(a[1:], b[1:])],
                       "margin_ms": margin}))
 
 if sys.argv[1] == "sample":
-    sample(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), [int(p) for p in sys.argv[5:]])
+    sample(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5:])
 else:
     window(sys.argv[2], int(sys.argv[3]), *sys.argv[4:])
 PY
 }
 
-cpu_start() { # OUT MAX_SECONDS PID... (sets CPU_PID; returns once the first sample is written)
+cpu_start() { # OUT MAX_SECONDS PID|@PIDFILE... (sets CPU_PID; returns once the first sample is written)
     local out=$1 most=$2
     shift 2
     rm -f "$out"
     python3 "$CPU_PY" sample "$out" "$CPU_EVERY" "$most" "$@" &
     CPU_PID=$!
     for _ in $(seq 100); do [[ -s $out ]] && return; sleep 0.02; done
+    echo "cpu_start: no CPU sample after 2 s (sampler pid $CPU_PID)" >&2
 }
 
 cpu_stop() {
@@ -119,4 +132,6 @@ cpu_stop() {
 }
 
 # cpu_window SAMPLES fio:FIO_JSON | SAMPLES END_MS LENGTH_MS -> {"secs": S, "cpu_s": [per process]}
+# (a process given as @PIDFILE is sampled once its pid is in that file; null if it was not there
+# at both ends of the window)
 cpu_window() { python3 "$CPU_PY" window "$1" "$CLK_TCK" "${@:2}"; }
