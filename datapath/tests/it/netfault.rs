@@ -641,10 +641,6 @@ const KNOWN_BAD: &[(Kind, Option<usize>)] = &[
     // A local write error at one replica leaves the other replica with the write: after the
     // heal both report "up" (in sync) while they differ over the failing range.
     (Kind::DiskErr, None),
-    // The leader frozen (SIGSTOP) while the follower becomes survivor: after SIGCONT and the
-    // resync, a block can hold an older write than the survivor's last acknowledged one, at
-    // both sites (an acknowledged write lost; seen in 1 of 2 runs of Freeze(a)).
-    (Kind::Freeze, Some(A)),
 ];
 
 /// Fault kinds whose STALE READS are known: at the site cut off from its peer (B after a

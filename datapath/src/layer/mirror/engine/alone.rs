@@ -132,14 +132,21 @@ impl Engine {
 
     /// No grant: fail everything held and serve no I/O.
     pub(super) fn fence(&mut self, why: &str) {
-        // Updates applied here (or being applied) that the peer never confirmed may be on this
-        // replica only: the survivor must copy those regions too when it resyncs this site.
-        let mut suspect = self.take_suspect();
-        self.unconfirmed_into(&mut suspect);
-        self.suspect = suspect;
+        self.give_up_held();
         self.set_mode(Mode::Fenced);
         tracing::error!(volume = %self.cfg.name, why, suspect_bytes = self.suspect_bytes(),
             "mirror: fenced; this site serves no I/O for the volume");
+    }
+
+    /// The peer's replica wins (this site fences, or is about to be resynced by a survivor):
+    /// every update still tracked here is given up, its initiator failed (outcome unknown),
+    /// never sent again, and its regions recorded as suspect, since updates applied here (or
+    /// being applied) that the peer never confirmed may be on this replica only: the
+    /// survivor copies those regions too when it resyncs this site.
+    pub(super) fn give_up_held(&mut self) {
+        let mut suspect = self.take_suspect();
+        self.unconfirmed_into(&mut suspect);
+        self.suspect = suspect;
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
         self.leader.fence();
         self.follower.take_all();

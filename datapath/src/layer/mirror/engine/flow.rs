@@ -364,13 +364,6 @@ impl Engine {
         Ok(true)
     }
 
-    /// Fail every held forward (nothing of them reached the peer's order).
-    pub(super) fn fail_forwards(&mut self) {
-        for k in self.follower.take_all() {
-            self.end_forward(k, true);
-        }
-    }
-
     /// Follower: forward `k`, already out of `forwards`, needs nothing more from the peer;
     /// with `fail` its initiator gets EIO (outcome unknown), else its local apply answers.
     pub(super) fn end_forward(&mut self, k: usize, fail: bool) {

@@ -428,8 +428,12 @@ impl Engine {
             }
             Session::Receive => {
                 // This replica is about to be overwritten by the peer's: updates still held
-                // here are failed, never sent (the peer would not take them).
-                self.fail_forwards();
+                // here (a leader's backlog, a follower's forwards) are failed and never sent,
+                // and their regions are suspect, so the survivor copies them back. (A leader
+                // that was frozen while the peer became the survivor comes here without
+                // having fenced: re-sending its backlog would overwrite the survivor's newer
+                // acknowledged writes.)
+                self.give_up_held();
                 self.set_mode(Mode::Resyncing);
                 self.target.start();
                 self.link_up(io);

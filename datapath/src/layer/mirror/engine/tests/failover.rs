@@ -310,3 +310,59 @@ fn a_resync_whose_done_message_was_lost_is_done_again_in_full() {
         "replicas differ after the repeated resync"
     );
 }
+
+/// A leader frozen (SIGSTOP) while the follower became the survivor: when it resumes, the
+/// survivor dials it before it has asked the witness, so it is still "mirroring" with an
+/// update the follower never confirmed in its backlog. That update must not be re-sent over
+/// the survivor's newer acknowledged write: the survivor's copy wins, and the leader's held
+/// update becomes a suspect region the survivor copies back (found by the fault soak as an
+/// acknowledged write lost at both sites after SIGCONT).
+#[test]
+fn a_frozen_leaders_held_update_never_overwrites_the_survivors_newer_write() {
+    use crate::layer::mirror::failover::GRANTED;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(31);
+    let (mut a, _sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    let mut slot = 0;
+    // a writes; b applies it, but b's ACK is lost with the link (a is frozen).
+    write_at(&mut a, &mut io, &mut slot, 0, 0x11, 4096);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    break_link(&mut a, &mut b);
+    // b is granted the volume and acknowledges a newer write to the same block alone.
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    sb.epoch.store(1, SeqCst);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    write_at(&mut b, &mut io, &mut slot, 0, 0x22, 4096);
+    for _ in 0..100 {
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        b.engine.tick(&mut io, Instant::now());
+        collect(&mut b);
+        if b.ok == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(b.ok, 1, "the survivor acknowledged its write");
+    // a resumes, never having asked the witness: still mirroring, W1 held. b dials.
+    assert_eq!(a.engine.mode(), Mode::Mirroring);
+    redial(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(
+        (a.disk.borrow().bytes[0], b.disk.borrow().bytes[0]),
+        (0x22, 0x22),
+        "the survivor's acknowledged write was overwritten by the leader's held one"
+    );
+    assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
+    // a's held write was never acknowledged: it fails (its outcome is unknown).
+    collect(&mut a);
+    assert_eq!((a.ok, a.failed), (0, 1));
+}
