@@ -108,7 +108,8 @@ pub trait Channel {
     /// volume's updates on one home reactor executes it here. `Pending` requests complete
     /// through the layer's poller, to the reactor and tag in the request. A plain device is
     /// never handed requests and refuses them.
-    fn submit_request(&mut self, _io: &mut IoCx, _req: &BlockRequest) -> Start {
+    /// The channel may take `req.data` (the runtime recycles what is left).
+    fn submit_request(&mut self, _io: &mut IoCx, _req: &mut BlockRequest) -> Start {
         Start::Done(Err(Errno::IO))
     }
     /// A device operation this channel started with a tag of its own

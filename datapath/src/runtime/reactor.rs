@@ -593,7 +593,7 @@ impl Reactor {
     /// A block request from another reactor's connection for a volume executed here.
     fn on_block_request(&mut self, mut r: BlockRequest) {
         let started = match self.chans.get_mut(r.vol as usize) {
-            Some(c) => c.submit_request(&mut self.io, &r),
+            Some(c) => c.submit_request(&mut self.io, &mut r),
             None => {
                 tracing::error!(
                     reactor = self.id,

@@ -353,8 +353,18 @@ impl Channel for MirrorChannel {
         )
     }
 
-    fn submit_request(&mut self, io: &mut IoCx, r: &BlockRequest) -> Start {
+    fn submit_request(&mut self, io: &mut IoCx, r: &mut BlockRequest) -> Start {
         let update = match r.op {
+            BlockOp::Write if r.data.len() <= split::MAX_WRITE => {
+                // The data moved here with the request: the update takes it over (no copy).
+                // A spare one goes back in its place, for the answer to carry home.
+                let spare = self.engine.take_spare();
+                let data = std::mem::replace(&mut r.data, spare);
+                return self
+                    .engine
+                    .submit_write_owned(io, r.from, r.tag, data, r.offset, r.fua);
+            }
+            // Too long for one message: split (and copied) like a local one.
             BlockOp::Write => Update::Write(&r.data),
             BlockOp::Zeroes => Update::Zeroes(r.len),
             BlockOp::Unmap => Update::Unmap(r.len),

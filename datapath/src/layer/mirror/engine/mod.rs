@@ -580,6 +580,13 @@ impl Engine {
         v
     }
 
+    /// A spare data vector (empty, maybe with capacity) for the caller to reuse: a request
+    /// that moved its data into an update takes one back, so vectors keep circulating
+    /// between reactors without allocations.
+    pub fn take_spare(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
     fn recycle(&mut self, mut v: Vec<u8>) {
         if v.capacity() > 0 && self.spare.len() < 1024 {
             v.clear();
@@ -659,6 +666,37 @@ impl Engine {
                 (Upd::Caw, cmp.len() as u64, v)
             }
         };
+        self.submit_op(io, from, tag, (upd, len, data), offset, fua)
+    }
+
+    /// Start a write whose data the caller hands over (a request another reactor moved
+    /// here): the update owns `data`, no copy is made.
+    pub fn submit_write_owned(
+        &mut self,
+        io: &mut IoCx,
+        from: u32,
+        tag: IoTag,
+        data: Vec<u8>,
+        offset: u64,
+        fua: bool,
+    ) -> Start {
+        if self.leader.is_diverged() || self.no_io() {
+            self.recycle(data);
+            return Start::Done(Err(Errno::IO));
+        }
+        let len = data.len() as u64;
+        self.submit_op(io, from, tag, (Upd::Write, len, data), offset, fua)
+    }
+
+    fn submit_op(
+        &mut self,
+        io: &mut IoCx,
+        from: u32,
+        tag: IoTag,
+        (upd, len, data): (Upd, u64, Vec<u8>),
+        offset: u64,
+        fua: bool,
+    ) -> Start {
         let mut op = Op::new(
             Origin::Local,
             upd,
