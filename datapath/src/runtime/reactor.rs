@@ -394,9 +394,7 @@ impl Reactor {
                 Msg::Stop => self.begin_stop(),
                 Msg::Block(r) => self.on_block_request(r),
                 Msg::BlockDone { tag, result, data } => {
-                    if data.capacity() > 0 && self.io.spare_vecs.len() < 4096 {
-                        self.io.spare_vecs.push(data);
-                    }
+                    self.io.recycle_vec(data);
                     if let Some(entry) = self.conns.get_mut(tag.conn as usize) {
                         entry.conn.on_io(tag.slot, result, &[]);
                         self.mark(tag.conn);
@@ -604,9 +602,7 @@ impl Reactor {
             }
         };
         let data = std::mem::take(&mut r.data);
-        if data.capacity() > 0 && self.io.spare_vecs.len() < 4096 {
-            self.io.spare_vecs.push(data);
-        }
+        self.io.recycle_vec(data);
         if let Start::Done(result) = started {
             self.answer(r.from, r.tag, result);
         }

@@ -170,14 +170,29 @@ pub struct IoCx {
     pub counters: RingCounters,
     /// The reactor that owns this ring (set by the reactor before opening channels).
     pub reactor: usize,
-    /// Reused byte vectors for requests handed to another reactor (see `mirror`).
+    /// Reused byte vectors for requests handed to another reactor (see `mirror`); kept by
+    /// [`IoCx::recycle_vec`] within [`SPARE_VECS`] vectors of at most [`SPARE_VEC_MAX`] bytes.
     pub spare_vecs: Vec<Vec<u8>>,
     /// Next free slot in the fixed-file table.
     next_file: u32,
     file_slots: u32,
 }
 
+/// At most this many spare vectors per reactor.
+pub const SPARE_VECS: usize = 1024;
+/// A spare vector larger than this is freed rather than kept (so a reactor keeps at most
+/// `SPARE_VECS * SPARE_VEC_MAX` = 128 MiB of them, and far less for usual request sizes).
+pub const SPARE_VEC_MAX: usize = 128 * 1024;
+
 impl IoCx {
+    /// Keep `v` for reuse if the bounds allow it (else it is freed).
+    pub fn recycle_vec(&mut self, mut v: Vec<u8>) {
+        if v.capacity() > 0 && v.capacity() <= SPARE_VEC_MAX && self.spare_vecs.len() < SPARE_VECS {
+            v.clear();
+            self.spare_vecs.push(v);
+        }
+    }
+
     /// A ring of `entries` SQEs with a pool of `bufs` x `buf_size` registered buffers and a
     /// sparse fixed-file table of `file_slots` entries.
     pub fn new(entries: u32, bufs: u16, buf_size: usize, file_slots: u32) -> io::Result<Self> {
@@ -313,7 +328,23 @@ impl IoCx {
 
 #[cfg(test)]
 mod tests {
-    use super::{IoTag, Owner};
+    use super::{IoCx, IoTag, Owner, SPARE_VEC_MAX, SPARE_VECS};
+
+    #[test]
+    fn spare_vectors_are_bounded_in_count_and_size() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        for _ in 0..SPARE_VECS + 10 {
+            io.recycle_vec(Vec::with_capacity(4096));
+        }
+        assert_eq!(io.spare_vecs.len(), SPARE_VECS);
+        io.spare_vecs.clear();
+        io.recycle_vec(Vec::with_capacity(SPARE_VEC_MAX + 1));
+        io.recycle_vec(Vec::new());
+        assert!(
+            io.spare_vecs.is_empty(),
+            "too large or empty vectors are not kept"
+        );
+    }
 
     #[test]
     fn a_tag_names_its_owner() {

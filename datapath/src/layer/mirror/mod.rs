@@ -417,7 +417,7 @@ impl RemoteChannel {
             }
             // Never handed over: the NVMe atomic section runs on the home reactor.
             Update::CompareWrite { .. } => {
-                io.spare_vecs.push(data);
+                io.recycle_vec(data);
                 return Start::Done(Err(Errno::NOTSUP));
             }
         };

@@ -110,6 +110,10 @@ pub enum Role {
     Follower,
 }
 
+/// At most this many bytes of spare data vectors per engine (they are reused for updates'
+/// data; one 8 MiB update's vector may be kept, a thousand may not).
+pub const SPARE_BYTES: usize = 16 << 20;
+
 /// An update an initiator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Update<'a> {
@@ -189,6 +193,8 @@ pub struct Engine {
     /// The session with the peer: number, up, seqs, watermarks, ACK policy, outbox.
     sess: PeerSession,
     spare: Vec<Vec<u8>>,
+    /// Bytes of capacity held in `spare` (at most [`SPARE_BYTES`]).
+    spare_bytes: usize,
     held_logged: bool,
     stats: Arc<MirrorStats>,
     /// Completions to initiators: (their reactor, tag, result).
@@ -261,6 +267,7 @@ impl Engine {
             flushes: Flushes::default(),
             sess: PeerSession::new(Arc::clone(&stats)),
             spare: Vec::new(),
+            spare_bytes: 0,
             held_logged: false,
             stats,
             done: Vec::with_capacity(256),
@@ -574,8 +581,7 @@ impl Engine {
     }
 
     fn buf(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut v = self.spare.pop().unwrap_or_default();
-        v.clear();
+        let mut v = self.take_spare();
         v.extend_from_slice(data);
         v
     }
@@ -584,14 +590,24 @@ impl Engine {
     /// that moved its data into an update takes one back, so vectors keep circulating
     /// between reactors without allocations.
     pub fn take_spare(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_default()
+        let v = self.spare.pop().unwrap_or_default();
+        self.spare_bytes -= v.capacity();
+        v
     }
 
+    /// Keep `v` for reuse within [`SPARE_BYTES`] (else it is freed).
     fn recycle(&mut self, mut v: Vec<u8>) {
-        if v.capacity() > 0 && self.spare.len() < 1024 {
+        let cap = v.capacity();
+        if cap > 0 && self.spare_bytes + cap <= SPARE_BYTES {
             v.clear();
+            self.spare_bytes += cap;
             self.spare.push(v);
         }
+    }
+
+    /// Bytes held by spare data vectors.
+    pub fn spare_bytes(&self) -> usize {
+        self.spare_bytes
     }
 
     fn send(&mut self, h: Header, payload_of: Option<usize>) {

@@ -822,3 +822,17 @@ mod durable;
 mod failover;
 mod forwards;
 mod meta;
+
+/// Spare data vectors are bounded in bytes, not only in count: a burst of 8 MiB updates
+/// leaves at most `SPARE_BYTES` behind (it could leave 8 GiB when the bound was 1024 vectors).
+#[test]
+fn spare_data_vectors_are_bounded_in_bytes() {
+    let mut s = site(Role::Leader, Duration::from_secs(1));
+    for _ in 0..100 {
+        s.engine.recycle(Vec::with_capacity(8 << 20));
+    }
+    assert!(s.engine.spare_bytes() <= super::SPARE_BYTES);
+    assert_eq!(s.engine.spare_bytes(), 16 << 20);
+    let v = s.engine.take_spare();
+    assert_eq!(s.engine.spare_bytes(), (16 << 20) - v.capacity());
+}
