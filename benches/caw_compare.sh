@@ -48,6 +48,8 @@ cleanup() {
     [[ $KEEP == 1 ]] && echo "kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT
+# The sites' shared key: replication links are authenticated (mirror.witness_key_file).
+head -c 32 /dev/urandom >"$WORK/link.key"
 
 site_cfg() { # name peer nvmf_port repl_port peer_repl_port mirror(true|false)
     local mirror_section="" state=""
@@ -56,7 +58,8 @@ site_cfg() { # name peer nvmf_port repl_port peer_repl_port mirror(true|false)
 site = \"$1\"
 peer_site = \"$2\"
 listen = [\"127.0.0.1:$4\"]
-peer = \"127.0.0.1:$5\""
+peer = \"127.0.0.1:$5\"
+witness_key_file = \"$WORK/link.key\""
     fi
     if [[ $RESV_STATE == 1 ]]; then
         mkdir -p "$WORK/$1.state"
