@@ -249,18 +249,7 @@ mod tests {
     //! queued applies), on random enqueues and out-of-order completions.
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use super::super::tests::Rng;
 
     /// The algorithm before the split.
     #[derive(Default)]

@@ -204,18 +204,7 @@ mod tests {
     //! The map against a plain model (a `Vec<bool>` per region) on random operations.
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use super::super::tests::Rng;
 
     fn model_ranges(m: &[bool], size: u64, g: u64) -> Vec<(u64, u64)> {
         let mut r = Vec::new();

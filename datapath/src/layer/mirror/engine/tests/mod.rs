@@ -116,15 +116,16 @@ fn site(role: Role, timeout: Duration) -> Site {
     }
 }
 
-struct Rng(u64);
+/// A seeded xorshift generator, for every randomised test of the engine and its parts.
+pub(super) struct Rng(pub(super) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
