@@ -84,7 +84,8 @@ pub struct MirrorConfig {
     pub resync_rate: Size,
     /// Directory for each mirrored volume's persisted replica state (mode, witness epoch,
     /// dirty bitmap). With it, a restarted site serves no I/O until its first session shows
-    /// whether its peer moved on; without it the state lives in memory only.
+    /// whether its peer moved on; without it the state lives in memory only, and a restarted
+    /// site is a new replica (docs/architecture.md, "Replica state").
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
 }
