@@ -61,6 +61,7 @@ fn survivor(size: u64, dir: &std::path::Path) -> Engine {
         written: Vec::new(),
         led: true,
         suspect: Some(Vec::new()),
+        identity: 0,
     };
     save(&path, &p).expect("state file");
     let cfg = EngineConfig {
@@ -76,6 +77,7 @@ fn survivor(size: u64, dir: &std::path::Path) -> Engine {
         dirty_granularity: G,
         resync_rate: 1 << 30,
         state_file: Some(path),
+        replica_data: Default::default(),
         meta: None,
     };
     let mut e = Engine::new(cfg, Box::new(Null), 0, Arc::new(MirrorStats::default()));

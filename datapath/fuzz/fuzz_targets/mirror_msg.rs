@@ -49,6 +49,7 @@ fn engine(io: &mut IoCx, role: Role) -> Engine {
         dirty_granularity: 4096,
         resync_rate: 1 << 30,
         state_file: None,
+        replica_data: Default::default(),
         meta: Some(Arc::new(ResvReplicator::new(vec![(
             "nqn.f".into(),
             Arc::new(ResvTable::new(1)),

@@ -84,12 +84,119 @@ pub struct MirrorConfig {
     pub resync_rate: Size,
     /// Directory for each mirrored volume's persisted replica state (mode, witness epoch,
     /// dirty bitmap). With it, a restarted site serves no I/O until its first session shows
-    /// whether its peer moved on; without it the state lives in memory only.
+    /// whether its peer moved on; without it the state lives in memory only, and a restarted
+    /// site is a new replica (docs/architecture.md, "Replica state").
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
 }
 
+/// Most regions (bits of each region bitmap) a mirrored volume may have.
+pub const MAX_REGIONS: u64 = 1 << 32;
+/// Most `max_backlog_mib` (16 TiB: more than any machine's memory, and `<< 20` cannot
+/// overflow).
+pub const MAX_BACKLOG_MIB: u64 = 1 << 24;
+
 impl MirrorConfig {
+    /// The sizes and times the mirror protocol and engine can work with; the error names the
+    /// field, the limit and why.
+    fn check_limits(&self, mirrored: &[&VolumeConfig]) -> Result<(), String> {
+        use crate::layer::mirror::wire::MAX_PAYLOAD;
+        let max_msg = u64::from(MAX_PAYLOAD);
+        let g = self.dirty_granularity.0;
+        if g < 4096 || !g.is_power_of_two() {
+            return Err(format!(
+                "mirror.dirty_granularity = {g} must be a power of two of at least 4096 bytes \
+                 (4 KiB): a region is copied whole and must be a whole number of blocks"
+            ));
+        }
+        if g > max_msg {
+            return Err(format!(
+                "mirror.dirty_granularity = {g} is above {max_msg} (8 MiB), the most one mirror \
+                 message carries (wire::MAX_PAYLOAD): a resync sends each region in one message, \
+                 so every resync would fail"
+            ));
+        }
+        for v in mirrored {
+            let regions = v.size.0.div_ceil(g);
+            if regions > MAX_REGIONS {
+                return Err(format!(
+                    "volume {}: {} bytes make {regions} regions of mirror.dirty_granularity = {g} \
+                     bytes, more than {MAX_REGIONS}: each of the dirty, written and suspect \
+                     bitmaps holds one bit per region in memory and in the state file; raise \
+                     dirty_granularity to at least {}",
+                    v.name,
+                    v.size.0,
+                    v.size.0.div_ceil(MAX_REGIONS).next_power_of_two()
+                ));
+            }
+        }
+        let rate_min = g.max(1 << 20);
+        if self.resync_rate.0 < rate_min {
+            return Err(format!(
+                "mirror.resync_rate = {} bytes/s is below {rate_min}: a resync copies at least \
+                 1 MiB (1048576) per second and at least one region (mirror.dirty_granularity) \
+                 per second",
+                self.resync_rate.0
+            ));
+        }
+        let backlog_min = max_msg >> 20;
+        if !(backlog_min..=MAX_BACKLOG_MIB).contains(&self.max_backlog_mib) {
+            return Err(format!(
+                "mirror.max_backlog_mib = {} must be between {backlog_min} and {MAX_BACKLOG_MIB}: \
+                 the leader keeps every update the follower has not acknowledged, and one update \
+                 message carries up to {backlog_min} MiB (wire::MAX_PAYLOAD), so a smaller \
+                 backlog marks the volume diverged at the first large write while the link is \
+                 down; the upper bound is more memory than any machine has",
+                self.max_backlog_mib
+            ));
+        }
+        if self.heartbeat_ms < 10 {
+            return Err(format!(
+                "mirror.heartbeat_ms = {} is below 10: the link is pinged this often",
+                self.heartbeat_ms
+            ));
+        }
+        let dead_min = self.heartbeat_ms.saturating_mul(3) / 2;
+        if self.peer_dead_ms < dead_min {
+            return Err(format!(
+                "mirror.peer_dead_ms = {} is below {dead_min} (1.5 x mirror.heartbeat_ms): a \
+                 link would be declared dead between two pings",
+                self.peer_dead_ms
+            ));
+        }
+        if self.peer_timeout_ms < self.peer_dead_ms {
+            return Err(format!(
+                "mirror.peer_timeout_ms = {} is below mirror.peer_dead_ms = {}: requests held \
+                 for an unreachable peer would fail before the link is even declared dead",
+                self.peer_timeout_ms, self.peer_dead_ms
+            ));
+        }
+        if self.witness.is_some() {
+            if self.witness_heartbeat_ms < 10 {
+                return Err(format!(
+                    "mirror.witness_heartbeat_ms = {} is below 10: the witness is sent a \
+                     heartbeat this often",
+                    self.witness_heartbeat_ms
+                ));
+            }
+            if self.witness_timeout_ms == 0 {
+                return Err(
+                    "mirror.witness_timeout_ms = 0: a grant request could never be answered".into(),
+                );
+            }
+            let failover = self.peer_dead_ms.saturating_add(self.witness_timeout_ms);
+            if self.peer_timeout_ms < failover {
+                return Err(format!(
+                    "mirror.peer_timeout_ms = {} is below {failover} (mirror.peer_dead_ms + \
+                     mirror.witness_timeout_ms): requests held while the peer is lost would fail \
+                     before the witness can make this site the survivor",
+                    self.peer_timeout_ms
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// This site's id at the witness.
     pub fn site_id(&self) -> u32 {
         self.site_id
@@ -507,24 +614,13 @@ impl Config {
                 if m.peer_timeout_ms == 0 {
                     return bad("mirror.peer_timeout_ms must be at least 1".into());
                 }
-                if m.heartbeat_ms < 10 || m.peer_dead_ms < m.heartbeat_ms.saturating_mul(3) / 2 {
-                    return bad(format!(
-                        "mirror.heartbeat_ms must be at least 10 and mirror.peer_dead_ms at least 1.5 heartbeats ({} ms)",
-                        m.heartbeat_ms.max(10) * 3 / 2
-                    ));
-                }
                 if m.witness_key_file.is_none() {
                     return bad("mirror.witness_key_file is required: the replication links are authenticated with the sites' shared key (there is no unauthenticated mode)".into());
                 }
                 if m.site_id == Some(0) {
                     return bad("mirror.site_id must not be 0".into());
                 }
-                let g = m.dirty_granularity.0;
-                if g < 4096 || !g.is_power_of_two() {
-                    return bad(
-                        "mirror.dirty_granularity must be a power of two of at least 4 KiB".into(),
-                    );
-                }
+                m.check_limits(&mirrored).or_else(bad)?;
                 let mut groups: std::collections::HashMap<&str, &str> = Default::default();
                 for v in &mirrored {
                     let l = m.leader_of(v);
@@ -829,6 +925,120 @@ mod tests {
         assert!(
             e.to_string().contains("witness_key_file is required"),
             "{e}"
+        );
+    }
+
+    /// A valid mirror section plus `extra` lines, and one mirrored volume of `size` bytes.
+    fn mirror_with(extra: &str, size: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&format!(
+            "[mirror]\nsite='a'\npeer_site='b'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\n\
+             witness_key_file='/k'\n{extra}\n\
+             [[volume]]\nname='v'\nbackend='malloc'\nsize='{size}'\nmirror=true\n"
+        ))
+    }
+
+    #[track_caller]
+    fn refused(extra: &str, size: &str, says: &[&str]) {
+        let e = mirror_with(extra, size).expect_err(extra).to_string();
+        for w in says {
+            assert!(e.contains(w), "{extra}: {e:?} does not say {w:?}");
+        }
+    }
+
+    #[test]
+    fn a_dirty_granularity_above_the_message_limit_is_refused() {
+        assert!(mirror_with("dirty_granularity='8MiB'", "1GiB").is_ok());
+        refused(
+            "dirty_granularity='16MiB'",
+            "1GiB",
+            &["mirror.dirty_granularity", "8388608", "resync"],
+        );
+        refused("dirty_granularity='3KiB'", "1GiB", &["power of two"]);
+    }
+
+    #[test]
+    fn a_volume_with_more_regions_than_the_bitmaps_hold_is_refused() {
+        // 2^32 regions of 4 KiB: 16 TiB is the most.
+        assert!(mirror_with("dirty_granularity='4KiB'", "16TiB").is_ok());
+        refused(
+            "dirty_granularity='4KiB'",
+            "32TiB",
+            &["volume v", "regions", "4294967296", "dirty_granularity"],
+        );
+    }
+
+    #[test]
+    fn a_resync_rate_below_one_mib_or_one_region_per_second_is_refused() {
+        assert!(mirror_with("resync_rate='1MiB'", "1GiB").is_ok());
+        refused(
+            "resync_rate='512KiB'",
+            "1GiB",
+            &["mirror.resync_rate", "1048576"],
+        );
+        refused(
+            "resync_rate='2MiB'\ndirty_granularity='4MiB'",
+            "1GiB",
+            &["mirror.resync_rate", "4194304", "region"],
+        );
+    }
+
+    #[test]
+    fn a_backlog_smaller_than_one_message_or_overflowing_is_refused() {
+        assert!(mirror_with("max_backlog_mib=8", "1GiB").is_ok());
+        refused(
+            "max_backlog_mib=7",
+            "1GiB",
+            &["mirror.max_backlog_mib", "8", "diverged"],
+        );
+        refused(
+            "max_backlog_mib=17592186044416",
+            "1GiB",
+            &["mirror.max_backlog_mib", "16777216"],
+        );
+    }
+
+    #[test]
+    fn heartbeat_peer_dead_and_peer_timeout_that_cannot_work_together_are_refused() {
+        assert!(
+            mirror_with(
+                "heartbeat_ms=100\npeer_dead_ms=400\npeer_timeout_ms=400",
+                "1GiB"
+            )
+            .is_ok()
+        );
+        refused("heartbeat_ms=5", "1GiB", &["mirror.heartbeat_ms", "10"]);
+        refused(
+            "heartbeat_ms=100\npeer_dead_ms=100",
+            "1GiB",
+            &["mirror.peer_dead_ms", "150"],
+        );
+        refused(
+            "peer_dead_ms=400\npeer_timeout_ms=399",
+            "1GiB",
+            &["mirror.peer_timeout_ms", "mirror.peer_dead_ms", "400"],
+        );
+        // With a witness, held requests must also outlive the grant request.
+        assert!(
+            mirror_with(
+                "witness='127.0.0.1:3'\npeer_dead_ms=400\nwitness_timeout_ms=1500\npeer_timeout_ms=1900",
+                "1GiB"
+            )
+            .is_ok()
+        );
+        refused(
+            "witness='127.0.0.1:3'\npeer_dead_ms=400\nwitness_timeout_ms=1500\npeer_timeout_ms=1899",
+            "1GiB",
+            &["mirror.peer_timeout_ms", "witness_timeout_ms", "1900"],
+        );
+        refused(
+            "witness='127.0.0.1:3'\nwitness_heartbeat_ms=0",
+            "1GiB",
+            &["mirror.witness_heartbeat_ms"],
+        );
+        refused(
+            "witness='127.0.0.1:3'\nwitness_timeout_ms=0",
+            "1GiB",
+            &["mirror.witness_timeout_ms"],
         );
     }
 }

@@ -1,12 +1,17 @@
 //! `twinblk demo`: a two-site stretched cluster on loopback in one command.
 //!
 //! Model: the demo starts a witness (`twinblk witness`, its own process, with a fresh random
-//! key in the demo directory), writes one config per site into that directory, starts
+//! key in the demo directory), writes one config per site into that directory (each site
+//! keeps its replica state in `state-<site>/` there), starts
 //! `twinblk serve` once per site as its own process (site `a` leads `vol0`; site `a` on the standard ports, NBD
-//! 10809 and NVMe/TCP 4420, site `b` on the next ones), reads each site's endpoints from its standard output, prints them one
-//! per line with each process's PID, and then waits. Ctrl-C (or SIGTERM) stops everything
-//! cleanly; if a site dies (killed to try a failover), the demo says so and the rest keep
-//! running; when both sites are gone it stops the witness and exits with an error. If the demo
+//! 10809 and NVMe/TCP 4420, site `b` on the next ones), reads each site's endpoints from its standard output, waits
+//! (up to 10 s) until the pair is in sync, prints the endpoints one per line with each
+//! process's PID and the command that restarts a site, and then waits. Ctrl-C (or SIGTERM) stops everything
+//! cleanly; if a site dies (killed to try a failover), the demo says so, with the command
+//! that starts it again, and the rest keep running (a site started again by hand is not the
+//! demo's child: it is not stopped by Ctrl-C); when both sites are gone it stops the witness
+//! and exits with an error. A RAM replica restarted this way is a new replica: it serves
+//! nothing until its peer has sent it every region ever written (docs/architecture.md). If the demo
 //! itself dies, even by SIGKILL, the kernel sends its children SIGTERM (`PR_SET_PDEATHSIG`), so
 //! no witness or site outlives it.
 
@@ -53,7 +58,8 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
          [control]\nsocket = \"{dir}/site-{me}.sock\"\n\n\
          [mirror]\nsite = \"{me}\"\npeer_site = \"{peer}\"\n\
          listen = [\"127.0.0.1:{repl}\"]\npeer = \"127.0.0.1:{peer_repl}\"\n\
-         witness = \"127.0.0.1:{witness}\"\nwitness_key_file = \"{dir}/witness.key\"\n\n\
+         witness = \"127.0.0.1:{witness}\"\nwitness_key_file = \"{dir}/witness.key\"\n\
+         state_dir = \"{dir}/state-{me}\"\n\n\
          [[volume]]\nname = \"vol0\"\nbackend = \"malloc\"\nsize = \"{size}\"\nmirror = true\n\
          leader = \"a\"\n",
         pin = cpus > 1,
@@ -75,8 +81,43 @@ struct Site {
     uris: Vec<String>,
 }
 
+/// The command that starts site `name` again with its config.
+pub fn restart_command(o: &DemoOptions, name: &str) -> String {
+    format!(
+        "{} serve --config {}/site-{name}.toml",
+        o.exe.display(),
+        o.dir.display()
+    )
+}
+
+/// Wait (up to `within`) until both sites report `vol0` in sync (state "up"); false if not.
+fn wait_in_sync(o: &DemoOptions, within: Duration) -> bool {
+    let up = |name: &str| -> Option<bool> {
+        let mut s =
+            std::os::unix::net::UnixStream::connect(o.dir.join(format!("site-{name}.sock")))
+                .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"mirror_status\"}\n")
+            .ok()?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        Some(v["result"][0]["state"] == "up")
+    };
+    let t = std::time::Instant::now();
+    while t.elapsed() < within {
+        if up("a") == Some(true) && up("b") == Some(true) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 fn start_site(o: &DemoOptions, site: usize) -> Result<Site> {
     let name = ["a", "b"][site];
+    let state = o.dir.join(format!("state-{name}"));
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
     let path = o.dir.join(format!("site-{name}.toml"));
     std::fs::write(&path, site_config(o, site))
         .with_context(|| format!("writing {}", path.display()))?;
@@ -200,6 +241,9 @@ pub fn run(o: DemoOptions) -> Result<()> {
             }
         }
     }
+    if !wait_in_sync(&o, Duration::from_secs(10)) {
+        eprintln!("twinblk demo: the sites are not in sync after 10 s; see their logs above");
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -233,6 +277,12 @@ pub fn run(o: DemoOptions) -> Result<()> {
             s.name
         )?;
     }
+    writeln!(
+        out,
+        "A killed site starts again with: {} (site b: {})",
+        restart_command(&o, "a"),
+        restart_command(&o, "b")
+    )?;
     writeln!(out, "Ctrl-C stops both sites.")?;
     out.flush()?;
     drop(out);
@@ -248,7 +298,15 @@ pub fn run(o: DemoOptions) -> Result<()> {
             if let Some(status) = sites[i].child.try_wait()? {
                 let name = sites[i].name;
                 sites.remove(i);
-                eprintln!("twinblk demo: {name} exited ({status}); the others keep running");
+                if name == "witness" {
+                    eprintln!("twinblk demo: {name} exited ({status}); the others keep running");
+                } else {
+                    eprintln!(
+                        "twinblk demo: site {name} exited ({status}); the others keep running. \
+                         Start it again with: {} (it is then not stopped by Ctrl-C)",
+                        restart_command(&o, name)
+                    );
+                }
             } else {
                 i += 1;
             }

@@ -24,6 +24,7 @@ use crate::layer::mirror::engine::{EngineConfig, Role};
 use crate::layer::mirror::failover::{self, FailoverConfig, FailoverSlot};
 use crate::layer::mirror::link::LinkAcceptor;
 use crate::layer::mirror::persist::Persister;
+use crate::layer::mirror::state::{ReplicaData, identity_of};
 use crate::layer::mirror::{MirrorDevice, MirrorInfo};
 use crate::runtime::{
     self, Acceptor, Listener, Mailbox, Msg, Reactor, ReactorStats, RingSizes, Shared, WaitPolicy,
@@ -132,6 +133,21 @@ fn build_device(
     })
 }
 
+/// What survives of volume `v`'s data at a restart, for its mirror's replica state.
+fn replica_data(v: &crate::control::config::VolumeConfig) -> ReplicaData {
+    match (&v.backend, &v.path) {
+        (Backend::Malloc, _) => ReplicaData::Volatile,
+        (Backend::Uring, Some(path)) => ReplicaData::Kept {
+            identity: identity_of(path).unwrap_or_else(|e| {
+                tracing::warn!(volume = %v.name, path = %path.display(), error = %e,
+                    "mirror: cannot identify the replica's data; a replaced device will not be detected");
+                0
+            }),
+        },
+        (Backend::Uring, None) => ReplicaData::default(),
+    }
+}
+
 fn bind(addr: SocketAddr, acceptor: Arc<dyn Acceptor>) -> Result<Listener, StartError> {
     let err = |source| StartError::Listen { addr, source };
     let (fd, bound) = crate::transport::tcp::listen(addr).map_err(err)?;
@@ -198,6 +214,7 @@ impl Daemon {
                             .state_dir
                             .as_ref()
                             .map(|d| d.join(format!("{}.mirror-state", v.name))),
+                        replica_data: replica_data(v),
                         meta: None,
                     };
                     let home = index % cfg.reactor.cores.len();

@@ -80,6 +80,34 @@ fn site_with(
     witness: SocketAddr,
     extra_mirror: &str,
 ) -> Server {
+    let volume = format!(
+        "backend='uring'\nsize='16MiB'\npath='{}'",
+        root.join(format!("{me}.img")).display()
+    );
+    site_vol(
+        root,
+        me,
+        peer,
+        listen,
+        peer_port,
+        witness,
+        extra_mirror,
+        &volume,
+    )
+}
+
+/// A site whose volume `vol0` is `volume` (its backend, size and path lines).
+#[allow(clippy::too_many_arguments)]
+fn site_vol(
+    root: &Path,
+    me: &str,
+    peer: &str,
+    listen: u16,
+    peer_port: u16,
+    witness: SocketAddr,
+    extra_mirror: &str,
+    volume: &str,
+) -> Server {
     let d = root.join(me);
     std::fs::create_dir_all(&d).unwrap();
     let key = root.join("witness.key");
@@ -91,9 +119,8 @@ fn site_with(
              [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
              peer='127.0.0.1:{peer_port}'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
              witness='{witness}'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n{extra_mirror}\n\
-             [[volume]]\nname='vol0'\nbackend='uring'\nsize='16MiB'\npath='{}'\nmirror=true\nleader='a'\n",
+             [[volume]]\nname='vol0'\n{volume}\nmirror=true\nleader='a'\n",
             key.display(),
-            root.join(format!("{me}.img")).display()
         ),
     )
 }
@@ -229,12 +256,21 @@ fn losing_the_witness_changes_nothing_but_then_losing_the_peer_fences() {
 
 /// Kill one site, write at the survivor, bring the lost site back: it is resynced with only
 /// the regions written meanwhile, serves no I/O until then, and the replicas end identical.
-fn lost_site_returns(kill_a: bool) {
+/// `state`: the sites keep their replica state (`state_dir`); without it the returning site
+/// is a new replica and is sent every region ever written (here regions 0..64, which hold
+/// the dirty ones too).
+fn lost_site_returns(kill_a: bool, state: bool) {
     let root = tempfile::tempdir().unwrap();
     let w = WitnessProc::start(root.path(), KEY, None);
     let (pa, pb) = (free_port(), free_port());
-    let a = site(root.path(), "a", "b", pa, pb, w.addr);
-    let b = site(root.path(), "b", "a", pb, pa, w.addr);
+    let (a, b) = if state {
+        persistent_pair(root.path(), pa, pb, w.addr)
+    } else {
+        (
+            site(root.path(), "a", "b", pa, pb, w.addr),
+            site(root.path(), "b", "a", pb, pa, w.addr),
+        )
+    };
     wait_mirror_state(&a, "up", Duration::from_secs(10));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
     // Some data on both replicas first.
@@ -270,9 +306,10 @@ fn lost_site_returns(kill_a: bool) {
     let st = survivor.rpc("mirror_status")[0].clone();
     eprintln!("after resync: {st}");
     let copied = st["resync_bytes"].as_u64().unwrap();
+    let expected = if state { dirty } else { 64 * 65536 };
     assert_eq!(
-        copied, dirty,
-        "the resync copied more or less than the dirty regions"
+        copied, expected,
+        "the resync copied more or less than the dirty regions (or everything written to a new replica)"
     );
     // The returned site got the survivor's reservations with the session: host 2 may not
     // write there.
@@ -305,12 +342,13 @@ fn lost_site_returns(kill_a: bool) {
 
 #[test]
 fn a_returning_follower_is_resynced_with_only_the_dirty_regions() {
-    lost_site_returns(false);
+    lost_site_returns(false, true);
 }
 
 #[test]
-fn a_returning_leader_is_resynced_from_the_follower_survivor() {
-    lost_site_returns(true);
+fn a_returning_leader_without_state_is_resynced_with_everything_written_from_the_follower_survivor()
+{
+    lost_site_returns(true, false);
 }
 
 /// The leader applies a write before the follower has it. With the follower frozen and the
@@ -648,4 +686,156 @@ fn an_operator_can_make_a_lone_restarted_site_take_over() {
     assert_eq!(r["result"]["asked"], true, "{r}");
     wait_mirror_state(&a, "survivor", Duration::from_secs(5));
     assert_eq!(c.write(0, &pattern(1, 4096)), 0, "the survivor must serve");
+}
+
+/// Written to through site a, one site (`kill_a`: the leader a, else the follower b) is
+/// SIGKILLed and started again with its config; the other, survivor meanwhile, writes block 0
+/// again and is frozen while the victim starts. `volume` gives a site's volume lines,
+/// `state`: with a `state_dir`. The restarted site must not serve before its first session
+/// (nothing may be read there, neither its old data nor zeroes), and once it serves, every
+/// read returns the acknowledged data.
+fn a_killed_site_restarts_as_a_new_replica(
+    volume: impl Fn(&str) -> String,
+    state: bool,
+    kill_a: bool,
+) {
+    const CHUNK: usize = 128 << 10;
+    const CHUNKS: u64 = 96;
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let extra = |me: &str| {
+        if !state {
+            return String::new();
+        }
+        let d = root.path().join(format!("state-{me}"));
+        std::fs::create_dir_all(&d).unwrap();
+        format!("state_dir='{}'", d.display())
+    };
+    let a = site_vol(
+        root.path(),
+        "a",
+        "b",
+        pa,
+        pb,
+        w.addr,
+        &extra("a"),
+        &volume("a"),
+    );
+    let b = site_vol(
+        root.path(),
+        "b",
+        "a",
+        pb,
+        pa,
+        w.addr,
+        &extra("b"),
+        &volume("b"),
+    );
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    // 12 MiB acknowledged through site a, one chunk every 256 KiB.
+    let mut c = Client::connect(a.addr, "vol0", false);
+    let mut want: Vec<(u64, Vec<u8>)> = (0..CHUNKS)
+        .map(|i| (i * 2 * CHUNK as u64, pattern(500 + i, CHUNK)))
+        .collect();
+    for (off, d) in &want {
+        assert_eq!(c.write(*off, d), 0);
+    }
+    drop(c);
+    let (survivor, mut victim) = if kill_a { (b, a) } else { (a, b) };
+    victim.kill();
+    wait_mirror_state(&survivor, "survivor", Duration::from_secs(5));
+    // Written at the survivor alone: the first 4 KiB of chunk 0.
+    let mut cs = Client::connect(survivor.addr, "vol0", false);
+    let y = pattern(999, 4096);
+    assert_eq!(cs.write(0, &y), 0);
+    drop(cs);
+    want[0].1[..4096].copy_from_slice(&y);
+    // The survivor frozen: no session can tell the restarted site anything.
+    survivor.signal(libc::SIGSTOP);
+    let victim = victim.respawn();
+    let st = mirror_state(&victim);
+    assert_ne!(st, "up", "a restarted replica claims to be in sync");
+    let mut cv = Client::connect(victim.addr, "vol0", false);
+    for (off, _) in want.iter().step_by(16) {
+        if let Ok(d) = cv.read(*off, 4096) {
+            panic!(
+                "the restarted site ({st}) served a read at {off} before its first session ({})",
+                if d.iter().all(|&x| x == 0) {
+                    "zeroes"
+                } else {
+                    "old data"
+                }
+            );
+        }
+    }
+    survivor.signal(libc::SIGCONT);
+    // Until it serves, a read fails; once it succeeds it returns the acknowledged data.
+    let t = Instant::now();
+    loop {
+        match cv.read(0, 4096) {
+            Ok(d) => {
+                assert!(
+                    d == want[0].1[..4096],
+                    "the restarted site served wrong data"
+                );
+                break;
+            }
+            Err(_) => {
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "the restarted site never served ({})",
+                    mirror_state(&victim)
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    for (off, d) in &want {
+        let got = cv.read(*off, CHUNK as u32).expect("read after the resync");
+        assert!(
+            got == *d,
+            "the restarted site returned {} at {off} instead of the acknowledged data",
+            if got.chunks(4096).any(|b| b.iter().all(|&x| x == 0)) {
+                "zeroes"
+            } else {
+                "other data"
+            }
+        );
+    }
+    let st = survivor.rpc("mirror_status")[0].clone();
+    eprintln!("after the restarted site's first sync: {st}");
+}
+
+/// A RAM volume loses its data with its process, although its state file (in sync) survives.
+/// (Before the fix the follower came back "in sync", got only the dirty region and served
+/// zeroes; the leader was saved by its crash's suspect regions, everything.)
+#[test]
+fn a_ram_replica_restarted_with_its_state_file_is_new_and_never_serves_zeroes() {
+    for kill_a in [false, true] {
+        a_killed_site_restarts_as_a_new_replica(
+            |_| "backend='malloc'\nsize='32MiB'".to_string(),
+            true,
+            kill_a,
+        );
+    }
+}
+
+/// Without `state_dir` nothing says what a restarted replica holds: it must not claim to be
+/// in sync (before the fix it served its old block 0 at once).
+#[test]
+fn a_site_restarted_without_state_dir_is_new_and_never_serves_stale_data() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().to_path_buf();
+    a_killed_site_restarts_as_a_new_replica(
+        move |me| {
+            format!(
+                "backend='uring'\nsize='32MiB'\npath='{}'",
+                dir.join(format!("{me}.img")).display()
+            )
+        },
+        false,
+        true,
+    );
 }

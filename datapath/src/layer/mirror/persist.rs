@@ -294,6 +294,7 @@ mod tests {
             written: vec![],
             led: true,
             suspect: Some(vec![]),
+            identity: 0,
         }
     }
 

@@ -2,20 +2,31 @@
 //! survivor, fenced, resyncing), the witness epoch it holds, and its region bitmaps.
 //!
 //! Format (little-endian), one small file per volume, `<state_dir>/<volume>.mirror-state`:
-//! `"TBMS"` | version u8 = 2 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
+//! `"TBMS"` | version u8 = 3 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
 //! replica never in sync) |
 //! clean u8 (1: written at a clean stop, the bitmaps are exact) | flags u8 (bit 0: this site
 //! was the volume's leader; other bits 0) |
 //! epoch u64 | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
-//! written words u32 | words u64 ... | suspect words u32 | words u64 ... | CRC32C u32 of
-//! everything before it. The dirty bitmap holds the regions written while the peer was away
+//! written words u32 | words u64 ... | suspect words u32 | words u64 ... | replica identity
+//! u64 | CRC32C u32 of everything before it. The dirty bitmap holds the regions written while the peer was away
 //! (a survivor's, to send); the written bitmap every region ever written (a new, empty
 //! replica is sent only those); the suspect bitmap the regions of updates this site applied
 //! that the peer never confirmed (recorded when it fenced or stopped, sent as RESYNC_ALSO
 //! when it is resynced, docs/mirror-protocol.md). Each bitmap may be empty (no words).
 //!
-//! Version 1 (still read) is the same without the suspect bitmap and with byte 7 = 0:
-//! [`Persisted::suspect`] is then `None` (unknown) and the engine assumes the worst.
+//! Version 2 (still read) is the same without the replica identity ([`Persisted::identity`]
+//! 0: not recorded, not checked). Version 1 (still read) is version 2 without the suspect
+//! bitmap and with byte 7 = 0: [`Persisted::suspect`] is then `None` (unknown) and the
+//! engine assumes the worst.
+//!
+//! The replica identity ([`ReplicaData`], [`identity_of`]) says which data the state is
+//! about: a state file is only true of the device it was written for. A RAM replica's data
+//! never survives its process, so it always restarts as a new replica whatever the file
+//! says; a file's identity is its device, inode and birth time (a new or replaced file at the
+//! same path differs), a block device's its device number. Not detected: a block device
+//! replaced by another at the same device number, and data rolled back in place (a file
+//! overwritten from a backup, a snapshot restored onto the same volume): the state file then
+//! claims more than the data holds (docs/architecture.md, "Replica state").
 //!
 //! Who writes it: [`save`] runs on the persister thread ([`super::persist`]), never on a
 //! reactor; the engine hands it snapshots and learns from it when one is durable. What waits
@@ -51,11 +62,57 @@ pub struct Persisted {
     /// Regions of updates applied here and never confirmed by the peer; `None`: a version-1
     /// file, which did not record them.
     pub suspect: Option<Vec<u64>>,
+    /// The identity of the replica's data the state is about ([`identity_of`]); 0: not
+    /// recorded (a version 1 or 2 file, or unknown).
+    pub identity: u64,
+}
+
+/// What becomes of a replica's data when its process restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaData {
+    /// RAM: gone with the process; a restarted replica is always a new one.
+    Volatile,
+    /// A file or block device: kept. `identity` ([`identity_of`]) is compared with the state
+    /// file's; a mismatch makes the replica new (0: unknown, not compared).
+    Kept {
+        /// The data's identity.
+        identity: u64,
+    },
+}
+
+impl Default for ReplicaData {
+    fn default() -> Self {
+        ReplicaData::Kept { identity: 0 }
+    }
+}
+
+/// The identity of the data at `path` (never 0): for a regular file its filesystem, inode
+/// and birth time (a file created anew at the same path differs, even with a reused inode
+/// number, where the filesystem records birth times); for a block device its device number.
+pub fn identity_of(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(path)?;
+    let born = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    let fields = if m.file_type().is_block_device() {
+        [1, m.rdev(), 0, 0]
+    } else {
+        [2, m.dev(), m.ino(), born]
+    };
+    // FNV-1a over the fields.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in fields.iter().flat_map(|f| f.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    Ok(h.max(1))
 }
 
 const MAGIC: &[u8; 4] = b"TBMS";
 /// The version written.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 /// Write `p` to `path` atomically.
 pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -78,6 +135,7 @@ pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     for w in suspect {
         b.extend_from_slice(&w.to_le_bytes());
     }
+    b.extend_from_slice(&p.identity.to_le_bytes());
     let crc = crc32c::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     let tmp = path.with_extension("tmp");
@@ -116,7 +174,7 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
     let version = body[4];
     let flags_ok = match version {
         1 => body[7] == 0,
-        2 => body[7] & !1 == 0,
+        2 | 3 => body[7] & !1 == 0,
         _ => false,
     };
     if !flags_ok || body[5] > 4 || body[6] > 1 {
@@ -144,6 +202,14 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
     } else {
         (None, at)
     };
+    let (identity, at) = if version >= 3 {
+        if body.len() < at + 8 {
+            return bad("bitmap length");
+        }
+        (u64_at(at), at + 8)
+    } else {
+        (0, at)
+    };
     if at != body.len() {
         return bad("bitmap length");
     }
@@ -157,6 +223,7 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
         written,
         led: body[7] & 1 != 0,
         suspect,
+        identity,
     }))
 }
 
@@ -179,6 +246,7 @@ mod tests {
             written: vec![0b1111, 1],
             led: true,
             suspect: Some(vec![0, 0b100]),
+            identity: 0x1234_5678_9abc_def0,
         };
         save(&path, &p).unwrap();
         assert_eq!(load(&path), Ok(Some(p)));
@@ -223,6 +291,7 @@ mod tests {
                 written: vec![7],
                 led: false,
                 suspect: None,
+                identity: 0,
             }
         );
         // Version 1 had no flags: a set bit 0 there is refused.
@@ -232,5 +301,49 @@ mod tests {
         b[n..].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &b).unwrap();
         assert!(load(&path).is_err());
+    }
+
+    #[test]
+    fn a_version_2_file_loads_without_a_replica_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.mirror-state");
+        let p = Persisted {
+            mode: 0,
+            clean: true,
+            epoch: 0,
+            size: 1 << 20,
+            granularity: 65536,
+            bitmap: vec![],
+            written: vec![1],
+            led: false,
+            suspect: Some(vec![]),
+            identity: 9,
+        };
+        save(&path, &p).unwrap();
+        // Version 2 as it was written: no identity before the checksum.
+        let mut b = std::fs::read(&path).unwrap();
+        b.truncate(b.len() - 12);
+        b[4] = 2;
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        assert_eq!(load(&path), Ok(Some(Persisted { identity: 0, ..p })));
+    }
+
+    #[test]
+    fn a_file_created_anew_at_the_same_path_has_another_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.img");
+        std::fs::write(&path, [1u8; 4096]).unwrap();
+        let first = identity_of(&path).unwrap();
+        assert_ne!(first, 0);
+        // Rewritten in place: the same data object.
+        std::fs::write(&path, [2u8; 4096]).unwrap();
+        assert_eq!(identity_of(&path).unwrap(), first);
+        // Replaced by a new file (even one that reuses the inode number).
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&path, [1u8; 4096]).unwrap();
+        assert_ne!(identity_of(&path).unwrap(), first);
     }
 }

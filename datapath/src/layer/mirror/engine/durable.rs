@@ -42,7 +42,7 @@
 use super::*;
 use crate::layer::mirror::failover::FailoverSlot;
 use crate::layer::mirror::persist::{PersistHandle, Persister};
-use crate::layer::mirror::state::Persisted;
+use crate::layer::mirror::state::{Persisted, ReplicaData};
 
 /// The engine's durability bookkeeping.
 #[derive(Default)]
@@ -114,6 +114,10 @@ impl Engine {
             written: self.written.words().to_vec(),
             led: self.cfg.role == Role::Leader,
             suspect: Some(suspect.words().to_vec()),
+            identity: match self.cfg.replica_data {
+                ReplicaData::Kept { identity } => identity,
+                ReplicaData::Volatile => 0,
+            },
         }
     }
 
@@ -239,6 +243,53 @@ impl Engine {
             tracing::error!(volume = %self.cfg.name, error = %h.error(),
                 "mirror: the replica state could not be persisted at the stop; the next start \
                  resumes from the last state persisted (bitmaps not exact)");
+        }
+    }
+
+    /// Start as a new replica (replica state 4, never in sync): it serves nothing until its
+    /// first session has given it every region its peer ever wrote (or both are new). `why`:
+    /// the replica's data is unknown (logged); `None`: no state file yet, a new replica.
+    ///
+    /// Called by `restore` when there is no state file, no `state_dir` at all (the state
+    /// lived in the previous process's memory, so the replica may miss anything written at
+    /// the peer since, or hold updates the peer never had), a RAM replica (its data died
+    /// with the previous process whatever the file says), or a file or device that is not the
+    /// one the state file was written for ([`Engine::state_not_of_this_data`]).
+    pub(super) fn start_new_replica(&mut self, why: Option<&str>) {
+        if let Some(why) = why {
+            tracing::warn!(volume = %self.cfg.name, why,
+                "mirror: this replica's data is unknown; it starts as a new replica and serves \
+                 nothing until its peer has sent it every region ever written");
+        }
+        self.new_replica = true;
+        self.mode = Mode::Waiting;
+        self.stats.set_mode(Mode::Waiting);
+        self.persist(false);
+    }
+
+    /// Why the persisted state `p` does not describe the data this replica holds now
+    /// (`None`: it does, as far as can be told; state.rs says what cannot be).
+    pub(super) fn state_not_of_this_data(&self, p: &Persisted) -> Option<&'static str> {
+        if p.mode == 4 {
+            // Already a new replica: nothing is claimed about the data.
+            return None;
+        }
+        match self.cfg.replica_data {
+            ReplicaData::Volatile => {
+                if p.mode == 1 {
+                    tracing::error!(volume = %self.cfg.name, epoch = p.epoch,
+                        "mirror: this RAM replica was the survivor: the writes acknowledged \
+                         here alone are lost with it; the peer must be taken over \
+                         (mirror_takeover) to serve again");
+                }
+                Some("a RAM replica's data does not survive a restart")
+            }
+            ReplicaData::Kept { identity }
+                if identity != 0 && p.identity != 0 && identity != p.identity =>
+            {
+                Some("the file or device is not the one the state file was written for")
+            }
+            ReplicaData::Kept { .. } => None,
         }
     }
 

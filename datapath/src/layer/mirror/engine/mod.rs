@@ -165,6 +165,8 @@ pub struct EngineConfig {
     pub resync_rate: u64,
     /// Where the replica state is persisted (none: in memory only).
     pub state_file: Option<std::path::PathBuf>,
+    /// What survives of the replica's data at a restart (durable.rs, `state_not_of_this_data`).
+    pub replica_data: super::state::ReplicaData,
     /// Replicated metadata (reservations) of the volume, when a front end keeps any.
     pub meta: Option<Arc<dyn MetaHandler>>,
 }
@@ -300,14 +302,13 @@ impl Engine {
     /// Load the persisted replica state (called once, before any I/O).
     pub fn restore(&mut self) -> Result<(), String> {
         let Some(path) = self.cfg.state_file.clone() else {
+            // No state kept: nothing says what this replica holds (durable.rs).
+            self.start_new_replica(Some("no state_dir is configured"));
             return Ok(());
         };
         let Some(p) = super::state::load(&path)? else {
             // A new, empty replica: the first session gives it the peer's data.
-            self.new_replica = true;
-            self.mode = Mode::Waiting;
-            self.stats.set_mode(Mode::Waiting);
-            self.persist(false);
+            self.start_new_replica(None);
             return Ok(());
         };
         if p.size != self.cfg.size {
@@ -317,6 +318,10 @@ impl Engine {
                 p.size,
                 self.cfg.size
             ));
+        }
+        if let Some(why) = self.state_not_of_this_data(&p) {
+            self.start_new_replica(Some(why));
+            return Ok(());
         }
         self.grant_epoch = p.epoch;
         let same_geometry = p.granularity == self.cfg.dirty_granularity;

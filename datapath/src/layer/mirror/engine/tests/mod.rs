@@ -93,6 +93,7 @@ fn site(role: Role, timeout: Duration) -> Site {
         dirty_granularity: 4096,
         resync_rate: 1 << 30,
         state_file: None,
+        replica_data: Default::default(),
         meta: None,
     };
     Site {
