@@ -182,7 +182,7 @@ impl Engine {
         let Some(slot) = self.cfg.failover.clone() else {
             return;
         };
-        if self.durable.failed {
+        if self.durable.failed || self.failed.is_some() {
             // Stopped here: never ask for (or take) a grant.
             slot.in_sync
                 .store(false, std::sync::atomic::Ordering::SeqCst);
