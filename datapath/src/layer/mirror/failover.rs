@@ -43,9 +43,9 @@ pub struct FailoverSlot {
     /// Volumes of the group serving alone; the grant is given back when the last one is in
     /// sync again.
     pub survivors: std::sync::atomic::AtomicU32,
-    /// This site's replica of the volume failed (a local I/O error): the heartbeat no longer
-    /// claims the group as preferred, so the witness grants the peer at once (no tie wait
-    /// against a site that will never ask), and the engine never asks for a grant.
+    /// This site does not compete for the group (its replica failed, or it is fenced or
+    /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
+    /// preferred, so the witness grants the peer without waiting out the tie grace.
     pub withdrawn: AtomicBool,
 }
 

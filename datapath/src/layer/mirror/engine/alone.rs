@@ -182,6 +182,7 @@ impl Engine {
         let Some(slot) = self.cfg.failover.clone() else {
             return;
         };
+        self.publish_withdrawn();
         if self.durable.failed || self.failed.is_some() {
             // Stopped here: never ask for (or take) a grant.
             slot.in_sync

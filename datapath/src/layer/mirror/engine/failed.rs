@@ -31,6 +31,21 @@ impl Engine {
         self.failed.as_deref()
     }
 
+    /// Tell the failover thread whether this site claims the volume's group as preferred at
+    /// the witness: not while its replica failed, nor while fenced or resyncing. Such a site
+    /// never asks for a grant (only an operator's takeover does, which claims it again), so
+    /// its claim could only make the peer's request wait out the tie grace, and fail, while
+    /// the site heartbeats (a site restarted fenced with a repaired device, say).
+    pub(super) fn publish_withdrawn(&self) {
+        if let Some(slot) = &self.cfg.failover {
+            let out = self.failed.is_some()
+                || self.durable.failed
+                || matches!(self.mode, Mode::Fenced | Mode::Resyncing);
+            slot.withdrawn
+                .store(out, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// A local operation on the replica failed with `e` over `offset..offset+len`: take the
     /// replica out of service (see the module doc). Idempotent.
     pub(super) fn fail_replica(&mut self, what: &str, offset: u64, len: u64, e: Errno) {

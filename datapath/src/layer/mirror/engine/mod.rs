@@ -372,6 +372,7 @@ impl Engine {
         }
         self.mode = mode;
         self.stats.set_mode(mode);
+        self.publish_withdrawn();
         tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
             suspect_bytes = self.suspect_bytes(), "mirror: replica state restored");
         Ok(())
