@@ -21,6 +21,12 @@
 //!   asks for a grant, nor accepts or dials a session again;
 //! - publishes state `failed` with the reason (`mirror_status`).
 //!
+//! Not covered: an initiator's read goes straight to the local device with the initiator's
+//! tag (`MirrorChannel::read`), so the engine never sees its completion: a failed read fails
+//! that read only. Failing the replica on it needs the read path to report its errors to the
+//! engine (left to the read-path work; the compare-and-write and resync reads, which the
+//! engine issues, do fail the replica).
+//!
 //! Invariant: a site whose replica failed acknowledges nothing more and never wins a grant.
 
 use super::*;
