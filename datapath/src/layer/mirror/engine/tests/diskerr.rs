@@ -231,3 +231,50 @@ fn a_write_failing_at_the_leader_fails_its_replica_and_the_follower_serves_alone
         "replicas differ after the failed leader's resync"
     );
 }
+
+/// A survivor's device fails a write: it answers EIO and serves nothing more, but keeps its
+/// survivor state (the only copy of what it acknowledged alone, the failed region dirty), so
+/// a restart with a working device resyncs the fenced peer from it.
+#[test]
+fn a_survivor_whose_write_fails_stops_serving_and_keeps_its_survivor_state() {
+    use crate::layer::mirror::failover::DENIED;
+    let mut p = pair();
+    break_link(&mut p.a, &mut p.b);
+    let now = Instant::now();
+    p.a.engine.tick(&mut p.io, now);
+    p.b.engine.tick(&mut p.io, now);
+    p.sa.epoch.store(1, SeqCst);
+    p.sa.outcome.store(GRANTED, SeqCst);
+    p.sb.outcome.store(DENIED, SeqCst);
+    p.a.engine.tick(&mut p.io, now);
+    p.b.engine.tick(&mut p.io, now);
+    assert_eq!(
+        (p.a.engine.mode(), p.b.engine.mode()),
+        (Mode::Survivor, Mode::Fenced)
+    );
+    let mut slot = 100;
+    write_at(&mut p.a, &mut p.io, &mut slot, 16384, 0x66, 4096);
+    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+    assert!(p.a.engine.wait_persisted());
+    p.a.engine.poll_durable();
+    collect(&mut p.a);
+    assert_eq!(p.a.ok, 2);
+    p.a.disk.borrow_mut().fail = Some(BAD);
+    write_at(&mut p.a, &mut p.io, &mut slot, BAD.0, 0x22, 4096);
+    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+    collect(&mut p.a);
+    assert_eq!((p.a.ok, p.a.failed, p.a.outstanding), (2, 1, 0));
+    assert!(p.a.engine.no_io() && p.a.engine.replica_failed().is_some());
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    assert_eq!(p.a.engine.stats().snapshot("t", true).state, "failed");
+    assert!(p.a.engine.stats().fenced(), "path state still accessible");
+    assert_eq!(p.a.engine.dirty_bytes(), 2 * 4096);
+    p.a = restart(p.a, Role::Leader, p.dir.path(), "a");
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    redial_pair(&mut p);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(
+        p.a.disk.borrow().bytes == p.b.disk.borrow().bytes,
+        "replicas differ after the restarted survivor's resync"
+    );
+}
