@@ -637,11 +637,7 @@ const KINDS: [Kind; 9] = [
 
 /// Fault kinds (and sites, `None` = either) the product does not survive yet: skipped by
 /// default, run with TWINBLK_FAULTS_KNOWN_BAD=1. Remove an entry once the product is fixed.
-const KNOWN_BAD: &[(Kind, Option<usize>)] = &[
-    // A local write error at one replica leaves the other replica with the write: after the
-    // heal both report "up" (in sync) while they differ over the failing range.
-    (Kind::DiskErr, None),
-];
+const KNOWN_BAD: &[(Kind, Option<usize>)] = &[];
 
 /// Fault kinds whose STALE READS are known: at the site cut off from its peer (B after a
 /// link cut; the frozen site after SIGCONT), reads between the fault and the heal may return

@@ -43,6 +43,10 @@ pub struct FailoverSlot {
     /// Volumes of the group serving alone; the grant is given back when the last one is in
     /// sync again.
     pub survivors: std::sync::atomic::AtomicU32,
+    /// This site does not compete for the group (its replica failed, or it is fenced or
+    /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
+    /// preferred, so the witness grants the peer without waiting out the tie grace.
+    pub withdrawn: AtomicBool,
 }
 
 /// What the failover thread needs.
@@ -85,13 +89,15 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
         .iter()
         .map(|(n, p, s)| (GroupId::from_name(n), *p, Arc::clone(s), n.clone()))
         .collect();
-    let claims: Vec<Claim> = groups
-        .iter()
-        .map(|(g, p, _, _)| Claim {
-            group: *g,
-            preferred: *p,
-        })
-        .collect();
+    let claims_now = || -> Vec<Claim> {
+        groups
+            .iter()
+            .map(|(g, p, s, _)| Claim {
+                group: *g,
+                preferred: *p && !s.withdrawn.load(SeqCst),
+            })
+            .collect()
+    };
     let mut known = vec![Epoch(0); groups.len()];
     let mut reachable = true;
     let mut next_beat = std::time::Instant::now();
@@ -146,7 +152,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             next_beat = now + cfg.heartbeat;
             // A dead witness must not delay a grant request for long.
             client.set_timeout(cfg.heartbeat * 2);
-            match client.heartbeat(&claims) {
+            match client.heartbeat(&claims_now()) {
                 Ok(views) => {
                     if !reachable {
                         tracing::info!("mirror: the witness is reachable again");

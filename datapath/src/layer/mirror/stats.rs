@@ -49,6 +49,11 @@ pub struct MirrorStats {
     /// Why the replica state could not be persisted (set once: the volume is stopped at
     /// this site); read rarely (control path only).
     persist_error: Mutex<Option<String>>,
+    /// Why the volume is stopped at this site (the state cannot be persisted, or the local
+    /// replica failed); set once, read rarely (control path only).
+    failure: Mutex<Option<String>>,
+    /// `failure` is set (read on the I/O path).
+    failed: AtomicBool,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
 }
@@ -95,6 +100,10 @@ pub struct MirrorSnapshot {
     /// Set when the replica state could not be persisted: why (the volume is stopped at
     /// this site, state `failed`; fix the state directory and restart the daemon).
     pub persist_error: Option<String>,
+    /// Set when the volume is stopped at this site, state `failed`: why (the replica state
+    /// cannot be persisted, or the local replica failed: an I/O error of the device; repair
+    /// or replace it and restart the daemon, the peer then resyncs this site).
+    pub failure: Option<String>,
     /// Median PING round trip over the last samples, in microseconds (null: none yet).
     pub rtt_p50_us: Option<f64>,
 }
@@ -117,7 +126,7 @@ impl MirrorStats {
 
     /// The site serves no I/O for this volume (fenced, waiting, or receiving a resync).
     pub fn fenced(&self) -> bool {
-        self.mode().serves_nothing()
+        self.mode().serves_nothing() || self.failed.load(Relaxed)
     }
 
     /// The replica state could not be persisted (the engine fail-stopped the volume).
@@ -125,6 +134,17 @@ impl MirrorStats {
         if let Ok(mut e) = self.persist_error.lock() {
             *e = Some(why.to_string());
         }
+        self.set_failure(&format!("the replica state cannot be persisted: {why}"));
+    }
+
+    /// The volume is stopped at this site, for this reason (the first one is kept).
+    pub fn set_failure(&self, why: &str) {
+        if let Ok(mut e) = self.failure.lock()
+            && e.is_none()
+        {
+            *e = Some(why.to_string());
+        }
+        self.failed.store(true, Relaxed);
     }
 
     /// Session state.
@@ -151,10 +171,11 @@ impl MirrorStats {
             (!s.is_empty()).then(|| s[s.len() / 2] as f64 / 1000.0)
         });
         let persist_error = self.persist_error.lock().ok().and_then(|e| e.clone());
+        let failure = self.failure.lock().ok().and_then(|e| e.clone());
         MirrorSnapshot {
             volume: volume.to_string(),
             role: if leader { "leader" } else { "follower" },
-            state: if persist_error.is_some() {
+            state: if failure.is_some() {
                 "failed"
             } else if self.diverged.load(Relaxed) {
                 "diverged"
@@ -185,6 +206,7 @@ impl MirrorStats {
             resync_eta_s: self.resync_eta_ms.load(Relaxed) as f64 / 1000.0,
             rtt_p50_us: rtt,
             persist_error,
+            failure,
         }
     }
 }

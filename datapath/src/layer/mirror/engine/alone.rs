@@ -182,7 +182,8 @@ impl Engine {
         let Some(slot) = self.cfg.failover.clone() else {
             return;
         };
-        if self.durable.failed {
+        self.publish_withdrawn();
+        if self.durable.failed || self.failed.is_some() {
             // Stopped here: never ask for (or take) a grant.
             slot.in_sync
                 .store(false, std::sync::atomic::Ordering::SeqCst);

@@ -62,6 +62,7 @@ impl Engine {
     ) {
         let k = self.aq.op_of(slot);
         let len = self.ops[k].len as usize;
+        let offset = self.ops[k].offset;
         // Only the leader decides while mirroring; a survivor decides alone. Anything else
         // (fenced, or a follower whose survivorship ended meanwhile) writes nothing.
         let may_write = self.mode == Mode::Survivor
@@ -132,9 +133,13 @@ impl Engine {
                 }
                 self.leader.decided(k);
                 // Ends like a failed apply (the initiator gets the error).
-                self.apply_finished(io, slot, Err(e), &[]);
+                self.apply_done(io, slot, Err(e), &[], false);
                 self.release_barrier(io);
             }
+        }
+        if let Err(e) = r {
+            // The local device failed the compare's read: the replica failed (failed.rs).
+            self.fail_replica("a compare-and-write's read", offset, len as u64, e);
         }
     }
 

@@ -67,6 +67,7 @@ mod alone;
 mod apply;
 mod dispatch;
 mod durable;
+mod failed;
 mod flow;
 mod flush;
 mod follower;
@@ -235,6 +236,8 @@ pub struct Engine {
     new_replica: bool,
     /// The replica state's persistence (durable.rs).
     durable: durable::Durable,
+    /// The local replica failed (failed.rs): why; this site serves nothing more.
+    failed: Option<String>,
 }
 
 impl Engine {
@@ -289,6 +292,7 @@ impl Engine {
             suspect: RegionMap::new(size, g),
             new_replica: false,
             durable: Default::default(),
+            failed: None,
         }
     }
 
@@ -380,6 +384,7 @@ impl Engine {
         }
         self.mode = mode;
         self.stats.set_mode(mode);
+        self.publish_withdrawn();
         tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
             suspect_bytes = self.suspect_bytes(), "mirror: replica state restored");
         Ok(())
@@ -393,13 +398,18 @@ impl Engine {
 
     /// I/O is refused here for now (fenced, resyncing, or waiting for the first session).
     pub fn no_io(&self) -> bool {
-        matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting)
+        matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting) || self.failed.is_some()
     }
 
     /// Decide what a new session is, from both sites' replica states, and start it.
     pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
         if self.durable.failed {
             return Err("the replica state cannot be persisted at this site: refusing".into());
+        }
+        if let Some(why) = &self.failed {
+            return Err(format!(
+                "{why}: refusing until a restart with a working device"
+            ));
         }
         let me = self.replica_state();
         match decide(me, peer) {
@@ -529,7 +539,10 @@ impl Engine {
         }
         // The follower dials in every mode: a survivor or fenced site meets its peer again
         // through a resync (decided at the session start).
-        if self.cfg.role == Role::Follower && !self.leader.is_diverged() && self.link_key.is_none()
+        if self.cfg.role == Role::Follower
+            && !self.leader.is_diverged()
+            && self.failed.is_none()
+            && self.link_key.is_none()
         {
             return self.sess.dial_due(now);
         }
@@ -817,6 +830,20 @@ impl Engine {
         r: Result<(), Errno>,
         data: &[u8],
     ) {
+        self.apply_done(io, slot, r, data, true);
+    }
+
+    /// An apply finished with `r`: from the local device (`device`: an error there fails the
+    /// replica, failed.rs), or decided by the engine (a compare-and-write that writes
+    /// nothing).
+    pub(super) fn apply_done(
+        &mut self,
+        io: &mut IoCx,
+        slot: usize,
+        r: Result<(), Errno>,
+        data: &[u8],
+        device: bool,
+    ) {
         if let Some(ap) = self.aq.get(slot)
             && self.ops.get(ap.op).is_some_and(|op| op.upd == Upd::Caw)
         {
@@ -830,6 +857,7 @@ impl Engine {
             self.maybe_send_resent();
         }
         let k = ap.op;
+        let upd = self.ops[k].upd;
         {
             let op = &mut self.ops[k];
             op.applying -= 1;
@@ -893,6 +921,21 @@ impl Engine {
         }
         self.start_unblocked(io, &ap);
         self.settle(k);
+        if let Err(e) = r
+            && device
+            && e != Errno::MISCOMPARE
+        {
+            // The replica failed (failed.rs): a watermark stopped at this update would stop
+            // every later acknowledgement of the volume.
+            let what = match upd {
+                Upd::Write | Upd::Caw => "a write",
+                Upd::Zeroes => "a write-zeroes",
+                Upd::Unmap => "an unmap",
+                Upd::Flush => "a flush",
+                Upd::ResyncRead => "a resync read",
+            };
+            self.fail_replica(what, ap.offset, ap.len, e);
+        }
     }
 
     /// Start the queued applies that `done` held back.

@@ -250,9 +250,9 @@ fn a_stale_compare_and_write_does_not_release_kept_forwards_before_mirroring() {
     write_at(&mut b, &mut io, &mut slot, 4096 * 3, 0x77, 512);
     deliver(&mut b, &mut a, &mut io, usize::MAX); // kept
     assert_eq!(a.engine.leader.waiting(), 1);
-    // The stale read fails.
+    // The stale read completes: a resync target writes nothing, the compare fails (EIO).
     a.engine
-        .apply_finished(&mut io, caw_read.0 as usize, Err(Errno::IO), &[]);
+        .apply_finished(&mut io, caw_read.0 as usize, Ok(()), &[0xEE; 512]);
     assert_eq!(a.engine.mode(), Mode::Resyncing);
     assert_eq!(
         a.engine.leader.waiting(),

@@ -20,6 +20,9 @@ struct Disk {
     bytes: Vec<u8>,
     /// Started, not yet done: (slot, offset, data to write, or None: a read of `len`).
     pending: Vec<(u32, u64, Option<Vec<u8>>, usize)>,
+    /// Injected error: every write or read overlapping this range (offset, length) fails
+    /// with EIO and changes nothing (tests/diskerr.rs).
+    fail: Option<(u64, u64)>,
 }
 
 struct SlowChannel(Rc<RefCell<Disk>>);
@@ -79,6 +82,7 @@ fn site(role: Role, timeout: Duration) -> Site {
     let disk = Rc::new(RefCell::new(Disk {
         bytes: vec![0; SIZE as usize],
         pending: Vec::new(),
+        fail: None,
     }));
     let cfg = EngineConfig {
         name: "t".into(),
@@ -143,6 +147,14 @@ fn complete_one(s: &mut Site, io: &mut IoCx, rng: &mut Rng) -> bool {
         .pending
         .swap_remove(rng.below(n as u64) as usize);
     let range = off as usize..off as usize + len;
+    if let Some((fo, fl)) = s.disk.borrow().fail
+        && off < fo + fl
+        && fo < off + len as u64
+    {
+        s.engine
+            .apply_finished(io, slot as usize, Err(Errno::IO), &[]);
+        return true;
+    }
     match data {
         Some(data) => {
             s.disk.borrow_mut().bytes[range].copy_from_slice(&data);
@@ -820,6 +832,7 @@ fn deliver_without_acks(from: &mut Site, to: &mut Site, io: &mut IoCx) {
     from.wire.drain(..at);
 }
 
+mod diskerr;
 mod durable;
 mod failover;
 mod forwards;

@@ -1,0 +1,105 @@
+//! The local replica failed (an apply, a flush or a resync read of the local device returned
+//! an error): this site takes its replica out of service for the volume (the engine's
+//! routing, not a part).
+//!
+//! Model (DRBD's on-io-error detach, a RAID1 base device failure): one failed local update
+//! means this replica may no longer hold what the stream put on it, and an applied watermark
+//! that cannot pass that update would stop every later acknowledgement of the volume. So the
+//! site, at once:
+//! - records the failed update's region, and every region of an update it still tracks (not
+//!   confirmed by the peer), as *suspect* (`give_up_held`, as a fence does), so the peer
+//!   copies them back when this site is resynced;
+//! - fails every held request (EIO: outcome unknown) and serves nothing more for the volume
+//!   (reads and writes EIO, path state inaccessible), until the daemon restarts with a
+//!   working device;
+//! - persists the *fenced* replica state (the session decision then makes this site the
+//!   target of the survivor's resync); a survivor (or resync source) keeps its persisted
+//!   survivor state instead, the failed region dirty: it is the only copy of what it
+//!   acknowledged alone, and a restart with a working device resyncs the peer from it;
+//! - drops the link (the peer fails over through the witness), withdraws its preferred claim
+//!   at the witness (so the peer is granted without waiting out the tie grace), and never
+//!   asks for a grant, nor accepts or dials a session again;
+//! - publishes state `failed` with the reason (`mirror_status`).
+//!
+//! Not covered: an initiator's read goes straight to the local device with the initiator's
+//! tag (`MirrorChannel::read`), so the engine never sees its completion: a failed read fails
+//! that read only. Failing the replica on it needs the read path to report its errors to the
+//! engine (left to the read-path work; the compare-and-write and resync reads, which the
+//! engine issues, do fail the replica).
+//!
+//! Invariant: a site whose replica failed acknowledges nothing more and never wins a grant.
+
+use super::*;
+
+impl Engine {
+    /// This site's replica failed: the reason, or `None`.
+    pub fn replica_failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Tell the failover thread whether this site claims the volume's group as preferred at
+    /// the witness: not while its replica failed, nor while fenced or resyncing. Such a site
+    /// never asks for a grant (only an operator's takeover does, which claims it again), so
+    /// its claim could only make the peer's request wait out the tie grace, and fail, while
+    /// the site heartbeats (a site restarted fenced with a repaired device, say).
+    pub(super) fn publish_withdrawn(&self) {
+        if let Some(slot) = &self.cfg.failover {
+            let out = self.failed.is_some()
+                || self.durable.failed
+                || matches!(self.mode, Mode::Fenced | Mode::Resyncing);
+            slot.withdrawn
+                .store(out, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A local operation on the replica failed with `e` over `offset..offset+len`: take the
+    /// replica out of service (see the module doc). Idempotent.
+    pub(super) fn fail_replica(&mut self, what: &str, offset: u64, len: u64, e: Errno) {
+        if self.failed.is_some() {
+            return;
+        }
+        let why = format!(
+            "the local replica failed: {what} of {len} bytes at {offset} returned errno {}",
+            e.0
+        );
+        tracing::error!(volume = %self.cfg.name, mode = ?self.mode, error = %why,
+            "mirror: the local replica failed; this site stops serving the volume (no I/O, no \
+             survivorship), the peer serves it alone; replace or repair the device and restart \
+             the daemon: this site is then resynced from the peer");
+        self.failed = Some(why.clone());
+        self.stats.set_failure(&why);
+        if let Some(slot) = &self.cfg.failover {
+            use std::sync::atomic::Ordering::SeqCst;
+            slot.withdrawn.store(true, SeqCst);
+            slot.in_sync.store(false, SeqCst);
+            slot.want.store(false, SeqCst);
+        }
+        if self.sess.up || self.link_key.is_some() {
+            self.kill_link = Some("the local replica failed");
+        }
+        let survivor = self.mode == Mode::Survivor;
+        // A resync this site was sending stops: what it copied is dirty again; the updates it
+        // deferred are failed below with the rest.
+        if let Some(r) = self.resync.take() {
+            let _deferred = r.abandon(&mut self.dirty);
+            self.stats
+                .resync_rate
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        if survivor {
+            // Its dirty map already covers the region (marked before the apply).
+            self.mark_dirty(offset, len);
+            self.give_up_held();
+            self.persist(false);
+        } else {
+            if len > 0 {
+                self.suspect.set_range(offset, len);
+            } else {
+                // A flush failed: any write this replica completed may not be durable, even
+                // one the peer confirmed; every region ever written is suspect.
+                self.suspect.or_with(&self.written);
+            }
+            self.fence("the local replica failed");
+        }
+    }
+}

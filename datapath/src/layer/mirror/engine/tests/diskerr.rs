@@ -1,0 +1,280 @@
+//! A local replica that fails one write (an injected EIO over a range, `Disk::fail`): the
+//! failing site takes its replica out of service (fenced, status `failed` and why, no I/O,
+//! link dropped, no grant asked), the other site is granted the volume and acknowledges its
+//! held and later writes alone, and a restart of the failed site with a working device
+//! resyncs it to a byte-identical replica.
+//!
+//! Model: two engines back to back with state files (a restart reads the fenced state and
+//! its suspect regions); the test answers the witness: it grants whichever site asks, and
+//! records every site that asked.
+
+use super::*;
+use crate::layer::mirror::failover::{FailoverSlot, GRANTED};
+use std::sync::atomic::Ordering::SeqCst;
+
+/// The failing range: one 4 KiB region.
+const BAD: (u64, u64) = (8192, 4096);
+
+struct Pair {
+    a: Site,
+    b: Site,
+    sa: Arc<FailoverSlot>,
+    sb: Arc<FailoverSlot>,
+    io: IoCx,
+    rng: Rng,
+    dir: tempfile::TempDir,
+    /// Sites that asked the witness for a grant (a, b).
+    asked: [bool; 2],
+}
+
+fn with_state(role: Role, dir: &std::path::Path, name: &str) -> (Site, Arc<FailoverSlot>) {
+    let (mut s, slot) = with_witness(role);
+    s.engine.cfg.state_file = Some(dir.join(name));
+    s.engine.restore().expect("restore");
+    (s, slot)
+}
+
+/// Two sites in sync with a witness and state files, one write acknowledged on both.
+fn pair() -> Pair {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, sa) = with_state(Role::Leader, dir.path(), "a");
+    let (b, sb) = with_state(Role::Follower, dir.path(), "b");
+    let mut p = Pair {
+        a,
+        b,
+        sa,
+        sb,
+        io: IoCx::new(8, 2, 4096, 4).expect("ring"),
+        rng: Rng(17),
+        dir,
+        asked: [false; 2],
+    };
+    redial_pair(&mut p);
+    let mut slot = 0;
+    write_at(&mut p.a, &mut p.io, &mut slot, 0, 0x11, 4096);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert_eq!(p.a.ok, 1);
+    p
+}
+
+/// The follower dials: the leader starts the session first.
+fn redial_pair(p: &mut Pair) {
+    let (sa, sb) = (p.a.engine.replica_state(), p.b.engine.replica_state());
+    p.a.engine
+        .session_start(&mut p.io, sb)
+        .expect("session at a");
+    p.b.engine
+        .session_start(&mut p.io, sa)
+        .expect("session at b");
+}
+
+/// Turns of: ticks (the witness grants whoever asks), messages both ways, every local
+/// operation finished, a link a site asked to drop dropped.
+fn pump(p: &mut Pair, rounds: usize) {
+    for _ in 0..rounds {
+        let now = Instant::now();
+        p.a.engine.tick(&mut p.io, now);
+        p.b.engine.tick(&mut p.io, now);
+        for (i, slot) in [&p.sa, &p.sb].into_iter().enumerate() {
+            if slot.want.swap(false, SeqCst) {
+                p.asked[i] = true;
+                slot.epoch.store(1, SeqCst);
+                slot.outcome.store(GRANTED, SeqCst);
+            }
+        }
+        if p.a.engine.is_up() {
+            deliver(&mut p.a, &mut p.b, &mut p.io, usize::MAX);
+            deliver(&mut p.b, &mut p.a, &mut p.io, usize::MAX);
+        }
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng)
+            || complete_one(&mut p.b, &mut p.io, &mut p.rng)
+        {}
+        if p.a.engine.kill_link.take().is_some() | p.b.engine.kill_link.take().is_some() {
+            break_link(&mut p.a, &mut p.b);
+        }
+        // (The daemon polls the persister every turn; here, wait for it.)
+        assert!(p.a.engine.wait_persisted() && p.b.engine.wait_persisted());
+        p.a.engine.poll_durable();
+        p.b.engine.poll_durable();
+        collect(&mut p.a);
+        collect(&mut p.b);
+        std::thread::sleep(ACK_WINDOW);
+    }
+}
+
+/// Restart site `s` (a clean stop, its state on disk) over the same replica, the device
+/// working again.
+fn restart(s: Site, role: Role, dir: &std::path::Path, name: &str) -> Site {
+    let disk = Rc::clone(&s.disk);
+    drop(s);
+    disk.borrow_mut().fail = None;
+    disk.borrow_mut().pending.clear();
+    let (mut n, _) = with_state(role, dir, name);
+    n.disk = Rc::clone(&disk);
+    n.engine.inner = Box::new(SlowChannel(disk));
+    n
+}
+
+/// The failed site serves nothing and says why.
+fn assert_failed(s: &mut Site, io: &mut IoCx) {
+    assert!(s.engine.no_io(), "the failed site still serves I/O");
+    assert_eq!(s.engine.mode(), Mode::Fenced);
+    let snap = s.engine.stats().snapshot("t", true);
+    assert_eq!(snap.state, "failed", "{snap:?}");
+    assert!(s.engine.stats().fenced(), "path state still accessible");
+    let tag = IoTag { conn: 1, slot: 999 };
+    assert_eq!(
+        s.engine
+            .submit(io, 0, tag, Update::Write(&[1; 512]), 40960, false),
+        Start::Done(Err(Errno::IO))
+    );
+    assert!(
+        s.engine.session_start(io, 1).is_err(),
+        "the failed site accepts a session before it is restarted"
+    );
+}
+
+/// A write fails at the follower's replica: the follower fails its replica and drops the
+/// link, the leader is granted the volume and acknowledges that write and every later one,
+/// and the follower, restarted with a working device, is resynced byte-identical.
+#[test]
+fn a_write_failing_at_the_follower_fails_its_replica_and_the_leader_serves_alone() {
+    let mut p = pair();
+    p.b.disk.borrow_mut().fail = Some(BAD);
+    let mut slot = 100;
+    write_at(&mut p.a, &mut p.io, &mut slot, BAD.0, 0x22, 4096);
+    // Later writes of other blocks, from both sites.
+    for i in 0..4u64 {
+        write_at(
+            &mut p.a,
+            &mut p.io,
+            &mut slot,
+            16384 + i * 4096,
+            0x30 + i as u8,
+            4096,
+        );
+    }
+    write_at(&mut p.b, &mut p.io, &mut slot, 36864, 0x44, 4096);
+    pump(&mut p, 20);
+    assert_eq!(
+        (p.a.ok, p.a.failed, p.a.outstanding),
+        (6, 0, 0),
+        "the leader's writes are not all acknowledged"
+    );
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    assert_eq!(p.b.outstanding, 0, "the failed site left requests");
+    assert_eq!(p.asked, [true, false], "the failed site asked for a grant");
+    assert_failed(&mut p.b, &mut p.io);
+    assert!(p.sb.withdrawn.load(SeqCst), "preferred claim not withdrawn");
+    // Later writes: acknowledged by the survivor.
+    write_at(&mut p.a, &mut p.io, &mut slot, 49152, 0x55, 4096);
+    pump(&mut p, 2);
+    assert_eq!((p.a.ok, p.a.outstanding), (7, 0));
+    // b is back with a working device.
+    p.b = restart(p.b, Role::Follower, p.dir.path(), "b");
+    assert_eq!(p.b.engine.mode(), Mode::Fenced);
+    redial_pair(&mut p);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(
+        p.a.disk.borrow().bytes == p.b.disk.borrow().bytes,
+        "replicas differ after the failed follower's resync"
+    );
+    assert_eq!(p.b.disk.borrow().bytes[BAD.0 as usize], 0x22);
+}
+
+/// A write fails at the leader's replica after the follower applied it: the leader answers
+/// EIO, fails its replica (the region suspect) and drops the link; the follower is granted
+/// the volume and acknowledges its writes alone; the leader, restarted with a working
+/// device, gets the follower's copy of that region back.
+#[test]
+fn a_write_failing_at_the_leader_fails_its_replica_and_the_follower_serves_alone() {
+    let mut p = pair();
+    p.a.disk.borrow_mut().fail = Some(BAD);
+    let mut slot = 100;
+    write_at(&mut p.a, &mut p.io, &mut slot, BAD.0, 0x22, 4096);
+    for i in 0..4u64 {
+        write_at(
+            &mut p.b,
+            &mut p.io,
+            &mut slot,
+            16384 + i * 4096,
+            0x30 + i as u8,
+            4096,
+        );
+    }
+    write_at(&mut p.a, &mut p.io, &mut slot, 36864, 0x44, 4096);
+    pump(&mut p, 20);
+    assert_eq!(
+        (p.b.ok, p.b.failed, p.b.outstanding),
+        (4, 0, 0),
+        "the follower's writes are not all acknowledged"
+    );
+    assert_eq!(p.b.engine.mode(), Mode::Survivor);
+    assert_eq!(p.a.outstanding, 0, "the failed site left requests");
+    assert!(p.a.failed >= 1, "the failed write was acknowledged");
+    assert_eq!(p.asked, [false, true], "the failed site asked for a grant");
+    assert_failed(&mut p.a, &mut p.io);
+    assert!(p.sa.withdrawn.load(SeqCst), "preferred claim not withdrawn");
+    assert!(
+        p.a.engine.suspect_bytes() >= 4096,
+        "the failed region is not suspect"
+    );
+    write_at(&mut p.b, &mut p.io, &mut slot, 49152, 0x55, 4096);
+    pump(&mut p, 2);
+    assert_eq!((p.b.ok, p.b.outstanding), (5, 0));
+    p.a = restart(p.a, Role::Leader, p.dir.path(), "a");
+    assert_eq!(p.a.engine.mode(), Mode::Fenced);
+    redial_pair(&mut p);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(
+        p.a.disk.borrow().bytes == p.b.disk.borrow().bytes,
+        "replicas differ after the failed leader's resync"
+    );
+}
+
+/// A survivor's device fails a write: it answers EIO and serves nothing more, but keeps its
+/// survivor state (the only copy of what it acknowledged alone, the failed region dirty), so
+/// a restart with a working device resyncs the fenced peer from it.
+#[test]
+fn a_survivor_whose_write_fails_stops_serving_and_keeps_its_survivor_state() {
+    use crate::layer::mirror::failover::DENIED;
+    let mut p = pair();
+    break_link(&mut p.a, &mut p.b);
+    let now = Instant::now();
+    p.a.engine.tick(&mut p.io, now);
+    p.b.engine.tick(&mut p.io, now);
+    p.sa.epoch.store(1, SeqCst);
+    p.sa.outcome.store(GRANTED, SeqCst);
+    p.sb.outcome.store(DENIED, SeqCst);
+    p.a.engine.tick(&mut p.io, now);
+    p.b.engine.tick(&mut p.io, now);
+    assert_eq!(
+        (p.a.engine.mode(), p.b.engine.mode()),
+        (Mode::Survivor, Mode::Fenced)
+    );
+    let mut slot = 100;
+    write_at(&mut p.a, &mut p.io, &mut slot, 16384, 0x66, 4096);
+    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+    assert!(p.a.engine.wait_persisted());
+    p.a.engine.poll_durable();
+    collect(&mut p.a);
+    assert_eq!(p.a.ok, 2);
+    p.a.disk.borrow_mut().fail = Some(BAD);
+    write_at(&mut p.a, &mut p.io, &mut slot, BAD.0, 0x22, 4096);
+    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+    collect(&mut p.a);
+    assert_eq!((p.a.ok, p.a.failed, p.a.outstanding), (2, 1, 0));
+    assert!(p.a.engine.no_io() && p.a.engine.replica_failed().is_some());
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    assert_eq!(p.a.engine.stats().snapshot("t", true).state, "failed");
+    assert!(p.a.engine.stats().fenced(), "path state still accessible");
+    assert_eq!(p.a.engine.dirty_bytes(), 2 * 4096);
+    p.a = restart(p.a, Role::Leader, p.dir.path(), "a");
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    redial_pair(&mut p);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(
+        p.a.disk.borrow().bytes == p.b.disk.borrow().bytes,
+        "replicas differ after the restarted survivor's resync"
+    );
+}
