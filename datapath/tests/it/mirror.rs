@@ -770,12 +770,14 @@ fn killing_the_demo_with_sigkill_takes_its_witness_and_sites_with_it() {
         if left.is_empty() {
             break;
         }
-        if t.elapsed() > Duration::from_secs(3) {
+        // They stop cleanly (SIGTERM from the kernel), which may take up to the daemon's stop
+        // deadline (10 s) on a loaded machine; what must not happen is that they stay.
+        if t.elapsed() > Duration::from_secs(15) {
             for &p in &left {
                 // SAFETY: cleaning up the processes this test started (through the demo).
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
-            panic!("the demo's processes {left:?} outlived it by 3 s");
+            panic!("the demo's processes {left:?} outlived it by 15 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
