@@ -2,7 +2,7 @@
 //!
 //! Model: [`MirrorDevice`] wraps the local replica (any [`BlockDevice`]) and is the top of a
 //! mirrored volume's stack. Its channel holds the volume's [`engine::Engine`]; reads go straight
-//! to the local replica, every update (write, write-zeroes, unmap, flush) goes through the
+//! to the local replica while the site holds a read lease (docs/mirror-protocol.md), every update (write, write-zeroes, unmap, flush) goes through the
 //! engine, which completes it only when both sites have it. A compare-and-write is decided by
 //! the leader alone (docs/mirror-protocol.md), so it is atomic across the sites. The link ([`link::LinkConn`]) is a
 //! reactor connection that carries the engine's messages (docs/mirror-protocol.md).
