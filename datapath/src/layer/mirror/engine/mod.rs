@@ -381,8 +381,9 @@ impl Engine {
         }
         self.mode = mode;
         self.stats.set_mode(mode);
-        if mode == Mode::Survivor {
-            // Stopped during the wait for the peer's lease, and restarted at once: wait again.
+        if mode == Mode::Survivor && !p.clean {
+            // It may have crashed during its wait for the peer's read lease and restarted at
+            // once: wait again. (A clean stop waits for every held answer, so for the lease.)
             let l = self.sess.lease();
             self.alone_after = Some(Instant::now() + l + lease_margin(l));
         }
@@ -399,11 +400,12 @@ impl Engine {
     }
 
     /// Reads may be served at `now` (docs/mirror-protocol.md, "Read lease"): always as the
-    /// survivor; while mirroring, only under a read lease; never in the other modes.
+    /// survivor; while mirroring, only under a read lease (always without a witness: no
+    /// site can be granted the volume); never in the other modes.
     pub fn may_read(&self, now: Instant) -> bool {
         match self.mode {
             Mode::Survivor => true,
-            Mode::Mirroring => self.sess.leased(now),
+            Mode::Mirroring => self.cfg.failover.is_none() || self.sess.leased(now),
             Mode::Fenced | Mode::Resyncing | Mode::Waiting => false,
         }
     }
@@ -412,6 +414,7 @@ impl Engine {
     pub(super) fn publish_lease(&self) {
         let ns = match self.mode {
             Mode::Survivor => u64::MAX,
+            Mode::Mirroring if self.cfg.failover.is_none() => u64::MAX,
             Mode::Mirroring => self
                 .sess
                 .lease_until()

@@ -125,3 +125,18 @@ fn the_survivor_acknowledges_alone_only_once_the_peers_lease_has_expired() {
     collect(&mut b);
     assert_eq!((b.ok, b.outstanding), (2, 0));
 }
+
+#[test]
+fn without_a_witness_reads_are_served_with_the_link_down() {
+    // No site can be granted the volume: nothing is ever acknowledged alone.
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut a = site(Role::Leader, Duration::from_secs(60));
+    let mut b = site(Role::Follower, Duration::from_secs(60));
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    break_link(&mut a, &mut b);
+    let later = Instant::now() + lease() * 4;
+    for s in [&a, &b] {
+        assert!(s.engine.may_read(later) && s.engine.stats().may_read());
+    }
+}
