@@ -77,6 +77,9 @@ struct Pending {
     f_inc: u64,
     l_state: u32,
     l_inc: u64,
+    /// Leader: when its WELCOME was queued (before it went out): its first read lease runs
+    /// from then.
+    welcome_at: Instant,
 }
 
 impl Pending {
@@ -335,6 +338,7 @@ impl LinkConn {
             f_inc: h.seq,
             l_state: mine,
             l_inc: incarnation,
+            welcome_at: Instant::now(),
         };
         let proof = p
             .handshake(size, block, name)
@@ -390,6 +394,7 @@ impl LinkConn {
         }
         // Both sites' replica states decide the session (normal, or a resync one way).
         e.set_peer_incarnation(p.f_inc);
+        e.set_handshake_sent(p.welcome_at);
         e.session_start(env.io, p.f_state)?;
         e.link_key = Some(env.key);
         Self::link_warnings_end(e);
@@ -621,6 +626,7 @@ impl Conn for LinkConn {
                 f_inc: hello.seq,
                 l_state: 0,
                 l_inc: 0,
+                welcome_at: Instant::now(),
             });
             self.state = State::AwaitWelcome;
             return;

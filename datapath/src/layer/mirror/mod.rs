@@ -2,7 +2,7 @@
 //!
 //! Model: [`MirrorDevice`] wraps the local replica (any [`BlockDevice`]) and is the top of a
 //! mirrored volume's stack. Its channel holds the volume's [`engine::Engine`]; reads go straight
-//! to the local replica, every update (write, write-zeroes, unmap, flush) goes through the
+//! to the local replica while the site holds a read lease (docs/mirror-protocol.md), every update (write, write-zeroes, unmap, flush) goes through the
 //! engine, which completes it only when both sites have it. A compare-and-write is decided by
 //! the leader alone (docs/mirror-protocol.md), so it is atomic across the sites. The link ([`link::LinkConn`]) is a
 //! reactor connection that carries the engine's messages (docs/mirror-protocol.md).
@@ -60,9 +60,11 @@ pub struct MirrorInfo {
 
 /// The path state of this site for a mirrored volume: optimised at the volume's leader (and
 /// at a survivor), non-optimised at the follower (its writes take a round trip to the leader
-/// first), inaccessible while fenced, resyncing or waiting for its peer.
-pub fn path_state(mode: Mode, role: Role) -> PathState {
+/// first), inaccessible while fenced, resyncing or waiting for its peer, and while mirroring
+/// without a read lease (`leased`: `Engine::may_read`; hosts use the other site's path).
+pub fn path_state(mode: Mode, role: Role, leased: bool) -> PathState {
     match (mode, role) {
+        (Mode::Mirroring, _) if !leased => PathState::Inaccessible,
         (Mode::Survivor, _) | (Mode::Mirroring, Role::Leader) => PathState::Optimized,
         (Mode::Mirroring, Role::Follower) => PathState::NonOptimized,
         (Mode::Fenced | Mode::Resyncing | Mode::Waiting, _) => PathState::Inaccessible,
@@ -182,7 +184,7 @@ impl Poller for MirrorPoller {
             // A failed survivor keeps its mode (failed.rs) but serves nothing.
             PathState::Inaccessible
         } else {
-            path_state(e.mode(), e.config().role)
+            path_state(e.mode(), e.config().role, e.may_read(now))
         };
         let kick = e.wants_send(now) || e.kill_link.is_some() || (stopping && e.idle());
         let link = e.link_key;
@@ -299,7 +301,8 @@ impl MirrorChannel {
 
 impl Channel for MirrorChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        if self.engine.no_io() {
+        // Refused without a read lease (docs/mirror-protocol.md, "Read lease").
+        if !self.engine.may_read(Instant::now()) {
             return ReadStart::Failed(Errno::IO);
         }
         self.engine.inner().read(io, tag, offset, len)
@@ -442,7 +445,8 @@ impl RemoteChannel {
 
 impl Channel for RemoteChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        if self.stats.fenced() {
+        // The home reactor's engine publishes its read lease (`MirrorStats::may_read`).
+        if !self.stats.may_read() {
             return ReadStart::Failed(Errno::IO);
         }
         self.inner.read(io, tag, offset, len)

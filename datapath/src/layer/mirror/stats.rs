@@ -4,7 +4,18 @@
 use super::mode::Mode;
 use serde::Serialize;
 use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+/// Nanoseconds of `t` on a process-wide monotonic clock (0 for an instant before its
+/// epoch, which is fixed at its first use).
+pub fn mono_ns(t: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let e = *EPOCH.get_or_init(|| Instant::now() - std::time::Duration::from_secs(1));
+    t.saturating_duration_since(e).as_nanos() as u64
+}
 
 /// Published mirror state of one volume.
 #[derive(Default)]
@@ -43,6 +54,10 @@ pub struct MirrorStats {
     pub resync_eta_ms: AtomicU64,
     /// The engine's mode, as `Mode as u8`.
     mode: std::sync::atomic::AtomicU8,
+    /// Reads may be served until then ([`mono_ns`]); `u64::MAX`: always (survivor); 0:
+    /// never (no lease, or a mode that serves nothing). Published by the home reactor's
+    /// engine, read by the volume's channels on the other reactors.
+    read_until: AtomicU64,
     /// An operator asked this site to take the volume over (ask the witness for a grant
     /// without a peer session); cleared when the witness has answered.
     pub takeover: AtomicBool,
@@ -122,6 +137,20 @@ impl MirrorStats {
     /// The engine's mode as last published.
     pub fn mode(&self) -> Mode {
         Mode::from_u8(self.mode.load(Relaxed)).unwrap_or(Mode::Mirroring)
+    }
+
+    /// Publish until when reads may be served (see `read_until`).
+    pub fn set_read_until(&self, ns: u64) {
+        self.read_until.store(ns, Release);
+    }
+
+    /// Reads may be served now (one load; one clock read only while a lease runs).
+    pub fn may_read(&self) -> bool {
+        match self.read_until.load(Acquire) {
+            0 => false,
+            u64::MAX => true,
+            u => mono_ns(Instant::now()) < u,
+        }
     }
 
     /// The site serves no I/O for this volume (fenced, waiting, or receiving a resync).

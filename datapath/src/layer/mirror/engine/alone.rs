@@ -91,6 +91,14 @@ impl Engine {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         self.set_mode(Mode::Survivor);
+        // Nothing is acknowledged alone before the lost peer's read lease has certainly
+        // expired (docs/mirror-protocol.md, "Read lease"); `release_alone` lets it go.
+        let now = Instant::now();
+        if let Some(t) = self.sess.peer_lease_end().filter(|&t| t > now) {
+            self.alone_after = Some(t);
+            tracing::info!(volume = %self.cfg.name, wait_ms = (t - now).as_millis() as u64,
+                "mirror: survivor; holding acknowledgements until the peer's read lease has expired");
+        }
         tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
             "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");
         // Updates waiting behind a compare-and-write go ahead alone (forwarded ones are the
@@ -133,6 +141,10 @@ impl Engine {
     /// No grant: fail everything held and serve no I/O.
     pub(super) fn fence(&mut self, why: &str) {
         self.give_up_held();
+        self.alone_after = None;
+        for (from, tag, _) in std::mem::take(&mut self.alone_held) {
+            self.done.push((from, tag, Err(Errno::IO)));
+        }
         self.set_mode(Mode::Fenced);
         tracing::error!(volume = %self.cfg.name, why, suspect_bytes = self.suspect_bytes(),
             "mirror: fenced; this site serves no I/O for the volume");

@@ -19,6 +19,12 @@ impl Engine {
     /// A session started (after HELLO/WELCOME): re-send what the peer may not have.
     pub fn link_up(&mut self, io: &mut IoCx) {
         self.sess.start();
+        // The first read lease: from the WELCOME this leader sent, or (follower) from now,
+        // before its AUTH reaches the leader (docs/mirror-protocol.md, "Read lease").
+        let now = Instant::now();
+        let base = self.handshake_sent.take().unwrap_or(now);
+        self.sess.start_lease(base, now, self.cfg.heartbeat);
+        self.publish_lease();
         self.aq.applied = apply::Window::default();
         self.held_logged = false;
         self.last_rx = Instant::now();
@@ -68,6 +74,8 @@ impl Engine {
         if !self.sess.end() {
             return;
         }
+        // The read lease is revoked at once (the peer may be granted the volume).
+        self.publish_lease();
         self.witness.link_lost();
         self.fail_held();
         self.fail_metas();
@@ -254,7 +262,11 @@ impl Engine {
                 self.settle(k);
             }
             Ping => self.sess.on_ping(h),
-            Pong => self.sess.on_pong(h),
+            Pong => {
+                if self.sess.on_pong(h) {
+                    self.publish_lease();
+                }
+            }
             ResyncAlso if self.resync.as_ref().is_some_and(|r| r.listing()) => {
                 let (b, size) = (self.cfg.block as u64, self.cfg.size);
                 for (offset, len) in wire::decode_resync_also(payload) {
@@ -355,8 +367,11 @@ impl Engine {
                 {
                     self.send_meta_state(wire::META_NO_ID, 0, &state);
                 }
-                if meta_result(status).is_ok() && self.durable.waiting() {
-                    // Answered once the survivor state is durable (durable.rs).
+                if meta_result(status).is_ok()
+                    && (self.durable.waiting() || self.alone_after.is_some())
+                {
+                    // Answered once the survivor state is durable (durable.rs) and the lost
+                    // peer's read lease has expired.
                     self.answer(from, tag, meta_result(status));
                     return Start::Pending;
                 }

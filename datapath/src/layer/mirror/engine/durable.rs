@@ -166,7 +166,10 @@ impl Engine {
 
     /// Answer an initiator (held while a survivor state is not durable yet).
     pub(super) fn answer(&mut self, from: u32, tag: IoTag, r: Result<(), Errno>) {
-        if r.is_ok() && self.durable.gate != 0 {
+        if r.is_ok() && self.alone_after.is_some() {
+            // Also held until the lost peer's read lease has expired (`release_alone`).
+            self.alone_held.push((from, tag, r));
+        } else if r.is_ok() && self.durable.gate != 0 {
             self.durable.held.push((from, tag, r));
         } else {
             self.done.push((from, tag, r));

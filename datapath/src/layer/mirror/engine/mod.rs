@@ -96,7 +96,7 @@ pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};
 use resync::{Next, ResyncSource, ResyncTarget};
 use session::PeerSession;
-pub use session::{ACK_BATCH, ACK_WINDOW, REDIAL_EVERY};
+pub use session::{ACK_BATCH, ACK_WINDOW, REDIAL_EVERY, lease_for, lease_margin};
 use slab::Slab;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -238,6 +238,14 @@ pub struct Engine {
     durable: durable::Durable,
     /// The local replica failed (failed.rs): why; this site serves nothing more.
     failed: Option<String>,
+    /// Leader: when the WELCOME of the handshake under way was sent (its first read lease
+    /// runs from then).
+    handshake_sent: Option<Instant>,
+    /// Survivor: nothing is acknowledged alone before then (the lost peer's read lease has
+    /// certainly expired); none: no wait.
+    alone_after: Option<Instant>,
+    /// The answers waiting for `alone_after`.
+    alone_held: Vec<(u32, IoTag, Result<(), Errno>)>,
 }
 
 impl Engine {
@@ -249,6 +257,7 @@ impl Engine {
         stats: Arc<MirrorStats>,
     ) -> Self {
         let (size, g) = (cfg.size, cfg.dirty_granularity);
+        let lease = lease_for(cfg.peer_dead);
         Self {
             cfg,
             inner,
@@ -270,7 +279,7 @@ impl Engine {
             peer_incarnation: 0,
             vol,
             flushes: Flushes::default(),
-            sess: PeerSession::new(Arc::clone(&stats)),
+            sess: PeerSession::new(Arc::clone(&stats), lease),
             spare: Vec::new(),
             spare_bytes: 0,
             held_logged: false,
@@ -293,6 +302,9 @@ impl Engine {
             new_replica: false,
             durable: Default::default(),
             failed: None,
+            handshake_sent: None,
+            alone_after: None,
+            alone_held: Vec::new(),
         }
     }
 
@@ -300,6 +312,7 @@ impl Engine {
     fn set_mode(&mut self, m: Mode) {
         self.mode = m;
         self.stats.set_mode(m);
+        self.publish_lease();
         self.persist_mode(m);
     }
 
@@ -385,6 +398,13 @@ impl Engine {
         self.mode = mode;
         self.stats.set_mode(mode);
         self.publish_withdrawn();
+        if mode == Mode::Survivor && !p.clean {
+            // It may have crashed during its wait for the peer's read lease and restarted at
+            // once: wait again. (A clean stop waits for every held answer, so for the lease.)
+            let l = self.sess.lease();
+            self.alone_after = Some(Instant::now() + l + lease_margin(l));
+        }
+        self.publish_lease();
         tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
             suspect_bytes = self.suspect_bytes(), "mirror: replica state restored");
         Ok(())
@@ -394,6 +414,56 @@ impl Engine {
     /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing.
     pub fn replica_state(&self) -> u32 {
         replica::replica_state(self.mode, self.new_replica)
+    }
+
+    /// Reads may be served at `now` (docs/mirror-protocol.md, "Read lease"): always as the
+    /// survivor; while mirroring, only under a read lease (always without a witness: no
+    /// site can be granted the volume); never in the other modes.
+    pub fn may_read(&self, now: Instant) -> bool {
+        if self.failed.is_some() {
+            return false;
+        }
+        match self.mode {
+            Mode::Survivor => true,
+            Mode::Mirroring => self.cfg.failover.is_none() || self.sess.leased(now),
+            Mode::Fenced | Mode::Resyncing | Mode::Waiting => false,
+        }
+    }
+
+    /// Publish `may_read` for the volume's channels on the other reactors.
+    pub(super) fn publish_lease(&self) {
+        let ns = match self.mode {
+            _ if self.failed.is_some() => 0,
+            Mode::Survivor => u64::MAX,
+            Mode::Mirroring if self.cfg.failover.is_none() => u64::MAX,
+            Mode::Mirroring => self
+                .sess
+                .lease_until()
+                .map_or(0, |u| super::stats::mono_ns(u).max(1)),
+            Mode::Fenced | Mode::Resyncing | Mode::Waiting => 0,
+        };
+        self.stats.set_read_until(ns);
+    }
+
+    /// Leader: the WELCOME of the handshake that is about to start a session was sent at
+    /// `at` (the session's first read lease runs from then).
+    pub fn set_handshake_sent(&mut self, at: Instant) {
+        self.handshake_sent = Some(at);
+    }
+
+    /// Survivor: release the answers held for the lost peer's read lease once it expired.
+    pub(super) fn release_alone(&mut self, now: Instant) {
+        if self.alone_after.is_some_and(|t| now >= t) {
+            self.alone_after = None;
+            for (from, tag, r) in std::mem::take(&mut self.alone_held) {
+                self.answer(from, tag, r);
+            }
+        }
+    }
+
+    /// Survivor: answers held until the lost peer's read lease expired.
+    pub fn alone_held(&self) -> usize {
+        self.alone_held.len()
     }
 
     /// I/O is refused here for now (fenced, resyncing, or waiting for the first session).
@@ -513,6 +583,9 @@ impl Engine {
         if let Some(r) = self.resync.as_mut() {
             r.drop_deferred();
         }
+        for (from, tag, _) in std::mem::take(&mut self.alone_held) {
+            self.done.push((from, tag, Err(Errno::IO)));
+        }
         self.fail_metas();
     }
 
@@ -526,6 +599,7 @@ impl Engine {
     pub fn tick(&mut self, io: &mut IoCx, now: Instant) -> bool {
         self.poll_durable();
         self.failover_tick(io);
+        self.release_alone(now);
         self.resync_step(io, now);
         self.expire(now);
         if self.leader.is_diverged() && self.leader.backlog_len() > 0 {
@@ -537,6 +611,9 @@ impl Engine {
         {
             self.kill_link = Some(why);
         }
+        // Every change is published where it happens; this only repeats it (a lease lapses
+        // by itself: readers compare its end with their clock).
+        self.publish_lease();
         // The follower dials in every mode: a survivor or fenced site meets its peer again
         // through a resync (decided at the session start).
         if self.cfg.role == Role::Follower
@@ -584,6 +661,7 @@ impl Engine {
     /// Some initiator still waits for an answer.
     pub fn answering(&self) -> bool {
         !self.durable.held.is_empty()
+            || !self.alone_held.is_empty()
             || self.metas.answering()
             || self.ops.iter().any(|(_, op)| op.initiator.is_some())
     }

@@ -14,6 +14,10 @@
 //! - An ACK received never goes backwards and never passes the highest `seq` given (leader)
 //!   or received (follower); an ACK sent never passes the applied watermark.
 //! - Nothing is queued while the session is down (the outbox is cleared at both ends).
+//! - The read lease (docs/mirror-protocol.md, "Read lease") only ever comes from this
+//!   session's handshake or from a PONG to one of this session's PINGs, and is measured from
+//!   the PING's SEND time; it ends with the session. What the peer's lease can rest on here
+//!   (`peer_lease_base`) is the latest session start or PING received.
 
 use super::super::stats::MirrorStats;
 use super::super::wire::{self, Header, Type};
@@ -51,11 +55,30 @@ pub(super) struct PeerSession {
     epoch: Instant,
     next_ping: Instant,
     next_dial: Instant,
+    /// The read lease's length (see the module doc).
+    lease: Duration,
+    /// Reads may be served (in mirroring mode) until then; none: no lease.
+    lease_until: Option<Instant>,
+    /// The peer's read lease rests on nothing later than this (the latest session start or
+    /// PING received here): it has certainly expired at this + `lease` (+ a margin).
+    peer_lease_base: Option<Instant>,
     stats: Arc<MirrorStats>,
 }
 
+/// The read lease's length for a peer-dead timeout: half of it (docs/mirror-protocol.md,
+/// "Read lease").
+pub fn lease_for(peer_dead: Duration) -> Duration {
+    peer_dead / 2
+}
+
+/// What a survivor adds to the lease before it acknowledges alone: clock-rate differences
+/// between the sites and the tick's granularity.
+pub fn lease_margin(lease: Duration) -> Duration {
+    lease / 8 + Duration::from_millis(5)
+}
+
 impl PeerSession {
-    pub(super) fn new(stats: Arc<MirrorStats>) -> Self {
+    pub(super) fn new(stats: Arc<MirrorStats>, lease: Duration) -> Self {
         let now = Instant::now();
         Self {
             number: 0,
@@ -69,6 +92,9 @@ impl PeerSession {
             epoch: now,
             next_ping: now,
             next_dial: now,
+            lease,
+            lease_until: None,
+            peer_lease_base: None,
             stats,
         }
     }
@@ -91,8 +117,46 @@ impl PeerSession {
             return false;
         }
         self.up = false;
+        self.lease_until = None;
         self.outbox.clear();
         true
+    }
+
+    /// The session just started (`start`): this site's first lease runs from `base` (when
+    /// this site sent the handshake message that the peer answered, or now: see
+    /// docs/mirror-protocol.md), the peer's may run from now; a PING goes out at once.
+    pub(super) fn start_lease(&mut self, base: Instant, now: Instant, every: Duration) {
+        self.lease_until = Some(base + self.lease);
+        self.peer_lease_base = Some(self.peer_lease_base.map_or(now, |b| b.max(now)));
+        self.next_ping = now + self.ping_every(every);
+        self.ping();
+    }
+
+    /// Reads may be served (in mirroring mode) at `now`.
+    pub(super) fn leased(&self, now: Instant) -> bool {
+        self.up && self.lease_until.is_some_and(|u| now < u)
+    }
+
+    /// The lease's end, while the session is up.
+    pub(super) fn lease_until(&self) -> Option<Instant> {
+        self.lease_until.filter(|_| self.up)
+    }
+
+    /// When every lease the peer may hold from this site has certainly expired (none: the
+    /// peer never had one).
+    pub(super) fn peer_lease_end(&self) -> Option<Instant> {
+        self.peer_lease_base
+            .map(|b| b + self.lease + lease_margin(self.lease))
+    }
+
+    /// The lease's length.
+    pub(super) fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// How often to PING: the heartbeat, and at least four times per lease.
+    fn ping_every(&self, every: Duration) -> Duration {
+        every.min(self.lease / 4)
     }
 
     /// The session ended: publish it (after the engine held what it holds).
@@ -227,6 +291,8 @@ impl PeerSession {
 
     /// The peer's PING: answer it.
     pub(super) fn on_ping(&mut self, h: &Header) {
+        // The peer's lease may rest on this PING (sent before now).
+        self.peer_lease_base = Some(Instant::now());
         let h = Header {
             seq: h.seq,
             ..Header::new(Type::Pong)
@@ -234,12 +300,20 @@ impl PeerSession {
         self.queue(&h, &[]);
     }
 
-    /// The peer's PONG: a round-trip sample.
-    pub(super) fn on_pong(&mut self, h: &Header) {
+    /// The peer's PONG: a round-trip sample, and the lease renewed from the PING's send time.
+    /// True when the lease moved.
+    pub(super) fn on_pong(&mut self, h: &Header) -> bool {
         let now = self.epoch.elapsed().as_nanos() as u64;
-        if h.seq <= now {
-            self.stats.rtt_sample(now - h.seq);
+        if h.seq > now {
+            return false;
         }
+        self.stats.rtt_sample(now - h.seq);
+        let until = self.epoch + Duration::from_nanos(h.seq) + self.lease;
+        if self.up && self.lease_until.is_none_or(|u| u < until) {
+            self.lease_until = Some(until);
+            return true;
+        }
+        false
     }
 
     /// The heartbeat at `now`: ping when due; the reason to drop the link when the peer sent
@@ -255,7 +329,7 @@ impl PeerSession {
             return None;
         }
         if now >= self.next_ping {
-            self.next_ping = now + every;
+            self.next_ping = now + self.ping_every(every);
             self.ping();
         }
         (now.duration_since(last_rx) > peer_dead)
@@ -277,7 +351,7 @@ mod tests {
     use super::*;
 
     fn session() -> PeerSession {
-        PeerSession::new(Arc::new(MirrorStats::default()))
+        PeerSession::new(Arc::new(MirrorStats::default()), Duration::from_millis(200))
     }
 
     #[test]

@@ -29,6 +29,7 @@ fn granted_with(p: &Arc<Persister>, dir: &std::path::Path) -> (Site, Site, IoCx,
     sa.epoch.store(7, SeqCst);
     sa.outcome.store(GRANTED, SeqCst);
     a.engine.tick(&mut io, now);
+    past_peer_lease(&mut a, &mut io);
     (a, b, io, rng, slot)
 }
 

@@ -342,6 +342,9 @@ fn a_frozen_leaders_held_update_never_overwrites_the_survivors_newer_write() {
     sb.outcome.store(GRANTED, SeqCst);
     b.engine.tick(&mut io, now);
     assert_eq!(b.engine.mode(), Mode::Survivor);
+    past_peer_lease(&mut b, &mut io);
+    // a, frozen, serves no read meanwhile.
+    assert!(!a.engine.may_read(Instant::now()));
     write_at(&mut b, &mut io, &mut slot, 0, 0x22, 4096);
     for _ in 0..100 {
         while complete_one(&mut b, &mut io, &mut rng) {}

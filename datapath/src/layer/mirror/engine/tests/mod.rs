@@ -500,6 +500,13 @@ fn grant_b_fence_a(
         (a.engine.mode(), b.engine.mode()),
         (Mode::Fenced, Mode::Survivor)
     );
+    past_peer_lease(b, io);
+}
+
+/// Let a survivor's wait for the lost peer's read lease pass (a tick that much later).
+fn past_peer_lease(s: &mut Site, io: &mut IoCx) {
+    let l = lease_for(s.engine.cfg.peer_dead);
+    s.engine.tick(io, Instant::now() + l + lease_margin(l));
 }
 
 /// Run the link down with writes held at both sites, then let the witness answer.
@@ -537,6 +544,7 @@ fn lose_peer(grant_to_a: bool) -> (Site, Site, IoCx) {
     a.engine.tick(&mut io, now);
     b.engine.tick(&mut io, now);
     while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    past_peer_lease(if grant_to_a { &mut a } else { &mut b }, &mut io);
     collect(&mut a);
     collect(&mut b);
     (a, b, io)
@@ -836,6 +844,7 @@ mod diskerr;
 mod durable;
 mod failover;
 mod forwards;
+mod lease;
 mod meta;
 
 /// Spare data vectors are bounded in bytes, not only in count: a burst of 8 MiB updates
