@@ -358,6 +358,13 @@ impl Engine {
             return Start::Done(Err(Errno::NOTSUP));
         };
         let deadline = Instant::now() + self.cfg.peer_timeout;
+        if self.metas.full() && matches!(self.mode, Mode::Mirroring) {
+            // The peer has left MAX_WAITS commands unanswered (their initiators may have
+            // given up long ago): refuse more rather than keep them for ever.
+            tracing::warn!(volume = %self.cfg.name, waiting = meta::MAX_WAITS,
+                "mirror: too many metadata commands wait for the peer; refusing one");
+            return Start::Done(meta_result(META_INTERNAL));
+        }
         match (self.mode, self.cfg.role, self.sess.up) {
             (Mode::Survivor, _, _) => {
                 // Alone; a peer being resynced meanwhile gets the change too.

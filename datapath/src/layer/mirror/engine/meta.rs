@@ -73,6 +73,11 @@ struct MetaWait {
     deadline: Instant,
 }
 
+/// At most this many metadata commands wait for the peer at once (each entry stays until its
+/// answer or the session's end, even after its initiator was failed on the timeout); more are
+/// refused with Internal Error.
+pub(super) const MAX_WAITS: usize = 1024;
+
 /// The metadata commands waiting for the peer and the META_STATE tokens (see the module doc).
 pub(super) struct MetaRepl {
     waits: Slab<MetaWait>,
@@ -196,6 +201,16 @@ impl MetaRepl {
     /// Forget every command (the session ended or the daemon stops): their initiators.
     pub(super) fn fail_all(&mut self) -> Vec<Initiator> {
         self.waits.drain().filter_map(|m| m.initiator).collect()
+    }
+
+    /// [`MAX_WAITS`] commands wait: take no more.
+    pub(super) fn full(&self) -> bool {
+        self.waits.len() >= MAX_WAITS
+    }
+
+    /// Commands waiting for the peer (answered or given up by their initiators).
+    pub(super) fn len(&self) -> usize {
+        self.waits.len()
     }
 
     /// Nothing waits.

@@ -208,3 +208,31 @@ fn metadata_answers_wait_for_earlier_changes_and_an_uninstallable_state_keeps_th
     assert_eq!((t.slot, r), (3, meta_result(META_INTERNAL)));
     assert!(a.engine.is_up() && b.engine.is_up());
 }
+
+/// A peer that never answers cannot make the follower keep metadata commands without bound:
+/// their entries outlive their initiators (so a late answer finds no newer command in their
+/// slot), but at most `MAX_WAITS` wait; one more is refused at once, and the session's end
+/// frees them all.
+#[test]
+fn unanswered_metadata_commands_are_bounded() {
+    use super::super::meta::MAX_WAITS;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut b, _) = with_meta(Role::Follower);
+    b.engine.session_start(&mut io, 0).unwrap();
+    for slot in 0..MAX_WAITS as u32 {
+        assert_eq!(meta(&mut b, &mut io, slot, &[1]), Start::Pending);
+    }
+    // Their initiators give up; the entries stay for the answers that never come.
+    b.engine.expire(Instant::now() + Duration::from_secs(120));
+    assert_eq!(b.engine.done.len(), MAX_WAITS);
+    b.engine.done.clear();
+    assert_eq!(b.engine.metas.len(), MAX_WAITS);
+    assert_eq!(
+        meta(&mut b, &mut io, 99_999, &[1]),
+        Start::Done(meta_result(0x006)),
+        "one more than the bound is refused at once"
+    );
+    assert_eq!(b.engine.metas.len(), MAX_WAITS);
+    b.engine.link_down("test");
+    assert_eq!(b.engine.metas.len(), 0);
+}
