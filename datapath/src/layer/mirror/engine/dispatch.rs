@@ -361,7 +361,7 @@ impl Engine {
         if self.metas.full() && matches!(self.mode, Mode::Mirroring) {
             // The peer has left MAX_WAITS commands unanswered (their initiators may have
             // given up long ago): refuse more rather than keep them for ever.
-            tracing::warn!(volume = %self.cfg.name, waiting = meta::MAX_WAITS,
+            tracing::warn!(volume = %self.cfg.name, waiting = self.metas.len(),
                 "mirror: too many metadata commands wait for the peer; refusing one");
             return Start::Done(meta_result(META_INTERNAL));
         }
