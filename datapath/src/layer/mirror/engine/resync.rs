@@ -137,11 +137,11 @@ impl ResyncSource {
             }
             let empty = dirty.none();
             if !empty || self.reads > 0 {
-                if !self.last_pass && empty {
-                    // Wait for the reads; the next tick starts over.
-                } else if !self.last_pass {
-                    self.last_pass = true;
-                }
+                // A whole pass is done: the next is the last one, new updates wait. (Waiting
+                // for the copies in flight without it never ended under a writer that keeps
+                // the same regions dirty: every pass ended with the map empty and its last
+                // copy in flight, so the last pass never began.)
+                self.last_pass = true;
                 return Next::Stop;
             }
             let writes = writes_in_flight();

@@ -370,3 +370,48 @@ fn a_frozen_leaders_held_update_never_overwrites_the_survivors_newer_write() {
     collect(&mut a);
     assert_eq!((a.ok, a.failed), (0, 1));
 }
+
+/// A survivor that is the leader resyncs its returning follower while its own initiator keeps
+/// writing the same regions: the resync must still finish (its last pass defers new writes).
+#[test]
+fn a_leader_survivors_resync_finishes_under_a_continuous_writer() {
+    let (mut a, mut b, mut io) = lose_peer(true);
+    let mut rng = Rng(77);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Fenced)
+    );
+    let (sa, sb) = (a.engine.replica_state(), b.engine.replica_state());
+    // The follower dials: the leader answers first (its session on AUTH comes after the
+    // follower's own start, which queues its suspect list behind AUTH).
+    b.engine.session_start(&mut io, sa).expect("session at b");
+    a.engine.session_start(&mut io, sb).expect("session at a");
+    assert_eq!(b.engine.mode(), Mode::Resyncing);
+    let mut slot = 10_000;
+    let mut rounds = 0;
+    while a.engine.mode() != Mode::Mirroring {
+        rounds += 1;
+        assert!(
+            rounds < 5_000,
+            "the resync never finished under a continuous writer"
+        );
+        if a.outstanding < 4 {
+            write_at(
+                &mut a,
+                &mut io,
+                &mut slot,
+                (rounds % 16) * 4096,
+                rounds as u8,
+                4096,
+            );
+        }
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        collect(&mut a);
+        collect(&mut b);
+    }
+}
