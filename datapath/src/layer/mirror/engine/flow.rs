@@ -99,10 +99,7 @@ impl Engine {
                     self.release_barrier(io);
                 }
                 self.written.set_range(offset, len as u64);
-                let tag = IoTag {
-                    conn: self.layer_key,
-                    slot: slot as u32,
-                };
+                let tag = IoTag::channel(self.vol as u32, slot as u32);
                 let op = &self.ops[k];
                 if let Start::Done(r) = self.inner.write(io, tag, offset, &op.data, fua) {
                     self.apply_finished(io, slot, r, &[]);
@@ -206,10 +203,7 @@ impl Engine {
             );
         }
         self.ops[k].applying += 1;
-        let tag = IoTag {
-            conn: self.layer_key,
-            slot: self.aq.push_outside(k) as u32,
-        };
+        let tag = IoTag::channel(self.vol as u32, self.aq.push_outside(k) as u32);
         if let Start::Done(r) = self.inner.flush(io, tag) {
             self.apply_finished(io, tag.slot as usize, r, &[]);
         }

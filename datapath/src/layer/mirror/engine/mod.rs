@@ -176,7 +176,6 @@ pub struct EngineConfig {
 pub struct Engine {
     cfg: EngineConfig,
     inner: Box<dyn Channel>,
-    layer_key: u32,
     ops: Slab<Op>,
     /// The apply queue and the session's applied watermark.
     aq: ApplyQueue,
@@ -261,7 +260,6 @@ impl Engine {
         Self {
             cfg,
             inner,
-            layer_key: IoTag::channel(vol as u32, 0).conn,
             ops: Slab::with_capacity(1024),
             aq: ApplyQueue::new(),
             leader: Leader::new(),
@@ -855,10 +853,7 @@ impl Engine {
             let ap = self.aq.get(a).expect("queued apply");
             (ap.op, ap.offset, ap.len)
         };
-        let tag = IoTag {
-            conn: self.layer_key,
-            slot: a as u32,
-        };
+        let tag = IoTag::channel(self.vol as u32, a as u32);
         let op = &self.ops[k];
         let r = match op.upd {
             Upd::Write => {
