@@ -1123,6 +1123,50 @@ fn a_forged_hello_without_the_key_is_refused_and_nothing_is_applied() {
     );
 }
 
+/// A peer that connects to the replication port and sends nothing, half a header, or a
+/// HELLO and then no AUTH is dropped once the handshake deadline (2 s) has passed, instead of
+/// holding a connection (and its buffers) open for ever. (Found by the fault soak's forged
+/// peer sending fewer than 40 random bytes: the site kept the connection open.)
+#[test]
+fn a_silent_or_half_sent_handshake_is_dropped_after_its_deadline() {
+    let root = tempfile::tempdir().unwrap();
+    let pa = free_port();
+    let _a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
+    let hello = {
+        let (_s, _hs, _, hello) = fake_hello(pa);
+        hello
+    };
+    for (what, bytes) in [
+        ("nothing", Vec::new()),
+        ("half a header", vec![0x57u8; 17]),
+        ("a HELLO and no AUTH", hello),
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+        s.write_all(&bytes).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue, // WELCOME
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            closed,
+            "a peer that sent {what} was kept for {:?}",
+            t.elapsed()
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(1500),
+            "a peer that sent {what} was dropped before its deadline ({:?})",
+            t.elapsed()
+        );
+    }
+}
+
 #[test]
 fn a_replayed_hello_and_auth_are_refused_by_the_leader() {
     let root = tempfile::tempdir().unwrap();

@@ -236,38 +236,45 @@ fn a_stop_in_the_middle_of_a_resync_keeps_what_it_copied_dirty() {
     );
 }
 
-/// A leader resync target that has RESYNC_DONE but still applies copies drops the
-/// follower's first forwards (mode != Mirroring); the next ORDER then mismatches.
+/// A write at the resync source after RESYNC_DONE waits until the target has applied every
+/// copy and confirmed (RESYNC_DONE_ACK); only then is it forwarded, and the leader (the
+/// target) sequences it as a mirroring leader. (Before the confirmation existed, the source
+/// forwarded at once and the leader still applying its copies had to keep the forward.)
 #[test]
-fn a_forward_that_arrives_while_the_leader_still_applies_its_resync_is_kept() {
+fn a_write_at_the_source_waits_until_the_target_confirmed_the_resync() {
     let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
     redial(&mut a, &mut b, &mut io);
     deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_ALSO list, RESENT
     for _ in 0..100 {
         b.engine.tick(&mut io, Instant::now());
         while complete_one(&mut b, &mut io, &mut rng) {}
-        if b.engine.mode() == Mode::Mirroring {
+        if b.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
             break;
         }
     }
-    assert_eq!(b.engine.mode(), Mode::Mirroring, "b did not finish");
+    assert!(
+        b.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()),
+        "b did not send RESYNC_DONE"
+    );
+    assert_eq!(b.engine.mode(), Mode::Survivor, "mirroring before the ack");
     deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNCs + RESYNC_DONE, a's applies pending
     assert_eq!(a.engine.mode(), Mode::Resyncing);
     let mut slot = 100;
     write_at(&mut b, &mut io, &mut slot, 0, 0x77, 512);
-    deliver(&mut b, &mut a, &mut io, usize::MAX); // FWD_WRITE, silently not taken
+    assert_eq!(
+        deliver(&mut b, &mut a, &mut io, usize::MAX),
+        0,
+        "forwarded before the target confirmed"
+    );
     while complete_one(&mut a, &mut io, &mut rng) {}
     assert_eq!(a.engine.mode(), Mode::Mirroring);
+    deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_DONE_ACK
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
     write_at(&mut b, &mut io, &mut slot, 4096, 0x78, 512);
-    deliver(&mut b, &mut a, &mut io, usize::MAX);
-    a.engine.take_outbox(&mut a.wire);
-    let mut at = 0;
-    while let wire::Decoded::Msg(h, r) = wire::decode(&a.wire[at..]) {
-        let payload = a.wire[at + r.start..at + r.end].to_vec();
-        at += r.end;
-        let res = b.engine.on_msg(&mut io, &h, &payload);
-        assert!(res.is_ok(), "b refused {:?}: {:?}", h.ty, res);
-    }
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!((b.ok, b.failed), (4, 0));
+    assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
+    assert_eq!(a.disk.borrow().bytes[4096], 0x78);
 }
 
 /// A resync target re-sessions while copies of the previous attempt are still
@@ -287,23 +294,38 @@ fn copies_of_an_earlier_resync_attempt_do_not_count_for_the_next() {
     while complete_one(&mut a, &mut io, &mut rng) {} // old copies finish
 }
 
+/// RESYNC_DONE lost with the link: the source had not had the target's confirmation, so it
+/// is still the survivor (grant kept) and the regions of the attempt are dirty again; the
+/// next session resyncs them (not everything) and is not refused.
 #[test]
-fn a_resync_whose_done_message_was_lost_is_done_again_in_full() {
+fn a_resync_whose_done_message_was_lost_copies_its_regions_again() {
+    use std::sync::atomic::Ordering::Relaxed;
     let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
     redial(&mut a, &mut b, &mut io);
     deliver(&mut a, &mut b, &mut io, usize::MAX); // a's suspect list
-    // b copies everything and finishes; nothing of it reaches a (lost with the link).
+    // b copies everything and sends RESYNC_DONE; nothing of it reaches a (lost with the link).
     for _ in 0..10_000 {
         b.engine.tick(&mut io, Instant::now());
         while complete_one(&mut b, &mut io, &mut rng) {}
-        if b.engine.mode() == Mode::Mirroring {
+        if b.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
             break;
         }
     }
-    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    assert!(b.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()));
+    let first = b.engine.stats().resync_bytes.load(Relaxed);
     break_link(&mut a, &mut b);
-    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (3, 0));
-    // The next session is not refused: b sends every region it ever wrote.
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        b.engine.mode(),
+        Mode::Survivor,
+        "the source left survivor mode"
+    );
+    assert_eq!(
+        b.engine.dirty_bytes(),
+        first,
+        "the attempt's regions are not dirty again"
+    );
+    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (3, 1));
     redial(&mut a, &mut b, &mut io);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     assert!(
