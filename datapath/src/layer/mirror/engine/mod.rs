@@ -480,7 +480,7 @@ impl Engine {
             ));
         }
         let me = self.replica_state();
-        match decide(me, peer) {
+        match decide(me, peer, self.cfg.role == Role::Leader) {
             Session::InSync => {
                 // In sync (or both new and empty).
                 self.new_replica = false;
@@ -531,9 +531,23 @@ impl Engine {
                 tracing::warn!(volume = %self.cfg.name,
                     "mirror: the peer is the survivor; receiving its changes (no I/O here until done)");
             }
+            Session::Reconcile => {
+                // Neither site acknowledged alone: this replica holds every acknowledged
+                // write. Serve (no grant is needed: the peer serves nothing until resynced)
+                // and copy both sites' unconfirmed regions to the peer. Updates still held
+                // here (an in-sync site's backlog) have an unknown outcome: failed, and their
+                // regions copied too.
+                self.give_up_held();
+                self.set_mode(Mode::Survivor);
+                self.session_start_source(io);
+                self.push_meta();
+                tracing::warn!(volume = %self.cfg.name, this_site = state_name(me),
+                    peer = state_name(peer), dirty_bytes = self.dirty_bytes(),
+                    "mirror: neither site served alone; reconciling the unconfirmed regions from this site");
+            }
             Session::Refuse => {
                 return Err(format!(
-                    "no survivor to resync from (this site {}, peer {}): the replicas may differ; refusing",
+                    "no replica is known to hold every acknowledged write (this site {}, peer {}): refusing; an operator must choose the replica to keep with `twinblk-ctl mirror_takeover` at that site (writes acknowledged only by the other are lost)",
                     state_name(me),
                     state_name(peer)
                 ));

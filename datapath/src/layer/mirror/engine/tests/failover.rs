@@ -437,3 +437,109 @@ fn a_leader_survivors_resync_finishes_under_a_continuous_writer() {
         collect(&mut b);
     }
 }
+
+/// The link is cut while the witness is unreachable from both sites: both fence (neither
+/// acknowledges alone; the writes in flight fail). When the link returns the pair (fenced,
+/// fenced) used to be refused at both sites for ever; now the leader reconciles: it serves
+/// and copies both sites' unconfirmed regions, and the replicas end identical.
+#[test]
+fn two_fenced_sites_reconcile_from_the_leader_when_the_link_returns() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(13);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    let mut slot = 0;
+    for _ in 0..20 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    // Some of it crosses the link and is applied at both, some only at one site.
+    deliver(&mut a, &mut b, &mut io, 5);
+    deliver(&mut b, &mut a, &mut io, 5);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    assert_eq!((a.outstanding, b.outstanding), (0, 0));
+    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (2, 2));
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing),
+        "the leader is not the source"
+    );
+    // The leader serves meanwhile.
+    write_at(&mut a, &mut io, &mut slot, 0, 0x5A, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after reconciling two fenced sites"
+    );
+    assert_eq!(a.disk.borrow().bytes[0], 0x5A);
+}
+
+/// A site fenced (the witness unreachable from it) while its peer saw only a short link flap
+/// and is still in sync: the pair (in sync, fenced) used to be refused; the in-sync site
+/// reconciles (its held updates fail, their regions and the fenced site's suspect ones are
+/// copied) and the replicas end identical.
+#[test]
+fn an_in_sync_site_reconciles_a_fenced_peer() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(17);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    let mut slot = 0;
+    for _ in 0..20 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    deliver(&mut a, &mut b, &mut io, 7);
+    deliver(&mut b, &mut a, &mut io, 7);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    break_link(&mut a, &mut b);
+    // Only b asks the witness (a's session comes back before it does) and cannot reach it.
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    assert!(!sa.want.load(SeqCst));
+    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (0, 2));
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!((a.outstanding, b.outstanding), (0, 0));
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after reconciling a fenced peer"
+    );
+}
