@@ -69,6 +69,9 @@ pub struct MirrorStats {
     failure: Mutex<Option<String>>,
     /// `failure` is set (read on the I/O path).
     failed: AtomicBool,
+    /// Why the last session with the peer was refused (cleared when one starts); control path
+    /// only.
+    refused: Mutex<Option<String>>,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
 }
@@ -119,6 +122,9 @@ pub struct MirrorSnapshot {
     /// cannot be persisted, or the local replica failed: an I/O error of the device; repair
     /// or replace it and restart the daemon, the peer then resyncs this site).
     pub failure: Option<String>,
+    /// Why the last session with the peer was refused, with what an operator must do (null:
+    /// the last session started, or none was tried).
+    pub session_refused: Option<String>,
     /// Median PING round trip over the last samples, in microseconds (null: none yet).
     pub rtt_p50_us: Option<f64>,
 }
@@ -174,6 +180,13 @@ impl MirrorStats {
             *e = Some(why.to_string());
         }
         self.failed.store(true, Relaxed);
+    }
+
+    /// The last session was refused for this reason (None: it started).
+    pub fn set_refused(&self, why: Option<&str>) {
+        if let Ok(mut r) = self.refused.lock() {
+            *r = why.map(str::to_string);
+        }
     }
 
     /// Session state.
@@ -236,6 +249,7 @@ impl MirrorStats {
             rtt_p50_us: rtt,
             persist_error,
             failure,
+            session_refused: self.refused.lock().ok().and_then(|r| r.clone()),
         }
     }
 }

@@ -469,8 +469,15 @@ impl Engine {
         matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting) || self.failed.is_some()
     }
 
-    /// Decide what a new session is, from both sites' replica states, and start it.
+    /// Decide what a new session is, from both sites' replica states, and start it. A refusal
+    /// is kept in the status (`session_refused`) until a session starts.
     pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
+        let r = self.decide_and_start(io, peer);
+        self.stats.set_refused(r.as_ref().err().map(String::as_str));
+        r
+    }
+
+    fn decide_and_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
         if self.durable.failed {
             return Err("the replica state cannot be persisted at this site: refusing".into());
         }

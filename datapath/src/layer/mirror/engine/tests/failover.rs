@@ -543,3 +543,25 @@ fn an_in_sync_site_reconciles_a_fenced_peer() {
         "replicas differ after reconciling a fenced peer"
     );
 }
+
+/// A refused session says why in the status, with the command an operator needs, until a
+/// session starts.
+#[test]
+fn a_refused_session_is_shown_in_the_status_with_what_to_do() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut a, mut b, _io) = lose_peer(true);
+    // (resyncing, fenced): no replica is known to hold every acknowledged write.
+    let why = b.engine.session_start(&mut io, 3).unwrap_err();
+    assert!(why.contains("mirror_takeover"), "{why}");
+    let snap = b.engine.stats().snapshot("t", false);
+    assert_eq!(snap.session_refused.as_deref(), Some(why.as_str()));
+    // Both survivors: split brain, named.
+    let why = a.engine.session_start(&mut io, 1).unwrap_err();
+    assert!(why.contains("split brain"), "{why}");
+    // The real pair (survivor, fenced) starts: the refusal is cleared.
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    assert_eq!(b.engine.stats().snapshot("t", false).session_refused, None);
+    assert_eq!(a.engine.stats().snapshot("t", true).session_refused, None);
+}
