@@ -1167,6 +1167,49 @@ fn a_silent_or_half_sent_handshake_is_dropped_after_its_deadline() {
     }
 }
 
+/// The two sites must agree on failover: a peer announcing a read lease (a witness and
+/// `peer_dead_ms`) different from this site's is refused before WELCOME, and the status says
+/// why and what to change (a site whose lease outlasts the survivor's wait would serve stale
+/// reads). This site has no witness: it announces 0.
+#[test]
+fn a_peer_with_other_failover_settings_is_refused_with_the_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let pa = free_port();
+    let a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
+    let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello = msg(
+        Header {
+            id: fake_state(),
+            seq: FAKE_INC,
+            count: 200,
+            ..Header::new(Type::Hello)
+        },
+        &wire::encode_hello(SIZE, 512, &[7; NONCE], "vol0"),
+    );
+    s.write_all(&hello).unwrap();
+    let mut types = Vec::new();
+    while let Some((h, _)) = read_msg(&mut s) {
+        types.push(h.ty);
+    }
+    assert!(
+        !types.contains(&Type::Welcome),
+        "a peer with other failover settings was welcomed: {types:?}"
+    );
+    let st = status(&a);
+    let why = st["session_refused"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains("disagree on failover") && why.contains("200 ms"),
+        "status does not say why: {st}"
+    );
+    assert_eq!(st["session"], 0, "{st}");
+    // The same HELLO with the same settings (no witness: 0) is welcomed.
+    let (_s, ..) = fake_hello(pa);
+}
+
 #[test]
 fn a_replayed_hello_and_auth_are_refused_by_the_leader() {
     let root = tempfile::tempdir().unwrap();

@@ -362,6 +362,7 @@ impl LinkConn {
                 c.size, c.block
             ));
         }
+        e.check_peer_lease(h.count)?;
         if e.link_key.is_some() {
             return Err(format!("{name:?} already has a link"));
         }
@@ -393,6 +394,7 @@ impl LinkConn {
             &Header {
                 id: mine,
                 seq: incarnation,
+                count: e.announced_lease_ms(),
                 ..Header::new(Type::Welcome)
             },
             &wire::encode_welcome(&wire::Welcome {
@@ -511,6 +513,13 @@ impl LinkConn {
                                 tracing::error!(volume = %e.config().name,
                                     "mirror: the leader's volume geometry differs");
                                 return self.close(env, "geometry differs");
+                            }
+                            if let Err(why) = e.check_peer_lease(h.count) {
+                                if e.link_warns.check("lease mismatch", Instant::now()) == Some(0) {
+                                    tracing::error!(volume = %e.config().name, %why,
+                                        "mirror: refusing the session");
+                                }
+                                return self.close(env, "the sites disagree on failover");
                             }
                             let Some(mut p) = self.pending.take() else {
                                 return self.close(env, "WELCOME without HELLO");
@@ -663,6 +672,7 @@ impl Conn for LinkConn {
             let hello = Header {
                 id: e.replica_state(),
                 seq: e.incarnation(),
+                count: e.announced_lease_ms(),
                 ..Header::new(Type::Hello)
             };
             wire::encode(&mut self.tx, &hello, &p);

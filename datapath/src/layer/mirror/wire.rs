@@ -303,7 +303,8 @@ pub fn check_fields(h: &Header, payload: &[u8]) -> Result<(), &'static str> {
     use Type::*;
     // Which fields the type carries: (id, seq, offset, count).
     let (id, seq, offset, count) = match h.ty {
-        Hello | Welcome => (true, true, false, false),
+        // `count`: the sender's read lease in ms (0: no witness, no lease enforced).
+        Hello | Welcome => (true, true, false, true),
         Refuse | ResyncDone | ResyncDoneAck | Resent | Auth => (false, false, false, false),
         // `id` only on a re-sent forward.
         Write | Zeroes | Unmap => (h.flags & FLAG_RESENT != 0, true, true, true),
@@ -866,7 +867,13 @@ mod tests {
             if g.offset == 0 && g.ty != Type::FwdCaw {
                 bad.push(Header { offset: 4096, ..g });
             }
-            if g.count == 0 && !matches!(g.ty, Type::MetaState | Type::MetaAck) {
+            // (HELLO and WELCOME carry the read lease in `count`; 0 = no witness.)
+            if g.count == 0
+                && !matches!(
+                    g.ty,
+                    Type::MetaState | Type::MetaAck | Type::Hello | Type::Welcome
+                )
+            {
                 // (RESYNC_ALSO's count is its number of ranges: checked with its length.)
                 if g.ty != Type::ResyncAlso {
                     bad.push(Header { count: 512, ..g });

@@ -96,7 +96,10 @@ pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};
 use resync::{Next, ResyncSource, ResyncTarget};
 use session::PeerSession;
-pub use session::{ACK_BATCH, ACK_WINDOW, REDIAL_EVERY, lease_for, lease_margin};
+pub use session::{
+    ACK_BATCH, ACK_WINDOW, REDIAL_EVERY, announced_lease_ms, lease_for, lease_margin,
+    lease_mismatch,
+};
 use slab::Slab;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -467,6 +470,23 @@ impl Engine {
     /// I/O is refused here for now (fenced, resyncing, or waiting for the first session).
     pub fn no_io(&self) -> bool {
         matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting) || self.failed.is_some()
+    }
+
+    /// The read lease this site announces in HELLO/WELCOME (`announced_lease_ms`).
+    pub fn announced_lease_ms(&self) -> u32 {
+        announced_lease_ms(self.cfg.peer_dead, self.cfg.failover.is_some())
+    }
+
+    /// Check the peer's announced read lease against this site's; on a mismatch the refusal
+    /// (also kept in the status).
+    pub fn check_peer_lease(&self, peer_ms: u32) -> Result<(), String> {
+        match lease_mismatch(self.announced_lease_ms(), peer_ms) {
+            None => Ok(()),
+            Some(why) => {
+                self.stats.set_refused(Some(&why));
+                Err(why)
+            }
+        }
     }
 
     /// Decide what a new session is, from both sites' replica states, and start it. A refusal
