@@ -1210,6 +1210,49 @@ fn a_peer_with_other_failover_settings_is_refused_with_the_reason() {
     let (_s, ..) = fake_hello(pa);
 }
 
+/// A host read that the local device fails takes the site's replica out of service, as a
+/// failed write does (DRBD's on-io-error detach): the read fails, the site reports `failed`
+/// naming the read, and serves nothing more (the peer keeps the data). (Host reads used to
+/// go straight to the device and fail that read only, the site still serving.)
+#[test]
+fn a_host_read_failing_at_the_device_fails_the_replica() {
+    let root = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let a = start_site(root.path(), "a", "b", pa, pb, 10_000);
+    let db = root.path().join("b");
+    std::fs::create_dir_all(&db).unwrap();
+    let body = site_body(root.path(), "b", "a", pb, pa, 10_000) + "fail_range=[1048576, 4096]\n";
+    let b = Server::start(&db, &body);
+    wait_up(&a);
+    wait_up(&b);
+    let mut ca = Client::connect(a.addr, "vol0", false);
+    assert_eq!(ca.write(0, &pattern(4, 4096)), 0);
+    let mut cb = Client::connect(b.addr, "vol0", false);
+    assert!(
+        cb.read(0, 4096).unwrap() == pattern(4, 4096),
+        "b serves reads"
+    );
+    // The failing range.
+    assert!(cb.read(1048576, 4096).is_err(), "the failed read succeeded");
+    let t = Instant::now();
+    while status(&b)["state"] != "failed" {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the read failure did not fail the replica: {}",
+            status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = status(&b);
+    assert!(
+        st["failure"].as_str().unwrap_or_default().contains("read"),
+        "{st}"
+    );
+    // Nothing more is served at b, not even a read that the device would answer.
+    let mut cb = Client::connect(b.addr, "vol0", false);
+    assert!(cb.read(0, 4096).is_err(), "a failed replica served a read");
+}
+
 #[test]
 fn a_replayed_hello_and_auth_are_refused_by_the_leader() {
     let root = tempfile::tempdir().unwrap();

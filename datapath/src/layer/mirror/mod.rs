@@ -301,11 +301,12 @@ impl MirrorChannel {
 
 impl Channel for MirrorChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        // Refused without a read lease (docs/mirror-protocol.md, "Read lease").
+        // Refused without a read lease (docs/mirror-protocol.md, "Read lease"): the other
+        // site's path may serve it.
         if !self.engine.may_read(Instant::now()) {
-            return ReadStart::Failed(Errno::IO);
+            return ReadStart::Failed(Errno::UNAVAILABLE);
         }
-        self.engine.inner().read(io, tag, offset, len)
+        self.engine.host_read(io, tag, offset, len)
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {
@@ -447,9 +448,16 @@ impl Channel for RemoteChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
         // The home reactor's engine publishes its read lease (`MirrorStats::may_read`).
         if !self.stats.may_read() {
-            return ReadStart::Failed(Errno::IO);
+            return ReadStart::Failed(Errno::UNAVAILABLE);
         }
-        self.inner.read(io, tag, offset, len)
+        match self.inner.read(io, tag, offset, len) {
+            ReadStart::Failed(e) => {
+                // The home engine fails the replica at its next tick.
+                self.stats.report_read_failure(offset, u64::from(len), e);
+                ReadStart::Failed(Errno::UNAVAILABLE)
+            }
+            r => r,
+        }
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {

@@ -2,6 +2,7 @@
 //! read by the control socket.
 
 use super::mode::Mode;
+use crate::uring::Errno;
 use serde::Serialize;
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -72,6 +73,9 @@ pub struct MirrorStats {
     /// Why the last session with the peer was refused (cleared when one starts); control path
     /// only.
     refused: Mutex<Option<String>>,
+    /// A host read that failed at the local device on a reactor other than the engine's
+    /// (offset, length, errno), for the engine's next tick; error path only.
+    read_failure: Mutex<Option<(u64, u64, i32)>>,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
 }
@@ -180,6 +184,22 @@ impl MirrorStats {
             *e = Some(why.to_string());
         }
         self.failed.store(true, Relaxed);
+    }
+
+    /// A host read failed at the local device (another reactor): the engine fails the
+    /// replica at its next tick.
+    pub fn report_read_failure(&self, offset: u64, len: u64, e: Errno) {
+        if let Ok(mut f) = self.read_failure.lock()
+            && f.is_none()
+        {
+            *f = Some((offset, len, e.0));
+        }
+    }
+
+    /// The host read failure reported, if any (taken).
+    pub fn take_read_failure(&self) -> Option<(u64, u64, Errno)> {
+        let f = self.read_failure.lock().ok()?.take()?;
+        Some((f.0, f.1, Errno(f.2)))
     }
 
     /// The last session was refused for this reason (None: it started).

@@ -637,6 +637,10 @@ impl Engine {
     /// the peer timeout, ping, and notice a silent peer. True when the follower should dial.
     pub fn tick(&mut self, io: &mut IoCx, now: Instant) -> bool {
         self.poll_durable();
+        if let Some((offset, len, e)) = self.stats.take_read_failure() {
+            // A host read another reactor issued failed at the local device.
+            self.fail_replica("read", offset, len, e);
+        }
         self.failover_tick(io);
         self.release_alone(now);
         self.resync_step(io, now);
@@ -799,8 +803,12 @@ impl Engine {
         offset: u64,
         fua: bool,
     ) -> Start {
-        if self.leader.is_diverged() || self.no_io() {
+        if self.leader.is_diverged() {
             return Start::Done(Err(Errno::IO));
+        }
+        if self.no_io() {
+            // Another site's path may serve it (NVMe: ANA inaccessible).
+            return Start::Done(Err(Errno::UNAVAILABLE));
         }
         let (upd, len, data) = match update {
             Update::Meta(cmd) => return self.submit_meta(from, tag, cmd),
@@ -832,8 +840,13 @@ impl Engine {
         fua: bool,
     ) -> Start {
         if self.leader.is_diverged() || self.no_io() {
+            let e = if self.no_io() {
+                Errno::UNAVAILABLE
+            } else {
+                Errno::IO
+            };
             self.recycle(data);
-            return Start::Done(Err(Errno::IO));
+            return Start::Done(Err(e));
         }
         let len = data.len() as u64;
         self.submit_op(io, from, tag, (Upd::Write, len, data), offset, fua)

@@ -132,7 +132,7 @@ fn assert_failed(s: &mut Site, io: &mut IoCx) {
     assert_eq!(
         s.engine
             .submit(io, 0, tag, Update::Write(&[1; 512]), 40960, false),
-        Start::Done(Err(Errno::IO))
+        Start::Done(Err(Errno::UNAVAILABLE))
     );
     assert!(
         s.engine.session_start(io, 1).is_err(),

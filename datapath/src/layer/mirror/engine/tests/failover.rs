@@ -48,7 +48,7 @@ fn the_granted_site_finishes_held_writes_and_the_other_fences() {
             0,
             false,
         );
-        assert_eq!(r, Start::Done(Err(Errno::IO)));
+        assert_eq!(r, Start::Done(Err(Errno::UNAVAILABLE)));
     }
 }
 
