@@ -932,27 +932,33 @@ fn check_reads(
     (bad, n)
 }
 
-/// Read `len` bytes at `off` from a site, in 1 MiB requests.
+/// Final reads refused (EIO) and retried, over the whole run: a site in sync refuses reads
+/// while its read lease has lapsed, which happens when its reactor or its peer's is starved
+/// of CPU for more than the lease minus the ping interval (about 150 ms; this machine runs
+/// the test on 2 shared cores). Availability, not correctness: printed, not asserted.
+static FINAL_READ_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Read `len` bytes at `off` from a site, in 1 MiB requests (a refused request is retried for
+/// up to 3 s, counted in `FINAL_READ_RETRIES`).
 fn read_all(addr: SocketAddr, off: u64, len: u64) -> Vec<u8> {
     let mut s = try_connect(addr).expect("connect for the final check");
     let mut out = vec![0u8; len as usize];
     for (i, chunk) in out.chunks_mut(1 << 20).enumerate() {
         let n = chunk.len() as u32;
-        let e = nbd_io(
-            &mut s,
-            cmd::READ,
-            off + (i as u64) * (1 << 20),
-            n,
-            &[],
-            Some(chunk),
-        )
-        .expect("final read");
-        assert_eq!(
-            e,
-            0,
-            "final read at {} failed",
-            off + (i as u64) * (1 << 20)
-        );
+        let at = off + (i as u64) * (1 << 20);
+        let t = Instant::now();
+        loop {
+            let e = nbd_io(&mut s, cmd::READ, at, n, &[], Some(chunk)).expect("final read");
+            if e == 0 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "final read at {at} failed (errno {e}) for 3 s"
+            );
+            FINAL_READ_RETRIES.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     out
 }
@@ -1567,6 +1573,9 @@ fn randomised_faults_never_lose_an_acknowledged_write() {
         return;
     }
     let (median, max) = stats(&mut all);
-    eprintln!("{n} randomised faults: RTO median {median:?}, max {max:?}");
+    eprintln!(
+        "{n} randomised faults: RTO median {median:?}, max {max:?}; final reads refused and retried: {}",
+        FINAL_READ_RETRIES.load(Ordering::Relaxed)
+    );
     assert!(median < Duration::from_secs(2), "median RTO {median:?}");
 }
