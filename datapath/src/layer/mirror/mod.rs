@@ -180,12 +180,7 @@ impl Poller for MirrorPoller {
         e.poll_durable();
         // Timeouts and pings run while stopping too; only dialling stops.
         let dial = tick && e.tick(cx.io, now) && !stopping;
-        let state = if e.replica_failed().is_some() {
-            // A failed survivor keeps its mode (failed.rs) but serves nothing.
-            PathState::Inaccessible
-        } else {
-            path_state(e.mode(), e.config().role, e.may_read(now))
-        };
+        let state = e.path_state(now);
         let kick = e.wants_send(now) || e.kill_link.is_some() || (stopping && e.idle());
         let link = e.link_key;
         let worked = !e.done.is_empty();

@@ -163,11 +163,6 @@ impl MirrorStats {
         }
     }
 
-    /// The site serves no I/O for this volume (fenced, waiting, or receiving a resync).
-    pub fn fenced(&self) -> bool {
-        self.mode().serves_nothing() || self.failed.load(Relaxed)
-    }
-
     /// The replica state could not be persisted (the engine fail-stopped the volume).
     pub fn set_persist_error(&self, why: &str) {
         if let Ok(mut e) = self.persist_error.lock() {

@@ -38,6 +38,17 @@ use super::*;
 use crate::bdev::ReadStart;
 
 impl Engine {
+    /// The volume's path state at this site now: [`crate::layer::mirror::path_state`] of the
+    /// mode, role and read lease, and inaccessible whatever the mode once the replica failed
+    /// or the replica state cannot be persisted (a failed survivor keeps its mode).
+    pub fn path_state(&self, now: Instant) -> crate::bdev::volume::PathState {
+        if self.failed.is_some() || self.durable.failed {
+            crate::bdev::volume::PathState::Inaccessible
+        } else {
+            crate::layer::mirror::path_state(self.mode, self.cfg.role, self.may_read(now))
+        }
+    }
+
     /// This site's replica failed: the reason, or `None`.
     pub fn replica_failed(&self) -> Option<&str> {
         self.failed.as_deref()

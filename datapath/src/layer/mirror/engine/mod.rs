@@ -469,7 +469,7 @@ impl Engine {
 
     /// I/O is refused here for now (fenced, resyncing, or waiting for the first session).
     pub fn no_io(&self) -> bool {
-        matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting) || self.failed.is_some()
+        self.mode.serves_nothing() || self.failed.is_some()
     }
 
     /// The read lease this site announces in HELLO/WELCOME (`announced_lease_ms`).
