@@ -1253,6 +1253,46 @@ fn a_host_read_failing_at_the_device_fails_the_replica() {
     assert!(cb.read(0, 4096).is_err(), "a failed replica served a read");
 }
 
+/// A flush the follower's device fails (a flush issued at the leader, forwarded) takes the
+/// follower's replica out of service, with every region ever written suspect (a failed flush
+/// may have lost any write it covered), and the leader's flush is not answered as done.
+#[test]
+fn a_flush_failing_at_the_followers_device_fails_its_replica() {
+    let root = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let a = start_site(root.path(), "a", "b", pa, pb, 2_000);
+    let db = root.path().join("b");
+    std::fs::create_dir_all(&db).unwrap();
+    let b = Server::start(
+        &db,
+        &(site_body(root.path(), "b", "a", pb, pa, 2_000) + "fail_flush=true\n"),
+    );
+    wait_up(&a);
+    wait_up(&b);
+    let mut ca = Client::connect(a.addr, "vol0", false);
+    assert_eq!(ca.write(0, &pattern(5, 4096)), 0);
+    ca.send_request(cmd::FLUSH, 0, 9, 0, 0, &[]);
+    let (_, e, _) = ca.read_reply(0);
+    assert_ne!(
+        e, 0,
+        "a flush that failed at the follower was answered done"
+    );
+    let t = Instant::now();
+    while status(&b)["state"] != "failed" {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the failed flush did not fail the follower's replica: {}",
+            status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = status(&b);
+    assert!(
+        st["failure"].as_str().unwrap_or_default().contains("flush"),
+        "{st}"
+    );
+}
+
 #[test]
 fn a_replayed_hello_and_auth_are_refused_by_the_leader() {
     let root = tempfile::tempdir().unwrap();
