@@ -14,10 +14,12 @@
 //!
 //! Kernel features relied on (minimum Linux): IORING_OP_READ_FIXED/WRITE_FIXED and registered
 //! buffers (5.1), fixed files (5.1), IORING_OP_FSYNC (5.1), IORING_OP_SEND/RECV (5.6),
-//! IORING_OP_FALLOCATE (5.6), multishot accept (5.19), IORING_OP_ASYNC_CANCEL (5.5),
+//! IORING_OP_FALLOCATE (5.6), IORING_OP_SENDMSG (5.3), multishot accept (5.19),
+//! IORING_OP_ASYNC_CANCEL (5.5),
 //! sparse file-table registration and updates (5.19 for IORING_REGISTER_FILES2 sparse).
 
 pub mod buf;
+pub mod iov;
 pub mod ops;
 
 use crate::uring::buf::BufPool;

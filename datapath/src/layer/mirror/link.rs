@@ -21,8 +21,10 @@
 //! link closes.
 
 use super::engine::Role;
+use super::txq::TxQueue;
 use super::wire::{self, AuthRole, Decoded, Handshake, Header, NONCE, Type};
 use crate::runtime::{Acceptor, Conn, Env};
+use crate::uring::iov::SendList;
 use crate::uring::{Errno, Kind, UserData};
 use io_uring::{opcode, types};
 use std::net::SocketAddr;
@@ -58,8 +60,12 @@ pub struct LinkConn {
     rx: Vec<u8>,
     lo: usize,
     hi: usize,
-    tx: Vec<u8>,
-    sent: usize,
+    /// Messages waiting for the next send (headers; payloads by reference, txq.rs).
+    tx: TxQueue,
+    /// The messages of the send in flight, and their scatter list: neither changes while the
+    /// send is armed, and the payloads they reference stay alive and unchanged until then.
+    inflight: TxQueue,
+    list: SendList,
     recv_armed: bool,
     send_armed: bool,
     connect_armed: bool,
@@ -166,8 +172,9 @@ impl LinkConn {
             rx: vec![0; RX_INITIAL],
             lo: 0,
             hi: 0,
-            tx: Vec::with_capacity(1 << 20),
-            sent: 0,
+            tx: TxQueue::with_capacity(1 << 16),
+            inflight: TxQueue::with_capacity(1 << 16),
+            list: SendList::default(),
             recv_armed: false,
             send_armed: false,
             connect_armed: false,
@@ -309,11 +316,38 @@ impl LinkConn {
         self.recv_armed = true;
     }
 
+    /// Arm a send: the rest of the batch in flight, or else everything queued as a new batch
+    /// (one `sendmsg`: every message's header and payload as a scatter list).
     fn arm_send(&mut self, env: &mut Env<'_>) {
-        let rest = &self.tx[self.sent..];
-        // SAFETY: tx is not modified while the send is armed, and the link outlives it.
-        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
+        if self.list.left() == 0 {
+            self.inflight.append(&mut self.tx);
+            self.list.clear();
+            self.inflight.fill(&mut self.list);
+        }
+        // SAFETY: the list and `inflight` (which holds a reference to every payload the list
+        // points at, so none is freed, reused or changed) are not modified while the send is
+        // armed, and the link is not done while it is.
+        unsafe { env.io.push_sendmsg(self.fd.as_raw_fd(), &mut self.list, env.key) };
         self.send_armed = true;
+    }
+
+    /// Bytes queued or in flight, not sent yet.
+    fn unsent(&self) -> usize {
+        self.tx.len() + self.list.left()
+    }
+
+    /// The batch in flight is done with (all sent, or the send failed): its payload
+    /// references go back to the engine's pool (or are dropped without an engine).
+    fn release_sent(&mut self, env: &mut Env<'_>) {
+        debug_assert!(
+            self.inflight.intact(),
+            "mirror link: a payload changed while its send was in flight"
+        );
+        self.list.clear();
+        match self.vol.and_then(|v| engine(env.chans, v)) {
+            Some(e) => self.inflight.clear(|d| e.recycle(d)),
+            None => self.inflight.clear(drop),
+        }
     }
 
     fn hello(&mut self, env: &mut Env<'_>, h: &Header, payload: &[u8]) -> Result<(), String> {
@@ -390,7 +424,7 @@ impl LinkConn {
             .handshake(size, block, name)
             .proof(&self.key, AuthRole::Leader);
         wire::encode(
-            &mut self.tx,
+            self.tx.bytes_mut(),
             &Header {
                 id: mine,
                 seq: incarnation,
@@ -463,7 +497,7 @@ impl LinkConn {
         }
         let n = why.len().min(1024);
         wire::encode(
-            &mut self.tx,
+            self.tx.bytes_mut(),
             &Header::new(Type::Refuse),
             &why.as_bytes()[..n],
         );
@@ -538,7 +572,7 @@ impl LinkConn {
                             }
                             // Our proof goes out before anything of the session.
                             let proof = hs.proof(&self.key, AuthRole::Follower);
-                            wire::encode(&mut self.tx, &Header::new(Type::Auth), &proof);
+                            wire::encode(self.tx.bytes_mut(), &Header::new(Type::Auth), &proof);
                             e.set_peer_incarnation(h.seq);
                             if let Err(why) = e.session_start(env.io, h.id) {
                                 match e.link_warns.check("refusing the session", Instant::now()) {
@@ -675,7 +709,7 @@ impl Conn for LinkConn {
                 count: e.announced_lease_ms(),
                 ..Header::new(Type::Hello)
             };
-            wire::encode(&mut self.tx, &hello, &p);
+            wire::encode(self.tx.bytes_mut(), &hello, &p);
             self.pending = Some(Pending {
                 vol,
                 nonce_f,
@@ -692,17 +726,20 @@ impl Conn for LinkConn {
         self.send_armed = false;
         if res <= 0 {
             // Nothing more can go out on this socket: drop what is unsent, or the flush
-            // below would re-arm the send forever and the link would never be done.
-            self.tx.clear();
-            self.sent = 0;
+            // below would re-arm the send forever and the link would never be done. (The
+            // kernel is done with the batch: its completion is this.)
+            self.release_sent(env);
+            match self.vol.and_then(|v| engine(env.chans, v)) {
+                Some(e) => self.tx.clear(|d| e.recycle(d)),
+                None => self.tx.clear(drop),
+            }
             return self.close(env, "send failed");
         }
-        self.sent += res as usize;
-        if self.sent < self.tx.len() {
+        self.list.advance(res as usize);
+        if self.list.left() > 0 {
             self.arm_send(env);
         } else {
-            self.tx.clear();
-            self.sent = 0;
+            self.release_sent(env);
         }
     }
 
@@ -718,10 +755,10 @@ impl Conn for LinkConn {
         {
             if let Some(reason) = e.kill_link.take() {
                 why = Some(reason);
-            } else if self.stopping && e.idle() && self.tx.is_empty() {
+            } else if self.stopping && e.idle() && self.unsent() == 0 {
                 why = Some("closed");
             } else if !self.send_armed {
-                e.take_outbox(&mut self.tx);
+                e.take_tx(&mut self.tx);
             }
         }
         // Closing falls through to the checks below, so a link with nothing armed is done in
@@ -729,7 +766,7 @@ impl Conn for LinkConn {
         if let Some(why) = why {
             self.close(env, why);
         }
-        if !self.send_armed && !self.connect_armed && self.sent < self.tx.len() {
+        if !self.send_armed && !self.connect_armed && self.unsent() > 0 {
             self.arm_send(env);
         }
         let receiving = matches!(
@@ -772,7 +809,7 @@ impl Conn for LinkConn {
             self.state,
             self.recv_armed,
             self.send_armed,
-            self.tx.len() - self.sent
+            self.unsent()
         )
     }
 }

@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod split;
 pub mod state;
 pub mod stats;
+pub mod txq;
 pub mod wire;
 
 #[cfg(test)]
@@ -361,12 +362,15 @@ impl Channel for MirrorChannel {
         let update = match r.op {
             BlockOp::Write if r.data.len() <= split::MAX_WRITE => {
                 // The data moved here with the request: the update takes it over (no copy).
-                // A spare one goes back in its place, for the answer to carry home.
-                let spare = self.engine.take_spare();
-                let data = std::mem::replace(&mut r.data, spare);
-                return self
-                    .engine
-                    .submit_write_owned(io, r.from, r.tag, data, r.offset, r.fua);
+                // A spare vector goes back in its place, for the answer to carry home.
+                return self.engine.submit_write_owned(
+                    io,
+                    r.from,
+                    r.tag,
+                    &mut r.data,
+                    r.offset,
+                    r.fua,
+                );
             }
             // Too long for one message: split (and copied) like a local one.
             BlockOp::Write => Update::Write(&r.data),

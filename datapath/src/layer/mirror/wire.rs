@@ -355,6 +355,14 @@ pub fn count(len: u64) -> Result<u32, &'static str> {
 /// Panics when `payload` is longer than [`MAX_PAYLOAD`]: a peer would refuse it, so callers
 /// split first (a silent truncation of `len` would corrupt the stream instead).
 pub fn encode(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
+    encode_header(out, h, payload);
+    out.extend_from_slice(payload);
+}
+
+/// Append only the header of the message `h` with `payload` (its length and checksum cover
+/// the payload): the payload goes on the wire right after it from wherever it is (a scatter
+/// list, txq.rs), not copied here.
+pub fn encode_header(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|&n| n <= MAX_PAYLOAD)
@@ -371,7 +379,12 @@ pub fn encode(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
     out.extend_from_slice(&h.count.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 36]), payload);
     out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
+}
+
+/// Whether `header` (a whole encoded header) carries the checksum of itself with `payload`.
+pub fn header_matches(header: &[u8], payload: &[u8]) -> bool {
+    header.len() == HEADER
+        && crc32c::crc32c_append(crc32c::crc32c(&header[..36]), payload) == u32_at(header, 36)
 }
 
 /// A HELLO's payload: geometry, the follower's nonce and the volume's name.

@@ -79,7 +79,7 @@ impl Engine {
         op.upd = Upd::Write;
         match outcome {
             Ok(()) => {
-                op.data.drain(..len);
+                op.data.make_mut().drain(..len);
                 if op.origin == Origin::PeerFwd && !same_session {
                     // Its follower's id is gone with the session: sent as a WRITE.
                     op.stage.order_lost();
@@ -232,7 +232,7 @@ impl Engine {
         let data = if matches!(upd, Upd::Write | Upd::Caw) {
             self.buf(payload)
         } else {
-            Vec::new()
+            Data::default()
         };
         Ok(self.new_peer_op(Origin::PeerFwd, upd, h, data))
     }
@@ -242,7 +242,7 @@ impl Engine {
         origin: Origin,
         upd: Upd,
         h: &Header,
-        data: Vec<u8>,
+        data: Data,
     ) -> usize {
         // A forwarded update is the leader's to keep until the follower's watermark passes
         // it; nothing is asked of the peer for the others.
@@ -352,7 +352,7 @@ impl Engine {
         if op.upd == Upd::Caw {
             // Re-sent, so the leader found it matching.
             let len = op.len as usize;
-            op.data.drain(..len);
+            op.data.make_mut().drain(..len);
             op.upd = Upd::Write;
         }
         op.stage.order(session);

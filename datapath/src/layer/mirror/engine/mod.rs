@@ -81,6 +81,7 @@ mod session;
 mod survivor;
 
 use super::stats::MirrorStats;
+use super::txq::{Data, DataPool, TxQueue};
 use super::wire::{self, Header, Type};
 use crate::bdev::{Channel, Start};
 use crate::uring::{Errno, IoCx, IoTag};
@@ -197,9 +198,9 @@ pub struct Engine {
     flushes: Flushes,
     /// The session with the peer: number, up, seqs, watermarks, ACK policy, outbox.
     sess: PeerSession,
-    spare: Vec<Vec<u8>>,
-    /// Bytes of capacity held in `spare` (at most [`SPARE_BYTES`]).
-    spare_bytes: usize,
+    /// Spare data buffers (at most [`SPARE_BYTES`] of capacity): every update's data is
+    /// copied (or moved) into one of them once, and messages send from it (txq.rs).
+    pool: DataPool,
     held_logged: bool,
     stats: Arc<MirrorStats>,
     /// Completions to initiators: (their reactor, tag, result).
@@ -281,8 +282,7 @@ impl Engine {
             vol,
             flushes: Flushes::default(),
             sess: PeerSession::new(Arc::clone(&stats), lease),
-            spare: Vec::new(),
-            spare_bytes: 0,
+            pool: DataPool::new(SPARE_BYTES),
             held_logged: false,
             stats,
             done: Vec::with_capacity(256),
@@ -719,42 +719,42 @@ impl Engine {
         self.sess.ack_deadline(self.aq.applied.wm)
     }
 
-    fn buf(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut v = self.take_spare();
-        v.extend_from_slice(data);
-        v
+    /// `data` copied into a buffer of the update's own: the one copy of write data at a site.
+    fn buf(&mut self, data: &[u8]) -> Data {
+        self.pool.fill(data)
     }
 
     /// A spare data vector (empty, maybe with capacity) for the caller to reuse: a request
     /// that moved its data into an update takes one back, so vectors keep circulating
     /// between reactors without allocations.
     pub fn take_spare(&mut self) -> Vec<u8> {
-        let v = self.spare.pop().unwrap_or_default();
-        self.spare_bytes -= v.capacity();
-        v
+        self.pool.take_vec()
     }
 
-    /// Keep `v` for reuse within [`SPARE_BYTES`] (else it is freed).
-    fn recycle(&mut self, mut v: Vec<u8>) {
-        let cap = v.capacity();
-        if cap > 0 && self.spare_bytes + cap <= SPARE_BYTES {
-            v.clear();
-            self.spare_bytes += cap;
-            self.spare.push(v);
-        }
+    /// Keep `d` for reuse within [`SPARE_BYTES`] (else it is freed). A buffer a message in
+    /// flight still references is not kept: the link gives it back once its send completed.
+    pub fn recycle(&mut self, d: Data) {
+        self.pool.put(d);
     }
 
-    /// Bytes held by spare data vectors.
+    /// Bytes held by spare data buffers.
     pub fn spare_bytes(&self) -> usize {
-        self.spare_bytes
+        self.pool.bytes()
     }
 
+    /// Copies of update data into this engine's buffers so far (one per update taken from
+    /// this site's initiator or forwarded to the leader; none for an update received from
+    /// the peer and applied at once).
+    pub fn data_copies(&self) -> u64 {
+        self.pool.fills()
+    }
+
+    /// Queue `h` with the payload of op `payload_of` (sent from the op's own buffer).
     fn send(&mut self, h: Header, payload_of: Option<usize>) {
-        let payload: &[u8] = match payload_of {
-            Some(k) => &self.ops[k].data,
-            None => &[],
-        };
-        self.sess.send(&h, payload);
+        match payload_of {
+            Some(k) => self.sess.send_data(&h, &self.ops[k].data),
+            None => self.sess.send(&h, &[]),
+        }
     }
 
     fn upd_header(&self, k: usize, fwd: bool) -> Header {
@@ -813,15 +813,15 @@ impl Engine {
         let (upd, len, data) = match update {
             Update::Meta(cmd) => return self.submit_meta(from, tag, cmd),
             Update::Write(d) => (Upd::Write, d.len() as u64, self.buf(d)),
-            Update::Zeroes(len) => (Upd::Zeroes, len, Vec::new()),
-            Update::Unmap(len) => (Upd::Unmap, len, Vec::new()),
-            Update::Flush => (Upd::Flush, 0, Vec::new()),
+            Update::Zeroes(len) => (Upd::Zeroes, len, Data::default()),
+            Update::Unmap(len) => (Upd::Unmap, len, Data::default()),
+            Update::Flush => (Upd::Flush, 0, Data::default()),
             Update::CompareWrite { cmp, data } => {
                 if cmp.len() != data.len() || cmp.is_empty() {
                     return Start::Done(Err(Errno::INVAL));
                 }
                 let mut v = self.buf(cmp);
-                v.extend_from_slice(data);
+                v.make_mut().extend_from_slice(data);
                 (Upd::Caw, cmp.len() as u64, v)
             }
         };
@@ -829,13 +829,14 @@ impl Engine {
     }
 
     /// Start a write whose data the caller hands over (a request another reactor moved
-    /// here): the update owns `data`, no copy is made.
+    /// here): the update takes the bytes of `data` (no copy) and leaves a spare vector in
+    /// their place, for the answer to carry home.
     pub fn submit_write_owned(
         &mut self,
         io: &mut IoCx,
         from: u32,
         tag: IoTag,
-        data: Vec<u8>,
+        data: &mut Vec<u8>,
         offset: u64,
         fua: bool,
     ) -> Start {
@@ -845,9 +846,9 @@ impl Engine {
             } else {
                 Errno::IO
             };
-            self.recycle(data);
             return Start::Done(Err(e));
         }
+        let data = self.pool.adopt(data);
         let len = data.len() as u64;
         self.submit_op(io, from, tag, (Upd::Write, len, data), offset, fua)
     }
@@ -857,7 +858,7 @@ impl Engine {
         io: &mut IoCx,
         from: u32,
         tag: IoTag,
-        (upd, len, data): (Upd, u64, Vec<u8>),
+        (upd, len, data): (Upd, u64, Data),
         offset: u64,
         fua: bool,
     ) -> Start {
@@ -902,7 +903,33 @@ impl Engine {
         }
     }
 
+    /// Queue the apply of `k` (an update received from the peer, its data not copied yet)
+    /// with `payload`, the write data in the received message: applied straight from it when
+    /// the apply starts now (the device takes the bytes during the call), else copied into
+    /// the op's own buffer to wait.
+    pub(super) fn enqueue_apply_from(
+        &mut self,
+        io: &mut IoCx,
+        k: usize,
+        (session, seq): (u32, u64),
+        payload: &[u8],
+    ) {
+        let op = &mut self.ops[k];
+        op.applying += 1;
+        let (a, now) = self.aq.push(k, session, seq, op.offset, op.len);
+        if now {
+            self.start_apply_from(io, a, Some(payload));
+        } else if !payload.is_empty() {
+            self.ops[k].data = self.buf(payload);
+        }
+    }
+
     fn start_apply(&mut self, io: &mut IoCx, a: usize) {
+        self.start_apply_from(io, a, None);
+    }
+
+    /// Start apply `a`; a write writes `payload` when given, else its op's data.
+    fn start_apply_from(&mut self, io: &mut IoCx, a: usize, payload: Option<&[u8]>) {
         let (k, offset, len) = {
             let ap = self.aq.get(a).expect("queued apply");
             (ap.op, ap.offset, ap.len)
@@ -912,7 +939,8 @@ impl Engine {
         let r = match op.upd {
             Upd::Write => {
                 self.written.set_range(offset, len);
-                self.inner.write(io, tag, offset, &op.data, op.fua)
+                let data = payload.unwrap_or(&op.data);
+                self.inner.write(io, tag, offset, data, op.fua)
             }
             Upd::Zeroes => self.inner.write_zeroes(io, tag, offset, len, op.fua),
             Upd::Unmap => self.inner.unmap(io, tag, offset, len, op.fua),

@@ -49,6 +49,7 @@
 //! - Transitions happen only through the methods of [`Stage`]; one asked in a stage it cannot
 //!   leave that way is a bug: it fails a debug assertion and leaves the stage unchanged.
 
+use super::super::txq::Data;
 use crate::uring::{Errno, IoTag};
 use std::time::Instant;
 
@@ -262,7 +263,8 @@ pub(super) struct Op {
     pub(super) offset: u64,
     pub(super) len: u64,
     pub(super) fua: bool,
-    pub(super) data: Vec<u8>,
+    /// The update's data (its own buffer; messages carrying it share it, txq.rs).
+    pub(super) data: Data,
     /// Sequence number in `session` (0: none yet).
     pub(super) seq: u64,
     pub(super) session: u32,
@@ -292,7 +294,7 @@ impl Op {
         upd: Upd,
         (offset, len): (u64, u64),
         fua: bool,
-        data: Vec<u8>,
+        data: impl Into<Data>,
         stage: Stage,
         deadline: Instant,
     ) -> Self {
@@ -302,7 +304,7 @@ impl Op {
             offset,
             len,
             fua,
-            data,
+            data: data.into(),
             seq: 0,
             session: 0,
             stage,

@@ -20,6 +20,7 @@
 //!   (`peer_lease_base`) is the latest session start or PING received.
 
 use super::super::stats::MirrorStats;
+use super::super::txq::{Data, TxQueue};
 use super::super::wire::{self, Header, Type};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +47,7 @@ pub(super) struct PeerSession {
     ack_sent: u64,
     /// The peer's applied watermark (its last ACK) in this session.
     pub(super) peer_wm: u64,
-    outbox: Vec<u8>,
+    outbox: TxQueue,
     /// Messages arrived since the last `take_outbox`.
     rx_since_flush: bool,
     /// When the oldest unacknowledged applied update was first seen waiting for an ACK.
@@ -120,7 +121,7 @@ impl PeerSession {
             next_seq: 1,
             ack_sent: 0,
             peer_wm: 0,
-            outbox: Vec::with_capacity(1 << 20),
+            outbox: TxQueue::with_capacity(1 << 20),
             rx_since_flush: false,
             ack_pending_since: None,
             epoch: now,
@@ -140,7 +141,7 @@ impl PeerSession {
         self.next_seq = 1;
         self.ack_sent = 0;
         self.peer_wm = 0;
-        self.outbox.clear();
+        self.outbox.clear(drop);
         self.stats.set_up(true, self.number);
         self.number
     }
@@ -152,7 +153,7 @@ impl PeerSession {
         }
         self.up = false;
         self.lease_until = None;
-        self.outbox.clear();
+        self.outbox.clear(drop);
         true
     }
 
@@ -269,7 +270,7 @@ impl PeerSession {
     }
 
     /// Move pending messages (and an ACK up to `wm` if one is due) to `out`.
-    pub(super) fn take_outbox(&mut self, out: &mut Vec<u8>, wm: u64) {
+    pub(super) fn take_outbox(&mut self, out: &mut TxQueue, wm: u64) {
         if !self.up {
             return;
         }
@@ -282,31 +283,33 @@ impl PeerSession {
                 seq: self.ack_sent,
                 ..Header::new(Type::Ack)
             };
-            wire::encode(&mut self.outbox, &h, &[]);
+            self.outbox.push(&h, &[]);
             self.stats.inc(&self.stats.acks_sent);
         }
-        if out.is_empty() {
-            std::mem::swap(out, &mut self.outbox);
-        } else {
-            out.extend_from_slice(&self.outbox);
-            self.outbox.clear();
-        }
+        out.append(&mut self.outbox);
     }
 
     /// Queue a message, counted in `msgs_sent`.
     pub(super) fn send(&mut self, h: &Header, payload: &[u8]) {
-        wire::encode(&mut self.outbox, h, payload);
+        self.outbox.push(h, payload);
+        self.stats.inc(&self.stats.msgs_sent);
+    }
+
+    /// Queue a message whose payload is sent from `data` itself (an update's buffer, shared
+    /// until the send completed), counted in `msgs_sent`.
+    pub(super) fn send_data(&mut self, h: &Header, data: &Data) {
+        self.outbox.push_data(h, data);
         self.stats.inc(&self.stats.msgs_sent);
     }
 
     /// Queue a message not counted in `msgs_sent` (copies, answers, control).
     pub(super) fn queue(&mut self, h: &Header, payload: &[u8]) {
-        wire::encode(&mut self.outbox, h, payload);
+        self.outbox.push(h, payload);
     }
 
     /// Queue the RESYNC_ALSO messages listing `ranges` and the list's end.
     pub(super) fn send_resync_also(&mut self, ranges: &[(u64, u64)]) {
-        wire::encode_resync_also(&mut self.outbox, ranges);
+        wire::encode_resync_also(self.outbox.bytes_mut(), ranges);
         for _ in 0..ranges.len().div_ceil(wire::MAX_RESYNC_ALSO as usize) + 1 {
             self.stats.inc(&self.stats.msgs_sent);
         }
@@ -425,7 +428,7 @@ mod tests {
         // A lone update: at once, unless the peer just sent more.
         s.received();
         assert!(!s.ack_due(t, 1));
-        let mut out = Vec::new();
+        let mut out = TxQueue::default();
         s.take_outbox(&mut out, 1);
         assert!(out.is_empty(), "held while the peer is sending");
         assert!(s.ack_due(t, 1));
