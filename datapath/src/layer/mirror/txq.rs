@@ -282,6 +282,11 @@ impl TxQueue {
     pub fn refs(&self) -> usize {
         self.refs.len()
     }
+
+    /// Payload references only this queue holds (their update was freed meanwhile).
+    pub fn orphans(&self) -> usize {
+        self.refs.iter().filter(|(_, d)| !d.shared()).count()
+    }
 }
 
 #[cfg(test)]

@@ -844,6 +844,7 @@ mod diskerr;
 mod durable;
 mod failover;
 mod forwards;
+mod inflight;
 mod lease;
 mod meta;
 mod resyncloss;
