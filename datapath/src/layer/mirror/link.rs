@@ -6,16 +6,23 @@
 //! (`LinkConn::accepted`), waits for HELLO, checks it against its volumes and answers WELCOME
 //! (its nonce and its proof of the shared key) or REFUSE, then waits for the follower's AUTH
 //! (its proof) before it starts the session (docs/mirror-protocol.md, "Link authentication").
-//! From then on the link only frames bytes: every whole message goes to the engine, and
-//! whatever the engine has to send leaves in one send per reactor turn (so one ACK per turn
-//! at most).
+//! From then on the link only frames bytes: every whole message goes to the engine, decoded in
+//! place in the receive buffer (the engine applies a write's payload from there), and
+//! whatever the engine queued leaves as one batch: one `sendmsg` whose scatter list holds each
+//! message's header and its payload straight from the update's own buffer (txq.rs; several
+//! messages per send, so one ACK per batch at most). What the engine queues while a batch is
+//! in flight goes in the next one.
 //!
 //! A handshake must be complete within [`HANDSHAKE_TIMEOUT`] of the link's creation: every
 //! receive armed before it is linked to a timeout (io_uring `LINK_TIMEOUT`), so a peer that
 //! connects and sends nothing, or half a header, is dropped instead of held open for ever.
 //!
-//! Invariants: the receive buffer is not moved while a receive is armed, the send buffer not
-//! while a send is armed; a message that fails decoding or the engine's checks drops the link
+//! Invariants: the receive buffer is not moved while a receive is armed; the batch in flight
+//! and its scatter list are not changed while a send is armed, and hold a reference to every
+//! payload they point at until the send's completion (also when the link fails: the link is
+//! not done before), so no payload is freed, reused or changed under the kernel (checked
+//! against the headers' checksums in debug builds); a message that fails decoding or the
+//! engine's checks drops the link
 //! and is never applied; nothing reaches the engine (no session start, no message) before
 //! both proofs are verified; the engine is told `link_down` exactly once per session, when the
 //! link closes.
@@ -320,6 +327,7 @@ impl LinkConn {
     /// (one `sendmsg`: every message's header and payload as a scatter list).
     fn arm_send(&mut self, env: &mut Env<'_>) {
         if self.list.left() == 0 {
+            debug_assert!(self.inflight.is_empty(), "the last batch was not released");
             self.inflight.append(&mut self.tx);
             self.list.clear();
             self.inflight.fill(&mut self.list);

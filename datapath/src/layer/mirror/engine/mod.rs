@@ -4,8 +4,14 @@
 //!
 //! Model: one engine per mirrored volume, owned by the volume's channel on its home reactor
 //! (single-threaded: no locks). It knows nothing about sockets: the link hands it decoded
-//! messages ([`Engine::on_msg`]) and drains what it has to send ([`Engine::take_outbox`]), so
-//! another transport (RDMA) can drive it the same way.
+//! messages ([`Engine::on_msg`]) and drains what it has to send ([`Engine::take_tx`]: headers,
+//! and payloads by reference to the updates' own buffers, a scatter list), so another
+//! transport (RDMA) can drive it the same way.
+//!
+//! Data: an update's write data is copied once, into a buffer of its own from the engine's
+//! pool (`txq.rs`), at the site that takes it; messages send from that buffer; an update
+//! received from the peer is applied from the received message and copied only when its apply
+//! must wait. A buffer a message in flight references is never reused or changed.
 //!
 //! - The **leader** numbers every update (its own and those forwarded by the follower) with the
 //!   session's next `seq`, applies it, and sends WRITE/ZEROES/UNMAP or ORDER, in `seq` order.

@@ -3,10 +3,11 @@
 //!
 //! Model: [`PeerSession`] owns everything about the exchange that is not about a particular
 //! update. A session is numbered; [`PeerSession::start`] begins one after HELLO/WELCOME and
-//! [`PeerSession::end`] ends it with the link. Messages are encoded into the outbox, which the
-//! link drains ([`PeerSession::take_outbox`]), adding an ACK when the policy says one is due.
-//! It reads the engine's applied watermark as an argument and returns what the engine must do
-//! (a seq to use, a check's verdict, a reason to drop the link); it never touches an update.
+//! [`PeerSession::end`] ends it with the link. Messages are encoded into the outbox (headers;
+//! an update's payload by reference to its buffer, txq.rs), which the link drains
+//! ([`PeerSession::take_outbox`]), adding an ACK when the policy says one is due. It reads the
+//! engine's applied watermark as an argument and returns what the engine must do (a seq to
+//! use, a check's verdict, a reason to drop the link); it never touches an update.
 //!
 //! Invariants:
 //! - `next_seq` starts at 1 in every session; on the follower a sequenced message is taken
