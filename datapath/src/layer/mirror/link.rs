@@ -335,7 +335,10 @@ impl LinkConn {
         // SAFETY: the list and `inflight` (which holds a reference to every payload the list
         // points at, so none is freed, reused or changed) are not modified while the send is
         // armed, and the link is not done while it is.
-        unsafe { env.io.push_sendmsg(self.fd.as_raw_fd(), &mut self.list, env.key) };
+        unsafe {
+            env.io
+                .push_sendmsg(self.fd.as_raw_fd(), &mut self.list, env.key)
+        };
         self.send_armed = true;
     }
 

@@ -358,12 +358,23 @@ mod tests {
         pool.put(first);
         for i in 0..64u8 {
             let d = pool.fill(&[i; 4096]);
-            assert_ne!(d.as_ptr(), ptr, "a buffer in flight was handed to a new update");
+            assert_ne!(
+                d.as_ptr(),
+                ptr,
+                "a buffer in flight was handed to a new update"
+            );
             pool.put(d);
         }
-        assert!(inflight.intact(), "a payload changed while its send was in flight");
+        assert!(
+            inflight.intact(),
+            "a payload changed while its send was in flight"
+        );
         inflight.clear(|d| pool.put(d));
-        assert_eq!(pool.fill(&[5u8; 4096]).as_ptr(), ptr, "given back after the send");
+        assert_eq!(
+            pool.fill(&[5u8; 4096]).as_ptr(),
+            ptr,
+            "given back after the send"
+        );
     }
 
     /// A shared buffer is copied before it changes (a compare-and-write decided while its
@@ -382,7 +393,11 @@ mod tests {
         let mut e = pool.fill(&[2u8; 512]);
         let e_ptr = e.as_ptr();
         e.make_mut().drain(..256);
-        assert_eq!((e.len(), e.as_ptr()), (256, e_ptr), "changed in place when not shared");
+        assert_eq!(
+            (e.len(), e.as_ptr()),
+            (256, e_ptr),
+            "changed in place when not shared"
+        );
         let mut f = e.share();
         f.clear();
         assert_eq!(e.len(), 256, "clearing a shared reference leaves the bytes");

@@ -51,7 +51,10 @@ fn complete_sends(from: &mut Site, link: &mut Link, all: bool) {
             now == *bytes,
             "a buffer was reused or changed while its send was in flight"
         );
-        assert!(q.intact(), "a payload no longer matches its header's checksum");
+        assert!(
+            q.intact(),
+            "a payload no longer matches its header's checksum"
+        );
         let (mut q, _, _) = link.batches.pop_front().expect("checked");
         link.orphans += q.orphans();
         link.completed += 1;
@@ -162,7 +165,11 @@ fn buffers_in_flight_are_neither_reused_nor_changed_across_link_cuts() {
                 std::thread::sleep(ACK_WINDOW);
             }
         }
-        assert_eq!((a.outstanding, b.outstanding), (0, 0), "seed {seed}: unanswered");
+        assert_eq!(
+            (a.outstanding, b.outstanding),
+            (0, 0),
+            "seed {seed}: unanswered"
+        );
         assert_eq!(a.failed + b.failed, 0, "seed {seed}: requests failed");
         assert!(a.ok > 100 && b.ok > 100, "seed {seed}: too little traffic");
         assert!(a.engine.idle() && b.engine.idle(), "seed {seed}: ops left");
@@ -170,7 +177,10 @@ fn buffers_in_flight_are_neither_reused_nor_changed_across_link_cuts() {
             a.disk.borrow().bytes == b.disk.borrow().bytes,
             "seed {seed}: replicas differ"
         );
-        assert!(la.completed > 100 && lb.completed > 100, "seed {seed}: few sends");
+        assert!(
+            la.completed > 100 && lb.completed > 100,
+            "seed {seed}: few sends"
+        );
         orphans += la.orphans + lb.orphans;
     }
     assert!(
@@ -206,12 +216,20 @@ fn a_mirrored_write_is_copied_once_at_the_leader_and_not_at_the_follower() {
     }
     let mut q = TxQueue::default();
     a.engine.take_tx(&mut q);
-    assert_eq!(q.refs(), 8, "each WRITE's payload is sent from its update's buffer");
+    assert_eq!(
+        q.refs(),
+        8,
+        "each WRITE's payload is sent from its update's buffer"
+    );
     let mut bytes = Vec::new();
     q.gather(&mut bytes);
     a.wire.extend_from_slice(&bytes);
     assert!(receive(&mut a, &mut b, &mut io, usize::MAX) >= 8);
-    assert_eq!(a.engine.data_copies() - a0, 8, "one copy per write at the leader");
+    assert_eq!(
+        a.engine.data_copies() - a0,
+        8,
+        "one copy per write at the leader"
+    );
     assert_eq!(b.engine.data_copies() - b0, 0, "no copy at the follower");
     q.clear(|d| a.engine.recycle(d));
     let mut rng = Rng(7);

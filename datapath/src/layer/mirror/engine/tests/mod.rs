@@ -856,7 +856,9 @@ fn spare_data_vectors_are_bounded_in_bytes() {
     let mut s = site(Role::Leader, Duration::from_secs(1));
     for _ in 0..100 {
         s.engine
-            .recycle(super::super::txq::Data::from_vec(Vec::with_capacity(8 << 20)));
+            .recycle(super::super::txq::Data::from_vec(Vec::with_capacity(
+                8 << 20,
+            )));
     }
     assert!(s.engine.spare_bytes() <= super::SPARE_BYTES);
     assert_eq!(s.engine.spare_bytes(), 16 << 20);
