@@ -119,6 +119,37 @@ impl IoCx {
 mod tests {
     use super::*;
 
+    /// More entries than one `sendmsg` takes, through the ring: every byte arrives, in order.
+    #[test]
+    fn a_list_longer_than_one_sendmsg_goes_out_whole_and_in_order() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let (tx, mut rx) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let bufs: Vec<Vec<u8>> = (0..3000u32)
+            .map(|i| (0..7).map(|j| (i * 7 + j) as u8).collect())
+            .collect();
+        let mut l = SendList::default();
+        bufs.iter().for_each(|b| l.push(b));
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut sends = 0;
+        while l.left() > 0 {
+            // SAFETY: `l` and `bufs` outlive the completion, reaped below before either
+            // changes.
+            unsafe { io.push_sendmsg(tx.as_raw_fd(), &mut l, 9) };
+            io.ring.submit_and_wait(1).expect("submit");
+            let cqe = io.ring.completion().next().expect("a completion");
+            assert_eq!(UserData(cqe.user_data()), UserData::new(Kind::Send, 9));
+            assert!(cqe.result() > 0, "sendmsg failed: {}", cqe.result());
+            l.advance(cqe.result() as usize);
+            sends += 1;
+        }
+        assert!(sends >= 3, "at most {MAX_IOV} entries per sendmsg");
+        drop(tx);
+        let mut got = Vec::new();
+        rx.read_to_end(&mut got).expect("read");
+        assert_eq!(got, bufs.concat());
+    }
+
     #[test]
     fn advancing_drops_whole_entries_and_trims_a_partial_one() {
         let (a, b, c) = ([1u8; 40], [2u8; 4096], [3u8; 40]);
