@@ -259,7 +259,8 @@ impl TxQueue {
         list.push(&self.bytes[at..]);
     }
 
-    /// The wire bytes gathered into `out` (tests, and peers that need one buffer).
+    /// The wire bytes gathered into `out` (tests and the fuzz target read the stream as
+    /// bytes; the link never gathers).
     pub fn gather(&self, out: &mut Vec<u8>) {
         let mut at = 0;
         for (pos, d) in &self.refs {
