@@ -22,10 +22,9 @@
 //! payload they point at until the send's completion (also when the link fails: the link is
 //! not done before), so no payload is freed, reused or changed under the kernel (checked
 //! against the headers' checksums in debug builds); a message that fails decoding or the
-//! engine's checks drops the link
-//! and is never applied; nothing reaches the engine (no session start, no message) before
-//! both proofs are verified; the engine is told `link_down` exactly once per session, when the
-//! link closes.
+//! engine's checks drops the link and is never applied; nothing reaches the engine (no session
+//! start, no message) before both proofs are verified; the engine is told `link_down` exactly
+//! once per session, when the link closes.
 
 use super::engine::Role;
 use super::txq::TxQueue;
