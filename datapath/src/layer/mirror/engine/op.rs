@@ -48,6 +48,10 @@
 //! - `Confirmed` is final: nothing moves an op out of it.
 //! - Transitions happen only through the methods of [`Stage`]; one asked in a stage it cannot
 //!   leave that way is a bug: it fails a debug assertion and leaves the stage unchanged.
+//! - An op's data may outlive the op and its stage: every message carrying it (queued, or in a
+//!   send in flight, also across a link failure and the re-sends of a new session) holds its
+//!   own reference (txq.rs), so an op freed or changed in any stage never frees, reuses or
+//!   changes bytes a send still reads.
 
 use super::super::txq::Data;
 use crate::uring::{Errno, IoTag};
