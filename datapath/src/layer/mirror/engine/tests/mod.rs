@@ -840,6 +840,7 @@ fn deliver_without_acks(from: &mut Site, to: &mut Site, io: &mut IoCx) {
     from.wire.drain(..at);
 }
 
+mod actlog;
 mod diskerr;
 mod durable;
 mod failover;

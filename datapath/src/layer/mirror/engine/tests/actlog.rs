@@ -1,0 +1,189 @@
+//! A site that crashes while in sync and restarts at once (before any failover): its next
+//! session must reconcile the updates it (or its peer) applied without the other's
+//! confirmation, so that both replicas end byte-identical and both sites read the same data.
+//! The activity log (engine/actlog.rs) keeps that copy small.
+//!
+//! Model: two engines back to back (tests/mod.rs) with state files in a temporary directory
+//! and file-like replicas (the `Disk` outlives the engine). A *crash* forgets the engine
+//! without its clean stop (nothing more is written) and drops the local writes it still had
+//! pending (they never reach the replica); a *restart* builds a new engine over the same disk
+//! and restores it from the state files. The test drives the handshake itself
+//! (`reconnect`), as the link would.
+
+use super::*;
+use crate::layer::mirror::persist::Persister;
+
+/// A site with its state file (and activity log) in `dir`.
+fn stateful(role: Role, dir: &std::path::Path) -> Site {
+    let mut s = site(role, Duration::from_secs(3600));
+    let name = if role == Role::Leader { "a" } else { "b" };
+    s.engine.cfg.state_file = Some(dir.join(format!("{name}.mirror-state")));
+    s.engine
+        .set_persister(Persister::spawn().expect("persister"));
+    s.engine.restore().expect("restore");
+    s
+}
+
+/// The site crashes (no clean stop; its pending local writes are lost) and restarts from its
+/// state files over the same replica.
+fn crash_and_restart(s: &mut Site) {
+    // What the persister has been given reaches the disk (a crash just after it).
+    assert!(s.engine.wait_persisted());
+    let _ = &s.engine;
+    let cfg = s.engine.cfg.clone();
+    s.disk.borrow_mut().pending.clear();
+    let fresh = Engine::new(
+        cfg,
+        Box::new(SlowChannel(Rc::clone(&s.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    std::mem::forget(std::mem::replace(&mut s.engine, fresh));
+    s.engine
+        .set_persister(Persister::spawn().expect("persister"));
+    s.engine.restore().expect("restore after the crash");
+    s.wire.clear();
+    // Its initiators' requests died with it.
+    s.outstanding = 0;
+}
+
+/// The follower dials the leader: both learn the other's incarnation and replica state and
+/// start the session (the leader first).
+fn reconnect(a: &mut Site, b: &mut Site, io: &mut IoCx) {
+    a.engine.link_down("test");
+    b.engine.link_down("test");
+    a.wire.clear();
+    b.wire.clear();
+    let (sa, sb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.set_peer_incarnation(b.engine.incarnation());
+    b.engine.set_peer_incarnation(a.engine.incarnation());
+    a.engine.session_start(io, sb).expect("session at a");
+    b.engine.session_start(io, sa).expect("session at b");
+}
+
+/// Tick both sites until the leader's activity log has admitted what waits for it.
+fn pump(a: &mut Site, b: &mut Site, io: &mut IoCx) {
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(1));
+        
+        let now = Instant::now();
+        a.engine.tick(io, now);
+        b.engine.tick(io, now);
+    }
+}
+
+fn same_replicas(a: &Site, b: &Site) -> bool {
+    a.disk.borrow().bytes == b.disk.borrow().bytes
+}
+
+/// Both sites in sync, one acknowledged write (0x11 over the first 8 KiB) on both.
+fn in_sync_pair(dir: &std::path::Path) -> (Site, Site, IoCx, Rng, u32) {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(31);
+    let mut a = stateful(Role::Leader, dir);
+    let mut b = stateful(Role::Follower, dir);
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 0, 0x11, 8192);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1, 0));
+    (a, b, io, rng, slot)
+}
+
+/// The leader crashes while in sync holding updates only one site has, and restarts before
+/// the follower could fail over: a write it applied that the follower never received
+/// (0xA1), and a forward of the follower it ordered but had not applied yet (0xB1, on the
+/// follower only). After the next session the replicas must be byte-identical, both sites
+/// must serve reads, and the acknowledged write must be intact.
+#[test]
+fn a_leader_that_crashed_in_sync_and_restarted_at_once_is_reconciled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    // The follower's forward: ordered by the leader and applied at the follower; the
+    // leader's own apply of it is still pending when it crashes.
+    write_at(&mut b, &mut io, &mut slot, 32768, 0xB1, 4096);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    pump(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    assert_eq!(b.disk.borrow().bytes[32768], 0xB1, "not applied at the follower");
+    // The leader's write: applied at the leader, never sent on (the link dies with it).
+    write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
+    pump(&mut a, &mut b, &mut io);
+    let pending: Vec<_> = a.disk.borrow().pending.iter().map(|p| p.1).collect();
+    assert_eq!(pending.len(), 2, "the leader's two applies: {pending:?}");
+    let i = a
+        .disk
+        .borrow()
+        .pending
+        .iter()
+        .position(|p| p.1 == 16384)
+        .unwrap();
+    let (s, o, d, _) = a.disk.borrow_mut().pending.swap_remove(i);
+    a.disk.borrow_mut().bytes[o as usize..o as usize + 4096].copy_from_slice(&d.unwrap());
+    a.engine.apply_finished(&mut io, s as usize, Ok(()), &[]);
+    assert!(a.disk.borrow().bytes[16384] == 0xA1 && b.disk.borrow().bytes[16384] == 0);
+    assert!(a.disk.borrow().bytes[32768] == 0 && b.disk.borrow().bytes[32768] == 0xB1);
+    // Crash and restart the leader; the follower sees the link drop and is redialled at
+    // once.
+    crash_and_restart(&mut a);
+    b.engine.link_down("test");
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut b);
+    assert!(
+        same_replicas(&a, &b),
+        "the replicas differ after the leader's crash: a has {:#x}/{:#x}, b {:#x}/{:#x} at \
+         16384/32768",
+        a.disk.borrow().bytes[16384],
+        a.disk.borrow().bytes[32768],
+        b.disk.borrow().bytes[16384],
+        b.disk.borrow().bytes[32768]
+    );
+    assert!(a.disk.borrow().bytes[..8192].iter().all(|&x| x == 0x11));
+    let now = Instant::now();
+    assert!(a.engine.may_read(now) && b.engine.may_read(now));
+    // Mirroring again: a new write reaches both.
+    write_at(&mut a, &mut io, &mut slot, 49152, 0x22, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(same_replicas(&a, &b));
+    assert_eq!(b.disk.borrow().bytes[49152], 0x22);
+}
+
+/// The follower crashes while in sync with updates of the leader applied (or being applied)
+/// that it never acknowledged, and restarts at once: after the next session the replicas
+/// are byte-identical.
+#[test]
+fn a_follower_that_crashed_in_sync_and_restarted_at_once_is_reconciled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    // Two writes of the leader reach the follower; it applies the first (its ACK never
+    // leaves) and crashes with the second still pending.
+    write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
+    write_at(&mut a, &mut io, &mut slot, 24576, 0xA2, 4096);
+    pump(&mut a, &mut b, &mut io);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    let i = b
+        .disk
+        .borrow()
+        .pending
+        .iter()
+        .position(|p| p.1 == 16384)
+        .unwrap();
+    let (s, o, d, _) = b.disk.borrow_mut().pending.swap_remove(i);
+    b.disk.borrow_mut().bytes[o as usize..o as usize + 4096].copy_from_slice(&d.unwrap());
+    b.engine.apply_finished(&mut io, s as usize, Ok(()), &[]);
+    crash_and_restart(&mut b);
+    a.engine.link_down("test");
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    assert!(same_replicas(&a, &b), "the replicas differ after the follower's crash");
+    assert_eq!(b.disk.borrow().bytes[24576], 0xA2);
+    assert!(b.disk.borrow().bytes[..8192].iter().all(|&x| x == 0x11));
+    let now = Instant::now();
+    assert!(a.engine.may_read(now) && b.engine.may_read(now));
+}
