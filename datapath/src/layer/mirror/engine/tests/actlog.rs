@@ -29,7 +29,7 @@ fn stateful(role: Role, dir: &std::path::Path) -> Site {
 fn crash_and_restart(s: &mut Site) {
     // What the persister has been given reaches the disk (a crash just after it).
     assert!(s.engine.wait_persisted());
-    let _ = &s.engine;
+    s.engine.wait_actlog_persisted();
     let cfg = s.engine.cfg.clone();
     s.disk.borrow_mut().pending.clear();
     let fresh = Engine::new(
@@ -64,8 +64,8 @@ fn reconnect(a: &mut Site, b: &mut Site, io: &mut IoCx) {
 /// Tick both sites until the leader's activity log has admitted what waits for it.
 fn pump(a: &mut Site, b: &mut Site, io: &mut IoCx) {
     for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(1));
-        
+        a.engine.wait_actlog_persisted();
+        b.engine.wait_actlog_persisted();
         let now = Instant::now();
         a.engine.tick(io, now);
         b.engine.tick(io, now);
