@@ -101,6 +101,12 @@ impl Engine {
         }
         tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
             "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");
+        self.finish_held_alone(io);
+    }
+
+    /// Serving alone from now on (survivor, or the source of a reconciliation): every update
+    /// held for the peer is finished on this replica alone and its region marked dirty.
+    pub(super) fn finish_held_alone(&mut self, io: &mut IoCx) {
         // Updates waiting behind a compare-and-write go ahead alone (forwarded ones are the
         // lost peer's: dropped).
         let (waited, backlog) = self.leader.survive();

@@ -132,18 +132,8 @@ impl Engine {
             return 0;
         };
         if self.durable.handle.is_none() {
-            let p = match self.durable.persister.clone() {
-                Some(p) => p,
-                None => match Persister::spawn() {
-                    Ok(p) => {
-                        self.durable.persister = Some(Arc::clone(&p));
-                        p
-                    }
-                    Err(e) => {
-                        self.fail_stop(&format!("cannot start the persister thread: {e}"));
-                        return 0;
-                    }
-                },
+            let Some(p) = self.persister() else {
+                return 0;
             };
             self.durable.handle = Some(p.register(&self.cfg.name, path));
         }
@@ -153,6 +143,24 @@ impl Engine {
             .as_ref()
             .expect("registered")
             .submit(snap)
+    }
+
+    /// The persister (the daemon's, or one started for this engine; none: it could not be
+    /// started, and the engine fail-stopped).
+    pub(super) fn persister(&mut self) -> Option<Arc<Persister>> {
+        if let Some(p) = &self.durable.persister {
+            return Some(Arc::clone(p));
+        }
+        match Persister::spawn() {
+            Ok(p) => {
+                self.durable.persister = Some(Arc::clone(&p));
+                Some(p)
+            }
+            Err(e) => {
+                self.fail_stop(&format!("cannot start the persister thread: {e}"));
+                None
+            }
+        }
     }
 
     /// Persist the new mode `m` (from `set_mode`); a survivor's answers wait until it is

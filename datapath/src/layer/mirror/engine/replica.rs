@@ -20,6 +20,7 @@ pub fn state_name(s: u32) -> &'static str {
         1 => "survivor",
         2 => "fenced",
         3 => "resyncing",
+        5 => "in sync, stopped uncleanly",
         _ => "new",
     }
 }
@@ -51,6 +52,10 @@ pub enum Session {
     },
     /// The peer's replica wins: receive its resync (no I/O here until done).
     Receive,
+    /// This site or the peer did not stop cleanly while in sync, and this site's copy wins:
+    /// it becomes the source of a resync of the regions either may hold alone (`actlog.rs`,
+    /// `decide_session`).
+    Reconcile,
     /// Both claim to be the survivor: refused.
     SplitBrain,
     /// No survivor to resync from: refused.

@@ -13,11 +13,26 @@
 use super::*;
 use crate::layer::mirror::persist::Persister;
 
+/// Activity log extents in these tests: 4 KiB, at most 8 (the volume has 16).
+const EXTENT: u64 = 4096;
+const EXTENTS: u32 = 8;
+
 /// A site with its state file (and activity log) in `dir`.
 fn stateful(role: Role, dir: &std::path::Path) -> Site {
+    stateful_with(role, dir, true)
+}
+
+/// The same, with the activity log switched on or off.
+fn stateful_with(role: Role, dir: &std::path::Path, log: bool) -> Site {
     let mut s = site(role, Duration::from_secs(3600));
     let name = if role == Role::Leader { "a" } else { "b" };
     s.engine.cfg.state_file = Some(dir.join(format!("{name}.mirror-state")));
+    s.engine.cfg.actlog = ActLogConfig {
+        enabled: log,
+        extent: EXTENT,
+        extents: EXTENTS,
+    };
+    s.engine.al = super::super::actlog::ActLog::new(&s.engine.cfg);
     s.engine
         .set_persister(Persister::spawn().expect("persister"));
     s.engine.restore().expect("restore");
@@ -108,7 +123,11 @@ fn a_leader_that_crashed_in_sync_and_restarted_at_once_is_reconciled() {
     pump(&mut a, &mut b, &mut io);
     deliver(&mut a, &mut b, &mut io, usize::MAX);
     while complete_one(&mut b, &mut io, &mut rng) {}
-    assert_eq!(b.disk.borrow().bytes[32768], 0xB1, "not applied at the follower");
+    assert_eq!(
+        b.disk.borrow().bytes[32768],
+        0xB1,
+        "not applied at the follower"
+    );
     // The leader's write: applied at the leader, never sent on (the link dies with it).
     write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
     pump(&mut a, &mut b, &mut io);
@@ -129,10 +148,33 @@ fn a_leader_that_crashed_in_sync_and_restarted_at_once_is_reconciled() {
     // Crash and restart the leader; the follower sees the link drop and is redialled at
     // once.
     crash_and_restart(&mut a);
+    // It knows it stopped uncleanly, and which extents to reconcile: those its log held
+    // (the acknowledged write's two, and the two updates' ones), not the whole volume.
+    assert_eq!(a.engine.replica_state(), 5);
+    assert_eq!(a.engine.suspect_bytes(), 4 * EXTENT);
     b.engine.link_down("test");
     reconnect(&mut a, &mut b, &mut io);
+    // The follower (it kept running) is the source: the leader serves nothing meanwhile.
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Resyncing, Mode::Survivor)
+    );
+    assert!(!a.engine.may_read(Instant::now()));
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     collect(&mut b);
+    let copied = b
+        .engine
+        .stats()
+        .resync_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // The four logged extents (the follower's held forward's region, dirty at the source
+    // from the start, may be copied once more when the leader's list names it), not the
+    // whole volume (16 extents).
+    assert!(
+        (4 * EXTENT..=5 * EXTENT).contains(&copied),
+        "copied {copied} bytes for 4 logged extents"
+    );
+    assert_eq!(a.engine.replica_state(), 0);
     assert!(
         same_replicas(&a, &b),
         "the replicas differ after the leader's crash: a has {:#x}/{:#x}, b {:#x}/{:#x} at \
@@ -181,7 +223,10 @@ fn a_follower_that_crashed_in_sync_and_restarted_at_once_is_reconciled() {
     reconnect(&mut a, &mut b, &mut io);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     collect(&mut a);
-    assert!(same_replicas(&a, &b), "the replicas differ after the follower's crash");
+    assert!(
+        same_replicas(&a, &b),
+        "the replicas differ after the follower's crash"
+    );
     assert_eq!(b.disk.borrow().bytes[24576], 0xA2);
     assert!(b.disk.borrow().bytes[..8192].iter().all(|&x| x == 0x11));
     let now = Instant::now();

@@ -99,6 +99,7 @@ fn site(role: Role, timeout: Duration) -> Site {
         state_file: None,
         replica_data: Default::default(),
         meta: None,
+        actlog: Default::default(),
     };
     Site {
         engine: Engine::new(
