@@ -219,8 +219,12 @@ fn a_follower_that_crashed_in_sync_and_restarted_at_once_is_reconciled() {
     b.disk.borrow_mut().bytes[o as usize..o as usize + 4096].copy_from_slice(&d.unwrap());
     b.engine.apply_finished(&mut io, s as usize, Ok(()), &[]);
     crash_and_restart(&mut b);
+    // Its state file says it did not stop cleanly: the leader (it kept running) is the
+    // source.
+    assert_eq!(b.engine.replica_state(), 5);
     a.engine.link_down("test");
     reconnect(&mut a, &mut b, &mut io);
+    assert_eq!((a.engine.mode(), b.engine.mode()), (Mode::Survivor, Mode::Resyncing));
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     collect(&mut a);
     assert!(
@@ -231,4 +235,166 @@ fn a_follower_that_crashed_in_sync_and_restarted_at_once_is_reconciled() {
     assert!(b.disk.borrow().bytes[..8192].iter().all(|&x| x == 0x11));
     let now = Instant::now();
     assert!(a.engine.may_read(now) && b.engine.may_read(now));
+}
+
+/// The log holds at most `EXTENTS` extents: writing every extent of the volume in turn
+/// drops the least recently used idle ones; the file on disk never holds more either.
+#[test]
+fn the_activity_log_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    let extents = SIZE / EXTENT;
+    for i in 0..extents {
+        write_at(&mut a, &mut io, &mut slot, i * EXTENT, i as u8 + 1, 4096);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert!(a.engine.actlog_len() <= EXTENTS as usize, "extent {i}");
+    }
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1 + extents as usize, 0));
+    assert!(same_replicas(&a, &b));
+    a.engine.wait_actlog_persisted();
+    let path = actlog_path(a.engine.cfg.state_file.as_ref().unwrap());
+    let crate::layer::mirror::alfile::AlLoad::Valid(s) =
+        crate::layer::mirror::alfile::load(&path)
+    else {
+        panic!("no valid activity log");
+    };
+    // The most recently written ones, in order.
+    let want: Vec<u64> = (extents - EXTENTS as u64..extents).collect();
+    assert_eq!((s.extents, s.extent, s.clean), (want, EXTENT, false));
+}
+
+/// An update to an extent not in the log waits (neither sent nor applied) until the log's
+/// new version is on disk; one to an extent already logged goes at once.
+#[test]
+fn an_update_to_a_new_extent_waits_for_the_log_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(41);
+    let p = Persister::spawn().unwrap();
+    let mut a = stateful(Role::Leader, dir.path());
+    a.engine.set_persister(Arc::clone(&p));
+    let mut b = stateful(Role::Follower, dir.path());
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 0, 0x11, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    p.hold(true);
+    struct Unhold(Arc<Persister>);
+    impl Drop for Unhold {
+        fn drop(&mut self) {
+            self.0.hold(false);
+        }
+    }
+    let _unhold = Unhold(Arc::clone(&p));
+    // A new extent: held back.
+    write_at(&mut a, &mut io, &mut slot, 3 * EXTENT, 0x33, 4096);
+    for _ in 0..20 {
+        a.engine.tick(&mut io, Instant::now());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    a.engine.take_outbox(&mut a.wire);
+    assert!(a.wire.is_empty(), "sent before its extent was logged");
+    assert!(a.disk.borrow().pending.is_empty(), "applied before its extent was logged");
+    assert!(a.engine.actlog_deadline(Instant::now()).is_some());
+    // The disk catches up: it goes.
+    p.hold(false);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(b.disk.borrow().bytes[3 * EXTENT as usize], 0x33);
+    // A logged extent: at once, even with the disk held.
+    p.hold(true);
+    write_at(&mut a, &mut io, &mut slot, 3 * EXTENT + 512, 0x34, 512);
+    assert_eq!(a.disk.borrow().pending.len(), 1, "a logged extent waited");
+    p.hold(false);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (3, 0));
+    assert!(same_replicas(&a, &b));
+}
+
+/// A clean stop leaves the log empty (marked clean), and the restarted leader mirrors at
+/// once, with nothing to reconcile.
+#[test]
+fn a_clean_stop_leaves_the_activity_log_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    write_at(&mut a, &mut io, &mut slot, 5 * EXTENT, 0x55, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(a.engine.actlog_len() > 0);
+    let cfg = a.engine.cfg.clone();
+    let path = actlog_path(cfg.state_file.as_ref().unwrap());
+    let fresh = Engine::new(
+        cfg,
+        Box::new(SlowChannel(Rc::clone(&a.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    // The clean stop (the engine's drop).
+    drop(std::mem::replace(&mut a.engine, fresh));
+    let crate::layer::mirror::alfile::AlLoad::Valid(s) =
+        crate::layer::mirror::alfile::load(&path)
+    else {
+        panic!("no valid activity log");
+    };
+    assert!(s.extents.is_empty() && s.clean, "{s:?}");
+    a.engine
+        .set_persister(Persister::spawn().expect("persister"));
+    a.engine.restore().unwrap();
+    assert_eq!(a.engine.replica_state(), 0);
+    assert_eq!(a.engine.suspect_bytes(), 0);
+    b.engine.link_down("test");
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!((a.engine.mode(), b.engine.mode()), (Mode::Mirroring, Mode::Mirroring));
+}
+
+/// Both sites crash while in sync (each holding an update the other lacks) and restart:
+/// the leader's copy wins, both logs' extents are copied.
+#[test]
+fn both_sites_crashed_in_sync_are_reconciled_from_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    // Ordered and applied at the follower; the leader's apply is lost with it.
+    write_at(&mut b, &mut io, &mut slot, 32768, 0xB1, 4096);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    pump(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    assert_eq!(b.disk.borrow().bytes[32768], 0xB1);
+    crash_and_restart(&mut a);
+    crash_and_restart(&mut b);
+    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (5, 5));
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!((a.engine.mode(), b.engine.mode()), (Mode::Survivor, Mode::Resyncing));
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(same_replicas(&a, &b));
+    assert_eq!(b.disk.borrow().bytes[32768], 0, "the leader's copy wins");
+    assert!(b.disk.borrow().bytes[..8192].iter().all(|&x| x == 0x11));
+}
+
+/// With the activity log switched off the leader still knows it crashed: the whole volume
+/// (every region ever written) is reconciled.
+#[test]
+fn without_the_activity_log_a_crashed_leader_reconciles_everything_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(51);
+    let mut a = stateful_with(Role::Leader, dir.path(), false);
+    let mut b = stateful_with(Role::Follower, dir.path(), false);
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 0, 0x11, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(a.engine.actlog_len(), 1, "one extent: the whole volume");
+    write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
+    pump(&mut a, &mut b, &mut io);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    crash_and_restart(&mut a);
+    assert_eq!(a.engine.replica_state(), 5);
+    assert_eq!(a.engine.suspect_bytes(), SIZE);
+    b.engine.link_down("test");
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(same_replicas(&a, &b));
 }
