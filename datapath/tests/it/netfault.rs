@@ -209,6 +209,20 @@ impl Hosts {
     }
 
     /// Cut (or restore) the A–B link.
+    /// Slow what A sends B down to a trickle (a token bucket of 1 Mbit/s on A's end of the
+    /// A–B link: `tc`, iproute2, as `ip`; netem is not always available), or stop.
+    fn slow_ab(&self, slow: bool) {
+        let dev = self.ifname(3, 1);
+        let mut args = vec!["ip", "netns", "exec", &self.ns[A], "tc", "qdisc"];
+        if slow {
+            args.extend(["add", "dev", &dev, "root", "tbf", "rate", "1mbit"]);
+            args.extend(["burst", "16kbit", "latency", "5s"]);
+        } else {
+            args.extend(["del", "dev", &dev, "root"]);
+        }
+        sh(&args);
+    }
+
     fn link_ab(&self, up: bool) {
         let state = if up { "up" } else { "down" };
         sh(&[
@@ -605,6 +619,11 @@ enum Kind {
     CutLink,
     /// SIGKILL, restarted with its state.
     Kill,
+    /// The leader: SIGKILL while in sync under load, restarted with its state at once (before
+    /// the follower's grant, after the witness's tie grace): the next session reconciles the
+    /// updates either site applied alone (the activity log's extents,
+    /// docs/mirror-protocol.md).
+    QuickKill,
     /// SIGKILL, restarted without its state (state directory emptied; image kept).
     KillNoState,
     /// RAM volumes: SIGKILL, restarted without state, so without its data.
@@ -623,9 +642,10 @@ enum Kind {
     Oversize,
 }
 
-const KINDS: [Kind; 9] = [
+const KINDS: [Kind; 10] = [
     Kind::CutLink,
     Kind::Kill,
+    Kind::QuickKill,
     Kind::KillNoState,
     Kind::KillRam,
     Kind::Freeze,
@@ -650,6 +670,10 @@ const STALE_READS_KNOWN_BAD: &[Kind] = &[];
 /// Where the DiskErr range lies (outside both writers' regions), and its length.
 const ERR_OFF: u64 = 8 << 20;
 const ERR_LEN: u64 = 64 << 10;
+/// Where QuickKill's burst of pipelined writes goes (64 blocks from each site), outside the
+/// writers' regions so that no later write hides a difference between the replicas.
+const BURST_OFF: u64 = 12 << 20;
+const BURST: u64 = 64;
 /// The writers' regions (1024 blocks each) and the readers' too.
 const REGION_A: u64 = 0;
 const REGION_B: u64 = 16 << 20;
@@ -1183,6 +1207,50 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     match kind {
         Kind::CutLink => h.link_ab(false),
         Kind::Kill | Kind::KillNoState | Kind::KillRam => srv[x].as_mut().unwrap().kill(),
+        Kind::QuickKill => {
+            // A burst of pipelined writes from both sites, with what the leader sends the
+            // follower slowed down (the leader applies what it sequences before the follower has
+            // it), and the leader killed while they are in flight. Their answers are never
+            // read: none counts as acknowledged, so only the replicas' identity checks them.
+            h.slow_ab(true);
+            let mut burst = Vec::new();
+            for s in [A, B] {
+                let Some(mut c) = try_connect(*addrs[s].lock().unwrap()) else {
+                    continue;
+                };
+                let mut b = Vec::new();
+                for i in 0..BURST {
+                    let off = BURST_OFF + (s as u64 * BURST + i) * 4096;
+                    let seed = (1 << 42) + (s as u64) * BURST + i;
+                    b.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+                    b.extend_from_slice(&0u16.to_be_bytes());
+                    b.extend_from_slice(&cmd::WRITE.to_be_bytes());
+                    b.extend_from_slice(&i.to_be_bytes());
+                    b.extend_from_slice(&off.to_be_bytes());
+                    b.extend_from_slice(&4096u32.to_be_bytes());
+                    b.extend_from_slice(&block(seed, off));
+                    extra_writes.push(Wr {
+                        off,
+                        seed,
+                        issued: Instant::now(),
+                        acked: None,
+                    });
+                }
+                let _ = c.write_all(&b);
+                burst.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(5 + xorshift(rnd) % 20));
+            // Killed and started again with its state at once (no clean stop); the dead
+            // process's io_uring releases its listening sockets asynchronously, so the new one
+            // waits a moment before it binds them.
+            srv[x].as_mut().unwrap().kill();
+            h.slow_ab(false);
+            drop(burst);
+            std::thread::sleep(Duration::from_millis(150 + xorshift(rnd) % 100));
+            let s = srv[x].take().unwrap().respawn();
+            *addrs[x].lock().unwrap() = s.addr;
+            srv[x] = Some(s);
+        }
         Kind::Freeze => srv[x].as_ref().unwrap().signal(libc::SIGSTOP),
         Kind::Witness => h.kill_witness(),
         Kind::DiskErr => {
@@ -1289,6 +1357,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             *addrs[x].lock().unwrap() = s.addr;
             srv[x] = Some(s);
         }
+        Kind::QuickKill => {}
         Kind::Forged | Kind::Oversize => {
             for s in [A, B] {
                 let st = mirror_state(srv[s].as_ref().unwrap());
@@ -1492,7 +1561,13 @@ fn randomised_faults_never_lose_an_acknowledged_write() {
     while i < n {
         let r = xorshift(&mut seed);
         let kind = KINDS[(r % KINDS.len() as u64) as usize];
-        let x = ((r >> 8) % 2) as usize;
+        // (A quick restart is the leader's: the follower's is granted to the leader at once,
+        // as a Kill.)
+        let x = if kind == Kind::QuickKill {
+            A
+        } else {
+            ((r >> 8) % 2) as usize
+        };
         if !enabled(kind, x) {
             continue;
         }

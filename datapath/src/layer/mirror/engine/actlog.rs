@@ -107,6 +107,10 @@ pub(super) struct ActLog {
     pub(super) unclean: bool,
     /// Sets written (handed to the persister) by this process.
     pub(super) writes: u64,
+    /// A log file was found at the start (a follower clears one it no longer keeps).
+    loaded: bool,
+    /// Updates to apply alone once the survivor state is on disk ([`Engine::survivor_enqueue`]).
+    after_durable: Vec<usize>,
 }
 
 impl ActLog {
@@ -135,6 +139,8 @@ impl ActLog {
             blocked: false,
             unclean: false,
             writes: 0,
+            loaded: false,
+            after_durable: Vec::new(),
         }
     }
 
@@ -178,6 +184,9 @@ pub fn decide_session(me: u32, peer: u32, leader: bool) -> Session {
         // The peer kept running (or restarted cleanly), or is the survivor: its copy wins.
         (5, 0) | (5, 1) => Session::Receive,
         (0, 5) => Session::Reconcile,
+        // The peer fenced (denied, so nobody acknowledged alone): this copy wins.
+        (5, 2) => Session::Reconcile,
+        (2, 5) => Session::Receive,
         // As a site in sync would with a peer resyncing or new.
         (5, 3) | (5, 4) => Session::SendAll,
         (3, 5) | (4, 5) => Session::Receive,
@@ -265,11 +274,46 @@ impl Engine {
         }
     }
 
+    /// Apply update `k` alone (survivor, or reconciliation source), once the survivor state
+    /// is on disk: a site that crashed before it would restart in sync (state 0 or 5), and
+    /// neither its activity log (not used while serving alone) nor its suspect regions would
+    /// cover an update applied alone. Its answer waited for that state anyway (durable.rs).
+    pub(super) fn survivor_enqueue(&mut self, io: &mut IoCx, k: usize) {
+        if self.durable.waiting() {
+            self.al.after_durable.push(k);
+        } else {
+            self.enqueue_apply(io, k, 0, 0);
+        }
+    }
+
     /// Every reactor turn: hand a changed set to the persister, and let the updates that
-    /// waited for it go once it is on disk.
+    /// waited for it (or for the survivor state) go once it is on disk.
     pub fn poll_actlog(&mut self, io: &mut IoCx) {
+        if !self.al.after_durable.is_empty() && !self.durable.waiting() {
+            for k in std::mem::take(&mut self.al.after_durable) {
+                // Still waiting (not failed, expired or fenced meanwhile).
+                let waits = self.ops.get(k).is_some_and(|op| {
+                    op.initiator.is_some()
+                        && op.applying == 0
+                        && !op.applied
+                        && op.apply_err.is_none()
+                        && self.mode == Mode::Survivor
+                });
+                if waits {
+                    self.enqueue_apply(io, k, 0, 0);
+                }
+            }
+        }
         if !self.al.enabled {
             return;
+        }
+        if let Some(h) = &self.al.handle
+            && h.failed() != 0
+            && !self.durable.failed
+        {
+            // Updates wait for a log that cannot be written: stop, as for the state file.
+            let why = format!("the activity log cannot be written: {}", h.error());
+            return self.fail_stop(&why);
         }
         if self.al.changed && self.mode == Mode::Mirroring && !self.durable.failed {
             self.al.changed = false;
@@ -305,6 +349,11 @@ impl Engine {
             slot_bytes: self.al.slot_bytes,
         };
         self.al.writes += 1;
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.actlog_writes.store(self.al.writes, Relaxed);
+        self.stats
+            .actlog_extents
+            .store(snap.extents.len() as u64, Relaxed);
         h.submit(snap)
     }
 
@@ -319,6 +368,10 @@ impl Engine {
         self.al.unclean = false;
         if self.al.enabled && self.al.handle.is_none() {
             self.al.changed = true;
+        } else if !self.al.enabled && std::mem::take(&mut self.al.loaded) {
+            // A log this site no longer keeps (it led the volume before): reconciled, so
+            // emptied, lest every later start counts as unclean.
+            self.al_submit(true, Some(Vec::new()));
         }
     }
 
@@ -338,7 +391,11 @@ impl Engine {
             }
             left.sort_unstable();
             left.dedup();
-            left.truncate((self.al.slot_bytes as usize - 44) / 8);
+            if left.len() > (self.al.slot_bytes as usize - 44) / 8 {
+                // More than a slot holds: the log on disk already covers them (every update
+                // sequenced was logged first), so it stays.
+                return;
+            }
         }
         let g = self.al_submit(left.is_empty(), Some(left));
         let h = self.al.handle.as_ref().expect("submitted");
@@ -358,7 +415,9 @@ impl Engine {
             return (false, Some(RegionMap::new(size, g)));
         };
         let path = actlog_path(state);
-        match alfile::load(&path) {
+        let found = alfile::load(&path);
+        self.al.loaded = found != AlLoad::Missing;
+        match found {
             AlLoad::Valid(s) if s.size == size => {
                 self.al.base = s.generation;
                 let mut m = RegionMap::new(size, g);
@@ -456,7 +515,9 @@ mod tests {
             }
         );
         assert_eq!(decide_session(5, 4, true), SendAll);
-        assert_eq!(decide_session(5, 2, true), Refuse);
+        assert_eq!(decide_session(5, 2, true), Reconcile);
+        assert_eq!(decide_session(2, 5, true), Receive);
+        assert_eq!(decide_session(5, 6, true), Refuse);
         assert_ne!(
             decide_session(5, 0, true),
             InSync,

@@ -26,7 +26,7 @@ impl Engine {
         if upd != Upd::Flush {
             self.mark_dirty(o, l);
         }
-        self.enqueue_apply(io, k, 0, 0);
+        self.survivor_enqueue(io, k);
     }
 
     /// Current mode.
@@ -130,7 +130,7 @@ impl Engine {
             let op = &mut self.ops[k];
             op.stage.confirm();
             if op.applying == 0 && !op.applied {
-                self.enqueue_apply(io, k, 0, 0);
+                self.survivor_enqueue(io, k);
             } else {
                 self.settle(k);
             }

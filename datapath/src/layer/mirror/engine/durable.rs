@@ -9,8 +9,11 @@
 //! What waits for durability, and why (think of a crash right after the transition, and a
 //! restart from the state that was on disk before it):
 //! - **Survivor (epoch E)**: no update or metadata command is *acknowledged* as survivor
-//!   until "survivor, epoch E" is durable. Updates arriving meanwhile are applied locally and
-//!   their answers held (not failed); failures are answered at once. Otherwise a crash could
+//!   until "survivor, epoch E" is durable. Updates arriving meanwhile wait and are applied
+//!   alone only once it is (`actlog.rs`, `survivor_enqueue`: a crash before would restart the
+//!   site in sync with an update applied alone that neither its activity log nor its suspect
+//!   regions record); those applied before (held for the peer) have their answers held (not
+//!   failed); failures are answered at once. Otherwise a crash could
 //!   restart the site as "in sync" or "fenced" with writes acknowledged on this replica only:
 //!   the peer, resyncing it or taken over by an operator, would silently drop them.
 //! - **In sync after a resync (source)**: the witness grant is given back only once the
@@ -221,7 +224,7 @@ impl Engine {
 
     /// The state cannot be persisted: stop serving the volume at this site (see the module
     /// doc).
-    fn fail_stop(&mut self, why: &str) {
+    pub(super) fn fail_stop(&mut self, why: &str) {
         self.durable.failed = true;
         self.durable.gate = 0;
         self.durable.release = None;
