@@ -154,18 +154,24 @@ pub fn load(path: &Path) -> AlLoad {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return AlLoad::Missing,
         Err(e) => return AlLoad::Invalid(format!("reading {}: {e}", path.display())),
     };
-    if b.is_empty() || b.len() % 2 != 0 {
-        return AlLoad::Invalid(format!("{}: length {}", path.display(), b.len()));
+    match decode(&b) {
+        Ok(s) => AlLoad::Valid(s),
+        Err(why) => AlLoad::Invalid(format!("{}: {why}", path.display())),
+    }
+}
+
+/// The newest valid version in a whole file's bytes `b` (fuzzed: `datapath/fuzz`, target
+/// `mirror_actlog`); never panics.
+pub fn decode(b: &[u8]) -> Result<AlSnapshot, String> {
+    if b.is_empty() || !b.len().is_multiple_of(2) {
+        return Err(format!("length {}", b.len()));
     }
     let half = b.len() / 2;
-    let best = [&b[..half], &b[half..]]
+    [&b[..half], &b[half..]]
         .into_iter()
         .filter_map(|s| parse(s, half as u64))
-        .max_by_key(|s| s.generation);
-    match best {
-        Some(s) => AlLoad::Valid(s),
-        None => AlLoad::Invalid(format!("{}: no valid slot", path.display())),
-    }
+        .max_by_key(|s| s.generation)
+        .ok_or_else(|| "no valid slot".to_string())
 }
 
 #[cfg(test)]
