@@ -144,6 +144,12 @@ impl ActLog {
         }
     }
 
+    /// Updates wait to be applied alone until the survivor state is on disk (a resync must
+    /// not finish meanwhile).
+    pub(super) fn waiting_alone(&self) -> bool {
+        !self.after_durable.is_empty()
+    }
+
     /// Bytes per extent.
     pub(super) fn extent(&self) -> u64 {
         1 << self.shift
@@ -297,11 +303,25 @@ impl Engine {
                         && op.applying == 0
                         && !op.applied
                         && op.apply_err.is_none()
-                        && self.mode == Mode::Survivor
                 });
-                if waits {
-                    self.enqueue_apply(io, k, 0, 0);
+                if !waits {
+                    continue;
                 }
+                if self.mode != Mode::Survivor {
+                    // (Not reached: a resync does not finish while updates wait here, and a
+                    // fence fails them.) Never applied anywhere: fail it.
+                    let (from, tag) = self.ops[k].initiator.take().expect("checked");
+                    self.done.push((from, tag, Err(Errno::IO)));
+                    self.settle(k);
+                    continue;
+                }
+                // A resync copy of its region may have been read before it is applied: dirty
+                // again, so a later copy (through the apply queue, after it) carries it.
+                let (o, l, upd) = (self.ops[k].offset, self.ops[k].len, self.ops[k].upd);
+                if upd != Upd::Flush {
+                    self.mark_dirty(o, l);
+                }
+                self.enqueue_apply(io, k, 0, 0);
             }
         }
         if !self.al.enabled {

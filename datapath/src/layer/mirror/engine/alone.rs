@@ -299,9 +299,13 @@ impl Engine {
         r.refill(now, self.cfg.resync_rate, g);
         while let Some(r) = self.resync.as_mut() {
             let ops = &self.ops;
+            // (Updates waiting for the survivor state on disk, actlog.rs, count as writes.)
+            let waiting = self.al.waiting_alone();
             let writes_in_flight = || {
-                ops.iter()
-                    .any(|(_, op)| op.origin == Origin::Local && op.applying > 0)
+                waiting
+                    || ops
+                        .iter()
+                        .any(|(_, op)| op.origin == Origin::Local && op.applying > 0)
             };
             match r.next(&mut self.dirty, g, size, writes_in_flight) {
                 Next::Stop => break,

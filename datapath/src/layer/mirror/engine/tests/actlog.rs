@@ -24,6 +24,11 @@ fn stateful(role: Role, dir: &std::path::Path) -> Site {
 
 /// The same, with the activity log switched on or off.
 fn stateful_with(role: Role, dir: &std::path::Path, log: bool) -> Site {
+    stateful_on(role, dir, log, Persister::spawn().expect("persister"))
+}
+
+/// The same, with the persister `p`.
+fn stateful_on(role: Role, dir: &std::path::Path, log: bool, p: Arc<Persister>) -> Site {
     let mut s = site(role, Duration::from_secs(3600));
     let name = if role == Role::Leader { "a" } else { "b" };
     s.engine.cfg.state_file = Some(dir.join(format!("{name}.mirror-state")));
@@ -33,8 +38,7 @@ fn stateful_with(role: Role, dir: &std::path::Path, log: bool) -> Site {
         extents: EXTENTS,
     };
     s.engine.al = super::super::actlog::ActLog::new(&s.engine.cfg);
-    s.engine
-        .set_persister(Persister::spawn().expect("persister"));
+    s.engine.set_persister(p);
     s.engine.restore().expect("restore");
     s
 }
@@ -412,4 +416,61 @@ fn without_the_activity_log_a_crashed_leader_reconciles_everything_written() {
     reconnect(&mut a, &mut b, &mut io);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     assert!(same_replicas(&a, &b));
+}
+
+/// The reconciliation's source writes alone while its survivor state is not on disk yet: the
+/// write is applied only once it is (a crash before would leave nothing recording it), the
+/// reconciliation does not finish before, and the write reaches the peer.
+#[test]
+fn a_write_at_the_reconciling_source_before_its_state_is_durable_reaches_the_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(61);
+    let pb = Persister::spawn().unwrap();
+    let mut a = stateful(Role::Leader, dir.path());
+    let mut b = stateful_on(Role::Follower, dir.path(), true, Arc::clone(&pb));
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
+    pump(&mut a, &mut b, &mut io);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    crash_and_restart(&mut a);
+    pb.hold(true);
+    struct Unhold(Arc<Persister>);
+    impl Drop for Unhold {
+        fn drop(&mut self) {
+            self.0.hold(false);
+        }
+    }
+    let _unhold = Unhold(Arc::clone(&pb));
+    b.engine.link_down("test");
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    write_at(&mut b, &mut io, &mut slot, 16384 + 512, 0xB2, 512);
+    for _ in 0..200 {
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        complete_one(&mut a, &mut io, &mut rng);
+        complete_one(&mut b, &mut io, &mut rng);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+    }
+    assert_eq!(
+        b.disk.borrow().bytes[16384 + 512],
+        0,
+        "applied alone before durable"
+    );
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Resyncing, Mode::Survivor),
+        "the reconciliation ended with a write not applied"
+    );
+    pb.hold(false);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut b);
+    assert_eq!((b.ok, b.outstanding), (1, 0));
+    assert!(same_replicas(&a, &b));
+    assert_eq!(a.disk.borrow().bytes[16384 + 512], 0xB2);
 }
