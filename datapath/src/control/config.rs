@@ -394,6 +394,9 @@ pub struct VolumeConfig {
     /// Insert an error-injecting layer failing I/O over this byte range (tests, drills).
     #[serde(default)]
     pub fail_range: Option<[u64; 2]>,
+    /// Insert an error-injecting layer failing every flush (tests, drills).
+    #[serde(default)]
+    pub fail_flush: bool,
     /// Mirror this volume with the peer site (`[mirror]`).
     #[serde(default)]
     pub mirror: bool,
@@ -563,6 +566,7 @@ impl Default for Config {
                 path: None,
                 create: true,
                 fail_range: None,
+                fail_flush: false,
                 mirror: false,
                 leader: None,
                 group: None,

@@ -127,9 +127,16 @@ fn build_device(
             Arc::new(FileDevice::open(&path, v.size.0, v.block_size, v.create)?)
         }
     };
-    Ok(match v.fail_range {
-        Some([offset, len]) => Arc::new(ErrInjDevice::new(base, FaultRange { offset, len })),
-        None => base,
+    Ok(match (v.fail_range, v.fail_flush) {
+        (None, false) => base,
+        (range, fail_flush) => {
+            let [offset, len] = range.unwrap_or([0, 0]);
+            Arc::new(ErrInjDevice::new(
+                base,
+                FaultRange { offset, len },
+                fail_flush,
+            ))
+        }
     })
 }
 

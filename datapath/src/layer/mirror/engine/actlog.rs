@@ -196,9 +196,9 @@ pub fn decide_session(me: u32, peer: u32, leader: bool) -> Session {
         // As a site in sync would with a peer resyncing or new.
         (5, 3) | (5, 4) => Session::SendAll,
         (3, 5) | (4, 5) => Session::Receive,
-        (1, 5) => decide(1, 0),
+        (1, 5) => decide(1, 0, leader),
         (5, _) | (_, 5) => Session::Refuse,
-        _ => decide(me, peer),
+        _ => decide(me, peer, leader),
     }
 }
 
@@ -469,20 +469,6 @@ impl Engine {
         }
     }
 
-    /// The reconciliation's source (session [`Session::Reconcile`]): this site's copy wins.
-    /// It becomes survivor (persisted before anything is acknowledged alone), finishes what
-    /// it held alone (those regions become dirty), and resyncs the peer with its dirty and
-    /// suspect regions and those the peer lists.
-    pub(super) fn start_reconcile_source(&mut self, io: &mut IoCx) {
-        self.set_mode(Mode::Survivor);
-        self.finish_held_alone(io);
-        self.session_start_source(io);
-        self.push_meta();
-        tracing::warn!(volume = %self.cfg.name, dirty_bytes = self.dirty_bytes(),
-            "mirror: the peer (or this site) did not stop cleanly while in sync; reconciling \
-             the regions either may hold alone (this site's copy wins)");
-    }
-
     /// Extents in the activity log (tests, status).
     pub fn actlog_len(&self) -> usize {
         self.al.len()
@@ -519,7 +505,7 @@ mod tests {
                     assert_eq!(a == InSync, b == InSync, "{me} {peer}");
                     assert_eq!(a == SplitBrain, b == SplitBrain, "{me} {peer}");
                     if me != 5 && peer != 5 {
-                        assert_eq!(a, decide(me, peer));
+                        assert_eq!(a, decide(me, peer, leader));
                     }
                 }
             }
