@@ -223,6 +223,11 @@ impl Daemon {
                             .map(|d| d.join(format!("{}.mirror-state", v.name))),
                         replica_data: replica_data(v),
                         meta: None,
+                        actlog: crate::layer::mirror::engine::ActLogConfig {
+                            enabled: m.activity_log,
+                            extent: m.actlog_extent(),
+                            extents: m.activity_log_extents,
+                        },
                     };
                     let home = index % cfg.reactor.cores.len();
                     let md = Arc::new(MirrorDevice::new(

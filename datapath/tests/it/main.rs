@@ -7,6 +7,7 @@ mod layering;
 mod malformed;
 mod mirror;
 mod netfault;
+mod netns;
 mod nvmf;
 mod nvmf_ana;
 mod nvmf_fused_resv;

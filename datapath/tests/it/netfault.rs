@@ -1,250 +1,18 @@
 //! Fault tests with real separate hosts: site A, site B and the witness each in their own
 //! network namespace, joined by veth links (A–B for replication, A–W and B–W to the witness),
-//! and the test (the client) in the root namespace with a link to each site. A partition is a
-//! link set down. Every test keeps a log of acknowledged writes and checks each one afterwards.
+//! and the test (the client) in the root namespace with a link to each site (`netns.rs`). A
+//! partition is a link set down. Every test keeps a log of acknowledged writes and checks each one afterwards.
 //! Needs root (`ip netns`), as the README's test command runs.
 
 use crate::harness::{Server, mirror_state, pattern, wait_mirror_state};
+use crate::netns::{A, B, Hosts, sh};
 use crate::rawnbd::Client;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use twinblk::frontend::nbd::proto::{self, cmd, err};
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        st.success(),
-        "{args:?} failed (these tests need root for ip netns)"
-    );
-}
-
-/// Three namespaces and five links; removed on drop.
-struct Hosts {
-    ns: [String; 3],
-    k: u32,
-    dir: tempfile::TempDir,
-    witness: Option<Child>,
-}
-
-const A: usize = 0;
-const B: usize = 1;
-const W: usize = 2;
-
-impl Hosts {
-    fn new() -> Hosts {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let k = 1 + (std::process::id() * 7 + n) % 250;
-        let tag = format!("{}{}", std::process::id() % 10000, n);
-        let ns = [
-            format!("tb{tag}a"),
-            format!("tb{tag}b"),
-            format!("tb{tag}w"),
-        ];
-        // Leftovers of an earlier run with the same names (namespace removal is asynchronous).
-        for l in 1..=2 {
-            let _ = Command::new("ip")
-                .args(["link", "del", &format!("tbv{k}l{l}e1")])
-                .stderr(Stdio::null())
-                .status();
-        }
-        for n in &ns {
-            let _ = Command::new("ip")
-                .args(["netns", "del", n])
-                .stderr(Stdio::null())
-                .status();
-            sh(&["ip", "netns", "add", n]);
-            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
-        }
-        let h = Hosts {
-            ns,
-            k,
-            dir: tempfile::tempdir().unwrap(),
-            witness: None,
-        };
-        // (link, end 1 namespace or root, end 2 namespace)
-        let links: [(u32, Option<usize>, usize); 5] = [
-            (1, None, A),
-            (2, None, B),
-            (3, Some(A), B),
-            (4, Some(A), W),
-            (5, Some(B), W),
-        ];
-        for (l, one, two) in links {
-            let (i1, i2) = (h.ifname(l, 1), h.ifname(l, 2));
-            sh(&[
-                "ip", "link", "add", &i1, "type", "veth", "peer", "name", &i2,
-            ]);
-            if let Some(one) = one {
-                sh(&["ip", "link", "set", &i1, "netns", &h.ns[one]]);
-            }
-            sh(&["ip", "link", "set", &i2, "netns", &h.ns[two]]);
-            let a1 = format!("{}/24", h.ip(l, 1));
-            let a2 = format!("{}/24", h.ip(l, 2));
-            match one {
-                Some(one) => {
-                    sh(&["ip", "-n", &h.ns[one], "addr", "add", &a1, "dev", &i1]);
-                    sh(&["ip", "-n", &h.ns[one], "link", "set", &i1, "up"]);
-                }
-                None => {
-                    sh(&["ip", "addr", "add", &a1, "dev", &i1]);
-                    sh(&["ip", "link", "set", &i1, "up"]);
-                }
-            }
-            sh(&["ip", "-n", &h.ns[two], "addr", "add", &a2, "dev", &i2]);
-            sh(&["ip", "-n", &h.ns[two], "link", "set", &i2, "up"]);
-        }
-        h
-    }
-
-    fn ifname(&self, link: u32, end: u32) -> String {
-        format!("tbv{}l{link}e{end}", self.k)
-    }
-
-    fn ip(&self, link: u32, end: u32) -> String {
-        format!("10.{}.{link}.{end}", self.k)
-    }
-
-    fn key(&self) -> PathBuf {
-        let p = self.dir.path().join("witness.key");
-        if !p.exists() {
-            std::fs::write(&p, b"netfault-test-key-0123456789abcdef").unwrap();
-        }
-        p
-    }
-
-    fn start_witness(&mut self) {
-        let key = self.key();
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns[W],
-                env!("CARGO_BIN_EXE_twinblk"),
-                "witness",
-            ])
-            .args([
-                "--listen",
-                "0.0.0.0:7790",
-                "--tie-grace-ms",
-                "500",
-                "--key-file",
-            ])
-            .arg(&key)
-            .arg("--state")
-            .arg(self.dir.path().join("witness.state"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("witness");
-        let mut out = child.stdout.take().unwrap();
-        let mut buf = [0u8; 64];
-        let n = out.read(&mut buf).unwrap_or(0);
-        assert!(n > 0, "the witness did not start");
-        self.witness = Some(child);
-    }
-
-    fn kill_witness(&mut self) {
-        if let Some(mut c) = self.witness.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Start site `who` (A or B; A is the preferred site and leader) with extra `[mirror]`
-    /// lines.
-    fn site_with(&self, who: usize, extra: &str) -> Server {
-        self.site_vol(who, extra, "backend='uring'\nsize='32MiB'")
-    }
-
-    /// As [`Hosts::site_with`], with the volume's backend and size lines given (`vol`, TOML;
-    /// a `uring` volume gets its image path added).
-    fn site_vol(&self, who: usize, extra: &str, vol: &str) -> Server {
-        let (me, peer, front, repl_me, repl_peer, witness) = if who == A {
-            (
-                "a",
-                "b",
-                self.ip(1, 2),
-                self.ip(3, 1),
-                self.ip(3, 2),
-                self.ip(4, 2),
-            )
-        } else {
-            (
-                "b",
-                "a",
-                self.ip(2, 2),
-                self.ip(3, 2),
-                self.ip(3, 1),
-                self.ip(5, 2),
-            )
-        };
-        let d = self.dir.path().join(me);
-        std::fs::create_dir_all(&d).unwrap();
-        let body = format!(
-            "[reactor]\ncores=[0]\npin=false\n\
-             [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['{repl_me}:7789']\n\
-             peer='{repl_peer}:7789'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
-             witness='{witness}:7790'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n{extra}\n\
-             [[volume]]\nname='vol0'\n{vol}\n{}mirror=true\nleader='a'\n",
-            self.key().display(),
-            if vol.contains("'uring'") {
-                format!(
-                    "path='{}'\n",
-                    self.dir.path().join(format!("{me}.img")).display()
-                )
-            } else {
-                String::new()
-            }
-        );
-        Server::start_in(&self.ns[who], &d, &front, &body)
-    }
-
-    /// Cut (or restore) the A–B link.
-    fn link_ab(&self, up: bool) {
-        let state = if up { "up" } else { "down" };
-        sh(&[
-            "ip",
-            "-n",
-            &self.ns[A],
-            "link",
-            "set",
-            &self.ifname(3, 1),
-            state,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &self.ns[B],
-            "link",
-            "set",
-            &self.ifname(3, 2),
-            state,
-        ]);
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        self.kill_witness();
-        for n in &self.ns {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        // The root ends of the links to A and B go with their peers.
-    }
-}
 
 /// Wait until both sites' first mirrored volume is `want`.
 fn wait_both(a: &Server, b: &Server, want: &str) {
@@ -604,6 +372,11 @@ enum Kind {
     CutLink,
     /// SIGKILL, restarted with its state.
     Kill,
+    /// The leader: SIGKILL while in sync under load, restarted with its state at once (before
+    /// the follower's grant, after the witness's tie grace): the next session reconciles the
+    /// updates either site applied alone (the activity log's extents,
+    /// docs/mirror-protocol.md).
+    QuickKill,
     /// SIGKILL, restarted without its state (state directory emptied; image kept).
     KillNoState,
     /// RAM volumes: SIGKILL, restarted without state, so without its data.
@@ -626,9 +399,10 @@ enum Kind {
     CutLinkNoWitness,
 }
 
-const KINDS: [Kind; 10] = [
+const KINDS: [Kind; 11] = [
     Kind::CutLink,
     Kind::Kill,
+    Kind::QuickKill,
     Kind::KillNoState,
     Kind::KillRam,
     Kind::Freeze,
@@ -654,6 +428,10 @@ const STALE_READS_KNOWN_BAD: &[Kind] = &[];
 /// Where the DiskErr range lies (outside both writers' regions), and its length.
 const ERR_OFF: u64 = 8 << 20;
 const ERR_LEN: u64 = 64 << 10;
+/// Where QuickKill's burst of pipelined writes goes (64 blocks from each site), outside the
+/// writers' regions so that no later write hides a difference between the replicas.
+const BURST_OFF: u64 = 12 << 20;
+const BURST: u64 = 64;
 /// The writers' regions (1024 blocks each) and the readers' too.
 const REGION_A: u64 = 0;
 const REGION_B: u64 = 16 << 20;
@@ -1199,6 +977,55 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             h.link_ab(false);
         }
         Kind::Kill | Kind::KillNoState | Kind::KillRam => srv[x].as_mut().unwrap().kill(),
+        Kind::QuickKill => {
+            // A burst of pipelined writes from both sites, with what the leader sends the
+            // follower slowed down (the leader applies what it sequences before the follower has
+            // it), and the leader killed while they are in flight. Their answers are never
+            // read: none counts as acknowledged, so only the replicas' identity checks them.
+            let slowed = h.slow_ab(true);
+            if !slowed {
+                note = "tc tbf unavailable: the burst was not slowed".into();
+            }
+            let mut burst = Vec::new();
+            for s in [A, B] {
+                let Some(mut c) = try_connect(*addrs[s].lock().unwrap()) else {
+                    continue;
+                };
+                let mut b = Vec::new();
+                for i in 0..BURST {
+                    let off = BURST_OFF + (s as u64 * BURST + i) * 4096;
+                    let seed = (1 << 42) + (s as u64) * BURST + i;
+                    b.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+                    b.extend_from_slice(&0u16.to_be_bytes());
+                    b.extend_from_slice(&cmd::WRITE.to_be_bytes());
+                    b.extend_from_slice(&i.to_be_bytes());
+                    b.extend_from_slice(&off.to_be_bytes());
+                    b.extend_from_slice(&4096u32.to_be_bytes());
+                    b.extend_from_slice(&block(seed, off));
+                    extra_writes.push(Wr {
+                        off,
+                        seed,
+                        issued: Instant::now(),
+                        acked: None,
+                    });
+                }
+                let _ = c.write_all(&b);
+                burst.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(5 + xorshift(rnd) % 20));
+            // Killed and started again with its state at once (no clean stop); the dead
+            // process's io_uring releases its listening sockets asynchronously, so the new one
+            // waits a moment before it binds them.
+            srv[x].as_mut().unwrap().kill();
+            if slowed {
+                h.slow_ab(false);
+            }
+            drop(burst);
+            std::thread::sleep(Duration::from_millis(150 + xorshift(rnd) % 100));
+            let s = srv[x].take().unwrap().respawn();
+            *addrs[x].lock().unwrap() = s.addr;
+            srv[x] = Some(s);
+        }
         Kind::Freeze => srv[x].as_ref().unwrap().signal(libc::SIGSTOP),
         Kind::Witness => h.kill_witness(),
         Kind::DiskErr => {
@@ -1325,6 +1152,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             *addrs[x].lock().unwrap() = s.addr;
             srv[x] = Some(s);
         }
+        Kind::QuickKill => {}
         Kind::Forged | Kind::Oversize => {
             for s in [A, B] {
                 let st = mirror_state(srv[s].as_ref().unwrap());
@@ -1543,7 +1371,13 @@ fn randomised_faults_never_lose_an_acknowledged_write() {
     while i < n {
         let r = xorshift(&mut seed);
         let kind = KINDS[(r % KINDS.len() as u64) as usize];
-        let x = ((r >> 8) % 2) as usize;
+        // (A quick restart is the leader's: the follower's is granted to the leader at once,
+        // as a Kill.)
+        let x = if kind == Kind::QuickKill {
+            A
+        } else {
+            ((r >> 8) % 2) as usize
+        };
         if !enabled(kind, x) {
             continue;
         }

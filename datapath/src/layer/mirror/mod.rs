@@ -20,6 +20,7 @@
 //! complete to the channel ([`crate::uring::IoTag::channel`]). The poller also publishes the
 //! volume's path state ([`path_state`]) for the front ends.
 
+pub mod alfile;
 pub mod engine;
 pub mod failover;
 pub mod link;
@@ -177,8 +178,10 @@ impl Poller for MirrorPoller {
         if stopping {
             e.begin_drain();
         }
-        // Answers that waited for a durable replica state, or the fail-stop.
+        // Answers that waited for a durable replica state, or the fail-stop; the activity
+        // log's write and the updates that waited for it.
         e.poll_durable();
+        e.poll_actlog(cx.io);
         // Timeouts and pings run while stopping too; only dialling stops.
         let dial = tick && e.tick(cx.io, now) && !stopping;
         let state = e.path_state(now);
@@ -214,8 +217,13 @@ impl Poller for MirrorPoller {
 
     fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant> {
         // A held-back ACK must not wait for the next message.
-        let ack = engine_of(chans, self.vol).and_then(|e| e.ack_deadline());
-        Some(ack.map_or(self.next_tick, |a| a.min(self.next_tick)))
+        let e = engine_of(chans, self.vol)?;
+        // (An update waiting for the activity log's write is looked at again soon.)
+        let soon = e
+            .ack_deadline()
+            .into_iter()
+            .chain(e.actlog_deadline(Instant::now()));
+        Some(soon.fold(self.next_tick, Instant::min))
     }
 
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool {

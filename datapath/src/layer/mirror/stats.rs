@@ -53,6 +53,10 @@ pub struct MirrorStats {
     pub resync_rate: AtomicU64,
     /// The running resync's estimated time left, ms (0: none running).
     pub resync_eta_ms: AtomicU64,
+    /// Leader: extents in the activity log.
+    pub actlog_extents: AtomicU64,
+    /// Leader: versions of the activity log handed to the persister since the start.
+    pub actlog_writes: AtomicU64,
     /// The engine's mode, as `Mode as u8`.
     mode: std::sync::atomic::AtomicU8,
     /// Reads may be served until then ([`mono_ns`]); `u64::MAX`: always (survivor); 0:
@@ -119,6 +123,10 @@ pub struct MirrorSnapshot {
     pub resync_rate_bytes_per_s: u64,
     /// Its estimated time left, seconds (dirty bytes left at the current rate).
     pub resync_eta_s: f64,
+    /// Extents in the activity log (leader).
+    pub actlog_extents: u64,
+    /// Versions of the activity log written since the start (leader).
+    pub actlog_writes: u64,
     /// Set when the replica state could not be persisted: why (the volume is stopped at
     /// this site, state `failed`; fix the state directory and restart the daemon).
     pub persist_error: Option<String>,
@@ -261,6 +269,8 @@ impl MirrorStats {
             resync_running: self.resync_rate.load(Relaxed) > 0,
             resync_rate_bytes_per_s: self.resync_rate.load(Relaxed),
             resync_eta_s: self.resync_eta_ms.load(Relaxed) as f64 / 1000.0,
+            actlog_extents: self.actlog_extents.load(Relaxed),
+            actlog_writes: self.actlog_writes.load(Relaxed),
             rtt_p50_us: rtt,
             persist_error,
             failure,

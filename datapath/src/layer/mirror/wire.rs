@@ -288,8 +288,8 @@ pub fn decode(buf: &[u8]) -> Decoded {
     Decoded::Msg(h, HEADER..total)
 }
 
-/// Largest replica state in HELLO / WELCOME `id` (4: new).
-pub const MAX_REPLICA_STATE: u32 = 4;
+/// Largest replica state in HELLO / WELCOME `id` (5: in sync, stopped uncleanly).
+pub const MAX_REPLICA_STATE: u32 = 5;
 /// Largest status in META_STATE / META_ACK `count` (an NVMe status is 16 bits).
 pub const MAX_META_STATUS: u32 = 0xFFFF;
 /// Largest errno in a FLUSH_DONE payload.
@@ -920,7 +920,7 @@ mod tests {
         let bad = [
             (
                 Header {
-                    id: 5,
+                    id: 6,
                     ..h(Type::Hello)
                 },
                 payload(&h(Type::Hello)),

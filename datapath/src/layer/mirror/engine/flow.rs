@@ -20,6 +20,13 @@ impl Engine {
     /// Leader: an update (this site's or forwarded) to sequence, unless a compare-and-write
     /// is being decided: then it waits behind it.
     pub(super) fn leader_take(&mut self, io: &mut IoCx, k: usize) {
+        // Its extents must be in the activity log, on disk, first (actlog.rs); while it waits,
+        // everything taken after it waits too, in order.
+        if !self.al_admit(k) {
+            self.leader.wait(k);
+            self.al.blocked = true;
+            return;
+        }
         if self.leader.take(k) {
             self.leader_start(io, k);
         }
@@ -46,7 +53,13 @@ impl Engine {
         if self.mode != Mode::Mirroring {
             return;
         }
-        while let Some(k) = self.leader.next_unblocked() {
+        self.al.blocked = false;
+        while let Some(k) = self.leader.peek_unblocked() {
+            if !self.al_admit(k) {
+                self.al.blocked = true;
+                return;
+            }
+            self.leader.next_unblocked();
             self.leader_start(io, k);
         }
     }

@@ -52,6 +52,9 @@
 //! - `resync.rs`: `ResyncSource` (the cursor, rate budget, reads, last pass, deferred
 //!   updates and the attempt's copied regions; says the next step: read, finish or stop) and
 //!   `ResyncTarget` (copies being applied, RESYNC_DONE).
+//! - `actlog.rs`: `ActLog`, the leader's activity log (a persisted, bounded set of hot
+//!   extents written before the updates to them) and the reconciliation of a site that did
+//!   not stop cleanly (replica state 5, `decide_session`).
 //! - `survivor.rs`: `Witness`, asking the witness for the grant (and an operator's
 //!   takeover); returns `Grant` (wait, survive, fence).
 //! - `flush.rs`: `Flushes`, this site's flushes waiting for FLUSH_DONE.
@@ -69,6 +72,7 @@
 //! ops, the local replica's channel and the replica state that `persist`/`restore` read and
 //! write (mode, grant epoch, dirty, written and suspect maps, the resync's copied map).
 
+mod actlog;
 mod alone;
 mod apply;
 mod dispatch;
@@ -91,6 +95,7 @@ use super::txq::{Data, DataPool, TxQueue};
 use super::wire::{self, Header, Type};
 use crate::bdev::{Channel, Start};
 use crate::uring::{Errno, IoCx, IoTag};
+pub use actlog::{ActLogConfig, actlog_path, decide_session};
 use apply::ApplyQueue;
 use flush::Flushes;
 use follower::{Follower, Resent};
@@ -180,6 +185,8 @@ pub struct EngineConfig {
     pub replica_data: super::state::ReplicaData,
     /// Replicated metadata (reservations) of the volume, when a front end keeps any.
     pub meta: Option<Arc<dyn MetaHandler>>,
+    /// The activity log (actlog.rs; kept by a leader with a state file).
+    pub actlog: ActLogConfig,
 }
 
 /// One mirrored volume's engine.
@@ -253,6 +260,8 @@ pub struct Engine {
     /// Survivor: nothing is acknowledged alone before then (the lost peer's read lease has
     /// certainly expired); none: no wait.
     alone_after: Option<Instant>,
+    /// The activity log and the unclean mark (actlog.rs).
+    al: actlog::ActLog,
     /// The answers waiting for `alone_after`.
     alone_held: Vec<(u32, IoTag, Result<(), Errno>)>,
 }
@@ -267,6 +276,7 @@ impl Engine {
     ) -> Self {
         let (size, g) = (cfg.size, cfg.dirty_granularity);
         let lease = lease_for(cfg.peer_dead);
+        let al = actlog::ActLog::new(&cfg);
         Self {
             cfg,
             inner,
@@ -312,11 +322,15 @@ impl Engine {
             handshake_sent: None,
             alone_after: None,
             alone_held: Vec::new(),
+            al,
         }
     }
 
     /// Change mode, publish it and persist it (durable.rs: what waits until it is durable).
     fn set_mode(&mut self, m: Mode) {
+        if m == Mode::Mirroring {
+            self.al_mirroring();
+        }
         self.mode = m;
         self.stats.set_mode(m);
         self.publish_lease();
@@ -355,8 +369,14 @@ impl Engine {
         } else {
             RegionMap::all(size, g)
         };
-        // Suspect regions (docs/mirror-protocol.md, "Suspect regions").
+        // Suspect regions (docs/mirror-protocol.md, "Suspect regions"), and whether a site in
+        // sync stopped uncleanly, from its activity log (actlog.rs).
         let led = p.led || self.cfg.role == Role::Leader;
+        let (unclean, logged) = if p.mode == 0 {
+            self.restore_actlog(p.clean, led)
+        } else {
+            (false, None)
+        };
         let suspect = match (p.mode, p.suspect) {
             // A new replica has applied nothing; a survivor's own dirty bitmap covers them.
             (4, _) => Vec::new(),
@@ -365,6 +385,9 @@ impl Engine {
             // Exact: written at a clean stop, or at the fence (a fenced or resyncing site
             // applies nothing of its own after it).
             (m, Some(s)) if same_geometry && (p.clean || m != 0 || !led) => s,
+            // A leader that did not stop cleanly: as recorded, plus its activity log's
+            // extents (below).
+            (0, Some(s)) if same_geometry && logged.is_some() => s,
             // A follower applies only what its leader ordered, which the leader (or the
             // survivor that resyncs it) has.
             (_, None) if !led => Vec::new(),
@@ -373,6 +396,15 @@ impl Engine {
             _ => self.written.words().to_vec(),
         };
         self.suspect = RegionMap::from_words(size, g, suspect);
+        if let Some(m) = &logged {
+            self.suspect.or_with(m);
+        }
+        self.al.unclean = unclean;
+        if unclean {
+            tracing::warn!(volume = %self.cfg.name, suspect_bytes = self.suspect.bytes(),
+                "mirror: this site did not stop cleanly while in sync; its next session \
+                 reconciles the regions it or its peer may hold alone");
+        }
         let mode = match p.mode {
             0 => Mode::Waiting,
             4 => {
@@ -418,8 +450,13 @@ impl Engine {
     }
 
     /// This site's replica state as told to the peer in HELLO/WELCOME (`id` field):
-    /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing.
+    /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing, 4 new, 5 in sync but stopped
+    /// uncleanly (actlog.rs).
     pub fn replica_state(&self) -> u32 {
+        if self.al.unclean && self.mode == Mode::Waiting && !self.new_replica {
+            // In sync, stopped uncleanly: its next session reconciles (actlog.rs).
+            return 5;
+        }
         replica::replica_state(self.mode, self.new_replica)
     }
 
@@ -513,7 +550,7 @@ impl Engine {
             ));
         }
         let me = self.replica_state();
-        match decide(me, peer, self.cfg.role == Role::Leader) {
+        match decide_session(me, peer, self.cfg.role == Role::Leader) {
             Session::InSync => {
                 // In sync (or both new and empty).
                 self.new_replica = false;
@@ -643,6 +680,7 @@ impl Engine {
     /// the peer timeout, ping, and notice a silent peer. True when the follower should dial.
     pub fn tick(&mut self, io: &mut IoCx, now: Instant) -> bool {
         self.poll_durable();
+        self.poll_actlog(io);
         if let Some((offset, len, e)) = self.stats.take_read_failure() {
             // A host read another reactor issued failed at the local device.
             self.fail_replica("read", offset, len, e);
@@ -1185,6 +1223,7 @@ impl Drop for Engine {
     /// A clean stop: the persisted bitmap is exact.
     fn drop(&mut self) {
         self.persist_clean_stop();
+        self.actlog_clean_stop();
     }
 }
 

@@ -267,6 +267,9 @@ fn a_survivor_whose_write_fails_stops_serving_and_keeps_its_survivor_state() {
     while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
     assert!(p.a.engine.wait_persisted());
     p.a.engine.poll_durable();
+    // (Applied alone once the survivor state is on disk.)
+    p.a.engine.poll_actlog(&mut p.io);
+    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
     // Its first alone answers wait for b's read lease to have expired.
     past_peer_lease(&mut p.a, &mut p.io);
     collect(&mut p.a);

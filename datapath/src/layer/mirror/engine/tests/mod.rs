@@ -99,6 +99,7 @@ fn site(role: Role, timeout: Duration) -> Site {
         state_file: None,
         replica_data: Default::default(),
         meta: None,
+        actlog: Default::default(),
     };
     Site {
         engine: Engine::new(
@@ -840,6 +841,7 @@ fn deliver_without_acks(from: &mut Site, to: &mut Site, io: &mut IoCx) {
     from.wire.drain(..at);
 }
 
+mod actlog;
 mod diskerr;
 mod durable;
 mod failover;
