@@ -2,5 +2,8 @@
 //! and `twinblk-nvme` (NVMe/TCP initiator: discovery, identify, load generator).
 //!
 //! - [`nvmf`]: a userspace NVMe/TCP initiator (blocking sockets) and its load generator.
+//! - [`twinlink`]: the link emulator behind the `twinlink` binary (delay, jitter, bandwidth,
+//!   loss, cuts between sites, changed at run time).
 
 pub mod nvmf;
+pub mod twinlink;
