@@ -218,6 +218,7 @@ impl Daemon {
                         meta: None,
                     };
                     let home = index % cfg.reactor.cores.len();
+                    let slot = engine.failover.clone();
                     let md = Arc::new(MirrorDevice::new(
                         device,
                         engine,
@@ -232,6 +233,8 @@ impl Daemon {
                         stats: Arc::clone(&md.stats),
                         leader,
                         home,
+                        group: v.group.clone().unwrap_or_else(|| v.name.clone()),
+                        failover: slot,
                     });
                     Volume::with_path(v.name.clone(), md.clone(), Arc::clone(&md.path))
                 }

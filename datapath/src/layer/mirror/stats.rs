@@ -82,6 +82,8 @@ pub struct MirrorSnapshot {
     pub role: &'static str,
     /// `up`, `down` or `diverged`.
     pub state: &'static str,
+    /// A session with the peer is up (in any mode: e.g. also while resyncing).
+    pub link_up: bool,
     /// Sessions started so far.
     pub session: u32,
     /// Updates from this site's initiators.
@@ -121,6 +123,8 @@ pub struct MirrorSnapshot {
     pub failure: Option<String>,
     /// Median PING round trip over the last samples, in microseconds (null: none yet).
     pub rtt_p50_us: Option<f64>,
+    /// An operator's takeover (`mirror_takeover`) waits for the witness's answer.
+    pub takeover_pending: bool,
 }
 
 impl MirrorStats {
@@ -218,6 +222,7 @@ impl MirrorStats {
                     Mode::Mirroring => "down",
                 }
             },
+            link_up: self.up.load(Relaxed),
             session: self.session.load(Relaxed),
             updates: self.updates.load(Relaxed),
             replicated: self.replicated.load(Relaxed),
@@ -234,6 +239,7 @@ impl MirrorStats {
             resync_rate_bytes_per_s: self.resync_rate.load(Relaxed),
             resync_eta_s: self.resync_eta_ms.load(Relaxed) as f64 / 1000.0,
             rtt_p50_us: rtt,
+            takeover_pending: self.takeover.load(Relaxed),
             persist_error,
             failure,
         }

@@ -1,0 +1,329 @@
+//! `twinblk-ctl` against a real two-site cluster on loopback: two twinblk daemons (the same
+//! `Daemon` that `twinblk serve` runs, started in this test process so the test needs no
+//! binary from another crate) mirroring a volume, with a witness, each with its control
+//! socket; the `twinblk-ctl` binary is run as an operator would.
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+struct Witness {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    addr: SocketAddr,
+    state: PathBuf,
+}
+
+impl Witness {
+    fn start(dir: &Path) -> Witness {
+        let state = dir.join("witness.state");
+        let mut w = twinblk_witness::Witness::open(twinblk_witness::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            state: state.clone(),
+            key: twinblk_witness::Key::new(KEY).unwrap(),
+            tie_grace: Duration::from_millis(500),
+            init: true,
+        })
+        .expect("witness");
+        let addr = w.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let thread = Some(std::thread::spawn(move || {
+            let _ = w.serve(&s);
+        }));
+        Witness {
+            stop,
+            thread,
+            addr,
+            state,
+        }
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP port free on 127.0.0.1, below the ephemeral range (as the datapath's harness does),
+/// probed by binding it.
+fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(104_729) % 12_000,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..12_000 {
+        let port = (20_000 + NEXT.fetch_add(1, Ordering::SeqCst) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// One site: a daemon with a control socket at `dir/NAME.sock`, mirroring `vol0`.
+fn site(
+    dir: &Path,
+    me: &str,
+    peer: &str,
+    port: u16,
+    peer_port: u16,
+    w: SocketAddr,
+) -> twinblk::Daemon {
+    let key = dir.join("witness.key");
+    std::fs::write(&key, KEY).unwrap();
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n\
+         [control]\nsocket='{}'\n\
+         [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{port}']\n\
+         peer='127.0.0.1:{peer_port}'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
+         witness='{w}'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n\
+         [[volume]]\nname='vol0'\nbackend='malloc'\nsize='4MiB'\nmirror=true\nleader='a'\n\
+         [[volume]]\nname='scratch'\nbackend='malloc'\nsize='1MiB'\n",
+        dir.join(format!("{me}.sock")).display(),
+        key.display(),
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("config");
+    twinblk::Daemon::start(&cfg).expect("daemon starts")
+}
+
+fn ctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_twinblk-ctl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn mirror_state(sock: &Path) -> String {
+    twinblk_tools::ctl::call(sock, "mirror_status", Value::Null)
+        .ok()
+        .and_then(|v| v[0]["state"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn wait_state(sock: &Path, want: &str, within: Duration) {
+    let t = Instant::now();
+    while mirror_state(sock) != want {
+        assert!(
+            t.elapsed() < within,
+            "{}: state {:?}, never {want}",
+            sock.display(),
+            mirror_state(sock)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn status_and_verbs_on_a_two_site_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let w = Witness::start(dir);
+    let (pa, pb) = (free_port(), free_port());
+    let a = site(dir, "a", "b", pa, pb, w.addr);
+    let mut b = site(dir, "b", "a", pb, pa, w.addr);
+    let (sa, sb) = (dir.join("a.sock"), dir.join("b.sock"));
+    let (arg_a, arg_b) = (
+        format!("--socket=a={}", sa.display()),
+        format!("--socket=b={}", sb.display()),
+    );
+    let ws = format!("--witness-state={}", w.state.display());
+    wait_state(&sa, "up", Duration::from_secs(10));
+    wait_state(&sb, "up", Duration::from_secs(10));
+    // Both sites have heard from the witness once (status wants it reachable).
+    let t = Instant::now();
+    loop {
+        let o = ctl(&[&arg_a, &arg_b, "status", &ws]);
+        if code(&o) == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "never in sync:\n{}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // In sync: exit 0, one screen naming both sites and the volume.
+    let o = ctl(&[&arg_a, &arg_b, "status", &ws]);
+    let screen = text(&o);
+    eprintln!("{screen}");
+    assert_eq!(code(&o), 0, "{screen}");
+    assert!(screen.contains("everything in sync"), "{screen}");
+    assert!(
+        screen.contains("group vol0") && screen.contains("volume vol0"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("optimized") && screen.contains("non_optimized"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("witness state file: holder none, epoch 0"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("unmirrored volumes") && screen.contains("scratch"),
+        "{screen}"
+    );
+
+    // The same as JSON.
+    let o = ctl(&[&arg_a, &arg_b, "status", "--json", &ws]);
+    assert_eq!(code(&o), 0);
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["in_sync"], true, "{st}");
+    let vol = &st["groups"][0]["volumes"][0];
+    assert_eq!(vol["volume"], "vol0");
+    let sites = vol["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 2);
+    for (s, role, path) in [
+        (&sites[0], "leader", "optimized"),
+        (&sites[1], "follower", "non_optimized"),
+    ] {
+        assert_eq!(s["mirror"]["state"], "up", "{s}");
+        assert_eq!(s["mirror"]["link_up"], true, "{s}");
+        assert_eq!(s["mirror"]["role"], role, "{s}");
+        assert_eq!(s["mirror"]["path_state"], path, "{s}");
+        assert_eq!(s["mirror"]["witness"]["reachable"], true, "{s}");
+        assert_eq!(s["mirror"]["witness"]["holder"], Value::Null, "{s}");
+    }
+    assert_eq!(st["sites"][0]["name"], "a");
+    assert_eq!(st["sites"][0]["site_id"], 1);
+
+    // --watch with --count: one JSON line per screen.
+    let o = ctl(&[
+        &arg_a, &arg_b, "status", "--json", "--watch", "0.1", "--count", "2",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+
+    // Raw methods, old form and `call`.
+    let o = ctl(&[&format!("--socket={}", sa.display()), "mirror_status"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["volume"], "vol0");
+    let o = ctl(&[&format!("--socket={}", sa.display()), "call", "daemon_info"]);
+    assert_eq!(code(&o), 0);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["mirror"]["site"], "a");
+    let o = ctl(&[
+        &format!("--socket={}", sa.display()),
+        "call",
+        "no_such_method",
+    ]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("-32601"), "{}", text(&o));
+    let o = ctl(&[
+        "--socket",
+        &dir.join("nobody.sock").display().to_string(),
+        "status",
+    ]);
+    assert_eq!(code(&o), 4, "{}", text(&o));
+    assert!(text(&o).contains("NOT ANSWERING"), "{}", text(&o));
+
+    // Takeover needs its flag; with the peer connected it does nothing.
+    let o = ctl(&[&arg_b, "takeover", "vol0"]);
+    assert_eq!(code(&o), 5, "{}", text(&o));
+    assert_eq!(mirror_state(&sb), "up");
+    let o = ctl(&[
+        &arg_b,
+        "takeover",
+        "vol0",
+        "--accept-data-loss",
+        "--wait",
+        "3",
+    ]);
+    assert_eq!(code(&o), 6, "{}", text(&o));
+    assert!(text(&o).contains("still sees its peer"), "{}", text(&o));
+    let o = ctl(&[&arg_b, "takeover", "nothere", "--accept-data-loss"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+
+    // Site b goes away: a is granted survivorship by the witness.
+    b.stop();
+    drop(b);
+    wait_state(&sa, "survivor", Duration::from_secs(10));
+    let o = ctl(&[&arg_a, &arg_b, "status", &ws]);
+    let screen = text(&o);
+    eprintln!("{screen}");
+    assert_eq!(code(&o), 4, "b does not answer:\n{screen}");
+    assert!(
+        screen.contains("NOT IN SYNC") && screen.contains("survivor"),
+        "{screen}"
+    );
+    // Asking only a: every site asked answered, but nothing is in sync.
+    let o = ctl(&[&arg_a, "status", "--json", &ws]);
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &st["groups"][0]["volumes"][0]["sites"][0]["mirror"];
+    assert_eq!(m["state"], "survivor", "{st}");
+    assert_eq!(m["path_state"], "optimized", "{st}");
+    assert_eq!(m["link_up"], false, "{st}");
+    assert_eq!(m["witness"]["holder"], 1, "{st}");
+    assert_eq!(m["witness"]["last_answer"], "granted", "{st}");
+    let epoch = m["witness"]["epoch"].as_u64().unwrap();
+    assert!(epoch >= 1, "{st}");
+    // The witness's own state file says the same.
+    let rec = &st["groups"][0]["witness_record"];
+    assert_eq!(rec["holder"], 1, "{st}");
+    assert_eq!(rec["epoch"], epoch, "{st}");
+    let problems = st["problems"].to_string();
+    assert!(problems.contains("state survivor"), "{problems}");
+    assert!(problems.contains("holds the survivor grant"), "{problems}");
+    drop(a);
+}
+
+#[test]
+fn a_site_that_is_not_there_is_reported_not_guessed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = twinblk_tools::ctl::status(
+        &[
+            format!("a={}", tmp.path().join("a.sock").display())
+                .parse()
+                .unwrap(),
+            format!("b={}", tmp.path().join("b.sock").display())
+                .parse()
+                .unwrap(),
+        ],
+        Some(&tmp.path().join("no.state")),
+    );
+    assert!(!st.in_sync);
+    assert_eq!(st.exit_code(), 4);
+    assert_eq!(st.sites[0].name, "a");
+    assert!(!st.sites[0].reachable);
+    assert!(
+        st.problems.iter().any(|p| p.contains("witness state file")),
+        "{:?}",
+        st.problems
+    );
+}
