@@ -228,7 +228,7 @@ fn serve(cfg: Config) -> Result<()> {
     }
     if !cfg.control.socket.as_os_str().is_empty() {
         println!(
-            "  control: {} (twinblk-ctl --socket {} reactor_stats)",
+            "  control: {} (twinblk-ctl --socket {} status)",
             cfg.control.socket.display(),
             cfg.control.socket.display()
         );
