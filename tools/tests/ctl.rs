@@ -84,13 +84,26 @@ fn site(
     peer_port: u16,
     w: SocketAddr,
 ) -> twinblk::Daemon {
+    let peer_addr: SocketAddr = format!("127.0.0.1:{peer_port}").parse().unwrap();
+    site_via(dir, me, peer, port, peer_addr, w)
+}
+
+/// As [`site`], reaching its peer at `peer_addr` (e.g. through twinlink).
+fn site_via(
+    dir: &Path,
+    me: &str,
+    peer: &str,
+    port: u16,
+    peer_addr: SocketAddr,
+    w: SocketAddr,
+) -> twinblk::Daemon {
     let key = dir.join("witness.key");
     std::fs::write(&key, KEY).unwrap();
     let text = format!(
         "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n\
          [control]\nsocket='{}'\n\
          [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{port}']\n\
-         peer='127.0.0.1:{peer_port}'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
+         peer='{peer_addr}'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
          witness='{w}'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n\
          [[volume]]\nname='vol0'\nbackend='malloc'\nsize='4MiB'\nmirror=true\nleader='a'\n\
          [[volume]]\nname='scratch'\nbackend='malloc'\nsize='1MiB'\n",
@@ -326,4 +339,118 @@ fn a_site_that_is_not_there_is_reported_not_guessed() {
         "{:?}",
         st.problems
     );
+}
+
+/// The sites' link goes through twinlink: its round trip shows in the status, a gray failure
+/// (cut both ways, connections left open) makes the leader the survivor and the status says
+/// so, and after the restore the sites resync and the status is back to exit 0.
+#[test]
+fn status_through_twinlink_delay_and_a_gray_failure() {
+    use twinblk_tools::twinlink::{Dir, LinkSpec, Proxy, Shape, ShapePatch};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let w = Witness::start(dir);
+    let (pa, pb) = (free_port(), free_port());
+    let link = |name: &str, to: u16| LinkSpec {
+        name: name.into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        target: format!("127.0.0.1:{to}").parse().unwrap(),
+    };
+    let rtt = Shape {
+        delay_ms: 2.5,
+        ..Shape::default()
+    };
+    let proxy = Proxy::start(
+        &[(link("a2b", pb), [rtt; 2]), (link("b2a", pa), [rtt; 2])],
+        16 << 20,
+    )
+    .unwrap();
+    let a = site_via(dir, "a", "b", pa, proxy.addr("a2b").unwrap(), w.addr);
+    let b = site_via(dir, "b", "a", pb, proxy.addr("b2a").unwrap(), w.addr);
+    let (sa, sb) = (dir.join("a.sock"), dir.join("b.sock"));
+    let (arg_a, arg_b) = (
+        format!("--socket=a={}", sa.display()),
+        format!("--socket=b={}", sb.display()),
+    );
+    wait_state(&sa, "up", Duration::from_secs(10));
+    wait_state(&sb, "up", Duration::from_secs(10));
+    let status = || {
+        let o = ctl(&[&arg_a, &arg_b, "status", "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        (code(&o), v)
+    };
+    let wait_for = |what: &str, ok: &dyn Fn(i32, &Value) -> bool, within: Duration| {
+        let t = Instant::now();
+        loop {
+            let (c, v) = status();
+            if ok(c, &v) {
+                return v;
+            }
+            assert!(t.elapsed() < within, "never {what}: exit {c}\n{v:#}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The link's round trip, as the leader measures it, includes twinlink's 5 ms.
+    let v = wait_for(
+        "in sync with a measured RTT",
+        &|c, v| {
+            c == 0
+                && v["groups"][0]["volumes"][0]["sites"][0]["mirror"]["rtt_p50_us"]
+                    .as_f64()
+                    .is_some()
+        },
+        Duration::from_secs(10),
+    );
+    let rtt_us = v["groups"][0]["volumes"][0]["sites"][0]["mirror"]["rtt_p50_us"]
+        .as_f64()
+        .unwrap();
+    // At least the 5 ms twinlink adds (its accuracy is tested in tests/twinlink.rs; the
+    // sites' own PING turnaround varies with the load of a shared machine).
+    assert!(
+        (5000.0..50_000.0).contains(&rtt_us),
+        "link RTT {rtt_us} µs with 5 ms added"
+    );
+
+    // Gray failure: nothing passes, nothing is closed.
+    let cut = |on: bool| {
+        let p = ShapePatch {
+            cut: Some(on),
+            ..Default::default()
+        };
+        proxy.set(None, Dir::Both, &p).unwrap();
+    };
+    cut(true);
+    let t = Instant::now();
+    let v = wait_for(
+        "a survivor",
+        &|c, v| {
+            let s = &v["groups"][0]["volumes"][0]["sites"];
+            c == 3 && s[0]["mirror"]["state"] == "survivor" && s[1]["mirror"]["state"] == "fenced"
+        },
+        Duration::from_secs(10),
+    );
+    eprintln!(
+        "gray failure: a survivor and b fenced after {:?}",
+        t.elapsed()
+    );
+    let s = &v["groups"][0]["volumes"][0]["sites"];
+    assert_eq!(s[0]["mirror"]["witness"]["holder"], 1, "{v:#}");
+    assert_eq!(s[1]["mirror"]["path_state"], "inaccessible", "{v:#}");
+    assert!(
+        proxy
+            .status()
+            .iter()
+            .map(|l| l.open_connections)
+            .sum::<u64>()
+            >= 1,
+        "the cut closed the connections: {:?}",
+        proxy.status()
+    );
+
+    // Restore: the sites find each other again, resync, and the status is clean.
+    cut(false);
+    let t = Instant::now();
+    wait_for("back in sync", &|c, _| c == 0, Duration::from_secs(30));
+    eprintln!("in sync again {:?} after the restore", t.elapsed());
+    drop((a, b));
 }
