@@ -233,6 +233,9 @@ fn serve(cfg: Config) -> Result<()> {
             cfg.control.socket.display()
         );
     }
+    if let Some(m) = daemon.metrics_addr() {
+        println!("  metrics: http://{m}/metrics");
+    }
     println!("Ctrl-C stops it (in-flight I/O is finished first).");
     use std::io::Write;
     let _ = std::io::stdout().flush();

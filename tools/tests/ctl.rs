@@ -101,7 +101,7 @@ fn site_via(
     std::fs::write(&key, KEY).unwrap();
     let text = format!(
         "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n\
-         [control]\nsocket='{}'\n\
+         [control]\nsocket='{}'\nmetrics='127.0.0.1:0'\n\
          [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{port}']\n\
          peer='{peer_addr}'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
          witness='{w}'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n\
@@ -112,6 +112,20 @@ fn site_via(
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("config");
     twinblk::Daemon::start(&cfg).expect("daemon starts")
+}
+
+/// `GET /metrics` from a site's metrics endpoint; the body (after checking the status).
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    body.to_string()
 }
 
 fn ctl(args: &[&str]) -> Output {
@@ -230,6 +244,36 @@ fn status_and_verbs_on_a_two_site_cluster() {
     assert_eq!(st["sites"][0]["name"], "a");
     assert_eq!(st["sites"][0]["site_id"], 1);
 
+    // Each site's metrics endpoint, scraped as Prometheus would.
+    let m = scrape(a.metrics_addr().expect("metrics endpoint"));
+    for want in [
+        "twinblk_volume_ops_total{volume=\"vol0\"}",
+        "twinblk_volume_written_bytes_total{volume=\"scratch\"}",
+        "twinblk_reactor_busy_seconds_total{reactor=\"0\"}",
+        "twinblk_mirror_state{volume=\"vol0\",state=\"up\"} 1",
+        "twinblk_mirror_state{volume=\"vol0\",state=\"survivor\"} 0",
+        "twinblk_mirror_path_state{volume=\"vol0\",state=\"optimized\"} 1",
+        "twinblk_mirror_link_up{volume=\"vol0\"} 1",
+        "twinblk_mirror_dirty_bytes{volume=\"vol0\"} 0",
+        "twinblk_mirror_backlog_bytes{volume=\"vol0\"}",
+        "twinblk_mirror_link_rtt_p50_seconds{volume=\"vol0\"}",
+        "twinblk_witness_reachable{group=\"vol0\"} 1",
+        "twinblk_witness_grant_held{group=\"vol0\"} 0",
+    ] {
+        assert!(m.contains(want), "{want} missing from:\n{m}");
+    }
+    // Prometheus conventions: every counter ends in _total, every name has the prefix.
+    for l in m.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let w: Vec<&str> = l.split(' ').collect();
+        assert!(w[2].starts_with("twinblk_"), "{l}");
+        assert_eq!(w[3] == "counter", w[2].ends_with("_total"), "{l}");
+    }
+    let b_metrics = scrape(b.metrics_addr().unwrap());
+    assert!(
+        b_metrics.contains("twinblk_mirror_path_state{volume=\"vol0\",state=\"non_optimized\"} 1"),
+        "{b_metrics}"
+    );
+
     // --watch with --count: one JSON line per screen.
     let o = ctl(&[
         &arg_a, &arg_b, "status", "--json", "--watch", "0.1", "--count", "2",
@@ -310,6 +354,19 @@ fn status_and_verbs_on_a_two_site_cluster() {
     let rec = &st["groups"][0]["witness_record"];
     assert_eq!(rec["holder"], 1, "{st}");
     assert_eq!(rec["epoch"], epoch, "{st}");
+    let m = scrape(a.metrics_addr().unwrap());
+    assert!(
+        m.contains("twinblk_mirror_state{volume=\"vol0\",state=\"survivor\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("twinblk_witness_grant_held{group=\"vol0\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("twinblk_mirror_link_up{volume=\"vol0\"} 0"),
+        "{m}"
+    );
     let problems = st["problems"].to_string();
     assert!(problems.contains("state survivor"), "{problems}");
     assert!(problems.contains("holds the survivor grant"), "{problems}");

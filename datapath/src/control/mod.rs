@@ -5,9 +5,11 @@
 //! reactor touches.
 //!
 //! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
-//! `reactor_stats`, `volume_stats`, `nvmf_subsystems`.
+//! `reactor_stats`, `volume_stats`, `mirror_status`, `mirror_takeover`, `nvmf_subsystems`.
+//! [`metrics`] serves the same published state to Prometheus.
 
 pub mod config;
+pub mod metrics;
 
 use crate::control::config::Config;
 use crate::frontend::nbd::NbdExport;
