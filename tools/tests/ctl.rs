@@ -128,6 +128,26 @@ fn scrape(addr: SocketAddr) -> String {
     body.to_string()
 }
 
+/// `promtool check metrics` (Prometheus's own linter of the exposition format and naming).
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is not installed: run the README's test command (Debian's prometheus package)");
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn ctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_twinblk-ctl"))
         .args(args)
@@ -268,6 +288,7 @@ fn status_and_verbs_on_a_two_site_cluster() {
         assert!(w[2].starts_with("twinblk_"), "{l}");
         assert_eq!(w[3] == "counter", w[2].ends_with("_total"), "{l}");
     }
+    promtool_check_metrics(&m);
     let b_metrics = scrape(b.metrics_addr().unwrap());
     assert!(
         b_metrics.contains("twinblk_mirror_path_state{volume=\"vol0\",state=\"non_optimized\"} 1"),
