@@ -525,10 +525,66 @@ fn status_through_twinlink_delay_and_a_gray_failure() {
         proxy.status()
     );
 
+    // A write at the survivor: the status shows it dirty, as the data plane counts it.
+    let nvmf = |d: &twinblk::Daemon| {
+        d.listeners()
+            .into_iter()
+            .find(|(p, _)| *p == twinblk::daemon::Proto::Nvmf)
+            .unwrap()
+            .1
+    };
+    const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
+    let opts = twinblk_tools::nvmf::Opts::default();
+    let data: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(7) + 3) as u8)
+        .collect();
+    {
+        let c = twinblk_tools::nvmf::Controller::connect(nvmf(&a), NQN, &opts).unwrap();
+        let mut q = c.io_queue(1, 8).unwrap();
+        q.write(1, 128, &data, 512, false).unwrap();
+    }
+    let v = wait_for(
+        "dirty bytes at the survivor",
+        &|c, v| {
+            c == 3
+                && v["groups"][0]["volumes"][0]["sites"][0]["mirror"]["dirty_bytes"]
+                    .as_u64()
+                    .is_some_and(|d| d >= 65536)
+        },
+        Duration::from_secs(5),
+    );
+    assert!(v["problems"].to_string().contains("dirty bytes"), "{v:#}");
+
     // Restore: the sites find each other again, resync, and the status is clean.
     cut(false);
     let t = Instant::now();
-    wait_for("back in sync", &|c, _| c == 0, Duration::from_secs(30));
+    let v = wait_for("back in sync", &|c, _| c == 0, Duration::from_secs(30));
     eprintln!("in sync again {:?} after the restore", t.elapsed());
+    let s = &v["groups"][0]["volumes"][0]["sites"];
+    assert_eq!(s[0]["mirror"]["dirty_bytes"], 0, "{v:#}");
+    assert!(
+        s[0]["mirror"]["resync_bytes"].as_u64().unwrap() >= 65536,
+        "{v:#}"
+    );
+    // And the data plane agrees: the follower has the survivor's write.
+    let c = twinblk_tools::nvmf::Controller::connect(nvmf(&b), NQN, &opts).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let t = Instant::now();
+    let got = loop {
+        match q.read(1, 128, 128, 512) {
+            Ok(d) => break d,
+            // A read before the follower's read lease is a path error: try again.
+            Err(e) if t.elapsed() < Duration::from_secs(5) => {
+                eprintln!("read at b: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("read at b: {e}"),
+        }
+    };
+    assert!(
+        got == data,
+        "the follower does not hold the survivor's write"
+    );
+    drop((c, q));
     drop((a, b));
 }

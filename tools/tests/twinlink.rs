@@ -11,6 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use twinblk_tools::twinlink::{Dir, LinkSpec, Proxy, Shape, ShapePatch};
 
+/// Held by every test here: they run one at a time, so a timing test never shares the CPU
+/// with another test of this file (the whole file takes about 3 s).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// An echo server on an ephemeral loopback port; `received` counts the bytes it got.
 fn echo_server() -> (SocketAddr, Arc<AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -85,6 +93,7 @@ fn patch(delay_ms: f64) -> ShapePatch {
 
 #[test]
 fn the_added_round_trip_is_the_configured_one_within_10_percent() {
+    let _serial = serial();
     let (echo, _) = echo_server();
     let p = proxy_to(echo);
     let mut s = connect(p.addr("e").unwrap());
@@ -131,6 +140,7 @@ fn try_read(s: &mut TcpStream, buf: &mut [u8], wait: Duration) -> Option<usize> 
 
 #[test]
 fn a_cut_holds_all_traffic_until_restored_with_the_connection_open() {
+    let _serial = serial();
     let (echo, received) = echo_server();
     let p = proxy_to(echo);
     let mut s = connect(p.addr("e").unwrap());
@@ -201,6 +211,7 @@ fn a_cut_holds_all_traffic_until_restored_with_the_connection_open() {
 
 #[test]
 fn a_one_way_cut_holds_only_that_direction() {
+    let _serial = serial();
     let (echo, received) = echo_server();
     let p = proxy_to(echo);
     let mut s = connect(p.addr("e").unwrap());
@@ -255,6 +266,7 @@ fn a_one_way_cut_holds_only_that_direction() {
 
 #[test]
 fn the_bandwidth_limit_holds_within_10_percent() {
+    let _serial = serial();
     // A sink that reports when it has all the bytes.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let sink = l.local_addr().unwrap();
@@ -351,6 +363,7 @@ fn ctl(sock: &std::path::Path, req: &str) -> (bool, serde_json::Value) {
 
 #[test]
 fn the_binary_serves_several_links_changed_through_its_control_socket() {
+    let _serial = serial();
     let (echo1, _) = echo_server();
     let (echo2, got2) = echo_server();
     let dir = tempfile::tempdir().unwrap();
