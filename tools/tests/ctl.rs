@@ -433,6 +433,7 @@ fn status_through_twinlink_delay_and_a_gray_failure() {
         name: name.into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         target: format!("127.0.0.1:{to}").parse().unwrap(),
+        udp: false,
     };
     let rtt = Shape {
         delay_ms: 2.5,

@@ -54,6 +54,7 @@ fn proxy_to(target: SocketAddr) -> Proxy {
         name: "e".into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         target,
+        udp: false,
     };
     Proxy::start(&[(spec, [Shape::default(); 2])], 16 << 20).unwrap()
 }
@@ -434,4 +435,113 @@ fn the_binary_serves_several_links_changed_through_its_control_socket() {
     let (_, st) = ctl(&sock, r#"{"cmd":"status"}"#);
     assert_eq!(st["links"][0]["fwd"]["delay_ms"], 0.0, "{st}");
     assert_eq!(st["links"][1]["rev"]["loss"], 0.0, "{st}");
+}
+
+/// A UDP echo server on an ephemeral loopback port; `received` counts its datagrams.
+fn udp_echo() -> (SocketAddr, Arc<AtomicU64>) {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = s.local_addr().unwrap();
+    let n = Arc::new(AtomicU64::new(0));
+    let n2 = Arc::clone(&n);
+    std::thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        while let Ok((len, from)) = s.recv_from(&mut b) {
+            n2.fetch_add(1, Ordering::SeqCst);
+            let _ = s.send_to(&b[..len], from);
+        }
+    });
+    (addr, n)
+}
+
+#[test]
+fn a_udp_link_delays_drops_and_cuts_datagrams() {
+    let _serial = serial();
+    let (echo, received) = udp_echo();
+    let spec = LinkSpec {
+        name: "w".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        target: echo,
+        udp: true,
+    };
+    let p = Proxy::start(&[(spec, [Shape::default(); 2])], 1 << 20).unwrap();
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.connect(p.addr("w").unwrap()).unwrap();
+    let mut b = [0u8; 64];
+    let rtt = |c: &std::net::UdpSocket, b: &mut [u8]| {
+        let mut v: Vec<Duration> = (0..31)
+            .map(|_| {
+                let t = Instant::now();
+                c.send(b"ping").unwrap();
+                c.recv(b).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        v.sort();
+        v[15]
+    };
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let base = rtt(&c, &mut b);
+    p.set(None, Dir::Both, &patch(2.5)).unwrap();
+    let m = rtt(&c, &mut b);
+    let added = (m.as_secs_f64() - base.as_secs_f64()) * 1000.0;
+    eprintln!("udp: baseline {base:?}, with 5 ms RTT {m:?}: added {added:.3} ms");
+    assert!(
+        (added - 5.0).abs() <= 0.5,
+        "added {added:.3} ms, configured 5"
+    );
+    p.set(None, Dir::Both, &patch(0.0)).unwrap();
+
+    // A cut drops: nothing arrives during it, nor after the restore.
+    let before = received.load(Ordering::SeqCst);
+    p.set(
+        None,
+        Dir::Fwd,
+        &ShapePatch {
+            cut: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    c.send(b"lost").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(c.recv(&mut b).is_err(), "a datagram passed a cut");
+    p.set(
+        None,
+        Dir::Fwd,
+        &ShapePatch {
+            cut: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        c.recv(&mut b).is_err(),
+        "a datagram from the cut arrived after the restore"
+    );
+    assert_eq!(received.load(Ordering::SeqCst), before);
+    c.send(b"again").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let n = c.recv(&mut b).unwrap();
+    assert_eq!(&b[..n], b"again");
+
+    // Loss 1 in the answers' direction: the target gets the datagram, the answer is lost.
+    p.set(
+        None,
+        Dir::Rev,
+        &ShapePatch {
+            loss: Some(1.0),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let before = received.load(Ordering::SeqCst);
+    c.send(b"x").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(c.recv(&mut b).is_err(), "an answer passed loss 1");
+    assert_eq!(received.load(Ordering::SeqCst), before + 1);
+    let st = &p.status()[0];
+    assert_eq!(st.proto, "udp");
+    assert!(st.rev_lost_chunks >= 1 && st.fwd_lost_chunks >= 1, "{st:?}");
 }

@@ -22,8 +22,12 @@ enum Cmd {
     /// Serve links until SIGINT/SIGTERM.
     Serve {
         /// A link: NAME,LISTEN,TARGET (e.g. a2b,127.0.0.1:7001,127.0.0.1:7000); repeatable.
-        #[arg(long = "link", required = true)]
+        #[arg(long = "link", required_unless_present = "udp_links")]
         links: Vec<LinkSpec>,
+        /// A UDP link: NAME,LISTEN,TARGET (e.g. the path to the witness); repeatable. Loss
+        /// and cuts drop its datagrams.
+        #[arg(long = "udp-link")]
+        udp_links: Vec<LinkSpec>,
         /// Control socket (JSON lines; docs/twinlink.md).
         #[arg(long)]
         control: Option<PathBuf>,
@@ -78,7 +82,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Serve {
-            links,
+            mut links,
+            udp_links,
             control,
             rtt_ms,
             delay_ms,
@@ -104,6 +109,7 @@ fn main() -> Result<()> {
                 signal_hook::consts::SIGINT,
                 signal_hook::consts::SIGTERM,
             ])?;
+            links.extend(udp_links.into_iter().map(|l| LinkSpec { udp: true, ..l }));
             let specs: Vec<_> = links.iter().map(|l| (l.clone(), [shape; 2])).collect();
             let proxy = Arc::new(Proxy::start(&specs, max_queue)?);
             let ctl = control
@@ -117,10 +123,11 @@ fn main() -> Result<()> {
                 let addr = proxy.addr(&l.name).map(|a| a.to_string());
                 let _ = writeln!(
                     out,
-                    "twinlink {} {} -> {}",
+                    "twinlink {} {} -> {} {}",
                     l.name,
                     addr.unwrap_or_default(),
-                    l.target
+                    l.target,
+                    if l.udp { "udp" } else { "tcp" }
                 );
             }
             if let Some(c) = &control {

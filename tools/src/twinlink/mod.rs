@@ -2,7 +2,7 @@
 //! two sites: propagation delay, jitter, a bandwidth limit, "loss", and cuts (both ways or one
 //! way) that leave the connections open (a gray failure), all changed at run time.
 //!
-//! Model (the operator's contract is docs/twinlink.md):
+//! Model (the operator's contract is docs/twinlink.md; UDP links are in [`udp`]'s doc):
 //! - A [`Proxy`] serves several [`LinkSpec`]s (name, listen address, target address). Each
 //!   accepted connection is connected to the target and gets two **pipes**: `fwd` (from the
 //!   client that connected to the listen address towards the target) and `rev` (back).
@@ -36,6 +36,7 @@
 //! two socket hops (measure it with delay 0 and subtract).
 
 pub mod control;
+pub mod udp;
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -180,6 +181,8 @@ pub struct LinkSpec {
     pub listen: SocketAddr,
     /// Where it connects.
     pub target: SocketAddr,
+    /// A UDP link (datagrams; loss and cuts drop them) instead of TCP.
+    pub udp: bool,
 }
 
 impl std::str::FromStr for LinkSpec {
@@ -201,6 +204,7 @@ impl std::str::FromStr for LinkSpec {
             target: target
                 .parse()
                 .map_err(|e| format!("target address {target:?}: {e}"))?,
+            udp: false,
         })
     }
 }
@@ -248,6 +252,8 @@ pub struct LinkStatus {
     pub listen: String,
     /// The target.
     pub target: String,
+    /// `tcp` or `udp`.
+    pub proto: &'static str,
     /// Settings, client to target.
     pub fwd: Shape,
     /// Settings, target to client.
@@ -295,15 +301,28 @@ impl Proxy {
             for s in shape {
                 s.validate().map_err(std::io::Error::other)?;
             }
-            let listener = TcpListener::bind(spec.listen).map_err(|e| {
+            let ctx = |e: std::io::Error| {
                 std::io::Error::new(
                     e.kind(),
                     format!("link {}: {}: {e}", spec.name, spec.listen),
                 )
-            })?;
+            };
+            let (listener, udp) = if spec.udp {
+                (
+                    None,
+                    Some(std::net::UdpSocket::bind(spec.listen).map_err(ctx)?),
+                )
+            } else {
+                (Some(TcpListener::bind(spec.listen).map_err(ctx)?), None)
+            };
+            let listen = match (&listener, &udp) {
+                (Some(l), _) => l.local_addr()?,
+                (_, Some(u)) => u.local_addr()?,
+                _ => unreachable!("one of them is bound"),
+            };
             let link = Arc::new(Link {
                 spec: spec.clone(),
-                listen: listener.local_addr()?,
+                listen,
                 shape: Mutex::new(*shape),
                 changed: Condvar::new(),
                 stats: Default::default(),
@@ -312,11 +331,12 @@ impl Proxy {
                 max_queue: max_queue.max(64 * 1024),
             });
             let (l2, s2) = (Arc::clone(&link), Arc::clone(&stop));
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("twinlink-{}", spec.name))
-                    .spawn(move || accept_loop(listener, l2, s2))?,
-            );
+            let b = std::thread::Builder::new().name(format!("twinlink-{}", spec.name));
+            threads.push(match (listener, udp) {
+                (Some(l), _) => b.spawn(move || accept_loop(l, l2, s2))?,
+                (_, Some(u)) => b.spawn(move || udp::serve(u, l2, s2))?,
+                _ => unreachable!("one of them is bound"),
+            });
             out.push(link);
         }
         Ok(Proxy {
@@ -372,6 +392,7 @@ impl Proxy {
                     name: l.spec.name.clone(),
                     listen: l.listen.to_string(),
                     target: l.spec.target.to_string(),
+                    proto: if l.spec.udp { "udp" } else { "tcp" },
                     fwd: l.shape(true),
                     rev: l.shape(false),
                     open_connections: l.open.load(Relaxed),
@@ -395,7 +416,9 @@ impl Proxy {
     fn stop_accepting(&mut self) {
         self.stop.store(true, SeqCst);
         for l in &self.links {
-            let _ = TcpStream::connect_timeout(&l.listen, Duration::from_millis(200));
+            if !l.spec.udp {
+                let _ = TcpStream::connect_timeout(&l.listen, Duration::from_millis(200));
+            }
             l.changed.notify_all();
         }
         for t in self.threads.drain(..) {
