@@ -289,6 +289,33 @@ fn status_and_verbs_on_a_two_site_cluster() {
         assert_eq!(w[3] == "counter", w[2].ends_with("_total"), "{l}");
     }
     promtool_check_metrics(&m);
+    // Every metric the alert rules and the dashboard use is exported.
+    let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for f in [
+        "prometheus/twinblk-alerts.yml",
+        "grafana/twinblk-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(deploy.join(f)).unwrap();
+        let mut used: Vec<&str> = text
+            .match_indices("twinblk_")
+            .map(|(i, _)| {
+                let rest = &text[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        assert!(used.len() >= 5, "{f}: {used:?}");
+        for name in used {
+            assert!(
+                m.contains(&format!("# TYPE {name} ")),
+                "{f} uses {name}, which the site does not export"
+            );
+        }
+    }
     let b_metrics = scrape(b.metrics_addr().unwrap());
     assert!(
         b_metrics.contains("twinblk_mirror_path_state{volume=\"vol0\",state=\"non_optimized\"} 1"),
