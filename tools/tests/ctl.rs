@@ -553,6 +553,26 @@ fn status_through_twinlink_delay_and_a_gray_failure() {
         proxy.status()
     );
 
+    // The fenced site asks for a takeover: the witness refuses (a holds the group), and the
+    // tool reports the witness's answer.
+    let o = ctl(&[
+        &arg_b,
+        "takeover",
+        "vol0",
+        "--accept-data-loss",
+        "--wait",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 6, "{}", text(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["answered"], true, "{r}");
+    assert_eq!(r["granted"], false, "{r}");
+    assert_eq!(r["witness_answer"], "denied", "{r}");
+    assert_eq!(r["witness"]["holder"], 1, "{r}");
+    assert_eq!(r["state"], "fenced", "{r}");
+    assert_eq!(mirror_state(&sa), "survivor");
+
     // A write at the survivor: the status shows it dirty, as the data plane counts it.
     let nvmf = |d: &twinblk::Daemon| {
         d.listeners()
