@@ -145,6 +145,11 @@ impl Errno {
     pub const PERM: Errno = Errno(libc::EPERM);
     /// Shutting down.
     pub const SHUTDOWN: Errno = Errno(libc::ESHUTDOWN);
+    /// This path cannot serve the volume now, another site's path may (the site is fenced,
+    /// resyncing, waiting for its first session or its replica failed, or it holds no read
+    /// lease): path-related for a multipath front end (NVMe: ANA inaccessible, so the host
+    /// retries on the other path), an I/O error for NBD.
+    pub const UNAVAILABLE: Errno = Errno(libc::ENOTCONN);
 }
 
 /// Counters the ring side keeps (published by the reactor with its own).

@@ -1123,6 +1123,136 @@ fn a_forged_hello_without_the_key_is_refused_and_nothing_is_applied() {
     );
 }
 
+/// A peer that connects to the replication port and sends nothing, half a header, or a
+/// HELLO and then no AUTH is dropped once the handshake deadline (2 s) has passed, instead of
+/// holding a connection (and its buffers) open for ever. (Found by the fault soak's forged
+/// peer sending fewer than 40 random bytes: the site kept the connection open.)
+#[test]
+fn a_silent_or_half_sent_handshake_is_dropped_after_its_deadline() {
+    let root = tempfile::tempdir().unwrap();
+    let pa = free_port();
+    let _a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
+    let hello = {
+        let (_s, _hs, _, hello) = fake_hello(pa);
+        hello
+    };
+    for (what, bytes) in [
+        ("nothing", Vec::new()),
+        ("half a header", vec![0x57u8; 17]),
+        ("a HELLO and no AUTH", hello),
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+        s.write_all(&bytes).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue, // WELCOME
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(
+            closed,
+            "a peer that sent {what} was kept for {:?}",
+            t.elapsed()
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(1500),
+            "a peer that sent {what} was dropped before its deadline ({:?})",
+            t.elapsed()
+        );
+    }
+}
+
+/// The two sites must agree on failover: a peer announcing a read lease (a witness and
+/// `peer_dead_ms`) different from this site's is refused before WELCOME, and the status says
+/// why and what to change (a site whose lease outlasts the survivor's wait would serve stale
+/// reads). This site has no witness: it announces 0.
+#[test]
+fn a_peer_with_other_failover_settings_is_refused_with_the_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let pa = free_port();
+    let a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
+    let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello = msg(
+        Header {
+            id: fake_state(),
+            seq: FAKE_INC,
+            count: 200,
+            ..Header::new(Type::Hello)
+        },
+        &wire::encode_hello(SIZE, 512, &[7; NONCE], "vol0"),
+    );
+    s.write_all(&hello).unwrap();
+    let mut types = Vec::new();
+    while let Some((h, _)) = read_msg(&mut s) {
+        types.push(h.ty);
+    }
+    assert!(
+        !types.contains(&Type::Welcome),
+        "a peer with other failover settings was welcomed: {types:?}"
+    );
+    let st = status(&a);
+    let why = st["session_refused"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains("disagree on failover") && why.contains("200 ms"),
+        "status does not say why: {st}"
+    );
+    assert_eq!(st["session"], 0, "{st}");
+    // The same HELLO with the same settings (no witness: 0) is welcomed.
+    let (_s, ..) = fake_hello(pa);
+}
+
+/// A host read that the local device fails takes the site's replica out of service, as a
+/// failed write does (DRBD's on-io-error detach): the read fails, the site reports `failed`
+/// naming the read, and serves nothing more (the peer keeps the data). (Host reads used to
+/// go straight to the device and fail that read only, the site still serving.)
+#[test]
+fn a_host_read_failing_at_the_device_fails_the_replica() {
+    let root = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let a = start_site(root.path(), "a", "b", pa, pb, 10_000);
+    let db = root.path().join("b");
+    std::fs::create_dir_all(&db).unwrap();
+    let body = site_body(root.path(), "b", "a", pb, pa, 10_000) + "fail_range=[1048576, 4096]\n";
+    let b = Server::start(&db, &body);
+    wait_up(&a);
+    wait_up(&b);
+    let mut ca = Client::connect(a.addr, "vol0", false);
+    assert_eq!(ca.write(0, &pattern(4, 4096)), 0);
+    let mut cb = Client::connect(b.addr, "vol0", false);
+    assert!(
+        cb.read(0, 4096).unwrap() == pattern(4, 4096),
+        "b serves reads"
+    );
+    // The failing range.
+    assert!(cb.read(1048576, 4096).is_err(), "the failed read succeeded");
+    let t = Instant::now();
+    while status(&b)["state"] != "failed" {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the read failure did not fail the replica: {}",
+            status(&b)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = status(&b);
+    assert!(
+        st["failure"].as_str().unwrap_or_default().contains("read"),
+        "{st}"
+    );
+    // Nothing more is served at b, not even a read that the device would answer.
+    let mut cb = Client::connect(b.addr, "vol0", false);
+    assert!(cb.read(0, 4096).is_err(), "a failed replica served a read");
+}
+
 #[test]
 fn a_replayed_hello_and_auth_are_refused_by_the_leader() {
     let root = tempfile::tempdir().unwrap();

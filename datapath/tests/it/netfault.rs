@@ -429,7 +429,7 @@ fn killing_a_site_under_load_leaves_the_other_serving() {
 }
 
 #[test]
-fn without_the_witness_a_partition_fences_both_sites() {
+fn without_the_witness_a_partition_fences_both_sites_and_the_heal_reconciles_them() {
     let mut h = Hosts::new();
     let (a, b) = started(&mut h, "", "");
     h.kill_witness();
@@ -444,21 +444,14 @@ fn without_the_witness_a_partition_fences_both_sites() {
     wait_mirror_state(&b, "fenced", Duration::from_secs(6));
     eprintln!("both sites fenced: no peer and no witness");
     assert_eq!(c.write(4096, &pattern(2, 4096)), err::EIO);
-    // Recovery: the witness and the link come back; both sites stay fenced (neither knows
-    // whose data to keep) until an operator makes one take over, which then resyncs the other
-    // with every region ever written.
-    h.start_witness();
+    // Recovery: the link comes back (the witness still down). Neither site acknowledged a
+    // write alone, so no operator is needed: the leader reconciles both sites' unconfirmed
+    // regions (it used to stay fenced at both sites until an operator's takeover, which then
+    // copied every region ever written).
     h.link_ab(true);
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(
-        (mirror_state(&a).as_str(), mirror_state(&b).as_str()),
-        ("fenced", "fenced")
-    );
-    let r = a.rpc_with("mirror_takeover", serde_json::json!({"volume": "vol0"}));
-    assert_eq!(r["result"]["asked"], true, "{r}");
     wait_both(&a, &b, "up");
-    let copied = a.rpc("mirror_status")[0]["resync_bytes"].as_u64().unwrap();
-    assert!(copied > 0, "the takeover resynced nothing");
+    let st = a.rpc("mirror_status")[0].clone();
+    assert!(st["session_refused"].is_null(), "{st}");
     let mut cb = Client::connect(b.addr, "vol0", false);
     assert!(
         cb.read(0, 4096).unwrap() == pattern(1, 4096),
@@ -469,6 +462,12 @@ fn without_the_witness_a_partition_fences_both_sites() {
         0,
         "mirroring did not resume"
     );
+    let mut c = Client::connect(a.addr, "vol0", false);
+    assert!(
+        c.read(8192, 4096).unwrap() == pattern(3, 4096),
+        "a write at b after the heal is not at a"
+    );
+    h.start_witness();
 }
 
 #[test]
@@ -621,9 +620,13 @@ enum Kind {
     /// Write-zeroes and unmap of 5 GiB (two NBD requests each, one of 4 GiB - 4 KiB) on a
     /// sparse 6 GiB volume.
     Oversize,
+    /// The witness is killed and the A–B link cut: both sites fence (neither may serve
+    /// alone). The link returns 0.3–1.5 s later with the witness still down (the pair
+    /// (fenced, fenced) must reconcile on its own), then the witness.
+    CutLinkNoWitness,
 }
 
-const KINDS: [Kind; 9] = [
+const KINDS: [Kind; 10] = [
     Kind::CutLink,
     Kind::Kill,
     Kind::KillNoState,
@@ -633,6 +636,7 @@ const KINDS: [Kind; 9] = [
     Kind::DiskErr,
     Kind::Forged,
     Kind::Oversize,
+    Kind::CutLinkNoWitness,
 ];
 
 /// Fault kinds (and sites, `None` = either) the product does not survive yet: skipped by
@@ -928,27 +932,33 @@ fn check_reads(
     (bad, n)
 }
 
-/// Read `len` bytes at `off` from a site, in 1 MiB requests.
+/// Final reads refused (EIO) and retried, over the whole run: a site in sync refuses reads
+/// while its read lease has lapsed, which happens when its reactor or its peer's is starved
+/// of CPU for more than the lease minus the ping interval (about 150 ms; this machine runs
+/// the test on 2 shared cores). Availability, not correctness: printed, not asserted.
+static FINAL_READ_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Read `len` bytes at `off` from a site, in 1 MiB requests (a refused request is retried for
+/// up to 3 s, counted in `FINAL_READ_RETRIES`).
 fn read_all(addr: SocketAddr, off: u64, len: u64) -> Vec<u8> {
     let mut s = try_connect(addr).expect("connect for the final check");
     let mut out = vec![0u8; len as usize];
     for (i, chunk) in out.chunks_mut(1 << 20).enumerate() {
         let n = chunk.len() as u32;
-        let e = nbd_io(
-            &mut s,
-            cmd::READ,
-            off + (i as u64) * (1 << 20),
-            n,
-            &[],
-            Some(chunk),
-        )
-        .expect("final read");
-        assert_eq!(
-            e,
-            0,
-            "final read at {} failed",
-            off + (i as u64) * (1 << 20)
-        );
+        let at = off + (i as u64) * (1 << 20);
+        let t = Instant::now();
+        loop {
+            let e = nbd_io(&mut s, cmd::READ, at, n, &[], Some(chunk)).expect("final read");
+            if e == 0 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "final read at {at} failed (errno {e}) for 3 s"
+            );
+            FINAL_READ_RETRIES.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     out
 }
@@ -1179,9 +1189,15 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     );
     std::thread::sleep(delay);
     let mut note = String::new();
+    // When a cut link was restored (CutLinkNoWitness).
+    let mut link_back: Option<Instant> = None;
     let fault_at = Instant::now();
     match kind {
         Kind::CutLink => h.link_ab(false),
+        Kind::CutLinkNoWitness => {
+            h.kill_witness();
+            h.link_ab(false);
+        }
         Kind::Kill | Kind::KillNoState | Kind::KillRam => srv[x].as_mut().unwrap().kill(),
         Kind::Freeze => srv[x].as_ref().unwrap().signal(libc::SIGSTOP),
         Kind::Witness => h.kill_witness(),
@@ -1236,6 +1252,26 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             }
             std::thread::sleep(Duration::from_millis(300 + xorshift(rnd) % 1200));
             h.link_ab(true);
+        }
+        Kind::CutLinkNoWitness => {
+            for s in [A, B] {
+                if let Err(e) = reach(srv[s].as_ref().unwrap(), "fenced", Duration::from_secs(5)) {
+                    problems.push(format!("after the cut, site {}: {e}", site_name(s)));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300 + xorshift(rnd) % 1200));
+            h.link_ab(true);
+            link_back = Some(Instant::now());
+            // Back together without the witness: they must reconcile on their own.
+            for s in [A, B] {
+                if let Err(e) = reach(srv[s].as_ref().unwrap(), "up", Duration::from_secs(10)) {
+                    problems.push(format!(
+                        "link back, witness still down, site {}: {e}",
+                        site_name(s)
+                    ));
+                }
+            }
+            h.start_witness();
         }
         Kind::Kill | Kind::KillNoState | Kind::KillRam => {
             if let Err(e) = reach(srv[y].as_ref().unwrap(), "survivor", Duration::from_secs(5)) {
@@ -1373,6 +1409,21 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             ms(w.issued)
         ));
     }
+    // Without the witness, neither site acknowledges a write issued once both had fenced,
+    // until the link is back.
+    if kind == Kind::CutLinkNoWitness
+        && let Some(w) = la.iter().chain(lb.iter()).find(|w| {
+            w.issued >= fault_done && w.issued < heal_done && w.acked.is_some() && {
+                // Acknowledged before the link returned.
+                w.acked.unwrap() < link_back.unwrap_or(heal_done)
+            }
+        })
+    {
+        problems.push(format!(
+            "a write issued {} ms while both sites were fenced was acknowledged before the link returned",
+            ms(w.issued)
+        ));
+    }
     let mut all_writes = vec![la.clone(), lb.clone()];
     all_writes.push(extra_writes);
     let refs: Vec<&Vec<Wr>> = all_writes.iter().collect();
@@ -1507,12 +1558,24 @@ fn randomised_faults_never_lose_an_acknowledged_write() {
         v.sort();
         (v[v.len() / 2], *v.last().unwrap())
     };
-    let mut all: Vec<Duration> = rtos.values().flatten().copied().collect();
+    // CutLinkNoWitness is an outage by design (no site may serve alone without the witness):
+    // its "RTO" is the cut's length plus the reconciliation, printed but not in the median.
+    let mut all: Vec<Duration> = rtos
+        .iter()
+        .filter(|(k, _)| **k != Kind::CutLinkNoWitness)
+        .flat_map(|(_, v)| v.iter().copied())
+        .collect();
     for (k, v) in rtos.iter_mut() {
         let (med, max) = stats(v);
         eprintln!("  {k:?}: {} runs, RTO median {med:?}, max {max:?}", v.len());
     }
+    if all.is_empty() {
+        return;
+    }
     let (median, max) = stats(&mut all);
-    eprintln!("{n} randomised faults: RTO median {median:?}, max {max:?}");
+    eprintln!(
+        "{n} randomised faults: RTO median {median:?}, max {max:?}; final reads refused and retried: {}",
+        FINAL_READ_RETRIES.load(Ordering::Relaxed)
+    );
     assert!(median < Duration::from_secs(2), "median RTO {median:?}");
 }

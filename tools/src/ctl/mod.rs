@@ -9,8 +9,8 @@
 //! site's liveness). A site that does not answer is reported as such, never guessed.
 //!
 //! Invariant: [`Status::in_sync`] is true only when every site answered and every mirrored
-//! volume is `up` at both sites with nothing dirty, no resync running, no failure, one leader,
-//! and the witness (where configured) answering both sites. Exit codes are [`exit`].
+//! volume is `up` at both sites with nothing dirty, no resync running, no failure, no refused
+//! session, one leader, and the witness (where configured) answering both sites. Exit codes are [`exit`].
 
 pub mod render;
 
@@ -454,6 +454,9 @@ fn judge_mirror(
                 .map(|f| format!(": {f}"))
                 .unwrap_or_default();
             out.push(format!("{at}: state {state}{why}"));
+        }
+        if let Some(r) = m["session_refused"].as_str() {
+            out.push(format!("{at}: the peer's session was refused: {r}"));
         }
         if let Some(d) = m["dirty_bytes"].as_u64().filter(|d| *d > 0) {
             out.push(format!("{at}: {d} dirty bytes to copy to the peer"));

@@ -112,6 +112,9 @@ fn volume(out: &mut String, v: &VolumeReport, site_name: &dyn Fn(u64) -> String)
         if let Some(f) = s.mirror["failure"].as_str() {
             let _ = writeln!(out, "    failure at {}: {f}", s.site);
         }
+        if let Some(r) = s.mirror["session_refused"].as_str() {
+            let _ = writeln!(out, "    session refused at {}: {r}", s.site);
+        }
     }
 }
 

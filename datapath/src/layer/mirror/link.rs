@@ -10,6 +10,10 @@
 //! whatever the engine has to send leaves in one send per reactor turn (so one ACK per turn
 //! at most).
 //!
+//! A handshake must be complete within [`HANDSHAKE_TIMEOUT`] of the link's creation: every
+//! receive armed before it is linked to a timeout (io_uring `LINK_TIMEOUT`), so a peer that
+//! connects and sends nothing, or half a header, is dropped instead of held open for ever.
+//!
 //! Invariants: the receive buffer is not moved while a receive is armed, the send buffer not
 //! while a send is armed; a message that fails decoding or the engine's checks drops the link
 //! and is never applied; nothing reaches the engine (no session start, no message) before
@@ -24,8 +28,12 @@ use io_uring::{opcode, types};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use twinblk_witness::Key;
+
+/// A link's handshake (HELLO, WELCOME, AUTH) must be complete this long after the link was
+/// created (accepted, adopted or dialled), or the link is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 const RX_INITIAL: usize = 1 << 20;
 
@@ -66,6 +74,12 @@ pub struct LinkConn {
     key: Arc<Key>,
     /// The handshake under way (follower: after HELLO; leader: after WELCOME).
     pending: Option<Pending>,
+    /// When the link was created: its handshake must be complete by `born + HANDSHAKE_TIMEOUT`.
+    born: Instant,
+    /// The handshake deadline's timespec (read by the kernel when the receive is submitted).
+    hs_ts: Box<types::Timespec>,
+    /// The receive armed is linked to the handshake deadline.
+    hs_timeout_armed: bool,
 }
 
 /// The fields of a handshake under way (docs/mirror-protocol.md, "Link authentication").
@@ -164,6 +178,9 @@ impl LinkConn {
             homes: None,
             key,
             pending: None,
+            born: Instant::now(),
+            hs_ts: Box::new(types::Timespec::new()),
+            hs_timeout_armed: false,
         }
     }
 
@@ -258,9 +275,37 @@ impl LinkConn {
             self.rx.resize(need + 64 * 1024, 0);
         }
         let free = &mut self.rx[self.hi..];
-        // SAFETY: rx is not resized or compacted while the receive is armed, and the link
-        // is not done while anything is armed.
-        unsafe { env.io.push_recv(self.fd.as_raw_fd(), free, env.key) };
+        if matches!(
+            self.state,
+            State::AwaitHello | State::AwaitAuth | State::AwaitWelcome
+        ) {
+            // The handshake's deadline bounds this receive.
+            let left = HANDSHAKE_TIMEOUT
+                .saturating_sub(self.born.elapsed())
+                .max(Duration::from_millis(1));
+            *self.hs_ts = types::Timespec::from(left);
+            let recv = opcode::Recv::new(
+                types::Fd(self.fd.as_raw_fd()),
+                free.as_mut_ptr(),
+                free.len() as u32,
+            )
+            .build()
+            .flags(io_uring::squeue::Flags::IO_LINK)
+            .user_data(UserData::new(Kind::Recv, env.key).0);
+            let timeout = opcode::LinkTimeout::new(&*self.hs_ts)
+                .build()
+                .user_data(UserData::new(Kind::Cancel, env.key).0);
+            // SAFETY: rx is not resized or compacted while the receive is armed; the
+            // timespec is boxed in the link, which is not done while the receive is armed,
+            // and the kernel copies it at submission.
+            unsafe { env.io.push_pair(&recv, &timeout) };
+            self.hs_timeout_armed = true;
+        } else {
+            // SAFETY: rx is not resized or compacted while the receive is armed, and the link
+            // is not done while anything is armed.
+            unsafe { env.io.push_recv(self.fd.as_raw_fd(), free, env.key) };
+            self.hs_timeout_armed = false;
+        }
         self.recv_armed = true;
     }
 
@@ -317,6 +362,7 @@ impl LinkConn {
                 c.size, c.block
             ));
         }
+        e.check_peer_lease(h.count)?;
         if e.link_key.is_some() {
             return Err(format!("{name:?} already has a link"));
         }
@@ -348,6 +394,7 @@ impl LinkConn {
             &Header {
                 id: mine,
                 seq: incarnation,
+                count: e.announced_lease_ms(),
                 ..Header::new(Type::Welcome)
             },
             &wire::encode_welcome(&wire::Welcome {
@@ -467,6 +514,13 @@ impl LinkConn {
                                     "mirror: the leader's volume geometry differs");
                                 return self.close(env, "geometry differs");
                             }
+                            if let Err(why) = e.check_peer_lease(h.count) {
+                                if e.link_warns.check("lease mismatch", Instant::now()) == Some(0) {
+                                    tracing::error!(volume = %e.config().name, %why,
+                                        "mirror: refusing the session");
+                                }
+                                return self.close(env, "the sites disagree on failover");
+                            }
                             let Some(mut p) = self.pending.take() else {
                                 return self.close(env, "WELCOME without HELLO");
                             };
@@ -577,8 +631,11 @@ impl Conn for LinkConn {
             return self.close(
                 env,
                 match (res, self.state) {
+                    (r, _) if r == -libc::ECANCELED && self.hs_timeout_armed => {
+                        "the handshake was not complete within 2 s (HANDSHAKE_TIMEOUT)"
+                    }
                     (0, State::AwaitWelcome) => {
-                        "the leader closed the link during the handshake (it refused our HELLO, or runs protocol version 1 without link authentication)"
+                        "the leader closed the link during the handshake (it refused our HELLO, or runs an older protocol version)"
                     }
                     (0, _) => "peer closed",
                     _ => "receive failed",
@@ -615,6 +672,7 @@ impl Conn for LinkConn {
             let hello = Header {
                 id: e.replica_state(),
                 seq: e.incarnation(),
+                count: e.announced_lease_ms(),
                 ..Header::new(Type::Hello)
             };
             wire::encode(&mut self.tx, &hello, &p);

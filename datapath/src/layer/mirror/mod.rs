@@ -185,12 +185,7 @@ impl Poller for MirrorPoller {
         e.poll_durable();
         // Timeouts and pings run while stopping too; only dialling stops.
         let dial = tick && e.tick(cx.io, now) && !stopping;
-        let state = if e.replica_failed().is_some() {
-            // A failed survivor keeps its mode (failed.rs) but serves nothing.
-            PathState::Inaccessible
-        } else {
-            path_state(e.mode(), e.config().role, e.may_read(now))
-        };
+        let state = e.path_state(now);
         let kick = e.wants_send(now) || e.kill_link.is_some() || (stopping && e.idle());
         let link = e.link_key;
         let worked = !e.done.is_empty();
@@ -306,11 +301,12 @@ impl MirrorChannel {
 
 impl Channel for MirrorChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        // Refused without a read lease (docs/mirror-protocol.md, "Read lease").
+        // Refused without a read lease (docs/mirror-protocol.md, "Read lease"): the other
+        // site's path may serve it.
         if !self.engine.may_read(Instant::now()) {
-            return ReadStart::Failed(Errno::IO);
+            return ReadStart::Failed(Errno::UNAVAILABLE);
         }
-        self.engine.inner().read(io, tag, offset, len)
+        self.engine.host_read(io, tag, offset, len)
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {
@@ -452,9 +448,16 @@ impl Channel for RemoteChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
         // The home reactor's engine publishes its read lease (`MirrorStats::may_read`).
         if !self.stats.may_read() {
-            return ReadStart::Failed(Errno::IO);
+            return ReadStart::Failed(Errno::UNAVAILABLE);
         }
-        self.inner.read(io, tag, offset, len)
+        match self.inner.read(io, tag, offset, len) {
+            ReadStart::Failed(e) => {
+                // The home engine fails the replica at its next tick.
+                self.stats.report_read_failure(offset, u64::from(len), e);
+                ReadStart::Failed(Errno::UNAVAILABLE)
+            }
+            r => r,
+        }
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {

@@ -2,6 +2,7 @@
 //! read by the control socket.
 
 use super::mode::Mode;
+use crate::uring::Errno;
 use serde::Serialize;
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -69,6 +70,12 @@ pub struct MirrorStats {
     failure: Mutex<Option<String>>,
     /// `failure` is set (read on the I/O path).
     failed: AtomicBool,
+    /// Why the last session with the peer was refused (cleared when one starts); control path
+    /// only.
+    refused: Mutex<Option<String>>,
+    /// A host read that failed at the local device on a reactor other than the engine's
+    /// (offset, length, errno), for the engine's next tick; error path only.
+    read_failure: Mutex<Option<(u64, u64, i32)>>,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
 }
@@ -121,6 +128,9 @@ pub struct MirrorSnapshot {
     /// cannot be persisted, or the local replica failed: an I/O error of the device; repair
     /// or replace it and restart the daemon, the peer then resyncs this site).
     pub failure: Option<String>,
+    /// Why the last session with the peer was refused, with what an operator must do (null:
+    /// the last session started, or none was tried).
+    pub session_refused: Option<String>,
     /// Median PING round trip over the last samples, in microseconds (null: none yet).
     pub rtt_p50_us: Option<f64>,
     /// An operator's takeover (`mirror_takeover`) waits for the witness's answer.
@@ -157,11 +167,6 @@ impl MirrorStats {
         }
     }
 
-    /// The site serves no I/O for this volume (fenced, waiting, or receiving a resync).
-    pub fn fenced(&self) -> bool {
-        self.mode().serves_nothing() || self.failed.load(Relaxed)
-    }
-
     /// The replica state could not be persisted (the engine fail-stopped the volume).
     pub fn set_persist_error(&self, why: &str) {
         if let Ok(mut e) = self.persist_error.lock() {
@@ -178,6 +183,29 @@ impl MirrorStats {
             *e = Some(why.to_string());
         }
         self.failed.store(true, Relaxed);
+    }
+
+    /// A host read failed at the local device (another reactor): the engine fails the
+    /// replica at its next tick.
+    pub fn report_read_failure(&self, offset: u64, len: u64, e: Errno) {
+        if let Ok(mut f) = self.read_failure.lock()
+            && f.is_none()
+        {
+            *f = Some((offset, len, e.0));
+        }
+    }
+
+    /// The host read failure reported, if any (taken).
+    pub fn take_read_failure(&self) -> Option<(u64, u64, Errno)> {
+        let f = self.read_failure.lock().ok()?.take()?;
+        Some((f.0, f.1, Errno(f.2)))
+    }
+
+    /// The last session was refused for this reason (None: it started).
+    pub fn set_refused(&self, why: Option<&str>) {
+        if let Ok(mut r) = self.refused.lock() {
+            *r = why.map(str::to_string);
+        }
     }
 
     /// Session state.
@@ -242,6 +270,7 @@ impl MirrorStats {
             takeover_pending: self.takeover.load(Relaxed),
             persist_error,
             failure,
+            session_refused: self.refused.lock().ok().and_then(|r| r.clone()),
         }
     }
 }

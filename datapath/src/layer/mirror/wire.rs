@@ -1,4 +1,4 @@
-//! The mirror link's wire format (docs/mirror-protocol.md, version 2): a 40-byte header and a
+//! The mirror link's wire format (docs/mirror-protocol.md, version 3): a 40-byte header and a
 //! payload per message, CRC32C over both, and the link's authentication handshake (HELLO,
 //! WELCOME, AUTH: the payloads and the HMAC proofs over the handshake's transcript).
 //!
@@ -16,8 +16,9 @@ use twinblk_witness::Key;
 
 /// `W R M T` on the wire.
 pub const MAGIC: u32 = 0x544D_5257;
-/// Protocol version (2: the handshake is authenticated).
-pub const VERSION: u8 = 2;
+/// Protocol version (2: the handshake is authenticated; 3: the resync target confirms
+/// RESYNC_DONE with RESYNC_DONE_ACK).
+pub const VERSION: u8 = 3;
 /// Bytes of a handshake nonce.
 pub const NONCE: usize = 32;
 /// Bytes of a handshake proof (HMAC-SHA256).
@@ -89,6 +90,9 @@ pub enum Type {
     Resent = 25,
     /// The follower's half of the handshake (its proof of the key).
     Auth = 26,
+    /// Resync target to source: RESYNC_DONE came and every copy is applied; the source stays
+    /// the survivor (grant and state kept, copies of the attempt redone if lost) until this.
+    ResyncDoneAck = 27,
 }
 
 /// `id` of a META_STATE that answers no META.
@@ -131,6 +135,7 @@ impl Type {
             23 => ResyncAlso,
             25 => Resent,
             26 => Auth,
+            27 => ResyncDoneAck,
             _ => return None,
         })
     }
@@ -242,6 +247,11 @@ pub fn decode(buf: &[u8]) -> Decoded {
     if buf[4] == 1 {
         return Decoded::Bad("peer speaks protocol version 1 (no link authentication): refused");
     }
+    if buf[4] == 2 {
+        return Decoded::Bad(
+            "peer speaks protocol version 2 (no RESYNC_DONE confirmation): refused; run the same twinblk version at both sites",
+        );
+    }
     if buf[4] != VERSION {
         return Decoded::Bad("unsupported version");
     }
@@ -293,8 +303,9 @@ pub fn check_fields(h: &Header, payload: &[u8]) -> Result<(), &'static str> {
     use Type::*;
     // Which fields the type carries: (id, seq, offset, count).
     let (id, seq, offset, count) = match h.ty {
-        Hello | Welcome => (true, true, false, false),
-        Refuse | ResyncDone | Resent | Auth => (false, false, false, false),
+        // `count`: the sender's read lease in ms (0: no witness, no lease enforced).
+        Hello | Welcome => (true, true, false, true),
+        Refuse | ResyncDone | ResyncDoneAck | Resent | Auth => (false, false, false, false),
         // `id` only on a re-sent forward.
         Write | Zeroes | Unmap => (h.flags & FLAG_RESENT != 0, true, true, true),
         Order | Miscompare => (true, true, false, false),
@@ -668,8 +679,11 @@ mod tests {
         };
         assert!(matches!(decode(&msg(&caw, &[0; 16])), Decoded::Msg(..)));
         let mut v = msg(&Header::new(Type::Ping), &[]);
-        v[4] = 3;
+        v[4] = 4;
         assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
+        // A version-2 peer (RESYNC_DONE unconfirmed) is refused by name.
+        v[4] = 2;
+        assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 2")));
         // A version-1 peer (no link authentication) is refused by name.
         v[4] = 1;
         assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 1")));
@@ -836,6 +850,7 @@ mod tests {
             h(Type::ResyncAlso),
             h(Type::Resent),
             h(Type::Auth),
+            h(Type::ResyncDoneAck),
         ];
         for g in good {
             assert!(
@@ -852,7 +867,13 @@ mod tests {
             if g.offset == 0 && g.ty != Type::FwdCaw {
                 bad.push(Header { offset: 4096, ..g });
             }
-            if g.count == 0 && !matches!(g.ty, Type::MetaState | Type::MetaAck) {
+            // (HELLO and WELCOME carry the read lease in `count`; 0 = no witness.)
+            if g.count == 0
+                && !matches!(
+                    g.ty,
+                    Type::MetaState | Type::MetaAck | Type::Hello | Type::Welcome
+                )
+            {
                 // (RESYNC_ALSO's count is its number of ranges: checked with its length.)
                 if g.ty != Type::ResyncAlso {
                     bad.push(Header { count: 512, ..g });

@@ -180,6 +180,8 @@ impl Engine {
             // The source copied them (it finishes only after the end of our list).
             self.suspect.clear();
             self.set_mode(Mode::Mirroring);
+            // The source stays the survivor until it has this.
+            self.sess.queue(&Header::new(Type::ResyncDoneAck), &[]);
             tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
             // Forwards that came after RESYNC_DONE, while copies were still being applied.
             if self.cfg.role == Role::Leader {
@@ -300,7 +302,7 @@ impl Engine {
             match r.next(&mut self.dirty, g, size, writes_in_flight) {
                 Next::Stop => break,
                 Next::Finish => {
-                    self.finish_resync(io);
+                    self.send_resync_done();
                     break;
                 }
                 Next::Read { offset, len } => {
@@ -338,11 +340,25 @@ impl Engine {
         }
     }
 
+    /// Nothing is left to copy: tell the target. The resync ends only with its confirmation
+    /// ([`Self::finish_resync`]); until then this site stays the survivor and updates wait.
+    pub(super) fn send_resync_done(&mut self) {
+        let Some(r) = self.resync.as_mut() else {
+            return;
+        };
+        r.done_sent();
+        self.sess.queue(&Header::new(Type::ResyncDone), &[]);
+    }
+
+    /// The target confirmed RESYNC_DONE (every copy applied there): mirror again, and give the
+    /// grant back once "in sync" is durable.
     pub(super) fn finish_resync(&mut self, io: &mut IoCx) {
+        if !self.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
+            return;
+        }
         let Some(r) = self.resync.take() else {
             return;
         };
-        self.sess.queue(&Header::new(Type::ResyncDone), &[]);
         self.stats
             .resync_rate
             .store(0, std::sync::atomic::Ordering::Relaxed);

@@ -299,6 +299,9 @@ impl Engine {
                 self.target.done_received();
                 self.maybe_end_resync_target(io);
             }
+            ResyncDoneAck if self.resync.as_ref().is_some_and(|r| r.awaiting_ack()) => {
+                self.finish_resync(io);
+            }
             Meta if leader => {
                 let (status, state) = match &self.cfg.meta {
                     Some(m) => m.execute(self.vol, payload),

@@ -13,11 +13,12 @@
 //!   their answers held (not failed); failures are answered at once. Otherwise a crash could
 //!   restart the site as "in sync" or "fenced" with writes acknowledged on this replica only:
 //!   the peer, resyncing it or taken over by an operator, would silently drop them.
-//! - **In sync after a resync (source)**: the witness grant is given back only once the
-//!   in-sync state is durable. Otherwise a crash could restart the site as "survivor, epoch
-//!   E" after the witness gave a newer grant to the peer (two survivors: refused, an operator
-//!   must choose). The RESYNC_DONE itself need not wait: restarting as survivor from the
-//!   older state only resyncs the peer again (everything, as after any crash), which is safe.
+//! - **In sync after a resync (source)**: the source becomes "in sync" only when the target
+//!   confirmed RESYNC_DONE (RESYNC_DONE_ACK), and the witness grant is given back only once
+//!   that state is durable. Otherwise a crash could restart the site as "survivor, epoch E"
+//!   after the witness gave a newer grant to the peer (two survivors: refused, an operator
+//!   must choose). Restarting as survivor from the older state only resyncs the peer again
+//!   (everything, as after any crash), which is safe.
 //! - **Clean stop**: synchronous, the engine waits for its last snapshot (clean: exact
 //!   bitmaps) before it is dropped, and the daemon stops the persister only after that.
 //! - Written lazily (nothing waits): **fenced** (a crash restarts from "in sync" or "new":

@@ -96,7 +96,10 @@ pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};
 use resync::{Next, ResyncSource, ResyncTarget};
 use session::PeerSession;
-pub use session::{ACK_BATCH, ACK_WINDOW, REDIAL_EVERY, lease_for, lease_margin};
+pub use session::{
+    ACK_BATCH, ACK_WINDOW, REDIAL_EVERY, announced_lease_ms, lease_for, lease_margin,
+    lease_mismatch,
+};
 use slab::Slab;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -466,11 +469,35 @@ impl Engine {
 
     /// I/O is refused here for now (fenced, resyncing, or waiting for the first session).
     pub fn no_io(&self) -> bool {
-        matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting) || self.failed.is_some()
+        self.mode.serves_nothing() || self.failed.is_some()
     }
 
-    /// Decide what a new session is, from both sites' replica states, and start it.
+    /// The read lease this site announces in HELLO/WELCOME (`announced_lease_ms`).
+    pub fn announced_lease_ms(&self) -> u32 {
+        announced_lease_ms(self.cfg.peer_dead, self.cfg.failover.is_some())
+    }
+
+    /// Check the peer's announced read lease against this site's; on a mismatch the refusal
+    /// (also kept in the status).
+    pub fn check_peer_lease(&self, peer_ms: u32) -> Result<(), String> {
+        match lease_mismatch(self.announced_lease_ms(), peer_ms) {
+            None => Ok(()),
+            Some(why) => {
+                self.stats.set_refused(Some(&why));
+                Err(why)
+            }
+        }
+    }
+
+    /// Decide what a new session is, from both sites' replica states, and start it. A refusal
+    /// is kept in the status (`session_refused`) until a session starts.
     pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
+        let r = self.decide_and_start(io, peer);
+        self.stats.set_refused(r.as_ref().err().map(String::as_str));
+        r
+    }
+
+    fn decide_and_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
         if self.durable.failed {
             return Err("the replica state cannot be persisted at this site: refusing".into());
         }
@@ -480,7 +507,7 @@ impl Engine {
             ));
         }
         let me = self.replica_state();
-        match decide(me, peer) {
+        match decide(me, peer, self.cfg.role == Role::Leader) {
             Session::InSync => {
                 // In sync (or both new and empty).
                 self.new_replica = false;
@@ -531,9 +558,23 @@ impl Engine {
                 tracing::warn!(volume = %self.cfg.name,
                     "mirror: the peer is the survivor; receiving its changes (no I/O here until done)");
             }
+            Session::Reconcile => {
+                // Neither site acknowledged alone: this replica holds every acknowledged
+                // write. Serve (no grant is needed: the peer serves nothing until resynced)
+                // and copy both sites' unconfirmed regions to the peer. Updates still held
+                // here (an in-sync site's backlog) have an unknown outcome: failed, and their
+                // regions copied too.
+                self.give_up_held();
+                self.set_mode(Mode::Survivor);
+                self.session_start_source(io);
+                self.push_meta();
+                tracing::warn!(volume = %self.cfg.name, this_site = state_name(me),
+                    peer = state_name(peer), dirty_bytes = self.dirty_bytes(),
+                    "mirror: neither site served alone; reconciling the unconfirmed regions from this site");
+            }
             Session::Refuse => {
                 return Err(format!(
-                    "no survivor to resync from (this site {}, peer {}): the replicas may differ; refusing",
+                    "no replica is known to hold every acknowledged write (this site {}, peer {}): refusing; an operator must choose the replica to keep with `twinblk-ctl mirror_takeover` at that site (writes acknowledged only by the other are lost)",
                     state_name(me),
                     state_name(peer)
                 ));
@@ -596,6 +637,10 @@ impl Engine {
     /// the peer timeout, ping, and notice a silent peer. True when the follower should dial.
     pub fn tick(&mut self, io: &mut IoCx, now: Instant) -> bool {
         self.poll_durable();
+        if let Some((offset, len, e)) = self.stats.take_read_failure() {
+            // A host read another reactor issued failed at the local device.
+            self.fail_replica("read", offset, len, e);
+        }
         self.failover_tick(io);
         self.release_alone(now);
         self.resync_step(io, now);
@@ -758,8 +803,12 @@ impl Engine {
         offset: u64,
         fua: bool,
     ) -> Start {
-        if self.leader.is_diverged() || self.no_io() {
+        if self.leader.is_diverged() {
             return Start::Done(Err(Errno::IO));
+        }
+        if self.no_io() {
+            // Another site's path may serve it (NVMe: ANA inaccessible).
+            return Start::Done(Err(Errno::UNAVAILABLE));
         }
         let (upd, len, data) = match update {
             Update::Meta(cmd) => return self.submit_meta(from, tag, cmd),
@@ -791,8 +840,13 @@ impl Engine {
         fua: bool,
     ) -> Start {
         if self.leader.is_diverged() || self.no_io() {
+            let e = if self.no_io() {
+                Errno::UNAVAILABLE
+            } else {
+                Errno::IO
+            };
             self.recycle(data);
-            return Start::Done(Err(Errno::IO));
+            return Start::Done(Err(e));
         }
         let len = data.len() as u64;
         self.submit_op(io, from, tag, (Upd::Write, len, data), offset, fua)

@@ -3,13 +3,19 @@
 //! Model: each site tells the other its *replica state* in HELLO/WELCOME (the header's `id`):
 //! 0 in sync (or just started from an in-sync state), 1 survivor, 2 fenced, 3 resyncing,
 //! 4 new (docs/mirror-protocol.md, the session table). [`decide`] is a pure function of both
-//! states that says what the session does at this site; the engine carries it out.
+//! states (and, to break the tie between two fenced sites, whether this site leads the
+//! volume) that says what the session does at this site; the engine carries it out.
 //!
 //! Invariants:
-//! - Exactly one side of a resync is the source: `decide(a, b)` is [`Session::SendAll`] or
-//!   [`Session::Resync`] exactly when `decide(b, a)` is [`Session::Receive`].
-//! - Two survivors never serve together ([`Session::SplitBrain`]); a pair with no survivor to
-//!   resync from and not both in sync is refused ([`Session::Refuse`]).
+//! - Exactly one side of a resync is the source: `decide(a, b, l)` is [`Session::SendAll`],
+//!   [`Session::Resync`] or [`Session::Reconcile`] exactly when `decide(b, a, !l)` is
+//!   [`Session::Receive`].
+//! - Two survivors never serve together ([`Session::SplitBrain`]).
+//! - Every pair a running pair of sites can reach is decided: a pair in which no site served
+//!   alone (in sync, fenced) reconciles from the in-sync site, or from the leader when both
+//!   fenced. Refused ([`Session::Refuse`]) only where no replica is known to hold every
+//!   acknowledged write: a resync target whose source is gone (fenced or failed after it began),
+//!   a new replica facing anything but an in-sync, new or surviving peer, and unknown states.
 
 pub use crate::layer::mirror::mode::Mode;
 
@@ -49,6 +55,11 @@ pub enum Session {
         /// The peer is a new, empty replica.
         everything_written: bool,
     },
+    /// Neither site served alone (this one in sync and the peer fenced, or both fenced and this
+    /// site the leader): this replica holds every acknowledged write; serve (without a grant:
+    /// the peer serves nothing until resynced) and copy the unconfirmed regions of both sites
+    /// (this site's suspect ones and the peer's list) to the peer.
+    Reconcile,
     /// The peer's replica wins: receive its resync (no I/O here until done).
     Receive,
     /// Both claim to be the survivor: refused.
@@ -57,8 +68,9 @@ pub enum Session {
     Refuse,
 }
 
-/// The session of a site in replica state `me` whose peer is in state `peer`.
-pub fn decide(me: u32, peer: u32) -> Session {
+/// The session of a site in replica state `me` whose peer is in state `peer`; `leader`: this
+/// site leads the volume.
+pub fn decide(me: u32, peer: u32, leader: bool) -> Session {
     match (me, peer) {
         (0, 0) | (4, 4) => Session::InSync,
         (0, 4) | (0, 3) => Session::SendAll,
@@ -66,7 +78,9 @@ pub fn decide(me: u32, peer: u32) -> Session {
         (1, p) => Session::Resync {
             everything_written: p == 4,
         },
-        (_, 1) | (4, 0) | (3, 0) => Session::Receive,
+        (0, 2) => Session::Reconcile,
+        (2, 2) if leader => Session::Reconcile,
+        (_, 1) | (4, 0) | (3, 0) | (2, 0) | (2, 2) => Session::Receive,
         _ => Session::Refuse,
     }
 }
@@ -86,11 +100,12 @@ mod tests {
         const RW: Session = Resync {
             everything_written: true,
         };
-        // Rows: this site 0..=6; columns: the peer 0..=6.
+        // Rows: this site 0..=6; columns: the peer 0..=6 (this site the leader; a follower
+        // differs only in (2, 2): Receive).
         let table = [
-            [InSync, Receive, Refuse, SendAll, SendAll, Refuse, Refuse],
+            [InSync, Receive, Reconcile, SendAll, SendAll, Refuse, Refuse],
             [R, SplitBrain, R, R, RW, R, R],
-            [Refuse, Receive, Refuse, Refuse, Refuse, Refuse, Refuse],
+            [Receive, Receive, Reconcile, Refuse, Refuse, Refuse, Refuse],
             [Receive, Receive, Refuse, Refuse, Refuse, Refuse, Refuse],
             [Receive, Receive, Refuse, Refuse, InSync, Refuse, Refuse],
             [Refuse, Receive, Refuse, Refuse, Refuse, Refuse, Refuse],
@@ -99,20 +114,25 @@ mod tests {
         for (me, row) in table.iter().enumerate() {
             for (peer, want) in row.iter().enumerate() {
                 assert_eq!(
-                    decide(me as u32, peer as u32),
+                    decide(me as u32, peer as u32, true),
                     *want,
                     "this site {me}, peer {peer}"
                 );
+                let follower = if (me, peer) == (2, 2) { Receive } else { *want };
+                assert_eq!(decide(me as u32, peer as u32, false), follower);
             }
         }
-        // One source per resync, and both sides agree on mirroring.
+        // One source per resync, and both sides agree on mirroring and on refusing.
         for me in 0..7 {
             for peer in 0..7 {
-                let (a, b) = (decide(me, peer), decide(peer, me));
-                let source = matches!(a, SendAll | Resync { .. });
-                assert_eq!(source, b == Receive, "{me} {peer}: {a:?} / {b:?}");
-                assert_eq!(a == InSync, b == InSync, "{me} {peer}");
-                assert_eq!(a == SplitBrain, b == SplitBrain, "{me} {peer}");
+                for leader in [true, false] {
+                    let (a, b) = (decide(me, peer, leader), decide(peer, me, !leader));
+                    let source = matches!(a, SendAll | Resync { .. } | Reconcile);
+                    assert_eq!(source, b == Receive, "{me} {peer}: {a:?} / {b:?}");
+                    assert_eq!(a == InSync, b == InSync, "{me} {peer}");
+                    assert_eq!(a == SplitBrain, b == SplitBrain, "{me} {peer}");
+                    assert_eq!(a == Refuse, b == Refuse, "{me} {peer}");
+                }
             }
         }
     }

@@ -2,7 +2,8 @@
 //! of copies still to apply ([`ResyncTarget`]).
 //!
 //! Model: a survivor (or the sender of a first sync) copies its dirty regions to the
-//! returning peer within a rate limit, then sends RESYNC_DONE and mirrors again. The source
+//! returning peer within a rate limit, then sends RESYNC_DONE, and mirrors again once the
+//! target confirms it (RESYNC_DONE_ACK: every copy is applied there). The source
 //! walks the dirty [`RegionMap`] (the engine's, lent to [`ResyncSource::next`]) with a
 //! cursor, clears each bit as it is read and records it in the attempt's `copied` map; it
 //! says, one step at a time, what the engine does next ([`Next`]): read a region (through the
@@ -12,8 +13,10 @@
 //! left.
 //!
 //! Invariants:
-//! - A region copied by an attempt that ends before RESYNC_DONE is dirty again
-//!   ([`ResyncSource::abandon`]).
+//! - A region copied by an attempt that ends before RESYNC_DONE_ACK is dirty again
+//!   ([`ResyncSource::abandon`]): until the target confirms, the source is still the survivor
+//!   (grant and persisted state kept, updates deferred), so a lost RESYNC_DONE, a lost last
+//!   copy or a lost confirmation only means copying the attempt's regions again.
 //! - The last pass starts only once the target's suspect list has ended (RESYNC_ALSO with no
 //!   range); the resync finishes only after a whole last pass found nothing dirty, no read in
 //!   flight and no write of this site's initiators being applied.
@@ -32,7 +35,7 @@ const MAX_READS: u32 = 16;
 pub(super) enum Next {
     /// Read this region (through the apply queue) and send it.
     Read { offset: u64, len: u64 },
-    /// Nothing is left: send RESYNC_DONE and mirror again.
+    /// Nothing is left: send RESYNC_DONE (and mirror again once the target confirms it).
     Finish,
     /// Nothing more this tick (budget, reads in flight, or waiting for the target's list, for
     /// reads or for writes).
@@ -59,6 +62,8 @@ pub(super) struct ResyncSource {
     /// Regions copied in this attempt: dirty again if it is interrupted (they may not have
     /// arrived).
     pub(super) copied: RegionMap,
+    /// RESYNC_DONE is sent: nothing more to copy, waiting for the target's confirmation.
+    done_sent: bool,
 }
 
 impl ResyncSource {
@@ -75,7 +80,18 @@ impl ResyncSource {
             total: 0,
             also_done: false,
             copied: RegionMap::new(size, g),
+            done_sent: false,
         }
+    }
+
+    /// RESYNC_DONE is sent: from now on the attempt only waits for RESYNC_DONE_ACK.
+    pub(super) fn done_sent(&mut self) {
+        self.done_sent = true;
+    }
+
+    /// RESYNC_DONE is sent and not yet confirmed.
+    pub(super) fn awaiting_ack(&self) -> bool {
+        self.done_sent
     }
 
     /// In the last pass, an update of this site's initiator waits (`k` kept, true) until the
@@ -125,7 +141,7 @@ impl ResyncSource {
         size: u64,
         writes_in_flight: impl FnOnce() -> bool,
     ) -> Next {
-        if self.budget <= 0.0 || self.reads >= MAX_READS {
+        if self.done_sent || self.budget <= 0.0 || self.reads >= MAX_READS {
             return Next::Stop;
         }
         let Some(b) = dirty.next_set(self.cursor) else {
@@ -175,7 +191,8 @@ impl ResyncSource {
         self.deferred
     }
 
-    /// The resync is done: (bytes copied, seconds taken, the deferred updates, to mirror).
+    /// The target confirmed the resync: (bytes copied, seconds taken, the deferred updates, to
+    /// mirror).
     pub(super) fn finish(self) -> (u64, f64, VecDeque<usize>) {
         (
             self.total,

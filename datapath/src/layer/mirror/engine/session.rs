@@ -71,6 +71,40 @@ pub fn lease_for(peer_dead: Duration) -> Duration {
     peer_dead / 2
 }
 
+/// What a site announces in HELLO/WELCOME `count`: its read lease in milliseconds, or 0
+/// without a witness (no lease is enforced then). Both sites must announce the same value: a
+/// site whose lease outlasts the survivor's wait would serve stale reads.
+pub fn announced_lease_ms(peer_dead: Duration, witness: bool) -> u32 {
+    if witness {
+        u32::try_from(lease_for(peer_dead).as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1)
+    } else {
+        0
+    }
+}
+
+/// The refusal when the two sites' announced read leases differ.
+pub fn lease_mismatch(mine: u32, peer: u32) -> Option<String> {
+    let says = |ms: u32| {
+        if ms == 0 {
+            "no witness (no read lease)".to_string()
+        } else {
+            format!(
+                "a witness and a read lease of {ms} ms (peer_dead_ms {})",
+                u64::from(ms) * 2
+            )
+        }
+    };
+    (mine != peer).then(|| {
+        format!(
+            "the sites disagree on failover: this site has {}, the peer {}; set the same [mirror] witness and peer_dead_ms at both sites (a site whose read lease outlasts the survivor's wait would serve stale reads)",
+            says(mine),
+            says(peer)
+        )
+    })
+}
+
 /// What a survivor adds to the lease before it acknowledges alone: clock-rate differences
 /// between the sites and the tick's granularity.
 pub fn lease_margin(lease: Duration) -> Duration {

@@ -127,7 +127,7 @@ fn a_survivor_that_cannot_persist_its_state_stops_serving() {
     assert_eq!(
         a.engine
             .submit(&mut io, 0, tag, Update::Write(&[1; 512]), 0, false),
-        Start::Done(Err(Errno::IO))
+        Start::Done(Err(Errno::UNAVAILABLE))
     );
     let snap = a.engine.stats().snapshot("t", true);
     assert_eq!(snap.state, "failed");

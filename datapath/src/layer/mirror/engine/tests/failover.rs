@@ -48,7 +48,7 @@ fn the_granted_site_finishes_held_writes_and_the_other_fences() {
             0,
             false,
         );
-        assert_eq!(r, Start::Done(Err(Errno::IO)));
+        assert_eq!(r, Start::Done(Err(Errno::UNAVAILABLE)));
     }
 }
 
@@ -236,38 +236,45 @@ fn a_stop_in_the_middle_of_a_resync_keeps_what_it_copied_dirty() {
     );
 }
 
-/// A leader resync target that has RESYNC_DONE but still applies copies drops the
-/// follower's first forwards (mode != Mirroring); the next ORDER then mismatches.
+/// A write at the resync source after RESYNC_DONE waits until the target has applied every
+/// copy and confirmed (RESYNC_DONE_ACK); only then is it forwarded, and the leader (the
+/// target) sequences it as a mirroring leader. (Before the confirmation existed, the source
+/// forwarded at once and the leader still applying its copies had to keep the forward.)
 #[test]
-fn a_forward_that_arrives_while_the_leader_still_applies_its_resync_is_kept() {
+fn a_write_at_the_source_waits_until_the_target_confirmed_the_resync() {
     let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
     redial(&mut a, &mut b, &mut io);
     deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_ALSO list, RESENT
     for _ in 0..100 {
         b.engine.tick(&mut io, Instant::now());
         while complete_one(&mut b, &mut io, &mut rng) {}
-        if b.engine.mode() == Mode::Mirroring {
+        if b.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
             break;
         }
     }
-    assert_eq!(b.engine.mode(), Mode::Mirroring, "b did not finish");
+    assert!(
+        b.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()),
+        "b did not send RESYNC_DONE"
+    );
+    assert_eq!(b.engine.mode(), Mode::Survivor, "mirroring before the ack");
     deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNCs + RESYNC_DONE, a's applies pending
     assert_eq!(a.engine.mode(), Mode::Resyncing);
     let mut slot = 100;
     write_at(&mut b, &mut io, &mut slot, 0, 0x77, 512);
-    deliver(&mut b, &mut a, &mut io, usize::MAX); // FWD_WRITE, silently not taken
+    assert_eq!(
+        deliver(&mut b, &mut a, &mut io, usize::MAX),
+        0,
+        "forwarded before the target confirmed"
+    );
     while complete_one(&mut a, &mut io, &mut rng) {}
     assert_eq!(a.engine.mode(), Mode::Mirroring);
+    deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_DONE_ACK
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
     write_at(&mut b, &mut io, &mut slot, 4096, 0x78, 512);
-    deliver(&mut b, &mut a, &mut io, usize::MAX);
-    a.engine.take_outbox(&mut a.wire);
-    let mut at = 0;
-    while let wire::Decoded::Msg(h, r) = wire::decode(&a.wire[at..]) {
-        let payload = a.wire[at + r.start..at + r.end].to_vec();
-        at += r.end;
-        let res = b.engine.on_msg(&mut io, &h, &payload);
-        assert!(res.is_ok(), "b refused {:?}: {:?}", h.ty, res);
-    }
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!((b.ok, b.failed), (4, 0));
+    assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
+    assert_eq!(a.disk.borrow().bytes[4096], 0x78);
 }
 
 /// A resync target re-sessions while copies of the previous attempt are still
@@ -287,23 +294,38 @@ fn copies_of_an_earlier_resync_attempt_do_not_count_for_the_next() {
     while complete_one(&mut a, &mut io, &mut rng) {} // old copies finish
 }
 
+/// RESYNC_DONE lost with the link: the source had not had the target's confirmation, so it
+/// is still the survivor (grant kept) and the regions of the attempt are dirty again; the
+/// next session resyncs them (not everything) and is not refused.
 #[test]
-fn a_resync_whose_done_message_was_lost_is_done_again_in_full() {
+fn a_resync_whose_done_message_was_lost_copies_its_regions_again() {
+    use std::sync::atomic::Ordering::Relaxed;
     let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
     redial(&mut a, &mut b, &mut io);
     deliver(&mut a, &mut b, &mut io, usize::MAX); // a's suspect list
-    // b copies everything and finishes; nothing of it reaches a (lost with the link).
+    // b copies everything and sends RESYNC_DONE; nothing of it reaches a (lost with the link).
     for _ in 0..10_000 {
         b.engine.tick(&mut io, Instant::now());
         while complete_one(&mut b, &mut io, &mut rng) {}
-        if b.engine.mode() == Mode::Mirroring {
+        if b.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
             break;
         }
     }
-    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    assert!(b.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()));
+    let first = b.engine.stats().resync_bytes.load(Relaxed);
     break_link(&mut a, &mut b);
-    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (3, 0));
-    // The next session is not refused: b sends every region it ever wrote.
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        b.engine.mode(),
+        Mode::Survivor,
+        "the source left survivor mode"
+    );
+    assert_eq!(
+        b.engine.dirty_bytes(),
+        first,
+        "the attempt's regions are not dirty again"
+    );
+    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (3, 1));
     redial(&mut a, &mut b, &mut io);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     assert!(
@@ -414,4 +436,138 @@ fn a_leader_survivors_resync_finishes_under_a_continuous_writer() {
         collect(&mut a);
         collect(&mut b);
     }
+}
+
+/// The link is cut while the witness is unreachable from both sites: both fence (neither
+/// acknowledges alone; the writes in flight fail). When the link returns the pair (fenced,
+/// fenced) used to be refused at both sites for ever; now the leader reconciles: it serves
+/// and copies both sites' unconfirmed regions, and the replicas end identical.
+#[test]
+fn two_fenced_sites_reconcile_from_the_leader_when_the_link_returns() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(13);
+    let mut slot = 0;
+    let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    assert_eq!((a.outstanding, b.outstanding), (0, 0));
+    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (2, 2));
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing),
+        "the leader is not the source"
+    );
+    // The leader serves meanwhile.
+    write_at(&mut a, &mut io, &mut slot, 0, 0x5A, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after reconciling two fenced sites"
+    );
+    assert_eq!(a.disk.borrow().bytes[0], 0x5A);
+}
+
+/// A site fenced (the witness unreachable from it) while its peer saw only a short link flap
+/// and is still in sync: the pair (in sync, fenced) used to be refused; the in-sync site
+/// reconciles (its held updates fail, their regions and the fenced site's suspect ones are
+/// copied) and the replicas end identical.
+#[test]
+fn an_in_sync_site_reconciles_a_fenced_peer() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(17);
+    let mut slot = 0;
+    let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 7);
+    // Only b asks the witness (a's session comes back before it does) and cannot reach it.
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    assert!(!sa.want.load(SeqCst));
+    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (0, 2));
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!((a.outstanding, b.outstanding), (0, 0));
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after reconciling a fenced peer"
+    );
+}
+
+/// A refused session says why in the status, with the command an operator needs, until a
+/// session starts.
+#[test]
+fn a_refused_session_is_shown_in_the_status_with_what_to_do() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut a, mut b, _io) = lose_peer(true);
+    // (resyncing, fenced): no replica is known to hold every acknowledged write.
+    let why = b.engine.session_start(&mut io, 3).unwrap_err();
+    assert!(why.contains("mirror_takeover"), "{why}");
+    let snap = b.engine.stats().snapshot("t", false);
+    assert_eq!(snap.session_refused.as_deref(), Some(why.as_str()));
+    // Both survivors: split brain, named.
+    let why = a.engine.session_start(&mut io, 1).unwrap_err();
+    assert!(why.contains("split brain"), "{why}");
+    // The real pair (survivor, fenced) starts: the refusal is cleared.
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    assert_eq!(b.engine.stats().snapshot("t", false).session_refused, None);
+    assert_eq!(a.engine.stats().snapshot("t", true).session_refused, None);
+}
+
+/// Two sites with witness slots, random writes from both, `n` messages each way delivered
+/// (some updates applied at both sites, some at one only), every local write finished, and
+/// the link cut: (a, a's slot, b, b's slot), nothing asked of the witness yet.
+fn traffic_then_cut(
+    io: &mut IoCx,
+    rng: &mut Rng,
+    slot: &mut u32,
+    n: usize,
+) -> (
+    Site,
+    Arc<crate::layer::mirror::failover::FailoverSlot>,
+    Site,
+    Arc<crate::layer::mirror::failover::FailoverSlot>,
+) {
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(io);
+    b.engine.link_up(io);
+    for _ in 0..20 {
+        submit(&mut a, io, rng, slot);
+        submit(&mut b, io, rng, slot);
+    }
+    deliver(&mut a, &mut b, io, n);
+    deliver(&mut b, &mut a, io, n);
+    while complete_one(&mut a, io, rng) || complete_one(&mut b, io, rng) {}
+    break_link(&mut a, &mut b);
+    (a, sa, b, sb)
 }

@@ -846,6 +846,7 @@ mod failover;
 mod forwards;
 mod lease;
 mod meta;
+mod resyncloss;
 
 /// Spare data vectors are bounded in bytes, not only in count: a burst of 8 MiB updates
 /// leaves at most `SPARE_BYTES` behind (it could leave 8 GiB when the bound was 1024 vectors).

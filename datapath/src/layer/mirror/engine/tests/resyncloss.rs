@@ -1,0 +1,269 @@
+//! Every message of a resync lost: the link cut after each message of a resync session (both
+//! directions, every phase: suspect list, copies, the last pass, RESYNC_DONE and its
+//! confirmation, the first mirrored updates), with the witness answered as the real one
+//! decides. Invariants checked: after every cut at least one site serves (never both down),
+//! the next session is accepted at both sites, and both end in sync with byte-identical
+//! replicas holding every acknowledged write.
+
+use super::*;
+use crate::layer::mirror::failover::{DENIED, FailoverSlot, GRANTED};
+use std::sync::atomic::Ordering::SeqCst;
+
+/// The witness as docs/witness-protocol.md decides for one group: a holder keeps the grant
+/// until it gives it back; with no holder, the first site asking gets it (a new epoch).
+#[derive(Default)]
+struct Witness {
+    holder: Option<usize>,
+    epoch: u64,
+}
+
+impl Witness {
+    /// Take releases and answer requests of the two sites' slots.
+    fn serve(&mut self, slots: [&FailoverSlot; 2]) {
+        for (i, s) in slots.iter().enumerate() {
+            let r = s.release.swap(0, SeqCst);
+            if r != 0 && r == self.epoch && self.holder == Some(i) {
+                self.holder = None;
+            }
+        }
+        for (i, s) in slots.iter().enumerate() {
+            if !s.want.swap(false, SeqCst) {
+                continue;
+            }
+            match self.holder {
+                Some(h) if h != i => s.outcome.store(DENIED, SeqCst),
+                _ => {
+                    if self.holder.is_none() {
+                        self.epoch += 1;
+                        self.holder = Some(i);
+                    }
+                    s.epoch.store(self.epoch, SeqCst);
+                    s.outcome.store(GRANTED, SeqCst);
+                }
+            }
+        }
+    }
+}
+
+/// One turn of both sites: ticks (the witness answering between them), local completions,
+/// and at most one message each way while `budget` lasts (each delivered message takes one).
+/// Returns whether anything moved.
+fn turn(
+    a: &mut Site,
+    b: &mut Site,
+    x: &mut Around,
+    io: &mut IoCx,
+    rng: &mut Rng,
+    budget: &mut usize,
+) -> bool {
+    let (b_writes, src_is_a) = (&mut x.writes, x.src_is_a);
+    let now = Instant::now();
+    a.engine.tick(io, now);
+    b.engine.tick(io, now);
+    x.w.serve(x.slots);
+    a.engine.tick(io, now);
+    b.engine.tick(io, now);
+    let mut any = complete_one(a, io, rng);
+    any |= complete_one(b, io, rng);
+    for dir in 0..2 {
+        if *budget == 0 {
+            break;
+        }
+        let n = if dir == 0 {
+            deliver(b, a, io, 1)
+        } else {
+            deliver(a, b, io, 1)
+        };
+        *budget -= n;
+        any |= n > 0;
+    }
+    let src = if src_is_a { &*a } else { &*b };
+    for (_, tag, r) in &src.engine.done {
+        if let Some(w) = b_writes.iter_mut().find(|w| w.0 == tag.slot) {
+            w.3 = Some(r.is_ok());
+        }
+    }
+    collect(a);
+    collect(b);
+    any
+}
+
+/// What surrounds the two sites: the witness and their slots, and the source's writes.
+struct Around<'s> {
+    w: Witness,
+    slots: [&'s FailoverSlot; 2],
+    writes: Vec<BWrite>,
+    /// The resync source is a (else b).
+    src_is_a: bool,
+}
+
+/// A write of the resync source's initiator: (slot, offset, byte, outcome once answered: acknowledged?).
+type BWrite = (u32, u64, u8, Option<bool>);
+
+/// Both sites past the lost peer's read lease (a survivor holds answers until then).
+fn past_leases(a: &mut Site, b: &mut Site, io: &mut IoCx) {
+    past_peer_lease(a, io);
+    past_peer_lease(b, io);
+}
+
+/// The resync of `fenced_leader_with_unconfirmed_updates` (b survivor, a fenced) with the
+/// link cut after `cut` delivered messages (`usize::MAX`: never). Returns the number of
+/// messages delivered before the cut (or in all, when never cut).
+/// `settle`: after the last delivered message both sites run a few more turns with nothing
+/// delivered (what they send then is lost too).
+/// `leader_source`: the leader (a) is the survivor and resyncs the follower (b); otherwise
+/// the follower resyncs the fenced leader.
+fn resync_cut_after(cut: usize, settle: bool, leader_source: bool) -> usize {
+    let (mut a, mut b, mut io, mut rng, mut acked) = if leader_source {
+        // Random writes from both sites before the loss (their outcomes are not tracked:
+        // only that the replicas end identical).
+        let (a, b, io) = lose_peer(true);
+        (a, b, io, Rng(77), Vec::new())
+    } else {
+        let (a, b, io, rng) = fenced_leader_with_unconfirmed_updates();
+        (a, b, io, rng, vec![(0, 0x11), (8192, 0xB1), (57344, 0xB2)])
+    };
+    let (sa, sb) = (
+        a.engine.cfg.failover.clone().expect("slot"),
+        b.engine.cfg.failover.clone().expect("slot"),
+    );
+    // The survivor holds the grant (epoch 1), as the witness of the setup gave it.
+    let w = Witness {
+        holder: Some(if leader_source { 0 } else { 1 }),
+        epoch: 1,
+    };
+    let mut x = Around {
+        w,
+        slots: [&*sa, &*sb],
+        writes: Vec::new(),
+        src_is_a: leader_source,
+    };
+    let mut slot = 5000;
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    let mut budget = cut;
+    let mut delivered = 0;
+    // The survivor's initiators keep writing during the resync (three writes, at the
+    // start, in the middle and near the end of the session).
+    let writes = [(3usize, 24576u64, 0xC1u8), (9, 0, 0xC2), (15, 49152, 0xC3)];
+    for round in 0..20_000 {
+        for &(at, off, byte) in &writes {
+            if round == at {
+                let src = if leader_source { &mut a } else { &mut b };
+                write_at(src, &mut io, &mut slot, off, byte, 4096);
+                x.writes.push((slot, off, byte, None));
+            }
+        }
+        let before = budget;
+        let any = turn(&mut a, &mut b, &mut x, &mut io, &mut rng, &mut budget);
+        delivered += before - budget;
+        if budget == 0 && cut != usize::MAX {
+            if settle {
+                for _ in 0..5 {
+                    turn(&mut a, &mut b, &mut x, &mut io, &mut rng, &mut budget);
+                }
+            }
+            break;
+        }
+        let synced = a.engine.mode() == Mode::Mirroring && b.engine.mode() == Mode::Mirroring;
+        if !any && synced && round > 20 && a.engine.idle() && b.engine.idle() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    if cut != usize::MAX {
+        // The link breaks: what is on the wire is lost, both sessions end.
+        break_link(&mut a, &mut b);
+        let mut unused = usize::MAX;
+        for _ in 0..10 {
+            turn(&mut a, &mut b, &mut x, &mut io, &mut rng, &mut unused);
+        }
+        past_leases(&mut a, &mut b, &mut io);
+        let serving = [&a, &b].iter().filter(|s| !s.engine.no_io()).count();
+        assert!(
+            serving >= 1,
+            "cut after {cut} messages: both sites stopped ({:?} / {:?})",
+            a.engine.mode(),
+            b.engine.mode()
+        );
+        // The next session: both sides accept it.
+        let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+        a.engine
+            .session_start(&mut io, rb)
+            .unwrap_or_else(|e| panic!("cut after {cut}: session refused at a: {e}"));
+        b.engine
+            .session_start(&mut io, ra)
+            .unwrap_or_else(|e| panic!("cut after {cut}: session refused at b: {e}"));
+        let mut unused = usize::MAX;
+        for _ in 0..200_000 {
+            let any = turn(&mut a, &mut b, &mut x, &mut io, &mut rng, &mut unused);
+            let synced = a.engine.mode() == Mode::Mirroring && b.engine.mode() == Mode::Mirroring;
+            if !any && synced && a.engine.idle() && b.engine.idle() {
+                break;
+            }
+        }
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    }
+    past_leases(&mut a, &mut b, &mut io);
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Mirroring, Mode::Mirroring),
+        "cut after {cut}: not back in sync"
+    );
+    assert!(
+        x.writes.iter().all(|w| w.3.is_some()),
+        "cut after {cut}: a write never answered"
+    );
+    if cut == usize::MAX {
+        assert!(
+            x.writes.iter().all(|w| w.3 == Some(true)),
+            "failed without a cut"
+        );
+    }
+    // The last acknowledged write to each offset; a failed one may or may not be there,
+    // the same at both sites.
+    let mut failed = Vec::new();
+    for w in &x.writes {
+        match w.3 {
+            Some(true) => acked.push((w.1, w.2)),
+            _ => failed.push(w.1),
+        }
+    }
+    let acked: std::collections::BTreeMap<u64, u8> = acked.into_iter().collect();
+    let (da, db) = (a.disk.borrow(), b.disk.borrow());
+    for (off, byte) in acked {
+        if failed.contains(&off) {
+            continue;
+        }
+        assert_eq!(
+            db.bytes[off as usize], byte,
+            "cut after {cut}: acknowledged write at {off} lost"
+        );
+    }
+    assert!(
+        da.bytes == db.bytes,
+        "cut after {cut}: replicas differ after the resync"
+    );
+    // Back in sync, the survivor gave the grant back.
+    x.w.serve(x.slots);
+    assert_eq!(
+        x.w.holder, None,
+        "cut after {cut}: the grant was never given back"
+    );
+    delivered
+}
+
+#[test]
+fn a_lost_resync_done_leaves_the_source_serving_and_both_sites_converge() {
+    for leader_source in [false, true] {
+        let all = resync_cut_after(usize::MAX, false, leader_source);
+        assert!(all > 8, "the resync exchanged only {all} messages");
+        for cut in 0..=all {
+            resync_cut_after(cut, false, leader_source);
+            resync_cut_after(cut, true, leader_source);
+        }
+    }
+}
