@@ -360,6 +360,10 @@ pub struct ControlConfig {
     /// (mode 0750): its members may use the socket. Unset: the daemon's group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`, plain HTTP; unset: none).
+    /// Anyone who reaches it reads the counters: bind it to an address only monitoring reaches.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where a volume's data lives.
@@ -547,6 +551,7 @@ impl Default for ControlConfig {
         Self {
             socket: default_control_socket(),
             group: None,
+            metrics: None,
         }
     }
 }

@@ -74,6 +74,9 @@ pub enum StartError {
     /// The control socket could not be created.
     #[error("control socket")]
     Control(#[source] std::io::Error),
+    /// The metrics endpoint could not be started (`[control] metrics`).
+    #[error("metrics endpoint")]
+    Metrics(#[source] std::io::Error),
     /// The mirror's replica-state persister thread could not be started.
     #[error("cannot start the replica-state persister thread")]
     Persister(#[source] std::io::Error),
@@ -105,6 +108,7 @@ pub struct Daemon {
     listen: Vec<(Proto, SocketAddr)>,
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
+    metrics: Option<crate::control::metrics::MetricsServer>,
     cores: Vec<usize>,
     failover: Option<JoinHandle<()>>,
     failover_stop: Arc<AtomicBool>,
@@ -230,6 +234,7 @@ impl Daemon {
                         },
                     };
                     let home = index % cfg.reactor.cores.len();
+                    let slot = engine.failover.clone();
                     let md = Arc::new(MirrorDevice::new(
                         device,
                         engine,
@@ -244,6 +249,8 @@ impl Daemon {
                         stats: Arc::clone(&md.stats),
                         leader,
                         home,
+                        group: v.group.clone().unwrap_or_else(|| v.name.clone()),
+                        failover: slot,
                     });
                     Volume::with_path(v.name.clone(), md.clone(), Arc::clone(&md.path))
                 }
@@ -383,6 +390,7 @@ impl Daemon {
             listen: listen.clone(),
             threads: Vec::new(),
             control: None,
+            metrics: None,
             cores: cfg.reactor.cores.clone(),
             failover: None,
             failover_stop: Arc::new(AtomicBool::new(false)),
@@ -446,14 +454,14 @@ impl Daemon {
                 }
             }
         }
+        let cx = Arc::new(ControlCx {
+            rt: Arc::clone(&shared),
+            nbd_exports,
+            nvmf: Arc::clone(&nvmf),
+            mirrors,
+        });
         if !cfg.control.socket.as_os_str().is_empty() {
-            let cx = ControlCx {
-                rt: Arc::clone(&shared),
-                nbd_exports,
-                nvmf: Arc::clone(&nvmf),
-                mirrors,
-            };
-            match ControlServer::start(&cfg.control.socket, Arc::new(cx), cfg.clone()) {
+            match ControlServer::start(&cfg.control.socket, Arc::clone(&cx), cfg.clone()) {
                 Ok(c) => daemon.control = Some(c),
                 Err(e) => {
                     daemon.stop();
@@ -461,7 +469,22 @@ impl Daemon {
                 }
             }
         }
+        if let Some(addr) = cfg.control.metrics {
+            let site_id = cfg.mirror.as_ref().map(|m| m.site_id());
+            match crate::control::metrics::MetricsServer::start(addr, cx, site_id) {
+                Ok(m) => daemon.metrics = Some(m),
+                Err(e) => {
+                    daemon.stop();
+                    return Err(StartError::Metrics(e));
+                }
+            }
+        }
         Ok(daemon)
+    }
+
+    /// The metrics endpoint's bound address (`[control] metrics`), if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
     }
 
     /// Addresses the daemon listens on, with their protocols.
@@ -488,6 +511,9 @@ impl Daemon {
     pub fn stop(&mut self) {
         if let Some(c) = self.control.take() {
             c.stop();
+        }
+        if let Some(m) = self.metrics.take() {
+            m.stop();
         }
         for m in &self.shared.mailboxes {
             m.send(Msg::Stop);

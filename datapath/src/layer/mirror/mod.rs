@@ -58,6 +58,11 @@ pub struct MirrorInfo {
     pub leader: bool,
     /// The reactor running the volume's engine.
     pub home: usize,
+    /// The volume's group at the witness (its own name when it has none).
+    pub group: String,
+    /// The group's line to the failover thread (`None` without a witness): the control
+    /// socket reads what the witness last said.
+    pub failover: Option<Arc<failover::FailoverSlot>>,
 }
 
 /// The path state of this site for a mirrored volume: optimised at the volume's leader (and

@@ -93,6 +93,8 @@ pub struct MirrorSnapshot {
     pub role: &'static str,
     /// `up`, `down` or `diverged`.
     pub state: &'static str,
+    /// A session with the peer is up (in any mode: e.g. also while resyncing).
+    pub link_up: bool,
     /// Sessions started so far.
     pub session: u32,
     /// Updates from this site's initiators.
@@ -139,6 +141,8 @@ pub struct MirrorSnapshot {
     pub session_refused: Option<String>,
     /// Median PING round trip over the last samples, in microseconds (null: none yet).
     pub rtt_p50_us: Option<f64>,
+    /// An operator's takeover (`mirror_takeover`) waits for the witness's answer.
+    pub takeover_pending: bool,
 }
 
 impl MirrorStats {
@@ -254,6 +258,7 @@ impl MirrorStats {
                     Mode::Mirroring => "down",
                 }
             },
+            link_up: self.up.load(Relaxed),
             session: self.session.load(Relaxed),
             updates: self.updates.load(Relaxed),
             replicated: self.replicated.load(Relaxed),
@@ -272,6 +277,7 @@ impl MirrorStats {
             actlog_extents: self.actlog_extents.load(Relaxed),
             actlog_writes: self.actlog_writes.load(Relaxed),
             rtt_p50_us: rtt,
+            takeover_pending: self.takeover.load(Relaxed),
             persist_error,
             failure,
             session_refused: self.refused.lock().ok().and_then(|r| r.clone()),
