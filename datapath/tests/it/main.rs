@@ -4,6 +4,7 @@ mod clients;
 mod failover;
 mod harness;
 mod layering;
+mod linkauth;
 mod malformed;
 mod mirror;
 mod netfault;
