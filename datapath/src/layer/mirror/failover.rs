@@ -119,17 +119,29 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
     let mut known = vec![Epoch(0); groups.len()];
     let mut reachable = true;
     let mut next_beat = std::time::Instant::now();
+    // A release the witness did not answer, retried every heartbeat interval: a grant left
+    // held would make the witness deny the peer at the next loss.
+    let mut retry: Vec<Option<(u64, std::time::Instant)>> = vec![None; groups.len()];
     while !stop.load(SeqCst) {
-        for (group, _, slot, name) in &groups {
-            let epoch = slot.release.swap(0, SeqCst);
+        for (i, (group, _, slot, name)) in groups.iter().enumerate() {
+            let now = std::time::Instant::now();
+            let mut epoch = slot.release.swap(0, SeqCst);
+            if epoch == 0
+                && let Some((e, at)) = retry[i]
+                && now >= at
+            {
+                epoch = e;
+            }
             if epoch != 0 {
+                retry[i] = None;
                 client.set_timeout(cfg.request_timeout);
                 match client.release(*group, Epoch(epoch)) {
                     Ok(_) => {
                         tracing::info!(volume = %name, epoch, "mirror: survivor grant released")
                     }
                     Err(e) => {
-                        tracing::warn!(volume = %name, epoch, error = %e, "mirror: could not release the grant")
+                        tracing::warn!(volume = %name, epoch, error = %e, "mirror: could not release the grant; retrying");
+                        retry[i] = Some((epoch, std::time::Instant::now() + cfg.heartbeat));
                     }
                 }
             }

@@ -226,6 +226,14 @@ impl Engine {
                 self.become_survivor(io, epoch);
             }
             Grant::Fence(why) => self.fence(why),
+            Grant::Unwanted { epoch } => {
+                if self.grant_epoch != epoch {
+                    tracing::info!(volume = %self.cfg.name, epoch,
+                        "mirror: the witness granted the volume after the session came back; giving the grant back");
+                    slot.release
+                        .store(epoch, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
         }
     }
 
