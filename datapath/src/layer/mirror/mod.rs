@@ -141,6 +141,7 @@ impl PollerSource for MirrorDevice {
                 peer: self.peer,
                 path: Arc::clone(&self.path),
                 next_tick: Instant::now(),
+                last_tick: Instant::now(),
                 key: Arc::clone(&self.key),
             }) as Box<dyn Poller>
         })
@@ -166,20 +167,23 @@ pub struct MirrorPoller {
     peer: SocketAddr,
     path: Arc<PathCell>,
     next_tick: Instant,
+    /// When the engine's periodic work last ran.
+    last_tick: Instant,
     key: Arc<twinblk_witness::Key>,
 }
 
 impl Poller for MirrorPoller {
     fn poll(&mut self, cx: &mut PollCx<'_>) -> bool {
         let now = cx.now;
-        let tick = now >= self.next_tick;
-        if tick {
-            self.next_tick = now + TICK;
-        }
         let stopping = cx.stopping;
         let Some(e) = engine_of(cx.chans, self.vol) else {
             return false;
         };
+        if self.next_tick > self.last_tick + TICK && e.quiet_until(now).is_none() {
+            // Busy again (a request, a lost link): back to the normal rate.
+            self.next_tick = self.last_tick + TICK;
+        }
+        let tick = now >= self.next_tick;
         if stopping {
             e.begin_drain();
         }
@@ -189,6 +193,13 @@ impl Poller for MirrorPoller {
         e.poll_actlog(cx.io);
         // Timeouts and pings run while stopping too; only dialling stops.
         let dial = tick && e.tick(cx.io, now) && !stopping;
+        if tick {
+            self.last_tick = now;
+            // A quiet engine sleeps until its next PING, heartbeat check or lease end.
+            self.next_tick = e
+                .quiet_until(now)
+                .map_or(now + TICK, |t| t.max(now + TICK));
+        }
         let state = e.path_state(now);
         let kick = e.wants_send(now) || e.kill_link.is_some() || (stopping && e.idle());
         let link = e.link_key;

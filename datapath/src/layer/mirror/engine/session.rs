@@ -374,6 +374,11 @@ impl PeerSession {
             .then_some("peer silent past the heartbeat timeout")
     }
 
+    /// When the next PING is due (a session is up).
+    pub(super) fn next_ping(&self) -> Option<Instant> {
+        self.up.then_some(self.next_ping)
+    }
+
     /// Follower without a link: whether to dial now (at most every [`REDIAL_EVERY`]).
     pub(super) fn dial_due(&mut self, now: Instant) -> bool {
         if now >= self.next_dial {
