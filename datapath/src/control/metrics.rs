@@ -64,25 +64,12 @@ impl std::fmt::Debug for Site {
     }
 }
 
-fn counter(
+/// A counter family (integer or seconds), one row per label set.
+fn counter<N: prometheus_client::encoding::EncodeCounterValue + Copy>(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: &[(&[(&str, &str)], u64)],
-) -> Result<(), std::fmt::Error> {
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in rows {
-        let c = ConstCounter::new(*v);
-        c.encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-fn counter_f(
-    e: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(&[(&str, &str)], f64)],
+    rows: &[(&[(&str, &str)], N)],
 ) -> Result<(), std::fmt::Error> {
     let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in rows {
@@ -173,13 +160,13 @@ impl Collector for Site {
                     .map(|((s, _), l)| (&l[..], f(s) as f64 / 1e9))
                     .collect()
             };
-        counter_f(
+        counter(
             &mut e,
             "reactor_busy_seconds",
             "Time each reactor spent on work (busy ratio: rate of this over rate of busy + idle).",
             &secs(&|s| s.busy_ns),
         )?;
-        counter_f(
+        counter(
             &mut e,
             "reactor_idle_seconds",
             "Time each reactor spent idle.",
