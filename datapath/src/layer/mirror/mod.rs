@@ -196,9 +196,7 @@ impl Poller for MirrorPoller {
         if tick {
             self.last_tick = now;
             // A quiet engine sleeps until its next PING, heartbeat check or lease end.
-            self.next_tick = e
-                .quiet_until(now)
-                .map_or(now + TICK, |t| t.max(now + TICK));
+            self.next_tick = e.quiet_until(now).map_or(now + TICK, |t| t.max(now + TICK));
         }
         let state = e.path_state(now);
         let kick = e.wants_send(now) || e.kill_link.is_some() || (stopping && e.idle());

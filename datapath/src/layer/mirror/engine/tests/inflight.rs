@@ -72,27 +72,6 @@ fn late(rng: &mut Rng) -> u64 {
     }
 }
 
-/// Hand up to `max` whole messages on `from`'s wire to `to`.
-fn receive(from: &mut Site, to: &mut Site, io: &mut IoCx, max: usize) -> usize {
-    let (mut n, mut at) = (0, 0);
-    while n < max {
-        match wire::decode(&from.wire[at..]) {
-            wire::Decoded::Msg(h, r) => {
-                let payload = from.wire[at + r.start..at + r.end].to_vec();
-                at += r.end;
-                to.engine
-                    .on_msg(io, &h, &payload)
-                    .expect("valid message refused");
-                n += 1;
-            }
-            wire::Decoded::Partial(_) => break,
-            wire::Decoded::Bad(why) => panic!("engine produced a bad message: {why}"),
-        }
-    }
-    from.wire.drain(..at);
-    n
-}
-
 /// Random overlapping traffic from both sites; sends complete late, and the link is cut with
 /// sends in flight (which complete only in a later session). Every batch completes as it was
 /// sent, both replicas end identical, and updates were freed under sends in flight.

@@ -172,6 +172,11 @@ fn complete_one(s: &mut Site, io: &mut IoCx, rng: &mut Rng) -> bool {
 /// Deliver whole messages from `from.wire` to `to`, at most `max`.
 fn deliver(from: &mut Site, to: &mut Site, io: &mut IoCx, max: usize) -> usize {
     from.engine.take_outbox(&mut from.wire);
+    receive(from, to, io, max)
+}
+
+/// Hand up to `max` whole messages already on `from`'s wire to `to`.
+fn receive(from: &mut Site, to: &mut Site, io: &mut IoCx, max: usize) -> usize {
     let mut n = 0;
     let mut at = 0;
     while n < max {
