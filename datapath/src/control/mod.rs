@@ -272,8 +272,12 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
     let Some(method) = req.get("method").and_then(Value::as_str) else {
         return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32600, "message": "missing method"}});
     };
-    if method == "mirror_takeover" {
-        let r = takeover(req.get("params"), shared, cfg);
+    if method == "mirror_takeover" || method == "mirror_resync" {
+        let r = if method == "mirror_takeover" {
+            takeover(req.get("params"), shared, cfg)
+        } else {
+            resync(req.get("params"), shared)
+        };
         return match r {
             Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
             Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
@@ -285,6 +289,73 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("no method {method:?}")}})
         }
     }
+}
+
+/// The smallest resync rate an operator may set (as `[mirror] resync_rate`'s minimum).
+const MIN_RESYNC_RATE: u64 = 1 << 20;
+
+/// `mirror_resync {"volume": NAME, "pause": BOOL, "rate_bytes_per_s": N}`: pause or resume
+/// this site's resync copies (the last pass, which holds new writes, is never paused), or set
+/// their rate (0: back to the configured `resync_rate`). Either field may be left out; the
+/// answer is the settings now.
+fn resync(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String> {
+    let p = params
+        .ok_or("params: {\"volume\": NAME, \"pause\": true|false, \"rate_bytes_per_s\": N}")?;
+    let name = p
+        .get("volume")
+        .and_then(Value::as_str)
+        .ok_or("params must name the volume: {\"volume\": NAME}")?;
+    let vol = shared
+        .rt
+        .volumes
+        .iter()
+        .position(|v| v.name == name)
+        .ok_or_else(|| format!("no volume named {name:?}"))?;
+    let m = shared
+        .mirrors
+        .iter()
+        .find(|m| m.vol == vol)
+        .ok_or_else(|| format!("volume {name:?} is not mirrored"))?;
+    let pause = match p.get("pause") {
+        None => None,
+        Some(v) => Some(v.as_bool().ok_or("\"pause\" must be true or false")?),
+    };
+    let rate = match p.get("rate_bytes_per_s") {
+        None => None,
+        Some(v) => {
+            let r = v
+                .as_u64()
+                .ok_or("\"rate_bytes_per_s\" must be a whole number of bytes per second")?;
+            if r != 0 && r < MIN_RESYNC_RATE {
+                return Err(format!(
+                    "\"rate_bytes_per_s\" must be 0 (the configured rate) or at least {MIN_RESYNC_RATE}"
+                ));
+            }
+            Some(r)
+        }
+    };
+    if let Some(r) = rate {
+        m.stats.resync_rate_limit.store(r, Ordering::SeqCst);
+        tracing::warn!(
+            volume = name,
+            rate_bytes_per_s = r,
+            "mirror: operator set the resync rate (0: the configured one)"
+        );
+    }
+    if let Some(pause) = pause {
+        m.stats.resync_paused.store(pause, Ordering::SeqCst);
+        tracing::warn!(
+            volume = name,
+            pause,
+            "mirror: operator paused or resumed the resync"
+        );
+    }
+    let limit = m.stats.resync_rate_limit.load(Ordering::SeqCst);
+    Ok(json!({
+        "volume": name,
+        "paused": m.stats.resync_paused.load(Ordering::SeqCst),
+        "rate_limit_bytes_per_s": (limit > 0).then_some(limit),
+    }))
 }
 
 /// `mirror_takeover {"volume": NAME}`: a site waiting for a peer that will not come back asks

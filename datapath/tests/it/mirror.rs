@@ -168,6 +168,51 @@ fn data_written_at_either_site_reads_back_identical_at_the_other() {
     );
 }
 
+/// `mirror_resync`: an operator pauses and resumes a site's resync and sets its rate; bad
+/// parameters are refused with a reason; the status shows the settings.
+#[test]
+fn the_resync_can_be_paused_resumed_and_rate_limited_through_the_control_socket() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, _b) = pair(root.path(), 10_000);
+    let r = a.rpc_with(
+        "mirror_resync",
+        serde_json::json!({"volume": "vol0", "pause": true, "rate_bytes_per_s": 4194304}),
+    );
+    assert_eq!(r["result"]["paused"], true, "{r}");
+    assert_eq!(r["result"]["rate_limit_bytes_per_s"], 4194304, "{r}");
+    let st = status(&a);
+    assert_eq!(st["resync_paused"], true, "{st}");
+    assert_eq!(st["resync_rate_limit_bytes_per_s"], 4194304, "{st}");
+    for (bad, why) in [
+        (
+            serde_json::json!({"volume": "vol0", "rate_bytes_per_s": 1000}),
+            "at least",
+        ),
+        (
+            serde_json::json!({"volume": "vol0", "pause": "yes"}),
+            "true or false",
+        ),
+        (
+            serde_json::json!({"volume": "nope", "pause": true}),
+            "no volume",
+        ),
+        (serde_json::json!({"pause": true}), "name the volume"),
+    ] {
+        let r = a.rpc_with("mirror_resync", bad.clone());
+        let m = r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(m.contains(why), "{bad} -> {r}");
+    }
+    let r = a.rpc_with(
+        "mirror_resync",
+        serde_json::json!({"volume": "vol0", "pause": false, "rate_bytes_per_s": 0}),
+    );
+    assert_eq!(r["result"]["paused"], false, "{r}");
+    assert!(r["result"]["rate_limit_bytes_per_s"].is_null(), "{r}");
+}
+
 #[test]
 fn two_writers_one_per_site_on_the_same_blocks_leave_identical_replicas() {
     need("fio");

@@ -66,6 +66,11 @@ pub struct MirrorStats {
     /// An operator asked this site to take the volume over (ask the witness for a grant
     /// without a peer session); cleared when the witness has answered.
     pub takeover: AtomicBool,
+    /// An operator paused this site's resync copies (`mirror_resync`); the last pass, which
+    /// holds new writes, is never paused.
+    pub resync_paused: AtomicBool,
+    /// An operator's resync rate limit, bytes per second (0: the configured `resync_rate`).
+    pub resync_rate_limit: AtomicU64,
     /// Why the replica state could not be persisted (set once: the volume is stopped at
     /// this site); read rarely (control path only).
     persist_error: Mutex<Option<String>>,
@@ -123,6 +128,10 @@ pub struct MirrorSnapshot {
     pub resync_running: bool,
     /// Its copy rate, bytes per second.
     pub resync_rate_bytes_per_s: u64,
+    /// An operator paused the resync (`mirror_resync`).
+    pub resync_paused: bool,
+    /// An operator's rate limit for it, bytes per second (null: the configured one).
+    pub resync_rate_limit_bytes_per_s: Option<u64>,
     /// Its estimated time left, seconds (dirty bytes left at the current rate).
     pub resync_eta_s: f64,
     /// Extents in the activity log (leader).
@@ -272,6 +281,9 @@ impl MirrorStats {
             dirty_bytes: self.dirty_bytes.load(Relaxed),
             resync_bytes: self.resync_bytes.load(Relaxed),
             resync_running: self.resync_rate.load(Relaxed) > 0,
+            resync_paused: self.resync_paused.load(Relaxed),
+            resync_rate_limit_bytes_per_s: Some(self.resync_rate_limit.load(Relaxed))
+                .filter(|&r| r > 0),
             resync_rate_bytes_per_s: self.resync_rate.load(Relaxed),
             resync_eta_s: self.resync_eta_ms.load(Relaxed) as f64 / 1000.0,
             actlog_extents: self.actlog_extents.load(Relaxed),

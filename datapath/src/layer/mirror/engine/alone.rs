@@ -306,7 +306,26 @@ impl Engine {
             return self.abandon_resync(io);
         }
         let (g, size) = (self.cfg.dirty_granularity, self.cfg.size);
-        r.refill(now, self.cfg.resync_rate, g);
+        // An operator's rate limit or pause (`mirror_resync`); the last pass, which holds new
+        // writes, always goes on.
+        let limit = self
+            .stats
+            .resync_rate_limit
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let rate = if limit > 0 {
+            limit
+        } else {
+            self.cfg.resync_rate
+        };
+        r.refill(now, rate, g);
+        if self
+            .stats
+            .resync_paused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && !r.in_last_pass()
+        {
+            return;
+        }
         while let Some(r) = self.resync.as_mut() {
             let ops = &self.ops;
             // (Updates waiting for the survivor state on disk, actlog.rs, count as writes.)

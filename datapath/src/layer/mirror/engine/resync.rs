@@ -113,6 +113,11 @@ impl ResyncSource {
         self.reads = self.reads.saturating_sub(1);
     }
 
+    /// The last pass runs (new updates wait for it): never paused.
+    pub(super) fn in_last_pass(&self) -> bool {
+        self.last_pass
+    }
+
     /// The target is still listing its suspect regions (RESYNC_ALSO is taken).
     pub(super) fn listing(&self) -> bool {
         !self.also_done

@@ -571,3 +571,31 @@ fn traffic_then_cut(
     break_link(&mut a, &mut b);
     (a, sa, b, sb)
 }
+
+/// An operator's pause (`mirror_resync`) stops the source's copies until resumed; the resync
+/// then finishes and the replicas are identical.
+#[test]
+fn a_paused_resync_copies_nothing_until_resumed() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    b.engine.stats().resync_paused.store(true, Relaxed);
+    redial(&mut a, &mut b, &mut io);
+    for _ in 0..200 {
+        b.engine.tick(&mut io, Instant::now());
+        complete_one(&mut b, &mut io, &mut rng);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        complete_one(&mut a, &mut io, &mut rng);
+    }
+    assert_eq!(
+        b.engine.stats().resync_bytes.load(Relaxed),
+        0,
+        "copied while paused"
+    );
+    assert_eq!(a.engine.mode(), Mode::Resyncing);
+    assert!(b.engine.dirty_bytes() > 0);
+    b.engine.stats().resync_paused.store(false, Relaxed);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
+    assert!(b.engine.stats().resync_bytes.load(Relaxed) > 0);
+}
