@@ -20,6 +20,7 @@ use crate::control::config::{Backend, Config, Wait};
 use crate::frontend::nbd::{NbdAcceptor, NbdExport};
 use crate::frontend::nvmf::atomic::HomeService;
 use crate::frontend::nvmf::{NvmfAcceptor, NvmfShared, ctrl::Subsystem};
+use crate::layer::cdp::{CdpDevice, CdpSettings};
 use crate::layer::mirror::engine::{EngineConfig, Role};
 use crate::layer::mirror::failover::{self, FailoverConfig, FailoverSlot};
 use crate::layer::mirror::link::LinkAcceptor;
@@ -80,6 +81,15 @@ pub enum StartError {
     /// The witness client could not be set up (key file, address).
     #[error("cannot set up the witness client")]
     Witness(#[source] std::io::Error),
+    /// A volume's CDP journal could not be opened or recovered.
+    #[error("volume {name}: continuous data protection")]
+    Cdp {
+        /// The volume.
+        name: String,
+        /// Why.
+        #[source]
+        source: crate::layer::cdp::store::CdpError,
+    },
     /// The sites' shared key (`mirror.witness_key_file`), which authenticates the replication
     /// links, could not be loaded.
     #[error("mirror: the link key (mirror.witness_key_file)")]
@@ -163,6 +173,7 @@ impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, StartError> {
         let mut volumes = Vec::new();
         let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
+        let mut cdp_devs: Vec<Arc<CdpDevice>> = Vec::new();
         let mut mirrors: Vec<MirrorInfo> = Vec::new();
         let mut failover_vols = Vec::new();
         // The replication links authenticate with the sites' shared key: no key, no mirror
@@ -179,10 +190,28 @@ impl Daemon {
             None => None,
         };
         for (index, v) in cfg.volumes.iter().enumerate() {
-            let device = build_device(v).map_err(|source| StartError::Volume {
+            let mut device = build_device(v).map_err(|source| StartError::Volume {
                 name: v.name.clone(),
                 source,
             })?;
+            if let Some(c) = v.cdp.as_ref().filter(|c| c.enabled) {
+                // Under the mirror: every update this site applies is journaled here.
+                let settings = CdpSettings {
+                    dir: c.dir.clone(),
+                    segment_size: c.segment_size.0,
+                    seed: v.path.clone().filter(|_| v.backend == Backend::Uring),
+                    volatile: v.backend == Backend::Malloc,
+                };
+                let home = index % cfg.reactor.cores.len();
+                let cd = Arc::new(CdpDevice::open(device, &settings, index, home).map_err(
+                    |source| StartError::Cdp {
+                        name: v.name.clone(),
+                        source,
+                    },
+                )?);
+                cdp_devs.push(Arc::clone(&cd));
+                device = cd;
+            }
             let volume = match (&cfg.mirror, v.mirror) {
                 (Some(m), true) => {
                     let leader = m.leader_of(v) == m.site;
@@ -320,6 +349,9 @@ impl Daemon {
             let _ = md.mailboxes.set(mailboxes.clone());
             let _ = md.meta.set(Arc::clone(&replicator) as _);
         }
+        for cd in &cdp_devs {
+            let _ = cd.mailboxes.set(mailboxes.clone());
+        }
         let stats = (0..n)
             .map(|_| Arc::new(ReactorStats::new(volumes.len())))
             .collect();
@@ -355,7 +387,12 @@ impl Daemon {
             volumes,
             listeners,
             services: vec![Arc::new(HomeService::new(Arc::clone(&nvmf)))],
-            pollers: mirror_devs.iter().map(|m| Arc::clone(m) as _).collect(),
+            // CDP's pollers after the mirror's: a turn's applies are journaled in that turn.
+            pollers: mirror_devs
+                .iter()
+                .map(|m| Arc::clone(m) as Arc<dyn runtime::PollerSource>)
+                .chain(cdp_devs.iter().map(|c| Arc::clone(c) as _))
+                .collect(),
             mailboxes,
             stats,
             running: std::sync::atomic::AtomicUsize::new(n),

@@ -1,0 +1,357 @@
+//! The journal writer on a volume's home reactor: records copied into batch buffers as updates
+//! arrive, each batch appended to the active segment with one O_DIRECT `RWF_DSYNC` write at
+//! the end of the reactor turn (group commit), the durable watermark advanced in log order.
+//!
+//! Invariants:
+//! - Records get sequence numbers in arrival order, +1 each; batches are appended at
+//!   increasing positions in sequence order; `durable` is the last sequence such that it and
+//!   every record before it are on disk. An update is acknowledged only when `durable` covers
+//!   its records (or the journal stopped), so a crash loses no record of an acknowledged update
+//!   and the log's first invalid record is after every acknowledged one.
+//! - Batch buffers are the reactor's registered pool buffers (a batch larger than one takes a
+//!   counted bounce buffer); each is owned by this writer until handed to the in-flight table,
+//!   which gives it back after the completion. No allocation in the steady state.
+//! - A segment switch happens only with no append in flight and none queued, so no queued SQE
+//!   can name the fixed-file slot after it points at the next segment.
+//! - A failed append stops the journal for good (until a restart): updates then complete on
+//!   their base result alone, and the history ends at `durable`.
+
+use super::clock;
+use super::format::{self, MAX_PAYLOAD, Meta, Op, REC_HEADER, RecHeader};
+use super::store;
+use crate::bdev::LOWER_SLOT;
+use crate::uring::buf::BufId;
+use crate::uring::{BdevOp, Errno, IoCx, IoTag, OpBuf, OpKind};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// Own-I/O slot bit of a journal append (with [`LOWER_SLOT`]); the low 30 bits are its id.
+pub const JOURNAL_SLOT: u32 = 1 << 30;
+const ID_MASK: u32 = JOURNAL_SLOT - 1;
+/// Room kept free in a batch for its padding record.
+const PAD_MAX: usize = format::ALIGN + REC_HEADER;
+
+/// A volume's CDP counters, published for the control plane and tests.
+#[derive(Debug, Default)]
+pub struct CdpStats {
+    /// Last durable sequence number (every record up to it is on disk).
+    pub durable_seq: AtomicU64,
+    /// Time of that record.
+    pub durable_time: AtomicU64,
+    /// Records appended since start.
+    pub records: AtomicU64,
+    /// Journal bytes written since start (records and padding).
+    pub journal_bytes: AtomicU64,
+    /// Journal appends (batches) since start.
+    pub batches: AtomicU64,
+    /// Active segment number.
+    pub segment: AtomicU64,
+    /// The journal stopped after a failed append (history ends at `durable_seq`).
+    pub stopped: AtomicBool,
+}
+
+/// Where the writer starts (from recovery).
+pub struct Start {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The history's identity.
+    pub meta: Meta,
+    /// The active segment, created empty (or holding the start's records).
+    pub segno: u64,
+    /// Its O_DIRECT descriptor.
+    pub file: File,
+    /// Next append position in it.
+    pub pos: u64,
+    /// Next sequence number.
+    pub next_seq: u64,
+    /// Last record's time.
+    pub last_time: u64,
+    /// Segment size.
+    pub seg_size: u64,
+}
+
+struct Batch {
+    buf: OpBuf,
+    used: usize,
+    cap: usize,
+    last_seq: u64,
+    last_time: u64,
+}
+
+struct InFlight {
+    id: u32,
+    last_seq: u64,
+    last_time: u64,
+    done: bool,
+}
+
+/// The writer.
+pub struct Journal {
+    dir: PathBuf,
+    meta: Meta,
+    seg_size: u64,
+    segno: u64,
+    file: File,
+    slot: u32,
+    pos: u64,
+    vol: u32,
+    next_seq: u64,
+    last_time: u64,
+    open: Option<Batch>,
+    ready: VecDeque<Batch>,
+    inflight: VecDeque<InFlight>,
+    next_id: u32,
+    durable: u64,
+    stopped: bool,
+    stats: Arc<CdpStats>,
+}
+
+impl Journal {
+    /// The writer of volume `vol` on this reactor, appending to `s`'s segment.
+    pub fn new(io: &mut IoCx, vol: u32, s: Start, stats: Arc<CdpStats>) -> std::io::Result<Self> {
+        let slot = io.register_file(s.file.as_raw_fd())?;
+        stats.durable_seq.store(s.next_seq - 1, Relaxed);
+        stats.durable_time.store(s.last_time, Relaxed);
+        stats.segment.store(s.segno, Relaxed);
+        Ok(Self {
+            dir: s.dir,
+            meta: s.meta,
+            seg_size: s.seg_size,
+            segno: s.segno,
+            file: s.file,
+            slot,
+            pos: s.pos,
+            vol,
+            next_seq: s.next_seq,
+            last_time: s.last_time,
+            open: None,
+            ready: VecDeque::new(),
+            inflight: VecDeque::new(),
+            next_id: 0,
+            durable: s.next_seq - 1,
+            stopped: false,
+            stats,
+        })
+    }
+
+    /// Last durable sequence number.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// The journal stopped (a failed append): updates complete on their base result alone.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Records waiting for their append.
+    pub fn has_queued(&self) -> bool {
+        !self.ready.is_empty() || self.open.as_ref().is_some_and(|b| b.used > 0)
+    }
+
+    /// Appends in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Journal an update of `len` bytes at `offset` (`data`: a write's payload); returns the
+    /// sequence number of its last record (0 when the journal is stopped).
+    pub fn record(
+        &mut self,
+        io: &mut IoCx,
+        op: Op,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> u64 {
+        if self.stopped {
+            return 0;
+        }
+        let time = clock::now().max(self.last_time);
+        self.last_time = time;
+        match data {
+            Some(d) => {
+                for (i, chunk) in d.chunks(MAX_PAYLOAD).enumerate() {
+                    let off = offset + (i * MAX_PAYLOAD) as u64;
+                    self.append(io, op, off, chunk.len() as u64, chunk, time);
+                }
+            }
+            None => self.append(io, op, offset, len, &[], time),
+        }
+        self.next_seq - 1
+    }
+
+    fn append(&mut self, io: &mut IoCx, op: Op, offset: u64, len: u64, payload: &[u8], time: u64) {
+        let need = REC_HEADER + payload.len();
+        if self
+            .open
+            .as_ref()
+            .is_none_or(|b| b.used + need + PAD_MAX > b.cap)
+        {
+            if let Some(b) = self.open.take() {
+                self.ready.push_back(b);
+            }
+            let cap = io
+                .pool
+                .buf_size()
+                .max((need + PAD_MAX).next_multiple_of(format::ALIGN));
+            self.open = Some(Batch {
+                buf: io.take_buf(cap),
+                used: 0,
+                cap,
+                last_seq: 0,
+                last_time: 0,
+            });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let b = self.open.as_mut().expect("opened above");
+        let bytes = io.buf_mut(&mut b.buf, b.cap);
+        let rec = &mut bytes[b.used..b.used + need];
+        RecHeader {
+            op,
+            seq,
+            time,
+            offset,
+            len,
+            payload_len: payload.len() as u32,
+            payload_crc: if payload.is_empty() {
+                0
+            } else {
+                crc32c::crc32c(payload)
+            },
+            vol_id: self.meta.vol_id,
+        }
+        .encode(rec);
+        rec[REC_HEADER..].copy_from_slice(payload);
+        b.used += need;
+        b.last_seq = seq;
+        b.last_time = time;
+        self.stats.records.fetch_add(1, Relaxed);
+    }
+
+    /// Append every filled batch (called by the poller at the end of each turn). True when it
+    /// started an append.
+    pub fn issue(&mut self, io: &mut IoCx) -> bool {
+        if let Some(b) = self.open.take_if(|b| b.used > 0) {
+            self.ready.push_back(b);
+        }
+        if self.stopped {
+            while let Some(b) = self.ready.pop_front() {
+                give_back(io, b.buf);
+            }
+            return false;
+        }
+        let mut started = false;
+        while let Some(b) = self.ready.front() {
+            let len = b.used + format::pad_len(b.used);
+            if self.pos + len as u64 > self.seg_size {
+                if !self.inflight.is_empty() {
+                    break; // switch once the appends to this segment are done
+                }
+                if let Err(e) = self.next_segment(io) {
+                    self.stop(io, &format!("cannot start the next segment: {e}"));
+                    return started;
+                }
+            }
+            let mut b = self.ready.pop_front().expect("front exists");
+            let pad = len - b.used;
+            if pad > 0 {
+                let vol_id = self.meta.vol_id;
+                let bytes = io.buf_mut(&mut b.buf, b.cap);
+                format::encode_pad(&mut bytes[b.used..], pad, vol_id);
+            }
+            let id = self.next_id;
+            self.next_id = (self.next_id + 1) & ID_MASK;
+            io.start_bdev(BdevOp {
+                tag: IoTag::channel(self.vol, LOWER_SLOT | JOURNAL_SLOT | id),
+                file: self.slot,
+                offset: self.pos,
+                len: len as u32,
+                done: 0,
+                kind: OpKind::Write { fua: true },
+                buf: b.buf,
+            });
+            self.pos += len as u64;
+            self.inflight.push_back(InFlight {
+                id,
+                last_seq: b.last_seq,
+                last_time: b.last_time,
+                done: false,
+            });
+            self.stats.journal_bytes.fetch_add(len as u64, Relaxed);
+            self.stats.batches.fetch_add(1, Relaxed);
+            started = true;
+        }
+        started
+    }
+
+    /// Close the active segment and start the next one (no append in flight or queued for it).
+    fn next_segment(&mut self, io: &mut IoCx) -> Result<(), store::CdpError> {
+        let first = self.durable + 1;
+        let segno = self.segno + 1;
+        let file = store::create_segment(&self.dir, &self.meta, segno, first, self.seg_size)?;
+        io.replace_file(self.slot, file.as_raw_fd())
+            .map_err(|source| store::CdpError::Io {
+                what: "register",
+                path: store::seg_path(&self.dir, segno),
+                source,
+            })?;
+        self.file = file;
+        self.segno = segno;
+        self.pos = format::SEG_HEADER as u64;
+        self.stats.segment.store(segno, Relaxed);
+        Ok(())
+    }
+
+    fn stop(&mut self, io: &mut IoCx, why: &str) {
+        if !self.stopped {
+            tracing::error!(dir = %self.dir.display(), durable = self.durable, why,
+                "cdp: the journal stopped; the volume keeps serving, its history ends here until a restart");
+        }
+        self.stopped = true;
+        self.stats.stopped.store(true, Relaxed);
+        if let Some(b) = self.open.take() {
+            give_back(io, b.buf);
+        }
+        while let Some(b) = self.ready.pop_front() {
+            give_back(io, b.buf);
+        }
+    }
+
+    /// Append `id` finished with `result`; true when the durable watermark moved. After a
+    /// failure the watermark stays where it was (the journal is stopped; updates no longer
+    /// wait for it).
+    pub fn finished(&mut self, io: &mut IoCx, id: u32, result: Result<(), Errno>) -> bool {
+        if let Err(e) = result {
+            self.stop(io, &format!("append failed: errno {}", e.0));
+        }
+        if let Some(f) = self.inflight.iter_mut().find(|f| f.id == id) {
+            f.done = true;
+        }
+        let mut moved = false;
+        while let Some(f) = self.inflight.front() {
+            if !f.done {
+                break;
+            }
+            if !self.stopped {
+                self.durable = f.last_seq;
+                self.stats.durable_seq.store(f.last_seq, Relaxed);
+                self.stats.durable_time.store(f.last_time, Relaxed);
+                moved = true;
+            }
+            self.inflight.pop_front();
+        }
+        moved
+    }
+}
+
+fn give_back(io: &mut IoCx, buf: OpBuf) {
+    if let OpBuf::Pool(BufId(i)) = buf {
+        io.pool.put(BufId(i));
+    }
+}

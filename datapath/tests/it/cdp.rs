@@ -1,0 +1,412 @@
+//! Continuous data protection end to end: points in time of a volume group restored from the
+//! journal, crash recovery (kill -9, torn and corrupt segments), through the real daemon.
+
+use crate::harness::{Server, in_process_with, pattern};
+use crate::rawnbd::Client;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use twinblk::layer::cdp::pit::{self, Point};
+use twinblk::layer::cdp::store::{self, CdpError, Load};
+
+const NBD_CMD_TRIM: u16 = 4;
+const NBD_CMD_WRITE_ZEROES: u16 = 6;
+
+fn volume(name: &str, size: u64, dir: &Path, seg: &str) -> String {
+    format!(
+        "[[volume]]\nname='{name}'\nbackend='malloc'\nsize={size}\nblock_size=4096\ngroup='g'\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='{seg}'\n",
+        dir.display()
+    )
+}
+
+/// One update the workload made, as the model applies it.
+#[derive(Clone)]
+enum Upd {
+    Write(u64, Vec<u8>),
+    Zero(u64, u64),
+}
+
+fn apply(model: &mut [u8], u: &Upd) {
+    match u {
+        Upd::Write(o, d) => model[*o as usize..*o as usize + d.len()].copy_from_slice(d),
+        Upd::Zero(o, l) => model[*o as usize..(*o + *l) as usize].fill(0),
+    }
+}
+
+/// The content volume `vol` had at `t`, from the workload's log of (volume, update, time).
+fn expected(log: &[(usize, Upd, u64)], vol: usize, t: u64, size: usize) -> Vec<u8> {
+    let mut m = vec![0u8; size];
+    for (v, u, when) in log {
+        if *v == vol && *when <= t {
+            apply(&mut m, u);
+        }
+    }
+    m
+}
+
+fn last(dir: &Path) -> (u64, u64) {
+    let h = store::load(dir, Load::ReadOnly).expect("history");
+    (h.last_seq, h.last_time)
+}
+
+fn restore_file(dir: &Path, p: Point, out: &Path) -> Result<Vec<u8>, CdpError> {
+    let h = store::load(dir, Load::ReadOnly)?;
+    let _ = std::fs::remove_file(out);
+    pit::restore(&h, p, out, |_, _| {})?;
+    Ok(std::fs::read(out).expect("restored file"))
+}
+
+#[test]
+fn a_group_restores_to_every_chosen_point_with_the_content_it_had_then() {
+    const SIZE: usize = 3 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = [tmp.path().join("j-a"), tmp.path().join("j-b")];
+    let (mut d, addr) = in_process_with(
+        "cores=[0]\nwait='adaptive'",
+        &format!(
+            "{}{}",
+            volume("a", SIZE as u64, &dirs[0], "4MiB"),
+            volume("b", SIZE as u64, &dirs[1], "4MiB")
+        ),
+    );
+    let mut c = [
+        Client::connect(addr, "a", false),
+        Client::connect(addr, "b", false),
+    ];
+    // The workload: writes of many sizes (one of 2 MiB: two records; enough data for several
+    // 4 MiB segments), a trim and a write-zeroes, alternating between the two volumes, each
+    // acknowledged before the next is sent (so every one has its own time).
+    let mut log: Vec<(usize, Upd, u64)> = Vec::new();
+    let mut seqs: Vec<(usize, u64)> = Vec::new();
+    for i in 0..36u64 {
+        let vol = (i % 2) as usize;
+        let off = (i * 37 % 600) * 4096;
+        let upd = match i {
+            20 | 22 => Upd::Write(4096 * (i - 19), pattern(i, 2 << 20)),
+            25 => Upd::Zero(off, 64 << 10),
+            29 => Upd::Zero(8192, 3 * 4096),
+            _ => Upd::Write(off, pattern(i + 1000, 4096 * (1 + (i as usize * 7) % 40))),
+        };
+        let err = match (&upd, i) {
+            (Upd::Write(o, data), _) => c[vol].write(*o, data),
+            (Upd::Zero(o, l), 25) => {
+                c[vol].send_request(NBD_CMD_TRIM, 0, 9, *o, *l as u32, &[]);
+                c[vol].read_reply(0).1
+            }
+            (Upd::Zero(o, l), _) => {
+                c[vol].send_request(NBD_CMD_WRITE_ZEROES, 0, 9, *o, *l as u32, &[]);
+                c[vol].read_reply(0).1
+            }
+        };
+        assert_eq!(err, 0, "update {i}");
+        let (seq, time) = last(&dirs[vol]);
+        log.push((vol, upd, time));
+        seqs.push((vol, seq));
+    }
+    let segs = std::fs::read_dir(&dirs[0])
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".cdp")
+        })
+        .count();
+    assert!(segs >= 2, "the workload spans several segments ({segs})");
+    let hs: Vec<_> = dirs
+        .iter()
+        .map(|d| store::load(d, Load::ReadOnly).unwrap())
+        .collect();
+    // The points: right before and right after every fourth update, and the window's edges.
+    let mut points: Vec<u64> = Vec::new();
+    for (k, (_, _, t)) in log.iter().enumerate() {
+        if k % 4 == 1 || k == 20 || k == 22 || k == 25 || k == 29 {
+            points.push(t - 1);
+            points.push(*t);
+        }
+    }
+    let start = hs[0].meta.created.max(hs[1].meta.created);
+    points.push(start);
+    points.push(hs[0].last_time.min(hs[1].last_time));
+    assert!(points.len() >= 20, "{} points", points.len());
+    let out = tmp.path().join("restored");
+    for &t in &points {
+        for vol in 0..2 {
+            let got = restore_file(&dirs[vol], Point::Time(t), &out).unwrap();
+            let want = expected(&log, vol, t, SIZE);
+            assert!(
+                got == want,
+                "volume {vol} at time {t} differs from the workload's"
+            );
+        }
+    }
+    // Sequence points of one volume, and a range read without a copy.
+    for (k, &(vol, seq)) in seqs.iter().enumerate().filter(|(k, _)| k % 5 == 0) {
+        let t = log[k].2;
+        let got = restore_file(&dirs[vol], Point::Seq(seq), &out).unwrap();
+        assert!(
+            got == expected(&log, vol, t, SIZE),
+            "volume {vol} at sequence {seq}"
+        );
+        let part = pit::read_at(&hs[vol], Point::Seq(seq), 4096 * 7, 300_000).unwrap();
+        assert_eq!(
+            part,
+            expected(&log, vol, t, SIZE)[4096 * 7..4096 * 7 + 300_000]
+        );
+    }
+    // Outside the window: clear errors, nothing written.
+    let late = hs[0].last_time + 1;
+    let e = restore_file(&dirs[0], Point::Time(late), &out).unwrap_err();
+    assert!(matches!(e, CdpError::Outside { .. }), "{e}");
+    assert!(e.to_string().contains("window"), "{e}");
+    assert!(restore_file(&dirs[0], Point::Time(hs[0].meta.created - 1), &out).is_err());
+    assert!(restore_file(&dirs[0], Point::Seq(hs[0].last_seq + 1), &out).is_err());
+    // The newest point is the volume as it is now.
+    let now = c[0].read(0, SIZE as u32).unwrap();
+    assert!(restore_file(&dirs[0], Point::Seq(hs[0].last_seq), &out).unwrap() == now);
+    for cl in c {
+        cl.disconnect();
+    }
+    d.stop();
+    // After a clean stop the same history reads the same.
+    assert!(restore_file(&dirs[0], Point::Seq(hs[0].last_seq), &out).unwrap() == now);
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cdp"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_torn_truncated_or_corrupt_journal_is_cut_and_the_volume_keeps_serving() {
+    const SIZE: u64 = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let vols = volume("v", SIZE, &dir, "4MiB");
+    let start = || in_process_with("cores=[0]\nwait='adaptive'", &vols);
+    let (mut d, addr) = start();
+    let mut c = Client::connect(addr, "v", false);
+    for i in 0..10u64 {
+        assert_eq!(c.write(i * 8192, &pattern(i, 8192)), 0);
+    }
+    c.disconnect();
+    d.stop();
+    // 1 (the start's unmap of a RAM volume) + 10 writes.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert_eq!(h.last_seq, 11);
+    assert!(h.cut.is_none(), "{:?}", h.cut);
+    let good9 = pit::read_at(&h, Point::Seq(10), 0, SIZE).unwrap();
+
+    // A torn last record (its payload damaged): cut at it, the rest of the history kept.
+    let (segno, e) = h.entries().last().map(|(s, e)| (s, *e)).unwrap();
+    let seg = store::seg_path(&dir, segno);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&[0xAB; 100], e.pos + 64 + 50).unwrap();
+    }
+    let (mut d, addr) = start();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert_eq!(
+        h.segments
+            .iter()
+            .find(|s| s.header.segno == segno)
+            .unwrap()
+            .index
+            .entries
+            .last()
+            .unwrap()
+            .seq,
+        10,
+        "the damaged record is cut"
+    );
+    // The bytes behind the cut are zeroes now.
+    let bytes = std::fs::read(&seg).unwrap();
+    assert!(bytes[e.pos as usize..].iter().all(|&b| b == 0));
+    assert_eq!(pit::read_at(&h, Point::Seq(10), 0, SIZE).unwrap(), good9);
+    // The volume serves, and journals again from sequence 11 (this start's unmap) on.
+    let mut c = Client::connect(addr, "v", false);
+    assert_eq!(c.write(0, &pattern(77, 4096)), 0);
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert_eq!(h.last_seq, 12);
+    let mut want = vec![0u8; SIZE as usize];
+    want[..4096].copy_from_slice(&pattern(77, 4096));
+    assert_eq!(pit::read_at(&h, Point::Seq(12), 0, SIZE).unwrap(), want);
+    c.disconnect();
+    d.stop();
+
+    // A truncated newest segment (a crash while the file grew): cut where it ends.
+    let newest = segment_files(&dir).pop().unwrap();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let e = *h.entries().last().unwrap().1;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(e.pos + 100)
+        .unwrap();
+    let (mut d, _) = start();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(
+        h.entries().all(|(_, x)| x.seq != e.seq || x.pos != e.pos),
+        "cut"
+    );
+    assert!(h.damaged.is_empty());
+    d.stop();
+
+    // A missing and a damaged index: rebuilt, same history.
+    let before: Vec<_> = store::load(&dir, Load::ReadOnly)
+        .unwrap()
+        .entries()
+        .map(|(s, e)| (s, *e))
+        .collect();
+    let idx: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    assert!(idx.len() >= 2, "sealed segments have indexes: {idx:?}");
+    std::fs::remove_file(&idx[0]).unwrap();
+    std::fs::write(&idx[1], b"TBCDPIX1 but not an index").unwrap();
+    let after: Vec<_> = store::load(&dir, Load::ReadOnly)
+        .unwrap()
+        .entries()
+        .map(|(s, e)| (s, *e))
+        .collect();
+    assert_eq!(before, after);
+    assert!(idx[0].exists(), "a missing index is written again");
+    assert!(twinblk::layer::cdp::format::Index::decode(&std::fs::read(&idx[1]).unwrap()).is_ok());
+
+    // A corrupt segment header in the middle: the history ends before it, later segments are
+    // set aside, and the volume still starts and serves.
+    let first = segment_files(&dir)[0].clone();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap();
+        f.write_all_at(b"garbage!", 0).unwrap();
+    }
+    let (mut d, addr) = start();
+    let damaged = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".damaged")
+        })
+        .count();
+    assert!(damaged >= 2, "{damaged} segments set aside");
+    let mut c = Client::connect(addr, "v", false);
+    assert_eq!(c.write(4096, &pattern(5, 4096)), 0);
+    assert_eq!(c.read(4096, 4096).unwrap(), pattern(5, 4096));
+    c.disconnect();
+    d.stop();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h.cut.is_none());
+    let mut want = vec![0u8; SIZE as usize];
+    want[4096..8192].copy_from_slice(&pattern(5, 4096));
+    assert_eq!(
+        pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap(),
+        want
+    );
+
+    // A directory of another volume size is refused with a clear error.
+    let other = volume("v", SIZE * 2, &dir, "4MiB");
+    let cfg = twinblk::Config::from_toml(&format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=[]\n[control]\nsocket=''\n{other}"
+    ))
+    .unwrap();
+    let e = twinblk::Daemon::start(&cfg).err().expect("refused");
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    assert!(chain.contains("another directory"), "{chain}");
+}
+
+#[test]
+fn every_acknowledged_write_survives_kill_9_and_the_torn_tail_is_cut() {
+    const SIZE: u64 = 64 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}",
+        volume("v", SIZE, &dir, "4MiB")
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let addr = s.addr;
+    // 32 writes in flight at a time, each to its own block; the acknowledged ones are kept.
+    let writer = std::thread::spawn(move || {
+        let mut c = Client::connect(addr, "v", false);
+        let mut acked: Vec<u64> = Vec::new();
+        let mut next = 0u64;
+        let start = Instant::now();
+        while next + 32 <= SIZE / 4096 && start.elapsed() < Duration::from_secs(20) {
+            for k in 0..32 {
+                let b = next + k;
+                c.send_request(1, 0, b, b * 4096, 4096, &pattern(b, 4096));
+            }
+            for _ in 0..32 {
+                let mut m = [0u8; 4];
+                use std::io::Read;
+                let s = c.stream();
+                if s.read_exact(&mut m).is_err() {
+                    return acked;
+                }
+                let mut h = [0u8; 12];
+                if s.read_exact(&mut h).is_err() {
+                    return acked;
+                }
+                let err = u32::from_be_bytes(h[0..4].try_into().unwrap());
+                let cookie = u64::from_be_bytes(h[4..12].try_into().unwrap());
+                assert_eq!(err, 0);
+                acked.push(cookie);
+            }
+            next += 32;
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    s.kill();
+    let acked = writer.join().unwrap();
+    assert!(
+        acked.len() > 100,
+        "only {} writes before the kill",
+        acked.len()
+    );
+    // Read as the killed daemon left it (no recovery yet): every acknowledged write is there.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let check = |h: &store::History| {
+        let mut by_block = std::collections::HashMap::new();
+        for (_, e) in h.entries() {
+            if e.op == twinblk::layer::cdp::format::Op::Write {
+                by_block.insert(e.offset / 4096, e.seq);
+            }
+        }
+        for &b in &acked {
+            let seq = *by_block
+                .get(&b)
+                .unwrap_or_else(|| panic!("acknowledged write to block {b} is not in the journal"));
+            let got = pit::read_at(h, Point::Seq(seq), b * 4096, 4096).unwrap();
+            assert!(got == pattern(b, 4096), "block {b}: journaled data differs");
+        }
+    };
+    check(&h);
+    // Restart: recovery cuts whatever tail was torn and the history continues.
+    let s = s.respawn();
+    let h2 = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h2.damaged.is_empty());
+    assert!(
+        h2.last_seq > h.last_seq,
+        "a new start journals its RAM volume's reset"
+    );
+    check(&h2);
+    drop(s);
+}
