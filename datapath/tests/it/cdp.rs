@@ -5,6 +5,7 @@ use crate::harness::{Server, in_process_with, pattern};
 use crate::rawnbd::Client;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use twinblk::layer::cdp::format::Op;
 use twinblk::layer::cdp::pit::{self, Point};
 use twinblk::layer::cdp::store::{self, CdpError, Load};
 
@@ -132,8 +133,8 @@ fn a_group_restores_to_every_chosen_point_with_the_content_it_had_then() {
     assert!(points.len() >= 20, "{} points", points.len());
     let out = tmp.path().join("restored");
     for &t in &points {
-        for vol in 0..2 {
-            let got = restore_file(&dirs[vol], Point::Time(t), &out).unwrap();
+        for (vol, dir) in dirs.iter().enumerate() {
+            let got = restore_file(dir, Point::Time(t), &out).unwrap();
             let want = expected(&log, vol, t, SIZE);
             assert!(
                 got == want,
@@ -156,12 +157,24 @@ fn a_group_restores_to_every_chosen_point_with_the_content_it_had_then() {
         );
     }
     // Outside the window: clear errors, nothing written.
-    let late = hs[0].last_time + 1;
-    let e = restore_file(&dirs[0], Point::Time(late), &out).unwrap_err();
+    // (An idle journal's window grows by a time mark a second: an hour ahead is outside.)
+    let late = store::load(&dirs[0], Load::ReadOnly).unwrap().last_time + 3_600_000_000_000;
+    let Err(e) = restore_file(&dirs[0], Point::Time(late), &out) else {
+        panic!("a time an hour after the window was restored");
+    };
     assert!(matches!(e, CdpError::Outside { .. }), "{e}");
     assert!(e.to_string().contains("window"), "{e}");
-    assert!(restore_file(&dirs[0], Point::Time(hs[0].meta.created - 1), &out).is_err());
-    assert!(restore_file(&dirs[0], Point::Seq(hs[0].last_seq + 1), &out).is_err());
+    let early = restore_file(&dirs[0], Point::Time(hs[0].meta.created - 1), &out);
+    assert!(
+        matches!(early, Err(CdpError::Outside { .. })),
+        "before the window"
+    );
+    let beyond = store::load(&dirs[0], Load::ReadOnly).unwrap().last_seq + 1;
+    let after = restore_file(&dirs[0], Point::Seq(beyond), &out);
+    assert!(
+        matches!(after, Err(CdpError::Outside { .. })),
+        "after the window"
+    );
     // The newest point is the volume as it is now.
     let now = c[0].read(0, SIZE as u32).unwrap();
     assert!(restore_file(&dirs[0], Point::Seq(hs[0].last_seq), &out).unwrap() == now);
@@ -197,14 +210,19 @@ fn a_torn_truncated_or_corrupt_journal_is_cut_and_the_volume_keeps_serving() {
     }
     c.disconnect();
     d.stop();
-    // 1 (the start's unmap of a RAM volume) + 10 writes.
+    // The start's unmap of a RAM volume, 10 writes, the stop's time mark.
     let h = store::load(&dir, Load::ReadOnly).unwrap();
-    assert_eq!(h.last_seq, 11);
+    let writes: Vec<_> = h
+        .entries()
+        .filter(|(_, e)| e.op == Op::Write)
+        .map(|(s, e)| (s, *e))
+        .collect();
+    assert_eq!(writes.len(), 10);
     assert!(h.cut.is_none(), "{:?}", h.cut);
-    let good9 = pit::read_at(&h, Point::Seq(10), 0, SIZE).unwrap();
+    let good9 = pit::read_at(&h, Point::Seq(writes[8].1.seq), 0, SIZE).unwrap();
 
-    // A torn last record (its payload damaged): cut at it, the rest of the history kept.
-    let (segno, e) = h.entries().last().map(|(s, e)| (s, *e)).unwrap();
+    // A torn last write (its payload damaged): cut at it, the history before it kept.
+    let (segno, e) = writes[9];
     let seg = store::seg_path(&dir, segno);
     {
         use std::os::unix::fs::FileExt;
@@ -213,50 +231,59 @@ fn a_torn_truncated_or_corrupt_journal_is_cut_and_the_volume_keeps_serving() {
     }
     let (mut d, addr) = start();
     let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let kept = &h
+        .segments
+        .iter()
+        .find(|s| s.header.segno == segno)
+        .unwrap()
+        .index;
     assert_eq!(
-        h.segments
-            .iter()
-            .find(|s| s.header.segno == segno)
-            .unwrap()
-            .index
-            .entries
-            .last()
-            .unwrap()
-            .seq,
-        10,
+        kept.entries.last().unwrap().seq,
+        writes[8].1.seq,
         "the damaged record is cut"
     );
+    assert_eq!(kept.end, e.pos);
     // The bytes behind the cut are zeroes now.
     let bytes = std::fs::read(&seg).unwrap();
     assert!(bytes[e.pos as usize..].iter().all(|&b| b == 0));
-    assert_eq!(pit::read_at(&h, Point::Seq(10), 0, SIZE).unwrap(), good9);
-    // The volume serves, and journals again from sequence 11 (this start's unmap) on.
+    assert_eq!(
+        pit::read_at(&h, Point::Seq(writes[8].1.seq), 0, SIZE).unwrap(),
+        good9
+    );
+    // The volume serves, and journals again after the cut (this start's unmap first).
     let mut c = Client::connect(addr, "v", false);
     assert_eq!(c.write(0, &pattern(77, 4096)), 0);
     let h = store::load(&dir, Load::ReadOnly).unwrap();
-    assert_eq!(h.last_seq, 12);
     let mut want = vec![0u8; SIZE as usize];
     want[..4096].copy_from_slice(&pattern(77, 4096));
-    assert_eq!(pit::read_at(&h, Point::Seq(12), 0, SIZE).unwrap(), want);
+    assert_eq!(
+        pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap(),
+        want
+    );
     c.disconnect();
     d.stop();
 
     // A truncated newest segment (a crash while the file grew): cut where it ends.
     let newest = segment_files(&dir).pop().unwrap();
     let h = store::load(&dir, Load::ReadOnly).unwrap();
-    let e = *h.entries().last().unwrap().1;
+    let (newest_no, e) = h.entries().last().map(|(s, e)| (s, *e)).unwrap();
+    assert_eq!(newest, store::seg_path(&dir, newest_no));
     std::fs::OpenOptions::new()
         .write(true)
         .open(&newest)
         .unwrap()
-        .set_len(e.pos + 100)
+        .set_len(e.pos + 30)
         .unwrap();
     let (mut d, _) = start();
     let h = store::load(&dir, Load::ReadOnly).unwrap();
-    assert!(
-        h.entries().all(|(_, x)| x.seq != e.seq || x.pos != e.pos),
-        "cut"
-    );
+    let cut = &h
+        .segments
+        .iter()
+        .find(|s| s.header.segno == newest_no)
+        .unwrap()
+        .index;
+    assert_eq!(cut.end, e.pos, "cut where the truncated record starts");
+    assert!(cut.entries.last().unwrap().seq < e.seq);
     assert!(h.damaged.is_empty());
     d.stop();
 
@@ -386,7 +413,7 @@ fn every_acknowledged_write_survives_kill_9_and_the_torn_tail_is_cut() {
     let check = |h: &store::History| {
         let mut by_block = std::collections::HashMap::new();
         for (_, e) in h.entries() {
-            if e.op == twinblk::layer::cdp::format::Op::Write {
+            if e.op == Op::Write {
                 by_block.insert(e.offset / 4096, e.seq);
             }
         }
@@ -409,4 +436,115 @@ fn every_acknowledged_write_survives_kill_9_and_the_torn_tail_is_cut() {
     );
     check(&h2);
     drop(s);
+}
+
+/// Two sites, each mirroring two volumes (one homed on each of two reactors) of group `g` with
+/// CDP under the mirror. Host writes at both sites (the follower's go through the leader); after
+/// each acknowledgement both sites' journals hold it.
+#[test]
+fn under_the_mirror_each_site_journals_every_update_and_restores_on_its_own() {
+    use crate::harness::free_port;
+    const SIZE: usize = 4 << 20;
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("link.key");
+    std::fs::write(&key, b"cdp-mirror-test-key-0123456789").unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let jdir = |site: &str, v: &str| root.path().join(format!("{site}-{v}.cdp"));
+    let body = |me: &str, peer: &str, listen: u16, peer_port: u16| {
+        let mut b = format!(
+            "[reactor]\ncores=[0,1]\npin=false\n\
+             [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
+             peer='127.0.0.1:{peer_port}'\nwitness_key_file='{}'\n",
+            key.display()
+        );
+        for v in ["a", "b"] {
+            b += &format!(
+                "[[volume]]\nname='{v}'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+                 mirror=true\ngroup='g'\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+                root.path().join(format!("{me}-{v}.img")).display(),
+                jdir(me, v).display()
+            );
+        }
+        b
+    };
+    let mk = |me: &str, peer: &str, l: u16, p: u16| {
+        let d = root.path().join(me);
+        std::fs::create_dir_all(&d).unwrap();
+        Server::start(&d, &body(me, peer, l, p))
+    };
+    let mut sa = mk("a", "b", pa, pb);
+    let mut sb = mk("b", "a", pb, pa);
+    let t = Instant::now();
+    while !(0..2).all(|i| {
+        sa.rpc("mirror_status")[i]["state"] == "up" && sb.rpc("mirror_status")[i]["state"] == "up"
+    }) {
+        assert!(t.elapsed() < Duration::from_secs(10), "links never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sites = [("a", sa.addr), ("b", sb.addr)];
+    // (volume, update, time at site a, time at site b)
+    let mut log: Vec<(usize, Upd, [u64; 2])> = Vec::new();
+    for i in 0..24u64 {
+        let vol = (i % 2) as usize;
+        let site = ((i / 2) % 2) as usize;
+        let name = ["a", "b"][vol];
+        let data = pattern(i + 500, 4096 * (1 + (i as usize * 5) % 16));
+        let off = (i * 13 % 900) * 4096;
+        let mut c = Client::connect(sites[site].1, name, false);
+        assert_eq!(
+            c.write(off, &data),
+            0,
+            "write {i} at site {}",
+            sites[site].0
+        );
+        c.disconnect();
+        let times = [last(&jdir("a", name)).1, last(&jdir("b", name)).1];
+        log.push((vol, Upd::Write(off, data), times));
+    }
+    // An idle volume's window reaches to about now by its time marks: wait until every
+    // journal's window covers the last write's time.
+    let newest = log.iter().map(|(_, _, t)| t[0].max(t[1])).max().unwrap();
+    let t = Instant::now();
+    for site in ["a", "b"] {
+        for name in ["a", "b"] {
+            while last(&jdir(site, name)).1 < newest {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "no time mark in {site}-{name}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let out = root.path().join("restored");
+    for (s, site) in ["a", "b"].iter().enumerate() {
+        let site_log: Vec<(usize, Upd, u64)> =
+            log.iter().map(|(v, u, t)| (*v, u.clone(), t[s])).collect();
+        // Every write is in this site's journal, at this site's time.
+        for k in [0usize, 5, 11, 16, 23] {
+            let t = site_log[k].2;
+            for (vol, name) in ["a", "b"].iter().enumerate() {
+                for p in [t - 1, t] {
+                    let got = restore_file(&jdir(site, name), Point::Time(p), &out).unwrap();
+                    assert!(
+                        got == expected(&site_log, vol, p, SIZE),
+                        "site {site}, volume {name} at time {p}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(sa.stop() && sb.stop(), "clean stop failed");
+    // The newest point at each site is that site's replica.
+    for site in ["a", "b"] {
+        for name in ["a", "b"] {
+            let h = store::load(&jdir(site, name), Load::ReadOnly).unwrap();
+            let got = restore_file(&jdir(site, name), Point::Seq(h.last_seq), &out).unwrap();
+            let replica = std::fs::read(root.path().join(format!("{site}-{name}.img"))).unwrap();
+            assert!(
+                got == replica,
+                "site {site} volume {name}: newest point is not the replica"
+            );
+        }
+    }
 }

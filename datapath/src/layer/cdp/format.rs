@@ -40,6 +40,8 @@ pub enum Op {
     Unmap = 3,
     /// Padding to the end of a batch (skipped).
     Pad = 4,
+    /// A time mark: nothing changed up to its time (no range, no payload).
+    Mark = 5,
 }
 
 impl Op {
@@ -49,6 +51,7 @@ impl Op {
             2 => Op::Zeroes,
             3 => Op::Unmap,
             4 => Op::Pad,
+            5 => Op::Mark,
             _ => return None,
         })
     }
@@ -273,6 +276,7 @@ impl RecHeader {
             }
             Op::Zeroes | Op::Unmap => h.payload_len == 0 && h.len > 0,
             Op::Pad => h.payload_len as u64 == h.len && h.seq == 0 && (h.len as usize) < 2 * ALIGN,
+            Op::Mark => h.payload_len == 0 && h.len == 0 && h.offset == 0,
         };
         if !ok {
             return Err(FormatError::Field("lengths"));
@@ -326,7 +330,7 @@ pub struct Entry {
     pub len: u64,
     /// Position of the record's header in its segment.
     pub pos: u64,
-    /// Write, zeroes or unmap.
+    /// Write, zeroes, unmap or mark.
     pub op: Op,
 }
 

@@ -28,6 +28,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 /// Own-I/O slot bit of a journal append (with [`LOWER_SLOT`]); the low 30 bits are its id.
 pub const JOURNAL_SLOT: u32 = 1 << 30;
@@ -108,7 +109,12 @@ pub struct Journal {
     durable: u64,
     stopped: bool,
     stats: Arc<CdpStats>,
+    /// When the last record was stamped (for time marks).
+    last_record: Instant,
 }
+
+/// An idle journal appends a time mark this often, so its window reaches to about now.
+pub const MARK_EVERY: Duration = Duration::from_secs(1);
 
 impl Journal {
     /// The writer of volume `vol` on this reactor, appending to `s`'s segment.
@@ -135,6 +141,7 @@ impl Journal {
             durable: s.next_seq - 1,
             stopped: false,
             stats,
+            last_record: Instant::now(),
         })
     }
 
@@ -173,6 +180,7 @@ impl Journal {
         }
         let time = clock::now().max(self.last_time);
         self.last_time = time;
+        self.last_record = Instant::now();
         match data {
             Some(d) => {
                 for (i, chunk) in d.chunks(MAX_PAYLOAD).enumerate() {
@@ -232,6 +240,16 @@ impl Journal {
         b.last_seq = seq;
         b.last_time = time;
         self.stats.records.fetch_add(1, Relaxed);
+    }
+
+    /// When the next time mark is due.
+    pub fn mark_due(&self) -> Option<Instant> {
+        (!self.stopped).then_some(self.last_record + MARK_EVERY)
+    }
+
+    /// Stamp a time mark: nothing changed from the last record up to now.
+    pub fn mark(&mut self, io: &mut IoCx) {
+        self.record(io, Op::Mark, 0, 0, None);
     }
 
     /// Append every filled batch (called by the poller at the end of each turn). True when it

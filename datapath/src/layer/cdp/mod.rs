@@ -177,6 +177,7 @@ impl BlockDevice for CdpDevice {
             vol: self.vol as u32,
             reactor: io.reactor as u32,
             size,
+            align: u64::from(self.inner.info().min_io.max(1)),
             journal,
             ops: Slab::with_capacity(256),
             done: Vec::with_capacity(256),
@@ -187,7 +188,12 @@ impl BlockDevice for CdpDevice {
 
 impl PollerSource for CdpDevice {
     fn poller_for(&self, reactor: usize) -> Option<Box<dyn Poller>> {
-        (reactor == self.home).then(|| Box::new(CdpPoller { vol: self.vol }) as Box<dyn Poller>)
+        (reactor == self.home).then(|| {
+            Box::new(CdpPoller {
+                vol: self.vol,
+                final_mark: false,
+            }) as Box<dyn Poller>
+        })
     }
 }
 
@@ -213,6 +219,8 @@ pub struct CdpChannel {
     vol: u32,
     reactor: u32,
     size: u64,
+    /// Write alignment of the base.
+    align: u64,
     journal: Journal,
     ops: Slab<Pending>,
     done: Vec<Completion>,
@@ -220,7 +228,6 @@ pub struct CdpChannel {
 }
 
 impl CdpChannel {
-    #[allow(clippy::too_many_arguments)]
     fn update(
         &mut self,
         io: &mut IoCx,
@@ -241,6 +248,13 @@ impl CdpChannel {
             }
             if len == 0 {
                 return Start::Done(Ok(()));
+            }
+            // A write the base refuses for its alignment (O_DIRECT) must not be journaled as
+            // if it had happened.
+            if matches!(upd, Upd::Write(_))
+                && !(offset.is_multiple_of(self.align) && len.is_multiple_of(self.align))
+            {
+                return Start::Done(Err(Errno::INVAL));
             }
         }
         let key = self.ops.insert(Pending {
@@ -382,6 +396,8 @@ impl Channel for CdpChannel {
 /// finished updates.
 pub struct CdpPoller {
     vol: usize,
+    /// The stop's final time mark is stamped.
+    final_mark: bool,
 }
 
 fn channel_of(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut CdpChannel> {
@@ -393,6 +409,11 @@ impl Poller for CdpPoller {
         let Some(c) = channel_of(cx.chans, self.vol) else {
             return false;
         };
+        // Time marks: while idle, and once when stopping (the window reaches the stop).
+        if c.journal.mark_due().is_some_and(|d| cx.now >= d) || (cx.stopping && !self.final_mark) {
+            self.final_mark |= cx.stopping;
+            c.journal.mark(cx.io);
+        }
         let mut worked = c.journal.issue(cx.io);
         if c.journal.stopped() {
             c.complete_durable();
@@ -408,7 +429,10 @@ impl Poller for CdpPoller {
 
     fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant> {
         let c = channel_of(chans, self.vol)?;
-        (c.journal.has_queued() || !c.done.is_empty()).then(Instant::now)
+        if c.journal.has_queued() || !c.done.is_empty() {
+            return Some(Instant::now());
+        }
+        c.journal.mark_due()
     }
 
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool {
@@ -436,6 +460,7 @@ pub struct CdpRemote {
 }
 
 impl CdpRemote {
+    #[allow(clippy::too_many_arguments)]
     fn hand_over(
         &mut self,
         io: &mut IoCx,

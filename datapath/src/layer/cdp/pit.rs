@@ -125,7 +125,8 @@ pub fn read_at(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, 
         let dst = &mut out[(s - offset) as usize..(end - offset) as usize];
         match e.op {
             Op::Write => segs.payload(segno, e, s, dst)?,
-            _ => dst.fill(0),
+            Op::Zeroes | Op::Unmap => dst.fill(0),
+            Op::Mark | Op::Pad => {}
         }
     }
     Ok(out)
@@ -168,7 +169,8 @@ pub fn restore(
                 segs.payload(segno, e, e.offset, &mut buf)?;
                 f.write_all_at(&buf, e.offset).map_err(err("write"))?;
             }
-            _ => {
+            Op::Mark | Op::Pad => {}
+            Op::Zeroes | Op::Unmap => {
                 let mut at = e.offset;
                 while at < e.offset + e.len {
                     let n = (e.offset + e.len - at).min(zero.len() as u64) as usize;
