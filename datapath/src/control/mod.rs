@@ -25,6 +25,8 @@ pub struct ControlCx {
     pub nvmf: Arc<NvmfShared>,
     /// Mirrored volumes.
     pub mirrors: Vec<MirrorInfo>,
+    /// Volumes with continuous data protection.
+    pub cdp: Vec<crate::layer::cdp::CdpInfo>,
 }
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -402,6 +404,18 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                     let mut j = serde_json::to_value(m.stats.snapshot(name, m.leader)).ok()?;
                     j["home_reactor"] = json!(m.home);
                     Some(j)
+                })
+                .collect(),
+        ),
+        "cdp_status" => Value::Array(
+            shared
+                .cdp
+                .iter()
+                .map(|c| {
+                    let name = &shared.rt.volumes[c.vol].name;
+                    let mut j = c.snapshot();
+                    j["volume"] = json!(name);
+                    j
                 })
                 .collect(),
         ),

@@ -20,7 +20,7 @@ use crate::control::config::{Backend, Config, Wait};
 use crate::frontend::nbd::{NbdAcceptor, NbdExport};
 use crate::frontend::nvmf::atomic::HomeService;
 use crate::frontend::nvmf::{NvmfAcceptor, NvmfShared, ctrl::Subsystem};
-use crate::layer::cdp::{CdpDevice, CdpSettings};
+use crate::layer::cdp::{CdpDevice, CdpInfo, CdpSettings};
 use crate::layer::mirror::engine::{EngineConfig, Role};
 use crate::layer::mirror::failover::{self, FailoverConfig, FailoverSlot};
 use crate::layer::mirror::link::LinkAcceptor;
@@ -174,6 +174,7 @@ impl Daemon {
         let mut volumes = Vec::new();
         let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
         let mut cdp_devs: Vec<Arc<CdpDevice>> = Vec::new();
+        let mut cdp_infos: Vec<CdpInfo> = Vec::new();
         let mut mirrors: Vec<MirrorInfo> = Vec::new();
         let mut failover_vols = Vec::new();
         // The replication links authenticate with the sites' shared key: no key, no mirror
@@ -210,6 +211,14 @@ impl Daemon {
                     },
                 )?);
                 cdp_devs.push(Arc::clone(&cd));
+                cdp_infos.push(CdpInfo {
+                    vol: index,
+                    group: v.group.clone().unwrap_or_else(|| v.name.clone()),
+                    dir: c.dir.clone(),
+                    home,
+                    created: cd.created,
+                    stats: Arc::clone(&cd.stats),
+                });
                 device = cd;
             }
             let volume = match (&cfg.mirror, v.mirror) {
@@ -477,6 +486,7 @@ impl Daemon {
                 nbd_exports,
                 nvmf: Arc::clone(&nvmf),
                 mirrors,
+                cdp: cdp_infos,
             };
             match ControlServer::start(&cfg.control.socket, Arc::new(cx), cfg.clone()) {
                 Ok(c) => daemon.control = Some(c),

@@ -534,6 +534,17 @@ fn under_the_mirror_each_site_journals_every_update_and_restores_on_its_own() {
             }
         }
     }
+    // The control socket shows each volume's journal and window.
+    let st = sa.rpc("cdp_status");
+    for (i, v) in st.as_array().unwrap().iter().enumerate() {
+        assert_eq!(v["volume"], ["a", "b"][i], "{st}");
+        assert_eq!(v["group"], "g");
+        assert_eq!(v["journal"], "running");
+        assert_eq!(v["home_reactor"], i as u64);
+        assert!(v["durable_seq"].as_u64().unwrap() >= 12, "{st}");
+        assert!(v["window_end_ns"].as_u64().unwrap() >= newest, "{st}");
+        assert!(v["window_start_ns"].as_u64().unwrap() < v["window_end_ns"].as_u64().unwrap());
+    }
     assert!(sa.stop() && sb.stop(), "clean stop failed");
     // The newest point at each site is that site's replica.
     for site in ["a", "b"] {

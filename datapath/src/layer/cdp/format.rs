@@ -139,6 +139,9 @@ impl Meta {
         if v != VERSION {
             return Err(FormatError::Version(v));
         }
+        if b[40..60].iter().any(|&x| x != 0) {
+            return Err(FormatError::Field("reserved"));
+        }
         Ok(Meta {
             block_size: le32(b, 12),
             vol_id: le64(b, 16),
@@ -468,6 +471,9 @@ impl Index {
         if v != VERSION {
             return Err(FormatError::Version(v));
         }
+        if b[48..60].iter().any(|&x| x != 0) {
+            return Err(FormatError::Field("reserved"));
+        }
         let n = le32(b, 12) as usize;
         if b.len() != IDX_HEADER + n * IDX_ENTRY {
             return Err(FormatError::Short);
@@ -477,6 +483,9 @@ impl Index {
             let o = &b[IDX_HEADER + i * IDX_ENTRY..][..IDX_ENTRY];
             if !sealed(o, 44) {
                 return Err(FormatError::Crc);
+            }
+            if o[41..44].iter().any(|&x| x != 0) {
+                return Err(FormatError::Field("reserved"));
             }
             let op = match Op::from_u8(o[40]) {
                 Some(Op::Pad) | None => return Err(FormatError::Field("op")),

@@ -57,6 +57,43 @@ pub struct CdpSettings {
     pub volatile: bool,
 }
 
+/// A CDP volume's facts for the control plane.
+pub struct CdpInfo {
+    /// Volume index.
+    pub vol: usize,
+    /// Its group (restored to one time together).
+    pub group: String,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The reactor running its journal.
+    pub home: usize,
+    /// Where its history starts (site time, ns).
+    pub created: u64,
+    /// Published counters.
+    pub stats: Arc<CdpStats>,
+}
+
+impl CdpInfo {
+    /// `cdp_status`'s view (docs/control.md).
+    pub fn snapshot(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        serde_json::json!({
+            "group": self.group,
+            "dir": self.dir.display().to_string(),
+            "home_reactor": self.home,
+            "window_start_ns": self.created,
+            "window_end_ns": s.durable_time.load(Relaxed),
+            "durable_seq": s.durable_seq.load(Relaxed),
+            "records": s.records.load(Relaxed),
+            "journal_bytes": s.journal_bytes.load(Relaxed),
+            "appends": s.batches.load(Relaxed),
+            "segment": s.segment.load(Relaxed),
+            "journal": if s.stopped.load(Relaxed) { "stopped" } else { "running" },
+        })
+    }
+}
+
 /// Smallest segment: two of the largest batches (a 1 MiB record with its padding) fit.
 pub const MIN_SEGMENT: u64 = 4 << 20;
 
@@ -72,6 +109,8 @@ pub struct CdpDevice {
     pub stats: Arc<CdpStats>,
     /// The directory.
     pub dir: PathBuf,
+    /// Where the history starts (site time, ns).
+    pub created: u64,
     start: Mutex<Option<journal::Start>>,
 }
 
@@ -122,6 +161,7 @@ impl CdpDevice {
             mailboxes: OnceLock::new(),
             stats: Arc::new(CdpStats::default()),
             dir: s.dir.clone(),
+            created: meta.created,
             start: Mutex::new(Some(journal::Start {
                 dir: s.dir.clone(),
                 meta,
@@ -203,6 +243,9 @@ struct Pending {
     tag: IoTag,
     last_seq: u64,
     base: Option<Result<(), Errno>>,
+    /// Already failed to its caller (the stop deadline passed); kept until its base
+    /// operation completes, so its slot is not reused while that is in flight.
+    answered: bool,
 }
 
 /// What an update does.
@@ -262,6 +305,7 @@ impl CdpChannel {
             tag,
             last_seq: 0,
             base: None,
+            answered: false,
         });
         let own = IoTag::channel(self.vol, LOWER_SLOT | key as u32);
         let (started, last_seq) = match upd {
@@ -292,9 +336,11 @@ impl CdpChannel {
     fn try_complete(&mut self, key: usize) {
         let p = &self.ops[key];
         if let Some(r) = p.base
-            && (p.last_seq <= self.journal.durable() || self.journal.stopped())
+            && (p.last_seq <= self.journal.durable() || self.journal.stopped() || p.answered)
         {
-            self.done.push((p.from, p.tag, r));
+            if !p.answered {
+                self.done.push((p.from, p.tag, r));
+            }
             self.ops.remove(key);
         }
     }
@@ -441,11 +487,11 @@ impl Poller for CdpPoller {
 
     fn abort(&mut self, chans: &mut [Box<dyn Channel>]) {
         if let Some(c) = channel_of(chans, self.vol) {
-            let keys: Vec<usize> = c.ops.iter().map(|(k, _)| k).collect();
-            for k in keys {
-                let p = c.ops.remove(k);
+            for (_, p) in c.ops.iter_mut().filter(|(_, p)| !p.answered) {
+                p.answered = true;
                 c.done.push((p.from, p.tag, Err(Errno::IO)));
             }
+            c.complete_durable();
         }
     }
 }
