@@ -387,6 +387,41 @@ pub struct CdpConfig {
     /// Bytes per journal segment file (at least 4 MiB, a multiple of 4096).
     #[serde(default = "default_cdp_segment_size")]
     pub segment_size: Size,
+    /// Keep at least this much history ("90s", "30m", "12h", "30d"); older segments are
+    /// consolidated into the base copy. Unset (and no `retention_bytes`): kept for ever.
+    #[serde(default)]
+    pub retention_age: Option<String>,
+    /// Keep at most about this many bytes of journal segments; the oldest are consolidated.
+    #[serde(default)]
+    pub retention_bytes: Option<Size>,
+}
+
+impl CdpConfig {
+    /// `retention_age` in ns (validated by [`Config::validate`]).
+    pub fn retention_age_ns(&self) -> Option<u64> {
+        self.retention_age
+            .as_deref()
+            .and_then(|a| parse_age(a).ok())
+    }
+}
+
+/// Parse "90s", "30m", "12h", "30d" (or plain seconds) into ns.
+pub fn parse_age(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad age {s:?}"))?;
+    let secs: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        u => return Err(format!("unknown age unit {u:?} in {s:?} (s, m, h, d)")),
+    };
+    n.checked_mul(secs)
+        .and_then(|x| x.checked_mul(1_000_000_000))
+        .filter(|&x| x > 0)
+        .ok_or_else(|| format!("age {s:?} is zero or too large"))
 }
 
 fn default_cdp_segment_size() -> Size {
@@ -676,6 +711,21 @@ impl Config {
                     return bad(format!(
                         "volume {}: cdp.segment_size = {seg} must be a multiple of 4096 between {min} (4 MiB: two of the largest journal appends) and 1 TiB",
                         v.name
+                    ));
+                }
+                if let Some(a) = &c.retention_age
+                    && let Err(e) = parse_age(a)
+                {
+                    return bad(format!("volume {}: cdp.retention_age: {e}", v.name));
+                }
+                if let Some(b) = c.retention_bytes
+                    && b.0 < 2 * seg
+                {
+                    return bad(format!(
+                        "volume {}: cdp.retention_bytes = {} is below two segments ({}): the active segment is never consolidated",
+                        v.name,
+                        b.0,
+                        2 * seg
                     ));
                 }
                 if let Some(o) = self
@@ -975,6 +1025,21 @@ mod tests {
         assert!(e.to_string().contains("same cdp.dir"), "{e}");
         let e = Config::from_toml(&vol("a", "dir=''")).unwrap_err();
         assert!(e.to_string().contains("cdp.dir is empty"), "{e}");
+        let r = Config::from_toml(&vol(
+            "a",
+            "dir='/j'\nretention_age='2h'\nretention_bytes='1GiB'",
+        ))
+        .unwrap();
+        let rc = r.volumes[0].cdp.as_ref().unwrap();
+        assert_eq!(rc.retention_age_ns(), Some(7200 * 1_000_000_000));
+        for (bad, says) in [
+            ("retention_age='2w'", "unit"),
+            ("retention_age='0s'", "zero"),
+            ("retention_bytes='64MiB'", "two segments"),
+        ] {
+            let e = Config::from_toml(&vol("a", &format!("dir='/j'\n{bad}"))).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
         let e = Config::from_toml(&vol("a", "dir='/j'\nretention='1d'")).unwrap_err();
         assert!(matches!(e, ConfigError::Parse(_)), "{e}");
     }

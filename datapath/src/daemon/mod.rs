@@ -20,6 +20,7 @@ use crate::control::config::{Backend, Config, Wait};
 use crate::frontend::nbd::{NbdAcceptor, NbdExport};
 use crate::frontend::nvmf::atomic::HomeService;
 use crate::frontend::nvmf::{NvmfAcceptor, NvmfShared, ctrl::Subsystem};
+use crate::layer::cdp::retain::{self, Retained, Retention};
 use crate::layer::cdp::{CdpDevice, CdpInfo, CdpSettings};
 use crate::layer::mirror::engine::{EngineConfig, Role};
 use crate::layer::mirror::failover::{self, FailoverConfig, FailoverSlot};
@@ -81,6 +82,9 @@ pub enum StartError {
     /// The witness client could not be set up (key file, address).
     #[error("cannot set up the witness client")]
     Witness(#[source] std::io::Error),
+    /// The CDP retention thread could not be started.
+    #[error("cannot start the CDP retention thread")]
+    CdpThread(#[source] std::io::Error),
     /// A volume's CDP journal could not be opened or recovered.
     #[error("volume {name}: continuous data protection")]
     Cdp {
@@ -120,6 +124,9 @@ pub struct Daemon {
     failover_stop: Arc<AtomicBool>,
     /// Writes the mirrored volumes' replica states off the reactors.
     persister: Option<Arc<Persister>>,
+    /// Consolidates CDP journals under retention (off the reactors).
+    retention: Option<JoinHandle<()>>,
+    retention_stop: Arc<AtomicBool>,
 }
 
 fn build_device(
@@ -175,6 +182,7 @@ impl Daemon {
         let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
         let mut cdp_devs: Vec<Arc<CdpDevice>> = Vec::new();
         let mut cdp_infos: Vec<CdpInfo> = Vec::new();
+        let mut retained: Vec<Retained> = Vec::new();
         let mut mirrors: Vec<MirrorInfo> = Vec::new();
         let mut failover_vols = Vec::new();
         // The replication links authenticate with the sites' shared key: no key, no mirror
@@ -210,6 +218,16 @@ impl Daemon {
                         source,
                     },
                 )?);
+                if c.retention_age.is_some() || c.retention_bytes.is_some() {
+                    retained.push(Retained {
+                        dir: c.dir.clone(),
+                        retention: Retention {
+                            age_ns: c.retention_age_ns(),
+                            bytes: c.retention_bytes.map(|b| b.0),
+                        },
+                        window_start: Arc::clone(&cd.stats.window_start),
+                    });
+                }
                 cdp_devs.push(Arc::clone(&cd));
                 cdp_infos.push(CdpInfo {
                     vol: index,
@@ -421,7 +439,15 @@ impl Daemon {
             failover: None,
             failover_stop: Arc::new(AtomicBool::new(false)),
             persister,
+            retention: None,
+            retention_stop: Arc::new(AtomicBool::new(false)),
         };
+        if !retained.is_empty() {
+            daemon.retention = Some(
+                retain::spawn(retained, Arc::clone(&daemon.retention_stop))
+                    .map_err(StartError::CdpThread)?,
+            );
+        }
         if let Some(m) = &cfg.mirror
             && let (Some(witness), Some(key_file)) = (m.witness, &m.witness_key_file)
             && !failover_vols.is_empty()
@@ -533,6 +559,10 @@ impl Daemon {
         // Every engine waited for its clean-stop state; write whatever is left and stop.
         if let Some(p) = self.persister.take() {
             p.shutdown();
+        }
+        self.retention_stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.retention.take() {
+            let _ = t.join();
         }
         self.failover_stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.failover.take() {

@@ -108,9 +108,22 @@ pub struct Meta {
     pub size: u64,
     /// Creation time (site time, ns).
     pub created: u64,
+    /// The base copy holds every record up to this sequence number (consolidated; 0: none).
+    pub base_seq: u64,
+    /// Time of that record (0 with `base_seq` 0).
+    pub base_time: u64,
 }
 
 impl Meta {
+    /// Where the restorable window starts (site time, ns).
+    pub fn window_start(&self) -> u64 {
+        if self.base_seq == 0 {
+            self.created
+        } else {
+            self.base_time
+        }
+    }
+
     /// The 64 bytes.
     pub fn encode(&self) -> [u8; META_LEN] {
         let mut b = [0u8; META_LEN];
@@ -120,6 +133,8 @@ impl Meta {
         put64(&mut b, 16, self.vol_id);
         put64(&mut b, 24, self.size);
         put64(&mut b, 32, self.created);
+        put64(&mut b, 40, self.base_seq);
+        put64(&mut b, 48, self.base_time);
         seal(&mut b, 60);
         b
     }
@@ -139,7 +154,7 @@ impl Meta {
         if v != VERSION {
             return Err(FormatError::Version(v));
         }
-        if b[40..60].iter().any(|&x| x != 0) {
+        if b[56..60].iter().any(|&x| x != 0) {
             return Err(FormatError::Field("reserved"));
         }
         Ok(Meta {
@@ -147,6 +162,8 @@ impl Meta {
             vol_id: le64(b, 16),
             size: le64(b, 24),
             created: le64(b, 32),
+            base_seq: le64(b, 40),
+            base_time: le64(b, 48),
         })
     }
 }
@@ -569,6 +586,8 @@ mod tests {
             vol_id: 9,
             size: 1 << 20,
             created: 5,
+            base_seq: 3,
+            base_time: 9,
         };
         assert_eq!(Meta::decode(&m.encode()), Ok(m));
         let mut bad = m.encode();

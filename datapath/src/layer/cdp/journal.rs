@@ -53,6 +53,8 @@ pub struct CdpStats {
     pub segment: AtomicU64,
     /// The journal stopped after a failed append (history ends at `durable_seq`).
     pub stopped: AtomicBool,
+    /// Where the restorable window starts (site time, ns; moved by consolidation).
+    pub window_start: Arc<AtomicU64>,
 }
 
 /// Where the writer starts (from recovery).

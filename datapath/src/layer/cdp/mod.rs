@@ -25,6 +25,7 @@ pub mod clock;
 pub mod format;
 pub mod journal;
 pub mod pit;
+pub mod retain;
 pub mod store;
 
 use crate::bdev::{
@@ -82,7 +83,7 @@ impl CdpInfo {
             "group": self.group,
             "dir": self.dir.display().to_string(),
             "home_reactor": self.home,
-            "window_start_ns": self.created,
+            "window_start_ns": s.window_start.load(Relaxed).max(self.created),
             "window_end_ns": s.durable_time.load(Relaxed),
             "durable_seq": s.durable_seq.load(Relaxed),
             "records": s.records.load(Relaxed),
@@ -154,12 +155,16 @@ impl CdpDevice {
         }
         tracing::info!(dir = %s.dir.display(), segments = h.segments.len(), last_seq = h.last_seq,
             cut = ?h.cut, damaged = h.damaged.len(), "cdp: history recovered");
+        let stats = CdpStats::default();
+        stats
+            .window_start
+            .store(h.meta.window_start(), std::sync::atomic::Ordering::Relaxed);
         Ok(Self {
             inner,
             vol,
             home,
             mailboxes: OnceLock::new(),
-            stats: Arc::new(CdpStats::default()),
+            stats: Arc::new(stats),
             dir: s.dir.clone(),
             created: meta.created,
             start: Mutex::new(Some(journal::Start {

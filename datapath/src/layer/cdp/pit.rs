@@ -25,8 +25,11 @@ pub enum Point {
 /// The window of a history, for messages.
 pub fn window(h: &History) -> String {
     format!(
-        "sequence 0..={}, time {}..={} (ns)",
-        h.last_seq, h.meta.created, h.last_time
+        "sequence {}..={}, time {}..={} (ns)",
+        h.meta.base_seq,
+        h.last_seq,
+        h.meta.window_start(),
+        h.last_time
     )
 }
 
@@ -37,16 +40,16 @@ pub fn resolve(h: &History, p: Point) -> Result<u64, CdpError> {
         window: window(h),
     };
     match p {
-        Point::Seq(s) if s <= h.last_seq => Ok(s),
+        Point::Seq(s) if (h.meta.base_seq..=h.last_seq).contains(&s) => Ok(s),
         Point::Seq(s) => Err(outside(format!("sequence {s}"))),
-        Point::Time(t) if t < h.meta.created || t > h.last_time => {
+        Point::Time(t) if t < h.meta.window_start() || t > h.last_time => {
             Err(outside(format!("time {t}")))
         }
         Point::Time(t) => Ok(h
             .entries()
             .take_while(|(_, e)| e.time <= t)
             .last()
-            .map_or(0, |(_, e)| e.seq)),
+            .map_or(h.meta.base_seq, |(_, e)| e.seq)),
     }
 }
 
@@ -106,6 +109,7 @@ pub fn read_at(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, 
         });
     }
     let mut out = vec![0u8; len as usize];
+    let start_seq = seq;
     let bp = store::base_path(&h.dir);
     File::open(&bp)
         .and_then(|f| f.read_exact_at(&mut out, offset))
@@ -129,7 +133,21 @@ pub fn read_at(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, 
             Op::Mark | Op::Pad => {}
         }
     }
+    still_inside(h, start_seq)?;
     Ok(out)
+}
+
+/// Consolidation may have moved the base copy past `seq` while it was being read: then what
+/// was read is not the point (it is outside the window now).
+fn still_inside(h: &History, seq: u64) -> Result<(), CdpError> {
+    let m = store::read_meta(&h.dir)?;
+    if m.base_seq > seq {
+        return Err(CdpError::Outside {
+            what: format!("sequence {seq} (consolidated while it was read)"),
+            window: format!("from sequence {}", m.base_seq),
+        });
+    }
+    Ok(())
 }
 
 /// Materialise point `p` of `h` as the new file `out` (refused if it exists); `progress` is
@@ -184,5 +202,9 @@ pub fn restore(
         }
     }
     f.sync_all().map_err(err("sync"))?;
+    if let Err(e) = still_inside(h, seq) {
+        let _ = std::fs::remove_file(out);
+        return Err(e);
+    }
     Ok(seq)
 }

@@ -200,6 +200,8 @@ pub fn open_or_create(
                 vol_id: random_id(),
                 size,
                 created: clock::now(),
+                base_seq: 0,
+                base_time: 0,
             };
             write_atomic(dir, &mp, &m.encode())?;
             Ok(m)
@@ -260,11 +262,12 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         dir: dir.to_path_buf(),
         meta,
         segments: Vec::new(),
-        last_seq: 0,
-        last_time: meta.created,
+        last_seq: meta.base_seq,
+        last_time: meta.window_start(),
         damaged: Vec::new(),
         cut: None,
     };
+    let mut consolidated = Vec::new();
     for (i, &segno) in nums.iter().enumerate() {
         let last_file = i + 1 == nums.len();
         if h.cut.is_some() {
@@ -277,8 +280,18 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         let header = match file.read_exact_at(&mut hb, 0) {
             Ok(()) => SegHeader::decode(&hb).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
+        };
+        // A segment the base copy already holds (consolidation stopped before deleting it).
+        if let Ok(sh) = &header
+            && sh.vol_id == meta.vol_id
+            && meta.base_seq > 0
+            && sh.first_seq <= meta.base_seq
+            && h.segments.is_empty()
+        {
+            consolidated.push(segno);
+            continue;
         }
-        .and_then(|sh| {
+        let header = header.and_then(|sh| {
             if sh.vol_id != meta.vol_id || sh.segno != segno {
                 Err("belongs to another history or has another number".to_string())
             } else if sh.first_seq != h.last_seq + 1 {
@@ -286,7 +299,11 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                     "starts at sequence {}, the history's last is {}",
                     sh.first_seq, h.last_seq
                 ))
-            } else if segno != h.segments.last().map_or(1, |s| s.header.segno + 1) {
+            } else if h
+                .segments
+                .last()
+                .is_some_and(|s| s.header.segno + 1 != segno)
+            {
                 Err("a segment number is missing before it".to_string())
             } else {
                 Ok(sh)
@@ -345,6 +362,9 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         h.segments.push(Segment { header, index });
     }
     if mode == Load::Recover {
+        for &segno in &consolidated {
+            remove_segment(dir, segno)?;
+        }
         for &segno in &h.damaged {
             let p = seg_path(dir, segno);
             let to = p.with_extension("cdp.damaged");
@@ -361,6 +381,58 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
     }
     clock::not_before(h.last_time);
     Ok(h)
+}
+
+/// Delete segment `segno` and its index (its records are in the base copy).
+pub fn remove_segment(dir: &Path, segno: u64) -> Result<(), CdpError> {
+    let p = seg_path(dir, segno);
+    std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
+    let _ = std::fs::remove_file(idx_path(dir, segno));
+    sync_dir(dir)
+}
+
+/// Replace `cdp.meta` (atomically).
+pub fn write_meta(dir: &Path, m: &Meta) -> Result<(), CdpError> {
+    write_atomic(dir, &meta_path(dir), &m.encode())
+}
+
+/// The records of sealed segment `segno` (its index, or a scan that writes one), continuing
+/// a log whose last record had `prev_seq` and `prev_time`.
+pub fn segment_index(
+    dir: &Path,
+    meta: &Meta,
+    segno: u64,
+    prev_seq: u64,
+    prev_time: u64,
+) -> Result<(SegHeader, Index), CdpError> {
+    let path = seg_path(dir, segno);
+    let file = File::open(&path).map_err(io_err("open", &path))?;
+    let mut hb = vec![0u8; format::SEG_HEADER];
+    file.read_exact_at(&mut hb, 0)
+        .map_err(io_err("read", &path))?;
+    let header = SegHeader::decode(&hb).map_err(|e| CdpError::Meta {
+        path: path.clone(),
+        why: format!("segment header: {e}"),
+    })?;
+    if let Some(i) = load_index(dir, &file, segno, meta)
+        .filter(|i| i.entries.first().is_none_or(|e| e.seq == prev_seq + 1))
+    {
+        return Ok((header, i));
+    }
+    let mut bytes = Vec::new();
+    (&file)
+        .read_to_end(&mut bytes)
+        .map_err(io_err("read", &path))?;
+    let s = format::scan(&bytes, meta.vol_id, meta.size, prev_seq, prev_time);
+    let i = Index {
+        segno,
+        end: s.end,
+        entries: s.entries,
+    };
+    if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
+        tracing::warn!(error = %e, "cdp: cannot write a segment index");
+    }
+    Ok((header, i))
 }
 
 /// Zero a segment after its log's end (so nothing behind the cut can pass for a record later).
