@@ -632,3 +632,40 @@ fn retention_consolidates_old_segments_and_every_later_point_stays_restorable() 
     let h = store::load(&dir, Load::ReadOnly).unwrap();
     assert!(restore_file(&dir, Point::Seq(h.last_seq), &out).unwrap() == now);
 }
+
+/// CDP enabled on a file volume that already holds data: the history starts from that data
+/// (the base copy is the file at the first start, holes skipped), so the start of the window
+/// restores it and later points add the journaled writes.
+#[test]
+fn enabling_cdp_on_a_volume_with_data_starts_the_history_from_that_data() {
+    const SIZE: u64 = 4 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("v.img");
+    let dir = tmp.path().join("j");
+    let mut before = pattern(31, 1 << 20);
+    before.resize(SIZE as usize, 0);
+    std::fs::write(&img, &before[..1 << 20]).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let vols = format!(
+        "[[volume]]\nname='v'\nbackend='uring'\npath='{}'\nsize={SIZE}\nblock_size=4096\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        img.display(),
+        dir.display()
+    );
+    let (mut d, addr) = in_process_with("cores=[0]\nwait='adaptive'", &vols);
+    let mut c = Client::connect(addr, "v", false);
+    assert_eq!(c.write(8192, &pattern(32, 4096)), 0);
+    c.disconnect();
+    d.stop();
+    let out = tmp.path().join("restored");
+    assert!(restore_file(&dir, Point::Seq(0), &out).unwrap() == before);
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let now = std::fs::read(&img).unwrap();
+    assert!(now[8192..12288] == pattern(32, 4096)[..]);
+    assert!(restore_file(&dir, Point::Seq(h.last_seq), &out).unwrap() == now);
+}

@@ -180,13 +180,9 @@ pub fn open_or_create(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let base = base_path(dir);
             let tmp = base.with_extension("tmp");
-            match seed {
-                Some(src) => {
-                    std::fs::copy(src, &tmp).map_err(io_err("copy the base into", &tmp))?;
-                }
-                None => {
-                    File::create(&tmp).map_err(io_err("create", &tmp))?;
-                }
+            File::create(&tmp).map_err(io_err("create", &tmp))?;
+            if let Some(src) = seed {
+                copy_data(src, &tmp, size).map_err(io_err("copy the base into", &tmp))?;
             }
             let f = OpenOptions::new()
                 .write(true)
@@ -208,6 +204,48 @@ pub fn open_or_create(
         }
         Err(e) => Err(io_err("read", &mp)(e)),
     }
+}
+
+/// Copy the first `size` bytes of `src` into `dst`, skipping holes where the filesystem
+/// reports them (SEEK_DATA), so a new, sparse base copies in no time.
+fn copy_data(src: &Path, dst: &Path, size: u64) -> std::io::Result<()> {
+    let s = File::open(src)?;
+    let d = OpenOptions::new().write(true).open(dst)?;
+    let fd = s.as_raw_fd();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut copy = |from: u64, to: u64| -> std::io::Result<()> {
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(buf.len() as u64) as usize;
+            s.read_exact_at(&mut buf[..n], at)?;
+            d.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    };
+    let mut off = 0u64;
+    while off < size {
+        // SAFETY: plain syscall on an open descriptor.
+        let data = unsafe { libc::lseek(fd, off as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return copy(off, size); // no hole information (a block device): copy it all
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 {
+            size
+        } else {
+            (hole as u64).min(size)
+        };
+        let start = (data as u64).min(size);
+        copy(start, end)?;
+        off = end.max(start + 1);
+    }
+    Ok(())
 }
 
 /// Read the identity of an existing history.
