@@ -669,3 +669,80 @@ fn enabling_cdp_on_a_volume_with_data_starts_the_history_from_that_data() {
     assert!(now[8192..12288] == pattern(32, 4096)[..]);
     assert!(restore_file(&dir, Point::Seq(h.last_seq), &out).unwrap() == now);
 }
+
+/// A tmpfs of a few MiB mounted for the test, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "mounting a small tmpfs needs root (the fault tests run as root)"
+        );
+        SmallFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The journal's filesystem fills up: the journal stops (its history ends at its last durable
+/// record), and the volume keeps serving every write and read.
+#[test]
+fn a_full_journal_device_stops_the_journal_and_the_volume_keeps_serving() {
+    const SIZE: usize = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(&tmp.path().join("small"), "6m");
+    let dir = fs.0.join("j");
+    let (mut d, addr) = in_process_with(
+        "cores=[0]\nwait='adaptive'",
+        &volume("v", SIZE as u64, &dir, "4MiB"),
+    );
+    let mut c = Client::connect(addr, "v", false);
+    let mut log: Vec<(usize, Upd, u64)> = Vec::new();
+    // 12 MiB of writes: twice what the filesystem holds.
+    for i in 0..96u64 {
+        let off = (i % 8) * (128 << 10);
+        let data = pattern(i + 4000, 128 << 10);
+        assert_eq!(
+            c.write(off, &data),
+            0,
+            "write {i} failed: the volume must keep serving"
+        );
+        log.push((0, Upd::Write(off, data), 0));
+    }
+    let mut model = vec![0u8; SIZE];
+    for (_, u, _) in &log {
+        apply(&mut model, u);
+    }
+    assert!(
+        c.read(0, SIZE as u32).unwrap() == model,
+        "the volume holds every write"
+    );
+    c.disconnect();
+    d.stop();
+    // The history holds a prefix of the writes, and its newest point is exactly that prefix.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let journaled = h.entries().filter(|(_, e)| e.op == Op::Write).count();
+    assert!(
+        journaled > 0 && journaled < log.len(),
+        "{journaled} writes journaled"
+    );
+    let mut prefix = vec![0u8; SIZE];
+    for (_, u, _) in &log[..journaled] {
+        apply(&mut prefix, u);
+    }
+    let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
+    assert!(got == prefix, "the history ends at its last durable write");
+    drop(fs);
+}
