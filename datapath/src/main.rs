@@ -108,11 +108,14 @@ enum CdpCmd {
         #[arg(long, required = true)]
         out: Vec<PathBuf>,
         /// Site time in ns since the epoch: every record at or before it.
-        #[arg(long, conflicts_with = "seq", required_unless_present = "seq")]
+        #[arg(long, conflicts_with = "seq", required_unless_present_any = ["seq", "bookmark"])]
         time: Option<u64>,
         /// Sequence number (one volume only): every record up to it.
         #[arg(long)]
         seq: Option<u64>,
+        /// A bookmark (set with the control socket's cdp_bookmark): its time.
+        #[arg(long, conflicts_with_all = ["seq", "time"])]
+        bookmark: Option<String>,
     },
 }
 
@@ -135,6 +138,7 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
             out,
             time,
             seq,
+            bookmark,
         } => {
             anyhow::ensure!(
                 dir.len() == out.len(),
@@ -146,10 +150,29 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
                 seq.is_none() || dir.len() == 1,
                 "--seq names a point of one volume; restore a group with --time"
             );
+            let time = match &bookmark {
+                None => time,
+                Some(b) => {
+                    let mut at = None;
+                    for d in &dir {
+                        let t = twinblk::layer::cdp::bookmark::load(d)
+                            .map_err(anyhow::Error::msg)?
+                            .get(b)
+                            .copied()
+                            .with_context(|| format!("{}: no bookmark named {b:?}", d.display()))?;
+                        anyhow::ensure!(
+                            at.is_none_or(|a| a == t),
+                            "bookmark {b:?} names different times in the volumes given"
+                        );
+                        at = Some(t);
+                    }
+                    at
+                }
+            };
             let point = match (time, seq) {
                 (Some(t), _) => pit::Point::Time(t),
                 (None, Some(s)) => pit::Point::Seq(s),
-                (None, None) => anyhow::bail!("give --time or --seq"),
+                (None, None) => anyhow::bail!("give --time, --seq or --bookmark"),
             };
             // Every history is read and the point checked before anything is written.
             let mut hs = Vec::new();

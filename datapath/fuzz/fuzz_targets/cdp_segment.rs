@@ -5,7 +5,8 @@
 //! - a scan never reports a log end beyond the input, its entries are in sequence order (+1),
 //!   with times that never go backwards and ranges inside the volume, and every entry's
 //!   record decodes again at its position;
-//! - an index that decodes re-encodes to the same bytes; so does `cdp.meta`.
+//! - an index that decodes re-encodes to the same bytes; so does `cdp.meta`, and so does a
+//!   bookmarks file that parses.
 //!
 //! The first input byte picks the mode: even = the rest is used as it is; odd = the rest
 //! follows a valid segment header, so records are reached.
@@ -52,6 +53,11 @@ fuzz_target!(|input: &[u8]| {
     }
     if let Ok(m) = Meta::decode(rest) {
         assert_eq!(&m.encode()[..], &rest[..format::META_LEN]);
+    }
+    if let Ok(text) = std::str::from_utf8(rest)
+        && let Ok(b) = twinblk::layer::cdp::bookmark::parse(text)
+    {
+        assert_eq!(twinblk::layer::cdp::bookmark::parse(&twinblk::layer::cdp::bookmark::encode(&b)), Ok(b));
     }
     let _ = SegHeader::decode(rest);
     let _ = RecHeader::decode(rest, VOL);

@@ -746,3 +746,113 @@ fn a_full_journal_device_stops_the_journal_and_the_volume_keeps_serving() {
     assert!(got == prefix, "the history ends at its last durable write");
     drop(fs);
 }
+
+/// A bookmark set through the control socket holds consolidation back (it stays restorable
+/// whatever retention says) until it is deleted; `twinblk cdp restore --bookmark` restores it.
+#[test]
+fn a_bookmark_stays_restorable_past_retention_until_deleted() {
+    const SIZE: usize = 2 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}retention_bytes='8MiB'\n",
+        volume("v", SIZE as u64, &dir, "4MiB")
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let first = pattern(1, 128 << 10);
+    assert_eq!(c.write(0, &first), 0);
+    let r = s.rpc_with(
+        "cdp_bookmark",
+        serde_json::json!({"group": "g", "name": "before-upgrade"}),
+    );
+    assert_eq!(r["result"]["volumes"][0], "v", "{r}");
+    for (params, says) in [
+        (
+            serde_json::json!({"group": "g", "name": "bad/name"}),
+            "bad bookmark name",
+        ),
+        (
+            serde_json::json!({"volume": "nope", "name": "x"}),
+            "no volume",
+        ),
+        (serde_json::json!({"name": "x"}), "one volume or one group"),
+    ] {
+        let e = s.rpc_with("cdp_bookmark", params.clone());
+        assert!(
+            e["error"]["message"].as_str().unwrap_or("").contains(says),
+            "{params}: {e}"
+        );
+    }
+    for i in 0..130u64 {
+        let off = (i * 7 % 15) * (128 << 10);
+        assert_eq!(c.write(off, &pattern(i + 50, 128 << 10)), 0);
+    }
+    let seg_bytes = || -> u64 {
+        segment_files(&dir)
+            .iter()
+            .map(|p| p.metadata().unwrap().len())
+            .sum()
+    };
+    assert!(seg_bytes() > 8 << 20);
+    // Retention would consolidate now; the bookmark holds it (the retention pass runs every
+    // second).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        store::read_meta(&dir).unwrap().base_seq,
+        0,
+        "held by the bookmark"
+    );
+    let listed = s.rpc_with("cdp_bookmarks", serde_json::json!({"volume": "v"}));
+    assert!(
+        listed["result"][0]["bookmarks"]["before-upgrade"]
+            .as_u64()
+            .is_some(),
+        "{listed}"
+    );
+    let restore = |out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
+            .args(["cdp", "restore", "--bookmark", "before-upgrade", "--dir"])
+            .arg(&dir)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let out = tmp.path().join("restored");
+    let o = restore(&out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("records"),
+        "progress is shown"
+    );
+    let mut want = vec![0u8; SIZE];
+    want[..first.len()].copy_from_slice(&first);
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "the bookmark's content"
+    );
+    // Deleted: consolidation goes on, and the bookmark is gone.
+    let d = s.rpc_with(
+        "cdp_bookmark_delete",
+        serde_json::json!({"volume": "v", "name": "before-upgrade"}),
+    );
+    assert!(d["result"].is_object(), "{d}");
+    let t = Instant::now();
+    while seg_bytes() > 8 << 20 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "not consolidated after the delete"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = restore(&tmp.path().join("again"));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no bookmark"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    c.disconnect();
+    assert!(s.stop());
+}

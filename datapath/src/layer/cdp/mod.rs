@@ -21,6 +21,7 @@
 //! it cuts a torn tail, sets damaged segments aside, rebuilds missing indexes, and the writer
 //! starts a new segment. Points in time are read from the directory alone ([`pit`]).
 
+pub mod bookmark;
 pub mod clock;
 pub mod format;
 pub mod journal;

@@ -9,6 +9,9 @@
 //! the segment is deleted. The thread ([`spawn`]) runs a pass over every volume each second,
 //! at most one segment per volume per pass (the throttle).
 //!
+//! A segment holding a record newer than the oldest bookmark is never consolidated (the
+//! bookmark stays restorable, whatever retention says).
+//!
 //! Invariants: the base copy never holds a record the meta's base point does not cover once
 //! the meta is written, and a crash anywhere leaves either the old meta with the segment still
 //! there (the pass is repeated: records are whole overwrites applied in order, so applying
@@ -77,6 +80,12 @@ pub fn consolidate_once(dir: &Path, r: &Retention, now: u64) -> Result<Option<u6
     let by_age = r.age_ns.is_some_and(|a| newest.saturating_add(a) < now);
     let by_size = r.bytes.is_some_and(|b| total > b);
     if !(by_age || by_size) {
+        return Ok(None);
+    }
+    if let Some(b) = super::bookmark::hold(dir)
+        && newest > b
+    {
+        // A bookmark inside this segment (or before it) must stay restorable.
         return Ok(None);
     }
     apply(dir, segno, &index.entries)?;
