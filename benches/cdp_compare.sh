@@ -134,7 +134,8 @@ for ((rep = 1; rep <= REPS; rep++)); do
             fi
             python3 - "$out" "$cfg" "$rw $bs QD$qd" "$ratio" >>"$RESULTS" <<'PY'
 import json, sys
-w = json.load(open(sys.argv[1]))["jobs"][0]["write"]
+text = open(sys.argv[1]).read()
+w = json.loads(text[text.index("{"):])["jobs"][0]["write"]  # fio's nbd engine prints a line first
 pct = w["clat_ns"].get("percentile", {})
 print("\t".join([sys.argv[2], sys.argv[3], "%.0f" % w["iops"],
                  "%.1f" % (pct.get("50.000000", 0) / 1000), "%.1f" % (pct.get("99.000000", 0) / 1000),

@@ -8,12 +8,14 @@
 //! - an index that decodes re-encodes to the same bytes; so does `cdp.meta`, and so does a
 //!   bookmarks file that parses.
 //!
-//! The first input byte picks the mode: even = the rest is used as it is; odd = the rest
-//! follows a valid segment header, so records are reached.
+//! The first input byte picks the mode: 0 mod 3 = the rest is used as it is; 1 = the rest
+//! follows a valid segment header; 2 = the rest describes records field by field, sealed with
+//! correct checksums (a payload checksum sometimes wrong), after a valid header, so the scan's
+//! sequence, time, range and payload checks are reached.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use twinblk::layer::cdp::format::{self, Index, Meta, RecHeader, SegHeader};
+use twinblk::layer::cdp::format::{self, Index, Meta, Op, RecHeader, SegHeader};
 
 const VOL: u64 = 7;
 const SIZE: u64 = 1 << 20;
@@ -23,7 +25,7 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let mut seg;
-    let bytes: &[u8] = if mode % 2 == 0 {
+    let bytes: &[u8] = if mode % 3 == 0 {
         rest
     } else {
         seg = SegHeader {
@@ -34,7 +36,11 @@ fuzz_target!(|input: &[u8]| {
             size: SIZE,
         }
         .encode();
-        seg.extend_from_slice(rest);
+        if mode % 3 == 1 {
+            seg.extend_from_slice(rest);
+        } else {
+            records(&mut seg, rest);
+        }
         &seg
     };
     let s = format::scan(bytes, VOL, SIZE, 0, 0);
@@ -62,3 +68,42 @@ fuzz_target!(|input: &[u8]| {
     let _ = SegHeader::decode(rest);
     let _ = RecHeader::decode(rest, VOL);
 });
+
+/// Sealed records from descriptors of 8 bytes: op, sequence step, time step, offset, length,
+/// payload checksum right or wrong.
+fn records(out: &mut Vec<u8>, mut d: &[u8]) {
+    let (mut seq, mut time) = (0u64, 0u64);
+    while d.len() >= 8 {
+        let op = [Op::Write, Op::Zeroes, Op::Unmap, Op::Pad, Op::Mark][d[0] as usize % 5];
+        seq = seq.wrapping_add(d[1] as u64 % 3);
+        time = time.wrapping_add(d[2] as u64 % 4).wrapping_sub(1);
+        let offset = u16::from_le_bytes([d[3], d[4]]) as u64 * 512;
+        let len = (d[5] as u64 % 9) * 512;
+        let good_crc = d[6] % 8 != 0;
+        let fill = d[7];
+        d = &d[8..];
+        let payload: Vec<u8> = match op {
+            Op::Write | Op::Pad => vec![fill; len as usize],
+            _ => Vec::new(),
+        };
+        let crc = if payload.is_empty() || op == Op::Pad {
+            0
+        } else {
+            crc32c::crc32c(&payload) ^ u32::from(!good_crc)
+        };
+        let mut h = [0u8; format::REC_HEADER];
+        RecHeader {
+            op,
+            seq: if op == Op::Pad { 0 } else { seq },
+            time,
+            offset: if op == Op::Mark { 0 } else { offset },
+            len: if op == Op::Mark { 0 } else { len },
+            payload_len: payload.len() as u32,
+            payload_crc: crc,
+            vol_id: VOL,
+        }
+        .encode(&mut h);
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&payload);
+    }
+}
