@@ -856,3 +856,41 @@ fn a_bookmark_stays_restorable_past_retention_until_deleted() {
     c.disconnect();
     assert!(s.stop());
 }
+
+/// Overlapping writes in flight at once (the host does not wait between them) reach a file
+/// base in the journal's order, so the newest point is exactly the volume's content.
+#[test]
+fn overlapping_writes_in_flight_together_leave_the_base_as_the_journal_says() {
+    const SIZE: u64 = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("v.img");
+    let dir = tmp.path().join("j");
+    let vols = format!(
+        "[[volume]]\nname='v'\nbackend='uring'\npath='{}'\nsize={SIZE}\nblock_size=4096\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        img.display(),
+        dir.display()
+    );
+    let (mut d, addr) = in_process_with("cores=[0]\nwait='adaptive'", &vols);
+    let mut c = Client::connect(addr, "v", false);
+    for r in 0..1000u64 {
+        // Eight writes in one go, several to the same blocks, of different lengths.
+        for k in 0..8u64 {
+            let b = (r + k % 3) % 16;
+            let len = 4096 * (1 + (k as usize % 4));
+            c.send_request(1, 0, k, b * 4096, len as u32, &pattern(r * 8 + k, len));
+        }
+        for _ in 0..8 {
+            assert_eq!(c.read_reply(0).1, 0);
+        }
+    }
+    let live = c.read(0, SIZE as u32).unwrap();
+    c.disconnect();
+    d.stop();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let newest = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap();
+    assert!(
+        newest == live,
+        "the journal's newest point differs from the volume"
+    );
+}

@@ -226,6 +226,7 @@ impl BlockDevice for CdpDevice {
             align: u64::from(self.inner.info().min_io.max(1)),
             journal,
             ops: Slab::with_capacity(256),
+            held: std::collections::VecDeque::new(),
             done: Vec::with_capacity(256),
             scratch: Vec::with_capacity(256),
         }))
@@ -252,6 +253,20 @@ struct Pending {
     /// Already failed to its caller (the stop deadline passed); kept until its base
     /// operation completes, so its slot is not reused while that is in flight.
     answered: bool,
+    /// The volume bytes it changes, `[start, end)` (empty for a flush).
+    range: (u64, u64),
+}
+
+/// An update whose base operation waits for an earlier overlapping one (see
+/// [`CdpChannel::overlaps_earlier`]); its record is already in the journal.
+struct Held {
+    key: usize,
+    op: Op,
+    offset: u64,
+    len: u64,
+    /// A write's data (a reused vector).
+    data: Vec<u8>,
+    fua: bool,
 }
 
 /// What an update does.
@@ -272,6 +287,8 @@ pub struct CdpChannel {
     align: u64,
     journal: Journal,
     ops: Slab<Pending>,
+    /// Updates waiting for an earlier overlapping one, in arrival order.
+    held: std::collections::VecDeque<Held>,
     done: Vec<Completion>,
     scratch: Vec<usize>,
 }
@@ -306,13 +323,48 @@ impl CdpChannel {
                 return Start::Done(Err(Errno::INVAL));
             }
         }
+        let range = match upd {
+            Upd::Flush => (0, 0),
+            _ => (offset, offset + len),
+        };
+        // The journal orders updates as they arrive; overlapping ones must reach the base in
+        // that order too (two writes to a block in flight at once could otherwise land in
+        // the other order, and the journal's newest point would differ from the base).
+        let wait = range.0 < range.1 && self.overlaps_earlier(range, self.held.len());
         let key = self.ops.insert(Pending {
             from,
             tag,
             last_seq: 0,
             base: None,
             answered: false,
+            range,
         });
+        if wait {
+            let (op, data) = match upd {
+                Upd::Write(d) => {
+                    let mut v = io.spare_vecs.pop().unwrap_or_default();
+                    v.clear();
+                    v.extend_from_slice(d);
+                    (Op::Write, v)
+                }
+                Upd::Zeroes(_) => (Op::Zeroes, Vec::new()),
+                _ => (Op::Unmap, Vec::new()),
+            };
+            let q = match op {
+                Op::Write => self.journal.record(io, op, offset, len, Some(&data)),
+                _ => self.journal.record(io, op, offset, len, None),
+            };
+            self.ops[key].last_seq = q;
+            self.held.push_back(Held {
+                key,
+                op,
+                offset,
+                len,
+                data,
+                fua,
+            });
+            return Start::Pending;
+        }
         let own = IoTag::channel(self.vol, LOWER_SLOT | key as u32);
         let (started, last_seq) = match upd {
             Upd::Write(d) => {
@@ -337,6 +389,45 @@ impl CdpChannel {
             self.try_complete(key);
         }
         Start::Pending
+    }
+
+    /// Whether `range` overlaps an update that arrived before it and whose base operation
+    /// has not finished: one in flight, or one of the first `held` held ones.
+    fn overlaps_earlier(&self, range: (u64, u64), held: usize) -> bool {
+        let hit = |r: (u64, u64)| r.0 < range.1 && range.0 < r.1;
+        self.ops
+            .iter()
+            .any(|(k, p)| p.base.is_none() && hit(p.range) && !self.held.iter().any(|h| h.key == k))
+            || self
+                .held
+                .iter()
+                .take(held)
+                .any(|h| hit(self.ops[h.key].range))
+    }
+
+    /// Start the held updates no earlier overlapping update blocks any more, in order.
+    fn release_held(&mut self, io: &mut IoCx) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let range = self.ops[self.held[i].key].range;
+            if self.overlaps_earlier(range, i) {
+                i += 1;
+                continue;
+            }
+            let h = self.held.remove(i).expect("index in range");
+            let own = IoTag::channel(self.vol, LOWER_SLOT | h.key as u32);
+            let started = match h.op {
+                Op::Write => self.inner.write(io, own, h.offset, &h.data, h.fua),
+                Op::Zeroes => self.inner.write_zeroes(io, own, h.offset, h.len, h.fua),
+                _ => self.inner.unmap(io, own, h.offset, h.len, h.fua),
+            };
+            io.recycle_vec(h.data);
+            if let Start::Done(r) = started {
+                self.ops[h.key].base = Some(r);
+                self.try_complete(h.key);
+                i = 0; // it finished at once: what it blocked may go now
+            }
+        }
     }
 
     fn try_complete(&mut self, key: usize) {
@@ -432,6 +523,9 @@ impl Channel for CdpChannel {
         if let Some(p) = self.ops.get_mut(key) {
             p.base = Some(result);
             self.try_complete(key);
+            if !self.held.is_empty() {
+                self.release_held(io);
+            }
         }
     }
 
