@@ -894,3 +894,42 @@ fn overlapping_writes_in_flight_together_leave_the_base_as_the_journal_says() {
         "the journal's newest point differs from the volume"
     );
 }
+
+/// An idle volume's window keeps reaching to about now while its journal does not grow: each
+/// time mark rewrites the previous one in place.
+#[test]
+fn an_idle_journal_moves_its_window_without_growing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let (mut d, addr) = in_process_with(
+        "cores=[0]\nwait='adaptive'",
+        &volume("v", 1 << 20, &dir, "4MiB"),
+    );
+    let mut c = Client::connect(addr, "v", false);
+    assert_eq!(c.write(0, &pattern(3, 4096)), 0);
+    let tail = || {
+        let h = store::load(&dir, Load::ReadOnly).unwrap();
+        (
+            h.segments.last().unwrap().index.end,
+            h.last_time,
+            h.last_seq,
+        )
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (end1, t1, s1) = tail();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (end2, t2, s2) = tail();
+    assert!(
+        t2 >= t1 + 1_000_000_000,
+        "the window moved on: {t1} -> {t2}"
+    );
+    assert_eq!((end1, s1), (end2, s2), "the journal did not grow");
+    // A write after the marks is journaled after them, and the history reads back.
+    assert_eq!(c.write(4096, &pattern(4, 4096)), 0);
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h.last_seq > s2);
+    let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, 8192).unwrap();
+    assert_eq!(got, [pattern(3, 4096), pattern(4, 4096)].concat());
+    c.disconnect();
+    d.stop();
+}

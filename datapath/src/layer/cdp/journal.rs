@@ -83,6 +83,10 @@ struct Batch {
     cap: usize,
     last_seq: u64,
     last_time: u64,
+    /// It holds one record, a time mark.
+    lone_mark: bool,
+    /// Written over the previous lone mark at this position instead of appended.
+    rewrite_at: Option<u64>,
 }
 
 struct InFlight {
@@ -113,6 +117,8 @@ pub struct Journal {
     stats: Arc<CdpStats>,
     /// When the last record was stamped (for time marks).
     last_record: Instant,
+    /// Position and sequence of the last append when it was a lone time mark.
+    last_mark: Option<(u64, u64)>,
 }
 
 /// An idle journal appends a time mark this often, so its window reaches to about now.
@@ -144,6 +150,7 @@ impl Journal {
             stopped: false,
             stats,
             last_record: Instant::now(),
+            last_mark: None,
         })
     }
 
@@ -215,11 +222,17 @@ impl Journal {
                 cap,
                 last_seq: 0,
                 last_time: 0,
+                lone_mark: false,
+                rewrite_at: None,
             });
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        if op != Op::Mark {
+            self.last_mark = None;
+        }
         let b = self.open.as_mut().expect("opened above");
+        b.lone_mark = b.used == 0 && op == Op::Mark;
         let bytes = io.buf_mut(&mut b.buf, b.cap);
         let rec = &mut bytes[b.used..b.used + need];
         RecHeader {
@@ -250,7 +263,43 @@ impl Journal {
     }
 
     /// Stamp a time mark: nothing changed from the last record up to now.
+    /// When the last append was a lone mark and nothing is queued or in flight, the new mark
+    /// rewrites that block in place with the same sequence number (an idle volume's journal
+    /// does not grow; a torn rewrite loses only that mark: the acknowledgement order keeps
+    /// every later record waiting for it).
     pub fn mark(&mut self, io: &mut IoCx) {
+        if let Some((pos, seq)) = self.last_mark
+            && !self.stopped
+            && !self.has_queued()
+            && self.inflight.is_empty()
+        {
+            let time = clock::now().max(self.last_time);
+            self.last_time = time;
+            self.last_record = Instant::now();
+            let cap = io.pool.buf_size();
+            let mut buf = io.take_buf(cap);
+            RecHeader {
+                op: Op::Mark,
+                seq,
+                time,
+                offset: 0,
+                len: 0,
+                payload_len: 0,
+                payload_crc: 0,
+                vol_id: self.meta.vol_id,
+            }
+            .encode(io.buf_mut(&mut buf, cap));
+            self.ready.push_back(Batch {
+                buf,
+                used: REC_HEADER,
+                cap,
+                last_seq: seq,
+                last_time: time,
+                lone_mark: true,
+                rewrite_at: Some(pos),
+            });
+            return;
+        }
         self.record(io, Op::Mark, 0, 0, None);
     }
 
@@ -269,7 +318,7 @@ impl Journal {
         let mut started = false;
         while let Some(b) = self.ready.front() {
             let len = b.used + format::pad_len(b.used);
-            if self.pos + len as u64 > self.seg_size {
+            if b.rewrite_at.is_none() && self.pos + len as u64 > self.seg_size {
                 if !self.inflight.is_empty() {
                     break; // switch once the appends to this segment are done
                 }
@@ -287,16 +336,20 @@ impl Journal {
             }
             let id = self.next_id;
             self.next_id = (self.next_id + 1) & ID_MASK;
+            let at = b.rewrite_at.unwrap_or(self.pos);
+            self.last_mark = b.lone_mark.then_some((at, b.last_seq));
             io.start_bdev(BdevOp {
                 tag: IoTag::channel(self.vol, LOWER_SLOT | JOURNAL_SLOT | id),
                 file: self.slot,
-                offset: self.pos,
+                offset: at,
                 len: len as u32,
                 done: 0,
                 kind: OpKind::Write { fua: true },
                 buf: b.buf,
             });
-            self.pos += len as u64;
+            if b.rewrite_at.is_none() {
+                self.pos += len as u64;
+            }
             self.inflight.push_back(InFlight {
                 id,
                 last_seq: b.last_seq,
@@ -323,6 +376,7 @@ impl Journal {
             })?;
         self.file = file;
         self.segno = segno;
+        self.last_mark = None;
         self.pos = format::SEG_HEADER as u64;
         self.stats.segment.store(segno, Relaxed);
         Ok(())
@@ -359,8 +413,8 @@ impl Journal {
                 break;
             }
             if !self.stopped {
-                self.durable = f.last_seq;
-                self.stats.durable_seq.store(f.last_seq, Relaxed);
+                self.durable = self.durable.max(f.last_seq);
+                self.stats.durable_seq.store(self.durable, Relaxed);
                 self.stats.durable_time.store(f.last_time, Relaxed);
                 moved = true;
             }
