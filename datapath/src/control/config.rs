@@ -394,6 +394,10 @@ pub struct CdpConfig {
     /// Keep at most about this many bytes of journal segments; the oldest are consolidated.
     #[serde(default)]
     pub retention_bytes: Option<Size>,
+    /// Write each segment with zeroes when preparing it, ahead of use (appends then need no
+    /// block allocation by the filesystem; each segment is written twice).
+    #[serde(default)]
+    pub prezero: bool,
 }
 
 impl CdpConfig {

@@ -20,6 +20,7 @@ use crate::control::config::{Backend, Config, Wait};
 use crate::frontend::nbd::{NbdAcceptor, NbdExport};
 use crate::frontend::nvmf::atomic::HomeService;
 use crate::frontend::nvmf::{NvmfAcceptor, NvmfShared, ctrl::Subsystem};
+use crate::layer::cdp::journal::{SpareOf, spare_thread};
 use crate::layer::cdp::retain::{self, Retained, Retention};
 use crate::layer::cdp::{CdpDevice, CdpInfo, CdpSettings};
 use crate::layer::mirror::engine::{EngineConfig, Role};
@@ -126,6 +127,8 @@ pub struct Daemon {
     persister: Option<Arc<Persister>>,
     /// Consolidates CDP journals under retention (off the reactors).
     retention: Option<JoinHandle<()>>,
+    /// Prepares each CDP journal's next segment (off the reactors).
+    segments: Option<JoinHandle<()>>,
     retention_stop: Arc<AtomicBool>,
 }
 
@@ -210,6 +213,7 @@ impl Daemon {
                     segment_size: c.segment_size.0,
                     seed: v.path.clone().filter(|_| v.backend == Backend::Uring),
                     volatile: v.backend == Backend::Malloc,
+                    prezero: c.prezero,
                 };
                 let home = index % cfg.reactor.cores.len();
                 let cd = Arc::new(CdpDevice::open(device, &settings, index, home).map_err(
@@ -440,8 +444,23 @@ impl Daemon {
             failover_stop: Arc::new(AtomicBool::new(false)),
             persister,
             retention: None,
+            segments: None,
             retention_stop: Arc::new(AtomicBool::new(false)),
         };
+        if !cdp_devs.is_empty() {
+            let spares = cdp_devs
+                .iter()
+                .map(|cd| SpareOf {
+                    dir: cd.dir.clone(),
+                    size: cd.segment_size,
+                    spare: Arc::clone(&cd.spare),
+                })
+                .collect();
+            daemon.segments = Some(
+                spare_thread(spares, Arc::clone(&daemon.retention_stop))
+                    .map_err(StartError::CdpThread)?,
+            );
+        }
         if !retained.is_empty() {
             daemon.retention = Some(
                 retain::spawn(retained, Arc::clone(&daemon.retention_stop))
@@ -562,6 +581,9 @@ impl Daemon {
         }
         self.retention_stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.retention.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.segments.take() {
             let _ = t.join();
         }
         self.failover_stop.store(true, Ordering::SeqCst);

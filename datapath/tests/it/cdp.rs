@@ -104,16 +104,7 @@ fn a_group_restores_to_every_chosen_point_with_the_content_it_had_then() {
         log.push((vol, upd, time));
         seqs.push((vol, seq));
     }
-    let segs = std::fs::read_dir(&dirs[0])
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".cdp")
-        })
-        .count();
+    let segs = segment_files(&dirs[0]).len();
     assert!(segs >= 2, "the workload spans several segments ({segs})");
     let hs: Vec<_> = dirs
         .iter()
@@ -186,14 +177,14 @@ fn a_group_restores_to_every_chosen_point_with_the_content_it_had_then() {
     assert!(restore_file(&dirs[0], Point::Seq(hs[0].last_seq), &out).unwrap() == now);
 }
 
+/// The segment files in use (not the spare prepared ahead), in order.
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+    store::segments_in_use(dir)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "cdp"))
-        .collect();
-    v.sort();
-    v
+        .0
+        .into_iter()
+        .map(|n| store::seg_path(dir, n))
+        .collect()
 }
 
 #[test]
@@ -363,8 +354,10 @@ fn every_acknowledged_write_survives_kill_9_and_the_torn_tail_is_cut() {
     const SIZE: u64 = 64 << 20;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("j");
+    // Segments are prepared ahead and written with zeroes, so the kill may land while a
+    // switch's header append is in flight.
     let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n{}",
+        "[reactor]\ncores=[0]\npin=false\n{}prezero=true\n",
         volume("v", SIZE, &dir, "4MiB")
     );
     let mut s = Server::start(tmp.path(), &body);
@@ -795,6 +788,9 @@ fn a_bookmark_stays_restorable_past_retention_until_deleted() {
             .sum()
     };
     assert!(seg_bytes() > 8 << 20);
+    // The segments were prepared ahead, off the reactor.
+    let st = s.rpc("cdp_status");
+    assert!(st[0]["switches_prepared"].as_u64().unwrap() >= 2, "{st}");
     // Retention would consolidate now; the bookmark holds it (the retention pass runs every
     // second).
     std::thread::sleep(Duration::from_millis(2500));

@@ -17,7 +17,7 @@
 //!   their base result alone, and the history ends at `durable`.
 
 use super::clock;
-use super::format::{self, MAX_PAYLOAD, Meta, Op, REC_HEADER, RecHeader};
+use super::format::{self, MAX_PAYLOAD, Meta, Op, REC_HEADER, RecHeader, SegHeader};
 use super::store;
 use crate::bdev::LOWER_SLOT;
 use crate::uring::buf::BufId;
@@ -27,7 +27,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// Own-I/O slot bit of a journal append (with [`LOWER_SLOT`]); the low 30 bits are its id.
@@ -55,6 +55,10 @@ pub struct CdpStats {
     pub stopped: AtomicBool,
     /// Where the restorable window starts (site time, ns; moved by consolidation).
     pub window_start: Arc<AtomicU64>,
+    /// Segment switches to a segment prepared ahead (off the reactor).
+    pub switches_prepared: AtomicU64,
+    /// Segment switches that created the segment on the reactor (no spare was ready).
+    pub switches_created: AtomicU64,
 }
 
 /// Where the writer starts (from recovery).
@@ -75,6 +79,25 @@ pub struct Start {
     pub last_time: u64,
     /// Segment size.
     pub seg_size: u64,
+    /// The next segment, prepared off the reactor.
+    pub spare: Arc<Spare>,
+}
+
+/// The next segment of a volume, prepared by the helper thread ([`spare_thread`]) so a
+/// segment switch on the reactor only opens a file and queues its header.
+#[derive(Debug, Default)]
+pub struct Spare {
+    /// The segment number the writer will need next (0: none).
+    pub want: AtomicU64,
+    /// The segment number prepared (0: none).
+    pub ready: AtomicU64,
+    /// Write the spare's blocks once (zeroes) before use.
+    pub zero: AtomicBool,
+    /// Preparing failed (the writer then creates segments itself).
+    pub failed: AtomicBool,
+    /// Held by the helper while it prepares `want`; the writer only try-locks it (never
+    /// waits), so the two never create the same segment.
+    pub lock: std::sync::Mutex<()>,
 }
 
 struct Batch {
@@ -119,6 +142,9 @@ pub struct Journal {
     last_record: Instant,
     /// Position and sequence of the last append when it was a lone time mark.
     last_mark: Option<(u64, u64)>,
+    /// Time of the last durable record.
+    last_durable_time: u64,
+    spare: Arc<Spare>,
 }
 
 /// An idle journal appends a time mark this often, so its window reaches to about now.
@@ -151,6 +177,8 @@ impl Journal {
             stats,
             last_record: Instant::now(),
             last_mark: None,
+            last_durable_time: s.last_time,
+            spare: s.spare,
         })
     }
 
@@ -322,9 +350,13 @@ impl Journal {
                 if !self.inflight.is_empty() {
                     break; // switch once the appends to this segment are done
                 }
-                if let Err(e) = self.next_segment(io) {
-                    self.stop(io, &format!("cannot start the next segment: {e}"));
-                    return started;
+                match self.next_segment(io) {
+                    Ok(true) => continue, // the new segment's header (if any) goes first
+                    Ok(false) => break,   // the helper is finishing it
+                    Err(e) => {
+                        self.stop(io, &format!("cannot start the next segment: {e}"));
+                        return started;
+                    }
                 }
             }
             let mut b = self.ready.pop_front().expect("front exists");
@@ -364,10 +396,29 @@ impl Journal {
     }
 
     /// Close the active segment and start the next one (no append in flight or queued for it).
-    fn next_segment(&mut self, io: &mut IoCx) -> Result<(), store::CdpError> {
+    /// False: the helper is preparing it right now; try again next turn.
+    fn next_segment(&mut self, io: &mut IoCx) -> Result<bool, store::CdpError> {
         let first = self.durable + 1;
         let segno = self.segno + 1;
-        let file = store::create_segment(&self.dir, &self.meta, segno, first, self.seg_size)?;
+        let spare_slot = Arc::clone(&self.spare);
+        let _guard = match spare_slot.lock.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
+        let spare = spare_slot.ready.load(Ordering::Acquire) == segno;
+        let file = if spare {
+            store::open_spare(&self.dir, segno)?
+        } else {
+            // No helper, or it failed: create it here (a few ms on the reactor).
+            store::create_segment(&self.dir, &self.meta, segno, first, self.seg_size)?
+        };
+        spare_slot.want.store(segno + 1, Ordering::Release);
+        if spare {
+            self.stats.switches_prepared.fetch_add(1, Relaxed);
+        } else {
+            self.stats.switches_created.fetch_add(1, Relaxed);
+        }
         io.replace_file(self.slot, file.as_raw_fd())
             .map_err(|source| store::CdpError::Io {
                 what: "register",
@@ -379,7 +430,32 @@ impl Journal {
         self.last_mark = None;
         self.pos = format::SEG_HEADER as u64;
         self.stats.segment.store(segno, Relaxed);
-        Ok(())
+        if spare {
+            // The header is the segment's first append: every record after it is
+            // acknowledged only once it is durable (log order).
+            let header = SegHeader {
+                vol_id: self.meta.vol_id,
+                segno,
+                first_seq: first,
+                created: clock::now(),
+                size: self.seg_size,
+            }
+            .encode();
+            let cap = io.pool.buf_size();
+            let mut buf = io.take_buf(cap);
+            io.buf_mut(&mut buf, format::SEG_HEADER)
+                .copy_from_slice(&header);
+            self.ready.push_front(Batch {
+                buf,
+                used: format::SEG_HEADER,
+                cap,
+                last_seq: self.durable,
+                last_time: self.last_durable_time,
+                lone_mark: false,
+                rewrite_at: Some(0),
+            });
+        }
+        Ok(true)
     }
 
     fn stop(&mut self, io: &mut IoCx, why: &str) {
@@ -416,6 +492,7 @@ impl Journal {
                 self.durable = self.durable.max(f.last_seq);
                 self.stats.durable_seq.store(self.durable, Relaxed);
                 self.stats.durable_time.store(f.last_time, Relaxed);
+                self.last_durable_time = f.last_time;
                 moved = true;
             }
             self.inflight.pop_front();
@@ -428,4 +505,49 @@ fn give_back(io: &mut IoCx, buf: OpBuf) {
     if let OpBuf::Pool(BufId(i)) = buf {
         io.pool.put(BufId(i));
     }
+}
+
+/// A volume whose next segment the helper thread prepares.
+pub struct SpareOf {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Segment size.
+    pub size: u64,
+    /// The slot shared with its writer.
+    pub spare: Arc<Spare>,
+}
+
+/// Start the thread that prepares each volume's next segment off the reactors; it stops when
+/// `stop` is set.
+pub fn spare_thread(
+    vols: Vec<SpareOf>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cdp-segments".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for v in &vols {
+                    let s = &v.spare;
+                    let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let want = s.want.load(Ordering::Acquire);
+                    if want == 0
+                        || s.ready.load(Ordering::Acquire) == want
+                        || s.failed.load(Ordering::Relaxed)
+                    {
+                        continue;
+                    }
+                    let zero = s.zero.load(Ordering::Relaxed);
+                    match store::prepare_spare(&v.dir, want, v.size, zero) {
+                        Ok(()) => s.ready.store(want, Ordering::Release),
+                        Err(e) => {
+                            tracing::warn!(dir = %v.dir.display(), error = %e,
+                                "cdp: cannot prepare the next segment; the writer creates its own");
+                            s.failed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
 }

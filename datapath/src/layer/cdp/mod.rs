@@ -57,6 +57,9 @@ pub struct CdpSettings {
     /// The base loses its content at every start (RAM): each start journals an unmap of the
     /// whole volume first.
     pub volatile: bool,
+    /// Segments prepared ahead are written with zeroes once (their appends then need no
+    /// allocation by the filesystem), at the cost of writing each segment twice.
+    pub prezero: bool,
 }
 
 /// A CDP volume's facts for the control plane.
@@ -91,6 +94,8 @@ impl CdpInfo {
             "journal_bytes": s.journal_bytes.load(Relaxed),
             "appends": s.batches.load(Relaxed),
             "segment": s.segment.load(Relaxed),
+            "switches_prepared": s.switches_prepared.load(Relaxed),
+            "switches_created": s.switches_created.load(Relaxed),
             "journal": if s.stopped.load(Relaxed) { "stopped" } else { "running" },
         })
     }
@@ -113,6 +118,10 @@ pub struct CdpDevice {
     pub dir: PathBuf,
     /// Where the history starts (site time, ns).
     pub created: u64,
+    /// The next segment, prepared off the reactors ([`journal::spare_thread`]).
+    pub spare: Arc<journal::Spare>,
+    /// Segment size.
+    pub segment_size: u64,
     start: Mutex<Option<journal::Start>>,
 }
 
@@ -156,6 +165,13 @@ impl CdpDevice {
         }
         tracing::info!(dir = %s.dir.display(), segments = h.segments.len(), last_seq = h.last_seq,
             cut = ?h.cut, damaged = h.damaged.len(), "cdp: history recovered");
+        let spare = Arc::new(journal::Spare::default());
+        spare
+            .zero
+            .store(s.prezero, std::sync::atomic::Ordering::Relaxed);
+        spare
+            .want
+            .store(segno + 1, std::sync::atomic::Ordering::Release);
         let stats = CdpStats::default();
         stats
             .window_start
@@ -168,6 +184,8 @@ impl CdpDevice {
             stats: Arc::new(stats),
             dir: s.dir.clone(),
             created: meta.created,
+            spare: Arc::clone(&spare),
+            segment_size: s.segment_size,
             start: Mutex::new(Some(journal::Start {
                 dir: s.dir.clone(),
                 meta,
@@ -177,6 +195,7 @@ impl CdpDevice {
                 next_seq,
                 last_time,
                 seg_size: s.segment_size,
+                spare,
             })),
         })
     }

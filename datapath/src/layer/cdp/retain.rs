@@ -62,9 +62,13 @@ fn segments(dir: &Path) -> Result<Vec<(u64, u64)>, CdpError> {
 /// One pass over `dir` at site time `now`: consolidate its oldest segment if retention
 /// releases it. Returns the new base point's sequence when it did.
 pub fn consolidate_once(dir: &Path, r: &Retention, now: u64) -> Result<Option<u64>, CdpError> {
-    let segs = segments(dir)?;
+    let (in_use, _) = store::segments_in_use(dir)?;
+    let segs: Vec<(u64, u64)> = segments(dir)?
+        .into_iter()
+        .filter(|(n, _)| in_use.contains(n))
+        .collect();
     if segs.len() < 2 {
-        return Ok(None); // the only segment is the active one
+        return Ok(None); // the only segment in use is the active one (a spare is not)
     }
     let meta = store::read_meta(dir)?;
     let (segno, _) = segs[0];

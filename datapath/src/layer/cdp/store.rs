@@ -292,10 +292,33 @@ fn load_index(dir: &Path, file: &File, segno: u64, meta: &Meta) -> Option<Index>
     Some(i)
 }
 
+/// A prepared, unused segment (header all zeroes, or shorter than a header).
+fn is_spare(dir: &Path, segno: u64) -> bool {
+    let mut hb = vec![0u8; format::SEG_HEADER];
+    match File::open(seg_path(dir, segno)).and_then(|f| f.read_exact_at(&mut hb, 0)) {
+        Ok(()) => hb.iter().all(|&b| b == 0),
+        Err(_) => false,
+    }
+}
+
+/// The segment numbers of `dir` in order, without the trailing spares (returned apart): the
+/// newest segment in use is the last of the first list.
+pub fn segments_in_use(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), CdpError> {
+    let mut nums = segment_numbers(dir)?;
+    let mut spares = Vec::new();
+    while let Some(&n) = nums.last() {
+        if !is_spare(dir, n) {
+            break;
+        }
+        spares.push(nums.pop().expect("last exists"));
+    }
+    Ok((nums, spares))
+}
+
 /// Read the history of `dir` (see [`Load`]).
 pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
     let meta = read_meta(dir)?;
-    let nums = segment_numbers(dir)?;
+    let (nums, spare) = segments_in_use(dir)?;
     let mut h = History {
         dir: dir.to_path_buf(),
         meta,
@@ -400,7 +423,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         h.segments.push(Segment { header, index });
     }
     if mode == Load::Recover {
-        for &segno in &consolidated {
+        for &segno in consolidated.iter().chain(&spare) {
             remove_segment(dir, segno)?;
         }
         for &segno in &h.damaged {
@@ -538,6 +561,49 @@ pub fn create_segment(
         .map_err(io_err("write", &path))?;
     f.sync_all().map_err(io_err("sync", &path))?;
     sync_dir(dir)?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .map_err(io_err("open", &path))
+}
+
+/// Prepare segment `segno` as a spare (off the reactor): preallocated, all zeroes where
+/// `zero` (its blocks written once, so later appends need no allocation by the filesystem),
+/// header all zeroes (the writer writes it as the segment's first append), synced with its
+/// directory. A newest segment whose header is all zeroes is an unused spare to recovery.
+pub fn prepare_spare(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<(), CdpError> {
+    let path = seg_path(dir, segno);
+    let tmp = path.with_extension("spare");
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    // SAFETY: plain syscall on an open descriptor.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as i64) };
+    if rc != 0 {
+        f.set_len(size).map_err(io_err("size", &tmp))?;
+    }
+    if zero {
+        let z = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < size {
+            let n = (size - at).min(z.len() as u64) as usize;
+            f.write_all_at(&z[..n], at).map_err(io_err("zero", &tmp))?;
+            at += n as u64;
+        }
+    }
+    f.sync_all().map_err(io_err("sync", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    sync_dir(dir)
+}
+
+/// Open a prepared spare segment for O_DIRECT appends.
+pub fn open_spare(dir: &Path, segno: u64) -> Result<File, CdpError> {
+    let path = seg_path(dir, segno);
     OpenOptions::new()
         .read(true)
         .write(true)
