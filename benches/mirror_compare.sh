@@ -36,6 +36,13 @@
 # 2-core machine a polling site would take the core its peer needs (site a polling and site b
 # on core 0 gave 0.53x at QD32 over NVMe/TCP in a 1-rep check; site b on the client's core,
 # 0.59x over NBD).
+# STATE=1 gives each mirrored site a state_dir (under the work directory), which the leader's
+# activity log needs (docs/mirror-protocol.md, "Activity log"); ACTLOG=true|false (default
+# true, only with STATE=1) switches the log, to measure its cost, e.g.
+#   STATE=1 ACTLOG=true bash benches/mirror_compare.sh; STATE=1 ACTLOG=false bash benches/mirror_compare.sh
+# (fio writes 256 MiB: 64 extents of 4 MiB, so after the first writes the log is not written
+# again; ACTLOG_EXTENTS=N, default 1024, makes it smaller to measure a log that keeps changing.
+# A tree without the activity log refuses these fields: not with OLD_BIN.)
 # Needs: cargo, fio (nbd engine), python3, taskset. Listens on 127.0.0.1 only; always cleans up.
 
 set -euo pipefail
@@ -88,6 +95,13 @@ peer_site = \"$2\"
 listen = [\"127.0.0.1:$5\"]
 peer = \"127.0.0.1:$6\"
 $KEY_LINE"
+        if [[ ${STATE:-0} == 1 ]]; then
+            mkdir -p "$WORK/state-$1"
+            mirror_section="$mirror_section
+state_dir = \"$WORK/state-$1\"
+activity_log = ${ACTLOG:-true}
+activity_log_extents = ${ACTLOG_EXTENTS:-1024}"
+        fi
     fi
     cat >"$WORK/$1.toml" <<CFG
 [reactor]

@@ -79,6 +79,7 @@ fn survivor(size: u64, dir: &std::path::Path) -> Engine {
         state_file: Some(path),
         replica_data: Default::default(),
         meta: None,
+        actlog: Default::default(),
     };
     let mut e = Engine::new(cfg, Box::new(Null), 0, Arc::new(MirrorStats::default()));
     e.restore().expect("restore");

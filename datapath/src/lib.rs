@@ -18,7 +18,8 @@
 //! Modules, bottom first; each imports only from those above it in this list (the test
 //! `layering::no_module_imports_one_above_it` reads every file's `crate::` paths):
 //! - [`uring`]: the only place SQEs are built; the in-flight table of device operations; the
-//!   per-reactor pools of aligned, registered buffers ([`uring::buf`]).
+//!   per-reactor pools of aligned, registered buffers ([`uring::buf`]); scatter lists for
+//!   socket sends ([`uring::iov`]).
 //! - [`bdev`]: the block-device interface, its devices (`malloc`, `file`, `errinj`), and
 //!   [`bdev::volume`]: a named stack of layers with its published path state.
 //! - [`runtime`]: reactors, connections, pollers, acceptors, services, mailboxes, counters;
@@ -37,7 +38,7 @@
 //! enter the kernel to sleep, and a completion handed to another reactor costs an eventfd write
 //! only when that reactor sleeps; a connection and its I/O live on one reactor; every buffer
 //! handed to the kernel is owned by the in-flight table (or its connection) until its
-//! completion; a mirrored volume's updates are ordered by one engine on one reactor per site.
+//! completion (a mirror link's payloads: by the references its batch in flight holds); a mirrored volume's updates are ordered by one engine on one reactor per site.
 
 pub mod uring;
 

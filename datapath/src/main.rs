@@ -339,10 +339,13 @@ fn serve(cfg: Config) -> Result<()> {
     }
     if !cfg.control.socket.as_os_str().is_empty() {
         println!(
-            "  control: {} (twinblk-ctl --socket {} reactor_stats)",
+            "  control: {} (twinblk-ctl --socket {} status)",
             cfg.control.socket.display(),
             cfg.control.socket.display()
         );
+    }
+    if let Some(m) = daemon.metrics_addr() {
+        println!("  metrics: http://{m}/metrics");
     }
     println!("Ctrl-C stops it (in-flight I/O is finished first).");
     use std::io::Write;

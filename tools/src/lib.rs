@@ -1,6 +1,12 @@
-//! twinblk operator tools. Binaries live in `src/bin/`: `twinblk-ctl` (control socket client)
+//! twinblk operator tools. Binaries live in `src/bin/`: `twinblk-ctl` (control socket client),
+//! `twinlink` (link emulator)
 //! and `twinblk-nvme` (NVMe/TCP initiator: discovery, identify, load generator).
 //!
+//! - [`ctl`]: `twinblk-ctl`'s logic: control-socket calls, the two-site status, verbs.
 //! - [`nvmf`]: a userspace NVMe/TCP initiator (blocking sockets) and its load generator.
+//! - [`twinlink`]: the link emulator behind the `twinlink` binary (delay, jitter, bandwidth,
+//!   loss, cuts between sites, changed at run time).
 
+pub mod ctl;
 pub mod nvmf;
+pub mod twinlink;

@@ -55,6 +55,7 @@ fn engine(io: &mut IoCx, role: Role) -> Engine {
             Arc::new(ResvTable::new(1)),
             vec![(1, 0)],
         )]))),
+        actlog: Default::default(),
     };
     let mut e = Engine::new(cfg, inner, 0, Arc::new(MirrorStats::default()));
     e.link_up(io);

@@ -1,8 +1,8 @@
 //! `errinj`: a layer that fails I/O touching a chosen byte range with EIO, for fault tests.
 //!
 //! Model: wraps any device; reads, writes, write-zeroes and unmaps overlapping
-//! `[offset, offset + len)` fail at once with EIO and never reach the inner device; everything
-//! else passes through unchanged. It proves the stack works (a layer inserted between front end
+//! `[offset, offset + len)` fail at once with EIO and never reach the inner device, and so do
+//! flushes when the layer is told to fail them; everything else passes through unchanged. It proves the stack works (a layer inserted between front end
 //! and base device without the front end knowing) and drives the front ends' error paths.
 
 use super::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start};
@@ -30,12 +30,18 @@ impl FaultRange {
 pub struct ErrInjDevice {
     inner: Arc<dyn BlockDevice>,
     fault: FaultRange,
+    fail_flush: bool,
 }
 
 impl ErrInjDevice {
-    /// Wrap `inner`.
-    pub fn new(inner: Arc<dyn BlockDevice>, fault: FaultRange) -> Arc<Self> {
-        Arc::new(Self { inner, fault })
+    /// Wrap `inner`: I/O over `fault` fails (a range of length 0: none), and every flush when
+    /// `fail_flush`.
+    pub fn new(inner: Arc<dyn BlockDevice>, fault: FaultRange, fail_flush: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            fault,
+            fail_flush,
+        })
     }
 }
 
@@ -50,6 +56,7 @@ impl BlockDevice for Arc<ErrInjDevice> {
         Ok(Box::new(ErrInjChannel {
             inner: self.inner.open_channel(io)?,
             fault: self.fault,
+            fail_flush: self.fail_flush,
         }))
     }
 }
@@ -57,6 +64,7 @@ impl BlockDevice for Arc<ErrInjDevice> {
 struct ErrInjChannel {
     inner: Box<dyn Channel>,
     fault: FaultRange,
+    fail_flush: bool,
 }
 
 impl Channel for ErrInjChannel {
@@ -75,6 +83,9 @@ impl Channel for ErrInjChannel {
     }
 
     fn flush(&mut self, io: &mut IoCx, tag: IoTag) -> Start {
+        if self.fail_flush {
+            return Start::Done(Err(Errno::IO));
+        }
         self.inner.flush(io, tag)
     }
 

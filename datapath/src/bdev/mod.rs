@@ -68,7 +68,9 @@ pub trait BlockDevice: Send + Sync {
 pub trait Channel {
     /// Read `len` bytes at `offset`.
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_>;
-    /// Write `data` at `offset`; `fua`: durable before it completes.
+    /// Write `data` at `offset`; `fua`: durable before it completes. `data` is lent for the
+    /// call only (callers pass receive buffers reused right after it): a device that
+    /// finishes later has taken its own copy by then.
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start;
     /// Make every completed write durable.
     fn flush(&mut self, io: &mut IoCx, tag: IoTag) -> Start;

@@ -88,8 +88,22 @@ pub struct MirrorConfig {
     /// site is a new replica (docs/architecture.md, "Replica state").
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Keep an activity log of hot extents (docs/mirror-protocol.md, "Activity log"), so that
+    /// a leader that crashed while in sync copies only those extents at its next session;
+    /// false: the whole volume is one extent (a crash copies every region ever written).
+    #[serde(default = "default_true")]
+    pub activity_log: bool,
+    /// Bytes per activity log extent (a power of two from `dirty_granularity` to 1 GiB;
+    /// default 4 MiB, or `dirty_granularity` if larger).
+    #[serde(default)]
+    pub activity_log_extent: Option<Size>,
+    /// Most extents in the activity log (1 ..= 65536).
+    #[serde(default = "default_activity_log_extents")]
+    pub activity_log_extents: u32,
 }
 
+/// Most `activity_log_extents`.
+pub const MAX_ACTLOG_EXTENTS: u32 = 65536;
 /// Most regions (bits of each region bitmap) a mirrored volume may have.
 pub const MAX_REGIONS: u64 = 1 << 32;
 /// Most `max_backlog_mib` (16 TiB: more than any machine's memory, and `<< 20` cannot
@@ -97,6 +111,12 @@ pub const MAX_REGIONS: u64 = 1 << 32;
 pub const MAX_BACKLOG_MIB: u64 = 1 << 24;
 
 impl MirrorConfig {
+    /// Bytes per activity log extent (the default: 4 MiB, or `dirty_granularity` if larger).
+    pub fn actlog_extent(&self) -> u64 {
+        self.activity_log_extent
+            .map_or(self.dirty_granularity.0.max(4 << 20), |s| s.0)
+    }
+
     /// The sizes and times the mirror protocol and engine can work with; the error names the
     /// field, the limit and why.
     fn check_limits(&self, mirrored: &[&VolumeConfig]) -> Result<(), String> {
@@ -137,6 +157,22 @@ impl MirrorConfig {
                  1 MiB (1048576) per second and at least one region (mirror.dirty_granularity) \
                  per second",
                 self.resync_rate.0
+            ));
+        }
+        let e = self.actlog_extent();
+        if !e.is_power_of_two() || e < g || e > 1 << 30 {
+            return Err(format!(
+                "mirror.activity_log_extent = {e} must be a power of two from \
+                 mirror.dirty_granularity ({g}) to 1 GiB (1073741824): an extent is recorded as \
+                 whole regions"
+            ));
+        }
+        if !(1..=MAX_ACTLOG_EXTENTS).contains(&self.activity_log_extents) {
+            return Err(format!(
+                "mirror.activity_log_extents = {} must be between 1 and {MAX_ACTLOG_EXTENTS}: the \
+                 activity log's file holds 8 bytes per extent and is rewritten whole when extents \
+                 enter it",
+                self.activity_log_extents
             ));
         }
         let backlog_min = max_msg >> 20;
@@ -324,6 +360,10 @@ pub struct ControlConfig {
     /// (mode 0750): its members may use the socket. Unset: the daemon's group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`, plain HTTP; unset: none).
+    /// Anyone who reaches it reads the counters: bind it to an address only monitoring reaches.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where a volume's data lives.
@@ -358,6 +398,9 @@ pub struct VolumeConfig {
     /// Insert an error-injecting layer failing I/O over this byte range (tests, drills).
     #[serde(default)]
     pub fail_range: Option<[u64; 2]>,
+    /// Insert an error-injecting layer failing every flush (tests, drills).
+    #[serde(default)]
+    pub fail_flush: bool,
     /// Mirror this volume with the peer site (`[mirror]`).
     #[serde(default)]
     pub mirror: bool,
@@ -500,6 +543,12 @@ fn default_resync_rate() -> Size {
 fn default_dirty_granularity() -> Size {
     Size(64 << 10)
 }
+fn default_true() -> bool {
+    true
+}
+fn default_activity_log_extents() -> u32 {
+    1024
+}
 fn default_cores() -> Vec<usize> {
     vec![0]
 }
@@ -563,6 +612,7 @@ impl Default for ControlConfig {
         Self {
             socket: default_control_socket(),
             group: None,
+            metrics: None,
         }
     }
 }
@@ -582,6 +632,7 @@ impl Default for Config {
                 path: None,
                 create: true,
                 fail_range: None,
+                fail_flush: false,
                 mirror: false,
                 leader: None,
                 group: None,
@@ -1100,6 +1151,25 @@ mod tests {
             &["mirror.dirty_granularity", "8388608", "resync"],
         );
         refused("dirty_granularity='3KiB'", "1GiB", &["power of two"]);
+    }
+
+    #[test]
+    fn activity_log_sizes_are_checked() {
+        assert!(mirror_with("activity_log_extent='64KiB'", "1GiB").is_ok());
+        assert!(mirror_with("activity_log=false\nactivity_log_extents=1", "1GiB").is_ok());
+        refused(
+            "activity_log_extent='32KiB'",
+            "1GiB",
+            &["mirror.activity_log_extent", "dirty_granularity"],
+        );
+        refused("activity_log_extent='3MiB'", "1GiB", &["power of two"]);
+        refused("activity_log_extent='2GiB'", "1GiB", &["1 GiB"]);
+        refused(
+            "activity_log_extents=0",
+            "1GiB",
+            &["mirror.activity_log_extents", "65536"],
+        );
+        refused("activity_log_extents=65537", "1GiB", &["65536"]);
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! reactor touches.
 //!
 //! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
-//! `reactor_stats`, `volume_stats`, `nvmf_subsystems`.
+//! `reactor_stats`, `volume_stats`, `mirror_status`, `mirror_takeover`, `nvmf_subsystems`.
+//! [`metrics`] serves the same published state to Prometheus.
 
 pub mod config;
+pub mod metrics;
 
 use crate::control::config::Config;
 use crate::frontend::nbd::NbdExport;
@@ -419,6 +421,12 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
     Some(match method {
         "daemon_info" => json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "mirror": cfg.mirror.as_ref().map(|m| json!({
+                "site": m.site,
+                "peer_site": m.peer_site,
+                "site_id": m.site_id(),
+                "witness": m.witness.map(|w| w.to_string()),
+            })),
             "reactors": cfg.reactor.cores.len(),
             "cores": cfg.reactor.cores,
             "wait": cfg.reactor.wait,
@@ -502,6 +510,9 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                     let name = &shared.rt.volumes[m.vol].name;
                     let mut j = serde_json::to_value(m.stats.snapshot(name, m.leader)).ok()?;
                     j["home_reactor"] = json!(m.home);
+                    j["group"] = json!(m.group);
+                    j["path_state"] = json!(path_state_name(shared.rt.volumes[m.vol].path.get()));
+                    j["witness"] = m.failover.as_deref().map_or(Value::Null, witness_view);
                     Some(j)
                 })
                 .collect(),
@@ -519,6 +530,39 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                 .collect(),
         ),
         _ => return None,
+    })
+}
+
+/// A path state as `mirror_status` names it.
+fn path_state_name(p: crate::bdev::volume::PathState) -> &'static str {
+    use crate::bdev::volume::PathState::*;
+    match p {
+        Optimized => "optimized",
+        NonOptimized => "non_optimized",
+        Inaccessible => "inaccessible",
+        Transitioning => "transitioning",
+    }
+}
+
+/// What the witness last said about a volume's group, as this site's failover thread saw it.
+fn witness_view(slot: &crate::layer::mirror::failover::FailoverSlot) -> Value {
+    use crate::layer::mirror::failover as f;
+    let holder = slot.view_holder.load(Ordering::SeqCst);
+    json!({
+        "reachable": match slot.witness.load(Ordering::SeqCst) {
+            f::WITNESS_REACHABLE => json!(true),
+            f::WITNESS_UNREACHABLE => json!(false),
+            _ => Value::Null,
+        },
+        "epoch": slot.view_epoch.load(Ordering::SeqCst),
+        "holder": (holder != 0).then_some(holder),
+        "known_epoch": slot.known_epoch.load(Ordering::SeqCst),
+        "last_answer": match slot.outcome.load(Ordering::SeqCst) {
+            f::GRANTED => "granted",
+            f::DENIED => "denied",
+            f::UNREACHABLE => "unreachable",
+            _ => "none",
+        },
     })
 }
 

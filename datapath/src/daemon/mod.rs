@@ -77,6 +77,9 @@ pub enum StartError {
     /// The control socket could not be created.
     #[error("control socket")]
     Control(#[source] std::io::Error),
+    /// The metrics endpoint could not be started (`[control] metrics`).
+    #[error("metrics endpoint")]
+    Metrics(#[source] std::io::Error),
     /// The mirror's replica-state persister thread could not be started.
     #[error("cannot start the replica-state persister thread")]
     Persister(#[source] std::io::Error),
@@ -120,6 +123,7 @@ pub struct Daemon {
     listen: Vec<(Proto, SocketAddr)>,
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
+    metrics: Option<crate::control::metrics::MetricsServer>,
     cores: Vec<usize>,
     failover: Option<JoinHandle<()>>,
     failover_stop: Arc<AtomicBool>,
@@ -147,9 +151,16 @@ fn build_device(
             Arc::new(FileDevice::open(&path, v.size.0, v.block_size, v.create)?)
         }
     };
-    Ok(match v.fail_range {
-        Some([offset, len]) => Arc::new(ErrInjDevice::new(base, FaultRange { offset, len })),
-        None => base,
+    Ok(match (v.fail_range, v.fail_flush) {
+        (None, false) => base,
+        (range, fail_flush) => {
+            let [offset, len] = range.unwrap_or([0, 0]);
+            Arc::new(ErrInjDevice::new(
+                base,
+                FaultRange { offset, len },
+                fail_flush,
+            ))
+        }
     })
 }
 
@@ -276,8 +287,14 @@ impl Daemon {
                             .map(|d| d.join(format!("{}.mirror-state", v.name))),
                         replica_data: replica_data(v),
                         meta: None,
+                        actlog: crate::layer::mirror::engine::ActLogConfig {
+                            enabled: m.activity_log,
+                            extent: m.actlog_extent(),
+                            extents: m.activity_log_extents,
+                        },
                     };
                     let home = index % cfg.reactor.cores.len();
+                    let slot = engine.failover.clone();
                     let md = Arc::new(MirrorDevice::new(
                         device,
                         engine,
@@ -292,6 +309,8 @@ impl Daemon {
                         stats: Arc::clone(&md.stats),
                         leader,
                         home,
+                        group: v.group.clone().unwrap_or_else(|| v.name.clone()),
+                        failover: slot,
                     });
                     Volume::with_path(v.name.clone(), md.clone(), Arc::clone(&md.path))
                 }
@@ -439,6 +458,7 @@ impl Daemon {
             listen: listen.clone(),
             threads: Vec::new(),
             control: None,
+            metrics: None,
             cores: cfg.reactor.cores.clone(),
             failover: None,
             failover_stop: Arc::new(AtomicBool::new(false)),
@@ -525,15 +545,15 @@ impl Daemon {
                 }
             }
         }
+        let cx = Arc::new(ControlCx {
+            rt: Arc::clone(&shared),
+            nbd_exports,
+            nvmf: Arc::clone(&nvmf),
+            mirrors,
+            cdp: cdp_infos,
+        });
         if !cfg.control.socket.as_os_str().is_empty() {
-            let cx = ControlCx {
-                rt: Arc::clone(&shared),
-                nbd_exports,
-                nvmf: Arc::clone(&nvmf),
-                mirrors,
-                cdp: cdp_infos,
-            };
-            match ControlServer::start(&cfg.control.socket, Arc::new(cx), cfg.clone()) {
+            match ControlServer::start(&cfg.control.socket, Arc::clone(&cx), cfg.clone()) {
                 Ok(c) => daemon.control = Some(c),
                 Err(e) => {
                     daemon.stop();
@@ -541,7 +561,22 @@ impl Daemon {
                 }
             }
         }
+        if let Some(addr) = cfg.control.metrics {
+            let site_id = cfg.mirror.as_ref().map(|m| m.site_id());
+            match crate::control::metrics::MetricsServer::start(addr, cx, site_id) {
+                Ok(m) => daemon.metrics = Some(m),
+                Err(e) => {
+                    daemon.stop();
+                    return Err(StartError::Metrics(e));
+                }
+            }
+        }
         Ok(daemon)
+    }
+
+    /// The metrics endpoint's bound address (`[control] metrics`), if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
     }
 
     /// Addresses the daemon listens on, with their protocols.
@@ -568,6 +603,9 @@ impl Daemon {
     pub fn stop(&mut self) {
         if let Some(c) = self.control.take() {
             c.stop();
+        }
+        if let Some(m) = self.metrics.take() {
+            m.stop();
         }
         for m in &self.shared.mailboxes {
             m.send(Msg::Stop);

@@ -1,9 +1,11 @@
 //! TCP: the helpers every TCP user of the runtime shares (front ends' listeners and
 //! connections, the mirror's replication links). Sockets are driven by io_uring on the
-//! reactors; this module only creates and configures them.
+//! reactors; this module creates and configures them, and keeps a connection's outgoing
+//! bytes ([`SendQueue`]).
 
+use crate::uring::IoCx;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// Turn Nagle off on a connection's socket (replies and messages leave at once; failure only
 /// costs latency).
@@ -80,4 +82,104 @@ pub fn sockaddr(addr: SocketAddr) -> (Box<libc::sockaddr_storage>, u32) {
         }
     };
     (ss, len as u32)
+}
+
+/// A connection's outgoing bytes: what the connection produces goes to [`SendQueue::pending`]
+/// and leaves in one io_uring send per reactor turn ([`SendQueue::start`]), a short send
+/// continuing from where it stopped ([`SendQueue::on_send`]).
+///
+/// Invariant: the bytes being sent (`sending`) are modified only while no send is armed, so
+/// the kernel reads a stable buffer; the owner keeps the queue alive (its connection is not
+/// `done`) while [`SendQueue::armed`].
+pub struct SendQueue {
+    /// Bytes queued for the next send (append here).
+    pub pending: Vec<u8>,
+    sending: Vec<u8>,
+    sent: usize,
+    armed: bool,
+}
+
+impl SendQueue {
+    /// An empty queue with room for `cap` bytes each side.
+    pub fn with_capacity(cap: usize) -> Self {
+        Self {
+            pending: Vec::with_capacity(cap),
+            sending: Vec::with_capacity(cap),
+            sent: 0,
+            armed: false,
+        }
+    }
+
+    /// A send is in flight.
+    pub fn armed(&self) -> bool {
+        self.armed
+    }
+
+    /// Bytes held, sent or not (for a high-water mark).
+    pub fn held(&self) -> usize {
+        self.pending.len() + self.sending.len()
+    }
+
+    /// Bytes not yet sent.
+    pub fn unsent(&self) -> usize {
+        self.pending.len() + self.sending.len() - self.sent
+    }
+
+    /// Send what is pending, if no send is in flight (completion kind `Send` for `key`).
+    ///
+    /// # Safety
+    /// The queue must not be dropped while [`Self::armed`] (the kernel reads `sending` until
+    /// the completion is reaped).
+    pub unsafe fn start(&mut self, io: &mut IoCx, fd: RawFd, key: u32) {
+        if self.armed || self.pending.is_empty() {
+            return;
+        }
+        std::mem::swap(&mut self.sending, &mut self.pending);
+        self.pending.clear();
+        self.sent = 0;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.arm(io, fd, key) };
+    }
+
+    /// The send in flight completed with `res`: go on with the rest of a short send, or be
+    /// ready for the next. `Err(res)` when the socket failed (nothing more will leave).
+    ///
+    /// # Safety
+    /// As for [`Self::start`].
+    pub unsafe fn on_send(
+        &mut self,
+        io: &mut IoCx,
+        fd: RawFd,
+        key: u32,
+        res: i32,
+    ) -> Result<(), i32> {
+        self.armed = false;
+        if res <= 0 {
+            return Err(res);
+        }
+        self.sent += res as usize;
+        if self.sent < self.sending.len() {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.arm(io, fd, key) };
+        } else {
+            self.sending.clear();
+            self.sent = 0;
+        }
+        Ok(())
+    }
+
+    /// Forget what is pending (the connection is broken).
+    pub fn drop_pending(&mut self) {
+        self.pending.clear();
+    }
+
+    /// # Safety
+    /// As for [`Self::start`].
+    unsafe fn arm(&mut self, io: &mut IoCx, fd: RawFd, key: u32) {
+        let rest = &self.sending[self.sent..];
+        // SAFETY: `sending` is not modified while the send is armed (the type's invariant)
+        // and the caller keeps the queue alive until the completion.
+        unsafe { io.push_send(fd, rest, key) };
+        self.armed = true;
+    }
 }

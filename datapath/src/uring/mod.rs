@@ -14,10 +14,12 @@
 //!
 //! Kernel features relied on (minimum Linux): IORING_OP_READ_FIXED/WRITE_FIXED and registered
 //! buffers (5.1), fixed files (5.1), IORING_OP_FSYNC (5.1), IORING_OP_SEND/RECV (5.6),
-//! IORING_OP_FALLOCATE (5.6), multishot accept (5.19), IORING_OP_ASYNC_CANCEL (5.5),
+//! IORING_OP_FALLOCATE (5.6), IORING_OP_SENDMSG (5.3), multishot accept (5.19),
+//! IORING_OP_ASYNC_CANCEL (5.5),
 //! sparse file-table registration and updates (5.19 for IORING_REGISTER_FILES2 sparse).
 
 pub mod buf;
+pub mod iov;
 pub mod ops;
 
 use crate::uring::buf::BufPool;
@@ -145,6 +147,11 @@ impl Errno {
     pub const PERM: Errno = Errno(libc::EPERM);
     /// Shutting down.
     pub const SHUTDOWN: Errno = Errno(libc::ESHUTDOWN);
+    /// This path cannot serve the volume now, another site's path may (the site is fenced,
+    /// resyncing, waiting for its first session or its replica failed, or it holds no read
+    /// lease): path-related for a multipath front end (NVMe: ANA inaccessible, so the host
+    /// retries on the other path), an I/O error for NBD.
+    pub const UNAVAILABLE: Errno = Errno(libc::ENOTCONN);
 }
 
 /// Counters the ring side keeps (published by the reactor with its own).

@@ -5,6 +5,7 @@
 //! a wrong key, a replayed HELLO/AUTH or WELCOME: refused, nothing applied).
 
 use crate::harness::{Server, free_port, need, pattern, run, same_files};
+use crate::linkauth::fake_leader_accept;
 use crate::rawnbd::Client;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,18 +17,18 @@ use twinblk::frontend::nbd::proto::{self, cmd, err};
 use twinblk::layer::mirror::wire::{self, AuthRole, Decoded, Handshake, Header, NONCE, Type};
 use twinblk_witness::Key;
 
-const SIZE: u64 = 64 << 20;
+pub(crate) const SIZE: u64 = 64 << 20;
 /// The sites' shared key in these tests.
-const KEY: &[u8] = b"mirror-link-test-key-0123456789";
+pub(crate) const KEY: &[u8] = b"mirror-link-test-key-0123456789";
 
 /// Write the shared key file into `dir`; its path.
-fn key_file(dir: &Path, key: &[u8]) -> std::path::PathBuf {
+pub(crate) fn key_file(dir: &Path, key: &[u8]) -> std::path::PathBuf {
     let f = dir.join("link.key");
     std::fs::write(&f, key).unwrap();
     f
 }
 
-fn site_body(
+pub(crate) fn site_body(
     dir: &Path,
     me: &str,
     peer: &str,
@@ -45,7 +46,7 @@ fn site_body(
     )
 }
 
-fn start_site(
+pub(crate) fn start_site(
     root: &Path,
     me: &str,
     peer: &str,
@@ -71,11 +72,11 @@ fn pair(root: &Path, timeout_ms: u64) -> (Server, Server) {
     (a, b)
 }
 
-fn status(s: &Server) -> serde_json::Value {
+pub(crate) fn status(s: &Server) -> serde_json::Value {
     s.rpc("mirror_status")[0].clone()
 }
 
-fn wait_up(s: &Server) {
+pub(crate) fn wait_up(s: &Server) {
     let t = Instant::now();
     while status(s)["state"] != "up" {
         assert!(
@@ -301,7 +302,7 @@ fn with_the_peer_killed_no_write_is_acknowledged_and_it_fails_after_the_timeout(
     assert_eq!(c.read(0, 4096).unwrap(), pattern(1, 4096));
 }
 
-fn read_msg(s: &mut TcpStream) -> Option<(Header, Vec<u8>)> {
+pub(crate) fn read_msg(s: &mut TcpStream) -> Option<(Header, Vec<u8>)> {
     let mut buf = vec![0u8; wire::HEADER];
     s.read_exact(&mut buf).ok()?;
     let total = match wire::decode(&buf) {
@@ -317,14 +318,14 @@ fn read_msg(s: &mut TcpStream) -> Option<(Header, Vec<u8>)> {
     }
 }
 
-fn msg(h: Header, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn msg(h: Header, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     wire::encode(&mut v, &h, payload);
     v
 }
 
 /// The fake follower's incarnation.
-const FAKE_INC: u64 = 77;
+pub(crate) const FAKE_INC: u64 = 77;
 std::thread_local! {
     /// The replica state a fake peer claims (each test is one thread): new (4) as the real
     /// site it talks to was at its start (no state file), in sync (0) once a session between
@@ -332,16 +333,16 @@ std::thread_local! {
     static FAKE_STATE: std::cell::Cell<u32> = const { std::cell::Cell::new(4) };
 }
 
-fn fake_state() -> u32 {
+pub(crate) fn fake_state() -> u32 {
     FAKE_STATE.with(|c| c.get())
 }
 
 /// A handshake completed: the real site and the fake peer are in sync from now on.
-fn fake_in_sync() {
+pub(crate) fn fake_in_sync() {
     FAKE_STATE.with(|c| c.set(0));
 }
 
-fn hello_with(nonce: &[u8; NONCE]) -> Vec<u8> {
+pub(crate) fn hello_with(nonce: &[u8; NONCE]) -> Vec<u8> {
     msg(
         Header {
             id: fake_state(),
@@ -352,12 +353,16 @@ fn hello_with(nonce: &[u8; NONCE]) -> Vec<u8> {
     )
 }
 
-fn hello() -> Vec<u8> {
+pub(crate) fn hello() -> Vec<u8> {
     hello_with(&[0x42; NONCE])
 }
 
 /// The handshake a fake follower that sent `nonce` ([`fake_state`]) sees in WELCOME `(h, p)`.
-fn follower_view(nonce: [u8; NONCE], h: &Header, p: &[u8]) -> (Handshake<'static>, [u8; 32]) {
+pub(crate) fn follower_view(
+    nonce: [u8; NONCE],
+    h: &Header,
+    p: &[u8],
+) -> (Handshake<'static>, [u8; 32]) {
     let w = wire::decode_welcome(p).expect("WELCOME payload");
     let hs = Handshake {
         nonce_f: nonce,
@@ -375,7 +380,7 @@ fn follower_view(nonce: [u8; NONCE], h: &Header, p: &[u8]) -> (Handshake<'static
 
 /// Says HELLO as a fake follower with a fresh nonce; the stream, the WELCOME's handshake as
 /// seen by the follower, and the leader's proof.
-fn fake_hello(port: u16) -> (TcpStream, Handshake<'static>, [u8; 32], Vec<u8>) {
+pub(crate) fn fake_hello(port: u16) -> (TcpStream, Handshake<'static>, [u8; 32], Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let nonce = wire::nonce().unwrap();
@@ -389,7 +394,7 @@ fn fake_hello(port: u16) -> (TcpStream, Handshake<'static>, [u8; 32], Vec<u8>) {
 
 /// Connects as a (fake) follower holding the key and completes the handshake (HELLO, WELCOME,
 /// AUTH); returns the stream.
-fn fake_follower(port: u16) -> TcpStream {
+pub(crate) fn fake_follower(port: u16) -> TcpStream {
     let key = Key::new(KEY).unwrap();
     let (mut s, hs, proof, _) = fake_hello(port);
     assert!(
@@ -405,7 +410,7 @@ fn fake_follower(port: u16) -> TcpStream {
     s
 }
 
-fn dropped(s: &mut TcpStream) -> bool {
+pub(crate) fn dropped(s: &mut TcpStream) -> bool {
     loop {
         match read_msg(s) {
             None => return true,
@@ -1014,292 +1019,128 @@ fn reservations_are_decided_by_the_leader_and_enforced_at_both_sites() {
     assert_eq!(write(&mut qb), sc::RESERVATION_CONFLICT);
 }
 
-/// Plays the leader for one dial of a follower: reads its HELLO, answers a WELCOME proved with
-/// `key` ([`fake_state`], incarnation 5); returns the stream, the WELCOME's bytes and the handshake.
-fn fake_leader_welcome(l: &TcpListener, key: &Key) -> (TcpStream, Vec<u8>, Handshake<'static>) {
-    let (mut s, _) = l.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (h, p) = read_msg(&mut s).expect("HELLO");
-    assert_eq!(h.ty, Type::Hello);
-    let hello = wire::decode_hello(&p).unwrap();
-    assert_eq!((hello.size, hello.block, hello.name), (SIZE, 512, "vol0"));
-    let hs = Handshake {
-        nonce_f: hello.nonce,
-        nonce_l: wire::nonce().unwrap(),
-        size: SIZE,
-        block: 512,
-        f_state: h.id,
-        f_inc: h.seq,
-        l_state: fake_state(),
-        l_inc: 5,
-        name: "vol0",
-    };
-    let welcome = msg(
-        Header {
-            id: fake_state(),
-            seq: 5,
-            ..Header::new(Type::Welcome)
-        },
-        &wire::encode_welcome(&wire::Welcome {
-            size: SIZE,
-            block: 512,
-            nonce: hs.nonce_l,
-            proof: hs.proof(key, AuthRole::Leader),
-        }),
-    );
-    s.write_all(&welcome).unwrap();
-    (s, welcome, hs)
-}
-
-/// As [`fake_leader_welcome`], then checks the follower's AUTH (it must prove the key).
-fn fake_leader_accept(l: &TcpListener, key: &Key) -> (TcpStream, Vec<u8>) {
-    let (mut s, welcome, hs) = fake_leader_welcome(l, key);
-    let (h, p) = read_msg(&mut s).expect("AUTH");
-    assert_eq!(h.ty, Type::Auth);
-    assert!(
-        hs.verify(key, AuthRole::Follower, &p),
-        "the follower's proof does not verify"
-    );
-    fake_in_sync();
-    (s, welcome)
-}
-
-/// The follower answers nothing and drops the link.
-fn silently_dropped(s: &mut TcpStream) -> bool {
-    match read_msg(s) {
-        None => true,
-        Some((h, _)) => panic!("expected the follower to drop the link, got {h:?}"),
-    }
-}
-
-fn fwd_write(fill: u8) -> Vec<u8> {
-    msg(
-        Header {
-            id: 1,
-            offset: 0,
-            count: 4096,
-            ..Header::new(Type::FwdWrite)
-        },
-        &vec![fill; 4096],
-    )
-}
-
+/// The link is cut again and again under pipelined writes from both sites, with sends in
+/// flight (their payloads are the updates' own buffers: a buffer reused or changed under a
+/// send would fail the sender's debug check, or the receiver's checksum and count as
+/// rejected): every acknowledged write is on both replicas and the replicas end identical.
 #[test]
-fn a_forged_hello_without_the_key_is_refused_and_nothing_is_applied() {
+fn cutting_the_link_under_load_with_sends_in_flight_leaves_identical_replicas() {
     let root = tempfile::tempdir().unwrap();
-    let pa = free_port();
-    let a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
-    // HELLO, then straight to a forwarded write (no AUTH).
-    let (mut s, ..) = fake_hello(pa);
-    s.write_all(&fwd_write(0xEE)).unwrap();
-    assert!(dropped(&mut s), "a forward before AUTH was not refused");
-    // HELLO, AUTH with a made-up proof, then a forwarded write.
-    let (mut s, ..) = fake_hello(pa);
-    s.write_all(&msg(Header::new(Type::Auth), &[0xAB; 32]))
-        .unwrap();
-    s.write_all(&fwd_write(0xEE)).unwrap();
-    assert!(dropped(&mut s), "a forged AUTH was not refused");
-    // A version-1 HELLO (no authentication at all), sealed correctly.
-    let mut v1 = msg(
-        Header::new(Type::Hello),
-        &[&SIZE.to_le_bytes()[..], &512u32.to_le_bytes(), b"vol0"].concat(),
-    );
-    v1[4] = 1;
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&v1[..36]), &v1[wire::HEADER..]);
-    v1[36..40].copy_from_slice(&crc.to_le_bytes());
-    let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&v1).unwrap();
-    s.write_all(&fwd_write(0xEE)).unwrap();
-    assert!(dropped(&mut s), "a version-1 HELLO was not refused");
-    // No session ever started, nothing was applied.
-    let st = status(&a);
-    assert_eq!(st["session"], 0, "{st}");
-    // (A site that never had a session serves no read: its replica is read directly.)
-    let img = std::fs::read(root.path().join("a.img")).unwrap();
-    assert!(
-        img[..4096] == [0u8; 4096],
-        "an unauthenticated forward was applied"
-    );
-}
-
-/// A peer that connects to the replication port and sends nothing, half a header, or a
-/// HELLO and then no AUTH is dropped once the handshake deadline (2 s) has passed, instead of
-/// holding a connection (and its buffers) open for ever. (Found by the fault soak's forged
-/// peer sending fewer than 40 random bytes: the site kept the connection open.)
-#[test]
-fn a_silent_or_half_sent_handshake_is_dropped_after_its_deadline() {
-    let root = tempfile::tempdir().unwrap();
-    let pa = free_port();
-    let _a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
-    let hello = {
-        let (_s, _hs, _, hello) = fake_hello(pa);
-        hello
-    };
-    for (what, bytes) in [
-        ("nothing", Vec::new()),
-        ("half a header", vec![0x57u8; 17]),
-        ("a HELLO and no AUTH", hello),
-    ] {
-        let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
-        s.write_all(&bytes).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-        let t = Instant::now();
-        let mut buf = [0u8; 4096];
-        let closed = loop {
-            match s.read(&mut buf) {
-                Ok(0) => break true,
-                Ok(_) => continue, // WELCOME
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-                Err(_) => break false,
-            }
-        };
-        assert!(
-            closed,
-            "a peer that sent {what} was kept for {:?}",
-            t.elapsed()
-        );
-        assert!(
-            t.elapsed() >= Duration::from_millis(1500),
-            "a peer that sent {what} was dropped before its deadline ({:?})",
-            t.elapsed()
-        );
-    }
-}
-
-#[test]
-fn a_replayed_hello_and_auth_are_refused_by_the_leader() {
-    let root = tempfile::tempdir().unwrap();
-    let pa = free_port();
-    let a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
-    let key = Key::new(KEY).unwrap();
-    // A genuine handshake, recorded.
-    let (mut s, hs, _, hello) = fake_hello(pa);
-    let auth = msg(Header::new(Type::Auth), &hs.proof(&key, AuthRole::Follower));
-    s.write_all(&auth).unwrap();
-    let t = Instant::now();
-    while status(&a)["state"] != "up" {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "genuine handshake refused"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(s);
-    while status(&a)["state"] == "up" {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "link never went down"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Replayed: the leader's WELCOME carries a new nonce, so the recorded AUTH is refused.
-    let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(&hello).unwrap();
-    let (h, p) = read_msg(&mut s).expect("WELCOME");
-    assert_eq!(h.ty, Type::Welcome);
-    assert_ne!(
-        wire::decode_welcome(&p).unwrap().nonce,
-        hs.nonce_l,
-        "nonce reused"
-    );
-    s.write_all(&auth).unwrap();
-    s.write_all(&fwd_write(0xEE)).unwrap();
-    assert!(dropped(&mut s), "a replayed handshake was not refused");
-    let st = status(&a);
-    assert_eq!(st["session"], 1, "the replay started a session: {st}");
-    let mut c = Client::connect(a.addr, "vol0", false);
-    assert!(
-        c.read(0, 4096).unwrap() == vec![0u8; 4096],
-        "replayed forward applied"
-    );
-}
-
-#[test]
-fn a_replayed_welcome_is_refused_by_the_follower() {
-    let root = tempfile::tempdir().unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let lp = l.local_addr().unwrap().port();
-    let b = start_site(root.path(), "b", "a", free_port(), lp, 10_000);
-    let key = Key::new(KEY).unwrap();
-    // A genuine session, its WELCOME recorded.
-    let (s, welcome) = fake_leader_accept(&l, &key);
-    drop(s);
-    // The follower dials again with a fresh nonce: the recorded WELCOME does not match it.
-    let (mut s, _) = l.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (h, _) = read_msg(&mut s).expect("HELLO");
-    assert_eq!(h.ty, Type::Hello);
-    s.write_all(&welcome).unwrap();
-    s.write_all(&msg(
-        Header {
-            seq: 1,
-            offset: 0,
-            count: 4096,
-            ..Header::new(Type::Write)
-        },
-        &vec![0xEE; 4096],
-    ))
-    .unwrap();
-    assert!(silently_dropped(&mut s), "a replayed WELCOME was accepted");
-    let st = status(&b);
-    assert!(st["session"].as_u64().unwrap() <= 1, "{st}");
-    let mut c = Client::connect(b.addr, "vol0", false);
-    assert!(
-        c.read(0, 4096).unwrap() == vec![0u8; 4096],
-        "a replayed session's write applied"
-    );
-}
-
-#[test]
-fn a_wrong_key_is_refused_at_both_ends() {
-    let root = tempfile::tempdir().unwrap();
-    let wrong = Key::new(b"not-the-mirror-key-0123456789").unwrap();
-    // A follower with the wrong key: the leader's proof does not verify with it, and its AUTH
-    // is refused.
-    let pa = free_port();
-    let a = start_site(root.path(), "a", "b", pa, free_port(), 10_000);
-    let (mut s, hs, proof, _) = fake_hello(pa);
-    assert!(!hs.verify(&wrong, AuthRole::Leader, &proof));
-    s.write_all(&msg(
-        Header::new(Type::Auth),
-        &hs.proof(&wrong, AuthRole::Follower),
-    ))
-    .unwrap();
-    s.write_all(&fwd_write(0xEE)).unwrap();
-    assert!(dropped(&mut s), "the leader took a wrong key");
-    assert_eq!(status(&a)["session"], 0);
-    // A leader with the wrong key: the follower sends no AUTH and drops the link.
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let lp = l.local_addr().unwrap().port();
-    let rb = root.path().join("b");
-    std::fs::create_dir_all(&rb).unwrap();
-    let b = start_site(&rb, "b", "a", free_port(), lp, 10_000);
-    let (mut s, _, _) = fake_leader_welcome(&l, &wrong);
-    assert!(silently_dropped(&mut s), "the follower took a wrong key");
-    assert_eq!(status(&b)["session"], 0);
-    drop((a, b));
-    // Two real sites with different keys never bring the link up.
     let (pa, pb) = (free_port(), free_port());
-    let (ra, rb) = (root.path().join("ra"), root.path().join("rb"));
-    std::fs::create_dir_all(&ra).unwrap();
-    std::fs::create_dir_all(&rb).unwrap();
-    let a = start_site(&ra, "a", "b", pa, pb, 10_000);
-    let mut body = site_body(&rb, "b", "a", pb, pa, 10_000);
-    let other = rb.join("other.key");
-    std::fs::write(&other, b"not-the-mirror-key-0123456789").unwrap();
-    body = body.replace(
-        &rb.join("link.key").display().to_string(),
-        &other.display().to_string(),
+    let relay_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pr = relay_l.local_addr().unwrap().port();
+    let mut relay = Relay::start(&relay_l, SocketAddr::from(([127, 0, 0, 1], pa)));
+    let mut a = start_site(root.path(), "a", "b", pa, pb, 20_000);
+    let mut b = start_site(root.path(), "b", "a", pb, pr, 20_000);
+    wait_up(&a);
+    wait_up(&b);
+    let wa = pipelined_writer(a.addr, 0, 5_000_000);
+    let wb = pipelined_writer(b.addr, 32 << 20, 6_000_000);
+    let t = Instant::now();
+    let mut sessions = 0;
+    while t.elapsed() < Duration::from_secs(20) && relay.cuts < 4 {
+        let s = status(&b);
+        if s["state"] == "up" && s["session"].as_u64().unwrap_or(0) > sessions {
+            sessions = s["session"].as_u64().unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(60));
+            relay.cut();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(relay.cuts, 4, "the link did not come back after a cut");
+    let (acked_a, acked_b) = (wa.join().unwrap(), wb.join().unwrap());
+    wait_up(&a);
+    wait_up(&b);
+    let t = Instant::now();
+    while status(&a)["backlog_bytes"].as_u64().unwrap_or(0) > 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", status(&a));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (sa, sb) = (status(&a), status(&b));
+    eprintln!("site a: {sa}\nsite b: {sb}");
+    assert_eq!(
+        (sa["rejected"].as_u64(), sb["rejected"].as_u64()),
+        (Some(0), Some(0))
     );
-    let b = Server::start(&rb, &body);
-    std::thread::sleep(Duration::from_millis(1500));
-    for s in [&a, &b] {
-        let st = status(s);
-        assert_eq!(
-            st["session"], 0,
-            "sites with different keys had a session: {st}"
-        );
+    assert!(
+        acked_a.len() > 1000 && acked_b.len() > 1000,
+        "too few writes acknowledged: {} at a, {} at b",
+        acked_a.len(),
+        acked_b.len()
+    );
+    assert!(a.stop() && b.stop(), "clean stop failed");
+    drop(relay);
+    for site in ["a", "b"] {
+        let img = std::fs::read(root.path().join(format!("{site}.img"))).unwrap();
+        for &(off, seed) in acked_a.iter().chain(&acked_b) {
+            assert!(
+                img[off as usize..off as usize + 4096] == pattern(seed, 4096)[..],
+                "acknowledged write at {off} missing on site {site}"
+            );
+        }
+    }
+    same_files(
+        &root.path().join("a.img"),
+        &root.path().join("b.img"),
+        "replicas differ",
+    );
+}
+
+/// A TCP relay from `listen` to `to` for the replication link; `cut` shuts every relayed
+/// connection down at once (both directions), as a network failure would.
+struct Relay {
+    conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    cuts: usize,
+}
+
+impl Relay {
+    fn start(listen: &TcpListener, to: SocketAddr) -> Relay {
+        let l = listen.try_clone().unwrap();
+        l.set_nonblocking(true).unwrap();
+        let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (c, s) = (Arc::clone(&conns), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((down, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                down.set_nonblocking(false).unwrap();
+                let Ok(up) = TcpStream::connect(to) else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up.try_clone().unwrap(), down.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                c.lock().unwrap().extend([down, up]);
+            }
+        });
+        Relay {
+            conns,
+            stop,
+            cuts: 0,
+        }
+    }
+
+    fn cut(&mut self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.cuts += 1;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.cut();
     }
 }

@@ -1,250 +1,18 @@
 //! Fault tests with real separate hosts: site A, site B and the witness each in their own
 //! network namespace, joined by veth links (A–B for replication, A–W and B–W to the witness),
-//! and the test (the client) in the root namespace with a link to each site. A partition is a
-//! link set down. Every test keeps a log of acknowledged writes and checks each one afterwards.
+//! and the test (the client) in the root namespace with a link to each site (`netns.rs`). A
+//! partition is a link set down. Every test keeps a log of acknowledged writes and checks each one afterwards.
 //! Needs root (`ip netns`), as the README's test command runs.
 
 use crate::harness::{Server, mirror_state, pattern, wait_mirror_state};
+use crate::netns::{A, B, Hosts, sh};
 use crate::rawnbd::Client;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use twinblk::frontend::nbd::proto::{self, cmd, err};
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn sh(args: &[&str]) {
-    let st = Command::new(args[0])
-        .args(&args[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        st.success(),
-        "{args:?} failed (these tests need root for ip netns)"
-    );
-}
-
-/// Three namespaces and five links; removed on drop.
-struct Hosts {
-    ns: [String; 3],
-    k: u32,
-    dir: tempfile::TempDir,
-    witness: Option<Child>,
-}
-
-const A: usize = 0;
-const B: usize = 1;
-const W: usize = 2;
-
-impl Hosts {
-    fn new() -> Hosts {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let k = 1 + (std::process::id() * 7 + n) % 250;
-        let tag = format!("{}{}", std::process::id() % 10000, n);
-        let ns = [
-            format!("tb{tag}a"),
-            format!("tb{tag}b"),
-            format!("tb{tag}w"),
-        ];
-        // Leftovers of an earlier run with the same names (namespace removal is asynchronous).
-        for l in 1..=2 {
-            let _ = Command::new("ip")
-                .args(["link", "del", &format!("tbv{k}l{l}e1")])
-                .stderr(Stdio::null())
-                .status();
-        }
-        for n in &ns {
-            let _ = Command::new("ip")
-                .args(["netns", "del", n])
-                .stderr(Stdio::null())
-                .status();
-            sh(&["ip", "netns", "add", n]);
-            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
-        }
-        let h = Hosts {
-            ns,
-            k,
-            dir: tempfile::tempdir().unwrap(),
-            witness: None,
-        };
-        // (link, end 1 namespace or root, end 2 namespace)
-        let links: [(u32, Option<usize>, usize); 5] = [
-            (1, None, A),
-            (2, None, B),
-            (3, Some(A), B),
-            (4, Some(A), W),
-            (5, Some(B), W),
-        ];
-        for (l, one, two) in links {
-            let (i1, i2) = (h.ifname(l, 1), h.ifname(l, 2));
-            sh(&[
-                "ip", "link", "add", &i1, "type", "veth", "peer", "name", &i2,
-            ]);
-            if let Some(one) = one {
-                sh(&["ip", "link", "set", &i1, "netns", &h.ns[one]]);
-            }
-            sh(&["ip", "link", "set", &i2, "netns", &h.ns[two]]);
-            let a1 = format!("{}/24", h.ip(l, 1));
-            let a2 = format!("{}/24", h.ip(l, 2));
-            match one {
-                Some(one) => {
-                    sh(&["ip", "-n", &h.ns[one], "addr", "add", &a1, "dev", &i1]);
-                    sh(&["ip", "-n", &h.ns[one], "link", "set", &i1, "up"]);
-                }
-                None => {
-                    sh(&["ip", "addr", "add", &a1, "dev", &i1]);
-                    sh(&["ip", "link", "set", &i1, "up"]);
-                }
-            }
-            sh(&["ip", "-n", &h.ns[two], "addr", "add", &a2, "dev", &i2]);
-            sh(&["ip", "-n", &h.ns[two], "link", "set", &i2, "up"]);
-        }
-        h
-    }
-
-    fn ifname(&self, link: u32, end: u32) -> String {
-        format!("tbv{}l{link}e{end}", self.k)
-    }
-
-    fn ip(&self, link: u32, end: u32) -> String {
-        format!("10.{}.{link}.{end}", self.k)
-    }
-
-    fn key(&self) -> PathBuf {
-        let p = self.dir.path().join("witness.key");
-        if !p.exists() {
-            std::fs::write(&p, b"netfault-test-key-0123456789abcdef").unwrap();
-        }
-        p
-    }
-
-    fn start_witness(&mut self) {
-        let key = self.key();
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns[W],
-                env!("CARGO_BIN_EXE_twinblk"),
-                "witness",
-            ])
-            .args([
-                "--listen",
-                "0.0.0.0:7790",
-                "--tie-grace-ms",
-                "500",
-                "--key-file",
-            ])
-            .arg(&key)
-            .arg("--state")
-            .arg(self.dir.path().join("witness.state"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("witness");
-        let mut out = child.stdout.take().unwrap();
-        let mut buf = [0u8; 64];
-        let n = out.read(&mut buf).unwrap_or(0);
-        assert!(n > 0, "the witness did not start");
-        self.witness = Some(child);
-    }
-
-    fn kill_witness(&mut self) {
-        if let Some(mut c) = self.witness.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Start site `who` (A or B; A is the preferred site and leader) with extra `[mirror]`
-    /// lines.
-    fn site_with(&self, who: usize, extra: &str) -> Server {
-        self.site_vol(who, extra, "backend='uring'\nsize='32MiB'")
-    }
-
-    /// As [`Hosts::site_with`], with the volume's backend and size lines given (`vol`, TOML;
-    /// a `uring` volume gets its image path added).
-    fn site_vol(&self, who: usize, extra: &str, vol: &str) -> Server {
-        let (me, peer, front, repl_me, repl_peer, witness) = if who == A {
-            (
-                "a",
-                "b",
-                self.ip(1, 2),
-                self.ip(3, 1),
-                self.ip(3, 2),
-                self.ip(4, 2),
-            )
-        } else {
-            (
-                "b",
-                "a",
-                self.ip(2, 2),
-                self.ip(3, 2),
-                self.ip(3, 1),
-                self.ip(5, 2),
-            )
-        };
-        let d = self.dir.path().join(me);
-        std::fs::create_dir_all(&d).unwrap();
-        let body = format!(
-            "[reactor]\ncores=[0]\npin=false\n\
-             [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['{repl_me}:7789']\n\
-             peer='{repl_peer}:7789'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
-             witness='{witness}:7790'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n{extra}\n\
-             [[volume]]\nname='vol0'\n{vol}\n{}mirror=true\nleader='a'\n",
-            self.key().display(),
-            if vol.contains("'uring'") {
-                format!(
-                    "path='{}'\n",
-                    self.dir.path().join(format!("{me}.img")).display()
-                )
-            } else {
-                String::new()
-            }
-        );
-        Server::start_in(&self.ns[who], &d, &front, &body)
-    }
-
-    /// Cut (or restore) the A–B link.
-    fn link_ab(&self, up: bool) {
-        let state = if up { "up" } else { "down" };
-        sh(&[
-            "ip",
-            "-n",
-            &self.ns[A],
-            "link",
-            "set",
-            &self.ifname(3, 1),
-            state,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &self.ns[B],
-            "link",
-            "set",
-            &self.ifname(3, 2),
-            state,
-        ]);
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        self.kill_witness();
-        for n in &self.ns {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-        // The root ends of the links to A and B go with their peers.
-    }
-}
 
 /// Wait until both sites' first mirrored volume is `want`.
 fn wait_both(a: &Server, b: &Server, want: &str) {
@@ -429,7 +197,7 @@ fn killing_a_site_under_load_leaves_the_other_serving() {
 }
 
 #[test]
-fn without_the_witness_a_partition_fences_both_sites() {
+fn without_the_witness_a_partition_fences_both_sites_and_the_heal_reconciles_them() {
     let mut h = Hosts::new();
     let (a, b) = started(&mut h, "", "");
     h.kill_witness();
@@ -444,21 +212,14 @@ fn without_the_witness_a_partition_fences_both_sites() {
     wait_mirror_state(&b, "fenced", Duration::from_secs(6));
     eprintln!("both sites fenced: no peer and no witness");
     assert_eq!(c.write(4096, &pattern(2, 4096)), err::EIO);
-    // Recovery: the witness and the link come back; both sites stay fenced (neither knows
-    // whose data to keep) until an operator makes one take over, which then resyncs the other
-    // with every region ever written.
-    h.start_witness();
+    // Recovery: the link comes back (the witness still down). Neither site acknowledged a
+    // write alone, so no operator is needed: the leader reconciles both sites' unconfirmed
+    // regions (it used to stay fenced at both sites until an operator's takeover, which then
+    // copied every region ever written).
     h.link_ab(true);
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(
-        (mirror_state(&a).as_str(), mirror_state(&b).as_str()),
-        ("fenced", "fenced")
-    );
-    let r = a.rpc_with("mirror_takeover", serde_json::json!({"volume": "vol0"}));
-    assert_eq!(r["result"]["asked"], true, "{r}");
     wait_both(&a, &b, "up");
-    let copied = a.rpc("mirror_status")[0]["resync_bytes"].as_u64().unwrap();
-    assert!(copied > 0, "the takeover resynced nothing");
+    let st = a.rpc("mirror_status")[0].clone();
+    assert!(st["session_refused"].is_null(), "{st}");
     let mut cb = Client::connect(b.addr, "vol0", false);
     assert!(
         cb.read(0, 4096).unwrap() == pattern(1, 4096),
@@ -469,6 +230,12 @@ fn without_the_witness_a_partition_fences_both_sites() {
         0,
         "mirroring did not resume"
     );
+    let mut c = Client::connect(a.addr, "vol0", false);
+    assert!(
+        c.read(8192, 4096).unwrap() == pattern(3, 4096),
+        "a write at b after the heal is not at a"
+    );
+    h.start_witness();
 }
 
 #[test]
@@ -605,6 +372,11 @@ enum Kind {
     CutLink,
     /// SIGKILL, restarted with its state.
     Kill,
+    /// The leader: SIGKILL while in sync under load, restarted with its state at once (before
+    /// the follower's grant, after the witness's tie grace): the next session reconciles the
+    /// updates either site applied alone (the activity log's extents,
+    /// docs/mirror-protocol.md).
+    QuickKill,
     /// SIGKILL, restarted without its state (state directory emptied; image kept).
     KillNoState,
     /// RAM volumes: SIGKILL, restarted without state, so without its data.
@@ -627,9 +399,10 @@ enum Kind {
     CutLinkNoWitness,
 }
 
-const KINDS: [Kind; 10] = [
+const KINDS: [Kind; 11] = [
     Kind::CutLink,
     Kind::Kill,
+    Kind::QuickKill,
     Kind::KillNoState,
     Kind::KillRam,
     Kind::Freeze,
@@ -655,6 +428,10 @@ const STALE_READS_KNOWN_BAD: &[Kind] = &[];
 /// Where the DiskErr range lies (outside both writers' regions), and its length.
 const ERR_OFF: u64 = 8 << 20;
 const ERR_LEN: u64 = 64 << 10;
+/// Where QuickKill's burst of pipelined writes goes (64 blocks from each site), outside the
+/// writers' regions so that no later write hides a difference between the replicas.
+const BURST_OFF: u64 = 12 << 20;
+const BURST: u64 = 64;
 /// The writers' regions (1024 blocks each) and the readers' too.
 const REGION_A: u64 = 0;
 const REGION_B: u64 = 16 << 20;
@@ -933,27 +710,33 @@ fn check_reads(
     (bad, n)
 }
 
-/// Read `len` bytes at `off` from a site, in 1 MiB requests.
+/// Final reads refused (EIO) and retried, over the whole run: a site in sync refuses reads
+/// while its read lease has lapsed, which happens when its reactor or its peer's is starved
+/// of CPU for more than the lease minus the ping interval (about 150 ms; this machine runs
+/// the test on 2 shared cores). Availability, not correctness: printed, not asserted.
+static FINAL_READ_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Read `len` bytes at `off` from a site, in 1 MiB requests (a refused request is retried for
+/// up to 3 s, counted in `FINAL_READ_RETRIES`).
 fn read_all(addr: SocketAddr, off: u64, len: u64) -> Vec<u8> {
     let mut s = try_connect(addr).expect("connect for the final check");
     let mut out = vec![0u8; len as usize];
     for (i, chunk) in out.chunks_mut(1 << 20).enumerate() {
         let n = chunk.len() as u32;
-        let e = nbd_io(
-            &mut s,
-            cmd::READ,
-            off + (i as u64) * (1 << 20),
-            n,
-            &[],
-            Some(chunk),
-        )
-        .expect("final read");
-        assert_eq!(
-            e,
-            0,
-            "final read at {} failed",
-            off + (i as u64) * (1 << 20)
-        );
+        let at = off + (i as u64) * (1 << 20);
+        let t = Instant::now();
+        loop {
+            let e = nbd_io(&mut s, cmd::READ, at, n, &[], Some(chunk)).expect("final read");
+            if e == 0 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "final read at {at} failed (errno {e}) for 3 s"
+            );
+            FINAL_READ_RETRIES.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     out
 }
@@ -1194,6 +977,55 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             h.link_ab(false);
         }
         Kind::Kill | Kind::KillNoState | Kind::KillRam => srv[x].as_mut().unwrap().kill(),
+        Kind::QuickKill => {
+            // A burst of pipelined writes from both sites, with what the leader sends the
+            // follower slowed down (the leader applies what it sequences before the follower has
+            // it), and the leader killed while they are in flight. Their answers are never
+            // read: none counts as acknowledged, so only the replicas' identity checks them.
+            let slowed = h.slow_ab(true);
+            if !slowed {
+                note = "tc tbf unavailable: the burst was not slowed".into();
+            }
+            let mut burst = Vec::new();
+            for s in [A, B] {
+                let Some(mut c) = try_connect(*addrs[s].lock().unwrap()) else {
+                    continue;
+                };
+                let mut b = Vec::new();
+                for i in 0..BURST {
+                    let off = BURST_OFF + (s as u64 * BURST + i) * 4096;
+                    let seed = (1 << 42) + (s as u64) * BURST + i;
+                    b.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+                    b.extend_from_slice(&0u16.to_be_bytes());
+                    b.extend_from_slice(&cmd::WRITE.to_be_bytes());
+                    b.extend_from_slice(&i.to_be_bytes());
+                    b.extend_from_slice(&off.to_be_bytes());
+                    b.extend_from_slice(&4096u32.to_be_bytes());
+                    b.extend_from_slice(&block(seed, off));
+                    extra_writes.push(Wr {
+                        off,
+                        seed,
+                        issued: Instant::now(),
+                        acked: None,
+                    });
+                }
+                let _ = c.write_all(&b);
+                burst.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(5 + xorshift(rnd) % 20));
+            // Killed and started again with its state at once (no clean stop); the dead
+            // process's io_uring releases its listening sockets asynchronously, so the new one
+            // waits a moment before it binds them.
+            srv[x].as_mut().unwrap().kill();
+            if slowed {
+                h.slow_ab(false);
+            }
+            drop(burst);
+            std::thread::sleep(Duration::from_millis(150 + xorshift(rnd) % 100));
+            let s = srv[x].take().unwrap().respawn();
+            *addrs[x].lock().unwrap() = s.addr;
+            srv[x] = Some(s);
+        }
         Kind::Freeze => srv[x].as_ref().unwrap().signal(libc::SIGSTOP),
         Kind::Witness => h.kill_witness(),
         Kind::DiskErr => {
@@ -1320,6 +1152,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             *addrs[x].lock().unwrap() = s.addr;
             srv[x] = Some(s);
         }
+        Kind::QuickKill => {}
         Kind::Forged | Kind::Oversize => {
             for s in [A, B] {
                 let st = mirror_state(srv[s].as_ref().unwrap());
@@ -1369,13 +1202,20 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         "NBD errors other than EIO: {oa:?} {ob:?}"
     );
     // No stall: a write acknowledged soon after the fault, and at both sites after the heal.
+    // Without the witness and the link no site may serve (CutLinkNoWitness): that outage is
+    // by design, so its recovery is measured from the link's return.
+    let from = match kind {
+        Kind::CutLinkNoWitness => link_back.unwrap_or(fault_at),
+        _ => fault_at,
+    };
     let rto = la
         .iter()
         .chain(lb.iter())
         .filter(|w| w.issued >= fault_done)
         .filter_map(|w| w.acked)
+        .filter(|&a| a >= from)
         .min()
-        .map(|a| a - fault_at);
+        .map(|a| a - from);
     let Some(rto) = rto else {
         panic!(
             "{kind:?}({}): no write acknowledged after the fault; {problems:?}",
@@ -1538,7 +1378,13 @@ fn randomised_faults_never_lose_an_acknowledged_write() {
     while i < n {
         let r = xorshift(&mut seed);
         let kind = KINDS[(r % KINDS.len() as u64) as usize];
-        let x = ((r >> 8) % 2) as usize;
+        // (A quick restart is the leader's: the follower's is granted to the leader at once,
+        // as a Kill.)
+        let x = if kind == Kind::QuickKill {
+            A
+        } else {
+            ((r >> 8) % 2) as usize
+        };
         if !enabled(kind, x) {
             continue;
         }
@@ -1553,21 +1399,16 @@ fn randomised_faults_never_lose_an_acknowledged_write() {
         v.sort();
         (v[v.len() / 2], *v.last().unwrap())
     };
-    // CutLinkNoWitness is an outage by design (no site may serve alone without the witness):
-    // its "RTO" is the cut's length plus the reconciliation, printed but not in the median.
-    let mut all: Vec<Duration> = rtos
-        .iter()
-        .filter(|(k, _)| **k != Kind::CutLinkNoWitness)
-        .flat_map(|(_, v)| v.iter().copied())
-        .collect();
+    // (CutLinkNoWitness's RTO counts from the link's return: no site may serve before.)
+    let mut all: Vec<Duration> = rtos.values().flatten().copied().collect();
     for (k, v) in rtos.iter_mut() {
         let (med, max) = stats(v);
         eprintln!("  {k:?}: {} runs, RTO median {med:?}, max {max:?}", v.len());
     }
-    if all.is_empty() {
-        return;
-    }
     let (median, max) = stats(&mut all);
-    eprintln!("{n} randomised faults: RTO median {median:?}, max {max:?}");
+    eprintln!(
+        "{n} randomised faults: RTO median {median:?}, max {max:?}; final reads refused and retried: {}",
+        FINAL_READ_RETRIES.load(Ordering::Relaxed)
+    );
     assert!(median < Duration::from_secs(2), "median RTO {median:?}");
 }

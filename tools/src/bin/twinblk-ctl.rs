@@ -1,49 +1,212 @@
-//! `twinblk-ctl`: send one JSON-RPC call to a twinblk daemon's control socket and print the
-//! result as pretty JSON (exit status 1 when the daemon answers with an error).
+//! `twinblk-ctl`: the operator's command line for twinblk sites. `status` asks both sites (and
+//! reads the witness's state file) and shows one screen per volume group; `takeover` wraps
+//! `mirror_takeover`; `call` (or a bare method name, the old form) sends one raw JSON-RPC
+//! method. The logic is in `twinblk_tools::ctl`; exit codes are `ctl::exit` (docs/control.md).
 
-use anyhow::{Context, Result, bail};
-use clap::Parser;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use clap::{Parser, Subcommand};
+use serde_json::Value;
 use std::path::PathBuf;
+use std::time::Duration;
+use twinblk_tools::ctl::{self, SiteArg, exit};
 
-/// Talk to a running twinblk daemon.
+/// Operate twinblk sites through their control sockets.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// The daemon's control socket.
-    #[arg(long, default_value = "/run/twinblk/twinblk.sock")]
-    socket: PathBuf,
-    /// Method: daemon_info, volume_list, export_list, reactor_stats, volume_stats,
-    /// nvmf_subsystems.
-    method: String,
-    /// Parameters as a JSON value.
-    #[arg(long)]
+    /// A site's control socket, `PATH` or `NAME=PATH`; repeat for each site (`status` asks
+    /// every one given; the other commands use the first).
+    #[arg(long = "socket", global = true)]
+    sockets: Vec<SiteArg>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Parameters as a JSON value (old form: `twinblk-ctl METHOD --params JSON`).
+    #[arg(long, global = true)]
     params: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
-    let mut s = UnixStream::connect(&cli.socket).with_context(|| {
-        format!(
-            "connecting to {} (is `twinblk serve` running?)",
-            cli.socket.display()
-        )
-    })?;
-    let params: serde_json::Value = match &cli.params {
-        Some(p) => serde_json::from_str(p).context("--params is not JSON")?,
-        None => serde_json::Value::Null,
-    };
-    let req =
-        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": cli.method, "params": params});
-    writeln!(s, "{req}")?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line)?;
-    let reply: serde_json::Value =
-        serde_json::from_str(&line).context("daemon reply is not JSON")?;
-    if let Some(e) = reply.get("error") {
-        bail!("daemon error: {e}");
+#[derive(Subcommand)]
+enum Cmd {
+    /// Both sites' state per volume group and volume; exit 0 only when everything is in sync.
+    Status {
+        /// The witness's state file, read (never written) for its holder and epoch per group.
+        #[arg(long)]
+        witness_state: Option<PathBuf>,
+        /// Refresh every SECONDS until interrupted.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many screens (the exit code is the last one's).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Ask the site (the first --socket) to take VOLUME over through the witness: it then
+    /// serves alone, and writes its peer acknowledged but never sent are lost.
+    Takeover {
+        /// The volume.
+        volume: String,
+        /// Confirm that writes acknowledged by the other site and not yet copied here may be
+        /// lost (required).
+        #[arg(long)]
+        accept_data_loss: bool,
+        /// How long to wait for the witness's answer, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        wait: f64,
+    },
+    /// Send one JSON-RPC method and print its result (docs/control.md lists them).
+    Call {
+        /// The method, e.g. mirror_status.
+        method: String,
+        /// Parameters as a JSON value.
+        params: Option<String>,
+    },
+    /// Old form: a bare method name, e.g. `twinblk-ctl mirror_status`.
+    #[command(external_subcommand)]
+    Raw(Vec<String>),
+}
+
+fn main() {
+    std::process::exit(run(Cli::parse()));
+}
+
+fn first_socket(cli: &Cli) -> PathBuf {
+    cli.sockets
+        .first()
+        .map(|s| s.socket.clone())
+        .unwrap_or_else(|| PathBuf::from("/run/twinblk/twinblk.sock"))
+}
+
+fn run(cli: Cli) -> i32 {
+    match &cli.cmd {
+        Cmd::Status {
+            witness_state,
+            watch,
+            count,
+        } => {
+            let mut sites = cli.sockets.clone();
+            if sites.is_empty() {
+                sites.push("/run/twinblk/twinblk.sock".parse().expect("a path"));
+            }
+            let mut n = 0u64;
+            loop {
+                let st = ctl::status(&sites, witness_state.as_deref());
+                if cli.json {
+                    // One JSON document per screen (one line each with --watch).
+                    let text = if watch.is_some() {
+                        serde_json::to_string(&st)
+                    } else {
+                        serde_json::to_string_pretty(&st)
+                    };
+                    println!("{}", text.unwrap_or_default());
+                } else {
+                    if watch.is_some() {
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    print!("{}", ctl::render::status(&st));
+                }
+                n += 1;
+                let Some(secs) = watch else {
+                    return st.exit_code();
+                };
+                if count.is_some_and(|c| n >= c) {
+                    return st.exit_code();
+                }
+                std::thread::sleep(Duration::from_secs_f64(secs.clamp(0.05, 86_400.0)));
+            }
+        }
+        Cmd::Takeover {
+            volume,
+            accept_data_loss,
+            wait,
+        } => {
+            if !accept_data_loss {
+                eprintln!(
+                    "twinblk-ctl: takeover makes this site serve {volume} alone; writes the other site acknowledged and never sent here are lost. Run it only when the other site is down for good, with --accept-data-loss."
+                );
+                return exit::REFUSED;
+            }
+            let socket = first_socket(&cli);
+            match ctl::takeover(&socket, volume, Duration::from_secs_f64(wait.max(0.0))) {
+                Err(e) => {
+                    eprintln!("twinblk-ctl: {e}");
+                    e.exit_code()
+                }
+                Ok(r) => {
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    } else if r.granted {
+                        println!(
+                            "{}: the witness granted this site the volume (epoch {}); it serves alone now (state {})",
+                            r.volume, r.witness["epoch"], r.state
+                        );
+                    } else if !r.answered {
+                        println!(
+                            "{}: no answer from the witness within {wait} s (state {}); the request stands",
+                            r.volume, r.state
+                        );
+                    } else if r.state == "up" {
+                        println!(
+                            "{}: nothing done: this site still sees its peer (state up)",
+                            r.volume
+                        );
+                    } else {
+                        println!(
+                            "{}: not granted: the witness answered {} (holder {}, epoch {}); state {}",
+                            r.volume,
+                            r.witness_answer,
+                            r.witness["holder"],
+                            r.witness["epoch"],
+                            r.state
+                        );
+                    }
+                    if r.granted {
+                        exit::OK
+                    } else {
+                        exit::NOT_GRANTED
+                    }
+                }
+            }
+        }
+        Cmd::Call { method, params } => raw(&cli, method, params.as_deref()),
+        Cmd::Raw(words) => {
+            let [method, rest @ ..] = &words[..] else {
+                return exit::USAGE;
+            };
+            // The old form's `--params JSON` may follow the method.
+            let params = match rest {
+                [] => None,
+                [flag, p] if flag == "--params" => Some(p.as_str()),
+                [p] if p.starts_with("--params=") => Some(&p["--params=".len()..]),
+                _ => {
+                    eprintln!("twinblk-ctl: unexpected arguments after {method}: {rest:?}");
+                    return exit::USAGE;
+                }
+            };
+            raw(&cli, method, params)
+        }
     }
-    println!("{}", serde_json::to_string_pretty(&reply["result"])?);
-    Ok(())
+}
+
+fn raw(cli: &Cli, method: &str, params: Option<&str>) -> i32 {
+    let params = match params.or(cli.params.as_deref()) {
+        None => Value::Null,
+        Some(p) => match serde_json::from_str(p) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("twinblk-ctl: parameters are not JSON: {e}");
+                return exit::USAGE;
+            }
+        },
+    };
+    match ctl::call(&first_socket(cli), method, params) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("twinblk-ctl: {e}");
+            e.exit_code()
+        }
+    }
 }

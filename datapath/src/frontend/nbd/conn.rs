@@ -9,15 +9,15 @@
 //!   by one (the client waits for each reply).
 //! - Transmission: every whole request in the receive buffer is executed in arrival order;
 //!   requests a device finishes at once (RAM) are answered in the same turn, the others when
-//!   their completion arrives. Replies accumulate in `tx_pending` and leave in one send per
-//!   turn.
+//!   their completion arrives. Replies accumulate in the connection's send queue
+//!   (`transport::tcp::SendQueue`) and leave in one send per turn.
 //! - Closing: no new request is executed (requests already received are answered ESHUTDOWN
 //!   when the server is stopping); the connection is `done` once no receive, send or device
 //!   operation is in flight.
 //!
 //! Invariants:
-//! - `rx` is resized or compacted only while no receive is armed; `tx_sending` is not touched
-//!   while its send is armed. The kernel never sees a buffer move.
+//! - `rx` is resized or compacted only while no receive is armed; the bytes being sent are
+//!   not touched while their send is armed (`SendQueue`). The kernel never sees a buffer move.
 //! - Every request that reached a device gets exactly one reply, unless the socket broke.
 //! - Backpressure: at most [`MAX_INFLIGHT`] device operations and about [`TX_HIGH_WATER`]
 //!   bytes of unsent replies; past either, the connection stops reading until they drain.
@@ -26,6 +26,7 @@ use super::NbdExport;
 use super::proto::{self, cflag, chunk, cmd, err, info, opt, rep, tflag};
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::runtime::{Conn, Env};
+use crate::transport::tcp::SendQueue;
 use crate::uring::{Errno, IoTag, Kind, UserData};
 use io_uring::opcode;
 use slab::Slab;
@@ -73,10 +74,8 @@ pub struct NbdConn {
     rx_lo: usize,
     rx_hi: usize,
     recv_armed: bool,
-    tx_sending: Vec<u8>,
-    tx_sent: usize,
-    send_armed: bool,
-    tx_pending: Vec<u8>,
+    /// Outgoing bytes (one send per turn).
+    tx: SendQueue,
     reqs: Slab<Pending>,
     /// Take no more requests (DISC, ABORT, EOF, server stop).
     closing: bool,
@@ -123,10 +122,7 @@ impl NbdConn {
             rx_lo: 0,
             rx_hi: 0,
             recv_armed: false,
-            tx_sending: Vec::with_capacity(RX_INITIAL),
-            tx_sent: 0,
-            send_armed: false,
-            tx_pending: Vec::with_capacity(RX_INITIAL),
+            tx: SendQueue::with_capacity(RX_INITIAL),
             reqs: Slab::with_capacity(64),
             closing: false,
             broken: false,
@@ -138,8 +134,7 @@ impl NbdConn {
     }
 
     fn paused(&self) -> bool {
-        self.reqs.len() >= MAX_INFLIGHT
-            || self.tx_pending.len() + self.tx_sending.len() >= TX_HIGH_WATER
+        self.reqs.len() >= MAX_INFLIGHT || self.tx.held() >= TX_HIGH_WATER
     }
 
     fn violation(&mut self, env: &mut Env<'_>, what: &str) {
@@ -267,14 +262,6 @@ impl NbdConn {
         self.recv_armed = true;
     }
 
-    fn arm_send(&mut self, env: &mut Env<'_>) {
-        let rest = &self.tx_sending[self.tx_sent..];
-        // SAFETY: tx_sending is not modified while the send is armed (invariant), and the
-        // connection outlives it.
-        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
-        self.send_armed = true;
-    }
-
     fn cancel(&mut self, env: &mut Env<'_>, kind: Kind) {
         let sqe = opcode::AsyncCancel::new(UserData::new(kind, env.key).0)
             .build()
@@ -286,7 +273,7 @@ impl NbdConn {
     // ----- negotiation -----
 
     fn reply(&mut self, option: u32, kind: u32, data: &[&[u8]]) {
-        proto::put_option_reply(&mut self.tx_pending, option, kind, data);
+        proto::put_option_reply(&mut self.tx.pending, option, kind, data);
     }
 
     fn find_export(exports: &[NbdExport], name: &[u8]) -> Option<usize> {
@@ -337,10 +324,10 @@ impl NbdConn {
                 Some(x) => {
                     self.select(env, x);
                     let flags = self.tflags();
-                    self.tx_pending.extend_from_slice(&self.size.to_be_bytes());
-                    self.tx_pending.extend_from_slice(&flags.to_be_bytes());
+                    self.tx.pending.extend_from_slice(&self.size.to_be_bytes());
+                    self.tx.pending.extend_from_slice(&flags.to_be_bytes());
                     if !self.no_zeroes {
-                        self.tx_pending.extend_from_slice(&[0u8; 124]);
+                        self.tx.pending.extend_from_slice(&[0u8; 124]);
                     }
                     self.phase = Phase::Transmission;
                 }
@@ -357,7 +344,7 @@ impl NbdConn {
                 for e in self.exports.iter() {
                     let name = e.name.as_bytes();
                     proto::put_option_reply(
-                        &mut self.tx_pending,
+                        &mut self.tx.pending,
                         code,
                         rep::SERVER,
                         &[&(name.len() as u32).to_be_bytes(), name],
@@ -450,31 +437,31 @@ impl NbdConn {
     // ----- transmission -----
 
     fn reply_ok(&mut self, cookie: u64) {
-        proto::put_simple_reply(&mut self.tx_pending, 0, cookie);
+        proto::put_simple_reply(&mut self.tx.pending, 0, cookie);
     }
 
     fn reply_err(&mut self, cookie: u64, e: u32) {
         if self.structured {
-            proto::put_chunk_error(&mut self.tx_pending, cookie, e);
+            proto::put_chunk_error(&mut self.tx.pending, cookie, e);
         } else {
-            proto::put_simple_reply(&mut self.tx_pending, e, cookie);
+            proto::put_simple_reply(&mut self.tx.pending, e, cookie);
         }
     }
 
     fn reply_read(&mut self, cookie: u64, offset: u64, data: &[u8]) {
         if self.structured {
             proto::put_chunk_header(
-                &mut self.tx_pending,
+                &mut self.tx.pending,
                 chunk::FLAG_DONE,
                 chunk::OFFSET_DATA,
                 cookie,
                 8 + data.len() as u32,
             );
-            self.tx_pending.extend_from_slice(&offset.to_be_bytes());
+            self.tx.pending.extend_from_slice(&offset.to_be_bytes());
         } else {
-            proto::put_simple_reply(&mut self.tx_pending, 0, cookie);
+            proto::put_simple_reply(&mut self.tx.pending, 0, cookie);
         }
-        self.tx_pending.extend_from_slice(data);
+        self.tx.pending.extend_from_slice(data);
     }
 
     fn finish(&mut self, p: Pending, result: Result<(), Errno>, data: &[u8]) {
@@ -567,18 +554,20 @@ impl NbdConn {
     }
 
     fn try_close(&mut self) {
-        if self.closing && !self.recv_armed && !self.send_armed && self.reqs.is_empty() {
-            let unsent = self.tx_pending.len() + self.tx_sending.len() - self.tx_sent;
-            if unsent == 0 || self.broken {
-                self.closed = true;
-            }
+        if self.closing
+            && !self.recv_armed
+            && !self.tx.armed()
+            && self.reqs.is_empty()
+            && (self.tx.unsent() == 0 || self.broken)
+        {
+            self.closed = true;
         }
     }
 }
 
 impl Conn for NbdConn {
     fn start(&mut self, env: &mut Env<'_>) {
-        proto::put_greeting(&mut self.tx_pending);
+        proto::put_greeting(&mut self.tx.pending);
         self.arm_recv(env);
     }
 
@@ -599,21 +588,13 @@ impl Conn for NbdConn {
     }
 
     fn on_send(&mut self, env: &mut Env<'_>, res: i32) {
-        self.send_armed = false;
-        if res <= 0 {
+        // SAFETY: the connection is not done while a send is armed (`try_close`).
+        if let Err(res) = unsafe { self.tx.on_send(env.io, self.fd.as_raw_fd(), env.key, res) } {
             if res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "send failed");
             }
             self.broken = true;
             self.closing = true;
-            return;
-        }
-        self.tx_sent += res as usize;
-        if self.tx_sent < self.tx_sending.len() {
-            self.arm_send(env);
-        } else {
-            self.tx_sending.clear();
-            self.tx_sent = 0;
         }
     }
 
@@ -640,12 +621,10 @@ impl Conn for NbdConn {
             self.process(env);
         }
         if self.broken {
-            self.tx_pending.clear();
-        } else if !self.send_armed && !self.tx_pending.is_empty() {
-            std::mem::swap(&mut self.tx_sending, &mut self.tx_pending);
-            self.tx_pending.clear();
-            self.tx_sent = 0;
-            self.arm_send(env);
+            self.tx.drop_pending();
+        } else {
+            // SAFETY: the connection is not done while a send is armed (`try_close`).
+            unsafe { self.tx.start(env.io, self.fd.as_raw_fd(), env.key) };
         }
         if !self.closing && !self.recv_armed && !self.paused() {
             self.arm_recv(env);
@@ -668,7 +647,7 @@ impl Conn for NbdConn {
         if self.recv_armed {
             self.cancel(env, Kind::Recv);
         }
-        if self.send_armed {
+        if self.tx.armed() {
             self.cancel(env, Kind::Send);
         }
     }
@@ -684,8 +663,8 @@ impl Conn for NbdConn {
             self.reqs.len(),
             self.closing,
             self.recv_armed,
-            self.send_armed,
-            self.tx_pending.len() + self.tx_sending.len() - self.tx_sent,
+            self.tx.armed(),
+            self.tx.unsent(),
             self.rx_hi - self.rx_lo
         )
     }

@@ -426,9 +426,10 @@ pub const CMIC: u8 = (1 << 0) | (1 << 1) | (1 << 3);
 pub const CTRATT: u32 = 1;
 /// ANA transition time, seconds.
 pub const ANATT: u8 = 10;
-/// ANACAP: optimised, non-optimised, inaccessible, persistent loss and change states reported
-/// (bits 4:0); the group id of a namespace never changes while it is attached (bit 6).
-pub const ANACAP: u8 = 0x1F | (1 << 6);
+/// ANACAP: optimised, non-optimised, inaccessible and change states reported (bits 0, 1, 2
+/// and 4; never persistent loss, bit 3: no path state maps to it); the group id of a namespace
+/// never changes while it is attached (bit 6).
+pub const ANACAP: u8 = 0x17 | (1 << 6);
 /// Warning composite temperature threshold (K), also the default over-temperature threshold.
 pub const WCTEMP: u16 = 0x157;
 /// Critical composite temperature threshold (K).
@@ -850,7 +851,7 @@ mod tests {
             ("CCTEMP", 268, 2, int(0x175, 2)),
             ("KAS", 320, 2, int(1, 2)),
             ("ANATT", 342, 1, int(10, 1)),
-            ("ANACAP", 343, 1, int(0x5F, 1)),
+            ("ANACAP", 343, 1, int(0x57, 1)),
             ("ANAGRPMAX", 344, 4, int(7, 4)),
             ("NANAGRPID", 348, 4, int(2, 4)),
             ("SQES", 512, 1, int(0x66, 1)),

@@ -31,7 +31,7 @@ pub enum Outcome {
 }
 
 /// Every device error a front end can be given (see [`Errno`]), and what it becomes.
-pub const ERRNO_TABLE: [(Errno, &str, Outcome); 7] = [
+pub const ERRNO_TABLE: [(Errno, &str, Outcome); 8] = [
     (Errno::INVAL, "INVAL", Outcome::Fixed(Status::INVALID_FIELD)),
     (Errno::IO, "IO", Outcome::Media),
     (
@@ -54,6 +54,11 @@ pub const ERRNO_TABLE: [(Errno, &str, Outcome); 7] = [
         Errno::SHUTDOWN,
         "SHUTDOWN",
         Outcome::Fixed(Status::NS_NOT_READY),
+    ),
+    (
+        Errno::UNAVAILABLE,
+        "UNAVAILABLE",
+        Outcome::Fixed(Status::ANA_INACCESSIBLE),
     ),
 ];
 
@@ -177,6 +182,12 @@ mod tests {
                 Status::NS_NOT_READY,
                 Status::NS_NOT_READY,
             ),
+            (
+                Errno::UNAVAILABLE,
+                Status::ANA_INACCESSIBLE,
+                Status::ANA_INACCESSIBLE,
+                Status::ANA_INACCESSIBLE,
+            ),
         ];
         assert_eq!(
             cases.len(),
@@ -187,8 +198,12 @@ mod tests {
             assert_eq!(status_of(e, io::READ), read, "{e:?} read");
             assert_eq!(status_of(e, io::WRITE), write, "{e:?} write");
             assert_eq!(status_of(e, io::RESV_REGISTER), resv, "{e:?} register");
-            // Never a path status: those come from the path state, not from a device.
-            assert_ne!(status_of(e, io::WRITE).0 >> 8, 3, "{e:?}");
+            // A path status only for UNAVAILABLE (this site cannot serve it, another may).
+            assert_eq!(
+                status_of(e, io::WRITE).0 >> 8 == 3,
+                e == Errno::UNAVAILABLE,
+                "{e:?}"
+            );
         }
         assert_eq!(status_of(Errno::IO, io::FLUSH), Status::WRITE_FAULT);
         assert_eq!(status_of(Errno::IO, io::RESV_RELEASE), Status::INTERNAL);

@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 use twinblk_witness::{Claim, Epoch, GrantOutcome, GroupId, Key, SiteId, WitnessClient};
 
@@ -47,7 +47,25 @@ pub struct FailoverSlot {
     /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
     /// preferred, so the witness grants the peer without waiting out the tie grace.
     pub withdrawn: AtomicBool,
+    /// What the witness last said about the group (published by the failover thread for the
+    /// control socket; read-only there): its epoch,
+    pub view_epoch: AtomicU64,
+    /// its holder (site id, 0: none),
+    pub view_holder: AtomicU32,
+    /// and whether it answered the last heartbeat: `WITNESS_UNKNOWN` (no heartbeat yet),
+    /// `WITNESS_REACHABLE` or `WITNESS_UNREACHABLE`.
+    pub witness: AtomicU8,
+    /// The epoch this site knows for the group (its last grant, or the witness's epoch adopted
+    /// while in sync).
+    pub known_epoch: AtomicU64,
 }
+
+/// [`FailoverSlot::witness`]: no heartbeat answered or failed yet.
+pub const WITNESS_UNKNOWN: u8 = 0;
+/// [`FailoverSlot::witness`]: the last heartbeat was answered.
+pub const WITNESS_REACHABLE: u8 = 1;
+/// [`FailoverSlot::witness`]: the last heartbeat was not answered in time.
+pub const WITNESS_UNREACHABLE: u8 = 2;
 
 /// What the failover thread needs.
 pub struct FailoverConfig {
@@ -101,17 +119,29 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
     let mut known = vec![Epoch(0); groups.len()];
     let mut reachable = true;
     let mut next_beat = std::time::Instant::now();
+    // A release the witness did not answer, retried every heartbeat interval: a grant left
+    // held would make the witness deny the peer at the next loss.
+    let mut retry: Vec<Option<(u64, std::time::Instant)>> = vec![None; groups.len()];
     while !stop.load(SeqCst) {
-        for (group, _, slot, name) in &groups {
-            let epoch = slot.release.swap(0, SeqCst);
+        for (i, (group, _, slot, name)) in groups.iter().enumerate() {
+            let now = std::time::Instant::now();
+            let mut epoch = slot.release.swap(0, SeqCst);
+            if epoch == 0
+                && let Some((e, at)) = retry[i]
+                && now >= at
+            {
+                epoch = e;
+            }
             if epoch != 0 {
+                retry[i] = None;
                 client.set_timeout(cfg.request_timeout);
                 match client.release(*group, Epoch(epoch)) {
                     Ok(_) => {
                         tracing::info!(volume = %name, epoch, "mirror: survivor grant released")
                     }
                     Err(e) => {
-                        tracing::warn!(volume = %name, epoch, error = %e, "mirror: could not release the grant")
+                        tracing::warn!(volume = %name, epoch, error = %e, "mirror: could not release the grant; retrying");
+                        retry[i] = Some((epoch, std::time::Instant::now() + cfg.heartbeat));
                     }
                 }
             }
@@ -126,6 +156,9 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 Ok(GrantOutcome::Granted { epoch }) => {
                     slot.epoch.store(epoch.0, SeqCst);
                     known[i] = epoch;
+                    slot.known_epoch.store(epoch.0, SeqCst);
+                    slot.view_epoch.store(epoch.0, SeqCst);
+                    slot.view_holder.store(cfg.site_id, SeqCst);
                     tracing::warn!(volume = %name, epoch = epoch.0, "mirror: the witness granted this site survivorship");
                     GRANTED
                 }
@@ -135,6 +168,9 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     epoch,
                     ..
                 }) => {
+                    slot.view_epoch.store(epoch.0, SeqCst);
+                    slot.view_holder
+                        .store(holder.map(|h| h.get()).unwrap_or(0), SeqCst);
                     tracing::error!(volume = %name, ?reason, holder = ?holder.map(|h| h.get()), epoch = epoch.0,
                         "mirror: the witness denied survivorship; fencing");
                     DENIED
@@ -158,12 +194,20 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         tracing::info!("mirror: the witness is reachable again");
                     }
                     reachable = true;
+                    for (_, _, slot, _) in &groups {
+                        slot.witness.store(WITNESS_REACHABLE, SeqCst);
+                    }
                     for v in views {
-                        if let Some(i) = groups.iter().position(|g| g.0 == v.group)
-                            && groups[i].2.in_sync.load(SeqCst)
-                            && v.epoch.0 > known[i].0
-                        {
+                        let Some(i) = groups.iter().position(|g| g.0 == v.group) else {
+                            continue;
+                        };
+                        let slot = &groups[i].2;
+                        slot.view_epoch.store(v.epoch.0, SeqCst);
+                        slot.view_holder
+                            .store(v.holder.map(|h| h.get()).unwrap_or(0), SeqCst);
+                        if slot.in_sync.load(SeqCst) && v.epoch.0 > known[i].0 {
                             known[i] = v.epoch;
+                            slot.known_epoch.store(v.epoch.0, SeqCst);
                         }
                     }
                 }
@@ -172,6 +216,9 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         tracing::warn!(error = %e, "mirror: the witness does not answer heartbeats (nothing changes while the sites see each other)");
                     }
                     reachable = false;
+                    for (_, _, slot, _) in &groups {
+                        slot.witness.store(WITNESS_UNREACHABLE, SeqCst);
+                    }
                 }
             }
         }

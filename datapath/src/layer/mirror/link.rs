@@ -6,23 +6,31 @@
 //! (`LinkConn::accepted`), waits for HELLO, checks it against its volumes and answers WELCOME
 //! (its nonce and its proof of the shared key) or REFUSE, then waits for the follower's AUTH
 //! (its proof) before it starts the session (docs/mirror-protocol.md, "Link authentication").
-//! From then on the link only frames bytes: every whole message goes to the engine, and
-//! whatever the engine has to send leaves in one send per reactor turn (so one ACK per turn
-//! at most).
+//! From then on the link only frames bytes: every whole message goes to the engine, decoded in
+//! place in the receive buffer (the engine applies a write's payload from there), and
+//! whatever the engine queued leaves as one batch: one `sendmsg` whose scatter list holds each
+//! message's header and its payload straight from the update's own buffer (txq.rs; several
+//! messages per send, so one ACK per batch at most). What the engine queues while a batch is
+//! in flight goes in the next one.
 //!
 //! A handshake must be complete within [`HANDSHAKE_TIMEOUT`] of the link's creation: every
 //! receive armed before it is linked to a timeout (io_uring `LINK_TIMEOUT`), so a peer that
 //! connects and sends nothing, or half a header, is dropped instead of held open for ever.
 //!
-//! Invariants: the receive buffer is not moved while a receive is armed, the send buffer not
-//! while a send is armed; a message that fails decoding or the engine's checks drops the link
-//! and is never applied; nothing reaches the engine (no session start, no message) before
-//! both proofs are verified; the engine is told `link_down` exactly once per session, when the
-//! link closes.
+//! Invariants: the receive buffer is not moved while a receive is armed; the batch in flight
+//! and its scatter list are not changed while a send is armed, and hold a reference to every
+//! payload they point at until the send's completion (also when the link fails: the link is
+//! not done before), so no payload is freed, reused or changed under the kernel (checked
+//! against the headers' checksums in debug builds); a message that fails decoding or the
+//! engine's checks drops the link and is never applied; nothing reaches the engine (no session
+//! start, no message) before both proofs are verified; the engine is told `link_down` exactly
+//! once per session, when the link closes.
 
 use super::engine::Role;
+use super::txq::TxQueue;
 use super::wire::{self, AuthRole, Decoded, Handshake, Header, NONCE, Type};
 use crate::runtime::{Acceptor, Conn, Env};
+use crate::uring::iov::SendList;
 use crate::uring::{Errno, Kind, UserData};
 use io_uring::{opcode, types};
 use std::net::SocketAddr;
@@ -58,8 +66,12 @@ pub struct LinkConn {
     rx: Vec<u8>,
     lo: usize,
     hi: usize,
-    tx: Vec<u8>,
-    sent: usize,
+    /// Messages waiting for the next send (headers; payloads by reference, txq.rs).
+    tx: TxQueue,
+    /// The messages of the send in flight, and their scatter list: neither changes while the
+    /// send is armed, and the payloads they reference stay alive and unchanged until then.
+    inflight: TxQueue,
+    list: SendList,
     recv_armed: bool,
     send_armed: bool,
     connect_armed: bool,
@@ -166,8 +178,9 @@ impl LinkConn {
             rx: vec![0; RX_INITIAL],
             lo: 0,
             hi: 0,
-            tx: Vec::with_capacity(1 << 20),
-            sent: 0,
+            tx: TxQueue::with_capacity(1 << 16),
+            inflight: TxQueue::with_capacity(1 << 16),
+            list: SendList::default(),
             recv_armed: false,
             send_armed: false,
             connect_armed: false,
@@ -309,11 +322,42 @@ impl LinkConn {
         self.recv_armed = true;
     }
 
+    /// Arm a send: the rest of the batch in flight, or else everything queued as a new batch
+    /// (one `sendmsg`: every message's header and payload as a scatter list).
     fn arm_send(&mut self, env: &mut Env<'_>) {
-        let rest = &self.tx[self.sent..];
-        // SAFETY: tx is not modified while the send is armed, and the link outlives it.
-        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
+        if self.list.left() == 0 {
+            debug_assert!(self.inflight.is_empty(), "the last batch was not released");
+            self.inflight.append(&mut self.tx);
+            self.list.clear();
+            self.inflight.fill(&mut self.list);
+        }
+        // SAFETY: the list and `inflight` (which holds a reference to every payload the list
+        // points at, so none is freed, reused or changed) are not modified while the send is
+        // armed, and the link is not done while it is.
+        unsafe {
+            env.io
+                .push_sendmsg(self.fd.as_raw_fd(), &mut self.list, env.key)
+        };
         self.send_armed = true;
+    }
+
+    /// Bytes queued or in flight, not sent yet.
+    fn unsent(&self) -> usize {
+        self.tx.len() + self.list.left()
+    }
+
+    /// The batch in flight is done with (all sent, or the send failed): its payload
+    /// references go back to the engine's pool (or are dropped without an engine).
+    fn release_sent(&mut self, env: &mut Env<'_>) {
+        debug_assert!(
+            self.inflight.intact(),
+            "mirror link: a payload changed while its send was in flight"
+        );
+        self.list.clear();
+        match self.vol.and_then(|v| engine(env.chans, v)) {
+            Some(e) => self.inflight.clear(|d| e.recycle(d)),
+            None => self.inflight.clear(drop),
+        }
     }
 
     fn hello(&mut self, env: &mut Env<'_>, h: &Header, payload: &[u8]) -> Result<(), String> {
@@ -362,6 +406,7 @@ impl LinkConn {
                 c.size, c.block
             ));
         }
+        e.check_peer_lease(h.count)?;
         if e.link_key.is_some() {
             return Err(format!("{name:?} already has a link"));
         }
@@ -389,10 +434,11 @@ impl LinkConn {
             .handshake(size, block, name)
             .proof(&self.key, AuthRole::Leader);
         wire::encode(
-            &mut self.tx,
+            self.tx.bytes_mut(),
             &Header {
                 id: mine,
                 seq: incarnation,
+                count: e.announced_lease_ms(),
                 ..Header::new(Type::Welcome)
             },
             &wire::encode_welcome(&wire::Welcome {
@@ -461,7 +507,7 @@ impl LinkConn {
         }
         let n = why.len().min(1024);
         wire::encode(
-            &mut self.tx,
+            self.tx.bytes_mut(),
             &Header::new(Type::Refuse),
             &why.as_bytes()[..n],
         );
@@ -512,6 +558,13 @@ impl LinkConn {
                                     "mirror: the leader's volume geometry differs");
                                 return self.close(env, "geometry differs");
                             }
+                            if let Err(why) = e.check_peer_lease(h.count) {
+                                if e.link_warns.check("lease mismatch", Instant::now()) == Some(0) {
+                                    tracing::error!(volume = %e.config().name, %why,
+                                        "mirror: refusing the session");
+                                }
+                                return self.close(env, "the sites disagree on failover");
+                            }
                             let Some(mut p) = self.pending.take() else {
                                 return self.close(env, "WELCOME without HELLO");
                             };
@@ -529,7 +582,7 @@ impl LinkConn {
                             }
                             // Our proof goes out before anything of the session.
                             let proof = hs.proof(&self.key, AuthRole::Follower);
-                            wire::encode(&mut self.tx, &Header::new(Type::Auth), &proof);
+                            wire::encode(self.tx.bytes_mut(), &Header::new(Type::Auth), &proof);
                             e.set_peer_incarnation(h.seq);
                             if let Err(why) = e.session_start(env.io, h.id) {
                                 match e.link_warns.check("refusing the session", Instant::now()) {
@@ -663,9 +716,10 @@ impl Conn for LinkConn {
             let hello = Header {
                 id: e.replica_state(),
                 seq: e.incarnation(),
+                count: e.announced_lease_ms(),
                 ..Header::new(Type::Hello)
             };
-            wire::encode(&mut self.tx, &hello, &p);
+            wire::encode(self.tx.bytes_mut(), &hello, &p);
             self.pending = Some(Pending {
                 vol,
                 nonce_f,
@@ -682,17 +736,20 @@ impl Conn for LinkConn {
         self.send_armed = false;
         if res <= 0 {
             // Nothing more can go out on this socket: drop what is unsent, or the flush
-            // below would re-arm the send forever and the link would never be done.
-            self.tx.clear();
-            self.sent = 0;
+            // below would re-arm the send forever and the link would never be done. (The
+            // kernel is done with the batch: its completion is this.)
+            self.release_sent(env);
+            match self.vol.and_then(|v| engine(env.chans, v)) {
+                Some(e) => self.tx.clear(|d| e.recycle(d)),
+                None => self.tx.clear(drop),
+            }
             return self.close(env, "send failed");
         }
-        self.sent += res as usize;
-        if self.sent < self.tx.len() {
+        self.list.advance(res as usize);
+        if self.list.left() > 0 {
             self.arm_send(env);
         } else {
-            self.tx.clear();
-            self.sent = 0;
+            self.release_sent(env);
         }
     }
 
@@ -708,10 +765,10 @@ impl Conn for LinkConn {
         {
             if let Some(reason) = e.kill_link.take() {
                 why = Some(reason);
-            } else if self.stopping && e.idle() && self.tx.is_empty() {
+            } else if self.stopping && e.idle() && self.unsent() == 0 {
                 why = Some("closed");
             } else if !self.send_armed {
-                e.take_outbox(&mut self.tx);
+                e.take_tx(&mut self.tx);
             }
         }
         // Closing falls through to the checks below, so a link with nothing armed is done in
@@ -719,7 +776,7 @@ impl Conn for LinkConn {
         if let Some(why) = why {
             self.close(env, why);
         }
-        if !self.send_armed && !self.connect_armed && self.sent < self.tx.len() {
+        if !self.send_armed && !self.connect_armed && self.unsent() > 0 {
             self.arm_send(env);
         }
         let receiving = matches!(
@@ -762,7 +819,7 @@ impl Conn for LinkConn {
             self.state,
             self.recv_armed,
             self.send_armed,
-            self.tx.len() - self.sent
+            self.unsent()
         )
     }
 }

@@ -20,6 +20,7 @@
 //! complete to the channel ([`crate::uring::IoTag::channel`]). The poller also publishes the
 //! volume's path state ([`path_state`]) for the front ends.
 
+pub mod alfile;
 pub mod engine;
 pub mod failover;
 pub mod link;
@@ -29,6 +30,7 @@ pub mod ratelimit;
 pub mod split;
 pub mod state;
 pub mod stats;
+pub mod txq;
 pub mod wire;
 
 #[cfg(test)]
@@ -57,6 +59,11 @@ pub struct MirrorInfo {
     pub leader: bool,
     /// The reactor running the volume's engine.
     pub home: usize,
+    /// The volume's group at the witness (its own name when it has none).
+    pub group: String,
+    /// The group's line to the failover thread (`None` without a witness): the control
+    /// socket reads what the witness last said.
+    pub failover: Option<Arc<failover::FailoverSlot>>,
 }
 
 /// The path state of this site for a mirrored volume: optimised at the volume's leader (and
@@ -177,16 +184,13 @@ impl Poller for MirrorPoller {
         if stopping {
             e.begin_drain();
         }
-        // Answers that waited for a durable replica state, or the fail-stop.
+        // Answers that waited for a durable replica state, or the fail-stop; the activity
+        // log's write and the updates that waited for it.
         e.poll_durable();
+        e.poll_actlog(cx.io);
         // Timeouts and pings run while stopping too; only dialling stops.
         let dial = tick && e.tick(cx.io, now) && !stopping;
-        let state = if e.replica_failed().is_some() {
-            // A failed survivor keeps its mode (failed.rs) but serves nothing.
-            PathState::Inaccessible
-        } else {
-            path_state(e.mode(), e.config().role, e.may_read(now))
-        };
+        let state = e.path_state(now);
         let kick = e.wants_send(now) || e.kill_link.is_some() || (stopping && e.idle());
         let link = e.link_key;
         let worked = !e.done.is_empty();
@@ -219,8 +223,13 @@ impl Poller for MirrorPoller {
 
     fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant> {
         // A held-back ACK must not wait for the next message.
-        let ack = engine_of(chans, self.vol).and_then(|e| e.ack_deadline());
-        Some(ack.map_or(self.next_tick, |a| a.min(self.next_tick)))
+        let e = engine_of(chans, self.vol)?;
+        // (An update waiting for the activity log's write is looked at again soon.)
+        let soon = e
+            .ack_deadline()
+            .into_iter()
+            .chain(e.actlog_deadline(Instant::now()));
+        Some(soon.fold(self.next_tick, Instant::min))
     }
 
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool {
@@ -302,11 +311,12 @@ impl MirrorChannel {
 
 impl Channel for MirrorChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        // Refused without a read lease (docs/mirror-protocol.md, "Read lease").
+        // Refused without a read lease (docs/mirror-protocol.md, "Read lease"): the other
+        // site's path may serve it.
         if !self.engine.may_read(Instant::now()) {
-            return ReadStart::Failed(Errno::IO);
+            return ReadStart::Failed(Errno::UNAVAILABLE);
         }
-        self.engine.inner().read(io, tag, offset, len)
+        self.engine.host_read(io, tag, offset, len)
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {
@@ -366,12 +376,15 @@ impl Channel for MirrorChannel {
         let update = match r.op {
             BlockOp::Write if r.data.len() <= split::MAX_WRITE => {
                 // The data moved here with the request: the update takes it over (no copy).
-                // A spare one goes back in its place, for the answer to carry home.
-                let spare = self.engine.take_spare();
-                let data = std::mem::replace(&mut r.data, spare);
-                return self
-                    .engine
-                    .submit_write_owned(io, r.from, r.tag, data, r.offset, r.fua);
+                // A spare vector goes back in its place, for the answer to carry home.
+                return self.engine.submit_write_owned(
+                    io,
+                    r.from,
+                    r.tag,
+                    &mut r.data,
+                    r.offset,
+                    r.fua,
+                );
             }
             // Too long for one message: split (and copied) like a local one.
             BlockOp::Write => Update::Write(&r.data),
@@ -456,9 +469,16 @@ impl Channel for RemoteChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
         // The home reactor's engine publishes its read lease (`MirrorStats::may_read`).
         if !self.stats.may_read() {
-            return ReadStart::Failed(Errno::IO);
+            return ReadStart::Failed(Errno::UNAVAILABLE);
         }
-        self.inner.read(io, tag, offset, len)
+        match self.inner.read(io, tag, offset, len) {
+            ReadStart::Failed(e) => {
+                // The home engine fails the replica at its next tick.
+                self.stats.report_read_failure(offset, u64::from(len), e);
+                ReadStart::Failed(Errno::UNAVAILABLE)
+            }
+            r => r,
+        }
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {

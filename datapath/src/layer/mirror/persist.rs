@@ -1,6 +1,7 @@
 //! Writing the replica state off the reactor: one persister thread per daemon (or, for an
 //! engine built without one, per engine) that saves each volume's newest state with the
-//! atomic [`state::save`] and reports back through atomics.
+//! atomic [`state::save`] (and its activity log with [`alfile::save`], through a handle of its
+//! own) and reports back through atomics.
 //!
 //! Model: an engine registers its state file once and gets a [`PersistHandle`]. At a mode
 //! change it hands the handle a snapshot ([`Persisted`]) with the next *generation* of that
@@ -24,6 +25,7 @@
 //! Test hooks ([`Persister::hold`], [`Persister::fail_saves`]) stand in for a slow or broken
 //! disk.
 
+use super::alfile::{self, AlSnapshot};
 use super::state::{self, Persisted};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -46,10 +48,31 @@ pub struct PersistHandle {
     shared: Arc<Shared>,
 }
 
+/// What a handle saves: a replica state file, or an activity log file.
+#[derive(Clone, Debug)]
+pub enum Snapshot {
+    /// The replica state ([`state::save`]).
+    State(Persisted),
+    /// The activity log ([`alfile::save`]).
+    ActLog(AlSnapshot),
+}
+
+impl From<Persisted> for Snapshot {
+    fn from(p: Persisted) -> Self {
+        Snapshot::State(p)
+    }
+}
+
+impl From<AlSnapshot> for Snapshot {
+    fn from(s: AlSnapshot) -> Self {
+        Snapshot::ActLog(s)
+    }
+}
+
 struct Job {
     vol: Arc<PersistHandle>,
     generation: u64,
-    state: Persisted,
+    state: Snapshot,
 }
 
 #[derive(Default)]
@@ -153,7 +176,10 @@ fn save(shared: &Shared, job: &Job) -> std::io::Result<()> {
     if shared.fail.load(SeqCst) {
         return Err(std::io::Error::other("injected failure (test hook)"));
     }
-    state::save(&job.vol.path, &job.state)
+    match &job.state {
+        Snapshot::State(p) => state::save(&job.vol.path, p),
+        Snapshot::ActLog(s) => alfile::save(&job.vol.path, s),
+    }
 }
 
 fn finish(job: &Job, r: std::io::Result<()>) {
@@ -210,12 +236,12 @@ fn run(shared: &Shared) {
 impl PersistHandle {
     /// Queue `state` as the volume's next generation (replacing one not written yet) and
     /// return that generation. Never waits for the disk.
-    pub fn submit(self: &Arc<Self>, state: Persisted) -> u64 {
+    pub fn submit(self: &Arc<Self>, state: impl Into<Snapshot>) -> u64 {
         let generation = self.submitted.fetch_add(1, SeqCst) + 1;
         let job = Job {
             vol: Arc::clone(self),
             generation,
-            state,
+            state: state.into(),
         };
         let mut q = self.shared.lock();
         if q.gone {

@@ -2,6 +2,7 @@
 //! read by the control socket.
 
 use super::mode::Mode;
+use crate::uring::Errno;
 use serde::Serialize;
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -52,6 +53,10 @@ pub struct MirrorStats {
     pub resync_rate: AtomicU64,
     /// The running resync's estimated time left, ms (0: none running).
     pub resync_eta_ms: AtomicU64,
+    /// Leader: extents in the activity log.
+    pub actlog_extents: AtomicU64,
+    /// Leader: versions of the activity log handed to the persister since the start.
+    pub actlog_writes: AtomicU64,
     /// The engine's mode, as `Mode as u8`.
     mode: std::sync::atomic::AtomicU8,
     /// Reads may be served until then ([`mono_ns`]); `u64::MAX`: always (survivor); 0:
@@ -72,6 +77,9 @@ pub struct MirrorStats {
     /// Why the last session with the peer was refused (cleared when one starts); control path
     /// only.
     refused: Mutex<Option<String>>,
+    /// A host read that failed at the local device on a reactor other than the engine's
+    /// (offset, length, errno), for the engine's next tick; error path only.
+    read_failure: Mutex<Option<(u64, u64, i32)>>,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
 }
@@ -85,6 +93,8 @@ pub struct MirrorSnapshot {
     pub role: &'static str,
     /// `up`, `down` or `diverged`.
     pub state: &'static str,
+    /// A session with the peer is up (in any mode: e.g. also while resyncing).
+    pub link_up: bool,
     /// Sessions started so far.
     pub session: u32,
     /// Updates from this site's initiators.
@@ -115,6 +125,10 @@ pub struct MirrorSnapshot {
     pub resync_rate_bytes_per_s: u64,
     /// Its estimated time left, seconds (dirty bytes left at the current rate).
     pub resync_eta_s: f64,
+    /// Extents in the activity log (leader).
+    pub actlog_extents: u64,
+    /// Versions of the activity log written since the start (leader).
+    pub actlog_writes: u64,
     /// Set when the replica state could not be persisted: why (the volume is stopped at
     /// this site, state `failed`; fix the state directory and restart the daemon).
     pub persist_error: Option<String>,
@@ -127,6 +141,8 @@ pub struct MirrorSnapshot {
     pub session_refused: Option<String>,
     /// Median PING round trip over the last samples, in microseconds (null: none yet).
     pub rtt_p50_us: Option<f64>,
+    /// An operator's takeover (`mirror_takeover`) waits for the witness's answer.
+    pub takeover_pending: bool,
 }
 
 impl MirrorStats {
@@ -159,11 +175,6 @@ impl MirrorStats {
         }
     }
 
-    /// The site serves no I/O for this volume (fenced, waiting, or receiving a resync).
-    pub fn fenced(&self) -> bool {
-        self.mode().serves_nothing() || self.failed.load(Relaxed)
-    }
-
     /// The replica state could not be persisted (the engine fail-stopped the volume).
     pub fn set_persist_error(&self, why: &str) {
         if let Ok(mut e) = self.persist_error.lock() {
@@ -180,6 +191,22 @@ impl MirrorStats {
             *e = Some(why.to_string());
         }
         self.failed.store(true, Relaxed);
+    }
+
+    /// A host read failed at the local device (another reactor): the engine fails the
+    /// replica at its next tick.
+    pub fn report_read_failure(&self, offset: u64, len: u64, e: Errno) {
+        if let Ok(mut f) = self.read_failure.lock()
+            && f.is_none()
+        {
+            *f = Some((offset, len, e.0));
+        }
+    }
+
+    /// The host read failure reported, if any (taken).
+    pub fn take_read_failure(&self) -> Option<(u64, u64, Errno)> {
+        let f = self.read_failure.lock().ok()?.take()?;
+        Some((f.0, f.1, Errno(f.2)))
     }
 
     /// The last session was refused for this reason (None: it started).
@@ -231,6 +258,7 @@ impl MirrorStats {
                     Mode::Mirroring => "down",
                 }
             },
+            link_up: self.up.load(Relaxed),
             session: self.session.load(Relaxed),
             updates: self.updates.load(Relaxed),
             replicated: self.replicated.load(Relaxed),
@@ -246,7 +274,10 @@ impl MirrorStats {
             resync_running: self.resync_rate.load(Relaxed) > 0,
             resync_rate_bytes_per_s: self.resync_rate.load(Relaxed),
             resync_eta_s: self.resync_eta_ms.load(Relaxed) as f64 / 1000.0,
+            actlog_extents: self.actlog_extents.load(Relaxed),
+            actlog_writes: self.actlog_writes.load(Relaxed),
             rtt_p50_us: rtt,
+            takeover_pending: self.takeover.load(Relaxed),
             persist_error,
             failure,
             session_refused: self.refused.lock().ok().and_then(|r| r.clone()),

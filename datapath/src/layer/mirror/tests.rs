@@ -28,6 +28,7 @@ fn engine(io: &mut IoCx, role: Role, size: u64) -> (Engine, Arc<MallocDevice>) {
         state_file: None,
         replica_data: Default::default(),
         meta: None,
+        actlog: Default::default(),
     };
     let mut e = Engine::new(cfg, inner, 0, Arc::new(MirrorStats::default()));
     e.link_up(io);

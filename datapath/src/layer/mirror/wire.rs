@@ -288,8 +288,8 @@ pub fn decode(buf: &[u8]) -> Decoded {
     Decoded::Msg(h, HEADER..total)
 }
 
-/// Largest replica state in HELLO / WELCOME `id` (4: new).
-pub const MAX_REPLICA_STATE: u32 = 4;
+/// Largest replica state in HELLO / WELCOME `id` (5: in sync, stopped uncleanly).
+pub const MAX_REPLICA_STATE: u32 = 5;
 /// Largest status in META_STATE / META_ACK `count` (an NVMe status is 16 bits).
 pub const MAX_META_STATUS: u32 = 0xFFFF;
 /// Largest errno in a FLUSH_DONE payload.
@@ -303,7 +303,8 @@ pub fn check_fields(h: &Header, payload: &[u8]) -> Result<(), &'static str> {
     use Type::*;
     // Which fields the type carries: (id, seq, offset, count).
     let (id, seq, offset, count) = match h.ty {
-        Hello | Welcome => (true, true, false, false),
+        // `count`: the sender's read lease in ms (0: no witness, no lease enforced).
+        Hello | Welcome => (true, true, false, true),
         Refuse | ResyncDone | ResyncDoneAck | Resent | Auth => (false, false, false, false),
         // `id` only on a re-sent forward.
         Write | Zeroes | Unmap => (h.flags & FLAG_RESENT != 0, true, true, true),
@@ -354,6 +355,14 @@ pub fn count(len: u64) -> Result<u32, &'static str> {
 /// Panics when `payload` is longer than [`MAX_PAYLOAD`]: a peer would refuse it, so callers
 /// split first (a silent truncation of `len` would corrupt the stream instead).
 pub fn encode(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
+    encode_header(out, h, payload);
+    out.extend_from_slice(payload);
+}
+
+/// Append only the header of the message `h` with `payload` (its length and checksum cover
+/// the payload): the payload goes on the wire right after it from wherever it is (a scatter
+/// list, txq.rs), not copied here.
+pub fn encode_header(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|&n| n <= MAX_PAYLOAD)
@@ -370,7 +379,12 @@ pub fn encode(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
     out.extend_from_slice(&h.count.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 36]), payload);
     out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(payload);
+}
+
+/// Whether `header` (a whole encoded header) carries the checksum of itself with `payload`.
+pub fn header_matches(header: &[u8], payload: &[u8]) -> bool {
+    header.len() == HEADER
+        && crc32c::crc32c_append(crc32c::crc32c(&header[..36]), payload) == u32_at(header, 36)
 }
 
 /// A HELLO's payload: geometry, the follower's nonce and the volume's name.
@@ -866,7 +880,13 @@ mod tests {
             if g.offset == 0 && g.ty != Type::FwdCaw {
                 bad.push(Header { offset: 4096, ..g });
             }
-            if g.count == 0 && !matches!(g.ty, Type::MetaState | Type::MetaAck) {
+            // (HELLO and WELCOME carry the read lease in `count`; 0 = no witness.)
+            if g.count == 0
+                && !matches!(
+                    g.ty,
+                    Type::MetaState | Type::MetaAck | Type::Hello | Type::Welcome
+                )
+            {
                 // (RESYNC_ALSO's count is its number of ranges: checked with its length.)
                 if g.ty != Type::ResyncAlso {
                     bad.push(Header { count: 512, ..g });
@@ -900,7 +920,7 @@ mod tests {
         let bad = [
             (
                 Header {
-                    id: 5,
+                    id: 6,
                     ..h(Type::Hello)
                 },
                 payload(&h(Type::Hello)),

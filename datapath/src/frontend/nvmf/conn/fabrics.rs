@@ -60,7 +60,7 @@ impl NvmfConn {
                 p.header,
             );
         }
-        pdu::put_ic_resp(&mut self.tx_pending, 0, ic.digests, MAXH2CDATA);
+        pdu::put_ic_resp(&mut self.tx.pending, 0, ic.digests, MAXH2CDATA);
         self.dg = ic.digests;
         self.c2h_align = (usize::from(ic.hpda) + 1) * 4;
         self.phase = Phase::Ready;

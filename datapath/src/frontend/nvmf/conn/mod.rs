@@ -35,8 +35,8 @@
 //! [`NvmfShared`] given at construction (`self.nv`), never read through the runtime.
 //!
 //! Invariants:
-//! - `rx` is resized or compacted only while no receive is armed; `tx_sending` is not touched
-//!   while its send is armed.
+//! - `rx` is resized or compacted only while no receive is armed; the bytes being sent are
+//!   not touched while their send is armed (`transport::tcp::SendQueue`).
 //! - Every command taken from the wire gets exactly one response (CapsuleResp, or C2HData with
 //!   SUCCESS), unless the connection terminated or the socket broke; Async Event Requests are
 //!   answered when an event occurs or never (the queue closing ends them).
@@ -62,6 +62,7 @@ use super::pdu::{self, Digests, Violation, fes, pdu_type};
 use super::resv::Access;
 use super::status::status_of;
 use crate::runtime::{Conn, Env};
+use crate::transport::tcp::SendQueue;
 use crate::uring::{Errno, Kind, UserData};
 use fabrics::host_to_ctrl;
 use io_uring::{opcode, squeue, types};
@@ -163,10 +164,8 @@ pub struct NvmfConn {
     rx_lo: usize,
     rx_hi: usize,
     recv_armed: bool,
-    tx_sending: Vec<u8>,
-    tx_sent: usize,
-    send_armed: bool,
-    tx_pending: Vec<u8>,
+    /// Outgoing bytes (one send per turn).
+    tx: SendQueue,
     scratch: Vec<u8>,
     reqs: Slab<Req>,
     xfers: Slab<Xfer>,
@@ -212,10 +211,7 @@ impl NvmfConn {
             rx_lo: 0,
             rx_hi: 0,
             recv_armed: false,
-            tx_sending: Vec::with_capacity(RX_INITIAL),
-            tx_sent: 0,
-            send_armed: false,
-            tx_pending: Vec::with_capacity(RX_INITIAL),
+            tx: SendQueue::with_capacity(RX_INITIAL),
             scratch: Vec::with_capacity(cmd::IDENTIFY_LEN),
             reqs: Slab::with_capacity(128),
             xfers: Slab::with_capacity(MAX_R2T),
@@ -240,8 +236,7 @@ impl NvmfConn {
     /// Stop receiving. Only what drains without the host's help counts (device operations,
     /// unsent bytes): commands waiting for H2CData must not stop the receive that brings it.
     fn paused(&self) -> bool {
-        self.reqs.len() >= MAX_INFLIGHT
-            || self.tx_pending.len() + self.tx_sending.len() >= TX_HIGH_WATER
+        self.reqs.len() >= MAX_INFLIGHT || self.tx.held() >= TX_HIGH_WATER
     }
 
     fn max_data(&self) -> u32 {
@@ -261,7 +256,7 @@ impl NvmfConn {
             "NVMe/TCP protocol violation; terminating the connection"
         );
         if !self.terminated && !self.broken && v != pdu::DATA_DIGEST_MISMATCH {
-            pdu::put_c2h_term(&mut self.tx_pending, v, offending);
+            pdu::put_c2h_term(&mut self.tx.pending, v, offending);
         }
         if v == pdu::DATA_DIGEST_MISMATCH {
             self.broken = true;
@@ -378,7 +373,7 @@ impl NvmfConn {
             return;
         }
         let c = cmd::cqe(result, self.sqhd as u16, self.qid, cid, status);
-        pdu::put_rsp(&mut self.tx_pending, &c, self.dg);
+        pdu::put_rsp(&mut self.tx.pending, &c, self.dg);
     }
 
     /// Send the first `want` bytes of `self.scratch` (zero-padded) for `cid`.
@@ -520,14 +515,6 @@ impl NvmfConn {
         self.recv_armed = true;
     }
 
-    fn arm_send(&mut self, env: &mut Env<'_>) {
-        let rest = &self.tx_sending[self.tx_sent..];
-        // SAFETY: tx_sending is not modified while the send is armed (invariant), and the
-        // connection outlives it.
-        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
-        self.send_armed = true;
-    }
-
     fn cancel(&mut self, env: &mut Env<'_>, kind: Kind) {
         let sqe = opcode::AsyncCancel::new(UserData::new(kind, env.key).0)
             .build()
@@ -549,12 +536,14 @@ impl NvmfConn {
     }
 
     fn try_close(&mut self) {
-        if self.closing && !self.recv_armed && !self.send_armed && self.reqs.is_empty() {
-            let unsent = self.tx_pending.len() + self.tx_sending.len() - self.tx_sent;
-            if unsent == 0 || self.broken {
-                self.leave();
-                self.closed = true;
-            }
+        if self.closing
+            && !self.recv_armed
+            && !self.tx.armed()
+            && self.reqs.is_empty()
+            && (self.tx.unsent() == 0 || self.broken)
+        {
+            self.leave();
+            self.closed = true;
         }
     }
 }
@@ -588,21 +577,13 @@ impl Conn for NvmfConn {
     }
 
     fn on_send(&mut self, env: &mut Env<'_>, res: i32) {
-        self.send_armed = false;
-        if res <= 0 {
+        // SAFETY: the connection is not done while a send is armed (`try_close`).
+        if let Err(res) = unsafe { self.tx.on_send(env.io, self.fd.as_raw_fd(), env.key, res) } {
             if res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "send failed");
             }
             self.broken = true;
             self.closing = true;
-            return;
-        }
-        self.tx_sent += res as usize;
-        if self.tx_sent < self.tx_sending.len() {
-            self.arm_send(env);
-        } else {
-            self.tx_sending.clear();
-            self.tx_sent = 0;
         }
     }
 
@@ -644,12 +625,10 @@ impl Conn for NvmfConn {
         }
         self.async_events(env);
         if self.broken {
-            self.tx_pending.clear();
-        } else if !self.send_armed && !self.tx_pending.is_empty() {
-            std::mem::swap(&mut self.tx_sending, &mut self.tx_pending);
-            self.tx_pending.clear();
-            self.tx_sent = 0;
-            self.arm_send(env);
+            self.tx.drop_pending();
+        } else {
+            // SAFETY: the connection is not done while a send is armed (`try_close`).
+            unsafe { self.tx.start(env.io, self.fd.as_raw_fd(), env.key) };
         }
         if !self.closing && !self.recv_armed && !self.paused() {
             self.arm_recv(env);
@@ -675,7 +654,7 @@ impl Conn for NvmfConn {
             self.cancel_sent = true;
             self.cancel(env, Kind::Recv);
         }
-        if self.send_armed {
+        if self.tx.armed() {
             self.cancel(env, Kind::Send);
         }
     }

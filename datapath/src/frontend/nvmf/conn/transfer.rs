@@ -34,7 +34,7 @@ impl NvmfConn {
             buf,
             discard: false,
         });
-        pdu::put_r2t(&mut self.tx_pending, cid, ttag as u16, 0, total, self.dg);
+        pdu::put_r2t(&mut self.tx.pending, cid, ttag as u16, 0, total, self.dg);
     }
 
     /// A transfer finished: give its slot to the oldest command waiting for an R2T.
@@ -118,7 +118,7 @@ impl NvmfConn {
         }
         let success = self.sqflow_off;
         pdu::put_c2h_data(
-            &mut self.tx_pending,
+            &mut self.tx.pending,
             cid,
             0,
             data,

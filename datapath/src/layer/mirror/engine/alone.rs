@@ -26,7 +26,7 @@ impl Engine {
         if upd != Upd::Flush {
             self.mark_dirty(o, l);
         }
-        self.enqueue_apply(io, k, 0, 0);
+        self.survivor_enqueue(io, k);
     }
 
     /// Current mode.
@@ -101,6 +101,12 @@ impl Engine {
         }
         tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
             "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");
+        self.finish_held_alone(io);
+    }
+
+    /// Serving alone from now on (survivor, or the source of a reconciliation): every update
+    /// held for the peer is finished on this replica alone and its region marked dirty.
+    pub(super) fn finish_held_alone(&mut self, io: &mut IoCx) {
         // Updates waiting behind a compare-and-write go ahead alone (forwarded ones are the
         // lost peer's: dropped).
         let (waited, backlog) = self.leader.survive();
@@ -124,7 +130,7 @@ impl Engine {
             let op = &mut self.ops[k];
             op.stage.confirm();
             if op.applying == 0 && !op.applied {
-                self.enqueue_apply(io, k, 0, 0);
+                self.survivor_enqueue(io, k);
             } else {
                 self.settle(k);
             }
@@ -220,6 +226,14 @@ impl Engine {
                 self.become_survivor(io, epoch);
             }
             Grant::Fence(why) => self.fence(why),
+            Grant::Unwanted { epoch } => {
+                if self.grant_epoch != epoch {
+                    tracing::info!(volume = %self.cfg.name, epoch,
+                        "mirror: the witness granted the volume after the session came back; giving the grant back");
+                    slot.release
+                        .store(epoch, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
         }
     }
 
@@ -295,9 +309,13 @@ impl Engine {
         r.refill(now, self.cfg.resync_rate, g);
         while let Some(r) = self.resync.as_mut() {
             let ops = &self.ops;
+            // (Updates waiting for the survivor state on disk, actlog.rs, count as writes.)
+            let waiting = self.al.waiting_alone();
             let writes_in_flight = || {
-                ops.iter()
-                    .any(|(_, op)| op.origin == Origin::Local && op.applying > 0)
+                waiting
+                    || ops
+                        .iter()
+                        .any(|(_, op)| op.origin == Origin::Local && op.applying > 0)
             };
             match r.next(&mut self.dirty, g, size, writes_in_flight) {
                 Next::Stop => break,

@@ -92,9 +92,19 @@ impl Engine {
             held = self.ops.len(), "mirror: link down; updates are held until the peer returns");
     }
 
-    /// Move pending messages (and an ACK if the watermark moved) to `out`.
-    pub fn take_outbox(&mut self, out: &mut Vec<u8>) {
+    /// Move pending messages (and an ACK if the watermark moved) to `out`: headers, and
+    /// payloads by reference to their updates' buffers (txq.rs).
+    pub fn take_tx(&mut self, out: &mut TxQueue) {
         self.sess.take_outbox(out, self.aq.applied.wm);
+    }
+
+    /// [`Engine::take_tx`] gathered into one byte buffer (tests, which read the stream as
+    /// bytes).
+    pub fn take_outbox(&mut self, out: &mut Vec<u8>) {
+        let mut q = TxQueue::default();
+        self.take_tx(&mut q);
+        q.gather(out);
+        q.clear(|d| self.recycle(d));
     }
 
     /// Queue a PING carrying the current clock.
@@ -157,15 +167,11 @@ impl Engine {
                     Zeroes => Upd::Zeroes,
                     _ => Upd::Unmap,
                 };
-                let data = if upd == Upd::Write {
-                    self.buf(payload)
-                } else {
-                    Vec::new()
-                };
-                let k = self.new_peer_op(Origin::PeerSeq, upd, h, data);
+                let k = self.new_peer_op(Origin::PeerSeq, upd, h, Data::default());
                 self.ops[k].seq = h.seq;
-                // Settled by its apply's completion (at once for a RAM replica).
-                self.enqueue_apply(io, k, self.sess.number, h.seq);
+                // Applied from the received message (no copy unless it must wait); settled
+                // by its apply's completion (at once for a RAM replica).
+                self.enqueue_apply_from(io, k, (self.sess.number, h.seq), payload);
             }
             Order if !leader => {
                 let (_, k) = self
@@ -180,7 +186,7 @@ impl Engine {
                 if op.upd == Upd::Caw {
                     // The leader found it matching: apply the write data at this seq.
                     let len = op.len as usize;
-                    op.data.drain(..len);
+                    op.data.make_mut().drain(..len);
                     op.upd = Upd::Write;
                 }
                 op.stage.order(self.sess.number);
@@ -244,7 +250,7 @@ impl Engine {
                 self.on_peer_wm();
             }
             Flush => {
-                let k = self.new_peer_op(Origin::PeerFlush(h.id), Upd::Flush, h, Vec::new());
+                let k = self.new_peer_op(Origin::PeerFlush(h.id), Upd::Flush, h, Data::default());
                 self.ops[k].session = self.sess.number;
                 self.enqueue_apply(io, k, 0, 0);
             }
@@ -290,10 +296,9 @@ impl Engine {
             }
             Resync if self.mode == Mode::Resyncing && !self.target.is_done() => {
                 self.check_range(h)?;
-                let data = self.buf(payload);
-                let k = self.new_peer_op(Origin::Resync, Upd::Write, h, data);
+                let k = self.new_peer_op(Origin::Resync, Upd::Write, h, Data::default());
                 self.target.copy_started();
-                self.enqueue_apply(io, k, 0, 0);
+                self.enqueue_apply_from(io, k, (0, 0), payload);
             }
             ResyncDone if self.mode == Mode::Resyncing && !self.target.is_done() => {
                 self.target.done_received();

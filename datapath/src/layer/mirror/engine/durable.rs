@@ -9,8 +9,11 @@
 //! What waits for durability, and why (think of a crash right after the transition, and a
 //! restart from the state that was on disk before it):
 //! - **Survivor (epoch E)**: no update or metadata command is *acknowledged* as survivor
-//!   until "survivor, epoch E" is durable. Updates arriving meanwhile are applied locally and
-//!   their answers held (not failed); failures are answered at once. Otherwise a crash could
+//!   until "survivor, epoch E" is durable. Updates arriving meanwhile wait and are applied
+//!   alone only once it is (`actlog.rs`, `survivor_enqueue`: a crash before would restart the
+//!   site in sync with an update applied alone that neither its activity log nor its suspect
+//!   regions record); those applied before (held for the peer) have their answers held (not
+//!   failed); failures are answered at once. Otherwise a crash could
 //!   restart the site as "in sync" or "fenced" with writes acknowledged on this replica only:
 //!   the peer, resyncing it or taken over by an operator, would silently drop them.
 //! - **In sync after a resync (source)**: the source becomes "in sync" only when the target
@@ -133,18 +136,8 @@ impl Engine {
             return 0;
         };
         if self.durable.handle.is_none() {
-            let p = match self.durable.persister.clone() {
-                Some(p) => p,
-                None => match Persister::spawn() {
-                    Ok(p) => {
-                        self.durable.persister = Some(Arc::clone(&p));
-                        p
-                    }
-                    Err(e) => {
-                        self.fail_stop(&format!("cannot start the persister thread: {e}"));
-                        return 0;
-                    }
-                },
+            let Some(p) = self.persister() else {
+                return 0;
             };
             self.durable.handle = Some(p.register(&self.cfg.name, path));
         }
@@ -154,6 +147,24 @@ impl Engine {
             .as_ref()
             .expect("registered")
             .submit(snap)
+    }
+
+    /// The persister (the daemon's, or one started for this engine; none: it could not be
+    /// started, and the engine fail-stopped).
+    pub(super) fn persister(&mut self) -> Option<Arc<Persister>> {
+        if let Some(p) = &self.durable.persister {
+            return Some(Arc::clone(p));
+        }
+        match Persister::spawn() {
+            Ok(p) => {
+                self.durable.persister = Some(Arc::clone(&p));
+                Some(p)
+            }
+            Err(e) => {
+                self.fail_stop(&format!("cannot start the persister thread: {e}"));
+                None
+            }
+        }
     }
 
     /// Persist the new mode `m` (from `set_mode`); a survivor's answers wait until it is
@@ -214,7 +225,7 @@ impl Engine {
 
     /// The state cannot be persisted: stop serving the volume at this site (see the module
     /// doc).
-    fn fail_stop(&mut self, why: &str) {
+    pub(super) fn fail_stop(&mut self, why: &str) {
         self.durable.failed = true;
         self.durable.gate = 0;
         self.durable.release = None;

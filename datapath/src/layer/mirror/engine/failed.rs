@@ -21,17 +21,34 @@
 //!   asks for a grant, nor accepts or dials a session again;
 //! - publishes state `failed` with the reason (`mirror_status`).
 //!
-//! Not covered: an initiator's read goes straight to the local device with the initiator's
-//! tag (`MirrorChannel::read`), so the engine never sees its completion: a failed read fails
-//! that read only. Failing the replica on it needs the read path to report its errors to the
-//! engine (left to the read-path work; the compare-and-write and resync reads, which the
-//! engine issues, do fail the replica).
+//! An initiator's read goes straight to the local device with the initiator's tag
+//! (`MirrorChannel::read`). A read the device refuses at once (`ReadStart::Failed`: the fault
+//! injection layer, a RAM device) fails the replica too, at the engine's next tick (reported
+//! through `MirrorStats` by [`Engine::host_read`] or, on another reactor, `RemoteChannel`);
+//! that read answers `Errno::UNAVAILABLE` (NVMe: ANA inaccessible, so a
+//! multipath host retries it at the other site). Not covered: a read that fails later, as an
+//! io_uring completion (a file or block device returning EIO), completes to the initiator's
+//! connection and fails that read only (the runtime does not tell the volume's layers about
+//! their completions' errors yet); the compare-and-write and resync reads, which the engine
+//! issues, do fail the replica.
 //!
 //! Invariant: a site whose replica failed acknowledges nothing more and never wins a grant.
 
 use super::*;
+use crate::bdev::ReadStart;
 
 impl Engine {
+    /// The volume's path state at this site now: [`crate::layer::mirror::path_state`] of the
+    /// mode, role and read lease, and inaccessible whatever the mode once the replica failed
+    /// or the replica state cannot be persisted (a failed survivor keeps its mode).
+    pub fn path_state(&self, now: Instant) -> crate::bdev::volume::PathState {
+        if self.failed.is_some() || self.durable.failed {
+            crate::bdev::volume::PathState::Inaccessible
+        } else {
+            crate::layer::mirror::path_state(self.mode, self.cfg.role, self.may_read(now))
+        }
+    }
+
     /// This site's replica failed: the reason, or `None`.
     pub fn replica_failed(&self) -> Option<&str> {
         self.failed.as_deref()
@@ -49,6 +66,20 @@ impl Engine {
                 || matches!(self.mode, Mode::Fenced | Mode::Resyncing);
             slot.withdrawn
                 .store(out, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A host read on the local replica (the read lease already checked). One the device
+    /// refuses at once is reported (`MirrorStats::report_read_failure`): the replica is taken
+    /// out of service at the engine's next tick (see the module doc), and the read answers
+    /// `Errno::UNAVAILABLE`.
+    pub fn host_read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
+        match self.inner.read(io, tag, offset, len) {
+            ReadStart::Failed(e) => {
+                self.stats.report_read_failure(offset, u64::from(len), e);
+                ReadStart::Failed(Errno::UNAVAILABLE)
+            }
+            r => r,
         }
     }
 

@@ -20,6 +20,13 @@ impl Engine {
     /// Leader: an update (this site's or forwarded) to sequence, unless a compare-and-write
     /// is being decided: then it waits behind it.
     pub(super) fn leader_take(&mut self, io: &mut IoCx, k: usize) {
+        // Its extents must be in the activity log, on disk, first (actlog.rs); while it waits,
+        // everything taken after it waits too, in order.
+        if !self.al_admit(k) {
+            self.leader.wait(k);
+            self.al.blocked = true;
+            return;
+        }
         if self.leader.take(k) {
             self.leader_start(io, k);
         }
@@ -46,7 +53,13 @@ impl Engine {
         if self.mode != Mode::Mirroring {
             return;
         }
-        while let Some(k) = self.leader.next_unblocked() {
+        self.al.blocked = false;
+        while let Some(k) = self.leader.peek_unblocked() {
+            if !self.al_admit(k) {
+                self.al.blocked = true;
+                return;
+            }
+            self.leader.next_unblocked();
             self.leader_start(io, k);
         }
     }
@@ -79,7 +92,7 @@ impl Engine {
         op.upd = Upd::Write;
         match outcome {
             Ok(()) => {
-                op.data.drain(..len);
+                op.data.make_mut().drain(..len);
                 if op.origin == Origin::PeerFwd && !same_session {
                     // Its follower's id is gone with the session: sent as a WRITE.
                     op.stage.order_lost();
@@ -232,7 +245,7 @@ impl Engine {
         let data = if matches!(upd, Upd::Write | Upd::Caw) {
             self.buf(payload)
         } else {
-            Vec::new()
+            Data::default()
         };
         Ok(self.new_peer_op(Origin::PeerFwd, upd, h, data))
     }
@@ -242,7 +255,7 @@ impl Engine {
         origin: Origin,
         upd: Upd,
         h: &Header,
-        data: Vec<u8>,
+        data: Data,
     ) -> usize {
         // A forwarded update is the leader's to keep until the follower's watermark passes
         // it; nothing is asked of the peer for the others.
@@ -352,7 +365,7 @@ impl Engine {
         if op.upd == Upd::Caw {
             // Re-sent, so the leader found it matching.
             let len = op.len as usize;
-            op.data.drain(..len);
+            op.data.make_mut().drain(..len);
             op.upd = Upd::Write;
         }
         op.stage.order(session);

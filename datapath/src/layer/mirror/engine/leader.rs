@@ -103,6 +103,14 @@ impl Leader {
         self.barrier.pop_front()
     }
 
+    /// The update `next_unblocked` would return, left in place.
+    pub(super) fn peek_unblocked(&self) -> Option<usize> {
+        if self.caw_active.is_some() {
+            return None;
+        }
+        self.barrier.front().copied()
+    }
+
     /// Keep `k` (with `bytes` of data) until the follower has it. True when the backlog just
     /// went over `max`: the volume has diverged.
     pub(super) fn push_backlog(&mut self, k: usize, bytes: u64, max: u64) -> bool {

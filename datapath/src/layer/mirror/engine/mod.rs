@@ -4,8 +4,14 @@
 //!
 //! Model: one engine per mirrored volume, owned by the volume's channel on its home reactor
 //! (single-threaded: no locks). It knows nothing about sockets: the link hands it decoded
-//! messages ([`Engine::on_msg`]) and drains what it has to send ([`Engine::take_outbox`]), so
-//! another transport (RDMA) can drive it the same way.
+//! messages ([`Engine::on_msg`]) and drains what it has to send ([`Engine::take_tx`]: headers,
+//! and payloads by reference to the updates' own buffers, a scatter list), so another
+//! transport (RDMA) can drive it the same way.
+//!
+//! Data: an update's write data is copied once, into a buffer of its own from the engine's
+//! pool (`txq.rs`), at the site that takes it; messages send from that buffer; an update
+//! received from the peer is applied from the received message and copied only when its apply
+//! must wait. A buffer a message in flight references is never reused or changed.
 //!
 //! - The **leader** numbers every update (its own and those forwarded by the follower) with the
 //!   session's next `seq`, applies it, and sends WRITE/ZEROES/UNMAP or ORDER, in `seq` order.
@@ -46,6 +52,9 @@
 //! - `resync.rs`: `ResyncSource` (the cursor, rate budget, reads, last pass, deferred
 //!   updates and the attempt's copied regions; says the next step: read, finish or stop) and
 //!   `ResyncTarget` (copies being applied, RESYNC_DONE).
+//! - `actlog.rs`: `ActLog`, the leader's activity log (a persisted, bounded set of hot
+//!   extents written before the updates to them) and the reconciliation of a site that did
+//!   not stop cleanly (replica state 5, `decide_session`).
 //! - `survivor.rs`: `Witness`, asking the witness for the grant (and an operator's
 //!   takeover); returns `Grant` (wait, survive, fence).
 //! - `flush.rs`: `Flushes`, this site's flushes waiting for FLUSH_DONE.
@@ -63,6 +72,7 @@
 //! ops, the local replica's channel and the replica state that `persist`/`restore` read and
 //! write (mode, grant epoch, dirty, written and suspect maps, the resync's copied map).
 
+mod actlog;
 mod alone;
 mod apply;
 mod dispatch;
@@ -81,9 +91,11 @@ mod session;
 mod survivor;
 
 use super::stats::MirrorStats;
+use super::txq::{Data, DataPool, TxQueue};
 use super::wire::{self, Header, Type};
 use crate::bdev::{Channel, Start};
 use crate::uring::{Errno, IoCx, IoTag};
+pub use actlog::{ActLogConfig, actlog_path, decide_session};
 use apply::ApplyQueue;
 use flush::Flushes;
 use follower::{Follower, Resent};
@@ -96,7 +108,10 @@ pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};
 use resync::{Next, ResyncSource, ResyncTarget};
 use session::PeerSession;
-pub use session::{ACK_BATCH, ACK_WINDOW, REDIAL_EVERY, lease_for, lease_margin};
+pub use session::{
+    ACK_BATCH, ACK_WINDOW, REDIAL_EVERY, announced_lease_ms, lease_for, lease_margin,
+    lease_mismatch,
+};
 use slab::Slab;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,6 +185,8 @@ pub struct EngineConfig {
     pub replica_data: super::state::ReplicaData,
     /// Replicated metadata (reservations) of the volume, when a front end keeps any.
     pub meta: Option<Arc<dyn MetaHandler>>,
+    /// The activity log (actlog.rs; kept by a leader with a state file).
+    pub actlog: ActLogConfig,
 }
 
 /// One mirrored volume's engine.
@@ -194,9 +211,9 @@ pub struct Engine {
     flushes: Flushes,
     /// The session with the peer: number, up, seqs, watermarks, ACK policy, outbox.
     sess: PeerSession,
-    spare: Vec<Vec<u8>>,
-    /// Bytes of capacity held in `spare` (at most [`SPARE_BYTES`]).
-    spare_bytes: usize,
+    /// Spare data buffers (at most [`SPARE_BYTES`] of capacity): every update's data is
+    /// copied (or moved) into one of them once, and messages send from it (txq.rs).
+    pool: DataPool,
     held_logged: bool,
     stats: Arc<MirrorStats>,
     /// Completions to initiators: (their reactor, tag, result).
@@ -243,6 +260,8 @@ pub struct Engine {
     /// Survivor: nothing is acknowledged alone before then (the lost peer's read lease has
     /// certainly expired); none: no wait.
     alone_after: Option<Instant>,
+    /// The activity log and the unclean mark (actlog.rs).
+    al: actlog::ActLog,
     /// The answers waiting for `alone_after`.
     alone_held: Vec<(u32, IoTag, Result<(), Errno>)>,
 }
@@ -257,6 +276,7 @@ impl Engine {
     ) -> Self {
         let (size, g) = (cfg.size, cfg.dirty_granularity);
         let lease = lease_for(cfg.peer_dead);
+        let al = actlog::ActLog::new(&cfg);
         Self {
             cfg,
             inner,
@@ -278,8 +298,7 @@ impl Engine {
             vol,
             flushes: Flushes::default(),
             sess: PeerSession::new(Arc::clone(&stats), lease),
-            spare: Vec::new(),
-            spare_bytes: 0,
+            pool: DataPool::new(SPARE_BYTES),
             held_logged: false,
             stats,
             done: Vec::with_capacity(256),
@@ -303,11 +322,15 @@ impl Engine {
             handshake_sent: None,
             alone_after: None,
             alone_held: Vec::new(),
+            al,
         }
     }
 
     /// Change mode, publish it and persist it (durable.rs: what waits until it is durable).
     fn set_mode(&mut self, m: Mode) {
+        if m == Mode::Mirroring {
+            self.al_mirroring();
+        }
         self.mode = m;
         self.stats.set_mode(m);
         self.publish_lease();
@@ -346,8 +369,14 @@ impl Engine {
         } else {
             RegionMap::all(size, g)
         };
-        // Suspect regions (docs/mirror-protocol.md, "Suspect regions").
+        // Suspect regions (docs/mirror-protocol.md, "Suspect regions"), and whether a site in
+        // sync stopped uncleanly, from its activity log (actlog.rs).
         let led = p.led || self.cfg.role == Role::Leader;
+        let (unclean, logged) = if p.mode == 0 {
+            self.restore_actlog(p.clean, led)
+        } else {
+            (false, None)
+        };
         let suspect = match (p.mode, p.suspect) {
             // A new replica has applied nothing; a survivor's own dirty bitmap covers them.
             (4, _) => Vec::new(),
@@ -356,6 +385,9 @@ impl Engine {
             // Exact: written at a clean stop, or at the fence (a fenced or resyncing site
             // applies nothing of its own after it).
             (m, Some(s)) if same_geometry && (p.clean || m != 0 || !led) => s,
+            // A leader that did not stop cleanly: as recorded, plus its activity log's
+            // extents (below).
+            (0, Some(s)) if same_geometry && logged.is_some() => s,
             // A follower applies only what its leader ordered, which the leader (or the
             // survivor that resyncs it) has.
             (_, None) if !led => Vec::new(),
@@ -364,6 +396,15 @@ impl Engine {
             _ => self.written.words().to_vec(),
         };
         self.suspect = RegionMap::from_words(size, g, suspect);
+        if let Some(m) = &logged {
+            self.suspect.or_with(m);
+        }
+        self.al.unclean = unclean;
+        if unclean {
+            tracing::warn!(volume = %self.cfg.name, suspect_bytes = self.suspect.bytes(),
+                "mirror: this site did not stop cleanly while in sync; its next session \
+                 reconciles the regions it or its peer may hold alone");
+        }
         let mode = match p.mode {
             0 => Mode::Waiting,
             4 => {
@@ -409,8 +450,13 @@ impl Engine {
     }
 
     /// This site's replica state as told to the peer in HELLO/WELCOME (`id` field):
-    /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing.
+    /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing, 4 new, 5 in sync but stopped
+    /// uncleanly (actlog.rs).
     pub fn replica_state(&self) -> u32 {
+        if self.al.unclean && self.mode == Mode::Waiting && !self.new_replica {
+            // In sync, stopped uncleanly: its next session reconciles (actlog.rs).
+            return 5;
+        }
         replica::replica_state(self.mode, self.new_replica)
     }
 
@@ -466,7 +512,24 @@ impl Engine {
 
     /// I/O is refused here for now (fenced, resyncing, or waiting for the first session).
     pub fn no_io(&self) -> bool {
-        matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting) || self.failed.is_some()
+        self.mode.serves_nothing() || self.failed.is_some()
+    }
+
+    /// The read lease this site announces in HELLO/WELCOME (`announced_lease_ms`).
+    pub fn announced_lease_ms(&self) -> u32 {
+        announced_lease_ms(self.cfg.peer_dead, self.cfg.failover.is_some())
+    }
+
+    /// Check the peer's announced read lease against this site's; on a mismatch the refusal
+    /// (also kept in the status).
+    pub fn check_peer_lease(&self, peer_ms: u32) -> Result<(), String> {
+        match lease_mismatch(self.announced_lease_ms(), peer_ms) {
+            None => Ok(()),
+            Some(why) => {
+                self.stats.set_refused(Some(&why));
+                Err(why)
+            }
+        }
     }
 
     /// Decide what a new session is, from both sites' replica states, and start it. A refusal
@@ -487,7 +550,7 @@ impl Engine {
             ));
         }
         let me = self.replica_state();
-        match decide(me, peer, self.cfg.role == Role::Leader) {
+        match decide_session(me, peer, self.cfg.role == Role::Leader) {
             Session::InSync => {
                 // In sync (or both new and empty).
                 self.new_replica = false;
@@ -617,6 +680,11 @@ impl Engine {
     /// the peer timeout, ping, and notice a silent peer. True when the follower should dial.
     pub fn tick(&mut self, io: &mut IoCx, now: Instant) -> bool {
         self.poll_durable();
+        self.poll_actlog(io);
+        if let Some((offset, len, e)) = self.stats.take_read_failure() {
+            // A host read another reactor issued failed at the local device.
+            self.fail_replica("read", offset, len, e);
+        }
         self.failover_tick(io);
         self.release_alone(now);
         self.resync_step(io, now);
@@ -695,42 +763,42 @@ impl Engine {
         self.sess.ack_deadline(self.aq.applied.wm)
     }
 
-    fn buf(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut v = self.take_spare();
-        v.extend_from_slice(data);
-        v
+    /// `data` copied into a buffer of the update's own: the one copy of write data at a site.
+    fn buf(&mut self, data: &[u8]) -> Data {
+        self.pool.fill(data)
     }
 
     /// A spare data vector (empty, maybe with capacity) for the caller to reuse: a request
     /// that moved its data into an update takes one back, so vectors keep circulating
     /// between reactors without allocations.
     pub fn take_spare(&mut self) -> Vec<u8> {
-        let v = self.spare.pop().unwrap_or_default();
-        self.spare_bytes -= v.capacity();
-        v
+        self.pool.take_vec()
     }
 
-    /// Keep `v` for reuse within [`SPARE_BYTES`] (else it is freed).
-    fn recycle(&mut self, mut v: Vec<u8>) {
-        let cap = v.capacity();
-        if cap > 0 && self.spare_bytes + cap <= SPARE_BYTES {
-            v.clear();
-            self.spare_bytes += cap;
-            self.spare.push(v);
-        }
+    /// Keep `d` for reuse within [`SPARE_BYTES`] (else it is freed). A buffer a message in
+    /// flight still references is not kept: the link gives it back once its send completed.
+    pub fn recycle(&mut self, d: Data) {
+        self.pool.put(d);
     }
 
-    /// Bytes held by spare data vectors.
+    /// Bytes held by spare data buffers.
     pub fn spare_bytes(&self) -> usize {
-        self.spare_bytes
+        self.pool.bytes()
     }
 
+    /// Copies of update data into this engine's buffers so far (one per update taken from
+    /// this site's initiator or forwarded to the leader; none for an update received from
+    /// the peer and applied at once).
+    pub fn data_copies(&self) -> u64 {
+        self.pool.fills()
+    }
+
+    /// Queue `h` with the payload of op `payload_of` (sent from the op's own buffer).
     fn send(&mut self, h: Header, payload_of: Option<usize>) {
-        let payload: &[u8] = match payload_of {
-            Some(k) => &self.ops[k].data,
-            None => &[],
-        };
-        self.sess.send(&h, payload);
+        match payload_of {
+            Some(k) => self.sess.send_data(&h, &self.ops[k].data),
+            None => self.sess.send(&h, &[]),
+        }
     }
 
     fn upd_header(&self, k: usize, fwd: bool) -> Header {
@@ -779,21 +847,25 @@ impl Engine {
         offset: u64,
         fua: bool,
     ) -> Start {
-        if self.leader.is_diverged() || self.no_io() {
+        if self.leader.is_diverged() {
             return Start::Done(Err(Errno::IO));
+        }
+        if self.no_io() {
+            // Another site's path may serve it (NVMe: ANA inaccessible).
+            return Start::Done(Err(Errno::UNAVAILABLE));
         }
         let (upd, len, data) = match update {
             Update::Meta(cmd) => return self.submit_meta(from, tag, cmd),
             Update::Write(d) => (Upd::Write, d.len() as u64, self.buf(d)),
-            Update::Zeroes(len) => (Upd::Zeroes, len, Vec::new()),
-            Update::Unmap(len) => (Upd::Unmap, len, Vec::new()),
-            Update::Flush => (Upd::Flush, 0, Vec::new()),
+            Update::Zeroes(len) => (Upd::Zeroes, len, Data::default()),
+            Update::Unmap(len) => (Upd::Unmap, len, Data::default()),
+            Update::Flush => (Upd::Flush, 0, Data::default()),
             Update::CompareWrite { cmp, data } => {
                 if cmp.len() != data.len() || cmp.is_empty() {
                     return Start::Done(Err(Errno::INVAL));
                 }
                 let mut v = self.buf(cmp);
-                v.extend_from_slice(data);
+                v.make_mut().extend_from_slice(data);
                 (Upd::Caw, cmp.len() as u64, v)
             }
         };
@@ -801,20 +873,26 @@ impl Engine {
     }
 
     /// Start a write whose data the caller hands over (a request another reactor moved
-    /// here): the update owns `data`, no copy is made.
+    /// here): the update takes the bytes of `data` (no copy) and leaves a spare vector in
+    /// their place, for the answer to carry home.
     pub fn submit_write_owned(
         &mut self,
         io: &mut IoCx,
         from: u32,
         tag: IoTag,
-        data: Vec<u8>,
+        data: &mut Vec<u8>,
         offset: u64,
         fua: bool,
     ) -> Start {
         if self.leader.is_diverged() || self.no_io() {
-            self.recycle(data);
-            return Start::Done(Err(Errno::IO));
+            let e = if self.no_io() {
+                Errno::UNAVAILABLE
+            } else {
+                Errno::IO
+            };
+            return Start::Done(Err(e));
         }
+        let data = self.pool.adopt(data);
         let len = data.len() as u64;
         self.submit_op(io, from, tag, (Upd::Write, len, data), offset, fua)
     }
@@ -824,7 +902,7 @@ impl Engine {
         io: &mut IoCx,
         from: u32,
         tag: IoTag,
-        (upd, len, data): (Upd, u64, Vec<u8>),
+        (upd, len, data): (Upd, u64, Data),
         offset: u64,
         fua: bool,
     ) -> Start {
@@ -869,7 +947,33 @@ impl Engine {
         }
     }
 
+    /// Queue the apply of `k` (an update received from the peer, its data not copied yet)
+    /// with `payload`, the write data in the received message: applied straight from it when
+    /// the apply starts now (the device takes the bytes during the call), else copied into
+    /// the op's own buffer to wait.
+    pub(super) fn enqueue_apply_from(
+        &mut self,
+        io: &mut IoCx,
+        k: usize,
+        (session, seq): (u32, u64),
+        payload: &[u8],
+    ) {
+        let op = &mut self.ops[k];
+        op.applying += 1;
+        let (a, now) = self.aq.push(k, session, seq, op.offset, op.len);
+        if now {
+            self.start_apply_from(io, a, Some(payload));
+        } else if !payload.is_empty() {
+            self.ops[k].data = self.buf(payload);
+        }
+    }
+
     fn start_apply(&mut self, io: &mut IoCx, a: usize) {
+        self.start_apply_from(io, a, None);
+    }
+
+    /// Start apply `a`; a write writes `payload` when given, else its op's data.
+    fn start_apply_from(&mut self, io: &mut IoCx, a: usize, payload: Option<&[u8]>) {
         let (k, offset, len) = {
             let ap = self.aq.get(a).expect("queued apply");
             (ap.op, ap.offset, ap.len)
@@ -879,7 +983,8 @@ impl Engine {
         let r = match op.upd {
             Upd::Write => {
                 self.written.set_range(offset, len);
-                self.inner.write(io, tag, offset, &op.data, op.fua)
+                let data = payload.unwrap_or(&op.data);
+                self.inner.write(io, tag, offset, data, op.fua)
             }
             Upd::Zeroes => self.inner.write_zeroes(io, tag, offset, len, op.fua),
             Upd::Unmap => self.inner.unmap(io, tag, offset, len, op.fua),
@@ -1118,6 +1223,7 @@ impl Drop for Engine {
     /// A clean stop: the persisted bitmap is exact.
     fn drop(&mut self) {
         self.persist_clean_stop();
+        self.actlog_clean_stop();
     }
 }
 

@@ -48,7 +48,12 @@
 //! - `Confirmed` is final: nothing moves an op out of it.
 //! - Transitions happen only through the methods of [`Stage`]; one asked in a stage it cannot
 //!   leave that way is a bug: it fails a debug assertion and leaves the stage unchanged.
+//! - An op's data may outlive the op and its stage: every message carrying it (queued, or in a
+//!   send in flight, also across a link failure and the re-sends of a new session) holds its
+//!   own reference (txq.rs), so an op freed or changed in any stage never frees, reuses or
+//!   changes bytes a send still reads.
 
+use super::super::txq::Data;
 use crate::uring::{Errno, IoTag};
 use std::time::Instant;
 
@@ -262,7 +267,8 @@ pub(super) struct Op {
     pub(super) offset: u64,
     pub(super) len: u64,
     pub(super) fua: bool,
-    pub(super) data: Vec<u8>,
+    /// The update's data (its own buffer; messages carrying it share it, txq.rs).
+    pub(super) data: Data,
     /// Sequence number in `session` (0: none yet).
     pub(super) seq: u64,
     pub(super) session: u32,
@@ -292,7 +298,7 @@ impl Op {
         upd: Upd,
         (offset, len): (u64, u64),
         fua: bool,
-        data: Vec<u8>,
+        data: impl Into<Data>,
         stage: Stage,
         deadline: Instant,
     ) -> Self {
@@ -302,7 +308,7 @@ impl Op {
             offset,
             len,
             fua,
-            data,
+            data: data.into(),
             seq: 0,
             session: 0,
             stage,

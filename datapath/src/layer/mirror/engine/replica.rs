@@ -26,6 +26,7 @@ pub fn state_name(s: u32) -> &'static str {
         1 => "survivor",
         2 => "fenced",
         3 => "resyncing",
+        5 => "in sync, stopped uncleanly",
         _ => "new",
     }
 }
@@ -58,7 +59,9 @@ pub enum Session {
     /// Neither site served alone (this one in sync and the peer fenced, or both fenced and this
     /// site the leader): this replica holds every acknowledged write; serve (without a grant:
     /// the peer serves nothing until resynced) and copy the unconfirmed regions of both sites
-    /// (this site's suspect ones and the peer's list) to the peer.
+    /// (this site's suspect ones and the peer's list) to the peer. Also the session after a
+    /// site stopped uncleanly while in sync (replica state 5, `actlog.rs`, `decide_session`):
+    /// the site that kept running (or the leader, when both restarted) is the source.
     Reconcile,
     /// The peer's replica wins: receive its resync (no I/O here until done).
     Receive,

@@ -3,10 +3,11 @@
 //!
 //! Model: [`PeerSession`] owns everything about the exchange that is not about a particular
 //! update. A session is numbered; [`PeerSession::start`] begins one after HELLO/WELCOME and
-//! [`PeerSession::end`] ends it with the link. Messages are encoded into the outbox, which the
-//! link drains ([`PeerSession::take_outbox`]), adding an ACK when the policy says one is due.
-//! It reads the engine's applied watermark as an argument and returns what the engine must do
-//! (a seq to use, a check's verdict, a reason to drop the link); it never touches an update.
+//! [`PeerSession::end`] ends it with the link. Messages are encoded into the outbox (headers;
+//! an update's payload by reference to its buffer, txq.rs), which the link drains
+//! ([`PeerSession::take_outbox`]), adding an ACK when the policy says one is due. It reads the
+//! engine's applied watermark as an argument and returns what the engine must do (a seq to
+//! use, a check's verdict, a reason to drop the link); it never touches an update.
 //!
 //! Invariants:
 //! - `next_seq` starts at 1 in every session; on the follower a sequenced message is taken
@@ -20,6 +21,7 @@
 //!   (`peer_lease_base`) is the latest session start or PING received.
 
 use super::super::stats::MirrorStats;
+use super::super::txq::{Data, TxQueue};
 use super::super::wire::{self, Header, Type};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,7 +48,7 @@ pub(super) struct PeerSession {
     ack_sent: u64,
     /// The peer's applied watermark (its last ACK) in this session.
     pub(super) peer_wm: u64,
-    outbox: Vec<u8>,
+    outbox: TxQueue,
     /// Messages arrived since the last `take_outbox`.
     rx_since_flush: bool,
     /// When the oldest unacknowledged applied update was first seen waiting for an ACK.
@@ -71,6 +73,40 @@ pub fn lease_for(peer_dead: Duration) -> Duration {
     peer_dead / 2
 }
 
+/// What a site announces in HELLO/WELCOME `count`: its read lease in milliseconds, or 0
+/// without a witness (no lease is enforced then). Both sites must announce the same value: a
+/// site whose lease outlasts the survivor's wait would serve stale reads.
+pub fn announced_lease_ms(peer_dead: Duration, witness: bool) -> u32 {
+    if witness {
+        u32::try_from(lease_for(peer_dead).as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1)
+    } else {
+        0
+    }
+}
+
+/// The refusal when the two sites' announced read leases differ.
+pub fn lease_mismatch(mine: u32, peer: u32) -> Option<String> {
+    let says = |ms: u32| {
+        if ms == 0 {
+            "no witness (no read lease)".to_string()
+        } else {
+            format!(
+                "a witness and a read lease of {ms} ms (peer_dead_ms {})",
+                u64::from(ms) * 2
+            )
+        }
+    };
+    (mine != peer).then(|| {
+        format!(
+            "the sites disagree on failover: this site has {}, the peer {}; set the same [mirror] witness and peer_dead_ms at both sites (a site whose read lease outlasts the survivor's wait would serve stale reads)",
+            says(mine),
+            says(peer)
+        )
+    })
+}
+
 /// What a survivor adds to the lease before it acknowledges alone: clock-rate differences
 /// between the sites and the tick's granularity.
 pub fn lease_margin(lease: Duration) -> Duration {
@@ -86,7 +122,7 @@ impl PeerSession {
             next_seq: 1,
             ack_sent: 0,
             peer_wm: 0,
-            outbox: Vec::with_capacity(1 << 20),
+            outbox: TxQueue::with_capacity(1 << 20),
             rx_since_flush: false,
             ack_pending_since: None,
             epoch: now,
@@ -106,7 +142,7 @@ impl PeerSession {
         self.next_seq = 1;
         self.ack_sent = 0;
         self.peer_wm = 0;
-        self.outbox.clear();
+        self.outbox.clear(drop);
         self.stats.set_up(true, self.number);
         self.number
     }
@@ -118,7 +154,7 @@ impl PeerSession {
         }
         self.up = false;
         self.lease_until = None;
-        self.outbox.clear();
+        self.outbox.clear(drop);
         true
     }
 
@@ -235,7 +271,7 @@ impl PeerSession {
     }
 
     /// Move pending messages (and an ACK up to `wm` if one is due) to `out`.
-    pub(super) fn take_outbox(&mut self, out: &mut Vec<u8>, wm: u64) {
+    pub(super) fn take_outbox(&mut self, out: &mut TxQueue, wm: u64) {
         if !self.up {
             return;
         }
@@ -248,31 +284,33 @@ impl PeerSession {
                 seq: self.ack_sent,
                 ..Header::new(Type::Ack)
             };
-            wire::encode(&mut self.outbox, &h, &[]);
+            self.outbox.push(&h, &[]);
             self.stats.inc(&self.stats.acks_sent);
         }
-        if out.is_empty() {
-            std::mem::swap(out, &mut self.outbox);
-        } else {
-            out.extend_from_slice(&self.outbox);
-            self.outbox.clear();
-        }
+        out.append(&mut self.outbox);
     }
 
     /// Queue a message, counted in `msgs_sent`.
     pub(super) fn send(&mut self, h: &Header, payload: &[u8]) {
-        wire::encode(&mut self.outbox, h, payload);
+        self.outbox.push(h, payload);
+        self.stats.inc(&self.stats.msgs_sent);
+    }
+
+    /// Queue a message whose payload is sent from `data` itself (an update's buffer, shared
+    /// until the send completed), counted in `msgs_sent`.
+    pub(super) fn send_data(&mut self, h: &Header, data: &Data) {
+        self.outbox.push_data(h, data);
         self.stats.inc(&self.stats.msgs_sent);
     }
 
     /// Queue a message not counted in `msgs_sent` (copies, answers, control).
     pub(super) fn queue(&mut self, h: &Header, payload: &[u8]) {
-        wire::encode(&mut self.outbox, h, payload);
+        self.outbox.push(h, payload);
     }
 
     /// Queue the RESYNC_ALSO messages listing `ranges` and the list's end.
     pub(super) fn send_resync_also(&mut self, ranges: &[(u64, u64)]) {
-        wire::encode_resync_also(&mut self.outbox, ranges);
+        wire::encode_resync_also(self.outbox.bytes_mut(), ranges);
         for _ in 0..ranges.len().div_ceil(wire::MAX_RESYNC_ALSO as usize) + 1 {
             self.stats.inc(&self.stats.msgs_sent);
         }
@@ -391,7 +429,7 @@ mod tests {
         // A lone update: at once, unless the peer just sent more.
         s.received();
         assert!(!s.ack_due(t, 1));
-        let mut out = Vec::new();
+        let mut out = TxQueue::default();
         s.take_outbox(&mut out, 1);
         assert!(out.is_empty(), "held while the peer is sending");
         assert!(s.ack_due(t, 1));

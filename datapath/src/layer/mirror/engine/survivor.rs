@@ -15,6 +15,10 @@
 //!   down again or a new takeover starts.
 //! - A takeover is never asked while the link is up or the daemon stops (the request is
 //!   dropped).
+//! - A grant asked for while the link was down but answered after a session came back is
+//!   given back ([`Grant::Unwanted`]): otherwise the witness would keep this site as the
+//!   holder, and at the next loss deny the peer, even when this site is the one that is gone
+//!   (both sites down); a request not sent yet is withdrawn.
 
 use super::Mode;
 use crate::layer::mirror::failover::{DENIED, FailoverSlot, GRANTED, UNREACHABLE};
@@ -31,6 +35,8 @@ pub(super) enum Grant {
     Granted { epoch: u64, takeover: bool },
     /// No grant: fence, for this reason.
     Fence(&'static str),
+    /// Granted `epoch` after the session came back: give it back (see the module doc).
+    Unwanted { epoch: u64 },
 }
 
 /// What the witness part needs to know of the site, now.
@@ -52,12 +58,15 @@ pub(super) struct Witness {
     asked: bool,
     /// An operator's takeover is being asked for.
     takeover: bool,
+    /// The answer to the request since the link went down was acted on.
+    answered: bool,
 }
 
 impl Witness {
     /// The link went down: the next loss asks again.
     pub(super) fn link_lost(&mut self) {
         self.asked = false;
+        self.answered = false;
     }
 
     /// Once per engine tick: publish whether the site is in sync, ask for the grant when due,
@@ -77,6 +86,28 @@ impl Witness {
             // A new request for the grant, whatever was asked before.
             self.takeover = true;
             self.asked = false;
+            self.answered = false;
+        }
+        if site.up && self.asked && !self.answered && !self.takeover {
+            // The session came back before the answer to the loss's request.
+            if slot.want.swap(false, SeqCst) {
+                // Never sent: withdrawn.
+                self.asked = false;
+                return Grant::Wait;
+            }
+            return match slot.outcome.load(SeqCst) {
+                0 => Grant::Wait,
+                GRANTED => {
+                    self.answered = true;
+                    Grant::Unwanted {
+                        epoch: slot.epoch.load(SeqCst),
+                    }
+                }
+                _ => {
+                    self.answered = true;
+                    Grant::Wait
+                }
+            };
         }
         if !takeover
             && !self.takeover
@@ -100,6 +131,7 @@ impl Witness {
         }
         takeover_flag.store(false, SeqCst);
         let takeover = std::mem::take(&mut self.takeover);
+        self.answered = true;
         match outcome {
             GRANTED => Grant::Granted {
                 epoch: slot.epoch.load(SeqCst),
@@ -189,5 +221,77 @@ mod tests {
             }
         );
         assert!(!flag.load(SeqCst));
+    }
+
+    /// The session comes back before the witness answers the loss's request: a grant that
+    /// arrives then is given back (once); a request not sent yet is withdrawn; a grant acted on
+    /// (this site the survivor, the link up again for its resync) is kept.
+    #[test]
+    fn a_grant_answered_after_the_session_came_back_is_given_back() {
+        let flag = AtomicBool::new(false);
+        // Asked, sent, then the link is back; the grant arrives.
+        let slot = FailoverSlot::default();
+        let mut w = Witness::default();
+        assert_eq!(
+            w.tick(&slot, &flag, site(false, Mode::Mirroring)),
+            Grant::Wait
+        );
+        assert!(slot.want.swap(false, SeqCst), "no request");
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Wait
+        );
+        slot.epoch.store(4, SeqCst);
+        slot.outcome.store(GRANTED, SeqCst);
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Unwanted { epoch: 4 }
+        );
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Wait
+        );
+        // A later loss asks anew.
+        w.link_lost();
+        assert_eq!(
+            w.tick(&slot, &flag, site(false, Mode::Mirroring)),
+            Grant::Wait
+        );
+        assert!(slot.want.load(SeqCst));
+        // Asked but not sent yet when the link is back: withdrawn, nothing to give back.
+        let slot = FailoverSlot::default();
+        let mut w = Witness::default();
+        assert_eq!(
+            w.tick(&slot, &flag, site(false, Mode::Mirroring)),
+            Grant::Wait
+        );
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Wait
+        );
+        assert!(!slot.want.load(SeqCst), "the request was not withdrawn");
+        slot.outcome.store(GRANTED, SeqCst);
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Wait
+        );
+        // Granted and acted on, then the link comes back (the survivor resyncs its peer).
+        let slot = FailoverSlot::default();
+        let mut w = Witness::default();
+        w.tick(&slot, &flag, site(false, Mode::Mirroring));
+        slot.want.store(false, SeqCst);
+        slot.epoch.store(7, SeqCst);
+        slot.outcome.store(GRANTED, SeqCst);
+        assert_eq!(
+            w.tick(&slot, &flag, site(false, Mode::Mirroring)),
+            Grant::Granted {
+                epoch: 7,
+                takeover: false
+            }
+        );
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Survivor)),
+            Grant::Wait
+        );
     }
 }

@@ -127,12 +127,16 @@ fn assert_failed(s: &mut Site, io: &mut IoCx) {
     assert_eq!(s.engine.mode(), Mode::Fenced);
     let snap = s.engine.stats().snapshot("t", true);
     assert_eq!(snap.state, "failed", "{snap:?}");
-    assert!(s.engine.stats().fenced(), "path state still accessible");
+    assert_eq!(
+        s.engine.path_state(Instant::now()),
+        crate::bdev::volume::PathState::Inaccessible,
+        "path state still accessible"
+    );
     let tag = IoTag { conn: 1, slot: 999 };
     assert_eq!(
         s.engine
             .submit(io, 0, tag, Update::Write(&[1; 512]), 40960, false),
-        Start::Done(Err(Errno::IO))
+        Start::Done(Err(Errno::UNAVAILABLE))
     );
     assert!(
         s.engine.session_start(io, 1).is_err(),
@@ -263,6 +267,9 @@ fn a_survivor_whose_write_fails_stops_serving_and_keeps_its_survivor_state() {
     while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
     assert!(p.a.engine.wait_persisted());
     p.a.engine.poll_durable();
+    // (Applied alone once the survivor state is on disk.)
+    p.a.engine.poll_actlog(&mut p.io);
+    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
     // Its first alone answers wait for b's read lease to have expired.
     past_peer_lease(&mut p.a, &mut p.io);
     collect(&mut p.a);
@@ -275,7 +282,11 @@ fn a_survivor_whose_write_fails_stops_serving_and_keeps_its_survivor_state() {
     assert!(p.a.engine.no_io() && p.a.engine.replica_failed().is_some());
     assert_eq!(p.a.engine.mode(), Mode::Survivor);
     assert_eq!(p.a.engine.stats().snapshot("t", true).state, "failed");
-    assert!(p.a.engine.stats().fenced(), "path state still accessible");
+    assert_eq!(
+        p.a.engine.path_state(Instant::now()),
+        crate::bdev::volume::PathState::Inaccessible,
+        "path state still accessible"
+    );
     assert_eq!(p.a.engine.dirty_bytes(), 2 * 4096);
     p.a = restart(p.a, Role::Leader, p.dir.path(), "a");
     assert_eq!(p.a.engine.mode(), Mode::Survivor);

@@ -43,8 +43,10 @@ impl Drop for Unhold {
 }
 
 /// The survivor state is handed to a persister that takes its time: the engine goes on at
-/// once, applies the held and new writes, and acknowledges none of them until the persister
-/// reports "survivor, epoch 7" durable; then all of them.
+/// once, finishes the held writes (applied before the link broke), applies no new write
+/// alone (a crash now would restart it in sync, with nothing recording that write) and
+/// acknowledges nothing until the persister reports "survivor, epoch 7" durable; then the new
+/// writes are applied and all are acknowledged.
 #[test]
 fn a_survivor_acknowledges_no_write_until_its_state_is_durable() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,15 +74,21 @@ fn a_survivor_acknowledges_no_write_until_its_state_is_durable() {
         (0, 0, 20),
         "a survivor write acknowledged (or failed) before its state was durable"
     );
-    assert_eq!(a.engine.held_answers(), 20);
+    assert_eq!(a.engine.held_answers(), 10);
+    assert!(
+        a.disk.borrow().pending.is_empty(),
+        "applied alone before durable"
+    );
     assert_eq!(
         crate::layer::mirror::state::load(&dir.path().join("a.mirror-state")).unwrap(),
         None
     );
-    // The disk catches up: every write is acknowledged.
+    // The disk catches up: every write is applied and acknowledged.
     p.hold(false);
     assert!(a.engine.wait_persisted());
     a.engine.poll_durable();
+    a.engine.poll_actlog(&mut io);
+    while complete_one(&mut a, &mut io, &mut rng) {}
     collect(&mut a);
     assert_eq!((a.ok, a.failed, a.outstanding), (20, 0, 0));
     let st = crate::layer::mirror::state::load(&dir.path().join("a.mirror-state"))
@@ -127,7 +135,7 @@ fn a_survivor_that_cannot_persist_its_state_stops_serving() {
     assert_eq!(
         a.engine
             .submit(&mut io, 0, tag, Update::Write(&[1; 512]), 0, false),
-        Start::Done(Err(Errno::IO))
+        Start::Done(Err(Errno::UNAVAILABLE))
     );
     let snap = a.engine.stats().snapshot("t", true);
     assert_eq!(snap.state, "failed");

@@ -48,7 +48,7 @@ fn the_granted_site_finishes_held_writes_and_the_other_fences() {
             0,
             false,
         );
-        assert_eq!(r, Start::Done(Err(Errno::IO)));
+        assert_eq!(r, Start::Done(Err(Errno::UNAVAILABLE)));
     }
 }
 
@@ -448,20 +448,8 @@ fn two_fenced_sites_reconcile_from_the_leader_when_the_link_returns() {
     use std::sync::atomic::Ordering::SeqCst;
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
     let mut rng = Rng(13);
-    let (mut a, sa) = with_witness(Role::Leader);
-    let (mut b, sb) = with_witness(Role::Follower);
-    a.engine.link_up(&mut io);
-    b.engine.link_up(&mut io);
     let mut slot = 0;
-    for _ in 0..20 {
-        submit(&mut a, &mut io, &mut rng, &mut slot);
-        submit(&mut b, &mut io, &mut rng, &mut slot);
-    }
-    // Some of it crosses the link and is applied at both, some only at one site.
-    deliver(&mut a, &mut b, &mut io, 5);
-    deliver(&mut b, &mut a, &mut io, 5);
-    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-    break_link(&mut a, &mut b);
+    let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
     let now = Instant::now();
     a.engine.tick(&mut io, now);
     b.engine.tick(&mut io, now);
@@ -506,19 +494,8 @@ fn an_in_sync_site_reconciles_a_fenced_peer() {
     use std::sync::atomic::Ordering::SeqCst;
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
     let mut rng = Rng(17);
-    let (mut a, sa) = with_witness(Role::Leader);
-    let (mut b, sb) = with_witness(Role::Follower);
-    a.engine.link_up(&mut io);
-    b.engine.link_up(&mut io);
     let mut slot = 0;
-    for _ in 0..20 {
-        submit(&mut a, &mut io, &mut rng, &mut slot);
-        submit(&mut b, &mut io, &mut rng, &mut slot);
-    }
-    deliver(&mut a, &mut b, &mut io, 7);
-    deliver(&mut b, &mut a, &mut io, 7);
-    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-    break_link(&mut a, &mut b);
+    let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 7);
     // Only b asks the witness (a's session comes back before it does) and cannot reach it.
     let now = Instant::now();
     b.engine.tick(&mut io, now);
@@ -564,4 +541,33 @@ fn a_refused_session_is_shown_in_the_status_with_what_to_do() {
     b.engine.session_start(&mut io, ra).expect("session at b");
     assert_eq!(b.engine.stats().snapshot("t", false).session_refused, None);
     assert_eq!(a.engine.stats().snapshot("t", true).session_refused, None);
+}
+
+/// Two sites with witness slots, random writes from both, `n` messages each way delivered
+/// (some updates applied at both sites, some at one only), every local write finished, and
+/// the link cut: (a, a's slot, b, b's slot), nothing asked of the witness yet.
+fn traffic_then_cut(
+    io: &mut IoCx,
+    rng: &mut Rng,
+    slot: &mut u32,
+    n: usize,
+) -> (
+    Site,
+    Arc<crate::layer::mirror::failover::FailoverSlot>,
+    Site,
+    Arc<crate::layer::mirror::failover::FailoverSlot>,
+) {
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(io);
+    b.engine.link_up(io);
+    for _ in 0..20 {
+        submit(&mut a, io, rng, slot);
+        submit(&mut b, io, rng, slot);
+    }
+    deliver(&mut a, &mut b, io, n);
+    deliver(&mut b, &mut a, io, n);
+    while complete_one(&mut a, io, rng) || complete_one(&mut b, io, rng) {}
+    break_link(&mut a, &mut b);
+    (a, sa, b, sb)
 }

@@ -99,6 +99,7 @@ fn site(role: Role, timeout: Duration) -> Site {
         state_file: None,
         replica_data: Default::default(),
         meta: None,
+        actlog: Default::default(),
     };
     Site {
         engine: Engine::new(
@@ -840,10 +841,12 @@ fn deliver_without_acks(from: &mut Site, to: &mut Site, io: &mut IoCx) {
     from.wire.drain(..at);
 }
 
+mod actlog;
 mod diskerr;
 mod durable;
 mod failover;
 mod forwards;
+mod inflight;
 mod lease;
 mod meta;
 mod resyncloss;
@@ -854,7 +857,10 @@ mod resyncloss;
 fn spare_data_vectors_are_bounded_in_bytes() {
     let mut s = site(Role::Leader, Duration::from_secs(1));
     for _ in 0..100 {
-        s.engine.recycle(Vec::with_capacity(8 << 20));
+        s.engine
+            .recycle(super::super::txq::Data::from_vec(Vec::with_capacity(
+                8 << 20,
+            )));
     }
     assert!(s.engine.spare_bytes() <= super::SPARE_BYTES);
     assert_eq!(s.engine.spare_bytes(), 16 << 20);

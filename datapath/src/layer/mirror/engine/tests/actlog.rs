@@ -1,0 +1,476 @@
+//! A site that crashes while in sync and restarts at once (before any failover): its next
+//! session must reconcile the updates it (or its peer) applied without the other's
+//! confirmation, so that both replicas end byte-identical and both sites read the same data.
+//! The activity log (engine/actlog.rs) keeps that copy small.
+//!
+//! Model: two engines back to back (tests/mod.rs) with state files in a temporary directory
+//! and file-like replicas (the `Disk` outlives the engine). A *crash* forgets the engine
+//! without its clean stop (nothing more is written) and drops the local writes it still had
+//! pending (they never reach the replica); a *restart* builds a new engine over the same disk
+//! and restores it from the state files. The test drives the handshake itself
+//! (`reconnect`), as the link would.
+
+use super::*;
+use crate::layer::mirror::persist::Persister;
+
+/// Activity log extents in these tests: 4 KiB, at most 8 (the volume has 16).
+const EXTENT: u64 = 4096;
+const EXTENTS: u32 = 8;
+
+/// A site with its state file (and activity log) in `dir`.
+fn stateful(role: Role, dir: &std::path::Path) -> Site {
+    stateful_with(role, dir, true)
+}
+
+/// The same, with the activity log switched on or off.
+fn stateful_with(role: Role, dir: &std::path::Path, log: bool) -> Site {
+    stateful_on(role, dir, log, Persister::spawn().expect("persister"))
+}
+
+/// The same, with the persister `p`.
+fn stateful_on(role: Role, dir: &std::path::Path, log: bool, p: Arc<Persister>) -> Site {
+    let mut s = site(role, Duration::from_secs(3600));
+    let name = if role == Role::Leader { "a" } else { "b" };
+    s.engine.cfg.state_file = Some(dir.join(format!("{name}.mirror-state")));
+    s.engine.cfg.actlog = ActLogConfig {
+        enabled: log,
+        extent: EXTENT,
+        extents: EXTENTS,
+    };
+    s.engine.al = super::super::actlog::ActLog::new(&s.engine.cfg);
+    s.engine.set_persister(p);
+    s.engine.restore().expect("restore");
+    s
+}
+
+/// The site crashes (no clean stop; its pending local writes are lost) and restarts from its
+/// state files over the same replica.
+fn crash_and_restart(s: &mut Site) {
+    // What the persister has been given reaches the disk (a crash just after it).
+    assert!(s.engine.wait_persisted());
+    s.engine.wait_actlog_persisted();
+    let cfg = s.engine.cfg.clone();
+    s.disk.borrow_mut().pending.clear();
+    let fresh = Engine::new(
+        cfg,
+        Box::new(SlowChannel(Rc::clone(&s.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    std::mem::forget(std::mem::replace(&mut s.engine, fresh));
+    s.engine
+        .set_persister(Persister::spawn().expect("persister"));
+    s.engine.restore().expect("restore after the crash");
+    s.wire.clear();
+    // Its initiators' requests died with it.
+    s.outstanding = 0;
+}
+
+/// The follower dials the leader: both learn the other's incarnation and replica state and
+/// start the session (the leader first).
+fn reconnect(a: &mut Site, b: &mut Site, io: &mut IoCx) {
+    a.engine.link_down("test");
+    b.engine.link_down("test");
+    a.wire.clear();
+    b.wire.clear();
+    let (sa, sb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.set_peer_incarnation(b.engine.incarnation());
+    b.engine.set_peer_incarnation(a.engine.incarnation());
+    a.engine.session_start(io, sb).expect("session at a");
+    b.engine.session_start(io, sa).expect("session at b");
+}
+
+/// Tick both sites until the leader's activity log has admitted what waits for it.
+fn pump(a: &mut Site, b: &mut Site, io: &mut IoCx) {
+    for _ in 0..50 {
+        a.engine.wait_actlog_persisted();
+        b.engine.wait_actlog_persisted();
+        let now = Instant::now();
+        a.engine.tick(io, now);
+        b.engine.tick(io, now);
+    }
+}
+
+fn same_replicas(a: &Site, b: &Site) -> bool {
+    a.disk.borrow().bytes == b.disk.borrow().bytes
+}
+
+/// Both sites in sync, one acknowledged write (0x11 over the first 8 KiB) on both.
+fn in_sync_pair(dir: &std::path::Path) -> (Site, Site, IoCx, Rng, u32) {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(31);
+    let mut a = stateful(Role::Leader, dir);
+    let mut b = stateful(Role::Follower, dir);
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 0, 0x11, 8192);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1, 0));
+    (a, b, io, rng, slot)
+}
+
+/// The leader crashes while in sync holding updates only one site has, and restarts before
+/// the follower could fail over: a write it applied that the follower never received
+/// (0xA1), and a forward of the follower it ordered but had not applied yet (0xB1, on the
+/// follower only). After the next session the replicas must be byte-identical, both sites
+/// must serve reads, and the acknowledged write must be intact.
+#[test]
+fn a_leader_that_crashed_in_sync_and_restarted_at_once_is_reconciled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    // The follower's forward: ordered by the leader and applied at the follower; the
+    // leader's own apply of it is still pending when it crashes.
+    write_at(&mut b, &mut io, &mut slot, 32768, 0xB1, 4096);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    pump(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    assert_eq!(
+        b.disk.borrow().bytes[32768],
+        0xB1,
+        "not applied at the follower"
+    );
+    // The leader's write: applied at the leader, never sent on (the link dies with it).
+    write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
+    pump(&mut a, &mut b, &mut io);
+    let pending: Vec<_> = a.disk.borrow().pending.iter().map(|p| p.1).collect();
+    assert_eq!(pending.len(), 2, "the leader's two applies: {pending:?}");
+    let i = a
+        .disk
+        .borrow()
+        .pending
+        .iter()
+        .position(|p| p.1 == 16384)
+        .unwrap();
+    let (s, o, d, _) = a.disk.borrow_mut().pending.swap_remove(i);
+    a.disk.borrow_mut().bytes[o as usize..o as usize + 4096].copy_from_slice(&d.unwrap());
+    a.engine.apply_finished(&mut io, s as usize, Ok(()), &[]);
+    assert!(a.disk.borrow().bytes[16384] == 0xA1 && b.disk.borrow().bytes[16384] == 0);
+    assert!(a.disk.borrow().bytes[32768] == 0 && b.disk.borrow().bytes[32768] == 0xB1);
+    // Crash and restart the leader; the follower sees the link drop and is redialled at
+    // once.
+    crash_and_restart(&mut a);
+    // It knows it stopped uncleanly, and which extents to reconcile: those its log held
+    // (the acknowledged write's two, and the two updates' ones), not the whole volume.
+    assert_eq!(a.engine.replica_state(), 5);
+    assert_eq!(a.engine.suspect_bytes(), 4 * EXTENT);
+    b.engine.link_down("test");
+    reconnect(&mut a, &mut b, &mut io);
+    // The follower (it kept running) is the source: the leader serves nothing meanwhile.
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Resyncing, Mode::Survivor)
+    );
+    assert!(!a.engine.may_read(Instant::now()));
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut b);
+    let copied = b
+        .engine
+        .stats()
+        .resync_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // The four logged extents (the follower's held forward's region, dirty at the source
+    // from the start, may be copied once more when the leader's list names it), not the
+    // whole volume (16 extents).
+    assert!(
+        (4 * EXTENT..=5 * EXTENT).contains(&copied),
+        "copied {copied} bytes for 4 logged extents"
+    );
+    assert_eq!(a.engine.replica_state(), 0);
+    assert!(
+        same_replicas(&a, &b),
+        "the replicas differ after the leader's crash: a has {:#x}/{:#x}, b {:#x}/{:#x} at \
+         16384/32768",
+        a.disk.borrow().bytes[16384],
+        a.disk.borrow().bytes[32768],
+        b.disk.borrow().bytes[16384],
+        b.disk.borrow().bytes[32768]
+    );
+    assert!(a.disk.borrow().bytes[..8192].iter().all(|&x| x == 0x11));
+    let now = Instant::now();
+    assert!(a.engine.may_read(now) && b.engine.may_read(now));
+    // Mirroring again: a new write reaches both.
+    write_at(&mut a, &mut io, &mut slot, 49152, 0x22, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(same_replicas(&a, &b));
+    assert_eq!(b.disk.borrow().bytes[49152], 0x22);
+}
+
+/// The follower crashes while in sync with updates of the leader applied (or being applied)
+/// that it never acknowledged, and restarts at once: after the next session the replicas
+/// are byte-identical.
+#[test]
+fn a_follower_that_crashed_in_sync_and_restarted_at_once_is_reconciled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    // Two writes of the leader reach the follower; it applies the first (its ACK never
+    // leaves) and crashes with the second still pending.
+    write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
+    write_at(&mut a, &mut io, &mut slot, 24576, 0xA2, 4096);
+    pump(&mut a, &mut b, &mut io);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    let i = b
+        .disk
+        .borrow()
+        .pending
+        .iter()
+        .position(|p| p.1 == 16384)
+        .unwrap();
+    let (s, o, d, _) = b.disk.borrow_mut().pending.swap_remove(i);
+    b.disk.borrow_mut().bytes[o as usize..o as usize + 4096].copy_from_slice(&d.unwrap());
+    b.engine.apply_finished(&mut io, s as usize, Ok(()), &[]);
+    crash_and_restart(&mut b);
+    // Its state file says it did not stop cleanly: the leader (it kept running) is the
+    // source.
+    assert_eq!(b.engine.replica_state(), 5);
+    a.engine.link_down("test");
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    assert!(
+        same_replicas(&a, &b),
+        "the replicas differ after the follower's crash"
+    );
+    assert_eq!(b.disk.borrow().bytes[24576], 0xA2);
+    assert!(b.disk.borrow().bytes[..8192].iter().all(|&x| x == 0x11));
+    let now = Instant::now();
+    assert!(a.engine.may_read(now) && b.engine.may_read(now));
+}
+
+/// The log holds at most `EXTENTS` extents: writing every extent of the volume in turn
+/// drops the least recently used idle ones; the file on disk never holds more either.
+#[test]
+fn the_activity_log_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    let extents = SIZE / EXTENT;
+    for i in 0..extents {
+        write_at(&mut a, &mut io, &mut slot, i * EXTENT, i as u8 + 1, 4096);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert!(a.engine.actlog_len() <= EXTENTS as usize, "extent {i}");
+    }
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1 + extents as usize, 0));
+    assert!(same_replicas(&a, &b));
+    a.engine.wait_actlog_persisted();
+    let path = actlog_path(a.engine.cfg.state_file.as_ref().unwrap());
+    let crate::layer::mirror::alfile::AlLoad::Valid(s) = crate::layer::mirror::alfile::load(&path)
+    else {
+        panic!("no valid activity log");
+    };
+    // The most recently written ones, in order.
+    let want: Vec<u64> = (extents - EXTENTS as u64..extents).collect();
+    assert_eq!((s.extents, s.extent, s.clean), (want, EXTENT, false));
+}
+
+/// An update to an extent not in the log waits (neither sent nor applied) until the log's
+/// new version is on disk; one to an extent already logged goes at once.
+#[test]
+fn an_update_to_a_new_extent_waits_for_the_log_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(41);
+    let p = Persister::spawn().unwrap();
+    let mut a = stateful(Role::Leader, dir.path());
+    a.engine.set_persister(Arc::clone(&p));
+    let mut b = stateful(Role::Follower, dir.path());
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 0, 0x11, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    p.hold(true);
+    struct Unhold(Arc<Persister>);
+    impl Drop for Unhold {
+        fn drop(&mut self) {
+            self.0.hold(false);
+        }
+    }
+    let _unhold = Unhold(Arc::clone(&p));
+    // A new extent: held back.
+    write_at(&mut a, &mut io, &mut slot, 3 * EXTENT, 0x33, 4096);
+    for _ in 0..20 {
+        a.engine.tick(&mut io, Instant::now());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    a.engine.take_outbox(&mut a.wire);
+    let mut at = 0;
+    while let wire::Decoded::Msg(h, r) = wire::decode(&a.wire[at..]) {
+        assert_ne!(h.ty, wire::Type::Write, "sent before its extent was logged");
+        at += r.end;
+    }
+    a.wire.clear();
+    assert!(
+        a.disk.borrow().pending.is_empty(),
+        "applied before its extent was logged"
+    );
+    assert!(a.engine.actlog_deadline(Instant::now()).is_some());
+    // The disk catches up: it goes.
+    p.hold(false);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(b.disk.borrow().bytes[3 * EXTENT as usize], 0x33);
+    // A logged extent: at once, even with the disk held.
+    p.hold(true);
+    write_at(&mut a, &mut io, &mut slot, 3 * EXTENT + 512, 0x34, 512);
+    assert_eq!(a.disk.borrow().pending.len(), 1, "a logged extent waited");
+    p.hold(false);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (3, 0));
+    assert!(same_replicas(&a, &b));
+}
+
+/// A clean stop leaves the log empty (marked clean), and the restarted leader mirrors at
+/// once, with nothing to reconcile.
+#[test]
+fn a_clean_stop_leaves_the_activity_log_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    write_at(&mut a, &mut io, &mut slot, 5 * EXTENT, 0x55, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(a.engine.actlog_len() > 0);
+    let cfg = a.engine.cfg.clone();
+    let path = actlog_path(cfg.state_file.as_ref().unwrap());
+    let fresh = Engine::new(
+        cfg,
+        Box::new(SlowChannel(Rc::clone(&a.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    // The clean stop (the engine's drop).
+    drop(std::mem::replace(&mut a.engine, fresh));
+    let crate::layer::mirror::alfile::AlLoad::Valid(s) = crate::layer::mirror::alfile::load(&path)
+    else {
+        panic!("no valid activity log");
+    };
+    assert!(s.extents.is_empty() && s.clean, "{s:?}");
+    a.engine
+        .set_persister(Persister::spawn().expect("persister"));
+    a.engine.restore().unwrap();
+    assert_eq!(a.engine.replica_state(), 0);
+    assert_eq!(a.engine.suspect_bytes(), 0);
+    b.engine.link_down("test");
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Mirroring, Mode::Mirroring)
+    );
+}
+
+/// Both sites crash while in sync (each holding an update the other lacks) and restart:
+/// the leader's copy wins, both logs' extents are copied.
+#[test]
+fn both_sites_crashed_in_sync_are_reconciled_from_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    // Ordered and applied at the follower; the leader's apply is lost with it.
+    write_at(&mut b, &mut io, &mut slot, 32768, 0xB1, 4096);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    pump(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    assert_eq!(b.disk.borrow().bytes[32768], 0xB1);
+    crash_and_restart(&mut a);
+    crash_and_restart(&mut b);
+    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (5, 5));
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(same_replicas(&a, &b));
+    assert_eq!(b.disk.borrow().bytes[32768], 0, "the leader's copy wins");
+    assert!(b.disk.borrow().bytes[..8192].iter().all(|&x| x == 0x11));
+}
+
+/// With the activity log switched off the leader still knows it crashed: the whole volume
+/// (every region ever written) is reconciled.
+#[test]
+fn without_the_activity_log_a_crashed_leader_reconciles_everything_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(51);
+    let mut a = stateful_with(Role::Leader, dir.path(), false);
+    let mut b = stateful_with(Role::Follower, dir.path(), false);
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 0, 0x11, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(a.engine.actlog_len(), 1, "one extent: the whole volume");
+    write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
+    pump(&mut a, &mut b, &mut io);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    crash_and_restart(&mut a);
+    assert_eq!(a.engine.replica_state(), 5);
+    assert_eq!(a.engine.suspect_bytes(), SIZE);
+    b.engine.link_down("test");
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(same_replicas(&a, &b));
+}
+
+/// The reconciliation's source writes alone while its survivor state is not on disk yet: the
+/// write is applied only once it is (a crash before would leave nothing recording it), the
+/// reconciliation does not finish before, and the write reaches the peer.
+#[test]
+fn a_write_at_the_reconciling_source_before_its_state_is_durable_reaches_the_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(61);
+    let pb = Persister::spawn().unwrap();
+    let mut a = stateful(Role::Leader, dir.path());
+    let mut b = stateful_on(Role::Follower, dir.path(), true, Arc::clone(&pb));
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
+    pump(&mut a, &mut b, &mut io);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    crash_and_restart(&mut a);
+    pb.hold(true);
+    struct Unhold(Arc<Persister>);
+    impl Drop for Unhold {
+        fn drop(&mut self) {
+            self.0.hold(false);
+        }
+    }
+    let _unhold = Unhold(Arc::clone(&pb));
+    b.engine.link_down("test");
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    write_at(&mut b, &mut io, &mut slot, 16384 + 512, 0xB2, 512);
+    for _ in 0..200 {
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        complete_one(&mut a, &mut io, &mut rng);
+        complete_one(&mut b, &mut io, &mut rng);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+    }
+    assert_eq!(
+        b.disk.borrow().bytes[16384 + 512],
+        0,
+        "applied alone before durable"
+    );
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Resyncing, Mode::Survivor),
+        "the reconciliation ended with a write not applied"
+    );
+    pb.hold(false);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut b);
+    assert_eq!((b.ok, b.outstanding), (1, 0));
+    assert!(same_replicas(&a, &b));
+    assert_eq!(a.disk.borrow().bytes[16384 + 512], 0xB2);
+}

@@ -1,0 +1,539 @@
+//! `twinblk-ctl`'s logic: a control-socket client, the cluster status (both sites, the
+//! witness's state file read-only) and the verbs that wrap control methods.
+//!
+//! Model: every command is a few JSON-RPC calls (docs/control.md) to one control socket per
+//! site; nothing is cached and nothing is written except by a verb the operator named. The
+//! status is computed only from what the sites' data planes publish (`mirror_status`,
+//! `daemon_info`) and, when given, the witness's own state file (read, never written: the
+//! witness has no read-only query on the wire, and a heartbeat sent from here would count as a
+//! site's liveness). A site that does not answer is reported as such, never guessed.
+//!
+//! Invariant: [`Status::in_sync`] is true only when every site answered and every mirrored
+//! volume is `up` at both sites with nothing dirty, no resync running, no failure, no refused
+//! session, one leader, and the witness (where configured) answering both sites. Exit codes are [`exit`].
+
+pub mod render;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Exit codes (docs/control.md, "twinblk-ctl").
+pub mod exit {
+    /// Success; for `status`: everything in sync.
+    pub const OK: i32 = 0;
+    /// A daemon refused the request or answered something unexpected.
+    pub const ERROR: i32 = 1;
+    /// The command line is wrong (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// `status`: every site answered, but something is not in sync (see the problems).
+    pub const NOT_IN_SYNC: i32 = 3;
+    /// A control socket could not be reached (for `status`: at least one site).
+    pub const UNREACHABLE: i32 = 4;
+    /// An unsafe verb was refused: it needs its confirmation flag.
+    pub const REFUSED: i32 = 5;
+    /// `takeover`: the witness did not grant the volume to this site (or no answer in time).
+    pub const NOT_GRANTED: i32 = 6;
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The socket could not be reached.
+    #[error(
+        "cannot reach {path}: {source} (is `twinblk serve` running, and is this the socket of its [control] section?)"
+    )]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The daemon's answer could not be read.
+    #[error("{path}: reading the answer: {what}")]
+    Reply {
+        /// The socket.
+        path: PathBuf,
+        /// What went wrong.
+        what: String,
+    },
+    /// The daemon answered with a JSON-RPC error.
+    #[error("the daemon refused {method}: {message} (code {code})")]
+    Daemon {
+        /// The method.
+        method: String,
+        /// JSON-RPC error code.
+        code: i64,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl CallError {
+    /// The exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CallError::Connect { .. } => exit::UNREACHABLE,
+            _ => exit::ERROR,
+        }
+    }
+}
+
+/// One JSON-RPC call on the control socket at `path`; the `result`, or why not.
+pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, CallError> {
+    let mut s = UnixStream::connect(path).map_err(|source| CallError::Connect {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let reply_err = |what: String| CallError::Reply {
+        path: path.to_path_buf(),
+        what,
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    writeln!(s, "{req}").map_err(|e| reply_err(e.to_string()))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| reply_err(e.to_string()))?;
+    let reply: Value =
+        serde_json::from_str(&line).map_err(|e| reply_err(format!("not JSON ({e}): {line:?}")))?;
+    if let Some(e) = reply.get("error") {
+        return Err(CallError::Daemon {
+            method: method.to_string(),
+            code: e["code"].as_i64().unwrap_or(0),
+            message: e["message"].as_str().unwrap_or("").to_string(),
+        });
+    }
+    Ok(reply.get("result").cloned().unwrap_or(Value::Null))
+}
+
+/// A site to ask: a label (from `NAME=PATH`, else the socket path) and its control socket.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SiteArg {
+    /// The label given on the command line, if any.
+    pub label: Option<String>,
+    /// The control socket.
+    pub socket: PathBuf,
+}
+
+impl std::str::FromStr for SiteArg {
+    type Err = String;
+    /// `PATH` or `NAME=PATH`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty socket path".into());
+        }
+        Ok(match s.split_once('=') {
+            Some((n, p)) if !n.is_empty() && !n.contains('/') && !p.is_empty() => SiteArg {
+                label: Some(n.to_string()),
+                socket: PathBuf::from(p),
+            },
+            _ => SiteArg {
+                label: None,
+                socket: PathBuf::from(s),
+            },
+        })
+    }
+}
+
+/// What one site said.
+#[derive(Serialize, Debug, Clone)]
+pub struct SiteReport {
+    /// The site's name (its `mirror.site`; else the label or socket given).
+    pub name: String,
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// It answered.
+    pub reachable: bool,
+    /// Why not.
+    pub error: Option<String>,
+    /// Its site id at the witness (mirrored sites).
+    pub site_id: Option<u64>,
+    /// The witness address it is configured with.
+    pub witness: Option<String>,
+    /// Its version.
+    pub version: Option<String>,
+    /// Its volumes (`volume_list`).
+    pub volumes: Vec<Value>,
+    /// Its mirrored volumes (`mirror_status`).
+    pub mirrors: Vec<Value>,
+}
+
+/// The witness's record of a group, read from its state file.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct WitnessRecord {
+    /// The group's epoch.
+    pub epoch: u64,
+    /// Holder site id (null: none).
+    pub holder: Option<u32>,
+    /// Preferred site id (null: unknown).
+    pub preferred: Option<u32>,
+}
+
+/// One site's view of one volume.
+#[derive(Serialize, Debug, Clone)]
+pub struct VolumeAtSite {
+    /// Site name.
+    pub site: String,
+    /// Its `mirror_status` entry (null: not mirrored there, or the site did not answer).
+    pub mirror: Value,
+}
+
+/// One volume at both sites.
+#[derive(Serialize, Debug, Clone)]
+pub struct VolumeReport {
+    /// Name.
+    pub volume: String,
+    /// Mirrored at some site.
+    pub mirrored: bool,
+    /// Size in bytes (from the first site that lists it).
+    pub size: Option<u64>,
+    /// Per site.
+    pub sites: Vec<VolumeAtSite>,
+    /// Everything about it is in sync.
+    pub in_sync: bool,
+    /// Why not.
+    pub problems: Vec<String>,
+}
+
+/// A volume group.
+#[derive(Serialize, Debug, Clone)]
+pub struct GroupReport {
+    /// Name (a volume's own name when it has no group).
+    pub group: String,
+    /// The witness's record from its state file (`--witness-state`), if read.
+    pub witness_record: Option<WitnessRecord>,
+    /// Its volumes.
+    pub volumes: Vec<VolumeReport>,
+}
+
+/// The whole cluster.
+#[derive(Serialize, Debug, Clone)]
+pub struct Status {
+    /// Everything is in sync (exit code 0).
+    pub in_sync: bool,
+    /// Every problem found, one line each.
+    pub problems: Vec<String>,
+    /// The sites asked.
+    pub sites: Vec<SiteReport>,
+    /// Volume groups (mirrored volumes), then a pseudo-group `(local)` of unmirrored volumes.
+    pub groups: Vec<GroupReport>,
+    /// The witness state file read, if any, or why it could not be read.
+    pub witness_state: Option<Value>,
+}
+
+impl Status {
+    /// The exit code of `status`.
+    pub fn exit_code(&self) -> i32 {
+        if self.sites.iter().any(|s| !s.reachable) {
+            exit::UNREACHABLE
+        } else if self.in_sync {
+            exit::OK
+        } else {
+            exit::NOT_IN_SYNC
+        }
+    }
+}
+
+/// Ask one site for what the status needs.
+pub fn site_report(arg: &SiteArg) -> SiteReport {
+    let fallback = arg
+        .label
+        .clone()
+        .unwrap_or_else(|| arg.socket.display().to_string());
+    let mut r = SiteReport {
+        name: fallback,
+        socket: arg.socket.clone(),
+        reachable: false,
+        error: None,
+        site_id: None,
+        witness: None,
+        version: None,
+        volumes: Vec::new(),
+        mirrors: Vec::new(),
+    };
+    let answers = (|| -> Result<_, CallError> {
+        Ok((
+            call(&arg.socket, "daemon_info", Value::Null)?,
+            call(&arg.socket, "volume_list", Value::Null)?,
+            call(&arg.socket, "mirror_status", Value::Null)?,
+        ))
+    })();
+    match answers {
+        Ok((info, vols, mirrors)) => {
+            r.reachable = true;
+            if let Some(site) = info["mirror"]["site"].as_str() {
+                r.name = site.to_string();
+            }
+            r.site_id = info["mirror"]["site_id"].as_u64();
+            r.witness = info["mirror"]["witness"].as_str().map(str::to_string);
+            r.version = info["version"].as_str().map(str::to_string);
+            r.volumes = vols.as_array().cloned().unwrap_or_default();
+            r.mirrors = mirrors.as_array().cloned().unwrap_or_default();
+        }
+        Err(e) => r.error = Some(e.to_string()),
+    }
+    r
+}
+
+/// Read the witness's state file (read-only) and return its group records by group id.
+pub fn read_witness_state(
+    path: &Path,
+) -> Result<std::collections::BTreeMap<u64, WitnessRecord>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let t = twinblk_witness::state::Table::from_bytes(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(t.groups
+        .iter()
+        .map(|(g, r)| {
+            (
+                g.0,
+                WitnessRecord {
+                    epoch: r.epoch.0,
+                    holder: r.holder.map(|h| h.get()),
+                    preferred: r.preferred.map(|h| h.get()),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Ask every site (and read the witness's state file, when given) and judge the result.
+pub fn status(sites: &[SiteArg], witness_state: Option<&Path>) -> Status {
+    let reports: Vec<SiteReport> = sites.iter().map(site_report).collect();
+    let witness = witness_state.map(read_witness_state);
+    assemble(reports, witness)
+}
+
+/// Judge the sites' reports (separate from the asking, so it can be tested on its own).
+pub fn assemble(
+    sites: Vec<SiteReport>,
+    witness: Option<Result<std::collections::BTreeMap<u64, WitnessRecord>, String>>,
+) -> Status {
+    let mut problems = Vec::new();
+    for s in &sites {
+        if let Some(e) = &s.error {
+            problems.push(format!("site {}: {e}", s.name));
+        }
+    }
+    if let Some(Err(e)) = &witness {
+        problems.push(format!("witness state file: {e}"));
+    }
+    let site_name = |id: u64| {
+        sites
+            .iter()
+            .find(|s| s.site_id == Some(id))
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| format!("site id {id}"))
+    };
+    // Every volume any site lists, in the order first seen.
+    let mut names: Vec<(String, bool, Option<u64>, String)> = Vec::new();
+    for s in &sites {
+        for v in &s.volumes {
+            let Some(n) = v["name"].as_str() else {
+                continue;
+            };
+            let m = s.mirrors.iter().find(|m| m["volume"] == n);
+            let group = m
+                .and_then(|m| m["group"].as_str())
+                .unwrap_or("(local)")
+                .to_string();
+            match names.iter_mut().find(|x| x.0 == n) {
+                Some(x) => {
+                    if m.is_some() {
+                        x.1 = true;
+                        x.3 = group;
+                    }
+                }
+                None => names.push((n.to_string(), m.is_some(), v["size"].as_u64(), group)),
+            }
+        }
+    }
+    let mut groups: Vec<GroupReport> = Vec::new();
+    for (name, mirrored, size, group) in names {
+        let per_site: Vec<VolumeAtSite> = sites
+            .iter()
+            .map(|s| VolumeAtSite {
+                site: s.name.clone(),
+                mirror: s
+                    .mirrors
+                    .iter()
+                    .find(|m| m["volume"] == name.as_str())
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            })
+            .collect();
+        let mut vp = Vec::new();
+        if mirrored {
+            judge_mirror(&name, &sites, &per_site, &site_name, &mut vp);
+        }
+        problems.extend(vp.iter().cloned());
+        let v = VolumeReport {
+            volume: name,
+            mirrored,
+            size,
+            sites: per_site,
+            in_sync: vp.is_empty(),
+            problems: vp,
+        };
+        match groups.iter_mut().find(|g| g.group == group) {
+            Some(g) => g.volumes.push(v),
+            None => {
+                let record = match (&witness, mirrored) {
+                    (Some(Ok(t)), true) => Some(
+                        t.get(&twinblk_witness::GroupId::from_name(&group).0)
+                            .cloned()
+                            .unwrap_or(WitnessRecord {
+                                epoch: 0,
+                                holder: None,
+                                preferred: None,
+                            }),
+                    ),
+                    _ => None,
+                };
+                if let Some(h) = record.as_ref().and_then(|r| r.holder) {
+                    problems.push(format!(
+                        "group {group}: the witness's state file names a survivor ({}): the group has not been released since a failover",
+                        site_name(u64::from(h))
+                    ));
+                }
+                groups.push(GroupReport {
+                    group,
+                    witness_record: record,
+                    volumes: vec![v],
+                });
+            }
+        }
+    }
+    // Local volumes last.
+    groups.sort_by_key(|g| g.group == "(local)");
+    let witness_state = witness.map(|w| match w {
+        Ok(t) => json!({"groups": t.len()}),
+        Err(e) => json!({"error": e}),
+    });
+    Status {
+        in_sync: problems.is_empty(),
+        problems,
+        sites,
+        groups,
+        witness_state,
+    }
+}
+
+/// The problems of one mirrored volume (`per_site` is in `sites` order).
+fn judge_mirror(
+    name: &str,
+    sites: &[SiteReport],
+    per_site: &[VolumeAtSite],
+    site_name: &dyn Fn(u64) -> String,
+    out: &mut Vec<String>,
+) {
+    let mut leaders = 0;
+    for (s, v) in sites.iter().zip(per_site) {
+        if !s.reachable {
+            out.push(format!("{name} at {}: site not answering", s.name));
+            continue;
+        }
+        let m = &v.mirror;
+        if m.is_null() {
+            out.push(format!("{name} at {}: not mirrored at this site", s.name));
+            continue;
+        }
+        let at = format!("{name} at {}", s.name);
+        if m["role"] == "leader" {
+            leaders += 1;
+        }
+        let state = m["state"].as_str().unwrap_or("?");
+        if state != "up" {
+            let why = m["failure"]
+                .as_str()
+                .map(|f| format!(": {f}"))
+                .unwrap_or_default();
+            out.push(format!("{at}: state {state}{why}"));
+        }
+        if let Some(r) = m["session_refused"].as_str() {
+            out.push(format!("{at}: the peer's session was refused: {r}"));
+        }
+        if let Some(d) = m["dirty_bytes"].as_u64().filter(|d| *d > 0) {
+            out.push(format!("{at}: {d} dirty bytes to copy to the peer"));
+        }
+        if m["resync_running"] == true {
+            out.push(format!("{at}: resync running"));
+        }
+        if m["takeover_pending"] == true {
+            out.push(format!("{at}: a takeover waits for the witness"));
+        }
+        let w = &m["witness"];
+        if !w.is_null() {
+            if w["reachable"] == false {
+                out.push(format!("{at}: the witness does not answer this site"));
+            }
+            if let Some(h) = w["holder"].as_u64() {
+                out.push(format!(
+                    "{at}: the witness says {} holds the survivor grant (epoch {})",
+                    site_name(h),
+                    w["epoch"]
+                ));
+            }
+        }
+    }
+    if sites.len() == 2 && per_site.iter().all(|v| !v.mirror.is_null()) && leaders != 1 {
+        out.push(format!(
+            "{name}: {leaders} sites think they lead (the configurations disagree)"
+        ));
+    }
+    if sites.len() < 2 {
+        out.push(format!(
+            "{name}: only one site was asked (give both sites' sockets)"
+        ));
+    }
+}
+
+/// `takeover`'s outcome.
+#[derive(Serialize, Debug, Clone)]
+pub struct TakeoverReport {
+    /// The volume.
+    pub volume: String,
+    /// The witness answered before the deadline.
+    pub answered: bool,
+    /// The site now serves the volume alone (the witness granted it).
+    pub granted: bool,
+    /// The volume's state at this site afterwards.
+    pub state: String,
+    /// What the witness said (`granted`, `denied`, `unreachable`), as the site saw it.
+    pub witness_answer: Value,
+    /// The group's epoch and holder as the site saw them.
+    pub witness: Value,
+}
+
+/// Ask the site at `socket` to take `volume` over (`mirror_takeover`) and wait up to `wait`
+/// for the witness's answer.
+pub fn takeover(socket: &Path, volume: &str, wait: Duration) -> Result<TakeoverReport, CallError> {
+    call(socket, "mirror_takeover", json!({"volume": volume}))?;
+    let t = std::time::Instant::now();
+    loop {
+        let st = call(socket, "mirror_status", Value::Null)?;
+        let m = st
+            .as_array()
+            .and_then(|a| a.iter().find(|m| m["volume"] == volume))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let pending = m["takeover_pending"] == true;
+        if !pending || t.elapsed() >= wait {
+            let state = m["state"].as_str().unwrap_or("?").to_string();
+            return Ok(TakeoverReport {
+                volume: volume.to_string(),
+                answered: !pending,
+                granted: !pending && state == "survivor",
+                state,
+                witness_answer: m["witness"]["last_answer"].clone(),
+                witness: m["witness"].clone(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

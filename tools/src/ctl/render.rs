@@ -1,0 +1,202 @@
+//! Text rendering of `twinblk-ctl status`: one screen, one block per volume group and volume,
+//! one line per site. Everything shown comes from the [`Status`]; nothing is computed here
+//! that the JSON output does not also carry.
+
+use super::{Status, VolumeReport};
+use serde_json::Value;
+use std::fmt::Write;
+
+/// Bytes as a short human figure (binary units).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn link(m: &Value) -> String {
+    if m["link_up"] != true {
+        return "down".into();
+    }
+    match m["rtt_p50_us"].as_f64() {
+        Some(us) if us >= 1000.0 => format!("{:.2} ms", us / 1000.0),
+        Some(us) => format!("{us:.0} µs"),
+        None => "up".into(),
+    }
+}
+
+fn resync(m: &Value) -> String {
+    if m["resync_running"] == true {
+        format!(
+            "{}/s, {:.1} s left",
+            bytes(m["resync_rate_bytes_per_s"].as_u64().unwrap_or(0)),
+            m["resync_eta_s"].as_f64().unwrap_or(0.0)
+        )
+    } else {
+        "-".into()
+    }
+}
+
+fn witness(m: &Value, site_name: &dyn Fn(u64) -> String) -> String {
+    let w = &m["witness"];
+    if w.is_null() {
+        return "none".into();
+    }
+    let reach = match w["reachable"].as_bool() {
+        Some(true) => "reachable",
+        Some(false) => "UNREACHABLE",
+        None => "not asked yet",
+    };
+    let holder = w["holder"]
+        .as_u64()
+        .map(site_name)
+        .unwrap_or_else(|| "none".into());
+    format!(
+        "{reach}, holder {holder}, epoch {} (known {}), last answer {}",
+        w["epoch"],
+        w["known_epoch"],
+        w["last_answer"].as_str().unwrap_or("-")
+    )
+}
+
+fn volume(out: &mut String, v: &VolumeReport, site_name: &dyn Fn(u64) -> String) {
+    let size = v.size.map(bytes).unwrap_or_default();
+    let verdict = if v.in_sync { "in sync" } else { "NOT IN SYNC" };
+    if !v.mirrored {
+        let _ = writeln!(out, "  volume {} ({size}): not mirrored", v.volume);
+        return;
+    }
+    let _ = writeln!(out, "  volume {} ({size}): {verdict}", v.volume);
+    let _ = writeln!(
+        out,
+        "    {:<8} {:<9} {:<10} {:<14} {:>9} {:>10} {:>10} {:>7}  resync",
+        "site", "role", "state", "path", "link/rtt", "backlog", "dirty", "session"
+    );
+    for s in &v.sites {
+        let m = &s.mirror;
+        if m.is_null() {
+            let _ = writeln!(out, "    {:<8} (no answer, or not mirrored there)", s.site);
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "    {:<8} {:<9} {:<10} {:<14} {:>9} {:>10} {:>10} {:>7}  {}",
+            s.site,
+            m["role"].as_str().unwrap_or("?"),
+            m["state"].as_str().unwrap_or("?"),
+            m["path_state"].as_str().unwrap_or("?"),
+            link(m),
+            bytes(m["backlog_bytes"].as_u64().unwrap_or(0)),
+            bytes(m["dirty_bytes"].as_u64().unwrap_or(0)),
+            m["session"].as_u64().unwrap_or(0),
+            resync(m),
+        );
+    }
+    for s in &v.sites {
+        if !s.mirror.is_null() {
+            let _ = writeln!(
+                out,
+                "    witness seen by {}: {}",
+                s.site,
+                witness(&s.mirror, site_name)
+            );
+        }
+        if let Some(f) = s.mirror["failure"].as_str() {
+            let _ = writeln!(out, "    failure at {}: {f}", s.site);
+        }
+        if let Some(r) = s.mirror["session_refused"].as_str() {
+            let _ = writeln!(out, "    session refused at {}: {r}", s.site);
+        }
+    }
+}
+
+/// The status screen.
+pub fn status(st: &Status) -> String {
+    let mut out = String::new();
+    let site_name = |id: u64| {
+        st.sites
+            .iter()
+            .find(|s| s.site_id == Some(id))
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| format!("site id {id}"))
+    };
+    let verdict = if st.in_sync {
+        "everything in sync".to_string()
+    } else {
+        format!("NOT IN SYNC ({} problem(s))", st.problems.len())
+    };
+    let _ = writeln!(out, "twinblk status: {verdict}");
+    for s in &st.sites {
+        if s.reachable {
+            let _ = writeln!(
+                out,
+                "site {:<8} {}  twinblk {}  site id {}  witness {}",
+                s.name,
+                s.socket.display(),
+                s.version.as_deref().unwrap_or("?"),
+                s.site_id.map(|i| i.to_string()).unwrap_or("-".into()),
+                s.witness.as_deref().unwrap_or("none"),
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "site {:<8} {}  NOT ANSWERING: {}",
+                s.name,
+                s.socket.display(),
+                s.error.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    for g in &st.groups {
+        let _ = writeln!(out);
+        if g.group == "(local)" {
+            let _ = writeln!(out, "unmirrored volumes");
+        } else {
+            let _ = writeln!(out, "group {}", g.group);
+        }
+        if let Some(r) = &g.witness_record {
+            let _ = writeln!(
+                out,
+                "  witness state file: holder {}, epoch {}, preferred {}",
+                r.holder
+                    .map(|h| site_name(u64::from(h)))
+                    .unwrap_or("none".into()),
+                r.epoch,
+                r.preferred
+                    .map(|h| site_name(u64::from(h)))
+                    .unwrap_or("unknown".into()),
+            );
+        }
+        for v in &g.volumes {
+            volume(&mut out, v, &site_name);
+        }
+    }
+    if !st.problems.is_empty() {
+        let _ = writeln!(out, "\nproblems:");
+        for p in &st.problems {
+            let _ = writeln!(out, "  - {p}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_figures() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(16 << 20), "16.0 MiB");
+    }
+}
