@@ -15,7 +15,8 @@
 #
 # Environment: RUNTIME (seconds per point, default 10), REPS (3), RAMP (2), BASE_PORT (14800),
 # DISK_DIR (where the on-disk journals go, default /var/tmp), RAM_DIR (default /dev/shm),
-# CONFIGS (subset/order of: off disk ram), KEEP=1 keeps logs and fio JSON.
+# CONFIGS (subset/order of: off disk ram), PREZERO=1 (journal segments written with zeroes
+# ahead of use: [volume.cdp] prezero), KEEP=1 keeps logs and fio JSON.
 # Needs: cargo, fio (nbd engine), nbdinfo, taskset, python3. Listens on 127.0.0.1 only; always
 # cleans up (servers killed, journals removed).
 
@@ -30,6 +31,7 @@ CONFIGS=${CONFIGS:-off disk ram}
 SERVER_CPU=${SERVER_CPU:-0}
 FIO_CPU=${FIO_CPU:-1}
 KEEP=${KEEP:-0}
+PREZERO=${PREZERO:-0}
 die() { echo "cdp_compare: $*" >&2; exit 1; }
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     die "RUNTIME, REPS, RAMP, BASE_PORT must be numbers"
@@ -78,7 +80,8 @@ start_server() { # config port -> sets SERVER_PID
         JOURNALS+=("$jdir")
         cdp="[volume.cdp]
 dir = \"$jdir/vol0\"
-segment_size = \"256MiB\""
+segment_size = \"256MiB\"
+prezero = $([[ $PREZERO == 1 ]] && echo true || echo false)"
     fi
     cat >"$WORK/$cfg.toml" <<CFG
 [reactor]
@@ -146,7 +149,7 @@ PY
     done
 done
 
-echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
+echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP PREZERO=$PREZERO, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
 python3 - "$RESULTS" <<'PY'
 import sys, statistics
 from collections import defaultdict
