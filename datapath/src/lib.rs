@@ -10,7 +10,7 @@
 //!      io_uring + buffer pool      io_uring + buffer pool    each owning its ring, buffers,
 //!      connections, pollers        connections, pollers      connections and channels
 //!                   v                           v
-//!      channel(vol) per reactor ──> volume stack: [mirror >] [errinj >] base (malloc | uring)
+//!      channel(vol) per reactor ──> volume stack: [mirror >] [cdp >] [errinj >] base
 //!                                    the mirror's engine runs on the volume's home reactor;
 //!                                    other reactors hand it updates by mailbox
 //! ```
@@ -25,7 +25,8 @@
 //! - [`runtime`]: reactors, connections, pollers, acceptors, services, mailboxes, counters;
 //!   knows no protocol and no layer.
 //! - [`transport`]: sockets (TCP today; RDMA and TLS later).
-//! - [`layer`]: devices that wrap a replica and add a service: the two-site mirror.
+//! - [`layer`]: devices that wrap a replica and add a service: the two-site mirror, and under
+//!   it continuous data protection (the CDP journal).
 //! - [`frontend`]: protocols initiators speak (NBD, NVMe over Fabrics/TCP).
 //! - [`control`]: typed configuration (file, CLI) and the JSON-RPC control socket.
 //! - [`daemon`]: ties them together; `twinblk demo`.

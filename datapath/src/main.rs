@@ -78,11 +78,121 @@ enum Cmd {
         #[arg(long, default_value_t = 500)]
         tie_grace_ms: u64,
     },
+    /// Continuous data protection: a volume's history (docs/cdp-format.md).
+    Cdp {
+        #[command(subcommand)]
+        cmd: CdpCmd,
+    },
     /// Check a configuration file and print it with every default filled in.
     CheckConfig {
         /// TOML configuration file.
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CdpCmd {
+    /// Print the restorable window of each volume's history.
+    Window {
+        /// A volume's CDP directory (repeatable).
+        #[arg(long, required = true)]
+        dir: Vec<PathBuf>,
+    },
+    /// Materialise a point in time as new files: one `--out` per `--dir`, in the same order.
+    /// With several volumes (a group), `--time` restores them all to the same moment.
+    Restore {
+        /// A volume's CDP directory (repeatable).
+        #[arg(long, required = true)]
+        dir: Vec<PathBuf>,
+        /// The new file for the volume of the `--dir` at the same position (must not exist).
+        #[arg(long, required = true)]
+        out: Vec<PathBuf>,
+        /// Site time in ns since the epoch: every record at or before it.
+        #[arg(long, conflicts_with = "seq", required_unless_present_any = ["seq", "bookmark"])]
+        time: Option<u64>,
+        /// Sequence number (one volume only): every record up to it.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// A bookmark (set with the control socket's cdp_bookmark): its time.
+        #[arg(long, conflicts_with_all = ["seq", "time"])]
+        bookmark: Option<String>,
+    },
+}
+
+fn cdp(cmd: CdpCmd) -> Result<()> {
+    use twinblk::layer::cdp::{pit, store};
+    match cmd {
+        CdpCmd::Window { dir } => {
+            for d in dir {
+                let h = store::load(&d, store::Load::ReadOnly)
+                    .with_context(|| format!("reading {}", d.display()))?;
+                println!("{}: {}", d.display(), pit::window(&h));
+                if let Some(c) = &h.cut {
+                    println!("  the log ends early: {c}");
+                }
+            }
+            Ok(())
+        }
+        CdpCmd::Restore {
+            dir,
+            out,
+            time,
+            seq,
+            bookmark,
+        } => {
+            anyhow::ensure!(
+                dir.len() == out.len(),
+                "give one --out per --dir ({} and {})",
+                dir.len(),
+                out.len()
+            );
+            anyhow::ensure!(
+                seq.is_none() || dir.len() == 1,
+                "--seq names a point of one volume; restore a group with --time"
+            );
+            let time = match &bookmark {
+                None => time,
+                Some(b) => {
+                    let mut at = None;
+                    for d in &dir {
+                        let t = twinblk::layer::cdp::bookmark::load(d)
+                            .map_err(anyhow::Error::msg)?
+                            .get(b)
+                            .copied()
+                            .with_context(|| format!("{}: no bookmark named {b:?}", d.display()))?;
+                        anyhow::ensure!(
+                            at.is_none_or(|a| a == t),
+                            "bookmark {b:?} names different times in the volumes given"
+                        );
+                        at = Some(t);
+                    }
+                    at
+                }
+            };
+            let point = match (time, seq) {
+                (Some(t), _) => pit::Point::Time(t),
+                (None, Some(s)) => pit::Point::Seq(s),
+                (None, None) => anyhow::bail!("give --time, --seq or --bookmark"),
+            };
+            // Every history is read and the point checked before anything is written.
+            let mut hs = Vec::new();
+            for d in &dir {
+                let h = store::load(d, store::Load::ReadOnly)
+                    .with_context(|| format!("reading {}", d.display()))?;
+                pit::resolve(&h, point).with_context(|| format!("{}", d.display()))?;
+                hs.push(h);
+            }
+            for (h, o) in hs.iter().zip(&out) {
+                let seq = pit::restore(h, point, o, |done, total| {
+                    eprint!("\r{}: {done}/{total} records", o.display());
+                })
+                .with_context(|| format!("restoring {} into {}", h.dir.display(), o.display()))?;
+                eprintln!();
+                println!("{}: sequence {seq} of {}", o.display(), h.dir.display());
+            }
+            Ok(())
+        }
+    }
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config> {
@@ -148,6 +258,7 @@ fn main() -> Result<()> {
             w.serve(&stop)?;
             Ok(())
         }
+        Cmd::Cdp { cmd } => cdp(cmd),
         Cmd::CheckConfig { config } => {
             let c = load(Some(&config))?;
             print!("{}", toml::to_string_pretty(&c)?);

@@ -109,6 +109,15 @@ impl Channel for ErrInjChannel {
         }
         self.inner.unmap(io, tag, offset, len, fua)
     }
+
+    fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        // A layer below made it.
+        self.inner.on_own_io(io, slot, result, data);
+    }
+
+    fn lower(&mut self) -> Option<&mut dyn Channel> {
+        Some(&mut *self.inner)
+    }
 }
 
 #[cfg(test)]

@@ -122,6 +122,26 @@ pub trait Channel {
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         None
     }
+    /// The channel of the layer below this one, if this is a layer (see [`find_layer`]).
+    fn lower(&mut self) -> Option<&mut dyn Channel> {
+        None
+    }
+}
+
+/// Own-I/O slot bit of a layer that sits under another layer (CDP under the mirror): the
+/// runtime hands every completion of a volume-owned tag ([`IoTag::channel`]) to the volume's
+/// top channel, and a layer that finds this bit in a slot it did not make passes the
+/// completion to [`Channel::lower`]'s `on_own_io`. Layers that are always on top (the mirror)
+/// never set it.
+pub const LOWER_SLOT: u32 = 1 << 31;
+
+/// The channel of type `T` in the stack under (and including) `c`: a layer's poller finds its
+/// own channel this way wherever the layer sits.
+pub fn find_layer<T: 'static>(c: &mut dyn Channel) -> Option<&mut T> {
+    if c.as_any_mut().is_some_and(|a| a.is::<T>()) {
+        return c.as_any_mut()?.downcast_mut::<T>();
+    }
+    find_layer(c.lower()?)
 }
 
 /// What a [`BlockRequest`] asks for.

@@ -410,8 +410,69 @@ pub struct VolumeConfig {
     pub leader: Option<String>,
     /// For a mirrored volume: its volume group at the witness (default: its own name). The
     /// volumes of a group fail over together (one survivor grant); they must share a leader.
+    /// With `[volume.cdp]`, also the group restored to one point in time together.
     #[serde(default)]
     pub group: Option<String>,
+    /// Continuous data protection: journal every update (docs/cdp-format.md). Absent: off.
+    #[serde(default)]
+    pub cdp: Option<CdpConfig>,
+}
+
+/// A volume's continuous data protection (`[volume.cdp]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdpConfig {
+    /// The volume's journal directory (its own; on any device).
+    pub dir: PathBuf,
+    /// Journal the volume's updates (false: the section is kept but the layer is off).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Bytes per journal segment file (at least 4 MiB, a multiple of 4096).
+    #[serde(default = "default_cdp_segment_size")]
+    pub segment_size: Size,
+    /// Keep at least this much history ("90s", "30m", "12h", "30d"); older segments are
+    /// consolidated into the base copy. Unset (and no `retention_bytes`): kept for ever.
+    #[serde(default)]
+    pub retention_age: Option<String>,
+    /// Keep at most about this many bytes of journal segments; the oldest are consolidated.
+    #[serde(default)]
+    pub retention_bytes: Option<Size>,
+    /// Write each segment with zeroes when preparing it, ahead of use (appends then need no
+    /// block allocation by the filesystem; each segment is written twice).
+    #[serde(default)]
+    pub prezero: bool,
+}
+
+impl CdpConfig {
+    /// `retention_age` in ns (validated by [`Config::validate`]).
+    pub fn retention_age_ns(&self) -> Option<u64> {
+        self.retention_age
+            .as_deref()
+            .and_then(|a| parse_age(a).ok())
+    }
+}
+
+/// Parse "90s", "30m", "12h", "30d" (or plain seconds) into ns.
+pub fn parse_age(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad age {s:?}"))?;
+    let secs: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        u => return Err(format!("unknown age unit {u:?} in {s:?} (s, m, h, d)")),
+    };
+    n.checked_mul(secs)
+        .and_then(|x| x.checked_mul(1_000_000_000))
+        .filter(|&x| x > 0)
+        .ok_or_else(|| format!("age {s:?} is zero or too large"))
+}
+
+fn default_cdp_segment_size() -> Size {
+    Size(64 << 20)
 }
 
 /// A byte count written as a number or with a unit.
@@ -575,6 +636,7 @@ impl Default for Config {
                 mirror: false,
                 leader: None,
                 group: None,
+                cdp: None,
             }],
             mirror: None,
         }
@@ -694,7 +756,47 @@ impl Config {
             None => {}
         }
         for v in &self.volumes {
-            if (v.leader.is_some() || v.group.is_some()) && !v.mirror {
+            if let Some(c) = &v.cdp {
+                if c.dir.as_os_str().is_empty() {
+                    return bad(format!("volume {}: cdp.dir is empty", v.name));
+                }
+                let seg = c.segment_size.0;
+                let min = crate::layer::cdp::MIN_SEGMENT;
+                if seg < min || seg % 4096 != 0 || seg > 1 << 40 {
+                    return bad(format!(
+                        "volume {}: cdp.segment_size = {seg} must be a multiple of 4096 between {min} (4 MiB: two of the largest journal appends) and 1 TiB",
+                        v.name
+                    ));
+                }
+                if let Some(a) = &c.retention_age
+                    && let Err(e) = parse_age(a)
+                {
+                    return bad(format!("volume {}: cdp.retention_age: {e}", v.name));
+                }
+                if let Some(b) = c.retention_bytes
+                    && b.0 < 2 * seg
+                {
+                    return bad(format!(
+                        "volume {}: cdp.retention_bytes = {} is below two segments ({}): the active segment is never consolidated",
+                        v.name,
+                        b.0,
+                        2 * seg
+                    ));
+                }
+                if let Some(o) = self
+                    .volumes
+                    .iter()
+                    .find(|o| o.name != v.name && o.cdp.as_ref().is_some_and(|oc| oc.dir == c.dir))
+                {
+                    return bad(format!(
+                        "volumes {} and {} have the same cdp.dir: each volume needs its own",
+                        v.name, o.name
+                    ));
+                }
+            }
+        }
+        for v in &self.volumes {
+            if (v.leader.is_some() || (v.group.is_some() && v.cdp.is_none())) && !v.mirror {
                 return bad(format!(
                     "volume {}: leader is set but mirror is not",
                     v.name
@@ -951,6 +1053,50 @@ mod tests {
         assert!(matches!(e, ConfigError::Parse(_)), "{e}");
         let e = Config::from_toml("[[nbd.export]]\nname='x'\nvolume='nope'\n").unwrap_err();
         assert!(e.to_string().contains("no volume"), "{e}");
+    }
+
+    #[test]
+    fn cdp_sections_parse_and_mistakes_are_named() {
+        let vol = |name: &str, cdp: &str| {
+            format!(
+                "[[volume]]\nname='{name}'\nbackend='malloc'\nsize=4096\ngroup='g'\n[volume.cdp]\n{cdp}\n"
+            )
+        };
+        let c = Config::from_toml(&format!(
+            "{}{}",
+            vol("a", "dir='/j/a'"),
+            vol("b", "dir='/j/b'\nsegment_size='8MiB'\nenabled=false")
+        ))
+        .unwrap();
+        let a = c.volumes[0].cdp.as_ref().unwrap();
+        assert!(a.enabled);
+        assert_eq!(a.segment_size.0, 64 << 20);
+        assert_eq!(c.volumes[1].cdp.as_ref().unwrap().segment_size.0, 8 << 20);
+        assert!(Config::default().volumes[0].cdp.is_none(), "off by default");
+        let e = Config::from_toml(&vol("a", "dir='/j'\nsegment_size='1MiB'")).unwrap_err();
+        assert!(e.to_string().contains("cdp.segment_size"), "{e}");
+        let e = Config::from_toml(&format!("{}{}", vol("a", "dir='/j'"), vol("b", "dir='/j'")))
+            .unwrap_err();
+        assert!(e.to_string().contains("same cdp.dir"), "{e}");
+        let e = Config::from_toml(&vol("a", "dir=''")).unwrap_err();
+        assert!(e.to_string().contains("cdp.dir is empty"), "{e}");
+        let r = Config::from_toml(&vol(
+            "a",
+            "dir='/j'\nretention_age='2h'\nretention_bytes='1GiB'",
+        ))
+        .unwrap();
+        let rc = r.volumes[0].cdp.as_ref().unwrap();
+        assert_eq!(rc.retention_age_ns(), Some(7200 * 1_000_000_000));
+        for (bad, says) in [
+            ("retention_age='2w'", "unit"),
+            ("retention_age='0s'", "zero"),
+            ("retention_bytes='64MiB'", "two segments"),
+        ] {
+            let e = Config::from_toml(&vol("a", &format!("dir='/j'\n{bad}"))).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let e = Config::from_toml(&vol("a", "dir='/j'\nretention='1d'")).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse(_)), "{e}");
     }
 
     #[test]

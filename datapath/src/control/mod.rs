@@ -27,6 +27,8 @@ pub struct ControlCx {
     pub nvmf: Arc<NvmfShared>,
     /// Mirrored volumes.
     pub mirrors: Vec<MirrorInfo>,
+    /// Volumes with continuous data protection.
+    pub cdp: Vec<crate::layer::cdp::CdpInfo>,
 }
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -272,6 +274,12 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
     let Some(method) = req.get("method").and_then(Value::as_str) else {
         return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32600, "message": "missing method"}});
     };
+    if let Some(r) = cdp_call(method, req.get("params"), shared) {
+        return match r {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
+        };
+    }
     if method == "mirror_takeover" || method == "mirror_resync" {
         let r = if method == "mirror_takeover" {
             takeover(req.get("params"), shared, cfg)
@@ -356,6 +364,99 @@ fn resync(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String> {
         "paused": m.stats.resync_paused.load(Ordering::SeqCst),
         "rate_limit_bytes_per_s": (limit > 0).then_some(limit),
     }))
+}
+
+/// The CDP volumes a request names: `{"volume": NAME}` or `{"group": NAME}`.
+fn cdp_targets<'a>(
+    params: Option<&Value>,
+    shared: &'a ControlCx,
+) -> Result<Vec<&'a crate::layer::cdp::CdpInfo>, String> {
+    let p = params.ok_or("params must name a volume or a group: {\"volume\": NAME}")?;
+    let (by_group, name) = match (
+        p.get("volume").and_then(Value::as_str),
+        p.get("group").and_then(Value::as_str),
+    ) {
+        (Some(v), None) => (false, v),
+        (None, Some(g)) => (true, g),
+        _ => return Err("params must name one volume or one group".into()),
+    };
+    let v: Vec<_> = shared
+        .cdp
+        .iter()
+        .filter(|c| {
+            if by_group {
+                c.group == name
+            } else {
+                shared.rt.volumes[c.vol].name == name
+            }
+        })
+        .collect();
+    if v.is_empty() {
+        return Err(format!(
+            "no {} named {name:?} has continuous data protection",
+            if by_group { "group" } else { "volume" }
+        ));
+    }
+    Ok(v)
+}
+
+/// The CDP methods that take parameters; `None` for other methods.
+///
+/// - `cdp_bookmark {"volume"|"group": NAME, "name": BOOKMARK}`: a bookmark at this moment (one
+///   site time for every volume of a group), kept past retention until deleted;
+/// - `cdp_bookmark_delete {"volume"|"group": NAME, "name": BOOKMARK}`;
+/// - `cdp_bookmarks {"volume"|"group": NAME}`: the bookmarks per volume.
+fn cdp_call(
+    method: &str,
+    params: Option<&Value>,
+    shared: &ControlCx,
+) -> Option<Result<Value, String>> {
+    use crate::layer::cdp::{bookmark, clock};
+    if !matches!(
+        method,
+        "cdp_bookmark" | "cdp_bookmark_delete" | "cdp_bookmarks"
+    ) {
+        return None;
+    }
+    Some((|| {
+        let vols = cdp_targets(params, shared)?;
+        let name = params.and_then(|p| p.get("name")).and_then(Value::as_str);
+        let vname = |c: &crate::layer::cdp::CdpInfo| shared.rt.volumes[c.vol].name.clone();
+        match method {
+            "cdp_bookmark" => {
+                let name = name.ok_or("params need the bookmark's \"name\"")?;
+                let t = clock::now();
+                for c in &vols {
+                    bookmark::set(&c.dir, name, t)?;
+                }
+                tracing::info!(bookmark = name, time = t, "cdp: bookmark set");
+                Ok(
+                    json!({"name": name, "time_ns": t, "volumes": vols.iter().map(|c| vname(c)).collect::<Vec<_>>()}),
+                )
+            }
+            "cdp_bookmark_delete" => {
+                let name = name.ok_or("params need the bookmark's \"name\"")?;
+                let mut deleted = Vec::new();
+                for c in &vols {
+                    if bookmark::delete(&c.dir, name)? {
+                        deleted.push(vname(c));
+                    }
+                }
+                if deleted.is_empty() {
+                    return Err(format!("no bookmark named {name:?}"));
+                }
+                Ok(json!({"name": name, "volumes": deleted}))
+            }
+            _ => {
+                let mut out = Vec::new();
+                for c in &vols {
+                    let b = bookmark::load(&c.dir)?;
+                    out.push(json!({"volume": vname(c), "bookmarks": b}));
+                }
+                Ok(Value::Array(out))
+            }
+        }
+    })())
 }
 
 /// `mirror_takeover {"volume": NAME}`: a site waiting for a peer that will not come back asks
@@ -484,6 +585,18 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                     j["path_state"] = json!(path_state_name(shared.rt.volumes[m.vol].path.get()));
                     j["witness"] = m.failover.as_deref().map_or(Value::Null, witness_view);
                     Some(j)
+                })
+                .collect(),
+        ),
+        "cdp_status" => Value::Array(
+            shared
+                .cdp
+                .iter()
+                .map(|c| {
+                    let name = &shared.rt.volumes[c.vol].name;
+                    let mut j = c.snapshot();
+                    j["volume"] = json!(name);
+                    j
                 })
                 .collect(),
         ),

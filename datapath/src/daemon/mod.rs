@@ -20,6 +20,9 @@ use crate::control::config::{Backend, Config, Wait};
 use crate::frontend::nbd::{NbdAcceptor, NbdExport};
 use crate::frontend::nvmf::atomic::HomeService;
 use crate::frontend::nvmf::{NvmfAcceptor, NvmfShared, ctrl::Subsystem};
+use crate::layer::cdp::journal::{SpareOf, spare_thread};
+use crate::layer::cdp::retain::{self, Retained, Retention};
+use crate::layer::cdp::{CdpDevice, CdpInfo, CdpSettings};
 use crate::layer::mirror::engine::{EngineConfig, Role};
 use crate::layer::mirror::failover::{self, FailoverConfig, FailoverSlot};
 use crate::layer::mirror::link::LinkAcceptor;
@@ -83,6 +86,18 @@ pub enum StartError {
     /// The witness client could not be set up (key file, address).
     #[error("cannot set up the witness client")]
     Witness(#[source] std::io::Error),
+    /// The CDP retention thread could not be started.
+    #[error("cannot start the CDP retention thread")]
+    CdpThread(#[source] std::io::Error),
+    /// A volume's CDP journal could not be opened or recovered.
+    #[error("volume {name}: continuous data protection")]
+    Cdp {
+        /// The volume.
+        name: String,
+        /// Why.
+        #[source]
+        source: crate::layer::cdp::store::CdpError,
+    },
     /// The sites' shared key (`mirror.witness_key_file`), which authenticates the replication
     /// links, could not be loaded.
     #[error("mirror: the link key (mirror.witness_key_file)")]
@@ -114,6 +129,11 @@ pub struct Daemon {
     failover_stop: Arc<AtomicBool>,
     /// Writes the mirrored volumes' replica states off the reactors.
     persister: Option<Arc<Persister>>,
+    /// Consolidates CDP journals under retention (off the reactors).
+    retention: Option<JoinHandle<()>>,
+    /// Prepares each CDP journal's next segment (off the reactors).
+    segments: Option<JoinHandle<()>>,
+    retention_stop: Arc<AtomicBool>,
 }
 
 fn build_device(
@@ -174,6 +194,9 @@ impl Daemon {
     pub fn start(cfg: &Config) -> Result<Self, StartError> {
         let mut volumes = Vec::new();
         let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
+        let mut cdp_devs: Vec<Arc<CdpDevice>> = Vec::new();
+        let mut cdp_infos: Vec<CdpInfo> = Vec::new();
+        let mut retained: Vec<Retained> = Vec::new();
         let mut mirrors: Vec<MirrorInfo> = Vec::new();
         let mut failover_vols = Vec::new();
         // The replication links authenticate with the sites' shared key: no key, no mirror
@@ -190,10 +213,47 @@ impl Daemon {
             None => None,
         };
         for (index, v) in cfg.volumes.iter().enumerate() {
-            let device = build_device(v).map_err(|source| StartError::Volume {
+            let mut device = build_device(v).map_err(|source| StartError::Volume {
                 name: v.name.clone(),
                 source,
             })?;
+            if let Some(c) = v.cdp.as_ref().filter(|c| c.enabled) {
+                // Under the mirror: every update this site applies is journaled here.
+                let settings = CdpSettings {
+                    dir: c.dir.clone(),
+                    segment_size: c.segment_size.0,
+                    seed: v.path.clone().filter(|_| v.backend == Backend::Uring),
+                    volatile: v.backend == Backend::Malloc,
+                    prezero: c.prezero,
+                };
+                let home = index % cfg.reactor.cores.len();
+                let cd = Arc::new(CdpDevice::open(device, &settings, index, home).map_err(
+                    |source| StartError::Cdp {
+                        name: v.name.clone(),
+                        source,
+                    },
+                )?);
+                if c.retention_age.is_some() || c.retention_bytes.is_some() {
+                    retained.push(Retained {
+                        dir: c.dir.clone(),
+                        retention: Retention {
+                            age_ns: c.retention_age_ns(),
+                            bytes: c.retention_bytes.map(|b| b.0),
+                        },
+                        window_start: Arc::clone(&cd.stats.window_start),
+                    });
+                }
+                cdp_devs.push(Arc::clone(&cd));
+                cdp_infos.push(CdpInfo {
+                    vol: index,
+                    group: v.group.clone().unwrap_or_else(|| v.name.clone()),
+                    dir: c.dir.clone(),
+                    home,
+                    created: cd.created,
+                    stats: Arc::clone(&cd.stats),
+                });
+                device = cd;
+            }
             let volume = match (&cfg.mirror, v.mirror) {
                 (Some(m), true) => {
                     let leader = m.leader_of(v) == m.site;
@@ -339,6 +399,9 @@ impl Daemon {
             let _ = md.mailboxes.set(mailboxes.clone());
             let _ = md.meta.set(Arc::clone(&replicator) as _);
         }
+        for cd in &cdp_devs {
+            let _ = cd.mailboxes.set(mailboxes.clone());
+        }
         let stats = (0..n)
             .map(|_| Arc::new(ReactorStats::new(volumes.len())))
             .collect();
@@ -374,7 +437,12 @@ impl Daemon {
             volumes,
             listeners,
             services: vec![Arc::new(HomeService::new(Arc::clone(&nvmf)))],
-            pollers: mirror_devs.iter().map(|m| Arc::clone(m) as _).collect(),
+            // CDP's pollers after the mirror's: a turn's applies are journaled in that turn.
+            pollers: mirror_devs
+                .iter()
+                .map(|m| Arc::clone(m) as Arc<dyn runtime::PollerSource>)
+                .chain(cdp_devs.iter().map(|c| Arc::clone(c) as _))
+                .collect(),
             mailboxes,
             stats,
             running: std::sync::atomic::AtomicUsize::new(n),
@@ -395,7 +463,30 @@ impl Daemon {
             failover: None,
             failover_stop: Arc::new(AtomicBool::new(false)),
             persister,
+            retention: None,
+            segments: None,
+            retention_stop: Arc::new(AtomicBool::new(false)),
         };
+        if !cdp_devs.is_empty() {
+            let spares = cdp_devs
+                .iter()
+                .map(|cd| SpareOf {
+                    dir: cd.dir.clone(),
+                    size: cd.segment_size,
+                    spare: Arc::clone(&cd.spare),
+                })
+                .collect();
+            daemon.segments = Some(
+                spare_thread(spares, Arc::clone(&daemon.retention_stop))
+                    .map_err(StartError::CdpThread)?,
+            );
+        }
+        if !retained.is_empty() {
+            daemon.retention = Some(
+                retain::spawn(retained, Arc::clone(&daemon.retention_stop))
+                    .map_err(StartError::CdpThread)?,
+            );
+        }
         if let Some(m) = &cfg.mirror
             && let (Some(witness), Some(key_file)) = (m.witness, &m.witness_key_file)
             && !failover_vols.is_empty()
@@ -459,6 +550,7 @@ impl Daemon {
             nbd_exports,
             nvmf: Arc::clone(&nvmf),
             mirrors,
+            cdp: cdp_infos,
         });
         if !cfg.control.socket.as_os_str().is_empty() {
             match ControlServer::start(&cfg.control.socket, Arc::clone(&cx), cfg.clone()) {
@@ -524,6 +616,13 @@ impl Daemon {
         // Every engine waited for its clean-stop state; write whatever is left and stop.
         if let Some(p) = self.persister.take() {
             p.shutdown();
+        }
+        self.retention_stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.retention.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.segments.take() {
+            let _ = t.join();
         }
         self.failover_stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.failover.take() {

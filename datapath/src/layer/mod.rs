@@ -1,5 +1,5 @@
 //! Layers: block devices that wrap a volume's local replica and add a service to it
-//! (the two-site mirror today; the CDP journal next).
+//! (the two-site mirror, the CDP journal).
 //!
 //! A layer implements [`crate::bdev::BlockDevice`] and [`crate::bdev::Channel`] like any
 //! device, so front ends never know it is there. What a layer needs beyond one request at a
@@ -7,4 +7,5 @@
 //! generic hooks: a channel's poller, completions routed to the channel that issued them, and
 //! connections it registers itself. Layers know nothing of the front ends above them.
 
+pub mod cdp;
 pub mod mirror;

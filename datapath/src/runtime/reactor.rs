@@ -395,10 +395,7 @@ impl Reactor {
                 Msg::Block(r) => self.on_block_request(r),
                 Msg::BlockDone { tag, result, data } => {
                     self.io.recycle_vec(data);
-                    if let Some(entry) = self.conns.get_mut(tag.conn as usize) {
-                        entry.conn.on_io(tag.slot, result, &[]);
-                        self.mark(tag.conn);
-                    }
+                    self.deliver(tag, result);
                 }
                 Msg::Spawn(conn) => {
                     if self.stopping.is_none() {
@@ -575,16 +572,31 @@ impl Reactor {
         worked
     }
 
-    /// Complete a request for a connection here or on reactor `from`.
+    /// Complete a request for its owner (a connection, or a volume's channel: a layer's
+    /// request to the layer under it) here or on reactor `from`.
     fn answer(&mut self, from: u32, tag: IoTag, result: Result<(), Errno>) {
         if from as usize == self.id {
-            if let Some(entry) = self.conns.get_mut(tag.conn as usize) {
-                entry.conn.on_io(tag.slot, result, &[]);
-                self.mark(tag.conn);
-            }
+            self.deliver(tag, result);
         } else {
             let data = self.io.spare_vecs.pop().unwrap_or_default();
             self.shared.mailboxes[from as usize].send(Msg::BlockDone { tag, result, data });
+        }
+    }
+
+    /// Hand a finished request to its owner on this reactor.
+    fn deliver(&mut self, tag: IoTag, result: Result<(), Errno>) {
+        match tag.owner() {
+            Owner::Conn(key) => {
+                if let Some(entry) = self.conns.get_mut(key as usize) {
+                    entry.conn.on_io(tag.slot, result, &[]);
+                    self.mark(key);
+                }
+            }
+            Owner::Channel(vol) => {
+                if let Some(c) = self.chans.get_mut(vol as usize) {
+                    c.on_own_io(&mut self.io, tag.slot, result, &[]);
+                }
+            }
         }
     }
 

@@ -243,6 +243,17 @@ impl IoCx {
         Ok(slot)
     }
 
+    /// Point fixed-file `slot` (from [`IoCx::register_file`]) at `fd` instead. Operations
+    /// already submitted keep the old file; the caller makes sure none is queued but not yet
+    /// submitted.
+    pub fn replace_file(&mut self, slot: u32, fd: i32) -> io::Result<()> {
+        if slot >= self.next_file {
+            return Err(io::Error::other("fixed-file slot not registered"));
+        }
+        self.ring.submitter().register_files_update(slot, &[fd])?;
+        Ok(())
+    }
+
     /// Queue a socket receive into `buf` for connection `key` (completion kind `Recv`).
     ///
     /// # Safety

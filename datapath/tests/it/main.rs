@@ -1,5 +1,6 @@
 //! twinblk datapath integration tests (one binary, modules per concern, no global state).
 
+mod cdp;
 mod clients;
 mod failover;
 mod harness;

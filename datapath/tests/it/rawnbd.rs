@@ -177,6 +177,11 @@ impl Client {
         if e == 0 { Ok(d) } else { Err(e) }
     }
 
+    /// The socket (tests that pipeline requests read replies themselves).
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.s
+    }
+
     pub fn disconnect(mut self) {
         self.send_request(cmd::DISC, 0, 3, 0, 0, &[]);
         assert!(

@@ -38,7 +38,8 @@ mod tests;
 
 use crate::bdev::volume::{PathCell, PathState};
 use crate::bdev::{
-    BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, ReadStart, Start,
+    BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, LOWER_SLOT, ReadStart,
+    Start,
 };
 use crate::runtime::{Mailbox, Msg, PollCx, Poller, PollerSource};
 use crate::uring::{Errno, IoCx, IoTag};
@@ -405,7 +406,15 @@ impl Channel for MirrorChannel {
     }
 
     fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        if slot & LOWER_SLOT != 0 {
+            // A layer under the mirror (CDP) made it.
+            return self.engine.inner().on_own_io(io, slot, result, data);
+        }
         self.engine.apply_finished(io, slot as usize, result, data);
+    }
+
+    fn lower(&mut self) -> Option<&mut dyn Channel> {
+        Some(self.engine.inner())
     }
 
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
@@ -506,5 +515,14 @@ impl Channel for RemoteChannel {
 
     fn meta(&mut self, io: &mut IoCx, tag: IoTag, cmd: &[u8]) -> Option<Start> {
         Some(self.hand_over(io, tag, Update::Meta(cmd), 0, false))
+    }
+
+    fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        // Only a layer under the mirror issues I/O here.
+        self.inner.on_own_io(io, slot, result, data);
+    }
+
+    fn lower(&mut self) -> Option<&mut dyn Channel> {
+        Some(&mut *self.inner)
     }
 }

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Side-by-side: what continuous data protection costs (docs/cdp-format.md). The same RAM volume
+# served by one twinblk site with CDP off, with its journal on the machine's disk, and with its
+# journal on RAM (tmpfs, which takes O_DIRECT on Linux >= 6.6); fio's nbd engine, 4 KiB random
+# writes at queue depth 1 and 32, and 128 KiB sequential writes at queue depth 32.
+#
+#   RUNTIME=10 REPS=3 bash benches/cdp_compare.sh
+#
+# Reported per configuration and point: the MEDIAN over the repetitions of IOPS and of clat
+# p50 and p99, the ratio of IOPS to CDP off, and for the CDP runs the journal bytes written per
+# byte the host wrote (cdp_status journal_bytes / volume_stats write_bytes, over the whole run
+# including fio's ramp). Each repetition starts every configuration fresh (new journal).
+# Placement: the server on SERVER_CPU (default 0), fio on FIO_CPU (default 1); wait = adaptive.
+# Not covered yet: the mirrored pair (mirror_compare.sh's setup with [volume.cdp] at both sites).
+#
+# Environment: RUNTIME (seconds per point, default 10), REPS (3), RAMP (2), BASE_PORT (14800),
+# DISK_DIR (where the on-disk journals go, default /var/tmp), RAM_DIR (default /dev/shm),
+# CONFIGS (subset/order of: off disk ram), PREZERO=1 (journal segments written with zeroes
+# ahead of use: [volume.cdp] prezero), KEEP=1 keeps logs and fio JSON.
+# Needs: cargo, fio (nbd engine), nbdinfo, taskset, python3. Listens on 127.0.0.1 only; always
+# cleans up (servers killed, journals removed).
+
+set -euo pipefail
+RUNTIME=${RUNTIME:-10}
+REPS=${REPS:-3}
+RAMP=${RAMP:-2}
+BASE_PORT=${BASE_PORT:-14800}
+DISK_DIR=${DISK_DIR:-/var/tmp}
+RAM_DIR=${RAM_DIR:-/dev/shm}
+CONFIGS=${CONFIGS:-off disk ram}
+SERVER_CPU=${SERVER_CPU:-0}
+FIO_CPU=${FIO_CPU:-1}
+KEEP=${KEEP:-0}
+PREZERO=${PREZERO:-0}
+die() { echo "cdp_compare: $*" >&2; exit 1; }
+[[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
+    die "RUNTIME, REPS, RAMP, BASE_PORT must be numbers"
+((RUNTIME >= 1 && REPS >= 1)) || die "RUNTIME and REPS must be >= 1"
+for c in $CONFIGS; do [[ $c == off || $c == disk || $c == ram ]] || die "unknown config '$c'"; done
+for t in fio nbdinfo taskset python3 cargo; do command -v "$t" >/dev/null || die "missing tool: $t"; done
+fio --enghelp=nbd >/dev/null 2>&1 || die "fio has no nbd ioengine"
+
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin twinblk
+BIN=$PWD/target/release/twinblk
+WORK=$(mktemp -d /tmp/cdp_compare.XXXXXX)
+JOURNALS=()
+SERVER_PID=""
+cleanup() {
+    [[ -n $SERVER_PID ]] && kill "$SERVER_PID" 2>/dev/null || true
+    wait 2>/dev/null || true
+    for j in "${JOURNALS[@]}"; do rm -rf "$j"; done
+    [[ $KEEP == 1 ]] && echo "kept $WORK" >&2 || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+rpc() { # socket method -> JSON result on stdout
+    python3 - "$1" "$2" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall((json.dumps({"jsonrpc": "2.0", "id": 1, "method": sys.argv[2]}) + "\n").encode())
+buf = b""
+while not buf.endswith(b"\n"):
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+print(json.dumps(json.loads(buf)["result"]))
+PY
+}
+
+start_server() { # config port -> sets SERVER_PID
+    local cfg=$1 port=$2 jdir="" cdp=""
+    case $cfg in
+    disk) jdir=$(mktemp -d "$DISK_DIR/cdp_compare.XXXXXX") ;;
+    ram) jdir=$(mktemp -d "$RAM_DIR/cdp_compare.XXXXXX") ;;
+    esac
+    if [[ -n $jdir ]]; then
+        JOURNALS+=("$jdir")
+        cdp="[volume.cdp]
+dir = \"$jdir/vol0\"
+segment_size = \"256MiB\"
+prezero = $([[ $PREZERO == 1 ]] && echo true || echo false)"
+    fi
+    cat >"$WORK/$cfg.toml" <<CFG
+[reactor]
+cores = [$SERVER_CPU]
+wait = "adaptive"
+[nbd]
+listen = ["127.0.0.1:$port"]
+[nvmf]
+listen = []
+[control]
+socket = "$WORK/$cfg.sock"
+[[volume]]
+name = "vol0"
+backend = "malloc"
+size = "1GiB"
+block_size = 4096
+$cdp
+CFG
+    "$BIN" serve --config "$WORK/$cfg.toml" >"$WORK/$cfg.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        nbdinfo "nbd://127.0.0.1:$port/vol0" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    die "server ($cfg) did not come up: $(tail -5 "$WORK/$cfg.log")"
+}
+
+stop_server() {
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+
+POINTS=("randwrite 4k 1" "randwrite 4k 32" "write 128k 32")
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+port=$BASE_PORT
+for ((rep = 1; rep <= REPS; rep++)); do
+    for cfg in $CONFIGS; do
+        for p in "${POINTS[@]}"; do
+            read -r rw bs qd <<<"$p"
+            port=$((port + 1))
+            start_server "$cfg" "$port"
+            out=$WORK/$cfg-$rw-$bs-$qd-$rep.json
+            taskset -c "$FIO_CPU" fio --name=cdp --ioengine=nbd --uri="nbd://127.0.0.1:$port/vol0" \
+                --rw="$rw" --bs="$bs" --iodepth="$qd" --size=256M --time_based \
+                --runtime="$RUNTIME" --ramp_time="$RAMP" --output-format=json >"$out"
+            ratio=""
+            if [[ $cfg != off ]]; then
+                j=$(rpc "$WORK/$cfg.sock" cdp_status)
+                v=$(rpc "$WORK/$cfg.sock" volume_stats)
+                ratio=$(python3 -c 'import json,sys; j=json.loads(sys.argv[1])[0]; v=json.loads(sys.argv[2])[0]; print("%.3f" % (j["journal_bytes"]/max(v["write_bytes"],1)))' "$j" "$v")
+            fi
+            python3 - "$out" "$cfg" "$rw $bs QD$qd" "$ratio" >>"$RESULTS" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read()
+w = json.loads(text[text.index("{"):])["jobs"][0]["write"]  # fio's nbd engine prints a line first
+pct = w["clat_ns"].get("percentile", {})
+print("\t".join([sys.argv[2], sys.argv[3], "%.0f" % w["iops"],
+                 "%.1f" % (pct.get("50.000000", 0) / 1000), "%.1f" % (pct.get("99.000000", 0) / 1000),
+                 sys.argv[4]]))
+PY
+            stop_server
+        done
+    done
+done
+
+echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP PREZERO=$PREZERO, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
+python3 - "$RESULTS" <<'PY'
+import sys, statistics
+from collections import defaultdict
+rows = defaultdict(list)
+for line in open(sys.argv[1]):
+    cfg, point, iops, p50, p99, ratio = line.rstrip("\n").split("\t")
+    rows[(point, cfg)].append((float(iops), float(p50), float(p99), float(ratio) if ratio else None))
+points = sorted({p for p, _ in rows}, key=lambda p: (p.split()[0], int(p.split("QD")[1])))
+print("| point | config | IOPS | vs off | p50 µs | p99 µs | journal bytes / written byte |")
+print("|---|---|---|---|---|---|---|")
+for p in points:
+    off = rows.get((p, "off"))
+    off_iops = statistics.median(r[0] for r in off) if off else None
+    for cfg in ("off", "disk", "ram"):
+        r = rows.get((p, cfg))
+        if not r:
+            continue
+        iops = statistics.median(x[0] for x in r)
+        vs = "%.3f" % (iops / off_iops) if off_iops else "-"
+        ratios = [x[3] for x in r if x[3] is not None]
+        jb = "%.3f" % statistics.median(ratios) if ratios else "-"
+        print("| %s | %s | %.0f | %s | %.1f | %.1f | %s |" % (
+            p, cfg, iops, vs, statistics.median(x[1] for x in r), statistics.median(x[2] for x in r), jb))
+PY

@@ -1,0 +1,553 @@
+//! The journal writer on a volume's home reactor: records copied into batch buffers as updates
+//! arrive, each batch appended to the active segment with one O_DIRECT `RWF_DSYNC` write at
+//! the end of the reactor turn (group commit), the durable watermark advanced in log order.
+//!
+//! Invariants:
+//! - Records get sequence numbers in arrival order, +1 each; batches are appended at
+//!   increasing positions in sequence order; `durable` is the last sequence such that it and
+//!   every record before it are on disk. An update is acknowledged only when `durable` covers
+//!   its records (or the journal stopped), so a crash loses no record of an acknowledged update
+//!   and the log's first invalid record is after every acknowledged one.
+//! - Batch buffers are the reactor's registered pool buffers (a batch larger than one takes a
+//!   counted bounce buffer); each is owned by this writer until handed to the in-flight table,
+//!   which gives it back after the completion. No allocation in the steady state.
+//! - A segment switch happens only with no append in flight and none queued, so no queued SQE
+//!   can name the fixed-file slot after it points at the next segment.
+//! - A failed append stops the journal for good (until a restart): updates then complete on
+//!   their base result alone, and the history ends at `durable`.
+
+use super::clock;
+use super::format::{self, MAX_PAYLOAD, Meta, Op, REC_HEADER, RecHeader, SegHeader};
+use super::store;
+use crate::bdev::LOWER_SLOT;
+use crate::uring::buf::BufId;
+use crate::uring::{BdevOp, Errno, IoCx, IoTag, OpBuf, OpKind};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Own-I/O slot bit of a journal append (with [`LOWER_SLOT`]); the low 30 bits are its id.
+pub const JOURNAL_SLOT: u32 = 1 << 30;
+const ID_MASK: u32 = JOURNAL_SLOT - 1;
+/// Room kept free in a batch for its padding record.
+const PAD_MAX: usize = format::ALIGN + REC_HEADER;
+
+/// A volume's CDP counters, published for the control plane and tests.
+#[derive(Debug, Default)]
+pub struct CdpStats {
+    /// Last durable sequence number (every record up to it is on disk).
+    pub durable_seq: AtomicU64,
+    /// Time of that record.
+    pub durable_time: AtomicU64,
+    /// Records appended since start.
+    pub records: AtomicU64,
+    /// Journal bytes written since start (records and padding).
+    pub journal_bytes: AtomicU64,
+    /// Journal appends (batches) since start.
+    pub batches: AtomicU64,
+    /// Active segment number.
+    pub segment: AtomicU64,
+    /// The journal stopped after a failed append (history ends at `durable_seq`).
+    pub stopped: AtomicBool,
+    /// Where the restorable window starts (site time, ns; moved by consolidation).
+    pub window_start: Arc<AtomicU64>,
+    /// Segment switches to a segment prepared ahead (off the reactor).
+    pub switches_prepared: AtomicU64,
+    /// Segment switches that created the segment on the reactor (no spare was ready).
+    pub switches_created: AtomicU64,
+}
+
+/// Where the writer starts (from recovery).
+pub struct Start {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The history's identity.
+    pub meta: Meta,
+    /// The active segment, created empty (or holding the start's records).
+    pub segno: u64,
+    /// Its O_DIRECT descriptor.
+    pub file: File,
+    /// Next append position in it.
+    pub pos: u64,
+    /// Next sequence number.
+    pub next_seq: u64,
+    /// Last record's time.
+    pub last_time: u64,
+    /// Segment size.
+    pub seg_size: u64,
+    /// The next segment, prepared off the reactor.
+    pub spare: Arc<Spare>,
+}
+
+/// The next segment of a volume, prepared by the helper thread ([`spare_thread`]) so a
+/// segment switch on the reactor only opens a file and queues its header.
+#[derive(Debug, Default)]
+pub struct Spare {
+    /// The segment number the writer will need next (0: none).
+    pub want: AtomicU64,
+    /// The segment number prepared (0: none).
+    pub ready: AtomicU64,
+    /// Write the spare's blocks once (zeroes) before use.
+    pub zero: AtomicBool,
+    /// Preparing failed (the writer then creates segments itself).
+    pub failed: AtomicBool,
+    /// Held by the helper while it prepares `want`; the writer only try-locks it (never
+    /// waits), so the two never create the same segment.
+    pub lock: std::sync::Mutex<()>,
+}
+
+struct Batch {
+    buf: OpBuf,
+    used: usize,
+    cap: usize,
+    last_seq: u64,
+    last_time: u64,
+    /// It holds one record, a time mark.
+    lone_mark: bool,
+    /// Written over the previous lone mark at this position instead of appended.
+    rewrite_at: Option<u64>,
+}
+
+struct InFlight {
+    id: u32,
+    last_seq: u64,
+    last_time: u64,
+    done: bool,
+}
+
+/// The writer.
+pub struct Journal {
+    dir: PathBuf,
+    meta: Meta,
+    seg_size: u64,
+    segno: u64,
+    file: File,
+    slot: u32,
+    pos: u64,
+    vol: u32,
+    next_seq: u64,
+    last_time: u64,
+    open: Option<Batch>,
+    ready: VecDeque<Batch>,
+    inflight: VecDeque<InFlight>,
+    next_id: u32,
+    durable: u64,
+    stopped: bool,
+    stats: Arc<CdpStats>,
+    /// When the last record was stamped (for time marks).
+    last_record: Instant,
+    /// Position and sequence of the last append when it was a lone time mark.
+    last_mark: Option<(u64, u64)>,
+    /// Time of the last durable record.
+    last_durable_time: u64,
+    spare: Arc<Spare>,
+}
+
+/// An idle journal appends a time mark this often, so its window reaches to about now.
+pub const MARK_EVERY: Duration = Duration::from_secs(1);
+
+impl Journal {
+    /// The writer of volume `vol` on this reactor, appending to `s`'s segment.
+    pub fn new(io: &mut IoCx, vol: u32, s: Start, stats: Arc<CdpStats>) -> std::io::Result<Self> {
+        let slot = io.register_file(s.file.as_raw_fd())?;
+        stats.durable_seq.store(s.next_seq - 1, Relaxed);
+        stats.durable_time.store(s.last_time, Relaxed);
+        stats.segment.store(s.segno, Relaxed);
+        Ok(Self {
+            dir: s.dir,
+            meta: s.meta,
+            seg_size: s.seg_size,
+            segno: s.segno,
+            file: s.file,
+            slot,
+            pos: s.pos,
+            vol,
+            next_seq: s.next_seq,
+            last_time: s.last_time,
+            open: None,
+            ready: VecDeque::new(),
+            inflight: VecDeque::new(),
+            next_id: 0,
+            durable: s.next_seq - 1,
+            stopped: false,
+            stats,
+            last_record: Instant::now(),
+            last_mark: None,
+            last_durable_time: s.last_time,
+            spare: s.spare,
+        })
+    }
+
+    /// Last durable sequence number.
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// The journal stopped (a failed append): updates complete on their base result alone.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Records waiting for their append.
+    pub fn has_queued(&self) -> bool {
+        !self.ready.is_empty() || self.open.as_ref().is_some_and(|b| b.used > 0)
+    }
+
+    /// Appends in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Journal an update of `len` bytes at `offset` (`data`: a write's payload); returns the
+    /// sequence number of its last record (0 when the journal is stopped).
+    pub fn record(
+        &mut self,
+        io: &mut IoCx,
+        op: Op,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> u64 {
+        if self.stopped {
+            return 0;
+        }
+        let time = clock::now().max(self.last_time);
+        self.last_time = time;
+        self.last_record = Instant::now();
+        match data {
+            Some(d) => {
+                for (i, chunk) in d.chunks(MAX_PAYLOAD).enumerate() {
+                    let off = offset + (i * MAX_PAYLOAD) as u64;
+                    self.append(io, op, off, chunk.len() as u64, chunk, time);
+                }
+            }
+            None => self.append(io, op, offset, len, &[], time),
+        }
+        self.next_seq - 1
+    }
+
+    fn append(&mut self, io: &mut IoCx, op: Op, offset: u64, len: u64, payload: &[u8], time: u64) {
+        let need = REC_HEADER + payload.len();
+        if self
+            .open
+            .as_ref()
+            .is_none_or(|b| b.used + need + PAD_MAX > b.cap)
+        {
+            if let Some(b) = self.open.take() {
+                self.ready.push_back(b);
+            }
+            let cap = io
+                .pool
+                .buf_size()
+                .max((need + PAD_MAX).next_multiple_of(format::ALIGN));
+            self.open = Some(Batch {
+                buf: io.take_buf(cap),
+                used: 0,
+                cap,
+                last_seq: 0,
+                last_time: 0,
+                lone_mark: false,
+                rewrite_at: None,
+            });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if op != Op::Mark {
+            self.last_mark = None;
+        }
+        let b = self.open.as_mut().expect("opened above");
+        b.lone_mark = b.used == 0 && op == Op::Mark;
+        let bytes = io.buf_mut(&mut b.buf, b.cap);
+        let rec = &mut bytes[b.used..b.used + need];
+        RecHeader {
+            op,
+            seq,
+            time,
+            offset,
+            len,
+            payload_len: payload.len() as u32,
+            payload_crc: if payload.is_empty() {
+                0
+            } else {
+                crc32c::crc32c(payload)
+            },
+            vol_id: self.meta.vol_id,
+        }
+        .encode(rec);
+        rec[REC_HEADER..].copy_from_slice(payload);
+        b.used += need;
+        b.last_seq = seq;
+        b.last_time = time;
+        self.stats.records.fetch_add(1, Relaxed);
+    }
+
+    /// When the next time mark is due.
+    pub fn mark_due(&self) -> Option<Instant> {
+        (!self.stopped).then_some(self.last_record + MARK_EVERY)
+    }
+
+    /// Stamp a time mark: nothing changed from the last record up to now.
+    /// When the last append was a lone mark and nothing is queued or in flight, the new mark
+    /// rewrites that block in place with the same sequence number (an idle volume's journal
+    /// does not grow; a torn rewrite loses only that mark: the acknowledgement order keeps
+    /// every later record waiting for it).
+    pub fn mark(&mut self, io: &mut IoCx) {
+        if let Some((pos, seq)) = self.last_mark
+            && !self.stopped
+            && !self.has_queued()
+            && self.inflight.is_empty()
+        {
+            let time = clock::now().max(self.last_time);
+            self.last_time = time;
+            self.last_record = Instant::now();
+            let cap = io.pool.buf_size();
+            let mut buf = io.take_buf(cap);
+            RecHeader {
+                op: Op::Mark,
+                seq,
+                time,
+                offset: 0,
+                len: 0,
+                payload_len: 0,
+                payload_crc: 0,
+                vol_id: self.meta.vol_id,
+            }
+            .encode(io.buf_mut(&mut buf, cap));
+            self.ready.push_back(Batch {
+                buf,
+                used: REC_HEADER,
+                cap,
+                last_seq: seq,
+                last_time: time,
+                lone_mark: true,
+                rewrite_at: Some(pos),
+            });
+            return;
+        }
+        self.record(io, Op::Mark, 0, 0, None);
+    }
+
+    /// Append every filled batch (called by the poller at the end of each turn). True when it
+    /// started an append.
+    pub fn issue(&mut self, io: &mut IoCx) -> bool {
+        if let Some(b) = self.open.take_if(|b| b.used > 0) {
+            self.ready.push_back(b);
+        }
+        if self.stopped {
+            while let Some(b) = self.ready.pop_front() {
+                give_back(io, b.buf);
+            }
+            return false;
+        }
+        let mut started = false;
+        while let Some(b) = self.ready.front() {
+            let len = b.used + format::pad_len(b.used);
+            if b.rewrite_at.is_none() && self.pos + len as u64 > self.seg_size {
+                if !self.inflight.is_empty() {
+                    break; // switch once the appends to this segment are done
+                }
+                match self.next_segment(io) {
+                    Ok(true) => continue, // the new segment's header (if any) goes first
+                    Ok(false) => break,   // the helper is finishing it
+                    Err(e) => {
+                        self.stop(io, &format!("cannot start the next segment: {e}"));
+                        return started;
+                    }
+                }
+            }
+            let mut b = self.ready.pop_front().expect("front exists");
+            let pad = len - b.used;
+            if pad > 0 {
+                let vol_id = self.meta.vol_id;
+                let bytes = io.buf_mut(&mut b.buf, b.cap);
+                format::encode_pad(&mut bytes[b.used..], pad, vol_id);
+            }
+            let id = self.next_id;
+            self.next_id = (self.next_id + 1) & ID_MASK;
+            let at = b.rewrite_at.unwrap_or(self.pos);
+            self.last_mark = b.lone_mark.then_some((at, b.last_seq));
+            io.start_bdev(BdevOp {
+                tag: IoTag::channel(self.vol, LOWER_SLOT | JOURNAL_SLOT | id),
+                file: self.slot,
+                offset: at,
+                len: len as u32,
+                done: 0,
+                kind: OpKind::Write { fua: true },
+                buf: b.buf,
+            });
+            if b.rewrite_at.is_none() {
+                self.pos += len as u64;
+            }
+            self.inflight.push_back(InFlight {
+                id,
+                last_seq: b.last_seq,
+                last_time: b.last_time,
+                done: false,
+            });
+            self.stats.journal_bytes.fetch_add(len as u64, Relaxed);
+            self.stats.batches.fetch_add(1, Relaxed);
+            started = true;
+        }
+        started
+    }
+
+    /// Close the active segment and start the next one (no append in flight or queued for it).
+    /// False: the helper is preparing it right now; try again next turn.
+    fn next_segment(&mut self, io: &mut IoCx) -> Result<bool, store::CdpError> {
+        let first = self.durable + 1;
+        let segno = self.segno + 1;
+        let spare_slot = Arc::clone(&self.spare);
+        let _guard = match spare_slot.lock.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
+        let spare = spare_slot.ready.load(Ordering::Acquire) == segno;
+        let file = if spare {
+            store::open_spare(&self.dir, segno)?
+        } else {
+            // No helper, or it failed: create it here (a few ms on the reactor).
+            store::create_segment(&self.dir, &self.meta, segno, first, self.seg_size)?
+        };
+        spare_slot.want.store(segno + 1, Ordering::Release);
+        if spare {
+            self.stats.switches_prepared.fetch_add(1, Relaxed);
+        } else {
+            self.stats.switches_created.fetch_add(1, Relaxed);
+        }
+        io.replace_file(self.slot, file.as_raw_fd())
+            .map_err(|source| store::CdpError::Io {
+                what: "register",
+                path: store::seg_path(&self.dir, segno),
+                source,
+            })?;
+        self.file = file;
+        self.segno = segno;
+        self.last_mark = None;
+        self.pos = format::SEG_HEADER as u64;
+        self.stats.segment.store(segno, Relaxed);
+        if spare {
+            // The header is the segment's first append: every record after it is
+            // acknowledged only once it is durable (log order).
+            let header = SegHeader {
+                vol_id: self.meta.vol_id,
+                segno,
+                first_seq: first,
+                created: clock::now(),
+                size: self.seg_size,
+            }
+            .encode();
+            let cap = io.pool.buf_size();
+            let mut buf = io.take_buf(cap);
+            io.buf_mut(&mut buf, format::SEG_HEADER)
+                .copy_from_slice(&header);
+            self.ready.push_front(Batch {
+                buf,
+                used: format::SEG_HEADER,
+                cap,
+                last_seq: self.durable,
+                last_time: self.last_durable_time,
+                lone_mark: false,
+                rewrite_at: Some(0),
+            });
+        }
+        Ok(true)
+    }
+
+    fn stop(&mut self, io: &mut IoCx, why: &str) {
+        if !self.stopped {
+            tracing::error!(dir = %self.dir.display(), durable = self.durable, why,
+                "cdp: the journal stopped; the volume keeps serving, its history ends here until a restart");
+        }
+        self.stopped = true;
+        self.stats.stopped.store(true, Relaxed);
+        if let Some(b) = self.open.take() {
+            give_back(io, b.buf);
+        }
+        while let Some(b) = self.ready.pop_front() {
+            give_back(io, b.buf);
+        }
+    }
+
+    /// Append `id` finished with `result`; true when the durable watermark moved. After a
+    /// failure the watermark stays where it was (the journal is stopped; updates no longer
+    /// wait for it).
+    pub fn finished(&mut self, io: &mut IoCx, id: u32, result: Result<(), Errno>) -> bool {
+        if let Err(e) = result {
+            self.stop(io, &format!("append failed: errno {}", e.0));
+        }
+        if let Some(f) = self.inflight.iter_mut().find(|f| f.id == id) {
+            f.done = true;
+        }
+        let mut moved = false;
+        while let Some(f) = self.inflight.front() {
+            if !f.done {
+                break;
+            }
+            if !self.stopped {
+                self.durable = self.durable.max(f.last_seq);
+                self.stats.durable_seq.store(self.durable, Relaxed);
+                self.stats.durable_time.store(f.last_time, Relaxed);
+                self.last_durable_time = f.last_time;
+                moved = true;
+            }
+            self.inflight.pop_front();
+        }
+        moved
+    }
+}
+
+fn give_back(io: &mut IoCx, buf: OpBuf) {
+    if let OpBuf::Pool(BufId(i)) = buf {
+        io.pool.put(BufId(i));
+    }
+}
+
+/// A volume whose next segment the helper thread prepares.
+pub struct SpareOf {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Segment size.
+    pub size: u64,
+    /// The slot shared with its writer.
+    pub spare: Arc<Spare>,
+}
+
+/// Start the thread that prepares each volume's next segment off the reactors; it stops when
+/// `stop` is set.
+pub fn spare_thread(
+    vols: Vec<SpareOf>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cdp-segments".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for v in &vols {
+                    let s = &v.spare;
+                    let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let want = s.want.load(Ordering::Acquire);
+                    if want == 0
+                        || s.ready.load(Ordering::Acquire) == want
+                        || s.failed.load(Ordering::Relaxed)
+                    {
+                        continue;
+                    }
+                    let zero = s.zero.load(Ordering::Relaxed);
+                    match store::prepare_spare(&v.dir, want, v.size, zero) {
+                        Ok(()) => s.ready.store(want, Ordering::Release),
+                        Err(e) => {
+                            tracing::warn!(dir = %v.dir.display(), error = %e,
+                                "cdp: cannot prepare the next segment; the writer creates its own");
+                            s.failed.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+}

@@ -1,0 +1,692 @@
+//! Continuous data protection: a layer that journals every update of a volume at this site,
+//! so any moment of its history can be restored (design and formats: docs/cdp-format.md).
+//!
+//! Model: [`CdpDevice`] wraps the volume's base (under the mirror when the volume is
+//! mirrored: every update this site applies to its replica passes through it). On the
+//! volume's home reactor (`index % cores`, the mirror engine's reactor too) its channel
+//! ([`CdpChannel`]) issues each update to the base and, in the same turn, copies its record
+//! into the journal writer's batch ([`journal::Journal`]); the layer's poller ([`CdpPoller`],
+//! registered after the mirror's so it runs last in a turn) appends the turn's batches and
+//! hands finished updates back. An update completes when its base operation is done and its
+//! records are durable. Reads and flushes of local callers pass straight to the base. Other
+//! reactors' channels ([`CdpRemote`]) read the base directly and hand updates to the home
+//! reactor, like the mirror's.
+//!
+//! Own I/O: base operations and journal appends carry tags owned by the volume's channel with
+//! [`crate::bdev::LOWER_SLOT`] set, so a layer above (the mirror) hands their completions down
+//! to this channel ([`Channel::on_own_io`]); this layer answers its callers through the
+//! poller, whether they are connections or the layer above (its tags route back to it).
+//!
+//! Recovery ([`store::load`]) runs when the device is built, before the reactors start:
+//! it cuts a torn tail, sets damaged segments aside, rebuilds missing indexes, and the writer
+//! starts a new segment. Points in time are read from the directory alone ([`pit`]).
+
+pub mod bookmark;
+pub mod clock;
+pub mod format;
+pub mod journal;
+pub mod pit;
+pub mod retain;
+pub mod store;
+
+use crate::bdev::{
+    BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, LOWER_SLOT, ReadStart,
+    Start, find_layer,
+};
+use crate::runtime::poller::Completion;
+use crate::runtime::{Mailbox, Msg, PollCx, Poller, PollerSource};
+use crate::uring::{Errno, IoCx, IoTag};
+use format::Op;
+use journal::{CdpStats, JOURNAL_SLOT, Journal};
+use slab::Slab;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+use store::CdpError;
+
+/// How a volume's CDP layer is set up.
+#[derive(Clone, Debug)]
+pub struct CdpSettings {
+    /// The volume's CDP directory.
+    pub dir: PathBuf,
+    /// Bytes per segment file.
+    pub segment_size: u64,
+    /// The base is a file whose content the history starts from (its first start copies it
+    /// into the base copy); `None`: the base starts all zeroes.
+    pub seed: Option<PathBuf>,
+    /// The base loses its content at every start (RAM): each start journals an unmap of the
+    /// whole volume first.
+    pub volatile: bool,
+    /// Segments prepared ahead are written with zeroes once (their appends then need no
+    /// allocation by the filesystem), at the cost of writing each segment twice.
+    pub prezero: bool,
+}
+
+/// A CDP volume's facts for the control plane.
+pub struct CdpInfo {
+    /// Volume index.
+    pub vol: usize,
+    /// Its group (restored to one time together).
+    pub group: String,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The reactor running its journal.
+    pub home: usize,
+    /// Where its history starts (site time, ns).
+    pub created: u64,
+    /// Published counters.
+    pub stats: Arc<CdpStats>,
+}
+
+impl CdpInfo {
+    /// `cdp_status`'s view (docs/control.md).
+    pub fn snapshot(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        serde_json::json!({
+            "group": self.group,
+            "dir": self.dir.display().to_string(),
+            "home_reactor": self.home,
+            "window_start_ns": s.window_start.load(Relaxed).max(self.created),
+            "window_end_ns": s.durable_time.load(Relaxed),
+            "durable_seq": s.durable_seq.load(Relaxed),
+            "records": s.records.load(Relaxed),
+            "journal_bytes": s.journal_bytes.load(Relaxed),
+            "appends": s.batches.load(Relaxed),
+            "segment": s.segment.load(Relaxed),
+            "switches_prepared": s.switches_prepared.load(Relaxed),
+            "switches_created": s.switches_created.load(Relaxed),
+            "journal": if s.stopped.load(Relaxed) { "stopped" } else { "running" },
+        })
+    }
+}
+
+/// Smallest segment: two of the largest batches (a 1 MiB record with its padding) fit.
+pub const MIN_SEGMENT: u64 = 4 << 20;
+
+/// A volume's CDP layer.
+pub struct CdpDevice {
+    inner: Arc<dyn BlockDevice>,
+    vol: usize,
+    /// The reactor that runs the journal.
+    pub home: usize,
+    /// Every reactor's mailbox (set before the reactors open their channels).
+    pub mailboxes: OnceLock<Vec<Arc<Mailbox>>>,
+    /// Published counters.
+    pub stats: Arc<CdpStats>,
+    /// The directory.
+    pub dir: PathBuf,
+    /// Where the history starts (site time, ns).
+    pub created: u64,
+    /// The next segment, prepared off the reactors ([`journal::spare_thread`]).
+    pub spare: Arc<journal::Spare>,
+    /// Segment size.
+    pub segment_size: u64,
+    start: Mutex<Option<journal::Start>>,
+}
+
+impl CdpDevice {
+    /// Journal updates of `inner` (volume index `vol`, journal on reactor `home`): open or
+    /// create the directory, recover its history and start a new segment.
+    pub fn open(
+        inner: Arc<dyn BlockDevice>,
+        s: &CdpSettings,
+        vol: usize,
+        home: usize,
+    ) -> Result<Self, CdpError> {
+        let info = inner.info();
+        let meta = store::open_or_create(&s.dir, info.size, info.block_size, s.seed.as_deref())?;
+        let h = store::load(&s.dir, store::Load::Recover)?;
+        let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
+        let mut next_seq = h.last_seq + 1;
+        let file = store::create_segment(&s.dir, &meta, segno, next_seq, s.segment_size)?;
+        let mut pos = format::SEG_HEADER as u64;
+        let mut last_time = h.last_time;
+        if s.volatile {
+            // The base starts empty: the history says so before anything else.
+            let mut b = vec![0u8; format::ALIGN];
+            last_time = clock::now().max(last_time);
+            format::RecHeader {
+                op: Op::Unmap,
+                seq: next_seq,
+                time: last_time,
+                offset: 0,
+                len: info.size,
+                payload_len: 0,
+                payload_crc: 0,
+                vol_id: meta.vol_id,
+            }
+            .encode(&mut b);
+            let pad = format::pad_len(format::REC_HEADER);
+            format::encode_pad(&mut b[format::REC_HEADER..], pad, meta.vol_id);
+            store::append_sync(&s.dir, segno, pos, &b)?;
+            pos += b.len() as u64;
+            next_seq += 1;
+        }
+        tracing::info!(dir = %s.dir.display(), segments = h.segments.len(), last_seq = h.last_seq,
+            cut = ?h.cut, damaged = h.damaged.len(), "cdp: history recovered");
+        let spare = Arc::new(journal::Spare::default());
+        spare
+            .zero
+            .store(s.prezero, std::sync::atomic::Ordering::Relaxed);
+        spare
+            .want
+            .store(segno + 1, std::sync::atomic::Ordering::Release);
+        let stats = CdpStats::default();
+        stats
+            .window_start
+            .store(h.meta.window_start(), std::sync::atomic::Ordering::Relaxed);
+        Ok(Self {
+            inner,
+            vol,
+            home,
+            mailboxes: OnceLock::new(),
+            stats: Arc::new(stats),
+            dir: s.dir.clone(),
+            created: meta.created,
+            spare: Arc::clone(&spare),
+            segment_size: s.segment_size,
+            start: Mutex::new(Some(journal::Start {
+                dir: s.dir.clone(),
+                meta,
+                segno,
+                file,
+                pos,
+                next_seq,
+                last_time,
+                seg_size: s.segment_size,
+                spare,
+            })),
+        })
+    }
+}
+
+impl BlockDevice for CdpDevice {
+    fn info(&self) -> DeviceInfo {
+        let mut i = self.inner.info();
+        i.kind = format!("cdp>{}", i.kind);
+        i
+    }
+
+    fn open_channel(&self, io: &mut IoCx) -> Result<Box<dyn Channel>, BdevError> {
+        let inner = self.inner.open_channel(io)?;
+        if io.reactor != self.home {
+            let home = self
+                .mailboxes
+                .get()
+                .and_then(|m| m.get(self.home))
+                .cloned()
+                .ok_or_else(|| {
+                    BdevError::Register(std::io::Error::other("cdp: reactor mailboxes not set"))
+                })?;
+            return Ok(Box::new(CdpRemote {
+                inner,
+                home,
+                vol: self.vol as u32,
+                from: io.reactor as u32,
+            }));
+        }
+        let start = self
+            .start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| {
+                BdevError::Register(std::io::Error::other("cdp: the journal is already open"))
+            })?;
+        let size = start.meta.size;
+        let journal = Journal::new(io, self.vol as u32, start, Arc::clone(&self.stats))
+            .map_err(BdevError::Register)?;
+        Ok(Box::new(CdpChannel {
+            inner,
+            vol: self.vol as u32,
+            reactor: io.reactor as u32,
+            size,
+            align: u64::from(self.inner.info().min_io.max(1)),
+            journal,
+            ops: Slab::with_capacity(256),
+            held: std::collections::VecDeque::new(),
+            done: Vec::with_capacity(256),
+            scratch: Vec::with_capacity(256),
+        }))
+    }
+}
+
+impl PollerSource for CdpDevice {
+    fn poller_for(&self, reactor: usize) -> Option<Box<dyn Poller>> {
+        (reactor == self.home).then(|| {
+            Box::new(CdpPoller {
+                vol: self.vol,
+                final_mark: false,
+            }) as Box<dyn Poller>
+        })
+    }
+}
+
+/// An update waiting for its base operation and its records.
+struct Pending {
+    from: u32,
+    tag: IoTag,
+    last_seq: u64,
+    base: Option<Result<(), Errno>>,
+    /// Already failed to its caller (the stop deadline passed); kept until its base
+    /// operation completes, so its slot is not reused while that is in flight.
+    answered: bool,
+    /// The volume bytes it changes, `[start, end)` (empty for a flush).
+    range: (u64, u64),
+}
+
+/// An update whose base operation waits for an earlier overlapping one (see
+/// [`CdpChannel::overlaps_earlier`]); its record is already in the journal.
+struct Held {
+    key: usize,
+    op: Op,
+    offset: u64,
+    len: u64,
+    /// A write's data (a reused vector).
+    data: Vec<u8>,
+    fua: bool,
+}
+
+/// What an update does.
+enum Upd<'a> {
+    Write(&'a [u8]),
+    Zeroes(u64),
+    Unmap(u64),
+    Flush,
+}
+
+/// The home reactor's channel: the journal writer and the updates in flight.
+pub struct CdpChannel {
+    inner: Box<dyn Channel>,
+    vol: u32,
+    reactor: u32,
+    size: u64,
+    /// Write alignment of the base.
+    align: u64,
+    journal: Journal,
+    ops: Slab<Pending>,
+    /// Updates waiting for an earlier overlapping one, in arrival order.
+    held: std::collections::VecDeque<Held>,
+    done: Vec<Completion>,
+    scratch: Vec<usize>,
+}
+
+impl CdpChannel {
+    fn update(
+        &mut self,
+        io: &mut IoCx,
+        from: u32,
+        tag: IoTag,
+        upd: Upd<'_>,
+        offset: u64,
+        fua: bool,
+    ) -> Start {
+        let len = match upd {
+            Upd::Write(d) => d.len() as u64,
+            Upd::Zeroes(l) | Upd::Unmap(l) => l,
+            Upd::Flush => 0,
+        };
+        if !matches!(upd, Upd::Flush) {
+            if !crate::bdev::in_range(offset, len, self.size) {
+                return Start::Done(Err(Errno::INVAL));
+            }
+            if len == 0 {
+                return Start::Done(Ok(()));
+            }
+            // A write the base refuses for its alignment (O_DIRECT) must not be journaled as
+            // if it had happened.
+            if matches!(upd, Upd::Write(_))
+                && !(offset.is_multiple_of(self.align) && len.is_multiple_of(self.align))
+            {
+                return Start::Done(Err(Errno::INVAL));
+            }
+        }
+        let range = match upd {
+            Upd::Flush => (0, 0),
+            _ => (offset, offset + len),
+        };
+        // The journal orders updates as they arrive; overlapping ones must reach the base in
+        // that order too (two writes to a block in flight at once could otherwise land in
+        // the other order, and the journal's newest point would differ from the base).
+        let wait = range.0 < range.1 && self.overlaps_earlier(range, self.held.len());
+        let key = self.ops.insert(Pending {
+            from,
+            tag,
+            last_seq: 0,
+            base: None,
+            answered: false,
+            range,
+        });
+        if wait {
+            let (op, data) = match upd {
+                Upd::Write(d) => {
+                    let mut v = io.spare_vecs.pop().unwrap_or_default();
+                    v.clear();
+                    v.extend_from_slice(d);
+                    (Op::Write, v)
+                }
+                Upd::Zeroes(_) => (Op::Zeroes, Vec::new()),
+                _ => (Op::Unmap, Vec::new()),
+            };
+            let q = match op {
+                Op::Write => self.journal.record(io, op, offset, len, Some(&data)),
+                _ => self.journal.record(io, op, offset, len, None),
+            };
+            self.ops[key].last_seq = q;
+            self.held.push_back(Held {
+                key,
+                op,
+                offset,
+                len,
+                data,
+                fua,
+            });
+            return Start::Pending;
+        }
+        let own = IoTag::channel(self.vol, LOWER_SLOT | key as u32);
+        let (started, last_seq) = match upd {
+            Upd::Write(d) => {
+                let s = self.inner.write(io, own, offset, d, fua);
+                let q = self.journal.record(io, Op::Write, offset, len, Some(d));
+                (s, q)
+            }
+            Upd::Zeroes(l) => {
+                let s = self.inner.write_zeroes(io, own, offset, l, fua);
+                (s, self.journal.record(io, Op::Zeroes, offset, l, None))
+            }
+            Upd::Unmap(l) => {
+                let s = self.inner.unmap(io, own, offset, l, fua);
+                (s, self.journal.record(io, Op::Unmap, offset, l, None))
+            }
+            Upd::Flush => (self.inner.flush(io, own), 0),
+        };
+        let p = &mut self.ops[key];
+        p.last_seq = last_seq;
+        if let Start::Done(r) = started {
+            p.base = Some(r);
+            self.try_complete(key);
+        }
+        Start::Pending
+    }
+
+    /// Whether `range` overlaps an update that arrived before it and whose base operation
+    /// has not finished: one in flight, or one of the first `held` held ones.
+    fn overlaps_earlier(&self, range: (u64, u64), held: usize) -> bool {
+        let hit = |r: (u64, u64)| r.0 < range.1 && range.0 < r.1;
+        self.ops
+            .iter()
+            .any(|(k, p)| p.base.is_none() && hit(p.range) && !self.held.iter().any(|h| h.key == k))
+            || self
+                .held
+                .iter()
+                .take(held)
+                .any(|h| hit(self.ops[h.key].range))
+    }
+
+    /// Start the held updates no earlier overlapping update blocks any more, in order.
+    fn release_held(&mut self, io: &mut IoCx) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let range = self.ops[self.held[i].key].range;
+            if self.overlaps_earlier(range, i) {
+                i += 1;
+                continue;
+            }
+            let h = self.held.remove(i).expect("index in range");
+            let own = IoTag::channel(self.vol, LOWER_SLOT | h.key as u32);
+            let started = match h.op {
+                Op::Write => self.inner.write(io, own, h.offset, &h.data, h.fua),
+                Op::Zeroes => self.inner.write_zeroes(io, own, h.offset, h.len, h.fua),
+                _ => self.inner.unmap(io, own, h.offset, h.len, h.fua),
+            };
+            io.recycle_vec(h.data);
+            if let Start::Done(r) = started {
+                self.ops[h.key].base = Some(r);
+                self.try_complete(h.key);
+                i = 0; // it finished at once: what it blocked may go now
+            }
+        }
+    }
+
+    fn try_complete(&mut self, key: usize) {
+        let p = &self.ops[key];
+        if let Some(r) = p.base
+            && (p.last_seq <= self.journal.durable() || self.journal.stopped() || p.answered)
+        {
+            if !p.answered {
+                self.done.push((p.from, p.tag, r));
+            }
+            self.ops.remove(key);
+        }
+    }
+
+    fn complete_durable(&mut self) {
+        let mut keys = std::mem::take(&mut self.scratch);
+        keys.extend(self.ops.iter().map(|(k, _)| k));
+        for &k in &keys {
+            self.try_complete(k);
+        }
+        keys.clear();
+        self.scratch = keys;
+    }
+
+    /// The journal's counters' view: last durable sequence.
+    pub fn durable(&self) -> u64 {
+        self.journal.durable()
+    }
+}
+
+impl Channel for CdpChannel {
+    fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
+        self.inner.read(io, tag, offset, len)
+    }
+
+    fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {
+        let from = self.reactor;
+        self.update(io, from, tag, Upd::Write(data), offset, fua)
+    }
+
+    fn flush(&mut self, io: &mut IoCx, tag: IoTag) -> Start {
+        let from = self.reactor;
+        self.update(io, from, tag, Upd::Flush, 0, false)
+    }
+
+    fn write_zeroes(
+        &mut self,
+        io: &mut IoCx,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Start {
+        let from = self.reactor;
+        self.update(io, from, tag, Upd::Zeroes(len), offset, fua)
+    }
+
+    fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start {
+        let from = self.reactor;
+        self.update(io, from, tag, Upd::Unmap(len), offset, fua)
+    }
+
+    fn submit_request(&mut self, io: &mut IoCx, r: &mut BlockRequest) -> Start {
+        let data = std::mem::take(&mut r.data);
+        let upd = match r.op {
+            BlockOp::Write => Upd::Write(&data),
+            BlockOp::Zeroes => Upd::Zeroes(r.len),
+            BlockOp::Unmap => Upd::Unmap(r.len),
+            BlockOp::Flush => Upd::Flush,
+            BlockOp::Meta => {
+                r.data = data;
+                return Start::Done(Err(Errno::NOTSUP));
+            }
+        };
+        let s = self.update(io, r.from, r.tag, upd, r.offset, r.fua);
+        r.data = data;
+        s
+    }
+
+    fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        if slot & LOWER_SLOT == 0 {
+            // Not ours: a layer below this one made it (none does today).
+            return self.inner.on_own_io(io, slot, result, data);
+        }
+        let slot = slot & !LOWER_SLOT;
+        if slot & JOURNAL_SLOT != 0 {
+            if self.journal.finished(io, slot & !JOURNAL_SLOT, result) || self.journal.stopped() {
+                self.complete_durable();
+            }
+            return;
+        }
+        let key = slot as usize;
+        if let Some(p) = self.ops.get_mut(key) {
+            p.base = Some(result);
+            self.try_complete(key);
+            if !self.held.is_empty() {
+                self.release_held(io);
+            }
+        }
+    }
+
+    fn lower(&mut self) -> Option<&mut dyn Channel> {
+        Some(&mut *self.inner)
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+/// The volume's journal work on its home reactor: append the turn's batches, answer
+/// finished updates.
+pub struct CdpPoller {
+    vol: usize,
+    /// The stop's final time mark is stamped.
+    final_mark: bool,
+}
+
+fn channel_of(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut CdpChannel> {
+    find_layer::<CdpChannel>(&mut **chans.get_mut(vol)?)
+}
+
+impl Poller for CdpPoller {
+    fn poll(&mut self, cx: &mut PollCx<'_>) -> bool {
+        let Some(c) = channel_of(cx.chans, self.vol) else {
+            return false;
+        };
+        // Time marks: while idle, and once when stopping (the window reaches the stop).
+        if c.journal.mark_due().is_some_and(|d| cx.now >= d) || (cx.stopping && !self.final_mark) {
+            self.final_mark |= cx.stopping;
+            c.journal.mark(cx.io);
+        }
+        let mut worked = c.journal.issue(cx.io);
+        if c.journal.stopped() {
+            c.complete_durable();
+        }
+        worked |= !c.done.is_empty();
+        let mut done = std::mem::take(&mut c.done);
+        cx.complete_all(&mut done);
+        if let Some(c) = channel_of(cx.chans, self.vol) {
+            c.done = done;
+        }
+        worked
+    }
+
+    fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant> {
+        let c = channel_of(chans, self.vol)?;
+        if c.journal.has_queued() || !c.done.is_empty() {
+            return Some(Instant::now());
+        }
+        c.journal.mark_due()
+    }
+
+    fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool {
+        channel_of(chans, self.vol).is_some_and(|c| !c.ops.is_empty() || c.journal.in_flight() > 0)
+    }
+
+    fn abort(&mut self, chans: &mut [Box<dyn Channel>]) {
+        if let Some(c) = channel_of(chans, self.vol) {
+            for (_, p) in c.ops.iter_mut().filter(|(_, p)| !p.answered) {
+                p.answered = true;
+                c.done.push((p.from, p.tag, Err(Errno::IO)));
+            }
+            c.complete_durable();
+        }
+    }
+}
+
+/// The volume's channel on a reactor other than its home: reads go to the base, updates to
+/// the home reactor.
+pub struct CdpRemote {
+    inner: Box<dyn Channel>,
+    home: Arc<Mailbox>,
+    vol: u32,
+    from: u32,
+}
+
+impl CdpRemote {
+    #[allow(clippy::too_many_arguments)]
+    fn hand_over(
+        &mut self,
+        io: &mut IoCx,
+        tag: IoTag,
+        op: BlockOp,
+        offset: u64,
+        len: u64,
+        bytes: &[u8],
+        fua: bool,
+    ) -> Start {
+        let mut data = io.spare_vecs.pop().unwrap_or_default();
+        data.clear();
+        data.extend_from_slice(bytes);
+        self.home.send(Msg::Block(BlockRequest {
+            vol: self.vol,
+            from: self.from,
+            tag,
+            op,
+            offset,
+            len,
+            fua,
+            data,
+        }));
+        Start::Pending
+    }
+}
+
+impl Channel for CdpRemote {
+    fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
+        self.inner.read(io, tag, offset, len)
+    }
+
+    fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {
+        let len = data.len() as u64;
+        self.hand_over(io, tag, BlockOp::Write, offset, len, data, fua)
+    }
+
+    fn flush(&mut self, io: &mut IoCx, tag: IoTag) -> Start {
+        self.hand_over(io, tag, BlockOp::Flush, 0, 0, &[], false)
+    }
+
+    fn write_zeroes(
+        &mut self,
+        io: &mut IoCx,
+        tag: IoTag,
+        offset: u64,
+        len: u64,
+        fua: bool,
+    ) -> Start {
+        self.hand_over(io, tag, BlockOp::Zeroes, offset, len, &[], fua)
+    }
+
+    fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start {
+        self.hand_over(io, tag, BlockOp::Unmap, offset, len, &[], fua)
+    }
+
+    fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        self.inner.on_own_io(io, slot, result, data);
+    }
+
+    fn lower(&mut self) -> Option<&mut dyn Channel> {
+        Some(&mut *self.inner)
+    }
+}

@@ -1,0 +1,210 @@
+//! Points in time: the content of a volume at a past point, from its base copy and the redo
+//! records up to that point (docs/cdp-format.md, "Point-in-time content"), read from the CDP
+//! directory alone (never the live volume), and restore of a point as a new file.
+//!
+//! Model: point `P` (a sequence number; a time `T` names the last record with time ≤ `T`) is
+//! `base.img` with every record of sequence ≤ `P` applied in sequence order. Invariant: only
+//! points inside the window `[0, last durable record]` (times inside `[creation, last record's
+//! time]`) are served; anything else is refused with the window named.
+
+use super::format::{Entry, Op, REC_HEADER};
+use super::store::{self, CdpError, History};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// A point in a volume's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Point {
+    /// After the record with this sequence number (0: the history's start).
+    Seq(u64),
+    /// After every record with a site time at or before this one (ns).
+    Time(u64),
+}
+
+/// The window of a history, for messages.
+pub fn window(h: &History) -> String {
+    format!(
+        "sequence {}..={}, time {}..={} (ns)",
+        h.meta.base_seq,
+        h.last_seq,
+        h.meta.window_start(),
+        h.last_time
+    )
+}
+
+/// The sequence number `p` names in `h`.
+pub fn resolve(h: &History, p: Point) -> Result<u64, CdpError> {
+    let outside = |what: String| CdpError::Outside {
+        what,
+        window: window(h),
+    };
+    match p {
+        Point::Seq(s) if (h.meta.base_seq..=h.last_seq).contains(&s) => Ok(s),
+        Point::Seq(s) => Err(outside(format!("sequence {s}"))),
+        Point::Time(t) if t < h.meta.window_start() || t > h.last_time => {
+            Err(outside(format!("time {t}")))
+        }
+        Point::Time(t) => Ok(h
+            .entries()
+            .take_while(|(_, e)| e.time <= t)
+            .last()
+            .map_or(h.meta.base_seq, |(_, e)| e.seq)),
+    }
+}
+
+fn overlap(e: &Entry, offset: u64, len: u64) -> Option<(u64, u64)> {
+    let s = e.offset.max(offset);
+    let end = (e.offset + e.len).min(offset + len);
+    (s < end).then_some((s, end))
+}
+
+/// Open segment files as the records are visited.
+struct Segs<'a> {
+    dir: &'a Path,
+    open: Option<(u64, File)>,
+}
+
+impl Segs<'_> {
+    fn file(&mut self, segno: u64) -> Result<&File, CdpError> {
+        if self.open.as_ref().is_none_or(|(n, _)| *n != segno) {
+            let p = store::seg_path(self.dir, segno);
+            let f = File::open(&p).map_err(|source| CdpError::Io {
+                what: "open",
+                path: p,
+                source,
+            })?;
+            self.open = Some((segno, f));
+        }
+        Ok(&self.open.as_ref().expect("just opened").1)
+    }
+
+    /// Read the payload bytes `[from, from + out.len())` of record `e` (a volume offset range).
+    fn payload(
+        &mut self,
+        segno: u64,
+        e: &Entry,
+        from: u64,
+        out: &mut [u8],
+    ) -> Result<(), CdpError> {
+        let at = e.pos + REC_HEADER as u64 + (from - e.offset);
+        let dir = self.dir;
+        self.file(segno)?
+            .read_exact_at(out, at)
+            .map_err(|source| CdpError::Io {
+                what: "read",
+                path: store::seg_path(dir, segno),
+                source,
+            })
+    }
+}
+
+/// The content of `[offset, offset + len)` of the volume at point `p`.
+pub fn read_at(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, CdpError> {
+    let seq = resolve(h, p)?;
+    if !crate::bdev::in_range(offset, len, h.meta.size) {
+        return Err(CdpError::Outside {
+            what: format!("range {offset}+{len}"),
+            window: format!("a volume of {} bytes", h.meta.size),
+        });
+    }
+    let mut out = vec![0u8; len as usize];
+    let start_seq = seq;
+    let bp = store::base_path(&h.dir);
+    File::open(&bp)
+        .and_then(|f| f.read_exact_at(&mut out, offset))
+        .map_err(|source| CdpError::Io {
+            what: "read",
+            path: bp,
+            source,
+        })?;
+    let mut segs = Segs {
+        dir: &h.dir,
+        open: None,
+    };
+    for (segno, e) in h.entries().take_while(|(_, e)| e.seq <= seq) {
+        let Some((s, end)) = overlap(e, offset, len) else {
+            continue;
+        };
+        let dst = &mut out[(s - offset) as usize..(end - offset) as usize];
+        match e.op {
+            Op::Write => segs.payload(segno, e, s, dst)?,
+            Op::Zeroes | Op::Unmap => dst.fill(0),
+            Op::Mark | Op::Pad => {}
+        }
+    }
+    still_inside(h, start_seq)?;
+    Ok(out)
+}
+
+/// Consolidation may have moved the base copy past `seq` while it was being read: then what
+/// was read is not the point (it is outside the window now).
+fn still_inside(h: &History, seq: u64) -> Result<(), CdpError> {
+    let m = store::read_meta(&h.dir)?;
+    if m.base_seq > seq {
+        return Err(CdpError::Outside {
+            what: format!("sequence {seq} (consolidated while it was read)"),
+            window: format!("from sequence {}", m.base_seq),
+        });
+    }
+    Ok(())
+}
+
+/// Materialise point `p` of `h` as the new file `out` (refused if it exists); `progress` is
+/// told (records applied, records to apply) as it goes. Returns the sequence restored.
+pub fn restore(
+    h: &History,
+    p: Point,
+    out: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, CdpError> {
+    let seq = resolve(h, p)?;
+    let err = |what: &'static str| {
+        let path = out.to_path_buf();
+        move |source| CdpError::Io { what, path, source }
+    };
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(err("create"))?;
+    // The base copy first (kernel copy, sparse where the filesystem allows).
+    let mut base = File::open(store::base_path(&h.dir)).map_err(err("open the base copy for"))?;
+    let mut w = &f;
+    std::io::copy(&mut base, &mut w).map_err(err("copy the base copy into"))?;
+    f.set_len(h.meta.size).map_err(err("size"))?;
+    let total = h.entries().take_while(|(_, e)| e.seq <= seq).count() as u64;
+    let mut segs = Segs {
+        dir: &h.dir,
+        open: None,
+    };
+    let mut buf = Vec::new();
+    let zero = vec![0u8; 1 << 20];
+    for (done, (segno, e)) in h.entries().take_while(|(_, e)| e.seq <= seq).enumerate() {
+        match e.op {
+            Op::Write => {
+                buf.resize(e.len as usize, 0);
+                segs.payload(segno, e, e.offset, &mut buf)?;
+                f.write_all_at(&buf, e.offset).map_err(err("write"))?;
+            }
+            Op::Mark | Op::Pad => {}
+            Op::Zeroes | Op::Unmap => {
+                let mut at = e.offset;
+                while at < e.offset + e.len {
+                    let n = (e.offset + e.len - at).min(zero.len() as u64) as usize;
+                    f.write_all_at(&zero[..n], at).map_err(err("write"))?;
+                    at += n as u64;
+                }
+            }
+        }
+        if done % 256 == 0 || done as u64 + 1 == total {
+            progress(done as u64 + 1, total);
+        }
+    }
+    f.sync_all().map_err(err("sync"))?;
+    if let Err(e) = still_inside(h, seq) {
+        let _ = std::fs::remove_file(out);
+        return Err(e);
+    }
+    Ok(seq)
+}

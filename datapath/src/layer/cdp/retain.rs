@@ -1,0 +1,194 @@
+//! Retention: consolidating the oldest journal segments into the base copy so a history's
+//! space stays bounded (docs/cdp-format.md, "Point-in-time content"), on a thread of its own,
+//! never on a reactor.
+//!
+//! Model: one pass ([`consolidate_once`]) looks at the oldest segment of a directory; when a
+//! later segment exists (so it is sealed) and retention releases it (its newest record is
+//! older than `age`, or the segments hold more than `bytes`), its records are applied to
+//! `base.img` in order, the base copy is synced, `cdp.meta` records the new base point, and
+//! the segment is deleted. The thread ([`spawn`]) runs a pass over every volume each second,
+//! at most one segment per volume per pass (the throttle).
+//!
+//! A segment holding a record newer than the oldest bookmark is never consolidated (the
+//! bookmark stays restorable, whatever retention says).
+//!
+//! Invariants: the base copy never holds a record the meta's base point does not cover once
+//! the meta is written, and a crash anywhere leaves either the old meta with the segment still
+//! there (the pass is repeated: records are whole overwrites applied in order, so applying
+//! them again gives the same base) or the new meta with the segment deleted or skipped by
+//! recovery; the active segment (the newest) is never consolidated.
+
+use super::format::{Op, REC_HEADER};
+use super::store::{self, CdpError};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What a history keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep records younger than this (ns of site time).
+    pub age_ns: Option<u64>,
+    /// Keep at most about this many bytes of segments.
+    pub bytes: Option<u64>,
+}
+
+fn segments(dir: &Path) -> Result<Vec<(u64, u64)>, CdpError> {
+    let mut v = Vec::new();
+    let err = |source| CdpError::Io {
+        what: "list",
+        path: dir.to_path_buf(),
+        source,
+    };
+    for e in std::fs::read_dir(dir).map_err(err)? {
+        let e = e.map_err(err)?;
+        let name = e.file_name();
+        let Some(s) = name.to_str() else { continue };
+        if let Some(hex) = s.strip_prefix("seg-").and_then(|r| r.strip_suffix(".cdp"))
+            && let Ok(n) = u64::from_str_radix(hex, 16)
+        {
+            v.push((n, e.metadata().map_err(err)?.len()));
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// One pass over `dir` at site time `now`: consolidate its oldest segment if retention
+/// releases it. Returns the new base point's sequence when it did.
+pub fn consolidate_once(dir: &Path, r: &Retention, now: u64) -> Result<Option<u64>, CdpError> {
+    let (in_use, _) = store::segments_in_use(dir)?;
+    let segs: Vec<(u64, u64)> = segments(dir)?
+        .into_iter()
+        .filter(|(n, _)| in_use.contains(n))
+        .collect();
+    if segs.len() < 2 {
+        return Ok(None); // the only segment in use is the active one (a spare is not)
+    }
+    let meta = store::read_meta(dir)?;
+    let (segno, _) = segs[0];
+    let (header, index) =
+        store::segment_index(dir, &meta, segno, meta.base_seq, meta.window_start())?;
+    if header.first_seq != meta.base_seq + 1 {
+        // Not the next segment of the chain (damaged, or already consolidated): recovery at
+        // the next start sorts it out; nothing is applied here.
+        return Ok(None);
+    }
+    let total: u64 = segs.iter().map(|(_, len)| len).sum();
+    let newest = index.entries.last().map_or(header.created, |e| e.time);
+    let by_age = r.age_ns.is_some_and(|a| newest.saturating_add(a) < now);
+    let by_size = r.bytes.is_some_and(|b| total > b);
+    if !(by_age || by_size) {
+        return Ok(None);
+    }
+    if let Some(b) = super::bookmark::hold(dir)
+        && newest > b
+    {
+        // A bookmark inside this segment (or before it) must stay restorable.
+        return Ok(None);
+    }
+    apply(dir, segno, &index.entries)?;
+    let mut m = meta;
+    if let Some(last) = index.entries.last() {
+        m.base_seq = last.seq;
+        m.base_time = last.time;
+        store::write_meta(dir, &m)?;
+    }
+    store::remove_segment(dir, segno)?;
+    tracing::info!(dir = %dir.display(), segment = segno, base_seq = m.base_seq, by_age, by_size,
+        "cdp: consolidated the oldest segment into the base copy");
+    Ok(Some(m.base_seq))
+}
+
+fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(), CdpError> {
+    let bp = store::base_path(dir);
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CdpError::Io { what, path, source }
+    };
+    let base = OpenOptions::new()
+        .write(true)
+        .open(&bp)
+        .map_err(io("open", &bp))?;
+    let sp = store::seg_path(dir, segno);
+    let seg = File::open(&sp).map_err(io("open", &sp))?;
+    let mut buf = Vec::new();
+    let zero = vec![0u8; 1 << 20];
+    for e in entries {
+        match e.op {
+            Op::Write => {
+                buf.resize(e.len as usize, 0);
+                seg.read_exact_at(&mut buf, e.pos + REC_HEADER as u64)
+                    .map_err(io("read", &sp))?;
+                base.write_all_at(&buf, e.offset)
+                    .map_err(io("write", &bp))?;
+            }
+            Op::Zeroes | Op::Unmap => {
+                // SAFETY: plain syscall on an open descriptor.
+                let rc = unsafe {
+                    libc::fallocate(
+                        base.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        e.offset as i64,
+                        e.len as i64,
+                    )
+                };
+                if rc != 0 {
+                    let mut at = e.offset;
+                    while at < e.offset + e.len {
+                        let n = (e.offset + e.len - at).min(zero.len() as u64) as usize;
+                        base.write_all_at(&zero[..n], at)
+                            .map_err(io("write", &bp))?;
+                        at += n as u64;
+                    }
+                }
+            }
+            Op::Mark | Op::Pad => {}
+        }
+    }
+    base.sync_all().map_err(io("sync", &bp))
+}
+
+/// A volume the retention thread looks after.
+pub struct Retained {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// What it keeps.
+    pub retention: Retention,
+    /// Where its window starts now (published after each consolidation).
+    pub window_start: Arc<AtomicU64>,
+}
+
+/// Start the retention thread over `vols`; it stops when `stop` is set.
+pub fn spawn(vols: Vec<Retained>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cdp-retention".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for v in &vols {
+                    match consolidate_once(&v.dir, &v.retention, super::clock::now()) {
+                        Ok(Some(_)) => {
+                            if let Ok(m) = store::read_meta(&v.dir) {
+                                v.window_start.store(m.window_start(), Ordering::Relaxed);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(dir = %v.dir.display(), error = %e, "cdp: consolidation failed; retried later")
+                        }
+                    }
+                }
+                for _ in 0..10 {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+}

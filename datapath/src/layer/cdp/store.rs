@@ -1,0 +1,625 @@
+//! A volume's CDP directory off the reactor: creating it (identity, base copy), reading its
+//! history (segments, indexes), recovery at start (cut a torn tail, set damaged segments
+//! aside, rebuild missing or wrong indexes) and creating segments. Plain blocking std I/O: it
+//! runs before the reactors start, on the control thread or in `twinblk cdp` commands.
+//!
+//! Invariants:
+//! - The history is the chain of segments 1, 2, ... whose headers check and whose first
+//!   sequence continues the previous segment's last record; it ends at the first record that
+//!   does not check (docs/cdp-format.md, "Torn tail").
+//! - Only [`Load::Recover`] changes the directory's log (zeroes after the cut, renames damaged
+//!   segments); any reader may write a sealed segment's index (a cache, written to a temporary
+//!   file and renamed).
+
+use super::clock;
+use super::format::{self, Entry, Index, Meta, SegHeader};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Errors of a CDP directory.
+#[derive(Debug, Error)]
+pub enum CdpError {
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `cdp.meta` does not check, or names another volume.
+    #[error("{path}: {why}")]
+    Meta {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A point outside the restorable window.
+    #[error("{what} is outside the restorable window: {window}")]
+    Outside {
+        /// The point asked for.
+        what: String,
+        /// The window.
+        window: String,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CdpError {
+    let path = path.to_path_buf();
+    move |source| CdpError::Io { what, path, source }
+}
+
+/// How to read a history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// Read only (a restore, with or without the daemon running).
+    ReadOnly,
+    /// The layer's start: cut the tail, set damaged segments aside.
+    Recover,
+}
+
+/// One segment of the history.
+#[derive(Debug)]
+pub struct Segment {
+    /// Its header.
+    pub header: SegHeader,
+    /// Its records and where its log ends.
+    pub index: Index,
+}
+
+/// A volume's history as read from its directory.
+#[derive(Debug)]
+pub struct History {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its identity.
+    pub meta: Meta,
+    /// The segments of the chain, in order.
+    pub segments: Vec<Segment>,
+    /// Last sequence number (0: no record).
+    pub last_seq: u64,
+    /// Time of the last record (the creation time when none).
+    pub last_time: u64,
+    /// Segments set aside (by [`Load::Recover`]) or ignored (read only) after the chain ended.
+    pub damaged: Vec<u64>,
+    /// Where and why the chain ended before the end of the last segment file, if it did.
+    pub cut: Option<String>,
+}
+
+impl History {
+    /// Every data record, in sequence order.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &Entry)> {
+        self.segments
+            .iter()
+            .flat_map(|s| s.index.entries.iter().map(move |e| (s.header.segno, e)))
+    }
+}
+
+/// The file of segment `segno`.
+pub fn seg_path(dir: &Path, segno: u64) -> PathBuf {
+    dir.join(format!("seg-{segno:016x}.cdp"))
+}
+
+fn idx_path(dir: &Path, segno: u64) -> PathBuf {
+    dir.join(format!("seg-{segno:016x}.idx"))
+}
+
+/// The base copy.
+pub fn base_path(dir: &Path) -> PathBuf {
+    dir.join("base.img")
+}
+
+fn meta_path(dir: &Path) -> PathBuf {
+    dir.join("cdp.meta")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CdpError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", dir))
+}
+
+/// Write `bytes` to `path` atomically (temporary file, fsync, rename, directory fsync).
+fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), CdpError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(bytes).map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("rename", path))?;
+    sync_dir(dir)
+}
+
+fn random_id() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+    let r = u64::from_le_bytes(b);
+    if n == 8 && r != 0 {
+        r
+    } else {
+        clock::now() ^ ((std::process::id() as u64) << 32) | 1
+    }
+}
+
+/// Open the CDP directory of a volume of `size` bytes, creating it (identity and base copy)
+/// when it holds no history yet. The base copy is a copy of `seed` (the base device's file)
+/// or, without one, all zeroes.
+pub fn open_or_create(
+    dir: &Path,
+    size: u64,
+    block_size: u32,
+    seed: Option<&Path>,
+) -> Result<Meta, CdpError> {
+    std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    let mp = meta_path(dir);
+    match std::fs::read(&mp) {
+        Ok(b) => {
+            let m = Meta::decode(&b).map_err(|e| CdpError::Meta {
+                path: mp.clone(),
+                why: e.to_string(),
+            })?;
+            if m.size != size || m.block_size != block_size {
+                return Err(CdpError::Meta {
+                    path: mp,
+                    why: format!(
+                        "the history is of a volume of {} bytes in blocks of {}, this volume has {size} in blocks of {block_size}: use another directory",
+                        m.size, m.block_size
+                    ),
+                });
+            }
+            clock::not_before(m.created);
+            Ok(m)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let base = base_path(dir);
+            let tmp = base.with_extension("tmp");
+            File::create(&tmp).map_err(io_err("create", &tmp))?;
+            if let Some(src) = seed {
+                copy_data(src, &tmp, size).map_err(io_err("copy the base into", &tmp))?;
+            }
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .map_err(io_err("open", &tmp))?;
+            f.set_len(size).map_err(io_err("size", &tmp))?;
+            f.sync_all().map_err(io_err("sync", &tmp))?;
+            std::fs::rename(&tmp, &base).map_err(io_err("rename", &base))?;
+            let m = Meta {
+                block_size,
+                vol_id: random_id(),
+                size,
+                created: clock::now(),
+                base_seq: 0,
+                base_time: 0,
+            };
+            write_atomic(dir, &mp, &m.encode())?;
+            Ok(m)
+        }
+        Err(e) => Err(io_err("read", &mp)(e)),
+    }
+}
+
+/// Copy the first `size` bytes of `src` into `dst`, skipping holes where the filesystem
+/// reports them (SEEK_DATA), so a new, sparse base copies in no time.
+fn copy_data(src: &Path, dst: &Path, size: u64) -> std::io::Result<()> {
+    let s = File::open(src)?;
+    let d = OpenOptions::new().write(true).open(dst)?;
+    let fd = s.as_raw_fd();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut copy = |from: u64, to: u64| -> std::io::Result<()> {
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(buf.len() as u64) as usize;
+            s.read_exact_at(&mut buf[..n], at)?;
+            d.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    };
+    let mut off = 0u64;
+    while off < size {
+        // SAFETY: plain syscall on an open descriptor.
+        let data = unsafe { libc::lseek(fd, off as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return copy(off, size); // no hole information (a block device): copy it all
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 {
+            size
+        } else {
+            (hole as u64).min(size)
+        };
+        let start = (data as u64).min(size);
+        copy(start, end)?;
+        off = end.max(start + 1);
+    }
+    Ok(())
+}
+
+/// Read the identity of an existing history.
+pub fn read_meta(dir: &Path) -> Result<Meta, CdpError> {
+    let mp = meta_path(dir);
+    let b = std::fs::read(&mp).map_err(io_err("read", &mp))?;
+    Meta::decode(&b).map_err(|e| CdpError::Meta {
+        path: mp,
+        why: e.to_string(),
+    })
+}
+
+fn segment_numbers(dir: &Path) -> Result<Vec<u64>, CdpError> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let e = e.map_err(io_err("list", dir))?;
+        let name = e.file_name();
+        let Some(s) = name.to_str() else { continue };
+        if let Some(hex) = s.strip_prefix("seg-").and_then(|r| r.strip_suffix(".cdp"))
+            && let Ok(n) = u64::from_str_radix(hex, 16)
+        {
+            v.push(n);
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// A usable index of segment `segno` (checked against the segment), if there is one.
+fn load_index(dir: &Path, file: &File, segno: u64, meta: &Meta) -> Option<Index> {
+    let b = std::fs::read(idx_path(dir, segno)).ok()?;
+    let i = Index::decode(&b).ok()?;
+    if i.segno != segno {
+        return None;
+    }
+    if let Some(last) = i.entries.last() {
+        let mut h = [0u8; format::REC_HEADER];
+        file.read_exact_at(&mut h, last.pos).ok()?;
+        let r = format::RecHeader::decode(&h, meta.vol_id).ok()?;
+        if r.seq != last.seq || last.pos + r.total() as u64 > i.end {
+            return None;
+        }
+    }
+    Some(i)
+}
+
+/// A prepared, unused segment (header all zeroes, or shorter than a header).
+fn is_spare(dir: &Path, segno: u64) -> bool {
+    let mut hb = vec![0u8; format::SEG_HEADER];
+    match File::open(seg_path(dir, segno)).and_then(|f| f.read_exact_at(&mut hb, 0)) {
+        Ok(()) => hb.iter().all(|&b| b == 0),
+        Err(_) => false,
+    }
+}
+
+/// The segment numbers of `dir` in order, without the trailing spares (returned apart): the
+/// newest segment in use is the last of the first list.
+pub fn segments_in_use(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), CdpError> {
+    let mut nums = segment_numbers(dir)?;
+    let mut spares = Vec::new();
+    while let Some(&n) = nums.last() {
+        if !is_spare(dir, n) {
+            break;
+        }
+        spares.push(nums.pop().expect("last exists"));
+    }
+    Ok((nums, spares))
+}
+
+/// Read the history of `dir` (see [`Load`]).
+pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
+    let meta = read_meta(dir)?;
+    let (nums, spare) = segments_in_use(dir)?;
+    let mut h = History {
+        dir: dir.to_path_buf(),
+        meta,
+        segments: Vec::new(),
+        last_seq: meta.base_seq,
+        last_time: meta.window_start(),
+        damaged: Vec::new(),
+        cut: None,
+    };
+    let mut consolidated = Vec::new();
+    for (i, &segno) in nums.iter().enumerate() {
+        let last_file = i + 1 == nums.len();
+        if h.cut.is_some() {
+            h.damaged.push(segno);
+            continue;
+        }
+        let path = seg_path(dir, segno);
+        let file = File::open(&path).map_err(io_err("open", &path))?;
+        let mut hb = vec![0u8; format::SEG_HEADER];
+        let header = match file.read_exact_at(&mut hb, 0) {
+            Ok(()) => SegHeader::decode(&hb).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        // A segment the base copy already holds (consolidation stopped before deleting it).
+        if let Ok(sh) = &header
+            && sh.vol_id == meta.vol_id
+            && meta.base_seq > 0
+            && sh.first_seq <= meta.base_seq
+            && h.segments.is_empty()
+        {
+            consolidated.push(segno);
+            continue;
+        }
+        let header = header.and_then(|sh| {
+            if sh.vol_id != meta.vol_id || sh.segno != segno {
+                Err("belongs to another history or has another number".to_string())
+            } else if sh.first_seq != h.last_seq + 1 {
+                Err(format!(
+                    "starts at sequence {}, the history's last is {}",
+                    sh.first_seq, h.last_seq
+                ))
+            } else if h
+                .segments
+                .last()
+                .is_some_and(|s| s.header.segno + 1 != segno)
+            {
+                Err("a segment number is missing before it".to_string())
+            } else {
+                Ok(sh)
+            }
+        });
+        let header = match header {
+            Ok(sh) => sh,
+            Err(why) => {
+                h.cut = Some(format!("segment {segno}: header: {why}"));
+                h.damaged.push(segno);
+                continue;
+            }
+        };
+        let index = match (!last_file)
+            .then(|| load_index(dir, &file, segno, &meta))
+            .flatten()
+            .filter(|i| i.entries.first().is_none_or(|e| e.seq == h.last_seq + 1))
+        {
+            Some(i) => i,
+            None => {
+                let mut bytes = Vec::new();
+                (&file)
+                    .read_to_end(&mut bytes)
+                    .map_err(io_err("read", &path))?;
+                let s = format::scan(&bytes, meta.vol_id, meta.size, h.last_seq, h.last_time);
+                let i = Index {
+                    segno,
+                    end: s.end,
+                    entries: s.entries,
+                };
+                if !last_file || mode == Load::Recover {
+                    // A cache: a failure to write it costs a scan next time.
+                    if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
+                        tracing::warn!(error = %e, "cdp: cannot write a segment index");
+                    }
+                }
+                if let Some(why) = s.stopped
+                    && s.end + (format::REC_HEADER as u64) <= bytes.len() as u64
+                    && !bytes[s.end as usize..].iter().all(|&b| b == 0)
+                {
+                    h.cut = Some(format!(
+                        "segment {segno}: the log ends at byte {} ({why}); what follows is cut",
+                        s.end
+                    ));
+                }
+                i
+            }
+        };
+        if let Some(e) = index.entries.last() {
+            h.last_seq = e.seq;
+            h.last_time = e.time;
+        }
+        if mode == Load::Recover {
+            zero_after(&path, index.end)?;
+        }
+        h.segments.push(Segment { header, index });
+    }
+    if mode == Load::Recover {
+        for &segno in consolidated.iter().chain(&spare) {
+            remove_segment(dir, segno)?;
+        }
+        for &segno in &h.damaged {
+            let p = seg_path(dir, segno);
+            let to = p.with_extension("cdp.damaged");
+            tracing::warn!(segment = %p.display(), "cdp: setting a segment after the end of the history aside");
+            std::fs::rename(&p, &to).map_err(io_err("rename", &p))?;
+            let _ = std::fs::remove_file(idx_path(dir, segno));
+        }
+        if !h.damaged.is_empty() {
+            sync_dir(dir)?;
+        }
+        if let Some(c) = &h.cut {
+            tracing::warn!(dir = %dir.display(), cut = %c, "cdp: history cut");
+        }
+    }
+    clock::not_before(h.last_time);
+    Ok(h)
+}
+
+/// Delete segment `segno` and its index (its records are in the base copy).
+pub fn remove_segment(dir: &Path, segno: u64) -> Result<(), CdpError> {
+    let p = seg_path(dir, segno);
+    std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
+    let _ = std::fs::remove_file(idx_path(dir, segno));
+    sync_dir(dir)
+}
+
+/// Replace `cdp.meta` (atomically).
+pub fn write_meta(dir: &Path, m: &Meta) -> Result<(), CdpError> {
+    write_atomic(dir, &meta_path(dir), &m.encode())
+}
+
+/// The records of sealed segment `segno` (its index, or a scan that writes one), continuing
+/// a log whose last record had `prev_seq` and `prev_time`.
+pub fn segment_index(
+    dir: &Path,
+    meta: &Meta,
+    segno: u64,
+    prev_seq: u64,
+    prev_time: u64,
+) -> Result<(SegHeader, Index), CdpError> {
+    let path = seg_path(dir, segno);
+    let file = File::open(&path).map_err(io_err("open", &path))?;
+    let mut hb = vec![0u8; format::SEG_HEADER];
+    file.read_exact_at(&mut hb, 0)
+        .map_err(io_err("read", &path))?;
+    let header = SegHeader::decode(&hb).map_err(|e| CdpError::Meta {
+        path: path.clone(),
+        why: format!("segment header: {e}"),
+    })?;
+    if let Some(i) = load_index(dir, &file, segno, meta)
+        .filter(|i| i.entries.first().is_none_or(|e| e.seq == prev_seq + 1))
+    {
+        return Ok((header, i));
+    }
+    let mut bytes = Vec::new();
+    (&file)
+        .read_to_end(&mut bytes)
+        .map_err(io_err("read", &path))?;
+    let s = format::scan(&bytes, meta.vol_id, meta.size, prev_seq, prev_time);
+    let i = Index {
+        segno,
+        end: s.end,
+        entries: s.entries,
+    };
+    if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
+        tracing::warn!(error = %e, "cdp: cannot write a segment index");
+    }
+    Ok((header, i))
+}
+
+/// Zero a segment after its log's end (so nothing behind the cut can pass for a record later).
+fn zero_after(path: &Path, end: u64) -> Result<(), CdpError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let len = f.metadata().map_err(io_err("stat", path))?.len();
+    if end < len {
+        // SAFETY: plain syscall on an open descriptor.
+        let rc = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                end as i64,
+                (len - end) as i64,
+            )
+        };
+        if rc != 0 {
+            // Not every filesystem zeroes ranges: write the zeroes.
+            let zero = vec![0u8; 1 << 20];
+            let mut at = end;
+            while at < len {
+                let n = (len - at).min(zero.len() as u64) as usize;
+                f.write_all_at(&zero[..n], at)
+                    .map_err(io_err("zero", path))?;
+                at += n as u64;
+            }
+        }
+        f.sync_all().map_err(io_err("sync", path))?;
+    }
+    Ok(())
+}
+
+/// Create segment `segno` of `size` bytes for the records from `first_seq` (preallocated,
+/// header written and synced) and open it for O_DIRECT appends.
+pub fn create_segment(
+    dir: &Path,
+    meta: &Meta,
+    segno: u64,
+    first_seq: u64,
+    size: u64,
+) -> Result<File, CdpError> {
+    let path = seg_path(dir, segno);
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(io_err("create", &path))?;
+    // SAFETY: plain syscall on an open descriptor.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as i64) };
+    if rc != 0 {
+        f.set_len(size).map_err(io_err("size", &path))?;
+    }
+    let header = SegHeader {
+        vol_id: meta.vol_id,
+        segno,
+        first_seq,
+        created: clock::now(),
+        size,
+    };
+    f.write_all_at(&header.encode(), 0)
+        .map_err(io_err("write", &path))?;
+    f.sync_all().map_err(io_err("sync", &path))?;
+    sync_dir(dir)?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .map_err(io_err("open", &path))
+}
+
+/// Prepare segment `segno` as a spare (off the reactor): preallocated, all zeroes where
+/// `zero` (its blocks written once, so later appends need no allocation by the filesystem),
+/// header all zeroes (the writer writes it as the segment's first append), synced with its
+/// directory. A newest segment whose header is all zeroes is an unused spare to recovery.
+pub fn prepare_spare(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<(), CdpError> {
+    let path = seg_path(dir, segno);
+    let tmp = path.with_extension("spare");
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    // SAFETY: plain syscall on an open descriptor.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as i64) };
+    if rc != 0 {
+        f.set_len(size).map_err(io_err("size", &tmp))?;
+    }
+    if zero {
+        let z = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < size {
+            let n = (size - at).min(z.len() as u64) as usize;
+            f.write_all_at(&z[..n], at).map_err(io_err("zero", &tmp))?;
+            at += n as u64;
+        }
+    }
+    f.sync_all().map_err(io_err("sync", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    sync_dir(dir)
+}
+
+/// Open a prepared spare segment for O_DIRECT appends.
+pub fn open_spare(dir: &Path, segno: u64) -> Result<File, CdpError> {
+    let path = seg_path(dir, segno);
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .map_err(io_err("open", &path))
+}
+
+/// Append whole records `bytes` (a multiple of 4096 bytes) at `pos` of segment `segno`
+/// synchronously (the layer's start, before the reactors run).
+pub fn append_sync(dir: &Path, segno: u64, pos: u64, bytes: &[u8]) -> Result<(), CdpError> {
+    let path = seg_path(dir, segno);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    f.write_all_at(bytes, pos).map_err(io_err("write", &path))?;
+    f.sync_data().map_err(io_err("sync", &path))
+}

@@ -1,0 +1,982 @@
+//! Continuous data protection end to end: points in time of a volume group restored from the
+//! journal, crash recovery (kill -9, torn and corrupt segments), through the real daemon.
+
+use crate::harness::{Server, in_process_with, pattern};
+use crate::rawnbd::Client;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use twinblk::layer::cdp::format::Op;
+use twinblk::layer::cdp::pit::{self, Point};
+use twinblk::layer::cdp::store::{self, CdpError, Load};
+
+const NBD_CMD_TRIM: u16 = 4;
+const NBD_CMD_WRITE_ZEROES: u16 = 6;
+
+fn volume(name: &str, size: u64, dir: &Path, seg: &str) -> String {
+    format!(
+        "[[volume]]\nname='{name}'\nbackend='malloc'\nsize={size}\nblock_size=4096\ngroup='g'\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='{seg}'\n",
+        dir.display()
+    )
+}
+
+/// One update the workload made, as the model applies it.
+#[derive(Clone)]
+enum Upd {
+    Write(u64, Vec<u8>),
+    Zero(u64, u64),
+}
+
+fn apply(model: &mut [u8], u: &Upd) {
+    match u {
+        Upd::Write(o, d) => model[*o as usize..*o as usize + d.len()].copy_from_slice(d),
+        Upd::Zero(o, l) => model[*o as usize..(*o + *l) as usize].fill(0),
+    }
+}
+
+/// The content volume `vol` had at `t`, from the workload's log of (volume, update, time).
+fn expected(log: &[(usize, Upd, u64)], vol: usize, t: u64, size: usize) -> Vec<u8> {
+    let mut m = vec![0u8; size];
+    for (v, u, when) in log {
+        if *v == vol && *when <= t {
+            apply(&mut m, u);
+        }
+    }
+    m
+}
+
+fn last(dir: &Path) -> (u64, u64) {
+    let h = store::load(dir, Load::ReadOnly).expect("history");
+    (h.last_seq, h.last_time)
+}
+
+fn restore_file(dir: &Path, p: Point, out: &Path) -> Result<Vec<u8>, CdpError> {
+    let h = store::load(dir, Load::ReadOnly)?;
+    let _ = std::fs::remove_file(out);
+    pit::restore(&h, p, out, |_, _| {})?;
+    Ok(std::fs::read(out).expect("restored file"))
+}
+
+#[test]
+fn a_group_restores_to_every_chosen_point_with_the_content_it_had_then() {
+    const SIZE: usize = 3 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = [tmp.path().join("j-a"), tmp.path().join("j-b")];
+    let (mut d, addr) = in_process_with(
+        "cores=[0]\nwait='adaptive'",
+        &format!(
+            "{}{}",
+            volume("a", SIZE as u64, &dirs[0], "4MiB"),
+            volume("b", SIZE as u64, &dirs[1], "4MiB")
+        ),
+    );
+    let mut c = [
+        Client::connect(addr, "a", false),
+        Client::connect(addr, "b", false),
+    ];
+    // The workload: writes of many sizes (one of 2 MiB: two records; enough data for several
+    // 4 MiB segments), a trim and a write-zeroes, alternating between the two volumes, each
+    // acknowledged before the next is sent (so every one has its own time).
+    let mut log: Vec<(usize, Upd, u64)> = Vec::new();
+    let mut seqs: Vec<(usize, u64)> = Vec::new();
+    for i in 0..36u64 {
+        let vol = (i % 2) as usize;
+        let off = (i * 37 % 600) * 4096;
+        let upd = match i {
+            20 | 22 => Upd::Write(4096 * (i - 19), pattern(i, 2 << 20)),
+            25 => Upd::Zero(off, 64 << 10),
+            29 => Upd::Zero(8192, 3 * 4096),
+            _ => Upd::Write(off, pattern(i + 1000, 4096 * (1 + (i as usize * 7) % 40))),
+        };
+        let err = match (&upd, i) {
+            (Upd::Write(o, data), _) => c[vol].write(*o, data),
+            (Upd::Zero(o, l), 25) => {
+                c[vol].send_request(NBD_CMD_TRIM, 0, 9, *o, *l as u32, &[]);
+                c[vol].read_reply(0).1
+            }
+            (Upd::Zero(o, l), _) => {
+                c[vol].send_request(NBD_CMD_WRITE_ZEROES, 0, 9, *o, *l as u32, &[]);
+                c[vol].read_reply(0).1
+            }
+        };
+        assert_eq!(err, 0, "update {i}");
+        let (seq, time) = last(&dirs[vol]);
+        log.push((vol, upd, time));
+        seqs.push((vol, seq));
+    }
+    let segs = segment_files(&dirs[0]).len();
+    assert!(segs >= 2, "the workload spans several segments ({segs})");
+    let hs: Vec<_> = dirs
+        .iter()
+        .map(|d| store::load(d, Load::ReadOnly).unwrap())
+        .collect();
+    // The points: right before and right after every fourth update, and the window's edges.
+    let mut points: Vec<u64> = Vec::new();
+    for (k, (_, _, t)) in log.iter().enumerate() {
+        if k % 4 == 1 || k == 20 || k == 22 || k == 25 || k == 29 {
+            points.push(t - 1);
+            points.push(*t);
+        }
+    }
+    let start = hs[0].meta.created.max(hs[1].meta.created);
+    points.push(start);
+    points.push(hs[0].last_time.min(hs[1].last_time));
+    assert!(points.len() >= 20, "{} points", points.len());
+    let out = tmp.path().join("restored");
+    for &t in &points {
+        for (vol, dir) in dirs.iter().enumerate() {
+            let got = restore_file(dir, Point::Time(t), &out).unwrap();
+            let want = expected(&log, vol, t, SIZE);
+            assert!(
+                got == want,
+                "volume {vol} at time {t} differs from the workload's"
+            );
+        }
+    }
+    // Sequence points of one volume, and a range read without a copy.
+    for (k, &(vol, seq)) in seqs.iter().enumerate().filter(|(k, _)| k % 5 == 0) {
+        let t = log[k].2;
+        let got = restore_file(&dirs[vol], Point::Seq(seq), &out).unwrap();
+        assert!(
+            got == expected(&log, vol, t, SIZE),
+            "volume {vol} at sequence {seq}"
+        );
+        let part = pit::read_at(&hs[vol], Point::Seq(seq), 4096 * 7, 300_000).unwrap();
+        assert_eq!(
+            part,
+            expected(&log, vol, t, SIZE)[4096 * 7..4096 * 7 + 300_000]
+        );
+    }
+    // Outside the window: clear errors, nothing written.
+    // (An idle journal's window grows by a time mark a second: an hour ahead is outside.)
+    let late = store::load(&dirs[0], Load::ReadOnly).unwrap().last_time + 3_600_000_000_000;
+    let Err(e) = restore_file(&dirs[0], Point::Time(late), &out) else {
+        panic!("a time an hour after the window was restored");
+    };
+    assert!(matches!(e, CdpError::Outside { .. }), "{e}");
+    assert!(e.to_string().contains("window"), "{e}");
+    let early = restore_file(&dirs[0], Point::Time(hs[0].meta.created - 1), &out);
+    assert!(
+        matches!(early, Err(CdpError::Outside { .. })),
+        "before the window"
+    );
+    let beyond = store::load(&dirs[0], Load::ReadOnly).unwrap().last_seq + 1;
+    let after = restore_file(&dirs[0], Point::Seq(beyond), &out);
+    assert!(
+        matches!(after, Err(CdpError::Outside { .. })),
+        "after the window"
+    );
+    // The newest point is the volume as it is now.
+    let now = c[0].read(0, SIZE as u32).unwrap();
+    assert!(restore_file(&dirs[0], Point::Seq(hs[0].last_seq), &out).unwrap() == now);
+    for cl in c {
+        cl.disconnect();
+    }
+    d.stop();
+    // After a clean stop the same history reads the same.
+    assert!(restore_file(&dirs[0], Point::Seq(hs[0].last_seq), &out).unwrap() == now);
+}
+
+/// The segment files in use (not the spare prepared ahead), in order.
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    store::segments_in_use(dir)
+        .unwrap()
+        .0
+        .into_iter()
+        .map(|n| store::seg_path(dir, n))
+        .collect()
+}
+
+#[test]
+fn a_torn_truncated_or_corrupt_journal_is_cut_and_the_volume_keeps_serving() {
+    const SIZE: u64 = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let vols = volume("v", SIZE, &dir, "4MiB");
+    let start = || in_process_with("cores=[0]\nwait='adaptive'", &vols);
+    let (mut d, addr) = start();
+    let mut c = Client::connect(addr, "v", false);
+    for i in 0..10u64 {
+        assert_eq!(c.write(i * 8192, &pattern(i, 8192)), 0);
+    }
+    c.disconnect();
+    d.stop();
+    // The start's unmap of a RAM volume, 10 writes, the stop's time mark.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let writes: Vec<_> = h
+        .entries()
+        .filter(|(_, e)| e.op == Op::Write)
+        .map(|(s, e)| (s, *e))
+        .collect();
+    assert_eq!(writes.len(), 10);
+    assert!(h.cut.is_none(), "{:?}", h.cut);
+    let good9 = pit::read_at(&h, Point::Seq(writes[8].1.seq), 0, SIZE).unwrap();
+
+    // A torn last write (its payload damaged): cut at it, the history before it kept.
+    let (segno, e) = writes[9];
+    let seg = store::seg_path(&dir, segno);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&[0xAB; 100], e.pos + 64 + 50).unwrap();
+    }
+    let (mut d, addr) = start();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let kept = &h
+        .segments
+        .iter()
+        .find(|s| s.header.segno == segno)
+        .unwrap()
+        .index;
+    assert_eq!(
+        kept.entries.last().unwrap().seq,
+        writes[8].1.seq,
+        "the damaged record is cut"
+    );
+    assert_eq!(kept.end, e.pos);
+    // The bytes behind the cut are zeroes now.
+    let bytes = std::fs::read(&seg).unwrap();
+    assert!(bytes[e.pos as usize..].iter().all(|&b| b == 0));
+    assert_eq!(
+        pit::read_at(&h, Point::Seq(writes[8].1.seq), 0, SIZE).unwrap(),
+        good9
+    );
+    // The volume serves, and journals again after the cut (this start's unmap first).
+    let mut c = Client::connect(addr, "v", false);
+    assert_eq!(c.write(0, &pattern(77, 4096)), 0);
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let mut want = vec![0u8; SIZE as usize];
+    want[..4096].copy_from_slice(&pattern(77, 4096));
+    assert_eq!(
+        pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap(),
+        want
+    );
+    c.disconnect();
+    d.stop();
+
+    // A truncated newest segment (a crash while the file grew): cut where it ends.
+    let newest = segment_files(&dir).pop().unwrap();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let (newest_no, e) = h.entries().last().map(|(s, e)| (s, *e)).unwrap();
+    assert_eq!(newest, store::seg_path(&dir, newest_no));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(e.pos + 30)
+        .unwrap();
+    let (mut d, _) = start();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let cut = &h
+        .segments
+        .iter()
+        .find(|s| s.header.segno == newest_no)
+        .unwrap()
+        .index;
+    assert_eq!(cut.end, e.pos, "cut where the truncated record starts");
+    assert!(cut.entries.last().unwrap().seq < e.seq);
+    assert!(h.damaged.is_empty());
+    d.stop();
+
+    // A missing and a damaged index: rebuilt, same history.
+    let before: Vec<_> = store::load(&dir, Load::ReadOnly)
+        .unwrap()
+        .entries()
+        .map(|(s, e)| (s, *e))
+        .collect();
+    let idx: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    assert!(idx.len() >= 2, "sealed segments have indexes: {idx:?}");
+    std::fs::remove_file(&idx[0]).unwrap();
+    std::fs::write(&idx[1], b"TBCDPIX1 but not an index").unwrap();
+    let after: Vec<_> = store::load(&dir, Load::ReadOnly)
+        .unwrap()
+        .entries()
+        .map(|(s, e)| (s, *e))
+        .collect();
+    assert_eq!(before, after);
+    assert!(idx[0].exists(), "a missing index is written again");
+    assert!(twinblk::layer::cdp::format::Index::decode(&std::fs::read(&idx[1]).unwrap()).is_ok());
+
+    // A corrupt segment header in the middle: the history ends before it, later segments are
+    // set aside, and the volume still starts and serves.
+    let first = segment_files(&dir)[0].clone();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap();
+        f.write_all_at(b"garbage!", 0).unwrap();
+    }
+    let (mut d, addr) = start();
+    let damaged = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".damaged")
+        })
+        .count();
+    assert!(damaged >= 2, "{damaged} segments set aside");
+    let mut c = Client::connect(addr, "v", false);
+    assert_eq!(c.write(4096, &pattern(5, 4096)), 0);
+    assert_eq!(c.read(4096, 4096).unwrap(), pattern(5, 4096));
+    c.disconnect();
+    d.stop();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h.cut.is_none());
+    let mut want = vec![0u8; SIZE as usize];
+    want[4096..8192].copy_from_slice(&pattern(5, 4096));
+    assert_eq!(
+        pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap(),
+        want
+    );
+
+    // A directory of another volume size is refused with a clear error.
+    let other = volume("v", SIZE * 2, &dir, "4MiB");
+    let cfg = twinblk::Config::from_toml(&format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=[]\n[control]\nsocket=''\n{other}"
+    ))
+    .unwrap();
+    let e = twinblk::Daemon::start(&cfg).err().expect("refused");
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    assert!(chain.contains("another directory"), "{chain}");
+}
+
+#[test]
+fn every_acknowledged_write_survives_kill_9_and_the_torn_tail_is_cut() {
+    const SIZE: u64 = 64 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    // Segments are prepared ahead and written with zeroes, so the kill may land while a
+    // switch's header append is in flight.
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}prezero=true\n",
+        volume("v", SIZE, &dir, "4MiB")
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let addr = s.addr;
+    // 32 writes in flight at a time, each to its own block; the acknowledged ones are kept.
+    let writer = std::thread::spawn(move || {
+        let mut c = Client::connect(addr, "v", false);
+        let mut acked: Vec<u64> = Vec::new();
+        let mut next = 0u64;
+        let start = Instant::now();
+        while next + 32 <= SIZE / 4096 && start.elapsed() < Duration::from_secs(20) {
+            for k in 0..32 {
+                let b = next + k;
+                c.send_request(1, 0, b, b * 4096, 4096, &pattern(b, 4096));
+            }
+            for _ in 0..32 {
+                let mut m = [0u8; 4];
+                use std::io::Read;
+                let s = c.stream();
+                if s.read_exact(&mut m).is_err() {
+                    return acked;
+                }
+                let mut h = [0u8; 12];
+                if s.read_exact(&mut h).is_err() {
+                    return acked;
+                }
+                let err = u32::from_be_bytes(h[0..4].try_into().unwrap());
+                let cookie = u64::from_be_bytes(h[4..12].try_into().unwrap());
+                assert_eq!(err, 0);
+                acked.push(cookie);
+            }
+            next += 32;
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    s.kill();
+    let acked = writer.join().unwrap();
+    assert!(
+        acked.len() > 100,
+        "only {} writes before the kill",
+        acked.len()
+    );
+    // Read as the killed daemon left it (no recovery yet): every acknowledged write is there.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let check = |h: &store::History| {
+        let mut by_block = std::collections::HashMap::new();
+        for (_, e) in h.entries() {
+            if e.op == Op::Write {
+                by_block.insert(e.offset / 4096, e.seq);
+            }
+        }
+        for &b in &acked {
+            let seq = *by_block
+                .get(&b)
+                .unwrap_or_else(|| panic!("acknowledged write to block {b} is not in the journal"));
+            let got = pit::read_at(h, Point::Seq(seq), b * 4096, 4096).unwrap();
+            assert!(got == pattern(b, 4096), "block {b}: journaled data differs");
+        }
+    };
+    check(&h);
+    // Restart: recovery cuts whatever tail was torn and the history continues.
+    let s = s.respawn();
+    let h2 = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h2.damaged.is_empty());
+    assert!(
+        h2.last_seq > h.last_seq,
+        "a new start journals its RAM volume's reset"
+    );
+    check(&h2);
+    drop(s);
+}
+
+/// Two sites, each mirroring two volumes (one homed on each of two reactors) of group `g` with
+/// CDP under the mirror. Host writes at both sites (the follower's go through the leader); after
+/// each acknowledgement both sites' journals hold it.
+#[test]
+fn under_the_mirror_each_site_journals_every_update_and_restores_on_its_own() {
+    use crate::harness::free_port;
+    const SIZE: usize = 4 << 20;
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("link.key");
+    std::fs::write(&key, b"cdp-mirror-test-key-0123456789").unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let jdir = |site: &str, v: &str| root.path().join(format!("{site}-{v}.cdp"));
+    let body = |me: &str, peer: &str, listen: u16, peer_port: u16| {
+        let mut b = format!(
+            "[reactor]\ncores=[0,1]\npin=false\n\
+             [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
+             peer='127.0.0.1:{peer_port}'\nwitness_key_file='{}'\n",
+            key.display()
+        );
+        for v in ["a", "b"] {
+            b += &format!(
+                "[[volume]]\nname='{v}'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+                 mirror=true\ngroup='g'\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+                root.path().join(format!("{me}-{v}.img")).display(),
+                jdir(me, v).display()
+            );
+        }
+        b
+    };
+    let mk = |me: &str, peer: &str, l: u16, p: u16| {
+        let d = root.path().join(me);
+        std::fs::create_dir_all(&d).unwrap();
+        Server::start(&d, &body(me, peer, l, p))
+    };
+    let mut sa = mk("a", "b", pa, pb);
+    let mut sb = mk("b", "a", pb, pa);
+    let t = Instant::now();
+    while !(0..2).all(|i| {
+        sa.rpc("mirror_status")[i]["state"] == "up" && sb.rpc("mirror_status")[i]["state"] == "up"
+    }) {
+        assert!(t.elapsed() < Duration::from_secs(10), "links never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sites = [("a", sa.addr), ("b", sb.addr)];
+    // (volume, update, time at site a, time at site b)
+    let mut log: Vec<(usize, Upd, [u64; 2])> = Vec::new();
+    for i in 0..24u64 {
+        let vol = (i % 2) as usize;
+        let site = ((i / 2) % 2) as usize;
+        let name = ["a", "b"][vol];
+        let data = pattern(i + 500, 4096 * (1 + (i as usize * 5) % 16));
+        let off = (i * 13 % 900) * 4096;
+        let mut c = Client::connect(sites[site].1, name, false);
+        assert_eq!(
+            c.write(off, &data),
+            0,
+            "write {i} at site {}",
+            sites[site].0
+        );
+        c.disconnect();
+        let times = [last(&jdir("a", name)).1, last(&jdir("b", name)).1];
+        log.push((vol, Upd::Write(off, data), times));
+    }
+    // An idle volume's window reaches to about now by its time marks: wait until every
+    // journal's window covers the last write's time.
+    let newest = log.iter().map(|(_, _, t)| t[0].max(t[1])).max().unwrap();
+    let t = Instant::now();
+    for site in ["a", "b"] {
+        for name in ["a", "b"] {
+            while last(&jdir(site, name)).1 < newest {
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "no time mark in {site}-{name}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let out = root.path().join("restored");
+    for (s, site) in ["a", "b"].iter().enumerate() {
+        let site_log: Vec<(usize, Upd, u64)> =
+            log.iter().map(|(v, u, t)| (*v, u.clone(), t[s])).collect();
+        // Every write is in this site's journal, at this site's time.
+        for k in [0usize, 5, 11, 16, 23] {
+            let t = site_log[k].2;
+            for (vol, name) in ["a", "b"].iter().enumerate() {
+                for p in [t - 1, t] {
+                    let got = restore_file(&jdir(site, name), Point::Time(p), &out).unwrap();
+                    assert!(
+                        got == expected(&site_log, vol, p, SIZE),
+                        "site {site}, volume {name} at time {p}"
+                    );
+                }
+            }
+        }
+    }
+    // The control socket shows each volume's journal and window.
+    let st = sa.rpc("cdp_status");
+    for (i, v) in st.as_array().unwrap().iter().enumerate() {
+        assert_eq!(v["volume"], ["a", "b"][i], "{st}");
+        assert_eq!(v["group"], "g");
+        assert_eq!(v["journal"], "running");
+        assert_eq!(v["home_reactor"], i as u64);
+        assert!(v["durable_seq"].as_u64().unwrap() >= 12, "{st}");
+        assert!(v["window_end_ns"].as_u64().unwrap() >= newest, "{st}");
+        assert!(v["window_start_ns"].as_u64().unwrap() < v["window_end_ns"].as_u64().unwrap());
+    }
+    assert!(sa.stop() && sb.stop(), "clean stop failed");
+    // The newest point at each site is that site's replica.
+    for site in ["a", "b"] {
+        for name in ["a", "b"] {
+            let h = store::load(&jdir(site, name), Load::ReadOnly).unwrap();
+            let got = restore_file(&jdir(site, name), Point::Seq(h.last_seq), &out).unwrap();
+            let replica = std::fs::read(root.path().join(format!("{site}-{name}.img"))).unwrap();
+            assert!(
+                got == replica,
+                "site {site} volume {name}: newest point is not the replica"
+            );
+        }
+    }
+}
+
+/// Retention by size consolidates the oldest segments into the base copy while the volume is
+/// written; every point from the new window start on still restores exactly, points before it
+/// are refused, and space stays bounded. Then retention by age consolidates all but the
+/// active segment.
+#[test]
+fn retention_consolidates_old_segments_and_every_later_point_stays_restorable() {
+    use twinblk::layer::cdp::retain::{Retention, consolidate_once};
+    const SIZE: usize = 2 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let vols = format!(
+        "{}retention_bytes='8MiB'\n",
+        volume("v", SIZE as u64, &dir, "4MiB")
+    );
+    let (mut d, addr) = in_process_with("cores=[0]\nwait='adaptive'", &vols);
+    let mut c = Client::connect(addr, "v", false);
+    let mut log: Vec<(usize, Upd, u64)> = Vec::new();
+    for i in 0..130u64 {
+        let off = (i * 7 % 15) * (128 << 10);
+        let data = pattern(i + 9000, 128 << 10);
+        assert_eq!(c.write(off, &data), 0);
+        log.push((0, Upd::Write(off, data), last(&dir).1));
+    }
+    let seg_bytes = |dir: &Path| -> u64 {
+        segment_files(dir)
+            .iter()
+            .map(|p| p.metadata().unwrap().len())
+            .sum()
+    };
+    let t = Instant::now();
+    while seg_bytes(&dir) > 8 << 20 {
+        assert!(t.elapsed() < Duration::from_secs(20), "not consolidated");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h.meta.base_seq > 0, "the base point moved");
+    let start = h.meta.window_start();
+    assert!(
+        start > log[0].2,
+        "the window starts later than the first write"
+    );
+    let out = tmp.path().join("restored");
+    let mut checked = 0;
+    for (_, _, t) in log.iter().step_by(9).filter(|(_, _, t)| *t >= start) {
+        let got = restore_file(&dir, Point::Time(*t), &out).unwrap();
+        assert!(got == expected(&log, 0, *t, SIZE), "time {t}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked} points checked");
+    let before = restore_file(&dir, Point::Time(start - 1), &out);
+    assert!(
+        matches!(before, Err(CdpError::Outside { .. })),
+        "before the window"
+    );
+    let now = c.read(0, SIZE as u32).unwrap();
+    c.disconnect();
+    d.stop();
+    // By age: everything older than a nanosecond, seen ten seconds from now.
+    let r = Retention {
+        age_ns: Some(1),
+        bytes: None,
+    };
+    let later = twinblk::layer::cdp::clock::now() + 10_000_000_000;
+    while consolidate_once(&dir, &r, later).unwrap().is_some() {}
+    assert_eq!(
+        segment_files(&dir).len(),
+        1,
+        "only the active segment is left"
+    );
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(restore_file(&dir, Point::Seq(h.last_seq), &out).unwrap() == now);
+}
+
+/// CDP enabled on a file volume that already holds data: the history starts from that data
+/// (the base copy is the file at the first start, holes skipped), so the start of the window
+/// restores it and later points add the journaled writes.
+#[test]
+fn enabling_cdp_on_a_volume_with_data_starts_the_history_from_that_data() {
+    const SIZE: u64 = 4 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("v.img");
+    let dir = tmp.path().join("j");
+    let mut before = pattern(31, 1 << 20);
+    before.resize(SIZE as usize, 0);
+    std::fs::write(&img, &before[..1 << 20]).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let vols = format!(
+        "[[volume]]\nname='v'\nbackend='uring'\npath='{}'\nsize={SIZE}\nblock_size=4096\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        img.display(),
+        dir.display()
+    );
+    let (mut d, addr) = in_process_with("cores=[0]\nwait='adaptive'", &vols);
+    let mut c = Client::connect(addr, "v", false);
+    assert_eq!(c.write(8192, &pattern(32, 4096)), 0);
+    c.disconnect();
+    d.stop();
+    let out = tmp.path().join("restored");
+    assert!(restore_file(&dir, Point::Seq(0), &out).unwrap() == before);
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let now = std::fs::read(&img).unwrap();
+    assert!(now[8192..12288] == pattern(32, 4096)[..]);
+    assert!(restore_file(&dir, Point::Seq(h.last_seq), &out).unwrap() == now);
+}
+
+/// A tmpfs of a few MiB mounted for the test, unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "mounting a small tmpfs needs root (the fault tests run as root)"
+        );
+        SmallFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The journal's filesystem fills up: the journal stops (its history ends at its last durable
+/// record), and the volume keeps serving every write and read.
+#[test]
+fn a_full_journal_device_stops_the_journal_and_the_volume_keeps_serving() {
+    const SIZE: usize = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(&tmp.path().join("small"), "6m");
+    let dir = fs.0.join("j");
+    let (mut d, addr) = in_process_with(
+        "cores=[0]\nwait='adaptive'",
+        &volume("v", SIZE as u64, &dir, "4MiB"),
+    );
+    let mut c = Client::connect(addr, "v", false);
+    let mut log: Vec<(usize, Upd, u64)> = Vec::new();
+    // 12 MiB of writes: twice what the filesystem holds.
+    for i in 0..96u64 {
+        let off = (i % 8) * (128 << 10);
+        let data = pattern(i + 4000, 128 << 10);
+        assert_eq!(
+            c.write(off, &data),
+            0,
+            "write {i} failed: the volume must keep serving"
+        );
+        log.push((0, Upd::Write(off, data), 0));
+    }
+    let mut model = vec![0u8; SIZE];
+    for (_, u, _) in &log {
+        apply(&mut model, u);
+    }
+    assert!(
+        c.read(0, SIZE as u32).unwrap() == model,
+        "the volume holds every write"
+    );
+    c.disconnect();
+    d.stop();
+    // The history holds a prefix of the writes, and its newest point is exactly that prefix.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let journaled = h.entries().filter(|(_, e)| e.op == Op::Write).count();
+    assert!(
+        journaled > 0 && journaled < log.len(),
+        "{journaled} writes journaled"
+    );
+    let mut prefix = vec![0u8; SIZE];
+    for (_, u, _) in &log[..journaled] {
+        apply(&mut prefix, u);
+    }
+    let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
+    assert!(got == prefix, "the history ends at its last durable write");
+    drop(fs);
+}
+
+/// A bookmark set through the control socket holds consolidation back (it stays restorable
+/// whatever retention says) until it is deleted; `twinblk cdp restore --bookmark` restores it.
+#[test]
+fn a_bookmark_stays_restorable_past_retention_until_deleted() {
+    const SIZE: usize = 2 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}retention_bytes='8MiB'\n",
+        volume("v", SIZE as u64, &dir, "4MiB")
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let first = pattern(1, 128 << 10);
+    assert_eq!(c.write(0, &first), 0);
+    let r = s.rpc_with(
+        "cdp_bookmark",
+        serde_json::json!({"group": "g", "name": "before-upgrade"}),
+    );
+    assert_eq!(r["result"]["volumes"][0], "v", "{r}");
+    for (params, says) in [
+        (
+            serde_json::json!({"group": "g", "name": "bad/name"}),
+            "bad bookmark name",
+        ),
+        (
+            serde_json::json!({"volume": "nope", "name": "x"}),
+            "no volume",
+        ),
+        (serde_json::json!({"name": "x"}), "one volume or one group"),
+    ] {
+        let e = s.rpc_with("cdp_bookmark", params.clone());
+        assert!(
+            e["error"]["message"].as_str().unwrap_or("").contains(says),
+            "{params}: {e}"
+        );
+    }
+    for i in 0..130u64 {
+        let off = (i * 7 % 15) * (128 << 10);
+        assert_eq!(c.write(off, &pattern(i + 50, 128 << 10)), 0);
+    }
+    let seg_bytes = || -> u64 {
+        segment_files(&dir)
+            .iter()
+            .map(|p| p.metadata().unwrap().len())
+            .sum()
+    };
+    assert!(seg_bytes() > 8 << 20);
+    // The segments were prepared ahead, off the reactor.
+    let st = s.rpc("cdp_status");
+    assert!(st[0]["switches_prepared"].as_u64().unwrap() >= 2, "{st}");
+    // Retention would consolidate now; the bookmark holds it (the retention pass runs every
+    // second).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        store::read_meta(&dir).unwrap().base_seq,
+        0,
+        "held by the bookmark"
+    );
+    let listed = s.rpc_with("cdp_bookmarks", serde_json::json!({"volume": "v"}));
+    assert!(
+        listed["result"][0]["bookmarks"]["before-upgrade"]
+            .as_u64()
+            .is_some(),
+        "{listed}"
+    );
+    let restore = |out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
+            .args(["cdp", "restore", "--bookmark", "before-upgrade", "--dir"])
+            .arg(&dir)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let out = tmp.path().join("restored");
+    let o = restore(&out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("records"),
+        "progress is shown"
+    );
+    let mut want = vec![0u8; SIZE];
+    want[..first.len()].copy_from_slice(&first);
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "the bookmark's content"
+    );
+    // Deleted: consolidation goes on, and the bookmark is gone.
+    let d = s.rpc_with(
+        "cdp_bookmark_delete",
+        serde_json::json!({"volume": "v", "name": "before-upgrade"}),
+    );
+    assert!(d["result"].is_object(), "{d}");
+    let t = Instant::now();
+    while seg_bytes() > 8 << 20 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "not consolidated after the delete"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = restore(&tmp.path().join("again"));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no bookmark"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    c.disconnect();
+    assert!(s.stop());
+}
+
+/// Overlapping writes in flight at once (the host does not wait between them) reach a file
+/// base in the journal's order, so the newest point is exactly the volume's content.
+#[test]
+fn overlapping_writes_in_flight_together_leave_the_base_as_the_journal_says() {
+    const SIZE: u64 = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("v.img");
+    let dir = tmp.path().join("j");
+    let vols = format!(
+        "[[volume]]\nname='v'\nbackend='uring'\npath='{}'\nsize={SIZE}\nblock_size=4096\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        img.display(),
+        dir.display()
+    );
+    let (mut d, addr) = in_process_with("cores=[0]\nwait='adaptive'", &vols);
+    let mut c = Client::connect(addr, "v", false);
+    for r in 0..1000u64 {
+        // Eight writes in one go, several to the same blocks, of different lengths.
+        for k in 0..8u64 {
+            let b = (r + k % 3) % 16;
+            let len = 4096 * (1 + (k as usize % 4));
+            c.send_request(1, 0, k, b * 4096, len as u32, &pattern(r * 8 + k, len));
+        }
+        for _ in 0..8 {
+            assert_eq!(c.read_reply(0).1, 0);
+        }
+    }
+    let live = c.read(0, SIZE as u32).unwrap();
+    c.disconnect();
+    d.stop();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let newest = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap();
+    assert!(
+        newest == live,
+        "the journal's newest point differs from the volume"
+    );
+}
+
+/// An idle volume's window keeps reaching to about now while its journal does not grow: each
+/// time mark rewrites the previous one in place.
+#[test]
+fn an_idle_journal_moves_its_window_without_growing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let (mut d, addr) = in_process_with(
+        "cores=[0]\nwait='adaptive'",
+        &volume("v", 1 << 20, &dir, "4MiB"),
+    );
+    let mut c = Client::connect(addr, "v", false);
+    assert_eq!(c.write(0, &pattern(3, 4096)), 0);
+    let tail = || {
+        let h = store::load(&dir, Load::ReadOnly).unwrap();
+        (
+            h.segments.last().unwrap().index.end,
+            h.last_time,
+            h.last_seq,
+        )
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (end1, t1, s1) = tail();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (end2, t2, s2) = tail();
+    assert!(
+        t2 >= t1 + 1_000_000_000,
+        "the window moved on: {t1} -> {t2}"
+    );
+    assert_eq!((end1, s1), (end2, s2), "the journal did not grow");
+    // A write after the marks is journaled after them, and the history reads back.
+    assert_eq!(c.write(4096, &pattern(4, 4096)), 0);
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h.last_seq > s2);
+    let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, 8192).unwrap();
+    assert_eq!(got, [pattern(3, 4096), pattern(4, 4096)].concat());
+    c.disconnect();
+    d.stop();
+}
+
+/// Without the mirror, a CDP volume's updates from connections on other reactors are handed
+/// to its home reactor's journal (two reactors, two volumes homed one on each, connections
+/// dealt round-robin), and every write of every connection is in the history.
+#[test]
+fn updates_from_other_reactors_are_journaled_at_the_volumes_home() {
+    const SIZE: usize = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = [tmp.path().join("j0"), tmp.path().join("j1")];
+    let (mut d, addr) = in_process_with(
+        "cores=[0,1]\nwait='adaptive'",
+        &format!(
+            "{}{}",
+            volume("a", SIZE as u64, &dirs[0], "4MiB"),
+            volume("b", SIZE as u64, &dirs[1], "4MiB")
+        ),
+    );
+    let mut models = [vec![0u8; SIZE], vec![0u8; SIZE]];
+    // Four connections per volume, one after the other: the reactors deal them round-robin,
+    // so each volume is written from both reactors.
+    for (v, name) in ["a", "b"].iter().enumerate() {
+        for conn in 0..4u64 {
+            let mut c = Client::connect(addr, name, false);
+            for i in 0..16u64 {
+                let off = ((conn * 16 + i) % 200) * 4096;
+                let data = pattern(conn * 1000 + i * 10 + v as u64, 4096);
+                assert_eq!(c.write(off, &data), 0);
+                models[v][off as usize..off as usize + 4096].copy_from_slice(&data);
+            }
+            c.send_request(NBD_CMD_TRIM, 0, 9, 4096 * 7, 8192, &[]);
+            assert_eq!(c.read_reply(0).1, 0);
+            models[v][4096 * 7..4096 * 9].fill(0);
+            c.disconnect();
+        }
+    }
+    let msgs: Vec<u64> = d.shared().stats.iter().map(|s| s.snapshot().msgs).collect();
+    assert!(
+        msgs.iter().all(|&m| m >= 32),
+        "updates crossed reactors both ways: {msgs:?}"
+    );
+    d.stop();
+    for (v, dir) in dirs.iter().enumerate() {
+        let h = store::load(dir, Load::ReadOnly).unwrap();
+        let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
+        assert!(
+            got == models[v],
+            "volume {v}: the history differs from what was written"
+        );
+        assert_eq!(h.entries().filter(|(_, e)| e.op == Op::Write).count(), 64);
+    }
+}
