@@ -374,6 +374,22 @@ fn status_and_verbs_on_a_two_site_cluster() {
     let o = ctl(&[&arg_b, "takeover", "nothere", "--accept-data-loss"]);
     assert_eq!(code(&o), 1, "{}", text(&o));
 
+    // Resync controls: pause, a rate, resume; a bad rate is refused (exit 1, the reason).
+    let o = ctl(&[&arg_b, "resync", "vol0", "pause"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("\"paused\": true"), "{}", text(&o));
+    let o = ctl(&[&arg_b, "resync", "vol0", "rate", "8388608"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("8388608"), "{}", text(&o));
+    let o = ctl(&[&arg_b, "resync", "vol0", "rate", "5"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("at least"), "{}", text(&o));
+    let o = ctl(&[&arg_b, "resync", "vol0", "rate"]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    let o = ctl(&[&arg_b, "resync", "vol0", "resume"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("\"paused\": false"), "{}", text(&o));
+
     // Site b goes away: a is granted survivorship by the witness.
     b.stop();
     drop(b);

@@ -54,6 +54,16 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         wait: f64,
     },
+    /// Pause or resume this site's resync of VOLUME (its last pass, which holds writes, is
+    /// never paused), or set its rate (`mirror_resync`).
+    Resync {
+        /// The volume.
+        volume: String,
+        /// `pause`, `resume`, or `rate` (with BYTES_PER_S; 0: the configured rate).
+        action: ResyncAction,
+        /// For `rate`: bytes per second (at least 1 MiB/s, or 0).
+        bytes_per_s: Option<u64>,
+    },
     /// Send one JSON-RPC method and print its result (docs/control.md lists them).
     Call {
         /// The method, e.g. mirror_status.
@@ -64,6 +74,14 @@ enum Cmd {
     /// Old form: a bare method name, e.g. `twinblk-ctl mirror_status`.
     #[command(external_subcommand)]
     Raw(Vec<String>),
+}
+
+/// What `twinblk-ctl resync` does.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ResyncAction {
+    Pause,
+    Resume,
+    Rate,
 }
 
 fn main() {
@@ -167,6 +185,32 @@ fn run(cli: Cli) -> i32 {
                     }
                 }
             }
+        }
+        Cmd::Resync {
+            volume,
+            action,
+            bytes_per_s,
+        } => {
+            let params = match (action, bytes_per_s) {
+                (ResyncAction::Pause, None) => serde_json::json!({"volume": volume, "pause": true}),
+                (ResyncAction::Resume, None) => {
+                    serde_json::json!({"volume": volume, "pause": false})
+                }
+                (ResyncAction::Rate, Some(r)) => {
+                    serde_json::json!({"volume": volume, "rate_bytes_per_s": r})
+                }
+                (ResyncAction::Rate, None) => {
+                    eprintln!(
+                        "twinblk-ctl: resync VOLUME rate BYTES_PER_S (0: the configured rate)"
+                    );
+                    return exit::USAGE;
+                }
+                (_, Some(_)) => {
+                    eprintln!("twinblk-ctl: only `rate` takes a number");
+                    return exit::USAGE;
+                }
+            };
+            raw(&cli, "mirror_resync", Some(&params.to_string()))
         }
         Cmd::Call { method, params } => raw(&cli, method, params.as_deref()),
         Cmd::Raw(words) => {
