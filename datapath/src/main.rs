@@ -17,8 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve volumes. With no options: a 1 GiB RAM volume `vol0` on nbd://127.0.0.1:10809 and
-    /// nvme+tcp://127.0.0.1:4420/nqn.2026-11.io.twinblk:vol0.
+    /// Serve volumes. With no options: a 1 GiB RAM volume `vol0` on nbd://127.0.0.1:10809,
+    /// nvme+tcp://127.0.0.1:4420/nqn.2026-11.io.twinblk:vol0 and
+    /// iscsi://127.0.0.1:3260/iqn.2026-11.io.twinblk:vol0/0.
     Serve {
         /// TOML configuration file.
         #[arg(long, short)]
@@ -211,6 +212,16 @@ fn serve(cfg: Config) -> Result<()> {
                     addr.ip(),
                     addr.port(),
                     s.nqn
+                );
+            }
+        }
+        if proto == Proto::Iscsi {
+            for t in cfg.effective_iscsi_targets() {
+                println!("  iscsi://{addr}/{}/0", t.iqn);
+                println!("    iscsi-inq iscsi://{addr}/{}/0", t.iqn);
+                println!(
+                    "    iscsiadm -m discovery -t st -p {addr} && iscsiadm -m node -T {} -p {addr} --login",
+                    t.iqn
                 );
             }
         }

@@ -23,6 +23,9 @@ pub struct Config {
     /// NVMe/TCP front end.
     #[serde(default)]
     pub nvmf: NvmfConfig,
+    /// iSCSI front end.
+    #[serde(default)]
+    pub iscsi: IscsiConfig,
     /// Control socket.
     #[serde(default)]
     pub control: ControlConfig,
@@ -293,6 +296,35 @@ pub struct NvmfConfig {
     pub max_cntlid: Option<u16>,
 }
 
+/// iSCSI listeners (portals) and targets.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiConfig {
+    /// Addresses to listen on (empty: iSCSI off). A config file without it serves no iSCSI;
+    /// the built-in default (`twinblk serve` without a file) listens on 127.0.0.1:3260.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// More portals SendTargets lists, as `host:port,tag` (e.g. the other site's).
+    #[serde(default)]
+    pub extra_portals: Vec<String>,
+    /// Targets; when empty, one per volume named `iqn.2026-11.io.twinblk:<volume>`.
+    #[serde(default, rename = "target")]
+    pub targets: Vec<IscsiTargetConfig>,
+}
+
+/// One iSCSI target.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiTargetConfig {
+    /// iSCSI name (`iqn.`, `eui.` or `naa.` form).
+    pub iqn: String,
+    /// Volumes served as LUN 0, 1, ... in this order.
+    pub luns: Vec<String>,
+    /// Initiator names allowed to log in (empty: any initiator).
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
+}
+
 /// Highest controller id of the dynamic controller model (0xFFF0..=0xFFFF are reserved).
 pub use crate::frontend::nvmf::ctrl::MAX_CNTLID;
 /// Last controller id of the lower half: the site whose name sorts first hands out
@@ -512,6 +544,10 @@ impl Default for Config {
             reactor: ReactorConfig::default(),
             nbd: NbdConfig::default(),
             nvmf: NvmfConfig::default(),
+            iscsi: IscsiConfig {
+                listen: vec!["127.0.0.1:3260".parse().expect("literal address")],
+                ..IscsiConfig::default()
+            },
             control: ControlConfig::default(),
             volumes: vec![VolumeConfig {
                 name: "vol0".into(),
@@ -714,7 +750,54 @@ impl Config {
                 ));
             }
         }
+        let mut iqns = std::collections::HashSet::new();
+        for t in &self.iscsi.targets {
+            let form = ["iqn.", "eui.", "naa."].iter().any(|p| t.iqn.starts_with(p));
+            if !form || t.iqn.len() > 223 || !iqns.insert(t.iqn.as_str()) {
+                return bad(format!(
+                    "iSCSI target name {:?} must start with \"iqn.\", \"eui.\" or \"naa.\", be at most 223 bytes and be unique",
+                    t.iqn
+                ));
+            }
+            if t.luns.is_empty() || t.luns.len() > 16384 {
+                return bad(format!("iSCSI target {}: 1 to 16384 LUNs", t.iqn));
+            }
+            for v in &t.luns {
+                if !names.contains(v.as_str()) {
+                    return bad(format!("iSCSI target {}: no volume named {v:?}", t.iqn));
+                }
+            }
+            if t.allowed_initiators.iter().any(|h| h.is_empty() || h.len() > 223) {
+                return bad(format!(
+                    "iSCSI target {}: an initiator name is empty or too long",
+                    t.iqn
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// This site's iSCSI target portal group tag (also its ALUA target port group and
+    /// relative target port id): 1 at a single site and at the mirror site whose name sorts
+    /// first, 2 at the other, so a host that sees both sites sees two port groups.
+    pub fn iscsi_tpg(&self) -> u16 {
+        if self.lower_site() { 1 } else { 2 }
+    }
+
+    /// The iSCSI targets actually served: the configured ones, or one per volume named
+    /// `iqn.2026-11.io.twinblk:<volume>` with that volume as LUN 0 and any initiator allowed.
+    pub fn effective_iscsi_targets(&self) -> Vec<IscsiTargetConfig> {
+        if !self.iscsi.targets.is_empty() {
+            return self.iscsi.targets.clone();
+        }
+        self.volumes
+            .iter()
+            .map(|v| IscsiTargetConfig {
+                iqn: format!("iqn.2026-11.io.twinblk:{}", v.name),
+                luns: vec![v.name.clone()],
+                allowed_initiators: Vec::new(),
+            })
+            .collect()
     }
 
     /// Whether this site is the mirror's lower site (its name sorts first; a single site is).

@@ -17,6 +17,7 @@ use crate::bdev::{BdevError, BlockDevice};
 use crate::control::ControlCx;
 use crate::control::ControlServer;
 use crate::control::config::{Backend, Config, Wait};
+use crate::frontend::iscsi::{IscsiAcceptor, IscsiLun, IscsiShared, IscsiTarget};
 use crate::frontend::nbd::{NbdAcceptor, NbdExport};
 use crate::frontend::nvmf::atomic::HomeService;
 use crate::frontend::nvmf::{NvmfAcceptor, NvmfShared, ctrl::Subsystem};
@@ -96,12 +97,15 @@ pub enum Proto {
     Mirror,
     /// NVMe over Fabrics, TCP transport.
     Nvmf,
+    /// iSCSI (RFC 7143).
+    Iscsi,
 }
 
 /// A running daemon.
 pub struct Daemon {
     shared: Arc<Shared>,
     nvmf: Arc<NvmfShared>,
+    iscsi: Arc<IscsiShared>,
     listen: Vec<(Proto, SocketAddr)>,
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
@@ -340,6 +344,56 @@ impl Daemon {
             });
             listen.push((Proto::Nvmf, addr));
         }
+        let mut iscsi_socks = Vec::new();
+        for addr in &cfg.iscsi.listen {
+            let err = |source| StartError::Listen {
+                addr: *addr,
+                source,
+            };
+            iscsi_socks.push(crate::transport::tcp::listen(*addr).map_err(err)?);
+        }
+        if !iscsi_socks.is_empty() {
+            // CHAP is not implemented yet (docs/iscsi.md): say so where the operator looks.
+            tracing::warn!(
+                "iSCSI: no authentication (CHAP is not implemented); any initiator a target's allow list admits can log in"
+            );
+        }
+        let iscsi = Arc::new(IscsiShared {
+            targets: cfg
+                .effective_iscsi_targets()
+                .into_iter()
+                .map(|t| IscsiTarget {
+                    luns: t
+                        .luns
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| {
+                            let v = volumes
+                                .iter()
+                                .position(|v| &v.name == n)
+                                .expect("validated");
+                            IscsiLun::new(i as u16, v, n)
+                        })
+                        .collect(),
+                    iqn: t.iqn,
+                    allowed: t.allowed_initiators,
+                })
+                .collect(),
+            portals: iscsi_socks.iter().map(|(_, a)| *a).collect(),
+            extra_portals: cfg.iscsi.extra_portals.clone(),
+            tpg: cfg.iscsi_tpg(),
+            nvmf: Arc::clone(&nvmf),
+            next_tsih: std::sync::atomic::AtomicU16::new(1),
+        });
+        let iscsi_acceptor: Arc<dyn Acceptor> = Arc::new(IscsiAcceptor::new(Arc::clone(&iscsi)));
+        for (fd, addr) in iscsi_socks {
+            listeners.push(Listener {
+                fd,
+                addr,
+                acceptor: Arc::clone(&iscsi_acceptor),
+            });
+            listen.push((Proto::Iscsi, addr));
+        }
         let mut homes = vec![None; volumes.len()];
         for m in &mirrors {
             homes[m.vol] = Some(m.home);
@@ -368,6 +422,7 @@ impl Daemon {
         let mut daemon = Daemon {
             shared: Arc::clone(&shared),
             nvmf: Arc::clone(&nvmf),
+            iscsi: Arc::clone(&iscsi),
             listen: listen.clone(),
             threads: Vec::new(),
             control: None,
@@ -465,6 +520,11 @@ impl Daemon {
     /// The NVMe-oF front end's state (subsystems, controllers, ANA, reservations).
     pub fn nvmf(&self) -> &Arc<NvmfShared> {
         &self.nvmf
+    }
+
+    /// The iSCSI front end's state (targets, portals).
+    pub fn iscsi(&self) -> &Arc<IscsiShared> {
+        &self.iscsi
     }
 
     /// Cores the reactors run on.
