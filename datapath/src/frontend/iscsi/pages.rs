@@ -20,8 +20,8 @@ pub const MAX_XFER_BYTES: u32 = 1 << 20;
 pub const MAX_CAW_BLOCKS: u8 = 32;
 /// Most UNMAP block descriptors in one command.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
-/// Most bytes one WRITE SAME may cover.
-pub const MAX_WRITE_SAME_BYTES: u64 = 1 << 30;
+/// Most blocks one WRITE SAME may cover (Block Limits MAXIMUM WRITE SAME LENGTH).
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 65535;
 /// Vendor identification (8 bytes).
 pub const VENDOR: &[u8; 8] = b"TWINBLK ";
 /// Product identification (16 bytes).
@@ -152,7 +152,7 @@ pub fn vpd_page(l: &LunInfo, page: u8) -> Result<Vec<u8>, Sense> {
             put32(&mut d, 16, u32::MAX); // MAXIMUM UNMAP LBA COUNT
             put32(&mut d, 20, MAX_UNMAP_DESCRIPTORS);
             put32(&mut d, 24, 1); // OPTIMAL UNMAP GRANULARITY
-            put64(&mut d, 32, MAX_WRITE_SAME_BYTES / u64::from(l.block.max(1)));
+            put64(&mut d, 32, MAX_WRITE_SAME_BLOCKS);
             vpd(0xB0, &d)
         }
         0xB1 => {

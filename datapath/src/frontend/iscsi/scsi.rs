@@ -193,8 +193,8 @@ impl Sense {
     pub const ALUA_CHANGED: Self = Self::new(key::UNIT_ATTENTION, 0x2A, 0x06);
     /// UNIT ATTENTION / POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     pub const RESET_OCCURRED: Self = Self::new(key::UNIT_ATTENTION, 0x29, 0x00);
-    /// ABORTED COMMAND / COMMAND PHASE ERROR (a data transfer the target cannot accept).
-    pub const PHASE_ERROR: Self = Self::new(key::ABORTED_COMMAND, 0x4A, 0x00);
+    /// ABORTED COMMAND / DATA PHASE ERROR (a data transfer the target cannot accept).
+    pub const DATA_PHASE_ERROR: Self = Self::new(key::ABORTED_COMMAND, 0x4B, 0x00);
     /// NO SENSE / NO ADDITIONAL SENSE INFORMATION.
     pub const NONE: Self = Self::new(key::NO_SENSE, 0, 0);
 

@@ -203,11 +203,11 @@ impl IscsiConn {
                         wait.extend(self.abort_task(s));
                         tmf_rsp::COMPLETE
                     }
-                    None if sn_le(self.exp_cmd_sn.wrapping_sub(super::conn::MAX_TASKS as u32), ref_sn)
-                        && sn_lt(ref_sn, tmf_sn) =>
+                    None if sn_le(self.exp_cmd_sn, ref_sn) && sn_lt(ref_sn, tmf_sn) =>
                     {
-                        // RFC 7143 §11.6.1 a): within the window and before the TMF: treated as
-                        // received (and aborted: a held command is dropped).
+                        // RFC 7143 §11.5.1 a): not yet received, within the window and before the
+                        // TMF: treated as received (and aborted: a held command is dropped).
+                        // A task that already completed is below ExpCmdSN: "does not exist".
                         self.held.remove(&ref_sn);
                         tmf_rsp::COMPLETE
                     }

@@ -50,12 +50,17 @@ pub(super) struct Task {
     pub(super) vol: usize,
     pub(super) cmd: Cmd,
     pub(super) edtl: u32,
+    /// The R bit: data may go to the initiator (without it, read data is not sent and is
+    /// reported as residual overflow).
+    pub(super) rd: bool,
     /// Bytes the command moves in its data direction (SCSI's own length).
     pub(super) scsi_len: u64,
     /// Data-Out bytes to collect.
     pub(super) want: u32,
-    /// Collected Data-Out (or read data kept for a compare).
+    /// Collected Data-Out (at most `want` bytes).
     pub(super) buf: Vec<u8>,
+    /// Data-Out bytes received (more than `want` when the EDTL is larger: dropped).
+    pub(super) recv: u32,
     /// Unsolicited data may still arrive (F bit not seen yet).
     pub(super) unsolicited: bool,
     /// The outstanding R2T: (TTT, offset, length).
@@ -296,7 +301,21 @@ impl IscsiConn {
             env.shared.volumes[vol].info.block_size.max(1)
         };
         let out_len = scsi::data_out_len(&cmd, block);
-        if block_write(&cmd) && (out_len != u64::from(edtl) || !wr && out_len > 0) {
+        if let Cmd::CompareAndWrite(rw) = cmd
+            && rw.blocks > u32::from(pages::MAX_CAW_BLOCKS)
+        {
+            return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, 0, 0);
+        }
+        // A WRITE whose EDTL differs from its transfer length writes the whole blocks both
+        // cover and reports the residual (RFC 7143 §11.4.5.2); other commands that carry
+        // blocks are refused.
+        let partial_ok = matches!(cmd, Cmd::Write(_) | Cmd::WriteVerify(_));
+        if block_write(&cmd) && !partial_ok && (out_len != u64::from(edtl) || !wr && out_len > 0) {
+            if matches!(cmd, Cmd::CompareAndWrite(_)) {
+                // Its NUMBER OF LOGICAL BLOCKS disagrees with the data sent (e.g. 256 blocks
+                // wrapped to 0 in the one-byte field).
+                return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, out_len, 0);
+            }
             let s = Sense {
                 key: scsi::key::ILLEGAL_REQUEST,
                 asc: 0x0E,
@@ -306,12 +325,10 @@ impl IscsiConn {
             return self.respond(itt, Err(s), edtl, out_len, 0);
         }
         let want = if wr { out_len.min(u64::from(edtl)) as u32 } else { 0 };
-        let scsi_len = if wr { out_len } else { 0 };
-        if data.len() > want as usize {
-            return self.reject(env, reject::PROTOCOL, r.0);
-        }
+        let scsi_len = if wr || out_len > 0 { out_len } else { 0 };
+        // Data beyond what the command takes (up to the EDTL) is received and dropped.
         let mut buf = self.get_buf(want as usize);
-        buf.extend_from_slice(data);
+        buf.extend_from_slice(&data[..data.len().min(want as usize)]);
         let task = Task {
             itt,
             lun,
@@ -319,9 +336,11 @@ impl IscsiConn {
             vol,
             cmd,
             edtl,
+            rd,
             scsi_len,
             want,
             buf,
+            recv: data.len() as u32,
             unsolicited: !fin,
             r2t: None,
             r2t_sn: 0,
@@ -341,8 +360,8 @@ impl IscsiConn {
         let Some(t) = self.tasks.get_mut(slot as usize) else {
             return;
         };
-        let got = t.buf.len() as u32;
-        if got < t.want {
+        let got = t.recv;
+        if (t.buf.len() as u32) < t.want {
             if t.unsolicited || t.r2t.is_some() {
                 return;
             }
@@ -388,39 +407,53 @@ impl IscsiConn {
         let first_burst = self.params.first_burst;
         let t = &mut self.tasks[slot as usize];
         if t.stage != Stage::Collect {
-            return self.violation(env, "Data-Out for a task that has all its data");
+            return self.reject(env, reject::PROTOCOL, r.0);
         }
-        let got = t.buf.len() as u32;
+        let got = t.recv;
         let limit = match t.r2t {
             Some((tt, off, len)) if ttt == tt => off + len,
-            None if ttt == NO_TAG && t.unsolicited => t.want.min(first_burst),
-            _ => return self.violation(env, "Data-Out with an unknown Target Transfer Tag"),
+            None if ttt == NO_TAG && t.unsolicited => t.edtl.min(first_burst),
+            _ => return self.reject(env, reject::INVALID_FIELD, r.0),
         };
-        if r.u32_at(36) != t.data_sn {
-            return self.violation(env, "Data-Out with a wrong DataSN");
+        let what = if r.u32_at(36) != t.data_sn {
+            Some("Data-Out with a wrong DataSN")
+        } else if r.u32_at(40) != got {
+            Some("Data-Out out of order")
+        } else if u64::from(got) + data.len() as u64 > u64::from(limit) {
+            Some("Data-Out beyond the burst or the expected length")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return self.sequence_error(env, slot, r, what);
         }
-        if r.u32_at(40) != got {
-            return self.violation(env, "Data-Out out of order");
-        }
-        if u64::from(got) + data.len() as u64 > u64::from(limit) {
-            return self.violation(env, "Data-Out beyond the burst or the expected length");
-        }
-        t.buf.extend_from_slice(data);
+        let keep = (t.want as usize).saturating_sub(t.buf.len()).min(data.len());
+        t.buf.extend_from_slice(&data[..keep]);
+        t.recv += data.len() as u32;
         t.data_sn += 1;
-        let now = t.buf.len() as u32;
+        let now = t.recv;
         if r.fin() {
             if ttt == NO_TAG {
                 t.unsolicited = false;
                 t.data_sn = 0;
             } else if now != limit {
-                return self.violation(env, "Data-Out sequence ended before its R2T was filled");
+                return self.sequence_error(env, slot, r, "Data-Out sequence ended before its R2T was filled");
             } else {
                 t.r2t = None;
             }
         } else if now == limit && ttt != NO_TAG {
-            return self.violation(env, "Data-Out filled its R2T without the F bit");
+            return self.sequence_error(env, slot, r, "Data-Out filled its R2T without the F bit");
         }
         self.advance(env, slot);
+    }
+
+    /// A Data-Out that breaks its sequence: at ErrorRecoveryLevel 0 the sequence cannot be
+    /// recovered, so the PDU is rejected and its task ends with CHECK CONDITION (ABORTED
+    /// COMMAND / DATA PHASE ERROR); later Data-Out of the task is dropped.
+    fn sequence_error(&mut self, env: &mut Env<'_>, slot: u32, r: Req<'_>, what: &str) {
+        tracing::debug!(conn = env.key, what, "iSCSI data sequence error");
+        self.reject(env, reject::PROTOCOL, r.0);
+        self.complete(slot, Err(Sense::DATA_PHASE_ERROR));
     }
 
     /// Finish a task at once (no device operation in flight).
@@ -442,7 +475,8 @@ impl IscsiConn {
             return;
         };
         if !t.aborted {
-            self.send_data_in(t.itt, t.lun, data, t.edtl, data.len() as u64);
+            let edtl = if t.rd { t.edtl } else { 0 };
+            self.send_data_in(t.itt, t.lun, data, edtl, data.len() as u64);
         }
         self.put_buf(t.buf);
     }
@@ -532,11 +566,17 @@ impl IscsiConn {
                 Ok((off, _)) => {
                     let tag = IoTag { conn: env.key, slot };
                     let buf = std::mem::take(&mut self.tasks[slot as usize].buf);
+                    // Whole blocks only (less than the CDB's when the EDTL was smaller).
+                    let n = buf.len() / l.block as usize * l.block as usize;
+                    if n == 0 {
+                        self.tasks[slot as usize].buf = buf;
+                        return self.complete(slot, Ok(()));
+                    }
                     env.counters.ios += 1;
-                    env.counters.write_bytes += buf.len() as u64;
+                    env.counters.write_bytes += n as u64;
                     env.vol_counters[vol].ops += 1;
-                    env.vol_counters[vol].write_bytes += buf.len() as u64;
-                    let s = env.chans[vol].write(env.io, tag, off, &buf, rw.fua);
+                    env.vol_counters[vol].write_bytes += n as u64;
+                    let s = env.chans[vol].write(env.io, tag, off, &buf[..n], rw.fua);
                     self.tasks[slot as usize].buf = buf;
                     return self.started(slot, s, true);
                 }
@@ -638,7 +678,8 @@ impl IscsiConn {
                     return;
                 };
                 if !t.aborted {
-                    self.send_data_in(t.itt, t.lun, data, t.edtl, data.len() as u64);
+                    let edtl = if t.rd { t.edtl } else { 0 };
+                    self.send_data_in(t.itt, t.lun, data, edtl, data.len() as u64);
                 }
                 self.put_buf(t.buf);
             }
@@ -663,7 +704,7 @@ impl IscsiConn {
         if rw.lba > l.blocks || rw.lba + blocks > l.blocks {
             return Err(Sense::LBA_OUT_OF_RANGE);
         }
-        if blocks * bs > pages::MAX_WRITE_SAME_BYTES {
+        if blocks > pages::MAX_WRITE_SAME_BLOCKS {
             return Err(Sense::INVALID_FIELD_CDB);
         }
         if blocks == 0 {
@@ -673,7 +714,9 @@ impl IscsiConn {
         let vol = self.tasks[slot as usize].vol;
         let tag = IoTag { conn: env.key, slot };
         let pattern = std::mem::take(&mut self.tasks[slot as usize].buf);
-        let zero = ndob || pattern.iter().all(|&b| b == 0);
+        // With UNMAP the blocks are deallocated whatever the pattern: they read back as zeroes
+        // (LBPRZ), SBC-3 §5.45.
+        let zero = unmap || ndob || pattern.iter().all(|&b| b == 0);
         env.counters.ios += 1;
         env.vol_counters[vol].ops += 1;
         if zero {
