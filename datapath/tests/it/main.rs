@@ -3,6 +3,7 @@
 mod clients;
 mod failover;
 mod harness;
+mod iscsi;
 mod layering;
 mod malformed;
 mod mirror;

@@ -97,8 +97,8 @@ pub struct IscsiConn {
     pub(super) tmf_wait: Vec<(u32, u8, u8, Vec<u32>)>,
     /// A unit attention to report on the next command (per LUN index).
     pub(super) ua: Vec<Option<super::scsi::Sense>>,
-    /// Path-state change counts last seen, per LUN index (ALUA unit attentions).
-    pub(super) path_seen: Vec<u64>,
+    /// Path-state change and reset counts last seen, per LUN index (unit attentions).
+    pub(super) path_seen: Vec<Option<(u64, u64)>>,
     rx: Vec<u8>,
     rx_lo: usize,
     rx_hi: usize,

@@ -36,7 +36,7 @@ use crate::runtime::{Acceptor, Conn};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU16;
+use std::sync::atomic::{AtomicU16, AtomicU64};
 
 /// Prefix of the name of a default per-volume target: `iqn.2026-11.io.twinblk:<volume>`.
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.io.twinblk:";
@@ -52,6 +52,9 @@ pub struct IscsiLun {
     pub naa: [u8; 8],
     /// Unit serial number (VPD 0x80).
     pub serial: String,
+    /// Resets of the logical unit (LUN RESET, target resets) so far: every session reports a
+    /// change once as a unit attention.
+    pub resets: Arc<AtomicU64>,
 }
 
 impl IscsiLun {
@@ -74,6 +77,7 @@ impl IscsiLun {
             volume,
             naa,
             serial,
+            resets: Arc::new(AtomicU64::new(0)),
         }
     }
 }

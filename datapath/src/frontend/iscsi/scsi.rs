@@ -191,8 +191,8 @@ impl Sense {
     pub const ALUA_UNAVAILABLE: Self = Self::new(key::NOT_READY, 0x04, 0x0C);
     /// UNIT ATTENTION / ASYMMETRIC ACCESS STATE CHANGED.
     pub const ALUA_CHANGED: Self = Self::new(key::UNIT_ATTENTION, 0x2A, 0x06);
-    /// UNIT ATTENTION / POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
-    pub const RESET_OCCURRED: Self = Self::new(key::UNIT_ATTENTION, 0x29, 0x00);
+    /// UNIT ATTENTION / BUS DEVICE RESET FUNCTION OCCURRED (a LUN or target reset).
+    pub const RESET_OCCURRED: Self = Self::new(key::UNIT_ATTENTION, 0x29, 0x03);
     /// ABORTED COMMAND / DATA PHASE ERROR (a data transfer the target cannot accept).
     pub const DATA_PHASE_ERROR: Self = Self::new(key::ABORTED_COMMAND, 0x4B, 0x00);
     /// NO SENSE / NO ADDITIONAL SENSE INFORMATION.

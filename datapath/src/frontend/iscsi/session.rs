@@ -227,6 +227,13 @@ impl IscsiConn {
                 }
                 if func >= 5 {
                     self.held.clear();
+                    // Every session sees the reset once, as a unit attention.
+                    let n = super::pages::lun_of(&lun);
+                    for l in &self.sh.targets[self.target].luns {
+                        if func != 5 || Some(l.lun) == n {
+                            l.resets.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
                 }
                 tmf_rsp::COMPLETE
             }

@@ -905,17 +905,23 @@ impl IscsiConn {
     /// A pending unit attention for LUN index `i` (reported once), unless the command is one
     /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE).
     fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
-        let vol = self.sh.targets[self.target].luns[i].volume;
-        let changes = env.shared.volumes[vol].path.changes();
+        let l = &self.sh.targets[self.target].luns[i];
+        let changes = env.shared.volumes[l.volume].path.changes();
+        let resets = l.resets.load(std::sync::atomic::Ordering::Acquire);
         if self.path_seen.len() <= i {
-            self.path_seen.resize(i + 1, u64::MAX);
+            self.path_seen.resize(i + 1, None);
             self.ua.resize(i + 1, None);
         }
-        if self.path_seen[i] == u64::MAX {
-            self.path_seen[i] = changes;
-        } else if self.path_seen[i] != changes {
-            self.path_seen[i] = changes;
-            self.ua[i] = Some(Sense::ALUA_CHANGED);
+        match self.path_seen[i] {
+            None => self.path_seen[i] = Some((changes, resets)),
+            Some((c, r)) => {
+                if r != resets {
+                    self.ua[i] = Some(Sense::RESET_OCCURRED);
+                } else if c != changes && self.ua[i].is_none() {
+                    self.ua[i] = Some(Sense::ALUA_CHANGED);
+                }
+                self.path_seen[i] = Some((changes, resets));
+            }
         }
         if matches!(cmd, Cmd::Inquiry { .. } | Cmd::ReportLuns { .. } | Cmd::RequestSense { .. }) {
             return None;
