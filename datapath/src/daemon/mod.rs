@@ -384,6 +384,7 @@ impl Daemon {
             tpg: cfg.iscsi_tpg(),
             nvmf: Arc::clone(&nvmf),
             next_tsih: std::sync::atomic::AtomicU16::new(1),
+            next_nexus: std::sync::atomic::AtomicU64::new(1),
         });
         let iscsi_acceptor: Arc<dyn Acceptor> = Arc::new(IscsiAcceptor::new(Arc::clone(&iscsi)));
         for (fd, addr) in iscsi_socks {

@@ -80,6 +80,8 @@ pub struct IscsiConn {
     pub(super) initiator: String,
     pub(super) isid: [u8; 6],
     pub(super) tsih: u16,
+    /// This session's I_T nexus id (RESERVE/RELEASE), 0 before login.
+    pub(super) nexus: u64,
     pub(super) params: Params,
     pub(super) dg: Digests,
     pub(super) stat_sn: u32,
@@ -129,6 +131,7 @@ impl IscsiConn {
             initiator: String::new(),
             isid: [0; 6],
             tsih: 0,
+            nexus: 0,
             params: Params::default(),
             dg: Digests::default(),
             stat_sn: 0,
@@ -421,6 +424,21 @@ impl IscsiConn {
         }
     }
 
+    /// The I_T nexus is gone: its RESERVE reservations are released (SPC-2 §5.5.1).
+    fn release_reservations(&mut self) {
+        if self.nexus == 0 || self.session != SessionType::Normal {
+            return;
+        }
+        for l in &self.sh.targets[self.target].luns {
+            let _ = l.reserved.compare_exchange(
+                self.nexus,
+                0,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            );
+        }
+    }
+
     pub(super) fn get_buf(&mut self, len: usize) -> Vec<u8> {
         let mut b = self.pool.pop().unwrap_or_default();
         b.clear();
@@ -480,6 +498,7 @@ impl IscsiConn {
             let unsent = self.tx_pending.len() + self.tx_sending.len() - self.tx_sent;
             if unsent == 0 || self.broken {
                 self.closed = true;
+                self.release_reservations();
             }
         }
     }

@@ -55,6 +55,9 @@ pub struct IscsiLun {
     /// Resets of the logical unit (LUN RESET, target resets) so far: every session reports a
     /// change once as a unit attention.
     pub resets: Arc<AtomicU64>,
+    /// The I_T nexus holding a RESERVE (6/10) reservation (0: none). Kept by this site
+    /// only (docs/iscsi.md).
+    pub reserved: Arc<AtomicU64>,
 }
 
 impl IscsiLun {
@@ -78,6 +81,7 @@ impl IscsiLun {
             naa,
             serial,
             resets: Arc::new(AtomicU64::new(0)),
+            reserved: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct IscsiShared {
     pub nvmf: Arc<NvmfShared>,
     /// Next TSIH to hand out.
     pub next_tsih: AtomicU16,
+    /// Next I_T nexus id to hand out (never 0).
+    pub next_nexus: AtomicU64,
 }
 
 impl IscsiShared {

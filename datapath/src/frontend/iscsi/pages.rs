@@ -290,10 +290,10 @@ pub fn report_opcodes(options: u8, rctd: bool, op: u8, sa: u16) -> Result<Vec<u8
     }
     let has_sa = SUPPORTED.iter().any(|s| s.op == op && s.sa.is_some());
     let found = match options {
-        1 if has_sa => return Err(Sense::INVALID_FIELD_CDB),
+        1 if has_sa => return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(2)),
         1 => SUPPORTED.iter().find(|s| s.op == op && s.sa.is_none()),
         2 if !has_sa && SUPPORTED.iter().any(|s| s.op == op) => {
-            return Err(Sense::INVALID_FIELD_CDB);
+            return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(2));
         }
         2 => SUPPORTED.iter().find(|s| s.op == op && s.sa == Some(sa)),
         _ => SUPPORTED

@@ -37,6 +37,12 @@ pub mod opc {
     pub const MODE_SENSE_6: u8 = 0x1A;
     pub const START_STOP_UNIT: u8 = 0x1B;
     pub const PREVENT_ALLOW: u8 = 0x1E;
+    pub const RESERVE_6: u8 = 0x16;
+    pub const RELEASE_6: u8 = 0x17;
+    pub const PREFETCH_10: u8 = 0x34;
+    pub const RESERVE_10: u8 = 0x56;
+    pub const RELEASE_10: u8 = 0x57;
+    pub const PREFETCH_16: u8 = 0x90;
     pub const READ_CAPACITY_10: u8 = 0x25;
     pub const READ_10: u8 = 0x28;
     pub const WRITE_10: u8 = 0x2A;
@@ -94,6 +100,8 @@ pub const SUPPORTED: &[Supported] = &[
     s(opc::WRITE_6, &[0x0A, 0x1F, 0xFF, 0xFF, 0xFF, 0x07]),
     s(opc::INQUIRY, &[0x12, 0x01, 0xFF, 0xFF, 0xFF, 0x07]),
     s(opc::MODE_SELECT_6, &[0x15, 0x11, 0, 0, 0xFF, 0x07]),
+    s(opc::RESERVE_6, &[0x16, 0, 0, 0, 0, 0x07]),
+    s(opc::RELEASE_6, &[0x17, 0, 0, 0, 0, 0x07]),
     s(opc::MODE_SENSE_6, &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0x07]),
     s(opc::START_STOP_UNIT, &[0x1B, 0x01, 0, 0x0F, 0xF7, 0x07]),
     s(opc::PREVENT_ALLOW, &[0x1E, 0, 0, 0, 0x03, 0x07]),
@@ -102,9 +110,12 @@ pub const SUPPORTED: &[Supported] = &[
     s(opc::WRITE_10, &[0x2A, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x07]),
     s(opc::WRITE_VERIFY_10, &[0x2E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x07]),
     s(opc::VERIFY_10, &[0x2F, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x07]),
+    s(opc::PREFETCH_10, &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0x07]),
     s(opc::SYNC_CACHE_10, &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x07]),
     s(opc::WRITE_SAME_10, &[0x41, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x07]),
     s(opc::UNMAP, &[0x42, 0, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0x07]),
+    s(opc::RESERVE_10, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0x07]),
+    s(opc::RELEASE_10, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0x07]),
     s(opc::MODE_SELECT_10, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07]),
     s(opc::MODE_SENSE_10, &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x07]),
     s(opc::READ_16, &[0x88, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x07]),
@@ -112,6 +123,7 @@ pub const SUPPORTED: &[Supported] = &[
     s(opc::WRITE_16, &[0x8A, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x07]),
     s(opc::WRITE_VERIFY_16, &[0x8E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x07]),
     s(opc::VERIFY_16, &[0x8F, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x07]),
+    s(opc::PREFETCH_16, &[0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0x07]),
     s(opc::SYNC_CACHE_16, &[0x91, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x07]),
     s(opc::WRITE_SAME_16, &[0x93, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x07]),
     Supported { op: opc::SERVICE_IN_16, sa: Some(opc::SA_READ_CAPACITY_16), usage: &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07] },
@@ -150,6 +162,8 @@ pub struct Sense {
     pub ascq: u8,
     /// INFORMATION (valid when `Some`).
     pub info: Option<u32>,
+    /// Sense-key specific field pointer: the CDB byte in error (valid when `Some`).
+    pub field: Option<u16>,
 }
 
 impl Sense {
@@ -159,6 +173,7 @@ impl Sense {
             asc,
             ascq,
             info: None,
+            field: None,
         }
     }
     /// ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE.
@@ -204,6 +219,12 @@ impl Sense {
         self
     }
 
+    /// With the field pointer set to CDB byte `byte`.
+    pub fn at_cdb_byte(mut self, byte: u16) -> Self {
+        self.field = Some(byte);
+        self
+    }
+
     /// Fixed-format sense data (SPC-4 §4.5.3), 18 bytes.
     pub fn fixed(&self) -> [u8; 18] {
         let mut b = [0u8; 18];
@@ -216,6 +237,10 @@ impl Sense {
         b[7] = 10;
         b[12] = self.asc;
         b[13] = self.ascq;
+        if let Some(f) = self.field {
+            b[15] = 0xC0; // SKSV, C/D: the field is in the CDB
+            b[16..18].copy_from_slice(&f.to_be_bytes());
+        }
         b
     }
 }
@@ -324,6 +349,12 @@ pub enum Cmd {
     },
     /// START STOP UNIT.
     StartStop,
+    /// PRE-FETCH (10/16): checked and answered GOOD (nothing is cached ahead).
+    Prefetch(Rw),
+    /// RESERVE (6/10): an exclusive reservation for this I_T nexus.
+    Reserve,
+    /// RELEASE (6/10).
+    Release,
     /// PREVENT ALLOW MEDIUM REMOVAL.
     PreventAllow,
     /// REPORT SUPPORTED OPERATION CODES.
@@ -446,7 +477,7 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
                 lba: be64(&c[2..10]),
                 alloc: be32(&c[10..14]),
             },
-            _ => return Err(Sense::INVALID_FIELD_CDB),
+            _ => return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1)),
         },
         READ_6 | WRITE_6 => {
             let lba = (u64::from(c[1] & 0x1F) << 16) | u64::from(be16(&c[2..4]));
@@ -556,6 +587,19 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
             }
         }
         START_STOP_UNIT => Cmd::StartStop,
+        PREFETCH_10 => Cmd::Prefetch(rw10()),
+        PREFETCH_16 => Cmd::Prefetch(rw16()),
+        RESERVE_6 | RELEASE_6 | RESERVE_10 | RELEASE_10 => {
+            // Third-party and long-id reservations (RESERVE/RELEASE 10) are not supported.
+            if matches!(op, RESERVE_10 | RELEASE_10) && c[1] & 0x12 != 0 {
+                return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1));
+            }
+            if matches!(op, RESERVE_6 | RESERVE_10) {
+                Cmd::Reserve
+            } else {
+                Cmd::Release
+            }
+        }
         PREVENT_ALLOW => {
             if c[4] & 0x03 > 1 {
                 // Persistent prevention (the medium changer's) is not supported.
@@ -567,7 +611,7 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
             SA_REPORT_OPCODES => {
                 let options = c[2] & 0x07;
                 if options > 3 {
-                    return Err(Sense::INVALID_FIELD_CDB);
+                    return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(2));
                 }
                 Cmd::ReportOpcodes {
                     options,
@@ -581,7 +625,7 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
                 extended: (c[1] >> 5) == 1,
                 alloc: be32(&c[6..10]),
             },
-            _ => return Err(Sense::INVALID_FIELD_CDB),
+            _ => return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1)),
         },
         _ => return Err(Sense::INVALID_OPCODE),
     })

@@ -155,6 +155,7 @@ impl IscsiConn {
         self.put_status(h, &out);
         if full {
             self.isid = isid;
+            self.nexus = self.sh.next_nexus.fetch_add(1, Ordering::Relaxed).max(1);
             self.params = st.neg.params.clone();
             self.phase = Phase::Full;
             // Digests apply from the first PDU after the final Login Response.
@@ -232,6 +233,8 @@ impl IscsiConn {
                     for l in &self.sh.targets[self.target].luns {
                         if func != 5 || Some(l.lun) == n {
                             l.resets.fetch_add(1, Ordering::AcqRel);
+                            // A reset releases RESERVE reservations (SPC-2 §5.5.1).
+                            l.reserved.store(0, Ordering::Release);
                         }
                     }
                 }

@@ -126,6 +126,20 @@ fn media(cmd: &Cmd) -> bool {
             | Cmd::WriteSame { .. }
             | Cmd::Unmap { .. }
             | Cmd::CompareAndWrite(_)
+            | Cmd::Prefetch(_)
+    )
+}
+
+/// Commands a RESERVE (6/10) held by another I_T nexus does not block (SPC-2 §5.5.1).
+fn allowed_when_reserved(cmd: &Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::Inquiry { .. }
+            | Cmd::ReportLuns { .. }
+            | Cmd::RequestSense { .. }
+            | Cmd::Release
+            | Cmd::ReportTpg { .. }
+            | Cmd::ReportOpcodes { .. }
     )
 }
 
@@ -260,7 +274,8 @@ impl IscsiConn {
             return self.reject(env, 0x07, r.0);
         }
         let lun = r.lun();
-        let t = &self.sh.targets[self.target];
+        let sh = std::sync::Arc::clone(&self.sh);
+        let t = &sh.targets[self.target];
         let lun_idx = pages::lun_of(&lun).and_then(|n| t.luns.iter().position(|l| l.lun == n));
         let cmd = scsi::decode(&r.cdb());
         // INQUIRY and REPORT LUNS answer for any LUN; REQUEST SENSE too.
@@ -282,6 +297,13 @@ impl IscsiConn {
         if lun_idx != usize::MAX {
             if let Some(s) = self.unit_attention(env, lun_idx, &cmd) {
                 return self.respond(itt, Err(s), edtl, 0, 0);
+            }
+            let holder = t.luns[lun_idx].reserved.load(std::sync::atomic::Ordering::Acquire);
+            if holder != 0 && holder != self.nexus && !allowed_when_reserved(&cmd) {
+                let h = Bhs::new(op::SCSI_RSP, 0x80)
+                    .byte(3, status::RESERVATION_CONFLICT)
+                    .itt(itt);
+                return self.put_status(h, &[]);
             }
             if media(&cmd) {
                 match env.shared.volumes[vol].path.get() {
@@ -321,6 +343,7 @@ impl IscsiConn {
                 asc: 0x0E,
                 ascq: 0x03,
                 info: None,
+                field: None,
             };
             return self.respond(itt, Err(s), edtl, out_len, 0);
         }
@@ -547,6 +570,30 @@ impl IscsiConn {
         };
         let r = match cmd {
             Cmd::TestUnitReady | Cmd::StartStop | Cmd::PreventAllow => Ok(()),
+            Cmd::Prefetch(rw) => range(rw.lba, u64::from(rw.blocks)).map(|_| ()),
+            Cmd::Reserve | Cmd::Release => {
+                let cell = &self.sh.targets[self.target].luns[lun_idx].reserved;
+                let o = std::sync::atomic::Ordering::AcqRel;
+                let a = std::sync::atomic::Ordering::Acquire;
+                if cmd == Cmd::Reserve {
+                    match cell.compare_exchange(0, self.nexus, o, a) {
+                        Ok(_) => Ok(()),
+                        Err(h) if h == self.nexus => Ok(()),
+                        Err(_) => {
+                            let h = Bhs::new(op::SCSI_RSP, 0x80)
+                                .byte(3, status::RESERVATION_CONFLICT)
+                                .itt(self.tasks[slot as usize].itt);
+                            self.put_status(h, &[]);
+                            let t = self.tasks.remove(slot as usize);
+                            return self.put_buf(t.buf);
+                        }
+                    }
+                } else {
+                    // Releasing another nexus's reservation (or none) does nothing.
+                    let _ = cell.compare_exchange(self.nexus, 0, o, a);
+                    Ok(())
+                }
+            }
             Cmd::ModeSelect { ten, .. } => {
                 let buf = std::mem::take(&mut self.tasks[slot as usize].buf);
                 let r = pages::mode_select(&l, ten, &buf);
