@@ -55,6 +55,9 @@ enum Cmd {
         /// NVMe/TCP port of site a (site b: the next one).
         #[arg(long, default_value_t = 4420)]
         nvmf_port: u16,
+        /// iSCSI port of site a (site b: the next one).
+        #[arg(long, default_value_t = 3260)]
+        iscsi_port: u16,
         /// The witness's UDP port.
         #[arg(long, default_value_t = 7799)]
         witness_port: u16,
@@ -110,6 +113,7 @@ fn main() -> Result<()> {
             nbd_port,
             repl_port,
             nvmf_port,
+            iscsi_port,
             witness_port,
             size,
         } => {
@@ -119,6 +123,7 @@ fn main() -> Result<()> {
                 nbd_port,
                 repl_port,
                 nvmf_port,
+                iscsi_port,
                 witness_port,
                 size,
                 exe: std::env::current_exe().context("finding the twinblk binary")?,
