@@ -11,7 +11,7 @@ use std::time::Duration;
 const IQN: &str = "iqn.2026-11.io.twinblk:vol0";
 /// Skips of `iscsi-test-cu -t ALL` on a RAM volume, each listed with its reason in
 /// docs/iscsi-conformance.md. The suite fails if more tests skip (a capability lost).
-const MAX_SKIPS: usize = 72;
+const MAX_SKIPS: usize = 52;
 
 fn daemon(size: &str) -> (twinblk::Daemon, SocketAddr) {
     let text = format!(

@@ -82,6 +82,10 @@ pub struct IscsiConn {
     pub(super) tsih: u16,
     /// This session's I_T nexus id (RESERVE/RELEASE), 0 before login.
     pub(super) nexus: u64,
+    /// Its persistent-reservation registrant id (initiator name and ISID).
+    pub(super) me: [u8; 16],
+    /// Persistent-reservation access per LUN index, with the state version it was read at.
+    pub(super) pr_cache: Vec<Option<(u64, crate::frontend::nvmf::resv::Access)>>,
     pub(super) params: Params,
     pub(super) dg: Digests,
     pub(super) stat_sn: u32,
@@ -132,6 +136,8 @@ impl IscsiConn {
             isid: [0; 6],
             tsih: 0,
             nexus: 0,
+            me: [0; 16],
+            pr_cache: Vec::new(),
             params: Params::default(),
             dg: Digests::default(),
             stat_sn: 0,

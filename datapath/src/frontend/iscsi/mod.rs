@@ -3,7 +3,8 @@
 //! - [`pdu`]: PDUs as pure parsers and encoders, digests, serial number arithmetic (fuzzed).
 //! - [`login`]: the key=value text parser and operational parameter negotiation (fuzzed).
 //! - [`scsi`]: the CDB decoder and sense data (fuzzed); [`pages`]: INQUIRY / VPD, mode pages,
-//!   capacity, REPORT LUNS, ALUA target port groups, supported operation codes.
+//!   capacity, REPORT LUNS, ALUA target port groups, supported operation codes; [`prs`]:
+//!   persistent reservations.
 //! - `conn`: one connection (and its session) on a reactor: receive, dispatch, NOP, Text,
 //!   Logout, Reject, CmdSN window and StatSN; `session`: the login phase and task management;
 //!   `task`: SCSI tasks, R2T / Data-Out / Data-In and execution against the volume's channel.
@@ -25,6 +26,7 @@ mod conn;
 pub mod login;
 pub mod pages;
 pub mod pdu;
+pub mod prs;
 pub mod scsi;
 mod session;
 mod task;
@@ -58,6 +60,8 @@ pub struct IscsiLun {
     /// The I_T nexus holding a RESERVE (6/10) reservation (0: none). Kept by this site
     /// only (docs/iscsi.md).
     pub reserved: Arc<AtomicU64>,
+    /// Persistent reservations (this site's, in memory: docs/iscsi.md).
+    pub pr: Arc<prs::PrState>,
 }
 
 impl IscsiLun {
@@ -82,6 +86,7 @@ impl IscsiLun {
             serial,
             resets: Arc::new(AtomicU64::new(0)),
             reserved: Arc::new(AtomicU64::new(0)),
+            pr: Arc::new(prs::PrState::default()),
         }
     }
 }

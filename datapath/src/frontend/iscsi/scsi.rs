@@ -41,6 +41,8 @@ pub mod opc {
     pub const RELEASE_6: u8 = 0x17;
     pub const PREFETCH_10: u8 = 0x34;
     pub const RESERVE_10: u8 = 0x56;
+    pub const PR_IN: u8 = 0x5E;
+    pub const PR_OUT: u8 = 0x5F;
     pub const RELEASE_10: u8 = 0x57;
     pub const PREFETCH_16: u8 = 0x90;
     pub const READ_CAPACITY_10: u8 = 0x25;
@@ -116,6 +118,17 @@ pub const SUPPORTED: &[Supported] = &[
     s(opc::UNMAP, &[0x42, 0, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0x07]),
     s(opc::RESERVE_10, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0x07]),
     s(opc::RELEASE_10, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0x07]),
+    Supported { op: opc::PR_IN, sa: Some(0), usage: &[0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07] },
+    Supported { op: opc::PR_IN, sa: Some(1), usage: &[0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07] },
+    Supported { op: opc::PR_IN, sa: Some(2), usage: &[0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07] },
+    Supported { op: opc::PR_IN, sa: Some(3), usage: &[0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07] },
+    Supported { op: opc::PR_OUT, sa: Some(0), usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07] },
+    Supported { op: opc::PR_OUT, sa: Some(1), usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07] },
+    Supported { op: opc::PR_OUT, sa: Some(2), usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07] },
+    Supported { op: opc::PR_OUT, sa: Some(3), usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07] },
+    Supported { op: opc::PR_OUT, sa: Some(4), usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07] },
+    Supported { op: opc::PR_OUT, sa: Some(5), usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07] },
+    Supported { op: opc::PR_OUT, sa: Some(6), usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07] },
     s(opc::MODE_SELECT_10, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07]),
     s(opc::MODE_SENSE_10, &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x07]),
     s(opc::READ_16, &[0x88, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x07]),
@@ -355,6 +368,22 @@ pub enum Cmd {
     Reserve,
     /// RELEASE (6/10).
     Release,
+    /// PERSISTENT RESERVE IN.
+    PrIn {
+        /// Service action.
+        sa: u8,
+        /// Allocation length.
+        alloc: u32,
+    },
+    /// PERSISTENT RESERVE OUT.
+    PrOut {
+        /// Service action.
+        sa: u8,
+        /// Scope and type (CDB byte 2).
+        scope_type: u8,
+        /// Parameter list length.
+        len: u32,
+    },
     /// PREVENT ALLOW MEDIUM REMOVAL.
     PreventAllow,
     /// REPORT SUPPORTED OPERATION CODES.
@@ -587,6 +616,27 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
             }
         }
         START_STOP_UNIT => Cmd::StartStop,
+        PR_IN => {
+            let sa = c[1] & 0x1F;
+            if sa > 3 {
+                return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1));
+            }
+            Cmd::PrIn {
+                sa,
+                alloc: be16(&c[7..9]),
+            }
+        }
+        PR_OUT => {
+            let sa = c[1] & 0x1F;
+            if sa > 6 {
+                return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1));
+            }
+            Cmd::PrOut {
+                sa,
+                scope_type: c[2],
+                len: be32(&c[5..9]),
+            }
+        }
         PREFETCH_10 => Cmd::Prefetch(rw10()),
         PREFETCH_16 => Cmd::Prefetch(rw16()),
         RESERVE_6 | RELEASE_6 | RESERVE_10 | RELEASE_10 => {
@@ -639,7 +689,9 @@ pub fn data_out_len(cmd: &Cmd, block: u32) -> u64 {
         Cmd::Verify { rw, bytchk: 1 } => u64::from(rw.blocks) * b,
         Cmd::WriteSame { ndob: false, .. } => b,
         Cmd::CompareAndWrite(rw) => 2 * u64::from(rw.blocks) * b,
-        Cmd::Unmap { len } | Cmd::ModeSelect { len, .. } => u64::from(len),
+        Cmd::Unmap { len } | Cmd::ModeSelect { len, .. } | Cmd::PrOut { len, .. } => {
+            u64::from(len)
+        }
         _ => 0,
     }
 }

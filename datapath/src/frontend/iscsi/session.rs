@@ -156,6 +156,7 @@ impl IscsiConn {
         if full {
             self.isid = isid;
             self.nexus = self.sh.next_nexus.fetch_add(1, Ordering::Relaxed).max(1);
+            self.me = super::prs::nexus_id(&self.initiator, &isid);
             self.params = st.neg.params.clone();
             self.phase = Phase::Full;
             // Digests apply from the first PDU after the final Login Response.

@@ -140,7 +140,29 @@ fn allowed_when_reserved(cmd: &Cmd) -> bool {
             | Cmd::Release
             | Cmd::ReportTpg { .. }
             | Cmd::ReportOpcodes { .. }
+            | Cmd::PrIn { .. }
+            | Cmd::PrOut { .. }
     )
+}
+
+/// Under a persistent reservation: `Some(true)` for a write-class command, `Some(false)` for a
+/// read-class one, `None` for commands every nexus may issue (SPC-4 §5.13.1).
+fn pr_class(cmd: &Cmd) -> Option<bool> {
+    match cmd {
+        Cmd::Read(_) | Cmd::Verify { .. } | Cmd::Prefetch(_) | Cmd::GetLbaStatus { .. } => {
+            Some(false)
+        }
+        Cmd::Write(_)
+        | Cmd::WriteVerify(_)
+        | Cmd::WriteSame { .. }
+        | Cmd::Unmap { .. }
+        | Cmd::CompareAndWrite(_)
+        | Cmd::SyncCache
+        | Cmd::ModeSelect { .. }
+        | Cmd::Reserve
+        | Cmd::Release => Some(true),
+        _ => None,
+    }
 }
 
 /// Is the command a block write, whose EDTL must equal its transfer length?
@@ -300,6 +322,14 @@ impl IscsiConn {
             }
             let holder = t.luns[lun_idx].reserved.load(std::sync::atomic::Ordering::Acquire);
             if holder != 0 && holder != self.nexus && !allowed_when_reserved(&cmd) {
+                let h = Bhs::new(op::SCSI_RSP, 0x80)
+                    .byte(3, status::RESERVATION_CONFLICT)
+                    .itt(itt);
+                return self.put_status(h, &[]);
+            }
+            if let Some(write) = pr_class(&cmd)
+                && !self.pr_allows(lun_idx, write)
+            {
                 let h = Bhs::new(op::SCSI_RSP, 0x80)
                     .byte(3, status::RESERVATION_CONFLICT)
                     .itt(itt);
@@ -571,6 +601,34 @@ impl IscsiConn {
         let r = match cmd {
             Cmd::TestUnitReady | Cmd::StartStop | Cmd::PreventAllow => Ok(()),
             Cmd::Prefetch(rw) => range(rw.lba, u64::from(rw.blocks)).map(|_| ()),
+            Cmd::PrIn { sa, alloc } => {
+                let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
+                return match pr.read(sa) {
+                    Ok(mut d) => {
+                        d.truncate(alloc as usize);
+                        self.complete_data(slot, &d)
+                    }
+                    Err(s) => self.complete(slot, Err(s)),
+                };
+            }
+            Cmd::PrOut { sa, scope_type, .. } => {
+                let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
+                let p = std::mem::take(&mut self.tasks[slot as usize].buf);
+                let o = pr.out(&self.me, &self.initiator, sa, scope_type, &p);
+                self.tasks[slot as usize].buf = p;
+                match o {
+                    super::prs::Outcome::Good => Ok(()),
+                    super::prs::Outcome::Check(s) => Err(s),
+                    super::prs::Outcome::Conflict => {
+                        let h = Bhs::new(op::SCSI_RSP, 0x80)
+                            .byte(3, status::RESERVATION_CONFLICT)
+                            .itt(self.tasks[slot as usize].itt);
+                        self.put_status(h, &[]);
+                        let t = self.tasks.remove(slot as usize);
+                        return self.put_buf(t.buf);
+                    }
+                }
+            }
             Cmd::Reserve | Cmd::Release => {
                 let cell = &self.sh.targets[self.target].luns[lun_idx].reserved;
                 let o = std::sync::atomic::Ordering::AcqRel;
@@ -947,6 +1005,25 @@ impl IscsiConn {
     /// Tasks with operations at a device.
     pub(super) fn tasks_at_device(&self) -> usize {
         self.tasks.iter().filter(|(_, t)| t.parts > 0).count()
+    }
+
+    /// Whether this nexus may issue a read- (`write` false) or write-class command to LUN
+    /// index `i`: one atomic load, the lock only when the reservation state changed.
+    fn pr_allows(&mut self, i: usize, write: bool) -> bool {
+        let pr = &self.sh.targets[self.target].luns[i].pr;
+        let v = pr.version.load(std::sync::atomic::Ordering::Acquire);
+        if self.pr_cache.len() <= i {
+            self.pr_cache.resize(i + 1, None);
+        }
+        let acc = match self.pr_cache[i] {
+            Some((cv, a)) if cv == v => a,
+            _ => {
+                let (v, a) = pr.access(&self.me);
+                self.pr_cache[i] = Some((v, a));
+                a
+            }
+        };
+        if write { acc.write } else { acc.read }
     }
 
     /// A pending unit attention for LUN index `i` (reported once), unless the command is one
