@@ -752,7 +752,9 @@ impl Config {
         }
         let mut iqns = std::collections::HashSet::new();
         for t in &self.iscsi.targets {
-            let form = ["iqn.", "eui.", "naa."].iter().any(|p| t.iqn.starts_with(p));
+            let form = ["iqn.", "eui.", "naa."]
+                .iter()
+                .any(|p| t.iqn.starts_with(p));
             if !form || t.iqn.len() > 223 || !iqns.insert(t.iqn.as_str()) {
                 return bad(format!(
                     "iSCSI target name {:?} must start with \"iqn.\", \"eui.\" or \"naa.\", be at most 223 bytes and be unique",
@@ -767,7 +769,10 @@ impl Config {
                     return bad(format!("iSCSI target {}: no volume named {v:?}", t.iqn));
                 }
             }
-            if t.allowed_initiators.iter().any(|h| h.is_empty() || h.len() > 223) {
+            if t.allowed_initiators
+                .iter()
+                .any(|h| h.is_empty() || h.len() > 223)
+            {
                 return bad(format!(
                     "iSCSI target {}: an initiator name is empty or too long",
                     t.iqn

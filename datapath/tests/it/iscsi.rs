@@ -62,7 +62,12 @@ fn outcomes(log: &str) -> Vec<(String, bool, Option<String>)> {
                     (None, None) => (body.len(), false),
                 };
                 let skip = body[..end].find("[SKIPPED] ").map(|i| {
-                    body[i + 10..end].lines().next().unwrap_or("").trim().to_string()
+                    body[i + 10..end]
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
                 });
                 out.push((format!("{suite}.{name}"), passed, skip));
                 rest = &body[end..];
@@ -81,11 +86,15 @@ fn conformance(tests: &str, urls: &[String]) -> (usize, Vec<(String, String)>) {
         .args(urls)
         .output()
         .expect("run iscsi-test-cu");
-    let log = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let results = outcomes(&log);
     assert!(!results.is_empty(), "no test ran:\n{log}");
-    let failed: Vec<_> = results.iter().filter(|r| !r.1).map(|r| r.0.clone()).collect();
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|r| !r.1)
+        .map(|r| r.0.clone())
+        .collect();
     let skipped: Vec<(String, String)> = results
         .iter()
         .filter_map(|r| r.2.clone().map(|s| (r.0.clone(), s)))
@@ -179,10 +188,18 @@ fn qemu_img_and_qemu_io_write_read_back_and_compare() {
         .args(["convert", "-f", "raw", "-O", "raw", &u])
         .arg(&back));
     let b = std::fs::read(&back).unwrap();
-    assert!(b[1 << 20..(1 << 20) + (192 << 10)].iter().all(|&x| x == 0x5a));
+    assert!(
+        b[1 << 20..(1 << 20) + (192 << 10)]
+            .iter()
+            .all(|&x| x == 0x5a)
+    );
     assert!(b[4 << 20..5 << 20].iter().all(|&x| x == 0));
     let s = std::fs::read(&src).unwrap();
-    assert_eq!(&b[8 << 20..], &s[8 << 20..], "data outside the writes changed");
+    assert_eq!(
+        &b[8 << 20..],
+        &s[8 << 20..],
+        "data outside the writes changed"
+    );
 }
 
 // ----- a raw initiator for malformed input -----
@@ -318,7 +335,13 @@ fn write10(lba: u32, blocks: u16) -> [u8; 10] {
 
 /// Read `blocks` blocks at `lba` (Data-In then status in the last PDU).
 fn read_blocks(r: &mut Raw, itt: u32, lba: u32, blocks: u16) -> Vec<u8> {
-    r.scsi(itt, &read10(lba, blocks), u32::from(blocks) * 512, 0xC0, &[]);
+    r.scsi(
+        itt,
+        &read10(lba, blocks),
+        u32::from(blocks) * 512,
+        0xC0,
+        &[],
+    );
     let mut out = Vec::new();
     loop {
         let (h, d) = r.read_pdu().expect("Data-In");
@@ -391,7 +414,10 @@ fn malformed_pdus_get_a_reject_or_a_dropped_connection_and_data_survives() {
     r.send(login, &[]);
     let (h, _) = r.read_pdu().expect("Reject");
     assert_eq!(h[0] & 0x3F, 0x3F);
-    assert!(r.closed(), "connection left open after a login in full feature phase");
+    assert!(
+        r.closed(),
+        "connection left open after a login in full feature phase"
+    );
 
     // A lying data length (16 MiB, more than MaxRecvDataSegmentLength): closed.
     let mut r = Raw::login(addr, false);
@@ -407,23 +433,38 @@ fn malformed_pdus_get_a_reject_or_a_dropped_connection_and_data_survives() {
     let mut f = frame(bhs(0x40, 0x80), &[], true);
     f[48] ^= 0xFF;
     r.s.write_all(&f).unwrap();
-    assert!(r.closed(), "connection left open after a header digest error");
+    assert!(
+        r.closed(),
+        "connection left open after a header digest error"
+    );
 
     // A SCSI command before login: closed.
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(&frame(bhs(0x01, 0x80), &[], false)).unwrap();
-    let mut raw = Raw { s, cmd_sn: 0, hd: false };
-    assert!(raw.closed(), "connection left open after a command before login");
+    let mut raw = Raw {
+        s,
+        cmd_sn: 0,
+        hd: false,
+    };
+    assert!(
+        raw.closed(),
+        "connection left open after a command before login"
+    );
 
     // Login with contradicting keys (the same key twice): refused with initiator error.
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut h = bhs(0x43, 0x87);
     h[8] = 0x80;
-    let keys = format!("InitiatorName=iqn.x\0TargetName={IQN}\0MaxBurstLength=512\0MaxBurstLength=4096\0");
+    let keys =
+        format!("InitiatorName=iqn.x\0TargetName={IQN}\0MaxBurstLength=512\0MaxBurstLength=4096\0");
     s.write_all(&frame(h, keys.as_bytes(), false)).unwrap();
-    let mut raw = Raw { s, cmd_sn: 0, hd: false };
+    let mut raw = Raw {
+        s,
+        cmd_sn: 0,
+        hd: false,
+    };
     let (h, _) = raw.read_pdu().expect("Login Response");
     assert_eq!((h[36], h[37]), (2, 0), "initiator error");
     assert!(raw.closed());
@@ -448,7 +489,10 @@ fn discovery_lists_the_target_and_logout_closes() {
     need("iscsi-ls");
     let (_d, addr) = daemon("16MiB");
     let out = run(Command::new("iscsi-ls").arg(format!("iscsi://{addr}")));
-    assert!(out.contains(&format!("Target:{IQN} Portal:{addr},1")), "{out}");
+    assert!(
+        out.contains(&format!("Target:{IQN} Portal:{addr},1")),
+        "{out}"
+    );
     let mut r = Raw::login(addr, false);
     let mut h = bhs(0x46, 0x80);
     put32(&mut h, 16, 5);

@@ -201,7 +201,12 @@ impl IscsiConn {
     /// Reject a PDU (its header is returned in the data segment).
     pub(super) fn reject(&mut self, env: &mut Env<'_>, reason: u8, bhs: &[u8; pdu::BHS_LEN]) {
         env.counters.violations += 1;
-        tracing::debug!(conn = env.key, reason, opcode = bhs[0] & 0x3F, "iSCSI Reject");
+        tracing::debug!(
+            conn = env.key,
+            reason,
+            opcode = bhs[0] & 0x3F,
+            "iSCSI Reject"
+        );
         let h = Bhs::new(op::REJECT, 0x80).byte(2, reason).itt(NO_TAG);
         self.put_status(h, bhs);
     }
@@ -241,8 +246,9 @@ impl IscsiConn {
                 Err(Violation::DataDigest { len }) => {
                     // RFC 7143 §7.8: the PDU is rejected and discarded; at ErrorRecoveryLevel
                     // 0 a lost Data-Out fails its task, so the connection is dropped after.
-                    let bhs: [u8; pdu::BHS_LEN] =
-                        avail[..pdu::BHS_LEN].try_into().unwrap_or([0; pdu::BHS_LEN]);
+                    let bhs: [u8; pdu::BHS_LEN] = avail[..pdu::BHS_LEN]
+                        .try_into()
+                        .unwrap_or([0; pdu::BHS_LEN]);
                     self.reject(env, reject::DATA_DIGEST, &bhs);
                     self.rx_lo += len;
                     if bhs[0] & 0x3F == op::DATA_OUT || bhs[0] & 0x3F == op::SCSI_CMD {
@@ -308,7 +314,12 @@ impl IscsiConn {
             return Some(false);
         }
         env.counters.violations += 1;
-        tracing::debug!(conn = env.key, cmd_sn = sn, exp = self.exp_cmd_sn, "CmdSN outside the window; ignored");
+        tracing::debug!(
+            conn = env.key,
+            cmd_sn = sn,
+            exp = self.exp_cmd_sn,
+            "CmdSN outside the window; ignored"
+        );
         None
     }
 

@@ -299,7 +299,9 @@ impl Negotiation {
                 }
             }
             "MaxBurstLength" => {
-                p.max_burst = number(v, 512, 0x00FF_FFFF).ok_or(bad)?.min(TARGET_MAX_BURST);
+                p.max_burst = number(v, 512, 0x00FF_FFFF)
+                    .ok_or(bad)?
+                    .min(TARGET_MAX_BURST);
                 p.first_burst = p.first_burst.min(p.max_burst);
                 put_key(out, k, &p.max_burst.to_string());
             }
@@ -369,7 +371,11 @@ impl Negotiation {
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.sent_max_recv {
             self.sent_max_recv = true;
-            put_key(out, "MaxRecvDataSegmentLength", &TARGET_MAX_RECV_DSL.to_string());
+            put_key(
+                out,
+                "MaxRecvDataSegmentLength",
+                &TARGET_MAX_RECV_DSL.to_string(),
+            );
         }
     }
 
@@ -441,6 +447,9 @@ mod tests {
         );
         let mut n = Negotiation::default();
         let bad = text(&[("MaxBurstLength", "12x")]);
-        assert!(n.offer(&parse_keys(&bad).unwrap(), false, &mut out).is_err());
+        assert!(
+            n.offer(&parse_keys(&bad).unwrap(), false, &mut out)
+                .is_err()
+        );
     }
 }

@@ -107,7 +107,7 @@ fn designator(out: &mut Vec<u8>, code_set: u8, assoc_type: u8, id: &[u8]) {
 fn name_string(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v
@@ -194,7 +194,11 @@ pub fn lba_status(l: &LunInfo, lba: u64) -> Result<Vec<u8>, Sense> {
     let mut b = vec![0u8; 24];
     put32(&mut b, 0, 20);
     put64(&mut b, 8, lba);
-    put32(&mut b, 16, u32::try_from(l.blocks - lba).unwrap_or(u32::MAX));
+    put32(
+        &mut b,
+        16,
+        u32::try_from(l.blocks - lba).unwrap_or(u32::MAX),
+    );
     Ok(b)
 }
 
@@ -389,13 +393,25 @@ pub fn mode_sense(
     }
     if !dbd {
         let mut d = [0u8; 8];
-        let n = if changeable_pc(pc) { 0 } else { l.blocks.min(0xFF_FFFF) as u32 };
+        let n = if changeable_pc(pc) {
+            0
+        } else {
+            l.blocks.min(0xFF_FFFF) as u32
+        };
         put32(&mut d, 0, n);
         if !ten {
             d[0] = 0;
             d[1..4].copy_from_slice(&n.to_be_bytes()[1..4]);
         }
-        put32(&mut d, 4, if changeable_pc(pc) { 0 } else { l.block & 0xFF_FFFF });
+        put32(
+            &mut d,
+            4,
+            if changeable_pc(pc) {
+                0
+            } else {
+                l.block & 0xFF_FFFF
+            },
+        );
         b.extend_from_slice(&d);
         if ten {
             put16(&mut b, 6, 8);

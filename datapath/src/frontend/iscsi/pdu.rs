@@ -136,7 +136,11 @@ pub fn needs(b: &[u8], dg: Digests) -> usize {
 
 /// Parse the PDU at the head of `b`: `Ok(None)` while incomplete, `Ok(Some((pdu, len)))` once
 /// whole, an error for a PDU the connection cannot accept. `max_data` bounds the data segment.
-pub fn parse(b: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu<'_>, usize)>, Violation> {
+pub fn parse(
+    b: &[u8],
+    dg: Digests,
+    max_data: usize,
+) -> Result<Option<(Pdu<'_>, usize)>, Violation> {
     if b.len() < BHS_LEN {
         return Ok(None);
     }
@@ -167,7 +171,9 @@ pub fn parse(b: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu<'_>, 
             return Err(Violation::DataDigest { len: total });
         }
     }
-    let bhs: &[u8; BHS_LEN] = b[..BHS_LEN].try_into().map_err(|_| Violation::DataTooLong)?;
+    let bhs: &[u8; BHS_LEN] = b[..BHS_LEN]
+        .try_into()
+        .map_err(|_| Violation::DataTooLong)?;
     Ok(Some((
         Pdu {
             bhs,
@@ -313,7 +319,10 @@ mod tests {
     #[test]
     fn crc32c_of_32_zero_bytes_is_the_rfc_example_on_the_wire() {
         // RFC 7143 appendix B.4: 32 bytes of zeroes give the bytes aa 36 91 8a.
-        assert_eq!(crc32c::crc32c(&[0u8; 32]).to_le_bytes(), [0xaa, 0x36, 0x91, 0x8a]);
+        assert_eq!(
+            crc32c::crc32c(&[0u8; 32]).to_le_bytes(),
+            [0xaa, 0x36, 0x91, 0x8a]
+        );
     }
 
     #[test]

@@ -140,7 +140,11 @@ impl PrState {
         };
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let before = g.ns.clone();
-        let registered = g.ns.registrants.iter().find(|r| &r.hostid == me).map(|r| r.rkey);
+        let registered =
+            g.ns.registrants
+                .iter()
+                .find(|r| &r.hostid == me)
+                .map(|r| r.rkey);
         let r = match sa {
             0 | 6 => {
                 let ignore = sa == 6;
@@ -238,12 +242,16 @@ impl PrState {
                     }
                     let n = (tid.len() - 4) as u16;
                     tid[2..4].copy_from_slice(&n.to_be_bytes());
-                    let holder = ns.rtype != 0
-                        && (matches!(ns.rtype, 5 | 6) || ns.holder == Some(r.hostid));
+                    let holder =
+                        ns.rtype != 0 && (matches!(ns.rtype, 5 | 6) || ns.holder == Some(r.hostid));
                     b.extend_from_slice(&r.rkey.to_be_bytes());
                     b.extend_from_slice(&[0; 4]);
                     b.push(u8::from(holder));
-                    b.push(if holder { nvme_to_scsi_type(ns.rtype) } else { 0 });
+                    b.push(if holder {
+                        nvme_to_scsi_type(ns.rtype)
+                    } else {
+                        0
+                    });
                     b.extend_from_slice(&[0; 4]);
                     b.extend_from_slice(&[0; 2]); // relative target port (ALL_TG_PT=0)
                     b.extend_from_slice(&(tid.len() as u32).to_be_bytes());
@@ -292,16 +300,25 @@ mod tests {
         let keys = s.read(0).unwrap();
         assert_eq!(u32::from_be_bytes(keys[4..8].try_into().unwrap()), 16);
         let res = s.read(1).unwrap();
-        assert_eq!((res[21], u64::from_be_bytes(res[8..16].try_into().unwrap())), (1, 0xA));
+        assert_eq!(
+            (res[21], u64::from_be_bytes(res[8..16].try_into().unwrap())),
+            (1, 0xA)
+        );
         // b preempts a: a is no longer registered, b holds it.
         assert_eq!(s.out(&b, "iqn.b", 4, 1, &params(0xB, 0xA)), Outcome::Good);
         assert!(!s.registered(&a));
         assert!(s.access(&a).1.read && !s.access(&a).1.write);
         // Release with the wrong type: INVALID RELEASE.
-        assert_eq!(s.out(&b, "iqn.b", 2, 3, &params(0xB, 0)), Outcome::Check(INVALID_RELEASE));
+        assert_eq!(
+            s.out(&b, "iqn.b", 2, 3, &params(0xB, 0)),
+            Outcome::Check(INVALID_RELEASE)
+        );
         assert_eq!(s.out(&b, "iqn.b", 3, 0, &params(0xB, 0)), Outcome::Good);
         assert_eq!(s.read(0).unwrap()[4..8], [0, 0, 0, 0]);
         assert!(s.read(3).is_ok() && s.read(4).is_err());
-        assert_eq!(s.out(&b, "iqn.b", 0, 0, &[0; 8]), Outcome::Check(Sense::PARAM_LIST_LENGTH));
+        assert_eq!(
+            s.out(&b, "iqn.b", 0, 0, &[0; 8]),
+            Outcome::Check(Sense::PARAM_LIST_LENGTH)
+        );
     }
 }

@@ -33,8 +33,16 @@ mod tmf_rsp {
 
 impl IscsiConn {
     fn login_fail(&mut self, env: &mut Env<'_>, itt: u32, isid: [u8; 6], st: LoginStatus) {
-        tracing::info!(conn = env.key, class = st.0, detail = st.1, "iSCSI login refused");
-        let mut h = Bhs::new(op::LOGIN_RSP, 0).itt(itt).byte(36, st.0).byte(37, st.1);
+        tracing::info!(
+            conn = env.key,
+            class = st.0,
+            detail = st.1,
+            "iSCSI login refused"
+        );
+        let mut h = Bhs::new(op::LOGIN_RSP, 0)
+            .itt(itt)
+            .byte(36, st.0)
+            .byte(37, st.1);
         h.0[8..14].copy_from_slice(&isid);
         self.put_status(h, &[]);
         self.closing = true;
@@ -192,21 +200,24 @@ impl IscsiConn {
         }
         let func = r.flags() & 0x7F;
         let lun = r.lun();
-        let lun_ok = super::pages::lun_of(&lun).is_some_and(|n| {
-            self.sh.targets[self.target].luns.iter().any(|l| l.lun == n)
-        });
+        let lun_ok = super::pages::lun_of(&lun)
+            .is_some_and(|n| self.sh.targets[self.target].luns.iter().any(|l| l.lun == n));
         let mut wait = Vec::new();
         let code = match func {
             1 => {
                 let rtt = r.w20();
                 let ref_sn = r.u32_at(32);
-                match self.tasks.iter().find(|(_, t)| t.itt == rtt).map(|(s, _)| s) {
+                match self
+                    .tasks
+                    .iter()
+                    .find(|(_, t)| t.itt == rtt)
+                    .map(|(s, _)| s)
+                {
                     Some(s) => {
                         wait.extend(self.abort_task(s));
                         tmf_rsp::COMPLETE
                     }
-                    None if sn_le(self.exp_cmd_sn, ref_sn) && sn_lt(ref_sn, tmf_sn) =>
-                    {
+                    None if sn_le(self.exp_cmd_sn, ref_sn) && sn_lt(ref_sn, tmf_sn) => {
                         // RFC 7143 §11.5.1 a): not yet received, within the window and before the
                         // TMF: treated as received (and aborted: a held command is dropped).
                         // A task that already completed is below ExpCmdSN: "does not exist".

@@ -225,7 +225,14 @@ impl IscsiConn {
 
     /// Send read data as Data-In PDUs, the status in the last one (or a SCSI Response when
     /// nothing is transferred).
-    pub(super) fn send_data_in(&mut self, itt: u32, lun: [u8; 8], data: &[u8], edtl: u32, scsi_len: u64) {
+    pub(super) fn send_data_in(
+        &mut self,
+        itt: u32,
+        lun: [u8; 8],
+        data: &[u8],
+        edtl: u32,
+        scsi_len: u64,
+    ) {
         let n = data.len().min(edtl as usize);
         if n == 0 {
             return self.respond(itt, Ok(()), edtl, scsi_len, 0);
@@ -238,7 +245,7 @@ impl IscsiConn {
         while off < n {
             let len = seg.min(n - off).min(burst - off % burst);
             let last = off + len == n;
-            let end_of_seq = last || (off + len) % burst == 0;
+            let end_of_seq = last || (off + len).is_multiple_of(burst);
             let mut h = Bhs::new(op::DATA_IN, if end_of_seq { 0x80 } else { 0 })
                 .lun(lun)
                 .itt(itt)
@@ -303,7 +310,12 @@ impl IscsiConn {
         // INQUIRY and REPORT LUNS answer for any LUN; REQUEST SENSE too.
         let lun_idx = match (lun_idx, &cmd) {
             (Some(i), _) => i,
-            (None, Ok(Cmd::Inquiry { evpd: false, alloc, .. })) => {
+            (
+                None,
+                Ok(Cmd::Inquiry {
+                    evpd: false, alloc, ..
+                }),
+            ) => {
                 let page = pages::inquiry(false);
                 let n = page.len().min(*alloc as usize);
                 return self.send_data_in(itt, lun, &page[..n], edtl, n as u64);
@@ -320,7 +332,9 @@ impl IscsiConn {
             if let Some(s) = self.unit_attention(env, lun_idx, &cmd) {
                 return self.respond(itt, Err(s), edtl, 0, 0);
             }
-            let holder = t.luns[lun_idx].reserved.load(std::sync::atomic::Ordering::Acquire);
+            let holder = t.luns[lun_idx]
+                .reserved
+                .load(std::sync::atomic::Ordering::Acquire);
             if holder != 0 && holder != self.nexus && !allowed_when_reserved(&cmd) {
                 let h = Bhs::new(op::SCSI_RSP, 0x80)
                     .byte(3, status::RESERVATION_CONFLICT)
@@ -377,7 +391,11 @@ impl IscsiConn {
             };
             return self.respond(itt, Err(s), edtl, out_len, 0);
         }
-        let want = if wr { out_len.min(u64::from(edtl)) as u32 } else { 0 };
+        let want = if wr {
+            out_len.min(u64::from(edtl)) as u32
+        } else {
+            0
+        };
         let scsi_len = if wr || out_len > 0 { out_len } else { 0 };
         // Data beyond what the command takes (up to the EDTL) is received and dropped.
         let mut buf = self.get_buf(want as usize);
@@ -480,7 +498,9 @@ impl IscsiConn {
         if let Some(what) = what {
             return self.sequence_error(env, slot, r, what);
         }
-        let keep = (t.want as usize).saturating_sub(t.buf.len()).min(data.len());
+        let keep = (t.want as usize)
+            .saturating_sub(t.buf.len())
+            .min(data.len());
         t.buf.extend_from_slice(&data[..keep]);
         t.recv += data.len() as u32;
         t.data_sn += 1;
@@ -490,7 +510,12 @@ impl IscsiConn {
                 t.unsolicited = false;
                 t.data_sn = 0;
             } else if now != limit {
-                return self.sequence_error(env, slot, r, "Data-Out sequence ended before its R2T was filled");
+                return self.sequence_error(
+                    env,
+                    slot,
+                    r,
+                    "Data-Out sequence ended before its R2T was filled",
+                );
             } else {
                 t.r2t = None;
             }
@@ -554,30 +579,65 @@ impl IscsiConn {
         };
         let built: Option<Result<Vec<u8>, Sense>> = match (cmd, &info) {
             (Cmd::ReportLuns { alloc }, _) => {
-                let luns: Vec<u16> = self.sh.targets[self.target].luns.iter().map(|l| l.lun).collect();
+                let luns: Vec<u16> = self.sh.targets[self.target]
+                    .luns
+                    .iter()
+                    .map(|l| l.lun)
+                    .collect();
                 Some(page(Ok(pages::report_luns(&luns)), alloc))
             }
             (Cmd::RequestSense { alloc }, _) => {
                 let s = if lun_idx == usize::MAX {
                     Sense::LUN_NOT_SUPPORTED
                 } else {
-                    self.ua.get_mut(lun_idx).and_then(Option::take).unwrap_or(Sense::NONE)
+                    self.ua
+                        .get_mut(lun_idx)
+                        .and_then(Option::take)
+                        .unwrap_or(Sense::NONE)
                 };
                 Some(page(Ok(s.fixed().to_vec()), alloc))
             }
             (_, None) => Some(Err(Sense::LUN_NOT_SUPPORTED)),
-            (Cmd::Inquiry { evpd: false, alloc, .. }, _) => Some(page(Ok(pages::inquiry(true)), alloc)),
-            (Cmd::Inquiry { page: p, alloc, .. }, Some(l)) => Some(page(pages::vpd_page(l, p), alloc)),
+            (
+                Cmd::Inquiry {
+                    evpd: false, alloc, ..
+                },
+                _,
+            ) => Some(page(Ok(pages::inquiry(true)), alloc)),
+            (Cmd::Inquiry { page: p, alloc, .. }, Some(l)) => {
+                Some(page(pages::vpd_page(l, p), alloc))
+            }
             (Cmd::ReadCapacity10, Some(l)) => Some(Ok(pages::read_capacity10(l))),
-            (Cmd::ReadCapacity16 { alloc }, Some(l)) => Some(page(Ok(pages::read_capacity16(l)), alloc)),
-            (Cmd::GetLbaStatus { lba, alloc }, Some(l)) => Some(page(pages::lba_status(l, lba), alloc)),
-            (Cmd::ModeSense { ten, dbd, pc, page: p, subpage, alloc }, Some(l)) => {
-                Some(page(pages::mode_sense(l, ten, dbd, pc, p, subpage), alloc))
+            (Cmd::ReadCapacity16 { alloc }, Some(l)) => {
+                Some(page(Ok(pages::read_capacity16(l)), alloc))
             }
-            (Cmd::ReportOpcodes { options, rctd, op, sa, alloc }, _) => {
-                Some(page(pages::report_opcodes(options, rctd, op, sa), alloc))
+            (Cmd::GetLbaStatus { lba, alloc }, Some(l)) => {
+                Some(page(pages::lba_status(l, lba), alloc))
             }
-            (Cmd::ReportTpg { extended, alloc }, Some(l)) => Some(page(Ok(pages::report_tpg(l, extended)), alloc)),
+            (
+                Cmd::ModeSense {
+                    ten,
+                    dbd,
+                    pc,
+                    page: p,
+                    subpage,
+                    alloc,
+                },
+                Some(l),
+            ) => Some(page(pages::mode_sense(l, ten, dbd, pc, p, subpage), alloc)),
+            (
+                Cmd::ReportOpcodes {
+                    options,
+                    rctd,
+                    op,
+                    sa,
+                    alloc,
+                },
+                _,
+            ) => Some(page(pages::report_opcodes(options, rctd, op, sa), alloc)),
+            (Cmd::ReportTpg { extended, alloc }, Some(l)) => {
+                Some(page(Ok(pages::report_tpg(l, extended)), alloc))
+            }
             _ => None,
         };
         if let Some(b) = built {
@@ -661,15 +721,22 @@ impl IscsiConn {
             Cmd::Read(rw) | Cmd::Verify { rw, .. } => match range(rw.lba, u64::from(rw.blocks)) {
                 Err(s) => Err(s),
                 Ok((_, 0)) => Ok(()),
-                Ok((_, len)) if len > u64::from(pages::MAX_XFER_BYTES) => Err(Sense::INVALID_FIELD_CDB),
+                Ok((_, len)) if len > u64::from(pages::MAX_XFER_BYTES) => {
+                    Err(Sense::INVALID_FIELD_CDB)
+                }
                 Ok((off, len)) => return self.start_read(env, slot, off, len as u32),
             },
             Cmd::Write(rw) | Cmd::WriteVerify(rw) => match range(rw.lba, u64::from(rw.blocks)) {
                 Err(s) => Err(s),
                 Ok((_, 0)) => Ok(()),
-                Ok((_, len)) if len > u64::from(pages::MAX_XFER_BYTES) => Err(Sense::INVALID_FIELD_CDB),
+                Ok((_, len)) if len > u64::from(pages::MAX_XFER_BYTES) => {
+                    Err(Sense::INVALID_FIELD_CDB)
+                }
                 Ok((off, _)) => {
-                    let tag = IoTag { conn: env.key, slot };
+                    let tag = IoTag {
+                        conn: env.key,
+                        slot,
+                    };
                     let buf = std::mem::take(&mut self.tasks[slot as usize].buf);
                     // Whole blocks only (less than the CDB's when the EDTL was smaller).
                     let n = buf.len() / l.block as usize * l.block as usize;
@@ -687,7 +754,10 @@ impl IscsiConn {
                 }
             },
             Cmd::SyncCache => {
-                let tag = IoTag { conn: env.key, slot };
+                let tag = IoTag {
+                    conn: env.key,
+                    slot,
+                };
                 let s = env.chans[vol].flush(env.io, tag);
                 return self.started(slot, s, true);
             }
@@ -709,7 +779,9 @@ impl IscsiConn {
                 } else {
                     match range(rw.lba, u64::from(rw.blocks)) {
                         Err(s) => Err(s),
-                        Ok((off, len)) => return self.compare_and_write(env, slot, off, len, rw.fua),
+                        Ok((off, len)) => {
+                            return self.compare_and_write(env, slot, off, len, rw.fua);
+                        }
                     }
                 }
             }
@@ -744,7 +816,10 @@ impl IscsiConn {
 
     fn start_read(&mut self, env: &mut Env<'_>, slot: u32, off: u64, len: u32) {
         let vol = self.tasks[slot as usize].vol;
-        let tag = IoTag { conn: env.key, slot };
+        let tag = IoTag {
+            conn: env.key,
+            slot,
+        };
         env.counters.ios += 1;
         env.counters.read_bytes += u64::from(len);
         env.vol_counters[vol].ops += 1;
@@ -817,7 +892,10 @@ impl IscsiConn {
         }
         let (off, len) = (rw.lba * bs, blocks * bs);
         let vol = self.tasks[slot as usize].vol;
-        let tag = IoTag { conn: env.key, slot };
+        let tag = IoTag {
+            conn: env.key,
+            slot,
+        };
         let pattern = std::mem::take(&mut self.tasks[slot as usize].buf);
         // With UNMAP the blocks are deallocated whatever the pattern: they read back as zeroes
         // (LBPRZ), SBC-3 §5.45.
@@ -880,7 +958,13 @@ impl IscsiConn {
         r
     }
 
-    fn unmap_list(&mut self, env: &mut Env<'_>, slot: u32, l: &LunInfo, d: &[u8]) -> Result<(), Sense> {
+    fn unmap_list(
+        &mut self,
+        env: &mut Env<'_>,
+        slot: u32,
+        l: &LunInfo,
+        d: &[u8],
+    ) -> Result<(), Sense> {
         if d.is_empty() {
             return Ok(());
         }
@@ -909,7 +993,10 @@ impl IscsiConn {
         }
         let bs = u64::from(l.block);
         let vol = self.tasks[slot as usize].vol;
-        let tag = IoTag { conn: env.key, slot };
+        let tag = IoTag {
+            conn: env.key,
+            slot,
+        };
         env.counters.ios += 1;
         env.vol_counters[vol].ops += 1;
         for (lba, n) in descs {
@@ -993,7 +1080,13 @@ impl IscsiConn {
 
     /// The home executor answered a COMPARE AND WRITE.
     pub(super) fn home_done(&mut self, n: NvNote) {
-        if let NvNote::Done { slot, status, status2, .. } = n {
+        if let NvNote::Done {
+            slot,
+            status,
+            status2,
+            ..
+        } = n
+        {
             let r = nv_sense(status).and(nv_sense(status2));
             if let Some(t) = self.tasks.get_mut(slot as usize) {
                 t.parts = 0;
@@ -1047,7 +1140,10 @@ impl IscsiConn {
                 self.path_seen[i] = Some((changes, resets));
             }
         }
-        if matches!(cmd, Cmd::Inquiry { .. } | Cmd::ReportLuns { .. } | Cmd::RequestSense { .. }) {
+        if matches!(
+            cmd,
+            Cmd::Inquiry { .. } | Cmd::ReportLuns { .. } | Cmd::RequestSense { .. }
+        ) {
             return None;
         }
         self.ua[i].take()
