@@ -323,6 +323,21 @@ pub struct IscsiTargetConfig {
     /// Initiator names allowed to log in (empty: any initiator).
     #[serde(default)]
     pub allowed_initiators: Vec<String>,
+    /// CHAP: the user name initiators give (with a secret: CHAP is required).
+    #[serde(default)]
+    pub chap_user: Option<String>,
+    /// CHAP secret (or `chap_secret_file`).
+    #[serde(default)]
+    pub chap_secret: Option<String>,
+    /// A file holding the CHAP secret (its first line).
+    #[serde(default)]
+    pub chap_secret_file: Option<PathBuf>,
+    /// Mutual CHAP: the target's user name.
+    #[serde(default)]
+    pub chap_mutual_user: Option<String>,
+    /// Mutual CHAP: the target's secret.
+    #[serde(default)]
+    pub chap_mutual_secret: Option<String>,
 }
 
 /// Highest controller id of the dynamic controller model (0xFFF0..=0xFFFF are reserved).
@@ -801,6 +816,11 @@ impl Config {
                 iqn: format!("iqn.2026-11.io.twinblk:{}", v.name),
                 luns: vec![v.name.clone()],
                 allowed_initiators: Vec::new(),
+                chap_user: None,
+                chap_secret: None,
+                chap_secret_file: None,
+                chap_mutual_user: None,
+                chap_mutual_secret: None,
             })
             .collect()
     }

@@ -14,8 +14,13 @@ const IQN: &str = "iqn.2026-11.io.twinblk:vol0";
 const MAX_SKIPS: usize = 52;
 
 fn daemon(size: &str) -> (twinblk::Daemon, SocketAddr) {
+    daemon_with(size, "")
+}
+
+/// A daemon with `iscsi` (TOML) appended to its `[iscsi]` table.
+fn daemon_with(size: &str, iscsi: &str) -> (twinblk::Daemon, SocketAddr) {
     let text = format!(
-        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='{size}'\n"
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n{iscsi}\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='{size}'\n"
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
     let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
@@ -501,4 +506,55 @@ fn discovery_lists_the_target_and_logout_closes() {
     let (h, _) = r.read_pdu().expect("Logout Response");
     assert_eq!((h[0] & 0x3F, h[2]), (0x26, 0));
     assert!(r.closed());
+}
+
+/// `iscsi-inq` on `url`: true when it logged in and read the standard INQUIRY data.
+fn inquiry_works(url: &str) -> bool {
+    let out = Command::new("iscsi-inq")
+        .arg(url)
+        .output()
+        .expect("run iscsi-inq");
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && text.contains("Vendor:TWINBLK")
+}
+
+#[test]
+fn chap_one_way_and_mutual_admit_only_the_right_secrets() {
+    need("iscsi-inq");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "secretsecret12\n").unwrap();
+    let one_way = format!(
+        "[[iscsi.target]]\niqn='{IQN}'\nluns=['vol0']\nchap_user='alice'\nchap_secret_file='{}'\n",
+        file.display()
+    );
+    let (_d, addr) = daemon_with("16MiB", &one_way);
+    let t = format!("{addr}/{IQN}/0");
+    assert!(
+        !inquiry_works(&format!("iscsi://{t}")),
+        "logged in without CHAP"
+    );
+    assert!(!inquiry_works(&format!(
+        "iscsi://alice%wrongwrongwrong@{t}"
+    )));
+    assert!(!inquiry_works(&format!("iscsi://bob%secretsecret12@{t}")));
+    assert!(inquiry_works(&format!("iscsi://alice%secretsecret12@{t}")));
+    // Discovery needs no CHAP and still lists the target.
+    let ls = run(Command::new("iscsi-ls").arg(format!("iscsi://{addr}")));
+    assert!(ls.contains(IQN), "{ls}");
+
+    let mutual = format!(
+        "[[iscsi.target]]\niqn='{IQN}'\nluns=['vol0']\nchap_user='alice'\nchap_secret='secretsecret12'\nchap_mutual_user='tgt'\nchap_mutual_secret='targetsecret34'\n"
+    );
+    let (_d, addr) = daemon_with("16MiB", &mutual);
+    let t = format!("{addr}/{IQN}/0");
+    assert!(inquiry_works(&format!(
+        "iscsi://alice%secretsecret12@{t}?target_user=tgt&target_password=targetsecret34"
+    )));
+    // The initiator checks the target's answer: a wrong target secret fails the login.
+    assert!(!inquiry_works(&format!(
+        "iscsi://alice%secretsecret12@{t}?target_user=tgt&target_password=nottheone12345"
+    )));
+    // With mutual CHAP configured, a one-way login is refused.
+    assert!(!inquiry_works(&format!("iscsi://alice%secretsecret12@{t}")));
 }

@@ -64,8 +64,10 @@ pub(super) struct LoginState {
     pub(super) first: bool,
     /// Continued text (C bit) not yet answered.
     pub(super) text: Vec<u8>,
-    /// AuthMethod has been negotiated to None (security stage passed).
+    /// The security stage passed (AuthMethod None, or CHAP done).
     pub(super) authenticated: bool,
+    /// The CHAP exchange, once AuthMethod=CHAP was agreed.
+    pub(super) chap: Option<super::chap::Stage>,
 }
 
 /// An iSCSI connection.

@@ -180,6 +180,8 @@ pub struct Negotiation {
     seen: Vec<String>,
     /// MaxRecvDataSegmentLength has been declared to the initiator.
     pub sent_max_recv: bool,
+    /// The target requires CHAP (AuthMethod must become CHAP).
+    pub chap_required: bool,
 }
 
 fn yes_no(v: &str) -> Option<bool> {
@@ -268,9 +270,10 @@ impl Negotiation {
             }
             "AuthMethod" => {
                 self.declared.auth_methods = v.split(',').map(str::to_string).collect();
-                // Authentication: none configured (docs/iscsi.md); `None` must be offered.
-                let choice = if self.declared.auth_methods.iter().any(|m| m == "None") {
-                    "None"
+                // CHAP when the target has a secret, else None; the initiator must offer it.
+                let want = if self.chap_required { "CHAP" } else { "None" };
+                let choice = if self.declared.auth_methods.iter().any(|m| m == want) {
+                    want
                 } else {
                     "Reject"
                 };

@@ -22,6 +22,7 @@
 //! (`bdev::volume::PathCell`), read lock-free per command; a change of it is reported once to
 //! every session as a unit attention (ASYMMETRIC ACCESS STATE CHANGED).
 
+pub mod chap;
 mod conn;
 pub mod login;
 pub mod pages;
@@ -100,6 +101,8 @@ pub struct IscsiTarget {
     pub luns: Vec<IscsiLun>,
     /// Initiator names allowed in (empty: any).
     pub allowed: Vec<String>,
+    /// CHAP credentials (`None`: no authentication).
+    pub chap: Option<chap::Chap>,
 }
 
 impl IscsiTarget {

@@ -51,7 +51,7 @@ impl IscsiConn {
     /// A Login Request.
     pub(super) fn login_req(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) {
         let flags = r.flags();
-        let (transit, cont) = (flags & 0x80 != 0, flags & 0x40 != 0);
+        let (mut transit, cont) = (flags & 0x80 != 0, flags & 0x40 != 0);
         let (csg, nsg) = ((flags >> 2) & 3, flags & 3);
         let mut isid = [0u8; 6];
         isid.copy_from_slice(&r.0[8..14]);
@@ -67,6 +67,7 @@ impl IscsiConn {
                 first: true,
                 text: Vec::new(),
                 authenticated: false,
+                chap: None,
             }));
             // Version-min must be 0 (RFC 7143 is version 0).
             if r.0[3] != 0 {
@@ -108,6 +109,23 @@ impl IscsiConn {
         let Ok(keys) = login::parse_keys(&text) else {
             return self.login_fail(env, itt, isid, bad);
         };
+        let (chap_keys, keys): (Vec<(&str, &str)>, Vec<(&str, &str)>) = keys
+            .into_iter()
+            .partition(|(k, _)| super::chap::is_chap_key(k));
+        if st.first {
+            // The target decides whether AuthMethod must be CHAP: look it up before answering.
+            let tn = keys
+                .iter()
+                .find(|(k, _)| *k == "TargetName")
+                .map(|(_, v)| *v);
+            let discovery = keys
+                .iter()
+                .any(|&(k, v)| k == "SessionType" && v == "Discovery");
+            st.neg.chap_required = !discovery
+                && tn
+                    .and_then(|n| self.sh.targets.iter().find(|t| t.iqn == n))
+                    .is_some_and(|t| t.chap.is_some());
+        }
         let mut out = Vec::new();
         if let Err(s) = st.neg.offer(&keys, csg == 0, &mut out) {
             return self.login_fail(env, itt, isid, s);
@@ -134,12 +152,53 @@ impl IscsiConn {
                 login::put_key(&mut out, "TargetPortalGroupTag", &self.sh.tpg.to_string());
             }
         }
+        let required = if self.session == SessionType::Normal {
+            self.sh.targets[self.target].chap.clone()
+        } else {
+            None
+        };
+        let auth_failed = LoginStatus::AUTH_FAILED;
         if csg == 0 {
             let methods = &st.neg.declared.auth_methods;
-            if st.neg.offered("AuthMethod") && !methods.iter().any(|m| m == "None") {
-                return self.login_fail(env, itt, isid, LoginStatus::AUTH_FAILED);
+            match &required {
+                Some(c) => {
+                    if st.chap.is_none() && st.neg.offered("AuthMethod") {
+                        if !methods.iter().any(|m| m == "CHAP") {
+                            return self.login_fail(env, itt, isid, auth_failed);
+                        }
+                        st.chap = Some(super::chap::Stage::default());
+                    }
+                    match st.chap.as_mut() {
+                        Some(stage) => {
+                            if let Err(s) = super::chap::step(stage, c, &chap_keys, &mut out) {
+                                tracing::warn!(conn = env.key, initiator = %self.initiator, "iSCSI CHAP authentication failed");
+                                return self.login_fail(env, itt, isid, s);
+                            }
+                        }
+                        None if !chap_keys.is_empty() => {
+                            return self.login_fail(env, itt, isid, auth_failed);
+                        }
+                        None => {}
+                    }
+                    st.authenticated = st.chap == Some(super::chap::Stage::Done);
+                }
+                None => {
+                    if !chap_keys.is_empty()
+                        || (st.neg.offered("AuthMethod") && !methods.iter().any(|m| m == "None"))
+                    {
+                        return self.login_fail(env, itt, isid, auth_failed);
+                    }
+                    st.authenticated = true;
+                }
             }
-            st.authenticated = true;
+            if transit && !st.authenticated {
+                // The target decides when the security stage ends (RFC 7143 §6.2): answer
+                // without the T bit until the exchange is done.
+                transit = false;
+            }
+        } else if !chap_keys.is_empty() || (required.is_some() && !st.authenticated) {
+            // Operational stage without having passed CHAP (or CHAP keys out of place).
+            return self.login_fail(env, itt, isid, auth_failed);
         }
         let full = transit && nsg == 3;
         if full {
