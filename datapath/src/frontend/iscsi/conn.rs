@@ -297,8 +297,9 @@ impl IscsiConn {
     }
 
     /// CmdSN check for a non-immediate command: `Some(true)` to run it now, `Some(false)` held
-    /// for a gap, `None` ignored (outside the window).
-    pub(super) fn admit(&mut self, env: &mut Env<'_>, r: Req<'_>, raw: &[u8]) -> Option<bool> {
+    /// for a gap (a copy of the PDU with its `data` is kept), `None` ignored (outside the
+    /// window).
+    pub(super) fn admit(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) -> Option<bool> {
         if r.immediate() {
             return Some(true);
         }
@@ -312,7 +313,7 @@ impl IscsiConn {
                 self.violation(env, "too many commands held for a CmdSN gap");
                 return None;
             }
-            self.held.insert(sn, raw.to_vec());
+            self.held.insert(sn, pdu_bytes(r, data));
             return Some(false);
         }
         env.counters.violations += 1;
@@ -354,8 +355,7 @@ impl IscsiConn {
             // The target never pings with a TTT, so no NOP-Out may answer one.
             return self.reject(env, reject::INVALID_FIELD, r.0);
         }
-        let raw = pdu_bytes(r, data);
-        match self.admit(env, r, &raw) {
+        match self.admit(env, r, data) {
             Some(true) => {}
             _ => return,
         }
@@ -368,8 +368,7 @@ impl IscsiConn {
     }
 
     fn logout_req(&mut self, env: &mut Env<'_>, r: Req<'_>) {
-        let raw = pdu_bytes(r, &[]);
-        if self.admit(env, r, &raw) != Some(true) {
+        if self.admit(env, r, &[]) != Some(true) {
             return;
         }
         let reason = r.flags() & 0x7F;
@@ -395,8 +394,7 @@ impl IscsiConn {
     }
 
     fn text_req(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) {
-        let raw = pdu_bytes(r, data);
-        if self.admit(env, r, &raw) != Some(true) {
+        if self.admit(env, r, data) != Some(true) {
             return;
         }
         if r.flags() & 0x40 != 0 || !r.fin() {

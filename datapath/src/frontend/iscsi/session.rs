@@ -15,7 +15,7 @@
 //! Invariants: every Login Request and every TMF request gets exactly one response; TSIHs
 //! handed out are never 0.
 
-use super::conn::{IscsiConn, LoginState, Phase, pdu_bytes};
+use super::conn::{IscsiConn, LoginState, Phase};
 use super::login::{self, LoginStatus, Negotiation, SessionType};
 use super::pdu::{Bhs, Digests, Req, op, sn_le, sn_lt};
 use crate::runtime::Env;
@@ -252,9 +252,8 @@ impl IscsiConn {
 
     /// A Task Management Function Request.
     pub(super) fn tmf(&mut self, env: &mut Env<'_>, r: Req<'_>) {
-        let raw = pdu_bytes(r, &[]);
         let tmf_sn = r.cmd_sn();
-        if self.admit(env, r, &raw) != Some(true) {
+        if self.admit(env, r, &[]) != Some(true) {
             return;
         }
         let func = r.flags() & 0x7F;

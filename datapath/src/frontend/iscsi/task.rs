@@ -275,8 +275,7 @@ impl IscsiConn {
             // Extended CDBs and bidirectional commands are not supported.
             return self.reject(env, reject::NOT_SUPPORTED, r.0);
         }
-        let raw = super::conn::pdu_bytes(r, data);
-        if self.admit(env, r, &raw) != Some(true) {
+        if self.admit(env, r, data) != Some(true) {
             return;
         }
         let itt = r.itt();
@@ -825,10 +824,7 @@ impl IscsiConn {
         env.vol_counters[vol].ops += 1;
         env.vol_counters[vol].read_bytes += u64::from(len);
         match env.chans[vol].read(env.io, tag, off, len) {
-            ReadStart::Ready(d) => {
-                let d = d.to_vec();
-                self.read_done(slot, &d);
-            }
+            ReadStart::Ready(d) => self.read_done(slot, d),
             ReadStart::Failed(e) => self.complete(slot, Err(sense_of(e, false))),
             ReadStart::Pending => {
                 let t = &mut self.tasks[slot as usize];
