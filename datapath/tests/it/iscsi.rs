@@ -558,3 +558,83 @@ fn chap_one_way_and_mutual_admit_only_the_right_secrets() {
     // With mutual CHAP configured, a one-way login is refused.
     assert!(!inquiry_works(&format!("iscsi://alice%secretsecret12@{t}")));
 }
+
+/// Run a command without data; returns (status, sense key, ASC, ASCQ) of its SCSI Response,
+/// or the Data-In bytes for a command that returns data (status GOOD).
+fn status_of(r: &mut Raw, itt: u32, cdb: &[u8], edtl: u32) -> (u8, u8, u8, u8, Vec<u8>) {
+    r.scsi(itt, cdb, edtl, if edtl > 0 { 0xC0 } else { 0x80 }, &[]);
+    let mut data = Vec::new();
+    loop {
+        let (h, d) = r.read_pdu().expect("a response");
+        match h[0] & 0x3F {
+            0x25 => {
+                data.extend_from_slice(&d);
+                if h[1] & 0x01 != 0 {
+                    return (h[3], 0, 0, 0, data);
+                }
+            }
+            0x21 => {
+                let s = if d.len() >= 16 {
+                    (d[4] & 0x0F, d[14], d[15])
+                } else {
+                    (0, 0, 0)
+                };
+                return (h[3], s.0, s.1, s.2, data);
+            }
+            op => panic!("unexpected opcode {op:#x}"),
+        }
+    }
+}
+
+#[test]
+fn alua_states_follow_the_volume_path_state_with_a_unit_attention() {
+    use twinblk::bdev::volume::PathState;
+    let (d, addr) = daemon("16MiB");
+    let mut r = Raw::login(addr, false);
+    let tur = [0u8; 6];
+    let rtpg = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    assert_eq!(status_of(&mut r, 1, &tur, 0).0, 0);
+    let state = |r: &mut Raw, itt| {
+        let (st, _, _, _, data) = status_of(r, itt, &rtpg, 256);
+        assert_eq!(st, 0);
+        assert_eq!(
+            u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize,
+            data.len() - 4
+        );
+        assert_eq!(
+            u16::from_be_bytes([data[6], data[7]]),
+            1,
+            "target port group 1"
+        );
+        data[4] & 0x0F
+    };
+    assert_eq!(state(&mut r, 2), 0x0, "active/optimised");
+    let path = &d.shared().volumes[0].path;
+    let cases = [
+        (PathState::NonOptimized, 0x1, None),
+        (PathState::Inaccessible, 0x3, Some((0x02, 0x04, 0x0C))),
+        (PathState::Transitioning, 0xF, Some((0x02, 0x04, 0x0A))),
+        (PathState::Optimized, 0x0, None),
+    ];
+    let mut itt = 10;
+    for (p, alua, media) in cases {
+        assert!(path.set(p));
+        // The next command (not INQUIRY, REPORT LUNS, REQUEST SENSE) reports the change once.
+        let (st, key, asc, ascq, _) = status_of(&mut r, itt, &tur, 0);
+        assert_eq!(
+            (st, key, asc, ascq),
+            (0x02, 0x06, 0x2A, 0x06),
+            "{p:?}: unit attention"
+        );
+        assert_eq!(state(&mut r, itt + 1), alua, "{p:?}");
+        for (i, cdb) in [&read10(0, 1)[..], &tur[..]].into_iter().enumerate() {
+            let edtl = if i == 0 { 512 } else { 0 };
+            let (st, key, asc, ascq, _) = status_of(&mut r, itt + 2 + i as u32, cdb, edtl);
+            match media {
+                None => assert_eq!(st, 0, "{p:?}: served"),
+                Some(s) => assert_eq!((st, key, asc, ascq), (0x02, s.0, s.1, s.2), "{p:?}"),
+            }
+        }
+        itt += 4;
+    }
+}

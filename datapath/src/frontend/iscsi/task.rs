@@ -114,19 +114,17 @@ fn residual(edtl: u32, scsi: u64) -> (u8, u32) {
     }
 }
 
-/// Does the command touch the medium (and so depend on the path state)?
-fn media(cmd: &Cmd) -> bool {
+/// Commands served on a path in the unavailable or transitioning ALUA state (SPC-4
+/// §5.15.2.4.4-5); everything else, TEST UNIT READY included (multipath path checkers rely on
+/// it), gets NOT READY with the state's sense.
+fn allowed_when_unavailable(cmd: &Cmd) -> bool {
     matches!(
         cmd,
-        Cmd::Read(_)
-            | Cmd::Write(_)
-            | Cmd::WriteVerify(_)
-            | Cmd::Verify { .. }
-            | Cmd::SyncCache
-            | Cmd::WriteSame { .. }
-            | Cmd::Unmap { .. }
-            | Cmd::CompareAndWrite(_)
-            | Cmd::Prefetch(_)
+        Cmd::Inquiry { .. }
+            | Cmd::ReportLuns { .. }
+            | Cmd::RequestSense { .. }
+            | Cmd::ReportTpg { .. }
+            | Cmd::ReportOpcodes { .. }
     )
 }
 
@@ -348,7 +346,7 @@ impl IscsiConn {
                     .itt(itt);
                 return self.put_status(h, &[]);
             }
-            if media(&cmd) {
+            if !allowed_when_unavailable(&cmd) {
                 match env.shared.volumes[vol].path.get() {
                     PathState::Inaccessible => {
                         return self.respond(itt, Err(Sense::ALUA_UNAVAILABLE), edtl, 0, 0);
