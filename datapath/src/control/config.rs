@@ -297,7 +297,7 @@ pub struct NvmfConfig {
 }
 
 /// iSCSI listeners (portals) and targets.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IscsiConfig {
     /// Addresses to listen on (empty: iSCSI off). A config file without it serves no iSCSI;
@@ -307,6 +307,10 @@ pub struct IscsiConfig {
     /// More portals SendTargets lists, as `host:port,tag` (e.g. the other site's).
     #[serde(default)]
     pub extra_portals: Vec<String>,
+    /// Milliseconds without input after which an idle connection is pinged with a NOP-In
+    /// (and closed if nothing arrives for as long again); 0: never.
+    #[serde(default = "default_nop_in_interval_ms")]
+    pub nop_in_interval_ms: u32,
     /// Targets; when empty, one per volume named `iqn.2026-11.io.twinblk:<volume>`.
     #[serde(default, rename = "target")]
     pub targets: Vec<IscsiTargetConfig>,
@@ -501,6 +505,9 @@ fn default_block_size() -> u32 {
 fn default_nbd_listen() -> Vec<SocketAddr> {
     vec!["127.0.0.1:10809".parse().expect("literal address")]
 }
+fn default_nop_in_interval_ms() -> u32 {
+    15_000
+}
 fn default_nvmf_listen() -> Vec<SocketAddr> {
     vec!["127.0.0.1:4420".parse().expect("literal address")]
 }
@@ -540,6 +547,17 @@ impl Default for NvmfConfig {
             state_dir: None,
             min_cntlid: None,
             max_cntlid: None,
+        }
+    }
+}
+
+impl Default for IscsiConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            extra_portals: Vec::new(),
+            nop_in_interval_ms: default_nop_in_interval_ms(),
+            targets: Vec::new(),
         }
     }
 }

@@ -417,6 +417,7 @@ impl Daemon {
             nvmf: Arc::clone(&nvmf),
             next_tsih: std::sync::atomic::AtomicU16::new(1),
             next_nexus: std::sync::atomic::AtomicU64::new(1),
+            nop_in_interval_ms: cfg.iscsi.nop_in_interval_ms,
         });
         let iscsi_acceptor: Arc<dyn Acceptor> = Arc::new(IscsiAcceptor::new(Arc::clone(&iscsi)));
         for (fd, addr) in iscsi_socks {

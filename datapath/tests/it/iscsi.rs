@@ -638,3 +638,31 @@ fn alua_states_follow_the_volume_path_state_with_a_unit_attention() {
         itt += 4;
     }
 }
+
+#[test]
+fn idle_connections_are_pinged_and_a_silent_initiator_is_dropped() {
+    let (_d, addr) = daemon_with("16MiB", "nop_in_interval_ms=200");
+    let mut r = Raw::login(addr, false);
+    for round in 0..2 {
+        let (h, d) = r.read_pdu().expect("a NOP-In ping");
+        assert_eq!(h[0] & 0x3F, 0x20, "round {round}: NOP-In");
+        assert_eq!(&h[16..20], &[0xFF; 4], "a ping has no initiator task tag");
+        let ttt = u32::from_be_bytes(h[20..24].try_into().unwrap());
+        assert_ne!(ttt, 0xFFFF_FFFF, "a ping asks for an answer");
+        assert!(d.is_empty());
+        // The answer: an immediate NOP-Out echoing the TTT.
+        let mut h = bhs(0x40, 0x80);
+        put32(&mut h, 16, 0xFFFF_FFFF);
+        put32(&mut h, 20, ttt);
+        put32(&mut h, 24, r.cmd_sn);
+        r.send(h, &[]);
+    }
+    // Still served after answering.
+    r.nop(7);
+    // Now silent: pinged once more, then dropped.
+    let t = std::time::Instant::now();
+    let (h, _) = r.read_pdu().expect("a NOP-In ping");
+    assert_eq!(h[0] & 0x3F, 0x20);
+    assert!(r.closed(), "a silent initiator is not dropped");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}

@@ -34,7 +34,7 @@ use super::pdu::{self, Bhs, Digests, NO_TAG, Req, Violation, op, reject};
 use super::task::Task;
 use crate::runtime::{Conn, Env};
 use crate::uring::{Errno, Kind, UserData};
-use io_uring::opcode;
+use io_uring::{opcode, squeue, types};
 use slab::Slab;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -107,6 +107,12 @@ pub struct IscsiConn {
     pub(super) ua: Vec<Option<super::scsi::Sense>>,
     /// Path-state change and reset counts last seen, per LUN index (unit attentions).
     pub(super) path_seen: Vec<Option<(u64, u64)>>,
+    /// The idle-ping timeout of the armed receive (boxed: the kernel reads it at submission).
+    ping_ts: Box<types::Timespec>,
+    /// The armed receive carries the idle-ping timeout.
+    ping_armed: bool,
+    /// A NOP-In ping is out and nothing arrived since.
+    ping_pending: bool,
     rx: Vec<u8>,
     rx_lo: usize,
     rx_hi: usize,
@@ -152,6 +158,9 @@ impl IscsiConn {
             tmf_wait: Vec::new(),
             ua: Vec::new(),
             path_seen: Vec::new(),
+            ping_ts: Box::new(types::Timespec::new()),
+            ping_armed: false,
+            ping_pending: false,
             rx: vec![0; RX_INITIAL],
             rx_lo: 0,
             rx_hi: 0,
@@ -487,11 +496,57 @@ impl IscsiConn {
 
     fn arm_recv(&mut self, env: &mut Env<'_>) {
         self.make_room();
+        let ms = self.sh.nop_in_interval_ms;
+        let idle = self.phase == Phase::Full && self.tasks.is_empty();
         let free = &mut self.rx[self.rx_hi..];
-        // SAFETY: rx is neither resized nor compacted while the receive is armed (invariant),
-        // and the connection outlives it (it is not `done` while armed).
-        unsafe { env.io.push_recv(self.fd.as_raw_fd(), free, env.key) };
+        if ms > 0 && idle {
+            // An idle connection is pinged (NOP-In) when nothing arrives for `ms`; the receive
+            // carries a linked timeout, as the NVMe/TCP keep-alive does.
+            *self.ping_ts = types::Timespec::new()
+                .sec(u64::from(ms / 1000))
+                .nsec((ms % 1000) * 1_000_000);
+            let recv = opcode::Recv::new(
+                types::Fd(self.fd.as_raw_fd()),
+                free.as_mut_ptr(),
+                free.len() as u32,
+            )
+            .build()
+            .user_data(UserData::new(Kind::Recv, env.key).0)
+            .flags(squeue::Flags::IO_LINK);
+            let timeout = opcode::LinkTimeout::new(&*self.ping_ts)
+                .build()
+                .user_data(UserData::new(Kind::Cancel, env.key).0);
+            // SAFETY: rx is neither resized nor compacted while the receive is armed; the
+            // timespec is boxed in the connection, which outlives the submission (it is not
+            // `done` while the receive is armed), and the kernel copies it at submission.
+            unsafe { env.io.push_pair(&recv, &timeout) };
+            self.ping_armed = true;
+        } else {
+            // SAFETY: rx is neither resized nor compacted while the receive is armed
+            // (invariant), and the connection outlives it (it is not `done` while armed).
+            unsafe { env.io.push_recv(self.fd.as_raw_fd(), free, env.key) };
+            self.ping_armed = false;
+        }
         self.recv_armed = true;
+    }
+
+    /// The idle-ping timeout fired: ping, or give up on an initiator that did not answer the
+    /// last ping (nothing arrived for two intervals).
+    fn idle_timeout(&mut self, env: &mut Env<'_>) {
+        if self.ping_pending {
+            tracing::warn!(conn = env.key, initiator = %self.initiator, "iSCSI initiator silent after a NOP-In ping; closing the connection");
+            self.broken = true;
+            self.closing = true;
+            return;
+        }
+        self.ping_pending = true;
+        // A ping carries the current StatSN without taking it (RFC 7143 §11.19).
+        let h = Bhs::new(op::NOP_IN, 0x80).itt(NO_TAG).u32(20, 1).sns(
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn(),
+        );
+        self.put(h, &[]);
     }
 
     fn arm_send(&mut self, env: &mut Env<'_>) {
@@ -539,6 +594,13 @@ impl Conn for IscsiConn {
 
     fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
         self.recv_armed = false;
+        if res == -libc::ECANCELED && self.ping_armed && !self.cancel_sent && !self.closing {
+            self.ping_armed = false;
+            return self.idle_timeout(env);
+        }
+        if res > 0 {
+            self.ping_pending = false;
+        }
         if res <= 0 {
             if res < 0 && res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "receive failed");

@@ -128,6 +128,10 @@ pub struct IscsiShared {
     pub next_tsih: AtomicU16,
     /// Next I_T nexus id to hand out (never 0).
     pub next_nexus: AtomicU64,
+    /// An idle connection (full feature phase, no task) is pinged with a NOP-In after this
+    /// many milliseconds without input, and closed when nothing arrives for as long again
+    /// (0: never).
+    pub nop_in_interval_ms: u32,
 }
 
 impl IscsiShared {
