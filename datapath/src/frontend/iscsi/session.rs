@@ -21,6 +21,9 @@ use super::pdu::{Bhs, Digests, Req, op, sn_le, sn_lt};
 use crate::runtime::Env;
 use std::sync::atomic::Ordering;
 
+/// Login keys, as parsed.
+type Keys<'a> = Vec<(&'a str, &'a str)>;
+
 /// TMF response codes (RFC 7143 §11.6.1).
 mod tmf_rsp {
     pub const COMPLETE: u8 = 0;
@@ -109,7 +112,7 @@ impl IscsiConn {
         let Ok(keys) = login::parse_keys(&text) else {
             return self.login_fail(env, itt, isid, bad);
         };
-        let (chap_keys, keys): (Vec<(&str, &str)>, Vec<(&str, &str)>) = keys
+        let (chap_keys, keys): (Keys<'_>, Keys<'_>) = keys
             .into_iter()
             .partition(|(k, _)| super::chap::is_chap_key(k));
         if st.first {
