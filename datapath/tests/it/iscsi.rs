@@ -213,6 +213,7 @@ struct Raw {
     s: TcpStream,
     cmd_sn: u32,
     hd: bool,
+    dd: bool,
 }
 
 fn bhs(opcode: u8, flags: u8) -> [u8; 48] {
@@ -226,7 +227,11 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }
 
-fn frame(mut h: [u8; 48], data: &[u8], hd: bool) -> Vec<u8> {
+fn frame(h: [u8; 48], data: &[u8], hd: bool) -> Vec<u8> {
+    frame_dd(h, data, hd, false)
+}
+
+fn frame_dd(mut h: [u8; 48], data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
     let n = data.len();
     h[5] = (n >> 16) as u8;
     h[6] = (n >> 8) as u8;
@@ -235,14 +240,23 @@ fn frame(mut h: [u8; 48], data: &[u8], hd: bool) -> Vec<u8> {
     if hd {
         v.extend_from_slice(&crc32c::crc32c(&h).to_le_bytes());
     }
+    let start = v.len();
     v.extend_from_slice(data);
     v.resize(v.len() + (4 - n % 4) % 4, 0);
+    if dd && n > 0 {
+        let c = crc32c::crc32c(&v[start..]);
+        v.extend_from_slice(&c.to_le_bytes());
+    }
     v
 }
 
 impl Raw {
     /// Log in (one Login Request straight to full feature phase).
     fn login(addr: SocketAddr, header_digest: bool) -> Raw {
+        Self::login_dd(addr, header_digest, false)
+    }
+
+    fn login_dd(addr: SocketAddr, header_digest: bool, data_digest: bool) -> Raw {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
@@ -250,14 +264,16 @@ impl Raw {
         put32(&mut h, 16, 1);
         put32(&mut h, 24, 1);
         let keys = format!(
-            "InitiatorName=iqn.2026-11.test:raw\0SessionType=Normal\0TargetName={IQN}\0HeaderDigest={}\0DataDigest=None\0ImmediateData=Yes\0InitialR2T=Yes\0MaxBurstLength=262144\0FirstBurstLength=65536\0",
-            if header_digest { "CRC32C" } else { "None" }
+            "InitiatorName=iqn.2026-11.test:raw\0SessionType=Normal\0TargetName={IQN}\0HeaderDigest={}\0DataDigest={}\0ImmediateData=Yes\0InitialR2T=Yes\0MaxBurstLength=262144\0FirstBurstLength=65536\0",
+            if header_digest { "CRC32C" } else { "None" },
+            if data_digest { "CRC32C" } else { "None" }
         );
         s.write_all(&frame(h, keys.as_bytes(), false)).unwrap();
         let mut r = Raw {
             s,
             cmd_sn: 1,
             hd: false,
+            dd: false,
         };
         let (h, data) = r.read_pdu().expect("a login response");
         assert_eq!(h[0] & 0x3F, 0x23, "login response");
@@ -265,11 +281,12 @@ impl Raw {
         assert_eq!(h[1] & 0x83, 0x83, "transit to full feature phase");
         assert!(String::from_utf8_lossy(&data).contains("TargetPortalGroupTag=1"));
         r.hd = header_digest;
+        r.dd = data_digest;
         r
     }
 
     fn send(&mut self, h: [u8; 48], data: &[u8]) {
-        let f = frame(h, data, self.hd);
+        let f = frame_dd(h, data, self.hd, self.dd);
         self.s.write_all(&f).unwrap();
     }
 
@@ -284,6 +301,11 @@ impl Raw {
         let n = ((h[5] as usize) << 16) | ((h[6] as usize) << 8) | h[7] as usize;
         let mut d = vec![0u8; n + (4 - n % 4) % 4];
         self.s.read_exact(&mut d).ok()?;
+        if self.dd && n > 0 {
+            let mut c = [0u8; 4];
+            self.s.read_exact(&mut c).ok()?;
+            assert_eq!(c, crc32c::crc32c(&d).to_le_bytes(), "target data digest");
+        }
         d.truncate(n);
         Some((h, d))
     }
@@ -443,6 +465,41 @@ fn malformed_pdus_get_a_reject_or_a_dropped_connection_and_data_survives() {
         "connection left open after a header digest error"
     );
 
+    // A bad data digest on a NOP-Out: Reject (data digest error), the session goes on; on a
+    // SCSI Command with immediate data: Reject and the connection closes (ErrorRecoveryLevel 0).
+    let mut r = Raw::login_dd(addr, true, true);
+    assert_eq!(read_blocks(&mut r, 1, 0, 8), data, "Data-In with digests");
+    let mut h = bhs(0x40, 0x80);
+    put32(&mut h, 16, 2);
+    put32(&mut h, 20, 0xFFFF_FFFF);
+    put32(&mut h, 24, r.cmd_sn);
+    let mut f = frame_dd(h, b"ping", true, true);
+    let n = f.len();
+    f[n - 1] ^= 0xFF;
+    r.s.write_all(&f).unwrap();
+    let (h, _) = r.read_pdu().expect("Reject");
+    assert_eq!(
+        (h[0] & 0x3F, h[2]),
+        (0x3F, 0x02),
+        "Reject: data digest error"
+    );
+    r.nop(3);
+    let mut c = bhs(0x01, 0xA0);
+    put32(&mut c, 16, 4);
+    put32(&mut c, 20, 512);
+    put32(&mut c, 24, r.cmd_sn);
+    c[32..42].copy_from_slice(&write10(0, 1));
+    let mut f = frame_dd(c, &[0xEE; 512], true, true);
+    let n = f.len();
+    f[n - 1] ^= 0xFF;
+    r.s.write_all(&f).unwrap();
+    let (h, _) = r.read_pdu().expect("Reject");
+    assert_eq!((h[0] & 0x3F, h[2]), (0x3F, 0x02));
+    assert!(
+        r.closed(),
+        "connection left open after a command with a bad data digest"
+    );
+
     // A SCSI command before login: closed.
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -451,6 +508,7 @@ fn malformed_pdus_get_a_reject_or_a_dropped_connection_and_data_survives() {
         s,
         cmd_sn: 0,
         hd: false,
+        dd: false,
     };
     assert!(
         raw.closed(),
@@ -469,6 +527,7 @@ fn malformed_pdus_get_a_reject_or_a_dropped_connection_and_data_survives() {
         s,
         cmd_sn: 0,
         hd: false,
+        dd: false,
     };
     let (h, _) = raw.read_pdu().expect("Login Response");
     assert_eq!((h[36], h[37]), (2, 0), "initiator error");
