@@ -725,3 +725,22 @@ fn idle_connections_are_pinged_and_a_silent_initiator_is_dropped() {
     assert!(r.closed(), "a silent initiator is not dropped");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+#[test]
+fn a_write_larger_than_one_transfer_is_refused_before_its_data_is_asked_for() {
+    let (_d, addr) = daemon("16MiB");
+    let mut r = Raw::login(addr, false);
+    // WRITE (16) of 2^31 blocks with a 4 GiB - 1 EDTL: refused at once, no R2T.
+    let mut c = [0u8; 16];
+    c[0] = 0x8A;
+    c[10..14].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+    r.scsi(1, &c, u32::MAX, 0xA0, &[]);
+    let (h, d) = r.read_pdu().expect("SCSI Response");
+    assert_eq!(
+        (h[0] & 0x3F, h[3]),
+        (0x21, 0x02),
+        "CHECK CONDITION, not an R2T"
+    );
+    assert_eq!((d[4] & 0x0F, d[14]), (0x05, 0x24), "INVALID FIELD IN CDB");
+    r.nop(2);
+}

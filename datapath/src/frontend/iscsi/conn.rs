@@ -645,10 +645,14 @@ impl Conn for IscsiConn {
 
     fn flush(&mut self, env: &mut Env<'_>) {
         if self.errors > 0 {
-            for t in &self.sh.targets {
-                if let Some(l) = t.luns.first() {
-                    env.vol_counters[l.volume].errors += std::mem::take(&mut self.errors);
-                }
+            // Counted against the session's target's first LUN's volume.
+            if let Some(l) = self
+                .sh
+                .targets
+                .get(self.target)
+                .and_then(|t| t.luns.first())
+            {
+                env.vol_counters[l.volume].errors += std::mem::take(&mut self.errors);
             }
         }
         if env.stopping && !self.shutting_down {

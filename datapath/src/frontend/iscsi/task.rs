@@ -393,6 +393,11 @@ impl IscsiConn {
         } else {
             0
         };
+        // Data-Out is gathered in memory: more than one transfer's worth is refused before any
+        // of it is asked for (a lying EDTL cannot make the target allocate gigabytes).
+        if want > pages::MAX_XFER_BYTES {
+            return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, out_len, 0);
+        }
         let scsi_len = if wr || out_len > 0 { out_len } else { 0 };
         // Data beyond what the command takes (up to the EDTL) is received and dropped.
         let mut buf = self.get_buf(want as usize);
