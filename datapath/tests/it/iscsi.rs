@@ -744,3 +744,35 @@ fn a_write_larger_than_one_transfer_is_refused_before_its_data_is_asked_for() {
     assert_eq!((d[4] & 0x0F, d[14]), (0x05, 0x24), "INVALID FIELD IN CDB");
     r.nop(2);
 }
+
+#[test]
+fn a_full_command_window_of_writes_waiting_for_r2t_does_not_stall() {
+    // 128 writes (the whole CmdSN window), none with data: the target must keep reading to get
+    // their Data-Out after sending the R2Ts.
+    let (_d, addr) = daemon("16MiB");
+    let mut r = Raw::login(addr, false);
+    let n = 128u32;
+    for i in 0..n {
+        r.scsi(100 + i, &write10(i, 1), 512, 0xA0, &[]);
+    }
+    let mut r2ts = Vec::new();
+    for _ in 0..n {
+        let (h, _) = r.read_pdu().expect("R2T");
+        assert_eq!(h[0] & 0x3F, 0x31, "R2T");
+        r2ts.push((
+            u32::from_be_bytes(h[16..20].try_into().unwrap()),
+            u32::from_be_bytes(h[20..24].try_into().unwrap()),
+        ));
+    }
+    for (itt, ttt) in r2ts {
+        let mut dout = bhs(0x05, 0x80);
+        put32(&mut dout, 16, itt);
+        put32(&mut dout, 20, ttt);
+        r.send(dout, &pattern(u64::from(itt), 512));
+    }
+    for _ in 0..n {
+        let (h, _) = r.read_pdu().expect("SCSI Response");
+        assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0));
+    }
+    assert_eq!(read_blocks(&mut r, 1, 5, 1), pattern(105, 512));
+}

@@ -40,8 +40,12 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-/// Tasks one connection may have before it stops reading (also the CmdSN window).
-pub const MAX_TASKS: usize = 128;
+/// The CmdSN window: MaxCmdSN = ExpCmdSN + CMD_WINDOW - 1.
+pub const CMD_WINDOW: u32 = 128;
+/// Tasks one connection may have before it stops reading: twice the window, so an initiator
+/// that keeps to the window never meets it (its Data-Out for tasks waiting on R2Ts is always
+/// read); only a flood of immediate commands does.
+pub const MAX_TASKS: usize = 2 * CMD_WINDOW as usize;
 /// Unsent bytes past which the connection stops reading.
 pub const TX_HIGH_WATER: usize = 64 << 20;
 const RX_INITIAL: usize = 512 << 10;
@@ -178,9 +182,9 @@ impl IscsiConn {
         }
     }
 
-    /// MaxCmdSN: the window is [`MAX_TASKS`] commands wide.
+    /// MaxCmdSN: the window is [`CMD_WINDOW`] commands wide.
     pub(super) fn max_cmd_sn(&self) -> u32 {
-        self.exp_cmd_sn.wrapping_add(MAX_TASKS as u32 - 1)
+        self.exp_cmd_sn.wrapping_add(CMD_WINDOW - 1)
     }
 
     /// The next StatSN (it moves by one).
