@@ -802,6 +802,22 @@ impl Config {
                     return bad(format!("iSCSI target {}: no volume named {v:?}", t.iqn));
                 }
             }
+            let secret = t.chap_secret.is_some() || t.chap_secret_file.is_some();
+            if t.chap_secret.is_some() && t.chap_secret_file.is_some() {
+                return bad(format!(
+                    "iSCSI target {}: chap_secret and chap_secret_file both set",
+                    t.iqn
+                ));
+            }
+            if t.chap_user.is_some() != secret
+                || t.chap_mutual_user.is_some() != t.chap_mutual_secret.is_some()
+                || (t.chap_mutual_user.is_some() && !secret)
+            {
+                return bad(format!(
+                    "iSCSI target {}: CHAP needs a user and a secret (and mutual CHAP both of its own)",
+                    t.iqn
+                ));
+            }
             if t.allowed_initiators
                 .iter()
                 .any(|h| h.is_empty() || h.len() > 223)
@@ -926,6 +942,41 @@ mod tests {
             c.effective_subsystems()[0].nqn,
             "nqn.2026-11.io.twinblk:vol0"
         );
+        assert_eq!(
+            c.iscsi.listen,
+            vec!["127.0.0.1:3260".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            c.effective_iscsi_targets()[0].iqn,
+            "iqn.2026-11.io.twinblk:vol0"
+        );
+        assert_eq!(c.effective_iscsi_targets()[0].luns, vec!["vol0"]);
+    }
+
+    #[test]
+    fn iscsi_targets_parse_and_are_checked() {
+        let vol = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize=4096\n";
+        // A file without [iscsi] serves no iSCSI (tests and existing files keep their ports).
+        let c = Config::from_toml(vol).unwrap();
+        assert!(c.iscsi.listen.is_empty());
+        assert_eq!(c.iscsi.nop_in_interval_ms, 15_000);
+        let ok = format!(
+            "[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='iqn.x:a'\nluns=['vol0']\nchap_user='u'\nchap_secret='s'\n{vol}"
+        );
+        let c = Config::from_toml(&ok).unwrap();
+        assert_eq!(
+            c.effective_iscsi_targets()[0].chap_user.as_deref(),
+            Some("u")
+        );
+        for bad in [
+            "[[iscsi.target]]\niqn='bad'\nluns=['vol0']\n",
+            "[[iscsi.target]]\niqn='iqn.x'\nluns=['nope']\n",
+            "[[iscsi.target]]\niqn='iqn.x'\nluns=[]\n",
+            "[[iscsi.target]]\niqn='iqn.x'\nluns=['vol0']\nchap_user='u'\n",
+            "[[iscsi.target]]\niqn='iqn.x'\nluns=['vol0']\nchap_user='u'\nchap_secret='s'\nchap_mutual_user='t'\n",
+        ] {
+            assert!(Config::from_toml(&format!("{bad}{vol}")).is_err(), "{bad}");
+        }
     }
 
     #[test]
