@@ -426,7 +426,15 @@ impl IscsiConn {
                 login::put_key(&mut out, k, "NotUnderstood");
             }
         }
-        let n = out.len().min(self.params.send_dsl as usize);
+        // Text continuation is not implemented: an answer longer than the initiator takes in
+        // one PDU is cut after its last whole key (docs/iscsi.md).
+        let mut n = out.len();
+        if n > self.params.send_dsl as usize {
+            n = out[..self.params.send_dsl as usize]
+                .iter()
+                .rposition(|&b| b == 0)
+                .map_or(0, |i| i + 1);
+        }
         let h = Bhs::new(op::TEXT_RSP, 0x80)
             .lun(r.lun())
             .itt(r.itt())
