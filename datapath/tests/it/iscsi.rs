@@ -776,3 +776,50 @@ fn a_full_command_window_of_writes_waiting_for_r2t_does_not_stall() {
     }
     assert_eq!(read_blocks(&mut r, 1, 5, 1), pattern(105, 512));
 }
+
+#[test]
+fn a_read_behind_a_compare_and_write_waits_for_it() {
+    // COMPARE AND WRITE and a READ of the same block in one send: the pair runs on the
+    // volume's home executor; the read, arriving while it is pending, is diverted behind it and
+    // returns the pair's new data (without the exclusion it would read the old block).
+    let (_d, addr) = daemon("16MiB");
+    let mut r = Raw::login(addr, false);
+    let old = pattern(1, 512);
+    let new = pattern(2, 512);
+    r.scsi(1, &write10(0, 1), 512, 0xA0, &old);
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!(h[3], 0);
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[13] = 1;
+    let mut c = bhs(0x01, 0xA0);
+    put32(&mut c, 16, 2);
+    put32(&mut c, 20, 1024);
+    put32(&mut c, 24, r.cmd_sn);
+    c[32..48].copy_from_slice(&caw);
+    let mut both = frame(c, &[old.clone(), new.clone()].concat(), false);
+    let mut rd = bhs(0x01, 0xC0);
+    put32(&mut rd, 16, 3);
+    put32(&mut rd, 20, 512);
+    put32(&mut rd, 24, r.cmd_sn + 1);
+    rd[32..42].copy_from_slice(&read10(0, 1));
+    both.extend_from_slice(&frame(rd, &[], false));
+    r.cmd_sn += 2;
+    r.s.write_all(&both).unwrap();
+    let mut got = None;
+    let mut caw_status = None;
+    while got.is_none() || caw_status.is_none() {
+        let (h, d) = r.read_pdu().expect("responses");
+        let itt = u32::from_be_bytes(h[16..20].try_into().unwrap());
+        match (h[0] & 0x3F, itt) {
+            (0x21, 2) => caw_status = Some(h[3]),
+            (0x25, 3) => {
+                assert_ne!(h[1] & 0x01, 0, "one Data-In with status");
+                got = Some(d);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(caw_status, Some(0), "the compare matched");
+    assert_eq!(got.unwrap(), new, "the read saw the pair's write");
+}

@@ -107,6 +107,8 @@ pub struct IscsiConn {
     /// Task management responses waiting for aborted tasks at the device: (ITT, response,
     /// function, task slots).
     pub(super) tmf_wait: Vec<(u32, u8, u8, Vec<u32>)>,
+    /// Volumes whose atomic section a retired task entered: left in `flush`.
+    pub(super) leaves: Vec<usize>,
     /// A unit attention to report on the next command (per LUN index).
     pub(super) ua: Vec<Option<super::scsi::Sense>>,
     /// Path-state change and reset counts last seen, per LUN index (unit attentions).
@@ -160,6 +162,7 @@ impl IscsiConn {
             next_ttt: 1,
             logout: None,
             tmf_wait: Vec::new(),
+            leaves: Vec::new(),
             ua: Vec::new(),
             path_seen: Vec::new(),
             ping_ts: Box::new(types::Timespec::new()),
@@ -656,6 +659,7 @@ impl Conn for IscsiConn {
     }
 
     fn flush(&mut self, env: &mut Env<'_>) {
+        self.leave_sections(env);
         if self.errors > 0 {
             // Counted against the session's target's first LUN's volume.
             if let Some(l) = self

@@ -7,7 +7,8 @@
 //!   persistent reservations.
 //! - `conn`: one connection (and its session) on a reactor: receive, dispatch, NOP, Text,
 //!   Logout, Reject, CmdSN window and StatSN; `session`: the login phase and task management;
-//!   `task`: SCSI tasks, R2T / Data-Out / Data-In and execution against the volume's channel.
+//!   `task`: SCSI tasks, R2T / Data-Out / Data-In and execution against the volume's channel;
+//!   `excl`: media accesses inside the volumes' atomic sections (COMPARE AND WRITE exclusion).
 //!
 //! Model: everything in [`IscsiShared`] is built before the reactors start and read-only
 //! afterwards (the TSIH counter is an atomic). A connection is its own session
@@ -24,6 +25,7 @@
 
 pub mod chap;
 mod conn;
+mod excl;
 pub mod login;
 pub mod pages;
 pub mod pdu;

@@ -249,6 +249,9 @@ impl IscsiConn {
             return Some(slot as u32);
         }
         let t = self.tasks.remove(slot);
+        if t.entered {
+            self.leaves.push(t.vol);
+        }
         self.put_buf(t.buf);
         None
     }

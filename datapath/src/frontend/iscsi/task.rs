@@ -28,7 +28,7 @@ use super::scsi::{self, Cmd, Sense, status};
 use crate::bdev::volume::PathState;
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::nvmf::Note as NvNote;
-use crate::frontend::nvmf::atomic::{FusedReq, Origin};
+use crate::frontend::nvmf::atomic::{FusedReq, OpKind, Origin};
 use crate::frontend::nvmf::cmd::Status as NvStatus;
 use crate::runtime::Env;
 use crate::uring::{Errno, IoTag};
@@ -73,6 +73,8 @@ pub(super) struct Task {
     pub(super) parts: u32,
     pub(super) result: Result<(), Sense>,
     pub(super) aborted: bool,
+    /// The task counts in its volume's atomic section (left when it is retired).
+    pub(super) entered: bool,
 }
 
 /// The sense a device error becomes.
@@ -422,6 +424,7 @@ impl IscsiConn {
             parts: 0,
             result: Ok(()),
             aborted: false,
+            entered: false,
         };
         let slot = self.tasks.insert(task) as u32;
         self.advance(env, slot);
@@ -541,6 +544,9 @@ impl IscsiConn {
         let Some(t) = self.tasks.try_remove(slot as usize) else {
             return;
         };
+        if t.entered {
+            self.leaves.push(t.vol);
+        }
         if !t.aborted {
             if result.is_err() {
                 self.errors += 1;
@@ -554,6 +560,9 @@ impl IscsiConn {
         let Some(t) = self.tasks.try_remove(slot as usize) else {
             return;
         };
+        if t.entered {
+            self.leaves.push(t.vol);
+        }
         if !t.aborted {
             let edtl = if t.rd { t.edtl } else { 0 };
             self.send_data_in(t.itt, t.lun, data, edtl, data.len() as u64);
@@ -750,6 +759,12 @@ impl IscsiConn {
                     env.counters.write_bytes += n as u64;
                     env.vol_counters[vol].ops += 1;
                     env.vol_counters[vol].write_bytes += n as u64;
+                    if !self.enter_section(env, slot, vol) {
+                        let mut buf = buf;
+                        buf.truncate(n);
+                        let ranges = vec![(off, n as u64)];
+                        return self.divert(env, slot, OpKind::Write, ranges, buf, rw.fua);
+                    }
                     let s = env.chans[vol].write(env.io, tag, off, &buf[..n], rw.fua);
                     self.tasks[slot as usize].buf = buf;
                     return self.started(slot, s, true);
@@ -818,6 +833,10 @@ impl IscsiConn {
 
     fn start_read(&mut self, env: &mut Env<'_>, slot: u32, off: u64, len: u32) {
         let vol = self.tasks[slot as usize].vol;
+        if !self.enter_section(env, slot, vol) {
+            let ranges = vec![(off, u64::from(len))];
+            return self.divert(env, slot, OpKind::Read, ranges, Vec::new(), false);
+        }
         let tag = IoTag {
             conn: env.key,
             slot,
@@ -856,6 +875,9 @@ impl IscsiConn {
                 let Some(t) = self.tasks.try_remove(slot as usize) else {
                     return;
                 };
+                if t.entered {
+                    self.leaves.push(t.vol);
+                }
                 if !t.aborted {
                     let edtl = if t.rd { t.edtl } else { 0 };
                     self.send_data_in(t.itt, t.lun, data, edtl, data.len() as u64);
@@ -901,6 +923,21 @@ impl IscsiConn {
         let zero = unmap || ndob || pattern.iter().all(|&b| b == 0);
         env.counters.ios += 1;
         env.vol_counters[vol].ops += 1;
+        if !self.enter_section(env, slot, vol) {
+            let (kind, data) = if zero {
+                let k = if unmap { OpKind::Unmap } else { OpKind::Zeroes };
+                (k, Vec::new())
+            } else {
+                let mut d = Vec::with_capacity(len as usize);
+                for _ in 0..blocks {
+                    d.extend_from_slice(&pattern);
+                }
+                (OpKind::Write, d)
+            };
+            self.tasks[slot as usize].buf = pattern;
+            self.divert(env, slot, kind, vec![(off, len)], data, rw.fua);
+            return Ok(());
+        }
         if zero {
             let s = if unmap {
                 env.chans[vol].unmap(env.io, tag, off, len, false)
@@ -998,6 +1035,15 @@ impl IscsiConn {
         };
         env.counters.ios += 1;
         env.vol_counters[vol].ops += 1;
+        if !self.enter_section(env, slot, vol) {
+            let ranges = descs
+                .iter()
+                .filter(|&&(_, n)| n > 0)
+                .map(|&(lba, n)| (lba * bs, n * bs))
+                .collect();
+            self.divert(env, slot, OpKind::Unmap, ranges, Vec::new(), false);
+            return Ok(());
+        }
         for (lba, n) in descs {
             if n == 0 {
                 continue;
@@ -1077,18 +1123,24 @@ impl IscsiConn {
         self.complete(slot, r);
     }
 
-    /// The home executor answered a COMPARE AND WRITE.
+    /// The home executor answered a COMPARE AND WRITE or a diverted access (read data in
+    /// `data`).
     pub(super) fn home_done(&mut self, n: NvNote) {
         if let NvNote::Done {
             slot,
             status,
             status2,
+            data,
             ..
         } = n
         {
             let r = nv_sense(status).and(nv_sense(status2));
-            if let Some(t) = self.tasks.get_mut(slot as usize) {
-                t.parts = 0;
+            let Some(t) = self.tasks.get_mut(slot as usize) else {
+                return;
+            };
+            t.parts = 0;
+            if r.is_ok() && matches!(t.cmd, Cmd::Read(_) | Cmd::Verify { .. }) {
+                return self.read_done(slot, &data);
             }
             self.complete(slot, r);
         }
