@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  initiators ──TCP──> listener (reactor 0 accepts, round-robin hand-off by mailbox)
-//!                        │ the listener's acceptor builds the connection (NBD, NVMe/TCP, link)
+//!                        │ the listener's acceptor builds the connection (NBD, NVMe/TCP, iSCSI, link)
 //!          ┌─────────────┴──────────────┐
 //!      reactor 0 (core a)          reactor 1 (core b)        one pinned thread per core,
 //!      io_uring + buffer pool      io_uring + buffer pool    each owning its ring, buffers,
@@ -27,7 +27,7 @@
 //! - [`transport`]: sockets (TCP today; RDMA and TLS later).
 //! - [`layer`]: devices that wrap a replica and add a service: the two-site mirror, and under
 //!   it continuous data protection (the CDP journal).
-//! - [`frontend`]: protocols initiators speak (NBD, NVMe over Fabrics/TCP).
+//! - [`frontend`]: protocols initiators speak (NBD, NVMe over Fabrics/TCP, iSCSI).
 //! - [`control`]: typed configuration (file, CLI) and the JSON-RPC control socket.
 //! - [`daemon`]: ties them together; `twinblk demo`.
 //!

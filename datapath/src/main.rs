@@ -17,8 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve volumes. With no options: a 1 GiB RAM volume `vol0` on nbd://127.0.0.1:10809 and
-    /// nvme+tcp://127.0.0.1:4420/nqn.2026-11.io.twinblk:vol0.
+    /// Serve volumes. With no options: a 1 GiB RAM volume `vol0` on nbd://127.0.0.1:10809,
+    /// nvme+tcp://127.0.0.1:4420/nqn.2026-11.io.twinblk:vol0 and
+    /// iscsi://127.0.0.1:3260/iqn.2026-11.io.twinblk:vol0/0.
     Serve {
         /// TOML configuration file.
         #[arg(long, short)]
@@ -54,6 +55,9 @@ enum Cmd {
         /// NVMe/TCP port of site a (site b: the next one).
         #[arg(long, default_value_t = 4420)]
         nvmf_port: u16,
+        /// iSCSI port of site a (site b: the next one).
+        #[arg(long, default_value_t = 3260)]
+        iscsi_port: u16,
         /// The witness's UDP port.
         #[arg(long, default_value_t = 7799)]
         witness_port: u16,
@@ -219,6 +223,7 @@ fn main() -> Result<()> {
             nbd_port,
             repl_port,
             nvmf_port,
+            iscsi_port,
             witness_port,
             size,
         } => {
@@ -228,6 +233,7 @@ fn main() -> Result<()> {
                 nbd_port,
                 repl_port,
                 nvmf_port,
+                iscsi_port,
                 witness_port,
                 size,
                 exe: std::env::current_exe().context("finding the twinblk binary")?,
@@ -322,6 +328,16 @@ fn serve(cfg: Config) -> Result<()> {
                     addr.ip(),
                     addr.port(),
                     s.nqn
+                );
+            }
+        }
+        if proto == Proto::Iscsi {
+            for t in cfg.effective_iscsi_targets() {
+                println!("  iscsi://{addr}/{}/0", t.iqn);
+                println!("    iscsi-inq iscsi://{addr}/{}/0", t.iqn);
+                println!(
+                    "    iscsiadm -m discovery -t st -p {addr} && iscsiadm -m node -T {} -p {addr} --login",
+                    t.iqn
                 );
             }
         }

@@ -23,6 +23,9 @@ pub struct Config {
     /// NVMe/TCP front end.
     #[serde(default)]
     pub nvmf: NvmfConfig,
+    /// iSCSI front end.
+    #[serde(default)]
+    pub iscsi: IscsiConfig,
     /// Control socket.
     #[serde(default)]
     pub control: ControlConfig,
@@ -329,6 +332,54 @@ pub struct NvmfConfig {
     pub max_cntlid: Option<u16>,
 }
 
+/// iSCSI listeners (portals) and targets.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiConfig {
+    /// Addresses to listen on (empty: iSCSI off). A config file without it serves no iSCSI;
+    /// the built-in default (`twinblk serve` without a file) listens on 127.0.0.1:3260.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// More portals SendTargets lists, as `host:port,tag` (e.g. the other site's).
+    #[serde(default)]
+    pub extra_portals: Vec<String>,
+    /// Milliseconds without input after which an idle connection is pinged with a NOP-In
+    /// (and closed if nothing arrives for as long again); 0: never.
+    #[serde(default = "default_nop_in_interval_ms")]
+    pub nop_in_interval_ms: u32,
+    /// Targets; when empty, one per volume named `iqn.2026-11.io.twinblk:<volume>`.
+    #[serde(default, rename = "target")]
+    pub targets: Vec<IscsiTargetConfig>,
+}
+
+/// One iSCSI target.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IscsiTargetConfig {
+    /// iSCSI name (`iqn.`, `eui.` or `naa.` form).
+    pub iqn: String,
+    /// Volumes served as LUN 0, 1, ... in this order.
+    pub luns: Vec<String>,
+    /// Initiator names allowed to log in (empty: any initiator).
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
+    /// CHAP: the user name initiators give (with a secret: CHAP is required).
+    #[serde(default)]
+    pub chap_user: Option<String>,
+    /// CHAP secret (or `chap_secret_file`).
+    #[serde(default)]
+    pub chap_secret: Option<String>,
+    /// A file holding the CHAP secret (its first line).
+    #[serde(default)]
+    pub chap_secret_file: Option<PathBuf>,
+    /// Mutual CHAP: the target's user name.
+    #[serde(default)]
+    pub chap_mutual_user: Option<String>,
+    /// Mutual CHAP: the target's secret.
+    #[serde(default)]
+    pub chap_mutual_secret: Option<String>,
+}
+
 /// Highest controller id of the dynamic controller model (0xFFF0..=0xFFFF are reserved).
 pub use crate::frontend::nvmf::ctrl::MAX_CNTLID;
 /// Last controller id of the lower half: the site whose name sorts first hands out
@@ -564,6 +615,9 @@ fn default_block_size() -> u32 {
 fn default_nbd_listen() -> Vec<SocketAddr> {
     vec!["127.0.0.1:10809".parse().expect("literal address")]
 }
+fn default_nop_in_interval_ms() -> u32 {
+    15_000
+}
 fn default_nvmf_listen() -> Vec<SocketAddr> {
     vec!["127.0.0.1:4420".parse().expect("literal address")]
 }
@@ -607,6 +661,17 @@ impl Default for NvmfConfig {
     }
 }
 
+impl Default for IscsiConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            extra_portals: Vec::new(),
+            nop_in_interval_ms: default_nop_in_interval_ms(),
+            targets: Vec::new(),
+        }
+    }
+}
+
 impl Default for ControlConfig {
     fn default() -> Self {
         Self {
@@ -623,6 +688,10 @@ impl Default for Config {
             reactor: ReactorConfig::default(),
             nbd: NbdConfig::default(),
             nvmf: NvmfConfig::default(),
+            iscsi: IscsiConfig {
+                listen: vec!["127.0.0.1:3260".parse().expect("literal address")],
+                ..IscsiConfig::default()
+            },
             control: ControlConfig::default(),
             volumes: vec![VolumeConfig {
                 name: "vol0".into(),
@@ -867,7 +936,80 @@ impl Config {
                 ));
             }
         }
+        let mut iqns = std::collections::HashSet::new();
+        for t in &self.iscsi.targets {
+            let form = ["iqn.", "eui.", "naa."]
+                .iter()
+                .any(|p| t.iqn.starts_with(p));
+            if !form || t.iqn.len() > 223 || !iqns.insert(t.iqn.as_str()) {
+                return bad(format!(
+                    "iSCSI target name {:?} must start with \"iqn.\", \"eui.\" or \"naa.\", be at most 223 bytes and be unique",
+                    t.iqn
+                ));
+            }
+            if t.luns.is_empty() || t.luns.len() > 16384 {
+                return bad(format!("iSCSI target {}: 1 to 16384 LUNs", t.iqn));
+            }
+            for v in &t.luns {
+                if !names.contains(v.as_str()) {
+                    return bad(format!("iSCSI target {}: no volume named {v:?}", t.iqn));
+                }
+            }
+            let secret = t.chap_secret.is_some() || t.chap_secret_file.is_some();
+            if t.chap_secret.is_some() && t.chap_secret_file.is_some() {
+                return bad(format!(
+                    "iSCSI target {}: chap_secret and chap_secret_file both set",
+                    t.iqn
+                ));
+            }
+            if t.chap_user.is_some() != secret
+                || t.chap_mutual_user.is_some() != t.chap_mutual_secret.is_some()
+                || (t.chap_mutual_user.is_some() && !secret)
+            {
+                return bad(format!(
+                    "iSCSI target {}: CHAP needs a user and a secret (and mutual CHAP both of its own)",
+                    t.iqn
+                ));
+            }
+            if t.allowed_initiators
+                .iter()
+                .any(|h| h.is_empty() || h.len() > 223)
+            {
+                return bad(format!(
+                    "iSCSI target {}: an initiator name is empty or too long",
+                    t.iqn
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// This site's iSCSI target portal group tag (also its ALUA target port group and
+    /// relative target port id): 1 at a single site and at the mirror site whose name sorts
+    /// first, 2 at the other, so a host that sees both sites sees two port groups.
+    pub fn iscsi_tpg(&self) -> u16 {
+        if self.lower_site() { 1 } else { 2 }
+    }
+
+    /// The iSCSI targets actually served: the configured ones, or one per volume named
+    /// `iqn.2026-11.io.twinblk:<volume>` with that volume as LUN 0 and any initiator allowed.
+    pub fn effective_iscsi_targets(&self) -> Vec<IscsiTargetConfig> {
+        if !self.iscsi.targets.is_empty() {
+            return self.iscsi.targets.clone();
+        }
+        self.volumes
+            .iter()
+            .map(|v| IscsiTargetConfig {
+                iqn: format!("iqn.2026-11.io.twinblk:{}", v.name),
+                luns: vec![v.name.clone()],
+                allowed_initiators: Vec::new(),
+                chap_user: None,
+                chap_secret: None,
+                chap_secret_file: None,
+                chap_mutual_user: None,
+                chap_mutual_secret: None,
+            })
+            .collect()
     }
 
     /// Whether this site is the mirror's lower site (its name sorts first; a single site is).
@@ -953,6 +1095,41 @@ mod tests {
             c.effective_subsystems()[0].nqn,
             "nqn.2026-11.io.twinblk:vol0"
         );
+        assert_eq!(
+            c.iscsi.listen,
+            vec!["127.0.0.1:3260".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            c.effective_iscsi_targets()[0].iqn,
+            "iqn.2026-11.io.twinblk:vol0"
+        );
+        assert_eq!(c.effective_iscsi_targets()[0].luns, vec!["vol0"]);
+    }
+
+    #[test]
+    fn iscsi_targets_parse_and_are_checked() {
+        let vol = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize=4096\n";
+        // A file without [iscsi] serves no iSCSI (tests and existing files keep their ports).
+        let c = Config::from_toml(vol).unwrap();
+        assert!(c.iscsi.listen.is_empty());
+        assert_eq!(c.iscsi.nop_in_interval_ms, 15_000);
+        let ok = format!(
+            "[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='iqn.x:a'\nluns=['vol0']\nchap_user='u'\nchap_secret='s'\n{vol}"
+        );
+        let c = Config::from_toml(&ok).unwrap();
+        assert_eq!(
+            c.effective_iscsi_targets()[0].chap_user.as_deref(),
+            Some("u")
+        );
+        for bad in [
+            "[[iscsi.target]]\niqn='bad'\nluns=['vol0']\n",
+            "[[iscsi.target]]\niqn='iqn.x'\nluns=['nope']\n",
+            "[[iscsi.target]]\niqn='iqn.x'\nluns=[]\n",
+            "[[iscsi.target]]\niqn='iqn.x'\nluns=['vol0']\nchap_user='u'\n",
+            "[[iscsi.target]]\niqn='iqn.x'\nluns=['vol0']\nchap_user='u'\nchap_secret='s'\nchap_mutual_user='t'\n",
+        ] {
+            assert!(Config::from_toml(&format!("{bad}{vol}")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! key in the demo directory), writes one config per site into that directory (each site
 //! keeps its replica state in `state-<site>/` there), starts
 //! `twinblk serve` once per site as its own process (site `a` leads `vol0`; site `a` on the standard ports, NBD
-//! 10809 and NVMe/TCP 4420, site `b` on the next ones), reads each site's endpoints from its standard output, waits
+//! 10809, NVMe/TCP 4420 and iSCSI 3260, site `b` on the next ones), reads each site's endpoints from its standard output, waits
 //! (up to 10 s) until the pair is in sync, prints the endpoints one per line with each
 //! process's PID and the command that restarts a site, and then waits. Ctrl-C (or SIGTERM) stops everything
 //! cleanly; if a site dies (killed to try a failover), the demo says so, with the command
@@ -33,6 +33,8 @@ pub struct DemoOptions {
     pub repl_port: u16,
     /// NVMe/TCP port of site a (site b uses the next one).
     pub nvmf_port: u16,
+    /// iSCSI port of site a (site b uses the next one).
+    pub iscsi_port: u16,
     /// The witness's UDP port.
     pub witness_port: u16,
     /// Size of the mirrored RAM volume.
@@ -52,6 +54,9 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
         "# twinblk demo: site {me} of a two-site mirror on loopback\n\
          [reactor]\ncores = [{core}]\npin = {pin}\n\n\
          [nbd]\nlisten = [\"127.0.0.1:{nbd}\"]\n\n\
+         [iscsi]\nlisten = [\"127.0.0.1:{iscsi}\"]\n\
+         # SendTargets also lists the other site's portal (its target portal group tag)\n\
+         extra_portals = [\"127.0.0.1:{peer_iscsi},{peer_tpg}\"]\n\n\
          [nvmf]\nlisten = [\"127.0.0.1:{nvmf}\"]\n\
          # controller ids are unique within a subsystem, which both sites present: one range each\n\
          min_cntlid = {min_cntlid:#06x}\nmax_cntlid = {max_cntlid:#06x}\n\n\
@@ -65,6 +70,9 @@ pub fn site_config(o: &DemoOptions, site: usize) -> String {
         pin = cpus > 1,
         nbd = o.nbd_port + site as u16,
         nvmf = o.nvmf_port + site as u16,
+        iscsi = o.iscsi_port + site as u16,
+        peer_iscsi = o.iscsi_port + 1 - site as u16,
+        peer_tpg = 2 - site,
         min_cntlid = [1, CNTLID_SPLIT + 1][site],
         max_cntlid = [CNTLID_SPLIT, MAX_CNTLID][site],
         dir = o.dir.display(),
@@ -331,6 +339,7 @@ mod tests {
             nbd_port: 10809,
             repl_port: 7700,
             nvmf_port: 4420,
+            iscsi_port: 3260,
             witness_port: 7800,
             size: "64MiB".into(),
             exe: PathBuf::from("twinblk"),
@@ -351,5 +360,8 @@ mod tests {
         );
         assert!(ra.end() < rb.start(), "{ra:?} and {rb:?} overlap");
         assert_ne!(a.nvmf_first_port_id(), b.nvmf_first_port_id());
+        assert_eq!((a.iscsi_tpg(), b.iscsi_tpg()), (1, 2));
+        assert_eq!(a.iscsi.listen[0].port() + 1, b.iscsi.listen[0].port());
+        assert_eq!(a.iscsi.extra_portals, vec!["127.0.0.1:3261,2".to_string()]);
     }
 }

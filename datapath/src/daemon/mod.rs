@@ -17,6 +17,8 @@ use crate::bdev::{BdevError, BlockDevice};
 use crate::control::ControlCx;
 use crate::control::ControlServer;
 use crate::control::config::{Backend, Config, Wait};
+use crate::frontend::iscsi::chap::Chap;
+use crate::frontend::iscsi::{IscsiAcceptor, IscsiLun, IscsiShared, IscsiTarget};
 use crate::frontend::nbd::{NbdAcceptor, NbdExport};
 use crate::frontend::nvmf::atomic::HomeService;
 use crate::frontend::nvmf::{NvmfAcceptor, NvmfShared, ctrl::Subsystem};
@@ -63,6 +65,15 @@ pub enum StartError {
     /// The NVMe-oF reservation state could not be loaded.
     #[error("NVMe-oF reservations")]
     Reservations(#[source] crate::frontend::nvmf::resv::ResvError),
+    /// An iSCSI target's CHAP secret file could not be read.
+    #[error("iSCSI target {target}: cannot read its CHAP secret file")]
+    ChapSecret {
+        /// The target.
+        target: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A reactor could not start (io_uring setup, pinning, channel opening).
     #[error("reactor {id} on core {core}")]
     Reactor {
@@ -114,12 +125,15 @@ pub enum Proto {
     Mirror,
     /// NVMe over Fabrics, TCP transport.
     Nvmf,
+    /// iSCSI (RFC 7143).
+    Iscsi,
 }
 
 /// A running daemon.
 pub struct Daemon {
     shared: Arc<Shared>,
     nvmf: Arc<NvmfShared>,
+    iscsi: Arc<IscsiShared>,
     listen: Vec<(Proto, SocketAddr)>,
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
@@ -422,6 +436,80 @@ impl Daemon {
             });
             listen.push((Proto::Nvmf, addr));
         }
+        let mut iscsi_socks = Vec::new();
+        for addr in &cfg.iscsi.listen {
+            let err = |source| StartError::Listen {
+                addr: *addr,
+                source,
+            };
+            iscsi_socks.push(crate::transport::tcp::listen(*addr).map_err(err)?);
+        }
+        let mut iscsi_targets = Vec::new();
+        for t in cfg.effective_iscsi_targets() {
+            let secret = match (&t.chap_secret, &t.chap_secret_file) {
+                (Some(s), _) => Some(s.as_bytes().to_vec()),
+                (None, Some(f)) => {
+                    let text =
+                        std::fs::read_to_string(f).map_err(|source| StartError::ChapSecret {
+                            target: t.iqn.clone(),
+                            source,
+                        })?;
+                    Some(text.lines().next().unwrap_or("").as_bytes().to_vec())
+                }
+                (None, None) => None,
+            };
+            let chap = t.chap_user.clone().zip(secret).map(|(user, secret)| Chap {
+                user,
+                secret,
+                mutual: t
+                    .chap_mutual_user
+                    .clone()
+                    .zip(t.chap_mutual_secret.clone())
+                    .map(|(u, s)| (u, s.into_bytes())),
+            });
+            if chap.is_none() && !iscsi_socks.is_empty() {
+                tracing::warn!(
+                    target_name = %t.iqn,
+                    "iSCSI target without CHAP: any initiator its allow list admits can log in"
+                );
+            }
+            iscsi_targets.push(IscsiTarget {
+                luns: t
+                    .luns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let v = volumes
+                            .iter()
+                            .position(|v| &v.name == n)
+                            .expect("validated");
+                        IscsiLun::new(i as u16, v, n)
+                    })
+                    .collect(),
+                iqn: t.iqn,
+                allowed: t.allowed_initiators,
+                chap,
+            });
+        }
+        let iscsi = Arc::new(IscsiShared {
+            targets: iscsi_targets,
+            portals: iscsi_socks.iter().map(|(_, a)| *a).collect(),
+            extra_portals: cfg.iscsi.extra_portals.clone(),
+            tpg: cfg.iscsi_tpg(),
+            nvmf: Arc::clone(&nvmf),
+            next_tsih: std::sync::atomic::AtomicU16::new(1),
+            next_nexus: std::sync::atomic::AtomicU64::new(1),
+            nop_in_interval_ms: cfg.iscsi.nop_in_interval_ms,
+        });
+        let iscsi_acceptor: Arc<dyn Acceptor> = Arc::new(IscsiAcceptor::new(Arc::clone(&iscsi)));
+        for (fd, addr) in iscsi_socks {
+            listeners.push(Listener {
+                fd,
+                addr,
+                acceptor: Arc::clone(&iscsi_acceptor),
+            });
+            listen.push((Proto::Iscsi, addr));
+        }
         let mut homes = vec![None; volumes.len()];
         for m in &mirrors {
             homes[m.vol] = Some(m.home);
@@ -455,6 +543,7 @@ impl Daemon {
         let mut daemon = Daemon {
             shared: Arc::clone(&shared),
             nvmf: Arc::clone(&nvmf),
+            iscsi: Arc::clone(&iscsi),
             listen: listen.clone(),
             threads: Vec::new(),
             control: None,
@@ -592,6 +681,11 @@ impl Daemon {
     /// The NVMe-oF front end's state (subsystems, controllers, ANA, reservations).
     pub fn nvmf(&self) -> &Arc<NvmfShared> {
         &self.nvmf
+    }
+
+    /// The iSCSI front end's state (targets, portals).
+    pub fn iscsi(&self) -> &Arc<IscsiShared> {
+        &self.iscsi
     }
 
     /// Cores the reactors run on.

@@ -1,4 +1,4 @@
-//! Front ends: the protocols initiators speak (NBD, NVMe over Fabrics/TCP; iSCSI next).
+//! Front ends: the protocols initiators speak (NBD, NVMe over Fabrics/TCP, iSCSI).
 //!
 //! Model: each front end registers an acceptor for its listeners with the runtime
 //! ([`crate::runtime::Acceptor`]) and gets its own shared state (exports, subsystems,
@@ -6,5 +6,6 @@
 //! state. Front ends read a volume's path state ([`crate::bdev::volume::PathState`]) and map it
 //! to their own vocabulary. Nothing here is known to the runtime or the layers below.
 
+pub mod iscsi;
 pub mod nbd;
 pub mod nvmf;

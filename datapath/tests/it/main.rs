@@ -4,6 +4,7 @@ mod cdp;
 mod clients;
 mod failover;
 mod harness;
+mod iscsi;
 mod layering;
 mod linkauth;
 mod malformed;

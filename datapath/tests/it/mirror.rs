@@ -693,6 +693,7 @@ fn free_port_pair() -> u16 {
 fn spawn_demo(dir: &Path) -> (std::process::Child, Vec<String>, u16, u16) {
     use std::io::BufRead;
     let (nbd, repl, nvmf) = (free_port_pair(), free_port_pair(), free_port_pair());
+    let iscsi = free_port_pair();
     let witness = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -715,6 +716,7 @@ fn spawn_demo(dir: &Path) -> (std::process::Child, Vec<String>, u16, u16) {
             "--witness-port",
             &witness.to_string(),
         ])
+        .args(["--iscsi-port", &iscsi.to_string()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("twinblk demo");

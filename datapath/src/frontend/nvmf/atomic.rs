@@ -28,6 +28,9 @@
 //! drain before the hand-over and is lifted at once (so queues do not divert for a round
 //! trip); a plain Read may then overlap the pair's write at either site.
 //!
+//! The iSCSI front end's media accesses take part the same way (`frontend/iscsi/excl.rs`) and
+//! its COMPARE AND WRITE is sent here as a fused pair.
+//!
 //! Limits: NBD writes do not take part in the exclusion, and at the site that did not
 //! initiate a pair, a read may run concurrently with its write (see the doc).
 

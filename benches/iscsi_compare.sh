@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Side-by-side iSCSI benchmark: twinblk vs tgt (tgtd), same client, same kind of RAM backing.
+#
+#   RUNTIME=10 bash benches/iscsi_compare.sh
+#
+# Servers (one at a time, pinned to SERVER_CPU, clients to CLIENT_CPU, all on 127.0.0.1):
+#   twinblk  `twinblk serve` with a 1 GiB malloc (RAM) volume, one reactor, iSCSI only;
+#   tgt      `tgtd -f` with a 1 GiB file on /dev/shm (tmpfs: RAM) as LUN 1 (rdwr backing store).
+# Points (4 KiB):
+#   randread  QD1 and QD32: libiscsi's `iscsi-perf -r -b 8 -m QD` for RUNTIME seconds (random
+#             reads; its "iops average" of the last second is taken);
+#   write     QD1 and QD32: `qemu-img bench -w -t none -s 4096 -d QD -c COUNT` over iscsi://
+#             (qemu-block-extra). iscsi-perf 1.19 has no write mode and Debian's fio has no
+#             libiscsi engine, so writes are qemu-img's sequential 4 KiB writes, not random.
+# Server CPU per I/O: utime+stime of the server process (/proc/<pid>/stat fields 14 and 15, in
+# clock ticks of `getconf CLK_TCK`, all threads) before and after the point, divided by the I/Os
+# of the point. A polling server (twinblk wait=poll) spends a whole core whatever the load; the
+# default here is wait=adaptive.
+#
+# Environment:
+#   RUNTIME      seconds per read point (default 10)
+#   WRITES       4 KiB writes per write point (default 200000)
+#   BIN          the twinblk binary (default: target/release/twinblk, built if missing)
+#   PORT         first TCP port (default 13260; PORT and PORT+1 are used)
+#   SERVERS      subset/order of: twinblk tgt (default: both)
+#   SERVER_CPU / CLIENT_CPU   cores (default 0 / 1)
+#
+# Needs: iscsi-perf (libiscsi-bin), qemu-img with qemu-block-extra, tgt (tgtd, tgtadm; run as
+# root), taskset. Servers listen on 127.0.0.1 only and are killed on exit (by their PID).
+
+set -euo pipefail
+
+RUNTIME=${RUNTIME:-10}
+WRITES=${WRITES:-200000}
+PORT=${PORT:-13260}
+SERVERS=${SERVERS:-"twinblk tgt"}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${BIN:-$ROOT/target/release/twinblk}
+WORK=$(mktemp -d /tmp/iscsi-compare.XXXXXX)
+TICK=$(getconf CLK_TCK)
+SERVER_PID=""
+
+stop_server() {
+    [[ -n $SERVER_PID ]] || return 0
+    # tgtd does not exit on SIGTERM while it has targets: remove them first, then make sure.
+    if [[ -n ${TGT_CTL:-} ]]; then
+        tgtadm -C "$TGT_CTL" --op delete --mode system --force > /dev/null 2>&1 || true
+        TGT_CTL=""
+    fi
+    kill "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 30); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+
+cleanup() {
+    stop_server
+    rm -f /dev/shm/iscsi-compare-$$.img
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap "exit 130" INT TERM
+
+if [[ ! -x $BIN ]]; then
+    (cd "$ROOT" && cargo build --release -j1 --bin twinblk)
+fi
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+start_twinblk() {
+    cat > "$WORK/twinblk.toml" <<EOF
+[reactor]
+cores = [$SERVER_CPU]
+wait = "adaptive"
+[nbd]
+listen = []
+[nvmf]
+listen = []
+[iscsi]
+listen = ["127.0.0.1:$PORT"]
+[control]
+socket = ""
+[[volume]]
+name = "vol0"
+backend = "malloc"
+size = "1GiB"
+EOF
+    "$BIN" serve --config "$WORK/twinblk.toml" > "$WORK/twinblk.log" 2>&1 &
+    SERVER_PID=$!
+    URL="iscsi://127.0.0.1:$PORT/iqn.2026-11.io.twinblk:vol0/0"
+}
+
+start_tgt() {
+    local ctl=$((PORT % 1000 + 100))
+    TGT_CTL=$ctl
+    truncate -s 1G /dev/shm/iscsi-compare-$$.img
+    taskset -c "$SERVER_CPU" tgtd -f -C "$ctl" --iscsi portal=127.0.0.1:$((PORT + 1)) \
+        > "$WORK/tgt.log" 2>&1 &
+    SERVER_PID=$!
+    sleep 1
+    tgtadm -C "$ctl" --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.bench:tgt
+    tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 \
+        -b /dev/shm/iscsi-compare-$$.img
+    tgtadm -C "$ctl" --lld iscsi --op bind --mode target --tid 1 -I ALL
+    URL="iscsi://127.0.0.1:$((PORT + 1))/iqn.2026-11.bench:tgt/1"
+}
+
+wait_ready() {
+    for _ in $(seq 100); do
+        if iscsi-inq "$URL" > /dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "server did not come up: $URL" >&2
+    exit 1
+}
+
+# point NAME QD -> prints "iops cpu_us_per_io"
+read_point() {
+    local qd=$1 t0 t1 out iops
+    t0=$(cpu_ticks "$SERVER_PID")
+    out=$(timeout -s INT "$RUNTIME" taskset -c "$CLIENT_CPU" iscsi-perf -r -b 8 -m "$qd" "$URL" 2>&1 | tr '\r' '\n' || true)
+    t1=$(cpu_ticks "$SERVER_PID")
+    iops=$(echo "$out" | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}')
+    iops=${iops:-0}
+    python3 -c "i=$iops; print(i, round(($t1-$t0)/$TICK*1e6/max(i*$RUNTIME,1), 2))"
+}
+
+write_point() {
+    local qd=$1 t0 t1 out secs count=$WRITES
+    t0=$(cpu_ticks "$SERVER_PID")
+    out=$(taskset -c "$CLIENT_CPU" qemu-img bench -f raw -w -t none -s 4096 -d "$qd" -c "$count" "$URL" 2>&1)
+    t1=$(cpu_ticks "$SERVER_PID")
+    secs=$(echo "$out" | grep -o 'completed in [0-9.]*' | awk '{print $3}')
+    python3 -c "s=${secs:-0}; n=$count; i=n/s if s else 0; print(int(i), round(($t1-$t0)/$TICK*1e6/max(n,1), 2))"
+}
+
+printf '%-8s %-10s %4s %10s %14s\n' server point qd IOPS "cpu us/IO"
+for s in $SERVERS; do
+    case $s in
+        twinblk) start_twinblk ;;
+        tgt) start_tgt ;;
+        *) echo "unknown server $s" >&2; exit 1 ;;
+    esac
+    wait_ready
+    for qd in 1 32; do
+        read -r iops cpu < <(read_point "$qd")
+        printf '%-8s %-10s %4s %10s %14s\n' "$s" randread "$qd" "$iops" "$cpu"
+        read -r iops cpu < <(write_point "$qd")
+        printf '%-8s %-10s %4s %10s %14s\n' "$s" seqwrite "$qd" "$iops" "$cpu"
+    done
+    stop_server
+done

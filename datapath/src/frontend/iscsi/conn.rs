@@ -1,0 +1,737 @@
+//! One iSCSI connection (and its session: MaxConnections is 1), driven by its reactor.
+//!
+//! ```text
+//!  start ──> Login (security ─> operational) ──(T, NSG=3)──> Full feature ──(Logout)──> Closing
+//!               │ reject, violation                            │ EOF, violation, stop
+//!               └───────────────────────> Closing <────────────┘
+//! ```
+//! - Login: every Login Request is answered by one Login Response; a failed login is answered
+//!   with its status and the connection closes. Digests start with the first PDU after the
+//!   final Login Response.
+//! - Full feature: every whole PDU in the receive buffer is acted on in arrival order. SCSI
+//!   commands become tasks (`task.rs`); NOP-Out, Text, Task Management and Logout are answered
+//!   here. Answers accumulate in `tx_pending` and leave in one send per turn.
+//! - Closing: no new PDU is acted on; the connection is `done` once no receive, send or
+//!   device operation is in flight.
+//!
+//! Session state (RFC 7143 §4.2.2): `exp_cmd_sn` moves by one for every non-immediate
+//! command taken in order; a non-immediate command outside `[ExpCmdSN, MaxCmdSN]` is silently
+//! ignored (§4.2.2.1), one ahead of ExpCmdSN waits in `held` until the gap closes. `stat_sn`
+//! moves by one for every PDU that carries a status (SCSI Response, the Data-In with status,
+//! NOP-In answering a NOP-Out, Text, TMF, Logout, Login Responses, Reject).
+//!
+//! Invariants:
+//! - `rx` is resized or compacted only while no receive is armed; `tx_sending` is not touched
+//!   while its send is armed. The kernel never sees a buffer move.
+//! - Every task that reached a device gets exactly one SCSI status, unless it was aborted by a
+//!   task management function or the socket broke.
+//! - Backpressure: at most [`MAX_TASKS`] tasks and about [`TX_HIGH_WATER`] unsent bytes; past
+//!   either, the connection stops reading until they drain.
+
+use super::IscsiShared;
+use super::login::{self, Negotiation, Params, SessionType};
+use super::pdu::{self, Bhs, Digests, NO_TAG, Req, Violation, op, reject};
+use super::task::Task;
+use crate::runtime::{Conn, Env};
+use crate::uring::{Errno, Kind, UserData};
+use io_uring::{opcode, squeue, types};
+use slab::Slab;
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+/// The CmdSN window: MaxCmdSN = ExpCmdSN + CMD_WINDOW - 1.
+pub const CMD_WINDOW: u32 = 128;
+/// Tasks one connection may have before it stops reading: twice the window, so an initiator
+/// that keeps to the window never meets it (its Data-Out for tasks waiting on R2Ts is always
+/// read); only a flood of immediate commands does.
+pub const MAX_TASKS: usize = 2 * CMD_WINDOW as usize;
+/// Unsent bytes past which the connection stops reading.
+pub const TX_HIGH_WATER: usize = 64 << 20;
+const RX_INITIAL: usize = 512 << 10;
+const RX_MIN_FREE: usize = 64 << 10;
+/// Commands held for a CmdSN gap at most (beyond: the connection is dropped).
+const MAX_HELD: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    Login,
+    Full,
+}
+
+/// Login progress.
+pub(super) struct LoginState {
+    pub(super) neg: Negotiation,
+    /// The stage of the last request (0 security, 1 operational).
+    pub(super) csg: u8,
+    pub(super) isid: [u8; 6],
+    pub(super) first: bool,
+    /// Continued text (C bit) not yet answered.
+    pub(super) text: Vec<u8>,
+    /// The security stage passed (AuthMethod None, or CHAP done).
+    pub(super) authenticated: bool,
+    /// The CHAP exchange, once AuthMethod=CHAP was agreed.
+    pub(super) chap: Option<super::chap::Stage>,
+}
+
+/// An iSCSI connection.
+pub struct IscsiConn {
+    pub(super) fd: OwnedFd,
+    pub(super) sh: Arc<IscsiShared>,
+    pub(super) phase: Phase,
+    pub(super) login: Option<Box<LoginState>>,
+    pub(super) session: SessionType,
+    /// Index of the target (normal sessions).
+    pub(super) target: usize,
+    pub(super) initiator: String,
+    pub(super) isid: [u8; 6],
+    pub(super) tsih: u16,
+    /// This session's I_T nexus id (RESERVE/RELEASE), 0 before login.
+    pub(super) nexus: u64,
+    /// Its persistent-reservation registrant id (initiator name and ISID).
+    pub(super) me: [u8; 16],
+    /// Persistent-reservation access per LUN index, with the state version it was read at.
+    pub(super) pr_cache: Vec<Option<(u64, crate::frontend::nvmf::resv::Access)>>,
+    pub(super) params: Params,
+    pub(super) dg: Digests,
+    pub(super) stat_sn: u32,
+    pub(super) exp_cmd_sn: u32,
+    /// Non-immediate commands received ahead of ExpCmdSN, by CmdSN.
+    pub(super) held: BTreeMap<u32, Vec<u8>>,
+    pub(super) tasks: Slab<Task>,
+    /// Recycled buffers for Data-Out and read data.
+    pub(super) pool: Vec<Vec<u8>>,
+    pub(super) next_ttt: u32,
+    /// A Logout waiting for the tasks to finish: its ITT and reason.
+    pub(super) logout: Option<(u32, u8)>,
+    /// Task management responses waiting for aborted tasks at the device: (ITT, response,
+    /// function, task slots).
+    pub(super) tmf_wait: Vec<(u32, u8, u8, Vec<u32>)>,
+    /// Volumes whose atomic section a retired task entered: left in `flush`.
+    pub(super) leaves: Vec<usize>,
+    /// A unit attention to report on the next command (per LUN index).
+    pub(super) ua: Vec<Option<super::scsi::Sense>>,
+    /// Path-state change and reset counts last seen, per LUN index (unit attentions).
+    pub(super) path_seen: Vec<Option<(u64, u64)>>,
+    /// The idle-ping timeout of the armed receive (boxed: the kernel reads it at submission).
+    ping_ts: Box<types::Timespec>,
+    /// The armed receive carries the idle-ping timeout.
+    ping_armed: bool,
+    /// A NOP-In ping is out and nothing arrived since.
+    ping_pending: bool,
+    rx: Vec<u8>,
+    rx_lo: usize,
+    rx_hi: usize,
+    recv_armed: bool,
+    tx_sending: Vec<u8>,
+    tx_sent: usize,
+    send_armed: bool,
+    pub(super) tx_pending: Vec<u8>,
+    pub(super) closing: bool,
+    pub(super) broken: bool,
+    shutting_down: bool,
+    cancel_sent: bool,
+    closed: bool,
+    pub(super) errors: u64,
+}
+
+impl IscsiConn {
+    /// A connection on an accepted socket.
+    pub fn new(fd: OwnedFd, sh: Arc<IscsiShared>) -> Self {
+        crate::transport::tcp::set_nodelay(&fd);
+        Self {
+            fd,
+            sh,
+            phase: Phase::Login,
+            login: None,
+            session: SessionType::Normal,
+            target: 0,
+            initiator: String::new(),
+            isid: [0; 6],
+            tsih: 0,
+            nexus: 0,
+            me: [0; 16],
+            pr_cache: Vec::new(),
+            params: Params::default(),
+            dg: Digests::default(),
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            held: BTreeMap::new(),
+            tasks: Slab::with_capacity(64),
+            pool: Vec::new(),
+            next_ttt: 1,
+            logout: None,
+            tmf_wait: Vec::new(),
+            leaves: Vec::new(),
+            ua: Vec::new(),
+            path_seen: Vec::new(),
+            ping_ts: Box::new(types::Timespec::new()),
+            ping_armed: false,
+            ping_pending: false,
+            rx: vec![0; RX_INITIAL],
+            rx_lo: 0,
+            rx_hi: 0,
+            recv_armed: false,
+            tx_sending: Vec::with_capacity(RX_INITIAL),
+            tx_sent: 0,
+            send_armed: false,
+            tx_pending: Vec::with_capacity(RX_INITIAL),
+            closing: false,
+            broken: false,
+            shutting_down: false,
+            cancel_sent: false,
+            closed: false,
+            errors: 0,
+        }
+    }
+
+    /// MaxCmdSN: the window is [`CMD_WINDOW`] commands wide.
+    pub(super) fn max_cmd_sn(&self) -> u32 {
+        self.exp_cmd_sn.wrapping_add(CMD_WINDOW - 1)
+    }
+
+    /// The next StatSN (it moves by one).
+    pub(super) fn take_stat_sn(&mut self) -> u32 {
+        let s = self.stat_sn;
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        s
+    }
+
+    /// Append a PDU with this connection's digests.
+    pub(super) fn put(&mut self, h: Bhs, data: &[u8]) {
+        pdu::put_pdu(&mut self.tx_pending, h, data, self.dg);
+    }
+
+    /// A PDU that carries a status: StatSN (taken), ExpCmdSN, MaxCmdSN set.
+    pub(super) fn put_status(&mut self, h: Bhs, data: &[u8]) {
+        let s = self.take_stat_sn();
+        let h = h.sns(s, self.exp_cmd_sn, self.max_cmd_sn());
+        self.put(h, data);
+    }
+
+    pub(super) fn violation(&mut self, env: &mut Env<'_>, what: &str) {
+        env.counters.violations += 1;
+        tracing::warn!(conn = env.key, phase = ?self.phase, what, "iSCSI protocol violation; closing connection");
+        self.closing = true;
+        self.broken = true;
+    }
+
+    /// Reject a PDU (its header is returned in the data segment).
+    pub(super) fn reject(&mut self, env: &mut Env<'_>, reason: u8, bhs: &[u8; pdu::BHS_LEN]) {
+        env.counters.violations += 1;
+        tracing::debug!(
+            conn = env.key,
+            reason,
+            opcode = bhs[0] & 0x3F,
+            "iSCSI Reject"
+        );
+        let h = Bhs::new(op::REJECT, 0x80).byte(2, reason).itt(NO_TAG);
+        self.put_status(h, bhs);
+    }
+
+    fn paused(&self) -> bool {
+        self.tasks.len() >= MAX_TASKS
+            || self.tx_pending.len() + self.tx_sending.len() >= TX_HIGH_WATER
+    }
+
+    /// The largest data segment accepted: the target's MaxRecvDataSegmentLength (during
+    /// login: the login text limit).
+    fn max_data(&self) -> usize {
+        match self.phase {
+            Phase::Login => login::MAX_TEXT.min(login::TARGET_MAX_RECV_DSL as usize),
+            Phase::Full => login::TARGET_MAX_RECV_DSL as usize,
+        }
+    }
+
+    /// Parse and act on everything whole in the receive buffer.
+    fn process(&mut self, env: &mut Env<'_>) {
+        let rx = std::mem::take(&mut self.rx);
+        while !self.closing && self.rx_lo < self.rx_hi {
+            if !self.shutting_down && self.paused() {
+                break;
+            }
+            let avail = &rx[self.rx_lo..self.rx_hi];
+            match pdu::parse(avail, self.dg, self.max_data()) {
+                Ok(None) => break,
+                Err(Violation::HeaderDigest) => {
+                    self.violation(env, "header digest error");
+                    break;
+                }
+                Err(Violation::DataTooLong) => {
+                    self.violation(env, "data segment longer than MaxRecvDataSegmentLength");
+                    break;
+                }
+                Err(Violation::DataDigest { len }) => {
+                    // RFC 7143 §7.8: the PDU is rejected and discarded; at ErrorRecoveryLevel
+                    // 0 a lost Data-Out fails its task, so the connection is dropped after.
+                    let bhs: [u8; pdu::BHS_LEN] = avail[..pdu::BHS_LEN]
+                        .try_into()
+                        .unwrap_or([0; pdu::BHS_LEN]);
+                    self.reject(env, reject::DATA_DIGEST, &bhs);
+                    self.rx_lo += len;
+                    if bhs[0] & 0x3F == op::DATA_OUT || bhs[0] & 0x3F == op::SCSI_CMD {
+                        self.closing = true;
+                    }
+                    continue;
+                }
+                Ok(Some((p, n))) => {
+                    self.pdu(env, p);
+                    self.rx_lo += n;
+                }
+            }
+        }
+        self.rx = rx;
+        if self.rx_lo == self.rx_hi {
+            self.rx_lo = 0;
+            self.rx_hi = 0;
+        }
+    }
+
+    fn pdu(&mut self, env: &mut Env<'_>, p: pdu::Pdu<'_>) {
+        let r = Req(p.bhs);
+        if self.phase == Phase::Login {
+            if r.opcode() != op::LOGIN_REQ {
+                return self.violation(env, "a PDU other than Login Request during login");
+            }
+            return self.login_req(env, r, p.data);
+        }
+        match r.opcode() {
+            op::SCSI_CMD => self.scsi_cmd(env, r, p.ahs, p.data),
+            op::DATA_OUT => self.data_out(env, r, p.data),
+            op::NOP_OUT => self.nop_out(env, r, p.data),
+            op::TEXT_REQ => self.text_req(env, r, p.data),
+            op::TMF_REQ => self.tmf(env, r),
+            op::LOGOUT_REQ => self.logout_req(env, r),
+            op::LOGIN_REQ => {
+                // A login on a connection in full feature phase is a protocol error.
+                self.reject(env, reject::PROTOCOL, p.bhs);
+                self.closing = true;
+            }
+            op::SNACK => self.reject(env, reject::NOT_SUPPORTED, p.bhs),
+            _ => self.reject(env, reject::NOT_SUPPORTED, p.bhs),
+        }
+    }
+
+    /// CmdSN check for a non-immediate command: `Some(true)` to run it now, `Some(false)` held
+    /// for a gap (a copy of the PDU with its `data` is kept), `None` ignored (outside the
+    /// window).
+    pub(super) fn admit(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) -> Option<bool> {
+        if r.immediate() {
+            return Some(true);
+        }
+        let sn = r.cmd_sn();
+        if sn == self.exp_cmd_sn {
+            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
+            return Some(true);
+        }
+        if pdu::sn_lt(self.exp_cmd_sn, sn) && pdu::sn_le(sn, self.max_cmd_sn()) {
+            if self.held.len() >= MAX_HELD || self.held.contains_key(&sn) {
+                self.violation(env, "too many commands held for a CmdSN gap");
+                return None;
+            }
+            self.held.insert(sn, pdu_bytes(r, data));
+            return Some(false);
+        }
+        env.counters.violations += 1;
+        tracing::debug!(
+            conn = env.key,
+            cmd_sn = sn,
+            exp = self.exp_cmd_sn,
+            "CmdSN outside the window; ignored"
+        );
+        None
+    }
+
+    /// Run held commands whose turn has come.
+    fn run_held(&mut self, env: &mut Env<'_>) {
+        while let Some(raw) = self.held.remove(&self.exp_cmd_sn) {
+            let dg = self.dg;
+            // Re-parse without digests: the held copy is header + data only.
+            self.dg = Digests::default();
+            if let Ok(Some((p, _))) = pdu::parse(&raw, self.dg, usize::MAX >> 8) {
+                self.dg = dg;
+                self.pdu(env, p);
+            } else {
+                self.dg = dg;
+                return self.violation(env, "held command unreadable");
+            }
+        }
+    }
+
+    fn nop_out(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) {
+        if r.itt() == NO_TAG {
+            // An answer to a NOP-In ping, or an ExpStatSN update: nothing to say (and it
+            // must be immediate, RFC 7143 §11.18).
+            if !r.immediate() {
+                self.reject(env, reject::PROTOCOL, r.0);
+            }
+            return;
+        }
+        if r.w20() != NO_TAG {
+            // The target never pings with a TTT, so no NOP-Out may answer one.
+            return self.reject(env, reject::INVALID_FIELD, r.0);
+        }
+        match self.admit(env, r, data) {
+            Some(true) => {}
+            _ => return,
+        }
+        let n = data.len().min(self.params.send_dsl as usize);
+        let h = Bhs::new(op::NOP_IN, 0x80)
+            .lun(r.lun())
+            .itt(r.itt())
+            .u32(20, NO_TAG);
+        self.put_status(h, &data[..n]);
+    }
+
+    fn logout_req(&mut self, env: &mut Env<'_>, r: Req<'_>) {
+        if self.admit(env, r, &[]) != Some(true) {
+            return;
+        }
+        let reason = r.flags() & 0x7F;
+        if reason == 2 {
+            // Remove the connection for recovery: not at ErrorRecoveryLevel 0.
+            let h = Bhs::new(op::LOGOUT_RSP, 0x80).byte(2, 2).itt(r.itt());
+            return self.put_status(h, &[]);
+        }
+        self.logout = Some((r.itt(), reason));
+    }
+
+    /// Send the Logout Response once the tasks are done, then close.
+    pub(super) fn finish_logout(&mut self) {
+        if self.logout.is_some() && self.tasks.is_empty() {
+            let (itt, _) = self.logout.take().unwrap_or((0, 0));
+            let h = Bhs::new(op::LOGOUT_RSP, 0x80)
+                .byte(2, 0)
+                .itt(itt)
+                .u32(40, 0);
+            self.put_status(h, &[]);
+            self.closing = true;
+        }
+    }
+
+    fn text_req(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) {
+        if self.admit(env, r, data) != Some(true) {
+            return;
+        }
+        if r.flags() & 0x40 != 0 || !r.fin() {
+            // Continued text requests are not supported: nothing the target offers needs them.
+            return self.reject(env, reject::NOT_SUPPORTED, r.0);
+        }
+        let keys = match login::parse_keys(data) {
+            Ok(k) => k,
+            Err(_) => return self.reject(env, reject::PROTOCOL, r.0),
+        };
+        let mut out = Vec::new();
+        for (k, v) in keys {
+            if k == "SendTargets" {
+                self.send_targets(v, &mut out);
+            } else {
+                login::put_key(&mut out, k, "NotUnderstood");
+            }
+        }
+        // Text continuation is not implemented: an answer longer than the initiator takes in
+        // one PDU is cut after its last whole key (docs/iscsi.md).
+        let mut n = out.len();
+        if n > self.params.send_dsl as usize {
+            n = out[..self.params.send_dsl as usize]
+                .iter()
+                .rposition(|&b| b == 0)
+                .map_or(0, |i| i + 1);
+        }
+        let h = Bhs::new(op::TEXT_RSP, 0x80)
+            .lun(r.lun())
+            .itt(r.itt())
+            .u32(20, NO_TAG);
+        self.put_status(h, &out[..n]);
+    }
+
+    /// SendTargets (RFC 7143 §12.3, appendix C): the targets this initiator may see, with the
+    /// portals that serve them.
+    fn send_targets(&self, v: &str, out: &mut Vec<u8>) {
+        let sh = Arc::clone(&self.sh);
+        for (i, t) in sh.targets.iter().enumerate() {
+            let wanted = match v {
+                "All" => self.session == SessionType::Discovery,
+                "" => self.session == SessionType::Normal && i == self.target,
+                name => name == t.iqn,
+            };
+            if !wanted || !t.allows(&self.initiator) {
+                continue;
+            }
+            login::put_key(out, "TargetName", &t.iqn);
+            for a in sh.portal_addresses() {
+                login::put_key(out, "TargetAddress", &a);
+            }
+        }
+    }
+
+    /// The I_T nexus is gone: its RESERVE reservations are released (SPC-2 §5.5.1).
+    fn release_reservations(&mut self) {
+        if self.nexus == 0 || self.session != SessionType::Normal {
+            return;
+        }
+        for l in &self.sh.targets[self.target].luns {
+            let _ = l.reserved.compare_exchange(
+                self.nexus,
+                0,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            );
+        }
+    }
+
+    pub(super) fn get_buf(&mut self, len: usize) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_default();
+        b.clear();
+        b.reserve(len);
+        b
+    }
+
+    pub(super) fn put_buf(&mut self, b: Vec<u8>) {
+        if self.pool.len() < 16 && b.capacity() <= (8 << 20) {
+            self.pool.push(b);
+        }
+    }
+
+    // ----- socket -----
+
+    fn make_room(&mut self) {
+        debug_assert!(!self.recv_armed);
+        let avail = &self.rx[self.rx_lo..self.rx_hi];
+        let need = pdu::needs(avail, self.dg).max(RX_MIN_FREE);
+        if self.rx.len() - self.rx_lo < need || self.rx.len() - self.rx_hi < RX_MIN_FREE {
+            self.rx.copy_within(self.rx_lo..self.rx_hi, 0);
+            self.rx_hi -= self.rx_lo;
+            self.rx_lo = 0;
+        }
+        if self.rx.len() < need + RX_MIN_FREE {
+            self.rx.resize(need + RX_MIN_FREE, 0);
+        }
+    }
+
+    fn arm_recv(&mut self, env: &mut Env<'_>) {
+        self.make_room();
+        let ms = self.sh.nop_in_interval_ms;
+        let idle = self.phase == Phase::Full && self.tasks.is_empty();
+        let free = &mut self.rx[self.rx_hi..];
+        if ms > 0 && idle {
+            // An idle connection is pinged (NOP-In) when nothing arrives for `ms`; the receive
+            // carries a linked timeout, as the NVMe/TCP keep-alive does.
+            *self.ping_ts = types::Timespec::new()
+                .sec(u64::from(ms / 1000))
+                .nsec((ms % 1000) * 1_000_000);
+            let recv = opcode::Recv::new(
+                types::Fd(self.fd.as_raw_fd()),
+                free.as_mut_ptr(),
+                free.len() as u32,
+            )
+            .build()
+            .user_data(UserData::new(Kind::Recv, env.key).0)
+            .flags(squeue::Flags::IO_LINK);
+            let timeout = opcode::LinkTimeout::new(&*self.ping_ts)
+                .build()
+                .user_data(UserData::new(Kind::Cancel, env.key).0);
+            // SAFETY: rx is neither resized nor compacted while the receive is armed; the
+            // timespec is boxed in the connection, which outlives the submission (it is not
+            // `done` while the receive is armed), and the kernel copies it at submission.
+            unsafe { env.io.push_pair(&recv, &timeout) };
+            self.ping_armed = true;
+        } else {
+            // SAFETY: rx is neither resized nor compacted while the receive is armed
+            // (invariant), and the connection outlives it (it is not `done` while armed).
+            unsafe { env.io.push_recv(self.fd.as_raw_fd(), free, env.key) };
+            self.ping_armed = false;
+        }
+        self.recv_armed = true;
+    }
+
+    /// The idle-ping timeout fired: ping, or give up on an initiator that did not answer the
+    /// last ping (nothing arrived for two intervals).
+    fn idle_timeout(&mut self, env: &mut Env<'_>) {
+        if self.ping_pending {
+            tracing::warn!(conn = env.key, initiator = %self.initiator, "iSCSI initiator silent after a NOP-In ping; closing the connection");
+            self.broken = true;
+            self.closing = true;
+            return;
+        }
+        self.ping_pending = true;
+        // A ping carries the current StatSN without taking it (RFC 7143 §11.19).
+        let h = Bhs::new(op::NOP_IN, 0x80).itt(NO_TAG).u32(20, 1).sns(
+            self.stat_sn,
+            self.exp_cmd_sn,
+            self.max_cmd_sn(),
+        );
+        self.put(h, &[]);
+    }
+
+    fn arm_send(&mut self, env: &mut Env<'_>) {
+        let rest = &self.tx_sending[self.tx_sent..];
+        // SAFETY: tx_sending is not modified while the send is armed (invariant), and the
+        // connection outlives it.
+        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
+        self.send_armed = true;
+    }
+
+    fn cancel(&mut self, env: &mut Env<'_>, kind: Kind) {
+        let sqe = opcode::AsyncCancel::new(UserData::new(kind, env.key).0)
+            .build()
+            .user_data(UserData::new(Kind::Cancel, env.key).0);
+        // SAFETY: a cancel references no user memory.
+        unsafe { env.io.push(&sqe) };
+    }
+
+    fn try_close(&mut self) {
+        if self.closing && !self.recv_armed && !self.send_armed && self.tasks_at_device() == 0 {
+            let unsent = self.tx_pending.len() + self.tx_sending.len() - self.tx_sent;
+            if unsent == 0 || self.broken {
+                self.closed = true;
+                self.release_reservations();
+            }
+        }
+    }
+}
+
+/// A PDU's header and data as one buffer (to hold a command for a CmdSN gap).
+pub(super) fn pdu_bytes(r: Req<'_>, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(pdu::BHS_LEN + pdu::pad4(data.len()));
+    let mut h = *r.0;
+    h[4] = 0; // the held copy carries no AHS
+    v.extend_from_slice(&h);
+    v.extend_from_slice(data);
+    v.resize(pdu::BHS_LEN + pdu::pad4(data.len()), 0);
+    v
+}
+
+impl Conn for IscsiConn {
+    fn start(&mut self, env: &mut Env<'_>) {
+        self.arm_recv(env);
+    }
+
+    fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
+        self.recv_armed = false;
+        if res == -libc::ECANCELED && self.ping_armed && !self.cancel_sent && !self.closing {
+            self.ping_armed = false;
+            return self.idle_timeout(env);
+        }
+        if res > 0 {
+            self.ping_pending = false;
+        }
+        if res <= 0 {
+            if res < 0 && res != -libc::ECANCELED {
+                tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "receive failed");
+                self.broken = true;
+            }
+            self.closing = true;
+            return;
+        }
+        self.rx_hi += res as usize;
+        self.process(env);
+        self.run_held(env);
+    }
+
+    fn on_send(&mut self, env: &mut Env<'_>, res: i32) {
+        self.send_armed = false;
+        if res <= 0 {
+            if res != -libc::ECANCELED {
+                tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "send failed");
+            }
+            self.broken = true;
+            self.closing = true;
+            return;
+        }
+        self.tx_sent += res as usize;
+        if self.tx_sent < self.tx_sending.len() {
+            self.arm_send(env);
+        } else {
+            self.tx_sending.clear();
+            self.tx_sent = 0;
+        }
+    }
+
+    fn on_io(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        self.device_done(slot, result, data);
+    }
+
+    fn on_note(&mut self, _env: &mut Env<'_>, note: crate::runtime::Note) {
+        if let Ok(n) = note.downcast::<crate::frontend::nvmf::Note>() {
+            self.home_done(*n);
+        }
+    }
+
+    fn flush(&mut self, env: &mut Env<'_>) {
+        self.leave_sections(env);
+        if self.errors > 0 {
+            // Counted against the session's target's first LUN's volume.
+            if let Some(l) = self
+                .sh
+                .targets
+                .get(self.target)
+                .and_then(|t| t.luns.first())
+            {
+                env.vol_counters[l.volume].errors += std::mem::take(&mut self.errors);
+            }
+        }
+        if env.stopping && !self.shutting_down {
+            self.stop(env);
+        }
+        self.finish_tmfs();
+        self.finish_logout();
+        if !self.broken && !self.recv_armed && !self.paused() && !self.closing {
+            self.process(env);
+            self.run_held(env);
+        }
+        if self.broken {
+            self.tx_pending.clear();
+        } else if !self.send_armed && !self.tx_pending.is_empty() {
+            std::mem::swap(&mut self.tx_sending, &mut self.tx_pending);
+            self.tx_pending.clear();
+            self.tx_sent = 0;
+            self.arm_send(env);
+        }
+        if !self.closing && !self.recv_armed && !self.paused() {
+            self.arm_recv(env);
+        }
+        if self.closing && self.recv_armed && !self.cancel_sent {
+            self.cancel_sent = true;
+            self.cancel(env, Kind::Recv);
+        }
+        self.try_close();
+    }
+
+    fn stop(&mut self, env: &mut Env<'_>) {
+        self.shutting_down = true;
+        self.closing = true;
+        if self.recv_armed && !self.cancel_sent {
+            self.cancel_sent = true;
+            self.cancel(env, Kind::Recv);
+        }
+    }
+
+    fn abort(&mut self, env: &mut Env<'_>) {
+        self.broken = true;
+        self.closing = true;
+        if self.recv_armed {
+            self.cancel(env, Kind::Recv);
+        }
+        if self.send_armed {
+            self.cancel(env, Kind::Send);
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.closed
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "iscsi: phase {:?}, {} task(s) ({} at a device), closing {}, receive armed {}, send armed {}, {} byte(s) unsent",
+            self.phase,
+            self.tasks.len(),
+            self.tasks_at_device(),
+            self.closing,
+            self.recv_armed,
+            self.send_armed,
+            self.tx_pending.len() + self.tx_sending.len() - self.tx_sent,
+        )
+    }
+}

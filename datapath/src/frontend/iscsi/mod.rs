@@ -1,0 +1,175 @@
+//! iSCSI target (RFC 7143), TCP: the front end hypervisors attach (`docs/iscsi.md`).
+//!
+//! - [`pdu`]: PDUs as pure parsers and encoders, digests, serial number arithmetic (fuzzed).
+//! - [`login`]: the key=value text parser and operational parameter negotiation (fuzzed).
+//! - [`scsi`]: the CDB decoder and sense data (fuzzed); [`pages`]: INQUIRY / VPD, mode pages,
+//!   capacity, REPORT LUNS, ALUA target port groups, supported operation codes; [`prs`]:
+//!   persistent reservations.
+//! - `conn`: one connection (and its session) on a reactor: receive, dispatch, NOP, Text,
+//!   Logout, Reject, CmdSN window and StatSN; `session`: the login phase and task management;
+//!   `task`: SCSI tasks, R2T / Data-Out / Data-In and execution against the volume's channel;
+//!   `excl`: media accesses inside the volumes' atomic sections (COMPARE AND WRITE exclusion).
+//!
+//! Model: everything in [`IscsiShared`] is built before the reactors start and read-only
+//! afterwards (the TSIH counter is an atomic). A connection is its own session
+//! (MaxConnections=1), so session state lives in the connection and the I/O path takes no lock.
+//! Volumes are reached through the reactor's channels, the same path NVMe/TCP and NBD take;
+//! COMPARE AND WRITE goes to the NVMe-oF atomic-section executor of the volume's home reactor
+//! (the path NVMe fused Compare+Write takes), so a mirrored volume's compare-and-write is
+//! decided by its leader site and is atomic across both sites.
+//!
+//! ALUA: one target port group per site (id [`IscsiShared::tpg`], also the relative target
+//! port id); its asymmetric access state is the volume's published path state
+//! (`bdev::volume::PathCell`), read lock-free per command; a change of it is reported once to
+//! every session as a unit attention (ASYMMETRIC ACCESS STATE CHANGED).
+
+pub mod chap;
+mod conn;
+mod excl;
+pub mod login;
+pub mod pages;
+pub mod pdu;
+pub mod prs;
+pub mod scsi;
+mod session;
+mod task;
+
+pub use conn::IscsiConn;
+
+use crate::frontend::nvmf::NvmfShared;
+use crate::runtime::{Acceptor, Conn};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64};
+
+/// Prefix of the name of a default per-volume target: `iqn.2026-11.io.twinblk:<volume>`.
+pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.io.twinblk:";
+
+/// A logical unit of a target.
+#[derive(Clone, Debug)]
+pub struct IscsiLun {
+    /// LUN number.
+    pub lun: u16,
+    /// Index into the daemon's volumes.
+    pub volume: usize,
+    /// NAA designator (VPD 0x83).
+    pub naa: [u8; 8],
+    /// Unit serial number (VPD 0x80).
+    pub serial: String,
+    /// Resets of the logical unit (LUN RESET, target resets) so far: every session reports a
+    /// change once as a unit attention.
+    pub resets: Arc<AtomicU64>,
+    /// The I_T nexus holding a RESERVE (6/10) reservation (0: none). Kept by this site
+    /// only (docs/iscsi.md).
+    pub reserved: Arc<AtomicU64>,
+    /// Persistent reservations (this site's, in memory: docs/iscsi.md).
+    pub pr: Arc<prs::PrState>,
+}
+
+impl IscsiLun {
+    /// LUN `lun` over volume index `volume` named `name`: its identifiers are derived from
+    /// the volume's NVMe-oF identity (the NGUID of namespace 1 of the volume's default
+    /// subsystem), which depends on the volume name only, so both sites of a mirrored volume
+    /// report the same NAA and serial, and the same volume is recognisable across protocols.
+    pub fn new(lun: u16, volume: usize, name: &str) -> Self {
+        let g = crate::frontend::nvmf::cmd::nguid(
+            &format!("{}{name}", crate::frontend::nvmf::DEFAULT_NQN_PREFIX),
+            1,
+        );
+        let mut naa = [0u8; 8];
+        naa.copy_from_slice(&g[8..16]);
+        // NAA 3h: locally assigned (SPC-4 §7.8.6.6.3).
+        naa[0] = 0x30 | (naa[0] & 0x0F);
+        let serial: String = g[..8].iter().map(|b| format!("{b:02X}")).collect();
+        Self {
+            lun,
+            volume,
+            naa,
+            serial,
+            resets: Arc::new(AtomicU64::new(0)),
+            reserved: Arc::new(AtomicU64::new(0)),
+            pr: Arc::new(prs::PrState::default()),
+        }
+    }
+}
+
+/// An iSCSI target.
+#[derive(Clone, Debug)]
+pub struct IscsiTarget {
+    /// Its iSCSI name (IQN).
+    pub iqn: String,
+    /// Logical units, by ascending LUN.
+    pub luns: Vec<IscsiLun>,
+    /// Initiator names allowed in (empty: any).
+    pub allowed: Vec<String>,
+    /// CHAP credentials (`None`: no authentication).
+    pub chap: Option<chap::Chap>,
+}
+
+impl IscsiTarget {
+    /// Whether initiator `name` may log in.
+    pub fn allows(&self, name: &str) -> bool {
+        self.allowed.is_empty() || self.allowed.iter().any(|a| a == name)
+    }
+}
+
+/// Daemon-wide iSCSI state.
+pub struct IscsiShared {
+    /// Targets.
+    pub targets: Vec<IscsiTarget>,
+    /// Portals of this site (bound listener addresses), listed by SendTargets.
+    pub portals: Vec<SocketAddr>,
+    /// More portals SendTargets lists ("host:port", e.g. the other site's).
+    pub extra_portals: Vec<String>,
+    /// This site's target portal group tag, target port group and relative target port id.
+    pub tpg: u16,
+    /// The NVMe-oF front end's state: its atomic-section executors run COMPARE AND WRITE.
+    pub nvmf: Arc<NvmfShared>,
+    /// Next TSIH to hand out.
+    pub next_tsih: AtomicU16,
+    /// Next I_T nexus id to hand out (never 0).
+    pub next_nexus: AtomicU64,
+    /// An idle connection (full feature phase, no task) is pinged with a NOP-In after this
+    /// many milliseconds without input, and closed when nothing arrives for as long again
+    /// (0: never).
+    pub nop_in_interval_ms: u32,
+}
+
+impl IscsiShared {
+    /// "TargetAddress" values: this site's portals, then the extra ones, with the group tag.
+    pub fn portal_addresses(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .portals
+            .iter()
+            .map(|a| match a {
+                SocketAddr::V4(_) => format!("{a},{}", self.tpg),
+                SocketAddr::V6(a6) => format!("[{}]:{},{}", a6.ip(), a6.port(), self.tpg),
+            })
+            .collect();
+        v.extend(self.extra_portals.iter().cloned());
+        v
+    }
+}
+
+/// The iSCSI listeners' acceptor: every accepted socket is a connection (and a session).
+pub struct IscsiAcceptor {
+    sh: Arc<IscsiShared>,
+}
+
+impl IscsiAcceptor {
+    /// An acceptor serving the targets of `sh`.
+    pub fn new(sh: Arc<IscsiShared>) -> Self {
+        Self { sh }
+    }
+}
+
+impl Acceptor for IscsiAcceptor {
+    fn proto(&self) -> &'static str {
+        "iscsi"
+    }
+
+    fn accept(&self, fd: OwnedFd) -> Box<dyn Conn> {
+        Box::new(IscsiConn::new(fd, Arc::clone(&self.sh)))
+    }
+}

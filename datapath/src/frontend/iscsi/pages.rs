@@ -1,0 +1,550 @@
+//! SCSI command layer, part two: the data-in pages (INQUIRY and its VPD pages, mode pages,
+//! READ CAPACITY, REPORT LUNS, REPORT TARGET PORT GROUPS, REPORT SUPPORTED OPERATION CODES,
+//! GET LBA STATUS), as pure builders over a [`LunInfo`].
+//!
+//! Model: every page states only what the connection does (`docs/iscsi.md`): write cache on
+//! (SYNCHRONIZE CACHE and FUA are honoured), no protection information, resource-provisioned
+//! logical block provisioning with UNMAP and WRITE SAME (UNMAP) and zeroes read after unmap,
+//! implicit ALUA with the volume's path state, one target port per site.
+//!
+//! Invariants: builders never panic and return the whole page; the caller cuts it to the
+//! allocation length (and reports the residual).
+
+use super::scsi::{SUPPORTED, Sense};
+use crate::bdev::volume::PathState;
+
+/// Most blocks one READ or WRITE may move (Block Limits MAXIMUM TRANSFER LENGTH is this in
+/// blocks of the volume).
+pub const MAX_XFER_BYTES: u32 = 1 << 20;
+/// Most blocks one COMPARE AND WRITE may cover.
+pub const MAX_CAW_BLOCKS: u8 = 32;
+/// Most UNMAP block descriptors in one command.
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+/// Most blocks one WRITE SAME may cover (Block Limits MAXIMUM WRITE SAME LENGTH).
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 65535;
+/// Vendor identification (8 bytes).
+pub const VENDOR: &[u8; 8] = b"TWINBLK ";
+/// Product identification (16 bytes).
+pub const PRODUCT: &[u8; 16] = b"twinblk volume  ";
+/// Product revision (4 bytes).
+pub const REVISION: &[u8; 4] = b"0001";
+
+/// What the pages say about one logical unit.
+#[derive(Clone, Debug)]
+pub struct LunInfo {
+    /// Logical blocks.
+    pub blocks: u64,
+    /// Logical block length in bytes.
+    pub block: u32,
+    /// NAA (locally assigned, type 3) identifier: the same at both sites for a volume.
+    pub naa: [u8; 8],
+    /// Unit serial number (ASCII).
+    pub serial: String,
+    /// The target's name (IQN).
+    pub target: String,
+    /// This site's target port group id (also its relative target port id).
+    pub tpg: u16,
+    /// This site's path state for the volume.
+    pub path: PathState,
+}
+
+/// ALUA asymmetric access state of a path state (SPC-4 §6.37).
+pub fn alua_state(p: PathState) -> u8 {
+    match p {
+        PathState::Optimized => 0x0,
+        PathState::NonOptimized => 0x1,
+        PathState::Inaccessible => 0x3,
+        PathState::Transitioning => 0xF,
+    }
+}
+
+fn put16(v: &mut [u8], at: usize, x: u16) {
+    v[at..at + 2].copy_from_slice(&x.to_be_bytes());
+}
+fn put32(v: &mut [u8], at: usize, x: u32) {
+    v[at..at + 4].copy_from_slice(&x.to_be_bytes());
+}
+fn put64(v: &mut [u8], at: usize, x: u64) {
+    v[at..at + 8].copy_from_slice(&x.to_be_bytes());
+}
+
+/// Standard INQUIRY data; `present`: false for a LUN that does not exist (peripheral
+/// qualifier 011b).
+pub fn inquiry(present: bool) -> Vec<u8> {
+    let mut b = vec![0u8; 66];
+    b[0] = if present { 0x00 } else { 0x7F };
+    b[2] = 0x06; // SPC-4
+    b[3] = 0x12; // HISUP, response data format 2
+    b[4] = (b.len() - 5) as u8;
+    b[5] = 0x10; // TPGS 01b: implicit asymmetric access
+    b[7] = 0x02; // CMDQUE
+    b[8..16].copy_from_slice(VENDOR);
+    b[16..32].copy_from_slice(PRODUCT);
+    b[32..36].copy_from_slice(REVISION);
+    // Version descriptors: SAM-5, iSCSI (RFC 7143), SPC-4, SBC-3.
+    for (i, d) in [0x00A0u16, 0x0960, 0x0460, 0x04C0].iter().enumerate() {
+        put16(&mut b, 58 + 2 * i, *d);
+    }
+    b
+}
+
+/// The VPD pages the target has, in ascending order.
+pub const VPD_PAGES: &[u8] = &[0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
+
+fn vpd(page: u8, body: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8, page, 0, 0];
+    put16(&mut b, 2, body.len() as u16);
+    b.extend_from_slice(body);
+    b
+}
+
+fn designator(out: &mut Vec<u8>, code_set: u8, assoc_type: u8, id: &[u8]) {
+    out.extend_from_slice(&[code_set, assoc_type, 0, id.len() as u8]);
+    out.extend_from_slice(id);
+}
+
+/// A SCSI name string: NUL-terminated, padded to a multiple of 4.
+fn name_string(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    while !v.len().is_multiple_of(4) {
+        v.push(0);
+    }
+    v
+}
+
+/// VPD page `page`, or INVALID FIELD IN CDB.
+pub fn vpd_page(l: &LunInfo, page: u8) -> Result<Vec<u8>, Sense> {
+    Ok(match page {
+        0x00 => vpd(0x00, VPD_PAGES),
+        0x80 => vpd(0x80, l.serial.as_bytes()),
+        0x83 => {
+            let mut d = Vec::new();
+            // Logical unit: NAA (binary), T10 vendor id (ASCII).
+            designator(&mut d, 0x01, 0x03, &l.naa);
+            let mut t10 = VENDOR.to_vec();
+            t10.extend_from_slice(l.serial.as_bytes());
+            designator(&mut d, 0x02, 0x01, &t10);
+            // Target port (association 01b, PIV set): relative target port, target port group,
+            // SCSI name string of the port.
+            let mut rel = [0u8; 4];
+            put16(&mut rel, 2, l.tpg);
+            designator(&mut d, 0x51, 0x94, &rel);
+            designator(&mut d, 0x51, 0x95, &rel);
+            let port = name_string(&format!("{},t,0x{:04x}", l.target, l.tpg));
+            designator(&mut d, 0x53, 0x98, &port);
+            // Target device (association 10b): its SCSI name string.
+            designator(&mut d, 0x53, 0xA8, &name_string(&l.target));
+            vpd(0x83, &d)
+        }
+        0x86 => {
+            let mut d = vec![0u8; 60];
+            d[1] = 0x01; // SIMPSUP: simple task attribute
+            vpd(0x86, &d)
+        }
+        0xB0 => {
+            let mut d = vec![0u8; 60];
+            d[1] = MAX_CAW_BLOCKS;
+            put16(&mut d, 2, 1);
+            let max_blocks = MAX_XFER_BYTES / l.block.max(1);
+            put32(&mut d, 4, max_blocks);
+            put32(&mut d, 8, (4096 / l.block.max(1)).max(1));
+            put32(&mut d, 16, u32::MAX); // MAXIMUM UNMAP LBA COUNT
+            put32(&mut d, 20, MAX_UNMAP_DESCRIPTORS);
+            put32(&mut d, 24, 1); // OPTIMAL UNMAP GRANULARITY
+            put64(&mut d, 32, MAX_WRITE_SAME_BLOCKS);
+            vpd(0xB0, &d)
+        }
+        0xB1 => {
+            let mut d = vec![0u8; 60];
+            put16(&mut d, 0, 1); // MEDIUM ROTATION RATE: non-rotating
+            vpd(0xB1, &d)
+        }
+        0xB2 => {
+            // LBPU, LBPWS, LBPWS10, LBPRZ (001b in bits 2..4); resource provisioned.
+            vpd(0xB2, &[0, 0xE4, 0x01, 0])
+        }
+        _ => return Err(Sense::INVALID_FIELD_CDB),
+    })
+}
+
+/// READ CAPACITY (10) data.
+pub fn read_capacity10(l: &LunInfo) -> Vec<u8> {
+    let mut b = vec![0u8; 8];
+    let last = l.blocks.saturating_sub(1);
+    put32(&mut b, 0, u32::try_from(last).unwrap_or(u32::MAX));
+    put32(&mut b, 4, l.block);
+    b
+}
+
+/// READ CAPACITY (16) data.
+pub fn read_capacity16(l: &LunInfo) -> Vec<u8> {
+    let mut b = vec![0u8; 32];
+    put64(&mut b, 0, l.blocks.saturating_sub(1));
+    put32(&mut b, 8, l.block);
+    b[14] = 0xC0; // LBPME, LBPRZ
+    b
+}
+
+/// GET LBA STATUS data: every block from `lba` is mapped (resource provisioned).
+pub fn lba_status(l: &LunInfo, lba: u64) -> Result<Vec<u8>, Sense> {
+    if lba >= l.blocks {
+        return Err(Sense::LBA_OUT_OF_RANGE);
+    }
+    let mut b = vec![0u8; 24];
+    put32(&mut b, 0, 20);
+    put64(&mut b, 8, lba);
+    put32(
+        &mut b,
+        16,
+        u32::try_from(l.blocks - lba).unwrap_or(u32::MAX),
+    );
+    Ok(b)
+}
+
+/// The 8-byte LUN field of logical unit `lun` (peripheral or flat addressing).
+pub fn lun_field(lun: u16) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if lun < 256 {
+        b[1] = lun as u8;
+    } else {
+        b[0] = 0x40 | ((lun >> 8) as u8 & 0x3F);
+        b[1] = lun as u8;
+    }
+    b
+}
+
+/// The logical unit a LUN field addresses (single level, peripheral or flat); `None` for
+/// other formats.
+pub fn lun_of(f: &[u8; 8]) -> Option<u16> {
+    if f[2..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    match f[0] >> 6 {
+        0 if f[0] == 0 => Some(u16::from(f[1])),
+        1 => Some((u16::from(f[0] & 0x3F) << 8) | u16::from(f[1])),
+        _ => None,
+    }
+}
+
+/// REPORT LUNS data.
+pub fn report_luns(luns: &[u16]) -> Vec<u8> {
+    let mut b = vec![0u8; 8];
+    put32(&mut b, 0, (luns.len() * 8) as u32);
+    for &l in luns {
+        b.extend_from_slice(&lun_field(l));
+    }
+    b
+}
+
+/// REPORT TARGET PORT GROUPS data: this site's group, holding this site's port.
+pub fn report_tpg(l: &LunInfo, extended: bool) -> Vec<u8> {
+    let mut d = vec![0u8; 12];
+    d[0] = 0x80 | alua_state(l.path); // PREF: the site's own port group
+    d[1] = 0x80 | 0x08 | 0x02 | 0x01; // T_SUP, U_SUP, AN_SUP, AO_SUP
+    put16(&mut d, 2, l.tpg);
+    d[5] = 0x02; // status: altered by an implicit transition (or never altered)
+    d[7] = 1;
+    put16(&mut d, 10, l.tpg);
+    let mut b = if extended {
+        vec![0u8, 0, 0, 0, 0x10, 0, 0, 0]
+    } else {
+        vec![0u8; 4]
+    };
+    let n = (d.len() + b.len() - 4) as u32;
+    put32(&mut b, 0, n);
+    b.extend_from_slice(&d);
+    b
+}
+
+/// Nominal and recommended timeouts (seconds) given in command timeouts descriptors.
+const TIMEOUT_S: u32 = 30;
+
+fn timeouts(out: &mut Vec<u8>) {
+    let mut t = [0u8; 12];
+    put16(&mut t, 0, 0x0A);
+    put32(&mut t, 4, TIMEOUT_S);
+    put32(&mut t, 8, TIMEOUT_S);
+    out.extend_from_slice(&t);
+}
+
+/// REPORT SUPPORTED OPERATION CODES data (SPC-4 §6.35).
+pub fn report_opcodes(options: u8, rctd: bool, op: u8, sa: u16) -> Result<Vec<u8>, Sense> {
+    if options == 0 {
+        let mut b = vec![0u8; 4];
+        for s in SUPPORTED {
+            let mut d = [0u8; 8];
+            d[0] = s.op;
+            if let Some(sa) = s.sa {
+                put16(&mut d, 2, sa);
+                d[5] |= 0x01;
+            }
+            if rctd {
+                d[5] |= 0x02;
+            }
+            put16(&mut d, 6, s.usage.len() as u16);
+            b.extend_from_slice(&d);
+            if rctd {
+                timeouts(&mut b);
+            }
+        }
+        let n = (b.len() - 4) as u32;
+        put32(&mut b, 0, n);
+        return Ok(b);
+    }
+    let has_sa = SUPPORTED.iter().any(|s| s.op == op && s.sa.is_some());
+    let found = match options {
+        1 if has_sa => return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(2)),
+        1 => SUPPORTED.iter().find(|s| s.op == op && s.sa.is_none()),
+        2 if !has_sa && SUPPORTED.iter().any(|s| s.op == op) => {
+            return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(2));
+        }
+        2 => SUPPORTED.iter().find(|s| s.op == op && s.sa == Some(sa)),
+        _ => SUPPORTED
+            .iter()
+            .find(|s| s.op == op && (s.sa.is_none() || s.sa == Some(sa))),
+    };
+    let mut b = vec![0u8; 4];
+    match found {
+        None => b[1] = 0x01,
+        Some(s) => {
+            b[1] = 0x03 | if rctd { 0x80 } else { 0 };
+            put16(&mut b, 2, s.usage.len() as u16);
+            b.extend_from_slice(s.usage);
+            if rctd {
+                timeouts(&mut b);
+            }
+        }
+    }
+    Ok(b)
+}
+
+/// Mode page codes the target has.
+pub mod mode {
+    /// Caching.
+    pub const CACHING: u8 = 0x08;
+    /// Control.
+    pub const CONTROL: u8 = 0x0A;
+    /// Informational exceptions control.
+    pub const IEC: u8 = 0x1C;
+    /// Every page.
+    pub const ALL: u8 = 0x3F;
+}
+
+/// Mode page `page` (current values; `changeable`: the mask of changeable bits, all zero).
+fn mode_page(page: u8, changeable: bool) -> Vec<u8> {
+    let mut p = match page {
+        mode::CACHING => {
+            let mut p = vec![0u8; 20];
+            p[2] = 0x04; // WCE: a write cache that SYNCHRONIZE CACHE and FUA flush
+            p
+        }
+        mode::CONTROL => {
+            let mut p = vec![0u8; 12];
+            p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
+            put16(&mut p, 8, 0xFFFF); // BUSY TIMEOUT PERIOD: unlimited
+            p
+        }
+        _ => {
+            let mut p = vec![0u8; 12];
+            p[2] = 0x08; // DEXCPT: informational exceptions are not reported
+            p
+        }
+    };
+    p[0] = page;
+    p[1] = (p.len() - 2) as u8;
+    if changeable {
+        for b in &mut p[2..] {
+            *b = 0;
+        }
+    }
+    p
+}
+
+/// MODE SENSE data (6- or 10-byte header, an 8-byte block descriptor unless `dbd`).
+pub fn mode_sense(
+    l: &LunInfo,
+    ten: bool,
+    dbd: bool,
+    pc: u8,
+    page: u8,
+    subpage: u8,
+) -> Result<Vec<u8>, Sense> {
+    if pc == 3 {
+        return Err(Sense::SAVING_NOT_SUPPORTED);
+    }
+    if subpage != 0 && subpage != 0xFF {
+        return Err(Sense::INVALID_FIELD_CDB);
+    }
+    let pages: &[u8] = match page {
+        mode::ALL => &[mode::CACHING, mode::CONTROL, mode::IEC],
+        mode::CACHING => &[mode::CACHING],
+        mode::CONTROL => &[mode::CONTROL],
+        mode::IEC => &[mode::IEC],
+        _ => return Err(Sense::INVALID_FIELD_CDB),
+    };
+    let hlen = if ten { 8 } else { 4 };
+    let mut b = vec![0u8; hlen];
+    let dev_specific = 0x10; // DPOFUA
+    if ten {
+        b[3] = dev_specific;
+    } else {
+        b[2] = dev_specific;
+    }
+    if !dbd {
+        let mut d = [0u8; 8];
+        let n = if changeable_pc(pc) {
+            0
+        } else {
+            l.blocks.min(0xFF_FFFF) as u32
+        };
+        put32(&mut d, 0, n);
+        if !ten {
+            d[0] = 0;
+            d[1..4].copy_from_slice(&n.to_be_bytes()[1..4]);
+        }
+        put32(
+            &mut d,
+            4,
+            if changeable_pc(pc) {
+                0
+            } else {
+                l.block & 0xFF_FFFF
+            },
+        );
+        b.extend_from_slice(&d);
+        if ten {
+            put16(&mut b, 6, 8);
+        } else {
+            b[3] = 8;
+        }
+    }
+    for &p in pages {
+        b.extend_from_slice(&mode_page(p, changeable_pc(pc)));
+    }
+    if ten {
+        let n = (b.len() - 2) as u16;
+        put16(&mut b, 0, n);
+    } else {
+        b[0] = (b.len() - 1).min(255) as u8;
+    }
+    Ok(b)
+}
+
+fn changeable_pc(pc: u8) -> bool {
+    pc == 1
+}
+
+/// Check a MODE SELECT parameter list: the header, an optional block descriptor matching
+/// the volume, and pages equal to the current ones (nothing is changeable).
+pub fn mode_select(l: &LunInfo, ten: bool, data: &[u8]) -> Result<(), Sense> {
+    let hlen = if ten { 8 } else { 4 };
+    if data.is_empty() {
+        return Ok(());
+    }
+    if data.len() < hlen {
+        return Err(Sense::PARAM_LIST_LENGTH);
+    }
+    let bdl = if ten {
+        usize::from(u16::from_be_bytes([data[6], data[7]]))
+    } else {
+        usize::from(data[3])
+    };
+    let mut at = hlen;
+    if bdl != 0 {
+        if bdl != 8 || data.len() < at + 8 {
+            return Err(Sense::PARAM_LIST_LENGTH);
+        }
+        let blen = u32::from_be_bytes([0, data[at + 5], data[at + 6], data[at + 7]]);
+        if blen != l.block {
+            return Err(Sense::INVALID_FIELD_PARAM);
+        }
+        at += 8;
+    }
+    while at < data.len() {
+        if data.len() < at + 2 {
+            return Err(Sense::PARAM_LIST_LENGTH);
+        }
+        let code = data[at] & 0x3F;
+        if data[at] & 0x40 != 0 {
+            return Err(Sense::INVALID_FIELD_PARAM);
+        }
+        let len = usize::from(data[at + 1]) + 2;
+        if data.len() < at + len {
+            return Err(Sense::PARAM_LIST_LENGTH);
+        }
+        if !matches!(code, mode::CACHING | mode::CONTROL | mode::IEC) {
+            return Err(Sense::INVALID_FIELD_PARAM);
+        }
+        let cur = mode_page(code, false);
+        if cur.len() != len || data[at + 2..at + len] != cur[2..] {
+            return Err(Sense::INVALID_FIELD_PARAM);
+        }
+        at += len;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lun() -> LunInfo {
+        LunInfo {
+            blocks: 1 << 21,
+            block: 512,
+            naa: [0x3A, 1, 2, 3, 4, 5, 6, 7],
+            serial: "TB0001".into(),
+            target: "iqn.2026-11.io.twinblk:vol0".into(),
+            tpg: 1,
+            path: PathState::Optimized,
+        }
+    }
+
+    #[test]
+    fn vpd_pages_list_themselves_and_carry_the_naa() {
+        let l = lun();
+        let p0 = vpd_page(&l, 0).unwrap();
+        assert_eq!(&p0[4..], VPD_PAGES);
+        for &p in VPD_PAGES {
+            let b = vpd_page(&l, p).unwrap();
+            assert_eq!(b[1], p);
+            assert_eq!(usize::from(u16::from_be_bytes([b[2], b[3]])), b.len() - 4);
+        }
+        let p83 = vpd_page(&l, 0x83).unwrap();
+        assert_eq!(&p83[4..8], &[0x01, 0x03, 0, 8]);
+        assert_eq!(&p83[8..16], &l.naa);
+        assert!(vpd_page(&l, 0x55).is_err());
+    }
+
+    #[test]
+    fn mode_sense_round_trips_through_mode_select() {
+        let l = lun();
+        for ten in [false, true] {
+            let b = mode_sense(&l, ten, false, 0, mode::ALL, 0).unwrap();
+            mode_select(&l, ten, &b).unwrap();
+            let mut changed = b.clone();
+            let n = changed.len();
+            changed[n - 1] ^= 1;
+            assert!(mode_select(&l, ten, &changed).is_err());
+        }
+        assert_eq!(
+            mode_sense(&l, false, true, 3, mode::ALL, 0),
+            Err(Sense::SAVING_NOT_SUPPORTED)
+        );
+    }
+
+    #[test]
+    fn luns_and_opcodes() {
+        assert_eq!(lun_of(&lun_field(5)), Some(5));
+        assert_eq!(lun_of(&lun_field(300)), Some(300));
+        assert_eq!(lun_of(&[0x80, 0, 0, 0, 0, 0, 0, 0]), None);
+        let all = report_opcodes(0, false, 0, 0).unwrap();
+        assert_eq!(all.len(), 4 + 8 * SUPPORTED.len());
+        let one = report_opcodes(1, true, 0x28, 0).unwrap();
+        assert_eq!(one[1], 0x83);
+        assert_eq!(report_opcodes(1, false, 0xC5, 0).unwrap()[1], 0x01);
+        assert!(report_opcodes(1, false, 0x9E, 0x10).is_err());
+        assert_eq!(report_opcodes(2, false, 0x9E, 0x10).unwrap()[1], 0x03);
+    }
+}

@@ -1,0 +1,346 @@
+//! Login phase and task management: the parts of a session that are not SCSI data.
+//!
+//! Model (RFC 7143 §6.3, §11.12-11.14): a login is a series of Login Request / Response pairs
+//! in one or two stages (security negotiation, operational negotiation) ending with the final
+//! response (T bit, NSG = full feature phase). The first request names the initiator, the
+//! session type and (normal sessions) the target; its ISID must stay the same. A failed step is
+//! answered with its status class and detail and the connection closes.
+//!
+//! Task management: ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LUN RESET, TARGET WARM RESET,
+//! TARGET COLD RESET and I_T NEXUS RESET abort the tasks they name; CLEAR ACA, the query
+//! functions and TASK REASSIGN are answered "not supported" (no ACA, RFC 7144 not negotiated,
+//! ErrorRecoveryLevel 0). A response waits until every aborted task's device operations have
+//! finished (an aborted task itself is never answered).
+//!
+//! Invariants: every Login Request and every TMF request gets exactly one response; TSIHs
+//! handed out are never 0.
+
+use super::conn::{IscsiConn, LoginState, Phase};
+use super::login::{self, LoginStatus, Negotiation, SessionType};
+use super::pdu::{Bhs, Digests, Req, op, sn_le, sn_lt};
+use crate::runtime::Env;
+use std::sync::atomic::Ordering;
+
+/// Login keys, as parsed.
+type Keys<'a> = Vec<(&'a str, &'a str)>;
+
+/// TMF response codes (RFC 7143 §11.6.1).
+mod tmf_rsp {
+    pub const COMPLETE: u8 = 0;
+    pub const NO_TASK: u8 = 1;
+    pub const NO_LUN: u8 = 2;
+    pub const REASSIGN_UNSUPPORTED: u8 = 4;
+    pub const NOT_SUPPORTED: u8 = 5;
+    pub const REJECTED: u8 = 255;
+}
+
+impl IscsiConn {
+    fn login_fail(&mut self, env: &mut Env<'_>, itt: u32, isid: [u8; 6], st: LoginStatus) {
+        tracing::info!(
+            conn = env.key,
+            class = st.0,
+            detail = st.1,
+            "iSCSI login refused"
+        );
+        let mut h = Bhs::new(op::LOGIN_RSP, 0)
+            .itt(itt)
+            .byte(36, st.0)
+            .byte(37, st.1);
+        h.0[8..14].copy_from_slice(&isid);
+        self.put_status(h, &[]);
+        self.closing = true;
+    }
+
+    /// A Login Request.
+    pub(super) fn login_req(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) {
+        let flags = r.flags();
+        let (mut transit, cont) = (flags & 0x80 != 0, flags & 0x40 != 0);
+        let (csg, nsg) = ((flags >> 2) & 3, flags & 3);
+        let mut isid = [0u8; 6];
+        isid.copy_from_slice(&r.0[8..14]);
+        let tsih = u16::from_be_bytes([r.0[14], r.0[15]]);
+        let itt = r.itt();
+        if self.login.is_none() {
+            self.exp_cmd_sn = r.cmd_sn();
+            self.stat_sn = r.exp_stat_sn();
+            self.login = Some(Box::new(LoginState {
+                neg: Negotiation::default(),
+                csg,
+                isid,
+                first: true,
+                text: Vec::new(),
+                authenticated: false,
+                chap: None,
+            }));
+            // Version-min must be 0 (RFC 7143 is version 0).
+            if r.0[3] != 0 {
+                return self.login_fail(env, itt, isid, LoginStatus::UNSUPPORTED_VERSION);
+            }
+        }
+        let Some(mut st) = self.login.take() else {
+            return;
+        };
+        let bad = LoginStatus::INITIATOR_ERROR;
+        if st.isid != isid || (transit && cont) || csg == 2 || csg == 3 {
+            return self.login_fail(env, itt, isid, bad);
+        }
+        if transit && (nsg == 2 || nsg <= csg) {
+            return self.login_fail(env, itt, isid, bad);
+        }
+        if csg < st.csg {
+            return self.login_fail(env, itt, isid, bad);
+        }
+        if tsih != 0 {
+            // Adding a connection to a session (or reinstating one by TSIH): sessions have one
+            // connection here.
+            return self.login_fail(env, itt, isid, LoginStatus::NO_SESSION);
+        }
+        st.csg = csg;
+        if st.text.len() + data.len() > login::MAX_TEXT {
+            return self.login_fail(env, itt, isid, bad);
+        }
+        st.text.extend_from_slice(data);
+        if cont {
+            let h = Bhs::new(op::LOGIN_RSP, csg << 2).itt(itt);
+            let mut h = h;
+            h.0[8..14].copy_from_slice(&isid);
+            self.put_status(h, &[]);
+            self.login = Some(st);
+            return;
+        }
+        let text = std::mem::take(&mut st.text);
+        let Ok(keys) = login::parse_keys(&text) else {
+            return self.login_fail(env, itt, isid, bad);
+        };
+        let (chap_keys, keys): (Keys<'_>, Keys<'_>) = keys
+            .into_iter()
+            .partition(|(k, _)| super::chap::is_chap_key(k));
+        if st.first {
+            // The target decides whether AuthMethod must be CHAP: look it up before answering.
+            let tn = keys
+                .iter()
+                .find(|(k, _)| *k == "TargetName")
+                .map(|(_, v)| *v);
+            let discovery = keys
+                .iter()
+                .any(|&(k, v)| k == "SessionType" && v == "Discovery");
+            st.neg.chap_required = !discovery
+                && tn
+                    .and_then(|n| self.sh.targets.iter().find(|t| t.iqn == n))
+                    .is_some_and(|t| t.chap.is_some());
+        }
+        let mut out = Vec::new();
+        if let Err(s) = st.neg.offer(&keys, csg == 0, &mut out) {
+            return self.login_fail(env, itt, isid, s);
+        }
+        if st.first {
+            st.first = false;
+            let d = &st.neg.declared;
+            let Some(name) = d.initiator_name.clone() else {
+                return self.login_fail(env, itt, isid, LoginStatus::MISSING_PARAMETER);
+            };
+            self.initiator = name;
+            self.session = d.session_type.unwrap_or(SessionType::Normal);
+            if self.session == SessionType::Normal {
+                let Some(tn) = d.target_name.clone() else {
+                    return self.login_fail(env, itt, isid, LoginStatus::MISSING_PARAMETER);
+                };
+                let Some(t) = self.sh.targets.iter().position(|t| t.iqn == tn) else {
+                    return self.login_fail(env, itt, isid, LoginStatus::NOT_FOUND);
+                };
+                if !self.sh.targets[t].allows(&self.initiator) {
+                    return self.login_fail(env, itt, isid, LoginStatus::NOT_AUTHORIZED);
+                }
+                self.target = t;
+                login::put_key(&mut out, "TargetPortalGroupTag", &self.sh.tpg.to_string());
+            }
+        }
+        let required = if self.session == SessionType::Normal {
+            self.sh.targets[self.target].chap.clone()
+        } else {
+            None
+        };
+        let auth_failed = LoginStatus::AUTH_FAILED;
+        if csg == 0 {
+            let methods = &st.neg.declared.auth_methods;
+            match &required {
+                Some(c) => {
+                    if st.chap.is_none() && st.neg.offered("AuthMethod") {
+                        if !methods.iter().any(|m| m == "CHAP") {
+                            return self.login_fail(env, itt, isid, auth_failed);
+                        }
+                        st.chap = Some(super::chap::Stage::default());
+                    }
+                    match st.chap.as_mut() {
+                        Some(stage) => {
+                            if let Err(s) = super::chap::step(stage, c, &chap_keys, &mut out) {
+                                tracing::warn!(conn = env.key, initiator = %self.initiator, "iSCSI CHAP authentication failed");
+                                return self.login_fail(env, itt, isid, s);
+                            }
+                        }
+                        None if !chap_keys.is_empty() => {
+                            return self.login_fail(env, itt, isid, auth_failed);
+                        }
+                        None => {}
+                    }
+                    st.authenticated = st.chap == Some(super::chap::Stage::Done);
+                }
+                None => {
+                    if !chap_keys.is_empty()
+                        || (st.neg.offered("AuthMethod") && !methods.iter().any(|m| m == "None"))
+                    {
+                        return self.login_fail(env, itt, isid, auth_failed);
+                    }
+                    st.authenticated = true;
+                }
+            }
+            if transit && !st.authenticated {
+                // The target decides when the security stage ends (RFC 7143 §6.2): answer
+                // without the T bit until the exchange is done.
+                transit = false;
+            }
+        } else if !chap_keys.is_empty() || (required.is_some() && !st.authenticated) {
+            // Operational stage without having passed CHAP (or CHAP keys out of place).
+            return self.login_fail(env, itt, isid, auth_failed);
+        }
+        let full = transit && nsg == 3;
+        if full {
+            st.neg.finish(&mut out);
+            self.tsih = loop {
+                let t = self.sh.next_tsih.fetch_add(1, Ordering::Relaxed);
+                if t != 0 {
+                    break t;
+                }
+            };
+        }
+        let rflags = if transit { 0x80 | nsg } else { 0 } | (csg << 2);
+        let mut h = Bhs::new(op::LOGIN_RSP, rflags).itt(itt);
+        h.0[8..14].copy_from_slice(&isid);
+        if full {
+            h.0[14..16].copy_from_slice(&self.tsih.to_be_bytes());
+        }
+        if out.len() > self.params.send_dsl.max(8192) as usize {
+            return self.login_fail(env, itt, isid, LoginStatus::TARGET_ERROR);
+        }
+        self.put_status(h, &out);
+        if full {
+            self.isid = isid;
+            self.nexus = self.sh.next_nexus.fetch_add(1, Ordering::Relaxed).max(1);
+            self.me = super::prs::nexus_id(&self.initiator, &isid);
+            self.params = st.neg.params.clone();
+            self.phase = Phase::Full;
+            // Digests apply from the first PDU after the final Login Response.
+            self.dg = Digests {
+                header: self.params.header_digest,
+                data: self.params.data_digest,
+            };
+            tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session, "iSCSI login complete");
+        } else {
+            self.login = Some(st);
+        }
+    }
+
+    /// Abort task `slot`: at once, or once its device operations finish. Returns the slot when
+    /// the response must wait for it.
+    fn abort_task(&mut self, slot: usize) -> Option<u32> {
+        let t = self.tasks.get_mut(slot)?;
+        t.aborted = true;
+        if t.parts > 0 {
+            return Some(slot as u32);
+        }
+        let t = self.tasks.remove(slot);
+        if t.entered {
+            self.leaves.push(t.vol);
+        }
+        self.put_buf(t.buf);
+        None
+    }
+
+    /// A Task Management Function Request.
+    pub(super) fn tmf(&mut self, env: &mut Env<'_>, r: Req<'_>) {
+        let tmf_sn = r.cmd_sn();
+        if self.admit(env, r, &[]) != Some(true) {
+            return;
+        }
+        let func = r.flags() & 0x7F;
+        let lun = r.lun();
+        let lun_ok = super::pages::lun_of(&lun)
+            .is_some_and(|n| self.sh.targets[self.target].luns.iter().any(|l| l.lun == n));
+        let mut wait = Vec::new();
+        let code = match func {
+            1 => {
+                let rtt = r.w20();
+                let ref_sn = r.u32_at(32);
+                match self
+                    .tasks
+                    .iter()
+                    .find(|(_, t)| t.itt == rtt)
+                    .map(|(s, _)| s)
+                {
+                    Some(s) => {
+                        wait.extend(self.abort_task(s));
+                        tmf_rsp::COMPLETE
+                    }
+                    None if sn_le(self.exp_cmd_sn, ref_sn) && sn_lt(ref_sn, tmf_sn) => {
+                        // RFC 7143 §11.5.1 a): not yet received, within the window and before the
+                        // TMF: treated as received (and aborted: a held command is dropped).
+                        // A task that already completed is below ExpCmdSN: "does not exist".
+                        self.held.remove(&ref_sn);
+                        tmf_rsp::COMPLETE
+                    }
+                    None => tmf_rsp::NO_TASK,
+                }
+            }
+            2 | 4 | 5 if !lun_ok => tmf_rsp::NO_LUN,
+            2 | 4 | 5 | 6 | 7 | 11 => {
+                let slots: Vec<usize> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| func >= 6 || t.lun == lun)
+                    .map(|(s, _)| s)
+                    .collect();
+                for s in slots {
+                    wait.extend(self.abort_task(s));
+                }
+                if func >= 5 {
+                    self.held.clear();
+                    // Every session sees the reset once, as a unit attention.
+                    let n = super::pages::lun_of(&lun);
+                    for l in &self.sh.targets[self.target].luns {
+                        if func != 5 || Some(l.lun) == n {
+                            l.resets.fetch_add(1, Ordering::AcqRel);
+                            // A reset releases RESERVE reservations (SPC-2 §5.5.1).
+                            l.reserved.store(0, Ordering::Release);
+                        }
+                    }
+                }
+                tmf_rsp::COMPLETE
+            }
+            3 | 9 | 10 | 12 => tmf_rsp::NOT_SUPPORTED,
+            8 => tmf_rsp::REASSIGN_UNSUPPORTED,
+            _ => tmf_rsp::REJECTED,
+        };
+        // A cold reset or an I_T nexus reset ends the session once answered (finish_tmfs).
+        self.tmf_wait.push((r.itt(), code, func, wait));
+        self.finish_tmfs();
+    }
+
+    /// Send the TMF responses whose aborted tasks have all finished.
+    pub(super) fn finish_tmfs(&mut self) {
+        let mut i = 0;
+        while i < self.tmf_wait.len() {
+            let tasks = &self.tasks;
+            self.tmf_wait[i].3.retain(|&s| tasks.contains(s as usize));
+            if self.tmf_wait[i].3.is_empty() {
+                let (itt, code, func, _) = self.tmf_wait.remove(i);
+                let h = Bhs::new(op::TMF_RSP, 0x80).byte(2, code).itt(itt);
+                self.put_status(h, &[]);
+                if matches!(func, 7 | 11) && code == tmf_rsp::COMPLETE {
+                    self.closing = true;
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,1202 @@
+//! SCSI tasks: data transfer (immediate and unsolicited data, R2T / Data-Out, Data-In with the
+//! status in the last PDU, SCSI Response with residuals) and execution against the volume's
+//! channel.
+//!
+//! Model: every SCSI Command becomes a [`Task`] in the connection's slab (its slot is the I/O
+//! tag's slot). A command that carries data towards the target collects it in order: immediate
+//! data, then unsolicited Data-Out up to FirstBurstLength (when InitialR2T=No), then one R2T at
+//! a time for at most MaxBurstLength each. Once the data is whole the task executes: pages are
+//! built at once; media commands go to the channel (several device operations for UNMAP and
+//! WRITE SAME, counted in `parts`); COMPARE AND WRITE goes to the volume's home executor, the
+//! path NVMe fused Compare+Write takes (atomic across both sites for a mirrored volume).
+//!
+//! Invariants:
+//! - A task whose operations are at a device stays in the slab (its slot cannot be reused)
+//!   until the last completes, even when aborted; an aborted task sends nothing.
+//! - Data-Out must arrive in order (DataPDUInOrder=Yes, DataSequenceInOrder=Yes): its buffer
+//!   offset equals the bytes collected, its DataSN counts from 0 in each sequence, and it never
+//!   goes past the burst it belongs to; anything else drops the connection (ErrorRecoveryLevel
+//!   0 cannot recover a sequence).
+//! - A write whose Expected Data Transfer Length differs from its CDB's transfer length is
+//!   refused (ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT, with the residual), never
+//!   partly written.
+
+use super::conn::IscsiConn;
+use super::pages::{self, LunInfo};
+use super::pdu::{Bhs, NO_TAG, Req, op, reject};
+use super::scsi::{self, Cmd, Sense, status};
+use crate::bdev::volume::PathState;
+use crate::bdev::{ReadStart, Start, in_range};
+use crate::frontend::nvmf::Note as NvNote;
+use crate::frontend::nvmf::atomic::{FusedReq, OpKind, Origin};
+use crate::frontend::nvmf::cmd::Status as NvStatus;
+use crate::runtime::Env;
+use crate::uring::{Errno, IoTag};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Collecting Data-Out.
+    Collect,
+    /// Operations at a device (or at the home executor).
+    Device,
+}
+
+/// One SCSI command in progress.
+pub(super) struct Task {
+    pub(super) itt: u32,
+    pub(super) lun: [u8; 8],
+    /// Index of the LUN in the target's list.
+    pub(super) lun_idx: usize,
+    pub(super) vol: usize,
+    pub(super) cmd: Cmd,
+    pub(super) edtl: u32,
+    /// The R bit: data may go to the initiator (without it, read data is not sent and is
+    /// reported as residual overflow).
+    pub(super) rd: bool,
+    /// Bytes the command moves in its data direction (SCSI's own length).
+    pub(super) scsi_len: u64,
+    /// Data-Out bytes to collect.
+    pub(super) want: u32,
+    /// Collected Data-Out (at most `want` bytes).
+    pub(super) buf: Vec<u8>,
+    /// Data-Out bytes received (more than `want` when the EDTL is larger: dropped).
+    pub(super) recv: u32,
+    /// Unsolicited data may still arrive (F bit not seen yet).
+    pub(super) unsolicited: bool,
+    /// The outstanding R2T: (TTT, offset, length).
+    pub(super) r2t: Option<(u32, u32, u32)>,
+    pub(super) r2t_sn: u32,
+    /// DataSN expected on the next Data-Out of the current sequence.
+    pub(super) data_sn: u32,
+    pub(super) stage: Stage,
+    /// Device operations in flight.
+    pub(super) parts: u32,
+    pub(super) result: Result<(), Sense>,
+    pub(super) aborted: bool,
+    /// The task counts in its volume's atomic section (left when it is retired).
+    pub(super) entered: bool,
+}
+
+/// The sense a device error becomes.
+pub(super) fn sense_of(e: Errno, write: bool) -> Sense {
+    match e {
+        Errno::MISCOMPARE => Sense::MISCOMPARE,
+        Errno::NOSPC => Sense::LBA_OUT_OF_RANGE,
+        Errno::INVAL => Sense::INVALID_FIELD_CDB,
+        Errno::NOTSUP => Sense::INVALID_OPCODE,
+        Errno::PERM => Sense::WRITE_PROTECTED,
+        Errno::SHUTDOWN => Sense::ALUA_UNAVAILABLE,
+        _ if write => Sense::WRITE_ERROR,
+        _ => Sense::READ_ERROR,
+    }
+}
+
+fn nv_sense(s: NvStatus) -> Result<(), Sense> {
+    match s {
+        NvStatus::SUCCESS => Ok(()),
+        NvStatus::COMPARE_FAILED => Err(Sense::MISCOMPARE),
+        NvStatus::LBA_RANGE => Err(Sense::LBA_OUT_OF_RANGE),
+        NvStatus::NS_NOT_READY => Err(Sense::ALUA_UNAVAILABLE),
+        NvStatus::NS_WRITE_PROTECTED => Err(Sense::WRITE_PROTECTED),
+        NvStatus::READ_ERROR => Err(Sense::READ_ERROR),
+        NvStatus::INVALID_FIELD | NvStatus::SGL_INVALID_DATA => Err(Sense::INVALID_FIELD_CDB),
+        _ => Err(Sense::WRITE_ERROR),
+    }
+}
+
+/// Residual flags (byte 1) and count of a transfer of `edtl` expected and `scsi` wanted.
+fn residual(edtl: u32, scsi: u64) -> (u8, u32) {
+    let e = u64::from(edtl);
+    if scsi > e {
+        (0x04, u32::try_from(scsi - e).unwrap_or(u32::MAX))
+    } else if scsi < e {
+        (0x02, (e - scsi) as u32)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Commands served on a path in the unavailable or transitioning ALUA state (SPC-4
+/// §5.15.2.4.4-5); everything else, TEST UNIT READY included (multipath path checkers rely on
+/// it), gets NOT READY with the state's sense.
+fn allowed_when_unavailable(cmd: &Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::Inquiry { .. }
+            | Cmd::ReportLuns { .. }
+            | Cmd::RequestSense { .. }
+            | Cmd::ReportTpg { .. }
+            | Cmd::ReportOpcodes { .. }
+    )
+}
+
+/// Commands a RESERVE (6/10) held by another I_T nexus does not block (SPC-2 §5.5.1).
+fn allowed_when_reserved(cmd: &Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::Inquiry { .. }
+            | Cmd::ReportLuns { .. }
+            | Cmd::RequestSense { .. }
+            | Cmd::Release
+            | Cmd::ReportTpg { .. }
+            | Cmd::ReportOpcodes { .. }
+            | Cmd::PrIn { .. }
+            | Cmd::PrOut { .. }
+    )
+}
+
+/// Under a persistent reservation: `Some(true)` for a write-class command, `Some(false)` for a
+/// read-class one, `None` for commands every nexus may issue (SPC-4 §5.13.1).
+fn pr_class(cmd: &Cmd) -> Option<bool> {
+    match cmd {
+        Cmd::Read(_) | Cmd::Verify { .. } | Cmd::Prefetch(_) | Cmd::GetLbaStatus { .. } => {
+            Some(false)
+        }
+        Cmd::Write(_)
+        | Cmd::WriteVerify(_)
+        | Cmd::WriteSame { .. }
+        | Cmd::Unmap { .. }
+        | Cmd::CompareAndWrite(_)
+        | Cmd::SyncCache
+        | Cmd::ModeSelect { .. }
+        | Cmd::Reserve
+        | Cmd::Release => Some(true),
+        _ => None,
+    }
+}
+
+/// Is the command a block write, whose EDTL must equal its transfer length?
+fn block_write(cmd: &Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::Write(_)
+            | Cmd::WriteVerify(_)
+            | Cmd::CompareAndWrite(_)
+            | Cmd::WriteSame { ndob: false, .. }
+            | Cmd::Verify { bytchk: 1, .. }
+    )
+}
+
+impl IscsiConn {
+    /// Facts about LUN index `i` of this session's target, for the pages.
+    fn lun_info(&self, env: &Env<'_>, i: usize) -> LunInfo {
+        let t = &self.sh.targets[self.target];
+        let l = &t.luns[i];
+        let v = &env.shared.volumes[l.volume];
+        let block = v.info.block_size.max(1);
+        LunInfo {
+            blocks: v.info.size / u64::from(block),
+            block,
+            naa: l.naa,
+            serial: l.serial.clone(),
+            target: t.iqn.clone(),
+            tpg: self.sh.tpg,
+            path: v.path.get(),
+        }
+    }
+
+    /// Send a SCSI Response.
+    pub(super) fn respond(
+        &mut self,
+        itt: u32,
+        result: Result<(), Sense>,
+        edtl: u32,
+        scsi_len: u64,
+        exp_data_sn: u32,
+    ) {
+        let (flags, res) = residual(edtl, scsi_len);
+        let (st, data): (u8, Vec<u8>) = match result {
+            Ok(()) => (status::GOOD, Vec::new()),
+            Err(s) => {
+                let f = s.fixed();
+                let mut d = Vec::with_capacity(20);
+                d.extend_from_slice(&(f.len() as u16).to_be_bytes());
+                d.extend_from_slice(&f);
+                (status::CHECK_CONDITION, d)
+            }
+        };
+        let h = Bhs::new(op::SCSI_RSP, 0x80 | flags)
+            .byte(3, st)
+            .itt(itt)
+            .u32(36, exp_data_sn)
+            .u32(44, res);
+        self.put_status(h, &data);
+    }
+
+    /// Send read data as Data-In PDUs, the status in the last one (or a SCSI Response when
+    /// nothing is transferred).
+    pub(super) fn send_data_in(
+        &mut self,
+        itt: u32,
+        lun: [u8; 8],
+        data: &[u8],
+        edtl: u32,
+        scsi_len: u64,
+    ) {
+        let n = data.len().min(edtl as usize);
+        if n == 0 {
+            return self.respond(itt, Ok(()), edtl, scsi_len, 0);
+        }
+        let (flags, res) = residual(edtl, scsi_len);
+        let seg = (self.params.send_dsl as usize).max(512);
+        let burst = (self.params.max_burst as usize).max(seg);
+        let mut off = 0;
+        let mut sn = 0u32;
+        while off < n {
+            let len = seg.min(n - off).min(burst - off % burst);
+            let last = off + len == n;
+            let end_of_seq = last || (off + len).is_multiple_of(burst);
+            let mut h = Bhs::new(op::DATA_IN, if end_of_seq { 0x80 } else { 0 })
+                .lun(lun)
+                .itt(itt)
+                .u32(20, NO_TAG)
+                .u32(36, sn)
+                .u32(40, off as u32);
+            let chunk = &data[off..off + len];
+            if last {
+                h.0[1] |= 0x01 | flags;
+                h = h.u32(44, res);
+                self.put_status(h, chunk);
+            } else {
+                h = h.u32(28, self.exp_cmd_sn).u32(32, self.max_cmd_sn());
+                self.put(h, chunk);
+            }
+            off += len;
+            sn += 1;
+        }
+    }
+
+    /// A SCSI Command PDU.
+    pub(super) fn scsi_cmd(&mut self, env: &mut Env<'_>, r: Req<'_>, ahs: &[u8], data: &[u8]) {
+        if self.session != super::login::SessionType::Normal {
+            return self.reject(env, reject::PROTOCOL, r.0);
+        }
+        if !ahs.is_empty() {
+            // Extended CDBs and bidirectional commands are not supported.
+            return self.reject(env, reject::NOT_SUPPORTED, r.0);
+        }
+        if self.admit(env, r, data) != Some(true) {
+            return;
+        }
+        let itt = r.itt();
+        let edtl = r.w20();
+        let flags = r.flags();
+        let (rd, wr, fin) = (flags & 0x40 != 0, flags & 0x20 != 0, flags & 0x80 != 0);
+        if rd && wr {
+            return self.reject(env, reject::NOT_SUPPORTED, r.0);
+        }
+        if itt == NO_TAG || (!wr && (!data.is_empty() || !fin)) {
+            return self.reject(env, reject::PROTOCOL, r.0);
+        }
+        if !data.is_empty() && !self.params.immediate_data {
+            return self.reject(env, reject::PROTOCOL, r.0);
+        }
+        if !fin && self.params.initial_r2t {
+            return self.reject(env, reject::PROTOCOL, r.0);
+        }
+        if data.len() as u64 > u64::from(edtl) || data.len() > self.params.first_burst as usize {
+            return self.reject(env, reject::PROTOCOL, r.0);
+        }
+        if self.tasks.iter().any(|(_, t)| t.itt == itt) {
+            // A task tag in use (RFC 7143 §11.17.1: Task in progress).
+            return self.reject(env, 0x07, r.0);
+        }
+        let lun = r.lun();
+        let sh = std::sync::Arc::clone(&self.sh);
+        let t = &sh.targets[self.target];
+        let lun_idx = pages::lun_of(&lun).and_then(|n| t.luns.iter().position(|l| l.lun == n));
+        let cmd = scsi::decode(&r.cdb());
+        // INQUIRY and REPORT LUNS answer for any LUN; REQUEST SENSE too.
+        let lun_idx = match (lun_idx, &cmd) {
+            (Some(i), _) => i,
+            (
+                None,
+                Ok(Cmd::Inquiry {
+                    evpd: false, alloc, ..
+                }),
+            ) => {
+                let page = pages::inquiry(false);
+                let n = page.len().min(*alloc as usize);
+                return self.send_data_in(itt, lun, &page[..n], edtl, n as u64);
+            }
+            (None, Ok(Cmd::ReportLuns { .. } | Cmd::RequestSense { .. })) => usize::MAX,
+            (None, _) => return self.respond(itt, Err(Sense::LUN_NOT_SUPPORTED), edtl, 0, 0),
+        };
+        let cmd = match cmd {
+            Ok(c) => c,
+            Err(s) => return self.respond(itt, Err(s), edtl, 0, 0),
+        };
+        let vol = t.luns.get(lun_idx).map_or(usize::MAX, |l| l.volume);
+        if lun_idx != usize::MAX {
+            if let Some(s) = self.unit_attention(env, lun_idx, &cmd) {
+                return self.respond(itt, Err(s), edtl, 0, 0);
+            }
+            let holder = t.luns[lun_idx]
+                .reserved
+                .load(std::sync::atomic::Ordering::Acquire);
+            if holder != 0 && holder != self.nexus && !allowed_when_reserved(&cmd) {
+                let h = Bhs::new(op::SCSI_RSP, 0x80)
+                    .byte(3, status::RESERVATION_CONFLICT)
+                    .itt(itt);
+                return self.put_status(h, &[]);
+            }
+            if let Some(write) = pr_class(&cmd)
+                && !self.pr_allows(lun_idx, write)
+            {
+                let h = Bhs::new(op::SCSI_RSP, 0x80)
+                    .byte(3, status::RESERVATION_CONFLICT)
+                    .itt(itt);
+                return self.put_status(h, &[]);
+            }
+            if !allowed_when_unavailable(&cmd) {
+                match env.shared.volumes[vol].path.get() {
+                    PathState::Inaccessible => {
+                        return self.respond(itt, Err(Sense::ALUA_UNAVAILABLE), edtl, 0, 0);
+                    }
+                    PathState::Transitioning => {
+                        return self.respond(itt, Err(Sense::ALUA_TRANSITION), edtl, 0, 0);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let block = if vol == usize::MAX {
+            512
+        } else {
+            env.shared.volumes[vol].info.block_size.max(1)
+        };
+        let out_len = scsi::data_out_len(&cmd, block);
+        if let Cmd::CompareAndWrite(rw) = cmd
+            && rw.blocks > u32::from(pages::MAX_CAW_BLOCKS)
+        {
+            return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, 0, 0);
+        }
+        // A WRITE whose EDTL differs from its transfer length writes the whole blocks both
+        // cover and reports the residual (RFC 7143 §11.4.5.2); other commands that carry
+        // blocks are refused.
+        let partial_ok = matches!(cmd, Cmd::Write(_) | Cmd::WriteVerify(_));
+        if block_write(&cmd) && !partial_ok && (out_len != u64::from(edtl) || !wr && out_len > 0) {
+            if matches!(cmd, Cmd::CompareAndWrite(_)) {
+                // Its NUMBER OF LOGICAL BLOCKS disagrees with the data sent (e.g. 256 blocks
+                // wrapped to 0 in the one-byte field).
+                return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, out_len, 0);
+            }
+            let s = Sense {
+                key: scsi::key::ILLEGAL_REQUEST,
+                asc: 0x0E,
+                ascq: 0x03,
+                info: None,
+                field: None,
+            };
+            return self.respond(itt, Err(s), edtl, out_len, 0);
+        }
+        let want = if wr {
+            out_len.min(u64::from(edtl)) as u32
+        } else {
+            0
+        };
+        // Data-Out is gathered in memory: more than one transfer's worth is refused before any
+        // of it is asked for (a lying EDTL cannot make the target allocate gigabytes).
+        if want > pages::MAX_XFER_BYTES {
+            return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, out_len, 0);
+        }
+        let scsi_len = if wr || out_len > 0 { out_len } else { 0 };
+        // Data beyond what the command takes (up to the EDTL) is received and dropped.
+        let mut buf = self.get_buf(want as usize);
+        buf.extend_from_slice(&data[..data.len().min(want as usize)]);
+        let task = Task {
+            itt,
+            lun,
+            lun_idx,
+            vol,
+            cmd,
+            edtl,
+            rd,
+            scsi_len,
+            want,
+            buf,
+            recv: data.len() as u32,
+            unsolicited: !fin,
+            r2t: None,
+            r2t_sn: 0,
+            data_sn: 0,
+            stage: Stage::Collect,
+            parts: 0,
+            result: Ok(()),
+            aborted: false,
+            entered: false,
+        };
+        let slot = self.tasks.insert(task) as u32;
+        self.advance(env, slot);
+    }
+
+    /// Collect more data (send an R2T) or execute.
+    fn advance(&mut self, env: &mut Env<'_>, slot: u32) {
+        let max_burst = self.params.max_burst;
+        let Some(t) = self.tasks.get_mut(slot as usize) else {
+            return;
+        };
+        let got = t.recv;
+        if (t.buf.len() as u32) < t.want {
+            if t.unsolicited || t.r2t.is_some() {
+                return;
+            }
+            let len = (t.want - got).min(max_burst);
+            let ttt = self.next_ttt;
+            self.next_ttt = self.next_ttt.wrapping_add(1);
+            if self.next_ttt == NO_TAG || self.next_ttt == 0 {
+                self.next_ttt = 1;
+            }
+            t.r2t = Some((ttt, got, len));
+            t.data_sn = 0;
+            let sn = t.r2t_sn;
+            t.r2t_sn += 1;
+            let h = Bhs::new(op::R2T, 0x80)
+                .lun(t.lun)
+                .itt(t.itt)
+                .u32(20, ttt)
+                .u32(24, self.stat_sn)
+                .u32(28, self.exp_cmd_sn)
+                .u32(32, self.max_cmd_sn())
+                .u32(36, sn)
+                .u32(40, got)
+                .u32(44, len);
+            self.put(h, &[]);
+            return;
+        }
+        if t.unsolicited {
+            // All the data came unsolicited but the F bit is still to come: wait for it.
+            return;
+        }
+        self.execute(env, slot);
+    }
+
+    /// A Data-Out PDU.
+    pub(super) fn data_out(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) {
+        let itt = r.itt();
+        let ttt = r.w20();
+        let Some((slot, _)) = self.tasks.iter().find(|(_, t)| t.itt == itt) else {
+            // The task is gone (answered early, or aborted): its data is dropped.
+            return;
+        };
+        let slot = slot as u32;
+        let first_burst = self.params.first_burst;
+        let t = &mut self.tasks[slot as usize];
+        if t.stage != Stage::Collect {
+            return self.reject(env, reject::PROTOCOL, r.0);
+        }
+        let got = t.recv;
+        let limit = match t.r2t {
+            Some((tt, off, len)) if ttt == tt => off + len,
+            None if ttt == NO_TAG && t.unsolicited => t.edtl.min(first_burst),
+            _ => return self.reject(env, reject::INVALID_FIELD, r.0),
+        };
+        let what = if r.u32_at(36) != t.data_sn {
+            Some("Data-Out with a wrong DataSN")
+        } else if r.u32_at(40) != got {
+            Some("Data-Out out of order")
+        } else if u64::from(got) + data.len() as u64 > u64::from(limit) {
+            Some("Data-Out beyond the burst or the expected length")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return self.sequence_error(env, slot, r, what);
+        }
+        let keep = (t.want as usize)
+            .saturating_sub(t.buf.len())
+            .min(data.len());
+        t.buf.extend_from_slice(&data[..keep]);
+        t.recv += data.len() as u32;
+        t.data_sn += 1;
+        let now = t.recv;
+        if r.fin() {
+            if ttt == NO_TAG {
+                t.unsolicited = false;
+                t.data_sn = 0;
+            } else if now != limit {
+                return self.sequence_error(
+                    env,
+                    slot,
+                    r,
+                    "Data-Out sequence ended before its R2T was filled",
+                );
+            } else {
+                t.r2t = None;
+            }
+        } else if now == limit && ttt != NO_TAG {
+            return self.sequence_error(env, slot, r, "Data-Out filled its R2T without the F bit");
+        }
+        self.advance(env, slot);
+    }
+
+    /// A Data-Out that breaks its sequence: at ErrorRecoveryLevel 0 the sequence cannot be
+    /// recovered, so the PDU is rejected and its task ends with CHECK CONDITION (ABORTED
+    /// COMMAND / DATA PHASE ERROR); later Data-Out of the task is dropped.
+    fn sequence_error(&mut self, env: &mut Env<'_>, slot: u32, r: Req<'_>, what: &str) {
+        tracing::debug!(conn = env.key, what, "iSCSI data sequence error");
+        self.reject(env, reject::PROTOCOL, r.0);
+        self.complete(slot, Err(Sense::DATA_PHASE_ERROR));
+    }
+
+    /// Finish a task at once (no device operation in flight).
+    pub(super) fn complete(&mut self, slot: u32, result: Result<(), Sense>) {
+        let Some(t) = self.tasks.try_remove(slot as usize) else {
+            return;
+        };
+        if t.entered {
+            self.leaves.push(t.vol);
+        }
+        if !t.aborted {
+            if result.is_err() {
+                self.errors += 1;
+            }
+            self.respond(t.itt, result, t.edtl, t.scsi_len, 0);
+        }
+        self.put_buf(t.buf);
+    }
+
+    fn complete_data(&mut self, slot: u32, data: &[u8]) {
+        let Some(t) = self.tasks.try_remove(slot as usize) else {
+            return;
+        };
+        if t.entered {
+            self.leaves.push(t.vol);
+        }
+        if !t.aborted {
+            let edtl = if t.rd { t.edtl } else { 0 };
+            self.send_data_in(t.itt, t.lun, data, edtl, data.len() as u64);
+        }
+        self.put_buf(t.buf);
+    }
+
+    /// Execute a task whose data is whole.
+    fn execute(&mut self, env: &mut Env<'_>, slot: u32) {
+        let Some(t) = self.tasks.get(slot as usize) else {
+            return;
+        };
+        let cmd = t.cmd;
+        let (vol, lun_idx) = (t.vol, t.lun_idx);
+        let info = if lun_idx == usize::MAX {
+            None
+        } else {
+            Some(self.lun_info(env, lun_idx))
+        };
+        let page = |p: Result<Vec<u8>, Sense>, alloc: u32| {
+            p.map(|mut v| {
+                v.truncate(alloc as usize);
+                v
+            })
+        };
+        let built: Option<Result<Vec<u8>, Sense>> = match (cmd, &info) {
+            (Cmd::ReportLuns { alloc }, _) => {
+                let luns: Vec<u16> = self.sh.targets[self.target]
+                    .luns
+                    .iter()
+                    .map(|l| l.lun)
+                    .collect();
+                Some(page(Ok(pages::report_luns(&luns)), alloc))
+            }
+            (Cmd::RequestSense { alloc }, _) => {
+                let s = if lun_idx == usize::MAX {
+                    Sense::LUN_NOT_SUPPORTED
+                } else {
+                    self.ua
+                        .get_mut(lun_idx)
+                        .and_then(Option::take)
+                        .unwrap_or(Sense::NONE)
+                };
+                Some(page(Ok(s.fixed().to_vec()), alloc))
+            }
+            (_, None) => Some(Err(Sense::LUN_NOT_SUPPORTED)),
+            (
+                Cmd::Inquiry {
+                    evpd: false, alloc, ..
+                },
+                _,
+            ) => Some(page(Ok(pages::inquiry(true)), alloc)),
+            (Cmd::Inquiry { page: p, alloc, .. }, Some(l)) => {
+                Some(page(pages::vpd_page(l, p), alloc))
+            }
+            (Cmd::ReadCapacity10, Some(l)) => Some(Ok(pages::read_capacity10(l))),
+            (Cmd::ReadCapacity16 { alloc }, Some(l)) => {
+                Some(page(Ok(pages::read_capacity16(l)), alloc))
+            }
+            (Cmd::GetLbaStatus { lba, alloc }, Some(l)) => {
+                Some(page(pages::lba_status(l, lba), alloc))
+            }
+            (
+                Cmd::ModeSense {
+                    ten,
+                    dbd,
+                    pc,
+                    page: p,
+                    subpage,
+                    alloc,
+                },
+                Some(l),
+            ) => Some(page(pages::mode_sense(l, ten, dbd, pc, p, subpage), alloc)),
+            (
+                Cmd::ReportOpcodes {
+                    options,
+                    rctd,
+                    op,
+                    sa,
+                    alloc,
+                },
+                _,
+            ) => Some(page(pages::report_opcodes(options, rctd, op, sa), alloc)),
+            (Cmd::ReportTpg { extended, alloc }, Some(l)) => {
+                Some(page(Ok(pages::report_tpg(l, extended)), alloc))
+            }
+            _ => None,
+        };
+        if let Some(b) = built {
+            return match b {
+                Ok(d) => self.complete_data(slot, &d),
+                Err(s) => self.complete(slot, Err(s)),
+            };
+        }
+        let Some(l) = info else {
+            return self.complete(slot, Err(Sense::LUN_NOT_SUPPORTED));
+        };
+        let bs = u64::from(l.block);
+        let range = |lba: u64, blocks: u64| -> Result<(u64, u64), Sense> {
+            let off = lba.checked_mul(bs).ok_or(Sense::LBA_OUT_OF_RANGE)?;
+            let len = blocks * bs;
+            if lba > l.blocks || !in_range(off, len, l.blocks * bs) {
+                return Err(Sense::LBA_OUT_OF_RANGE);
+            }
+            Ok((off, len))
+        };
+        let r = match cmd {
+            Cmd::TestUnitReady | Cmd::StartStop | Cmd::PreventAllow => Ok(()),
+            Cmd::Prefetch(rw) => range(rw.lba, u64::from(rw.blocks)).map(|_| ()),
+            Cmd::PrIn { sa, alloc } => {
+                let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
+                return match pr.read(sa) {
+                    Ok(mut d) => {
+                        d.truncate(alloc as usize);
+                        self.complete_data(slot, &d)
+                    }
+                    Err(s) => self.complete(slot, Err(s)),
+                };
+            }
+            Cmd::PrOut { sa, scope_type, .. } => {
+                let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
+                let p = std::mem::take(&mut self.tasks[slot as usize].buf);
+                let o = pr.out(&self.me, &self.initiator, sa, scope_type, &p);
+                self.tasks[slot as usize].buf = p;
+                match o {
+                    super::prs::Outcome::Good => Ok(()),
+                    super::prs::Outcome::Check(s) => Err(s),
+                    super::prs::Outcome::Conflict => {
+                        let h = Bhs::new(op::SCSI_RSP, 0x80)
+                            .byte(3, status::RESERVATION_CONFLICT)
+                            .itt(self.tasks[slot as usize].itt);
+                        self.put_status(h, &[]);
+                        let t = self.tasks.remove(slot as usize);
+                        return self.put_buf(t.buf);
+                    }
+                }
+            }
+            Cmd::Reserve | Cmd::Release => {
+                let cell = &self.sh.targets[self.target].luns[lun_idx].reserved;
+                let o = std::sync::atomic::Ordering::AcqRel;
+                let a = std::sync::atomic::Ordering::Acquire;
+                if cmd == Cmd::Reserve {
+                    match cell.compare_exchange(0, self.nexus, o, a) {
+                        Ok(_) => Ok(()),
+                        Err(h) if h == self.nexus => Ok(()),
+                        Err(_) => {
+                            let h = Bhs::new(op::SCSI_RSP, 0x80)
+                                .byte(3, status::RESERVATION_CONFLICT)
+                                .itt(self.tasks[slot as usize].itt);
+                            self.put_status(h, &[]);
+                            let t = self.tasks.remove(slot as usize);
+                            return self.put_buf(t.buf);
+                        }
+                    }
+                } else {
+                    // Releasing another nexus's reservation (or none) does nothing.
+                    let _ = cell.compare_exchange(self.nexus, 0, o, a);
+                    Ok(())
+                }
+            }
+            Cmd::ModeSelect { ten, .. } => {
+                let buf = std::mem::take(&mut self.tasks[slot as usize].buf);
+                let r = pages::mode_select(&l, ten, &buf);
+                self.tasks[slot as usize].buf = buf;
+                r
+            }
+            Cmd::Read(rw) | Cmd::Verify { rw, .. } => match range(rw.lba, u64::from(rw.blocks)) {
+                Err(s) => Err(s),
+                Ok((_, 0)) => Ok(()),
+                Ok((_, len)) if len > u64::from(pages::MAX_XFER_BYTES) => {
+                    Err(Sense::INVALID_FIELD_CDB)
+                }
+                Ok((off, len)) => return self.start_read(env, slot, off, len as u32),
+            },
+            Cmd::Write(rw) | Cmd::WriteVerify(rw) => match range(rw.lba, u64::from(rw.blocks)) {
+                Err(s) => Err(s),
+                Ok((_, 0)) => Ok(()),
+                Ok((_, len)) if len > u64::from(pages::MAX_XFER_BYTES) => {
+                    Err(Sense::INVALID_FIELD_CDB)
+                }
+                Ok((off, _)) => {
+                    let tag = IoTag {
+                        conn: env.key,
+                        slot,
+                    };
+                    let buf = std::mem::take(&mut self.tasks[slot as usize].buf);
+                    // Whole blocks only (less than the CDB's when the EDTL was smaller).
+                    let n = buf.len() / l.block as usize * l.block as usize;
+                    if n == 0 {
+                        self.tasks[slot as usize].buf = buf;
+                        return self.complete(slot, Ok(()));
+                    }
+                    env.counters.ios += 1;
+                    env.counters.write_bytes += n as u64;
+                    env.vol_counters[vol].ops += 1;
+                    env.vol_counters[vol].write_bytes += n as u64;
+                    if !self.enter_section(env, slot, vol) {
+                        let mut buf = buf;
+                        buf.truncate(n);
+                        let ranges = vec![(off, n as u64)];
+                        return self.divert(env, slot, OpKind::Write, ranges, buf, rw.fua);
+                    }
+                    let s = env.chans[vol].write(env.io, tag, off, &buf[..n], rw.fua);
+                    self.tasks[slot as usize].buf = buf;
+                    return self.started(slot, s, true);
+                }
+            },
+            Cmd::SyncCache => {
+                let tag = IoTag {
+                    conn: env.key,
+                    slot,
+                };
+                let s = env.chans[vol].flush(env.io, tag);
+                return self.started(slot, s, true);
+            }
+            Cmd::WriteSame { rw, unmap, ndob } => {
+                match self.write_same(env, slot, &l, rw, unmap, ndob) {
+                    Ok(()) => return self.settle(slot),
+                    Err(s) => Err(s),
+                }
+            }
+            Cmd::Unmap { .. } => match self.unmap(env, slot, &l) {
+                Ok(()) => return self.settle(slot),
+                Err(s) => Err(s),
+            },
+            Cmd::CompareAndWrite(rw) => {
+                if rw.blocks == 0 {
+                    Ok(())
+                } else if rw.blocks > u32::from(pages::MAX_CAW_BLOCKS) {
+                    Err(Sense::INVALID_FIELD_CDB)
+                } else {
+                    match range(rw.lba, u64::from(rw.blocks)) {
+                        Err(s) => Err(s),
+                        Ok((off, len)) => {
+                            return self.compare_and_write(env, slot, off, len, rw.fua);
+                        }
+                    }
+                }
+            }
+            _ => Err(Sense::INVALID_OPCODE),
+        };
+        self.complete(slot, r);
+    }
+
+    /// Account for a started device operation.
+    fn started(&mut self, slot: u32, s: Start, write: bool) {
+        match s {
+            Start::Done(r) => {
+                let done = {
+                    let t = &mut self.tasks[slot as usize];
+                    if let Err(e) = r {
+                        t.result = Err(sense_of(e, write));
+                    }
+                    t.parts == 0
+                };
+                if done {
+                    let r = self.tasks[slot as usize].result;
+                    self.complete(slot, r);
+                }
+            }
+            Start::Pending => {
+                let t = &mut self.tasks[slot as usize];
+                t.parts += 1;
+                t.stage = Stage::Device;
+            }
+        }
+    }
+
+    fn start_read(&mut self, env: &mut Env<'_>, slot: u32, off: u64, len: u32) {
+        let vol = self.tasks[slot as usize].vol;
+        if !self.enter_section(env, slot, vol) {
+            let ranges = vec![(off, u64::from(len))];
+            return self.divert(env, slot, OpKind::Read, ranges, Vec::new(), false);
+        }
+        let tag = IoTag {
+            conn: env.key,
+            slot,
+        };
+        env.counters.ios += 1;
+        env.counters.read_bytes += u64::from(len);
+        env.vol_counters[vol].ops += 1;
+        env.vol_counters[vol].read_bytes += u64::from(len);
+        match env.chans[vol].read(env.io, tag, off, len) {
+            ReadStart::Ready(d) => self.read_done(slot, d),
+            ReadStart::Failed(e) => self.complete(slot, Err(sense_of(e, false))),
+            ReadStart::Pending => {
+                let t = &mut self.tasks[slot as usize];
+                t.parts = 1;
+                t.stage = Stage::Device;
+            }
+        }
+    }
+
+    /// Read data arrived: send it (READ), or check it (VERIFY).
+    fn read_done(&mut self, slot: u32, data: &[u8]) {
+        let Some(t) = self.tasks.get(slot as usize) else {
+            return;
+        };
+        match t.cmd {
+            Cmd::Verify { bytchk: 1, .. } => {
+                let r = match t.buf.iter().zip(data).position(|(a, b)| a != b) {
+                    None if t.buf.len() == data.len() => Ok(()),
+                    None => Err(Sense::MISCOMPARE),
+                    Some(i) => Err(Sense::MISCOMPARE.with_info(i as u32)),
+                };
+                self.complete(slot, r);
+            }
+            Cmd::Verify { .. } => self.complete(slot, Ok(())),
+            _ => {
+                let Some(t) = self.tasks.try_remove(slot as usize) else {
+                    return;
+                };
+                if t.entered {
+                    self.leaves.push(t.vol);
+                }
+                if !t.aborted {
+                    let edtl = if t.rd { t.edtl } else { 0 };
+                    self.send_data_in(t.itt, t.lun, data, edtl, data.len() as u64);
+                }
+                self.put_buf(t.buf);
+            }
+        }
+    }
+
+    fn write_same(
+        &mut self,
+        env: &mut Env<'_>,
+        slot: u32,
+        l: &LunInfo,
+        rw: scsi::Rw,
+        unmap: bool,
+        ndob: bool,
+    ) -> Result<(), Sense> {
+        let bs = u64::from(l.block);
+        let blocks = if rw.blocks == 0 {
+            l.blocks.saturating_sub(rw.lba)
+        } else {
+            u64::from(rw.blocks)
+        };
+        if rw.lba > l.blocks || rw.lba + blocks > l.blocks {
+            return Err(Sense::LBA_OUT_OF_RANGE);
+        }
+        if blocks > pages::MAX_WRITE_SAME_BLOCKS {
+            return Err(Sense::INVALID_FIELD_CDB);
+        }
+        if blocks == 0 {
+            return Ok(());
+        }
+        let (off, len) = (rw.lba * bs, blocks * bs);
+        let vol = self.tasks[slot as usize].vol;
+        let tag = IoTag {
+            conn: env.key,
+            slot,
+        };
+        let pattern = std::mem::take(&mut self.tasks[slot as usize].buf);
+        // With UNMAP the blocks are deallocated whatever the pattern: they read back as zeroes
+        // (LBPRZ), SBC-3 §5.45.
+        let zero = unmap || ndob || pattern.iter().all(|&b| b == 0);
+        env.counters.ios += 1;
+        env.vol_counters[vol].ops += 1;
+        if !self.enter_section(env, slot, vol) {
+            let (kind, data) = if zero {
+                let k = if unmap { OpKind::Unmap } else { OpKind::Zeroes };
+                (k, Vec::new())
+            } else {
+                let mut d = Vec::with_capacity(len as usize);
+                for _ in 0..blocks {
+                    d.extend_from_slice(&pattern);
+                }
+                (OpKind::Write, d)
+            };
+            self.tasks[slot as usize].buf = pattern;
+            self.divert(env, slot, kind, vec![(off, len)], data, rw.fua);
+            return Ok(());
+        }
+        if zero {
+            let s = if unmap {
+                env.chans[vol].unmap(env.io, tag, off, len, false)
+            } else {
+                env.chans[vol].write_zeroes(env.io, tag, off, len, false)
+            };
+            self.tasks[slot as usize].buf = pattern;
+            self.started(slot, s, true);
+            return Ok(());
+        }
+        // A non-zero pattern: written in chunks of up to 1 MiB of repeated blocks.
+        let per = (u64::from(pages::MAX_XFER_BYTES) / bs).max(1);
+        let mut chunk = self.get_buf((per.min(blocks) * bs) as usize);
+        for _ in 0..per.min(blocks) {
+            chunk.extend_from_slice(&pattern);
+        }
+        let mut at = 0;
+        while at < blocks {
+            let n = per.min(blocks - at);
+            let data = &chunk[..(n * bs) as usize];
+            let s = env.chans[vol].write(env.io, tag, off + at * bs, data, rw.fua);
+            if let Start::Done(Err(e)) = s {
+                self.tasks[slot as usize].result = Err(sense_of(e, true));
+                break;
+            }
+            if s == Start::Pending {
+                self.tasks[slot as usize].parts += 1;
+                self.tasks[slot as usize].stage = Stage::Device;
+            }
+            at += n;
+        }
+        self.put_buf(chunk);
+        self.tasks[slot as usize].buf = pattern;
+        Ok(())
+    }
+
+    /// After the operations of a multi-part command started (their errors are in the task's
+    /// result): complete it now unless some are still at a device.
+    fn settle(&mut self, slot: u32) {
+        if let Some(t) = self.tasks.get(slot as usize)
+            && t.parts == 0
+        {
+            let r = t.result;
+            self.complete(slot, r);
+        }
+    }
+
+    fn unmap(&mut self, env: &mut Env<'_>, slot: u32, l: &LunInfo) -> Result<(), Sense> {
+        let d = std::mem::take(&mut self.tasks[slot as usize].buf);
+        let r = self.unmap_list(env, slot, l, &d);
+        if let Some(t) = self.tasks.get_mut(slot as usize) {
+            t.buf = d;
+        }
+        r
+    }
+
+    fn unmap_list(
+        &mut self,
+        env: &mut Env<'_>,
+        slot: u32,
+        l: &LunInfo,
+        d: &[u8],
+    ) -> Result<(), Sense> {
+        if d.is_empty() {
+            return Ok(());
+        }
+        if d.len() < 8 {
+            return Err(Sense::PARAM_LIST_LENGTH);
+        }
+        let bdl = usize::from(u16::from_be_bytes([d[2], d[3]]));
+        if bdl % 16 != 0 || 8 + bdl > d.len() {
+            return Err(Sense::PARAM_LIST_LENGTH);
+        }
+        if bdl / 16 > pages::MAX_UNMAP_DESCRIPTORS as usize {
+            return Err(Sense::INVALID_FIELD_PARAM);
+        }
+        let descs: Vec<(u64, u64)> = d[8..8 + bdl]
+            .chunks_exact(16)
+            .map(|c| {
+                let lba = u64::from_be_bytes(c[0..8].try_into().unwrap_or([0; 8]));
+                let n = u64::from(u32::from_be_bytes(c[8..12].try_into().unwrap_or([0; 4])));
+                (lba, n)
+            })
+            .collect();
+        for &(lba, n) in &descs {
+            if lba > l.blocks || lba.saturating_add(n) > l.blocks {
+                return Err(Sense::LBA_OUT_OF_RANGE);
+            }
+        }
+        let bs = u64::from(l.block);
+        let vol = self.tasks[slot as usize].vol;
+        let tag = IoTag {
+            conn: env.key,
+            slot,
+        };
+        env.counters.ios += 1;
+        env.vol_counters[vol].ops += 1;
+        if !self.enter_section(env, slot, vol) {
+            let ranges = descs
+                .iter()
+                .filter(|&&(_, n)| n > 0)
+                .map(|&(lba, n)| (lba * bs, n * bs))
+                .collect();
+            self.divert(env, slot, OpKind::Unmap, ranges, Vec::new(), false);
+            return Ok(());
+        }
+        for (lba, n) in descs {
+            if n == 0 {
+                continue;
+            }
+            let s = env.chans[vol].unmap(env.io, tag, lba * bs, n * bs, false);
+            match s {
+                Start::Done(Ok(())) => {}
+                Start::Done(Err(e)) => {
+                    self.tasks[slot as usize].result = Err(sense_of(e, true));
+                    break;
+                }
+                Start::Pending => {
+                    self.tasks[slot as usize].parts += 1;
+                    self.tasks[slot as usize].stage = Stage::Device;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// COMPARE AND WRITE: handed to the volume's home executor as a fused pair.
+    fn compare_and_write(&mut self, env: &mut Env<'_>, slot: u32, off: u64, len: u64, fua: bool) {
+        let Some(sections) = self.sh.nvmf.sections(env.shared) else {
+            return self.complete(slot, Err(Sense::INTERNAL));
+        };
+        let t = &mut self.tasks[slot as usize];
+        let vol = t.vol;
+        let Some(sec) = sections.get(vol) else {
+            return self.complete(slot, Err(Sense::INTERNAL));
+        };
+        let mut buf = std::mem::take(&mut t.buf);
+        let data = buf.split_off(len as usize);
+        let cmp = buf;
+        t.parts = 1;
+        t.stage = Stage::Device;
+        env.counters.ios += 2;
+        env.vol_counters[vol].ops += 2;
+        env.counters.write_bytes += len;
+        env.vol_counters[vol].write_bytes += len;
+        sec.begin_fused();
+        let from = Origin {
+            reactor: env.io.reactor,
+            key: env.key,
+            slot,
+        };
+        sections.to_home(
+            vol,
+            NvNote::Fused(Box::new(FusedReq {
+                vol,
+                from,
+                off,
+                cmp,
+                data,
+                fua,
+            })),
+        );
+    }
+
+    /// A device operation of a task finished.
+    pub(super) fn device_done(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]) {
+        let Some(t) = self.tasks.get_mut(slot as usize) else {
+            tracing::error!(slot, "completion for an unknown iSCSI task slot");
+            return;
+        };
+        t.parts = t.parts.saturating_sub(1);
+        let write = !matches!(t.cmd, Cmd::Read(_) | Cmd::Verify { .. });
+        if let Err(e) = result {
+            t.result = Err(sense_of(e, write));
+        }
+        if t.parts > 0 {
+            return;
+        }
+        let r = t.result;
+        if !write && r.is_ok() {
+            return self.read_done(slot, data);
+        }
+        self.complete(slot, r);
+    }
+
+    /// The home executor answered a COMPARE AND WRITE or a diverted access (read data in
+    /// `data`).
+    pub(super) fn home_done(&mut self, n: NvNote) {
+        if let NvNote::Done {
+            slot,
+            status,
+            status2,
+            data,
+            ..
+        } = n
+        {
+            let r = nv_sense(status).and(nv_sense(status2));
+            let Some(t) = self.tasks.get_mut(slot as usize) else {
+                return;
+            };
+            t.parts = 0;
+            if r.is_ok() && matches!(t.cmd, Cmd::Read(_) | Cmd::Verify { .. }) {
+                return self.read_done(slot, &data);
+            }
+            self.complete(slot, r);
+        }
+    }
+
+    /// Tasks with operations at a device.
+    pub(super) fn tasks_at_device(&self) -> usize {
+        self.tasks.iter().filter(|(_, t)| t.parts > 0).count()
+    }
+
+    /// Whether this nexus may issue a read- (`write` false) or write-class command to LUN
+    /// index `i`: one atomic load, the lock only when the reservation state changed.
+    fn pr_allows(&mut self, i: usize, write: bool) -> bool {
+        let pr = &self.sh.targets[self.target].luns[i].pr;
+        let v = pr.version.load(std::sync::atomic::Ordering::Acquire);
+        if self.pr_cache.len() <= i {
+            self.pr_cache.resize(i + 1, None);
+        }
+        let acc = match self.pr_cache[i] {
+            Some((cv, a)) if cv == v => a,
+            _ => {
+                let (v, a) = pr.access(&self.me);
+                self.pr_cache[i] = Some((v, a));
+                a
+            }
+        };
+        if write { acc.write } else { acc.read }
+    }
+
+    /// A pending unit attention for LUN index `i` (reported once), unless the command is one
+    /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE).
+    fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
+        let l = &self.sh.targets[self.target].luns[i];
+        let changes = env.shared.volumes[l.volume].path.changes();
+        let resets = l.resets.load(std::sync::atomic::Ordering::Acquire);
+        if self.path_seen.len() <= i {
+            self.path_seen.resize(i + 1, None);
+            self.ua.resize(i + 1, None);
+        }
+        match self.path_seen[i] {
+            None => self.path_seen[i] = Some((changes, resets)),
+            Some((c, r)) => {
+                if r != resets {
+                    self.ua[i] = Some(Sense::RESET_OCCURRED);
+                } else if c != changes && self.ua[i].is_none() {
+                    self.ua[i] = Some(Sense::ALUA_CHANGED);
+                }
+                self.path_seen[i] = Some((changes, resets));
+            }
+        }
+        if matches!(
+            cmd,
+            Cmd::Inquiry { .. } | Cmd::ReportLuns { .. } | Cmd::RequestSense { .. }
+        ) {
+            return None;
+        }
+        self.ua[i].take()
+    }
+}
