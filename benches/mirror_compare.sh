@@ -42,7 +42,11 @@
 #   STATE=1 ACTLOG=true bash benches/mirror_compare.sh; STATE=1 ACTLOG=false bash benches/mirror_compare.sh
 # (fio writes 256 MiB: 64 extents of 4 MiB, so after the first writes the log is not written
 # again; ACTLOG_EXTENTS=N, default 1024, makes it smaller to measure a log that keeps changing.
-# A tree without the activity log refuses these fields: not with OLD_BIN.)
+# A tree without the activity log refuses these fields: not with an older OLD_BIN. To compare
+# the log on and off side by side, in turns, give the same binary as OLD_BIN and the old
+# side's setting as OLD_ACTLOG, e.g.
+#   STATE=1 ACTLOG=true OLD_ACTLOG=false OLD_BIN=target/release/twinblk bash benches/mirror_compare.sh
+# (the report's "old tree" is then the same tree with the log off).)
 # Needs: cargo, fio (nbd engine), python3, taskset. Listens on 127.0.0.1 only; always cleans up.
 
 set -euo pipefail
@@ -60,6 +64,7 @@ OLD_CTL=${OLD_CTL:-}
     { echo "mirror_compare: RUNTIME, REPS, RAMP, BASE_PORT must be numbers" >&2; exit 1; }
 ((RUNTIME >= 1)) || { echo "mirror_compare: RUNTIME must be >= 1" >&2; exit 1; }
 INVOCATION="RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP BASE_PORT=$BASE_PORT WAIT_A=$WAIT_A WAIT_B=$WAIT_B CORE_B=$CORE_B bash benches/mirror_compare.sh"
+[[ ${STATE:-0} == 1 ]] && INVOCATION="STATE=1 ACTLOG=${ACTLOG:-true}${ACTLOG_EXTENTS:+ ACTLOG_EXTENTS=$ACTLOG_EXTENTS}${OLD_ACTLOG:+ OLD_ACTLOG=$OLD_ACTLOG} $INVOCATION"
 if [[ -n $OLD_BIN ]]; then
     [[ -f $OLD_BIN && -x $OLD_BIN ]] || { echo "mirror_compare: OLD_BIN=$OLD_BIN is not an executable file" >&2; exit 1; }
     OLD_BIN=$(cd "$(dirname "$OLD_BIN")" && pwd)/$(basename "$OLD_BIN")
@@ -99,7 +104,7 @@ $KEY_LINE"
             mkdir -p "$WORK/state-$1"
             mirror_section="$mirror_section
 state_dir = \"$WORK/state-$1\"
-activity_log = ${ACTLOG:-true}
+activity_log = ${ACTLOG_T:-${ACTLOG:-true}}
 activity_log_extents = ${ACTLOG_EXTENTS:-1024}"
         fi
     fi
@@ -171,10 +176,16 @@ if [[ -n $OLD_BIN ]]; then
     OLD_HELP=$("$OLD_BIN" serve --help 2>&1) || { echo "mirror_compare: $OLD_BIN serve --help failed" >&2; exit 1; }
     grep -q -- --config <<<"$OLD_HELP" || { echo "mirror_compare: $OLD_BIN serve has no --config" >&2; exit 1; }
     key_line_for old "$OLD_BIN"
-    cmp -s <(grep -v '^witness_key_file = ' "$WORK/check.new") <(grep -v '^witness_key_file = ' "$WORK/check.old") ||
-        { echo "mirror_compare: $OLD_BIN reads the site config differently:" >&2; diff "$WORK/check.new" "$WORK/check.old" >&2; exit 1; }
+    # Settings only the new tree has (at their defaults, which the report lists) are allowed;
+    # anything the old tree reads differently is not.
+    CFG_DIFF=$(diff <(grep -v '^witness_key_file = ' "$WORK/check.new") <(grep -v '^witness_key_file = ' "$WORK/check.old") | grep -E '^[<>]' || true)
+    if grep -q '^>' <<<"$CFG_DIFF"; then
+        echo "mirror_compare: $OLD_BIN reads the site config differently:" >&2; diff "$WORK/check.new" "$WORK/check.old" >&2; exit 1
+    fi
+    NEW_ONLY=$(grep '^<' <<<"$CFG_DIFF" | sed 's/^< //' | grep -v '^$' | tr '\n' ';' || true)
     TREES="new old"
     BIN_DESC="$BIN_DESC; old tree: \`$OLD_BIN\` ($(sha256sum "$OLD_BIN" | cut -c1-12), its directory's checkout $(tree_of "$(dirname "$OLD_BIN")")), ctl \`$OLD_CTL\`, mirrored sites $(key_desc "$KEY_LINE_old")"
+    [[ -n $NEW_ONLY ]] && BIN_DESC="$BIN_DESC; settings only the new tree has, at their defaults: \`$NEW_ONLY\`"
 fi
 rm -f "$WORK"/check.*
 read -r -a TREE_LIST <<<"$TREES"
@@ -193,9 +204,9 @@ for rep in $(seq "$REPS"); do
         for qd in 1 32; do
         for tree in "${order[@]}"; do
             if [[ $tree == old ]]; then
-                BIN=$OLD_BIN CTL=$OLD_CTL KEY_LINE=$KEY_LINE_old
+                BIN=$OLD_BIN CTL=$OLD_CTL KEY_LINE=$KEY_LINE_old ACTLOG_T=${OLD_ACTLOG:-${ACTLOG:-true}}
             else
-                BIN=$NEW_BIN CTL=$NEW_CTL KEY_LINE=$KEY_LINE_new
+                BIN=$NEW_BIN CTL=$NEW_CTL KEY_LINE=$KEY_LINE_new ACTLOG_T=${ACTLOG:-true}
             fi
             port=$((port + 4))
             if [[ $mode == single ]]; then
@@ -315,7 +326,12 @@ def div(a, b):
 def met(ok):
     return "MET" if ok else "NOT MET"
 names = {"nbd": "NBD (fio)", "nvmf": "NVMe/TCP (twinblk-nvme)"}
+import os
+_oa = os.environ.get("OLD_ACTLOG")
 title = {"new": "New tree", "old": "Old tree (OLD_BIN)"}
+if _oa:
+    _na = os.environ.get("ACTLOG", "true")
+    title = {"new": f"Activity log {'on' if _na == 'true' else 'off'}", "old": f"Activity log {'on' if _oa == 'true' else 'off'} (OLD_ACTLOG)"}
 print(f"\n4 KiB randwrite, RAM volume, medians of {sys.argv[3]} reps x {sys.argv[2]} s; {sys.argv[4]}")
 for tree in trees:
     m = lambda proto, mode, qd, k: med(tree, proto, mode, qd, k)
