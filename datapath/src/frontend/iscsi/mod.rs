@@ -25,14 +25,11 @@
 
 pub mod chap;
 mod conn;
-mod excl;
 pub mod login;
 pub mod pages;
 pub mod pdu;
 pub mod prs;
 pub mod scsi;
-mod session;
-mod task;
 
 pub use conn::IscsiConn;
 

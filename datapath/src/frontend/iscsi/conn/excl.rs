@@ -11,7 +11,7 @@
 //! Invariants: a task enters at most once (all of its device operations are covered by that
 //! one count) and leaves exactly once; a diverted task never entered.
 
-use super::conn::IscsiConn;
+use super::IscsiConn;
 use crate::frontend::nvmf::Note as NvNote;
 use crate::frontend::nvmf::atomic::{OpKind, OpReq, Origin};
 use crate::runtime::Env;

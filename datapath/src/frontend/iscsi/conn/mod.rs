@@ -28,10 +28,13 @@
 //! - Backpressure: at most [`MAX_TASKS`] tasks and about [`TX_HIGH_WATER`] unsent bytes; past
 //!   either, the connection stops reading until they drain.
 
-use super::IscsiShared;
-use super::login::{self, Negotiation, Params, SessionType};
-use super::pdu::{self, Bhs, Digests, NO_TAG, Req, Violation, op, reject};
-use super::task::Task;
+mod excl;
+mod session;
+mod task;
+
+use crate::frontend::iscsi::IscsiShared;
+use crate::frontend::iscsi::login::{self, Negotiation, Params, SessionType};
+use crate::frontend::iscsi::pdu::{self, Bhs, Digests, NO_TAG, Req, Violation, op, reject};
 use crate::runtime::{Conn, Env};
 use crate::uring::{Errno, Kind, UserData};
 use io_uring::{opcode, squeue, types};
@@ -39,6 +42,7 @@ use slab::Slab;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
+use task::Task;
 
 /// The CmdSN window: MaxCmdSN = ExpCmdSN + CMD_WINDOW - 1.
 pub const CMD_WINDOW: u32 = 128;
@@ -71,7 +75,7 @@ pub(super) struct LoginState {
     /// The security stage passed (AuthMethod None, or CHAP done).
     pub(super) authenticated: bool,
     /// The CHAP exchange, once AuthMethod=CHAP was agreed.
-    pub(super) chap: Option<super::chap::Stage>,
+    pub(super) chap: Option<crate::frontend::iscsi::chap::Stage>,
 }
 
 /// An iSCSI connection.
@@ -98,7 +102,7 @@ pub struct IscsiConn {
     pub(super) exp_cmd_sn: u32,
     /// Non-immediate commands received ahead of ExpCmdSN, by CmdSN.
     pub(super) held: BTreeMap<u32, Vec<u8>>,
-    pub(super) tasks: Slab<Task>,
+    tasks: Slab<Task>,
     /// Recycled buffers for Data-Out and read data.
     pub(super) pool: Vec<Vec<u8>>,
     pub(super) next_ttt: u32,
@@ -110,7 +114,7 @@ pub struct IscsiConn {
     /// Volumes whose atomic section a retired task entered: left in `flush`.
     pub(super) leaves: Vec<usize>,
     /// A unit attention to report on the next command (per LUN index).
-    pub(super) ua: Vec<Option<super::scsi::Sense>>,
+    pub(super) ua: Vec<Option<crate::frontend::iscsi::scsi::Sense>>,
     /// Path-state change and reset counts last seen, per LUN index (unit attentions).
     pub(super) path_seen: Vec<Option<(u64, u64)>>,
     /// The idle-ping timeout of the armed receive (boxed: the kernel reads it at submission).

@@ -15,9 +15,9 @@
 //! Invariants: every Login Request and every TMF request gets exactly one response; TSIHs
 //! handed out are never 0.
 
-use super::conn::{IscsiConn, LoginState, Phase};
-use super::login::{self, LoginStatus, Negotiation, SessionType};
-use super::pdu::{Bhs, Digests, Req, op, sn_le, sn_lt};
+use super::{IscsiConn, LoginState, Phase};
+use crate::frontend::iscsi::login::{self, LoginStatus, Negotiation, SessionType};
+use crate::frontend::iscsi::pdu::{Bhs, Digests, Req, op, sn_le, sn_lt};
 use crate::runtime::Env;
 use std::sync::atomic::Ordering;
 
@@ -114,7 +114,7 @@ impl IscsiConn {
         };
         let (chap_keys, keys): (Keys<'_>, Keys<'_>) = keys
             .into_iter()
-            .partition(|(k, _)| super::chap::is_chap_key(k));
+            .partition(|(k, _)| crate::frontend::iscsi::chap::is_chap_key(k));
         if st.first {
             // The target decides whether AuthMethod must be CHAP: look it up before answering.
             let tn = keys
@@ -169,11 +169,13 @@ impl IscsiConn {
                         if !methods.iter().any(|m| m == "CHAP") {
                             return self.login_fail(env, itt, isid, auth_failed);
                         }
-                        st.chap = Some(super::chap::Stage::default());
+                        st.chap = Some(crate::frontend::iscsi::chap::Stage::default());
                     }
                     match st.chap.as_mut() {
                         Some(stage) => {
-                            if let Err(s) = super::chap::step(stage, c, &chap_keys, &mut out) {
+                            if let Err(s) =
+                                crate::frontend::iscsi::chap::step(stage, c, &chap_keys, &mut out)
+                            {
                                 tracing::warn!(conn = env.key, initiator = %self.initiator, "iSCSI CHAP authentication failed");
                                 return self.login_fail(env, itt, isid, s);
                             }
@@ -183,7 +185,7 @@ impl IscsiConn {
                         }
                         None => {}
                     }
-                    st.authenticated = st.chap == Some(super::chap::Stage::Done);
+                    st.authenticated = st.chap == Some(crate::frontend::iscsi::chap::Stage::Done);
                 }
                 None => {
                     if !chap_keys.is_empty()
@@ -226,7 +228,7 @@ impl IscsiConn {
         if full {
             self.isid = isid;
             self.nexus = self.sh.next_nexus.fetch_add(1, Ordering::Relaxed).max(1);
-            self.me = super::prs::nexus_id(&self.initiator, &isid);
+            self.me = crate::frontend::iscsi::prs::nexus_id(&self.initiator, &isid);
             self.params = st.neg.params.clone();
             self.phase = Phase::Full;
             // Digests apply from the first PDU after the final Login Response.
@@ -264,7 +266,7 @@ impl IscsiConn {
         }
         let func = r.flags() & 0x7F;
         let lun = r.lun();
-        let lun_ok = super::pages::lun_of(&lun)
+        let lun_ok = crate::frontend::iscsi::pages::lun_of(&lun)
             .is_some_and(|n| self.sh.targets[self.target].luns.iter().any(|l| l.lun == n));
         let mut wait = Vec::new();
         let code = match func {
@@ -305,7 +307,7 @@ impl IscsiConn {
                 if func >= 5 {
                     self.held.clear();
                     // Every session sees the reset once, as a unit attention.
-                    let n = super::pages::lun_of(&lun);
+                    let n = crate::frontend::iscsi::pages::lun_of(&lun);
                     for l in &self.sh.targets[self.target].luns {
                         if func != 5 || Some(l.lun) == n {
                             l.resets.fetch_add(1, Ordering::AcqRel);

@@ -21,12 +21,12 @@
 //!   refused (ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT, with the residual), never
 //!   partly written.
 
-use super::conn::IscsiConn;
-use super::pages::{self, LunInfo};
-use super::pdu::{Bhs, NO_TAG, Req, op, reject};
-use super::scsi::{self, Cmd, Sense, status};
+use super::IscsiConn;
 use crate::bdev::volume::PathState;
 use crate::bdev::{ReadStart, Start, in_range};
+use crate::frontend::iscsi::pages::{self, LunInfo};
+use crate::frontend::iscsi::pdu::{Bhs, NO_TAG, Req, op, reject};
+use crate::frontend::iscsi::scsi::{self, Cmd, Sense, status};
 use crate::frontend::nvmf::Note as NvNote;
 use crate::frontend::nvmf::atomic::{FusedReq, OpKind, Origin};
 use crate::frontend::nvmf::cmd::Status as NvStatus;
@@ -268,7 +268,7 @@ impl IscsiConn {
 
     /// A SCSI Command PDU.
     pub(super) fn scsi_cmd(&mut self, env: &mut Env<'_>, r: Req<'_>, ahs: &[u8], data: &[u8]) {
-        if self.session != super::login::SessionType::Normal {
+        if self.session != crate::frontend::iscsi::login::SessionType::Normal {
             return self.reject(env, reject::PROTOCOL, r.0);
         }
         if !ahs.is_empty() {
@@ -688,9 +688,9 @@ impl IscsiConn {
                 let o = pr.out(&self.me, &self.initiator, sa, scope_type, &p);
                 self.tasks[slot as usize].buf = p;
                 match o {
-                    super::prs::Outcome::Good => Ok(()),
-                    super::prs::Outcome::Check(s) => Err(s),
-                    super::prs::Outcome::Conflict => {
+                    crate::frontend::iscsi::prs::Outcome::Good => Ok(()),
+                    crate::frontend::iscsi::prs::Outcome::Check(s) => Err(s),
+                    crate::frontend::iscsi::prs::Outcome::Conflict => {
                         let h = Bhs::new(op::SCSI_RSP, 0x80)
                             .byte(3, status::RESERVATION_CONFLICT)
                             .itt(self.tasks[slot as usize].itt);
