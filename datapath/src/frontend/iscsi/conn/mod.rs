@@ -10,7 +10,8 @@
 //!   final Login Response.
 //! - Full feature: every whole PDU in the receive buffer is acted on in arrival order. SCSI
 //!   commands become tasks (`task.rs`); NOP-Out, Text, Task Management and Logout are answered
-//!   here. Answers accumulate in `tx_pending` and leave in one send per turn.
+//!   here. Answers accumulate in the send queue (`transport::tcp::SendQueue`) and leave in one
+//!   send per turn.
 //! - Closing: no new PDU is acted on; the connection is `done` once no receive, send or
 //!   device operation is in flight.
 //!
@@ -21,8 +22,8 @@
 //! NOP-In answering a NOP-Out, Text, TMF, Logout, Login Responses, Reject).
 //!
 //! Invariants:
-//! - `rx` is resized or compacted only while no receive is armed; `tx_sending` is not touched
-//!   while its send is armed. The kernel never sees a buffer move.
+//! - `rx` is resized or compacted only while no receive is armed; the bytes being sent are not
+//!   touched while their send is armed (`SendQueue`). The kernel never sees a buffer move.
 //! - Every task that reached a device gets exactly one SCSI status, unless it was aborted by a
 //!   task management function or the socket broke.
 //! - Backpressure: at most [`MAX_TASKS`] tasks and about [`TX_HIGH_WATER`] unsent bytes; past
@@ -36,6 +37,7 @@ use crate::frontend::iscsi::IscsiShared;
 use crate::frontend::iscsi::login::{self, Negotiation, Params, SessionType};
 use crate::frontend::iscsi::pdu::{self, Bhs, Digests, NO_TAG, Req, Violation, op, reject};
 use crate::runtime::{Conn, Env};
+use crate::transport::tcp::SendQueue;
 use crate::uring::{Errno, Kind, UserData};
 use io_uring::{opcode, squeue, types};
 use slab::Slab;
@@ -127,10 +129,7 @@ pub struct IscsiConn {
     rx_lo: usize,
     rx_hi: usize,
     recv_armed: bool,
-    tx_sending: Vec<u8>,
-    tx_sent: usize,
-    send_armed: bool,
-    pub(super) tx_pending: Vec<u8>,
+    pub(super) tx: SendQueue,
     pub(super) closing: bool,
     pub(super) broken: bool,
     shutting_down: bool,
@@ -176,10 +175,7 @@ impl IscsiConn {
             rx_lo: 0,
             rx_hi: 0,
             recv_armed: false,
-            tx_sending: Vec::with_capacity(RX_INITIAL),
-            tx_sent: 0,
-            send_armed: false,
-            tx_pending: Vec::with_capacity(RX_INITIAL),
+            tx: SendQueue::with_capacity(RX_INITIAL),
             closing: false,
             broken: false,
             shutting_down: false,
@@ -203,7 +199,7 @@ impl IscsiConn {
 
     /// Append a PDU with this connection's digests.
     pub(super) fn put(&mut self, h: Bhs, data: &[u8]) {
-        pdu::put_pdu(&mut self.tx_pending, h, data, self.dg);
+        pdu::put_pdu(&mut self.tx.pending, h, data, self.dg);
     }
 
     /// A PDU that carries a status: StatSN (taken), ExpCmdSN, MaxCmdSN set.
@@ -234,8 +230,7 @@ impl IscsiConn {
     }
 
     fn paused(&self) -> bool {
-        self.tasks.len() >= MAX_TASKS
-            || self.tx_pending.len() + self.tx_sending.len() >= TX_HIGH_WATER
+        self.tasks.len() >= MAX_TASKS || self.tx.held() >= TX_HIGH_WATER
     }
 
     /// The largest data segment accepted: the target's MaxRecvDataSegmentLength (during
@@ -568,14 +563,6 @@ impl IscsiConn {
         self.put(h, &[]);
     }
 
-    fn arm_send(&mut self, env: &mut Env<'_>) {
-        let rest = &self.tx_sending[self.tx_sent..];
-        // SAFETY: tx_sending is not modified while the send is armed (invariant), and the
-        // connection outlives it.
-        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
-        self.send_armed = true;
-    }
-
     fn cancel(&mut self, env: &mut Env<'_>, kind: Kind) {
         let sqe = opcode::AsyncCancel::new(UserData::new(kind, env.key).0)
             .build()
@@ -585,12 +572,14 @@ impl IscsiConn {
     }
 
     fn try_close(&mut self) {
-        if self.closing && !self.recv_armed && !self.send_armed && self.tasks_at_device() == 0 {
-            let unsent = self.tx_pending.len() + self.tx_sending.len() - self.tx_sent;
-            if unsent == 0 || self.broken {
-                self.closed = true;
-                self.release_reservations();
-            }
+        if self.closing
+            && !self.recv_armed
+            && !self.tx.armed()
+            && self.tasks_at_device() == 0
+            && (self.tx.unsent() == 0 || self.broken)
+        {
+            self.closed = true;
+            self.release_reservations();
         }
     }
 }
@@ -634,21 +623,13 @@ impl Conn for IscsiConn {
     }
 
     fn on_send(&mut self, env: &mut Env<'_>, res: i32) {
-        self.send_armed = false;
-        if res <= 0 {
+        // SAFETY: the connection is not done while a send is armed (`try_close`).
+        if let Err(res) = unsafe { self.tx.on_send(env.io, self.fd.as_raw_fd(), env.key, res) } {
             if res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "send failed");
             }
             self.broken = true;
             self.closing = true;
-            return;
-        }
-        self.tx_sent += res as usize;
-        if self.tx_sent < self.tx_sending.len() {
-            self.arm_send(env);
-        } else {
-            self.tx_sending.clear();
-            self.tx_sent = 0;
         }
     }
 
@@ -685,12 +666,10 @@ impl Conn for IscsiConn {
             self.run_held(env);
         }
         if self.broken {
-            self.tx_pending.clear();
-        } else if !self.send_armed && !self.tx_pending.is_empty() {
-            std::mem::swap(&mut self.tx_sending, &mut self.tx_pending);
-            self.tx_pending.clear();
-            self.tx_sent = 0;
-            self.arm_send(env);
+            self.tx.drop_pending();
+        } else {
+            // SAFETY: the connection is not done while a send is armed (`try_close`).
+            unsafe { self.tx.start(env.io, self.fd.as_raw_fd(), env.key) };
         }
         if !self.closing && !self.recv_armed && !self.paused() {
             self.arm_recv(env);
@@ -717,7 +696,7 @@ impl Conn for IscsiConn {
         if self.recv_armed {
             self.cancel(env, Kind::Recv);
         }
-        if self.send_armed {
+        if self.tx.armed() {
             self.cancel(env, Kind::Send);
         }
     }
@@ -734,8 +713,8 @@ impl Conn for IscsiConn {
             self.tasks_at_device(),
             self.closing,
             self.recv_armed,
-            self.send_armed,
-            self.tx_pending.len() + self.tx_sending.len() - self.tx_sent,
+            self.tx.armed(),
+            self.tx.unsent(),
         )
     }
 }
