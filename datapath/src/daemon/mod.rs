@@ -411,7 +411,6 @@ impl Daemon {
                 let _ = md.persister.set(Arc::clone(p));
             }
             let _ = md.mailboxes.set(mailboxes.clone());
-            let _ = md.meta.set(Arc::clone(&replicator) as _);
         }
         for cd in &cdp_devs {
             let _ = cd.mailboxes.set(mailboxes.clone());
@@ -490,6 +489,24 @@ impl Daemon {
                 allowed: t.allowed_initiators,
                 chap,
             });
+        }
+        // ... and so are the SCSI persistent reservations of their iSCSI logical units.
+        let pr_replicator = Arc::new(crate::frontend::iscsi::prs::PrReplicator::new(
+            iscsi_targets
+                .iter()
+                .flat_map(|t| {
+                    t.luns
+                        .iter()
+                        .map(|l| (t.iqn.clone(), l.lun, l.volume, Arc::clone(&l.pr)))
+                })
+                .collect(),
+        ));
+        let mut router = crate::layer::mirror::engine::MetaRouter::new();
+        router.add(crate::frontend::nvmf::resv::META_KIND, replicator);
+        router.add(crate::frontend::iscsi::prs::META_KIND, pr_replicator);
+        let meta = Arc::new(router);
+        for md in &mirror_devs {
+            let _ = md.meta.set(Arc::clone(&meta) as _);
         }
         let iscsi = Arc::new(IscsiShared {
             targets: iscsi_targets,

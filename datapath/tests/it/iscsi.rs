@@ -2,7 +2,7 @@
 //! twice for its multipath tests), qemu-img / qemu-io through `iscsi://` URLs, and malformed
 //! PDUs from a raw client (Reject or a dropped connection, never a panic, data intact).
 
-use crate::harness::{need, pattern, run};
+use crate::harness::{Server, free_port, need, pattern, run};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -281,6 +281,15 @@ impl Raw {
     }
 
     fn login_dd(addr: SocketAddr, header_digest: bool, data_digest: bool) -> Raw {
+        Self::login_full(addr, "iqn.2026-11.test:raw", header_digest, data_digest)
+    }
+
+    /// Log in as initiator `name`.
+    fn login_as(addr: SocketAddr, name: &str) -> Raw {
+        Self::login_full(addr, name, false, false)
+    }
+
+    fn login_full(addr: SocketAddr, name: &str, header_digest: bool, data_digest: bool) -> Raw {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
@@ -288,7 +297,7 @@ impl Raw {
         put32(&mut h, 16, 1);
         put32(&mut h, 24, 1);
         let keys = format!(
-            "InitiatorName=iqn.2026-11.test:raw\0SessionType=Normal\0TargetName={IQN}\0HeaderDigest={}\0DataDigest={}\0ImmediateData=Yes\0InitialR2T=Yes\0MaxBurstLength=262144\0FirstBurstLength=65536\0",
+            "InitiatorName={name}\0SessionType=Normal\0TargetName={IQN}\0HeaderDigest={}\0DataDigest={}\0ImmediateData=Yes\0InitialR2T=Yes\0MaxBurstLength=262144\0FirstBurstLength=65536\0",
             if header_digest { "CRC32C" } else { "None" },
             if data_digest { "CRC32C" } else { "None" }
         );
@@ -303,7 +312,7 @@ impl Raw {
         assert_eq!(h[0] & 0x3F, 0x23, "login response");
         assert_eq!((h[36], h[37]), (0, 0), "login status");
         assert_eq!(h[1] & 0x83, 0x83, "transit to full feature phase");
-        assert!(String::from_utf8_lossy(&data).contains("TargetPortalGroupTag=1"));
+        assert!(String::from_utf8_lossy(&data).contains("TargetPortalGroupTag="));
         r.hd = header_digest;
         r.dd = data_digest;
         r
@@ -846,4 +855,146 @@ fn a_read_behind_a_compare_and_write_waits_for_it() {
     }
     assert_eq!(caw_status, Some(0), "the compare matched");
     assert_eq!(got.unwrap(), new, "the read saw the pair's write");
+}
+
+// ----- persistent reservations across the two sites of a mirrored volume -----
+
+/// Site `me` of a mirrored volume (crate::mirror's sites) with an iSCSI portal.
+fn iscsi_site(
+    root: &std::path::Path,
+    me: &str,
+    peer: &str,
+    listen: u16,
+    peer_port: u16,
+) -> (Server, SocketAddr) {
+    let d = root.join(me);
+    std::fs::create_dir_all(&d).unwrap();
+    let port = free_port();
+    let s = Server::start_nvmf(
+        &d,
+        &format!("[iscsi]\nlisten=['127.0.0.1:{port}']"),
+        &crate::mirror::site_body(root, me, peer, listen, peer_port, 10_000),
+    );
+    (s, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// PERSISTENT RESERVE OUT: (status, sense key, ASC, ASCQ).
+fn prout(r: &mut Raw, itt: u32, sa: u8, rtype: u8, key: u64, sa_key: u64) -> (u8, u8, u8, u8) {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5F;
+    cdb[1] = sa;
+    cdb[2] = rtype;
+    cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
+    let mut p = [0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    r.scsi(itt, &cdb, 24, 0xA0, &p);
+    let (h, d) = r.read_pdu().expect("a SCSI Response");
+    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response");
+    let s = if d.len() >= 16 {
+        (d[4] & 0x0F, d[14], d[15])
+    } else {
+        (0, 0, 0)
+    };
+    (h[3], s.0, s.1, s.2)
+}
+
+/// PERSISTENT RESERVE IN service action `sa`: its data.
+fn prin(r: &mut Raw, itt: u32, sa: u8) -> Vec<u8> {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5E;
+    cdb[1] = sa;
+    cdb[7..9].copy_from_slice(&4096u16.to_be_bytes());
+    let (st, _, _, _, d) = status_of(r, itt, &cdb, 4096);
+    assert_eq!(st, 0, "PERSISTENT RESERVE IN {sa}");
+    d
+}
+
+/// WRITE(10) of one block at LBA 0 (`bs` bytes, immediate): its status.
+fn write_one(r: &mut Raw, itt: u32, bs: usize) -> u8 {
+    r.scsi(
+        itt,
+        &write10(0, 1),
+        bs as u32,
+        0xA0,
+        &pattern(itt as u64, bs),
+    );
+    let (h, _) = r.read_pdu().expect("a SCSI Response");
+    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response");
+    h[3]
+}
+
+/// The leader site decides every PERSISTENT RESERVE OUT of a mirrored volume, whichever site's
+/// portal it came through, and the other site enforces and reports the decided state (what no
+/// open target does: LIO keeps reservations in a local file). A site that comes back empty gets
+/// the leader's whole state with its first session.
+#[test]
+fn persistent_reservations_are_decided_by_the_leader_and_enforced_at_both_sites() {
+    const CONFLICT: u8 = 0x18;
+    let (ka, kb) = (0xA1u64, 0xB2u64);
+    let root = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, ia) = iscsi_site(root.path(), "a", "b", pa, pb);
+    let (b, ib) = iscsi_site(root.path(), "b", "a", pb, pa);
+    crate::mirror::wait_up(&a);
+    crate::mirror::wait_up(&b);
+    let mut h1 = Raw::login_as(ia, "iqn.2026-12.test:host1");
+    let mut h2 = Raw::login_as(ib, "iqn.2026-12.test:host2");
+    let (_, _, _, _, cap) = status_of(&mut h1, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8);
+    let bs = u32::from_be_bytes(cap[4..8].try_into().unwrap()) as usize;
+    // Host 1 registers at site a (the leader), host 2 at site b; host 1 takes Write Exclusive.
+    assert_eq!(prout(&mut h1, 2, 0, 0, 0, ka).0, 0);
+    assert_eq!(prout(&mut h2, 2, 0, 0, 0, kb).0, 0);
+    assert_eq!(prout(&mut h1, 3, 1, 1, ka, 0).0, 0);
+    // Site b enforces what site a decided as soon as the command completed.
+    assert_eq!(write_one(&mut h2, 3, bs), CONFLICT);
+    assert_eq!(write_one(&mut h1, 4, bs), 0);
+    // Host 2's reserve, sent through site b, is decided at the leader against host 1's.
+    assert_eq!(prout(&mut h2, 4, 1, 1, kb, 0).0, CONFLICT);
+    // A release of the wrong type is refused where it is decided, with its sense.
+    assert_eq!(prout(&mut h1, 5, 2, 3, ka, 0), (0x02, 0x05, 0x26, 0x04));
+    // Both sites report one state: keys, generation, the holder and its type.
+    let (keys_a, keys_b) = (prin(&mut h1, 6, 0), prin(&mut h2, 6, 0));
+    assert_eq!(keys_a, keys_b);
+    assert_eq!(
+        u32::from_be_bytes(keys_a[0..4].try_into().unwrap()),
+        2,
+        "generation"
+    );
+    assert_eq!(&keys_a[8..16], &ka.to_be_bytes());
+    assert_eq!(&keys_a[16..24], &kb.to_be_bytes());
+    let res_b = prin(&mut h2, 7, 1);
+    assert_eq!((&res_b[8..16], res_b[21]), (&ka.to_be_bytes()[..], 1));
+    let full_b = prin(&mut h2, 8, 3);
+    assert!(
+        String::from_utf8_lossy(&full_b).contains("iqn.2026-12.test:host1"),
+        "READ FULL STATUS at site b names the holder registered at site a"
+    );
+    // Host 2 preempts host 1 through site b: host 1 is refused at site a.
+    assert_eq!(prout(&mut h2, 9, 4, 1, kb, ka).0, 0);
+    assert_eq!(write_one(&mut h1, 10, bs), CONFLICT);
+    assert_eq!(write_one(&mut h2, 10, bs), 0);
+    assert_eq!(prin(&mut h1, 11, 0), prin(&mut h2, 11, 0));
+    // Site b restarts empty (reservations are not persisted): its first session with the
+    // leader brings the whole state, so host 1 is refused at site b as well.
+    drop(h2);
+    let mut b = b;
+    b.kill();
+    drop(b);
+    let (b, ib) = iscsi_site(root.path(), "b", "a", free_port(), pa);
+    crate::mirror::wait_up(&b);
+    let mut h1b = Raw::login_as(ib, "iqn.2026-12.test:host1");
+    let t = std::time::Instant::now();
+    loop {
+        let keys = prin(&mut h1b, 20 + t.elapsed().as_millis() as u32, 0);
+        if keys.len() >= 16 && keys[8..16] == kb.to_be_bytes() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "site b never got the state: {keys:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(write_one(&mut h1b, 1000, bs), CONFLICT);
 }

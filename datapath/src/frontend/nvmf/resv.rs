@@ -758,6 +758,10 @@ impl ResvTable {
     }
 }
 
+/// Kind byte of NVMe reservation commands and states among a mirrored volume's metadata
+/// (`layer::mirror::engine::MetaRouter`).
+pub const META_KIND: u8 = 1;
+
 /// A subsystem as the replicator sees it: NQN, reservation table, (nsid, volume) of each
 /// namespace.
 pub type ReplicatedSubsystem = (String, std::sync::Arc<ResvTable>, Vec<(u32, usize)>);

@@ -26,6 +26,7 @@ use crate::bdev::volume::PathState;
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::iscsi::pages::{self, LunInfo};
 use crate::frontend::iscsi::pdu::{Bhs, NO_TAG, Req, op, reject};
+use crate::frontend::iscsi::prs;
 use crate::frontend::iscsi::scsi::{self, Cmd, Sense, status};
 use crate::frontend::nvmf::Note as NvNote;
 use crate::frontend::nvmf::atomic::{FusedReq, OpKind, Origin};
@@ -85,7 +86,9 @@ pub(super) fn sense_of(e: Errno, write: bool) -> Sense {
         Errno::INVAL => Sense::INVALID_FIELD_CDB,
         Errno::NOTSUP => Sense::INVALID_OPCODE,
         Errno::PERM => Sense::WRITE_PROTECTED,
-        Errno::SHUTDOWN => Sense::ALUA_UNAVAILABLE,
+        // This site cannot serve it (no read lease, fenced, refused): another path may, so
+        // the path's state, never a medium error (multipath does not fail over on those).
+        Errno::SHUTDOWN | Errno::UNAVAILABLE => Sense::ALUA_UNAVAILABLE,
         _ if write => Sense::WRITE_ERROR,
         _ => Sense::READ_ERROR,
     }
@@ -683,22 +686,17 @@ impl IscsiConn {
                 };
             }
             Cmd::PrOut { sa, scope_type, .. } => {
-                let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
                 let p = std::mem::take(&mut self.tasks[slot as usize].buf);
-                let o = pr.out(&self.me, &self.initiator, sa, scope_type, &p);
+                let parsed = prs::parse_out(sa, scope_type, &p);
                 self.tasks[slot as usize].buf = p;
-                match o {
-                    crate::frontend::iscsi::prs::Outcome::Good => Ok(()),
-                    crate::frontend::iscsi::prs::Outcome::Check(s) => Err(s),
-                    crate::frontend::iscsi::prs::Outcome::Conflict => {
-                        let h = Bhs::new(op::SCSI_RSP, 0x80)
-                            .byte(3, status::RESERVATION_CONFLICT)
-                            .itt(self.tasks[slot as usize].itt);
-                        self.put_status(h, &[]);
-                        let t = self.tasks.remove(slot as usize);
-                        return self.put_buf(t.buf);
-                    }
-                }
+                let o = match parsed {
+                    Err(s) => prs::Outcome::Check(s),
+                    Ok(out) => match self.pr_out(env, slot, vol, lun_idx, out) {
+                        Some(o) => o,
+                        None => return,
+                    },
+                };
+                return self.pr_done(slot, o);
             }
             Cmd::Reserve | Cmd::Release => {
                 let cell = &self.sh.targets[self.target].luns[lun_idx].reserved;
@@ -708,14 +706,7 @@ impl IscsiConn {
                     match cell.compare_exchange(0, self.nexus, o, a) {
                         Ok(_) => Ok(()),
                         Err(h) if h == self.nexus => Ok(()),
-                        Err(_) => {
-                            let h = Bhs::new(op::SCSI_RSP, 0x80)
-                                .byte(3, status::RESERVATION_CONFLICT)
-                                .itt(self.tasks[slot as usize].itt);
-                            self.put_status(h, &[]);
-                            let t = self.tasks.remove(slot as usize);
-                            return self.put_buf(t.buf);
-                        }
+                        Err(_) => return self.conflict(slot),
                     }
                 } else {
                     // Releasing another nexus's reservation (or none) does nothing.
@@ -1103,12 +1094,79 @@ impl IscsiConn {
     }
 
     /// A device operation of a task finished.
+    /// A checked PERSISTENT RESERVE OUT: on a mirrored volume sent through its channel to the
+    /// volume's leader site, which decides it for both sites (`None`: pending, answered in
+    /// [`Self::device_done`]); on any other volume decided here.
+    fn pr_out(
+        &mut self,
+        env: &mut Env<'_>,
+        slot: u32,
+        vol: usize,
+        lun_idx: usize,
+        out: prs::PrOut,
+    ) -> Option<prs::Outcome> {
+        let t = &self.sh.targets[self.target];
+        let pr = std::sync::Arc::clone(&t.luns[lun_idx].pr);
+        let cmd = prs::PrCmd {
+            target: t.iqn.clone(),
+            lun: t.luns[lun_idx].lun,
+            me: self.me,
+            name: self.initiator.clone(),
+            out,
+        };
+        let bytes = crate::layer::mirror::engine::tagged(prs::META_KIND, &cmd.encode());
+        let tag = IoTag {
+            conn: env.key,
+            slot,
+        };
+        match env.chans[vol].meta(env.io, tag, &bytes) {
+            None => Some(pr.apply(&self.me, &self.initiator, &out)),
+            Some(Start::Done(r)) => Some(prs::outcome_of(r)),
+            Some(Start::Pending) => {
+                let t = &mut self.tasks[slot as usize];
+                t.parts += 1;
+                t.stage = Stage::Device;
+                None
+            }
+        }
+    }
+
+    /// Answer a PERSISTENT RESERVE OUT.
+    fn pr_done(&mut self, slot: u32, o: prs::Outcome) {
+        match o {
+            prs::Outcome::Good => self.complete(slot, Ok(())),
+            prs::Outcome::Check(s) => self.complete(slot, Err(s)),
+            prs::Outcome::Conflict => self.conflict(slot),
+        }
+    }
+
+    /// Answer RESERVATION CONFLICT (a status without sense data).
+    fn conflict(&mut self, slot: u32) {
+        let Some(t) = self.tasks.try_remove(slot as usize) else {
+            return;
+        };
+        if t.entered {
+            self.leaves.push(t.vol);
+        }
+        if !t.aborted {
+            self.errors += 1;
+            let h = Bhs::new(op::SCSI_RSP, 0x80)
+                .byte(3, status::RESERVATION_CONFLICT)
+                .itt(t.itt);
+            self.put_status(h, &[]);
+        }
+        self.put_buf(t.buf);
+    }
+
     pub(super) fn device_done(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]) {
         let Some(t) = self.tasks.get_mut(slot as usize) else {
             tracing::error!(slot, "completion for an unknown iSCSI task slot");
             return;
         };
         t.parts = t.parts.saturating_sub(1);
+        if matches!(t.cmd, Cmd::PrOut { .. }) {
+            return self.pr_done(slot, prs::outcome_of(result));
+        }
         let write = !matches!(t.cmd, Cmd::Read(_) | Cmd::Verify { .. });
         if let Err(e) = result {
             t.result = Err(sense_of(e, write));
@@ -1198,5 +1256,20 @@ impl IscsiConn {
             return None;
         }
         self.ua[i].take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_another_path_may_serve_answers_the_path_state_never_a_medium_error() {
+        for e in [Errno::UNAVAILABLE, Errno::SHUTDOWN] {
+            assert_eq!(sense_of(e, true), Sense::ALUA_UNAVAILABLE, "{e:?} write");
+            assert_eq!(sense_of(e, false), Sense::ALUA_UNAVAILABLE, "{e:?} read");
+        }
+        assert_eq!(sense_of(Errno::IO, true), Sense::WRITE_ERROR);
+        assert_eq!(sense_of(Errno::IO, false), Sense::READ_ERROR);
     }
 }
