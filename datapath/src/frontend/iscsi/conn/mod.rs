@@ -137,6 +137,8 @@ pub struct IscsiConn {
     cancel_sent: bool,
     closed: bool,
     pub(super) errors: u64,
+    /// This session's entry in the hosts registry (normal sessions, from login until closed).
+    pub(super) host: Option<crate::runtime::hosts::HostHandle>,
 }
 
 impl IscsiConn {
@@ -186,6 +188,7 @@ impl IscsiConn {
             cancel_sent: false,
             closed: false,
             errors: 0,
+            host: None,
         }
     }
 
@@ -700,6 +703,12 @@ impl Conn for IscsiConn {
             self.cancel(env, Kind::Recv);
         }
         self.try_close();
+        if let Some(h) = &self.host {
+            h.set_inflight(self.tasks.len());
+        }
+        if self.closed {
+            self.host = None;
+        }
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {
