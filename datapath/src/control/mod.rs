@@ -326,7 +326,9 @@ const CHECKSUMS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// an unmirrored volume and while this site's replica is not a replica to compare
 /// (resyncing, waiting, failed).
 fn checksums(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String> {
-    let p = params.ok_or("params: {\"volume\": NAME, \"region\": BYTES, \"offset\": BYTES, \"length\": BYTES}")?;
+    let p = params.ok_or(
+        "params: {\"volume\": NAME, \"region\": BYTES, \"offset\": BYTES, \"length\": BYTES}",
+    )?;
     let name = p
         .get("volume")
         .and_then(Value::as_str)
@@ -353,20 +355,37 @@ fn checksums(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String
         .mirrors
         .iter()
         .find(|m| m.vol == vol)
-        .ok_or_else(|| format!("volume {name:?} is not mirrored: there is no second replica to compare"))?;
+        .ok_or_else(|| {
+            format!("volume {name:?} is not mirrored: there is no second replica to compare")
+        })?;
     let snap = m.stats.snapshot(name, m.leader);
     let why = match snap.state {
-        "resyncing" => Some("this site's replica is being resynced from its peer: it is incomplete until the resync ends"),
-        "waiting" => Some("this site waits for its peer to decide whether its replica holds every acknowledged write"),
+        "resyncing" => Some(
+            "this site's replica is being resynced from its peer: it is incomplete until the resync ends",
+        ),
+        "waiting" => Some(
+            "this site waits for its peer to decide whether its replica holds every acknowledged write",
+        ),
         "failed" => Some("the volume is stopped at this site (see mirror_status's failure)"),
         _ => None,
     };
     if let Some(why) = why {
-        return Err(format!("volume {name:?} is {} at this site: {why}", snap.state));
+        return Err(format!(
+            "volume {name:?} is {} at this site: {why}",
+            snap.state
+        ));
     }
     let info = &shared.rt.volumes[vol].info;
-    let r = verify::check(info.size, u64::from(info.block_size), offset, length, region)?;
-    let service = shared.checksums.ok_or("checksums are not served by this daemon")?;
+    let r = verify::check(
+        info.size,
+        u64::from(info.block_size),
+        offset,
+        length,
+        region,
+    )?;
+    let service = shared
+        .checksums
+        .ok_or("checksums are not served by this daemon")?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let mailbox = shared
         .rt

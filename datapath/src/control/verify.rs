@@ -374,15 +374,43 @@ mod tests {
         );
         // The last region may be short.
         assert!(check(4 * mib, 4096, 4096, None, 65536).is_ok());
-        assert!(check(4 * mib, 4096, 0, None, 0).unwrap_err().contains("at least one block"));
-        assert!(check(4 * mib, 4096, 0, None, 1000).unwrap_err().contains("multiple"));
-        assert!(check(4 * mib, 4096, 512, None, 4096).unwrap_err().contains("offset"));
-        assert!(check(4 * mib, 4096, 4 * mib, None, 4096).unwrap_err().contains("past the end"));
-        assert!(check(4 * mib, 4096, 0, Some(8 * mib), 4096).unwrap_err().contains("past the end"));
+        assert!(
+            check(4 * mib, 4096, 0, None, 0)
+                .unwrap_err()
+                .contains("at least one block")
+        );
+        assert!(
+            check(4 * mib, 4096, 0, None, 1000)
+                .unwrap_err()
+                .contains("multiple")
+        );
+        assert!(
+            check(4 * mib, 4096, 512, None, 4096)
+                .unwrap_err()
+                .contains("offset")
+        );
+        assert!(
+            check(4 * mib, 4096, 4 * mib, None, 4096)
+                .unwrap_err()
+                .contains("past the end")
+        );
+        assert!(
+            check(4 * mib, 4096, 0, Some(8 * mib), 4096)
+                .unwrap_err()
+                .contains("past the end")
+        );
         assert!(check(4 * mib, 4096, 0, Some(0), 4096).is_err());
         assert!(check(u64::MAX - 4095, 4096, u64::MAX - 8191, Some(8192), 4096).is_err());
-        assert!(check(1 << 40, 4096, 0, None, 4096).unwrap_err().contains("in parts"));
-        assert!(check(256 * mib, 4096, 0, None, 4096).unwrap_err().contains("regions"));
+        assert!(
+            check(1 << 40, 4096, 0, None, 4096)
+                .unwrap_err()
+                .contains("in parts")
+        );
+        assert!(
+            check(256 * mib, 512, 0, None, 512)
+                .unwrap_err()
+                .contains("regions")
+        );
     }
 
     #[test]

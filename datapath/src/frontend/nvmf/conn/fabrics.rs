@@ -176,7 +176,13 @@ impl NvmfConn {
         rec.peer = crate::transport::tcp::peer_addr(&self.fd);
         rec.host = Some(hostnqn.to_string());
         rec.volumes = subsys
-            .map(|s| nv.subsystems[s].namespaces.iter().map(|n| n.volume).collect())
+            .map(|s| {
+                nv.subsystems[s]
+                    .namespaces
+                    .iter()
+                    .map(|n| n.volume)
+                    .collect()
+            })
             .unwrap_or_default();
         rec.queue = Some(qid);
         rec.controller = Some(id);
