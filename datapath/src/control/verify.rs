@@ -80,12 +80,12 @@ pub fn check(
     if region == 0 {
         return Err("\"region\" must be at least one block".into());
     }
-    if region % block != 0 {
+    if !region.is_multiple_of(block) {
         return Err(format!(
             "\"region\" {region} is not a multiple of the volume's block size {block}"
         ));
     }
-    if offset % block != 0 {
+    if !offset.is_multiple_of(block) {
         return Err(format!(
             "\"offset\" {offset} is not a multiple of the volume's block size {block}"
         ));
@@ -99,7 +99,7 @@ pub fn check(
     if length == 0 {
         return Err("\"length\" must be at least one block".into());
     }
-    if length % block != 0 {
+    if !length.is_multiple_of(block) {
         return Err(format!(
             "\"length\" {length} is not a multiple of the volume's block size {block}"
         ));
