@@ -847,3 +847,28 @@ fn a_read_behind_a_compare_and_write_waits_for_it() {
     assert_eq!(caw_status, Some(0), "the compare matched");
     assert_eq!(got.unwrap(), new, "the read saw the pair's write");
 }
+
+#[test]
+fn a_logged_in_session_is_listed_in_the_hosts_registry_until_it_closes() {
+    let (d, addr) = daemon("16MiB");
+    assert!(d.shared().hosts.is_empty());
+    let mut r = Raw::login(addr, false);
+    r.nop(1);
+    let l = d.shared().hosts.list();
+    assert_eq!(l.len(), 1, "{l:?}");
+    let h = &l[0].1;
+    assert_eq!(h.proto, "iscsi");
+    assert_eq!(h.host.as_deref(), Some("iqn.2026-11.test:raw"));
+    assert_eq!(h.target, IQN);
+    assert_eq!(h.volumes, vec![0]);
+    assert_eq!(h.peer, Some(r.s.local_addr().unwrap()));
+    drop(r);
+    let t = std::time::Instant::now();
+    while !d.shared().hosts.is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the closed session is still listed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
