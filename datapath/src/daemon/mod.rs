@@ -41,6 +41,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use thiserror::Error;
 
+/// The runtime service index of the checksum executors (`volume_checksums`); service 0 is
+/// the NVMe atomic-section executors (`nvmf.home_service`).
+const CHECKSUM_SERVICE: u32 = 1;
+
 /// Why the daemon could not start.
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -541,7 +545,13 @@ impl Daemon {
         let shared = Arc::new(Shared {
             volumes,
             listeners,
-            services: vec![Arc::new(HomeService::new(Arc::clone(&nvmf)))],
+            // Service 0: the NVMe atomic-section executors; 1: the checksum executors.
+            services: vec![
+                Arc::new(HomeService::new(Arc::clone(&nvmf))),
+                Arc::new(crate::control::verify::ChecksumService {
+                    index: CHECKSUM_SERVICE,
+                }),
+            ],
             // CDP's pollers after the mirror's: a turn's applies are journaled in that turn.
             pollers: mirror_devs
                 .iter()
@@ -551,6 +561,7 @@ impl Daemon {
             mailboxes,
             stats,
             running: std::sync::atomic::AtomicUsize::new(n),
+            hosts: Arc::default(),
         });
         let policy = match cfg.reactor.wait {
             Wait::Poll => WaitPolicy::Poll,
@@ -657,6 +668,7 @@ impl Daemon {
             nvmf: Arc::clone(&nvmf),
             mirrors,
             cdp: cdp_infos,
+            checksums: Some(CHECKSUM_SERVICE),
         });
         if !cfg.control.socket.as_os_str().is_empty() {
             match ControlServer::start(&cfg.control.socket, Arc::clone(&cx), cfg.clone()) {

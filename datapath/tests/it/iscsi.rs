@@ -998,3 +998,28 @@ fn persistent_reservations_are_decided_by_the_leader_and_enforced_at_both_sites(
     }
     assert_eq!(write_one(&mut h1b, 1000, bs), CONFLICT);
 }
+
+#[test]
+fn a_logged_in_session_is_listed_in_the_hosts_registry_until_it_closes() {
+    let (d, addr) = daemon("16MiB");
+    assert!(d.shared().hosts.is_empty());
+    let mut r = Raw::login(addr, false);
+    r.nop(1);
+    let l = d.shared().hosts.list();
+    assert_eq!(l.len(), 1, "{l:?}");
+    let h = &l[0].1;
+    assert_eq!(h.proto, "iscsi");
+    assert_eq!(h.host.as_deref(), Some("iqn.2026-11.test:raw"));
+    assert_eq!(h.target, IQN);
+    assert_eq!(h.volumes, vec![0]);
+    assert_eq!(h.peer, Some(r.s.local_addr().unwrap()));
+    drop(r);
+    let t = std::time::Instant::now();
+    while !d.shared().hosts.is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the closed session is still listed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -64,6 +64,25 @@ enum Cmd {
         /// For `rate`: bytes per second (at least 1 MiB/s, or 0).
         bytes_per_s: Option<u64>,
     },
+    /// Compare the two sites' replicas of VOLUME region by region (CRC32C of each site's own
+    /// replica, `volume_checksums`), throttled; exit 0 when identical, 7 when regions differ
+    /// (listed), 3 when the sites are not in sync. Needs both sites' --socket.
+    Verify {
+        /// The volume.
+        volume: String,
+        /// Region size in bytes (a multiple of the volume's block size).
+        #[arg(long, default_value_t = 1 << 20)]
+        region: u64,
+        /// Bytes per second read at each site (0: no limit).
+        #[arg(long, value_name = "BYTES_PER_S", default_value_t = 100 << 20)]
+        rate: u64,
+    },
+    /// The hosts connected to each site given (`host_list`): per volume, each connection's
+    /// protocol, reactor, peer address, queue, requests in flight, host identity and target.
+    Hosts {
+        /// Only the connections reaching this volume.
+        volume: Option<String>,
+    },
     /// Send one JSON-RPC method and print its result (docs/control.md lists them).
     Call {
         /// The method, e.g. mirror_status.
@@ -211,6 +230,45 @@ fn run(cli: Cli) -> i32 {
                 }
             };
             raw(&cli, "mirror_resync", Some(&params.to_string()))
+        }
+        Cmd::Verify {
+            volume,
+            region,
+            rate,
+        } => {
+            let opts = ctl::verify::VerifyOpts {
+                volume: volume.clone(),
+                region: *region,
+                rate: *rate,
+                progress: true,
+            };
+            match ctl::verify::verify(&cli.sockets, &opts) {
+                Err(e) => {
+                    eprintln!("twinblk-ctl: verify {volume}: {e}");
+                    e.exit_code()
+                }
+                Ok(r) => {
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    } else {
+                        print!("{}", ctl::verify::render(&r));
+                    }
+                    r.exit_code()
+                }
+            }
+        }
+        Cmd::Hosts { volume } => {
+            let mut sites = cli.sockets.clone();
+            if sites.is_empty() {
+                sites.push("/run/twinblk/twinblk.sock".parse().expect("a path"));
+            }
+            let (h, code) = ctl::verify::hosts(&sites, volume.as_deref());
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
+            } else {
+                print!("{}", ctl::verify::render_hosts(&h));
+            }
+            code
         }
         Cmd::Call { method, params } => raw(&cli, method, params.as_deref()),
         Cmd::Raw(words) => {

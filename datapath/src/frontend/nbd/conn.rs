@@ -25,6 +25,7 @@
 use super::NbdExport;
 use super::proto::{self, cflag, chunk, cmd, err, info, opt, rep, tflag};
 use crate::bdev::{ReadStart, Start, in_range};
+use crate::runtime::hosts::{HostHandle, HostRecord};
 use crate::runtime::{Conn, Env};
 use crate::transport::tcp::SendQueue;
 use crate::uring::{Errno, IoTag, Kind, UserData};
@@ -87,6 +88,10 @@ pub struct NbdConn {
     closed: bool,
     /// Failed operations not yet added to the reactor's per-volume counters.
     errors: u64,
+    /// The export chosen (valid once a volume was selected).
+    export: usize,
+    /// This connection's entry in the hosts registry (from transmission until closed).
+    host: Option<HostHandle>,
 }
 
 fn nbd_error(e: Errno) -> u32 {
@@ -130,6 +135,8 @@ impl NbdConn {
             cancel_sent: false,
             closed: false,
             errors: 0,
+            export: 0,
+            host: None,
         }
     }
 
@@ -300,9 +307,20 @@ impl NbdConn {
         let e = &self.exports[export];
         let v = &env.shared.volumes[e.volume];
         self.vol = e.volume;
+        self.export = export;
         self.size = v.info.size;
         self.min_io = v.info.min_io;
         self.read_only = e.read_only;
+    }
+
+    /// The export is chosen: serve requests, and list the connection in the hosts registry.
+    fn enter_transmission(&mut self, env: &Env<'_>) {
+        self.phase = Phase::Transmission;
+        let e = &self.exports[self.export];
+        let mut rec = HostRecord::new("nbd", env.io.reactor, env.key, e.name.clone());
+        rec.peer = crate::transport::tcp::peer_addr(&self.fd);
+        rec.volumes = vec![e.volume];
+        self.host = Some(env.shared.hosts.register(rec));
     }
 
     fn option(&mut self, env: &mut Env<'_>, code: u32, data: &[u8]) {
@@ -329,7 +347,7 @@ impl NbdConn {
                     if !self.no_zeroes {
                         self.tx.pending.extend_from_slice(&[0u8; 124]);
                     }
-                    self.phase = Phase::Transmission;
+                    self.enter_transmission(env);
                 }
             },
             opt::ABORT => {
@@ -430,7 +448,7 @@ impl NbdConn {
         }
         self.reply(code, rep::ACK, &[]);
         if code == opt::GO {
-            self.phase = Phase::Transmission;
+            self.enter_transmission(env);
         }
     }
 
@@ -630,6 +648,12 @@ impl Conn for NbdConn {
             self.arm_recv(env);
         }
         self.try_close();
+        if let Some(h) = &self.host {
+            h.set_inflight(self.reqs.len());
+        }
+        if self.closed {
+            self.host = None;
+        }
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {

@@ -136,6 +136,8 @@ pub struct IscsiConn {
     cancel_sent: bool,
     closed: bool,
     pub(super) errors: u64,
+    /// This session's entry in the hosts registry (normal sessions, from login until closed).
+    pub(super) host: Option<crate::runtime::hosts::HostHandle>,
 }
 
 impl IscsiConn {
@@ -182,6 +184,7 @@ impl IscsiConn {
             cancel_sent: false,
             closed: false,
             errors: 0,
+            host: None,
         }
     }
 
@@ -679,6 +682,12 @@ impl Conn for IscsiConn {
             self.cancel(env, Kind::Recv);
         }
         self.try_close();
+        if let Some(h) = &self.host {
+            h.set_inflight(self.tasks.len());
+        }
+        if self.closed {
+            self.host = None;
+        }
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {

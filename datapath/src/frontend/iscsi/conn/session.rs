@@ -237,6 +237,20 @@ impl IscsiConn {
                 data: self.params.data_digest,
             };
             tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session, "iSCSI login complete");
+            if self.session == SessionType::Normal
+                && let Some(t) = self.sh.targets.get(self.target)
+            {
+                let mut rec = crate::runtime::hosts::HostRecord::new(
+                    "iscsi",
+                    env.io.reactor,
+                    env.key,
+                    t.iqn.clone(),
+                );
+                rec.peer = crate::transport::tcp::peer_addr(&self.fd);
+                rec.host = Some(self.initiator.clone());
+                rec.volumes = t.luns.iter().map(|l| l.volume).collect();
+                self.host = Some(env.shared.hosts.register(rec));
+            }
         } else {
             self.login = Some(st);
         }

@@ -189,6 +189,8 @@ pub struct NvmfConn {
     leaves: Vec<usize>,
     /// Per namespace index: (reservation version, access) last evaluated.
     resv_cache: Vec<(u64, Access)>,
+    /// This queue's entry in the hosts registry (from its Connect until it closes).
+    host: Option<crate::runtime::hosts::HostHandle>,
 }
 impl NvmfConn {
     /// A connection on an accepted socket, serving the subsystems of `nv`.
@@ -230,6 +232,7 @@ impl NvmfConn {
             fused_first: None,
             leaves: Vec::new(),
             resv_cache: Vec::new(),
+            host: None,
         }
     }
 
@@ -634,6 +637,12 @@ impl Conn for NvmfConn {
             self.arm_recv(env);
         }
         self.try_close();
+        if let Some(h) = &self.host {
+            h.set_inflight(self.reqs.len());
+        }
+        if self.closed {
+            self.host = None;
+        }
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {
