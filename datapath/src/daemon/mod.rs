@@ -258,7 +258,7 @@ impl Daemon {
                             age_ns: c.retention_age_ns(),
                             bytes: c.retention_bytes.map(|b| b.0),
                         },
-                        window_start: Arc::clone(&cd.stats.window_start),
+                        stats: Arc::clone(&cd.stats),
                     });
                 }
                 cdp_devs.push(Arc::clone(&cd));
@@ -269,6 +269,7 @@ impl Daemon {
                     home,
                     created: cd.created,
                     stats: Arc::clone(&cd.stats),
+                    retention_age_ns: c.retention_age_ns(),
                 });
                 device = cd;
             }

@@ -980,3 +980,48 @@ fn updates_from_other_reactors_are_journaled_at_the_volumes_home() {
         assert_eq!(h.entries().filter(|(_, e)| e.op == Op::Write).count(), 64);
     }
 }
+
+/// Retention by size winning over retention by age is said, not hidden: `cdp_status` reports
+/// the history achieved against its target ("history now X h, target Y h") once size has
+/// consolidated records younger than the age target, and the journal keeps running.
+#[test]
+fn a_history_cut_short_by_size_is_reported_against_its_age_target() {
+    const SIZE: usize = 2 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}retention_bytes='8MiB'\nretention_age='2h'\n",
+        volume("v", SIZE as u64, &dir, "4MiB")
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let st = s.rpc("cdp_status");
+    assert_eq!(st[0]["history_short"], false, "{st}");
+    assert_eq!(st[0]["history_target_s"], 7200.0, "{st}");
+    assert!(st[0]["history_note"].is_null(), "{st}");
+    for i in 0..130u64 {
+        let off = (i * 7 % 15) * (128 << 10);
+        assert_eq!(c.write(off, &pattern(i + 70, 128 << 10)), 0);
+    }
+    let t = Instant::now();
+    let st = loop {
+        let st = s.rpc("cdp_status");
+        if st[0]["history_short"] == true {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "never reported: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let note = st[0]["history_note"].as_str().unwrap_or("");
+    assert!(note.starts_with("history now 0.0 h, target 2.0 h"), "{st}");
+    let h = st[0]["history_s"].as_f64().unwrap();
+    assert!(h >= 0.0 && h < 7200.0, "{st}");
+    assert_eq!(st[0]["journal"], "running", "{st}");
+    assert!(store::read_meta(&dir).unwrap().base_seq > 0, "consolidated");
+    // The journal still takes writes.
+    assert_eq!(c.write(0, &pattern(999, 4096)), 0);
+    c.disconnect();
+}
