@@ -1018,7 +1018,7 @@ fn a_history_cut_short_by_size_is_reported_against_its_age_target() {
     let note = st[0]["history_note"].as_str().unwrap_or("");
     assert!(note.starts_with("history now 0.0 h, target 2.0 h"), "{st}");
     let h = st[0]["history_s"].as_f64().unwrap();
-    assert!(h >= 0.0 && h < 7200.0, "{st}");
+    assert!((0.0..7200.0).contains(&h), "{st}");
     assert_eq!(st[0]["journal"], "running", "{st}");
     assert!(store::read_meta(&dir).unwrap().base_seq > 0, "consolidated");
     // The journal still takes writes.
