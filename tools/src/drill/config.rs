@@ -360,7 +360,7 @@ impl DrillConfig {
         check_secs("targets.max_rto_s", self.targets.max_rto_s)?;
         check_secs("targets.max_resync_s", self.targets.max_resync_s)?;
         let l = &self.load;
-        if l.block_size < 512 || l.block_size % 512 != 0 || l.block_size > (1 << 20) {
+        if l.block_size < 512 || !l.block_size.is_multiple_of(512) || l.block_size > (1 << 20) {
             return bad(format!(
                 "load.block_size = {}: expected a multiple of 512 up to 1 MiB",
                 l.block_size

@@ -76,15 +76,15 @@ pub fn render(r: &Value) -> String {
          svg{{border:1px solid #ddd;background:#fff}}</style></head><body>\n",
         esc(&title)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<h1>twinblk DR drill <span class=\"{}\">{}</span></h1>\n",
+        "<h1>twinblk DR drill <span class=\"{}\">{}</span></h1>",
         if pass { "pass" } else { "fail" },
         if pass { "PASS" } else { "FAIL" }
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<p>Drill <code>{}</code>, started {} · fault <b>{}</b> of site <b>{}</b>, survivor <b>{}</b> · volume <code>{}</code></p>\n",
+        "<p>Drill <code>{}</code>, started {} · fault <b>{}</b> of site <b>{}</b>, survivor <b>{}</b> · volume <code>{}</code></p>",
         esc(&txt(&r["id"])),
         esc(&txt(&r["started_utc"])),
         esc(&txt(&r["kind"])),

@@ -291,6 +291,9 @@ pub struct Readback {
     pub error: Option<String>,
 }
 
+/// Per block, its acknowledged writes: (sequence number, acknowledged at µs).
+type AckedBlocks = std::collections::BTreeMap<u64, Vec<(u64, u64)>>;
+
 /// Read back, at the site `(addr, export)` named `site`, every block the writers had
 /// acknowledged a write to when called; judge each block against its newest acknowledged
 /// write (see the module's invariants).
@@ -302,11 +305,11 @@ pub fn check(
     timeout: Duration,
 ) -> Readback {
     // Snapshot: per writer, per block, the acknowledged sequence numbers and their times.
-    let mut per: Vec<(usize, std::collections::BTreeMap<u64, Vec<(u64, u64)>>)> = Vec::new();
+    let mut per: Vec<(usize, AckedBlocks)> = Vec::new();
     let mut acked_writes = 0;
     for w in writers {
         let l = w.log.lock().unwrap_or_else(|p| p.into_inner());
-        let mut m: std::collections::BTreeMap<u64, Vec<(u64, u64)>> = Default::default();
+        let mut m = AckedBlocks::new();
         for r in l.writes.iter().filter(|r| r.ok) {
             m.entry(r.block).or_default().push((r.seq, r.done_us));
             acked_writes += 1;

@@ -512,7 +512,7 @@ pub fn run(config_path: &Path, progress: bool) -> Result<Outcome, DrillError> {
     let mut first_ack: Option<WriteRec> = None;
     while Instant::now() < deadline {
         survivor = actual_survivor(&pollers.snapshot(), fault_us).unwrap_or(1 - victim);
-        first_ack = first_ack_after(&writers, survivor, fault_us);
+        first_ack = first_ack_after(&writers, survivor, injected_us);
         if first_ack.is_some() {
             break;
         }
@@ -755,17 +755,19 @@ fn actual_survivor(samples: &[Sample], fault_us: u64) -> Option<usize> {
         .map(|s| s.site)
 }
 
-/// The first write issued after `fault_us` and acknowledged by site `survivor` (a write in
-/// flight at the fault that completes is not recovery yet; with queue depth 1 the next one is
-/// sent at once).
-fn first_ack_after(writers: &[Writer], survivor: usize, fault_us: u64) -> Option<WriteRec> {
+/// The first write issued after `injected_us` (the fault's command or twinlink cut returned,
+/// so the fault is in effect) and acknowledged by site `survivor`. A write in flight at the
+/// fault that completes is not recovery yet, nor is one sent while the command still ran
+/// (the site may have mirrored it before it died); with queue depth 1 the next write is sent
+/// at once, so this is the moment the survivor serves again.
+fn first_ack_after(writers: &[Writer], survivor: usize, injected_us: u64) -> Option<WriteRec> {
     writers
         .iter()
         .filter_map(|w| {
             let l = w.log.lock().unwrap_or_else(|p| p.into_inner());
             l.writes
                 .iter()
-                .filter(|x| x.ok && x.site == survivor && x.issued_us >= fault_us)
+                .filter(|x| x.ok && x.site == survivor && x.issued_us >= injected_us)
                 .min_by_key(|x| x.done_us)
                 .copied()
         })
@@ -1061,7 +1063,7 @@ fn assemble(
         "rto": {
             "measured": rto_us.is_some(),
             "rto_s": rto_us.map(secs),
-            "definition": "fault to the acknowledgement, by the survivor, of the first write issued after the fault",
+            "definition": "from the fault (its injection starts) to the acknowledgement, by the survivor, of the first write issued after the injection returned",
             "phases_s_after_fault": {
                 "fault_injected": rel(Some(m.injected_us)),
                 "detection": rel(detection_us),
