@@ -111,9 +111,13 @@ pub fn render(r: &Value) -> String {
     h.push_str("<h2>Recovery phases (seconds after the fault)</h2><table><tr><th>phase</th><th>s</th></tr>\n");
     for (k, label) in [
         ("fault_injected", "fault injected"),
-        ("detection", "detection (survivor sees the link down)"),
+        (
+            "detection",
+            "detection (survivor's link, state or path changes)",
+        ),
         ("witness_decision", "witness decision (survivor granted)"),
-        ("path_state_change", "survivor's path state changes"),
+        ("path_state_change", "survivor's path state first changes"),
+        ("path_state_settled", "survivor's path state settles"),
         (
             "first_ack_at_survivor",
             "first write acknowledged at the survivor (RTO)",

@@ -971,12 +971,27 @@ fn assemble(
             .find(|s| s.t_us >= m.fault_us && s.t_us <= m.restore_us && f(s))
             .map(|s| s.t_us)
     };
-    let detection_us = after_fault(&|s| !s.link_up || s.state != "up");
+    // Detection: the survivor's first sign of the fault (link down, state or path changed).
+    let detection_us = after_fault(&|s| {
+        !s.link_up || s.state != "up" || path_before.as_ref().is_some_and(|p| s.path_state != *p)
+    });
     let decision_us =
         after_fault(&|s| s.state == "survivor" || s.last_answer.as_deref() == Some("granted"));
     let path_change_us = path_before
         .as_ref()
         .and_then(|p| after_fault(&|s| s.reachable && s.path_state != *p));
+    // Settled: the survivor's last path-state change before the restore (e.g. back to
+    // optimized after a transient inaccessible).
+    let path_settled_us = sv
+        .windows(2)
+        .filter(|w| {
+            w[1].t_us >= m.fault_us
+                && w[1].t_us <= m.restore_us
+                && w[1].reachable
+                && w[0].path_state != w[1].path_state
+        })
+        .map(|w| w[1].t_us)
+        .last();
     let path_after = sv
         .iter()
         .rev()
@@ -1069,6 +1084,7 @@ fn assemble(
                 "detection": rel(detection_us),
                 "witness_decision": rel(decision_us),
                 "path_state_change": rel(path_change_us),
+                "path_state_settled": rel(path_settled_us),
                 "first_ack_at_survivor": rel(first_ack_us),
                 "latency_back_to_normal": rel(normal_us),
             },
@@ -1076,7 +1092,8 @@ fn assemble(
                 "fault": m.fault_us, "fault_injected": m.injected_us,
                 "last_ack_before_fault": last_ack_before,
                 "detection": detection_us, "witness_decision": decision_us,
-                "path_state_change": path_change_us, "first_ack_at_survivor": first_ack_us,
+                "path_state_change": path_change_us, "path_state_settled": path_settled_us,
+                "first_ack_at_survivor": first_ack_us,
                 "latency_back_to_normal": normal_us,
                 "restore": m.restore_us, "restored": m.restored_us,
                 "in_sync": m.in_sync_us, "load_stopped": m.stop_us,
