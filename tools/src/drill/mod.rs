@@ -984,14 +984,14 @@ fn assemble(
     // optimized after a transient inaccessible).
     let path_settled_us = sv
         .windows(2)
-        .filter(|w| {
+        .rev()
+        .find(|w| {
             w[1].t_us >= m.fault_us
                 && w[1].t_us <= m.restore_us
                 && w[1].reachable
                 && w[0].path_state != w[1].path_state
         })
-        .map(|w| w[1].t_us)
-        .last();
+        .map(|w| w[1].t_us);
     let path_after = sv
         .iter()
         .rev()
