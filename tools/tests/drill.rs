@@ -367,15 +367,8 @@ fn chromium_renders(html: &Path, png: &Path, profile: &Path) {
         "screenshot of {} bytes: blank?",
         bytes.len()
     );
-    let console: Vec<&str> = String::from_utf8_lossy(&o.stderr)
-        .lines()
-        .filter(|l| l.contains("CONSOLE"))
-        .map(str::to_string)
-        .collect::<Vec<_>>()
-        .leak()
-        .iter()
-        .map(String::as_str)
-        .collect();
+    let log = String::from_utf8_lossy(&o.stderr);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
     assert!(
         console.is_empty(),
         "console messages:\n{}",
