@@ -3,10 +3,12 @@
 //! and `twinblk-nvme` (NVMe/TCP initiator: discovery, identify, load generator).
 //!
 //! - [`ctl`]: `twinblk-ctl`'s logic: control-socket calls, the two-site status, verbs.
+//! - [`drill`]: `twinblk-ctl drill`: the DR drill (fault, RTO/RPO, resync, signed reports).
 //! - [`nvmf`]: a userspace NVMe/TCP initiator (blocking sockets) and its load generator.
 //! - [`twinlink`]: the link emulator behind the `twinlink` binary (delay, jitter, bandwidth,
 //!   loss, cuts between sites, changed at run time).
 
 pub mod ctl;
+pub mod drill;
 pub mod nvmf;
 pub mod twinlink;

@@ -83,6 +83,12 @@ enum Cmd {
         /// Only the connections reaching this volume.
         volume: Option<String>,
     },
+    /// The DR drill (docs/drill.md): `run CONFIG` fails a site under load and writes a signed
+    /// report; `verify-history` and `verify-report` check signatures.
+    Drill {
+        #[command(subcommand)]
+        cmd: DrillCmd,
+    },
     /// Send one JSON-RPC method and print its result (docs/control.md lists them).
     Call {
         /// The method, e.g. mirror_status.
@@ -93,6 +99,33 @@ enum Cmd {
     /// Old form: a bare method name, e.g. `twinblk-ctl mirror_status`.
     #[command(external_subcommand)]
     Raw(Vec<String>),
+}
+
+/// `twinblk-ctl drill` verbs.
+#[derive(Subcommand)]
+enum DrillCmd {
+    /// Run the drill described by CONFIG (TOML): exit 0 when every target was met, 8 when the
+    /// drill ran and a target was missed (the report says which).
+    Run {
+        /// The drill's configuration file.
+        config: PathBuf,
+    },
+    /// Check every line of a drill history (signatures and the chain between lines).
+    VerifyHistory {
+        /// The history file (JSON lines).
+        file: PathBuf,
+        /// The HMAC key file the drills signed with.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check a drill report's signature.
+    VerifyReport {
+        /// The report (JSON).
+        file: PathBuf,
+        /// The HMAC key file the drill signed with.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 /// What `twinblk-ctl resync` does.
@@ -270,6 +303,7 @@ fn run(cli: Cli) -> i32 {
             }
             code
         }
+        Cmd::Drill { cmd } => drill(&cli, cmd),
         Cmd::Call { method, params } => raw(&cli, method, params.as_deref()),
         Cmd::Raw(words) => {
             let [method, rest @ ..] = &words[..] else {
@@ -286,6 +320,106 @@ fn run(cli: Cli) -> i32 {
                 }
             };
             raw(&cli, method, params)
+        }
+    }
+}
+
+fn drill(cli: &Cli, cmd: &DrillCmd) -> i32 {
+    use twinblk_tools::drill;
+    match cmd {
+        DrillCmd::Run { config } => match drill::run(config, true) {
+            Err(e) => {
+                eprintln!("twinblk-ctl: drill: {e}");
+                e.exit_code()
+            }
+            Ok(o) => {
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&o.report).unwrap_or_default()
+                    );
+                } else {
+                    let r = &o.report;
+                    println!(
+                        "drill {}: {}",
+                        r["id"].as_str().unwrap_or("?"),
+                        if o.pass { "PASS" } else { "FAIL" }
+                    );
+                    for c in r["result"]["checks"].as_array().into_iter().flatten() {
+                        println!(
+                            "  {:<9} {:<5} measured {}, target {}",
+                            c["name"].as_str().unwrap_or("?"),
+                            if c["pass"] == true { "pass" } else { "FAIL" },
+                            c["measured"].as_str().unwrap_or("?"),
+                            c["target"].as_str().unwrap_or("?")
+                        );
+                    }
+                    println!("report: {}", o.json_path.display());
+                    println!("html:   {}", o.html_path.display());
+                }
+                if o.pass { exit::OK } else { exit::DRILL_FAILED }
+            }
+        },
+        DrillCmd::VerifyHistory { file, key } => {
+            let checked =
+                drill::sign::Key::read(key).and_then(|k| drill::sign::verify_history(&k, file));
+            match checked {
+                Err(e) => {
+                    eprintln!("twinblk-ctl: drill verify-history: {e}");
+                    exit::ERROR
+                }
+                Ok(c) => {
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+                    } else if c.ok {
+                        println!(
+                            "{}: {} entries, every signature valid, chain unbroken",
+                            file.display(),
+                            c.entries
+                        );
+                    } else {
+                        println!(
+                            "{}: NOT AUTHENTIC ({} entries, {} problem(s))",
+                            file.display(),
+                            c.entries,
+                            c.problems.len()
+                        );
+                        for p in &c.problems {
+                            println!("  - {p}");
+                        }
+                    }
+                    if c.ok { exit::OK } else { exit::NOT_AUTHENTIC }
+                }
+            }
+        }
+        DrillCmd::VerifyReport { file, key } => {
+            let checked = drill::sign::Key::read(key).and_then(|k| {
+                let text = std::fs::read(file).map_err(|source| drill::sign::SignError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+                let v: Value = serde_json::from_slice(&text).map_err(|e| {
+                    drill::sign::SignError::Malformed(format!("{}: not JSON: {e}", file.display()))
+                })?;
+                drill::sign::verify_report(&k, &v)
+            });
+            match checked {
+                Err(e) => {
+                    eprintln!("twinblk-ctl: drill verify-report: {e}");
+                    exit::NOT_AUTHENTIC
+                }
+                Ok(true) => {
+                    println!("{}: signature valid", file.display());
+                    exit::OK
+                }
+                Ok(false) => {
+                    println!(
+                        "{}: NOT AUTHENTIC: the signature does not match (changed, or another key)",
+                        file.display()
+                    );
+                    exit::NOT_AUTHENTIC
+                }
+            }
         }
     }
 }

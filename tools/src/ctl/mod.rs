@@ -40,6 +40,10 @@ pub mod exit {
     pub const NOT_GRANTED: i32 = 6;
     /// `verify`: the replicas differ (regions differing in every re-check are listed).
     pub const REPLICAS_DIFFER: i32 = 7;
+    /// `drill run`: the drill ran and its report is written, but a target was missed.
+    pub const DRILL_FAILED: i32 = 8;
+    /// `drill verify-history`/`verify-report`: a signature or the history's chain is broken.
+    pub const NOT_AUTHENTIC: i32 = 9;
 }
 
 /// Why a call failed.
