@@ -168,6 +168,39 @@ fn build_device(
                 .into_owned();
             Arc::new(FileDevice::open(&path, v.size.0, v.block_size, v.create)?)
         }
+        Backend::CdpView => {
+            use crate::layer::cdp::{bookmark, pit::Point, view};
+            let w = v.view.as_ref().expect("validated: cdp-view has a view");
+            let open_err = |e: String| BdevError::Open {
+                path: w.dir.display().to_string(),
+                source: std::io::Error::other(e),
+            };
+            let point = match (w.seq, w.time, &w.bookmark) {
+                (Some(s), _, _) => Point::Seq(s),
+                (_, Some(t), _) => Point::Time(t),
+                (_, _, Some(b)) => Point::Time(
+                    *bookmark::load(&w.dir)
+                        .map_err(open_err)?
+                        .get(b)
+                        .ok_or_else(|| open_err(format!("no bookmark named {b:?}")))?,
+                ),
+                _ => unreachable!("validated: one of seq, time, bookmark"),
+            };
+            let d = view::ViewDevice::open(&view::ViewSpec {
+                dir: w.dir.clone(),
+                point,
+                sandbox: w.sandbox,
+            })
+            .map_err(|e| open_err(e.to_string()))?;
+            let info = d.info();
+            if info.size != v.size.0 || info.block_size != v.block_size {
+                return Err(open_err(format!(
+                    "the history is of a {} byte volume with {} byte blocks; the config says {} and {}",
+                    info.size, info.block_size, v.size.0, v.block_size
+                )));
+            }
+            Arc::new(d)
+        }
     };
     Ok(match (v.fail_range, v.fail_flush) {
         (None, false) => base,
@@ -193,7 +226,7 @@ fn replica_data(v: &crate::control::config::VolumeConfig) -> ReplicaData {
                 0
             }),
         },
-        (Backend::Uring, None) => ReplicaData::default(),
+        (Backend::Uring, None) | (Backend::CdpView, _) => ReplicaData::default(),
     }
 }
 

@@ -28,6 +28,7 @@ pub mod journal;
 pub mod pit;
 pub mod retain;
 pub mod store;
+pub mod view;
 
 use crate::bdev::{
     BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, LOWER_SLOT, ReadStart,

@@ -9,8 +9,10 @@
 //! the segment is deleted. The thread ([`spawn`]) runs a pass over every volume each second,
 //! at most one segment per volume per pass (the throttle).
 //!
-//! A segment holding a record newer than the oldest bookmark is never consolidated (the
-//! bookmark stays restorable, whatever retention says).
+//! A segment holding a record newer than the oldest bookmark, or than the point of an open
+//! view (`view::hold`), is never consolidated (the bookmark stays restorable and the view
+//! readable, whatever retention says). The base copy is changed only under the directory's
+//! consolidation lock (`view::lock_consolidation`).
 //!
 //! Invariants: the base copy never holds a record the meta's base point does not cover once
 //! the meta is written, and a crash anywhere leaves either the old meta with the segment still
@@ -101,10 +103,21 @@ pub fn consolidate_once(
     if !(by_age || by_size) {
         return Ok(None);
     }
-    if let Some(b) = super::bookmark::hold(dir)
+    // The base copy changes only under the lock, so a view that registers its hold and then
+    // takes the lock once never sees a pass that missed its hold (view.rs).
+    let _lock = super::view::lock_consolidation(dir).map_err(|source| CdpError::Io {
+        what: "lock",
+        path: super::view::consolidate_lock(dir),
+        source,
+    })?;
+    let held = [super::bookmark::hold(dir), super::view::hold(dir)]
+        .into_iter()
+        .flatten()
+        .min();
+    if let Some(b) = held
         && newest > b
     {
-        // A bookmark inside this segment (or before it) must stay restorable.
+        // A bookmark or an open view inside this segment (or before it) must stay readable.
         return Ok(None);
     }
     apply(dir, segno, &index.entries)?;
