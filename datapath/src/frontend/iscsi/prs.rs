@@ -21,6 +21,7 @@
 use super::scsi::Sense;
 use crate::frontend::nvmf::cmd::Status;
 use crate::frontend::nvmf::resv::{Access, NsResv};
+use crate::transport::cursor::Cursor;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -441,39 +442,6 @@ fn put_str(v: &mut Vec<u8>, s: &str) {
     v.extend_from_slice(b);
 }
 
-/// A little-endian reader that fails instead of panicking.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn id(&mut self) -> Option<[u8; 16]> {
-        self.take(16)?.try_into().ok()
-    }
-    fn str(&mut self) -> Option<String> {
-        let n = self.u8()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-}
-
 impl PrCmd {
     /// The command's bytes (without the kind byte).
     pub fn encode(&self) -> Vec<u8> {
@@ -494,10 +462,10 @@ impl PrCmd {
     pub fn decode(b: &[u8]) -> Option<Self> {
         let mut c = Cursor(b);
         let cmd = Self {
-            target: c.str()?,
+            target: c.str8()?,
             lun: c.u16()?,
             me: c.id()?,
-            name: c.str()?,
+            name: c.str8()?,
             out: PrOut {
                 sa: c.u8()?,
                 nt: c.u8()?,
@@ -510,7 +478,7 @@ impl PrCmd {
         } else {
             cmd.out.nt == 0
         };
-        (c.0.is_empty() && cmd.out.sa <= 6 && type_ok).then_some(cmd)
+        (c.is_empty() && cmd.out.sa <= 6 && type_ok).then_some(cmd)
     }
 }
 
@@ -521,7 +489,7 @@ pub type PrStateParts = (String, u16, NsResv, Vec<([u8; 16], String)>);
 pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
     use crate::frontend::nvmf::resv::Registrant;
     let mut c = Cursor(b);
-    let target = c.str()?;
+    let target = c.str8()?;
     let lun = c.u16()?;
     let generation = c.u32()?;
     let rtype = c.u8()?;
@@ -536,7 +504,7 @@ pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
     for _ in 0..count {
         let hostid = c.id()?;
         let rkey = c.u64()?;
-        let name = c.str()?;
+        let name = c.str8()?;
         if registrants.iter().any(|r: &Registrant| r.hostid == hostid) {
             return None;
         }
@@ -545,7 +513,7 @@ pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
             names.push((hostid, name));
         }
     }
-    if !c.0.is_empty() {
+    if !c.is_empty() {
         return None;
     }
     let ns = NsResv {
