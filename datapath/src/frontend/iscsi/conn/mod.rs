@@ -37,7 +37,7 @@ use crate::frontend::iscsi::IscsiShared;
 use crate::frontend::iscsi::login::{self, Negotiation, Params, SessionType};
 use crate::frontend::iscsi::pdu::{self, Bhs, Digests, NO_TAG, Req, Violation, op, reject};
 use crate::runtime::{Conn, Env};
-use crate::transport::tcp::SendQueue;
+use crate::transport::tcp::{Lifecycle, SendQueue};
 use crate::uring::{Errno, Kind, UserData};
 use io_uring::{opcode, squeue, types};
 use slab::Slab;
@@ -128,13 +128,9 @@ pub struct IscsiConn {
     rx: Vec<u8>,
     rx_lo: usize,
     rx_hi: usize,
-    recv_armed: bool,
     pub(super) tx: SendQueue,
-    pub(super) closing: bool,
-    pub(super) broken: bool,
-    shutting_down: bool,
-    cancel_sent: bool,
-    closed: bool,
+    /// Receive armed, closing, broken, stopping, closed.
+    pub(super) life: Lifecycle,
     pub(super) errors: u64,
     /// This session's entry in the hosts registry (normal sessions, from login until closed).
     pub(super) host: Option<crate::runtime::hosts::HostHandle>,
@@ -176,13 +172,8 @@ impl IscsiConn {
             rx: vec![0; RX_INITIAL],
             rx_lo: 0,
             rx_hi: 0,
-            recv_armed: false,
             tx: SendQueue::with_capacity(RX_INITIAL),
-            closing: false,
-            broken: false,
-            shutting_down: false,
-            cancel_sent: false,
-            closed: false,
+            life: Lifecycle::default(),
             errors: 0,
             host: None,
         }
@@ -215,8 +206,8 @@ impl IscsiConn {
     pub(super) fn violation(&mut self, env: &mut Env<'_>, what: &str) {
         env.counters.violations += 1;
         tracing::warn!(conn = env.key, phase = ?self.phase, what, "iSCSI protocol violation; closing connection");
-        self.closing = true;
-        self.broken = true;
+        self.life.closing = true;
+        self.life.broken = true;
     }
 
     /// Reject a PDU (its header is returned in the data segment).
@@ -248,8 +239,8 @@ impl IscsiConn {
     /// Parse and act on everything whole in the receive buffer.
     fn process(&mut self, env: &mut Env<'_>) {
         let rx = std::mem::take(&mut self.rx);
-        while !self.closing && self.rx_lo < self.rx_hi {
-            if !self.shutting_down && self.paused() {
+        while !self.life.closing && self.rx_lo < self.rx_hi {
+            if !self.life.shutting_down && self.paused() {
                 break;
             }
             let avail = &rx[self.rx_lo..self.rx_hi];
@@ -272,7 +263,7 @@ impl IscsiConn {
                     self.reject(env, reject::DATA_DIGEST, &bhs);
                     self.rx_lo += len;
                     if bhs[0] & 0x3F == op::DATA_OUT || bhs[0] & 0x3F == op::SCSI_CMD {
-                        self.closing = true;
+                        self.life.closing = true;
                     }
                     continue;
                 }
@@ -307,7 +298,7 @@ impl IscsiConn {
             op::LOGIN_REQ => {
                 // A login on a connection in full feature phase is a protocol error.
                 self.reject(env, reject::PROTOCOL, p.bhs);
-                self.closing = true;
+                self.life.closing = true;
             }
             op::SNACK => self.reject(env, reject::NOT_SUPPORTED, p.bhs),
             _ => self.reject(env, reject::NOT_SUPPORTED, p.bhs),
@@ -407,7 +398,7 @@ impl IscsiConn {
                 .itt(itt)
                 .u32(40, 0);
             self.put_status(h, &[]);
-            self.closing = true;
+            self.life.closing = true;
         }
     }
 
@@ -498,7 +489,7 @@ impl IscsiConn {
     // ----- socket -----
 
     fn make_room(&mut self) {
-        debug_assert!(!self.recv_armed);
+        debug_assert!(!self.life.recv_armed);
         let avail = &self.rx[self.rx_lo..self.rx_hi];
         let need = pdu::needs(avail, self.dg).max(RX_MIN_FREE);
         if self.rx.len() - self.rx_lo < need || self.rx.len() - self.rx_hi < RX_MIN_FREE {
@@ -544,7 +535,7 @@ impl IscsiConn {
             unsafe { env.io.push_recv(self.fd.as_raw_fd(), free, env.key) };
             self.ping_armed = false;
         }
-        self.recv_armed = true;
+        self.life.recv_armed = true;
     }
 
     /// The idle-ping timeout fired: ping, or give up on an initiator that did not answer the
@@ -552,8 +543,8 @@ impl IscsiConn {
     fn idle_timeout(&mut self, env: &mut Env<'_>) {
         if self.ping_pending {
             tracing::warn!(conn = env.key, initiator = %self.initiator, "iSCSI initiator silent after a NOP-In ping; closing the connection");
-            self.broken = true;
-            self.closing = true;
+            self.life.broken = true;
+            self.life.closing = true;
             return;
         }
         self.ping_pending = true;
@@ -567,21 +558,17 @@ impl IscsiConn {
     }
 
     fn cancel(&mut self, env: &mut Env<'_>, kind: Kind) {
-        let sqe = opcode::AsyncCancel::new(UserData::new(kind, env.key).0)
-            .build()
-            .user_data(UserData::new(Kind::Cancel, env.key).0);
-        // SAFETY: a cancel references no user memory.
-        unsafe { env.io.push(&sqe) };
+        Lifecycle::cancel(env.io, env.key, kind);
     }
 
     fn try_close(&mut self) {
-        if self.closing
-            && !self.recv_armed
+        if self.life.closing
+            && !self.life.recv_armed
             && !self.tx.armed()
             && self.tasks_at_device() == 0
-            && (self.tx.unsent() == 0 || self.broken)
+            && (self.tx.unsent() == 0 || self.life.broken)
         {
-            self.closed = true;
+            self.life.closed = true;
             self.release_reservations();
         }
     }
@@ -604,8 +591,12 @@ impl Conn for IscsiConn {
     }
 
     fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
-        self.recv_armed = false;
-        if res == -libc::ECANCELED && self.ping_armed && !self.cancel_sent && !self.closing {
+        self.life.recv_armed = false;
+        if res == -libc::ECANCELED
+            && self.ping_armed
+            && !self.life.cancel_sent
+            && !self.life.closing
+        {
             self.ping_armed = false;
             return self.idle_timeout(env);
         }
@@ -615,9 +606,9 @@ impl Conn for IscsiConn {
         if res <= 0 {
             if res < 0 && res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "receive failed");
-                self.broken = true;
+                self.life.broken = true;
             }
-            self.closing = true;
+            self.life.closing = true;
             return;
         }
         self.rx_hi += res as usize;
@@ -631,8 +622,8 @@ impl Conn for IscsiConn {
             if res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "send failed");
             }
-            self.broken = true;
-            self.closing = true;
+            self.life.broken = true;
+            self.life.closing = true;
         }
     }
 
@@ -659,59 +650,47 @@ impl Conn for IscsiConn {
                 env.vol_counters[l.volume].errors += std::mem::take(&mut self.errors);
             }
         }
-        if env.stopping && !self.shutting_down {
+        if env.stopping && !self.life.shutting_down {
             self.stop(env);
         }
         self.finish_tmfs();
         self.finish_logout();
-        if !self.broken && !self.recv_armed && !self.paused() && !self.closing {
+        if !self.life.broken && !self.life.recv_armed && !self.paused() && !self.life.closing {
             self.process(env);
             self.run_held(env);
         }
-        if self.broken {
+        if self.life.broken {
             self.tx.drop_pending();
         } else {
             // SAFETY: the connection is not done while a send is armed (`try_close`).
             unsafe { self.tx.start(env.io, self.fd.as_raw_fd(), env.key) };
         }
-        if !self.closing && !self.recv_armed && !self.paused() {
+        if !self.life.closing && !self.life.recv_armed && !self.paused() {
             self.arm_recv(env);
         }
-        if self.closing && self.recv_armed && !self.cancel_sent {
-            self.cancel_sent = true;
+        if self.life.closing && self.life.recv_armed && !self.life.cancel_sent {
+            self.life.cancel_sent = true;
             self.cancel(env, Kind::Recv);
         }
         self.try_close();
         if let Some(h) = &self.host {
             h.set_inflight(self.tasks.len());
         }
-        if self.closed {
+        if self.life.closed {
             self.host = None;
         }
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {
-        self.shutting_down = true;
-        self.closing = true;
-        if self.recv_armed && !self.cancel_sent {
-            self.cancel_sent = true;
-            self.cancel(env, Kind::Recv);
-        }
+        self.life.stop(env.io, env.key);
     }
 
     fn abort(&mut self, env: &mut Env<'_>) {
-        self.broken = true;
-        self.closing = true;
-        if self.recv_armed {
-            self.cancel(env, Kind::Recv);
-        }
-        if self.tx.armed() {
-            self.cancel(env, Kind::Send);
-        }
+        self.life.abort(env.io, env.key, self.tx.armed());
     }
 
     fn done(&self) -> bool {
-        self.closed
+        self.life.closed
     }
 
     fn describe(&self) -> String {
@@ -720,8 +699,8 @@ impl Conn for IscsiConn {
             self.phase,
             self.tasks.len(),
             self.tasks_at_device(),
-            self.closing,
-            self.recv_armed,
+            self.life.closing,
+            self.life.recv_armed,
             self.tx.armed(),
             self.tx.unsent(),
         )

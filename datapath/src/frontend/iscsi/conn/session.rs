@@ -48,7 +48,7 @@ impl IscsiConn {
             .byte(37, st.1);
         h.0[8..14].copy_from_slice(&isid);
         self.put_status(h, &[]);
-        self.closing = true;
+        self.life.closing = true;
     }
 
     /// A Login Request.
@@ -352,7 +352,7 @@ impl IscsiConn {
                 let h = Bhs::new(op::TMF_RSP, 0x80).byte(2, code).itt(itt);
                 self.put_status(h, &[]);
                 if matches!(func, 7 | 11) && code == tmf_rsp::COMPLETE {
-                    self.closing = true;
+                    self.life.closing = true;
                 }
             } else {
                 i += 1;
