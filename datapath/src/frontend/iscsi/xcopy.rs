@@ -8,7 +8,9 @@
 //! descriptors; [`resolve`] turns every block → block segment into an [`Extent`] (volume, byte
 //! offsets, length), checking every CSCD a segment names and every range *before* anything is
 //! copied, so a refused copy changes nothing. The connection (`conn/copy.rs`) then moves each
-//! extent in chunks of [`CHUNK_BYTES`] through the volumes' channels.
+//! extent in chunks of [`CHUNK_BYTES`] through the volumes' channels, from its end backwards when
+//! the destination overlaps the source from above, so an overlapping copy has the effect of one
+//! whole read followed by one whole write.
 //!
 //! Supported: CSCD descriptors of type E4h (identification descriptor) whose designator is the
 //! NAA designator VPD 83h reports for a logical unit of this target, peripheral device type 0;
@@ -316,6 +318,9 @@ pub struct Extent {
     pub dst_off: u64,
     /// Bytes.
     pub len: u64,
+    /// Copy from the end backwards: the destination overlaps the source from above (same
+    /// volume), so a forward copy would read blocks it already overwrote.
+    pub backward: bool,
 }
 
 /// Resolve every segment of `l` with `unit` (a logical unit of this target by its NAA
@@ -351,12 +356,14 @@ pub fn resolve(
             return Err((i, sense::NOT_REACHABLE));
         }
         let bs = u64::from(src.block);
+        let (src_off, dst_off, len) = (s.src_lba * bs, s.dst_lba * bs, n * bs);
         out.push(Extent {
             src,
             dst,
-            src_off: s.src_lba * bs,
-            dst_off: s.dst_lba * bs,
-            len: n * bs,
+            src_off,
+            dst_off,
+            len,
+            backward: src.vol == dst.vol && dst_off > src_off && dst_off < src_off + len,
         });
     }
     Ok(out)
@@ -520,6 +527,19 @@ mod tests {
         assert_eq!(e.len(), 2);
         assert_eq!((e[0].src_off, e[0].dst_off, e[0].len), (0, 990 * 512, 5120));
         assert_eq!(e[1].len, 0);
+        assert!(!e[0].backward);
+        let l = parse(&list(
+            1,
+            &[(0, 0, 10, 0, 9), (0, 0, 10, 9, 0), (0, 0, 10, 0, 10)],
+        ))
+        .unwrap()
+        .unwrap();
+        let b: Vec<bool> = resolve(&l, unit)
+            .unwrap()
+            .iter()
+            .map(|e| e.backward)
+            .collect();
+        assert_eq!(b, [true, false, false]);
         assert_eq!(parse(&[]), Ok(None));
     }
 

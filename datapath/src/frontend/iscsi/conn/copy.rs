@@ -87,6 +87,19 @@ pub(super) struct Run {
     _slot: CopySlot,
 }
 
+impl Run {
+    /// Offset in the current extent of the chunk in flight (`want` bytes, after `done`
+    /// copied): from the end of a backward extent.
+    fn at(&self) -> u64 {
+        let e = &self.extents[self.seg];
+        if e.backward {
+            e.len - self.done - self.want
+        } else {
+            self.done
+        }
+    }
+}
+
 impl IscsiConn {
     /// EXTENDED COPY: parse, resolve and check the parameter list, then start the copy.
     pub(super) fn extended_copy(&mut self, env: &mut Env<'_>, slot: u32) {
@@ -310,8 +323,8 @@ impl IscsiConn {
         };
         let e = run.extents[run.seg];
         let n = xcopy::CHUNK_BYTES.min(e.len - run.done);
-        let off = e.src_off + run.done;
         run.want = n;
+        let off = e.src_off + run.at();
         let vol = e.src.vol;
         env.counters.ios += 1;
         env.counters.read_bytes += n;
@@ -355,7 +368,7 @@ impl IscsiConn {
             return;
         };
         let e = run.extents[run.seg];
-        let off = e.dst_off + run.done;
+        let off = e.dst_off + run.at();
         let n = run.want;
         let vol = e.dst.vol;
         env.counters.ios += 1;
