@@ -607,6 +607,27 @@ mod tests {
     }
 
     #[test]
+    fn mutated_lists_never_panic_and_keep_to_the_limits() {
+        // A cheap stand-in for the `scsi_xcopy` fuzz target in the unit tests: every single-byte
+        // change of a valid list, at every position, with a few values.
+        let base = list(3, &[(0, 1, 40, 0, 900), (2, 0, 3, 7, 8), (1, 1, 0, 0, 0)]);
+        for i in 0..base.len() {
+            for v in [0x00, 0x01, 0x02, 0x7F, 0x80, 0xE4, 0xFF] {
+                let mut p = base.clone();
+                p[i] = v;
+                for k in [p.len(), i, i / 2] {
+                    if let Ok(Some(l)) = parse(&p[..k]) {
+                        assert!(l.cscds.len() <= MAX_CSCD && l.segments.len() <= MAX_SEGMENTS);
+                        if let Ok(e) = resolve(&l, unit) {
+                            assert!(e.iter().all(|e| e.dst_off + e.len <= 1000 * 512));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn result_pages_have_the_spc4_layout() {
         let op = operating_parameters(512);
         assert_eq!(
