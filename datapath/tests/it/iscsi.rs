@@ -1351,4 +1351,126 @@ fn extended_copy_copies_between_two_luns_of_a_target() {
         vec![0u8; 512],
         "LUN 0 unchanged there"
     );
+    // Another nexus holds a RESERVE on LUN 1: a copy into it, sent to LUN 0, conflicts; a copy
+    // within LUN 0 does not.
+    let mut other = Raw::login_as(addr, "iqn.2026-12.test:other");
+    let mut h = bhs(0x01, 0x80);
+    put32(&mut h, 16, 1);
+    put32(&mut h, 24, other.cmd_sn);
+    other.cmd_sn += 1;
+    h[9] = 1;
+    h[32..38].copy_from_slice(&[0x16, 0, 0, 0, 0, 0]);
+    other.send(h, &[]);
+    let (h, _) = other.read_pdu().expect("RESERVE");
+    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "RESERVE (6) GOOD");
+    let list = xcopy_list(2, 2, &[a, b], &[(0, 1, 1, 0, 0)]);
+    assert_eq!(xcopy(&mut r, 20, 0, &list).0, 0x18, "RESERVATION CONFLICT");
+    let list = xcopy_list(2, 2, &[a, b], &[(0, 0, 1, 100, 0)]);
+    assert_eq!(xcopy(&mut r, 21, 0, &list), (0, 0, 0, 0));
+}
+
+#[test]
+fn extended_copy_on_an_unavailable_path_gets_the_alua_sense_and_an_abort_is_never_answered() {
+    use twinblk::bdev::volume::PathState;
+    let (d, addr) = daemon("64MiB");
+    let mut r = Raw::login(addr, false);
+    let naa = naa_of(&mut r, 1, 0);
+    let path = &d.shared().volumes[0].path;
+    assert!(path.set(PathState::Inaccessible));
+    assert_eq!(status_of(&mut r, 2, &[0u8; 6], 0).2, 0x2A, "unit attention");
+    let list = xcopy_list(1, 2, &[naa], &[(0, 0, 8, 0, 100)]);
+    assert_eq!(xcopy(&mut r, 3, 0, &list), (0x02, 0x02, 0x04, 0x0C));
+    assert!(path.set(PathState::Optimized));
+    assert_eq!(status_of(&mut r, 4, &[0u8; 6], 0).2, 0x2A, "unit attention");
+    assert_eq!(xcopy(&mut r, 5, 0, &list), (0, 0, 0, 0));
+
+    // A long copy (16 segments of 32 MiB) and an ABORT TASK for it in one send. Either the
+    // abort finds it (function complete, and the copy is never answered), or the copy finished
+    // first (its status, then "task does not exist"); never both, never neither.
+    let list = xcopy_list(2, 2, &[naa], &[(0, 0, 65535, 0, 65536); 16]);
+    let mut c = [0u8; 16];
+    c[0] = 0x83;
+    c[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
+    let mut h = bhs(0x01, 0xA0);
+    put32(&mut h, 16, 50);
+    put32(&mut h, 20, list.len() as u32);
+    put32(&mut h, 24, r.cmd_sn);
+    h[32..48].copy_from_slice(&c);
+    let mut both = frame(h, &list, false);
+    let mut t = bhs(0x02, 0x80 | 1);
+    put32(&mut t, 16, 51);
+    put32(&mut t, 20, 50);
+    put32(&mut t, 24, r.cmd_sn + 1);
+    put32(&mut t, 32, r.cmd_sn);
+    both.extend_from_slice(&frame(t, &[], false));
+    r.cmd_sn += 2;
+    r.s.write_all(&both).unwrap();
+    let mut copy_status = None;
+    let tmf = loop {
+        let (h, _) = r.read_pdu().expect("responses");
+        match h[0] & 0x3F {
+            0x21 => copy_status = Some(h[3]),
+            0x22 => break h[2],
+            op => panic!("unexpected opcode {op:#x}"),
+        }
+    };
+    // Nothing more comes for the copy: the next answer is the NOP-In.
+    r.nop(52);
+    match tmf {
+        0 => assert_eq!(copy_status, None, "an aborted copy is not answered"),
+        1 => assert_eq!(copy_status, Some(0), "finished before the abort arrived"),
+        other => panic!("TMF response {other}"),
+    }
+    // The daemon still serves, and copies again.
+    let list = xcopy_list(3, 2, &[naa], &[(0, 0, 8, 0, 200)]);
+    assert_eq!(xcopy(&mut r, 53, 0, &list), (0, 0, 0, 0));
+}
+
+#[test]
+fn extended_copy_on_a_mirrored_volume_reaches_both_sites() {
+    let root = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, ia) = iscsi_site(root.path(), "a", "b", pa, pb);
+    let (b, ib) = iscsi_site(root.path(), "b", "a", pb, pa);
+    crate::mirror::wait_up(&a);
+    crate::mirror::wait_up(&b);
+    let mut ha = Raw::login_as(ia, "iqn.2026-12.test:host1");
+    let mut hb = Raw::login_as(ib, "iqn.2026-12.test:host1");
+    let (_, _, _, _, cap) = status_of(&mut ha, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8);
+    let bs = u32::from_be_bytes(cap[4..8].try_into().unwrap());
+    let naa = naa_of(&mut ha, 2, 0);
+    assert_eq!(naa_of(&mut hb, 2, 0), naa, "one NAA at both sites");
+    let blocks = (256 << 10) / bs; // 256 KiB
+    let p = pattern(31, (blocks * bs) as usize);
+    let mut c = [0u8; 10];
+    c[0] = 0x2A;
+    c[7..9].copy_from_slice(&(blocks as u16).to_be_bytes());
+    ha.scsi(3, &c, blocks * bs, 0xA0, &p[..64 << 10]);
+    let mut off = 64 << 10;
+    loop {
+        let (h, _) = ha.read_pdu().expect("R2T or status");
+        if h[0] & 0x3F == 0x21 {
+            assert_eq!(h[3], 0, "write GOOD");
+            break;
+        }
+        assert_eq!(h[0] & 0x3F, 0x31, "R2T");
+        let ttt = u32::from_be_bytes(h[20..24].try_into().unwrap());
+        let len = u32::from_be_bytes(h[44..48].try_into().unwrap()) as usize;
+        let mut d = bhs(0x05, 0x80);
+        put32(&mut d, 16, 3);
+        put32(&mut d, 20, ttt);
+        put32(&mut d, 40, off as u32);
+        ha.send(d, &p[off..off + len]);
+        off += len;
+    }
+    // Copy through site a; the copy's writes go through the mirror: site b reads them.
+    let mut list = xcopy_list(1, 0, &[naa], &[(0, 0, blocks as u16, 0, 1000)]);
+    list[16 + 29..16 + 32].copy_from_slice(&bs.to_be_bytes()[1..]);
+    assert_eq!(xcopy(&mut ha, 4, 0, &list), (0, 0, 0, 0));
+    let rd = read10(1000, blocks as u16);
+    let (st, _, _, _, at_b) = status_of(&mut hb, 5, &rd, blocks * bs);
+    assert_eq!(st, 0);
+    assert!(at_b == p, "site b has the copy");
+    let (st, _, _, _, at_a) = status_of(&mut ha, 6, &rd, blocks * bs);
+    assert!(st == 0 && at_a == p, "site a has the copy");
 }
