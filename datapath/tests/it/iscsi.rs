@@ -1384,6 +1384,13 @@ fn extended_copy_on_an_unavailable_path_gets_the_alua_sense_and_an_abort_is_neve
     assert_eq!(status_of(&mut r, 4, &[0u8; 6], 0).2, 0x2A, "unit attention");
     assert_eq!(xcopy(&mut r, 5, 0, &list), (0, 0, 0, 0));
 
+    // 12 MiB: more chunks than one reactor turn takes (the run asks itself for more turns).
+    let p = pattern(5, 12 << 20);
+    write_big(&mut r, 1000, 0, &p);
+    let list = xcopy_list(4, 2, &[naa], &[(0, 0, 24576, 0, 40000)]);
+    assert_eq!(xcopy(&mut r, 6, 0, &list), (0, 0, 0, 0));
+    assert!(read_big(&mut r, 2000, 40000, 24576) == p, "12 MiB copied");
+
     // A long copy (16 segments of 32 MiB) and an ABORT TASK for it in one send. Either the
     // abort finds it (function complete, and the copy is never answered), or the copy finished
     // first (its status, then "task does not exist"); never both, never neither.
@@ -1473,4 +1480,52 @@ fn extended_copy_on_a_mirrored_volume_reaches_both_sites() {
     assert!(at_b == p, "site b has the copy");
     let (st, _, _, _, at_a) = status_of(&mut ha, 6, &rd, blocks * bs);
     assert!(st == 0 && at_a == p, "site a has the copy");
+}
+
+#[test]
+fn an_extended_copy_behind_a_compare_and_write_copies_its_new_data() {
+    // COMPARE AND WRITE of block 0 and a copy of block 0 to block 10 in one send: the copy's
+    // read arrives while the pair is pending, is diverted behind it, and copies the new data.
+    let (_d, addr) = daemon("16MiB");
+    let mut r = Raw::login(addr, false);
+    let naa = naa_of(&mut r, 1, 0);
+    let old = pattern(1, 512);
+    let new = pattern(2, 512);
+    r.scsi(2, &write10(0, 1), 512, 0xA0, &old);
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!(h[3], 0);
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[13] = 1;
+    let mut c = bhs(0x01, 0xA0);
+    put32(&mut c, 16, 3);
+    put32(&mut c, 20, 1024);
+    put32(&mut c, 24, r.cmd_sn);
+    c[32..48].copy_from_slice(&caw);
+    let mut both = frame(c, &[old.clone(), new.clone()].concat(), false);
+    let list = xcopy_list(1, 2, &[naa], &[(0, 0, 1, 0, 10)]);
+    let mut x = [0u8; 16];
+    x[0] = 0x83;
+    x[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
+    let mut h = bhs(0x01, 0xA0);
+    put32(&mut h, 16, 4);
+    put32(&mut h, 20, list.len() as u32);
+    put32(&mut h, 24, r.cmd_sn + 1);
+    h[32..48].copy_from_slice(&x);
+    both.extend_from_slice(&frame(h, &list, false));
+    r.cmd_sn += 2;
+    r.s.write_all(&both).unwrap();
+    let mut statuses = [None, None];
+    while statuses.iter().any(Option::is_none) {
+        let (h, _) = r.read_pdu().expect("responses");
+        assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response");
+        let itt = u32::from_be_bytes(h[16..20].try_into().unwrap());
+        statuses[(itt - 3) as usize] = Some(h[3]);
+    }
+    assert_eq!(statuses, [Some(0), Some(0)], "both GOOD");
+    assert_eq!(
+        read_blocks(&mut r, 5, 10, 1),
+        new,
+        "the copy saw the pair's write"
+    );
 }
