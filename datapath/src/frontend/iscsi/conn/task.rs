@@ -8,7 +8,8 @@
 //! a time for at most MaxBurstLength each. Once the data is whole the task executes: pages are
 //! built at once; media commands go to the channel (several device operations for UNMAP and
 //! WRITE SAME, counted in `parts`); COMPARE AND WRITE goes to the volume's home executor, the
-//! path NVMe fused Compare+Write takes (atomic across both sites for a mirrored volume).
+//! path NVMe fused Compare+Write takes (atomic across both sites for a mirrored volume);
+//! EXTENDED COPY runs chunk by chunk in its task (`copy.rs`).
 //!
 //! Invariants:
 //! - A task whose operations are at a device stays in the slab (its slot cannot be reused)
