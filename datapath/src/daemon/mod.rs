@@ -555,6 +555,7 @@ impl Daemon {
             next_tsih: std::sync::atomic::AtomicU16::new(1),
             next_nexus: std::sync::atomic::AtomicU64::new(1),
             nop_in_interval_ms: cfg.iscsi.nop_in_interval_ms,
+            copies: std::sync::atomic::AtomicU32::new(0),
         });
         let iscsi_acceptor: Arc<dyn Acceptor> = Arc::new(IscsiAcceptor::new(Arc::clone(&iscsi)));
         for (fd, addr) in iscsi_socks {

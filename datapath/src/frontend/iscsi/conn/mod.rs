@@ -29,6 +29,7 @@
 //! - Backpressure: at most [`MAX_TASKS`] tasks and about [`TX_HIGH_WATER`] unsent bytes; past
 //!   either, the connection stops reading until they drain.
 
+mod copy;
 mod excl;
 mod session;
 mod task;
@@ -115,6 +116,10 @@ pub struct IscsiConn {
     pub(super) tmf_wait: Vec<(u32, u8, u8, Vec<u32>)>,
     /// Volumes whose atomic section a retired task entered: left in `flush`.
     pub(super) leaves: Vec<usize>,
+    /// EXTENDED COPY runs whose device operation completed: stepped in `flush` (`copy.rs`).
+    pub(super) copy_ready: Vec<u32>,
+    /// Statuses of finished copies with a held list identifier (RECEIVE COPY RESULTS).
+    pub(super) copy_results: Vec<crate::frontend::iscsi::xcopy::Held>,
     /// A unit attention to report on the next command (per LUN index).
     pub(super) ua: Vec<Option<crate::frontend::iscsi::scsi::Sense>>,
     /// Path-state change and reset counts last seen, per LUN index (unit attentions).
@@ -164,6 +169,8 @@ impl IscsiConn {
             logout: None,
             tmf_wait: Vec::new(),
             leaves: Vec::new(),
+            copy_ready: Vec::new(),
+            copy_results: Vec::new(),
             ua: Vec::new(),
             path_seen: Vec::new(),
             ping_ts: Box::new(types::Timespec::new()),
@@ -632,12 +639,14 @@ impl Conn for IscsiConn {
     }
 
     fn on_note(&mut self, _env: &mut Env<'_>, note: crate::runtime::Note) {
+        // Anything else is a `copy::Kick`: the turn it asks for is this one (`flush` follows).
         if let Ok(n) = note.downcast::<crate::frontend::nvmf::Note>() {
             self.home_done(*n);
         }
     }
 
     fn flush(&mut self, env: &mut Env<'_>) {
+        self.drive_copies(env);
         self.leave_sections(env);
         if self.errors > 0 {
             // Counted against the session's target's first LUN's volume.

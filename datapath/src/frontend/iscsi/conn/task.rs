@@ -8,7 +8,8 @@
 //! a time for at most MaxBurstLength each. Once the data is whole the task executes: pages are
 //! built at once; media commands go to the channel (several device operations for UNMAP and
 //! WRITE SAME, counted in `parts`); COMPARE AND WRITE goes to the volume's home executor, the
-//! path NVMe fused Compare+Write takes (atomic across both sites for a mirrored volume).
+//! path NVMe fused Compare+Write takes (atomic across both sites for a mirrored volume);
+//! EXTENDED COPY runs chunk by chunk in its task (`copy.rs`).
 //!
 //! Invariants:
 //! - A task whose operations are at a device stays in the slab (its slot cannot be reused)
@@ -76,6 +77,8 @@ pub(super) struct Task {
     pub(super) aborted: bool,
     /// The task counts in its volume's atomic section (left when it is retired).
     pub(super) entered: bool,
+    /// A running EXTENDED COPY (`copy.rs`).
+    pub(super) copy: Option<Box<super::copy::Run>>,
 }
 
 /// The sense a device error becomes.
@@ -152,14 +155,17 @@ fn allowed_when_reserved(cmd: &Cmd) -> bool {
 /// read-class one, `None` for commands every nexus may issue (SPC-4 §5.13.1).
 fn pr_class(cmd: &Cmd) -> Option<bool> {
     match cmd {
-        Cmd::Read(_) | Cmd::Verify { .. } | Cmd::Prefetch(_) | Cmd::GetLbaStatus { .. } => {
-            Some(false)
-        }
+        Cmd::Read(_)
+        | Cmd::Verify { .. }
+        | Cmd::Prefetch(_)
+        | Cmd::GetLbaStatus { .. }
+        | Cmd::ReceiveCopyResults { .. } => Some(false),
         Cmd::Write(_)
         | Cmd::WriteVerify(_)
         | Cmd::WriteSame { .. }
         | Cmd::Unmap { .. }
         | Cmd::CompareAndWrite(_)
+        | Cmd::ExtendedCopy { .. }
         | Cmd::SyncCache
         | Cmd::ModeSelect { .. }
         | Cmd::Reserve
@@ -428,6 +434,7 @@ impl IscsiConn {
             result: Ok(()),
             aborted: false,
             entered: false,
+            copy: None,
         };
         let slot = self.tasks.insert(task) as u32;
         self.advance(env, slot);
@@ -652,6 +659,9 @@ impl IscsiConn {
             (Cmd::ReportTpg { extended, alloc }, Some(l)) => {
                 Some(page(Ok(pages::report_tpg(l, extended)), alloc))
             }
+            (Cmd::ReceiveCopyResults { sa, list_id, alloc }, Some(l)) => {
+                Some(page(self.copy_results(sa, list_id, l.block), alloc))
+            }
             _ => None,
         };
         if let Some(b) = built {
@@ -674,6 +684,7 @@ impl IscsiConn {
         };
         let r = match cmd {
             Cmd::TestUnitReady | Cmd::StartStop | Cmd::PreventAllow => Ok(()),
+            Cmd::ExtendedCopy { .. } => return self.extended_copy(env, slot),
             Cmd::Prefetch(rw) => range(rw.lba, u64::from(rw.blocks)).map(|_| ()),
             Cmd::PrIn { sa, alloc } => {
                 let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
@@ -1141,7 +1152,7 @@ impl IscsiConn {
     }
 
     /// Answer RESERVATION CONFLICT (a status without sense data).
-    fn conflict(&mut self, slot: u32) {
+    pub(super) fn conflict(&mut self, slot: u32) {
         let Some(t) = self.tasks.try_remove(slot as usize) else {
             return;
         };
@@ -1163,6 +1174,9 @@ impl IscsiConn {
             tracing::error!(slot, "completion for an unknown iSCSI task slot");
             return;
         };
+        if t.copy.is_some() {
+            return self.copy_io_done(slot, result, data);
+        }
         t.parts = t.parts.saturating_sub(1);
         if matches!(t.cmd, Cmd::PrOut { .. }) {
             return self.pr_done(slot, prs::outcome_of(result));
@@ -1196,6 +1210,9 @@ impl IscsiConn {
             let Some(t) = self.tasks.get_mut(slot as usize) else {
                 return;
             };
+            if t.copy.is_some() {
+                return self.copy_home_done(slot, r, data);
+            }
             t.parts = 0;
             if r.is_ok() && matches!(t.cmd, Cmd::Read(_) | Cmd::Verify { .. }) {
                 return self.read_done(slot, &data);
@@ -1211,7 +1228,7 @@ impl IscsiConn {
 
     /// Whether this nexus may issue a read- (`write` false) or write-class command to LUN
     /// index `i`: one atomic load, the lock only when the reservation state changed.
-    fn pr_allows(&mut self, i: usize, write: bool) -> bool {
+    pub(super) fn pr_allows(&mut self, i: usize, write: bool) -> bool {
         let pr = &self.sh.targets[self.target].luns[i].pr;
         let v = pr.version.load(std::sync::atomic::Ordering::Acquire);
         if self.pr_cache.len() <= i {
