@@ -200,7 +200,7 @@ impl IscsiConn {
     /// Move run `slot` on: start its next operation, or answer it.
     pub(super) fn copy_step(&mut self, env: &mut Env<'_>, slot: u32) {
         for _ in 0..CHUNKS_PER_TURN {
-            let closing = self.closing;
+            let closing = self.life.closing;
             let Some(t) = self.tasks.get_mut(slot as usize) else {
                 return;
             };
