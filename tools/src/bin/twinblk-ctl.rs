@@ -89,6 +89,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DrillCmd,
     },
+    /// Continuous data protection at the site (the first --socket): `status` (each journal's
+    /// window in UTC and as the `--time` that `twinblk cdp restore` and `twinblk cdp view`
+    /// take, its history against the retention target), `bookmark`, `bookmarks`,
+    /// `unbookmark`.
+    Cdp {
+        #[command(subcommand)]
+        cmd: CdpCmd,
+    },
     /// Send one JSON-RPC method and print its result (docs/control.md lists them).
     Call {
         /// The method, e.g. mirror_status.
@@ -126,6 +134,58 @@ enum DrillCmd {
         #[arg(long)]
         key: PathBuf,
     },
+}
+
+/// `twinblk-ctl cdp` verbs.
+#[derive(Subcommand)]
+enum CdpCmd {
+    /// Each journal's window, history and counters (`cdp_status`).
+    Status {
+        /// Only this volume.
+        volume: Option<String>,
+    },
+    /// Name the current moment of a volume, or of every volume of a group at one time
+    /// (`cdp_bookmark`); it stays restorable past retention until deleted.
+    Bookmark {
+        /// The bookmark's name (1 to 64 of A-Z a-z 0-9 . _ -).
+        name: String,
+        #[command(flatten)]
+        target: CdpTarget,
+    },
+    /// The bookmarks of a volume or a group (`cdp_bookmarks`).
+    Bookmarks {
+        #[command(flatten)]
+        target: CdpTarget,
+    },
+    /// Delete a bookmark (`cdp_bookmark_delete`): retention may then consolidate past it.
+    Unbookmark {
+        /// The bookmark's name.
+        name: String,
+        #[command(flatten)]
+        target: CdpTarget,
+    },
+}
+
+/// One volume or one group.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct CdpTarget {
+    /// A volume.
+    #[arg(long)]
+    volume: Option<String>,
+    /// Every volume of a group.
+    #[arg(long)]
+    group: Option<String>,
+}
+
+impl CdpTarget {
+    fn target(&self) -> ctl::cdp::Target<'_> {
+        match (&self.volume, &self.group) {
+            (Some(v), _) => ctl::cdp::Target::Volume(v),
+            (None, Some(g)) => ctl::cdp::Target::Group(g),
+            (None, None) => unreachable!("clap requires one"),
+        }
+    }
 }
 
 /// What `twinblk-ctl resync` does.
@@ -304,6 +364,7 @@ fn run(cli: Cli) -> i32 {
             code
         }
         Cmd::Drill { cmd } => drill(&cli, cmd),
+        Cmd::Cdp { cmd } => cdp(&cli, cmd),
         Cmd::Call { method, params } => raw(&cli, method, params.as_deref()),
         Cmd::Raw(words) => {
             let [method, rest @ ..] = &words[..] else {
@@ -320,6 +381,54 @@ fn run(cli: Cli) -> i32 {
                 }
             };
             raw(&cli, method, params)
+        }
+    }
+}
+
+fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
+    use ctl::cdp;
+    let socket = first_socket(cli);
+    let (r, render): (_, fn(&Value) -> String) = match cmd {
+        CdpCmd::Status { volume } => (cdp::status(&socket, volume.as_deref()), cdp::render_status),
+        CdpCmd::Bookmark { name, target } => (
+            cdp::bookmark(&socket, &target.target(), name),
+            |v: &Value| {
+                format!(
+                    "bookmark {} at {} (--time {}) on {}\n",
+                    v["name"].as_str().unwrap_or("?"),
+                    cdp::utc(v["time_ns"].as_u64().unwrap_or(0)),
+                    v["time_ns"],
+                    v["volumes"]
+                )
+            },
+        ),
+        CdpCmd::Bookmarks { target } => (
+            cdp::bookmarks(&socket, &target.target()),
+            cdp::render_bookmarks,
+        ),
+        CdpCmd::Unbookmark { name, target } => (
+            cdp::unbookmark(&socket, &target.target(), name),
+            |v: &Value| {
+                format!(
+                    "bookmark {} deleted on {}\n",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["volumes"]
+                )
+            },
+        ),
+    };
+    match r {
+        Err(e) => {
+            eprintln!("twinblk-ctl: {e}");
+            e.exit_code()
+        }
+        Ok(v) => {
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", render(&v));
+            }
+            exit::OK
         }
     }
 }

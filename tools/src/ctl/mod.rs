@@ -12,6 +12,7 @@
 //! volume is `up` at both sites with nothing dirty, no resync running, no failure, no refused
 //! session, one leader, and the witness (where configured) answering both sites. Exit codes are [`exit`].
 
+pub mod cdp;
 pub mod render;
 pub mod verify;
 
