@@ -347,6 +347,10 @@ pub struct IscsiConfig {
     /// (and closed if nothing arrives for as long again); 0: never.
     #[serde(default = "default_nop_in_interval_ms")]
     pub nop_in_interval_ms: u32,
+    /// Directory of the persistent reservation state files (one per LUN), kept for LUNs whose
+    /// last REGISTER set APTPL; unset: APTPL is refused and reservations live in memory.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     /// Targets; when empty, one per volume named `iqn.2026-11.io.twinblk:<volume>`.
     #[serde(default, rename = "target")]
     pub targets: Vec<IscsiTargetConfig>,
@@ -696,6 +700,7 @@ impl Default for IscsiConfig {
             listen: Vec::new(),
             extra_portals: Vec::new(),
             nop_in_interval_ms: default_nop_in_interval_ms(),
+            state_dir: None,
             targets: Vec::new(),
         }
     }

@@ -69,6 +69,9 @@ pub enum StartError {
     /// The NVMe-oF reservation state could not be loaded.
     #[error("NVMe-oF reservations")]
     Reservations(#[source] crate::frontend::nvmf::resv::ResvError),
+    /// The iSCSI persistent reservation state could not be loaded.
+    #[error("iSCSI persistent reservations: {0}")]
+    IscsiReservations(String),
     /// An iSCSI target's CHAP secret file could not be read.
     #[error("iSCSI target {target}: cannot read its CHAP secret file")]
     ChapSecret {
@@ -527,6 +530,29 @@ impl Daemon {
                 allowed: t.allowed_initiators,
                 chap,
             });
+        }
+        // SCSI persistent reservations persist (APTPL) in [iscsi] state_dir, one file a LUN.
+        if let Some(dir) = &cfg.iscsi.state_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StartError::IscsiReservations(format!("{}: {e}", dir.display())))?;
+            for t in &iscsi_targets {
+                for l in &t.luns {
+                    let name: String = t
+                        .iqn
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                    let path = dir.join(format!("{name}-lun{}.pr", l.lun));
+                    l.pr.attach(path, &t.iqn, l.lun)
+                        .map_err(StartError::IscsiReservations)?;
+                }
+            }
         }
         // ... and so are the SCSI persistent reservations of their iSCSI logical units.
         let pr_replicator = Arc::new(crate::frontend::iscsi::prs::PrReplicator::new(

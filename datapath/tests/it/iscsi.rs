@@ -873,12 +873,24 @@ fn iscsi_site(
     listen: u16,
     peer_port: u16,
 ) -> (Server, SocketAddr) {
+    iscsi_site_with(root, me, peer, listen, peer_port, "")
+}
+
+/// As [`iscsi_site`], with `iscsi` (TOML lines) added to its `[iscsi]` table.
+fn iscsi_site_with(
+    root: &std::path::Path,
+    me: &str,
+    peer: &str,
+    listen: u16,
+    peer_port: u16,
+    iscsi: &str,
+) -> (Server, SocketAddr) {
     let d = root.join(me);
     std::fs::create_dir_all(&d).unwrap();
     let port = free_port();
     let s = Server::start_nvmf(
         &d,
-        &format!("[iscsi]\nlisten=['127.0.0.1:{port}']"),
+        &format!("[iscsi]\nlisten=['127.0.0.1:{port}']\n{iscsi}"),
         &crate::mirror::site_body(root, me, peer, listen, peer_port, 10_000),
     );
     (s, SocketAddr::from(([127, 0, 0, 1], port)))
@@ -886,6 +898,19 @@ fn iscsi_site(
 
 /// PERSISTENT RESERVE OUT: (status, sense key, ASC, ASCQ).
 fn prout(r: &mut Raw, itt: u32, sa: u8, rtype: u8, key: u64, sa_key: u64) -> (u8, u8, u8, u8) {
+    prout_flags(r, itt, sa, rtype, key, sa_key, 0)
+}
+
+/// PERSISTENT RESERVE OUT with parameter-list byte 20 (SPEC_I_PT, ALL_TG_PT, APTPL) `flags`.
+fn prout_flags(
+    r: &mut Raw,
+    itt: u32,
+    sa: u8,
+    rtype: u8,
+    key: u64,
+    sa_key: u64,
+    flags: u8,
+) -> (u8, u8, u8, u8) {
     let mut cdb = [0u8; 10];
     cdb[0] = 0x5F;
     cdb[1] = sa;
@@ -894,6 +919,7 @@ fn prout(r: &mut Raw, itt: u32, sa: u8, rtype: u8, key: u64, sa_key: u64) -> (u8
     let mut p = [0u8; 24];
     p[0..8].copy_from_slice(&key.to_be_bytes());
     p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    p[20] = flags;
     r.scsi(itt, &cdb, 24, 0xA0, &p);
     let (h, d) = r.read_pdu().expect("a SCSI Response");
     assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response");
@@ -1563,4 +1589,77 @@ fn qemu_img_convert_with_copy_offloading_clones_one_lun_to_another() {
         .arg(&src)
         .arg(&l1));
     assert!(out.contains("Images are identical"), "{out}");
+}
+
+/// Registrations made with APTPL survive a restart of both sites (each site persists the state
+/// the leader decided, in `[iscsi] state_dir`), and the restarted pair enforces them at both
+/// sites again; without a state directory APTPL is refused.
+#[test]
+fn aptpl_reservations_survive_a_restart_of_both_sites() {
+    const CONFLICT: u8 = 0x18;
+    let (ka, kb) = (0xA1u64, 0xB2u64);
+    let root = tempfile::tempdir().unwrap();
+    let state = |me: &str| format!("state_dir='{}'", root.path().join(me).join("pr").display());
+    let (pa, pb) = (free_port(), free_port());
+    let (a, ia) = iscsi_site_with(root.path(), "a", "b", pa, pb, &state("a"));
+    let (b, ib) = iscsi_site_with(root.path(), "b", "a", pb, pa, &state("b"));
+    crate::mirror::wait_up(&a);
+    crate::mirror::wait_up(&b);
+    let mut h1 = Raw::login_as(ia, "iqn.2026-12.test:host1");
+    let mut h2 = Raw::login_as(ib, "iqn.2026-12.test:host2");
+    let (_, _, _, _, cap) = status_of(&mut h1, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8);
+    let bs = u32::from_be_bytes(cap[4..8].try_into().unwrap()) as usize;
+    // REPORT CAPABILITIES: persist-through-power-loss capable.
+    assert_eq!(prin(&mut h1, 2, 2)[2] & 1, 1, "PTPL_C");
+    assert_eq!(prout_flags(&mut h1, 3, 0, 0, 0, ka, 0x01).0, 0);
+    assert_eq!(prout_flags(&mut h2, 3, 0, 0, 0, kb, 0x01).0, 0);
+    assert_eq!(prout(&mut h1, 4, 1, 1, ka, 0).0, 0);
+    assert_eq!(write_one(&mut h2, 5, bs), CONFLICT);
+    let keys = prin(&mut h1, 6, 0);
+    assert_eq!(prin(&mut h1, 7, 2)[3] & 1, 1, "PTPL_A");
+    drop((h1, h2));
+    // Both sites stop and start again.
+    let (mut a, mut b) = (a, b);
+    b.kill();
+    a.kill();
+    drop((a, b));
+    let (a, ia) = iscsi_site_with(root.path(), "a", "b", pa, free_port(), &state("a"));
+    let (b, ib) = iscsi_site_with(root.path(), "b", "a", free_port(), pa, &state("b"));
+    crate::mirror::wait_up(&a);
+    crate::mirror::wait_up(&b);
+    let mut h1 = Raw::login_as(ia, "iqn.2026-12.test:host1");
+    let mut h2 = Raw::login_as(ib, "iqn.2026-12.test:host2");
+    assert_eq!(
+        prin(&mut h1, 1, 0),
+        keys,
+        "site a kept the keys and generation"
+    );
+    assert_eq!(prin(&mut h2, 1, 0), keys, "site b kept them too");
+    let res = prin(&mut h2, 2, 1);
+    assert_eq!(
+        (&res[8..16], res[21]),
+        (&ka.to_be_bytes()[..], 1),
+        "host 1 still holds it"
+    );
+    assert_eq!(
+        write_one(&mut h2, 3, bs),
+        CONFLICT,
+        "and site b enforces it"
+    );
+    assert_eq!(write_one(&mut h1, 3, bs), 0);
+    drop((h1, h2));
+    drop((a, b));
+    // Without a state directory there is nowhere to persist: APTPL is refused.
+    let (pa, pb) = (free_port(), free_port());
+    let root2 = tempfile::tempdir().unwrap();
+    let (a, ia) = iscsi_site(root2.path(), "a", "b", pa, pb);
+    let (b, _) = iscsi_site(root2.path(), "b", "a", pb, pa);
+    crate::mirror::wait_up(&a);
+    crate::mirror::wait_up(&b);
+    let mut h1 = Raw::login_as(ia, "iqn.2026-12.test:host1");
+    assert_eq!(prin(&mut h1, 1, 2)[2] & 1, 0, "no PTPL_C");
+    assert_eq!(
+        prout_flags(&mut h1, 2, 0, 0, 0, ka, 0x01),
+        (0x02, 0x05, 0x26, 0x00)
+    );
 }

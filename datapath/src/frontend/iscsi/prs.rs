@@ -31,13 +31,19 @@ pub struct PrState {
     /// Bumped after every change (sessions cache their access by it).
     pub version: AtomicU64,
     inner: Mutex<Inner>,
+    /// Where the state persists (with APTPL), and the LUN it is of: set once at start
+    /// ([`PrState::attach`]); unset: APTPL is refused.
+    file: std::sync::OnceLock<(std::path::PathBuf, String, u16)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Inner {
     ns: NsResv,
     /// Initiator names and ISIDs of the registrants (READ FULL STATUS transport ids).
     names: Vec<([u8; 16], String)>,
+    /// Activate Persist Through Power Loss: the last REGISTER asked for it; the state is then
+    /// in its file and survives a restart (without it the file is removed).
+    aptpl: bool,
 }
 
 /// The registrant id of an I_T nexus.
@@ -116,6 +122,9 @@ pub struct PrOut {
     pub key: u64,
     /// SERVICE ACTION RESERVATION KEY.
     pub sa_key: u64,
+    /// APTPL of a REGISTER (or REGISTER AND IGNORE EXISTING KEY); false for the others, which
+    /// ignore the bit (SPC-4).
+    pub aptpl: bool,
 }
 
 /// Check PERSISTENT RESERVE OUT service action `sa`, `scope_type` (CDB byte 2) and the
@@ -130,10 +139,11 @@ pub fn parse_out(sa: u8, scope_type: u8, p: &[u8]) -> Result<PrOut, Sense> {
     let key = be64(&p[0..8]);
     let sa_key = be64(&p[8..16]);
     let flags = p[20];
-    // SPEC_I_PT (0x08), ALL_TG_PT (0x04) and APTPL (0x01) are not supported.
-    if flags & 0x0D != 0 {
+    // SPEC_I_PT (0x08) and ALL_TG_PT (0x04) are not supported.
+    if flags & 0x0C != 0 {
         return Err(Sense::INVALID_FIELD_PARAM);
     }
+    let aptpl = matches!(sa, 0 | 6) && flags & 0x01 != 0;
     let t = scope_type & 0x0F;
     let needs_type = matches!(sa, 1 | 2 | 4 | 5);
     if needs_type && scope_type >> 4 != 0 {
@@ -149,6 +159,7 @@ pub fn parse_out(sa: u8, scope_type: u8, p: &[u8]) -> Result<PrOut, Sense> {
         nt,
         key,
         sa_key,
+        aptpl,
     })
 }
 
@@ -175,8 +186,16 @@ impl PrState {
             nt,
             key,
             sa_key,
+            aptpl,
         } = *o;
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if aptpl && self.file.get().is_none() {
+            // Nowhere to persist it: refused rather than promised (REPORT CAPABILITIES says
+            // PTPL_C 0).
+            return Outcome::Check(Sense::INVALID_FIELD_PARAM);
+        }
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Decided on a copy: it takes effect only once persisted (when it must be).
+        let mut g = guard.clone();
         let before = g.ns.clone();
         let registered =
             g.ns.registrants
@@ -218,49 +237,98 @@ impl PrState {
         } else {
             Sense::INVALID_FIELD_PARAM
         };
+        if r.is_ok() && matches!(sa, 0 | 6) {
+            g.aptpl = aptpl;
+        }
         if g.ns != before {
             let live: Vec<[u8; 16]> = g.ns.registrants.iter().map(|r| r.hostid).collect();
             g.names.retain(|(h, _)| live.contains(h));
             if live.contains(me) && !g.names.iter().any(|(h, _)| h == me) {
                 g.names.push((*me, name.to_string()));
             }
+        }
+        if g != *guard {
+            if let Err(e) = self.persist(&g) {
+                tracing::error!(error = %e, "iscsi: cannot persist the reservation state; change refused");
+                return Outcome::Check(Sense::INTERNAL);
+            }
+            *guard = g;
             self.version.fetch_add(1, Ordering::AcqRel);
         }
         outcome(r, bad)
     }
 
+    /// Make `g` the persisted state: its file written atomically when APTPL is active (write,
+    /// fsync, rename, fsync of the directory), removed otherwise. Nothing without a file.
+    fn persist(&self, g: &Inner) -> std::io::Result<()> {
+        let Some((path, target, lun)) = self.file.get() else {
+            return Ok(());
+        };
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        if g.aptpl {
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &encode(g, target, *lun))?;
+            f.sync_all()?;
+            drop(f);
+            std::fs::rename(&tmp, path)?;
+        } else {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                r => r?,
+            }
+        }
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    /// Persist this LUN's state (APTPL) in `path`: load what a previous run persisted there
+    /// (it must be of the same target and LUN), and keep every later change there. Called
+    /// once, before any session.
+    pub fn attach(&self, path: std::path::PathBuf, target: &str, lun: u16) -> Result<(), String> {
+        match std::fs::read(&path) {
+            Ok(b) => {
+                let Some((t, l, ns, names, aptpl)) = decode_state(&b) else {
+                    return Err(format!(
+                        "{}: not a reservation state file (malformed)",
+                        path.display()
+                    ));
+                };
+                if t != target || l != lun {
+                    return Err(format!(
+                        "{}: holds the reservations of {t} LUN {l}, not of {target} LUN {lun}",
+                        path.display()
+                    ));
+                }
+                let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                *g = Inner { ns, names, aptpl };
+                self.version.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        self.file
+            .set((path, target.to_string(), lun))
+            .map_err(|_| "attached twice".to_string())
+    }
+
     /// The whole state as a replicated state of LUN `lun` of `target` (see [`decode_state`]).
     pub fn encode_state(&self, target: &str, lun: u16) -> Vec<u8> {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let n = &g.ns;
-        let mut v = Vec::with_capacity(64 + target.len() + n.registrants.len() * 64);
-        put_str(&mut v, target);
-        v.extend_from_slice(&lun.to_le_bytes());
-        v.extend_from_slice(&n.generation.to_le_bytes());
-        v.push(n.rtype);
-        v.push(u8::from(n.holder.is_some()));
-        v.extend_from_slice(&n.holder.unwrap_or([0; 16]));
-        let count = n.registrants.len().min(MAX_PR_REGISTRANTS);
-        v.extend_from_slice(&(count as u16).to_le_bytes());
-        for r in &n.registrants[..count] {
-            v.extend_from_slice(&r.hostid);
-            v.extend_from_slice(&r.rkey.to_le_bytes());
-            let name = g
-                .names
-                .iter()
-                .find(|(h, _)| *h == r.hostid)
-                .map_or("", |(_, n)| n.as_str());
-            put_str(&mut v, name);
-        }
-        v
+        encode(&g, target, lun)
     }
 
-    /// Replace the state with one decided by the other site.
-    pub fn install(&self, ns: NsResv, names: Vec<([u8; 16], String)>) {
+    /// Replace the state with one decided by the other site (persisted here too, as there);
+    /// false when it could not be persisted (the old state stays).
+    pub fn install(&self, ns: NsResv, names: Vec<([u8; 16], String)>, aptpl: bool) -> bool {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.ns = ns;
-        g.names = names;
+        let next = Inner { ns, names, aptpl };
+        if let Err(e) = self.persist(&next) {
+            tracing::error!(error = %e, "iscsi: cannot persist the peer's reservation state");
+            return false;
+        }
+        *g = next;
         self.version.fetch_add(1, Ordering::AcqRel);
+        true
     }
 
     /// PERSISTENT RESERVE IN service action `sa` (the whole data; the caller cuts it to the
@@ -299,8 +367,11 @@ impl PrState {
                 }
             }
             2 => {
-                // REPORT CAPABILITIES: no CRH, SIP_C, ATP_C, PTPL_C; TMV with the six types.
-                b.extend_from_slice(&[0, 8, 0, 0x80, 0xEA, 0x01, 0, 0]);
+                // REPORT CAPABILITIES: no CRH, SIP_C, ATP_C; PTPL_C when the state can persist,
+                // PTPL_A when it does; TMV with the six types.
+                let ptpl_c = u8::from(self.file.get().is_some());
+                let ptpl_a = u8::from(g.aptpl);
+                b.extend_from_slice(&[0, 8, ptpl_c, 0x80 | ptpl_a, 0xEA, 0x01, 0, 0]);
             }
             3 => {
                 b.extend_from_slice(&ns.generation.to_be_bytes());
@@ -350,6 +421,32 @@ impl PrState {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.ns.registrants.iter().any(|r| &r.hostid == me)
     }
+}
+
+/// `g` as a replicated (and persisted) state of LUN `lun` of `target`.
+fn encode(g: &Inner, target: &str, lun: u16) -> Vec<u8> {
+    let n = &g.ns;
+    let mut v = Vec::with_capacity(64 + target.len() + n.registrants.len() * 64);
+    put_str(&mut v, target);
+    v.extend_from_slice(&lun.to_le_bytes());
+    v.push(u8::from(g.aptpl));
+    v.extend_from_slice(&n.generation.to_le_bytes());
+    v.push(n.rtype);
+    v.push(u8::from(n.holder.is_some()));
+    v.extend_from_slice(&n.holder.unwrap_or([0; 16]));
+    let count = n.registrants.len().min(MAX_PR_REGISTRANTS);
+    v.extend_from_slice(&(count as u16).to_le_bytes());
+    for r in &n.registrants[..count] {
+        v.extend_from_slice(&r.hostid);
+        v.extend_from_slice(&r.rkey.to_le_bytes());
+        let name = g
+            .names
+            .iter()
+            .find(|(h, _)| *h == r.hostid)
+            .map_or("", |(_, n)| n.as_str());
+        put_str(&mut v, name);
+    }
+    v
 }
 
 /// Registrants per logical unit at most (each registration is replicated with its initiator
@@ -452,6 +549,7 @@ impl PrCmd {
         put_str(&mut v, &self.name);
         v.push(self.out.sa);
         v.push(self.out.nt);
+        v.push(u8::from(self.out.aptpl));
         v.extend_from_slice(&self.out.key.to_le_bytes());
         v.extend_from_slice(&self.out.sa_key.to_le_bytes());
         v
@@ -469,6 +567,11 @@ impl PrCmd {
             out: PrOut {
                 sa: c.u8()?,
                 nt: c.u8()?,
+                aptpl: match c.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                },
                 key: c.u64()?,
                 sa_key: c.u64()?,
             },
@@ -478,12 +581,13 @@ impl PrCmd {
         } else {
             cmd.out.nt == 0
         };
-        (c.is_empty() && cmd.out.sa <= 6 && type_ok).then_some(cmd)
+        let aptpl_ok = !cmd.out.aptpl || matches!(cmd.out.sa, 0 | 6);
+        (c.is_empty() && cmd.out.sa <= 6 && type_ok && aptpl_ok).then_some(cmd)
     }
 }
 
-/// A replicated state: (target, LUN, the reservation state, the registrants' names).
-pub type PrStateParts = (String, u16, NsResv, Vec<([u8; 16], String)>);
+/// A replicated state: (target, LUN, the reservation state, the registrants' names, APTPL).
+pub type PrStateParts = (String, u16, NsResv, Vec<([u8; 16], String)>, bool);
 
 /// Parse [`PrState::encode_state`]'s bytes (`None`: malformed).
 pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
@@ -491,6 +595,11 @@ pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
     let mut c = Cursor(b);
     let target = c.str8()?;
     let lun = c.u16()?;
+    let aptpl = match c.u8()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
     let generation = c.u32()?;
     let rtype = c.u8()?;
     let has_holder = c.u8()?;
@@ -522,7 +631,7 @@ pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
         holder: (has_holder == 1).then_some(holder),
         registrants,
     };
-    Some((target, lun, ns, names))
+    Some((target, lun, ns, names, aptpl))
 }
 
 /// One logical unit as the replicator sees it: (target IQN, LUN, volume index, its state).
@@ -575,7 +684,7 @@ impl crate::layer::mirror::engine::MetaHandler for PrReplicator {
 
     fn install(&self, vol: usize, state: &[u8]) -> crate::layer::mirror::engine::Install {
         use crate::layer::mirror::engine::Install;
-        let Some((target, lun, ns, names)) = decode_state(state) else {
+        let Some((target, lun, ns, names, aptpl)) = decode_state(state) else {
             tracing::error!(
                 vol,
                 "mirror: malformed SCSI reservation state from the peer"
@@ -583,10 +692,8 @@ impl crate::layer::mirror::engine::MetaHandler for PrReplicator {
             return Install::Malformed;
         };
         match self.find(vol, &target, lun) {
-            Some(pr) => {
-                pr.install(ns, names);
-                Install::Done
-            }
+            Some(pr) if pr.install(ns, names, aptpl) => Install::Done,
+            Some(_) => Install::Failed,
             None => {
                 tracing::error!(
                     vol,
@@ -668,6 +775,7 @@ mod tests {
                 nt,
                 key,
                 sa_key,
+                aptpl: false,
             },
         }
         .encode()
@@ -749,7 +857,7 @@ mod tests {
             assert_eq!(r.install(0, &state[..n]), Install::Malformed, "cut at {n}");
         }
         let mut bad = state.clone();
-        bad[1 + 5 + 2 + 4] = 7; // reservation type 7
+        bad[1 + 5 + 2 + 1 + 4] = 7; // reservation type 7
         assert!(decode_state(&bad).is_none());
         // Pseudo-random bytes: never a panic.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -820,5 +928,88 @@ mod tests {
         let st = t.encode_state(&"t".repeat(223), u16::MAX);
         assert!(st.len() < crate::layer::mirror::wire::MAX_META_STATE as usize - 1);
         assert!(decode_state(&st).is_some());
+    }
+
+    fn aptpl_params(key: u64, sa_key: u64) -> Vec<u8> {
+        let mut p = params(key, sa_key);
+        p[20] = 0x01;
+        p
+    }
+
+    #[test]
+    fn aptpl_persists_the_state_through_a_restart_and_plain_register_forgets_it() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("lun0.pr");
+        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1]);
+        // Nowhere to persist: APTPL refused, PTPL_C 0.
+        let s = PrState::default();
+        assert_eq!(
+            s.out(&a, "iqn.a", 0, 0, &aptpl_params(0, 5)),
+            Outcome::Check(Sense::INVALID_FIELD_PARAM)
+        );
+        assert_eq!(s.read(2).unwrap()[2] & 1, 0);
+        // Attached: APTPL register persists; a new run (attach again) has the registration and
+        // the reservation.
+        let s = PrState::default();
+        s.attach(path.clone(), "iqn.t", 0).unwrap();
+        assert_eq!(s.read(2).unwrap()[2] & 1, 1, "PTPL_C");
+        assert_eq!(s.out(&a, "iqn.a", 0, 0, &aptpl_params(0, 5)), Outcome::Good);
+        assert_eq!(s.read(2).unwrap()[3] & 1, 1, "PTPL_A");
+        assert_eq!(s.out(&a, "iqn.a", 1, 1, &params(5, 0)), Outcome::Good);
+        assert!(path.exists());
+        let again = PrState::default();
+        again.attach(path.clone(), "iqn.t", 0).unwrap();
+        assert_eq!(again.read(0).unwrap(), s.read(0).unwrap());
+        assert_eq!(again.read(1).unwrap(), s.read(1).unwrap());
+        assert_eq!(again.read(3).unwrap(), s.read(3).unwrap(), "names too");
+        assert!(
+            again.version.load(Ordering::Acquire) > 0,
+            "sessions re-read it"
+        );
+        // A REGISTER without APTPL: the file goes, the next run starts empty.
+        assert_eq!(again.out(&a, "iqn.a", 0, 0, &params(5, 6)), Outcome::Good);
+        assert!(!path.exists());
+        let third = PrState::default();
+        third.attach(path.clone(), "iqn.t", 0).unwrap();
+        assert_eq!(third.read(0).unwrap()[4..8], [0, 0, 0, 0], "no registrant");
+        // Another LUN's file, or a damaged one, is refused at start.
+        let s = PrState::default();
+        s.attach(path.clone(), "iqn.t", 0).unwrap();
+        assert_eq!(s.out(&a, "iqn.a", 0, 0, &aptpl_params(0, 5)), Outcome::Good);
+        let e = PrState::default()
+            .attach(path.clone(), "iqn.t", 1)
+            .unwrap_err();
+        assert!(e.contains("not of iqn.t LUN 1"), "{e}");
+        std::fs::write(&path, b"garbage").unwrap();
+        let e = PrState::default()
+            .attach(path.clone(), "iqn.t", 0)
+            .unwrap_err();
+        assert!(e.contains("malformed"), "{e}");
+    }
+
+    #[test]
+    fn an_installed_state_is_persisted_like_a_decided_one() {
+        use crate::layer::mirror::engine::{Install, MetaHandler};
+        let d = tempfile::tempdir().unwrap();
+        let leader = std::sync::Arc::new(PrState::default());
+        leader.attach(d.path().join("a.pr"), "iqn.t", 0).unwrap();
+        let follower = std::sync::Arc::new(PrState::default());
+        follower.attach(d.path().join("b.pr"), "iqn.t", 0).unwrap();
+        let la = PrReplicator::new(vec![("iqn.t".into(), 0, 0, std::sync::Arc::clone(&leader))]);
+        let lb = PrReplicator::new(vec![(
+            "iqn.t".into(),
+            0,
+            0,
+            std::sync::Arc::clone(&follower),
+        )]);
+        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1]);
+        let mut c = PrCmd::decode(&cmd(a, "iqn.a", 0, 0, 0, 9)).unwrap();
+        c.out.aptpl = true;
+        let (st, state) = la.execute(0, &c.encode());
+        assert_eq!(st, 0);
+        assert_eq!(lb.install(0, &state.unwrap()), Install::Done);
+        let back = PrState::default();
+        back.attach(d.path().join("b.pr"), "iqn.t", 0).unwrap();
+        assert_eq!(back.read(0).unwrap(), leader.read(0).unwrap());
     }
 }
