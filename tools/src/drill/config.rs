@@ -562,7 +562,7 @@ history = "/tmp/h"
             c.sites[1].nbd_endpoint().unwrap(),
             ("127.0.0.1:10810".into(), "vol0".into())
         );
-        assert_eq!(c.fault.kind, FaultKind::Kill);
+        assert_eq!(c.fault.as_ref().unwrap().kind, FaultKind::Kill);
     }
 
     #[test]
