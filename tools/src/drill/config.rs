@@ -490,7 +490,7 @@ impl DrillConfig {
         check_secs("sandbox.view_wait_s", sb.view_wait_s)?;
         check_secs("sandbox.max_view_open_s", sb.max_view_open_s)?;
         if let Some(f) = sb.max_latency_factor
-            && !(f.is_finite() && f >= 1.0 && f <= 1e6)
+            && !(f.is_finite() && (1.0..=1e6).contains(&f))
         {
             return bad(format!(
                 "sandbox.max_latency_factor = {f}: expected a ratio of at least 1"

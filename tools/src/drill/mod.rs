@@ -607,9 +607,9 @@ fn disruptive(
 
     // The fault.
     let fault_us = r.event(format!("fault: {} of site {}", f.kind.as_str(), f.site));
-    if let Err(e) = fault(f, false, &cmd_log) {
+    if let Err(e) = fault(f, false, cmd_log) {
         r.event(format!("injecting the fault failed: {e}; restoring"));
-        let _ = fault(f, true, &cmd_log);
+        let _ = fault(f, true, cmd_log);
         stop_load(&ctl_load, &mut writers);
         return Err(DrillError::Failed(format!("injecting the fault: {e}")));
     }
@@ -681,7 +681,7 @@ fn disruptive(
     // Restore and resync.
     let before_restore = pollers.snapshot();
     let restore_us = r.event(format!("restore site {}", f.site));
-    let restore_err = fault(f, true, &cmd_log).err();
+    let restore_err = fault(f, true, cmd_log).err();
     let restored_us = match &restore_err {
         Some(e) => r.event(format!("restoring failed: {e}")),
         None => r.event("restored"),
