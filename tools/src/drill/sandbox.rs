@@ -746,7 +746,9 @@ pub(super) fn run(
     let during = lat(view_start_us, view_stop_us);
     let (base_p50, during_p50) = (pct(&base, 0.5), pct(&during, 0.5));
     let factor = match (base_p50, during_p50) {
-        (Some(b), Some(d)) if b > 0 => Some(d as f64 / b as f64),
+        // Three decimals: a short decimal parses back to the same f64 (the signature is
+        // over the numbers as printed).
+        (Some(b), Some(d)) if b > 0 => Some((d as f64 / b as f64 * 1e3).round() / 1e3),
         _ => None,
     };
     let (width, series) = latency_series(&all, stop_us);
