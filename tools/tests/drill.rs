@@ -111,7 +111,8 @@ impl Drop for Sites {
 }
 
 /// Writes site `me`'s config; returns the shell commands that start it (in the background,
-/// its PID in `dir/ME.pid`) and kill it.
+/// its PID in `dir/ME.pid`) and kill it. With `cdp`, the volume journals into that directory.
+#[allow(clippy::too_many_arguments)]
 fn site(
     dir: &Path,
     me: &str,
@@ -120,6 +121,7 @@ fn site(
     peer_addr: SocketAddr,
     nbd_port: u16,
     w: SocketAddr,
+    cdp: Option<&Path>,
 ) -> (String, String) {
     let key = dir.join("witness.key");
     std::fs::write(&key, KEY).unwrap();
@@ -132,9 +134,11 @@ fn site(
              [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{mirror_port}']\n\
              peer='{peer_addr}'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
              witness='{w}'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n\
-             [[volume]]\nname='vol0'\nbackend='malloc'\nsize='8MiB'\nmirror=true\nleader='a'\n",
+             [[volume]]\nname='vol0'\nbackend='malloc'\nsize='8MiB'\nmirror=true\nleader='a'\n{}",
             dir.join(format!("{me}.sock")).display(),
             key.display(),
+            cdp.map(|d| format!("[volume.cdp]\ndir='{}'\n", d.display()))
+                .unwrap_or_default(),
         ),
     )
     .unwrap();
@@ -403,8 +407,26 @@ fn drills_kill_and_cut_link_pass_with_rpo_zero_verified_and_signed_history() {
     );
     let tl_sock = dir.join("twinlink.sock");
     let _tl = ControlServer::start(&tl_sock, Arc::clone(&proxy)).unwrap();
-    let (start_a, kill_a) = site(dir, "a", "b", ma, proxy.addr("a2b").unwrap(), na, w.addr);
-    let (start_b, _) = site(dir, "b", "a", mb, proxy.addr("b2a").unwrap(), nb, w.addr);
+    let (start_a, kill_a) = site(
+        dir,
+        "a",
+        "b",
+        ma,
+        proxy.addr("a2b").unwrap(),
+        na,
+        w.addr,
+        None,
+    );
+    let (start_b, _) = site(
+        dir,
+        "b",
+        "a",
+        mb,
+        proxy.addr("b2a").unwrap(),
+        nb,
+        w.addr,
+        None,
+    );
     let _guard = Sites(vec![dir.join("a.pid"), dir.join("b.pid")]);
     sh(&start_a);
     sh(&start_b);
@@ -554,4 +576,189 @@ fn a_drill_refuses_a_bad_config_and_an_unreachable_cluster() {
         !dir.join("history.jsonl").exists(),
         "no drill ran, nothing recorded"
     );
+}
+
+/// The `twinblk` binary (the view's server), built into this build's target directory: the
+/// tools crate's tests do not build the datapath's binaries by themselves.
+fn twinblk_bin() -> PathBuf {
+    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_twinblk-ctl"));
+    let profile_dir = ctl.parent().unwrap();
+    let target = profile_dir.parent().unwrap();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "twinblk-datapath",
+        "--bin",
+        "twinblk",
+        "--target-dir",
+    ])
+    .arg(target);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().expect("cargo");
+    assert!(st.success(), "building twinblk");
+    let bin = profile_dir.join("twinblk");
+    assert!(bin.is_file(), "{}", bin.display());
+    bin
+}
+
+fn sandbox_config(
+    dir: &Path,
+    socks: &[PathBuf],
+    nbd: &[u16],
+    twinblk: &Path,
+    point: &str,
+    name: &str,
+) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "volume = 'vol0'\n\
+             [[site]]\nname = 'a'\nsocket = '{}'\nnbd = '127.0.0.1:{}/vol0'\n\
+             [[site]]\nname = 'b'\nsocket = '{}'\nnbd = '127.0.0.1:{}/vol0'\n\
+             [report]\ndir = '{}'\nkey_file = '{}'\nhistory = '{}'\n\
+             [load]\nblocks_per_writer = 64\nwrite_timeout_s = 5\n\
+             [sandbox]\nsite = 'b'\ntwinblk = '{}'\npoint = '{point}'\nbefore_s = 1.5\nafter_s = 0.5\n\
+             max_view_open_s = 30\nmax_latency_factor = 1000\n",
+            socks[0].display(),
+            nbd[0],
+            socks[1].display(),
+            nbd[1],
+            dir.join("reports").display(),
+            dir.join("drill.key").display(),
+            dir.join("history.jsonl").display(),
+            twinblk.display(),
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// The non-disruptive drill on a cluster whose volume journals at both sites: a sandbox view
+/// of site b's history at a bookmark taken under load holds every write acknowledged before
+/// it and none sent after it; the sandbox takes writes; production is untouched. Opened at a
+/// bookmark before the load instead, the same check finds the writes missing and the drill
+/// fails with the "target missed" code. Both reports verify; the HTML renders.
+#[test]
+fn the_sandbox_drill_checks_a_cdp_view_against_the_load_and_fails_when_the_point_is_wrong() {
+    let twinblk = twinblk_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("drill.key"), b"drill-hmac-key-0123456789abcdef").unwrap();
+    let w = Witness::start(dir);
+    let (ma, mb, na, nb) = (free_port(), free_port(), free_port(), free_port());
+    let (cdp_a, cdp_b) = (dir.join("cdp-a"), dir.join("cdp-b"));
+    let a_to_b: SocketAddr = format!("127.0.0.1:{mb}").parse().unwrap();
+    let b_to_a: SocketAddr = format!("127.0.0.1:{ma}").parse().unwrap();
+    let (start_a, _) = site(dir, "a", "b", ma, a_to_b, na, w.addr, Some(&cdp_a));
+    let (start_b, _) = site(dir, "b", "a", mb, b_to_a, nb, w.addr, Some(&cdp_b));
+    let _guard = Sites(vec![dir.join("a.pid"), dir.join("b.pid")]);
+    sh(&start_a);
+    sh(&start_b);
+    let socks = vec![dir.join("a.sock"), dir.join("b.sock")];
+    wait_in_sync(&socks, Duration::from_secs(30));
+    let key = format!("--key={}", dir.join("drill.key").display());
+
+    // 1. The view at T: every write acknowledged before T, none sent after.
+    let good = sandbox_config(dir, &socks, &[na, nb], &twinblk, "mid-load", "sandbox");
+    let o = ctl(&["drill", "run", &good.display().to_string()]);
+    let out = text(&o);
+    eprintln!("{out}");
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("report: "))
+        .unwrap();
+    let r: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(r["kind"], "sandbox");
+    assert_eq!(r["result"]["pass"], true, "{}", r["result"]);
+    let sb = &r["sandbox"];
+    let c = &sb["check"];
+    assert_eq!(c["mismatches"], 0, "{c}");
+    assert_eq!(c["complete"], true, "{c}");
+    assert_eq!(c["blocks_checked"], c["blocks_expected"], "{c}");
+    assert!(c["blocks_checked"].as_u64().unwrap() > 0, "{c}");
+    assert!(c["writes_before"].as_u64().unwrap() > 10, "{c}");
+    assert!(
+        c["writes_after"].as_u64().unwrap() > 0,
+        "the load ran past T: {c}"
+    );
+    assert_eq!(sb["sandbox_write"]["ok"], true, "{}", sb["sandbox_write"]);
+    assert!(sb["view"]["open_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(sb["view"]["hold_released"], true);
+    assert_eq!(sb["bookmarks_deleted"], true);
+    assert_eq!(sb["production"]["lost_writes"], 0);
+    assert!(sb["production"]["baseline_p50_us"].as_u64().is_some());
+    assert!(sb["production"]["during_view_p50_us"].as_u64().is_some());
+    let names: Vec<&str> = r["result"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "view_open",
+            "view_content",
+            "sandbox_write",
+            "production",
+            "view_discarded",
+            "latency"
+        ]
+    );
+    // The drill's bookmarks are gone; no hold is left in b's directory.
+    let bm = twinblk_tools::ctl::call(
+        &socks[1],
+        "cdp_bookmarks",
+        serde_json::json!({"volume": "vol0"}),
+    )
+    .unwrap();
+    assert_eq!(bm[0]["bookmarks"], serde_json::json!({}), "{bm}");
+    let holds = std::fs::read_dir(cdp_b.join("view-holds"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(holds, 0);
+    let o = ctl(&["drill", "verify-report", path, &key]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let html = PathBuf::from(path).with_extension("html");
+    let png = dir.join("sandbox.png");
+    chromium_renders(&html, &png, &dir.join("chromium-profile"));
+    let keep = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let _ = std::fs::copy(&png, keep.join("drill-sandbox-report.png"));
+    let _ = std::fs::copy(&html, keep.join("drill-sandbox-report.html"));
+
+    // 2. The view at a point before the load: the check must catch it.
+    let wrong = sandbox_config(dir, &socks, &[na, nb], &twinblk, "before-load", "wrong");
+    let o = ctl(&["drill", "run", &wrong.display().to_string()]);
+    let out = text(&o);
+    eprintln!("{out}");
+    assert_eq!(o.status.code(), Some(8), "{out}");
+    let path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("report: "))
+        .unwrap();
+    let r: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(r["result"]["pass"], false);
+    let c = &r["sandbox"]["check"];
+    assert!(c["mismatches"].as_u64().unwrap() > 0, "{c}");
+    let failed: Vec<&str> = r["result"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["pass"] != true)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["view_content"], "{}", r["result"]);
+    assert_eq!(r["sandbox"]["bookmarks_deleted"], true);
+    let o = ctl(&["drill", "verify-report", path, &key]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let hist = dir.join("history.jsonl").display().to_string();
+    let o = ctl(&["drill", "verify-history", &hist, &key]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("2 entries"), "{}", text(&o));
 }

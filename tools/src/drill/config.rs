@@ -208,6 +208,64 @@ impl Default for TimingConfig {
     }
 }
 
+/// Which point of the history the sandbox view opens.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ViewPoint {
+    /// The bookmark set while the load runs (the drill's point `T`).
+    #[default]
+    MidLoad,
+    /// A bookmark set before the load started: a self-test of the check (the view then lacks
+    /// every write acknowledged before `T`, and the drill must fail).
+    BeforeLoad,
+}
+
+impl ViewPoint {
+    /// The name used in the config and the report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViewPoint::MidLoad => "mid-load",
+            ViewPoint::BeforeLoad => "before-load",
+        }
+    }
+}
+
+/// The non-disruptive drill: a CDP sandbox view at one site, checked against the load.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// The site whose CDP history is viewed (its volume has `[volume.cdp]`).
+    pub site: String,
+    /// The `twinblk` binary that serves the view (default: `twinblk` next to `twinblk-ctl`).
+    pub twinblk: Option<PathBuf>,
+    /// The volume's CDP directory as seen from the drill's host (default: `cdp_status`'s
+    /// `dir`; the view process runs on the drill's host and reads the directory directly).
+    pub dir: Option<PathBuf>,
+    /// The view's NBD listen address (`127.0.0.1:0`: any free port on loopback).
+    #[serde(default = "default_view_nbd")]
+    pub view_nbd: String,
+    /// The point the view opens (`mid-load`; `before-load` only to prove the check fails).
+    #[serde(default)]
+    pub point: ViewPoint,
+    /// Seconds of load before the bookmark (the latency baseline).
+    #[serde(default = "default_baseline")]
+    pub before_s: f64,
+    /// Seconds of load after the bookmark before the view is opened.
+    #[serde(default = "default_after")]
+    pub after_s: f64,
+    /// Most seconds to wait for the view to serve (then it is stopped and the drill fails).
+    #[serde(default = "default_view_wait")]
+    pub view_wait_s: f64,
+    /// Blocks of the drill's range written and read back in the sandbox.
+    #[serde(default = "default_sandbox_blocks")]
+    pub sandbox_blocks: u64,
+    /// Target: most seconds from starting the view process to its endpoints printed.
+    pub max_view_open_s: f64,
+    /// Target, optional: most ratio of production's median write latency while the view is
+    /// open to its baseline median (unset: reported, not judged).
+    pub max_latency_factor: Option<f64>,
+}
+
 /// A drill configuration file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -217,10 +275,12 @@ pub struct DrillConfig {
     /// The two sites.
     #[serde(rename = "site")]
     pub sites: Vec<SiteConfig>,
-    /// The fault.
-    pub fault: FaultConfig,
-    /// The targets.
-    pub targets: Targets,
+    /// The fault (the disruptive drill; absent: only the sandbox drill runs).
+    pub fault: Option<FaultConfig>,
+    /// The disruptive drill's targets (with `[fault]` only).
+    pub targets: Option<Targets>,
+    /// The non-disruptive drill (after the disruptive one when both are given).
+    pub sandbox: Option<SandboxConfig>,
     /// The outputs.
     pub report: ReportConfig,
     /// The load.
@@ -263,6 +323,15 @@ fn default_failover_wait() -> f64 {
 }
 fn default_resync_wait() -> f64 {
     300.0
+}
+fn default_view_nbd() -> String {
+    "127.0.0.1:0".into()
+}
+fn default_view_wait() -> f64 {
+    60.0
+}
+fn default_sandbox_blocks() -> u64 {
+    64
 }
 
 /// Durations the config may give, in seconds: finite, positive, at most a day.
@@ -318,47 +387,24 @@ impl DrillConfig {
         for s in &self.sites {
             s.nbd_endpoint()?;
         }
-        if !self.sites.iter().any(|s| s.name == self.fault.site) {
-            return bad(format!(
-                "fault.site = {:?} names neither site",
-                self.fault.site
-            ));
-        }
-        match self.fault.kind {
-            FaultKind::Kill => {
-                if self
-                    .fault
-                    .kill_command
-                    .as_deref()
-                    .unwrap_or("")
-                    .trim()
-                    .is_empty()
-                    || self
-                        .fault
-                        .restart_command
-                        .as_deref()
-                        .unwrap_or("")
-                        .trim()
-                        .is_empty()
-                {
-                    return bad(
-                        "fault kind kill needs kill_command and restart_command (the drill does not know how the site is run)"
-                            .into(),
-                    );
-                }
-            }
-            FaultKind::CutSite | FaultKind::CutLink => {
-                if self.fault.twinlink_control.is_none() || self.fault.links.is_empty() {
-                    return bad(format!(
-                        "fault kind {} needs twinlink_control and links (the twinlink links to cut)",
-                        self.fault.kind.as_str()
-                    ));
-                }
+        match (&self.fault, &self.targets) {
+            (Some(f), Some(t)) => self.validate_fault(f, t)?,
+            (None, None) => {}
+            (Some(_), None) => return bad("[fault] needs [targets]".into()),
+            (None, Some(_)) => {
+                return bad("[targets] are the disruptive drill's: give [fault] too".into());
             }
         }
-        check_secs("fault.command_timeout_s", self.fault.command_timeout_s)?;
-        check_secs("targets.max_rto_s", self.targets.max_rto_s)?;
-        check_secs("targets.max_resync_s", self.targets.max_resync_s)?;
+        match &self.sandbox {
+            Some(sb) => self.validate_sandbox(sb)?,
+            None if self.fault.is_none() => {
+                return bad(
+                    "nothing to drill: give [fault] (disruptive) and/or [sandbox] (non-disruptive)"
+                        .into(),
+                );
+            }
+            None => {}
+        }
         let l = &self.load;
         if l.block_size < 512 || !l.block_size.is_multiple_of(512) || l.block_size > (1 << 20) {
             return bad(format!(
@@ -395,9 +441,77 @@ impl DrillConfig {
         Ok(())
     }
 
-    /// The failing site's index in [`DrillConfig::sites`].
-    pub fn victim_index(&self) -> usize {
-        usize::from(self.sites[1].name == self.fault.site)
+    fn validate_fault(&self, f: &FaultConfig, t: &Targets) -> Result<(), ConfigError> {
+        let bad = |s: String| Err(ConfigError::Invalid(s));
+        if !self.sites.iter().any(|s| s.name == f.site) {
+            return bad(format!("fault.site = {:?} names neither site", f.site));
+        }
+        match f.kind {
+            FaultKind::Kill => {
+                let empty = |c: &Option<String>| c.as_deref().unwrap_or("").trim().is_empty();
+                if empty(&f.kill_command) || empty(&f.restart_command) {
+                    return bad(
+                        "fault kind kill needs kill_command and restart_command (the drill does not know how the site is run)"
+                            .into(),
+                    );
+                }
+            }
+            FaultKind::CutSite | FaultKind::CutLink => {
+                if f.twinlink_control.is_none() || f.links.is_empty() {
+                    return bad(format!(
+                        "fault kind {} needs twinlink_control and links (the twinlink links to cut)",
+                        f.kind.as_str()
+                    ));
+                }
+            }
+        }
+        check_secs("fault.command_timeout_s", f.command_timeout_s)?;
+        check_secs("targets.max_rto_s", t.max_rto_s)?;
+        check_secs("targets.max_resync_s", t.max_resync_s)?;
+        Ok(())
+    }
+
+    fn validate_sandbox(&self, sb: &SandboxConfig) -> Result<(), ConfigError> {
+        let bad = |s: String| Err(ConfigError::Invalid(s));
+        if !self.sites.iter().any(|s| s.name == sb.site) {
+            return bad(format!("sandbox.site = {:?} names neither site", sb.site));
+        }
+        match sb.view_nbd.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => {}
+            _ => {
+                return bad(format!(
+                    "sandbox.view_nbd = {:?}: expected a loopback IP:PORT (the view serves the drill only)",
+                    sb.view_nbd
+                ));
+            }
+        }
+        check_secs("sandbox.before_s", sb.before_s)?;
+        check_secs("sandbox.after_s", sb.after_s)?;
+        check_secs("sandbox.view_wait_s", sb.view_wait_s)?;
+        check_secs("sandbox.max_view_open_s", sb.max_view_open_s)?;
+        if let Some(f) = sb.max_latency_factor
+            && !(f.is_finite() && (1.0..=1e6).contains(&f))
+        {
+            return bad(format!(
+                "sandbox.max_latency_factor = {f}: expected a ratio of at least 1"
+            ));
+        }
+        if sb.sandbox_blocks == 0
+            || sb.sandbox_blocks > self.load.blocks_per_writer.saturating_mul(2)
+        {
+            return bad(format!(
+                "sandbox.sandbox_blocks = {}: expected 1 to the drill's {} blocks",
+                sb.sandbox_blocks,
+                self.load.blocks_per_writer.saturating_mul(2)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The index in [`DrillConfig::sites`] of the site named `name` (0 when none is: the
+    /// validated config's names always match one).
+    pub fn site_index(&self, name: &str) -> usize {
+        usize::from(self.sites.len() > 1 && self.sites[1].name == name)
     }
 }
 
@@ -442,13 +556,13 @@ history = "/tmp/h"
     #[test]
     fn a_good_config_parses_with_defaults() {
         let c = DrillConfig::parse(Path::new("x"), GOOD).unwrap();
-        assert_eq!(c.victim_index(), 1);
+        assert_eq!(c.site_index(&c.fault.as_ref().unwrap().site), 1);
         assert_eq!(c.load.block_size, 4096);
         assert_eq!(
             c.sites[1].nbd_endpoint().unwrap(),
             ("127.0.0.1:10810".into(), "vol0".into())
         );
-        assert_eq!(c.fault.kind, FaultKind::Kill);
+        assert_eq!(c.fault.as_ref().unwrap().kind, FaultKind::Kill);
     }
 
     #[test]
@@ -477,6 +591,52 @@ history = "/tmp/h"
             assert_ne!(text, GOOD, "{from}");
             assert!(DrillConfig::parse(p, &text).is_err(), "accepted: {to}");
         }
+        // The sandbox drill alone: no [fault], no [targets].
+        let head = &GOOD[..GOOD.find("[fault]").unwrap()];
+        let report = &GOOD[GOOD.find("[report]").unwrap()..];
+        let sb = format!("{head}{report}[sandbox]\nsite = \"b\"\nmax_view_open_s = 5\n");
+        let c = DrillConfig::parse(p, &sb).unwrap();
+        let s = c.sandbox.as_ref().unwrap();
+        assert_eq!((c.site_index(&s.site), s.point), (1, ViewPoint::MidLoad));
+        assert_eq!(s.view_nbd, "127.0.0.1:0");
+        assert!(c.fault.is_none() && c.targets.is_none());
+        for (from, to) in [
+            ("site = \"b\"\nmax", "site = \"c\"\nmax"),
+            ("max_view_open_s = 5", "max_view_open_s = 0"),
+            ("max_view_open_s = 5", ""),
+            (
+                "max_view_open_s = 5",
+                "max_view_open_s = 5\nview_nbd = \"10.0.0.1:1\"",
+            ),
+            (
+                "max_view_open_s = 5",
+                "max_view_open_s = 5\nview_nbd = \"x\"",
+            ),
+            (
+                "max_view_open_s = 5",
+                "max_view_open_s = 5\npoint = \"later\"",
+            ),
+            (
+                "max_view_open_s = 5",
+                "max_view_open_s = 5\nsandbox_blocks = 0",
+            ),
+            (
+                "max_view_open_s = 5",
+                "max_view_open_s = 5\nmax_latency_factor = 0.5",
+            ),
+            (
+                "[sandbox]",
+                "[targets]\nmax_rto_s = 2\nmax_resync_s = 1\n[sandbox]",
+            ),
+        ] {
+            let text = sb.replacen(from, to, 1);
+            assert_ne!(text, sb, "{from}");
+            assert!(DrillConfig::parse(p, &text).is_err(), "accepted: {to}");
+        }
+        assert!(
+            DrillConfig::parse(p, &format!("{head}{report}")).is_err(),
+            "nothing to drill"
+        );
         for junk in ["", "\u{0}", "[[site]]", "volume = 3", "x = [1, {"] {
             assert!(DrillConfig::parse(p, junk).is_err());
         }

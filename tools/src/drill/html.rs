@@ -82,16 +82,32 @@ pub fn render(r: &Value) -> String {
         if pass { "pass" } else { "fail" },
         if pass { "PASS" } else { "FAIL" }
     );
-    let _ = writeln!(
+    let disruptive = r["rto"].is_object();
+    let sandbox = r["sandbox"].is_object();
+    let _ = write!(
         h,
-        "<p>Drill <code>{}</code>, started {} · fault <b>{}</b> of site <b>{}</b>, survivor <b>{}</b> · volume <code>{}</code></p>",
+        "<p>Drill <code>{}</code>, started {} · <b>{}</b> · volume <code>{}</code>",
         esc(&txt(&r["id"])),
         esc(&txt(&r["started_utc"])),
         esc(&txt(&r["kind"])),
-        esc(&txt(&r["failed_site"])),
-        esc(&txt(&r["survivor"])),
         esc(&txt(&r["volume"]))
     );
+    if disruptive {
+        let _ = write!(
+            h,
+            " · fault of site <b>{}</b>, survivor <b>{}</b>",
+            esc(&txt(&r["failed_site"])),
+            esc(&txt(&r["survivor"]))
+        );
+    }
+    if sandbox {
+        let _ = write!(
+            h,
+            " · CDP sandbox view at site <b>{}</b>",
+            esc(&txt(&r["sandbox"]["site"]))
+        );
+    }
+    h.push_str("</p>\n");
     // Targets.
     h.push_str("<h2>Targets</h2><table><tr><th>check</th><th>target</th><th>measured</th><th>result</th></tr>\n");
     for c in r["result"]["checks"].as_array().into_iter().flatten() {
@@ -107,74 +123,17 @@ pub fn render(r: &Value) -> String {
         );
     }
     h.push_str("</table>\n");
-    // Phases.
-    h.push_str("<h2>Recovery phases (seconds after the fault)</h2><table><tr><th>phase</th><th>s</th></tr>\n");
-    for (k, label) in [
-        ("fault_injected", "fault injected"),
-        (
-            "detection",
-            "detection (survivor's link, state or path changes)",
-        ),
-        ("witness_decision", "witness decision (survivor granted)"),
-        ("path_state_change", "survivor's path state first changes"),
-        ("path_state_settled", "survivor's path state settles"),
-        (
-            "first_ack_at_survivor",
-            "first write acknowledged at the survivor (RTO)",
-        ),
-        ("latency_back_to_normal", "latency back to normal"),
-    ] {
-        let _ = writeln!(
-            h,
-            "<tr><td>{}</td><td>{}</td></tr>",
-            label,
-            esc(&txt(&r["rto"]["phases_s_after_fault"][k]))
-        );
+    if disruptive {
+        phases(&mut h, r);
     }
-    let _ = writeln!(
-        h,
-        "</table><p>Survivor's path state: {} → {} (polled every {} ms).</p>",
-        esc(&txt(&r["rto"]["survivor_path_state"]["before"])),
-        esc(&txt(&r["rto"]["survivor_path_state"]["after"])),
-        esc(&txt(&r["rto"]["poll_interval_ms"]))
-    );
-    h.push_str("<h2>Timeline</h2>\n");
-    timeline(&mut h, r);
     h.push_str("<h2>Production latency during the drill</h2>\n");
     latency(&mut h, r);
-    // RPO, resync, verify.
-    let _ = writeln!(
-        h,
-        "<h2>Data</h2><table><tr><th>RPO</th><td>{}</td></tr><tr><th>lost writes / bytes / seconds</th><td>{} / {} / {}</td></tr>\
-         <tr><th>resync</th><td>{} s, {} bytes</td></tr><tr><th>replicas</th><td>{} ({} regions compared)</td></tr></table>",
-        esc(&txt(&r["rpo"]["display"])),
-        esc(&txt(&r["rpo"]["lost_writes"])),
-        esc(&txt(&r["rpo"]["lost_bytes"])),
-        esc(&txt(&r["rpo"]["lost_seconds"])),
-        esc(&txt(&r["resync"]["resync_s"])),
-        esc(&txt(&r["resync"]["resync_bytes"])),
-        if r["verify"]["identical"] == true {
-            "identical"
-        } else {
-            "NOT identical"
-        },
-        esc(&txt(&r["verify"]["regions_compared"]))
-    );
-    // Witness.
-    h.push_str("<h2>The witness's decisions (as each site heard them)</h2><table><tr><th>t (s)</th><th>seen by</th><th>holder</th><th>epoch</th><th>last answer</th><th>state</th></tr>\n");
-    for d in r["witness_decisions"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            h,
-            "<tr><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            d["t_us"].as_f64().unwrap_or(0.0) / 1e6,
-            esc(&txt(&d["seen_by"])),
-            esc(&txt(&d["holder"])),
-            esc(&txt(&d["epoch"])),
-            esc(&txt(&d["last_answer"])),
-            esc(&txt(&d["state"]))
-        );
+    if disruptive {
+        data(&mut h, r);
     }
-    h.push_str("</table>\n");
+    if sandbox {
+        sandbox_section(&mut h, r);
+    }
     // Trend.
     h.push_str("<h2>Trend (earlier drills)</h2>\n");
     trend(&mut h, r);
@@ -218,10 +177,218 @@ pub fn render(r: &Value) -> String {
     h
 }
 
+/// The disruptive drill's recovery phases and timeline.
+fn phases(h: &mut String, r: &Value) {
+    // Phases.
+    h.push_str("<h2>Recovery phases (seconds after the fault)</h2><table><tr><th>phase</th><th>s</th></tr>\n");
+    for (k, label) in [
+        ("fault_injected", "fault injected"),
+        (
+            "detection",
+            "detection (survivor's link, state or path changes)",
+        ),
+        ("witness_decision", "witness decision (survivor granted)"),
+        ("path_state_change", "survivor's path state first changes"),
+        ("path_state_settled", "survivor's path state settles"),
+        (
+            "first_ack_at_survivor",
+            "first write acknowledged at the survivor (RTO)",
+        ),
+        ("latency_back_to_normal", "latency back to normal"),
+    ] {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            label,
+            esc(&txt(&r["rto"]["phases_s_after_fault"][k]))
+        );
+    }
+    let _ = writeln!(
+        h,
+        "</table><p>Survivor's path state: {} → {} (polled every {} ms).</p>",
+        esc(&txt(&r["rto"]["survivor_path_state"]["before"])),
+        esc(&txt(&r["rto"]["survivor_path_state"]["after"])),
+        esc(&txt(&r["rto"]["poll_interval_ms"]))
+    );
+    h.push_str("<h2>Timeline</h2>\n");
+    timeline(h, r);
+}
+
+/// The disruptive drill's data results and the witness's decisions.
+fn data(h: &mut String, r: &Value) {
+    // RPO, resync, verify.
+    let _ = writeln!(
+        h,
+        "<h2>Data</h2><table><tr><th>RPO</th><td>{}</td></tr><tr><th>lost writes / bytes / seconds</th><td>{} / {} / {}</td></tr>\
+         <tr><th>resync</th><td>{} s, {} bytes</td></tr><tr><th>replicas</th><td>{} ({} regions compared)</td></tr></table>",
+        esc(&txt(&r["rpo"]["display"])),
+        esc(&txt(&r["rpo"]["lost_writes"])),
+        esc(&txt(&r["rpo"]["lost_bytes"])),
+        esc(&txt(&r["rpo"]["lost_seconds"])),
+        esc(&txt(&r["resync"]["resync_s"])),
+        esc(&txt(&r["resync"]["resync_bytes"])),
+        if r["verify"]["identical"] == true {
+            "identical"
+        } else {
+            "NOT identical"
+        },
+        esc(&txt(&r["verify"]["regions_compared"]))
+    );
+    // Witness.
+    h.push_str("<h2>The witness's decisions (as each site heard them)</h2><table><tr><th>t (s)</th><th>seen by</th><th>holder</th><th>epoch</th><th>last answer</th><th>state</th></tr>\n");
+    for d in r["witness_decisions"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            h,
+            "<tr><td>{:.3}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            d["t_us"].as_f64().unwrap_or(0.0) / 1e6,
+            esc(&txt(&d["seen_by"])),
+            esc(&txt(&d["holder"])),
+            esc(&txt(&d["epoch"])),
+            esc(&txt(&d["last_answer"])),
+            esc(&txt(&d["state"]))
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+/// The non-disruptive drill: the view, its check, the sandbox and production.
+fn sandbox_section(h: &mut String, r: &Value) {
+    let sb = &r["sandbox"];
+    let v = &sb["view"];
+    let c = &sb["check"];
+    let p = &sb["production"];
+    let rows: [(&str, String); 14] = [
+        (
+            "site, CDP directory",
+            format!("{}, {}", txt(&sb["site"]), txt(&sb["dir"])),
+        ),
+        (
+            "point",
+            format!(
+                "{} (view at bookmark {})",
+                txt(&sb["point"]),
+                txt(&sb["view_bookmark"])
+            ),
+        ),
+        (
+            "bookmark T",
+            format!(
+                "{} = {} ns site time; asked at {:.3} s, answered {} ms later",
+                txt(&sb["bookmark"]["name"]),
+                txt(&sb["bookmark"]["time_ns"]),
+                sb["bookmark"]["sent_us"].as_f64().unwrap_or(0.0) / 1e6,
+                txt(&sb["bookmark"]["call_ms"])
+            ),
+        ),
+        (
+            "view open (process start to endpoints)",
+            format!("{} s at {}", txt(&v["open_s"]), txt(&v["nbd"])),
+        ),
+        (
+            "blocks read through the view",
+            format!(
+                "{} of {}",
+                txt(&c["blocks_checked"]),
+                txt(&c["blocks_expected"])
+            ),
+        ),
+        (
+            "writes before / in flight across / after T",
+            format!(
+                "{} / {} / {}",
+                txt(&c["writes_before"]),
+                txt(&c["writes_in_flight"]),
+                txt(&c["writes_after"])
+            ),
+        ),
+        ("mismatches", txt(&c["mismatches"])),
+        (
+            "sandbox write",
+            format!(
+                "{} of {} blocks read back",
+                txt(&sb["sandbox_write"]["read_back"]),
+                txt(&sb["sandbox_write"]["blocks"])
+            ),
+        ),
+        (
+            "production after the view",
+            format!(
+                "{} acknowledged writes lost, {} failed",
+                txt(&p["lost_writes"]),
+                txt(&p["failed_writes"])
+            ),
+        ),
+        (
+            "production latency baseline p50 / p99",
+            format!(
+                "{} / {} µs",
+                txt(&p["baseline_p50_us"]),
+                txt(&p["baseline_p99_us"])
+            ),
+        ),
+        (
+            "while the view was open p50 / p99 / max",
+            format!(
+                "{} / {} / {} µs ({} writes, p50 {} × baseline)",
+                txt(&p["during_view_p50_us"]),
+                txt(&p["during_view_p99_us"]),
+                txt(&p["during_view_max_us"]),
+                txt(&p["during_view_writes"]),
+                txt(&p["p50_factor"])
+            ),
+        ),
+        (
+            "view stopped",
+            format!(
+                "{} (clean: {})",
+                txt(&v["exit"]),
+                txt(&v["stopped_cleanly"])
+            ),
+        ),
+        (
+            "hold released, bookmarks deleted",
+            format!(
+                "{}, {}",
+                txt(&v["hold_released"]),
+                txt(&sb["bookmarks_deleted"])
+            ),
+        ),
+        ("ordering rule", txt(&sb["ordering_rule"])),
+    ];
+    h.push_str("<h2>Non-disruptive drill: CDP sandbox view</h2><table>\n");
+    for (k, val) in rows {
+        let _ = writeln!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&val));
+    }
+    h.push_str("</table>\n");
+    let list: Vec<&Value> = c["mismatch_list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    if !list.is_empty() {
+        h.push_str("<p>Mismatches (first 20):</p><table><tr><th>writer</th><th>block</th><th>expected at least</th><th>found</th><th>why</th></tr>\n");
+        for m in list.iter().take(20) {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&txt(&m["writer"])),
+                esc(&txt(&m["block"])),
+                esc(&txt(&m["expected_at_least"])),
+                esc(&txt(&m["found"])),
+                esc(&txt(&m["why"]))
+            );
+        }
+        h.push_str("</table>\n");
+    }
+}
+
 /// The drill's end on the time axis, µs.
 fn end_us(r: &Value) -> f64 {
     let t = &r["rto"]["timestamps_us"];
-    let mut end = t["load_stopped"].as_f64().unwrap_or(1.0);
+    let mut end = t["load_stopped"]
+        .as_f64()
+        .or_else(|| r["sandbox"]["marks_us"]["load_stop"].as_f64())
+        .unwrap_or(1.0);
     for e in r["events"].as_array().into_iter().flatten() {
         end = end.max(e["t_us"].as_f64().unwrap_or(0.0));
     }
@@ -460,8 +627,15 @@ fn latency(h: &mut String, r: &Value) {
         }
     }
     let ts = &r["rto"]["timestamps_us"];
-    for (k, color) in [("fault", "#c62828"), ("restore", "#1565c0")] {
-        if let Some(t) = ts[k].as_f64() {
+    let marks = &r["sandbox"]["marks_us"];
+    for (t, k, color) in [
+        (ts["fault"].as_f64(), "fault", "#c62828"),
+        (ts["restore"].as_f64(), "restore", "#1565c0"),
+        (marks["bookmark"].as_f64(), "T", "#6a1b9a"),
+        (marks["view_open"].as_f64(), "view open", "#00838f"),
+        (marks["view_stop"].as_f64(), "view stop", "#ef6c00"),
+    ] {
+        if let Some(t) = t {
             let x = x_of(t, end);
             let _ = write!(
                 h,
@@ -490,7 +664,7 @@ fn trend(h: &mut String, r: &Value) {
     }
     let _ = writeln!(
         h,
-        "<p>History {} verified before this drill: {}.</p><table><tr><th>drill</th><th>started</th><th>kind</th><th>result</th><th>RTO (s)</th><th>RPO (writes)</th><th>resync (s)</th></tr>",
+        "<p>History {} verified before this drill: {}.</p><table><tr><th>drill</th><th>started</th><th>kind</th><th>result</th><th>RTO (s)</th><th>RPO (writes)</th><th>resync (s)</th><th>view open (s)</th><th>view mismatches</th></tr>",
         esc(&txt(&r["history"]["path"])),
         if r["history"]["verified_before"] == true {
             "yes"
@@ -501,19 +675,21 @@ fn trend(h: &mut String, r: &Value) {
     for e in &rows {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&txt(&e["id"])),
             esc(&txt(&e["started_utc"])),
             esc(&txt(&e["kind"])),
             if e["pass"] == true { "pass" } else { "fail" },
             esc(&txt(&e["rto_s"])),
             esc(&txt(&e["rpo_writes"])),
-            esc(&txt(&e["resync_s"]))
+            esc(&txt(&e["resync_s"])),
+            esc(&txt(&e["view_open_s"])),
+            esc(&txt(&e["sandbox_mismatches"]))
         );
     }
     let _ = writeln!(
         h,
-        "<tr><td><b>this drill</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        "<tr><td><b>this drill</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
         esc(&txt(&r["started_utc"])),
         esc(&txt(&r["kind"])),
         if r["result"]["pass"] == true {
@@ -523,7 +699,9 @@ fn trend(h: &mut String, r: &Value) {
         },
         esc(&txt(&r["rto"]["rto_s"])),
         esc(&txt(&r["rpo"]["lost_writes"])),
-        esc(&txt(&r["resync"]["resync_s"]))
+        esc(&txt(&r["resync"]["resync_s"])),
+        esc(&txt(&r["sandbox"]["view"]["open_s"])),
+        esc(&txt(&r["sandbox"]["check"]["mismatches"]))
     );
     // RTO bars: earlier drills, then this one.
     let mut vals: Vec<(String, Option<f64>)> = rows
@@ -595,6 +773,8 @@ mod tests {
                 "load": {"series": [{"t_us": 0, "p50_us": 0, "max_us": 1e12, "failed": 2}], "baseline_p50_us": 0},
                 "rto": {"timestamps_us": {"fault": 1, "load_stopped": 0}},
                 "trend": [{"id": "x", "rto_s": 1.0}], "targets": {"max_rto_s": 0}}),
+            serde_json::json!({"kind": "sandbox", "sandbox": {"site": "<b>", "marks_us": {"bookmark": 5, "load_stop": 0},
+                "check": {"mismatch_list": [{"why": "<i>"}]}}, "load": {"series": []}}),
         ] {
             let h = render(&r);
             assert!(h.starts_with("<!DOCTYPE html>") && h.ends_with("</html>\n"));

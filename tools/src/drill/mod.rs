@@ -26,10 +26,11 @@ pub mod config;
 pub mod html;
 pub mod load;
 pub mod nbd;
+pub mod sandbox;
 pub mod sign;
 
 use crate::ctl::{self, CallError, exit};
-use config::{ConfigError, DrillConfig, FaultKind};
+use config::{ConfigError, DrillConfig, FaultConfig, FaultKind, Targets};
 use load::{LoadControl, Readback, WriteRec, Writer, WriterSpec};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -51,6 +52,8 @@ const ROLLING_WRITES: usize = 16;
 const POLL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most points in the latency series (wider buckets for longer drills).
 const MAX_SERIES_POINTS: u64 = 600;
+/// What no drill covers yet (in every report).
+const NOT_COVERED: &str = "a view of a group's volumes at one time (one view per volume), views opened through the production daemon's control socket, and a view process on another host than the drill's";
 /// Lost writes listed one by one in the report (all are counted).
 const MAX_LOST_LISTED: usize = 100;
 
@@ -298,11 +301,11 @@ fn run_command(
 }
 
 /// Cut (`cut = true`) or restore each configured twinlink link, both directions.
-fn twinlink(cfg: &DrillConfig, cut: bool) -> Result<(), String> {
-    let Some(ctl_path) = &cfg.fault.twinlink_control else {
+fn twinlink(f: &FaultConfig, cut: bool) -> Result<(), String> {
+    let Some(ctl_path) = &f.twinlink_control else {
         return Err("no twinlink_control".into());
     };
-    for l in &cfg.fault.links {
+    for l in &f.links {
         let req = json!({"cmd": if cut { "cut" } else { "restore" }, "link": l});
         let a = crate::twinlink::control::request(ctl_path, &req)
             .map_err(|e| format!("twinlink {}: {e}", ctl_path.display()))?;
@@ -314,27 +317,27 @@ fn twinlink(cfg: &DrillConfig, cut: bool) -> Result<(), String> {
 }
 
 /// Inject (`restore = false`) or undo the configured fault.
-fn fault(cfg: &DrillConfig, restore: bool, log: &Path) -> Result<(), String> {
-    let timeout = Duration::from_secs_f64(cfg.fault.command_timeout_s);
-    match cfg.fault.kind {
+fn fault(f: &FaultConfig, restore: bool, log: &Path) -> Result<(), String> {
+    let timeout = Duration::from_secs_f64(f.command_timeout_s);
+    match f.kind {
         FaultKind::Kill => {
             let cmd = if restore {
-                &cfg.fault.restart_command
+                &f.restart_command
             } else {
-                &cfg.fault.kill_command
+                &f.kill_command
             };
             let phase = if restore { "restore" } else { "inject" };
             run_command(
                 cmd.as_deref().unwrap_or(""),
                 log,
                 &[
-                    ("TWINBLK_DRILL_SITE", &cfg.fault.site),
+                    ("TWINBLK_DRILL_SITE", &f.site),
                     ("TWINBLK_DRILL_PHASE", phase),
                 ],
                 timeout,
             )
         }
-        FaultKind::CutSite | FaultKind::CutLink => twinlink(cfg, !restore),
+        FaultKind::CutSite | FaultKind::CutLink => twinlink(f, !restore),
     }
 }
 
@@ -411,6 +414,10 @@ pub fn run(config_path: &Path, progress: bool) -> Result<Outcome, DrillError> {
     let key = Key::read(&cfg.report.key_file)?;
     let history = sign::verify_history(&key, &cfg.report.history)?;
     let infos = precheck(&cfg)?;
+    let prepared = match &cfg.sandbox {
+        Some(sb) => Some(sandbox::precheck(&cfg, sb)?),
+        None => None,
+    };
     std::fs::create_dir_all(&cfg.report.dir)
         .map_err(|e| DrillError::Failed(format!("{}: {e}", cfg.report.dir.display())))?;
     let started = SystemTime::now()
@@ -420,18 +427,124 @@ pub fn run(config_path: &Path, progress: bool) -> Result<Outcome, DrillError> {
     let run_id = started.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32);
     let id = format!("{}-{:08x}", utc_compact(started.as_secs()), run_id as u32);
     let cmd_log = cfg.report.dir.join(format!("drill-{id}-commands.log"));
-    let victim = cfg.victim_index();
     let mut r = Run {
         cfg: cfg.clone(),
         t0: Instant::now(),
         events: Vec::new(),
         progress,
     };
+    let mut report = match (&cfg.fault, &cfg.targets) {
+        (Some(f), Some(t)) => disruptive(&mut r, f, t, run_id, &id, &infos, &cmd_log)?,
+        _ => {
+            r.event(format!("drill {id} starts: the sandbox drill only"));
+            json!({
+                "schema": SCHEMA,
+                "tool": {"name": "twinblk-ctl", "version": env!("CARGO_PKG_VERSION")},
+                "volume": cfg.volume,
+                "sites": sites_json(&cfg, &infos),
+                "result": {"pass": true, "checks": []},
+                "not_covered": NOT_COVERED,
+            })
+        }
+    };
+    let mut kind: Vec<&str> = cfg.fault.iter().map(|f| f.kind.as_str()).collect();
+    if let (Some(sb), Some(prep)) = (&cfg.sandbox, &prepared) {
+        kind.push("sandbox");
+        // Its own run id: the disruptive part's stamps are never taken for this part's.
+        let part = sandbox::run(&mut r, sb, prep, run_id.rotate_left(1) ^ 1, &id, &cmd_log)?;
+        let mut checks = report["result"]["checks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        checks.extend(part.checks);
+        report["result"] =
+            json!({"pass": checks.iter().all(|c| c["pass"] == true), "checks": checks});
+        report["sandbox"] = part.report;
+        if cfg.fault.is_none() {
+            report["load"] = part.load;
+        }
+    }
+    report["kind"] = json!(kind.join("+"));
+    report["events"] = json!(r.events);
+    report["id"] = json!(id);
+    report["started_unix_ms"] = json!(started_unix_ms);
+    report["started_utc"] = json!(utc_iso(started.as_secs()));
+    report["config"] = json!({"path": config_path.display().to_string(), "sha256": config_hash});
+    report["history"] = json!({
+        "path": cfg.report.history.display().to_string(),
+        "entries_before": history.entries,
+        "verified_before": history.ok,
+        "problems": history.problems,
+    });
+    report["trend"] = Value::Array(
+        history
+            .parsed
+            .iter()
+            .rev()
+            .take(cfg.report.trend)
+            .rev()
+            .cloned()
+            .collect(),
+    );
+    report["command_log"] = json!(cmd_log.display().to_string());
+    let pass = report["result"]["pass"] == true;
+    sign::sign_report(&key, &mut report)?;
+    let json_path = cfg.report.dir.join(format!("drill-{id}.json"));
+    let html_path = cfg.report.dir.join(format!("drill-{id}.html"));
+    let json_text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    std::fs::write(&json_path, &json_text)
+        .map_err(|e| DrillError::Failed(format!("{}: {e}", json_path.display())))?;
+    std::fs::write(&html_path, html::render(&report))
+        .map_err(|e| DrillError::Failed(format!("{}: {e}", html_path.display())))?;
+    use sha2::Digest;
+    let entry = json!({
+        "id": id,
+        "started_utc": report["started_utc"],
+        "kind": report["kind"],
+        "volume": cfg.volume,
+        "failed_site": report["failed_site"],
+        "pass": pass,
+        "rto_s": report["rto"]["rto_s"],
+        "rpo_writes": report["rpo"]["lost_writes"],
+        "rpo_verified": report["rpo"]["verified"],
+        "resync_s": report["resync"]["resync_s"],
+        "resync_bytes": report["resync"]["resync_bytes"],
+        "view_open_s": report["sandbox"]["view"]["open_s"],
+        "sandbox_mismatches": report["sandbox"]["check"]["mismatches"],
+        "config_sha256": report["config"]["sha256"],
+        "report": json_path.display().to_string(),
+        "report_sha256": config::hex(&sha2::Sha256::digest(json_text.as_bytes())),
+        "report_signature": report["signature"]["value"],
+    });
+    sign::append_history(&key, &cfg.report.history, &history.last_sig, &entry)?;
+    Ok(Outcome {
+        report,
+        pass,
+        json_path,
+        html_path,
+    })
+}
+
+/// The disruptive drill (docs/drill.md, "What a drill does", steps 2 to 8): its report, not yet
+/// signed, without id, times, config, history and trend.
+#[allow(clippy::too_many_arguments)]
+fn disruptive(
+    r: &mut Run,
+    f: &FaultConfig,
+    targets_cfg: &Targets,
+    run_id: u64,
+    id: &str,
+    infos: &[(Value, Option<u64>)],
+    cmd_log: &Path,
+) -> Result<Value, DrillError> {
+    let cfg = r.cfg.clone();
+    let progress = r.progress;
+    let victim = cfg.site_index(&f.site);
     let t0 = r.t0;
     r.event(format!(
         "drill {id} starts: {} of site {}",
-        cfg.fault.kind.as_str(),
-        cfg.fault.site
+        f.kind.as_str(),
+        f.site
     ));
     let mut pollers = Pollers::start(&cfg, t0)?;
     let ctl_load = Arc::new(LoadControl::default());
@@ -493,14 +606,10 @@ pub fn run(config_path: &Path, progress: bool) -> Result<Outcome, DrillError> {
     }
 
     // The fault.
-    let fault_us = r.event(format!(
-        "fault: {} of site {}",
-        cfg.fault.kind.as_str(),
-        cfg.fault.site
-    ));
-    if let Err(e) = fault(&cfg, false, &cmd_log) {
+    let fault_us = r.event(format!("fault: {} of site {}", f.kind.as_str(), f.site));
+    if let Err(e) = fault(f, false, cmd_log) {
         r.event(format!("injecting the fault failed: {e}; restoring"));
-        let _ = fault(&cfg, true, &cmd_log);
+        let _ = fault(f, true, cmd_log);
         stop_load(&ctl_load, &mut writers);
         return Err(DrillError::Failed(format!("injecting the fault: {e}")));
     }
@@ -571,8 +680,8 @@ pub fn run(config_path: &Path, progress: bool) -> Result<Outcome, DrillError> {
 
     // Restore and resync.
     let before_restore = pollers.snapshot();
-    let restore_us = r.event(format!("restore site {}", cfg.fault.site));
-    let restore_err = fault(&cfg, true, &cmd_log).err();
+    let restore_us = r.event(format!("restore site {}", f.site));
+    let restore_err = fault(f, true, cmd_log).err();
     let restored_us = match &restore_err {
         Some(e) => r.event(format!("restoring failed: {e}")),
         None => r.event("restored"),
@@ -672,71 +781,18 @@ pub fn run(config_path: &Path, progress: bool) -> Result<Outcome, DrillError> {
         first_ack,
         resync_bytes,
     };
-    let mut report = assemble(
-        &r,
+    Ok(assemble(
+        r,
+        f,
+        targets_cfg,
         &m,
         &writers,
         &samples,
-        &infos,
+        infos,
         &rb_survivor,
         &rb_final,
         verify,
-    );
-    report["id"] = json!(id);
-    report["started_unix_ms"] = json!(started_unix_ms);
-    report["started_utc"] = json!(utc_iso(started.as_secs()));
-    report["config"] = json!({"path": config_path.display().to_string(), "sha256": config_hash});
-    report["history"] = json!({
-        "path": cfg.report.history.display().to_string(),
-        "entries_before": history.entries,
-        "verified_before": history.ok,
-        "problems": history.problems,
-    });
-    report["trend"] = Value::Array(
-        history
-            .parsed
-            .iter()
-            .rev()
-            .take(cfg.report.trend)
-            .rev()
-            .cloned()
-            .collect(),
-    );
-    report["command_log"] = json!(cmd_log.display().to_string());
-    let pass = report["result"]["pass"] == true;
-    sign::sign_report(&key, &mut report)?;
-    let json_path = cfg.report.dir.join(format!("drill-{id}.json"));
-    let html_path = cfg.report.dir.join(format!("drill-{id}.html"));
-    let json_text = serde_json::to_string_pretty(&report).unwrap_or_default();
-    std::fs::write(&json_path, &json_text)
-        .map_err(|e| DrillError::Failed(format!("{}: {e}", json_path.display())))?;
-    std::fs::write(&html_path, html::render(&report))
-        .map_err(|e| DrillError::Failed(format!("{}: {e}", html_path.display())))?;
-    use sha2::Digest;
-    let entry = json!({
-        "id": id,
-        "started_utc": report["started_utc"],
-        "kind": cfg.fault.kind.as_str(),
-        "volume": cfg.volume,
-        "failed_site": cfg.fault.site,
-        "pass": pass,
-        "rto_s": report["rto"]["rto_s"],
-        "rpo_writes": report["rpo"]["lost_writes"],
-        "rpo_verified": report["rpo"]["verified"],
-        "resync_s": report["resync"]["resync_s"],
-        "resync_bytes": report["resync"]["resync_bytes"],
-        "config_sha256": report["config"]["sha256"],
-        "report": json_path.display().to_string(),
-        "report_sha256": config::hex(&sha2::Sha256::digest(json_text.as_bytes())),
-        "report_signature": report["signature"]["value"],
-    });
-    sign::append_history(&key, &cfg.report.history, &history.last_sig, &entry)?;
-    Ok(Outcome {
-        report,
-        pass,
-        json_path,
-        html_path,
-    })
+    ))
 }
 
 fn stop_load(ctl_load: &LoadControl, writers: &mut [Writer]) {
@@ -825,6 +881,8 @@ struct Measured {
 #[allow(clippy::too_many_arguments)]
 fn assemble(
     r: &Run,
+    f: &FaultConfig,
+    targets: &Targets,
     m: &Measured,
     writers: &[Writer],
     samples: &[Sample],
@@ -835,24 +893,7 @@ fn assemble(
 ) -> Value {
     let cfg = &r.cfg;
     let names: Vec<&str> = cfg.sites.iter().map(|s| s.name.as_str()).collect();
-    let mut all: Vec<WriteRec> = Vec::new();
-    let mut writer_json = Vec::new();
-    for w in writers {
-        let l = w.log.lock().unwrap_or_else(|p| p.into_inner());
-        all.extend(l.writes.iter().copied());
-        let acked = l.writes.iter().filter(|x| x.ok).count();
-        writer_json.push(json!({
-            "id": w.spec.id,
-            "home": names[w.spec.id],
-            "blocks": [w.spec.first_block + w.spec.id as u64 * w.spec.blocks, w.spec.first_block + (w.spec.id as u64 + 1) * w.spec.blocks],
-            "writes": l.writes.len(),
-            "acked": acked,
-            "failed": l.writes.len() - acked,
-            "connect_failures": l.connect_failures,
-            "errors": l.errors.iter().map(|(t, e)| json!({"t_us": t, "error": e})).collect::<Vec<_>>(),
-        }));
-    }
-    all.sort_by_key(|x| x.done_us);
+    let (writer_json, all) = load_records(writers, &names);
     // Latency baseline: writes issued in the last three quarters of the baseline.
     let warm = (cfg.timing.baseline_s * 0.25 * 1e6) as u64;
     let mut base: Vec<u64> = all
@@ -891,28 +932,7 @@ fn assemble(
             }
         }
     }
-    // Latency series.
-    let end = m.stop_us.max(1);
-    let width = (end / MAX_SERIES_POINTS).max(100_000);
-    let mut series = Vec::new();
-    let mut i = 0;
-    let mut t = 0;
-    while t <= end {
-        let mut lat = Vec::new();
-        let mut failed = 0;
-        while i < all.len() && all[i].done_us < t + width {
-            if all[i].ok {
-                lat.push(all[i].done_us - all[i].issued_us);
-            } else {
-                failed += 1;
-            }
-            i += 1;
-        }
-        lat.sort_unstable();
-        series.push(json!({"t_us": t, "acked": lat.len(), "failed": failed,
-            "p50_us": pct(&lat, 0.5), "p99_us": pct(&lat, 0.99), "max_us": lat.last()}));
-        t += width;
-    }
+    let (width, series) = latency_series(&all, m.stop_us);
     // Site states (changes only) and the witness's decisions.
     let mut states = Vec::new();
     let mut decisions = Vec::new();
@@ -1022,7 +1042,7 @@ fn assemble(
         (false, n) => format!("not verified ({n} lost among the blocks read)"),
     };
     let resync_s = m.in_sync_us.map(|t| secs(t.saturating_sub(m.restore_us)));
-    let t = &cfg.targets;
+    let t = targets;
     let identical = verify["identical"] == true;
     let checks = vec![
         check(
@@ -1066,13 +1086,10 @@ fn assemble(
         "schema": SCHEMA,
         "tool": {"name": "twinblk-ctl", "version": env!("CARGO_PKG_VERSION")},
         "volume": cfg.volume,
-        "kind": cfg.fault.kind.as_str(),
+        "kind": f.kind.as_str(),
         "failed_site": names[m.victim],
         "survivor": names[m.survivor],
-        "sites": cfg.sites.iter().zip(infos).map(|(s, (info, id))| json!({
-            "name": s.name, "socket": s.socket.display().to_string(), "nbd": s.nbd,
-            "site_id": id, "version": info["version"], "daemon_info": info,
-        })).collect::<Vec<_>>(),
+        "sites": sites_json(cfg, infos),
         "targets": {"max_rto_s": t.max_rto_s, "max_rpo_writes": t.max_rpo_writes, "max_resync_s": t.max_resync_s},
         "result": {"pass": pass, "checks": checks},
         "rto": {
@@ -1129,8 +1146,72 @@ fn assemble(
         "witness_decisions": decisions,
         "site_states": states,
         "events": r.events,
-        "not_covered": "the non-disruptive drill in a CDP sandbox: CDP views do not exist yet",
+        "not_covered": NOT_COVERED,
     })
+}
+
+/// Per writer its summary for the report, and every write of every writer by answer time.
+fn load_records(writers: &[Writer], names: &[&str]) -> (Vec<Value>, Vec<WriteRec>) {
+    let mut all: Vec<WriteRec> = Vec::new();
+    let mut writer_json = Vec::new();
+    for w in writers {
+        let l = w.log.lock().unwrap_or_else(|p| p.into_inner());
+        all.extend(l.writes.iter().copied());
+        let acked = l.writes.iter().filter(|x| x.ok).count();
+        writer_json.push(json!({
+            "id": w.spec.id,
+            "home": names.get(w.spec.id),
+            "blocks": [w.spec.first_block + w.spec.id as u64 * w.spec.blocks, w.spec.first_block + (w.spec.id as u64 + 1) * w.spec.blocks],
+            "writes": l.writes.len(),
+            "acked": acked,
+            "failed": l.writes.len() - acked,
+            "connect_failures": l.connect_failures,
+            "errors": l.errors.iter().map(|(t, e)| json!({"t_us": t, "error": e})).collect::<Vec<_>>(),
+        }));
+    }
+    all.sort_by_key(|x| x.done_us);
+    (writer_json, all)
+}
+
+/// The latency series up to `end_us` of writes sorted by answer time: the bucket width (µs)
+/// and per bucket the acknowledged and failed writes, p50, p99 and maximum latency.
+fn latency_series(all: &[WriteRec], end_us: u64) -> (u64, Vec<Value>) {
+    let end = end_us.max(1);
+    let width = (end / MAX_SERIES_POINTS).max(100_000);
+    let mut series = Vec::new();
+    let mut i = 0;
+    let mut t = 0;
+    while t <= end {
+        let mut lat = Vec::new();
+        let mut failed = 0;
+        while i < all.len() && all[i].done_us < t + width {
+            if all[i].ok {
+                lat.push(all[i].done_us - all[i].issued_us);
+            } else {
+                failed += 1;
+            }
+            i += 1;
+        }
+        lat.sort_unstable();
+        series.push(json!({"t_us": t, "acked": lat.len(), "failed": failed,
+            "p50_us": pct(&lat, 0.5), "p99_us": pct(&lat, 0.99), "max_us": lat.last()}));
+        t += width;
+    }
+    (width, series)
+}
+
+/// Each site as the report lists it.
+fn sites_json(cfg: &DrillConfig, infos: &[(Value, Option<u64>)]) -> Vec<Value> {
+    cfg.sites
+        .iter()
+        .zip(infos)
+        .map(|(s, (info, id))| {
+            json!({
+                "name": s.name, "socket": s.socket.display().to_string(), "nbd": s.nbd,
+                "site_id": id, "version": info["version"], "daemon_info": info,
+            })
+        })
+        .collect()
 }
 
 fn check(name: &str, target: String, measured: String, pass: bool) -> Value {

@@ -292,6 +292,16 @@ mod tests {
     }
 
     #[test]
+    fn a_report_with_full_precision_floats_verifies_after_a_round_trip_through_its_file() {
+        let k = key();
+        let mut r = json!({"x": (1..3000).map(|i| f64::from(i) / 7.0 * 1.37).collect::<Vec<_>>()});
+        sign_report(&k, &mut r).unwrap();
+        let text = serde_json::to_string_pretty(&r).unwrap();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert!(verify_report(&k, &back).unwrap());
+    }
+
+    #[test]
     fn a_signed_report_verifies_until_changed() {
         let k = key();
         let mut r = json!({"rto_s": 0.9, "pass": true});
