@@ -85,6 +85,16 @@ fn outcomes(log: &str) -> Vec<(String, bool, Option<String>)> {
 
 /// Run iscsi-test-cu with `-t tests` on `urls`; panic on any failure; return (passed, skipped).
 fn conformance(tests: &str, urls: &[String]) -> (usize, Vec<(String, String)>) {
+    conformance_failing(tests, urls, &[])
+}
+
+/// As [`conformance`], where exactly the tests in `known` fail (each named with its reason in
+/// docs/iscsi-conformance.md): any other failure, or one of them passing, fails the run.
+fn conformance_failing(
+    tests: &str,
+    urls: &[String],
+    known: &[&str],
+) -> (usize, Vec<(String, String)>) {
     need("iscsi-test-cu");
     let out = Command::new("iscsi-test-cu")
         .args(["-d", "-t", tests])
@@ -114,7 +124,10 @@ fn conformance(tests: &str, urls: &[String]) -> (usize, Vec<(String, String)>) {
     for (t, why) in &skipped {
         println!("  skipped {t}: {why}");
     }
-    assert!(failed.is_empty(), "failed: {failed:?}\n{log}");
+    assert_eq!(
+        failed, known,
+        "failed: {failed:?}, expected to fail: {known:?}\n{log}"
+    );
     // CUnit's own count agrees: "tests  <total> <ran> <passed> <failed> <inactive>".
     let counts: Vec<usize> = log
         .lines()
@@ -125,7 +138,7 @@ fn conformance(tests: &str, urls: &[String]) -> (usize, Vec<(String, String)>) {
         .map(|n| n.parse().expect("a count"))
         .collect();
     assert_eq!(counts[0], results.len(), "{log}");
-    assert_eq!(counts[3], 0, "CUnit counts failures:\n{log}");
+    assert_eq!(counts[3], known.len(), "CUnit counts failures:\n{log}");
     (passed, skipped)
 }
 
@@ -1662,4 +1675,34 @@ fn aptpl_reservations_survive_a_restart_of_both_sites() {
         prout_flags(&mut h1, 2, 0, 0, 0, ka, 0x01),
         (0x02, 0x05, 0x26, 0x00)
     );
+}
+
+/// libiscsi's suite with site a's URL and site b's URL of a running two-site cluster: its
+/// multipath tests (writes through one path read through the other, compare-and-write from
+/// both, resets) run across the two sites of one mirrored volume.
+#[test]
+fn libiscsi_conformance_suite_passes_across_both_sites() {
+    let root = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, ia) = iscsi_site(root.path(), "a", "b", pa, pb);
+    let (b, ib) = iscsi_site(root.path(), "b", "a", pb, pa);
+    crate::mirror::wait_up(&a);
+    crate::mirror::wait_up(&b);
+    // Known to fail across the sites, and why (docs/iscsi-conformance.md): RESERVE(6) is kept
+    // by each site alone, so a second initiator at the other site is not refused (Reserve6.*);
+    // a LUN reset at one site raises no unit attention at the other site's sessions
+    // (MultipathIO.Reset). Persistent reservations, compare-and-write and data are one LU's.
+    let known = [
+        "Reserve6.2Initiators",
+        "Reserve6.Logout",
+        "Reserve6.ITNexusLoss",
+        "MultipathIO.Reset",
+    ];
+    let (passed, skipped) = conformance_failing("ALL", &[url(ia), url(ib)], &known);
+    assert!(
+        !skipped.iter().any(|(t, _)| t.starts_with("MultipathIO")),
+        "multipath tests skipped: {skipped:?}"
+    );
+    assert!(passed >= 150, "only {passed} passed");
+    drop((a, b));
 }
