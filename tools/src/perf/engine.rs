@@ -110,6 +110,38 @@ impl Slots {
             .map(|s| (s.write, self.bs))
     }
 
+    /// Slots of `bs` bytes with `busy` (slot, is a write) in flight, for codec unit tests.
+    #[cfg(test)]
+    pub(crate) fn with_busy(bs: u32, busy: &[(u16, bool)]) -> Slots {
+        let n = busy
+            .iter()
+            .map(|&(s, _)| usize::from(s) + 1)
+            .max()
+            .unwrap_or(0);
+        let mut st = vec![
+            Slot {
+                busy: false,
+                write: false,
+                bad: false,
+                unit: 0,
+                generation: 0,
+                got: 0,
+                start: Instant::now(),
+            };
+            n
+        ];
+        for &(s, w) in busy {
+            st[usize::from(s)].busy = true;
+            st[usize::from(s)].write = w;
+        }
+        Slots {
+            st,
+            bs,
+            verify: false,
+            payload: (0..bs).map(|i| i as u8).collect(),
+        }
+    }
+
     /// The write data of `slot`.
     pub fn payload(&self, slot: u16) -> &[u8] {
         let bs = self.bs as usize;

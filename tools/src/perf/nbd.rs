@@ -357,3 +357,56 @@ impl Drop for Client {
         let _ = self.s.write_all(&out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(magic: u32, error: u32, cookie: u64, data: &[u8]) -> Vec<u8> {
+        let mut r = magic.to_be_bytes().to_vec();
+        r.extend_from_slice(&error.to_be_bytes());
+        r.extend_from_slice(&cookie.to_be_bytes());
+        r.extend_from_slice(data);
+        r
+    }
+
+    #[test]
+    fn requests_and_replies() {
+        let mut w = NbdWire { bs: 512 };
+        let mut out = Vec::new();
+        let r = Req {
+            slot: 2,
+            write: true,
+            offset: 4096,
+            len: 512,
+        };
+        w.request(&r, &[7; 512], &mut out);
+        assert_eq!(out.len(), REQUEST_HEADER + 512);
+        assert_eq!(&out[0..4], &REQUEST_MAGIC.to_be_bytes());
+        assert_eq!(&out[6..8], &CMD_WRITE.to_be_bytes());
+        assert_eq!(&out[8..16], &2u64.to_be_bytes());
+        assert_eq!(&out[16..24], &4096u64.to_be_bytes());
+        let slots = Slots::with_busy(512, &[(1, false), (2, true)]);
+        let rd = reply(SIMPLE_REPLY_MAGIC, 0, 1, &[5; 512]);
+        assert_eq!(
+            w.parse(&rd[..100], &slots, &mut out).unwrap(),
+            None,
+            "partial data"
+        );
+        let p = w.parse(&rd, &slots, &mut out).unwrap().unwrap();
+        assert_eq!(
+            (p.used, p.slot, p.data, p.done),
+            (528, 1, Some((0, 16..528)), Some(0))
+        );
+        // A failed read carries no data; a write's reply never does.
+        let p = w.parse(&reply(SIMPLE_REPLY_MAGIC, 5, 1, &[]), &slots, &mut out);
+        assert_eq!(p.unwrap().unwrap().done, Some(5));
+        let p = w.parse(&reply(SIMPLE_REPLY_MAGIC, 0, 2, &[]), &slots, &mut out);
+        assert_eq!(p.unwrap().unwrap().used, 16);
+        let mut e = |b: &[u8]| w.parse(b, &slots, &mut out).unwrap_err().to_string();
+        assert!(e(&reply(SIMPLE_REPLY_MAGIC, 0, 3, &[])).contains("not outstanding"));
+        assert!(e(&reply(SIMPLE_REPLY_MAGIC, 0, 1 << 40, &[])).contains("not outstanding"));
+        assert!(e(&reply(STRUCTURED_REPLY_MAGIC, 0, 1, &[])).contains("structured"));
+        assert!(e(&reply(1, 0, 1, &[])).contains("magic"));
+    }
+}

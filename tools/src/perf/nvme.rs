@@ -223,3 +223,140 @@ pub fn connect(o: &Opts) -> Result<Connected> {
         keep: Some(Box::new(ctrl)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(bs: usize) -> NvmeWire {
+        NvmeWire {
+            nsid: 1,
+            lba_shift: 9,
+            maxh2c: 4096,
+            max_reply: HLEN24 + bs.max(4096),
+        }
+    }
+
+    fn pdu(kind: u8, flags: u8, pdo: u8, header: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut p = vec![kind, flags, HLEN24 as u8, pdo];
+        p.extend_from_slice(&((HLEN24 + data.len()) as u32).to_le_bytes());
+        let mut h = header.to_vec();
+        h.resize(16, 0);
+        p.extend_from_slice(&h);
+        p.extend_from_slice(data);
+        p
+    }
+
+    fn resp(cid: u16, status: u16) -> Vec<u8> {
+        let mut cqe = [0u8; 16];
+        cqe[12..14].copy_from_slice(&cid.to_le_bytes());
+        cqe[14..16].copy_from_slice(&status.to_le_bytes());
+        pdu(t::RSP, 0, 0, &cqe, &[])
+    }
+
+    #[test]
+    fn requests_follow_the_capsule_layout() {
+        let mut w = wire(4096);
+        let mut out = Vec::new();
+        let r = Req {
+            slot: 7,
+            write: true,
+            offset: 8192,
+            len: 4096,
+        };
+        w.request(&r, &[0xCC; 4096], &mut out);
+        assert_eq!(&out[..4], &[t::CMD, 0, 72, 72]);
+        assert_eq!(le32(&out, 4) as usize, out.len());
+        assert_eq!(out.len(), 72 + 4096);
+        let sqe = &out[8..72];
+        assert_eq!((sqe[0], le16(sqe, 2), le32(sqe, 4)), (0x01, 7, 1));
+        assert_eq!(
+            (le32(sqe, 40), le32(sqe, 48)),
+            (16, 7),
+            "SLBA 16, NLB 8 (0's based)"
+        );
+        assert_eq!(sqe[39], 0x01);
+        out.clear();
+        let big = Req { len: 65536, ..r };
+        w.request(&big, &[0; 65536], &mut out);
+        assert_eq!(
+            (out.len(), out[3], out[8 + 39]),
+            (72, 0, 0x5A),
+            "data after R2T"
+        );
+    }
+
+    #[test]
+    fn replies_parse_and_partial_pdus_wait() {
+        let mut w = wire(4096);
+        let slots = Slots::with_busy(4096, &[(3, false), (5, true)]);
+        let mut out = Vec::new();
+        let r = resp(5, 0);
+        assert_eq!(w.parse(&r[..10], &slots, &mut out).unwrap(), None);
+        let p = w.parse(&r, &slots, &mut out).unwrap().unwrap();
+        assert_eq!((p.used, p.slot, p.done), (24, 5, Some(0)));
+        // Status: SCT 0, SC 0x80 (LBA out of range) sits above the phase bit.
+        let p = w
+            .parse(&resp(5, 0x80 << 1), &slots, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.done, Some(0x80));
+        let mut h = vec![0u8; 16];
+        h[0..2].copy_from_slice(&3u16.to_le_bytes());
+        h[4..8].copy_from_slice(&1024u32.to_le_bytes());
+        h[8..12].copy_from_slice(&512u32.to_le_bytes());
+        let d = pdu(t::C2H_DATA, 0x0C, 24, &h, &[9; 512]);
+        let p = w.parse(&d, &slots, &mut out).unwrap().unwrap();
+        assert_eq!(p.data, Some((1024, 24..536)));
+        assert_eq!(p.done, Some(0), "SUCCESS flag completes the read");
+        // R2T: H2CData PDUs of at most MAXH2CDATA bytes from the write's payload.
+        let mut h = vec![0u8; 16];
+        h[0..2].copy_from_slice(&5u16.to_le_bytes());
+        h[2..4].copy_from_slice(&0x44u16.to_le_bytes());
+        h[4..8].copy_from_slice(&0u32.to_le_bytes());
+        h[8..12].copy_from_slice(&4096u32.to_le_bytes());
+        let mut w2 = NvmeWire {
+            maxh2c: 1024,
+            ..wire(4096)
+        };
+        let p = w2
+            .parse(&pdu(t::R2T, 0, 0, &h, &[]), &slots, &mut out)
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.done, p.data), (None, None));
+        assert_eq!(out.len(), 4 * (24 + 1024));
+        assert_eq!(out[0], t::H2C_DATA);
+        assert_eq!(out[3 * 1048 + 1] & 0x04, 0x04, "LAST on the final PDU only");
+        assert_eq!(out[1] & 0x04, 0);
+        assert_eq!(le32(&out, 1048 + 12), 1024, "second PDU's offset");
+    }
+
+    #[test]
+    fn malformed_pdus_are_errors() {
+        let mut w = wire(4096);
+        let slots = Slots::with_busy(4096, &[(3, false), (5, true)]);
+        let mut out = Vec::new();
+        let mut e = |b: &[u8]| w.parse(b, &slots, &mut out).unwrap_err().to_string();
+        assert!(e(&resp(4, 0)).contains("not outstanding"));
+        let mut bad = resp(5, 0);
+        bad[4..8].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        assert!(e(&bad).contains("more than"));
+        let mut bad = resp(5, 0);
+        bad[2] = 4;
+        assert!(e(&bad).contains("bad PDU lengths"));
+        // Read data for a write; data lengths that do not add up; R2T for a read or out of range.
+        let mut h = vec![0u8; 16];
+        h[0..2].copy_from_slice(&5u16.to_le_bytes());
+        h[8..12].copy_from_slice(&16u32.to_le_bytes());
+        assert!(e(&pdu(t::C2H_DATA, 0, 24, &h, &[0; 16])).contains("which is a write"));
+        h[0..2].copy_from_slice(&3u16.to_le_bytes());
+        assert!(e(&pdu(t::C2H_DATA, 0, 24, &h, &[0; 8])).contains("do not add up"));
+        assert!(e(&pdu(t::R2T, 0, 0, &h, &[])).contains("which is a read"));
+        h[0..2].copy_from_slice(&5u16.to_le_bytes());
+        h[4..8].copy_from_slice(&4000u32.to_le_bytes());
+        h[8..12].copy_from_slice(&200u32.to_le_bytes());
+        assert!(e(&pdu(t::R2T, 0, 0, &h, &[])).contains("R2T for bytes 4000+200"));
+        assert!(e(&pdu(t::C2H_TERM, 0, 0, &[1, 0], &[])).contains("C2HTermReq"));
+        assert!(e(&pdu(0x42, 0, 0, &[], &[])).contains("unexpected"));
+    }
+}
