@@ -11,12 +11,15 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use twinblk_tools::perf::nbd;
 
-/// A daemon with a 64 MiB RAM volume `vol0` on NBD and NVMe/TCP; (daemon, nbd, nvme) addresses.
-fn daemon() -> (twinblk::Daemon, SocketAddr, SocketAddr) {
-    let text = "[reactor]\ncores=[0]\nwait='adaptive'\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n\
-                [nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n\
-                [[volume]]\nname='vol0'\nbackend='malloc'\nsize='64MiB'\n";
-    let cfg = twinblk::control::config::Config::from_toml(text).expect("config");
+/// A daemon with a 64 MiB RAM volume `vol0` on NBD, NVMe/TCP and iSCSI, and `iscsi_toml`
+/// appended (e.g. a CHAP target); the daemon and its listeners.
+fn daemon_with(iscsi_toml: &str) -> (twinblk::Daemon, Addrs) {
+    let text = format!(
+        "[reactor]\ncores=[0]\nwait='adaptive'\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n\
+         [nvmf]\nlisten=['127.0.0.1:0']\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n\
+         [[volume]]\nname='vol0'\nbackend='malloc'\nsize='64MiB'\n{iscsi_toml}"
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("config");
     let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
     let find = |p| {
         d.listeners()
@@ -25,12 +28,27 @@ fn daemon() -> (twinblk::Daemon, SocketAddr, SocketAddr) {
             .expect("listener")
             .1
     };
-    let (nbd, nvme) = (
-        find(twinblk::daemon::Proto::Nbd),
-        find(twinblk::daemon::Proto::Nvmf),
-    );
-    (d, nbd, nvme)
+    let a = Addrs {
+        nbd: find(twinblk::daemon::Proto::Nbd),
+        nvme: find(twinblk::daemon::Proto::Nvmf),
+        iscsi: find(twinblk::daemon::Proto::Iscsi),
+    };
+    (d, a)
 }
+
+struct Addrs {
+    nbd: SocketAddr,
+    nvme: SocketAddr,
+    iscsi: SocketAddr,
+}
+
+/// As [`daemon_with`], no extra configuration; (daemon, nbd, nvme) addresses.
+fn daemon() -> (twinblk::Daemon, SocketAddr, SocketAddr) {
+    let (d, a) = daemon_with("");
+    (d, a.nbd, a.nvme)
+}
+
+const IQN: &str = "iqn.2026-11.io.twinblk:vol0";
 
 const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
 
@@ -247,8 +265,86 @@ fn nvme_verified_runs_in_capsule_and_r2t() {
 }
 
 #[test]
+fn iscsi_verified_runs_immediate_data_and_r2t() {
+    let (_d, a) = daemon_with("");
+    let uri = format!("iscsi://{}/{IQN}/0", a.iscsi);
+    // 4 KiB writes go as immediate data; 512 KiB ones send 256 KiB (FirstBurstLength) that way
+    // and the rest after an R2T.
+    for (bs, ios) in [("4k", "20000"), ("512k", "400")] {
+        let o = twinperf(
+            &[
+                &uri,
+                "--rw=randrw",
+                "--bs",
+                bs,
+                "--ios",
+                ios,
+                "--qd=8",
+                "--conns=2",
+                "--size=16m",
+                "--verify",
+                "--json",
+            ],
+            Duration::from_secs(120),
+        );
+        assert!(o.status.success(), "bs {bs}: {}", stderr(&o));
+        let r = json(&o);
+        check_report(&r, ios.parse().unwrap());
+        assert_eq!(r["proto"], "iscsi");
+        assert_eq!(r["verify"]["mismatches"], 0, "{r}");
+        assert!(r["verify"]["checked_reads"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn iscsi_chap_login() {
+    let (_d, a) = daemon_with(
+        "[[iscsi.target]]\niqn='iqn.2026-11.io.twinblk:sec'\nluns=['vol0']\n\
+         chap_user='alice'\nchap_secret='twelve-chars-or-more'\n",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let uri = format!("iscsi://{}/iqn.2026-11.io.twinblk:sec/0", a.iscsi);
+    let good = tmp.path().join("good");
+    let bad = tmp.path().join("bad");
+    std::fs::write(&good, "twelve-chars-or-more\n").unwrap();
+    std::fs::write(&bad, "not-the-secret-at-all\n").unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            uri.as_str(),
+            "--rw=randrw",
+            "--ios=2000",
+            "--qd=4",
+            "--verify",
+        ];
+        args.extend_from_slice(extra);
+        twinperf(&args, Duration::from_secs(60))
+    };
+    let o = run(&[
+        "--chap-user=alice",
+        "--chap-secret-file",
+        good.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        "--chap-user=alice",
+        "--chap-secret-file",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("authentication failed"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(1), "CHAP is required: {}", stderr(&o));
+    assert!(stderr(&o).contains("refused"), "{}", stderr(&o));
+}
+
+#[test]
 fn verify_state_carries_over_and_catches_corruption() {
-    let (_d, nbd, nvme) = daemon();
+    let (_d, a) = daemon_with("");
+    let (nbd, nvme) = (a.nbd, a.nvme);
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state.json");
     let st = state.to_str().unwrap();
@@ -260,9 +356,10 @@ fn verify_state_carries_over_and_catches_corruption() {
     let o = twinperf(&args, Duration::from_secs(60));
     assert!(o.status.success(), "{}", stderr(&o));
 
-    // Unchanged, it reads back clean, over the other protocol too (same layout).
+    // Unchanged, it reads back clean, over the other protocols too (same layout).
     let nvme_uri = format!("nvme+tcp://{nvme}/{NQN}");
-    for u in [uri.as_str(), nvme_uri.as_str()] {
+    let iscsi_uri = format!("iscsi://{}/{IQN}/0", a.iscsi);
+    for u in [uri.as_str(), nvme_uri.as_str(), iscsi_uri.as_str()] {
         let mut args = vec![u, "--rw=read", "--json", "--verify-state", st];
         args.extend(common);
         let o = twinperf(&args, Duration::from_secs(60));
@@ -345,7 +442,7 @@ fn bad_options_fail_cleanly() {
         (vec![uri.as_str(), "--size=1g"], "past the device's end"),
         (vec![uri.as_str(), "--qd=0"], "--qd"),
         (vec!["nbd://127.0.0.1:1/vol0"], "connecting"),
-        (vec!["iscsi://127.0.0.1:1/iqn.x/0"], "iSCSI"),
+        (vec!["iscsi://127.0.0.1:1/iqn.x/0"], "connecting"),
     ] {
         let o = twinperf(&args, Duration::from_secs(60));
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));

@@ -1,4 +1,4 @@
-//! `twinperf`: a load generator that speaks NBD and NVMe/TCP itself (iSCSI to come), with
+//! `twinperf`: a load generator that speaks NBD, NVMe/TCP and iSCSI itself, with
 //! data verification, latency percentiles, JSON output and an SVG timeline.
 //!
 //! Exit codes: 0 success; 1 error (connection, protocol, options); 2 usage (clap);
@@ -11,11 +11,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 use twinblk_tools::perf::{self, Opts, Rw, Stop, Target};
 
-/// Drive a block target over NBD or NVMe/TCP and measure it.
+/// Drive a block target over NBD, NVMe/TCP or iSCSI and measure it.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// nbd://HOST:PORT/EXPORT or nvme+tcp://HOST:PORT/NQN (iscsi://HOST:PORT/IQN/LUN to come).
+    /// nbd://HOST:PORT/EXPORT, nvme+tcp://HOST:PORT/NQN or iscsi://HOST:PORT/IQN/LUN.
     target: Target,
     /// read, write, randread, randwrite, randrw, rw (sequential mix).
     #[arg(long, default_value = "randread")]
@@ -65,6 +65,15 @@ struct Cli {
     /// Seed of the offset generator (0: from the clock).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// iSCSI initiator name.
+    #[arg(long, default_value = perf::iscsi::DEFAULT_INITIATOR)]
+    initiator: String,
+    /// iSCSI: log in with one-way CHAP (MD5) as this user (needs --chap-secret-file).
+    #[arg(long, requires = "chap_secret_file")]
+    chap_user: Option<String>,
+    /// iSCSI: file whose first line is the CHAP secret.
+    #[arg(long, value_name = "FILE", requires = "chap_user")]
+    chap_secret_file: Option<PathBuf>,
     /// Print the report as JSON (instead of text).
     #[arg(long)]
     json: bool,
@@ -102,6 +111,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         (Some(n), _) => Stop::Ios(n),
         (None, s) => Stop::Time(secs(s.unwrap_or(5.0), "--seconds")?),
     };
+    let chap = match (cli.chap_user, &cli.chap_secret_file) {
+        (Some(user), Some(f)) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let secret = text.lines().next().unwrap_or("").as_bytes().to_vec();
+            if secret.is_empty() {
+                bail!("{} holds no CHAP secret", f.display());
+            }
+            Some(perf::iscsi::Chap { user, secret })
+        }
+        _ => None,
+    };
     let o = Opts {
         target: cli.target,
         rw: cli.rw,
@@ -119,6 +140,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         nsid: cli.nsid,
         timeout: secs(cli.timeout, "--timeout")?,
         seed: cli.seed,
+        initiator: cli.initiator,
+        chap,
     };
     if o.verify_state.is_some() && !o.verify {
         bail!("--verify-state needs --verify");

@@ -52,8 +52,8 @@ pub struct Req {
 pub struct Parsed {
     /// Bytes of the buffer this reply used.
     pub used: usize,
-    /// The request it answers.
-    pub slot: u16,
+    /// The request it answers (None: a PDU about no request, e.g. an iSCSI NOP-In).
+    pub slot: Option<u16>,
     /// Read data: (offset within the request, byte range within the parsed buffer).
     pub data: Option<(u32, Range<usize>)>,
     /// The request is complete with this status (0: success; else a protocol error code).
@@ -489,6 +489,14 @@ impl Conn {
                     }
                     None => None,
                 };
+                let Some(slot) = p.slot else {
+                    ensure!(
+                        p.data.is_none() && p.done.is_none(),
+                        "data or status without a request"
+                    );
+                    pos += p.used;
+                    continue;
+                };
                 handle(
                     &mut self.slots,
                     &mut self.work,
@@ -499,7 +507,7 @@ impl Conn {
                     self.region_offset,
                     self.bs,
                     stats,
-                    p.slot,
+                    slot,
                     data,
                     p.done,
                     now,

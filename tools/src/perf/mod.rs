@@ -1,9 +1,9 @@
-//! twinperf: a load generator that speaks the target's protocols itself (NBD, NVMe/TCP; iSCSI
-//! not yet), built not to be the bottleneck of what it measures.
+//! twinperf: a load generator that speaks the target's protocols itself (NBD, NVMe/TCP, iSCSI),
+//! built not to be the bottleneck of what it measures.
 //!
 //! Model:
-//! - A run opens `conns` connections (NBD connections, or NVMe/TCP I/O queues of one
-//!   controller) in the calling thread, then hands them round-robin to `threads` threads. Each
+//! - A run opens `conns` connections (NBD connections, NVMe/TCP I/O queues of one
+//!   controller, or iSCSI sessions of one connection each) in the calling thread, then hands them round-robin to `threads` threads. Each
 //!   thread runs one single-threaded event loop ([`engine`]) over its connections: fill every
 //!   connection up to `qd` requests, send them with one `write` per connection per round, wait
 //!   in `poll(2)`, read replies in big chunks and parse them in place. Nothing is allocated per
@@ -22,6 +22,7 @@
 //!   successfully; a failed write makes the unit unknown (not checked again this run).
 
 pub mod engine;
+pub mod iscsi;
 pub mod nbd;
 pub mod nvme;
 pub mod report;
@@ -43,7 +44,7 @@ pub enum Proto {
     Nbd,
     /// NVMe over TCP.
     Nvme,
-    /// iSCSI (not implemented yet).
+    /// iSCSI.
     Iscsi,
 }
 
@@ -211,6 +212,10 @@ pub struct Opts {
     pub timeout: Duration,
     /// Seed of the offset generator (0: from the clock).
     pub seed: u64,
+    /// iSCSI initiator name.
+    pub initiator: String,
+    /// iSCSI one-way CHAP credentials (None: no authentication).
+    pub chap: Option<iscsi::Chap>,
 }
 
 impl Default for Opts {
@@ -237,6 +242,8 @@ impl Default for Opts {
             nsid: 1,
             timeout: Duration::from_secs(30),
             seed: 0,
+            initiator: iscsi::DEFAULT_INITIATOR.into(),
+            chap: None,
         }
     }
 }
@@ -280,9 +287,7 @@ pub fn run(o: &Opts) -> Result<Report> {
     let connected = match o.target.proto {
         Proto::Nbd => nbd::connect(o)?,
         Proto::Nvme => nvme::connect(o)?,
-        Proto::Iscsi => {
-            bail!("iSCSI is not implemented in twinperf yet (use nbd:// or nvme+tcp://)")
-        }
+        Proto::Iscsi => iscsi::connect(o)?,
     };
     ensure!(
         o.bs.is_multiple_of(connected.block),

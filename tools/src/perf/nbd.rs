@@ -224,7 +224,7 @@ impl Wire for NbdWire {
         if error != 0 || write {
             return Ok(Some(Parsed {
                 used: REPLY_HEADER,
-                slot,
+                slot: Some(slot),
                 data: None,
                 done: Some(error),
             }));
@@ -235,7 +235,7 @@ impl Wire for NbdWire {
         }
         Ok(Some(Parsed {
             used: end,
-            slot,
+            slot: Some(slot),
             data: Some((0, REPLY_HEADER..end)),
             done: Some(0),
         }))
@@ -396,7 +396,7 @@ mod tests {
         let p = w.parse(&rd, &slots, &mut out).unwrap().unwrap();
         assert_eq!(
             (p.used, p.slot, p.data, p.done),
-            (528, 1, Some((0, 16..528)), Some(0))
+            (528, Some(1), Some((0, 16..528)), Some(0))
         );
         // A failed read carries no data; a write's reply never does.
         let p = w.parse(&reply(SIMPLE_REPLY_MAGIC, 5, 1, &[]), &slots, &mut out);

@@ -110,7 +110,7 @@ impl Wire for NvmeWire {
                 };
                 Ok(Some(Parsed {
                     used: plen,
-                    slot,
+                    slot: Some(slot),
                     data: None,
                     done: Some(u32::from((st >> 1) & 0x7FF)),
                 }))
@@ -128,7 +128,7 @@ impl Wire for NvmeWire {
                 let done = (flags & 0x08 != 0).then_some(0);
                 Ok(Some(Parsed {
                     used: plen,
-                    slot,
+                    slot: Some(slot),
                     data: Some((datao, pdo..plen)),
                     done,
                 }))
@@ -166,7 +166,7 @@ impl Wire for NvmeWire {
                 }
                 Ok(Some(Parsed {
                     used: plen,
-                    slot,
+                    slot: Some(slot),
                     data: None,
                     done: None,
                 }))
@@ -294,7 +294,7 @@ mod tests {
         let r = resp(5, 0);
         assert_eq!(w.parse(&r[..10], &slots, &mut out).unwrap(), None);
         let p = w.parse(&r, &slots, &mut out).unwrap().unwrap();
-        assert_eq!((p.used, p.slot, p.done), (24, 5, Some(0)));
+        assert_eq!((p.used, p.slot, p.done), (24, Some(5), Some(0)));
         // Status: SCT 0, SC 0x80 (LBA out of range) sits above the phase bit.
         let p = w
             .parse(&resp(5, 0x80 << 1), &slots, &mut out)
