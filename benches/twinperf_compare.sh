@@ -2,6 +2,7 @@
 # twinperf against the clients it replaces, on the same target in the same run:
 #   NBD:      fio --ioengine=nbd (libnbd, one job, single-threaded)  vs  twinperf nbd://
 #   NVMe/TCP: twinblk-nvme perf (blocking initiator)                   vs  twinperf nvme+tcp://
+#   iSCSI:    iscsi-perf (libiscsi; random reads only)                   vs  twinperf iscsi://
 #
 #   cargo build --release -p twinblk-tools -p twinblk-datapath
 #   RUNTIME=10 REPS=3 bash benches/twinperf_compare.sh
@@ -12,6 +13,9 @@
 # randwrite at QD32, one connection / one I/O queue. For each point the two clients of a protocol
 # run in turns A B A B ... (REPS times each), RUNTIME seconds per run, no ramp for either.
 #
+# iscsi-perf has no write mode and reports IOPS only (its last "iops average", over the run);
+# its randwrite point is twinperf alone, and its I/O count for CPU per I/O is IOPS x RUNTIME.
+#
 # Reported per point and client: MEDIAN of the repetitions of IOPS, p50 and p99 latency, and the
 # client's own CPU per I/O (user+system of the client process, from wait4's rusage, divided by
 # the I/Os it reports; process start and connection set-up are included, which weighs less than
@@ -21,13 +25,13 @@
 # Environment:
 #   RUNTIME      seconds per run (default 10)
 #   REPS         repetitions per client and point (default 3)
-#   BASE_PORT    NBD port; BASE_PORT+1 is NVMe/TCP (default 13900)
+#   BASE_PORT    NBD port; BASE_PORT+1 is NVMe/TCP, BASE_PORT+2 iSCSI (default 13900)
 #   SERVER_CPU / CLIENT_CPU   cores (default 0 / 1)
 #   WAIT         the server's reactor wait policy: poll | adaptive | interrupt (default adaptive)
-#   PROTOS       "nbd nvme" (default both)
+#   PROTOS       subset of "nbd nvme iscsi" (default all three)
 #   KEEP=1       keep raw outputs (the directory is printed)
 #
-# Needs: fio with the nbd engine, taskset, python3. The server listens on 127.0.0.1 only and
+# Needs: fio with the nbd engine, iscsi-perf (libiscsi-bin) for iSCSI, taskset, python3. The server listens on 127.0.0.1 only and
 # is killed on exit (by its PID).
 
 set -euo pipefail
@@ -38,7 +42,7 @@ BASE_PORT=${BASE_PORT:-13900}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 WAIT=${WAIT:-adaptive}
-PROTOS=${PROTOS:-nbd nvme}
+PROTOS=${PROTOS:-nbd nvme iscsi}
 KEEP=${KEEP:-0}
 
 die() { echo "twinperf_compare: $*" >&2; exit 1; }
@@ -65,6 +69,7 @@ trap cleanup EXIT
 
 NBD_PORT=$BASE_PORT
 NVME_PORT=$((BASE_PORT + 1))
+ISCSI_PORT=$((BASE_PORT + 2))
 NQN=nqn.2026-11.io.twinblk:vol0
 cat >"$WORK/serve.toml" <<EOF
 [reactor]
@@ -74,6 +79,8 @@ wait = "$WAIT"
 listen = ["127.0.0.1:$NBD_PORT"]
 [nvmf]
 listen = ["127.0.0.1:$NVME_PORT"]
+[iscsi]
+listen = ["127.0.0.1:$ISCSI_PORT"]
 [control]
 socket = ""
 [[volume]]
@@ -96,7 +103,7 @@ echo "twinperf_compare: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores, $(u
 echo "command: RUNTIME=$RUNTIME REPS=$REPS WAIT=$WAIT SERVER_CPU=$SERVER_CPU CLIENT_CPU=$CLIENT_CPU PROTOS=\"$PROTOS\" bash benches/twinperf_compare.sh"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-export WORK REL RUNTIME REPS CLIENT_CPU NBD_PORT NVME_PORT NQN PROTOS
+export WORK REL RUNTIME REPS CLIENT_CPU NBD_PORT NVME_PORT ISCSI_PORT NQN PROTOS
 python3 - <<'PY'
 import json, os, re, statistics, subprocess, sys
 
@@ -106,23 +113,25 @@ CPU = os.environ["CLIENT_CPU"]
 NBD = f"nbd://127.0.0.1:{os.environ['NBD_PORT']}/vol0"
 NVME_ADDR = f"127.0.0.1:{os.environ['NVME_PORT']}"
 NQN = os.environ["NQN"]
+ISCSI = f"iscsi://127.0.0.1:{os.environ['ISCSI_PORT']}/iqn.2026-11.io.twinblk:vol0/0"
 POINTS = [("randread", 32), ("randread", 1), ("randwrite", 32)]
 
-def run(cmd, tag):
-    """Run pinned; return (stdout, cpu seconds of the child)."""
+def run(cmd, tag, ok=(0,)):
+    """Run pinned; return its stdout."""
     p = subprocess.Popen(["taskset", "-c", CPU] + cmd, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     out, err = p.communicate()
     with open(f"{W}/{tag}.out", "w") as f:
         f.write(out + "\n--- stderr\n" + err)
-    if p.returncode != 0:
+    if p.returncode not in ok:
         sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{err[-2000:]}")
     return out
 
-def run_cpu(cmd, tag):
-    # The children's CPU counters grow by exactly this waited-for child (taskset execs it).
+def run_cpu(cmd, tag, ok=(0,)):
+    # The children's CPU counters grow by exactly this waited-for child (taskset execs it)
+    # and the descendants it waited for.
     before = os.times()
-    out = run(cmd, tag)
+    out = run(cmd, tag, ok)
     after = os.times()
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     return out, cpu
@@ -155,16 +164,33 @@ def nvme_perf(rw, qd, tag):
     return dict(iops=iops, p50=float(m.group(1)), p99=float(m.group(2)),
                 cpu_us=cpu * 1e6 / max(ios, 1))
 
+def iscsi_perf(rw, qd, tag):
+    if rw != "randread":
+        return None
+    # SIGINT after RUNTIME seconds ends it; it then exits non-zero.
+    out, cpu = run_cpu(["timeout", "-s", "INT", str(RUNTIME), "iscsi-perf", "-r", "-b", "8",
+                        "-m", str(qd), ISCSI], tag, ok=(0, 1, 124, 130))
+    out = out.replace("\r", "\n")
+    m = re.findall(r"iops average (\d+)", out)
+    if not m:
+        sys.exit(f"iscsi-perf printed no IOPS:\n{out[-1000:]}")
+    iops = float(m[-1])
+    return dict(iops=iops, p50=float("nan"), p99=float("nan"),
+                cpu_us=cpu * 1e6 / max(iops * RUNTIME, 1))
+
 CLIENTS = {
     "nbd": [("fio (nbd engine)", lambda rw, qd, t: fio(rw, qd, t)),
             ("twinperf", lambda rw, qd, t: twinperf(NBD, rw, qd, t))],
     "nvme": [("twinblk-nvme perf", lambda rw, qd, t: nvme_perf(rw, qd, t)),
              ("twinperf", lambda rw, qd, t: twinperf(f"nvme+tcp://{NVME_ADDR}/{NQN}", rw, qd, t))],
+    "iscsi": [("iscsi-perf", lambda rw, qd, t: iscsi_perf(rw, qd, t)),
+              ("twinperf", lambda rw, qd, t: twinperf(ISCSI, rw, qd, t))],
 }
+TITLES = {"nbd": "NBD", "nvme": "NVMe/TCP", "iscsi": "iSCSI"}
 
 med = statistics.median
 for proto in os.environ["PROTOS"].split():
-    print(f"\n### {'NBD' if proto == 'nbd' else 'NVMe/TCP'}: 4 KiB, one connection, "
+    print(f"\n### {TITLES[proto]}: 4 KiB, one connection, "
           f"medians of {REPS} x {RUNTIME} s, clients in turns A B A B\n")
     print("| point | client | IOPS | p50 µs | p99 µs | client CPU µs/IO | IOPS per rep |")
     print("|---|---|---:|---:|---:|---:|---|")
@@ -174,14 +200,22 @@ for proto in os.environ["PROTOS"].split():
         for rep in range(REPS):
             for name, f in CLIENTS[proto]:
                 tag = f"{proto}-{rw}-{qd}-{name.split()[0]}-{rep}"
-                res[name].append(f(rw, qd, tag))
+                r = f(rw, qd, tag)
+                if r is not None:
+                    res[name].append(r)
         meds = {}
         for name, rs in res.items():
+            if not rs:
+                print(f"| {rw} QD{qd} | {name} | - | - | - | - | (no such mode) |")
+                continue
             m = {k: med([r[k] for r in rs]) for k in ("iops", "p50", "p99", "cpu_us")}
             meds[name] = m
             reps = "/".join(f"{r['iops']:.0f}" for r in rs)
-            print(f"| {rw} QD{qd} | {name} | {m['iops']:,.0f} | {m['p50']:.1f} | {m['p99']:.1f} "
+            lat = lambda v: "-" if v != v else f"{v:.1f}"
+            print(f"| {rw} QD{qd} | {name} | {m['iops']:,.0f} | {lat(m['p50'])} | {lat(m['p99'])} "
                   f"| {m['cpu_us']:.2f} | {reps} |")
+        if len(meds) < 2:
+            continue
         (a, ma), (b, mb) = list(meds.items())
         ratios.append((f"{rw} QD{qd}", a, mb["iops"] / ma["iops"], mb["cpu_us"] / max(ma["cpu_us"], 1e-9)))
     print()
