@@ -555,7 +555,11 @@ fn handle(
             "read data at {at}+{} beyond the request's {bs} bytes",
             d.len()
         );
-        s.got += d.len() as u32;
+        s.got = s.got.saturating_add(d.len() as u32);
+        ensure!(
+            s.got <= bs,
+            "more read data for request {slot} than its {bs} bytes"
+        );
         if verify && known && !s.bad {
             let block = region_offset + (work.first_unit + u64::from(s.unit)) * u64::from(bs);
             if let Some(m) = verify::check(d, at, block, run, expected) {
