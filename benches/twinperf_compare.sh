@@ -3,6 +3,8 @@
 #   NBD:      fio --ioengine=nbd (libnbd, one job, single-threaded)  vs  twinperf nbd://
 #   NVMe/TCP: twinblk-nvme perf (blocking initiator)                   vs  twinperf nvme+tcp://
 #   iSCSI:    iscsi-perf (libiscsi; random reads only)                   vs  twinperf iscsi://
+#   nbdnull:  the NBD pair against `nbdkit null` instead of twinblk (a server that does no work:
+#             the clients' own ceilings; only with PROTOS including nbdnull)
 #
 #   cargo build --release -p twinblk-tools -p twinblk-datapath
 #   RUNTIME=10 REPS=3 bash benches/twinperf_compare.sh
@@ -28,7 +30,7 @@
 #   BASE_PORT    NBD port; BASE_PORT+1 is NVMe/TCP, BASE_PORT+2 iSCSI (default 13900)
 #   SERVER_CPU / CLIENT_CPU   cores (default 0 / 1)
 #   WAIT         the server's reactor wait policy: poll | adaptive | interrupt (default adaptive)
-#   PROTOS       subset of "nbd nvme iscsi" (default all three)
+#   PROTOS       subset of "nbd nvme iscsi nbdnull" (default "nbd nvme iscsi")
 #   KEEP=1       keep raw outputs (the directory is printed)
 #
 # Needs: fio with the nbd engine, iscsi-perf (libiscsi-bin) for iSCSI, taskset, python3. The server listens on 127.0.0.1 only and
@@ -61,8 +63,10 @@ for t in fio taskset python3; do command -v "$t" >/dev/null || die "$t is not in
 
 WORK=$(mktemp -d /tmp/twinperf-compare.XXXXXX)
 SERVER_PID=
+NULL_PID=
 cleanup() {
     if [[ -n $SERVER_PID ]]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+    if [[ -n $NULL_PID ]]; then kill "$NULL_PID" 2>/dev/null || true; wait "$NULL_PID" 2>/dev/null || true; fi
     if [[ $KEEP == 1 ]]; then echo "raw outputs kept in $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -70,6 +74,7 @@ trap cleanup EXIT
 NBD_PORT=$BASE_PORT
 NVME_PORT=$((BASE_PORT + 1))
 ISCSI_PORT=$((BASE_PORT + 2))
+NULL_PORT=$((BASE_PORT + 3))
 NQN=nqn.2026-11.io.twinblk:vol0
 cat >"$WORK/serve.toml" <<EOF
 [reactor]
@@ -95,6 +100,12 @@ for _ in $(seq 100); do
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/serve.log" >&2; die "the server did not start"; }
     sleep 0.1
 done
+if [[ " $PROTOS " == *" nbdnull "* ]]; then
+    command -v nbdkit >/dev/null || die "nbdkit is not installed (PROTOS has nbdnull)"
+    taskset -c "$SERVER_CPU" nbdkit -f -i 127.0.0.1 -p "$NULL_PORT" null size=1G >"$WORK/nbdkit.log" 2>&1 &
+    NULL_PID=$!
+    for _ in $(seq 50); do nbdinfo "nbd://127.0.0.1:$NULL_PORT/" >/dev/null 2>&1 && break; sleep 0.1; done
+fi
 # Fill the working set once.
 taskset -c "$CLIENT_CPU" "$REL/twinperf" "nbd://127.0.0.1:$NBD_PORT/vol0" --rw write --bs 1m \
     --qd 8 --size 256m --ios 256 >/dev/null
@@ -103,7 +114,7 @@ echo "twinperf_compare: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores, $(u
 echo "command: RUNTIME=$RUNTIME REPS=$REPS WAIT=$WAIT SERVER_CPU=$SERVER_CPU CLIENT_CPU=$CLIENT_CPU PROTOS=\"$PROTOS\" bash benches/twinperf_compare.sh"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-export WORK REL RUNTIME REPS CLIENT_CPU NBD_PORT NVME_PORT ISCSI_PORT NQN PROTOS
+export WORK REL RUNTIME REPS CLIENT_CPU NBD_PORT NVME_PORT ISCSI_PORT NULL_PORT NQN PROTOS
 python3 - <<'PY'
 import json, os, re, statistics, subprocess, sys
 
@@ -111,6 +122,7 @@ W, REL = os.environ["WORK"], os.environ["REL"]
 RUNTIME, REPS = int(os.environ["RUNTIME"]), int(os.environ["REPS"])
 CPU = os.environ["CLIENT_CPU"]
 NBD = f"nbd://127.0.0.1:{os.environ['NBD_PORT']}/vol0"
+NULL = f"nbd://127.0.0.1:{os.environ['NULL_PORT']}/"
 NVME_ADDR = f"127.0.0.1:{os.environ['NVME_PORT']}"
 NQN = os.environ["NQN"]
 ISCSI = f"iscsi://127.0.0.1:{os.environ['ISCSI_PORT']}/iqn.2026-11.io.twinblk:vol0/0"
@@ -136,8 +148,8 @@ def run_cpu(cmd, tag, ok=(0,)):
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     return out, cpu
 
-def fio(rw, qd, tag):
-    out, cpu = run_cpu(["fio", "--name=t", "--ioengine=nbd", f"--uri={NBD}", f"--rw={rw}",
+def fio(rw, qd, tag, uri=NBD):
+    out, cpu = run_cpu(["fio", "--name=t", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}",
                         "--bs=4k", f"--iodepth={qd}", "--size=256M", "--time_based",
                         f"--runtime={RUNTIME}", "--output-format=json"], tag)
     j = json.loads(out[out.index("{"):])["jobs"][0]
@@ -183,10 +195,13 @@ CLIENTS = {
             ("twinperf", lambda rw, qd, t: twinperf(NBD, rw, qd, t))],
     "nvme": [("twinblk-nvme perf", lambda rw, qd, t: nvme_perf(rw, qd, t)),
              ("twinperf", lambda rw, qd, t: twinperf(f"nvme+tcp://{NVME_ADDR}/{NQN}", rw, qd, t))],
+    "nbdnull": [("fio (nbd engine)", lambda rw, qd, t: fio(rw, qd, t, NULL)),
+                ("twinperf", lambda rw, qd, t: twinperf(NULL, rw, qd, t))],
     "iscsi": [("iscsi-perf", lambda rw, qd, t: iscsi_perf(rw, qd, t)),
               ("twinperf", lambda rw, qd, t: twinperf(ISCSI, rw, qd, t))],
 }
-TITLES = {"nbd": "NBD", "nvme": "NVMe/TCP", "iscsi": "iSCSI"}
+TITLES = {"nbd": "NBD", "nvme": "NVMe/TCP", "iscsi": "iSCSI",
+          "nbdnull": "NBD against nbdkit null (no server work: the clients' ceilings)"}
 
 med = statistics.median
 for proto in os.environ["PROTOS"].split():
