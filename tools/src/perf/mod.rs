@@ -415,3 +415,100 @@ pub fn run(o: &Opts) -> Result<Report> {
     }
     Ok(Report::build(o, region, run_id, start, outs, cpu))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::engine::{Slots, Wire};
+    use super::*;
+
+    /// Random replies, shaped like each protocol's headers so they get past the first checks,
+    /// never make a codec panic: each parse is a reply, "need more bytes", or an error.
+    #[test]
+    fn codecs_survive_random_replies() {
+        let slots = Slots::with_busy(4096, &[(0, false), (1, true), (2, false), (3, true)]);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let session = iscsi::Session {
+            cmdsn: 1,
+            exp_statsn: 1,
+            window: 128,
+            target_mrdsl: 1024,
+            first_burst: 2048,
+            immediate: true,
+        };
+        // Replies each codec accepted, errors it returned: both must occur, or the inputs are
+        // too far off (or too tame) to test anything.
+        let mut accepted = [0u32; 3];
+        let mut refused = [0u32; 3];
+        for round in 0..30_000u32 {
+            let mut wire: Box<dyn Wire> = match round % 3 {
+                0 => Box::new(nbd::NbdWire::for_test(4096)),
+                1 => Box::new(nvme::NvmeWire::for_test(4096)),
+                _ => Box::new(iscsi::IscsiWire::new(&session, [0; 8], 512)),
+            };
+            let len = (rnd() % 200) as usize;
+            let mut b: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            // Plausible headers: a known magic / type / opcode, small lengths, live ids.
+            match round % 3 {
+                0 if len >= 16 => {
+                    b[0..4].copy_from_slice(&nbd::SIMPLE_REPLY_MAGIC.to_be_bytes());
+                    b[8..15].fill(0);
+                    b[15] &= 7;
+                }
+                1 if len >= 24 => {
+                    b[0] = [3, 5, 7, 9][(rnd() % 4) as usize];
+                    b[2] = [8, 24, 72][(rnd() % 3) as usize];
+                    let plen = if rnd() % 2 == 0 { 24 } else { rnd() % 220 } as u32;
+                    b[4..8].copy_from_slice(&plen.to_le_bytes());
+                    b[9] = 0;
+                    b[8] &= 7;
+                    b[21] = 0;
+                    b[20] &= 7;
+                    if rnd() % 2 == 0 {
+                        // C2HData whose lengths add up.
+                        b[3] = 24;
+                        b[16..20].copy_from_slice(&plen.saturating_sub(24).to_le_bytes());
+                    }
+                }
+                2 if len >= 48 => {
+                    b[0] = [0x20, 0x21, 0x25, 0x31, 0x32, 0x3f][(rnd() % 6) as usize];
+                    b[4] = 0;
+                    b[5] = 0;
+                    b[6] = 0;
+                    b[7] = (rnd() % 160) as u8;
+                    b[16..19].fill(0);
+                    b[19] &= 7;
+                }
+                _ => {}
+            }
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at < b.len() {
+                match wire.parse(&b[at..], &slots, &mut out) {
+                    Ok(Some(p)) => {
+                        accepted[(round % 3) as usize] += 1;
+                        assert!(p.used > 0 && p.used <= b.len() - at);
+                        if let Some((_, r)) = &p.data {
+                            assert!(r.end <= p.used);
+                        }
+                        at += p.used;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        refused[(round % 3) as usize] += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(
+            accepted.iter().chain(&refused).all(|&n| n > 20),
+            "accepted {accepted:?}, refused {refused:?}"
+        );
+    }
+}

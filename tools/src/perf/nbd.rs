@@ -186,6 +186,14 @@ pub struct NbdWire {
     bs: u32,
 }
 
+impl NbdWire {
+    /// A codec for `bs`-byte requests, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(bs: u32) -> NbdWire {
+        NbdWire { bs }
+    }
+}
+
 impl Wire for NbdWire {
     fn request(&mut self, r: &Req, payload: &[u8], out: &mut Vec<u8>) {
         let mut h = [0u8; REQUEST_HEADER];

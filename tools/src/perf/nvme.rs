@@ -41,6 +41,19 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+impl NvmeWire {
+    /// A codec for `bs`-byte requests (512-byte blocks, no MAXH2CDATA limit), for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(bs: u32) -> NvmeWire {
+        NvmeWire {
+            nsid: 1,
+            lba_shift: 9,
+            maxh2c: bs,
+            max_reply: HLEN24 + (bs as usize).max(4096),
+        }
+    }
+}
+
 impl Wire for NvmeWire {
     fn request(&mut self, r: &Req, payload: &[u8], out: &mut Vec<u8>) {
         let incap = r.write && r.len <= IN_CAPSULE;
