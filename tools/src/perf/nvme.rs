@@ -208,7 +208,9 @@ pub fn connect(o: &Opts) -> Result<Connected> {
         granted >= nconns,
         "the target granted only {granted} I/O queues"
     );
-    let ns = ctrl.ns_info(o.nsid)?;
+    let ns = ctrl
+        .ns_info(o.nsid)
+        .with_context(|| format!("Identify Namespace {} of {}", o.nsid, o.target.name))?;
     let mut conns = Vec::new();
     for i in 0..nconns {
         let q = ctrl.io_queue(i + 1, qsize)?;
