@@ -1,5 +1,7 @@
 //! The timeline as an SVG picture a person can open in any browser: IOPS per second on top,
-//! p50 and p99 latency per second below, on a shared time axis. Plain SVG 1.1, no script.
+//! p50 and p99 latency per second below, on a shared time axis. Plain SVG 1.1, no script. A
+//! final interval shorter than half a second (the drain at the end of a timed run) is not
+//! drawn; the JSON timeline keeps it.
 //!
 //! Every number written is finite (non-finite values are drawn as 0) and every text is
 //! XML-escaped, so the output is always well-formed.
@@ -42,7 +44,7 @@ fn fmt_num(v: f64) -> String {
         format!("{:.1}M", v / 1e6)
     } else if v >= 1e4 {
         format!("{:.0}k", v / 1e3)
-    } else if v >= 10.0 {
+    } else if v >= 10.0 || v == v.trunc() {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
@@ -98,9 +100,9 @@ impl Panel {
         }
         let _ = write!(
             s,
-            r##"<text x="14" y="{:.1}" font-size="12" transform="rotate(-90 14 {:.1})" text-anchor="middle">{}</text>"##,
-            self.y0 + PANEL_H / 2.0,
-            self.y0 + PANEL_H / 2.0,
+            r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end">{}</text>"##,
+            W - RIGHT,
+            self.y0 - 8.0,
             esc(label)
         );
     }
@@ -120,7 +122,15 @@ impl Panel {
 
 /// Render `r`'s timeline.
 pub fn render(r: &Report) -> String {
-    let pts = &r.timeline;
+    // A last interval much shorter than a second holds only the drain of the requests in
+    // flight: scaled to a rate it would look like a collapse, so it is left out of the plot.
+    let mut pts: &[Point] = &r.timeline;
+    if let [rest @ .., last] = pts {
+        let part = last.t - last.t.floor();
+        if !rest.is_empty() && part > 0.0 && part < 0.5 {
+            pts = rest;
+        }
+    }
     let tmax = pts.last().map(|p| p.t).unwrap_or(1.0).max(1.0);
     let iops_max = nice(pts.iter().map(|p| p.iops).fold(0.0, f64::max));
     let lat_max = nice(pts.iter().map(|p| p.p99_us).fold(0.0, f64::max));
