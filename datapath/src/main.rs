@@ -96,6 +96,41 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum CdpCmd {
+    /// Serve a point in time of a volume's history, without copying it, as a volume of its own
+    /// (read-only, or a sandbox whose writes are discarded when it stops) over NBD, NVMe/TCP and
+    /// iSCSI, until Ctrl-C (docs/cdp-format.md, "Views"). Run it as a process of its own.
+    View {
+        /// The volume's CDP directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Site time in ns since the epoch: every record at or before it.
+        #[arg(long, conflicts_with = "seq", required_unless_present_any = ["seq", "bookmark"])]
+        time: Option<u64>,
+        /// Sequence number: every record up to it.
+        #[arg(long)]
+        seq: Option<u64>,
+        /// A bookmark: its time.
+        #[arg(long, conflicts_with_all = ["seq", "time"])]
+        bookmark: Option<String>,
+        /// Writable: writes go to a RAM overlay, discarded when the view stops.
+        #[arg(long)]
+        sandbox: bool,
+        /// The view's volume name (NBD export, NVMe subsystem and iSCSI target suffix).
+        #[arg(long, default_value = "view")]
+        name: String,
+        /// NBD listen address ("" for none).
+        #[arg(long, default_value = "127.0.0.1:10909")]
+        nbd: String,
+        /// NVMe/TCP listen address ("" for none).
+        #[arg(long, default_value = "")]
+        nvmf: String,
+        /// iSCSI listen address ("" for none).
+        #[arg(long, default_value = "")]
+        iscsi: String,
+        /// The reactor's core.
+        #[arg(long, default_value_t = 0)]
+        core: usize,
+    },
     /// Print the restorable window of each volume's history.
     Window {
         /// A volume's CDP directory (repeatable).
@@ -123,9 +158,101 @@ enum CdpCmd {
     },
 }
 
+/// The configuration of a daemon serving one CDP view.
+#[allow(clippy::too_many_arguments)]
+fn view_config(
+    dir: &std::path::Path,
+    point: (Option<u64>, Option<u64>, Option<String>),
+    sandbox: bool,
+    name: &str,
+    nbd: &str,
+    nvmf: &str,
+    iscsi: &str,
+    core: usize,
+) -> Result<Config> {
+    use twinblk::layer::cdp::store;
+    let h = store::load(dir, store::Load::ReadOnly)
+        .with_context(|| format!("reading {}", dir.display()))?;
+    let list = |a: &str| {
+        if a.is_empty() {
+            "[]".to_string()
+        } else {
+            format!("['{a}']")
+        }
+    };
+    let (seq, time, bookmark) = point;
+    let mut view = format!(
+        "dir={}\nsandbox={sandbox}\n",
+        toml_str(&dir.display().to_string())
+    );
+    match (seq, time, bookmark) {
+        (Some(s), _, _) => view.push_str(&format!("seq={s}\n")),
+        (_, Some(t), _) => view.push_str(&format!("time={t}\n")),
+        (_, _, Some(b)) => view.push_str(&format!("bookmark={}\n", toml_str(&b))),
+        _ => anyhow::bail!("give --time, --seq or --bookmark"),
+    }
+    let text = format!(
+        "[reactor]\ncores=[{core}]\nwait='interrupt'\n[nbd]\nlisten={}\n[nvmf]\nlisten={}\n[iscsi]\nlisten={}\n[control]\nsocket=''\n\
+         [[volume]]\nname={}\nbackend='cdp-view'\nsize={}\nblock_size={}\n[volume.view]\n{view}",
+        list(nbd),
+        list(nvmf),
+        list(iscsi),
+        toml_str(name),
+        h.meta.size,
+        h.meta.block_size,
+    );
+    Config::from_toml(&text).context("the view's configuration")
+}
+
+/// `s` as a TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if c.is_control() => o.push_str(&format!("\\u{:04X}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
 fn cdp(cmd: CdpCmd) -> Result<()> {
     use twinblk::layer::cdp::{pit, store};
     match cmd {
+        CdpCmd::View {
+            dir,
+            time,
+            seq,
+            bookmark,
+            sandbox,
+            name,
+            nbd,
+            nvmf,
+            iscsi,
+            core,
+        } => {
+            let t = std::time::Instant::now();
+            let cfg = view_config(
+                &dir,
+                (seq, time, bookmark),
+                sandbox,
+                &name,
+                &nbd,
+                &nvmf,
+                &iscsi,
+                core,
+            )?;
+            eprintln!(
+                "cdp view of {} ({}), configured in {:.3} s",
+                dir.display(),
+                if sandbox { "sandbox" } else { "read-only" },
+                t.elapsed().as_secs_f64()
+            );
+            serve(cfg)
+        }
         CdpCmd::Window { dir } => {
             for d in dir {
                 let h = store::load(&d, store::Load::ReadOnly)

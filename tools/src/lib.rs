@@ -3,6 +3,7 @@
 //! generator) and `twinperf` (load generator over NBD, NVMe/TCP and iSCSI).
 //!
 //! - [`ctl`]: `twinblk-ctl`'s logic: control-socket calls, the two-site status, verbs.
+//! - [`drill`]: `twinblk-ctl drill`: the DR drill (fault, RTO/RPO, resync, signed reports).
 //! - [`nvmf`]: a userspace NVMe/TCP initiator (blocking sockets) and its load generator.
 //! - [`perf`]: `twinperf`, the load generator that speaks NBD, NVMe/TCP and iSCSI itself
 //!   (nonblocking event loop, verification, HDR latency histograms, JSON and SVG output).
@@ -10,6 +11,7 @@
 //!   loss, cuts between sites, changed at run time).
 
 pub mod ctl;
+pub mod drill;
 pub mod nvmf;
 pub mod perf;
 pub mod twinlink;

@@ -652,3 +652,388 @@ fn status_through_twinlink_delay_and_a_gray_failure() {
     drop((c, q));
     drop((a, b));
 }
+
+/// One site whose mirrored `vol0` is an O_DIRECT file (`dir/NAME.img`, 4 MiB, 4 KiB blocks),
+/// with an unmirrored RAM volume `scratch`.
+fn file_site(
+    dir: &Path,
+    me: &str,
+    peer: &str,
+    port: u16,
+    peer_port: u16,
+    w: SocketAddr,
+) -> twinblk::Daemon {
+    let key = dir.join("witness.key");
+    std::fs::write(&key, KEY).unwrap();
+    let img = dir.join(format!("{me}.img"));
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n\
+         [control]\nsocket='{}'\n\
+         [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{port}']\n\
+         peer='127.0.0.1:{peer_port}'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
+         witness='{w}'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n\
+         [[volume]]\nname='vol0'\nbackend='uring'\npath='{}'\nsize='4MiB'\nblock_size=4096\nmirror=true\nleader='a'\n\
+         [[volume]]\nname='scratch'\nbackend='malloc'\nsize='1MiB'\n",
+        dir.join(format!("{me}.sock")).display(),
+        key.display(),
+        img.display(),
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("config");
+    twinblk::Daemon::start(&cfg).expect("daemon starts")
+}
+
+fn listener(d: &twinblk::Daemon, proto: twinblk::daemon::Proto) -> SocketAddr {
+    d.listeners()
+        .into_iter()
+        .find(|(p, _)| *p == proto)
+        .expect("listener")
+        .1
+}
+
+/// Overwrite `len` bytes at `offset` of a replica's backing file behind its daemon's back.
+fn scribble(file: &Path, offset: u64, byte: u8, len: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.write_all_at(&vec![byte; len], offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn file_crc(file: &Path, offset: u64, len: usize) -> u32 {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    std::fs::File::open(file)
+        .unwrap()
+        .read_exact_at(&mut b, offset)
+        .unwrap();
+    crc32c::crc32c(&b)
+}
+
+fn checksums(sock: &Path, params: Value) -> Result<Value, String> {
+    twinblk_tools::ctl::call(sock, "volume_checksums", params).map_err(|e| e.to_string())
+}
+
+#[test]
+fn verify_compares_each_sites_own_replica_and_reports_the_regions_that_differ() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let w = Witness::start(dir);
+    let (pa, pb) = (free_port(), free_port());
+    let a = file_site(dir, "a", "b", pa, pb, w.addr);
+    let mut b = Some(file_site(dir, "b", "a", pb, pa, w.addr));
+    let (sa, sb) = (dir.join("a.sock"), dir.join("b.sock"));
+    let (ia, ib) = (dir.join("a.img"), dir.join("b.img"));
+    let (arg_a, arg_b) = (
+        format!("--socket=a={}", sa.display()),
+        format!("--socket=b={}", sb.display()),
+    );
+    wait_state(&sa, "up", Duration::from_secs(20));
+    wait_state(&sb, "up", Duration::from_secs(20));
+
+    // Data written through site a (NVMe/TCP), mirrored to b.
+    let nv = listener(&a, twinblk::daemon::Proto::Nvmf);
+    let ctrl = twinblk_tools::nvmf::Controller::connect(
+        nv,
+        "nqn.2026-11.io.twinblk:vol0",
+        &twinblk_tools::nvmf::Opts::default(),
+    )
+    .unwrap();
+    let mut q = ctrl.io_queue(1, 32).unwrap();
+    for (lba, fill) in [(0u64, 0x11u8), (100, 0x22), (700, 0x33), (1023, 0x44)] {
+        q.write(1, lba, &vec![fill; 4096], 4096, false).unwrap();
+    }
+    drop(q);
+    drop(ctrl);
+
+    // Identical: exit 0, every region compared, the region size and the rate as given.
+    let o = ctl(&[
+        &arg_a,
+        &arg_b,
+        "--json",
+        "verify",
+        "vol0",
+        "--region",
+        "65536",
+        "--rate",
+        "100000000",
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["identical"], true, "{r}");
+    assert_eq!(r["regions_compared"], 64, "{r}");
+    assert_eq!(r["region"], 65536);
+    assert_eq!(r["rate_limit_bytes_per_s"], 100_000_000);
+    assert!(r["differing"].as_array().unwrap().is_empty());
+    let o = ctl(&[&arg_a, &arg_b, "verify", "vol0"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(text(&o).contains("replicas identical"), "{}", text(&o));
+
+    // One block changed in a's file, another in b's, while the daemons run.
+    let (at_a, at_b) = ((1 << 20) + 8192, 3 << 20);
+    scribble(&ia, at_a, 0xEE, 4096);
+    scribble(&ib, at_b, 0xDD, 4096);
+    let o = ctl(&[
+        &arg_a,
+        &arg_b,
+        "--json",
+        "verify",
+        "vol0",
+        "--region",
+        "65536",
+        "--rate",
+        "100000000",
+    ]);
+    assert_eq!(code(&o), 7, "{}", text(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["identical"], false);
+    assert_eq!(
+        r["differing"],
+        serde_json::json!([
+            {"offset": 1 << 20, "length": 65536},
+            {"offset": 3 << 20, "length": 65536},
+        ]),
+        "{r}"
+    );
+    let o = ctl(&[&arg_a, &arg_b, "verify", "vol0", "--region", "4096"]);
+    assert_eq!(code(&o), 7, "{}", text(&o));
+    assert!(
+        text(&o).contains("REPLICAS DIFFER: 2 region(s)"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains(&format!("{at_a}")), "{}", text(&o));
+
+    // Each site checksums its own replica: its file's bytes, never the peer's.
+    for (sock, file) in [(&sa, &ia), (&sb, &ib)] {
+        for at in [1u64 << 20, 3 << 20] {
+            let v = checksums(
+                sock,
+                serde_json::json!({"volume": "vol0", "offset": at, "length": 65536, "region": 65536}),
+            )
+            .unwrap();
+            assert_eq!(
+                v["crc32c"][0].as_u64(),
+                Some(u64::from(file_crc(file, at, 65536))),
+                "{} at {at}: {v}",
+                sock.display()
+            );
+        }
+    }
+    let crc_at = |s: &Path, at: u64| {
+        checksums(
+            s,
+            serde_json::json!({"volume": "vol0", "offset": at, "length": 4096, "region": 4096}),
+        )
+        .unwrap()["crc32c"][0]
+            .as_u64()
+            .unwrap()
+    };
+    assert_ne!(crc_at(&sa, at_a), crc_at(&sb, at_a));
+    assert_eq!(crc_at(&sa, at_a), u64::from(crc32c::crc32c(&[0xEE; 4096])));
+    assert_eq!(crc_at(&sb, at_b), u64::from(crc32c::crc32c(&[0xDD; 4096])));
+
+    // Bad parameters: clear errors, and the daemon carries on.
+    for (params, want) in [
+        (
+            serde_json::json!({"volume": "nope", "region": 4096}),
+            "no volume named",
+        ),
+        (
+            serde_json::json!({"volume": "vol0", "region": 0}),
+            "at least one block",
+        ),
+        (
+            serde_json::json!({"volume": "vol0", "region": 1000}),
+            "multiple of the volume's block size",
+        ),
+        (
+            serde_json::json!({"volume": "vol0", "region": 4096, "offset": 4 << 20}),
+            "past the end",
+        ),
+        (
+            serde_json::json!({"volume": "vol0", "region": 4096, "offset": 0, "length": 8 << 20}),
+            "past the end",
+        ),
+        (
+            serde_json::json!({"volume": "vol0", "region": -1}),
+            "whole number",
+        ),
+        (serde_json::json!({"volume": "vol0"}), "region"),
+        (
+            serde_json::json!({"volume": "scratch", "region": 4096}),
+            "not mirrored",
+        ),
+        (Value::Null, "params"),
+    ] {
+        let e = checksums(&sa, params.clone()).unwrap_err();
+        assert!(e.contains(want), "{params}: {e}");
+    }
+    let o = ctl(&[&arg_a, &arg_b, "verify", "vol0", "--region", "1000"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains("multiple of the volume's block size"),
+        "{}",
+        text(&o)
+    );
+    let o = ctl(&[&arg_a, &arg_b, "verify", "nope"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("no volume named"), "{}", text(&o));
+    let o = ctl(&[&arg_a, &arg_b, "verify", "scratch"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(text(&o).contains("not mirrored"), "{}", text(&o));
+    let o = ctl(&[&arg_a, &arg_b, "verify", "vol0", "--region", "0"]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    let o = ctl(&[&arg_a, "verify", "vol0"]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert_eq!(mirror_state(&sa), "up", "the daemon still serves");
+
+    // A site gone: unreachable (4); the survivor's replica is not compared (3).
+    drop(b.take());
+    let o = ctl(&[&arg_a, &arg_b, "verify", "vol0"]);
+    assert_eq!(code(&o), 4, "{}", text(&o));
+    let t = Instant::now();
+    while mirror_state(&sa) == "up" {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "a never noticed b is gone"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = ctl(&[&arg_a, &arg_a, "verify", "vol0"]);
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(text(&o).contains("in sync"), "{}", text(&o));
+    drop(a);
+}
+
+/// Open an NBD connection to `export` (fixed newstyle, EXPORT_NAME) and keep it in
+/// transmission.
+fn nbd_connect(addr: SocketAddr, export: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut greet = [0u8; 18];
+    s.read_exact(&mut greet).unwrap();
+    assert_eq!(&greet[..8], b"NBDMAGIC");
+    assert_eq!(&greet[8..16], b"IHAVEOPT");
+    // Client flags: fixed newstyle, no zeroes.
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    let mut opt = b"IHAVEOPT".to_vec();
+    opt.extend_from_slice(&1u32.to_be_bytes()); // NBD_OPT_EXPORT_NAME
+    opt.extend_from_slice(&(export.len() as u32).to_be_bytes());
+    opt.extend_from_slice(export.as_bytes());
+    s.write_all(&opt).unwrap();
+    let mut answer = [0u8; 10]; // size, transmission flags
+    s.read_exact(&mut answer).unwrap();
+    s
+}
+
+fn host_list(sock: &Path, params: Value) -> Vec<Value> {
+    twinblk_tools::ctl::call(sock, "host_list", params)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+/// Wait until `host_list` at `sock` has exactly `n` records.
+fn wait_hosts(sock: &Path, n: usize) -> Vec<Value> {
+    let t = Instant::now();
+    loop {
+        let l = host_list(sock, Value::Null);
+        if l.len() == n {
+            return l;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} host(s) listed, never {n}: {l:?}",
+            l.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn hosts_lists_nbd_and_nvme_connections_until_they_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let w = Witness::start(dir);
+    let (pa, pb) = (free_port(), free_port());
+    let a = site(dir, "a", "b", pa, pb, w.addr);
+    let b = site(dir, "b", "a", pb, pa, w.addr);
+    let sa = dir.join("a.sock");
+    let arg_a = format!("--socket=a={}", sa.display());
+    wait_state(&sa, "up", Duration::from_secs(20));
+    assert!(wait_hosts(&sa, 0).is_empty());
+
+    let nbd = nbd_connect(listener(&a, twinblk::daemon::Proto::Nbd), "scratch");
+    let host = twinblk_tools::nvmf::Opts::default();
+    let ctrl = twinblk_tools::nvmf::Controller::connect(
+        listener(&a, twinblk::daemon::Proto::Nvmf),
+        "nqn.2026-11.io.twinblk:vol0",
+        &host,
+    )
+    .unwrap();
+    let q = ctrl.io_queue(1, 32).unwrap();
+    let l = wait_hosts(&sa, 3);
+    let nbd_rec = l.iter().find(|h| h["proto"] == "nbd").expect("nbd listed");
+    assert_eq!(nbd_rec["target"], "scratch");
+    assert_eq!(nbd_rec["volumes"], serde_json::json!(["scratch"]));
+    assert_eq!(
+        nbd_rec["peer"].as_str(),
+        Some(nbd.local_addr().unwrap().to_string().as_str())
+    );
+    let nv: Vec<&Value> = l.iter().filter(|h| h["proto"] == "nvmf").collect();
+    assert_eq!(nv.len(), 2, "{l:?}");
+    let mut queues: Vec<u64> = nv.iter().map(|h| h["queue"].as_u64().unwrap()).collect();
+    queues.sort();
+    assert_eq!(queues, vec![0, 1]);
+    for h in &nv {
+        assert_eq!(h["volumes"], serde_json::json!(["vol0"]));
+        assert_eq!(h["host"].as_str(), Some(host.host.nqn.as_str()));
+        assert_eq!(h["target"], "nqn.2026-11.io.twinblk:vol0");
+        assert_eq!(h["controller"].as_u64(), Some(u64::from(ctrl.cntlid)));
+        assert_eq!(h["inflight"], 0);
+    }
+    // Per volume, and through twinblk-ctl.
+    let only = host_list(&sa, serde_json::json!({"volume": "vol0"}));
+    assert_eq!(only.len(), 2);
+    assert!(only.iter().all(|h| h["proto"] == "nvmf"));
+    let e = twinblk_tools::ctl::call(&sa, "host_list", serde_json::json!({"volume": "nope"}))
+        .unwrap_err();
+    assert!(e.to_string().contains("no volume named"), "{e}");
+    let o = ctl(&[&arg_a, "hosts"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("3 connection(s)") && t.contains("volume vol0") && t.contains("volume scratch"),
+        "{t}"
+    );
+    assert!(t.contains(&host.host.nqn) && t.contains("q1 ctrl"), "{t}");
+    let o = ctl(&[&arg_a, "--json", "hosts", "scratch"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j[0]["site"], "a");
+    assert_eq!(j[0]["hosts"].as_array().unwrap().len(), 1);
+    let o = ctl(&[&arg_a, "hosts", "nope"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    // Site b serves nobody.
+    let ob = ctl(&[
+        &format!("--socket={}", dir.join("b.sock").display()),
+        "--json",
+        "hosts",
+    ]);
+    assert_eq!(code(&ob), 0, "{}", text(&ob));
+
+    // Disconnected: gone.
+    drop(nbd);
+    let l = wait_hosts(&sa, 2);
+    assert!(l.iter().all(|h| h["proto"] == "nvmf"));
+    drop(q);
+    drop(ctrl);
+    assert!(wait_hosts(&sa, 0).is_empty());
+    drop(b);
+    drop(a);
+}

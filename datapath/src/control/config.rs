@@ -425,6 +425,11 @@ pub enum Backend {
     Malloc,
     /// A file or block device through io_uring with O_DIRECT.
     Uring,
+    /// A point in time of a CDP history, read-only or as a sandbox (`[volume.view]`;
+    /// docs/cdp-format.md, "Views"). Its reads are synchronous on the reactor: serve a view
+    /// from a daemon of its own (`twinblk cdp view`), never beside production volumes.
+    #[serde(rename = "cdp-view")]
+    CdpView,
 }
 
 /// One volume.
@@ -467,6 +472,30 @@ pub struct VolumeConfig {
     /// Continuous data protection: journal every update (docs/cdp-format.md). Absent: off.
     #[serde(default)]
     pub cdp: Option<CdpConfig>,
+    /// For `cdp-view`: the history and the point it shows.
+    #[serde(default)]
+    pub view: Option<ViewConfig>,
+}
+
+/// A `cdp-view` volume's point in time (`[volume.view]`): exactly one of `seq`, `time`,
+/// `bookmark`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    /// The volume's CDP directory.
+    pub dir: PathBuf,
+    /// A sequence number: every record up to it.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// A site time (ns since the epoch): every record at or before it.
+    #[serde(default)]
+    pub time: Option<u64>,
+    /// A bookmark's time.
+    #[serde(default)]
+    pub bookmark: Option<String>,
+    /// Writable: writes go to a RAM overlay, discarded when the daemon stops.
+    #[serde(default)]
+    pub sandbox: bool,
 }
 
 /// A volume's continuous data protection (`[volume.cdp]`).
@@ -706,6 +735,7 @@ impl Default for Config {
                 leader: None,
                 group: None,
                 cdp: None,
+                view: None,
             }],
             mirror: None,
         }
@@ -772,6 +802,45 @@ impl Config {
                 }
                 (Backend::Malloc, Some(_)) => {
                     return bad(format!("volume {}: backend malloc takes no path", v.name));
+                }
+                (Backend::CdpView, Some(_)) => {
+                    return bad(format!(
+                        "volume {}: backend cdp-view takes no path (its [volume.view] dir names the history)",
+                        v.name
+                    ));
+                }
+                _ => {}
+            }
+            match (&v.backend, &v.view) {
+                (Backend::CdpView, None) => {
+                    return bad(format!(
+                        "volume {}: backend cdp-view needs a [volume.view] section",
+                        v.name
+                    ));
+                }
+                (Backend::CdpView, Some(w)) => {
+                    let given = [w.seq.is_some(), w.time.is_some(), w.bookmark.is_some()]
+                        .iter()
+                        .filter(|g| **g)
+                        .count();
+                    if given != 1 {
+                        return bad(format!(
+                            "volume {}: view: give exactly one of seq, time, bookmark",
+                            v.name
+                        ));
+                    }
+                    if v.mirror || v.cdp.is_some() || v.fail_range.is_some() || v.fail_flush {
+                        return bad(format!(
+                            "volume {}: a cdp-view volume cannot be mirrored, journaled or have injected faults",
+                            v.name
+                        ));
+                    }
+                }
+                (_, Some(_)) => {
+                    return bad(format!(
+                        "volume {}: [volume.view] belongs to backend cdp-view only",
+                        v.name
+                    ));
                 }
                 _ => {}
             }
@@ -1104,6 +1173,28 @@ mod tests {
             "iqn.2026-11.io.twinblk:vol0"
         );
         assert_eq!(c.effective_iscsi_targets()[0].luns, vec!["vol0"]);
+    }
+
+    #[test]
+    fn a_cdp_view_volume_names_exactly_one_point_and_nothing_else() {
+        let head = "[[volume]]\nname='v'\nbackend='cdp-view'\nsize='1MiB'\n";
+        let ok = Config::from_toml(&format!(
+            "{head}[volume.view]\ndir='/j'\ntime=5\nsandbox=true\n"
+        ))
+        .unwrap();
+        let w = ok.volumes[0].view.as_ref().unwrap();
+        assert_eq!((w.time, w.seq, w.sandbox), (Some(5), None, true));
+        for (bad, says) in [
+            (head.to_string(), "needs a [volume.view]"),
+            (format!("{head}[volume.view]\ndir='/j'\n"), "exactly one of"),
+            (format!("{head}[volume.view]\ndir='/j'\nseq=1\ntime=2\n"), "exactly one of"),
+            (format!("{head}mirror=true\n[volume.view]\ndir='/j'\nseq=1\n"), "cannot be mirrored"),
+            (format!("{head}path='/x'\n[volume.view]\ndir='/j'\nseq=1\n"), "takes no path"),
+            ("[[volume]]\nname='v'\nbackend='malloc'\nsize='1MiB'\n[volume.view]\ndir='/j'\nseq=1\n".to_string(), "cdp-view only"),
+        ] {
+            let e = Config::from_toml(&bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! reactor touches.
 //!
 //! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
-//! `reactor_stats`, `volume_stats`, `mirror_status`, `mirror_takeover`, `nvmf_subsystems`.
+//! `reactor_stats`, `volume_stats`, `mirror_status`, `mirror_takeover`, `mirror_resync`,
+//! `nvmf_subsystems`, `host_list`, `volume_checksums` ([`verify`]), the `cdp_*` methods.
 //! [`metrics`] serves the same published state to Prometheus.
 
 pub mod config;
 pub mod metrics;
+pub mod verify;
 
 use crate::control::config::Config;
 use crate::frontend::nbd::NbdExport;
@@ -29,6 +31,9 @@ pub struct ControlCx {
     pub mirrors: Vec<MirrorInfo>,
     /// Volumes with continuous data protection.
     pub cdp: Vec<crate::layer::cdp::CdpInfo>,
+    /// The runtime service index of the checksum executors ([`verify::ChecksumService`]);
+    /// `None`: `volume_checksums` is refused.
+    pub checksums: Option<u32>,
 }
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -280,6 +285,18 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
             Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
         };
     }
+    if method == "volume_checksums" {
+        return match checksums(req.get("params"), shared) {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
+        };
+    }
+    if method == "host_list" {
+        return match host_list(req.get("params"), shared) {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
+        };
+    }
     if method == "mirror_takeover" || method == "mirror_resync" {
         let r = if method == "mirror_takeover" {
             takeover(req.get("params"), shared, cfg)
@@ -297,6 +314,165 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("no method {method:?}")}})
         }
     }
+}
+
+/// How long a `volume_checksums` call waits for its reactor (a call covers at most
+/// [`verify::MAX_CALL_BYTES`], read in seconds even from a slow disk).
+const CHECKSUMS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `volume_checksums {"volume": NAME, "region": BYTES, "offset": BYTES, "length": BYTES}`
+/// (offset default 0, length default to the end): a CRC32C per region of this site's own
+/// replica of a mirrored volume, read on the volume's home reactor ([`verify`]). Refused for
+/// an unmirrored volume and while this site's replica is not a replica to compare
+/// (resyncing, waiting, failed).
+fn checksums(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String> {
+    let p = params.ok_or(
+        "params: {\"volume\": NAME, \"region\": BYTES, \"offset\": BYTES, \"length\": BYTES}",
+    )?;
+    let name = p
+        .get("volume")
+        .and_then(Value::as_str)
+        .ok_or("params must name the volume: {\"volume\": NAME}")?;
+    let num = |k: &str| -> Result<Option<u64>, String> {
+        match p.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("\"{k}\" must be a whole number of bytes")),
+        }
+    };
+    let region = num("region")?.ok_or("params need the region size: {\"region\": BYTES}")?;
+    let offset = num("offset")?.unwrap_or(0);
+    let length = num("length")?;
+    let vol = shared
+        .rt
+        .volumes
+        .iter()
+        .position(|v| v.name == name)
+        .ok_or_else(|| format!("no volume named {name:?}"))?;
+    let m = shared
+        .mirrors
+        .iter()
+        .find(|m| m.vol == vol)
+        .ok_or_else(|| {
+            format!("volume {name:?} is not mirrored: there is no second replica to compare")
+        })?;
+    let snap = m.stats.snapshot(name, m.leader);
+    let why = match snap.state {
+        "resyncing" => Some(
+            "this site's replica is being resynced from its peer: it is incomplete until the resync ends",
+        ),
+        "waiting" => Some(
+            "this site waits for its peer to decide whether its replica holds every acknowledged write",
+        ),
+        "failed" => Some("the volume is stopped at this site (see mirror_status's failure)"),
+        _ => None,
+    };
+    if let Some(why) = why {
+        return Err(format!(
+            "volume {name:?} is {} at this site: {why}",
+            snap.state
+        ));
+    }
+    let info = &shared.rt.volumes[vol].info;
+    let r = verify::check(
+        info.size,
+        u64::from(info.block_size),
+        offset,
+        length,
+        region,
+    )?;
+    let service = shared
+        .checksums
+        .ok_or("checksums are not served by this daemon")?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let mailbox = shared
+        .rt
+        .mailboxes
+        .get(m.home)
+        .ok_or("the volume's home reactor is not running")?;
+    mailbox.send(crate::runtime::Msg::Note {
+        to: crate::runtime::NoteTo::Service(service),
+        note: Box::new(verify::Job {
+            vol,
+            offset: r.offset,
+            length: r.length,
+            region: r.region,
+            reply: tx,
+        }),
+    });
+    let crcs = match rx.recv_timeout(CHECKSUMS_WAIT) {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(format!("volume {name:?}: {e}")),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            return Err(format!(
+                "volume {name:?}: no answer from its reactor within {} s",
+                CHECKSUMS_WAIT.as_secs()
+            ));
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(format!("volume {name:?}: the daemon is stopping"));
+        }
+    };
+    Ok(json!({
+        "volume": name,
+        "offset": r.offset,
+        "length": r.length,
+        "region": r.region,
+        "block_size": info.block_size,
+        "size": info.size,
+        "state": snap.state,
+        "session": snap.session,
+        "crc32c": crcs,
+    }))
+}
+
+/// `host_list {"volume": NAME}` (params optional): the connected hosts (every front end's
+/// connections, from the runtime's hosts registry), oldest first; with a volume, only the
+/// connections that reach it.
+fn host_list(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String> {
+    let filter = match params.filter(|p| !p.is_null()) {
+        None => None,
+        Some(p) => match p.get("volume") {
+            None => None,
+            Some(v) => {
+                let name = v.as_str().ok_or("\"volume\" must be a volume's name")?;
+                let vol = shared
+                    .rt
+                    .volumes
+                    .iter()
+                    .position(|v| v.name == name)
+                    .ok_or_else(|| format!("no volume named {name:?}"))?;
+                Some(vol)
+            }
+        },
+    };
+    let vname = |i: &usize| shared.rt.volumes.get(*i).map(|v| v.name.clone());
+    Ok(Value::Array(
+        shared
+            .rt
+            .hosts
+            .list()
+            .into_iter()
+            .filter(|(_, r)| filter.is_none_or(|f| r.volumes.contains(&f)))
+            .map(|(id, r)| {
+                json!({
+                    "id": id,
+                    "proto": r.proto,
+                    "reactor": r.reactor,
+                    "conn": r.conn,
+                    "peer": r.peer.map(|a| a.to_string()),
+                    "host": r.host,
+                    "target": r.target,
+                    "volumes": r.volumes.iter().filter_map(vname).collect::<Vec<_>>(),
+                    "queue": r.queue,
+                    "controller": r.controller,
+                    "inflight": r.inflight(),
+                })
+            })
+            .collect(),
+    ))
 }
 
 /// The smallest resync rate an operator may set (as `[mirror] resync_rate`'s minimum).

@@ -41,6 +41,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use thiserror::Error;
 
+/// The runtime service index of the checksum executors (`volume_checksums`); service 0 is
+/// the NVMe atomic-section executors (`nvmf.home_service`).
+const CHECKSUM_SERVICE: u32 = 1;
+
 /// Why the daemon could not start.
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -164,6 +168,39 @@ fn build_device(
                 .into_owned();
             Arc::new(FileDevice::open(&path, v.size.0, v.block_size, v.create)?)
         }
+        Backend::CdpView => {
+            use crate::layer::cdp::{bookmark, pit::Point, view};
+            let w = v.view.as_ref().expect("validated: cdp-view has a view");
+            let open_err = |e: String| BdevError::Open {
+                path: w.dir.display().to_string(),
+                source: std::io::Error::other(e),
+            };
+            let point = match (w.seq, w.time, &w.bookmark) {
+                (Some(s), _, _) => Point::Seq(s),
+                (_, Some(t), _) => Point::Time(t),
+                (_, _, Some(b)) => Point::Time(
+                    *bookmark::load(&w.dir)
+                        .map_err(open_err)?
+                        .get(b)
+                        .ok_or_else(|| open_err(format!("no bookmark named {b:?}")))?,
+                ),
+                _ => unreachable!("validated: one of seq, time, bookmark"),
+            };
+            let d = view::ViewDevice::open(&view::ViewSpec {
+                dir: w.dir.clone(),
+                point,
+                sandbox: w.sandbox,
+            })
+            .map_err(|e| open_err(e.to_string()))?;
+            let info = d.info();
+            if info.size != v.size.0 || info.block_size != v.block_size {
+                return Err(open_err(format!(
+                    "the history is of a {} byte volume with {} byte blocks; the config says {} and {}",
+                    info.size, info.block_size, v.size.0, v.block_size
+                )));
+            }
+            Arc::new(d)
+        }
     };
     Ok(match (v.fail_range, v.fail_flush) {
         (None, false) => base,
@@ -189,7 +226,7 @@ fn replica_data(v: &crate::control::config::VolumeConfig) -> ReplicaData {
                 0
             }),
         },
-        (Backend::Uring, None) => ReplicaData::default(),
+        (Backend::Uring, None) | (Backend::CdpView, _) => ReplicaData::default(),
     }
 }
 
@@ -254,7 +291,7 @@ impl Daemon {
                             age_ns: c.retention_age_ns(),
                             bytes: c.retention_bytes.map(|b| b.0),
                         },
-                        window_start: Arc::clone(&cd.stats.window_start),
+                        stats: Arc::clone(&cd.stats),
                     });
                 }
                 cdp_devs.push(Arc::clone(&cd));
@@ -265,6 +302,7 @@ impl Daemon {
                     home,
                     created: cd.created,
                     stats: Arc::clone(&cd.stats),
+                    retention_age_ns: c.retention_age_ns(),
                 });
                 device = cd;
             }
@@ -411,7 +449,6 @@ impl Daemon {
                 let _ = md.persister.set(Arc::clone(p));
             }
             let _ = md.mailboxes.set(mailboxes.clone());
-            let _ = md.meta.set(Arc::clone(&replicator) as _);
         }
         for cd in &cdp_devs {
             let _ = cd.mailboxes.set(mailboxes.clone());
@@ -491,6 +528,24 @@ impl Daemon {
                 chap,
             });
         }
+        // ... and so are the SCSI persistent reservations of their iSCSI logical units.
+        let pr_replicator = Arc::new(crate::frontend::iscsi::prs::PrReplicator::new(
+            iscsi_targets
+                .iter()
+                .flat_map(|t| {
+                    t.luns
+                        .iter()
+                        .map(|l| (t.iqn.clone(), l.lun, l.volume, Arc::clone(&l.pr)))
+                })
+                .collect(),
+        ));
+        let mut router = crate::layer::mirror::engine::MetaRouter::new();
+        router.add(crate::frontend::nvmf::resv::META_KIND, replicator);
+        router.add(crate::frontend::iscsi::prs::META_KIND, pr_replicator);
+        let meta = Arc::new(router);
+        for md in &mirror_devs {
+            let _ = md.meta.set(Arc::clone(&meta) as _);
+        }
         let iscsi = Arc::new(IscsiShared {
             targets: iscsi_targets,
             portals: iscsi_socks.iter().map(|(_, a)| *a).collect(),
@@ -500,6 +555,7 @@ impl Daemon {
             next_tsih: std::sync::atomic::AtomicU16::new(1),
             next_nexus: std::sync::atomic::AtomicU64::new(1),
             nop_in_interval_ms: cfg.iscsi.nop_in_interval_ms,
+            copies: std::sync::atomic::AtomicU32::new(0),
         });
         let iscsi_acceptor: Arc<dyn Acceptor> = Arc::new(IscsiAcceptor::new(Arc::clone(&iscsi)));
         for (fd, addr) in iscsi_socks {
@@ -524,7 +580,13 @@ impl Daemon {
         let shared = Arc::new(Shared {
             volumes,
             listeners,
-            services: vec![Arc::new(HomeService::new(Arc::clone(&nvmf)))],
+            // Service 0: the NVMe atomic-section executors; 1: the checksum executors.
+            services: vec![
+                Arc::new(HomeService::new(Arc::clone(&nvmf))),
+                Arc::new(crate::control::verify::ChecksumService {
+                    index: CHECKSUM_SERVICE,
+                }),
+            ],
             // CDP's pollers after the mirror's: a turn's applies are journaled in that turn.
             pollers: mirror_devs
                 .iter()
@@ -534,6 +596,7 @@ impl Daemon {
             mailboxes,
             stats,
             running: std::sync::atomic::AtomicUsize::new(n),
+            hosts: Arc::default(),
         });
         let policy = match cfg.reactor.wait {
             Wait::Poll => WaitPolicy::Poll,
@@ -640,6 +703,7 @@ impl Daemon {
             nvmf: Arc::clone(&nvmf),
             mirrors,
             cdp: cdp_infos,
+            checksums: Some(CHECKSUM_SERVICE),
         });
         if !cfg.control.socket.as_os_str().is_empty() {
             match ControlServer::start(&cfg.control.socket, Arc::clone(&cx), cfg.clone()) {

@@ -7,6 +7,7 @@
 //! - [`poller`]: layers' per-reactor work ([`Poller`], [`PollerSource`]).
 //! - [`acceptor`]: listeners with their [`Acceptor`]s, and per-reactor [`Service`]s.
 //! - [`mailbox`]: cross-reactor messages in the runtime's own vocabulary ([`Msg`]).
+//! - [`hosts`]: the registry of connected hosts (front ends register, the control socket lists).
 //! - [`stats`]: per-reactor counters.
 //!
 //! What the runtime knows nothing about: any protocol (NBD, NVMe-oF, iSCSI, the mirror's wire
@@ -17,6 +18,7 @@
 
 pub mod acceptor;
 pub mod conn;
+pub mod hosts;
 pub mod mailbox;
 pub mod poller;
 pub mod reactor;
@@ -50,6 +52,8 @@ pub struct Shared {
     /// Reactors that have not yet drained their own connections while stopping; a reactor
     /// with a busy poller keeps serving other reactors' requests until this is zero.
     pub running: AtomicUsize,
+    /// Connected hosts, registered by the front ends' connections (off the I/O path).
+    pub hosts: Arc<hosts::Hosts>,
 }
 
 /// Pin the calling thread to `core`.

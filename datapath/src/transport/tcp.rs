@@ -24,6 +24,13 @@ pub fn set_nodelay(fd: &OwnedFd) {
     };
 }
 
+/// The address of a connected socket's peer (`None` when the socket has none, e.g. it was
+/// reset). Costs a `dup` and a `close`: for connection setup, not the I/O path.
+pub fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
+    let dup = fd.try_clone().ok()?;
+    std::net::TcpStream::from(dup).peer_addr().ok()
+}
+
 /// A new stream socket (blocking mode: io_uring drives it) of `peer`'s family, to connect.
 pub fn stream_socket(peer: SocketAddr) -> std::io::Result<OwnedFd> {
     let family = if peer.is_ipv4() {
@@ -181,5 +188,64 @@ impl SendQueue {
         // and the caller keeps the queue alive until the completion.
         unsafe { io.push_send(fd, rest, key) };
         self.armed = true;
+    }
+}
+
+/// Where a front end's TCP connection is in its life (the same for NBD, NVMe/TCP and iSCSI):
+/// whether a receive is armed, whether it is closing (no new request acted on), broken (the
+/// socket failed or was aborted: nothing more is sent), stopping with the daemon, whether its
+/// receive was cancelled already, and whether it is closed (the runtime may drop it).
+///
+/// Invariant: a receive is cancelled at most once per stop (`cancel_sent`); `closed` is set by
+/// the owner only once nothing it armed is in flight.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// A receive is in flight.
+    pub recv_armed: bool,
+    /// No new request is acted on; the connection closes once idle.
+    pub closing: bool,
+    /// The socket failed or was aborted: nothing more is sent.
+    pub broken: bool,
+    /// The daemon is stopping.
+    pub shutting_down: bool,
+    /// The armed receive was cancelled.
+    pub cancel_sent: bool,
+    /// Nothing is in flight any more: the runtime may drop the connection.
+    pub closed: bool,
+}
+
+impl Lifecycle {
+    /// The daemon stops: finish what is in flight, take nothing new (the receive is cancelled
+    /// once).
+    pub fn stop(&mut self, io: &mut IoCx, key: u32) {
+        self.shutting_down = true;
+        self.closing = true;
+        if self.recv_armed && !self.cancel_sent {
+            self.cancel_sent = true;
+            Self::cancel(io, key, crate::uring::Kind::Recv);
+        }
+    }
+
+    /// Give the socket up: cancel the receive and, when one is armed, the send.
+    pub fn abort(&mut self, io: &mut IoCx, key: u32, send_armed: bool) {
+        self.broken = true;
+        self.closing = true;
+        if self.recv_armed {
+            self.cancel_sent = true;
+            Self::cancel(io, key, crate::uring::Kind::Recv);
+        }
+        if send_armed {
+            Self::cancel(io, key, crate::uring::Kind::Send);
+        }
+    }
+
+    /// Cancel connection `key`'s operation of `kind` (its completion comes as `-ECANCELED`).
+    pub fn cancel(io: &mut IoCx, key: u32, kind: crate::uring::Kind) {
+        use crate::uring::{Kind, UserData};
+        let sqe = io_uring::opcode::AsyncCancel::new(UserData::new(kind, key).0)
+            .build()
+            .user_data(UserData::new(Kind::Cancel, key).0);
+        // SAFETY: a cancel references no user memory.
+        unsafe { io.push(&sqe) };
     }
 }

@@ -64,6 +64,39 @@ enum Cmd {
         /// For `rate`: bytes per second (at least 1 MiB/s, or 0).
         bytes_per_s: Option<u64>,
     },
+    /// Compare the two sites' replicas of VOLUME region by region (CRC32C of each site's own
+    /// replica, `volume_checksums`), throttled; exit 0 when identical, 7 when regions differ
+    /// (listed), 3 when the sites are not in sync. Needs both sites' --socket.
+    Verify {
+        /// The volume.
+        volume: String,
+        /// Region size in bytes (a multiple of the volume's block size).
+        #[arg(long, default_value_t = 1 << 20)]
+        region: u64,
+        /// Bytes per second read at each site (0: no limit).
+        #[arg(long, value_name = "BYTES_PER_S", default_value_t = 100 << 20)]
+        rate: u64,
+    },
+    /// The hosts connected to each site given (`host_list`): per volume, each connection's
+    /// protocol, reactor, peer address, queue, requests in flight, host identity and target.
+    Hosts {
+        /// Only the connections reaching this volume.
+        volume: Option<String>,
+    },
+    /// The DR drill (docs/drill.md): `run CONFIG` fails a site under load and writes a signed
+    /// report; `verify-history` and `verify-report` check signatures.
+    Drill {
+        #[command(subcommand)]
+        cmd: DrillCmd,
+    },
+    /// Continuous data protection at the site (the first --socket): `status` (each journal's
+    /// window in UTC and as the `--time` that `twinblk cdp restore` and `twinblk cdp view`
+    /// take, its history against the retention target), `bookmark`, `bookmarks`,
+    /// `unbookmark`.
+    Cdp {
+        #[command(subcommand)]
+        cmd: CdpCmd,
+    },
     /// Send one JSON-RPC method and print its result (docs/control.md lists them).
     Call {
         /// The method, e.g. mirror_status.
@@ -74,6 +107,85 @@ enum Cmd {
     /// Old form: a bare method name, e.g. `twinblk-ctl mirror_status`.
     #[command(external_subcommand)]
     Raw(Vec<String>),
+}
+
+/// `twinblk-ctl drill` verbs.
+#[derive(Subcommand)]
+enum DrillCmd {
+    /// Run the drill described by CONFIG (TOML): exit 0 when every target was met, 8 when the
+    /// drill ran and a target was missed (the report says which).
+    Run {
+        /// The drill's configuration file.
+        config: PathBuf,
+    },
+    /// Check every line of a drill history (signatures and the chain between lines).
+    VerifyHistory {
+        /// The history file (JSON lines).
+        file: PathBuf,
+        /// The HMAC key file the drills signed with.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check a drill report's signature.
+    VerifyReport {
+        /// The report (JSON).
+        file: PathBuf,
+        /// The HMAC key file the drill signed with.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+/// `twinblk-ctl cdp` verbs.
+#[derive(Subcommand)]
+enum CdpCmd {
+    /// Each journal's window, history and counters (`cdp_status`).
+    Status {
+        /// Only this volume.
+        volume: Option<String>,
+    },
+    /// Name the current moment of a volume, or of every volume of a group at one time
+    /// (`cdp_bookmark`); it stays restorable past retention until deleted.
+    Bookmark {
+        /// The bookmark's name (1 to 64 of A-Z a-z 0-9 . _ -).
+        name: String,
+        #[command(flatten)]
+        target: CdpTarget,
+    },
+    /// The bookmarks of a volume or a group (`cdp_bookmarks`).
+    Bookmarks {
+        #[command(flatten)]
+        target: CdpTarget,
+    },
+    /// Delete a bookmark (`cdp_bookmark_delete`): retention may then consolidate past it.
+    Unbookmark {
+        /// The bookmark's name.
+        name: String,
+        #[command(flatten)]
+        target: CdpTarget,
+    },
+}
+
+/// One volume or one group.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct CdpTarget {
+    /// A volume.
+    #[arg(long)]
+    volume: Option<String>,
+    /// Every volume of a group.
+    #[arg(long)]
+    group: Option<String>,
+}
+
+impl CdpTarget {
+    fn target(&self) -> ctl::cdp::Target<'_> {
+        match (&self.volume, &self.group) {
+            (Some(v), _) => ctl::cdp::Target::Volume(v),
+            (None, Some(g)) => ctl::cdp::Target::Group(g),
+            (None, None) => unreachable!("clap requires one"),
+        }
+    }
 }
 
 /// What `twinblk-ctl resync` does.
@@ -212,6 +324,47 @@ fn run(cli: Cli) -> i32 {
             };
             raw(&cli, "mirror_resync", Some(&params.to_string()))
         }
+        Cmd::Verify {
+            volume,
+            region,
+            rate,
+        } => {
+            let opts = ctl::verify::VerifyOpts {
+                volume: volume.clone(),
+                region: *region,
+                rate: *rate,
+                progress: true,
+            };
+            match ctl::verify::verify(&cli.sockets, &opts) {
+                Err(e) => {
+                    eprintln!("twinblk-ctl: verify {volume}: {e}");
+                    e.exit_code()
+                }
+                Ok(r) => {
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    } else {
+                        print!("{}", ctl::verify::render(&r));
+                    }
+                    r.exit_code()
+                }
+            }
+        }
+        Cmd::Hosts { volume } => {
+            let mut sites = cli.sockets.clone();
+            if sites.is_empty() {
+                sites.push("/run/twinblk/twinblk.sock".parse().expect("a path"));
+            }
+            let (h, code) = ctl::verify::hosts(&sites, volume.as_deref());
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&h).unwrap_or_default());
+            } else {
+                print!("{}", ctl::verify::render_hosts(&h));
+            }
+            code
+        }
+        Cmd::Drill { cmd } => drill(&cli, cmd),
+        Cmd::Cdp { cmd } => cdp(&cli, cmd),
         Cmd::Call { method, params } => raw(&cli, method, params.as_deref()),
         Cmd::Raw(words) => {
             let [method, rest @ ..] = &words[..] else {
@@ -228,6 +381,154 @@ fn run(cli: Cli) -> i32 {
                 }
             };
             raw(&cli, method, params)
+        }
+    }
+}
+
+fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
+    use ctl::cdp;
+    let socket = first_socket(cli);
+    let (r, render): (_, fn(&Value) -> String) = match cmd {
+        CdpCmd::Status { volume } => (cdp::status(&socket, volume.as_deref()), cdp::render_status),
+        CdpCmd::Bookmark { name, target } => (
+            cdp::bookmark(&socket, &target.target(), name),
+            |v: &Value| {
+                format!(
+                    "bookmark {} at {} (--time {}) on {}\n",
+                    v["name"].as_str().unwrap_or("?"),
+                    cdp::utc(v["time_ns"].as_u64().unwrap_or(0)),
+                    v["time_ns"],
+                    v["volumes"]
+                )
+            },
+        ),
+        CdpCmd::Bookmarks { target } => (
+            cdp::bookmarks(&socket, &target.target()),
+            cdp::render_bookmarks,
+        ),
+        CdpCmd::Unbookmark { name, target } => (
+            cdp::unbookmark(&socket, &target.target(), name),
+            |v: &Value| {
+                format!(
+                    "bookmark {} deleted on {}\n",
+                    v["name"].as_str().unwrap_or("?"),
+                    v["volumes"]
+                )
+            },
+        ),
+    };
+    match r {
+        Err(e) => {
+            eprintln!("twinblk-ctl: {e}");
+            e.exit_code()
+        }
+        Ok(v) => {
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", render(&v));
+            }
+            exit::OK
+        }
+    }
+}
+
+fn drill(cli: &Cli, cmd: &DrillCmd) -> i32 {
+    use twinblk_tools::drill;
+    match cmd {
+        DrillCmd::Run { config } => match drill::run(config, true) {
+            Err(e) => {
+                eprintln!("twinblk-ctl: drill: {e}");
+                e.exit_code()
+            }
+            Ok(o) => {
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&o.report).unwrap_or_default()
+                    );
+                } else {
+                    let r = &o.report;
+                    println!(
+                        "drill {}: {}",
+                        r["id"].as_str().unwrap_or("?"),
+                        if o.pass { "PASS" } else { "FAIL" }
+                    );
+                    for c in r["result"]["checks"].as_array().into_iter().flatten() {
+                        println!(
+                            "  {:<9} {:<5} measured {}, target {}",
+                            c["name"].as_str().unwrap_or("?"),
+                            if c["pass"] == true { "pass" } else { "FAIL" },
+                            c["measured"].as_str().unwrap_or("?"),
+                            c["target"].as_str().unwrap_or("?")
+                        );
+                    }
+                    println!("report: {}", o.json_path.display());
+                    println!("html:   {}", o.html_path.display());
+                }
+                if o.pass { exit::OK } else { exit::DRILL_FAILED }
+            }
+        },
+        DrillCmd::VerifyHistory { file, key } => {
+            let checked =
+                drill::sign::Key::read(key).and_then(|k| drill::sign::verify_history(&k, file));
+            match checked {
+                Err(e) => {
+                    eprintln!("twinblk-ctl: drill verify-history: {e}");
+                    exit::ERROR
+                }
+                Ok(c) => {
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+                    } else if c.ok {
+                        println!(
+                            "{}: {} entries, every signature valid, chain unbroken",
+                            file.display(),
+                            c.entries
+                        );
+                    } else {
+                        println!(
+                            "{}: NOT AUTHENTIC ({} entries, {} problem(s))",
+                            file.display(),
+                            c.entries,
+                            c.problems.len()
+                        );
+                        for p in &c.problems {
+                            println!("  - {p}");
+                        }
+                    }
+                    if c.ok { exit::OK } else { exit::NOT_AUTHENTIC }
+                }
+            }
+        }
+        DrillCmd::VerifyReport { file, key } => {
+            let checked = drill::sign::Key::read(key).and_then(|k| {
+                let text = std::fs::read(file).map_err(|source| drill::sign::SignError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+                let v: Value = serde_json::from_slice(&text).map_err(|e| {
+                    drill::sign::SignError::Malformed(format!("{}: not JSON: {e}", file.display()))
+                })?;
+                drill::sign::verify_report(&k, &v)
+            });
+            match checked {
+                Err(e) => {
+                    eprintln!("twinblk-ctl: drill verify-report: {e}");
+                    exit::NOT_AUTHENTIC
+                }
+                Ok(true) => {
+                    println!("{}: signature valid", file.display());
+                    exit::OK
+                }
+                Ok(false) => {
+                    println!(
+                        "{}: NOT AUTHENTIC: the signature does not match (changed, or another key)",
+                        file.display()
+                    );
+                    exit::NOT_AUTHENTIC
+                }
+            }
         }
     }
 }

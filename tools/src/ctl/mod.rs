@@ -12,7 +12,9 @@
 //! volume is `up` at both sites with nothing dirty, no resync running, no failure, no refused
 //! session, one leader, and the witness (where configured) answering both sites. Exit codes are [`exit`].
 
+pub mod cdp;
 pub mod render;
+pub mod verify;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -37,6 +39,12 @@ pub mod exit {
     pub const REFUSED: i32 = 5;
     /// `takeover`: the witness did not grant the volume to this site (or no answer in time).
     pub const NOT_GRANTED: i32 = 6;
+    /// `verify`: the replicas differ (regions differing in every re-check are listed).
+    pub const REPLICAS_DIFFER: i32 = 7;
+    /// `drill run`: the drill ran and its report is written, but a target was missed.
+    pub const DRILL_FAILED: i32 = 8;
+    /// `drill verify-history`/`verify-report`: a signature or the history's chain is broken.
+    pub const NOT_AUTHENTIC: i32 = 9;
 }
 
 /// Why a call failed.
@@ -84,6 +92,16 @@ impl CallError {
 
 /// One JSON-RPC call on the control socket at `path`; the `result`, or why not.
 pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, CallError> {
+    call_timeout(path, method, params, Duration::from_secs(10))
+}
+
+/// As [`call`], waiting at most `timeout` for the answer.
+pub fn call_timeout(
+    path: &Path,
+    method: &str,
+    params: Value,
+    timeout: Duration,
+) -> Result<Value, CallError> {
     let mut s = UnixStream::connect(path).map_err(|source| CallError::Connect {
         path: path.to_path_buf(),
         source,
@@ -92,7 +110,7 @@ pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, CallError
         path: path.to_path_buf(),
         what,
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_read_timeout(Some(timeout));
     let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     writeln!(s, "{req}").map_err(|e| reply_err(e.to_string()))?;
     let mut line = String::new();

@@ -4,11 +4,13 @@
 //! - [`login`]: the key=value text parser and operational parameter negotiation (fuzzed).
 //! - [`scsi`]: the CDB decoder and sense data (fuzzed); [`pages`]: INQUIRY / VPD, mode pages,
 //!   capacity, REPORT LUNS, ALUA target port groups, supported operation codes; [`prs`]:
-//!   persistent reservations.
+//!   persistent reservations; [`xcopy`]: the EXTENDED COPY parameter list parser and the
+//!   RECEIVE COPY RESULTS pages (fuzzed).
 //! - `conn`: one connection (and its session) on a reactor: receive, dispatch, NOP, Text,
 //!   Logout, Reject, CmdSN window and StatSN; `session`: the login phase and task management;
 //!   `task`: SCSI tasks, R2T / Data-Out / Data-In and execution against the volume's channel;
-//!   `excl`: media accesses inside the volumes' atomic sections (COMPARE AND WRITE exclusion).
+//!   `excl`: media accesses inside the volumes' atomic sections (COMPARE AND WRITE exclusion);
+//!   `copy`: EXTENDED COPY runs, chunk by chunk through the volumes' channels.
 //!
 //! Model: everything in [`IscsiShared`] is built before the reactors start and read-only
 //! afterwards (the TSIH counter is an atomic). A connection is its own session
@@ -30,6 +32,7 @@ pub mod pages;
 pub mod pdu;
 pub mod prs;
 pub mod scsi;
+pub mod xcopy;
 
 pub use conn::IscsiConn;
 
@@ -38,7 +41,7 @@ use crate::runtime::{Acceptor, Conn};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 
 /// Prefix of the name of a default per-volume target: `iqn.2026-11.io.twinblk:<volume>`.
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.io.twinblk:";
@@ -131,6 +134,8 @@ pub struct IscsiShared {
     /// many milliseconds without input, and closed when nothing arrives for as long again
     /// (0: never).
     pub nop_in_interval_ms: u32,
+    /// EXTENDED COPY commands running in the daemon (at most `xcopy::TOTAL_CONCURRENT`).
+    pub copies: AtomicU32,
 }
 
 impl IscsiShared {

@@ -76,7 +76,7 @@ pub fn inquiry(present: bool) -> Vec<u8> {
     b[2] = 0x06; // SPC-4
     b[3] = 0x12; // HISUP, response data format 2
     b[4] = (b.len() - 5) as u8;
-    b[5] = 0x10; // TPGS 01b: implicit asymmetric access
+    b[5] = 0x18; // TPGS 01b: implicit asymmetric access; 3PC: EXTENDED COPY (LID1)
     b[7] = 0x02; // CMDQUE
     b[8..16].copy_from_slice(VENDOR);
     b[16..32].copy_from_slice(PRODUCT);

@@ -21,6 +21,7 @@
 use super::scsi::Sense;
 use crate::frontend::nvmf::cmd::Status;
 use crate::frontend::nvmf::resv::{Access, NsResv};
+use crate::transport::cursor::Cursor;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -102,6 +103,55 @@ fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().unwrap_or([0; 8]))
 }
 
+/// A PERSISTENT RESERVE OUT checked against its CDB and parameter list (everything that does
+/// not depend on the reservation state): what [`PrState::apply`] decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrOut {
+    /// Service action (0 REGISTER, 1 RESERVE, 2 RELEASE, 3 CLEAR, 4 PREEMPT, 5 PREEMPT AND
+    /// ABORT, 6 REGISTER AND IGNORE EXISTING KEY).
+    pub sa: u8,
+    /// The reservation type in NVMe's numbering (0: none given).
+    pub nt: u8,
+    /// RESERVATION KEY.
+    pub key: u64,
+    /// SERVICE ACTION RESERVATION KEY.
+    pub sa_key: u64,
+}
+
+/// Check PERSISTENT RESERVE OUT service action `sa`, `scope_type` (CDB byte 2) and the
+/// parameter list `p`.
+pub fn parse_out(sa: u8, scope_type: u8, p: &[u8]) -> Result<PrOut, Sense> {
+    if matches!(sa, 7 | 8) || sa > 8 {
+        return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1));
+    }
+    if p.len() != 24 {
+        return Err(Sense::PARAM_LIST_LENGTH);
+    }
+    let key = be64(&p[0..8]);
+    let sa_key = be64(&p[8..16]);
+    let flags = p[20];
+    // SPEC_I_PT (0x08), ALL_TG_PT (0x04) and APTPL (0x01) are not supported.
+    if flags & 0x0D != 0 {
+        return Err(Sense::INVALID_FIELD_PARAM);
+    }
+    let t = scope_type & 0x0F;
+    let needs_type = matches!(sa, 1 | 2 | 4 | 5);
+    if needs_type && scope_type >> 4 != 0 {
+        return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(2));
+    }
+    let nt = if needs_type {
+        scsi_type(t).ok_or(Sense::INVALID_FIELD_CDB.at_cdb_byte(2))?
+    } else {
+        0
+    };
+    Ok(PrOut {
+        sa,
+        nt,
+        key,
+        sa_key,
+    })
+}
+
 impl PrState {
     /// What nexus `me` may do, and the version it was computed at.
     pub fn access(&self, me: &[u8; 16]) -> (u64, Access) {
@@ -110,34 +160,22 @@ impl PrState {
     }
 
     /// PERSISTENT RESERVE OUT service action `sa` with `scope_type` (CDB byte 2) and the
-    /// parameter list `p`, from nexus `me` (initiator `name`).
+    /// parameter list `p`, from nexus `me` (initiator `name`), decided here.
     pub fn out(&self, me: &[u8; 16], name: &str, sa: u8, scope_type: u8, p: &[u8]) -> Outcome {
-        if matches!(sa, 7 | 8) || sa > 8 {
-            return Outcome::Check(Sense::INVALID_FIELD_CDB.at_cdb_byte(1));
+        match parse_out(sa, scope_type, p) {
+            Ok(o) => self.apply(me, name, &o),
+            Err(s) => Outcome::Check(s),
         }
-        if p.len() != 24 {
-            return Outcome::Check(Sense::PARAM_LIST_LENGTH);
-        }
-        let key = be64(&p[0..8]);
-        let sa_key = be64(&p[8..16]);
-        let flags = p[20];
-        // SPEC_I_PT (0x08), ALL_TG_PT (0x04) and APTPL (0x01) are not supported.
-        if flags & 0x0D != 0 {
-            return Outcome::Check(Sense::INVALID_FIELD_PARAM);
-        }
-        let t = scope_type & 0x0F;
-        let needs_type = matches!(sa, 1 | 2 | 4 | 5);
-        if needs_type && scope_type >> 4 != 0 {
-            return Outcome::Check(Sense::INVALID_FIELD_CDB.at_cdb_byte(2));
-        }
-        let nt = if needs_type {
-            match scsi_type(t) {
-                Some(nt) => nt,
-                None => return Outcome::Check(Sense::INVALID_FIELD_CDB.at_cdb_byte(2)),
-            }
-        } else {
-            0
-        };
+    }
+
+    /// Apply a checked PERSISTENT RESERVE OUT from nexus `me` (initiator `name`).
+    pub fn apply(&self, me: &[u8; 16], name: &str, o: &PrOut) -> Outcome {
+        let PrOut {
+            sa,
+            nt,
+            key,
+            sa_key,
+        } = *o;
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let before = g.ns.clone();
         let registered =
@@ -145,6 +183,13 @@ impl PrState {
                 .iter()
                 .find(|r| &r.hostid == me)
                 .map(|r| r.rkey);
+        if registered.is_none()
+            && sa_key != 0
+            && matches!(sa, 0 | 6)
+            && g.ns.registrants.len() >= MAX_PR_REGISTRANTS
+        {
+            return Outcome::Check(NO_REGISTRATION_RESOURCES);
+        }
         let r = match sa {
             0 | 6 => {
                 let ignore = sa == 6;
@@ -182,6 +227,40 @@ impl PrState {
             self.version.fetch_add(1, Ordering::AcqRel);
         }
         outcome(r, bad)
+    }
+
+    /// The whole state as a replicated state of LUN `lun` of `target` (see [`decode_state`]).
+    pub fn encode_state(&self, target: &str, lun: u16) -> Vec<u8> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let n = &g.ns;
+        let mut v = Vec::with_capacity(64 + target.len() + n.registrants.len() * 64);
+        put_str(&mut v, target);
+        v.extend_from_slice(&lun.to_le_bytes());
+        v.extend_from_slice(&n.generation.to_le_bytes());
+        v.push(n.rtype);
+        v.push(u8::from(n.holder.is_some()));
+        v.extend_from_slice(&n.holder.unwrap_or([0; 16]));
+        let count = n.registrants.len().min(MAX_PR_REGISTRANTS);
+        v.extend_from_slice(&(count as u16).to_le_bytes());
+        for r in &n.registrants[..count] {
+            v.extend_from_slice(&r.hostid);
+            v.extend_from_slice(&r.rkey.to_le_bytes());
+            let name = g
+                .names
+                .iter()
+                .find(|(h, _)| *h == r.hostid)
+                .map_or("", |(_, n)| n.as_str());
+            put_str(&mut v, name);
+        }
+        v
+    }
+
+    /// Replace the state with one decided by the other site.
+    pub fn install(&self, ns: NsResv, names: Vec<([u8; 16], String)>) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.ns = ns;
+        g.names = names;
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// PERSISTENT RESERVE IN service action `sa` (the whole data; the caller cuts it to the
@@ -273,6 +352,262 @@ impl PrState {
     }
 }
 
+/// Registrants per logical unit at most (each registration is replicated with its initiator
+/// name, up to 223 bytes: this many keep one state under the mirror's 64 KiB limit).
+pub const MAX_PR_REGISTRANTS: usize = 200;
+
+/// ILLEGAL REQUEST / INSUFFICIENT REGISTRATION RESOURCES.
+const NO_REGISTRATION_RESOURCES: Sense = Sense {
+    key: super::scsi::key::ILLEGAL_REQUEST,
+    asc: 0x55,
+    ascq: 0x04,
+    info: None,
+    field: None,
+};
+
+// ----- replication through a mirrored volume's leader (docs/iscsi.md, "Reservations") -----
+
+/// Kind byte of SCSI persistent reservation commands and states among a mirrored volume's
+/// metadata (`layer::mirror::engine::MetaRouter`).
+pub const META_KIND: u8 = 2;
+
+/// Outcomes as the metadata status the mirror carries (never 6: the engine's own Internal
+/// Error; never 0 but for GOOD).
+mod code {
+    pub const CONFLICT: u16 = 0x18;
+    pub const INVALID_RELEASE: u16 = 0x101;
+    pub const INVALID_PARAM: u16 = 0x102;
+    pub const NO_RESOURCES: u16 = 0x103;
+    pub const INTERNAL: u16 = 0x104;
+}
+
+/// The metadata status of `o`.
+pub fn outcome_code(o: Outcome) -> u16 {
+    match o {
+        Outcome::Good => 0,
+        Outcome::Conflict => code::CONFLICT,
+        Outcome::Check(s) if s == INVALID_RELEASE => code::INVALID_RELEASE,
+        Outcome::Check(s) if s == Sense::INVALID_FIELD_PARAM => code::INVALID_PARAM,
+        Outcome::Check(s) if s == NO_REGISTRATION_RESOURCES => code::NO_RESOURCES,
+        Outcome::Check(_) => code::INTERNAL,
+    }
+}
+
+/// The outcome of a PERSISTENT RESERVE OUT sent through a mirrored volume's channel, from its
+/// completion: a decided status, or why it was not decided (this site cannot reach the volume's
+/// decision: another path may; anything else: an internal error, never a decided answer).
+pub fn outcome_of(r: Result<(), crate::uring::Errno>) -> Outcome {
+    use crate::layer::mirror::engine::META_STATUS;
+    use crate::uring::Errno;
+    let e = match r {
+        Ok(()) => return Outcome::Good,
+        Err(e) => e,
+    };
+    if e.0 & META_STATUS != 0 {
+        return match (e.0 & 0xFFFF) as u16 {
+            code::CONFLICT => Outcome::Conflict,
+            code::INVALID_RELEASE => Outcome::Check(INVALID_RELEASE),
+            code::INVALID_PARAM => Outcome::Check(Sense::INVALID_FIELD_PARAM),
+            code::NO_RESOURCES => Outcome::Check(NO_REGISTRATION_RESOURCES),
+            _ => Outcome::Check(Sense::INTERNAL),
+        };
+    }
+    if e == Errno::UNAVAILABLE || e == Errno::SHUTDOWN {
+        Outcome::Check(Sense::ALUA_UNAVAILABLE)
+    } else {
+        Outcome::Check(Sense::INTERNAL)
+    }
+}
+
+/// A PERSISTENT RESERVE OUT of LUN `lun` of `target` from nexus `me` (initiator `name`), as
+/// the mirror carries it to the volume's leader site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrCmd {
+    /// Target IQN.
+    pub target: String,
+    /// LUN.
+    pub lun: u16,
+    /// The nexus.
+    pub me: [u8; 16],
+    /// Its initiator name (READ FULL STATUS).
+    pub name: String,
+    /// What it asks.
+    pub out: PrOut,
+}
+
+fn put_str(v: &mut Vec<u8>, s: &str) {
+    // iSCSI names are at most 223 bytes (RFC 7143 §4.2.7.1): the cut never happens to one.
+    let b = &s.as_bytes()[..s.len().min(255)];
+    v.push(b.len() as u8);
+    v.extend_from_slice(b);
+}
+
+impl PrCmd {
+    /// The command's bytes (without the kind byte).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64 + self.target.len() + self.name.len());
+        put_str(&mut v, &self.target);
+        v.extend_from_slice(&self.lun.to_le_bytes());
+        v.extend_from_slice(&self.me);
+        put_str(&mut v, &self.name);
+        v.push(self.out.sa);
+        v.push(self.out.nt);
+        v.extend_from_slice(&self.out.key.to_le_bytes());
+        v.extend_from_slice(&self.out.sa_key.to_le_bytes());
+        v
+    }
+
+    /// Parse [`Self::encode`]'s bytes (`None`: malformed, or a service action or type no
+    /// PERSISTENT RESERVE OUT check lets through).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let mut c = Cursor(b);
+        let cmd = Self {
+            target: c.str8()?,
+            lun: c.u16()?,
+            me: c.id()?,
+            name: c.str8()?,
+            out: PrOut {
+                sa: c.u8()?,
+                nt: c.u8()?,
+                key: c.u64()?,
+                sa_key: c.u64()?,
+            },
+        };
+        let type_ok = if matches!(cmd.out.sa, 1 | 2 | 4 | 5) {
+            (1..=6).contains(&cmd.out.nt)
+        } else {
+            cmd.out.nt == 0
+        };
+        (c.is_empty() && cmd.out.sa <= 6 && type_ok).then_some(cmd)
+    }
+}
+
+/// A replicated state: (target, LUN, the reservation state, the registrants' names).
+pub type PrStateParts = (String, u16, NsResv, Vec<([u8; 16], String)>);
+
+/// Parse [`PrState::encode_state`]'s bytes (`None`: malformed).
+pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
+    use crate::frontend::nvmf::resv::Registrant;
+    let mut c = Cursor(b);
+    let target = c.str8()?;
+    let lun = c.u16()?;
+    let generation = c.u32()?;
+    let rtype = c.u8()?;
+    let has_holder = c.u8()?;
+    let holder = c.id()?;
+    let count = c.u16()? as usize;
+    if rtype > 6 || has_holder > 1 || count > MAX_PR_REGISTRANTS {
+        return None;
+    }
+    let mut registrants = Vec::with_capacity(count);
+    let mut names = Vec::new();
+    for _ in 0..count {
+        let hostid = c.id()?;
+        let rkey = c.u64()?;
+        let name = c.str8()?;
+        if registrants.iter().any(|r: &Registrant| r.hostid == hostid) {
+            return None;
+        }
+        registrants.push(Registrant { hostid, rkey });
+        if !name.is_empty() {
+            names.push((hostid, name));
+        }
+    }
+    if !c.is_empty() {
+        return None;
+    }
+    let ns = NsResv {
+        generation,
+        rtype,
+        holder: (has_holder == 1).then_some(holder),
+        registrants,
+    };
+    Some((target, lun, ns, names))
+}
+
+/// One logical unit as the replicator sees it: (target IQN, LUN, volume index, its state).
+pub type ReplicatedLun = (String, u16, usize, std::sync::Arc<PrState>);
+
+/// The persistent reservations of every LUN, for the mirror engines of the volumes behind
+/// them: decides PERSISTENT RESERVE OUT at the volume's leader site (or a survivor) and
+/// installs the decided states at the other, so both sites enforce one reservation.
+#[derive(Debug)]
+pub struct PrReplicator {
+    luns: Vec<ReplicatedLun>,
+}
+
+impl PrReplicator {
+    /// Over these logical units.
+    pub fn new(luns: Vec<ReplicatedLun>) -> Self {
+        Self { luns }
+    }
+
+    fn find(&self, vol: usize, target: &str, lun: u16) -> Option<&PrState> {
+        self.luns
+            .iter()
+            .find(|(t, l, v, _)| t == target && *l == lun && *v == vol)
+            .map(|(_, _, _, pr)| &**pr)
+    }
+}
+
+impl crate::layer::mirror::engine::MetaHandler for PrReplicator {
+    fn execute(&self, vol: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>) {
+        let Some(c) = PrCmd::decode(cmd) else {
+            return (code::INTERNAL, None);
+        };
+        let Some(pr) = self.find(vol, &c.target, c.lun) else {
+            tracing::error!(
+                vol,
+                target = c.target,
+                lun = c.lun,
+                "mirror: a reservation command for a logical unit not here (the sites' targets differ)"
+            );
+            return (code::INTERNAL, None);
+        };
+        // Every change of a mirrored LUN's state is decided here, on the volume's home reactor,
+        // so nothing changes it between the decision and the snapshot.
+        let before = pr.version.load(Ordering::Acquire);
+        let o = pr.apply(&c.me, &c.name, &c.out);
+        let state = (pr.version.load(Ordering::Acquire) != before)
+            .then(|| pr.encode_state(&c.target, c.lun));
+        (outcome_code(o), state)
+    }
+
+    fn install(&self, vol: usize, state: &[u8]) -> crate::layer::mirror::engine::Install {
+        use crate::layer::mirror::engine::Install;
+        let Some((target, lun, ns, names)) = decode_state(state) else {
+            tracing::error!(
+                vol,
+                "mirror: malformed SCSI reservation state from the peer"
+            );
+            return Install::Malformed;
+        };
+        match self.find(vol, &target, lun) {
+            Some(pr) => {
+                pr.install(ns, names);
+                Install::Done
+            }
+            None => {
+                tracing::error!(
+                    vol,
+                    target,
+                    lun,
+                    "mirror: the peer's SCSI reservation state is for a logical unit not here (the sites' targets differ)"
+                );
+                Install::Failed
+            }
+        }
+    }
+
+    fn full_state(&self, vol: usize) -> Vec<Vec<u8>> {
+        self.luns
+            .iter()
+            .filter(|(_, _, v, _)| *v == vol)
+            .map(|(t, l, _, pr)| pr.encode_state(t, *l))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,5 +655,170 @@ mod tests {
             s.out(&b, "iqn.b", 0, 0, &[0; 8]),
             Outcome::Check(Sense::PARAM_LIST_LENGTH)
         );
+    }
+
+    fn cmd(me: [u8; 16], name: &str, sa: u8, nt: u8, key: u64, sa_key: u64) -> Vec<u8> {
+        PrCmd {
+            target: "iqn.t".into(),
+            lun: 0,
+            me,
+            name: name.into(),
+            out: PrOut {
+                sa,
+                nt,
+                key,
+                sa_key,
+            },
+        }
+        .encode()
+    }
+
+    #[test]
+    fn the_leader_decides_and_the_other_site_installs_the_same_state() {
+        use crate::layer::mirror::engine::{Install, MetaHandler};
+        let site = || {
+            let pr = std::sync::Arc::new(PrState::default());
+            let r = PrReplicator::new(vec![("iqn.t".into(), 0, 3, std::sync::Arc::clone(&pr))]);
+            (pr, r)
+        };
+        let ((pa, la), (pb, lb)) = (site(), site());
+        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1]);
+        let b = nexus_id("iqn.b", &[0x80, 0, 0, 0, 0, 1]);
+        // a registers and reserves Write Exclusive at the leader; b's reserve conflicts.
+        for (c, want) in [
+            (cmd(a, "iqn.a", 0, 0, 0, 0xA), 0),
+            (cmd(b, "iqn.b", 0, 0, 0, 0xB), 0),
+            (cmd(a, "iqn.a", 1, 1, 0xA, 0), 0),
+            (cmd(b, "iqn.b", 1, 1, 0xB, 0), code::CONFLICT),
+            (cmd(a, "iqn.a", 2, 2, 0xA, 0), code::INVALID_RELEASE),
+        ] {
+            let (status, state) = la.execute(3, &c);
+            assert_eq!(status, want);
+            assert_eq!(state.is_some(), want == 0, "a change carries the new state");
+            if let Some(st) = state {
+                assert_eq!(lb.install(3, &st), Install::Done);
+            }
+        }
+        // The other site enforces and reports the same.
+        assert!(!pb.access(&b).1.write && pb.access(&a).1.write);
+        assert_eq!(pb.read(0).unwrap(), pa.read(0).unwrap());
+        assert_eq!(pb.read(1).unwrap(), pa.read(1).unwrap());
+        assert_eq!(pb.read(3).unwrap(), pa.read(3).unwrap(), "names travel too");
+        // A session's cached access sees the install (the version moved).
+        assert!(pb.version.load(Ordering::Acquire) > 0);
+        // The whole state of the volume, for a peer that comes back empty.
+        let full = la.full_state(3);
+        assert_eq!(full.len(), 1);
+        let (pc, lc) = site();
+        assert_eq!(lc.install(3, &full[0]), Install::Done);
+        assert_eq!(pc.read(3).unwrap(), pa.read(3).unwrap());
+        assert!(la.full_state(4).is_empty(), "another volume has none");
+        // A LUN not here, or another volume: refused, nothing changes.
+        assert_eq!(lb.install(4, &full[0]), Install::Failed);
+        assert_eq!(
+            la.execute(4, &cmd(a, "iqn.a", 3, 0, 0xA, 0)),
+            (code::INTERNAL, None)
+        );
+    }
+
+    #[test]
+    fn malformed_commands_and_states_are_refused_never_a_panic() {
+        use crate::layer::mirror::engine::{Install, MetaHandler};
+        let pr = std::sync::Arc::new(PrState::default());
+        let r = PrReplicator::new(vec![("iqn.t".into(), 0, 0, pr)]);
+        let good = cmd([1; 16], "iqn.a", 1, 1, 5, 0);
+        assert!(PrCmd::decode(&good).is_some());
+        for n in 0..good.len() {
+            assert!(PrCmd::decode(&good[..n]).is_none(), "cut at {n}");
+        }
+        assert!(
+            PrCmd::decode(&[good.clone(), vec![0]].concat()).is_none(),
+            "trailing"
+        );
+        // A type where none belongs, none where one does, an unknown action.
+        assert!(PrCmd::decode(&cmd([1; 16], "x", 0, 1, 0, 0)).is_none());
+        assert!(PrCmd::decode(&cmd([1; 16], "x", 1, 0, 0, 0)).is_none());
+        assert!(PrCmd::decode(&cmd([1; 16], "x", 7, 0, 0, 0)).is_none());
+        assert!(PrCmd::decode(&cmd([1; 16], "x", 4, 9, 0, 0)).is_none());
+        assert_eq!(r.execute(0, &good[..5]).0, code::INTERNAL);
+        let st = PrState::default();
+        st.out(&[1; 16], "iqn.a", 0, 0, &params(0, 7));
+        let state = st.encode_state("iqn.t", 0);
+        assert!(decode_state(&state).is_some());
+        for n in 0..state.len() {
+            assert_eq!(r.install(0, &state[..n]), Install::Malformed, "cut at {n}");
+        }
+        let mut bad = state.clone();
+        bad[1 + 5 + 2 + 4] = 7; // reservation type 7
+        assert!(decode_state(&bad).is_none());
+        // Pseudo-random bytes: never a panic.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for len in 0..2000 {
+            let b: Vec<u8> = (0..len % 300)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = r.execute(0, &b);
+            let _ = r.install(0, &b);
+        }
+    }
+
+    #[test]
+    fn outcomes_survive_the_trip_as_a_status() {
+        use crate::layer::mirror::engine::meta_result;
+        for o in [
+            Outcome::Good,
+            Outcome::Conflict,
+            Outcome::Check(INVALID_RELEASE),
+            Outcome::Check(Sense::INVALID_FIELD_PARAM),
+            Outcome::Check(NO_REGISTRATION_RESOURCES),
+            Outcome::Check(Sense::INTERNAL),
+        ] {
+            assert_eq!(outcome_of(meta_result(outcome_code(o))), o);
+        }
+        // The engine's own Internal Error (6), and a site that cannot reach the decision.
+        assert_eq!(outcome_of(meta_result(6)), Outcome::Check(Sense::INTERNAL));
+        assert_eq!(
+            outcome_of(Err(crate::uring::Errno::UNAVAILABLE)),
+            Outcome::Check(Sense::ALUA_UNAVAILABLE)
+        );
+        assert_eq!(
+            outcome_of(Err(crate::uring::Errno::IO)),
+            Outcome::Check(Sense::INTERNAL)
+        );
+    }
+
+    #[test]
+    fn registrations_stop_at_the_limit_with_insufficient_resources() {
+        let s = PrState::default();
+        for i in 0..MAX_PR_REGISTRANTS {
+            let id = nexus_id("iqn.x", &(i as u64).to_be_bytes()[2..].try_into().unwrap());
+            assert_eq!(
+                s.out(&id, "iqn.x", 0, 0, &params(0, 1 + i as u64)),
+                Outcome::Good
+            );
+        }
+        let one_more = nexus_id("iqn.y", &[0; 6]);
+        assert_eq!(
+            s.out(&one_more, "iqn.y", 0, 0, &params(0, 9)),
+            Outcome::Check(NO_REGISTRATION_RESOURCES)
+        );
+        // A full state still fits one META_STATE with the longest names.
+        let long = "i".repeat(223);
+        let t = PrState::default();
+        for i in 0..MAX_PR_REGISTRANTS {
+            let id = nexus_id(&long, &(i as u64).to_be_bytes()[2..].try_into().unwrap());
+            assert_eq!(
+                t.out(&id, &long, 0, 0, &params(0, 1 + i as u64)),
+                Outcome::Good
+            );
+        }
+        let st = t.encode_state(&"t".repeat(223), u16::MAX);
+        assert!(st.len() < crate::layer::mirror::wire::MAX_META_STATE as usize - 1);
+        assert!(decode_state(&st).is_some());
     }
 }

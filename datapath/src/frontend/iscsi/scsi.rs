@@ -69,6 +69,8 @@ pub mod opc {
     pub const WRITE_12: u8 = 0xAA;
     pub const WRITE_VERIFY_12: u8 = 0xAE;
     pub const VERIFY_12: u8 = 0xAF;
+    pub const EXTENDED_COPY: u8 = 0x83;
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     /// SERVICE ACTION IN (16): READ CAPACITY (16).
     pub const SA_READ_CAPACITY_16: u16 = 0x10;
     /// SERVICE ACTION IN (16): GET LBA STATUS.
@@ -209,6 +211,34 @@ pub const SUPPORTED: &[Supported] = &[
         opc::MODE_SENSE_10,
         &[0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0x07],
     ),
+    Supported {
+        op: opc::EXTENDED_COPY,
+        sa: Some(0x00),
+        usage: &[
+            0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07,
+        ],
+    },
+    Supported {
+        op: opc::RECEIVE_COPY_RESULTS,
+        sa: Some(0x00),
+        usage: &[
+            0x84, 0x00, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07,
+        ],
+    },
+    Supported {
+        op: opc::RECEIVE_COPY_RESULTS,
+        sa: Some(0x03),
+        usage: &[
+            0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07,
+        ],
+    },
+    Supported {
+        op: opc::RECEIVE_COPY_RESULTS,
+        sa: Some(0x04),
+        usage: &[
+            0x84, 0x04, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07,
+        ],
+    },
     s(
         opc::READ_16,
         &[
@@ -331,6 +361,7 @@ pub mod key {
     pub const ILLEGAL_REQUEST: u8 = 0x5;
     pub const UNIT_ATTENTION: u8 = 0x6;
     pub const DATA_PROTECT: u8 = 0x7;
+    pub const COPY_ABORTED: u8 = 0xA;
     pub const ABORTED_COMMAND: u8 = 0xB;
     pub const MISCOMPARE: u8 = 0xE;
 }
@@ -574,6 +605,21 @@ pub enum Cmd {
     ReportTpg {
         /// Extended header format requested.
         extended: bool,
+        /// Allocation length.
+        alloc: u32,
+    },
+    /// EXTENDED COPY (LID1).
+    ExtendedCopy {
+        /// Parameter list length.
+        len: u32,
+    },
+    /// RECEIVE COPY RESULTS (LID1 service actions: COPY STATUS, OPERATING PARAMETERS, FAILED
+    /// SEGMENT DETAILS).
+    ReceiveCopyResults {
+        /// Service action.
+        sa: u8,
+        /// LIST IDENTIFIER.
+        list_id: u8,
         /// Allocation length.
         alloc: u32,
     },
@@ -852,6 +898,30 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
             },
             _ => return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1)),
         },
+        EXTENDED_COPY => {
+            // LID1 only (service action 00h); LID4 and the token commands are not supported.
+            if c[1] & 0x1F != 0 {
+                return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1));
+            }
+            Cmd::ExtendedCopy {
+                len: be32(&c[10..14]),
+            }
+        }
+        RECEIVE_COPY_RESULTS => {
+            use crate::frontend::iscsi::xcopy::rcr;
+            let sa = c[1] & 0x1F;
+            if !matches!(
+                sa,
+                rcr::COPY_STATUS | rcr::OPERATING_PARAMETERS | rcr::FAILED_SEGMENT_DETAILS
+            ) {
+                return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1));
+            }
+            Cmd::ReceiveCopyResults {
+                sa,
+                list_id: c[2],
+                alloc: be32(&c[10..14]),
+            }
+        }
         _ => return Err(Sense::INVALID_OPCODE),
     })
 }
@@ -864,7 +934,10 @@ pub fn data_out_len(cmd: &Cmd, block: u32) -> u64 {
         Cmd::Verify { rw, bytchk: 1 } => u64::from(rw.blocks) * b,
         Cmd::WriteSame { ndob: false, .. } => b,
         Cmd::CompareAndWrite(rw) => 2 * u64::from(rw.blocks) * b,
-        Cmd::Unmap { len } | Cmd::ModeSelect { len, .. } | Cmd::PrOut { len, .. } => u64::from(len),
+        Cmd::Unmap { len }
+        | Cmd::ModeSelect { len, .. }
+        | Cmd::PrOut { len, .. }
+        | Cmd::ExtendedCopy { len } => u64::from(len),
         _ => 0,
     }
 }

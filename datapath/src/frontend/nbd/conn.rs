@@ -25,10 +25,10 @@
 use super::NbdExport;
 use super::proto::{self, cflag, chunk, cmd, err, info, opt, rep, tflag};
 use crate::bdev::{ReadStart, Start, in_range};
+use crate::runtime::hosts::{HostHandle, HostRecord};
 use crate::runtime::{Conn, Env};
-use crate::transport::tcp::SendQueue;
-use crate::uring::{Errno, IoTag, Kind, UserData};
-use io_uring::opcode;
+use crate::transport::tcp::{Lifecycle, SendQueue};
+use crate::uring::{Errno, IoTag};
 use slab::Slab;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -73,20 +73,20 @@ pub struct NbdConn {
     rx: Vec<u8>,
     rx_lo: usize,
     rx_hi: usize,
-    recv_armed: bool,
     /// Outgoing bytes (one send per turn).
     tx: SendQueue,
+    /// Receive armed, closing, broken, stopping, closed.
+    pub(super) life: Lifecycle,
     reqs: Slab<Pending>,
     /// Take no more requests (DISC, ABORT, EOF, server stop).
-    closing: bool,
     /// The socket is unusable: drop unsent replies.
-    broken: bool,
     /// The server is stopping: answer received requests with ESHUTDOWN.
-    shutting_down: bool,
-    cancel_sent: bool,
-    closed: bool,
     /// Failed operations not yet added to the reactor's per-volume counters.
     errors: u64,
+    /// The export chosen (valid once a volume was selected).
+    export: usize,
+    /// This connection's entry in the hosts registry (from transmission until closed).
+    host: Option<HostHandle>,
 }
 
 fn nbd_error(e: Errno) -> u32 {
@@ -121,15 +121,12 @@ impl NbdConn {
             rx: vec![0; RX_INITIAL],
             rx_lo: 0,
             rx_hi: 0,
-            recv_armed: false,
             tx: SendQueue::with_capacity(RX_INITIAL),
+            life: Lifecycle::default(),
             reqs: Slab::with_capacity(64),
-            closing: false,
-            broken: false,
-            shutting_down: false,
-            cancel_sent: false,
-            closed: false,
             errors: 0,
+            export: 0,
+            host: None,
         }
     }
 
@@ -140,14 +137,14 @@ impl NbdConn {
     fn violation(&mut self, env: &mut Env<'_>, what: &str) {
         env.counters.violations += 1;
         tracing::warn!(conn = env.key, phase = ?self.phase, what, "NBD protocol violation; closing connection");
-        self.closing = true;
-        self.broken = true;
+        self.life.closing = true;
+        self.life.broken = true;
     }
 
     /// Parse and act on everything whole in the receive buffer.
     fn process(&mut self, env: &mut Env<'_>) {
         let rx = std::mem::take(&mut self.rx);
-        while !self.broken && self.rx_lo < self.rx_hi {
+        while !self.life.broken && self.rx_lo < self.rx_hi {
             let avail = &rx[self.rx_lo..self.rx_hi];
             let used = match self.phase {
                 Phase::ClientFlags => match proto::parse_client_flags(avail) {
@@ -164,7 +161,7 @@ impl NbdConn {
                     }
                 },
                 Phase::Options => {
-                    if self.closing {
+                    if self.life.closing {
                         break;
                     }
                     match proto::parse_option(avail) {
@@ -187,10 +184,10 @@ impl NbdConn {
                     }
                 }
                 Phase::Transmission => {
-                    if self.closing && !self.shutting_down {
+                    if self.life.closing && !self.life.shutting_down {
                         break;
                     }
-                    if !self.shutting_down && self.paused() {
+                    if !self.life.shutting_down && self.paused() {
                         break;
                     }
                     match proto::parse_request(avail) {
@@ -241,7 +238,7 @@ impl NbdConn {
 
     /// Make room for the next receive (only while no receive is armed).
     fn make_room(&mut self) {
-        debug_assert!(!self.recv_armed);
+        debug_assert!(!self.life.recv_armed);
         let need = self.head_needs().max(RX_MIN_FREE);
         if self.rx.len() - self.rx_lo < need || self.rx.len() - self.rx_hi < RX_MIN_FREE {
             self.rx.copy_within(self.rx_lo..self.rx_hi, 0);
@@ -259,15 +256,7 @@ impl NbdConn {
         // SAFETY: rx is neither resized nor compacted while the receive is armed (invariant),
         // and the connection outlives it (it is not `done` while armed).
         unsafe { env.io.push_recv(self.fd.as_raw_fd(), free, env.key) };
-        self.recv_armed = true;
-    }
-
-    fn cancel(&mut self, env: &mut Env<'_>, kind: Kind) {
-        let sqe = opcode::AsyncCancel::new(UserData::new(kind, env.key).0)
-            .build()
-            .user_data(UserData::new(Kind::Cancel, env.key).0);
-        // SAFETY: a cancel references no user memory.
-        unsafe { env.io.push(&sqe) };
+        self.life.recv_armed = true;
     }
 
     // ----- negotiation -----
@@ -300,9 +289,20 @@ impl NbdConn {
         let e = &self.exports[export];
         let v = &env.shared.volumes[e.volume];
         self.vol = e.volume;
+        self.export = export;
         self.size = v.info.size;
         self.min_io = v.info.min_io;
         self.read_only = e.read_only;
+    }
+
+    /// The export is chosen: serve requests, and list the connection in the hosts registry.
+    fn enter_transmission(&mut self, env: &Env<'_>) {
+        self.phase = Phase::Transmission;
+        let e = &self.exports[self.export];
+        let mut rec = HostRecord::new("nbd", env.io.reactor, env.key, e.name.clone());
+        rec.peer = crate::transport::tcp::peer_addr(&self.fd);
+        rec.volumes = vec![e.volume];
+        self.host = Some(env.shared.hosts.register(rec));
     }
 
     fn option(&mut self, env: &mut Env<'_>, code: u32, data: &[u8]) {
@@ -319,7 +319,7 @@ impl NbdConn {
             opt::EXPORT_NAME => match Self::find_export(&self.exports, data) {
                 None => {
                     tracing::info!(conn = env.key, "EXPORT_NAME for an unknown export; closing");
-                    self.closing = true;
+                    self.life.closing = true;
                 }
                 Some(x) => {
                     self.select(env, x);
@@ -329,12 +329,12 @@ impl NbdConn {
                     if !self.no_zeroes {
                         self.tx.pending.extend_from_slice(&[0u8; 124]);
                     }
-                    self.phase = Phase::Transmission;
+                    self.enter_transmission(env);
                 }
             },
             opt::ABORT => {
                 self.reply(code, rep::ACK, &[]);
-                self.closing = true;
+                self.life.closing = true;
             }
             opt::LIST => {
                 if !data.is_empty() {
@@ -430,7 +430,7 @@ impl NbdConn {
         }
         self.reply(code, rep::ACK, &[]);
         if code == opt::GO {
-            self.phase = Phase::Transmission;
+            self.enter_transmission(env);
         }
     }
 
@@ -477,10 +477,10 @@ impl NbdConn {
 
     fn request(&mut self, env: &mut Env<'_>, r: proto::Request, payload: &[u8]) {
         if r.kind == cmd::DISC {
-            self.closing = true;
+            self.life.closing = true;
             return;
         }
-        if self.shutting_down {
+        if self.life.shutting_down {
             self.reply_err(r.cookie, err::ESHUTDOWN);
             return;
         }
@@ -554,13 +554,13 @@ impl NbdConn {
     }
 
     fn try_close(&mut self) {
-        if self.closing
-            && !self.recv_armed
+        if self.life.closing
+            && !self.life.recv_armed
             && !self.tx.armed()
             && self.reqs.is_empty()
-            && (self.tx.unsent() == 0 || self.broken)
+            && (self.tx.unsent() == 0 || self.life.broken)
         {
-            self.closed = true;
+            self.life.closed = true;
         }
     }
 }
@@ -572,15 +572,15 @@ impl Conn for NbdConn {
     }
 
     fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
-        self.recv_armed = false;
+        self.life.recv_armed = false;
         if res <= 0 {
             if res < 0 && res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "receive failed");
-                self.broken = true;
+                self.life.broken = true;
             }
             // EOF or cancelled: the client is gone or we are stopping; finish what is in
             // flight, then close.
-            self.closing = true;
+            self.life.closing = true;
             return;
         }
         self.rx_hi += res as usize;
@@ -593,8 +593,8 @@ impl Conn for NbdConn {
             if res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "send failed");
             }
-            self.broken = true;
-            self.closing = true;
+            self.life.broken = true;
+            self.life.closing = true;
         }
     }
 
@@ -603,7 +603,7 @@ impl Conn for NbdConn {
             tracing::error!(slot, "completion for an unknown request slot");
             return;
         };
-        if !self.broken {
+        if !self.life.broken {
             debug_assert!(p.kind != cmd::READ || result.is_err() || data.len() == p.len as usize);
             self.finish(p, result, data);
         }
@@ -613,47 +613,41 @@ impl Conn for NbdConn {
         if self.errors > 0 && self.phase == Phase::Transmission {
             env.vol_counters[self.vol].errors += std::mem::take(&mut self.errors);
         }
-        if env.stopping && !self.shutting_down {
+        if env.stopping && !self.life.shutting_down {
             self.stop(env);
         }
-        if !self.broken && !self.recv_armed && !self.paused() {
+        if !self.life.broken && !self.life.recv_armed && !self.paused() {
             // Requests left in the buffer by backpressure can run now.
             self.process(env);
         }
-        if self.broken {
+        if self.life.broken {
             self.tx.drop_pending();
         } else {
             // SAFETY: the connection is not done while a send is armed (`try_close`).
             unsafe { self.tx.start(env.io, self.fd.as_raw_fd(), env.key) };
         }
-        if !self.closing && !self.recv_armed && !self.paused() {
+        if !self.life.closing && !self.life.recv_armed && !self.paused() {
             self.arm_recv(env);
         }
         self.try_close();
+        if let Some(h) = &self.host {
+            h.set_inflight(self.reqs.len());
+        }
+        if self.life.closed {
+            self.host = None;
+        }
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {
-        self.shutting_down = true;
-        self.closing = true;
-        if self.recv_armed && !self.cancel_sent {
-            self.cancel_sent = true;
-            self.cancel(env, Kind::Recv);
-        }
+        self.life.stop(env.io, env.key);
     }
 
     fn abort(&mut self, env: &mut Env<'_>) {
-        self.broken = true;
-        self.closing = true;
-        if self.recv_armed {
-            self.cancel(env, Kind::Recv);
-        }
-        if self.tx.armed() {
-            self.cancel(env, Kind::Send);
-        }
+        self.life.abort(env.io, env.key, self.tx.armed());
     }
 
     fn done(&self) -> bool {
-        self.closed
+        self.life.closed
     }
 
     fn describe(&self) -> String {
@@ -661,8 +655,8 @@ impl Conn for NbdConn {
             "nbd: phase {:?}, {} request(s) in flight, closing {}, receive armed {}, send armed {}, {} byte(s) unsent, {} byte(s) unparsed",
             self.phase,
             self.reqs.len(),
-            self.closing,
-            self.recv_armed,
+            self.life.closing,
+            self.life.recv_armed,
             self.tx.armed(),
             self.tx.unsent(),
             self.rx_hi - self.rx_lo

@@ -18,6 +18,7 @@
 //!   queue that sees the new version and then takes the lock reads the new state.
 
 use super::cmd::Status;
+use crate::transport::cursor::Cursor;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -612,39 +613,6 @@ pub struct ResvCmd {
     pub key2: u64,
 }
 
-/// Reads little-endian fields off the front of a slice.
-struct Cursor<'a>(&'a [u8]);
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn id(&mut self) -> Option<[u8; 16]> {
-        self.take(16)?.try_into().ok()
-    }
-    fn nqn(&mut self) -> Option<String> {
-        let n = self.u16()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-}
-
 fn put_nqn(out: &mut Vec<u8>, nqn: &str) {
     let b = &nqn.as_bytes()[..nqn.len().min(1024)];
     out.extend_from_slice(&(b.len() as u16).to_le_bytes());
@@ -669,7 +637,7 @@ impl ResvCmd {
     pub fn decode(b: &[u8]) -> Option<Self> {
         let mut c = Cursor(b);
         let cmd = Self {
-            nqn: c.nqn()?,
+            nqn: c.str16()?,
             nsid: c.u32()?,
             opcode: c.u8()?,
             cdw10: c.u32()?,
@@ -677,7 +645,7 @@ impl ResvCmd {
             key1: c.u64()?,
             key2: c.u64()?,
         };
-        c.0.is_empty().then_some(cmd)
+        c.is_empty().then_some(cmd)
     }
 
     /// Decide it on `n`.
@@ -715,7 +683,7 @@ pub fn encode_state(nqn: &str, nsid: u32, n: &NsResv) -> Vec<u8> {
 /// Parse a replicated state (`None`: malformed).
 pub fn decode_state(b: &[u8]) -> Option<(String, u32, NsResv)> {
     let mut c = Cursor(b);
-    let nqn = c.nqn()?;
+    let nqn = c.str16()?;
     let nsid = c.u32()?;
     let generation = c.u32()?;
     let rtype = c.u8()?;
@@ -735,7 +703,7 @@ pub fn decode_state(b: &[u8]) -> Option<(String, u32, NsResv)> {
             rkey: c.u64()?,
         });
     }
-    if !c.0.is_empty() || has_holder > 1 {
+    if !c.is_empty() || has_holder > 1 {
         return None;
     }
     let n = NsResv {
@@ -757,6 +725,10 @@ impl ResvTable {
         }) == Status::SUCCESS
     }
 }
+
+/// Kind byte of NVMe reservation commands and states among a mirrored volume's metadata
+/// (`layer::mirror::engine::MetaRouter`).
+pub const META_KIND: u8 = 1;
 
 /// A subsystem as the replicator sees it: NQN, reservation table, (nsid, volume) of each
 /// namespace.

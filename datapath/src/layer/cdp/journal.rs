@@ -59,6 +59,10 @@ pub struct CdpStats {
     pub switches_prepared: AtomicU64,
     /// Segment switches that created the segment on the reactor (no spare was ready).
     pub switches_created: AtomicU64,
+    /// Retention by size consolidated a segment that retention by age would have kept: the
+    /// history is shorter than its age target (set by the retention thread, never cleared
+    /// while the daemon runs: the history only recovers as time passes).
+    pub short_by_size: AtomicBool,
 }
 
 /// Where the writer starts (from recovery).

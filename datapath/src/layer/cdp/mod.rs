@@ -28,6 +28,7 @@ pub mod journal;
 pub mod pit;
 pub mod retain;
 pub mod store;
+pub mod view;
 
 use crate::bdev::{
     BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, LOWER_SLOT, ReadStart,
@@ -76,6 +77,8 @@ pub struct CdpInfo {
     pub created: u64,
     /// Published counters.
     pub stats: Arc<CdpStats>,
+    /// The history's age target (`retention_age`), if any.
+    pub retention_age_ns: Option<u64>,
 }
 
 impl CdpInfo {
@@ -83,12 +86,16 @@ impl CdpInfo {
     pub fn snapshot(&self) -> serde_json::Value {
         use std::sync::atomic::Ordering::Relaxed;
         let s = &self.stats;
+        let start = s.window_start.load(Relaxed).max(self.created);
+        let end = s.durable_time.load(Relaxed);
+        let history_s = end.saturating_sub(start) as f64 / 1e9;
+        let short = s.short_by_size.load(Relaxed);
         serde_json::json!({
             "group": self.group,
             "dir": self.dir.display().to_string(),
             "home_reactor": self.home,
-            "window_start_ns": s.window_start.load(Relaxed).max(self.created),
-            "window_end_ns": s.durable_time.load(Relaxed),
+            "window_start_ns": start,
+            "window_end_ns": end,
             "durable_seq": s.durable_seq.load(Relaxed),
             "records": s.records.load(Relaxed),
             "journal_bytes": s.journal_bytes.load(Relaxed),
@@ -97,6 +104,14 @@ impl CdpInfo {
             "switches_prepared": s.switches_prepared.load(Relaxed),
             "switches_created": s.switches_created.load(Relaxed),
             "journal": if s.stopped.load(Relaxed) { "stopped" } else { "running" },
+            "history_s": history_s,
+            "history_target_s": self.retention_age_ns.map(|a| a as f64 / 1e9),
+            "history_short": short,
+            "history_note": (short && self.retention_age_ns.is_some()).then(|| format!(
+                "history now {:.1} h, target {:.1} h: retention_bytes consolidated records younger than retention_age",
+                history_s / 3600.0,
+                self.retention_age_ns.unwrap_or(0) as f64 / 3.6e12
+            )),
         })
     }
 }

@@ -9,8 +9,10 @@
 //! the segment is deleted. The thread ([`spawn`]) runs a pass over every volume each second,
 //! at most one segment per volume per pass (the throttle).
 //!
-//! A segment holding a record newer than the oldest bookmark is never consolidated (the
-//! bookmark stays restorable, whatever retention says).
+//! A segment holding a record newer than the oldest bookmark, or than the point of an open
+//! view (`view::hold`), is never consolidated (the bookmark stays restorable and the view
+//! readable, whatever retention says). The base copy is changed only under the directory's
+//! consolidation lock (`view::lock_consolidation`).
 //!
 //! Invariants: the base copy never holds a record the meta's base point does not cover once
 //! the meta is written, and a crash anywhere leaves either the old meta with the segment still
@@ -25,7 +27,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -59,9 +61,24 @@ fn segments(dir: &Path) -> Result<Vec<(u64, u64)>, CdpError> {
     Ok(v)
 }
 
+/// What one consolidation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Consolidated {
+    /// The new base point's sequence.
+    pub base_seq: u64,
+    /// Retention by age released the segment.
+    pub by_age: bool,
+    /// Retention by size released it.
+    pub by_size: bool,
+}
+
 /// One pass over `dir` at site time `now`: consolidate its oldest segment if retention
-/// releases it. Returns the new base point's sequence when it did.
-pub fn consolidate_once(dir: &Path, r: &Retention, now: u64) -> Result<Option<u64>, CdpError> {
+/// releases it. Returns what it did, when it did.
+pub fn consolidate_once(
+    dir: &Path,
+    r: &Retention,
+    now: u64,
+) -> Result<Option<Consolidated>, CdpError> {
     let (in_use, _) = store::segments_in_use(dir)?;
     let segs: Vec<(u64, u64)> = segments(dir)?
         .into_iter()
@@ -86,10 +103,21 @@ pub fn consolidate_once(dir: &Path, r: &Retention, now: u64) -> Result<Option<u6
     if !(by_age || by_size) {
         return Ok(None);
     }
-    if let Some(b) = super::bookmark::hold(dir)
+    // The base copy changes only under the lock, so a view that registers its hold and then
+    // takes the lock once never sees a pass that missed its hold (view.rs).
+    let _lock = super::view::lock_consolidation(dir).map_err(|source| CdpError::Io {
+        what: "lock",
+        path: super::view::consolidate_lock(dir),
+        source,
+    })?;
+    let held = [super::bookmark::hold(dir), super::view::hold(dir)]
+        .into_iter()
+        .flatten()
+        .min();
+    if let Some(b) = held
         && newest > b
     {
-        // A bookmark inside this segment (or before it) must stay restorable.
+        // A bookmark or an open view inside this segment (or before it) must stay readable.
         return Ok(None);
     }
     apply(dir, segno, &index.entries)?;
@@ -102,7 +130,11 @@ pub fn consolidate_once(dir: &Path, r: &Retention, now: u64) -> Result<Option<u6
     store::remove_segment(dir, segno)?;
     tracing::info!(dir = %dir.display(), segment = segno, base_seq = m.base_seq, by_age, by_size,
         "cdp: consolidated the oldest segment into the base copy");
-    Ok(Some(m.base_seq))
+    Ok(Some(Consolidated {
+        base_seq: m.base_seq,
+        by_age,
+        by_size,
+    }))
 }
 
 fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(), CdpError> {
@@ -160,8 +192,17 @@ pub struct Retained {
     pub dir: PathBuf,
     /// What it keeps.
     pub retention: Retention,
-    /// Where its window starts now (published after each consolidation).
-    pub window_start: Arc<AtomicU64>,
+    /// Its counters: where its window starts now (published after each consolidation),
+    /// where it ends, and whether size cut the history short of its age target.
+    pub stats: Arc<super::journal::CdpStats>,
+}
+
+/// How often "history now X, target Y" is logged again while size keeps winning over age.
+const SHORT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// `ns` as hours with one decimal (for an operator's log line).
+fn hours(ns: u64) -> String {
+    format!("{:.1} h", ns as f64 / 3.6e12)
 }
 
 /// Start the retention thread over `vols`; it stops when `stop` is set.
@@ -169,12 +210,28 @@ pub fn spawn(vols: Vec<Retained>, stop: Arc<AtomicBool>) -> std::io::Result<Join
     std::thread::Builder::new()
         .name("cdp-retention".into())
         .spawn(move || {
+            let mut last_short_log = std::collections::HashMap::new();
             while !stop.load(Ordering::SeqCst) {
                 for v in &vols {
-                    match consolidate_once(&v.dir, &v.retention, super::clock::now()) {
-                        Ok(Some(_)) => {
+                    let now = super::clock::now();
+                    match consolidate_once(&v.dir, &v.retention, now) {
+                        Ok(Some(c)) => {
                             if let Ok(m) = store::read_meta(&v.dir) {
-                                v.window_start.store(m.window_start(), Ordering::Relaxed);
+                                v.stats.window_start.store(m.window_start(), Ordering::Relaxed);
+                            }
+                            if c.by_size && !c.by_age {
+                                v.stats.short_by_size.store(true, Ordering::Relaxed);
+                                let due = last_short_log
+                                    .get(&v.dir)
+                                    .is_none_or(|t: &std::time::Instant| t.elapsed() >= SHORT_LOG_EVERY);
+                                if due {
+                                    last_short_log.insert(v.dir.clone(), std::time::Instant::now());
+                                    let start = v.stats.window_start.load(Ordering::Relaxed);
+                                    tracing::warn!(dir = %v.dir.display(),
+                                        "cdp: history now {}, target {}: retention_bytes consolidated records younger than retention_age (give the journal more space, or accept the shorter history)",
+                                        hours(now.saturating_sub(start)),
+                                        hours(v.retention.age_ns.unwrap_or(0)));
+                                }
                             }
                         }
                         Ok(None) => {}

@@ -17,8 +17,8 @@ use twinblk_witness::Key;
 /// `W R M T` on the wire.
 pub const MAGIC: u32 = 0x544D_5257;
 /// Protocol version (2: the handshake is authenticated; 3: the resync target confirms
-/// RESYNC_DONE with RESYNC_DONE_ACK).
-pub const VERSION: u8 = 3;
+/// RESYNC_DONE with RESYNC_DONE_ACK; 4: metadata payloads start with their kind byte).
+pub const VERSION: u8 = 4;
 /// Bytes of a handshake nonce.
 pub const NONCE: usize = 32;
 /// Bytes of a handshake proof (HMAC-SHA256).
@@ -250,6 +250,11 @@ pub fn decode(buf: &[u8]) -> Decoded {
     if buf[4] == 2 {
         return Decoded::Bad(
             "peer speaks protocol version 2 (no RESYNC_DONE confirmation): refused; run the same twinblk version at both sites",
+        );
+    }
+    if buf[4] == 3 {
+        return Decoded::Bad(
+            "peer speaks protocol version 3 (metadata without a kind byte): refused; run the same twinblk version at both sites",
         );
     }
     if buf[4] != VERSION {
@@ -692,8 +697,11 @@ mod tests {
         };
         assert!(matches!(decode(&msg(&caw, &[0; 16])), Decoded::Msg(..)));
         let mut v = msg(&Header::new(Type::Ping), &[]);
-        v[4] = 4;
+        v[4] = 5;
         assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
+        // A version-3 peer (metadata without a kind byte) is refused by name.
+        v[4] = 3;
+        assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 3")));
         // A version-2 peer (RESYNC_DONE unconfirmed) is refused by name.
         v[4] = 2;
         assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 2")));

@@ -9,7 +9,9 @@
 //! runtime's shared state, which `on_io` does not get).
 //!
 //! Invariants: a task enters at most once (all of its device operations are covered by that
-//! one count) and leaves exactly once; a diverted task never entered.
+//! one count) and leaves exactly once; a diverted task never entered. The exception is an
+//! EXTENDED COPY run (`copy.rs`): each of its operations enters (and leaves) for itself, in
+//! the volume it touches, so a pair waits for at most one chunk of a copy.
 
 use super::IscsiConn;
 use crate::frontend::nvmf::Note as NvNote;

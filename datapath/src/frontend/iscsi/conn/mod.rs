@@ -10,7 +10,8 @@
 //!   final Login Response.
 //! - Full feature: every whole PDU in the receive buffer is acted on in arrival order. SCSI
 //!   commands become tasks (`task.rs`); NOP-Out, Text, Task Management and Logout are answered
-//!   here. Answers accumulate in `tx_pending` and leave in one send per turn.
+//!   here. Answers accumulate in the send queue (`transport::tcp::SendQueue`) and leave in one
+//!   send per turn.
 //! - Closing: no new PDU is acted on; the connection is `done` once no receive, send or
 //!   device operation is in flight.
 //!
@@ -21,13 +22,14 @@
 //! NOP-In answering a NOP-Out, Text, TMF, Logout, Login Responses, Reject).
 //!
 //! Invariants:
-//! - `rx` is resized or compacted only while no receive is armed; `tx_sending` is not touched
-//!   while its send is armed. The kernel never sees a buffer move.
+//! - `rx` is resized or compacted only while no receive is armed; the bytes being sent are not
+//!   touched while their send is armed (`SendQueue`). The kernel never sees a buffer move.
 //! - Every task that reached a device gets exactly one SCSI status, unless it was aborted by a
 //!   task management function or the socket broke.
 //! - Backpressure: at most [`MAX_TASKS`] tasks and about [`TX_HIGH_WATER`] unsent bytes; past
 //!   either, the connection stops reading until they drain.
 
+mod copy;
 mod excl;
 mod session;
 mod task;
@@ -36,6 +38,7 @@ use crate::frontend::iscsi::IscsiShared;
 use crate::frontend::iscsi::login::{self, Negotiation, Params, SessionType};
 use crate::frontend::iscsi::pdu::{self, Bhs, Digests, NO_TAG, Req, Violation, op, reject};
 use crate::runtime::{Conn, Env};
+use crate::transport::tcp::{Lifecycle, SendQueue};
 use crate::uring::{Errno, Kind, UserData};
 use io_uring::{opcode, squeue, types};
 use slab::Slab;
@@ -113,6 +116,10 @@ pub struct IscsiConn {
     pub(super) tmf_wait: Vec<(u32, u8, u8, Vec<u32>)>,
     /// Volumes whose atomic section a retired task entered: left in `flush`.
     pub(super) leaves: Vec<usize>,
+    /// EXTENDED COPY runs whose device operation completed: stepped in `flush` (`copy.rs`).
+    pub(super) copy_ready: Vec<u32>,
+    /// Statuses of finished copies with a held list identifier (RECEIVE COPY RESULTS).
+    pub(super) copy_results: Vec<crate::frontend::iscsi::xcopy::Held>,
     /// A unit attention to report on the next command (per LUN index).
     pub(super) ua: Vec<Option<crate::frontend::iscsi::scsi::Sense>>,
     /// Path-state change and reset counts last seen, per LUN index (unit attentions).
@@ -126,17 +133,12 @@ pub struct IscsiConn {
     rx: Vec<u8>,
     rx_lo: usize,
     rx_hi: usize,
-    recv_armed: bool,
-    tx_sending: Vec<u8>,
-    tx_sent: usize,
-    send_armed: bool,
-    pub(super) tx_pending: Vec<u8>,
-    pub(super) closing: bool,
-    pub(super) broken: bool,
-    shutting_down: bool,
-    cancel_sent: bool,
-    closed: bool,
+    pub(super) tx: SendQueue,
+    /// Receive armed, closing, broken, stopping, closed.
+    pub(super) life: Lifecycle,
     pub(super) errors: u64,
+    /// This session's entry in the hosts registry (normal sessions, from login until closed).
+    pub(super) host: Option<crate::runtime::hosts::HostHandle>,
 }
 
 impl IscsiConn {
@@ -167,6 +169,8 @@ impl IscsiConn {
             logout: None,
             tmf_wait: Vec::new(),
             leaves: Vec::new(),
+            copy_ready: Vec::new(),
+            copy_results: Vec::new(),
             ua: Vec::new(),
             path_seen: Vec::new(),
             ping_ts: Box::new(types::Timespec::new()),
@@ -175,17 +179,10 @@ impl IscsiConn {
             rx: vec![0; RX_INITIAL],
             rx_lo: 0,
             rx_hi: 0,
-            recv_armed: false,
-            tx_sending: Vec::with_capacity(RX_INITIAL),
-            tx_sent: 0,
-            send_armed: false,
-            tx_pending: Vec::with_capacity(RX_INITIAL),
-            closing: false,
-            broken: false,
-            shutting_down: false,
-            cancel_sent: false,
-            closed: false,
+            tx: SendQueue::with_capacity(RX_INITIAL),
+            life: Lifecycle::default(),
             errors: 0,
+            host: None,
         }
     }
 
@@ -203,7 +200,7 @@ impl IscsiConn {
 
     /// Append a PDU with this connection's digests.
     pub(super) fn put(&mut self, h: Bhs, data: &[u8]) {
-        pdu::put_pdu(&mut self.tx_pending, h, data, self.dg);
+        pdu::put_pdu(&mut self.tx.pending, h, data, self.dg);
     }
 
     /// A PDU that carries a status: StatSN (taken), ExpCmdSN, MaxCmdSN set.
@@ -216,8 +213,8 @@ impl IscsiConn {
     pub(super) fn violation(&mut self, env: &mut Env<'_>, what: &str) {
         env.counters.violations += 1;
         tracing::warn!(conn = env.key, phase = ?self.phase, what, "iSCSI protocol violation; closing connection");
-        self.closing = true;
-        self.broken = true;
+        self.life.closing = true;
+        self.life.broken = true;
     }
 
     /// Reject a PDU (its header is returned in the data segment).
@@ -234,8 +231,7 @@ impl IscsiConn {
     }
 
     fn paused(&self) -> bool {
-        self.tasks.len() >= MAX_TASKS
-            || self.tx_pending.len() + self.tx_sending.len() >= TX_HIGH_WATER
+        self.tasks.len() >= MAX_TASKS || self.tx.held() >= TX_HIGH_WATER
     }
 
     /// The largest data segment accepted: the target's MaxRecvDataSegmentLength (during
@@ -250,8 +246,8 @@ impl IscsiConn {
     /// Parse and act on everything whole in the receive buffer.
     fn process(&mut self, env: &mut Env<'_>) {
         let rx = std::mem::take(&mut self.rx);
-        while !self.closing && self.rx_lo < self.rx_hi {
-            if !self.shutting_down && self.paused() {
+        while !self.life.closing && self.rx_lo < self.rx_hi {
+            if !self.life.shutting_down && self.paused() {
                 break;
             }
             let avail = &rx[self.rx_lo..self.rx_hi];
@@ -274,7 +270,7 @@ impl IscsiConn {
                     self.reject(env, reject::DATA_DIGEST, &bhs);
                     self.rx_lo += len;
                     if bhs[0] & 0x3F == op::DATA_OUT || bhs[0] & 0x3F == op::SCSI_CMD {
-                        self.closing = true;
+                        self.life.closing = true;
                     }
                     continue;
                 }
@@ -309,7 +305,7 @@ impl IscsiConn {
             op::LOGIN_REQ => {
                 // A login on a connection in full feature phase is a protocol error.
                 self.reject(env, reject::PROTOCOL, p.bhs);
-                self.closing = true;
+                self.life.closing = true;
             }
             op::SNACK => self.reject(env, reject::NOT_SUPPORTED, p.bhs),
             _ => self.reject(env, reject::NOT_SUPPORTED, p.bhs),
@@ -409,7 +405,7 @@ impl IscsiConn {
                 .itt(itt)
                 .u32(40, 0);
             self.put_status(h, &[]);
-            self.closing = true;
+            self.life.closing = true;
         }
     }
 
@@ -500,7 +496,7 @@ impl IscsiConn {
     // ----- socket -----
 
     fn make_room(&mut self) {
-        debug_assert!(!self.recv_armed);
+        debug_assert!(!self.life.recv_armed);
         let avail = &self.rx[self.rx_lo..self.rx_hi];
         let need = pdu::needs(avail, self.dg).max(RX_MIN_FREE);
         if self.rx.len() - self.rx_lo < need || self.rx.len() - self.rx_hi < RX_MIN_FREE {
@@ -546,7 +542,7 @@ impl IscsiConn {
             unsafe { env.io.push_recv(self.fd.as_raw_fd(), free, env.key) };
             self.ping_armed = false;
         }
-        self.recv_armed = true;
+        self.life.recv_armed = true;
     }
 
     /// The idle-ping timeout fired: ping, or give up on an initiator that did not answer the
@@ -554,8 +550,8 @@ impl IscsiConn {
     fn idle_timeout(&mut self, env: &mut Env<'_>) {
         if self.ping_pending {
             tracing::warn!(conn = env.key, initiator = %self.initiator, "iSCSI initiator silent after a NOP-In ping; closing the connection");
-            self.broken = true;
-            self.closing = true;
+            self.life.broken = true;
+            self.life.closing = true;
             return;
         }
         self.ping_pending = true;
@@ -568,29 +564,19 @@ impl IscsiConn {
         self.put(h, &[]);
     }
 
-    fn arm_send(&mut self, env: &mut Env<'_>) {
-        let rest = &self.tx_sending[self.tx_sent..];
-        // SAFETY: tx_sending is not modified while the send is armed (invariant), and the
-        // connection outlives it.
-        unsafe { env.io.push_send(self.fd.as_raw_fd(), rest, env.key) };
-        self.send_armed = true;
-    }
-
     fn cancel(&mut self, env: &mut Env<'_>, kind: Kind) {
-        let sqe = opcode::AsyncCancel::new(UserData::new(kind, env.key).0)
-            .build()
-            .user_data(UserData::new(Kind::Cancel, env.key).0);
-        // SAFETY: a cancel references no user memory.
-        unsafe { env.io.push(&sqe) };
+        Lifecycle::cancel(env.io, env.key, kind);
     }
 
     fn try_close(&mut self) {
-        if self.closing && !self.recv_armed && !self.send_armed && self.tasks_at_device() == 0 {
-            let unsent = self.tx_pending.len() + self.tx_sending.len() - self.tx_sent;
-            if unsent == 0 || self.broken {
-                self.closed = true;
-                self.release_reservations();
-            }
+        if self.life.closing
+            && !self.life.recv_armed
+            && !self.tx.armed()
+            && self.tasks_at_device() == 0
+            && (self.tx.unsent() == 0 || self.life.broken)
+        {
+            self.life.closed = true;
+            self.release_reservations();
         }
     }
 }
@@ -612,8 +598,12 @@ impl Conn for IscsiConn {
     }
 
     fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
-        self.recv_armed = false;
-        if res == -libc::ECANCELED && self.ping_armed && !self.cancel_sent && !self.closing {
+        self.life.recv_armed = false;
+        if res == -libc::ECANCELED
+            && self.ping_armed
+            && !self.life.cancel_sent
+            && !self.life.closing
+        {
             self.ping_armed = false;
             return self.idle_timeout(env);
         }
@@ -623,9 +613,9 @@ impl Conn for IscsiConn {
         if res <= 0 {
             if res < 0 && res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "receive failed");
-                self.broken = true;
+                self.life.broken = true;
             }
-            self.closing = true;
+            self.life.closing = true;
             return;
         }
         self.rx_hi += res as usize;
@@ -634,21 +624,13 @@ impl Conn for IscsiConn {
     }
 
     fn on_send(&mut self, env: &mut Env<'_>, res: i32) {
-        self.send_armed = false;
-        if res <= 0 {
+        // SAFETY: the connection is not done while a send is armed (`try_close`).
+        if let Err(res) = unsafe { self.tx.on_send(env.io, self.fd.as_raw_fd(), env.key, res) } {
             if res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "send failed");
             }
-            self.broken = true;
-            self.closing = true;
-            return;
-        }
-        self.tx_sent += res as usize;
-        if self.tx_sent < self.tx_sending.len() {
-            self.arm_send(env);
-        } else {
-            self.tx_sending.clear();
-            self.tx_sent = 0;
+            self.life.broken = true;
+            self.life.closing = true;
         }
     }
 
@@ -657,12 +639,14 @@ impl Conn for IscsiConn {
     }
 
     fn on_note(&mut self, _env: &mut Env<'_>, note: crate::runtime::Note) {
+        // Anything else is a `copy::Kick`: the turn it asks for is this one (`flush` follows).
         if let Ok(n) = note.downcast::<crate::frontend::nvmf::Note>() {
             self.home_done(*n);
         }
     }
 
     fn flush(&mut self, env: &mut Env<'_>) {
+        self.drive_copies(env);
         self.leave_sections(env);
         if self.errors > 0 {
             // Counted against the session's target's first LUN's volume.
@@ -675,55 +659,47 @@ impl Conn for IscsiConn {
                 env.vol_counters[l.volume].errors += std::mem::take(&mut self.errors);
             }
         }
-        if env.stopping && !self.shutting_down {
+        if env.stopping && !self.life.shutting_down {
             self.stop(env);
         }
         self.finish_tmfs();
         self.finish_logout();
-        if !self.broken && !self.recv_armed && !self.paused() && !self.closing {
+        if !self.life.broken && !self.life.recv_armed && !self.paused() && !self.life.closing {
             self.process(env);
             self.run_held(env);
         }
-        if self.broken {
-            self.tx_pending.clear();
-        } else if !self.send_armed && !self.tx_pending.is_empty() {
-            std::mem::swap(&mut self.tx_sending, &mut self.tx_pending);
-            self.tx_pending.clear();
-            self.tx_sent = 0;
-            self.arm_send(env);
+        if self.life.broken {
+            self.tx.drop_pending();
+        } else {
+            // SAFETY: the connection is not done while a send is armed (`try_close`).
+            unsafe { self.tx.start(env.io, self.fd.as_raw_fd(), env.key) };
         }
-        if !self.closing && !self.recv_armed && !self.paused() {
+        if !self.life.closing && !self.life.recv_armed && !self.paused() {
             self.arm_recv(env);
         }
-        if self.closing && self.recv_armed && !self.cancel_sent {
-            self.cancel_sent = true;
+        if self.life.closing && self.life.recv_armed && !self.life.cancel_sent {
+            self.life.cancel_sent = true;
             self.cancel(env, Kind::Recv);
         }
         self.try_close();
+        if let Some(h) = &self.host {
+            h.set_inflight(self.tasks.len());
+        }
+        if self.life.closed {
+            self.host = None;
+        }
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {
-        self.shutting_down = true;
-        self.closing = true;
-        if self.recv_armed && !self.cancel_sent {
-            self.cancel_sent = true;
-            self.cancel(env, Kind::Recv);
-        }
+        self.life.stop(env.io, env.key);
     }
 
     fn abort(&mut self, env: &mut Env<'_>) {
-        self.broken = true;
-        self.closing = true;
-        if self.recv_armed {
-            self.cancel(env, Kind::Recv);
-        }
-        if self.send_armed {
-            self.cancel(env, Kind::Send);
-        }
+        self.life.abort(env.io, env.key, self.tx.armed());
     }
 
     fn done(&self) -> bool {
-        self.closed
+        self.life.closed
     }
 
     fn describe(&self) -> String {
@@ -732,10 +708,10 @@ impl Conn for IscsiConn {
             self.phase,
             self.tasks.len(),
             self.tasks_at_device(),
-            self.closing,
-            self.recv_armed,
-            self.send_armed,
-            self.tx_pending.len() + self.tx_sending.len() - self.tx_sent,
+            self.life.closing,
+            self.life.recv_armed,
+            self.tx.armed(),
+            self.tx.unsent(),
         )
     }
 }

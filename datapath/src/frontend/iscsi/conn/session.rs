@@ -48,7 +48,7 @@ impl IscsiConn {
             .byte(37, st.1);
         h.0[8..14].copy_from_slice(&isid);
         self.put_status(h, &[]);
-        self.closing = true;
+        self.life.closing = true;
     }
 
     /// A Login Request.
@@ -237,6 +237,20 @@ impl IscsiConn {
                 data: self.params.data_digest,
             };
             tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session, "iSCSI login complete");
+            if self.session == SessionType::Normal
+                && let Some(t) = self.sh.targets.get(self.target)
+            {
+                let mut rec = crate::runtime::hosts::HostRecord::new(
+                    "iscsi",
+                    env.io.reactor,
+                    env.key,
+                    t.iqn.clone(),
+                );
+                rec.peer = crate::transport::tcp::peer_addr(&self.fd);
+                rec.host = Some(self.initiator.clone());
+                rec.volumes = t.luns.iter().map(|l| l.volume).collect();
+                self.host = Some(env.shared.hosts.register(rec));
+            }
         } else {
             self.login = Some(st);
         }
@@ -338,7 +352,7 @@ impl IscsiConn {
                 let h = Bhs::new(op::TMF_RSP, 0x80).byte(2, code).itt(itt);
                 self.put_status(h, &[]);
                 if matches!(func, 7 | 11) && code == tmf_rsp::COMPLETE {
-                    self.closing = true;
+                    self.life.closing = true;
                 }
             } else {
                 i += 1;

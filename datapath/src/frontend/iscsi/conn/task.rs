@@ -8,7 +8,8 @@
 //! a time for at most MaxBurstLength each. Once the data is whole the task executes: pages are
 //! built at once; media commands go to the channel (several device operations for UNMAP and
 //! WRITE SAME, counted in `parts`); COMPARE AND WRITE goes to the volume's home executor, the
-//! path NVMe fused Compare+Write takes (atomic across both sites for a mirrored volume).
+//! path NVMe fused Compare+Write takes (atomic across both sites for a mirrored volume);
+//! EXTENDED COPY runs chunk by chunk in its task (`copy.rs`).
 //!
 //! Invariants:
 //! - A task whose operations are at a device stays in the slab (its slot cannot be reused)
@@ -26,6 +27,7 @@ use crate::bdev::volume::PathState;
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::iscsi::pages::{self, LunInfo};
 use crate::frontend::iscsi::pdu::{Bhs, NO_TAG, Req, op, reject};
+use crate::frontend::iscsi::prs;
 use crate::frontend::iscsi::scsi::{self, Cmd, Sense, status};
 use crate::frontend::nvmf::Note as NvNote;
 use crate::frontend::nvmf::atomic::{FusedReq, OpKind, Origin};
@@ -75,6 +77,8 @@ pub(super) struct Task {
     pub(super) aborted: bool,
     /// The task counts in its volume's atomic section (left when it is retired).
     pub(super) entered: bool,
+    /// A running EXTENDED COPY (`copy.rs`).
+    pub(super) copy: Option<Box<super::copy::Run>>,
 }
 
 /// The sense a device error becomes.
@@ -85,7 +89,9 @@ pub(super) fn sense_of(e: Errno, write: bool) -> Sense {
         Errno::INVAL => Sense::INVALID_FIELD_CDB,
         Errno::NOTSUP => Sense::INVALID_OPCODE,
         Errno::PERM => Sense::WRITE_PROTECTED,
-        Errno::SHUTDOWN => Sense::ALUA_UNAVAILABLE,
+        // This site cannot serve it (no read lease, fenced, refused): another path may, so
+        // the path's state, never a medium error (multipath does not fail over on those).
+        Errno::SHUTDOWN | Errno::UNAVAILABLE => Sense::ALUA_UNAVAILABLE,
         _ if write => Sense::WRITE_ERROR,
         _ => Sense::READ_ERROR,
     }
@@ -149,14 +155,17 @@ fn allowed_when_reserved(cmd: &Cmd) -> bool {
 /// read-class one, `None` for commands every nexus may issue (SPC-4 §5.13.1).
 fn pr_class(cmd: &Cmd) -> Option<bool> {
     match cmd {
-        Cmd::Read(_) | Cmd::Verify { .. } | Cmd::Prefetch(_) | Cmd::GetLbaStatus { .. } => {
-            Some(false)
-        }
+        Cmd::Read(_)
+        | Cmd::Verify { .. }
+        | Cmd::Prefetch(_)
+        | Cmd::GetLbaStatus { .. }
+        | Cmd::ReceiveCopyResults { .. } => Some(false),
         Cmd::Write(_)
         | Cmd::WriteVerify(_)
         | Cmd::WriteSame { .. }
         | Cmd::Unmap { .. }
         | Cmd::CompareAndWrite(_)
+        | Cmd::ExtendedCopy { .. }
         | Cmd::SyncCache
         | Cmd::ModeSelect { .. }
         | Cmd::Reserve
@@ -425,6 +434,7 @@ impl IscsiConn {
             result: Ok(()),
             aborted: false,
             entered: false,
+            copy: None,
         };
         let slot = self.tasks.insert(task) as u32;
         self.advance(env, slot);
@@ -649,6 +659,9 @@ impl IscsiConn {
             (Cmd::ReportTpg { extended, alloc }, Some(l)) => {
                 Some(page(Ok(pages::report_tpg(l, extended)), alloc))
             }
+            (Cmd::ReceiveCopyResults { sa, list_id, alloc }, Some(l)) => {
+                Some(page(self.copy_results(sa, list_id, l.block), alloc))
+            }
             _ => None,
         };
         if let Some(b) = built {
@@ -671,6 +684,7 @@ impl IscsiConn {
         };
         let r = match cmd {
             Cmd::TestUnitReady | Cmd::StartStop | Cmd::PreventAllow => Ok(()),
+            Cmd::ExtendedCopy { .. } => return self.extended_copy(env, slot),
             Cmd::Prefetch(rw) => range(rw.lba, u64::from(rw.blocks)).map(|_| ()),
             Cmd::PrIn { sa, alloc } => {
                 let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
@@ -683,22 +697,17 @@ impl IscsiConn {
                 };
             }
             Cmd::PrOut { sa, scope_type, .. } => {
-                let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
                 let p = std::mem::take(&mut self.tasks[slot as usize].buf);
-                let o = pr.out(&self.me, &self.initiator, sa, scope_type, &p);
+                let parsed = prs::parse_out(sa, scope_type, &p);
                 self.tasks[slot as usize].buf = p;
-                match o {
-                    crate::frontend::iscsi::prs::Outcome::Good => Ok(()),
-                    crate::frontend::iscsi::prs::Outcome::Check(s) => Err(s),
-                    crate::frontend::iscsi::prs::Outcome::Conflict => {
-                        let h = Bhs::new(op::SCSI_RSP, 0x80)
-                            .byte(3, status::RESERVATION_CONFLICT)
-                            .itt(self.tasks[slot as usize].itt);
-                        self.put_status(h, &[]);
-                        let t = self.tasks.remove(slot as usize);
-                        return self.put_buf(t.buf);
-                    }
-                }
+                let o = match parsed {
+                    Err(s) => prs::Outcome::Check(s),
+                    Ok(out) => match self.pr_out(env, slot, vol, lun_idx, out) {
+                        Some(o) => o,
+                        None => return,
+                    },
+                };
+                return self.pr_done(slot, o);
             }
             Cmd::Reserve | Cmd::Release => {
                 let cell = &self.sh.targets[self.target].luns[lun_idx].reserved;
@@ -708,14 +717,7 @@ impl IscsiConn {
                     match cell.compare_exchange(0, self.nexus, o, a) {
                         Ok(_) => Ok(()),
                         Err(h) if h == self.nexus => Ok(()),
-                        Err(_) => {
-                            let h = Bhs::new(op::SCSI_RSP, 0x80)
-                                .byte(3, status::RESERVATION_CONFLICT)
-                                .itt(self.tasks[slot as usize].itt);
-                            self.put_status(h, &[]);
-                            let t = self.tasks.remove(slot as usize);
-                            return self.put_buf(t.buf);
-                        }
+                        Err(_) => return self.conflict(slot),
                     }
                 } else {
                     // Releasing another nexus's reservation (or none) does nothing.
@@ -1103,12 +1105,82 @@ impl IscsiConn {
     }
 
     /// A device operation of a task finished.
+    /// A checked PERSISTENT RESERVE OUT: on a mirrored volume sent through its channel to the
+    /// volume's leader site, which decides it for both sites (`None`: pending, answered in
+    /// [`Self::device_done`]); on any other volume decided here.
+    fn pr_out(
+        &mut self,
+        env: &mut Env<'_>,
+        slot: u32,
+        vol: usize,
+        lun_idx: usize,
+        out: prs::PrOut,
+    ) -> Option<prs::Outcome> {
+        let t = &self.sh.targets[self.target];
+        let pr = std::sync::Arc::clone(&t.luns[lun_idx].pr);
+        let cmd = prs::PrCmd {
+            target: t.iqn.clone(),
+            lun: t.luns[lun_idx].lun,
+            me: self.me,
+            name: self.initiator.clone(),
+            out,
+        };
+        let bytes = crate::layer::mirror::engine::tagged(prs::META_KIND, &cmd.encode());
+        let tag = IoTag {
+            conn: env.key,
+            slot,
+        };
+        match env.chans[vol].meta(env.io, tag, &bytes) {
+            None => Some(pr.apply(&self.me, &self.initiator, &out)),
+            Some(Start::Done(r)) => Some(prs::outcome_of(r)),
+            Some(Start::Pending) => {
+                let t = &mut self.tasks[slot as usize];
+                t.parts += 1;
+                t.stage = Stage::Device;
+                None
+            }
+        }
+    }
+
+    /// Answer a PERSISTENT RESERVE OUT.
+    fn pr_done(&mut self, slot: u32, o: prs::Outcome) {
+        match o {
+            prs::Outcome::Good => self.complete(slot, Ok(())),
+            prs::Outcome::Check(s) => self.complete(slot, Err(s)),
+            prs::Outcome::Conflict => self.conflict(slot),
+        }
+    }
+
+    /// Answer RESERVATION CONFLICT (a status without sense data).
+    pub(super) fn conflict(&mut self, slot: u32) {
+        let Some(t) = self.tasks.try_remove(slot as usize) else {
+            return;
+        };
+        if t.entered {
+            self.leaves.push(t.vol);
+        }
+        if !t.aborted {
+            self.errors += 1;
+            let h = Bhs::new(op::SCSI_RSP, 0x80)
+                .byte(3, status::RESERVATION_CONFLICT)
+                .itt(t.itt);
+            self.put_status(h, &[]);
+        }
+        self.put_buf(t.buf);
+    }
+
     pub(super) fn device_done(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]) {
         let Some(t) = self.tasks.get_mut(slot as usize) else {
             tracing::error!(slot, "completion for an unknown iSCSI task slot");
             return;
         };
+        if t.copy.is_some() {
+            return self.copy_io_done(slot, result, data);
+        }
         t.parts = t.parts.saturating_sub(1);
+        if matches!(t.cmd, Cmd::PrOut { .. }) {
+            return self.pr_done(slot, prs::outcome_of(result));
+        }
         let write = !matches!(t.cmd, Cmd::Read(_) | Cmd::Verify { .. });
         if let Err(e) = result {
             t.result = Err(sense_of(e, write));
@@ -1138,6 +1210,9 @@ impl IscsiConn {
             let Some(t) = self.tasks.get_mut(slot as usize) else {
                 return;
             };
+            if t.copy.is_some() {
+                return self.copy_home_done(slot, r, data);
+            }
             t.parts = 0;
             if r.is_ok() && matches!(t.cmd, Cmd::Read(_) | Cmd::Verify { .. }) {
                 return self.read_done(slot, &data);
@@ -1153,7 +1228,7 @@ impl IscsiConn {
 
     /// Whether this nexus may issue a read- (`write` false) or write-class command to LUN
     /// index `i`: one atomic load, the lock only when the reservation state changed.
-    fn pr_allows(&mut self, i: usize, write: bool) -> bool {
+    pub(super) fn pr_allows(&mut self, i: usize, write: bool) -> bool {
         let pr = &self.sh.targets[self.target].luns[i].pr;
         let v = pr.version.load(std::sync::atomic::Ordering::Acquire);
         if self.pr_cache.len() <= i {
@@ -1198,5 +1273,20 @@ impl IscsiConn {
             return None;
         }
         self.ua[i].take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_another_path_may_serve_answers_the_path_state_never_a_medium_error() {
+        for e in [Errno::UNAVAILABLE, Errno::SHUTDOWN] {
+            assert_eq!(sense_of(e, true), Sense::ALUA_UNAVAILABLE, "{e:?} write");
+            assert_eq!(sense_of(e, false), Sense::ALUA_UNAVAILABLE, "{e:?} read");
+        }
+        assert_eq!(sense_of(Errno::IO, true), Sense::WRITE_ERROR);
+        assert_eq!(sense_of(Errno::IO, false), Sense::READ_ERROR);
     }
 }

@@ -343,7 +343,7 @@ impl NvmfConn {
         let mine = matches!(self.role, Role::Io)
             && self.qid == sqid
             && self.ctrl.as_ref().is_some_and(|c| c.cntlid == cntlid);
-        if !mine || self.terminated || self.broken {
+        if !mine || self.terminated || self.life.broken {
             return false;
         }
         // Not yet given an R2T: drop it.

@@ -16,6 +16,7 @@ use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, fctype, prop};
 use crate::frontend::nvmf::ctrl::AttachError;
 use crate::frontend::nvmf::pdu::{self, Violation, fes};
 use crate::runtime::Env;
+use crate::runtime::hosts::HostRecord;
 use std::sync::atomic::Ordering;
 
 /// Data direction of a command: opcode bits 1:0 (fctype for fabrics commands) = 01.
@@ -167,6 +168,25 @@ impl NvmfConn {
         self.resv_cache.clear();
         let id = ctrl.cntlid;
         self.ctrl = Some(ctrl);
+        let target = match subsys {
+            Some(s) => nv.subsystems[s].nqn.clone(),
+            None => cmd::DISCOVERY_NQN.to_string(),
+        };
+        let mut rec = HostRecord::new("nvmf", env.io.reactor, env.key, target);
+        rec.peer = crate::transport::tcp::peer_addr(&self.fd);
+        rec.host = Some(hostnqn.to_string());
+        rec.volumes = subsys
+            .map(|s| {
+                nv.subsystems[s]
+                    .namespaces
+                    .iter()
+                    .map(|n| n.volume)
+                    .collect()
+            })
+            .unwrap_or_default();
+        rec.queue = Some(qid);
+        rec.controller = Some(id);
+        self.host = Some(env.shared.hosts.register(rec));
         Ok(id)
     }
 

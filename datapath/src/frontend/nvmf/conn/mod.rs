@@ -62,7 +62,7 @@ use super::pdu::{self, Digests, Violation, fes, pdu_type};
 use super::resv::Access;
 use super::status::status_of;
 use crate::runtime::{Conn, Env};
-use crate::transport::tcp::SendQueue;
+use crate::transport::tcp::{Lifecycle, SendQueue};
 use crate::uring::{Errno, Kind, UserData};
 use fabrics::host_to_ctrl;
 use io_uring::{opcode, squeue, types};
@@ -163,9 +163,10 @@ pub struct NvmfConn {
     rx: Vec<u8>,
     rx_lo: usize,
     rx_hi: usize,
-    recv_armed: bool,
     /// Outgoing bytes (one send per turn).
     tx: SendQueue,
+    /// Receive armed, closing, broken, stopping, closed.
+    pub(super) life: Lifecycle,
     scratch: Vec<u8>,
     reqs: Slab<Req>,
     xfers: Slab<Xfer>,
@@ -173,13 +174,8 @@ pub struct NvmfConn {
     spare: Vec<Vec<u8>>,
     kato_ts: Box<types::Timespec>,
     kato_armed: bool,
-    closing: bool,
     /// No more output: a TermReq went out or came in.
     terminated: bool,
-    broken: bool,
-    shutting_down: bool,
-    cancel_sent: bool,
-    closed: bool,
     errors: u64,
     err_vol: usize,
     /// The first command of a fused pair, waiting for the second (SQE, data).
@@ -189,6 +185,8 @@ pub struct NvmfConn {
     leaves: Vec<usize>,
     /// Per namespace index: (reservation version, access) last evaluated.
     resv_cache: Vec<(u64, Access)>,
+    /// This queue's entry in the hosts registry (from its Connect until it closes).
+    host: Option<crate::runtime::hosts::HostHandle>,
 }
 impl NvmfConn {
     /// A connection on an accepted socket, serving the subsystems of `nv`.
@@ -210,8 +208,8 @@ impl NvmfConn {
             rx: vec![0; RX_INITIAL],
             rx_lo: 0,
             rx_hi: 0,
-            recv_armed: false,
             tx: SendQueue::with_capacity(RX_INITIAL),
+            life: Lifecycle::default(),
             scratch: Vec::with_capacity(cmd::IDENTIFY_LEN),
             reqs: Slab::with_capacity(128),
             xfers: Slab::with_capacity(MAX_R2T),
@@ -219,17 +217,13 @@ impl NvmfConn {
             spare: Vec::new(),
             kato_ts: Box::new(types::Timespec::new()),
             kato_armed: false,
-            closing: false,
             terminated: false,
-            broken: false,
-            shutting_down: false,
-            cancel_sent: false,
-            closed: false,
             errors: 0,
             err_vol: 0,
             fused_first: None,
             leaves: Vec::new(),
             resv_cache: Vec::new(),
+            host: None,
         }
     }
 
@@ -255,14 +249,14 @@ impl NvmfConn {
             fei = v.fei,
             "NVMe/TCP protocol violation; terminating the connection"
         );
-        if !self.terminated && !self.broken && v != pdu::DATA_DIGEST_MISMATCH {
+        if !self.terminated && !self.life.broken && v != pdu::DATA_DIGEST_MISMATCH {
             pdu::put_c2h_term(&mut self.tx.pending, v, offending);
         }
         if v == pdu::DATA_DIGEST_MISMATCH {
-            self.broken = true;
+            self.life.broken = true;
         }
         self.terminated = true;
-        self.closing = true;
+        self.life.closing = true;
     }
 
     /// Parse and act on every whole PDU in the receive buffer.
@@ -270,9 +264,9 @@ impl NvmfConn {
         let rx = std::mem::take(&mut self.rx);
         // One reference count update per receive, none per command.
         let nv = Arc::clone(&self.nv);
-        while !self.terminated && !self.broken && self.rx_lo < self.rx_hi {
+        while !self.terminated && !self.life.broken && self.rx_lo < self.rx_hi {
             // While the daemon stops, commands already received are still answered.
-            if (self.closing && !self.shutting_down) || self.paused() {
+            if (self.life.closing && !self.life.shutting_down) || self.paused() {
                 break;
             }
             let avail = &rx[self.rx_lo..self.rx_hi];
@@ -310,7 +304,7 @@ impl NvmfConn {
                     "host terminated the connection"
                 );
                 self.terminated = true;
-                self.closing = true;
+                self.life.closing = true;
             }
             (Phase::AwaitIcReq, pdu_type::IC_REQ) => self.ic_req(env, p),
             (Phase::Ready, pdu_type::CMD) => self.capsule(env, nv, p),
@@ -332,7 +326,7 @@ impl NvmfConn {
         };
         self.sqhd = (self.sqhd + 1) % self.qsize.max(1);
         let cid = sqe.cid();
-        if self.shutting_down {
+        if self.life.shutting_down {
             return self.respond(cid, Status::NS_NOT_READY, 0);
         }
         if !p.data.is_empty() {
@@ -369,7 +363,7 @@ impl NvmfConn {
     // ----- responses -----
 
     fn respond(&mut self, cid: u16, status: Status, result: u64) {
-        if self.terminated || self.broken {
+        if self.terminated || self.life.broken {
             return;
         }
         let c = cmd::cqe(result, self.sqhd as u16, self.qid, cid, status);
@@ -391,7 +385,7 @@ impl NvmfConn {
 
     fn execute(&mut self, env: &mut Env<'_>, nv: &NvmfShared, sqe: Sqe<'_>, data: &[u8]) {
         let cid = sqe.cid();
-        if self.shutting_down {
+        if self.life.shutting_down {
             return self.respond(cid, Status::NS_NOT_READY, 0);
         }
         match sqe.fuse() {
@@ -464,7 +458,7 @@ impl NvmfConn {
     }
 
     fn make_room(&mut self) {
-        debug_assert!(!self.recv_armed);
+        debug_assert!(!self.life.recv_armed);
         let need = self.head_needs().max(RX_MIN_FREE);
         if self.rx.len() - self.rx_lo < need || self.rx.len() - self.rx_hi < RX_MIN_FREE {
             self.rx.copy_within(self.rx_lo..self.rx_hi, 0);
@@ -512,15 +506,7 @@ impl NvmfConn {
             unsafe { env.io.push(&recv) };
             self.kato_armed = false;
         }
-        self.recv_armed = true;
-    }
-
-    fn cancel(&mut self, env: &mut Env<'_>, kind: Kind) {
-        let sqe = opcode::AsyncCancel::new(UserData::new(kind, env.key).0)
-            .build()
-            .user_data(UserData::new(Kind::Cancel, env.key).0);
-        // SAFETY: a cancel references no user memory.
-        unsafe { env.io.push(&sqe) };
+        self.life.recv_armed = true;
     }
 
     /// Leave the controller: an admin queue removes and tears it down, an I/O queue detaches.
@@ -536,14 +522,14 @@ impl NvmfConn {
     }
 
     fn try_close(&mut self) {
-        if self.closing
-            && !self.recv_armed
+        if self.life.closing
+            && !self.life.recv_armed
             && !self.tx.armed()
             && self.reqs.is_empty()
-            && (self.tx.unsent() == 0 || self.broken)
+            && (self.tx.unsent() == 0 || self.life.broken)
         {
             self.leave();
-            self.closed = true;
+            self.life.closed = true;
         }
     }
 }
@@ -554,9 +540,9 @@ impl Conn for NvmfConn {
     }
 
     fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
-        self.recv_armed = false;
+        self.life.recv_armed = false;
         if res <= 0 {
-            if res == -libc::ECANCELED && self.kato_armed && !self.cancel_sent {
+            if res == -libc::ECANCELED && self.kato_armed && !self.life.cancel_sent {
                 tracing::warn!(
                     conn = env.key,
                     cntlid = self.ctrl.as_ref().map(|c| c.cntlid),
@@ -564,12 +550,12 @@ impl Conn for NvmfConn {
                 );
                 // Tear down now so the I/O queues stop at once, not when this one closes.
                 self.leave();
-                self.broken = true;
+                self.life.broken = true;
             } else if res < 0 && res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "receive failed");
-                self.broken = true;
+                self.life.broken = true;
             }
-            self.closing = true;
+            self.life.closing = true;
             return;
         }
         self.rx_hi += res as usize;
@@ -582,8 +568,8 @@ impl Conn for NvmfConn {
             if res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "send failed");
             }
-            self.broken = true;
-            self.closing = true;
+            self.life.broken = true;
+            self.life.closing = true;
         }
     }
 
@@ -616,51 +602,44 @@ impl Conn for NvmfConn {
         {
             vc.errors += std::mem::take(&mut self.errors);
         }
-        if env.stopping && !self.shutting_down {
+        if env.stopping && !self.life.shutting_down {
             self.stop(env);
         }
-        if !self.broken && !self.recv_armed && !self.paused() {
+        if !self.life.broken && !self.life.recv_armed && !self.paused() {
             // Commands left in the buffer by backpressure (or by a stop) can run now.
             self.process(env);
         }
         self.async_events(env);
-        if self.broken {
+        if self.life.broken {
             self.tx.drop_pending();
         } else {
             // SAFETY: the connection is not done while a send is armed (`try_close`).
             unsafe { self.tx.start(env.io, self.fd.as_raw_fd(), env.key) };
         }
-        if !self.closing && !self.recv_armed && !self.paused() {
+        if !self.life.closing && !self.life.recv_armed && !self.paused() {
             self.arm_recv(env);
         }
         self.try_close();
+        if let Some(h) = &self.host {
+            h.set_inflight(self.reqs.len());
+        }
+        if self.life.closed {
+            self.host = None;
+        }
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {
-        self.shutting_down = true;
-        self.closing = true;
-        if self.recv_armed && !self.cancel_sent {
-            self.cancel_sent = true;
-            self.cancel(env, Kind::Recv);
-        }
+        self.life.stop(env.io, env.key);
     }
 
     fn abort(&mut self, env: &mut Env<'_>) {
-        self.broken = true;
-        self.closing = true;
         // Answers from a home reactor may never come now: stop waiting for them.
         self.reqs.retain(|_, r| !r.remote);
-        if self.recv_armed {
-            self.cancel_sent = true;
-            self.cancel(env, Kind::Recv);
-        }
-        if self.tx.armed() {
-            self.cancel(env, Kind::Send);
-        }
+        self.life.abort(env.io, env.key, self.tx.armed());
     }
 
     fn done(&self) -> bool {
-        self.closed
+        self.life.closed
     }
 
     fn on_note(&mut self, env: &mut Env<'_>, note: crate::runtime::Note) {

@@ -122,11 +122,13 @@ impl NvmfConn {
             conn: env.key,
             slot: self.reqs.vacant_key() as u32,
         };
-        let Some(started) = env
-            .chans
-            .get_mut(vol)
-            .and_then(|c| c.meta(env.io, tag, &cmd.encode()))
-        else {
+        let Some(started) = env.chans.get_mut(vol).and_then(|c| {
+            let bytes = crate::layer::mirror::engine::tagged(
+                crate::frontend::nvmf::resv::META_KIND,
+                &cmd.encode(),
+            );
+            c.meta(env.io, tag, &bytes)
+        }) else {
             return Routed::Local;
         };
         match started {

@@ -109,7 +109,7 @@ impl NvmfConn {
 
     /// Send `data` to the host for command `cid`, then its success response.
     pub(super) fn respond_data(&mut self, cid: u16, data: &[u8]) {
-        if self.terminated || self.broken {
+        if self.terminated || self.life.broken {
             return;
         }
         if data.is_empty() {

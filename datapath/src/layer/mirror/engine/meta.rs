@@ -1,5 +1,5 @@
-//! Replicated volume metadata (NVMe reservations): opaque commands and states carried between
-//! the sites, decided by the leader (or a survivor alone).
+//! Replicated volume metadata (NVMe reservations, SCSI persistent reservations): opaque
+//! commands and states carried between the sites, decided by the leader (or a survivor alone).
 //!
 //! Model: the follower sends META and waits for the leader's META_STATE; the leader executes,
 //! sends META_STATE to the follower and completes once its META_ACK comes. [`MetaRepl`] owns
@@ -38,6 +38,78 @@ pub enum Install {
     /// Valid but not installed here (not configured here, or not persisted): logged, and
     /// reported to the peer in META_ACK; the link stays up.
     Failed,
+}
+
+/// Several [`MetaHandler`]s behind one engine (NVMe reservations, SCSI persistent
+/// reservations, ...): every command and every state starts with its handler's kind byte,
+/// chosen by the handler's owner (docs/mirror-protocol.md, "Metadata"). Commands are built
+/// with the byte by their front end ([`tagged`]); states get it here.
+///
+/// Invariant: kinds are unique (a second handler of a kind is refused at construction); a
+/// command or state of a kind no handler has is refused (Invalid Field / malformed), never
+/// given to another handler.
+#[derive(Debug, Default)]
+pub struct MetaRouter {
+    handlers: Vec<(u8, std::sync::Arc<dyn MetaHandler>)>,
+}
+
+/// `body` with its handler's kind byte in front (a command for [`MetaRouter`]).
+pub fn tagged(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + body.len());
+    v.push(kind);
+    v.extend_from_slice(body);
+    v
+}
+
+/// Status 0x002, Invalid Field: a command of no known kind.
+const META_INVALID: u16 = 2;
+
+impl MetaRouter {
+    /// No handler yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add `h` for commands and states of `kind`; false (and nothing added) when the kind is
+    /// taken.
+    pub fn add(&mut self, kind: u8, h: std::sync::Arc<dyn MetaHandler>) -> bool {
+        if self.handlers.iter().any(|(k, _)| *k == kind) {
+            return false;
+        }
+        self.handlers.push((kind, h));
+        true
+    }
+
+    fn split<'a>(&self, b: &'a [u8]) -> Option<(u8, &dyn MetaHandler, &'a [u8])> {
+        let (&kind, rest) = b.split_first()?;
+        let (_, h) = self.handlers.iter().find(|(k, _)| *k == kind)?;
+        Some((kind, &**h, rest))
+    }
+}
+
+impl MetaHandler for MetaRouter {
+    fn execute(&self, vol: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>) {
+        let Some((kind, h, body)) = self.split(cmd) else {
+            return (META_INVALID, None);
+        };
+        let (status, state) = h.execute(vol, body);
+        (status, state.map(|s| tagged(kind, &s)))
+    }
+
+    fn install(&self, vol: usize, state: &[u8]) -> Install {
+        match self.split(state) {
+            Some((_, h, body)) => h.install(vol, body),
+            None => Install::Malformed,
+        }
+    }
+
+    fn full_state(&self, vol: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (kind, h) in &self.handlers {
+            out.extend(h.full_state(vol).iter().map(|s| tagged(*kind, s)));
+        }
+        out
+    }
 }
 
 /// Status 0x006, Internal Error.
@@ -230,6 +302,55 @@ mod tests {
 
     fn who(n: u32) -> Initiator {
         (0, IoTag { conn: n, slot: 0 })
+    }
+
+    /// Echoes: executes by answering the command's length as status and the command as state;
+    /// installs "ok" only.
+    #[derive(Debug)]
+    struct Echo(u8);
+
+    impl MetaHandler for Echo {
+        fn execute(&self, _vol: usize, cmd: &[u8]) -> (u16, Option<Vec<u8>>) {
+            (cmd.len() as u16, Some([&[self.0], cmd].concat()))
+        }
+        fn install(&self, _vol: usize, state: &[u8]) -> Install {
+            if state == [self.0] {
+                Install::Done
+            } else {
+                Install::Failed
+            }
+        }
+        fn full_state(&self, _vol: usize) -> Vec<Vec<u8>> {
+            vec![vec![self.0]]
+        }
+    }
+
+    #[test]
+    fn the_router_hands_each_kind_to_its_own_handler_and_refuses_unknown_ones() {
+        let mut r = MetaRouter::new();
+        assert!(r.add(1, std::sync::Arc::new(Echo(0xA1))));
+        assert!(r.add(2, std::sync::Arc::new(Echo(0xB2))));
+        assert!(
+            !r.add(2, std::sync::Arc::new(Echo(0xC3))),
+            "a kind is taken once"
+        );
+        // The kind byte is stripped for the handler and put back in front of its state.
+        assert_eq!(
+            r.execute(0, &tagged(2, b"xyz")),
+            (3, Some(vec![2, 0xB2, b'x', b'y', b'z']))
+        );
+        assert_eq!(r.execute(0, &tagged(1, b"")), (0, Some(vec![1, 0xA1])));
+        assert_eq!(r.execute(0, &[9, 1, 2]), (META_INVALID, None));
+        assert_eq!(r.execute(0, &[]), (META_INVALID, None));
+        assert_eq!(r.install(0, &[1, 0xA1]), Install::Done);
+        assert_eq!(
+            r.install(0, &[2, 0xA1]),
+            Install::Failed,
+            "B's handler got it"
+        );
+        assert_eq!(r.install(0, &[7, 0xA1]), Install::Malformed);
+        assert_eq!(r.install(0, &[]), Install::Malformed);
+        assert_eq!(r.full_state(0), vec![vec![1, 0xA1], vec![2, 0xB2]]);
     }
 
     #[test]

@@ -102,7 +102,7 @@ use follower::{Follower, Resent};
 use leader::Leader;
 use meta::META_INTERNAL;
 use meta::MetaRepl;
-pub use meta::{Install, META_STATUS, MetaHandler, meta_result};
+pub use meta::{Install, META_STATUS, MetaHandler, MetaRouter, meta_result, tagged};
 use op::{Op, Origin, Stage, Upd};
 pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};

@@ -1,0 +1,178 @@
+//! `twinblk-ctl cdp`: the continuous data protection methods of a site's control socket
+//! (`cdp_status`, `cdp_bookmark`, `cdp_bookmarks`, `cdp_bookmark_delete`; docs/control.md) as
+//! commands with readable output: each journal's restorable window in UTC, its history
+//! against the retention target, and bookmarks by name and time.
+//!
+//! Model: every command is one call to one site (CDP is per site: each journals what it
+//! applies); nothing is cached. Times are the site's clock in ns since the epoch, printed as
+//! UTC and as the number `twinblk cdp restore --time` and `twinblk cdp view --time` take.
+
+use super::CallError;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Which journals a bookmark command names.
+pub enum Target<'a> {
+    /// One volume.
+    Volume(&'a str),
+    /// Every volume of a group (one time for all).
+    Group(&'a str),
+}
+
+impl Target<'_> {
+    fn params(&self) -> Value {
+        match self {
+            Target::Volume(v) => json!({"volume": v}),
+            Target::Group(g) => json!({"group": g}),
+        }
+    }
+}
+
+/// `cdp_status`, of one volume or of all.
+pub fn status(socket: &Path, volume: Option<&str>) -> Result<Value, CallError> {
+    let all = super::call(socket, "cdp_status", Value::Null)?;
+    Ok(match volume {
+        None => all,
+        Some(v) => Value::Array(
+            all.as_array()
+                .into_iter()
+                .flatten()
+                .filter(|j| j["volume"] == v)
+                .cloned()
+                .collect(),
+        ),
+    })
+}
+
+/// Set bookmark `name` now on `target`.
+pub fn bookmark(socket: &Path, target: &Target<'_>, name: &str) -> Result<Value, CallError> {
+    let mut p = target.params();
+    p["name"] = json!(name);
+    super::call(socket, "cdp_bookmark", p)
+}
+
+/// Delete bookmark `name` on `target`.
+pub fn unbookmark(socket: &Path, target: &Target<'_>, name: &str) -> Result<Value, CallError> {
+    let mut p = target.params();
+    p["name"] = json!(name);
+    super::call(socket, "cdp_bookmark_delete", p)
+}
+
+/// The bookmarks of `target`.
+pub fn bookmarks(socket: &Path, target: &Target<'_>) -> Result<Value, CallError> {
+    super::call(socket, "cdp_bookmarks", target.params())
+}
+
+/// `ns` since the epoch as RFC 3339 UTC with milliseconds (`2026-12-03T15:20:00.123Z`).
+pub fn utc(ns: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn hours(s: f64) -> String {
+    if s < 3600.0 {
+        format!("{:.1} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
+/// `cdp_status` as text.
+pub fn render_status(st: &Value) -> String {
+    let mut o = String::new();
+    let list = st.as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if list.is_empty() {
+        o.push_str("no volume with continuous data protection here\n");
+    }
+    for j in list {
+        let n = |k: &str| j[k].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "{} (group {}): journal {}, directory {}",
+            j["volume"].as_str().unwrap_or("?"),
+            j["group"].as_str().unwrap_or("?"),
+            j["journal"].as_str().unwrap_or("?"),
+            j["dir"].as_str().unwrap_or("?")
+        );
+        let _ = writeln!(
+            o,
+            "  window  {} .. {}  (--time {} .. {})",
+            utc(n("window_start_ns")),
+            utc(n("window_end_ns")),
+            n("window_start_ns"),
+            n("window_end_ns")
+        );
+        let history = j["history_s"].as_f64().unwrap_or(0.0);
+        let target = j["history_target_s"]
+            .as_f64()
+            .map_or("none".to_string(), hours);
+        let _ = writeln!(
+            o,
+            "  history {} (target {target}){}",
+            hours(history),
+            if j["history_short"] == true {
+                "  SHORT: retention_bytes consolidated records younger than retention_age"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            o,
+            "  records {}, last sequence {}, journal bytes {}, segment {}",
+            n("records"),
+            n("durable_seq"),
+            n("journal_bytes"),
+            n("segment")
+        );
+    }
+    o
+}
+
+/// `cdp_bookmarks` as text: one line per bookmark per volume.
+pub fn render_bookmarks(b: &Value) -> String {
+    let mut o = String::new();
+    for v in b.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let name = v["volume"].as_str().unwrap_or("?");
+        let marks = v["bookmarks"].as_object();
+        if marks.is_none_or(|m| m.is_empty()) {
+            let _ = writeln!(o, "{name}: no bookmark");
+        }
+        for (k, t) in marks.into_iter().flatten() {
+            let t = t.as_u64().unwrap_or(0);
+            let _ = writeln!(o, "{name}: {k}  {}  (--time {t})", utc(t));
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates_are_rfc3339() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn status_and_bookmarks_render_every_field_they_name() {
+        let st = json!([{"volume": "db", "group": "g", "journal": "running", "dir": "/j",
+            "window_start_ns": 0u64, "window_end_ns": 3_600_000_000_000u64, "history_s": 3600.0,
+            "history_target_s": 7200.0, "history_short": true, "records": 5, "durable_seq": 5,
+            "journal_bytes": 4096, "segment": 1}]);
+        let t = render_status(&st);
+        assert!(t.contains("db (group g): journal running"), "{t}");
+        assert!(t.contains("history 1.0 h (target 2.0 h)  SHORT"), "{t}");
+        assert!(t.contains("--time 0 .. 3600000000000"), "{t}");
+        assert!(render_status(&json!([])).contains("no volume"));
+        let b = json!([{"volume": "db", "bookmarks": {"before-upgrade": 5u64}}, {"volume": "x", "bookmarks": {}}]);
+        let t = render_bookmarks(&b);
+        assert!(
+            t.contains("db: before-upgrade  1970-01-01T00:00:00.000Z  (--time 5)"),
+            "{t}"
+        );
+        assert!(t.contains("x: no bookmark"), "{t}");
+    }
+}
