@@ -303,6 +303,12 @@ impl Queue {
         Ok(())
     }
 
+    /// Give up the queue's socket (a load generator drives it with its own codec from here;
+    /// commands still pending here are forgotten).
+    pub fn into_stream(self) -> TcpStream {
+        self.s
+    }
+
     /// The socket (for tests that misbehave on purpose).
     pub fn stream(&mut self) -> &mut TcpStream {
         &mut self.s
