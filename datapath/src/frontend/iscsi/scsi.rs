@@ -908,7 +908,6 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
             }
         }
         RECEIVE_COPY_RESULTS => {
-            use crate::frontend::iscsi::xcopy::rcr;
             let sa = c[1] & 0x1F;
             if !matches!(
                 sa,
@@ -942,9 +941,37 @@ pub fn data_out_len(cmd: &Cmd, block: u32) -> u64 {
     }
 }
 
+/// RECEIVE COPY RESULTS service actions.
+pub mod rcr {
+    /// COPY STATUS.
+    pub const COPY_STATUS: u8 = 0x00;
+    /// OPERATING PARAMETERS.
+    pub const OPERATING_PARAMETERS: u8 = 0x03;
+    /// FAILED SEGMENT DETAILS.
+    pub const FAILED_SEGMENT_DETAILS: u8 = 0x04;
+}
+
+/// The sense a device error becomes.
+pub fn sense_of(e: crate::uring::Errno, write: bool) -> Sense {
+    use crate::uring::Errno;
+    match e {
+        Errno::MISCOMPARE => Sense::MISCOMPARE,
+        Errno::NOSPC => Sense::LBA_OUT_OF_RANGE,
+        Errno::INVAL => Sense::INVALID_FIELD_CDB,
+        Errno::NOTSUP => Sense::INVALID_OPCODE,
+        Errno::PERM => Sense::WRITE_PROTECTED,
+        // This site cannot serve it (no read lease, fenced, refused): another path may, so
+        // the path's state, never a medium error (multipath does not fail over on those).
+        Errno::SHUTDOWN | Errno::UNAVAILABLE => Sense::ALUA_UNAVAILABLE,
+        _ if write => Sense::WRITE_ERROR,
+        _ => Sense::READ_ERROR,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uring::Errno;
 
     fn cdb(b: &[u8]) -> [u8; 16] {
         let mut c = [0u8; 16];
@@ -1008,5 +1035,14 @@ mod tests {
         assert_eq!(b[2], key::MISCOMPARE);
         assert_eq!(&b[3..7], &[0, 0, 0, 3]);
         assert_eq!((b[7], b[12], b[13]), (10, 0x1D, 0));
+    }
+    #[test]
+    fn a_refusal_another_path_may_serve_answers_the_path_state_never_a_medium_error() {
+        for e in [Errno::UNAVAILABLE, Errno::SHUTDOWN] {
+            assert_eq!(sense_of(e, true), Sense::ALUA_UNAVAILABLE, "{e:?} write");
+            assert_eq!(sense_of(e, false), Sense::ALUA_UNAVAILABLE, "{e:?} read");
+        }
+        assert_eq!(sense_of(Errno::IO, true), Sense::WRITE_ERROR);
+        assert_eq!(sense_of(Errno::IO, false), Sense::READ_ERROR);
     }
 }

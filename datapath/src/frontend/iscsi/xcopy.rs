@@ -64,15 +64,7 @@ pub const SEG_B2B: u8 = 0x02;
 /// The descriptor type codes implemented, as RECEIVE COPY RESULTS lists them.
 pub const IMPLEMENTED: [u8; 2] = [SEG_B2B, CSCD_IDENT];
 
-/// RECEIVE COPY RESULTS service actions.
-pub mod rcr {
-    /// COPY STATUS.
-    pub const COPY_STATUS: u8 = 0x00;
-    /// OPERATING PARAMETERS.
-    pub const OPERATING_PARAMETERS: u8 = 0x03;
-    /// FAILED SEGMENT DETAILS.
-    pub const FAILED_SEGMENT_DETAILS: u8 = 0x04;
-}
+pub use super::scsi::rcr;
 
 /// Sense data of the copy manager.
 pub mod sense {

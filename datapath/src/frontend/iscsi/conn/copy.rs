@@ -30,11 +30,10 @@
 //! - An aborted run stops at its next step (after the operation in flight) and is never
 //!   answered; a run counts in `IscsiShared::copies` until its task is dropped.
 
-use super::IscsiConn;
-use super::task::{Stage, sense_of};
+use super::{IscsiConn, Stage};
 use crate::bdev::{ReadStart, Start};
 use crate::frontend::iscsi::IscsiShared;
-use crate::frontend::iscsi::scsi::Sense;
+use crate::frontend::iscsi::scsi::{Sense, sense_of};
 use crate::frontend::iscsi::xcopy::{self, Extent, Held, ListUsage, Unit};
 use crate::frontend::nvmf::Note as NvNote;
 use crate::frontend::nvmf::atomic::{OpKind, OpReq, Origin};

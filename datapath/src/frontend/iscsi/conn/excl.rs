@@ -52,7 +52,7 @@ impl IscsiConn {
             return;
         };
         t.parts = 1;
-        t.stage = super::task::Stage::Device;
+        t.stage = super::Stage::Device;
         let from = Origin {
             reactor: env.io.reactor,
             key: env.key,

@@ -47,6 +47,15 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use task::Task;
 
+/// Where a task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Collecting Data-Out.
+    Collect,
+    /// Operations at a device (or at the home executor).
+    Device,
+}
+
 /// The CmdSN window: MaxCmdSN = ExpCmdSN + CMD_WINDOW - 1.
 pub const CMD_WINDOW: u32 = 128;
 /// Tasks one connection may have before it stops reading: twice the window, so an initiator

@@ -22,26 +22,18 @@
 //!   refused (ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT, with the residual), never
 //!   partly written.
 
-use super::IscsiConn;
+use super::{IscsiConn, Stage};
 use crate::bdev::volume::PathState;
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::iscsi::pages::{self, LunInfo};
 use crate::frontend::iscsi::pdu::{Bhs, NO_TAG, Req, op, reject};
 use crate::frontend::iscsi::prs;
-use crate::frontend::iscsi::scsi::{self, Cmd, Sense, status};
+use crate::frontend::iscsi::scsi::{self, Cmd, Sense, sense_of, status};
 use crate::frontend::nvmf::Note as NvNote;
 use crate::frontend::nvmf::atomic::{FusedReq, OpKind, Origin};
 use crate::frontend::nvmf::cmd::Status as NvStatus;
 use crate::runtime::Env;
 use crate::uring::{Errno, IoTag};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Stage {
-    /// Collecting Data-Out.
-    Collect,
-    /// Operations at a device (or at the home executor).
-    Device,
-}
 
 /// One SCSI command in progress.
 pub(super) struct Task {
@@ -79,22 +71,6 @@ pub(super) struct Task {
     pub(super) entered: bool,
     /// A running EXTENDED COPY (`copy.rs`).
     pub(super) copy: Option<Box<super::copy::Run>>,
-}
-
-/// The sense a device error becomes.
-pub(super) fn sense_of(e: Errno, write: bool) -> Sense {
-    match e {
-        Errno::MISCOMPARE => Sense::MISCOMPARE,
-        Errno::NOSPC => Sense::LBA_OUT_OF_RANGE,
-        Errno::INVAL => Sense::INVALID_FIELD_CDB,
-        Errno::NOTSUP => Sense::INVALID_OPCODE,
-        Errno::PERM => Sense::WRITE_PROTECTED,
-        // This site cannot serve it (no read lease, fenced, refused): another path may, so
-        // the path's state, never a medium error (multipath does not fail over on those).
-        Errno::SHUTDOWN | Errno::UNAVAILABLE => Sense::ALUA_UNAVAILABLE,
-        _ if write => Sense::WRITE_ERROR,
-        _ => Sense::READ_ERROR,
-    }
 }
 
 fn nv_sense(s: NvStatus) -> Result<(), Sense> {
@@ -1273,20 +1249,5 @@ impl IscsiConn {
             return None;
         }
         self.ua[i].take()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_refusal_another_path_may_serve_answers_the_path_state_never_a_medium_error() {
-        for e in [Errno::UNAVAILABLE, Errno::SHUTDOWN] {
-            assert_eq!(sense_of(e, true), Sense::ALUA_UNAVAILABLE, "{e:?} write");
-            assert_eq!(sense_of(e, false), Sense::ALUA_UNAVAILABLE, "{e:?} read");
-        }
-        assert_eq!(sense_of(Errno::IO, true), Sense::WRITE_ERROR);
-        assert_eq!(sense_of(Errno::IO, false), Sense::READ_ERROR);
     }
 }
