@@ -141,8 +141,9 @@ print(json.dumps({
     "link_rtt_us": st[0]["rtt_p50_us"] if st else None,
 }))
 PY
-            stop_all
+            # twinlink first: stop_all waits for every child of this shell.
             if [[ -n $LINK_PID ]]; then kill "$LINK_PID" 2>/dev/null || true; wait "$LINK_PID" 2>/dev/null || true; LINK_PID=""; fi
+            stop_all
         done
     done
 done
