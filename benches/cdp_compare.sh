@@ -76,6 +76,7 @@ start_server() { # config port -> sets SERVER_PID
     disk) jdir=$(mktemp -d "$DISK_DIR/cdp_compare.XXXXXX") ;;
     ram) jdir=$(mktemp -d "$RAM_DIR/cdp_compare.XXXXXX") ;;
     esac
+    CUR_JDIR=$jdir
     if [[ -n $jdir ]]; then
         JOURNALS+=("$jdir")
         cdp="[volume.cdp]
@@ -113,6 +114,9 @@ stop_server() {
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
+    # Each point's journal goes with its server: kept, RAM journals of several points would
+    # fill the machine's memory (tmpfs), and the OOM killer takes the server.
+    if [[ -n ${CUR_JDIR:-} ]]; then rm -rf "$CUR_JDIR"; CUR_JDIR=""; fi
 }
 
 POINTS=("randwrite 4k 1" "randwrite 4k 32" "write 128k 32")

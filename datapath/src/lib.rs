@@ -24,9 +24,10 @@
 //!   [`bdev::volume`]: a named stack of layers with its published path state.
 //! - [`runtime`]: reactors, connections, pollers, acceptors, services, mailboxes, counters;
 //!   knows no protocol and no layer.
-//! - [`transport`]: sockets (TCP today; RDMA and TLS later).
+//! - [`transport`]: sockets (TCP today; RDMA and TLS later): a connection's send queue and
+//!   lifecycle flags, shared by every front end; the payload cursor of peers' messages.
 //! - [`layer`]: devices that wrap a replica and add a service: the two-site mirror, and under
-//!   it continuous data protection (the CDP journal).
+//!   it continuous data protection (the CDP journal; point-in-time views).
 //! - [`frontend`]: protocols initiators speak (NBD, NVMe over Fabrics/TCP, iSCSI).
 //! - [`control`]: typed configuration (file, CLI) and the JSON-RPC control socket.
 //! - [`daemon`]: ties them together; `twinblk demo`.
