@@ -309,26 +309,42 @@ pub fn connect(o: &Opts) -> Result<Connected> {
     })
 }
 
-/// A blocking, one-request-at-a-time NBD client (tests and tools that poke single blocks).
+/// A blocking, one-request-at-a-time NBD client (tests and tools that poke single blocks, the
+/// drill's load). A write is reported done only when the server's simple reply with the same
+/// cookie and error 0 was read; anything else is an error after which the connection must be
+/// dropped.
 pub struct Client {
     s: TcpStream,
     /// What the server said about the export.
     pub export: Export,
+    cookie: u16,
 }
 
 impl Client {
-    /// Connect and negotiate.
+    /// Connect and negotiate (10 s for each socket operation).
     pub fn connect(addr: SocketAddr, name: &str) -> Result<Client> {
-        let (s, export) = open(addr, name, Duration::from_secs(10))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Client { s, export })
+        Self::connect_timeout(addr, name, Duration::from_secs(10))
+    }
+
+    /// Connect and negotiate; every later socket operation is bounded by `timeout` too (a
+    /// server that stops answering shows as an error, never as a hang).
+    pub fn connect_timeout(addr: SocketAddr, name: &str, timeout: Duration) -> Result<Client> {
+        let (s, export) = open(addr, name, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        Ok(Client {
+            s,
+            export,
+            cookie: 0,
+        })
     }
 
     fn call(&mut self, write: bool, offset: u64, len: u32, data: &[u8]) -> Result<Vec<u8>> {
         let mut w = NbdWire { bs: len };
         let mut out = Vec::new();
+        self.cookie = self.cookie.wrapping_add(1);
         let r = Req {
-            slot: 0,
+            slot: self.cookie,
             write,
             offset,
             len,
@@ -339,8 +355,13 @@ impl Client {
         self.s.read_exact(&mut h)?;
         let magic = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
         ensure!(magic == SIMPLE_REPLY_MAGIC, "bad reply magic {magic:#x}");
+        let cookie = u64::from_be_bytes(h[8..16].try_into().expect("8 bytes"));
+        ensure!(
+            cookie == u64::from(self.cookie),
+            "a reply for another request (cookie {cookie})"
+        );
         let err = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-        ensure!(err == 0, "NBD error {err}");
+        ensure!(err == 0, "the server answered error {err}");
         let mut d = vec![0u8; if write { 0 } else { len as usize }];
         self.s.read_exact(&mut d)?;
         Ok(d)
