@@ -7,72 +7,14 @@ use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+mod common;
 
-struct Witness {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    addr: SocketAddr,
-    state: PathBuf,
-}
+use common::{KEY, Witness};
 
-impl Witness {
-    fn start(dir: &Path) -> Witness {
-        let state = dir.join("witness.state");
-        let mut w = twinblk_witness::Witness::open(twinblk_witness::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            state: state.clone(),
-            key: twinblk_witness::Key::new(KEY).unwrap(),
-            tie_grace: Duration::from_millis(500),
-            init: true,
-        })
-        .expect("witness");
-        let addr = w.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = Arc::clone(&stop);
-        let thread = Some(std::thread::spawn(move || {
-            let _ = w.serve(&s);
-        }));
-        Witness {
-            stop,
-            thread,
-            addr,
-            state,
-        }
-    }
-}
-
-impl Drop for Witness {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A TCP port free on 127.0.0.1, below the ephemeral range (as the datapath's harness does),
-/// probed by binding it.
 fn free_port() -> u16 {
-    use std::sync::atomic::AtomicU32;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(104_729) % 12_000,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..12_000 {
-        let port = (20_000 + NEXT.fetch_add(1, Ordering::SeqCst) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
+    common::free_port(104_729)
 }
 
 /// One site: a daemon with a control socket at `dir/NAME.sock`, mirroring `vol0`.

@@ -14,10 +14,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+mod common;
+
+use common::{KEY, Witness};
 /// The environment variable that makes [`site_process`] run a site from this config file.
 const SITE_ENV: &str = "TWINBLK_DRILL_TEST_SITE";
 
@@ -38,58 +39,8 @@ fn site_process() {
     }
 }
 
-struct Witness {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    addr: SocketAddr,
-}
-
-impl Witness {
-    fn start(dir: &Path) -> Witness {
-        let mut w = twinblk_witness::Witness::open(twinblk_witness::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            state: dir.join("witness.state"),
-            key: twinblk_witness::Key::new(KEY).unwrap(),
-            tie_grace: Duration::from_millis(500),
-            init: true,
-        })
-        .expect("witness");
-        let addr = w.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = Arc::clone(&stop);
-        let thread = Some(std::thread::spawn(move || {
-            let _ = w.serve(&s);
-        }));
-        Witness { stop, thread, addr }
-    }
-}
-
-impl Drop for Witness {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// A TCP port free on 127.0.0.1 (probed by binding it), below the ephemeral range.
 fn free_port() -> u16 {
-    use std::sync::atomic::AtomicU32;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7_919) % 12_000,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    for _ in 0..12_000 {
-        let port = (20_000 + NEXT.fetch_add(1, Ordering::SeqCst) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
+    common::free_port(7_919)
 }
 
 /// Kills the site processes this test started (by the PIDs in their pid files) at the end,
