@@ -1689,14 +1689,12 @@ fn libiscsi_conformance_suite_passes_across_both_sites() {
     crate::mirror::wait_up(&a);
     crate::mirror::wait_up(&b);
     // Known to fail across the sites, and why (docs/iscsi-conformance.md): RESERVE(6) is kept
-    // by each site alone, so a second initiator at the other site is not refused (Reserve6.*);
-    // a LUN reset at one site raises no unit attention at the other site's sessions
-    // (MultipathIO.Reset). Persistent reservations, compare-and-write and data are one LU's.
+    // by each site alone, so a second initiator at the other site is not refused. Persistent
+    // reservations, LUN resets (their unit attention), compare-and-write and data are one LU's.
     let known = [
         "Reserve6.2Initiators",
         "Reserve6.Logout",
         "Reserve6.ITNexusLoss",
-        "MultipathIO.Reset",
     ];
     let (passed, skipped) = conformance_failing("ALL", &[url(ia), url(ib)], &known);
     assert!(

@@ -82,14 +82,17 @@ impl IscsiLun {
         // NAA 3h: locally assigned (SPC-4 §7.8.6.6.3).
         naa[0] = 0x30 | (naa[0] & 0x0F);
         let serial: String = g[..8].iter().map(|b| format!("{b:02X}")).collect();
+        let resets = Arc::new(AtomicU64::new(0));
+        let pr = Arc::new(prs::PrState::default());
+        pr.set_lu_resets(Arc::clone(&resets));
         Self {
             lun,
             volume,
             naa,
             serial,
-            resets: Arc::new(AtomicU64::new(0)),
+            resets,
             reserved: Arc::new(AtomicU64::new(0)),
-            pr: Arc::new(prs::PrState::default()),
+            pr,
         }
     }
 }

@@ -34,7 +34,15 @@ pub struct PrState {
     /// Where the state persists (with APTPL), and the LUN it is of: set once at start
     /// ([`PrState::attach`]); unset: APTPL is refused.
     file: std::sync::OnceLock<(std::path::PathBuf, String, u16)>,
+    /// The LUN's reset counter (its sessions report a change once as a unit attention):
+    /// bumped when a reset decided for both sites reaches this one ([`RESET_EVENT`]).
+    lu_resets: std::sync::OnceLock<std::sync::Arc<AtomicU64>>,
 }
+
+/// Not a PERSISTENT RESERVE OUT service action: a LOGICAL UNIT RESET (or target reset) taken
+/// at one site, carried through the volume's leader so the other site's sessions report it as
+/// a unit attention too (docs/iscsi.md, "Resets across the sites").
+pub const RESET_EVENT: u8 = 0x10;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Inner {
@@ -44,6 +52,8 @@ struct Inner {
     /// Activate Persist Through Power Loss: the last REGISTER asked for it; the state is then
     /// in its file and survives a restart (without it the file is removed).
     aptpl: bool,
+    /// Resets of the logical unit decided for both sites so far.
+    reset_gen: u64,
 }
 
 /// The registrant id of an I_T nexus.
@@ -196,6 +206,17 @@ impl PrState {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // Decided on a copy: it takes effect only once persisted (when it must be).
         let mut g = guard.clone();
+        if sa == RESET_EVENT {
+            g.reset_gen = g.reset_gen.wrapping_add(1);
+            if let Err(e) = self.persist(&g) {
+                tracing::error!(error = %e, "iscsi: cannot persist the reservation state; reset not carried");
+                return Outcome::Check(Sense::INTERNAL);
+            }
+            *guard = g;
+            self.version.fetch_add(1, Ordering::AcqRel);
+            self.lu_reset();
+            return Outcome::Good;
+        }
         let before = g.ns.clone();
         let registered =
             g.ns.registrants
@@ -258,6 +279,17 @@ impl PrState {
         outcome(r, bad)
     }
 
+    /// Connect the LUN's reset counter (once, when the LUN is built).
+    pub fn set_lu_resets(&self, resets: std::sync::Arc<AtomicU64>) {
+        let _ = self.lu_resets.set(resets);
+    }
+
+    fn lu_reset(&self) {
+        if let Some(r) = self.lu_resets.get() {
+            r.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     /// Make `g` the persisted state: its file written atomically when APTPL is active (write,
     /// fsync, rename, fsync of the directory), removed otherwise. Nothing without a file.
     fn persist(&self, g: &Inner) -> std::io::Result<()> {
@@ -287,7 +319,7 @@ impl PrState {
     pub fn attach(&self, path: std::path::PathBuf, target: &str, lun: u16) -> Result<(), String> {
         match std::fs::read(&path) {
             Ok(b) => {
-                let Some((t, l, ns, names, aptpl)) = decode_state(&b) else {
+                let Some((t, l, ns, names, aptpl, reset_gen)) = decode_state(&b) else {
                     return Err(format!(
                         "{}: not a reservation state file (malformed)",
                         path.display()
@@ -300,7 +332,12 @@ impl PrState {
                     ));
                 }
                 let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-                *g = Inner { ns, names, aptpl };
+                *g = Inner {
+                    ns,
+                    names,
+                    aptpl,
+                    reset_gen,
+                };
                 self.version.fetch_add(1, Ordering::AcqRel);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -319,15 +356,30 @@ impl PrState {
 
     /// Replace the state with one decided by the other site (persisted here too, as there);
     /// false when it could not be persisted (the old state stays).
-    pub fn install(&self, ns: NsResv, names: Vec<([u8; 16], String)>, aptpl: bool) -> bool {
+    pub fn install(
+        &self,
+        ns: NsResv,
+        names: Vec<([u8; 16], String)>,
+        aptpl: bool,
+        reset_gen: u64,
+    ) -> bool {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let next = Inner { ns, names, aptpl };
+        let next = Inner {
+            ns,
+            names,
+            aptpl,
+            reset_gen,
+        };
         if let Err(e) = self.persist(&next) {
             tracing::error!(error = %e, "iscsi: cannot persist the peer's reservation state");
             return false;
         }
+        let reset = next.reset_gen != g.reset_gen;
         *g = next;
         self.version.fetch_add(1, Ordering::AcqRel);
+        if reset {
+            self.lu_reset();
+        }
         true
     }
 
@@ -430,6 +482,7 @@ fn encode(g: &Inner, target: &str, lun: u16) -> Vec<u8> {
     put_str(&mut v, target);
     v.extend_from_slice(&lun.to_le_bytes());
     v.push(u8::from(g.aptpl));
+    v.extend_from_slice(&g.reset_gen.to_le_bytes());
     v.extend_from_slice(&n.generation.to_le_bytes());
     v.push(n.rtype);
     v.push(u8::from(n.holder.is_some()));
@@ -582,12 +635,17 @@ impl PrCmd {
             cmd.out.nt == 0
         };
         let aptpl_ok = !cmd.out.aptpl || matches!(cmd.out.sa, 0 | 6);
-        (c.is_empty() && cmd.out.sa <= 6 && type_ok && aptpl_ok).then_some(cmd)
+        let reset = cmd.out.sa == RESET_EVENT;
+        let reset_ok = !reset
+            || (cmd.out.nt == 0 && !cmd.out.aptpl && cmd.out.key == 0 && cmd.out.sa_key == 0);
+        let sa_ok = cmd.out.sa <= 6 || reset;
+        (c.is_empty() && sa_ok && type_ok && aptpl_ok && reset_ok).then_some(cmd)
     }
 }
 
-/// A replicated state: (target, LUN, the reservation state, the registrants' names, APTPL).
-pub type PrStateParts = (String, u16, NsResv, Vec<([u8; 16], String)>, bool);
+/// A replicated state: (target, LUN, the reservation state, the registrants' names, APTPL,
+/// the reset generation).
+pub type PrStateParts = (String, u16, NsResv, Vec<([u8; 16], String)>, bool, u64);
 
 /// Parse [`PrState::encode_state`]'s bytes (`None`: malformed).
 pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
@@ -600,6 +658,7 @@ pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
         1 => true,
         _ => return None,
     };
+    let reset_gen = c.u64()?;
     let generation = c.u32()?;
     let rtype = c.u8()?;
     let has_holder = c.u8()?;
@@ -631,7 +690,7 @@ pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
         holder: (has_holder == 1).then_some(holder),
         registrants,
     };
-    Some((target, lun, ns, names, aptpl))
+    Some((target, lun, ns, names, aptpl, reset_gen))
 }
 
 /// One logical unit as the replicator sees it: (target IQN, LUN, volume index, its state).
@@ -684,7 +743,7 @@ impl crate::layer::mirror::engine::MetaHandler for PrReplicator {
 
     fn install(&self, vol: usize, state: &[u8]) -> crate::layer::mirror::engine::Install {
         use crate::layer::mirror::engine::Install;
-        let Some((target, lun, ns, names, aptpl)) = decode_state(state) else {
+        let Some((target, lun, ns, names, aptpl, reset_gen)) = decode_state(state) else {
             tracing::error!(
                 vol,
                 "mirror: malformed SCSI reservation state from the peer"
@@ -692,7 +751,7 @@ impl crate::layer::mirror::engine::MetaHandler for PrReplicator {
             return Install::Malformed;
         };
         match self.find(vol, &target, lun) {
-            Some(pr) if pr.install(ns, names, aptpl) => Install::Done,
+            Some(pr) if pr.install(ns, names, aptpl, reset_gen) => Install::Done,
             Some(_) => Install::Failed,
             None => {
                 tracing::error!(
@@ -857,7 +916,7 @@ mod tests {
             assert_eq!(r.install(0, &state[..n]), Install::Malformed, "cut at {n}");
         }
         let mut bad = state.clone();
-        bad[1 + 5 + 2 + 1 + 4] = 7; // reservation type 7
+        bad[1 + 5 + 2 + 1 + 8 + 4] = 7; // reservation type 7
         assert!(decode_state(&bad).is_none());
         // Pseudo-random bytes: never a panic.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -1011,5 +1070,36 @@ mod tests {
         let back = PrState::default();
         back.attach(d.path().join("b.pr"), "iqn.t", 0).unwrap();
         assert_eq!(back.read(0).unwrap(), leader.read(0).unwrap());
+    }
+
+    #[test]
+    fn a_reset_decided_at_the_leader_raises_the_unit_attention_at_both_sites() {
+        use crate::layer::mirror::engine::{Install, MetaHandler};
+        use std::sync::Arc;
+        let site = || {
+            let resets = Arc::new(AtomicU64::new(0));
+            let pr = Arc::new(PrState::default());
+            pr.set_lu_resets(Arc::clone(&resets));
+            let r = PrReplicator::new(vec![("iqn.t".into(), 0, 0, pr)]);
+            (resets, r)
+        };
+        let ((ra, la), (rb, lb)) = (site(), site());
+        let reset = cmd([1; 16], "iqn.a", RESET_EVENT, 0, 0, 0);
+        assert!(PrCmd::decode(&reset).is_some());
+        let (st, state) = la.execute(0, &reset);
+        assert_eq!(st, 0);
+        assert_eq!(
+            ra.load(Ordering::Acquire),
+            1,
+            "the leader's sessions see it"
+        );
+        assert_eq!(lb.install(0, &state.unwrap()), Install::Done);
+        assert_eq!(rb.load(Ordering::Acquire), 1, "and the other site's");
+        // The same state again (a session's full state) raises nothing new.
+        assert_eq!(lb.install(0, &la.full_state(0)[0]), Install::Done);
+        assert_eq!(rb.load(Ordering::Acquire), 1);
+        // A reset event carries nothing else.
+        assert!(PrCmd::decode(&cmd([1; 16], "x", RESET_EVENT, 1, 0, 0)).is_none());
+        assert!(PrCmd::decode(&cmd([1; 16], "x", RESET_EVENT, 0, 5, 0)).is_none());
     }
 }

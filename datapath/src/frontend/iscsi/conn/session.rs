@@ -273,6 +273,58 @@ impl IscsiConn {
     }
 
     /// A Task Management Function Request.
+    /// Carry a reset of `l` to the other site of its mirrored volume (a [`prs::RESET_EVENT`]
+    /// through the volume's channel, decided at the leader): the slot of the placeholder task
+    /// the TMF answer waits for, or nothing when the volume is not mirrored or it finished at
+    /// once.
+    fn carry_reset(
+        &mut self,
+        env: &mut Env<'_>,
+        l: &crate::frontend::iscsi::IscsiLun,
+    ) -> Option<u32> {
+        use crate::frontend::iscsi::prs;
+        let cmd = prs::PrCmd {
+            target: self.sh.targets[self.target].iqn.clone(),
+            lun: l.lun,
+            me: self.me,
+            name: self.initiator.clone(),
+            out: prs::PrOut {
+                sa: prs::RESET_EVENT,
+                nt: 0,
+                key: 0,
+                sa_key: 0,
+                aptpl: false,
+            },
+        };
+        let bytes = crate::layer::mirror::engine::tagged(prs::META_KIND, &cmd.encode());
+        let slot = self.placeholder_task(l.volume) as u32;
+        let tag = crate::uring::IoTag {
+            conn: env.key,
+            slot,
+        };
+        match env.chans[l.volume].meta(env.io, tag, &bytes) {
+            Some(crate::bdev::Start::Pending) => {
+                self.tasks[slot as usize].parts = 1;
+                self.tasks[slot as usize].stage = super::Stage::Device;
+                Some(slot)
+            }
+            Some(crate::bdev::Start::Done(r)) => {
+                if r.is_err() {
+                    tracing::warn!(
+                        lun = l.lun,
+                        "iscsi: a LUN reset could not be carried to the other site"
+                    );
+                }
+                self.tasks.remove(slot as usize);
+                None
+            }
+            None => {
+                self.tasks.remove(slot as usize);
+                None
+            }
+        }
+    }
+
     pub(super) fn tmf(&mut self, env: &mut Env<'_>, r: Req<'_>) {
         let tmf_sn = r.cmd_sn();
         if self.admit(env, r, &[]) != Some(true) {
@@ -322,11 +374,15 @@ impl IscsiConn {
                     self.held.clear();
                     // Every session sees the reset once, as a unit attention.
                     let n = crate::frontend::iscsi::pages::lun_of(&lun);
-                    for l in &self.sh.targets[self.target].luns {
+                    let sh = std::sync::Arc::clone(&self.sh);
+                    for l in &sh.targets[self.target].luns {
                         if func != 5 || Some(l.lun) == n {
                             l.resets.fetch_add(1, Ordering::AcqRel);
                             // A reset releases RESERVE reservations (SPC-2 §5.5.1).
                             l.reserved.store(0, Ordering::Release);
+                            // ... and the other site's sessions of a mirrored volume see it too:
+                            // the answer waits until the volume's leader carried it there.
+                            wait.extend(self.carry_reset(env, l));
                         }
                     }
                 }

@@ -416,6 +416,35 @@ impl IscsiConn {
         self.advance(env, slot);
     }
 
+    /// A task that answers nothing (aborted from the start) and holds one operation of volume
+    /// `vol` a task management answer waits for (`session.rs`, resets carried to the other
+    /// site). Its slot; the caller sets `parts` once the operation is pending, or removes it.
+    pub(super) fn placeholder_task(&mut self, vol: usize) -> usize {
+        self.tasks.insert(Task {
+            itt: NO_TAG,
+            lun: [0; 8],
+            lun_idx: usize::MAX,
+            vol,
+            cmd: Cmd::TestUnitReady,
+            edtl: 0,
+            rd: false,
+            scsi_len: 0,
+            want: 0,
+            buf: Vec::new(),
+            recv: 0,
+            unsolicited: false,
+            r2t: None,
+            r2t_sn: 0,
+            data_sn: 0,
+            stage: Stage::Device,
+            parts: 0,
+            result: Ok(()),
+            aborted: true,
+            entered: false,
+            copy: None,
+        })
+    }
+
     /// Collect more data (send an R2T) or execute.
     fn advance(&mut self, env: &mut Env<'_>, slot: u32) {
         let max_burst = self.params.max_burst;
