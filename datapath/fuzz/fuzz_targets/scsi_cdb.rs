@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         target: "iqn.x".into(),
         tpg: 1,
         path: PathState::Optimized,
+        peer: None,
     };
     let Ok(cmd) = decode(&c) else {
         return;

@@ -83,6 +83,9 @@ pub struct Volume {
     pub info: DeviceInfo,
     /// How this site serves the volume (published by its top layer).
     pub path: Arc<PathCell>,
+    /// How the volume's other site serves it, as this site knows it (a two-site layer
+    /// publishes it; `None`: the volume has no other site). Transitioning when not known.
+    pub peer_path: Option<Arc<PathCell>>,
 }
 
 impl Volume {
@@ -103,7 +106,14 @@ impl Volume {
             device,
             info,
             path,
+            peer_path: None,
         }
+    }
+
+    /// With the other site's path state as this site knows it, published in `peer`.
+    pub fn with_peer_path(mut self, peer: Arc<PathCell>) -> Self {
+        self.peer_path = Some(peer);
+        self
     }
 }
 

@@ -368,6 +368,7 @@ impl Daemon {
                         failover: slot,
                     });
                     Volume::with_path(v.name.clone(), md.clone(), Arc::clone(&md.path))
+                        .with_peer_path(Arc::clone(&md.peer_path))
                 }
                 _ => Volume::new(v.name.clone(), device),
             };

@@ -1704,3 +1704,79 @@ fn libiscsi_conformance_suite_passes_across_both_sites() {
     assert!(passed >= 150, "only {passed} passed");
     drop((a, b));
 }
+
+/// RTPG at each site of a mirrored volume reports both sites' port groups, the same way round
+/// at both (site a leads: group 1 active/optimised and preferred, group 2 active/non-optimised),
+/// and follows a failure: with site b gone (no witness here: site a, the leader, keeps its
+/// path and holds the updates), b's group is no longer known (transitioning), reported first
+/// as a unit attention.
+#[test]
+fn rtpg_reports_both_sites_port_groups_and_follows_a_lost_peer() {
+    let root = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, ia) = iscsi_site(root.path(), "a", "b", pa, pb);
+    let (b, ib) = iscsi_site(root.path(), "b", "a", pb, pa);
+    crate::mirror::wait_up(&a);
+    crate::mirror::wait_up(&b);
+    let rtpg = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    // (group id, PREF, state) of each descriptor.
+    let groups = |r: &mut Raw, itt: u32| -> Vec<(u16, bool, u8)> {
+        let (st, _, _, _, d) = status_of(r, itt, &rtpg, 256);
+        assert_eq!(st, 0);
+        assert_eq!(
+            u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize,
+            d.len() - 4
+        );
+        d[4..]
+            .chunks(12)
+            .map(|g| {
+                (
+                    u16::from_be_bytes([g[2], g[3]]),
+                    g[0] & 0x80 != 0,
+                    g[0] & 0x0F,
+                )
+            })
+            .collect()
+    };
+    let mut ha = Raw::login_as(ia, "iqn.2026-12.test:host1");
+    let mut hb = Raw::login_as(ib, "iqn.2026-12.test:host2");
+    let t = std::time::Instant::now();
+    loop {
+        // The peer's state settles with the session; a unit attention may come first.
+        let ga = groups(&mut ha, 1 + t.elapsed().as_millis() as u32);
+        let gb = groups(&mut hb, 1 + t.elapsed().as_millis() as u32);
+        if ga == [(1, true, 0x0), (2, false, 0x1)] && gb == [(2, false, 0x1), (1, true, 0x0)] {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "site a {ga:?}, site b {gb:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Site b dies.
+    drop(hb);
+    let mut b = b;
+    b.kill();
+    let tur = [0u8; 6];
+    let t = std::time::Instant::now();
+    let mut ua = false;
+    let mut itt = 1000;
+    loop {
+        itt += 2;
+        let (st, key, asc, ascq, _) = status_of(&mut ha, itt, &tur, 0);
+        ua |= (st, key, asc, ascq) == (0x02, 0x06, 0x2A, 0x06);
+        if groups(&mut ha, itt + 1) == [(1, true, 0x0), (2, false, 0xF)] {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "site a never saw b go: {:?}, {}",
+            groups(&mut ha, itt + 1),
+            crate::mirror::status(&a)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ua, "the change was reported as a unit attention");
+    drop(a);
+}

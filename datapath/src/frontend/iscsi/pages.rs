@@ -46,6 +46,9 @@ pub struct LunInfo {
     pub tpg: u16,
     /// This site's path state for the volume.
     pub path: PathState,
+    /// The other site's path state as this site knows it (`None`: the volume is not
+    /// mirrored: one port group only).
+    pub peer: Option<PathState>,
 }
 
 /// ALUA asymmetric access state of a path state (SPC-4 §6.37).
@@ -239,13 +242,28 @@ pub fn report_luns(luns: &[u16]) -> Vec<u8> {
 
 /// REPORT TARGET PORT GROUPS data: this site's group, holding this site's port.
 pub fn report_tpg(l: &LunInfo, extended: bool) -> Vec<u8> {
-    let mut d = vec![0u8; 12];
-    d[0] = 0x80 | alua_state(l.path); // PREF: the site's own port group
-    d[1] = 0x80 | 0x08 | 0x02 | 0x01; // T_SUP, U_SUP, AN_SUP, AO_SUP
-    put16(&mut d, 2, l.tpg);
-    d[5] = 0x02; // status: altered by an implicit transition (or never altered)
-    d[7] = 1;
-    put16(&mut d, 10, l.tpg);
+    // One descriptor per port group: this site's, and for a mirrored volume the other
+    // site's (group 1 or 2, whichever this site is not), each with its one relative port.
+    let group = |tpg: u16, state: PathState, pref: bool| {
+        let mut d = [0u8; 12];
+        d[0] = (u8::from(pref) << 7) | alua_state(state);
+        d[1] = 0x80 | 0x08 | 0x02 | 0x01; // T_SUP, U_SUP, AN_SUP, AO_SUP
+        put16(&mut d, 2, tpg);
+        d[5] = 0x02; // status: altered by an implicit transition (or never altered)
+        d[7] = 1;
+        put16(&mut d, 10, tpg);
+        d
+    };
+    let mut d = Vec::with_capacity(24);
+    match l.peer {
+        None => d.extend_from_slice(&group(l.tpg, l.path, true)),
+        Some(peer) => {
+            // PREF marks the group that is active/optimised, the same answer at both sites.
+            d.extend_from_slice(&group(l.tpg, l.path, l.path == PathState::Optimized));
+            let other = if l.tpg == 1 { 2 } else { 1 };
+            d.extend_from_slice(&group(other, peer, peer == PathState::Optimized));
+        }
+    }
     let mut b = if extended {
         vec![0u8, 0, 0, 0, 0x10, 0, 0, 0]
     } else {
@@ -498,6 +516,7 @@ mod tests {
             target: "iqn.2026-11.io.twinblk:vol0".into(),
             tpg: 1,
             path: PathState::Optimized,
+            peer: None,
         }
     }
 
@@ -546,5 +565,26 @@ mod tests {
         assert_eq!(report_opcodes(1, false, 0xC5, 0).unwrap()[1], 0x01);
         assert!(report_opcodes(1, false, 0x9E, 0x10).is_err());
         assert_eq!(report_opcodes(2, false, 0x9E, 0x10).unwrap()[1], 0x03);
+    }
+
+    #[test]
+    fn rtpg_lists_the_other_sites_group_of_a_mirrored_volume() {
+        let mut l = lun();
+        l.tpg = 2;
+        l.path = PathState::NonOptimized;
+        l.peer = Some(PathState::Optimized);
+        let d = report_tpg(&l, false);
+        assert_eq!(u32::from_be_bytes(d[0..4].try_into().unwrap()), 24);
+        // This site's group 2 first, not preferred; the other site's group 1, preferred.
+        assert_eq!(
+            (d[4], u16::from_be_bytes([d[6], d[7]]), d[15]),
+            (0x01, 2, 2)
+        );
+        assert_eq!(
+            (d[16], u16::from_be_bytes([d[18], d[19]]), d[27]),
+            (0x80, 1, 1)
+        );
+        l.peer = None;
+        assert_eq!(report_tpg(&l, false).len(), 16, "one group without a peer");
     }
 }

@@ -99,6 +99,9 @@ pub struct MirrorDevice {
     pub meta: OnceLock<Arc<dyn engine::MetaHandler>>,
     /// The volume's path state, published by the poller.
     pub path: Arc<PathCell>,
+    /// The other site's path state as this site knows it, published by the poller
+    /// ([`engine::Engine::peer_path_state`]).
+    pub peer_path: Arc<PathCell>,
     /// The daemon's replica-state persister (set before the channels open; none: the engine
     /// starts its own when it has a state file).
     pub persister: OnceLock<Arc<persist::Persister>>,
@@ -128,6 +131,7 @@ impl MirrorDevice {
             meta: OnceLock::new(),
             // Nothing is served before the engine has decided its mode.
             path: Arc::new(PathCell::new(PathState::Inaccessible)),
+            peer_path: Arc::new(PathCell::new(PathState::Transitioning)),
             persister: OnceLock::new(),
             key,
         }
@@ -141,6 +145,7 @@ impl PollerSource for MirrorDevice {
                 vol: self.vol,
                 peer: self.peer,
                 path: Arc::clone(&self.path),
+                peer_path: Arc::clone(&self.peer_path),
                 next_tick: Instant::now(),
                 last_tick: Instant::now(),
                 key: Arc::clone(&self.key),
@@ -167,6 +172,7 @@ pub struct MirrorPoller {
     vol: usize,
     peer: SocketAddr,
     path: Arc<PathCell>,
+    peer_path: Arc<PathCell>,
     next_tick: Instant,
     /// When the engine's periodic work last ran.
     last_tick: Instant,
@@ -200,6 +206,7 @@ impl Poller for MirrorPoller {
             self.next_tick = e.quiet_until(now).map_or(now + TICK, |t| t.max(now + TICK));
         }
         let state = e.path_state(now);
+        let peer_state = e.peer_path_state();
         let kick = e.wants_send(now) || e.kill_link.is_some() || (stopping && e.idle());
         let link = e.link_key;
         let worked = !e.done.is_empty();
@@ -216,6 +223,7 @@ impl Poller for MirrorPoller {
         if self.path.set(state) {
             tracing::info!(volume = self.vol, ?state, "mirror: path state set");
         }
+        self.peer_path.set(peer_state);
         if let Some(k) = link
             && kick
         {

@@ -177,6 +177,7 @@ impl IscsiConn {
             target: t.iqn.clone(),
             tpg: self.sh.tpg,
             path: v.path.get(),
+            peer: v.peer_path.as_ref().map(|p| p.get()),
         }
     }
 
@@ -1254,7 +1255,9 @@ impl IscsiConn {
     /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE).
     fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
         let l = &self.sh.targets[self.target].luns[i];
-        let changes = env.shared.volumes[l.volume].path.changes();
+        let v = &env.shared.volumes[l.volume];
+        // A change of either site's port group is reported (RTPG lists both).
+        let changes = v.path.changes() + v.peer_path.as_ref().map_or(0, |p| p.changes());
         let resets = l.resets.load(std::sync::atomic::Ordering::Acquire);
         if self.path_seen.len() <= i {
             self.path_seen.resize(i + 1, None);

@@ -49,6 +49,27 @@ impl Engine {
         }
     }
 
+    /// The other site's path state as this site knows it: with a session up and mirroring,
+    /// the peer's role's (the leader optimised, the follower non-optimised); while this site
+    /// serves alone (a survivor, resyncing the peer or not), inaccessible (the peer holds no
+    /// grant); while this site is resynced, optimised (the peer is the survivor); otherwise
+    /// (fenced, waiting, failed, a link just lost) not known: transitioning.
+    pub fn peer_path_state(&self) -> crate::bdev::volume::PathState {
+        use crate::bdev::volume::PathState;
+        if self.failed.is_some() || self.durable.failed {
+            return PathState::Transitioning;
+        }
+        match self.mode {
+            Mode::Mirroring if self.sess.up => match self.cfg.role {
+                Role::Leader => PathState::NonOptimized,
+                Role::Follower => PathState::Optimized,
+            },
+            Mode::Survivor => PathState::Inaccessible,
+            Mode::Resyncing => PathState::Optimized,
+            _ => PathState::Transitioning,
+        }
+    }
+
     /// This site's replica failed: the reason, or `None`.
     pub fn replica_failed(&self) -> Option<&str> {
         self.failed.as_deref()
