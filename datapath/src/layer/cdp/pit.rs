@@ -101,6 +101,8 @@ impl Segs<'_> {
 
 /// The content of `[offset, offset + len)` of the volume at point `p`.
 pub fn read_at(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, CdpError> {
+    // Consolidation waits while the segments are read.
+    let _reading = store::lock_reading(&h.dir);
     let seq = resolve(h, p)?;
     if !crate::bdev::in_range(offset, len, h.meta.size) {
         return Err(CdpError::Outside {
@@ -158,6 +160,8 @@ pub fn restore(
     out: &Path,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, CdpError> {
+    // Consolidation waits while the base copy and the segments are read.
+    let _reading = store::lock_reading(&h.dir);
     let seq = resolve(h, p)?;
     let err = |what: &'static str| {
         let path = out.to_path_buf();

@@ -12,7 +12,7 @@
 //! A segment holding a record newer than the oldest bookmark, or than the point of an open
 //! view (`view::hold`), is never consolidated (the bookmark stays restorable and the view
 //! readable, whatever retention says). The base copy is changed only under the directory's
-//! consolidation lock (`view::lock_consolidation`).
+//! consolidation lock (`store::lock_consolidation`).
 //!
 //! Invariants: the base copy never holds a record the meta's base point does not cover once
 //! the meta is written, and a crash anywhere leaves either the old meta with the segment still
@@ -105,9 +105,9 @@ pub fn consolidate_once(
     }
     // The base copy changes only under the lock, so a view that registers its hold and then
     // takes the lock once never sees a pass that missed its hold (view.rs).
-    let _lock = super::view::lock_consolidation(dir).map_err(|source| CdpError::Io {
+    let _lock = store::lock_consolidation(dir).map_err(|source| CdpError::Io {
         what: "lock",
-        path: super::view::consolidate_lock(dir),
+        path: store::consolidate_lock(dir),
         source,
     })?;
     let held = [super::bookmark::hold(dir), super::view::hold(dir)]

@@ -316,7 +316,42 @@ pub fn segments_in_use(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), CdpError> {
 }
 
 /// Read the history of `dir` (see [`Load`]).
+/// The lock a consolidation pass holds while it changes the base copy.
+pub fn consolidate_lock(dir: &Path) -> PathBuf {
+    dir.join("consolidate.lock")
+}
+
+/// Lock `dir`'s consolidation lock (exclusive: a consolidation pass, or a view waiting for
+/// one to end) until the returned file is dropped.
+pub fn lock_consolidation(dir: &Path) -> std::io::Result<std::fs::File> {
+    lock_as(dir, libc::LOCK_EX)
+}
+
+/// Lock it shared (a reader of segments: consolidation, which deletes them, waits), if the
+/// directory lets the lock file be made; `None` otherwise (a read-only copy of a history,
+/// which nothing consolidates).
+pub fn lock_reading(dir: &Path) -> Option<std::fs::File> {
+    lock_as(dir, libc::LOCK_SH).ok()
+}
+
+fn lock_as(dir: &Path, how: i32) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(consolidate_lock(dir))?;
+    // SAFETY: plain syscall on an open descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), how) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
+    // A reader holds consolidation off while it lists and indexes the segments (a pass that
+    // deleted one between the two would make the history look damaged).
+    let _reading = (mode == Load::ReadOnly).then(|| lock_reading(dir)).flatten();
     let meta = read_meta(dir)?;
     let (nums, spare) = segments_in_use(dir)?;
     let mut h = History {

@@ -31,7 +31,6 @@ use crate::bdev::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start,
 use crate::uring::{Errno, IoCx, IoTag};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -144,25 +143,6 @@ pub fn holds_dir(dir: &Path) -> PathBuf {
     dir.join("view-holds")
 }
 
-/// The lock a consolidation pass holds while it changes the base copy.
-pub fn consolidate_lock(dir: &Path) -> PathBuf {
-    dir.join("consolidate.lock")
-}
-
-/// Lock `dir`'s consolidation lock (exclusive) until the returned file is dropped.
-pub fn lock_consolidation(dir: &Path) -> std::io::Result<File> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(consolidate_lock(dir))?;
-    // SAFETY: plain syscall on an open descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(f)
-}
-
 /// The time consolidation must not pass for the open views of `dir` (the oldest hold of a
 /// process that still runs), if any; a hold that cannot be read holds everything (`Some(0)`).
 pub fn hold(dir: &Path) -> Option<u64> {
@@ -236,7 +216,7 @@ impl ViewDevice {
         std::fs::write(&hp, format!("{}\n", t.saturating_sub(1))).map_err(io_err("write", &hp))?;
         let hold = HoldFile(hp);
         // A pass that began before the hold existed finishes before the history is read.
-        drop(lock_consolidation(dir).map_err(io_err("lock", &consolidate_lock(dir)))?);
+        drop(store::lock_consolidation(dir).map_err(io_err("lock", &store::consolidate_lock(dir)))?);
         let h = store::load(dir, store::Load::ReadOnly)?;
         let seq = pit::resolve(&h, spec.point)?;
         let mut map = Extents::new(h.meta.size);
