@@ -351,7 +351,9 @@ fn lock_as(dir: &Path, how: i32) -> std::io::Result<std::fs::File> {
 pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
     // A reader holds consolidation off while it lists and indexes the segments (a pass that
     // deleted one between the two would make the history look damaged).
-    let _reading = (mode == Load::ReadOnly).then(|| lock_reading(dir)).flatten();
+    let _reading = (mode == Load::ReadOnly)
+        .then(|| lock_reading(dir))
+        .flatten();
     let meta = read_meta(dir)?;
     let (nums, spare) = segments_in_use(dir)?;
     let mut h = History {

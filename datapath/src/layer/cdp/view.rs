@@ -216,7 +216,10 @@ impl ViewDevice {
         std::fs::write(&hp, format!("{}\n", t.saturating_sub(1))).map_err(io_err("write", &hp))?;
         let hold = HoldFile(hp);
         // A pass that began before the hold existed finishes before the history is read.
-        drop(store::lock_consolidation(dir).map_err(io_err("lock", &store::consolidate_lock(dir)))?);
+        drop(
+            store::lock_consolidation(dir)
+                .map_err(io_err("lock", &store::consolidate_lock(dir)))?,
+        );
         let h = store::load(dir, store::Load::ReadOnly)?;
         let seq = pit::resolve(&h, spec.point)?;
         let mut map = Extents::new(h.meta.size);
