@@ -345,12 +345,7 @@ fn checksums(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String
     let region = num("region")?.ok_or("params need the region size: {\"region\": BYTES}")?;
     let offset = num("offset")?.unwrap_or(0);
     let length = num("length")?;
-    let vol = shared
-        .rt
-        .volumes
-        .iter()
-        .position(|v| v.name == name)
-        .ok_or_else(|| format!("no volume named {name:?}"))?;
+    let vol = volume_index(shared, name)?;
     let m = shared
         .mirrors
         .iter()
@@ -438,12 +433,7 @@ fn host_list(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String
             None => None,
             Some(v) => {
                 let name = v.as_str().ok_or("\"volume\" must be a volume's name")?;
-                let vol = shared
-                    .rt
-                    .volumes
-                    .iter()
-                    .position(|v| v.name == name)
-                    .ok_or_else(|| format!("no volume named {name:?}"))?;
+                let vol = volume_index(shared, name)?;
                 Some(vol)
             }
         },
@@ -489,17 +479,8 @@ fn resync(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String> {
         .get("volume")
         .and_then(Value::as_str)
         .ok_or("params must name the volume: {\"volume\": NAME}")?;
-    let vol = shared
-        .rt
-        .volumes
-        .iter()
-        .position(|v| v.name == name)
-        .ok_or_else(|| format!("no volume named {name:?}"))?;
-    let m = shared
-        .mirrors
-        .iter()
-        .find(|m| m.vol == vol)
-        .ok_or_else(|| format!("volume {name:?} is not mirrored"))?;
+    let vol = volume_index(shared, name)?;
+    let m = mirror_of(shared, vol, name)?;
     let pause = match p.get("pause") {
         None => None,
         Some(v) => Some(v.as_bool().ok_or("\"pause\" must be true or false")?),
@@ -637,22 +618,32 @@ fn cdp_call(
 
 /// `mirror_takeover {"volume": NAME}`: a site waiting for a peer that will not come back asks
 /// the witness to make it the volume's survivor (the witness still grants one site only).
+/// The index of the volume named `name`.
+fn volume_index(shared: &ControlCx, name: &str) -> Result<usize, String> {
+    shared
+        .rt
+        .volumes
+        .iter()
+        .position(|v| v.name == name)
+        .ok_or_else(|| format!("no volume named {name:?}"))
+}
+
+/// The mirror of volume `vol` (named `name`).
+fn mirror_of<'a>(shared: &'a ControlCx, vol: usize, name: &str) -> Result<&'a MirrorInfo, String> {
+    shared
+        .mirrors
+        .iter()
+        .find(|m| m.vol == vol)
+        .ok_or_else(|| format!("volume {name:?} is not mirrored"))
+}
+
 fn takeover(params: Option<&Value>, shared: &ControlCx, cfg: &Config) -> Result<Value, String> {
     let name = params
         .and_then(|p| p.get("volume"))
         .and_then(Value::as_str)
         .ok_or("params must name the volume: {\"volume\": NAME}")?;
-    let vol = shared
-        .rt
-        .volumes
-        .iter()
-        .position(|v| v.name == name)
-        .ok_or_else(|| format!("no volume named {name:?}"))?;
-    let m = shared
-        .mirrors
-        .iter()
-        .find(|m| m.vol == vol)
-        .ok_or_else(|| format!("volume {name:?} is not mirrored"))?;
+    let vol = volume_index(shared, name)?;
+    let m = mirror_of(shared, vol, name)?;
     if cfg.mirror.as_ref().and_then(|c| c.witness).is_none() {
         return Err("no witness is configured: a takeover needs the witness's grant".into());
     }
