@@ -889,6 +889,17 @@ fn iscsi_site(
     iscsi_site_with(root, me, peer, listen, peer_port, "")
 }
 
+/// Sites a (the leader) and b of a mirrored volume, with `iscsi` (TOML lines) in both
+/// `[iscsi]` tables, their link up: (a, a's portal, b, b's portal).
+fn two_sites(root: &std::path::Path, iscsi: &str) -> (Server, SocketAddr, Server, SocketAddr) {
+    let (pa, pb) = (free_port(), free_port());
+    let (a, ia) = iscsi_site_with(root, "a", "b", pa, pb, iscsi);
+    let (b, ib) = iscsi_site_with(root, "b", "a", pb, pa, iscsi);
+    crate::mirror::wait_up(&a);
+    crate::mirror::wait_up(&b);
+    (a, ia, b, ib)
+}
+
 /// As [`iscsi_site`], with `iscsi` (TOML lines) added to its `[iscsi]` table.
 fn iscsi_site_with(
     root: &std::path::Path,
@@ -1475,11 +1486,7 @@ fn extended_copy_on_an_unavailable_path_gets_the_alua_sense_and_an_abort_is_neve
 #[test]
 fn extended_copy_on_a_mirrored_volume_reaches_both_sites() {
     let root = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let (a, ia) = iscsi_site(root.path(), "a", "b", pa, pb);
-    let (b, ib) = iscsi_site(root.path(), "b", "a", pb, pa);
-    crate::mirror::wait_up(&a);
-    crate::mirror::wait_up(&b);
+    let (_a, ia, _b, ib) = two_sites(root.path(), "");
     let mut ha = Raw::login_as(ia, "iqn.2026-12.test:host1");
     let mut hb = Raw::login_as(ib, "iqn.2026-12.test:host1");
     let (_, _, _, _, cap) = status_of(&mut ha, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8);
@@ -1636,8 +1643,10 @@ fn aptpl_reservations_survive_a_restart_of_both_sites() {
     b.kill();
     a.kill();
     drop((a, b));
-    let (a, ia) = iscsi_site_with(root.path(), "a", "b", pa, free_port(), &state("a"));
-    let (b, ib) = iscsi_site_with(root.path(), "b", "a", free_port(), pa, &state("b"));
+    // Fresh ports for the restarted pair (nothing of the first pair's sockets is reused).
+    let (pa, pb) = (free_port(), free_port());
+    let (a, ia) = iscsi_site_with(root.path(), "a", "b", pa, pb, &state("a"));
+    let (b, ib) = iscsi_site_with(root.path(), "b", "a", pb, pa, &state("b"));
     crate::mirror::wait_up(&a);
     crate::mirror::wait_up(&b);
     let mut h1 = Raw::login_as(ia, "iqn.2026-12.test:host1");
@@ -1683,11 +1692,7 @@ fn aptpl_reservations_survive_a_restart_of_both_sites() {
 #[test]
 fn libiscsi_conformance_suite_passes_across_both_sites() {
     let root = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let (a, ia) = iscsi_site(root.path(), "a", "b", pa, pb);
-    let (b, ib) = iscsi_site(root.path(), "b", "a", pb, pa);
-    crate::mirror::wait_up(&a);
-    crate::mirror::wait_up(&b);
+    let (a, ia, b, ib) = two_sites(root.path(), "");
     // Known to fail across the sites, and why (docs/iscsi-conformance.md): RESERVE(6) is kept
     // by each site alone, so a second initiator at the other site is not refused. Persistent
     // reservations, LUN resets (their unit attention), compare-and-write and data are one LU's.
@@ -1713,11 +1718,7 @@ fn libiscsi_conformance_suite_passes_across_both_sites() {
 #[test]
 fn rtpg_reports_both_sites_port_groups_and_follows_a_lost_peer() {
     let root = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
-    let (a, ia) = iscsi_site(root.path(), "a", "b", pa, pb);
-    let (b, ib) = iscsi_site(root.path(), "b", "a", pb, pa);
-    crate::mirror::wait_up(&a);
-    crate::mirror::wait_up(&b);
+    let (a, ia, b, ib) = two_sites(root.path(), "");
     let rtpg = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
     // (group id, PREF, state) of each descriptor.
     let groups = |r: &mut Raw, itt: u32| -> Vec<(u16, bool, u8)> {
