@@ -1,0 +1,387 @@
+//! The configuration's tests: parsing, defaults, and every refusal of `Config::validate`.
+
+use super::*;
+
+#[test]
+fn default_is_valid_and_exports_vol0() {
+    let c = Config::default();
+    c.validate().unwrap();
+    assert_eq!(c.effective_exports()[0].name, "vol0");
+    assert_eq!(c.volumes[0].size.0, 1 << 30);
+    assert_eq!(c.nvmf.listen[0].port(), 4420);
+    assert_eq!(
+        c.effective_subsystems()[0].nqn,
+        "nqn.2026-11.io.twinblk:vol0"
+    );
+    assert_eq!(
+        c.iscsi.listen,
+        vec!["127.0.0.1:3260".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(
+        c.effective_iscsi_targets()[0].iqn,
+        "iqn.2026-11.io.twinblk:vol0"
+    );
+    assert_eq!(c.effective_iscsi_targets()[0].luns, vec!["vol0"]);
+}
+
+#[test]
+fn a_cdp_view_volume_names_exactly_one_point_and_nothing_else() {
+    let head = "[[volume]]\nname='v'\nbackend='cdp-view'\nsize='1MiB'\n";
+    let ok = Config::from_toml(&format!(
+        "{head}[volume.view]\ndir='/j'\ntime=5\nsandbox=true\n"
+    ))
+    .unwrap();
+    let w = ok.volumes[0].view.as_ref().unwrap();
+    assert_eq!((w.time, w.seq, w.sandbox), (Some(5), None, true));
+    for (bad, says) in [
+        (head.to_string(), "needs a [volume.view]"),
+        (format!("{head}[volume.view]\ndir='/j'\n"), "exactly one of"),
+        (
+            format!("{head}[volume.view]\ndir='/j'\nseq=1\ntime=2\n"),
+            "exactly one of",
+        ),
+        (
+            format!("{head}mirror=true\n[volume.view]\ndir='/j'\nseq=1\n"),
+            "cannot be mirrored",
+        ),
+        (
+            format!("{head}path='/x'\n[volume.view]\ndir='/j'\nseq=1\n"),
+            "takes no path",
+        ),
+        (
+            "[[volume]]\nname='v'\nbackend='malloc'\nsize='1MiB'\n[volume.view]\ndir='/j'\nseq=1\n"
+                .to_string(),
+            "cdp-view only",
+        ),
+    ] {
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn iscsi_targets_parse_and_are_checked() {
+    let vol = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize=4096\n";
+    // A file without [iscsi] serves no iSCSI (tests and existing files keep their ports).
+    let c = Config::from_toml(vol).unwrap();
+    assert!(c.iscsi.listen.is_empty());
+    assert_eq!(c.iscsi.nop_in_interval_ms, 15_000);
+    let ok = format!(
+        "[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='iqn.x:a'\nluns=['vol0']\nchap_user='u'\nchap_secret='s'\n{vol}"
+    );
+    let c = Config::from_toml(&ok).unwrap();
+    assert_eq!(
+        c.effective_iscsi_targets()[0].chap_user.as_deref(),
+        Some("u")
+    );
+    for bad in [
+        "[[iscsi.target]]\niqn='bad'\nluns=['vol0']\n",
+        "[[iscsi.target]]\niqn='iqn.x'\nluns=['nope']\n",
+        "[[iscsi.target]]\niqn='iqn.x'\nluns=[]\n",
+        "[[iscsi.target]]\niqn='iqn.x'\nluns=['vol0']\nchap_user='u'\n",
+        "[[iscsi.target]]\niqn='iqn.x'\nluns=['vol0']\nchap_user='u'\nchap_secret='s'\nchap_mutual_user='t'\n",
+    ] {
+        assert!(Config::from_toml(&format!("{bad}{vol}")).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn nvmf_subsystems_parse_and_are_checked() {
+    let c = Config::from_toml(
+        "[nvmf]\nlisten=['127.0.0.1:0']\n[[nvmf.subsystem]]\nnqn='nqn.x:a'\nallowed_hosts=['nqn.h']\nnamespaces=['vol0']\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize=4096\n",
+    )
+    .unwrap();
+    assert_eq!(c.effective_subsystems()[0].allowed_hosts, vec!["nqn.h"]);
+    let e = Config::from_toml(
+        "[[nvmf.subsystem]]\nnqn='nqn.x'\nnamespaces=['nope']\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize=4096\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("no volume"), "{e}");
+    let e = Config::from_toml(
+        "[[nvmf.subsystem]]\nnqn='bad'\nnamespaces=['vol0']\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize=4096\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("nqn."), "{e}");
+}
+
+#[test]
+fn each_mirror_site_has_its_own_controller_id_range_and_ranges_are_checked() {
+    let m = |me: &str, peer: &str| {
+        format!(
+            "[mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\nwitness_key_file='/k'\n"
+        )
+    };
+    let a = Config::from_toml(&m("a", "b")).unwrap();
+    let b = Config::from_toml(&m("b", "a")).unwrap();
+    assert_eq!(a.cntlid_range(), 1..=0x7FF7);
+    assert_eq!(b.cntlid_range(), 0x7FF8..=0xFFEF);
+    assert_ne!(a.nvmf_first_port_id(), b.nvmf_first_port_id());
+    assert_eq!(Config::default().cntlid_range(), 1..=MAX_CNTLID);
+    let c = Config::from_toml(&format!(
+        "[nvmf]\nmin_cntlid=100\nmax_cntlid=199\n{}",
+        m("b", "a")
+    ))
+    .unwrap();
+    assert_eq!(c.cntlid_range(), 100..=199);
+    for bad in [
+        "[nvmf]\nmin_cntlid=0\n",
+        "[nvmf]\nmax_cntlid=0xFFF0\n",
+        "[nvmf]\nmin_cntlid=10\nmax_cntlid=9\n",
+    ] {
+        let e = Config::from_toml(bad).unwrap_err();
+        assert!(e.to_string().contains("cntlid"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn sizes_parse_with_units() {
+    assert_eq!(parse_size("4096"), Ok(4096));
+    assert_eq!(parse_size("64K"), Ok(65536));
+    assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+    assert_eq!(parse_size("2 TiB"), Ok(2 << 40));
+    assert!(parse_size("1X").is_err());
+    assert!(parse_size("99999999999999999999").is_err());
+}
+
+#[test]
+fn full_file_parses() {
+    let c = Config::from_toml(
+        r#"
+        [reactor]
+        cores = [0]
+        wait = "poll"
+        [nbd]
+        listen = ["127.0.0.1:20809"]
+        [[nbd.export]]
+        name = "a"
+        volume = "disk"
+        read_only = true
+        [[volume]]
+        name = "disk"
+        backend = "uring"
+        size = "64MiB"
+        path = "/tmp/x.img"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(c.reactor.wait, Wait::Poll);
+    assert_eq!(c.volumes[0].size.0, 64 << 20);
+    assert!(c.effective_exports()[0].read_only);
+}
+
+#[test]
+fn mistakes_are_named() {
+    let e = Config::from_toml("[[volume]]\nname='a'\nbackend='uring'\nsize=4096\n").unwrap_err();
+    assert!(e.to_string().contains("needs a path"), "{e}");
+    let e = Config::from_toml("[[volume]]\nname='a'\nbackend='malloc'\nsize=1000\n").unwrap_err();
+    assert!(e.to_string().contains("multiple"), "{e}");
+    let e = Config::from_toml("[reactor]\ncores=[0,0]\n").unwrap_err();
+    assert!(e.to_string().contains("twice"), "{e}");
+    let e = Config::from_toml("[reactor]\nbogus=1\n").unwrap_err();
+    assert!(matches!(e, ConfigError::Parse(_)), "{e}");
+    let e = Config::from_toml("[[nbd.export]]\nname='x'\nvolume='nope'\n").unwrap_err();
+    assert!(e.to_string().contains("no volume"), "{e}");
+}
+
+#[test]
+fn cdp_sections_parse_and_mistakes_are_named() {
+    let vol = |name: &str, cdp: &str| {
+        format!(
+            "[[volume]]\nname='{name}'\nbackend='malloc'\nsize=4096\ngroup='g'\n[volume.cdp]\n{cdp}\n"
+        )
+    };
+    let c = Config::from_toml(&format!(
+        "{}{}",
+        vol("a", "dir='/j/a'"),
+        vol("b", "dir='/j/b'\nsegment_size='8MiB'\nenabled=false")
+    ))
+    .unwrap();
+    let a = c.volumes[0].cdp.as_ref().unwrap();
+    assert!(a.enabled);
+    assert_eq!(a.segment_size.0, 64 << 20);
+    assert_eq!(c.volumes[1].cdp.as_ref().unwrap().segment_size.0, 8 << 20);
+    assert!(Config::default().volumes[0].cdp.is_none(), "off by default");
+    let e = Config::from_toml(&vol("a", "dir='/j'\nsegment_size='1MiB'")).unwrap_err();
+    assert!(e.to_string().contains("cdp.segment_size"), "{e}");
+    let e = Config::from_toml(&format!("{}{}", vol("a", "dir='/j'"), vol("b", "dir='/j'")))
+        .unwrap_err();
+    assert!(e.to_string().contains("same cdp.dir"), "{e}");
+    let e = Config::from_toml(&vol("a", "dir=''")).unwrap_err();
+    assert!(e.to_string().contains("cdp.dir is empty"), "{e}");
+    let r = Config::from_toml(&vol(
+        "a",
+        "dir='/j'\nretention_age='2h'\nretention_bytes='1GiB'",
+    ))
+    .unwrap();
+    let rc = r.volumes[0].cdp.as_ref().unwrap();
+    assert_eq!(rc.retention_age_ns(), Some(7200 * 1_000_000_000));
+    for (bad, says) in [
+        ("retention_age='2w'", "unit"),
+        ("retention_age='0s'", "zero"),
+        ("retention_bytes='64MiB'", "two segments"),
+    ] {
+        let e = Config::from_toml(&vol("a", &format!("dir='/j'\n{bad}"))).unwrap_err();
+        assert!(e.to_string().contains(says), "{bad}: {e}");
+    }
+    let e = Config::from_toml(&vol("a", "dir='/j'\nretention='1d'")).unwrap_err();
+    assert!(matches!(e, ConfigError::Parse(_)), "{e}");
+}
+
+#[test]
+fn mirror_mistakes_are_named() {
+    let m = "[mirror]\nsite='a'\npeer_site='b'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\nwitness_key_file='/k'\n";
+    let vol = |name: &str, leader: &str, group: &str| {
+        format!(
+            "[[volume]]\nname='{name}'\nbackend='malloc'\nsize=4096\nmirror=true\nleader='{leader}'\ngroup='{group}'\n"
+        )
+    };
+    let ok = format!("{m}{}{}", vol("x", "a", "g"), vol("y", "a", "g"));
+    assert!(Config::from_toml(&ok).is_ok());
+    let e =
+        Config::from_toml(&format!("{m}{}{}", vol("x", "a", "g"), vol("y", "b", "g"))).unwrap_err();
+    assert!(e.to_string().contains("different leaders"), "{e}");
+    let e = Config::from_toml(&format!("{m}{}", vol("x", "c", "g"))).unwrap_err();
+    assert!(e.to_string().contains("neither"), "{e}");
+    let e = Config::from_toml(&vol("x", "a", "g")).unwrap_err();
+    assert!(e.to_string().contains("no [mirror] section"), "{e}");
+    assert!(Config::from_toml(&format!("{m}witness='127.0.0.1:3'\n")).is_ok());
+    let keyless = m.replace("witness_key_file='/k'\n", "");
+    let e = Config::from_toml(&format!("{keyless}{}", vol("x", "a", "g"))).unwrap_err();
+    assert!(
+        e.to_string().contains("witness_key_file is required"),
+        "{e}"
+    );
+}
+
+/// A valid mirror section plus `extra` lines, and one mirrored volume of `size` bytes.
+fn mirror_with(extra: &str, size: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(&format!(
+        "[mirror]\nsite='a'\npeer_site='b'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\n\
+         witness_key_file='/k'\n{extra}\n\
+         [[volume]]\nname='v'\nbackend='malloc'\nsize='{size}'\nmirror=true\n"
+    ))
+}
+
+#[track_caller]
+fn refused(extra: &str, size: &str, says: &[&str]) {
+    let e = mirror_with(extra, size).expect_err(extra).to_string();
+    for w in says {
+        assert!(e.contains(w), "{extra}: {e:?} does not say {w:?}");
+    }
+}
+
+#[test]
+fn a_dirty_granularity_above_the_message_limit_is_refused() {
+    assert!(mirror_with("dirty_granularity='8MiB'", "1GiB").is_ok());
+    refused(
+        "dirty_granularity='16MiB'",
+        "1GiB",
+        &["mirror.dirty_granularity", "8388608", "resync"],
+    );
+    refused("dirty_granularity='3KiB'", "1GiB", &["power of two"]);
+}
+
+#[test]
+fn activity_log_sizes_are_checked() {
+    assert!(mirror_with("activity_log_extent='64KiB'", "1GiB").is_ok());
+    assert!(mirror_with("activity_log=false\nactivity_log_extents=1", "1GiB").is_ok());
+    refused(
+        "activity_log_extent='32KiB'",
+        "1GiB",
+        &["mirror.activity_log_extent", "dirty_granularity"],
+    );
+    refused("activity_log_extent='3MiB'", "1GiB", &["power of two"]);
+    refused("activity_log_extent='2GiB'", "1GiB", &["1 GiB"]);
+    refused(
+        "activity_log_extents=0",
+        "1GiB",
+        &["mirror.activity_log_extents", "65536"],
+    );
+    refused("activity_log_extents=65537", "1GiB", &["65536"]);
+}
+
+#[test]
+fn a_volume_with_more_regions_than_the_bitmaps_hold_is_refused() {
+    // 2^32 regions of 4 KiB: 16 TiB is the most.
+    assert!(mirror_with("dirty_granularity='4KiB'", "16TiB").is_ok());
+    refused(
+        "dirty_granularity='4KiB'",
+        "32TiB",
+        &["volume v", "regions", "4294967296", "dirty_granularity"],
+    );
+}
+
+#[test]
+fn a_resync_rate_below_one_mib_or_one_region_per_second_is_refused() {
+    assert!(mirror_with("resync_rate='1MiB'", "1GiB").is_ok());
+    refused(
+        "resync_rate='512KiB'",
+        "1GiB",
+        &["mirror.resync_rate", "1048576"],
+    );
+    refused(
+        "resync_rate='2MiB'\ndirty_granularity='4MiB'",
+        "1GiB",
+        &["mirror.resync_rate", "4194304", "region"],
+    );
+}
+
+#[test]
+fn a_backlog_smaller_than_one_message_or_overflowing_is_refused() {
+    assert!(mirror_with("max_backlog_mib=8", "1GiB").is_ok());
+    refused(
+        "max_backlog_mib=7",
+        "1GiB",
+        &["mirror.max_backlog_mib", "8", "diverged"],
+    );
+    refused(
+        "max_backlog_mib=17592186044416",
+        "1GiB",
+        &["mirror.max_backlog_mib", "16777216"],
+    );
+}
+
+#[test]
+fn heartbeat_peer_dead_and_peer_timeout_that_cannot_work_together_are_refused() {
+    assert!(
+        mirror_with(
+            "heartbeat_ms=100\npeer_dead_ms=400\npeer_timeout_ms=400",
+            "1GiB"
+        )
+        .is_ok()
+    );
+    refused("heartbeat_ms=5", "1GiB", &["mirror.heartbeat_ms", "10"]);
+    refused(
+        "heartbeat_ms=100\npeer_dead_ms=100",
+        "1GiB",
+        &["mirror.peer_dead_ms", "150"],
+    );
+    refused(
+        "peer_dead_ms=400\npeer_timeout_ms=399",
+        "1GiB",
+        &["mirror.peer_timeout_ms", "mirror.peer_dead_ms", "400"],
+    );
+    // With a witness, held requests must also outlive the grant request.
+    assert!(
+        mirror_with(
+            "witness='127.0.0.1:3'\npeer_dead_ms=400\nwitness_timeout_ms=1500\npeer_timeout_ms=1900",
+            "1GiB"
+        )
+        .is_ok()
+    );
+    refused(
+        "witness='127.0.0.1:3'\npeer_dead_ms=400\nwitness_timeout_ms=1500\npeer_timeout_ms=1899",
+        "1GiB",
+        &["mirror.peer_timeout_ms", "witness_timeout_ms", "1900"],
+    );
+    refused(
+        "witness='127.0.0.1:3'\nwitness_heartbeat_ms=0",
+        "1GiB",
+        &["mirror.witness_heartbeat_ms"],
+    );
+    refused(
+        "witness='127.0.0.1:3'\nwitness_timeout_ms=0",
+        "1GiB",
+        &["mirror.witness_timeout_ms"],
+    );
+}
