@@ -8,17 +8,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-const IQN: &str = "iqn.2026-11.io.twinblk:vol0";
+pub(crate) const IQN: &str = "iqn.2026-11.io.twinblk:vol0";
 /// Skips of `iscsi-test-cu -t ALL` on a RAM volume, each listed with its reason in
 /// docs/iscsi-conformance.md. The suite fails if more tests skip (a capability lost).
-const MAX_SKIPS: usize = 44;
+pub(crate) const MAX_SKIPS: usize = 44;
 
-fn daemon(size: &str) -> (twinblk::Daemon, SocketAddr) {
+pub(crate) fn daemon(size: &str) -> (twinblk::Daemon, SocketAddr) {
     daemon_with(size, "")
 }
 
 /// A daemon with `iscsi` (TOML) appended to its `[iscsi]` table.
-fn daemon_with(size: &str, iscsi: &str) -> (twinblk::Daemon, SocketAddr) {
+pub(crate) fn daemon_with(size: &str, iscsi: &str) -> (twinblk::Daemon, SocketAddr) {
     let text = format!(
         "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n{iscsi}\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='{size}'\n"
     );
@@ -33,12 +33,12 @@ fn daemon_with(size: &str, iscsi: &str) -> (twinblk::Daemon, SocketAddr) {
     (d, addr)
 }
 
-fn url(addr: SocketAddr) -> String {
+pub(crate) fn url(addr: SocketAddr) -> String {
     format!("iscsi://{addr}/{IQN}/0")
 }
 
 /// One test's outcome in iscsi-test-cu's output: (name, passed, skip reason).
-fn outcomes(log: &str) -> Vec<(String, bool, Option<String>)> {
+pub(crate) fn outcomes(log: &str) -> Vec<(String, bool, Option<String>)> {
     let mut out = Vec::new();
     let mut suite = String::new();
     let mut rest = log;
@@ -84,13 +84,13 @@ fn outcomes(log: &str) -> Vec<(String, bool, Option<String>)> {
 }
 
 /// Run iscsi-test-cu with `-t tests` on `urls`; panic on any failure; return (passed, skipped).
-fn conformance(tests: &str, urls: &[String]) -> (usize, Vec<(String, String)>) {
+pub(crate) fn conformance(tests: &str, urls: &[String]) -> (usize, Vec<(String, String)>) {
     conformance_failing(tests, urls, &[])
 }
 
 /// As [`conformance`], where exactly the tests in `known` fail (each named with its reason in
 /// docs/iscsi-conformance.md): any other failure, or one of them passing, fails the run.
-fn conformance_failing(
+pub(crate) fn conformance_failing(
     tests: &str,
     urls: &[String],
     known: &[&str],
@@ -176,7 +176,7 @@ fn libiscsi_conformance_suite_passes_over_two_sessions_to_one_target() {
 /// qemu-img or qemu-io (`tool`) able to open `iscsi://` URLs: the host's when its iSCSI module
 /// loads, else the copy `tools/qemu-iscsi.sh` (run by the README's test command) unpacked into
 /// `target/qemu-iscsi/` because the host's qemu-utils has no matching qemu-block-extra.
-fn qemu_with_iscsi(tool: &str) -> Command {
+pub(crate) fn qemu_with_iscsi(tool: &str) -> Command {
     need(tool);
     let probe = Command::new("qemu-img")
         .args(["info", "iscsi://127.0.0.1:9/iqn.2026-12.invalid:probe/0"])
@@ -252,29 +252,29 @@ fn qemu_img_and_qemu_io_write_read_back_and_compare() {
 
 // ----- a raw initiator for malformed input -----
 
-struct Raw {
-    s: TcpStream,
-    cmd_sn: u32,
-    hd: bool,
-    dd: bool,
+pub(crate) struct Raw {
+    pub(crate) s: TcpStream,
+    pub(crate) cmd_sn: u32,
+    pub(crate) hd: bool,
+    pub(crate) dd: bool,
 }
 
-fn bhs(opcode: u8, flags: u8) -> [u8; 48] {
+pub(crate) fn bhs(opcode: u8, flags: u8) -> [u8; 48] {
     let mut b = [0u8; 48];
     b[0] = opcode;
     b[1] = flags;
     b
 }
 
-fn put32(b: &mut [u8], at: usize, v: u32) {
+pub(crate) fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }
 
-fn frame(h: [u8; 48], data: &[u8], hd: bool) -> Vec<u8> {
+pub(crate) fn frame(h: [u8; 48], data: &[u8], hd: bool) -> Vec<u8> {
     frame_dd(h, data, hd, false)
 }
 
-fn frame_dd(mut h: [u8; 48], data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
+pub(crate) fn frame_dd(mut h: [u8; 48], data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
     let n = data.len();
     h[5] = (n >> 16) as u8;
     h[6] = (n >> 8) as u8;
@@ -295,20 +295,25 @@ fn frame_dd(mut h: [u8; 48], data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
 
 impl Raw {
     /// Log in (one Login Request straight to full feature phase).
-    fn login(addr: SocketAddr, header_digest: bool) -> Raw {
+    pub(crate) fn login(addr: SocketAddr, header_digest: bool) -> Raw {
         Self::login_dd(addr, header_digest, false)
     }
 
-    fn login_dd(addr: SocketAddr, header_digest: bool, data_digest: bool) -> Raw {
+    pub(crate) fn login_dd(addr: SocketAddr, header_digest: bool, data_digest: bool) -> Raw {
         Self::login_full(addr, "iqn.2026-11.test:raw", header_digest, data_digest)
     }
 
     /// Log in as initiator `name`.
-    fn login_as(addr: SocketAddr, name: &str) -> Raw {
+    pub(crate) fn login_as(addr: SocketAddr, name: &str) -> Raw {
         Self::login_full(addr, name, false, false)
     }
 
-    fn login_full(addr: SocketAddr, name: &str, header_digest: bool, data_digest: bool) -> Raw {
+    pub(crate) fn login_full(
+        addr: SocketAddr,
+        name: &str,
+        header_digest: bool,
+        data_digest: bool,
+    ) -> Raw {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
@@ -337,12 +342,12 @@ impl Raw {
         r
     }
 
-    fn send(&mut self, h: [u8; 48], data: &[u8]) {
+    pub(crate) fn send(&mut self, h: [u8; 48], data: &[u8]) {
         let f = frame_dd(h, data, self.hd, self.dd);
         self.s.write_all(&f).unwrap();
     }
 
-    fn read_pdu(&mut self) -> Option<([u8; 48], Vec<u8>)> {
+    pub(crate) fn read_pdu(&mut self) -> Option<([u8; 48], Vec<u8>)> {
         let mut h = [0u8; 48];
         self.s.read_exact(&mut h).ok()?;
         if self.hd {
@@ -363,7 +368,7 @@ impl Raw {
     }
 
     /// A SCSI command (immediate data `data`), its CmdSN taken.
-    fn scsi(&mut self, itt: u32, cdb: &[u8], edtl: u32, flags: u8, data: &[u8]) {
+    pub(crate) fn scsi(&mut self, itt: u32, cdb: &[u8], edtl: u32, flags: u8, data: &[u8]) {
         let mut h = bhs(0x01, flags);
         put32(&mut h, 16, itt);
         put32(&mut h, 20, edtl);
@@ -373,7 +378,7 @@ impl Raw {
         self.send(h, data);
     }
 
-    fn nop(&mut self, itt: u32) -> [u8; 48] {
+    pub(crate) fn nop(&mut self, itt: u32) -> [u8; 48] {
         let mut h = bhs(0x40, 0x80);
         put32(&mut h, 16, itt);
         put32(&mut h, 20, 0xFFFF_FFFF);
@@ -385,7 +390,7 @@ impl Raw {
         r
     }
 
-    fn closed(&mut self) -> bool {
+    pub(crate) fn closed(&mut self) -> bool {
         let mut b = [0u8; 512];
         loop {
             match self.s.read(&mut b) {
@@ -398,7 +403,7 @@ impl Raw {
     }
 }
 
-fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+pub(crate) fn read10(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = [0u8; 10];
     c[0] = 0x28;
     c[2..6].copy_from_slice(&lba.to_be_bytes());
@@ -406,14 +411,14 @@ fn read10(lba: u32, blocks: u16) -> [u8; 10] {
     c
 }
 
-fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+pub(crate) fn write10(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = read10(lba, blocks);
     c[0] = 0x2A;
     c
 }
 
 /// Read `blocks` blocks at `lba` (Data-In then status in the last PDU).
-fn read_blocks(r: &mut Raw, itt: u32, lba: u32, blocks: u16) -> Vec<u8> {
+pub(crate) fn read_blocks(r: &mut Raw, itt: u32, lba: u32, blocks: u16) -> Vec<u8> {
     r.scsi(
         itt,
         &read10(lba, blocks),
@@ -620,7 +625,7 @@ fn discovery_lists_the_target_and_logout_closes() {
 }
 
 /// `iscsi-inq` on `url`: true when it logged in and read the standard INQUIRY data.
-fn inquiry_works(url: &str) -> bool {
+pub(crate) fn inquiry_works(url: &str) -> bool {
     let out = Command::new("iscsi-inq")
         .arg(url)
         .output()
@@ -672,7 +677,7 @@ fn chap_one_way_and_mutual_admit_only_the_right_secrets() {
 
 /// Run a command without data; returns (status, sense key, ASC, ASCQ) of its SCSI Response,
 /// or the Data-In bytes for a command that returns data (status GOOD).
-fn status_of(r: &mut Raw, itt: u32, cdb: &[u8], edtl: u32) -> (u8, u8, u8, u8, Vec<u8>) {
+pub(crate) fn status_of(r: &mut Raw, itt: u32, cdb: &[u8], edtl: u32) -> (u8, u8, u8, u8, Vec<u8>) {
     r.scsi(itt, cdb, edtl, if edtl > 0 { 0xC0 } else { 0x80 }, &[]);
     let mut data = Vec::new();
     loop {
@@ -879,7 +884,7 @@ fn a_read_behind_a_compare_and_write_waits_for_it() {
 // ----- persistent reservations across the two sites of a mirrored volume -----
 
 /// Site `me` of a mirrored volume (crate::mirror's sites) with an iSCSI portal.
-fn iscsi_site(
+pub(crate) fn iscsi_site(
     root: &std::path::Path,
     me: &str,
     peer: &str,
@@ -891,7 +896,10 @@ fn iscsi_site(
 
 /// Sites a (the leader) and b of a mirrored volume, with `iscsi` (TOML lines) in both
 /// `[iscsi]` tables, their link up: (a, a's portal, b, b's portal).
-fn two_sites(root: &std::path::Path, iscsi: &str) -> (Server, SocketAddr, Server, SocketAddr) {
+pub(crate) fn two_sites(
+    root: &std::path::Path,
+    iscsi: &str,
+) -> (Server, SocketAddr, Server, SocketAddr) {
     let (pa, pb) = (free_port(), free_port());
     let (a, ia) = iscsi_site_with(root, "a", "b", pa, pb, iscsi);
     let (b, ib) = iscsi_site_with(root, "b", "a", pb, pa, iscsi);
@@ -901,7 +909,7 @@ fn two_sites(root: &std::path::Path, iscsi: &str) -> (Server, SocketAddr, Server
 }
 
 /// As [`iscsi_site`], with `iscsi` (TOML lines) added to its `[iscsi]` table.
-fn iscsi_site_with(
+pub(crate) fn iscsi_site_with(
     root: &std::path::Path,
     me: &str,
     peer: &str,
@@ -921,12 +929,19 @@ fn iscsi_site_with(
 }
 
 /// PERSISTENT RESERVE OUT: (status, sense key, ASC, ASCQ).
-fn prout(r: &mut Raw, itt: u32, sa: u8, rtype: u8, key: u64, sa_key: u64) -> (u8, u8, u8, u8) {
+pub(crate) fn prout(
+    r: &mut Raw,
+    itt: u32,
+    sa: u8,
+    rtype: u8,
+    key: u64,
+    sa_key: u64,
+) -> (u8, u8, u8, u8) {
     prout_flags(r, itt, sa, rtype, key, sa_key, 0)
 }
 
 /// PERSISTENT RESERVE OUT with parameter-list byte 20 (SPEC_I_PT, ALL_TG_PT, APTPL) `flags`.
-fn prout_flags(
+pub(crate) fn prout_flags(
     r: &mut Raw,
     itt: u32,
     sa: u8,
@@ -956,7 +971,7 @@ fn prout_flags(
 }
 
 /// PERSISTENT RESERVE IN service action `sa`: its data.
-fn prin(r: &mut Raw, itt: u32, sa: u8) -> Vec<u8> {
+pub(crate) fn prin(r: &mut Raw, itt: u32, sa: u8) -> Vec<u8> {
     let mut cdb = [0u8; 10];
     cdb[0] = 0x5E;
     cdb[1] = sa;
@@ -967,7 +982,7 @@ fn prin(r: &mut Raw, itt: u32, sa: u8) -> Vec<u8> {
 }
 
 /// WRITE(10) of one block at LBA 0 (`bs` bytes, immediate): its status.
-fn write_one(r: &mut Raw, itt: u32, bs: usize) -> u8 {
+pub(crate) fn write_one(r: &mut Raw, itt: u32, bs: usize) -> u8 {
     r.scsi(
         itt,
         &write10(0, 1),
@@ -1078,537 +1093,6 @@ fn a_logged_in_session_is_listed_in_the_hosts_registry_until_it_closes() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-// ----- EXTENDED COPY -----
-
-/// WRITE (16) of `data` at `lba`, 1 MiB per command (the largest transfer).
-fn write_big(r: &mut Raw, itt: u32, lba: u64, data: &[u8]) {
-    for (i, part) in data.chunks(1 << 20).enumerate() {
-        write_one_big(r, itt + i as u32, lba + (i as u64) * 2048, part);
-    }
-}
-
-/// WRITE (16) of `data` at `lba`, its Data-Out sent as the target's R2Ts ask.
-fn write_one_big(r: &mut Raw, itt: u32, lba: u64, data: &[u8]) {
-    let mut c = [0u8; 16];
-    c[0] = 0x8A;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&((data.len() / 512) as u32).to_be_bytes());
-    r.scsi(itt, &c, data.len() as u32, 0xA0, &[]);
-    loop {
-        let (h, _) = r.read_pdu().expect("R2T or SCSI Response");
-        match h[0] & 0x3F {
-            0x31 => {
-                let ttt = u32::from_be_bytes(h[20..24].try_into().unwrap());
-                let off = u32::from_be_bytes(h[40..44].try_into().unwrap()) as usize;
-                let len = u32::from_be_bytes(h[44..48].try_into().unwrap()) as usize;
-                let (mut at, mut sn) = (off, 0u32);
-                while at < off + len {
-                    let n = (off + len - at).min(64 << 10);
-                    let last = at + n == off + len;
-                    let mut d = bhs(0x05, if last { 0x80 } else { 0 });
-                    put32(&mut d, 16, itt);
-                    put32(&mut d, 20, ttt);
-                    put32(&mut d, 36, sn);
-                    put32(&mut d, 40, at as u32);
-                    r.send(d, &data[at..at + n]);
-                    at += n;
-                    sn += 1;
-                }
-            }
-            0x21 => {
-                assert_eq!(h[3], 0, "write GOOD");
-                return;
-            }
-            op => panic!("unexpected opcode {op:#x}"),
-        }
-    }
-}
-
-/// Read `blocks` blocks at `lba`, 1 MiB per READ.
-fn read_big(r: &mut Raw, itt: u32, lba: u32, blocks: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < blocks {
-        let n = (blocks - at).min(2048) as u16;
-        out.extend(read_blocks(r, itt + at, lba + at, n));
-        at += u32::from(n);
-    }
-    out
-}
-
-/// The NAA designator of the LUN the session reaches (VPD 83h, its first designator).
-fn naa_of(r: &mut Raw, itt: u32, lun: u8) -> [u8; 8] {
-    let mut h = bhs(0x01, 0xC0);
-    put32(&mut h, 16, itt);
-    put32(&mut h, 20, 255);
-    put32(&mut h, 24, r.cmd_sn);
-    r.cmd_sn += 1;
-    h[9] = lun;
-    h[32..38].copy_from_slice(&[0x12, 0x01, 0x83, 0, 255, 0]);
-    r.send(h, &[]);
-    let (h, d) = r.read_pdu().expect("Data-In");
-    assert_eq!((h[0] & 0x3F, h[3]), (0x25, 0), "VPD 83h");
-    assert_eq!(
-        &d[4..8],
-        &[0x01, 0x03, 0x00, 0x08],
-        "an NAA designator first"
-    );
-    d[8..16].try_into().unwrap()
-}
-
-/// An EXTENDED COPY parameter list: CSCD descriptors (E4h) for `naas`, block → block segments
-/// (source CSCD, destination CSCD, blocks, source LBA, destination LBA).
-fn xcopy_list(
-    list_id: u8,
-    usage: u8,
-    naas: &[[u8; 8]],
-    segs: &[(u16, u16, u16, u64, u64)],
-) -> Vec<u8> {
-    let mut p = vec![0u8; 16];
-    p[0] = list_id;
-    p[1] = usage << 3;
-    p[2..4].copy_from_slice(&((naas.len() * 32) as u16).to_be_bytes());
-    p[8..12].copy_from_slice(&((segs.len() * 28) as u32).to_be_bytes());
-    for n in naas {
-        let mut d = [0u8; 32];
-        d[0] = 0xE4;
-        d[4] = 0x01;
-        d[5] = 0x03;
-        d[7] = 8;
-        d[8..16].copy_from_slice(n);
-        d[29..32].copy_from_slice(&[0, 2, 0]); // 512-byte blocks
-        p.extend_from_slice(&d);
-    }
-    for &(s, t, n, sl, dl) in segs {
-        let mut d = [0u8; 28];
-        d[0] = 0x02;
-        d[3] = 0x18;
-        d[4..6].copy_from_slice(&s.to_be_bytes());
-        d[6..8].copy_from_slice(&t.to_be_bytes());
-        d[10..12].copy_from_slice(&n.to_be_bytes());
-        d[12..20].copy_from_slice(&sl.to_be_bytes());
-        d[20..28].copy_from_slice(&dl.to_be_bytes());
-        p.extend_from_slice(&d);
-    }
-    p
-}
-
-/// Send EXTENDED COPY with `list` (immediate data) to LUN `lun`: (status, key, ASC, ASCQ).
-fn xcopy(r: &mut Raw, itt: u32, lun: u8, list: &[u8]) -> (u8, u8, u8, u8) {
-    let mut c = [0u8; 16];
-    c[0] = 0x83;
-    c[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
-    let mut h = bhs(0x01, if list.is_empty() { 0x80 } else { 0xA0 });
-    put32(&mut h, 16, itt);
-    put32(&mut h, 20, list.len() as u32);
-    put32(&mut h, 24, r.cmd_sn);
-    r.cmd_sn += 1;
-    h[9] = lun;
-    h[32..48].copy_from_slice(&c);
-    r.send(h, list);
-    let (h, d) = r.read_pdu().expect("SCSI Response");
-    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response");
-    let s = if d.len() >= 16 {
-        (d[4] & 0x0F, d[14], d[15])
-    } else {
-        (0, 0, 0)
-    };
-    (h[3], s.0, s.1, s.2)
-}
-
-fn receive_copy_results(r: &mut Raw, itt: u32, sa: u8, list_id: u8) -> (u8, u8, u8, u8, Vec<u8>) {
-    let mut c = [0u8; 16];
-    c[0] = 0x84;
-    c[1] = sa;
-    c[2] = list_id;
-    c[10..14].copy_from_slice(&1024u32.to_be_bytes());
-    status_of(r, itt, &c, 1024)
-}
-
-#[test]
-fn extended_copy_copies_within_a_lun_overlapping_or_not_and_refuses_bad_lists_changing_nothing() {
-    let (_d, addr) = daemon("16MiB");
-    let mut r = Raw::login(addr, false);
-    let blocks = 32768u64;
-    // INQUIRY: 3PC set (EXTENDED COPY supported).
-    let (st, _, _, _, inq) = status_of(&mut r, 1, &[0x12, 0, 0, 0, 96, 0], 96);
-    assert_eq!((st, inq[5] & 0x08), (0, 0x08), "3PC");
-    let naa = naa_of(&mut r, 2, 0);
-    let p = pattern(77, 3 << 20); // 6144 blocks: three 1 MiB chunks
-    write_big(&mut r, 3, 0, &p);
-
-    // Copy the 3 MiB to LBA 10000 (list identifier 5 held), read back.
-    let list = xcopy_list(5, 0, &[naa], &[(0, 0, 6144, 0, 10000)]);
-    assert_eq!(xcopy(&mut r, 10, 0, &list), (0, 0, 0, 0));
-    assert_eq!(read_big(&mut r, 100, 10000, 6144), p, "copied");
-    let (st, _, _, _, cs) = receive_copy_results(&mut r, 11, 0x00, 5);
-    assert_eq!(st, 0);
-    assert_eq!(cs[4], 0x01, "completed without error");
-    assert_eq!(u16::from_be_bytes([cs[5], cs[6]]), 1, "one segment");
-    assert_eq!(cs[7], 0, "bytes");
-    assert_eq!(u32::from_be_bytes(cs[8..12].try_into().unwrap()), 3 << 20);
-    // An unknown list identifier: INVALID FIELD IN CDB.
-    assert_eq!(receive_copy_results(&mut r, 12, 0x00, 9).2, 0x24);
-
-    // Overlapping, destination above the source (2 MiB, two chunks, 1000 blocks apart): the
-    // result is the source as it was before the copy.
-    let list = xcopy_list(6, 2, &[naa], &[(0, 0, 4096, 0, 1000)]);
-    assert_eq!(xcopy(&mut r, 20, 0, &list), (0, 0, 0, 0));
-    assert_eq!(read_big(&mut r, 300, 1000, 4096), p[..4096 * 512]);
-    assert_eq!(
-        read_big(&mut r, 400, 0, 1000),
-        p[..1000 * 512],
-        "below untouched"
-    );
-    // Overlapping, destination below the source: back to the start.
-    let list = xcopy_list(0, 3, &[naa], &[(0, 0, 4096, 1000, 0)]);
-    assert_eq!(xcopy(&mut r, 21, 0, &list), (0, 0, 0, 0));
-    assert_eq!(read_big(&mut r, 500, 0, 4096), p[..4096 * 512]);
-    let now = read_big(&mut r, 600, 0, 6144);
-
-    // Out of range (the second segment runs past the end): COPY ABORTED / COPY TARGET DEVICE
-    // NOT REACHABLE, and the first segment was not copied either.
-    let before = read_big(&mut r, 700, 20000, 16);
-    let list = xcopy_list(
-        7,
-        0,
-        &[naa],
-        &[(0, 0, 16, 0, 20000), (0, 0, 100, 0, blocks - 10)],
-    );
-    assert_eq!(xcopy(&mut r, 30, 0, &list), (0x02, 0x0A, 0x0D, 0x02));
-    assert_eq!(read_big(&mut r, 800, 20000, 16), before, "nothing copied");
-    let (st, _, _, _, cs) = receive_copy_results(&mut r, 31, 0x00, 7);
-    assert_eq!((st, cs[4]), (0, 0x02), "held: completed with an error");
-    let (st, _, _, _, fs) = receive_copy_results(&mut r, 32, 0x04, 7);
-    assert_eq!(
-        (st, fs[56], fs[62], fs[72]),
-        (0, 0x02, 0x0A, 0x0D),
-        "the failure's sense"
-    );
-
-    // Malformed lists.
-    let good = xcopy_list(8, 2, &[naa], &[(0, 0, 1, 0, 0)]);
-    assert_eq!(
-        xcopy(&mut r, 40, 0, &good[..good.len() - 1]),
-        (2, 0x05, 0x1A, 0),
-        "truncated"
-    );
-    let mut bad = good.clone();
-    bad[16] = 0xE0;
-    assert_eq!(
-        xcopy(&mut r, 41, 0, &bad),
-        (2, 0x05, 0x26, 0x07),
-        "CSCD type"
-    );
-    let mut bad = good.clone();
-    bad[48] = 0x01;
-    assert_eq!(
-        xcopy(&mut r, 42, 0, &bad),
-        (2, 0x05, 0x26, 0x09),
-        "segment type"
-    );
-    let other = xcopy_list(8, 2, &[[0x3F; 8]], &[(0, 0, 1, 0, 0)]);
-    assert_eq!(
-        xcopy(&mut r, 43, 0, &other),
-        (2, 0x0A, 0x0D, 0x02),
-        "not this target's"
-    );
-    let many = xcopy_list(8, 2, &[naa], &[(0, 0, 1, 0, 0); 17]);
-    assert_eq!(
-        xcopy(&mut r, 44, 0, &many),
-        (2, 0x05, 0x26, 0x08),
-        "too many segments"
-    );
-    let index = xcopy_list(8, 2, &[naa], &[(0, 1, 1, 0, 0)]);
-    assert_eq!(
-        xcopy(&mut r, 45, 0, &index),
-        (2, 0x0A, 0x0D, 0x02),
-        "no CSCD 1"
-    );
-    let mut sa = [0u8; 16];
-    sa[0] = 0x83;
-    sa[1] = 0x01; // LID4
-    assert_eq!(status_of(&mut r, 46, &sa, 0).2, 0x24, "LID4 refused");
-    assert_eq!(
-        xcopy(&mut r, 47, 0, &[]),
-        (0, 0, 0, 0),
-        "an empty list copies nothing"
-    );
-
-    // Operating parameters: what the parser enforces.
-    let (st, _, _, _, op) = receive_copy_results(&mut r, 50, 0x03, 0);
-    assert_eq!(st, 0);
-    assert_eq!(u16::from_be_bytes([op[8], op[9]]), 8, "CSCD descriptors");
-    assert_eq!(
-        u16::from_be_bytes([op[10], op[11]]),
-        16,
-        "segment descriptors"
-    );
-    assert_eq!(
-        u32::from_be_bytes(op[20..24].try_into().unwrap()),
-        0,
-        "no inline data"
-    );
-
-    // The daemon is fine and the data is what the successful copies made.
-    r.nop(60);
-    assert_eq!(read_big(&mut r, 900, 0, 6144), now);
-}
-
-#[test]
-fn extended_copy_copies_between_two_luns_of_a_target() {
-    let text = "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='iqn.2026-11.io.twinblk:vol0'\nluns=['vol0','vol1']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='8MiB'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='8MiB'\n";
-    let cfg = twinblk::control::config::Config::from_toml(text).expect("test config");
-    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    let addr = d
-        .listeners()
-        .into_iter()
-        .find(|(p, _)| *p == twinblk::daemon::Proto::Iscsi)
-        .expect("an iSCSI listener")
-        .1;
-    let mut r = Raw::login(addr, false);
-    let (a, b) = (naa_of(&mut r, 1, 0), naa_of(&mut r, 2, 1));
-    assert_ne!(a, b);
-    let p = pattern(9, 64 * 512);
-    write_big(&mut r, 3, 100, &p);
-    // Sent to LUN 0, copying LUN 0 → LUN 1.
-    let list = xcopy_list(1, 0, &[a, b], &[(0, 1, 64, 100, 7)]);
-    assert_eq!(xcopy(&mut r, 10, 0, &list), (0, 0, 0, 0));
-    let mut c = read10(7, 64);
-    c[0] = 0x28;
-    let mut h = bhs(0x01, 0xC0);
-    put32(&mut h, 16, 11);
-    put32(&mut h, 20, 64 * 512);
-    put32(&mut h, 24, r.cmd_sn);
-    r.cmd_sn += 1;
-    h[9] = 1;
-    h[32..42].copy_from_slice(&c);
-    r.send(h, &[]);
-    let mut got = Vec::new();
-    loop {
-        let (h, d) = r.read_pdu().expect("Data-In");
-        assert_eq!(h[0] & 0x3F, 0x25);
-        got.extend_from_slice(&d);
-        if h[1] & 0x01 != 0 {
-            break;
-        }
-    }
-    assert_eq!(got, p, "LUN 1 has LUN 0's blocks");
-    assert_eq!(
-        read_blocks(&mut r, 12, 7, 1),
-        vec![0u8; 512],
-        "LUN 0 unchanged there"
-    );
-    // Another nexus holds a RESERVE on LUN 1: a copy into it, sent to LUN 0, conflicts; a copy
-    // within LUN 0 does not.
-    let mut other = Raw::login_as(addr, "iqn.2026-12.test:other");
-    let mut h = bhs(0x01, 0x80);
-    put32(&mut h, 16, 1);
-    put32(&mut h, 24, other.cmd_sn);
-    other.cmd_sn += 1;
-    h[9] = 1;
-    h[32..38].copy_from_slice(&[0x16, 0, 0, 0, 0, 0]);
-    other.send(h, &[]);
-    let (h, _) = other.read_pdu().expect("RESERVE");
-    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "RESERVE (6) GOOD");
-    let list = xcopy_list(2, 2, &[a, b], &[(0, 1, 1, 0, 0)]);
-    assert_eq!(xcopy(&mut r, 20, 0, &list).0, 0x18, "RESERVATION CONFLICT");
-    let list = xcopy_list(2, 2, &[a, b], &[(0, 0, 1, 100, 0)]);
-    assert_eq!(xcopy(&mut r, 21, 0, &list), (0, 0, 0, 0));
-}
-
-#[test]
-fn extended_copy_on_an_unavailable_path_gets_the_alua_sense_and_an_abort_is_never_answered() {
-    use twinblk::bdev::volume::PathState;
-    let (d, addr) = daemon("64MiB");
-    let mut r = Raw::login(addr, false);
-    let naa = naa_of(&mut r, 1, 0);
-    let path = &d.shared().volumes[0].path;
-    assert!(path.set(PathState::Inaccessible));
-    assert_eq!(status_of(&mut r, 2, &[0u8; 6], 0).2, 0x2A, "unit attention");
-    let list = xcopy_list(1, 2, &[naa], &[(0, 0, 8, 0, 100)]);
-    assert_eq!(xcopy(&mut r, 3, 0, &list), (0x02, 0x02, 0x04, 0x0C));
-    assert!(path.set(PathState::Optimized));
-    assert_eq!(status_of(&mut r, 4, &[0u8; 6], 0).2, 0x2A, "unit attention");
-    assert_eq!(xcopy(&mut r, 5, 0, &list), (0, 0, 0, 0));
-
-    // 12 MiB: more chunks than one reactor turn takes (the run asks itself for more turns).
-    let p = pattern(5, 12 << 20);
-    write_big(&mut r, 1000, 0, &p);
-    let list = xcopy_list(4, 2, &[naa], &[(0, 0, 24576, 0, 40000)]);
-    assert_eq!(xcopy(&mut r, 6, 0, &list), (0, 0, 0, 0));
-    assert!(read_big(&mut r, 2000, 40000, 24576) == p, "12 MiB copied");
-
-    // A long copy (16 segments of 32 MiB) and an ABORT TASK for it in one send. Either the
-    // abort finds it (function complete, and the copy is never answered), or the copy finished
-    // first (its status, then "task does not exist"); never both, never neither.
-    let list = xcopy_list(2, 2, &[naa], &[(0, 0, 65535, 0, 65536); 16]);
-    let mut c = [0u8; 16];
-    c[0] = 0x83;
-    c[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
-    let mut h = bhs(0x01, 0xA0);
-    put32(&mut h, 16, 50);
-    put32(&mut h, 20, list.len() as u32);
-    put32(&mut h, 24, r.cmd_sn);
-    h[32..48].copy_from_slice(&c);
-    let mut both = frame(h, &list, false);
-    let mut t = bhs(0x02, 0x80 | 1);
-    put32(&mut t, 16, 51);
-    put32(&mut t, 20, 50);
-    put32(&mut t, 24, r.cmd_sn + 1);
-    put32(&mut t, 32, r.cmd_sn);
-    both.extend_from_slice(&frame(t, &[], false));
-    r.cmd_sn += 2;
-    r.s.write_all(&both).unwrap();
-    let mut copy_status = None;
-    let tmf = loop {
-        let (h, _) = r.read_pdu().expect("responses");
-        match h[0] & 0x3F {
-            0x21 => copy_status = Some(h[3]),
-            0x22 => break h[2],
-            op => panic!("unexpected opcode {op:#x}"),
-        }
-    };
-    // Nothing more comes for the copy: the next answer is the NOP-In.
-    r.nop(52);
-    match tmf {
-        0 => assert_eq!(copy_status, None, "an aborted copy is not answered"),
-        1 => assert_eq!(copy_status, Some(0), "finished before the abort arrived"),
-        other => panic!("TMF response {other}"),
-    }
-    // The daemon still serves, and copies again.
-    let list = xcopy_list(3, 2, &[naa], &[(0, 0, 8, 0, 200)]);
-    assert_eq!(xcopy(&mut r, 53, 0, &list), (0, 0, 0, 0));
-}
-
-#[test]
-fn extended_copy_on_a_mirrored_volume_reaches_both_sites() {
-    let root = tempfile::tempdir().unwrap();
-    let (_a, ia, _b, ib) = two_sites(root.path(), "");
-    let mut ha = Raw::login_as(ia, "iqn.2026-12.test:host1");
-    let mut hb = Raw::login_as(ib, "iqn.2026-12.test:host1");
-    let (_, _, _, _, cap) = status_of(&mut ha, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8);
-    let bs = u32::from_be_bytes(cap[4..8].try_into().unwrap());
-    let naa = naa_of(&mut ha, 2, 0);
-    assert_eq!(naa_of(&mut hb, 2, 0), naa, "one NAA at both sites");
-    let blocks = (256 << 10) / bs; // 256 KiB
-    let p = pattern(31, (blocks * bs) as usize);
-    let mut c = [0u8; 10];
-    c[0] = 0x2A;
-    c[7..9].copy_from_slice(&(blocks as u16).to_be_bytes());
-    ha.scsi(3, &c, blocks * bs, 0xA0, &p[..64 << 10]);
-    let mut off = 64 << 10;
-    loop {
-        let (h, _) = ha.read_pdu().expect("R2T or status");
-        if h[0] & 0x3F == 0x21 {
-            assert_eq!(h[3], 0, "write GOOD");
-            break;
-        }
-        assert_eq!(h[0] & 0x3F, 0x31, "R2T");
-        let ttt = u32::from_be_bytes(h[20..24].try_into().unwrap());
-        let len = u32::from_be_bytes(h[44..48].try_into().unwrap()) as usize;
-        let mut d = bhs(0x05, 0x80);
-        put32(&mut d, 16, 3);
-        put32(&mut d, 20, ttt);
-        put32(&mut d, 40, off as u32);
-        ha.send(d, &p[off..off + len]);
-        off += len;
-    }
-    // Copy through site a; the copy's writes go through the mirror: site b reads them.
-    let mut list = xcopy_list(1, 0, &[naa], &[(0, 0, blocks as u16, 0, 1000)]);
-    list[16 + 29..16 + 32].copy_from_slice(&bs.to_be_bytes()[1..]);
-    assert_eq!(xcopy(&mut ha, 4, 0, &list), (0, 0, 0, 0));
-    let rd = read10(1000, blocks as u16);
-    let (st, _, _, _, at_b) = status_of(&mut hb, 5, &rd, blocks * bs);
-    assert_eq!(st, 0);
-    assert!(at_b == p, "site b has the copy");
-    let (st, _, _, _, at_a) = status_of(&mut ha, 6, &rd, blocks * bs);
-    assert!(st == 0 && at_a == p, "site a has the copy");
-}
-
-#[test]
-fn an_extended_copy_behind_a_compare_and_write_copies_its_new_data() {
-    // COMPARE AND WRITE of block 0 and a copy of block 0 to block 10 in one send: the copy's
-    // read arrives while the pair is pending, is diverted behind it, and copies the new data.
-    let (_d, addr) = daemon("16MiB");
-    let mut r = Raw::login(addr, false);
-    let naa = naa_of(&mut r, 1, 0);
-    let old = pattern(1, 512);
-    let new = pattern(2, 512);
-    r.scsi(2, &write10(0, 1), 512, 0xA0, &old);
-    let (h, _) = r.read_pdu().expect("SCSI Response");
-    assert_eq!(h[3], 0);
-    let mut caw = [0u8; 16];
-    caw[0] = 0x89;
-    caw[13] = 1;
-    let mut c = bhs(0x01, 0xA0);
-    put32(&mut c, 16, 3);
-    put32(&mut c, 20, 1024);
-    put32(&mut c, 24, r.cmd_sn);
-    c[32..48].copy_from_slice(&caw);
-    let mut both = frame(c, &[old.clone(), new.clone()].concat(), false);
-    let list = xcopy_list(1, 2, &[naa], &[(0, 0, 1, 0, 10)]);
-    let mut x = [0u8; 16];
-    x[0] = 0x83;
-    x[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
-    let mut h = bhs(0x01, 0xA0);
-    put32(&mut h, 16, 4);
-    put32(&mut h, 20, list.len() as u32);
-    put32(&mut h, 24, r.cmd_sn + 1);
-    h[32..48].copy_from_slice(&x);
-    both.extend_from_slice(&frame(h, &list, false));
-    r.cmd_sn += 2;
-    r.s.write_all(&both).unwrap();
-    let mut statuses = [None, None];
-    while statuses.iter().any(Option::is_none) {
-        let (h, _) = r.read_pdu().expect("responses");
-        assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response");
-        let itt = u32::from_be_bytes(h[16..20].try_into().unwrap());
-        statuses[(itt - 3) as usize] = Some(h[3]);
-    }
-    assert_eq!(statuses, [Some(0), Some(0)], "both GOOD");
-    assert_eq!(
-        read_blocks(&mut r, 5, 10, 1),
-        new,
-        "the copy saw the pair's write"
-    );
-}
-
-#[test]
-fn qemu_img_convert_with_copy_offloading_clones_one_lun_to_another() {
-    // QEMU's iSCSI driver offloads `qemu-img convert -C` between LUNs of one target with
-    // EXTENDED COPY (3PC set, E4h descriptors naming both LUNs by their NAA designators).
-    // Checked by hand with strace (2026-12-03, 64 MiB): qemu-img received 31,709 bytes with -C
-    // and 66,905,893 without; this test checks the clone is right.
-    let text = "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='iqn.2026-11.io.twinblk:vol0'\nluns=['vol0','vol1']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='16MiB'\n";
-    let cfg = twinblk::control::config::Config::from_toml(text).expect("test config");
-    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    let addr = d
-        .listeners()
-        .into_iter()
-        .find(|(p, _)| *p == twinblk::daemon::Proto::Iscsi)
-        .expect("an iSCSI listener")
-        .1;
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src.img");
-    std::fs::write(&src, pattern(21, 16 << 20)).unwrap();
-    let (l0, l1) = (
-        format!("iscsi://{addr}/{IQN}/0"),
-        format!("iscsi://{addr}/{IQN}/1"),
-    );
-    run(qemu_with_iscsi("qemu-img")
-        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
-        .arg(&src)
-        .arg(&l0));
-    run(qemu_with_iscsi("qemu-img")
-        .args(["convert", "-C", "-n", "-f", "raw", "-O", "raw", &l0, &l1]));
-    let out = run(qemu_with_iscsi("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "raw"])
-        .arg(&src)
-        .arg(&l1));
-    assert!(out.contains("Images are identical"), "{out}");
 }
 
 /// Registrations made with APTPL survive a restart of both sites (each site persists the state
