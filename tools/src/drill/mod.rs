@@ -1218,36 +1218,15 @@ fn check(name: &str, target: String, measured: String, pass: bool) -> Value {
     json!({"name": name, "target": target, "measured": measured, "pass": pass})
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-fn utc_parts(unix: u64) -> (i64, u32, u32, u64, u64, u64) {
-    let (y, mo, d) = civil((unix / 86_400) as i64);
-    let s = unix % 86_400;
-    (y, mo, d, s / 3600, s / 60 % 60, s % 60)
-}
-
 /// `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn utc_iso(unix: u64) -> String {
-    let (y, mo, d, h, mi, s) = utc_parts(unix);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// `YYYYMMDDTHHMMSSZ` (file names).
 fn utc_compact(unix: u64) -> String {
-    let (y, mo, d, h, mi, s) = utc_parts(unix);
-    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+    utc_iso(unix).replace(['-', ':'], "")
 }
 
 #[cfg(test)]
