@@ -79,6 +79,24 @@ pub fn path_state(mode: Mode, role: Role, leased: bool) -> PathState {
     }
 }
 
+/// The other site's path state as this site knows it from its own mode: with a session up
+/// and mirroring, [`path_state`] of the peer's role (the leader optimised, the follower
+/// non-optimised); while this site serves alone (a survivor), inaccessible (the peer holds no
+/// grant); while this site is resynced, optimised (the peer is the survivor); otherwise
+/// (fenced, waiting, a link just lost) not known: transitioning.
+pub fn peer_path_state(mode: Mode, role: Role, session_up: bool) -> PathState {
+    let peer_role = match role {
+        Role::Leader => Role::Follower,
+        Role::Follower => Role::Leader,
+    };
+    match mode {
+        Mode::Mirroring if session_up => path_state(Mode::Mirroring, peer_role, true),
+        Mode::Survivor => PathState::Inaccessible,
+        Mode::Resyncing => PathState::Optimized,
+        Mode::Mirroring | Mode::Fenced | Mode::Waiting => PathState::Transitioning,
+    }
+}
+
 /// How often an engine gets its periodic work (timeouts, pings, dialling).
 const TICK: Duration = Duration::from_millis(5);
 

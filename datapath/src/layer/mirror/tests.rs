@@ -308,3 +308,42 @@ fn an_in_sync_state_file_of_other_or_lost_data_restarts_the_replica_as_new() {
     assert_eq!(e.replica_state(), 4);
     assert!(e.no_io());
 }
+
+/// What a site reports of the other site's path (iSCSI RTPG lists both groups) agrees with what
+/// the other site itself reports in every pairing the sites' modes can be in.
+#[test]
+fn each_site_reports_the_other_sites_path_as_the_other_site_does() {
+    use super::{Mode, path_state, peer_path_state};
+    use crate::bdev::volume::PathState;
+    // Mirroring with a session: each site's view of the other is the other's own state.
+    for (me, peer) in [
+        (Role::Leader, Role::Follower),
+        (Role::Follower, Role::Leader),
+    ] {
+        assert_eq!(
+            peer_path_state(Mode::Mirroring, me, true),
+            path_state(Mode::Mirroring, peer, true)
+        );
+    }
+    // A survivor's peer is fenced or being resynced: inaccessible, as the peer says itself.
+    assert_eq!(
+        peer_path_state(Mode::Survivor, Role::Follower, true),
+        path_state(Mode::Resyncing, Role::Leader, true)
+    );
+    assert_eq!(
+        peer_path_state(Mode::Survivor, Role::Leader, false),
+        path_state(Mode::Fenced, Role::Follower, true)
+    );
+    // A site being resynced: the peer is the survivor, optimised.
+    assert_eq!(
+        peer_path_state(Mode::Resyncing, Role::Leader, true),
+        path_state(Mode::Survivor, Role::Follower, true)
+    );
+    // Without a session the peer is not known.
+    for mode in [Mode::Mirroring, Mode::Fenced, Mode::Waiting] {
+        assert_eq!(
+            peer_path_state(mode, Role::Leader, false),
+            PathState::Transitioning
+        );
+    }
+}

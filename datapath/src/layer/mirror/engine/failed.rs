@@ -49,24 +49,14 @@ impl Engine {
         }
     }
 
-    /// The other site's path state as this site knows it: with a session up and mirroring,
-    /// the peer's role's (the leader optimised, the follower non-optimised); while this site
-    /// serves alone (a survivor, resyncing the peer or not), inaccessible (the peer holds no
-    /// grant); while this site is resynced, optimised (the peer is the survivor); otherwise
-    /// (fenced, waiting, failed, a link just lost) not known: transitioning.
+    /// The other site's path state as this site knows it
+    /// ([`crate::layer::mirror::peer_path_state`] of the mode, role and session; not known,
+    /// transitioning, once this site's replica failed or its state cannot be persisted).
     pub fn peer_path_state(&self) -> crate::bdev::volume::PathState {
-        use crate::bdev::volume::PathState;
         if self.failed.is_some() || self.durable.failed {
-            return PathState::Transitioning;
-        }
-        match self.mode {
-            Mode::Mirroring if self.sess.up => match self.cfg.role {
-                Role::Leader => PathState::NonOptimized,
-                Role::Follower => PathState::Optimized,
-            },
-            Mode::Survivor => PathState::Inaccessible,
-            Mode::Resyncing => PathState::Optimized,
-            _ => PathState::Transitioning,
+            crate::bdev::volume::PathState::Transitioning
+        } else {
+            crate::layer::mirror::peer_path_state(self.mode, self.cfg.role, self.sess.up)
         }
     }
 
