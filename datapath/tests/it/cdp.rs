@@ -1266,3 +1266,121 @@ fn an_open_view_holds_consolidation_at_its_point() {
         "stale hold ignored"
     );
 }
+
+/// A file-backed volume whose journal device fills up: the layer degrades to tracking changed
+/// regions (status says so) and keeps serving; the next start journals those regions again
+/// and a gap record, so the newest point equals the volume, points before the stop are exact,
+/// and points inside the gap are refused. After a clean stop only the changed regions are
+/// journaled again; after kill -9 the whole volume is.
+#[test]
+fn a_journal_that_stopped_catches_up_at_the_next_start_and_refuses_points_in_the_gap() {
+    for crash in [false, true] {
+        degraded_round(crash);
+    }
+}
+
+fn degraded_round(crash: bool) {
+    const SIZE: usize = 4 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(&tmp.path().join("small"), "12m");
+    let dir = fs.0.join("j");
+    let img = tmp.path().join("v.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(SIZE as u64)
+        .unwrap();
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='v'\nbackend='uring'\npath='{}'\n\
+         size={SIZE}\nblock_size=4096\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        img.display(),
+        dir.display()
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let mut log: Vec<Upd> = Vec::new();
+    // 20 MiB of writes, all inside region 1 (1..2 MiB): more than the filesystem holds.
+    for i in 0..160u64 {
+        let off = (1 << 20) + (i % 8) * (128 << 10);
+        let data = pattern(i + 7000, 128 << 10);
+        assert_eq!(c.write(off, &data), 0, "write {i} failed");
+        log.push(Upd::Write(off, data));
+    }
+    let st = s.rpc("cdp_status")[0].clone();
+    assert_eq!(st["journal"], "degraded", "{st}");
+    assert_eq!(st["changed_regions"], 1, "{st}");
+    assert!(st["degraded_note"].is_string(), "{st}");
+    let mut model = vec![0u8; SIZE];
+    for u in &log {
+        apply(&mut model, u);
+    }
+    assert!(c.read(0, SIZE as u32).unwrap() == model);
+    c.disconnect();
+    let before = store::load(&dir, Load::ReadOnly).unwrap();
+    let journaled = before.entries().filter(|(_, e)| e.op == Op::Write).count();
+    assert!(
+        journaled > 0 && journaled < log.len(),
+        "{journaled} journaled"
+    );
+    if crash {
+        s.kill();
+    } else {
+        assert!(s.stop(), "clean stop");
+    }
+    // Room again; the next start catches up.
+    let ok = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&fs.0)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "remount");
+    let mut s = s.respawn();
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(s.rpc("cdp_status")[0]["journal"], "running");
+    let last = pattern(9999, 4096);
+    assert_eq!(c.write(0, &last), 0);
+    model[..4096].copy_from_slice(&last);
+    c.disconnect();
+    assert!(s.stop(), "clean stop");
+    assert!(std::fs::read(&img).unwrap() == model, "the volume");
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let gaps: Vec<_> = h.entries().filter(|(_, e)| e.op == Op::Gap).collect();
+    assert_eq!(gaps.len(), 1, "one gap record");
+    let (after, gap) = (gaps[0].1.offset, gaps[0].1.seq);
+    // What was journaled again: region 1 alone after a clean stop, every region after a crash.
+    let caught: Vec<u64> = h
+        .entries()
+        .filter(|(_, e)| e.seq > before.last_seq && e.seq < gap)
+        .map(|(_, e)| e.offset >> 20)
+        .collect();
+    assert_eq!(
+        caught,
+        if crash { vec![0, 1, 2, 3] } else { vec![1] },
+        "regions journaled again (crash: {crash})"
+    );
+    // Newest point: the volume. Up to the stop: the journaled prefix.
+    let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
+    assert!(got == model, "the newest point is the volume");
+    assert!(after <= before.last_seq);
+    let at_stop = pit::read_at(&h, Point::Seq(after), 0, SIZE as u64).unwrap();
+    let mut upto = vec![0u8; SIZE];
+    let n_after = h
+        .entries()
+        .filter(|(_, e)| e.seq <= after && e.op == Op::Write)
+        .count();
+    for u in &log[..n_after] {
+        apply(&mut upto, u);
+    }
+    assert!(at_stop == upto, "the point before the gap is exact");
+    // Inside the gap: refused, by sequence and by time; the gap record itself is restorable.
+    let err = pit::read_at(&h, Point::Seq(gap - 1), 0, 4096).unwrap_err();
+    assert!(matches!(err, CdpError::InGap { .. }), "{err}");
+    let gap_time = gaps[0].1.time;
+    let err = pit::resolve(&h, Point::Time(gap_time - 1)).unwrap_err();
+    assert!(matches!(err, CdpError::InGap { .. }), "{err}");
+    assert!(err.to_string().contains("gap"), "{err}");
+    assert_eq!(pit::resolve(&h, Point::Seq(gap)).unwrap(), gap);
+    assert!(pit::read_at(&h, Point::Seq(gap), 0, SIZE as u64).unwrap()[4096..] == model[4096..]);
+    drop(s);
+    drop(fs);
+}

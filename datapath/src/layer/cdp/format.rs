@@ -42,6 +42,10 @@ pub enum Op {
     Pad = 4,
     /// A time mark: nothing changed up to its time (no range, no payload).
     Mark = 5,
+    /// The end of a gap: the journal stopped after the record whose sequence number is the
+    /// offset field; the records between are the changed regions journaled again at the next
+    /// start, and the points between are not restorable (no range, no payload).
+    Gap = 6,
 }
 
 impl Op {
@@ -52,6 +56,7 @@ impl Op {
             3 => Op::Unmap,
             4 => Op::Pad,
             5 => Op::Mark,
+            6 => Op::Gap,
             _ => return None,
         })
     }
@@ -297,6 +302,7 @@ impl RecHeader {
             Op::Zeroes | Op::Unmap => h.payload_len == 0 && h.len > 0,
             Op::Pad => h.payload_len as u64 == h.len && h.seq == 0 && (h.len as usize) < 2 * ALIGN,
             Op::Mark => h.payload_len == 0 && h.len == 0 && h.offset == 0,
+            Op::Gap => h.payload_len == 0 && h.len == 0 && h.offset < h.seq,
         };
         if !ok {
             return Err(FormatError::Field("lengths"));

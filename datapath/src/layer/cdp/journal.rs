@@ -14,7 +14,8 @@
 //! - A segment switch happens only with no append in flight and none queued, so no queued SQE
 //!   can name the fixed-file slot after it points at the next segment.
 //! - A failed append stops the journal for good (until a restart): updates then complete on
-//!   their base result alone, and the history ends at `durable`.
+//!   their base result alone, and the history ends at `durable`; the layer above it tracks
+//!   the changed regions (degraded mode, [`super::degraded`]).
 
 use super::clock;
 use super::format::{self, MAX_PAYLOAD, Meta, Op, REC_HEADER, RecHeader, SegHeader};
@@ -51,8 +52,13 @@ pub struct CdpStats {
     pub batches: AtomicU64,
     /// Active segment number.
     pub segment: AtomicU64,
-    /// The journal stopped after a failed append (history ends at `durable_seq`).
+    /// The journal stopped after a failed append (history ends at `durable_seq`); the layer
+    /// tracks changed regions (degraded mode).
     pub stopped: AtomicBool,
+    /// Regions (1 MiB) changed since the journal stopped.
+    pub changed_regions: AtomicU64,
+    /// When it stopped (site time, ns; 0: running).
+    pub stopped_at: AtomicU64,
     /// Where the restorable window starts (site time, ns; moved by consolidation).
     pub window_start: Arc<AtomicU64>,
     /// Segment switches to a segment prepared ahead (off the reactor).
@@ -189,6 +195,11 @@ impl Journal {
     /// Last durable sequence number.
     pub fn durable(&self) -> u64 {
         self.durable
+    }
+
+    /// Time of the last durable record.
+    pub fn durable_time(&self) -> u64 {
+        self.last_durable_time
     }
 
     /// The journal stopped (a failed append): updates complete on their base result alone.
@@ -465,7 +476,7 @@ impl Journal {
     fn stop(&mut self, io: &mut IoCx, why: &str) {
         if !self.stopped {
             tracing::error!(dir = %self.dir.display(), durable = self.durable, why,
-                "cdp: the journal stopped; the volume keeps serving, its history ends here until a restart");
+                "cdp: the journal stopped; the volume keeps serving, its history ends here and the layer tracks changed regions until the next start");
         }
         self.stopped = true;
         self.stats.stopped.store(true, Relaxed);

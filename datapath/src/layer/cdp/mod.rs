@@ -23,10 +23,12 @@
 
 pub mod bookmark;
 pub mod clock;
+pub mod degraded;
 pub mod format;
 pub mod journal;
 pub mod pit;
 pub mod retain;
+pub mod startlog;
 pub mod store;
 pub mod view;
 
@@ -41,6 +43,7 @@ use format::Op;
 use journal::{CdpStats, JOURNAL_SLOT, Journal};
 use slab::Slab;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use store::CdpError;
@@ -84,7 +87,6 @@ pub struct CdpInfo {
 impl CdpInfo {
     /// `cdp_status`'s view (docs/control.md).
     pub fn snapshot(&self) -> serde_json::Value {
-        use std::sync::atomic::Ordering::Relaxed;
         let s = &self.stats;
         let start = s.window_start.load(Relaxed).max(self.created);
         let end = s.durable_time.load(Relaxed);
@@ -103,7 +105,15 @@ impl CdpInfo {
             "segment": s.segment.load(Relaxed),
             "switches_prepared": s.switches_prepared.load(Relaxed),
             "switches_created": s.switches_created.load(Relaxed),
-            "journal": if s.stopped.load(Relaxed) { "stopped" } else { "running" },
+            "journal": if s.stopped.load(Relaxed) { "degraded" } else { "running" },
+            "changed_regions": s.changed_regions.load(Relaxed),
+            "changed_bytes": s.changed_regions.load(Relaxed) << degraded::REGION_SHIFT,
+            "degraded_since_ns": Some(s.stopped_at.load(Relaxed)).filter(|&t| t > 0),
+            "degraded_note": s.stopped.load(Relaxed).then(|| format!(
+                "the journal stopped after sequence {}: tracking changed regions only ({} MiB); the next start journals them again and the history is whole from there",
+                s.durable_seq.load(Relaxed),
+                s.changed_regions.load(Relaxed)
+            )),
             "history_s": history_s,
             "history_target_s": self.retention_age_ns.map(|a| a as f64 / 1e9),
             "history_short": short,
@@ -137,7 +147,7 @@ pub struct CdpDevice {
     pub spare: Arc<journal::Spare>,
     /// Segment size.
     pub segment_size: u64,
-    start: Mutex<Option<journal::Start>>,
+    start: Mutex<Option<(journal::Start, degraded::RegionMap)>>,
 }
 
 impl CdpDevice {
@@ -153,31 +163,25 @@ impl CdpDevice {
         let meta = store::open_or_create(&s.dir, info.size, info.block_size, s.seed.as_deref())?;
         let h = store::load(&s.dir, store::Load::Recover)?;
         let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
-        let mut next_seq = h.last_seq + 1;
-        let file = store::create_segment(&s.dir, &meta, segno, next_seq, s.segment_size)?;
-        let mut pos = format::SEG_HEADER as u64;
-        let mut last_time = h.last_time;
+        let (regions, prior) = degraded::RegionMap::open(&s.dir, info.size)?;
+        let mut log =
+            startlog::StartLog::new(&s.dir, meta, s.segment_size, segno, h.last_seq, h.last_time)?;
         if s.volatile {
             // The base starts empty: the history says so before anything else.
-            let mut b = vec![0u8; format::ALIGN];
-            last_time = clock::now().max(last_time);
-            format::RecHeader {
-                op: Op::Unmap,
-                seq: next_seq,
-                time: last_time,
-                offset: 0,
-                len: info.size,
-                payload_len: 0,
-                payload_crc: 0,
-                vol_id: meta.vol_id,
-            }
-            .encode(&mut b);
-            let pad = format::pad_len(format::REC_HEADER);
-            format::encode_pad(&mut b[format::REC_HEADER..], pad, meta.vol_id);
-            store::append_sync(&s.dir, segno, pos, &b)?;
-            pos += b.len() as u64;
-            next_seq += 1;
+            log.append(Op::Unmap, 0, info.size, &[])?;
         }
+        if prior != degraded::Prior::Whole {
+            if !s.volatile && s.seed.is_none() {
+                return Err(CdpError::Meta {
+                    path: s.dir.join(degraded::FILE),
+                    why: "the journal stopped in an earlier run and this base is neither a file nor RAM: its changed regions cannot be journaled again".into(),
+                });
+            }
+            let base = if s.volatile { None } else { s.seed.as_deref() };
+            log.catch_up(&prior, base, info.size)?;
+        }
+        let mut regions = regions;
+        regions.whole()?;
         tracing::info!(dir = %s.dir.display(), segments = h.segments.len(), last_seq = h.last_seq,
             cut = ?h.cut, damaged = h.damaged.len(), "cdp: history recovered");
         let spare = Arc::new(journal::Spare::default());
@@ -186,7 +190,7 @@ impl CdpDevice {
             .store(s.prezero, std::sync::atomic::Ordering::Relaxed);
         spare
             .want
-            .store(segno + 1, std::sync::atomic::Ordering::Release);
+            .store(log.segno() + 1, std::sync::atomic::Ordering::Release);
         let stats = CdpStats::default();
         stats
             .window_start
@@ -201,17 +205,7 @@ impl CdpDevice {
             created: meta.created,
             spare: Arc::clone(&spare),
             segment_size: s.segment_size,
-            start: Mutex::new(Some(journal::Start {
-                dir: s.dir.clone(),
-                meta,
-                segno,
-                file,
-                pos,
-                next_seq,
-                last_time,
-                seg_size: s.segment_size,
-                spare,
-            })),
+            start: Mutex::new(Some((log.into_start(Arc::clone(&spare)), regions))),
         })
     }
 }
@@ -241,7 +235,7 @@ impl BlockDevice for CdpDevice {
                 from: io.reactor as u32,
             }));
         }
-        let start = self
+        let (start, regions) = self
             .start
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -259,6 +253,8 @@ impl BlockDevice for CdpDevice {
             size,
             align: u64::from(self.inner.info().min_io.max(1)),
             journal,
+            regions,
+            stats: Arc::clone(&self.stats),
             ops: Slab::with_capacity(256),
             held: std::collections::VecDeque::new(),
             done: Vec::with_capacity(256),
@@ -320,6 +316,9 @@ pub struct CdpChannel {
     /// Write alignment of the base.
     align: u64,
     journal: Journal,
+    /// The changed regions once the journal stopped (degraded mode).
+    regions: degraded::RegionMap,
+    stats: Arc<CdpStats>,
     ops: Slab<Pending>,
     /// Updates waiting for an earlier overlapping one, in arrival order.
     held: std::collections::VecDeque<Held>,
@@ -361,6 +360,14 @@ impl CdpChannel {
             Upd::Flush => (0, 0),
             _ => (offset, offset + len),
         };
+        if self.journal.stopped() {
+            // Degraded: the update is not journaled; its regions are remembered.
+            self.degrade();
+            self.regions.mark(range.0, range.1 - range.0);
+            self.stats
+                .changed_regions
+                .store(self.regions.marked(), Relaxed);
+        }
         // The journal orders updates as they arrive; overlapping ones must reach the base in
         // that order too (two writes to a block in flight at once could otherwise land in
         // the other order, and the journal's newest point would differ from the base).
@@ -464,7 +471,40 @@ impl CdpChannel {
         }
     }
 
+    /// The journal stopped: write `degraded.map`'s "stopped" state before any update completes
+    /// without its record, and remember the regions of the updates in flight whose records are
+    /// not durable (docs/cdp-format.md, "Degraded mode").
+    fn degrade(&mut self) {
+        if self.regions.active || !self.journal.stopped() {
+            return;
+        }
+        let (after, after_time, now) = (
+            self.journal.durable(),
+            self.journal.durable_time(),
+            clock::now(),
+        );
+        if let Err(e) = self.regions.stopped(after, after_time, now) {
+            tracing::error!(error = %e, "cdp: cannot record that the journal stopped; if this site crashes now, the next start cannot tell which regions changed");
+        }
+        for (_, p) in self.ops.iter() {
+            if p.last_seq > after || p.last_seq == 0 {
+                self.regions.mark(p.range.0, p.range.1 - p.range.0);
+            }
+        }
+        self.stats
+            .changed_regions
+            .store(self.regions.marked(), Relaxed);
+        self.stats.stopped_at.store(now, Relaxed);
+        tracing::warn!(
+            after,
+            "cdp: degraded: tracking changed regions only until the next start"
+        );
+    }
+
     fn try_complete(&mut self, key: usize) {
+        if self.journal.stopped() && !self.regions.active {
+            self.degrade();
+        }
         let p = &self.ops[key];
         if let Some(r) = p.base
             && (p.last_seq <= self.journal.durable() || self.journal.stopped() || p.answered)
@@ -489,6 +529,15 @@ impl CdpChannel {
     /// The journal's counters' view: last durable sequence.
     pub fn durable(&self) -> u64 {
         self.journal.durable()
+    }
+}
+
+impl Drop for CdpChannel {
+    /// A clean stop while degraded keeps the changed regions for the next start.
+    fn drop(&mut self) {
+        if let Err(e) = self.regions.persist() {
+            tracing::error!(error = %e, "cdp: cannot save the changed regions; the next start journals the whole volume again");
+        }
     }
 }
 

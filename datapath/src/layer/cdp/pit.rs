@@ -33,24 +33,51 @@ pub fn window(h: &History) -> String {
     )
 }
 
-/// The sequence number `p` names in `h`.
+/// The sequence number `p` names in `h`; points inside a gap (docs/cdp-format.md, "Degraded
+/// mode") are refused with the gap's ends.
 pub fn resolve(h: &History, p: Point) -> Result<u64, CdpError> {
     let outside = |what: String| CdpError::Outside {
         what,
         window: window(h),
     };
-    match p {
-        Point::Seq(s) if (h.meta.base_seq..=h.last_seq).contains(&s) => Ok(s),
-        Point::Seq(s) => Err(outside(format!("sequence {s}"))),
+    let seq = match p {
+        Point::Seq(s) if (h.meta.base_seq..=h.last_seq).contains(&s) => s,
+        Point::Seq(s) => return Err(outside(format!("sequence {s}"))),
         Point::Time(t) if t < h.meta.window_start() || t > h.last_time => {
-            Err(outside(format!("time {t}")))
+            return Err(outside(format!("time {t}")));
         }
-        Point::Time(t) => Ok(h
+        Point::Time(t) => h
             .entries()
             .take_while(|(_, e)| e.time <= t)
             .last()
-            .map_or(h.meta.base_seq, |(_, e)| e.seq)),
+            .map_or(h.meta.base_seq, |(_, e)| e.seq),
+    };
+    for (_, g) in h.entries().filter(|(_, e)| e.op == Op::Gap) {
+        let after = g.offset;
+        // Time of the last record before the gap (the window's start when it was consolidated).
+        let after_time = h
+            .entries()
+            .take_while(|(_, e)| e.seq <= after)
+            .last()
+            .map_or(h.meta.window_start(), |(_, e)| e.time);
+        // A time after record `after` and before the gap record saw changes the journal
+        // does not hold; a sequence between the two is a catch-up record.
+        let inside = (after < seq && seq < g.seq)
+            || matches!(p, Point::Time(t) if after_time < t && t < g.time);
+        if inside {
+            return Err(CdpError::InGap {
+                what: match p {
+                    Point::Seq(s) => format!("sequence {s}"),
+                    Point::Time(t) => format!("time {t}"),
+                },
+                after,
+                after_time,
+                resumed: g.seq,
+                resumed_time: g.time,
+            });
+        }
     }
+    Ok(seq)
 }
 
 fn overlap(e: &Entry, offset: u64, len: u64) -> Option<(u64, u64)> {
@@ -132,7 +159,7 @@ pub fn read_at(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, 
         match e.op {
             Op::Write => segs.payload(segno, e, s, dst)?,
             Op::Zeroes | Op::Unmap => dst.fill(0),
-            Op::Mark | Op::Pad => {}
+            Op::Mark | Op::Pad | Op::Gap => {}
         }
     }
     still_inside(h, start_seq)?;
@@ -191,7 +218,7 @@ pub fn restore(
                 segs.payload(segno, e, e.offset, &mut buf)?;
                 f.write_all_at(&buf, e.offset).map_err(err("write"))?;
             }
-            Op::Mark | Op::Pad => {}
+            Op::Mark | Op::Pad | Op::Gap => {}
             Op::Zeroes | Op::Unmap => {
                 let mut at = e.offset;
                 while at < e.offset + e.len {

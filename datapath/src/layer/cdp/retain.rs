@@ -180,7 +180,7 @@ fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(),
                     }
                 }
             }
-            Op::Mark | Op::Pad => {}
+            Op::Mark | Op::Pad | Op::Gap => {}
         }
     }
     base.sync_all().map_err(io("sync", &bp))

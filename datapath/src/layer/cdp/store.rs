@@ -49,6 +49,23 @@ pub enum CdpError {
         /// The window.
         window: String,
     },
+    /// A point inside a gap of the history (the journal had stopped: docs/cdp-format.md,
+    /// "Degraded mode").
+    #[error(
+        "{what} is inside a gap of the history: the journal stopped after sequence {after} (time {after_time} ns) and was whole again from sequence {resumed} (time {resumed_time} ns); changes in between were tracked by region only. Choose a point up to the first or from the second"
+    )]
+    InGap {
+        /// The point asked for.
+        what: String,
+        /// Last sequence number before the gap.
+        after: u64,
+        /// Its time.
+        after_time: u64,
+        /// The gap record's sequence number (restorable from here on).
+        resumed: u64,
+        /// Its time.
+        resumed_time: u64,
+    },
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CdpError {
@@ -120,7 +137,8 @@ fn meta_path(dir: &Path) -> PathBuf {
     dir.join("cdp.meta")
 }
 
-fn sync_dir(dir: &Path) -> Result<(), CdpError> {
+/// fsync a directory (its entries durable).
+pub fn sync_dir(dir: &Path) -> Result<(), CdpError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("sync", dir))

@@ -245,7 +245,7 @@ impl ViewDevice {
                     },
                 ),
                 Op::Zeroes | Op::Unmap => map.set(e.offset, end, Src::Zero),
-                Op::Mark | Op::Pad => {}
+                Op::Mark | Op::Pad | Op::Gap => {}
             }
         }
         let bp = store::base_path(dir);
