@@ -161,6 +161,10 @@ pub fn switchover(
             }
             if now >= deadline {
                 s.switch_req.store(0, Relaxed);
+                if s.snapshot(&name(p.mi), p.mi.leader).switchover == Some("asked") {
+                    // The leader never answered the ask (lost, or ignored: see its status).
+                    s.set_switch_phase(None);
+                }
                 errors.push(format!(
                     "{}: no switchover within {:.1} s (the leader's `mirror_status` field `last_switchover_error` may say why)",
                     name(p.mi),

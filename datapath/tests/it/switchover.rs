@@ -255,10 +255,6 @@ fn a_link_cut_during_a_switchover_ends_with_exactly_one_leader() {
     };
     let a = site_with(root.path(), "a", "b", pa, pb, w.addr, &state("a"));
     let b = site_with(root.path(), "b", "a", pb, pp, w.addr, &state("b"));
-    one_leader(&a, &b);
-    let stop = Arc::new(AtomicBool::new(false));
-    let wa = writer(a.addr, 0, Arc::clone(&stop));
-    let wb = writer(b.addr, 4 << 20, Arc::clone(&stop));
     let cut = |on: bool, dir: Dir| {
         proxy
             .set(
@@ -271,9 +267,32 @@ fn a_link_cut_during_a_switchover_ends_with_exactly_one_leader() {
             )
             .unwrap()
     };
+    one_leader(&a, &b);
+    // SWITCH itself lost: the link a → b cut while nothing is outstanding, so a drains at
+    // once, hands over into the cut link and follows term 1; b never hears it. After the
+    // heal the session's agreement makes b the leader of term 1.
+    cut(true, Dir::Rev);
+    let r = switch(&a, "b", 1.0);
+    assert!(
+        r["error"].is_null(),
+        "a hands over even if SWITCH is lost: {r}"
+    );
+    assert_eq!(leadership(&a), (false, 1));
+    assert_eq!(leadership(&b), (false, 0), "b heard nothing yet");
+    std::thread::sleep(Duration::from_millis(800));
+    cut(false, Dir::Rev);
+    assert_eq!(
+        one_leader(&a, &b),
+        (false, 1),
+        "b did not take term 1 at the next session"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let wa = writer(a.addr, 0, Arc::clone(&stop));
+    let wb = writer(b.addr, 4 << 20, Arc::clone(&stop));
     // (cut before the request in direction a → b only, delay after the request)
     let cases = [
         (Some(Dir::Rev), 0u64),
+        (Some(Dir::Fwd), 0),
         (None, 0),
         (None, 1),
         (None, 3),

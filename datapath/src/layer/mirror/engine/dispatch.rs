@@ -80,6 +80,7 @@ impl Engine {
             switchover::Phase::Draining { .. } => self.switch_abort(
                 "the session ended during the drain; rolled back, the leader is unchanged",
             ),
+            switchover::Phase::Idle => self.stats.set_switch_phase(None),
             switchover::Phase::Handed { .. } => {
                 // A follower of the new term either way; the next session agrees on it.
                 self.sw.phase = switchover::Phase::Idle;
