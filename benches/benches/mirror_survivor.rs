@@ -62,6 +62,7 @@ fn survivor(size: u64, dir: &std::path::Path) -> Engine {
         led: true,
         suspect: Some(Vec::new()),
         identity: 0,
+        leads: None,
     };
     save(&path, &p).expect("state file");
     let cfg = EngineConfig {

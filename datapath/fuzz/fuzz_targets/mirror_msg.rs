@@ -160,6 +160,8 @@ fn handshake_payloads(p: &[u8], id: u32, seq: u64) {
             f_inc: seq,
             l_state: id,
             l_inc: seq,
+            f_lead: seq,
+            l_lead: seq,
             name: "f",
         };
         for role in [AuthRole::Leader, AuthRole::Follower] {

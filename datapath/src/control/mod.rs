@@ -5,12 +5,13 @@
 //! reactor touches.
 //!
 //! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
-//! `reactor_stats`, `volume_stats`, `mirror_status`, `mirror_takeover`, `mirror_resync`,
+//! `reactor_stats`, `volume_stats`, `mirror_status`, `mirror_takeover`, `mirror_switchover`, `mirror_resync`,
 //! `nvmf_subsystems`, `host_list`, `volume_checksums` ([`verify`]), the `cdp_*` methods.
 //! [`metrics`] serves the same published state to Prometheus.
 
 pub mod config;
 pub mod metrics;
+pub mod switchover;
 pub mod verify;
 
 use crate::control::config::Config;
@@ -295,6 +296,14 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
         return match host_list(req.get("params"), shared) {
             Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
             Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
+        };
+    }
+    if method == "mirror_switchover" {
+        return match switchover::switchover(req.get("params"), shared, cfg) {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err((code, m)) => {
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": m}})
+            }
         };
     }
     if method == "mirror_takeover" || method == "mirror_resync" {

@@ -325,14 +325,19 @@ impl Daemon {
                         failover: m.witness.map(|_| {
                             // One slot (one grant) per volume group.
                             let group = v.group.clone().unwrap_or_else(|| v.name.clone());
-                            match failover_vols.iter().find(|(g, _, _)| *g == group) {
+                            let slot = match failover_vols.iter().find(|(g, _, _)| *g == group) {
                                 Some((_, _, slot)) => Arc::clone(slot),
                                 None => {
                                     let slot = Arc::new(FailoverSlot::default());
+                                    slot.configured_preferred
+                                        .store(leader, std::sync::atomic::Ordering::SeqCst);
                                     failover_vols.push((group, leader, Arc::clone(&slot)));
                                     slot
                                 }
-                            }
+                            };
+                            slot.members
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            slot
                         }),
                         dirty_granularity: m.dirty_granularity.0,
                         resync_rate: m.resync_rate.0.max(1 << 20),

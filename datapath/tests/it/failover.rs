@@ -71,7 +71,7 @@ fn site(
     site_with(root, me, peer, listen, peer_port, witness, "")
 }
 
-fn site_with(
+pub(crate) fn site_with(
     root: &Path,
     me: &str,
     peer: &str,
@@ -450,7 +450,12 @@ fn a_fenced_leaders_unacknowledged_write_is_overwritten_by_its_resync() {
 }
 
 /// Sites a and b with persisted replica state (`state_dir` under `root`).
-fn persistent_pair(root: &Path, pa: u16, pb: u16, witness: SocketAddr) -> (Server, Server) {
+pub(crate) fn persistent_pair(
+    root: &Path,
+    pa: u16,
+    pb: u16,
+    witness: SocketAddr,
+) -> (Server, Server) {
     let state = |me: &str| {
         let d = root.join(format!("state-{me}"));
         std::fs::create_dir_all(&d).unwrap();

@@ -37,12 +37,15 @@ fn fake_leader_welcome(l: &TcpListener, key: &Key) -> (TcpStream, Vec<u8>, Hands
         f_inc: h.seq,
         l_state: fake_state(),
         l_inc: 5,
+        f_lead: h.offset,
+        l_lead: 1,
         name: "vol0",
     };
     let welcome = msg(
         Header {
             id: fake_state(),
             seq: 5,
+            offset: 1,
             ..Header::new(Type::Welcome)
         },
         &wire::encode_welcome(&wire::Welcome {

@@ -17,3 +17,4 @@ mod nvmf_ana;
 mod nvmf_fused_resv;
 mod rawnbd;
 mod shutdown;
+mod switchover;

@@ -418,6 +418,8 @@ pub(crate) fn follower_view(
         f_inc: FAKE_INC,
         l_state: h.id,
         l_inc: h.seq,
+        f_lead: 0,
+        l_lead: h.offset,
         name: "vol0",
     };
     (hs, w.proof)

@@ -54,6 +54,23 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         wait: f64,
     },
+    /// Move the leadership of VOLUME (or every volume of --group) to SITE with no data
+    /// copied and no I/O error (`mirror_switchover` on the first --socket; either site may
+    /// be asked). Exit 0 done (or SITE leads already), 3 not in sync, 10 not completed
+    /// (rolled back or no answer within --wait), 1 refused, 2 usage, 4 unreachable.
+    Switchover {
+        /// The volume (or give --group).
+        volume: Option<String>,
+        /// Every volume of this group instead.
+        #[arg(long)]
+        group: Option<String>,
+        /// The site to lead (its `mirror.site` name).
+        #[arg(long)]
+        to: String,
+        /// How long to wait for it, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        wait: f64,
+    },
     /// Pause or resume this site's resync of VOLUME (its last pass, which holds writes, is
     /// never paused), or set its rate (`mirror_resync`).
     Resync {
@@ -243,6 +260,54 @@ fn run(cli: Cli) -> i32 {
                     return st.exit_code();
                 }
                 std::thread::sleep(Duration::from_secs_f64(secs.clamp(0.05, 86_400.0)));
+            }
+        }
+        Cmd::Switchover {
+            volume,
+            group,
+            to,
+            wait,
+        } => {
+            let target = match (volume, group) {
+                (Some(v), None) => ("volume", v.as_str()),
+                (None, Some(g)) => ("group", g.as_str()),
+                _ => {
+                    eprintln!("twinblk-ctl: switchover needs a VOLUME or --group GROUP (not both)");
+                    return exit::USAGE;
+                }
+            };
+            let socket = first_socket(&cli);
+            let wait = Duration::from_secs_f64(wait.clamp(0.1, 600.0));
+            match ctl::switchover(&socket, target, to, wait) {
+                Err((code, m)) => {
+                    eprintln!("twinblk-ctl: switchover: {m}");
+                    code
+                }
+                Ok(r) => {
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    } else {
+                        for v in r["volumes"].as_array().into_iter().flatten() {
+                            if v["changed"] == true {
+                                println!(
+                                    "{}: {} leads now (term {}; was {})",
+                                    v["volume"].as_str().unwrap_or(""),
+                                    v["leader"].as_str().unwrap_or(""),
+                                    v["term"],
+                                    v["previous_leader"].as_str().unwrap_or("")
+                                );
+                            } else {
+                                println!(
+                                    "{}: {} leads already (term {}); nothing done",
+                                    v["volume"].as_str().unwrap_or(""),
+                                    v["leader"].as_str().unwrap_or(""),
+                                    v["term"]
+                                );
+                            }
+                        }
+                    }
+                    exit::OK
+                }
             }
         }
         Cmd::Takeover {

@@ -45,6 +45,8 @@ pub mod exit {
     pub const DRILL_FAILED: i32 = 8;
     /// `drill verify-history`/`verify-report`: a signature or the history's chain is broken.
     pub const NOT_AUTHENTIC: i32 = 9;
+    /// `switchover`: it started but did not complete (rolled back, or no answer in time).
+    pub const NOT_SWITCHED: i32 = 10;
 }
 
 /// Why a call failed.
@@ -553,5 +555,36 @@ pub fn takeover(socket: &Path, volume: &str, wait: Duration) -> Result<TakeoverR
             });
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `switchover VOLUME|--group G --to SITE`: `mirror_switchover` on `socket`, waiting up to
+/// `wait` (docs/control.md). The result, or the exit code and message of the failure: 3 the
+/// pair is not in sync, 10 started and not completed, 1 refused (unknown volume, group or
+/// site), 4 unreachable.
+pub fn switchover(
+    socket: &Path,
+    target: (&str, &str),
+    to: &str,
+    wait: Duration,
+) -> Result<Value, (i32, String)> {
+    let params =
+        json!({target.0: target.1, "to": to, "wait_s": wait.as_secs_f64().clamp(0.1, 600.0)});
+    match call_timeout(
+        socket,
+        "mirror_switchover",
+        params,
+        wait + Duration::from_secs(10),
+    ) {
+        Ok(v) => Ok(v),
+        Err(CallError::Daemon { code, message, .. }) => Err((
+            match code {
+                -32010 => exit::NOT_IN_SYNC,
+                -32011 => exit::NOT_SWITCHED,
+                _ => exit::ERROR,
+            },
+            message,
+        )),
+        Err(e) => Err((e.exit_code(), e.to_string())),
     }
 }

@@ -109,6 +109,32 @@ fn volume(out: &mut String, v: &VolumeReport, site_name: &dyn Fn(u64) -> String)
                 witness(&s.mirror, site_name)
             );
         }
+        if !s.mirror.is_null() {
+            let m = &s.mirror;
+            let since = m["leader_since_unix_ms"]
+                .as_u64()
+                .map(|ms| {
+                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+                    format!(", since {}", humantime::format_rfc3339_seconds(t))
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    leadership at {}: {}, term {}, {}{since}{}",
+                s.site,
+                m["role"].as_str().unwrap_or("?"),
+                m["leader_term"].as_u64().unwrap_or(0),
+                m["leader_reason"].as_str().unwrap_or("?"),
+                match (
+                    m["switchover"].as_str(),
+                    m["last_switchover_error"].as_str()
+                ) {
+                    (Some(p), _) => format!("; switchover under way ({p})"),
+                    (None, Some(e)) => format!("; last switchover failed: {e}"),
+                    _ => String::new(),
+                }
+            );
+        }
         if let Some(f) = s.mirror["failure"].as_str() {
             let _ = writeln!(out, "    failure at {}: {f}", s.site);
         }

@@ -3,7 +3,8 @@
 //! Model: one plain thread per daemon (never a reactor: the witness client blocks) owns the
 //! [`twinblk_witness::WitnessClient`]. Every heartbeat interval it sends the witness one
 //! heartbeat naming every mirrored volume (each volume is its own group, `GroupId::from_name`
-//! of its name; the volume's configured leader is the group's preferred site). An engine that
+//! of its name; the site that leads the group's volumes, configured or moved by a switchover,
+//! is the group's preferred site: [`FailoverSlot::preferred_now`]). An engine that
 //! has lost its peer sets its [`FailoverSlot`]'s `want` flag; the thread asks the witness for a
 //! survivor grant and writes the outcome back into the slot, which the engine reads on its next
 //! tick: granted -> survivor, denied -> fenced, witness unreachable -> fenced.
@@ -58,6 +59,35 @@ pub struct FailoverSlot {
     /// The epoch this site knows for the group (its last grant, or the witness's epoch adopted
     /// while in sync).
     pub known_epoch: AtomicU64,
+    /// Volumes in the group (set by the daemon), how many of their engines have restored
+    /// their state, and how many this site leads now (engines count themselves, and move
+    /// the count at a switchover): the group is claimed as preferred when this site leads
+    /// all of them, not when it leads none, and as configured otherwise (and until every
+    /// engine has restored its leadership).
+    pub members: AtomicU32,
+    /// Engines of the group that restored their state.
+    pub restored: AtomicU32,
+    /// Volumes of the group this site leads now.
+    pub leads: AtomicU32,
+    /// The configured preference (the group's first volume's configured leader is here).
+    pub configured_preferred: AtomicBool,
+}
+
+impl FailoverSlot {
+    /// Whether this site claims the group as preferred now (see `members`), before the
+    /// withdrawal of a failed site.
+    pub fn preferred_now(&self) -> bool {
+        let (m, r, l) = (
+            self.members.load(SeqCst),
+            self.restored.load(SeqCst),
+            self.leads.load(SeqCst),
+        );
+        if m == 0 || r < m || (l != 0 && l != m) {
+            self.configured_preferred.load(SeqCst)
+        } else {
+            l == m
+        }
+    }
 }
 
 /// [`FailoverSlot::witness`]: no heartbeat answered or failed yet.
@@ -102,17 +132,20 @@ pub fn spawn(
 }
 
 fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
-    let groups: Vec<(GroupId, bool, Arc<FailoverSlot>, String)> = cfg
+    let groups: Vec<(GroupId, Arc<FailoverSlot>, String)> = cfg
         .volumes
         .iter()
-        .map(|(n, p, s)| (GroupId::from_name(n), *p, Arc::clone(s), n.clone()))
+        .map(|(n, p, s)| {
+            s.configured_preferred.store(*p, SeqCst);
+            (GroupId::from_name(n), Arc::clone(s), n.clone())
+        })
         .collect();
     let claims_now = || -> Vec<Claim> {
         groups
             .iter()
-            .map(|(g, p, s, _)| Claim {
+            .map(|(g, s, _)| Claim {
                 group: *g,
-                preferred: *p && !s.withdrawn.load(SeqCst),
+                preferred: s.preferred_now() && !s.withdrawn.load(SeqCst),
             })
             .collect()
     };
@@ -123,7 +156,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
     // held would make the witness deny the peer at the next loss.
     let mut retry: Vec<Option<(u64, std::time::Instant)>> = vec![None; groups.len()];
     while !stop.load(SeqCst) {
-        for (i, (group, _, slot, name)) in groups.iter().enumerate() {
+        for (i, (group, slot, name)) in groups.iter().enumerate() {
             let now = std::time::Instant::now();
             let mut epoch = slot.release.swap(0, SeqCst);
             if epoch == 0
@@ -146,10 +179,11 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 }
             }
         }
-        for (i, (group, preferred, slot, name)) in groups.iter().enumerate() {
+        for (i, (group, slot, name)) in groups.iter().enumerate() {
             if !slot.want.swap(false, SeqCst) {
                 continue;
             }
+            let preferred = &slot.preferred_now();
             tracing::warn!(volume = %name, "mirror: peer lost; asking the witness for a survivor grant");
             client.set_timeout(cfg.request_timeout);
             let outcome = match client.request_grant(*group, known[i], *preferred) {
@@ -194,14 +228,14 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         tracing::info!("mirror: the witness is reachable again");
                     }
                     reachable = true;
-                    for (_, _, slot, _) in &groups {
+                    for (_, slot, _) in &groups {
                         slot.witness.store(WITNESS_REACHABLE, SeqCst);
                     }
                     for v in views {
                         let Some(i) = groups.iter().position(|g| g.0 == v.group) else {
                             continue;
                         };
-                        let slot = &groups[i].2;
+                        let slot = &groups[i].1;
                         slot.view_epoch.store(v.epoch.0, SeqCst);
                         slot.view_holder
                             .store(v.holder.map(|h| h.get()).unwrap_or(0), SeqCst);
@@ -216,7 +250,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         tracing::warn!(error = %e, "mirror: the witness does not answer heartbeats (nothing changes while the sites see each other)");
                     }
                     reachable = false;
-                    for (_, _, slot, _) in &groups {
+                    for (_, slot, _) in &groups {
                         slot.witness.store(WITNESS_UNREACHABLE, SeqCst);
                     }
                 }

@@ -103,6 +103,9 @@ struct Pending {
     f_inc: u64,
     l_state: u32,
     l_inc: u64,
+    /// The follower's and the leader's leadership words (HELLO and WELCOME `offset`).
+    f_lead: u64,
+    l_lead: u64,
     /// Leader: when its WELCOME was queued (before it went out): its first read lease runs
     /// from then.
     welcome_at: Instant,
@@ -119,6 +122,8 @@ impl Pending {
             f_inc: self.f_inc,
             l_state: self.l_state,
             l_inc: self.l_inc,
+            f_lead: self.f_lead,
+            l_lead: self.l_lead,
             name,
         }
     }
@@ -428,6 +433,8 @@ impl LinkConn {
             f_inc: h.seq,
             l_state: mine,
             l_inc: incarnation,
+            f_lead: h.offset,
+            l_lead: e.leadership(),
             welcome_at: Instant::now(),
         };
         let proof = p
@@ -439,6 +446,7 @@ impl LinkConn {
                 id: mine,
                 seq: incarnation,
                 count: e.announced_lease_ms(),
+                offset: p.l_lead,
                 ..Header::new(Type::Welcome)
             },
             &wire::encode_welcome(&wire::Welcome {
@@ -478,7 +486,10 @@ impl LinkConn {
                 "{name:?}: the replicas diverged while the follower was away; a resync is needed"
             ));
         }
-        if e.replica_state() != p.l_state || e.incarnation() != p.l_inc {
+        if e.replica_state() != p.l_state
+            || e.incarnation() != p.l_inc
+            || e.leadership() != p.l_lead
+        {
             return Err(format!(
                 "{name:?}: the replica state changed during the handshake"
             ));
@@ -486,7 +497,7 @@ impl LinkConn {
         // Both sites' replica states decide the session (normal, or a resync one way).
         e.set_peer_incarnation(p.f_inc);
         e.set_handshake_sent(p.welcome_at);
-        e.session_start(env.io, p.f_state)?;
+        e.start_session(env.io, p.f_state, p.f_lead)?;
         e.link_key = Some(env.key);
         Self::link_warnings_end(e);
         self.vol = Some(p.vol);
@@ -568,7 +579,8 @@ impl LinkConn {
                             let Some(mut p) = self.pending.take() else {
                                 return self.close(env, "WELCOME without HELLO");
                             };
-                            (p.nonce_l, p.l_state, p.l_inc) = (w.nonce, h.id, h.seq);
+                            (p.nonce_l, p.l_state, p.l_inc, p.l_lead) =
+                                (w.nonce, h.id, h.seq, h.offset);
                             let name = e.config().name.clone();
                             let hs = p.handshake(w.size, w.block, &name);
                             if !hs.verify(&self.key, AuthRole::Leader, &w.proof) {
@@ -576,7 +588,7 @@ impl LinkConn {
                                     "mirror: the leader failed link authentication (it does not hold the key, or the WELCOME is replayed or forged)");
                                 return self.close(env, "the leader failed authentication");
                             }
-                            if e.replica_state() != p.f_state {
+                            if e.replica_state() != p.f_state || e.leadership() != p.f_lead {
                                 return self
                                     .close(env, "replica state changed during the handshake");
                             }
@@ -584,7 +596,7 @@ impl LinkConn {
                             let proof = hs.proof(&self.key, AuthRole::Follower);
                             wire::encode(self.tx.bytes_mut(), &Header::new(Type::Auth), &proof);
                             e.set_peer_incarnation(h.seq);
-                            if let Err(why) = e.session_start(env.io, h.id) {
+                            if let Err(why) = e.start_session(env.io, h.id, h.offset) {
                                 match e.link_warns.check("refusing the session", Instant::now()) {
                                     Some(0) => tracing::error!(volume = %e.config().name, %why,
                                         "mirror: refusing the session"),
@@ -717,6 +729,7 @@ impl Conn for LinkConn {
                 id: e.replica_state(),
                 seq: e.incarnation(),
                 count: e.announced_lease_ms(),
+                offset: e.leadership(),
                 ..Header::new(Type::Hello)
             };
             wire::encode(self.tx.bytes_mut(), &hello, &p);
@@ -728,6 +741,8 @@ impl Conn for LinkConn {
                 f_inc: hello.seq,
                 l_state: 0,
                 l_inc: 0,
+                f_lead: hello.offset,
+                l_lead: 0,
                 welcome_at: Instant::now(),
             });
             self.state = State::AwaitWelcome;

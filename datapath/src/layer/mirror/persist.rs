@@ -321,6 +321,7 @@ mod tests {
             led: true,
             suspect: Some(vec![]),
             identity: 0,
+            leads: Some((0, false)),
         }
     }
 

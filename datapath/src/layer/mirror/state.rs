@@ -2,19 +2,25 @@
 //! survivor, fenced, resyncing), the witness epoch it holds, and its region bitmaps.
 //!
 //! Format (little-endian), one small file per volume, `<state_dir>/<volume>.mirror-state`:
-//! `"TBMS"` | version u8 = 3 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
+//! `"TBMS"` | version u8 = 4 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
 //! replica never in sync) |
 //! clean u8 (1: written at a clean stop, the bitmaps are exact) | flags u8 (bit 0: this site
-//! was the volume's leader; other bits 0) |
+//! was the volume's leader (it may hold an activity log); bit 1: this site leads at `term`;
+//! other bits 0) |
 //! epoch u64 | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
 //! written words u32 | words u64 ... | suspect words u32 | words u64 ... | replica identity
-//! u64 | CRC32C u32 of everything before it. The dirty bitmap holds the regions written while the peer was away
+//! u64 | leadership term u64 | CRC32C u32 of everything before it. The dirty bitmap holds the regions written while the peer was away
 //! (a survivor's, to send); the written bitmap every region ever written (a new, empty
 //! replica is sent only those); the suspect bitmap the regions of updates this site applied
 //! that the peer never confirmed (recorded when it fenced or stopped, sent as RESYNC_ALSO
 //! when it is resynced, docs/mirror-protocol.md). Each bitmap may be empty (no words).
 //!
-//! Version 2 (still read) is the same without the replica identity ([`Persisted::identity`]
+//! The leadership term (docs/mirror-protocol.md, "Leadership") and flags bit 1 say which
+//! site leads the volume: term 0 is the configuration, each planned switchover adds one.
+//! Version 3 (still read) is version 4 without the term and bit 1 ([`Persisted::leads`]
+//! `None`: the configuration decides).
+//!
+//! Version 2 (still read) is version 3 without the replica identity ([`Persisted::identity`]
 //! 0: not recorded, not checked). Version 1 (still read) is version 2 without the suspect
 //! bitmap and with byte 7 = 0: [`Persisted::suspect`] is then `None` (unknown) and the
 //! engine assumes the worst.
@@ -65,6 +71,9 @@ pub struct Persisted {
     /// The identity of the replica's data the state is about ([`identity_of`]); 0: not
     /// recorded (a version 1 or 2 file, or unknown).
     pub identity: u64,
+    /// The leadership term and whether this site leads at it; `None`: not recorded (a
+    /// version 1 to 3 file: the configured leader, term 0).
+    pub leads: Option<(u64, bool)>,
 }
 
 /// What becomes of a replica's data when its process restarts.
@@ -112,14 +121,16 @@ pub fn identity_of(path: &Path) -> std::io::Result<u64> {
 
 const MAGIC: &[u8; 4] = b"TBMS";
 /// The version written.
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 
 /// Write `p` to `path` atomically.
 pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     let suspect = p.suspect.as_deref().unwrap_or(&[]);
     let mut b = Vec::with_capacity(48 + (p.bitmap.len() + p.written.len() + suspect.len()) * 8);
     b.extend_from_slice(MAGIC);
-    b.extend_from_slice(&[VERSION, p.mode, p.clean as u8, p.led as u8]);
+    let (term, leads) = p.leads.unwrap_or((0, false));
+    let flags = p.led as u8 | (u8::from(leads) << 1);
+    b.extend_from_slice(&[VERSION, p.mode, p.clean as u8, flags]);
     b.extend_from_slice(&p.epoch.to_le_bytes());
     b.extend_from_slice(&p.size.to_le_bytes());
     b.extend_from_slice(&p.granularity.to_le_bytes());
@@ -136,6 +147,7 @@ pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
         b.extend_from_slice(&w.to_le_bytes());
     }
     b.extend_from_slice(&p.identity.to_le_bytes());
+    b.extend_from_slice(&term.to_le_bytes());
     let crc = crc32c::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     let tmp = path.with_extension("tmp");
@@ -175,6 +187,7 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
     let flags_ok = match version {
         1 => body[7] == 0,
         2 | 3 => body[7] & !1 == 0,
+        4 => body[7] & !3 == 0,
         _ => false,
     };
     if !flags_ok || body[5] > 4 || body[6] > 1 {
@@ -210,6 +223,14 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
     } else {
         (0, at)
     };
+    let (leads, at) = if version >= 4 {
+        if body.len() < at + 8 {
+            return bad("bitmap length");
+        }
+        (Some((u64_at(at), body[7] & 2 != 0)), at + 8)
+    } else {
+        (None, at)
+    };
     if at != body.len() {
         return bad("bitmap length");
     }
@@ -224,6 +245,7 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
         led: body[7] & 1 != 0,
         suspect,
         identity,
+        leads,
     }))
 }
 
@@ -247,6 +269,7 @@ mod tests {
             led: true,
             suspect: Some(vec![0, 0b100]),
             identity: 0x1234_5678_9abc_def0,
+            leads: Some((3, true)),
         };
         save(&path, &p).unwrap();
         assert_eq!(load(&path), Ok(Some(p)));
@@ -292,6 +315,7 @@ mod tests {
                 led: false,
                 suspect: None,
                 identity: 0,
+                leads: None,
             }
         );
         // Version 1 had no flags: a set bit 0 there is refused.
@@ -318,16 +342,44 @@ mod tests {
             led: false,
             suspect: Some(vec![]),
             identity: 9,
+            leads: None,
         };
         save(&path, &p).unwrap();
-        // Version 2 as it was written: no identity before the checksum.
+        // Version 2 as it was written: no identity (and no term) before the checksum.
         let mut b = std::fs::read(&path).unwrap();
-        b.truncate(b.len() - 12);
+        b.truncate(b.len() - 20);
         b[4] = 2;
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &b).unwrap();
         assert_eq!(load(&path), Ok(Some(Persisted { identity: 0, ..p })));
+    }
+
+    #[test]
+    fn a_version_3_file_loads_without_a_leadership_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.mirror-state");
+        let p = Persisted {
+            mode: 0,
+            clean: true,
+            epoch: 0,
+            size: 1 << 20,
+            granularity: 65536,
+            bitmap: vec![],
+            written: vec![1],
+            led: true,
+            suspect: Some(vec![]),
+            identity: 9,
+            leads: Some((0, false)),
+        };
+        save(&path, &p).unwrap();
+        let mut b = std::fs::read(&path).unwrap();
+        b.truncate(b.len() - 12);
+        b[4] = 3;
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        assert_eq!(load(&path), Ok(Some(Persisted { leads: None, ..p })));
     }
 
     #[test]

@@ -87,6 +87,36 @@ pub struct MirrorStats {
     read_failure: Mutex<Option<(u64, u64, i32)>>,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
+    /// Leadership as the engine last published it: 0 not yet, 1 this site leads, 2 the peer.
+    leads: std::sync::atomic::AtomicU8,
+    /// The leadership term (docs/mirror-protocol.md, "Leadership").
+    pub term: AtomicU64,
+    /// An operator's switchover request for the engine's next tick: 0 none,
+    /// [`SWITCH_GIVE`] or [`SWITCH_TAKE`] (taken by the engine).
+    pub switch_req: std::sync::atomic::AtomicU8,
+    /// Switchovers that failed or were rolled back since the start (the control socket
+    /// waits for this or the term to change).
+    pub switch_failures: AtomicU64,
+    /// The last leadership change and the switchover under way; control path only.
+    switch_info: Mutex<SwitchInfo>,
+}
+
+/// [`MirrorStats::switch_req`]: hand the leadership to the peer (this site leads).
+pub const SWITCH_GIVE: u8 = 1;
+/// [`MirrorStats::switch_req`]: ask the leader to hand the leadership to this site.
+pub const SWITCH_TAKE: u8 = 2;
+
+/// The last leadership change and the switchover under way.
+#[derive(Default, Clone, Debug)]
+struct SwitchInfo {
+    /// Wall-clock time of the last change (ms since the Unix epoch; none: none since start).
+    since_unix_ms: Option<u64>,
+    /// Why the leadership is what it is.
+    reason: String,
+    /// The switchover step under way (`draining`, `handed`, `taking`, `asked`), if any.
+    phase: Option<&'static str>,
+    /// Why the last switchover failed, if one did.
+    error: Option<String>,
 }
 
 /// A snapshot for the control socket.
@@ -152,6 +182,18 @@ pub struct MirrorSnapshot {
     pub rtt_p50_us: Option<f64>,
     /// An operator's takeover (`mirror_takeover`) waits for the witness's answer.
     pub takeover_pending: bool,
+    /// The leadership term (0: the configured leader; each switchover adds one).
+    pub leader_term: u64,
+    /// When the leadership last changed here (ms since the Unix epoch; null: not since the
+    /// start).
+    pub leader_since_unix_ms: Option<u64>,
+    /// Why this site leads or follows (`configured`, `restored`, a switchover, ...).
+    pub leader_reason: String,
+    /// The switchover step under way at this site (`draining`, `handed`, `taking`,
+    /// `asked`), or null.
+    pub switchover: Option<&'static str>,
+    /// Why the last switchover requested or run here failed (null: none did).
+    pub last_switchover_error: Option<String>,
 }
 
 impl MirrorStats {
@@ -241,8 +283,60 @@ impl MirrorStats {
         }
     }
 
-    /// Snapshot.
+    /// Publish the leadership: this site leads at `term` or not, and why (`changed`: a
+    /// change now, its time is kept).
+    pub fn set_leadership(&self, leads: bool, term: u64, reason: &str, changed: bool) {
+        self.leads.store(if leads { 1 } else { 2 }, Relaxed);
+        self.term.store(term, Relaxed);
+        if let Ok(mut i) = self.switch_info.lock() {
+            i.reason = reason.to_string();
+            if changed {
+                i.since_unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as u64);
+            }
+        }
+    }
+
+    /// Whether this site leads (`None`: not published yet).
+    pub fn leads(&self) -> Option<bool> {
+        match self.leads.load(Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The switchover step under way (none: idle).
+    pub fn set_switch_phase(&self, phase: Option<&'static str>) {
+        if let Ok(mut i) = self.switch_info.lock() {
+            i.phase = phase;
+        }
+    }
+
+    /// A switchover failed (or was rolled back) for this reason.
+    pub fn switch_failed(&self, why: &str) {
+        if let Ok(mut i) = self.switch_info.lock() {
+            i.error = Some(why.to_string());
+            i.phase = None;
+        }
+        self.switch_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Why the last switchover failed, if one did.
+    pub fn switch_error(&self) -> Option<String> {
+        self.switch_info.lock().ok().and_then(|i| i.error.clone())
+    }
+
+    /// Snapshot (`leader`: the configured role, until the engine publishes its own).
     pub fn snapshot(&self, volume: &str, leader: bool) -> MirrorSnapshot {
+        let leader = self.leads().unwrap_or(leader);
+        let info = self
+            .switch_info
+            .lock()
+            .map(|i| i.clone())
+            .unwrap_or_default();
         let rtt = self.rtts.lock().ok().and_then(|v| {
             let mut s = v.clone();
             s.sort_unstable();
@@ -293,6 +387,15 @@ impl MirrorStats {
             persist_error,
             failure,
             session_refused: self.refused.lock().ok().and_then(|r| r.clone()),
+            leader_term: self.term.load(Relaxed),
+            leader_since_unix_ms: info.since_unix_ms,
+            leader_reason: if info.reason.is_empty() {
+                "configured".into()
+            } else {
+                info.reason
+            },
+            switchover: info.phase,
+            last_switchover_error: info.error,
         }
     }
 }

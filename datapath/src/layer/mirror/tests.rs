@@ -268,6 +268,7 @@ fn an_in_sync_state_file_of_other_or_lost_data_restarts_the_replica_as_new() {
         led: true,
         suspect: Some(vec![]),
         identity,
+        leads: None,
     };
     let cases = [
         (ReplicaData::Kept { identity: 7 }, 7, 0),

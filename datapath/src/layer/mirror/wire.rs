@@ -1,4 +1,4 @@
-//! The mirror link's wire format (docs/mirror-protocol.md, version 3): a 40-byte header and a
+//! The mirror link's wire format (docs/mirror-protocol.md, version 5): a 40-byte header and a
 //! payload per message, CRC32C over both, and the link's authentication handshake (HELLO,
 //! WELCOME, AUTH: the payloads and the HMAC proofs over the handshake's transcript).
 //!
@@ -17,8 +17,9 @@ use twinblk_witness::Key;
 /// `W R M T` on the wire.
 pub const MAGIC: u32 = 0x544D_5257;
 /// Protocol version (2: the handshake is authenticated; 3: the resync target confirms
-/// RESYNC_DONE with RESYNC_DONE_ACK; 4: metadata payloads start with their kind byte).
-pub const VERSION: u8 = 4;
+/// RESYNC_DONE with RESYNC_DONE_ACK; 4: metadata payloads start with their kind byte; 5: the
+/// leadership term in HELLO/WELCOME and SWITCH, SWITCH_ACK, SWITCH_ASK).
+pub const VERSION: u8 = 5;
 /// Bytes of a handshake nonce.
 pub const NONCE: usize = 32;
 /// Bytes of a handshake proof (HMAC-SHA256).
@@ -93,6 +94,13 @@ pub enum Type {
     /// Resync target to source: RESYNC_DONE came and every copy is applied; the source stays
     /// the survivor (grant and state kept, copies of the attempt redone if lost) until this.
     ResyncDoneAck = 27,
+    /// Leader to follower, drained: the receiver leads from now (`offset` = the new term,
+    /// `seq` = the last seq given).
+    Switch = 28,
+    /// New leader to old leader: the new term (`offset`) is on disk; sequencing resumes.
+    SwitchAck = 29,
+    /// Follower to leader: an operator asked this site to lead (`offset` = its term).
+    SwitchAsk = 30,
 }
 
 /// `id` of a META_STATE that answers no META.
@@ -136,6 +144,9 @@ impl Type {
             25 => Resent,
             26 => Auth,
             27 => ResyncDoneAck,
+            28 => Switch,
+            29 => SwitchAck,
+            30 => SwitchAsk,
             _ => return None,
         })
     }
@@ -257,6 +268,11 @@ pub fn decode(buf: &[u8]) -> Decoded {
             "peer speaks protocol version 3 (metadata without a kind byte): refused; run the same twinblk version at both sites",
         );
     }
+    if buf[4] == 4 {
+        return Decoded::Bad(
+            "peer speaks protocol version 4 (no leadership term): refused; run the same twinblk version at both sites",
+        );
+    }
     if buf[4] != VERSION {
         return Decoded::Bad("unsupported version");
     }
@@ -309,7 +325,10 @@ pub fn check_fields(h: &Header, payload: &[u8]) -> Result<(), &'static str> {
     // Which fields the type carries: (id, seq, offset, count).
     let (id, seq, offset, count) = match h.ty {
         // `count`: the sender's read lease in ms (0: no witness, no lease enforced).
-        Hello | Welcome => (true, true, false, true),
+        // `offset`: the sender's leadership word (`term << 1 | leads`).
+        Hello | Welcome => (true, true, true, true),
+        Switch => (false, true, true, false),
+        SwitchAck | SwitchAsk => (false, false, true, false),
         Refuse | ResyncDone | ResyncDoneAck | Resent | Auth => (false, false, false, false),
         // `id` only on a re-sent forward.
         Write | Zeroes | Unmap => (h.flags & FLAG_RESENT != 0, true, true, true),
@@ -494,6 +513,10 @@ pub struct Handshake<'a> {
     pub l_state: u32,
     /// The leader's incarnation (WELCOME `seq`).
     pub l_inc: u64,
+    /// The follower's leadership word (HELLO `offset`: `term << 1 | leads`).
+    pub f_lead: u64,
+    /// The leader's leadership word (WELCOME `offset`).
+    pub l_lead: u64,
     /// The volume's name (1 ..= 255 bytes).
     pub name: &'a str,
 }
@@ -501,7 +524,7 @@ pub struct Handshake<'a> {
 impl Handshake<'_> {
     /// The bytes the proofs are computed over, for `role`'s proof.
     pub fn transcript(&self, role: AuthRole) -> Vec<u8> {
-        let mut t = Vec::with_capacity(125 + self.name.len());
+        let mut t = Vec::with_capacity(141 + self.name.len());
         t.extend_from_slice(b"TWINBLK-LINKAUTH");
         t.extend_from_slice(match role {
             AuthRole::Leader => b"LEADER\0\0",
@@ -515,6 +538,8 @@ impl Handshake<'_> {
         t.extend_from_slice(&self.f_inc.to_le_bytes());
         t.extend_from_slice(&self.l_state.to_le_bytes());
         t.extend_from_slice(&self.l_inc.to_le_bytes());
+        t.extend_from_slice(&self.f_lead.to_le_bytes());
+        t.extend_from_slice(&self.l_lead.to_le_bytes());
         let name = &self.name.as_bytes()[..self.name.len().min(MAX_NAME)];
         t.push(name.len() as u8);
         t.extend_from_slice(name);
@@ -697,8 +722,11 @@ mod tests {
         };
         assert!(matches!(decode(&msg(&caw, &[0; 16])), Decoded::Msg(..)));
         let mut v = msg(&Header::new(Type::Ping), &[]);
-        v[4] = 5;
+        v[4] = 6;
         assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
+        // A version-4 peer (no leadership term) is refused by name.
+        v[4] = 4;
+        assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 4")));
         // A version-3 peer (metadata without a kind byte) is refused by name.
         v[4] = 3;
         assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 3")));
@@ -783,11 +811,13 @@ mod tests {
             Header {
                 id: 4,
                 seq: 9,
+                offset: 3,
                 ..h(Type::Hello)
             },
             Header {
                 id: 1,
                 seq: 9,
+                offset: 2,
                 ..h(Type::Welcome)
             },
             h(Type::Refuse),
@@ -872,6 +902,19 @@ mod tests {
             h(Type::Resent),
             h(Type::Auth),
             h(Type::ResyncDoneAck),
+            Header {
+                seq: 9,
+                offset: 3,
+                ..h(Type::Switch)
+            },
+            Header {
+                offset: 3,
+                ..h(Type::SwitchAck)
+            },
+            Header {
+                offset: 2,
+                ..h(Type::SwitchAsk)
+            },
         ];
         for g in good {
             assert!(
@@ -1062,6 +1105,8 @@ mod tests {
             f_inc: 11,
             l_state: 0,
             l_inc: 22,
+            f_lead: 0,
+            l_lead: 1,
             name: "vol0",
         }
     }
@@ -1099,6 +1144,8 @@ mod tests {
             Handshake { f_inc: 12, ..hs() },
             Handshake { l_state: 3, ..hs() },
             Handshake { l_inc: 23, ..hs() },
+            Handshake { f_lead: 3, ..hs() },
+            Handshake { l_lead: 2, ..hs() },
             Handshake {
                 name: "vol1",
                 ..hs()

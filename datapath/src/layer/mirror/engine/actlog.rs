@@ -87,14 +87,14 @@ struct Entry {
 /// The activity log (see the module doc).
 pub(super) struct ActLog {
     /// This site keeps a log (a leader with a state file).
-    enabled: bool,
+    pub(super) enabled: bool,
     /// log2 of the extent size.
     shift: u32,
     /// Most extents in the set.
     max: usize,
     set: HashMap<u64, Entry, BuildHasherDefault<ExtentHasher>>,
     /// The set changed since it was last handed to the persister.
-    changed: bool,
+    pub(super) changed: bool,
     handle: Option<Arc<PersistHandle>>,
     /// The generation on disk at the start (the file's generations continue from it).
     base: u64,

@@ -190,7 +190,7 @@ impl Engine {
             self.sess.queue(&Header::new(Type::ResyncDoneAck), &[]);
             tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
             // Forwards that came after RESYNC_DONE, while copies were still being applied.
-            if self.cfg.role == Role::Leader {
+            if self.role == Role::Leader {
                 self.release_barrier(io);
             }
         }

@@ -29,9 +29,9 @@ impl Engine {
         self.held_logged = false;
         self.last_rx = Instant::now();
         self.kill_link = None;
-        tracing::info!(volume = %self.cfg.name, session = self.sess.number, role = ?self.cfg.role,
+        tracing::info!(volume = %self.cfg.name, session = self.sess.number, role = ?self.role,
             resend = self.leader.backlog_len() + self.follower.len(), "mirror: link up");
-        match self.cfg.role {
+        match self.role {
             Role::Leader => {
                 // Applies of forwarded updates already under way (this session's re-sends
                 // start after the snapshot).
@@ -76,6 +76,18 @@ impl Engine {
         }
         // The read lease is revoked at once (the peer may be granted the volume).
         self.publish_lease();
+        match self.sw.phase {
+            switchover::Phase::Draining { .. } => self.switch_abort(
+                "the session ended during the drain; rolled back, the leader is unchanged",
+            ),
+            switchover::Phase::Idle => self.stats.set_switch_phase(None),
+            switchover::Phase::Handed { .. } => {
+                // A follower of the new term either way; the next session agrees on it.
+                self.sw.phase = switchover::Phase::Idle;
+                self.stats.set_switch_phase(None);
+            }
+            _ => {}
+        }
         self.witness.link_lost();
         self.fail_held();
         self.fail_metas();
@@ -155,8 +167,20 @@ impl Engine {
         payload: &[u8],
     ) -> Result<(), &'static str> {
         use Type::*;
-        let leader = self.cfg.role == Role::Leader;
+        let leader = self.role == Role::Leader;
         match h.ty {
+            // Sent by the peer as follower before it saw this site's SWITCH: it takes them
+            // back as the leader (switchover.rs).
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw | Meta
+                if matches!(self.sw.phase, switchover::Phase::Handed { .. }) =>
+            {
+                if h.ty != Meta {
+                    self.check_range(h)?;
+                }
+            }
+            Switch => self.on_switch(h)?,
+            SwitchAck => self.on_switch_ack(h)?,
+            SwitchAsk => self.on_switch_ask(h),
             Write | Zeroes | Unmap
                 if !leader && h.flags & wire::FLAG_RESENT != 0 && self.claim_resent(io, h)? => {}
             Write | Zeroes | Unmap if !leader => {
@@ -373,7 +397,7 @@ impl Engine {
                 "mirror: too many metadata commands wait for the peer; refusing one");
             return Start::Done(meta_result(META_INTERNAL));
         }
-        match (self.mode, self.cfg.role, self.sess.up) {
+        match (self.mode, self.role, self.sess.up) {
             (Mode::Survivor, _, _) => {
                 // Alone; a peer being resynced meanwhile gets the change too.
                 let (status, state) = h.execute(self.vol, cmd);

@@ -71,6 +71,15 @@ impl Durable {
         self.gate != 0
     }
 
+    /// Persister generation `generation` is on disk (or nothing is persisted here).
+    pub(super) fn is_durable(&self, generation: u64) -> bool {
+        generation == 0
+            || self
+                .handle
+                .as_ref()
+                .is_none_or(|h| h.persisted() >= generation)
+    }
+
     /// Give the grant of `epoch` back once the newest state submitted is durable.
     pub(super) fn release_after(&mut self, slot: &Arc<FailoverSlot>, epoch: u64) {
         use std::sync::atomic::Ordering::SeqCst;
@@ -116,7 +125,8 @@ impl Engine {
                 d.words().to_vec()
             },
             written: self.written.words().to_vec(),
-            led: self.cfg.role == Role::Leader,
+            led: self.led || self.role == Role::Leader,
+            leads: Some((self.term, self.role == Role::Leader)),
             suspect: Some(suspect.words().to_vec()),
             identity: match self.cfg.replica_data {
                 ReplicaData::Kept { identity } => identity,

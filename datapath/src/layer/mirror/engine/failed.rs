@@ -45,7 +45,7 @@ impl Engine {
         if self.failed.is_some() || self.durable.failed {
             crate::bdev::volume::PathState::Inaccessible
         } else {
-            crate::layer::mirror::path_state(self.mode, self.cfg.role, self.may_read(now))
+            crate::layer::mirror::path_state(self.mode, self.role, self.may_read(now))
         }
     }
 
@@ -56,7 +56,7 @@ impl Engine {
         if self.failed.is_some() || self.durable.failed {
             crate::bdev::volume::PathState::Transitioning
         } else {
-            crate::layer::mirror::peer_path_state(self.mode, self.cfg.role, self.sess.up)
+            crate::layer::mirror::peer_path_state(self.mode, self.role, self.sess.up)
         }
     }
 

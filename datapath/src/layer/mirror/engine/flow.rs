@@ -20,6 +20,11 @@ impl Engine {
     /// Leader: an update (this site's or forwarded) to sequence, unless a compare-and-write
     /// is being decided: then it waits behind it.
     pub(super) fn leader_take(&mut self, io: &mut IoCx, k: usize) {
+        if self.sw.holds() {
+            // A switchover drains (or the new leader's term is not on disk yet): it waits.
+            self.sw.held.push_back(k);
+            return;
+        }
         // Its extents must be in the activity log, on disk, first (actlog.rs); while it waits,
         // everything taken after it waits too, in order.
         if !self.al_admit(k) {
@@ -79,14 +84,14 @@ impl Engine {
         // Only the leader decides while mirroring; a survivor decides alone. Anything else
         // (fenced, or a follower whose survivorship ended meanwhile) writes nothing.
         let may_write = self.mode == Mode::Survivor
-            || (self.mode == Mode::Mirroring && self.cfg.role == Role::Leader);
+            || (self.mode == Mode::Mirroring && self.role == Role::Leader);
         let outcome = match r {
             Err(e) => Err(e),
             Ok(()) if !may_write => Err(Errno::IO),
             Ok(()) if data.len() == len && data == &self.ops[k].data[..len] => Ok(()),
             Ok(()) => Err(Errno::MISCOMPARE),
         };
-        let leader_decides = self.mode == Mode::Mirroring && self.cfg.role == Role::Leader;
+        let leader_decides = self.mode == Mode::Mirroring && self.role == Role::Leader;
         let op = &mut self.ops[k];
         let same_session = op.session == self.sess.number && self.sess.up;
         op.upd = Upd::Write;
@@ -281,7 +286,7 @@ impl Engine {
 
     pub(super) fn on_peer_wm(&mut self) {
         let wm = self.sess.peer_wm;
-        match self.cfg.role {
+        match self.role {
             Role::Leader => {
                 for k in self.leader.acked(&self.ops, self.sess.number, wm) {
                     self.ops[k].stage.confirm();

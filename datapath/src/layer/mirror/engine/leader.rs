@@ -200,6 +200,16 @@ impl Leader {
         dropped
     }
 
+    /// Nothing sequenced is outstanding and nothing waits (switchover.rs, the drain): no
+    /// backlog, no compare-and-write being decided, nothing in the barrier, no RESENT due.
+    pub(super) fn quiet(&self) -> bool {
+        self.backlog.is_empty()
+            && self.caw_active.is_none()
+            && self.barrier.is_empty()
+            && !self.resent_due
+            && self.resent_wait.is_empty()
+    }
+
     /// Whether the volume has diverged (backlog overflow).
     pub(super) fn is_diverged(&self) -> bool {
         self.diverged

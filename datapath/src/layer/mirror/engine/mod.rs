@@ -89,6 +89,7 @@ mod replica;
 mod resync;
 mod session;
 mod survivor;
+mod switchover;
 
 use super::stats::MirrorStats;
 use super::txq::{Data, DataPool, TxQueue};
@@ -119,13 +120,18 @@ use slab::Slab;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use survivor::{Grant, SiteNow, Witness};
+pub use switchover::{DRAIN_LIMIT, agree, leadership_word};
+use switchover::{Phase, Switch};
 
-/// Which site orders this volume's updates.
+/// Which site orders this volume's updates. In [`EngineConfig::role`] it is the configured
+/// role, which also says who keeps the link (the configured leader listens, the other
+/// dials) for good; the engine's current role (who sequences) may differ after a
+/// switchover (switchover.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Orders updates; listens for the follower's link.
+    /// Orders updates; (configured) listens for the follower's link.
     Leader,
-    /// Forwards its updates; dials the leader.
+    /// Forwards its updates; (configured) dials the leader.
     Follower,
 }
 
@@ -162,7 +168,8 @@ pub enum Update<'a> {
 pub struct EngineConfig {
     /// Volume name.
     pub name: String,
-    /// This site's role.
+    /// This site's configured role: the leader of term 0, and who listens (leader) or dials
+    /// (follower) for the link, whoever leads later.
     pub role: Role,
     /// Volume size in bytes.
     pub size: u64,
@@ -267,6 +274,15 @@ pub struct Engine {
     al: actlog::ActLog,
     /// The answers waiting for `alone_after`.
     alone_held: Vec<(u32, IoTag, Result<(), Errno>)>,
+    /// Who sequences now (switchover.rs; `cfg.role` is the configured one).
+    role: Role,
+    /// The leadership term (0: the configuration).
+    term: u64,
+    /// This site led the volume in this process or before its restart (its activity log may
+    /// hold extents); persisted.
+    led: bool,
+    /// The switchover under way and the updates waiting for it.
+    sw: Switch,
 }
 
 impl Engine {
@@ -280,6 +296,7 @@ impl Engine {
         let (size, g) = (cfg.size, cfg.dirty_granularity);
         let lease = lease_for(cfg.peer_dead);
         let al = actlog::ActLog::new(&cfg);
+        let cfg_role = cfg.role;
         Self {
             cfg,
             inner,
@@ -326,6 +343,10 @@ impl Engine {
             alone_after: None,
             alone_held: Vec::new(),
             al,
+            role: cfg_role,
+            term: 0,
+            led: cfg_role == Role::Leader,
+            sw: Switch::default(),
         }
     }
 
@@ -340,8 +361,19 @@ impl Engine {
         self.persist_mode(m);
     }
 
-    /// Load the persisted replica state (called once, before any I/O).
+    /// Load the persisted replica state (called once, before any I/O), the leadership with it.
     pub fn restore(&mut self) -> Result<(), String> {
+        let r = self.restore_state();
+        let reason = if self.term > 0 {
+            "restored (a switchover before the restart)"
+        } else {
+            "configured"
+        };
+        self.publish_restored_role(reason);
+        r
+    }
+
+    fn restore_state(&mut self) -> Result<(), String> {
         let Some(path) = self.cfg.state_file.clone() else {
             // No state kept: nothing says what this replica holds (durable.rs).
             self.start_new_replica(Some("no state_dir is configured"));
@@ -365,6 +397,14 @@ impl Engine {
             return Ok(());
         }
         self.grant_epoch = p.epoch;
+        if let Some((term, leads)) = p.leads
+            && term > 0
+        {
+            // A switchover moved the leadership (term 0: the configuration decides).
+            self.term = term;
+            self.role = if leads { Role::Leader } else { Role::Follower };
+            self.al.enabled = leads && self.cfg.state_file.is_some();
+        }
         let same_geometry = p.granularity == self.cfg.dirty_granularity;
         let (size, g) = (self.cfg.size, self.cfg.dirty_granularity);
         self.written = if p.clean && same_geometry {
@@ -374,7 +414,8 @@ impl Engine {
         };
         // Suspect regions (docs/mirror-protocol.md, "Suspect regions"), and whether a site in
         // sync stopped uncleanly, from its activity log (actlog.rs).
-        let led = p.led || self.cfg.role == Role::Leader;
+        let led = p.led || self.role == Role::Leader;
+        self.led = led;
         let (unclean, logged) = if p.mode == 0 {
             self.restore_actlog(p.clean, led)
         } else {
@@ -534,6 +575,8 @@ impl Engine {
             && self.durable.held.is_empty()
             && self.kill_link.is_none()
             && self.metas.is_empty()
+            && self.sw.phase == Phase::Idle
+            && self.sw.held.is_empty()
             && self.done.is_empty();
         if !quiet {
             return None;
@@ -566,13 +609,26 @@ impl Engine {
 
     /// Decide what a new session is, from both sites' replica states, and start it. A refusal
     /// is kept in the status (`session_refused`) until a session starts.
-    pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
-        let r = self.decide_and_start(io, peer);
+    /// `peer` is the peer's replica state, `peer_lead` its leadership word (switchover.rs).
+    pub fn start_session(
+        &mut self,
+        io: &mut IoCx,
+        peer: u32,
+        peer_lead: u64,
+    ) -> Result<(), String> {
+        let r = self.decide_and_start(io, peer, peer_lead);
         self.stats.set_refused(r.as_ref().err().map(String::as_str));
         r
     }
 
-    fn decide_and_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
+    /// [`Engine::start_session`] with a peer that agrees on the leader (engine tests).
+    #[cfg(test)]
+    pub fn session_start(&mut self, io: &mut IoCx, peer: u32) -> Result<(), String> {
+        let peer_lead = leadership_word(self.term, self.role != Role::Leader);
+        self.start_session(io, peer, peer_lead)
+    }
+
+    fn decide_and_start(&mut self, io: &mut IoCx, peer: u32, peer_lead: u64) -> Result<(), String> {
         if self.durable.failed {
             return Err("the replica state cannot be persisted at this site: refusing".into());
         }
@@ -581,8 +637,11 @@ impl Engine {
                 "{why}: refusing until a restart with a working device"
             ));
         }
+        // Who leads this session (docs/mirror-protocol.md, "Leadership"), before the table's
+        // "the leader" is read.
+        self.agree_leader(peer_lead)?;
         let me = self.replica_state();
-        match decide_session(me, peer, self.cfg.role == Role::Leader) {
+        match decide_session(me, peer, self.role == Role::Leader) {
             Session::InSync => {
                 // In sync (or both new and empty).
                 self.new_replica = false;
@@ -590,7 +649,7 @@ impl Engine {
                     self.set_mode(Mode::Mirroring);
                 }
                 self.link_up(io);
-                if self.cfg.role == Role::Leader {
+                if self.role == Role::Leader {
                     self.push_meta();
                 }
             }
@@ -664,7 +723,7 @@ impl Engine {
         if upd == Upd::Flush {
             return self.start_flush(io, k);
         }
-        match self.cfg.role {
+        match self.role {
             Role::Leader => self.leader_take(io, k),
             Role::Follower => {
                 self.ops[k].stage.hold();
@@ -718,6 +777,7 @@ impl Engine {
             self.fail_replica("read", offset, len, e);
         }
         self.failover_tick(io);
+        self.switch_tick(io, now);
         self.release_alone(now);
         self.resync_step(io, now);
         self.expire(now);
@@ -949,7 +1009,7 @@ impl Engine {
         );
         op.initiator = Some((from, tag));
         let k = self.ops.insert(op);
-        if self.cfg.role == Role::Follower {
+        if self.role == Role::Follower {
             self.ops[k].uid = self.follower.new_uid();
         }
         self.stats.inc(&self.stats.updates);
@@ -1197,7 +1257,7 @@ impl Engine {
         let op = &self.ops[k];
         let finished = op.applying == 0
             && op.initiator.is_none()
-            && match (op.origin, self.cfg.role) {
+            && match (op.origin, self.role) {
                 // The leader keeps data until the follower has it.
                 (Origin::Local | Origin::PeerFwd, Role::Leader) => {
                     op.stage.confirmed() || op.upd == Upd::Flush
@@ -1235,9 +1295,12 @@ impl Engine {
         }
         for k in expired {
             self.stats.inc(&self.stats.timeouts);
+            if self.expire_held(k) {
+                continue;
+            }
             let (from, tag) = self.ops[k].initiator.take().expect("checked");
             self.done.push((from, tag, Err(Errno::IO)));
-            if self.cfg.role == Role::Follower && !self.sess.up && self.follower.remove(k) {
+            if self.role == Role::Follower && !self.sess.up && self.follower.remove(k) {
                 // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
                 self.ops[k].stage.abandon();
             }

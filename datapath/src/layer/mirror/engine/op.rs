@@ -132,6 +132,9 @@ pub(super) enum Event {
     OrderLost,
     /// Taken off `forwards` or `flushes` by the timeout while the link is down.
     Abandon,
+    /// Follower becoming the leader (switchover.rs): a forward never sequenced becomes this
+    /// site's own update.
+    Adopt,
     /// The peer has it, or nothing more is asked of it.
     Confirm,
 }
@@ -162,6 +165,7 @@ impl Stage {
             (S::OrderDue, E::OrderLost) => S::New,
             (other, E::OrderLost) => other,
             (s, E::Abandon) if s.listed() => S::Abandoned,
+            (S::Held | S::Forwarded(_) | S::Unanswered(_), E::Adopt) => S::New,
             (from, event) => return Err(Refused { from, event }),
         })
     }
@@ -253,6 +257,12 @@ impl Stage {
     /// Taken off `forwards` or `flushes` by the timeout while the link is down.
     pub(super) fn abandon(&mut self) {
         self.step(Event::Abandon);
+    }
+
+    /// This site now leads: a forward never sequenced is its own new update (`Held`,
+    /// `Forwarded`, `Unanswered` → `New`).
+    pub(super) fn adopt(&mut self) {
+        self.step(Event::Adopt);
     }
 
     /// The peer has it, or nothing more is asked of it (from any stage; final).

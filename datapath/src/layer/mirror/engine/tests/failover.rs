@@ -175,13 +175,14 @@ fn suspect_regions_are_persisted_and_unknown_ones_after_a_leaders_crash_are_ever
             led,
             suspect,
             identity: 0,
+            leads: None,
         };
         let v1 = p.suspect.is_none();
         save(&path, &p).unwrap();
         if v1 {
             // As version 1 wrote it: no flags and no suspect bitmap (an empty one here).
             let mut b = std::fs::read(&path).unwrap();
-            b.truncate(b.len() - 16);
+            b.truncate(b.len() - 24);
             b[4] = 1;
             b[7] = 0;
             let crc = crc32c::crc32c(&b);
