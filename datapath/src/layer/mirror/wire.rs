@@ -1,4 +1,4 @@
-//! The mirror link's wire format (docs/mirror-protocol.md, version 3): a 40-byte header and a
+//! The mirror link's wire format (docs/mirror-protocol.md, version 5): a 40-byte header and a
 //! payload per message, CRC32C over both, and the link's authentication handshake (HELLO,
 //! WELCOME, AUTH: the payloads and the HMAC proofs over the handshake's transcript).
 //!
@@ -18,7 +18,7 @@ use twinblk_witness::Key;
 pub const MAGIC: u32 = 0x544D_5257;
 /// Protocol version (2: the handshake is authenticated; 3: the resync target confirms
 /// RESYNC_DONE with RESYNC_DONE_ACK; 4: metadata payloads start with their kind byte).
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// Bytes of a handshake nonce.
 pub const NONCE: usize = 32;
 /// Bytes of a handshake proof (HMAC-SHA256).
@@ -255,6 +255,11 @@ pub fn decode(buf: &[u8]) -> Decoded {
     if buf[4] == 3 {
         return Decoded::Bad(
             "peer speaks protocol version 3 (metadata without a kind byte): refused; run the same twinblk version at both sites",
+        );
+    }
+    if buf[4] == 4 {
+        return Decoded::Bad(
+            "peer speaks protocol version 4 (SCSI reservation states without the RESERVE holder): refused; run the same twinblk version at both sites",
         );
     }
     if buf[4] != VERSION {
@@ -697,8 +702,11 @@ mod tests {
         };
         assert!(matches!(decode(&msg(&caw, &[0; 16])), Decoded::Msg(..)));
         let mut v = msg(&Header::new(Type::Ping), &[]);
-        v[4] = 5;
+        v[4] = 6;
         assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
+        // A version-4 peer (no RESERVE holder in SCSI reservation states) is refused by name.
+        v[4] = 4;
+        assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 4")));
         // A version-3 peer (metadata without a kind byte) is refused by name.
         v[4] = 3;
         assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 3")));
