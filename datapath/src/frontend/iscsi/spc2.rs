@@ -317,6 +317,10 @@ mod replicated_tests {
         // Site a (tpg 1) learns that site b's process restarted: b's holder is gone.
         la.peer_restarted(0);
         assert_eq!(pa.reserve_view(&res_id(1, 0xA, 1)), View::Free);
+        // The session's full state takes it from site b's copy too.
+        assert_eq!(pb.reserve_view(&res_id(1, 0xA, 1)), View::Other);
+        assert_eq!(lb.install(0, &la.full_state(0)[0]), Install::Done);
+        assert_eq!(pb.reserve_view(&res_id(1, 0xA, 1)), View::Free);
         // A holder of a's own site is kept (its process did not restart).
         let a = res_id(1, 0xA, 1);
         assert_eq!(run(&la, &lb, &cmd(a, SA_RESERVE)), 0);

@@ -738,10 +738,10 @@ impl IscsiConn {
                     spc2::SA_RELEASE
                 };
                 let out = spc2_out(sa);
-                return match self.pr_out(env, slot, vol, lun_idx, self.res, out) {
-                    Some(o) => self.pr_done(slot, o),
-                    None => {}
-                };
+                if let Some(o) = self.pr_out(env, slot, vol, lun_idx, self.res, out) {
+                    self.pr_done(slot, o);
+                }
+                return;
             }
             Cmd::ModeSelect { ten, .. } => {
                 let buf = std::mem::take(&mut self.tasks[slot as usize].buf);
