@@ -561,16 +561,19 @@ impl Daemon {
             }
         }
         // ... and so are the SCSI persistent reservations of their iSCSI logical units.
-        let pr_replicator = Arc::new(crate::frontend::iscsi::prs::PrReplicator::new(
-            iscsi_targets
-                .iter()
-                .flat_map(|t| {
-                    t.luns
-                        .iter()
-                        .map(|l| (t.iqn.clone(), l.lun, l.volume, Arc::clone(&l.pr)))
-                })
-                .collect(),
-        ));
+        let pr_replicator = Arc::new(
+            crate::frontend::iscsi::prs::PrReplicator::new(
+                iscsi_targets
+                    .iter()
+                    .flat_map(|t| {
+                        t.luns
+                            .iter()
+                            .map(|l| (t.iqn.clone(), l.lun, l.volume, Arc::clone(&l.pr)))
+                    })
+                    .collect(),
+            )
+            .for_site(cfg.iscsi_tpg()),
+        );
         let mut router = crate::layer::mirror::engine::MetaRouter::new();
         router.add(crate::frontend::nvmf::resv::META_KIND, replicator);
         router.add(crate::frontend::iscsi::prs::META_KIND, pr_replicator);
@@ -586,6 +589,7 @@ impl Daemon {
             nvmf: Arc::clone(&nvmf),
             next_tsih: std::sync::atomic::AtomicU16::new(1),
             next_nexus: std::sync::atomic::AtomicU64::new(1),
+            incarnation: crate::frontend::iscsi::spc2::new_incarnation(),
             nop_in_interval_ms: cfg.iscsi.nop_in_interval_ms,
             copies: std::sync::atomic::AtomicU32::new(0),
         });

@@ -1177,15 +1177,9 @@ fn aptpl_reservations_survive_a_restart_of_both_sites() {
 fn libiscsi_conformance_suite_passes_across_both_sites() {
     let root = tempfile::tempdir().unwrap();
     let (a, ia, b, ib) = two_sites(root.path(), "");
-    // Known to fail across the sites, and why (docs/iscsi-conformance.md): RESERVE(6) is kept
-    // by each site alone, so a second initiator at the other site is not refused. Persistent
-    // reservations, LUN resets (their unit attention), compare-and-write and data are one LU's.
-    let known = [
-        "Reserve6.2Initiators",
-        "Reserve6.Logout",
-        "Reserve6.ITNexusLoss",
-    ];
-    let (passed, skipped) = conformance_failing("ALL", &[url(ia), url(ib)], &known);
+    // Nothing is known to fail across the sites: persistent reservations, RESERVE(6), LUN
+    // resets (their unit attention), compare-and-write and data are one LU's.
+    let (passed, skipped) = conformance("ALL", &[url(ia), url(ib)]);
     assert!(
         !skipped.iter().any(|(t, _)| t.starts_with("MultipathIO")),
         "multipath tests skipped: {skipped:?}"

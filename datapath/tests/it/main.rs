@@ -5,6 +5,7 @@ mod clients;
 mod failover;
 mod harness;
 mod iscsi;
+mod iscsi_reserve;
 mod iscsi_xcopy;
 mod layering;
 mod linkauth;

@@ -4,7 +4,7 @@
 //! - [`login`]: the key=value text parser and operational parameter negotiation (fuzzed).
 //! - [`scsi`]: the CDB decoder and sense data (fuzzed); [`pages`]: INQUIRY / VPD, mode pages,
 //!   capacity, REPORT LUNS, ALUA target port groups, supported operation codes; [`prs`]:
-//!   persistent reservations; [`xcopy`]: the EXTENDED COPY parameter list parser and the
+//!   persistent reservations; [`spc2`]: RESERVE / RELEASE rules; [`xcopy`]: the EXTENDED COPY parameter list parser and the
 //!   RECEIVE COPY RESULTS pages (fuzzed).
 //! - `conn`: one connection (and its session) on a reactor: receive, dispatch, NOP, Text,
 //!   Logout, Reject, CmdSN window and StatSN; `session`: the login phase and task management;
@@ -32,6 +32,7 @@ pub mod pages;
 pub mod pdu;
 pub mod prs;
 pub mod scsi;
+pub mod spc2;
 pub mod xcopy;
 
 pub use conn::IscsiConn;
@@ -60,10 +61,8 @@ pub struct IscsiLun {
     /// Resets of the logical unit (LUN RESET, target resets) so far: every session reports a
     /// change once as a unit attention.
     pub resets: Arc<AtomicU64>,
-    /// The I_T nexus holding a RESERVE (6/10) reservation (0: none). Kept by this site
-    /// only (docs/iscsi.md).
-    pub reserved: Arc<AtomicU64>,
-    /// Persistent reservations (this site's, in memory: docs/iscsi.md).
+    /// Persistent reservations and the RESERVE (6/10) holder: decided by a mirrored volume's
+    /// leader site and installed at both (docs/iscsi.md).
     pub pr: Arc<prs::PrState>,
 }
 
@@ -91,7 +90,6 @@ impl IscsiLun {
             naa,
             serial,
             resets,
-            reserved: Arc::new(AtomicU64::new(0)),
             pr,
         }
     }
@@ -131,8 +129,12 @@ pub struct IscsiShared {
     pub nvmf: Arc<NvmfShared>,
     /// Next TSIH to hand out.
     pub next_tsih: AtomicU16,
-    /// Next I_T nexus id to hand out (never 0).
+    /// Next session number to hand out (never 0): with [`Self::tpg`] and [`Self::incarnation`]
+    /// a session's RESERVE reservation id (`spc2::res_id`).
     pub next_nexus: AtomicU64,
+    /// This process's incarnation (random at start): a RESERVE held by a session of an earlier
+    /// process of this site is known to be gone.
+    pub incarnation: u64,
     /// An idle connection (full feature phase, no task) is pinged with a NOP-In after this
     /// many milliseconds without input, and closed when nothing arrives for as long again
     /// (0: never).

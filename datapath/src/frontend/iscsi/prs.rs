@@ -10,15 +10,21 @@
 //! Not supported (refused with sense, and not advertised by REPORT CAPABILITIES): APTPL,
 //! ALL_TG_PT, SPEC_I_PT, REGISTER AND MOVE, REPLACE LOST RESERVATION.
 //!
-//! Limits (docs/iscsi.md): the state is this site's, in memory (not decided by a mirrored
-//! volume's leader, not persisted, not shared with NVMe reservations of the same volume);
-//! PREEMPT AND ABORT does not abort the preempted nexuses' tasks.
+//! The LUN's SPC-2 RESERVE holder lives in the same state (`spc2.rs` has its rules), so the
+//! rules that tie the two kinds together (SPC-2 §5.5.1: no RESERVE or RELEASE while any nexus is
+//! registered, no PERSISTENT RESERVE command while a RESERVE is held) are decided under one
+//! lock, at one site. The holder is replicated with the state but never persisted (APTPL keeps
+//! persistent reservations only).
+//!
+//! Limits (docs/iscsi.md): not shared with NVMe reservations of the same volume; PREEMPT AND
+//! ABORT does not abort the preempted nexuses' tasks.
 //!
 //! Invariants: the version is bumped after every change, under the lock, so a session that
 //! sees the new version and then takes the lock reads the new state; nothing here panics on
 //! any parameter list.
 
 use super::scsi::Sense;
+use super::spc2;
 use crate::frontend::nvmf::cmd::Status;
 use crate::frontend::nvmf::resv::{Access, NsResv};
 use crate::transport::cursor::Cursor;
@@ -54,6 +60,18 @@ struct Inner {
     aptpl: bool,
     /// Resets of the logical unit decided for both sites so far.
     reset_gen: u64,
+    /// The SPC-2 RESERVE holder's reservation id (`spc2::res_id`): replicated, not persisted.
+    reserve: Option<[u8; 16]>,
+}
+
+impl Inner {
+    /// The part that persists (everything but the RESERVE holder).
+    fn persisted_eq(&self, o: &Self) -> bool {
+        self.ns == o.ns
+            && self.names == o.names
+            && self.aptpl == o.aptpl
+            && self.reset_gen == o.reset_gen
+    }
 }
 
 /// The registrant id of an I_T nexus.
@@ -174,10 +192,40 @@ pub fn parse_out(sa: u8, scope_type: u8, p: &[u8]) -> Result<PrOut, Sense> {
 }
 
 impl PrState {
-    /// What nexus `me` may do, and the version it was computed at.
-    pub fn access(&self, me: &[u8; 16]) -> (u64, Access) {
+    /// What nexus `me` (reservation id `res`) may do under the persistent reservation and the
+    /// RESERVE, and the version it was computed at.
+    pub fn access(&self, me: &[u8; 16], res: &[u8; 16]) -> (u64, Access, spc2::View) {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        (self.version.load(Ordering::Acquire), g.ns.access(me))
+        (
+            self.version.load(Ordering::Acquire),
+            g.ns.access(me),
+            spc2::view(g.reserve.as_ref(), res),
+        )
+    }
+
+    /// What the session with reservation id `res` sees of the RESERVE.
+    pub fn reserve_view(&self, res: &[u8; 16]) -> spc2::View {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        spc2::view(g.reserve.as_ref(), res)
+    }
+
+    /// A reset of the logical unit taken at this site releases the RESERVE here at once (the
+    /// volume's leader decides it for both sites: [`RESET_EVENT`]).
+    pub fn clear_reserve(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.reserve.take().is_some() {
+            self.version.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The other site's process restarted: a RESERVE held by a nexus of a site other than
+    /// `site` (target port group) is gone with it.
+    pub fn drop_reserve_not_of(&self, site: u16) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.reserve.is_some_and(|h| spc2::site_of(&h) != site) {
+            g.reserve = None;
+            self.version.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// PERSISTENT RESERVE OUT service action `sa` with `scope_type` (CDB byte 2) and the
@@ -198,16 +246,35 @@ impl PrState {
             sa_key,
             aptpl,
         } = *o;
+        if spc2::is_spc2(sa) {
+            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let (good, holder) = spc2::decide(g.reserve, !g.ns.registrants.is_empty(), sa, me);
+            if holder != g.reserve {
+                g.reserve = holder;
+                self.version.fetch_add(1, Ordering::AcqRel);
+            }
+            return if good {
+                Outcome::Good
+            } else {
+                Outcome::Conflict
+            };
+        }
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if sa != RESET_EVENT && guard.reserve.is_some() {
+            // SPC-2 §5.5.1: while a RESERVE is held, every PERSISTENT RESERVE OUT conflicts.
+            return Outcome::Conflict;
+        }
         if aptpl && self.file.get().is_none() {
             // Nowhere to persist it: refused rather than promised (REPORT CAPABILITIES says
             // PTPL_C 0).
             return Outcome::Check(Sense::INVALID_FIELD_PARAM);
         }
-        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // Decided on a copy: it takes effect only once persisted (when it must be).
         let mut g = guard.clone();
         if sa == RESET_EVENT {
             g.reset_gen = g.reset_gen.wrapping_add(1);
+            // A reset releases the RESERVE (SPC-2 §5.5.1).
+            g.reserve = None;
             if let Err(e) = self.persist(&g) {
                 tracing::error!(error = %e, "iscsi: cannot persist the reservation state; reset not carried");
                 return Outcome::Check(Sense::INTERNAL);
@@ -269,7 +336,9 @@ impl PrState {
             }
         }
         if g != *guard {
-            if let Err(e) = self.persist(&g) {
+            if !g.persisted_eq(&guard)
+                && let Err(e) = self.persist(&g)
+            {
                 tracing::error!(error = %e, "iscsi: cannot persist the reservation state; change refused");
                 return Outcome::Check(Sense::INTERNAL);
             }
@@ -337,6 +406,7 @@ impl PrState {
                     names,
                     aptpl,
                     reset_gen,
+                    reserve: None,
                 };
                 self.version.fetch_add(1, Ordering::AcqRel);
             }
@@ -348,10 +418,14 @@ impl PrState {
             .map_err(|_| "attached twice".to_string())
     }
 
-    /// The whole state as a replicated state of LUN `lun` of `target` (see [`decode_state`]).
+    /// The whole state as a replicated state of LUN `lun` of `target` (see
+    /// [`decode_replicated`]): the persisted part, then the RESERVE holder.
     pub fn encode_state(&self, target: &str, lun: u16) -> Vec<u8> {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        encode(&g, target, lun)
+        let mut v = encode(&g, target, lun);
+        v.push(u8::from(g.reserve.is_some()));
+        v.extend_from_slice(&g.reserve.unwrap_or([0; 16]));
+        v
     }
 
     /// Replace the state with one decided by the other site (persisted here too, as there);
@@ -362,6 +436,7 @@ impl PrState {
         names: Vec<([u8; 16], String)>,
         aptpl: bool,
         reset_gen: u64,
+        reserve: Option<[u8; 16]>,
     ) -> bool {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let next = Inner {
@@ -369,8 +444,11 @@ impl PrState {
             names,
             aptpl,
             reset_gen,
+            reserve,
         };
-        if let Err(e) = self.persist(&next) {
+        if !next.persisted_eq(&g)
+            && let Err(e) = self.persist(&next)
+        {
             tracing::error!(error = %e, "iscsi: cannot persist the peer's reservation state");
             return false;
         }
@@ -635,7 +713,7 @@ impl PrCmd {
             cmd.out.nt == 0
         };
         let aptpl_ok = !cmd.out.aptpl || matches!(cmd.out.sa, 0 | 6);
-        let reset = cmd.out.sa == RESET_EVENT;
+        let reset = cmd.out.sa == RESET_EVENT || spc2::is_spc2(cmd.out.sa);
         let reset_ok = !reset
             || (cmd.out.nt == 0 && !cmd.out.aptpl && cmd.out.key == 0 && cmd.out.sa_key == 0);
         let sa_ok = cmd.out.sa <= 6 || reset;
@@ -647,10 +725,29 @@ impl PrCmd {
 /// the reset generation).
 pub type PrStateParts = (String, u16, NsResv, Vec<([u8; 16], String)>, bool, u64);
 
-/// Parse [`PrState::encode_state`]'s bytes (`None`: malformed).
+/// Parse a persisted state (an APTPL file: [`PrState::encode_state`]'s bytes without the
+/// RESERVE holder; `None`: malformed).
 pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
-    use crate::frontend::nvmf::resv::Registrant;
     let mut c = Cursor(b);
+    let parts = decode_parts(&mut c)?;
+    c.is_empty().then_some(parts)
+}
+
+/// Parse [`PrState::encode_state`]'s bytes: the state and the RESERVE holder (`None`:
+/// malformed).
+pub fn decode_replicated(b: &[u8]) -> Option<(PrStateParts, Option<[u8; 16]>)> {
+    let mut c = Cursor(b);
+    let parts = decode_parts(&mut c)?;
+    let present = c.u8()?;
+    let holder = c.id()?;
+    if !c.is_empty() || present > 1 || (present == 0 && holder != [0; 16]) {
+        return None;
+    }
+    Some((parts, (present == 1).then_some(holder)))
+}
+
+fn decode_parts(c: &mut Cursor<'_>) -> Option<PrStateParts> {
+    use crate::frontend::nvmf::resv::Registrant;
     let target = c.str8()?;
     let lun = c.u16()?;
     let aptpl = match c.u8()? {
@@ -681,9 +778,6 @@ pub fn decode_state(b: &[u8]) -> Option<PrStateParts> {
             names.push((hostid, name));
         }
     }
-    if !c.is_empty() {
-        return None;
-    }
     let ns = NsResv {
         generation,
         rtype,
@@ -702,12 +796,20 @@ pub type ReplicatedLun = (String, u16, usize, std::sync::Arc<PrState>);
 #[derive(Debug)]
 pub struct PrReplicator {
     luns: Vec<ReplicatedLun>,
+    /// This site's target port group (the site part of its sessions' reservation ids).
+    site: u16,
 }
 
 impl PrReplicator {
-    /// Over these logical units.
+    /// Over these logical units (at site 0 until [`Self::for_site`]).
     pub fn new(luns: Vec<ReplicatedLun>) -> Self {
-        Self { luns }
+        Self { luns, site: 0 }
+    }
+
+    /// At the site whose target port group is `tpg`.
+    pub fn for_site(mut self, tpg: u16) -> Self {
+        self.site = tpg;
+        self
     }
 
     fn find(&self, vol: usize, target: &str, lun: u16) -> Option<&PrState> {
@@ -743,7 +845,8 @@ impl crate::layer::mirror::engine::MetaHandler for PrReplicator {
 
     fn install(&self, vol: usize, state: &[u8]) -> crate::layer::mirror::engine::Install {
         use crate::layer::mirror::engine::Install;
-        let Some((target, lun, ns, names, aptpl, reset_gen)) = decode_state(state) else {
+        let Some(((target, lun, ns, names, aptpl, reset_gen), reserve)) = decode_replicated(state)
+        else {
             tracing::error!(
                 vol,
                 "mirror: malformed SCSI reservation state from the peer"
@@ -751,7 +854,7 @@ impl crate::layer::mirror::engine::MetaHandler for PrReplicator {
             return Install::Malformed;
         };
         match self.find(vol, &target, lun) {
-            Some(pr) if pr.install(ns, names, aptpl, reset_gen) => Install::Done,
+            Some(pr) if pr.install(ns, names, aptpl, reset_gen, reserve) => Install::Done,
             Some(_) => Install::Failed,
             None => {
                 tracing::error!(
@@ -771,6 +874,14 @@ impl crate::layer::mirror::engine::MetaHandler for PrReplicator {
             .filter(|(_, _, v, _)| *v == vol)
             .map(|(t, l, _, pr)| pr.encode_state(t, *l))
             .collect()
+    }
+
+    fn peer_restarted(&self, vol: usize) {
+        for (_, _, v, pr) in &self.luns {
+            if *v == vol {
+                pr.drop_reserve_not_of(self.site);
+            }
+        }
     }
 }
 
@@ -796,7 +907,7 @@ mod tests {
         assert_eq!(s.out(&a, "iqn.a", 0, 0, &params(1, 2)), Outcome::Conflict);
         // Write Exclusive held by a: b reads, does not write.
         assert_eq!(s.out(&a, "iqn.a", 1, 1, &params(0xA, 0)), Outcome::Good);
-        let (_, acc) = s.access(&b);
+        let (_, acc, _) = s.access(&b, &[0; 16]);
         assert!(acc.read && !acc.write);
         let keys = s.read(0).unwrap();
         assert_eq!(u32::from_be_bytes(keys[4..8].try_into().unwrap()), 16);
@@ -808,7 +919,7 @@ mod tests {
         // b preempts a: a is no longer registered, b holds it.
         assert_eq!(s.out(&b, "iqn.b", 4, 1, &params(0xB, 0xA)), Outcome::Good);
         assert!(!s.registered(&a));
-        assert!(s.access(&a).1.read && !s.access(&a).1.write);
+        assert!(s.access(&a, &[0; 16]).1.read && !s.access(&a, &[0; 16]).1.write);
         // Release with the wrong type: INVALID RELEASE.
         assert_eq!(
             s.out(&b, "iqn.b", 2, 3, &params(0xB, 0)),
@@ -867,7 +978,7 @@ mod tests {
             }
         }
         // The other site enforces and reports the same.
-        assert!(!pb.access(&b).1.write && pb.access(&a).1.write);
+        assert!(!pb.access(&b, &[0; 16]).1.write && pb.access(&a, &[0; 16]).1.write);
         assert_eq!(pb.read(0).unwrap(), pa.read(0).unwrap());
         assert_eq!(pb.read(1).unwrap(), pa.read(1).unwrap());
         assert_eq!(pb.read(3).unwrap(), pa.read(3).unwrap(), "names travel too");
@@ -911,13 +1022,13 @@ mod tests {
         let st = PrState::default();
         st.out(&[1; 16], "iqn.a", 0, 0, &params(0, 7));
         let state = st.encode_state("iqn.t", 0);
-        assert!(decode_state(&state).is_some());
+        assert!(decode_replicated(&state).is_some());
         for n in 0..state.len() {
             assert_eq!(r.install(0, &state[..n]), Install::Malformed, "cut at {n}");
         }
         let mut bad = state.clone();
         bad[1 + 5 + 2 + 1 + 8 + 4] = 7; // reservation type 7
-        assert!(decode_state(&bad).is_none());
+        assert!(decode_replicated(&bad).is_none());
         // Pseudo-random bytes: never a panic.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         for len in 0..2000 {
@@ -986,7 +1097,7 @@ mod tests {
         }
         let st = t.encode_state(&"t".repeat(223), u16::MAX);
         assert!(st.len() < crate::layer::mirror::wire::MAX_META_STATE as usize - 1);
-        assert!(decode_state(&st).is_some());
+        assert!(decode_replicated(&st).is_some());
     }
 
     fn aptpl_params(key: u64, sa_key: u64) -> Vec<u8> {

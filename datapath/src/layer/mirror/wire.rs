@@ -18,7 +18,8 @@ use twinblk_witness::Key;
 pub const MAGIC: u32 = 0x544D_5257;
 /// Protocol version (2: the handshake is authenticated; 3: the resync target confirms
 /// RESYNC_DONE with RESYNC_DONE_ACK; 4: metadata payloads start with their kind byte; 5: the
-/// leadership term in HELLO/WELCOME and SWITCH, SWITCH_ACK, SWITCH_ASK).
+/// leadership term in HELLO/WELCOME and SWITCH, SWITCH_ACK, SWITCH_ASK, and the SPC-2 RESERVE
+/// holder in SCSI reservation states).
 pub const VERSION: u8 = 5;
 /// Bytes of a handshake nonce.
 pub const NONCE: usize = 32;
@@ -270,7 +271,7 @@ pub fn decode(buf: &[u8]) -> Decoded {
     }
     if buf[4] == 4 {
         return Decoded::Bad(
-            "peer speaks protocol version 4 (no leadership term): refused; run the same twinblk version at both sites",
+            "peer speaks protocol version 4 (no leadership term, no SPC-2 RESERVE holder): refused; run the same twinblk version at both sites",
         );
     }
     if buf[4] != VERSION {
@@ -724,7 +725,7 @@ mod tests {
         let mut v = msg(&Header::new(Type::Ping), &[]);
         v[4] = 6;
         assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
-        // A version-4 peer (no leadership term) is refused by name.
+        // A version-4 peer (no leadership term, no RESERVE holder) is refused by name.
         v[4] = 4;
         assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 4")));
         // A version-3 peer (metadata without a kind byte) is refused by name.

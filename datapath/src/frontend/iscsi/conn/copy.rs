@@ -158,8 +158,9 @@ impl IscsiConn {
         // reservations and path states of every logical unit it touches apply.
         for e in &extents {
             for (u, write) in [(e.src, false), (e.dst, true)] {
-                let holder = t.luns[u.lun_idx].reserved.load(Ordering::Acquire);
-                if (holder != 0 && holder != self.nexus) || !self.pr_allows(u.lun_idx, write) {
+                if self.reserve_view(u.lun_idx) == crate::frontend::iscsi::spc2::View::Other
+                    || !self.pr_allows(u.lun_idx, write)
+                {
                     return self.conflict(slot);
                 }
                 match env.shared.volumes[u.vol].path.get() {

@@ -102,12 +102,25 @@ pub struct IscsiConn {
     pub(super) initiator: String,
     pub(super) isid: [u8; 6],
     pub(super) tsih: u16,
-    /// This session's I_T nexus id (RESERVE/RELEASE), 0 before login.
+    /// This session's number at this site, 0 before login.
     pub(super) nexus: u64,
+    /// Its RESERVE reservation id (`spc2::res_id`: site, process, session), 0 before login.
+    pub(super) res: [u8; 16],
+    /// LUN indexes this session sent a RESERVE for: its I_T nexus loss is carried for them.
+    pub(super) reserved_luns: Vec<usize>,
+    /// The I_T nexus loss was carried (the session's RESERVEs released), or nothing to carry.
+    pub(super) nexus_lost: bool,
     /// Its persistent-reservation registrant id (initiator name and ISID).
     pub(super) me: [u8; 16],
-    /// Persistent-reservation access per LUN index, with the state version it was read at.
-    pub(super) pr_cache: Vec<Option<(u64, crate::frontend::nvmf::resv::Access)>>,
+    /// Persistent-reservation access and RESERVE view per LUN index, with the state version
+    /// they were read at.
+    pub(super) pr_cache: Vec<
+        Option<(
+            u64,
+            crate::frontend::nvmf::resv::Access,
+            crate::frontend::iscsi::spc2::View,
+        )>,
+    >,
     pub(super) params: Params,
     pub(super) dg: Digests,
     pub(super) stat_sn: u32,
@@ -165,6 +178,9 @@ impl IscsiConn {
             isid: [0; 6],
             tsih: 0,
             nexus: 0,
+            res: [0; 16],
+            reserved_luns: Vec::new(),
+            nexus_lost: false,
             me: [0; 16],
             pr_cache: Vec::new(),
             params: Params::default(),
@@ -474,19 +490,27 @@ impl IscsiConn {
         }
     }
 
-    /// The I_T nexus is gone: its RESERVE reservations are released (SPC-2 §5.5.1).
-    fn release_reservations(&mut self) {
+    /// The I_T nexus is gone: its RESERVE reservations are released (SPC-2 §5.5.1), decided
+    /// like a RELEASE (by a mirrored volume's leader, for both sites). Once per session; true
+    /// while a release is still on its way (the connection stays until it is done).
+    fn release_reservations(&mut self, env: &mut Env<'_>) -> bool {
+        if self.nexus_lost {
+            return false;
+        }
+        self.nexus_lost = true;
         if self.nexus == 0 || self.session != SessionType::Normal {
-            return;
+            return false;
         }
-        for l in &self.sh.targets[self.target].luns {
-            let _ = l.reserved.compare_exchange(
-                self.nexus,
-                0,
-                std::sync::atomic::Ordering::AcqRel,
-                std::sync::atomic::Ordering::Acquire,
-            );
+        let sh = Arc::clone(&self.sh);
+        let luns = &sh.targets[self.target].luns;
+        let mut pending = false;
+        for (i, l) in luns.iter().enumerate() {
+            let held = l.pr.reserve_view(&self.res) == crate::frontend::iscsi::spc2::View::Mine;
+            if held || self.reserved_luns.contains(&i) {
+                pending |= self.carry_nexus_loss(env, i);
+            }
         }
+        pending
     }
 
     pub(super) fn get_buf(&mut self, len: usize) -> Vec<u8> {
@@ -577,15 +601,16 @@ impl IscsiConn {
         Lifecycle::cancel(env.io, env.key, kind);
     }
 
-    fn try_close(&mut self) {
+    fn try_close(&mut self, env: &mut Env<'_>) {
         if self.life.closing
             && !self.life.recv_armed
             && !self.tx.armed()
             && self.tasks_at_device() == 0
             && (self.tx.unsent() == 0 || self.life.broken)
+            && !self.release_reservations(env)
+            && self.tasks_at_device() == 0
         {
             self.life.closed = true;
-            self.release_reservations();
         }
     }
 }
@@ -690,7 +715,7 @@ impl Conn for IscsiConn {
             self.life.cancel_sent = true;
             self.cancel(env, Kind::Recv);
         }
-        self.try_close();
+        self.try_close(env);
         if let Some(h) = &self.host {
             h.set_inflight(self.tasks.len());
         }

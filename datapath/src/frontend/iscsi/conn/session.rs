@@ -228,6 +228,8 @@ impl IscsiConn {
         if full {
             self.isid = isid;
             self.nexus = self.sh.next_nexus.fetch_add(1, Ordering::Relaxed).max(1);
+            self.res =
+                crate::frontend::iscsi::spc2::res_id(self.sh.tpg, self.sh.incarnation, self.nexus);
             self.me = crate::frontend::iscsi::prs::nexus_id(&self.initiator, &isid);
             self.params = st.neg.params.clone();
             self.phase = Phase::Full;
@@ -378,8 +380,9 @@ impl IscsiConn {
                     for l in &sh.targets[self.target].luns {
                         if func != 5 || Some(l.lun) == n {
                             l.resets.fetch_add(1, Ordering::AcqRel);
-                            // A reset releases RESERVE reservations (SPC-2 §5.5.1).
-                            l.reserved.store(0, Ordering::Release);
+                            // A reset releases RESERVE reservations (SPC-2 §5.5.1): here at
+                            // once, at both sites with the carried reset.
+                            l.pr.clear_reserve();
                             // ... and the other site's sessions of a mirrored volume see it too:
                             // the answer waits until the volume's leader carried it there.
                             wait.extend(self.carry_reset(env, l));

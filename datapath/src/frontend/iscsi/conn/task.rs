@@ -27,8 +27,8 @@ use crate::bdev::volume::PathState;
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::iscsi::pages::{self, LunInfo};
 use crate::frontend::iscsi::pdu::{Bhs, NO_TAG, Req, op, reject};
-use crate::frontend::iscsi::prs;
 use crate::frontend::iscsi::scsi::{self, Cmd, Sense, sense_of, status};
+use crate::frontend::iscsi::{prs, spc2};
 use crate::frontend::nvmf::Note as NvNote;
 use crate::frontend::nvmf::atomic::{FusedReq, OpKind, Origin};
 use crate::frontend::nvmf::cmd::Status as NvStatus;
@@ -112,19 +112,33 @@ fn allowed_when_unavailable(cmd: &Cmd) -> bool {
     )
 }
 
-/// Commands a RESERVE (6/10) held by another I_T nexus does not block (SPC-2 §5.5.1).
+/// Commands a RESERVE (6/10) held by another I_T nexus does not block (SPC-2 §5.5.1). RESERVE
+/// itself goes to the decision (the volume's leader), which answers the conflict; PERSISTENT
+/// RESERVE IN and OUT conflict while any nexus holds a RESERVE ([`reserve_conflict`]).
 fn allowed_when_reserved(cmd: &Cmd) -> bool {
     matches!(
         cmd,
         Cmd::Inquiry { .. }
             | Cmd::ReportLuns { .. }
             | Cmd::RequestSense { .. }
+            | Cmd::Reserve
             | Cmd::Release
             | Cmd::ReportTpg { .. }
             | Cmd::ReportOpcodes { .. }
-            | Cmd::PrIn { .. }
-            | Cmd::PrOut { .. }
     )
+}
+
+/// Whether `cmd` conflicts with the RESERVE as nexus sees it (`view`): SPC-2 §5.5.1, every
+/// PERSISTENT RESERVE IN and OUT while any nexus holds one, and anything but
+/// [`allowed_when_reserved`] while another nexus holds it.
+pub(super) fn reserve_conflict(view: spc2::View, cmd: &Cmd) -> bool {
+    match view {
+        spc2::View::Free => false,
+        spc2::View::Mine => matches!(cmd, Cmd::PrIn { .. } | Cmd::PrOut { .. }),
+        spc2::View::Other => {
+            matches!(cmd, Cmd::PrIn { .. } | Cmd::PrOut { .. }) || !allowed_when_reserved(cmd)
+        }
+    }
 }
 
 /// Under a persistent reservation: `Some(true)` for a write-class command, `Some(false)` for a
@@ -317,10 +331,7 @@ impl IscsiConn {
             if let Some(s) = self.unit_attention(env, lun_idx, &cmd) {
                 return self.respond(itt, Err(s), edtl, 0, 0);
             }
-            let holder = t.luns[lun_idx]
-                .reserved
-                .load(std::sync::atomic::Ordering::Acquire);
-            if holder != 0 && holder != self.nexus && !allowed_when_reserved(&cmd) {
+            if reserve_conflict(self.reserve_view(lun_idx), &cmd) {
                 let h = Bhs::new(op::SCSI_RSP, 0x80)
                     .byte(3, status::RESERVATION_CONFLICT)
                     .itt(itt);
@@ -708,7 +719,7 @@ impl IscsiConn {
                 self.tasks[slot as usize].buf = p;
                 let o = match parsed {
                     Err(s) => prs::Outcome::Check(s),
-                    Ok(out) => match self.pr_out(env, slot, vol, lun_idx, out) {
+                    Ok(out) => match self.pr_out(env, slot, vol, lun_idx, self.me, out) {
                         Some(o) => o,
                         None => return,
                     },
@@ -716,20 +727,21 @@ impl IscsiConn {
                 return self.pr_done(slot, o);
             }
             Cmd::Reserve | Cmd::Release => {
-                let cell = &self.sh.targets[self.target].luns[lun_idx].reserved;
-                let o = std::sync::atomic::Ordering::AcqRel;
-                let a = std::sync::atomic::Ordering::Acquire;
-                if cmd == Cmd::Reserve {
-                    match cell.compare_exchange(0, self.nexus, o, a) {
-                        Ok(_) => Ok(()),
-                        Err(h) if h == self.nexus => Ok(()),
-                        Err(_) => return self.conflict(slot),
+                // Decided like a PERSISTENT RESERVE OUT (by a mirrored volume's leader, for
+                // both sites), by the rules of `spc2::decide`.
+                let sa = if cmd == Cmd::Reserve {
+                    if !self.reserved_luns.contains(&lun_idx) {
+                        self.reserved_luns.push(lun_idx);
                     }
+                    spc2::SA_RESERVE
                 } else {
-                    // Releasing another nexus's reservation (or none) does nothing.
-                    let _ = cell.compare_exchange(self.nexus, 0, o, a);
-                    Ok(())
+                    spc2::SA_RELEASE
+                };
+                let out = spc2_out(sa);
+                if let Some(o) = self.pr_out(env, slot, vol, lun_idx, self.res, out) {
+                    self.pr_done(slot, o);
                 }
+                return;
             }
             Cmd::ModeSelect { ten, .. } => {
                 let buf = std::mem::take(&mut self.tasks[slot as usize].buf);
@@ -1110,16 +1122,17 @@ impl IscsiConn {
         );
     }
 
-    /// A device operation of a task finished.
-    /// A checked PERSISTENT RESERVE OUT: on a mirrored volume sent through its channel to the
-    /// volume's leader site, which decides it for both sites (`None`: pending, answered in
-    /// [`Self::device_done`]); on any other volume decided here.
+    /// A checked PERSISTENT RESERVE OUT (or a RESERVE / RELEASE: [`spc2_out`]) from nexus `me`
+    /// (its registrant id, or its reservation id for RESERVE / RELEASE): on a mirrored volume
+    /// sent through its channel to the volume's leader site, which decides it for both sites
+    /// (`None`: pending, answered in [`Self::device_done`]); on any other volume decided here.
     fn pr_out(
         &mut self,
         env: &mut Env<'_>,
         slot: u32,
         vol: usize,
         lun_idx: usize,
+        me: [u8; 16],
         out: prs::PrOut,
     ) -> Option<prs::Outcome> {
         let t = &self.sh.targets[self.target];
@@ -1127,7 +1140,7 @@ impl IscsiConn {
         let cmd = prs::PrCmd {
             target: t.iqn.clone(),
             lun: t.luns[lun_idx].lun,
-            me: self.me,
+            me,
             name: self.initiator.clone(),
             out,
         };
@@ -1137,7 +1150,7 @@ impl IscsiConn {
             slot,
         };
         match env.chans[vol].meta(env.io, tag, &bytes) {
-            None => Some(pr.apply(&self.me, &self.initiator, &out)),
+            None => Some(pr.apply(&me, &self.initiator, &out)),
             Some(Start::Done(r)) => Some(prs::outcome_of(r)),
             Some(Start::Pending) => {
                 let t = &mut self.tasks[slot as usize];
@@ -1184,7 +1197,7 @@ impl IscsiConn {
             return self.copy_io_done(slot, result, data);
         }
         t.parts = t.parts.saturating_sub(1);
-        if matches!(t.cmd, Cmd::PrOut { .. }) {
+        if matches!(t.cmd, Cmd::PrOut { .. } | Cmd::Reserve | Cmd::Release) {
             return self.pr_done(slot, prs::outcome_of(result));
         }
         let write = !matches!(t.cmd, Cmd::Read(_) | Cmd::Verify { .. });
@@ -1232,23 +1245,72 @@ impl IscsiConn {
         self.tasks.iter().filter(|(_, t)| t.parts > 0).count()
     }
 
-    /// Whether this nexus may issue a read- (`write` false) or write-class command to LUN
-    /// index `i`: one atomic load, the lock only when the reservation state changed.
-    pub(super) fn pr_allows(&mut self, i: usize, write: bool) -> bool {
+    /// What this nexus may do at LUN index `i` under the persistent reservation, and what it
+    /// sees of the RESERVE: one atomic load, the lock only when the state changed.
+    fn reservations(&mut self, i: usize) -> (crate::frontend::nvmf::resv::Access, spc2::View) {
         let pr = &self.sh.targets[self.target].luns[i].pr;
         let v = pr.version.load(std::sync::atomic::Ordering::Acquire);
         if self.pr_cache.len() <= i {
             self.pr_cache.resize(i + 1, None);
         }
-        let acc = match self.pr_cache[i] {
-            Some((cv, a)) if cv == v => a,
+        match self.pr_cache[i] {
+            Some((cv, a, r)) if cv == v => (a, r),
             _ => {
-                let (v, a) = pr.access(&self.me);
-                self.pr_cache[i] = Some((v, a));
-                a
+                let (v, a, r) = pr.access(&self.me, &self.res);
+                self.pr_cache[i] = Some((v, a, r));
+                (a, r)
             }
-        };
+        }
+    }
+
+    /// Whether this nexus may issue a read- (`write` false) or write-class command to LUN
+    /// index `i` under its persistent reservation.
+    pub(super) fn pr_allows(&mut self, i: usize, write: bool) -> bool {
+        let acc = self.reservations(i).0;
         if write { acc.write } else { acc.read }
+    }
+
+    /// What this nexus sees of the RESERVE of LUN index `i`.
+    pub(super) fn reserve_view(&mut self, i: usize) -> spc2::View {
+        self.reservations(i).1
+    }
+
+    /// Carry this session's I_T nexus loss for LUN index `i` (its RESERVE released, decided
+    /// like a RELEASE): true while it is on its way (a placeholder task holds the connection).
+    pub(super) fn carry_nexus_loss(&mut self, env: &mut Env<'_>, i: usize) -> bool {
+        let t = &self.sh.targets[self.target];
+        let (vol, lun) = (t.luns[i].volume, t.luns[i].lun);
+        let pr = std::sync::Arc::clone(&t.luns[i].pr);
+        let out = spc2_out(spc2::SA_NEXUS_LOSS);
+        let cmd = prs::PrCmd {
+            target: t.iqn.clone(),
+            lun,
+            me: self.res,
+            name: self.initiator.clone(),
+            out,
+        };
+        let bytes = crate::layer::mirror::engine::tagged(prs::META_KIND, &cmd.encode());
+        let slot = self.placeholder_task(vol) as u32;
+        let tag = IoTag {
+            conn: env.key,
+            slot,
+        };
+        match env.chans[vol].meta(env.io, tag, &bytes) {
+            Some(Start::Pending) => {
+                self.tasks[slot as usize].parts = 1;
+                return true;
+            }
+            Some(Start::Done(Err(e))) => {
+                tracing::warn!(lun, errno = e.0, initiator = %self.initiator,
+                    "iscsi: the loss of an I_T nexus holding a RESERVE could not be carried to the volume's decision; the reservation stays until a LUN reset");
+            }
+            Some(Start::Done(Ok(()))) => {}
+            None => {
+                pr.apply(&self.res, &self.initiator, &out);
+            }
+        }
+        self.tasks.remove(slot as usize);
+        false
     }
 
     /// A pending unit attention for LUN index `i` (reported once), unless the command is one
@@ -1281,5 +1343,16 @@ impl IscsiConn {
             return None;
         }
         self.ua[i].take()
+    }
+}
+
+/// SPC-2 command `sa` (`spc2::SA_*`) as the PERSISTENT RESERVE OUT shape the decision takes.
+fn spc2_out(sa: u8) -> prs::PrOut {
+    prs::PrOut {
+        sa,
+        nt: 0,
+        key: 0,
+        sa_key: 0,
+        aptpl: false,
     }
 }

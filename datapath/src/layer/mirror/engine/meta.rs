@@ -26,6 +26,10 @@ pub trait MetaHandler: Send + Sync + std::fmt::Debug {
     fn install(&self, vol: usize, state: &[u8]) -> Install;
     /// This site's whole state of the volume, one META_STATE payload each.
     fn full_state(&self, vol: usize) -> Vec<Vec<u8>>;
+    /// A session starts with a peer process other than the previous session's (it restarted):
+    /// state that belonged to the peer's earlier process (its sessions) is dropped here, before
+    /// the session's full state is sent or received. Nothing by default.
+    fn peer_restarted(&self, _vol: usize) {}
 }
 
 /// What installing a peer's metadata state did.
@@ -109,6 +113,12 @@ impl MetaHandler for MetaRouter {
             out.extend(h.full_state(vol).iter().map(|s| tagged(*kind, s)));
         }
         out
+    }
+
+    fn peer_restarted(&self, vol: usize) {
+        for (_, h) in &self.handlers {
+            h.peer_restarted(vol);
+        }
     }
 }
 

@@ -822,8 +822,15 @@ impl Engine {
     }
 
     /// The peer's incarnation, from its HELLO (leader) or WELCOME (follower), before
-    /// `session_start`.
+    /// `session_start`. Another incarnation than the previous session's (the peer process
+    /// restarted) is told to the metadata handlers (`MetaHandler::peer_restarted`).
     pub fn set_peer_incarnation(&mut self, v: u64) {
+        if self.peer_incarnation != 0
+            && self.peer_incarnation != v
+            && let Some(h) = &self.cfg.meta
+        {
+            h.peer_restarted(self.vol);
+        }
         self.peer_incarnation = v;
     }
 

@@ -347,3 +347,40 @@ fn metadata_converges_when_the_link_is_cut_after_any_message() {
     // The cuts do land in the middle of commands (the check above is exercised).
     assert!(cuts_with_failures > 0, "no cut failed a command");
 }
+
+/// Counts `peer_restarted` calls.
+#[derive(Debug, Default)]
+struct Restarts(std::sync::atomic::AtomicU32);
+
+impl MetaHandler for Restarts {
+    fn execute(&self, _: usize, _: &[u8]) -> (u16, Option<Vec<u8>>) {
+        (0, None)
+    }
+    fn install(&self, _: usize, _: &[u8]) -> Install {
+        Install::Done
+    }
+    fn full_state(&self, _: usize) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    fn peer_restarted(&self, _: usize) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The handlers hear of a peer process other than the previous session's (its sessions'
+/// RESERVEs go), not of this process's first session nor of a session with the same process.
+#[test]
+fn a_new_peer_incarnation_is_told_to_the_metadata_handlers() {
+    let mut s = site(Role::Leader, Duration::from_secs(60));
+    let r = Arc::new(Restarts::default());
+    let mut router = MetaRouter::new();
+    assert!(router.add(2, Arc::clone(&r) as _));
+    s.engine.cfg.meta = Some(Arc::new(router) as _);
+    let n = || r.0.load(std::sync::atomic::Ordering::Relaxed);
+    s.engine.set_peer_incarnation(7);
+    assert_eq!(n(), 0, "the first peer this process meets");
+    s.engine.set_peer_incarnation(7);
+    assert_eq!(n(), 0, "the same peer process again (a link flap)");
+    s.engine.set_peer_incarnation(8);
+    assert_eq!(n(), 1, "the peer restarted");
+}
