@@ -27,6 +27,7 @@ pub mod format;
 pub mod journal;
 pub mod pit;
 pub mod retain;
+pub mod rollback;
 pub mod store;
 pub mod view;
 
@@ -104,6 +105,9 @@ impl CdpInfo {
             "switches_prepared": s.switches_prepared.load(Relaxed),
             "switches_created": s.switches_created.load(Relaxed),
             "journal": if s.stopped.load(Relaxed) { "stopped" } else { "running" },
+            "rollback": rollback::load_marker(&self.dir)
+                .map(|m| m.map(|m| m.describe()))
+                .unwrap_or_else(|e| Some(e.to_string())),
             "history_s": history_s,
             "history_target_s": self.retention_age_ns.map(|a| a as f64 / 1e9),
             "history_short": short,
@@ -138,6 +142,8 @@ pub struct CdpDevice {
     /// Segment size.
     pub segment_size: u64,
     start: Mutex<Option<journal::Start>>,
+    /// `daemon.lock`, held while the device lives (a rollback in place is refused meanwhile).
+    _lock: std::fs::File,
 }
 
 impl CdpDevice {
@@ -150,6 +156,26 @@ impl CdpDevice {
         home: usize,
     ) -> Result<Self, CdpError> {
         let info = inner.info();
+        // No rollback in place runs, none was left half done, no other daemon journals here.
+        std::fs::create_dir_all(&s.dir).map_err(|source| CdpError::Io {
+            what: "create directory",
+            path: s.dir.clone(),
+            source,
+        })?;
+        let lock = rollback::lock_daemon(&s.dir)?;
+        match rollback::load_marker(&s.dir)? {
+            Some(m) if !m.done => {
+                return Err(CdpError::Refused(format!(
+                    "{}: {}; the volume is not served until then (twinblk cdp rollback)",
+                    s.dir.display(),
+                    m.describe()
+                )));
+            }
+            Some(m) => {
+                tracing::warn!(dir = %s.dir.display(), "cdp: {}", m.describe());
+            }
+            None => {}
+        }
         let meta = store::open_or_create(&s.dir, info.size, info.block_size, s.seed.as_deref())?;
         let h = store::load(&s.dir, store::Load::Recover)?;
         let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
@@ -212,6 +238,7 @@ impl CdpDevice {
                 seg_size: s.segment_size,
                 spare,
             })),
+            _lock: lock,
         })
     }
 }
