@@ -22,11 +22,11 @@
 //! - The daemon and a rollback never run on one volume together: both hold `daemon.lock`
 //!   ([`lock_daemon`]) exclusively while they run.
 
+use super::clock;
 use super::format::{self, Meta, Op, REC_HEADER, RecHeader};
 use super::pit::{self, Point};
 use super::store::{self, CdpError};
 use super::view::{ViewDevice, ViewSpec};
-use super::clock;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -104,8 +104,7 @@ impl Marker {
         if version != VERSION {
             return Err(format!("unsupported version {version}"));
         }
-        if !matches!(b[12], 1 | 2) || b[13] > 1 || b[14] != 0 || b[15] != 0 || b[56..60] != [0; 4]
-        {
+        if !matches!(b[12], 1 | 2) || b[13] > 1 || b[14] != 0 || b[15] != 0 || b[56..60] != [0; 4] {
             return Err("bad field".into());
         }
         Ok(Marker {
