@@ -142,8 +142,8 @@ pub struct CdpDevice {
     /// Segment size.
     pub segment_size: u64,
     start: Mutex<Option<journal::Start>>,
-    /// `daemon.lock`, held while the device lives (a rollback in place is refused meanwhile).
-    _lock: std::fs::File,
+    /// `daemon.lock`, held until the daemon stops (a rollback in place is refused meanwhile).
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl CdpDevice {
@@ -238,8 +238,15 @@ impl CdpDevice {
                 seg_size: s.segment_size,
                 spare,
             })),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         })
+    }
+}
+
+impl CdpDevice {
+    /// Release `daemon.lock` (the daemon's stop, once nothing journals any more).
+    pub fn release_lock(&self) {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
