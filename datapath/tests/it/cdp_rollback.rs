@@ -158,6 +158,23 @@ fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
         ]),
         "stop it first",
     );
+    // Below the control socket's check: the daemon's lock on the directory.
+    {
+        use twinblk::layer::cdp::rollback::{self, Goal, Target};
+        let target = Target {
+            name: "v".into(),
+            dir: dirs[0].clone(),
+            volume: img("v"),
+            segment_size: 4 << 20,
+            mirror_state: None,
+            all: false,
+        };
+        match rollback::prepare(target, Goal::To(twinblk::layer::cdp::pit::Point::Time(t))) {
+            Err(store::CdpError::Refused(why)) => assert!(why.contains("stop it first"), "{why}"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a rollback was prepared while the daemon holds the volume"),
+        }
+    }
     assert!(s.stop(), "clean stop failed");
     let now: Vec<Vec<u8>> = names
         .iter()
@@ -315,8 +332,16 @@ fn an_interrupted_rollback_blocks_the_daemon_until_rerun() {
     std::fs::create_dir_all(&sdir).unwrap();
     let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
     let cfg = s.config.display().to_string();
-    let log = workload(s.addr, &names, &dirs, 2, 40);
+    let mut log = workload(s.addr, &names, &dirs, 2, 10);
     let t = log[5].1;
+    // The whole volume rewritten after the point: several batches to roll back.
+    for k in 0..4u64 {
+        let data = pattern(900 + k, 1 << 20);
+        let mut c = Client::connect(s.addr, "v", false);
+        assert_eq!(c.write(k << 20, &data), 0);
+        c.disconnect();
+        log.push(((0, k << 20, data), last(&dirs[0]).1));
+    }
     assert!(s.stop());
     let target = Target {
         name: "v".into(),
@@ -326,16 +351,28 @@ fn an_interrupted_rollback_blocks_the_daemon_until_rerun() {
         mirror_state: None,
         all: false,
     };
-    // Stop after the first chunk compared (a crash there).
+    // Stop once a first batch is journaled and its blocks written, with more to compare (a
+    // crash there): the volume is partly rolled back.
+    let img = root.path().join("a-v.img");
+    let before = std::fs::read(&img).unwrap();
     let p = rollback::prepare(target, Goal::To(Point::Time(t))).unwrap();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rollback::run(p, |g| {
-            if g.compared > 0 {
+            if g.batches > 0 && g.compared < g.total {
                 panic!("interrupted");
             }
         })
     }));
-    assert!(r.is_err());
+    assert!(r.is_err(), "the run was not interrupted");
+    let partial = std::fs::read(&img).unwrap();
+    assert!(
+        partial != before,
+        "nothing was written before the interruption"
+    );
+    assert!(
+        partial != model(&log, 0, |w| w <= t),
+        "the run had finished"
+    );
     let m = rollback::load_marker(&dirs[0]).unwrap().expect("marker");
     assert!(!m.done);
     // The daemon refuses to serve a half rolled-back volume.

@@ -331,6 +331,8 @@ pub struct Progress {
     pub total: u64,
     /// Bytes rewritten so far.
     pub written: u64,
+    /// Journal batches appended (each durable before its blocks are written).
+    pub batches: u64,
 }
 
 /// What a run did.
@@ -567,6 +569,7 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
             if app.batch.len() >= BATCH {
                 app.flush()?;
                 write_pending(&mut pending)?;
+                prog.batches += 1;
             }
             at += n as u64;
             prog.compared += n as u64;
