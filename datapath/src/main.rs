@@ -156,6 +156,230 @@ enum CdpCmd {
         #[arg(long, conflicts_with_all = ["seq", "time"])]
         bookmark: Option<String>,
     },
+    /// Roll a volume (or a group) back in place to a point of its history, with the daemon
+    /// that serves it stopped: only blocks that differ are rewritten, and journaled, so the
+    /// rollback can be undone until confirmed (docs/cdp-format.md, "Rollback in place").
+    Rollback {
+        /// The site's configuration file (the one its daemon serves).
+        #[arg(long)]
+        config: PathBuf,
+        /// The volume.
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        volume: Option<String>,
+        /// Every volume of this group (`[[volume]] group`, default its name), to one time.
+        #[arg(long)]
+        group: Option<String>,
+        /// Site time in ns since the epoch: every record at or before it.
+        #[arg(long, conflicts_with_all = ["seq", "bookmark"])]
+        time: Option<u64>,
+        /// Sequence number (one volume only): every record up to it.
+        #[arg(long, conflicts_with = "bookmark")]
+        seq: Option<u64>,
+        /// A bookmark: its time.
+        #[arg(long)]
+        bookmark: Option<String>,
+        /// Compare every block of the volume, not only those written after the point.
+        #[arg(long)]
+        all: bool,
+        /// Take the volume back to what it held before the rollback (then no rollback is left).
+        #[arg(long, conflicts_with_all = ["time", "seq", "bookmark", "confirm", "yield_to_peer"])]
+        undo: bool,
+        /// Keep the rollback (its marker is removed; the history keeps its records).
+        #[arg(long, conflicts_with_all = ["time", "seq", "bookmark", "all", "yield_to_peer"])]
+        confirm: bool,
+        /// At the peer site of a mirrored volume rolled back at the other site: mark this
+        /// replica fenced so that its next session takes the rolled-back copy (nothing else is
+        /// written).
+        #[arg(long, conflicts_with_all = ["time", "seq", "bookmark", "all"])]
+        yield_to_peer: bool,
+    },
+}
+
+/// `twinblk cdp rollback`.
+#[allow(clippy::too_many_arguments)]
+fn rollback_cmd(
+    config: &std::path::Path,
+    volume: Option<String>,
+    group: Option<String>,
+    point: (Option<u64>, Option<u64>, Option<String>),
+    all: bool,
+    undo: bool,
+    confirm: bool,
+    yield_to_peer: bool,
+) -> Result<()> {
+    use twinblk::control::config::Backend;
+    use twinblk::layer::cdp::{bookmark, pit, rollback};
+    let cfg = load(Some(&config.to_path_buf()))?;
+    cfg.validate()?;
+    let vols: Vec<_> = cfg
+        .volumes
+        .iter()
+        .filter(|v| match (&volume, &group) {
+            (Some(n), _) => &v.name == n,
+            (None, Some(g)) => v.group.as_ref().unwrap_or(&v.name) == g,
+            (None, None) => false,
+        })
+        .collect();
+    let what = match (&volume, &group) {
+        (Some(n), _) => format!("volume {n:?}"),
+        (_, g) => format!("group {:?}", g.clone().unwrap_or_default()),
+    };
+    anyhow::ensure!(
+        !vols.is_empty(),
+        "{}: no {what} (twinblk check-config lists the volumes)",
+        config.display()
+    );
+    // A daemon answering on the control socket serves these volumes.
+    let running = || -> Result<()> {
+        let sock = &cfg.control.socket;
+        if !sock.as_os_str().is_empty() && std::os::unix::net::UnixStream::connect(sock).is_ok() {
+            anyhow::bail!(
+                "a twinblk daemon answers on {} (the control socket of {}): stop it first",
+                sock.display(),
+                config.display()
+            );
+        }
+        Ok(())
+    };
+    let state_of = |v: &twinblk::control::config::VolumeConfig| -> Result<Option<PathBuf>> {
+        match (&cfg.mirror, v.mirror) {
+            (Some(m), true) => {
+                let dir = m.state_dir.as_ref().with_context(|| {
+                    format!(
+                        "volume {}: mirrored without [mirror] state_dir: a restart makes it a new                          replica that its peer overwrites; nothing to roll back here",
+                        v.name
+                    )
+                })?;
+                Ok(Some(twinblk::layer::mirror::rollback::state_path(
+                    dir, &v.name,
+                )))
+            }
+            _ => Ok(None),
+        }
+    };
+    if yield_to_peer {
+        running()?;
+        for v in &vols {
+            let st = state_of(v)?
+                .with_context(|| format!("volume {} is not mirrored: nothing to yield", v.name))?;
+            // With a journal, its daemon lock says whether a daemon holds the volume.
+            let _lock = match v.cdp.as_ref().filter(|c| c.enabled) {
+                Some(c) => Some(rollback::lock_daemon(&c.dir)?),
+                None => None,
+            };
+            let was = twinblk::layer::mirror::rollback::yield_to_peer(&st)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("volume {}", v.name))?;
+            println!(
+                "{}: {}",
+                v.name,
+                if was == 0 {
+                    "fenced: its next session receives the peer's copy"
+                } else {
+                    "not in sync: its next session receives the peer's copy already"
+                }
+            );
+        }
+        return Ok(());
+    }
+    let mut dirs = Vec::new();
+    for v in &vols {
+        let c = v.cdp.as_ref().filter(|c| c.enabled).with_context(|| {
+            format!(
+                "volume {} has no [volume.cdp] journal: nothing to roll back to",
+                v.name
+            )
+        })?;
+        dirs.push((v, c));
+    }
+    if confirm {
+        for (v, c) in &dirs {
+            let m = rollback::confirm(&c.dir)?;
+            println!(
+                "{}: confirmed the rollback to sequence {} (time {})",
+                v.name, m.target, m.target_time
+            );
+        }
+        return Ok(());
+    }
+    running()?;
+    let (time, seq, bm) = point;
+    anyhow::ensure!(
+        seq.is_none() || dirs.len() == 1,
+        "--seq names a point of one volume; roll a group back with --time or --bookmark"
+    );
+    let time = match &bm {
+        None => time,
+        Some(b) => {
+            let mut at = None;
+            for (v, c) in &dirs {
+                let t = bookmark::load(&c.dir)
+                    .map_err(anyhow::Error::msg)?
+                    .get(b)
+                    .copied()
+                    .with_context(|| format!("volume {}: no bookmark named {b:?}", v.name))?;
+                anyhow::ensure!(
+                    at.is_none_or(|a| a == t),
+                    "bookmark {b:?} names different times in the group's volumes"
+                );
+                at = Some(t);
+            }
+            at
+        }
+    };
+    let goal = match (undo, time, seq) {
+        (true, _, _) => rollback::Goal::Undo,
+        (false, Some(t), _) => rollback::Goal::To(pit::Point::Time(t)),
+        (false, None, Some(s)) => rollback::Goal::To(pit::Point::Seq(s)),
+        _ => anyhow::bail!("give --time, --seq or --bookmark (or --undo, --confirm)"),
+    };
+    // Every volume is checked, and locked, before any is changed.
+    let mut prepared = Vec::new();
+    for (v, c) in &dirs {
+        anyhow::ensure!(
+            v.backend == Backend::Uring && v.path.is_some(),
+            "volume {}: a RAM volume's content does not outlive its daemon: nothing to roll              back in place (twinblk cdp restore or view serve a point)",
+            v.name
+        );
+        let t = rollback::Target {
+            name: v.name.clone(),
+            dir: c.dir.clone(),
+            volume: v.path.clone().expect("checked"),
+            segment_size: c.segment_size.0,
+            mirror_state: state_of(v)?,
+            all,
+        };
+        prepared.push((v.name.clone(), rollback::prepare(t, goal)?));
+    }
+    for (name, p) in prepared {
+        let mut last = std::time::Instant::now();
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let o = rollback::run(p, |g| {
+            if last.elapsed() >= std::time::Duration::from_millis(200) || g.compared == g.total {
+                last = std::time::Instant::now();
+                eprint!(
+                    "\r{name}: compared {:.1}/{:.1} MiB, rewrote {:.1} MiB",
+                    mib(g.compared),
+                    mib(g.total),
+                    mib(g.written)
+                );
+            }
+        })
+        .with_context(|| format!("rolling back volume {name}"))?;
+        eprintln!();
+        if undo {
+            println!(
+                "{name}: undone: back to sequence {} ({} records journaled, {} bytes rewritten)",
+                o.seq, o.records, o.progress.written
+            );
+        } else {
+            println!(
+                "{name}: rolled back to sequence {} ({} records journaled, {} bytes rewritten);                  not confirmed: --undo returns to sequence {}, --confirm keeps it",
+                o.seq, o.records, o.progress.written, o.before
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The configuration of a daemon serving one CDP view.
@@ -261,6 +485,11 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
                 if let Some(c) = &h.cut {
                     println!("  the log ends early: {c}");
                 }
+                match twinblk::layer::cdp::rollback::load_marker(&d) {
+                    Ok(Some(m)) => println!("  {}", m.describe()),
+                    Ok(None) => {}
+                    Err(e) => println!("  rollback marker: {e}"),
+                }
             }
             Ok(())
         }
@@ -323,6 +552,27 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
             }
             Ok(())
         }
+        CdpCmd::Rollback {
+            config,
+            volume,
+            group,
+            time,
+            seq,
+            bookmark,
+            all,
+            undo,
+            confirm,
+            yield_to_peer,
+        } => rollback_cmd(
+            &config,
+            volume,
+            group,
+            (time, seq, bookmark),
+            all,
+            undo,
+            confirm,
+            yield_to_peer,
+        ),
     }
 }
 

@@ -152,6 +152,8 @@ pub struct Daemon {
     persister: Option<Arc<Persister>>,
     /// Consolidates CDP journals under retention (off the reactors).
     retention: Option<JoinHandle<()>>,
+    /// The CDP layers: their directories' `daemon.lock` is released at the stop.
+    cdp_devs: Vec<Arc<CdpDevice>>,
     /// Prepares each CDP journal's next segment (off the reactors).
     segments: Option<JoinHandle<()>>,
     retention_stop: Arc<AtomicBool>,
@@ -652,6 +654,7 @@ impl Daemon {
             failover_stop: Arc::new(AtomicBool::new(false)),
             persister,
             retention: None,
+            cdp_devs: cdp_devs.clone(),
             segments: None,
             retention_stop: Arc::new(AtomicBool::new(false)),
         };
@@ -821,6 +824,10 @@ impl Daemon {
         self.failover_stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.failover.take() {
             let _ = t.join();
+        }
+        // Nothing journals any more: a rollback in place (or the next daemon) may take them.
+        for cd in &self.cdp_devs {
+            cd.release_lock();
         }
     }
 }

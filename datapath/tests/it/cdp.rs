@@ -1326,6 +1326,20 @@ fn degraded_round(crash: bool) {
     } else {
         assert!(s.stop(), "clean stop");
     }
+    if !crash {
+        // A rollback in place is refused until the journal has caught up.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
+            .args(["cdp", "rollback", "--config"])
+            .arg(&s.config)
+            .args(["--volume", "v", "--seq", "1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("has not caught up"),
+            "{err}"
+        );
+    }
     // Room again; the next start catches up.
     let ok = std::process::Command::new("mount")
         .args(["-o", "remount,size=64m"])

@@ -125,6 +125,9 @@ pub fn render_status(st: &Value) -> String {
             n("journal_bytes"),
             n("segment")
         );
+        if let Some(r) = j["rollback"].as_str() {
+            let _ = writeln!(o, "  ROLLBACK {r}");
+        }
     }
     o
 }

@@ -142,6 +142,19 @@ pub fn decode(bytes: &[u8], regions: u64) -> Prior {
     }
 }
 
+/// What `dir`'s map says, read only (no file: the journal is whole).
+pub fn read_prior(dir: &Path, size: u64) -> Prior {
+    match std::fs::read(dir.join(FILE)) {
+        Ok(b) => decode(&b, regions_of(size)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Prior::Whole,
+        Err(_) => Prior::Stopped {
+            after: 0,
+            after_time: 0,
+            regions: None,
+        },
+    }
+}
+
 /// Whether region `i` is marked in `bits`.
 pub fn is_set(bits: &[u8], i: u64) -> bool {
     bits.get((i / 8) as usize)

@@ -28,6 +28,7 @@ pub mod format;
 pub mod journal;
 pub mod pit;
 pub mod retain;
+pub mod rollback;
 pub mod startlog;
 pub mod store;
 pub mod view;
@@ -114,6 +115,9 @@ impl CdpInfo {
                 s.durable_seq.load(Relaxed),
                 s.changed_regions.load(Relaxed)
             )),
+            "rollback": rollback::load_marker(&self.dir)
+                .map(|m| m.map(|m| m.describe()))
+                .unwrap_or_else(|e| Some(e.to_string())),
             "history_s": history_s,
             "history_target_s": self.retention_age_ns.map(|a| a as f64 / 1e9),
             "history_short": short,
@@ -148,6 +152,8 @@ pub struct CdpDevice {
     /// Segment size.
     pub segment_size: u64,
     start: Mutex<Option<(journal::Start, degraded::RegionMap)>>,
+    /// `daemon.lock`, held until the daemon stops (a rollback in place is refused meanwhile).
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl CdpDevice {
@@ -160,6 +166,26 @@ impl CdpDevice {
         home: usize,
     ) -> Result<Self, CdpError> {
         let info = inner.info();
+        // No rollback in place runs, none was left half done, no other daemon journals here.
+        std::fs::create_dir_all(&s.dir).map_err(|source| CdpError::Io {
+            what: "create directory",
+            path: s.dir.clone(),
+            source,
+        })?;
+        let lock = rollback::lock_daemon(&s.dir)?;
+        match rollback::load_marker(&s.dir)? {
+            Some(m) if !m.done => {
+                return Err(CdpError::Refused(format!(
+                    "{}: {}; the volume is not served until then (twinblk cdp rollback)",
+                    s.dir.display(),
+                    m.describe()
+                )));
+            }
+            Some(m) => {
+                tracing::warn!(dir = %s.dir.display(), "cdp: {}", m.describe());
+            }
+            None => {}
+        }
         let meta = store::open_or_create(&s.dir, info.size, info.block_size, s.seed.as_deref())?;
         let h = store::load(&s.dir, store::Load::Recover)?;
         let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
@@ -206,7 +232,15 @@ impl CdpDevice {
             spare: Arc::clone(&spare),
             segment_size: s.segment_size,
             start: Mutex::new(Some((log.into_start(Arc::clone(&spare)), regions))),
+            lock: Mutex::new(Some(lock)),
         })
+    }
+}
+
+impl CdpDevice {
+    /// Release `daemon.lock` (the daemon's stop, once nothing journals any more).
+    pub fn release_lock(&self) {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 

@@ -41,6 +41,9 @@ pub enum CdpError {
         /// Why.
         why: String,
     },
+    /// A command refused (nothing was changed): why, and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// A point outside the restorable window.
     #[error("{what} is outside the restorable window: {window}")]
     Outside {

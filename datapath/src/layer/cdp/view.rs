@@ -289,6 +289,16 @@ impl ViewDevice {
     pub fn hold_path(&self) -> &Path {
         &self.inner.hold.0
     }
+
+    /// Fill `out` with the content at the view's point of `[offset, offset + out.len())`
+    /// (synchronously, off any reactor: a rollback in place compares with it). The range must
+    /// be inside the volume.
+    pub fn read_point(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        if !in_range(offset, out.len() as u64, self.inner.size) {
+            return Err(std::io::Error::other("range outside the volume"));
+        }
+        self.inner.read_point(offset, out)
+    }
 }
 
 impl PointContent {

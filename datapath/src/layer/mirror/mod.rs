@@ -27,6 +27,7 @@ pub mod link;
 pub mod mode;
 pub mod persist;
 pub mod ratelimit;
+pub mod rollback;
 pub mod split;
 pub mod state;
 pub mod stats;

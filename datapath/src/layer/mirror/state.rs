@@ -32,7 +32,9 @@
 //! same path differs), a block device's its device number. Not detected: a block device
 //! replaced by another at the same device number, and data rolled back in place (a file
 //! overwritten from a backup, a snapshot restored onto the same volume): the state file then
-//! claims more than the data holds (docs/architecture.md, "Replica state").
+//! claims more than the data holds (docs/architecture.md, "Replica state"). A CDP rollback in
+//! place (`twinblk cdp rollback`) is the exception: it marks this file itself before it writes
+//! (`rollback.rs`).
 //!
 //! Who writes it: [`save`] runs on the persister thread ([`super::persist`]), never on a
 //! reactor; the engine hands it snapshots and learns from it when one is durable. What waits

@@ -1,0 +1,673 @@
+//! Rollback in place: a volume's own file or device put back to a point of its CDP history,
+//! while the daemon that serves it is stopped (docs/cdp-format.md, "Rollback in place").
+//!
+//! Model: the *candidate regions* are the ranges of every record after the point `P` (outside
+//! them the content at `P` is the content now), or the whole volume (`all`). They are read
+//! from the volume chunk by chunk and compared with the content at `P` (read through a view,
+//! [`super::view::ViewDevice::read_point`], which holds consolidation); each run of differing
+//! blocks is journaled as an ordinary record (new sequence numbers after the history's last)
+//! and then written into the volume. The run is described by the marker file `rollback`
+//! ([`Marker`]): written "running" before anything else changes, "done" once the volume is
+//! synced; `--confirm` removes it, `--undo` rolls back to the point before the rollback and
+//! removes it. A mirrored volume's replica state is marked first (`mirror::rollback`).
+//!
+//! Invariants:
+//! - Nothing changes (directory, volume, mirror state) before every check has passed: the
+//!   daemon lock is held, the point is in the window, the marker allows this run, and the
+//!   mirror state allows it ([`prepare`]).
+//! - Every block written into the volume is in a durable journal record first (journal
+//!   before data), so a crash leaves the history covering the volume, the marker "running"
+//!   (the daemon then refuses to start) and a rerun completes the rollback: blocks already
+//!   rolled back compare equal and are skipped.
+//! - The daemon and a rollback never run on one volume together: both hold `daemon.lock`
+//!   ([`lock_daemon`]) exclusively while they run.
+
+use super::clock;
+use super::format::{self, Meta, Op, REC_HEADER, RecHeader};
+use super::pit::{self, Point};
+use super::store::{self, CdpError};
+use super::view::{ViewDevice, ViewSpec};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Bytes of the marker file.
+pub const MARKER_LEN: usize = 64;
+const MAGIC: &[u8; 8] = b"TBCDPRB1";
+const VERSION: u32 = 1;
+/// Most bytes compared (and written) per step.
+const CHUNK: u64 = 1 << 20;
+/// A journal batch is appended once it holds this many bytes.
+const BATCH: usize = 1 << 20;
+
+/// The marker of a rollback under way or not confirmed (file `rollback`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// The run finished (the volume holds the target's content and is synced).
+    pub done: bool,
+    /// This run takes the volume back to `before` of an earlier rollback (an undo).
+    pub undo: bool,
+    /// The sequence the volume is taken to.
+    pub target: u64,
+    /// That point's time (site time, ns).
+    pub target_time: u64,
+    /// The history's last sequence when the run began (what an undo returns to).
+    pub before: u64,
+    /// Site time the run began (ns).
+    pub started: u64,
+    /// The last sequence the run journaled (0 while running).
+    pub end: u64,
+}
+
+fn put64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+impl Marker {
+    /// The 64 bytes.
+    pub fn encode(&self) -> [u8; MARKER_LEN] {
+        let mut b = [0u8; MARKER_LEN];
+        b[..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[12] = if self.done { 2 } else { 1 };
+        b[13] = u8::from(self.undo);
+        put64(&mut b, 16, self.target);
+        put64(&mut b, 24, self.target_time);
+        put64(&mut b, 32, self.before);
+        put64(&mut b, 40, self.started);
+        put64(&mut b, 48, self.end);
+        let crc = crc32c::crc32c(&b[..60]);
+        b[60..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decode and check (never panics).
+    pub fn decode(b: &[u8]) -> Result<Marker, String> {
+        if b.len() != MARKER_LEN {
+            return Err(format!("{} bytes, not {MARKER_LEN}", b.len()));
+        }
+        if &b[..8] != MAGIC {
+            return Err("bad magic".into());
+        }
+        if crc32c::crc32c(&b[..60]).to_le_bytes() != b[60..64] {
+            return Err("checksum mismatch".into());
+        }
+        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if version != VERSION {
+            return Err(format!("unsupported version {version}"));
+        }
+        if !matches!(b[12], 1 | 2) || b[13] > 1 || b[14] != 0 || b[15] != 0 || b[56..60] != [0; 4] {
+            return Err("bad field".into());
+        }
+        Ok(Marker {
+            done: b[12] == 2,
+            undo: b[13] == 1,
+            target: le64(b, 16),
+            target_time: le64(b, 24),
+            before: le64(b, 32),
+            started: le64(b, 40),
+            end: le64(b, 48),
+        })
+    }
+
+    /// What an operator reads (`cdp window`, `cdp_status`, the daemon's log).
+    pub fn describe(&self) -> String {
+        match (self.done, self.undo) {
+            (true, _) => format!(
+                "rolled back to sequence {} (time {}) at {}, not confirmed; --undo returns to sequence {}, --confirm keeps it",
+                self.target, self.target_time, self.started, self.before
+            ),
+            (false, false) => format!(
+                "a rollback to sequence {} (time {}) begun at {} did not finish: rerun it (same point) or --undo",
+                self.target, self.target_time, self.started
+            ),
+            (false, true) => format!(
+                "an undo (back to sequence {}) begun at {} did not finish: rerun --undo",
+                self.target, self.started
+            ),
+        }
+    }
+}
+
+/// The marker file of `dir`.
+pub fn marker_path(dir: &Path) -> PathBuf {
+    dir.join("rollback")
+}
+
+/// The daemon lock of `dir`.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    dir.join("daemon.lock")
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CdpError {
+    let path = path.to_path_buf();
+    move |source| CdpError::Io { what, path, source }
+}
+
+/// The marker of `dir`, if there is one. A marker that does not check is an error (nothing
+/// may roll back or serve over a rollback whose state is unknown).
+pub fn load_marker(dir: &Path) -> Result<Option<Marker>, CdpError> {
+    let p = marker_path(dir);
+    match std::fs::read(&p) {
+        Ok(b) => Marker::decode(&b)
+            .map(Some)
+            .map_err(|why| CdpError::Meta { path: p, why }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", &p)(e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CdpError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", dir))
+}
+
+fn write_marker(dir: &Path, m: &Marker) -> Result<(), CdpError> {
+    let p = marker_path(dir);
+    let tmp = p.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(&m.encode()).map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("sync", &tmp))?;
+    std::fs::rename(&tmp, &p).map_err(io_err("rename", &p))?;
+    sync_dir(dir)
+}
+
+fn remove_marker(dir: &Path) -> Result<(), CdpError> {
+    let p = marker_path(dir);
+    std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
+    sync_dir(dir)
+}
+
+/// Take `dir`'s daemon lock (exclusive, without waiting) and write this process's pid into
+/// it; the lock lasts as long as the returned file. Refused, naming the holder's pid, while
+/// another process holds it (a daemon serving the volume, or a rollback).
+pub fn lock_daemon(dir: &Path) -> Result<File, CdpError> {
+    let p = lock_path(dir);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .map_err(io_err("open", &p))?;
+    // SAFETY: plain syscall on an open descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_err("lock", &p)(e));
+        }
+        let pid = std::fs::read_to_string(&p).unwrap_or_default();
+        return Err(CdpError::Refused(format!(
+            "{} is held by process {} (a twinblk daemon serving the volume, or a rollback): stop it first",
+            p.display(),
+            match pid.trim() {
+                "" => "unknown",
+                s => s,
+            }
+        )));
+    }
+    f.set_len(0).map_err(io_err("write", &p))?;
+    f.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
+        .map_err(io_err("write", &p))?;
+    let _ = f.flush();
+    Ok(f)
+}
+
+/// One volume to roll back.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The volume's name (messages).
+    pub name: String,
+    /// Its CDP directory.
+    pub dir: PathBuf,
+    /// Its file or block device.
+    pub volume: PathBuf,
+    /// Bytes per journal segment.
+    pub segment_size: u64,
+    /// A mirrored volume's replica state file.
+    pub mirror_state: Option<PathBuf>,
+    /// Compare the whole volume, not only the regions of records after the point.
+    pub all: bool,
+}
+
+/// What to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goal {
+    /// Roll back to a point (or rerun an interrupted rollback to it).
+    To(Point),
+    /// Take the volume back to what it held before the rollback (or rerun an interrupted undo).
+    Undo,
+}
+
+/// A checked rollback, holding the volume's daemon lock: nothing has changed yet.
+pub struct Prepared {
+    t: Target,
+    _lock: File,
+    /// The sequence the volume is taken to.
+    pub seq: u64,
+    time: u64,
+    undo: bool,
+    /// An interrupted run of the same rollback is completed: its `before`.
+    resume_before: Option<u64>,
+    /// The marker found (an undo removes the marker of the rollback it undoes).
+    pub found: Option<Marker>,
+}
+
+/// Check everything, change nothing: the daemon lock, the marker, the point and, for a
+/// mirrored volume, its replica state.
+pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
+    let lock = lock_daemon(&t.dir)?;
+    let h = store::load(&t.dir, store::Load::ReadOnly)?;
+    let found = load_marker(&t.dir)?;
+    let refuse = |why: String| Err(CdpError::Refused(format!("volume {}: {why}", t.name)));
+    if super::degraded::read_prior(&t.dir, h.meta.size) != super::degraded::Prior::Whole {
+        return refuse(
+            "its journal stopped in the daemon's last run and has not caught up (degraded.map): start the daemon once, which journals the changed regions again, stop it, then roll back".into(),
+        );
+    }
+    let (point, undo, resume_before) = match (goal, found) {
+        (Goal::Undo, None) => return refuse("no rollback to undo".into()),
+        // Undo a finished rollback: back to its `before`.
+        (Goal::Undo, Some(m)) if m.done => (Point::Seq(m.before), true, None),
+        // Rerun an interrupted undo.
+        (Goal::Undo, Some(m)) if m.undo => (Point::Seq(m.target), true, Some(m.before)),
+        // Undo an interrupted rollback: back to what it began from.
+        (Goal::Undo, Some(m)) => (Point::Seq(m.before), true, None),
+        (Goal::To(p), None) => (p, false, None),
+        (Goal::To(_), Some(m)) if m.done || m.undo => return refuse(m.describe()),
+        (Goal::To(p), Some(m)) => {
+            // Only the same rollback may be rerun.
+            if pit::resolve(&h, p).ok() != Some(m.target) {
+                return refuse(m.describe());
+            }
+            (p, false, Some(m.before))
+        }
+    };
+    let seq = pit::resolve(&h, point)?;
+    let time = h
+        .entries()
+        .find(|(_, e)| e.seq == seq)
+        .map_or(h.meta.window_start(), |(_, e)| e.time);
+    if let Some(s) = &t.mirror_state {
+        crate::layer::mirror::rollback::check(s)
+            .map_err(|why| CdpError::Refused(format!("volume {}: {why}", t.name)))?;
+    }
+    let f = File::open(&t.volume).map_err(io_err("open", &t.volume))?;
+    let len = f.metadata().map_err(io_err("stat", &t.volume))?.len();
+    let is_dev = {
+        use std::os::unix::fs::FileTypeExt;
+        f.metadata()
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false)
+    };
+    if !is_dev && len < h.meta.size {
+        return refuse(format!(
+            "{} holds {len} bytes, the history is of a volume of {}",
+            t.volume.display(),
+            h.meta.size
+        ));
+    }
+    Ok(Prepared {
+        t,
+        _lock: lock,
+        seq,
+        time,
+        undo,
+        resume_before,
+        found,
+    })
+}
+
+/// How far a run is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Candidate bytes compared so far.
+    pub compared: u64,
+    /// Candidate bytes in all.
+    pub total: u64,
+    /// Bytes rewritten so far.
+    pub written: u64,
+    /// Journal batches appended (each durable before its blocks are written).
+    pub batches: u64,
+}
+
+/// What a run did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The sequence the volume now holds the content of.
+    pub seq: u64,
+    /// The history's last sequence before the run.
+    pub before: u64,
+    /// Records journaled (the closing time mark included).
+    pub records: u64,
+    /// Bytes compared and rewritten.
+    pub progress: Progress,
+}
+
+/// Appends records as new segments after a recovered history (the daemon is stopped).
+struct Appender {
+    dir: PathBuf,
+    meta: Meta,
+    seg_size: u64,
+    /// The segment being appended to (`None`: the next append creates one).
+    cur: Option<u64>,
+    last_segno: u64,
+    pos: u64,
+    next_seq: u64,
+    last_time: u64,
+    batch: Vec<u8>,
+    batch_first: u64,
+    records: u64,
+}
+
+impl Appender {
+    fn push(&mut self, op: Op, offset: u64, len: u64, payload: Option<&[u8]>) {
+        let time = clock::now().max(self.last_time);
+        self.last_time = time;
+        if self.batch.is_empty() {
+            self.batch_first = self.next_seq;
+        }
+        let data = payload.unwrap_or(&[]);
+        let mut h = [0u8; REC_HEADER];
+        RecHeader {
+            op,
+            seq: self.next_seq,
+            time,
+            offset,
+            len,
+            payload_len: data.len() as u32,
+            payload_crc: if data.is_empty() {
+                0
+            } else {
+                crc32c::crc32c(data)
+            },
+            vol_id: self.meta.vol_id,
+        }
+        .encode(&mut h);
+        self.batch.extend_from_slice(&h);
+        self.batch.extend_from_slice(data);
+        self.next_seq += 1;
+        self.records += 1;
+    }
+
+    /// Append the batch (padded) and make it durable.
+    fn flush(&mut self) -> Result<(), CdpError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let used = self.batch.len();
+        let pad = format::pad_len(used);
+        self.batch.resize(used + pad, 0);
+        if pad > 0 {
+            format::encode_pad(&mut self.batch[used..], pad, self.meta.vol_id);
+        }
+        let need = self.batch.len() as u64;
+        if self.cur.is_none() || self.pos + need > self.seg_size {
+            let segno = self.last_segno + 1;
+            drop(store::create_segment(
+                &self.dir,
+                &self.meta,
+                segno,
+                self.batch_first,
+                self.seg_size,
+            )?);
+            self.cur = Some(segno);
+            self.last_segno = segno;
+            self.pos = format::SEG_HEADER as u64;
+        }
+        let segno = self.cur.expect("a segment is open");
+        store::append_sync(&self.dir, segno, self.pos, &self.batch)?;
+        self.pos += need;
+        self.batch.clear();
+        Ok(())
+    }
+}
+
+/// The candidate regions: every range of a record after `seq`, merged, sorted.
+fn candidates(h: &store::History, seq: u64) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = h
+        .entries()
+        .filter(|(_, e)| e.seq > seq && matches!(e.op, Op::Write | Op::Zeroes | Op::Unmap))
+        .map(|(_, e)| (e.offset, (e.offset + e.len).min(h.meta.size)))
+        .filter(|(s, e)| s < e)
+        .collect();
+    merge(&mut v);
+    v
+}
+
+/// Sort and merge overlapping or touching ranges `(start, end)`.
+pub fn merge(v: &mut Vec<(u64, u64)>) {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for &(s, e) in v.iter() {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    *v = out;
+}
+
+/// Read `out.len()` bytes at `at`; past the end of a shorter file: zeroes.
+fn read_or_zero(f: &File, out: &mut [u8], at: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < out.len() {
+        let n = f.read_at(&mut out[done..], at + done as u64)?;
+        if n == 0 {
+            out[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// Run a prepared rollback (see the module doc); `progress` is told as it goes.
+pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, CdpError> {
+    let t = &p.t;
+    let dir = &t.dir;
+    // As a daemon's start would: cut a torn tail (an interrupted run's), drop spares.
+    let h = store::load(dir, store::Load::Recover)?;
+    let before = p.resume_before.unwrap_or(h.last_seq);
+    let mut marker = Marker {
+        done: false,
+        undo: p.undo,
+        target: p.seq,
+        target_time: p.time,
+        before,
+        started: clock::now(),
+        end: 0,
+    };
+    write_marker(dir, &marker)?;
+    let block = u64::from(h.meta.block_size.max(1));
+    let mut ranges = if t.all {
+        vec![(0, h.meta.size)]
+    } else {
+        candidates(&h, p.seq)
+    };
+    for r in ranges.iter_mut() {
+        r.0 -= r.0 % block;
+        r.1 = r.1.div_ceil(block).saturating_mul(block).min(h.meta.size);
+    }
+    merge(&mut ranges);
+    if let Some(s) = &t.mirror_state {
+        crate::layer::mirror::rollback::mark(s, &ranges)
+            .map_err(|why| CdpError::Refused(format!("volume {}: {why}", t.name)))?;
+    }
+    let view = ViewDevice::open(&ViewSpec {
+        dir: dir.clone(),
+        point: Point::Seq(p.seq),
+        sandbox: false,
+    })?;
+    let vol = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&t.volume)
+        .map_err(io_err("open", &t.volume))?;
+    let mut app = Appender {
+        dir: dir.clone(),
+        meta: h.meta,
+        seg_size: t.segment_size.max(super::MIN_SEGMENT),
+        cur: None,
+        last_segno: h.segments.last().map_or(0, |s| s.header.segno),
+        pos: 0,
+        next_seq: h.last_seq + 1,
+        last_time: h.last_time,
+        batch: Vec::with_capacity(2 * BATCH),
+        batch_first: 0,
+        records: 0,
+    };
+    let mut prog = Progress {
+        total: ranges.iter().map(|(s, e)| e - s).sum(),
+        ..Progress::default()
+    };
+    // The batch's blocks, written into the volume once the batch is durable.
+    let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
+    let write_pending = |pending: &mut Vec<(u64, Vec<u8>)>| -> Result<(), CdpError> {
+        for (off, data) in pending.drain(..) {
+            vol.write_all_at(&data, off)
+                .map_err(io_err("write", &t.volume))?;
+        }
+        Ok(())
+    };
+    let mut now = vec![0u8; CHUNK as usize];
+    let mut then = vec![0u8; CHUNK as usize];
+    for &(start, end) in &ranges {
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(CHUNK) as usize;
+            read_or_zero(&vol, &mut now[..n], at).map_err(io_err("read", &t.volume))?;
+            view.read_point(at, &mut then[..n])
+                .map_err(io_err("read the history of", dir))?;
+            // Runs of differing blocks.
+            let mut b = 0;
+            while b < n {
+                let bs = block as usize;
+                let differs = |i: usize| now[i..i + bs] != then[i..i + bs];
+                if !differs(b) {
+                    b += bs;
+                    continue;
+                }
+                let s = b;
+                while b < n && differs(b) {
+                    b += bs;
+                }
+                let run = &then[s..b];
+                let off = at + s as u64;
+                if run.iter().all(|&x| x == 0) {
+                    app.push(Op::Zeroes, off, run.len() as u64, None);
+                } else {
+                    app.push(Op::Write, off, run.len() as u64, Some(run));
+                }
+                pending.push((off, run.to_vec()));
+                prog.written += run.len() as u64;
+            }
+            if app.batch.len() >= BATCH {
+                app.flush()?;
+                write_pending(&mut pending)?;
+                prog.batches += 1;
+            }
+            at += n as u64;
+            prog.compared += n as u64;
+            progress(&prog);
+        }
+    }
+    app.flush()?;
+    write_pending(&mut pending)?;
+    vol.sync_all().map_err(io_err("sync", &t.volume))?;
+    // A time mark: the window reaches the end of the run.
+    app.push(Op::Mark, 0, 0, None);
+    app.flush()?;
+    drop(view);
+    marker.done = true;
+    marker.end = app.next_seq - 1;
+    if p.undo {
+        remove_marker(dir)?;
+    } else {
+        write_marker(dir, &marker)?;
+    }
+    progress(&prog);
+    Ok(Outcome {
+        seq: p.seq,
+        before,
+        records: app.records,
+        progress: prog,
+    })
+}
+
+/// End a finished rollback of `dir` (the marker is removed; the history keeps its records).
+/// Refused when there is none, or it did not finish.
+pub fn confirm(dir: &Path) -> Result<Marker, CdpError> {
+    match load_marker(dir)? {
+        None => Err(CdpError::Refused(format!(
+            "{}: no rollback to confirm",
+            dir.display()
+        ))),
+        Some(m) if !m.done => Err(CdpError::Refused(format!(
+            "{}: {}",
+            dir.display(),
+            m.describe()
+        ))),
+        Some(m) => {
+            remove_marker(dir)?;
+            Ok(m)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_round_trips_and_damage_is_refused() {
+        let m = Marker {
+            done: true,
+            undo: false,
+            target: 7,
+            target_time: 1_000,
+            before: 19,
+            started: 2_000,
+            end: 25,
+        };
+        let b = m.encode();
+        assert_eq!(Marker::decode(&b), Ok(m));
+        for i in 0..MARKER_LEN {
+            let mut d = b;
+            d[i] ^= 0x40;
+            assert!(Marker::decode(&d).is_err(), "byte {i}");
+        }
+        assert!(Marker::decode(&b[..10]).is_err());
+        assert!(m.describe().contains("not confirmed"));
+    }
+
+    #[test]
+    fn ranges_merge_when_they_overlap_or_touch() {
+        let mut v = vec![(10, 20), (0, 5), (5, 8), (15, 30), (40, 41)];
+        merge(&mut v);
+        assert_eq!(v, vec![(0, 8), (10, 30), (40, 41)]);
+    }
+
+    #[test]
+    fn the_daemon_lock_is_exclusive_and_names_its_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let held = lock_daemon(d.path()).unwrap();
+        match lock_daemon(d.path()) {
+            Err(CdpError::Refused(why)) => {
+                assert!(why.contains(&std::process::id().to_string()), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(held);
+        lock_daemon(d.path()).unwrap();
+    }
+}

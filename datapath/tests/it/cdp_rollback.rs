@@ -1,0 +1,537 @@
+//! CDP rollback in place (`twinblk cdp rollback`, docs/cdp-format.md "Rollback in place"):
+//! volumes written with known patterns at recorded times through the real daemon, then put
+//! back to a point, undone, confirmed, refused while served or outside the window, completed
+//! after an interruption, and a mirrored pair whose sites end with the rolled-back content.
+
+use crate::harness::{Server, free_port, pattern, sha, wait_mirror_state};
+use crate::rawnbd::Client;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use twinblk::layer::cdp::store::{self, Load};
+
+const SIZE: usize = 4 << 20;
+const NBD_CMD_WRITE_ZEROES: u16 = 6;
+
+fn last(dir: &Path) -> (u64, u64) {
+    let h = store::load(dir, Load::ReadOnly).expect("history");
+    (h.last_seq, h.last_time)
+}
+
+fn twinblk(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_twinblk"))
+        .args(args)
+        .output()
+        .expect("run twinblk")
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn refused(o: &Output, want: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "not refused: {err}");
+    assert!(err.contains(want), "refused without {want:?}: {err}");
+}
+
+/// One update: (volume, offset, data; an empty data vector is 64 KiB of write-zeroes).
+type Update = (usize, u64, Vec<u8>);
+
+/// The content of volume `vol` after the updates of `log` up to `n` (exclusive).
+fn model(log: &[(Update, u64)], vol: usize, upto: impl Fn(u64) -> bool) -> Vec<u8> {
+    let mut m = vec![0u8; SIZE];
+    for ((v, off, data), t) in log {
+        if *v == vol && upto(*t) {
+            let o = *off as usize;
+            if data.is_empty() {
+                m[o..o + (64 << 10)].fill(0);
+            } else {
+                m[o..o + data.len()].copy_from_slice(data);
+            }
+        }
+    }
+    m
+}
+
+/// Write `n` updates spread over the volumes at `addr`, recording each one's journal time.
+fn workload(
+    addr: std::net::SocketAddr,
+    names: &[&str],
+    dirs: &[PathBuf],
+    seed: u64,
+    n: u64,
+) -> Vec<(Update, u64)> {
+    let mut log = Vec::new();
+    for i in 0..n {
+        let vol = (i % names.len() as u64) as usize;
+        let off = ((i * 37 + seed) % 60) * 65536;
+        let data = if i % 7 == 3 {
+            Vec::new()
+        } else {
+            pattern(seed * 1000 + i, 4096 * (1 + (i as usize * 5) % 24))
+        };
+        let mut c = Client::connect(addr, names[vol], false);
+        let err = if data.is_empty() {
+            c.send_request(NBD_CMD_WRITE_ZEROES, 0, 9, off, 64 << 10, &[]);
+            c.read_reply(0).1
+        } else {
+            c.write(off, &data)
+        };
+        assert_eq!(err, 0, "update {i}");
+        c.disconnect();
+        log.push(((vol, off, data), last(&dirs[vol]).1));
+    }
+    log
+}
+
+fn body(root: &Path, me: &str, names: &[&str], extra: &str) -> String {
+    let mut b = format!("[reactor]\ncores=[0]\npin=false\n{extra}");
+    for v in names {
+        b += &format!(
+            "[[volume]]\nname='{v}'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+             group='g'\n{}[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+            root.join(format!("{me}-{v}.img")).display(),
+            if extra.is_empty() {
+                ""
+            } else {
+                "mirror=true\n"
+            },
+            root.join(format!("{me}-{v}.cdp")).display()
+        );
+    }
+    b
+}
+
+fn digest(dir: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        // The lock file holds its last holder's pid.
+        .filter(|e| e.path().is_file() && e.file_name() != "daemon.lock")
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), sha(&e.path())))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A two-volume group written at recorded times is rolled back to one time: each volume then
+/// holds exactly its content at that time; the daemon serves it (status says "not
+/// confirmed"); undo returns to the content before the rollback; a second rollback is
+/// confirmed. Refused while the daemon runs and for a time outside the window, changing
+/// nothing.
+#[test]
+fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["v", "w"];
+    let img = |v: &str| root.path().join(format!("a-{v}.img"));
+    let dirs: Vec<PathBuf> = names
+        .iter()
+        .map(|v| root.path().join(format!("a-{v}.cdp")))
+        .collect();
+    let sdir = root.path().join("a");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
+    let cfg = s.config.display().to_string();
+    let log = workload(s.addr, &names, &dirs, 1, 30);
+    let t = log[17].1;
+    let newest = log.iter().map(|(_, t)| *t).max().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for d in &dirs {
+        while last(d).1 < newest {
+            assert!(Instant::now() < deadline, "no time mark in {}", d.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let ts = t.to_string();
+    // The daemon holds the volumes: refused, nothing changed.
+    let before: Vec<String> = names.iter().map(|v| sha(&img(v))).collect();
+    refused(
+        &twinblk(&[
+            "cdp", "rollback", "--config", &cfg, "--group", "g", "--time", &ts,
+        ]),
+        "stop it first",
+    );
+    // Below the control socket's check: the daemon's lock on the directory.
+    {
+        use twinblk::layer::cdp::rollback::{self, Goal, Target};
+        let target = Target {
+            name: "v".into(),
+            dir: dirs[0].clone(),
+            volume: img("v"),
+            segment_size: 4 << 20,
+            mirror_state: None,
+            all: false,
+        };
+        match rollback::prepare(target, Goal::To(twinblk::layer::cdp::pit::Point::Time(t))) {
+            Err(store::CdpError::Refused(why)) => assert!(why.contains("stop it first"), "{why}"),
+            Err(e) => panic!("refused for another reason: {e}"),
+            Ok(_) => panic!("a rollback was prepared while the daemon holds the volume"),
+        }
+    }
+    assert!(s.stop(), "clean stop failed");
+    let now: Vec<Vec<u8>> = names
+        .iter()
+        .map(|v| std::fs::read(img(v)).unwrap())
+        .collect();
+    for (i, v) in names.iter().enumerate() {
+        assert_eq!(sha(&img(v)), before[i]);
+        assert!(now[i] == model(&log, i, |_| true), "volume {v} before");
+    }
+    // Outside the window: refused with the window named, nothing changed.
+    let dir_before: Vec<_> = dirs.iter().map(|d| digest(d)).collect();
+    refused(
+        &twinblk(&[
+            "cdp", "rollback", "--config", &cfg, "--group", "g", "--time", "5",
+        ]),
+        "outside the restorable window",
+    );
+    refused(
+        &twinblk(&[
+            "cdp", "rollback", "--config", &cfg, "--volume", "v", "--seq", "999999",
+        ]),
+        "outside the restorable window",
+    );
+    refused(
+        &twinblk(&[
+            "cdp", "rollback", "--config", &cfg, "--volume", "nope", "--time", &ts,
+        ]),
+        "no volume",
+    );
+    refused(
+        &twinblk(&[
+            "cdp", "rollback", "--config", &cfg, "--volume", "v", "--undo",
+        ]),
+        "no rollback to undo",
+    );
+    for (i, d) in dirs.iter().enumerate() {
+        assert_eq!(digest(d), dir_before[i], "{} changed", d.display());
+        assert_eq!(sha(&img(names[i])), before[i]);
+    }
+    // The group to one time.
+    let out = ok(&twinblk(&[
+        "cdp", "rollback", "--config", &cfg, "--group", "g", "--time", &ts,
+    ]));
+    assert!(out.contains("not confirmed"), "{out}");
+    for (i, v) in names.iter().enumerate() {
+        let got = std::fs::read(img(v)).unwrap();
+        assert!(got == model(&log, i, |w| w <= t), "volume {v} at {t}");
+        assert!(
+            got != now[i],
+            "volume {v}: the point should differ from now"
+        );
+        let w = ok(&twinblk(&[
+            "cdp",
+            "window",
+            "--dir",
+            &dirs[i].display().to_string(),
+        ]));
+        assert!(w.contains("not confirmed"), "{w}");
+    }
+    // Another point while not confirmed: refused.
+    refused(
+        &twinblk(&[
+            "cdp",
+            "rollback",
+            "--config",
+            &cfg,
+            "--group",
+            "g",
+            "--time",
+            &log[3].1.to_string(),
+        ]),
+        "not confirmed",
+    );
+    // The daemon serves the rolled-back content and says so.
+    let s = s.respawn();
+    let st = s.rpc("cdp_status");
+    assert!(
+        st[0]["rollback"]
+            .as_str()
+            .is_some_and(|r| r.contains("not confirmed")),
+        "{st}"
+    );
+    let mut c = Client::connect(s.addr, "v", false);
+    assert!(c.read(0, SIZE as u32).unwrap() == model(&log, 0, |w| w <= t));
+    c.disconnect();
+    let mut s = s;
+    assert!(s.stop());
+    // Undo: back to the content before the rollback, no marker left.
+    ok(&twinblk(&[
+        "cdp", "rollback", "--config", &cfg, "--group", "g", "--undo",
+    ]));
+    for (i, v) in names.iter().enumerate() {
+        assert!(
+            std::fs::read(img(v)).unwrap() == now[i],
+            "volume {v} after undo"
+        );
+        assert!(!dirs[i].join("rollback").exists());
+    }
+    // The history reads the same: its newest point is the volume.
+    // Roll back by sequence, then confirm: the content stays, the marker goes.
+    let seq = store::load(&dirs[0], Load::ReadOnly)
+        .unwrap()
+        .entries()
+        .find(|(_, e)| e.time == log[8].1)
+        .map(|(_, e)| e.seq)
+        .expect("record of update 8");
+    ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg,
+        "--volume",
+        "v",
+        "--seq",
+        &seq.to_string(),
+    ]));
+    let want = model(&log, 0, |w| w <= log[8].1);
+    assert!(std::fs::read(img("v")).unwrap() == want);
+    assert!(std::fs::read(img("w")).unwrap() == now[1], "w untouched");
+    ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg,
+        "--volume",
+        "v",
+        "--confirm",
+    ]));
+    assert!(!dirs[0].join("rollback").exists());
+    assert!(std::fs::read(img("v")).unwrap() == want);
+    // Every rollback was journaled: the newest point of the history is the volume.
+    let h = store::load(&dirs[0], Load::ReadOnly).unwrap();
+    let restored = root.path().join("restored");
+    twinblk::layer::cdp::pit::restore(
+        &h,
+        twinblk::layer::cdp::pit::Point::Seq(h.last_seq),
+        &restored,
+        |_, _| {},
+    )
+    .unwrap();
+    assert!(std::fs::read(&restored).unwrap() == want);
+}
+
+/// A rollback interrupted after it began (its journal partly written) leaves the volume
+/// unserved (the daemon refuses to start) until the same command is run again, which
+/// completes it.
+#[test]
+fn an_interrupted_rollback_blocks_the_daemon_until_rerun() {
+    use twinblk::layer::cdp::pit::Point;
+    use twinblk::layer::cdp::rollback::{self, Goal, Target};
+    let root = tempfile::tempdir().unwrap();
+    let names = ["v"];
+    let dirs = vec![root.path().join("a-v.cdp")];
+    let sdir = root.path().join("a");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
+    let cfg = s.config.display().to_string();
+    let mut log = workload(s.addr, &names, &dirs, 2, 10);
+    let t = log[5].1;
+    // The whole volume rewritten after the point: several batches to roll back.
+    for k in 0..4u64 {
+        let data = pattern(900 + k, 1 << 20);
+        let mut c = Client::connect(s.addr, "v", false);
+        assert_eq!(c.write(k << 20, &data), 0);
+        c.disconnect();
+        log.push(((0, k << 20, data), last(&dirs[0]).1));
+    }
+    assert!(s.stop());
+    let target = Target {
+        name: "v".into(),
+        dir: dirs[0].clone(),
+        volume: root.path().join("a-v.img"),
+        segment_size: 4 << 20,
+        mirror_state: None,
+        all: false,
+    };
+    // Stop once a first batch is journaled and its blocks written, with more to compare (a
+    // crash there): the volume is partly rolled back.
+    let img = root.path().join("a-v.img");
+    let before = std::fs::read(&img).unwrap();
+    let p = rollback::prepare(target, Goal::To(Point::Time(t))).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rollback::run(p, |g| {
+            if g.batches > 0 && g.compared < g.total {
+                panic!("interrupted");
+            }
+        })
+    }));
+    assert!(r.is_err(), "the run was not interrupted");
+    let partial = std::fs::read(&img).unwrap();
+    assert!(
+        partial != before,
+        "nothing was written before the interruption"
+    );
+    assert!(
+        partial != model(&log, 0, |w| w <= t),
+        "the run had finished"
+    );
+    let m = rollback::load_marker(&dirs[0]).unwrap().expect("marker");
+    assert!(!m.done);
+    // The daemon refuses to serve a half rolled-back volume.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let cfgv = twinblk::control::config::Config::from_toml(&text).unwrap();
+    match twinblk::Daemon::start(&cfgv) {
+        Ok(_) => panic!("the daemon started over an interrupted rollback"),
+        Err(e) => {
+            let msg = format!("{e:#} {:?}", e);
+            assert!(msg.contains("did not finish"), "{msg}");
+        }
+    }
+    // Another point is refused; the same one completes it.
+    refused(
+        &twinblk(&[
+            "cdp",
+            "rollback",
+            "--config",
+            &cfg,
+            "--volume",
+            "v",
+            "--time",
+            &log[9].1.to_string(),
+        ]),
+        "did not finish",
+    );
+    ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg,
+        "--volume",
+        "v",
+        "--time",
+        &t.to_string(),
+    ]));
+    assert!(std::fs::read(root.path().join("a-v.img")).unwrap() == model(&log, 0, |w| w <= t));
+    assert!(rollback::load_marker(&dirs[0]).unwrap().unwrap().done);
+    let mut s = s.respawn();
+    let mut c = Client::connect(s.addr, "v", false);
+    assert!(c.read(0, SIZE as u32).unwrap() == model(&log, 0, |w| w <= t));
+    c.disconnect();
+    assert!(s.stop());
+}
+
+/// A mirrored pair: the volume is rolled back at site a, site b yields; after both restart
+/// they mirror again ("up" at both) and both replicas hold the rolled-back content. Without
+/// the yield the peer's newer copy wins at both sites: never two replicas "in sync" that
+/// differ.
+#[test]
+fn a_mirrored_volume_rolled_back_at_one_site_ends_with_that_content_at_both() {
+    let root = tempfile::tempdir().unwrap();
+    let key = root.path().join("link.key");
+    std::fs::write(&key, b"cdp-rollback-test-key-0123456789").unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let names = ["v"];
+    let mk = |me: &str, peer: &str, l: u16, p: u16| {
+        let d = root.path().join(me);
+        let st = root.path().join(format!("state-{me}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::create_dir_all(&st).unwrap();
+        let extra = format!(
+            "[mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{l}']\n\
+             peer='127.0.0.1:{p}'\nwitness_key_file='{}'\nstate_dir='{}'\n",
+            key.display(),
+            st.display()
+        );
+        Server::start(&d, &body(root.path(), me, &names, &extra))
+    };
+    let img = |site: &str| root.path().join(format!("{site}-v.img"));
+    let dir_a = root.path().join("a-v.cdp");
+    let a = mk("a", "b", pa, pb);
+    let b = mk("b", "a", pb, pa);
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (cfg_a, cfg_b) = (
+        a.config.display().to_string(),
+        b.config.display().to_string(),
+    );
+    let log = workload(a.addr, &names, std::slice::from_ref(&dir_a), 3, 16);
+    let now = model(&log, 0, |_| true);
+    let t = log[7].1;
+    let want = model(&log, 0, |w| w <= t);
+    let (mut a, mut b) = (a, b);
+    assert!(b.stop() && a.stop(), "clean stop failed");
+    assert!(std::fs::read(img("a")).unwrap() == now && std::fs::read(img("b")).unwrap() == now);
+
+    // 1. Rolled back at a, no yield at b: b's (newer) copy wins, both in sync and identical.
+    ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg_a,
+        "--volume",
+        "v",
+        "--time",
+        &t.to_string(),
+    ]));
+    assert!(std::fs::read(img("a")).unwrap() == want);
+    let a = a.respawn();
+    let b = b.respawn();
+    wait_mirror_state(&a, "up", Duration::from_secs(20));
+    wait_mirror_state(&b, "up", Duration::from_secs(20));
+    for s in [&a, &b] {
+        let mut c = Client::connect(s.addr, "v", false);
+        assert!(
+            c.read(0, SIZE as u32).unwrap() == now,
+            "not the peer's copy"
+        );
+        c.disconnect();
+    }
+    let (mut a, mut b) = (a, b);
+    assert!(b.stop() && a.stop());
+    ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg_a,
+        "--volume",
+        "v",
+        "--confirm",
+    ]));
+
+    // 2. Rolled back at a, b yields: both end with the rolled-back content.
+    ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg_b,
+        "--volume",
+        "v",
+        "--yield-to-peer",
+    ]));
+    ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg_a,
+        "--volume",
+        "v",
+        "--time",
+        &t.to_string(),
+    ]));
+    let b = b.respawn();
+    let a = a.respawn();
+    wait_mirror_state(&a, "up", Duration::from_secs(20));
+    wait_mirror_state(&b, "up", Duration::from_secs(20));
+    for s in [&a, &b] {
+        let st = s.rpc("mirror_status")[0].clone();
+        assert_eq!(st["dirty_bytes"], 0, "{st}");
+        let mut c = Client::connect(s.addr, "v", false);
+        assert!(
+            c.read(0, SIZE as u32).unwrap() == want,
+            "not the rolled-back copy"
+        );
+        c.disconnect();
+    }
+    let (mut a, mut b) = (a, b);
+    assert!(a.stop() && b.stop());
+    assert!(std::fs::read(img("a")).unwrap() == want);
+    assert!(std::fs::read(img("b")).unwrap() == want);
+}
