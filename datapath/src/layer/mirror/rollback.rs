@@ -188,6 +188,7 @@ mod tests {
             led: true,
             suspect: Some(vec![]),
             identity: 9,
+            leads: None,
         }
     }
 
