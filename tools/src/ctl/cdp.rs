@@ -128,6 +128,9 @@ pub fn render_status(st: &Value) -> String {
         if let Some(r) = j["rollback"].as_str() {
             let _ = writeln!(o, "  ROLLBACK {r}");
         }
+        if let Some(d) = j["degraded_note"].as_str() {
+            let _ = writeln!(o, "  DEGRADED {d}");
+        }
     }
     o
 }
@@ -167,6 +170,11 @@ mod tests {
             "journal_bytes": 4096, "segment": 1}]);
         let t = render_status(&st);
         assert!(t.contains("db (group g): journal running"), "{t}");
+        assert!(!t.contains("DEGRADED"), "{t}");
+        let st = json!([{"volume": "db", "group": "g", "journal": "degraded", "dir": "/j",
+            "degraded_note": "the journal stopped after sequence 9"}]);
+        let t = render_status(&st);
+        assert!(t.contains("journal degraded") && t.contains("DEGRADED the journal stopped after sequence 9"), "{t}");
         assert!(t.contains("history 1.0 h (target 2.0 h)  SHORT"), "{t}");
         assert!(t.contains("--time 0 .. 3600000000000"), "{t}");
         assert!(render_status(&json!([])).contains("no volume"));
