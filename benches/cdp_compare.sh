@@ -16,7 +16,10 @@
 # Environment: RUNTIME (seconds per point, default 10), REPS (3), RAMP (2), BASE_PORT (14800),
 # DISK_DIR (where the on-disk journals go, default /var/tmp), RAM_DIR (default /dev/shm),
 # CONFIGS (subset/order of: off disk ram), PREZERO=1 (journal segments written with zeroes
-# ahead of use: [volume.cdp] prezero), KEEP=1 keeps logs and fio JSON.
+# ahead of use: [volume.cdp] prezero), PREFILL=0 skips writing the measured 256 MiB once before
+# each point (default 1: no configuration pays for the RAM volume's first touch of its pages),
+# KEEP=1 keeps logs and fio JSON. Also reported: the server's CPU time (all its threads,
+# io_uring workers included, from /proc) per I/O over the measured part (after the ramp).
 # Needs: cargo, fio (nbd engine), nbdinfo, taskset, python3. Listens on 127.0.0.1 only; always
 # cleans up (servers killed, journals removed).
 
@@ -32,6 +35,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 FIO_CPU=${FIO_CPU:-1}
 KEEP=${KEEP:-0}
 PREZERO=${PREZERO:-0}
+PREFILL=${PREFILL:-1}
 die() { echo "cdp_compare: $*" >&2; exit 1; }
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     die "RUNTIME, REPS, RAMP, BASE_PORT must be numbers"
@@ -130,40 +134,55 @@ for ((rep = 1; rep <= REPS; rep++)); do
             port=$((port + 1))
             start_server "$cfg" "$port"
             out=$WORK/$cfg-$rw-$bs-$qd-$rep.json
+            if [[ $PREFILL == 1 ]]; then
+                # Every configuration writes the measured 256 MiB once first, so no point pays
+                # for the RAM volume's first touch of its pages (a cost of this VM's memory).
+                taskset -c "$FIO_CPU" fio --name=prefill --ioengine=nbd \
+                    --uri="nbd://127.0.0.1:$port/vol0" --rw=write --bs=1m --iodepth=8 \
+                    --size=256M --output-format=json >/dev/null
+            fi
             taskset -c "$FIO_CPU" fio --name=cdp --ioengine=nbd --uri="nbd://127.0.0.1:$port/vol0" \
                 --rw="$rw" --bs="$bs" --iodepth="$qd" --size=256M --time_based \
-                --runtime="$RUNTIME" --ramp_time="$RAMP" --output-format=json >"$out"
+                --runtime="$RUNTIME" --ramp_time="$RAMP" --output-format=json >"$out" &
+            fio_pid=$!
+            sleep "$RAMP"
+            cpu0=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
+            wait "$fio_pid"
+            cpu1=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
             ratio=""
             if [[ $cfg != off ]]; then
                 j=$(rpc "$WORK/$cfg.sock" cdp_status)
                 v=$(rpc "$WORK/$cfg.sock" volume_stats)
                 ratio=$(python3 -c 'import json,sys; j=json.loads(sys.argv[1])[0]; v=json.loads(sys.argv[2])[0]; print("%.3f" % (j["journal_bytes"]/max(v["write_bytes"],1)))' "$j" "$v")
             fi
-            python3 - "$out" "$cfg" "$rw $bs QD$qd" "$ratio" >>"$RESULTS" <<'PY'
+            python3 - "$out" "$cfg" "$rw $bs QD$qd" "$ratio" "$((cpu1 - cpu0))" "$(getconf CLK_TCK)" "$RUNTIME" >>"$RESULTS" <<'PY'
 import json, sys
 text = open(sys.argv[1]).read()
 w = json.loads(text[text.index("{"):])["jobs"][0]["write"]  # fio's nbd engine prints a line first
 pct = w["clat_ns"].get("percentile", {})
+# Server CPU (all its threads, io_uring workers included) per I/O over the measured part.
+ios = w["iops"] * float(sys.argv[7])
+cpu_us = int(sys.argv[5]) * 1e6 / int(sys.argv[6]) / ios if ios else 0
 print("\t".join([sys.argv[2], sys.argv[3], "%.0f" % w["iops"],
                  "%.1f" % (pct.get("50.000000", 0) / 1000), "%.1f" % (pct.get("99.000000", 0) / 1000),
-                 sys.argv[4]]))
+                 sys.argv[4], "%.2f" % cpu_us]))
 PY
             stop_server
         done
     done
 done
 
-echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP PREZERO=$PREZERO, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
+echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP PREZERO=$PREZERO PREFILL=$PREFILL, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
 python3 - "$RESULTS" <<'PY'
 import sys, statistics
 from collections import defaultdict
 rows = defaultdict(list)
 for line in open(sys.argv[1]):
-    cfg, point, iops, p50, p99, ratio = line.rstrip("\n").split("\t")
-    rows[(point, cfg)].append((float(iops), float(p50), float(p99), float(ratio) if ratio else None))
+    cfg, point, iops, p50, p99, ratio, cpu = line.rstrip("\n").split("\t")
+    rows[(point, cfg)].append((float(iops), float(p50), float(p99), float(ratio) if ratio else None, float(cpu)))
 points = sorted({p for p, _ in rows}, key=lambda p: (p.split()[0], int(p.split("QD")[1])))
-print("| point | config | IOPS | vs off | p50 µs | p99 µs | journal bytes / written byte |")
-print("|---|---|---|---|---|---|---|")
+print("| point | config | IOPS | vs off | p50 µs | p99 µs | journal bytes / written byte | server CPU µs / I/O |")
+print("|---|---|---|---|---|---|---|---|")
 for p in points:
     off = rows.get((p, "off"))
     off_iops = statistics.median(r[0] for r in off) if off else None
@@ -175,6 +194,7 @@ for p in points:
         vs = "%.3f" % (iops / off_iops) if off_iops else "-"
         ratios = [x[3] for x in r if x[3] is not None]
         jb = "%.3f" % statistics.median(ratios) if ratios else "-"
-        print("| %s | %s | %.0f | %s | %.1f | %.1f | %s |" % (
-            p, cfg, iops, vs, statistics.median(x[1] for x in r), statistics.median(x[2] for x in r), jb))
+        print("| %s | %s | %.0f | %s | %.1f | %.1f | %s | %.2f |" % (
+            p, cfg, iops, vs, statistics.median(x[1] for x in r), statistics.median(x[2] for x in r), jb,
+            statistics.median(x[4] for x in r)))
 PY
