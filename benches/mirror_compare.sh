@@ -29,6 +29,7 @@
 # has 2 cores, so site b shares a core with fio or with site a); fio on core 1.
 #
 # Environment: RUNTIME (default 5), REPS (3), RAMP (1), BASE_PORT (12800), KEEP=1 keeps logs,
+# CDP=disk|ram (a CDP journal under every site's volume, see cdp_section below; default none),
 # OLD_BIN and OLD_CTL (above; default none),
 # WAIT_A (wait policy of the single site and of site a, default interrupt), WAIT_B (site b,
 # default interrupt), CORE_B (site b's core, default 0). The defaults put both sites on core 0,
@@ -63,7 +64,7 @@ OLD_CTL=${OLD_CTL:-}
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     { echo "mirror_compare: RUNTIME, REPS, RAMP, BASE_PORT must be numbers" >&2; exit 1; }
 ((RUNTIME >= 1)) || { echo "mirror_compare: RUNTIME must be >= 1" >&2; exit 1; }
-INVOCATION="RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP BASE_PORT=$BASE_PORT WAIT_A=$WAIT_A WAIT_B=$WAIT_B CORE_B=$CORE_B bash benches/mirror_compare.sh"
+INVOCATION="CDP=${CDP:-none} RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP BASE_PORT=$BASE_PORT WAIT_A=$WAIT_A WAIT_B=$WAIT_B CORE_B=$CORE_B bash benches/mirror_compare.sh"
 [[ ${STATE:-0} == 1 ]] && INVOCATION="STATE=1 ACTLOG=${ACTLOG:-true}${ACTLOG_EXTENTS:+ ACTLOG_EXTENTS=$ACTLOG_EXTENTS}${OLD_ACTLOG:+ OLD_ACTLOG=$OLD_ACTLOG} $INVOCATION"
 if [[ -n $OLD_BIN ]]; then
     [[ -f $OLD_BIN && -x $OLD_BIN ]] || { echo "mirror_compare: OLD_BIN=$OLD_BIN is not an executable file" >&2; exit 1; }
@@ -87,6 +88,7 @@ CLIENT_PID=""
 cleanup() {
     for p in "${PIDS[@]}" $CLIENT_PID $CPU_PID; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    if [[ -f $WORK/cdp_dirs ]]; then xargs -r rm -rf <"$WORK/cdp_dirs"; fi
     [[ $KEEP == 1 ]] && echo "kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -124,7 +126,22 @@ name = "vol0"
 backend = "malloc"
 size = "1GiB"
 mirror = $7
+$(cdp_section "$1")
 CFG
+}
+
+# CDP=disk|ram: a CDP journal under every site's volume (docs/cdp-format.md), in CDP_DISK_DIR
+# (default /var/tmp) or CDP_RAM_DIR (default /dev/shm), one fresh directory per site start.
+CDP=${CDP:-none}
+[[ $CDP == none || $CDP == disk || $CDP == ram ]] || { echo "mirror_compare: CDP must be none, disk or ram" >&2; exit 1; }
+cdp_section() { # site name
+    [[ $CDP == none ]] && return 0
+    local base
+    if [[ $CDP == disk ]]; then base=${CDP_DISK_DIR:-/var/tmp}; else base=${CDP_RAM_DIR:-/dev/shm}; fi
+    local d
+    d=$(mktemp -d "$base/mirror_compare_cdp.XXXXXX")
+    echo "$d" >>"$WORK/cdp_dirs"
+    printf '[volume.cdp]\ndir = "%s/%s"\nsegment_size = "256MiB"\n' "$d" "$1"
 }
 
 SCRIPT=mirror_compare
@@ -294,6 +311,8 @@ if client_cpu is not None:
 print(json.dumps(r))
 PY
             stop_all
+            # Each point's journals go with its sites (RAM journals would fill the memory).
+            if [[ -f $WORK/cdp_dirs ]]; then xargs -r rm -rf <"$WORK/cdp_dirs"; : >"$WORK/cdp_dirs"; fi
         done
         done
     done
