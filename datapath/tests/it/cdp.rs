@@ -1090,7 +1090,7 @@ fn dir_digest(dir: &Path) -> Vec<(String, u32)> {
 /// while the history and the live volume stay untouched, and a new view of the same point
 /// shows the original again. Consolidation does not pass an open view's point.
 #[test]
-fn a_view_serves_a_point_over_nbd_and_nvme_and_a_sandbox_never_touches_the_history() {
+fn a_view_serves_a_point_over_nbd_nvme_and_iscsi_and_a_sandbox_never_touches_the_history() {
     use twinblk_tools::nvmf::{Controller, Sqe};
     const SIZE: usize = 2 << 20;
     let tmp = tempfile::tempdir().unwrap();
@@ -1123,7 +1123,11 @@ fn a_view_serves_a_point_over_nbd_and_nvme_and_a_sandbox_never_touches_the_histo
     let live = c.read(0, SIZE as u32).unwrap();
     assert!(live != want, "the point differs from now");
     let before = dir_digest(&dir);
-    let (nbd, nvmf) = (crate::harness::free_port(), crate::harness::free_port());
+    let (nbd, nvmf, iscsi) = (
+        crate::harness::free_port(),
+        crate::harness::free_port(),
+        crate::harness::free_port(),
+    );
     let args = |extra: &[&str]| -> Vec<String> {
         let mut a: Vec<String> = vec![
             "--dir".into(),
@@ -1134,6 +1138,8 @@ fn a_view_serves_a_point_over_nbd_and_nvme_and_a_sandbox_never_touches_the_histo
             format!("127.0.0.1:{nbd}"),
             "--nvmf".into(),
             format!("127.0.0.1:{nvmf}"),
+            "--iscsi".into(),
+            format!("127.0.0.1:{iscsi}"),
         ];
         a.extend(extra.iter().map(|s| s.to_string()));
         a
@@ -1174,6 +1180,20 @@ fn a_view_serves_a_point_over_nbd_and_nvme_and_a_sandbox_never_touches_the_histo
     assert!(got == want, "NVMe/TCP reads the point");
     drop(q);
     drop(ctrl);
+    // iSCSI: QEMU's initiator (libiscsi) copies the whole LUN out.
+    let out = tmp.path().join("view-over-iscsi.img");
+    crate::harness::run(
+        crate::iscsi::qemu_with_iscsi("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw"])
+            .arg(format!(
+                "iscsi://127.0.0.1:{iscsi}/iqn.2026-11.io.twinblk:view/0"
+            ))
+            .arg(&out),
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "iSCSI reads the point"
+    );
     v.stop();
     assert_eq!(
         std::fs::read_dir(dir.join("view-holds")).unwrap().count(),
