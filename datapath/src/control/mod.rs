@@ -6,9 +6,11 @@
 //!
 //! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
 //! `reactor_stats`, `volume_stats`, `mirror_status`, `mirror_takeover`, `mirror_switchover`, `mirror_resync`,
-//! `nvmf_subsystems`, `host_list`, `volume_checksums` ([`verify`]), the `cdp_*` methods.
+//! `nvmf_subsystems`, `host_list`, `volume_checksums` ([`verify`]), the `cdp_*` methods (views
+//! and restores run as child processes: [`cdp_jobs`]).
 //! [`metrics`] serves the same published state to Prometheus.
 
+pub mod cdp_jobs;
 pub mod config;
 pub mod metrics;
 pub mod switchover;
@@ -32,6 +34,8 @@ pub struct ControlCx {
     pub mirrors: Vec<MirrorInfo>,
     /// Volumes with continuous data protection.
     pub cdp: Vec<crate::layer::cdp::CdpInfo>,
+    /// Views and restores started through the control socket ([`cdp_jobs`]).
+    pub cdp_jobs: cdp_jobs::CdpJobs,
     /// The runtime service index of the checksum executors ([`verify::ChecksumService`]);
     /// `None`: `volume_checksums` is refused.
     pub checksums: Option<u32>,
@@ -578,11 +582,35 @@ fn cdp_call(
     shared: &ControlCx,
 ) -> Option<Result<Value, String>> {
     use crate::layer::cdp::{bookmark, clock};
-    if !matches!(
-        method,
-        "cdp_bookmark" | "cdp_bookmark_delete" | "cdp_bookmarks"
-    ) {
-        return None;
+    match method {
+        "cdp_jobs" => return Some(Ok(shared.cdp_jobs.list())),
+        "cdp_view_close" => {
+            return Some(
+                params
+                    .and_then(|p| p.get("id"))
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| "params need the \"id\" cdp_view_open returned".to_string())
+                    .and_then(|id| shared.cdp_jobs.close(id)),
+            );
+        }
+        "cdp_view_open" | "cdp_restore" => {
+            return Some((|| {
+                let p = params.ok_or("params must name a volume: {\"volume\": NAME, ...}")?;
+                if p.get("group").is_some() {
+                    return Err("a view or a restore names one volume (\"volume\"), not a group: ask once per volume with the same \"time_ns\"".to_string());
+                }
+                let vols = cdp_targets(Some(p), shared)?;
+                let c = vols[0];
+                let name = shared.rt.volumes[c.vol].name.clone();
+                if method == "cdp_view_open" {
+                    shared.cdp_jobs.view_open(c, &name, p)
+                } else {
+                    shared.cdp_jobs.restore(c, &name, p)
+                }
+            })());
+        }
+        "cdp_bookmark" | "cdp_bookmark_delete" | "cdp_bookmarks" => {}
+        _ => return None,
     }
     Some((|| {
         let vols = cdp_targets(params, shared)?;

@@ -145,6 +145,8 @@ pub struct Daemon {
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
     metrics: Option<crate::control::metrics::MetricsServer>,
+    /// The control socket's context: its views and restores are stopped with the daemon.
+    control_cx: Option<Arc<ControlCx>>,
     cores: Vec<usize>,
     failover: Option<JoinHandle<()>>,
     failover_stop: Arc<AtomicBool>,
@@ -649,6 +651,7 @@ impl Daemon {
             threads: Vec::new(),
             control: None,
             metrics: None,
+            control_cx: None,
             cores: cfg.reactor.cores.clone(),
             failover: None,
             failover_stop: Arc::new(AtomicBool::new(false)),
@@ -742,8 +745,10 @@ impl Daemon {
             nvmf: Arc::clone(&nvmf),
             mirrors,
             cdp: cdp_infos,
+            cdp_jobs: Default::default(),
             checksums: Some(CHECKSUM_SERVICE),
         });
+        daemon.control_cx = Some(Arc::clone(&cx));
         if !cfg.control.socket.as_os_str().is_empty() {
             match ControlServer::start(&cfg.control.socket, Arc::clone(&cx), cfg.clone()) {
                 Ok(c) => daemon.control = Some(c),
@@ -800,6 +805,9 @@ impl Daemon {
     pub fn stop(&mut self) {
         if let Some(c) = self.control.take() {
             c.stop();
+        }
+        if let Some(cx) = self.control_cx.take() {
+            cx.cdp_jobs.stop_all();
         }
         if let Some(m) = self.metrics.take() {
             m.stop();

@@ -1418,3 +1418,171 @@ fn degraded_round(crash: bool) {
     drop(s);
     drop(fs);
 }
+
+/// Views and restores asked through the production daemon's control socket: a view of a
+/// bookmark serves the point over NBD as a child process until closed; a restore runs as a
+/// child, shows in `cdp_jobs` and yields the point's content; bad requests change nothing.
+#[test]
+fn views_and_restores_run_as_children_asked_through_the_control_socket() {
+    const SIZE: usize = 2 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}",
+        volume("v", SIZE as u64, &dir, "4MiB")
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let mut log: Vec<(usize, Upd, u64)> = Vec::new();
+    for i in 0..12u64 {
+        let off = (i * 7 % 30) * 65536;
+        let data = pattern(i + 500, 65536);
+        assert_eq!(c.write(off, &data), 0);
+        log.push((0, Upd::Write(off, data), 0));
+    }
+    let mark = s.rpc_with(
+        "cdp_bookmark",
+        serde_json::json!({"volume": "v", "name": "before"}),
+    );
+    assert!(mark["error"].is_null(), "{mark}");
+    let t = mark["result"]["time_ns"].as_u64().unwrap();
+    for (_, _, when) in log.iter_mut() {
+        *when = t;
+    }
+    let want = expected(&log, 0, t, SIZE);
+    for i in 0..6u64 {
+        let off = i * 65536;
+        let data = pattern(i + 900, 65536);
+        assert_eq!(c.write(off, &data), 0);
+        log.push((0, Upd::Write(off, data), u64::MAX));
+    }
+    assert!(c.read(0, SIZE as u32).unwrap() != want);
+    // A view of the bookmark, over NBD.
+    let port = crate::harness::free_port();
+    let r = s.rpc_with(
+        "cdp_view_open",
+        serde_json::json!({"volume": "v", "bookmark": "before", "name": "pit", "nbd": format!("127.0.0.1:{port}")}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let id = r["result"]["id"].as_u64().unwrap();
+    assert_eq!(
+        r["result"]["nbd"],
+        format!("nbd://127.0.0.1:{port}/pit"),
+        "{r}"
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut v = Client::connect(addr, "pit", false);
+    assert!(
+        v.read(0, SIZE as u32).unwrap() == want,
+        "the view reads the bookmark's point"
+    );
+    v.disconnect();
+    let jobs = s.rpc("cdp_jobs");
+    assert_eq!(jobs[0]["kind"], "view", "{jobs}");
+    assert_eq!(jobs[0]["state"], "running", "{jobs}");
+    // A restore of the same point, as a child; it finishes and matches.
+    let out = tmp.path().join("restored.img");
+    let r = s.rpc_with(
+        "cdp_restore",
+        serde_json::json!({"volume": "v", "time_ns": t, "out": out.display().to_string()}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let rid = r["result"]["id"].as_u64().unwrap();
+    let start = Instant::now();
+    loop {
+        let jobs = s.rpc("cdp_jobs");
+        let j = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == rid)
+            .unwrap()
+            .clone();
+        if j["state"] == "done" {
+            break;
+        }
+        assert_eq!(j["state"], "running", "{j}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "restore too slow: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "the restore is the point"
+    );
+    // Closing the view stops it; its port no longer answers; the hold is gone.
+    let r = s.rpc_with("cdp_view_close", serde_json::json!({"id": id}));
+    assert!(r["error"].is_null(), "{r}");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the view still listens"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.join("view-holds")).unwrap().count(),
+        0,
+        "the view's hold is gone"
+    );
+    // Refusals, each with its reason.
+    let cases = [
+        (
+            serde_json::json!({"volume": "nope", "seq": 1, "nbd": "127.0.0.1:1"}),
+            "no volume named",
+        ),
+        (
+            serde_json::json!({"volume": "v", "seq": 1}),
+            "at least one listen address",
+        ),
+        (
+            serde_json::json!({"volume": "v", "nbd": "127.0.0.1:1"}),
+            "exactly one of",
+        ),
+        (
+            serde_json::json!({"volume": "v", "seq": 99_999_999u64, "nbd": format!("127.0.0.1:{port}")}),
+            "outside the restorable window",
+        ),
+        (
+            serde_json::json!({"group": "g", "seq": 1, "nbd": "127.0.0.1:1"}),
+            "not a group",
+        ),
+    ];
+    for (p, why) in cases {
+        let r = s.rpc_with("cdp_view_open", p.clone());
+        let m = r["error"]["message"].as_str().unwrap_or("");
+        assert!(m.contains(why), "{p}: {r}");
+    }
+    let r = s.rpc_with(
+        "cdp_restore",
+        serde_json::json!({"volume": "v", "seq": 1, "out": out.display().to_string()}),
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exists"),
+        "{r}"
+    );
+    let r = s.rpc_with("cdp_view_close", serde_json::json!({"id": 999}));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no view"),
+        "{r}"
+    );
+    c.disconnect();
+    // A view still open when the daemon stops is stopped with it.
+    let r = s.rpc_with(
+        "cdp_view_open",
+        serde_json::json!({"volume": "v", "seq": 1, "nbd": format!("127.0.0.1:{port}")}),
+    );
+    let pid = r["result"]["pid"].as_u64().expect("a view");
+    let mut s = s;
+    assert!(s.stop(), "clean stop");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the view outlived the daemon"
+    );
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}

@@ -181,6 +181,73 @@ enum CdpCmd {
         #[command(flatten)]
         target: CdpTarget,
     },
+    /// Serve a point in time of VOLUME without copying it, as a child process of the daemon
+    /// (`cdp_view_open`): read-only, or a sandbox whose writes are discarded when it closes.
+    View {
+        /// The volume.
+        volume: String,
+        #[command(flatten)]
+        point: CdpPoint,
+        /// Writable, writes kept in RAM and discarded at close.
+        #[arg(long)]
+        sandbox: bool,
+        /// The view's name (NBD export, NVMe subsystem and iSCSI target suffix).
+        #[arg(long, default_value = "view")]
+        name: String,
+        /// NBD listen address (host:port).
+        #[arg(long)]
+        nbd: Option<String>,
+        /// NVMe/TCP listen address.
+        #[arg(long)]
+        nvmf: Option<String>,
+        /// iSCSI listen address.
+        #[arg(long)]
+        iscsi: Option<String>,
+    },
+    /// Stop a view or a restore started through the daemon (`cdp_view_close`).
+    Close {
+        /// Its id (from `cdp view`, `cdp restore` or `cdp jobs`).
+        id: u64,
+    },
+    /// Restore a point in time of VOLUME into a new file, as a child process of the daemon
+    /// (`cdp_restore`); follow it with `cdp jobs`.
+    Restore {
+        /// The volume.
+        volume: String,
+        #[command(flatten)]
+        point: CdpPoint,
+        /// The new file (absolute path, on the daemon's machine; must not exist).
+        #[arg(long)]
+        out: String,
+    },
+    /// The views and restores started through the daemon, with their state (`cdp_jobs`).
+    Jobs,
+}
+
+/// A point in time: one of --time, --seq, --bookmark.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct CdpPoint {
+    /// Site time in ns since the epoch.
+    #[arg(long)]
+    time: Option<u64>,
+    /// Sequence number.
+    #[arg(long)]
+    seq: Option<u64>,
+    /// A bookmark.
+    #[arg(long)]
+    bookmark: Option<String>,
+}
+
+impl CdpPoint {
+    fn params(&self) -> Value {
+        match (self.time, self.seq, &self.bookmark) {
+            (Some(t), _, _) => serde_json::json!({"time_ns": t}),
+            (_, Some(s), _) => serde_json::json!({"seq": s}),
+            (_, _, Some(b)) => serde_json::json!({"bookmark": b}),
+            _ => unreachable!("clap requires one"),
+        }
+    }
 }
 
 /// One volume or one group.
@@ -480,6 +547,48 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
                     v["volumes"]
                 )
             },
+        ),
+        CdpCmd::View {
+            volume,
+            point,
+            sandbox,
+            name,
+            nbd,
+            nvmf,
+            iscsi,
+        } => {
+            let mut p = point.params();
+            p["volume"] = Value::from(volume.as_str());
+            p["sandbox"] = Value::from(*sandbox);
+            p["name"] = Value::from(name.as_str());
+            for (k, a) in [("nbd", nbd), ("nvmf", nvmf), ("iscsi", iscsi)] {
+                if let Some(a) = a {
+                    p[k] = Value::from(a.as_str());
+                }
+            }
+            (ctl::call(&socket, "cdp_view_open", p), cdp::render_view)
+        }
+        CdpCmd::Close { id } => (
+            ctl::call(&socket, "cdp_view_close", serde_json::json!({"id": id})),
+            |v: &Value| format!("{} stopped (exit {})\n", v["id"], v["exit"]),
+        ),
+        CdpCmd::Restore { volume, point, out } => {
+            let mut p = point.params();
+            p["volume"] = Value::from(volume.as_str());
+            p["out"] = Value::from(out.as_str());
+            (ctl::call(&socket, "cdp_restore", p), |v: &Value| {
+                format!(
+                    "restore {} of {} into {} started (pid {}): follow it with `twinblk-ctl cdp jobs`\n",
+                    v["id"],
+                    v["volume"].as_str().unwrap_or("?"),
+                    v["out"].as_str().unwrap_or("?"),
+                    v["pid"]
+                )
+            })
+        }
+        CdpCmd::Jobs => (
+            ctl::call(&socket, "cdp_jobs", Value::Null),
+            cdp::render_jobs,
         ),
     };
     match r {

@@ -135,6 +135,61 @@ pub fn render_status(st: &Value) -> String {
     o
 }
 
+/// `cdp_view_open`'s answer as text: where the view serves.
+pub fn render_view(v: &Value) -> String {
+    let mut o = format!(
+        "view {} of {} serving (pid {}, opened in {:.3} s); stop it with `twinblk-ctl cdp close {}`\n",
+        v["id"],
+        v["volume"].as_str().unwrap_or("?"),
+        v["pid"],
+        v["opened_s"].as_f64().unwrap_or(0.0),
+        v["id"]
+    );
+    if let Some(u) = v["nbd"].as_str() {
+        let _ = writeln!(o, "  NBD      {u}");
+    }
+    if v["nvmf"].is_object() {
+        let _ = writeln!(
+            o,
+            "  NVMe/TCP {} {}",
+            v["nvmf"]["addr"].as_str().unwrap_or("?"),
+            v["nvmf"]["nqn"].as_str().unwrap_or("?")
+        );
+    }
+    if v["iscsi"].is_object() {
+        let _ = writeln!(
+            o,
+            "  iSCSI    {} {}",
+            v["iscsi"]["addr"].as_str().unwrap_or("?"),
+            v["iscsi"]["iqn"].as_str().unwrap_or("?")
+        );
+    }
+    o
+}
+
+/// `cdp_jobs` as text: one line per view or restore.
+pub fn render_jobs(v: &Value) -> String {
+    let list = v.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "no view or restore started through this daemon\n".into();
+    }
+    let mut o = String::new();
+    for j in list {
+        let _ = writeln!(
+            o,
+            "{:>3} {:<7} {:<12} {:<16} pid {:<7} {:>8.1} s  {}",
+            j["id"],
+            j["kind"].as_str().unwrap_or("?"),
+            j["volume"].as_str().unwrap_or("?"),
+            j["state"].as_str().unwrap_or("?"),
+            j["pid"],
+            j["elapsed_s"].as_f64().unwrap_or(0.0),
+            j["last_line"].as_str().unwrap_or("")
+        );
+    }
+    o
+}
+
 /// `cdp_bookmarks` as text: one line per bookmark per volume.
 pub fn render_bookmarks(b: &Value) -> String {
     let mut o = String::new();
@@ -171,16 +226,16 @@ mod tests {
         let t = render_status(&st);
         assert!(t.contains("db (group g): journal running"), "{t}");
         assert!(!t.contains("DEGRADED"), "{t}");
-        let st = json!([{"volume": "db", "group": "g", "journal": "degraded", "dir": "/j",
-            "degraded_note": "the journal stopped after sequence 9"}]);
-        let t = render_status(&st);
-        assert!(
-            t.contains("journal degraded")
-                && t.contains("DEGRADED the journal stopped after sequence 9"),
-            "{t}"
-        );
         assert!(t.contains("history 1.0 h (target 2.0 h)  SHORT"), "{t}");
         assert!(t.contains("--time 0 .. 3600000000000"), "{t}");
+        let st2 = json!([{"volume": "db", "group": "g", "journal": "degraded", "dir": "/j",
+            "degraded_note": "the journal stopped after sequence 9"}]);
+        let t2 = render_status(&st2);
+        assert!(
+            t2.contains("journal degraded")
+                && t2.contains("DEGRADED the journal stopped after sequence 9"),
+            "{t2}"
+        );
         assert!(render_status(&json!([])).contains("no volume"));
         let b = json!([{"volume": "db", "bookmarks": {"before-upgrade": 5u64}}, {"volume": "x", "bookmarks": {}}]);
         let t = render_bookmarks(&b);

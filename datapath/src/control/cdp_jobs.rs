@@ -1,0 +1,434 @@
+//! Point-in-time views and restores asked through the control socket (docs/control.md,
+//! `cdp_view_open`, `cdp_view_close`, `cdp_restore`, `cdp_jobs`).
+//!
+//! Model: each is a child process of this daemon running the same binary's `twinblk cdp view`
+//! or `twinblk cdp restore` (docs/cdp-format.md): a view's reads are synchronous, so it never
+//! shares a reactor with production volumes, and a restore copies a whole volume, which no
+//! reactor should do. [`CdpJobs`] keeps the children: their arguments, their log file (the
+//! child's stdout and stderr), and their exit status once reaped.
+//!
+//! Invariants:
+//! - Every child started is in the table until the daemon stops; its status is read with
+//!   `try_wait`, never a blocking wait, except when closing a view (bounded).
+//! - When the daemon stops ([`CdpJobs::stop_all`], also on drop) every running child is asked
+//!   to stop (SIGINT: a view removes its consolidation hold, a restore stops and leaves an
+//!   incomplete file it names) and reaped, or killed after a grace period.
+//! - Nothing here touches the history or a live volume: the children only read the CDP
+//!   directory (a sandbox view writes to RAM).
+
+use crate::layer::cdp::CdpInfo;
+use serde_json::{Value, json};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a view may take to serve before `cdp_view_open` gives up (and stops it).
+const OPEN_WAIT: Duration = Duration::from_secs(20);
+/// How long a child may take to stop after SIGINT before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A view or a restore.
+struct Job {
+    id: u64,
+    kind: &'static str,
+    volume: String,
+    child: Child,
+    log: PathBuf,
+    started: Instant,
+    started_unix_ms: u64,
+    /// What it was asked (the request's parameters).
+    params: Value,
+    /// Exit status once reaped.
+    exit: Option<i32>,
+}
+
+impl Job {
+    fn poll(&mut self) {
+        if self.exit.is_none()
+            && let Ok(Some(st)) = self.child.try_wait()
+        {
+            self.exit = Some(st.code().unwrap_or(-1));
+        }
+    }
+
+    fn last_line(&self) -> String {
+        std::fs::read(&self.log)
+            .map(|b| {
+                let t = String::from_utf8_lossy(&b);
+                // Progress lines end with \r; the last non-empty piece is the latest.
+                t.split(['\n', '\r'])
+                    .map(str::trim)
+                    .rfind(|l| !l.is_empty())
+                    .unwrap_or("")
+                    .chars()
+                    .take(400)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn describe(&mut self) -> Value {
+        self.poll();
+        json!({
+            "id": self.id,
+            "kind": self.kind,
+            "volume": self.volume,
+            "pid": self.child.id(),
+            "state": match self.exit {
+                None => "running".to_string(),
+                Some(0) => "done".to_string(),
+                Some(c) => format!("failed (exit {c})"),
+            },
+            "started_unix_ms": self.started_unix_ms,
+            "elapsed_s": self.started.elapsed().as_secs_f64(),
+            "params": self.params,
+            "last_line": self.last_line(),
+            "log": self.log.display().to_string(),
+        })
+    }
+
+    /// SIGINT, wait up to `STOP_GRACE`, then SIGKILL.
+    fn stop(&mut self) -> i32 {
+        self.poll();
+        if let Some(c) = self.exit {
+            return c;
+        }
+        // SAFETY: signalling our own child process (not yet reaped, so its pid is still ours).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let t = Instant::now();
+        while t.elapsed() < STOP_GRACE {
+            self.poll();
+            if let Some(c) = self.exit {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let c = self.child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+        self.exit = Some(c);
+        c
+    }
+}
+
+/// The children started through the control socket.
+pub struct CdpJobs {
+    jobs: Mutex<Vec<Job>>,
+    next: Mutex<u64>,
+    /// Where their logs go.
+    dir: PathBuf,
+    /// The `twinblk` binary.
+    exe: Option<PathBuf>,
+}
+
+impl Default for CdpJobs {
+    fn default() -> Self {
+        Self {
+            jobs: Mutex::new(Vec::new()),
+            next: Mutex::new(1),
+            dir: std::env::temp_dir().join(format!("twinblk-cdp-jobs-{}", std::process::id())),
+            exe: std::env::current_exe().ok(),
+        }
+    }
+}
+
+impl Drop for CdpJobs {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// The point a request names, as `twinblk cdp` arguments.
+fn point_args(p: &Value) -> Result<Vec<String>, String> {
+    let time = p.get("time_ns").and_then(Value::as_u64);
+    let seq = p.get("seq").and_then(Value::as_u64);
+    let bookmark = p.get("bookmark").and_then(Value::as_str);
+    match (time, seq, bookmark) {
+        (Some(t), None, None) => Ok(vec!["--time".into(), t.to_string()]),
+        (None, Some(s), None) => Ok(vec!["--seq".into(), s.to_string()]),
+        (None, None, Some(b)) => Ok(vec!["--bookmark".into(), b.to_string()]),
+        _ => Err("params need exactly one of \"time_ns\", \"seq\", \"bookmark\"".into()),
+    }
+}
+
+/// A listen address parameter: absent or "" for none, else `host:port`.
+fn addr_param(p: &Value, key: &str) -> Result<String, String> {
+    match p.get(key) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) if s.is_empty() => Ok(String::new()),
+        Some(Value::String(s)) => s
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.to_string())
+            .map_err(|_| format!("\"{key}\" must be an address host:port, not {s:?}")),
+        Some(v) => Err(format!("\"{key}\" must be a string, not {v}")),
+    }
+}
+
+/// What a child that failed said: its `Error: ...` paragraph (with the causes, without a
+/// backtrace), else its last non-empty line.
+fn failure_of(text: &str) -> String {
+    let tail = match text.find("Error:") {
+        Some(i) => &text[i..],
+        None => text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(""),
+    };
+    let tail = tail.split("Stack backtrace:").next().unwrap_or("");
+    tail.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(600)
+        .collect()
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl CdpJobs {
+    fn start(
+        &self,
+        kind: &'static str,
+        volume: &str,
+        args: &[String],
+        params: &Value,
+    ) -> Result<u64, String> {
+        let exe = self
+            .exe
+            .as_ref()
+            .ok_or("cannot find this daemon's own executable to start the child")?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        let id = {
+            let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let id = *n;
+            *n += 1;
+            id
+        };
+        let log = self.dir.join(format!("{kind}-{id}.log"));
+        let out =
+            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        let child = Command::new(exe)
+            .args(args)
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        tracing::info!(
+            id,
+            kind,
+            volume,
+            pid = child.id(),
+            "cdp: started through the control socket"
+        );
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Job {
+                id,
+                kind,
+                volume: volume.to_string(),
+                child,
+                log,
+                started: Instant::now(),
+                started_unix_ms: unix_ms(),
+                params: params.clone(),
+                exit: None,
+            });
+        Ok(id)
+    }
+
+    fn with_job<T>(&self, id: u64, f: impl FnOnce(&mut Job) -> T) -> Result<T, String> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let j = jobs
+            .iter_mut()
+            .find(|j| j.id == id)
+            .ok_or_else(|| format!("no view or restore with id {id}"))?;
+        Ok(f(j))
+    }
+
+    /// `cdp_view_open`: start a view of `c`'s history and wait until it serves.
+    pub fn view_open(&self, c: &CdpInfo, volume: &str, p: &Value) -> Result<Value, String> {
+        let mut args: Vec<String> = vec!["cdp".into(), "view".into(), "--dir".into()];
+        args.push(c.dir.display().to_string());
+        args.extend(point_args(p)?);
+        let name = p.get("name").and_then(Value::as_str).unwrap_or("view");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            return Err(format!(
+                "\"name\" must be letters, digits, '-', '_' or '.', not {name:?}"
+            ));
+        }
+        let (nbd, nvmf, iscsi) = (
+            addr_param(p, "nbd")?,
+            addr_param(p, "nvmf")?,
+            addr_param(p, "iscsi")?,
+        );
+        if nbd.is_empty() && nvmf.is_empty() && iscsi.is_empty() {
+            return Err(
+                "params need at least one listen address: \"nbd\", \"nvmf\" or \"iscsi\"".into(),
+            );
+        }
+        if p.get("sandbox").and_then(Value::as_bool) == Some(true) {
+            args.push("--sandbox".into());
+        }
+        args.extend(["--name".into(), name.into(), "--nbd".into(), nbd.clone()]);
+        args.extend([
+            "--nvmf".into(),
+            nvmf.clone(),
+            "--iscsi".into(),
+            iscsi.clone(),
+        ]);
+        args.extend(["--core".into(), c.home.to_string()]);
+        let t = Instant::now();
+        let id = self.start("view", volume, &args, p)?;
+        // Serving once it prints its banner's last line; failed if it exits first.
+        loop {
+            let (exit, text) = self.with_job(id, |j| {
+                j.poll();
+                (j.exit, std::fs::read_to_string(&j.log).unwrap_or_default())
+            })?;
+            if text.contains("Ctrl-C") {
+                break;
+            }
+            if let Some(code) = exit {
+                let why = failure_of(&text);
+                self.forget(id);
+                return Err(format!("the view did not start (exit {code}): {why}"));
+            }
+            if t.elapsed() > OPEN_WAIT {
+                let _ = self.with_job(id, Job::stop);
+                self.forget(id);
+                return Err(format!(
+                    "the view did not serve within {} s; stopped",
+                    OPEN_WAIT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid = self.with_job(id, |j| j.child.id())?;
+        Ok(json!({
+            "id": id,
+            "pid": pid,
+            "volume": volume,
+            "name": name,
+            "nbd": (!nbd.is_empty()).then(|| format!("nbd://{nbd}/{name}")),
+            "nvmf": (!nvmf.is_empty()).then(|| json!({"addr": nvmf, "nqn": format!("nqn.2026-11.io.twinblk:{name}")})),
+            "iscsi": (!iscsi.is_empty()).then(|| json!({"addr": iscsi, "iqn": format!("iqn.2026-11.io.twinblk:{name}")})),
+            "opened_s": t.elapsed().as_secs_f64(),
+        }))
+    }
+
+    /// `cdp_restore`: start a restore of `c`'s history to the new file `out`.
+    pub fn restore(&self, c: &CdpInfo, volume: &str, p: &Value) -> Result<Value, String> {
+        let out = p
+            .get("out")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or("params need \"out\": the new file to restore into")?;
+        let out = Path::new(out);
+        if !out.is_absolute() {
+            return Err(
+                "\"out\" must be an absolute path (the daemon's working directory is not yours)"
+                    .into(),
+            );
+        }
+        if out.exists() {
+            return Err(format!(
+                "{} exists: a restore only writes a new file",
+                out.display()
+            ));
+        }
+        let mut args: Vec<String> = vec!["cdp".into(), "restore".into(), "--dir".into()];
+        args.push(c.dir.display().to_string());
+        args.extend(["--out".into(), out.display().to_string()]);
+        args.extend(point_args(p)?);
+        let id = self.start("restore", volume, &args, p)?;
+        let pid = self.with_job(id, |j| j.child.id())?;
+        Ok(json!({"id": id, "pid": pid, "volume": volume, "out": out.display().to_string()}))
+    }
+
+    /// `cdp_view_close`: stop view or restore `id` (SIGINT, then SIGKILL after a grace).
+    pub fn close(&self, id: u64) -> Result<Value, String> {
+        let exit = self.with_job(id, Job::stop)?;
+        Ok(json!({"id": id, "exit": exit}))
+    }
+
+    /// `cdp_jobs`: every view and restore started, oldest first.
+    pub fn list(&self) -> Value {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        Value::Array(jobs.iter_mut().map(Job::describe).collect())
+    }
+
+    fn forget(&self, id: u64) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|j| j.id != id);
+    }
+
+    /// Stop every child still running (the daemon stops).
+    pub fn stop_all(&self) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        for j in jobs.iter_mut() {
+            if j.exit.is_none() {
+                let code = j.stop();
+                tracing::info!(
+                    id = j.id,
+                    kind = j.kind,
+                    code,
+                    "cdp: stopped with the daemon"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_and_addresses_are_checked_before_anything_starts() {
+        assert_eq!(
+            point_args(&json!({"seq": 5})).unwrap(),
+            vec!["--seq".to_string(), "5".into()]
+        );
+        assert_eq!(
+            point_args(&json!({"bookmark": "b"})).unwrap(),
+            vec!["--bookmark".to_string(), "b".into()]
+        );
+        assert!(point_args(&json!({})).is_err());
+        assert!(point_args(&json!({"seq": 5, "time_ns": 1})).is_err());
+        assert!(point_args(&json!({"seq": "5"})).is_err());
+        assert_eq!(addr_param(&json!({}), "nbd").unwrap(), "");
+        assert_eq!(
+            addr_param(&json!({"nbd": "127.0.0.1:9"}), "nbd").unwrap(),
+            "127.0.0.1:9"
+        );
+        assert!(addr_param(&json!({"nbd": "nowhere"}), "nbd").is_err());
+        assert!(addr_param(&json!({"nbd": 9}), "nbd").is_err());
+    }
+
+    #[test]
+    fn a_childs_failure_is_its_error_paragraph() {
+        let t = "cdp view of /j\nError: reading /j\n\nCaused by:\n    sequence 9 is outside\n\nStack backtrace:\n  0: x\n 21: _start\n";
+        assert_eq!(
+            failure_of(t),
+            "Error: reading /j Caused by: sequence 9 is outside"
+        );
+        assert_eq!(failure_of("one\nlast line\n\n"), "last line");
+        assert_eq!(failure_of(""), "");
+    }
+}
