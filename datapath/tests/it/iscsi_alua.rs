@@ -11,8 +11,14 @@ use std::time::{Duration, Instant};
 
 const TUR: [u8; 6] = [0; 6];
 const RTPG: [u8; 12] = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
-/// (status, sense key, ASC, ASCQ) of a unit attention ASYMMETRIC ACCESS STATE CHANGED.
-const ALUA_CHANGED: (u8, u8, u8, u8) = (0x02, 0x06, 0x2A, 0x06);
+/// (status, sense key, ASC, ASCQ).
+type Status = (u8, u8, u8, u8);
+/// An RTPG descriptor: (group id, PREF, asymmetric access state).
+type Group = (u16, bool, u8);
+/// RTPG at site a and at site b.
+type Both = ([Group; 2], [Group; 2]);
+/// A unit attention ASYMMETRIC ACCESS STATE CHANGED.
+const ALUA_CHANGED: Status = (0x02, 0x06, 0x2A, 0x06);
 
 /// A session as `name` at `addr`, past its first unit attentions (TEST UNIT READY GOOD).
 fn session(addr: std::net::SocketAddr, name: &str) -> Raw {
@@ -32,7 +38,7 @@ fn session(addr: std::net::SocketAddr, name: &str) -> Raw {
 
 /// SET TARGET PORT GROUPS with parameter list `list` (immediate data): (status, key, ASC,
 /// ASCQ). The answer comes once the switchover is done (a few seconds at most).
-fn stpg(r: &mut Raw, itt: u32, list: &[u8]) -> (u8, u8, u8, u8) {
+fn stpg(r: &mut Raw, itt: u32, list: &[u8]) -> Status {
     let mut cdb = [0u8; 12];
     cdb[0] = 0xA4;
     cdb[1] = 0x0A;
@@ -62,7 +68,7 @@ fn list(descs: &[(u8, u16)]) -> Vec<u8> {
 }
 
 /// RTPG: (group id, PREF, state) per descriptor, or the sense of a refusal.
-fn groups(r: &mut Raw, itt: u32) -> Result<Vec<(u16, bool, u8)>, (u8, u8, u8, u8)> {
+fn groups(r: &mut Raw, itt: u32) -> Result<Vec<Group>, Status> {
     let (st, k, a, q, d) = status_of(r, itt, &RTPG, 256);
     if st != 0 {
         return Err((st, k, a, q));
@@ -84,24 +90,19 @@ fn groups(r: &mut Raw, itt: u32) -> Result<Vec<(u16, bool, u8)>, (u8, u8, u8, u8
 }
 
 /// Site a leads: RTPG at a and at b as they are then.
-const A_LEADS: ([(u16, bool, u8); 2], [(u16, bool, u8); 2]) = (
+const A_LEADS: Both = (
     [(1, true, 0x0), (2, false, 0x1)],
     [(2, false, 0x1), (1, true, 0x0)],
 );
 /// Site b leads.
-const B_LEADS: ([(u16, bool, u8); 2], [(u16, bool, u8); 2]) = (
+const B_LEADS: Both = (
     [(1, false, 0x1), (2, true, 0x0)],
     [(2, true, 0x0), (1, false, 0x1)],
 );
 
 /// Until RTPG through `ra` (site a) and `rb` (site b) reports `want` (unit attentions on the
 /// way are taken); whether either session met ASYMMETRIC ACCESS STATE CHANGED.
-fn rtpg_until(
-    ra: &mut Raw,
-    rb: &mut Raw,
-    want: ([(u16, bool, u8); 2], [(u16, bool, u8); 2]),
-    itt: &mut u32,
-) {
+fn rtpg_until(ra: &mut Raw, rb: &mut Raw, want: Both, itt: &mut u32) {
     let t = Instant::now();
     loop {
         *itt += 2;
@@ -206,8 +207,8 @@ fn set_target_port_groups_at_the_follower_moves_the_optimised_state_there() {
 
 #[test]
 fn malformed_or_impossible_set_target_port_groups_are_refused_and_change_nothing() {
-    const INVALID_FIELD: (u8, u8, u8, u8) = (0x02, 0x05, 0x26, 0x00);
-    const LENGTH_ERROR: (u8, u8, u8, u8) = (0x02, 0x05, 0x1A, 0x00);
+    const INVALID_FIELD: Status = (0x02, 0x05, 0x26, 0x00);
+    const LENGTH_ERROR: Status = (0x02, 0x05, 0x1A, 0x00);
     let root = tempfile::tempdir().unwrap();
     let (a, ia, b, ib) = two_sites(root.path(), "");
     let mut ha = session(ia, "iqn.2026-12.test:host-a");
@@ -216,7 +217,7 @@ fn malformed_or_impossible_set_target_port_groups_are_refused_and_change_nothing
     rtpg_until(&mut ha, &mut hb, A_LEADS, &mut itt);
     let mut truncated = list(&[(0x0, 2)]);
     truncated.truncate(6);
-    let cases: [(&str, Vec<u8>, (u8, u8, u8, u8)); 9] = [
+    let cases: [(&str, Vec<u8>, Status); 9] = [
         ("a truncated descriptor", truncated, LENGTH_ERROR),
         ("a header cut short", vec![0, 0], LENGTH_ERROR),
         ("standby", list(&[(0x2, 2)]), INVALID_FIELD),
