@@ -7,6 +7,8 @@
 //! volume's engine a request through its published stats (`MirrorStats::switch_req`, taken
 //! at the engine's next tick) and polls the stats until the leadership term moved to the
 //! named site, a failure was recorded, or the wait ran out. It never touches a reactor.
+//! The steps ([`refuse_unless_in_sync`], [`request`], [`progress`]) are also what iSCSI's SET
+//! TARGET PORT GROUPS runs, from a helper thread (`frontend::iscsi::conn::alua`).
 //!
 //! Invariant: a refusal changes nothing; an answer of success means the named site leads the
 //! volume (at this site's knowledge, which is the protocol's: the term moved).
@@ -14,7 +16,7 @@
 use super::ControlCx;
 use crate::control::config::Config;
 use crate::layer::mirror::MirrorInfo;
-use crate::layer::mirror::stats::{SWITCH_GIVE, SWITCH_TAKE};
+use crate::layer::mirror::stats::{MirrorStats, SWITCH_GIVE, SWITCH_TAKE};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -84,95 +86,41 @@ pub fn switchover(
     let name = |mi: &MirrorInfo| shared.rt.volumes[mi.vol].name.clone();
     // Every volume must be up and in sync first: a switchover copies nothing.
     for mi in &vols {
-        let s = mi.stats.snapshot(&name(mi), mi.leader);
-        if s.state != "up" || s.dirty_bytes != 0 || s.resync_running || s.switchover.is_some() {
-            return Err((
-                NOT_IN_SYNC,
-                format!(
-                    "volume {:?} is not up and in sync at this site (state {}, dirty {} bytes{}{}): a switchover needs both sites mirroring in sync",
-                    s.volume,
-                    s.state,
-                    s.dirty_bytes,
-                    if s.resync_running {
-                        ", a resync runs"
-                    } else {
-                        ""
-                    },
-                    s.switchover
-                        .map(|p| format!(", a switchover is under way ({p})"))
-                        .unwrap_or_default()
-                ),
-            ));
-        }
-    }
-    struct Pending<'a> {
-        mi: &'a MirrorInfo,
-        term: u64,
-        failures: u64,
-        before: bool,
+        refuse_unless_in_sync(&mi.stats, &name(mi), mi.leader).map_err(|m| (NOT_IN_SYNC, m))?;
     }
     let mut pending = Vec::new();
     let mut out = Vec::new();
     for mi in &vols {
-        let leads = mi.stats.leads().unwrap_or(mi.leader);
-        let term = mi.stats.term.load(Relaxed);
-        if leads == to_me {
-            out.push(json!({"volume": name(mi), "leader": to, "term": term, "changed": false}));
-            continue;
+        match request(&mi.stats, mi.leader, to_me) {
+            None => {
+                let term = mi.stats.term.load(Relaxed);
+                out.push(json!({"volume": name(mi), "leader": to, "term": term, "changed": false}));
+            }
+            Some(r) => {
+                tracing::info!(volume = %name(mi), to, "mirror: operator asked for a switchover");
+                pending.push((*mi, r));
+            }
         }
-        let failures = mi.stats.switch_failures.load(Relaxed);
-        mi.stats
-            .switch_req
-            .store(if leads { SWITCH_GIVE } else { SWITCH_TAKE }, Relaxed);
-        tracing::info!(volume = %name(mi), to, "mirror: operator asked for a switchover");
-        pending.push(Pending {
-            mi,
-            term,
-            failures,
-            before: leads,
-        });
     }
     let deadline = Instant::now() + wait;
     let mut errors = Vec::new();
     while !pending.is_empty() {
         let now = Instant::now();
-        pending.retain(|p| {
-            let s = &p.mi.stats;
-            let term = s.term.load(Relaxed);
-            if term > p.term && s.leads() == Some(to_me) {
-                // Moved; wait a little for the old leader's confirmation (SWITCH_ACK).
-                let snap = s.snapshot(&name(p.mi), p.mi.leader);
-                if snap.switchover.is_none() || now >= deadline {
+        pending.retain(|(mi, r)| {
+            match progress(&mi.stats, r, &name(mi), mi.leader, now >= deadline, wait) {
+                Progress::Waiting => true,
+                Progress::Moved { term } => {
                     out.push(json!({
-                        "volume": name(p.mi), "leader": to, "term": term, "changed": true,
-                        "previous_leader": if p.before { &m.site } else { &m.peer_site },
+                        "volume": name(mi), "leader": to, "term": term, "changed": true,
+                        "previous_leader": if r.before { &m.site } else { &m.peer_site },
                     }));
-                    return false;
+                    false
                 }
-                return true;
-            }
-            if s.switch_failures.load(Relaxed) != p.failures {
-                errors.push(format!(
-                    "{}: {}",
-                    name(p.mi),
-                    s.switch_error().unwrap_or_else(|| "failed".into())
-                ));
-                return false;
-            }
-            if now >= deadline {
-                s.switch_req.store(0, Relaxed);
-                if s.snapshot(&name(p.mi), p.mi.leader).switchover == Some("asked") {
-                    // The leader never answered the ask (lost, or ignored: see its status).
-                    s.set_switch_phase(None);
+                Progress::Failed(why) => {
+                    errors.push(format!("{}: {why}", name(mi)));
+                    false
                 }
-                errors.push(format!(
-                    "{}: no switchover within {:.1} s (the leader's `mirror_status` field `last_switchover_error` may say why)",
-                    name(p.mi),
-                    wait.as_secs_f64()
-                ));
-                return false;
             }
-            true
         });
         if !pending.is_empty() {
             std::thread::sleep(Duration::from_millis(5));
@@ -185,4 +133,109 @@ pub fn switchover(
         ));
     }
     Ok(json!({"to": to, "volumes": out}))
+}
+
+/// Refuse (with the reason) unless volume `name`'s pair is up and in sync at this site and no
+/// switchover runs: a switchover copies nothing. `leader`: the configured role.
+pub fn refuse_unless_in_sync(stats: &MirrorStats, name: &str, leader: bool) -> Result<(), String> {
+    let s = stats.snapshot(name, leader);
+    if s.state != "up" || s.dirty_bytes != 0 || s.resync_running || s.switchover.is_some() {
+        return Err(format!(
+            "volume {:?} is not up and in sync at this site (state {}, dirty {} bytes{}{}): a switchover needs both sites mirroring in sync",
+            s.volume,
+            s.state,
+            s.dirty_bytes,
+            if s.resync_running {
+                ", a resync runs"
+            } else {
+                ""
+            },
+            s.switchover
+                .map(|p| format!(", a switchover is under way ({p})"))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// A switchover handed to a volume's engine ([`request`]), to follow with [`progress`].
+#[derive(Clone, Copy, Debug)]
+pub struct Request {
+    /// The term when it was asked.
+    term: u64,
+    /// The engine's failure count when it was asked.
+    failures: u64,
+    /// This site led when it was asked.
+    pub before: bool,
+    /// The leadership is to come to this site.
+    to_me: bool,
+}
+
+/// Where a [`Request`] is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Not decided yet.
+    Waiting,
+    /// The named site leads, at this term.
+    Moved {
+        /// The new term.
+        term: u64,
+    },
+    /// Refused, rolled back, or no answer within the wait (the request was withdrawn).
+    Failed(String),
+}
+
+/// Ask the volume's engine (at its next tick) to move the leadership here (`to_me`) or to the
+/// peer; `None` when the named site leads already (nothing asked). `leader`: the configured
+/// role (until the engine publishes its own).
+pub fn request(stats: &MirrorStats, leader: bool, to_me: bool) -> Option<Request> {
+    let leads = stats.leads().unwrap_or(leader);
+    if leads == to_me {
+        return None;
+    }
+    let r = Request {
+        term: stats.term.load(Relaxed),
+        failures: stats.switch_failures.load(Relaxed),
+        before: leads,
+        to_me,
+    };
+    stats
+        .switch_req
+        .store(if leads { SWITCH_GIVE } else { SWITCH_TAKE }, Relaxed);
+    Some(r)
+}
+
+/// How request `r` of volume `name` stands (`leader`: the configured role); `expired`: the
+/// caller's wait (`wait` long) is over, so a request still undecided is withdrawn and failed.
+pub fn progress(
+    stats: &MirrorStats,
+    r: &Request,
+    name: &str,
+    leader: bool,
+    expired: bool,
+    wait: Duration,
+) -> Progress {
+    let term = stats.term.load(Relaxed);
+    if term > r.term && stats.leads() == Some(r.to_me) {
+        // Moved; wait a little for the old leader's confirmation (SWITCH_ACK).
+        if stats.snapshot(name, leader).switchover.is_none() || expired {
+            return Progress::Moved { term };
+        }
+        return Progress::Waiting;
+    }
+    if stats.switch_failures.load(Relaxed) != r.failures {
+        return Progress::Failed(stats.switch_error().unwrap_or_else(|| "failed".into()));
+    }
+    if expired {
+        stats.switch_req.store(0, Relaxed);
+        if stats.snapshot(name, leader).switchover == Some("asked") {
+            // The leader never answered the ask (lost, or ignored: see its status).
+            stats.set_switch_phase(None);
+        }
+        return Progress::Failed(format!(
+            "no switchover within {:.1} s (the leader's `mirror_status` field `last_switchover_error` may say why)",
+            wait.as_secs_f64()
+        ));
+    }
+    Progress::Waiting
 }

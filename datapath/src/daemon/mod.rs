@@ -596,6 +596,17 @@ impl Daemon {
             incarnation: crate::frontend::iscsi::spc2::new_incarnation(),
             nop_in_interval_ms: cfg.iscsi.nop_in_interval_ms,
             copies: std::sync::atomic::AtomicU32::new(0),
+            mirrors: (0..volumes.len())
+                .map(|v| {
+                    mirrors.iter().find(|m| m.vol == v).map(|m| {
+                        crate::frontend::iscsi::MirrorHandle {
+                            stats: Arc::clone(&m.stats),
+                            leader: m.leader,
+                        }
+                    })
+                })
+                .collect(),
+            switchovers: std::sync::atomic::AtomicU32::new(0),
         });
         let iscsi_acceptor: Arc<dyn Acceptor> = Arc::new(IscsiAcceptor::new(Arc::clone(&iscsi)));
         for (fd, addr) in iscsi_socks {

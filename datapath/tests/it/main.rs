@@ -6,6 +6,7 @@ mod clients;
 mod failover;
 mod harness;
 mod iscsi;
+mod iscsi_alua;
 mod iscsi_reserve;
 mod iscsi_xcopy;
 mod layering;

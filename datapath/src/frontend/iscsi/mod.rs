@@ -5,7 +5,7 @@
 //! - [`scsi`]: the CDB decoder and sense data (fuzzed); [`pages`]: INQUIRY / VPD, mode pages,
 //!   capacity, REPORT LUNS, ALUA target port groups, supported operation codes; [`prs`]:
 //!   persistent reservations; [`spc2`]: RESERVE / RELEASE rules; [`xcopy`]: the EXTENDED COPY parameter list parser and the
-//!   RECEIVE COPY RESULTS pages (fuzzed).
+//!   RECEIVE COPY RESULTS pages (fuzzed); [`alua`]: the SET TARGET PORT GROUPS parameter list.
 //! - `conn`: one connection (and its session) on a reactor: receive, dispatch, NOP, Text,
 //!   Logout, Reject, CmdSN window and StatSN; `session`: the login phase and task management;
 //!   `task`: SCSI tasks, R2T / Data-Out / Data-In and execution against the volume's channel;
@@ -23,8 +23,12 @@
 //! ALUA: one target port group per site (id [`IscsiShared::tpg`], also the relative target
 //! port id); its asymmetric access state is the volume's published path state
 //! (`bdev::volume::PathCell`), read lock-free per command; a change of it is reported once to
-//! every session as a unit attention (ASYMMETRIC ACCESS STATE CHANGED).
+//! every session as a unit attention (ASYMMETRIC ACCESS STATE CHANGED). Explicit ALUA: SET
+//! TARGET PORT GROUPS asking for a group to be active/optimised is a planned switchover of
+//! the volume's leadership to that group's site (`conn/alua.rs`, the control socket's
+//! `mirror_switchover` steps, run on a helper thread).
 
+pub mod alua;
 pub mod chap;
 mod conn;
 pub mod login;
@@ -141,6 +145,20 @@ pub struct IscsiShared {
     pub nop_in_interval_ms: u32,
     /// EXTENDED COPY commands running in the daemon (at most `xcopy::TOTAL_CONCURRENT`).
     pub copies: AtomicU32,
+    /// Per volume index: its mirror's published state, for SET TARGET PORT GROUPS (`None`:
+    /// not mirrored).
+    pub mirrors: Vec<Option<MirrorHandle>>,
+    /// SET TARGET PORT GROUPS commands waiting for their switchover (helper threads).
+    pub switchovers: AtomicU32,
+}
+
+/// What SET TARGET PORT GROUPS needs of a mirrored volume.
+#[derive(Clone)]
+pub struct MirrorHandle {
+    /// The mirror engine's published state (the switchover request and its outcome).
+    pub stats: Arc<crate::layer::mirror::stats::MirrorStats>,
+    /// This site is the configured leader (term 0).
+    pub leader: bool,
 }
 
 impl IscsiShared {

@@ -79,7 +79,9 @@ pub fn inquiry(present: bool) -> Vec<u8> {
     b[2] = 0x06; // SPC-4
     b[3] = 0x12; // HISUP, response data format 2
     b[4] = (b.len() - 5) as u8;
-    b[5] = 0x18; // TPGS 01b: implicit asymmetric access; 3PC: EXTENDED COPY (LID1)
+    // TPGS 11b: implicit and explicit (SET TARGET PORT GROUPS) asymmetric access; 3PC:
+    // EXTENDED COPY (LID1).
+    b[5] = 0x38;
     b[7] = 0x02; // CMDQUE
     b[8..16].copy_from_slice(VENDOR);
     b[16..32].copy_from_slice(PRODUCT);
@@ -92,7 +94,7 @@ pub fn inquiry(present: bool) -> Vec<u8> {
 }
 
 /// The VPD pages the target has, in ascending order.
-pub const VPD_PAGES: &[u8] = &[0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
+pub const VPD_PAGES: &[u8] = &[0x00, 0x80, 0x83, 0x86, 0x8F, 0xB0, 0xB1, 0xB2];
 
 fn vpd(page: u8, body: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8, page, 0, 0];
@@ -145,6 +147,8 @@ pub fn vpd_page(l: &LunInfo, page: u8) -> Result<Vec<u8>, Sense> {
             d[1] = 0x01; // SIMPSUP: simple task attribute
             vpd(0x86, &d)
         }
+        // Third-party Copy (SPC-4 §7.8.17): what EXTENDED COPY (LID1) supports.
+        0x8F => vpd(0x8F, &super::xcopy::third_party_copy_descriptors(l.block)),
         0xB0 => {
             let mut d = vec![0u8; 60];
             d[1] = MAX_CAW_BLOCKS;
@@ -534,6 +538,27 @@ mod tests {
         assert_eq!(&p83[4..8], &[0x01, 0x03, 0, 8]);
         assert_eq!(&p83[8..16], &l.naa);
         assert!(vpd_page(&l, 0x55).is_err());
+    }
+
+    #[test]
+    fn third_party_copy_page_and_explicit_alua_are_announced() {
+        let l = lun();
+        // Supported VPD Pages lists 8Fh between 86h and B0h (ascending).
+        let p0 = vpd_page(&l, 0).unwrap();
+        let at = p0[4..].iter().position(|&p| p == 0x8F).unwrap();
+        assert_eq!((p0[4 + at - 1], p0[4 + at + 1]), (0x86, 0xB0));
+        // The page: qualifier/type 0, code 8Fh, PAGE LENGTH = the descriptors.
+        let p = vpd_page(&l, 0x8F).unwrap();
+        assert_eq!(&p[0..2], &[0x00, 0x8F]);
+        assert_eq!(&p[2..4], &96u16.to_be_bytes());
+        assert_eq!(
+            &p[4..],
+            &crate::frontend::iscsi::xcopy::third_party_copy_descriptors(512)
+        );
+        // Standard INQUIRY byte 5: TPGS 11b (implicit and explicit ALUA), 3PC.
+        let i = inquiry(true);
+        assert_eq!((i[5] >> 4) & 0x03, 0x03);
+        assert_eq!(i[5] & 0x08, 0x08);
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub mod opc {
     pub const SERVICE_IN_16: u8 = 0x9E;
     pub const REPORT_LUNS: u8 = 0xA0;
     pub const MAINTENANCE_IN: u8 = 0xA3;
+    pub const MAINTENANCE_OUT: u8 = 0xA4;
     pub const READ_12: u8 = 0xA8;
     pub const WRITE_12: u8 = 0xAA;
     pub const WRITE_VERIFY_12: u8 = 0xAE;
@@ -77,6 +78,8 @@ pub mod opc {
     pub const SA_GET_LBA_STATUS: u16 = 0x12;
     /// MAINTENANCE IN: REPORT TARGET PORT GROUPS.
     pub const SA_REPORT_TPG: u16 = 0x0A;
+    /// MAINTENANCE OUT: SET TARGET PORT GROUPS.
+    pub const SA_SET_TPG: u16 = 0x0A;
     /// MAINTENANCE IN: REPORT SUPPORTED OPERATION CODES.
     pub const SA_REPORT_OPCODES: u16 = 0x0C;
 }
@@ -317,6 +320,11 @@ pub const SUPPORTED: &[Supported] = &[
         op: opc::MAINTENANCE_IN,
         sa: Some(opc::SA_REPORT_TPG),
         usage: &[0xA3, 0x0A, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07],
+    },
+    Supported {
+        op: opc::MAINTENANCE_OUT,
+        sa: Some(opc::SA_SET_TPG),
+        usage: &[0xA4, 0x0A, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07],
     },
     Supported {
         op: opc::MAINTENANCE_IN,
@@ -608,6 +616,11 @@ pub enum Cmd {
         /// Allocation length.
         alloc: u32,
     },
+    /// SET TARGET PORT GROUPS (explicit ALUA: a planned switchover, `alua.rs`).
+    SetTpg {
+        /// Parameter list length.
+        len: u32,
+    },
     /// EXTENDED COPY (LID1).
     ExtendedCopy {
         /// Parameter list length.
@@ -898,6 +911,12 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
             },
             _ => return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1)),
         },
+        MAINTENANCE_OUT => match u16::from(c[1] & 0x1F) {
+            SA_SET_TPG => Cmd::SetTpg {
+                len: be32(&c[6..10]),
+            },
+            _ => return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1)),
+        },
         EXTENDED_COPY => {
             // LID1 only (service action 00h); LID4 and the token commands are not supported.
             if c[1] & 0x1F != 0 {
@@ -936,7 +955,8 @@ pub fn data_out_len(cmd: &Cmd, block: u32) -> u64 {
         Cmd::Unmap { len }
         | Cmd::ModeSelect { len, .. }
         | Cmd::PrOut { len, .. }
-        | Cmd::ExtendedCopy { len } => u64::from(len),
+        | Cmd::ExtendedCopy { len }
+        | Cmd::SetTpg { len } => u64::from(len),
         _ => 0,
     }
 }
@@ -1026,6 +1046,33 @@ mod tests {
             assert_eq!(s.usage.len(), cdb_len(s.op), "opcode {:#x}", s.op);
             assert_eq!(s.usage[0], s.op);
         }
+    }
+
+    #[test]
+    fn set_target_port_groups_decodes_its_parameter_list_length() {
+        // MAINTENANCE OUT, service action 0Ah, PARAMETER LIST LENGTH in bytes 6..9.
+        let c = cdb(&[
+            0xA4, 0x0A, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x01, 0x02, 0x08, 0, 0,
+        ]);
+        let cmd = decode(&c);
+        assert_eq!(cmd, Ok(Cmd::SetTpg { len: 0x0001_0208 }));
+        assert_eq!(data_out_len(&cmd.unwrap(), 512), 0x0001_0208);
+        // Any other MAINTENANCE OUT service action: INVALID FIELD IN CDB at byte 1.
+        assert_eq!(
+            decode(&cdb(&[0xA4, 0x06, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0])),
+            Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1))
+        );
+        // NACA in the CONTROL byte (byte 11 of a 12-byte CDB).
+        assert_eq!(
+            decode(&cdb(&[0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0x04])),
+            Err(Sense::INVALID_FIELD_CDB)
+        );
+        // Listed by REPORT SUPPORTED OPERATION CODES.
+        assert!(
+            SUPPORTED
+                .iter()
+                .any(|s| s.op == opc::MAINTENANCE_OUT && s.sa == Some(opc::SA_SET_TPG))
+        );
     }
 
     #[test]

@@ -393,6 +393,92 @@ pub fn operating_parameters(block: u32) -> Vec<u8> {
     b
 }
 
+/// Third-party copy descriptor types of the Third-party Copy VPD page (SPC-4 §7.8.17).
+pub mod tpc {
+    /// Supported Commands.
+    pub const SUPPORTED_COMMANDS: u16 = 0x0001;
+    /// Parameter Data.
+    pub const PARAMETER_DATA: u16 = 0x0004;
+    /// Supported Descriptors.
+    pub const SUPPORTED_DESCRIPTORS: u16 = 0x0008;
+    /// Supported CSCD Descriptor IDs.
+    pub const SUPPORTED_CSCD_IDS: u16 = 0x000C;
+    /// General Copy Operations.
+    pub const GENERAL_COPY_OPERATIONS: u16 = 0x8001;
+}
+
+/// One third-party copy descriptor: type, length, `body`, padded with zeroes to a multiple of
+/// four bytes (the length counts the bytes after the length field, pad included).
+fn tpc_descriptor(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
+    let padded = body.len().div_ceil(4) * 4;
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&(padded as u16).to_be_bytes());
+    out.extend_from_slice(body);
+    out.resize(out.len() + padded - body.len(), 0);
+}
+
+/// The descriptors of the Third-party Copy VPD page (8Fh, SPC-4 §7.8.17; the page header is the
+/// caller's) for a logical unit with blocks of `block` bytes: what [`operating_parameters`]
+/// says, in the VPD's form. Supported Commands: EXTENDED COPY (83h) service action 00h (LID1)
+/// and RECEIVE COPY RESULTS (84h) service actions 00h, 03h, 04h; Parameter Data: the descriptor
+/// limits, no inline data; Supported Descriptors: [`IMPLEMENTED`]; Supported CSCD Descriptor
+/// IDs: none (only IDs 0000h..07FFh, indexes into the list, are accepted); General Copy
+/// Operations: the concurrency limits, the longest segment and the data segment granularity
+/// (one block).
+pub fn third_party_copy_descriptors(block: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    // Supported Commands: COMMANDS SUPPORTED LIST LENGTH, then per command its opcode, the
+    // length of its service action list and the service actions.
+    let commands: [(u8, &[u8]); 2] = [
+        (0x83, &[0x00]),
+        (
+            0x84,
+            &[
+                rcr::COPY_STATUS,
+                rcr::OPERATING_PARAMETERS,
+                rcr::FAILED_SEGMENT_DETAILS,
+            ],
+        ),
+    ];
+    let mut list = Vec::new();
+    for (op, sas) in commands {
+        list.push(op);
+        list.push(sas.len() as u8);
+        list.extend_from_slice(sas);
+    }
+    let mut body = vec![list.len() as u8];
+    body.extend_from_slice(&list);
+    tpc_descriptor(&mut out, tpc::SUPPORTED_COMMANDS, &body);
+    // Parameter Data: 4 reserved bytes, MAXIMUM CSCD DESCRIPTOR COUNT, MAXIMUM SEGMENT
+    // DESCRIPTOR COUNT, MAXIMUM DESCRIPTOR LIST LENGTH, MAXIMUM INLINE DATA LENGTH (0), 12
+    // reserved bytes.
+    let mut body = vec![0u8; 28];
+    put16(&mut body, 4, MAX_CSCD as u16);
+    put16(&mut body, 6, MAX_SEGMENTS as u16);
+    put32(&mut body, 8, MAX_DESC_LIST_BYTES as u32);
+    tpc_descriptor(&mut out, tpc::PARAMETER_DATA, &body);
+    // Supported Descriptors: SUPPORTED DESCRIPTOR LIST LENGTH, then the type codes.
+    let mut body = vec![IMPLEMENTED.len() as u8];
+    body.extend_from_slice(&IMPLEMENTED);
+    tpc_descriptor(&mut out, tpc::SUPPORTED_DESCRIPTORS, &body);
+    // Supported CSCD Descriptor IDs: SUPPORTED CSCD DESCRIPTOR IDS LIST LENGTH 0.
+    tpc_descriptor(&mut out, tpc::SUPPORTED_CSCD_IDS, &[0, 0]);
+    // General Copy Operations: TOTAL CONCURRENT COPIES, MAXIMUM IDENTIFIED CONCURRENT COPIES,
+    // MAXIMUM SEGMENT LENGTH (bytes), DATA SEGMENT GRANULARITY and INLINE DATA GRANULARITY
+    // (log2 of bytes), 14 reserved bytes.
+    let mut body = vec![0u8; 28];
+    put32(&mut body, 0, TOTAL_CONCURRENT);
+    put32(&mut body, 4, MAX_CONCURRENT as u32);
+    put32(
+        &mut body,
+        8,
+        u32::try_from(u64::from(u16::MAX) * u64::from(block)).unwrap_or(u32::MAX),
+    );
+    body[12] = block.max(1).trailing_zeros() as u8;
+    tpc_descriptor(&mut out, tpc::GENERAL_COPY_OPERATIONS, &body);
+    out
+}
+
 /// COPY MANAGER STATUS values.
 pub mod status {
     /// The copy is running.
@@ -456,6 +542,52 @@ pub fn failed_segment_details(h: &Held) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn third_party_copy_vpd_descriptors_have_spc4_offsets() {
+        let d = third_party_copy_descriptors(512);
+        assert_eq!(d.len(), 16 + 32 + 8 + 8 + 32);
+        // Supported Commands (0001h): length 12 (13 bytes padded to 16), list length 8:
+        // 83h with 1 service action (00h), 84h with 3 (00h, 03h, 04h).
+        assert_eq!(&d[0..4], &[0x00, 0x01, 0x00, 0x0C]);
+        assert_eq!(d[4], 8);
+        assert_eq!(&d[5..13], &[0x83, 1, 0x00, 0x84, 3, 0x00, 0x03, 0x04]);
+        assert_eq!(&d[13..16], &[0, 0, 0]);
+        // Parameter Data (0004h): length 28; reserved 4..8; MAXIMUM CSCD DESCRIPTOR COUNT at 8,
+        // MAXIMUM SEGMENT DESCRIPTOR COUNT at 10, MAXIMUM DESCRIPTOR LIST LENGTH at 12, MAXIMUM
+        // INLINE DATA LENGTH at 16.
+        let p = &d[16..48];
+        assert_eq!(&p[0..4], &[0x00, 0x04, 0x00, 0x1C]);
+        assert_eq!(&p[4..8], &[0; 4]);
+        assert_eq!(&p[8..10], &(MAX_CSCD as u16).to_be_bytes());
+        assert_eq!(&p[10..12], &(MAX_SEGMENTS as u16).to_be_bytes());
+        assert_eq!(&p[12..16], &(MAX_DESC_LIST_BYTES as u32).to_be_bytes());
+        assert_eq!(&p[16..32], &[0; 16]);
+        // Supported Descriptors (0008h): length 4, list length 2: 02h, E4h.
+        assert_eq!(&d[48..56], &[0x00, 0x08, 0x00, 0x04, 2, 0x02, 0xE4, 0]);
+        // Supported CSCD Descriptor IDs (000Ch): length 4, list length 0.
+        assert_eq!(&d[56..64], &[0x00, 0x0C, 0x00, 0x04, 0, 0, 0, 0]);
+        // General Copy Operations (8001h): length 28; TOTAL CONCURRENT COPIES at 4, MAXIMUM
+        // IDENTIFIED CONCURRENT COPIES at 8, MAXIMUM SEGMENT LENGTH at 12, DATA SEGMENT
+        // GRANULARITY at 16, INLINE DATA GRANULARITY at 17.
+        let g = &d[64..96];
+        assert_eq!(&g[0..4], &[0x80, 0x01, 0x00, 0x1C]);
+        assert_eq!(&g[4..8], &TOTAL_CONCURRENT.to_be_bytes());
+        assert_eq!(&g[8..12], &(MAX_CONCURRENT as u32).to_be_bytes());
+        assert_eq!(&g[12..16], &(65535u32 * 512).to_be_bytes());
+        assert_eq!((g[16], g[17]), (9, 0));
+        assert_eq!(&g[18..32], &[0; 14]);
+        // Every descriptor's length is a multiple of 4 and they tile the page.
+        let mut at = 0;
+        while at < d.len() {
+            let len = usize::from(u16::from_be_bytes([d[at + 2], d[at + 3]]));
+            assert_eq!(len % 4, 0);
+            at += 4 + len;
+        }
+        assert_eq!(at, d.len());
+        // 4 KiB blocks: granularity 12.
+        assert_eq!(third_party_copy_descriptors(4096)[64 + 16], 12);
+    }
 
     const NAA: [u8; 8] = [0x3A, 1, 2, 3, 4, 5, 6, 7];
 

@@ -29,6 +29,7 @@
 //! - Backpressure: at most [`MAX_TASKS`] tasks and about [`TX_HIGH_WATER`] unsent bytes; past
 //!   either, the connection stops reading until they drain.
 
+mod alua;
 mod copy;
 mod excl;
 mod session;
@@ -146,6 +147,8 @@ pub struct IscsiConn {
     pub(super) ua: Vec<Option<crate::frontend::iscsi::scsi::Sense>>,
     /// Path-state change and reset counts last seen, per LUN index (unit attentions).
     pub(super) path_seen: Vec<Option<(u64, u64)>>,
+    /// SET TARGET PORT GROUPS tasks waiting for their switchover (`alua.rs`).
+    pub(super) stpg_waiting: u32,
     /// The idle-ping timeout of the armed receive (boxed: the kernel reads it at submission).
     ping_ts: Box<types::Timespec>,
     /// The armed receive carries the idle-ping timeout.
@@ -198,6 +201,7 @@ impl IscsiConn {
             copy_results: Vec::new(),
             ua: Vec::new(),
             path_seen: Vec::new(),
+            stpg_waiting: 0,
             ping_ts: Box::new(types::Timespec::new()),
             ping_armed: false,
             ping_pending: false,
@@ -672,7 +676,11 @@ impl Conn for IscsiConn {
         self.device_done(slot, result, data);
     }
 
-    fn on_note(&mut self, _env: &mut Env<'_>, note: crate::runtime::Note) {
+    fn on_note(&mut self, env: &mut Env<'_>, note: crate::runtime::Note) {
+        let note = match note.downcast::<alua::StpgDone>() {
+            Ok(d) => return self.set_tpg_done(env, *d),
+            Err(n) => n,
+        };
         // Anything else is a `copy::Kick`: the turn it asks for is this one (`flush` follows).
         if let Ok(n) = note.downcast::<crate::frontend::nvmf::Note>() {
             self.home_done(*n);

@@ -108,6 +108,7 @@ fn allowed_when_unavailable(cmd: &Cmd) -> bool {
             | Cmd::ReportLuns { .. }
             | Cmd::RequestSense { .. }
             | Cmd::ReportTpg { .. }
+            | Cmd::SetTpg { .. }
             | Cmd::ReportOpcodes { .. }
     )
 }
@@ -159,7 +160,8 @@ fn pr_class(cmd: &Cmd) -> Option<bool> {
         | Cmd::SyncCache
         | Cmd::ModeSelect { .. }
         | Cmd::Reserve
-        | Cmd::Release => Some(true),
+        | Cmd::Release
+        | Cmd::SetTpg { .. } => Some(true),
         _ => None,
     }
 }
@@ -702,6 +704,7 @@ impl IscsiConn {
         let r = match cmd {
             Cmd::TestUnitReady | Cmd::StartStop | Cmd::PreventAllow => Ok(()),
             Cmd::ExtendedCopy { .. } => return self.extended_copy(env, slot),
+            Cmd::SetTpg { .. } => return self.set_tpg(env, slot),
             Cmd::Prefetch(rw) => range(rw.lba, u64::from(rw.blocks)).map(|_| ()),
             Cmd::PrIn { sa, alloc } => {
                 let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
@@ -1313,13 +1316,19 @@ impl IscsiConn {
         false
     }
 
+    /// Path-state changes of either site's port group of LUN index `i` so far (RTPG lists
+    /// both).
+    pub(super) fn path_changes(&self, env: &Env<'_>, i: usize) -> u64 {
+        let l = &self.sh.targets[self.target].luns[i];
+        let v = &env.shared.volumes[l.volume];
+        v.path.changes() + v.peer_path.as_ref().map_or(0, |p| p.changes())
+    }
+
     /// A pending unit attention for LUN index `i` (reported once), unless the command is one
     /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE).
     fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
         let l = &self.sh.targets[self.target].luns[i];
-        let v = &env.shared.volumes[l.volume];
-        // A change of either site's port group is reported (RTPG lists both).
-        let changes = v.path.changes() + v.peer_path.as_ref().map_or(0, |p| p.changes());
+        let changes = self.path_changes(env, i);
         let resets = l.resets.load(std::sync::atomic::Ordering::Acquire);
         if self.path_seen.len() <= i {
             self.path_seen.resize(i + 1, None);
@@ -1330,7 +1339,7 @@ impl IscsiConn {
             Some((c, r)) => {
                 if r != resets {
                     self.ua[i] = Some(Sense::RESET_OCCURRED);
-                } else if c != changes && self.ua[i].is_none() {
+                } else if c != changes && self.ua[i].is_none() && !self.stpg_waits(i) {
                     self.ua[i] = Some(Sense::ALUA_CHANGED);
                 }
                 self.path_seen[i] = Some((changes, resets));
