@@ -174,7 +174,11 @@ mod tests {
         let st = json!([{"volume": "db", "group": "g", "journal": "degraded", "dir": "/j",
             "degraded_note": "the journal stopped after sequence 9"}]);
         let t = render_status(&st);
-        assert!(t.contains("journal degraded") && t.contains("DEGRADED the journal stopped after sequence 9"), "{t}");
+        assert!(
+            t.contains("journal degraded")
+                && t.contains("DEGRADED the journal stopped after sequence 9"),
+            "{t}"
+        );
         assert!(t.contains("history 1.0 h (target 2.0 h)  SHORT"), "{t}");
         assert!(t.contains("--time 0 .. 3600000000000"), "{t}");
         assert!(render_status(&json!([])).contains("no volume"));
