@@ -197,7 +197,7 @@ pub fn recommend(points: &[Measured]) -> Option<Recommendation> {
         _ => {}
     }
     reason.push_str(if by_cpu {
-        &"; the least CPU per I/O among the points within 10 % of the best IOPS"[..]
+        "; the least CPU per I/O among the points within 10 % of the best IOPS"
     } else {
         "; the lowest p99 among the points within 10 % of the best IOPS (CPU per I/O not measured)"
     });
