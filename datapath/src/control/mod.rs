@@ -5,9 +5,9 @@
 //! reactor touches.
 //!
 //! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
-//! `reactor_stats`, `volume_stats`, `mirror_status`, `mirror_takeover`, `mirror_switchover`, `mirror_resync`,
-//! `nvmf_subsystems`, `host_list`, `volume_checksums` ([`verify`]), the `cdp_*` methods (views
-//! and restores run as child processes: [`cdp_jobs`]).
+//! `reactor_stats`, `reactor_set_wait`, `volume_stats`, `mirror_status`, `mirror_takeover`,
+//! `mirror_switchover`, `mirror_resync`, `nvmf_subsystems`, `host_list`, `volume_checksums`
+//! ([`verify`]), the `cdp_*` methods (views and restores run as child processes: [`cdp_jobs`]).
 //! [`metrics`] serves the same published state to Prometheus.
 
 pub mod cdp_jobs;
@@ -308,6 +308,12 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
             Err((code, m)) => {
                 json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": m}})
             }
+        };
+    }
+    if method == "reactor_set_wait" {
+        return match set_wait(req.get("params"), shared, cfg) {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
         };
     }
     if method == "mirror_takeover" || method == "mirror_resync" {
@@ -753,6 +759,9 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                     v["id"] = json!(i);
                     v["core"] = json!(cfg.reactor.cores.get(i));
                     v["open_conns"] = json!(s.open_conns.load(Ordering::Relaxed));
+                    let (wait, spin) = wait_view(s.wait.current());
+                    v["wait"] = wait;
+                    v["spin_us"] = spin;
                     v
                 })
                 .collect(),
@@ -806,6 +815,107 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
         ),
         _ => return None,
     })
+}
+
+/// How long `reactor_set_wait` waits for the reactors to take the new policy (each reads it
+/// at its next turn, and is woken for it).
+const SET_WAIT_APPLY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A reactor's running policy as `reactor_stats` shows it: its name (null before the reactor
+/// started) and, for `adaptive`, its spin in µs (else null).
+fn wait_view(p: Option<crate::runtime::WaitPolicy>) -> (Value, Value) {
+    use crate::runtime::WaitPolicy;
+    match p {
+        None => (Value::Null, Value::Null),
+        Some(p) => (
+            json!(crate::runtime::wait::name(p)),
+            match p {
+                WaitPolicy::Adaptive(d) => json!(d.as_micros() as u64),
+                _ => Value::Null,
+            },
+        ),
+    }
+}
+
+/// `reactor_set_wait {"wait": "poll"|"adaptive"|"interrupt", "spin_us"?: N, "reactor"?: N}`:
+/// every reactor (or reactor N) runs that wait policy from its next turn on
+/// ([`crate::runtime::wait`]); `spin_us` (adaptive only, default `[reactor] spin_us`). Waits
+/// up to [`SET_WAIT_APPLY`] for each reactor to take it and answers, per reactor, the policy
+/// before and now and whether it was applied. Not persisted: a restart runs the configured
+/// policy again.
+fn set_wait(params: Option<&Value>, shared: &ControlCx, cfg: &Config) -> Result<Value, String> {
+    let usage = "params: {\"wait\": \"poll\"|\"adaptive\"|\"interrupt\", \"spin_us\": N (adaptive only), \"reactor\": N (default: all)}";
+    let p = params
+        .filter(|p| p.is_object())
+        .ok_or_else(|| usage.to_string())?;
+    if let Some(k) = p.as_object().and_then(|o| {
+        o.keys()
+            .find(|k| !matches!(k.as_str(), "wait" | "spin_us" | "reactor"))
+    }) {
+        return Err(format!("unknown parameter {k:?}; {usage}"));
+    }
+    let wait = match p.get("wait") {
+        Some(Value::String(w)) => w.as_str(),
+        Some(_) => return Err(format!("\"wait\" must be a string; {usage}")),
+        None => return Err(format!("missing \"wait\"; {usage}")),
+    };
+    let int = |k: &str| -> Result<Option<u64>, String> {
+        match p.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("\"{k}\" must be a non-negative integer")),
+        }
+    };
+    let spin = int("spin_us")?;
+    let policy = crate::runtime::wait::parse(wait, spin, cfg.reactor.spin_us)?;
+    let n = shared.rt.stats.len();
+    let ids: Vec<usize> = match int("reactor")? {
+        None => (0..n).collect(),
+        Some(r) if r < n as u64 => vec![r as usize],
+        Some(r) => {
+            return Err(format!(
+                "no reactor {r} (this daemon runs reactors 0 to {})",
+                n.saturating_sub(1)
+            ));
+        }
+    };
+    let before: Vec<_> = ids
+        .iter()
+        .map(|&i| shared.rt.stats[i].wait.current())
+        .collect();
+    for &i in &ids {
+        shared.rt.stats[i].wait.request(policy);
+        if let Some(m) = shared.rt.mailboxes.get(i) {
+            m.send(crate::runtime::Msg::Nop);
+        }
+    }
+    let t = std::time::Instant::now();
+    while t.elapsed() < SET_WAIT_APPLY
+        && ids
+            .iter()
+            .any(|&i| shared.rt.stats[i].wait.current() != Some(policy))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    tracing::info!(wait, reactors = ?ids, "control: reactor wait policy set");
+    Ok(json!({
+        "reactors": ids.iter().zip(before).map(|(&i, b)| {
+            let now = shared.rt.stats[i].wait.current();
+            let (w0, s0) = wait_view(b);
+            let (w1, s1) = wait_view(now);
+            json!({
+                "id": i,
+                "core": cfg.reactor.cores.get(i),
+                "previous_wait": w0,
+                "previous_spin_us": s0,
+                "wait": w1,
+                "spin_us": s1,
+                "applied": now == Some(policy),
+            })
+        }).collect::<Vec<_>>(),
+    }))
 }
 
 /// A path state as `mirror_status` names it.

@@ -9,6 +9,7 @@
 //! - [`mailbox`]: cross-reactor messages in the runtime's own vocabulary ([`Msg`]).
 //! - [`hosts`]: the registry of connected hosts (front ends register, the control socket lists).
 //! - [`stats`]: per-reactor counters.
+//! - [`wait`]: a reactor's wait policy, changeable at run time (`reactor_set_wait`).
 //!
 //! What the runtime knows nothing about: any protocol (NBD, NVMe-oF, iSCSI, the mirror's wire
 //! format), any layer (mirror, CDP), path states (ANA/ALUA), reservations. A front end or layer
@@ -23,6 +24,7 @@ pub mod mailbox;
 pub mod poller;
 pub mod reactor;
 pub mod stats;
+pub mod wait;
 
 pub use acceptor::{Acceptor, Listener, Service};
 pub use conn::{Conn, Env, Note};
@@ -30,6 +32,7 @@ pub use mailbox::{Mailbox, Msg, NoteTo};
 pub use poller::{PollCx, Poller, PollerSource};
 pub use reactor::{Reactor, RingSizes, STOP_DEADLINE, WaitPolicy};
 pub use stats::{Counters, ReactorStats, VolCounters};
+pub use wait::WaitCell;
 
 use crate::bdev::volume::Volume;
 use std::sync::Arc;

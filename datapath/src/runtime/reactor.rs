@@ -13,7 +13,8 @@
 //!
 //! Wait policies: `poll` never blocks (lowest latency, a core at 100 %); `interrupt` blocks
 //! whenever a turn finds no work; `adaptive` spins for `spin` after the last work, then blocks.
-//! A reactor with pollers never sleeps past the earliest poller deadline (nor 10 ms).
+//! A reactor with pollers never sleeps past the earliest poller deadline (nor 10 ms). The policy
+//! can change while the reactor runs: it reads its [`super::wait::WaitCell`] once per turn.
 //!
 //! Invariants:
 //! - Everything a connection owns (socket, buffers, in-flight requests) lives on one reactor;
@@ -93,6 +94,8 @@ pub struct Reactor {
     counters: Counters,
     vol_counters: Vec<VolCounters>,
     policy: WaitPolicy,
+    /// The last `reactor_set_wait` request seen in `stats.wait` (0: none yet).
+    wait_seen: u64,
     wake_buf: Box<u64>,
     wake_armed: bool,
     accepts_armed: usize,
@@ -195,6 +198,7 @@ impl Reactor {
             shared,
             counters: Counters::default(),
             policy,
+            wait_seen: 0,
             wake_buf: Box::new(0),
             wake_armed: false,
             accepts_armed: 0,
@@ -233,6 +237,7 @@ impl Reactor {
     /// Run until stopped.
     pub fn run(mut self) {
         super::mailbox::enter_reactor();
+        self.stats.wait.init(self.policy);
         self.arm_wake();
         if self.id == 0 {
             for l in 0..self.shared.listeners.len() {
@@ -281,6 +286,15 @@ impl Reactor {
                 self.counters.idle_ns += spent;
             }
             turn_start = now;
+            // A wait policy asked for at run time: one relaxed load per turn.
+            let wanted = self.stats.wait.wanted();
+            if wanted != self.wait_seen {
+                self.wait_seen = wanted;
+                if let Some(p) = super::wait::decode(wanted) {
+                    self.policy = p;
+                    self.stats.wait.publish(p);
+                }
+            }
             // Messages held for a full mailbox are retried every turn, so never sleep on them.
             let may_block = !worked
                 && super::mailbox::held() == 0
@@ -299,7 +313,9 @@ impl Reactor {
             if blocked {
                 // Time spent blocked in the ring is idle time, not part of the next turn.
                 let after = Instant::now();
-                self.counters.idle_ns += after.duration_since(turn_start).as_nanos() as u64;
+                let slept = after.duration_since(turn_start).as_nanos() as u64;
+                self.counters.idle_ns += slept;
+                self.counters.sleep_ns += slept;
                 turn_start = after;
             }
             self.counters.turns += 1;

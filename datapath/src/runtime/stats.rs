@@ -2,8 +2,10 @@
 //!
 //! Model: the reactor counts in plain integers ([`Counters`]) and publishes them once per loop
 //! turn with relaxed stores into its [`ReactorStats`]; the control plane reads the atomics.
-//! No read-modify-write atomics, no shared cache line written by two threads.
+//! No read-modify-write atomics, no shared cache line written by two threads (the wait-policy
+//! cell, which the control thread writes, has its own cache lines: [`super::wait`]).
 
+use super::wait::WaitCell;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -38,6 +40,9 @@ pub struct Counters {
     pub violations: u64,
     /// Bounce buffers allocated (pool empty or request larger than a pool buffer).
     pub bounces: u64,
+    /// Nanoseconds blocked in the ring (asleep, off the CPU); part of `idle_ns`. The reactor
+    /// thread was on the CPU for about `busy_ns + idle_ns - sleep_ns`.
+    pub sleep_ns: u64,
 }
 
 /// One reactor's counts for one volume.
@@ -69,10 +74,12 @@ impl VolCounters {
 #[repr(align(128))]
 #[derive(Default)]
 pub struct ReactorStats {
-    v: [AtomicU64; 14],
+    v: [AtomicU64; 15],
     vols: Vec<[AtomicU64; 4]>,
     /// Connections open now.
     pub open_conns: AtomicU64,
+    /// The reactor's wait policy, asked for and running (its own cache lines).
+    pub wait: WaitCell,
 }
 
 impl ReactorStats {
@@ -124,6 +131,7 @@ impl ReactorStats {
             c.conns_closed,
             c.violations,
             c.bounces,
+            c.sleep_ns,
         ];
         for (slot, v) in self.v.iter().zip(a) {
             slot.store(v, Relaxed);
@@ -148,6 +156,7 @@ impl ReactorStats {
             conns_closed: g(11),
             violations: g(12),
             bounces: g(13),
+            sleep_ns: g(14),
         }
     }
 }
@@ -174,6 +183,7 @@ mod tests {
             conns_closed: 12,
             violations: 13,
             bounces: 14,
+            sleep_ns: 15,
         };
         s.publish(&c);
         assert_eq!(s.snapshot(), c);

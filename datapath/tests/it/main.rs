@@ -19,5 +19,6 @@ mod nvmf;
 mod nvmf_ana;
 mod nvmf_fused_resv;
 mod rawnbd;
+mod reactor_wait;
 mod shutdown;
 mod switchover;

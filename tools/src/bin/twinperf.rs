@@ -3,6 +3,11 @@
 //!
 //! Exit codes: 0 success; 1 error (connection, protocol, options); 2 usage (clap);
 //! 3 verification found mismatches; 4 the target failed I/Os (and no mismatch).
+//!
+//! `twinperf tune TARGET --control SOCKET ...` sweeps the target's wait policy, queues and
+//! depth and recommends a configuration ([`perf::tune`]); exit 0 done, 1 error, 2 usage, 6 the
+//! wait policy found could not be put back, 130 interrupted (Ctrl-C; the policy is put back
+//! and the points measured so far are reported).
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -41,6 +46,9 @@ struct Cli {
     /// Run exactly this many I/Os.
     #[arg(long)]
     ios: Option<u64>,
+    /// Seconds at the start of a timed run that are not measured (part of --seconds).
+    #[arg(long, default_value_t = 0.0, conflicts_with = "ios")]
+    warmup: f64,
     /// Cap the rate at this many IOPS (whole run).
     #[arg(long)]
     rate: Option<u64>,
@@ -142,6 +150,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         seed: cli.seed,
         initiator: cli.initiator,
         chap,
+        warmup: if cli.warmup == 0.0 {
+            Duration::ZERO
+        } else {
+            secs(cli.warmup, "--warmup")?
+        },
     };
     if o.verify_state.is_some() && !o.verify {
         bail!("--verify-state needs --verify");
@@ -174,7 +187,117 @@ fn run(cli: Cli) -> Result<ExitCode> {
     })
 }
 
+/// Sweep the target's wait policy, queues and depth; recommend a configuration.
+#[derive(Parser)]
+#[command(name = "twinperf tune", version)]
+struct TuneCli {
+    /// nbd://HOST:PORT/EXPORT, nvme+tcp://HOST:PORT/NQN or iscsi://HOST:PORT/IQN/LUN.
+    target: Target,
+    /// The target's control socket (sets the wait policy, reads reactors and CPU).
+    #[arg(long, value_name = "SOCKET")]
+    control: Option<PathBuf>,
+    /// Seconds for the whole sweep.
+    #[arg(long, default_value_t = 60.0)]
+    budget: f64,
+    /// read, write, randread, randwrite, randrw, rw (sequential mix).
+    #[arg(long, default_value = "randread")]
+    rw: Rw,
+    /// Percent of reads in randrw and rw.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    rwmix: u8,
+    /// Bytes per I/O (512 .. 32m; suffixes k, m).
+    #[arg(long, default_value = "4k")]
+    bs: String,
+    /// Wait policies to sweep (comma-separated; default poll,adaptive,interrupt).
+    #[arg(long, value_delimiter = ',')]
+    waits: Option<Vec<String>>,
+    /// Queue counts to sweep (comma-separated; default 1,2,4.. up to twice the reactors).
+    #[arg(long, value_delimiter = ',')]
+    queues: Option<Vec<u32>>,
+    /// Depths to sweep (comma-separated; default 1,8,32,128).
+    #[arg(long, value_delimiter = ',')]
+    depths: Option<Vec<u32>>,
+    /// Bytes of the device to use (0: all of it, at most 1 GiB; suffixes k, m, g).
+    #[arg(long, default_value = "0")]
+    size: String,
+    /// First byte of the region used (suffixes k, m, g).
+    #[arg(long, default_value = "0")]
+    offset: String,
+    /// NVMe namespace id.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// Fail when the target sends nothing for this many seconds with requests outstanding.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// iSCSI initiator name.
+    #[arg(long, default_value = perf::iscsi::DEFAULT_INITIATOR)]
+    initiator: String,
+    /// Print the report as JSON (instead of text).
+    #[arg(long)]
+    json: bool,
+    /// Also write the report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json_out: Option<PathBuf>,
+}
+
+fn tune(cli: TuneCli) -> Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&interrupted)).context("signal handler")?;
+    }
+    let base = Opts {
+        target: cli.target,
+        rw: cli.rw,
+        rwmix: cli.rwmix,
+        bs: u32::try_from(bytes(&cli.bs)?).context("--bs too large")?,
+        size: bytes(&cli.size)?,
+        offset: bytes(&cli.offset)?,
+        nsid: cli.nsid,
+        timeout: secs(cli.timeout, "--timeout")?,
+        initiator: cli.initiator,
+        ..Opts::default()
+    };
+    let o = perf::tune::TuneOpts {
+        base,
+        control: cli.control,
+        budget: secs(cli.budget, "--budget")?,
+        waits: cli.waits,
+        queues: cli.queues,
+        depths: cli.depths,
+        interrupted: Arc::clone(&interrupted),
+    };
+    let r = perf::tune::tune(&o)?;
+    let json = serde_json::to_string_pretty(&r)?;
+    if let Some(p) = &cli.json_out {
+        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if cli.json {
+        println!("{json}");
+    } else {
+        println!("{r}");
+    }
+    Ok(if r.restored == Some(false) {
+        eprintln!("twinperf tune: the wait policy read back differs from the one found");
+        ExitCode::from(6)
+    } else if interrupted.load(Ordering::SeqCst) {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "tune") {
+        return match tune(TuneCli::parse_from(std::env::args_os().skip(1))) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("twinperf tune: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(Cli::parse()) {
         Ok(c) => c,
         Err(e) => {

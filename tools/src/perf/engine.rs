@@ -574,26 +574,29 @@ fn handle(
     let Some(status) = done else {
         return Ok(());
     };
-    let lat = now.saturating_duration_since(s.start).as_nanos() as u64;
-    let lat = lat.clamp(1, LAT_MAX_NS);
-    stats.all.saturating_record(lat);
-    let sec = now.saturating_duration_since(start).as_secs() as usize;
-    while stats.seconds.len() <= sec {
-        stats.seconds.push(Second {
-            ios: 0,
-            hist: hist(2),
-        });
-    }
-    stats.seconds[sec].ios += 1;
-    stats.seconds[sec].hist.saturating_record(lat);
-    stats.ios += 1;
-    stats.end = now;
-    if s.write {
-        stats.writes += 1;
-        stats.write.saturating_record(lat);
-    } else {
-        stats.reads += 1;
-        stats.read.saturating_record(lat);
+    let measured = now >= start;
+    if measured {
+        let lat = now.saturating_duration_since(s.start).as_nanos() as u64;
+        let lat = lat.clamp(1, LAT_MAX_NS);
+        stats.all.saturating_record(lat);
+        let sec = now.saturating_duration_since(start).as_secs() as usize;
+        while stats.seconds.len() <= sec {
+            stats.seconds.push(Second {
+                ios: 0,
+                hist: hist(2),
+            });
+        }
+        stats.seconds[sec].ios += 1;
+        stats.seconds[sec].hist.saturating_record(lat);
+        stats.ios += 1;
+        stats.end = now;
+        if s.write {
+            stats.writes += 1;
+            stats.write.saturating_record(lat);
+        } else {
+            stats.reads += 1;
+            stats.read.saturating_record(lat);
+        }
     }
     if status != 0 {
         stats.errors += 1;
@@ -601,7 +604,9 @@ fn handle(
             work.expected[s.unit as usize] = UNKNOWN;
         }
     } else {
-        stats.bytes += u64::from(bs);
+        if measured {
+            stats.bytes += u64::from(bs);
+        }
         if s.write {
             work.expected[s.unit as usize] = s.generation;
         } else {
@@ -649,15 +654,17 @@ fn wait(fds: &mut [libc::pollfd], wait: Duration) -> Result<usize> {
     Ok(n as usize)
 }
 
-/// Drive `conns` until they are done; the body of each event-loop thread.
+/// Drive `conns` until they are done; the body of each event-loop thread. Completions before
+/// `measure_from` (the end of the warm-up; `start` for none) are not measured.
 pub fn run_thread(
     mut conns: Vec<Conn>,
     start: Instant,
+    measure_from: Instant,
     deadline: Option<Instant>,
     rate: Option<f64>,
     timeout: Duration,
 ) -> Result<ThreadOut> {
-    let mut stats = Stats::new(start);
+    let mut stats = Stats::new(measure_from);
     let mut issued = 0u64;
     let mut quiet_since = Instant::now();
     let mut fds: Vec<libc::pollfd> = conns
@@ -715,7 +722,7 @@ pub fn run_thread(
         if ready > 0 {
             for (f, c) in fds.iter().zip(conns.iter_mut()) {
                 if f.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0
-                    && c.receive(now, start, &mut stats)?
+                    && c.receive(now, measure_from, &mut stats)?
                 {
                     quiet_since = now;
                 }

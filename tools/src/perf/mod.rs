@@ -27,6 +27,7 @@ pub mod nbd;
 pub mod nvme;
 pub mod report;
 pub mod svg;
+pub mod tune;
 pub mod verify;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -216,6 +217,9 @@ pub struct Opts {
     pub initiator: String,
     /// iSCSI one-way CHAP credentials (None: no authentication).
     pub chap: Option<iscsi::Chap>,
+    /// Not measured at the start of the run (part of a `Stop::Time`): I/Os completing in it
+    /// count for nothing but errors and verification.
+    pub warmup: Duration,
 }
 
 impl Default for Opts {
@@ -244,6 +248,7 @@ impl Default for Opts {
             seed: 0,
             initiator: iscsi::DEFAULT_INITIATOR.into(),
             chap: None,
+            warmup: Duration::ZERO,
         }
     }
 }
@@ -270,6 +275,13 @@ pub struct Connected {
 
 /// Run the load described by `o` and return its report.
 pub fn run(o: &Opts) -> Result<Report> {
+    run_observed(o, &mut || {})
+}
+
+/// As [`run`], calling `at_measure` (on the calling thread) when the measurement starts: at
+/// the end of the warm-up, or as the load starts without one. `twinperf tune` samples the
+/// server's counters there.
+pub fn run_observed(o: &Opts, at_measure: &mut dyn FnMut()) -> Result<Report> {
     ensure!(o.qd >= 1 && o.qd <= MAX_QD, "--qd must be 1..={MAX_QD}");
     ensure!(o.conns >= 1 && o.conns <= 1024, "--conns must be 1..=1024");
     ensure!(
@@ -283,6 +295,13 @@ pub fn run(o: &Opts) -> Result<Report> {
     ensure!(o.rate != Some(0), "--rate must be positive");
     if let Stop::Ios(n) = o.stop {
         ensure!(n > 0, "--ios must be positive");
+        ensure!(
+            o.warmup.is_zero(),
+            "a warm-up needs a timed run (--seconds)"
+        );
+    }
+    if let Stop::Time(d) = o.stop {
+        ensure!(o.warmup < d, "the warm-up must be shorter than the run");
     }
     let connected = match o.target.proto {
         Proto::Nbd => nbd::connect(o)?,
@@ -344,8 +363,9 @@ pub fn run(o: &Opts) -> Result<Report> {
     let run_id = state.run;
     let mut maps = state.split();
 
-    let cpu0 = report::cpu_now();
+    let mut cpu0 = report::cpu_now();
     let start = Instant::now();
+    let measure_from = start + o.warmup;
     let deadline = match o.stop {
         Stop::Time(d) => Some(start + d),
         Stop::Ios(_) => None,
@@ -382,10 +402,17 @@ pub fn run(o: &Opts) -> Result<Report> {
         .map(|(t, conns)| {
             std::thread::Builder::new()
                 .name(format!("twinperf-{t}"))
-                .spawn(move || engine::run_thread(conns, start, deadline, rate, timeout))
+                .spawn(move || {
+                    engine::run_thread(conns, start, measure_from, deadline, rate, timeout)
+                })
         })
         .collect::<std::io::Result<_>>()
         .context("starting threads")?;
+    if !o.warmup.is_zero() {
+        std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
+        cpu0 = report::cpu_now();
+    }
+    at_measure();
     let mut outs = Vec::new();
     let mut first_err = None;
     for h in handles {
@@ -413,7 +440,7 @@ pub fn run(o: &Opts) -> Result<Report> {
     if let (Some(p), true) = (&o.verify_state, o.verify) {
         verify::State::join(layout, run_id, gens).save(p)?;
     }
-    Ok(Report::build(o, region, run_id, start, outs, cpu))
+    Ok(Report::build(o, region, run_id, measure_from, outs, cpu))
 }
 
 #[cfg(test)]

@@ -126,7 +126,9 @@ pub struct Report {
     pub ios_requested: Option<u64>,
     /// Seconds asked for (null: an I/O-count run).
     pub seconds_requested: Option<f64>,
-    /// Seconds from the start to the last completion.
+    /// Seconds of warm-up at the start of the run, not measured (part of `seconds_requested`).
+    pub warmup_s: f64,
+    /// Seconds from the start (after the warm-up) to the last completion.
     pub seconds: f64,
     /// I/Os completed (errors included).
     pub ios: u64,
@@ -301,6 +303,7 @@ impl Report {
                 Stop::Time(d) => Some(d.as_secs_f64()),
                 Stop::Ios(_) => None,
             },
+            warmup_s: o.warmup.as_secs_f64(),
             seconds: secs,
             ios,
             reads,
