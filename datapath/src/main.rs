@@ -395,8 +395,8 @@ fn view_config(
     core: usize,
 ) -> Result<Config> {
     use twinblk::layer::cdp::store;
-    let h = store::load(dir, store::Load::ReadOnly)
-        .with_context(|| format!("reading {}", dir.display()))?;
+    // Only the identity here: the view's backend reads the history itself when it opens.
+    let meta = store::read_meta(dir).with_context(|| format!("reading {}", dir.display()))?;
     let list = |a: &str| {
         if a.is_empty() {
             "[]".to_string()
@@ -422,8 +422,8 @@ fn view_config(
         list(nvmf),
         list(iscsi),
         toml_str(name),
-        h.meta.size,
-        h.meta.block_size,
+        meta.size,
+        meta.block_size,
     );
     Config::from_toml(&text).context("the view's configuration")
 }

@@ -212,9 +212,14 @@ fn a_torn_truncated_or_corrupt_journal_is_cut_and_the_volume_keeps_serving() {
     assert!(h.cut.is_none(), "{:?}", h.cut);
     let good9 = pit::read_at(&h, Point::Seq(writes[8].1.seq), 0, SIZE).unwrap();
 
-    // A torn last write (its payload damaged): cut at it, the history before it kept.
+    // A torn last write (its payload damaged): cut at it, the history before it kept. A torn
+    // write happens only in a crash, and a crash leaves no index of the last segment (a clean
+    // stop seals one): remove it, as the crash would have.
     let (segno, e) = writes[9];
     let seg = store::seg_path(&dir, segno);
+    let idx = seg.with_extension("idx");
+    assert!(idx.exists(), "a clean stop seals the last segment's index");
+    std::fs::remove_file(&idx).unwrap();
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
@@ -1585,4 +1590,70 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
         "the view outlived the daemon"
     );
     assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+/// A clean stop seals the last segment's index (readers then need not scan it: a view of a
+/// large history opens in a fraction of a second); the index says exactly what a scan says,
+/// and it is not used once anything was appended after its end.
+#[test]
+fn a_clean_stop_seals_the_last_segments_index_and_a_stale_one_is_not_used() {
+    use twinblk::layer::cdp::format::{self, RecHeader};
+    const SIZE: u64 = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let (mut d, addr) = in_process_with(
+        "cores=[0]\nwait='adaptive'",
+        &volume("v", SIZE, &dir, "4MiB"),
+    );
+    let mut c = Client::connect(addr, "v", false);
+    for i in 0..20u64 {
+        assert_eq!(c.write(i * 4096, &pattern(i + 40, 4096)), 0);
+    }
+    c.disconnect();
+    d.stop();
+    let sealed = store::load(&dir, Load::ReadOnly).unwrap();
+    let last = sealed.segments.last().unwrap();
+    let idx = store::seg_path(&dir, last.header.segno).with_extension("idx");
+    assert!(
+        idx.exists(),
+        "the clean stop wrote the last segment's index"
+    );
+    let kept = std::fs::read(&idx).unwrap();
+    std::fs::remove_file(&idx).unwrap();
+    let scanned = store::load(&dir, Load::ReadOnly).unwrap();
+    let ents = |h: &store::History| h.entries().map(|(s, e)| (s, *e)).collect::<Vec<_>>();
+    assert_eq!(
+        ents(&sealed),
+        ents(&scanned),
+        "the sealed index is what a scan finds"
+    );
+    assert_eq!(sealed.last_seq, scanned.last_seq);
+    // Something appended after the sealed end (as a later writer would): the index is stale.
+    std::fs::write(&idx, &kept).unwrap();
+    let end = last.index.end;
+    let meta = store::read_meta(&dir).unwrap();
+    let mut b = vec![0u8; format::ALIGN];
+    RecHeader {
+        op: Op::Mark,
+        seq: sealed.last_seq + 1,
+        time: sealed.last_time + 1,
+        offset: 0,
+        len: 0,
+        payload_len: 0,
+        payload_crc: 0,
+        vol_id: meta.vol_id,
+    }
+    .encode(&mut b);
+    format::encode_pad(
+        &mut b[format::REC_HEADER..],
+        format::pad_len(format::REC_HEADER),
+        meta.vol_id,
+    );
+    store::append_sync(&dir, last.header.segno, end, &b).unwrap();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert_eq!(
+        h.last_seq,
+        sealed.last_seq + 1,
+        "the record after the sealed end is read"
+    );
 }

@@ -197,6 +197,12 @@ impl Journal {
         self.durable
     }
 
+    /// Write the active segment's index (a clean stop, nothing in flight: the next start
+    /// begins a new segment, so this one is sealed).
+    pub fn seal(&self) -> Result<(), store::CdpError> {
+        store::seal_index(&self.dir, &self.meta, self.segno, self.pos)
+    }
+
     /// Time of the last durable record.
     pub fn durable_time(&self) -> u64 {
         self.last_durable_time

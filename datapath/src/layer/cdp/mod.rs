@@ -567,10 +567,16 @@ impl CdpChannel {
 }
 
 impl Drop for CdpChannel {
-    /// A clean stop while degraded keeps the changed regions for the next start.
+    /// A clean stop: while degraded it keeps the changed regions for the next start; it seals
+    /// the active segment's index, so readers need not scan it.
     fn drop(&mut self) {
         if let Err(e) = self.regions.persist() {
             tracing::error!(error = %e, "cdp: cannot save the changed regions; the next start journals the whole volume again");
+        }
+        if self.journal.in_flight() == 0
+            && let Err(e) = self.journal.seal()
+        {
+            tracing::warn!(error = %e, "cdp: cannot write the last segment's index; readers scan it instead");
         }
     }
 }

@@ -313,6 +313,39 @@ fn load_index(dir: &Path, file: &File, segno: u64, meta: &Meta) -> Option<Index>
     Some(i)
 }
 
+/// Whether the log of `file` really ends at `end`: no valid record header of this history
+/// starts there (an index of the last segment written at a clean stop is stale once anything
+/// was appended after it).
+fn ends_at(file: &File, end: u64, meta: &Meta) -> bool {
+    let mut h = [0u8; format::REC_HEADER];
+    match file.read_exact_at(&mut h, end) {
+        Ok(()) => format::RecHeader::decode(&h, meta.vol_id).is_err(),
+        Err(_) => true, // the file ends there
+    }
+}
+
+/// Write the index of segment `segno`, whose log ends before byte `used`, from its bytes: the
+/// daemon's clean stop seals its active segment this way, so readers (views, restores, the
+/// next start) need not scan it.
+pub fn seal_index(dir: &Path, meta: &Meta, segno: u64, used: u64) -> Result<(), CdpError> {
+    let path = seg_path(dir, segno);
+    let file = File::open(&path).map_err(io_err("open", &path))?;
+    let mut bytes = vec![0u8; used as usize];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(io_err("read", &path))?;
+    let header = SegHeader::decode(&bytes).map_err(|e| CdpError::Meta {
+        path: path.clone(),
+        why: format!("segment header: {e}"),
+    })?;
+    let s = format::scan(&bytes, meta.vol_id, meta.size, header.first_seq - 1, 0);
+    let i = Index {
+        segno,
+        end: s.end,
+        entries: s.entries,
+    };
+    write_atomic(dir, &idx_path(dir, segno), &i.encode())
+}
+
 /// A prepared, unused segment (header all zeroes, or shorter than a header).
 fn is_spare(dir: &Path, segno: u64) -> bool {
     let mut hb = vec![0u8; format::SEG_HEADER];
@@ -436,10 +469,11 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                 continue;
             }
         };
-        let index = match (!last_file)
-            .then(|| load_index(dir, &file, segno, &meta))
-            .flatten()
+        // The last segment's index exists only when a clean stop sealed it; it is used only
+        // while nothing follows its end.
+        let index = match load_index(dir, &file, segno, &meta)
             .filter(|i| i.entries.first().is_none_or(|e| e.seq == h.last_seq + 1))
+            .filter(|i| !last_file || ends_at(&file, i.end, &meta))
         {
             Some(i) => i,
             None => {
