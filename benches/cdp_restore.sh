@@ -11,8 +11,11 @@
 # - restore: `twinblk cdp restore --seq P` to a new file, P = the middle of the random writes
 #   (so the whole history up to P is replayed: the base copy plus 1 GiB + half the random
 #   writes), timed from start to exit (the file is fsynced before the command exits);
-# - view: `twinblk cdp view --seq P` started, timed until `nbdinfo` gets an answer from its
-#   export (history read, extent map built, daemon up), then stopped.
+# - view: `twinblk cdp view --seq P` started, timed until it serves (its banner: history read,
+#   extent map built, listeners bound) and until `nbdinfo` gets an answer from its export
+#   (nbdinfo's own start, about 0.2 s, included), then stopped.
+# The first restore and the first view run right after the server stopped (page cache warm
+# with what it wrote; the journal is written with O_DIRECT, so not with the segments).
 # The restored file is checked against a view read of the same point (qemu-img compare).
 # Needs: cargo, fio (nbd engine), nbdinfo, qemu-img, python3. Listens on 127.0.0.1 only; always
 # cleans up.
@@ -85,6 +88,7 @@ du -sh "$WORK/cdp" | awk '{print "journal directory: " $1}'
 
 restore_s=()
 view_s=()
+answer_s=()
 for ((r = 1; r <= REPS; r++)); do
     rm -f "$WORK/restored.img"
     sync
@@ -98,13 +102,21 @@ for ((r = 1; r <= REPS; r++)); do
     VIEW=$!
     PIDS+=("$VIEW")
     ok=0
+    for _ in $(seq 5000); do
+        if grep -q "Ctrl-C" "$WORK/view.log"; then ok=1; break; fi
+        sleep 0.002
+    done
+    t1=$(date +%s.%N)
+    ((ok)) || die "the view did not serve: $(tail -3 "$WORK/view.log")"
+    ok=0
     for _ in $(seq 2000); do
         if nbdinfo "nbd://127.0.0.1:$VIEW_PORT/view" >/dev/null 2>&1; then ok=1; break; fi
         sleep 0.005
     done
-    t1=$(date +%s.%N)
-    ((ok)) || die "the view did not serve: $(tail -3 "$WORK/view.log")"
+    t2=$(date +%s.%N)
+    ((ok)) || die "the view did not answer: $(tail -3 "$WORK/view.log")"
     view_s+=("$(python3 -c "print('%.3f' % ($t1 - $t0))")")
+    answer_s+=("$(python3 -c "print('%.3f' % ($t2 - $t0))")")
     if ((r == 1)); then
         qemu-img compare -f raw -F raw "$WORK/restored.img" "nbd://127.0.0.1:$VIEW_PORT/view" >/dev/null ||
             die "the restored file and the view of the same point differ"
@@ -113,12 +125,14 @@ for ((r = 1; r <= REPS; r++)); do
     kill -INT "$VIEW"
     wait "$VIEW" || true
 done
-python3 - "${restore_s[*]}" "${view_s[*]}" <<'PY'
+python3 - "${restore_s[*]}" "${view_s[*]}" "${answer_s[*]}" <<'PY'
 import statistics, sys
 r = [float(x) for x in sys.argv[1].split()]
 v = [float(x) for x in sys.argv[2].split()]
+a = [float(x) for x in sys.argv[3].split()]
 print("| what | runs (s) | median (s) | goal |")
 print("|---|---|---|---|")
 print("| restore to a new file | %s | %.2f | < 10 s |" % (", ".join("%.2f" % x for x in r), statistics.median(r)))
-print("| view open (start to first NBD answer) | %s | %.3f | < 1 s |" % (", ".join("%.3f" % x for x in v), statistics.median(v)))
+print("| view open (start to serving: its listeners bound) | %s | %.3f | < 1 s |" % (", ".join("%.3f" % x for x in v), statistics.median(v)))
+print("| view open (start to nbdinfo's first answer, nbdinfo's own start included) | %s | %.3f | - |" % (", ".join("%.3f" % x for x in a), statistics.median(a)))
 PY
