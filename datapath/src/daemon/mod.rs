@@ -159,7 +159,9 @@ pub struct Daemon {
     retention_stop: Arc<AtomicBool>,
 }
 
-fn build_device(
+/// The block device stack of volume `v` (its base and error injection; the CDP and mirror
+/// layers are added by [`Daemon::start`]). Also used for volumes created at run time.
+pub fn build_device(
     v: &crate::control::config::VolumeConfig,
 ) -> Result<Arc<dyn BlockDevice>, BdevError> {
     let base: Arc<dyn BlockDevice> = match v.backend {
@@ -392,9 +394,10 @@ impl Daemon {
                 name: e.name,
                 read_only: e.read_only,
                 description: e.description,
+                runtime: false,
             })
             .collect();
-        let nbd_exports = Arc::new(nbd_exports);
+        let nbd_exports = Arc::new(crate::frontend::nbd::NbdExports::new(nbd_exports));
         // The NVMe-oF listeners are bound before the front end is built (its discovery log
         // lists their bound addresses); their acceptor is set once it exists.
         let mut nvmf_socks = Vec::new();
@@ -409,8 +412,8 @@ impl Daemon {
         nvmf.registry = crate::frontend::nvmf::ctrl::Registry::new(cfg.cntlid_range());
         nvmf.first_port_id = cfg.nvmf_first_port_id();
         nvmf.listen = nvmf_socks.iter().map(|(_, a)| *a).collect();
-        nvmf.subsystems = cfg
-            .effective_subsystems()
+        nvmf.subsystems = std::sync::RwLock::new(
+            cfg.effective_subsystems()
             .into_iter()
             .map(|s| {
                 let vols: Vec<usize> = s
@@ -423,9 +426,10 @@ impl Daemon {
                             .expect("validated")
                     })
                     .collect();
-                Subsystem::new(s.nqn, s.allowed_hosts, &vols)
+                Arc::new(Subsystem::new(s.nqn, s.allowed_hosts, &vols))
             })
-            .collect();
+            .collect(),
+        );
         if let Some(dir) = &cfg.nvmf.state_dir {
             nvmf.load_reservations(dir.clone())
                 .map_err(StartError::Reservations)?;
@@ -435,7 +439,7 @@ impl Daemon {
         let n = cfg.reactor.cores.len();
         // Reservations of mirrored volumes are decided by the volume's leader site.
         let replicator = Arc::new(crate::frontend::nvmf::resv::ResvReplicator::new(
-            nvmf.subsystems
+            nvmf.subs()
                 .iter()
                 .map(|s| {
                     let nss = s.namespaces.iter().map(|n| (n.nsid, n.volume)).collect();
@@ -464,8 +468,9 @@ impl Daemon {
         for cd in &cdp_devs {
             let _ = cd.mailboxes.set(mailboxes.clone());
         }
+        let capacity = cfg.runtime.max_volumes.max(volumes.len());
         let stats = (0..n)
-            .map(|_| Arc::new(ReactorStats::new(volumes.len())))
+            .map(|_| Arc::new(ReactorStats::new(capacity)))
             .collect();
         let nvmf = Arc::new(nvmf);
         let mut listen = Vec::new();
@@ -537,6 +542,7 @@ impl Daemon {
                 iqn: t.iqn,
                 allowed: t.allowed_initiators,
                 chap,
+                runtime: false,
             });
         }
         // SCSI persistent reservations persist (APTPL) in [iscsi] state_dir, one file a LUN.
@@ -584,7 +590,7 @@ impl Daemon {
             let _ = md.meta.set(Arc::clone(&meta) as _);
         }
         let iscsi = Arc::new(IscsiShared {
-            targets: iscsi_targets,
+            targets: std::sync::RwLock::new(iscsi_targets.into_iter().map(Arc::new).collect()),
             portals: iscsi_socks.iter().map(|(_, a)| *a).collect(),
             extra_portals: cfg.iscsi.extra_portals.clone(),
             tpg: cfg.iscsi_tpg(),
@@ -604,7 +610,7 @@ impl Daemon {
             });
             listen.push((Proto::Iscsi, addr));
         }
-        let mut homes = vec![None; volumes.len()];
+        let mut homes = vec![None; capacity];
         for m in &mirrors {
             homes[m.vol] = Some(m.home);
         }
@@ -616,7 +622,7 @@ impl Daemon {
             }
         }
         let shared = Arc::new(Shared {
-            volumes,
+            volumes: runtime::VolumeTable::new(volumes, capacity),
             listeners,
             // Service 0: the NVMe atomic-section executors; 1: the checksum executors.
             services: vec![
@@ -740,6 +746,8 @@ impl Daemon {
             rt: Arc::clone(&shared),
             nbd_exports,
             nvmf: Arc::clone(&nvmf),
+            iscsi: Some(Arc::clone(&iscsi)),
+            admin: std::sync::Mutex::new(()),
             mirrors,
             cdp: cdp_infos,
             checksums: Some(CHECKSUM_SERVICE),

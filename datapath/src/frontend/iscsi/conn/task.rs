@@ -179,9 +179,9 @@ fn block_write(cmd: &Cmd) -> bool {
 impl IscsiConn {
     /// Facts about LUN index `i` of this session's target, for the pages.
     fn lun_info(&self, env: &Env<'_>, i: usize) -> LunInfo {
-        let t = &self.sh.targets[self.target];
+        let t = &std::sync::Arc::clone(&self.target);
         let l = &t.luns[i];
-        let v = &env.shared.volumes[l.volume];
+        let v = env.vols[l.volume].as_deref().expect("a session\'s volumes are served while it is registered");
         let block = v.info.block_size.max(1);
         LunInfo {
             blocks: v.info.size / u64::from(block),
@@ -302,8 +302,7 @@ impl IscsiConn {
             return self.reject(env, 0x07, r.0);
         }
         let lun = r.lun();
-        let sh = std::sync::Arc::clone(&self.sh);
-        let t = &sh.targets[self.target];
+        let t = &std::sync::Arc::clone(&self.target);
         let lun_idx = pages::lun_of(&lun).and_then(|n| t.luns.iter().position(|l| l.lun == n));
         let cmd = scsi::decode(&r.cdb());
         // INQUIRY and REPORT LUNS answer for any LUN; REQUEST SENSE too.
@@ -346,7 +345,7 @@ impl IscsiConn {
                 return self.put_status(h, &[]);
             }
             if !allowed_when_unavailable(&cmd) {
-                match env.shared.volumes[vol].path.get() {
+                match env.vols[vol].as_deref().expect("a session\'s volumes are served while it is registered").path.get() {
                     PathState::Inaccessible => {
                         return self.respond(itt, Err(Sense::ALUA_UNAVAILABLE), edtl, 0, 0);
                     }
@@ -360,7 +359,7 @@ impl IscsiConn {
         let block = if vol == usize::MAX {
             512
         } else {
-            env.shared.volumes[vol].info.block_size.max(1)
+            env.vols[vol].as_deref().expect("a session\'s volumes are served while it is registered").info.block_size.max(1)
         };
         let out_len = scsi::data_out_len(&cmd, block);
         if let Cmd::CompareAndWrite(rw) = cmd
@@ -617,7 +616,7 @@ impl IscsiConn {
         };
         let built: Option<Result<Vec<u8>, Sense>> = match (cmd, &info) {
             (Cmd::ReportLuns { alloc }, _) => {
-                let luns: Vec<u16> = self.sh.targets[self.target]
+                let luns: Vec<u16> = self.target
                     .luns
                     .iter()
                     .map(|l| l.lun)
@@ -704,7 +703,7 @@ impl IscsiConn {
             Cmd::ExtendedCopy { .. } => return self.extended_copy(env, slot),
             Cmd::Prefetch(rw) => range(rw.lba, u64::from(rw.blocks)).map(|_| ()),
             Cmd::PrIn { sa, alloc } => {
-                let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
+                let pr = std::sync::Arc::clone(&std::sync::Arc::clone(&self.target).luns[lun_idx].pr);
                 return match pr.read(sa) {
                     Ok(mut d) => {
                         d.truncate(alloc as usize);
@@ -1135,7 +1134,7 @@ impl IscsiConn {
         me: [u8; 16],
         out: prs::PrOut,
     ) -> Option<prs::Outcome> {
-        let t = &self.sh.targets[self.target];
+        let t = &std::sync::Arc::clone(&self.target);
         let pr = std::sync::Arc::clone(&t.luns[lun_idx].pr);
         let cmd = prs::PrCmd {
             target: t.iqn.clone(),
@@ -1248,7 +1247,7 @@ impl IscsiConn {
     /// What this nexus may do at LUN index `i` under the persistent reservation, and what it
     /// sees of the RESERVE: one atomic load, the lock only when the state changed.
     fn reservations(&mut self, i: usize) -> (crate::frontend::nvmf::resv::Access, spc2::View) {
-        let pr = &self.sh.targets[self.target].luns[i].pr;
+        let pr = &std::sync::Arc::clone(&self.target).luns[i].pr;
         let v = pr.version.load(std::sync::atomic::Ordering::Acquire);
         if self.pr_cache.len() <= i {
             self.pr_cache.resize(i + 1, None);
@@ -1278,7 +1277,7 @@ impl IscsiConn {
     /// Carry this session's I_T nexus loss for LUN index `i` (its RESERVE released, decided
     /// like a RELEASE): true while it is on its way (a placeholder task holds the connection).
     pub(super) fn carry_nexus_loss(&mut self, env: &mut Env<'_>, i: usize) -> bool {
-        let t = &self.sh.targets[self.target];
+        let t = &std::sync::Arc::clone(&self.target);
         let (vol, lun) = (t.luns[i].volume, t.luns[i].lun);
         let pr = std::sync::Arc::clone(&t.luns[i].pr);
         let out = spc2_out(spc2::SA_NEXUS_LOSS);
@@ -1316,8 +1315,8 @@ impl IscsiConn {
     /// A pending unit attention for LUN index `i` (reported once), unless the command is one
     /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE).
     fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
-        let l = &self.sh.targets[self.target].luns[i];
-        let v = &env.shared.volumes[l.volume];
+        let l = &std::sync::Arc::clone(&self.target).luns[i];
+        let v = env.vols[l.volume].as_deref().expect("a session\'s volumes are served while it is registered");
         // A change of either site's port group is reported (RTPG lists both).
         let changes = v.path.changes() + v.peer_path.as_ref().map_or(0, |p| p.changes());
         let resets = l.resets.load(std::sync::atomic::Ordering::Acquire);
