@@ -6,9 +6,13 @@
 //!
 //! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
 //! `reactor_stats`, `volume_stats`, `mirror_status`, `mirror_takeover`, `mirror_switchover`, `mirror_resync`,
-//! `nvmf_subsystems`, `host_list`, `volume_checksums` ([`verify`]), the `cdp_*` methods.
+//! `nvmf_subsystems`, `host_list`, `volume_checksums` ([`verify`]), the `cdp_*` methods, and
+//! the run-time changes of volumes, exports, subsystems and targets ([`admin`],
+//! [`admin_front`]): the only methods that change the daemon's tables.
 //! [`metrics`] serves the same published state to Prometheus.
 
+pub mod admin;
+pub mod admin_front;
 pub mod config;
 pub mod metrics;
 pub mod switchover;
@@ -31,7 +35,7 @@ pub struct ControlCx {
     /// iSCSI targets (`None`: a daemon without the iSCSI front end's state).
     pub iscsi: Option<Arc<crate::frontend::iscsi::IscsiShared>>,
     /// Serialises the run-time changes ([`admin`]): one at a time, checks and change together.
-    pub admin: std::sync::Mutex<()>,
+    pub admin: std::sync::Mutex<admin::AdminState>,
     /// Mirrored volumes.
     pub mirrors: Vec<MirrorInfo>,
     /// Volumes with continuous data protection.
@@ -288,6 +292,14 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
         return match r {
             Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
             Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
+        };
+    }
+    if let Some(r) = admin::call(method, req.get("params"), shared) {
+        return match r {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err((code, m)) => {
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": m}})
+            }
         };
     }
     if method == "volume_checksums" {

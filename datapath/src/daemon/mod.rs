@@ -747,7 +747,7 @@ impl Daemon {
             nbd_exports,
             nvmf: Arc::clone(&nvmf),
             iscsi: Some(Arc::clone(&iscsi)),
-            admin: std::sync::Mutex::new(()),
+            admin: std::sync::Mutex::default(),
             mirrors,
             cdp: cdp_infos,
             checksums: Some(CHECKSUM_SERVICE),

@@ -254,7 +254,7 @@ impl IscsiConn {
                 // there (the module's model); else the session ends at once.
                 let sh = std::sync::Arc::clone(&self.sh);
                 let tgts = sh.tgts();
-                if tgts.iter().any(|x| x.iqn == t.iqn) {
+                if tgts.iter().any(|x| std::sync::Arc::ptr_eq(x, &t)) {
                     self.host = Some(env.shared.hosts.register(rec));
                 } else {
                     drop(tgts);

@@ -186,11 +186,28 @@ impl NvmfConn {
         rec.controller = Some(id);
         // Registered under the table's read lock, and only while the subsystem is still
         // there (see the module's model): a removal then either sees this host or is seen.
+        // An admin queue must hold the very copy in the table (a namespace change swapped
+        // in since it looked would be missed); an I/O queue, its controller's subsystem.
         {
             let subs = nv.subs();
-            if let Some(s) = &sub
-                && !subs.iter().any(|x| x.nqn == s.nqn)
-            {
+            let current = sub.as_ref().is_none_or(|s| {
+                subs.iter().any(|x| {
+                    if qid == 0 {
+                        std::sync::Arc::ptr_eq(x, s)
+                    } else {
+                        x.nqn == s.nqn
+                    }
+                })
+            });
+            if !current {
+                drop(subs);
+                if qid == 0 {
+                    nv.registry.remove(id);
+                } else if let Some(c) = &self.ctrl {
+                    c.detach_queue(qid);
+                }
+                self.ctrl = None;
+                self.role = Role::None;
                 return Err((Status::CONNECT_BUSY, 0));
             }
             self.host = Some(env.shared.hosts.register(rec));
