@@ -18,5 +18,6 @@ mod nvmf;
 mod nvmf_ana;
 mod nvmf_fused_resv;
 mod rawnbd;
+mod runtime;
 mod shutdown;
 mod switchover;
