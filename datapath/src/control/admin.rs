@@ -60,7 +60,9 @@ pub struct AdminState {
 
 /// Added to every successful change's result.
 pub fn lasts() -> Value {
-    json!("until the daemon stops (run-time changes are not saved; add them to the config file to keep them)")
+    json!(
+        "until the daemon stops (run-time changes are not saved; add them to the config file to keep them)"
+    )
 }
 
 pub(super) fn bad(m: impl Into<String>) -> Error {
@@ -213,7 +215,10 @@ fn close_everywhere(cx: &ControlCx, vol: usize) -> Result<(), Error> {
     if late > 0 {
         return Err((
             E_FAILED,
-            format!("{late} reactor(s) did not close the volume's channel within {} s (I/O still in flight, or the daemon is stopping); the volume stays unlisted", REACTOR_WAIT.as_secs()),
+            format!(
+                "{late} reactor(s) did not close the volume's channel within {} s (I/O still in flight, or the daemon is stopping); the volume stays unlisted",
+                REACTOR_WAIT.as_secs()
+            ),
         ));
     }
     Ok(())
@@ -309,7 +314,9 @@ fn volume_create(p: &Value, cx: &ControlCx, st: &mut AdminState) -> Result<Value
         if p.get(k).is_some_and(|v| !v.is_null() && *v != json!(false)) {
             return Err((
                 E_CONFIGURED,
-                format!("\"{k}\": configure mirrored/CDP volumes in the config file (a run-time volume is malloc or uring only)"),
+                format!(
+                    "\"{k}\": configure mirrored/CDP volumes in the config file (a run-time volume is malloc or uring only)"
+                ),
             ));
         }
     }
@@ -351,9 +358,7 @@ fn volume_create(p: &Value, cx: &ControlCx, st: &mut AdminState) -> Result<Value
             Some(std::path::PathBuf::from(t))
         }
         (Backend::Uring, _) => {
-            return Err(bad(
-                "backend uring needs \"path\" (a file or block device)",
-            ));
+            return Err(bad("backend uring needs \"path\" (a file or block device)"));
         }
         (_, None | Some(Value::Null)) => None,
         _ => return Err(bad("backend malloc takes no \"path\"")),
@@ -427,7 +432,10 @@ fn volume_create(p: &Value, cx: &ControlCx, st: &mut AdminState) -> Result<Value
         }
         return Err((
             E_FAILED,
-            format!("volume {name:?}: {}; nothing was created", errors.join("; ")),
+            format!(
+                "volume {name:?}: {}; nothing was created",
+                errors.join("; ")
+            ),
         ));
     }
     cx.rt.volumes.publish(slot);
@@ -516,7 +524,11 @@ fn nbd_export_add(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<Val
     let description = match p.get("description") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(d)) if d.len() <= 4096 => d.clone(),
-        Some(_) => return Err(bad("\"description\" must be a string of at most 4096 bytes")),
+        Some(_) => {
+            return Err(bad(
+                "\"description\" must be a string of at most 4096 bytes",
+            ));
+        }
     };
     let mut list = cx.nbd_exports.write();
     if list.iter().any(|e| e.name == name) {
@@ -546,7 +558,9 @@ fn nbd_export_remove(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<
         if !list[i].runtime {
             return Err((
                 E_CONFIGURED,
-                format!("NBD export {name:?} comes from the config file: remove it there and restart the daemon"),
+                format!(
+                    "NBD export {name:?} comes from the config file: remove it there and restart the daemon"
+                ),
             ));
         }
         if !force && let Some(h) = describe_hosts(cx, is_mine) {

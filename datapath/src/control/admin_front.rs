@@ -82,21 +82,20 @@ fn subsystem_json(cx: &ControlCx, s: &Subsystem) -> Value {
 }
 
 /// The index of subsystem `nqn`; `runtime`: it must have been added at run time.
-fn find_sub(
-    subs: &[Arc<Subsystem>],
-    nqn: &str,
-    runtime: Option<&str>,
-) -> Result<usize, Error> {
-    let i = subs
-        .iter()
-        .position(|s| s.nqn == nqn)
-        .ok_or_else(|| bad(format!("no NVMe-oF subsystem {nqn:?} (nvmf_subsystems lists them)")))?;
+fn find_sub(subs: &[Arc<Subsystem>], nqn: &str, runtime: Option<&str>) -> Result<usize, Error> {
+    let i = subs.iter().position(|s| s.nqn == nqn).ok_or_else(|| {
+        bad(format!(
+            "no NVMe-oF subsystem {nqn:?} (nvmf_subsystems lists them)"
+        ))
+    })?;
     if let Some(what) = runtime
         && !subs[i].runtime
     {
         return Err((
             E_CONFIGURED,
-            format!("subsystem {nqn:?} comes from the config file: {what} there and restart the daemon"),
+            format!(
+                "subsystem {nqn:?} comes from the config file: {what} there and restart the daemon"
+            ),
         ));
     }
     Ok(i)
@@ -186,7 +185,9 @@ pub fn nvmf_namespace_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Resu
         let mut ns = sub.numbered();
         let id = match nsid {
             Some(n) if ns.iter().any(|&(x, _)| u64::from(x) == n) => {
-                return Err(bad(format!("subsystem {nqn:?} has a namespace {n} already")));
+                return Err(bad(format!(
+                    "subsystem {nqn:?} has a namespace {n} already"
+                )));
             }
             Some(n) => n as u32,
             None => (1..=MAX_NSID as u32)
@@ -217,7 +218,10 @@ pub fn nvmf_namespace_remove(
         if !ns.iter().any(|&(x, _)| u64::from(x) == nsid) {
             return Err(bad(format!("subsystem {nqn:?} has no namespace {nsid}")));
         }
-        Ok(ns.into_iter().filter(|&(x, _)| u64::from(x) != nsid).collect())
+        Ok(ns
+            .into_iter()
+            .filter(|&(x, _)| u64::from(x) != nsid)
+            .collect())
     })?;
     out["closed_connections"] = json!(closed);
     tracing::info!(nqn, nsid, "control: NVMe-oF namespace removed");
@@ -242,7 +246,9 @@ fn host_list_change(p: &Value, cx: &ControlCx, allow: bool) -> Result<Value, Err
             sub.allowed_hosts.push(host.to_string());
         } else {
             if !has {
-                return Err(bad(format!("host {host:?} is not in {nqn:?}'s allowed hosts")));
+                return Err(bad(format!(
+                    "host {host:?} is not in {nqn:?}'s allowed hosts"
+                )));
             }
             if sub.allowed_hosts.len() == 1 {
                 return Err(bad(format!(
@@ -293,11 +299,7 @@ fn target_json(cx: &ControlCx, t: &IscsiTarget) -> Value {
     })
 }
 
-fn find_target(
-    tgts: &[Arc<IscsiTarget>],
-    iqn: &str,
-    what: &str,
-) -> Result<usize, Error> {
+fn find_target(tgts: &[Arc<IscsiTarget>], iqn: &str, what: &str) -> Result<usize, Error> {
     let i = tgts
         .iter()
         .position(|t| t.iqn == iqn)
@@ -305,7 +307,9 @@ fn find_target(
     if !tgts[i].runtime {
         return Err((
             E_CONFIGURED,
-            format!("iSCSI target {iqn:?} comes from the config file: {what} there and restart the daemon"),
+            format!(
+                "iSCSI target {iqn:?} comes from the config file: {what} there and restart the daemon"
+            ),
         ));
     }
     Ok(i)
@@ -344,23 +348,27 @@ pub fn iscsi_target_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result
     };
     let out = target_json(cx, &t);
     tgts.push(Arc::new(t));
-    tracing::warn!(target_name = iqn, "control: iSCSI target added (without CHAP: any initiator its allow list admits can log in)");
+    tracing::warn!(
+        target_name = iqn,
+        "control: iSCSI target added (without CHAP: any initiator its allow list admits can log in)"
+    );
     Ok(out)
 }
 
 /// `iscsi_target_remove {iqn, force?}`.
-pub fn iscsi_target_remove(
-    p: &Value,
-    cx: &ControlCx,
-    _: &mut AdminState,
-) -> Result<Value, Error> {
+pub fn iscsi_target_remove(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Value, Error> {
     let sh = iscsi(cx)?;
     let iqn = s(p, "iqn")?;
     let force = flag(p, "force")?;
     {
         let mut tgts = sh.tgts_mut();
         let i = find_target(&tgts, iqn, "remove it")?;
-        in_use(cx, force, &format!("iSCSI target {iqn:?}"), &iscsi_hosts(iqn))?;
+        in_use(
+            cx,
+            force,
+            &format!("iSCSI target {iqn:?}"),
+            &iscsi_hosts(iqn),
+        )?;
         tgts.remove(i);
     }
     let closed = disconnect(cx, iscsi_hosts(iqn))?;
@@ -427,7 +435,12 @@ pub fn iscsi_lun_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Va
     })?;
     out["lun"] = json!(chosen);
     out["closed_connections"] = json!(closed);
-    tracing::info!(target_name = iqn, lun = chosen, volume = vname, "control: iSCSI LUN added");
+    tracing::info!(
+        target_name = iqn,
+        lun = chosen,
+        volume = vname,
+        "control: iSCSI LUN added"
+    );
     Ok(out)
 }
 

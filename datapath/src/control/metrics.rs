@@ -194,9 +194,10 @@ impl Collector for Site {
                 (
                     m,
                     m.stats.snapshot(name, m.leader),
-                    v.as_ref().map_or(crate::bdev::volume::PathState::Inaccessible, |v| {
-                        v.path.get()
-                    }),
+                    v.as_ref()
+                        .map_or(crate::bdev::volume::PathState::Inaccessible, |v| {
+                            v.path.get()
+                        }),
                 )
             })
             .collect();

@@ -414,21 +414,21 @@ impl Daemon {
         nvmf.listen = nvmf_socks.iter().map(|(_, a)| *a).collect();
         nvmf.subsystems = std::sync::RwLock::new(
             cfg.effective_subsystems()
-            .into_iter()
-            .map(|s| {
-                let vols: Vec<usize> = s
-                    .namespaces
-                    .iter()
-                    .map(|n| {
-                        volumes
-                            .iter()
-                            .position(|v| &v.name == n)
-                            .expect("validated")
-                    })
-                    .collect();
-                Arc::new(Subsystem::new(s.nqn, s.allowed_hosts, &vols))
-            })
-            .collect(),
+                .into_iter()
+                .map(|s| {
+                    let vols: Vec<usize> = s
+                        .namespaces
+                        .iter()
+                        .map(|n| {
+                            volumes
+                                .iter()
+                                .position(|v| &v.name == n)
+                                .expect("validated")
+                        })
+                        .collect();
+                    Arc::new(Subsystem::new(s.nqn, s.allowed_hosts, &vols))
+                })
+                .collect(),
         );
         if let Some(dir) = &cfg.nvmf.state_dir {
             nvmf.load_reservations(dir.clone())

@@ -13,9 +13,9 @@ use super::Shared;
 use super::stats::{Counters, VolCounters};
 use crate::bdev::Channel;
 use crate::bdev::volume::Volume;
-use std::sync::Arc;
 use crate::uring::{Errno, IoCx};
 use std::any::Any;
+use std::sync::Arc;
 
 /// A message for one connection from another (or the same) reactor: opaque to the runtime,
 /// the connection downcasts it to its own type.

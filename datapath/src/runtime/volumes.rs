@@ -80,7 +80,8 @@ impl VolumeTable {
 
     /// The name of the volume in slot `i` (also while created or deleted), or `"?"`.
     pub fn name(&self, i: usize) -> String {
-        self.get_any(i).map_or_else(|| "?".into(), |v| v.name.clone())
+        self.get_any(i)
+            .map_or_else(|| "?".into(), |v| v.name.clone())
     }
 
     /// The slot of the served volume named `name`.
@@ -194,7 +195,10 @@ mod tests {
         t.publish(c);
         assert!(t.retire(0).is_some());
         assert_eq!(t.find("a"), None);
-        assert!(t.reserve(vol("a")).is_err(), "a name being deleted is still taken");
+        assert!(
+            t.reserve(vol("a")).is_err(),
+            "a name being deleted is still taken"
+        );
         t.release(0);
         assert_eq!(t.reserve(vol("e")).unwrap(), 0, "a freed slot is reused");
         assert_eq!(t.find("c"), Some(2), "other volumes keep their slot");

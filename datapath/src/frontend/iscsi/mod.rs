@@ -46,8 +46,8 @@ use crate::frontend::nvmf::NvmfShared;
 use crate::runtime::{Acceptor, Conn};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Prefix of the name of a default per-volume target: `iqn.2026-11.io.twinblk:<volume>`.
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.io.twinblk:";

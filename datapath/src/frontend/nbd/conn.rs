@@ -22,8 +22,8 @@
 //! - Backpressure: at most [`MAX_INFLIGHT`] device operations and about [`TX_HIGH_WATER`]
 //!   bytes of unsent replies; past either, the connection stops reading until they drain.
 
-use super::{NbdExport, NbdExports};
 use super::proto::{self, cflag, chunk, cmd, err, info, opt, rep, tflag};
+use super::{NbdExport, NbdExports};
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::runtime::hosts::{HostHandle, HostRecord};
 use crate::runtime::{Conn, Env};
@@ -310,7 +310,10 @@ impl NbdConn {
             list.iter()
                 .any(|x| x.name == e.name && x.volume == e.volume)
         }) else {
-            tracing::info!(conn = env.key, "the export was removed during negotiation; closing");
+            tracing::info!(
+                conn = env.key,
+                "the export was removed during negotiation; closing"
+            );
             self.life.closing = true;
             return;
         };

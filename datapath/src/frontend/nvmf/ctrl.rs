@@ -399,8 +399,22 @@ mod tests {
     #[test]
     fn registry_allocates_ids_and_teardown_blocks_attach() {
         let r = Registry::default();
-        let a = r.create(Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))), "h", [0; 16], 0).unwrap();
-        let b = r.create(Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))), "h", [0; 16], 0).unwrap();
+        let a = r
+            .create(
+                Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
+                "h",
+                [0; 16],
+                0,
+            )
+            .unwrap();
+        let b = r
+            .create(
+                Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
+                "h",
+                [0; 16],
+                0,
+            )
+            .unwrap();
         assert_ne!(a.cntlid, b.cntlid);
         let (s1, _s2) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = OwnedFd::from(s1);
@@ -425,12 +439,40 @@ mod tests {
     fn a_registry_hands_out_only_the_ids_of_its_range_and_wraps_within_it() {
         let r = Registry::new(0x7FF8..=0x7FFA);
         let ids: Vec<u16> = (0..3)
-            .map(|_| r.create(Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))), "h", [0; 16], 0).unwrap().cntlid)
+            .map(|_| {
+                r.create(
+                    Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
+                    "h",
+                    [0; 16],
+                    0,
+                )
+                .unwrap()
+                .cntlid
+            })
             .collect();
         assert_eq!(ids, vec![0x7FF8, 0x7FF9, 0x7FFA]);
-        assert!(r.create(Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))), "h", [0; 16], 0).is_none(), "range full");
+        assert!(
+            r.create(
+                Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
+                "h",
+                [0; 16],
+                0
+            )
+            .is_none(),
+            "range full"
+        );
         r.remove(0x7FF9);
-        assert_eq!(r.create(Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))), "h", [0; 16], 0).unwrap().cntlid, 0x7FF9);
+        assert_eq!(
+            r.create(
+                Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
+                "h",
+                [0; 16],
+                0
+            )
+            .unwrap()
+            .cntlid,
+            0x7FF9
+        );
         // The default range is the whole dynamic range, starting at 1.
         let d = Registry::default();
         assert_eq!(d.ids(), 1..=MAX_CNTLID);

@@ -375,7 +375,7 @@ impl LinkConn {
         let vol = env
             .shared
             .volumes
-            .find(&name)
+            .find(name)
             .ok_or_else(|| format!("no volume named {name:?}"))?;
         let home = self
             .homes

@@ -130,7 +130,10 @@ impl IscsiConn {
         let unit = |naa: &[u8; 8]| -> Option<Unit> {
             let lun_idx = t.luns.iter().position(|l| &l.naa == naa)?;
             let vol = t.luns[lun_idx].volume;
-            let info = &env.vols[vol].as_deref().expect("a session\'s volumes are served while it is registered").info;
+            let info = &env.vols[vol]
+                .as_deref()
+                .expect("a session\'s volumes are served while it is registered")
+                .info;
             let block = info.block_size.max(1);
             Some(Unit {
                 lun_idx,
@@ -163,7 +166,12 @@ impl IscsiConn {
                 {
                     return self.conflict(slot);
                 }
-                match env.vols[u.vol].as_deref().expect("a session\'s volumes are served while it is registered").path.get() {
+                match env.vols[u.vol]
+                    .as_deref()
+                    .expect("a session\'s volumes are served while it is registered")
+                    .path
+                    .get()
+                {
                     crate::bdev::volume::PathState::Inaccessible => {
                         return self.complete(slot, Err(Sense::ALUA_UNAVAILABLE));
                     }

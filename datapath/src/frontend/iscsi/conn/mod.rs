@@ -691,8 +691,7 @@ impl Conn for IscsiConn {
         self.leave_sections(env);
         if self.errors > 0 {
             // Counted against the session's target's first LUN's volume.
-            if let Some(l) = self.target.luns.first()
-            {
+            if let Some(l) = self.target.luns.first() {
                 env.vol_counters[l.volume].errors += std::mem::take(&mut self.errors);
             }
         }

@@ -181,7 +181,9 @@ impl IscsiConn {
     fn lun_info(&self, env: &Env<'_>, i: usize) -> LunInfo {
         let t = &std::sync::Arc::clone(&self.target);
         let l = &t.luns[i];
-        let v = env.vols[l.volume].as_deref().expect("a session\'s volumes are served while it is registered");
+        let v = env.vols[l.volume]
+            .as_deref()
+            .expect("a session\'s volumes are served while it is registered");
         let block = v.info.block_size.max(1);
         LunInfo {
             blocks: v.info.size / u64::from(block),
@@ -345,7 +347,12 @@ impl IscsiConn {
                 return self.put_status(h, &[]);
             }
             if !allowed_when_unavailable(&cmd) {
-                match env.vols[vol].as_deref().expect("a session\'s volumes are served while it is registered").path.get() {
+                match env.vols[vol]
+                    .as_deref()
+                    .expect("a session\'s volumes are served while it is registered")
+                    .path
+                    .get()
+                {
                     PathState::Inaccessible => {
                         return self.respond(itt, Err(Sense::ALUA_UNAVAILABLE), edtl, 0, 0);
                     }
@@ -359,7 +366,12 @@ impl IscsiConn {
         let block = if vol == usize::MAX {
             512
         } else {
-            env.vols[vol].as_deref().expect("a session\'s volumes are served while it is registered").info.block_size.max(1)
+            env.vols[vol]
+                .as_deref()
+                .expect("a session\'s volumes are served while it is registered")
+                .info
+                .block_size
+                .max(1)
         };
         let out_len = scsi::data_out_len(&cmd, block);
         if let Cmd::CompareAndWrite(rw) = cmd
@@ -616,11 +628,7 @@ impl IscsiConn {
         };
         let built: Option<Result<Vec<u8>, Sense>> = match (cmd, &info) {
             (Cmd::ReportLuns { alloc }, _) => {
-                let luns: Vec<u16> = self.target
-                    .luns
-                    .iter()
-                    .map(|l| l.lun)
-                    .collect();
+                let luns: Vec<u16> = self.target.luns.iter().map(|l| l.lun).collect();
                 Some(page(Ok(pages::report_luns(&luns)), alloc))
             }
             (Cmd::RequestSense { alloc }, _) => {
@@ -703,7 +711,8 @@ impl IscsiConn {
             Cmd::ExtendedCopy { .. } => return self.extended_copy(env, slot),
             Cmd::Prefetch(rw) => range(rw.lba, u64::from(rw.blocks)).map(|_| ()),
             Cmd::PrIn { sa, alloc } => {
-                let pr = std::sync::Arc::clone(&std::sync::Arc::clone(&self.target).luns[lun_idx].pr);
+                let pr =
+                    std::sync::Arc::clone(&std::sync::Arc::clone(&self.target).luns[lun_idx].pr);
                 return match pr.read(sa) {
                     Ok(mut d) => {
                         d.truncate(alloc as usize);
@@ -1316,7 +1325,9 @@ impl IscsiConn {
     /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE).
     fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
         let l = &std::sync::Arc::clone(&self.target).luns[i];
-        let v = env.vols[l.volume].as_deref().expect("a session\'s volumes are served while it is registered");
+        let v = env.vols[l.volume]
+            .as_deref()
+            .expect("a session\'s volumes are served while it is registered");
         // A change of either site's port group is reported (RTPG lists both).
         let changes = v.path.changes() + v.peer_path.as_ref().map_or(0, |p| p.changes());
         let resets = l.resets.load(std::sync::atomic::Ordering::Acquire);

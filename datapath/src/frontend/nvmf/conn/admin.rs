@@ -228,11 +228,7 @@ impl NvmfConn {
             }
             (lid::CHANGED_NS, false) => self.scratch.resize(cmd::IDENTIFY_LEN, 0),
             (lid::ANA, false) => {
-                let Some(s) = self
-                    .ctrl
-                    .as_ref()
-                    .and_then(|c| c.subsys.clone())
-                else {
+                let Some(s) = self.ctrl.as_ref().and_then(|c| c.subsys.clone()) else {
                     return Status::INTERNAL;
                 };
                 let vols = env.vols;

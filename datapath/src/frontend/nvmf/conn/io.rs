@@ -12,11 +12,11 @@
 //! - Reservation access is re-evaluated only when the namespace's reservation version moved.
 
 use super::{MAX_XFER, NvmfConn, Req};
+use crate::bdev::volume::Volume;
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::atomic::{Note, OpKind, OpReq, Origin};
 use crate::frontend::nvmf::cmd::{Sqe, Status, io, sgl};
-use crate::bdev::volume::Volume;
 use crate::frontend::nvmf::ctrl::Subsystem;
 use crate::frontend::nvmf::resv::Access;
 use crate::frontend::nvmf::status::{path_status, status_of};
