@@ -23,7 +23,7 @@
 //!
 //! Run-time volumes are plain (`malloc` or `uring`, optionally nothing else): mirrored and CDP
 //! volumes need state directories, peers and pollers that are set up at start. The
-//! `VolumeConfig` path through [`crate::daemon::build_device`] is the one the config file takes,
+//! `VolumeConfig` path through [`super::build::build_device`] is the one the config file takes,
 //! so such layers can be added here later by the same stack building.
 
 use super::ControlCx;
@@ -391,7 +391,7 @@ fn volume_create(p: &Value, cx: &ControlCx, st: &mut AdminState) -> Result<Value
         cdp: None,
         view: None,
     };
-    let device = crate::daemon::build_device(&vc).map_err(|e| {
+    let device = super::build::build_device(&vc).map_err(|e| {
         let mut m = format!("volume {name:?}: {e}");
         let mut src = std::error::Error::source(&e);
         while let Some(c) = src {

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod admin_front;
+pub mod build;
 pub mod config;
 pub mod metrics;
 pub mod switchover;
