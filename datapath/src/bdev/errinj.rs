@@ -68,6 +68,14 @@ struct ErrInjChannel {
 }
 
 impl Channel for ErrInjChannel {
+    fn idle(&self, io: &IoCx) -> bool {
+        self.inner.idle(io)
+    }
+
+    fn close(&mut self, io: &mut IoCx) {
+        self.inner.close(io)
+    }
+
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
         if self.fault.hits(offset, len as u64) {
             return ReadStart::Failed(Errno::IO);

@@ -169,6 +169,16 @@ impl FileChannel {
 }
 
 impl Channel for FileChannel {
+    fn idle(&self, io: &IoCx) -> bool {
+        !io.ops.iter().any(|(_, op)| op.file == self.slot)
+    }
+
+    fn close(&mut self, io: &mut IoCx) {
+        if let Err(e) = io.unregister_file(self.slot) {
+            tracing::warn!(path = %self.dev.path, error = %e, "cannot unregister a closed volume's file");
+        }
+    }
+
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
         if !in_range(offset, len as u64, self.dev.size) {
             return ReadStart::Failed(Errno::INVAL);

@@ -126,6 +126,38 @@ pub trait Channel {
     fn lower(&mut self) -> Option<&mut dyn Channel> {
         None
     }
+    /// Nothing this channel started is still in flight in the reactor's ring (a channel
+    /// closed at run time is closed only once it is idle).
+    fn idle(&self, _io: &IoCx) -> bool {
+        true
+    }
+    /// The volume is being deleted: give back what the channel holds in the reactor (its
+    /// fixed-file slot). Called once, when [`Channel::idle`], just before it is dropped.
+    fn close(&mut self, _io: &mut IoCx) {}
+}
+
+/// The channel of an empty volume slot (a volume deleted at run time, or never created):
+/// every operation fails with `ENODEV`. Front ends never reach it (they resolve a volume
+/// before they use its channel); it exists so a reactor's channel table keeps one entry per
+/// slot and indexes stay stable.
+pub struct NoChannel;
+
+impl Channel for NoChannel {
+    fn read(&mut self, _io: &mut IoCx, _tag: IoTag, _offset: u64, _len: u32) -> ReadStart<'_> {
+        ReadStart::Failed(Errno(libc::ENODEV))
+    }
+    fn write(&mut self, _io: &mut IoCx, _tag: IoTag, _o: u64, _d: &[u8], _fua: bool) -> Start {
+        Start::Done(Err(Errno(libc::ENODEV)))
+    }
+    fn flush(&mut self, _io: &mut IoCx, _tag: IoTag) -> Start {
+        Start::Done(Err(Errno(libc::ENODEV)))
+    }
+    fn write_zeroes(&mut self, _io: &mut IoCx, _t: IoTag, _o: u64, _l: u64, _f: bool) -> Start {
+        Start::Done(Err(Errno(libc::ENODEV)))
+    }
+    fn unmap(&mut self, _io: &mut IoCx, _t: IoTag, _o: u64, _l: u64, _f: bool) -> Start {
+        Start::Done(Err(Errno(libc::ENODEV)))
+    }
 }
 
 /// Own-I/O slot bit of a layer that sits under another layer (CDP under the mirror): the

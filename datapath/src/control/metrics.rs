@@ -100,8 +100,8 @@ impl Collector for Site {
         let per_reactor: Vec<_> = rt.stats.iter().map(|s| s.volumes()).collect();
         let vols: Vec<(String, crate::runtime::VolCounters)> = rt
             .volumes
-            .iter()
-            .enumerate()
+            .list()
+            .into_iter()
             .map(|(i, v)| {
                 let total = per_reactor
                     .iter()
@@ -189,11 +189,15 @@ impl Collector for Site {
             .mirrors
             .iter()
             .map(|m| {
-                let name = &rt.volumes[m.vol].name;
+                let v = rt.volumes.get_any(m.vol);
+                let name = v.as_ref().map_or("?", |v| v.name.as_str());
                 (
                     m,
                     m.stats.snapshot(name, m.leader),
-                    rt.volumes[m.vol].path.get(),
+                    v.as_ref()
+                        .map_or(crate::bdev::volume::PathState::Inaccessible, |v| {
+                            v.path.get()
+                        }),
                 )
             })
             .collect();

@@ -7,9 +7,14 @@
 //! Methods (documented in docs/control.md): `daemon_info`, `volume_list`, `export_list`,
 //! `reactor_stats`, `reactor_set_wait`, `volume_stats`, `mirror_status`, `mirror_takeover`,
 //! `mirror_switchover`, `mirror_resync`, `nvmf_subsystems`, `host_list`, `volume_checksums`
-//! ([`verify`]), the `cdp_*` methods (views and restores run as child processes: [`cdp_jobs`]).
+//! ([`verify`]), the `cdp_*` methods (views and restores run as child processes: [`cdp_jobs`]),
+//! and the run-time changes of volumes, exports, subsystems and targets ([`admin`],
+//! [`admin_front`]): the only methods that change the daemon's tables.
 //! [`metrics`] serves the same published state to Prometheus.
 
+pub mod admin;
+pub mod admin_front;
+pub mod build;
 pub mod cdp_jobs;
 pub mod config;
 pub mod metrics;
@@ -17,7 +22,7 @@ pub mod switchover;
 pub mod verify;
 
 use crate::control::config::Config;
-use crate::frontend::nbd::NbdExport;
+use crate::frontend::nbd::NbdExports;
 use crate::frontend::nvmf::NvmfShared;
 use crate::layer::mirror::MirrorInfo;
 use crate::runtime::Shared;
@@ -27,9 +32,13 @@ pub struct ControlCx {
     /// Runtime state (volumes, reactors' counters, listeners).
     pub rt: Arc<Shared>,
     /// NBD exports.
-    pub nbd_exports: Arc<Vec<NbdExport>>,
+    pub nbd_exports: Arc<NbdExports>,
     /// NVMe-oF subsystems and controllers.
     pub nvmf: Arc<NvmfShared>,
+    /// iSCSI targets (`None`: a daemon without the iSCSI front end's state).
+    pub iscsi: Option<Arc<crate::frontend::iscsi::IscsiShared>>,
+    /// Serialises the run-time changes ([`admin`]): one at a time, checks and change together.
+    pub admin: std::sync::Mutex<admin::AdminState>,
     /// Mirrored volumes.
     pub mirrors: Vec<MirrorInfo>,
     /// Volumes with continuous data protection.
@@ -290,6 +299,14 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
             Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
         };
     }
+    if let Some(r) = admin::call(method, req.get("params"), shared) {
+        return match r {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err((code, m)) => {
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": m}})
+            }
+        };
+    }
     if method == "volume_checksums" {
         return match checksums(req.get("params"), shared) {
             Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
@@ -389,7 +406,12 @@ fn checksums(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String
             snap.state
         ));
     }
-    let info = &shared.rt.volumes[vol].info;
+    let v = shared
+        .rt
+        .volumes
+        .get(vol)
+        .ok_or_else(|| format!("no volume named {name:?}"))?;
+    let info = &v.info;
     let r = verify::check(
         info.size,
         u64::from(info.block_size),
@@ -457,7 +479,7 @@ fn host_list(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String
             }
         },
     };
-    let vname = |i: &usize| shared.rt.volumes.get(*i).map(|v| v.name.clone());
+    let vname = |i: &usize| shared.rt.volumes.get_any(*i).map(|v| v.name.clone());
     Ok(Value::Array(
         shared
             .rt
@@ -563,7 +585,7 @@ fn cdp_targets<'a>(
             if by_group {
                 c.group == name
             } else {
-                shared.rt.volumes[c.vol].name == name
+                shared.rt.volumes.name(c.vol) == name
             }
         })
         .collect();
@@ -607,7 +629,7 @@ fn cdp_call(
                 }
                 let vols = cdp_targets(Some(p), shared)?;
                 let c = vols[0];
-                let name = shared.rt.volumes[c.vol].name.clone();
+                let name = shared.rt.volumes.name(c.vol);
                 if method == "cdp_view_open" {
                     shared.cdp_jobs.view_open(c, &name, p)
                 } else {
@@ -621,7 +643,7 @@ fn cdp_call(
     Some((|| {
         let vols = cdp_targets(params, shared)?;
         let name = params.and_then(|p| p.get("name")).and_then(Value::as_str);
-        let vname = |c: &crate::layer::cdp::CdpInfo| shared.rt.volumes[c.vol].name.clone();
+        let vname = |c: &crate::layer::cdp::CdpInfo| shared.rt.volumes.name(c.vol);
         match method {
             "cdp_bookmark" => {
                 let name = name.ok_or("params need the bookmark's \"name\"")?;
@@ -666,8 +688,7 @@ fn volume_index(shared: &ControlCx, name: &str) -> Result<usize, String> {
     shared
         .rt
         .volumes
-        .iter()
-        .position(|v| v.name == name)
+        .find(name)
         .ok_or_else(|| format!("no volume named {name:?}"))
 }
 
@@ -717,15 +738,17 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
             shared
                 .rt
                 .volumes
-                .iter()
-                .map(|v| json!({"name": v.name, "size": v.info.size, "block_size": v.info.block_size, "stack": v.info.kind}))
+                .list()
+                .into_iter()
+                .map(|(_, v)| json!({"name": v.name, "size": v.info.size, "block_size": v.info.block_size, "stack": v.info.kind}))
                 .collect(),
         ),
         "export_list" => Value::Array(
             shared
                 .nbd_exports
+                .snapshot()
                 .iter()
-                .map(|e| json!({"proto": "nbd", "name": e.name, "volume": shared.rt.volumes[e.volume].name, "read_only": e.read_only}))
+                .map(|e| json!({"proto": "nbd", "name": e.name, "volume": shared.rt.volumes.name(e.volume), "read_only": e.read_only, "runtime": e.runtime}))
                 .collect(),
         ),
         "nvmf_subsystems" => {
@@ -735,15 +758,16 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                 "controllers": nv.registry.len(),
                 "cntlid_range": [nv.registry.ids().start(), nv.registry.ids().end()],
                 "first_port_id": nv.first_port_id,
-                "subsystems": nv.subsystems.iter().map(|s| json!({
+                "subsystems": nv.subs().clone().iter().map(|s| json!({
                     "nqn": s.nqn,
                     "serial": s.serial,
                     "allowed_hosts": s.allowed_hosts,
+                    "runtime": s.runtime,
                     "namespaces": s.namespaces.iter().map(|n| json!({
                         "nsid": n.nsid,
-                        "volume": shared.rt.volumes[n.volume].name,
+                        "volume": shared.rt.volumes.name(n.volume),
                         "ana_group": n.ana_group,
-                        "ana_state": crate::frontend::nvmf::status::ana_state(shared.rt.volumes[n.volume].path.get()),
+                        "ana_state": shared.rt.volumes.get_any(n.volume).map(|v| crate::frontend::nvmf::status::ana_state(v.path.get())),
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })
@@ -772,8 +796,8 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                 shared
                     .rt
                     .volumes
-                    .iter()
-                    .enumerate()
+                    .list()
+                    .into_iter()
                     .map(|(i, v)| {
                         let total = per_reactor
                             .iter()
@@ -791,11 +815,11 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                 .mirrors
                 .iter()
                 .filter_map(|m| {
-                    let name = &shared.rt.volumes[m.vol].name;
+                    let name = &shared.rt.volumes.name(m.vol);
                     let mut j = serde_json::to_value(m.stats.snapshot(name, m.leader)).ok()?;
                     j["home_reactor"] = json!(m.home);
                     j["group"] = json!(m.group);
-                    j["path_state"] = json!(path_state_name(shared.rt.volumes[m.vol].path.get()));
+                    j["path_state"] = json!(shared.rt.volumes.get_any(m.vol).map(|v| path_state_name(v.path.get())));
                     j["witness"] = m.failover.as_deref().map_or(Value::Null, witness_view);
                     Some(j)
                 })
@@ -806,7 +830,7 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                 .cdp
                 .iter()
                 .map(|c| {
-                    let name = &shared.rt.volumes[c.vol].name;
+                    let name = &shared.rt.volumes.name(c.vol);
                     let mut j = c.snapshot();
                     j["volume"] = json!(name);
                     j

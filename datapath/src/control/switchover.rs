@@ -83,7 +83,7 @@ pub fn switchover(
         }
         _ => return Err(bad(usage.into())),
     };
-    let name = |mi: &MirrorInfo| shared.rt.volumes[mi.vol].name.clone();
+    let name = |mi: &MirrorInfo| shared.rt.volumes.name(mi.vol);
     // Every volume must be up and in sync first: a switchover copies nothing.
     for mi in &vols {
         refuse_unless_in_sync(&mi.stats, &name(mi), mi.leader).map_err(|m| (NOT_IN_SYNC, m))?;

@@ -9,11 +9,10 @@
 
 pub mod demo;
 
-use crate::bdev::errinj::{ErrInjDevice, FaultRange};
-use crate::bdev::file::FileDevice;
-use crate::bdev::malloc::MallocDevice;
+pub use crate::control::build::build_device;
+
+use crate::bdev::BdevError;
 use crate::bdev::volume::Volume;
-use crate::bdev::{BdevError, BlockDevice};
 use crate::control::ControlCx;
 use crate::control::ControlServer;
 use crate::control::config::{Backend, Config, Wait};
@@ -159,67 +158,6 @@ pub struct Daemon {
     /// Prepares each CDP journal's next segment (off the reactors).
     segments: Option<JoinHandle<()>>,
     retention_stop: Arc<AtomicBool>,
-}
-
-fn build_device(
-    v: &crate::control::config::VolumeConfig,
-) -> Result<Arc<dyn BlockDevice>, BdevError> {
-    let base: Arc<dyn BlockDevice> = match v.backend {
-        Backend::Malloc => Arc::new(MallocDevice::new(v.size.0, v.block_size)?),
-        Backend::Uring => {
-            let path = v
-                .path
-                .as_ref()
-                .expect("validated: uring has a path")
-                .to_string_lossy()
-                .into_owned();
-            Arc::new(FileDevice::open(&path, v.size.0, v.block_size, v.create)?)
-        }
-        Backend::CdpView => {
-            use crate::layer::cdp::{bookmark, pit::Point, view};
-            let w = v.view.as_ref().expect("validated: cdp-view has a view");
-            let open_err = |e: String| BdevError::Open {
-                path: w.dir.display().to_string(),
-                source: std::io::Error::other(e),
-            };
-            let point = match (w.seq, w.time, &w.bookmark) {
-                (Some(s), _, _) => Point::Seq(s),
-                (_, Some(t), _) => Point::Time(t),
-                (_, _, Some(b)) => Point::Time(
-                    *bookmark::load(&w.dir)
-                        .map_err(open_err)?
-                        .get(b)
-                        .ok_or_else(|| open_err(format!("no bookmark named {b:?}")))?,
-                ),
-                _ => unreachable!("validated: one of seq, time, bookmark"),
-            };
-            let d = view::ViewDevice::open(&view::ViewSpec {
-                dir: w.dir.clone(),
-                point,
-                sandbox: w.sandbox,
-            })
-            .map_err(|e| open_err(e.to_string()))?;
-            let info = d.info();
-            if info.size != v.size.0 || info.block_size != v.block_size {
-                return Err(open_err(format!(
-                    "the history is of a {} byte volume with {} byte blocks; the config says {} and {}",
-                    info.size, info.block_size, v.size.0, v.block_size
-                )));
-            }
-            Arc::new(d)
-        }
-    };
-    Ok(match (v.fail_range, v.fail_flush) {
-        (None, false) => base,
-        (range, fail_flush) => {
-            let [offset, len] = range.unwrap_or([0, 0]);
-            Arc::new(ErrInjDevice::new(
-                base,
-                FaultRange { offset, len },
-                fail_flush,
-            ))
-        }
-    })
 }
 
 /// What survives of volume `v`'s data at a restart, for its mirror's replica state.
@@ -394,9 +332,10 @@ impl Daemon {
                 name: e.name,
                 read_only: e.read_only,
                 description: e.description,
+                runtime: false,
             })
             .collect();
-        let nbd_exports = Arc::new(nbd_exports);
+        let nbd_exports = Arc::new(crate::frontend::nbd::NbdExports::new(nbd_exports));
         // The NVMe-oF listeners are bound before the front end is built (its discovery log
         // lists their bound addresses); their acceptor is set once it exists.
         let mut nvmf_socks = Vec::new();
@@ -411,23 +350,24 @@ impl Daemon {
         nvmf.registry = crate::frontend::nvmf::ctrl::Registry::new(cfg.cntlid_range());
         nvmf.first_port_id = cfg.nvmf_first_port_id();
         nvmf.listen = nvmf_socks.iter().map(|(_, a)| *a).collect();
-        nvmf.subsystems = cfg
-            .effective_subsystems()
-            .into_iter()
-            .map(|s| {
-                let vols: Vec<usize> = s
-                    .namespaces
-                    .iter()
-                    .map(|n| {
-                        volumes
-                            .iter()
-                            .position(|v| &v.name == n)
-                            .expect("validated")
-                    })
-                    .collect();
-                Subsystem::new(s.nqn, s.allowed_hosts, &vols)
-            })
-            .collect();
+        nvmf.subsystems = std::sync::RwLock::new(
+            cfg.effective_subsystems()
+                .into_iter()
+                .map(|s| {
+                    let vols: Vec<usize> = s
+                        .namespaces
+                        .iter()
+                        .map(|n| {
+                            volumes
+                                .iter()
+                                .position(|v| &v.name == n)
+                                .expect("validated")
+                        })
+                        .collect();
+                    Arc::new(Subsystem::new(s.nqn, s.allowed_hosts, &vols))
+                })
+                .collect(),
+        );
         if let Some(dir) = &cfg.nvmf.state_dir {
             nvmf.load_reservations(dir.clone())
                 .map_err(StartError::Reservations)?;
@@ -437,7 +377,7 @@ impl Daemon {
         let n = cfg.reactor.cores.len();
         // Reservations of mirrored volumes are decided by the volume's leader site.
         let replicator = Arc::new(crate::frontend::nvmf::resv::ResvReplicator::new(
-            nvmf.subsystems
+            nvmf.subs()
                 .iter()
                 .map(|s| {
                     let nss = s.namespaces.iter().map(|n| (n.nsid, n.volume)).collect();
@@ -466,8 +406,9 @@ impl Daemon {
         for cd in &cdp_devs {
             let _ = cd.mailboxes.set(mailboxes.clone());
         }
+        let capacity = cfg.runtime.max_volumes.max(volumes.len());
         let stats = (0..n)
-            .map(|_| Arc::new(ReactorStats::new(volumes.len())))
+            .map(|_| Arc::new(ReactorStats::new(capacity)))
             .collect();
         let nvmf = Arc::new(nvmf);
         let mut listen = Vec::new();
@@ -539,6 +480,7 @@ impl Daemon {
                 iqn: t.iqn,
                 allowed: t.allowed_initiators,
                 chap,
+                runtime: false,
             });
         }
         // SCSI persistent reservations persist (APTPL) in [iscsi] state_dir, one file a LUN.
@@ -586,7 +528,7 @@ impl Daemon {
             let _ = md.meta.set(Arc::clone(&meta) as _);
         }
         let iscsi = Arc::new(IscsiShared {
-            targets: iscsi_targets,
+            targets: std::sync::RwLock::new(iscsi_targets.into_iter().map(Arc::new).collect()),
             portals: iscsi_socks.iter().map(|(_, a)| *a).collect(),
             extra_portals: cfg.iscsi.extra_portals.clone(),
             tpg: cfg.iscsi_tpg(),
@@ -617,7 +559,7 @@ impl Daemon {
             });
             listen.push((Proto::Iscsi, addr));
         }
-        let mut homes = vec![None; volumes.len()];
+        let mut homes = vec![None; capacity];
         for m in &mirrors {
             homes[m.vol] = Some(m.home);
         }
@@ -629,7 +571,7 @@ impl Daemon {
             }
         }
         let shared = Arc::new(Shared {
-            volumes,
+            volumes: runtime::VolumeTable::new(volumes, capacity),
             listeners,
             // Service 0: the NVMe atomic-section executors; 1: the checksum executors.
             services: vec![
@@ -754,6 +696,8 @@ impl Daemon {
             rt: Arc::clone(&shared),
             nbd_exports,
             nvmf: Arc::clone(&nvmf),
+            iscsi: Some(Arc::clone(&iscsi)),
+            admin: std::sync::Mutex::default(),
             mirrors,
             cdp: cdp_infos,
             cdp_jobs: Default::default(),

@@ -12,8 +12,10 @@
 use super::Shared;
 use super::stats::{Counters, VolCounters};
 use crate::bdev::Channel;
+use crate::bdev::volume::Volume;
 use crate::uring::{Errno, IoCx};
 use std::any::Any;
+use std::sync::Arc;
 
 /// A message for one connection from another (or the same) reactor: opaque to the runtime,
 /// the connection downcasts it to its own type.
@@ -23,8 +25,12 @@ pub type Note = Box<dyn Any + Send>;
 pub struct Env<'a> {
     /// The reactor's ring, pool and in-flight table.
     pub io: &'a mut IoCx,
-    /// This reactor's channel to every volume (index = volume index).
+    /// This reactor's channel to every volume slot (index = volume index; an empty slot's
+    /// channel fails everything).
     pub chans: &'a mut [Box<dyn Channel>],
+    /// This reactor's copy of the volume table (index = volume index; `None`: empty slot).
+    /// Read per I/O: no lock, no atomic.
+    pub vols: &'a [Option<Arc<Volume>>],
     /// Daemon-wide read-only runtime state.
     pub shared: &'a Shared,
     /// This reactor's counters.
@@ -61,4 +67,16 @@ pub trait Conn {
     }
     /// A note from another reactor (or this one) addressed to this connection.
     fn on_note(&mut self, _env: &mut Env<'_>, _note: Note) {}
+    /// The connection's registration in the hosts registry (`HostHandle::id`), while it has
+    /// one: [`super::Msg::Disconnect`] stops only the connection it names.
+    fn host_id(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Env<'_> {
+    /// The volume in slot `i` on this reactor (`None`: empty slot).
+    pub fn vol(&self, i: usize) -> Option<&Arc<Volume>> {
+        self.vols.get(i).and_then(Option::as_ref)
+    }
 }

@@ -18,6 +18,7 @@
 
 use super::conn::{Conn, Note};
 use crate::bdev::BlockRequest;
+use crate::bdev::volume::Volume;
 use crate::uring::{Errno, IoTag};
 use crossbeam_queue::ArrayQueue;
 use std::cell::{Cell, RefCell};
@@ -25,6 +26,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::mpsc::SyncSender;
 
 /// Where a [`Msg::Note`] goes on the receiving reactor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +69,33 @@ pub enum Msg {
         to: NoteTo,
         /// The note.
         note: Note,
+    },
+    /// Open this reactor's channel to a volume created at run time, in slot `vol` (empty on
+    /// this reactor until now), and answer on `done` (the error says why it could not).
+    OpenVolume {
+        /// The slot.
+        vol: usize,
+        /// The volume.
+        volume: Arc<Volume>,
+        /// Where the outcome goes.
+        done: SyncSender<Result<(), String>>,
+    },
+    /// Close this reactor's channel to the volume in slot `vol` once nothing it started is
+    /// in flight, empty the slot, and answer on `done`.
+    CloseVolume {
+        /// The slot.
+        vol: usize,
+        /// Where the answer goes.
+        done: SyncSender<()>,
+    },
+    /// Stop connection `conn` cleanly ([`super::Conn::stop`]: finish what is in flight, take
+    /// nothing new, close) if it is still the one registered as host `host_id` (a key may
+    /// have been reused since the registry was read).
+    Disconnect {
+        /// The connection's key on this reactor.
+        conn: u32,
+        /// Its registration in the hosts registry.
+        host_id: u64,
     },
     /// Counted and dropped (benchmarks and tests of the message path).
     Nop,

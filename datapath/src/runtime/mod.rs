@@ -10,11 +10,15 @@
 //! - [`hosts`]: the registry of connected hosts (front ends register, the control socket lists).
 //! - [`stats`]: per-reactor counters.
 //! - [`wait`]: a reactor's wait policy, changeable at run time (`reactor_set_wait`).
+//! - [`volumes`]: the volume slots (stable indexes; volumes added and deleted at run time).
 //!
 //! What the runtime knows nothing about: any protocol (NBD, NVMe-oF, iSCSI, the mirror's wire
 //! format), any layer (mirror, CDP), path states (ANA/ALUA), reservations. A front end or layer
 //! plugs in by registering an acceptor, a service or a poller source in [`Shared`] before the
-//! reactors start, never by editing this module. It sits above the ring and the block devices
+//! reactors start, never by editing this module. Volumes are the one thing that changes after
+//! the start: the control socket fills a free slot of the [`VolumeTable`] and asks every
+//! reactor to open its channel ([`Msg::OpenVolume`]), and closes them the same way
+//! ([`Msg::CloseVolume`]) before it frees the slot. It sits above the ring and the block devices
 //! and below transports, layers and front ends, and imports nothing from them.
 
 pub mod acceptor;
@@ -24,6 +28,7 @@ pub mod mailbox;
 pub mod poller;
 pub mod reactor;
 pub mod stats;
+pub mod volumes;
 pub mod wait;
 
 pub use acceptor::{Acceptor, Listener, Service};
@@ -32,16 +37,18 @@ pub use mailbox::{Mailbox, Msg, NoteTo};
 pub use poller::{PollCx, Poller, PollerSource};
 pub use reactor::{Reactor, RingSizes, STOP_DEADLINE, WaitPolicy};
 pub use stats::{Counters, ReactorStats, VolCounters};
+pub use volumes::VolumeTable;
 pub use wait::WaitCell;
 
-use crate::bdev::volume::Volume;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-/// Daemon-wide runtime state, complete before the first reactor starts and read-only after.
+/// Daemon-wide runtime state, complete before the first reactor starts and read-only after,
+/// except the volume table (changed off the I/O path, see [`volumes`]).
 pub struct Shared {
-    /// Volumes (index = channel index on every reactor).
-    pub volumes: Vec<Arc<Volume>>,
+    /// Volume slots (index = channel index on every reactor). Reactors and front ends on
+    /// them read their own copy ([`Env::vols`]), never this table, per I/O.
+    pub volumes: VolumeTable,
     /// Listening sockets (accepted on reactor 0), each with its acceptor.
     pub listeners: Vec<Listener>,
     /// Services every reactor starts (index = [`NoteTo::Service`]).

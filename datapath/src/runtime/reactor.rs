@@ -32,7 +32,8 @@ use super::mailbox::{Msg, NoteTo};
 use super::poller::{Completion, PollCx, Poller};
 use super::stats::{Counters, ReactorStats, VolCounters};
 use super::{Mailbox, Shared};
-use crate::bdev::{BlockRequest, Channel, Start};
+use crate::bdev::volume::Volume;
+use crate::bdev::{BlockRequest, Channel, NoChannel, Start};
 use crate::uring::{Errno, IoCx, IoTag, Kind, Owner, UserData};
 use io_uring::{cqueue, opcode, types};
 use slab::Slab;
@@ -86,6 +87,10 @@ pub struct Reactor {
     id: usize,
     io: IoCx,
     chans: Vec<Box<dyn Channel>>,
+    /// This reactor's copy of the volume table (same index as `chans`).
+    vols: Vec<Option<Arc<Volume>>>,
+    /// Channels asked to close, waiting for what they started to finish.
+    closing: Vec<(usize, std::sync::mpsc::SyncSender<()>)>,
     conns: Slab<Entry>,
     dirty: Vec<u32>,
     shared: Arc<Shared>,
@@ -163,16 +168,27 @@ impl Reactor {
         policy: WaitPolicy,
         sizes: RingSizes,
     ) -> std::io::Result<Self> {
-        let file_slots = (shared.volumes.len() as u32 + 16).max(64);
+        let cap = shared.volumes.capacity();
+        let file_slots = (cap as u32 + 16).max(64);
         let mut io = IoCx::new(sizes.entries, sizes.bufs, sizes.buf_size, file_slots)?;
         io.reactor = id;
-        let mut chans = Vec::with_capacity(shared.volumes.len());
-        for v in &shared.volumes {
-            chans.push(
-                v.device
-                    .open_channel(&mut io)
-                    .map_err(std::io::Error::other)?,
-            );
+        let mut chans: Vec<Box<dyn Channel>> = Vec::with_capacity(cap);
+        let mut vols = Vec::with_capacity(cap);
+        for i in 0..cap {
+            match shared.volumes.get(i) {
+                Some(v) => {
+                    chans.push(
+                        v.device
+                            .open_channel(&mut io)
+                            .map_err(std::io::Error::other)?,
+                    );
+                    vols.push(Some(v));
+                }
+                None => {
+                    chans.push(Box::new(NoChannel));
+                    vols.push(None);
+                }
+            }
         }
         let pollers = shared
             .pollers
@@ -183,6 +199,8 @@ impl Reactor {
             id,
             io,
             chans,
+            vols,
+            closing: Vec::new(),
             pollers,
             completions: Vec::with_capacity(256),
             spawned: Vec::new(),
@@ -194,7 +212,7 @@ impl Reactor {
             dirty: Vec::with_capacity(64),
             mailbox: Arc::clone(&shared.mailboxes[id]),
             stats: Arc::clone(&shared.stats[id]),
-            vol_counters: vec![VolCounters::default(); shared.volumes.len()],
+            vol_counters: vec![VolCounters::default(); cap],
             shared,
             counters: Counters::default(),
             policy,
@@ -419,8 +437,16 @@ impl Reactor {
                     }
                 }
                 Msg::Note { to, note } => self.on_note(to, note),
+                Msg::OpenVolume { vol, volume, done } => {
+                    let _ = done.send(self.open_volume(vol, volume));
+                }
+                Msg::CloseVolume { vol, done } => self.closing.push((vol, done)),
+                Msg::Disconnect { conn, host_id } => self.disconnect(conn, host_id),
                 Msg::Nop => {}
             }
+        }
+        if !self.closing.is_empty() {
+            worked |= self.close_idle_volumes();
         }
         if !self.pollers.is_empty() {
             worked |= self.run_pollers();
@@ -442,6 +468,7 @@ impl Reactor {
         let env = Env {
             io: &mut self.io,
             chans: &mut self.chans,
+            vols: &self.vols,
             shared: &self.shared,
             counters: &mut self.counters,
             vol_counters: &mut self.vol_counters,
@@ -634,6 +661,65 @@ impl Reactor {
         if let Start::Done(result) = started {
             self.answer(r.from, r.tag, result);
         }
+    }
+
+    /// Open the channel of a volume created at run time in the empty slot `vol`.
+    fn open_volume(&mut self, vol: usize, volume: Arc<Volume>) -> Result<(), String> {
+        if self.stopping.is_some() {
+            return Err("the reactor is stopping".into());
+        }
+        match self.vols.get(vol) {
+            None => return Err(format!("no volume slot {vol}")),
+            Some(Some(v)) => return Err(format!("slot {vol} holds volume {:?}", v.name)),
+            Some(None) => {}
+        }
+        let chan = volume
+            .device
+            .open_channel(&mut self.io)
+            .map_err(|e| format!("reactor {}: cannot open the channel: {e}", self.id))?;
+        self.chans[vol] = chan;
+        self.vols[vol] = Some(volume);
+        // The slot's counters start again from zero (a deleted volume may have used it).
+        self.vol_counters[vol] = VolCounters::default();
+        Ok(())
+    }
+
+    /// Close the channels asked to close once nothing they started is in flight; answer
+    /// each. True when one was closed.
+    fn close_idle_volumes(&mut self) -> bool {
+        let mut closed = false;
+        let mut i = 0;
+        while i < self.closing.len() {
+            let vol = self.closing[i].0;
+            let idle = self.chans.get(vol).is_none_or(|c| c.idle(&self.io));
+            if !idle {
+                i += 1;
+                continue;
+            }
+            let (vol, done) = self.closing.swap_remove(i);
+            if vol < self.chans.len() && self.vols[vol].is_some() {
+                let mut old = std::mem::replace(&mut self.chans[vol], Box::new(NoChannel));
+                old.close(&mut self.io);
+                self.vols[vol] = None;
+                self.vol_counters[vol] = VolCounters::default();
+            }
+            let _ = done.send(());
+            closed = true;
+        }
+        closed
+    }
+
+    /// Stop connection `key` cleanly if it is still host `host_id`.
+    fn disconnect(&mut self, key: u32, host_id: u64) {
+        let Some(entry) = self.conns.get(key as usize) else {
+            return;
+        };
+        if entry.conn.host_id() != Some(host_id) {
+            return;
+        }
+        let (entry, mut env) = self.env(key);
+        entry.conn.stop(&mut env);
+        self.mark(key);
     }
 
     /// Deliver a note to its connection or service (dropped when that is gone).

@@ -180,9 +180,11 @@ pub struct IoCx {
     /// Reused byte vectors for requests handed to another reactor (see `mirror`); kept by
     /// [`IoCx::recycle_vec`] within [`SPARE_VECS`] vectors of at most [`SPARE_VEC_MAX`] bytes.
     pub spare_vecs: Vec<Vec<u8>>,
-    /// Next free slot in the fixed-file table.
+    /// Next never-used slot in the fixed-file table.
     next_file: u32,
     file_slots: u32,
+    /// Slots given back by [`IoCx::unregister_file`], reused first.
+    free_files: Vec<u32>,
 }
 
 /// At most this many spare vectors per reactor.
@@ -229,11 +231,19 @@ impl IoCx {
             spare_vecs: Vec::new(),
             next_file: 0,
             file_slots,
+            free_files: Vec::new(),
         })
     }
 
     /// Register `fd` in the next fixed-file slot and return the slot.
     pub fn register_file(&mut self, fd: i32) -> io::Result<u32> {
+        if let Some(slot) = self.free_files.pop() {
+            if let Err(e) = self.ring.submitter().register_files_update(slot, &[fd]) {
+                self.free_files.push(slot);
+                return Err(e);
+            }
+            return Ok(slot);
+        }
         if self.next_file >= self.file_slots {
             return Err(io::Error::other("fixed-file table full"));
         }
@@ -241,6 +251,18 @@ impl IoCx {
         self.ring.submitter().register_files_update(slot, &[fd])?;
         self.next_file += 1;
         Ok(slot)
+    }
+
+    /// Empty fixed-file `slot` (from [`IoCx::register_file`]) and keep it for the next
+    /// registration (a channel closed at run time). The caller makes sure no operation on the
+    /// slot is queued or in flight.
+    pub fn unregister_file(&mut self, slot: u32) -> io::Result<()> {
+        if slot >= self.next_file || self.free_files.contains(&slot) {
+            return Err(io::Error::other("fixed-file slot not registered"));
+        }
+        self.ring.submitter().register_files_update(slot, &[-1])?;
+        self.free_files.push(slot);
+        Ok(())
     }
 
     /// Point fixed-file `slot` (from [`IoCx::register_file`]) at `fd` instead. Operations

@@ -725,7 +725,8 @@ fn alua_states_follow_the_volume_path_state_with_a_unit_attention() {
         data[4] & 0x0F
     };
     assert_eq!(state(&mut r, 2), 0x0, "active/optimised");
-    let path = &d.shared().volumes[0].path;
+    let vol0 = d.shared().volumes.get(0).unwrap();
+    let path = &vol0.path;
     let cases = [
         (PathState::NonOptimized, 0x1, None),
         (PathState::Inaccessible, 0x3, Some((0x02, 0x04, 0x0C))),

@@ -350,7 +350,8 @@ fn extended_copy_on_an_unavailable_path_gets_the_alua_sense_and_an_abort_is_neve
     let (d, addr) = daemon("64MiB");
     let mut r = Raw::login(addr, false);
     let naa = naa_of(&mut r, 1, 0);
-    let path = &d.shared().volumes[0].path;
+    let vol0 = d.shared().volumes.get(0).unwrap();
+    let path = &vol0.path;
     assert!(path.set(PathState::Inaccessible));
     assert_eq!(status_of(&mut r, 2, &[0u8; 6], 0).2, 0x2A, "unit attention");
     let list = xcopy_list(1, 2, &[naa], &[(0, 0, 8, 0, 100)]);

@@ -20,5 +20,6 @@ mod nvmf_ana;
 mod nvmf_fused_resv;
 mod rawnbd;
 mod reactor_wait;
+mod runtime;
 mod shutdown;
 mod switchover;

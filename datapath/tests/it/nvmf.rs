@@ -363,7 +363,8 @@ fn ana_state_changes_reach_io_log_and_async_events() {
     );
     let aer = c.admin.submit(Sqe::new(0x0C), &[], 0).unwrap();
     // The volume's published path state is its ANA group's state (group 1: volume 0).
-    let path = &d.shared().volumes[0].path;
+    let vol0 = d.shared().volumes.get(0).unwrap();
+    let path = &vol0.path;
     assert!(path.set(PathState::Inaccessible));
     assert_eq!(
         status(&mut q, Sqe::new(0x02).nsid(1).lba(0, 1), &[], 512),

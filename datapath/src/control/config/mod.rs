@@ -38,6 +38,34 @@ pub struct Config {
     /// Two-site mirroring (absent: a single site).
     #[serde(default)]
     pub mirror: Option<MirrorConfig>,
+    /// Changes made at run time through the control socket.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// `[runtime]`: room for volumes created at run time (docs/control.md, "Run-time changes").
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Volume slots, configured volumes included: every reactor keeps one channel entry per
+    /// slot, so a volume's index stays the same while it exists (1 to 4096).
+    #[serde(default = "default_max_volumes")]
+    pub max_volumes: usize,
+}
+
+/// Most volume slots `[runtime] max_volumes` may ask for.
+pub const MAX_MAX_VOLUMES: usize = 4096;
+
+fn default_max_volumes() -> usize {
+    crate::runtime::volumes::DEFAULT_MAX_VOLUMES
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_volumes: default_max_volumes(),
+        }
+    }
 }
 
 /// This site and its peer, for mirrored volumes.
@@ -683,6 +711,7 @@ impl Default for Config {
                 view: None,
             }],
             mirror: None,
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -726,6 +755,19 @@ impl Config {
             if self.reactor.cores[..i].contains(c) {
                 return bad(format!("core {c} is listed twice in reactor.cores"));
             }
+        }
+        if self.runtime.max_volumes == 0 || self.runtime.max_volumes > MAX_MAX_VOLUMES {
+            return bad(format!(
+                "runtime.max_volumes = {}: give 1 to {MAX_MAX_VOLUMES}",
+                self.runtime.max_volumes
+            ));
+        }
+        if self.volumes.len() > self.runtime.max_volumes {
+            return bad(format!(
+                "{} volumes are configured but runtime.max_volumes is {}: raise it",
+                self.volumes.len(),
+                self.runtime.max_volumes
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for v in &self.volumes {

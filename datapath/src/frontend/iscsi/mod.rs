@@ -13,7 +13,12 @@
 //!   `copy`: EXTENDED COPY runs, chunk by chunk through the volumes' channels.
 //!
 //! Model: everything in [`IscsiShared`] is built before the reactors start and read-only
-//! afterwards (the TSIH counter is an atomic). A connection is its own session
+//! afterwards (the TSIH counter is an atomic), except the target table, which the control
+//! socket may change at run time under its `RwLock`: a target is immutable (a change replaces
+//! it with a changed copy), a session keeps the `Arc<IscsiTarget>` it logged in to, and the
+//! lock is taken only at login, by SendTargets and by the control socket, never per command.
+//! A session registers as a host under the read lock and only while its target is still in
+//! the table, so a removal that finds no host of a target knows none will log in to it. A connection is its own session
 //! (MaxConnections=1), so session state lives in the connection and the I/O path takes no lock.
 //! Volumes are reached through the reactor's channels, the same path NVMe/TCP and NBD take;
 //! COMPARE AND WRITE goes to the NVMe-oF atomic-section executor of the volume's home reactor
@@ -45,8 +50,8 @@ use crate::frontend::nvmf::NvmfShared;
 use crate::runtime::{Acceptor, Conn};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Prefix of the name of a default per-volume target: `iqn.2026-11.io.twinblk:<volume>`.
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.io.twinblk:";
@@ -110,6 +115,8 @@ pub struct IscsiTarget {
     pub allowed: Vec<String>,
     /// CHAP credentials (`None`: no authentication).
     pub chap: Option<chap::Chap>,
+    /// Added through the control socket (lasts until the daemon stops), not from the config.
+    pub runtime: bool,
 }
 
 impl IscsiTarget {
@@ -121,8 +128,8 @@ impl IscsiTarget {
 
 /// Daemon-wide iSCSI state.
 pub struct IscsiShared {
-    /// Targets.
-    pub targets: Vec<IscsiTarget>,
+    /// Targets (see the module's model).
+    pub targets: RwLock<Vec<Arc<IscsiTarget>>>,
     /// Portals of this site (bound listener addresses), listed by SendTargets.
     pub portals: Vec<SocketAddr>,
     /// More portals SendTargets lists ("host:port", e.g. the other site's).
@@ -162,6 +169,22 @@ pub struct MirrorHandle {
 }
 
 impl IscsiShared {
+    /// The target table, for reading (never per command).
+    pub fn tgts(&self) -> RwLockReadGuard<'_, Vec<Arc<IscsiTarget>>> {
+        // Every change is one assignment, push or remove: a poisoned table is still whole.
+        self.targets.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The target table, for changing (control socket).
+    pub fn tgts_mut(&self) -> RwLockWriteGuard<'_, Vec<Arc<IscsiTarget>>> {
+        self.targets.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The target named `iqn`, as it is now.
+    pub fn find(&self, iqn: &str) -> Option<Arc<IscsiTarget>> {
+        self.tgts().iter().find(|t| t.iqn == iqn).cloned()
+    }
+
     /// "TargetAddress" values: this site's portals, then the extra ones, with the group tag.
     pub fn portal_addresses(&self) -> Vec<String> {
         let mut v: Vec<String> = self

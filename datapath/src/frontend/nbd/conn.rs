@@ -22,8 +22,8 @@
 //! - Backpressure: at most [`MAX_INFLIGHT`] device operations and about [`TX_HIGH_WATER`]
 //!   bytes of unsent replies; past either, the connection stops reading until they drain.
 
-use super::NbdExport;
 use super::proto::{self, cflag, chunk, cmd, err, info, opt, rep, tflag};
+use super::{NbdExport, NbdExports};
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::runtime::hosts::{HostHandle, HostRecord};
 use crate::runtime::{Conn, Env};
@@ -61,7 +61,7 @@ struct Pending {
 pub struct NbdConn {
     fd: OwnedFd,
     /// The daemon's exports.
-    exports: Arc<Vec<NbdExport>>,
+    exports: Arc<NbdExports>,
     phase: Phase,
     fixed: bool,
     no_zeroes: bool,
@@ -83,8 +83,8 @@ pub struct NbdConn {
     /// The server is stopping: answer received requests with ESHUTDOWN.
     /// Failed operations not yet added to the reactor's per-volume counters.
     errors: u64,
-    /// The export chosen (valid once a volume was selected).
-    export: usize,
+    /// The export chosen (a copy, taken when it was selected).
+    export: Option<NbdExport>,
     /// This connection's entry in the hosts registry (from transmission until closed).
     host: Option<HostHandle>,
 }
@@ -105,7 +105,7 @@ fn nbd_error(e: Errno) -> u32 {
 
 impl NbdConn {
     /// A connection on an accepted socket.
-    pub fn new(fd: OwnedFd, exports: Arc<Vec<NbdExport>>) -> Self {
+    pub fn new(fd: OwnedFd, exports: Arc<NbdExports>) -> Self {
         crate::transport::tcp::set_nodelay(&fd);
         Self {
             fd,
@@ -125,7 +125,7 @@ impl NbdConn {
             life: Lifecycle::default(),
             reqs: Slab::with_capacity(64),
             errors: 0,
-            export: 0,
+            export: None,
             host: None,
         }
     }
@@ -265,11 +265,12 @@ impl NbdConn {
         proto::put_option_reply(&mut self.tx.pending, option, kind, data);
     }
 
-    fn find_export(exports: &[NbdExport], name: &[u8]) -> Option<usize> {
+    fn find_export(exports: &NbdExports, name: &[u8]) -> Option<NbdExport> {
+        let list = exports.read();
         if name.is_empty() {
-            return if exports.is_empty() { None } else { Some(0) };
+            return list.first().cloned();
         }
-        exports.iter().position(|e| e.name.as_bytes() == name)
+        list.iter().find(|e| e.name.as_bytes() == name).cloned()
     }
 
     fn tflags(&self) -> u16 {
@@ -285,20 +286,38 @@ impl NbdConn {
         f
     }
 
-    fn select(&mut self, env: &Env<'_>, export: usize) {
-        let e = &self.exports[export];
-        let v = &env.shared.volumes[e.volume];
+    /// Take `e` as the export; false when its volume is not served on this reactor (an
+    /// export being removed with its volume).
+    fn select(&mut self, env: &Env<'_>, e: NbdExport) -> bool {
+        let Some(v) = env.vol(e.volume) else {
+            return false;
+        };
         self.vol = e.volume;
-        self.export = export;
         self.size = v.info.size;
         self.min_io = v.info.min_io;
         self.read_only = e.read_only;
+        self.export = Some(e);
+        true
     }
 
     /// The export is chosen: serve requests, and list the connection in the hosts registry.
+    /// Only while the export is still in the table (checked and registered under its read
+    /// lock, see the module's invariant); otherwise the connection closes.
     fn enter_transmission(&mut self, env: &Env<'_>) {
+        let exports = Arc::clone(&self.exports);
+        let list = exports.read();
+        let Some(e) = self.export.as_ref().filter(|e| {
+            list.iter()
+                .any(|x| x.name == e.name && x.volume == e.volume)
+        }) else {
+            tracing::info!(
+                conn = env.key,
+                "the export was removed during negotiation; closing"
+            );
+            self.life.closing = true;
+            return;
+        };
         self.phase = Phase::Transmission;
-        let e = &self.exports[self.export];
         let mut rec = HostRecord::new("nbd", env.io.reactor, env.key, e.name.clone());
         rec.peer = crate::transport::tcp::peer_addr(&self.fd);
         rec.volumes = vec![e.volume];
@@ -317,12 +336,7 @@ impl NbdConn {
         }
         match code {
             opt::EXPORT_NAME => match Self::find_export(&self.exports, data) {
-                None => {
-                    tracing::info!(conn = env.key, "EXPORT_NAME for an unknown export; closing");
-                    self.life.closing = true;
-                }
-                Some(x) => {
-                    self.select(env, x);
+                Some(x) if self.select(env, x.clone()) => {
                     let flags = self.tflags();
                     self.tx.pending.extend_from_slice(&self.size.to_be_bytes());
                     self.tx.pending.extend_from_slice(&flags.to_be_bytes());
@@ -330,6 +344,10 @@ impl NbdConn {
                         self.tx.pending.extend_from_slice(&[0u8; 124]);
                     }
                     self.enter_transmission(env);
+                }
+                _ => {
+                    tracing::info!(conn = env.key, "EXPORT_NAME for an unknown export; closing");
+                    self.life.closing = true;
                 }
             },
             opt::ABORT => {
@@ -341,7 +359,7 @@ impl NbdConn {
                     self.reply(code, rep::ERR_INVALID, &[]);
                     return;
                 }
-                for e in self.exports.iter() {
+                for e in self.exports.snapshot().iter() {
                     let name = e.name.as_bytes();
                     proto::put_option_reply(
                         &mut self.tx.pending,
@@ -381,13 +399,14 @@ impl NbdConn {
             self.reply(code, rep::ERR_INVALID, &[]);
             return;
         };
-        let Some(x) = Self::find_export(&self.exports, req.name) else {
+        let Some(export) = Self::find_export(&self.exports, req.name) else {
             self.reply(code, rep::ERR_UNKNOWN, &[]);
             return;
         };
-        self.select(env, x);
-        let exports = Arc::clone(&self.exports);
-        let export = &exports[x];
+        if !self.select(env, export.clone()) {
+            self.reply(code, rep::ERR_UNKNOWN, &[]);
+            return;
+        }
         let mut buf = [0u8; 12];
         buf[0..2].copy_from_slice(&info::EXPORT.to_be_bytes());
         buf[2..10].copy_from_slice(&self.size.to_be_bytes());
@@ -640,6 +659,10 @@ impl Conn for NbdConn {
 
     fn stop(&mut self, env: &mut Env<'_>) {
         self.life.stop(env.io, env.key);
+    }
+
+    fn host_id(&self) -> Option<u64> {
+        self.host.as_ref().map(|h| h.id())
     }
 
     fn abort(&mut self, env: &mut Env<'_>) {

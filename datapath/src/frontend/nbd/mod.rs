@@ -2,6 +2,13 @@
 //!
 //! [`proto`] holds the wire format as pure functions; [`conn`] the per-connection state
 //! machine that drives them from the reactor. docs/nbd.md describes what is supported.
+//!
+//! Exports ([`NbdExports`]) may be added and removed at run time (control socket). A
+//! connection looks its export up during negotiation, under the table's read lock, and keeps
+//! its own copy from then on: the I/O path takes no lock. Invariant: a connection enters
+//! transmission (and registers as a host) only while holding the read lock and only if its
+//! export is still in the table, so a removal (write lock) that finds no host of an export
+//! knows no connection will ever use it.
 
 pub mod conn;
 pub mod proto;
@@ -10,7 +17,7 @@ pub use conn::NbdConn;
 
 use crate::runtime::{Acceptor, Conn};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// An NBD export: a volume under a name.
 #[derive(Clone, Debug)]
@@ -23,16 +30,49 @@ pub struct NbdExport {
     pub read_only: bool,
     /// Free text shown by clients.
     pub description: String,
+    /// Added through the control socket (lasts until the daemon stops), not from the config.
+    pub runtime: bool,
+}
+
+/// The daemon's NBD exports (see the module's invariant).
+#[derive(Default)]
+pub struct NbdExports {
+    list: RwLock<Vec<NbdExport>>,
+}
+
+impl NbdExports {
+    /// A table holding `exports`.
+    pub fn new(exports: Vec<NbdExport>) -> Self {
+        Self {
+            list: RwLock::new(exports),
+        }
+    }
+
+    /// The table, for reading (off the I/O path).
+    pub fn read(&self) -> RwLockReadGuard<'_, Vec<NbdExport>> {
+        // Every change is one push or one remove: a poisoned table is still whole.
+        self.list.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The table, for changing (control socket).
+    pub fn write(&self) -> RwLockWriteGuard<'_, Vec<NbdExport>> {
+        self.list.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of every export.
+    pub fn snapshot(&self) -> Vec<NbdExport> {
+        self.read().clone()
+    }
 }
 
 /// The NBD listeners' acceptor: every accepted socket is a session over the daemon's exports.
 pub struct NbdAcceptor {
-    exports: Arc<Vec<NbdExport>>,
+    exports: Arc<NbdExports>,
 }
 
 impl NbdAcceptor {
     /// An acceptor serving `exports`.
-    pub fn new(exports: Arc<Vec<NbdExport>>) -> Self {
+    pub fn new(exports: Arc<NbdExports>) -> Self {
         Self { exports }
     }
 }

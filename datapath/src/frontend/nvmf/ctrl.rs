@@ -1,7 +1,9 @@
 //! Subsystems, controllers and ANA groups: the daemon-wide NVMe-oF state.
 //!
-//! Model: subsystems and namespaces are fixed at start (read-only, indexed without locks from
-//! any reactor). Controllers come and go with admin queues: the [`Registry`] maps cntlid to a
+//! Model: a [`Subsystem`] is immutable; the daemon's table holds `Arc<Subsystem>`s and a
+//! change made at run time (a namespace, an allowed host) replaces the subsystem with a
+//! changed copy. A controller keeps the copy it connected to, so its queues never take a lock
+//! to find a namespace. Controllers come and go with admin queues: the [`Registry`] maps cntlid to a
 //! [`Controller`] behind a `Mutex` taken only on Connect, queue close and teardown, never on
 //! the I/O path (an I/O queue holds its own `Arc<Controller>` and its subsystem's index).
 //!
@@ -59,6 +61,8 @@ pub struct Subsystem {
     pub resv: Arc<super::resv::ResvTable>,
     /// The ANA groups its namespaces are in, by ascending id.
     pub ana_groups: Vec<AnaGroup>,
+    /// Added through the control socket (lasts until the daemon stops), not from the config.
+    pub runtime: bool,
 }
 
 /// An ANA group of a subsystem: one volume's namespaces.
@@ -80,30 +84,42 @@ pub fn ana_group_of(volume: usize) -> u32 {
 impl Subsystem {
     /// A subsystem with `volumes` as namespaces 1, 2, ...
     pub fn new(nqn: String, allowed_hosts: Vec<String>, volumes: &[usize]) -> Self {
-        let namespaces = volumes
+        let numbered: Vec<(u32, usize)> = volumes
             .iter()
             .enumerate()
-            .map(|(i, &volume)| Namespace {
-                nsid: i as u32 + 1,
+            .map(|(i, &v)| (i as u32 + 1, v))
+            .collect();
+        Self::with_namespaces(nqn, allowed_hosts, &numbered)
+    }
+
+    /// A subsystem with the namespaces `(nsid, volume)` (nsids distinct and non-zero; kept
+    /// in ascending order). Its reservations start empty.
+    pub fn with_namespaces(nqn: String, allowed_hosts: Vec<String>, ns: &[(u32, usize)]) -> Self {
+        let mut ns = ns.to_vec();
+        ns.sort_by_key(|&(nsid, _)| nsid);
+        let namespaces: Vec<Namespace> = ns
+            .iter()
+            .map(|&(nsid, volume)| Namespace {
+                nsid,
                 volume,
                 ana_group: ana_group_of(volume),
-                ids: cmd::NsIds::derive(&nqn, i as u32 + 1),
+                ids: cmd::NsIds::derive(&nqn, nsid),
             })
             .collect();
         let mut ana_groups: Vec<AnaGroup> = Vec::new();
-        for (i, &volume) in volumes.iter().enumerate() {
+        for &(nsid, volume) in &ns {
             match ana_groups.iter_mut().find(|g| g.volume == volume) {
-                Some(g) => g.nsids.push(i as u32 + 1),
+                Some(g) => g.nsids.push(nsid),
                 None => ana_groups.push(AnaGroup {
                     id: ana_group_of(volume),
                     volume,
-                    nsids: vec![i as u32 + 1],
+                    nsids: vec![nsid],
                 }),
             }
         }
         ana_groups.sort_by_key(|g| g.id);
         let serial = format!("TB{:08X}", crc32c::crc32c(nqn.as_bytes()));
-        let resv = Arc::new(super::resv::ResvTable::new(volumes.len()));
+        let resv = Arc::new(super::resv::ResvTable::new(namespaces.len()));
         Self {
             nqn,
             serial,
@@ -111,7 +127,13 @@ impl Subsystem {
             namespaces,
             resv,
             ana_groups,
+            runtime: false,
         }
+    }
+
+    /// `(nsid, volume)` of every namespace.
+    pub fn numbered(&self) -> Vec<(u32, usize)> {
+        self.namespaces.iter().map(|n| (n.nsid, n.volume)).collect()
     }
 
     /// Whether `host` may connect.
@@ -121,12 +143,23 @@ impl Subsystem {
 
     /// The namespace `nsid`, if active.
     pub fn ns(&self, nsid: u32) -> Option<&Namespace> {
-        self.namespaces.get((nsid as usize).checked_sub(1)?)
+        self.ns_index(nsid).map(|i| &self.namespaces[i])
+    }
+
+    /// The index of namespace `nsid` in [`Subsystem::namespaces`] (also its index in the
+    /// reservation table), if active. Configured subsystems number their namespaces 1, 2, ...
+    /// so the index is `nsid - 1` at once; a run-time subsystem may have gaps.
+    pub fn ns_index(&self, nsid: u32) -> Option<usize> {
+        let guess = (nsid as usize).checked_sub(1)?;
+        if self.namespaces.get(guess).is_some_and(|n| n.nsid == nsid) {
+            return Some(guess);
+        }
+        self.namespaces.iter().position(|n| n.nsid == nsid)
     }
 
     /// Highest namespace id.
     pub fn nn(&self) -> u32 {
-        self.namespaces.len() as u32
+        self.namespaces.last().map_or(0, |n| n.nsid)
     }
 
     /// Highest ANA group id of the subsystem (Identify Controller ANAGRPMAX; 0: none).
@@ -136,10 +169,10 @@ impl Subsystem {
 
     /// The subsystem's ANA change count: the sum of its groups' volumes' path changes, so it
     /// moves whenever one of its groups changes state, and only then.
-    pub fn ana_changes(&self, volumes: &[Arc<Volume>]) -> u64 {
+    pub fn ana_changes(&self, volumes: &[Option<Arc<Volume>>]) -> u64 {
         self.ana_groups
             .iter()
-            .filter_map(|g| volumes.get(g.volume))
+            .filter_map(|g| volumes.get(g.volume)?.as_ref())
             .map(|v| v.path.changes())
             .sum()
     }
@@ -149,8 +182,9 @@ impl Subsystem {
 pub struct Controller {
     /// Controller id.
     pub cntlid: u16,
-    /// Subsystem index (`None`: the discovery controller).
-    pub subsys: Option<usize>,
+    /// Its subsystem, as it was when the controller was created (`None`: the discovery
+    /// controller).
+    pub subsys: Option<Arc<Subsystem>>,
     /// Host NQN that created it.
     pub hostnqn: String,
     /// Host identifier.
@@ -299,7 +333,7 @@ impl Registry {
     /// Create a controller with a fresh cntlid (`None` when all ids are in use).
     pub fn create(
         &self,
-        subsys: Option<usize>,
+        subsys: Option<Arc<Subsystem>>,
         hostnqn: &str,
         hostid: [u8; 16],
         kato_ms: u32,
@@ -312,10 +346,10 @@ impl Registry {
             if let std::collections::hash_map::Entry::Vacant(slot) = r.ctrls.entry(id) {
                 let c = Arc::new(Controller {
                     cntlid: id,
-                    subsys,
                     hostnqn: hostnqn.to_owned(),
                     hostid,
                     io_queues: AtomicU16::new(if subsys.is_some() { MAX_IO_QUEUES } else { 0 }),
+                    subsys,
                     enabled: AtomicBool::new(false),
                     kato_ms: AtomicU32::new(kato_ms),
                     queues: Mutex::new(Queues::default()),
@@ -365,8 +399,22 @@ mod tests {
     #[test]
     fn registry_allocates_ids_and_teardown_blocks_attach() {
         let r = Registry::default();
-        let a = r.create(Some(0), "h", [0; 16], 0).unwrap();
-        let b = r.create(Some(0), "h", [0; 16], 0).unwrap();
+        let a = r
+            .create(
+                Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
+                "h",
+                [0; 16],
+                0,
+            )
+            .unwrap();
+        let b = r
+            .create(
+                Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
+                "h",
+                [0; 16],
+                0,
+            )
+            .unwrap();
         assert_ne!(a.cntlid, b.cntlid);
         let (s1, _s2) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = OwnedFd::from(s1);
@@ -391,12 +439,40 @@ mod tests {
     fn a_registry_hands_out_only_the_ids_of_its_range_and_wraps_within_it() {
         let r = Registry::new(0x7FF8..=0x7FFA);
         let ids: Vec<u16> = (0..3)
-            .map(|_| r.create(Some(0), "h", [0; 16], 0).unwrap().cntlid)
+            .map(|_| {
+                r.create(
+                    Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
+                    "h",
+                    [0; 16],
+                    0,
+                )
+                .unwrap()
+                .cntlid
+            })
             .collect();
         assert_eq!(ids, vec![0x7FF8, 0x7FF9, 0x7FFA]);
-        assert!(r.create(Some(0), "h", [0; 16], 0).is_none(), "range full");
+        assert!(
+            r.create(
+                Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
+                "h",
+                [0; 16],
+                0
+            )
+            .is_none(),
+            "range full"
+        );
         r.remove(0x7FF9);
-        assert_eq!(r.create(Some(0), "h", [0; 16], 0).unwrap().cntlid, 0x7FF9);
+        assert_eq!(
+            r.create(
+                Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
+                "h",
+                [0; 16],
+                0
+            )
+            .unwrap()
+            .cntlid,
+            0x7FF9
+        );
         // The default range is the whole dynamic range, starting at 1.
         let d = Registry::default();
         assert_eq!(d.ids(), 1..=MAX_CNTLID);

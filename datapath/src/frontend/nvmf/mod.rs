@@ -11,7 +11,12 @@
 //! - [`resv`]: reservations per namespace, persisted in one state file per subsystem.
 //!
 //! Model: everything in [`NvmfShared`] is built before the reactors start and handed to each
-//! connection at construction. Subsystems and listener addresses are read-only; the controller
+//! connection at construction. Listener addresses are read-only; the subsystem table may
+//! change at run time (control socket) under its `RwLock`, taken only at Connect, by the
+//! discovery log page and by the control socket, never per I/O: a controller keeps the
+//! `Arc<Subsystem>` it connected to (immutable; a change replaces it in the table). A queue
+//! registers as a host under the table's read lock, and only while its subsystem is still
+//! there, so a removal that finds no host of a subsystem knows none will connect to it; the controller
 //! registry is locked only on the Connect/teardown path; the reservation lock is taken only by
 //! reservation commands and when a namespace's reservation version moved. ANA: one group per
 //! volume (id = volume index + 1) whose state is the volume's published path state
@@ -31,15 +36,15 @@ use ctrl::{Registry, Subsystem};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Prefix of the NQN of a default per-volume subsystem: `nqn.2026-11.io.twinblk:<volume>`.
 pub const DEFAULT_NQN_PREFIX: &str = "nqn.2026-11.io.twinblk:";
 
 /// Daemon-wide NVMe-oF state.
 pub struct NvmfShared {
-    /// Subsystems (the discovery subsystem is implicit).
-    pub subsystems: Vec<Subsystem>,
+    /// Subsystems (the discovery subsystem is implicit); see the module's model.
+    pub subsystems: RwLock<Vec<Arc<Subsystem>>>,
     /// Addresses NVMe/TCP listens on (bound addresses), for the discovery log.
     pub listen: Vec<SocketAddr>,
     /// Live controllers.
@@ -59,7 +64,7 @@ impl NvmfShared {
     /// No subsystems, no listeners.
     pub fn empty() -> Self {
         Self {
-            subsystems: Vec::new(),
+            subsystems: RwLock::new(Vec::new()),
             listen: Vec::new(),
             registry: Registry::default(),
             first_port_id: 1,
@@ -76,7 +81,7 @@ impl NvmfShared {
         }
         Some(self.sections.get_or_init(|| {
             atomic::Sections::new(
-                shared.volumes.len(),
+                shared.volumes.capacity(),
                 shared.mailboxes.clone(),
                 self.home_service,
             )
@@ -89,16 +94,30 @@ impl NvmfShared {
             path: dir.clone(),
             source,
         })?;
-        for s in &self.subsystems {
+        for s in self.subs().iter() {
             s.resv.load(&dir, &s.nqn)?;
         }
         self.state_dir = Some(dir);
         Ok(())
     }
 
-    /// The subsystem named `nqn`.
-    pub fn find(&self, nqn: &[u8]) -> Option<usize> {
-        self.subsystems.iter().position(|s| s.nqn.as_bytes() == nqn)
+    /// The subsystem table, for reading (never per I/O).
+    pub fn subs(&self) -> RwLockReadGuard<'_, Vec<Arc<Subsystem>>> {
+        // Every change is one assignment, push or remove: a poisoned table is still whole.
+        self.subsystems.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The subsystem table, for changing (control socket).
+    pub fn subs_mut(&self) -> RwLockWriteGuard<'_, Vec<Arc<Subsystem>>> {
+        self.subsystems.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The subsystem named `nqn`, as it is now.
+    pub fn find(&self, nqn: &[u8]) -> Option<Arc<Subsystem>> {
+        self.subs()
+            .iter()
+            .find(|s| s.nqn.as_bytes() == nqn)
+            .cloned()
     }
 }
 

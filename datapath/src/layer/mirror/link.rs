@@ -375,8 +375,7 @@ impl LinkConn {
         let vol = env
             .shared
             .volumes
-            .iter()
-            .position(|v| v.name == name)
+            .find(name)
             .ok_or_else(|| format!("no volume named {name:?}"))?;
         let home = self
             .homes

@@ -55,7 +55,10 @@ impl IscsiConn {
             let t = &self.tasks[slot as usize];
             (t.vol, t.lun_idx)
         };
-        let v = Arc::clone(&env.shared.volumes[vol]);
+        let Some(v) = env.vols[vol].clone() else {
+            // Deleted under the session (never while a LUN names it): nothing to move.
+            return self.complete(slot, Err(Sense::INVALID_FIELD_PARAM));
+        };
         let own = self.sh.tpg;
         let peer = v.peer_path.as_ref().map(|p| (other_group(own), p.get()));
         let mut groups = vec![own];
@@ -84,7 +87,7 @@ impl IscsiConn {
         let mailbox = Arc::clone(&env.shared.mailboxes[env.io.reactor]);
         let key = env.key;
         let sh = Arc::clone(&self.sh);
-        let lun = self.sh.targets[self.target].luns[lun_idx].lun;
+        let lun = self.target.luns[lun_idx].lun;
         let initiator = self.initiator.clone();
         let spawned = std::thread::Builder::new()
             .name("iscsi-stpg".into())

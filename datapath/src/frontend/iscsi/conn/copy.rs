@@ -126,11 +126,14 @@ impl IscsiConn {
             return self.complete(slot, Err(xcopy::sense::INSUFFICIENT_RESOURCES));
         }
         let sh = Arc::clone(&self.sh);
-        let t = &sh.targets[self.target];
+        let t = &std::sync::Arc::clone(&self.target);
         let unit = |naa: &[u8; 8]| -> Option<Unit> {
             let lun_idx = t.luns.iter().position(|l| &l.naa == naa)?;
             let vol = t.luns[lun_idx].volume;
-            let info = &env.shared.volumes[vol].info;
+            let info = &env.vols[vol]
+                .as_deref()
+                .expect("a session\'s volumes are served while it is registered")
+                .info;
             let block = info.block_size.max(1);
             Some(Unit {
                 lun_idx,
@@ -163,7 +166,12 @@ impl IscsiConn {
                 {
                     return self.conflict(slot);
                 }
-                match env.shared.volumes[u.vol].path.get() {
+                match env.vols[u.vol]
+                    .as_deref()
+                    .expect("a session\'s volumes are served while it is registered")
+                    .path
+                    .get()
+                {
                     crate::bdev::volume::PathState::Inaccessible => {
                         return self.complete(slot, Err(Sense::ALUA_UNAVAILABLE));
                     }

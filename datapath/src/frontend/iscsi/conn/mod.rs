@@ -99,7 +99,7 @@ pub struct IscsiConn {
     pub(super) login: Option<Box<LoginState>>,
     pub(super) session: SessionType,
     /// Index of the target (normal sessions).
-    pub(super) target: usize,
+    pub(super) target: Arc<super::IscsiTarget>,
     pub(super) initiator: String,
     pub(super) isid: [u8; 6],
     pub(super) tsih: u16,
@@ -176,7 +176,13 @@ impl IscsiConn {
             phase: Phase::Login,
             login: None,
             session: SessionType::Normal,
-            target: 0,
+            target: Arc::new(super::IscsiTarget {
+                iqn: String::new(),
+                luns: Vec::new(),
+                allowed: Vec::new(),
+                chap: None,
+                runtime: false,
+            }),
             initiator: String::new(),
             isid: [0; 6],
             tsih: 0,
@@ -478,10 +484,11 @@ impl IscsiConn {
     /// portals that serve them.
     fn send_targets(&self, v: &str, out: &mut Vec<u8>) {
         let sh = Arc::clone(&self.sh);
-        for (i, t) in sh.targets.iter().enumerate() {
+        let targets = sh.tgts().clone();
+        for t in targets.iter() {
             let wanted = match v {
                 "All" => self.session == SessionType::Discovery,
-                "" => self.session == SessionType::Normal && i == self.target,
+                "" => self.session == SessionType::Normal && t.iqn == self.target.iqn,
                 name => name == t.iqn,
             };
             if !wanted || !t.allows(&self.initiator) {
@@ -505,8 +512,8 @@ impl IscsiConn {
         if self.nexus == 0 || self.session != SessionType::Normal {
             return false;
         }
-        let sh = Arc::clone(&self.sh);
-        let luns = &sh.targets[self.target].luns;
+        let target = Arc::clone(&self.target);
+        let luns = &target.luns;
         let mut pending = false;
         for (i, l) in luns.iter().enumerate() {
             let held = l.pr.reserve_view(&self.res) == crate::frontend::iscsi::spc2::View::Mine;
@@ -692,12 +699,7 @@ impl Conn for IscsiConn {
         self.leave_sections(env);
         if self.errors > 0 {
             // Counted against the session's target's first LUN's volume.
-            if let Some(l) = self
-                .sh
-                .targets
-                .get(self.target)
-                .and_then(|t| t.luns.first())
-            {
+            if let Some(l) = self.target.luns.first() {
                 env.vol_counters[l.volume].errors += std::mem::take(&mut self.errors);
             }
         }
@@ -734,6 +736,10 @@ impl Conn for IscsiConn {
 
     fn stop(&mut self, env: &mut Env<'_>) {
         self.life.stop(env.io, env.key);
+    }
+
+    fn host_id(&self) -> Option<u64> {
+        self.host.as_ref().map(|h| h.id())
     }
 
     fn abort(&mut self, env: &mut Env<'_>) {

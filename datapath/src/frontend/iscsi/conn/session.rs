@@ -126,7 +126,7 @@ impl IscsiConn {
                 .any(|&(k, v)| k == "SessionType" && v == "Discovery");
             st.neg.chap_required = !discovery
                 && tn
-                    .and_then(|n| self.sh.targets.iter().find(|t| t.iqn == n))
+                    .and_then(|n| self.sh.find(n))
                     .is_some_and(|t| t.chap.is_some());
         }
         let mut out = Vec::new();
@@ -145,10 +145,10 @@ impl IscsiConn {
                 let Some(tn) = d.target_name.clone() else {
                     return self.login_fail(env, itt, isid, LoginStatus::MISSING_PARAMETER);
                 };
-                let Some(t) = self.sh.targets.iter().position(|t| t.iqn == tn) else {
+                let Some(t) = self.sh.find(&tn) else {
                     return self.login_fail(env, itt, isid, LoginStatus::NOT_FOUND);
                 };
-                if !self.sh.targets[t].allows(&self.initiator) {
+                if !t.allows(&self.initiator) {
                     return self.login_fail(env, itt, isid, LoginStatus::NOT_AUTHORIZED);
                 }
                 self.target = t;
@@ -156,7 +156,7 @@ impl IscsiConn {
             }
         }
         let required = if self.session == SessionType::Normal {
-            self.sh.targets[self.target].chap.clone()
+            self.target.chap.clone()
         } else {
             None
         };
@@ -239,9 +239,8 @@ impl IscsiConn {
                 data: self.params.data_digest,
             };
             tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session, "iSCSI login complete");
-            if self.session == SessionType::Normal
-                && let Some(t) = self.sh.targets.get(self.target)
-            {
+            if self.session == SessionType::Normal {
+                let t = std::sync::Arc::clone(&self.target);
                 let mut rec = crate::runtime::hosts::HostRecord::new(
                     "iscsi",
                     env.io.reactor,
@@ -251,7 +250,17 @@ impl IscsiConn {
                 rec.peer = crate::transport::tcp::peer_addr(&self.fd);
                 rec.host = Some(self.initiator.clone());
                 rec.volumes = t.luns.iter().map(|l| l.volume).collect();
-                self.host = Some(env.shared.hosts.register(rec));
+                // Registered under the table's read lock and only while the target is still
+                // there (the module's model); else the session ends at once.
+                let sh = std::sync::Arc::clone(&self.sh);
+                let tgts = sh.tgts();
+                if tgts.iter().any(|x| std::sync::Arc::ptr_eq(x, &t)) {
+                    self.host = Some(env.shared.hosts.register(rec));
+                } else {
+                    drop(tgts);
+                    tracing::info!(conn = env.key, target = %t.iqn, "the target was removed during the login; closing");
+                    self.life.stop(env.io, env.key);
+                }
             }
         } else {
             self.login = Some(st);
@@ -286,7 +295,7 @@ impl IscsiConn {
     ) -> Option<u32> {
         use crate::frontend::iscsi::prs;
         let cmd = prs::PrCmd {
-            target: self.sh.targets[self.target].iqn.clone(),
+            target: self.target.iqn.clone(),
             lun: l.lun,
             me: self.me,
             name: self.initiator.clone(),
@@ -335,7 +344,7 @@ impl IscsiConn {
         let func = r.flags() & 0x7F;
         let lun = r.lun();
         let lun_ok = crate::frontend::iscsi::pages::lun_of(&lun)
-            .is_some_and(|n| self.sh.targets[self.target].luns.iter().any(|l| l.lun == n));
+            .is_some_and(|n| self.target.luns.iter().any(|l| l.lun == n));
         let mut wait = Vec::new();
         let code = match func {
             1 => {
@@ -376,8 +385,8 @@ impl IscsiConn {
                     self.held.clear();
                     // Every session sees the reset once, as a unit attention.
                     let n = crate::frontend::iscsi::pages::lun_of(&lun);
-                    let sh = std::sync::Arc::clone(&self.sh);
-                    for l in &sh.targets[self.target].luns {
+                    let target = std::sync::Arc::clone(&self.target);
+                    for l in &target.luns {
                         if func != 5 || Some(l.lun) == n {
                             l.resets.fetch_add(1, Ordering::AcqRel);
                             // A reset releases RESERVE reservations (SPC-2 §5.5.1): here at

@@ -181,9 +181,11 @@ fn block_write(cmd: &Cmd) -> bool {
 impl IscsiConn {
     /// Facts about LUN index `i` of this session's target, for the pages.
     fn lun_info(&self, env: &Env<'_>, i: usize) -> LunInfo {
-        let t = &self.sh.targets[self.target];
+        let t = &std::sync::Arc::clone(&self.target);
         let l = &t.luns[i];
-        let v = &env.shared.volumes[l.volume];
+        let v = env.vols[l.volume]
+            .as_deref()
+            .expect("a session\'s volumes are served while it is registered");
         let block = v.info.block_size.max(1);
         LunInfo {
             blocks: v.info.size / u64::from(block),
@@ -304,8 +306,7 @@ impl IscsiConn {
             return self.reject(env, 0x07, r.0);
         }
         let lun = r.lun();
-        let sh = std::sync::Arc::clone(&self.sh);
-        let t = &sh.targets[self.target];
+        let t = &std::sync::Arc::clone(&self.target);
         let lun_idx = pages::lun_of(&lun).and_then(|n| t.luns.iter().position(|l| l.lun == n));
         let cmd = scsi::decode(&r.cdb());
         // INQUIRY and REPORT LUNS answer for any LUN; REQUEST SENSE too.
@@ -348,7 +349,12 @@ impl IscsiConn {
                 return self.put_status(h, &[]);
             }
             if !allowed_when_unavailable(&cmd) {
-                match env.shared.volumes[vol].path.get() {
+                match env.vols[vol]
+                    .as_deref()
+                    .expect("a session\'s volumes are served while it is registered")
+                    .path
+                    .get()
+                {
                     PathState::Inaccessible => {
                         return self.respond(itt, Err(Sense::ALUA_UNAVAILABLE), edtl, 0, 0);
                     }
@@ -362,7 +368,12 @@ impl IscsiConn {
         let block = if vol == usize::MAX {
             512
         } else {
-            env.shared.volumes[vol].info.block_size.max(1)
+            env.vols[vol]
+                .as_deref()
+                .expect("a session\'s volumes are served while it is registered")
+                .info
+                .block_size
+                .max(1)
         };
         let out_len = scsi::data_out_len(&cmd, block);
         if let Cmd::CompareAndWrite(rw) = cmd
@@ -619,11 +630,7 @@ impl IscsiConn {
         };
         let built: Option<Result<Vec<u8>, Sense>> = match (cmd, &info) {
             (Cmd::ReportLuns { alloc }, _) => {
-                let luns: Vec<u16> = self.sh.targets[self.target]
-                    .luns
-                    .iter()
-                    .map(|l| l.lun)
-                    .collect();
+                let luns: Vec<u16> = self.target.luns.iter().map(|l| l.lun).collect();
                 Some(page(Ok(pages::report_luns(&luns)), alloc))
             }
             (Cmd::RequestSense { alloc }, _) => {
@@ -707,7 +714,8 @@ impl IscsiConn {
             Cmd::SetTpg { .. } => return self.set_tpg(env, slot),
             Cmd::Prefetch(rw) => range(rw.lba, u64::from(rw.blocks)).map(|_| ()),
             Cmd::PrIn { sa, alloc } => {
-                let pr = std::sync::Arc::clone(&self.sh.targets[self.target].luns[lun_idx].pr);
+                let pr =
+                    std::sync::Arc::clone(&std::sync::Arc::clone(&self.target).luns[lun_idx].pr);
                 return match pr.read(sa) {
                     Ok(mut d) => {
                         d.truncate(alloc as usize);
@@ -1138,7 +1146,7 @@ impl IscsiConn {
         me: [u8; 16],
         out: prs::PrOut,
     ) -> Option<prs::Outcome> {
-        let t = &self.sh.targets[self.target];
+        let t = &std::sync::Arc::clone(&self.target);
         let pr = std::sync::Arc::clone(&t.luns[lun_idx].pr);
         let cmd = prs::PrCmd {
             target: t.iqn.clone(),
@@ -1251,7 +1259,7 @@ impl IscsiConn {
     /// What this nexus may do at LUN index `i` under the persistent reservation, and what it
     /// sees of the RESERVE: one atomic load, the lock only when the state changed.
     fn reservations(&mut self, i: usize) -> (crate::frontend::nvmf::resv::Access, spc2::View) {
-        let pr = &self.sh.targets[self.target].luns[i].pr;
+        let pr = &std::sync::Arc::clone(&self.target).luns[i].pr;
         let v = pr.version.load(std::sync::atomic::Ordering::Acquire);
         if self.pr_cache.len() <= i {
             self.pr_cache.resize(i + 1, None);
@@ -1281,7 +1289,7 @@ impl IscsiConn {
     /// Carry this session's I_T nexus loss for LUN index `i` (its RESERVE released, decided
     /// like a RELEASE): true while it is on its way (a placeholder task holds the connection).
     pub(super) fn carry_nexus_loss(&mut self, env: &mut Env<'_>, i: usize) -> bool {
-        let t = &self.sh.targets[self.target];
+        let t = &std::sync::Arc::clone(&self.target);
         let (vol, lun) = (t.luns[i].volume, t.luns[i].lun);
         let pr = std::sync::Arc::clone(&t.luns[i].pr);
         let out = spc2_out(spc2::SA_NEXUS_LOSS);
@@ -1319,15 +1327,16 @@ impl IscsiConn {
     /// Path-state changes of either site's port group of LUN index `i` so far (RTPG lists
     /// both).
     pub(super) fn path_changes(&self, env: &Env<'_>, i: usize) -> u64 {
-        let l = &self.sh.targets[self.target].luns[i];
-        let v = &env.shared.volumes[l.volume];
-        v.path.changes() + v.peer_path.as_ref().map_or(0, |p| p.changes())
+        let l = &self.target.luns[i];
+        env.vols[l.volume].as_deref().map_or(0, |v| {
+            v.path.changes() + v.peer_path.as_ref().map_or(0, |p| p.changes())
+        })
     }
 
     /// A pending unit attention for LUN index `i` (reported once), unless the command is one
     /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE).
     fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
-        let l = &self.sh.targets[self.target].luns[i];
+        let l = &std::sync::Arc::clone(&self.target).luns[i];
         let changes = self.path_changes(env, i);
         let resets = l.resets.load(std::sync::atomic::Ordering::Acquire);
         if self.path_seen.len() <= i {

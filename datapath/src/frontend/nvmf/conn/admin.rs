@@ -19,6 +19,7 @@ use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, feat, lid, sgl};
 use crate::frontend::nvmf::ctrl::{self, Controller, MAX_IO_QUEUES};
 use crate::frontend::nvmf::{NvmfShared, status};
 use crate::runtime::Env;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 impl NvmfConn {
@@ -98,14 +99,14 @@ impl NvmfConn {
     pub(super) fn identify(
         &mut self,
         env: &Env<'_>,
-        nv: &NvmfShared,
+        _nv: &NvmfShared,
         ctrl: &Controller,
         sqe: Sqe<'_>,
     ) -> Status {
         let cns = sqe.cdw(10) & 0xFF;
         self.scratch.clear();
         self.scratch.resize(cmd::IDENTIFY_LEN, 0);
-        let sub = ctrl.subsys.and_then(|s| nv.subsystems.get(s));
+        let sub = ctrl.subsys.as_deref();
         match (cns, sub) {
             (0x01, _) => {
                 let (subnqn, serial, nn) = match sub {
@@ -131,9 +132,9 @@ impl NvmfConn {
             }
             (0x00, Some(s)) => {
                 let nsid = sqe.nsid();
-                match s.ns(nsid) {
-                    Some(ns) => {
-                        let info = &env.shared.volumes[ns.volume].info;
+                match s.ns(nsid).zip(s.ns(nsid).and_then(|ns| env.vol(ns.volume))) {
+                    Some((ns, v)) => {
+                        let info = &v.info;
                         let bs = info.block_size.max(1);
                         cmd::identify_ns(
                             &mut self.scratch,
@@ -190,10 +191,11 @@ impl NvmfConn {
         match (id, discovery) {
             (lid::DISCOVERY, true) => {
                 let host = self.ctrl.as_ref().map(|c| c.hostnqn.as_str()).unwrap_or("");
-                let subs: Vec<&ctrl::Subsystem> = nv
-                    .subsystems
+                let subs: Vec<Arc<ctrl::Subsystem>> = nv
+                    .subs()
                     .iter()
                     .filter(|s| s.allows(host.as_bytes()))
+                    .cloned()
                     .collect();
                 let n = (subs.len() * nv.listen.len()) as u64;
                 cmd::disc_header(&mut self.scratch, 1, n);
@@ -226,15 +228,10 @@ impl NvmfConn {
             }
             (lid::CHANGED_NS, false) => self.scratch.resize(cmd::IDENTIFY_LEN, 0),
             (lid::ANA, false) => {
-                let Some(s) = self
-                    .ctrl
-                    .as_ref()
-                    .and_then(|c| c.subsys)
-                    .and_then(|i| nv.subsystems.get(i))
-                else {
+                let Some(s) = self.ctrl.as_ref().and_then(|c| c.subsys.clone()) else {
                     return Status::INTERNAL;
                 };
-                let vols = &env.shared.volumes;
+                let vols = env.vols;
                 // The count first: a state that changes after it is read moves the count past
                 // what this queue saw, so the host hears of it again.
                 let chg = s.ana_changes(vols);
@@ -242,7 +239,7 @@ impl NvmfConn {
                     .ana_groups
                     .iter()
                     .filter_map(|g| {
-                        let path = &vols.get(g.volume)?.path;
+                        let path = &vols.get(g.volume)?.as_ref()?.path;
                         Some(cmd::AnaDesc {
                             id: g.id,
                             chgcnt: path.changes(),
@@ -435,9 +432,8 @@ impl NvmfConn {
         let Some(chg) = self
             .ctrl
             .as_ref()
-            .and_then(|c| c.subsys)
-            .and_then(|i| self.nv.subsystems.get(i))
-            .map(|s| s.ana_changes(&env.shared.volumes))
+            .and_then(|c| c.subsys.as_ref())
+            .map(|s| s.ana_changes(env.vols))
         else {
             return;
         };

@@ -48,16 +48,20 @@ impl NvmfConn {
             return fail(self, Status::INVALID_FIELD);
         }
         let shared: &Shared = env.shared;
-        let (sub, idx) = match self.io_ns(shared, nv, c.nsid()) {
+        let (sub, idx) = match self.io_ns(env.vols, c.nsid()) {
             Ok(x) => x,
             Err(s) => return fail(self, s),
         };
-        let access = self.resv_access(sub, idx);
+        let access = self.resv_access(&sub, idx);
         if !access.read || !access.write {
             return fail(self, Status::RESERVATION_CONFLICT);
         }
         let vol = sub.namespaces[idx].volume;
-        let info = &shared.volumes[vol].info;
+        let vols = env.vols;
+        let Some(v) = vols.get(vol).and_then(Option::as_ref) else {
+            return fail(self, Status::INVALID_NS);
+        };
+        let info = &v.info;
         let bs = u64::from(info.block_size.max(1));
         let nlb = u64::from(c.nlb());
         let Some((off, len)) = c

@@ -104,13 +104,13 @@ impl NvmfConn {
             return Err((Status::SGL_INVALID_DATA, 0));
         };
         let discovery = cd.subnqn == cmd::DISCOVERY_NQN.as_bytes();
-        let subsys = if discovery {
+        let found = if discovery {
             None
         } else {
             Some(nv.find(cd.subnqn).ok_or_else(|| invalid(1, 256))?)
         };
-        if let Some(s) = subsys
-            && !nv.subsystems[s].allows(cd.hostnqn)
+        if let Some(s) = &found
+            && !s.allows(cd.hostnqn)
         {
             return Err((Status::CONNECT_INVALID_HOST, 0));
         }
@@ -122,27 +122,30 @@ impl NvmfConn {
             return Err(invalid(0, 44));
         }
         let qid = sqe.connect_qid();
-        let ctrl = if qid == 0 {
+        // An admin queue takes the subsystem as it is now; an I/O queue takes its controller's.
+        let (ctrl, sub) = if qid == 0 {
             if cd.cntlid != 0xFFFF {
                 return Err(invalid(1, 16));
             }
             let c = nv
                 .registry
-                .create(subsys, hostnqn, cd.hostid, sqe.connect_kato())
+                .create(found.clone(), hostnqn, cd.hostid, sqe.connect_kato())
                 .ok_or((Status::CONNECT_BUSY, 0))?;
             self.role = Role::Admin(AdminState {
                 cc: 0,
                 csts: 0,
                 aec: 0,
                 aers: Vec::with_capacity(MAX_AERS),
-                ana_seen: subsys
-                    .and_then(|s| nv.subsystems.get(s))
-                    .map_or(0, |s| s.ana_changes(&env.shared.volumes)),
+                ana_seen: found.as_ref().map_or(0, |s| s.ana_changes(env.vols)),
             });
-            c
+            (c, found)
         } else {
             let c = nv.registry.get(cd.cntlid).ok_or_else(|| invalid(1, 16))?;
-            if c.subsys != subsys || subsys.is_none() {
+            let same = match (&c.subsys, &found) {
+                (Some(a), Some(b)) => a.nqn == b.nqn,
+                _ => false,
+            };
+            if !same {
                 return Err(invalid(1, 256));
             }
             if c.hostnqn.as_bytes() != cd.hostnqn || c.hostid != cd.hostid {
@@ -159,34 +162,57 @@ impl NvmfConn {
                 }
             }
             self.role = Role::Io;
-            c
+            let sub = c.subsys.clone();
+            (c, sub)
         };
-        self.subsys = subsys.unwrap_or(0);
         self.qid = qid;
         self.qsize = u32::from(sqsize) + 1;
         self.sqflow_off = sqe.connect_cattr() & cmd::CATTR_DISABLE_SQFLOW != 0;
         self.resv_cache.clear();
         let id = ctrl.cntlid;
         self.ctrl = Some(ctrl);
-        let target = match subsys {
-            Some(s) => nv.subsystems[s].nqn.clone(),
+        let target = match &sub {
+            Some(s) => s.nqn.clone(),
             None => cmd::DISCOVERY_NQN.to_string(),
         };
         let mut rec = HostRecord::new("nvmf", env.io.reactor, env.key, target);
         rec.peer = crate::transport::tcp::peer_addr(&self.fd);
         rec.host = Some(hostnqn.to_string());
-        rec.volumes = subsys
-            .map(|s| {
-                nv.subsystems[s]
-                    .namespaces
-                    .iter()
-                    .map(|n| n.volume)
-                    .collect()
-            })
+        rec.volumes = sub
+            .as_ref()
+            .map(|s| s.namespaces.iter().map(|n| n.volume).collect())
             .unwrap_or_default();
         rec.queue = Some(qid);
         rec.controller = Some(id);
-        self.host = Some(env.shared.hosts.register(rec));
+        // Registered under the table's read lock, and only while the subsystem is still
+        // there (see the module's model): a removal then either sees this host or is seen.
+        // An admin queue must hold the very copy in the table (a namespace change swapped
+        // in since it looked would be missed); an I/O queue, its controller's subsystem.
+        {
+            let subs = nv.subs();
+            let current = sub.as_ref().is_none_or(|s| {
+                subs.iter().any(|x| {
+                    if qid == 0 {
+                        std::sync::Arc::ptr_eq(x, s)
+                    } else {
+                        x.nqn == s.nqn
+                    }
+                })
+            });
+            if !current {
+                drop(subs);
+                if qid == 0 {
+                    nv.registry.remove(id);
+                } else if let Some(c) = &self.ctrl {
+                    c.detach_queue(qid);
+                }
+                self.ctrl = None;
+                self.role = Role::None;
+                return Err((Status::CONNECT_BUSY, 0));
+            }
+            self.host = Some(env.shared.hosts.register(rec));
+        }
+        self.subsys = sub;
         Ok(id)
     }
 

@@ -12,6 +12,7 @@
 //! - Reservation access is re-evaluated only when the namespace's reservation version moved.
 
 use super::{MAX_XFER, NvmfConn, Req};
+use crate::bdev::volume::Volume;
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::atomic::{Note, OpKind, OpReq, Origin};
@@ -22,28 +23,28 @@ use crate::frontend::nvmf::status::{path_status, status_of};
 use crate::runtime::Env;
 use crate::runtime::Shared;
 use crate::uring::IoTag;
+use std::sync::Arc;
 
 impl NvmfConn {
     /// The namespace `nsid` of this queue's subsystem, with its ANA group's state checked.
-    pub(super) fn io_ns<'s>(
+    pub(super) fn io_ns(
         &self,
-        shared: &'s Shared,
-        nv: &'s NvmfShared,
+        vols: &[Option<Arc<Volume>>],
         nsid: u32,
-    ) -> Result<(&'s Subsystem, usize), Status> {
-        let Some(sub) = nv.subsystems.get(self.subsys) else {
+    ) -> Result<(Arc<Subsystem>, usize), Status> {
+        let Some(sub) = self.subsys.as_ref() else {
             return Err(Status::INVALID_NS);
         };
-        let Some(ns) = sub.ns(nsid) else {
+        let Some(idx) = sub.ns_index(nsid) else {
             return Err(Status::INVALID_NS);
         };
         // The namespace's ANA group is its volume's: refused with a path status (never a
         // media error) unless this site serves the volume.
-        let Some(vol) = shared.volumes.get(ns.volume) else {
+        let Some(Some(vol)) = vols.get(sub.namespaces[idx].volume) else {
             return Err(Status::INVALID_NS);
         };
         path_status(vol.path.get())?;
-        Ok((sub, nsid as usize - 1))
+        Ok((Arc::clone(sub), idx))
     }
 
     /// What this host may do on namespace index `idx`: one atomic load, and the lock only
@@ -119,7 +120,7 @@ impl NvmfConn {
             return self.respond(cid, Status::INVALID_OPCODE, 0);
         }
         let shared: &Shared = env.shared;
-        let (sub, idx) = match self.io_ns(shared, nv, sqe.nsid()) {
+        let (sub, idx) = match self.io_ns(env.vols, sqe.nsid()) {
             Ok(x) => x,
             Err(s) => return self.respond(cid, s, 0),
         };
@@ -127,9 +128,9 @@ impl NvmfConn {
             op,
             io::RESV_REGISTER | io::RESV_REPORT | io::RESV_ACQUIRE | io::RESV_RELEASE
         ) {
-            return self.reservation(env, sub, idx, sqe, data);
+            return self.reservation(env, &sub, idx, sqe, data);
         }
-        let access = self.resv_access(sub, idx);
+        let access = self.resv_access(&sub, idx);
         let allowed = match op {
             io::READ | io::COMPARE => access.read,
             _ => access.write,
@@ -138,7 +139,11 @@ impl NvmfConn {
             return self.respond(cid, Status::RESERVATION_CONFLICT, 0);
         }
         let vol = sub.namespaces[idx].volume;
-        let info = &shared.volumes[vol].info;
+        let vols = env.vols;
+        let Some(v) = vols.get(vol).and_then(Option::as_ref) else {
+            return self.respond(cid, Status::INVALID_NS, 0);
+        };
+        let info = &v.info;
         let bs = u64::from(info.block_size.max(1));
         let size = info.size;
         let ranged = |slba: u64, nlb: u64| -> Option<(u64, u64)> {

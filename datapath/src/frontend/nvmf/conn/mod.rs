@@ -153,7 +153,8 @@ pub struct NvmfConn {
     phase: Phase,
     role: Role,
     ctrl: Option<Arc<Controller>>,
-    subsys: usize,
+    /// The subsystem this queue serves, as its controller connected to it.
+    subsys: Option<Arc<crate::frontend::nvmf::ctrl::Subsystem>>,
     qid: u16,
     qsize: u32,
     sqhd: u32,
@@ -198,7 +199,7 @@ impl NvmfConn {
             phase: Phase::AwaitIcReq,
             role: Role::None,
             ctrl: None,
-            subsys: 0,
+            subsys: None,
             qid: 0,
             qsize: 1,
             sqhd: 0,
@@ -630,6 +631,10 @@ impl Conn for NvmfConn {
 
     fn stop(&mut self, env: &mut Env<'_>) {
         self.life.stop(env.io, env.key);
+    }
+
+    fn host_id(&self) -> Option<u64> {
+        self.host.as_ref().map(|h| h.id())
     }
 
     fn abort(&mut self, env: &mut Env<'_>) {

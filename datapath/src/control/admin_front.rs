@@ -1,0 +1,465 @@
+//! Run-time changes of the NVMe-oF subsystems and iSCSI targets (the model and invariants are
+//! [`super::admin`]'s; docs/control.md, "Run-time changes").
+//!
+//! A subsystem or target is immutable: a change builds a changed copy and puts it in the
+//! table in the old one's place (under the table's write lock), so connections keep the copy
+//! they connected to and never lock per I/O. Consequences, all documented:
+//! - a namespace or LUN change to a subsystem or target with connected hosts is refused
+//!   unless `force: true`, which closes those connections first (they reconnect and see the
+//!   new set; their reservations on a run-time subsystem or target start over, since they
+//!   are kept per copy);
+//! - an allowed host list change applies to the next connections; `nvmf_host_disallow` with
+//!   `force: true` also closes the host's connections.
+
+use super::ControlCx;
+use super::admin::{
+    AdminState, E_CONFIGURED, E_IN_USE, Error, bad, describe_hosts, disconnect, flag, lasts, num,
+    plain_only, s, strings, volume,
+};
+use crate::frontend::iscsi::{IscsiLun, IscsiTarget};
+use crate::frontend::nvmf::ctrl::Subsystem;
+use crate::runtime::hosts::HostRecord;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Highest namespace id a run-time namespace may take.
+pub const MAX_NSID: u64 = 1024;
+/// Highest LUN a run-time LUN may take.
+pub const MAX_LUN: u64 = 255;
+
+fn check_nqn(nqn: &str) -> Result<(), Error> {
+    if !nqn.starts_with("nqn.") || nqn.len() > 223 || nqn.chars().any(char::is_whitespace) {
+        return Err(bad(format!(
+            "NQN {nqn:?}: must start with \"nqn.\", be at most 223 bytes and have no spaces"
+        )));
+    }
+    if nqn == crate::frontend::nvmf::cmd::DISCOVERY_NQN {
+        return Err(bad("the discovery NQN cannot name a subsystem"));
+    }
+    Ok(())
+}
+
+fn check_host(what: &str, h: &str) -> Result<(), Error> {
+    if h.is_empty() || h.len() > 223 || h.chars().any(char::is_whitespace) {
+        return Err(bad(format!(
+            "{what} {h:?}: give 1 to 223 bytes without spaces"
+        )));
+    }
+    Ok(())
+}
+
+fn nvmf_hosts(nqn: &str) -> impl Fn(&HostRecord) -> bool + '_ {
+    move |r: &HostRecord| r.proto == "nvmf" && r.target == nqn
+}
+
+fn iscsi_hosts(iqn: &str) -> impl Fn(&HostRecord) -> bool + '_ {
+    move |r: &HostRecord| r.proto == "iscsi" && r.target == iqn
+}
+
+/// Refuse while `pick` selects connected hosts, unless `force`; the message names `what`.
+fn in_use(
+    cx: &ControlCx,
+    force: bool,
+    what: &str,
+    pick: &dyn Fn(&HostRecord) -> bool,
+) -> Result<(), Error> {
+    if !force && let Some(h) = describe_hosts(cx, pick) {
+        return Err((
+            E_IN_USE,
+            format!("{what} has {h}; give \"force\": true to close them first"),
+        ));
+    }
+    Ok(())
+}
+
+fn subsystem_json(cx: &ControlCx, s: &Subsystem) -> Value {
+    json!({
+        "nqn": s.nqn,
+        "allowed_hosts": s.allowed_hosts,
+        "namespaces": s.namespaces.iter().map(|n| json!({"nsid": n.nsid, "volume": cx.rt.volumes.name(n.volume)})).collect::<Vec<_>>(),
+        "lasts": lasts(),
+    })
+}
+
+/// The index of subsystem `nqn`; `runtime`: it must have been added at run time.
+fn find_sub(subs: &[Arc<Subsystem>], nqn: &str, runtime: Option<&str>) -> Result<usize, Error> {
+    let i = subs.iter().position(|s| s.nqn == nqn).ok_or_else(|| {
+        bad(format!(
+            "no NVMe-oF subsystem {nqn:?} (nvmf_subsystems lists them)"
+        ))
+    })?;
+    if let Some(what) = runtime
+        && !subs[i].runtime
+    {
+        return Err((
+            E_CONFIGURED,
+            format!(
+                "subsystem {nqn:?} comes from the config file: {what} there and restart the daemon"
+            ),
+        ));
+    }
+    Ok(i)
+}
+
+/// `nvmf_subsystem_add {nqn, allowed_hosts?}`.
+pub fn nvmf_subsystem_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Value, Error> {
+    let nqn = s(p, "nqn")?;
+    check_nqn(nqn)?;
+    let hosts = strings(p, "allowed_hosts")?;
+    for h in &hosts {
+        check_host("host NQN", h)?;
+    }
+    let mut subs = cx.nvmf.subs_mut();
+    if subs.iter().any(|s| s.nqn == nqn) {
+        return Err(bad(format!("a subsystem {nqn:?} exists already")));
+    }
+    let mut sub = Subsystem::with_namespaces(nqn.to_string(), hosts, &[]);
+    sub.runtime = true;
+    let out = subsystem_json(cx, &sub);
+    subs.push(Arc::new(sub));
+    tracing::info!(nqn, "control: NVMe-oF subsystem added");
+    Ok(out)
+}
+
+/// `nvmf_subsystem_remove {nqn, force?}`.
+pub fn nvmf_subsystem_remove(
+    p: &Value,
+    cx: &ControlCx,
+    _: &mut AdminState,
+) -> Result<Value, Error> {
+    let nqn = s(p, "nqn")?;
+    let force = flag(p, "force")?;
+    {
+        let mut subs = cx.nvmf.subs_mut();
+        let i = find_sub(&subs, nqn, Some("remove it"))?;
+        in_use(cx, force, &format!("subsystem {nqn:?}"), &nvmf_hosts(nqn))?;
+        subs.remove(i);
+    }
+    let closed = disconnect(cx, nvmf_hosts(nqn))?;
+    tracing::info!(nqn, closed, "control: NVMe-oF subsystem removed");
+    Ok(json!({"nqn": nqn, "removed": true, "closed_connections": closed}))
+}
+
+/// Replace subsystem `nqn` (a run-time one) by `change`'s copy, closing its connections
+/// first when `force` (refused while connected otherwise).
+fn change_namespaces(
+    cx: &ControlCx,
+    nqn: &str,
+    force: bool,
+    change: impl FnOnce(&Subsystem) -> Result<Vec<(u32, usize)>, Error>,
+) -> Result<(Value, usize), Error> {
+    let pick = nvmf_hosts(nqn);
+    // Checked and swapped under the write lock: a queue registers under the read lock and
+    // only with the very copy in the table (see `frontend::nvmf`), so none slips in between.
+    let new = {
+        let mut subs = cx.nvmf.subs_mut();
+        let i = find_sub(&subs, nqn, Some("change its namespaces"))?;
+        in_use(cx, force, &format!("subsystem {nqn:?}"), &pick)?;
+        let ns = change(&subs[i])?;
+        let mut sub =
+            Subsystem::with_namespaces(nqn.to_string(), subs[i].allowed_hosts.clone(), &ns);
+        sub.runtime = true;
+        let new = Arc::new(sub);
+        subs[i] = Arc::clone(&new);
+        new
+    };
+    // Then the connections to the old copy close (new ones see the new namespaces).
+    let closed = if force { disconnect(cx, &pick)? } else { 0 };
+    Ok((subsystem_json(cx, &new), closed))
+}
+
+/// `nvmf_namespace_add {nqn, volume, nsid?, force?}`.
+pub fn nvmf_namespace_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Value, Error> {
+    let nqn = s(p, "nqn")?;
+    let (vol, v) = volume(cx, s(p, "volume")?)?;
+    plain_only(&v, "a configured subsystem")?;
+    let nsid = num(p, "nsid")?;
+    if let Some(n) = nsid
+        && !(1..=MAX_NSID).contains(&n)
+    {
+        return Err(bad(format!("nsid {n}: give 1 to {MAX_NSID}")));
+    }
+    let force = flag(p, "force")?;
+    let mut chosen = 0;
+    let (mut out, closed) = change_namespaces(cx, nqn, force, |sub| {
+        let mut ns = sub.numbered();
+        let id = match nsid {
+            Some(n) if ns.iter().any(|&(x, _)| u64::from(x) == n) => {
+                return Err(bad(format!(
+                    "subsystem {nqn:?} has a namespace {n} already"
+                )));
+            }
+            Some(n) => n as u32,
+            None => (1..=MAX_NSID as u32)
+                .find(|x| !ns.iter().any(|&(y, _)| y == *x))
+                .ok_or_else(|| bad(format!("subsystem {nqn:?} has {MAX_NSID} namespaces")))?,
+        };
+        chosen = id;
+        ns.push((id, vol));
+        Ok(ns)
+    })?;
+    out["nsid"] = json!(chosen);
+    out["closed_connections"] = json!(closed);
+    tracing::info!(nqn, nsid = chosen, volume = %v.name, "control: NVMe-oF namespace added");
+    Ok(out)
+}
+
+/// `nvmf_namespace_remove {nqn, nsid, force?}`.
+pub fn nvmf_namespace_remove(
+    p: &Value,
+    cx: &ControlCx,
+    _: &mut AdminState,
+) -> Result<Value, Error> {
+    let nqn = s(p, "nqn")?;
+    let nsid = num(p, "nsid")?.ok_or_else(|| bad("params need \"nsid\""))?;
+    let force = flag(p, "force")?;
+    let (mut out, closed) = change_namespaces(cx, nqn, force, |sub| {
+        let ns = sub.numbered();
+        if !ns.iter().any(|&(x, _)| u64::from(x) == nsid) {
+            return Err(bad(format!("subsystem {nqn:?} has no namespace {nsid}")));
+        }
+        Ok(ns
+            .into_iter()
+            .filter(|&(x, _)| u64::from(x) != nsid)
+            .collect())
+    })?;
+    out["closed_connections"] = json!(closed);
+    tracing::info!(nqn, nsid, "control: NVMe-oF namespace removed");
+    Ok(out)
+}
+
+/// `nvmf_host_allow {nqn, host}` / `nvmf_host_disallow {nqn, host, force?}`: any subsystem.
+fn host_list_change(p: &Value, cx: &ControlCx, allow: bool) -> Result<Value, Error> {
+    let nqn = s(p, "nqn")?;
+    let host = s(p, "host")?;
+    check_host("host NQN", host)?;
+    let force = flag(p, "force")?;
+    let new = {
+        let mut subs = cx.nvmf.subs_mut();
+        let i = find_sub(&subs, nqn, None)?;
+        let mut sub = (*subs[i]).clone();
+        let has = sub.allowed_hosts.iter().any(|h| h == host);
+        if allow {
+            if has {
+                return Err(bad(format!("host {host:?} is allowed in {nqn:?} already")));
+            }
+            sub.allowed_hosts.push(host.to_string());
+        } else {
+            if !has {
+                return Err(bad(format!(
+                    "host {host:?} is not in {nqn:?}'s allowed hosts"
+                )));
+            }
+            if sub.allowed_hosts.len() == 1 {
+                return Err(bad(format!(
+                    "{host:?} is {nqn:?}'s last allowed host: an empty list lets every host in; allow another host first, or remove the subsystem"
+                )));
+            }
+            sub.allowed_hosts.retain(|h| h != host);
+        }
+        let new = Arc::new(sub);
+        subs[i] = Arc::clone(&new);
+        new
+    };
+    let closed = if !allow && force {
+        disconnect(cx, |r| {
+            r.proto == "nvmf" && r.target == nqn && r.host.as_deref() == Some(host)
+        })?
+    } else {
+        0
+    };
+    tracing::info!(nqn, host, allow, "control: NVMe-oF allowed hosts changed");
+    let mut out = subsystem_json(cx, &new);
+    out["closed_connections"] = json!(closed);
+    Ok(out)
+}
+
+/// `nvmf_host_allow {nqn, host}`.
+pub fn nvmf_host_allow(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Value, Error> {
+    host_list_change(p, cx, true)
+}
+
+/// `nvmf_host_disallow {nqn, host, force?}`.
+pub fn nvmf_host_disallow(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Value, Error> {
+    host_list_change(p, cx, false)
+}
+
+fn iscsi(cx: &ControlCx) -> Result<&crate::frontend::iscsi::IscsiShared, Error> {
+    cx.iscsi
+        .as_deref()
+        .ok_or_else(|| bad("this daemon has no iSCSI front end"))
+}
+
+fn target_json(cx: &ControlCx, t: &IscsiTarget) -> Value {
+    json!({
+        "iqn": t.iqn,
+        "allowed_initiators": t.allowed,
+        "luns": t.luns.iter().map(|l| json!({"lun": l.lun, "volume": cx.rt.volumes.name(l.volume)})).collect::<Vec<_>>(),
+        "lasts": lasts(),
+    })
+}
+
+fn find_target(tgts: &[Arc<IscsiTarget>], iqn: &str, what: &str) -> Result<usize, Error> {
+    let i = tgts
+        .iter()
+        .position(|t| t.iqn == iqn)
+        .ok_or_else(|| bad(format!("no iSCSI target {iqn:?}")))?;
+    if !tgts[i].runtime {
+        return Err((
+            E_CONFIGURED,
+            format!(
+                "iSCSI target {iqn:?} comes from the config file: {what} there and restart the daemon"
+            ),
+        ));
+    }
+    Ok(i)
+}
+
+/// `iscsi_target_add {iqn, allowed_initiators?}` (no CHAP: CHAP targets are configured).
+pub fn iscsi_target_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Value, Error> {
+    let sh = iscsi(cx)?;
+    let iqn = s(p, "iqn")?;
+    let ok_prefix = ["iqn.", "eui.", "naa."].iter().any(|x| iqn.starts_with(x));
+    if !ok_prefix || iqn.len() > 223 || iqn.chars().any(char::is_whitespace) {
+        return Err(bad(format!(
+            "target name {iqn:?}: must start with \"iqn.\", \"eui.\" or \"naa.\", be at most 223 bytes and have no spaces"
+        )));
+    }
+    if p.get("chap_user").is_some() || p.get("chap_secret").is_some() {
+        return Err((
+            E_CONFIGURED,
+            "CHAP: configure targets with CHAP in the config file (secrets are not sent over the control socket)".into(),
+        ));
+    }
+    let allowed = strings(p, "allowed_initiators")?;
+    for a in &allowed {
+        check_host("initiator name", a)?;
+    }
+    let mut tgts = sh.tgts_mut();
+    if tgts.iter().any(|t| t.iqn == iqn) {
+        return Err(bad(format!("an iSCSI target {iqn:?} exists already")));
+    }
+    let t = IscsiTarget {
+        iqn: iqn.to_string(),
+        luns: Vec::new(),
+        allowed,
+        chap: None,
+        runtime: true,
+    };
+    let out = target_json(cx, &t);
+    tgts.push(Arc::new(t));
+    tracing::warn!(
+        target_name = iqn,
+        "control: iSCSI target added (without CHAP: any initiator its allow list admits can log in)"
+    );
+    Ok(out)
+}
+
+/// `iscsi_target_remove {iqn, force?}`.
+pub fn iscsi_target_remove(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Value, Error> {
+    let sh = iscsi(cx)?;
+    let iqn = s(p, "iqn")?;
+    let force = flag(p, "force")?;
+    {
+        let mut tgts = sh.tgts_mut();
+        let i = find_target(&tgts, iqn, "remove it")?;
+        in_use(
+            cx,
+            force,
+            &format!("iSCSI target {iqn:?}"),
+            &iscsi_hosts(iqn),
+        )?;
+        tgts.remove(i);
+    }
+    let closed = disconnect(cx, iscsi_hosts(iqn))?;
+    tracing::info!(target_name = iqn, closed, "control: iSCSI target removed");
+    Ok(json!({"iqn": iqn, "removed": true, "closed_connections": closed}))
+}
+
+/// Replace run-time target `iqn` by a copy with the LUNs `change` gives (sorted by LUN).
+fn change_luns(
+    cx: &ControlCx,
+    iqn: &str,
+    force: bool,
+    change: impl FnOnce(&IscsiTarget) -> Result<Vec<IscsiLun>, Error>,
+) -> Result<(Value, usize), Error> {
+    let sh = iscsi(cx)?;
+    let pick = iscsi_hosts(iqn);
+    {
+        let mut tgts = sh.tgts_mut();
+        let i = find_target(&tgts, iqn, "change its LUNs")?;
+        in_use(cx, force, &format!("iSCSI target {iqn:?}"), &pick)?;
+        let mut luns = change(&tgts[i])?;
+        luns.sort_by_key(|l| l.lun);
+        let t = IscsiTarget {
+            luns,
+            ..(*tgts[i]).clone()
+        };
+        tgts[i] = Arc::new(t);
+    }
+    let closed = if force { disconnect(cx, &pick)? } else { 0 };
+    let t = sh
+        .find(iqn)
+        .ok_or_else(|| bad(format!("no iSCSI target {iqn:?}")))?;
+    Ok((target_json(cx, &t), closed))
+}
+
+/// `iscsi_lun_add {iqn, volume, lun?, force?}`.
+pub fn iscsi_lun_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Value, Error> {
+    let iqn = s(p, "iqn")?;
+    let vname = s(p, "volume")?;
+    let (vol, v) = volume(cx, vname)?;
+    plain_only(&v, "a configured target")?;
+    let lun = num(p, "lun")?;
+    if let Some(n) = lun
+        && n > MAX_LUN
+    {
+        return Err(bad(format!("lun {n}: give 0 to {MAX_LUN}")));
+    }
+    let force = flag(p, "force")?;
+    let mut chosen = 0;
+    let (mut out, closed) = change_luns(cx, iqn, force, |t| {
+        let mut luns = t.luns.clone();
+        let n = match lun {
+            Some(n) if luns.iter().any(|l| u64::from(l.lun) == n) => {
+                return Err(bad(format!("iSCSI target {iqn:?} has a LUN {n} already")));
+            }
+            Some(n) => n as u16,
+            None => (0..=MAX_LUN as u16)
+                .find(|x| !luns.iter().any(|l| l.lun == *x))
+                .ok_or_else(|| bad(format!("iSCSI target {iqn:?} has {} LUNs", MAX_LUN + 1)))?,
+        };
+        chosen = n;
+        luns.push(IscsiLun::new(n, vol, &v.name));
+        Ok(luns)
+    })?;
+    out["lun"] = json!(chosen);
+    out["closed_connections"] = json!(closed);
+    tracing::info!(
+        target_name = iqn,
+        lun = chosen,
+        volume = vname,
+        "control: iSCSI LUN added"
+    );
+    Ok(out)
+}
+
+/// `iscsi_lun_remove {iqn, lun, force?}`.
+pub fn iscsi_lun_remove(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Value, Error> {
+    let iqn = s(p, "iqn")?;
+    let lun = num(p, "lun")?.ok_or_else(|| bad("params need \"lun\""))?;
+    let force = flag(p, "force")?;
+    let (mut out, closed) = change_luns(cx, iqn, force, |t| {
+        if !t.luns.iter().any(|l| u64::from(l.lun) == lun) {
+            return Err(bad(format!("iSCSI target {iqn:?} has no LUN {lun}")));
+        }
+        Ok(t.luns
+            .iter()
+            .filter(|l| u64::from(l.lun) != lun)
+            .cloned()
+            .collect())
+    })?;
+    out["closed_connections"] = json!(closed);
+    tracing::info!(target_name = iqn, lun, "control: iSCSI LUN removed");
+    Ok(out)
+}

@@ -1,0 +1,426 @@
+//! Run-time creation and deletion of volumes, exports, subsystems and targets through the
+//! control socket (docs/control.md, "Run-time changes"): verified I/O through each front end
+//! on objects created at run time, refusals (in use, connected, configured, bad parameters)
+//! that change nothing, forced removal closing connections while other volumes keep serving,
+//! and changes under load on another volume.
+
+use crate::harness::pattern;
+use crate::rawnbd::Client;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use twinblk::daemon::Proto;
+
+/// An in-process daemon with every front end on loopback and a control socket in `dir`.
+fn daemon(dir: &Path, cores: &str) -> (twinblk::Daemon, PathBuf) {
+    let sock = dir.join("ctl.sock");
+    let text = format!(
+        "[reactor]\ncores={cores}\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n[runtime]\nmax_volumes=8\n[[volume]]\nname='base'\nbackend='malloc'\nsize='16MiB'\n",
+        sock.display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    (d, sock)
+}
+
+fn addr(d: &twinblk::Daemon, p: Proto) -> SocketAddr {
+    d.listeners().into_iter().find(|(x, _)| *x == p).unwrap().1
+}
+
+/// One call; the whole reply.
+fn rpc(sock: &Path, method: &str, params: Value) -> Value {
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("control socket");
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+fn ok(sock: &Path, method: &str, params: Value) -> Value {
+    let r = rpc(sock, method, params.clone());
+    assert!(r.get("error").is_none(), "{method} {params}: {r}");
+    r["result"].clone()
+}
+
+/// The error's (code, message); panics on success.
+fn err(sock: &Path, method: &str, params: Value) -> (i64, String) {
+    let r = rpc(sock, method, params.clone());
+    let e = r
+        .get("error")
+        .unwrap_or_else(|| panic!("{method} {params} succeeded: {r}"));
+    (
+        e["code"].as_i64().unwrap(),
+        e["message"].as_str().unwrap().to_string(),
+    )
+}
+
+fn names(sock: &Path) -> Vec<String> {
+    ok(sock, "volume_list", Value::Null)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_nbd_export_of_a_volume_created_at_run_time_serves_verified_io_then_both_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, sock) = daemon(dir.path(), "[0,1]");
+    let nbd = addr(&d, Proto::Nbd);
+    let r = ok(
+        &sock,
+        "volume_create",
+        json!({"name": "rt1", "backend": "malloc", "size": "8M"}),
+    );
+    assert_eq!(r["size"], 8 << 20);
+    assert!(
+        r["lasts"]
+            .as_str()
+            .unwrap()
+            .contains("until the daemon stops")
+    );
+    ok(
+        &sock,
+        "nbd_export_add",
+        json!({"name": "rt1", "volume": "rt1"}),
+    );
+    // Two connections (one per reactor: accepted round-robin) write and read each other's data.
+    let mut a = Client::connect(nbd, "rt1", false);
+    let mut b = Client::connect(nbd, "rt1", true);
+    let data = pattern(7, 256 << 10);
+    assert_eq!(a.write(1 << 20, &data), 0);
+    assert_eq!(b.read(1 << 20, data.len() as u32).unwrap(), data);
+    // Refused while exported, and while connected; nothing changes.
+    let (code, m) = err(&sock, "volume_delete", json!({"name": "rt1"}));
+    assert_eq!(code, -32020);
+    assert!(
+        m.contains("still exported") && m.contains("NBD export \"rt1\""),
+        "{m}"
+    );
+    let (code, m) = err(&sock, "nbd_export_remove", json!({"name": "rt1"}));
+    assert_eq!(code, -32020);
+    assert!(m.contains("2 connection(s)") && m.contains("force"), "{m}");
+    assert_eq!(a.read(1 << 20, 4096).unwrap(), data[..4096]);
+    // The configured volume's export cannot be removed at run time.
+    let (code, m) = err(&sock, "nbd_export_remove", json!({"name": "base"}));
+    assert_eq!(code, -32022, "{m}");
+    // After the clients leave: removed, then the volume deleted, and its name is free again.
+    a.disconnect();
+    b.disconnect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !ok(&sock, "host_list", Value::Null)
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "hosts did not leave");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ok(&sock, "nbd_export_remove", json!({"name": "rt1"}));
+    ok(&sock, "volume_delete", json!({"name": "rt1"}));
+    assert_eq!(names(&sock), vec!["base"]);
+    // A new volume in the freed slot starts empty (malloc) and is served.
+    ok(
+        &sock,
+        "volume_create",
+        json!({"name": "rt1", "backend": "malloc", "size": 4 << 20}),
+    );
+    ok(
+        &sock,
+        "nbd_export_add",
+        json!({"name": "again", "volume": "rt1"}),
+    );
+    let mut c = Client::connect(nbd, "again", false);
+    assert_eq!(c.read(1 << 20, 4096).unwrap(), vec![0u8; 4096]);
+    c.disconnect();
+}
+
+#[test]
+fn bad_parameters_are_refused_clearly_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path(), "[0]");
+    let cases = [
+        (
+            json!({"name": "base", "backend": "malloc", "size": "4M"}),
+            "exists already",
+        ),
+        (
+            json!({"name": "z", "backend": "malloc", "size": 0}),
+            "non-zero multiple",
+        ),
+        (
+            json!({"name": "z", "backend": "malloc", "size": 4097}),
+            "non-zero multiple",
+        ),
+        (
+            json!({"name": "z", "backend": "malloc", "size": "4M", "block_size": 1000}),
+            "512 or 4096",
+        ),
+        (
+            json!({"name": "z", "backend": "tape", "size": "4M"}),
+            "\"malloc\" or \"uring\"",
+        ),
+        (
+            json!({"name": "z", "backend": "uring", "size": "4M"}),
+            "needs \"path\"",
+        ),
+        (
+            json!({"name": "z", "backend": "uring", "size": "4M", "path": "/nonexistent/twinblk/x.img"}),
+            "does not exist",
+        ),
+        (
+            json!({"name": "z", "backend": "malloc", "size": "4M", "mirror": true}),
+            "configure mirrored/CDP volumes in the config file",
+        ),
+        (
+            json!({"name": "z", "backend": "malloc", "size": "4M", "cdp": {"dir": "/tmp"}}),
+            "configure mirrored/CDP volumes in the config file",
+        ),
+        (
+            json!({"name": "", "backend": "malloc", "size": "4M"}),
+            "1 to 64",
+        ),
+        (
+            json!({"backend": "malloc", "size": "4M"}),
+            "params need \"name\"",
+        ),
+    ];
+    for (p, want) in cases {
+        let (_, m) = err(&sock, "volume_create", p.clone());
+        assert!(m.contains(want), "{p}: {m}");
+    }
+    assert_eq!(names(&sock), vec!["base"], "nothing was created");
+    let (code, m) = err(
+        &sock,
+        "nbd_export_add",
+        json!({"name": "x", "volume": "nope"}),
+    );
+    assert_eq!(code, -32602);
+    assert!(m.contains("no volume named \"nope\""), "{m}");
+    let (_, m) = err(&sock, "volume_delete", json!({"name": "nope"}));
+    assert!(m.contains("no volume named"), "{m}");
+    let (code, m) = err(&sock, "volume_delete", json!({"name": "base"}));
+    assert_eq!(code, -32022);
+    assert!(m.contains("config file"), "{m}");
+    let (_, m) = err(&sock, "nvmf_subsystem_add", json!({"nqn": "bad"}));
+    assert!(m.contains("nqn."), "{m}");
+    let (_, m) = err(
+        &sock,
+        "nvmf_namespace_add",
+        json!({"nqn": "nqn.2026-11.io.twinblk:base", "volume": "base"}),
+    );
+    assert!(m.contains("config file"), "{m}");
+    let (_, m) = err(
+        &sock,
+        "iscsi_lun_add",
+        json!({"iqn": "iqn.x:none", "volume": "base"}),
+    );
+    assert!(m.contains("no iSCSI target"), "{m}");
+    // A uring volume on a file that does not exist yet, with create: true.
+    let img = dir.path().join("new.img");
+    let r = ok(
+        &sock,
+        "volume_create",
+        json!({"name": "f", "backend": "uring", "size": "4M", "block_size": 4096, "path": img, "create": true}),
+    );
+    assert_eq!(r["stack"], "uring");
+    // Every slot used (max_volumes = 8): the next is refused with what to do.
+    for i in 0..6 {
+        ok(
+            &sock,
+            "volume_create",
+            json!({"name": format!("m{i}"), "backend": "malloc", "size": "1M"}),
+        );
+    }
+    let (_, m) = err(
+        &sock,
+        "volume_create",
+        json!({"name": "m9", "backend": "malloc", "size": "1M"}),
+    );
+    assert!(m.contains("max_volumes"), "{m}");
+    ok(&sock, "volume_delete", json!({"name": "f"}));
+    ok(
+        &sock,
+        "volume_create",
+        json!({"name": "m9", "backend": "malloc", "size": "1M"}),
+    );
+}
+
+#[test]
+fn nvmf_subsystem_namespace_and_host_created_at_run_time_serve_io_and_force_closes() {
+    use twinblk_tools::nvmf::{Controller, Host, Opts};
+    let dir = tempfile::tempdir().unwrap();
+    let (d, sock) = daemon(dir.path(), "[0,1]");
+    let nv = addr(&d, Proto::Nvmf);
+    let nqn = "nqn.2026-11.io.twinblk:rt";
+    let host = "nqn.2014-08.org.example:host-rt";
+    ok(
+        &sock,
+        "volume_create",
+        json!({"name": "nv", "backend": "malloc", "size": "8M"}),
+    );
+    ok(
+        &sock,
+        "nvmf_subsystem_add",
+        json!({"nqn": nqn, "allowed_hosts": ["nqn.other"]}),
+    );
+    let r = ok(
+        &sock,
+        "nvmf_namespace_add",
+        json!({"nqn": nqn, "volume": "nv", "nsid": 3}),
+    );
+    assert_eq!(r["nsid"], 3);
+    let opts = Opts {
+        host: Host {
+            nqn: host.into(),
+            ..Host::default()
+        },
+        ..Opts::default()
+    };
+    assert!(
+        Controller::connect(nv, nqn, &opts).is_err(),
+        "not allowed yet"
+    );
+    ok(&sock, "nvmf_host_allow", json!({"nqn": nqn, "host": host}));
+    let c = Controller::connect(nv, nqn, &opts).unwrap();
+    let mut q = c.io_queue(1, 16).unwrap();
+    let data = pattern(3, 64 << 10);
+    q.write(3, 8, &data, 512, false).unwrap();
+    assert_eq!(q.read(3, 8, 128, 512).unwrap(), data);
+    // Refused while connected; forced: the queues are closed, the configured volume serves on.
+    let (code, m) = err(&sock, "nvmf_subsystem_remove", json!({"nqn": nqn}));
+    assert_eq!(code, -32020);
+    assert!(m.contains(host), "{m}");
+    let (code, _) = err(&sock, "volume_delete", json!({"name": "nv"}));
+    assert_eq!(code, -32020);
+    let r = ok(
+        &sock,
+        "nvmf_subsystem_remove",
+        json!({"nqn": nqn, "force": true}),
+    );
+    assert!(r["closed_connections"].as_u64().unwrap() >= 2, "{r}");
+    assert!(q.read(3, 8, 8, 512).is_err(), "the queue was closed");
+    drop(q);
+    drop(c);
+    ok(&sock, "volume_delete", json!({"name": "nv"}));
+    let base = Controller::connect(nv, "nqn.2026-11.io.twinblk:base", &Opts::default()).unwrap();
+    let mut bq = base.io_queue(1, 16).unwrap();
+    bq.write(1, 0, &data, 512, false).unwrap();
+    assert_eq!(bq.read(1, 0, 128, 512).unwrap(), data);
+}
+
+#[test]
+fn an_iscsi_target_and_lun_created_at_run_time_serve_qemu_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, sock) = daemon(dir.path(), "[0]");
+    let is = addr(&d, Proto::Iscsi);
+    let iqn = "iqn.2026-11.io.twinblk:rt";
+    ok(
+        &sock,
+        "volume_create",
+        json!({"name": "iv", "backend": "malloc", "size": "8M"}),
+    );
+    ok(&sock, "iscsi_target_add", json!({"iqn": iqn}));
+    let r = ok(&sock, "iscsi_lun_add", json!({"iqn": iqn, "volume": "iv"}));
+    assert_eq!(r["lun"], 0);
+    let u = format!("iscsi://{is}/{iqn}/0");
+    crate::harness::run(crate::iscsi::qemu_with_iscsi("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x6b 1M 192k",
+        "-c",
+        "read -P 0x6b 1M 192k",
+        &u,
+    ]));
+    // A fresh session reads what the first wrote.
+    crate::harness::run(crate::iscsi::qemu_with_iscsi("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "read -P 0x6b 1M 192k",
+        "-c",
+        "read -P 0 0 64k",
+        &u,
+    ]));
+    let (code, m) = err(&sock, "volume_delete", json!({"name": "iv"}));
+    assert_eq!(code, -32020);
+    assert!(m.contains("iSCSI LUN 0"), "{m}");
+    ok(&sock, "iscsi_lun_remove", json!({"iqn": iqn, "lun": 0}));
+    ok(&sock, "iscsi_target_remove", json!({"iqn": iqn}));
+    ok(&sock, "volume_delete", json!({"name": "iv"}));
+}
+
+#[test]
+fn forced_removal_closes_an_nbd_client_and_changes_under_load_disturb_no_other_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, sock) = daemon(dir.path(), "[0,1]");
+    let nbd = addr(&d, Proto::Nbd);
+    // Load on the configured volume for the whole test, every read verified.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut c = Client::connect(nbd, "base", true);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let off = (i % 64) * 65536;
+                let data = pattern(i, 65536);
+                assert_eq!(c.write(off, &data), 0, "write error on the other volume");
+                assert_eq!(
+                    c.read(off, 65536).unwrap(),
+                    data,
+                    "wrong data on the other volume"
+                );
+                i += 1;
+                done.store(i, Ordering::Relaxed);
+            }
+            c.disconnect();
+        })
+    };
+    for round in 0..5 {
+        let name = format!("tmp{round}");
+        ok(
+            &sock,
+            "volume_create",
+            json!({"name": name, "backend": "malloc", "size": "4M"}),
+        );
+        ok(
+            &sock,
+            "nbd_export_add",
+            json!({"name": name, "volume": name}),
+        );
+        let mut c = Client::connect(nbd, &name, false);
+        assert_eq!(c.write(0, &pattern(round, 4096)), 0);
+        let r = ok(
+            &sock,
+            "nbd_export_remove",
+            json!({"name": name, "force": true}),
+        );
+        assert_eq!(r["closed_connections"], 1);
+        assert!(
+            crate::rawnbd::closed_by_server(c.stream()),
+            "the forced removal closed the client"
+        );
+        ok(&sock, "volume_delete", json!({"name": name}));
+    }
+    let before = done.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    load.join()
+        .expect("the load on the other volume saw no error");
+    assert!(
+        done.load(Ordering::Relaxed) > before,
+        "the other volume kept serving"
+    );
+    let stats = ok(&sock, "volume_stats", Value::Null);
+    assert_eq!(stats[0]["name"], "base");
+    assert_eq!(stats[0]["errors"], 0);
+}
