@@ -16,7 +16,9 @@
 use super::ControlCx;
 use crate::control::config::Config;
 use crate::layer::mirror::MirrorInfo;
-use crate::layer::mirror::stats::{MirrorStats, SWITCH_GIVE, SWITCH_TAKE};
+pub use crate::layer::mirror::switch_request::{
+    Progress, Request, progress, refuse_unless_in_sync, request,
+};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -133,109 +135,4 @@ pub fn switchover(
         ));
     }
     Ok(json!({"to": to, "volumes": out}))
-}
-
-/// Refuse (with the reason) unless volume `name`'s pair is up and in sync at this site and no
-/// switchover runs: a switchover copies nothing. `leader`: the configured role.
-pub fn refuse_unless_in_sync(stats: &MirrorStats, name: &str, leader: bool) -> Result<(), String> {
-    let s = stats.snapshot(name, leader);
-    if s.state != "up" || s.dirty_bytes != 0 || s.resync_running || s.switchover.is_some() {
-        return Err(format!(
-            "volume {:?} is not up and in sync at this site (state {}, dirty {} bytes{}{}): a switchover needs both sites mirroring in sync",
-            s.volume,
-            s.state,
-            s.dirty_bytes,
-            if s.resync_running {
-                ", a resync runs"
-            } else {
-                ""
-            },
-            s.switchover
-                .map(|p| format!(", a switchover is under way ({p})"))
-                .unwrap_or_default()
-        ));
-    }
-    Ok(())
-}
-
-/// A switchover handed to a volume's engine ([`request`]), to follow with [`progress`].
-#[derive(Clone, Copy, Debug)]
-pub struct Request {
-    /// The term when it was asked.
-    term: u64,
-    /// The engine's failure count when it was asked.
-    failures: u64,
-    /// This site led when it was asked.
-    pub before: bool,
-    /// The leadership is to come to this site.
-    to_me: bool,
-}
-
-/// Where a [`Request`] is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// Not decided yet.
-    Waiting,
-    /// The named site leads, at this term.
-    Moved {
-        /// The new term.
-        term: u64,
-    },
-    /// Refused, rolled back, or no answer within the wait (the request was withdrawn).
-    Failed(String),
-}
-
-/// Ask the volume's engine (at its next tick) to move the leadership here (`to_me`) or to the
-/// peer; `None` when the named site leads already (nothing asked). `leader`: the configured
-/// role (until the engine publishes its own).
-pub fn request(stats: &MirrorStats, leader: bool, to_me: bool) -> Option<Request> {
-    let leads = stats.leads().unwrap_or(leader);
-    if leads == to_me {
-        return None;
-    }
-    let r = Request {
-        term: stats.term.load(Relaxed),
-        failures: stats.switch_failures.load(Relaxed),
-        before: leads,
-        to_me,
-    };
-    stats
-        .switch_req
-        .store(if leads { SWITCH_GIVE } else { SWITCH_TAKE }, Relaxed);
-    Some(r)
-}
-
-/// How request `r` of volume `name` stands (`leader`: the configured role); `expired`: the
-/// caller's wait (`wait` long) is over, so a request still undecided is withdrawn and failed.
-pub fn progress(
-    stats: &MirrorStats,
-    r: &Request,
-    name: &str,
-    leader: bool,
-    expired: bool,
-    wait: Duration,
-) -> Progress {
-    let term = stats.term.load(Relaxed);
-    if term > r.term && stats.leads() == Some(r.to_me) {
-        // Moved; wait a little for the old leader's confirmation (SWITCH_ACK).
-        if stats.snapshot(name, leader).switchover.is_none() || expired {
-            return Progress::Moved { term };
-        }
-        return Progress::Waiting;
-    }
-    if stats.switch_failures.load(Relaxed) != r.failures {
-        return Progress::Failed(stats.switch_error().unwrap_or_else(|| "failed".into()));
-    }
-    if expired {
-        stats.switch_req.store(0, Relaxed);
-        if stats.snapshot(name, leader).switchover == Some("asked") {
-            // The leader never answered the ask (lost, or ignored: see its status).
-            stats.set_switch_phase(None);
-        }
-        return Progress::Failed(format!(
-            "no switchover within {:.1} s (the leader's `mirror_status` field `last_switchover_error` may say why)",
-            wait.as_secs_f64()
-        ));
-    }
-    Progress::Waiting
 }

@@ -31,6 +31,7 @@ pub mod rollback;
 pub mod split;
 pub mod state;
 pub mod stats;
+pub mod switch_request;
 pub mod txq;
 pub mod wire;
 

@@ -3,7 +3,7 @@
 //! Model: the parameter list is parsed on the reactor (`iscsi::alua::parse_set_tpg`). A request
 //! for the other site's group to be active/optimised (or for this site's optimised group to be
 //! non-optimised) is the control socket's `mirror_switchover` of the logical unit's volume to
-//! that site, run with the same steps (`control::switchover`: refused unless up and in sync,
+//! that site, run with the same steps (`layer::mirror::switch_request`: refused unless up and in sync,
 //! the request handed to the engine through its published stats, followed until the term
 //! moved, a failure was recorded or [`WAIT`] passed). Those steps poll and sleep, so they run
 //! on a helper thread (at most [`MAX_RUNNING`] in the daemon; beyond, BUSY), which then waits
@@ -168,7 +168,9 @@ impl IscsiConn {
 /// On the helper thread: move the leadership of `m`'s volume here (`to_me`) or to the peer,
 /// then wait for the published path states to show it.
 fn switch_to(m: &MirrorHandle, v: &Volume, to_me: bool) -> Result<(), Sense> {
-    use crate::control::switchover::{Progress, progress, refuse_unless_in_sync, request};
+    use crate::layer::mirror::switch_request::{
+        Progress, progress, refuse_unless_in_sync, request,
+    };
     if let Err(why) = refuse_unless_in_sync(&m.stats, &v.name, m.leader) {
         tracing::warn!(volume = %v.name, %why, "iscsi: SET TARGET PORT GROUPS refused");
         return Err(alua::STPG_FAILED);

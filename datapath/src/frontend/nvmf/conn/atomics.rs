@@ -48,15 +48,14 @@ impl NvmfConn {
             return fail(self, Status::INVALID_FIELD);
         }
         let shared: &Shared = env.shared;
-        let (sub, idx) = match self.io_ns(env.vols, c.nsid()) {
+        let (idx, vol) = match self.io_ns(env.vols, c.nsid()) {
             Ok(x) => x,
             Err(s) => return fail(self, s),
         };
-        let access = self.resv_access(&sub, idx);
+        let access = self.resv_access(idx);
         if !access.read || !access.write {
             return fail(self, Status::RESERVATION_CONFLICT);
         }
-        let vol = sub.namespaces[idx].volume;
         let vols = env.vols;
         let Some(v) = vols.get(vol).and_then(Option::as_ref) else {
             return fail(self, Status::INVALID_NS);

@@ -17,7 +17,6 @@ use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::atomic::{Note, OpKind, OpReq, Origin};
 use crate::frontend::nvmf::cmd::{Sqe, Status, io, sgl};
-use crate::frontend::nvmf::ctrl::Subsystem;
 use crate::frontend::nvmf::resv::Access;
 use crate::frontend::nvmf::status::{path_status, status_of};
 use crate::runtime::Env;
@@ -26,12 +25,14 @@ use crate::uring::IoTag;
 use std::sync::Arc;
 
 impl NvmfConn {
-    /// The namespace `nsid` of this queue's subsystem, with its ANA group's state checked.
+    /// The namespace `nsid` of this queue's subsystem (its index and volume), with its ANA
+    /// group's state checked. No reference count is taken: the subsystem is shared by every
+    /// queue on every reactor, and an atomic on it per command would bounce its cache line.
     pub(super) fn io_ns(
         &self,
         vols: &[Option<Arc<Volume>>],
         nsid: u32,
-    ) -> Result<(Arc<Subsystem>, usize), Status> {
+    ) -> Result<(usize, usize), Status> {
         let Some(sub) = self.subsys.as_ref() else {
             return Err(Status::INVALID_NS);
         };
@@ -44,12 +45,18 @@ impl NvmfConn {
             return Err(Status::INVALID_NS);
         };
         path_status(vol.path.get())?;
-        Ok((Arc::clone(sub), idx))
+        Ok((idx, sub.namespaces[idx].volume))
     }
 
-    /// What this host may do on namespace index `idx`: one atomic load, and the lock only
-    /// when the reservation state changed since the last look.
-    pub(super) fn resv_access(&mut self, sub: &Subsystem, idx: usize) -> Access {
+    /// What this host may do on namespace index `idx` of its subsystem: one atomic load, and
+    /// the lock only when the reservation state changed since the last look.
+    pub(super) fn resv_access(&mut self, idx: usize) -> Access {
+        let Some(sub) = self.subsys.as_deref() else {
+            return Access {
+                read: false,
+                write: false,
+            };
+        };
         let v = sub.resv.version(idx);
         if let Some(&(cv, a)) = self.resv_cache.get(idx)
             && cv == v
@@ -120,17 +127,18 @@ impl NvmfConn {
             return self.respond(cid, Status::INVALID_OPCODE, 0);
         }
         let shared: &Shared = env.shared;
-        let (sub, idx) = match self.io_ns(env.vols, sqe.nsid()) {
+        let (idx, vol) = match self.io_ns(env.vols, sqe.nsid()) {
             Ok(x) => x,
             Err(s) => return self.respond(cid, s, 0),
         };
         if matches!(
             op,
             io::RESV_REGISTER | io::RESV_REPORT | io::RESV_ACQUIRE | io::RESV_RELEASE
-        ) {
+        ) && let Some(sub) = self.subsys.clone()
+        {
             return self.reservation(env, &sub, idx, sqe, data);
         }
-        let access = self.resv_access(&sub, idx);
+        let access = self.resv_access(idx);
         let allowed = match op {
             io::READ | io::COMPARE => access.read,
             _ => access.write,
@@ -138,7 +146,6 @@ impl NvmfConn {
         if !allowed {
             return self.respond(cid, Status::RESERVATION_CONFLICT, 0);
         }
-        let vol = sub.namespaces[idx].volume;
         let vols = env.vols;
         let Some(v) = vols.get(vol).and_then(Option::as_ref) else {
             return self.respond(cid, Status::INVALID_NS, 0);
