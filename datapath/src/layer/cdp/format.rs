@@ -310,6 +310,37 @@ impl RecHeader {
         Ok(h)
     }
 
+    /// A record of `payload` (empty for no payload) with its CRC: the header, then the payload,
+    /// written into `out[..REC_HEADER + payload.len()]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_record(
+        out: &mut [u8],
+        op: Op,
+        seq: u64,
+        time: u64,
+        offset: u64,
+        len: u64,
+        payload: &[u8],
+        vol_id: u64,
+    ) {
+        RecHeader {
+            op,
+            seq,
+            time,
+            offset,
+            len,
+            payload_len: payload.len() as u32,
+            payload_crc: if payload.is_empty() {
+                0
+            } else {
+                crc32c::crc32c(payload)
+            },
+            vol_id,
+        }
+        .encode(out);
+        out[REC_HEADER..REC_HEADER + payload.len()].copy_from_slice(payload);
+    }
+
     /// Bytes of the whole record (header and payload).
     pub fn total(&self) -> usize {
         REC_HEADER + self.payload_len as usize

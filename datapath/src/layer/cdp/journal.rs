@@ -284,22 +284,7 @@ impl Journal {
         b.lone_mark = b.used == 0 && op == Op::Mark;
         let bytes = io.buf_mut(&mut b.buf, b.cap);
         let rec = &mut bytes[b.used..b.used + need];
-        RecHeader {
-            op,
-            seq,
-            time,
-            offset,
-            len,
-            payload_len: payload.len() as u32,
-            payload_crc: if payload.is_empty() {
-                0
-            } else {
-                crc32c::crc32c(payload)
-            },
-            vol_id: self.meta.vol_id,
-        }
-        .encode(rec);
-        rec[REC_HEADER..].copy_from_slice(payload);
+        RecHeader::write_record(rec, op, seq, time, offset, len, payload, self.meta.vol_id);
         b.used += need;
         b.last_seq = seq;
         b.last_time = time;

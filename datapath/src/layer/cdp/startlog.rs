@@ -77,22 +77,16 @@ impl StartLog {
         let mut b = vec![0u8; total];
         self.last_time = clock::now().max(self.last_time);
         let seq = self.next_seq;
-        RecHeader {
+        RecHeader::write_record(
+            &mut b,
             op,
             seq,
-            time: self.last_time,
+            self.last_time,
             offset,
             len,
-            payload_len: payload.len() as u32,
-            payload_crc: if payload.is_empty() {
-                0
-            } else {
-                crc32c::crc32c(payload)
-            },
-            vol_id: self.meta.vol_id,
-        }
-        .encode(&mut b);
-        b[REC_HEADER..used].copy_from_slice(payload);
+            payload,
+            self.meta.vol_id,
+        );
         if total > used {
             format::encode_pad(&mut b[used..], total - used, self.meta.vol_id);
         }
