@@ -17,7 +17,7 @@ fn pattern_mib() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .filter(|m| (1..=64).contains(m))
-        .unwrap_or(16)
+        .unwrap_or(32)
 }
 
 fn timeout() -> Duration {
@@ -147,6 +147,77 @@ fn linux_iscsi_initiator_writes_at_one_site_and_reads_at_the_other() {
     }
     eprintln!(
         "linux iSCSI guest: {mib} MiB each way, guest {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    drop((a, b));
+}
+
+/// The kernel's NVMe/TCP initiator (nvme_tcp, nvme-cli) connects to site a and site b of a
+/// mirrored volume: native NVMe multipath makes one namespace head with two paths, site a's
+/// ANA optimized and site b's non-optimized. A pattern written through the head is read back
+/// through site b alone (site a's controller disconnected), a second one written there is read
+/// back through site a alone (a reconnected, b disconnected); no controller is left and the
+/// kernel log is clean. Both replicas hold the last pattern.
+#[test]
+fn linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote() {
+    let kit = match guest::kit() {
+        Ok(k) => k,
+        Err(reason) => {
+            guest::skip(
+                "linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote",
+                &reason,
+            );
+            return;
+        }
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (a, _, b, _) = two_sites(root.path(), "");
+    let mib = pattern_mib();
+    let run = guest::boot(
+        kit,
+        "nvme-two-sites",
+        "nvme",
+        &[
+            ("host", "10.0.2.2".to_string()),
+            ("porta", a.nvmf_addr.port().to_string()),
+            ("portb", b.nvmf_addr.port().to_string()),
+            ("nqn", "nqn.2026-11.io.twinblk:vol0".to_string()),
+            ("mib", mib.to_string()),
+        ],
+        timeout(),
+    );
+    assert_passed(
+        &run,
+        &[
+            "modules",
+            "network",
+            "connect-a",
+            "connect-b",
+            "multipath",
+            "write-head",
+            "disconnect-a-1",
+            "read-at-b",
+            "write-at-b",
+            "reconnect-a",
+            "disconnect-b-1",
+            "read-at-a",
+            "disconnect-a-2",
+            "controllers-gone",
+            "kernel-log",
+        ],
+    );
+    let want = run
+        .info("write-at-b-md5")
+        .expect("the guest reported its pattern's md5");
+    for site in ["a", "b"] {
+        let got = md5_prefix(&root.path().join(format!("{site}.img")), mib << 20);
+        assert_eq!(
+            got, want,
+            "site {site}'s replica holds the guest's last pattern"
+        );
+    }
+    eprintln!(
+        "linux NVMe/TCP guest: {mib} MiB patterns, guest {:.1} s",
         run.elapsed.as_secs_f64()
     );
     drop((a, b));
