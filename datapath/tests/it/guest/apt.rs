@@ -76,10 +76,8 @@ pub fn parse_depends(text: &str) -> Vec<Group> {
         let t = line.trim();
         if indent >= 4 {
             // a provider of the virtual name above
-            if in_dep {
-                if let Some(alt) = groups.last_mut().and_then(|g| g.alternatives.last_mut()) {
-                    alt.1.push(t.to_string());
-                }
+            if in_dep && let Some(alt) = groups.last_mut().and_then(|g| g.alternatives.last_mut()) {
+                alt.1.push(t.to_string());
             }
             continue;
         }
@@ -128,10 +126,11 @@ pub fn closure(roots: &[&str]) -> Result<Vec<String>, String> {
     while let Some(p) = todo.pop() {
         let text = output(Command::new("apt-cache").args(["depends", &p]))?;
         for g in parse_depends(&text) {
-            if let Some(dep) = choose(&g) {
-                if dep.starts_with("lib") && want.insert(dep.clone()) {
-                    todo.push(dep);
-                }
+            if let Some(dep) = choose(&g)
+                && dep.starts_with("lib")
+                && want.insert(dep.clone())
+            {
+                todo.push(dep);
             }
         }
     }

@@ -110,11 +110,11 @@ impl Archive {
             out.extend_from_slice(header.as_bytes());
             out.extend_from_slice(n.as_bytes());
             out.push(0);
-            while out.len() % 4 != 0 {
+            while !out.len().is_multiple_of(4) {
                 out.push(0);
             }
             out.extend_from_slice(data);
-            while out.len() % 4 != 0 {
+            while !out.len().is_multiple_of(4) {
                 out.push(0);
             }
         };
@@ -159,10 +159,10 @@ impl Modules {
                 let p = e.path();
                 if p.is_dir() {
                     stack.push(p);
-                } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
-                    if let Some(m) = n.strip_suffix(".ko") {
-                        files.insert(m.replace('-', "_"), p.clone());
-                    }
+                } else if let Some(n) = p.file_name().and_then(|n| n.to_str())
+                    && let Some(m) = n.strip_suffix(".ko")
+                {
+                    files.insert(m.replace('-', "_"), p.clone());
                 }
             }
         }

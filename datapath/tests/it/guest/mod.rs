@@ -11,9 +11,10 @@
 //! (`TWINBLK-CHECK name PASS|FAIL evidence`, `TWINBLK-INFO key value`, `TWINBLK-END n`).
 //!
 //! Skipping: [`kit`] answers `Err(reason)` when this machine cannot run a guest
-//! (`TWINBLK_SKIP_GUEST=1`, no apt or no access to the archive, no QEMU obtainable); the test
-//! then prints the reason and returns. Once a guest boots, nothing skips: a missing result
-//! line or a failed check fails the test.
+//! (`TWINBLK_SKIP_GUEST=1`, no apt or no access to the archive, so neither the kernel nor a
+//! QEMU is obtainable); the test then prints the reason and returns. Once the packages are
+//! downloaded nothing skips: a kit that cannot be assembled from them panics, and after the
+//! guest boots a missing result line or a failed check fails the test.
 //!
 //! Invariants: the QEMU process is always ended by this code (killed at the timeout, or when
 //! the [`Vm`] is dropped during a panic); only one guest runs at a time in this process (they
@@ -86,10 +87,10 @@ pub fn cache_dir() -> PathBuf {
 /// The kit, prepared once per test process; `Err` is the reason this machine cannot run a
 /// guest.
 pub fn kit() -> Result<&'static Kit, String> {
-    static KIT: OnceLock<Result<Kit, String>> = OnceLock::new();
-    KIT.get_or_init(|| {
+    static KIT: OnceLock<Result<Kit, Prep>> = OnceLock::new();
+    let k = KIT.get_or_init(|| {
         if std::env::var("TWINBLK_SKIP_GUEST").is_ok_and(|v| v == "1") {
-            return Err("TWINBLK_SKIP_GUEST=1 is set".into());
+            return Err(Prep::Skip("TWINBLK_SKIP_GUEST=1 is set".into()));
         }
         let t = Instant::now();
         let k = prepare(&cache_dir());
@@ -103,15 +104,25 @@ pub fn kit() -> Result<&'static Kit, String> {
             );
         }
         k
-    })
-    .as_ref()
-    .map_err(Clone::clone)
+    });
+    match k {
+        Ok(k) => Ok(k),
+        Err(Prep::Skip(reason)) => Err(reason.clone()),
+        Err(Prep::Broken(why)) => {
+            panic!("the guest's packages were downloaded but no guest could be made of them: {why}")
+        }
+    }
 }
 
-/// Print why the test does not run (the test then returns).
+/// Print why the test does not run (the test then returns). Written to the process's stderr
+/// itself, not through `eprintln!`, so that the line shows in a plain `cargo test` run, whose
+/// harness keeps the captured output of passing tests to itself.
 pub fn skip(test: &str, reason: &str) {
-    eprintln!("SKIPPED {test}: the machine cannot run a Linux guest: {reason}");
-    println!("SKIPPED {test}: the machine cannot run a Linux guest: {reason}");
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: the machine cannot run a Linux guest: {reason}"
+    );
 }
 
 /// An exclusive lock on `<cache>/lock` for as long as it lives.
@@ -143,24 +154,37 @@ impl Drop for CacheLock {
     }
 }
 
-fn prepare(cache: &Path) -> Result<Kit, String> {
+/// Why a kit is not there: the machine cannot run a guest (the test skips), or what was
+/// downloaded could not be made into one (the test fails: that is this code's defect).
+enum Prep {
+    Skip(String),
+    Broken(String),
+}
+
+impl From<String> for Prep {
+    fn from(e: String) -> Prep {
+        Prep::Broken(e)
+    }
+}
+
+fn prepare(cache: &Path) -> Result<Kit, Prep> {
     for tool in ["apt-get", "apt-cache", "dpkg-deb", "dpkg-query", "ldd"] {
         if !apt::have(tool) {
-            return Err(format!(
+            return Err(Prep::Skip(format!(
                 "no {tool} (the guest is built from Debian packages)"
-            ));
+            )));
         }
     }
-    let _lock = CacheLock::take(cache)?;
+    let _lock = CacheLock::take(cache).map_err(Prep::Skip)?;
     let debs = cache.join("debs");
-    let kpkg = apt::kernel_package()?;
-    let user = apt::closure(&["busybox-static", "open-iscsi", "nvme-cli"])?;
+    let kpkg = apt::kernel_package().map_err(Prep::Skip)?;
+    let user = apt::closure(&["busybox-static", "open-iscsi", "nvme-cli"]).map_err(Prep::Skip)?;
     let host_qemu = std::env::var_os("TWINBLK_GUEST_QEMU")
         .map(PathBuf::from)
         .or_else(|| apt::have("qemu-system-x86_64").then(|| "qemu-system-x86_64".into()));
     let mut qemu_pkgs = Vec::new();
     if host_qemu.is_none() {
-        qemu_pkgs = apt::closure(&["qemu-system-x86"])?;
+        qemu_pkgs = apt::closure(&["qemu-system-x86"]).map_err(Prep::Skip)?;
         // the TCG accelerator (a loadable module in qemu-system-common), the BIOS and the
         // option ROMs of -kernel boot: not libraries, no recursion into their dependencies
         for p in [
@@ -175,7 +199,9 @@ fn prepare(cache: &Path) -> Result<Kit, String> {
     let mut all = vec![kpkg.clone()];
     all.extend(user.iter().cloned());
     all.extend(qemu_pkgs.iter().cloned());
-    apt::download(&debs, &all).map_err(|e| format!("cannot download the guest's packages: {e}"))?;
+    apt::download(&debs, &all)
+        .map_err(|e| Prep::Skip(format!("cannot download the guest's packages: {e}")))?;
+    // From here on every package is at hand: a failure is a defect, not the machine's.
 
     // the kernel
     let kroot = cache.join(&kpkg);
@@ -225,11 +251,11 @@ fn prepare(cache: &Path) -> Result<Kit, String> {
         .output()
         .map_err(|e| format!("cannot run {}: {e}", qemu.program.display()))?;
     if !v.status.success() {
-        return Err(format!(
+        return Err(Prep::Broken(format!(
             "{} --version failed: {}",
             qemu.program.display(),
             String::from_utf8_lossy(&v.stderr).trim()
-        ));
+        )));
     }
 
     // the initramfs
@@ -367,10 +393,10 @@ fn build_initramfs(uroot: &Path, mroot: &Path, out: &Path) -> Result<(), String>
 /// can hang before printing anything), else "tcg". `TWINBLK_GUEST_ACCEL` chooses; the probe's
 /// answer is cached per kernel package.
 fn accel(qemu: &Qemu, kernel: &Path, cache: &Path, kpkg: &str, logs: &Path) -> String {
-    if let Ok(a) = std::env::var("TWINBLK_GUEST_ACCEL") {
-        if a == "kvm" || a == "tcg" {
-            return a;
-        }
+    if let Ok(a) = std::env::var("TWINBLK_GUEST_ACCEL")
+        && (a == "kvm" || a == "tcg")
+    {
+        return a;
     }
     let usable = std::fs::OpenOptions::new()
         .read(true)
