@@ -608,7 +608,7 @@ pub fn render(method: &str, params: &Value, r: &Value) -> String {
                     "{:<24} {:>12} {:>6}  {}",
                     st(&v["name"]),
                     bytes(v["size"].as_u64().unwrap_or(0)),
-                    v["block_size"],
+                    v["block_size"].to_string(),
                     st(&v["stack"])
                 );
             }
