@@ -1,13 +1,14 @@
 //! `twinblk-ctl`: the operator's command line for twinblk sites. `status` asks both sites (and
 //! reads the witness's state file) and shows one screen per volume group; `takeover` wraps
-//! `mirror_takeover`; `call` (or a bare method name, the old form) sends one raw JSON-RPC
+//! `mirror_takeover`; `volume`, `export`, `nvmf` and `iscsi` make run-time changes
+//! (`ctl::admin`); `call` (or a bare method name, the old form) sends one raw JSON-RPC
 //! method. The logic is in `twinblk_tools::ctl`; exit codes are `ctl::exit` (docs/control.md).
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
-use twinblk_tools::ctl::{self, SiteArg, exit};
+use twinblk_tools::ctl::{self, SiteArg, admin, exit};
 
 /// Operate twinblk sites through their control sockets.
 #[derive(Parser)]
@@ -113,6 +114,28 @@ enum Cmd {
     Cdp {
         #[command(subcommand)]
         cmd: CdpCmd,
+    },
+    /// Volumes created and deleted at run time (`volume_create`, `volume_delete`) and
+    /// listed (`volume_list`). Run-time changes last until the daemon stops.
+    Volume {
+        #[command(subcommand)]
+        cmd: admin::VolumeCmd,
+    },
+    /// NBD exports added and removed at run time (`nbd_export_add`, `nbd_export_remove`) and
+    /// listed (`export_list`).
+    Export {
+        #[command(subcommand)]
+        cmd: admin::ExportCmd,
+    },
+    /// NVMe-oF subsystems, namespaces and allowed hosts changed at run time.
+    Nvmf {
+        #[command(subcommand)]
+        cmd: admin::NvmfCmd,
+    },
+    /// iSCSI targets and LUNs added and removed at run time.
+    Iscsi {
+        #[command(subcommand)]
+        cmd: admin::IscsiCmd,
     },
     /// Send one JSON-RPC method and print its result (docs/control.md lists them).
     Call {
@@ -497,6 +520,10 @@ fn run(cli: Cli) -> i32 {
         }
         Cmd::Drill { cmd } => drill(&cli, cmd),
         Cmd::Cdp { cmd } => cdp(&cli, cmd),
+        Cmd::Volume { cmd } => admin::run(&first_socket(&cli), cli.json, &admin::Cmd::Volume(cmd)),
+        Cmd::Export { cmd } => admin::run(&first_socket(&cli), cli.json, &admin::Cmd::Export(cmd)),
+        Cmd::Nvmf { cmd } => admin::run(&first_socket(&cli), cli.json, &admin::Cmd::Nvmf(cmd)),
+        Cmd::Iscsi { cmd } => admin::run(&first_socket(&cli), cli.json, &admin::Cmd::Iscsi(cmd)),
         Cmd::Call { method, params } => raw(&cli, method, params.as_deref()),
         Cmd::Raw(words) => {
             let [method, rest @ ..] = &words[..] else {

@@ -12,6 +12,7 @@
 //! volume is `up` at both sites with nothing dirty, no resync running, no failure, no refused
 //! session, one leader, and the witness (where configured) answering both sites. Exit codes are [`exit`].
 
+pub mod admin;
 pub mod cdp;
 pub mod render;
 pub mod verify;
@@ -47,6 +48,12 @@ pub mod exit {
     pub const NOT_AUTHENTIC: i32 = 9;
     /// `switchover`: it started but did not complete (rolled back, or no answer in time).
     pub const NOT_SWITCHED: i32 = 10;
+    /// The daemon refused a run-time change because the object is in use (JSON-RPC
+    /// `-32020`: exported, or hosts connected and no `--force`); nothing changed.
+    pub const IN_USE: i32 = 11;
+    /// The daemon refused a run-time change because the object comes from the config file,
+    /// or a mirrored/CDP volume was asked for (JSON-RPC `-32022`); nothing changed.
+    pub const CONFIGURED: i32 = 12;
 }
 
 /// Why a call failed.
@@ -83,10 +90,13 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// The exit code for this failure.
+    /// The exit code for this failure: unreachable, the run-time changes' refusals "in use"
+    /// and "from the config file" (any command, also `call`), else [`exit::ERROR`].
     pub fn exit_code(&self) -> i32 {
         match self {
             CallError::Connect { .. } => exit::UNREACHABLE,
+            CallError::Daemon { code: -32020, .. } => exit::IN_USE,
+            CallError::Daemon { code: -32022, .. } => exit::CONFIGURED,
             _ => exit::ERROR,
         }
     }
