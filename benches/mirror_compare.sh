@@ -29,7 +29,9 @@
 # has 2 cores, so site b shares a core with fio or with site a); fio on core 1.
 #
 # Environment: RUNTIME (default 5), REPS (3), RAMP (1), BASE_PORT (12800), KEEP=1 keeps logs,
-# CDP=disk|ram (a CDP journal under every site's volume, see cdp_section below; default none),
+# CDP=disk|ram (a CDP journal under every site's volume, see cdp_section below; default none;
+# OLD_CDP=none|disk|ram gives the OLD_BIN side its own setting, so with OLD_BIN the same binary
+# CDP on and off run side by side in one run: `CDP=ram OLD_CDP=none OLD_BIN=target/release/twinblk`),
 # OLD_BIN and OLD_CTL (above; default none),
 # WAIT_A (wait policy of the single site and of site a, default interrupt), WAIT_B (site b,
 # default interrupt), CORE_B (site b's core, default 0). The defaults put both sites on core 0,
@@ -64,7 +66,7 @@ OLD_CTL=${OLD_CTL:-}
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     { echo "mirror_compare: RUNTIME, REPS, RAMP, BASE_PORT must be numbers" >&2; exit 1; }
 ((RUNTIME >= 1)) || { echo "mirror_compare: RUNTIME must be >= 1" >&2; exit 1; }
-INVOCATION="CDP=${CDP:-none} RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP BASE_PORT=$BASE_PORT WAIT_A=$WAIT_A WAIT_B=$WAIT_B CORE_B=$CORE_B bash benches/mirror_compare.sh"
+INVOCATION="CDP=${CDP:-none}${OLD_CDP:+ OLD_CDP=$OLD_CDP} RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP BASE_PORT=$BASE_PORT WAIT_A=$WAIT_A WAIT_B=$WAIT_B CORE_B=$CORE_B bash benches/mirror_compare.sh"
 [[ ${STATE:-0} == 1 ]] && INVOCATION="STATE=1 ACTLOG=${ACTLOG:-true}${ACTLOG_EXTENTS:+ ACTLOG_EXTENTS=$ACTLOG_EXTENTS}${OLD_ACTLOG:+ OLD_ACTLOG=$OLD_ACTLOG} $INVOCATION"
 if [[ -n $OLD_BIN ]]; then
     [[ -f $OLD_BIN && -x $OLD_BIN ]] || { echo "mirror_compare: OLD_BIN=$OLD_BIN is not an executable file" >&2; exit 1; }
@@ -133,11 +135,15 @@ CFG
 # CDP=disk|ram: a CDP journal under every site's volume (docs/cdp-format.md), in CDP_DISK_DIR
 # (default /var/tmp) or CDP_RAM_DIR (default /dev/shm), one fresh directory per site start.
 CDP=${CDP:-none}
-[[ $CDP == none || $CDP == disk || $CDP == ram ]] || { echo "mirror_compare: CDP must be none, disk or ram" >&2; exit 1; }
-cdp_section() { # site name
-    [[ $CDP == none ]] && return 0
+OLD_CDP=${OLD_CDP:-}
+for c in "$CDP" ${OLD_CDP:+"$OLD_CDP"}; do
+    [[ $c == none || $c == disk || $c == ram ]] || { echo "mirror_compare: CDP and OLD_CDP must be none, disk or ram" >&2; exit 1; }
+done
+cdp_section() { # site name (CDP_T: this tree's setting, OLD_CDP for the old one)
+    local cdp=${CDP_T:-$CDP}
+    [[ $cdp == none ]] && return 0
     local base
-    if [[ $CDP == disk ]]; then base=${CDP_DISK_DIR:-/var/tmp}; else base=${CDP_RAM_DIR:-/dev/shm}; fi
+    if [[ $cdp == disk ]]; then base=${CDP_DISK_DIR:-/var/tmp}; else base=${CDP_RAM_DIR:-/dev/shm}; fi
     local d
     d=$(mktemp -d "$base/mirror_compare_cdp.XXXXXX")
     echo "$d" >>"$WORK/cdp_dirs"
@@ -222,8 +228,10 @@ for rep in $(seq "$REPS"); do
         for tree in "${order[@]}"; do
             if [[ $tree == old ]]; then
                 BIN=$OLD_BIN CTL=$OLD_CTL KEY_LINE=$KEY_LINE_old ACTLOG_T=${OLD_ACTLOG:-${ACTLOG:-true}}
+                CDP_T=${OLD_CDP:-$CDP}
             else
                 BIN=$NEW_BIN CTL=$NEW_CTL KEY_LINE=$KEY_LINE_new ACTLOG_T=${ACTLOG:-true}
+                CDP_T=$CDP
             fi
             port=$((port + 4))
             if [[ $mode == single ]]; then
@@ -347,7 +355,10 @@ def met(ok):
 names = {"nbd": "NBD (fio)", "nvmf": "NVMe/TCP (twinblk-nvme)"}
 import os
 _oa = os.environ.get("OLD_ACTLOG")
+_oc = os.environ.get("OLD_CDP")
 title = {"new": "New tree", "old": "Old tree (OLD_BIN)"}
+if _oc:
+    title = {"new": f"CDP {os.environ.get('CDP', 'none')}", "old": f"CDP {_oc} (OLD_CDP)"}
 if _oa:
     _na = os.environ.get("ACTLOG", "true")
     title = {"new": f"Activity log {'on' if _na == 'true' else 'off'}", "old": f"Activity log {'on' if _oa == 'true' else 'off'} (OLD_ACTLOG)"}
