@@ -177,7 +177,8 @@ key_line_for() { # TREE BIN (sets KEY_LINE_<TREE>; leaves BIN's check-config out
     local line
     for line in "" "witness_key_file = \"$LINK_KEY\""; do
         KEY_LINE=$line
-        site_cfg a b 0 1 2 3 true "$WAIT_A" 4
+        # (without a CDP section: its directory differs at each call, and OLD_CDP may differ)
+        CDP_T=none site_cfg a b 0 1 2 3 true "$WAIT_A" 4
         if "$2" check-config "$WORK/a.toml" >"$WORK/check.$1" 2>&1; then
             if [[ $1 == old ]]; then KEY_LINE_old=$line; else KEY_LINE_new=$line; fi
             KEY_LINE=""
