@@ -151,16 +151,18 @@ write_point() {
 
 # randwrite_point QD -> prints "iops cpu_us_per_io p50_us all_runs" (the median run of REPEATS)
 randwrite_point() {
-    local qd=$1 t0 t1 i runs=()
+    local qd=$1 t0 t1 i
+    rm -f "$WORK"/randwrite-*.json
     t0=$(cpu_ticks "$SERVER_PID")
     for i in $(seq "$REPEATS"); do
-        runs+=("$(taskset -c "$CLIENT_CPU" "$TWINPERF" "$URL" --rw randwrite --bs 4k --qd "$qd" \
-            --seconds "$RUNTIME" --warmup 1 --json 2>/dev/null || echo '{}')")
+        taskset -c "$CLIENT_CPU" "$TWINPERF" "$URL" --rw randwrite --bs 4k --qd "$qd" \
+            --seconds "$RUNTIME" --warmup 1 --json-out "$WORK/randwrite-$i.json" \
+            > /dev/null 2>&1 || true
     done
     t1=$(cpu_ticks "$SERVER_PID")
-    printf '%s\n' "${runs[@]}" | python3 -c '
+    ls "$WORK"/randwrite-*.json 2>/dev/null | python3 -c '
 import json, sys
-rs = [json.loads(l) for l in sys.stdin if l.strip()]
+rs = [json.load(open(l.strip())) for l in sys.stdin if l.strip()]
 rs = [r for r in rs if r.get("ios")]
 if not rs:
     print(0, 0, 0, "-"); sys.exit()
