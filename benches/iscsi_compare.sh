@@ -12,6 +12,9 @@
 #   write     QD1 and QD32: `qemu-img bench -w -t none -s 4096 -d QD -c COUNT` over iscsi://
 #             (qemu-block-extra). iscsi-perf 1.19 has no write mode and Debian's fio has no
 #             libiscsi engine, so writes are qemu-img's sequential 4 KiB writes, not random.
+#   randwrite QD1 and QD32: twinperf's iSCSI engine (`twinperf URL --rw randwrite --bs 4k --qd QD
+#             --seconds RUNTIME --warmup 1 --json`), REPEATS times in turn per server; the median
+#             run's IOPS and p50 latency are printed (and every run's IOPS).
 # Server CPU per I/O: utime+stime of the server process (/proc/<pid>/stat fields 14 and 15, in
 # clock ticks of `getconf CLK_TCK`, all threads) before and after the point, divided by the I/Os
 # of the point. A polling server (twinblk wait=poll) spends a whole core whatever the load; the
@@ -21,11 +24,14 @@
 #   RUNTIME      seconds per read point (default 10)
 #   WRITES       4 KiB writes per write point (default 200000)
 #   BIN          the twinblk binary (default: target/release/twinblk, built if missing)
+#   TWINPERF     the twinperf binary (default: next to BIN, built if missing)
+#   REPEATS      runs per random-write point (default 3; the median is reported)
+#   POINTS       subset of: randread seqwrite randwrite (default: all)
 #   PORT         first TCP port (default 13260; PORT and PORT+1 are used)
 #   SERVERS      subset/order of: twinblk tgt (default: both)
 #   SERVER_CPU / CLIENT_CPU   cores (default 0 / 1)
 #
-# Needs: iscsi-perf (libiscsi-bin), qemu-img with qemu-block-extra, tgt (tgtd, tgtadm; run as
+# Needs: twinperf (this repository), iscsi-perf (libiscsi-bin), qemu-img with qemu-block-extra, tgt (tgtd, tgtadm; run as
 # root), taskset. Servers listen on 127.0.0.1 only and are killed on exit (by their PID).
 
 set -euo pipefail
@@ -38,6 +44,9 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/twinblk}
+TWINPERF=${TWINPERF:-$(dirname "$BIN")/twinperf}
+REPEATS=${REPEATS:-3}
+POINTS=${POINTS:-"randread seqwrite randwrite"}
 WORK=$(mktemp -d /tmp/iscsi-compare.XXXXXX)
 TICK=$(getconf CLK_TCK)
 SERVER_PID=""
@@ -66,6 +75,9 @@ trap "exit 130" INT TERM
 
 if [[ ! -x $BIN ]]; then
     (cd "$ROOT" && cargo build --release -j1 --bin twinblk)
+fi
+if [[ ! -x $TWINPERF ]]; then
+    (cd "$ROOT" && cargo build --release -j1 --bin twinperf)
 fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -137,6 +149,31 @@ write_point() {
     python3 -c "s=${secs:-0}; n=$count; i=n/s if s else 0; print(int(i), round(($t1-$t0)/$TICK*1e6/max(n,1), 2))"
 }
 
+# randwrite_point QD -> prints "iops cpu_us_per_io p50_us all_runs" (the median run of REPEATS)
+randwrite_point() {
+    local qd=$1 t0 t1 i
+    rm -f "$WORK"/randwrite-*.json
+    t0=$(cpu_ticks "$SERVER_PID")
+    for i in $(seq "$REPEATS"); do
+        taskset -c "$CLIENT_CPU" "$TWINPERF" "$URL" --rw randwrite --bs 4k --qd "$qd" \
+            --seconds "$RUNTIME" --warmup 1 --json-out "$WORK/randwrite-$i.json" \
+            > /dev/null 2>&1 || true
+    done
+    t1=$(cpu_ticks "$SERVER_PID")
+    ls "$WORK"/randwrite-*.json 2>/dev/null | python3 -c '
+import json, sys
+rs = [json.load(open(l.strip())) for l in sys.stdin if l.strip()]
+rs = [r for r in rs if r.get("ios")]
+if not rs:
+    print(0, 0, 0, "-"); sys.exit()
+rs.sort(key=lambda r: r["iops"])
+m = rs[len(rs) // 2]
+ios = sum(r["ios"] for r in rs)
+cpu = ('"$t1"' - '"$t0"') / '"$TICK"' * 1e6 / ios
+p50 = (m.get("latency_us") or {}).get("p50", 0)
+print(int(m["iops"]), round(cpu, 2), p50, "/".join(str(int(r["iops"])) for r in rs))'
+}
+
 printf '%-8s %-10s %4s %10s %14s\n' server point qd IOPS "cpu us/IO"
 for s in $SERVERS; do
     case $s in
@@ -146,10 +183,19 @@ for s in $SERVERS; do
     esac
     wait_ready
     for qd in 1 32; do
-        read -r iops cpu < <(read_point "$qd")
-        printf '%-8s %-10s %4s %10s %14s\n' "$s" randread "$qd" "$iops" "$cpu"
-        read -r iops cpu < <(write_point "$qd")
-        printf '%-8s %-10s %4s %10s %14s\n' "$s" seqwrite "$qd" "$iops" "$cpu"
+        if [[ " $POINTS " == *" randread "* ]]; then
+            read -r iops cpu < <(read_point "$qd")
+            printf '%-8s %-10s %4s %10s %14s\n' "$s" randread "$qd" "$iops" "$cpu"
+        fi
+        if [[ " $POINTS " == *" seqwrite "* ]]; then
+            read -r iops cpu < <(write_point "$qd")
+            printf '%-8s %-10s %4s %10s %14s\n' "$s" seqwrite "$qd" "$iops" "$cpu"
+        fi
+        if [[ " $POINTS " == *" randwrite "* ]]; then
+            read -r iops cpu p50 all < <(randwrite_point "$qd")
+            printf '%-8s %-10s %4s %10s %14s   p50 %s us, runs %s\n' "$s" randwrite "$qd" \
+                "$iops" "$cpu" "$p50" "$all"
+        fi
     done
     stop_server
 done

@@ -506,6 +506,18 @@ impl Daemon {
                 }
             }
         }
+        // A logical unit reset reaches every iSCSI session of the LUN at this site through the
+        // reactors' mailboxes and the hosts registry (frontend::iscsi::reset).
+        let hosts: Arc<crate::runtime::hosts::Hosts> = Arc::default();
+        let fanout = Arc::new(crate::frontend::iscsi::reset::Fanout::new(
+            mailboxes.clone(),
+            Arc::clone(&hosts),
+        ));
+        for t in &iscsi_targets {
+            for l in &t.luns {
+                l.pr.set_fanout(Arc::clone(&fanout), l.volume);
+            }
+        }
         // ... and so are the SCSI persistent reservations of their iSCSI logical units.
         let pr_replicator = Arc::new(
             crate::frontend::iscsi::prs::PrReplicator::new(
@@ -589,7 +601,7 @@ impl Daemon {
             mailboxes,
             stats,
             running: std::sync::atomic::AtomicUsize::new(n),
-            hosts: Arc::default(),
+            hosts,
         });
         let policy = match cfg.reactor.wait {
             Wait::Poll => WaitPolicy::Poll,

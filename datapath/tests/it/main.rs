@@ -9,6 +9,7 @@ mod harness;
 mod iscsi;
 mod iscsi_alua;
 mod iscsi_reserve;
+mod iscsi_reset;
 mod iscsi_xcopy;
 mod layering;
 mod linkauth;

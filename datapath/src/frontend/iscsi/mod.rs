@@ -4,7 +4,8 @@
 //! - [`login`]: the key=value text parser and operational parameter negotiation (fuzzed).
 //! - [`scsi`]: the CDB decoder and sense data (fuzzed); [`pages`]: INQUIRY / VPD, mode pages,
 //!   capacity, REPORT LUNS, ALUA target port groups, supported operation codes; [`prs`]:
-//!   persistent reservations; [`spc2`]: RESERVE / RELEASE rules; [`xcopy`]: the EXTENDED COPY parameter list parser and the
+//!   persistent reservations; [`reset`]: a logical unit reset reaching every session of the
+//!   logical unit (the abort fan-out); [`spc2`]: RESERVE / RELEASE rules; [`xcopy`]: the EXTENDED COPY parameter list parser and the
 //!   RECEIVE COPY RESULTS pages (fuzzed); [`alua`]: the SET TARGET PORT GROUPS parameter list.
 //! - `conn`: one connection (and its session) on a reactor: receive, dispatch, NOP, Text,
 //!   Logout, Reject, CmdSN window and StatSN; `session`: the login phase and task management;
@@ -40,6 +41,7 @@ pub mod login;
 pub mod pages;
 pub mod pdu;
 pub mod prs;
+pub mod reset;
 pub mod scsi;
 pub mod spc2;
 pub mod xcopy;

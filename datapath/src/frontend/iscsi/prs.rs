@@ -43,6 +43,15 @@ pub struct PrState {
     /// The LUN's reset counter (its sessions report a change once as a unit attention):
     /// bumped when a reset decided for both sites reaches this one ([`RESET_EVENT`]).
     lu_resets: std::sync::OnceLock<std::sync::Arc<AtomicU64>>,
+    /// Where a reset reaches this site's sessions (`reset.rs`), and the LUN's volume: set once
+    /// at start; unset (unit tests): a reset only raises the unit attention.
+    fanout: std::sync::OnceLock<(std::sync::Arc<super::reset::Fanout>, usize)>,
+    /// Reservation ids of this site's sessions whose own reset of the LUN is in flight: they
+    /// abort their tasks themselves, a fan-out leaves them alone.
+    origins: Mutex<Vec<[u8; 16]>>,
+    /// Fan-outs started by the last decisions or installs, for the mirror engine to wait for
+    /// before answering (`PrReplicator::settling`).
+    settles: Mutex<Vec<std::sync::Arc<super::reset::Settle>>>,
 }
 
 /// Not a PERSISTENT RESERVE OUT service action: a LOGICAL UNIT RESET (or target reset) taken
@@ -357,6 +366,61 @@ impl PrState {
         if let Some(r) = self.lu_resets.get() {
             r.fetch_add(1, Ordering::AcqRel);
         }
+        // SAM-5: every task of every I_T nexus of the logical unit is aborted, at this site
+        // by a fan-out the mirror engine waits for before it answers the peer.
+        if let Some((f, vol)) = self.fanout.get() {
+            let s = f.abort(*vol, self, None);
+            self.settles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(s);
+        }
+    }
+
+    /// Connect the fan-out of resets to this site's sessions of volume `vol` (once, at start).
+    pub fn set_fanout(&self, f: std::sync::Arc<super::reset::Fanout>, vol: usize) {
+        let _ = self.fanout.set((f, vol));
+    }
+
+    /// Ask this site's sessions to abort their tasks of this LUN (a reset decided here and not
+    /// carried through a mirror); `waiter` is told when they all have. `None`: no fan-out set.
+    pub fn abort_here(
+        &self,
+        waiter: Option<(std::sync::Arc<crate::runtime::Mailbox>, u32)>,
+    ) -> Option<std::sync::Arc<super::reset::Settle>> {
+        self.fanout
+            .get()
+            .map(|(f, vol)| f.abort(*vol, self, waiter))
+    }
+
+    /// The fan-outs started since the last call (the mirror engine waits for them).
+    pub fn take_settles(&self) -> Vec<std::sync::Arc<super::reset::Settle>> {
+        std::mem::take(&mut *self.settles.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// This LUN's identity in reset notes (the state's address: one state per LUN).
+    pub fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
+    /// Session `res` has a reset of this LUN in flight (`on`) or no longer (`!on`).
+    pub fn set_origin(&self, res: &[u8; 16], on: bool) {
+        let mut o = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        match o.iter().position(|r| r == res) {
+            Some(i) if !on => {
+                o.swap_remove(i);
+            }
+            None if on => o.push(*res),
+            _ => {}
+        }
+    }
+
+    /// Whether session `res` has a reset of this LUN in flight.
+    pub fn is_origin(&self, res: &[u8; 16]) -> bool {
+        self.origins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(res)
     }
 
     /// Make `g` the persisted state: its file written atomically when APTPL is active (write,
@@ -882,6 +946,16 @@ impl crate::layer::mirror::engine::MetaHandler for PrReplicator {
                 pr.drop_reserve_not_of(self.site);
             }
         }
+    }
+
+    fn settling(&self, vol: usize) -> Vec<crate::layer::mirror::engine::Settle> {
+        let mut out: Vec<crate::layer::mirror::engine::Settle> = Vec::new();
+        for (_, _, v, pr) in &self.luns {
+            if *v == vol {
+                out.extend(pr.take_settles().into_iter().map(|s| s as _));
+            }
+        }
+        out
     }
 }
 

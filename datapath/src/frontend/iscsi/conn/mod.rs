@@ -134,9 +134,13 @@ pub struct IscsiConn {
     pub(super) next_ttt: u32,
     /// A Logout waiting for the tasks to finish: its ITT and reason.
     pub(super) logout: Option<(u32, u8)>,
-    /// Task management responses waiting for aborted tasks at the device: (ITT, response,
-    /// function, task slots).
-    pub(super) tmf_wait: Vec<(u32, u8, u8, Vec<u32>)>,
+    /// Task management responses waiting for aborted tasks at the device and for other
+    /// sessions' aborts (`session.rs`).
+    pub(super) tmf_wait: Vec<session::TmfWait>,
+    /// Aborts another session's reset asked for (`reset::LuAbort`), each with the slots of
+    /// the aborted tasks still at a device: the note is dropped (its share released) once
+    /// they have finished, or with the connection.
+    pub(super) abort_wait: Vec<(crate::frontend::iscsi::reset::LuAbort, Vec<u32>)>,
     /// Volumes whose atomic section a retired task entered: left in `flush`.
     pub(super) leaves: Vec<usize>,
     /// EXTENDED COPY runs whose device operation completed: stepped in `flush` (`copy.rs`).
@@ -202,6 +206,7 @@ impl IscsiConn {
             next_ttt: 1,
             logout: None,
             tmf_wait: Vec::new(),
+            abort_wait: Vec::new(),
             leaves: Vec::new(),
             copy_ready: Vec::new(),
             copy_results: Vec::new(),
@@ -688,6 +693,11 @@ impl Conn for IscsiConn {
             Ok(d) => return self.set_tpg_done(env, *d),
             Err(n) => n,
         };
+        let note = match note.downcast::<crate::frontend::iscsi::reset::LuAbort>() {
+            Ok(a) => return self.lu_abort(*a),
+            Err(n) => n,
+        };
+        // `reset::Settled`: a fan-out this session's TMF waits for is done (`flush` answers).
         // Anything else is a `copy::Kick`: the turn it asks for is this one (`flush` follows).
         if let Ok(n) = note.downcast::<crate::frontend::nvmf::Note>() {
             self.home_done(*n);

@@ -18,11 +18,37 @@
 use super::{IscsiConn, LoginState, Phase};
 use crate::frontend::iscsi::login::{self, LoginStatus, Negotiation, SessionType};
 use crate::frontend::iscsi::pdu::{Bhs, Digests, Req, op, sn_le, sn_lt};
+use crate::frontend::iscsi::reset;
 use crate::runtime::Env;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// Login keys, as parsed.
 type Keys<'a> = Vec<(&'a str, &'a str)>;
+
+/// A Task Management Function response waiting to be sent.
+pub(crate) struct TmfWait {
+    itt: u32,
+    code: u8,
+    func: u8,
+    /// This session's aborted tasks still at a device, and placeholders of carried resets.
+    slots: Vec<u32>,
+    /// Other sessions of this site still aborting (a reset not carried through a mirror).
+    settles: Vec<Arc<reset::Settle>>,
+    /// LUN indexes this session's reset is in flight for (`PrState::set_origin`).
+    origins: Vec<usize>,
+}
+
+/// How a reset was carried to the volume's other site.
+enum Carried {
+    /// Under way: the TMF answer waits for this placeholder task.
+    Pending(u32),
+    /// Decided at once by this site's engine (which reached this site's sessions).
+    Done,
+    /// Not carried (not mirrored, or no session with the peer and no grant): this site's
+    /// sessions are reached directly.
+    No,
+}
 
 /// TMF response codes (RFC 7143 §11.6.1).
 mod tmf_rsp {
@@ -283,21 +309,15 @@ impl IscsiConn {
         None
     }
 
-    /// A Task Management Function Request.
     /// Carry a reset of `l` to the other site of its mirrored volume (a [`prs::RESET_EVENT`]
-    /// through the volume's channel, decided at the leader): the slot of the placeholder task
-    /// the TMF answer waits for, or nothing when the volume is not mirrored or it finished at
-    /// once.
-    fn carry_reset(
-        &mut self,
-        env: &mut Env<'_>,
-        l: &crate::frontend::iscsi::IscsiLun,
-    ) -> Option<u32> {
+    /// through the volume's channel, decided at the leader; it names this session by its
+    /// reservation id, which no other session shares).
+    fn carry_reset(&mut self, env: &mut Env<'_>, l: &crate::frontend::iscsi::IscsiLun) -> Carried {
         use crate::frontend::iscsi::prs;
         let cmd = prs::PrCmd {
             target: self.target.iqn.clone(),
             lun: l.lun,
-            me: self.me,
+            me: self.res,
             name: self.initiator.clone(),
             out: prs::PrOut {
                 sa: prs::RESET_EVENT,
@@ -317,22 +337,64 @@ impl IscsiConn {
             Some(crate::bdev::Start::Pending) => {
                 self.tasks[slot as usize].parts = 1;
                 self.tasks[slot as usize].stage = super::Stage::Device;
-                Some(slot)
+                Carried::Pending(slot)
             }
             Some(crate::bdev::Start::Done(r)) => {
+                self.tasks.remove(slot as usize);
                 if r.is_err() {
                     tracing::warn!(
                         lun = l.lun,
                         "iscsi: a LUN reset could not be carried to the other site"
                     );
+                    return Carried::No;
                 }
-                self.tasks.remove(slot as usize);
-                None
+                Carried::Done
             }
             None => {
                 self.tasks.remove(slot as usize);
-                None
+                Carried::No
             }
+        }
+    }
+
+    /// Another session's reset of a logical unit (`reset.rs`): abort this session's tasks of
+    /// it, unless this session's own reset of it is in flight. Tasks not at a device are
+    /// dropped; tasks at one finish there unanswered (TAS=0), and the note's share is released
+    /// once they have (the note is dropped).
+    pub(super) fn lu_abort(&mut self, n: reset::LuAbort) {
+        if self.phase != Phase::Full || self.session != SessionType::Normal {
+            return;
+        }
+        let t = Arc::clone(&self.target);
+        let idxs: Vec<usize> = t
+            .luns
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.pr.id() == n.lu && !l.pr.is_origin(&self.res))
+            .map(|(i, _)| i)
+            .collect();
+        if idxs.is_empty() {
+            return;
+        }
+        let slots: Vec<usize> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| idxs.contains(&t.lun_idx))
+            .map(|(s, _)| s)
+            .collect();
+        let aborted = slots.len();
+        let mut wait = Vec::new();
+        for s in slots {
+            wait.extend(self.abort_task(s));
+        }
+        tracing::debug!(
+            initiator = %self.initiator,
+            aborted,
+            at_device = wait.len(),
+            "iscsi: tasks aborted by a logical unit reset of another I_T nexus"
+        );
+        if !wait.is_empty() {
+            self.abort_wait.push((n, wait));
         }
     }
 
@@ -346,6 +408,8 @@ impl IscsiConn {
         let lun_ok = crate::frontend::iscsi::pages::lun_of(&lun)
             .is_some_and(|n| self.target.luns.iter().any(|l| l.lun == n));
         let mut wait = Vec::new();
+        let mut settles = Vec::new();
+        let mut origins = Vec::new();
         let code = match func {
             1 => {
                 let rtt = r.w20();
@@ -386,15 +450,30 @@ impl IscsiConn {
                     // Every session sees the reset once, as a unit attention.
                     let n = crate::frontend::iscsi::pages::lun_of(&lun);
                     let target = std::sync::Arc::clone(&self.target);
-                    for l in &target.luns {
+                    let me = (Arc::clone(&env.shared.mailboxes[env.io.reactor]), env.key);
+                    for (i, l) in target.luns.iter().enumerate() {
                         if func != 5 || Some(l.lun) == n {
                             l.resets.fetch_add(1, Ordering::AcqRel);
                             // A reset releases RESERVE reservations (SPC-2 §5.5.1): here at
                             // once, at both sites with the carried reset.
                             l.pr.clear_reserve();
-                            // ... and the other site's sessions of a mirrored volume see it too:
-                            // the answer waits until the volume's leader carried it there.
-                            wait.extend(self.carry_reset(env, l));
+                            if func == 11 {
+                                continue;
+                            }
+                            // SAM-5: every I_T nexus's tasks of the LU are aborted. This
+                            // session aborted its own above; the others, at both sites of a
+                            // mirrored volume, are reached where the carried reset is decided
+                            // and installed, and the answer waits until they all have (the
+                            // mirror holds its answers for it); otherwise here directly.
+                            l.pr.set_origin(&self.res, true);
+                            origins.push(i);
+                            match self.carry_reset(env, l) {
+                                Carried::Pending(slot) => wait.push(slot),
+                                Carried::Done => {}
+                                Carried::No => {
+                                    settles.extend(l.pr.abort_here(Some(me.clone())));
+                                }
+                            }
                         }
                     }
                 }
@@ -405,18 +484,45 @@ impl IscsiConn {
             _ => tmf_rsp::REJECTED,
         };
         // A cold reset or an I_T nexus reset ends the session once answered (finish_tmfs).
-        self.tmf_wait.push((r.itt(), code, func, wait));
+        self.tmf_wait.push(TmfWait {
+            itt: r.itt(),
+            code,
+            func,
+            slots: wait,
+            settles,
+            origins,
+        });
         self.finish_tmfs();
     }
 
     /// Send the TMF responses whose aborted tasks have all finished.
     pub(super) fn finish_tmfs(&mut self) {
+        let tasks = &self.tasks;
+        self.abort_wait.retain_mut(|(_, slots)| {
+            slots.retain(|&s| tasks.contains(s as usize));
+            // Dropping the note releases its share.
+            !slots.is_empty()
+        });
         let mut i = 0;
         while i < self.tmf_wait.len() {
             let tasks = &self.tasks;
-            self.tmf_wait[i].3.retain(|&s| tasks.contains(s as usize));
-            if self.tmf_wait[i].3.is_empty() {
-                let (itt, code, func, _) = self.tmf_wait.remove(i);
+            let w = &mut self.tmf_wait[i];
+            w.slots.retain(|&s| tasks.contains(s as usize));
+            w.settles.retain(|s| !s.done());
+            if w.slots.is_empty() && w.settles.is_empty() {
+                let TmfWait {
+                    itt,
+                    code,
+                    func,
+                    origins,
+                    ..
+                } = self.tmf_wait.remove(i);
+                let target = Arc::clone(&self.target);
+                for l in origins {
+                    if let Some(l) = target.luns.get(l) {
+                        l.pr.set_origin(&self.res, false);
+                    }
+                }
                 let h = Bhs::new(op::TMF_RSP, 0x80).byte(2, code).itt(itt);
                 self.put_status(h, &[]);
                 if matches!(func, 7 | 11) && code == tmf_rsp::COMPLETE {

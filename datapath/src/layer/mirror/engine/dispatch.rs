@@ -332,20 +332,23 @@ impl Engine {
                 self.finish_resync(io);
             }
             Meta if leader => {
-                let (status, state) = match &self.cfg.meta {
-                    Some(m) => m.execute(self.vol, payload),
-                    None => (META_INTERNAL, None),
+                let (status, state, settles) = match &self.cfg.meta {
+                    Some(m) => {
+                        let (status, state) = m.execute(self.vol, payload);
+                        (status, state, m.settling(self.vol))
+                    }
+                    None => (META_INTERNAL, None, Vec::new()),
                 };
-                self.send_meta_state(h.id, status, state.as_deref().unwrap_or(&[]));
+                self.send_meta_state(h.id, status, state.as_deref().unwrap_or(&[]), settles);
             }
             MetaState => {
                 if h.id != wire::META_NO_ID && (leader || !self.metas.asked(h.id)) {
                     return Err("META_STATE answers no outstanding request");
                 }
-                let installed = match (&self.cfg.meta, payload.is_empty()) {
-                    (_, true) => Install::Done,
-                    (Some(m), false) => m.install(self.vol, payload),
-                    (None, false) => Install::Failed,
+                let (installed, settles) = match (&self.cfg.meta, payload.is_empty()) {
+                    (_, true) => (Install::Done, Vec::new()),
+                    (Some(m), false) => (m.install(self.vol, payload), m.settling(self.vol)),
+                    (None, false) => (Install::Failed, Vec::new()),
                 };
                 if installed == Install::Malformed {
                     return Err("malformed metadata state");
@@ -355,19 +358,24 @@ impl Engine {
                     tracing::error!(volume = %self.cfg.name,
                         "mirror: the peer's metadata (reservation) state could not be installed here");
                 }
-                let ack = Header {
-                    seq: h.seq,
-                    count: if failed { u32::from(META_INTERNAL) } else { 0 },
-                    ..Header::new(MetaAck)
-                };
-                self.sess.send(&ack, &[]);
+                // Acknowledged (and this site's initiator answered) once the work the install
+                // started here is done (`MetaHandler::settling`).
+                let count = if failed { u32::from(META_INTERNAL) } else { 0 };
+                let mut out = vec![Held::Ack(h.seq, count)];
                 if h.id != wire::META_NO_ID {
                     let status = if failed {
                         META_INTERNAL
                     } else {
                         h.count.min(0xFFFF) as u16
                     };
-                    self.done.extend(self.metas.answered(h.id, status));
+                    if let Some((from, tag, r)) = self.metas.answered(h.id, status) {
+                        out.push(Held::Answer(from, tag, r));
+                    }
+                }
+                for m in out {
+                    if let Some(m) = self.metas.hold(settles.clone(), m) {
+                        self.give_meta(m);
+                    }
                 }
             }
             MetaAck => {
@@ -401,10 +409,19 @@ impl Engine {
             (Mode::Survivor, _, _) => {
                 // Alone; a peer being resynced meanwhile gets the change too.
                 let (status, state) = h.execute(self.vol, cmd);
+                let settles = h.settling(self.vol);
                 if self.sess.up
                     && let Some(state) = state
                 {
-                    self.send_meta_state(wire::META_NO_ID, 0, &state);
+                    self.send_meta_state(wire::META_NO_ID, 0, &state, Vec::new());
+                }
+                if !settles.iter().all(|s| s.settled()) {
+                    // Answered once the work the decision started here is done.
+                    let held = Held::Answer(from, tag, meta_result(status));
+                    if let Some(m) = self.metas.hold(settles, held) {
+                        self.give_meta(m);
+                    }
+                    return Start::Pending;
                 }
                 if meta_result(status).is_ok()
                     && (self.durable.waiting() || self.alone_after.is_some())
@@ -424,7 +441,10 @@ impl Engine {
                     None => Start::Pending,
                 },
                 (status, Some(state)) => {
-                    let token = self.send_meta_state(wire::META_NO_ID, status, &state);
+                    // Sent once the work the decision started here is done: the answer comes
+                    // with the follower's META_ACK, after its own.
+                    let settles = h.settling(self.vol);
+                    let token = self.send_meta_state(wire::META_NO_ID, status, &state, settles);
                     self.metas.changed((from, tag), token, status, deadline);
                     Start::Pending
                 }
@@ -443,24 +463,59 @@ impl Engine {
         }
     }
 
-    /// Send a metadata state (answering META `id`, or none); returns its token.
-    pub(super) fn send_meta_state(&mut self, id: u32, status: u16, state: &[u8]) -> u64 {
+    /// Send a metadata state (answering META `id`, or none) once `settles` are done (and
+    /// everything held before it is sent); returns its token.
+    pub(super) fn send_meta_state(
+        &mut self,
+        id: u32,
+        status: u16,
+        state: &[u8],
+        settles: Vec<Settle>,
+    ) -> u64 {
         let token = self.metas.next_token();
-        let h = Header {
-            id,
-            seq: token,
-            count: u32::from(status),
-            ..Header::new(Type::MetaState)
-        };
-        self.sess.send(&h, state);
+        let m = Held::State(id, token, status, state.to_vec());
+        if let Some(m) = self.metas.hold(settles, m) {
+            self.give_meta(m);
+        }
         token
+    }
+
+    /// Send a metadata message, or give an answer, now.
+    pub(super) fn give_meta(&mut self, m: Held) {
+        match m {
+            Held::State(id, token, status, state) => {
+                let h = Header {
+                    id,
+                    seq: token,
+                    count: u32::from(status),
+                    ..Header::new(Type::MetaState)
+                };
+                self.sess.send(&h, &state);
+            }
+            Held::Ack(seq, count) => {
+                let ack = Header {
+                    seq,
+                    count,
+                    ..Header::new(Type::MetaAck)
+                };
+                self.sess.send(&ack, &[]);
+            }
+            Held::Answer(from, tag, r) => self.done.push((from, tag, r)),
+        }
+    }
+
+    /// Send and give what was held for work that has now settled (the tick calls it).
+    pub(super) fn release_metas(&mut self) {
+        for m in self.metas.release() {
+            self.give_meta(m);
+        }
     }
 
     /// At a session start, the site whose replica wins sends its whole metadata state.
     pub(super) fn push_meta(&mut self) {
         if let Some(h) = self.cfg.meta.clone() {
             for state in h.full_state(self.vol) {
-                self.send_meta_state(wire::META_NO_ID, 0, &state);
+                self.send_meta_state(wire::META_NO_ID, 0, &state, Vec::new());
             }
         }
     }
@@ -468,6 +523,9 @@ impl Engine {
     /// Fail every metadata command waiting for the peer (its effect is settled by the next
     /// session's full state).
     pub(super) fn fail_metas(&mut self) {
+        for m in self.metas.drop_held() {
+            self.give_meta(m);
+        }
         for (from, tag) in self.metas.fail_all() {
             self.done.push((from, tag, Err(Errno::IO)));
         }

@@ -7,10 +7,17 @@
 //! answers to give ((reactor, tag, result)); the engine executes and installs through the
 //! [`MetaHandler`] and sends through the session.
 //!
+//! Settling: a handler may start work at this site with a decision or an install that the
+//! peer must not be answered before (the iSCSI front end aborting the tasks of a reset logical
+//! unit on every session of this site: [`MetaHandler::settling`]). The answer (META_STATE,
+//! META_ACK, or this site's initiator's completion) is then held in order, with everything
+//! sent after it, until that work is done ([`MetaRepl::hold`], released by the engine's tick).
+//!
 //! Invariants: an entry stays until its answer even when its initiator was failed on the
 //! timeout, so a late answer never completes a newer request; an unchanged answer decided on
 //! state the follower may not have yet waits for every earlier change's META_ACK; tokens
-//! increase by one per META_STATE sent, from 1.
+//! increase by one per META_STATE sent, from 1, and META_STATEs and META_ACKs leave in the
+//! order they were decided (a held one holds every later one).
 
 use crate::uring::{Errno, IoTag};
 use slab::Slab;
@@ -30,6 +37,33 @@ pub trait MetaHandler: Send + Sync + std::fmt::Debug {
     /// state that belonged to the peer's earlier process (its sessions) is dropped here, before
     /// the session's full state is sent or received. Nothing by default.
     fn peer_restarted(&self, _vol: usize) {}
+    /// The work the last [`Self::execute`] or [`Self::install`] of `vol` started at this site
+    /// and that its answer to the peer (or to this site's initiator) must wait for; taken once.
+    /// Nothing by default.
+    fn settling(&self, _vol: usize) -> Vec<Settle> {
+        Vec::new()
+    }
+}
+
+/// Work at this site a metadata answer waits for: done once [`Settling::settled`] says so
+/// (polled by the engine's tick, every few milliseconds; never blocks).
+pub trait Settling: Send + Sync + std::fmt::Debug {
+    /// The work is done.
+    fn settled(&self) -> bool;
+}
+
+/// A shared [`Settling`].
+pub type Settle = std::sync::Arc<dyn Settling>;
+
+/// A metadata message or answer held until the work before it settled.
+#[derive(Debug)]
+pub(super) enum Held {
+    /// META_STATE: (answering id, token, status, state).
+    State(u32, u64, u16, Vec<u8>),
+    /// META_ACK of token `seq` with status `count`.
+    Ack(u64, u32),
+    /// An answer to this site's initiator.
+    Answer(u32, IoTag, Result<(), Errno>),
 }
 
 /// What installing a peer's metadata state did.
@@ -120,6 +154,13 @@ impl MetaHandler for MetaRouter {
             h.peer_restarted(vol);
         }
     }
+
+    fn settling(&self, vol: usize) -> Vec<Settle> {
+        self.handlers
+            .iter()
+            .flat_map(|(_, h)| h.settling(vol))
+            .collect()
+    }
 }
 
 /// Status 0x006, Internal Error.
@@ -164,6 +205,8 @@ pub(super) const MAX_WAITS: usize = 1024;
 pub(super) struct MetaRepl {
     waits: Slab<MetaWait>,
     next_token: u64,
+    /// Messages and answers held, in order, each behind the work it waits for.
+    held: std::collections::VecDeque<(Vec<Settle>, Held)>,
 }
 
 impl MetaRepl {
@@ -171,7 +214,43 @@ impl MetaRepl {
         Self {
             waits: Slab::new(),
             next_token: 1,
+            held: std::collections::VecDeque::new(),
         }
+    }
+
+    /// `h` waits for `settles` (and for everything held before it): `Some(h)` to send or give
+    /// now, `None` held.
+    pub(super) fn hold(&mut self, settles: Vec<Settle>, h: Held) -> Option<Held> {
+        if self.held.is_empty() && settles.iter().all(|s| s.settled()) {
+            return Some(h);
+        }
+        self.held.push_back((settles, h));
+        None
+    }
+
+    /// The held messages and answers whose work has settled, in order (up to the first that
+    /// has not).
+    pub(super) fn release(&mut self) -> Vec<Held> {
+        let mut out = Vec::new();
+        while let Some((s, _)) = self.held.front() {
+            if !s.iter().all(|s| s.settled()) {
+                break;
+            }
+            if let Some((_, h)) = self.held.pop_front() {
+                out.push(h);
+            }
+        }
+        out
+    }
+
+    /// The session ended: held messages are dropped (the next session's full state settles
+    /// them), held answers are given now.
+    pub(super) fn drop_held(&mut self) -> Vec<Held> {
+        self.held
+            .drain(..)
+            .map(|(_, h)| h)
+            .filter(|h| matches!(h, Held::Answer(..)))
+            .collect()
     }
 
     /// The token of a META_STATE about to be sent.
@@ -400,5 +479,48 @@ mod tests {
         assert!(m.is_empty());
         m.ask(who(2), t);
         assert_eq!(m.fail_all(), vec![who(2)]);
+    }
+
+    #[derive(Debug)]
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl Settling for Flag {
+        fn settled(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Acquire)
+        }
+    }
+
+    #[test]
+    fn held_answers_wait_for_their_work_and_keep_later_ones_behind_in_order() {
+        let mut m = MetaRepl::new();
+        let f = std::sync::Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+        let settle: Settle = f.clone();
+        // Nothing to wait for: out at once.
+        assert!(matches!(
+            m.hold(Vec::new(), Held::Ack(1, 0)),
+            Some(Held::Ack(1, 0))
+        ));
+        // A state waiting for unfinished work is held, and so is an ACK after it.
+        assert!(
+            m.hold(vec![settle], Held::State(0, 2, 0, vec![9]))
+                .is_none()
+        );
+        assert!(m.hold(Vec::new(), Held::Ack(3, 0)).is_none());
+        assert!(m.release().is_empty(), "the work is not done");
+        f.0.store(true, std::sync::atomic::Ordering::Release);
+        let out = m.release();
+        assert!(matches!(
+            out.as_slice(),
+            [Held::State(0, 2, 0, _), Held::Ack(3, 0)]
+        ));
+        assert!(m.release().is_empty());
+        // The session ends: held messages are dropped, held answers are given.
+        let g: Settle = std::sync::Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+        let t = IoTag { conn: 4, slot: 1 };
+        assert!(m.hold(vec![g.clone()], Held::Ack(5, 0)).is_none());
+        assert!(m.hold(vec![g], Held::Answer(0, t, Ok(()))).is_none());
+        let left = m.drop_held();
+        assert!(matches!(left.as_slice(), [Held::Answer(0, _, Ok(()))]));
+        assert!(m.release().is_empty());
     }
 }

@@ -101,9 +101,12 @@ use apply::ApplyQueue;
 use flush::Flushes;
 use follower::{Follower, Resent};
 use leader::Leader;
+use meta::Held;
 use meta::META_INTERNAL;
 use meta::MetaRepl;
-pub use meta::{Install, META_STATUS, MetaHandler, MetaRouter, meta_result, tagged};
+pub use meta::{
+    Install, META_STATUS, MetaHandler, MetaRouter, Settle, Settling, meta_result, tagged,
+};
 use op::{Op, Origin, Stage, Upd};
 pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};
@@ -772,6 +775,7 @@ impl Engine {
     pub fn tick(&mut self, io: &mut IoCx, now: Instant) -> bool {
         self.poll_durable();
         self.poll_actlog(io);
+        self.release_metas();
         if let Some((offset, len, e)) = self.stats.take_read_failure() {
             // A host read another reactor issued failed at the local device.
             self.fail_replica("read", offset, len, e);

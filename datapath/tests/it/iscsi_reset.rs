@@ -1,0 +1,120 @@
+//! A LOGICAL UNIT RESET of a mirrored volume's LUN decided at one site aborts the LU's tasks of
+//! every I_T nexus at both sites (SAM-5; TAS=0: an aborted task gets no response), each of those
+//! nexuses then reports the reset as a unit attention (29h/03h), and the TMF answer comes only
+//! once both sites have aborted (docs/iscsi.md, "Resets across the sites"). With the peer gone,
+//! the reset still completes at the deciding site.
+
+use crate::harness::pattern;
+use crate::iscsi::{Raw, bhs, put32, read_blocks, status_of, two_sites, write10};
+use std::time::{Duration, Instant};
+
+const TUR: [u8; 6] = [0; 6];
+
+/// Logged in as `name` at `addr`, past its first unit attentions.
+fn session(addr: std::net::SocketAddr, name: &str) -> Raw {
+    let mut r = Raw::login_as(addr, name);
+    let t = Instant::now();
+    while status_of(&mut r, 1, &TUR, 0).0 != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{name}: never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    r
+}
+
+/// A WRITE(10) of 64 blocks at `lba` without immediate data (InitialR2T=Yes): the target asks
+/// for the data with an R2T and the task waits for it. Returns the R2T's TTT.
+fn write_waiting_for_data(r: &mut Raw, itt: u32, lba: u32) -> u32 {
+    r.scsi(itt, &write10(lba, 64), 64 * 512, 0xA0, &[]);
+    let (h, _) = r.read_pdu().expect("an R2T");
+    assert_eq!(h[0] & 0x3F, 0x31, "R2T, got opcode {:#x}", h[0]);
+    assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
+    u32::from_be_bytes(h[20..24].try_into().unwrap())
+}
+
+/// The Data-Out answering R2T `ttt` of task `itt` (the whole 32 KiB, F bit).
+fn data_out(r: &mut Raw, itt: u32, ttt: u32, data: &[u8]) {
+    let mut h = bhs(0x05, 0x80);
+    put32(&mut h, 16, itt);
+    put32(&mut h, 20, ttt);
+    r.send(h, data);
+}
+
+/// LOGICAL UNIT RESET of LUN 0: the TMF response code.
+fn lun_reset(r: &mut Raw, itt: u32) -> u8 {
+    let mut h = bhs(0x02, 0x80 | 5);
+    put32(&mut h, 16, itt);
+    put32(&mut h, 20, 0xFFFF_FFFF);
+    put32(&mut h, 24, r.cmd_sn);
+    r.cmd_sn += 1;
+    r.send(h, &[]);
+    let (h, _) = r.read_pdu().expect("a TMF Response");
+    assert_eq!(h[0] & 0x3F, 0x22, "TMF Response, got opcode {:#x}", h[0]);
+    assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
+    h[2]
+}
+
+/// After the reset: the aborted write's data is dropped and the write is never answered; the
+/// next command reports the reset (UNIT ATTENTION 29h/03h), the one after is GOOD.
+fn aborted_then_unit_attention(r: &mut Raw, itt: u32, ttt: u32, who: &str) {
+    data_out(r, itt, ttt, &[0xEE; 64 * 512]);
+    let s = status_of(r, itt + 1, &TUR, 0);
+    assert_eq!(
+        (s.0, s.1, s.2, s.3),
+        (2, 6, 0x29, 0x03),
+        "{who}: the first answer after the reset is the TEST UNIT READY's unit attention (not the aborted write's status)"
+    );
+    assert_eq!(status_of(r, itt + 2, &TUR, 0).0, 0, "{who}: reported once");
+}
+
+#[test]
+fn a_lun_reset_at_one_site_aborts_the_lus_tasks_at_both_sites() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, ia, mut b, ib) = two_sites(root.path(), "");
+    let mut ha = session(ia, "iqn.2026-12.test:resetter");
+    let mut hb = session(ib, "iqn.2026-12.test:at-b");
+    let mut hc = session(ia, "iqn.2026-12.test:other-at-a");
+    // A write waiting for its data at site b, and another at site a (another nexus).
+    let tb = write_waiting_for_data(&mut hb, 10, 64);
+    let tc = write_waiting_for_data(&mut hc, 10, 128);
+    // Site a resets the LU; its answer comes once both sites have aborted.
+    assert_eq!(lun_reset(&mut ha, 20), 0, "function complete");
+    aborted_then_unit_attention(&mut hb, 10, tb, "site b");
+    aborted_then_unit_attention(&mut hc, 10, tc, "site a's other nexus");
+    // The resetter reports it too (it raised it for every nexus of the LU).
+    assert_eq!(status_of(&mut ha, 21, &TUR, 0).1, 6);
+    // Nothing of the aborted writes reached the medium, and new commands work at both sites.
+    assert!(read_blocks(&mut ha, 22, 64, 64).iter().all(|&x| x == 0));
+    assert!(read_blocks(&mut hb, 23, 128, 64).iter().all(|&x| x == 0));
+    let data = pattern(7, 64 * 512);
+    hb.scsi(24, &write10(64, 64), 64 * 512, 0xA0, &data);
+    let (h, _) = hb.read_pdu().expect("a SCSI Response");
+    assert_eq!(
+        (h[0] & 0x3F, h[3]),
+        (0x21, 0),
+        "site b writes after the reset"
+    );
+    assert_eq!(
+        read_blocks(&mut ha, 25, 64, 64),
+        data,
+        "and site a reads it"
+    );
+    // The peer gone: the reset still completes at the deciding site, and its other nexus's
+    // waiting write is still aborted.
+    b.kill();
+    let tc = write_waiting_for_data(&mut hc, 30, 256);
+    ha.s.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(
+        lun_reset(&mut ha, 40),
+        0,
+        "function complete without the peer"
+    );
+    data_out(&mut hc, 30, tc, &[0xEE; 64 * 512]);
+    let s = status_of(&mut hc, 31, &TUR, 0);
+    assert_eq!(
+        (s.1, s.2),
+        (6, 0x29),
+        "site a's other nexus: the reset's unit attention, not the write's status"
+    );
+    drop((ha, hb, hc, a));
+}
