@@ -151,38 +151,6 @@ pub(super) fn plain_only(v: &Volume, what: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The methods of this module and [`super::admin_front`]; `None` for any other method.
-pub fn call(method: &str, params: Option<&Value>, cx: &ControlCx) -> Option<Result<Value, Error>> {
-    type Method = fn(&Value, &ControlCx, &mut AdminState) -> Result<Value, Error>;
-    let f: Method = match method {
-        "volume_create" => volume_create,
-        "volume_delete" => volume_delete,
-        "nbd_export_add" => nbd_export_add,
-        "nbd_export_remove" => nbd_export_remove,
-        "nvmf_subsystem_add" => super::admin_front::nvmf_subsystem_add,
-        "nvmf_subsystem_remove" => super::admin_front::nvmf_subsystem_remove,
-        "nvmf_namespace_add" => super::admin_front::nvmf_namespace_add,
-        "nvmf_namespace_remove" => super::admin_front::nvmf_namespace_remove,
-        "nvmf_host_allow" => super::admin_front::nvmf_host_allow,
-        "nvmf_host_disallow" => super::admin_front::nvmf_host_disallow,
-        "iscsi_target_add" => super::admin_front::iscsi_target_add,
-        "iscsi_target_remove" => super::admin_front::iscsi_target_remove,
-        "iscsi_lun_add" => super::admin_front::iscsi_lun_add,
-        "iscsi_lun_remove" => super::admin_front::iscsi_lun_remove,
-        _ => return None,
-    };
-    let empty = json!({});
-    let p = match params {
-        None | Some(Value::Null) => &empty,
-        Some(p @ Value::Object(_)) => p,
-        Some(_) => return Some(Err(bad("params must be an object"))),
-    };
-    // One change at a time; a panic in an earlier change left nothing half done that the
-    // state records (it is updated last), so a poisoned lock is taken over.
-    let mut st = cx.admin.lock().unwrap_or_else(|e| e.into_inner());
-    Some(f(p, cx, &mut st))
-}
-
 /// Wait for one answer per reactor on `rx`; the reactors that did not answer in time.
 fn wait_all<T>(rx: &Receiver<T>, n: usize, mut each: impl FnMut(T)) -> usize {
     let deadline = Instant::now() + REACTOR_WAIT;
@@ -309,7 +277,11 @@ fn check_name(what: &str, name: &str) -> Result<(), Error> {
 }
 
 /// `volume_create {name, backend, size, block_size?, path?, create?}`.
-fn volume_create(p: &Value, cx: &ControlCx, st: &mut AdminState) -> Result<Value, Error> {
+pub(super) fn volume_create(
+    p: &Value,
+    cx: &ControlCx,
+    st: &mut AdminState,
+) -> Result<Value, Error> {
     for k in ["mirror", "cdp", "group", "leader", "view"] {
         if p.get(k).is_some_and(|v| !v.is_null() && *v != json!(false)) {
             return Err((
@@ -476,7 +448,11 @@ fn users(cx: &ControlCx, vol: usize) -> Vec<String> {
 }
 
 /// `volume_delete {name}`.
-fn volume_delete(p: &Value, cx: &ControlCx, st: &mut AdminState) -> Result<Value, Error> {
+pub(super) fn volume_delete(
+    p: &Value,
+    cx: &ControlCx,
+    st: &mut AdminState,
+) -> Result<Value, Error> {
     let name = s(p, "name")?;
     let (vol, _) = volume(cx, name)?;
     if !st.runtime_vols.contains(&vol) {
@@ -516,7 +492,11 @@ fn volume_delete(p: &Value, cx: &ControlCx, st: &mut AdminState) -> Result<Value
 }
 
 /// `nbd_export_add {name, volume, read_only?, description?}`.
-fn nbd_export_add(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<Value, Error> {
+pub(super) fn nbd_export_add(
+    p: &Value,
+    cx: &ControlCx,
+    _st: &mut AdminState,
+) -> Result<Value, Error> {
     let name = s(p, "name")?;
     check_name("export name", name)?;
     let (vol, v) = volume(cx, s(p, "volume")?)?;
@@ -546,7 +526,11 @@ fn nbd_export_add(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<Val
 }
 
 /// `nbd_export_remove {name, force?}`.
-fn nbd_export_remove(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<Value, Error> {
+pub(super) fn nbd_export_remove(
+    p: &Value,
+    cx: &ControlCx,
+    _st: &mut AdminState,
+) -> Result<Value, Error> {
     let name = s(p, "name")?;
     let force = flag(p, "force")?;
     let is_mine = |r: &crate::runtime::hosts::HostRecord| r.proto == "nbd" && r.target == name;

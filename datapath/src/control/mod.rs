@@ -13,6 +13,7 @@
 //! [`metrics`] serves the same published state to Prometheus.
 
 pub mod admin;
+pub mod admin_call;
 pub mod admin_front;
 pub mod build;
 pub mod cdp_jobs;
@@ -299,7 +300,7 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
             Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
         };
     }
-    if let Some(r) = admin::call(method, req.get("params"), shared) {
+    if let Some(r) = admin_call::call(method, req.get("params"), shared) {
         return match r {
             Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
             Err((code, m)) => {

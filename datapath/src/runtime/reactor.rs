@@ -42,16 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// How a reactor waits when it has no work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WaitPolicy {
-    /// Never block.
-    Poll,
-    /// Spin this long after the last work, then block.
-    Adaptive(Duration),
-    /// Block as soon as a turn finds no work.
-    Interrupt,
-}
+pub use super::wait::WaitPolicy;
 
 /// Ring and pool sizes for one reactor.
 #[derive(Clone, Copy, Debug)]

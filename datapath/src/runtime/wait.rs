@@ -15,9 +15,19 @@
 //!   validates before it stores, and [`decode`] of anything else is `None` (ignored).
 //! - `now` is written only by the owning reactor (after [`WaitCell::init`] at its start).
 
-use super::reactor::WaitPolicy;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+/// How a reactor waits when it has no work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitPolicy {
+    /// Never block.
+    Poll,
+    /// Spin this long after the last work, then block.
+    Adaptive(Duration),
+    /// Block as soon as a turn finds no work.
+    Interrupt,
+}
 
 /// Longest `adaptive` spin accepted at run time (one second: longer is `poll` in all but name).
 pub const MAX_SPIN_US: u64 = 1_000_000;

@@ -369,7 +369,7 @@ impl PrState {
         // SAM-5: every task of every I_T nexus of the logical unit is aborted, at this site
         // by a fan-out the mirror engine waits for before it answers the peer.
         if let Some((f, vol)) = self.fanout.get() {
-            let s = f.abort(*vol, self, None);
+            let s = f.abort(*vol, self.id(), None);
             self.settles
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -390,7 +390,7 @@ impl PrState {
     ) -> Option<std::sync::Arc<super::reset::Settle>> {
         self.fanout
             .get()
-            .map(|(f, vol)| f.abort(*vol, self, waiter))
+            .map(|(f, vol)| f.abort(*vol, self.id(), waiter))
     }
 
     /// The fan-outs started since the last call (the mirror engine waits for them).

@@ -22,7 +22,6 @@
 //! is on the I/O path (a reset takes the hosts registry's lock once, sends one note per session
 //! and allocates one settle).
 
-use super::prs::PrState;
 use crate::runtime::hosts::Hosts;
 use crate::runtime::{Mailbox, Msg, NoteTo};
 use std::sync::Arc;
@@ -89,7 +88,7 @@ pub struct Settled;
 /// state is `pr`). Dropped without [`LuAbort::take`], it releases its share itself.
 #[derive(Debug)]
 pub struct LuAbort {
-    /// The logical unit: its reservation state's address ([`PrState::id`]).
+    /// The logical unit: its reservation state's address (`prs::PrState::id`).
     pub lu: usize,
     settle: Option<Arc<Settle>>,
 }
@@ -130,13 +129,9 @@ impl Fanout {
     }
 
     /// Ask every iSCSI session of volume `vol` at this site to abort its tasks of the logical
-    /// unit `pr`; the returned settle is done once they all have (`waiter` is then told).
-    pub fn abort(
-        &self,
-        vol: usize,
-        pr: &PrState,
-        waiter: Option<(Arc<Mailbox>, u32)>,
-    ) -> Arc<Settle> {
+    /// unit `lu` (its reservation state's `id`); the returned settle is done once they all have
+    /// (`waiter` is then told).
+    pub fn abort(&self, vol: usize, lu: usize, waiter: Option<(Arc<Mailbox>, u32)>) -> Arc<Settle> {
         let settle = Settle::new(waiter);
         let mut sent = 0usize;
         for (_, rec) in self.hosts.list() {
@@ -151,7 +146,7 @@ impl Fanout {
             m.send(Msg::Note {
                 to: NoteTo::Conn(rec.conn),
                 note: Box::new(LuAbort {
-                    lu: pr.id(),
+                    lu,
                     settle: Some(Arc::clone(&settle)),
                 }),
             });
@@ -204,9 +199,9 @@ mod tests {
             rec(0, 5, "nvmf", vec![3]),
         ];
         let f = Fanout::new(boxes.clone(), Arc::clone(&hosts));
-        let pr = Arc::new(PrState::default());
+        let lu = 0x5eed_usize;
         let waiter = Arc::new(Mailbox::with_capacity(4).unwrap());
-        let s = f.abort(3, &pr, Some((Arc::clone(&waiter), 42)));
+        let s = f.abort(3, lu, Some((Arc::clone(&waiter), 42)));
         assert!(!s.done(), "two sessions still abort");
         let mut a = drain(&boxes[0]);
         let mut b = drain(&boxes[1]);
@@ -216,7 +211,7 @@ mod tests {
             "one note to each session of the volume, none elsewhere"
         );
         let mut na = a.pop().unwrap().1.downcast::<LuAbort>().unwrap();
-        assert_eq!(na.lu, pr.id());
+        assert_eq!(na.lu, lu);
         let share = na.take().unwrap();
         drop(na); // taken: dropping the note releases nothing more
         assert!(!s.done());
@@ -230,6 +225,6 @@ mod tests {
         assert_eq!(told[0].0, 42);
         assert!(told[0].1.is::<Settled>());
         // No session: done at once.
-        assert!(f.abort(8, &pr, None).done());
+        assert!(f.abort(8, lu, None).done());
     }
 }
