@@ -608,6 +608,11 @@ impl Daemon {
             Wait::Interrupt => WaitPolicy::Interrupt,
             Wait::Adaptive => WaitPolicy::Adaptive(Duration::from_micros(cfg.reactor.spin_us)),
         };
+        // Published before any thread starts: `reactor_stats` never shows a reactor without
+        // its policy (a tool that saves the policies to restore them later reads them at once).
+        for s in &shared.stats {
+            s.wait.init(policy);
+        }
         let mut daemon = Daemon {
             shared: Arc::clone(&shared),
             nvmf: Arc::clone(&nvmf),
