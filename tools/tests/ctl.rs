@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{KEY, Witness};
+use common::{KEY, Witness, ctl, text};
 
 fn free_port() -> u16 {
     common::free_port(104_729)
@@ -90,23 +90,8 @@ fn promtool_check_metrics(text: &str) {
     );
 }
 
-fn ctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_twinblk-ctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn code(o: &Output) -> i32 {
     o.status.code().expect("exited")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn mirror_state(sock: &Path) -> String {

@@ -7,27 +7,14 @@
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use twinblk::daemon::Proto;
 use twinblk_tools::drill::nbd::NbdClient;
 
-fn ctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_twinblk-ctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{ctl_at as ctl, text};
 
 /// Run and check the exit code and that the output says `says`; the output.
 fn expect(socket: &Path, args: &[&str], code: i32, says: &str) -> String {

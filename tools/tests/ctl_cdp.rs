@@ -1,24 +1,9 @@
 //! `twinblk-ctl cdp` against a running site with a journaled volume (the daemon `twinblk serve`
 //! runs, started in this process): status, bookmarks set, listed and deleted, refusals.
 
-use std::process::{Command, Output};
+mod common;
 
-fn ctl(socket: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_twinblk-ctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{ctl_at as ctl, text};
 
 #[test]
 fn cdp_status_and_bookmarks_through_twinblk_ctl() {

@@ -6,12 +6,12 @@
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{KEY, Witness};
+use common::{KEY, Witness, ctl, text};
 
 fn site(
     dir: &Path,
@@ -35,21 +35,6 @@ fn site(
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("config");
     twinblk::Daemon::start(&cfg).expect("daemon starts")
-}
-
-fn ctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_twinblk-ctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn status(sock: &Path) -> Value {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{KEY, Witness};
+use common::{KEY, Witness, ctl, text};
 /// The environment variable that makes [`site_process`] run a site from this config file.
 const SITE_ENV: &str = "TWINBLK_DRILL_TEST_SITE";
 
@@ -109,21 +109,6 @@ fn site(
 fn sh(cmd: &str) {
     let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
     assert!(st.success(), "{cmd}");
-}
-
-fn ctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_twinblk-ctl"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Until both sites are up, in sync and heard from the witness.

@@ -1,5 +1,5 @@
-//! What the tools crate's tests against running sites share: an in-process witness and free
-//! loopback ports. Each test file is its own crate and includes this with `mod common;`.
+//! What the tools crate's tests against running sites share: an in-process witness, free
+//! loopback ports, and running `twinblk-ctl` as an operator would. Each test file is its own crate and includes this with `mod common;`.
 
 #![allow(dead_code)]
 
@@ -76,4 +76,29 @@ pub fn free_port(salt: u32) -> u16 {
         }
     }
     panic!("no free port");
+}
+
+/// Run the `twinblk-ctl` binary with `args` (its output kept).
+pub fn ctl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_twinblk-ctl"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Run `twinblk-ctl --socket SOCKET` with `args`.
+pub fn ctl_at(socket: impl AsRef<Path>, args: &[&str]) -> std::process::Output {
+    let s = socket.as_ref().display().to_string();
+    let mut a = vec!["--socket", s.as_str()];
+    a.extend_from_slice(args);
+    ctl(&a)
+}
+
+/// A command's standard output followed by its standard error.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
