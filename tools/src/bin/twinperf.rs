@@ -58,24 +58,11 @@ struct Cli {
     /// With --verify: load expected contents from FILE if it exists, save them there at the end.
     #[arg(long, value_name = "FILE")]
     verify_state: Option<PathBuf>,
-    /// Bytes of the device to use (0: all of it, at most 1 GiB; suffixes k, m, g).
-    #[arg(long, default_value = "0")]
-    size: String,
-    /// First byte of the region used (suffixes k, m, g).
-    #[arg(long, default_value = "0")]
-    offset: String,
-    /// NVMe namespace id.
-    #[arg(long, default_value_t = 1)]
-    nsid: u32,
-    /// Fail when the target sends nothing for this many seconds with requests outstanding.
-    #[arg(long, default_value_t = 30.0)]
-    timeout: f64,
+    #[command(flatten)]
+    place: Place,
     /// Seed of the offset generator (0: from the clock).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// iSCSI initiator name.
-    #[arg(long, default_value = perf::iscsi::DEFAULT_INITIATOR)]
-    initiator: String,
     /// iSCSI: log in with one-way CHAP (MD5) as this user (needs --chap-secret-file).
     #[arg(long, requires = "chap_secret_file")]
     chap_user: Option<String>,
@@ -143,12 +130,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         rate: cli.rate,
         verify: cli.verify,
         verify_state: cli.verify_state,
-        size: bytes(&cli.size)?,
-        offset: bytes(&cli.offset)?,
-        nsid: cli.nsid,
-        timeout: secs(cli.timeout, "--timeout")?,
+        size: bytes(&cli.place.size)?,
+        offset: bytes(&cli.place.offset)?,
+        nsid: cli.place.nsid,
+        timeout: secs(cli.place.timeout, "--timeout")?,
         seed: cli.seed,
-        initiator: cli.initiator,
+        initiator: cli.place.initiator,
         chap,
         warmup: if cli.warmup == 0.0 {
             Duration::ZERO
@@ -188,6 +175,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Sweep the target's wait policy, queues and depth; recommend a configuration.
+/// Where on the target the I/O goes and how long a silent target is waited for (a run and
+/// `tune` take the same).
+#[derive(clap::Args)]
+struct Place {
+    /// Bytes of the device to use (0: all of it, at most 1 GiB; suffixes k, m, g).
+    #[arg(long, default_value = "0")]
+    size: String,
+    /// First byte of the region used (suffixes k, m, g).
+    #[arg(long, default_value = "0")]
+    offset: String,
+    /// NVMe namespace id.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// Fail when the target sends nothing for this many seconds with requests outstanding.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// iSCSI initiator name.
+    #[arg(long, default_value = perf::iscsi::DEFAULT_INITIATOR)]
+    initiator: String,
+}
+
 #[derive(Parser)]
 #[command(name = "twinperf tune", version)]
 struct TuneCli {
@@ -217,21 +225,8 @@ struct TuneCli {
     /// Depths to sweep (comma-separated; default 1,8,32,128).
     #[arg(long, value_delimiter = ',')]
     depths: Option<Vec<u32>>,
-    /// Bytes of the device to use (0: all of it, at most 1 GiB; suffixes k, m, g).
-    #[arg(long, default_value = "0")]
-    size: String,
-    /// First byte of the region used (suffixes k, m, g).
-    #[arg(long, default_value = "0")]
-    offset: String,
-    /// NVMe namespace id.
-    #[arg(long, default_value_t = 1)]
-    nsid: u32,
-    /// Fail when the target sends nothing for this many seconds with requests outstanding.
-    #[arg(long, default_value_t = 30.0)]
-    timeout: f64,
-    /// iSCSI initiator name.
-    #[arg(long, default_value = perf::iscsi::DEFAULT_INITIATOR)]
-    initiator: String,
+    #[command(flatten)]
+    place: Place,
     /// Print the report as JSON (instead of text).
     #[arg(long)]
     json: bool,
@@ -252,11 +247,11 @@ fn tune(cli: TuneCli) -> Result<ExitCode> {
         rw: cli.rw,
         rwmix: cli.rwmix,
         bs: u32::try_from(bytes(&cli.bs)?).context("--bs too large")?,
-        size: bytes(&cli.size)?,
-        offset: bytes(&cli.offset)?,
-        nsid: cli.nsid,
-        timeout: secs(cli.timeout, "--timeout")?,
-        initiator: cli.initiator,
+        size: bytes(&cli.place.size)?,
+        offset: bytes(&cli.place.offset)?,
+        nsid: cli.place.nsid,
+        timeout: secs(cli.place.timeout, "--timeout")?,
+        initiator: cli.place.initiator,
         ..Opts::default()
     };
     let o = perf::tune::TuneOpts {
