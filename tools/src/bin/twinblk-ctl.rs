@@ -109,8 +109,9 @@ enum Cmd {
     },
     /// Continuous data protection at the site (the first --socket): `status` (each journal's
     /// window in UTC and as the `--time` that `twinblk cdp restore` and `twinblk cdp view`
-    /// take, its history against the retention target), `bookmark`, `bookmarks`,
-    /// `unbookmark`.
+    /// take, its history against the retention target, DEGRADED when its journal stopped),
+    /// `bookmark`, `bookmarks`, `unbookmark`, and views and restores run by the daemon: `view`,
+    /// `close`, `restore`, `jobs`.
     Cdp {
         #[command(subcommand)]
         cmd: CdpCmd,
