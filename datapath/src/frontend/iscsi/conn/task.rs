@@ -306,8 +306,10 @@ impl IscsiConn {
             return self.reject(env, 0x07, r.0);
         }
         let lun = r.lun();
-        let t = &std::sync::Arc::clone(&self.target);
-        let lun_idx = pages::lun_of(&lun).and_then(|n| t.luns.iter().position(|l| l.lun == n));
+        // No reference count is taken on the target per command: it is shared by every session
+        // on every reactor (an atomic on it per command would bounce its cache line).
+        let lun_idx =
+            pages::lun_of(&lun).and_then(|n| self.target.luns.iter().position(|l| l.lun == n));
         let cmd = scsi::decode(&r.cdb());
         // INQUIRY and REPORT LUNS answer for any LUN; REQUEST SENSE too.
         let lun_idx = match (lun_idx, &cmd) {
@@ -329,7 +331,11 @@ impl IscsiConn {
             Ok(c) => c,
             Err(s) => return self.respond(itt, Err(s), edtl, 0, 0),
         };
-        let vol = t.luns.get(lun_idx).map_or(usize::MAX, |l| l.volume);
+        let vol = self
+            .target
+            .luns
+            .get(lun_idx)
+            .map_or(usize::MAX, |l| l.volume);
         if lun_idx != usize::MAX {
             if let Some(s) = self.unit_attention(env, lun_idx, &cmd) {
                 return self.respond(itt, Err(s), edtl, 0, 0);
@@ -1259,7 +1265,7 @@ impl IscsiConn {
     /// What this nexus may do at LUN index `i` under the persistent reservation, and what it
     /// sees of the RESERVE: one atomic load, the lock only when the state changed.
     fn reservations(&mut self, i: usize) -> (crate::frontend::nvmf::resv::Access, spc2::View) {
-        let pr = &std::sync::Arc::clone(&self.target).luns[i].pr;
+        let pr = &self.target.luns[i].pr;
         let v = pr.version.load(std::sync::atomic::Ordering::Acquire);
         if self.pr_cache.len() <= i {
             self.pr_cache.resize(i + 1, None);
@@ -1336,9 +1342,10 @@ impl IscsiConn {
     /// A pending unit attention for LUN index `i` (reported once), unless the command is one
     /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE).
     fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
-        let l = &std::sync::Arc::clone(&self.target).luns[i];
+        let resets = self.target.luns[i]
+            .resets
+            .load(std::sync::atomic::Ordering::Acquire);
         let changes = self.path_changes(env, i);
-        let resets = l.resets.load(std::sync::atomic::Ordering::Acquire);
         if self.path_seen.len() <= i {
             self.path_seen.resize(i + 1, None);
             self.ua.resize(i + 1, None);

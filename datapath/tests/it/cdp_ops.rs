@@ -1,0 +1,378 @@
+//! Continuous data protection when things go wrong or are asked for at run time, through the
+//! real daemon: a journal device that fills up (degraded mode, the catch-up at the next start,
+//! points in the gap refused), views and restores asked through the control socket, and the
+//! last segment's index sealed at a clean stop.
+
+use crate::cdp::{SmallFs, Upd, apply, expected, volume};
+use crate::harness::{Server, in_process_with, pattern};
+use crate::rawnbd::Client;
+use std::time::{Duration, Instant};
+use twinblk::layer::cdp::format::Op;
+use twinblk::layer::cdp::pit::{self, Point};
+use twinblk::layer::cdp::store::{self, CdpError, Load};
+
+/// A file-backed volume whose journal device fills up: the layer degrades to tracking changed
+/// regions (status says so) and keeps serving; the next start journals those regions again
+/// and a gap record, so the newest point equals the volume, points before the stop are exact,
+/// and points inside the gap are refused. After a clean stop only the changed regions are
+/// journaled again; after kill -9 the whole volume is.
+#[test]
+fn a_journal_that_stopped_catches_up_at_the_next_start_and_refuses_points_in_the_gap() {
+    for crash in [false, true] {
+        degraded_round(crash);
+    }
+}
+
+fn degraded_round(crash: bool) {
+    const SIZE: usize = 4 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(&tmp.path().join("small"), "12m");
+    let dir = fs.0.join("j");
+    let img = tmp.path().join("v.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(SIZE as u64)
+        .unwrap();
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='v'\nbackend='uring'\npath='{}'\n\
+         size={SIZE}\nblock_size=4096\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        img.display(),
+        dir.display()
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let mut log: Vec<Upd> = Vec::new();
+    // 20 MiB of writes, all inside region 1 (1..2 MiB): more than the filesystem holds.
+    for i in 0..160u64 {
+        let off = (1 << 20) + (i % 8) * (128 << 10);
+        let data = pattern(i + 7000, 128 << 10);
+        assert_eq!(c.write(off, &data), 0, "write {i} failed");
+        log.push(Upd::Write(off, data));
+    }
+    let st = s.rpc("cdp_status")[0].clone();
+    assert_eq!(st["journal"], "degraded", "{st}");
+    assert_eq!(st["changed_regions"], 1, "{st}");
+    assert!(st["degraded_note"].is_string(), "{st}");
+    let mut model = vec![0u8; SIZE];
+    for u in &log {
+        apply(&mut model, u);
+    }
+    assert!(c.read(0, SIZE as u32).unwrap() == model);
+    c.disconnect();
+    let before = store::load(&dir, Load::ReadOnly).unwrap();
+    let journaled = before.entries().filter(|(_, e)| e.op == Op::Write).count();
+    assert!(
+        journaled > 0 && journaled < log.len(),
+        "{journaled} journaled"
+    );
+    if crash {
+        s.kill();
+    } else {
+        assert!(s.stop(), "clean stop");
+    }
+    if !crash {
+        // A rollback in place is refused until the journal has caught up.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
+            .args(["cdp", "rollback", "--config"])
+            .arg(&s.config)
+            .args(["--volume", "v", "--seq", "1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("has not caught up"),
+            "{err}"
+        );
+    }
+    // Room again; the next start catches up.
+    let ok = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&fs.0)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "remount");
+    let mut s = s.respawn();
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(s.rpc("cdp_status")[0]["journal"], "running");
+    let last = pattern(9999, 4096);
+    assert_eq!(c.write(0, &last), 0);
+    model[..4096].copy_from_slice(&last);
+    c.disconnect();
+    assert!(s.stop(), "clean stop");
+    assert!(std::fs::read(&img).unwrap() == model, "the volume");
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let gaps: Vec<_> = h.entries().filter(|(_, e)| e.op == Op::Gap).collect();
+    assert_eq!(gaps.len(), 1, "one gap record");
+    let (after, gap) = (gaps[0].1.offset, gaps[0].1.seq);
+    // What was journaled again: region 1 alone after a clean stop, every region after a crash.
+    let caught: Vec<u64> = h
+        .entries()
+        .filter(|(_, e)| e.seq > before.last_seq && e.seq < gap)
+        .map(|(_, e)| e.offset >> 20)
+        .collect();
+    assert_eq!(
+        caught,
+        if crash { vec![0, 1, 2, 3] } else { vec![1] },
+        "regions journaled again (crash: {crash})"
+    );
+    // Newest point: the volume. Up to the stop: the journaled prefix.
+    let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
+    assert!(got == model, "the newest point is the volume");
+    assert!(after <= before.last_seq);
+    let at_stop = pit::read_at(&h, Point::Seq(after), 0, SIZE as u64).unwrap();
+    let mut upto = vec![0u8; SIZE];
+    let n_after = h
+        .entries()
+        .filter(|(_, e)| e.seq <= after && e.op == Op::Write)
+        .count();
+    for u in &log[..n_after] {
+        apply(&mut upto, u);
+    }
+    assert!(at_stop == upto, "the point before the gap is exact");
+    // Inside the gap: refused, by sequence and by time; the gap record itself is restorable.
+    let err = pit::read_at(&h, Point::Seq(gap - 1), 0, 4096).unwrap_err();
+    assert!(matches!(err, CdpError::InGap { .. }), "{err}");
+    let gap_time = gaps[0].1.time;
+    let err = pit::resolve(&h, Point::Time(gap_time - 1)).unwrap_err();
+    assert!(matches!(err, CdpError::InGap { .. }), "{err}");
+    assert!(err.to_string().contains("gap"), "{err}");
+    assert_eq!(pit::resolve(&h, Point::Seq(gap)).unwrap(), gap);
+    assert!(pit::read_at(&h, Point::Seq(gap), 0, SIZE as u64).unwrap()[4096..] == model[4096..]);
+    drop(s);
+    drop(fs);
+}
+
+/// Views and restores asked through the production daemon's control socket: a view of a
+/// bookmark serves the point over NBD as a child process until closed; a restore runs as a
+/// child, shows in `cdp_jobs` and yields the point's content; bad requests change nothing.
+#[test]
+fn views_and_restores_run_as_children_asked_through_the_control_socket() {
+    const SIZE: usize = 2 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}",
+        volume("v", SIZE as u64, &dir, "4MiB")
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let mut log: Vec<(usize, Upd, u64)> = Vec::new();
+    for i in 0..12u64 {
+        let off = (i * 7 % 30) * 65536;
+        let data = pattern(i + 500, 65536);
+        assert_eq!(c.write(off, &data), 0);
+        log.push((0, Upd::Write(off, data), 0));
+    }
+    let mark = s.rpc_with(
+        "cdp_bookmark",
+        serde_json::json!({"volume": "v", "name": "before"}),
+    );
+    assert!(mark["error"].is_null(), "{mark}");
+    let t = mark["result"]["time_ns"].as_u64().unwrap();
+    for (_, _, when) in log.iter_mut() {
+        *when = t;
+    }
+    let want = expected(&log, 0, t, SIZE);
+    for i in 0..6u64 {
+        let off = i * 65536;
+        let data = pattern(i + 900, 65536);
+        assert_eq!(c.write(off, &data), 0);
+        log.push((0, Upd::Write(off, data), u64::MAX));
+    }
+    assert!(c.read(0, SIZE as u32).unwrap() != want);
+    // A view of the bookmark, over NBD.
+    let port = crate::harness::free_port();
+    let r = s.rpc_with(
+        "cdp_view_open",
+        serde_json::json!({"volume": "v", "bookmark": "before", "name": "pit", "nbd": format!("127.0.0.1:{port}")}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let id = r["result"]["id"].as_u64().unwrap();
+    assert_eq!(
+        r["result"]["nbd"],
+        format!("nbd://127.0.0.1:{port}/pit"),
+        "{r}"
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut v = Client::connect(addr, "pit", false);
+    assert!(
+        v.read(0, SIZE as u32).unwrap() == want,
+        "the view reads the bookmark's point"
+    );
+    v.disconnect();
+    let jobs = s.rpc("cdp_jobs");
+    assert_eq!(jobs[0]["kind"], "view", "{jobs}");
+    assert_eq!(jobs[0]["state"], "running", "{jobs}");
+    // A restore of the same point, as a child; it finishes and matches.
+    let out = tmp.path().join("restored.img");
+    let r = s.rpc_with(
+        "cdp_restore",
+        serde_json::json!({"volume": "v", "time_ns": t, "out": out.display().to_string()}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let rid = r["result"]["id"].as_u64().unwrap();
+    let start = Instant::now();
+    loop {
+        let jobs = s.rpc("cdp_jobs");
+        let j = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == rid)
+            .unwrap()
+            .clone();
+        if j["state"] == "done" {
+            break;
+        }
+        assert_eq!(j["state"], "running", "{j}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "restore too slow: {j}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "the restore is the point"
+    );
+    // Closing the view stops it; its port no longer answers; the hold is gone.
+    let r = s.rpc_with("cdp_view_close", serde_json::json!({"id": id}));
+    assert!(r["error"].is_null(), "{r}");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the view still listens"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.join("view-holds")).unwrap().count(),
+        0,
+        "the view's hold is gone"
+    );
+    // Refusals, each with its reason.
+    let cases = [
+        (
+            serde_json::json!({"volume": "nope", "seq": 1, "nbd": "127.0.0.1:1"}),
+            "no volume named",
+        ),
+        (
+            serde_json::json!({"volume": "v", "seq": 1}),
+            "at least one listen address",
+        ),
+        (
+            serde_json::json!({"volume": "v", "nbd": "127.0.0.1:1"}),
+            "exactly one of",
+        ),
+        (
+            serde_json::json!({"volume": "v", "seq": 99_999_999u64, "nbd": format!("127.0.0.1:{port}")}),
+            "outside the restorable window",
+        ),
+        (
+            serde_json::json!({"group": "g", "seq": 1, "nbd": "127.0.0.1:1"}),
+            "not a group",
+        ),
+    ];
+    for (p, why) in cases {
+        let r = s.rpc_with("cdp_view_open", p.clone());
+        let m = r["error"]["message"].as_str().unwrap_or("");
+        assert!(m.contains(why), "{p}: {r}");
+    }
+    let r = s.rpc_with(
+        "cdp_restore",
+        serde_json::json!({"volume": "v", "seq": 1, "out": out.display().to_string()}),
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exists"),
+        "{r}"
+    );
+    let r = s.rpc_with("cdp_view_close", serde_json::json!({"id": 999}));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no view"),
+        "{r}"
+    );
+    c.disconnect();
+    // A view still open when the daemon stops is stopped with it.
+    let r = s.rpc_with(
+        "cdp_view_open",
+        serde_json::json!({"volume": "v", "seq": 1, "nbd": format!("127.0.0.1:{port}")}),
+    );
+    let pid = r["result"]["pid"].as_u64().expect("a view");
+    let mut s = s;
+    assert!(s.stop(), "clean stop");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the view outlived the daemon"
+    );
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+/// A clean stop seals the last segment's index (readers then need not scan it: a view of a
+/// large history opens in a fraction of a second); the index says exactly what a scan says,
+/// and it is not used once anything was appended after its end.
+#[test]
+fn a_clean_stop_seals_the_last_segments_index_and_a_stale_one_is_not_used() {
+    use twinblk::layer::cdp::format::{self, RecHeader};
+    const SIZE: u64 = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let (mut d, addr) = in_process_with(
+        "cores=[0]\nwait='adaptive'",
+        &volume("v", SIZE, &dir, "4MiB"),
+    );
+    let mut c = Client::connect(addr, "v", false);
+    for i in 0..20u64 {
+        assert_eq!(c.write(i * 4096, &pattern(i + 40, 4096)), 0);
+    }
+    c.disconnect();
+    d.stop();
+    let sealed = store::load(&dir, Load::ReadOnly).unwrap();
+    let last = sealed.segments.last().unwrap();
+    let idx = store::seg_path(&dir, last.header.segno).with_extension("idx");
+    assert!(
+        idx.exists(),
+        "the clean stop wrote the last segment's index"
+    );
+    let kept = std::fs::read(&idx).unwrap();
+    std::fs::remove_file(&idx).unwrap();
+    let scanned = store::load(&dir, Load::ReadOnly).unwrap();
+    let ents = |h: &store::History| h.entries().map(|(s, e)| (s, *e)).collect::<Vec<_>>();
+    assert_eq!(
+        ents(&sealed),
+        ents(&scanned),
+        "the sealed index is what a scan finds"
+    );
+    assert_eq!(sealed.last_seq, scanned.last_seq);
+    // Something appended after the sealed end (as a later writer would): the index is stale.
+    std::fs::write(&idx, &kept).unwrap();
+    let end = last.index.end;
+    let meta = store::read_meta(&dir).unwrap();
+    let mut b = vec![0u8; format::ALIGN];
+    RecHeader {
+        op: Op::Mark,
+        seq: sealed.last_seq + 1,
+        time: sealed.last_time + 1,
+        offset: 0,
+        len: 0,
+        payload_len: 0,
+        payload_crc: 0,
+        vol_id: meta.vol_id,
+    }
+    .encode(&mut b);
+    format::encode_pad(
+        &mut b[format::REC_HEADER..],
+        format::pad_len(format::REC_HEADER),
+        meta.vol_id,
+    );
+    store::append_sync(&dir, last.header.segno, end, &b).unwrap();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert_eq!(
+        h.last_seq,
+        sealed.last_seq + 1,
+        "the record after the sealed end is read"
+    );
+}
