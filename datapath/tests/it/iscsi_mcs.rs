@@ -1,0 +1,437 @@
+//! iSCSI multiple connections per session (MC/S, RFC 7143; docs/iscsi.md "Sessions with
+//! several connections"): a daemon with two reactors, so a session's connections are accepted
+//! on different reactors and handed to the session's home reactor; commands spread over the
+//! connections with interleaved CmdSNs, executed in CmdSN order across them; logout of one
+//! connection or of the session; connection reinstatement; task management reaching another
+//! connection's tasks; MaxConnections; logins naming a wrong session refused (never a panic).
+
+use crate::harness::pattern;
+use crate::iscsi::{IQN, Raw, bhs, frame, put32, read_blocks, read10, status_of, write10};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+const TUR: [u8; 6] = [0; 6];
+const ISID: [u8; 6] = [0x80, 0, 0, 0x4d, 0x43, 1];
+const NAME: &str = "iqn.2026-12.test:mcs";
+
+/// A daemon with two reactors (connections are accepted round-robin over them) and two
+/// volumes (two targets).
+fn daemon2() -> (twinblk::Daemon, SocketAddr) {
+    let text = "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='16MiB'\n";
+    let cfg = twinblk::control::config::Config::from_toml(text).expect("test config");
+    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let addr = d
+        .listeners()
+        .into_iter()
+        .find(|(p, _)| *p == twinblk::daemon::Proto::Iscsi)
+        .expect("an iSCSI listener")
+        .1;
+    (d, addr)
+}
+
+/// A login's outcome: status class and detail, TSIH, answered keys.
+struct Login {
+    status: (u8, u8),
+    tsih: u16,
+    keys: String,
+}
+
+/// One Login Request straight to full feature phase: initiator `name`, ISID `isid`, TSIH
+/// `tsih` (0: a new session), CID `cid`, to `target` (`None`: a discovery session).
+fn login(
+    addr: SocketAddr,
+    name: &str,
+    isid: [u8; 6],
+    tsih: u16,
+    cid: u16,
+    target: Option<&str>,
+    cmd_sn: u32,
+) -> (Raw, Login) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
+    h[8..14].copy_from_slice(&isid);
+    h[14..16].copy_from_slice(&tsih.to_be_bytes());
+    put32(&mut h, 16, 1);
+    h[20..22].copy_from_slice(&cid.to_be_bytes());
+    put32(&mut h, 24, cmd_sn);
+    let kind = match target {
+        Some(t) => format!("SessionType=Normal\0TargetName={t}\0"),
+        None => "SessionType=Discovery\0".to_string(),
+    };
+    let lead = if tsih == 0 {
+        "MaxConnections=8\0ImmediateData=Yes\0InitialR2T=Yes\0MaxBurstLength=262144\0FirstBurstLength=65536\0"
+    } else {
+        ""
+    };
+    let keys = format!("InitiatorName={name}\0{kind}HeaderDigest=None\0DataDigest=None\0{lead}");
+    s.write_all(&frame(h, keys.as_bytes(), false)).unwrap();
+    let mut r = Raw {
+        s,
+        cmd_sn,
+        hd: false,
+        dd: false,
+    };
+    let (h, data) = r.read_pdu().expect("a login response");
+    assert_eq!(h[0] & 0x3F, 0x23, "login response");
+    let l = Login {
+        status: (h[36], h[37]),
+        tsih: u16::from_be_bytes([h[14], h[15]]),
+        keys: String::from_utf8_lossy(&data).replace('\0', " "),
+    };
+    (r, l)
+}
+
+/// A new session's first connection (CID 0) to vol0's target; its TSIH.
+fn lead(addr: SocketAddr, name: &str, isid: [u8; 6]) -> (Raw, u16, String) {
+    let (r, l) = login(addr, name, isid, 0, 0, Some(IQN), 1);
+    assert_eq!(l.status, (0, 0), "leading login: {}", l.keys);
+    assert_ne!(l.tsih, 0);
+    (r, l.tsih, l.keys)
+}
+
+/// Connection `cid` added to session `tsih`.
+fn join(addr: SocketAddr, tsih: u16, cid: u16, cmd_sn: u32) -> Raw {
+    let (r, l) = login(addr, NAME, ISID, tsih, cid, Some(IQN), cmd_sn);
+    assert_eq!(l.status, (0, 0), "login adding CID {cid}: {}", l.keys);
+    assert_eq!(l.tsih, tsih, "the session's TSIH");
+    r
+}
+
+/// The SCSI Response of task `itt` (no Data-In expected): its status.
+fn response(r: &mut Raw, itt: u32) -> u8 {
+    let (h, _) = r.read_pdu().expect("a SCSI Response");
+    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response, got opcode {:#x}", h[0]);
+    assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
+    h[3]
+}
+
+/// Nothing arrives on `r` for a while.
+fn silent(r: &mut Raw) -> bool {
+    r.s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let quiet = matches!(std::io::Read::read(&mut r.s, &mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut);
+    r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    quiet
+}
+
+/// Logout (immediate) with `reason` for connection `cid`: the response code.
+fn logout(r: &mut Raw, itt: u32, reason: u8, cid: u16) -> u8 {
+    let mut h = bhs(0x46, 0x80 | reason);
+    put32(&mut h, 16, itt);
+    h[20..22].copy_from_slice(&cid.to_be_bytes());
+    put32(&mut h, 24, r.cmd_sn);
+    r.send(h, &[]);
+    let (h, _) = r.read_pdu().expect("a Logout Response");
+    assert_eq!(h[0] & 0x3F, 0x26, "Logout Response, got opcode {:#x}", h[0]);
+    h[2]
+}
+
+/// The connection is closed by the target within a few seconds.
+fn closed_soon(r: &mut Raw) -> bool {
+    r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    r.closed()
+}
+
+/// Reactors of this initiator's registered connections.
+fn reactors(d: &twinblk::Daemon, name: &str) -> Vec<usize> {
+    d.shared()
+        .hosts
+        .list()
+        .into_iter()
+        .filter(|(_, h)| h.host.as_deref() == Some(name))
+        .map(|(_, h)| h.reactor)
+        .collect()
+}
+
+/// A WRITE(10) of 64 blocks at `lba` without immediate data: the task waits for the R2T's
+/// data. The R2T's TTT.
+fn write_waiting(r: &mut Raw, itt: u32, lba: u32) -> u32 {
+    r.scsi(itt, &write10(lba, 64), 64 * 512, 0xA0, &[]);
+    let (h, _) = r.read_pdu().expect("an R2T");
+    assert_eq!(h[0] & 0x3F, 0x31, "R2T, got opcode {:#x}", h[0]);
+    u32::from_be_bytes(h[20..24].try_into().unwrap())
+}
+
+/// An immediate TMF `func` for LUN 0 (ABORT TASK: `rtt`, `ref_sn`): the response code.
+fn tmf(r: &mut Raw, itt: u32, func: u8, rtt: u32, ref_sn: u32) -> u8 {
+    let mut h = bhs(0x42, 0x80 | func);
+    put32(&mut h, 16, itt);
+    put32(&mut h, 20, rtt);
+    put32(&mut h, 24, r.cmd_sn);
+    put32(&mut h, 32, ref_sn);
+    r.send(h, &[]);
+    let (h, _) = r.read_pdu().expect("a TMF Response");
+    assert_eq!(h[0] & 0x3F, 0x22, "TMF Response, got opcode {:#x}", h[0]);
+    assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
+    h[2]
+}
+
+#[test]
+fn a_session_of_four_connections_on_two_reactors_spreads_commands_in_cmdsn_order() {
+    let (d, addr) = daemon2();
+    let (mut a, tsih, keys) = lead(addr, NAME, ISID);
+    assert!(
+        keys.contains("MaxConnections=4"),
+        "the lower of 8 and the target's 4: {keys}"
+    );
+    // The next CmdSN of the session; every connection takes from it.
+    let mut sn = 1u32;
+    let mut b = join(addr, tsih, 1, sn);
+    let mut c = join(addr, tsih, 2, sn);
+    let mut e = join(addr, tsih, 3, sn);
+    // A fifth is one too many.
+    let (_, l) = login(addr, NAME, ISID, tsih, 4, Some(IQN), sn);
+    assert_eq!(l.status, (2, 6), "too many connections");
+    // Accepted round-robin on two reactors, all served by the session's home reactor.
+    let rs = reactors(&d, NAME);
+    assert_eq!(rs.len(), 4, "{rs:?}");
+    assert!(rs.iter().all(|&x| x == rs[0]), "one home reactor: {rs:?}");
+    // Past the unit attentions (the session's, reported once).
+    let conns = [&mut a, &mut b, &mut c, &mut e];
+    let t = Instant::now();
+    loop {
+        conns[0].cmd_sn = sn;
+        sn += 1;
+        if status_of(conns[0], 1, &TUR, 0).0 == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    // Writes spread over the four connections, CmdSNs interleaved.
+    let data = pattern(11, 16 * 32 * 512);
+    for i in 0..16u32 {
+        let r = &mut *conns[(i % 4) as usize];
+        r.cmd_sn = sn;
+        sn += 1;
+        let chunk = &data[(i as usize) * 32 * 512..(i as usize + 1) * 32 * 512];
+        r.scsi(100 + i, &write10(i * 32, 32), 32 * 512, 0xA0, chunk);
+    }
+    for i in 0..16u32 {
+        assert_eq!(response(conns[(i % 4) as usize], 100 + i), 0, "write {i}");
+    }
+    // Read back through another connection than the one that wrote each chunk.
+    let mut back = Vec::new();
+    for i in 0..16u32 {
+        let r = &mut *conns[((i + 1) % 4) as usize];
+        r.cmd_sn = sn;
+        sn += 1;
+        back.extend(read_blocks(r, 200 + i, i * 32, 32));
+    }
+    assert!(back == data, "read back identical");
+    // Out of CmdSN order across connections: CmdSN n+1 (a read) on one connection waits for
+    // CmdSN n (a write of the same blocks) sent later on another; both complete, in order.
+    let newer = pattern(12, 8 * 512);
+    conns[1].cmd_sn = sn + 1;
+    conns[1].scsi(300, &read10(1000, 8), 8 * 512, 0xC0, &[]);
+    assert!(silent(conns[1]), "CmdSN n+1 waits for the gap to close");
+    conns[0].cmd_sn = sn;
+    conns[0].scsi(301, &write10(1000, 8), 8 * 512, 0xA0, &newer);
+    sn += 2;
+    assert_eq!(response(conns[0], 301), 0, "CmdSN n: the write");
+    let mut got = Vec::new();
+    loop {
+        let (h, dd) = conns[1].read_pdu().expect("Data-In of the held read");
+        assert_eq!(h[0] & 0x3F, 0x25);
+        got.extend(dd);
+        if h[1] & 1 != 0 {
+            assert_eq!(h[3], 0);
+            break;
+        }
+    }
+    assert!(got == newer, "the read ran after the write (CmdSN order)");
+    // Logout of one connection (its own CID): the others go on.
+    assert_eq!(logout(conns[3], 1, 1, 3), 0, "close the connection");
+    assert!(closed_soon(conns[3]));
+    // Logout of another connection, named by its CID: it is closed, the asker goes on.
+    assert_eq!(logout(conns[0], 2, 1, 2), 0, "close connection CID 2");
+    assert!(closed_soon(conns[2]));
+    assert_eq!(logout(conns[0], 3, 1, 9), 1, "an unknown CID: not found");
+    for (k, i) in [0usize, 1].into_iter().zip(0u32..) {
+        conns[k].cmd_sn = sn;
+        sn += 1;
+        assert_eq!(
+            status_of(conns[k], 400 + i, &TUR, 0).0,
+            0,
+            "conn {k} serves"
+        );
+    }
+    // Logout "close the session": every connection closes.
+    assert_eq!(logout(conns[0], 4, 0, 0), 0, "close the session");
+    assert!(closed_soon(conns[0]));
+    assert!(
+        closed_soon(conns[1]),
+        "the session's other connection is closed too"
+    );
+    let t = Instant::now();
+    while !reactors(&d, NAME).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "still registered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Its TSIH is gone.
+    let (_, l) = login(addr, NAME, ISID, tsih, 0, Some(IQN), sn);
+    assert_eq!(l.status, (2, 10), "session does not exist");
+}
+
+#[test]
+fn logins_naming_a_wrong_session_are_refused() {
+    let (_d, addr) = daemon2();
+    // A TSIH no session has.
+    let (_, l) = login(addr, NAME, ISID, 0x7777, 1, Some(IQN), 1);
+    assert_eq!(l.status, (2, 10), "unknown TSIH: session does not exist");
+    let (mut a, tsih, _) = lead(addr, NAME, ISID);
+    // Another initiator, another ISID, another target, a discovery session: not this session.
+    let (_, l) = login(addr, "iqn.2026-12.test:other", ISID, tsih, 1, Some(IQN), 1);
+    assert_eq!(l.status, (2, 10), "another initiator's session");
+    let mut isid2 = ISID;
+    isid2[5] = 2;
+    let (_, l) = login(addr, NAME, isid2, tsih, 1, Some(IQN), 1);
+    assert_eq!(l.status, (2, 10), "another ISID");
+    let (_, l) = login(
+        addr,
+        NAME,
+        ISID,
+        tsih,
+        1,
+        Some("iqn.2026-11.io.twinblk:vol1"),
+        1,
+    );
+    assert_eq!(l.status, (2, 10), "another target");
+    let (_, l) = login(addr, NAME, ISID, tsih, 1, None, 1);
+    assert_eq!(l.status, (2, 10), "a discovery login naming it");
+    // The session is untouched.
+    a.cmd_sn = 1;
+    let t = Instant::now();
+    while status_of(&mut a, 1, &TUR, 0).0 != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+    // Another ISID of the same initiator is another session.
+    let (_r2, l) = login(addr, NAME, isid2, 0, 0, Some(IQN), 1);
+    assert_eq!(l.status, (0, 0));
+    let tsih2 = l.tsih;
+    assert_ne!(tsih2, tsih);
+}
+
+#[test]
+fn reinstating_a_cid_closes_the_old_connection_and_the_session_goes_on() {
+    let (d, addr) = daemon2();
+    let (mut a, tsih, _) = lead(addr, NAME, ISID);
+    let mut sn = 1u32;
+    let mut b = join(addr, tsih, 1, sn);
+    let t = Instant::now();
+    loop {
+        b.cmd_sn = sn;
+        sn += 1;
+        if status_of(&mut b, 1, &TUR, 0).0 == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    // A write waiting for its data on CID 1, then CID 1 logs in again.
+    b.cmd_sn = sn;
+    sn += 1;
+    let _ttt = write_waiting(&mut b, 5, 64);
+    let mut b2 = join(addr, tsih, 1, sn);
+    assert!(closed_soon(&mut b), "the old connection of CID 1 is closed");
+    let rs = reactors(&d, NAME);
+    assert_eq!(rs.len(), 2, "two connections: {rs:?}");
+    // The session serves on both, the new one writes, the first reads it.
+    let data = pattern(5, 16 * 512);
+    b2.cmd_sn = sn;
+    sn += 1;
+    b2.scsi(6, &write10(64, 16), 16 * 512, 0xA0, &data);
+    assert_eq!(response(&mut b2, 6), 0);
+    a.cmd_sn = sn;
+    assert!(read_blocks(&mut a, 7, 64, 16) == data);
+}
+
+#[test]
+fn task_management_on_one_connection_reaches_the_tasks_of_another() {
+    let (_d, addr) = daemon2();
+    let (mut a, tsih, _) = lead(addr, NAME, ISID);
+    let mut sn = 1u32;
+    let mut b = join(addr, tsih, 1, sn);
+    let t = Instant::now();
+    loop {
+        a.cmd_sn = sn;
+        sn += 1;
+        if status_of(&mut a, 1, &TUR, 0).0 == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    // ABORT TASK on A of a write waiting for its data on B.
+    b.cmd_sn = sn;
+    sn += 1;
+    let ttt = write_waiting(&mut b, 10, 64);
+    a.cmd_sn = sn;
+    assert_eq!(tmf(&mut a, 11, 1, 10, sn - 1), 0, "function complete");
+    // Its data is then dropped and it is never answered: B's next answer is the TUR's.
+    let mut h = bhs(0x05, 0x80);
+    put32(&mut h, 16, 10);
+    put32(&mut h, 20, ttt);
+    b.send(h, &[0xEE; 64 * 512]);
+    b.cmd_sn = sn;
+    sn += 1;
+    assert_eq!(
+        status_of(&mut b, 12, &TUR, 0).0,
+        0,
+        "TUR, not the aborted write"
+    );
+    a.cmd_sn = sn;
+    assert!(read_blocks(&mut a, 13, 64, 64).iter().all(|&x| x == 0));
+    sn += 1;
+    // A task no connection has: "task does not exist".
+    a.cmd_sn = sn;
+    assert_eq!(tmf(&mut a, 14, 1, 0x999, sn - 5), 1, "task does not exist");
+    // LUN RESET on A aborts B's waiting write; the session (one I_T nexus) reports the reset
+    // once, on whichever connection asks first.
+    b.cmd_sn = sn;
+    sn += 1;
+    let ttt = write_waiting(&mut b, 20, 128);
+    a.cmd_sn = sn;
+    assert_eq!(tmf(&mut a, 21, 5, 0xFFFF_FFFF, 0), 0, "LUN RESET complete");
+    let mut h = bhs(0x05, 0x80);
+    put32(&mut h, 16, 20);
+    put32(&mut h, 20, ttt);
+    b.send(h, &[0xEE; 64 * 512]);
+    b.cmd_sn = sn;
+    sn += 1;
+    let s = status_of(&mut b, 22, &TUR, 0);
+    assert_eq!(
+        (s.0, s.1, s.2, s.3),
+        (2, 6, 0x29, 0x03),
+        "the reset's unit attention"
+    );
+    a.cmd_sn = sn;
+    assert_eq!(
+        status_of(&mut a, 23, &TUR, 0).0,
+        0,
+        "reported once per session"
+    );
+    a.cmd_sn = sn + 1;
+    assert!(read_blocks(&mut a, 24, 128, 64).iter().all(|&x| x == 0));
+}
+
+#[test]
+fn a_failed_connection_fails_its_session() {
+    let (d, addr) = daemon2();
+    let (mut a, tsih, _) = lead(addr, NAME, ISID);
+    let b = join(addr, tsih, 1, 1);
+    assert_eq!(reactors(&d, NAME).len(), 2);
+    // B goes away without a Logout: at ErrorRecoveryLevel 0 the session fails, A is closed.
+    drop(b);
+    assert!(
+        closed_soon(&mut a),
+        "the session's other connection is closed"
+    );
+    let t = Instant::now();
+    while !reactors(&d, NAME).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "still registered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_, l) = login(addr, NAME, ISID, tsih, 1, Some(IQN), 1);
+    assert_eq!(l.status, (2, 10), "the session is gone");
+}
