@@ -546,6 +546,7 @@ impl Daemon {
             tpg: cfg.iscsi_tpg(),
             nvmf: Arc::clone(&nvmf),
             next_tsih: std::sync::atomic::AtomicU16::new(1),
+            sessions: Default::default(),
             next_nexus: std::sync::atomic::AtomicU64::new(1),
             incarnation: crate::frontend::iscsi::spc2::new_incarnation(),
             nop_in_interval_ms: cfg.iscsi.nop_in_interval_ms,

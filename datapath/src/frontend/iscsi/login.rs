@@ -28,6 +28,9 @@ pub const TARGET_MAX_RECV_DSL: u32 = 256 << 10;
 pub const TARGET_MAX_BURST: u32 = 1 << 20;
 /// The largest FirstBurstLength the target agrees to.
 pub const TARGET_FIRST_BURST: u32 = 256 << 10;
+/// The most connections a session may have (MaxConnections: the lower of the initiator's
+/// offer and this).
+pub const TARGET_MAX_CONNECTIONS: u32 = 4;
 
 /// Login status (class, detail), RFC 7143 §11.13.5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,9 +334,10 @@ impl Negotiation {
                 put_key(out, k, "1");
             }
             "MaxConnections" => {
-                number(v, 1, 65535).ok_or(bad)?;
-                p.max_connections = 1;
-                put_key(out, k, "1");
+                // min (RFC 7143 §13.2); a connection joining a session keeps the session's.
+                let n = number(v, 1, 65535).ok_or(bad)?.min(TARGET_MAX_CONNECTIONS);
+                p.max_connections = n;
+                put_key(out, k, &n.to_string());
             }
             "DataPDUInOrder" | "DataSequenceInOrder" => {
                 // OR: the target wants data in order, so the result is Yes.
@@ -436,7 +440,8 @@ mod tests {
         assert_eq!(get("MaxBurstLength"), Some("1048576"));
         assert_eq!(get("FirstBurstLength"), Some("262144"));
         assert_eq!(get("ErrorRecoveryLevel"), Some("0"));
-        assert_eq!(get("MaxConnections"), Some("1"));
+        assert_eq!(get("MaxConnections"), Some("4"));
+        assert_eq!(n.params.max_connections, 4);
         assert_eq!(get("X-com.example.Foo"), Some("NotUnderstood"));
         assert_eq!(get("MaxRecvDataSegmentLength"), Some("262144"));
         assert!(n.params.header_digest && !n.params.data_digest);

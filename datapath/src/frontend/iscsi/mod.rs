@@ -46,14 +46,15 @@ pub mod scsi;
 pub mod spc2;
 pub mod xcopy;
 
-pub use conn::IscsiConn;
+pub use conn::{IscsiConn, SessEntry};
 
 use crate::frontend::nvmf::NvmfShared;
 use crate::runtime::{Acceptor, Conn};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Prefix of the name of a default per-volume target: `iqn.2026-11.io.twinblk:<volume>`.
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-11.io.twinblk:";
@@ -142,6 +143,9 @@ pub struct IscsiShared {
     pub nvmf: Arc<NvmfShared>,
     /// Next TSIH to hand out.
     pub next_tsih: AtomicU16,
+    /// Normal sessions by TSIH: where a login adding a connection goes (`conn/mcs.rs`). Taken
+    /// only at login and when a session ends, never per command.
+    pub sessions: Mutex<HashMap<u16, SessEntry>>,
     /// Next session number to hand out (never 0): with [`Self::tpg`] and [`Self::incarnation`]
     /// a session's RESERVE reservation id (`spc2::res_id`).
     pub next_nexus: AtomicU64,
@@ -180,6 +184,12 @@ impl IscsiShared {
     /// The target table, for changing (control socket).
     pub fn tgts_mut(&self) -> RwLockWriteGuard<'_, Vec<Arc<IscsiTarget>>> {
         self.targets.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session table (at login and session end only).
+    pub fn session_table(&self) -> MutexGuard<'_, HashMap<u16, SessEntry>> {
+        // Every change is one insert or remove: a poisoned table is still whole.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The target named `iqn`, as it is now.

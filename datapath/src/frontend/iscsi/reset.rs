@@ -52,7 +52,7 @@ impl Settle {
         })
     }
 
-    fn add(&self) {
+    pub(crate) fn add(&self) {
         self.remaining.fetch_add(1, Ordering::AcqRel);
     }
 

@@ -130,9 +130,11 @@ impl IscsiConn {
         if d.result.is_ok() {
             // This nexus asked for the change: no unit attention for it (SPC-4 §6.40).
             let changes = self.path_changes(env, i);
-            if let Some(Some((c, _))) = self.path_seen.get_mut(i) {
-                *c = changes;
-            }
+            self.with_sess(|s| {
+                if let Some(Some((c, _))) = s.path_seen.get_mut(i) {
+                    *c = changes;
+                }
+            });
         }
         self.complete(d.slot, d.result);
     }

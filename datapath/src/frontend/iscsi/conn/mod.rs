@@ -1,4 +1,5 @@
-//! One iSCSI connection (and its session: MaxConnections is 1), driven by its reactor.
+//! One iSCSI connection of a session, driven by its reactor (the session's state shared by its
+//! connections: `mcs.rs`).
 //!
 //! ```text
 //!  start ──> Login (security ─> operational) ──(T, NSG=3)──> Full feature ──(Logout)──> Closing
@@ -15,11 +16,13 @@
 //! - Closing: no new PDU is acted on; the connection is `done` once no receive, send or
 //!   device operation is in flight.
 //!
-//! Session state (RFC 7143 §4.2.2): `exp_cmd_sn` moves by one for every non-immediate
-//! command taken in order; a non-immediate command outside `[ExpCmdSN, MaxCmdSN]` is silently
-//! ignored (§4.2.2.1), one ahead of ExpCmdSN waits in `held` until the gap closes. `stat_sn`
-//! moves by one for every PDU that carries a status (SCSI Response, the Data-In with status,
-//! NOP-In answering a NOP-Out, Text, TMF, Logout, Login Responses, Reject).
+//! Session state (RFC 7143 §4.2.2, shared by the session's connections: `mcs::Session`):
+//! ExpCmdSN moves by one for every non-immediate command taken in order, on whichever
+//! connection; a non-immediate command outside `[ExpCmdSN, MaxCmdSN]` is silently ignored
+//! (§4.2.2.1), one ahead of ExpCmdSN waits in the session's `held` until the gap closes.
+//! `stat_sn` is the connection's: it moves by one for every PDU that carries a status (SCSI
+//! Response, the Data-In with status, NOP-In answering a NOP-Out, Text, TMF, Logout, Login
+//! Responses, Reject).
 //!
 //! Invariants:
 //! - `rx` is resized or compacted only while no receive is armed; the bytes being sent are not
@@ -32,6 +35,7 @@
 mod alua;
 mod copy;
 mod excl;
+mod mcs;
 mod session;
 mod task;
 
@@ -42,8 +46,8 @@ use crate::runtime::{Conn, Env};
 use crate::transport::tcp::{Lifecycle, SendQueue};
 use crate::uring::{Errno, Kind, UserData};
 use io_uring::{opcode, squeue, types};
+pub use mcs::SessEntry;
 use slab::Slab;
-use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use task::Task;
@@ -67,7 +71,7 @@ pub const MAX_TASKS: usize = 2 * CMD_WINDOW as usize;
 pub const TX_HIGH_WATER: usize = 64 << 20;
 const RX_INITIAL: usize = 512 << 10;
 const RX_MIN_FREE: usize = 64 << 10;
-/// Commands held for a CmdSN gap at most (beyond: the connection is dropped).
+/// Commands held for a CmdSN gap at most, per session (beyond: the connection is dropped).
 const MAX_HELD: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,12 +107,22 @@ pub struct IscsiConn {
     pub(super) initiator: String,
     pub(super) isid: [u8; 6],
     pub(super) tsih: u16,
+    /// This connection's CID.
+    pub(super) cid: u16,
+    /// Its session in the reactor's local table (`mcs.rs`), from the final Login Response.
+    pub(super) sess: Option<usize>,
+    /// A joining login's session, found on this reactor at its first request.
+    pub(super) join: Option<(usize, mcs::SessEntry)>,
+    /// A joining login's session lives on this reactor: hand the connection over to it.
+    pub(super) handoff: Option<usize>,
+    /// Closed by its session (a Logout of it or of the session, a reinstatement, a failure).
+    pub(super) told: bool,
+    /// Its Logout was answered.
+    pub(super) logged_out: bool,
     /// This session's number at this site, 0 before login.
     pub(super) nexus: u64,
     /// Its RESERVE reservation id (`spc2::res_id`: site, process, session), 0 before login.
     pub(super) res: [u8; 16],
-    /// LUN indexes this session sent a RESERVE for: its I_T nexus loss is carried for them.
-    pub(super) reserved_luns: Vec<usize>,
     /// The I_T nexus loss was carried (the session's RESERVEs released), or nothing to carry.
     pub(super) nexus_lost: bool,
     /// Its persistent-reservation registrant id (initiator name and ISID).
@@ -125,9 +139,8 @@ pub struct IscsiConn {
     pub(super) params: Params,
     pub(super) dg: Digests,
     pub(super) stat_sn: u32,
+    /// ExpCmdSN during login (afterwards the session's: [`IscsiConn::exp`]).
     pub(super) exp_cmd_sn: u32,
-    /// Non-immediate commands received ahead of ExpCmdSN, by CmdSN.
-    pub(super) held: BTreeMap<u32, Vec<u8>>,
     tasks: Slab<Task>,
     /// Recycled buffers for Data-Out and read data.
     pub(super) pool: Vec<Vec<u8>>,
@@ -140,17 +153,14 @@ pub struct IscsiConn {
     /// Aborts another session's reset asked for (`reset::LuAbort`), each with the slots of
     /// the aborted tasks still at a device: the note is dropped (its share released) once
     /// they have finished, or with the connection.
-    pub(super) abort_wait: Vec<(crate::frontend::iscsi::reset::LuAbort, Vec<u32>)>,
+    /// Also another connection's task management (`mcs::Share`).
+    pub(super) abort_wait: Vec<(Box<dyn std::any::Any + Send>, Vec<u32>)>,
     /// Volumes whose atomic section a retired task entered: left in `flush`.
     pub(super) leaves: Vec<usize>,
     /// EXTENDED COPY runs whose device operation completed: stepped in `flush` (`copy.rs`).
     pub(super) copy_ready: Vec<u32>,
     /// Statuses of finished copies with a held list identifier (RECEIVE COPY RESULTS).
     pub(super) copy_results: Vec<crate::frontend::iscsi::xcopy::Held>,
-    /// A unit attention to report on the next command (per LUN index).
-    pub(super) ua: Vec<Option<crate::frontend::iscsi::scsi::Sense>>,
-    /// Path-state change and reset counts last seen, per LUN index (unit attentions).
-    pub(super) path_seen: Vec<Option<(u64, u64)>>,
     /// SET TARGET PORT GROUPS tasks waiting for their switchover (`alua.rs`).
     pub(super) stpg_waiting: u32,
     /// The idle-ping timeout of the armed receive (boxed: the kernel reads it at submission).
@@ -190,9 +200,14 @@ impl IscsiConn {
             initiator: String::new(),
             isid: [0; 6],
             tsih: 0,
+            cid: 0,
+            sess: None,
+            join: None,
+            handoff: None,
+            told: false,
+            logged_out: false,
             nexus: 0,
             res: [0; 16],
-            reserved_luns: Vec::new(),
             nexus_lost: false,
             me: [0; 16],
             pr_cache: Vec::new(),
@@ -200,7 +215,6 @@ impl IscsiConn {
             dg: Digests::default(),
             stat_sn: 0,
             exp_cmd_sn: 0,
-            held: BTreeMap::new(),
             tasks: Slab::with_capacity(64),
             pool: Vec::new(),
             next_ttt: 1,
@@ -210,8 +224,6 @@ impl IscsiConn {
             leaves: Vec::new(),
             copy_ready: Vec::new(),
             copy_results: Vec::new(),
-            ua: Vec::new(),
-            path_seen: Vec::new(),
             stpg_waiting: 0,
             ping_ts: Box::new(types::Timespec::new()),
             ping_armed: false,
@@ -226,9 +238,21 @@ impl IscsiConn {
         }
     }
 
+    /// A connection handed over from another reactor (`mcs.rs`): the socket and the bytes
+    /// received so far, parsed from the first.
+    fn handed(fd: OwnedFd, sh: Arc<IscsiShared>, bytes: &[u8]) -> Self {
+        let mut c = Self::new(fd, sh);
+        if c.rx.len() < bytes.len() + RX_MIN_FREE {
+            c.rx.resize(bytes.len() + RX_MIN_FREE, 0);
+        }
+        c.rx[..bytes.len()].copy_from_slice(bytes);
+        c.rx_hi = bytes.len();
+        c
+    }
+
     /// MaxCmdSN: the window is [`CMD_WINDOW`] commands wide.
     pub(super) fn max_cmd_sn(&self) -> u32 {
-        self.exp_cmd_sn.wrapping_add(CMD_WINDOW - 1)
+        self.exp().wrapping_add(CMD_WINDOW - 1)
     }
 
     /// The next StatSN (it moves by one).
@@ -246,7 +270,7 @@ impl IscsiConn {
     /// A PDU that carries a status: StatSN (taken), ExpCmdSN, MaxCmdSN set.
     pub(super) fn put_status(&mut self, h: Bhs, data: &[u8]) {
         let s = self.take_stat_sn();
-        let h = h.sns(s, self.exp_cmd_sn, self.max_cmd_sn());
+        let h = h.sns(s, self.exp(), self.max_cmd_sn());
         self.put(h, data);
     }
 
@@ -270,7 +294,7 @@ impl IscsiConn {
         self.put_status(h, bhs);
     }
 
-    fn paused(&self) -> bool {
+    pub(super) fn paused(&self) -> bool {
         self.tasks.len() >= MAX_TASKS || self.tx.held() >= TX_HIGH_WATER
     }
 
@@ -316,6 +340,10 @@ impl IscsiConn {
                 }
                 Ok(Some((p, n))) => {
                     self.pdu(env, p);
+                    if let Some(to) = self.handoff.take() {
+                        self.hand_over(env, to, &rx[self.rx_lo..self.rx_hi]);
+                        break;
+                    }
                     self.rx_lo += n;
                 }
             }
@@ -360,42 +388,87 @@ impl IscsiConn {
             return Some(true);
         }
         let sn = r.cmd_sn();
-        if sn == self.exp_cmd_sn {
-            self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
-            return Some(true);
+        enum Adm {
+            Now,
+            Held,
+            Full,
+            Outside(u32),
         }
-        if pdu::sn_lt(self.exp_cmd_sn, sn) && pdu::sn_le(sn, self.max_cmd_sn()) {
-            if self.held.len() >= MAX_HELD || self.held.contains_key(&sn) {
-                self.violation(env, "too many commands held for a CmdSN gap");
-                return None;
+        let key = env.key;
+        let adm = self.with_sess(|s| {
+            let exp = s.exp_cmd_sn;
+            if sn == exp {
+                s.exp_cmd_sn = exp.wrapping_add(1);
+                return Adm::Now;
             }
-            self.held.insert(sn, pdu_bytes(r, data));
-            return Some(false);
+            if pdu::sn_lt(exp, sn) && pdu::sn_le(sn, exp.wrapping_add(CMD_WINDOW - 1)) {
+                if s.held.len() >= MAX_HELD || s.held.contains_key(&sn) {
+                    return Adm::Full;
+                }
+                s.held.insert(sn, (key, pdu_bytes(r, data)));
+                return Adm::Held;
+            }
+            Adm::Outside(exp)
+        });
+        match adm {
+            Some(Adm::Now) => Some(true),
+            Some(Adm::Held) => Some(false),
+            Some(Adm::Full) => {
+                self.violation(env, "too many commands held for a CmdSN gap");
+                None
+            }
+            Some(Adm::Outside(exp)) => {
+                env.counters.violations += 1;
+                tracing::debug!(
+                    conn = env.key,
+                    cmd_sn = sn,
+                    exp,
+                    "CmdSN outside the window; ignored"
+                );
+                None
+            }
+            None => None,
         }
-        env.counters.violations += 1;
-        tracing::debug!(
-            conn = env.key,
-            cmd_sn = sn,
-            exp = self.exp_cmd_sn,
-            "CmdSN outside the window; ignored"
-        );
-        None
     }
 
-    /// Run held commands whose turn has come.
-    fn run_held(&mut self, env: &mut Env<'_>) {
-        while let Some(raw) = self.held.remove(&self.exp_cmd_sn) {
-            let dg = self.dg;
-            // Re-parse without digests: the held copy is header + data only.
-            self.dg = Digests::default();
-            if let Ok(Some((p, _))) = pdu::parse(&raw, self.dg, usize::MAX >> 8) {
-                self.dg = dg;
-                self.pdu(env, p);
-            } else {
-                self.dg = dg;
-                return self.violation(env, "held command unreadable");
-            }
+    /// Run a held command (`mcs::IscsiConn::run_held` finds whose turn it is).
+    fn run_raw(&mut self, env: &mut Env<'_>, raw: &[u8]) {
+        let dg = self.dg;
+        // Re-parse without digests: the held copy is header + data only.
+        self.dg = Digests::default();
+        if let Ok(Some((p, _))) = pdu::parse(raw, self.dg, usize::MAX >> 8) {
+            self.dg = dg;
+            self.pdu(env, p);
+        } else {
+            self.dg = dg;
+            self.violation(env, "held command unreadable");
         }
+    }
+
+    /// Hand this connection (its socket and the bytes from `bytes` on) over to reactor `to`,
+    /// home of the session its login joins (`mcs.rs`); this one then closes without touching
+    /// the socket.
+    fn hand_over(&mut self, env: &mut Env<'_>, to: usize, bytes: &[u8]) {
+        let fd = match self.fd.try_clone() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(conn = env.key, error = %e, "iSCSI: cannot hand a connection over to its session's reactor");
+                self.life.broken = true;
+                self.life.closing = true;
+                return;
+            }
+        };
+        let c = IscsiConn::handed(fd, Arc::clone(&self.sh), bytes);
+        tracing::debug!(
+            conn = env.key,
+            to,
+            "iSCSI login joins a session of another reactor: handed over"
+        );
+        if let Some(m) = env.shared.mailboxes.get(to) {
+            m.send(crate::runtime::Msg::Spawn(Box::new(c)));
+        }
+        self.rx_lo = self.rx_hi;
+        self.life.closing = true;
     }
 
     fn nop_out(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) {
@@ -428,10 +501,23 @@ impl IscsiConn {
             return;
         }
         let reason = r.flags() & 0x7F;
-        if reason == 2 {
+        let cid = u16::from_be_bytes([r.0[20], r.0[21]]);
+        match reason {
+            // Close the session: every connection of it (RFC 7143 §11.14.1); this one answers
+            // once its tasks are done.
+            0 => self.close_siblings(env),
+            // Close another connection of the session: at once; an unknown CID is answered 1.
+            1 if cid != self.cid => {
+                let code = if self.close_cid(env, cid) { 0 } else { 1 };
+                let h = Bhs::new(op::LOGOUT_RSP, 0x80).byte(2, code).itt(r.itt());
+                return self.put_status(h, &[]);
+            }
+            1 => {}
             // Remove the connection for recovery: not at ErrorRecoveryLevel 0.
-            let h = Bhs::new(op::LOGOUT_RSP, 0x80).byte(2, 2).itt(r.itt());
-            return self.put_status(h, &[]);
+            _ => {
+                let h = Bhs::new(op::LOGOUT_RSP, 0x80).byte(2, 2).itt(r.itt());
+                return self.put_status(h, &[]);
+            }
         }
         self.logout = Some((r.itt(), reason));
     }
@@ -445,6 +531,7 @@ impl IscsiConn {
                 .itt(itt)
                 .u32(40, 0);
             self.put_status(h, &[]);
+            self.logged_out = true;
             self.life.closing = true;
         }
     }
@@ -514,15 +601,20 @@ impl IscsiConn {
             return false;
         }
         self.nexus_lost = true;
-        if self.nexus == 0 || self.session != SessionType::Normal {
+        // The session's other connections still hold the nexus: the last one carries it.
+        if self.nexus == 0 || self.session != SessionType::Normal || !self.last_of_session(env.key)
+        {
             return false;
         }
+        let reserved = self
+            .with_sess(|s| s.reserved_luns.clone())
+            .unwrap_or_default();
         let target = Arc::clone(&self.target);
         let luns = &target.luns;
         let mut pending = false;
         for (i, l) in luns.iter().enumerate() {
             let held = l.pr.reserve_view(&self.res) == crate::frontend::iscsi::spc2::View::Mine;
-            if held || self.reserved_luns.contains(&i) {
+            if held || reserved.contains(&i) {
                 pending |= self.carry_nexus_loss(env, i);
             }
         }
@@ -607,7 +699,7 @@ impl IscsiConn {
         // A ping carries the current StatSN without taking it (RFC 7143 §11.19).
         let h = Bhs::new(op::NOP_IN, 0x80).itt(NO_TAG).u32(20, 1).sns(
             self.stat_sn,
-            self.exp_cmd_sn,
+            self.exp(),
             self.max_cmd_sn(),
         );
         self.put(h, &[]);
@@ -644,7 +736,13 @@ pub(super) fn pdu_bytes(r: Req<'_>, data: &[u8]) -> Vec<u8> {
 
 impl Conn for IscsiConn {
     fn start(&mut self, env: &mut Env<'_>) {
-        self.arm_recv(env);
+        if self.rx_hi > 0 {
+            // Handed over from another reactor with its login received (`mcs.rs`).
+            self.process(env);
+        }
+        if !self.life.closing {
+            self.arm_recv(env);
+        }
     }
 
     fn on_recv(&mut self, env: &mut Env<'_>, res: i32) {
@@ -697,6 +795,10 @@ impl Conn for IscsiConn {
             Ok(a) => return self.lu_abort(*a),
             Err(n) => n,
         };
+        let note = match note.downcast::<mcs::SessNote>() {
+            Ok(n) => return self.sess_note(env, *n),
+            Err(n) => n,
+        };
         // `reset::Settled`: a fan-out this session's TMF waits for is done (`flush` answers).
         // Anything else is a `copy::Kick`: the turn it asks for is this one (`flush` follows).
         if let Ok(n) = note.downcast::<crate::frontend::nvmf::Note>() {
@@ -720,6 +822,8 @@ impl Conn for IscsiConn {
         self.finish_logout();
         if !self.life.broken && !self.life.recv_armed && !self.paused() && !self.life.closing {
             self.process(env);
+        }
+        if !self.life.broken && !self.paused() && !self.life.closing {
             self.run_held(env);
         }
         if self.life.broken {
@@ -741,6 +845,7 @@ impl Conn for IscsiConn {
         }
         if self.life.closed {
             self.host = None;
+            self.leave_session(env);
         }
     }
 

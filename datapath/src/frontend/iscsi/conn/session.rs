@@ -15,7 +15,7 @@
 //! Invariants: every Login Request and every TMF request gets exactly one response; TSIHs
 //! handed out are never 0.
 
-use super::{IscsiConn, LoginState, Phase};
+use super::{IscsiConn, LoginState, Phase, mcs};
 use crate::frontend::iscsi::login::{self, LoginStatus, Negotiation, SessionType};
 use crate::frontend::iscsi::pdu::{Bhs, Digests, Req, op, sn_le, sn_lt};
 use crate::frontend::iscsi::reset;
@@ -37,6 +37,9 @@ pub(crate) struct TmfWait {
     settles: Vec<Arc<reset::Settle>>,
     /// LUN indexes this session's reset is in flight for (`PrState::set_origin`).
     origins: Vec<usize>,
+    /// ABORT TASK of a task not on this connection: set when another connection of the
+    /// session had it (the answer is then "function complete").
+    found: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// How a reset was carried to the volume's other site.
@@ -89,6 +92,8 @@ impl IscsiConn {
         if self.login.is_none() {
             self.exp_cmd_sn = r.cmd_sn();
             self.stat_sn = r.exp_stat_sn();
+            self.cid = u16::from_be_bytes([r.0[20], r.0[21]]);
+            self.tsih = tsih;
             self.login = Some(Box::new(LoginState {
                 neg: Negotiation::default(),
                 csg,
@@ -116,10 +121,24 @@ impl IscsiConn {
         if csg < st.csg {
             return self.login_fail(env, itt, isid, bad);
         }
-        if tsih != 0 {
-            // Adding a connection to a session (or reinstating one by TSIH): sessions have one
-            // connection here.
-            return self.login_fail(env, itt, isid, LoginStatus::NO_SESSION);
+        if tsih != self.tsih {
+            // The TSIH stays the same throughout a login.
+            return self.login_fail(env, itt, isid, bad);
+        }
+        if st.first && tsih != 0 {
+            // Adding a connection to a session, or reinstating one of its connections (same
+            // CID): the session must exist, at its home reactor (`mcs.rs`).
+            match self.find_session(env, tsih) {
+                None => return self.login_fail(env, itt, isid, LoginStatus::NO_SESSION),
+                Some(mcs::Found::There(to)) => {
+                    self.handoff = Some(to);
+                    return;
+                }
+                Some(mcs::Found::Here(slot, e)) => {
+                    self.exp_cmd_sn = mcs::slot_exp(slot, &e).unwrap_or(self.exp_cmd_sn);
+                    self.join = Some((slot, e));
+                }
+            }
         }
         st.csg = csg;
         if st.text.len() + data.len() > login::MAX_TEXT {
@@ -167,6 +186,10 @@ impl IscsiConn {
             };
             self.initiator = name;
             self.session = d.session_type.unwrap_or(SessionType::Normal);
+            if self.session != SessionType::Normal && self.join.is_some() {
+                // Discovery sessions have one connection.
+                return self.login_fail(env, itt, isid, LoginStatus::NO_SESSION);
+            }
             if self.session == SessionType::Normal {
                 let Some(tn) = d.target_name.clone() else {
                     return self.login_fail(env, itt, isid, LoginStatus::MISSING_PARAMETER);
@@ -176,6 +199,12 @@ impl IscsiConn {
                 };
                 if !t.allows(&self.initiator) {
                     return self.login_fail(env, itt, isid, LoginStatus::NOT_AUTHORIZED);
+                }
+                if let Some((_, e)) = &self.join
+                    && (e.isid != isid || e.initiator != self.initiator || e.target != t.iqn)
+                {
+                    // Another initiator port's session, or another target's: not this one's.
+                    return self.login_fail(env, itt, isid, LoginStatus::NO_SESSION);
                 }
                 self.target = t;
                 login::put_key(&mut out, "TargetPortalGroupTag", &self.sh.tpg.to_string());
@@ -232,14 +261,26 @@ impl IscsiConn {
             return self.login_fail(env, itt, isid, auth_failed);
         }
         let full = transit && nsg == 3;
+        let mut joined = None;
         if full {
             st.neg.finish(&mut out);
-            self.tsih = loop {
-                let t = self.sh.next_tsih.fetch_add(1, Ordering::Relaxed);
-                if t != 0 {
-                    break t;
+            if let Some((slot, e)) = self.join.take() {
+                // The session's leading-only values; the digests and the initiator's
+                // MaxRecvDataSegmentLength are this connection's.
+                match self.join_session(env, slot, &e) {
+                    Ok(mut p) => {
+                        let own = &st.neg.params;
+                        p.header_digest = own.header_digest;
+                        p.data_digest = own.data_digest;
+                        p.send_dsl = own.send_dsl;
+                        joined = Some(p);
+                    }
+                    Err(s) => return self.login_fail(env, itt, isid, s),
                 }
-            };
+            } else {
+                self.nexus = self.sh.next_nexus.fetch_add(1, Ordering::Relaxed).max(1);
+                self.tsih = self.begin_session(env, isid, &st.neg.params);
+            }
         }
         let rflags = if transit { 0x80 | nsg } else { 0 } | (csg << 2);
         let mut h = Bhs::new(op::LOGIN_RSP, rflags).itt(itt);
@@ -248,23 +289,23 @@ impl IscsiConn {
             h.0[14..16].copy_from_slice(&self.tsih.to_be_bytes());
         }
         if out.len() > self.params.send_dsl.max(8192) as usize {
+            // (Not reached with the keys the target answers: well under 8 KiB.)
             return self.login_fail(env, itt, isid, LoginStatus::TARGET_ERROR);
         }
         self.put_status(h, &out);
         if full {
             self.isid = isid;
-            self.nexus = self.sh.next_nexus.fetch_add(1, Ordering::Relaxed).max(1);
             self.res =
                 crate::frontend::iscsi::spc2::res_id(self.sh.tpg, self.sh.incarnation, self.nexus);
             self.me = crate::frontend::iscsi::prs::nexus_id(&self.initiator, &isid);
-            self.params = st.neg.params.clone();
+            self.params = joined.unwrap_or_else(|| st.neg.params.clone());
             self.phase = Phase::Full;
             // Digests apply from the first PDU after the final Login Response.
             self.dg = Digests {
                 header: self.params.header_digest,
                 data: self.params.data_digest,
             };
-            tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session, "iSCSI login complete");
+            tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session, tsih = self.tsih, cid = self.cid, "iSCSI login complete");
             if self.session == SessionType::Normal {
                 let t = std::sync::Arc::clone(&self.target);
                 let mut rec = crate::runtime::hosts::HostRecord::new(
@@ -295,7 +336,7 @@ impl IscsiConn {
 
     /// Abort task `slot`: at once, or once its device operations finish. Returns the slot when
     /// the response must wait for it.
-    fn abort_task(&mut self, slot: usize) -> Option<u32> {
+    pub(super) fn abort_task(&mut self, slot: usize) -> Option<u32> {
         let t = self.tasks.get_mut(slot)?;
         t.aborted = true;
         if t.parts > 0 {
@@ -394,7 +435,7 @@ impl IscsiConn {
             "iscsi: tasks aborted by a logical unit reset of another I_T nexus"
         );
         if !wait.is_empty() {
-            self.abort_wait.push((n, wait));
+            self.abort_wait.push((Box::new(n), wait));
         }
     }
 
@@ -410,10 +451,12 @@ impl IscsiConn {
         let mut wait = Vec::new();
         let mut settles = Vec::new();
         let mut origins = Vec::new();
+        let mut found = None;
         let code = match func {
             1 => {
                 let rtt = r.w20();
                 let ref_sn = r.u32_at(32);
+                let exp = self.exp();
                 match self
                     .tasks
                     .iter()
@@ -424,14 +467,24 @@ impl IscsiConn {
                         wait.extend(self.abort_task(s));
                         tmf_rsp::COMPLETE
                     }
-                    None if sn_le(self.exp_cmd_sn, ref_sn) && sn_lt(ref_sn, tmf_sn) => {
-                        // RFC 7143 §11.5.1 a): not yet received, within the window and before the
-                        // TMF: treated as received (and aborted: a held command is dropped).
-                        // A task that already completed is below ExpCmdSN: "does not exist".
-                        self.held.remove(&ref_sn);
-                        tmf_rsp::COMPLETE
+                    None => {
+                        // Another connection of the session may have it (ITTs are
+                        // session-wide): asked, the answer waits for it.
+                        if let Some((st, f)) = self.abort_siblings(env, mcs::Filter::Itt(rtt)) {
+                            settles.push(st);
+                            found = Some(f);
+                        }
+                        if sn_le(exp, ref_sn) && sn_lt(ref_sn, tmf_sn) {
+                            // RFC 7143 §11.5.1 a): not yet received, within the window and
+                            // before the TMF: treated as received (and aborted: a held command
+                            // is dropped). A task that already completed is below ExpCmdSN:
+                            // "does not exist".
+                            self.with_sess(|s| s.held.remove(&ref_sn));
+                            tmf_rsp::COMPLETE
+                        } else {
+                            tmf_rsp::NO_TASK
+                        }
                     }
-                    None => tmf_rsp::NO_TASK,
                 }
             }
             2 | 4 | 5 if !lun_ok => tmf_rsp::NO_LUN,
@@ -445,8 +498,17 @@ impl IscsiConn {
                 for s in slots {
                     wait.extend(self.abort_task(s));
                 }
+                // The session's other connections abort theirs (one I_T nexus).
+                let filter = if func >= 6 {
+                    mcs::Filter::All
+                } else {
+                    mcs::Filter::Lun(lun)
+                };
+                if let Some((st, _)) = self.abort_siblings(env, filter) {
+                    settles.push(st);
+                }
                 if func >= 5 {
-                    self.held.clear();
+                    self.with_sess(|s| s.held.clear());
                     // Every session sees the reset once, as a unit attention.
                     let n = crate::frontend::iscsi::pages::lun_of(&lun);
                     let target = std::sync::Arc::clone(&self.target);
@@ -491,6 +553,7 @@ impl IscsiConn {
             slots: wait,
             settles,
             origins,
+            found,
         });
         self.finish_tmfs();
     }
@@ -512,11 +575,15 @@ impl IscsiConn {
             if w.slots.is_empty() && w.settles.is_empty() {
                 let TmfWait {
                     itt,
-                    code,
+                    mut code,
                     func,
                     origins,
+                    found,
                     ..
                 } = self.tmf_wait.remove(i);
+                if found.is_some_and(|f| f.load(Ordering::Acquire)) {
+                    code = tmf_rsp::COMPLETE;
+                }
                 let target = Arc::clone(&self.target);
                 for l in origins {
                     if let Some(l) = target.luns.get(l) {

@@ -262,7 +262,7 @@ impl IscsiConn {
                 h = h.u32(44, res);
                 self.put_status(h, chunk);
             } else {
-                h = h.u32(28, self.exp_cmd_sn).u32(32, self.max_cmd_sn());
+                h = h.u32(28, self.exp()).u32(32, self.max_cmd_sn());
                 self.put(h, chunk);
             }
             off += len;
@@ -502,7 +502,7 @@ impl IscsiConn {
                 .itt(t.itt)
                 .u32(20, ttt)
                 .u32(24, self.stat_sn)
-                .u32(28, self.exp_cmd_sn)
+                .u32(28, self.exp())
                 .u32(32, self.max_cmd_sn())
                 .u32(36, sn)
                 .u32(40, got)
@@ -643,9 +643,8 @@ impl IscsiConn {
                 let s = if lun_idx == usize::MAX {
                     Sense::LUN_NOT_SUPPORTED
                 } else {
-                    self.ua
-                        .get_mut(lun_idx)
-                        .and_then(Option::take)
+                    self.with_sess(|s| s.ua.get_mut(lun_idx).and_then(Option::take))
+                        .flatten()
                         .unwrap_or(Sense::NONE)
                 };
                 Some(page(Ok(s.fixed().to_vec()), alloc))
@@ -747,9 +746,11 @@ impl IscsiConn {
                 // Decided like a PERSISTENT RESERVE OUT (by a mirrored volume's leader, for
                 // both sites), by the rules of `spc2::decide`.
                 let sa = if cmd == Cmd::Reserve {
-                    if !self.reserved_luns.contains(&lun_idx) {
-                        self.reserved_luns.push(lun_idx);
-                    }
+                    self.with_sess(|s| {
+                        if !s.reserved_luns.contains(&lun_idx) {
+                            s.reserved_luns.push(lun_idx);
+                        }
+                    });
                     spc2::SA_RESERVE
                 } else {
                     spc2::SA_RELEASE
@@ -1346,28 +1347,31 @@ impl IscsiConn {
             .resets
             .load(std::sync::atomic::Ordering::Acquire);
         let changes = self.path_changes(env, i);
-        if self.path_seen.len() <= i {
-            self.path_seen.resize(i + 1, None);
-            self.ua.resize(i + 1, None);
-        }
-        match self.path_seen[i] {
-            None => self.path_seen[i] = Some((changes, resets)),
-            Some((c, r)) => {
-                if r != resets {
-                    self.ua[i] = Some(Sense::RESET_OCCURRED);
-                } else if c != changes && self.ua[i].is_none() && !self.stpg_waits(i) {
-                    self.ua[i] = Some(Sense::ALUA_CHANGED);
-                }
-                self.path_seen[i] = Some((changes, resets));
-            }
-        }
-        if matches!(
+        let stpg = self.stpg_waits(i);
+        let report = !matches!(
             cmd,
             Cmd::Inquiry { .. } | Cmd::ReportLuns { .. } | Cmd::RequestSense { .. }
-        ) {
-            return None;
-        }
-        self.ua[i].take()
+        );
+        // The unit attentions are the session's (one I_T nexus for all its connections).
+        self.with_sess(|s| {
+            if s.path_seen.len() <= i {
+                s.path_seen.resize(i + 1, None);
+                s.ua.resize(i + 1, None);
+            }
+            match s.path_seen[i] {
+                None => s.path_seen[i] = Some((changes, resets)),
+                Some((c, r)) => {
+                    if r != resets {
+                        s.ua[i] = Some(Sense::RESET_OCCURRED);
+                    } else if c != changes && s.ua[i].is_none() && !stpg {
+                        s.ua[i] = Some(Sense::ALUA_CHANGED);
+                    }
+                    s.path_seen[i] = Some((changes, resets));
+                }
+            }
+            if report { s.ua[i].take() } else { None }
+        })
+        .flatten()
     }
 }
 

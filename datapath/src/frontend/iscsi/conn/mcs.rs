@@ -1,0 +1,506 @@
+//! Multiple connections per session (MC/S, RFC 7143 §4.2, §6.3.2, §7.1.5): the session object
+//! the connections of a session share, the login that joins one, and the notes its connections
+//! send each other.
+//!
+//! Model:
+//! - A session has a home reactor: the one its leading login (TSIH 0) completed on. Every
+//!   connection of the session runs there. A login naming an existing TSIH that arrives on
+//!   another reactor is handed over before it is answered: its socket (a duplicate of the
+//!   descriptor; the old connection then closes without touching the socket) and the bytes
+//!   received so far become a fresh connection spawned on the home reactor
+//!   (`runtime::Msg::Spawn`), which parses the login from its first byte.
+//! - The session state shared by its connections ([`Session`]: the CmdSN window and the
+//!   commands held for a gap, the unit attentions, the RESERVEs sent, the member list) lives in
+//!   a reactor-local table (`SESSIONS`, a thread-local slab): a connection holds its index and
+//!   the session's nexus number, and every access checks the number (a slot reused by a later
+//!   session is never mistaken for this one). No lock is taken per command; a connection never
+//!   keeps the table borrowed while it calls anything else.
+//! - The daemon-wide table ([`SessEntry`], `IscsiShared::sessions`, a mutex) maps a TSIH to its
+//!   home reactor, initiator name, ISID and target: taken only at login and when the last
+//!   connection of a session closes.
+//! - StatSN, R2T / Data-Out / Data-In and the tasks themselves stay with the connection that
+//!   received the command (connection allegiance, ErrorRecoveryLevel 0); a non-immediate
+//!   command is executed in CmdSN order across the connections: one that arrives ahead of
+//!   ExpCmdSN is held in the session with its connection's key, and whoever fills the gap
+//!   wakes the connection that holds the next one ([`SessNote`] `Wake`).
+//! - Task management reaches the other connections' tasks by notes (`Abort`), each holding a
+//!   share of a `reset::Settle` the TMF answer waits for (released once that connection's
+//!   aborted tasks have left the device).
+//! - Closing: a Logout "close the connection" (its own CID or another's) closes one
+//!   connection; "close the session" closes them all. A connection that ends in any other way
+//!   (socket failure, protocol violation, EOF without Logout, a target cold reset or I_T nexus
+//!   reset) fails the session: at ErrorRecoveryLevel 0 recovery is session recovery (RFC 7143
+//!   §7.1.5, §7.12), so its other connections are closed too and their tasks terminated. A
+//!   login with the CID of a connection of the session reinstates it: the old connection is
+//!   closed first (tasks terminated, no answers), the session stays.
+//!
+//! Invariants: a session's entry in the daemon-wide table exists exactly while its local
+//! [`Session`] has members; a connection is a member from its final Login Response until it
+//! closes or is replaced by a reinstatement; held commands of a connection leave with it; the
+//! I_T nexus (reservation identity, unit attentions) is the session's, and its loss is carried
+//! by the last connection to close.
+
+use super::IscsiConn;
+use crate::frontend::iscsi::login::{LoginStatus, Params};
+use crate::frontend::iscsi::reset::Settle;
+use crate::frontend::iscsi::scsi::Sense;
+use crate::runtime::{Env, Msg, NoteTo};
+use slab::Slab;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What the daemon-wide session table knows of a session (enough to route a login naming its
+/// TSIH and to check it comes from the same initiator port for the same target).
+#[derive(Clone, Debug)]
+pub struct SessEntry {
+    /// The home reactor.
+    pub reactor: usize,
+    /// Index of the session in the home reactor's local table.
+    pub slot: usize,
+    /// The session's nexus number (checks the slot).
+    pub nexus: u64,
+    /// Initiator session id.
+    pub isid: [u8; 6],
+    /// InitiatorName.
+    pub initiator: String,
+    /// TargetName.
+    pub target: String,
+}
+
+/// A connection of a session.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Member {
+    pub(super) cid: u16,
+    pub(super) key: u32,
+}
+
+/// Session state shared by the connections of a session, on its home reactor.
+pub(super) struct Session {
+    pub(super) nexus: u64,
+    pub(super) tsih: u16,
+    /// Normal session (in the daemon-wide table).
+    pub(super) normal: bool,
+    pub(super) exp_cmd_sn: u32,
+    /// Non-immediate commands received ahead of ExpCmdSN: by CmdSN, the receiving
+    /// connection's key and the PDU (header and data, no digests).
+    pub(super) held: BTreeMap<u32, (u32, Vec<u8>)>,
+    /// The CmdSN whose holder was last woken (one wake per gap filled).
+    pub(super) woken: Option<u32>,
+    pub(super) members: Vec<Member>,
+    /// Negotiated at the leading login: MaxConnections and the leading-only values.
+    pub(super) params: Params,
+    /// The session is being closed (Logout "close the session", or it failed).
+    pub(super) ending: bool,
+    /// LUN indexes a RESERVE was sent for (its I_T nexus loss is carried for them).
+    pub(super) reserved_luns: Vec<usize>,
+    /// A unit attention to report on the next command, per LUN index.
+    pub(super) ua: Vec<Option<Sense>>,
+    /// Path-state change and reset counts last seen, per LUN index.
+    pub(super) path_seen: Vec<Option<(u64, u64)>>,
+}
+
+thread_local! {
+    /// This reactor's sessions (see the module's model).
+    static SESSIONS: RefCell<Slab<Session>> = const { RefCell::new(Slab::new()) };
+}
+
+/// Which tasks an `Abort` note names.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Filter {
+    /// ABORT TASK: by initiator task tag.
+    Itt(u32),
+    /// ABORT / CLEAR TASK SET, LUN RESET: by LUN.
+    Lun([u8; 8]),
+    /// Target resets, I_T nexus reset.
+    All,
+}
+
+/// A share of a TMF's settle: released when dropped.
+#[derive(Debug)]
+pub(super) struct Share(Option<Arc<Settle>>);
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.release();
+        }
+    }
+}
+
+/// What one connection of a session asks of another.
+#[derive(Debug)]
+pub(super) enum What {
+    /// The next command in CmdSN order is held here: run it.
+    Wake,
+    /// Close (terminate the tasks, no answers): logout of it or of the session, reinstatement,
+    /// session failure.
+    Close,
+    /// Abort the tasks `filter` names; `found` is set when any matched; the share is released
+    /// once they have left the device.
+    Abort {
+        filter: Filter,
+        found: Arc<AtomicBool>,
+        share: Share,
+    },
+}
+
+/// A note between connections of a session (checked against the addressee's session and CID:
+/// a key may have been reused).
+#[derive(Debug)]
+pub(super) struct SessNote {
+    nexus: u64,
+    cid: u16,
+    pub(super) what: What,
+}
+
+/// What the first login request of a joining connection found.
+pub(super) enum Found {
+    /// The session is on this reactor (its local slot).
+    Here(usize, SessEntry),
+    /// On another reactor: hand the connection over.
+    There(usize),
+}
+
+/// ExpCmdSN of session `slot` of this reactor (the one `e` names).
+pub(super) fn slot_exp(slot: usize, e: &SessEntry) -> Option<u32> {
+    SESSIONS.with(|t| {
+        t.borrow()
+            .get(slot)
+            .filter(|s| s.nexus == e.nexus)
+            .map(|s| s.exp_cmd_sn)
+    })
+}
+
+impl IscsiConn {
+    /// Run `f` on this connection's session (`None`: none, or it is gone).
+    pub(super) fn with_sess<R>(&self, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        let idx = self.sess?;
+        SESSIONS.with(|t| {
+            let mut t = t.borrow_mut();
+            match t.get_mut(idx) {
+                Some(s) if s.nexus == self.nexus => Some(f(s)),
+                _ => None,
+            }
+        })
+    }
+
+    /// ExpCmdSN: the session's (during login, this connection's).
+    pub(super) fn exp(&self) -> u32 {
+        self.with_sess(|s| s.exp_cmd_sn).unwrap_or(self.exp_cmd_sn)
+    }
+
+    /// Another connection of this session (by key) is asked `what`.
+    fn tell(&self, env: &Env<'_>, m: Member, what: What) {
+        if let Some(mb) = env.shared.mailboxes.get(env.io.reactor) {
+            mb.send(Msg::Note {
+                to: NoteTo::Conn(m.key),
+                note: Box::new(SessNote {
+                    nexus: self.nexus,
+                    cid: m.cid,
+                    what,
+                }),
+            });
+        }
+    }
+
+    /// The other connections of this session.
+    pub(super) fn siblings(&self, env: &Env<'_>) -> Vec<Member> {
+        self.with_sess(|s| {
+            s.members
+                .iter()
+                .filter(|m| m.key != env.key)
+                .copied()
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Close every other connection of the session (Logout "close the session", failure).
+    pub(super) fn close_siblings(&mut self, env: &Env<'_>) {
+        self.with_sess(|s| s.ending = true);
+        for m in self.siblings(env) {
+            self.tell(env, m, What::Close);
+        }
+    }
+
+    /// Close the connection `cid` of this session (Logout "close the connection" naming
+    /// another connection): false when the session has none.
+    pub(super) fn close_cid(&mut self, env: &Env<'_>, cid: u16) -> bool {
+        match self.siblings(env).into_iter().find(|m| m.cid == cid) {
+            Some(m) => {
+                self.tell(env, m, What::Close);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ask the other connections to abort the tasks `filter` names: the settle the TMF answer
+    /// waits for, and the flag set when one of them had such a task (`None`: no other
+    /// connection).
+    pub(super) fn abort_siblings(
+        &mut self,
+        env: &Env<'_>,
+        filter: Filter,
+    ) -> Option<(Arc<Settle>, Arc<AtomicBool>)> {
+        let sib = self.siblings(env);
+        if sib.is_empty() {
+            return None;
+        }
+        let me = Arc::clone(&env.shared.mailboxes[env.io.reactor]);
+        let settle = Settle::new(Some((me, env.key)));
+        let found = Arc::new(AtomicBool::new(false));
+        for m in sib {
+            settle.add();
+            self.tell(
+                env,
+                m,
+                What::Abort {
+                    filter,
+                    found: Arc::clone(&found),
+                    share: Share(Some(Arc::clone(&settle))),
+                },
+            );
+        }
+        settle.release();
+        Some((settle, found))
+    }
+
+    /// A note from another connection of this session.
+    pub(super) fn sess_note(&mut self, env: &mut Env<'_>, n: SessNote) {
+        if self.sess.is_none() || n.nexus != self.nexus || n.cid != self.cid {
+            return;
+        }
+        match n.what {
+            What::Wake => {
+                if !self.life.closing && !self.paused() {
+                    self.run_held(env);
+                }
+            }
+            What::Close => {
+                self.told = true;
+                tracing::info!(conn = env.key, cid = self.cid, initiator = %self.initiator, "iSCSI connection closed by its session");
+                self.tx.drop_pending();
+                self.life.abort(env.io, env.key, self.tx.armed());
+                let slots: Vec<usize> = self.tasks.iter().map(|(s, _)| s).collect();
+                for s in slots {
+                    self.abort_task(s);
+                }
+                self.logout = None;
+            }
+            What::Abort {
+                filter,
+                found,
+                share,
+            } => {
+                let slots: Vec<usize> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| match filter {
+                        Filter::Itt(itt) => t.itt == itt,
+                        Filter::Lun(l) => t.lun == l,
+                        Filter::All => true,
+                    })
+                    .map(|(s, _)| s)
+                    .collect();
+                if !slots.is_empty() && !matches!(filter, Filter::All) {
+                    found.store(true, Ordering::Release);
+                }
+                let mut wait = Vec::new();
+                for s in slots {
+                    wait.extend(self.abort_task(s));
+                }
+                if !wait.is_empty() {
+                    self.abort_wait.push((Box::new(share), wait));
+                }
+            }
+        }
+    }
+
+    /// The first Login Request named TSIH `tsih`: where its session is.
+    pub(super) fn find_session(&self, env: &Env<'_>, tsih: u16) -> Option<Found> {
+        let e = self.sh.session_table().get(&tsih).cloned()?;
+        if e.reactor != env.io.reactor {
+            return Some(Found::There(e.reactor));
+        }
+        let ok = SESSIONS.with(|t| {
+            t.borrow()
+                .get(e.slot)
+                .is_some_and(|s| s.nexus == e.nexus && !s.ending)
+        });
+        ok.then_some(Found::Here(e.slot, e))
+    }
+
+    /// A leading login completed: a new session with this connection as its first member;
+    /// its TSIH (never 0, not in use).
+    pub(super) fn begin_session(&mut self, env: &Env<'_>, isid: [u8; 6], params: &Params) -> u16 {
+        let normal = self.session == crate::frontend::iscsi::login::SessionType::Normal;
+        let s = Session {
+            nexus: self.nexus,
+            tsih: 0,
+            normal,
+            exp_cmd_sn: self.exp_cmd_sn,
+            held: BTreeMap::new(),
+            woken: None,
+            members: vec![Member {
+                cid: self.cid,
+                key: env.key,
+            }],
+            params: params.clone(),
+            ending: false,
+            reserved_luns: Vec::new(),
+            ua: Vec::new(),
+            path_seen: Vec::new(),
+        };
+        let slot = SESSIONS.with(|t| t.borrow_mut().insert(s));
+        self.sess = Some(slot);
+        let mut table = self.sh.session_table();
+        let tsih = loop {
+            let t = self
+                .sh
+                .next_tsih
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if t != 0 && !table.contains_key(&t) {
+                break t;
+            }
+        };
+        if normal {
+            table.insert(
+                tsih,
+                SessEntry {
+                    reactor: env.io.reactor,
+                    slot,
+                    nexus: self.nexus,
+                    isid,
+                    initiator: self.initiator.clone(),
+                    target: self.target.iqn.clone(),
+                },
+            );
+        }
+        drop(table);
+        self.with_sess(|s| s.tsih = tsih);
+        tsih
+    }
+
+    /// A login adding a connection to session `slot` completed: its leading-only values, its
+    /// nexus identity, a member (reinstating the connection of the same CID). Fails when the
+    /// session is gone or full.
+    pub(super) fn join_session(
+        &mut self,
+        env: &Env<'_>,
+        slot: usize,
+        e: &SessEntry,
+    ) -> Result<Params, LoginStatus> {
+        let (cid, key) = (self.cid, env.key);
+        let r = SESSIONS.with(|t| {
+            let mut t = t.borrow_mut();
+            let s = match t.get_mut(slot) {
+                Some(s) if s.nexus == e.nexus && !s.ending => s,
+                _ => return Err(LoginStatus::NO_SESSION),
+            };
+            let old = s.members.iter().position(|m| m.cid == cid);
+            if old.is_none() && s.members.len() >= s.params.max_connections as usize {
+                return Err(LoginStatus::TOO_MANY_CONNECTIONS);
+            }
+            let old = old.map(|i| s.members.remove(i));
+            if let Some(o) = old {
+                s.held.retain(|_, (k, _)| *k != o.key);
+            }
+            s.members.push(Member { cid, key });
+            Ok((old, s.params.clone(), s.exp_cmd_sn))
+        });
+        let (old, params, exp) = r?;
+        self.sess = Some(slot);
+        self.nexus = e.nexus;
+        self.exp_cmd_sn = exp;
+        if let Some(o) = old {
+            tracing::info!(conn = env.key, cid, initiator = %self.initiator, "iSCSI connection reinstatement: the old connection of this CID is closed");
+            self.tell(env, o, What::Close);
+        }
+        Ok(params)
+    }
+
+    /// This connection closed: it leaves its session. A connection that ends without a Logout
+    /// or its session's say fails the session (ErrorRecoveryLevel 0); the last one ends it.
+    pub(super) fn leave_session(&mut self, env: &Env<'_>) {
+        if self.sess.is_none() {
+            return;
+        }
+        let failed = !self.told && !self.logged_out;
+        if failed && self.phase == super::Phase::Full {
+            let others = !self.siblings(env).is_empty();
+            if others {
+                tracing::info!(conn = env.key, cid = self.cid, initiator = %self.initiator, "iSCSI connection failed: the session's other connections are closed (ErrorRecoveryLevel 0)");
+                self.close_siblings(env);
+            }
+        }
+        let key = env.key;
+        let gone = self.with_sess(|s| {
+            s.members.retain(|m| m.key != key);
+            s.held.retain(|_, (k, _)| *k != key);
+            s.members.is_empty().then_some((s.tsih, s.normal))
+        });
+        if let Some(Some((tsih, normal))) = gone {
+            if normal {
+                let mut table = self.sh.session_table();
+                if table.get(&tsih).is_some_and(|e| e.nexus == self.nexus) {
+                    table.remove(&tsih);
+                }
+            }
+            if let Some(idx) = self.sess {
+                SESSIONS.with(|t| {
+                    t.borrow_mut().try_remove(idx);
+                });
+            }
+        }
+        self.sess = None;
+    }
+
+    /// Whether this is the last connection of its session (or it has none): it carries the
+    /// I_T nexus loss.
+    pub(super) fn last_of_session(&self, key: u32) -> bool {
+        self.with_sess(|s| s.members.iter().all(|m| m.key == key))
+            .unwrap_or(true)
+    }
+
+    /// Run the held commands whose turn has come; wake the connection holding the next one.
+    pub(super) fn run_held(&mut self, env: &mut Env<'_>) {
+        enum Next {
+            Mine(Vec<u8>),
+            Other(Member),
+            Nothing,
+        }
+        let key = env.key;
+        loop {
+            if self.life.closing {
+                return;
+            }
+            let next = self
+                .with_sess(|s| {
+                    let exp = s.exp_cmd_sn;
+                    match s.held.get(&exp) {
+                        Some((k, _)) if *k == key => {
+                            Next::Mine(s.held.remove(&exp).map(|x| x.1).unwrap_or_default())
+                        }
+                        Some((k, _)) if s.woken != Some(exp) => {
+                            s.woken = Some(exp);
+                            let k = *k;
+                            s.members
+                                .iter()
+                                .find(|m| m.key == k)
+                                .map_or(Next::Nothing, |m| Next::Other(*m))
+                        }
+                        _ => Next::Nothing,
+                    }
+                })
+                .unwrap_or(Next::Nothing);
+            match next {
+                Next::Mine(raw) => self.run_raw(env, &raw),
+                Next::Other(m) => return self.tell(env, m, What::Wake),
+                Next::Nothing => return,
+            }
+        }
+    }
+}
