@@ -417,6 +417,27 @@ mod tests {
     }
 
     #[test]
+    fn max_connections_is_the_lower_of_the_offer_and_the_targets() {
+        for (offer, want) in [("1", 1), ("2", 2), ("4", 4), ("65535", 4)] {
+            let mut n = Negotiation::default();
+            let mut out = Vec::new();
+            let t = text(&[("MaxConnections", offer)]);
+            n.offer(&parse_keys(&t).unwrap(), false, &mut out).unwrap();
+            let ans = parse_keys(&out).unwrap();
+            assert_eq!(ans, vec![("MaxConnections", want.to_string().as_str())]);
+            assert_eq!(n.params.max_connections, want);
+        }
+        // Not offered: the RFC default, one connection.
+        assert_eq!(Negotiation::default().params.max_connections, 1);
+        let mut n = Negotiation::default();
+        let t = text(&[("MaxConnections", "0")]);
+        assert!(
+            n.offer(&parse_keys(&t).unwrap(), false, &mut Vec::new())
+                .is_err()
+        );
+    }
+
+    #[test]
     fn operational_keys_follow_the_rfc_functions() {
         let mut n = Negotiation::default();
         let mut out = Vec::new();

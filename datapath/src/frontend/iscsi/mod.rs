@@ -7,8 +7,9 @@
 //!   persistent reservations; [`reset`]: a logical unit reset reaching every session of the
 //!   logical unit (the abort fan-out); [`spc2`]: RESERVE / RELEASE rules; [`xcopy`]: the EXTENDED COPY parameter list parser and the
 //!   RECEIVE COPY RESULTS pages (fuzzed); [`alua`]: the SET TARGET PORT GROUPS parameter list.
-//! - `conn`: one connection (and its session) on a reactor: receive, dispatch, NOP, Text,
-//!   Logout, Reject, CmdSN window and StatSN; `session`: the login phase and task management;
+//! - `conn`: one connection on a reactor: receive, dispatch, NOP, Text, Logout, Reject, CmdSN
+//!   window and StatSN; `mcs`: the session its connections share (multiple connections per
+//!   session); `session`: the login phase and task management;
 //!   `task`: SCSI tasks, R2T / Data-Out / Data-In and execution against the volume's channel;
 //!   `excl`: media accesses inside the volumes' atomic sections (COMPARE AND WRITE exclusion);
 //!   `copy`: EXTENDED COPY runs, chunk by chunk through the volumes' channels.
@@ -18,9 +19,15 @@
 //! socket may change at run time under its `RwLock`: a target is immutable (a change replaces
 //! it with a changed copy), a session keeps the `Arc<IscsiTarget>` it logged in to, and the
 //! lock is taken only at login, by SendTargets and by the control socket, never per command.
-//! A session registers as a host under the read lock and only while its target is still in
-//! the table, so a removal that finds no host of a target knows none will log in to it. A connection is its own session
-//! (MaxConnections=1), so session state lives in the connection and the I/O path takes no lock.
+//! A connection registers as a host under the read lock and only while its target is still in
+//! the table, so a removal that finds no host of a target knows none will log in to it.
+//!
+//! Sessions (MC/S, `conn/mcs.rs`): a session has up to MaxConnections connections (the lower
+//! of the initiator's offer and [`login::TARGET_MAX_CONNECTIONS`]), all on its home reactor (a
+//! login naming its TSIH that was accepted elsewhere is handed over before it is answered). The
+//! session state they share (CmdSN window, held commands, unit attentions, RESERVEs) lives in
+//! that reactor's local table, so the I/O path takes no lock; the TSIH table
+//! ([`IscsiShared::sessions`]) is a mutex taken only at login and when a session ends.
 //! Volumes are reached through the reactor's channels, the same path NVMe/TCP and NBD take;
 //! COMPARE AND WRITE goes to the NVMe-oF atomic-section executor of the volume's home reactor
 //! (the path NVMe fused Compare+Write takes), so a mirrored volume's compare-and-write is
@@ -212,7 +219,8 @@ impl IscsiShared {
     }
 }
 
-/// The iSCSI listeners' acceptor: every accepted socket is a connection (and a session).
+/// The iSCSI listeners' acceptor: every accepted socket is a connection (of a new session, or
+/// handed over to the home reactor of the session its login joins).
 pub struct IscsiAcceptor {
     sh: Arc<IscsiShared>,
 }
