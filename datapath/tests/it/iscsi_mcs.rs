@@ -435,3 +435,31 @@ fn a_failed_connection_fails_its_session() {
     let (_, l) = login(addr, NAME, ISID, tsih, 1, Some(IQN), 1);
     assert_eq!(l.status, (2, 10), "the session is gone");
 }
+
+#[test]
+fn a_command_held_on_a_connection_that_logs_out_does_not_stall_the_session() {
+    let (_d, addr) = daemon2();
+    let (mut a, tsih, _) = lead(addr, NAME, ISID);
+    let mut sn = 1u32;
+    let mut b = join(addr, tsih, 1, sn);
+    let t = Instant::now();
+    loop {
+        a.cmd_sn = sn;
+        sn += 1;
+        if status_of(&mut a, 1, &TUR, 0).0 == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    // B sends CmdSN n+1 (held for the gap), then logs out: its command is terminated with it.
+    b.cmd_sn = sn + 1;
+    b.scsi(2, &TUR, 0, 0x80, &[]);
+    assert!(silent(&mut b), "held for the gap");
+    assert_eq!(logout(&mut b, 3, 1, 1), 0, "close the connection");
+    assert!(closed_soon(&mut b));
+    // CmdSN n and n+2 on A: the terminated n+1 does not hold the session's window.
+    a.cmd_sn = sn;
+    assert_eq!(status_of(&mut a, 4, &TUR, 0).0, 0, "CmdSN n");
+    a.cmd_sn = sn + 2;
+    assert_eq!(status_of(&mut a, 5, &TUR, 0).0, 0, "CmdSN n+2 runs");
+}

@@ -34,9 +34,13 @@
 //!   login with the CID of a connection of the session reinstates it: the old connection is
 //!   closed first (tasks terminated, no answers), the session stays.
 //!
+//! - A held command whose connection leaves (Logout, reinstatement) or that ABORT TASK names
+//!   is terminated but keeps its place: its CmdSN is passed over when ExpCmdSN reaches it, so
+//!   the commands after it on the other connections still run.
+//!
 //! Invariants: a session's entry in the daemon-wide table exists exactly while its local
 //! [`Session`] has members; a connection is a member from its final Login Response until it
-//! closes or is replaced by a reinstatement; held commands of a connection leave with it; the
+//! closes or is replaced by a reinstatement; held commands of a connection leave with it (their CmdSNs passed over); the
 //! I_T nexus (reservation identity, unit attentions) is the session's, and its loss is carried
 //! by the last connection to close.
 
@@ -84,7 +88,8 @@ pub(super) struct Session {
     pub(super) normal: bool,
     pub(super) exp_cmd_sn: u32,
     /// Non-immediate commands received ahead of ExpCmdSN: by CmdSN, the receiving
-    /// connection's key and the PDU (header and data, no digests).
+    /// connection's key and the PDU (header and data, no digests); [`VOID`]: terminated (its
+    /// connection left, or aborted), its CmdSN is passed over when its turn comes.
     pub(super) held: BTreeMap<u32, (u32, Vec<u8>)>,
     /// The CmdSN whose holder was last woken (one wake per gap filled).
     pub(super) woken: Option<u32>,
@@ -99,6 +104,24 @@ pub(super) struct Session {
     pub(super) ua: Vec<Option<Sense>>,
     /// Path-state change and reset counts last seen, per LUN index.
     pub(super) path_seen: Vec<Option<(u64, u64)>>,
+}
+
+/// The owner of a held command that was terminated (see [`Session::held`]).
+pub(super) const VOID: u32 = u32::MAX;
+
+impl Session {
+    /// Terminate the held commands of connection `key` (or the one of CmdSN `sn`): their
+    /// CmdSNs are passed over, so the window does not stall on them.
+    /// (Both `None`: all of them, a reset.)
+    pub(super) fn void(&mut self, key: Option<u32>, sn: Option<u32>) {
+        let all = key.is_none() && sn.is_none();
+        for (n, (k, pdu)) in self.held.iter_mut() {
+            if all || Some(*k) == key || Some(*n) == sn {
+                *k = VOID;
+                *pdu = Vec::new();
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -406,7 +429,7 @@ impl IscsiConn {
             }
             let old = old.map(|i| s.members.remove(i));
             if let Some(o) = old {
-                s.held.retain(|_, (k, _)| *k != o.key);
+                s.void(Some(o.key), None);
             }
             s.members.push(Member { cid, key });
             Ok((old, s.params.clone(), s.exp_cmd_sn))
@@ -439,7 +462,7 @@ impl IscsiConn {
         let key = env.key;
         let gone = self.with_sess(|s| {
             s.members.retain(|m| m.key != key);
-            s.held.retain(|_, (k, _)| *k != key);
+            s.void(Some(key), None);
             s.members.is_empty().then_some((s.tsih, s.normal))
         });
         if let Some(Some((tsih, normal))) = gone {
@@ -470,6 +493,7 @@ impl IscsiConn {
         enum Next {
             Mine(Vec<u8>),
             Other(Member),
+            Passed,
             Nothing,
         }
         let key = env.key;
@@ -481,6 +505,11 @@ impl IscsiConn {
                 .with_sess(|s| {
                     let exp = s.exp_cmd_sn;
                     match s.held.get(&exp) {
+                        Some((VOID, _)) => {
+                            s.held.remove(&exp);
+                            s.exp_cmd_sn = exp.wrapping_add(1);
+                            Next::Passed
+                        }
                         Some((k, _)) if *k == key => {
                             Next::Mine(s.held.remove(&exp).map(|x| x.1).unwrap_or_default())
                         }
@@ -498,6 +527,7 @@ impl IscsiConn {
                 .unwrap_or(Next::Nothing);
             match next {
                 Next::Mine(raw) => self.run_raw(env, &raw),
+                Next::Passed => {}
                 Next::Other(m) => return self.tell(env, m, What::Wake),
                 Next::Nothing => return,
             }

@@ -479,7 +479,7 @@ impl IscsiConn {
                             // before the TMF: treated as received (and aborted: a held command
                             // is dropped). A task that already completed is below ExpCmdSN:
                             // "does not exist".
-                            self.with_sess(|s| s.held.remove(&ref_sn));
+                            self.with_sess(|s| s.void(None, Some(ref_sn)));
                             tmf_rsp::COMPLETE
                         } else {
                             tmf_rsp::NO_TASK
@@ -508,7 +508,7 @@ impl IscsiConn {
                     settles.push(st);
                 }
                 if func >= 5 {
-                    self.with_sess(|s| s.held.clear());
+                    self.with_sess(|s| s.void(None, None));
                     // Every session sees the reset once, as a unit attention.
                     let n = crate::frontend::iscsi::pages::lun_of(&lun);
                     let target = std::sync::Arc::clone(&self.target);
