@@ -463,3 +463,101 @@ fn a_command_held_on_a_connection_that_logs_out_does_not_stall_the_session() {
     a.cmd_sn = sn + 2;
     assert_eq!(status_of(&mut a, 5, &TUR, 0).0, 0, "CmdSN n+2 runs");
 }
+
+#[test]
+fn malformed_joining_logins_are_refused_and_never_panic() {
+    let (d, addr) = daemon2();
+    let (mut a, tsih, _) = lead(addr, NAME, ISID);
+    // A two-step login naming the session (security stage, then operational) whose second
+    // request names another TSIH: initiator error (0200), on whichever reactor it runs.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut h = bhs(0x43, 0x80 | 1);
+    h[8..14].copy_from_slice(&ISID);
+    h[14..16].copy_from_slice(&tsih.to_be_bytes());
+    h[20..22].copy_from_slice(&1u16.to_be_bytes());
+    put32(&mut h, 24, 1);
+    let keys =
+        format!("InitiatorName={NAME}\0SessionType=Normal\0TargetName={IQN}\0AuthMethod=None\0");
+    s.write_all(&frame(h, keys.as_bytes(), false)).unwrap();
+    let mut r = Raw {
+        s,
+        cmd_sn: 1,
+        hd: false,
+        dd: false,
+    };
+    let (rh, _) = r.read_pdu().expect("a login response");
+    assert_eq!((rh[36], rh[37]), (0, 0), "the security stage passes");
+    assert_eq!(u16::from_be_bytes([rh[14], rh[15]]), tsih);
+    let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
+    h[8..14].copy_from_slice(&ISID);
+    h[14..16].copy_from_slice(&(tsih ^ 0x5555).to_be_bytes());
+    h[20..22].copy_from_slice(&1u16.to_be_bytes());
+    put32(&mut h, 24, 1);
+    r.send(h, b"HeaderDigest=None\0");
+    let (rh, _) = r.read_pdu().expect("a login response");
+    assert_eq!(
+        (rh[36], rh[37]),
+        (2, 0),
+        "the TSIH changed within the login"
+    );
+    assert!(closed_soon(&mut r));
+    // Truncated and random login headers naming the TSIH: refused or dropped, no panic.
+    for seed in 0..8u64 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
+        h[14..16].copy_from_slice(&tsih.to_be_bytes());
+        let junk = crate::harness::pattern(seed, 48);
+        h[8..14].copy_from_slice(&junk[8..14]);
+        h[20..22].copy_from_slice(&junk[20..22]);
+        let n = (seed as usize * 7) % 40;
+        let _ = s.write_all(&frame(h, &junk[..n], false));
+        let mut r = Raw {
+            s,
+            cmd_sn: 1,
+            hd: false,
+            dd: false,
+        };
+        if let Some((rh, _)) = r.read_pdu() {
+            assert_eq!(rh[0] & 0x3F, 0x23);
+            assert_eq!(rh[36], 2, "an initiator error");
+        }
+    }
+    // The session is untouched by all of them.
+    a.cmd_sn = 1;
+    let t = Instant::now();
+    while status_of(&mut a, 1, &TUR, 0).0 != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+    assert_eq!(reactors(&d, NAME).len(), 1);
+    // A joining login followed at once by a protocol error in the same segment (a second
+    // Login Request): it reaches the home reactor with the login and closes that connection.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
+    h[8..14].copy_from_slice(&ISID);
+    h[14..16].copy_from_slice(&tsih.to_be_bytes());
+    h[20..22].copy_from_slice(&2u16.to_be_bytes());
+    put32(&mut h, 24, 1);
+    let keys = format!("InitiatorName={NAME}\0SessionType=Normal\0TargetName={IQN}\0");
+    let mut bytes = frame(h, keys.as_bytes(), false);
+    // A second Login Request: a protocol error in full feature phase.
+    bytes.extend(frame(h, keys.as_bytes(), false));
+    s.write_all(&bytes).unwrap();
+    let mut r = Raw {
+        s,
+        cmd_sn: 1,
+        hd: false,
+        dd: false,
+    };
+    let (rh, _) = r.read_pdu().expect("a login response");
+    assert_eq!((rh[36], rh[37]), (0, 0), "the login itself is fine");
+    assert!(
+        closed_soon(&mut r),
+        "the protocol error closes the connection"
+    );
+    // It was a connection of the session in full feature phase: at ErrorRecoveryLevel 0 its
+    // failure fails the session.
+    assert!(closed_soon(&mut a), "the session failed with it");
+}

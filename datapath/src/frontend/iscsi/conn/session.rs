@@ -76,6 +76,7 @@ impl IscsiConn {
             .byte(36, st.0)
             .byte(37, st.1);
         h.0[8..14].copy_from_slice(&isid);
+        h.0[14..16].copy_from_slice(&self.tsih.to_be_bytes());
         self.put_status(h, &[]);
         self.life.closing = true;
     }
@@ -149,6 +150,7 @@ impl IscsiConn {
             let h = Bhs::new(op::LOGIN_RSP, csg << 2).itt(itt);
             let mut h = h;
             h.0[8..14].copy_from_slice(&isid);
+            h.0[14..16].copy_from_slice(&self.tsih.to_be_bytes());
             self.put_status(h, &[]);
             self.login = Some(st);
             return;
@@ -285,9 +287,9 @@ impl IscsiConn {
         let rflags = if transit { 0x80 | nsg } else { 0 } | (csg << 2);
         let mut h = Bhs::new(op::LOGIN_RSP, rflags).itt(itt);
         h.0[8..14].copy_from_slice(&isid);
-        if full {
-            h.0[14..16].copy_from_slice(&self.tsih.to_be_bytes());
-        }
+        // The initiator's TSIH, except in the final response of a new session: the new one
+        // (RFC 7143 §11.13.4).
+        h.0[14..16].copy_from_slice(&self.tsih.to_be_bytes());
         if out.len() > self.params.send_dsl.max(8192) as usize {
             // (Not reached with the keys the target answers: well under 8 KiB.)
             return self.login_fail(env, itt, isid, LoginStatus::TARGET_ERROR);
