@@ -550,6 +550,7 @@ impl Daemon {
             next_nexus: std::sync::atomic::AtomicU64::new(1),
             incarnation: crate::frontend::iscsi::spc2::new_incarnation(),
             nop_in_interval_ms: cfg.iscsi.nop_in_interval_ms,
+            max_connections: cfg.iscsi.max_connections,
             copies: std::sync::atomic::AtomicU32::new(0),
             mirrors: (0..volumes.len())
                 .map(|v| {

@@ -18,8 +18,15 @@ const NAME: &str = "iqn.2026-12.test:mcs";
 /// A daemon with two reactors (connections are accepted round-robin over them) and two
 /// volumes (two targets).
 fn daemon2() -> (twinblk::Daemon, SocketAddr) {
-    let text = "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='16MiB'\n";
-    let cfg = twinblk::control::config::Config::from_toml(text).expect("test config");
+    daemon2_with("")
+}
+
+/// As [`daemon2`], with `iscsi` added to the `[iscsi]` table.
+fn daemon2_with(iscsi: &str) -> (twinblk::Daemon, SocketAddr) {
+    let text = format!(
+        "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n{iscsi}\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='16MiB'\n"
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
     let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
     let addr = d
         .listeners()
@@ -560,4 +567,16 @@ fn malformed_joining_logins_are_refused_and_never_panic() {
     // It was a connection of the session in full feature phase: at ErrorRecoveryLevel 0 its
     // failure fails the session.
     assert!(closed_soon(&mut a), "the session failed with it");
+}
+
+#[test]
+fn max_connections_is_the_configured_maximum_when_the_initiator_offers_more() {
+    let (_d, addr) = daemon2_with("max_connections=2");
+    let (_a, tsih, keys) = lead(addr, NAME, ISID);
+    assert!(keys.contains("MaxConnections=2"), "{keys}");
+    let _b = join(addr, tsih, 1, 1);
+    let (_, l) = login(addr, NAME, ISID, tsih, 2, Some(IQN), 1);
+    assert_eq!(l.status, (2, 6), "a third connection: too many connections");
+    // Reinstating CID 1 is not a third connection.
+    let _b2 = join(addr, tsih, 1, 1);
 }

@@ -378,6 +378,10 @@ pub struct IscsiConfig {
     /// (and closed if nothing arrives for as long again); 0: never.
     #[serde(default = "default_nop_in_interval_ms")]
     pub nop_in_interval_ms: u32,
+    /// The most connections a session may have (MaxConnections: the lower of the initiator's
+    /// offer and this), 1..=65535.
+    #[serde(default = "default_iscsi_max_connections")]
+    pub max_connections: u32,
     /// Directory of the persistent reservation state files (one per LUN), kept for LUNs whose
     /// last REGISTER set APTPL; unset: APTPL is refused and reservations live in memory.
     #[serde(default)]
@@ -619,6 +623,9 @@ fn default_nbd_listen() -> Vec<SocketAddr> {
 fn default_nop_in_interval_ms() -> u32 {
     15_000
 }
+fn default_iscsi_max_connections() -> u32 {
+    crate::frontend::iscsi::login::TARGET_MAX_CONNECTIONS
+}
 fn default_nvmf_listen() -> Vec<SocketAddr> {
     vec!["127.0.0.1:4420".parse().expect("literal address")]
 }
@@ -668,6 +675,7 @@ impl Default for IscsiConfig {
             listen: Vec::new(),
             extra_portals: Vec::new(),
             nop_in_interval_ms: default_nop_in_interval_ms(),
+            max_connections: default_iscsi_max_connections(),
             state_dir: None,
             targets: Vec::new(),
         }
@@ -991,6 +999,12 @@ impl Config {
                     s.nqn
                 ));
             }
+        }
+        if !(1..=65535).contains(&self.iscsi.max_connections) {
+            return bad(format!(
+                "iscsi.max_connections = {}: must be 1..65535",
+                self.iscsi.max_connections
+            ));
         }
         let mut iqns = std::collections::HashSet::new();
         for t in &self.iscsi.targets {

@@ -66,6 +66,11 @@ fn iscsi_targets_parse_and_are_checked() {
     let c = Config::from_toml(vol).unwrap();
     assert!(c.iscsi.listen.is_empty());
     assert_eq!(c.iscsi.nop_in_interval_ms, 15_000);
+    assert_eq!(c.iscsi.max_connections, 4);
+    let one = format!("[iscsi]\nmax_connections=1\n{vol}");
+    assert_eq!(Config::from_toml(&one).unwrap().iscsi.max_connections, 1);
+    let zero = format!("[iscsi]\nmax_connections=0\n{vol}");
+    assert!(Config::from_toml(&zero).is_err());
     let ok = format!(
         "[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='iqn.x:a'\nluns=['vol0']\nchap_user='u'\nchap_secret='s'\n{vol}"
     );

@@ -28,8 +28,8 @@ pub const TARGET_MAX_RECV_DSL: u32 = 256 << 10;
 pub const TARGET_MAX_BURST: u32 = 1 << 20;
 /// The largest FirstBurstLength the target agrees to.
 pub const TARGET_FIRST_BURST: u32 = 256 << 10;
-/// The most connections a session may have (MaxConnections: the lower of the initiator's
-/// offer and this).
+/// The most connections a session may have by default (`[iscsi] max_connections`;
+/// MaxConnections is the lower of the initiator's offer and the configured maximum).
 pub const TARGET_MAX_CONNECTIONS: u32 = 4;
 
 /// Login status (class, detail), RFC 7143 §11.13.5.
@@ -185,6 +185,8 @@ pub struct Negotiation {
     pub sent_max_recv: bool,
     /// The target requires CHAP (AuthMethod must become CHAP).
     pub chap_required: bool,
+    /// The target's most connections per session (0: [`TARGET_MAX_CONNECTIONS`]).
+    pub max_connections: u32,
 }
 
 fn yes_no(v: &str) -> Option<bool> {
@@ -222,6 +224,14 @@ fn digest(v: &str) -> Option<bool> {
 }
 
 impl Negotiation {
+    /// A login's negotiation for a target allowing `max` connections per session.
+    pub fn with_max_connections(max: u32) -> Self {
+        Self {
+            max_connections: max,
+            ..Self::default()
+        }
+    }
+
     /// Answer the keys of one request, in order, into `out`. `security`: the request is in
     /// the security negotiation stage (only security and declarative keys are answered).
     /// Errors: the login fails with that status.
@@ -335,7 +345,11 @@ impl Negotiation {
             }
             "MaxConnections" => {
                 // min (RFC 7143 §13.2); a connection joining a session keeps the session's.
-                let n = number(v, 1, 65535).ok_or(bad)?.min(TARGET_MAX_CONNECTIONS);
+                let ours = match self.max_connections {
+                    0 => TARGET_MAX_CONNECTIONS,
+                    n => n,
+                };
+                let n = number(v, 1, 65535).ok_or(bad)?.min(ours);
                 p.max_connections = n;
                 put_key(out, k, &n.to_string());
             }
@@ -427,6 +441,15 @@ mod tests {
             assert_eq!(ans, vec![("MaxConnections", want.to_string().as_str())]);
             assert_eq!(n.params.max_connections, want);
         }
+        // A configured maximum.
+        let mut n = Negotiation {
+            max_connections: 2,
+            ..Negotiation::default()
+        };
+        let t = text(&[("MaxConnections", "8")]);
+        n.offer(&parse_keys(&t).unwrap(), false, &mut Vec::new())
+            .unwrap();
+        assert_eq!(n.params.max_connections, 2);
         // Not offered: the RFC default, one connection.
         assert_eq!(Negotiation::default().params.max_connections, 1);
         let mut n = Negotiation::default();

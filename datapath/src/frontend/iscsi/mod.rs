@@ -23,7 +23,8 @@
 //! the table, so a removal that finds no host of a target knows none will log in to it.
 //!
 //! Sessions (MC/S, `conn/mcs.rs`): a session has up to MaxConnections connections (the lower
-//! of the initiator's offer and [`login::TARGET_MAX_CONNECTIONS`]), all on its home reactor (a
+//! of the initiator's offer and [`IscsiShared::max_connections`], by default
+//! [`login::TARGET_MAX_CONNECTIONS`]), all on its home reactor (a
 //! login naming its TSIH that was accepted elsewhere is handed over before it is answered). The
 //! session state they share (CmdSN window, held commands, unit attentions, RESERVEs) lives in
 //! that reactor's local table, so the I/O path takes no lock; the TSIH table
@@ -163,6 +164,8 @@ pub struct IscsiShared {
     /// many milliseconds without input, and closed when nothing arrives for as long again
     /// (0: never).
     pub nop_in_interval_ms: u32,
+    /// The most connections a session may have (`[iscsi] max_connections`).
+    pub max_connections: u32,
     /// EXTENDED COPY commands running in the daemon (at most `xcopy::TOTAL_CONCURRENT`).
     pub copies: AtomicU32,
     /// Per volume index: its mirror's published state, for SET TARGET PORT GROUPS (`None`:

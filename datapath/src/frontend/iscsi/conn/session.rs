@@ -96,7 +96,7 @@ impl IscsiConn {
             self.cid = u16::from_be_bytes([r.0[20], r.0[21]]);
             self.tsih = tsih;
             self.login = Some(Box::new(LoginState {
-                neg: Negotiation::default(),
+                neg: Negotiation::with_max_connections(self.sh.max_connections),
                 csg,
                 isid,
                 first: true,
