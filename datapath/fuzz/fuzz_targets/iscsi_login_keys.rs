@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use twinblk::frontend::iscsi::login::{
-    Negotiation, TARGET_FIRST_BURST, TARGET_MAX_BURST, parse_keys,
+    Negotiation, TARGET_FIRST_BURST, TARGET_MAX_BURST, TARGET_MAX_CONNECTIONS, parse_keys,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +21,9 @@ fuzz_target!(|data: &[u8]| {
     for (k, v) in &keys {
         assert!(!k.is_empty() && k.len() <= 63 && v.len() <= 8192);
     }
-    let mut n = Negotiation::default();
+    // A configured maximum of 1..=4 connections per session (from the selector byte).
+    let max_conns = u32::from(sel >> 1) % TARGET_MAX_CONNECTIONS + 1;
+    let mut n = Negotiation::with_max_connections(max_conns);
     let mut out = Vec::new();
     let security = sel & 1 != 0;
     if n.offer(&keys, security, &mut out).is_ok() {
@@ -39,5 +41,5 @@ fuzz_target!(|data: &[u8]| {
     assert!(p.max_burst <= TARGET_MAX_BURST.max(262_144));
     assert!(p.first_burst <= TARGET_FIRST_BURST.max(65_536));
     assert!(p.first_burst <= p.max_burst.max(65_536));
-    assert_eq!(p.max_connections, 1);
+    assert!((1..=max_conns).contains(&p.max_connections));
 });
