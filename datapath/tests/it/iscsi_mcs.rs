@@ -420,6 +420,48 @@ fn task_management_on_one_connection_reaches_the_tasks_of_another() {
     );
     a.cmd_sn = sn + 1;
     assert!(read_blocks(&mut a, 24, 128, 64).iter().all(|&x| x == 0));
+    sn += 2;
+    // ABORT TASK SET on A: B's waiting write is aborted too (no unit attention).
+    b.cmd_sn = sn;
+    sn += 1;
+    let ttt = write_waiting(&mut b, 30, 192);
+    a.cmd_sn = sn;
+    assert_eq!(
+        tmf(&mut a, 31, 2, 0xFFFF_FFFF, 0),
+        0,
+        "ABORT TASK SET complete"
+    );
+    let mut h = bhs(0x05, 0x80);
+    put32(&mut h, 16, 30);
+    put32(&mut h, 20, ttt);
+    b.send(h, &[0xEE; 64 * 512]);
+    b.cmd_sn = sn;
+    sn += 1;
+    assert_eq!(
+        status_of(&mut b, 32, &TUR, 0).0,
+        0,
+        "TUR, not the aborted write"
+    );
+    a.cmd_sn = sn;
+    assert!(read_blocks(&mut a, 33, 192, 64).iter().all(|&x| x == 0));
+    sn += 1;
+    // Logout "close the session" on A while B has a write waiting: B is closed, its write
+    // never reaches the medium.
+    b.cmd_sn = sn;
+    sn += 1;
+    let _ = write_waiting(&mut b, 40, 256);
+    a.cmd_sn = sn;
+    assert_eq!(logout(&mut a, 41, 0, 0), 0, "close the session");
+    assert!(closed_soon(&mut b));
+    assert!(closed_soon(&mut a));
+    let mut isid2 = ISID;
+    isid2[5] = 9;
+    let (mut c, _, _) = lead(addr, NAME, isid2);
+    let t = Instant::now();
+    while status_of(&mut c, 1, &TUR, 0).0 != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    assert!(read_blocks(&mut c, 2, 256, 64).iter().all(|&x| x == 0));
 }
 
 #[test]

@@ -10,7 +10,13 @@
 //! TARGET COLD RESET and I_T NEXUS RESET abort the tasks they name; CLEAR ACA, the query
 //! functions and TASK REASSIGN are answered "not supported" (no ACA, RFC 7144 not negotiated,
 //! ErrorRecoveryLevel 0). A response waits until every aborted task's device operations have
-//! finished (an aborted task itself is never answered).
+//! finished (an aborted task itself is never answered), also on the session's other
+//! connections, which are asked by notes (`mcs.rs`): ITTs and task sets are the session's.
+//!
+//! A login naming a TSIH joins that session (`mcs.rs`): it is handed to the session's home
+//! reactor at its first request when it arrived elsewhere, checked against the session's
+//! initiator, ISID and target when they are known, and added (or reinstating its CID) with
+//! the final response.
 //!
 //! Invariants: every Login Request and every TMF request gets exactly one response; TSIHs
 //! handed out are never 0.
