@@ -75,7 +75,14 @@ pub struct IscsiLun {
     /// Persistent reservations and the RESERVE (6/10) holder: decided by a mirrored volume's
     /// leader site and installed at both (docs/iscsi.md).
     pub pr: Arc<prs::PrState>,
+    /// I_T nexuses (`prs::nexus_id`) reset by an I_T NEXUS RESET whose next session has not yet
+    /// reported I_T NEXUS LOSS OCCURRED (SAM-5); taken at login only, at most
+    /// [`NEXUS_LOSSES_KEPT`] (the oldest forgotten first).
+    pub nexus_losses: Arc<std::sync::Mutex<Vec<[u8; 16]>>>,
 }
+
+/// I_T nexus losses remembered per logical unit for the nexus's next login.
+pub const NEXUS_LOSSES_KEPT: usize = 64;
 
 impl IscsiLun {
     /// LUN `lun` over volume index `volume` named `name`: its identifiers are derived from
@@ -102,6 +109,7 @@ impl IscsiLun {
             serial,
             resets,
             pr,
+            nexus_losses: Arc::default(),
         }
     }
 }
