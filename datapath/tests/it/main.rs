@@ -9,6 +9,7 @@ mod guest;
 mod harness;
 mod iscsi;
 mod iscsi_alua;
+mod iscsi_async;
 mod iscsi_reserve;
 mod iscsi_reset;
 mod iscsi_xcopy;

@@ -13,13 +13,15 @@
 //!   here. Answers accumulate in the send queue (`transport::tcp::SendQueue`) and leave in one
 //!   send per turn.
 //! - Closing: no new PDU is acted on; the connection is `done` once no receive, send or
-//!   device operation is in flight.
+//!   device operation is in flight. A stop from outside (the daemon stopping, a forced
+//!   removal) in full feature phase first queues an Async Message saying the session is
+//!   dropped, which leaves before the socket closes.
 //!
 //! Session state (RFC 7143 §4.2.2): `exp_cmd_sn` moves by one for every non-immediate
 //! command taken in order; a non-immediate command outside `[ExpCmdSN, MaxCmdSN]` is silently
 //! ignored (§4.2.2.1), one ahead of ExpCmdSN waits in `held` until the gap closes. `stat_sn`
 //! moves by one for every PDU that carries a status (SCSI Response, the Data-In with status,
-//! NOP-In answering a NOP-Out, Text, TMF, Logout, Login Responses, Reject).
+//! NOP-In answering a NOP-Out, Text, TMF, Logout, Login Responses, Reject, Async Message).
 //!
 //! Invariants:
 //! - `rx` is resized or compacted only while no receive is armed; the bytes being sent are not
@@ -63,6 +65,10 @@ pub const CMD_WINDOW: u32 = 128;
 /// that keeps to the window never meets it (its Data-Out for tasks waiting on R2Ts is always
 /// read); only a flood of immediate commands does.
 pub const MAX_TASKS: usize = 2 * CMD_WINDOW as usize;
+/// Seconds an initiator is asked to wait before logging in again after the target dropped
+/// its session (Async Message, Parameter2).
+pub(super) const DROP_TIME2WAIT: u16 = 2;
+
 /// Unsent bytes past which the connection stops reading.
 pub const TX_HIGH_WATER: usize = 64 << 20;
 const RX_INITIAL: usize = 512 << 10;
@@ -248,6 +254,20 @@ impl IscsiConn {
         let s = self.take_stat_sn();
         let h = h.sns(s, self.exp_cmd_sn, self.max_cmd_sn());
         self.put(h, data);
+    }
+
+    /// Async Message (RFC 7143 §11.9) before the target closes a session in full feature
+    /// phase (daemon stop, forced removal, a host disconnected through the control socket):
+    /// AsyncEvent 3, "the target will drop all the connections of this session", Parameter2
+    /// (Time2Wait) [`DROP_TIME2WAIT`] seconds, Parameter3 (Time2Retain) 0 (no task survives
+    /// the session). It carries a StatSN like any status PDU; `try_close` sends it before the
+    /// socket closes.
+    fn announce_drop(&mut self) {
+        let h = Bhs::new(pdu::op::ASYNC, 0x80)
+            .itt(u32::MAX)
+            .byte(36, 3)
+            .u32(40, u32::from(DROP_TIME2WAIT) << 16);
+        self.put_status(h, &[]);
     }
 
     pub(super) fn violation(&mut self, env: &mut Env<'_>, what: &str) {
@@ -745,6 +765,9 @@ impl Conn for IscsiConn {
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {
+        if self.phase == Phase::Full && !self.life.closing && !self.life.broken {
+            self.announce_drop();
+        }
         self.life.stop(env.io, env.key);
     }
 
