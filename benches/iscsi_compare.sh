@@ -52,6 +52,16 @@ TWINPERF=${TWINPERF:-$(dirname "$BIN")/twinperf}
 REPEATS=${REPEATS:-3}
 POINTS=${POINTS:-"randread seqwrite randwrite tp-randread"}
 WORK=$(mktemp -d /tmp/iscsi-compare.XXXXXX)
+# qemu-img with the iSCSI driver: the host's, or the copy tools/qemu-iscsi.sh unpacks into
+# target/qemu-iscsi/ when the host's qemu-utils has no matching qemu-block-extra (as the tests do).
+QEMU_IMG=qemu-img
+QEMU_MODDIR=""
+PROBE=$(qemu-img info iscsi://127.0.0.1:9/iqn.2026-12.invalid:probe/0 2>&1 || true)
+if [[ $PROBE == *"Unable to load module"* ]]; then
+    [[ -x $ROOT/target/qemu-iscsi/usr/bin/qemu-img ]] || sh "$ROOT/tools/qemu-iscsi.sh" >&2
+    QEMU_IMG=$ROOT/target/qemu-iscsi/usr/bin/qemu-img
+    QEMU_MODDIR=$ROOT/target/qemu-iscsi/usr/lib/x86_64-linux-gnu/qemu
+fi
 TICK=$(getconf CLK_TCK)
 SERVER_PID=""
 
@@ -139,7 +149,7 @@ read_point() {
     t0=$(cpu_ticks "$SERVER_PID")
     out=$(timeout -s INT "$RUNTIME" taskset -c "$CLIENT_CPU" iscsi-perf -r -b 8 -m "$qd" "$URL" 2>&1 | tr '\r' '\n' || true)
     t1=$(cpu_ticks "$SERVER_PID")
-    iops=$(echo "$out" | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}')
+    iops=$(echo "$out" | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}' || true)
     iops=${iops:-0}
     python3 -c "i=$iops; print(i, round(($t1-$t0)/$TICK*1e6/max(i*$RUNTIME,1), 2))"
 }
@@ -147,9 +157,11 @@ read_point() {
 write_point() {
     local qd=$1 t0 t1 out secs count=$WRITES
     t0=$(cpu_ticks "$SERVER_PID")
-    out=$(taskset -c "$CLIENT_CPU" qemu-img bench -f raw -w -t none -s 4096 -d "$qd" -c "$count" "$URL" 2>&1)
+    out=$(QEMU_MODULE_DIR=$QEMU_MODDIR taskset -c "$CLIENT_CPU" "$QEMU_IMG" bench -f raw -w -t none \
+        -s 4096 -d "$qd" -c "$count" "$URL" 2>&1 || true)
     t1=$(cpu_ticks "$SERVER_PID")
-    secs=$(echo "$out" | grep -o 'completed in [0-9.]*' | awk '{print $3}')
+    secs=$(echo "$out" | grep -o 'completed in [0-9.]*' | awk '{print $3}' || true)
+    [[ -n $secs ]] || echo "iscsi_compare: qemu-img bench failed: $out" >&2
     python3 -c "s=${secs:-0}; n=$count; i=n/s if s else 0; print(int(i), round(($t1-$t0)/$TICK*1e6/max(n,1), 2))"
 }
 
