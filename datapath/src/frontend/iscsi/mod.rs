@@ -159,6 +159,9 @@ pub struct IscsiShared {
     pub mirrors: Vec<Option<MirrorHandle>>,
     /// SET TARGET PORT GROUPS commands waiting for their switchover (helper threads).
     pub switchovers: AtomicU32,
+    /// Where hosts are (the configuration's host list): a session looks its initiator name
+    /// up once, at login, for the ALUA states it reports (`bdev::host_path`).
+    pub host_sites: Arc<crate::bdev::host_path::HostSites>,
 }
 
 /// What SET TARGET PORT GROUPS needs of a mirrored volume.

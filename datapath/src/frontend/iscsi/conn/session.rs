@@ -257,6 +257,8 @@ impl IscsiConn {
             self.res =
                 crate::frontend::iscsi::spc2::res_id(self.sh.tpg, self.sh.incarnation, self.nexus);
             self.me = crate::frontend::iscsi::prs::nexus_id(&self.initiator, &isid);
+            // Where the host is: looked up once, kept for the session (no lookup per command).
+            self.host_site = self.sh.host_sites.site_of(&self.initiator);
             self.params = st.neg.params.clone();
             self.phase = Phase::Full;
             // Digests apply from the first PDU after the final Login Response.
