@@ -28,8 +28,10 @@
 //!
 //! ALUA: one target port group per site (id [`IscsiShared::tpg`], also the relative target
 //! port id); its asymmetric access state is the volume's published path state
-//! (`bdev::volume::PathCell`), read lock-free per command; a change of it is reported once to
-//! every session as a unit attention (ASYMMETRIC ACCESS STATE CHANGED). Explicit ALUA: SET
+//! (`bdev::volume::PathCell`) as the session's initiator sees it (`bdev::host_path`: the host
+//! list, looked up once at login), read lock-free per command; a change of it is reported once
+//! to every session as a unit attention (ASYMMETRIC ACCESS STATE CHANGED; to a listed
+//! initiator only when what it sees changed). Explicit ALUA: SET
 //! TARGET PORT GROUPS asking for a group to be active/optimised is a planned switchover of
 //! the volume's leadership to that group's site (`conn/alua.rs`, the control socket's
 //! `mirror_switchover` steps, run on a helper thread).
