@@ -8,7 +8,7 @@
 use crate::failover::{KEY, WitnessProc};
 use crate::harness::{Server, free_port};
 use crate::iscsi::{Raw, status_of, two_sites};
-use crate::iscsi_alua::{Group, Status, TUR, groups, list, session, stpg};
+use crate::iscsi_alua::{ALUA_CHANGED, Group, Status, TUR, groups, list, session, stpg};
 use crate::nvmf_ana::{NQN, Proxy, ana_log, site_with, wait_states};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -198,8 +198,22 @@ fn listed_hosts_see_their_own_sites_ports_optimised_whichever_site_leads() {
         groups(&mut at_b[2], 504).as_deref(),
         Ok(&[(2, true, 0x0), (1, false, 0x1)][..])
     );
-    // Site a agrees (its view of b follows the session).
+    // Site a agrees (its view of b follows the session); H3 there is told of the change.
     let mut itt = 600;
+    let t = Instant::now();
+    loop {
+        itt += 1;
+        let (st, k, asc, q, _) = status_of(&mut at_a[2], itt, &TUR, 0);
+        if (st, k, asc, q) == ALUA_CHANGED {
+            break;
+        }
+        assert_eq!(st, 0, "H3 at a: TEST UNIT READY");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no unit attention for H3 at a"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     rtpg_is(&mut at_a[0], &a_h1, &mut itt, "H1 at a, b leads");
     rtpg_is(&mut at_a[1], &a_h2, &mut itt, "H2 at a, b leads");
     rtpg_is(
