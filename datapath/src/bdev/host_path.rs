@@ -47,6 +47,8 @@ pub enum Site {
 #[derive(Clone, Debug, Default)]
 pub struct HostSites {
     hosts: HashMap<String, Site>,
+    /// The sites' names (this site's, the peer's), for reports.
+    names: [String; 2],
 }
 
 impl HostSites {
@@ -54,6 +56,21 @@ impl HostSites {
     pub fn new(hosts: impl IntoIterator<Item = (String, Site)>) -> Self {
         Self {
             hosts: hosts.into_iter().collect(),
+            names: Default::default(),
+        }
+    }
+
+    /// With the sites' names (`mirror.site`, `mirror.peer_site`), for [`Self::name_of`].
+    pub fn named(mut self, here: &str, peer: &str) -> Self {
+        self.names = [here.to_string(), peer.to_string()];
+        self
+    }
+
+    /// The configured name of `site` (empty when the list was built without names).
+    pub fn name_of(&self, site: Site) -> &str {
+        match site {
+            Site::Here => &self.names[0],
+            Site::Peer => &self.names[1],
         }
     }
 
@@ -240,6 +257,9 @@ mod tests {
             Some(Site::Peer)
         );
         assert_eq!(h.site_of_bytes(&[0xFF, 0xFE]), None);
+        assert_eq!(h.name_of(Site::Here), "");
+        let h = h.named("b", "a");
+        assert_eq!((h.name_of(Site::Here), h.name_of(Site::Peer)), ("b", "a"));
         assert!(HostSites::default().is_empty());
     }
 }

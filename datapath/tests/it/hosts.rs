@@ -178,6 +178,27 @@ fn listed_hosts_see_their_own_sites_ports_optimised_whichever_site_leads() {
     ana_is(&mut n3, &[0x02], "N3 at b");
     ana_is(&mut n1, &[0x02], "N1 at b");
     let (aer2, aer3) = (hold_aer(&mut n2), hold_aer(&mut n3));
+    // The control socket's host list says where each connected host is (null: not listed).
+    let list_b = b.rpc("host_list");
+    for (host, site) in [
+        (H1, Some("a")),
+        (H2, Some("b")),
+        (H3, None),
+        (N1, Some("a")),
+        (N2, Some("b")),
+        (N3, None),
+    ] {
+        let recs: Vec<&serde_json::Value> = list_b
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["host"] == host)
+            .collect();
+        assert!(!recs.is_empty(), "{host} in {list_b}");
+        for r in recs {
+            assert_eq!(r["site"].as_str(), site, "{r}");
+        }
+    }
 
     // The unlisted H3 moves the leadership to b (SET TARGET PORT GROUPS, a switchover).
     assert_eq!(stpg(&mut at_b[2], 500, &list(&[(0x0, 2)])), GOOD);

@@ -1093,14 +1093,18 @@ impl Config {
     pub fn host_sites(&self) -> crate::bdev::host_path::HostSites {
         use crate::bdev::host_path::{HostSites, Site};
         let here = self.mirror.as_ref().map(|m| m.site.as_str());
-        HostSites::new(self.hosts.iter().map(|h| {
+        let sites = HostSites::new(self.hosts.iter().map(|h| {
             let site = if Some(h.site.as_str()) == here {
                 Site::Here
             } else {
                 Site::Peer
             };
             (h.name.clone(), site)
-        }))
+        }));
+        match &self.mirror {
+            Some(m) => sites.named(&m.site, &m.peer_site),
+            None => sites,
+        }
     }
 
     /// This site's iSCSI target portal group tag (also its ALUA target port group and

@@ -419,6 +419,7 @@ fn a_host_list_parses_and_resolves_against_this_site() {
         Some(Site::Here)
     );
     assert_eq!(h.site_of("iqn.1998-01.com.vmware:esx3"), None);
+    assert_eq!((h.name_of(Site::Here), h.name_of(Site::Peer)), ("b", "a"));
     // No list: nobody is listed.
     assert!(with_hosts("").unwrap().host_sites().is_empty());
     assert!(Config::default().host_sites().is_empty());

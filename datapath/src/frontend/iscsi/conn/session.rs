@@ -266,7 +266,9 @@ impl IscsiConn {
                 header: self.params.header_digest,
                 data: self.params.data_digest,
             };
-            tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session, "iSCSI login complete");
+            tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session,
+                site = self.host_site.map(|s| self.sh.host_sites.name_of(s)),
+                "iSCSI login complete");
             if self.session == SessionType::Normal {
                 let t = std::sync::Arc::clone(&self.target);
                 let mut rec = crate::runtime::hosts::HostRecord::new(
@@ -277,6 +279,9 @@ impl IscsiConn {
                 );
                 rec.peer = crate::transport::tcp::peer_addr(&self.fd);
                 rec.host = Some(self.initiator.clone());
+                rec.site = self
+                    .host_site
+                    .map(|s| self.sh.host_sites.name_of(s).to_string());
                 rec.volumes = t.luns.iter().map(|l| l.volume).collect();
                 // Registered under the table's read lock and only while the target is still
                 // there (the module's model); else the session ends at once.

@@ -190,6 +190,11 @@ impl NvmfConn {
         let mut rec = HostRecord::new("nvmf", env.io.reactor, env.key, target);
         rec.peer = crate::transport::tcp::peer_addr(&self.fd);
         rec.host = Some(hostnqn.to_string());
+        rec.site = self
+            .ctrl
+            .as_ref()
+            .and_then(|c| c.host_site)
+            .map(|s| nv.host_sites.name_of(s).to_string());
         rec.volumes = sub
             .as_ref()
             .map(|s| s.namespaces.iter().map(|n| n.volume).collect())
