@@ -7,6 +7,7 @@ mod clients;
 mod failover;
 mod guest;
 mod harness;
+mod hosts;
 mod iscsi;
 mod iscsi_alua;
 mod iscsi_async;

@@ -28,8 +28,10 @@
 //!
 //! ALUA: one target port group per site (id [`IscsiShared::tpg`], also the relative target
 //! port id); its asymmetric access state is the volume's published path state
-//! (`bdev::volume::PathCell`), read lock-free per command; a change of it is reported once to
-//! every session as a unit attention (ASYMMETRIC ACCESS STATE CHANGED). Explicit ALUA: SET
+//! (`bdev::volume::PathCell`) as the session's initiator sees it (`bdev::host_path`: the host
+//! list, looked up once at login), read lock-free per command; a change of it is reported once
+//! to every session as a unit attention (ASYMMETRIC ACCESS STATE CHANGED; to a listed
+//! initiator only when what it sees changed). Explicit ALUA: SET
 //! TARGET PORT GROUPS asking for a group to be active/optimised is a planned switchover of
 //! the volume's leadership to that group's site (`conn/alua.rs`, the control socket's
 //! `mirror_switchover` steps, run on a helper thread).
@@ -167,6 +169,9 @@ pub struct IscsiShared {
     pub mirrors: Vec<Option<MirrorHandle>>,
     /// SET TARGET PORT GROUPS commands waiting for their switchover (helper threads).
     pub switchovers: AtomicU32,
+    /// Where hosts are (the configuration's host list): a session looks its initiator name
+    /// up once, at login, for the ALUA states it reports (`bdev::host_path`).
+    pub host_sites: Arc<crate::bdev::host_path::HostSites>,
 }
 
 /// What SET TARGET PORT GROUPS needs of a mirrored volume.

@@ -155,8 +155,12 @@ pub struct IscsiConn {
     pub(super) copy_results: Vec<crate::frontend::iscsi::xcopy::Held>,
     /// A unit attention to report on the next command (per LUN index).
     pub(super) ua: Vec<Option<crate::frontend::iscsi::scsi::Sense>>,
-    /// Path-state change and reset counts last seen, per LUN index (unit attentions).
-    pub(super) path_seen: Vec<Option<(u64, u64)>>,
+    /// Path-state change and reset counts and the ALUA states last seen, per LUN index (unit
+    /// attentions).
+    path_seen: Vec<Option<alua::Seen>>,
+    /// Where this session's host is, from the host list (`None`: not listed), looked up once
+    /// at login (`bdev::host_path`).
+    pub(super) host_site: Option<crate::bdev::host_path::Site>,
     /// SET TARGET PORT GROUPS tasks waiting for their switchover (`alua.rs`).
     pub(super) stpg_waiting: u32,
     /// The idle-ping timeout of the armed receive (boxed: the kernel reads it at submission).
@@ -218,6 +222,7 @@ impl IscsiConn {
             copy_results: Vec::new(),
             ua: Vec::new(),
             path_seen: Vec::new(),
+            host_site: None,
             stpg_waiting: 0,
             ping_ts: Box::new(types::Timespec::new()),
             ping_armed: false,

@@ -258,6 +258,8 @@ impl IscsiConn {
             self.res =
                 crate::frontend::iscsi::spc2::res_id(self.sh.tpg, self.sh.incarnation, self.nexus);
             self.me = crate::frontend::iscsi::prs::nexus_id(&self.initiator, &isid);
+            // Where the host is: looked up once, kept for the session (no lookup per command).
+            self.host_site = self.sh.host_sites.site_of(&self.initiator);
             self.params = st.neg.params.clone();
             self.phase = Phase::Full;
             // Digests apply from the first PDU after the final Login Response.
@@ -265,7 +267,9 @@ impl IscsiConn {
                 header: self.params.header_digest,
                 data: self.params.data_digest,
             };
-            tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session, "iSCSI login complete");
+            tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session,
+                site = self.host_site.map(|s| self.sh.host_sites.name_of(s)),
+                "iSCSI login complete");
             if self.session == SessionType::Normal {
                 let t = std::sync::Arc::clone(&self.target);
                 self.take_nexus_losses(&t);
@@ -277,6 +281,9 @@ impl IscsiConn {
                 );
                 rec.peer = crate::transport::tcp::peer_addr(&self.fd);
                 rec.host = Some(self.initiator.clone());
+                rec.site = self
+                    .host_site
+                    .map(|s| self.sh.host_sites.name_of(s).to_string());
                 rec.volumes = t.luns.iter().map(|l| l.volume).collect();
                 // Registered under the table's read lock and only while the target is still
                 // there (the module's model); else the session ends at once.
