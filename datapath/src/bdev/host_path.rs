@@ -16,7 +16,10 @@
 //! site's, and the other site's as this site reports it):
 //! - inaccessible and transitioning stay what they are, for every host (a fenced, resyncing
 //!   or waiting site serves no one; a changing one is changing for everyone);
-//! - otherwise, for a listed host: optimised where the host is, non-optimised elsewhere;
+//! - otherwise, for a listed host: optimised where the host is, non-optimised elsewhere,
+//!   except when the host's own site's group is inaccessible (fenced, resyncing, down): then
+//!   the group still serving is optimised for it too, so a host at the failed site keeps an
+//!   optimised path (the survivor) rather than only a non-optimised one;
 //! - for an unlisted host (or no list): the published state (today's rule: the leader's port
 //!   optimised, the follower's non-optimised).
 //!
@@ -96,12 +99,13 @@ impl HostSites {
 }
 
 /// The state a host at `host` (`None`: not listed) sees for the port group of site `port`
-/// of a mirrored volume whose published state there is `state`.
-pub fn host_view(state: PathState, port: Site, host: Option<Site>) -> PathState {
+/// of a mirrored volume whose published state there is `state`, the other site's group being
+/// published as `other`.
+pub fn host_view(state: PathState, port: Site, host: Option<Site>, other: PathState) -> PathState {
     match (state, host) {
         (PathState::Inaccessible | PathState::Transitioning, _) | (_, None) => state,
         (PathState::Optimized | PathState::NonOptimized, Some(h)) => {
-            if h == port {
+            if h == port || other == PathState::Inaccessible {
                 PathState::Optimized
             } else {
                 PathState::NonOptimized
@@ -121,8 +125,8 @@ pub fn host_views(
     match peer {
         None => (path, None),
         Some(p) => (
-            host_view(path, Site::Here, host),
-            Some(host_view(p, Site::Peer, host)),
+            host_view(path, Site::Here, host, p),
+            Some(host_view(p, Site::Peer, host, path)),
         ),
     }
 }
@@ -136,15 +140,18 @@ mod tests {
     const HOSTS: [Option<Site>; 3] = [None, Some(Site::Here), Some(Site::Peer)];
     const PORTS: [Site; 2] = [Site::Here, Site::Peer];
 
-    /// The rule, written out as a table over every input (4 states x 2 ports x 3 hosts).
+    /// The rule, written out as a table over every input (4 states x 2 ports x 3 hosts x 4
+    /// states of the other group).
     #[test]
     fn host_view_over_every_input() {
-        let expect = |s: PathState, port: Site, host: Option<Site>| -> PathState {
+        let expect = |s: PathState, port: Site, host: Option<Site>, o: PathState| -> PathState {
             match (s, port, host) {
                 (Inaccessible, _, _) => Inaccessible,
                 (Transitioning, _, _) => Transitioning,
                 (Optimized, _, None) => Optimized,
                 (NonOptimized, _, None) => NonOptimized,
+                // The host's own site serves no one: the serving group is its best path.
+                (_, _, Some(_)) if o == Inaccessible => Optimized,
                 (_, Site::Here, Some(Site::Here)) => Optimized,
                 (_, Site::Peer, Some(Site::Peer)) => Optimized,
                 (_, Site::Here, Some(Site::Peer)) => NonOptimized,
@@ -155,29 +162,56 @@ mod tests {
         for s in STATES {
             for port in PORTS {
                 for host in HOSTS {
-                    assert_eq!(
-                        host_view(s, port, host),
-                        expect(s, port, host),
-                        "{s:?} {port:?} {host:?}"
-                    );
-                    n += 1;
+                    for o in STATES {
+                        assert_eq!(
+                            host_view(s, port, host, o),
+                            expect(s, port, host, o),
+                            "{s:?} {port:?} {host:?} other {o:?}"
+                        );
+                        n += 1;
+                    }
                 }
             }
         }
-        assert_eq!(n, 24);
+        assert_eq!(n, 96);
         // Spot checks in words: a host at the follower sees the follower optimised.
         assert_eq!(
-            host_view(NonOptimized, Site::Here, Some(Site::Here)),
+            host_view(NonOptimized, Site::Here, Some(Site::Here), Optimized),
             Optimized
         );
         assert_eq!(
-            host_view(Optimized, Site::Here, Some(Site::Peer)),
+            host_view(Optimized, Site::Here, Some(Site::Peer), NonOptimized),
             NonOptimized
         );
         assert_eq!(
-            host_view(Inaccessible, Site::Here, Some(Site::Here)),
+            host_view(Inaccessible, Site::Here, Some(Site::Here), Optimized),
             Inaccessible
         );
+        // A host at a fenced site: the survivor is optimised for it.
+        assert_eq!(
+            host_view(Optimized, Site::Here, Some(Site::Peer), Inaccessible),
+            Optimized
+        );
+    }
+
+    /// A listed host always has an optimised group while either group serves.
+    #[test]
+    fn a_listed_host_has_an_optimised_group_while_one_serves() {
+        let usable = |s: PathState| matches!(s, Optimized | NonOptimized);
+        for a in STATES {
+            for b in STATES {
+                for host in [Site::Here, Site::Peer] {
+                    let (here, peer) = host_views(a, Some(b), Some(host));
+                    let peer = peer.unwrap();
+                    if (usable(a) && b != Transitioning) || (usable(b) && a != Transitioning) {
+                        assert!(
+                            here == Optimized || peer == Optimized,
+                            "{a:?} {b:?} at {host:?}: {here:?} {peer:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -186,10 +220,12 @@ mod tests {
         for s in STATES {
             for port in PORTS {
                 for host in HOSTS {
-                    let v = host_view(s, port, host);
-                    assert_eq!(usable(v), usable(s));
-                    if !usable(s) {
-                        assert_eq!(v, s);
+                    for o in STATES {
+                        let v = host_view(s, port, host, o);
+                        assert_eq!(usable(v), usable(s));
+                        if !usable(s) {
+                            assert_eq!(v, s);
+                        }
                     }
                 }
             }

@@ -262,8 +262,9 @@ fn listed_hosts_see_their_own_sites_ports_optimised_whichever_site_leads() {
 /// a witness; the link is then cut, each site keeps the volume it leads and fences the other.
 /// Before: each listed host sees its own site optimised in both groups, the unlisted one each
 /// volume's leader. After: the fenced volume is inaccessible for every host at its fenced
-/// site (the same states for all), the surviving one optimised or non-optimised by where the
-/// host is; I/O to the fenced namespace answers ANA Inaccessible.
+/// site (the same states for all), and the surviving one optimised for every host: a host
+/// whose own site's group is inaccessible is told the survivor is its best path; I/O to the
+/// fenced namespace answers ANA Inaccessible.
 #[test]
 fn after_a_failover_the_inaccessible_states_are_the_same_for_every_host() {
     let root = tempfile::tempdir().unwrap();
@@ -335,20 +336,21 @@ fn after_a_failover_the_inaccessible_states_are_the_same_for_every_host() {
     while !aer_completed(&mut nb[1], aer) {
         assert!(t.elapsed() < Duration::from_secs(10), "no ANA event for N2");
     }
-    // NVMe: the fenced group inaccessible for every host; the survivor's by where it is.
+    // NVMe: the fenced group inaccessible for every host; the survivor's optimised for every
+    // host (N1 at b and N2 at a: their own site's group of that volume is fenced).
     for (c, (want, what)) in nb.iter_mut().chain(na.iter_mut()).zip([
-        ([0x03, 0x02], "N1 at b, cut"),
+        ([0x03, 0x01], "N1 at b, cut"),
         ([0x03, 0x01], "N2 at b, cut"),
         ([0x03, 0x01], "N3 at b, cut"),
         ([0x01, 0x03], "N1 at a, cut"),
-        ([0x02, 0x03], "N2 at a, cut"),
+        ([0x01, 0x03], "N2 at a, cut"),
         ([0x01, 0x03], "N3 at a, cut"),
     ]) {
         ana_is(c, &want, what);
     }
     // iSCSI, va (LUN 0): fenced at b, the same for all (this group unavailable, a's not
-    // known: transitioning); at a, the survivor's group by where the host is, b's
-    // unavailable.
+    // known: transitioning); at a, the survivor's group optimised for every host (H2's own
+    // site's group is unavailable), b's unavailable.
     let fenced: [Group; 2] = [(2, false, 0x3), (1, false, 0xF)];
     for (i, r) in sb.iter_mut().enumerate() {
         rtpg_is(
@@ -360,7 +362,7 @@ fn after_a_failover_the_inaccessible_states_are_the_same_for_every_host() {
     }
     for (r, (want, what)) in sa.iter_mut().zip([
         ([(1, true, 0x0), (2, false, 0x3)], "H1 at a, cut"),
-        ([(1, false, 0x1), (2, false, 0x3)], "H2 at a, cut"),
+        ([(1, true, 0x0), (2, false, 0x3)], "H2 at a, cut"),
         ([(1, true, 0x0), (2, false, 0x3)], "H3 at a, cut"),
     ]) {
         rtpg_is(r, &want, &mut itt, what);

@@ -173,13 +173,14 @@ impl Subsystem {
         self.ana_groups.last().map_or(0, |g| g.id)
     }
 
-    /// The subsystem's ANA change count: the sum of its groups' volumes' path changes, so it
-    /// moves whenever one of its groups changes state, and only then.
+    /// The subsystem's ANA change count: the sum of its groups' volumes' path changes at this
+    /// site and at the other (a listed host's view of a group depends on both:
+    /// `bdev::host_path`), so it moves whenever one of them changes state, and only then.
     pub fn ana_changes(&self, volumes: &[Option<Arc<Volume>>]) -> u64 {
         self.ana_groups
             .iter()
             .filter_map(|g| volumes.get(g.volume)?.as_ref())
-            .map(|v| v.path.changes())
+            .map(|v| v.path.changes() + v.peer_path.as_ref().map_or(0, |p| p.changes()))
             .sum()
     }
 }
@@ -194,7 +195,11 @@ pub fn host_group_state(
 ) -> Option<PathState> {
     let v = volumes.get(volume)?.as_ref()?;
     let host = if v.peer_path.is_some() { host } else { None };
-    Some(host_path::host_view(v.path.get(), Site::Here, host))
+    let other = v
+        .peer_path
+        .as_ref()
+        .map_or(PathState::Inaccessible, |p| p.get());
+    Some(host_path::host_view(v.path.get(), Site::Here, host, other))
 }
 
 /// A controller: an admin queue plus the I/O queues attached to it.

@@ -12,7 +12,8 @@
 //!
 //! Where hosts are (`bdev::host_path`): a session whose initiator the host list places at a
 //! site reports the states [`IscsiConn::host_paths`] gives (its site's group optimised, the
-//! other non-optimised, whichever site leads); the I/O checks read the same view (it is
+//! other non-optimised, whichever site leads, or the serving group optimised when its own
+//! site's is inaccessible); the I/O checks read the same view (it is
 //! inaccessible or transitioning exactly when the published state is). For such a session the
 //! host list, not the leadership, decides which group is optimised: a SET TARGET PORT GROUPS
 //! asking for what it already sees changes nothing (GOOD), one asking for anything else is
@@ -90,7 +91,11 @@ impl IscsiConn {
         } else {
             None
         };
-        host_path::host_view(v.path.get(), Site::Here, host)
+        let other = v
+            .peer_path
+            .as_ref()
+            .map_or(PathState::Inaccessible, |p| p.get());
+        host_path::host_view(v.path.get(), Site::Here, host, other)
     }
 
     /// Execute SET TARGET PORT GROUPS (its parameter list is whole).
