@@ -18,7 +18,10 @@
 # CONFIGS (subset/order of: off disk ram), PREZERO=1 (journal segments written with zeroes
 # ahead of use: [volume.cdp] prezero), PREFILL=0 skips writing the measured 256 MiB once before
 # each point (default 1: no configuration pays for the RAM volume's first touch of its pages),
-# KEEP=1 keeps logs and fio JSON. Also reported: the server's CPU time (all its threads,
+# KEEP=1 keeps logs and fio JSON. OLD_BIN=/path/to/twinblk adds configurations off@old,
+# disk@old, ram@old (name them in CONFIGS) served by that binary, in the same rotation, to
+# compare two trees side by side in one run, e.g.
+#   OLD_BIN=/tmp/twinblk-before CONFIGS="off ram ram@old" bash benches/cdp_compare.sh Also reported: the server's CPU time (all its threads,
 # io_uring workers included, from /proc) per I/O over the measured part (after the ramp).
 # Needs: cargo, fio (nbd engine), nbdinfo, taskset, python3. Listens on 127.0.0.1 only; always
 # cleans up (servers killed, journals removed).
@@ -40,7 +43,14 @@ die() { echo "cdp_compare: $*" >&2; exit 1; }
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     die "RUNTIME, REPS, RAMP, BASE_PORT must be numbers"
 ((RUNTIME >= 1 && REPS >= 1)) || die "RUNTIME and REPS must be >= 1"
-for c in $CONFIGS; do [[ $c == off || $c == disk || $c == ram ]] || die "unknown config '$c'"; done
+OLD_BIN=${OLD_BIN:-}
+for c in $CONFIGS; do
+    case $c in
+    off | disk | ram) ;;
+    off@old | disk@old | ram@old) [[ -x $OLD_BIN ]] || die "config '$c' needs OLD_BIN (an executable)" ;;
+    *) die "unknown config '$c'" ;;
+    esac
+done
 for t in fio nbdinfo taskset python3 cargo; do command -v "$t" >/dev/null || die "missing tool: $t"; done
 fio --enghelp=nbd >/dev/null 2>&1 || die "fio has no nbd ioengine"
 
@@ -75,8 +85,9 @@ PY
 }
 
 start_server() { # config port -> sets SERVER_PID
-    local cfg=$1 port=$2 jdir="" cdp=""
-    case $cfg in
+    local cfg=$1 port=$2 jdir="" cdp="" bin=$BIN
+    [[ $cfg == *@old ]] && bin=$OLD_BIN
+    case ${cfg%@old} in
     disk) jdir=$(mktemp -d "$DISK_DIR/cdp_compare.XXXXXX") ;;
     ram) jdir=$(mktemp -d "$RAM_DIR/cdp_compare.XXXXXX") ;;
     esac
@@ -105,7 +116,7 @@ size = "1GiB"
 block_size = 4096
 $cdp
 CFG
-    "$BIN" serve --config "$WORK/$cfg.toml" >"$WORK/$cfg.log" 2>&1 &
+    "$bin" serve --config "$WORK/$cfg.toml" >"$WORK/$cfg.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do
         nbdinfo "nbd://127.0.0.1:$port/vol0" >/dev/null 2>&1 && return 0
@@ -150,7 +161,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
             wait "$fio_pid"
             cpu1=$(awk '{print $14 + $15}' "/proc/$SERVER_PID/stat")
             ratio=""
-            if [[ $cfg != off ]]; then
+            if [[ ${cfg%@old} != off ]]; then
                 j=$(rpc "$WORK/$cfg.sock" cdp_status)
                 v=$(rpc "$WORK/$cfg.sock" volume_stats)
                 ratio=$(python3 -c 'import json,sys; j=json.loads(sys.argv[1])[0]; v=json.loads(sys.argv[2])[0]; print("%.3f" % (j["journal_bytes"]/max(v["write_bytes"],1)))' "$j" "$v")
@@ -186,7 +197,7 @@ print("|---|---|---|---|---|---|---|---|")
 for p in points:
     off = rows.get((p, "off"))
     off_iops = statistics.median(r[0] for r in off) if off else None
-    for cfg in ("off", "disk", "ram"):
+    for cfg in ("off", "disk", "ram", "off@old", "disk@old", "ram@old"):
         r = rows.get((p, cfg))
         if not r:
             continue

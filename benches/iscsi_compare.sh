@@ -14,7 +14,11 @@
 #             libiscsi engine, so writes are qemu-img's sequential 4 KiB writes, not random.
 #   randwrite QD1 and QD32: twinperf's iSCSI engine (`twinperf URL --rw randwrite --bs 4k --qd QD
 #             --seconds RUNTIME --warmup 1 --json`), REPEATS times in turn per server; the median
-#             run's IOPS and p50 latency are printed (and every run's IOPS).
+#             run's IOPS, p50 and p99 latency are printed (and every run's IOPS). twinperf keeps
+#             its commands inside the target's CmdSN window (tgt opens one of 2 at login and
+#             widens it as it answers).
+#   tp-randread QD1 and QD32: the same with `--rw randread` (the same client as randwrite, so
+#             reads and writes compare, with p99).
 # Server CPU per I/O: utime+stime of the server process (/proc/<pid>/stat fields 14 and 15, in
 # clock ticks of `getconf CLK_TCK`, all threads) before and after the point, divided by the I/Os
 # of the point. A polling server (twinblk wait=poll) spends a whole core whatever the load; the
@@ -26,7 +30,7 @@
 #   BIN          the twinblk binary (default: target/release/twinblk, built if missing)
 #   TWINPERF     the twinperf binary (default: next to BIN, built if missing)
 #   REPEATS      runs per random-write point (default 3; the median is reported)
-#   POINTS       subset of: randread seqwrite randwrite (default: all)
+#   POINTS       subset of: randread seqwrite randwrite tp-randread (default: all)
 #   PORT         first TCP port (default 13260; PORT and PORT+1 are used)
 #   SERVERS      subset/order of: twinblk tgt (default: both)
 #   SERVER_CPU / CLIENT_CPU   cores (default 0 / 1)
@@ -46,8 +50,18 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release/twinblk}
 TWINPERF=${TWINPERF:-$(dirname "$BIN")/twinperf}
 REPEATS=${REPEATS:-3}
-POINTS=${POINTS:-"randread seqwrite randwrite"}
+POINTS=${POINTS:-"randread seqwrite randwrite tp-randread"}
 WORK=$(mktemp -d /tmp/iscsi-compare.XXXXXX)
+# qemu-img with the iSCSI driver: the host's, or the copy tools/qemu-iscsi.sh unpacks into
+# target/qemu-iscsi/ when the host's qemu-utils has no matching qemu-block-extra (as the tests do).
+QEMU_IMG=qemu-img
+QEMU_MODDIR=""
+PROBE=$(qemu-img info iscsi://127.0.0.1:9/iqn.2026-12.invalid:probe/0 2>&1 || true)
+if [[ $PROBE == *"Unable to load module"* ]]; then
+    [[ -x $ROOT/target/qemu-iscsi/usr/bin/qemu-img ]] || sh "$ROOT/tools/qemu-iscsi.sh" >&2
+    QEMU_IMG=$ROOT/target/qemu-iscsi/usr/bin/qemu-img
+    QEMU_MODDIR=$ROOT/target/qemu-iscsi/usr/lib/x86_64-linux-gnu/qemu
+fi
 TICK=$(getconf CLK_TCK)
 SERVER_PID=""
 
@@ -135,7 +149,7 @@ read_point() {
     t0=$(cpu_ticks "$SERVER_PID")
     out=$(timeout -s INT "$RUNTIME" taskset -c "$CLIENT_CPU" iscsi-perf -r -b 8 -m "$qd" "$URL" 2>&1 | tr '\r' '\n' || true)
     t1=$(cpu_ticks "$SERVER_PID")
-    iops=$(echo "$out" | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}')
+    iops=$(echo "$out" | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}' || true)
     iops=${iops:-0}
     python3 -c "i=$iops; print(i, round(($t1-$t0)/$TICK*1e6/max(i*$RUNTIME,1), 2))"
 }
@@ -143,35 +157,39 @@ read_point() {
 write_point() {
     local qd=$1 t0 t1 out secs count=$WRITES
     t0=$(cpu_ticks "$SERVER_PID")
-    out=$(taskset -c "$CLIENT_CPU" qemu-img bench -f raw -w -t none -s 4096 -d "$qd" -c "$count" "$URL" 2>&1)
+    out=$(QEMU_MODULE_DIR=$QEMU_MODDIR taskset -c "$CLIENT_CPU" "$QEMU_IMG" bench -f raw -w -t none \
+        -s 4096 -d "$qd" -c "$count" "$URL" 2>&1 || true)
     t1=$(cpu_ticks "$SERVER_PID")
-    secs=$(echo "$out" | grep -o 'completed in [0-9.]*' | awk '{print $3}')
+    secs=$(echo "$out" | grep -o 'completed in [0-9.]*' | awk '{print $3}' || true)
+    [[ -n $secs ]] || echo "iscsi_compare: qemu-img bench failed: $out" >&2
     python3 -c "s=${secs:-0}; n=$count; i=n/s if s else 0; print(int(i), round(($t1-$t0)/$TICK*1e6/max(n,1), 2))"
 }
 
-# randwrite_point QD -> prints "iops cpu_us_per_io p50_us all_runs" (the median run of REPEATS)
-randwrite_point() {
-    local qd=$1 t0 t1 i
-    rm -f "$WORK"/randwrite-*.json
+# twinperf_point RW QD -> prints "iops cpu_us_per_io p50_us p99_us all_runs" (the median run of
+# REPEATS)
+twinperf_point() {
+    local rw=$1 qd=$2 t0 t1 i
+    rm -f "$WORK"/tp-*.json
     t0=$(cpu_ticks "$SERVER_PID")
     for i in $(seq "$REPEATS"); do
-        taskset -c "$CLIENT_CPU" "$TWINPERF" "$URL" --rw randwrite --bs 4k --qd "$qd" \
-            --seconds "$RUNTIME" --warmup 1 --json-out "$WORK/randwrite-$i.json" \
+        taskset -c "$CLIENT_CPU" "$TWINPERF" "$URL" --rw "$rw" --bs 4k --qd "$qd" \
+            --seconds "$RUNTIME" --warmup 1 --json-out "$WORK/tp-$i.json" \
             > /dev/null 2>&1 || true
     done
     t1=$(cpu_ticks "$SERVER_PID")
-    ls "$WORK"/randwrite-*.json 2>/dev/null | python3 -c '
+    ls "$WORK"/tp-*.json 2>/dev/null | python3 -c '
 import json, sys
 rs = [json.load(open(l.strip())) for l in sys.stdin if l.strip()]
 rs = [r for r in rs if r.get("ios")]
 if not rs:
-    print(0, 0, 0, "-"); sys.exit()
+    print(0, 0, 0, 0, "-"); sys.exit()
 rs.sort(key=lambda r: r["iops"])
 m = rs[len(rs) // 2]
 ios = sum(r["ios"] for r in rs)
 cpu = ('"$t1"' - '"$t0"') / '"$TICK"' * 1e6 / ios
-p50 = (m.get("latency_us") or {}).get("p50", 0)
-print(int(m["iops"]), round(cpu, 2), p50, "/".join(str(int(r["iops"])) for r in rs))'
+lat = m.get("latency_us") or {}
+print(int(m["iops"]), round(cpu, 2), lat.get("p50", 0), lat.get("p99", 0),
+      "/".join(str(int(r["iops"])) for r in rs))'
 }
 
 printf '%-8s %-10s %4s %10s %14s\n' server point qd IOPS "cpu us/IO"
@@ -191,11 +209,13 @@ for s in $SERVERS; do
             read -r iops cpu < <(write_point "$qd")
             printf '%-8s %-10s %4s %10s %14s\n' "$s" seqwrite "$qd" "$iops" "$cpu"
         fi
-        if [[ " $POINTS " == *" randwrite "* ]]; then
-            read -r iops cpu p50 all < <(randwrite_point "$qd")
-            printf '%-8s %-10s %4s %10s %14s   p50 %s us, runs %s\n' "$s" randwrite "$qd" \
-                "$iops" "$cpu" "$p50" "$all"
-        fi
+        for p in randwrite tp-randread; do
+            if [[ " $POINTS " == *" $p "* ]]; then
+                read -r iops cpu p50 p99 all < <(twinperf_point "${p#tp-}" "$qd")
+                printf '%-8s %-10s %4s %10s %14s   p50 %s us, p99 %s us, runs %s\n' "$s" "$p" \
+                    "$qd" "$iops" "$cpu" "$p50" "$p99" "$all"
+            fi
+        done
     done
     stop_server
 done

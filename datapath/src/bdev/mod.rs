@@ -17,6 +17,7 @@
 
 pub mod errinj;
 pub mod file;
+pub mod host_path;
 pub mod malloc;
 
 pub mod volume;

@@ -500,6 +500,7 @@ fn host_list(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String
                     "volumes": r.volumes.iter().filter_map(vname).collect::<Vec<_>>(),
                     "queue": r.queue,
                     "controller": r.controller,
+                    "site": r.site,
                     "inflight": r.inflight(),
                 })
             })

@@ -346,7 +346,10 @@ impl Daemon {
             };
             nvmf_socks.push(crate::transport::tcp::listen(*addr).map_err(err)?);
         }
+        // Where hosts are, resolved against this site once (looked up at login and connect).
+        let host_sites = Arc::new(cfg.host_sites());
         let mut nvmf = NvmfShared::empty();
+        nvmf.host_sites = Arc::clone(&host_sites);
         nvmf.registry = crate::frontend::nvmf::ctrl::Registry::new(cfg.cntlid_range());
         nvmf.first_port_id = cfg.nvmf_first_port_id();
         nvmf.listen = nvmf_socks.iter().map(|(_, a)| *a).collect();
@@ -563,6 +566,7 @@ impl Daemon {
                 })
                 .collect(),
             switchovers: std::sync::atomic::AtomicU32::new(0),
+            host_sites: Arc::clone(&host_sites),
         });
         let iscsi_acceptor: Arc<dyn Acceptor> = Arc::new(IscsiAcceptor::new(Arc::clone(&iscsi)));
         for (fd, addr) in iscsi_socks {

@@ -43,6 +43,8 @@ pub struct HostRecord {
     pub queue: Option<u16>,
     /// NVMe/TCP: the controller id the queue belongs to.
     pub controller: Option<u16>,
+    /// The site the configuration's host list places the host at (`None`: not listed).
+    pub site: Option<String>,
     /// Requests in flight, as last published by the connection.
     inflight: AtomicU32,
 }
@@ -60,6 +62,7 @@ impl HostRecord {
             volumes: Vec::new(),
             queue: None,
             controller: None,
+            site: None,
             inflight: AtomicU32::new(0),
         }
     }

@@ -356,16 +356,39 @@ fn a_torn_truncated_or_corrupt_journal_is_cut_and_the_volume_keeps_serving() {
 
 #[test]
 fn every_acknowledged_write_survives_kill_9_and_the_torn_tail_is_cut() {
-    const SIZE: u64 = 64 << 20;
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("j");
+    assert!(!twinblk::layer::cdp::journal::in_memory(tmp.path()));
+    kill_9_keeps_every_acknowledged_write(tmp.path(), &tmp.path().join("j"));
+}
+
+/// The same with the journal in memory (tmpfs), whose appends the reactor writes itself in the
+/// turn instead of through io_uring (docs/cdp-format.md, "Appends").
+#[test]
+fn an_in_memory_journal_keeps_every_acknowledged_write_across_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shm = std::path::Path::new("/dev/shm");
+    if !twinblk::layer::cdp::journal::in_memory(shm) {
+        eprintln!("skipped: /dev/shm is not a tmpfs on this machine");
+        return;
+    }
+    let jroot = tempfile::tempdir_in(shm).unwrap();
+    kill_9_keeps_every_acknowledged_write(tmp.path(), &jroot.path().join("j"));
+}
+
+/// 32 writes in flight to a CDP volume whose journal is `dir`, the daemon (state in `root`)
+/// killed mid-run: every acknowledged write is in the journal as it was left, and again after
+/// the restart's recovery cut the torn tail.
+fn kill_9_keeps_every_acknowledged_write(root: &Path, dir: &Path) {
+    const SIZE: u64 = 64 << 20;
+    let tmp = root;
+    let dir = dir.to_path_buf();
     // Segments are prepared ahead and written with zeroes, so the kill may land while a
     // switch's header append is in flight.
     let body = format!(
         "[reactor]\ncores=[0]\npin=false\n{}prezero=true\n",
         volume("v", SIZE, &dir, "4MiB")
     );
-    let mut s = Server::start(tmp.path(), &body);
+    let mut s = Server::start(tmp, &body);
     let addr = s.addr;
     // 32 writes in flight at a time, each to its own block; the acknowledged ones are kept.
     let writer = std::thread::spawn(move || {

@@ -9,19 +9,19 @@ use crate::harness::pattern;
 use crate::iscsi::{Raw, read_blocks, status_of, two_sites, write_one};
 use std::time::{Duration, Instant};
 
-const TUR: [u8; 6] = [0; 6];
+pub(crate) const TUR: [u8; 6] = [0; 6];
 const RTPG: [u8; 12] = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
 /// (status, sense key, ASC, ASCQ).
-type Status = (u8, u8, u8, u8);
+pub(crate) type Status = (u8, u8, u8, u8);
 /// An RTPG descriptor: (group id, PREF, asymmetric access state).
-type Group = (u16, bool, u8);
+pub(crate) type Group = (u16, bool, u8);
 /// RTPG at site a and at site b.
 type Both = ([Group; 2], [Group; 2]);
 /// A unit attention ASYMMETRIC ACCESS STATE CHANGED.
-const ALUA_CHANGED: Status = (0x02, 0x06, 0x2A, 0x06);
+pub(crate) const ALUA_CHANGED: Status = (0x02, 0x06, 0x2A, 0x06);
 
 /// A session as `name` at `addr`, past its first unit attentions (TEST UNIT READY GOOD).
-fn session(addr: std::net::SocketAddr, name: &str) -> Raw {
+pub(crate) fn session(addr: std::net::SocketAddr, name: &str) -> Raw {
     let mut r = Raw::login_as(addr, name);
     let t = Instant::now();
     let mut itt = 1;
@@ -38,7 +38,7 @@ fn session(addr: std::net::SocketAddr, name: &str) -> Raw {
 
 /// SET TARGET PORT GROUPS with parameter list `list` (immediate data): (status, key, ASC,
 /// ASCQ). The answer comes once the switchover is done (a few seconds at most).
-fn stpg(r: &mut Raw, itt: u32, list: &[u8]) -> Status {
+pub(crate) fn stpg(r: &mut Raw, itt: u32, list: &[u8]) -> Status {
     let mut cdb = [0u8; 12];
     cdb[0] = 0xA4;
     cdb[1] = 0x0A;
@@ -58,7 +58,7 @@ fn stpg(r: &mut Raw, itt: u32, list: &[u8]) -> Status {
 }
 
 /// A parameter list: 4 reserved bytes, then (state, group) descriptors.
-fn list(descs: &[(u8, u16)]) -> Vec<u8> {
+pub(crate) fn list(descs: &[(u8, u16)]) -> Vec<u8> {
     let mut v = vec![0u8; 4];
     for &(state, g) in descs {
         v.extend_from_slice(&[state, 0]);
@@ -68,7 +68,7 @@ fn list(descs: &[(u8, u16)]) -> Vec<u8> {
 }
 
 /// RTPG: (group id, PREF, state) per descriptor, or the sense of a refusal.
-fn groups(r: &mut Raw, itt: u32) -> Result<Vec<Group>, Status> {
+pub(crate) fn groups(r: &mut Raw, itt: u32) -> Result<Vec<Group>, Status> {
     let (st, k, a, q, d) = status_of(r, itt, &RTPG, 256);
     if st != 0 {
         return Err((st, k, a, q));

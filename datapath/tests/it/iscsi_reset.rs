@@ -118,3 +118,64 @@ fn a_lun_reset_at_one_site_aborts_the_lus_tasks_at_both_sites() {
     );
     drop((ha, hb, hc, a));
 }
+
+/// I_T NEXUS RESET of one session (`func` 11).
+fn nexus_reset(r: &mut Raw, itt: u32) -> u8 {
+    let mut h = bhs(0x02, 0x80 | 11);
+    put32(&mut h, 16, itt);
+    put32(&mut h, 20, 0xFFFF_FFFF);
+    put32(&mut h, 24, r.cmd_sn);
+    r.cmd_sn += 1;
+    r.send(h, &[]);
+    let (h, _) = r.read_pdu().expect("a TMF Response");
+    assert_eq!(h[0] & 0x3F, 0x22, "TMF Response, got opcode {:#x}", h[0]);
+    h[2]
+}
+
+/// SAM-5: an I_T NEXUS RESET concerns its own I_T nexus only. The other nexuses of the logical
+/// unit see no unit attention and keep their RESERVE; the reset nexus's session ends, and when
+/// that nexus (same initiator name and ISID) logs in again, its first command reports I_T
+/// NEXUS LOSS OCCURRED (29h/07h), once.
+#[test]
+fn an_it_nexus_reset_touches_only_its_own_nexus() {
+    let (_d, addr) = crate::iscsi::daemon("8M");
+    let mut holder = session(addr, "iqn.2026-12.test:holder");
+    let mut resetter = session(addr, "iqn.2026-12.test:resetter");
+    assert_eq!(
+        status_of(&mut holder, 2, &[0x16, 0, 0, 0, 0, 0], 0).0,
+        0,
+        "RESERVE(6) by the holder"
+    );
+    assert_eq!(nexus_reset(&mut resetter, 3), 0, "function complete");
+    let t = Instant::now();
+    while !resetter.closed() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the reset nexus's session ends"
+        );
+    }
+    let s = status_of(&mut holder, 4, &TUR, 0);
+    assert_eq!(
+        (s.0, s.1, s.2, s.3),
+        (0, 0, 0, 0),
+        "another nexus sees no unit attention"
+    );
+    let mut again = Raw::login_as(addr, "iqn.2026-12.test:resetter");
+    let s = status_of(&mut again, 5, &TUR, 0);
+    assert_eq!(
+        (s.0, s.1, s.2, s.3),
+        (2, 6, 0x29, 0x07),
+        "the same nexus, logged in again: I_T NEXUS LOSS OCCURRED"
+    );
+    assert_eq!(
+        status_of(&mut again, 7, &write10(0, 1), 0).0,
+        0x18,
+        "reported once, and the holder's RESERVE survived another nexus's reset: RESERVATION CONFLICT"
+    );
+    let mut other = Raw::login_as(addr, "iqn.2026-12.test:third");
+    assert_eq!(
+        status_of(&mut other, 8, &write10(0, 1), 0).0,
+        0x18,
+        "a new nexus has no I_T nexus loss to report (the unit attention would come first)"
+    );
+}

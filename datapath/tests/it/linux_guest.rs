@@ -153,8 +153,10 @@ fn linux_iscsi_initiator_writes_at_one_site_and_reads_at_the_other() {
 }
 
 /// The kernel's NVMe/TCP initiator (nvme_tcp, nvme-cli) connects to site a and site b of a
-/// mirrored volume: native NVMe multipath makes one namespace head with two paths, site a's
-/// ANA optimized and site b's non-optimized. A pattern written through the head is read back
+/// mirrored volume whose sites' host list places the guest's host NQN at site b: native NVMe
+/// multipath makes one namespace head with two paths, site b's ANA optimized and site a's
+/// (the leader's) non-optimized, as each site reports to that host per controller ("Where
+/// hosts are"). A pattern written through the head is read back
 /// through site b alone (site a's controller disconnected), a second one written there is read
 /// back through site a alone (a reconnected, b disconnected); no controller is left and the
 /// kernel log is clean. Both replicas hold the last pattern.
@@ -171,7 +173,9 @@ fn linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote() {
         }
     };
     let root = tempfile::tempdir().unwrap();
-    let (a, _, b, _) = two_sites(root.path(), "");
+    // The host NQN tools/guest/linux/nvme.sh gives the guest, at site b.
+    let hosts = "[[host]]\nname='nqn.2014-08.org.nvmexpress:uuid:5d1a6c1e-7a1b-4c55-9a57-2b1c0e1f7e11'\nsite='b'\n";
+    let (a, _, b, _) = two_sites(root.path(), hosts);
     let mib = pattern_mib();
     let run = guest::boot(
         kit,
@@ -183,6 +187,8 @@ fn linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote() {
             ("portb", b.nvmf_addr.port().to_string()),
             ("nqn", "nqn.2026-11.io.twinblk:vol0".to_string()),
             ("mib", mib.to_string()),
+            ("anaa", "non-optimized".to_string()),
+            ("anab", "optimized".to_string()),
         ],
         timeout(),
     );

@@ -15,19 +15,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twinblk_tools::nvmf::{Controller, Opts, Queue, Sqe};
 
-const NQN: &str = "nqn.2026-11.test:two-volumes";
+pub(crate) const NQN: &str = "nqn.2026-11.test:two-volumes";
 const ANA_INACCESSIBLE: u16 = 0x302;
 
 /// A TCP proxy to `127.0.0.1:to` that can be cut: open connections are shut down and new
 /// ones refused (its listener closes).
-struct Proxy {
-    port: u16,
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
     cut: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
-    fn new(to: u16) -> Proxy {
+    pub(crate) fn new(to: u16) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
@@ -67,7 +67,7 @@ impl Proxy {
         Proxy { port, cut, conns }
     }
 
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         let list = self.conns.lock().unwrap();
         self.cut.store(true, Ordering::SeqCst);
         for s in list.iter() {
@@ -83,6 +83,23 @@ fn site(
     listen: u16,
     peer_port: u16,
     witness: &WitnessProc,
+) -> Server {
+    site_with(root, me, peer, listen, peer_port, witness, "", "")
+}
+
+/// A site of the two-volume pair (`va` led by a, `vb` by b, one NVMe subsystem [`NQN`] with
+/// both), with `front` (TOML lines, e.g. an `[iscsi]` table) after the subsystem and `tail`
+/// (TOML tables, e.g. `[[host]]`) after the volumes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn site_with(
+    root: &Path,
+    me: &str,
+    peer: &str,
+    listen: u16,
+    peer_port: u16,
+    witness: &WitnessProc,
+    front: &str,
+    tail: &str,
 ) -> Server {
     let d = root.join(me);
     std::fs::create_dir_all(&d).unwrap();
@@ -102,9 +119,10 @@ fn site(
             root.join(format!("{me}-{v}.img")).display()
         );
     }
+    body += tail;
     Server::start_nvmf(
         &d,
-        &format!("[[nvmf.subsystem]]\nnqn='{NQN}'\nnamespaces=['va','vb']"),
+        &format!("[[nvmf.subsystem]]\nnqn='{NQN}'\nnamespaces=['va','vb']\n{front}"),
         &body,
     )
 }
@@ -122,7 +140,7 @@ fn states(s: &Server) -> Vec<(String, String)> {
         .collect()
 }
 
-fn wait_states(s: &Server, want: &[(&str, &str)]) {
+pub(crate) fn wait_states(s: &Server, want: &[(&str, &str)]) {
     let t = Instant::now();
     loop {
         let got = states(s);
@@ -141,7 +159,7 @@ fn wait_states(s: &Server, want: &[(&str, &str)]) {
 }
 
 /// The ANA log page as (group id, state, nsids) per descriptor, checking its layout.
-fn ana_log(c: &mut Controller) -> (u64, Vec<(u32, u8, Vec<u32>)>) {
+pub(crate) fn ana_log(c: &mut Controller) -> (u64, Vec<(u32, u8, Vec<u32>)>) {
     let b = c.log(0x0C, 0, 0, 4096).unwrap();
     let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
     let chgcnt = u64::from_le_bytes(b[0..8].try_into().unwrap());

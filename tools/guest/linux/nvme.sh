@@ -1,14 +1,18 @@
 # Scenario `nvme` (sourced by /init): the kernel's NVMe/TCP initiator (nvme_tcp, nvme-cli)
 # connects to both sites of a mirrored volume; native NVMe multipath joins the two controllers
-# into one namespace head with two paths (site a's ANA optimized, site b's non-optimized). A
+# into one namespace head with two paths (by default site a's ANA optimized, site b's
+# non-optimized). A
 # pattern written through the head (to site a) is read back through site b alone (site a's
 # controller disconnected); a second pattern written there is read back through site a alone
 # (site a reconnected, site b disconnected).
 #
 # Kernel command line: tb.host, tb.porta, tb.portb (the sites' NVMe/TCP listeners), tb.nqn,
-# tb.mib.
+# tb.mib; tb.anaa and tb.anab, the ANA states the paths must have (default optimized and
+# non-optimized: the leader's rule; a host list placing this host at site b reverses them).
 H=${tb_host:-10.0.2.2}
 NQN=$tb_nqn
+WANT_A=${tb_anaa:-optimized}
+WANT_B=${tb_anab:-non-optimized}
 # one host identity on every path (multipath needs the same host NQN and id)
 mkdir -p /etc/nvme
 echo "nqn.2014-08.org.nvmexpress:uuid:5d1a6c1e-7a1b-4c55-9a57-2b1c0e1f7e11" > /etc/nvme/hostnqn
@@ -78,10 +82,10 @@ if connect a "$tb_porta" && connect b "$tb_portb"; then
     ctrls=$(ls /sys/class/nvme-subsystem/*/ 2>/dev/null | grep -cE '^nvme[0-9]+$')
     sa=$(ana a)
     sb=$(ana b)
-    if [ -n "$HEAD" ] && [ "$ctrls" = 2 ] && [ "$sa" = optimized ] && [ "$sb" = non-optimized ]; then
+    if [ -n "$HEAD" ] && [ "$ctrls" = 2 ] && [ "$sa" = "$WANT_A" ] && [ "$sb" = "$WANT_B" ]; then
         check multipath PASS "head /dev/$HEAD ($(cat /sys/block/$HEAD/size) sectors), 1 subsystem, 2 controllers; site a's path $sa, site b's $sb"
     else
-        check multipath FAIL "head '$HEAD', $ctrls controller(s) in the subsystem, ANA a '$sa' b '$sb': $(nvme list-subsys 2>&1 | tr '\n' ' ')"
+        check multipath FAIL "head '$HEAD', $ctrls controller(s) in the subsystem, ANA a '$sa' b '$sb' (want '$WANT_A' '$WANT_B'): $(nvme list-subsys 2>&1 | tr '\n' ' ')"
     fi
     if [ -n "$HEAD" ]; then
         pattern "/dev/$HEAD" "/dev/$HEAD" write-head

@@ -71,6 +71,11 @@ pub trait Wire: Send {
     fn goodbye(&mut self, _out: &mut Vec<u8>) {}
     /// Largest reply this wire accepts, headers included.
     fn max_reply(&self) -> usize;
+    /// Whether one more request may be sent now (iSCSI: its CmdSN is inside the command
+    /// window the target last announced).
+    fn may_send(&self) -> bool {
+        true
+    }
 }
 
 /// A connected socket and its codec, as the protocol modules hand them over.
@@ -375,7 +380,11 @@ impl Conn {
 
     /// Issue requests up to the queue depth (and `budget`, decremented per request).
     fn fill(&mut self, now: Instant, budget: &mut u64, stopping: bool) {
-        while self.inflight < self.qd && *budget > 0 && !self.done_issuing(stopping) {
+        while self.inflight < self.qd
+            && *budget > 0
+            && !self.done_issuing(stopping)
+            && self.wire.may_send()
+        {
             let Some(unit) = self.pick() else { break };
             let Some(slot) = self.free.pop() else { break };
             let write = match self.read_pct {
@@ -683,7 +692,8 @@ pub fn run_thread(
             None => u64::MAX,
         };
         let before = budget;
-        if conns.iter().all(|c| c.inflight == 0) {
+        // Nothing outstanding and every window open: nothing is owed by the target.
+        if conns.iter().all(|c| c.inflight == 0 && c.wire.may_send()) {
             quiet_since = now;
         }
         for c in &mut conns {
@@ -732,6 +742,13 @@ pub fn run_thread(
             }
         }
         let outstanding: u32 = conns.iter().map(|c| c.inflight).sum();
+        let shut = conns.iter().any(|c| c.inflight == 0 && !c.wire.may_send());
+        if shut && outstanding == 0 && now.saturating_duration_since(quiet_since) > timeout {
+            bail!(
+                "the target kept its command window closed for {:.1} s with nothing outstanding",
+                timeout.as_secs_f64()
+            );
+        }
         if outstanding > 0 && now.saturating_duration_since(quiet_since) > timeout {
             bail!(
                 "no reply from the target for {:.1} s with {outstanding} request(s) outstanding",

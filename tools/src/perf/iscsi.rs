@@ -15,8 +15,11 @@
 //!   MaxRecvDataSegmentLength), no unsolicited Data-Out PDU, the rest after R2T as Data-Out
 //!   PDUs. Reads complete on the Data-In with the S bit or on the SCSI Response. NOP-In pings
 //!   are answered.
-//! - CmdSN: commands are numbered from the login's CmdSN; `qd` must fit the command window the
-//!   target opened at login (MaxCmdSN - ExpCmdSN + 1), so no command is ever sent outside it.
+//! - CmdSN: commands are numbered from the login's CmdSN and sent only while CmdSN ≤ MaxCmdSN
+//!   (serial arithmetic), the newest MaxCmdSN any target PDU announced (RFC 7143 §4.2.2.1: a
+//!   MaxCmdSN below ExpCmdSN - 1 or older than the one known is ignored), so no command is ever
+//!   sent outside the window; a `qd` larger than the window waits for it to open (some targets,
+//!   tgt among them, open a window of 1 at login and widen it with their responses).
 //!
 //! Invariants: every PDU's lengths are checked against the largest PDU expected before use;
 //! Reject, a logout request from the target, an ITT that is not outstanding, Data-In for a
@@ -336,6 +339,13 @@ pub struct IscsiWire {
     target_mrdsl: usize,
     immediate: usize,
     max_reply: usize,
+    /// The newest MaxCmdSN the target announced.
+    max_cmdsn: u32,
+}
+
+/// `a` < `b` in 32-bit serial number arithmetic (RFC 1982).
+fn sn_lt(a: u32, b: u32) -> bool {
+    a != b && b.wrapping_sub(a) < 1 << 31
 }
 
 impl IscsiWire {
@@ -353,6 +363,16 @@ impl IscsiWire {
                 0
             },
             max_reply: BHS + 255 * 4 + MY_MRDSL as usize + 4,
+            max_cmdsn: s.cmdsn.wrapping_add(s.window).wrapping_sub(1),
+        }
+    }
+
+    /// Take the ExpCmdSN / MaxCmdSN a target PDU `h` carries (bytes 28..36 of every full
+    /// feature phase response, RFC 7143 §11).
+    fn window_from(&mut self, h: &[u8]) {
+        let (exp, max) = (be32(h, 28), be32(h, 32));
+        if !sn_lt(max, exp.wrapping_sub(1)) && sn_lt(self.max_cmdsn, max) {
+            self.max_cmdsn = max;
         }
     }
 
@@ -441,6 +461,7 @@ impl Wire for IscsiWire {
             return Ok(None);
         }
         let h = &inb[..BHS];
+        self.window_from(h);
         let data = BHS + ahs..BHS + ahs + dsl;
         let itt = be32(h, 16);
         let slot_of = |want_write: bool| -> Result<u16> {
@@ -582,6 +603,10 @@ impl Wire for IscsiWire {
     fn max_reply(&self) -> usize {
         self.max_reply
     }
+
+    fn may_send(&self) -> bool {
+        !sn_lt(self.max_cmdsn, self.cmdsn)
+    }
 }
 
 /// READ CAPACITY(16) on a fresh session (blocking); retried over unit attentions.
@@ -597,6 +622,7 @@ fn capacity(s: &mut TcpStream, w: &mut IscsiWire) -> Result<(u64, u32)> {
         let mut data = Vec::new();
         let status = loop {
             let (h, d) = read_pdu(s, MY_MRDSL as usize)?;
+            w.window_from(&h);
             match h[0] & 0x3F {
                 op::DATA_IN => {
                     ensure!(be32(&h, 16) == itt, "Data-In for another task");
@@ -668,12 +694,6 @@ pub fn connect(o: &Opts) -> Result<Connected> {
         ];
         let sess = login(&mut s, &o.initiator, &o.target.name, isid, o.chap.as_ref())
             .with_context(|| format!("iSCSI login to {}", o.target.addr))?;
-        ensure!(
-            o.qd <= sess.window,
-            "--qd {} exceeds the target's command window ({})",
-            o.qd,
-            sess.window
-        );
         let mut w = IscsiWire::new(&sess, lun, 512);
         let (size, block) = capacity(&mut s, &mut w)?;
         if let Some(d) = dev {
@@ -764,6 +784,57 @@ mod tests {
         assert_eq!(be32(&out, 24), 2, "CmdSN advances");
         assert_eq!(out[32], 0x88, "READ(16) past 2^32 blocks");
         assert_eq!(u64::from_be_bytes(out[34..42].try_into().unwrap()), 1 << 33);
+    }
+
+    /// A window of 2 at login: two commands go, the third waits until a response widens the
+    /// window; a MaxCmdSN older than the known one, or below ExpCmdSN - 1, changes nothing.
+    #[test]
+    fn commands_wait_for_the_command_window() {
+        let s = Session {
+            window: 2,
+            ..session()
+        };
+        let mut w = IscsiWire::new(&s, lun_field(0).unwrap(), 512);
+        let slots = Slots::with_busy(512, &[]);
+        let mut out = Vec::new();
+        let r = Req {
+            slot: 0,
+            write: false,
+            offset: 0,
+            len: 512,
+        };
+        assert!(w.may_send());
+        w.request(&r, &[], &mut out);
+        assert!(w.may_send());
+        w.request(&Req { slot: 1, ..r }, &[], &mut out);
+        assert!(!w.may_send(), "CmdSN 3 is outside the window [1, 2]");
+        let nop = |exp: u32, max: u32| {
+            pdu(
+                op::NOP_IN,
+                0x80,
+                u32::MAX,
+                |h| {
+                    h[20..24].copy_from_slice(&u32::MAX.to_be_bytes());
+                    h[28..32].copy_from_slice(&exp.to_be_bytes());
+                    h[32..36].copy_from_slice(&max.to_be_bytes());
+                },
+                &[],
+            )
+        };
+        let mut o2 = Vec::new();
+        w.parse(&nop(1, 0xFFFF_FFF0), &slots, &mut o2).unwrap();
+        assert!(!w.may_send(), "MaxCmdSN below ExpCmdSN - 1: ignored");
+        w.parse(&nop(3, 34), &slots, &mut o2).unwrap();
+        assert!(w.may_send(), "widened to 34");
+        w.parse(&nop(3, 10), &slots, &mut o2).unwrap();
+        for i in 3..=34u16 {
+            assert!(
+                w.may_send(),
+                "CmdSN {i} inside the window (an older MaxCmdSN is ignored)"
+            );
+            w.request(&Req { slot: i % 4, ..r }, &[], &mut out);
+        }
+        assert!(!w.may_send(), "CmdSN 35 is outside");
     }
 
     #[test]

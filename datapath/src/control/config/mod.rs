@@ -41,6 +41,21 @@ pub struct Config {
     /// Changes made at run time through the control socket.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Where hosts are (`[[host]]`; empty: every host sees the leader's ports optimised).
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<HostConfig>,
+}
+
+/// `[[host]]`: one host at one site (uniform access, docs/architecture.md "Where hosts
+/// are"): it sees that site's ports of every mirrored volume optimised and the other site's
+/// non-optimised (iSCSI ALUA per I_T nexus, NVMe ANA per controller), whichever site leads.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The host's iSCSI initiator name or NVMe host NQN, exactly as it logs in.
+    pub name: String,
+    /// Its site: `mirror.site` or `mirror.peer_site`.
+    pub site: String,
 }
 
 /// `[runtime]`: room for volumes created at run time (docs/control.md, "Run-time changes").
@@ -720,6 +735,7 @@ impl Default for Config {
             }],
             mirror: None,
             runtime: RuntimeConfig::default(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -948,6 +964,7 @@ impl Config {
                 ));
             }
         }
+        self.check_hosts().or_else(bad)?;
         if self.control.group.as_deref() == Some("") {
             return bad("control.group is empty: name a group or leave it out".into());
         }
@@ -1052,6 +1069,56 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The host list: names unique and not empty, each site one of the mirror's two.
+    fn check_hosts(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for h in &self.hosts {
+            if h.name.is_empty() || h.name.len() > 223 {
+                return Err(format!(
+                    "host {:?}: a host name (iSCSI initiator name or NVMe host NQN) must be 1 to 223 bytes",
+                    h.name
+                ));
+            }
+            if !seen.insert(h.name.as_str()) {
+                return Err(format!(
+                    "host {:?} is listed twice: a host is at one site",
+                    h.name
+                ));
+            }
+            let Some(m) = &self.mirror else {
+                return Err(format!(
+                    "host {:?}: site {:?} is unknown: a [[host]] list names the sites of [mirror], and there is no [mirror] section",
+                    h.name, h.site
+                ));
+            };
+            if h.site != m.site && h.site != m.peer_site {
+                return Err(format!(
+                    "host {:?}: site {:?} is unknown: give mirror.site ({:?}) or mirror.peer_site ({:?})",
+                    h.name, h.site, m.site, m.peer_site
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The host list resolved against this site (`HostSites`, looked up at login/connect).
+    pub fn host_sites(&self) -> crate::bdev::host_path::HostSites {
+        use crate::bdev::host_path::{HostSites, Site};
+        let here = self.mirror.as_ref().map(|m| m.site.as_str());
+        let sites = HostSites::new(self.hosts.iter().map(|h| {
+            let site = if Some(h.site.as_str()) == here {
+                Site::Here
+            } else {
+                Site::Peer
+            };
+            (h.name.clone(), site)
+        }));
+        match &self.mirror {
+            Some(m) => sites.named(&m.site, &m.peer_site),
+            None => sites,
+        }
     }
 
     /// This site's iSCSI target portal group tag (also its ALUA target port group and

@@ -390,3 +390,72 @@ fn heartbeat_peer_dead_and_peer_timeout_that_cannot_work_together_are_refused() 
         &["mirror.witness_timeout_ms"],
     );
 }
+
+/// The mirror test config plus `hosts` (TOML `[[host]]` tables) after the volume.
+fn with_hosts(hosts: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(&format!(
+        "[mirror]\nsite='b'\npeer_site='a'\nlisten=['127.0.0.1:1']\npeer='127.0.0.1:2'\n\
+         witness_key_file='/k'\n\
+         [[volume]]\nname='v'\nbackend='malloc'\nsize='1MiB'\nmirror=true\n{hosts}"
+    ))
+}
+
+#[test]
+fn a_host_list_parses_and_resolves_against_this_site() {
+    use crate::bdev::host_path::Site;
+    let c = with_hosts(
+        "[[host]]\nname='iqn.1998-01.com.vmware:esx1'\nsite='a'\n\
+         [[host]]\nname='nqn.2014-08.org.nvmexpress:uuid:h2'\nsite='b'\n",
+    )
+    .unwrap();
+    assert_eq!(c.hosts.len(), 2);
+    assert_eq!(
+        c.hosts[0],
+        HostConfig {
+            name: "iqn.1998-01.com.vmware:esx1".into(),
+            site: "a".into()
+        }
+    );
+    // This site is b: the host at a is at the peer.
+    let h = c.host_sites();
+    assert_eq!(h.site_of("iqn.1998-01.com.vmware:esx1"), Some(Site::Peer));
+    assert_eq!(
+        h.site_of("nqn.2014-08.org.nvmexpress:uuid:h2"),
+        Some(Site::Here)
+    );
+    assert_eq!(h.site_of("iqn.1998-01.com.vmware:esx3"), None);
+    assert_eq!((h.name_of(Site::Here), h.name_of(Site::Peer)), ("b", "a"));
+    // No list: nobody is listed.
+    assert!(with_hosts("").unwrap().host_sites().is_empty());
+    assert!(Config::default().host_sites().is_empty());
+}
+
+#[test]
+fn host_list_mistakes_are_named() {
+    let e = with_hosts("[[host]]\nname='iqn.x:h1'\nsite='c'\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("iqn.x:h1") && e.contains("\"c\" is unknown"),
+        "{e}"
+    );
+    assert!(e.contains("\"b\"") && e.contains("\"a\""), "{e}");
+    let e =
+        with_hosts("[[host]]\nname='iqn.x:h1'\nsite='a'\n[[host]]\nname='iqn.x:h1'\nsite='b'\n")
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("\"iqn.x:h1\" is listed twice"), "{e}");
+    let e = with_hosts("[[host]]\nname=''\nsite='a'\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1 to 223 bytes"), "{e}");
+    let e = Config::from_toml("[[host]]\nname='iqn.x:h1'\nsite='a'\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no [mirror] section"), "{e}");
+    // A misspelt key is a parse error.
+    assert!(matches!(
+        with_hosts("[[host]]\nname='iqn.x:h1'\nsite='a'\nsit='b'\n"),
+        Err(ConfigError::Parse(_))
+    ));
+}

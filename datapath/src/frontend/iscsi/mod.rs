@@ -36,8 +36,10 @@
 //!
 //! ALUA: one target port group per site (id [`IscsiShared::tpg`], also the relative target
 //! port id); its asymmetric access state is the volume's published path state
-//! (`bdev::volume::PathCell`), read lock-free per command; a change of it is reported once to
-//! every session as a unit attention (ASYMMETRIC ACCESS STATE CHANGED). Explicit ALUA: SET
+//! (`bdev::volume::PathCell`) as the session's initiator sees it (`bdev::host_path`: the host
+//! list, looked up once at login), read lock-free per command; a change of it is reported once
+//! to every session as a unit attention (ASYMMETRIC ACCESS STATE CHANGED; to a listed
+//! initiator only when what it sees changed). Explicit ALUA: SET
 //! TARGET PORT GROUPS asking for a group to be active/optimised is a planned switchover of
 //! the volume's leadership to that group's site (`conn/alua.rs`, the control socket's
 //! `mirror_switchover` steps, run on a helper thread).
@@ -84,7 +86,14 @@ pub struct IscsiLun {
     /// Persistent reservations and the RESERVE (6/10) holder: decided by a mirrored volume's
     /// leader site and installed at both (docs/iscsi.md).
     pub pr: Arc<prs::PrState>,
+    /// I_T nexuses (`prs::nexus_id`) reset by an I_T NEXUS RESET whose next session has not yet
+    /// reported I_T NEXUS LOSS OCCURRED (SAM-5); taken at login only, at most
+    /// [`NEXUS_LOSSES_KEPT`] (the oldest forgotten first).
+    pub nexus_losses: Arc<std::sync::Mutex<Vec<[u8; 16]>>>,
 }
+
+/// I_T nexus losses remembered per logical unit for the nexus's next login.
+pub const NEXUS_LOSSES_KEPT: usize = 64;
 
 impl IscsiLun {
     /// LUN `lun` over volume index `volume` named `name`: its identifiers are derived from
@@ -111,6 +120,7 @@ impl IscsiLun {
             serial,
             resets,
             pr,
+            nexus_losses: Arc::default(),
         }
     }
 }
@@ -173,6 +183,9 @@ pub struct IscsiShared {
     pub mirrors: Vec<Option<MirrorHandle>>,
     /// SET TARGET PORT GROUPS commands waiting for their switchover (helper threads).
     pub switchovers: AtomicU32,
+    /// Where hosts are (the configuration's host list): a session looks its initiator name
+    /// up once, at login, for the ALUA states it reports (`bdev::host_path`).
+    pub host_sites: Arc<crate::bdev::host_path::HostSites>,
 }
 
 /// What SET TARGET PORT GROUPS needs of a mirrored volume.

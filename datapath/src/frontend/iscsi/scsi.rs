@@ -431,6 +431,8 @@ impl Sense {
     pub const ALUA_CHANGED: Self = Self::new(key::UNIT_ATTENTION, 0x2A, 0x06);
     /// UNIT ATTENTION / BUS DEVICE RESET FUNCTION OCCURRED (a LUN or target reset).
     pub const RESET_OCCURRED: Self = Self::new(key::UNIT_ATTENTION, 0x29, 0x03);
+    /// I_T NEXUS LOSS OCCURRED (29h/07h).
+    pub const NEXUS_LOSS: Self = Self::new(key::UNIT_ATTENTION, 0x29, 0x07);
     /// ABORTED COMMAND / DATA PHASE ERROR (a data transfer the target cannot accept).
     pub const DATA_PHASE_ERROR: Self = Self::new(key::ABORTED_COMMAND, 0x4B, 0x00);
     /// NO SENSE / NO ADDITIONAL SENSE INFORMATION.

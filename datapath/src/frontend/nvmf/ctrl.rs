@@ -12,6 +12,11 @@
 //! [`PathState`](crate::bdev::volume::PathState) (a lock-free `PathCell` written by the
 //! volume's top layer, e.g. the mirror), read per I/O and per ANA log page; a subsystem's ANA
 //! change count is the sum of its groups' volumes' change counts ([`Subsystem::ana_changes`]).
+//! Where hosts are: a controller whose host NQN the host list places at a site
+//! ([`Controller::host_site`], looked up once at Connect) is told the states
+//! [`host_group_state`] gives (`bdev::host_path`: for a mirrored volume, optimised where the
+//! host is and non-optimised at the other site while the volume is served; inaccessible and
+//! transitioning as published); other controllers are told the published states.
 //!
 //! Invariants:
 //! - A controller's I/O queues are registered only while it is alive; [`Controller::teardown`]
@@ -20,7 +25,8 @@
 //!   owning reactor sees end of file, finishes its in-flight I/O and closes the socket itself.
 
 use super::cmd;
-use crate::bdev::volume::Volume;
+use crate::bdev::host_path::{self, Site};
+use crate::bdev::volume::{PathState, Volume};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
@@ -167,15 +173,33 @@ impl Subsystem {
         self.ana_groups.last().map_or(0, |g| g.id)
     }
 
-    /// The subsystem's ANA change count: the sum of its groups' volumes' path changes, so it
-    /// moves whenever one of its groups changes state, and only then.
+    /// The subsystem's ANA change count: the sum of its groups' volumes' path changes at this
+    /// site and at the other (a listed host's view of a group depends on both:
+    /// `bdev::host_path`), so it moves whenever one of them changes state, and only then.
     pub fn ana_changes(&self, volumes: &[Option<Arc<Volume>>]) -> u64 {
         self.ana_groups
             .iter()
             .filter_map(|g| volumes.get(g.volume)?.as_ref())
-            .map(|v| v.path.changes())
+            .map(|v| v.path.changes() + v.peer_path.as_ref().map_or(0, |p| p.changes()))
             .sum()
     }
+}
+
+/// The state of volume index `volume`'s ANA group as a host at `host` (`None`: not listed)
+/// sees it: the host list applies to mirrored volumes only (`bdev::host_path`). `None`: no
+/// such volume.
+pub fn host_group_state(
+    volumes: &[Option<Arc<Volume>>],
+    volume: usize,
+    host: Option<Site>,
+) -> Option<PathState> {
+    let v = volumes.get(volume)?.as_ref()?;
+    let host = if v.peer_path.is_some() { host } else { None };
+    let other = v
+        .peer_path
+        .as_ref()
+        .map_or(PathState::Inaccessible, |p| p.get());
+    Some(host_path::host_view(v.path.get(), Site::Here, host, other))
 }
 
 /// A controller: an admin queue plus the I/O queues attached to it.
@@ -187,6 +211,9 @@ pub struct Controller {
     pub subsys: Option<Arc<Subsystem>>,
     /// Host NQN that created it.
     pub hostnqn: String,
+    /// Where that host is, from the host list (`None`: not listed): the ANA states it is
+    /// told ([`host_group_state`]).
+    pub host_site: Option<Site>,
     /// Host identifier.
     pub hostid: [u8; 16],
     /// I/O queues granted (Set Features, Number of Queues).
@@ -335,6 +362,7 @@ impl Registry {
         &self,
         subsys: Option<Arc<Subsystem>>,
         hostnqn: &str,
+        host_site: Option<Site>,
         hostid: [u8; 16],
         kato_ms: u32,
     ) -> Option<Arc<Controller>> {
@@ -347,6 +375,7 @@ impl Registry {
                 let c = Arc::new(Controller {
                     cntlid: id,
                     hostnqn: hostnqn.to_owned(),
+                    host_site,
                     hostid,
                     io_queues: AtomicU16::new(if subsys.is_some() { MAX_IO_QUEUES } else { 0 }),
                     subsys,
@@ -403,6 +432,7 @@ mod tests {
             .create(
                 Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
                 "h",
+                None,
                 [0; 16],
                 0,
             )
@@ -411,6 +441,7 @@ mod tests {
             .create(
                 Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
                 "h",
+                None,
                 [0; 16],
                 0,
             )
@@ -443,6 +474,7 @@ mod tests {
                 r.create(
                     Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
                     "h",
+                    None,
                     [0; 16],
                     0,
                 )
@@ -455,6 +487,7 @@ mod tests {
             r.create(
                 Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
                 "h",
+                None,
                 [0; 16],
                 0
             )
@@ -466,6 +499,7 @@ mod tests {
             r.create(
                 Some(Arc::new(Subsystem::new("nqn.t:x".into(), vec![], &[0]))),
                 "h",
+                None,
                 [0; 16],
                 0
             )
@@ -476,7 +510,7 @@ mod tests {
         // The default range is the whole dynamic range, starting at 1.
         let d = Registry::default();
         assert_eq!(d.ids(), 1..=MAX_CNTLID);
-        assert_eq!(d.create(None, "h", [0; 16], 0).unwrap().cntlid, 1);
+        assert_eq!(d.create(None, "h", None, [0; 16], 0).unwrap().cntlid, 1);
     }
 
     #[test]

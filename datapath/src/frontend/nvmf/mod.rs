@@ -30,6 +30,7 @@ pub mod pdu;
 pub mod resv;
 pub mod status;
 
+use crate::bdev::host_path::HostSites;
 pub use atomic::Note;
 pub use conn::NvmfConn;
 use ctrl::{Registry, Subsystem};
@@ -58,6 +59,9 @@ pub struct NvmfShared {
     sections: OnceLock<atomic::Sections>,
     /// The runtime service index of the atomic-section executors ([`atomic::HomeService`]).
     pub home_service: u32,
+    /// Where hosts are (the configuration's host list): a controller looks its host NQN up
+    /// once, at Connect, for the ANA states it reports (`bdev::host_path`).
+    pub host_sites: Arc<HostSites>,
 }
 
 impl NvmfShared {
@@ -71,6 +75,7 @@ impl NvmfShared {
             state_dir: None,
             sections: OnceLock::new(),
             home_service: 0,
+            host_sites: Arc::default(),
         }
     }
 

@@ -16,6 +16,10 @@
 //! - A failed append stops the journal for good (until a restart): updates then complete on
 //!   their base result alone, and the history ends at `durable`; the layer above it tracks
 //!   the changed regions (degraded mode, [`super::degraded`]).
+//! - A journal in memory (its directory on tmpfs or ramfs) is appended by the reactor itself,
+//!   one positioned write per batch in the same turn (`inline`): io_uring has no non-blocking
+//!   write on those filesystems and hands every such write to a worker thread, whose wake-ups
+//!   cost more than the copy the write is. Order, watermark and failure rules are the same.
 
 use super::clock;
 use super::format::{self, MAX_PAYLOAD, Meta, Op, REC_HEADER, RecHeader, SegHeader};
@@ -155,6 +159,26 @@ pub struct Journal {
     /// Time of the last durable record.
     last_durable_time: u64,
     spare: Arc<Spare>,
+    /// Appends are written in the turn by the reactor (the directory is in memory).
+    inline: bool,
+    /// An inline append moved `durable` since [`Journal::take_moved`] was last asked.
+    moved: bool,
+}
+
+/// Whether `dir` is on a filesystem kept in memory (tmpfs, ramfs), where a write is a copy.
+pub fn in_memory(dir: &std::path::Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct it is given; `c` is a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; both pointers are valid for the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
 /// An idle journal appends a time mark this often, so its window reaches to about now.
@@ -164,6 +188,7 @@ impl Journal {
     /// The writer of volume `vol` on this reactor, appending to `s`'s segment.
     pub fn new(io: &mut IoCx, vol: u32, s: Start, stats: Arc<CdpStats>) -> std::io::Result<Self> {
         let slot = io.register_file(s.file.as_raw_fd())?;
+        let inline = in_memory(&s.dir);
         stats.durable_seq.store(s.next_seq - 1, Relaxed);
         stats.durable_time.store(s.last_time, Relaxed);
         stats.segment.store(s.segno, Relaxed);
@@ -188,8 +213,21 @@ impl Journal {
             last_record: Instant::now(),
             last_mark: None,
             last_durable_time: s.last_time,
+            inline,
             spare: s.spare,
+            moved: false,
         })
+    }
+
+    /// Whether an inline append moved the durable watermark since the last call (the layer
+    /// then answers the updates it covers).
+    pub fn take_moved(&mut self) -> bool {
+        std::mem::take(&mut self.moved)
+    }
+
+    /// Whether appends are written inline (the journal is in memory).
+    pub fn inline(&self) -> bool {
+        self.inline
     }
 
     /// Last durable sequence number.
@@ -376,15 +414,25 @@ impl Journal {
             self.next_id = (self.next_id + 1) & ID_MASK;
             let at = b.rewrite_at.unwrap_or(self.pos);
             self.last_mark = b.lone_mark.then_some((at, b.last_seq));
-            io.start_bdev(BdevOp {
-                tag: IoTag::channel(self.vol, LOWER_SLOT | JOURNAL_SLOT | id),
-                file: self.slot,
-                offset: at,
-                len: len as u32,
-                done: 0,
-                kind: OpKind::Write { fua: true },
-                buf: b.buf,
-            });
+            let written = if self.inline {
+                // In memory: the write is a copy, done here (see the module's invariants).
+                let bytes = io.buf_mut(&mut b.buf, len);
+                let r = std::os::unix::fs::FileExt::write_all_at(&self.file, &bytes[..len], at)
+                    .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)));
+                give_back(io, b.buf);
+                Some(r)
+            } else {
+                io.start_bdev(BdevOp {
+                    tag: IoTag::channel(self.vol, LOWER_SLOT | JOURNAL_SLOT | id),
+                    file: self.slot,
+                    offset: at,
+                    len: len as u32,
+                    done: 0,
+                    kind: OpKind::Write { fua: true },
+                    buf: b.buf,
+                });
+                None
+            };
             if b.rewrite_at.is_none() {
                 self.pos += len as u64;
             }
@@ -397,6 +445,12 @@ impl Journal {
             self.stats.journal_bytes.fetch_add(len as u64, Relaxed);
             self.stats.batches.fetch_add(1, Relaxed);
             started = true;
+            if let Some(r) = written {
+                self.moved |= self.finished(io, id, r);
+                if self.stopped {
+                    return started;
+                }
+            }
         }
         started
     }

@@ -684,7 +684,7 @@ impl Poller for CdpPoller {
             c.journal.mark(cx.io);
         }
         let mut worked = c.journal.issue(cx.io);
-        if c.journal.stopped() {
+        if c.journal.take_moved() || c.journal.stopped() {
             c.complete_durable();
         }
         worked |= !c.done.is_empty();

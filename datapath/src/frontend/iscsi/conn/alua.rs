@@ -10,6 +10,19 @@
 //! up to [`SETTLE`] for both published path states (this site's and the peer's) to be the new
 //! roles' and posts a [`StpgDone`] note to the connection, which answers the task.
 //!
+//! Where hosts are (`bdev::host_path`): a session whose initiator the host list places at a
+//! site reports the states [`IscsiConn::host_paths`] gives (its site's group optimised, the
+//! other non-optimised, whichever site leads, or the serving group optimised when its own
+//! site's is inaccessible); the I/O checks read the same view (it is
+//! inaccessible or transitioning exactly when the published state is). For such a session the
+//! host list, not the leadership, decides which group is optimised: a SET TARGET PORT GROUPS
+//! asking for what it already sees changes nothing (GOOD), one asking for anything else is
+//! an invalid combination (ILLEGAL REQUEST / INVALID FIELD IN PARAMETER LIST), never a
+//! switchover. Its unit attentions follow its view: ASYMMETRIC ACCESS STATE CHANGED is
+//! reported when the states it sees differ from those it last saw (a switchover between two
+//! sites that are both up changes nothing it sees, and reports nothing); an unlisted
+//! session's are reported whenever a published state changed, as before.
+//!
 //! Invariants:
 //! - While it waits the task counts as at a device (`parts` = 1), so its slot is not reused,
 //!   the connection does not close and a task management function aborting it waits for the
@@ -21,6 +34,7 @@
 //!   until then as seen. A failed one leaves them to be reported (the states may have moved).
 
 use super::IscsiConn;
+use crate::bdev::host_path::{self, Site};
 use crate::bdev::volume::{PathState, Volume};
 use crate::frontend::iscsi::MirrorHandle;
 use crate::frontend::iscsi::alua::{self, Want};
@@ -48,7 +62,42 @@ pub fn other_group(own: u16) -> u16 {
     if own == 1 { 2 } else { 1 }
 }
 
+/// What a session last saw of a logical unit, for its unit attentions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// Path-state changes of both sites' groups ([`IscsiConn::path_changes`]).
+    pub changes: u64,
+    /// Logical unit resets.
+    pub resets: u64,
+    /// The states of this site's group and the other site's, as this session sees them.
+    pub view: (PathState, Option<PathState>),
+}
+
 impl IscsiConn {
+    /// Both port groups of volume `v` as this session's host sees them (this site's, the
+    /// other site's: `bdev::host_path::host_views`). No lock, no allocation.
+    pub(super) fn host_paths(&self, v: &Volume) -> (PathState, Option<PathState>) {
+        host_path::host_views(
+            v.path.get(),
+            v.peer_path.as_ref().map(|p| p.get()),
+            self.host_site,
+        )
+    }
+
+    /// This site's port group of volume `v` as this session's host sees it (the I/O checks).
+    pub(super) fn host_path(&self, v: &Volume) -> PathState {
+        let host = if v.peer_path.is_some() {
+            self.host_site
+        } else {
+            None
+        };
+        let other = v
+            .peer_path
+            .as_ref()
+            .map_or(PathState::Inaccessible, |p| p.get());
+        host_path::host_view(v.path.get(), Site::Here, host, other)
+    }
+
     /// Execute SET TARGET PORT GROUPS (its parameter list is whole).
     pub(super) fn set_tpg(&mut self, env: &mut Env<'_>, slot: u32) {
         let (vol, lun_idx) = {
@@ -60,10 +109,12 @@ impl IscsiConn {
             return self.complete(slot, Err(Sense::INVALID_FIELD_PARAM));
         };
         let own = self.sh.tpg;
-        let peer = v.peer_path.as_ref().map(|p| (other_group(own), p.get()));
+        // The states this session sees (a listed host's view, else the published ones).
+        let (mine, theirs) = self.host_paths(&v);
+        let peer = theirs.map(|s| (other_group(own), s));
         let mut groups = vec![own];
         groups.extend(peer.map(|(g, _)| g));
-        let optimized = if v.path.get() == PathState::Optimized {
+        let optimized = if mine == PathState::Optimized {
             Some(own)
         } else {
             peer.and_then(|(g, s)| (s == PathState::Optimized).then_some(g))
@@ -74,6 +125,13 @@ impl IscsiConn {
             Ok(Want::Nothing) => return self.complete(slot, Ok(())),
             Ok(Want::Optimized(g)) => g,
         };
+        if self.host_site.is_some() && v.peer_path.is_some() {
+            // The host list fixes which group this host sees optimised: a switchover would
+            // change nothing it sees.
+            tracing::info!(volume = %v.name, initiator = %self.initiator, to_group = g,
+                "iscsi: SET TARGET PORT GROUPS refused: the host list places this initiator");
+            return self.complete(slot, Err(Sense::INVALID_FIELD_PARAM));
+        }
         let Some(m) = self.sh.mirrors.get(vol).and_then(Option::as_ref).cloned() else {
             // One group only: the parser never asks for a move (kept for safety).
             return self.complete(slot, Err(Sense::INVALID_FIELD_PARAM));
@@ -130,9 +188,11 @@ impl IscsiConn {
         if d.result.is_ok() {
             // This nexus asked for the change: no unit attention for it (SPC-4 §6.40).
             let changes = self.path_changes(env, i);
+            let view = self.lun_view(env, i);
             self.with_sess(|s| {
-                if let Some(Some((c, _))) = s.path_seen.get_mut(i) {
-                    *c = changes;
+                if let Some(Some(seen)) = s.path_seen.get_mut(i) {
+                    seen.changes = changes;
+                    seen.view = view;
                 }
             });
         }

@@ -166,12 +166,11 @@ impl IscsiConn {
                 {
                     return self.conflict(slot);
                 }
-                match env.vols[u.vol]
-                    .as_deref()
-                    .expect("a session\'s volumes are served while it is registered")
-                    .path
-                    .get()
-                {
+                match self.host_path(
+                    env.vols[u.vol]
+                        .as_deref()
+                        .expect("a session\'s volumes are served while it is registered"),
+                ) {
                     crate::bdev::volume::PathState::Inaccessible => {
                         return self.complete(slot, Err(Sense::ALUA_UNAVAILABLE));
                     }

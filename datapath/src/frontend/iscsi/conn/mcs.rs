@@ -102,8 +102,8 @@ pub(super) struct Session {
     pub(super) reserved_luns: Vec<usize>,
     /// A unit attention to report on the next command, per LUN index.
     pub(super) ua: Vec<Option<Sense>>,
-    /// Path-state change and reset counts last seen, per LUN index.
-    pub(super) path_seen: Vec<Option<(u64, u64)>>,
+    /// Path-state change and reset counts and the ALUA states last seen, per LUN index.
+    pub(super) path_seen: Vec<Option<super::alua::Seen>>,
 }
 
 /// The owner of a held command that was terminated (see [`Session::held`]).
@@ -304,6 +304,10 @@ impl IscsiConn {
             }
             What::Close => {
                 self.told = true;
+                if self.life.shutting_down {
+                    // Already stopping (its Async Message on its way): it closes by itself.
+                    return;
+                }
                 tracing::info!(conn = env.key, cid = self.cid, initiator = %self.initiator, "iSCSI connection closed by its session");
                 self.tx.drop_pending();
                 self.life.abort(env.io, env.key, self.tx.armed());

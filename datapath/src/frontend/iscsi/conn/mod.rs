@@ -14,7 +14,9 @@
 //!   here. Answers accumulate in the send queue (`transport::tcp::SendQueue`) and leave in one
 //!   send per turn.
 //! - Closing: no new PDU is acted on; the connection is `done` once no receive, send or
-//!   device operation is in flight.
+//!   device operation is in flight. A stop from outside (the daemon stopping, a forced
+//!   removal) in full feature phase first queues an Async Message saying the session is
+//!   dropped, which leaves before the socket closes.
 //!
 //! Session state (RFC 7143 §4.2.2, shared by the session's connections: `mcs::Session`):
 //! ExpCmdSN moves by one for every non-immediate command taken in order, on whichever
@@ -22,7 +24,7 @@
 //! (§4.2.2.1), one ahead of ExpCmdSN waits in the session's `held` until the gap closes.
 //! `stat_sn` is the connection's: it moves by one for every PDU that carries a status (SCSI
 //! Response, the Data-In with status, NOP-In answering a NOP-Out, Text, TMF, Logout, Login
-//! Responses, Reject).
+//! Responses, Reject, Async Message).
 //!
 //! Invariants:
 //! - `rx` is resized or compacted only while no receive is armed; the bytes being sent are not
@@ -67,6 +69,10 @@ pub const CMD_WINDOW: u32 = 128;
 /// that keeps to the window never meets it (its Data-Out for tasks waiting on R2Ts is always
 /// read); only a flood of immediate commands does.
 pub const MAX_TASKS: usize = 2 * CMD_WINDOW as usize;
+/// Seconds an initiator is asked to wait before logging in again after the target dropped
+/// its session (Async Message, Parameter2).
+pub(super) const DROP_TIME2WAIT: u16 = 2;
+
 /// Unsent bytes past which the connection stops reading.
 pub const TX_HIGH_WATER: usize = 64 << 20;
 const RX_INITIAL: usize = 512 << 10;
@@ -161,6 +167,9 @@ pub struct IscsiConn {
     pub(super) copy_ready: Vec<u32>,
     /// Statuses of finished copies with a held list identifier (RECEIVE COPY RESULTS).
     pub(super) copy_results: Vec<crate::frontend::iscsi::xcopy::Held>,
+    /// Where this session's host is, from the host list (`None`: not listed), looked up once
+    /// at login (`bdev::host_path`).
+    pub(super) host_site: Option<crate::bdev::host_path::Site>,
     /// SET TARGET PORT GROUPS tasks waiting for their switchover (`alua.rs`).
     pub(super) stpg_waiting: u32,
     /// The idle-ping timeout of the armed receive (boxed: the kernel reads it at submission).
@@ -224,6 +233,7 @@ impl IscsiConn {
             leaves: Vec::new(),
             copy_ready: Vec::new(),
             copy_results: Vec::new(),
+            host_site: None,
             stpg_waiting: 0,
             ping_ts: Box::new(types::Timespec::new()),
             ping_armed: false,
@@ -272,6 +282,20 @@ impl IscsiConn {
         let s = self.take_stat_sn();
         let h = h.sns(s, self.exp(), self.max_cmd_sn());
         self.put(h, data);
+    }
+
+    /// Async Message (RFC 7143 §11.9) before the target closes a session in full feature
+    /// phase (daemon stop, forced removal, a host disconnected through the control socket):
+    /// AsyncEvent 3, "the target will drop all the connections of this session", Parameter2
+    /// (Time2Wait) [`DROP_TIME2WAIT`] seconds, Parameter3 (Time2Retain) 0 (no task survives
+    /// the session). It carries a StatSN like any status PDU; `try_close` sends it before the
+    /// socket closes.
+    fn announce_drop(&mut self) {
+        let h = Bhs::new(pdu::op::ASYNC, 0x80)
+            .itt(u32::MAX)
+            .byte(36, 3)
+            .u32(40, u32::from(DROP_TIME2WAIT) << 16);
+        self.put_status(h, &[]);
     }
 
     pub(super) fn violation(&mut self, env: &mut Env<'_>, what: &str) {
@@ -850,6 +874,9 @@ impl Conn for IscsiConn {
     }
 
     fn stop(&mut self, env: &mut Env<'_>) {
+        if self.phase == Phase::Full && !self.life.closing && !self.life.broken {
+            self.announce_drop();
+        }
         self.life.stop(env.io, env.key);
     }
 

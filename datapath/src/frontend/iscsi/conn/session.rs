@@ -7,7 +7,8 @@
 //! answered with its status class and detail and the connection closes.
 //!
 //! Task management: ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LUN RESET, TARGET WARM RESET,
-//! TARGET COLD RESET and I_T NEXUS RESET abort the tasks they name; CLEAR ACA, the query
+//! TARGET COLD RESET and I_T NEXUS RESET abort the tasks they name (an I_T NEXUS RESET only
+//! its own nexus's, whose next login reports I_T NEXUS LOSS OCCURRED); CLEAR ACA, the query
 //! functions and TASK REASSIGN are answered "not supported" (no ACA, RFC 7144 not negotiated,
 //! ErrorRecoveryLevel 0). A response waits until every aborted task's device operations have
 //! finished (an aborted task itself is never answered), also on the session's other
@@ -306,6 +307,8 @@ impl IscsiConn {
             self.res =
                 crate::frontend::iscsi::spc2::res_id(self.sh.tpg, self.sh.incarnation, self.nexus);
             self.me = crate::frontend::iscsi::prs::nexus_id(&self.initiator, &isid);
+            // Where the host is: looked up once, kept for the session (no lookup per command).
+            self.host_site = self.sh.host_sites.site_of(&self.initiator);
             self.params = joined.unwrap_or_else(|| st.neg.params.clone());
             self.phase = Phase::Full;
             // Digests apply from the first PDU after the final Login Response.
@@ -313,9 +316,13 @@ impl IscsiConn {
                 header: self.params.header_digest,
                 data: self.params.data_digest,
             };
-            tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session, tsih = self.tsih, cid = self.cid, "iSCSI login complete");
+            tracing::info!(conn = env.key, initiator = %self.initiator, session = ?self.session,
+                tsih = self.tsih, cid = self.cid,
+                site = self.host_site.map(|s| self.sh.host_sites.name_of(s)),
+                "iSCSI login complete");
             if self.session == SessionType::Normal {
                 let t = std::sync::Arc::clone(&self.target);
+                self.take_nexus_losses(&t);
                 let mut rec = crate::runtime::hosts::HostRecord::new(
                     "iscsi",
                     env.io.reactor,
@@ -324,6 +331,9 @@ impl IscsiConn {
                 );
                 rec.peer = crate::transport::tcp::peer_addr(&self.fd);
                 rec.host = Some(self.initiator.clone());
+                rec.site = self
+                    .host_site
+                    .map(|s| self.sh.host_sites.name_of(s).to_string());
                 rec.volumes = t.luns.iter().map(|l| l.volume).collect();
                 // Registered under the table's read lock and only while the target is still
                 // there (the module's model); else the session ends at once.
@@ -522,14 +532,24 @@ impl IscsiConn {
                     let target = std::sync::Arc::clone(&self.target);
                     let me = (Arc::clone(&env.shared.mailboxes[env.io.reactor]), env.key);
                     for (i, l) in target.luns.iter().enumerate() {
+                        if func == 11 {
+                            // SAM-5: only this nexus is reset. Its tasks were aborted above;
+                            // its session ends once answered, which releases its RESERVEs at
+                            // both sites (the nexus loss); its next login reports the loss.
+                            let mut lost = l.nexus_losses.lock().unwrap_or_else(|e| e.into_inner());
+                            if !lost.contains(&self.me) {
+                                if lost.len() >= crate::frontend::iscsi::NEXUS_LOSSES_KEPT {
+                                    lost.remove(0);
+                                }
+                                lost.push(self.me);
+                            }
+                            continue;
+                        }
                         if func != 5 || Some(l.lun) == n {
                             l.resets.fetch_add(1, Ordering::AcqRel);
                             // A reset releases RESERVE reservations (SPC-2 §5.5.1): here at
                             // once, at both sites with the carried reset.
                             l.pr.clear_reserve();
-                            if func == 11 {
-                                continue;
-                            }
                             // SAM-5: every I_T nexus's tasks of the LU are aborted. This
                             // session aborted its own above; the others, at both sites of a
                             // mirrored volume, are reached where the carried reset is decided
@@ -564,6 +584,24 @@ impl IscsiConn {
             found,
         });
         self.finish_tmfs();
+    }
+
+    /// A nexus that an I_T NEXUS RESET ended reports I_T NEXUS LOSS OCCURRED on each logical
+    /// unit at its first command after logging in again (SAM-5), once.
+    fn take_nexus_losses(&mut self, t: &crate::frontend::iscsi::IscsiTarget) {
+        for (i, l) in t.luns.iter().enumerate() {
+            let mut lost = l.nexus_losses.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = lost.iter().position(|n| *n == self.me) {
+                lost.remove(at);
+                self.with_sess(|s| {
+                    if s.ua.len() <= i {
+                        s.ua.resize(i + 1, None);
+                        s.path_seen.resize(i + 1, None);
+                    }
+                    s.ua[i] = Some(crate::frontend::iscsi::scsi::Sense::NEXUS_LOSS);
+                });
+            }
+        }
     }
 
     /// Send the TMF responses whose aborted tasks have all finished.

@@ -22,7 +22,7 @@
 //!   refused (ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT, with the residual), never
 //!   partly written.
 
-use super::{IscsiConn, Stage};
+use super::{IscsiConn, Stage, alua};
 use crate::bdev::volume::PathState;
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::iscsi::pages::{self, LunInfo};
@@ -187,6 +187,7 @@ impl IscsiConn {
             .as_deref()
             .expect("a session\'s volumes are served while it is registered");
         let block = v.info.block_size.max(1);
+        let (path, peer) = self.host_paths(v);
         LunInfo {
             blocks: v.info.size / u64::from(block),
             block,
@@ -194,8 +195,8 @@ impl IscsiConn {
             serial: l.serial.clone(),
             target: t.iqn.clone(),
             tpg: self.sh.tpg,
-            path: v.path.get(),
-            peer: v.peer_path.as_ref().map(|p| p.get()),
+            path,
+            peer,
         }
     }
 
@@ -355,12 +356,11 @@ impl IscsiConn {
                 return self.put_status(h, &[]);
             }
             if !allowed_when_unavailable(&cmd) {
-                match env.vols[vol]
-                    .as_deref()
-                    .expect("a session\'s volumes are served while it is registered")
-                    .path
-                    .get()
-                {
+                match self.host_path(
+                    env.vols[vol]
+                        .as_deref()
+                        .expect("a session\'s volumes are served while it is registered"),
+                ) {
                     PathState::Inaccessible => {
                         return self.respond(itt, Err(Sense::ALUA_UNAVAILABLE), edtl, 0, 0);
                     }
@@ -1340,8 +1340,18 @@ impl IscsiConn {
         })
     }
 
+    /// Both port groups of LUN index `i` as this session sees them (`alua.rs`).
+    pub(super) fn lun_view(&self, env: &Env<'_>, i: usize) -> (PathState, Option<PathState>) {
+        let l = &self.target.luns[i];
+        env.vols[l.volume]
+            .as_deref()
+            .map_or((PathState::Inaccessible, None), |v| self.host_paths(v))
+    }
+
     /// A pending unit attention for LUN index `i` (reported once), unless the command is one
-    /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE).
+    /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE). A path-state change is
+    /// one for a session the host list places only when the states it sees changed
+    /// (`alua.rs`); the states are read only when a change count moved.
     fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
         let resets = self.target.luns[i]
             .resets
@@ -1352,23 +1362,35 @@ impl IscsiConn {
             cmd,
             Cmd::Inquiry { .. } | Cmd::ReportLuns { .. } | Cmd::RequestSense { .. }
         );
-        // The unit attentions are the session's (one I_T nexus for all its connections).
+        // The unit attentions are the session's (one I_T nexus for all its connections). The
+        // states are looked at again only when the change count moved.
+        let seen = self
+            .with_sess(|s| s.path_seen.get(i).copied().flatten())
+            .flatten();
+        let view = match seen {
+            Some(seen) if seen.changes == changes => seen.view,
+            _ => self.lun_view(env, i),
+        };
+        let listed = self.host_site.is_some();
         self.with_sess(|s| {
             if s.path_seen.len() <= i {
                 s.path_seen.resize(i + 1, None);
                 s.ua.resize(i + 1, None);
             }
-            match s.path_seen[i] {
-                None => s.path_seen[i] = Some((changes, resets)),
-                Some((c, r)) => {
-                    if r != resets {
-                        s.ua[i] = Some(Sense::RESET_OCCURRED);
-                    } else if c != changes && s.ua[i].is_none() && !stpg {
-                        s.ua[i] = Some(Sense::ALUA_CHANGED);
-                    }
-                    s.path_seen[i] = Some((changes, resets));
+            if let Some(seen) = s.path_seen[i] {
+                // A listed host hears of a change only when what it sees changed.
+                let changed = seen.changes != changes && (!listed || seen.view != view);
+                if seen.resets != resets {
+                    s.ua[i] = Some(Sense::RESET_OCCURRED);
+                } else if changed && s.ua[i].is_none() && !stpg {
+                    s.ua[i] = Some(Sense::ALUA_CHANGED);
                 }
             }
+            s.path_seen[i] = Some(alua::Seen {
+                changes,
+                resets,
+                view,
+            });
             if report { s.ua[i].take() } else { None }
         })
         .flatten()

@@ -7,6 +7,10 @@
 //! `PathCell`), and the subsystem's change count is the sum of its volumes' change counts.
 //! An admin queue remembers the count it last reported (log page read or event sent) and
 //! completes a held Async Event Request when the count moved and ANA notices are enabled.
+//! Where hosts are: the states are those the controller's host sees
+//! (`ctrl::host_group_state`: for a host the host list places, its site's optimised); such a
+//! controller also remembers the states it last reported, and an event is sent to it only
+//! when one of them moved.
 //!
 //! Invariants:
 //! - Identify and log data never exceed the host's SGL length; log page offsets are checked.
@@ -14,6 +18,7 @@
 //!   answered when it replies (`Note::AbortDone`); a held AER is aborted here.
 
 use super::{INCAPSULE_MAX, MAX_AERS, MAX_XFER, MDTS, MQES, NvmfConn, Role};
+use crate::bdev::volume::PathState;
 use crate::frontend::nvmf::atomic::{Note, Origin};
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, feat, lid, sgl};
 use crate::frontend::nvmf::ctrl::{self, Controller, MAX_IO_QUEUES};
@@ -228,22 +233,32 @@ impl NvmfConn {
             }
             (lid::CHANGED_NS, false) => self.scratch.resize(cmd::IDENTIFY_LEN, 0),
             (lid::ANA, false) => {
-                let Some(s) = self.ctrl.as_ref().and_then(|c| c.subsys.clone()) else {
+                let Some(c) = self.ctrl.clone() else {
+                    return Status::INTERNAL;
+                };
+                let Some(s) = c.subsys.clone() else {
                     return Status::INTERNAL;
                 };
                 let vols = env.vols;
                 // The count first: a state that changes after it is read moves the count past
                 // what this queue saw, so the host hears of it again.
                 let chg = s.ana_changes(vols);
+                // Each group's state as this controller's host sees it (the host list).
+                let states: Vec<Option<PathState>> = s
+                    .ana_groups
+                    .iter()
+                    .map(|g| ctrl::host_group_state(vols, g.volume, c.host_site))
+                    .collect();
                 let groups: Vec<cmd::AnaDesc<'_>> = s
                     .ana_groups
                     .iter()
-                    .filter_map(|g| {
+                    .zip(&states)
+                    .filter_map(|(g, state)| {
                         let path = &vols.get(g.volume)?.as_ref()?.path;
                         Some(cmd::AnaDesc {
                             id: g.id,
                             chgcnt: path.changes(),
-                            state: status::ana_state(path.get()),
+                            state: status::ana_state((*state)?),
                             nsids: &g.nsids,
                         })
                     })
@@ -251,6 +266,7 @@ impl NvmfConn {
                 cmd::ana_log(&mut self.scratch, chg, &groups, lsp & 1 != 0);
                 if let Role::Admin(st) = &mut self.role {
                     st.ana_seen = chg;
+                    st.ana_view = states;
                 }
             }
             _ => return Status::INVALID_LOG_PAGE,
@@ -429,21 +445,42 @@ impl NvmfConn {
         if st.aers.is_empty() || st.aec & (1 << 11) == 0 {
             return;
         }
-        let Some(chg) = self
+        let Some((c, s)) = self
             .ctrl
             .as_ref()
-            .and_then(|c| c.subsys.as_ref())
-            .map(|s| s.ana_changes(env.vols))
+            .and_then(|c| Some((c, c.subsys.as_ref()?)))
         else {
+            return;
+        };
+        let chg = s.ana_changes(env.vols);
+        if st.ana_seen == chg {
+            return;
+        }
+        // A host the host list places hears of a change only when a state it sees moved
+        // (e.g. not of a switchover between two sites that are both up).
+        let host = c.host_site;
+        let moved = host.is_none()
+            || st.ana_view.len() != s.ana_groups.len()
+            || s.ana_groups
+                .iter()
+                .zip(&st.ana_view)
+                .any(|(g, seen)| ctrl::host_group_state(env.vols, g.volume, host) != *seen);
+        let Some(s) = self.ctrl.as_ref().and_then(|c| c.subsys.clone()) else {
             return;
         };
         let Role::Admin(st) = &mut self.role else {
             return;
         };
-        if st.ana_seen == chg {
+        st.ana_seen = chg;
+        if !moved {
             return;
         }
-        st.ana_seen = chg;
+        st.ana_view.clear();
+        st.ana_view.extend(
+            s.ana_groups
+                .iter()
+                .map(|g| ctrl::host_group_state(env.vols, g.volume, host)),
+        );
         let cid = st.aers.remove(0);
         // Notice (type 2), ANA change (info 0x03), log page 0x0C.
         let result = 0x2 | (0x03 << 8) | (u64::from(lid::ANA) << 16);

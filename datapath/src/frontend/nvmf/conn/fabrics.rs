@@ -13,7 +13,7 @@
 use super::{AdminState, MAX_AERS, MAXH2CDATA, MQES, NvmfConn, Phase, Role};
 use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, fctype, prop};
-use crate::frontend::nvmf::ctrl::AttachError;
+use crate::frontend::nvmf::ctrl::{self, AttachError};
 use crate::frontend::nvmf::pdu::{self, Violation, fes};
 use crate::runtime::Env;
 use crate::runtime::hosts::HostRecord;
@@ -129,7 +129,13 @@ impl NvmfConn {
             }
             let c = nv
                 .registry
-                .create(found.clone(), hostnqn, cd.hostid, sqe.connect_kato())
+                .create(
+                    found.clone(),
+                    hostnqn,
+                    nv.host_sites.site_of(hostnqn),
+                    cd.hostid,
+                    sqe.connect_kato(),
+                )
                 .ok_or((Status::CONNECT_BUSY, 0))?;
             self.role = Role::Admin(AdminState {
                 cc: 0,
@@ -137,6 +143,12 @@ impl NvmfConn {
                 aec: 0,
                 aers: Vec::with_capacity(MAX_AERS),
                 ana_seen: found.as_ref().map_or(0, |s| s.ana_changes(env.vols)),
+                ana_view: found.as_ref().map_or_else(Vec::new, |s| {
+                    s.ana_groups
+                        .iter()
+                        .map(|g| ctrl::host_group_state(env.vols, g.volume, c.host_site))
+                        .collect()
+                }),
             });
             (c, found)
         } else {
@@ -178,6 +190,11 @@ impl NvmfConn {
         let mut rec = HostRecord::new("nvmf", env.io.reactor, env.key, target);
         rec.peer = crate::transport::tcp::peer_addr(&self.fd);
         rec.host = Some(hostnqn.to_string());
+        rec.site = self
+            .ctrl
+            .as_ref()
+            .and_then(|c| c.host_site)
+            .map(|s| nv.host_sites.name_of(s).to_string());
         rec.volumes = sub
             .as_ref()
             .map(|s| s.namespaces.iter().map(|n| n.volume).collect())

@@ -61,6 +61,7 @@ use super::ctrl::Controller;
 use super::pdu::{self, Digests, Violation, fes, pdu_type};
 use super::resv::Access;
 use super::status::status_of;
+use crate::bdev::volume::PathState;
 use crate::runtime::{Conn, Env};
 use crate::transport::tcp::{Lifecycle, SendQueue};
 use crate::uring::{Errno, Kind, UserData};
@@ -110,6 +111,10 @@ struct AdminState {
     aec: u32,
     aers: Vec<u16>,
     ana_seen: u64,
+    /// The ANA group states last reported (log page or event), per group of the subsystem in
+    /// order, as this controller's host sees them: a host the host list places hears of a
+    /// change only when one of these moved.
+    ana_view: Vec<Option<PathState>>,
 }
 
 enum Role {
