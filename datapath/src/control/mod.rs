@@ -625,16 +625,25 @@ fn cdp_call(
         "cdp_view_open" | "cdp_restore" => {
             return Some((|| {
                 let p = params.ok_or("params must name a volume: {\"volume\": NAME, ...}")?;
-                if p.get("group").is_some() {
-                    return Err("a view or a restore names one volume (\"volume\"), not a group: ask once per volume with the same \"time_ns\"".to_string());
+                if p.get("group").is_some() && method == "cdp_restore" {
+                    return Err("a restore names one volume (\"volume\"), not a group: ask once per volume with the same \"time_ns\"".to_string());
                 }
                 let vols = cdp_targets(Some(p), shared)?;
-                let c = vols[0];
-                let name = shared.rt.volumes.name(c.vol);
                 if method == "cdp_view_open" {
-                    shared.cdp_jobs.view_open(c, &name, p)
+                    let members: Vec<_> = vols
+                        .iter()
+                        .map(|c| (*c, shared.rt.volumes.name(c.vol)))
+                        .collect();
+                    let label = match p.get("group").and_then(Value::as_str) {
+                        Some(g) => format!("group {g}"),
+                        None => members[0].1.clone(),
+                    };
+                    shared.cdp_jobs.view_open(&members, &label, p)
                 } else {
-                    shared.cdp_jobs.restore(c, &name, p)
+                    let c = vols[0];
+                    shared
+                        .cdp_jobs
+                        .restore(c, &shared.rt.volumes.name(c.vol), p)
                 }
             })());
         }

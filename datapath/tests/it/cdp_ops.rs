@@ -268,7 +268,7 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
         ),
         (
             serde_json::json!({"group": "g", "seq": 1, "nbd": "127.0.0.1:1"}),
-            "not a group",
+            "names a point of one volume",
         ),
     ];
     for (p, why) in cases {
@@ -375,4 +375,120 @@ fn a_clean_stop_seals_the_last_segments_index_and_a_stale_one_is_not_used() {
         sealed.last_seq + 1,
         "the record after the sealed end is read"
     );
+}
+
+/// A group's view through the control socket: one child process serves every volume of the
+/// group at the same moment (a group bookmark's time), each under its own name, and the
+/// content of each is exactly what it held then; writes made after it are not seen. Bad
+/// requests (an unknown group, a sequence for a group, a time outside the window) are refused
+/// with their reason and start nothing.
+#[test]
+fn a_groups_view_serves_every_volume_at_one_moment_in_one_process() {
+    const SIZE: usize = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let (da, db) = (tmp.path().join("ja"), tmp.path().join("jb"));
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}{}",
+        volume("a", SIZE as u64, &da, "4MiB"),
+        volume("b", SIZE as u64, &db, "4MiB")
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut ca = Client::connect(s.addr, "a", false);
+    let mut cb = Client::connect(s.addr, "b", false);
+    let mut log: Vec<(usize, Upd, u64)> = Vec::new();
+    let mut write = |v: usize, c: &mut Client, i: u64, when: u64| {
+        let off = (i * 5 % 16) * 65536;
+        let data = pattern(i + 100 * v as u64, 65536);
+        assert_eq!(c.write(off, &data), 0);
+        log.push((v, Upd::Write(off, data), when));
+    };
+    for i in 0..8u64 {
+        write(0, &mut ca, i, 0);
+        write(1, &mut cb, i, 0);
+    }
+    let mark = s.rpc_with(
+        "cdp_bookmark",
+        serde_json::json!({"group": "g", "name": "cut"}),
+    );
+    let t = mark["result"]["time_ns"].as_u64().expect("a bookmark");
+    for i in 8..14u64 {
+        write(0, &mut ca, i, u64::MAX);
+        write(1, &mut cb, i, u64::MAX);
+    }
+    let port = crate::harness::free_port();
+    let r = s.rpc_with(
+        "cdp_view_open",
+        serde_json::json!({"group": "g", "time_ns": t, "nbd": format!("127.0.0.1:{port}")}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let res = &r["result"];
+    assert_eq!(res["volumes"].as_array().map(Vec::len), Some(2), "{r}");
+    assert_eq!(
+        res["volumes"][1]["nbd"],
+        format!("nbd://127.0.0.1:{port}/b")
+    );
+    let jobs = s.rpc("cdp_jobs");
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "one process: {jobs}");
+    assert_eq!(jobs[0]["volume"], "group g", "{jobs}");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for (i, n) in ["a", "b"].iter().enumerate() {
+        let mut v = Client::connect(addr, n, false);
+        let want = expected(&log, i, t, SIZE);
+        let now = expected(&log, i, u64::MAX, SIZE);
+        assert!(want != now, "later writes changed {n}");
+        assert!(
+            v.read(0, SIZE as u32).unwrap() == want,
+            "volume {n} in the group's view is its content at the cut"
+        );
+        v.disconnect();
+    }
+    // The same cut by the group's bookmark, and a sandbox: the history is read the same way.
+    let r = s.rpc_with("cdp_view_close", serde_json::json!({"id": res["id"]}));
+    assert!(r["error"].is_null(), "{r}");
+    let r = s.rpc_with(
+        "cdp_view_open",
+        serde_json::json!({"group": "g", "bookmark": "cut", "nbd": format!("127.0.0.1:{port}")}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let mut v = Client::connect(addr, "b", false);
+    assert!(v.read(0, SIZE as u32).unwrap() == expected(&log, 1, t, SIZE));
+    v.disconnect();
+    let r = s.rpc_with(
+        "cdp_view_close",
+        serde_json::json!({"id": r["result"]["id"]}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let cases = [
+        (
+            serde_json::json!({"group": "nope", "time_ns": t, "nbd": "127.0.0.1:1"}),
+            "no group named \"nope\"",
+        ),
+        (
+            serde_json::json!({"group": "g", "seq": 1, "nbd": "127.0.0.1:1"}),
+            "names a point of one volume",
+        ),
+        (
+            serde_json::json!({"group": "g", "time_ns": t, "name": "x", "nbd": "127.0.0.1:1"}),
+            "give no \"name\"",
+        ),
+        (
+            serde_json::json!({"group": "g", "time_ns": 1, "nbd": format!("127.0.0.1:{port}")}),
+            "outside the restorable window",
+        ),
+    ];
+    for (p, why) in cases {
+        let r = s.rpc_with("cdp_view_open", p.clone());
+        let m = r["error"]["message"].as_str().unwrap_or("");
+        assert!(m.contains(why), "{p}: {r}");
+    }
+    let jobs = s.rpc("cdp_jobs");
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["state"] != "running"),
+        "a refused view runs: {jobs}"
+    );
+    ca.disconnect();
+    cb.disconnect();
 }

@@ -207,17 +207,24 @@ enum CdpCmd {
     },
     /// Serve a point in time of VOLUME without copying it, as a child process of the daemon
     /// (`cdp_view_open`): read-only, or a sandbox whose writes are discarded when it closes.
+    /// `--group G` (with --time or --bookmark): every volume of the group at the same moment,
+    /// in one child process, each under its own volume name.
     View {
-        /// The volume.
-        volume: String,
+        /// The volume (or give --group).
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        volume: Option<String>,
+        /// Every volume of this group, at one time.
+        #[arg(long)]
+        group: Option<String>,
         #[command(flatten)]
         point: CdpPoint,
         /// Writable, writes kept in RAM and discarded at close.
         #[arg(long)]
         sandbox: bool,
-        /// The view's name (NBD export, NVMe subsystem and iSCSI target suffix).
-        #[arg(long, default_value = "view")]
-        name: String,
+        /// The view's name (NBD export, NVMe subsystem and iSCSI target suffix); a group's
+        /// view uses the volumes' names.
+        #[arg(long, conflicts_with = "group")]
+        name: Option<String>,
         /// NBD listen address (host:port).
         #[arg(long)]
         nbd: Option<String>,
@@ -578,6 +585,7 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
         ),
         CdpCmd::View {
             volume,
+            group,
             point,
             sandbox,
             name,
@@ -586,9 +594,15 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
             iscsi,
         } => {
             let mut p = point.params();
-            p["volume"] = Value::from(volume.as_str());
+            match (volume, group) {
+                (Some(v), _) => {
+                    p["volume"] = Value::from(v.as_str());
+                    p["name"] = Value::from(name.as_deref().unwrap_or("view"));
+                }
+                (None, Some(g)) => p["group"] = Value::from(g.as_str()),
+                (None, None) => unreachable!("clap requires one"),
+            }
             p["sandbox"] = Value::from(*sandbox);
-            p["name"] = Value::from(name.as_str());
             for (k, a) in [("nbd", nbd), ("nvmf", nvmf), ("iscsi", iscsi)] {
                 if let Some(a) = a {
                     p[k] = Value::from(a.as_str());

@@ -145,13 +145,31 @@ pub fn render_view(v: &Value) -> String {
         v["opened_s"].as_f64().unwrap_or(0.0),
         v["id"]
     );
+    match v["volumes"].as_array() {
+        // A group's view: every volume at the same moment, each under its own name.
+        Some(list) => {
+            if let Some(t) = v["time_ns"].as_u64() {
+                let _ = writeln!(o, "  at {} (--time {t}) for every volume", utc(t));
+            }
+            for e in list {
+                let _ = writeln!(o, "  {}:", e["volume"].as_str().unwrap_or("?"));
+                endpoints(&mut o, e, "    ");
+            }
+        }
+        None => endpoints(&mut o, v, "  "),
+    }
+    o
+}
+
+/// One view volume's addresses, one line per front end.
+fn endpoints(o: &mut String, v: &Value, indent: &str) {
     if let Some(u) = v["nbd"].as_str() {
-        let _ = writeln!(o, "  NBD      {u}");
+        let _ = writeln!(o, "{indent}NBD      {u}");
     }
     if v["nvmf"].is_object() {
         let _ = writeln!(
             o,
-            "  NVMe/TCP {} {}",
+            "{indent}NVMe/TCP {} {}",
             v["nvmf"]["addr"].as_str().unwrap_or("?"),
             v["nvmf"]["nqn"].as_str().unwrap_or("?")
         );
@@ -159,12 +177,11 @@ pub fn render_view(v: &Value) -> String {
     if v["iscsi"].is_object() {
         let _ = writeln!(
             o,
-            "  iSCSI    {} {}",
+            "{indent}iSCSI    {} {}",
             v["iscsi"]["addr"].as_str().unwrap_or("?"),
             v["iscsi"]["iqn"].as_str().unwrap_or("?")
         );
     }
-    o
 }
 
 /// `cdp_jobs` as text: one line per view or restore.
@@ -244,5 +261,21 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("x: no bookmark"), "{t}");
+    }
+
+    #[test]
+    fn a_group_view_lists_every_volume_with_its_addresses() {
+        let v = json!({"id": 3, "pid": 9, "volume": "group g", "opened_s": 0.5, "group": "g",
+            "time_ns": 5u64, "volumes": [
+                {"volume": "a", "nbd": "nbd://127.0.0.1:9/a", "nvmf": null, "iscsi": null},
+                {"volume": "b", "nbd": "nbd://127.0.0.1:9/b", "nvmf": {"addr": "127.0.0.1:8", "nqn": "nqn.x:b"}, "iscsi": null}]});
+        let t = render_view(&v);
+        assert!(t.contains("view 3 of group g serving"), "{t}");
+        assert!(t.contains("(--time 5) for every volume"), "{t}");
+        assert!(
+            t.contains("  a:\n    NBD      nbd://127.0.0.1:9/a\n"),
+            "{t}"
+        );
+        assert!(t.contains("    NVMe/TCP 127.0.0.1:8 nqn.x:b"), "{t}");
     }
 }
