@@ -187,6 +187,7 @@ fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(),
 }
 
 /// A volume the retention thread looks after.
+#[derive(Clone)]
 pub struct Retained {
     /// Its directory.
     pub dir: PathBuf,
@@ -206,12 +207,17 @@ fn hours(ns: u64) -> String {
 }
 
 /// Start the retention thread over `vols`; it stops when `stop` is set.
-pub fn spawn(vols: Vec<Retained>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(
+    list: Arc<std::sync::Mutex<Vec<Retained>>>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cdp-retention".into())
         .spawn(move || {
             let mut last_short_log = std::collections::HashMap::new();
             while !stop.load(Ordering::SeqCst) {
+                // The list changes at run time (CDP switched on or off): a copy per pass.
+                let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 for v in &vols {
                     let now = super::clock::now();
                     match consolidate_once(&v.dir, &v.retention, now) {

@@ -69,6 +69,22 @@ pub enum CdpError {
         /// Its time.
         resumed_time: u64,
     },
+    /// A point after the last whole point of a history whose journal is not whole yet
+    /// (`degraded.map` says it stopped, or CDP was switched on at run time and is journaling
+    /// the volume again: docs/cdp-format.md, "Enabling and disabling at run time").
+    #[error(
+        "{what} is not restorable: the history is whole only up to sequence {after} (time {after_time} ns){start}; its journal stopped or was switched on at run time and is journaling the volume again, after which a gap record names where it is whole again"
+    )]
+    NotWhole {
+        /// The point asked for.
+        what: String,
+        /// Last whole sequence number (0 with `start` set: none).
+        after: u64,
+        /// Its time.
+        after_time: u64,
+        /// ", and not at its start" when the history began at run time (nothing is whole yet).
+        start: &'static str,
+    },
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CdpError {
@@ -111,6 +127,9 @@ pub struct History {
     pub damaged: Vec<u64>,
     /// Where and why the chain ended before the end of the last segment file, if it did.
     pub cut: Option<String>,
+    /// `degraded.map` says the journal is not whole after this sequence (and its time): points
+    /// after it are refused ([`CdpError::NotWhole`]).
+    pub open_gap: Option<(u64, u64)>,
 }
 
 impl History {
@@ -418,6 +437,12 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         last_time: meta.window_start(),
         damaged: Vec::new(),
         cut: None,
+        open_gap: match super::degraded::read_prior(dir, meta.size) {
+            super::degraded::Prior::Stopped {
+                after, after_time, ..
+            } => Some((after, after_time)),
+            super::degraded::Prior::Whole => None,
+        },
     };
     let mut consolidated = Vec::new();
     for (i, &segno) in nums.iter().enumerate() {
