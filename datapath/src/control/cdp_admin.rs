@@ -292,6 +292,7 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         "whole_until_seq": after,
         "whole_until_ns": after_time,
         "journaled_again_bytes": live.done_bytes.load(Relaxed),
+        "held_behind_catchup": live.held.load(Relaxed),
         "lasts": lasts(),
     });
     if let Some(why) = live.failed.get() {

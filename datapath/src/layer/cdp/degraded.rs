@@ -271,6 +271,12 @@ impl RegionMap {
         self.write_header()
     }
 
+    /// Where the history is whole up to (sequence, time) when the file says the journal is
+    /// not whole (state 1 or 2 written by this map), else `None`.
+    pub fn stopped_after(&self) -> Option<(u64, u64)> {
+        (self.header.state != 0).then_some((self.header.after, self.header.after_time))
+    }
+
     /// Mark `[offset, offset + len)` changed.
     pub fn mark(&mut self, offset: u64, len: u64) {
         if len == 0 {

@@ -27,7 +27,10 @@
 //! connections go straight to the base from then on; those handed over still pass through
 //! the channel, unjournaled); the other reactors unwrap their channels (they write the base
 //! directly again); the home unwraps its channel once nothing is in flight, which seals the
-//! segment (its index is written) as a clean stop does. The history ends at the last mark.
+//! segment (its index is written) as a clean stop does, and writes `degraded.map` state 1
+//! after the last record (nothing records what changes while CDP is off: a start or a
+//! `cdp_enable` that resumes the history journals the whole volume again first). The history
+//! ends at the last mark.
 //!
 //! Invariant: no acknowledged update is ever missing from a point the history serves: an
 //! update is either journaled (before its acknowledgement) or made after the last whole
@@ -68,6 +71,9 @@ pub struct LiveStart {
     pub whole: AtomicBool,
     /// Bytes journaled again so far.
     pub done_bytes: AtomicU64,
+    /// Updates held with their records behind a chunk's read (overlapping it, or behind
+    /// one that did).
+    pub held: AtomicU64,
     /// Why the catch-up stopped (the journal stopped, a read failed, switched off first).
     pub failed: OnceLock<String>,
 }
@@ -101,6 +107,11 @@ impl Catchup {
             self.state.after.load(Relaxed),
             self.state.after_time.load(Relaxed),
         )
+    }
+
+    /// One more update held behind a chunk's read.
+    pub fn count_held(&self) {
+        self.state.held.fetch_add(1, Relaxed);
     }
 
     /// An update of `range` must wait for the chunk's read (and be journaled after it).
@@ -430,6 +441,18 @@ impl Restack for Disable {
                 {
                     return Err((old, "busy".into()));
                 }
+                // Nothing records what changes from now on: `degraded.map` says the history
+                // is whole only up to its end, so a start that resumes it (`[volume.cdp]`)
+                // journals the whole volume again, and so does the next `cdp_enable`.
+                let (after, after_time) = c
+                    .regions
+                    .stopped_after()
+                    .or(c.whole_after)
+                    .unwrap_or((c.journal.durable(), c.journal.durable_time()));
+                c.regions.active = false;
+                if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
+                    tracing::error!(error = %e, after, "cdp: switched off, but degraded.map cannot say the history ends here; a start that resumes it would miss what changes meanwhile");
+                }
                 c.journal.close(io);
                 let inner = std::mem::replace(&mut c.inner, Box::new(crate::bdev::NoChannel));
                 // Dropping the layer's channel seals the segment (a clean stop's index).
@@ -445,6 +468,59 @@ impl Restack for Disable {
                 .is_none_or(|c| !c.journal.has_queued() && c.journal.in_flight() == 0),
             Disable::Remote => crate::runtime::mailbox::held() == 0,
             Disable::Unwrap => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::degraded::RegionMap;
+    use super::super::pit::{self, Point};
+    use super::super::startlog::StartLog;
+    use super::super::store::{self, CdpError, Load};
+    use super::Op;
+
+    /// What readers make of a history switched on at run time: while `degraded.map` says
+    /// "whole only up to X" every later point is refused; once the gap record is durable and
+    /// the map whole, the points between are refused as a gap; with X = 0 (a new history)
+    /// nothing before the gap record is served, its start neither.
+    #[test]
+    fn readers_refuse_what_a_run_time_start_has_not_made_whole() {
+        for x0 in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let size = 1 << 20;
+            let meta = store::open_or_create(d.path(), size, 4096, None).unwrap();
+            let mut log = StartLog::new(d.path(), meta, 4 << 20, 1, 0, meta.created).unwrap();
+            let before = if x0 {
+                0
+            } else {
+                log.append(Op::Write, 0, 4096, &[7u8; 4096]).unwrap()
+            };
+            let (mut m, _) = RegionMap::open(d.path(), size).unwrap();
+            m.unknown(before, log.last_time, super::clock::now())
+                .unwrap();
+            // The catch-up's record, then a reader.
+            let caught = log
+                .append(Op::Write, 0, size, &vec![9u8; size as usize])
+                .unwrap();
+            let h = store::load(d.path(), Load::ReadOnly).unwrap();
+            assert_eq!(h.open_gap.map(|g| g.0), Some(before));
+            let r = pit::resolve(&h, Point::Seq(caught));
+            assert!(matches!(r, Err(CdpError::NotWhole { .. })), "{r:?}");
+            let r = pit::resolve(&h, Point::Seq(before));
+            assert_eq!(r.is_ok(), !x0, "the old end (x0 {x0}): {r:?}");
+            // The gap record, then whole.
+            let gap = log.append(Op::Gap, before, 0, &[]).unwrap();
+            m.whole().unwrap();
+            let h = store::load(d.path(), Load::ReadOnly).unwrap();
+            assert_eq!(h.open_gap, None);
+            let r = pit::resolve(&h, Point::Seq(caught));
+            assert!(matches!(r, Err(CdpError::InGap { .. })), "{r:?}");
+            assert_eq!(pit::resolve(&h, Point::Seq(gap)).unwrap(), gap);
+            let r = pit::resolve(&h, Point::Seq(before));
+            assert_eq!(r.is_ok(), !x0, "the old end (x0 {x0}): {r:?}");
+            let r = pit::resolve(&h, Point::Time(meta.created));
+            assert_eq!(r.is_ok(), !x0, "the history's start (x0 {x0}): {r:?}");
         }
     }
 }

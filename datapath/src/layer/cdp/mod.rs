@@ -530,7 +530,11 @@ impl CdpChannel {
                 Upd::Zeroes(_) => (Op::Zeroes, Vec::new()),
                 _ => (Op::Unmap, Vec::new()),
             };
-            if !deferred {
+            if deferred {
+                if let Some(c) = &self.catchup {
+                    c.count_held();
+                }
+            } else {
                 let q = self.record(io, op, offset, len, &data);
                 self.ops[key].last_seq = q;
             }
