@@ -383,3 +383,57 @@ fn cdp_switched_on_and_off_at_run_time_keeps_every_served_point_exact() {
         Err(CdpError::InGap { .. })
     ));
 }
+
+/// A RAM volume (its reads complete at once) switched on under load from both reactors: the
+/// point after the catch-up is exactly the volume; switched off, the history ends at its last
+/// mark with the content of that moment; a volume journaled cannot be deleted.
+#[test]
+fn a_ram_volume_switched_on_under_load_serves_exact_points() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0,1]\npin=false\n[[volume]]\nname='v'\nbackend='malloc'\n\
+         size={SIZE}\nblock_size=4096\n"
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut model = vec![0u8; SIZE];
+    let mut c = Client::connect(s.addr, "v", false);
+    for i in 0..16u64 {
+        let off = i * 1048576;
+        let data = pattern(i + 77, 65536);
+        assert_eq!(c.write(off, &data), 0);
+        model[off as usize..off as usize + 65536].copy_from_slice(&data);
+    }
+    let r = enable_under_load(
+        &s,
+        serde_json::json!({"volume": "v", "dir": dir.display().to_string(), "segment_size": "8MiB"}),
+        &mut model,
+        3000,
+    );
+    assert_eq!(r["new_history"], true, "{r}");
+    assert!(c.read(0, SIZE as u32).unwrap() == model, "the volume");
+    let t = bookmark(&s, "on");
+    assert!(
+        at(&dir, Point::Time(t)).unwrap() == model,
+        "the point after the catch-up"
+    );
+    let r = s.rpc_with("volume_delete", serde_json::json!({"name": "v"}));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("switch it off first"),
+        "{r}"
+    );
+    let data = pattern(4242, 4096);
+    assert_eq!(c.write(8192, &data), 0);
+    model[8192..8192 + 4096].copy_from_slice(&data);
+    let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
+    assert!(r["error"].is_null(), "{r}");
+    let end = r["result"]["window_end_ns"].as_u64().unwrap();
+    assert!(
+        at(&dir, Point::Time(end)).unwrap() == model,
+        "the last point"
+    );
+    c.disconnect();
+}
