@@ -492,6 +492,11 @@ pub(super) fn volume_delete(
         return Err(e);
     }
     cx.rt.volumes.release(vol);
+    // A history CDP was switched off in stays with its directory, not with the slot.
+    cx.cdp
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|c| c.vol != vol);
     st.runtime_vols.retain(|&v| v != vol);
     tracing::info!(volume = name, slot = vol, "control: volume deleted");
     Ok(json!({"name": name, "deleted": true}))

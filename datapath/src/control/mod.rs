@@ -667,6 +667,16 @@ fn cdp_call(
         match method {
             "cdp_bookmark" => {
                 let name = name.ok_or("params need the bookmark's \"name\"")?;
+                if let Some(c) = vols.iter().find(|c| {
+                    c.device.live.as_ref().is_some_and(|l| {
+                        !l.whole.load(Ordering::Relaxed) && l.failed.get().is_none()
+                    }) && !c.stats.off.load(Ordering::Relaxed)
+                }) {
+                    return Err(format!(
+                        "volume {:?} is catching up (CDP was switched on at run time): its history is not whole yet (cdp_status)",
+                        vname(c)
+                    ));
+                }
                 if let Some(c) = vols.iter().find(|c| c.stats.off.load(Ordering::Relaxed)) {
                     return Err(format!(
                         "CDP is switched off on volume {:?}: its history ended at its last time mark (cdp_enable switches it on again)",

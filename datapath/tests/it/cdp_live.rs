@@ -404,9 +404,10 @@ fn a_ram_volume_switched_on_under_load_serves_exact_points() {
         assert_eq!(c.write(off, &data), 0);
         model[off as usize..off as usize + 65536].copy_from_slice(&data);
     }
+    let d = dir.display().to_string();
     let r = enable_under_load(
         &s,
-        serde_json::json!({"volume": "v", "dir": dir.display().to_string(), "segment_size": "8MiB"}),
+        serde_json::json!({"volume": "v", "dir": d, "segment_size": "8MiB"}),
         &mut model,
         3000,
     );
@@ -436,4 +437,27 @@ fn a_ram_volume_switched_on_under_load_serves_exact_points() {
         "the last point"
     );
     c.disconnect();
+    // A volume created at run time: journaled, switched off, then deleted with its entry.
+    let r = s.rpc_with(
+        "volume_create",
+        serde_json::json!({"name": "r", "backend": "malloc", "size": "4M", "block_size": 4096}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let d2 = tmp.path().join("j2").display().to_string();
+    let r = s.rpc_with("cdp_enable", serde_json::json!({"volume": "r", "dir": d}));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("holds the history of volume \"v\""),
+        "{r}"
+    );
+    let r = s.rpc_with("cdp_enable", serde_json::json!({"volume": "r", "dir": d2}));
+    assert_eq!(r["result"]["new_history"], true, "{r}");
+    let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "r"}));
+    assert!(r["error"].is_null(), "{r}");
+    let r = s.rpc_with("volume_delete", serde_json::json!({"name": "r"}));
+    assert!(r["error"].is_null(), "{r}");
+    let st = s.rpc("cdp_status");
+    assert_eq!(st.as_array().unwrap().len(), 1, "{st}");
 }
