@@ -6,7 +6,8 @@
 //! later segment exists (so it is sealed) and retention releases it (its newest record is
 //! older than `age`, or the segments hold more than `bytes`), its records are applied to
 //! `base.img` in order, the base copy is synced, `cdp.meta` records the new base point, and
-//! the segment is deleted. The thread ([`spawn`]) runs a pass over every volume each second,
+//! the segment is retired (kept as `recycled-N.seg` for the spare thread to reuse as a later
+//! segment, at most [`store::RECYCLED_MAX`] of them; deleted beyond). The thread ([`spawn`]) runs a pass over every volume each second,
 //! at most one segment per volume per pass (the throttle).
 //!
 //! A segment holding a record newer than the oldest bookmark, or than the point of an open
@@ -127,7 +128,7 @@ pub fn consolidate_once(
         m.base_time = last.time;
         store::write_meta(dir, &m)?;
     }
-    store::remove_segment(dir, segno)?;
+    store::recycle_segment(dir, segno)?;
     tracing::info!(dir = %dir.display(), segment = segno, base_seq = m.base_seq, by_age, by_size,
         "cdp: consolidated the oldest segment into the base copy");
     Ok(Some(Consolidated {
