@@ -99,10 +99,12 @@ enum CdpCmd {
     /// Serve a point in time of a volume's history, without copying it, as a volume of its own
     /// (read-only, or a sandbox whose writes are discarded when it stops) over NBD, NVMe/TCP and
     /// iSCSI, until Ctrl-C (docs/cdp-format.md, "Views"). Run it as a process of its own.
+    /// Several `--dir` (a group, with `--time` or `--bookmark`): every volume at the same
+    /// moment, one `--name` per `--dir`, all served by this one process.
     View {
-        /// The volume's CDP directory.
-        #[arg(long)]
-        dir: PathBuf,
+        /// A volume's CDP directory (repeatable: a group's volumes, one `--name` each).
+        #[arg(long, required = true)]
+        dir: Vec<PathBuf>,
         /// Site time in ns since the epoch: every record at or before it.
         #[arg(long, conflicts_with = "seq", required_unless_present_any = ["seq", "bookmark"])]
         time: Option<u64>,
@@ -115,9 +117,10 @@ enum CdpCmd {
         /// Writable: writes go to a RAM overlay, discarded when the view stops.
         #[arg(long)]
         sandbox: bool,
-        /// The view's volume name (NBD export, NVMe subsystem and iSCSI target suffix).
+        /// The view's volume name (NBD export, NVMe subsystem and iSCSI target suffix);
+        /// repeatable: one per `--dir`, in the same order.
         #[arg(long, default_value = "view")]
-        name: String,
+        name: Vec<String>,
         /// NBD listen address ("" for none).
         #[arg(long, default_value = "127.0.0.1:10909")]
         nbd: String,
@@ -382,21 +385,16 @@ fn rollback_cmd(
     Ok(())
 }
 
-/// The configuration of a daemon serving one CDP view.
-#[allow(clippy::too_many_arguments)]
+/// The configuration of a daemon serving CDP views: one volume per `(dir, name)`, all at
+/// `point` (several volumes: a group, at one time, as a group restore cuts it).
 fn view_config(
-    dir: &std::path::Path,
+    views: &[(PathBuf, String)],
     point: (Option<u64>, Option<u64>, Option<String>),
     sandbox: bool,
-    name: &str,
-    nbd: &str,
-    nvmf: &str,
-    iscsi: &str,
+    listen: (&str, &str, &str),
     core: usize,
 ) -> Result<Config> {
     use twinblk::layer::cdp::store;
-    // Only the identity here: the view's backend reads the history itself when it opens.
-    let meta = store::read_meta(dir).with_context(|| format!("reading {}", dir.display()))?;
     let list = |a: &str| {
         if a.is_empty() {
             "[]".to_string()
@@ -404,28 +402,54 @@ fn view_config(
             format!("['{a}']")
         }
     };
-    let (seq, time, bookmark) = point;
-    let mut view = format!(
-        "dir={}\nsandbox={sandbox}\n",
-        toml_str(&dir.display().to_string())
-    );
-    match (seq, time, bookmark) {
-        (Some(s), _, _) => view.push_str(&format!("seq={s}\n")),
-        (_, Some(t), _) => view.push_str(&format!("time={t}\n")),
-        (_, _, Some(b)) => view.push_str(&format!("bookmark={}\n", toml_str(&b))),
-        _ => anyhow::bail!("give --time, --seq or --bookmark"),
-    }
-    let text = format!(
-        "[reactor]\ncores=[{core}]\nwait='interrupt'\n[nbd]\nlisten={}\n[nvmf]\nlisten={}\n[iscsi]\nlisten={}\n[control]\nsocket=''\n\
-         [[volume]]\nname={}\nbackend='cdp-view'\nsize={}\nblock_size={}\n[volume.view]\n{view}",
+    let (nbd, nvmf, iscsi) = listen;
+    let mut text = format!(
+        "[reactor]\ncores=[{core}]\nwait='interrupt'\n[nbd]\nlisten={}\n[nvmf]\nlisten={}\n[iscsi]\nlisten={}\n[control]\nsocket=''\n",
         list(nbd),
         list(nvmf),
         list(iscsi),
-        toml_str(name),
-        meta.size,
-        meta.block_size,
     );
+    for (dir, name) in views {
+        // Only the identity here: the view's backend reads the history itself when it opens.
+        let meta = store::read_meta(dir).with_context(|| format!("reading {}", dir.display()))?;
+        let (seq, time, bookmark) = &point;
+        let mut view = format!(
+            "dir={}\nsandbox={sandbox}\n",
+            toml_str(&dir.display().to_string())
+        );
+        match (seq, time, bookmark) {
+            (Some(s), _, _) => view.push_str(&format!("seq={s}\n")),
+            (_, Some(t), _) => view.push_str(&format!("time={t}\n")),
+            (_, _, Some(b)) => view.push_str(&format!("bookmark={}\n", toml_str(b))),
+            _ => anyhow::bail!("give --time, --seq or --bookmark"),
+        }
+        text.push_str(&format!(
+            "[[volume]]\nname={}\nbackend='cdp-view'\nsize={}\nblock_size={}\n[volume.view]\n{view}",
+            toml_str(name),
+            meta.size,
+            meta.block_size,
+        ));
+    }
     Config::from_toml(&text).context("the view's configuration")
+}
+
+/// The time a bookmark names in every directory of a group (refused when they differ or one
+/// lacks it).
+fn bookmark_time(dirs: &[PathBuf], b: &str) -> Result<u64> {
+    let mut at = None;
+    for d in dirs {
+        let t = twinblk::layer::cdp::bookmark::load(d)
+            .map_err(anyhow::Error::msg)?
+            .get(b)
+            .copied()
+            .with_context(|| format!("{}: no bookmark named {b:?}", d.display()))?;
+        anyhow::ensure!(
+            at.is_none_or(|a| a == t),
+            "bookmark {b:?} names different times in the volumes given"
+        );
+        at = Some(t);
+    }
+    at.context("no volume given")
 }
 
 /// `s` as a TOML basic string.
@@ -459,22 +483,48 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
             core,
         } => {
             let t = std::time::Instant::now();
-            let cfg = view_config(
-                &dir,
-                (seq, time, bookmark),
-                sandbox,
-                &name,
-                &nbd,
-                &nvmf,
-                &iscsi,
-                core,
-            )?;
-            eprintln!(
-                "cdp view of {} ({}), configured in {:.3} s",
-                dir.display(),
-                if sandbox { "sandbox" } else { "read-only" },
-                t.elapsed().as_secs_f64()
+            anyhow::ensure!(
+                dir.len() == name.len(),
+                "give one --name per --dir ({} and {})",
+                dir.len(),
+                name.len()
             );
+            let group = dir.len() > 1;
+            let mut point = (seq, time, bookmark);
+            if group {
+                anyhow::ensure!(
+                    point.0.is_none(),
+                    "--seq names a point of one volume; view a group with --time or --bookmark"
+                );
+                for (i, n) in name.iter().enumerate() {
+                    anyhow::ensure!(
+                        !name[..i].contains(n),
+                        "--name {n:?} is given twice: each volume of the view needs its own"
+                    );
+                }
+                // One time for every volume (as a group restore cuts it), each window
+                // checked before anything serves.
+                if let Some(b) = point.2.take() {
+                    point.1 = Some(bookmark_time(&dir, &b)?);
+                }
+                let at = point.1.context("give --time or --bookmark")?;
+                for d in &dir {
+                    let h = store::load(d, store::Load::ReadOnly)
+                        .with_context(|| format!("reading {}", d.display()))?;
+                    pit::resolve(&h, pit::Point::Time(at))
+                        .with_context(|| format!("{}", d.display()))?;
+                }
+            }
+            let views: Vec<(PathBuf, String)> = dir.iter().cloned().zip(name).collect();
+            let cfg = view_config(&views, point, sandbox, (&nbd, &nvmf, &iscsi), core)?;
+            for (d, n) in &views {
+                eprintln!(
+                    "cdp view {n} of {} ({}), configured in {:.3} s",
+                    d.display(),
+                    if sandbox { "sandbox" } else { "read-only" },
+                    t.elapsed().as_secs_f64()
+                );
+            }
             serve(cfg)
         }
         CdpCmd::Window { dir } => {
@@ -512,22 +562,7 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
             );
             let time = match &bookmark {
                 None => time,
-                Some(b) => {
-                    let mut at = None;
-                    for d in &dir {
-                        let t = twinblk::layer::cdp::bookmark::load(d)
-                            .map_err(anyhow::Error::msg)?
-                            .get(b)
-                            .copied()
-                            .with_context(|| format!("{}: no bookmark named {b:?}", d.display()))?;
-                        anyhow::ensure!(
-                            at.is_none_or(|a| a == t),
-                            "bookmark {b:?} names different times in the volumes given"
-                        );
-                        at = Some(t);
-                    }
-                    at
-                }
+                Some(b) => Some(bookmark_time(&dir, b)?),
             };
             let point = match (time, seq) {
                 (Some(t), _) => pit::Point::Time(t),

@@ -65,12 +65,48 @@ fn cdp_status_and_bookmarks_through_twinblk_ctl() {
             "bad bookmark name",
         ),
         (&["cdp", "bookmarks", "--volume", "nope"][..], "nope"),
+        (
+            &[
+                "cdp",
+                "view",
+                "--group",
+                "nope",
+                "--time",
+                "1",
+                "--nbd",
+                "127.0.0.1:1",
+            ][..],
+            "no group named \"nope\"",
+        ),
+        (
+            &[
+                "cdp",
+                "view",
+                "--group",
+                "oracle",
+                "--seq",
+                "1",
+                "--nbd",
+                "127.0.0.1:1",
+            ][..],
+            "names a point of one volume",
+        ),
     ] {
         let o = ctl(s, args);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
         assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
     }
     assert_eq!(ctl(s, &["cdp", "bookmarks"]).status.code(), Some(2));
+    // A view names a volume or a group, not both, not neither; a group's view takes no name.
+    for args in [
+        &["cdp", "view", "--time", "1"][..],
+        &["cdp", "view", "db", "--group", "oracle", "--time", "1"][..],
+        &[
+            "cdp", "view", "--group", "oracle", "--name", "x", "--time", "1",
+        ][..],
+    ] {
+        assert_eq!(ctl(s, args).status.code(), Some(2), "{args:?}");
+    }
     assert_eq!(
         ctl(
             s,
@@ -82,5 +118,39 @@ fn cdp_status_and_bookmarks_through_twinblk_ctl() {
         .code(),
         Some(2)
     );
+    // Switched off and on again while the daemon runs (the settings from [volume.cdp]).
+    let o = ctl(s, &["cdp", "disable", "db"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("CDP off for db: its history ends at sequence"),
+        "{}",
+        text(&o)
+    );
+    let o = ctl(s, &["cdp", "status"]);
+    assert!(text(&o).contains("journal off"), "{}", text(&o));
+    let o = ctl(s, &["cdp", "disable", "db"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not on"), "{}", text(&o));
+    let o = ctl(s, &["cdp", "enable", "db"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("CDP on for db") && t.contains("group oracle"),
+        "{t}"
+    );
+    assert!(t.contains("points in between are refused"), "{t}");
+    assert!(t.contains("until the daemon stops"), "{t}");
+    for (args, says) in [
+        (&["cdp", "enable", "db"][..], "already on"),
+        (
+            &["cdp", "enable", "nope", "--dir", "/tmp/x"][..],
+            "no volume named",
+        ),
+        (&["cdp", "disable", "nope"][..], "no volume named"),
+    ] {
+        let o = ctl(s, args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
+    }
     d.stop();
 }

@@ -76,6 +76,10 @@ impl Channel for ErrInjChannel {
         self.inner.close(io)
     }
 
+    fn updates_in_flight(&self, io: &IoCx) -> bool {
+        self.inner.updates_in_flight(io)
+    }
+
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
         if self.fault.hits(offset, len as u64) {
             return ReadStart::Failed(Errno::IO);

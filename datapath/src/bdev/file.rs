@@ -173,6 +173,14 @@ impl Channel for FileChannel {
         !io.ops.iter().any(|(_, op)| op.file == self.slot)
     }
 
+    fn updates_in_flight(&self, io: &IoCx) -> bool {
+        io.ops.iter().any(|(_, op)| {
+            op.file == self.slot
+                && !matches!(op.kind, OpKind::Read { .. })
+                && matches!(op.tag.owner(), crate::uring::Owner::Conn(_))
+        })
+    }
+
     fn close(&mut self, io: &mut IoCx) {
         if let Err(e) = io.unregister_file(self.slot) {
             tracing::warn!(path = %self.dev.path, error = %e, "cannot unregister a closed volume's file");

@@ -132,6 +132,13 @@ pub trait Channel {
     fn idle(&self, _io: &IoCx) -> bool {
         true
     }
+    /// An update (write, write-zeroes, unmap, flush) this channel started for a caller's
+    /// tag (a connection's, not a layer's own) is still in flight in the reactor's ring: a
+    /// layer inserted above it at run time waits for those before it relies on the device's
+    /// content.
+    fn updates_in_flight(&self, _io: &IoCx) -> bool {
+        false
+    }
     /// The volume is being deleted: give back what the channel holds in the reactor (its
     /// fixed-file slot). Called once, when [`Channel::idle`], just before it is dropped.
     fn close(&mut self, _io: &mut IoCx) {}

@@ -152,7 +152,7 @@ pub(super) fn plain_only(v: &Volume, what: &str) -> Result<(), Error> {
 }
 
 /// Wait for one answer per reactor on `rx`; the reactors that did not answer in time.
-fn wait_all<T>(rx: &Receiver<T>, n: usize, mut each: impl FnMut(T)) -> usize {
+pub(super) fn wait_all<T>(rx: &Receiver<T>, n: usize, mut each: impl FnMut(T)) -> usize {
     let deadline = Instant::now() + REACTOR_WAIT;
     let mut got = 0;
     while got < n {
@@ -454,7 +454,13 @@ pub(super) fn volume_delete(
     st: &mut AdminState,
 ) -> Result<Value, Error> {
     let name = s(p, "name")?;
-    let (vol, _) = volume(cx, name)?;
+    let (vol, v) = volume(cx, name)?;
+    if v.info.kind.contains("cdp") {
+        return Err((
+            E_IN_USE,
+            format!("volume {name:?} is journaled (CDP): switch it off first (cdp_disable)"),
+        ));
+    }
     if !st.runtime_vols.contains(&vol) {
         return Err((
             E_CONFIGURED,
@@ -486,6 +492,11 @@ pub(super) fn volume_delete(
         return Err(e);
     }
     cx.rt.volumes.release(vol);
+    // A history CDP was switched off in stays with its directory, not with the slot.
+    cx.cdp
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|c| c.vol != vol);
     st.runtime_vols.retain(|&v| v != vol);
     tracing::info!(volume = name, slot = vol, "control: volume deleted");
     Ok(json!({"name": name, "deleted": true}))

@@ -1,6 +1,7 @@
 //! The dispatcher of the run-time change methods (docs/control.md, "Run-time changes"): each
 //! method of [`super::admin`] (volumes, NBD exports) and [`super::admin_front`] (NVMe
-//! subsystems, iSCSI targets) runs under the one admin lock, so changes never interleave.
+//! subsystems, iSCSI targets) and [`super::cdp_admin`] (CDP switched on and off) runs under
+//! the one admin lock, so changes never interleave.
 
 use super::ControlCx;
 use super::admin::{self, AdminState, Error, bad};
@@ -26,6 +27,8 @@ pub fn call(method: &str, params: Option<&Value>, cx: &ControlCx) -> Option<Resu
         "iscsi_target_remove" => admin_front::iscsi_target_remove,
         "iscsi_lun_add" => admin_front::iscsi_lun_add,
         "iscsi_lun_remove" => admin_front::iscsi_lun_remove,
+        "cdp_enable" => super::cdp_admin::cdp_enable,
+        "cdp_disable" => super::cdp_admin::cdp_disable,
         _ => return None,
     };
     let empty = json!({});

@@ -255,10 +255,25 @@ impl CdpJobs {
         Ok(f(j))
     }
 
-    /// `cdp_view_open`: start a view of `c`'s history and wait until it serves.
-    pub fn view_open(&self, c: &CdpInfo, volume: &str, p: &Value) -> Result<Value, String> {
-        let mut args: Vec<String> = vec!["cdp".into(), "view".into(), "--dir".into()];
-        args.push(c.dir.display().to_string());
+    /// `cdp_view_open`: start a view of the histories of `members` (each with its volume's
+    /// name; several: a group, at one time) in one child process and wait until it serves.
+    /// `label` names what is viewed in `cdp_jobs` (the volume, or "group G").
+    pub fn view_open(
+        &self,
+        members: &[(&CdpInfo, String)],
+        label: &str,
+        p: &Value,
+    ) -> Result<Value, String> {
+        let group = p.get("group").is_some();
+        if group && p.get("seq").is_some() {
+            return Err("\"seq\" names a point of one volume: view a group at one \"time_ns\" or \"bookmark\"".into());
+        }
+        if group && p.get("name").is_some() {
+            return Err(
+                "a group's view serves each volume under its own name: give no \"name\"".into(),
+            );
+        }
+        let mut args: Vec<String> = vec!["cdp".into(), "view".into()];
         args.extend(point_args(p)?);
         let name = p.get("name").and_then(Value::as_str).unwrap_or("view");
         if name.is_empty()
@@ -269,6 +284,15 @@ impl CdpJobs {
             return Err(format!(
                 "\"name\" must be letters, digits, '-', '_' or '.', not {name:?}"
             ));
+        }
+        let names: Vec<String> = if group {
+            members.iter().map(|(_, v)| v.clone()).collect()
+        } else {
+            vec![name.to_string()]
+        };
+        for ((c, _), n) in members.iter().zip(&names) {
+            args.extend(["--dir".into(), c.dir.display().to_string()]);
+            args.extend(["--name".into(), n.clone()]);
         }
         let (nbd, nvmf, iscsi) = (
             addr_param(p, "nbd")?,
@@ -283,16 +307,17 @@ impl CdpJobs {
         if p.get("sandbox").and_then(Value::as_bool) == Some(true) {
             args.push("--sandbox".into());
         }
-        args.extend(["--name".into(), name.into(), "--nbd".into(), nbd.clone()]);
+        args.extend(["--nbd".into(), nbd.clone()]);
         args.extend([
             "--nvmf".into(),
             nvmf.clone(),
             "--iscsi".into(),
             iscsi.clone(),
         ]);
-        args.extend(["--core".into(), c.home.to_string()]);
+        let home = members.first().map_or(0, |(c, _)| c.home);
+        args.extend(["--core".into(), home.to_string()]);
         let t = Instant::now();
-        let id = self.start("view", volume, &args, p)?;
+        let id = self.start("view", label, &args, p)?;
         // Serving once it prints its banner's last line; failed if it exits first.
         loop {
             let (exit, text) = self.with_job(id, |j| {
@@ -318,16 +343,39 @@ impl CdpJobs {
             std::thread::sleep(Duration::from_millis(10));
         }
         let pid = self.with_job(id, |j| j.child.id())?;
-        Ok(json!({
+        let endpoints = |n: &str| {
+            json!({
+                "nbd": (!nbd.is_empty()).then(|| format!("nbd://{nbd}/{n}")),
+                "nvmf": (!nvmf.is_empty()).then(|| json!({"addr": nvmf, "nqn": format!("nqn.2026-11.io.twinblk:{n}")})),
+                "iscsi": (!iscsi.is_empty()).then(|| json!({"addr": iscsi, "iqn": format!("iqn.2026-11.io.twinblk:{n}")})),
+            })
+        };
+        let mut r = json!({
             "id": id,
             "pid": pid,
-            "volume": volume,
-            "name": name,
-            "nbd": (!nbd.is_empty()).then(|| format!("nbd://{nbd}/{name}")),
-            "nvmf": (!nvmf.is_empty()).then(|| json!({"addr": nvmf, "nqn": format!("nqn.2026-11.io.twinblk:{name}")})),
-            "iscsi": (!iscsi.is_empty()).then(|| json!({"addr": iscsi, "iqn": format!("iqn.2026-11.io.twinblk:{name}")})),
+            "volume": label,
             "opened_s": t.elapsed().as_secs_f64(),
-        }))
+        });
+        if group {
+            r["group"] = p["group"].clone();
+            r["time_ns"] = p.get("time_ns").cloned().unwrap_or(Value::Null);
+            r["volumes"] = members
+                .iter()
+                .map(|(_, v)| {
+                    let mut e = endpoints(v);
+                    e["volume"] = json!(v);
+                    e["name"] = json!(v);
+                    e
+                })
+                .collect();
+        } else {
+            r["name"] = json!(name);
+            let e = endpoints(name);
+            for k in ["nbd", "nvmf", "iscsi"] {
+                r[k] = e[k].clone();
+            }
+        }
+        Ok(r)
     }
 
     /// `cdp_restore`: start a restore of `c`'s history to the new file `out`.

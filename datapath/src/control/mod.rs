@@ -16,6 +16,7 @@ pub mod admin;
 pub mod admin_call;
 pub mod admin_front;
 pub mod build;
+pub mod cdp_admin;
 pub mod cdp_jobs;
 pub mod config;
 pub mod metrics;
@@ -42,8 +43,14 @@ pub struct ControlCx {
     pub admin: std::sync::Mutex<admin::AdminState>,
     /// Mirrored volumes.
     pub mirrors: Vec<MirrorInfo>,
-    /// Volumes with continuous data protection.
-    pub cdp: Vec<crate::layer::cdp::CdpInfo>,
+    /// Volumes with continuous data protection (switched on at start or at run time; a
+    /// journal switched off at run time stays listed, its history readable).
+    pub cdp: Arc<std::sync::RwLock<Vec<crate::layer::cdp::CdpInfo>>>,
+    /// The CDP helper threads' lists (next segments, retention), changed at run time.
+    pub cdp_lists: cdp_admin::CdpLists,
+    /// The configured volumes (`cdp_enable` takes a volume's `[volume.cdp]` settings and
+    /// group from here when the request does not give them).
+    pub volume_configs: Vec<config::VolumeConfig>,
     /// Views and restores started through the control socket ([`cdp_jobs`]).
     pub cdp_jobs: cdp_jobs::CdpJobs,
     /// The runtime service index of the checksum executors ([`verify::ChecksumService`]);
@@ -567,10 +574,10 @@ fn resync(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String> {
 }
 
 /// The CDP volumes a request names: `{"volume": NAME}` or `{"group": NAME}`.
-fn cdp_targets<'a>(
+fn cdp_targets(
     params: Option<&Value>,
-    shared: &'a ControlCx,
-) -> Result<Vec<&'a crate::layer::cdp::CdpInfo>, String> {
+    shared: &ControlCx,
+) -> Result<Vec<crate::layer::cdp::CdpInfo>, String> {
     let p = params.ok_or("params must name a volume or a group: {\"volume\": NAME}")?;
     let (by_group, name) = match (
         p.get("volume").and_then(Value::as_str),
@@ -582,6 +589,8 @@ fn cdp_targets<'a>(
     };
     let v: Vec<_> = shared
         .cdp
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
         .iter()
         .filter(|c| {
             if by_group {
@@ -590,6 +599,7 @@ fn cdp_targets<'a>(
                 shared.rt.volumes.name(c.vol) == name
             }
         })
+        .cloned()
         .collect();
     if v.is_empty() {
         return Err(format!(
@@ -626,16 +636,25 @@ fn cdp_call(
         "cdp_view_open" | "cdp_restore" => {
             return Some((|| {
                 let p = params.ok_or("params must name a volume: {\"volume\": NAME, ...}")?;
-                if p.get("group").is_some() {
-                    return Err("a view or a restore names one volume (\"volume\"), not a group: ask once per volume with the same \"time_ns\"".to_string());
+                if p.get("group").is_some() && method == "cdp_restore" {
+                    return Err("a restore names one volume (\"volume\"), not a group: ask once per volume with the same \"time_ns\"".to_string());
                 }
                 let vols = cdp_targets(Some(p), shared)?;
-                let c = vols[0];
-                let name = shared.rt.volumes.name(c.vol);
                 if method == "cdp_view_open" {
-                    shared.cdp_jobs.view_open(c, &name, p)
+                    let members: Vec<_> = vols
+                        .iter()
+                        .map(|c| (c, shared.rt.volumes.name(c.vol)))
+                        .collect();
+                    let label = match p.get("group").and_then(Value::as_str) {
+                        Some(g) => format!("group {g}"),
+                        None => members[0].1.clone(),
+                    };
+                    shared.cdp_jobs.view_open(&members, &label, p)
                 } else {
-                    shared.cdp_jobs.restore(c, &name, p)
+                    let c = &vols[0];
+                    shared
+                        .cdp_jobs
+                        .restore(c, &shared.rt.volumes.name(c.vol), p)
                 }
             })());
         }
@@ -649,13 +668,29 @@ fn cdp_call(
         match method {
             "cdp_bookmark" => {
                 let name = name.ok_or("params need the bookmark's \"name\"")?;
+                if let Some(c) = vols.iter().find(|c| {
+                    c.device.live.as_ref().is_some_and(|l| {
+                        !l.whole.load(Ordering::Relaxed) && l.failed.get().is_none()
+                    }) && !c.stats.off.load(Ordering::Relaxed)
+                }) {
+                    return Err(format!(
+                        "volume {:?} is catching up (CDP was switched on at run time): its history is not whole yet (cdp_status)",
+                        vname(c)
+                    ));
+                }
+                if let Some(c) = vols.iter().find(|c| c.stats.off.load(Ordering::Relaxed)) {
+                    return Err(format!(
+                        "CDP is switched off on volume {:?}: its history ended at its last time mark (cdp_enable switches it on again)",
+                        vname(c)
+                    ));
+                }
                 let t = clock::now();
                 for c in &vols {
                     bookmark::set(&c.dir, name, t)?;
                 }
                 tracing::info!(bookmark = name, time = t, "cdp: bookmark set");
                 Ok(
-                    json!({"name": name, "time_ns": t, "volumes": vols.iter().map(|c| vname(c)).collect::<Vec<_>>()}),
+                    json!({"name": name, "time_ns": t, "volumes": vols.iter().map(vname).collect::<Vec<_>>()}),
                 )
             }
             "cdp_bookmark_delete" => {
@@ -830,6 +865,8 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
         "cdp_status" => Value::Array(
             shared
                 .cdp
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .map(|c| {
                     let name = &shared.rt.volumes.name(c.vol);

@@ -153,8 +153,9 @@ pub struct Daemon {
     persister: Option<Arc<Persister>>,
     /// Consolidates CDP journals under retention (off the reactors).
     retention: Option<JoinHandle<()>>,
-    /// The CDP layers: their directories' `daemon.lock` is released at the stop.
-    cdp_devs: Vec<Arc<CdpDevice>>,
+    /// The CDP layers (also those switched on at run time): their directories'
+    /// `daemon.lock` is released at the stop.
+    cdp: Arc<std::sync::RwLock<Vec<CdpInfo>>>,
     /// Prepares each CDP journal's next segment (off the reactors).
     segments: Option<JoinHandle<()>>,
     retention_stop: Arc<AtomicBool>,
@@ -248,6 +249,7 @@ impl Daemon {
                     created: cd.created,
                     stats: Arc::clone(&cd.stats),
                     retention_age_ns: c.retention_age_ns(),
+                    device: Arc::clone(&cd),
                 });
                 device = cd;
             }
@@ -633,30 +635,36 @@ impl Daemon {
             failover_stop: Arc::new(AtomicBool::new(false)),
             persister,
             retention: None,
-            cdp_devs: cdp_devs.clone(),
+            cdp: Arc::new(std::sync::RwLock::new(cdp_infos)),
             segments: None,
             retention_stop: Arc::new(AtomicBool::new(false)),
         };
-        if !cdp_devs.is_empty() {
-            let spares = cdp_devs
-                .iter()
-                .map(|cd| SpareOf {
-                    dir: cd.dir.clone(),
-                    size: cd.segment_size,
-                    spare: Arc::clone(&cd.spare),
-                })
-                .collect();
-            daemon.segments = Some(
-                spare_thread(spares, Arc::clone(&daemon.retention_stop))
-                    .map_err(StartError::CdpThread)?,
-            );
-        }
-        if !retained.is_empty() {
-            daemon.retention = Some(
-                retain::spawn(retained, Arc::clone(&daemon.retention_stop))
-                    .map_err(StartError::CdpThread)?,
-            );
-        }
+        // The helper threads run also without a journal at start: CDP can be switched on at
+        // run time (their lists change then).
+        let cdp_lists = crate::control::cdp_admin::CdpLists::default();
+        *cdp_lists.spares.lock().unwrap_or_else(|e| e.into_inner()) = cdp_devs
+            .iter()
+            .map(|cd| SpareOf {
+                dir: cd.dir.clone(),
+                size: cd.segment_size,
+                spare: Arc::clone(&cd.spare),
+            })
+            .collect();
+        *cdp_lists.retained.lock().unwrap_or_else(|e| e.into_inner()) = retained;
+        daemon.segments = Some(
+            spare_thread(
+                Arc::clone(&cdp_lists.spares),
+                Arc::clone(&daemon.retention_stop),
+            )
+            .map_err(StartError::CdpThread)?,
+        );
+        daemon.retention = Some(
+            retain::spawn(
+                Arc::clone(&cdp_lists.retained),
+                Arc::clone(&daemon.retention_stop),
+            )
+            .map_err(StartError::CdpThread)?,
+        );
         if let Some(m) = &cfg.mirror
             && let (Some(witness), Some(key_file)) = (m.witness, &m.witness_key_file)
             && !failover_vols.is_empty()
@@ -722,7 +730,9 @@ impl Daemon {
             iscsi: Some(Arc::clone(&iscsi)),
             admin: std::sync::Mutex::default(),
             mirrors,
-            cdp: cdp_infos,
+            cdp: Arc::clone(&daemon.cdp),
+            cdp_lists,
+            volume_configs: cfg.volumes.clone(),
             cdp_jobs: Default::default(),
             checksums: Some(CHECKSUM_SERVICE),
         });
@@ -812,8 +822,8 @@ impl Daemon {
             let _ = t.join();
         }
         // Nothing journals any more: a rollback in place (or the next daemon) may take them.
-        for cd in &self.cdp_devs {
-            cd.release_lock();
+        for c in self.cdp.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            c.device.release_lock();
         }
     }
 }

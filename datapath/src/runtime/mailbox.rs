@@ -88,6 +88,20 @@ pub enum Msg {
         /// Where the answer goes.
         done: SyncSender<()>,
     },
+    /// Change this reactor's channel to the served volume in slot `vol` in place, between
+    /// two requests ([`super::Restack`]), publish `volume` as the slot's volume, and answer on
+    /// `done` once the restack says the old stack's work has settled (or at once with the
+    /// error, the old channel kept).
+    Restack {
+        /// The slot.
+        vol: usize,
+        /// The volume with its new stack.
+        volume: Arc<Volume>,
+        /// What to do on this reactor.
+        how: Box<dyn super::Restack>,
+        /// Where the outcome goes.
+        done: SyncSender<Result<(), String>>,
+    },
     /// Stop connection `conn` cleanly ([`super::Conn::stop`]: finish what is in flight, take
     /// nothing new, close) if it is still the one registered as host `host_id` (a key may
     /// have been reused since the registry was read).

@@ -11,6 +11,7 @@
 //! - [`stats`]: per-reactor counters.
 //! - [`wait`]: a reactor's wait policy, changeable at run time (`reactor_set_wait`).
 //! - [`volumes`]: the volume slots (stable indexes; volumes added and deleted at run time).
+//! - [`restack`]: a served volume's stack changed at run time ([`Restack`], [`Msg::Restack`]).
 //!
 //! What the runtime knows nothing about: any protocol (NBD, NVMe-oF, iSCSI, the mirror's wire
 //! format), any layer (mirror, CDP), path states (ANA/ALUA), reservations. A front end or layer
@@ -18,8 +19,10 @@
 //! reactors start, never by editing this module. Volumes are the one thing that changes after
 //! the start: the control socket fills a free slot of the [`VolumeTable`] and asks every
 //! reactor to open its channel ([`Msg::OpenVolume`]), and closes them the same way
-//! ([`Msg::CloseVolume`]) before it frees the slot. It sits above the ring and the block devices
-//! and below transports, layers and front ends, and imports nothing from them.
+//! ([`Msg::CloseVolume`]) before it frees the slot; a served volume's stack can change in
+//! place ([`Msg::Restack`]: a layer's own [`Restack`] wraps or unwraps each reactor's
+//! channel). It sits above the ring and the block devices and below transports, layers and
+//! front ends, and imports nothing from them.
 
 pub mod acceptor;
 pub mod conn;
@@ -27,6 +30,7 @@ pub mod hosts;
 pub mod mailbox;
 pub mod poller;
 pub mod reactor;
+pub mod restack;
 pub mod stats;
 pub mod volumes;
 pub mod wait;
@@ -36,6 +40,7 @@ pub use conn::{Conn, Env, Note};
 pub use mailbox::{Mailbox, Msg, NoteTo};
 pub use poller::{PollCx, Poller, PollerSource};
 pub use reactor::{Reactor, RingSizes, STOP_DEADLINE, WaitPolicy};
+pub use restack::Restack;
 pub use stats::{Counters, ReactorStats, VolCounters};
 pub use volumes::VolumeTable;
 pub use wait::WaitCell;

@@ -67,6 +67,11 @@ pub trait Poller {
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool;
     /// The stop deadline passed: fail what still waits.
     fn abort(&mut self, chans: &mut [Box<dyn Channel>]);
+    /// Its layer left the volume's stack (a run-time restack): the reactor drops it. Asked
+    /// after each restack on the reactor.
+    fn retired(&self, _chans: &mut [Box<dyn Channel>]) -> bool {
+        false
+    }
 }
 
 /// Registered with the runtime by a layer: makes the layer's poller on the reactors that need

@@ -68,6 +68,13 @@ impl Default for RingSizes {
 /// How long a stopping reactor waits for connections to finish their in-flight I/O.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
+/// A restack waiting for the old stack's work to settle.
+type Restacking = (
+    usize,
+    Box<dyn super::Restack>,
+    std::sync::mpsc::SyncSender<Result<(), String>>,
+);
+
 struct Entry {
     conn: Box<dyn Conn>,
     dirty: bool,
@@ -82,6 +89,8 @@ pub struct Reactor {
     vols: Vec<Option<Arc<Volume>>>,
     /// Channels asked to close, waiting for what they started to finish.
     closing: Vec<(usize, std::sync::mpsc::SyncSender<()>)>,
+    /// Restacked channels whose old stack's work has not settled yet (answered when it has).
+    restacking: Vec<Restacking>,
     conns: Slab<Entry>,
     dirty: Vec<u32>,
     shared: Arc<Shared>,
@@ -192,6 +201,7 @@ impl Reactor {
             chans,
             vols,
             closing: Vec::new(),
+            restacking: Vec::new(),
             pollers,
             completions: Vec::with_capacity(256),
             spawned: Vec::new(),
@@ -432,12 +442,21 @@ impl Reactor {
                     let _ = done.send(self.open_volume(vol, volume));
                 }
                 Msg::CloseVolume { vol, done } => self.closing.push((vol, done)),
+                Msg::Restack {
+                    vol,
+                    volume,
+                    how,
+                    done,
+                } => self.restack(vol, volume, how, done),
                 Msg::Disconnect { conn, host_id } => self.disconnect(conn, host_id),
                 Msg::Nop => {}
             }
         }
         if !self.closing.is_empty() {
             worked |= self.close_idle_volumes();
+        }
+        if !self.restacking.is_empty() {
+            worked |= self.answer_settled();
         }
         if !self.pollers.is_empty() {
             worked |= self.run_pollers();
@@ -673,6 +692,60 @@ impl Reactor {
         // The slot's counters start again from zero (a deleted volume may have used it).
         self.vol_counters[vol] = VolCounters::default();
         Ok(())
+    }
+
+    /// Change the stack of the served volume in slot `vol` in place ([`super::Restack`]).
+    fn restack(
+        &mut self,
+        vol: usize,
+        volume: Arc<Volume>,
+        mut how: Box<dyn super::Restack>,
+        done: std::sync::mpsc::SyncSender<Result<(), String>>,
+    ) {
+        if self.stopping.is_some() {
+            let _ = done.send(Err("the reactor is stopping".into()));
+            return;
+        }
+        if !matches!(self.vols.get(vol), Some(Some(_))) {
+            let _ = done.send(Err(format!("no volume is served in slot {vol}")));
+            return;
+        }
+        let old = std::mem::replace(&mut self.chans[vol], Box::new(NoChannel));
+        match how.restack(&mut self.io, self.id, old) {
+            Ok(new) => {
+                self.chans[vol] = new;
+                self.vols[vol] = Some(volume);
+                let chans = &mut self.chans;
+                self.pollers.retain(|p| !p.retired(chans));
+                if let Some(p) = how.poller(self.id) {
+                    self.pollers.push(p);
+                }
+                self.restacking.push((vol, how, done));
+                self.answer_settled();
+            }
+            Err((old, e)) => {
+                self.chans[vol] = old;
+                let _ = done.send(Err(format!("reactor {}: {e}", self.id)));
+            }
+        }
+    }
+
+    /// Answer the restacks whose old stack's work has settled. True when one was answered.
+    fn answer_settled(&mut self) -> bool {
+        let mut answered = false;
+        let mut i = 0;
+        while i < self.restacking.len() {
+            let (vol, how, _) = &mut self.restacking[i];
+            let chan = &mut *self.chans[*vol];
+            if how.settled(&self.io, chan) {
+                let (_, _, done) = self.restacking.swap_remove(i);
+                let _ = done.send(Ok(()));
+                answered = true;
+            } else {
+                i += 1;
+            }
+        }
+        answered
     }
 
     /// Close the channels asked to close once nothing they started is in flight; answer

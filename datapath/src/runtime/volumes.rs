@@ -160,6 +160,19 @@ impl VolumeTable {
         }
     }
 
+    /// The served volume in slot `i` is now `v` (its stack changed in place on every
+    /// reactor: [`super::Msg::Restack`]); false when the slot serves no volume.
+    pub fn replace(&self, i: usize, v: Arc<Volume>) -> bool {
+        let mut s = self.write();
+        match s.get_mut(i) {
+            Some(slot @ Slot::Live(_)) => {
+                *slot = Slot::Live(v);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Free slot `i` (every reactor closed its channel).
     pub fn release(&self, i: usize) {
         if let Some(slot) = self.write().get_mut(i) {

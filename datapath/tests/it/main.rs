@@ -1,6 +1,7 @@
 //! twinblk datapath integration tests (one binary, modules per concern, no global state).
 
 mod cdp;
+mod cdp_live;
 mod cdp_ops;
 mod cdp_rollback;
 mod clients;

@@ -110,8 +110,9 @@ enum Cmd {
     /// Continuous data protection at the site (the first --socket): `status` (each journal's
     /// window in UTC and as the `--time` that `twinblk cdp restore` and `twinblk cdp view`
     /// take, its history against the retention target, DEGRADED when its journal stopped),
-    /// `bookmark`, `bookmarks`, `unbookmark`, and views and restores run by the daemon: `view`,
-    /// `close`, `restore`, `jobs`.
+    /// `bookmark`, `bookmarks`, `unbookmark`, views and restores run by the daemon: `view`
+    /// (of a volume or a `--group` at one time), `close`, `restore`, `jobs`, and `enable` /
+    /// `disable` to switch a volume's journal on or off while it serves.
     Cdp {
         #[command(subcommand)]
         cmd: CdpCmd,
@@ -207,17 +208,24 @@ enum CdpCmd {
     },
     /// Serve a point in time of VOLUME without copying it, as a child process of the daemon
     /// (`cdp_view_open`): read-only, or a sandbox whose writes are discarded when it closes.
+    /// `--group G` (with --time or --bookmark): every volume of the group at the same moment,
+    /// in one child process, each under its own volume name.
     View {
-        /// The volume.
-        volume: String,
+        /// The volume (or give --group).
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        volume: Option<String>,
+        /// Every volume of this group, at one time.
+        #[arg(long)]
+        group: Option<String>,
         #[command(flatten)]
         point: CdpPoint,
         /// Writable, writes kept in RAM and discarded at close.
         #[arg(long)]
         sandbox: bool,
-        /// The view's name (NBD export, NVMe subsystem and iSCSI target suffix).
-        #[arg(long, default_value = "view")]
-        name: String,
+        /// The view's name (NBD export, NVMe subsystem and iSCSI target suffix); a group's
+        /// view uses the volumes' names.
+        #[arg(long, conflicts_with = "group")]
+        name: Option<String>,
         /// NBD listen address (host:port).
         #[arg(long)]
         nbd: Option<String>,
@@ -246,6 +254,37 @@ enum CdpCmd {
     },
     /// The views and restores started through the daemon, with their state (`cdp_jobs`).
     Jobs,
+    /// Switch continuous data protection on for VOLUME while it serves (`cdp_enable`): the
+    /// whole volume is journaled again, then a gap record; a history already in the directory
+    /// resumes (points while CDP was off are refused). Lasts until the daemon stops.
+    Enable {
+        /// The volume (not mirrored: a mirrored volume's CDP is set in the config file).
+        volume: String,
+        /// The journal directory (absolute; default the volume's [volume.cdp] dir).
+        #[arg(long)]
+        dir: Option<String>,
+        /// Bytes per segment, e.g. 64MiB.
+        #[arg(long)]
+        segment_size: Option<String>,
+        /// Keep at least this much history, e.g. 12h.
+        #[arg(long)]
+        retention_age: Option<String>,
+        /// Keep at most about this many bytes of segments, e.g. 10GiB.
+        #[arg(long)]
+        retention_bytes: Option<String>,
+        /// Write segments with zeroes ahead of use.
+        #[arg(long)]
+        prezero: bool,
+        /// The volume's CDP group (default its [[volume]] group, else its name).
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Switch continuous data protection off for VOLUME while it serves (`cdp_disable`): the
+    /// history ends at a last time mark and stays readable by views and restores.
+    Disable {
+        /// The volume.
+        volume: String,
+    },
 }
 
 /// A point in time: one of --time, --seq, --bookmark.
@@ -578,6 +617,7 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
         ),
         CdpCmd::View {
             volume,
+            group,
             point,
             sandbox,
             name,
@@ -586,9 +626,15 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
             iscsi,
         } => {
             let mut p = point.params();
-            p["volume"] = Value::from(volume.as_str());
+            match (volume, group) {
+                (Some(v), _) => {
+                    p["volume"] = Value::from(v.as_str());
+                    p["name"] = Value::from(name.as_deref().unwrap_or("view"));
+                }
+                (None, Some(g)) => p["group"] = Value::from(g.as_str()),
+                (None, None) => unreachable!("clap requires one"),
+            }
             p["sandbox"] = Value::from(*sandbox);
-            p["name"] = Value::from(name.as_str());
             for (k, a) in [("nbd", nbd), ("nvmf", nvmf), ("iscsi", iscsi)] {
                 if let Some(a) = a {
                     p[k] = Value::from(a.as_str());
@@ -617,6 +663,40 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
         CdpCmd::Jobs => (
             ctl::call(&socket, "cdp_jobs", Value::Null),
             cdp::render_jobs,
+        ),
+        CdpCmd::Enable {
+            volume,
+            dir,
+            segment_size,
+            retention_age,
+            retention_bytes,
+            prezero,
+            group,
+        } => {
+            let mut p = serde_json::json!({"volume": volume});
+            for (k, v) in [
+                ("dir", dir),
+                ("segment_size", segment_size),
+                ("retention_age", retention_age),
+                ("retention_bytes", retention_bytes),
+                ("group", group),
+            ] {
+                if let Some(v) = v {
+                    p[k] = Value::from(v.as_str());
+                }
+            }
+            if *prezero {
+                p["prezero"] = Value::from(true);
+            }
+            (ctl::call(&socket, "cdp_enable", p), cdp::render_enable)
+        }
+        CdpCmd::Disable { volume } => (
+            ctl::call(
+                &socket,
+                "cdp_disable",
+                serde_json::json!({"volume": volume}),
+            ),
+            cdp::render_disable,
         ),
     };
     match r {

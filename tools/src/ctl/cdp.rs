@@ -1,5 +1,6 @@
 //! `twinblk-ctl cdp`: the continuous data protection methods of a site's control socket
-//! (`cdp_status`, `cdp_bookmark`, `cdp_bookmarks`, `cdp_bookmark_delete`; docs/control.md) as
+//! (`cdp_status`, `cdp_bookmark`, `cdp_bookmarks`, `cdp_bookmark_delete`, `cdp_enable`,
+//! `cdp_disable`, the views and restores; docs/control.md) as
 //! commands with readable output: each journal's restorable window in UTC, its history
 //! against the retention target, and bookmarks by name and time.
 //!
@@ -131,6 +132,12 @@ pub fn render_status(st: &Value) -> String {
         if let Some(d) = j["degraded_note"].as_str() {
             let _ = writeln!(o, "  DEGRADED {d}");
         }
+        if j["catching_up"] == true {
+            let _ = writeln!(
+                o,
+                "  CATCHING UP switched on at run time: the volume is journaled again; points after the history's earlier end are refused until it is whole"
+            );
+        }
     }
     o
 }
@@ -145,13 +152,31 @@ pub fn render_view(v: &Value) -> String {
         v["opened_s"].as_f64().unwrap_or(0.0),
         v["id"]
     );
+    match v["volumes"].as_array() {
+        // A group's view: every volume at the same moment, each under its own name.
+        Some(list) => {
+            if let Some(t) = v["time_ns"].as_u64() {
+                let _ = writeln!(o, "  at {} (--time {t}) for every volume", utc(t));
+            }
+            for e in list {
+                let _ = writeln!(o, "  {}:", e["volume"].as_str().unwrap_or("?"));
+                endpoints(&mut o, e, "    ");
+            }
+        }
+        None => endpoints(&mut o, v, "  "),
+    }
+    o
+}
+
+/// One view volume's addresses, one line per front end.
+fn endpoints(o: &mut String, v: &Value, indent: &str) {
     if let Some(u) = v["nbd"].as_str() {
-        let _ = writeln!(o, "  NBD      {u}");
+        let _ = writeln!(o, "{indent}NBD      {u}");
     }
     if v["nvmf"].is_object() {
         let _ = writeln!(
             o,
-            "  NVMe/TCP {} {}",
+            "{indent}NVMe/TCP {} {}",
             v["nvmf"]["addr"].as_str().unwrap_or("?"),
             v["nvmf"]["nqn"].as_str().unwrap_or("?")
         );
@@ -159,12 +184,58 @@ pub fn render_view(v: &Value) -> String {
     if v["iscsi"].is_object() {
         let _ = writeln!(
             o,
-            "  iSCSI    {} {}",
+            "{indent}iSCSI    {} {}",
             v["iscsi"]["addr"].as_str().unwrap_or("?"),
             v["iscsi"]["iqn"].as_str().unwrap_or("?")
         );
     }
+}
+
+/// `cdp_enable`'s answer as text: from where the history is whole.
+pub fn render_enable(v: &Value) -> String {
+    let mut o = format!(
+        "CDP on for {} (directory {}, group {}, home reactor {})\n",
+        v["volume"].as_str().unwrap_or("?"),
+        v["dir"].as_str().unwrap_or("?"),
+        v["group"].as_str().unwrap_or("?"),
+        v["home_reactor"]
+    );
+    if v["catching_up"] == true {
+        let _ = writeln!(o, "  CATCHING UP {}", v["note"].as_str().unwrap_or(""));
+    } else {
+        let t = v["whole_from_ns"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "  restorable from sequence {} at {} (--time {t})",
+            v["gap_seq"],
+            utc(t)
+        );
+        if v["new_history"] == false {
+            let a = v["whole_until_ns"].as_u64().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "  and up to sequence {} at {} (--time {a}); points in between are refused",
+                v["whole_until_seq"],
+                utc(a)
+            );
+        }
+    }
+    let _ = writeln!(o, "  lasts {}", v["lasts"].as_str().unwrap_or("?"));
     o
+}
+
+/// `cdp_disable`'s answer as text: where the history ends.
+pub fn render_disable(v: &Value) -> String {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    format!(
+        "CDP off for {}: its history ends at sequence {}, {} (--time {}), window from {}; it stays readable (cdp view, cdp restore)\n  lasts {}\n",
+        v["volume"].as_str().unwrap_or("?"),
+        n("last_seq"),
+        utc(n("window_end_ns")),
+        n("window_end_ns"),
+        utc(n("window_start_ns")),
+        v["lasts"].as_str().unwrap_or("?")
+    )
 }
 
 /// `cdp_jobs` as text: one line per view or restore.
@@ -244,5 +315,44 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("x: no bookmark"), "{t}");
+    }
+
+    #[test]
+    fn enable_and_disable_render_the_history_ends() {
+        let v = json!({"volume": "db", "dir": "/j", "group": "g", "home_reactor": 0,
+            "new_history": false, "whole_until_seq": 7, "whole_until_ns": 5u64, "gap_seq": 99,
+            "whole_from_ns": 6u64, "catching_up": false, "lasts": "until the daemon stops"});
+        let t = render_enable(&v);
+        assert!(t.contains("CDP on for db (directory /j, group g"), "{t}");
+        assert!(t.contains("restorable from sequence 99"), "{t}");
+        assert!(
+            t.contains("up to sequence 7") && t.contains("(--time 5)"),
+            "{t}"
+        );
+        assert!(t.contains("lasts until the daemon stops"), "{t}");
+        let d = json!({"volume": "db", "last_seq": 9, "window_end_ns": 8u64,
+            "window_start_ns": 1u64, "lasts": "until the daemon stops"});
+        let t = render_disable(&d);
+        assert!(
+            t.contains("CDP off for db: its history ends at sequence 9"),
+            "{t}"
+        );
+        assert!(t.contains("(--time 8)"), "{t}");
+    }
+
+    #[test]
+    fn a_group_view_lists_every_volume_with_its_addresses() {
+        let v = json!({"id": 3, "pid": 9, "volume": "group g", "opened_s": 0.5, "group": "g",
+            "time_ns": 5u64, "volumes": [
+                {"volume": "a", "nbd": "nbd://127.0.0.1:9/a", "nvmf": null, "iscsi": null},
+                {"volume": "b", "nbd": "nbd://127.0.0.1:9/b", "nvmf": {"addr": "127.0.0.1:8", "nqn": "nqn.x:b"}, "iscsi": null}]});
+        let t = render_view(&v);
+        assert!(t.contains("view 3 of group g serving"), "{t}");
+        assert!(t.contains("(--time 5) for every volume"), "{t}");
+        assert!(
+            t.contains("  a:\n    NBD      nbd://127.0.0.1:9/a\n"),
+            "{t}"
+        );
+        assert!(t.contains("    NVMe/TCP 127.0.0.1:8 nqn.x:b"), "{t}");
     }
 }

@@ -254,6 +254,29 @@ impl RegionMap {
         self.write_header()
     }
 
+    /// CDP is switched on at run time after sequence `after` (at `after_time`; 0: a new
+    /// history): write state 1 (every region unknown) before the first update is journaled,
+    /// so readers refuse points after `after` and a crash before the catch-up's gap record
+    /// is durable makes the next start journal the whole volume again. Updates are journaled
+    /// meanwhile, so nothing is marked (`active` stays false).
+    pub fn unknown(&mut self, after: u64, after_time: u64, now: u64) -> Result<(), CdpError> {
+        self.header = Header {
+            state: 1,
+            after,
+            after_time,
+            stopped_at: now,
+            regions: self.regions,
+            bitmap_crc: 0,
+        };
+        self.write_header()
+    }
+
+    /// Where the history is whole up to (sequence, time) when the file says the journal is
+    /// not whole (state 1 or 2 written by this map), else `None`.
+    pub fn stopped_after(&self) -> Option<(u64, u64)> {
+        (self.header.state != 0).then_some((self.header.after, self.header.after_time))
+    }
+
     /// Mark `[offset, offset + len)` changed.
     pub fn mark(&mut self, offset: u64, len: u64) {
         if len == 0 {

@@ -73,6 +73,8 @@ pub struct CdpStats {
     /// history is shorter than its age target (set by the retention thread, never cleared
     /// while the daemon runs: the history only recovers as time passes).
     pub short_by_size: AtomicBool,
+    /// CDP was switched off at run time: the history ended at its last time mark.
+    pub off: AtomicBool,
 }
 
 /// Where the writer starts (from recovery).
@@ -249,6 +251,19 @@ impl Journal {
     /// The journal stopped (a failed append): updates complete on their base result alone.
     pub fn stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// Give back the segment's fixed-file slot (CDP switched off at run time, nothing in
+    /// flight).
+    pub fn close(&mut self, io: &mut IoCx) {
+        if let Err(e) = io.unregister_file(self.slot) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cdp: cannot unregister the journal's segment");
+        }
+    }
+
+    /// Time of the last record stamped (durable or not).
+    pub fn last_time(&self) -> u64 {
+        self.last_time
     }
 
     /// Records waiting for their append.
@@ -518,7 +533,9 @@ impl Journal {
         Ok(true)
     }
 
-    fn stop(&mut self, io: &mut IoCx, why: &str) {
+    /// Stop journaling (a failed append, or a run-time start whose catch-up failed):
+    /// updates complete on their base result alone from now on.
+    pub fn stop(&mut self, io: &mut IoCx, why: &str) {
         if !self.stopped {
             tracing::error!(dir = %self.dir.display(), durable = self.durable, why,
                 "cdp: the journal stopped; the volume keeps serving, its history ends here and the layer tracks changed regions until the next start");
@@ -568,6 +585,7 @@ fn give_back(io: &mut IoCx, buf: OpBuf) {
 }
 
 /// A volume whose next segment the helper thread prepares.
+#[derive(Clone)]
 pub struct SpareOf {
     /// Its directory.
     pub dir: PathBuf,
@@ -580,13 +598,15 @@ pub struct SpareOf {
 /// Start the thread that prepares each volume's next segment off the reactors; it stops when
 /// `stop` is set.
 pub fn spare_thread(
-    vols: Vec<SpareOf>,
+    list: Arc<std::sync::Mutex<Vec<SpareOf>>>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cdp-segments".into())
         .spawn(move || {
             while !stop.load(Ordering::SeqCst) {
+                // The list changes at run time (CDP switched on or off): a copy per pass.
+                let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 for v in &vols {
                     let s = &v.spare;
                     let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());

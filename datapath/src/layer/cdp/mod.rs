@@ -20,12 +20,20 @@
 //! Recovery ([`store::load`]) runs when the device is built, before the reactors start:
 //! it cuts a torn tail, sets damaged segments aside, rebuilds missing indexes, and the writer
 //! starts a new segment. Points in time are read from the directory alone ([`pit`]).
+//!
+//! At run time ([`live`]) the layer is inserted into a served volume's stack (each reactor's
+//! channel is wrapped in place, the home's first) and journals the whole volume again before
+//! a gap record makes its history whole; taking it out stamps a last time mark, stops
+//! journaling, and unwraps the channels once nothing is in flight (the segment is sealed as
+//! at a clean stop). Each layer instance has a generation ([`CdpDevice::instance`]): a poller
+//! serves only the channel of its own generation and retires when it is gone.
 
 pub mod bookmark;
 pub mod clock;
 pub mod degraded;
 pub mod format;
 pub mod journal;
+pub mod live;
 pub mod pit;
 pub mod retain;
 pub mod rollback;
@@ -68,6 +76,7 @@ pub struct CdpSettings {
 }
 
 /// A CDP volume's facts for the control plane.
+#[derive(Clone)]
 pub struct CdpInfo {
     /// Volume index.
     pub vol: usize,
@@ -83,6 +92,8 @@ pub struct CdpInfo {
     pub stats: Arc<CdpStats>,
     /// The history's age target (`retention_age`), if any.
     pub retention_age_ns: Option<u64>,
+    /// The layer (switched off at run time: its history stays readable).
+    pub device: Arc<CdpDevice>,
 }
 
 impl CdpInfo {
@@ -106,7 +117,16 @@ impl CdpInfo {
             "segment": s.segment.load(Relaxed),
             "switches_prepared": s.switches_prepared.load(Relaxed),
             "switches_created": s.switches_created.load(Relaxed),
-            "journal": if s.stopped.load(Relaxed) { "degraded" } else { "running" },
+            "journal": if s.off.load(Relaxed) {
+                "off"
+            } else if s.stopped.load(Relaxed) {
+                "degraded"
+            } else {
+                "running"
+            },
+            "catching_up": self.device.live.as_ref().is_some_and(|l| {
+                !s.off.load(Relaxed) && !l.whole.load(Relaxed) && l.failed.get().is_none()
+            }),
             "changed_regions": s.changed_regions.load(Relaxed),
             "changed_bytes": s.changed_regions.load(Relaxed) << degraded::REGION_SHIFT,
             "degraded_since_ns": Some(s.stopped_at.load(Relaxed)).filter(|&t| t > 0),
@@ -136,6 +156,10 @@ pub const MIN_SEGMENT: u64 = 4 << 20;
 /// A volume's CDP layer.
 pub struct CdpDevice {
     inner: Arc<dyn BlockDevice>,
+    /// This layer instance (a poller serves only its own instance's channel).
+    pub instance: u64,
+    /// Set when the layer was switched on at run time: the catch-up's progress.
+    pub live: Option<Arc<live::LiveStart>>,
     vol: usize,
     /// The reactor that runs the journal.
     pub home: usize,
@@ -223,6 +247,8 @@ impl CdpDevice {
             .store(h.meta.window_start(), std::sync::atomic::Ordering::Relaxed);
         Ok(Self {
             inner,
+            instance: next_instance(),
+            live: None,
             vol,
             home,
             mailboxes: OnceLock::new(),
@@ -237,10 +263,97 @@ impl CdpDevice {
     }
 }
 
+/// A new layer generation.
+fn next_instance() -> u64 {
+    static GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    GEN.fetch_add(1, Relaxed)
+}
+
 impl CdpDevice {
     /// Release `daemon.lock` (the daemon's stop, once nothing journals any more).
     pub fn release_lock(&self) {
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// The device under the layer.
+    pub fn inner(&self) -> Arc<dyn BlockDevice> {
+        Arc::clone(&self.inner)
+    }
+
+    /// The volume's index.
+    pub fn vol(&self) -> usize {
+        self.vol
+    }
+
+    /// The channel of a reactor other than the home over `inner` (that reactor's channel to
+    /// the device under the layer).
+    fn remote_channel(&self, io: &IoCx, inner: Box<dyn Channel>) -> Result<CdpRemote, BdevError> {
+        let home = self
+            .mailboxes
+            .get()
+            .and_then(|m| m.get(self.home))
+            .cloned()
+            .ok_or_else(|| {
+                BdevError::Register(std::io::Error::other("cdp: reactor mailboxes not set"))
+            })?;
+        Ok(CdpRemote {
+            inner,
+            home,
+            vol: self.vol as u32,
+            from: io.reactor as u32,
+        })
+    }
+
+    /// The home reactor's channel over `inner`: it takes the journal (once). On error
+    /// `inner` is given back.
+    #[allow(clippy::result_large_err)]
+    fn home_channel(
+        &self,
+        io: &mut IoCx,
+        inner: Box<dyn Channel>,
+    ) -> Result<CdpChannel, (Box<dyn Channel>, BdevError)> {
+        let Some((start, regions)) = self.start.lock().unwrap_or_else(|e| e.into_inner()).take()
+        else {
+            return Err((
+                inner,
+                BdevError::Register(std::io::Error::other("cdp: the journal is already open")),
+            ));
+        };
+        let size = start.meta.size;
+        let journal = match Journal::new(io, self.vol as u32, start, Arc::clone(&self.stats)) {
+            Ok(j) => j,
+            Err(e) => return Err((inner, BdevError::Register(e))),
+        };
+        let catchup = self
+            .live
+            .as_ref()
+            .map(|l| live::Catchup::new(Arc::clone(l)));
+        Ok(CdpChannel {
+            whole_after: catchup.as_ref().map(|c| c.after()),
+            catchup,
+            off: false,
+            instance: self.instance,
+            inner,
+            vol: self.vol as u32,
+            reactor: io.reactor as u32,
+            size,
+            align: u64::from(self.inner.info().min_io.max(1)),
+            journal,
+            regions,
+            stats: Arc::clone(&self.stats),
+            ops: Slab::with_capacity(256),
+            held: std::collections::VecDeque::new(),
+            done: Vec::with_capacity(256),
+            scratch: Vec::with_capacity(256),
+        })
+    }
+
+    fn poller(&self) -> CdpPoller {
+        CdpPoller {
+            vol: self.vol,
+            instance: self.instance,
+            final_mark: false,
+        }
     }
 }
 
@@ -254,57 +367,18 @@ impl BlockDevice for CdpDevice {
     fn open_channel(&self, io: &mut IoCx) -> Result<Box<dyn Channel>, BdevError> {
         let inner = self.inner.open_channel(io)?;
         if io.reactor != self.home {
-            let home = self
-                .mailboxes
-                .get()
-                .and_then(|m| m.get(self.home))
-                .cloned()
-                .ok_or_else(|| {
-                    BdevError::Register(std::io::Error::other("cdp: reactor mailboxes not set"))
-                })?;
-            return Ok(Box::new(CdpRemote {
-                inner,
-                home,
-                vol: self.vol as u32,
-                from: io.reactor as u32,
-            }));
+            return Ok(Box::new(self.remote_channel(io, inner)?));
         }
-        let (start, regions) = self
-            .start
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| {
-                BdevError::Register(std::io::Error::other("cdp: the journal is already open"))
-            })?;
-        let size = start.meta.size;
-        let journal = Journal::new(io, self.vol as u32, start, Arc::clone(&self.stats))
-            .map_err(BdevError::Register)?;
-        Ok(Box::new(CdpChannel {
-            inner,
-            vol: self.vol as u32,
-            reactor: io.reactor as u32,
-            size,
-            align: u64::from(self.inner.info().min_io.max(1)),
-            journal,
-            regions,
-            stats: Arc::clone(&self.stats),
-            ops: Slab::with_capacity(256),
-            held: std::collections::VecDeque::new(),
-            done: Vec::with_capacity(256),
-            scratch: Vec::with_capacity(256),
-        }))
+        match self.home_channel(io, inner) {
+            Ok(c) => Ok(Box::new(c)),
+            Err((_, e)) => Err(e),
+        }
     }
 }
 
 impl PollerSource for CdpDevice {
     fn poller_for(&self, reactor: usize) -> Option<Box<dyn Poller>> {
-        (reactor == self.home).then(|| {
-            Box::new(CdpPoller {
-                vol: self.vol,
-                final_mark: false,
-            }) as Box<dyn Poller>
-        })
+        (reactor == self.home).then(|| Box::new(self.poller()) as Box<dyn Poller>)
     }
 }
 
@@ -325,6 +399,10 @@ struct Pending {
 /// [`CdpChannel::overlaps_earlier`]); its record is already in the journal.
 struct Held {
     key: usize,
+    /// Its record is not journaled yet: it arrived while the run-time catch-up reads a range
+    /// it overlaps (or behind such an update); journaled, in order, after that read
+    /// ([`live`]).
+    deferred: bool,
     op: Op,
     offset: u64,
     len: u64,
@@ -344,6 +422,16 @@ enum Upd<'a> {
 /// The home reactor's channel: the journal writer and the updates in flight.
 pub struct CdpChannel {
     inner: Box<dyn Channel>,
+    /// The layer instance (its poller's).
+    instance: u64,
+    /// Switched on at run time: the whole volume is being journaled again.
+    catchup: Option<live::Catchup>,
+    /// The history is whole only up to this sequence (and time) until the catch-up's gap
+    /// record is durable: a journal that stops meanwhile says so in `degraded.map`.
+    whole_after: Option<(u64, u64)>,
+    /// Switched off at run time: the last time mark is stamped; updates are no longer
+    /// journaled, local ones go straight to the base ([`live`]).
+    off: bool,
     vol: u32,
     reactor: u32,
     size: u64,
@@ -394,7 +482,16 @@ impl CdpChannel {
             Upd::Flush => (0, 0),
             _ => (offset, offset + len),
         };
-        if self.journal.stopped() {
+        if self.off && from == self.reactor {
+            // Switched off: the history ended at the last time mark; straight to the base.
+            return match upd {
+                Upd::Write(d) => self.inner.write(io, tag, offset, d, fua),
+                Upd::Zeroes(l) => self.inner.write_zeroes(io, tag, offset, l, fua),
+                Upd::Unmap(l) => self.inner.unmap(io, tag, offset, l, fua),
+                Upd::Flush => self.inner.flush(io, tag),
+            };
+        }
+        if self.journal.stopped() && !self.off {
             // Degraded: the update is not journaled; its regions are remembered.
             self.degrade();
             self.regions.mark(range.0, range.1 - range.0);
@@ -405,7 +502,15 @@ impl CdpChannel {
         // The journal orders updates as they arrive; overlapping ones must reach the base in
         // that order too (two writes to a block in flight at once could otherwise land in
         // the other order, and the journal's newest point would differ from the base).
-        let wait = range.0 < range.1 && self.overlaps_earlier(range, self.held.len());
+        // Behind the catch-up's read of an overlapping range (or behind an update that is):
+        // held with its record, journaled after the read's.
+        let deferred = range.0 < range.1
+            && (self.catchup.as_ref().is_some_and(|c| c.blocks(range))
+                || self
+                    .held
+                    .iter()
+                    .any(|h| h.deferred && overlap(self.ops[h.key].range, range)));
+        let wait = deferred || range.0 < range.1 && self.overlaps_earlier(range, self.held.len());
         let key = self.ops.insert(Pending {
             from,
             tag,
@@ -425,13 +530,17 @@ impl CdpChannel {
                 Upd::Zeroes(_) => (Op::Zeroes, Vec::new()),
                 _ => (Op::Unmap, Vec::new()),
             };
-            let q = match op {
-                Op::Write => self.journal.record(io, op, offset, len, Some(&data)),
-                _ => self.journal.record(io, op, offset, len, None),
-            };
-            self.ops[key].last_seq = q;
+            if deferred {
+                if let Some(c) = &self.catchup {
+                    c.count_held();
+                }
+            } else {
+                let q = self.record(io, op, offset, len, &data);
+                self.ops[key].last_seq = q;
+            }
             self.held.push_back(Held {
                 key,
+                deferred,
                 op,
                 offset,
                 len,
@@ -444,16 +553,15 @@ impl CdpChannel {
         let (started, last_seq) = match upd {
             Upd::Write(d) => {
                 let s = self.inner.write(io, own, offset, d, fua);
-                let q = self.journal.record(io, Op::Write, offset, len, Some(d));
-                (s, q)
+                (s, self.record(io, Op::Write, offset, len, d))
             }
             Upd::Zeroes(l) => {
                 let s = self.inner.write_zeroes(io, own, offset, l, fua);
-                (s, self.journal.record(io, Op::Zeroes, offset, l, None))
+                (s, self.record(io, Op::Zeroes, offset, l, &[]))
             }
             Upd::Unmap(l) => {
                 let s = self.inner.unmap(io, own, offset, l, fua);
-                (s, self.journal.record(io, Op::Unmap, offset, l, None))
+                (s, self.record(io, Op::Unmap, offset, l, &[]))
             }
             Upd::Flush => (self.inner.flush(io, own), 0),
         };
@@ -464,6 +572,18 @@ impl CdpChannel {
             self.try_complete(key);
         }
         Start::Pending
+    }
+
+    /// Journal an update (`data`: a write's payload); 0 once switched off (the history has
+    /// ended).
+    fn record(&mut self, io: &mut IoCx, op: Op, offset: u64, len: u64, data: &[u8]) -> u64 {
+        if self.off {
+            return 0;
+        }
+        match op {
+            Op::Write => self.journal.record(io, op, offset, len, Some(data)),
+            _ => self.journal.record(io, op, offset, len, None),
+        }
     }
 
     /// Whether `range` overlaps an update that arrived before it and whose base operation
@@ -485,7 +605,7 @@ impl CdpChannel {
         let mut i = 0;
         while i < self.held.len() {
             let range = self.ops[self.held[i].key].range;
-            if self.overlaps_earlier(range, i) {
+            if self.held[i].deferred || self.overlaps_earlier(range, i) {
                 i += 1;
                 continue;
             }
@@ -512,11 +632,12 @@ impl CdpChannel {
         if self.regions.active || !self.journal.stopped() {
             return;
         }
-        let (after, after_time, now) = (
-            self.journal.durable(),
-            self.journal.durable_time(),
-            clock::now(),
-        );
+        // Switched on at run time and not whole yet: the history is whole only up to
+        // where it was before.
+        let (after, after_time) = self
+            .whole_after
+            .unwrap_or((self.journal.durable(), self.journal.durable_time()));
+        let now = clock::now();
         if let Err(e) = self.regions.stopped(after, after_time, now) {
             tracing::error!(error = %e, "cdp: cannot record that the journal stopped; if this site crashes now, the next start cannot tell which regions changed");
         }
@@ -636,6 +757,9 @@ impl Channel for CdpChannel {
             return self.inner.on_own_io(io, slot, result, data);
         }
         let slot = slot & !LOWER_SLOT;
+        if slot == live::CATCHUP_SLOT {
+            return live::read_done(self, io, result, data);
+        }
         if slot & JOURNAL_SLOT != 0 {
             if self.journal.finished(io, slot & !JOURNAL_SLOT, result) || self.journal.stopped() {
                 self.complete_durable();
@@ -665,51 +789,67 @@ impl Channel for CdpChannel {
 /// finished updates.
 pub struct CdpPoller {
     vol: usize,
+    /// The layer instance it serves.
+    instance: u64,
     /// The stop's final time mark is stamped.
     final_mark: bool,
 }
 
-fn channel_of(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut CdpChannel> {
-    find_layer::<CdpChannel>(&mut **chans.get_mut(vol)?)
+fn channel_of(
+    chans: &mut [Box<dyn Channel>],
+    vol: usize,
+    instance: u64,
+) -> Option<&mut CdpChannel> {
+    find_layer::<CdpChannel>(&mut **chans.get_mut(vol)?).filter(|c| c.instance == instance)
 }
 
 impl Poller for CdpPoller {
     fn poll(&mut self, cx: &mut PollCx<'_>) -> bool {
-        let Some(c) = channel_of(cx.chans, self.vol) else {
+        let Some(c) = channel_of(cx.chans, self.vol, self.instance) else {
             return false;
         };
-        // Time marks: while idle, and once when stopping (the window reaches the stop).
-        if c.journal.mark_due().is_some_and(|d| cx.now >= d) || (cx.stopping && !self.final_mark) {
+        // Time marks: while idle, and once when stopping (the window reaches the stop);
+        // none once switched off (the history ended at its last mark).
+        if !c.off
+            && (c.journal.mark_due().is_some_and(|d| cx.now >= d)
+                || (cx.stopping && !self.final_mark))
+        {
             self.final_mark |= cx.stopping;
             c.journal.mark(cx.io);
         }
-        let mut worked = c.journal.issue(cx.io);
+        let mut worked = live::step(c, cx.io);
+        worked |= c.journal.issue(cx.io);
         if c.journal.take_moved() || c.journal.stopped() {
             c.complete_durable();
         }
         worked |= !c.done.is_empty();
         let mut done = std::mem::take(&mut c.done);
         cx.complete_all(&mut done);
-        if let Some(c) = channel_of(cx.chans, self.vol) {
+        if let Some(c) = channel_of(cx.chans, self.vol, self.instance) {
             c.done = done;
         }
         worked
     }
 
     fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant> {
-        let c = channel_of(chans, self.vol)?;
-        if c.journal.has_queued() || !c.done.is_empty() {
+        let c = channel_of(chans, self.vol, self.instance)?;
+        if c.journal.has_queued() || !c.done.is_empty() || live::busy(c) {
             return Some(Instant::now());
         }
         c.journal.mark_due()
     }
 
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool {
-        channel_of(chans, self.vol).is_some_and(|c| !c.ops.is_empty() || c.journal.in_flight() > 0)
+        channel_of(chans, self.vol, self.instance)
+            .is_some_and(|c| !c.ops.is_empty() || c.journal.in_flight() > 0)
+    }
+
+    fn retired(&self, chans: &mut [Box<dyn Channel>]) -> bool {
+        channel_of(chans, self.vol, self.instance).is_none()
     }
 
     fn abort(&mut self, chans: &mut [Box<dyn Channel>]) {
-        if let Some(c) = channel_of(chans, self.vol) {
+        if let Some(c) = channel_of(chans, self.vol, self.instance) {
             for (_, p) in c.ops.iter_mut().filter(|(_, p)| !p.answered) {
                 p.answered = true;
                 c.done.push((p.from, p.tag, Err(Errno::IO)));
@@ -793,4 +933,13 @@ impl Channel for CdpRemote {
     fn lower(&mut self) -> Option<&mut dyn Channel> {
         Some(&mut *self.inner)
     }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+/// Whether two byte ranges `[start, end)` overlap.
+fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
 }

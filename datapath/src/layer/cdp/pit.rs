@@ -52,6 +52,26 @@ pub fn resolve(h: &History, p: Point) -> Result<u64, CdpError> {
             .last()
             .map_or(h.meta.base_seq, |(_, e)| e.seq),
     };
+    if let Some((after, after_time)) = h.open_gap {
+        // An X of 0: a history begun at run time, whose start (the empty base copy) never was
+        // the volume's content.
+        let inside = seq > after || after == 0 || matches!(p, Point::Time(t) if t > after_time);
+        if inside {
+            return Err(CdpError::NotWhole {
+                what: match p {
+                    Point::Seq(s) => format!("sequence {s}"),
+                    Point::Time(t) => format!("time {t}"),
+                },
+                after,
+                after_time,
+                start: if after == 0 {
+                    ", and not at its start"
+                } else {
+                    ""
+                },
+            });
+        }
+    }
     for (_, g) in h.entries().filter(|(_, e)| e.op == Op::Gap) {
         let after = g.offset;
         // Time of the last record before the gap (the window's start when it was consolidated).
@@ -62,8 +82,12 @@ pub fn resolve(h: &History, p: Point) -> Result<u64, CdpError> {
             .map_or(h.meta.window_start(), |(_, e)| e.time);
         // A time after record `after` and before the gap record saw changes the journal
         // does not hold; a sequence between the two is a catch-up record.
-        let inside = (after < seq && seq < g.seq)
-            || matches!(p, Point::Time(t) if after_time < t && t < g.time);
+        // A gap after sequence 0 also covers the history's start when that start is not a
+        // content the volume had (a history begun at run time: its base copy is empty and
+        // the gap's records are the whole volume).
+        let from_start = after == 0;
+        let inside = ((after < seq || from_start) && seq < g.seq)
+            || matches!(p, Point::Time(t) if (after_time < t || from_start) && t < g.time);
         if inside {
             return Err(CdpError::InGap {
                 what: match p {

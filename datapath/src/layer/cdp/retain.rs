@@ -6,7 +6,8 @@
 //! later segment exists (so it is sealed) and retention releases it (its newest record is
 //! older than `age`, or the segments hold more than `bytes`), its records are applied to
 //! `base.img` in order, the base copy is synced, `cdp.meta` records the new base point, and
-//! the segment is deleted. The thread ([`spawn`]) runs a pass over every volume each second,
+//! the segment is retired (kept as `recycled-N.seg` for the spare thread to reuse as a later
+//! segment, at most [`store::RECYCLED_MAX`] of them; deleted beyond). The thread ([`spawn`]) runs a pass over every volume each second,
 //! at most one segment per volume per pass (the throttle).
 //!
 //! A segment holding a record newer than the oldest bookmark, or than the point of an open
@@ -127,7 +128,7 @@ pub fn consolidate_once(
         m.base_time = last.time;
         store::write_meta(dir, &m)?;
     }
-    store::remove_segment(dir, segno)?;
+    store::recycle_segment(dir, segno)?;
     tracing::info!(dir = %dir.display(), segment = segno, base_seq = m.base_seq, by_age, by_size,
         "cdp: consolidated the oldest segment into the base copy");
     Ok(Some(Consolidated {
@@ -187,6 +188,7 @@ fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(),
 }
 
 /// A volume the retention thread looks after.
+#[derive(Clone)]
 pub struct Retained {
     /// Its directory.
     pub dir: PathBuf,
@@ -206,12 +208,17 @@ fn hours(ns: u64) -> String {
 }
 
 /// Start the retention thread over `vols`; it stops when `stop` is set.
-pub fn spawn(vols: Vec<Retained>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(
+    list: Arc<std::sync::Mutex<Vec<Retained>>>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("cdp-retention".into())
         .spawn(move || {
             let mut last_short_log = std::collections::HashMap::new();
             while !stop.load(Ordering::SeqCst) {
+                // The list changes at run time (CDP switched on or off): a copy per pass.
+                let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 for v in &vols {
                     let now = super::clock::now();
                     match consolidate_once(&v.dir, &v.retention, now) {

@@ -69,6 +69,22 @@ pub enum CdpError {
         /// Its time.
         resumed_time: u64,
     },
+    /// A point after the last whole point of a history whose journal is not whole yet
+    /// (`degraded.map` says it stopped, or CDP was switched on at run time and is journaling
+    /// the volume again: docs/cdp-format.md, "Enabling and disabling at run time").
+    #[error(
+        "{what} is not restorable: the history is whole only up to sequence {after} (time {after_time} ns){start}; its journal stopped or was switched on at run time and is journaling the volume again, after which a gap record names where it is whole again"
+    )]
+    NotWhole {
+        /// The point asked for.
+        what: String,
+        /// Last whole sequence number (0 with `start` set: none).
+        after: u64,
+        /// Its time.
+        after_time: u64,
+        /// ", and not at its start" when the history began at run time (nothing is whole yet).
+        start: &'static str,
+    },
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CdpError {
@@ -111,6 +127,9 @@ pub struct History {
     pub damaged: Vec<u64>,
     /// Where and why the chain ended before the end of the last segment file, if it did.
     pub cut: Option<String>,
+    /// `degraded.map` says the journal is not whole after this sequence (and its time): points
+    /// after it are refused ([`CdpError::NotWhole`]).
+    pub open_gap: Option<(u64, u64)>,
 }
 
 impl History {
@@ -418,6 +437,12 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         last_time: meta.window_start(),
         damaged: Vec::new(),
         cut: None,
+        open_gap: match super::degraded::read_prior(dir, meta.size) {
+            super::degraded::Prior::Stopped {
+                after, after_time, ..
+            } => Some((after, after_time)),
+            super::degraded::Prior::Whole => None,
+        },
     };
     let mut consolidated = Vec::new();
     for (i, &segno) in nums.iter().enumerate() {
@@ -544,6 +569,85 @@ pub fn remove_segment(dir: &Path, segno: u64) -> Result<(), CdpError> {
     sync_dir(dir)
 }
 
+/// Consolidated segment files kept for reuse (`recycled-N.seg`); more are deleted.
+pub const RECYCLED_MAX: usize = 2;
+
+/// The name a consolidated segment `segno` waits under until it is reused.
+fn recycled_path(dir: &Path, segno: u64) -> PathBuf {
+    dir.join(format!("recycled-{segno:016x}.seg"))
+}
+
+/// The segment files waiting for reuse, with their sizes.
+fn recycled(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(PathBuf, u64)> = rd
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("recycled-") && n.ends_with(".seg"))
+        })
+        .filter_map(|e| Some((e.path(), e.metadata().ok()?.len())))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Retire segment `segno` (its records are in the base copy): its index is deleted and the
+/// file kept for reuse as a later segment (renamed `recycled-N.seg`: readers and recovery
+/// never list it), so the journal device's allocation stays where it is; beyond
+/// [`RECYCLED_MAX`] waiting files it is deleted.
+pub fn recycle_segment(dir: &Path, segno: u64) -> Result<(), CdpError> {
+    if recycled(dir).len() >= RECYCLED_MAX {
+        return remove_segment(dir, segno);
+    }
+    let p = seg_path(dir, segno);
+    let to = recycled_path(dir, segno);
+    std::fs::rename(&p, &to).map_err(io_err("rename", &p))?;
+    let _ = std::fs::remove_file(idx_path(dir, segno));
+    sync_dir(dir)
+}
+
+/// Make a waiting recycled file of `size` bytes the spare segment `segno`: it is zeroed
+/// whole (synced) before it takes the segment's name: `FALLOC_FL_ZERO_RANGE`, which keeps its
+/// blocks allocated, or zeroes written when the filesystem cannot, or with `zero` (prezero)
+/// so appends need no extent conversion. Readers tell a log's clean end from a cut by the
+/// zeroes after it, so no old byte may stay. Files of another size (the segment size changed)
+/// are deleted. False when none was there.
+fn reuse_recycled(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<bool, CdpError> {
+    for (p, len) in recycled(dir) {
+        if len != size {
+            let _ = std::fs::remove_file(&p);
+            continue;
+        }
+        let path = seg_path(dir, segno);
+        let tmp = path.with_extension("spare");
+        std::fs::rename(&p, &tmp).map_err(io_err("rename", &p))?;
+        if zero {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .map_err(io_err("open", &tmp))?;
+            let z = vec![0u8; 1 << 20];
+            let mut at = 0;
+            while at < size {
+                let n = (size - at).min(z.len() as u64) as usize;
+                f.write_all_at(&z[..n], at).map_err(io_err("zero", &tmp))?;
+                at += n as u64;
+            }
+            f.sync_all().map_err(io_err("sync", &tmp))?;
+        } else {
+            zero_after(&tmp, 0)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+        sync_dir(dir)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
 /// Replace `cdp.meta` (atomically).
 pub fn write_meta(dir: &Path, m: &Meta) -> Result<(), CdpError> {
     write_atomic(dir, &meta_path(dir), &m.encode())
@@ -666,6 +770,11 @@ pub fn create_segment(
 /// header all zeroes (the writer writes it as the segment's first append), synced with its
 /// directory. A newest segment whose header is all zeroes is an unused spare to recovery.
 pub fn prepare_spare(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<(), CdpError> {
+    // A consolidated segment's file first: its blocks stay allocated, so the journal
+    // device's use does not move with every segment.
+    if reuse_recycled(dir, segno, size, zero)? {
+        return Ok(());
+    }
     let path = seg_path(dir, segno);
     let tmp = path.with_extension("spare");
     let f = OpenOptions::new()
@@ -714,4 +823,40 @@ pub fn append_sync(dir: &Path, segno: u64, pos: u64, bytes: &[u8]) -> Result<(),
         .map_err(io_err("open", &path))?;
     f.write_all_at(bytes, pos).map_err(io_err("write", &path))?;
     f.sync_data().map_err(io_err("sync", &path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A consolidated segment's file becomes a later spare segment (same inode, so the same
+    /// blocks), zeroed whole; at most `RECYCLED_MAX` wait, more are deleted; a file of another
+    /// size is not reused.
+    #[test]
+    fn a_retired_segment_file_is_reused_zeroed_as_a_later_spare() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let size = 1 << 20;
+        for n in 1..=4u64 {
+            let f = File::create(seg_path(dir, n)).unwrap();
+            f.write_all_at(&vec![0xAB; size as usize], 0).unwrap();
+        }
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let first = ino(&seg_path(dir, 1));
+        for n in 1..=3u64 {
+            recycle_segment(dir, n).unwrap();
+        }
+        assert_eq!(recycled(dir).len(), RECYCLED_MAX, "the third is deleted");
+        assert!(!seg_path(dir, 3).exists() && !recycled_path(dir, 3).exists());
+        prepare_spare(dir, 5, size, false).unwrap();
+        let p = seg_path(dir, 5);
+        assert_eq!(ino(&p), first, "the oldest retired file is the new spare");
+        assert!(std::fs::read(&p).unwrap().iter().all(|&b| b == 0), "zeroed");
+        assert_eq!(recycled(dir).len(), 1);
+        // Another segment size: the waiting file is deleted, a new one made.
+        prepare_spare(dir, 6, size * 2, false).unwrap();
+        assert!(recycled(dir).is_empty());
+        assert_eq!(std::fs::metadata(seg_path(dir, 6)).unwrap().len(), size * 2);
+    }
 }

@@ -1,0 +1,394 @@
+//! CDP switched on and off per volume at run time: `cdp_enable`, `cdp_disable`
+//! (docs/control.md; design: docs/cdp-format.md, "Enabling and disabling at run time").
+//!
+//! Model: the control thread (under the admin lock, one change at a time) drives the steps of
+//! [`crate::layer::cdp::live`] across the reactors with [`Msg::Restack`], waiting for every
+//! answer of one step before the next:
+//! - on: the layer is opened off the reactors ([`CdpDevice::open_live`]: the directory's
+//!   history is recovered and marked "not whole after its end"); the home reactor wraps its
+//!   channel, then every other reactor; once every old stack's updates have finished the
+//!   catch-up starts, and the answer comes when the gap record is durable (the history is
+//!   whole again from it) or with the reason it could not be;
+//! - off: the home stamps the last time mark and stops journaling, the other reactors
+//!   unwrap, the home unwraps once nothing is in flight (the segment is sealed). The history
+//!   stays listed (`cdp_status`: journal "off") and readable by views and restores.
+//!
+//! Invariants: the volume is served throughout (a restack happens between two requests on
+//! each reactor; nothing is closed); a refused request changes nothing; a change lasts until
+//! the daemon stops (the config file decides the next start), as every run-time change.
+//! Mirrored volumes are refused: their CDP layer sits under the mirror engine, which owns the
+//! channel below it.
+
+use super::ControlCx;
+use super::admin::{AdminState, E_CONFIGURED, E_FAILED, E_IN_USE, Error, REACTOR_WAIT, bad};
+use crate::bdev::volume::Volume;
+use crate::control::config::{parse_age, parse_size};
+use crate::layer::cdp::journal::SpareOf;
+use crate::layer::cdp::live::{Disable, Enable};
+use crate::layer::cdp::retain::{Retained, Retention};
+use crate::layer::cdp::{CdpDevice, CdpInfo, CdpSettings, MIN_SEGMENT};
+use crate::runtime::{Msg, Restack};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The CDP helper threads' lists, shared with the threads (they copy them each pass).
+#[derive(Clone, Default)]
+pub struct CdpLists {
+    /// Journals whose next segment is prepared ahead.
+    pub spares: Arc<Mutex<Vec<SpareOf>>>,
+    /// Journals under retention.
+    pub retained: Arc<Mutex<Vec<Retained>>>,
+}
+
+/// How long `cdp_enable` waits for the catch-up (journaling the whole volume again) before
+/// it answers "still catching up" (`cdp_status` then shows `catching_up`).
+const CATCHUP_WAIT: Duration = Duration::from_secs(120);
+
+/// Until when a run-time switch lasts.
+fn lasts() -> Value {
+    json!(
+        "until the daemon stops (run-time changes are not saved: the config file's [volume.cdp] decides at the next start)"
+    )
+}
+
+/// Send `how(reactor)` to `reactors` and wait for every answer.
+fn restack(
+    cx: &ControlCx,
+    vol: usize,
+    volume: &Arc<Volume>,
+    reactors: &[usize],
+    how: impl Fn(usize) -> Box<dyn Restack>,
+) -> Result<(), String> {
+    let (tx, rx) = sync_channel(reactors.len().max(1));
+    for &r in reactors {
+        cx.rt.mailboxes[r].send(Msg::Restack {
+            vol,
+            volume: Arc::clone(volume),
+            how: how(r),
+            done: tx.clone(),
+        });
+    }
+    drop(tx);
+    let mut errors = Vec::new();
+    let late = super::admin::wait_all(&rx, reactors.len(), |r| {
+        if let Err(e) = r {
+            errors.push(e);
+        }
+    });
+    if late > 0 {
+        errors.push(format!(
+            "{late} reactor(s) did not answer within {} s",
+            REACTOR_WAIT.as_secs()
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// The served volume `name` and its CDP entry, if it has one.
+fn target(cx: &ControlCx, p: &Value) -> Result<(usize, Arc<Volume>, Option<CdpInfo>), Error> {
+    let name = super::admin::s(p, "volume")?;
+    let (vol, v) = super::admin::volume(cx, name)?;
+    let info = cx
+        .cdp
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|c| c.vol == vol)
+        .cloned();
+    if v.info.kind.contains("mirror") {
+        return Err((
+            E_CONFIGURED,
+            format!(
+                "volume {name:?} is mirrored ({}): its CDP layer sits under the mirror engine; switch it with [volume.cdp] enabled in the config file and a restart (each site on its own)",
+                v.info.kind
+            ),
+        ));
+    }
+    Ok((vol, v, info))
+}
+
+/// `cdp_enable {volume, dir?, segment_size?, retention_age?, retention_bytes?, prezero?,
+/// group?}`.
+pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<Value, Error> {
+    let (vol, v, info) = target(cx, p)?;
+    let name = v.name.clone();
+    if let Some(c) = info.as_ref().filter(|c| !c.stats.off.load(Relaxed)) {
+        return Err(bad(format!(
+            "CDP is already on for volume {name:?} (directory {}; cdp_status shows it)",
+            c.dir.display()
+        )));
+    }
+    let conf = cx
+        .volume_configs
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.cdp.clone());
+    let text = |k: &str| -> Result<Option<String>, Error> {
+        match p.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(bad(format!("\"{k}\" must be a string"))),
+        }
+    };
+    let dir = match (text("dir")?, &conf) {
+        (Some(d), _) if !d.is_empty() => PathBuf::from(d),
+        (_, Some(c)) => c.dir.clone(),
+        _ => {
+            return Err(bad(format!(
+                "params need \"dir\": volume {name:?} has no [volume.cdp] section to take it from"
+            )));
+        }
+    };
+    if !dir.is_absolute() {
+        return Err(bad(
+            "\"dir\" must be an absolute path (the daemon's working directory is not yours)",
+        ));
+    }
+    if let Some(o) = cx
+        .cdp
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|c| c.dir == dir && c.vol != vol)
+    {
+        return Err((
+            E_IN_USE,
+            format!(
+                "directory {} holds the history of volume {:?}: give each volume its own",
+                dir.display(),
+                cx.rt.volumes.name(o.vol)
+            ),
+        ));
+    }
+    let segment_size = match text("segment_size")? {
+        Some(t) => parse_size(&t).map_err(|e| bad(format!("segment_size: {e}")))?,
+        None => conf.as_ref().map_or(64 << 20, |c| c.segment_size.0),
+    };
+    if segment_size < MIN_SEGMENT || !segment_size.is_multiple_of(4096) {
+        return Err(bad(format!(
+            "segment_size {segment_size}: give at least {MIN_SEGMENT} bytes, a multiple of 4096"
+        )));
+    }
+    let age_ns = match text("retention_age")? {
+        Some(t) => Some(parse_age(&t).map_err(|e| bad(format!("retention_age: {e}")))?),
+        None => conf.as_ref().and_then(|c| c.retention_age_ns()),
+    };
+    let bytes = match text("retention_bytes")? {
+        Some(t) => Some(parse_size(&t).map_err(|e| bad(format!("retention_bytes: {e}")))?),
+        None => conf.as_ref().and_then(|c| c.retention_bytes.map(|b| b.0)),
+    };
+    let prezero = match p.get("prezero") {
+        None | Some(Value::Null) => conf.as_ref().is_some_and(|c| c.prezero),
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("\"prezero\" must be true or false")),
+    };
+    let group = match text("group")? {
+        Some(g) => g,
+        None => cx
+            .volume_configs
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.group.clone())
+            .unwrap_or_else(|| name.clone()),
+    };
+    let settings = CdpSettings {
+        dir: dir.clone(),
+        segment_size,
+        seed: None,
+        volatile: false,
+        prezero,
+    };
+    let n = cx.rt.mailboxes.len();
+    let home = vol % n;
+    let cd = Arc::new(
+        CdpDevice::open_live(Arc::clone(&v.device), &settings, vol, home)
+            .map_err(|e| (E_FAILED, format!("volume {name:?}: {e}; nothing changed")))?,
+    );
+    let _ = cd.mailboxes.set(cx.rt.mailboxes.clone());
+    let mut nv = Volume::with_path(
+        name.clone(),
+        Arc::clone(&cd) as Arc<dyn crate::bdev::BlockDevice>,
+        Arc::clone(&v.path),
+    );
+    nv.peer_path = v.peer_path.clone();
+    let nv = Arc::new(nv);
+    // The home first: from then on no update reaches the base unjournaled from a reactor
+    // that hands updates over.
+    if let Err(e) = restack(cx, vol, &nv, &[home], |_| Box::new(Enable(Arc::clone(&cd)))) {
+        cd.release_lock();
+        return Err((E_FAILED, format!("volume {name:?}: {e}; nothing changed")));
+    }
+    let others: Vec<usize> = (0..n).filter(|&r| r != home).collect();
+    if let Err(e) = restack(cx, vol, &nv, &others, |_| Box::new(Enable(Arc::clone(&cd)))) {
+        // Not expected (a reactor stopping); the home journals, the history stays "not
+        // whole" (points after its end refused): say so.
+        tracing::error!(volume = %name, error = %e, "cdp: switching on failed half way");
+        return Err((
+            E_FAILED,
+            format!(
+                "volume {name:?}: {e}; the home reactor journals but the history is not whole (points after its end are refused): cdp_disable, then try again"
+            ),
+        ));
+    }
+    cx.rt.volumes.replace(vol, Arc::clone(&nv));
+    let live = Arc::clone(cd.live.as_ref().expect("opened live"));
+    live.go.store(true, Release);
+    let entry = CdpInfo {
+        vol,
+        group: group.clone(),
+        dir: dir.clone(),
+        home,
+        created: cd.created,
+        stats: Arc::clone(&cd.stats),
+        retention_age_ns: age_ns,
+        device: Arc::clone(&cd),
+    };
+    {
+        let mut list = cx.cdp.write().unwrap_or_else(|e| e.into_inner());
+        list.retain(|c| c.vol != vol);
+        list.push(entry);
+    }
+    cx.cdp_lists
+        .spares
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(SpareOf {
+            dir: dir.clone(),
+            size: segment_size,
+            spare: Arc::clone(&cd.spare),
+        });
+    if age_ns.is_some() || bytes.is_some() {
+        cx.cdp_lists
+            .retained
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Retained {
+                dir: dir.clone(),
+                retention: Retention { age_ns, bytes },
+                stats: Arc::clone(&cd.stats),
+            });
+    }
+    let t = Instant::now();
+    while !live.whole.load(Acquire) && live.failed.get().is_none() && t.elapsed() < CATCHUP_WAIT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let after = live.after.load(Relaxed);
+    let after_time = live.after_time.load(Relaxed);
+    let mut r = json!({
+        "volume": name,
+        "dir": dir.display().to_string(),
+        "group": group,
+        "home_reactor": home,
+        "new_history": after == 0,
+        "whole_until_seq": after,
+        "whole_until_ns": after_time,
+        "journaled_again_bytes": live.done_bytes.load(Relaxed),
+        "held_behind_catchup": live.held.load(Relaxed),
+        "lasts": lasts(),
+    });
+    if let Some(why) = live.failed.get() {
+        tracing::error!(volume = %name, why, "cdp: switched on, but the catch-up failed");
+        r["error"] = json!(why);
+        return Err((
+            E_FAILED,
+            format!(
+                "volume {name:?}: journaling the volume again failed ({why}); the journal is stopped and points after sequence {after} are refused (cdp_status)"
+            ),
+        ));
+    }
+    if live.whole.load(Acquire) {
+        let gap = live.gap.load(Acquire);
+        r["gap_seq"] = json!(gap);
+        r["whole_from_ns"] = json!(live.gap_time.load(Relaxed));
+        r["catching_up"] = json!(false);
+        r["note"] = json!(if after == 0 {
+            format!(
+                "a new history: restorable from sequence {gap} on (the gap record after the volume was journaled)"
+            )
+        } else {
+            format!(
+                "history resumed: points up to sequence {after} and from sequence {gap} on are restorable; points in between (while CDP was off and the volume was journaled again) are refused"
+            )
+        });
+    } else {
+        r["catching_up"] = json!(true);
+        r["note"] = json!(format!(
+            "still journaling the volume again after {} s; cdp_status shows catching_up until the history is whole",
+            CATCHUP_WAIT.as_secs()
+        ));
+    }
+    tracing::info!(volume = %name, dir = %dir.display(), after, "control: CDP switched on");
+    Ok(r)
+}
+
+/// `cdp_disable {volume}`.
+pub(super) fn cdp_disable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<Value, Error> {
+    let (vol, v, info) = target(cx, p)?;
+    let name = v.name.clone();
+    let Some(info) = info.filter(|c| !c.stats.off.load(Relaxed)) else {
+        return Err(bad(format!(
+            "CDP is not on for volume {name:?} (cdp_enable switches it on)"
+        )));
+    };
+    let cd = Arc::clone(&info.device);
+    let n = cx.rt.mailboxes.len();
+    let home = cd.home;
+    let mut nv = Volume::with_path(name.clone(), cd.inner(), Arc::clone(&v.path));
+    nv.peer_path = v.peer_path.clone();
+    let nv = Arc::new(nv);
+    let fail = |step: &str, e: String| {
+        tracing::error!(volume = %name, step, error = %e, "cdp: switching off failed");
+        (E_FAILED, format!("volume {name:?}: {step}: {e}"))
+    };
+    // 1. The home stamps the last mark and stops journaling.
+    restack(cx, vol, &v, &[home], |_| Box::new(Disable::Stop))
+        .map_err(|e| fail("stopping the journal", e))?;
+    // 2. The other reactors write the base directly again.
+    let others: Vec<usize> = (0..n).filter(|&r| r != home).collect();
+    restack(cx, vol, &nv, &others, |_| Box::new(Disable::Remote))
+        .map_err(|e| fail("unwrapping the other reactors' channels", e))?;
+    // 3. The home unwraps once nothing is in flight (asked again while busy).
+    let t = Instant::now();
+    loop {
+        match restack(cx, vol, &nv, &[home], |_| Box::new(Disable::Unwrap)) {
+            Ok(()) => break,
+            Err(e) if e.contains("busy") && t.elapsed() < REACTOR_WAIT => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(fail("unwrapping the home reactor's channel", e)),
+        }
+    }
+    cx.rt.volumes.replace(vol, nv);
+    cx.cdp_lists
+        .spares
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|s| s.dir != info.dir);
+    cx.cdp_lists
+        .retained
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|s| s.dir != info.dir);
+    cd.release_lock();
+    let st = &cd.stats;
+    let (seq, time) = (st.durable_seq.load(Relaxed), st.durable_time.load(Relaxed));
+    tracing::info!(volume = %name, last_seq = seq, "control: CDP switched off");
+    Ok(json!({
+        "volume": name,
+        "dir": info.dir.display().to_string(),
+        "last_seq": seq,
+        "window_start_ns": st.window_start.load(Relaxed).max(info.created),
+        "window_end_ns": time,
+        "note": "the history ends at its last time mark and stays readable (views, restores); cdp_enable resumes it with a gap record for the time it was off",
+        "lasts": lasts(),
+    }))
+}
