@@ -32,7 +32,8 @@
 #   REPEATS      runs per random-write point (default 3; the median is reported)
 #   POINTS       subset of: randread seqwrite randwrite tp-randread (default: all)
 #   PORT         first TCP port (default 13260; PORT and PORT+1 are used)
-#   SERVERS      subset/order of: twinblk tgt (default: both)
+#   SERVERS      subset/order of: twinblk twinblk-poll tgt (default: all three; twinblk-poll is
+#                twinblk with wait = "poll": its reactor spins instead of sleeping when idle)
 #   SERVER_CPU / CLIENT_CPU   cores (default 0 / 1)
 #
 # Needs: twinperf (this repository), iscsi-perf (libiscsi-bin), qemu-img with qemu-block-extra, tgt (tgtd, tgtadm; run as
@@ -43,7 +44,7 @@ set -euo pipefail
 RUNTIME=${RUNTIME:-10}
 WRITES=${WRITES:-200000}
 PORT=${PORT:-13260}
-SERVERS=${SERVERS:-"twinblk tgt"}
+SERVERS=${SERVERS:-"twinblk twinblk-poll tgt"}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -96,11 +97,11 @@ fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-start_twinblk() {
+start_twinblk() { # WAIT (adaptive: the default; poll: the reactor never sleeps)
     cat > "$WORK/twinblk.toml" <<EOF
 [reactor]
 cores = [$SERVER_CPU]
-wait = "adaptive"
+wait = "$1"
 [nbd]
 listen = []
 [nvmf]
@@ -192,10 +193,11 @@ print(int(m["iops"]), round(cpu, 2), lat.get("p50", 0), lat.get("p99", 0),
       "/".join(str(int(r["iops"])) for r in rs))'
 }
 
-printf '%-8s %-10s %4s %10s %14s\n' server point qd IOPS "cpu us/IO"
+printf '%-12s %-10s %4s %10s %14s\n' server point qd IOPS "cpu us/IO"
 for s in $SERVERS; do
     case $s in
-        twinblk) start_twinblk ;;
+        twinblk) start_twinblk adaptive ;;
+        twinblk-poll) start_twinblk poll ;;
         tgt) start_tgt ;;
         *) echo "unknown server $s" >&2; exit 1 ;;
     esac
@@ -203,16 +205,16 @@ for s in $SERVERS; do
     for qd in 1 32; do
         if [[ " $POINTS " == *" randread "* ]]; then
             read -r iops cpu < <(read_point "$qd")
-            printf '%-8s %-10s %4s %10s %14s\n' "$s" randread "$qd" "$iops" "$cpu"
+            printf '%-12s %-10s %4s %10s %14s\n' "$s" randread "$qd" "$iops" "$cpu"
         fi
         if [[ " $POINTS " == *" seqwrite "* ]]; then
             read -r iops cpu < <(write_point "$qd")
-            printf '%-8s %-10s %4s %10s %14s\n' "$s" seqwrite "$qd" "$iops" "$cpu"
+            printf '%-12s %-10s %4s %10s %14s\n' "$s" seqwrite "$qd" "$iops" "$cpu"
         fi
         for p in randwrite tp-randread; do
             if [[ " $POINTS " == *" $p "* ]]; then
                 read -r iops cpu p50 p99 all < <(twinperf_point "${p#tp-}" "$qd")
-                printf '%-8s %-10s %4s %10s %14s   p50 %s us, p99 %s us, runs %s\n' "$s" "$p" \
+                printf '%-12s %-10s %4s %10s %14s   p50 %s us, p99 %s us, runs %s\n' "$s" "$p" \
                     "$qd" "$iops" "$cpu" "$p50" "$p99" "$all"
             fi
         done
