@@ -81,7 +81,9 @@ fn assert_passed(run: &Run, required: &[&str]) {
 }
 
 /// The kernel's iSCSI initiator (iscsi_tcp, open-iscsi) logs in to site a and to site b of a
-/// mirrored volume (two sessions, two sd disks of one LU: the same wwid and size), writes a
+/// mirrored volume (two sessions, two sd disks of one LU: the same wwid and size); the sites'
+/// host list places the guest's initiator at site b, so the kernel's ALUA handler must show
+/// site b's disk active/optimized and site a's (the leader's) active/non-optimized. It writes a
 /// random pattern with O_DIRECT through site a's disk and reads it back identical through site
 /// b's, then writes through b and reads through a, and logs out of both; the kernel log shows
 /// no I/O error, abort, reset or connection error. The host then finds the last pattern in
@@ -99,7 +101,9 @@ fn linux_iscsi_initiator_writes_at_one_site_and_reads_at_the_other() {
         }
     };
     let root = tempfile::tempdir().unwrap();
-    let (a, ia, b, ib) = two_sites(root.path(), "");
+    // The initiator name tools/guest/linux/iscsi.sh gives the guest, at site b.
+    let hosts = "[[host]]\nname='iqn.2026-12.io.twinblk.test:linux-guest'\nsite='b'\n";
+    let (a, ia, b, ib) = two_sites(root.path(), hosts);
     let mib = pattern_mib();
     let run = guest::boot(
         kit,
@@ -111,6 +115,8 @@ fn linux_iscsi_initiator_writes_at_one_site_and_reads_at_the_other() {
             ("portb", ib.port().to_string()),
             ("iqn", "iqn.2026-11.io.twinblk:vol0".to_string()),
             ("mib", mib.to_string()),
+            ("aluaa", "active/non-optimized".to_string()),
+            ("aluab", "active/optimized".to_string()),
         ],
         timeout(),
     );
@@ -125,6 +131,7 @@ fn linux_iscsi_initiator_writes_at_one_site_and_reads_at_the_other() {
             "login-a",
             "login-b",
             "same-lu",
+            "alua",
             "sessions",
             "write-a-read-b",
             "write-b-read-a",

@@ -35,6 +35,9 @@ const MODULES: &[(&str, bool)] = &[
     ("virtio_net", true),
     ("sd_mod", true),
     ("iscsi_tcp", true),
+    // ALUA device handler: an sd disk whose LU reports TPGS gets it at attach and shows its
+    // port group's state in `access_state`.
+    ("scsi_dh_alua", true),
     ("nvme_tcp", true),
     ("crc32c_generic", false),
     ("crct10dif_generic", false),
