@@ -622,3 +622,120 @@ fn max_connections_is_the_configured_maximum_when_the_initiator_offers_more() {
     // Reinstating CID 1 is not a third connection.
     let _b2 = join(addr, tsih, 1, 1);
 }
+
+/// The target announces a window of 128 (MaxCmdSN = ExpCmdSN + 127): every command inside it
+/// may wait for a gap. One connection lagging (CID 0's command is the missing one) while the
+/// other sends 126 commands behind it: all run once the gap closes, and the session stays
+/// (it was dropped past 32 held commands before).
+#[test]
+fn commands_inside_the_window_held_for_a_gap_are_all_run() {
+    let (_d, addr) = daemon2();
+    let (mut a, tsih, _) = lead(addr, NAME, ISID);
+    let mut sn = 1u32;
+    let mut b = join(addr, tsih, 1, sn);
+    let t = Instant::now();
+    loop {
+        a.cmd_sn = sn;
+        sn += 1;
+        if status_of(&mut a, 1, &TUR, 0).0 == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    let n_cmds: u32 = 126;
+    // CmdSN sn is A's (late); B sends sn+1 ..= sn+126, all inside [ExpCmdSN, MaxCmdSN].
+    b.cmd_sn = sn + 1;
+    for i in 0..n_cmds {
+        b.scsi(1000 + i, &TUR, 0, 0x80, &[]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    a.cmd_sn = sn;
+    assert_eq!(status_of(&mut a, 5, &TUR, 0).0, 0, "CmdSN sn on A");
+    let mut answered = 0;
+    for i in 0..n_cmds {
+        match b.read_pdu() {
+            Some((h, _))
+                if h[0] & 0x3F == 0x21
+                    && u32::from_be_bytes(h[16..20].try_into().unwrap()) == 1000 + i =>
+            {
+                answered += 1
+            }
+            other => {
+                eprintln!(
+                    "B: after {answered} answers, got {:?}",
+                    other.map(|(h, _)| h[0] & 0x3F)
+                );
+                break;
+            }
+        }
+    }
+    eprintln!("B answered {answered} of {n_cmds} commands inside the window");
+    assert_eq!(answered, n_cmds);
+}
+
+/// The connection holding the next CmdSN is told to run it (Wake) just as it is being closed
+/// by a Logout naming its CID: the closing connection drops the Wake and its held command is
+/// passed over when it leaves, and the command held behind it on the other connection must
+/// still run at once (it waited for unrelated input before: only a NOP-Out moved it).
+#[test]
+fn a_command_held_behind_a_closed_connections_command_runs() {
+    use crate::iscsi::{bhs, frame, put32};
+    let (_d, addr) = daemon2();
+    let (mut a, tsih, _) = lead(addr, NAME, ISID);
+    let mut sn = 1u32;
+    let mut x = join(addr, tsih, 1, sn);
+    let t = Instant::now();
+    loop {
+        a.cmd_sn = sn;
+        sn += 1;
+        if status_of(&mut a, 1, &TUR, 0).0 == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    // X (CID 1) holds sn+1; A holds sn+2.
+    x.cmd_sn = sn + 1;
+    x.scsi(10, &TUR, 0, 0x80, &[]);
+    a.cmd_sn = sn + 2;
+    a.scsi(20, &TUR, 0, 0x80, &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    // One segment on A: CmdSN sn (fills the gap), then Logout "close the connection" CID 1.
+    let mut c = bhs(0x01, 0x80);
+    put32(&mut c, 16, 21);
+    put32(&mut c, 24, sn);
+    let mut l = bhs(0x46, 0x80 | 1);
+    put32(&mut l, 16, 22);
+    l[20..22].copy_from_slice(&1u16.to_be_bytes());
+    put32(&mut l, 24, sn + 3);
+    let mut seg = frame(c, &[], false);
+    seg.extend(frame(l, &[], false));
+    a.s.write_all(&seg).unwrap();
+    a.s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut got20 = false;
+    let mut seen = Vec::new();
+    while let Some((h, _)) = a.read_pdu() {
+        let itt = u32::from_be_bytes(h[16..20].try_into().unwrap());
+        seen.push((h[0] & 0x3F, itt));
+        if itt == 20 {
+            got20 = true;
+            break;
+        }
+    }
+    eprintln!("A received (opcode, itt): {seen:x?}; CmdSN sn+2 answered within 3 s: {got20}");
+    if !got20 {
+        a.s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut h = bhs(0x40, 0x80 | 0x40);
+        put32(&mut h, 16, 0xFFFF_FFFF);
+        put32(&mut h, 20, 0xFFFF_FFFF);
+        put32(&mut h, 24, sn + 3);
+        a.send(h, &[]);
+        let after = a.read_pdu().map(|(h, _)| {
+            (
+                h[0] & 0x3F,
+                u32::from_be_bytes(h[16..20].try_into().unwrap()),
+            )
+        });
+        eprintln!("after an immediate NOP-Out on A: {after:x?}");
+    }
+    assert!(got20, "CmdSN sn+2 held on A ran");
+}

@@ -128,7 +128,15 @@ pub fn consolidate_once(
         m.base_time = last.time;
         store::write_meta(dir, &m)?;
     }
-    store::recycle_segment(dir, segno)?;
+    // An open view may still read this segment's records through the file it opened (its
+    // hold only keeps segments after its point): deleted, the inode stays readable for it;
+    // recycled, it would be zeroed and written again under the view. So a segment is kept
+    // for reuse only while no view is open.
+    if super::view::hold(dir).is_some() {
+        store::remove_segment(dir, segno)?;
+    } else {
+        store::recycle_segment(dir, segno)?;
+    }
     tracing::info!(dir = %dir.display(), segment = segno, base_seq = m.base_seq, by_age, by_size,
         "cdp: consolidated the oldest segment into the base copy");
     Ok(Some(Consolidated {

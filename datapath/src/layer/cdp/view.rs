@@ -15,7 +15,8 @@
 //! `base.img` in place): the view registers a **hold** (`view-holds/<pid>-<n>` holding the
 //! time consolidation must not pass), then waits for any consolidation pass in progress (the
 //! pass holds `consolidate.lock`), and only then reads the history. Holds of processes that no
-//! longer run are ignored. Segment files the view opened stay readable even if deleted.
+//! longer run are ignored. Segment files the view opened stay readable even if deleted:
+//! consolidation deletes (never recycles) a segment while any view is open (`retain.rs`).
 //!
 //! Invariants: a read returns exactly the content of the volume at `P` (restore's content)
 //! outside the sandbox's written ranges, and the sandbox's latest writes inside them; nothing

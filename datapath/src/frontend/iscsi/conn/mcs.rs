@@ -469,6 +469,24 @@ impl IscsiConn {
             s.void(Some(key), None);
             s.members.is_empty().then_some((s.tsih, s.normal))
         });
+        // The next command in CmdSN order was this connection's (now passed over): a Wake for
+        // it may have been dropped while this connection was closing, so another member is
+        // told to run the window on, or the commands held behind it would wait for unrelated
+        // input.
+        let next = self
+            .with_sess(|s| {
+                let void = s.held.get(&s.exp_cmd_sn).is_some_and(|(k, _)| *k == VOID);
+                if void {
+                    s.woken = None;
+                    s.members.first().copied()
+                } else {
+                    None
+                }
+            })
+            .flatten();
+        if let Some(m) = next {
+            self.tell(env, m, What::Wake);
+        }
         if let Some(Some((tsih, normal))) = gone {
             if normal {
                 let mut table = self.sh.session_table();

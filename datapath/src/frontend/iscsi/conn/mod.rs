@@ -77,8 +77,12 @@ pub(super) const DROP_TIME2WAIT: u16 = 2;
 pub const TX_HIGH_WATER: usize = 64 << 20;
 const RX_INITIAL: usize = 512 << 10;
 const RX_MIN_FREE: usize = 64 << 10;
-/// Commands held for a CmdSN gap at most, per session (beyond: the connection is dropped).
-const MAX_HELD: usize = 32;
+/// Commands held for a CmdSN gap at most, per session: every command the window admits
+/// (ExpCmdSN itself is the one missing), so an initiator that keeps to the announced window
+/// is never refused (RFC 7143 §4.2.2.1; MC/S spreads commands over connections, and one
+/// lagging connection leaves gaps). Memory: at most this many PDUs, each with at most the
+/// negotiated immediate data.
+const MAX_HELD: usize = CMD_WINDOW as usize - 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
