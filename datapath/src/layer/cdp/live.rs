@@ -415,6 +415,21 @@ impl Restack for Disable {
                 if c.catchup.is_some() {
                     fail(c, io, "switched off before it finished");
                 }
+                // From here on updates reach the base without a record: `degraded.map` says
+                // so first (whole only up to what is durable now), so a crash before the final
+                // write below (Unwrap) cannot leave a history that looks whole but misses
+                // acknowledged writes.
+                let prev = c.regions.stopped_after();
+                let (after, after_time) = prev
+                    .or(c.whole_after)
+                    .unwrap_or((c.journal.durable(), c.journal.durable_time()));
+                if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
+                    return Err((
+                        old,
+                        format!("degraded.map cannot say the history ends here: {e}"),
+                    ));
+                }
+                c.off_prev = Some(prev);
                 c.journal.mark(io);
                 c.off = true;
                 c.stats.off.store(true, Relaxed);
@@ -444,9 +459,14 @@ impl Restack for Disable {
                 // Nothing records what changes from now on: `degraded.map` says the history
                 // is whole only up to its end, so a start that resumes it (`[volume.cdp]`)
                 // journals the whole volume again, and so does the next `cdp_enable`.
-                let (after, after_time) = c
-                    .regions
-                    .stopped_after()
+                // Every record of an update started before the switch is durable now: the
+                // history is whole up to the last of them (the final time mark), unless the
+                // map already said less before the switch.
+                let before = match c.off_prev.take() {
+                    Some(prev) => prev,
+                    None => c.regions.stopped_after(),
+                };
+                let (after, after_time) = before
                     .or(c.whole_after)
                     .unwrap_or((c.journal.durable(), c.journal.durable_time()));
                 c.regions.active = false;

@@ -332,6 +332,7 @@ impl CdpDevice {
             whole_after: catchup.as_ref().map(|c| c.after()),
             catchup,
             off: false,
+            off_prev: None,
             instance: self.instance,
             inner,
             vol: self.vol as u32,
@@ -432,6 +433,9 @@ pub struct CdpChannel {
     /// Switched off at run time: the last time mark is stamped; updates are no longer
     /// journaled, local ones go straight to the base ([`live`]).
     off: bool,
+    /// Switching off wrote `degraded.map` before updates stopped being journaled: what the
+    /// map said before (`None` inside: whole), for the final write once nothing is in flight.
+    off_prev: Option<Option<(u64, u64)>>,
     vol: u32,
     reactor: u32,
     size: u64,
