@@ -179,3 +179,65 @@ fn an_it_nexus_reset_touches_only_its_own_nexus() {
         "a new nexus has no I_T nexus loss to report (the unit attention would come first)"
     );
 }
+
+/// A LOGICAL UNIT RESET terminates the session's commands held for a CmdSN gap only when they
+/// are addressed to the reset LU: a command to another LU of the target, waiting for its turn,
+/// still runs once the gap closes (it was dropped with the reset and never answered before).
+#[test]
+fn a_lun_reset_keeps_held_commands_of_other_lus() {
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='{}'\nluns=['vol0','vol1']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='8M'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='8M'\n",
+        crate::iscsi::IQN
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let addr = d
+        .listeners()
+        .into_iter()
+        .find(|(p, _)| *p == twinblk::daemon::Proto::Iscsi)
+        .expect("an iSCSI listener")
+        .1;
+    let mut r = session(addr, "iqn.2026-12.test:two-lus");
+    let tur = |lun: u8, itt: u32, sn: u32| {
+        let mut h = bhs(0x01, 0x80);
+        h[9] = lun;
+        put32(&mut h, 16, itt);
+        put32(&mut h, 24, sn);
+        h
+    };
+    // LUN 1's first command reports its power-on unit attention, if any: past it.
+    let sn = r.cmd_sn;
+    r.send(tur(1, 50, sn), &[]);
+    r.read_pdu().expect("LUN 1's answer");
+    let sn = sn + 1;
+    // LUN 1's command waits for CmdSN sn, which has not come.
+    r.send(tur(1, 60, sn + 1), &[]);
+    std::thread::sleep(Duration::from_millis(100));
+    // An immediate LOGICAL UNIT RESET of LUN 0.
+    let mut h = bhs(0x02 | 0x40, 0x80 | 5);
+    put32(&mut h, 16, 61);
+    put32(&mut h, 20, 0xFFFF_FFFF);
+    put32(&mut h, 24, sn);
+    r.send(h, &[]);
+    let (h, _) = r.read_pdu().expect("the TMF Response");
+    assert_eq!((h[0] & 0x3F, h[2]), (0x22, 0), "LUN RESET complete");
+    // CmdSN sn (LUN 0) closes the gap: both commands are answered.
+    r.send(tur(0, 62, sn), &[]);
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        match r.read_pdu() {
+            Some((h, _)) if h[0] & 0x3F == 0x21 => {
+                answered.push(u32::from_be_bytes(h[16..20].try_into().unwrap()))
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    answered.sort();
+    assert_eq!(
+        answered,
+        vec![60, 62],
+        "LUN 1's held command and LUN 0's gap-closing one are both answered"
+    );
+    drop(d);
+}

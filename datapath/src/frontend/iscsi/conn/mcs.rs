@@ -124,6 +124,20 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Terminate the held commands addressed to logical unit `lun` (a LOGICAL UNIT RESET: the
+    /// session's commands to its other LUs keep waiting for their turn). The held copy is the
+    /// command's PDU: its LUN field is bytes 8..16.
+    pub(super) fn void_lun(&mut self, lun: &[u8; 8]) {
+        for (k, pdu) in self.held.values_mut() {
+            if pdu.get(8..16) == Some(&lun[..]) {
+                *k = VOID;
+                *pdu = Vec::new();
+            }
+        }
+    }
+}
+
 thread_local! {
     /// This reactor's sessions (see the module's model).
     static SESSIONS: RefCell<Slab<Session>> = const { RefCell::new(Slab::new()) };

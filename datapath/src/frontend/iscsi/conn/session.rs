@@ -526,7 +526,13 @@ impl IscsiConn {
                     settles.push(st);
                 }
                 if func >= 5 {
-                    self.with_sess(|s| s.void(None, None));
+                    // Held commands of the reset LU (all of them for the target and nexus
+                    // resets) are terminated; the session's others keep their place.
+                    if func == 5 {
+                        self.with_sess(|s| s.void_lun(&lun));
+                    } else {
+                        self.with_sess(|s| s.void(None, None));
+                    }
                     // Every session sees the reset once, as a unit attention.
                     let n = crate::frontend::iscsi::pages::lun_of(&lun);
                     let target = std::sync::Arc::clone(&self.target);
