@@ -14,7 +14,7 @@
 //!   marked then. A clean stop writes it as state 2.
 //! - Decoding never panics on any bytes: a damaged file reads as state 1 (the safe answer).
 
-use super::store::CdpError;
+use super::error::CdpError;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -227,7 +227,7 @@ impl RegionMap {
             if prior == Prior::Whole {
                 m.write_header()?;
             }
-            super::store::sync_dir(dir)?;
+            super::error::sync_dir(dir)?;
         }
         Ok((m, prior))
     }

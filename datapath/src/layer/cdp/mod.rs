@@ -31,6 +31,7 @@
 pub mod bookmark;
 pub mod clock;
 pub mod degraded;
+pub mod error;
 pub mod format;
 pub mod journal;
 pub mod live;
