@@ -240,6 +240,19 @@ fn wait_catching_up(sock: &Path, bytes: u64, en: &JoinHandle<Option<serde_json::
     false
 }
 
+/// `twinblk cdp restore --dir DIR POINT.. --out OUT`.
+fn restore_cli(dir: &Path, point: &[&str], out: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
+        .args(["cdp", "restore"])
+        .args(point)
+        .arg("--dir")
+        .arg(dir)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// Every point after `x` is refused as "not whole", naming `x`.
 fn refused_after(dir: &Path, x: u64, size: usize) {
     let h = store::load(dir, Load::ReadOnly).unwrap();
@@ -320,6 +333,20 @@ fn a_kill_during_the_catch_up_refuses_points_after_x_and_the_restart_makes_it_wh
         let got = at(&dir, *p, SIZE).unwrap();
         assert_eq!(crc32c::crc32c(&got), *crc, "{p:?} changed");
     }
+    // The same through `twinblk cdp restore`: after X refused, nothing written; X exact.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let out = tmp.path().join("restored");
+    let o = restore_cli(&dir, &["--seq", &h.last_seq.to_string()], &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(&format!("whole only up to sequence {x}")),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused restore wrote {}", out.display());
+    let o = restore_cli(&dir, &["--seq", &x.to_string()], &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out).unwrap() == at_end, "restored X");
+    std::fs::remove_file(&out).unwrap();
     // A start with [volume.cdp]: caught up again, whole from its gap record.
     let text = std::fs::read_to_string(&s.config).unwrap();
     std::fs::write(
@@ -404,6 +431,9 @@ fn a_catch_up_that_fills_the_journal_device_degrades_and_the_volume_keeps_servin
         assert_eq!(c.write(i << 20, &data), 0);
         model[(i as usize) << 20..((i as usize) + 1) << 20].copy_from_slice(&data);
     }
+    // Ballast, removed after the failure so that views and bookmarks find room.
+    let ballast = fs.0.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 1 << 20]).unwrap();
     let load = LoadRun::start(s.addr, &model, 7000);
     std::thread::sleep(Duration::from_millis(50));
     let r = enable_async(&sock, &dir).join().unwrap().unwrap();
@@ -428,12 +458,57 @@ fn a_catch_up_that_fills_the_journal_device_degrades_and_the_volume_keeps_servin
     refused_after(&dir, x, SIZE);
     assert!(at(&dir, Point::Time(t1), SIZE).unwrap() == at_t1, "b1");
     assert!(at(&dir, Point::Seq(x), SIZE).unwrap() == at_x, "X");
+    std::fs::remove_file(&ballast).unwrap();
+    // Views through the daemon: after X refused, X served exactly.
+    let last = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
+    assert!(
+        last > x,
+        "the catch-up journaled some chunks before the device filled"
+    );
+    let view = |seq: u64| {
+        let port = crate::harness::free_port();
+        let r = rpc(
+            &sock,
+            "cdp_view_open",
+            serde_json::json!({"volume": "v", "seq": seq, "nbd": format!("127.0.0.1:{port}")}),
+        )
+        .unwrap();
+        (r, port)
+    };
+    let (r, _) = view(last);
+    let m = r["error"]["message"].as_str().unwrap_or("");
+    assert!(m.contains(&format!("whole only up to sequence {x}")), "{r}");
+    let (r, port) = view(x);
+    assert!(r["error"].is_null(), "{r}");
+    let va: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut vc = Client::connect(va, "view", false);
+    assert!(read_all(&mut vc, SIZE) == at_x, "the view at X");
+    vc.disconnect();
+    let r = rpc(
+        &sock,
+        "cdp_view_close",
+        serde_json::json!({"id": r["result"]["id"]}),
+    )
+    .unwrap();
+    assert!(r["error"].is_null(), "{r}");
     let b = rpc(
         &sock,
         "cdp_bookmark",
         serde_json::json!({"volume": "v", "name": "late"}),
     );
+    // Set (the journal is degraded, not catching up), it names a point after X: refused.
     eprintln!("a bookmark after the failure: {b:?}");
+    {
+        let out = tmp.path().join("late");
+        let o = restore_cli(&dir, &["--bookmark", "late"], &out);
+        let err = String::from_utf8_lossy(&o.stderr);
+        eprintln!("restore --bookmark late: {err}");
+        assert!(
+            !o.status.success() && err.contains(&format!("whole only up to sequence {x}")),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
     // Switched off after the failure: answered, and nothing after X is served still.
     let r = rpc(&sock, "cdp_disable", serde_json::json!({"volume": "v"})).unwrap();
     eprintln!("cdp_disable after the failure: {r}");
