@@ -2,6 +2,7 @@
 
 mod cdp;
 mod cdp_live;
+mod cdp_live_fault;
 mod cdp_ops;
 mod cdp_rollback;
 mod clients;

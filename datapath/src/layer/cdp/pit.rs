@@ -22,10 +22,14 @@ pub enum Point {
     Time(u64),
 }
 
-/// The window of a history, for messages.
+/// The window of a history, for messages; with where it is whole up to while `degraded.map`
+/// says it is not whole (the points after that are refused too).
 pub fn window(h: &History) -> String {
+    let whole = h.open_gap.map_or(String::new(), |(after, t)| {
+        format!("; whole only up to sequence {after} (time {t} ns): later points are refused")
+    });
     format!(
-        "sequence {}..={}, time {}..={} (ns)",
+        "sequence {}..={}, time {}..={} (ns){whole}",
         h.meta.base_seq,
         h.last_seq,
         h.meta.window_start(),
