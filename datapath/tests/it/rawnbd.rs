@@ -132,6 +132,26 @@ impl Client {
         self.s.write_all(&b).unwrap();
     }
 
+    /// [`Client::send_request`] that reports a failed send instead of panicking (the server
+    /// may be killed while a test sends).
+    pub fn try_send_request(
+        &mut self,
+        kind: u16,
+        cookie: u64,
+        offset: u64,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let mut b = Vec::with_capacity(28 + payload.len());
+        b.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&kind.to_be_bytes());
+        b.extend_from_slice(&cookie.to_be_bytes());
+        b.extend_from_slice(&offset.to_be_bytes());
+        b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        b.extend_from_slice(payload);
+        self.s.write_all(&b)
+    }
+
     /// Read one reply (simple, or a single structured chunk); returns (cookie, error, data).
     /// `read_len` is the data length of a simple READ reply.
     pub fn read_reply(&mut self, read_len: usize) -> (u64, u32, Vec<u8>) {
