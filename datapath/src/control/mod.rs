@@ -684,6 +684,15 @@ fn cdp_call(
                         vname(c)
                     ));
                 }
+                if let Some(c) = vols
+                    .iter()
+                    .find(|c| c.stats.stopped.load(Ordering::Relaxed))
+                {
+                    return Err(format!(
+                        "the journal of volume {:?} is stopped (DEGRADED, cdp_status): no point after its stop can be restored, so a bookmark now would name one that cannot; the next start journals the changed regions again",
+                        vname(c)
+                    ));
+                }
                 let t = clock::now();
                 for c in &vols {
                     bookmark::set(&c.dir, name, t)?;

@@ -496,13 +496,24 @@ fn a_catch_up_that_fills_the_journal_device_degrades_and_the_volume_keeps_servin
         "cdp_bookmark",
         serde_json::json!({"volume": "v", "name": "late"}),
     );
-    // Set (the journal is degraded, not catching up), it names a point after X: refused.
+    // The journal is stopped (degraded): a bookmark now would name a point after X, which
+    // cannot be restored, so it is refused, saying why.
     eprintln!("a bookmark after the failure: {b:?}");
+    let b = b.unwrap();
+    let e = b["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        e.contains("is stopped") && e.contains("no point after its stop can be restored"),
+        "a bookmark while the journal is stopped is refused: {b}"
+    );
     {
         let out = tmp.path().join("late");
-        let o = restore_cli(&dir, &["--bookmark", "late"], &out);
+        let after_x = (x + 1).to_string();
+        let o = restore_cli(&dir, &["--seq", &after_x], &out);
         let err = String::from_utf8_lossy(&o.stderr);
-        eprintln!("restore --bookmark late: {err}");
+        eprintln!("restore --seq X+1: {err}");
         assert!(
             !o.status.success() && err.contains(&format!("whole only up to sequence {x}")),
             "{err}"
