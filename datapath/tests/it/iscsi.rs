@@ -22,7 +22,12 @@ pub(crate) fn daemon_with(size: &str, iscsi: &str) -> (twinblk::Daemon, SocketAd
     let text = format!(
         "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n{iscsi}\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='{size}'\n"
     );
-    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    daemon_from(&text)
+}
+
+/// A daemon started in this process from config `text`, and its iSCSI listener's address.
+pub(crate) fn daemon_from(text: &str) -> (twinblk::Daemon, SocketAddr) {
+    let cfg = twinblk::control::config::Config::from_toml(text).expect("test config");
     let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
     let addr = d
         .listeners()

@@ -26,15 +26,7 @@ fn daemon2_with(iscsi: &str) -> (twinblk::Daemon, SocketAddr) {
     let text = format!(
         "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n{iscsi}\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='16MiB'\n"
     );
-    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
-    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    let addr = d
-        .listeners()
-        .into_iter()
-        .find(|(p, _)| *p == twinblk::daemon::Proto::Iscsi)
-        .expect("an iSCSI listener")
-        .1;
-    (d, addr)
+    crate::iscsi::daemon_from(&text)
 }
 
 /// A login's outcome: status class and detail, TSIH, answered keys.

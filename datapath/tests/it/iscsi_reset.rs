@@ -41,7 +41,12 @@ fn data_out(r: &mut Raw, itt: u32, ttt: u32, data: &[u8]) {
 
 /// LOGICAL UNIT RESET of LUN 0: the TMF response code.
 fn lun_reset(r: &mut Raw, itt: u32) -> u8 {
-    let mut h = bhs(0x02, 0x80 | 5);
+    tmf(r, itt, 5)
+}
+
+/// Task management function `func` (LUN 0, no referenced task): the response code.
+fn tmf(r: &mut Raw, itt: u32, func: u8) -> u8 {
+    let mut h = bhs(0x02, 0x80 | func);
     put32(&mut h, 16, itt);
     put32(&mut h, 20, 0xFFFF_FFFF);
     put32(&mut h, 24, r.cmd_sn);
@@ -119,19 +124,6 @@ fn a_lun_reset_at_one_site_aborts_the_lus_tasks_at_both_sites() {
     drop((ha, hb, hc, a));
 }
 
-/// I_T NEXUS RESET of one session (`func` 11).
-fn nexus_reset(r: &mut Raw, itt: u32) -> u8 {
-    let mut h = bhs(0x02, 0x80 | 11);
-    put32(&mut h, 16, itt);
-    put32(&mut h, 20, 0xFFFF_FFFF);
-    put32(&mut h, 24, r.cmd_sn);
-    r.cmd_sn += 1;
-    r.send(h, &[]);
-    let (h, _) = r.read_pdu().expect("a TMF Response");
-    assert_eq!(h[0] & 0x3F, 0x22, "TMF Response, got opcode {:#x}", h[0]);
-    h[2]
-}
-
 /// SAM-5: an I_T NEXUS RESET concerns its own I_T nexus only. The other nexuses of the logical
 /// unit see no unit attention and keep their RESERVE; the reset nexus's session ends, and when
 /// that nexus (same initiator name and ISID) logs in again, its first command reports I_T
@@ -146,7 +138,7 @@ fn an_it_nexus_reset_touches_only_its_own_nexus() {
         0,
         "RESERVE(6) by the holder"
     );
-    assert_eq!(nexus_reset(&mut resetter, 3), 0, "function complete");
+    assert_eq!(tmf(&mut resetter, 3, 11), 0, "function complete");
     let t = Instant::now();
     while !resetter.closed() {
         assert!(
@@ -189,14 +181,7 @@ fn a_lun_reset_keeps_held_commands_of_other_lus() {
         "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='{}'\nluns=['vol0','vol1']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='8M'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='8M'\n",
         crate::iscsi::IQN
     );
-    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
-    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    let addr = d
-        .listeners()
-        .into_iter()
-        .find(|(p, _)| *p == twinblk::daemon::Proto::Iscsi)
-        .expect("an iSCSI listener")
-        .1;
+    let (d, addr) = crate::iscsi::daemon_from(&text);
     let mut r = session(addr, "iqn.2026-12.test:two-lus");
     let tur = |lun: u8, itt: u32, sn: u32| {
         let mut h = bhs(0x01, 0x80);

@@ -285,14 +285,7 @@ fn extended_copy_copies_within_a_lun_overlapping_or_not_and_refuses_bad_lists_ch
 #[test]
 fn extended_copy_copies_between_two_luns_of_a_target() {
     let text = "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='iqn.2026-11.io.twinblk:vol0'\nluns=['vol0','vol1']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='8MiB'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='8MiB'\n";
-    let cfg = twinblk::control::config::Config::from_toml(text).expect("test config");
-    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    let addr = d
-        .listeners()
-        .into_iter()
-        .find(|(p, _)| *p == twinblk::daemon::Proto::Iscsi)
-        .expect("an iSCSI listener")
-        .1;
+    let (_d, addr) = crate::iscsi::daemon_from(text);
     let mut r = Raw::login(addr, false);
     let (a, b) = (naa_of(&mut r, 1, 0), naa_of(&mut r, 2, 1));
     assert_ne!(a, b);
@@ -509,14 +502,7 @@ fn qemu_img_convert_with_copy_offloading_clones_one_lun_to_another() {
     // Checked by hand with strace (2026-12-03, 64 MiB): qemu-img received 31,709 bytes with -C
     // and 66,905,893 without; this test checks the clone is right.
     let text = "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='iqn.2026-11.io.twinblk:vol0'\nluns=['vol0','vol1']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='16MiB'\n";
-    let cfg = twinblk::control::config::Config::from_toml(text).expect("test config");
-    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    let addr = d
-        .listeners()
-        .into_iter()
-        .find(|(p, _)| *p == twinblk::daemon::Proto::Iscsi)
-        .expect("an iSCSI listener")
-        .1;
+    let (_d, addr) = crate::iscsi::daemon_from(text);
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.img");
     std::fs::write(&src, pattern(21, 16 << 20)).unwrap();

@@ -15,6 +15,7 @@
 //! - Decoding never panics on any bytes: a damaged file reads as state 1 (the safe answer).
 
 use super::error::CdpError;
+use super::error::io_err;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -171,11 +172,6 @@ pub struct RegionMap {
     header: Header,
     /// The journal stopped (state 1 or 2 on disk).
     pub active: bool,
-}
-
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CdpError {
-    let path = path.to_path_buf();
-    move |source| CdpError::Io { what, path, source }
 }
 
 impl RegionMap {

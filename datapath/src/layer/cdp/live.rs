@@ -291,13 +291,8 @@ impl CdpDevice {
         home: usize,
     ) -> Result<Self, CdpError> {
         let info = inner.info();
-        std::fs::create_dir_all(&s.dir).map_err(|source| CdpError::Io {
-            what: "create directory",
-            path: s.dir.clone(),
-            source,
-        })?;
-        let lock = rollback::lock_daemon(&s.dir)?;
-        if let Some(m) = rollback::load_marker(&s.dir)?
+        let (lock, marker) = rollback::claim_dir(&s.dir)?;
+        if let Some(m) = marker
             && !m.done
         {
             return Err(CdpError::Refused(format!(

@@ -192,13 +192,8 @@ impl CdpDevice {
     ) -> Result<Self, CdpError> {
         let info = inner.info();
         // No rollback in place runs, none was left half done, no other daemon journals here.
-        std::fs::create_dir_all(&s.dir).map_err(|source| CdpError::Io {
-            what: "create directory",
-            path: s.dir.clone(),
-            source,
-        })?;
-        let lock = rollback::lock_daemon(&s.dir)?;
-        match rollback::load_marker(&s.dir)? {
+        let (lock, marker) = rollback::claim_dir(&s.dir)?;
+        match marker {
             Some(m) if !m.done => {
                 return Err(CdpError::Refused(format!(
                     "{}: {}; the volume is not served until then (twinblk cdp rollback)",

@@ -23,6 +23,7 @@
 //!   ([`lock_daemon`]) exclusively while they run.
 
 use super::clock;
+use super::error::io_err;
 use super::format::{self, Meta, Op, REC_HEADER, RecHeader};
 use super::pit::{self, Point};
 use super::store::{self, CdpError};
@@ -147,11 +148,6 @@ pub fn lock_path(dir: &Path) -> PathBuf {
     dir.join("daemon.lock")
 }
 
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CdpError {
-    let path = path.to_path_buf();
-    move |source| CdpError::Io { what, path, source }
-}
-
 /// The marker of `dir`, if there is one. A marker that does not check is an error (nothing
 /// may roll back or serve over a rollback whose state is unknown).
 pub fn load_marker(dir: &Path) -> Result<Option<Marker>, CdpError> {
@@ -185,6 +181,15 @@ fn remove_marker(dir: &Path) -> Result<(), CdpError> {
     let p = marker_path(dir);
     std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
     sync_dir(dir)
+}
+
+/// Claim `dir` for a daemon's CDP layer: the directory created if missing, its daemon lock
+/// taken ([`lock_daemon`]); with the rollback marker found there, if any (the caller decides
+/// whether a rollback not done refuses it).
+pub fn claim_dir(dir: &Path) -> Result<(File, Option<Marker>), CdpError> {
+    std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    let lock = lock_daemon(dir)?;
+    Ok((lock, load_marker(dir)?))
 }
 
 /// Take `dir`'s daemon lock (exclusive, without waiting) and write this process's pid into

@@ -24,6 +24,7 @@
 //! if missing); the extent map covers `[0, size)`
 //! with no gap or overlap.
 
+use super::error::io_err;
 use super::format::{Op, REC_HEADER};
 use super::pit::{self, Point};
 use super::store::{self, CdpError};
@@ -185,11 +186,6 @@ impl Drop for HoldFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CdpError {
-    let path = path.to_path_buf();
-    move |source| CdpError::Io { what, path, source }
 }
 
 impl ViewDevice {

@@ -269,6 +269,12 @@ impl IscsiConn {
         self.exp().wrapping_add(CMD_WINDOW - 1)
     }
 
+    /// ExpCmdSN and MaxCmdSN, for a response header (one look at the session).
+    pub(super) fn window(&self) -> (u32, u32) {
+        let exp = self.exp();
+        (exp, exp.wrapping_add(CMD_WINDOW - 1))
+    }
+
     /// The next StatSN (it moves by one).
     pub(super) fn take_stat_sn(&mut self) -> u32 {
         let s = self.stat_sn;
@@ -284,7 +290,8 @@ impl IscsiConn {
     /// A PDU that carries a status: StatSN (taken), ExpCmdSN, MaxCmdSN set.
     pub(super) fn put_status(&mut self, h: Bhs, data: &[u8]) {
         let s = self.take_stat_sn();
-        let h = h.sns(s, self.exp(), self.max_cmd_sn());
+        let (exp, max) = self.window();
+        let h = h.sns(s, exp, max);
         self.put(h, data);
     }
 

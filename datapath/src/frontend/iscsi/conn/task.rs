@@ -263,7 +263,8 @@ impl IscsiConn {
                 h = h.u32(44, res);
                 self.put_status(h, chunk);
             } else {
-                h = h.u32(28, self.exp()).u32(32, self.max_cmd_sn());
+                let (exp, max) = self.window();
+                h = h.u32(28, exp).u32(32, max);
                 self.put(h, chunk);
             }
             off += len;
