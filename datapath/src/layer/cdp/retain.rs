@@ -7,8 +7,13 @@
 //! older than `age`, or the segments hold more than `bytes`), its records are applied to
 //! `base.img` in order, the base copy is synced, `cdp.meta` records the new base point, and
 //! the segment is retired (kept as `recycled-N.seg` for the spare thread to reuse as a later
-//! segment, at most [`store::RECYCLED_MAX`] of them; deleted beyond). The thread ([`spawn`]) runs a pass over every volume each second,
-//! at most one segment per volume per pass (the throttle).
+//! segment, at most [`store::RECYCLED_MAX`] of them; deleted beyond). The thread ([`spawn`])
+//! looks at every volume once a second; a volume whose retention releases segments has them
+//! consolidated one after the other, up to [`BACKLOG_TURN`] before the next volume's turn, and
+//! the thread goes round again at once while any volume had work. So space stays bounded at
+//! any write rate the thread can copy: a pass of one segment a second (the first design) let a
+//! journal written faster than a segment a second grow without bound. The throttle is that it
+//! is one thread, consolidating only what retention releases.
 //!
 //! A segment holding a record newer than the oldest bookmark, or than the point of an open
 //! view (`view::hold`), is never consolidated (the bookmark stays restorable and the view
@@ -146,6 +151,9 @@ pub fn consolidate_once(
     }))
 }
 
+/// How much of a segment consolidation reads at once.
+const APPLY_WINDOW: u64 = 4 << 20;
+
 fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(), CdpError> {
     let bp = store::base_path(dir);
     let io = |what: &'static str, path: &Path| {
@@ -158,15 +166,25 @@ fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(),
         .map_err(io("open", &bp))?;
     let sp = store::seg_path(dir, segno);
     let seg = File::open(&sp).map_err(io("open", &sp))?;
-    let mut buf = Vec::new();
+    // The records lie in the segment in order: read it in large windows, not a read per record.
+    let seg_len = seg.metadata().map_err(io("stat", &sp))?.len();
+    let mut win = Vec::new();
+    let mut win_at = 0u64;
     let zero = vec![0u8; 1 << 20];
     for e in entries {
         match e.op {
             Op::Write => {
-                buf.resize(e.len as usize, 0);
-                seg.read_exact_at(&mut buf, e.pos + REC_HEADER as u64)
-                    .map_err(io("read", &sp))?;
-                base.write_all_at(&buf, e.offset)
+                let at = e.pos + REC_HEADER as u64;
+                let end = at + e.len;
+                if at < win_at || end > win_at + win.len() as u64 {
+                    let want = (end - at).max(APPLY_WINDOW);
+                    let n = want.min(seg_len.saturating_sub(at)).max(end - at);
+                    win.resize(n as usize, 0);
+                    win_at = at;
+                    seg.read_exact_at(&mut win, at).map_err(io("read", &sp))?;
+                }
+                let from = (at - win_at) as usize;
+                base.write_all_at(&win[from..from + e.len as usize], e.offset)
                     .map_err(io("write", &bp))?;
             }
             Op::Zeroes | Op::Unmap => {
@@ -194,6 +212,9 @@ fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(),
     }
     base.sync_all().map_err(io("sync", &bp))
 }
+
+/// How many segments of one volume are consolidated in a row before the next volume's turn.
+pub const BACKLOG_TURN: usize = 8;
 
 /// A volume the retention thread looks after.
 #[derive(Clone)]
@@ -227,7 +248,12 @@ pub fn spawn(
             while !stop.load(Ordering::SeqCst) {
                 // The list changes at run time (CDP switched on or off): a copy per pass.
                 let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut busy = false;
                 for v in &vols {
+                  for _ in 0..BACKLOG_TURN {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
                     let now = super::clock::now();
                     match consolidate_once(&v.dir, &v.retention, now) {
                         Ok(Some(c)) => {
@@ -248,12 +274,18 @@ pub fn spawn(
                                         hours(v.retention.age_ns.unwrap_or(0)));
                                 }
                             }
+                            busy = true;
                         }
-                        Ok(None) => {}
+                        Ok(None) => break,
                         Err(e) => {
-                            tracing::warn!(dir = %v.dir.display(), error = %e, "cdp: consolidation failed; retried later")
+                            tracing::warn!(dir = %v.dir.display(), error = %e, "cdp: consolidation failed; retried later");
+                            break;
                         }
                     }
+                  }
+                }
+                if busy {
+                    continue; // a backlog: go round again at once
                 }
                 for _ in 0..10 {
                     if stop.load(Ordering::SeqCst) {
