@@ -94,9 +94,24 @@ pub fn consolidate_once(
         return Ok(None); // the only segment in use is the active one (a spare is not)
     }
     let meta = store::read_meta(dir)?;
+    // The retention thread's buffer for a segment's bytes, kept from one segment to the next.
+    thread_local! {
+        static SEGMENT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SEGMENT.with_borrow_mut(|bytes| consolidate_segment(dir, r, now, &segs, meta, bytes))
+}
+
+fn consolidate_segment(
+    dir: &Path,
+    r: &Retention,
+    now: u64,
+    segs: &[(u64, u64)],
+    meta: super::format::Meta,
+    bytes: &mut Vec<u8>,
+) -> Result<Option<Consolidated>, CdpError> {
     let (segno, _) = segs[0];
-    let (header, index) =
-        store::segment_index(dir, &meta, segno, meta.base_seq, meta.window_start())?;
+    let (header, index, scanned) =
+        store::segment_index_in(dir, &meta, segno, meta.base_seq, meta.window_start(), bytes)?;
     if header.first_seq != meta.base_seq + 1 {
         // Not the next segment of the chain (damaged, or already consolidated): recovery at
         // the next start sorts it out; nothing is applied here.
@@ -126,7 +141,7 @@ pub fn consolidate_once(
         // A bookmark or an open view inside this segment (or before it) must stay readable.
         return Ok(None);
     }
-    apply(dir, segno, &index.entries)?;
+    apply(dir, segno, &index.entries, bytes, scanned)?;
     let mut m = meta;
     if let Some(last) = index.entries.last() {
         m.base_seq = last.seq;
@@ -154,7 +169,16 @@ pub fn consolidate_once(
 /// How much of a segment consolidation reads at once.
 const APPLY_WINDOW: u64 = 4 << 20;
 
-fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(), CdpError> {
+/// Apply segment `segno`'s `entries` to the base copy. `win` holds the whole segment when
+/// `whole` (it was just scanned); else it is the buffer the segment is read into, a window at
+/// a time.
+fn apply(
+    dir: &Path,
+    segno: u64,
+    entries: &[super::format::Entry],
+    win: &mut Vec<u8>,
+    whole: bool,
+) -> Result<(), CdpError> {
     let bp = store::base_path(dir);
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();
@@ -168,8 +192,10 @@ fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(),
     let seg = File::open(&sp).map_err(io("open", &sp))?;
     // The records lie in the segment in order: read it in large windows, not a read per record.
     let seg_len = seg.metadata().map_err(io("stat", &sp))?.len();
-    let mut win = Vec::new();
     let mut win_at = 0u64;
+    if !whole {
+        win.clear();
+    }
     let zero = vec![0u8; 1 << 20];
     for e in entries {
         match e.op {
@@ -181,7 +207,7 @@ fn apply(dir: &Path, segno: u64, entries: &[super::format::Entry]) -> Result<(),
                     let n = want.min(seg_len.saturating_sub(at)).max(end - at);
                     win.resize(n as usize, 0);
                     win_at = at;
-                    seg.read_exact_at(&mut win, at).map_err(io("read", &sp))?;
+                    seg.read_exact_at(win, at).map_err(io("read", &sp))?;
                 }
                 let from = (at - win_at) as usize;
                 base.write_all_at(&win[from..from + e.len as usize], e.offset)

@@ -584,6 +584,21 @@ pub fn segment_index(
     prev_seq: u64,
     prev_time: u64,
 ) -> Result<(SegHeader, Index), CdpError> {
+    let (h, i, _) = segment_index_in(dir, meta, segno, prev_seq, prev_time, &mut Vec::new())?;
+    Ok((h, i))
+}
+
+/// [`segment_index`], scanning (when there is no usable index) into `bytes`, a buffer the
+/// caller keeps from one segment to the next (fresh pages cost more than the copy); the last
+/// value says whether it did, and then `bytes` holds the whole segment file.
+pub fn segment_index_in(
+    dir: &Path,
+    meta: &Meta,
+    segno: u64,
+    prev_seq: u64,
+    prev_time: u64,
+    bytes: &mut Vec<u8>,
+) -> Result<(SegHeader, Index, bool), CdpError> {
     let path = seg_path(dir, segno);
     let file = File::open(&path).map_err(io_err("open", &path))?;
     let mut hb = vec![0u8; format::SEG_HEADER];
@@ -596,13 +611,11 @@ pub fn segment_index(
     if let Some(i) = load_index(dir, &file, segno, meta)
         .filter(|i| i.entries.first().is_none_or(|e| e.seq == prev_seq + 1))
     {
-        return Ok((header, i));
+        return Ok((header, i, false));
     }
-    let mut bytes = Vec::new();
-    (&file)
-        .read_to_end(&mut bytes)
-        .map_err(io_err("read", &path))?;
-    let s = format::scan(&bytes, meta.vol_id, meta.size, prev_seq, prev_time);
+    bytes.clear();
+    (&file).read_to_end(bytes).map_err(io_err("read", &path))?;
+    let s = format::scan(bytes, meta.vol_id, meta.size, prev_seq, prev_time);
     let i = Index {
         segno,
         end: s.end,
@@ -611,7 +624,7 @@ pub fn segment_index(
     if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
         tracing::warn!(error = %e, "cdp: cannot write a segment index");
     }
-    Ok((header, i))
+    Ok((header, i, true))
 }
 
 /// Zero a segment after its log's end (so nothing behind the cut can pass for a record later).
