@@ -116,7 +116,7 @@ fn target(cx: &ControlCx, p: &Value) -> Result<(usize, Arc<Volume>, Option<CdpIn
 }
 
 /// `cdp_enable {volume, dir?, segment_size?, retention_age?, retention_bytes?, prezero?,
-/// group?}`.
+/// sync?, group?}`.
 pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<Value, Error> {
     let (vol, v, info) = target(cx, p)?;
     let name = v.name.clone();
@@ -191,6 +191,14 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(bad("\"prezero\" must be true or false")),
     };
+    let sync_on_flush = match text("sync")?.as_deref() {
+        None => conf
+            .as_ref()
+            .is_some_and(|c| c.sync == crate::control::config::CdpSync::Flush),
+        Some("flush") => true,
+        Some("append") => false,
+        Some(_) => return Err(bad("\"sync\" must be \"append\" or \"flush\"")),
+    };
     let group = match text("group")? {
         Some(g) => g,
         None => cx
@@ -206,6 +214,10 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         seed: None,
         volatile: false,
         prezero,
+        sync: crate::layer::cdp::journal::SyncPolicy {
+            on_flush: sync_on_flush,
+            fail: conf.as_ref().is_some_and(|c| c.fail_sync),
+        },
     };
     let n = cx.rt.mailboxes.len();
     let home = vol % n;

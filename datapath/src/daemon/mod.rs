@@ -222,6 +222,10 @@ impl Daemon {
                     seed: v.path.clone().filter(|_| v.backend == Backend::Uring),
                     volatile: v.backend == Backend::Malloc,
                     prezero: c.prezero,
+                    sync: crate::layer::cdp::journal::SyncPolicy {
+                        on_flush: c.sync == crate::control::config::CdpSync::Flush,
+                        fail: c.fail_sync,
+                    },
                 };
                 let home = index % cfg.reactor.cores.len();
                 let cd = Arc::new(CdpDevice::open(device, &settings, index, home).map_err(

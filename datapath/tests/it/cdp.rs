@@ -358,7 +358,7 @@ fn a_torn_truncated_or_corrupt_journal_is_cut_and_the_volume_keeps_serving() {
 fn every_acknowledged_write_survives_kill_9_and_the_torn_tail_is_cut() {
     let tmp = tempfile::tempdir().unwrap();
     assert!(!twinblk::layer::cdp::journal::in_memory(tmp.path()));
-    kill_9_keeps_every_acknowledged_write(tmp.path(), &tmp.path().join("j"));
+    kill_9_keeps_every_acknowledged_write(tmp.path(), &tmp.path().join("j"), "");
 }
 
 /// The same with the journal in memory (tmpfs), whose appends the reactor writes itself in the
@@ -372,20 +372,20 @@ fn an_in_memory_journal_keeps_every_acknowledged_write_across_kill_9() {
         return;
     }
     let jroot = tempfile::tempdir_in(shm).unwrap();
-    kill_9_keeps_every_acknowledged_write(tmp.path(), &jroot.path().join("j"));
+    kill_9_keeps_every_acknowledged_write(tmp.path(), &jroot.path().join("j"), "");
 }
 
-/// 32 writes in flight to a CDP volume whose journal is `dir`, the daemon (state in `root`)
-/// killed mid-run: every acknowledged write is in the journal as it was left, and again after
-/// the restart's recovery cut the torn tail.
-fn kill_9_keeps_every_acknowledged_write(root: &Path, dir: &Path) {
+/// 32 writes in flight to a CDP volume whose journal is `dir` (`extra`: more `[volume.cdp]`
+/// lines), the daemon (state in `root`) killed mid-run: every acknowledged write is in the
+/// journal as it was left, and again after the restart's recovery cut the torn tail.
+pub(crate) fn kill_9_keeps_every_acknowledged_write(root: &Path, dir: &Path, extra: &str) {
     const SIZE: u64 = 64 << 20;
     let tmp = root;
     let dir = dir.to_path_buf();
     // Segments are prepared ahead and written with zeroes, so the kill may land while a
     // switch's header append is in flight.
     let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n{}prezero=true\n",
+        "[reactor]\ncores=[0]\npin=false\n{}prezero=true\n{extra}",
         volume("v", SIZE, &dir, "4MiB")
     );
     let mut s = Server::start(tmp, &body);

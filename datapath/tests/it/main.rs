@@ -5,6 +5,7 @@ mod cdp_live;
 mod cdp_live_fault;
 mod cdp_ops;
 mod cdp_rollback;
+mod cdp_sync;
 mod clients;
 mod failover;
 mod guest;

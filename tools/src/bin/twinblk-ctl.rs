@@ -275,6 +275,10 @@ enum CdpCmd {
         /// Write segments with zeroes ahead of use.
         #[arg(long)]
         prezero: bool,
+        /// When a record is durable: "append" (each append, the default) or "flush" (the
+        /// volume's flushes and FUA writes sync the journal).
+        #[arg(long, value_parser = ["append", "flush"])]
+        sync: Option<String>,
         /// The volume's CDP group (default its [[volume]] group, else its name).
         #[arg(long)]
         group: Option<String>,
@@ -671,6 +675,7 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
             retention_age,
             retention_bytes,
             prezero,
+            sync,
             group,
         } => {
             let mut p = serde_json::json!({"volume": volume});
@@ -679,6 +684,7 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
                 ("segment_size", segment_size),
                 ("retention_age", retention_age),
                 ("retention_bytes", retention_bytes),
+                ("sync", sync),
                 ("group", group),
             ] {
                 if let Some(v) = v {

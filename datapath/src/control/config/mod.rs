@@ -575,6 +575,27 @@ pub struct CdpConfig {
     /// block allocation by the filesystem; each segment is written twice).
     #[serde(default)]
     pub prezero: bool,
+    /// When a journal record is durable: `"append"` (default), each append is written with
+    /// `RWF_DSYNC` before its update is acknowledged; `"flush"`, appends are plain writes and
+    /// the volume's flushes and FUA writes sync the journal, as they make the base durable
+    /// (docs/cdp-format.md, "Write path").
+    #[serde(default)]
+    pub sync: CdpSync,
+    /// Every sync of the journal fails with EIO (tests, drills: the journal then stops and
+    /// the volume keeps serving, degraded).
+    #[serde(default)]
+    pub fail_sync: bool,
+}
+
+/// When a CDP journal record is durable (`[volume.cdp] sync`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CdpSync {
+    /// Each append is durable before its updates are acknowledged.
+    #[default]
+    Append,
+    /// Appends are written; flushes and FUA writes make them durable.
+    Flush,
 }
 
 impl CdpConfig {

@@ -16,6 +16,15 @@
 //! - A failed append stops the journal for good (until a restart): updates then complete on
 //!   their base result alone, and the history ends at `durable`; the layer above it tracks
 //!   the changed regions (degraded mode, [`super::degraded`]).
+//! - With `sync = "flush"` ([`Journal::new`]'s `sync_on_flush`) appends are plain O_DIRECT
+//!   writes (no `RWF_DSYNC`): an update is acknowledged once its record is *written* (on the
+//!   device, as the base's own non-FUA writes are), and the journal is made durable the way the
+//!   volume is, by a flush or a FUA write: such an update waits until a `fdatasync` of the
+//!   segment issued after its record was written has completed (`synced`). A segment is synced
+//!   before the next one is started, so one sync covers every unsynced record. The ranges of
+//!   written but unsynced records are kept ([`Journal::unsynced`]); if the journal stops, the
+//!   history is whole only up to `synced` and those ranges count as changed (degraded mode).
+//!   With the default `sync = "append"`, `synced` is `durable`.
 //! - A journal in memory (its directory on tmpfs or ramfs) is appended by the reactor itself,
 //!   one positioned write per batch in the same turn (`inline`): io_uring has no non-blocking
 //!   write on those filesystems and hands every such write to a worker thread, whose wake-ups
@@ -37,7 +46,9 @@ use std::time::{Duration, Instant};
 
 /// Own-I/O slot bit of a journal append (with [`LOWER_SLOT`]); the low 30 bits are its id.
 pub const JOURNAL_SLOT: u32 = 1 << 30;
-const ID_MASK: u32 = JOURNAL_SLOT - 1;
+/// The id of the journal's `fdatasync` (`sync = "flush"`); appends use the ids below it.
+const SYNC_ID: u32 = 1 << 29;
+const ID_MASK: u32 = SYNC_ID - 1;
 /// Room kept free in a batch for its padding record.
 const PAD_MAX: usize = format::ALIGN + REC_HEADER;
 
@@ -75,6 +86,12 @@ pub struct CdpStats {
     pub short_by_size: AtomicBool,
     /// CDP was switched off at run time: the history ended at its last time mark.
     pub off: AtomicBool,
+    /// Last sequence covered by a completed sync of the journal (`sync = "flush"`; with
+    /// `"append"` every durable record is synced).
+    pub synced_seq: AtomicU64,
+    /// Syncs of the journal issued for flushes, FUA writes and segment switches
+    /// (`sync = "flush"`).
+    pub syncs: AtomicU64,
 }
 
 /// Where the writer starts (from recovery).
@@ -135,6 +152,15 @@ struct InFlight {
     done: bool,
 }
 
+/// When appends are durable ([`Journal::new`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncPolicy {
+    /// `sync = "flush"`: appends are plain writes; flushes and FUA writes sync the segment.
+    pub on_flush: bool,
+    /// Every sync fails with EIO at once (`[volume.cdp] fail_sync`: tests, drills).
+    pub fail: bool,
+}
+
 /// The writer.
 pub struct Journal {
     dir: PathBuf,
@@ -165,6 +191,20 @@ pub struct Journal {
     inline: bool,
     /// An inline append moved `durable` since [`Journal::take_moved`] was last asked.
     moved: bool,
+    /// Appends are not durable by themselves: flushes and FUA writes sync the segment.
+    sync_on_flush: bool,
+    /// Syncs fail at once (fault tests).
+    fail_sync: bool,
+    /// Every record up to this one is durable (synced); `durable` with `sync_on_flush` off.
+    synced: u64,
+    /// The highest sequence a flush or FUA update waits to see synced.
+    sync_want: u64,
+    /// A sync in flight, covering records up to this sequence (and its time).
+    sync_inflight: Option<(u64, u64)>,
+    /// Time of the record `synced` names.
+    synced_time: u64,
+    /// `(seq, offset, len)` of the records not yet synced, oldest first (`sync_on_flush`).
+    unsynced: VecDeque<(u64, u64, u64)>,
 }
 
 /// Whether `dir` is on a filesystem kept in memory (tmpfs, ramfs), where a write is a copy.
@@ -187,11 +227,21 @@ pub fn in_memory(dir: &std::path::Path) -> bool {
 pub const MARK_EVERY: Duration = Duration::from_secs(1);
 
 impl Journal {
-    /// The writer of volume `vol` on this reactor, appending to `s`'s segment.
-    pub fn new(io: &mut IoCx, vol: u32, s: Start, stats: Arc<CdpStats>) -> std::io::Result<Self> {
+    /// The writer of volume `vol` on this reactor, appending to `s`'s segment; with
+    /// `sync.on_flush`, appends are made durable by flushes and FUA writes only (see the
+    /// module doc). A journal in memory ignores it (its appends are as durable as its memory).
+    pub fn new(
+        io: &mut IoCx,
+        vol: u32,
+        s: Start,
+        stats: Arc<CdpStats>,
+        sync: SyncPolicy,
+    ) -> std::io::Result<Self> {
         let slot = io.register_file(s.file.as_raw_fd())?;
         let inline = in_memory(&s.dir);
+        let sync_on_flush = sync.on_flush && !inline;
         stats.durable_seq.store(s.next_seq - 1, Relaxed);
+        stats.synced_seq.store(s.next_seq - 1, Relaxed);
         stats.durable_time.store(s.last_time, Relaxed);
         stats.segment.store(s.segno, Relaxed);
         Ok(Self {
@@ -218,7 +268,92 @@ impl Journal {
             inline,
             spare: s.spare,
             moved: false,
+            sync_on_flush,
+            fail_sync: sync.fail,
+            synced: s.next_seq - 1,
+            synced_time: s.last_time,
+            sync_want: 0,
+            sync_inflight: None,
+            unsynced: VecDeque::new(),
         })
+    }
+
+    /// Every record up to this sequence is durable (synced).
+    pub fn synced(&self) -> u64 {
+        self.synced
+    }
+
+    /// Appends are made durable by syncs (`sync = "flush"`).
+    pub fn sync_on_flush(&self) -> bool {
+        self.sync_on_flush
+    }
+
+    /// The last sequence number given out.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// A flush or FUA update waits until `seq` is synced: ask for a sync once it is written.
+    pub fn want_sync(&mut self, seq: u64) {
+        self.sync_want = self.sync_want.max(seq);
+    }
+
+    /// `(offset, len)` of the written records not yet synced (`sync = "flush"`).
+    pub fn unsynced(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.unsynced.iter().map(|&(_, o, l)| (o, l))
+    }
+
+    /// Sync the active segment now, blocking (a clean stop, nothing in flight).
+    pub fn sync_now(&mut self) -> std::io::Result<()> {
+        if self.sync_on_flush && !self.stopped && self.synced < self.durable {
+            self.file.sync_data()?;
+            self.synced_to(self.durable, self.last_durable_time);
+        }
+        Ok(())
+    }
+
+    fn synced_to(&mut self, seq: u64, time: u64) {
+        if seq > self.synced {
+            self.synced = seq;
+            self.synced_time = time;
+        }
+        while self
+            .unsynced
+            .front()
+            .is_some_and(|&(q, _, _)| q <= self.synced)
+        {
+            self.unsynced.pop_front();
+        }
+        self.stats.synced_seq.store(self.synced, Relaxed);
+    }
+
+    /// Start a sync of the active segment covering every written record, if one is wanted
+    /// (`min`: at least up to it) and none is in flight. True when it started one.
+    fn start_sync(&mut self, io: &mut IoCx, min: u64) -> bool {
+        if !self.sync_on_flush
+            || self.stopped
+            || self.sync_inflight.is_some()
+            || self.synced >= min
+            || self.durable < min
+        {
+            return false;
+        }
+        self.sync_inflight = Some((self.durable, self.last_durable_time));
+        self.stats.syncs.fetch_add(1, Relaxed);
+        if self.fail_sync {
+            self.moved |= self.finished(io, SYNC_ID, Err(Errno::IO));
+            return true;
+        }
+        io.start_bdev(BdevOp {
+            tag: IoTag::channel(self.vol, LOWER_SLOT | JOURNAL_SLOT | SYNC_ID),
+            file: self.slot,
+            offset: 0,
+            len: 0,
+            done: 0,
+            kind: OpKind::Flush,
+            buf: OpBuf::None,
+        });
+        true
     }
 
     /// Whether an inline append moved the durable watermark since the last call (the layer
@@ -271,9 +406,9 @@ impl Journal {
         !self.ready.is_empty() || self.open.as_ref().is_some_and(|b| b.used > 0)
     }
 
-    /// Appends in flight.
+    /// Appends (and the sync) in flight.
     pub fn in_flight(&self) -> usize {
-        self.inflight.len()
+        self.inflight.len() + usize::from(self.sync_inflight.is_some())
     }
 
     /// Journal an update of `len` bytes at `offset` (`data`: a write's payload); returns the
@@ -342,6 +477,9 @@ impl Journal {
         b.last_seq = seq;
         b.last_time = time;
         self.stats.records.fetch_add(1, Relaxed);
+        if self.sync_on_flush && matches!(op, Op::Write | Op::Zeroes | Op::Unmap) {
+            self.unsynced.push_back((seq, offset, len));
+        }
     }
 
     /// When the next time mark is due.
@@ -402,12 +540,18 @@ impl Journal {
             }
             return false;
         }
-        let mut started = false;
+        let mut started = self.start_sync(io, self.sync_want);
         while let Some(b) = self.ready.front() {
             let len = b.used + format::pad_len(b.used);
             if b.rewrite_at.is_none() && self.pos + len as u64 > self.seg_size {
                 if !self.inflight.is_empty() {
                     break; // switch once the appends to this segment are done
+                }
+                if self.sync_on_flush && self.synced < self.durable {
+                    // The segment is synced before the next one starts (one sync then covers
+                    // every unsynced record, all in the active segment).
+                    started |= self.start_sync(io, self.durable);
+                    break;
                 }
                 match self.next_segment(io) {
                     Ok(true) => continue, // the new segment's header (if any) goes first
@@ -443,7 +587,9 @@ impl Journal {
                     offset: at,
                     len: len as u32,
                     done: 0,
-                    kind: OpKind::Write { fua: true },
+                    kind: OpKind::Write {
+                        fua: !self.sync_on_flush,
+                    },
                     buf: b.buf,
                 });
                 None
@@ -536,6 +682,14 @@ impl Journal {
     /// Stop journaling (a failed append, or a run-time start whose catch-up failed):
     /// updates complete on their base result alone from now on.
     pub fn stop(&mut self, io: &mut IoCx, why: &str) {
+        if self.sync_on_flush && !self.stopped {
+            // Written but unsynced records may not survive a power loss: the history is whole
+            // up to the last sync (their ranges are [`Journal::unsynced`]).
+            self.durable = self.synced;
+            self.last_durable_time = self.synced_time;
+            self.stats.durable_seq.store(self.durable, Relaxed);
+            self.stats.durable_time.store(self.synced_time, Relaxed);
+        }
         if !self.stopped {
             tracing::error!(dir = %self.dir.display(), durable = self.durable, why,
                 "cdp: the journal stopped; the volume keeps serving, its history ends here and the layer tracks changed regions until the next start");
@@ -554,6 +708,20 @@ impl Journal {
     /// failure the watermark stays where it was (the journal is stopped; updates no longer
     /// wait for it).
     pub fn finished(&mut self, io: &mut IoCx, id: u32, result: Result<(), Errno>) -> bool {
+        if id == SYNC_ID {
+            let (covered, time) = self.sync_inflight.take().unwrap_or_default();
+            match result {
+                Ok(()) if !self.stopped => {
+                    self.synced_to(covered, time);
+                    return true;
+                }
+                Ok(()) => return false,
+                Err(e) => {
+                    self.stop(io, &format!("sync failed: errno {}", e.0));
+                    return true;
+                }
+            }
+        }
         if let Err(e) = result {
             self.stop(io, &format!("append failed: errno {}", e.0));
         }
@@ -570,6 +738,11 @@ impl Journal {
                 self.stats.durable_seq.store(self.durable, Relaxed);
                 self.stats.durable_time.store(f.last_time, Relaxed);
                 self.last_durable_time = f.last_time;
+                if !self.sync_on_flush {
+                    self.synced = self.durable;
+                    self.synced_time = f.last_time;
+                    self.stats.synced_seq.store(self.synced, Relaxed);
+                }
                 moved = true;
             }
             self.inflight.pop_front();

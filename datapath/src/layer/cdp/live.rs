@@ -336,6 +336,7 @@ impl CdpDevice {
             created: meta.created,
             spare: Arc::clone(&spare),
             segment_size: s.segment_size,
+            sync: s.sync,
             start: Mutex::new(Some((log.into_start(spare), regions))),
             lock: Mutex::new(Some(lock)),
         })

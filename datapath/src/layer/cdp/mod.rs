@@ -74,6 +74,9 @@ pub struct CdpSettings {
     /// Segments prepared ahead are written with zeroes once (their appends then need no
     /// allocation by the filesystem), at the cost of writing each segment twice.
     pub prezero: bool,
+    /// When appends are durable: `sync = "flush"` (made durable by the volume's flushes and
+    /// FUA writes, not each by itself; docs/cdp-format.md, "Write path"), and `fail_sync`.
+    pub sync: journal::SyncPolicy,
 }
 
 /// A CDP volume's facts for the control plane.
@@ -112,6 +115,9 @@ impl CdpInfo {
             "window_start_ns": start,
             "window_end_ns": end,
             "durable_seq": s.durable_seq.load(Relaxed),
+            "sync": if self.device.sync.on_flush { "flush" } else { "append" },
+            "synced_seq": s.synced_seq.load(Relaxed),
+            "syncs": s.syncs.load(Relaxed),
             "records": s.records.load(Relaxed),
             "journal_bytes": s.journal_bytes.load(Relaxed),
             "appends": s.batches.load(Relaxed),
@@ -176,6 +182,8 @@ pub struct CdpDevice {
     pub spare: Arc<journal::Spare>,
     /// Segment size.
     pub segment_size: u64,
+    /// When appends are durable (`sync = "flush"`, `fail_sync`).
+    pub sync: journal::SyncPolicy,
     start: Mutex<Option<(journal::Start, degraded::RegionMap)>>,
     /// `daemon.lock`, held until the daemon stops (a rollback in place is refused meanwhile).
     lock: Mutex<Option<std::fs::File>>,
@@ -253,6 +261,7 @@ impl CdpDevice {
             created: meta.created,
             spare: Arc::clone(&spare),
             segment_size: s.segment_size,
+            sync: s.sync,
             start: Mutex::new(Some((log.into_start(Arc::clone(&spare)), regions))),
             lock: Mutex::new(Some(lock)),
         })
@@ -316,7 +325,13 @@ impl CdpDevice {
             ));
         };
         let size = start.meta.size;
-        let journal = match Journal::new(io, self.vol as u32, start, Arc::clone(&self.stats)) {
+        let journal = match Journal::new(
+            io,
+            self.vol as u32,
+            start,
+            Arc::clone(&self.stats),
+            self.sync,
+        ) {
             Ok(j) => j,
             Err(e) => return Err((inner, BdevError::Register(e))),
         };
@@ -390,6 +405,9 @@ struct Pending {
     answered: bool,
     /// The volume bytes it changes, `[start, end)` (empty for a flush).
     range: (u64, u64),
+    /// A flush or FUA update: it completes once its records (a flush: every record before
+    /// it) are synced, not only written (`sync = "flush"`; the same with `"append"`).
+    sync: bool,
 }
 
 /// An update whose base operation waits for an earlier overlapping one (see
@@ -511,6 +529,7 @@ impl CdpChannel {
                     .iter()
                     .any(|h| h.deferred && overlap(self.ops[h.key].range, range)));
         let wait = deferred || range.0 < range.1 && self.overlaps_earlier(range, self.held.len());
+        let sync = fua || matches!(upd, Upd::Flush);
         let key = self.ops.insert(Pending {
             from,
             tag,
@@ -518,6 +537,7 @@ impl CdpChannel {
             base: None,
             answered: false,
             range,
+            sync,
         });
         if wait {
             let (op, data) = match upd {
@@ -537,6 +557,9 @@ impl CdpChannel {
             } else {
                 let q = self.record(io, op, offset, len, &data);
                 self.ops[key].last_seq = q;
+                if sync {
+                    self.journal.want_sync(q);
+                }
             }
             self.held.push_back(Held {
                 key,
@@ -563,8 +586,12 @@ impl CdpChannel {
                 let s = self.inner.unmap(io, own, offset, l, fua);
                 (s, self.record(io, Op::Unmap, offset, l, &[]))
             }
-            Upd::Flush => (self.inner.flush(io, own), 0),
+            // A flush covers every record before it.
+            Upd::Flush => (self.inner.flush(io, own), self.journal.last_seq()),
         };
+        if sync {
+            self.journal.want_sync(last_seq);
+        }
         let p = &mut self.ops[key];
         p.last_seq = last_seq;
         if let Start::Done(r) = started {
@@ -646,6 +673,11 @@ impl CdpChannel {
                 self.regions.mark(p.range.0, p.range.1 - p.range.0);
             }
         }
+        // `sync = "flush"`: records written but never synced (their updates may have been
+        // acknowledged) are not part of the whole history either.
+        for (o, l) in self.journal.unsynced() {
+            self.regions.mark(o, l);
+        }
         self.stats
             .changed_regions
             .store(self.regions.marked(), Relaxed);
@@ -661,8 +693,13 @@ impl CdpChannel {
             self.degrade();
         }
         let p = &self.ops[key];
+        let covered = if p.sync {
+            self.journal.synced()
+        } else {
+            self.journal.durable()
+        };
         if let Some(r) = p.base
-            && (p.last_seq <= self.journal.durable() || self.journal.stopped() || p.answered)
+            && (p.last_seq <= covered || self.journal.stopped() || p.answered)
         {
             if !p.answered {
                 self.done.push((p.from, p.tag, r));
@@ -693,6 +730,11 @@ impl Drop for CdpChannel {
     fn drop(&mut self) {
         if let Err(e) = self.regions.persist() {
             tracing::error!(error = %e, "cdp: cannot save the changed regions; the next start journals the whole volume again");
+        }
+        if self.journal.in_flight() == 0
+            && let Err(e) = self.journal.sync_now()
+        {
+            tracing::error!(error = %e, "cdp: cannot sync the journal at the stop; records since the last flush may not survive a power loss");
         }
         if self.journal.in_flight() == 0
             && let Err(e) = self.journal.seal()

@@ -1,0 +1,180 @@
+//! `[volume.cdp] sync = "flush"` (docs/cdp-format.md, "Write path"): journal appends are plain
+//! O_DIRECT writes, and the volume's flushes and FUA writes make them durable with a sync of
+//! the segment. Shown here: an update is acknowledged once its record is written (kill -9 keeps
+//! every acknowledged write), a flush and a FUA write answer only once a sync covers every
+//! record before them, and a journal whose sync fails stops with the history whole only up to
+//! the last sync and every acknowledged but unsynced write's region counted as changed.
+
+use crate::cdp::{kill_9_keeps_every_acknowledged_write, volume};
+use crate::harness::{Server, pattern};
+use crate::rawnbd::Client;
+use twinblk::frontend::nbd::proto::cmd;
+use twinblk::layer::cdp::degraded::{Prior, RegionMap};
+
+const FLAG_FUA: u16 = 1;
+const MIB: u64 = 1 << 20;
+
+fn status(s: &Server) -> serde_json::Value {
+    s.rpc("cdp_status")[0].clone()
+}
+
+fn seq(st: &serde_json::Value, field: &str) -> u64 {
+    st[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field}: {st}"))
+}
+
+/// A journal on a disk filesystem (tmpfs journals are written inline and are as durable as
+/// their memory: `sync` does not apply there).
+fn disk_dir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    assert!(
+        !twinblk::layer::cdp::journal::in_memory(tmp.path()),
+        "/var/tmp must be a disk filesystem for this test"
+    );
+    tmp
+}
+
+#[test]
+fn with_sync_flush_every_acknowledged_write_survives_kill_9() {
+    let tmp = disk_dir();
+    kill_9_keeps_every_acknowledged_write(tmp.path(), &tmp.path().join("j"), "sync='flush'\n");
+}
+
+#[test]
+fn with_sync_flush_a_flush_and_a_fua_write_answer_once_a_sync_covers_them() {
+    let tmp = disk_dir();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}sync='flush'\n",
+        volume("v", 64 * MIB, &dir, "4MiB")
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let st = status(&s);
+    assert_eq!(st["sync"], "flush", "{st}");
+    let start_synced = seq(&st, "synced_seq");
+    for r in 0..8u64 {
+        assert_eq!(c.write(r * MIB, &pattern(r, 4096)), 0);
+    }
+    // Acknowledged once written: the records are durable_seq's, not yet synced.
+    let st = status(&s);
+    let written = seq(&st, "durable_seq");
+    assert!(written >= start_synced + 8, "{st}");
+    assert_eq!(seq(&st, "synced_seq"), start_synced, "no sync yet: {st}");
+    assert_eq!(seq(&st, "syncs"), 0, "{st}");
+
+    // A flush answers once a sync covered every record before it.
+    c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
+    let (cookie, err, _) = c.read_reply(0);
+    assert_eq!((cookie, err), (7, 0));
+    let st = status(&s);
+    assert!(
+        seq(&st, "synced_seq") >= written,
+        "flush answered before the sync: {st}"
+    );
+    assert_eq!(seq(&st, "syncs"), 1, "{st}");
+
+    // A FUA write: its own record synced before the answer.
+    c.send_request(cmd::WRITE, FLAG_FUA, 8, 9 * MIB, 4096, &pattern(9, 4096));
+    let (cookie, err, _) = c.read_reply(0);
+    assert_eq!((cookie, err), (8, 0));
+    let st = status(&s);
+    assert!(
+        seq(&st, "synced_seq") > written,
+        "FUA write answered before its record was synced: {st}"
+    );
+    assert_eq!(seq(&st, "syncs"), 2, "{st}");
+
+    // Plain writes again: written, not synced; nothing else changed.
+    assert_eq!(c.write(10 * MIB, &pattern(10, 4096)), 0);
+    let st = status(&s);
+    assert!(seq(&st, "durable_seq") > seq(&st, "synced_seq"), "{st}");
+    assert_eq!(st["journal"], "running", "{st}");
+    assert_eq!(c.read(9 * MIB, 4096).unwrap(), pattern(9, 4096));
+    c.disconnect();
+}
+
+/// The default (`sync = "append"`): every append is durable by itself; a flush needs no sync.
+#[test]
+fn with_sync_append_every_written_record_is_synced() {
+    let tmp = disk_dir();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}",
+        volume("v", 8 * MIB, &dir, "4MiB")
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    for r in 0..4u64 {
+        assert_eq!(c.write(r * MIB, &pattern(r, 4096)), 0);
+    }
+    c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
+    assert_eq!(c.read_reply(0).1, 0);
+    let st = status(&s);
+    assert_eq!(st["sync"], "append", "{st}");
+    assert_eq!(seq(&st, "synced_seq"), seq(&st, "durable_seq"), "{st}");
+    assert_eq!(seq(&st, "syncs"), 0, "{st}");
+    c.disconnect();
+}
+
+/// A sync that fails stops the journal: the volume keeps serving (the flush answers on the
+/// base's result), the history is whole only up to the last sync, and the regions of the
+/// writes acknowledged since (written, never synced) count as changed, so the next start
+/// journals them again instead of leaving a history that looks whole but misses them.
+#[test]
+fn a_failed_sync_counts_every_acknowledged_unsynced_write_as_changed() {
+    let tmp = disk_dir();
+    let dir = tmp.path().join("j");
+    const SIZE: u64 = 64 * MIB;
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}sync='flush'\nfail_sync=true\n",
+        volume("v", SIZE, &dir, "4MiB")
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let synced = seq(&status(&s), "synced_seq");
+    let regions = [3u64, 5, 7, 40];
+    for &r in &regions {
+        assert_eq!(c.write(r * MIB + 8192, &pattern(r, 4096)), 0);
+    }
+    assert_eq!(status(&s)["journal"], "running");
+    // The flush's sync fails: the journal stops, the flush still answers (the base flushed).
+    c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
+    assert_eq!(
+        c.read_reply(0).1,
+        0,
+        "a failing journal never fails the volume"
+    );
+    let st = status(&s);
+    assert_eq!(st["journal"], "degraded", "{st}");
+    assert_eq!(
+        seq(&st, "durable_seq"),
+        synced,
+        "the history is whole only up to the last sync: {st}"
+    );
+    assert_eq!(
+        seq(&st, "changed_regions"),
+        regions.len() as u64,
+        "every acknowledged, unsynced write's region: {st}"
+    );
+    // Still serving, reads and writes.
+    assert_eq!(c.write(9 * MIB, &pattern(9, 4096)), 0);
+    assert_eq!(c.read(5 * MIB + 8192, 4096).unwrap(), pattern(5, 4096));
+    c.disconnect();
+    s.stop();
+    let (_, prior) = RegionMap::open(&dir, SIZE).unwrap();
+    let Prior::Stopped {
+        after,
+        regions: Some(bits),
+        ..
+    } = prior
+    else {
+        panic!("degraded.map says the journal stopped, with its regions: {prior:?}");
+    };
+    assert_eq!(after, synced);
+    let marked: Vec<u64> = (0..SIZE / MIB)
+        .filter(|&r| twinblk::layer::cdp::degraded::is_set(&bits, r))
+        .collect();
+    assert_eq!(marked, vec![3, 5, 7, 9, 40]);
+}
