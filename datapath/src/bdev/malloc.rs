@@ -1,9 +1,7 @@
 //! `malloc`: a RAM block device.
 //!
-//! Model: one anonymous, lazily committed mapping shared by every reactor, advised to use
-//! transparent huge pages (committed 2 MiB at a time where the kernel grants them; write-zeroes
-//! and unmap of whole 4 KiB pages still give memory back, splitting a huge page); every
-//! operation finishes synchronously (a copy), so this device never queues an SQE.
+//! Model: one anonymous, lazily committed mapping shared by every reactor; every operation
+//! finishes synchronously (a copy), so this device never queues an SQE.
 //!
 //! Invariants:
 //! - Every access is range-checked before the copy; nothing outside the mapping is touched.
@@ -54,14 +52,6 @@ impl MallocDevice {
                 size,
                 source: std::io::Error::last_os_error(),
             });
-        }
-        // Transparent huge pages: random I/O over a RAM volume otherwise misses the TLB on
-        // nearly every copy (4 % of a mirrored write's CPU at QD32, benches/RESULTS.md). Only
-        // advice: where the kernel has THP off, or memory is fragmented, 4 KiB pages are used.
-        // SAFETY: advice on the mapping just made, of its own length.
-        if unsafe { libc::madvise(p, size as usize, libc::MADV_HUGEPAGE) } != 0 {
-            tracing::debug!(size, error = %std::io::Error::last_os_error(),
-                "malloc: no transparent huge pages for this volume");
         }
         Ok(Arc::new(Self {
             base: p.cast(),
