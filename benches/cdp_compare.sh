@@ -15,7 +15,12 @@
 #
 # Environment: RUNTIME (seconds per point, default 10), REPS (3), RAMP (2), BASE_PORT (14800),
 # DISK_DIR (where the on-disk journals go, default /var/tmp), RAM_DIR (default /dev/shm),
-# CONFIGS (subset/order of: off disk ram), PREZERO=1 (journal segments written with zeroes
+# CONFIGS (subset/order of: off disk disk-flush ram; disk-flush is the journal on disk with
+# [volume.cdp] sync = "flush": appends without RWF_DSYNC, made durable by flushes and FUA
+# writes), SEGMENT (segment_size, default 256MiB), RETAIN (retention_bytes, default none:
+# the journal only grows), WARM (MiB of random 64 KiB writes before each point, after the
+# prefill, default 0: with RETAIN, enough to fill the journal to its retention first measures
+# the steady state, segments consolidated and recycled while the point runs), PREZERO=1 (journal segments written with zeroes
 # ahead of use: [volume.cdp] prezero), PREFILL=0 skips writing the measured 256 MiB once before
 # each point (default 1: no configuration pays for the RAM volume's first touch of its pages),
 # KEEP=1 keeps logs and fio JSON. OLD_BIN=/path/to/twinblk adds configurations off@old,
@@ -39,6 +44,9 @@ FIO_CPU=${FIO_CPU:-1}
 KEEP=${KEEP:-0}
 PREZERO=${PREZERO:-0}
 PREFILL=${PREFILL:-1}
+SEGMENT=${SEGMENT:-256MiB}
+RETAIN=${RETAIN:-}
+WARM=${WARM:-0}
 die() { echo "cdp_compare: $*" >&2; exit 1; }
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     die "RUNTIME, REPS, RAMP, BASE_PORT must be numbers"
@@ -46,8 +54,8 @@ die() { echo "cdp_compare: $*" >&2; exit 1; }
 OLD_BIN=${OLD_BIN:-}
 for c in $CONFIGS; do
     case $c in
-    off | disk | ram) ;;
-    off@old | disk@old | ram@old) [[ -x $OLD_BIN ]] || die "config '$c' needs OLD_BIN (an executable)" ;;
+    off | disk | disk-flush | ram) ;;
+    off@old | disk@old | disk-flush@old | ram@old) [[ -x $OLD_BIN ]] || die "config '$c' needs OLD_BIN (an executable)" ;;
     *) die "unknown config '$c'" ;;
     esac
 done
@@ -88,7 +96,7 @@ start_server() { # config port -> sets SERVER_PID
     local cfg=$1 port=$2 jdir="" cdp="" bin=$BIN
     [[ $cfg == *@old ]] && bin=$OLD_BIN
     case ${cfg%@old} in
-    disk) jdir=$(mktemp -d "$DISK_DIR/cdp_compare.XXXXXX") ;;
+    disk | disk-flush) jdir=$(mktemp -d "$DISK_DIR/cdp_compare.XXXXXX") ;;
     ram) jdir=$(mktemp -d "$RAM_DIR/cdp_compare.XXXXXX") ;;
     esac
     CUR_JDIR=$jdir
@@ -96,8 +104,10 @@ start_server() { # config port -> sets SERVER_PID
         JOURNALS+=("$jdir")
         cdp="[volume.cdp]
 dir = \"$jdir/vol0\"
-segment_size = \"256MiB\"
+segment_size = \"$SEGMENT\"
 prezero = $([[ $PREZERO == 1 ]] && echo true || echo false)"
+        [[ ${cfg%@old} == disk-flush ]] && cdp+=$'\nsync = "flush"'
+        [[ -n $RETAIN ]] && cdp+=$'\n'"retention_bytes = \"$RETAIN\""
     fi
     cat >"$WORK/$cfg.toml" <<CFG
 [reactor]
@@ -152,6 +162,11 @@ for ((rep = 1; rep <= REPS; rep++)); do
                     --uri="nbd://127.0.0.1:$port/vol0" --rw=write --bs=1m --iodepth=8 \
                     --size=256M --output-format=json >/dev/null
             fi
+            if ((WARM > 0)); then
+                taskset -c "$FIO_CPU" fio --name=warm --ioengine=nbd \
+                    --uri="nbd://127.0.0.1:$port/vol0" --rw=randwrite --bs=64k --iodepth=8 \
+                    --size=1G --io_size="${WARM}M" --output-format=json >/dev/null
+            fi
             taskset -c "$FIO_CPU" fio --name=cdp --ioengine=nbd --uri="nbd://127.0.0.1:$port/vol0" \
                 --rw="$rw" --bs="$bs" --iodepth="$qd" --size=256M --time_based \
                 --runtime="$RUNTIME" --ramp_time="$RAMP" --output-format=json >"$out" &
@@ -183,7 +198,7 @@ PY
     done
 done
 
-echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP PREZERO=$PREZERO PREFILL=$PREFILL, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
+echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP PREZERO=$PREZERO PREFILL=$PREFILL SEGMENT=$SEGMENT RETAIN=${RETAIN:-none} WARM=$WARM, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
 python3 - "$RESULTS" <<'PY'
 import sys, statistics
 from collections import defaultdict
@@ -197,7 +212,7 @@ print("|---|---|---|---|---|---|---|---|")
 for p in points:
     off = rows.get((p, "off"))
     off_iops = statistics.median(r[0] for r in off) if off else None
-    for cfg in ("off", "disk", "ram", "off@old", "disk@old", "ram@old"):
+    for cfg in ("off", "disk", "disk-flush", "ram", "off@old", "disk@old", "disk-flush@old", "ram@old"):
         r = rows.get((p, cfg))
         if not r:
             continue
