@@ -4,15 +4,22 @@
 //! serves throughout, the retry after the fault is removed switches CDP off, and the history
 //! then ends at the retry's last mark with every acknowledged write before it.
 //!
-//! The fault: `degraded.map` made immutable (`chattr +i`, honoured for root on ext4, where
-//! the tests' temporary directories live), so writing it fails with EPERM while the file
-//! stays open in the daemon, the way a failing device would fail it.
+//! Two faults:
+//! - `degraded.map` made immutable (`chattr +i`, honoured for root on ext4, where the tests'
+//!   temporary directories live), so writing it fails with EPERM while the file stays open in
+//!   the daemon, the way a failing device would fail it: the first step (the home's last
+//!   mark) fails and nothing changes;
+//! - the home reactor's thread frozen (the cgroup v1 freezer takes one thread) for longer
+//!   than the control thread waits for a reactor's answer (15 s): the request fails, and once
+//!   thawed the home carries out the first step (the journal stops) while the others never
+//!   ran: the state a failed later step (the home's unwrap, still busy after 15 s) leaves.
 
 use crate::cdp::volume;
 use crate::harness::{Server, pattern};
 use crate::rawnbd::Client;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 use twinblk::layer::cdp::pit::{self, Point};
 use twinblk::layer::cdp::store::{self, Load};
 
@@ -134,6 +141,147 @@ fn a_cdp_disable_that_failed_is_asked_again_and_no_acknowledged_write_is_lost() 
         pit::read_at(&h, Point::Time(end), 0, SIZE as u64).unwrap() == at_off,
         "the last point is the volume when CDP was switched off"
     );
+    for c in load.cs {
+        c.disconnect();
+    }
+    assert!(s.stop(), "clean stop");
+}
+
+/// One thread of another process frozen (cgroup v1 freezer) until dropped.
+struct Frozen {
+    cg: PathBuf,
+    tid: String,
+}
+
+impl Frozen {
+    /// Freeze thread `name` of process `pid`; `None` without a cgroup v1 freezer.
+    fn thread(pid: u32, name: &str) -> Option<Frozen> {
+        let root = Path::new("/sys/fs/cgroup/freezer");
+        if !root.join("tasks").exists() {
+            return None;
+        }
+        let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let cg = root.join(format!("twinblk-test-{}-{tid}", std::process::id()));
+        std::fs::create_dir(&cg).ok()?;
+        let f = Frozen { cg, tid };
+        std::fs::write(f.cg.join("tasks"), &f.tid).ok()?;
+        std::fs::write(f.cg.join("freezer.state"), "FROZEN").ok()?;
+        let t = Instant::now();
+        while std::fs::read_to_string(f.cg.join("freezer.state"))
+            .ok()?
+            .trim()
+            != "FROZEN"
+        {
+            assert!(t.elapsed() < Duration::from_secs(5), "the thread freezes");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(f)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.cg.join("freezer.state"), "THAWED");
+        let _ = std::fs::write("/sys/fs/cgroup/freezer/tasks", &self.tid);
+        let _ = std::fs::remove_dir(&self.cg);
+    }
+}
+
+/// A failure after the home stopped journaling (its reactor answered too late), then the
+/// retry: refused before ("CDP is not on") while the layer stayed in the stack, holding the
+/// directory. See the module's list.
+#[test]
+fn a_cdp_disable_that_failed_after_the_journal_stopped_is_asked_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0,1]\npin=false\n{}",
+        volume("v", SIZE as u64, &dir, "4MiB")
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let mut load = Load4k {
+        cs: (0..2)
+            .map(|_| Client::connect(s.addr, "v", false))
+            .collect(),
+        model: vec![0u8; SIZE],
+        n: 0,
+    };
+    load.write(32);
+    let home = format!("reactor-{}", s.rpc("cdp_status")[0]["home_reactor"]);
+    let Some(frozen) = Frozen::thread(s.pid(), &home) else {
+        eprintln!("skipped: no cgroup v1 freezer to freeze {home} with");
+        return;
+    };
+    let t = Instant::now();
+    let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
+    let msg = r["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("did not answer"),
+        "the first disable fails after {:?}: {r}",
+        t.elapsed()
+    );
+    drop(frozen);
+    // Thawed, the home stops journaling (the first step, answered to nobody).
+    let t = Instant::now();
+    while s.rpc("cdp_status")[0]["journal"] != "off" {
+        assert!(t.elapsed() < Duration::from_secs(10), "the home stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let at_off = load.model.clone();
+    // Served throughout: these writes are after the history's end.
+    load.write(32);
+    let r = s.rpc_with(
+        "cdp_enable",
+        serde_json::json!({"volume": "v", "dir": dir.display().to_string()}),
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cdp_disable"),
+        "switching on a half switched off volume is refused, naming cdp_disable: {r}"
+    );
+    let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
+    assert!(r["error"].is_null(), "the retry switches CDP off: {r}");
+    let end = r["result"]["window_end_ns"]
+        .as_u64()
+        .expect("window_end_ns");
+    let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not on"),
+        "off once: {r}"
+    );
+    load.write(32);
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert_eq!(h.last_time, end, "the history ends at the last mark");
+    assert_eq!(
+        h.open_gap,
+        Some((h.last_seq, end)),
+        "degraded.map says the history is whole up to its end"
+    );
+    assert!(
+        pit::read_at(&h, Point::Time(end), 0, SIZE as u64).unwrap() == at_off,
+        "the last point is the volume when the journal stopped"
+    );
+    // The directory was released: CDP goes on again (the history resumed after a gap).
+    let r = s.rpc_with(
+        "cdp_enable",
+        serde_json::json!({"volume": "v", "dir": dir.display().to_string()}),
+    );
+    assert!(r["error"].is_null(), "on again: {r}");
+    assert_eq!(r["result"]["new_history"], false, "{r}");
+    load.write(8);
     for c in load.cs {
         c.disconnect();
     }

@@ -30,7 +30,8 @@
 //! segment (its index is written) as a clean stop does, and writes `degraded.map` state 1
 //! after the last record (nothing records what changes while CDP is off: a start or a
 //! `cdp_enable` that resumes the history journals the whole volume again first). The history
-//! ends at the last mark.
+//! ends at the last mark. Each step does nothing where it was done already (the journal
+//! stopped, the channel unwrapped), so a disable that failed part way is asked again.
 //!
 //! Invariant: no acknowledged update is ever missing from a point the history serves: an
 //! update is either journaled (before its acknowledgement) or made after the last whole
@@ -406,8 +407,13 @@ impl Restack for Disable {
         match self {
             Disable::Stop => {
                 let Some(c) = find_layer::<CdpChannel>(&mut *old) else {
-                    return Err((old, "the volume's channel here is not CDP's".into()));
+                    // Unwrapped by an earlier disable whose answer came too late.
+                    return Ok(old);
                 };
+                if c.off {
+                    // Stopped by an earlier disable that failed later: its last mark stands.
+                    return Ok(old);
+                }
                 if c.catchup.is_some() {
                     fail(c, io, "switched off before it finished");
                 }
@@ -433,7 +439,8 @@ impl Restack for Disable {
             }
             Disable::Remote => {
                 let Some(c) = find_layer::<CdpRemote>(&mut *old) else {
-                    return Err((old, "the volume's channel here is not CDP's".into()));
+                    // Unwrapped by an earlier disable that failed later.
+                    return Ok(old);
                 };
                 Ok(std::mem::replace(
                     &mut c.inner,
@@ -442,7 +449,8 @@ impl Restack for Disable {
             }
             Disable::Unwrap => {
                 let Some(c) = find_layer::<CdpChannel>(&mut *old) else {
-                    return Err((old, "the volume's channel here is not CDP's".into()));
+                    // Unwrapped by an earlier disable whose answer came too late.
+                    return Ok(old);
                 };
                 if !c.ops.is_empty()
                     || !c.held.is_empty()
