@@ -12,7 +12,9 @@
 //! - the home reactor's thread frozen (the cgroup v1 freezer takes one thread) for longer
 //!   than the control thread waits for a reactor's answer (15 s): the request fails, and once
 //!   thawed the home carries out the first step (the journal stops) while the others never
-//!   ran: the state a failed later step (the home's unwrap, still busy after 15 s) leaves.
+//!   ran: the state a failed later step (the home's unwrap, still busy after 15 s) leaves;
+//!   then the retry's unwrap fails on the immutable `degraded.map` (the layer stays), and a
+//!   third request, the map writable again, switches CDP off.
 
 use crate::cdp::volume;
 use crate::harness::{Server, pattern};
@@ -249,6 +251,23 @@ fn a_cdp_disable_that_failed_after_the_journal_stopped_is_asked_again() {
             .contains("cdp_disable"),
         "switching on a half switched off volume is refused, naming cdp_disable: {r}"
     );
+    // The retry fails too, at the home's unwrap this time (its degraded.map write; the first
+    // step, done already, does not write it again): the layer stays, and it is asked again.
+    let map = dir.join("degraded.map");
+    if chattr("+i", &map) {
+        let fault = Immutable(map);
+        let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
+        let msg = r["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            msg.contains("unwrapping the home") && msg.contains("degraded.map"),
+            "the second disable fails at the unwrap: {r}"
+        );
+        assert_eq!(s.rpc("cdp_status")[0]["journal"], "off");
+        load.write(16);
+        drop(fault);
+    } else {
+        eprintln!("not checked: a failed unwrap (chattr +i is not taken here)");
+    }
     let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
     assert!(r["error"].is_null(), "the retry switches CDP off: {r}");
     let end = r["result"]["window_end_ns"]

@@ -392,8 +392,9 @@ pub enum Disable {
     /// Another reactor: unwrap (its updates go to the base directly again); answered once
     /// every message it holds for the home is delivered.
     Remote,
-    /// The home, once nothing is in flight: unwrap and seal the segment (refused while
-    /// anything is; the control thread asks again).
+    /// The home, once nothing is in flight: write `degraded.map` (whole up to the last
+    /// record), unwrap and seal the segment (refused while anything is in flight, the
+    /// control thread asks again; or when the map cannot be written, the layer then stays).
     Unwrap,
 }
 
@@ -473,10 +474,20 @@ impl Restack for Disable {
                 let (after, after_time) = before
                     .or(c.whole_after)
                     .unwrap_or((c.journal.durable(), c.journal.durable_time()));
-                c.regions.active = false;
                 if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
-                    tracing::error!(error = %e, after, "cdp: switched off, but degraded.map cannot say the history ends here; a start that resumes it would miss what changes meanwhile");
+                    // The map still says what the first step wrote (whole only up to what
+                    // was durable then: safe, but short of the last mark this disable
+                    // answers). The layer stays, the journal stopped; asked again, this
+                    // step writes it.
+                    c.off_prev = Some(before);
+                    return Err((
+                        old,
+                        format!(
+                            "degraded.map cannot say the history ends at sequence {after}: {e}"
+                        ),
+                    ));
                 }
+                c.regions.active = false;
                 c.journal.close(io);
                 let inner = std::mem::replace(&mut c.inner, Box::new(crate::bdev::NoChannel));
                 // Dropping the layer's channel seals the segment (a clean stop's index).
