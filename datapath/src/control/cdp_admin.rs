@@ -15,7 +15,10 @@
 //!
 //! Invariants: the volume is served throughout (a restack happens between two requests on
 //! each reactor; nothing is closed); a refused request changes nothing; a change lasts until
-//! the daemon stops (the config file decides the next start), as every run-time change.
+//! the daemon stops (the config file decides the next start), as every run-time change. A
+//! `cdp_disable` that failed part way can be asked again: while the layer is still in the
+//! served stack it is not "off" for `cdp_disable` (whose steps do nothing where they were
+//! done) and `cdp_enable` is refused.
 //! Mirrored volumes are refused: their CDP layer sits under the mirror engine, which owns the
 //! channel below it.
 
@@ -92,6 +95,13 @@ fn restack(
     }
 }
 
+/// Whether the volume served now still has `cd` in its stack: a `cdp_disable` that failed
+/// after the journal stopped leaves it there (the journal "off", the directory held) until
+/// the request is asked again.
+fn installed(v: &Volume, cd: &Arc<CdpDevice>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(&v.device), Arc::as_ptr(cd))
+}
+
 /// The served volume `name` and its CDP entry, if it has one.
 fn target(cx: &ControlCx, p: &Value) -> Result<(usize, Arc<Volume>, Option<CdpInfo>), Error> {
     let name = super::admin::s(p, "volume")?;
@@ -123,6 +133,12 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
     if let Some(c) = info.as_ref().filter(|c| !c.stats.off.load(Relaxed)) {
         return Err(bad(format!(
             "CDP is already on for volume {name:?} (directory {}; cdp_status shows it)",
+            c.dir.display()
+        )));
+    }
+    if let Some(c) = info.as_ref().filter(|c| installed(&v, &c.device)) {
+        return Err(bad(format!(
+            "a cdp_disable of volume {name:?} did not finish (its journal is stopped, its layer still holds {}): ask cdp_disable again first",
             c.dir.display()
         )));
     }
@@ -346,7 +362,9 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
 pub(super) fn cdp_disable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<Value, Error> {
     let (vol, v, info) = target(cx, p)?;
     let name = v.name.clone();
-    let Some(info) = info.filter(|c| !c.stats.off.load(Relaxed)) else {
+    // Off but still in the stack: an earlier disable failed part way; its steps are done
+    // again (each does nothing where it was done already).
+    let Some(info) = info.filter(|c| !c.stats.off.load(Relaxed) || installed(&v, &c.device)) else {
         return Err(bad(format!(
             "CDP is not on for volume {name:?} (cdp_enable switches it on)"
         )));

@@ -1152,17 +1152,47 @@ impl View {
     }
 }
 
+impl Drop for View {
+    /// A test that fails with a view open must not leave the process behind (it would keep
+    /// serving, and hold the test runner's output open). Stopped already: nothing to do.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A digest of a CDP directory, to show that a view changed nothing in it: each file's
+/// CRC32C, but a segment's is the CRC32C of its length and of its records other than time
+/// marks (the live daemon rewrites an idle journal's last mark in place every second,
+/// `journal::MARK_EVERY`: a digest of the raw file failed the test whenever it ran longer).
 fn dir_digest(dir: &Path) -> Vec<(String, u32)> {
+    use twinblk::layer::cdp::format::REC_HEADER;
+    let h = store::load(dir, Load::ReadOnly).expect("history");
     let mut v: Vec<(String, u32)> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         // The consolidation lock is an empty file a view may create (view.rs).
         .filter(|e| e.file_type().unwrap().is_file() && e.file_name() != "consolidate.lock")
         .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                crc32c::crc32c(&std::fs::read(e.path()).unwrap()),
-            )
+            let bytes = std::fs::read(e.path()).unwrap();
+            let seg = h
+                .segments
+                .iter()
+                .find(|s| store::seg_path(dir, s.header.segno) == e.path());
+            let crc = match seg {
+                None => crc32c::crc32c(&bytes),
+                Some(s) => s.index.entries.iter().filter(|r| r.op != Op::Mark).fold(
+                    crc32c::crc32c(&(bytes.len() as u64).to_le_bytes()),
+                    |c, r| {
+                        let payload = if r.op == Op::Write { r.len as usize } else { 0 };
+                        let at = r.pos as usize;
+                        crc32c::crc32c_append(c, &bytes[at..at + REC_HEADER + payload])
+                    },
+                ),
+            };
+            (e.file_name().to_string_lossy().into_owned(), crc)
         })
         .collect();
     v.sort();
@@ -1315,6 +1345,130 @@ fn a_view_serves_a_point_over_nbd_nvme_and_iscsi_and_a_sandbox_never_touches_the
     r.disconnect();
     v.stop();
     c.disconnect();
+    d.stop();
+}
+
+/// A group's view served by one `twinblk cdp view` process over NVMe/TCP and iSCSI: each
+/// volume of a two-volume group is its own subsystem (`nqn.2026-11.io.twinblk:NAME`, its
+/// namespace 1) and its own target (`iqn.2026-11.io.twinblk:NAME`, LUN 0); both show exactly
+/// the content they had at the same moment (one volume's write at that time is in, the other
+/// volume's next write, a moment later, is not), writes made afterwards (before and while the
+/// view is open) are not seen, and the read-only view refuses an NVMe write.
+#[test]
+fn a_groups_view_serves_both_volumes_at_one_moment_over_nvme_and_iscsi() {
+    use twinblk_tools::nvmf::Controller;
+    const SIZES: [usize; 2] = [1 << 20, 2 << 20];
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = [tmp.path().join("ja"), tmp.path().join("jb")];
+    let names = ["ga", "gb"];
+    let (mut d, addr) = in_process_with(
+        "cores=[0]\nwait='adaptive'",
+        &format!(
+            "{}{}",
+            volume(names[0], SIZES[0] as u64, &dirs[0], "4MiB"),
+            volume(names[1], SIZES[1] as u64, &dirs[1], "4MiB")
+        ),
+    );
+    let mut cs = names.map(|n| Client::connect(addr, n, false));
+    let mut log: Vec<(usize, Upd, u64)> = Vec::new();
+    let write = |log: &mut Vec<(usize, Upd, u64)>, cs: &mut [Client; 2], v: usize, i: u64| {
+        let off = (i * 7 % 15) * 65536 + v as u64 * (i % 3) * 4096;
+        let data = pattern(i * 2 + v as u64 + 6000, 4096 * (1 + (i as usize % 8)));
+        assert_eq!(cs[v].write(off, &data), 0, "volume {v}, write {i}");
+        log.push((v, Upd::Write(off, data), last(&dirs[v]).1));
+    };
+    // Interleaved: a, b, a, b, ... The cut is the time of volume a's write 7: it holds a's
+    // writes 0..=7 and b's writes 0..=6 (b's write 7 comes after it).
+    let mut t = 0;
+    for i in 0..12u64 {
+        write(&mut log, &mut cs, 0, i);
+        if i == 7 {
+            t = log.last().unwrap().2;
+        }
+        write(&mut log, &mut cs, 1, i);
+    }
+    let want: Vec<Vec<u8>> = (0..2).map(|v| expected(&log, v, t, SIZES[v])).collect();
+    for v in 0..2 {
+        assert!(
+            want[v] != expected(&log, v, u64::MAX, SIZES[v]),
+            "later writes changed volume {v}"
+        );
+    }
+    assert!(
+        want[0] != expected(&log, 0, t - 1, SIZES[0]),
+        "volume a's write at the cut changed it: the view must show it"
+    );
+    let (nvmf, iscsi) = (crate::harness::free_port(), crate::harness::free_port());
+    let mut args: Vec<String> = Vec::new();
+    for (dir, n) in dirs.iter().zip(names) {
+        args.extend([
+            "--dir".into(),
+            dir.display().to_string(),
+            "--name".into(),
+            n.into(),
+        ]);
+    }
+    args.extend([
+        "--time".into(),
+        t.to_string(),
+        "--nbd".into(),
+        String::new(),
+        "--nvmf".into(),
+        format!("127.0.0.1:{nvmf}"),
+        "--iscsi".into(),
+        format!("127.0.0.1:{iscsi}"),
+    ]);
+    let view = View::start(&args);
+    // One more write to each live volume while the view is open: not seen either.
+    for v in 0..2 {
+        write(&mut log, &mut cs, v, 12);
+    }
+    for (v, n) in names.iter().enumerate() {
+        // NVMe/TCP: the volume's own subsystem, namespace 1.
+        let mut ctrl = Controller::connect(
+            format!("127.0.0.1:{nvmf}").parse().unwrap(),
+            &format!("nqn.2026-11.io.twinblk:{n}"),
+            &crate::nvmf_fused_resv::host(8),
+        )
+        .unwrap();
+        assert_eq!(ctrl.active_ns().unwrap(), vec![1], "{n}: one namespace");
+        let ns = ctrl.ns_info(1).unwrap();
+        assert_eq!(
+            (ns.blocks * ns.block_size as u64, ns.block_size),
+            (SIZES[v] as u64, 4096),
+            "{n}: the namespace is the volume"
+        );
+        let mut q = ctrl.io_queue(1, 4).unwrap();
+        let mut got = Vec::new();
+        for blk in 0..(SIZES[v] / (128 << 10)) as u64 {
+            got.extend(q.read(1, blk * 32, 32, 4096).unwrap());
+        }
+        assert!(got == want[v], "NVMe/TCP reads {n} at the group's moment");
+        assert!(
+            q.write(1, 0, &pattern(1, 4096), 4096, false).is_err(),
+            "{n}: a read-only view refuses an NVMe write"
+        );
+        drop(q);
+        drop(ctrl);
+        // iSCSI: the volume's own target, LUN 0, copied out by QEMU's initiator (libiscsi).
+        let out = tmp.path().join(format!("{n}-over-iscsi.img"));
+        crate::harness::run(
+            crate::iscsi::qemu_with_iscsi("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "raw"])
+                .arg(format!(
+                    "iscsi://127.0.0.1:{iscsi}/iqn.2026-11.io.twinblk:{n}/0"
+                ))
+                .arg(&out),
+        );
+        assert!(
+            std::fs::read(&out).unwrap() == want[v],
+            "iSCSI reads {n} at the group's moment"
+        );
+    }
+    view.stop();
+    for c in cs {
+        c.disconnect();
+    }
     d.stop();
 }
 

@@ -171,6 +171,11 @@ impl Server {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -229,25 +229,33 @@ impl RegionMap {
     }
 
     fn write_header(&mut self) -> Result<(), CdpError> {
+        self.put(self.header)
+    }
+
+    /// Write `h` (with `fdatasync`) and keep it as the header once it is written. A failed
+    /// write keeps the header the map had (what the file is known to say), so a request that
+    /// failed on it and is asked again starts from where it was.
+    fn put(&mut self, h: Header) -> Result<(), CdpError> {
         self.file
-            .write_all_at(&self.header.encode(), 0)
+            .write_all_at(&h.encode(), 0)
             .map_err(io_err("write", &self.path))?;
-        self.file.sync_data().map_err(io_err("sync", &self.path))
+        self.file.sync_data().map_err(io_err("sync", &self.path))?;
+        self.header = h;
+        Ok(())
     }
 
     /// The journal stopped after `after` (at `after_time`): write state 1, then count every
     /// update from now on as a change. Called before any update completes without its record.
     pub fn stopped(&mut self, after: u64, after_time: u64, now: u64) -> Result<(), CdpError> {
         self.active = true;
-        self.header = Header {
+        self.put(Header {
             state: 1,
             after,
             after_time,
             stopped_at: now,
             regions: self.regions,
             bitmap_crc: 0,
-        };
-        self.write_header()
+        })
     }
 
     /// CDP is switched on at run time after sequence `after` (at `after_time`; 0: a new
@@ -255,16 +263,17 @@ impl RegionMap {
     /// so readers refuse points after `after` and a crash before the catch-up's gap record
     /// is durable makes the next start journal the whole volume again. Updates are journaled
     /// meanwhile, so nothing is marked (`active` stays false).
+    /// A failed write changes nothing ([`RegionMap::stopped_after`] still says what the file
+    /// said before).
     pub fn unknown(&mut self, after: u64, after_time: u64, now: u64) -> Result<(), CdpError> {
-        self.header = Header {
+        self.put(Header {
             state: 1,
             after,
             after_time,
             stopped_at: now,
             regions: self.regions,
             bitmap_crc: 0,
-        };
-        self.write_header()
+        })
     }
 
     /// Where the history is whole up to (sequence, time) when the file says the journal is

@@ -30,7 +30,8 @@
 //! segment (its index is written) as a clean stop does, and writes `degraded.map` state 1
 //! after the last record (nothing records what changes while CDP is off: a start or a
 //! `cdp_enable` that resumes the history journals the whole volume again first). The history
-//! ends at the last mark.
+//! ends at the last mark. Each step does nothing where it was done already (the journal
+//! stopped, the channel unwrapped), so a disable that failed part way is asked again.
 //!
 //! Invariant: no acknowledged update is ever missing from a point the history serves: an
 //! update is either journaled (before its acknowledgement) or made after the last whole
@@ -391,8 +392,9 @@ pub enum Disable {
     /// Another reactor: unwrap (its updates go to the base directly again); answered once
     /// every message it holds for the home is delivered.
     Remote,
-    /// The home, once nothing is in flight: unwrap and seal the segment (refused while
-    /// anything is; the control thread asks again).
+    /// The home, once nothing is in flight: write `degraded.map` (whole up to the last
+    /// record), unwrap and seal the segment (refused while anything is in flight, the
+    /// control thread asks again; or when the map cannot be written, the layer then stays).
     Unwrap,
 }
 
@@ -406,8 +408,13 @@ impl Restack for Disable {
         match self {
             Disable::Stop => {
                 let Some(c) = find_layer::<CdpChannel>(&mut *old) else {
-                    return Err((old, "the volume's channel here is not CDP's".into()));
+                    // Unwrapped by an earlier disable whose answer came too late.
+                    return Ok(old);
                 };
+                if c.off {
+                    // Stopped by an earlier disable that failed later: its last mark stands.
+                    return Ok(old);
+                }
                 if c.catchup.is_some() {
                     fail(c, io, "switched off before it finished");
                 }
@@ -433,7 +440,8 @@ impl Restack for Disable {
             }
             Disable::Remote => {
                 let Some(c) = find_layer::<CdpRemote>(&mut *old) else {
-                    return Err((old, "the volume's channel here is not CDP's".into()));
+                    // Unwrapped by an earlier disable that failed later.
+                    return Ok(old);
                 };
                 Ok(std::mem::replace(
                     &mut c.inner,
@@ -442,7 +450,8 @@ impl Restack for Disable {
             }
             Disable::Unwrap => {
                 let Some(c) = find_layer::<CdpChannel>(&mut *old) else {
-                    return Err((old, "the volume's channel here is not CDP's".into()));
+                    // Unwrapped by an earlier disable whose answer came too late.
+                    return Ok(old);
                 };
                 if !c.ops.is_empty()
                     || !c.held.is_empty()
@@ -465,10 +474,20 @@ impl Restack for Disable {
                 let (after, after_time) = before
                     .or(c.whole_after)
                     .unwrap_or((c.journal.durable(), c.journal.durable_time()));
-                c.regions.active = false;
                 if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
-                    tracing::error!(error = %e, after, "cdp: switched off, but degraded.map cannot say the history ends here; a start that resumes it would miss what changes meanwhile");
+                    // The map still says what the first step wrote (whole only up to what
+                    // was durable then: safe, but short of the last mark this disable
+                    // answers). The layer stays, the journal stopped; asked again, this
+                    // step writes it.
+                    c.off_prev = Some(before);
+                    return Err((
+                        old,
+                        format!(
+                            "degraded.map cannot say the history ends at sequence {after}: {e}"
+                        ),
+                    ));
                 }
+                c.regions.active = false;
                 c.journal.close(io);
                 let inner = std::mem::replace(&mut c.inner, Box::new(crate::bdev::NoChannel));
                 // Dropping the layer's channel seals the segment (a clean stop's index).
