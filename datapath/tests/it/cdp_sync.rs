@@ -178,3 +178,40 @@ fn a_failed_sync_counts_every_acknowledged_unsynced_write_as_changed() {
         .collect();
     assert_eq!(marked, vec![3, 5, 7, 9, 40]);
 }
+
+/// Switching CDP off at run time with `sync = "flush"`: the history the answer names (its
+/// last mark) is synced before the answer, through the ring like any sync, not left to the
+/// clean stop of the layer afterwards.
+#[test]
+fn with_sync_flush_cdp_disable_answers_once_its_last_mark_is_synced() {
+    let tmp = disk_dir();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}sync='flush'\n",
+        volume("v", 8 * MIB, &dir, "4MiB")
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    for r in 0..4u64 {
+        assert_eq!(c.write(r * MIB, &pattern(r, 4096)), 0);
+    }
+    let st = status(&s);
+    assert_eq!(seq(&st, "syncs"), 0, "{st}");
+    assert!(seq(&st, "durable_seq") > seq(&st, "synced_seq"), "{st}");
+    let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
+    let last = r["result"]["last_seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{r}"));
+    let st = status(&s);
+    assert_eq!(st["journal"], "off", "{st}");
+    assert_eq!(
+        seq(&st, "syncs"),
+        1,
+        "the last mark was synced by the disable: {st}"
+    );
+    assert!(seq(&st, "synced_seq") >= last, "{st}");
+    // Still serving, straight to the base now.
+    assert_eq!(c.write(5 * MIB, &pattern(5, 4096)), 0);
+    assert_eq!(c.read(2 * MIB, 4096).unwrap(), pattern(2, 4096));
+    c.disconnect();
+}

@@ -283,6 +283,12 @@ impl Journal {
         self.synced
     }
 
+    /// The last synced record and its time: how far the history is whole should the journal
+    /// stop now (with `sync = "append"`, the durable watermark).
+    pub fn whole_until(&self) -> (u64, u64) {
+        (self.synced, self.synced_time)
+    }
+
     /// Appends are made durable by syncs (`sync = "flush"`).
     pub fn sync_on_flush(&self) -> bool {
         self.sync_on_flush

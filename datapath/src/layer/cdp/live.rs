@@ -425,7 +425,7 @@ impl Restack for Disable {
                 let prev = c.regions.stopped_after();
                 let (after, after_time) = prev
                     .or(c.whole_after)
-                    .unwrap_or((c.journal.durable(), c.journal.durable_time()));
+                    .unwrap_or_else(|| c.journal.whole_until());
                 if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
                     return Err((
                         old,
@@ -434,6 +434,9 @@ impl Restack for Disable {
                 }
                 c.off_prev = Some(prev);
                 c.journal.mark(io);
+                // With `sync = "flush"` the last mark (and every record before it) is synced
+                // before this step is settled: the history the disable answers is durable.
+                c.journal.want_sync(c.journal.last_seq());
                 c.off = true;
                 c.stats.off.store(true, Relaxed);
                 Ok(old)
@@ -473,7 +476,7 @@ impl Restack for Disable {
                 };
                 let (after, after_time) = before
                     .or(c.whole_after)
-                    .unwrap_or((c.journal.durable(), c.journal.durable_time()));
+                    .unwrap_or_else(|| c.journal.whole_until());
                 if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
                     // The map still says what the first step wrote (whole only up to what
                     // was durable then: safe, but short of the last mark this disable
@@ -499,8 +502,11 @@ impl Restack for Disable {
 
     fn settled(&mut self, _io: &crate::uring::IoCx, chan: &mut dyn Channel) -> bool {
         match self {
-            Disable::Stop => find_layer::<CdpChannel>(chan)
-                .is_none_or(|c| !c.journal.has_queued() && c.journal.in_flight() == 0),
+            Disable::Stop => find_layer::<CdpChannel>(chan).is_none_or(|c| {
+                !c.journal.has_queued()
+                    && c.journal.in_flight() == 0
+                    && (c.journal.stopped() || c.journal.synced() >= c.journal.durable())
+            }),
             Disable::Remote => crate::runtime::mailbox::held() == 0,
             Disable::Unwrap => true,
         }

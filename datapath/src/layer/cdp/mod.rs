@@ -663,7 +663,7 @@ impl CdpChannel {
         // where it was before.
         let (after, after_time) = self
             .whole_after
-            .unwrap_or((self.journal.durable(), self.journal.durable_time()));
+            .unwrap_or_else(|| self.journal.whole_until());
         let now = clock::now();
         if let Err(e) = self.regions.stopped(after, after_time, now) {
             tracing::error!(error = %e, "cdp: cannot record that the journal stopped; if this site crashes now, the next start cannot tell which regions changed");
