@@ -286,20 +286,21 @@ impl Engine {
 
     pub(super) fn on_peer_wm(&mut self) {
         let wm = self.sess.peer_wm;
+        let mut done = std::mem::take(&mut self.acked_buf);
+        done.clear();
         match self.role {
-            Role::Leader => {
-                for k in self.leader.acked(&self.ops, self.sess.number, wm) {
-                    self.ops[k].stage.confirm();
-                    self.settle(k);
-                }
-            }
-            Role::Follower => {
-                for k in self.follower.acked(&self.ops, self.sess.number, wm) {
-                    self.ops[k].stage.confirm();
-                    self.settle(k);
-                }
-            }
+            Role::Leader => self
+                .leader
+                .acked(&self.ops, self.sess.number, wm, &mut done),
+            Role::Follower => self
+                .follower
+                .acked(&self.ops, self.sess.number, wm, &mut done),
         }
+        for &k in &done {
+            self.ops[k].stage.confirm();
+            self.settle(k);
+        }
+        self.acked_buf = done;
         self.stats.backlog_bytes.store(
             self.leader.backlog_bytes(),
             std::sync::atomic::Ordering::Relaxed,

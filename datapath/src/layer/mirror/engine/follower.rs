@@ -168,9 +168,8 @@ impl Follower {
     }
 
     /// The leader's watermark is `wm` in session `session`: the forwards ordered at or below
-    /// it leave the list, in order (returned; the engine confirms and settles them).
-    pub(super) fn acked(&mut self, ops: &Slab<Op>, session: u32, wm: u64) -> Vec<usize> {
-        let mut done = Vec::new();
+    /// it leave the list, in order (pushed to `done`; the engine confirms and settles them).
+    pub(super) fn acked(&mut self, ops: &Slab<Op>, session: u32, wm: u64, done: &mut Vec<usize>) {
         while let Some(&k) = self.forwards.front() {
             let op = &ops[k];
             if !op.stage.ordered() || op.seq == 0 || op.seq > wm || op.session != session {
@@ -179,7 +178,6 @@ impl Follower {
             self.forwards.pop_front();
             done.push(k);
         }
-        done
     }
 
     /// A MISCOMPARE for forward `k` (id `uid`) at `seq` waits for the applied watermark.
@@ -299,11 +297,41 @@ mod tests {
             ops[k].session = 2;
         }
         assert_eq!(f.awaiting(&ops), Some((1, b)));
-        assert_eq!(f.acked(&ops, 2, 5), vec![a], "b waits for its ORDER");
+        assert_eq!(
+            {
+                let mut d = Vec::new();
+                f.acked(&ops, 2, 5, &mut d);
+                d
+            },
+            vec![a],
+            "b waits for its ORDER"
+        );
         f.remove_at(0);
-        assert_eq!(f.acked(&ops, 3, 5), Vec::<usize>::new(), "another session");
-        assert_eq!(f.acked(&ops, 2, 1), Vec::<usize>::new());
-        assert_eq!(f.acked(&ops, 2, 2), vec![c]);
+        assert_eq!(
+            {
+                let mut d = Vec::new();
+                f.acked(&ops, 3, 5, &mut d);
+                d
+            },
+            Vec::<usize>::new(),
+            "another session"
+        );
+        assert_eq!(
+            {
+                let mut d = Vec::new();
+                f.acked(&ops, 2, 1, &mut d);
+                d
+            },
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            {
+                let mut d = Vec::new();
+                f.acked(&ops, 2, 2, &mut d);
+                d
+            },
+            vec![c]
+        );
         assert_eq!(f.len(), 0);
     }
 

@@ -130,9 +130,8 @@ impl Leader {
     }
 
     /// The follower's watermark is `wm` in session `session`: the updates it passed leave the
-    /// backlog, in order (returned; the engine confirms and settles them).
-    pub(super) fn acked(&mut self, ops: &Slab<Op>, session: u32, wm: u64) -> Vec<usize> {
-        let mut done = Vec::new();
+    /// backlog, in order (pushed to `done`; the engine confirms and settles them).
+    pub(super) fn acked(&mut self, ops: &Slab<Op>, session: u32, wm: u64, done: &mut Vec<usize>) {
         while let Some(&k) = self.backlog.front() {
             let op = &ops[k];
             if op.session != session || op.seq == 0 || op.seq > wm {
@@ -142,7 +141,6 @@ impl Leader {
             self.backlog_bytes -= op.data.len() as u64;
             done.push(k);
         }
-        done
     }
 
     /// A session started; `forward_applies` are the apply slots of forwarded updates under
@@ -293,12 +291,26 @@ mod tests {
         assert!(!l.push_backlog(a, 100, 1000));
         assert!(!l.push_backlog(b, 100, 1000));
         // The old session's update is re-sent first: nothing passes it.
-        assert_eq!(l.acked(&ops, 2, 2), Vec::<usize>::new());
+        assert_eq!(
+            {
+                let mut d = Vec::new();
+                l.acked(&ops, 2, 2, &mut d);
+                d
+            },
+            Vec::<usize>::new()
+        );
         ops[old].session = 2;
         ops[old].seq = 1;
         ops[a].seq = 2;
         ops[b].seq = 3;
-        assert_eq!(l.acked(&ops, 2, 2), vec![old, a]);
+        assert_eq!(
+            {
+                let mut d = Vec::new();
+                l.acked(&ops, 2, 2, &mut d);
+                d
+            },
+            vec![old, a]
+        );
         assert_eq!((l.backlog_len(), l.backlog_bytes()), (1, 100));
         assert!(l.push_backlog(a, 1000, 1000), "over the limit");
         assert!(!l.push_backlog(a, 1000, 1000), "diverged once");

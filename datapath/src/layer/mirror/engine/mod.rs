@@ -253,6 +253,8 @@ pub struct Engine {
     target: ResyncTarget,
     /// Reused buffer for a region read at once.
     resync_buf: Vec<u8>,
+    /// The ops an ACK confirmed (reused: no allocation per acknowledgement).
+    acked_buf: Vec<usize>,
     /// The witness epoch this site holds as survivor.
     grant_epoch: u64,
     /// Regions ever written here (a new, empty replica is sent only these).
@@ -336,6 +338,7 @@ impl Engine {
             resync: None,
             target: ResyncTarget::default(),
             resync_buf: Vec::new(),
+            acked_buf: Vec::with_capacity(1024),
             grant_epoch: 0,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
