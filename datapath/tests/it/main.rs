@@ -7,6 +7,7 @@ mod cdp_live_fault;
 mod cdp_ops;
 mod cdp_rollback;
 mod cdp_sync;
+mod cdp_view;
 mod clients;
 mod failover;
 mod guest;
