@@ -207,14 +207,13 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(bad("\"prezero\" must be true or false")),
     };
-    let sync_on_flush = match text("sync")?.as_deref() {
-        None => conf
-            .as_ref()
-            .is_some_and(|c| c.sync == crate::control::config::CdpSync::Flush),
-        Some("flush") => true,
-        Some("append") => false,
-        Some(_) => return Err(bad("\"sync\" must be \"append\" or \"flush\"")),
-    };
+    let mut sync = conf.as_ref().map(|c| c.sync_policy()).unwrap_or_default();
+    if let Some(v) = p.get("sync").filter(|v| !v.is_null()) {
+        // The config file's own names for it.
+        let s: crate::control::config::CdpSync = serde_json::from_value(v.clone())
+            .map_err(|_| bad("\"sync\" must be \"append\" or \"flush\""))?;
+        sync.on_flush = s == crate::control::config::CdpSync::Flush;
+    }
     let group = match text("group")? {
         Some(g) => g,
         None => cx
@@ -230,10 +229,7 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         seed: None,
         volatile: false,
         prezero,
-        sync: crate::layer::cdp::journal::SyncPolicy {
-            on_flush: sync_on_flush,
-            fail: conf.as_ref().is_some_and(|c| c.fail_sync),
-        },
+        sync,
     };
     let n = cx.rt.mailboxes.len();
     let home = vol % n;

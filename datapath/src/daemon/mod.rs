@@ -222,10 +222,7 @@ impl Daemon {
                     seed: v.path.clone().filter(|_| v.backend == Backend::Uring),
                     volatile: v.backend == Backend::Malloc,
                     prezero: c.prezero,
-                    sync: crate::layer::cdp::journal::SyncPolicy {
-                        on_flush: c.sync == crate::control::config::CdpSync::Flush,
-                        fail: c.fail_sync,
-                    },
+                    sync: c.sync_policy(),
                 };
                 let home = index % cfg.reactor.cores.len();
                 let cd = Arc::new(CdpDevice::open(device, &settings, index, home).map_err(

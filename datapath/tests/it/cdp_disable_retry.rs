@@ -77,6 +77,41 @@ impl Load4k {
     }
 }
 
+/// After the `cdp_disable` answer `r` that switched CDP off: a second disable is refused ("not
+/// on"), writes go on, and the history in `dir` ends at the answer's window end, whole up to
+/// it (`degraded.map`), that point holding `at_off`.
+fn switched_off_once(
+    s: &Server,
+    r: &serde_json::Value,
+    load: &mut Load4k,
+    dir: &Path,
+    at_off: &[u8],
+) {
+    let end = r["result"]["window_end_ns"]
+        .as_u64()
+        .expect("window_end_ns");
+    let again = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not on"),
+        "off once: {again}"
+    );
+    load.write(32);
+    let h = store::load(dir, Load::ReadOnly).unwrap();
+    assert_eq!(h.last_time, end, "the history ends at the last mark");
+    assert_eq!(
+        h.open_gap,
+        Some((h.last_seq, end)),
+        "degraded.map says the history is whole up to its end"
+    );
+    assert!(
+        pit::read_at(&h, Point::Time(end), 0, SIZE as u64).unwrap() == at_off,
+        "the last point is the volume when CDP was switched off"
+    );
+}
+
 #[test]
 fn a_cdp_disable_that_failed_is_asked_again_and_no_acknowledged_write_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
@@ -116,33 +151,11 @@ fn a_cdp_disable_that_failed_is_asked_again_and_no_acknowledged_write_is_lost() 
     drop(fault);
     let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
     assert!(r["error"].is_null(), "the retry switches CDP off: {r}");
-    let end = r["result"]["window_end_ns"]
-        .as_u64()
-        .expect("window_end_ns");
     let at_off = load.model.clone();
     assert_eq!(s.rpc("cdp_status")[0]["journal"], "off");
-    let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("not on"),
-        "off once: {r}"
-    );
-    load.write(32);
     // The history ends at the retry's last mark, and that point holds every write
     // acknowledged before it (also those made while the first disable had failed).
-    let h = store::load(&dir, Load::ReadOnly).unwrap();
-    assert_eq!(h.last_time, end, "the history ends at the last mark");
-    assert_eq!(
-        h.open_gap,
-        Some((h.last_seq, end)),
-        "degraded.map says the history is whole up to its end"
-    );
-    assert!(
-        pit::read_at(&h, Point::Time(end), 0, SIZE as u64).unwrap() == at_off,
-        "the last point is the volume when CDP was switched off"
-    );
+    switched_off_once(&s, &r, &mut load, &dir, &at_off);
     for c in load.cs {
         c.disconnect();
     }
@@ -270,29 +283,7 @@ fn a_cdp_disable_that_failed_after_the_journal_stopped_is_asked_again() {
     }
     let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
     assert!(r["error"].is_null(), "the retry switches CDP off: {r}");
-    let end = r["result"]["window_end_ns"]
-        .as_u64()
-        .expect("window_end_ns");
-    let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("not on"),
-        "off once: {r}"
-    );
-    load.write(32);
-    let h = store::load(&dir, Load::ReadOnly).unwrap();
-    assert_eq!(h.last_time, end, "the history ends at the last mark");
-    assert_eq!(
-        h.open_gap,
-        Some((h.last_seq, end)),
-        "degraded.map says the history is whole up to its end"
-    );
-    assert!(
-        pit::read_at(&h, Point::Time(end), 0, SIZE as u64).unwrap() == at_off,
-        "the last point is the volume when the journal stopped"
-    );
+    switched_off_once(&s, &r, &mut load, &dir, &at_off);
     // The directory was released: CDP goes on again (the history resumed after a gap).
     let r = s.rpc_with(
         "cdp_enable",

@@ -8,6 +8,7 @@
 use crate::cdp::{kill_9_keeps_every_acknowledged_write, volume};
 use crate::harness::{Server, pattern};
 use crate::rawnbd::Client;
+use std::path::PathBuf;
 use twinblk::frontend::nbd::proto::cmd;
 use twinblk::layer::cdp::degraded::{Prior, RegionMap};
 
@@ -35,6 +36,19 @@ fn disk_dir() -> tempfile::TempDir {
     tmp
 }
 
+/// A daemon with one RAM volume `v` of `size` bytes, its journal in `tmp` (4 MiB segments,
+/// `extra`: more `[volume.cdp]` lines), and a client of it; the journal's directory.
+fn start(tmp: &tempfile::TempDir, size: u64, extra: &str) -> (PathBuf, Server, Client) {
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}{extra}",
+        volume("v", size, &dir, "4MiB")
+    );
+    let s = Server::start(tmp.path(), &body);
+    let c = Client::connect(s.addr, "v", false);
+    (dir, s, c)
+}
+
 #[test]
 fn with_sync_flush_every_acknowledged_write_survives_kill_9() {
     let tmp = disk_dir();
@@ -44,13 +58,7 @@ fn with_sync_flush_every_acknowledged_write_survives_kill_9() {
 #[test]
 fn with_sync_flush_a_flush_and_a_fua_write_answer_once_a_sync_covers_them() {
     let tmp = disk_dir();
-    let dir = tmp.path().join("j");
-    let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n{}sync='flush'\n",
-        volume("v", 64 * MIB, &dir, "4MiB")
-    );
-    let s = Server::start(tmp.path(), &body);
-    let mut c = Client::connect(s.addr, "v", false);
+    let (_, s, mut c) = start(&tmp, 64 * MIB, "sync='flush'\n");
     let st = status(&s);
     assert_eq!(st["sync"], "flush", "{st}");
     let start_synced = seq(&st, "synced_seq");
@@ -99,13 +107,7 @@ fn with_sync_flush_a_flush_and_a_fua_write_answer_once_a_sync_covers_them() {
 #[test]
 fn with_sync_append_every_written_record_is_synced() {
     let tmp = disk_dir();
-    let dir = tmp.path().join("j");
-    let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n{}",
-        volume("v", 8 * MIB, &dir, "4MiB")
-    );
-    let s = Server::start(tmp.path(), &body);
-    let mut c = Client::connect(s.addr, "v", false);
+    let (_, s, mut c) = start(&tmp, 8 * MIB, "");
     for r in 0..4u64 {
         assert_eq!(c.write(r * MIB, &pattern(r, 4096)), 0);
     }
@@ -125,14 +127,8 @@ fn with_sync_append_every_written_record_is_synced() {
 #[test]
 fn a_failed_sync_counts_every_acknowledged_unsynced_write_as_changed() {
     let tmp = disk_dir();
-    let dir = tmp.path().join("j");
     const SIZE: u64 = 64 * MIB;
-    let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n{}sync='flush'\nfail_sync=true\n",
-        volume("v", SIZE, &dir, "4MiB")
-    );
-    let mut s = Server::start(tmp.path(), &body);
-    let mut c = Client::connect(s.addr, "v", false);
+    let (dir, mut s, mut c) = start(&tmp, SIZE, "sync='flush'\nfail_sync=true\n");
     let synced = seq(&status(&s), "synced_seq");
     let regions = [3u64, 5, 7, 40];
     for &r in &regions {
@@ -185,13 +181,7 @@ fn a_failed_sync_counts_every_acknowledged_unsynced_write_as_changed() {
 #[test]
 fn with_sync_flush_cdp_disable_answers_once_its_last_mark_is_synced() {
     let tmp = disk_dir();
-    let dir = tmp.path().join("j");
-    let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n{}sync='flush'\n",
-        volume("v", 8 * MIB, &dir, "4MiB")
-    );
-    let s = Server::start(tmp.path(), &body);
-    let mut c = Client::connect(s.addr, "v", false);
+    let (_, s, mut c) = start(&tmp, 8 * MIB, "sync='flush'\n");
     for r in 0..4u64 {
         assert_eq!(c.write(r * MIB, &pattern(r, 4096)), 0);
     }
@@ -214,4 +204,33 @@ fn with_sync_flush_cdp_disable_answers_once_its_last_mark_is_synced() {
     assert_eq!(c.write(5 * MIB, &pattern(5, 4096)), 0);
     assert_eq!(c.read(2 * MIB, 4096).unwrap(), pattern(2, 4096));
     c.disconnect();
+}
+
+/// `cdp_enable`'s `"sync"` takes the config file's names: `"flush"` gives a journal synced on
+/// flush, anything else is refused with the names it takes and changes nothing.
+#[test]
+fn cdp_enable_takes_sync_by_its_config_names() {
+    let tmp = disk_dir();
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='v'\nbackend='malloc'\nsize={}\nblock_size=4096\n",
+        8 * MIB
+    );
+    let s = Server::start(tmp.path(), &body);
+    let dir = tmp.path().join("j");
+    let bad = s.rpc_with(
+        "cdp_enable",
+        serde_json::json!({"volume": "v", "dir": dir, "sync": "always"}),
+    );
+    let msg = bad["error"]["message"].as_str().unwrap_or("");
+    assert!(msg.contains("\"append\" or \"flush\""), "{bad}");
+    assert!(
+        s.rpc("cdp_status").as_array().is_none_or(|a| a.is_empty()),
+        "nothing changed"
+    );
+    let r = s.rpc_with(
+        "cdp_enable",
+        serde_json::json!({"volume": "v", "dir": dir, "sync": "flush"}),
+    );
+    assert!(r["result"]["volume"] == "v", "{r}");
+    assert_eq!(status(&s)["sync"], "flush");
 }

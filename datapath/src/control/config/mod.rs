@@ -599,6 +599,14 @@ pub enum CdpSync {
 }
 
 impl CdpConfig {
+    /// When the journal's appends are durable (`sync`, `fail_sync`).
+    pub fn sync_policy(&self) -> crate::layer::cdp::journal::SyncPolicy {
+        crate::layer::cdp::journal::SyncPolicy {
+            on_flush: self.sync == CdpSync::Flush,
+            fail: self.fail_sync,
+        }
+    }
+
     /// `retention_age` in ns (validated by [`Config::validate`]).
     pub fn retention_age_ns(&self) -> Option<u64> {
         self.retention_age

@@ -289,11 +289,6 @@ impl Journal {
         (self.synced, self.synced_time)
     }
 
-    /// Appends are made durable by syncs (`sync = "flush"`).
-    pub fn sync_on_flush(&self) -> bool {
-        self.sync_on_flush
-    }
-
     /// The last sequence number given out.
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1

@@ -85,6 +85,17 @@ pub fn consolidate_once(
     r: &Retention,
     now: u64,
 ) -> Result<Option<Consolidated>, CdpError> {
+    consolidate_once_in(dir, r, now, &mut Vec::new())
+}
+
+/// [`consolidate_once`] with `bytes`, a buffer the caller keeps from one segment to the next
+/// (the retention thread's: fresh pages cost more than the copy into them).
+fn consolidate_once_in(
+    dir: &Path,
+    r: &Retention,
+    now: u64,
+    bytes: &mut Vec<u8>,
+) -> Result<Option<Consolidated>, CdpError> {
     let (in_use, _) = store::segments_in_use(dir)?;
     let segs: Vec<(u64, u64)> = segments(dir)?
         .into_iter()
@@ -94,21 +105,6 @@ pub fn consolidate_once(
         return Ok(None); // the only segment in use is the active one (a spare is not)
     }
     let meta = store::read_meta(dir)?;
-    // The retention thread's buffer for a segment's bytes, kept from one segment to the next.
-    thread_local! {
-        static SEGMENT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SEGMENT.with_borrow_mut(|bytes| consolidate_segment(dir, r, now, &segs, meta, bytes))
-}
-
-fn consolidate_segment(
-    dir: &Path,
-    r: &Retention,
-    now: u64,
-    segs: &[(u64, u64)],
-    meta: super::format::Meta,
-    bytes: &mut Vec<u8>,
-) -> Result<Option<Consolidated>, CdpError> {
     let (segno, _) = segs[0];
     let (header, index, scanned) =
         store::segment_index_in(dir, &meta, segno, meta.base_seq, meta.window_start(), bytes)?;
@@ -262,6 +258,51 @@ fn hours(ns: u64) -> String {
     format!("{:.1} h", ns as f64 / 3.6e12)
 }
 
+/// Consolidate what retention releases in `v`, up to [`BACKLOG_TURN`] segments (fewer when
+/// `stop` is set); true when it consolidated any. Publishes the new window start and says when
+/// size cut the history short of its age target (logged at most every [`SHORT_LOG_EVERY`],
+/// `last_log` remembering when).
+fn consolidate_backlog(
+    v: &Retained,
+    stop: &AtomicBool,
+    last_log: &mut Option<std::time::Instant>,
+    bytes: &mut Vec<u8>,
+) -> bool {
+    let mut busy = false;
+    for _ in 0..BACKLOG_TURN {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let now = super::clock::now();
+        let c = match consolidate_once_in(&v.dir, &v.retention, now, bytes) {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(dir = %v.dir.display(), error = %e, "cdp: consolidation failed; retried later");
+                break;
+            }
+        };
+        busy = true;
+        if let Ok(m) = store::read_meta(&v.dir) {
+            v.stats
+                .window_start
+                .store(m.window_start(), Ordering::Relaxed);
+        }
+        if c.by_size && !c.by_age {
+            v.stats.short_by_size.store(true, Ordering::Relaxed);
+            if last_log.is_none_or(|t| t.elapsed() >= SHORT_LOG_EVERY) {
+                *last_log = Some(std::time::Instant::now());
+                let start = v.stats.window_start.load(Ordering::Relaxed);
+                tracing::warn!(dir = %v.dir.display(),
+                    "cdp: history now {}, target {}: retention_bytes consolidated records younger than retention_age (give the journal more space, or accept the shorter history)",
+                    hours(now.saturating_sub(start)),
+                    hours(v.retention.age_ns.unwrap_or(0)));
+            }
+        }
+    }
+    busy
+}
+
 /// Start the retention thread over `vols`; it stops when `stop` is set.
 pub fn spawn(
     list: Arc<std::sync::Mutex<Vec<Retained>>>,
@@ -270,45 +311,15 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("cdp-retention".into())
         .spawn(move || {
-            let mut last_short_log = std::collections::HashMap::new();
+            let mut last_log = std::collections::HashMap::new();
+            let mut bytes = Vec::new();
             while !stop.load(Ordering::SeqCst) {
                 // The list changes at run time (CDP switched on or off): a copy per pass.
                 let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let mut busy = false;
                 for v in &vols {
-                  for _ in 0..BACKLOG_TURN {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let now = super::clock::now();
-                    match consolidate_once(&v.dir, &v.retention, now) {
-                        Ok(Some(c)) => {
-                            if let Ok(m) = store::read_meta(&v.dir) {
-                                v.stats.window_start.store(m.window_start(), Ordering::Relaxed);
-                            }
-                            if c.by_size && !c.by_age {
-                                v.stats.short_by_size.store(true, Ordering::Relaxed);
-                                let due = last_short_log
-                                    .get(&v.dir)
-                                    .is_none_or(|t: &std::time::Instant| t.elapsed() >= SHORT_LOG_EVERY);
-                                if due {
-                                    last_short_log.insert(v.dir.clone(), std::time::Instant::now());
-                                    let start = v.stats.window_start.load(Ordering::Relaxed);
-                                    tracing::warn!(dir = %v.dir.display(),
-                                        "cdp: history now {}, target {}: retention_bytes consolidated records younger than retention_age (give the journal more space, or accept the shorter history)",
-                                        hours(now.saturating_sub(start)),
-                                        hours(v.retention.age_ns.unwrap_or(0)));
-                                }
-                            }
-                            busy = true;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(dir = %v.dir.display(), error = %e, "cdp: consolidation failed; retried later");
-                            break;
-                        }
-                    }
-                  }
+                    let log = last_log.entry(v.dir.clone()).or_default();
+                    busy |= consolidate_backlog(v, &stop, log, &mut bytes);
                 }
                 if busy {
                     continue; // a backlog: go round again at once

@@ -214,6 +214,13 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    /// What `acked` confirms, as a vector.
+    fn acked(x: &mut Follower, ops: &Slab<Op>, session: u32, wm: u64) -> Vec<usize> {
+        let mut done = Vec::new();
+        x.acked(ops, session, wm, &mut done);
+        done
+    }
+
     fn fwd(ops: &mut Slab<Op>, f: &mut Follower, upd: Upd, stage: Stage) -> usize {
         let mut o = Op::new(
             Origin::Local,
@@ -297,41 +304,15 @@ mod tests {
             ops[k].session = 2;
         }
         assert_eq!(f.awaiting(&ops), Some((1, b)));
-        assert_eq!(
-            {
-                let mut d = Vec::new();
-                f.acked(&ops, 2, 5, &mut d);
-                d
-            },
-            vec![a],
-            "b waits for its ORDER"
-        );
+        assert_eq!(acked(&mut f, &ops, 2, 5), vec![a], "b waits for its ORDER");
         f.remove_at(0);
         assert_eq!(
-            {
-                let mut d = Vec::new();
-                f.acked(&ops, 3, 5, &mut d);
-                d
-            },
+            acked(&mut f, &ops, 3, 5),
             Vec::<usize>::new(),
             "another session"
         );
-        assert_eq!(
-            {
-                let mut d = Vec::new();
-                f.acked(&ops, 2, 1, &mut d);
-                d
-            },
-            Vec::<usize>::new()
-        );
-        assert_eq!(
-            {
-                let mut d = Vec::new();
-                f.acked(&ops, 2, 2, &mut d);
-                d
-            },
-            vec![c]
-        );
+        assert_eq!(acked(&mut f, &ops, 2, 1), Vec::<usize>::new());
+        assert_eq!(acked(&mut f, &ops, 2, 2), vec![c]);
         assert_eq!(f.len(), 0);
     }
 

@@ -245,6 +245,13 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
+    /// What `acked` confirms, as a vector.
+    fn acked(x: &mut Leader, ops: &Slab<Op>, session: u32, wm: u64) -> Vec<usize> {
+        let mut done = Vec::new();
+        x.acked(ops, session, wm, &mut done);
+        done
+    }
+
     fn op(ops: &mut Slab<Op>, origin: Origin, session: u32, seq: u64, bytes: usize) -> usize {
         let mut o = Op::new(
             origin,
@@ -291,26 +298,12 @@ mod tests {
         assert!(!l.push_backlog(a, 100, 1000));
         assert!(!l.push_backlog(b, 100, 1000));
         // The old session's update is re-sent first: nothing passes it.
-        assert_eq!(
-            {
-                let mut d = Vec::new();
-                l.acked(&ops, 2, 2, &mut d);
-                d
-            },
-            Vec::<usize>::new()
-        );
+        assert_eq!(acked(&mut l, &ops, 2, 2), Vec::<usize>::new());
         ops[old].session = 2;
         ops[old].seq = 1;
         ops[a].seq = 2;
         ops[b].seq = 3;
-        assert_eq!(
-            {
-                let mut d = Vec::new();
-                l.acked(&ops, 2, 2, &mut d);
-                d
-            },
-            vec![old, a]
-        );
+        assert_eq!(acked(&mut l, &ops, 2, 2), vec![old, a]);
         assert_eq!((l.backlog_len(), l.backlog_bytes()), (1, 100));
         assert!(l.push_backlog(a, 1000, 1000), "over the limit");
         assert!(!l.push_backlog(a, 1000, 1000), "diverged once");
