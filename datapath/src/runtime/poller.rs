@@ -60,7 +60,10 @@ impl PollCx<'_> {
 pub trait Poller {
     /// One turn's work; true when it did any.
     fn poll(&mut self, cx: &mut PollCx<'_>) -> bool;
-    /// The latest moment the reactor may sleep until.
+    /// The latest moment the reactor may sleep until, for work that must not wait for the
+    /// reactor's longest sleep (10 ms while it runs pollers); `None`: none. Periodic work
+    /// should not give its next due time here but run at the first turn after it: a short
+    /// timeout on every wait costs far more than the work (see the mirror's poller).
     fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant>;
     /// While stopping: this poller still serves other reactors' requests (the reactor keeps
     /// running until every reactor has drained).

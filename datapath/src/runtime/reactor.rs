@@ -98,6 +98,10 @@ pub struct Reactor {
     stats: Arc<ReactorStats>,
     counters: Counters,
     vol_counters: Vec<VolCounters>,
+    /// One past the highest volume slot this reactor has served: the slots above it hold
+    /// zeroes, so each turn publishes only `vol_counters[..vol_hwm]` (not every slot of
+    /// `max_volumes`: that was most of a turn's own work).
+    vol_hwm: usize,
     policy: WaitPolicy,
     /// The last `reactor_set_wait` request seen in `stats.wait` (0: none yet).
     wait_seen: u64,
@@ -190,6 +194,7 @@ impl Reactor {
                 }
             }
         }
+        let vol_hwm = vols.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
         let pollers = shared
             .pollers
             .iter()
@@ -214,6 +219,7 @@ impl Reactor {
             mailbox: Arc::clone(&shared.mailboxes[id]),
             stats: Arc::clone(&shared.stats[id]),
             vol_counters: vec![VolCounters::default(); cap],
+            vol_hwm,
             shared,
             counters: Counters::default(),
             policy,
@@ -341,11 +347,13 @@ impl Reactor {
             self.counters.sqes = self.io.counters.sqes;
             self.counters.bounces = self.io.counters.bounces;
             self.stats.publish(&self.counters);
-            self.stats.publish_volumes(&self.vol_counters);
+            self.stats
+                .publish_volumes(&self.vol_counters[..self.vol_hwm]);
         }
         self.drain_and_close();
         self.stats.publish(&self.counters);
-        self.stats.publish_volumes(&self.vol_counters);
+        self.stats
+            .publish_volumes(&self.vol_counters[..self.vol_hwm]);
     }
 
     /// Submit queued SQEs; with `block`, wait for a completion. True when it blocked.
@@ -691,6 +699,7 @@ impl Reactor {
         self.vols[vol] = Some(volume);
         // The slot's counters start again from zero (a deleted volume may have used it).
         self.vol_counters[vol] = VolCounters::default();
+        self.vol_hwm = self.vol_hwm.max(vol + 1);
         Ok(())
     }
 
