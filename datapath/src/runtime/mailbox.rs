@@ -120,6 +120,9 @@ thread_local! {
     static REACTOR: Cell<bool> = const { Cell::new(false) };
     /// Messages this reactor thread could not deliver yet, in sending order.
     static HELD: RefCell<VecDeque<(Arc<Mailbox>, Msg)>> = const { RefCell::new(VecDeque::new()) };
+    /// `HELD`'s length, kept with it: what every loop turn asks (`held`, `flush_held`) is one
+    /// load, not a borrow of the queue.
+    static HELD_N: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Mark the calling thread as a reactor: its sends to a full mailbox are held, not waited for.
@@ -130,6 +133,9 @@ pub fn enter_reactor() {
 /// Deliver what this thread holds, in order, as far as the receivers have room. True when
 /// something was delivered.
 pub fn flush_held() -> bool {
+    if HELD_N.with(Cell::get) == 0 {
+        return false;
+    }
     HELD.with(|h| {
         let mut h = h.borrow_mut();
         if h.is_empty() {
@@ -156,13 +162,14 @@ pub fn flush_held() -> bool {
             }
         }
         *h = rest;
+        HELD_N.with(|n| n.set(h.len()));
         delivered
     })
 }
 
 /// How many messages this thread holds.
 pub fn held() -> usize {
-    HELD.with(|h| h.borrow().len())
+    HELD_N.with(Cell::get)
 }
 
 /// A reactor's inbox.
@@ -205,12 +212,14 @@ impl Mailbox {
                 let mut h = h.borrow_mut();
                 if h.iter().any(|(m, _)| Arc::ptr_eq(m, self)) {
                     h.push_back((Arc::clone(self), msg));
+                    HELD_N.with(|n| n.set(h.len()));
                     return None;
                 }
                 match self.queue.push(msg) {
                     Ok(()) => Some(()),
                     Err(msg) => {
                         h.push_back((Arc::clone(self), msg));
+                        HELD_N.with(|n| n.set(h.len()));
                         None
                     }
                 }

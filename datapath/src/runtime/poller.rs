@@ -64,7 +64,7 @@ pub trait Poller {
     /// reactor's longest sleep (10 ms while it runs pollers); `None`: none. Periodic work
     /// should not give its next due time here but run at the first turn after it: a short
     /// timeout on every wait costs far more than the work (see the mirror's poller).
-    fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant>;
+    fn deadline(&self, chans: &mut [Box<dyn Channel>], now: Instant) -> Option<Instant>;
     /// While stopping: this poller still serves other reactors' requests (the reactor keeps
     /// running until every reactor has drained).
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool;

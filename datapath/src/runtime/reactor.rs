@@ -277,7 +277,7 @@ impl Reactor {
         let mut last_work = Instant::now();
         let mut turn_start = Instant::now();
         loop {
-            let worked = self.turn();
+            let worked = self.turn(turn_start);
             if let Some(since) = self.stopping {
                 if !self.aborted && since.elapsed() > STOP_DEADLINE {
                     self.abort_all();
@@ -334,6 +334,7 @@ impl Reactor {
                 };
             let blocked = self.submit(
                 may_block || self.stopping.is_some() && !worked && super::mailbox::held() == 0,
+                now,
             );
             if blocked {
                 // Time spent blocked in the ring is idle time, not part of the next turn.
@@ -356,8 +357,9 @@ impl Reactor {
             .publish_volumes(&self.vol_counters[..self.vol_hwm]);
     }
 
-    /// Submit queued SQEs; with `block`, wait for a completion. True when it blocked.
-    fn submit(&mut self, block: bool) -> bool {
+    /// Submit queued SQEs; with `block`, wait for a completion (pollers' deadlines measured
+    /// from `now`, the loop's clock reading just before). True when it blocked.
+    fn submit(&mut self, block: bool, now: Instant) -> bool {
         // With DEFER_TASKRUN, completions wait in the kernel until this thread enters the ring
         // with GETEVENTS; the TASKRUN flag says some are waiting (the crate's submit sets
         // GETEVENTS when it sees the flag).
@@ -376,9 +378,8 @@ impl Reactor {
                     POLLER_MAX_SLEEP
                 }
                 .as_nanos() as u64;
-                let now = Instant::now();
                 for p in &self.pollers {
-                    if let Some(d) = p.deadline(&mut self.chans) {
+                    if let Some(d) = p.deadline(&mut self.chans, now) {
                         ns = ns.min(d.saturating_duration_since(now).as_nanos() as u64 + 1_000);
                     }
                 }
@@ -410,8 +411,9 @@ impl Reactor {
         false
     }
 
-    /// One turn; true when it did any work.
-    fn turn(&mut self) -> bool {
+    /// One turn, which started at `now` (the loop's last clock reading: pollers get it
+    /// instead of reading the clock again); true when it did any work.
+    fn turn(&mut self, now: Instant) -> bool {
         let mut worked = false;
         self.cqes.clear();
         for cqe in self.io.ring.completion() {
@@ -467,7 +469,7 @@ impl Reactor {
             worked |= self.answer_settled();
         }
         if !self.pollers.is_empty() {
-            worked |= self.run_pollers();
+            worked |= self.run_pollers(now);
         }
         if !self.dirty.is_empty() {
             worked = true;
@@ -596,10 +598,9 @@ impl Reactor {
 
     /// Run every poller, then deliver what they completed, start the connections they made
     /// and wake the ones they named. True when anything happened.
-    fn run_pollers(&mut self) -> bool {
+    fn run_pollers(&mut self, now: Instant) -> bool {
         let mut worked = false;
         let stopping = self.stopping.is_some();
-        let now = Instant::now();
         for p in &mut self.pollers {
             let mut cx = PollCx {
                 io: &mut self.io,
@@ -612,24 +613,31 @@ impl Reactor {
             };
             worked |= p.poll(&mut cx);
         }
-        let mut spawned = std::mem::take(&mut self.spawned);
-        for conn in spawned.drain(..) {
-            if self.stopping.is_none() {
-                self.insert_conn(conn);
+        // (Most turns have none of these: each is looked at before it is taken.)
+        if !self.spawned.is_empty() {
+            let mut spawned = std::mem::take(&mut self.spawned);
+            for conn in spawned.drain(..) {
+                if self.stopping.is_none() {
+                    self.insert_conn(conn);
+                }
             }
+            self.spawned = spawned;
         }
-        self.spawned = spawned;
-        let mut wakes = std::mem::take(&mut self.wakes);
-        for key in wakes.drain(..) {
-            self.mark(key);
+        if !self.wakes.is_empty() {
+            let mut wakes = std::mem::take(&mut self.wakes);
+            for key in wakes.drain(..) {
+                self.mark(key);
+            }
+            self.wakes = wakes;
         }
-        self.wakes = wakes;
-        let mut done = std::mem::take(&mut self.completions);
-        worked |= !done.is_empty();
-        for (from, tag, result) in done.drain(..) {
-            self.answer(from, tag, result);
+        if !self.completions.is_empty() {
+            worked = true;
+            let mut done = std::mem::take(&mut self.completions);
+            for (from, tag, result) in done.drain(..) {
+                self.answer(from, tag, result);
+            }
+            self.completions = done;
         }
-        self.completions = done;
         worked
     }
 

@@ -873,10 +873,10 @@ impl Poller for CdpPoller {
         worked
     }
 
-    fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant> {
+    fn deadline(&self, chans: &mut [Box<dyn Channel>], now: Instant) -> Option<Instant> {
         let c = channel_of(chans, self.vol, self.instance)?;
         if c.journal.has_queued() || !c.done.is_empty() || live::busy(c) {
-            return Some(Instant::now());
+            return Some(now);
         }
         c.journal.mark_due()
     }

@@ -43,7 +43,7 @@ use crate::bdev::{
     BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, LOWER_SLOT, ReadStart,
     Start,
 };
-use crate::runtime::{Mailbox, Msg, PollCx, Poller, PollerSource};
+use crate::runtime::{Completion, Mailbox, Msg, PollCx, Poller, PollerSource};
 use crate::uring::{Errno, IoCx, IoTag};
 use engine::{Engine, EngineConfig, Mode, Role, Update};
 use stats::MirrorStats;
@@ -169,6 +169,7 @@ impl PollerSource for MirrorDevice {
                 next_tick: Instant::now(),
                 last_tick: Instant::now(),
                 sleeping: false,
+                done: Vec::new(),
                 key: Arc::clone(&self.key),
             }) as Box<dyn Poller>
         })
@@ -199,16 +200,31 @@ pub struct MirrorPoller {
     last_tick: Instant,
     /// `next_tick` is past the normal rate (`last_tick + TICK`): the engine was quiet.
     sleeping: bool,
+    /// The engine's finished requests of this turn, swapped out of it (empty between turns;
+    /// swapped rather than taken so both vectors keep their capacity).
+    done: Vec<Completion>,
     key: Arc<twinblk_witness::Key>,
+}
+
+impl MirrorPoller {
+    /// Dial the peer (the follower's side of the link), off the common path.
+    #[cold]
+    fn dial(&self, cx: &mut PollCx<'_>) {
+        match link::LinkConn::dial(self.peer, self.vol, Arc::clone(&self.key)) {
+            Ok(l) => cx.spawn(Box::new(l)),
+            Err(err) => tracing::warn!(%err, "mirror: cannot create a socket"),
+        }
+    }
 }
 
 impl Poller for MirrorPoller {
     fn poll(&mut self, cx: &mut PollCx<'_>) -> bool {
         let now = cx.now;
         let stopping = cx.stopping;
-        let Some(e) = engine_of(cx.chans, self.vol) else {
+        let Some(c) = channel_of(cx.chans, self.vol) else {
             return false;
         };
+        let e = &mut c.engine;
         if self.sleeping && !e.quiet() {
             // Busy again (a request, a lost link): back to the normal rate.
             self.next_tick = self.last_tick + TICK;
@@ -236,16 +252,10 @@ impl Poller for MirrorPoller {
         let link = e.link_key;
         let worked = !e.done.is_empty();
         if worked {
-            let mut done = std::mem::take(&mut e.done);
-            if let Some(c) = channel_of(cx.chans, self.vol) {
-                // Parts of split updates answer their original.
-                c.splits.join(&mut done);
-            }
-            cx.complete_all(&mut done);
-            if let Some(e) = engine_of(cx.chans, self.vol) {
-                // Give the (now empty) vector back so steady state allocates nothing.
-                e.done = done;
-            }
+            std::mem::swap(&mut e.done, &mut self.done);
+            // Parts of split updates answer their original.
+            c.splits.join(&mut self.done);
+            cx.complete_all(&mut self.done);
         }
         if self.path.set(state) {
             tracing::info!(volume = self.vol, ?state, "mirror: path state set");
@@ -257,15 +267,12 @@ impl Poller for MirrorPoller {
             cx.wake(k);
         }
         if dial {
-            match link::LinkConn::dial(self.peer, self.vol, Arc::clone(&self.key)) {
-                Ok(l) => cx.spawn(Box::new(l)),
-                Err(err) => tracing::warn!(%err, "mirror: cannot create a socket"),
-            }
+            self.dial(cx);
         }
         worked
     }
 
-    fn deadline(&self, chans: &mut [Box<dyn Channel>]) -> Option<Instant> {
+    fn deadline(&self, chans: &mut [Box<dyn Channel>], now: Instant) -> Option<Instant> {
         // Only what must not wait for the reactor's longest sleep: a held-back ACK, an update
         // waiting for the activity log. The periodic work (`next_tick`: pings, heartbeat
         // timeouts, dialling) runs at the next turn after it falls due, at most the reactor's
@@ -275,10 +282,7 @@ impl Poller for MirrorPoller {
         // µs, same number of timer starts and wakeups per write: benches/RESULTS.md, session 7).
         let e = engine_of(chans, self.vol)?;
         // (An update waiting for the activity log's write is looked at again soon.)
-        let soon = e
-            .ack_deadline()
-            .into_iter()
-            .chain(e.actlog_deadline(Instant::now()));
+        let soon = e.ack_deadline().into_iter().chain(e.actlog_deadline(now));
         soon.min()
     }
 

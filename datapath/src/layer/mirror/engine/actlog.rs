@@ -293,8 +293,16 @@ impl Engine {
     }
 
     /// Every reactor turn: hand a changed set to the persister, and let the updates that
-    /// waited for it (or for the survivor state) go once it is on disk.
+    /// waited for it (or for the survivor state) go once it is on disk. (Inline: without a
+    /// log and with nothing waiting, two loads.)
+    #[inline]
     pub fn poll_actlog(&mut self, io: &mut IoCx) {
+        if self.al.enabled || !self.al.after_durable.is_empty() {
+            self.poll_actlog_now(io);
+        }
+    }
+
+    fn poll_actlog_now(&mut self, io: &mut IoCx) {
         if !self.al.after_durable.is_empty() && !self.durable.waiting() {
             for k in std::mem::take(&mut self.al.after_durable) {
                 // Still waiting (not failed, expired or fenced meanwhile).

@@ -199,14 +199,19 @@ impl Engine {
     }
 
     /// Take the persister's news: release what waited for a durable state, or fail-stop.
-    /// Cheap (atomic loads); the poller calls it every turn.
+    /// Cheap (atomic loads); the poller calls it every turn. (Inline: without a state file,
+    /// one load.)
+    #[inline]
     pub fn poll_durable(&mut self) {
+        if self.durable.handle.is_some() && !self.durable.failed {
+            self.poll_durable_now();
+        }
+    }
+
+    fn poll_durable_now(&mut self) {
         let Some(h) = &self.durable.handle else {
             return;
         };
-        if self.durable.failed {
-            return;
-        }
         if h.failed() != 0 {
             let e = h.error();
             return self.fail_stop(&e);
