@@ -59,10 +59,13 @@ impl PathCell {
     }
 
     /// Publish `state`; true (and the change count moves) when it differs from the last one.
+    /// One writer (the layer that decides the state, every reactor turn): a load first, so an
+    /// unchanged state costs no locked instruction and leaves the line shared with readers.
     pub fn set(&self, state: PathState) -> bool {
-        if self.state.swap(state as u8, Ordering::AcqRel) == state as u8 {
+        if self.state.load(Ordering::Acquire) == state as u8 {
             return false;
         }
+        self.state.store(state as u8, Ordering::Release);
         self.changes.fetch_add(1, Ordering::Release);
         true
     }

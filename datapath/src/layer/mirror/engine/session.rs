@@ -275,7 +275,11 @@ impl PeerSession {
         if !self.up {
             return;
         }
-        let due = self.ack_due(Instant::now(), wm);
+        // (The clock only when there is something to acknowledge.)
+        let due = wm != self.ack_sent && self.ack_due(Instant::now(), wm);
+        if wm == self.ack_sent {
+            self.ack_pending_since = None;
+        }
         self.rx_since_flush = false;
         if due {
             self.ack_pending_since = None;
