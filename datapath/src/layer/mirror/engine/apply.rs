@@ -88,9 +88,8 @@ impl Apply {
     }
 }
 
-/// What the engine needs of a finished apply. (Not the [`Apply`] itself: moving that out of
-/// the slab copied its odd-sized layout through the stack with overlapping 16-byte moves, and
-/// the load right after stalled about 0.6 µs per write on the Xeon VM of benches/RESULTS.md.)
+/// What the engine needs of a finished apply, copied by [`ApplyQueue::finished`] before
+/// [`ApplyQueue::finish`] removes it (see `Engine::apply_done` for why not returned by it).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Finished {
     pub(super) op: usize,
@@ -172,8 +171,7 @@ impl ApplyQueue {
             let key = (a.offset, a.ticket);
             let at = self.index.partition_point(|&(o, t, _)| (o, t) < key);
             if at == self.index.len() {
-                // (A push, not an insert: an insert at the end still calls `memmove`, whose
-                // AVX-512 variant stalled the next instructions here for 0.6 µs per write.)
+                // (Last, as at a low queue depth: a push, no `memmove` call.)
                 self.index.push((a.offset, a.ticket, slot));
             } else {
                 self.index.insert(at, (a.offset, a.ticket, slot));

@@ -1160,7 +1160,8 @@ impl Engine {
             return self.caw_compared(io, slot, r, data);
         }
         // (Copied before the removal, not returned by it: a load of the removal's result right
-        // after its stores stalled about 0.6 µs per write on the Xeon VM of benches/RESULTS.md.)
+        // after its stores stalled 0.5-0.7 µs per write on the Xeon VM, returned as an `Apply`
+        // or as `Finished` alike; benches/RESULTS.md, session 7.)
         let Some(ap) = self.aq.finished(slot) else {
             tracing::error!(volume = %self.cfg.name, slot, "mirror: completion for an unknown apply");
             return;
