@@ -127,8 +127,8 @@ impl Channel for ErrInjChannel {
         self.inner.on_own_io(io, slot, result, data);
     }
 
-    fn lower(&mut self) -> Option<&mut dyn Channel> {
-        Some(&mut *self.inner)
+    fn lower_box(&mut self) -> Option<&mut Box<dyn Channel>> {
+        Some(&mut self.inner)
     }
 }
 

@@ -177,7 +177,12 @@ impl Channel for FileChannel {
         io.ops.iter().any(|(_, op)| {
             op.file == self.slot
                 && !matches!(op.kind, OpKind::Read { .. })
-                && matches!(op.tag.owner(), crate::uring::Owner::Conn(_))
+                && match op.tag.owner() {
+                    crate::uring::Owner::Conn(_) => true,
+                    // A layer's own: one above counts (the mirror's replica writes), one
+                    // under another layer does not (CDP's own, under the mirror or alone).
+                    crate::uring::Owner::Channel(_) => op.tag.slot & super::LOWER_SLOT == 0,
+                }
         })
     }
 
@@ -250,5 +255,46 @@ impl Channel for FileChannel {
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             fua,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FileDevice;
+    use crate::bdev::{BlockDevice, LOWER_SLOT, Start};
+    use crate::uring::{IoCx, IoTag};
+
+    /// A layer inserted above a file at run time waits for the updates in flight that came
+    /// from above: a connection's and a layer's over it (the mirror's replica writes), not
+    /// the own operations of a layer under another one (`LOWER_SLOT`: CDP's, which belong
+    /// to the new stack). Reads never count. (The operations are queued, never submitted.)
+    #[test]
+    fn updates_in_flight_count_what_came_from_above() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("f.img");
+        let dev = FileDevice::open(path.to_str().unwrap(), 1 << 20, 4096, true).unwrap();
+        let mut io = IoCx::new(16, 8, 4096, 4).expect("ring");
+        let mut c = dev.open_channel(&mut io).unwrap();
+        let data = vec![5u8; 4096];
+        assert!(!c.updates_in_flight(&io));
+        let _ = c.read(&mut io, IoTag::conn(1, 0), 0, 4096);
+        assert!(!c.updates_in_flight(&io), "a read");
+        let w = c.write(&mut io, IoTag::channel(0, LOWER_SLOT | 3), 0, &data, false);
+        assert_eq!(w, Start::Pending);
+        assert!(
+            !c.updates_in_flight(&io),
+            "a layer's own under another layer"
+        );
+        let w = c.write(&mut io, IoTag::channel(0, 3), 4096, &data, false);
+        assert_eq!(w, Start::Pending);
+        assert!(
+            c.updates_in_flight(&io),
+            "the top layer's own (the mirror's)"
+        );
+        let mut io2 = IoCx::new(16, 8, 4096, 4).expect("ring");
+        let mut c2 = dev.open_channel(&mut io2).unwrap();
+        let w = c2.flush(&mut io2, IoTag::conn(1, 0));
+        assert_eq!(w, Start::Pending);
+        assert!(c2.updates_in_flight(&io2), "a connection's");
     }
 }

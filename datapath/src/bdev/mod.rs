@@ -63,6 +63,17 @@ pub trait BlockDevice: Send + Sync {
     fn info(&self) -> DeviceInfo;
     /// Open this reactor's channel (called on the reactor's own thread).
     fn open_channel(&self, io: &mut IoCx) -> Result<Box<dyn Channel>, BdevError>;
+    /// The device under this one, if this is a layer.
+    fn lower(&self) -> Option<std::sync::Arc<dyn BlockDevice>> {
+        None
+    }
+    /// Put `dev` under this layer in place of its lower device (a layer inserted or taken
+    /// out under it at run time, once every reactor's channels were changed the same way:
+    /// the device's stack then names what the channels are). False: this device has no
+    /// lower device or cannot change it.
+    fn set_lower(&self, _dev: std::sync::Arc<dyn BlockDevice>) -> bool {
+        false
+    }
 }
 
 /// One reactor's handle on a device.
@@ -123,19 +134,28 @@ pub trait Channel {
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         None
     }
+    /// The box holding the channel of the layer below this one, if this is a layer: a layer
+    /// inserted or taken out under this one at run time takes its place
+    /// ([`crate::runtime::restack_at`]).
+    fn lower_box(&mut self) -> Option<&mut Box<dyn Channel>> {
+        None
+    }
     /// The channel of the layer below this one, if this is a layer (see [`find_layer`]).
     fn lower(&mut self) -> Option<&mut dyn Channel> {
-        None
+        match self.lower_box() {
+            Some(b) => Some(&mut **b),
+            None => None,
+        }
     }
     /// Nothing this channel started is still in flight in the reactor's ring (a channel
     /// closed at run time is closed only once it is idle).
     fn idle(&self, _io: &IoCx) -> bool {
         true
     }
-    /// An update (write, write-zeroes, unmap, flush) this channel started for a caller's
-    /// tag (a connection's, not a layer's own) is still in flight in the reactor's ring: a
-    /// layer inserted above it at run time waits for those before it relies on the device's
-    /// content.
+    /// An update (write, write-zeroes, unmap, flush) this channel started for a caller (a
+    /// connection, or a layer above: not an own operation of a layer under another one, whose
+    /// slot has [`LOWER_SLOT`]) is still in flight in the reactor's ring: a layer inserted
+    /// above it at run time waits for those before it relies on the device's content.
     fn updates_in_flight(&self, _io: &IoCx) -> bool {
         false
     }

@@ -19,15 +19,20 @@
 //! `cdp_disable` that failed part way can be asked again: while the layer is still in the
 //! served stack it is not "off" for `cdp_disable` (whose steps do nothing where they were
 //! done) and `cdp_enable` is refused.
-//! Mirrored volumes are refused: their CDP layer sits under the mirror engine, which owns the
-//! channel below it.
+//! A mirrored volume's layer goes under the mirror (depth 1 of its stack: the mirror's
+//! channels and engine keep their state and find the new layer below them), so it journals
+//! every update this site applies to its replica, the peer's and resync's too. Each site
+//! switches its own history on and off; the other site is not asked and does not change.
+//! The device's stack is changed last (`BlockDevice::set_lower`), once every reactor's
+//! channels were.
 
 use super::ControlCx;
-use super::admin::{AdminState, E_CONFIGURED, E_FAILED, E_IN_USE, Error, REACTOR_WAIT, bad};
+use super::admin::{AdminState, E_FAILED, E_IN_USE, Error, REACTOR_WAIT, bad};
+use crate::bdev::BlockDevice;
 use crate::bdev::volume::Volume;
 use crate::control::config::{parse_age, parse_size};
 use crate::layer::cdp::journal::SpareOf;
-use crate::layer::cdp::live::{Disable, Enable};
+use crate::layer::cdp::live::{Disable, DisableStep, Enable};
 use crate::layer::cdp::retain::{Retained, Retention};
 use crate::layer::cdp::{CdpDevice, CdpInfo, CdpSettings, MIN_SEGMENT};
 use crate::runtime::{Msg, Restack};
@@ -99,7 +104,44 @@ fn restack(
 /// after the journal stopped leaves it there (the journal "off", the directory held) until
 /// the request is asked again.
 fn installed(v: &Volume, cd: &Arc<CdpDevice>) -> bool {
-    std::ptr::addr_eq(Arc::as_ptr(&v.device), Arc::as_ptr(cd))
+    let mut d = Some(Arc::clone(&v.device));
+    while let Some(dev) = d {
+        if std::ptr::addr_eq(Arc::as_ptr(&dev), Arc::as_ptr(cd)) {
+            return true;
+        }
+        d = dev.lower();
+    }
+    false
+}
+
+/// Where a volume's CDP layer goes in its stack: under the mirror (depth 1) when the volume
+/// is mirrored, on top (depth 0) otherwise.
+fn depth(cx: &ControlCx, vol: usize) -> usize {
+    usize::from(cx.mirrors.iter().any(|m| m.vol == vol))
+}
+
+/// The device `depth` layers down the stack of `v` (0: its top).
+fn device_at(v: &Volume, depth: usize) -> Result<Arc<dyn BlockDevice>, Error> {
+    let mut d = Arc::clone(&v.device);
+    for _ in 0..depth {
+        d = d.lower().ok_or_else(|| {
+            (
+                E_FAILED,
+                format!(
+                    "volume {:?}: its stack ({}) is not {depth} layer(s) deep",
+                    v.name, v.info.kind
+                ),
+            )
+        })?;
+    }
+    Ok(d)
+}
+
+/// The volume `v` as the device's stack now is (once its layers changed under the top).
+fn republished(v: &Volume) -> Arc<Volume> {
+    let mut nv = Volume::with_path(v.name.clone(), Arc::clone(&v.device), Arc::clone(&v.path));
+    nv.peer_path = v.peer_path.clone();
+    Arc::new(nv)
 }
 
 /// The served volume `name` and its CDP entry, if it has one.
@@ -113,15 +155,6 @@ fn target(cx: &ControlCx, p: &Value) -> Result<(usize, Arc<Volume>, Option<CdpIn
         .iter()
         .find(|c| c.vol == vol)
         .cloned();
-    if v.info.kind.contains("mirror") {
-        return Err((
-            E_CONFIGURED,
-            format!(
-                "volume {name:?} is mirrored ({}): its CDP layer sits under the mirror engine; switch it with [volume.cdp] enabled in the config file and a restart (each site on its own)",
-                v.info.kind
-            ),
-        ));
-    }
     Ok((vol, v, info))
 }
 
@@ -233,26 +266,40 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
     };
     let n = cx.rt.mailboxes.len();
     let home = vol % n;
+    let depth = depth(cx, vol);
+    let below = device_at(&v, depth)?;
     let cd = Arc::new(
-        CdpDevice::open_live(Arc::clone(&v.device), &settings, vol, home)
+        CdpDevice::open_live(below, &settings, vol, home)
             .map_err(|e| (E_FAILED, format!("volume {name:?}: {e}; nothing changed")))?,
     );
     let _ = cd.mailboxes.set(cx.rt.mailboxes.clone());
-    let mut nv = Volume::with_path(
-        name.clone(),
-        Arc::clone(&cd) as Arc<dyn crate::bdev::BlockDevice>,
-        Arc::clone(&v.path),
-    );
-    nv.peer_path = v.peer_path.clone();
-    let nv = Arc::new(nv);
+    // On top, the layer is the volume's new device; under the mirror the top stays (its
+    // stack is changed below once every reactor's channels are).
+    let nv = if depth == 0 {
+        let mut nv = Volume::with_path(
+            name.clone(),
+            Arc::clone(&cd) as Arc<dyn BlockDevice>,
+            Arc::clone(&v.path),
+        );
+        nv.peer_path = v.peer_path.clone();
+        Arc::new(nv)
+    } else {
+        Arc::clone(&v)
+    };
+    let enable = |_| {
+        Box::new(Enable {
+            dev: Arc::clone(&cd),
+            depth,
+        }) as Box<dyn Restack>
+    };
     // The home first: from then on no update reaches the base unjournaled from a reactor
     // that hands updates over.
-    if let Err(e) = restack(cx, vol, &nv, &[home], |_| Box::new(Enable(Arc::clone(&cd)))) {
+    if let Err(e) = restack(cx, vol, &nv, &[home], enable) {
         cd.release_lock();
         return Err((E_FAILED, format!("volume {name:?}: {e}; nothing changed")));
     }
     let others: Vec<usize> = (0..n).filter(|&r| r != home).collect();
-    if let Err(e) = restack(cx, vol, &nv, &others, |_| Box::new(Enable(Arc::clone(&cd)))) {
+    if let Err(e) = restack(cx, vol, &nv, &others, enable) {
         // Not expected (a reactor stopping); the home journals, the history stays "not
         // whole" (points after its end refused): say so.
         tracing::error!(volume = %name, error = %e, "cdp: switching on failed half way");
@@ -263,6 +310,12 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
             ),
         ));
     }
+    let nv = if depth == 0 {
+        nv
+    } else {
+        device_at(&v, depth - 1)?.set_lower(Arc::clone(&cd) as Arc<dyn BlockDevice>);
+        republished(&v)
+    };
     cx.rt.volumes.replace(vol, Arc::clone(&nv));
     let live = Arc::clone(cd.live.as_ref().expect("opened live"));
     live.go.store(true, Release);
@@ -368,24 +421,32 @@ pub(super) fn cdp_disable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Re
     let cd = Arc::clone(&info.device);
     let n = cx.rt.mailboxes.len();
     let home = cd.home;
-    let mut nv = Volume::with_path(name.clone(), cd.inner(), Arc::clone(&v.path));
-    nv.peer_path = v.peer_path.clone();
-    let nv = Arc::new(nv);
+    let depth = depth(cx, vol);
+    // On top, the device under the layer becomes the volume's; under the mirror the top
+    // stays (its stack is changed below once every reactor's channels are).
+    let nv = if depth == 0 {
+        let mut nv = Volume::with_path(name.clone(), cd.inner(), Arc::clone(&v.path));
+        nv.peer_path = v.peer_path.clone();
+        Arc::new(nv)
+    } else {
+        Arc::clone(&v)
+    };
+    let step = |step| move |_| Box::new(Disable { step, depth }) as Box<dyn Restack>;
     let fail = |step: &str, e: String| {
         tracing::error!(volume = %name, step, error = %e, "cdp: switching off failed");
         (E_FAILED, format!("volume {name:?}: {step}: {e}"))
     };
     // 1. The home stamps the last mark and stops journaling.
-    restack(cx, vol, &v, &[home], |_| Box::new(Disable::Stop))
+    restack(cx, vol, &v, &[home], step(DisableStep::Stop))
         .map_err(|e| fail("stopping the journal", e))?;
     // 2. The other reactors write the base directly again.
     let others: Vec<usize> = (0..n).filter(|&r| r != home).collect();
-    restack(cx, vol, &nv, &others, |_| Box::new(Disable::Remote))
+    restack(cx, vol, &nv, &others, step(DisableStep::Remote))
         .map_err(|e| fail("unwrapping the other reactors' channels", e))?;
     // 3. The home unwraps once nothing is in flight (asked again while busy).
     let t = Instant::now();
     loop {
-        match restack(cx, vol, &nv, &[home], |_| Box::new(Disable::Unwrap)) {
+        match restack(cx, vol, &nv, &[home], step(DisableStep::Unwrap)) {
             Ok(()) => break,
             Err(e) if e.contains("busy") && t.elapsed() < REACTOR_WAIT => {
                 std::thread::sleep(Duration::from_millis(2));
@@ -393,6 +454,12 @@ pub(super) fn cdp_disable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Re
             Err(e) => return Err(fail("unwrapping the home reactor's channel", e)),
         }
     }
+    let nv = if depth == 0 {
+        nv
+    } else {
+        device_at(&v, depth - 1)?.set_lower(cd.inner());
+        republished(&v)
+    };
     cx.rt.volumes.replace(vol, nv);
     cx.cdp_lists
         .spares

@@ -40,7 +40,7 @@ pub use conn::{Conn, Env, Note};
 pub use mailbox::{Mailbox, Msg, NoteTo};
 pub use poller::{Completion, PollCx, Poller, PollerSource};
 pub use reactor::{Reactor, RingSizes, STOP_DEADLINE, WaitPolicy};
-pub use restack::Restack;
+pub use restack::{Restack, Restacked, restack_at};
 pub use stats::{Counters, ReactorStats, VolCounters};
 pub use volumes::VolumeTable;
 pub use wait::WaitCell;

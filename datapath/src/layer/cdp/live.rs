@@ -42,7 +42,7 @@ use super::format::Op;
 use super::store::{self, CdpError};
 use super::{CdpChannel, CdpDevice, CdpRemote, CdpSettings, clock, journal, rollback, startlog};
 use crate::bdev::{BlockDevice, Channel, LOWER_SLOT, ReadStart, find_layer};
-use crate::runtime::{Poller, Restack};
+use crate::runtime::{Poller, Restack, Restacked, restack_at};
 use crate::uring::{Errno, IoCx, IoTag};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -344,39 +344,48 @@ impl CdpDevice {
     }
 }
 
-/// One reactor's part of switching CDP on: wrap its channel (the home: the journal writer and
+/// One reactor's part of switching CDP on: wrap the channel `depth` layers down (0: the
+/// volume's channel; 1: the one under the mirror) in place (the home: the journal writer and
 /// the catch-up; another: hand updates to the home), answered once the updates the old
 /// channel started have finished.
-pub struct Enable(pub Arc<CdpDevice>);
+pub struct Enable {
+    /// The layer switched on.
+    pub dev: Arc<CdpDevice>,
+    /// Where it goes in the stack.
+    pub depth: usize,
+}
 
-impl Restack for Enable {
-    fn restack(
-        &mut self,
-        io: &mut IoCx,
-        reactor: usize,
-        old: Box<dyn Channel>,
-    ) -> Result<Box<dyn Channel>, (Box<dyn Channel>, String)> {
-        if reactor == self.0.home {
-            self.0
+impl Enable {
+    fn wrap(&self, io: &mut IoCx, reactor: usize, old: Box<dyn Channel>) -> Restacked {
+        if reactor == self.dev.home {
+            self.dev
                 .home_channel(io, old)
                 .map(|c| Box::new(c) as Box<dyn Channel>)
                 .map_err(|(old, e)| (old, e.to_string()))
-        } else if self.0.mailboxes.get().is_none() {
+        } else if self.dev.mailboxes.get().is_none() {
             Err((old, "cdp: reactor mailboxes not set".into()))
         } else {
             let c = self
-                .0
+                .dev
                 .remote_channel(io, old)
                 .expect("mailboxes checked above");
             Ok(Box::new(c))
         }
     }
+}
+
+impl Restack for Enable {
+    fn restack(&mut self, io: &mut IoCx, reactor: usize, old: Box<dyn Channel>) -> Restacked {
+        restack_at(old, self.depth, |c| self.wrap(io, reactor, c))
+    }
 
     fn poller(&mut self, reactor: usize) -> Option<Box<dyn Poller>> {
-        (reactor == self.0.home).then(|| Box::new(self.0.poller()) as Box<dyn Poller>)
+        (reactor == self.dev.home).then(|| Box::new(self.dev.poller()) as Box<dyn Poller>)
     }
 
     fn settled(&mut self, io: &crate::uring::IoCx, chan: &mut dyn Channel) -> bool {
+        // Under the mirror the base's updates in flight are the engine's own operations
+        // (`Channel::updates_in_flight` counts them).
         if let Some(c) = find_layer::<CdpChannel>(chan) {
             return !c.inner.updates_in_flight(io);
         }
@@ -384,8 +393,18 @@ impl Restack for Enable {
     }
 }
 
-/// One step of switching CDP off (see the module's model).
-pub enum Disable {
+/// One step of switching CDP off (see the module's model) on the layer `depth` layers down
+/// the volume's stack (as [`Enable`]).
+pub struct Disable {
+    /// Which step.
+    pub step: DisableStep,
+    /// Where the layer is in the stack.
+    pub depth: usize,
+}
+
+/// The steps of [`Disable`], in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisableStep {
     /// The home: stamp the last time mark, stop journaling; answered once every record
     /// queued is durable.
     Stop,
@@ -399,118 +418,128 @@ pub enum Disable {
 }
 
 impl Restack for Disable {
-    fn restack(
-        &mut self,
-        io: &mut IoCx,
-        _reactor: usize,
-        mut old: Box<dyn Channel>,
-    ) -> Result<Box<dyn Channel>, (Box<dyn Channel>, String)> {
-        match self {
-            Disable::Stop => {
+    fn restack(&mut self, io: &mut IoCx, _reactor: usize, mut old: Box<dyn Channel>) -> Restacked {
+        match self.step {
+            DisableStep::Stop => {
                 let Some(c) = find_layer::<CdpChannel>(&mut *old) else {
                     // Unwrapped by an earlier disable whose answer came too late.
                     return Ok(old);
                 };
-                if c.off {
-                    // Stopped by an earlier disable that failed later: its last mark stands.
-                    return Ok(old);
+                match stop(c, io) {
+                    Ok(()) => Ok(old),
+                    Err(e) => Err((old, e)),
                 }
-                if c.catchup.is_some() {
-                    fail(c, io, "switched off before it finished");
-                }
-                // From here on updates reach the base without a record: `degraded.map` says
-                // so first (whole only up to what is durable now), so a crash before the final
-                // write below (Unwrap) cannot leave a history that looks whole but misses
-                // acknowledged writes.
-                let prev = c.regions.stopped_after();
-                let (after, after_time) = prev
-                    .or(c.whole_after)
-                    .unwrap_or_else(|| c.journal.whole_until());
-                if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
-                    return Err((
-                        old,
-                        format!("degraded.map cannot say the history ends here: {e}"),
-                    ));
-                }
-                c.off_prev = Some(prev);
-                c.journal.mark(io);
-                // With `sync = "flush"` the last mark (and every record before it) is synced
-                // before this step is settled: the history the disable answers is durable.
-                c.journal.want_sync(c.journal.last_seq());
-                c.off = true;
-                c.stats.off.store(true, Relaxed);
-                Ok(old)
             }
-            Disable::Remote => {
-                let Some(c) = find_layer::<CdpRemote>(&mut *old) else {
+            DisableStep::Remote => restack_at(old, self.depth, |mut c| {
+                let Some(r) = find_layer::<CdpRemote>(&mut *c) else {
                     // Unwrapped by an earlier disable that failed later.
-                    return Ok(old);
+                    return Ok(c);
                 };
                 Ok(std::mem::replace(
-                    &mut c.inner,
+                    &mut r.inner,
                     Box::new(crate::bdev::NoChannel),
                 ))
-            }
-            Disable::Unwrap => {
-                let Some(c) = find_layer::<CdpChannel>(&mut *old) else {
+            }),
+            DisableStep::Unwrap => restack_at(old, self.depth, |mut layer| {
+                let Some(c) = find_layer::<CdpChannel>(&mut *layer) else {
                     // Unwrapped by an earlier disable whose answer came too late.
-                    return Ok(old);
+                    return Ok(layer);
                 };
-                if !c.ops.is_empty()
-                    || !c.held.is_empty()
-                    || c.journal.in_flight() > 0
-                    || c.journal.has_queued()
-                    || !c.done.is_empty()
-                {
-                    return Err((old, "busy".into()));
+                match unwrap(c, io) {
+                    Ok(inner) => {
+                        // Dropping the layer's channel seals the segment (a clean stop's
+                        // index).
+                        drop(layer);
+                        Ok(inner)
+                    }
+                    Err(e) => Err((layer, e)),
                 }
-                // Nothing records what changes from now on: `degraded.map` says the history
-                // is whole only up to its end, so a start that resumes it (`[volume.cdp]`)
-                // journals the whole volume again, and so does the next `cdp_enable`.
-                // Every record of an update started before the switch is durable now: the
-                // history is whole up to the last of them (the final time mark), unless the
-                // map already said less before the switch.
-                let before = match c.off_prev.take() {
-                    Some(prev) => prev,
-                    None => c.regions.stopped_after(),
-                };
-                let (after, after_time) = before
-                    .or(c.whole_after)
-                    .unwrap_or_else(|| c.journal.whole_until());
-                if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
-                    // The map still says what the first step wrote (whole only up to what
-                    // was durable then: safe, but short of the last mark this disable
-                    // answers). The layer stays, the journal stopped; asked again, this
-                    // step writes it.
-                    c.off_prev = Some(before);
-                    return Err((
-                        old,
-                        format!(
-                            "degraded.map cannot say the history ends at sequence {after}: {e}"
-                        ),
-                    ));
-                }
-                c.regions.active = false;
-                c.journal.close(io);
-                let inner = std::mem::replace(&mut c.inner, Box::new(crate::bdev::NoChannel));
-                // Dropping the layer's channel seals the segment (a clean stop's index).
-                drop(old);
-                Ok(inner)
-            }
+            }),
         }
     }
 
     fn settled(&mut self, _io: &crate::uring::IoCx, chan: &mut dyn Channel) -> bool {
-        match self {
-            Disable::Stop => find_layer::<CdpChannel>(chan).is_none_or(|c| {
+        match self.step {
+            DisableStep::Stop => find_layer::<CdpChannel>(chan).is_none_or(|c| {
                 !c.journal.has_queued()
                     && c.journal.in_flight() == 0
                     && (c.journal.stopped() || c.journal.synced() >= c.journal.durable())
             }),
-            Disable::Remote => crate::runtime::mailbox::held() == 0,
-            Disable::Unwrap => true,
+            DisableStep::Remote => crate::runtime::mailbox::held() == 0,
+            DisableStep::Unwrap => true,
         }
     }
+}
+
+/// [`DisableStep::Stop`] on the home channel.
+fn stop(c: &mut CdpChannel, io: &mut IoCx) -> Result<(), String> {
+    if c.off {
+        // Stopped by an earlier disable that failed later: its last mark stands.
+        return Ok(());
+    }
+    if c.catchup.is_some() {
+        fail(c, io, "switched off before it finished");
+    }
+    // From here on updates reach the base without a record: `degraded.map` says so first
+    // (whole only up to what is durable now), so a crash before the final write below
+    // (Unwrap) cannot leave a history that looks whole but misses acknowledged writes.
+    let prev = c.regions.stopped_after();
+    let (after, after_time) = prev
+        .or(c.whole_after)
+        .unwrap_or_else(|| c.journal.whole_until());
+    if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
+        return Err(format!(
+            "degraded.map cannot say the history ends here: {e}"
+        ));
+    }
+    c.off_prev = Some(prev);
+    c.journal.mark(io);
+    // With `sync = "flush"` the last mark (and every record before it) is synced before this
+    // step is settled: the history the disable answers is durable.
+    c.journal.want_sync(c.journal.last_seq());
+    c.off = true;
+    c.stats.off.store(true, Relaxed);
+    Ok(())
+}
+
+/// [`DisableStep::Unwrap`] on the home channel: the channel under it, taken out of it (the
+/// caller drops the layer's channel).
+fn unwrap(c: &mut CdpChannel, io: &mut IoCx) -> Result<Box<dyn Channel>, String> {
+    if !c.ops.is_empty()
+        || !c.held.is_empty()
+        || c.journal.in_flight() > 0
+        || c.journal.has_queued()
+        || !c.done.is_empty()
+    {
+        return Err("busy".into());
+    }
+    // Nothing records what changes from now on: `degraded.map` says the history is whole
+    // only up to its end, so a start that resumes it (`[volume.cdp]`) journals the whole
+    // volume again, and so does the next `cdp_enable`. Every record of an update started
+    // before the switch is durable now: the history is whole up to the last of them (the
+    // final time mark), unless the map already said less before the switch.
+    let before = match c.off_prev.take() {
+        Some(prev) => prev,
+        None => c.regions.stopped_after(),
+    };
+    let (after, after_time) = before
+        .or(c.whole_after)
+        .unwrap_or_else(|| c.journal.whole_until());
+    if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
+        // The map still says what the first step wrote (whole only up to what was durable
+        // then: safe, but short of the last mark this disable answers). The layer stays, the
+        // journal stopped; asked again, this step writes it.
+        c.off_prev = Some(before);
+        return Err(format!(
+            "degraded.map cannot say the history ends at sequence {after}: {e}"
+        ));
+    }
+    c.regions.active = false;
+    c.journal.close(io);
+    Ok(std::mem::replace(
+        &mut c.inner,
+        Box::new(crate::bdev::NoChannel),
+    ))
 }
 
 #[cfg(test)]

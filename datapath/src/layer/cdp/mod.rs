@@ -386,6 +386,10 @@ impl BlockDevice for CdpDevice {
             Err((_, e)) => Err(e),
         }
     }
+
+    fn lower(&self) -> Option<Arc<dyn BlockDevice>> {
+        Some(Arc::clone(&self.inner))
+    }
 }
 
 impl PollerSource for CdpDevice {
@@ -818,8 +822,8 @@ impl Channel for CdpChannel {
         }
     }
 
-    fn lower(&mut self) -> Option<&mut dyn Channel> {
-        Some(&mut *self.inner)
+    fn lower_box(&mut self) -> Option<&mut Box<dyn Channel>> {
+        Some(&mut self.inner)
     }
 
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
@@ -972,8 +976,8 @@ impl Channel for CdpRemote {
         self.inner.on_own_io(io, slot, result, data);
     }
 
-    fn lower(&mut self) -> Option<&mut dyn Channel> {
-        Some(&mut *self.inner)
+    fn lower_box(&mut self) -> Option<&mut Box<dyn Channel>> {
+        Some(&mut self.inner)
     }
 
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {

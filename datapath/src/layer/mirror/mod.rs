@@ -104,7 +104,9 @@ const TICK: Duration = Duration::from_millis(5);
 
 /// A mirrored volume's top layer.
 pub struct MirrorDevice {
-    inner: Arc<dyn BlockDevice>,
+    /// The local replica's device (a lock: a layer inserted under the mirror at run time
+    /// changes it; read when a channel opens and for the stack's facts, never per I/O).
+    inner: std::sync::RwLock<Arc<dyn BlockDevice>>,
     cfg: EngineConfig,
     vol: usize,
     /// The reactor that runs this volume's engine.
@@ -141,7 +143,7 @@ impl MirrorDevice {
         key: Arc<twinblk_witness::Key>,
     ) -> Self {
         Self {
-            inner,
+            inner: std::sync::RwLock::new(inner),
             cfg,
             vol,
             home,
@@ -155,6 +157,13 @@ impl MirrorDevice {
             persister: OnceLock::new(),
             key,
         }
+    }
+}
+
+impl MirrorDevice {
+    /// The device under the mirror now.
+    fn lower_device(&self) -> Arc<dyn BlockDevice> {
+        Arc::clone(&self.inner.read().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -299,13 +308,22 @@ impl Poller for MirrorPoller {
 
 impl BlockDevice for MirrorDevice {
     fn info(&self) -> DeviceInfo {
-        let mut i = self.inner.info();
+        let mut i = self.lower_device().info();
         i.kind = format!("mirror>{}", i.kind);
         i
     }
 
+    fn lower(&self) -> Option<Arc<dyn BlockDevice>> {
+        Some(self.lower_device())
+    }
+
+    fn set_lower(&self, dev: Arc<dyn BlockDevice>) -> bool {
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = dev;
+        true
+    }
+
     fn open_channel(&self, io: &mut IoCx) -> Result<Box<dyn Channel>, BdevError> {
-        let inner = self.inner.open_channel(io)?;
+        let inner = self.lower_device().open_channel(io)?;
         if io.reactor != self.home {
             let home = self
                 .mailboxes
@@ -458,8 +476,8 @@ impl Channel for MirrorChannel {
         self.engine.apply_finished(io, slot as usize, result, data);
     }
 
-    fn lower(&mut self) -> Option<&mut dyn Channel> {
-        Some(self.engine.inner())
+    fn lower_box(&mut self) -> Option<&mut Box<dyn Channel>> {
+        Some(self.engine.inner_box())
     }
 
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
@@ -567,7 +585,7 @@ impl Channel for RemoteChannel {
         self.inner.on_own_io(io, slot, result, data);
     }
 
-    fn lower(&mut self) -> Option<&mut dyn Channel> {
-        Some(&mut *self.inner)
+    fn lower_box(&mut self) -> Option<&mut Box<dyn Channel>> {
+        Some(&mut self.inner)
     }
 }

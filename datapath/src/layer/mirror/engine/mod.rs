@@ -827,6 +827,12 @@ impl Engine {
         &mut *self.inner
     }
 
+    /// The box holding the channel below the engine (a layer inserted under the mirror at run
+    /// time takes its place).
+    pub fn inner_box(&mut self) -> &mut Box<dyn Channel> {
+        &mut self.inner
+    }
+
     /// This process's incarnation, sent in HELLO (a follower's forward ids are unique only
     /// within one incarnation).
     pub fn incarnation(&self) -> u64 {
