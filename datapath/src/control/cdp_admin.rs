@@ -53,8 +53,13 @@ pub struct CdpLists {
 }
 
 /// How long `cdp_enable` waits for the catch-up (journaling the whole volume again) before
-/// it answers "still catching up" (`cdp_status` then shows `catching_up`).
+/// it answers "still catching up" (`cdp_status` then shows `catching_up`), unless the
+/// request's `wait` says otherwise (at most [`CATCHUP_WAIT_MAX`]).
 const CATCHUP_WAIT: Duration = Duration::from_secs(120);
+
+/// The longest `wait` a `cdp_enable` may ask for (the control socket serves one change at a
+/// time meanwhile).
+const CATCHUP_WAIT_MAX: f64 = 3600.0;
 
 /// Until when a run-time switch lasts.
 fn lasts() -> Value {
@@ -159,7 +164,7 @@ fn target(cx: &ControlCx, p: &Value) -> Result<(usize, Arc<Volume>, Option<CdpIn
 }
 
 /// `cdp_enable {volume, dir?, segment_size?, retention_age?, retention_bytes?, prezero?,
-/// sync?, group?}`.
+/// sync?, group?, wait?}`.
 pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<Value, Error> {
     let (vol, v, info) = target(cx, p)?;
     let name = v.name.clone();
@@ -247,6 +252,20 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
             .map_err(|_| bad("\"sync\" must be \"append\" or \"flush\""))?;
         sync.on_flush = s == crate::control::config::CdpSync::Flush;
     }
+    let wait = match p.get("wait") {
+        None | Some(Value::Null) => CATCHUP_WAIT,
+        Some(Value::Number(n))
+            if n.as_f64()
+                .is_some_and(|w| (0.0..=CATCHUP_WAIT_MAX).contains(&w)) =>
+        {
+            Duration::from_secs_f64(n.as_f64().unwrap_or(0.0))
+        }
+        Some(_) => {
+            return Err(bad(format!(
+                "\"wait\" must be a number of seconds from 0 to {CATCHUP_WAIT_MAX}"
+            )));
+        }
+    };
     let group = match text("group")? {
         Some(g) => g,
         None => cx
@@ -355,7 +374,7 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
             });
     }
     let t = Instant::now();
-    while !live.whole.load(Acquire) && live.failed.get().is_none() && t.elapsed() < CATCHUP_WAIT {
+    while !live.whole.load(Acquire) && live.failed.get().is_none() && t.elapsed() < wait {
         std::thread::sleep(Duration::from_millis(5));
     }
     let after = live.after.load(Relaxed);
@@ -399,8 +418,10 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
     } else {
         r["catching_up"] = json!(true);
         r["note"] = json!(format!(
-            "still journaling the volume again after {} s; cdp_status shows catching_up until the history is whole",
-            CATCHUP_WAIT.as_secs()
+            "still journaling the volume again after {} s ({} of {} bytes); cdp_status shows catching_up until the history is whole",
+            wait.as_secs_f64(),
+            live.done_bytes.load(Relaxed),
+            v.info.size
         ));
     }
     tracing::info!(volume = %name, dir = %dir.display(), after, "control: CDP switched on");
@@ -475,13 +496,33 @@ pub(super) fn cdp_disable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Re
     let st = &cd.stats;
     let (seq, time) = (st.durable_seq.load(Relaxed), st.durable_time.load(Relaxed));
     tracing::info!(volume = %name, last_seq = seq, "control: CDP switched off");
+    // Whole only up to an earlier point (a catch-up abandoned by this disable, a journal
+    // stopped before it): later points are refused, and the answer says so.
+    let short = crate::layer::cdp::store::load(&info.dir, crate::layer::cdp::store::Load::ReadOnly)
+        .ok()
+        .and_then(|h| h.open_gap.filter(|g| g.0 < h.last_seq));
+    let (whole_until, note) = match short {
+        None => (
+            seq,
+            "the history ends at its last time mark and stays readable (views, restores); cdp_enable resumes it with a gap record for the time it was off".to_string(),
+        ),
+        Some((0, _)) => (
+            0,
+            "the history was never whole (its catch-up was abandoned or its journal stopped first): no point of it is served; cdp_enable journals the volume again".to_string(),
+        ),
+        Some((x, _)) => (
+            x,
+            format!("the history is whole only up to sequence {x} (a catch-up abandoned or the journal stopped): later points are refused; earlier ones stay readable (views, restores)"),
+        ),
+    };
     Ok(json!({
         "volume": name,
         "dir": info.dir.display().to_string(),
         "last_seq": seq,
+        "whole_until_seq": whole_until,
         "window_start_ns": st.window_start.load(Relaxed).max(info.created),
         "window_end_ns": time,
-        "note": "the history ends at its last time mark and stays readable (views, restores); cdp_enable resumes it with a gap record for the time it was off",
+        "note": note,
         "lasts": lasts(),
     }))
 }

@@ -235,6 +235,10 @@ fn cdp_switched_on_and_off_at_run_time_keeps_every_served_point_exact() {
     let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
     assert!(r["error"].is_null(), "{r}");
     let end = r["result"]["window_end_ns"].as_u64().unwrap();
+    assert_eq!(
+        r["result"]["whole_until_seq"], r["result"]["last_seq"],
+        "{r}"
+    );
     let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
     assert!(
         r["error"]["message"]

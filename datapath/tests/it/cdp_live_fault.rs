@@ -8,7 +8,8 @@
 //! - the journal's filesystem filling during the catch-up: the volume keeps serving, the
 //!   journal is reported degraded, no point after `X` is served, the base is intact;
 //! - `cdp_disable` sent during a catch-up: answered (never a hang), the volume serves
-//!   throughout, and every point the history serves has the content the volume had then.
+//!   throughout, and every point the history serves has the content the volume had then;
+//!   sent after `cdp_enable` answered with the catch-up still running, it abandons it.
 
 use crate::cdp::SmallFs;
 use crate::harness::{Server, pattern};
@@ -533,9 +534,9 @@ fn a_catch_up_that_fills_the_journal_device_degrades_and_the_volume_keeps_servin
 
 /// `cdp_disable` sent while a catch-up runs: see the module's list. Run-time changes are
 /// one at a time (the admin lock) and `cdp_enable` holds it until its catch-up ends (or for
-/// `CATCHUP_WAIT`, 120 s), so here the disable is answered after the enable, once the history
-/// is whole; a disable that reaches a catch-up still running (after those 120 s) is not
-/// exercised here.
+/// its `wait`, 120 s here), so here the disable is answered after the enable, once the history
+/// is whole; a disable that reaches a catch-up still running (the enable answered first,
+/// `wait: 0`) is the next test's.
 #[test]
 fn cdp_disable_during_a_catch_up_is_answered_and_every_served_point_is_exact() {
     const SIZE: usize = 256 << 20;
@@ -624,5 +625,123 @@ fn cdp_disable_during_a_catch_up_is_answered_and_every_served_point_is_exact() {
     if let Some(g) = en["result"]["gap_seq"].as_u64() {
         check(Point::Seq(g));
     }
+    drop(s);
+}
+
+/// `cdp_enable` with `wait: 0` answers at once, the catch-up still running under a verified
+/// load; meanwhile a second enable and a bookmark are refused and `cdp_status` shows the
+/// progress. `cdp_disable` then abandons the catch-up: answered, the volume keeps serving
+/// every acknowledged write, the journal is off, and the new history (`X = 0`) serves no
+/// point. Switched on again (waiting this time) it catches up whole and its point is the
+/// volume. Bad `wait` values are refused first, changing nothing.
+#[test]
+fn a_cdp_disable_after_the_enable_answered_abandons_the_catch_up_and_refuses_its_points() {
+    const SIZE: usize = 256 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("v.img");
+    let dir = tmp.path().join("j");
+    let d = dir.display().to_string();
+    let mut model = image(&img, SIZE);
+    let s = Server::start(tmp.path(), &config(&img, SIZE));
+    let sock = s.socket.clone();
+    for bad in [
+        serde_json::json!(-1),
+        serde_json::json!("1"),
+        serde_json::json!(3601),
+    ] {
+        let r = rpc(
+            &sock,
+            "cdp_enable",
+            serde_json::json!({"volume": "v", "dir": d, "wait": bad}),
+        )
+        .unwrap();
+        let msg = r["error"]["message"].as_str().unwrap_or("");
+        assert!(msg.contains("\"wait\" must be"), "wait {bad}: {r}");
+    }
+    assert!(status(&sock).is_null(), "nothing changed");
+    let load = LoadRun::start(s.addr, &model, 21000);
+    std::thread::sleep(Duration::from_millis(50));
+    let r = rpc(
+        &sock,
+        "cdp_enable",
+        serde_json::json!({"volume": "v", "dir": d, "segment_size": "16MiB", "wait": 0}),
+    )
+    .unwrap();
+    assert!(r["error"].is_null(), "{r}");
+    assert_eq!(r["result"]["catching_up"], true, "{r}");
+    assert!(
+        r["result"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("still journaling the volume again"),
+        "{r}"
+    );
+    let t = Instant::now();
+    while status(&sock)["journal_bytes"].as_u64().unwrap_or(0) < (SIZE / 8) as u64 {
+        assert!(t.elapsed() < Duration::from_secs(20), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let st = status(&sock);
+    assert_eq!(
+        st["catching_up"], true,
+        "the catch-up ended before the disable: make the volume larger ({st})"
+    );
+    let again = rpc(
+        &sock,
+        "cdp_enable",
+        serde_json::json!({"volume": "v", "dir": d}),
+    )
+    .unwrap();
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already on"),
+        "{again}"
+    );
+    let b = rpc(
+        &sock,
+        "cdp_bookmark",
+        serde_json::json!({"volume": "v", "name": "early"}),
+    )
+    .unwrap();
+    assert!(b["error"].is_object(), "a bookmark while catching up: {b}");
+    let sent = Instant::now();
+    let dis = rpc(&sock, "cdp_disable", serde_json::json!({"volume": "v"})).unwrap();
+    eprintln!("cdp_disable answered after {:?}: {dis}", sent.elapsed());
+    assert!(dis["error"].is_null(), "{dis}");
+    assert_eq!(dis["result"]["whole_until_seq"], 0, "{dis}");
+    assert!(
+        dis["result"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("never whole"),
+        "{dis}"
+    );
+    let st = status(&sock);
+    assert_eq!(st["journal"], "off", "{st}");
+    assert_eq!(st["catching_up"], false, "{st}");
+    let pending = load.finish(&mut model);
+    assert!(pending.is_empty());
+    let mut c = Client::connect(s.addr, "v", false);
+    assert!(read_all(&mut c, SIZE) == model, "the volume");
+    // A new history whose catch-up was abandoned: whole only up to X = 0, so no point.
+    refused_after(&dir, 0, SIZE);
+    // On again, waiting for the catch-up: whole, and its point is the volume.
+    writes(&mut c, &mut model, 22000, 16);
+    let r = rpc(
+        &sock,
+        "cdp_enable",
+        serde_json::json!({"volume": "v", "dir": d}),
+    )
+    .unwrap();
+    assert!(r["error"].is_null(), "{r}");
+    assert_eq!(r["result"]["catching_up"], false, "{r}");
+    let t = bookmark(&sock, "whole");
+    assert!(
+        at(&dir, Point::Time(t), SIZE).unwrap() == model,
+        "the point after the catch-up"
+    );
+    c.disconnect();
     drop(s);
 }

@@ -258,7 +258,8 @@ enum CdpCmd {
     /// whole volume is journaled again, then a gap record; a history already in the directory
     /// resumes (points while CDP was off are refused). Lasts until the daemon stops.
     Enable {
-        /// The volume (not mirrored: a mirrored volume's CDP is set in the config file).
+        /// The volume (a mirrored one's layer goes under the mirror, at the site of the first
+        /// --socket only).
         volume: String,
         /// The journal directory (absolute; default the volume's [volume.cdp] dir).
         #[arg(long)]
@@ -282,6 +283,10 @@ enum CdpCmd {
         /// The volume's CDP group (default its [[volume]] group, else its name).
         #[arg(long)]
         group: Option<String>,
+        /// Answer after at most this many seconds of journaling the volume again (default
+        /// 120; 0: at once); `cdp status` shows the catch-up until the history is whole.
+        #[arg(long)]
+        wait: Option<f64>,
     },
     /// Switch continuous data protection off for VOLUME while it serves (`cdp_disable`): the
     /// history ends at a last time mark and stays readable by views and restores.
@@ -677,6 +682,7 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
             prezero,
             sync,
             group,
+            wait,
         } => {
             let mut p = serde_json::json!({"volume": volume});
             for (k, v) in [
@@ -693,6 +699,9 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
             }
             if *prezero {
                 p["prezero"] = Value::from(true);
+            }
+            if let Some(w) = wait {
+                p["wait"] = Value::from(*w);
             }
             (ctl::call(&socket, "cdp_enable", p), cdp::render_enable)
         }

@@ -227,15 +227,24 @@ pub fn render_enable(v: &Value) -> String {
 /// `cdp_disable`'s answer as text: where the history ends.
 pub fn render_disable(v: &Value) -> String {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    format!(
-        "CDP off for {}: its history ends at sequence {}, {} (--time {}), window from {}; it stays readable (cdp view, cdp restore)\n  lasts {}\n",
+    let mut o = format!(
+        "CDP off for {}: its history ends at sequence {}, {} (--time {}), window from {}; it stays readable (cdp view, cdp restore)\n",
         v["volume"].as_str().unwrap_or("?"),
         n("last_seq"),
         utc(n("window_end_ns")),
         n("window_end_ns"),
         utc(n("window_start_ns")),
-        v["lasts"].as_str().unwrap_or("?")
-    )
+    );
+    // Whole only up to an earlier point: say what is refused.
+    if let Some(w) = v["whole_until_seq"].as_u64().filter(|&w| w < n("last_seq")) {
+        let _ = writeln!(
+            o,
+            "  NOT WHOLE after sequence {w}: {}",
+            v["note"].as_str().unwrap_or("")
+        );
+    }
+    let _ = writeln!(o, "  lasts {}", v["lasts"].as_str().unwrap_or("?"));
+    o
 }
 
 /// `cdp_jobs` as text: one line per view or restore.
@@ -338,6 +347,11 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("(--time 8)"), "{t}");
+        assert!(!t.contains("NOT WHOLE"), "{t}");
+        let d = json!({"volume": "db", "last_seq": 9, "whole_until_seq": 0, "window_end_ns": 8u64,
+            "window_start_ns": 1u64, "note": "never whole", "lasts": "until the daemon stops"});
+        let t = render_disable(&d);
+        assert!(t.contains("NOT WHOLE after sequence 0: never whole"), "{t}");
     }
 
     #[test]
