@@ -80,6 +80,10 @@ impl Channel for ErrInjChannel {
         self.inner.updates_in_flight(io)
     }
 
+    fn vouch(&mut self, io: &mut IoCx, v: crate::bdev::Vouch) {
+        self.inner.vouch(io, v)
+    }
+
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
         if self.fault.hits(offset, len as u64) {
             return ReadStart::Failed(Errno::IO);

@@ -57,6 +57,22 @@ pub enum ReadStart<'a> {
     Pending,
 }
 
+/// How a replica's content stands against its volume's, as the layer above it that decides
+/// with another site knows it (the mirror, [`Channel::vouch`]). A layer that records the
+/// replica's history (CDP) serves a moment of it only while it was vouched for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vouch {
+    /// Every update acknowledged anywhere is in it (the site holds its read lease, or serves
+    /// alone as the survivor).
+    Current,
+    /// It may miss updates acknowledged elsewhere from now on (the site lost its lease or its
+    /// peer and is not the survivor); none is known to be missing yet.
+    Unsure,
+    /// It missed updates acknowledged elsewhere since it was last current (being resynced, or
+    /// a new replica): its content is no moment of the volume until it is `Current` again.
+    Stale,
+}
+
 /// A device shared by all reactors.
 pub trait BlockDevice: Send + Sync {
     /// Static facts.
@@ -129,6 +145,10 @@ pub trait Channel {
     /// A device operation this channel started with a tag of its own
     /// ([`IoTag::channel`]) finished; `data` holds what a read produced.
     fn on_own_io(&mut self, _io: &mut IoCx, _slot: u32, _result: Result<(), Errno>, _data: &[u8]) {}
+    /// The layer above says how this replica's content stands against the volume's
+    /// ([`Vouch`]): at every change and again at each of its periodic ticks. Layers pass it
+    /// down to the one that keeps a history; devices ignore it.
+    fn vouch(&mut self, _io: &mut IoCx, _v: Vouch) {}
     /// The concrete channel, for the layer that made it (its poller and its connections find
     /// their own state this way); `None` for channels nobody needs to reach.
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {

@@ -282,6 +282,8 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         volatile: false,
         prezero,
         sync,
+        // Under the mirror: the mirror says when this site's replica is the volume.
+        vouched: depth(cx, vol) > 0,
     };
     let n = cx.rt.mailboxes.len();
     let home = vol % n;

@@ -223,6 +223,8 @@ impl Daemon {
                     volatile: v.backend == Backend::Malloc,
                     prezero: c.prezero,
                     sync: c.sync_policy(),
+                    // The mirror says when this site's replica is the volume.
+                    vouched: v.mirror && cfg.mirror.is_some(),
                 };
                 let home = index % cfg.reactor.cores.len();
                 let cd = Arc::new(CdpDevice::open(device, &settings, index, home).map_err(

@@ -315,8 +315,9 @@ fn under_the_mirror_each_site_switches_its_own_history_on_and_off_at_run_time() 
 /// source) while its peer is down, and at the returning site (a new replica, the resync's
 /// target) while the resync copies into it, slowly (1 MiB/s) and with host writes at the
 /// survivor meanwhile. The resync's writes pass through the target's new layer like any
-/// update: once both sites are up, each site's newest point is the volume (the model of
-/// every acknowledged write), and so are both replicas.
+/// update, and its history is not whole until the resync ended (the mirror vouches for the
+/// replica only then): once both sites are up, each site's newest point is the volume (the
+/// model of every acknowledged write), and so are both replicas.
 #[test]
 fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
     use crate::failover::{KEY, WitnessProc, site_with};
@@ -345,16 +346,17 @@ fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
     b.kill();
     wait_mirror_state(&a, "survivor", Duration::from_secs(5));
     let jdir = |s: &str| root.path().join(format!("{s}.cdp"));
-    let on = |s: &Server, site: &str| {
+    let on = |s: &Server, site: &str, wait: u64| {
         let r = s.rpc_with(
             "cdp_enable",
-            serde_json::json!({"volume": "vol0", "dir": jdir(site).display().to_string(), "segment_size": "4MiB"}),
+            serde_json::json!({"volume": "vol0", "dir": jdir(site).display().to_string(), "segment_size": "4MiB", "wait": wait}),
         );
         assert!(r["error"].is_null(), "site {site}: {r}");
-        assert_eq!(r["result"]["catching_up"], false, "{r}");
+        r["result"].clone()
     };
     // The survivor (the resync's source to be) switches its history on.
-    on(&a, "a");
+    let r = on(&a, "a", 120);
+    assert_eq!(r["catching_up"], false, "{r}");
     let mut c = Client::connect(a.addr, "vol0", false);
     for i in 0..8u64 {
         put(&mut c, i * 1_048_576 + 8192, 100 + i, 16384);
@@ -362,18 +364,37 @@ fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
     // The site returns without state: a new replica, resynced with every region written.
     let b = b.respawn();
     wait_mirror_state(&b, "resyncing", Duration::from_secs(10));
-    on(&b, "b");
+    // The target: its catch-up ends, but its history is not whole while the resync runs (the
+    // mirror does not vouch for the replica): the answer says it is still catching up.
+    let r = on(&b, "b", 0);
+    assert_eq!(r["catching_up"], true, "{r}");
+    let t = std::time::Instant::now();
+    while b.rpc("cdp_status")[0]["catch_up_bytes"]
+        .as_u64()
+        .unwrap_or(0)
+        < VOL as u64
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "the catch-up ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(
         b.rpc("mirror_status")[0]["state"],
         "resyncing",
         "switched on while the resync runs (slow it down if this fails)"
     );
+    let st = b.rpc("cdp_status")[0].clone();
+    assert_eq!(st["catching_up"], true, "not whole while resyncing: {st}");
     for i in 0..8u64 {
         put(&mut c, i * 1_048_576 + 40960, 200 + i, 4096);
     }
     drop(c);
     wait_mirror_state(&a, "up", Duration::from_secs(60));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let t = std::time::Instant::now();
+    while b.rpc("cdp_status")[0]["catching_up"] != false {
+        assert!(t.elapsed() < Duration::from_secs(5), "whole once resynced");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut c = Client::connect(b.addr, "vol0", false);
     put(&mut c, 12288, 300, 4096);
     drop(c);
@@ -383,7 +404,10 @@ fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
         let replica = std::fs::read(root.path().join(format!("{site}.img"))).unwrap();
         assert!(replica[..VOL] == model[..], "site {site}'s replica");
         let h = store::load(&jdir(site), Load::ReadOnly).unwrap();
-        let newest = pit::read_at(&h, Point::Seq(h.last_seq), 0, VOL as u64).unwrap();
+        // The newest point the history vouches for: the first site to stop leaves the other
+        // without its peer, hence without its lease (its history whole up to then).
+        let newest = h.open_gap.map_or(h.last_seq, |g| g.0);
+        let newest = pit::read_at(&h, Point::Seq(newest), 0, VOL as u64).unwrap();
         assert!(
             newest == model,
             "site {site}: the newest point is not the volume"

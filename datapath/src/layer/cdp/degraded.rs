@@ -276,6 +276,32 @@ impl RegionMap {
         })
     }
 
+    /// The layer above (the mirror) no longer vouches that the replica is the volume after
+    /// `after` (at `after_time`; [`crate::bdev::Vouch`]): every update is still journaled, so
+    /// no region is marked. Written as state 2 with an empty bitmap: readers refuse every point
+    /// after `after`, and a start journals no region again (its gap record, or the layer's once
+    /// the replica is vouched for again, ends the refused stretch). Nothing is written while
+    /// the journal is stopped (the map says so already, with an earlier or equal `after`).
+    pub fn unvouched(&mut self, after: u64, after_time: u64, now: u64) -> Result<(), CdpError> {
+        if self.active {
+            return Ok(());
+        }
+        self.bits.fill(0);
+        self.marked = 0;
+        self.file
+            .write_all_at(&self.bits, HEADER as u64)
+            .map_err(io_err("write", &self.path))?;
+        self.file.sync_data().map_err(io_err("sync", &self.path))?;
+        self.put(Header {
+            state: 2,
+            after,
+            after_time,
+            stopped_at: now,
+            regions: self.regions,
+            bitmap_crc: crc32c::crc32c(&self.bits),
+        })
+    }
+
     /// Where the history is whole up to (sequence, time) when the file says the journal is
     /// not whole (state 1 or 2 written by this map), else `None`.
     pub fn stopped_after(&self) -> Option<(u64, u64)> {
@@ -333,6 +359,33 @@ impl RegionMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// "Not vouched for after X": readers see "stopped after X, no region changed"; a clean
+    /// stop keeps it; whole again clears it.
+    #[test]
+    fn an_unvouched_map_reads_as_stopped_with_no_region_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let size = 5 << 20;
+        let (mut m, _) = RegionMap::open(d.path(), size).unwrap();
+        m.unvouched(7, 70, 700).unwrap();
+        assert!(!m.active);
+        m.persist().unwrap();
+        let want = Prior::Stopped {
+            after: 7,
+            after_time: 70,
+            regions: Some(vec![0u8; regions_of(size).div_ceil(8) as usize]),
+        };
+        assert_eq!(read_prior(d.path(), size), want);
+        let (mut m, prior) = RegionMap::open(d.path(), size).unwrap();
+        assert_eq!(prior, want);
+        assert_eq!(
+            m.stopped_after(),
+            None,
+            "a new map knows only what it wrote"
+        );
+        m.whole().unwrap();
+        assert_eq!(read_prior(d.path(), size), Prior::Whole);
+    }
 
     #[test]
     fn states_round_trip_and_damage_reads_as_unknown_regions() {

@@ -38,10 +38,11 @@ pub enum CdpError {
         /// The window.
         window: String,
     },
-    /// A point inside a gap of the history (the journal had stopped: docs/cdp-format.md,
-    /// "Degraded mode").
+    /// A point inside a gap of the history (the journal had stopped, CDP was off, or the
+    /// mirror did not vouch for this site's replica: docs/cdp-format.md, "Degraded mode",
+    /// "Enabling and disabling at run time", "Under the mirror").
     #[error(
-        "{what} is inside a gap of the history: the journal stopped after sequence {after} (time {after_time} ns) and was whole again from sequence {resumed} (time {resumed_time} ns); changes in between were tracked by region only. Choose a point up to the first or from the second"
+        "{what} is inside a gap of the history: it is whole up to sequence {after} (time {after_time} ns) and again from sequence {resumed} (time {resumed_time} ns); in between the journal had stopped, CDP was off, or this site's replica was not the volume (its peer wrote alone, or resynced it). Choose a point up to the first or from the second"
     )]
     InGap {
         /// The point asked for.
@@ -57,9 +58,10 @@ pub enum CdpError {
     },
     /// A point after the last whole point of a history whose journal is not whole yet
     /// (`degraded.map` says it stopped, or CDP was switched on at run time and is journaling
-    /// the volume again: docs/cdp-format.md, "Enabling and disabling at run time").
+    /// the volume again, or the mirror does not vouch for the replica: docs/cdp-format.md,
+    /// "Enabling and disabling at run time", "Under the mirror").
     #[error(
-        "{what} is not restorable: the history is whole only up to sequence {after} (time {after_time} ns){start}; its journal stopped or was switched on at run time and is journaling the volume again, after which a gap record names where it is whole again"
+        "{what} is not restorable: the history is whole only up to sequence {after} (time {after_time} ns){start}; its journal stopped, or was switched on at run time and is journaling the volume again, or this site's replica is not vouched for by the mirror (its peer may write alone); a gap record names where it is whole again"
     )]
     NotWhole {
         /// The point asked for.

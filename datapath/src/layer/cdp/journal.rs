@@ -55,6 +55,9 @@ const PAD_MAX: usize = format::ALIGN + REC_HEADER;
 /// A volume's CDP counters, published for the control plane and tests.
 #[derive(Debug, Default)]
 pub struct CdpStats {
+    /// Under the mirror, the replica is not vouched for ([`super::vouch`]): the history is
+    /// whole only up to this sequence number plus one (0: whole).
+    pub unvouched: AtomicU64,
     /// Last durable sequence number (every record up to it is on disk).
     pub durable_seq: AtomicU64,
     /// Time of that record.

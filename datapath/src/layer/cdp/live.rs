@@ -115,17 +115,26 @@ impl Catchup {
         self.state.held.fetch_add(1, Relaxed);
     }
 
+    /// The replica became stale after the gap record was appended (the mirror resyncs it):
+    /// that record is not where the history is whole; another is appended once the replica is
+    /// current again ([`super::vouch`]).
+    pub fn restale(&mut self) {
+        self.gap = None;
+        self.state.gap.store(0, Release);
+    }
+
     /// An update of `range` must wait for the chunk's read (and be journaled after it).
     pub fn blocks(&self, range: (u64, u64)) -> bool {
         self.chunk.is_some_and(|c| super::overlap(c, range))
     }
 }
 
-/// The catch-up still has work (the reactor should not sleep).
+/// The catch-up still has work (the reactor should not sleep): not while it only waits for
+/// the layer above to vouch for the replica.
 pub fn busy(c: &CdpChannel) -> bool {
-    c.catchup
-        .as_ref()
-        .is_some_and(|k| k.state.go.load(Acquire) && !k.reading)
+    c.catchup.as_ref().is_some_and(|k| {
+        k.state.go.load(Acquire) && !k.reading && (k.next < c.size || c.vouched.current())
+    })
 }
 
 /// One turn of the catch-up on the home reactor: read the next chunk when nothing earlier
@@ -143,7 +152,8 @@ pub fn step(c: &mut CdpChannel, io: &mut IoCx) -> bool {
         return true;
     }
     if let Some(g) = k.gap {
-        if c.journal.durable() < g {
+        // Whole only while the layer above (the mirror) vouches for the replica.
+        if c.journal.durable() < g || !c.vouched.current() {
             return false;
         }
         let state = Arc::clone(&k.state);
@@ -151,6 +161,8 @@ pub fn step(c: &mut CdpChannel, io: &mut IoCx) -> bool {
         match c.regions.whole() {
             Ok(()) => {
                 c.whole_after = None;
+                c.vouched.made_whole();
+                c.vouched.publish(&c.stats);
                 state.whole.store(true, Release);
                 tracing::info!(
                     gap = g,
@@ -167,6 +179,10 @@ pub fn step(c: &mut CdpChannel, io: &mut IoCx) -> bool {
         return true;
     }
     if k.next >= c.size {
+        if !c.vouched.current() {
+            // The replay equals the base; the base is the volume only once it is vouched for.
+            return false;
+        }
         let after = k.state.after.load(Relaxed);
         let g = c.journal.record(io, Op::Gap, after, 0, None);
         let k = c.catchup.as_mut().expect("checked above");
@@ -338,7 +354,15 @@ impl CdpDevice {
             spare: Arc::clone(&spare),
             segment_size: s.segment_size,
             sync: s.sync,
-            start: Mutex::new(Some((log.into_start(spare), regions))),
+            start: Mutex::new(Some((
+                log.into_start(spare),
+                regions,
+                if s.vouched {
+                    super::vouch::Vouched::under(None, false)
+                } else {
+                    super::vouch::Vouched::none()
+                },
+            ))),
             lock: Mutex::new(Some(lock)),
         })
     }

@@ -41,6 +41,7 @@ pub mod rollback;
 pub mod startlog;
 pub mod store;
 pub mod view;
+pub mod vouch;
 
 use crate::bdev::{
     BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, LOWER_SLOT, ReadStart,
@@ -77,6 +78,10 @@ pub struct CdpSettings {
     /// When appends are durable: `sync = "flush"` (made durable by the volume's flushes and
     /// FUA writes, not each by itself; docs/cdp-format.md, "Write path"), and `fail_sync`.
     pub sync: journal::SyncPolicy,
+    /// A layer above vouches for the replica (the mirror, [`crate::bdev::Vouch`]): the history
+    /// is whole only while it says the replica is current ([`vouch`]); until it first does,
+    /// nothing after the recovered end is served.
+    pub vouched: bool,
 }
 
 /// A CDP volume's facts for the control plane.
@@ -134,6 +139,11 @@ impl CdpInfo {
             "catching_up": self.device.live.as_ref().is_some_and(|l| {
                 !s.off.load(Relaxed) && !l.whole.load(Relaxed) && l.failed.get().is_none()
             }),
+            // The catch-up's progress (bytes of the volume journaled again).
+            "catch_up_bytes": self.device.live.as_ref().map(|l| l.done_bytes.load(Relaxed)),
+            // Under the mirror: the replica is not vouched for (down, fenced, resynced).
+            "vouched": s.unvouched.load(Relaxed) == 0,
+            "whole_until_seq": s.unvouched.load(Relaxed).checked_sub(1),
             "changed_regions": s.changed_regions.load(Relaxed),
             "changed_bytes": s.changed_regions.load(Relaxed) << degraded::REGION_SHIFT,
             "degraded_since_ns": Some(s.stopped_at.load(Relaxed)).filter(|&t| t > 0),
@@ -184,7 +194,7 @@ pub struct CdpDevice {
     pub segment_size: u64,
     /// When appends are durable (`sync = "flush"`, `fail_sync`).
     pub sync: journal::SyncPolicy,
-    start: Mutex<Option<(journal::Start, degraded::RegionMap)>>,
+    start: Mutex<Option<(journal::Start, degraded::RegionMap, vouch::Vouched)>>,
     /// `daemon.lock`, held until the daemon stops (a rollback in place is refused meanwhile).
     lock: Mutex<Option<std::fs::File>>,
 }
@@ -220,6 +230,19 @@ impl CdpDevice {
         let (regions, prior) = degraded::RegionMap::open(&s.dir, info.size)?;
         let mut log =
             startlog::StartLog::new(&s.dir, meta, s.segment_size, segno, h.last_seq, h.last_time)?;
+        // Under the mirror: not vouched for after the recovered end (or after where an earlier
+        // run's map said the history ended) until the mirror says the replica is current.
+        let end = match &prior {
+            degraded::Prior::Stopped {
+                after, after_time, ..
+            } => (*after, *after_time),
+            degraded::Prior::Whole => (h.last_seq, h.last_time),
+        };
+        let mut regions = regions;
+        if s.vouched && s.volatile && prior == degraded::Prior::Whole {
+            // Before the record of the empty base: that is no moment of a mirrored volume.
+            regions.unvouched(end.0, end.1, clock::now())?;
+        }
         if s.volatile {
             // The base starts empty: the history says so before anything else.
             log.append(Op::Unmap, 0, info.size, &[])?;
@@ -234,8 +257,14 @@ impl CdpDevice {
             let base = if s.volatile { None } else { s.seed.as_deref() };
             log.catch_up(&prior, base, info.size)?;
         }
-        let mut regions = regions;
-        regions.whole()?;
+        let vouched = if s.vouched {
+            regions.unvouched(end.0, end.1, clock::now())?;
+            // A RAM replica lost its content: it is stale until resynced.
+            vouch::Vouched::under(Some(end), s.volatile)
+        } else {
+            regions.whole()?;
+            vouch::Vouched::none()
+        };
         tracing::info!(dir = %s.dir.display(), segments = h.segments.len(), last_seq = h.last_seq,
             cut = ?h.cut, damaged = h.damaged.len(), "cdp: history recovered");
         let spare = Arc::new(journal::Spare::default());
@@ -249,6 +278,7 @@ impl CdpDevice {
         stats
             .window_start
             .store(h.meta.window_start(), std::sync::atomic::Ordering::Relaxed);
+        vouched.publish(&stats);
         Ok(Self {
             inner,
             instance: next_instance(),
@@ -262,7 +292,7 @@ impl CdpDevice {
             spare: Arc::clone(&spare),
             segment_size: s.segment_size,
             sync: s.sync,
-            start: Mutex::new(Some((log.into_start(Arc::clone(&spare)), regions))),
+            start: Mutex::new(Some((log.into_start(Arc::clone(&spare)), regions, vouched))),
             lock: Mutex::new(Some(lock)),
         })
     }
@@ -317,7 +347,8 @@ impl CdpDevice {
         io: &mut IoCx,
         inner: Box<dyn Channel>,
     ) -> Result<CdpChannel, (Box<dyn Channel>, BdevError)> {
-        let Some((start, regions)) = self.start.lock().unwrap_or_else(|e| e.into_inner()).take()
+        let Some((start, regions, vouched)) =
+            self.start.lock().unwrap_or_else(|e| e.into_inner()).take()
         else {
             return Err((
                 inner,
@@ -339,8 +370,11 @@ impl CdpDevice {
             .live
             .as_ref()
             .map(|l| live::Catchup::new(Arc::clone(l)));
+        let whole_after = catchup.as_ref().map(|c| c.after());
         Ok(CdpChannel {
-            whole_after: catchup.as_ref().map(|c| c.after()),
+            // A catch-up's map says "not whole after X" already: X stands for the vouch too.
+            vouched: vouched.or_whole_after(whole_after),
+            whole_after,
             catchup,
             off: false,
             off_prev: None,
@@ -448,6 +482,8 @@ pub struct CdpChannel {
     /// The history is whole only up to this sequence (and time) until the catch-up's gap
     /// record is durable: a journal that stops meanwhile says so in `degraded.map`.
     whole_after: Option<(u64, u64)>,
+    /// What the layer above last said of the replica, and what the history makes of it.
+    vouched: vouch::Vouched,
     /// Switched off at run time: the last time mark is stamped; updates are no longer
     /// journaled, local ones go straight to the base ([`live`]).
     off: bool,
@@ -665,8 +701,10 @@ impl CdpChannel {
         }
         // Switched on at run time and not whole yet: the history is whole only up to
         // where it was before.
-        let (after, after_time) = self
-            .whole_after
+        let (after, after_time) = [self.vouched.unvouched, self.whole_after]
+            .into_iter()
+            .flatten()
+            .min()
             .unwrap_or_else(|| self.journal.whole_until());
         let now = clock::now();
         if let Err(e) = self.regions.stopped(after, after_time, now) {
@@ -826,6 +864,10 @@ impl Channel for CdpChannel {
         Some(&mut self.inner)
     }
 
+    fn vouch(&mut self, io: &mut IoCx, v: crate::bdev::Vouch) {
+        vouch::told(self, io, v);
+    }
+
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         Some(self)
     }
@@ -857,6 +899,7 @@ impl Poller for CdpPoller {
         // Time marks: while idle, and once when stopping (the window reaches the stop);
         // none once switched off (the history ended at its last mark).
         if !c.off
+            && c.vouched.may_mark()
             && (c.journal.mark_due().is_some_and(|d| cx.now >= d)
                 || (cx.stopping && !self.final_mark))
         {
@@ -864,6 +907,7 @@ impl Poller for CdpPoller {
             c.journal.mark(cx.io);
         }
         let mut worked = live::step(c, cx.io);
+        worked |= vouch::step(c, cx.io);
         worked |= c.journal.issue(cx.io);
         if c.journal.take_moved() || c.journal.stopped() {
             c.complete_durable();

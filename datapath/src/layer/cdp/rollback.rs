@@ -274,7 +274,21 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
     let h = store::load(&t.dir, store::Load::ReadOnly)?;
     let found = load_marker(&t.dir)?;
     let refuse = |why: String| Err(CdpError::Refused(format!("volume {}: {why}", t.name)));
-    if super::degraded::read_prior(&t.dir, h.meta.size) != super::degraded::Prior::Whole {
+    let prior = super::degraded::read_prior(&t.dir, h.meta.size);
+    if let super::degraded::Prior::Stopped {
+        after,
+        regions: Some(bits),
+        ..
+    } = &prior
+        && bits.iter().all(|&b| b == 0)
+    {
+        // No region to journal again: the mirror did not vouch for this site's replica after
+        // `after` when the daemon stopped (its peer may have written alone).
+        return refuse(format!(
+            "its history is whole only up to sequence {after}: when the daemon stopped, the mirror did not vouch for this site's replica after it (its peer may have written alone; or the journal had stopped); start this site so it rejoins its peer (the history is whole again once the replica is current), stop it, then roll back"
+        ));
+    }
+    if prior != super::degraded::Prior::Whole {
         return refuse(
             "its journal stopped in the daemon's last run and has not caught up (degraded.map): start the daemon once, which journals the changed regions again, stop it, then roll back".into(),
         );

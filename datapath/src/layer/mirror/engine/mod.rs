@@ -524,6 +524,21 @@ impl Engine {
         }
     }
 
+    /// How this site's replica stands against the volume's, for a layer under the mirror that
+    /// keeps its history (CDP, [`crate::bdev::Channel::vouch`]): stale while it receives a
+    /// resync or is a new replica; current while reads may be served ([`Engine::may_read`]:
+    /// its read lease, or alone as the survivor), since the peer acknowledges nothing alone
+    /// before this site's lease expired; unsure otherwise.
+    pub fn vouch(&self, now: Instant) -> crate::bdev::Vouch {
+        if self.new_replica || self.mode == Mode::Resyncing {
+            crate::bdev::Vouch::Stale
+        } else if self.may_read(now) {
+            crate::bdev::Vouch::Current
+        } else {
+            crate::bdev::Vouch::Unsure
+        }
+    }
+
     /// Publish `may_read` for the volume's channels on the other reactors.
     pub(super) fn publish_lease(&self) {
         let ns = match self.mode {
