@@ -161,7 +161,8 @@ pub fn step(c: &mut CdpChannel, io: &mut IoCx) -> bool {
         match c.regions.whole() {
             Ok(()) => {
                 c.whole_after = None;
-                c.vouched.made_whole();
+                c.vouched
+                    .made_whole((c.journal.last_seq(), c.journal.last_time()));
                 c.vouched.publish(&c.stats);
                 state.whole.store(true, Release);
                 tracing::info!(

@@ -7,10 +7,11 @@
 //! acknowledge writes alone once this site's lease has expired, and a resync then copies them
 //! in (a mixture of old and new until it ends). So the history serves a moment only while the
 //! replica was vouched for:
-//! - When the mirror stops vouching ([`Vouch::Unsure`], [`Vouch::Stale`]), `degraded.map` is
-//!   written "not whole after X" ([`super::degraded::RegionMap::unvouched`]), X being the last
-//!   record appended while it was current (as of the mirror's last turn): readers refuse
-//!   every later point. Updates are still journaled (the resync's copies too).
+//! - The mirror says it at every turn of its home reactor. When it stops vouching
+//!   ([`Vouch::Unsure`], [`Vouch::Stale`]), `degraded.map` is written "not whole after X"
+//!   ([`super::degraded::RegionMap::unvouched`]), X being the last record appended when it
+//!   last said current (its previous turn): readers refuse every later point. Updates are
+//!   still journaled (the resync's copies too).
 //! - Vouched for again, never stale meanwhile (the peer acknowledged nothing alone): the map
 //!   is made whole again; the records of the stretch were the volume's.
 //! - Vouched for again after being stale: a gap record after X is appended, and the map made
@@ -46,7 +47,7 @@ pub struct Vouched {
     stale: bool,
     /// That gap record, appended, until it is durable.
     gap: Option<u64>,
-    /// The last record appended while current (the next X).
+    /// The last record appended when the layer above last said current (the next X).
     at: (u64, u64),
 }
 
@@ -95,11 +96,13 @@ impl Vouched {
         self.current() || self.unvouched.is_some()
     }
 
-    /// The history was made whole (by this module or by a catch-up's gap record).
-    pub fn made_whole(&mut self) {
+    /// The history was made whole (by this module or by a catch-up's gap record) while the
+    /// replica is current, up to `at` (the last record appended).
+    pub fn made_whole(&mut self, at: (u64, u64)) {
         self.unvouched = None;
         self.stale = false;
         self.gap = None;
+        self.at = at;
     }
 
     /// Publish where the history is whole up to for `cdp_status` (`CdpStats::unvouched`).
@@ -197,7 +200,8 @@ pub fn step(c: &mut CdpChannel, io: &mut IoCx) -> bool {
 fn whole(c: &mut CdpChannel, io: &mut IoCx) {
     match c.regions.whole() {
         Ok(()) => {
-            c.vouched.made_whole();
+            c.vouched
+                .made_whole((c.journal.last_seq(), c.journal.last_time()));
             c.vouched.publish(&c.stats);
             tracing::info!("cdp: the replica is vouched for again; the history is whole");
         }

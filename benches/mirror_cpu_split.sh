@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Where a mirrored 4 KiB write's server CPU goes at QD1: user and system time per write at each
+# site (from /proc/<pid>/stat, in clock ticks: 10 ms each, so use N of 40,000 or more), and the
+# system calls and context switches per write of each site's reactor thread (perf stat). Beside
+# benches/mirror_compare.sh (IOPS, latency, total CPU) and benches/mirror_instructions.sh
+# (user-space instructions): this one says how much of the CPU the datapath's own code could
+# save at all.
+#
+#   N=40000 REPS=3 bash benches/mirror_cpu_split.sh
+#   OLD_BIN=/work/before/target/release/twinblk N=40000 REPS=3 bash benches/mirror_cpu_split.sh
+#
+# For each repetition, this tree's release build and then OLD_BIN's (if given), in turns: both
+# sites start with a 1 GiB RAM volume mirrored on loopback (a leads, b follows), both reactors
+# on core 0 with wait = "interrupt"; fio's nbd engine on core 1 writes 3,000 random 4 KiB
+# writes at QD1 to site a (warm-up), then N more while perf stat counts both processes. Printed
+# per run and as medians per binary: user and system µs per write at a and b, their sum, and
+# each site's reactor thread's system calls and context switches per write (a, then b).
+#
+# Environment: N, REPS, OLD_BIN, BASE_PORT (default 14600). Needs fio (nbd engine), nbdinfo
+# (libnbd-bin), perf, python3. Listens on 127.0.0.1 only; always cleans up.
+
+set -euo pipefail
+N=${N:-40000}
+REPS=${REPS:-3}
+OLD_BIN=${OLD_BIN:-}
+BASE_PORT=${BASE_PORT:-14600}
+[[ $N =~ ^[0-9]+$ && $N -ge 1000 && $REPS =~ ^[0-9]+$ && $REPS -ge 1 && $BASE_PORT =~ ^[0-9]+$ ]] ||
+    { echo "mirror_cpu_split: N (>= 1000), REPS (>= 1) and BASE_PORT must be numbers" >&2; exit 1; }
+for tool in fio nbdinfo perf python3 taskset; do
+    command -v "$tool" >/dev/null || { echo "mirror_cpu_split: needs $tool" >&2; exit 1; }
+done
+if [[ -n $OLD_BIN ]]; then
+    [[ -x $OLD_BIN ]] || { echo "mirror_cpu_split: OLD_BIN=$OLD_BIN is not executable" >&2; exit 1; }
+fi
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin twinblk
+NEW_BIN=$PWD/target/release/twinblk
+WORK=$(mktemp -d /tmp/mirror_cpu_split.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/link.key")
+
+site_cfg() { # name peer nbd_port repl_port peer_repl_port key_line
+    cat >"$WORK/$1.toml" <<CFG
+[reactor]
+cores = [0]
+wait = "interrupt"
+[nbd]
+listen = ["127.0.0.1:$3"]
+[nvmf]
+listen = []
+[control]
+socket = "$WORK/$1.sock"
+[mirror]
+site = "$1"
+peer_site = "$2"
+listen = ["127.0.0.1:$4"]
+peer = "127.0.0.1:$5"
+$6
+[[volume]]
+name = "vol0"
+backend = "malloc"
+size = "1GiB"
+mirror = true
+CFG
+}
+
+# The [mirror] key line BIN takes: none, or the link key (a tree since link authentication).
+key_line() {
+    local line
+    for line in "" "witness_key_file = \"$WORK/link.key\""; do
+        site_cfg a b 1 2 3 "$line"
+        if "$1" check-config "$WORK/a.toml" >/dev/null 2>&1; then
+            echo "$line"
+            return 0
+        fi
+    done
+    echo "mirror_cpu_split: $1 check-config rejects the site config" >&2
+    exit 1
+}
+
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+
+port=$BASE_PORT
+RESULTS=$WORK/results.txt
+run() { # label bin
+    local label=$1 bin=$2 key pa pb ra rb a b ok
+    key=$(key_line "$bin")
+    pa=$port pb=$((port + 1)) ra=$((port + 2)) rb=$((port + 3))
+    port=$((port + 4))
+    site_cfg a b "$pa" "$ra" "$rb" "$key"
+    site_cfg b a "$pb" "$rb" "$ra" "$key"
+    "$bin" serve --config "$WORK/a.toml" >"$WORK/$label.a.log" 2>&1 &
+    a=$!
+    "$bin" serve --config "$WORK/b.toml" >"$WORK/$label.b.log" 2>&1 &
+    b=$!
+    PIDS=("$a" "$b")
+    ok=0
+    for _ in $(seq 150); do
+        if nbdinfo "nbd://127.0.0.1:$pa/vol0" >/dev/null 2>&1; then ok=1; break; fi
+        sleep 0.2
+    done
+    [[ $ok == 1 ]] || { echo "mirror_cpu_split: site a did not serve: $(tail -3 "$WORK/$label.a.log")" >&2; exit 1; }
+    local args=(--ioengine=nbd "--uri=nbd://127.0.0.1:$pa/vol0" --rw=randwrite --bs=4k
+        --iodepth=1 --size=256M)
+    # (The session may still be starting: the warm-up retries until its writes succeed.)
+    for _ in $(seq 50); do
+        taskset -c 1 fio --name=warm "${args[@]}" --number_ios=3000 >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    local au0 as0 bu0 bs0 au1 as1 bu1 bs1
+    read -r au0 as0 < <(ticks "$a")
+    read -r bu0 bs0 < <(ticks "$b")
+    perf stat --per-thread -e raw_syscalls:sys_enter,context-switches -p "$a,$b" \
+        -o "$WORK/$label.perf" -- taskset -c 1 fio --name=count "${args[@]}" --number_ios="$N" \
+        >"$WORK/$label.fio" 2>&1
+    read -r au1 as1 < <(ticks "$a")
+    read -r bu1 bs1 < <(ticks "$b")
+    local ta tb
+    ta=$(ls "/proc/$a/task" | tr '\n' ,)
+    tb=$(ls "/proc/$b/task" | tr '\n' ,)
+    kill -9 "$a" "$b" 2>/dev/null || true
+    wait "$a" "$b" 2>/dev/null || true
+    PIDS=()
+    python3 - "$label" "$N" "$(getconf CLK_TCK)" "$au0" "$as0" "$au1" "$as1" "$bu0" "$bs0" \
+        "$bu1" "$bs1" "$ta" "$tb" "$WORK/$label.perf" >>"$RESULTS" <<'PY'
+import re, sys
+label, n, tck = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+au0, as0, au1, as1, bu0, bs0, bu1, bs1 = map(int, sys.argv[4:12])
+us = lambda d: d * 1e6 / tck / n
+# Per thread (perf names each comm-tid); the reactors are the threads named reactor-*.
+counts = {}
+for line in open(sys.argv[14]):
+    m = re.match(r"\s*(\S+)-(\d+)\s+([\d,]+)\s+(\S+)", line)
+    if m:
+        counts.setdefault(m.group(1) + "-" + m.group(2), {})[m.group(4)] = int(m.group(3).replace(",", ""))
+# Each site's reactor: its thread named reactor-* (site a's first).
+tasks = [set(sys.argv[12].strip(",").split(",")), set(sys.argv[13].strip(",").split(","))]
+reactors = [next((k for k in counts if k.startswith("reactor-") and k.rsplit("-", 1)[1] in t), None) for t in tasks]
+row = [us(au1 - au0), us(as1 - as0), us(bu1 - bu0), us(bs1 - bs0)]
+sc = [counts.get(r, {}).get("raw_syscalls:sys_enter", 0) / n for r in reactors]
+cs = [counts.get(r, {}).get("context-switches", 0) / n for r in reactors]
+print(label, *(f"{x:.2f}" for x in row), " ".join(f"{x:.2f}" for x in sc), "|", " ".join(f"{x:.2f}" for x in cs))
+PY
+    tail -1 "$RESULTS" >&2
+}
+
+echo "mirror_cpu_split: N=$N REPS=$REPS, $(date -u +%FT%TZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+for r in $(seq "$REPS"); do
+    run new "$NEW_BIN"
+    [[ -n $OLD_BIN ]] && run old "$OLD_BIN"
+done
+python3 - "$RESULTS" "$N" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    p = line.split()
+    rows.setdefault(p[0], []).append(p[1:])
+print(f"mirror_cpu_split: mirrored 4 KiB randwrite QD1, N={sys.argv[2]} per run, medians of {len(next(iter(rows.values())))} runs")
+print("| binary | a user µs | a sys µs | b user µs | b sys µs | total µs / write | syscalls / write (a b) | context switches / write (a b) |")
+print("|---|---|---|---|---|---|---|---|")
+med = {}
+for label, rs in rows.items():
+    cols = [statistics.median(float(r[i]) for r in rs) for i in range(4)]
+    bar = rs[0].index("|")
+    sc = [statistics.median(float(r[i]) for r in rs) for i in range(4, bar)]
+    cs = [statistics.median(float(r[i]) for r in rs) for i in range(bar + 1, len(rs[0]))]
+    med[label] = sum(cols)
+    print(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cols) + f" | {sum(cols):.2f} | "
+          + " ".join(f"{x:.2f}" for x in sc) + " | " + " ".join(f"{x:.2f}" for x in cs) + " |")
+    for r in rs:
+        print(f"  {label} run: " + " ".join(r))
+if "old" in med:
+    print(f"total CPU per write, new/old: {med['new'] / med['old']:.3f}")
+PY
