@@ -190,3 +190,93 @@ fn a_returning_sites_history_refuses_the_moments_its_peer_wrote_alone() {
         "{err}"
     );
 }
+
+/// The follower stays up but loses its link (separate network namespaces, the A-B link set
+/// down): the leader is granted the volume and written alone while the fenced follower's
+/// journal sits idle. The follower's history must not stretch over those moments (its idle
+/// time marks would say nothing changed): refused while fenced, and after the link returns and
+/// the resync ends, refused as a gap; the moments before and after are exact.
+#[test]
+fn a_fenced_sites_idle_history_does_not_cover_what_its_peer_wrote_alone() {
+    use crate::netns::{A, B, Hosts};
+    let mut h = Hosts::new();
+    h.start_witness();
+    let cdp = |me: &str| {
+        format!(
+            "[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+            h.root().join(format!("{me}.cdp")).display()
+        )
+    };
+    let vol = format!("backend='uring'\nsize={VOL}");
+    let a = h.site_tail(A, "", &vol, &cdp("a"));
+    let b = h.site_tail(B, "", &vol, &cdp("b"));
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (ja, jb) = (h.root().join("a.cdp"), h.root().join("b.cdp"));
+    let mut model = vec![0u8; VOL];
+    writes(&a, &mut model, 1, 8);
+    let before = model.clone();
+    let t_before = clock::now();
+    let t = std::time::Instant::now();
+    while crate::cdp::last(&jb).1 < t_before {
+        assert!(t.elapsed() < Duration::from_secs(5), "no time mark");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.link_ab(false);
+    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&b, "fenced", Duration::from_secs(5));
+    writes(&a, &mut model, 100, 8);
+    let t_alone = clock::now();
+    // Long enough for idle time marks at b (one a second).
+    std::thread::sleep(Duration::from_millis(2500));
+    let st = b.rpc("cdp_status")[0].clone();
+    assert_eq!(st["vouched"], false, "fenced: {st}");
+    match at(&jb, Point::Time(t_alone)) {
+        Err(e @ (CdpError::NotWhole { .. } | CdpError::Outside { .. })) => {
+            eprintln!("b while fenced, at a moment a wrote alone: refused: {e}")
+        }
+        r => panic!(
+            "b while fenced: {:?}",
+            r.map(|_| "served its stale replica")
+        ),
+    }
+    assert!(
+        at(&jb, Point::Time(t_before)).unwrap() == before,
+        "b before the cut"
+    );
+    h.link_ab(true);
+    wait_mirror_state(&a, "up", Duration::from_secs(30));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let t = std::time::Instant::now();
+    while b.rpc("cdp_status")[0]["vouched"] != true {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "vouched for once resynced"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t_after = clock::now();
+    let t = std::time::Instant::now();
+    while crate::cdp::last(&jb).1 < t_after || crate::cdp::last(&ja).1 < t_after {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no time mark after the resync"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match at(&jb, Point::Time(t_alone)) {
+        Err(e @ CdpError::InGap { .. }) => eprintln!("b after the resync, at t_alone: {e}"),
+        r => panic!("b after the resync: {:?}", r.map(|_| "served")),
+    }
+    assert!(
+        at(&jb, Point::Time(t_after)).unwrap() == model,
+        "b after the resync"
+    );
+    assert!(at(&ja, Point::Time(t_alone)).unwrap() == model, "a alone");
+    assert!(
+        at(&ja, Point::Time(t_before)).unwrap() == before,
+        "a before"
+    );
+    let (mut a, mut b) = (a, b);
+    assert!(a.stop() && b.stop(), "clean stop failed");
+}

@@ -162,6 +162,12 @@ impl Hosts {
     /// As [`Hosts::site_with`], with the volume's backend and size lines given (`vol`, TOML;
     /// a `uring` volume gets its image path added).
     pub(crate) fn site_vol(&self, who: usize, extra: &str, vol: &str) -> Server {
+        self.site_tail(who, extra, vol, "")
+    }
+
+    /// As [`Hosts::site_vol`], with TOML after the volume's lines (`tail`: its tables, such
+    /// as `[volume.cdp]`).
+    pub(crate) fn site_tail(&self, who: usize, extra: &str, vol: &str, tail: &str) -> Server {
         let (me, peer, front, repl_me, repl_peer, witness) = if who == A {
             (
                 "a",
@@ -188,7 +194,7 @@ impl Hosts {
              [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['{repl_me}:7789']\n\
              peer='{repl_peer}:7789'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
              witness='{witness}:7790'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n{extra}\n\
-             [[volume]]\nname='vol0'\n{vol}\n{}mirror=true\nleader='a'\n",
+             [[volume]]\nname='vol0'\n{vol}\n{}mirror=true\nleader='a'\n{tail}",
             self.key().display(),
             if vol.contains("'uring'") {
                 format!(

@@ -23,9 +23,10 @@
 //!   A catch-up after `cdp_enable` ends with its gap record only while vouched for.
 //!
 //! Invariants: the map's X never moves later while the history is not whole (an earlier X, a
-//! catch-up's or a stopped journal's, stands); time marks extend the window only while
-//! vouched for or while the map refuses what they would extend; a failed write of the map
-//! stops the journal (degraded mode), it never leaves unvouched moments servable.
+//! catch-up's or a stopped journal's, stands), nor does X's time (no time mark is written
+//! while not vouched for, so the idle journal's in-place rewrite of its last mark cannot move
+//! it); a failed write of the map stops the journal (degraded mode), it never leaves unvouched
+//! moments servable.
 
 use super::CdpChannel;
 use super::clock;
@@ -91,9 +92,12 @@ impl Vouched {
         self.now == Vouch::Current
     }
 
-    /// A time mark may extend the window: vouched for, or the map refuses what it extends.
+    /// A time mark may extend the window: only while vouched for. (Not while the map refuses
+    /// what it would extend either: an idle journal rewrites its last lone mark in place with
+    /// a newer time, and that mark may be the map's X, whose time would then move past moments
+    /// its peer wrote alone.)
     pub fn may_mark(&self) -> bool {
-        self.current() || self.unvouched.is_some()
+        self.current()
     }
 
     /// The history was made whole (by this module or by a catch-up's gap record) while the
