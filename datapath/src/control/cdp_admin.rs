@@ -419,12 +419,19 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         });
     } else {
         r["catching_up"] = json!(true);
-        r["note"] = json!(format!(
-            "still journaling the volume again after {} s ({} of {} bytes); cdp_status shows catching_up until the history is whole",
-            wait.as_secs_f64(),
-            live.done_bytes.load(Relaxed),
-            v.info.size
-        ));
+        let done = live.done_bytes.load(Relaxed);
+        r["note"] = json!(if done >= v.info.size {
+            // Under the mirror: journaled, but not vouched for (resynced, fenced, no lease).
+            format!(
+                "the volume is journaled again; the history is whole once the mirror vouches for this site's replica (it is being resynced, or has no read lease: mirror_status); cdp_status shows catching_up until then"
+            )
+        } else {
+            format!(
+                "still journaling the volume again after {} s ({done} of {} bytes); cdp_status shows catching_up until the history is whole",
+                wait.as_secs_f64(),
+                v.info.size
+            )
+        });
     }
     tracing::info!(volume = %name, dir = %dir.display(), after, "control: CDP switched on");
     Ok(r)

@@ -338,15 +338,15 @@ fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
         model[off as usize..off as usize + len].copy_from_slice(&data);
     };
     let mut c = Client::connect(a.addr, "vol0", false);
-    for i in 0..24u64 {
-        put(&mut c, i * 655_360, i + 1, 65536);
+    for i in 0..48u64 {
+        put(&mut c, i * 327_680, i + 1, 65536);
     }
     drop(c);
     let mut b = b;
     b.kill();
     wait_mirror_state(&a, "survivor", Duration::from_secs(5));
     let jdir = |s: &str| root.path().join(format!("{s}.cdp"));
-    let on = |s: &Server, site: &str, wait: u64| {
+    let on = |s: &Server, site: &str, wait: f64| {
         let r = s.rpc_with(
             "cdp_enable",
             serde_json::json!({"volume": "vol0", "dir": jdir(site).display().to_string(), "segment_size": "4MiB", "wait": wait}),
@@ -355,7 +355,7 @@ fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
         r["result"].clone()
     };
     // The survivor (the resync's source to be) switches its history on.
-    let r = on(&a, "a", 120);
+    let r = on(&a, "a", 120.0);
     assert_eq!(r["catching_up"], false, "{r}");
     let mut c = Client::connect(a.addr, "vol0", false);
     for i in 0..8u64 {
@@ -366,8 +366,15 @@ fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
     wait_mirror_state(&b, "resyncing", Duration::from_secs(10));
     // The target: its catch-up ends, but its history is not whole while the resync runs (the
     // mirror does not vouch for the replica): the answer says it is still catching up.
-    let r = on(&b, "b", 0);
+    let r = on(&b, "b", 1.0);
     assert_eq!(r["catching_up"], true, "{r}");
+    assert!(
+        r["note"]
+            .as_str()
+            .unwrap()
+            .contains("whole once the mirror vouches"),
+        "the catch-up ended within the wait, the resync not: {r}"
+    );
     let t = std::time::Instant::now();
     while b.rpc("cdp_status")[0]["catch_up_bytes"]
         .as_u64()
@@ -384,6 +391,7 @@ fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
     );
     let st = b.rpc("cdp_status")[0].clone();
     assert_eq!(st["catching_up"], true, "not whole while resyncing: {st}");
+
     for i in 0..8u64 {
         put(&mut c, i * 1_048_576 + 40960, 200 + i, 4096);
     }
