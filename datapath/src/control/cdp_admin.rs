@@ -422,9 +422,7 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         let done = live.done_bytes.load(Relaxed);
         r["note"] = json!(if done >= v.info.size {
             // Under the mirror: journaled, but not vouched for (resynced, fenced, no lease).
-            format!(
-                "the volume is journaled again; the history is whole once the mirror vouches for this site's replica (it is being resynced, or has no read lease: mirror_status); cdp_status shows catching_up until then"
-            )
+            "the volume is journaled again; the history is whole once the mirror vouches for this site's replica (it is being resynced, or has no read lease: mirror_status); cdp_status shows catching_up until then".to_string()
         } else {
             format!(
                 "still journaling the volume again after {} s ({done} of {} bytes); cdp_status shows catching_up until the history is whole",
