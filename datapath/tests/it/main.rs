@@ -36,4 +36,5 @@ mod rawnbd;
 mod reactor_wait;
 mod runtime;
 mod shutdown;
+mod soak_history;
 mod switchover;

@@ -430,11 +430,11 @@ const ERR_OFF: u64 = 8 << 20;
 const ERR_LEN: u64 = 64 << 10;
 /// Where QuickKill's burst of pipelined writes goes (64 blocks from each site), outside the
 /// writers' regions so that no later write hides a difference between the replicas.
-const BURST_OFF: u64 = 12 << 20;
-const BURST: u64 = 64;
+pub(crate) const BURST_OFF: u64 = 12 << 20;
+pub(crate) const BURST: u64 = 64;
 /// The writers' regions (1024 blocks each) and the readers' too.
-const REGION_A: u64 = 0;
-const REGION_B: u64 = 16 << 20;
+pub(crate) const REGION_A: u64 = 0;
+pub(crate) const REGION_B: u64 = 16 << 20;
 
 fn xorshift(x: &mut u64) -> u64 {
     *x ^= *x << 13;
@@ -459,7 +459,7 @@ fn block(seed: u64, off: u64) -> Vec<u8> {
 
 /// What a block read holds: 0 (never written), the seed of a well-formed block, or `BAD`.
 const BAD: u64 = u64::MAX;
-fn classify(d: &[u8], off: u64) -> u64 {
+pub(crate) fn classify(d: &[u8], off: u64) -> u64 {
     if d.iter().all(|&b| b == 0) {
         return 0;
     }
@@ -533,21 +533,21 @@ type Addr = Arc<std::sync::Mutex<SocketAddr>>;
 
 /// One write: acknowledged (`acked`), or failed / unanswered (outcome unknown).
 #[derive(Clone, Copy, Debug)]
-struct Wr {
-    off: u64,
-    seed: u64,
-    issued: Instant,
-    acked: Option<Instant>,
+pub(crate) struct Wr {
+    pub(crate) off: u64,
+    pub(crate) seed: u64,
+    pub(crate) issued: Instant,
+    pub(crate) acked: Option<Instant>,
 }
 
 /// One successful read: what the block held (see [`classify`]).
 #[derive(Clone, Copy, Debug)]
-struct Rd {
-    site: usize,
-    off: u64,
-    seed: u64,
-    issued: Instant,
-    done: Instant,
+pub(crate) struct Rd {
+    pub(crate) site: usize,
+    pub(crate) off: u64,
+    pub(crate) seed: u64,
+    pub(crate) issued: Instant,
+    pub(crate) done: Instant,
 }
 
 /// QD1 writer over its region until `stop`; reconnects (to the site's current address)
@@ -654,7 +654,7 @@ fn by_block(writes: &[&Vec<Wr>]) -> std::collections::HashMap<u64, Vec<Wr>> {
 }
 
 /// Stale or impossible reads, described (at most `max`), and how many there were.
-fn check_reads(
+pub(crate) fn check_reads(
     blocks: &std::collections::HashMap<u64, Vec<Wr>>,
     reads: &[Rd],
     t0: Instant,
@@ -928,13 +928,18 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         }
     };
     let st = [state_dir(&h, "a"), state_dir(&h, "b")];
+    // Every other iteration journals both replicas (CDP under the mirror): their histories
+    // are checked against the acknowledged writes at the end (crate::soak_history).
+    let cdp = xorshift(rnd) % 2 == 0;
+    let tail = [A, B].map(|s| crate::soak_history::cdp_tail(&h, cdp, s));
     h.start_witness();
     let mut srv = [
-        Some(h.site_vol(A, &st[A], &vol_of(A))),
-        Some(h.site_vol(B, &st[B], &vol_of(B))),
+        Some(h.site_tail(A, &st[A], &vol_of(A), &tail[A])),
+        Some(h.site_tail(B, &st[B], &vol_of(B), &tail[B])),
     ];
     wait_both(srv[A].as_ref().unwrap(), srv[B].as_ref().unwrap(), "up");
     let t0 = Instant::now();
+    let t0_site = twinblk::layer::cdp::clock::now();
     let addrs: [Addr; 2] = [
         Arc::new(std::sync::Mutex::new(srv[A].as_ref().unwrap().addr)),
         Arc::new(std::sync::Mutex::new(srv[B].as_ref().unwrap().addr)),
@@ -1324,6 +1329,11 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
                 }
             }
         }
+    }
+    if cdp {
+        let (mut p, n) = crate::soak_history::check(&h, &blocks, t0, t0_site);
+        problems.append(&mut p);
+        note = format!("{note}{}{n}", if note.is_empty() { "" } else { "; " });
     }
     let line = format!(
         "{kind:?}({}) after {delay:?}: RTO {rto:?}, both up {} ms after the heal; writes {} + {} acked, {} + {} failed; reads {} ok, {} + {} failed; {checked} blocks checked{}",
