@@ -930,7 +930,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     let st = [state_dir(&h, "a"), state_dir(&h, "b")];
     // Every other iteration journals both replicas (CDP under the mirror): their histories
     // are checked against the acknowledged writes at the end (crate::soak_history).
-    let cdp = xorshift(rnd) % 2 == 0;
+    let cdp = xorshift(rnd).is_multiple_of(2);
     let tail = [A, B].map(|s| crate::soak_history::cdp_tail(&h, cdp, s));
     h.start_witness();
     let mut srv = [
