@@ -138,6 +138,13 @@ pub fn render_status(st: &Value) -> String {
                 "  CATCHING UP switched on at run time: the volume is journaled again; points after the history's earlier end are refused until it is whole"
             );
         }
+        if j["vouched"] == false {
+            let _ = writeln!(
+                o,
+                "  NOT VOUCHED the mirror does not vouch for this site's replica (no read lease, fenced, resynced): points after sequence {} are refused until it does",
+                j["whole_until_seq"]
+            );
+        }
     }
     o
 }
@@ -315,6 +322,14 @@ mod tests {
             t2.contains("journal degraded")
                 && t2.contains("DEGRADED the journal stopped after sequence 9"),
             "{t2}"
+        );
+        assert!(!t2.contains("NOT VOUCHED"), "{t2}");
+        let st3 = json!([{"volume": "db", "group": "g", "journal": "running", "dir": "/j",
+            "vouched": false, "whole_until_seq": 41}]);
+        let t3 = render_status(&st3);
+        assert!(
+            t3.contains("NOT VOUCHED") && t3.contains("after sequence 41 are refused"),
+            "{t3}"
         );
         assert!(render_status(&json!([])).contains("no volume"));
         let b = json!([{"volume": "db", "bookmarks": {"before-upgrade": 5u64}}, {"volume": "x", "bookmarks": {}}]);
