@@ -529,10 +529,25 @@ impl Engine {
     /// resync or is a new replica; current while reads may be served ([`Engine::may_read`]:
     /// its read lease, or alone as the survivor), since the peer acknowledges nothing alone
     /// before this site's lease expired; unsure otherwise.
-    pub fn vouch(&self, now: Instant) -> crate::bdev::Vouch {
+    ///
+    /// The lease is checked against the clock read here, not the reactor turn's (`turn_now`,
+    /// used when no lease is involved): a process
+    /// stopped in the middle of a turn (SIGSTOP, a long stall) resumes with the turn's time from
+    /// before the stop, while the records it appended since carry later times; judged by the
+    /// turn's time the replica would be vouched for past the moment its peer may have gone on
+    /// alone (the randomised soak's Freeze caught it).
+    pub fn vouch(&self, turn_now: Instant) -> crate::bdev::Vouch {
         if self.new_replica || self.mode == Mode::Resyncing {
-            crate::bdev::Vouch::Stale
-        } else if self.may_read(now) {
+            return crate::bdev::Vouch::Stale;
+        }
+        let lease_bound = self.mode == Mode::Mirroring && self.cfg.failover.is_some();
+        // (Not bound to a lease, the time does not matter.)
+        let now = if lease_bound {
+            Instant::now()
+        } else {
+            turn_now
+        };
+        if self.may_read(now) {
             crate::bdev::Vouch::Current
         } else {
             crate::bdev::Vouch::Unsure
