@@ -518,7 +518,11 @@ fn stop(c: &mut CdpChannel, io: &mut IoCx) -> Result<(), String> {
         ));
     }
     c.off_prev = Some(prev);
-    c.journal.mark(io);
+    // The last mark ends the window: only while vouched for (an idle journal rewrites its last
+    // lone mark in place, which may be the map's X).
+    if c.vouched.may_mark() {
+        c.journal.mark(io);
+    }
     // With `sync = "flush"` the last mark (and every record before it) is synced before this
     // step is settled: the history the disable answers is durable.
     c.journal.want_sync(c.journal.last_seq());

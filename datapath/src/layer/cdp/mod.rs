@@ -233,9 +233,11 @@ impl CdpDevice {
         // Under the mirror: not vouched for after the recovered end (or after where an earlier
         // run's map said the history ended) until the mirror says the replica is current.
         let end = match &prior {
+            // (Never past what was recovered: a map may name a record a cut removed.)
             degraded::Prior::Stopped {
                 after, after_time, ..
-            } => (*after, *after_time),
+            } if *after <= h.last_seq => (*after, *after_time),
+            degraded::Prior::Stopped { .. } => (h.last_seq, h.last_time),
             degraded::Prior::Whole => (h.last_seq, h.last_time),
         };
         let mut regions = regions;
@@ -259,8 +261,9 @@ impl CdpDevice {
         }
         let vouched = if s.vouched {
             regions.unvouched(end.0, end.1, clock::now())?;
-            // A RAM replica lost its content: it is stale until resynced.
-            vouch::Vouched::under(Some(end), s.volatile)
+            // A RAM replica lost its content: it is stale until resynced; so may be one whose
+            // previous run ended not whole (a resync cut short).
+            vouch::Vouched::under(Some(end), s.volatile || prior != degraded::Prior::Whole)
         } else {
             regions.whole()?;
             vouch::Vouched::none()
@@ -701,11 +704,15 @@ impl CdpChannel {
         }
         // Switched on at run time and not whole yet: the history is whole only up to
         // where it was before.
-        let (after, after_time) = [self.vouched.unvouched, self.whole_after]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or_else(|| self.journal.whole_until());
+        let (after, after_time) = [
+            self.vouched.unvouched,
+            self.whole_after,
+            Some(self.journal.whole_until()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or_default();
         let now = clock::now();
         if let Err(e) = self.regions.stopped(after, after_time, now) {
             tracing::error!(error = %e, "cdp: cannot record that the journal stopped; if this site crashes now, the next start cannot tell which regions changed");
@@ -898,9 +905,10 @@ impl Poller for CdpPoller {
         };
         // Time marks: while idle, and once when stopping (the window reaches the stop);
         // none once switched off (the history ended at its last mark).
+        // (While stopping only the one final mark: a stop may last seconds.)
         if !c.off
             && c.vouched.may_mark()
-            && (c.journal.mark_due().is_some_and(|d| cx.now >= d)
+            && ((!cx.stopping && c.journal.mark_due().is_some_and(|d| cx.now >= d))
                 || (cx.stopping && !self.final_mark))
         {
             self.final_mark |= cx.stopping;

@@ -7,11 +7,12 @@
 //! acknowledge writes alone once this site's lease has expired, and a resync then copies them
 //! in (a mixture of old and new until it ends). So the history serves a moment only while the
 //! replica was vouched for:
-//! - The mirror says it at every turn of its home reactor. When it stops vouching
-//!   ([`Vouch::Unsure`], [`Vouch::Stale`]), `degraded.map` is written "not whole after X"
-//!   ([`super::degraded::RegionMap::unvouched`]), X being the last record appended when it
-//!   last said current (its previous turn): readers refuse every later point. Updates are
-//!   still journaled (the resync's copies too).
+//! - The mirror says it at every turn of its home reactor (while the daemon stops too). When
+//!   it stops vouching ([`Vouch::Unsure`], [`Vouch::Stale`]), `degraded.map` is written "not
+//!   whole after X" ([`super::degraded::RegionMap::unvouched`]), X being the last record
+//!   appended when it last said current (its previous turn), or the last durable one if that
+//!   is earlier: readers refuse every later point. Updates are still journaled (the resync's
+//!   copies too).
 //! - Vouched for again, never stale meanwhile (the peer acknowledged nothing alone): the map
 //!   is made whole again; the records of the stretch were the volume's.
 //! - Vouched for again after being stale: a gap record after X is appended, and the map made
@@ -19,7 +20,8 @@
 //!   the replay up to the gap is the base, which is the volume again: points from X to the gap
 //!   are refused ([`super::pit`]), from the gap on exact.
 //! - Under the mirror a start is not vouched for after the recovered end until the mirror
-//!   first says so ([`Vouched::under`]; a RAM replica, empty at a start, is stale at once).
+//!   first says so ([`Vouched::under`]; a RAM replica, empty at a start, is stale at once, and
+//!   so is one whose previous run ended not whole: it may have been resynced half way).
 //!   A catch-up after `cdp_enable` ends with its gap record only while vouched for.
 //!
 //! Invariants: the map's X never moves later while the history is not whole (an earlier X, a
@@ -166,9 +168,14 @@ pub fn told(c: &mut CdpChannel, io: &mut IoCx, v: Vouch) {
             if k.unvouched.is_some() {
                 return;
             }
-            let (after, after_time) = k.at;
+            // The last record appended while vouched for, if it is durable already (one that
+            // is not may be lost in a crash: the map must not name it).
+            let durable = c.journal.whole_until();
+            let (after, after_time) = if durable.0 < k.at.0 { durable } else { k.at };
             if let Err(e) = c.regions.unvouched(after, after_time, clock::now()) {
                 tracing::error!(error = %e, "cdp: cannot record that the replica is not vouched for");
+                // The stopped journal's map says no more than this X either.
+                c.vouched.unvouched = Some((after, after_time));
                 c.journal.stop(
                     io,
                     &format!("degraded.map cannot say the replica is not vouched for: {e}"),

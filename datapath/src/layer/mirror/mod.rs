@@ -247,12 +247,10 @@ impl Poller for MirrorPoller {
         // log's write and the updates that waited for it.
         e.poll_durable();
         e.poll_actlog(cx.io);
-        if !stopping {
-            // A layer below that keeps the replica's history (CDP) learns every turn whether
-            // the replica is the volume (none changes while the daemon stops).
-            let v = e.vouch(now);
-            e.inner().vouch(cx.io, v);
-        }
+        // A layer below that keeps the replica's history (CDP) learns every turn whether the
+        // replica is the volume (while stopping too: a stop may outlast the read lease).
+        let v = e.vouch(now);
+        e.inner().vouch(cx.io, v);
         // Timeouts and pings run while stopping too; only dialling stops.
         let dial = tick && e.tick(cx.io, now) && !stopping;
         if tick {

@@ -526,7 +526,7 @@ impl Engine {
 
     /// How this site's replica stands against the volume's, for a layer under the mirror that
     /// keeps its history (CDP, [`crate::bdev::Channel::vouch`]): stale while it receives a
-    /// resync or is a new replica; current while reads may be served ([`Engine::may_read`]:
+    /// resync, is fenced or is a new replica; current while reads may be served ([`Engine::may_read`]:
     /// its read lease, or alone as the survivor), since the peer acknowledges nothing alone
     /// before this site's lease expired; unsure otherwise.
     ///
@@ -537,7 +537,9 @@ impl Engine {
     /// turn's time the replica would be vouched for past the moment its peer may have gone on
     /// alone (the randomised soak's Freeze caught it).
     pub fn vouch(&self, turn_now: Instant) -> crate::bdev::Vouch {
-        if self.new_replica || self.mode == Mode::Resyncing {
+        // Fenced: its peer may have been granted the volume and written alone (and an
+        // operator's takeover makes this replica the volume again without a resync).
+        if self.new_replica || matches!(self.mode, Mode::Resyncing | Mode::Fenced) {
             return crate::bdev::Vouch::Stale;
         }
         let lease_bound = self.mode == Mode::Mirroring && self.cfg.failover.is_some();
