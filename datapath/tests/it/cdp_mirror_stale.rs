@@ -280,3 +280,64 @@ fn a_fenced_sites_idle_history_does_not_cover_what_its_peer_wrote_alone() {
     let (mut a, mut b) = (a, b);
     assert!(a.stop() && b.stop(), "clean stop failed");
 }
+
+/// `cdp_disable` at a fenced, idle follower: its history's last record is a lone time mark,
+/// which is the map's last vouched point X. The disable's last mark must not rewrite that
+/// record with a later time (an idle journal rewrites its last lone mark in place): after the
+/// history resumes (`cdp_enable`, once the follower is resynced) its gap record would start
+/// at that later time, and the moments the leader wrote alone would be served stale.
+#[test]
+fn a_disable_at_a_fenced_site_does_not_move_its_last_vouched_moment() {
+    use crate::netns::{A, B, Hosts};
+    let mut h = Hosts::new();
+    h.start_witness();
+    let vol = format!("backend='uring'\nsize={VOL}");
+    let jb = h.root().join("b.cdp");
+    let tail = format!(
+        "[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        jb.display()
+    );
+    let a = h.site_vol(A, "", &vol);
+    let b = h.site_tail(B, "", &vol, &tail);
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let mut model = vec![0u8; VOL];
+    writes(&a, &mut model, 1, 4);
+    // Idle: the follower's journal ends with a lone time mark (rewritten in place each second).
+    std::thread::sleep(Duration::from_millis(2500));
+    h.link_ab(false);
+    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&b, "fenced", Duration::from_secs(5));
+    writes(&a, &mut model, 100, 4);
+    let t_alone = clock::now();
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = b.rpc_with("cdp_disable", serde_json::json!({"volume": "vol0"}));
+    assert!(r["error"].is_null(), "{r}");
+    h.link_ab(true);
+    wait_mirror_state(&a, "up", Duration::from_secs(30));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let r = b.rpc_with(
+        "cdp_enable",
+        serde_json::json!({"volume": "vol0", "dir": jb.display().to_string()}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    assert_eq!(r["result"]["catching_up"], false, "{r}");
+    match at(&jb, Point::Time(t_alone)) {
+        Err(e @ (CdpError::InGap { .. } | CdpError::NotWhole { .. })) => {
+            eprintln!("b at a moment a wrote alone: refused: {e}")
+        }
+        r => panic!(
+            "b's resumed history at a moment a wrote alone: {:?}",
+            r.map(|_| "served its stale replica")
+        ),
+    }
+    let t_now = clock::now();
+    let t = std::time::Instant::now();
+    while crate::cdp::last(&jb).1 < t_now {
+        assert!(t.elapsed() < Duration::from_secs(5), "no time mark");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(at(&jb, Point::Time(t_now)).unwrap() == model, "b now");
+    let (mut a, mut b) = (a, b);
+    assert!(a.stop() && b.stop(), "clean stop failed");
+}
