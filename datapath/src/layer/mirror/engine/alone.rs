@@ -222,6 +222,11 @@ impl Engine {
                     // Taken over by an operator: which regions differ from the peer is
                     // unknown, so the peer gets every region ever written when it returns.
                     self.dirty_everything_written();
+                    // And this replica may lack writes the peer acknowledged alone (the
+                    // operator accepted losing them): a history kept below must not serve
+                    // the moments since it was last vouched for (it ends them with a gap
+                    // record when told current, at the next turn).
+                    self.inner.vouch(io, crate::bdev::Vouch::Stale);
                 }
                 self.become_survivor(io, epoch);
             }
