@@ -45,44 +45,9 @@ cleanup() {
 trap cleanup EXIT
 (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/link.key")
 
-site_cfg() { # name peer nbd_port repl_port peer_repl_port key_line
-    cat >"$WORK/$1.toml" <<CFG
-[reactor]
-cores = [0]
-wait = "interrupt"
-[nbd]
-listen = ["127.0.0.1:$3"]
-[nvmf]
-listen = []
-[control]
-socket = "$WORK/$1.sock"
-[mirror]
-site = "$1"
-peer_site = "$2"
-listen = ["127.0.0.1:$4"]
-peer = "127.0.0.1:$5"
-$6
-[[volume]]
-name = "vol0"
-backend = "malloc"
-size = "1GiB"
-mirror = true
-CFG
-}
-
-# The [mirror] key line BIN takes: none, or the link key (a tree since link authentication).
-key_line() {
-    local line
-    for line in "" "witness_key_file = \"$WORK/link.key\""; do
-        site_cfg a b 1 2 3 "$line"
-        if "$1" check-config "$WORK/a.toml" >/dev/null 2>&1; then
-            echo "$line"
-            return 0
-        fi
-    done
-    echo "mirror_cpu_split: $1 check-config rejects the site config" >&2
-    exit 1
-}
+SCRIPT=mirror_cpu_split
+# shellcheck source=benches/ram_pair.sh
+source benches/ram_pair.sh # (the working directory is the repository root here)
 
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 

@@ -68,8 +68,9 @@ pub enum Vouch {
     /// It may miss updates acknowledged elsewhere from now on (the site lost its lease or its
     /// peer and is not the survivor); none is known to be missing yet.
     Unsure,
-    /// It missed updates acknowledged elsewhere since it was last current (being resynced, or
-    /// a new replica): its content is no moment of the volume until it is `Current` again.
+    /// It missed updates acknowledged elsewhere since it was last current (being resynced,
+    /// fenced, taken over by an operator, or a new replica): its content is no moment of the
+    /// volume until it is `Current` again.
     Stale,
 }
 
@@ -146,8 +147,8 @@ pub trait Channel {
     /// ([`IoTag::channel`]) finished; `data` holds what a read produced.
     fn on_own_io(&mut self, _io: &mut IoCx, _slot: u32, _result: Result<(), Errno>, _data: &[u8]) {}
     /// The layer above says how this replica's content stands against the volume's
-    /// ([`Vouch`]): at every change and again at each of its periodic ticks. Layers pass it
-    /// down to the one that keeps a history; devices ignore it.
+    /// ([`Vouch`]), at every turn of its reactor. Layers pass it down to the one that keeps a
+    /// history; devices ignore it.
     fn vouch(&mut self, _io: &mut IoCx, _v: Vouch) {}
     /// The concrete channel, for the layer that made it (its poller and its connections find
     /// their own state this way); `None` for channels nobody needs to reach.

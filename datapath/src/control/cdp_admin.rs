@@ -275,6 +275,7 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
             .and_then(|c| c.group.clone())
             .unwrap_or_else(|| name.clone()),
     };
+    let depth = depth(cx, vol);
     let settings = CdpSettings {
         dir: dir.clone(),
         segment_size,
@@ -283,11 +284,10 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         prezero,
         sync,
         // Under the mirror: the mirror says when this site's replica is the volume.
-        vouched: depth(cx, vol) > 0,
+        vouched: depth > 0,
     };
     let n = cx.rt.mailboxes.len();
     let home = vol % n;
-    let depth = depth(cx, vol);
     let below = device_at(&v, depth)?;
     let cd = Arc::new(
         CdpDevice::open_live(below, &settings, vol, home)

@@ -50,6 +50,16 @@ pub(crate) fn last(dir: &Path) -> (u64, u64) {
     (h.last_seq, h.last_time)
 }
 
+/// Wait (at most 5 s) until every history in `dirs` reaches site time `t` (an idle journal's
+/// time marks carry its window to about now); `what` names the wait in the failure.
+pub(crate) fn wait_window(dirs: &[&Path], t: u64, what: &str) {
+    let start = Instant::now();
+    while dirs.iter().any(|d| last(d).1 < t) {
+        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub(crate) fn restore_file(dir: &Path, p: Point, out: &Path) -> Result<Vec<u8>, CdpError> {
     let h = store::load(dir, Load::ReadOnly)?;
     let _ = std::fs::remove_file(out);

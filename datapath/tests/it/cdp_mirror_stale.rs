@@ -85,11 +85,7 @@ fn a_returning_sites_history_refuses_the_moments_its_peer_wrote_alone() {
     let jb = root.path().join("b.cdp");
     let ja = root.path().join("a.cdp");
     // Both windows reach t_before (the idle journals' time marks) before the loss.
-    let t = std::time::Instant::now();
-    while crate::cdp::last(&jb).1 < t_before || crate::cdp::last(&ja).1 < t_before {
-        assert!(t.elapsed() < Duration::from_secs(5), "no time mark");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::cdp::wait_window(&[&jb, &ja], t_before, "no time mark");
     b.kill();
     wait_mirror_state(&a, "survivor", Duration::from_secs(5));
     // Written by the survivor alone: 32 regions (2 MiB to resync at 1 MiB/s).
@@ -117,14 +113,7 @@ fn a_returning_sites_history_refuses_the_moments_its_peer_wrote_alone() {
     assert_eq!(a.rpc("cdp_status")[0]["vouched"], true);
     let t_after = clock::now();
     // The newest moments reach past t_after once the idle journals mark time.
-    let t = std::time::Instant::now();
-    while crate::cdp::last(&jb).1 < t_after || crate::cdp::last(&ja).1 < t_after {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "no time mark after the resync"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::cdp::wait_window(&[&jb, &ja], t_after, "no time mark after the resync");
     // The survivor's history: every moment is the volume's.
     assert!(
         at(&ja, Point::Time(t_before)).unwrap() == before,
@@ -217,11 +206,7 @@ fn a_fenced_sites_idle_history_does_not_cover_what_its_peer_wrote_alone() {
     writes(&a, &mut model, 1, 8);
     let before = model.clone();
     let t_before = clock::now();
-    let t = std::time::Instant::now();
-    while crate::cdp::last(&jb).1 < t_before {
-        assert!(t.elapsed() < Duration::from_secs(5), "no time mark");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::cdp::wait_window(&[&jb], t_before, "no time mark");
     h.link_ab(false);
     wait_mirror_state(&a, "survivor", Duration::from_secs(5));
     wait_mirror_state(&b, "fenced", Duration::from_secs(5));
@@ -256,14 +241,7 @@ fn a_fenced_sites_idle_history_does_not_cover_what_its_peer_wrote_alone() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let t_after = clock::now();
-    let t = std::time::Instant::now();
-    while crate::cdp::last(&jb).1 < t_after || crate::cdp::last(&ja).1 < t_after {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "no time mark after the resync"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::cdp::wait_window(&[&jb, &ja], t_after, "no time mark after the resync");
     match at(&jb, Point::Time(t_alone)) {
         Err(e @ CdpError::InGap { .. }) => eprintln!("b after the resync, at t_alone: {e}"),
         r => panic!("b after the resync: {:?}", r.map(|_| "served")),
@@ -332,11 +310,7 @@ fn a_disable_at_a_fenced_site_does_not_move_its_last_vouched_moment() {
         ),
     }
     let t_now = clock::now();
-    let t = std::time::Instant::now();
-    while crate::cdp::last(&jb).1 < t_now {
-        assert!(t.elapsed() < Duration::from_secs(5), "no time mark");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::cdp::wait_window(&[&jb], t_now, "no time mark");
     assert!(at(&jb, Point::Time(t_now)).unwrap() == model, "b now");
     let (mut a, mut b) = (a, b);
     assert!(a.stop() && b.stop(), "clean stop failed");
