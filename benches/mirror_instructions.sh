@@ -1,35 +1,37 @@
 #!/usr/bin/env bash
-# User-space instructions per mirrored 4 KiB write at QD1, per site, counted by callgrind: a
+# User-space instructions per mirrored 4 KiB write at QD1 (or IODEPTH), per site, counted by callgrind: a
 # noise-free measure of the work the datapath does per write (wall-clock CPU on this VM varies
 # by 5-25 % between repetitions; instructions by well under 1 %). It does not count the kernel,
 # cache misses or stalls: use it beside benches/mirror_compare.sh, not instead of it.
 #
 #   N=20000 bash benches/mirror_instructions.sh
 #   OLD_BIN=/work/before/target/release/twinblk bash benches/mirror_instructions.sh
+#   IODEPTH=32 OLD_BIN=... bash benches/mirror_instructions.sh   (fio's queue depth; default 1)
 #
 # For each binary (this tree's release build, then OLD_BIN's if given) and each site of SITES
 # (default "a b"; a leads, b follows): both sites start with a 1 GiB RAM volume, mirrored on
 # loopback, both on core 0, the counted one under `valgrind --tool=callgrind --instr-atstart=no`
-# and the other native; fio's nbd engine (core 1) writes 2,000 random 4 KiB writes at QD1 to site
+# and the other native; fio's nbd engine (core 1) writes 2,000 random 4 KiB writes at that depth to site
 # a (warm-up), then `callgrind_control -i on`, N more (default 20,000), `-i off`, dump. Printed:
 # instructions per write (the counted process's Ir / N) and its TOP (default 12) functions by
 # their own instructions per write. The binaries must take `serve --config` with [mirror]
 # site/peer_site/listen/peer (and witness_key_file where the binary requires it: asked with
 # check-config, as mirror_compare.sh does).
 #
-# Environment: N, SITES, TOP, OLD_BIN, BASE_PORT (default 13600), KEEP=1 keeps the work
+# Environment: N, IODEPTH, SITES, TOP, OLD_BIN, BASE_PORT (default 13600), KEEP=1 keeps the work
 # directory (callgrind files included). Needs: valgrind, fio (nbd engine), nbdinfo (libnbd-bin),
 # python3. Listens on 127.0.0.1 only; always cleans up.
 
 set -euo pipefail
 N=${N:-20000}
+IODEPTH=${IODEPTH:-1}
 SITES=${SITES:-a b}
 TOP=${TOP:-12}
 OLD_BIN=${OLD_BIN:-}
 BASE_PORT=${BASE_PORT:-13600}
 KEEP=${KEEP:-0}
-[[ $N =~ ^[0-9]+$ && $N -ge 1000 && $TOP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
-    { echo "mirror_instructions: N (>= 1000), TOP and BASE_PORT must be numbers" >&2; exit 1; }
+[[ $N =~ ^[0-9]+$ && $N -ge 1000 && $IODEPTH =~ ^[0-9]+$ && $IODEPTH -ge 1 && $TOP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
+    { echo "mirror_instructions: N (>= 1000), IODEPTH (>= 1), TOP and BASE_PORT must be numbers" >&2; exit 1; }
 for s in $SITES; do
     [[ $s == a || $s == b ]] || { echo "mirror_instructions: SITES holds a and/or b" >&2; exit 1; }
 done
@@ -84,7 +86,7 @@ run() { # label bin site
     done
     [[ $ok == 1 ]] || { echo "mirror_instructions: site a did not serve: $(tail -3 "$WORK/$label.a.log")" >&2; exit 1; }
     local fio_args=(--ioengine=nbd "--uri=nbd://127.0.0.1:$pa/vol0" --rw=randwrite --bs=4k
-        --iodepth=1 --size=256M --output-format=json)
+        "--iodepth=$IODEPTH" --size=256M --output-format=json)
     echo "mirror_instructions: site a serves after $((SECONDS - t0)) s; warm-up (2,000 writes)" >&2
     # (The session may still be starting: the warm-up retries until its writes succeed.)
     for _ in $(seq 50); do
@@ -129,7 +131,7 @@ for name, ir in sorted(funcs.items(), key=lambda kv: -kv[1])[:top]:
 PY
 }
 
-echo "mirror_instructions: N=$N SITES=\"$SITES\", $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(valgrind --version)"
+echo "mirror_instructions: N=$N IODEPTH=$IODEPTH SITES=\"$SITES\", $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(valgrind --version)"
 echo "- this tree: $NEW_BIN ($(git rev-parse --short HEAD))"
 [[ -n $OLD_BIN ]] && echo "- old: $OLD_BIN"
 for site in $SITES; do

@@ -5,6 +5,9 @@
 //! - a scan never reports a log end beyond the input, its entries are in sequence order (+1),
 //!   with times that never go backwards and ranges inside the volume, and every entry's
 //!   record decodes again at its position;
+//! - what follows a scan's end is judged without panicking: a record of this use found there
+//!   lies after the end and decodes as one (`later_record`, how recovery tells a cut from an
+//!   earlier use's bytes);
 //! - an index that decodes re-encodes to the same bytes; so does `cdp.meta`, and so does a
 //!   bookmarks file that parses.
 //!
@@ -53,6 +56,11 @@ fuzz_target!(|input: &[u8]| {
         let h = RecHeader::decode(&bytes[e.pos as usize..], VOL).expect("entry decodes");
         assert_eq!((h.seq, h.offset, h.len), (e.seq, e.offset, e.len));
         prev = (e.seq, e.time);
+    }
+    if let Some(at) = format::later_record(bytes, s.end as usize, VOL, s.last_seq + 1) {
+        assert!(at >= s.end as usize);
+        let h = RecHeader::decode(&bytes[at..], VOL).expect("a later record decodes");
+        assert!(h.op != Op::Pad && h.seq > s.last_seq);
     }
     if let Ok(i) = Index::decode(rest) {
         assert_eq!(i.encode(), rest);

@@ -402,43 +402,7 @@ pub(crate) fn kill_9_keeps_every_acknowledged_write(root: &Path, dir: &Path, ext
         volume("v", SIZE, &dir, "4MiB")
     );
     let mut s = Server::start(tmp, &body);
-    let addr = s.addr;
-    // 32 writes in flight at a time, each to its own block; the acknowledged ones are kept.
-    let writer = std::thread::spawn(move || {
-        let mut c = Client::connect(addr, "v", false);
-        let mut acked: Vec<u64> = Vec::new();
-        let mut next = 0u64;
-        let start = Instant::now();
-        while next + 32 <= SIZE / 4096 && start.elapsed() < Duration::from_secs(20) {
-            for k in 0..32 {
-                let b = next + k;
-                // The kill may land while this sends: what was acknowledged is the record.
-                if c.try_send_request(1, b, b * 4096, &pattern(b, 4096))
-                    .is_err()
-                {
-                    return acked;
-                }
-            }
-            for _ in 0..32 {
-                let mut m = [0u8; 4];
-                use std::io::Read;
-                let s = c.stream();
-                if s.read_exact(&mut m).is_err() {
-                    return acked;
-                }
-                let mut h = [0u8; 12];
-                if s.read_exact(&mut h).is_err() {
-                    return acked;
-                }
-                let err = u32::from_be_bytes(h[0..4].try_into().unwrap());
-                let cookie = u64::from_be_bytes(h[4..12].try_into().unwrap());
-                assert_eq!(err, 0);
-                acked.push(cookie);
-            }
-            next += 32;
-        }
-        acked
-    });
+    let writer = acked_writer(s.addr, SIZE);
     std::thread::sleep(Duration::from_millis(700));
     s.kill();
     let acked = writer.join().unwrap();
@@ -475,6 +439,50 @@ pub(crate) fn kill_9_keeps_every_acknowledged_write(root: &Path, dir: &Path, ext
     );
     check(&h2);
     drop(s);
+}
+
+/// A client writing `pattern(b)` to block `b` (4 KiB) of volume `v` at `addr`, blocks 0, 1, 2,
+/// ... of a `size`-byte volume once each, 32 in flight at a time, until the volume ends, 20 s
+/// pass or the server goes away; it returns the blocks whose writes were acknowledged.
+pub(crate) fn acked_writer(
+    addr: std::net::SocketAddr,
+    size: u64,
+) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let mut c = Client::connect(addr, "v", false);
+        let mut acked: Vec<u64> = Vec::new();
+        let mut next = 0u64;
+        let start = Instant::now();
+        while next + 32 <= size / 4096 && start.elapsed() < Duration::from_secs(20) {
+            for k in 0..32 {
+                let b = next + k;
+                // The kill may land while this sends: what was acknowledged is the record.
+                if c.try_send_request(1, b, b * 4096, &pattern(b, 4096))
+                    .is_err()
+                {
+                    return acked;
+                }
+            }
+            for _ in 0..32 {
+                let mut m = [0u8; 4];
+                use std::io::Read;
+                let s = c.stream();
+                if s.read_exact(&mut m).is_err() {
+                    return acked;
+                }
+                let mut h = [0u8; 12];
+                if s.read_exact(&mut h).is_err() {
+                    return acked;
+                }
+                let err = u32::from_be_bytes(h[0..4].try_into().unwrap());
+                let cookie = u64::from_be_bytes(h[4..12].try_into().unwrap());
+                assert_eq!(err, 0);
+                acked.push(cookie);
+            }
+            next += 32;
+        }
+        acked
+    })
 }
 
 /// Two sites, each mirroring two volumes (one homed on each of two reactors) of group `g` with

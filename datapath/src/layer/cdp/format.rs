@@ -474,6 +474,30 @@ pub fn scan(seg: &[u8], vol_id: u64, vol_size: u64, prev_seq: u64, prev_time: u6
     s
 }
 
+/// Where the first record written in this use of a segment file lies at or after byte `from`
+/// of `seg`: a record header of history `vol_id`, not padding, whose sequence number is at
+/// least `first_seq` (the segment's first). Bytes after a log's end are zeroes, an earlier
+/// use's records (sequence numbers below `first_seq`: a file is reused only once every record
+/// in it was consolidated) or, only when the log was cut, records of this use; this tells the
+/// last from the others (docs/cdp-format.md, "Torn tail").
+pub fn later_record(seg: &[u8], from: usize, vol_id: u64, first_seq: u64) -> Option<usize> {
+    let mut pos = from;
+    while pos + REC_HEADER <= seg.len() {
+        let at = seg[pos..seg.len() - REC_HEADER + 4]
+            .windows(4)
+            .position(|w| w == REC_MAGIC)?;
+        pos += at;
+        if let Ok(h) = RecHeader::decode(&seg[pos..], vol_id)
+            && h.op != Op::Pad
+            && h.seq >= first_seq
+        {
+            return Some(pos);
+        }
+        pos += 1;
+    }
+    None
+}
+
 /// An index file's content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Index {
@@ -616,6 +640,58 @@ mod tests {
         s
     }
 
+    /// A segment file reused after consolidation keeps its earlier use's records behind the
+    /// new header: the scan of the new use ends at its own last record (an earlier record can
+    /// never continue the chain), `later_record` finds no record of this use after that end,
+    /// and finds one when a record of this use was dropped (a cut).
+    #[test]
+    fn an_earlier_use_of_a_segment_file_never_continues_its_log() {
+        // The file's earlier use: records 10..=40 of 512 bytes each, with padding.
+        let old: Vec<Vec<u8>> = (10..=40u64)
+            .map(|q| rec(Op::Write, q, q * 512, &[q as u8; 512], 512))
+            .collect();
+        let mut file = segment(&old);
+        // The new use: header (first sequence 100), records 100..=102, written over the start.
+        let mut header = SegHeader::decode(&file).unwrap();
+        header.first_seq = 100;
+        header.segno = 9;
+        file[..SEG_HEADER].copy_from_slice(&header.encode());
+        let new: Vec<u8> = (100..=102u64)
+            .flat_map(|q| rec(Op::Write, q, 0, &[q as u8; 1024], 1024))
+            .collect();
+        file[SEG_HEADER..SEG_HEADER + new.len()].copy_from_slice(&new);
+        let end = SEG_HEADER + new.len();
+        let s = scan(&file, 7, 1 << 30, 99, 0);
+        assert_eq!(
+            s.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [100, 101, 102]
+        );
+        assert_eq!(s.end, end as u64);
+        assert!(s.stopped.is_some(), "stopped at the earlier use's bytes");
+        assert!(
+            later_record(&file, 0, 7, 1).is_some(),
+            "the earlier use's records are there"
+        );
+        assert_eq!(later_record(&file, end, 7, 100), None, "none of this use");
+        // Record 101's payload damaged: the scan ends after 100, and 101's header is a record
+        // of this use after that end; with 101's header damaged too, 102's is.
+        let second = SEG_HEADER + REC_HEADER + 1024;
+        let mut cut = file.clone();
+        cut[second + REC_HEADER + 5] ^= 1;
+        let s = scan(&cut, 7, 1 << 30, 99, 0);
+        assert_eq!(s.entries.len(), 1);
+        assert_eq!(s.end, second as u64);
+        assert_eq!(later_record(&cut, second, 7, 100), Some(second));
+        cut[second + 9] ^= 1;
+        let third = second + REC_HEADER + 1024;
+        assert_eq!(later_record(&cut, second, 7, 100), Some(third));
+        // Another history's records and padding of this one do not count.
+        assert_eq!(later_record(&cut, s.end as usize, 8, 100), None);
+        let mut pad = vec![0u8; 4096];
+        encode_pad(&mut pad, 4096, 7);
+        assert_eq!(later_record(&pad, 0, 7, 0), None);
+    }
+
     #[test]
     fn headers_round_trip_and_reject_damage() {
         let m = Meta {
@@ -706,7 +782,9 @@ mod tests {
                 let r = rec(Op::Write, 1, 0, &[2; 512], 512);
                 seg[SEG_HEADER..SEG_HEADER + r.len()].copy_from_slice(&r);
             }
-            let _ = scan(&seg, 7, 1 << 20, 0, 0);
+            let s = scan(&seg, 7, 1 << 20, 0, 0);
+            let _ = later_record(&seg, s.end as usize, 7, 1);
+            let _ = later_record(&seg, seg.len(), 7, 1);
             let _ = Index::decode(&seg);
             let _ = SegHeader::decode(&seg);
         }

@@ -254,13 +254,16 @@ fn load_index(dir: &Path, file: &File, segno: u64, meta: &Meta) -> Option<Index>
     Some(i)
 }
 
-/// Whether the log of `file` really ends at `end`: no valid record header of this history
-/// starts there (an index of the last segment written at a clean stop is stale once anything
-/// was appended after it).
-fn ends_at(file: &File, end: u64, meta: &Meta) -> bool {
+/// Whether the log of `file`, a segment whose first sequence number is `first_seq`, really
+/// ends at `end`: no record header of this use of the file starts there (an index of the last
+/// segment written at a clean stop is stale once anything was appended after it; an earlier
+/// use's record or padding there is not an append).
+fn ends_at(file: &File, end: u64, meta: &Meta, first_seq: u64) -> bool {
     let mut h = [0u8; format::REC_HEADER];
     match file.read_exact_at(&mut h, end) {
-        Ok(()) => format::RecHeader::decode(&h, meta.vol_id).is_err(),
+        Ok(()) => format::RecHeader::decode(&h, meta.vol_id)
+            .ok()
+            .is_none_or(|r| r.op == format::Op::Pad || r.seq < first_seq),
         Err(_) => true, // the file ends there
     }
 }
@@ -420,7 +423,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         // while nothing follows its end.
         let index = match load_index(dir, &file, segno, &meta)
             .filter(|i| i.entries.first().is_none_or(|e| e.seq == h.last_seq + 1))
-            .filter(|i| !last_file || ends_at(&file, i.end, &meta))
+            .filter(|i| !last_file || ends_at(&file, i.end, &meta, header.first_seq))
         {
             Some(i) => i,
             None => {
@@ -440,12 +443,14 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                         tracing::warn!(error = %e, "cdp: cannot write a segment index");
                     }
                 }
+                // Zeroes or an earlier use's records may follow the end; a record of this use
+                // means the log was cut (docs/cdp-format.md, "Torn tail").
                 if let Some(why) = s.stopped
-                    && s.end + (format::REC_HEADER as u64) <= bytes.len() as u64
-                    && !bytes[s.end as usize..].iter().all(|&b| b == 0)
+                    && let Some(at) =
+                        format::later_record(&bytes, s.end as usize, meta.vol_id, header.first_seq)
                 {
                     h.cut = Some(format!(
-                        "segment {segno}: the log ends at byte {} ({why}); what follows is cut",
+                        "segment {segno}: the log ends at byte {} ({why}), before a record at byte {at}; what follows is cut",
                         s.end
                     ));
                 }
@@ -532,13 +537,12 @@ pub fn recycle_segment(dir: &Path, segno: u64) -> Result<(), CdpError> {
     sync_dir(dir)
 }
 
-/// Make a waiting recycled file of `size` bytes the spare segment `segno`: it is zeroed
-/// whole (synced) before it takes the segment's name: `FALLOC_FL_ZERO_RANGE`, which keeps its
-/// blocks allocated, or zeroes written when the filesystem cannot, or with `zero` (prezero)
-/// so appends need no extent conversion. Readers tell a log's clean end from a cut by the
-/// zeroes after it, so no old byte may stay. Files of another size (the segment size changed)
-/// are deleted. False when none was there.
-fn reuse_recycled(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<bool, CdpError> {
+/// Make a waiting recycled file of `size` bytes the spare segment `segno`: its header is
+/// zeroed (synced) before it takes the segment's name, and the rest keeps the earlier use's
+/// bytes (already written blocks: appends overwrite them with no extent conversion, and no
+/// earlier record can pass for a later one, docs/cdp-format.md, "Segment recycling"). Files
+/// of another size (the segment size changed) are deleted. False when none was there.
+fn reuse_recycled(dir: &Path, segno: u64, size: u64) -> Result<bool, CdpError> {
     for (p, len) in recycled(dir) {
         if len != size {
             let _ = std::fs::remove_file(&p);
@@ -547,22 +551,13 @@ fn reuse_recycled(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<bool,
         let path = seg_path(dir, segno);
         let tmp = path.with_extension("spare");
         std::fs::rename(&p, &tmp).map_err(io_err("rename", &p))?;
-        if zero {
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&tmp)
-                .map_err(io_err("open", &tmp))?;
-            let z = vec![0u8; 1 << 20];
-            let mut at = 0;
-            while at < size {
-                let n = (size - at).min(z.len() as u64) as usize;
-                f.write_all_at(&z[..n], at).map_err(io_err("zero", &tmp))?;
-                at += n as u64;
-            }
-            f.sync_all().map_err(io_err("sync", &tmp))?;
-        } else {
-            zero_after(&tmp, 0)?;
-        }
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&tmp)
+            .map_err(io_err("open", &tmp))?;
+        f.write_all_at(&[0u8; format::SEG_HEADER], 0)
+            .map_err(io_err("zero", &tmp))?;
+        f.sync_all().map_err(io_err("sync", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
         sync_dir(dir)?;
         return Ok(true);
@@ -700,14 +695,16 @@ pub fn create_segment(
         .map_err(io_err("open", &path))
 }
 
-/// Prepare segment `segno` as a spare (off the reactor): preallocated, all zeroes where
-/// `zero` (its blocks written once, so later appends need no allocation by the filesystem),
-/// header all zeroes (the writer writes it as the segment's first append), synced with its
-/// directory. A newest segment whose header is all zeroes is an unused spare to recovery.
+/// Prepare segment `segno` as a spare (off the reactor): a waiting consolidated segment's
+/// file if there is one (its blocks already written), else a new file preallocated, all
+/// zeroes where `zero` (its blocks written once, so later appends need no allocation by the
+/// filesystem); header all zeroes (the writer writes it as the segment's first append),
+/// synced with its directory. A newest segment whose header is all zeroes is an unused spare
+/// to recovery.
 pub fn prepare_spare(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<(), CdpError> {
     // A consolidated segment's file first: its blocks stay allocated, so the journal
     // device's use does not move with every segment.
-    if reuse_recycled(dir, segno, size, zero)? {
+    if reuse_recycled(dir, segno, size)? {
         return Ok(());
     }
     let path = seg_path(dir, segno);
@@ -766,10 +763,10 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     /// A consolidated segment's file becomes a later spare segment (same inode, so the same
-    /// blocks), zeroed whole; at most `RECYCLED_MAX` wait, more are deleted; a file of another
-    /// size is not reused.
+    /// blocks), its header zeroed and the rest kept; at most `RECYCLED_MAX` wait, more are
+    /// deleted; a file of another size is not reused.
     #[test]
-    fn a_retired_segment_file_is_reused_zeroed_as_a_later_spare() {
+    fn a_retired_segment_file_is_reused_as_a_later_spare_with_its_header_zeroed() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
         let size = 1 << 20;
@@ -787,7 +784,16 @@ mod tests {
         prepare_spare(dir, 5, size, false).unwrap();
         let p = seg_path(dir, 5);
         assert_eq!(ino(&p), first, "the oldest retired file is the new spare");
-        assert!(std::fs::read(&p).unwrap().iter().all(|&b| b == 0), "zeroed");
+        let b = std::fs::read(&p).unwrap();
+        assert!(
+            b[..format::SEG_HEADER].iter().all(|&b| b == 0),
+            "header zeroed"
+        );
+        assert!(
+            b[format::SEG_HEADER..].iter().all(|&b| b == 0xAB),
+            "the rest kept"
+        );
+        assert!(is_spare(dir, 5));
         assert_eq!(recycled(dir).len(), 1);
         // Another segment size: the waiting file is deleted, a new one made.
         prepare_spare(dir, 6, size * 2, false).unwrap();
