@@ -315,3 +315,70 @@ fn a_disable_at_a_fenced_site_does_not_move_its_last_vouched_moment() {
     let (mut a, mut b) = (a, b);
     assert!(a.stop() && b.stop(), "clean stop failed");
 }
+
+/// Both sites are killed together (no grant is taken); site a restarts alone and waits, and an
+/// operator's takeover (`mirror_takeover`, accepting that its peer may have acknowledged writes
+/// it lacks) makes it survivor. Its history must not vouch for the moments from its loss to the
+/// takeover (its replica may then not have been the volume): refused, while the moments
+/// before the loss and after the takeover are exact.
+#[test]
+fn a_takeover_refuses_the_moments_before_it_at_the_site_taken_over() {
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = site(root.path(), "a", "b", pa, pb, w.addr);
+    let mut b = site(root.path(), "b", "a", pb, pa, w.addr);
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let mut model = vec![0u8; VOL];
+    writes(&a, &mut model, 1, 8);
+    let before = model.clone();
+    std::thread::sleep(Duration::from_millis(30));
+    let t_before = clock::now();
+    let ja = root.path().join("a.cdp");
+    crate::cdp::wait_window(&[&ja], t_before, "no time mark");
+    // Together: neither site lives long enough after the other to ask for a grant.
+    a.kill();
+    b.kill();
+    drop(b);
+    let a = a.respawn();
+    wait_mirror_state(&a, "waiting", Duration::from_secs(10));
+    let mut c = Client::connect(a.addr, "vol0", false);
+    assert_eq!(
+        c.write(0, &pattern(1, 4096)),
+        twinblk::frontend::nbd::proto::err::EIO
+    );
+    c.disconnect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t_waiting = clock::now();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = a.rpc_with("mirror_takeover", serde_json::json!({"volume": "vol0"}));
+    assert_eq!(r["result"]["asked"], true, "{r}");
+    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    writes(&a, &mut model, 100, 4);
+    let t = std::time::Instant::now();
+    while a.rpc("cdp_status")[0]["vouched"] != true {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "vouched for as survivor"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t_after = clock::now();
+    crate::cdp::wait_window(&[&ja], t_after, "no time mark after the takeover");
+    assert!(
+        at(&ja, Point::Time(t_before)).unwrap() == before,
+        "before the loss"
+    );
+    match at(&ja, Point::Time(t_waiting)) {
+        Err(e @ (CdpError::InGap { .. } | CdpError::NotWhole { .. })) => {
+            eprintln!("a while waiting: refused: {e}")
+        }
+        Err(e) => panic!("a while waiting: refused for another reason: {e}"),
+        Ok(_) => panic!("a served a moment before the takeover (its peer may have written alone)"),
+    }
+    assert!(
+        at(&ja, Point::Time(t_after)).unwrap() == model,
+        "after the takeover"
+    );
+}
