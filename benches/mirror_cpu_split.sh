@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Where a mirrored 4 KiB write's server CPU goes at QD1: user and system time per write at each
-# site (from /proc/<pid>/stat, in clock ticks: 10 ms each, so use N of 40,000 or more), and the
+# Where a mirrored 4 KiB write's server CPU goes at QD1 (or IODEPTH): user and system time per write at each
+# site (from /proc/<pid>/stat, in clock ticks: 10 ms each, so use N of 40,000 or more; fio goes
+# round its 256 MiB region again until N writes are made: io_size), and the
 # system calls and context switches per write of each site's reactor thread (perf stat). Beside
 # benches/mirror_compare.sh (IOPS, latency, total CPU) and benches/mirror_instructions.sh
 # (user-space instructions): this one says how much of the CPU the datapath's own code could
@@ -8,24 +9,26 @@
 #
 #   N=40000 REPS=3 bash benches/mirror_cpu_split.sh
 #   OLD_BIN=/work/before/target/release/twinblk N=40000 REPS=3 bash benches/mirror_cpu_split.sh
+#   IODEPTH=32 N=400000 OLD_BIN=... bash benches/mirror_cpu_split.sh   (fio's queue depth)
 #
 # For each repetition, this tree's release build and then OLD_BIN's (if given), in turns: both
 # sites start with a 1 GiB RAM volume mirrored on loopback (a leads, b follows), both reactors
 # on core 0 with wait = "interrupt"; fio's nbd engine on core 1 writes 3,000 random 4 KiB
-# writes at QD1 to site a (warm-up), then N more while perf stat counts both processes. Printed
+# writes at that depth to site a (warm-up), then N more while perf stat counts both processes. Printed
 # per run and as medians per binary: user and system µs per write at a and b, their sum, and
 # each site's reactor thread's system calls and context switches per write (a, then b).
 #
-# Environment: N, REPS, OLD_BIN, BASE_PORT (default 14600). Needs fio (nbd engine), nbdinfo
+# Environment: N, IODEPTH (default 1), REPS, OLD_BIN, BASE_PORT (default 14600). Needs fio (nbd engine), nbdinfo
 # (libnbd-bin), perf, python3. Listens on 127.0.0.1 only; always cleans up.
 
 set -euo pipefail
 N=${N:-40000}
+IODEPTH=${IODEPTH:-1}
 REPS=${REPS:-3}
 OLD_BIN=${OLD_BIN:-}
 BASE_PORT=${BASE_PORT:-14600}
-[[ $N =~ ^[0-9]+$ && $N -ge 1000 && $REPS =~ ^[0-9]+$ && $REPS -ge 1 && $BASE_PORT =~ ^[0-9]+$ ]] ||
-    { echo "mirror_cpu_split: N (>= 1000), REPS (>= 1) and BASE_PORT must be numbers" >&2; exit 1; }
+[[ $N =~ ^[0-9]+$ && $N -ge 1000 && $IODEPTH =~ ^[0-9]+$ && $IODEPTH -ge 1 && $REPS =~ ^[0-9]+$ && $REPS -ge 1 && $BASE_PORT =~ ^[0-9]+$ ]] ||
+    { echo "mirror_cpu_split: N (>= 1000), IODEPTH (>= 1), REPS (>= 1) and BASE_PORT must be numbers" >&2; exit 1; }
 for tool in fio nbdinfo perf python3 taskset; do
     command -v "$tool" >/dev/null || { echo "mirror_cpu_split: needs $tool" >&2; exit 1; }
 done
@@ -72,7 +75,7 @@ run() { # label bin
     done
     [[ $ok == 1 ]] || { echo "mirror_cpu_split: site a did not serve: $(tail -3 "$WORK/$label.a.log")" >&2; exit 1; }
     local args=(--ioengine=nbd "--uri=nbd://127.0.0.1:$pa/vol0" --rw=randwrite --bs=4k
-        --iodepth=1 --size=256M)
+        "--iodepth=$IODEPTH" --size=256M)
     # (The session may still be starting: the warm-up retries until its writes succeed.)
     for _ in $(seq 50); do
         taskset -c 1 fio --name=warm "${args[@]}" --number_ios=3000 >/dev/null 2>&1 && break
@@ -83,7 +86,7 @@ run() { # label bin
     read -r bu0 bs0 < <(ticks "$b")
     perf stat --per-thread -e raw_syscalls:sys_enter,context-switches -p "$a,$b" \
         -o "$WORK/$label.perf" -- taskset -c 1 fio --name=count "${args[@]}" --number_ios="$N" \
-        >"$WORK/$label.fio" 2>&1
+        --io_size="$((N * 4))k" --output-format=json >"$WORK/$label.fio" 2>&1
     read -r au1 as1 < <(ticks "$a")
     read -r bu1 bs1 < <(ticks "$b")
     local ta tb
@@ -93,9 +96,17 @@ run() { # label bin
     wait "$a" "$b" 2>/dev/null || true
     PIDS=()
     python3 - "$label" "$N" "$(getconf CLK_TCK)" "$au0" "$as0" "$au1" "$as1" "$bu0" "$bs0" \
-        "$bu1" "$bs1" "$ta" "$tb" "$WORK/$label.perf" >>"$RESULTS" <<'PY'
+        "$bu1" "$bs1" "$ta" "$tb" "$WORK/$label.perf" "$WORK/$label.fio" >>"$RESULTS" <<'PY'
 import re, sys
+import json
 label, n, tck = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+# The writes fio really made: at most one per 4 KiB block of its 256 MiB region (65,536), so
+# a larger N is not what was done.
+t = open(sys.argv[15]).read()
+done = json.loads(t[t.index("{"):])["jobs"][0]["write"]["total_ios"]
+if done != n:
+    print(f"mirror_cpu_split: fio made {done} writes, not N={n}: per-write figures use {done}", file=sys.stderr)
+n = done
 au0, as0, au1, as1, bu0, bs0, bu1, bs1 = map(int, sys.argv[4:12])
 us = lambda d: d * 1e6 / tck / n
 # Per thread (perf names each comm-tid); the reactors are the threads named reactor-*.
@@ -115,18 +126,18 @@ PY
     tail -1 "$RESULTS" >&2
 }
 
-echo "mirror_cpu_split: N=$N REPS=$REPS, $(date -u +%FT%TZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "mirror_cpu_split: N=$N IODEPTH=$IODEPTH REPS=$REPS, $(date -u +%FT%TZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for r in $(seq "$REPS"); do
     run new "$NEW_BIN"
     [[ -n $OLD_BIN ]] && run old "$OLD_BIN"
 done
-python3 - "$RESULTS" "$N" <<'PY'
+python3 - "$RESULTS" "$N" "$IODEPTH" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     p = line.split()
     rows.setdefault(p[0], []).append(p[1:])
-print(f"mirror_cpu_split: mirrored 4 KiB randwrite QD1, N={sys.argv[2]} per run, medians of {len(next(iter(rows.values())))} runs")
+print(f"mirror_cpu_split: mirrored 4 KiB randwrite QD{sys.argv[3]}, N={sys.argv[2]} per run, medians of {len(next(iter(rows.values())))} runs")
 print("| binary | a user µs | a sys µs | b user µs | b sys µs | total µs / write | syscalls / write (a b) | context switches / write (a b) |")
 print("|---|---|---|---|---|---|---|---|")
 med = {}
