@@ -14,14 +14,16 @@ use twinblk::layer::cdp::store::{self, CdpError, Load};
 
 const SIZE: usize = 16 << 20;
 
-/// Writers of the load (connections, spread over both reactors), each in its own part.
+/// Writers of the load (connections, spread over both reactors and over the sites given),
+/// each in its own part of the volume.
 const WRITERS: usize = 4;
 
-/// Writes of 4 KiB patterns to one part of the volume until `stop`, on its own connection;
-/// the model of that part, in completion order (one request at a time).
-fn writer(
+/// Writes of 4 KiB patterns to part `part` (of [`WRITERS`]) of volume `v` of `size` bytes
+/// through `addr` until `stop`, one at a time; the writes in completion order.
+pub(crate) fn writer(
     addr: std::net::SocketAddr,
-    half: usize,
+    size: usize,
+    part: usize,
     seed: u64,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<(u64, Vec<u8>)>> {
@@ -29,11 +31,11 @@ fn writer(
         let mut c = Client::connect(addr, "v", false);
         let mut log = Vec::new();
         let mut i = 0u64;
+        let len = (size / WRITERS) as u64;
         while !stop.load(Ordering::SeqCst) {
-            let part = (SIZE / WRITERS) as u64;
-            let off = half as u64 * part + (i * 7919 * 4096) % part;
+            let off = part as u64 * len + (i * 7919 * 4096) % len;
             let data = pattern(seed + i, 4096);
-            assert_eq!(c.write(off, &data), 0, "write {i} failed");
+            assert_eq!(c.write(off, &data), 0, "write {i} of part {part} failed");
             log.push((off, data));
             i += 1;
         }
@@ -42,42 +44,48 @@ fn writer(
     })
 }
 
-fn apply(model: &mut [u8], log: &[(u64, Vec<u8>)]) {
-    for (o, d) in log {
-        model[*o as usize..*o as usize + d.len()].copy_from_slice(d);
-    }
-}
-
-/// Switch CDP on while two connections write; stop them; the model is the volume.
-fn enable_under_load(
-    s: &Server,
+/// `on` switches CDP on (`params` of `cdp_enable`) while [`WRITERS`] connections write volume
+/// `v` (`size` bytes), spread over `sites`; the writers are stopped and `model` follows every
+/// write. The answer's result.
+pub(crate) fn enable_under_load(
+    on: &Server,
+    sites: &[std::net::SocketAddr],
+    size: usize,
     params: serde_json::Value,
     model: &mut [u8],
     seed: u64,
 ) -> serde_json::Value {
     let stop = Arc::new(AtomicBool::new(false));
     let w: Vec<_> = (0..WRITERS)
-        .map(|h| writer(s.addr, h, seed + h as u64 * 100_000, Arc::clone(&stop)))
+        .map(|p| {
+            let addr = sites[p % sites.len()];
+            writer(addr, size, p, seed + p as u64 * 100_000, Arc::clone(&stop))
+        })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let r = s.rpc_with("cdp_enable", params);
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let r = on.rpc_with("cdp_enable", params);
+    std::thread::sleep(std::time::Duration::from_millis(150));
     stop.store(true, Ordering::SeqCst);
     for t in w {
         let log = t.join().unwrap();
         assert!(log.len() > 5, "the load ran ({} writes)", log.len());
-        apply(model, &log);
+        for (o, d) in &log {
+            model[*o as usize..*o as usize + d.len()].copy_from_slice(d);
+        }
     }
     assert!(r["error"].is_null(), "{r}");
     eprintln!(
-        "cdp_enable under load: {} bytes journaled again, {} updates held behind the catch-up",
-        r["result"]["journaled_again_bytes"], r["result"]["held_behind_catchup"]
+        "cdp_enable under load ({} sites): {} bytes journaled again, {} updates held behind the catch-up",
+        sites.len(),
+        r["result"]["journaled_again_bytes"],
+        r["result"]["held_behind_catchup"]
     );
     r["result"].clone()
 }
 
-/// A bookmark now; returned once the window reaches it (the idle journal's next time mark).
-fn bookmark(s: &Server, name: &str) -> u64 {
+/// A bookmark of volume `v` at `s` now; returned once the window reaches it (the idle
+/// journal's next time mark).
+pub(crate) fn bookmark(s: &Server, name: &str) -> u64 {
     let r = s.rpc_with(
         "cdp_bookmark",
         serde_json::json!({"volume": "v", "name": name}),
@@ -169,6 +177,8 @@ fn cdp_switched_on_and_off_at_run_time_keeps_every_served_point_exact() {
     // 1. On, under load: a new history.
     let r = enable_under_load(
         &s,
+        &[s.addr],
+        SIZE,
         serde_json::json!({"volume": "v", "dir": d, "segment_size": "4MiB"}),
         &mut model,
         1000,
@@ -303,6 +313,8 @@ fn cdp_switched_on_and_off_at_run_time_keeps_every_served_point_exact() {
     // 4. On again, under load: the history resumes after a gap for the time it was off.
     let r = enable_under_load(
         &s,
+        &[s.addr],
+        SIZE,
         serde_json::json!({"volume": "v", "dir": d}),
         &mut model,
         9000,
@@ -411,6 +423,8 @@ fn a_ram_volume_switched_on_under_load_serves_exact_points() {
     let d = dir.display().to_string();
     let r = enable_under_load(
         &s,
+        &[s.addr],
+        SIZE,
         serde_json::json!({"volume": "v", "dir": d, "segment_size": "8MiB"}),
         &mut model,
         3000,

@@ -4,105 +4,16 @@
 //! site switches its history on; every point that site's history serves is exactly the
 //! volume's content then, the other site is not changed, and the mirror stays up throughout.
 
+use crate::cdp_live::{bookmark, enable_under_load};
 use crate::harness::{Server, free_port, pattern};
 use crate::rawnbd::Client;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use twinblk::layer::cdp::pit::{self, Point};
 use twinblk::layer::cdp::store::{self, CdpError, Load};
 
 const SIZE: usize = 8 << 20;
-
-/// Writers of the load: two at each site, each in its own quarter of the volume.
-const WRITERS: usize = 4;
-
-/// 4 KiB pattern writes to quarter `part` through `addr` until `stop`, one at a time; the
-/// writes in completion order.
-fn writer(
-    addr: SocketAddr,
-    part: usize,
-    seed: u64,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<(u64, Vec<u8>)>> {
-    std::thread::spawn(move || {
-        let mut c = Client::connect(addr, "v", false);
-        let mut log = Vec::new();
-        let mut i = 0u64;
-        let len = (SIZE / WRITERS) as u64;
-        while !stop.load(Ordering::SeqCst) {
-            let off = part as u64 * len + (i * 7919 * 4096) % len;
-            let data = pattern(seed + i, 4096);
-            assert_eq!(c.write(off, &data), 0, "write {i} of part {part} failed");
-            log.push((off, data));
-            i += 1;
-        }
-        c.disconnect();
-        log
-    })
-}
-
-/// `site` switches CDP on while both sites are written; the model follows every write.
-fn enable_under_load(
-    on: &Server,
-    sites: [SocketAddr; 2],
-    params: serde_json::Value,
-    model: &mut [u8],
-    seed: u64,
-) -> serde_json::Value {
-    let stop = Arc::new(AtomicBool::new(false));
-    let w: Vec<_> = (0..WRITERS)
-        .map(|p| {
-            writer(
-                sites[p % 2],
-                p,
-                seed + p as u64 * 100_000,
-                Arc::clone(&stop),
-            )
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(150));
-    let r = on.rpc_with("cdp_enable", params);
-    std::thread::sleep(Duration::from_millis(150));
-    stop.store(true, Ordering::SeqCst);
-    for t in w {
-        let log = t.join().unwrap();
-        assert!(log.len() > 5, "the load ran ({} writes)", log.len());
-        for (o, d) in &log {
-            model[*o as usize..*o as usize + d.len()].copy_from_slice(d);
-        }
-    }
-    assert!(r["error"].is_null(), "{r}");
-    eprintln!(
-        "cdp_enable under the mirror, under load: {} bytes journaled again, {} updates held behind the catch-up",
-        r["result"]["journaled_again_bytes"], r["result"]["held_behind_catchup"]
-    );
-    r["result"].clone()
-}
-
-/// A bookmark at `s` now; returned once the window reaches it.
-fn bookmark(s: &Server, name: &str) -> u64 {
-    let r = s.rpc_with(
-        "cdp_bookmark",
-        serde_json::json!({"volume": "v", "name": name}),
-    );
-    let t = r["result"]["time_ns"].as_u64().expect("a bookmark");
-    let start = Instant::now();
-    while s.rpc("cdp_status")[0]["window_end_ns"]
-        .as_u64()
-        .unwrap_or(0)
-        < t
-    {
-        assert!(
-            start.elapsed().as_secs() < 5,
-            "the window does not reach {t}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t
-}
 
 fn at(dir: &Path, p: Point) -> Result<Vec<u8>, CdpError> {
     let h = store::load(dir, Load::ReadOnly)?;
@@ -184,7 +95,8 @@ fn under_the_mirror_each_site_switches_its_own_history_on_and_off_at_run_time() 
     let da = jdir("a").display().to_string();
     let r = enable_under_load(
         &sa,
-        sites,
+        &sites,
+        SIZE,
         serde_json::json!({"volume": "v", "dir": da, "segment_size": "4MiB"}),
         &mut model,
         1000,
@@ -247,7 +159,8 @@ fn under_the_mirror_each_site_switches_its_own_history_on_and_off_at_run_time() 
     // 4. Site a on again, under load: resumed after a gap for the time it was off.
     let r = enable_under_load(
         &sa,
-        sites,
+        &sites,
+        SIZE,
         serde_json::json!({"volume": "v", "dir": da}),
         &mut model,
         4000,
@@ -275,7 +188,8 @@ fn under_the_mirror_each_site_switches_its_own_history_on_and_off_at_run_time() 
     let db = jdir("b").display().to_string();
     let r = enable_under_load(
         &sb,
-        sites,
+        &sites,
+        SIZE,
         serde_json::json!({"volume": "v", "dir": db, "segment_size": "4MiB"}),
         &mut model,
         5000,

@@ -449,10 +449,16 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                     && let Some(at) =
                         format::later_record(&bytes, s.end as usize, meta.vol_id, header.first_seq)
                 {
-                    h.cut = Some(format!(
-                        "segment {segno}: the log ends at byte {} ({why}), before a record at byte {at}; what follows is cut",
-                        s.end
-                    ));
+                    h.cut = Some(if at as u64 == s.end {
+                        format!(
+                            "segment {segno}: the record at byte {at} is torn or damaged ({why}); it and what follows are cut"
+                        )
+                    } else {
+                        format!(
+                            "segment {segno}: the log ends at byte {} ({why}), before a record of this segment at byte {at}; what follows is cut",
+                            s.end
+                        )
+                    });
                 }
                 i
             }
