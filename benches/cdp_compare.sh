@@ -21,9 +21,11 @@
 # the journal only grows), WARM (MiB of random 64 KiB writes before each point, after the
 # prefill, default 0: with RETAIN, enough to fill the journal to its retention first measures
 # the steady state, segments consolidated and recycled while the point runs), PREZERO=1 (journal segments written with zeroes
-# ahead of use: [volume.cdp] prezero), PREFILL=0 skips writing the measured 256 MiB once before
+# ahead of use: [volume.cdp] prezero), PREFILL=0 skips writing the measured REGION once before
 # each point (default 1: no configuration pays for the RAM volume's first touch of its pages),
-# KEEP=1 keeps logs and fio JSON. OLD_BIN=/path/to/twinblk adds configurations off@old,
+# REGION (the bytes the measured points and the prefill write, default 256M; a small one, e.g.
+# 16M, is a hot-block workload), POINTS (comma-separated "rw bs qd" triples, default
+# "randwrite 4k 1,randwrite 4k 32,write 128k 32"), KEEP=1 keeps logs and fio JSON. OLD_BIN=/path/to/twinblk adds configurations off@old,
 # disk@old, ram@old (name them in CONFIGS) served by that binary, in the same rotation, to
 # compare two trees side by side in one run, e.g.
 #   OLD_BIN=/tmp/twinblk-before CONFIGS="off ram ram@old" bash benches/cdp_compare.sh Also reported: the server's CPU time (all its threads,
@@ -47,7 +49,10 @@ PREFILL=${PREFILL:-1}
 SEGMENT=${SEGMENT:-256MiB}
 RETAIN=${RETAIN:-}
 WARM=${WARM:-0}
+REGION=${REGION:-256M}
+POINTS=${POINTS:-}
 die() { echo "cdp_compare: $*" >&2; exit 1; }
+[[ $REGION =~ ^[0-9]+[KMG]$ ]] || die "REGION is a size such as 256M or 16M"
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     die "RUNTIME, REPS, RAMP, BASE_PORT must be numbers"
 ((RUNTIME >= 1 && REPS >= 1)) || die "RUNTIME and REPS must be >= 1"
@@ -144,7 +149,11 @@ stop_server() {
     if [[ -n ${CUR_JDIR:-} ]]; then rm -rf "$CUR_JDIR"; CUR_JDIR=""; fi
 }
 
-POINTS=("randwrite 4k 1" "randwrite 4k 32" "write 128k 32")
+if [[ -n $POINTS ]]; then
+    IFS=, read -r -a POINTS <<<"$POINTS"
+else
+    POINTS=("randwrite 4k 1" "randwrite 4k 32" "write 128k 32")
+fi
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 port=$BASE_PORT
@@ -156,11 +165,11 @@ for ((rep = 1; rep <= REPS; rep++)); do
             start_server "$cfg" "$port"
             out=$WORK/$cfg-$rw-$bs-$qd-$rep.json
             if [[ $PREFILL == 1 ]]; then
-                # Every configuration writes the measured 256 MiB once first, so no point pays
+                # Every configuration writes the measured region once first, so no point pays
                 # for the RAM volume's first touch of its pages (a cost of this VM's memory).
                 taskset -c "$FIO_CPU" fio --name=prefill --ioengine=nbd \
                     --uri="nbd://127.0.0.1:$port/vol0" --rw=write --bs=1m --iodepth=8 \
-                    --size=256M --output-format=json >/dev/null
+                    --size="$REGION" --output-format=json >/dev/null
             fi
             if ((WARM > 0)); then
                 taskset -c "$FIO_CPU" fio --name=warm --ioengine=nbd \
@@ -168,7 +177,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
                     --size=1G --io_size="${WARM}M" --output-format=json >/dev/null
             fi
             taskset -c "$FIO_CPU" fio --name=cdp --ioengine=nbd --uri="nbd://127.0.0.1:$port/vol0" \
-                --rw="$rw" --bs="$bs" --iodepth="$qd" --size=256M --time_based \
+                --rw="$rw" --bs="$bs" --iodepth="$qd" --size="$REGION" --time_based \
                 --runtime="$RUNTIME" --ramp_time="$RAMP" --output-format=json >"$out" &
             fio_pid=$!
             sleep "$RAMP"
@@ -198,7 +207,7 @@ PY
     done
 done
 
-echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP PREZERO=$PREZERO PREFILL=$PREFILL SEGMENT=$SEGMENT RETAIN=${RETAIN:-none} WARM=$WARM, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
+echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP PREZERO=$PREZERO PREFILL=$PREFILL SEGMENT=$SEGMENT RETAIN=${RETAIN:-none} WARM=$WARM REGION=$REGION, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
 python3 - "$RESULTS" <<'PY'
 import sys, statistics
 from collections import defaultdict

@@ -36,6 +36,7 @@ pub mod format;
 pub mod journal;
 pub mod live;
 pub mod pit;
+pub mod ranges;
 pub mod retain;
 pub mod rollback;
 pub mod startlog;

@@ -27,6 +27,7 @@
 use super::error::io_err;
 use super::format::{Op, REC_HEADER};
 use super::pit::{self, Point};
+use super::ranges::mark;
 use super::store::{self, CdpError};
 use crate::bdev::malloc::MallocDevice;
 use crate::bdev::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start, in_range};
@@ -327,21 +328,6 @@ fn read_or_zero(f: &File, dst: &mut [u8], at: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Record `[start, end)` as written in the overlay's range set (merging neighbours).
-fn mark(ranges: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
-    if let Some((&s, &e)) = ranges.range(..=start).next_back()
-        && e >= start
-    {
-        start = s;
-        end = end.max(e);
-    }
-    while let Some((&s, &e)) = ranges.range(start..=end).next() {
-        end = end.max(e);
-        ranges.remove(&s);
-    }
-    ranges.insert(start, end);
-}
-
 impl BlockDevice for ViewDevice {
     fn info(&self) -> DeviceInfo {
         DeviceInfo {
@@ -576,20 +562,5 @@ mod tests {
             };
             assert_eq!(src, want, "byte {off}");
         }
-    }
-
-    #[test]
-    fn written_ranges_merge() {
-        let mut m = BTreeMap::new();
-        mark(&mut m, 10, 20);
-        mark(&mut m, 30, 40);
-        mark(&mut m, 20, 30);
-        assert_eq!(m.into_iter().collect::<Vec<_>>(), vec![(10, 40)]);
-        let mut m = BTreeMap::new();
-        mark(&mut m, 0, 8);
-        mark(&mut m, 16, 24);
-        mark(&mut m, 4, 18);
-        mark(&mut m, 100, 108);
-        assert_eq!(m.into_iter().collect::<Vec<_>>(), vec![(0, 24), (100, 108)]);
     }
 }
