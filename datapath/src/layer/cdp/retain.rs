@@ -138,7 +138,7 @@ fn consolidate_once_in(
         // A bookmark or an open view inside this segment (or before it) must stay readable.
         return Ok(None);
     }
-    apply(dir, segno, &index.entries, bytes, scanned)?;
+    let skipped = apply(dir, segno, &index.entries, bytes, scanned)?;
     let mut m = meta;
     if let Some(last) = index.entries.last() {
         m.base_seq = last.seq;
@@ -155,6 +155,7 @@ fn consolidate_once_in(
         store::recycle_segment(dir, segno)?;
     }
     tracing::info!(dir = %dir.display(), segment = segno, base_seq = m.base_seq, by_age, by_size,
+        records = index.entries.len(), overwritten_in_segment = skipped,
         "cdp: consolidated the oldest segment into the base copy");
     Ok(Some(Consolidated {
         base_seq: m.base_seq,
@@ -185,7 +186,7 @@ fn superseded(entries: &[super::format::Entry]) -> Vec<bool> {
 }
 
 /// Apply segment `segno`'s `entries` to the base copy, in order, but for those a later entry
-/// overwrites whole ([`superseded`]). `win` holds the whole segment when `whole` (it was just
+/// overwrites whole ([`superseded`]); how many those were. `win` holds the whole segment when `whole` (it was just
 /// scanned); else it is the buffer the segment is read into, a window at a time.
 fn apply(
     dir: &Path,
@@ -193,7 +194,7 @@ fn apply(
     entries: &[super::format::Entry],
     win: &mut Vec<u8>,
     whole: bool,
-) -> Result<(), CdpError> {
+) -> Result<usize, CdpError> {
     let bp = store::base_path(dir);
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();
@@ -252,7 +253,8 @@ fn apply(
             Op::Mark | Op::Pad | Op::Gap => {}
         }
     }
-    base.sync_all().map_err(io("sync", &bp))
+    base.sync_all().map_err(io("sync", &bp))?;
+    Ok(skip.iter().filter(|&&s| s).count())
 }
 
 /// How many segments of one volume are consolidated in a row before the next volume's turn.
