@@ -806,4 +806,112 @@ mod tests {
         assert!(recycled(dir).is_empty());
         assert_eq!(std::fs::metadata(seg_path(dir, 6)).unwrap().len(), size * 2);
     }
+
+    /// Two segments written by hand after records 1..=100 were consolidated, the first a
+    /// reused file whose earlier use (records 1..=100, below its first sequence number as
+    /// every consolidated record is) follows its own records: the history reads whole, with
+    /// no cut; a damaged record in the middle of the reused one cuts the history there (a
+    /// record of this use follows the end) and sets the second aside; and a reused last
+    /// segment's earlier bytes are zeroed by recovery, not reported as a cut.
+    #[test]
+    fn an_earlier_use_behind_a_reused_segment_is_no_cut_and_a_damaged_record_in_it_is() {
+        use format::{Op, RecHeader};
+        const SEG: u64 = 1 << 20;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let meta = Meta {
+            block_size: 4096,
+            vol_id: 0x5eed,
+            size: 1 << 30,
+            created: 1,
+            base_seq: 100,
+            base_time: 100,
+        };
+        write_meta(dir, &meta).unwrap();
+        // Records `seqs` of 4 KiB each (time = seq) into a segment image from byte 4096.
+        let records = |img: &mut Vec<u8>, seqs: std::ops::RangeInclusive<u64>| {
+            let mut at = format::SEG_HEADER;
+            for q in seqs {
+                let mut r = vec![0u8; format::REC_HEADER + 4096];
+                RecHeader::write_record(
+                    &mut r,
+                    Op::Write,
+                    q,
+                    q,
+                    q * 4096,
+                    4096,
+                    &[q as u8; 4096],
+                    meta.vol_id,
+                );
+                img[at..at + r.len()].copy_from_slice(&r);
+                at += r.len();
+            }
+            at
+        };
+        let header = |img: &mut Vec<u8>, segno: u64, first_seq: u64| {
+            let h = SegHeader {
+                vol_id: meta.vol_id,
+                segno,
+                first_seq,
+                created: 1,
+                size: SEG,
+            };
+            img[..format::SEG_HEADER].copy_from_slice(&h.encode());
+        };
+        // Segment 2 is the file that held records 1..=100 (consolidated since).
+        let mut s2 = vec![0u8; SEG as usize];
+        records(&mut s2, 1..=100);
+        header(&mut s2, 2, 101);
+        let end2 = records(&mut s2, 101..=150);
+        let mut s3 = vec![0u8; SEG as usize];
+        header(&mut s3, 3, 151);
+        records(&mut s3, 151..=160);
+        for (n, img) in [(2, &s2), (3, &s3)] {
+            std::fs::write(seg_path(dir, n), img).unwrap();
+        }
+        let h = load(dir, Load::ReadOnly).unwrap();
+        assert!(
+            h.cut.is_none() && h.damaged.is_empty(),
+            "{:?} {:?}",
+            h.cut,
+            h.damaged
+        );
+        assert_eq!(h.last_seq, 160);
+        assert_eq!(h.segments[0].index.end, end2 as u64);
+        // Record 120's payload damaged (the indexes just written removed: as after a crash).
+        let mut bad = s2.clone();
+        let at120 = format::SEG_HEADER + 19 * (format::REC_HEADER + 4096);
+        bad[at120 + format::REC_HEADER + 7] ^= 0xff;
+        std::fs::write(seg_path(dir, 2), &bad).unwrap();
+        for n in 2..=3 {
+            let _ = std::fs::remove_file(idx_path(dir, n));
+        }
+        let h = load(dir, Load::ReadOnly).unwrap();
+        assert_eq!(
+            h.last_seq, 119,
+            "the history ends before the damaged record"
+        );
+        assert!(
+            h.cut
+                .as_deref()
+                .is_some_and(|c| c.starts_with("segment 2:")),
+            "{:?}",
+            h.cut
+        );
+        assert_eq!(h.damaged, vec![3]);
+        // The reused segment as the last one (segment 3 gone), undamaged: recovery finds no
+        // cut and zeroes what follows its log.
+        std::fs::write(seg_path(dir, 2), &s2).unwrap();
+        std::fs::remove_file(seg_path(dir, 3)).unwrap();
+        let _ = std::fs::remove_file(idx_path(dir, 2));
+        let h = load(dir, Load::Recover).unwrap();
+        assert!(h.cut.is_none() && h.damaged.is_empty(), "{:?}", h.cut);
+        assert_eq!(h.last_seq, 150);
+        let after = std::fs::read(seg_path(dir, 2)).unwrap();
+        assert!(
+            after[end2..].iter().all(|&b| b == 0),
+            "the earlier use's bytes are zeroed"
+        );
+        assert_eq!(after[..end2], s2[..end2]);
+    }
 }
