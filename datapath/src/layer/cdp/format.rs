@@ -440,7 +440,11 @@ pub fn scan(seg: &[u8], vol_id: u64, vol_size: u64, prev_seq: u64, prev_time: u6
                 s.stopped = Some(FormatError::Field("time"));
                 return s;
             }
-            if !crate::bdev::in_range(h.offset, h.len, vol_size) {
+            // (A gap's offset field is a sequence number, a mark's range is empty: only an
+            // update's range lies on the volume.)
+            if matches!(h.op, Op::Write | Op::Zeroes | Op::Unmap)
+                && !crate::bdev::in_range(h.offset, h.len, vol_size)
+            {
                 s.stopped = Some(FormatError::Field("range"));
                 return s;
             }
@@ -476,11 +480,18 @@ pub fn scan(seg: &[u8], vol_id: u64, vol_size: u64, prev_seq: u64, prev_time: u6
 
 /// Where the first record written in this use of a segment file lies at or after byte `from`
 /// of `seg`: a record header of history `vol_id`, not padding, whose sequence number is at
-/// least `first_seq` (the segment's first). Bytes after a log's end are zeroes, an earlier
-/// use's records (sequence numbers below `first_seq`: a file is reused only once every record
-/// in it was consolidated) or, only when the log was cut, records of this use; this tells the
-/// last from the others (docs/cdp-format.md, "Torn tail").
-pub fn later_record(seg: &[u8], from: usize, vol_id: u64, first_seq: u64) -> Option<usize> {
+/// least `first_seq` (the segment's first) and whose time is at least `not_before` (the last
+/// time the log found). Bytes after a log's end are zeroes, an earlier use's records
+/// (sequence numbers below `first_seq` and older times: a file is reused only once every
+/// record in it was consolidated) or, only when the log was cut, records of this use; this
+/// tells the last from the others (docs/cdp-format.md, "Torn tail").
+pub fn later_record(
+    seg: &[u8],
+    from: usize,
+    vol_id: u64,
+    first_seq: u64,
+    not_before: u64,
+) -> Option<usize> {
     let mut pos = from;
     while pos + REC_HEADER <= seg.len() {
         let at = seg[pos..seg.len() - REC_HEADER + 4]
@@ -490,6 +501,7 @@ pub fn later_record(seg: &[u8], from: usize, vol_id: u64, first_seq: u64) -> Opt
         if let Ok(h) = RecHeader::decode(&seg[pos..], vol_id)
             && h.op != Op::Pad
             && h.seq >= first_seq
+            && h.time >= not_before
         {
             return Some(pos);
         }
@@ -669,10 +681,19 @@ mod tests {
         assert_eq!(s.end, end as u64);
         assert!(s.stopped.is_some(), "stopped at the earlier use's bytes");
         assert!(
-            later_record(&file, 0, 7, 1).is_some(),
-            "the earlier use's records are there"
+            later_record(&file, end, 7, 1, 0).is_some(),
+            "the earlier use's records follow the end"
         );
-        assert_eq!(later_record(&file, end, 7, 100), None, "none of this use");
+        assert_eq!(
+            later_record(&file, end, 7, 100, 1020),
+            None,
+            "none of this use"
+        );
+        assert_eq!(
+            later_record(&file, end, 7, 1, 1020),
+            None,
+            "none as recent as the log's last"
+        );
         // Record 101's payload damaged: the scan ends after 100, and 101's header is a record
         // of this use after that end; with 101's header damaged too, 102's is.
         let second = SEG_HEADER + REC_HEADER + 1024;
@@ -681,15 +702,42 @@ mod tests {
         let s = scan(&cut, 7, 1 << 30, 99, 0);
         assert_eq!(s.entries.len(), 1);
         assert_eq!(s.end, second as u64);
-        assert_eq!(later_record(&cut, second, 7, 100), Some(second));
+        assert_eq!(later_record(&cut, second, 7, 100, 1000), Some(second));
         cut[second + 9] ^= 1;
         let third = second + REC_HEADER + 1024;
-        assert_eq!(later_record(&cut, second, 7, 100), Some(third));
+        assert_eq!(later_record(&cut, second, 7, 100, 1000), Some(third));
         // Another history's records and padding of this one do not count.
-        assert_eq!(later_record(&cut, s.end as usize, 8, 100), None);
+        assert_eq!(later_record(&cut, s.end as usize, 8, 100, 0), None);
         let mut pad = vec![0u8; 4096];
         encode_pad(&mut pad, 4096, 7);
-        assert_eq!(later_record(&pad, 0, 7, 0), None);
+        assert_eq!(later_record(&pad, 0, 7, 0, 0), None);
+    }
+
+    /// A gap record's offset field holds a sequence number, not a byte offset: a history of
+    /// more records than its volume has bytes (a 1 GiB volume after about 1.07e9 records)
+    /// still scans past its gap records, and a write's range is still checked.
+    #[test]
+    fn a_gap_after_more_records_than_the_volume_has_bytes_still_scans() {
+        let size = 1 << 20;
+        let big = size + 5;
+        let mut gap = rec(Op::Gap, big + 2, 0, &[], 0);
+        // The gap's offset is the last sequence number before it.
+        let mut h = RecHeader::decode(&gap, 7).unwrap();
+        h.offset = big;
+        h.encode(&mut gap);
+        let seg = segment(&[
+            rec(Op::Write, big + 1, 0, &[1; 512], 512),
+            gap,
+            rec(Op::Write, big + 3, 512, &[2; 512], 512),
+        ]);
+        let s = scan(&seg, 7, size, big, 0);
+        assert_eq!(
+            s.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [big + 1, big + 2, big + 3]
+        );
+        let outside = segment(&[rec(Op::Write, 1, size, &[1; 512], 512)]);
+        let s = scan(&outside, 7, size, 0, 0);
+        assert!(s.entries.is_empty() && s.stopped == Some(FormatError::Field("range")));
     }
 
     #[test]
@@ -783,8 +831,8 @@ mod tests {
                 seg[SEG_HEADER..SEG_HEADER + r.len()].copy_from_slice(&r);
             }
             let s = scan(&seg, 7, 1 << 20, 0, 0);
-            let _ = later_record(&seg, s.end as usize, 7, 1);
-            let _ = later_record(&seg, seg.len(), 7, 1);
+            let _ = later_record(&seg, s.end as usize, 7, 1, 0);
+            let _ = later_record(&seg, seg.len(), 7, 1, 0);
             let _ = Index::decode(&seg);
             let _ = SegHeader::decode(&seg);
         }

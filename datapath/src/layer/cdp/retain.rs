@@ -114,6 +114,21 @@ fn consolidate_once_in(
         // the next start sorts it out; nothing is applied here.
         return Ok(None);
     }
+    // Its log must end where the next segment begins. A scan that stopped early (a damaged
+    // record) would leave records out of the base copy, and the file's reuse would keep
+    // records above the base point behind a later segment's: nothing is applied; the next
+    // start's recovery cuts the history there (docs/cdp-format.md, "Torn tail").
+    let last = index.entries.last().map_or(meta.base_seq, |e| e.seq);
+    let next = store::segment_header(dir, segs[1].0)?;
+    if next.first_seq != last + 1 {
+        return Err(CdpError::Meta {
+            path: store::seg_path(dir, segno),
+            why: format!(
+                "its log ends at byte {} after sequence {last}, but the next segment starts at {}: a damaged record; not consolidated (the next start's recovery cuts the history there)",
+                index.end, next.first_seq
+            ),
+        });
+    }
     let total: u64 = segs.iter().map(|(_, len)| len).sum();
     let newest = index.entries.last().map_or(header.created, |e| e.time);
     let by_age = r.age_ns.is_some_and(|a| newest.saturating_add(a) < now);
@@ -147,7 +162,7 @@ fn consolidate_once_in(
     }
     // An open view may still read this segment's records through the file it opened (its
     // hold only keeps segments after its point): deleted, the inode stays readable for it;
-    // recycled, it would be zeroed and written again under the view. So a segment is kept
+    // recycled, it would be written again under the view. So a segment is kept
     // for reuse only while no view is open.
     if super::view::hold(dir).is_some() {
         store::remove_segment(dir, segno)?;
@@ -412,5 +427,85 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A sealed segment whose log stops early (a damaged record, no index) is not
+    /// consolidated: the pass fails naming it, the base point stays, the file stays a segment
+    /// (never recycled with records above the base point). Undamaged, it is consolidated.
+    #[test]
+    fn a_segment_with_a_damaged_record_is_not_consolidated_or_recycled() {
+        use crate::layer::cdp::format::{self, Meta, RecHeader, SegHeader};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let meta = Meta {
+            block_size: 4096,
+            vol_id: 0xd00d,
+            size: 1 << 20,
+            created: 1,
+            base_seq: 0,
+            base_time: 0,
+        };
+        store::write_meta(dir, &meta).unwrap();
+        std::fs::File::create(store::base_path(dir))
+            .unwrap()
+            .set_len(meta.size)
+            .unwrap();
+        let seg = |segno: u64, seqs: std::ops::RangeInclusive<u64>| {
+            let mut img = vec![0u8; 1 << 20];
+            let h = SegHeader {
+                vol_id: meta.vol_id,
+                segno,
+                first_seq: *seqs.start(),
+                created: 1,
+                size: 1 << 20,
+            };
+            img[..format::SEG_HEADER].copy_from_slice(&h.encode());
+            let mut at = format::SEG_HEADER;
+            for q in seqs {
+                let r = &mut img[at..at + REC_HEADER + 4096];
+                RecHeader::write_record(
+                    r,
+                    Op::Write,
+                    q,
+                    q,
+                    (q % 64) * 4096,
+                    4096,
+                    &[q as u8; 4096],
+                    meta.vol_id,
+                );
+                at += REC_HEADER + 4096;
+            }
+            img
+        };
+        let good = seg(1, 1..=50);
+        let mut bad = good.clone();
+        bad[format::SEG_HEADER + 19 * (REC_HEADER + 4096) + REC_HEADER + 9] ^= 1;
+        std::fs::write(store::seg_path(dir, 1), &bad).unwrap();
+        std::fs::write(store::seg_path(dir, 2), seg(2, 51..=60)).unwrap();
+        let r = Retention {
+            age_ns: None,
+            bytes: Some(1),
+        };
+        let e = consolidate_once(dir, &r, 100).unwrap_err().to_string();
+        assert!(
+            e.contains("damaged record") && e.contains("after sequence 19"),
+            "{e}"
+        );
+        assert_eq!(store::read_meta(dir).unwrap().base_seq, 0);
+        assert!(store::seg_path(dir, 1).exists());
+        assert!(!std::fs::read_dir(dir).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("recycled-")
+        }));
+        // Undamaged (the index the failed pass wrote removed with it): consolidated.
+        std::fs::write(store::seg_path(dir, 1), &good).unwrap();
+        let _ = std::fs::remove_file(store::seg_path(dir, 1).with_extension("idx"));
+        let c = consolidate_once(dir, &r, 100)
+            .unwrap()
+            .expect("consolidated");
+        assert_eq!(c.base_seq, 50);
+        assert!(!store::seg_path(dir, 1).exists());
     }
 }

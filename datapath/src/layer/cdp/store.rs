@@ -446,8 +446,13 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                 // Zeroes or an earlier use's records may follow the end; a record of this use
                 // means the log was cut (docs/cdp-format.md, "Torn tail").
                 if let Some(why) = s.stopped
-                    && let Some(at) =
-                        format::later_record(&bytes, s.end as usize, meta.vol_id, header.first_seq)
+                    && let Some(at) = format::later_record(
+                        &bytes,
+                        s.end as usize,
+                        meta.vol_id,
+                        header.first_seq,
+                        s.last_time,
+                    )
                 {
                     h.cut = Some(if at as u64 == s.end {
                         format!(
@@ -602,13 +607,7 @@ pub fn segment_index_in(
 ) -> Result<(SegHeader, Index, bool), CdpError> {
     let path = seg_path(dir, segno);
     let file = File::open(&path).map_err(io_err("open", &path))?;
-    let mut hb = vec![0u8; format::SEG_HEADER];
-    file.read_exact_at(&mut hb, 0)
-        .map_err(io_err("read", &path))?;
-    let header = SegHeader::decode(&hb).map_err(|e| CdpError::Meta {
-        path: path.clone(),
-        why: format!("segment header: {e}"),
-    })?;
+    let header = read_header(&file, &path)?;
     if let Some(i) = load_index(dir, &file, segno, meta)
         .filter(|i| i.entries.first().is_none_or(|e| e.seq == prev_seq + 1))
     {
@@ -626,6 +625,23 @@ pub fn segment_index_in(
         tracing::warn!(error = %e, "cdp: cannot write a segment index");
     }
     Ok((header, i, true))
+}
+
+/// The header of segment `segno`.
+pub fn segment_header(dir: &Path, segno: u64) -> Result<SegHeader, CdpError> {
+    let path = seg_path(dir, segno);
+    let file = File::open(&path).map_err(io_err("open", &path))?;
+    read_header(&file, &path)
+}
+
+fn read_header(file: &File, path: &Path) -> Result<SegHeader, CdpError> {
+    let mut hb = vec![0u8; format::SEG_HEADER];
+    file.read_exact_at(&mut hb, 0)
+        .map_err(io_err("read", path))?;
+    SegHeader::decode(&hb).map_err(|e| CdpError::Meta {
+        path: path.to_path_buf(),
+        why: format!("segment header: {e}"),
+    })
 }
 
 /// Zero a segment after its log's end (so nothing behind the cut can pass for a record later).
