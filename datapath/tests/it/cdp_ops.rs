@@ -685,3 +685,42 @@ fn a_kill_while_a_reused_segment_is_written_keeps_every_acknowledged_write() {
     c.disconnect();
     drop(s);
 }
+
+/// A history loaded, then its oldest segment consolidated and retired (as the retention thread
+/// of a running daemon may do at any moment), then read through the loaded history: a point
+/// still in the window reads right (from the history as it is now), not a failure to open a
+/// segment file that is gone.
+#[test]
+fn a_point_read_after_a_consolidation_retired_a_listed_segment_still_reads() {
+    use twinblk::layer::cdp::retain::{self, Retention};
+    const SIZE: usize = 2 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let (mut d, addr) = in_process_with(
+        "cores=[0]\nwait='adaptive'",
+        &volume("v", SIZE as u64, &dir, "4MiB"),
+    );
+    let mut c = Client::connect(addr, "v", false);
+    let mut model = vec![0u8; SIZE];
+    for i in 0..80u64 {
+        let off = (i * 7 % 15) * (128 << 10);
+        let data = pattern(i + 900, 128 << 10);
+        assert_eq!(c.write(off, &data), 0);
+        model[off as usize..off as usize + data.len()].copy_from_slice(&data);
+    }
+    c.disconnect();
+    d.stop();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h.segments.len() >= 3, "{} segments", h.segments.len());
+    let oldest = store::seg_path(&dir, h.segments[0].header.segno);
+    let r = Retention {
+        age_ns: None,
+        bytes: Some(1),
+    };
+    retain::consolidate_once(&dir, &r, u64::MAX)
+        .unwrap()
+        .expect("consolidated");
+    assert!(!oldest.exists(), "the oldest segment is retired");
+    let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
+    assert!(got == model, "the newest point");
+}

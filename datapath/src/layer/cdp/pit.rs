@@ -157,7 +157,23 @@ impl Segs<'_> {
 /// The content of `[offset, offset + len)` of the volume at point `p`.
 pub fn read_at(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, CdpError> {
     // Consolidation waits while the segments are read.
-    let _reading = store::lock_reading(&h.dir);
+    let reading = store::lock_reading(&h.dir);
+    match read_listed(h, p, offset, len) {
+        // A consolidation between the load of `h` and this read retired a segment `h` lists
+        // (its point may still be in the window): read again from the history as it is now,
+        // which no consolidation changes while the lock above is held.
+        Err(CdpError::Io { ref source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && reading.is_some() =>
+        {
+            let now = store::load(&h.dir, store::Load::ReadOnly)?;
+            read_listed(&now, p, offset, len)
+        }
+        r => r,
+    }
+}
+
+/// [`read_at`] through the segments `h` lists.
+fn read_listed(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, CdpError> {
     let seq = resolve(h, p)?;
     if !crate::bdev::in_range(offset, len, h.meta.size) {
         return Err(CdpError::Outside {
