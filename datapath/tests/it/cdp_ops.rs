@@ -687,11 +687,11 @@ fn a_kill_while_a_reused_segment_is_written_keeps_every_acknowledged_write() {
 }
 
 /// A history loaded, then its oldest segment consolidated and retired (as the retention thread
-/// of a running daemon may do at any moment), then read through the loaded history: a point
-/// still in the window reads right (from the history as it is now), not a failure to open a
-/// segment file that is gone.
+/// of a running daemon may do at any moment), then read or restored through the loaded
+/// history: a point still in the window reads right (from the history as it is now), not a
+/// failure to open a segment file that is gone.
 #[test]
-fn a_point_read_after_a_consolidation_retired_a_listed_segment_still_reads() {
+fn a_point_read_or_restored_after_a_consolidation_retired_a_listed_segment_is_right() {
     use twinblk::layer::cdp::retain::{self, Retention};
     const SIZE: usize = 2 << 20;
     let tmp = tempfile::tempdir().unwrap();
@@ -723,4 +723,18 @@ fn a_point_read_after_a_consolidation_retired_a_listed_segment_still_reads() {
     assert!(!oldest.exists(), "the oldest segment is retired");
     let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
     assert!(got == model, "the newest point");
+    // The same for a restore through a history loaded before the next consolidation.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let oldest = store::seg_path(&dir, h.segments[0].header.segno);
+    retain::consolidate_once(&dir, &r, u64::MAX)
+        .unwrap()
+        .expect("consolidated");
+    assert!(!oldest.exists(), "the oldest segment is retired");
+    let out = tmp.path().join("restored.img");
+    let seq = pit::restore(&h, Point::Seq(h.last_seq), &out, |_, _| {}).unwrap();
+    assert_eq!(seq, h.last_seq);
+    assert!(
+        std::fs::read(&out).unwrap() == model,
+        "the restored newest point"
+    );
 }

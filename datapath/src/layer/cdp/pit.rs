@@ -232,7 +232,35 @@ pub fn restore(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, CdpError> {
     // Consolidation waits while the base copy and the segments are read.
-    let _reading = store::lock_reading(&h.dir);
+    let reading = store::lock_reading(&h.dir);
+    match restore_listed(h, p, out, &mut progress) {
+        // A segment `h` lists was retired by a consolidation since `h` was loaded (see
+        // `read_at`): the partial file goes, and the restore runs again from the history as
+        // it is now.
+        Err(CdpError::Io { ref source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && reading.is_some()
+                && out.exists() =>
+        {
+            std::fs::remove_file(out).map_err(|source| CdpError::Io {
+                what: "remove the partial restore",
+                path: out.to_path_buf(),
+                source,
+            })?;
+            let now = store::load(&h.dir, store::Load::ReadOnly)?;
+            restore_listed(&now, p, out, &mut progress)
+        }
+        r => r,
+    }
+}
+
+/// [`restore`] through the segments `h` lists.
+fn restore_listed(
+    h: &History,
+    p: Point,
+    out: &Path,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<u64, CdpError> {
     let seq = resolve(h, p)?;
     let err = |what: &'static str| {
         let path = out.to_path_buf();
