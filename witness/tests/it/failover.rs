@@ -65,8 +65,11 @@ fn the_other_site_wins_once_the_preferred_one_is_silent_past_the_grace() {
     let w = start(&state_path(&dir), any_port(), GRACE_MS);
     let group = GroupId(42);
     let mut p = client(w.addr, PREFERRED);
-    preferred_heartbeat(&mut p, group);
+    // Timed from before the heartbeat is sent: the witness hears it later, so its grace ends
+    // at least GRACE_MS after this (timed from the answer's arrival instead, a slow answer made
+    // the grant look early).
     let last_heard = Instant::now();
+    preferred_heartbeat(&mut p, group);
     // The preferred site dies here (says nothing more).
     let mut o = client(w.addr, OTHER);
     let got = o.request_grant(group, Epoch(0), false).expect("answer");
