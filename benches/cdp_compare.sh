@@ -25,7 +25,8 @@
 # each point (default 1: no configuration pays for the RAM volume's first touch of its pages),
 # REGION (the bytes the measured points and the prefill write, default 256M; a small one, e.g.
 # 16M, is a hot-block workload), POINTS (comma-separated "rw bs qd" triples, default
-# "randwrite 4k 1,randwrite 4k 32,write 128k 32"), KEEP=1 keeps logs and fio JSON. OLD_BIN=/path/to/twinblk adds configurations off@old,
+# "randwrite 4k 1,randwrite 4k 32,write 128k 32"), KEEP=1 keeps logs and fio JSON.
+# OLD_BIN=/path/to/twinblk adds configurations off@old,
 # disk@old, ram@old (name them in CONFIGS) served by that binary, in the same rotation, to
 # compare two trees side by side in one run, e.g.
 #   OLD_BIN=/tmp/twinblk-before CONFIGS="off ram ram@old" bash benches/cdp_compare.sh Also reported: the server's CPU time (all its threads,

@@ -46,6 +46,25 @@ fn site(
     )
 }
 
+/// Sites a (leader) and b of [`site`], both up.
+fn up_pair(root: &Path, w: std::net::SocketAddr) -> (Server, Server) {
+    let (pa, pb) = (free_port(), free_port());
+    let a = site(root, "a", "b", pa, pb, w);
+    let b = site(root, "b", "a", pb, pa, w);
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    (a, b)
+}
+
+/// Wait up to `within` until `s`'s `cdp_status` says `vouched` is `want` (`what`: the failure).
+fn wait_vouched(s: &Server, want: bool, within: Duration, what: &str) {
+    let t = std::time::Instant::now();
+    while s.rpc("cdp_status")[0]["vouched"] != want {
+        assert!(t.elapsed() < within, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn at(dir: &Path, p: Point) -> Result<Vec<u8>, CdpError> {
     let h = store::load(dir, Load::ReadOnly)?;
     pit::read_at(&h, p, 0, VOL as u64)
@@ -72,11 +91,7 @@ fn writes(s: &Server, model: &mut [u8], seed: u64, n: u64) {
 fn a_returning_sites_history_refuses_the_moments_its_peer_wrote_alone() {
     let root = tempfile::tempdir().unwrap();
     let w = WitnessProc::start(root.path(), KEY, None);
-    let (pa, pb) = (free_port(), free_port());
-    let a = site(root.path(), "a", "b", pa, pb, w.addr);
-    let mut b = site(root.path(), "b", "a", pb, pa, w.addr);
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (a, mut b) = up_pair(root.path(), w.addr);
     let mut model = vec![0u8; VOL];
     writes(&a, &mut model, 1, 8);
     let before = model.clone();
@@ -102,14 +117,12 @@ fn a_returning_sites_history_refuses_the_moments_its_peer_wrote_alone() {
     writes(&a, &mut model, 200, 4);
     wait_mirror_state(&a, "up", Duration::from_secs(30));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
-    let t = std::time::Instant::now();
-    while b.rpc("cdp_status")[0]["vouched"] != true {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "vouched for once resynced"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_vouched(
+        &b,
+        true,
+        Duration::from_secs(5),
+        "vouched for once resynced",
+    );
     assert_eq!(a.rpc("cdp_status")[0]["vouched"], true);
     let t_after = clock::now();
     // The newest moments reach past t_after once the idle journals mark time.
@@ -151,14 +164,7 @@ fn a_returning_sites_history_refuses_the_moments_its_peer_wrote_alone() {
     drop(w);
     let (mut a, mut b) = (a, b);
     assert!(a.stop(), "clean stop failed");
-    let t = std::time::Instant::now();
-    while b.rpc("cdp_status")[0]["vouched"] != false {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "b's lease never lapsed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_vouched(&b, false, Duration::from_secs(10), "b's lease never lapsed");
     assert!(b.stop(), "clean stop failed");
     let h = store::load(&jb, Load::ReadOnly).unwrap();
     let x = h.open_gap.map(|g| g.0).expect("b's history ends unvouched");
@@ -232,14 +238,12 @@ fn a_fenced_sites_idle_history_does_not_cover_what_its_peer_wrote_alone() {
     h.link_ab(true);
     wait_mirror_state(&a, "up", Duration::from_secs(30));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
-    let t = std::time::Instant::now();
-    while b.rpc("cdp_status")[0]["vouched"] != true {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "vouched for once resynced"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_vouched(
+        &b,
+        true,
+        Duration::from_secs(5),
+        "vouched for once resynced",
+    );
     let t_after = clock::now();
     crate::cdp::wait_window(&[&jb, &ja], t_after, "no time mark after the resync");
     match at(&jb, Point::Time(t_alone)) {
@@ -325,11 +329,7 @@ fn a_disable_at_a_fenced_site_does_not_move_its_last_vouched_moment() {
 fn a_takeover_refuses_the_moments_before_it_at_the_site_taken_over() {
     let root = tempfile::tempdir().unwrap();
     let w = WitnessProc::start(root.path(), KEY, None);
-    let (pa, pb) = (free_port(), free_port());
-    let mut a = site(root.path(), "a", "b", pa, pb, w.addr);
-    let mut b = site(root.path(), "b", "a", pb, pa, w.addr);
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (mut a, mut b) = up_pair(root.path(), w.addr);
     let mut model = vec![0u8; VOL];
     writes(&a, &mut model, 1, 8);
     let before = model.clone();
@@ -356,14 +356,7 @@ fn a_takeover_refuses_the_moments_before_it_at_the_site_taken_over() {
     assert_eq!(r["result"]["asked"], true, "{r}");
     wait_mirror_state(&a, "survivor", Duration::from_secs(5));
     writes(&a, &mut model, 100, 4);
-    let t = std::time::Instant::now();
-    while a.rpc("cdp_status")[0]["vouched"] != true {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "vouched for as survivor"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_vouched(&a, true, Duration::from_secs(5), "vouched for as survivor");
     let t_after = clock::now();
     crate::cdp::wait_window(&[&ja], t_after, "no time mark after the takeover");
     assert!(

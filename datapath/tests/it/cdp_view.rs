@@ -429,7 +429,7 @@ fn an_open_view_holds_consolidation_at_its_point() {
 /// An open view keeps reading a consolidated segment's records through the file it opened
 /// (its hold keeps only the segments after its point): while a view is open, consolidation
 /// deletes the segment (the inode stays readable for the view) instead of recycling it, which
-/// would zero that inode and reuse it as a later segment under the view.
+/// would reuse that inode as a later segment, its bytes written over under the view.
 #[test]
 fn an_open_view_still_reads_a_segment_consolidated_under_it() {
     use twinblk::layer::cdp::retain::{Retention, consolidate_once};
@@ -474,14 +474,17 @@ fn an_open_view_still_reads_a_segment_consolidated_under_it() {
         n += 1;
     }
     eprintln!("consolidated {n} segment(s) under the open view");
-    // The spare thread's next preparation reuses the retired file.
+    // The spare thread's next preparation reuses a retired file if one waits, and appends
+    // write over it (here: the whole file, at once).
     twinblk::layer::cdp::store::prepare_spare(&dir, 0x1000, 4 << 20, false).unwrap();
+    let spare = twinblk::layer::cdp::store::seg_path(&dir, 0x1000);
+    std::fs::write(&spare, vec![0xEE; 4 << 20]).unwrap();
     let mut after = vec![0u8; 128 << 10];
     v.read_point(15 * (128 << 10), &mut after).unwrap();
     eprintln!(
-        "view after recycling: equal={} all_zero={}",
+        "view after the spare was prepared and written: equal={} overwritten={}",
         after == pattern(1000, 128 << 10),
-        after.iter().all(|&b| b == 0)
+        after.iter().all(|&b| b == 0xEE)
     );
     assert!(
         after == pattern(1000, 128 << 10),

@@ -605,6 +605,49 @@ impl Index {
     }
 }
 
+/// Hand-made segment images for the tests of the modules that read segments.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Write records `seqs` (4 KiB writes, time = sequence number, block `seq % 64`, bytes
+    /// `seq as u8`) of history `vol_id` into `img` from byte 4096 on; where they end.
+    pub(crate) fn put_records(
+        img: &mut [u8],
+        vol_id: u64,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> usize {
+        let mut at = SEG_HEADER;
+        for q in seqs {
+            let r = &mut img[at..at + REC_HEADER + 4096];
+            RecHeader::write_record(
+                r,
+                Op::Write,
+                q,
+                q,
+                (q % 64) * 4096,
+                4096,
+                &[q as u8; 4096],
+                vol_id,
+            );
+            at += REC_HEADER + 4096;
+        }
+        at
+    }
+
+    /// Write the header of segment `segno` (first sequence `first_seq`) into `img`.
+    pub(crate) fn put_header(img: &mut [u8], vol_id: u64, segno: u64, first_seq: u64) {
+        let h = SegHeader {
+            vol_id,
+            segno,
+            first_seq,
+            created: 1,
+            size: img.len() as u64,
+        };
+        img[..SEG_HEADER].copy_from_slice(&h.encode());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,15 +158,36 @@ impl Segs<'_> {
 pub fn read_at(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, CdpError> {
     // Consolidation waits while the segments are read.
     let reading = store::lock_reading(&h.dir);
-    match read_listed(h, p, offset, len) {
-        // A consolidation between the load of `h` and this read retired a segment `h` lists
-        // (its point may still be in the window): read again from the history as it is now,
-        // which no consolidation changes while the lock above is held.
-        Err(CdpError::Io { ref source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound && reading.is_some() =>
+    again_if_retired(
+        h,
+        reading.is_some(),
+        |h| read_listed(h, p, offset, len),
+        || Ok(true),
+    )
+}
+
+/// `read` through `h`, and when a segment `h` lists is gone (a consolidation between the
+/// load of `h` and now retired it; its point may still be in the window) once more through the
+/// history as it is now, which no consolidation changes while the caller holds the reading
+/// lock (`locked`). `undo` first removes what the failed attempt left; false: the missing
+/// file was not a segment, and the error stands.
+fn again_if_retired<T>(
+    h: &History,
+    locked: bool,
+    mut read: impl FnMut(&History) -> Result<T, CdpError>,
+    undo: impl FnOnce() -> Result<bool, CdpError>,
+) -> Result<T, CdpError> {
+    match read(h) {
+        Err(e @ CdpError::Io { .. })
+            if locked
+                && matches!(&e, CdpError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound) =>
         {
+            if !undo()? {
+                return Err(e);
+            }
             let now = store::load(&h.dir, store::Load::ReadOnly)?;
-            read_listed(&now, p, offset, len)
+            read(&now)
         }
         r => r,
     }
@@ -233,25 +254,24 @@ pub fn restore(
 ) -> Result<u64, CdpError> {
     // Consolidation waits while the base copy and the segments are read.
     let reading = store::lock_reading(&h.dir);
-    match restore_listed(h, p, out, &mut progress) {
-        // A segment `h` lists was retired by a consolidation since `h` was loaded (see
-        // `read_at`): the partial file goes, and the restore runs again from the history as
-        // it is now.
-        Err(CdpError::Io { ref source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound
-                && reading.is_some()
-                && out.exists() =>
-        {
+    // A segment retired since `h` was loaded: the partial file goes, and the restore runs
+    // again (`out` not made: the missing file was its directory).
+    again_if_retired(
+        h,
+        reading.is_some(),
+        |h| restore_listed(h, p, out, &mut progress),
+        || {
+            if !out.exists() {
+                return Ok(false);
+            }
             std::fs::remove_file(out).map_err(|source| CdpError::Io {
                 what: "remove the partial restore",
                 path: out.to_path_buf(),
                 source,
             })?;
-            let now = store::load(&h.dir, store::Load::ReadOnly)?;
-            restore_listed(&now, p, out, &mut progress)
-        }
-        r => r,
-    }
+            Ok(true)
+        },
+    )
 }
 
 /// [`restore`] through the segments `h` lists.

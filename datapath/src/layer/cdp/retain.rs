@@ -201,8 +201,9 @@ fn superseded(entries: &[super::format::Entry]) -> Vec<bool> {
 }
 
 /// Apply segment `segno`'s `entries` to the base copy, in order, but for those a later entry
-/// overwrites whole ([`superseded`]); how many those were. `win` holds the whole segment when `whole` (it was just
-/// scanned); else it is the buffer the segment is read into, a window at a time.
+/// overwrites whole ([`superseded`]); how many those were. `win` holds the whole segment
+/// when `whole` (it was just scanned); else it is the buffer the segment is read into, a
+/// window at a time.
 fn apply(
     dir: &Path,
     segno: u64,
@@ -434,7 +435,8 @@ mod tests {
     /// (never recycled with records above the base point). Undamaged, it is consolidated.
     #[test]
     fn a_segment_with_a_damaged_record_is_not_consolidated_or_recycled() {
-        use crate::layer::cdp::format::{self, Meta, RecHeader, SegHeader};
+        use crate::layer::cdp::format::testing::{put_header, put_records};
+        use crate::layer::cdp::format::{self, Meta};
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
         let meta = Meta {
@@ -452,29 +454,8 @@ mod tests {
             .unwrap();
         let seg = |segno: u64, seqs: std::ops::RangeInclusive<u64>| {
             let mut img = vec![0u8; 1 << 20];
-            let h = SegHeader {
-                vol_id: meta.vol_id,
-                segno,
-                first_seq: *seqs.start(),
-                created: 1,
-                size: 1 << 20,
-            };
-            img[..format::SEG_HEADER].copy_from_slice(&h.encode());
-            let mut at = format::SEG_HEADER;
-            for q in seqs {
-                let r = &mut img[at..at + REC_HEADER + 4096];
-                RecHeader::write_record(
-                    r,
-                    Op::Write,
-                    q,
-                    q,
-                    (q % 64) * 4096,
-                    4096,
-                    &[q as u8; 4096],
-                    meta.vol_id,
-                );
-                at += REC_HEADER + 4096;
-            }
+            put_header(&mut img, meta.vol_id, segno, *seqs.start());
+            put_records(&mut img, meta.vol_id, seqs);
             img
         };
         let good = seg(1, 1..=50);

@@ -831,7 +831,7 @@ mod tests {
     /// segment's earlier bytes are zeroed by recovery, not reported as a cut.
     #[test]
     fn an_earlier_use_behind_a_reused_segment_is_no_cut_and_a_damaged_record_in_it_is() {
-        use format::{Op, RecHeader};
+        use format::testing::{put_header, put_records};
         const SEG: u64 = 1 << 20;
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
@@ -844,36 +844,8 @@ mod tests {
             base_time: 100,
         };
         write_meta(dir, &meta).unwrap();
-        // Records `seqs` of 4 KiB each (time = seq) into a segment image from byte 4096.
-        let records = |img: &mut Vec<u8>, seqs: std::ops::RangeInclusive<u64>| {
-            let mut at = format::SEG_HEADER;
-            for q in seqs {
-                let mut r = vec![0u8; format::REC_HEADER + 4096];
-                RecHeader::write_record(
-                    &mut r,
-                    Op::Write,
-                    q,
-                    q,
-                    q * 4096,
-                    4096,
-                    &[q as u8; 4096],
-                    meta.vol_id,
-                );
-                img[at..at + r.len()].copy_from_slice(&r);
-                at += r.len();
-            }
-            at
-        };
-        let header = |img: &mut Vec<u8>, segno: u64, first_seq: u64| {
-            let h = SegHeader {
-                vol_id: meta.vol_id,
-                segno,
-                first_seq,
-                created: 1,
-                size: SEG,
-            };
-            img[..format::SEG_HEADER].copy_from_slice(&h.encode());
-        };
+        let records = |img: &mut Vec<u8>, seqs| put_records(img, meta.vol_id, seqs);
+        let header = |img: &mut Vec<u8>, segno, first| put_header(img, meta.vol_id, segno, first);
         // Segment 2 is the file that held records 1..=100 (consolidated since).
         let mut s2 = vec![0u8; SEG as usize];
         records(&mut s2, 1..=100);
