@@ -41,14 +41,14 @@ fn capsule(out: &mut Vec<u8>, write: bool, dg: Digests) {
     out.resize(start + 72, 0);
     out[start + 8] = if write { 0x01 } else { 0x02 };
     if dg.header {
-        let c = crc32c::crc32c(&out[start..start + 72]);
+        let c = twinblk::checksum::crc32c(&out[start..start + 72]);
         out.extend_from_slice(&c.to_le_bytes());
     }
     if write {
         let d = start + 72 + hd;
         out.resize(d + IO_SIZE, 0xa5);
         if dd != 0 {
-            let c = crc32c::crc32c(&out[d..d + IO_SIZE]);
+            let c = twinblk::checksum::crc32c(&out[d..d + IO_SIZE]);
             out.extend_from_slice(&c.to_le_bytes());
         }
     }

@@ -17,6 +17,7 @@
 //!
 //! Modules, bottom first; each imports only from those above it in this list (the test
 //! `layering::no_module_imports_one_above_it` reads every file's `crate::` paths):
+//! - [`checksum`]: CRC32C, for every format, wire and digest.
 //! - [`uring`]: the only place SQEs are built; the in-flight table of device operations; the
 //!   per-reactor pools of aligned, registered buffers ([`uring::buf`]); scatter lists for
 //!   socket sends ([`uring::iov`]).
@@ -40,6 +41,8 @@
 //! only when that reactor sleeps; a connection and its I/O live on one reactor; every buffer
 //! handed to the kernel is owned by the in-flight table (or its connection) until its
 //! completion (a mirror link's payloads: by the references its batch in flight holds); a mirrored volume's updates are ordered by one engine on one reactor per site.
+
+pub mod checksum;
 
 pub mod uring;
 

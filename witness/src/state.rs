@@ -138,7 +138,7 @@ impl Table {
             b.extend_from_slice(&r.holder.map_or(0, SiteId::get).to_le_bytes());
             b.extend_from_slice(&r.preferred.map_or(0, SiteId::get).to_le_bytes());
         }
-        let crc = crc32c::crc32c(&b);
+        let crc = crc_fast::crc32_iscsi(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
     }
@@ -178,7 +178,7 @@ impl Table {
             return Err(Corruption::Length);
         }
         let body_end = b.len() - CRC_LEN;
-        if crc32c::crc32c(&b[..body_end]) != u32_at(body_end)? {
+        if crc_fast::crc32_iscsi(&b[..body_end]) != u32_at(body_end)? {
             return Err(Corruption::Checksum);
         }
         let mut t = Table {

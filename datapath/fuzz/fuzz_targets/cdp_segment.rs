@@ -99,7 +99,7 @@ fn records(out: &mut Vec<u8>, mut d: &[u8]) {
         let crc = if payload.is_empty() || op == Op::Pad {
             0
         } else {
-            crc32c::crc32c(&payload) ^ u32::from(!good_crc)
+            twinblk::checksum::crc32c(&payload) ^ u32::from(!good_crc)
         };
         let mut h = [0u8; format::REC_HEADER];
         RecHeader {

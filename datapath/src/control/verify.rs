@@ -174,7 +174,7 @@ impl Running {
     }
 
     fn absorb(&mut self, data: &[u8]) {
-        self.crc = crc32c::crc32c_append(self.crc, data);
+        self.crc = crate::checksum::crc32c_append(self.crc, data);
         let region_end = self.region_end();
         self.pos += data.len() as u64;
         if self.pos == region_end {
@@ -436,7 +436,7 @@ mod tests {
             let p = r.pos as usize;
             r.absorb(&data[p..p + n]);
         }
-        let want: Vec<u32> = data.chunks(4_000).map(crc32c::crc32c).collect();
+        let want: Vec<u32> = data.chunks(4_000).map(crate::checksum::crc32c).collect();
         assert_eq!(r.crcs, want);
     }
 }

@@ -310,7 +310,7 @@ fn a_kill_during_the_catch_up_refuses_points_after_x_and_the_restart_makes_it_wh
     .map(|(p, want)| {
         let got = at(&dir, p, SIZE).unwrap();
         assert!(got == *want, "{p:?} before the enable");
-        (p, crc32c::crc32c(&got))
+        (p, twinblk::checksum::crc32c(&got))
     })
     .collect();
     writes(&mut c, &mut model, 300, 8);
@@ -332,7 +332,7 @@ fn a_kill_during_the_catch_up_refuses_points_after_x_and_the_restart_makes_it_wh
     refused_after(&dir, x, SIZE);
     for (p, crc) in &before {
         let got = at(&dir, *p, SIZE).unwrap();
-        assert_eq!(crc32c::crc32c(&got), *crc, "{p:?} changed");
+        assert_eq!(twinblk::checksum::crc32c(&got), *crc, "{p:?} changed");
     }
     // The same through `twinblk cdp restore`: after X refused, nothing written; X exact.
     let h = store::load(&dir, Load::ReadOnly).unwrap();
@@ -387,7 +387,11 @@ fn a_kill_during_the_catch_up_refuses_points_after_x_and_the_restart_makes_it_wh
     ));
     for (p, crc) in &before {
         let got = pit::read_at(&h, *p, 0, SIZE as u64).unwrap();
-        assert_eq!(crc32c::crc32c(&got), *crc, "{p:?} changed by the restart");
+        assert_eq!(
+            twinblk::checksum::crc32c(&got),
+            *crc,
+            "{p:?} changed by the restart"
+        );
     }
     writes(&mut c, &mut model, 400, 8);
     let t3 = bookmark(&s.socket, "after");

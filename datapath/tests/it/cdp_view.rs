@@ -82,13 +82,13 @@ fn dir_digest(dir: &Path) -> Vec<(String, u32)> {
                 .iter()
                 .find(|s| store::seg_path(dir, s.header.segno) == e.path());
             let crc = match seg {
-                None => crc32c::crc32c(&bytes),
+                None => twinblk::checksum::crc32c(&bytes),
                 Some(s) => s.index.entries.iter().filter(|r| r.op != Op::Mark).fold(
-                    crc32c::crc32c(&(bytes.len() as u64).to_le_bytes()),
+                    twinblk::checksum::crc32c(&(bytes.len() as u64).to_le_bytes()),
                     |c, r| {
                         let payload = if r.op == Op::Write { r.len as usize } else { 0 };
                         let at = r.pos as usize;
-                        crc32c::crc32c_append(c, &bytes[at..at + REC_HEADER + payload])
+                        twinblk::checksum::crc32c_append(c, &bytes[at..at + REC_HEADER + payload])
                     },
                 ),
             };

@@ -286,13 +286,13 @@ pub(crate) fn frame_dd(mut h: [u8; 48], data: &[u8], hd: bool, dd: bool) -> Vec<
     h[7] = n as u8;
     let mut v = h.to_vec();
     if hd {
-        v.extend_from_slice(&crc32c::crc32c(&h).to_le_bytes());
+        v.extend_from_slice(&twinblk::checksum::crc32c(&h).to_le_bytes());
     }
     let start = v.len();
     v.extend_from_slice(data);
     v.resize(v.len() + (4 - n % 4) % 4, 0);
     if dd && n > 0 {
-        let c = crc32c::crc32c(&v[start..]);
+        let c = twinblk::checksum::crc32c(&v[start..]);
         v.extend_from_slice(&c.to_le_bytes());
     }
     v
@@ -358,7 +358,11 @@ impl Raw {
         if self.hd {
             let mut d = [0u8; 4];
             self.s.read_exact(&mut d).ok()?;
-            assert_eq!(d, crc32c::crc32c(&h).to_le_bytes(), "target header digest");
+            assert_eq!(
+                d,
+                twinblk::checksum::crc32c(&h).to_le_bytes(),
+                "target header digest"
+            );
         }
         let n = ((h[5] as usize) << 16) | ((h[6] as usize) << 8) | h[7] as usize;
         let mut d = vec![0u8; n + (4 - n % 4) % 4];
@@ -366,7 +370,11 @@ impl Raw {
         if self.dd && n > 0 {
             let mut c = [0u8; 4];
             self.s.read_exact(&mut c).ok()?;
-            assert_eq!(c, crc32c::crc32c(&d).to_le_bytes(), "target data digest");
+            assert_eq!(
+                c,
+                twinblk::checksum::crc32c(&d).to_le_bytes(),
+                "target data digest"
+            );
         }
         d.truncate(n);
         Some((h, d))

@@ -113,7 +113,8 @@ fn a_forged_hello_without_the_key_is_refused_and_nothing_is_applied() {
         &[&SIZE.to_le_bytes()[..], &512u32.to_le_bytes(), b"vol0"].concat(),
     );
     v1[4] = 1;
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&v1[..36]), &v1[wire::HEADER..]);
+    let crc =
+        twinblk::checksum::crc32c_append(twinblk::checksum::crc32c(&v1[..36]), &v1[wire::HEADER..]);
     v1[36..40].copy_from_slice(&crc.to_le_bytes());
     let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -134,7 +134,7 @@ pub fn stamp(
         let bytes = x.to_le_bytes();
         chunk.copy_from_slice(&bytes[..chunk.len()]);
     }
-    let crc = crc32c::crc32c(&b[..len - 4]);
+    let crc = crc_fast::crc32_iscsi(&b[..len - 4]);
     b[len - 4..].copy_from_slice(&crc.to_le_bytes());
     b
 }
@@ -146,7 +146,7 @@ pub fn parse_stamp(data: &[u8], run: u64, writer: usize, block: u64) -> Option<u
         return None;
     }
     let crc = u32::from_le_bytes(data[len - 4..].try_into().ok()?);
-    if crc32c::crc32c(&data[..len - 4]) != crc {
+    if crc_fast::crc32_iscsi(&data[..len - 4]) != crc {
         return None;
     }
     let u64_at = |o: usize| data[o..o + 8].try_into().ok().map(u64::from_le_bytes);

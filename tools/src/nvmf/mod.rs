@@ -123,7 +123,7 @@ pub struct Queue {
 }
 
 fn crc(b: &[u8]) -> u32 {
-    crc32c::crc32c(b)
+    crc_fast::crc32_iscsi(b)
 }
 
 /// An SQE under construction.

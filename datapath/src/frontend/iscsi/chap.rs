@@ -86,7 +86,7 @@ fn random(n: usize) -> Vec<u8> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         for (i, x) in b.iter_mut().enumerate() {
-            *x = (crc32c::crc32c(&(t + i as u128).to_le_bytes()) >> 8) as u8;
+            *x = (crate::checksum::crc32c(&(t + i as u128).to_le_bytes()) >> 8) as u8;
         }
     }
     b

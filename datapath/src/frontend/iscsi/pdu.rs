@@ -152,7 +152,7 @@ pub fn parse(
     let hend = BHS_LEN + ahs;
     let hd = if dg.header { DIGEST_LEN } else { 0 };
     if dg.header && b.len() >= hend + hd {
-        let want = crc32c::crc32c(&b[..hend]);
+        let want = crate::checksum::crc32c(&b[..hend]);
         if b[hend..hend + 4] != want.to_le_bytes() {
             return Err(Violation::HeaderDigest);
         }
@@ -165,7 +165,7 @@ pub fn parse(
     let data = &b[dstart..dstart + dlen];
     if dg.data && dlen > 0 {
         let padded = &b[dstart..dstart + pad4(dlen)];
-        let want = crc32c::crc32c(padded);
+        let want = crate::checksum::crc32c(padded);
         let at = dstart + pad4(dlen);
         if b[at..at + 4] != want.to_le_bytes() {
             return Err(Violation::DataDigest { len: total });
@@ -288,7 +288,7 @@ pub fn put_pdu(out: &mut Vec<u8>, mut h: Bhs, data: &[u8], dg: Digests) {
     h.0[7] = n as u8;
     out.extend_from_slice(&h.0);
     if dg.header {
-        out.extend_from_slice(&crc32c::crc32c(&h.0).to_le_bytes());
+        out.extend_from_slice(&crate::checksum::crc32c(&h.0).to_le_bytes());
     }
     if n > 0 {
         let data = &data[..n];
@@ -296,7 +296,7 @@ pub fn put_pdu(out: &mut Vec<u8>, mut h: Bhs, data: &[u8], dg: Digests) {
         let pad = pad4(n) - n;
         out.extend_from_slice(&[0u8; 3][..pad]);
         if dg.data {
-            let c = crc32c::crc32c_append(crc32c::crc32c(data), &[0u8; 3][..pad]);
+            let c = crate::checksum::crc32c_append(crate::checksum::crc32c(data), &[0u8; 3][..pad]);
             out.extend_from_slice(&c.to_le_bytes());
         }
     }
@@ -320,7 +320,7 @@ mod tests {
     fn crc32c_of_32_zero_bytes_is_the_rfc_example_on_the_wire() {
         // RFC 7143 appendix B.4: 32 bytes of zeroes give the bytes aa 36 91 8a.
         assert_eq!(
-            crc32c::crc32c(&[0u8; 32]).to_le_bytes(),
+            crate::checksum::crc32c(&[0u8; 32]).to_le_bytes(),
             [0xaa, 0x36, 0x91, 0x8a]
         );
     }

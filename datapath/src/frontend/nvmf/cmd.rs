@@ -565,7 +565,7 @@ impl NsIds {
         let mut eui64 = [0u8; 8];
         eui64.copy_from_slice(&nguid[8..16]);
         eui64[0] = (eui64[0] | 0x02) & !0x01;
-        let h = crc32c::crc32c_append(crc32c::crc32c(&nguid), b"uuid");
+        let h = crate::checksum::crc32c_append(crate::checksum::crc32c(&nguid), b"uuid");
         let mut uuid = nguid;
         uuid[0..4].copy_from_slice(&h.to_be_bytes());
         uuid[6] = (uuid[6] & 0x0F) | 0x80; // version 8
@@ -576,10 +576,10 @@ impl NsIds {
 
 /// A derived NGUID: stable for a (subsystem, namespace) pair.
 pub fn nguid(subnqn: &str, nsid: u32) -> [u8; 16] {
-    let a = crc32c::crc32c(subnqn.as_bytes());
-    let b = crc32c::crc32c_append(a, &nsid.to_le_bytes());
-    let c = crc32c::crc32c_append(b, b"twinblk");
-    let d = crc32c::crc32c_append(c, &a.to_le_bytes());
+    let a = crate::checksum::crc32c(subnqn.as_bytes());
+    let b = crate::checksum::crc32c_append(a, &nsid.to_le_bytes());
+    let c = crate::checksum::crc32c_append(b, b"twinblk");
+    let d = crate::checksum::crc32c_append(c, &a.to_le_bytes());
     let mut g = [0u8; 16];
     g[0..4].copy_from_slice(&a.to_be_bytes());
     g[4..8].copy_from_slice(&b.to_be_bytes());

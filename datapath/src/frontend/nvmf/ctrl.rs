@@ -124,7 +124,7 @@ impl Subsystem {
             }
         }
         ana_groups.sort_by_key(|g| g.id);
-        let serial = format!("TB{:08X}", crc32c::crc32c(nqn.as_bytes()));
+        let serial = format!("TB{:08X}", crate::checksum::crc32c(nqn.as_bytes()));
         let resv = Arc::new(super::resv::ResvTable::new(namespaces.len()));
         Self {
             nqn,

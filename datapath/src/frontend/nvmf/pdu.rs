@@ -260,7 +260,7 @@ pub fn parse(b: &[u8], dg: Digests, max_data: u32) -> Result<Option<(Pdu<'_>, us
     let header = &b[..hlen];
     if hd != 0 {
         let want = u32::from_le_bytes([b[hlen], b[hlen + 1], b[hlen + 2], b[hlen + 3]]);
-        if crc32c::crc32c(header) != want {
+        if crate::checksum::crc32c(header) != want {
             return Err(Violation {
                 fes: fes::HEADER_DIGEST,
                 fei: 0,
@@ -271,7 +271,7 @@ pub fn parse(b: &[u8], dg: Digests, max_data: u32) -> Result<Option<(Pdu<'_>, us
     if data_hi < plen && ch.flags & flag::DDGST != 0 {
         let d = &b[data_hi..plen];
         let want = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-        if crc32c::crc32c(data) != want {
+        if crate::checksum::crc32c(data) != want {
             return Err(DATA_DIGEST_MISMATCH);
         }
     }
@@ -362,7 +362,7 @@ fn put_common(out: &mut Vec<u8>, kind: u8, flags: u8, hlen: u8, pdo: u8, plen: u
 
 /// Append the header digest of the header that starts at `start`.
 fn put_hdgst(out: &mut Vec<u8>, start: usize) {
-    let c = crc32c::crc32c(&out[start..]);
+    let c = crate::checksum::crc32c(&out[start..]);
     out.extend_from_slice(&c.to_le_bytes());
 }
 
@@ -465,7 +465,7 @@ pub fn put_c2h_data(
     out.resize(start + pdo, 0);
     out.extend_from_slice(data);
     if dg.data {
-        out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+        out.extend_from_slice(&crate::checksum::crc32c(data).to_le_bytes());
     }
 }
 
@@ -506,12 +506,12 @@ mod tests {
         v.extend_from_slice(&(plen as u32).to_le_bytes());
         v.resize(CMD_HLEN, 0x11);
         if dg.header {
-            let c = crc32c::crc32c(&v);
+            let c = crate::checksum::crc32c(&v);
             v.extend_from_slice(&c.to_le_bytes());
         }
         v.extend_from_slice(data);
         if dd != 0 {
-            v.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+            v.extend_from_slice(&crate::checksum::crc32c(data).to_le_bytes());
         }
         v
     }
@@ -591,7 +591,7 @@ mod tests {
         let h = data_hdr(&out).unwrap();
         assert_eq!((h.cid, h.offset, h.len), (7, 4096, 10));
         assert_eq!(
-            crc32c::crc32c(&out[..24]).to_le_bytes(),
+            crate::checksum::crc32c(&out[..24]).to_le_bytes(),
             out[24..28],
             "header digest"
         );

@@ -394,7 +394,10 @@ fn unhex(s: &str) -> Option<[u8; 16]> {
 
 /// The state file of subsystem `nqn` in `dir`.
 pub fn state_path(dir: &Path, nqn: &str) -> PathBuf {
-    dir.join(format!("resv-{:08x}.json", crc32c::crc32c(nqn.as_bytes())))
+    dir.join(format!(
+        "resv-{:08x}.json",
+        crate::checksum::crc32c(nqn.as_bytes())
+    ))
 }
 
 struct Inner {

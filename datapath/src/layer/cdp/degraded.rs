@@ -79,7 +79,7 @@ impl Header {
         b[32..40].copy_from_slice(&self.stopped_at.to_le_bytes());
         b[40..48].copy_from_slice(&self.regions.to_le_bytes());
         b[48..52].copy_from_slice(&self.bitmap_crc.to_le_bytes());
-        let crc = crc32c::crc32c(&b[..60]);
+        let crc = crate::checksum::crc32c(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -91,7 +91,7 @@ impl Header {
         }
         let le32 = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
         let le64 = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-        if le32(60) != crc32c::crc32c(&b[..60]) || le32(4) != VERSION {
+        if le32(60) != crate::checksum::crc32c(&b[..60]) || le32(4) != VERSION {
             return None;
         }
         let h = Header {
@@ -128,7 +128,7 @@ pub fn decode(bytes: &[u8], regions: u64) -> Prior {
             let len = regions.div_ceil(8) as usize;
             let map = bytes.get(HEADER..HEADER + len);
             match map {
-                Some(m) if crc32c::crc32c(m) == h.bitmap_crc => Prior::Stopped {
+                Some(m) if crate::checksum::crc32c(m) == h.bitmap_crc => Prior::Stopped {
                     after: h.after,
                     after_time: h.after_time,
                     regions: Some(m.to_vec()),
@@ -298,7 +298,7 @@ impl RegionMap {
             after_time,
             stopped_at: now,
             regions: self.regions,
-            bitmap_crc: crc32c::crc32c(&self.bits),
+            bitmap_crc: crate::checksum::crc32c(&self.bits),
         })
     }
 
@@ -341,7 +341,7 @@ impl RegionMap {
             .map_err(io_err("write", &self.path))?;
         self.file.sync_data().map_err(io_err("sync", &self.path))?;
         self.header.state = 2;
-        self.header.bitmap_crc = crc32c::crc32c(&self.bits);
+        self.header.bitmap_crc = crate::checksum::crc32c(&self.bits);
         self.write_header()
     }
 

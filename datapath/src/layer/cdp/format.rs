@@ -95,11 +95,11 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 fn seal(b: &mut [u8], n: usize) {
-    let c = crc32c::crc32c(&b[..n]);
+    let c = crate::checksum::crc32c(&b[..n]);
     put32(b, n, c);
 }
 fn sealed(b: &[u8], n: usize) -> bool {
-    crc32c::crc32c(&b[..n]) == le32(b, n)
+    crate::checksum::crc32c(&b[..n]) == le32(b, n)
 }
 
 /// `cdp.meta`: the identity of a volume's history.
@@ -333,7 +333,7 @@ impl RecHeader {
             payload_crc: if payload.is_empty() {
                 0
             } else {
-                crc32c::crc32c(payload)
+                crate::checksum::crc32c(payload)
             },
             vol_id,
         }
@@ -452,7 +452,7 @@ pub fn scan(seg: &[u8], vol_id: u64, vol_size: u64, prev_seq: u64, prev_time: u6
             let crc = if payload.is_empty() {
                 0
             } else {
-                crc32c::crc32c(payload)
+                crate::checksum::crc32c(payload)
             };
             if crc != h.payload_crc {
                 s.stopped = Some(FormatError::Crc);
@@ -664,7 +664,7 @@ mod tests {
             payload_crc: if data.is_empty() {
                 0
             } else {
-                crc32c::crc32c(data)
+                crate::checksum::crc32c(data)
             },
             vol_id: 7,
         }

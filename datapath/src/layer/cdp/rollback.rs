@@ -85,7 +85,7 @@ impl Marker {
         put64(&mut b, 32, self.before);
         put64(&mut b, 40, self.started);
         put64(&mut b, 48, self.end);
-        let crc = crc32c::crc32c(&b[..60]);
+        let crc = crate::checksum::crc32c(&b[..60]);
         b[60..].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -98,7 +98,7 @@ impl Marker {
         if &b[..8] != MAGIC {
             return Err("bad magic".into());
         }
-        if crc32c::crc32c(&b[..60]).to_le_bytes() != b[60..64] {
+        if crate::checksum::crc32c(&b[..60]).to_le_bytes() != b[60..64] {
             return Err("checksum mismatch".into());
         }
         let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
@@ -407,7 +407,7 @@ impl Appender {
             payload_crc: if data.is_empty() {
                 0
             } else {
-                crc32c::crc32c(data)
+                crate::checksum::crc32c(data)
             },
             vol_id: self.meta.vol_id,
         }

@@ -70,7 +70,7 @@ fn encode(s: &AlSnapshot) -> Vec<u8> {
     for e in &s.extents {
         b.extend_from_slice(&e.to_le_bytes());
     }
-    let crc = crc32c::crc32c(&b);
+    let crc = crate::checksum::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     b.resize(s.slot_bytes as usize, 0);
     b
@@ -125,7 +125,7 @@ fn parse(b: &[u8], slot_bytes: u64) -> Option<AlSnapshot> {
         return None;
     }
     let crc = u32::from_le_bytes(b[end..end + 4].try_into().expect("4 bytes"));
-    if crc32c::crc32c(&b[..end]) != crc {
+    if crate::checksum::crc32c(&b[..end]) != crc {
         return None;
     }
     let (generation, extent, size) = (u64_at(8), u64_at(16), u64_at(24));

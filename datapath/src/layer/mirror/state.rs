@@ -150,7 +150,7 @@ pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     }
     b.extend_from_slice(&p.identity.to_le_bytes());
     b.extend_from_slice(&term.to_le_bytes());
-    let crc = crc32c::crc32c(&b);
+    let crc = crate::checksum::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     let tmp = path.with_extension("tmp");
     {
@@ -182,7 +182,7 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
         return bad("bad magic or too short");
     }
     let (body, crc) = b.split_at(b.len() - 4);
-    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+    if crate::checksum::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
         return bad("checksum mismatch");
     }
     let version = body[4];
@@ -300,7 +300,7 @@ mod tests {
         b.extend_from_slice(&5u64.to_le_bytes());
         b.extend_from_slice(&1u32.to_le_bytes());
         b.extend_from_slice(&7u64.to_le_bytes());
-        let crc = crc32c::crc32c(&b);
+        let crc = crate::checksum::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &b).unwrap();
         let p = load(&path).unwrap().unwrap();
@@ -323,7 +323,7 @@ mod tests {
         // Version 1 had no flags: a set bit 0 there is refused.
         b[7] = 1;
         let n = b.len() - 4;
-        let crc = crc32c::crc32c(&b[..n]);
+        let crc = crate::checksum::crc32c(&b[..n]);
         b[n..].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &b).unwrap();
         assert!(load(&path).is_err());
@@ -351,7 +351,7 @@ mod tests {
         let mut b = std::fs::read(&path).unwrap();
         b.truncate(b.len() - 20);
         b[4] = 2;
-        let crc = crc32c::crc32c(&b);
+        let crc = crate::checksum::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &b).unwrap();
         assert_eq!(load(&path), Ok(Some(Persisted { identity: 0, ..p })));
@@ -378,7 +378,7 @@ mod tests {
         let mut b = std::fs::read(&path).unwrap();
         b.truncate(b.len() - 12);
         b[4] = 3;
-        let crc = crc32c::crc32c(&b);
+        let crc = crate::checksum::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &b).unwrap();
         assert_eq!(load(&path), Ok(Some(Persisted { leads: None, ..p })));

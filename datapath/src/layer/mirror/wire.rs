@@ -285,7 +285,8 @@ pub fn decode(buf: &[u8]) -> Decoded {
     if buf.len() < total {
         return Decoded::Partial(total);
     }
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[..36]), &buf[HEADER..total]);
+    let crc =
+        crate::checksum::crc32c_append(crate::checksum::crc32c(&buf[..36]), &buf[HEADER..total]);
     if crc != u32_at(buf, 36) {
         return Decoded::Bad("checksum mismatch");
     }
@@ -402,14 +403,16 @@ pub fn encode_header(out: &mut Vec<u8>, h: &Header, payload: &[u8]) {
     out.extend_from_slice(&h.seq.to_le_bytes());
     out.extend_from_slice(&h.offset.to_le_bytes());
     out.extend_from_slice(&h.count.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 36]), payload);
+    let crc =
+        crate::checksum::crc32c_append(crate::checksum::crc32c(&out[start..start + 36]), payload);
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
 /// Whether `header` (a whole encoded header) carries the checksum of itself with `payload`.
 pub fn header_matches(header: &[u8], payload: &[u8]) -> bool {
     header.len() == HEADER
-        && crc32c::crc32c_append(crc32c::crc32c(&header[..36]), payload) == u32_at(header, 36)
+        && crate::checksum::crc32c_append(crate::checksum::crc32c(&header[..36]), payload)
+            == u32_at(header, 36)
 }
 
 /// A HELLO's payload: geometry, the follower's nonce and the volume's name.
@@ -743,7 +746,7 @@ mod tests {
         let mut v = msg(&Header::new(Type::Ping), &[]);
         v[5] = 99;
         // Re-seal the checksum so only the type is wrong.
-        let crc = crc32c::crc32c(&v[..36]);
+        let crc = crate::checksum::crc32c(&v[..36]);
         v[36..40].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode(&v), Decoded::Bad("unknown message type"));
     }

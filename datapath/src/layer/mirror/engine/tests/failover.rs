@@ -185,7 +185,7 @@ fn suspect_regions_are_persisted_and_unknown_ones_after_a_leaders_crash_are_ever
             b.truncate(b.len() - 24);
             b[4] = 1;
             b[7] = 0;
-            let crc = crc32c::crc32c(&b);
+            let crc = crate::checksum::crc32c(&b);
             b.extend_from_slice(&crc.to_le_bytes());
             std::fs::write(&path, &b).unwrap();
             assert_eq!(
