@@ -8,8 +8,8 @@
 //! - what follows a scan's end is judged without panicking: a record of this use found there
 //!   lies after the end and decodes as one (`later_record`, how recovery tells a cut from an
 //!   earlier use's bytes);
-//! - an index that decodes re-encodes to the same bytes; so does `cdp.meta`, and so does a
-//!   bookmarks file that parses.
+//! - an index that decodes re-encodes to the same bytes; so do `cdp.meta` and `consolidating`,
+//!   and so does a bookmarks file that parses.
 //!
 //! The first input byte picks the mode: 0 mod 3 = the rest is used as it is; 1 = the rest
 //! follows a valid segment header; 2 = the rest describes records field by field, sealed with
@@ -18,7 +18,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use twinblk::layer::cdp::format::{self, Index, Meta, Op, RecHeader, SegHeader};
+use twinblk::layer::cdp::format::{self, Index, Meta, Moving, Op, RecHeader, SegHeader};
 
 const VOL: u64 = 7;
 const SIZE: u64 = 1 << 20;
@@ -68,6 +68,9 @@ fuzz_target!(|input: &[u8]| {
         assert_eq!(i.encode(), rest);
     }
     if let Ok(m) = Meta::decode(rest) {
+        assert_eq!(&m.encode()[..], &rest[..format::META_LEN]);
+    }
+    if let Ok(m) = Moving::decode(rest) {
         assert_eq!(&m.encode()[..], &rest[..format::META_LEN]);
     }
     if let Ok(text) = std::str::from_utf8(rest)

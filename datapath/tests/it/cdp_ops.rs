@@ -20,11 +20,21 @@ use twinblk::layer::cdp::store::{self, CdpError, Load};
 #[test]
 fn a_journal_that_stopped_catches_up_at_the_next_start_and_refuses_points_in_the_gap() {
     for crash in [false, true] {
-        degraded_round(crash);
+        degraded_round(crash, false);
     }
 }
 
-fn degraded_round(crash: bool) {
+/// As above, killed, and a record just before where `degraded.map` says the history stopped
+/// is damaged: recovery cuts the history before that point, so the gap written at the next
+/// start must begin where the recovered history ends, not where the map said. Every point
+/// between the two is refused, and every point the history accepts reads the volume's content
+/// at that moment.
+#[test]
+fn a_cut_before_where_the_journal_stopped_moves_the_gap_back_to_the_cut() {
+    degraded_round(true, true);
+}
+
+fn degraded_round(crash: bool, cut: bool) {
     const SIZE: usize = 4 << 20;
     let tmp = tempfile::tempdir().unwrap();
     let fs = SmallFs::mount(&tmp.path().join("small"), "12m");
@@ -71,6 +81,33 @@ fn degraded_round(crash: bool) {
     } else {
         assert!(s.stop(), "clean stop");
     }
+    // The cut variant: damage the payload of the record before the map's end.
+    let cut_at = cut.then(|| {
+        let twinblk::layer::cdp::degraded::Prior::Stopped { after, .. } =
+            twinblk::layer::cdp::degraded::read_prior(&dir, SIZE as u64)
+        else {
+            panic!("degraded.map says the journal stopped");
+        };
+        let (segno, e) = before
+            .entries()
+            .find(|(_, e)| e.seq == after - 1)
+            .expect("the record before the stop");
+        assert_eq!(e.op, Op::Write);
+        let path = store::seg_path(&dir, segno);
+        // In place: the journal's filesystem is full.
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let at = e.pos + 64 + 100;
+        let mut x = [0u8; 1];
+        f.read_exact_at(&mut x, at).unwrap();
+        f.write_all_at(&[!x[0]], at).unwrap();
+        let _ = std::fs::remove_file(path.with_extension("idx"));
+        after - 2
+    });
     if !crash {
         // A rollback in place is refused until the journal has caught up.
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
@@ -106,6 +143,29 @@ fn degraded_round(crash: bool) {
     let gaps: Vec<_> = h.entries().filter(|(_, e)| e.op == Op::Gap).collect();
     assert_eq!(gaps.len(), 1, "one gap record");
     let (after, gap) = (gaps[0].1.offset, gaps[0].1.seq);
+    if let Some(cut_last) = cut_at {
+        assert_eq!(
+            after, cut_last,
+            "the gap begins where the recovered history ends"
+        );
+        for p in cut_last + 1..gap {
+            let err = pit::resolve(&h, Point::Seq(p)).unwrap_err();
+            assert!(matches!(err, CdpError::InGap { .. }), "point {p}: {err}");
+        }
+        let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
+        assert!(got == model, "the newest point is the volume");
+        let mut upto = vec![0u8; SIZE];
+        let n = h
+            .entries()
+            .filter(|(_, e)| e.seq <= cut_last && e.op == Op::Write)
+            .count();
+        for u in &log[..n] {
+            apply(&mut upto, u);
+        }
+        let at_cut = pit::read_at(&h, Point::Seq(cut_last), 0, SIZE as u64).unwrap();
+        assert!(at_cut == upto, "the point at the cut is exact");
+        return;
+    }
     // What was journaled again: region 1 alone after a clean stop, every region after a crash.
     let caught: Vec<u64> = h
         .entries()

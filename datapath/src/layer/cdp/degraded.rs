@@ -45,6 +45,20 @@ pub enum Prior {
     },
 }
 
+impl Prior {
+    /// Where the history is whole up to, given that recovery found it ending at `last_seq`
+    /// (at `last_time`): where the journal stopped, but never past what was recovered (a cut
+    /// may have removed records the map names; the gap then begins at the cut).
+    pub fn whole_until(&self, last_seq: u64, last_time: u64) -> (u64, u64) {
+        match self {
+            Prior::Stopped {
+                after, after_time, ..
+            } if *after <= last_seq => (*after, *after_time),
+            Prior::Stopped { .. } | Prior::Whole => (last_seq, last_time),
+        }
+    }
+}
+
 /// The header's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Header {

@@ -23,6 +23,7 @@ pub const IDX_HEADER: usize = 64;
 pub const IDX_ENTRY: usize = 48;
 
 const META_MAGIC: &[u8; 8] = b"TBCDPMT1";
+const MOVING_MAGIC: &[u8; 8] = b"TBCDPCN1";
 const SEG_MAGIC: &[u8; 8] = b"TBCDPSG1";
 const IDX_MAGIC: &[u8; 8] = b"TBCDPIX1";
 const REC_MAGIC: &[u8; 4] = b"CDPR";
@@ -117,6 +118,62 @@ pub struct Meta {
     pub base_seq: u64,
     /// Time of that record (0 with `base_seq` 0).
     pub base_time: u64,
+}
+
+/// A consolidation pass under way (the file `consolidating`, docs/cdp-format.md, "Point-in-time
+/// content"): the base copy is being moved from base point `from` to `to`, so until the meta
+/// names `to`, `base.img` is the content of no point and the points before `to` are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moving {
+    /// The history's volume id.
+    pub vol_id: u64,
+    /// The meta's base point when the pass began.
+    pub from: u64,
+    /// The base point the pass moves to (the segment's last record).
+    pub to: u64,
+    /// That record's time.
+    pub to_time: u64,
+}
+
+impl Moving {
+    /// The 64 bytes.
+    pub fn encode(&self) -> [u8; META_LEN] {
+        let mut b = [0u8; META_LEN];
+        b[..8].copy_from_slice(MOVING_MAGIC);
+        put32(&mut b, 8, VERSION);
+        put64(&mut b, 16, self.vol_id);
+        put64(&mut b, 24, self.from);
+        put64(&mut b, 32, self.to);
+        put64(&mut b, 40, self.to_time);
+        seal(&mut b, 60);
+        b
+    }
+
+    /// Check and decode.
+    pub fn decode(b: &[u8]) -> Result<Moving, FormatError> {
+        if b.len() < META_LEN {
+            return Err(FormatError::Short);
+        }
+        if &b[..8] != MOVING_MAGIC {
+            return Err(FormatError::Magic);
+        }
+        if !sealed(b, 60) {
+            return Err(FormatError::Crc);
+        }
+        let v = le32(b, 8);
+        if v != VERSION {
+            return Err(FormatError::Version(v));
+        }
+        if b[12..16].iter().chain(&b[48..60]).any(|&x| x != 0) {
+            return Err(FormatError::Field("reserved"));
+        }
+        Ok(Moving {
+            vol_id: le64(b, 16),
+            from: le64(b, 24),
+            to: le64(b, 32),
+            to_time: le64(b, 40),
+        })
+    }
 }
 
 impl Meta {
@@ -651,6 +708,34 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_consolidation_marker_round_trips_and_refuses_damage() {
+        let m = Moving {
+            vol_id: u64::MAX,
+            from: u64::MAX - 1,
+            to: u64::MAX,
+            to_time: u64::MAX,
+        };
+        let b = m.encode();
+        assert_eq!(Moving::decode(&b), Ok(m));
+        assert_eq!(Moving::decode(&b[..63]), Err(FormatError::Short));
+        for at in [0, 9, 20, 33, 47, 61] {
+            let mut bad = b;
+            bad[at] ^= 1;
+            assert!(Moving::decode(&bad).is_err(), "byte {at} flipped");
+        }
+        // A meta is not a marker.
+        let meta = Meta {
+            block_size: 4096,
+            vol_id: 1,
+            size: 4096,
+            created: 1,
+            base_seq: 0,
+            base_time: 0,
+        };
+        assert_eq!(Moving::decode(&meta.encode()), Err(FormatError::Magic));
+    }
 
     fn rec(op: Op, seq: u64, off: u64, data: &[u8], len: u64) -> Vec<u8> {
         let mut b = vec![0u8; REC_HEADER + data.len()];

@@ -37,7 +37,7 @@
 //! update is either journaled (before its acknowledgement) or made after the last whole
 //! point (switched off: after the last mark; switched on: inside the refused stretch).
 
-use super::degraded::{Prior, RegionMap};
+use super::degraded::RegionMap;
 use super::format::Op;
 use super::store::{self, CdpError};
 use super::{CdpChannel, CdpDevice, CdpRemote, CdpSettings, clock, journal, rollback, startlog};
@@ -324,12 +324,7 @@ impl CdpDevice {
         let h = store::load(&s.dir, store::Load::Recover)?;
         let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
         let (mut regions, prior) = RegionMap::open(&s.dir, info.size)?;
-        let (after, after_time) = match prior {
-            Prior::Stopped {
-                after, after_time, ..
-            } => (after, after_time),
-            Prior::Whole => (h.last_seq, h.last_time),
-        };
+        let (after, after_time) = prior.whole_until(h.last_seq, h.last_time);
         regions.unknown(after, after_time, clock::now())?;
         let log =
             startlog::StartLog::new(&s.dir, meta, s.segment_size, segno, h.last_seq, h.last_time)?;
@@ -337,7 +332,7 @@ impl CdpDevice {
         spare.zero.store(s.prezero, Relaxed);
         spare.want.store(log.segno() + 1, Release);
         let stats = journal::CdpStats::default();
-        stats.window_start.store(h.meta.window_start(), Relaxed);
+        stats.window_start.store(h.first_time(), Relaxed);
         let live = LiveStart::default();
         live.after.store(after, Relaxed);
         live.after_time.store(after_time, Relaxed);

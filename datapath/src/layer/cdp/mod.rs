@@ -233,14 +233,8 @@ impl CdpDevice {
             startlog::StartLog::new(&s.dir, meta, s.segment_size, segno, h.last_seq, h.last_time)?;
         // Under the mirror: not vouched for after the recovered end (or after where an earlier
         // run's map said the history ended) until the mirror says the replica is current.
-        let end = match &prior {
-            // (Never past what was recovered: a map may name a record a cut removed.)
-            degraded::Prior::Stopped {
-                after, after_time, ..
-            } if *after <= h.last_seq => (*after, *after_time),
-            degraded::Prior::Stopped { .. } => (h.last_seq, h.last_time),
-            degraded::Prior::Whole => (h.last_seq, h.last_time),
-        };
+        // (Never past what was recovered: a map may name a record a cut removed.)
+        let end = prior.whole_until(h.last_seq, h.last_time);
         let mut regions = regions;
         if s.vouched && s.volatile && prior == degraded::Prior::Whole {
             // Before the record of the empty base: that is no moment of a mirrored volume.
@@ -258,7 +252,7 @@ impl CdpDevice {
                 });
             }
             let base = if s.volatile { None } else { s.seed.as_deref() };
-            log.catch_up(&prior, base, info.size)?;
+            log.catch_up(&prior, end.0, base, info.size)?;
         }
         let vouched = if s.vouched {
             regions.unvouched(end.0, end.1, clock::now())?;
@@ -281,7 +275,7 @@ impl CdpDevice {
         let stats = CdpStats::default();
         stats
             .window_start
-            .store(h.meta.window_start(), std::sync::atomic::Ordering::Relaxed);
+            .store(h.first_time(), std::sync::atomic::Ordering::Relaxed);
         vouched.publish(&stats);
         Ok(Self {
             inner,

@@ -30,9 +30,9 @@ pub fn window(h: &History) -> String {
     });
     format!(
         "sequence {}..={}, time {}..={} (ns){whole}",
-        h.meta.base_seq,
+        h.first_seq(),
         h.last_seq,
-        h.meta.window_start(),
+        h.first_time(),
         h.last_time
     )
 }
@@ -45,9 +45,9 @@ pub fn resolve(h: &History, p: Point) -> Result<u64, CdpError> {
         window: window(h),
     };
     let seq = match p {
-        Point::Seq(s) if (h.meta.base_seq..=h.last_seq).contains(&s) => s,
+        Point::Seq(s) if (h.first_seq()..=h.last_seq).contains(&s) => s,
         Point::Seq(s) => return Err(outside(format!("sequence {s}"))),
-        Point::Time(t) if t < h.meta.window_start() || t > h.last_time => {
+        Point::Time(t) if t < h.first_time() || t > h.last_time => {
             return Err(outside(format!("time {t}")));
         }
         Point::Time(t) => h
@@ -231,14 +231,16 @@ fn read_listed(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-/// Consolidation may have moved the base copy past `seq` while it was being read: then what
-/// was read is not the point (it is outside the window now).
+/// Consolidation may have moved the base copy past `seq` (or begun to) while it was being
+/// read: then what was read is not the point (it is outside the window now).
 fn still_inside(h: &History, seq: u64) -> Result<(), CdpError> {
     let m = store::read_meta(&h.dir)?;
-    if m.base_seq > seq {
+    // A pass that began (its marker is written before it changes the base copy) counts as done.
+    let first = store::read_moving(&h.dir, &m)?.map_or(m.base_seq, |p| p.to);
+    if first > seq {
         return Err(CdpError::Outside {
             what: format!("sequence {seq} (consolidated while it was read)"),
-            window: format!("from sequence {}", m.base_seq),
+            window: format!("from sequence {first}"),
         });
     }
     Ok(())

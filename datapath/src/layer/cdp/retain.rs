@@ -25,9 +25,13 @@
 //! the meta is written, and a crash anywhere leaves either the old meta with the segment still
 //! there (the pass is repeated: records are whole overwrites applied in order, so applying
 //! them again gives the same base) or the new meta with the segment deleted or skipped by
-//! recovery; the active segment (the newest) is never consolidated.
+//! recovery; the active segment (the newest) is never consolidated. From before the first
+//! byte a pass applies until the meta names its end, the marker `consolidating`
+//! ([`store::write_moving`]) makes every reader refuse the points before that end (the base
+//! copy then holds some of the segment's records: the content of no point); a pass cut part
+//! way leaves it, and the next pass finishes the segment whatever retention says then.
 
-use super::format::{Op, REC_HEADER};
+use super::format::{self, Op, REC_HEADER};
 use super::store::{self, CdpError};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -133,7 +137,10 @@ fn consolidate_once_in(
     let newest = index.entries.last().map_or(header.created, |e| e.time);
     let by_age = r.age_ns.is_some_and(|a| newest.saturating_add(a) < now);
     let by_size = r.bytes.is_some_and(|b| total > b);
-    if !(by_age || by_size) {
+    // A pass cut part way is finished whatever retention says now: until it is, the points
+    // before its end are refused (the base copy holds some of its records).
+    let unfinished = store::read_moving(dir, &meta)?.is_some_and(|m| m.to == last);
+    if !(by_age || by_size || unfinished) {
         return Ok(None);
     }
     // The base copy changes only under the lock, so a view that registers its hold and then
@@ -153,12 +160,25 @@ fn consolidate_once_in(
         // A bookmark or an open view inside this segment (or before it) must stay readable.
         return Ok(None);
     }
+    // From the first byte applied until the meta names the new base point, the base copy is
+    // the content of no point: the marker makes every reader refuse the points before it, and
+    // stays if the pass fails part way (the next pass applies the whole segment again).
+    let moving = index.entries.last().map(|last| format::Moving {
+        vol_id: meta.vol_id,
+        from: meta.base_seq,
+        to: last.seq,
+        to_time: last.time,
+    });
+    if let Some(mv) = &moving {
+        store::write_moving(dir, mv)?;
+    }
     let skipped = apply(dir, segno, &index.entries, bytes, scanned)?;
     let mut m = meta;
-    if let Some(last) = index.entries.last() {
-        m.base_seq = last.seq;
-        m.base_time = last.time;
+    if let Some(mv) = moving {
+        m.base_seq = mv.to;
+        m.base_time = mv.to_time;
         store::write_meta(dir, &m)?;
+        store::clear_moving(dir)?;
     }
     // An open view may still read this segment's records through the file it opened (its
     // hold only keeps segments after its point): deleted, the inode stays readable for it;
@@ -243,7 +263,7 @@ fn apply(
                     seg.read_exact_at(win, at).map_err(io("read", &sp))?;
                 }
                 let from = (at - win_at) as usize;
-                base.write_all_at(&win[from..from + e.len as usize], e.offset)
+                base_write(&base, &win[from..from + e.len as usize], e.offset)
                     .map_err(io("write", &bp))?;
             }
             Op::Zeroes | Op::Unmap => {
@@ -271,6 +291,25 @@ fn apply(
     }
     base.sync_all().map_err(io("sync", &bp))?;
     Ok(skip.iter().filter(|&&s| s).count())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: how many more base-copy writes succeed before one fails with EIO (a pass cut
+    /// part way, as by a full or failing device or a crash).
+    static WRITES_BEFORE_EIO: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Write a record's bytes into the base copy.
+fn base_write(base: &File, data: &[u8], at: u64) -> std::io::Result<()> {
+    #[cfg(test)]
+    if let Some(n) = WRITES_BEFORE_EIO.get() {
+        if n == 0 {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        WRITES_BEFORE_EIO.set(Some(n - 1));
+    }
+    base.write_all_at(data, at)
 }
 
 /// How many segments of one volume are consolidated in a row before the next volume's turn.
@@ -488,5 +527,80 @@ mod tests {
             .expect("consolidated");
         assert_eq!(c.base_seq, 50);
         assert!(!store::seg_path(dir, 1).exists());
+    }
+
+    /// A pass cut part way (EIO on the base copy after 25 of a segment's 50 records) leaves
+    /// `base.img` holding some of the segment's records: no point before the segment's end may
+    /// be read from it until a later pass has applied the whole segment; every point the
+    /// history accepts reads exactly what the volume held then, before and after that pass.
+    #[test]
+    fn a_pass_cut_part_way_leaves_no_readable_point_with_wrong_bytes() {
+        use crate::layer::cdp::format::Meta;
+        use crate::layer::cdp::format::testing::{put_header, put_records};
+        use crate::layer::cdp::pit::{self, Point};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let meta = Meta {
+            block_size: 4096,
+            vol_id: 0xfeed,
+            size: 64 * 4096,
+            created: 1,
+            base_seq: 0,
+            base_time: 0,
+        };
+        store::write_meta(dir, &meta).unwrap();
+        std::fs::File::create(store::base_path(dir))
+            .unwrap()
+            .set_len(meta.size)
+            .unwrap();
+        for (segno, seqs) in [(1, 1..=50), (2, 51..=60)] {
+            let mut img = vec![0u8; 1 << 20];
+            put_header(&mut img, meta.vol_id, segno, *seqs.start());
+            put_records(&mut img, meta.vol_id, seqs);
+            std::fs::write(store::seg_path(dir, segno), &img).unwrap();
+        }
+        // Record q writes block q with bytes q (put_records), so block b holds b from point b on.
+        let check = |why: &str| -> usize {
+            let h = store::load(dir, store::Load::ReadOnly).unwrap();
+            let mut readable = 0;
+            for p in 0..=60u64 {
+                if pit::resolve(&h, Point::Seq(p)).is_err() {
+                    continue;
+                }
+                readable += 1;
+                let got = pit::read_at(&h, Point::Seq(p), 0, meta.size).unwrap();
+                for b in 0..64u64 {
+                    let want = if b >= 1 && b <= p { b as u8 } else { 0 };
+                    let at = (b * 4096) as usize;
+                    assert!(
+                        got[at..at + 4096].iter().all(|&x| x == want),
+                        "{why}: point {p}, block {b}: read {}, the volume held {want}",
+                        got[at]
+                    );
+                }
+            }
+            readable
+        };
+        let r = Retention {
+            age_ns: None,
+            bytes: Some(1),
+        };
+        WRITES_BEFORE_EIO.set(Some(25));
+        let e = consolidate_once(dir, &r, 100).unwrap_err().to_string();
+        WRITES_BEFORE_EIO.set(None);
+        assert!(e.contains("write"), "{e}");
+        assert_eq!(store::read_meta(dir).unwrap().base_seq, 0);
+        assert_eq!(
+            check("after the cut pass"),
+            11,
+            "points 50..=60 stay readable, the ones before refused"
+        );
+        // Finished by the next pass even when retention no longer releases the segment.
+        let c = consolidate_once(dir, &Retention::default(), 100)
+            .unwrap()
+            .expect("the cut pass finished");
+        assert_eq!(c.base_seq, 50);
+        assert!(!dir.join("consolidating").exists());
+        assert_eq!(check("after the whole pass"), 11);
     }
 }

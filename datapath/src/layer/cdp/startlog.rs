@@ -98,14 +98,16 @@ impl StartLog {
 
     /// Journal the regions changed while the journal was stopped (`prior`), read from the
     /// base file `base` (`None`: a RAM base, whose reset record the caller wrote already),
-    /// then the gap record. Returns the regions journaled.
+    /// then the gap record, after sequence `after` (where the recovered history is whole:
+    /// [`Prior::whole_until`], never past a cut). Returns the regions journaled.
     pub fn catch_up(
         &mut self,
         prior: &Prior,
+        after: u64,
         base: Option<&Path>,
         size: u64,
     ) -> Result<u64, CdpError> {
-        let Prior::Stopped { after, regions, .. } = prior else {
+        let Prior::Stopped { regions, .. } = prior else {
             return Ok(0);
         };
         let total = degraded::regions_of(size);
@@ -143,7 +145,7 @@ impl StartLog {
                 }
             }
         }
-        let gap = self.append(Op::Gap, *after, 0, &[])?;
+        let gap = self.append(Op::Gap, after, 0, &[])?;
         tracing::warn!(dir = %self.dir.display(), after, resumed = gap, regions = done,
             "cdp: the journal is whole again; points between the two sequence numbers are not restorable");
         Ok(done)

@@ -14,7 +14,7 @@
 use super::clock;
 use super::error::io_err;
 pub use super::error::{CdpError, sync_dir};
-use super::format::{self, Entry, Index, Meta, SegHeader};
+use super::format::{self, Entry, Index, Meta, Moving, SegHeader};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -59,9 +59,23 @@ pub struct History {
     /// `degraded.map` says the journal is not whole after this sequence (and its time): points
     /// after it are refused ([`CdpError::NotWhole`]).
     pub open_gap: Option<(u64, u64)>,
+    /// A consolidation pass under way (or stopped part way): the points before its `to` are
+    /// refused ([`read_moving`]).
+    pub moving: Option<Moving>,
 }
 
 impl History {
+    /// The first readable point's sequence: the base point, or the one a consolidation under
+    /// way moves it to (the base copy is then the content of no point before it).
+    pub fn first_seq(&self) -> u64 {
+        self.moving.map_or(self.meta.base_seq, |m| m.to)
+    }
+
+    /// The first readable point's time ([`History::first_seq`]).
+    pub fn first_time(&self) -> u64 {
+        self.moving.map_or(self.meta.window_start(), |m| m.to_time)
+    }
+
     /// Every data record, in sequence order.
     pub fn entries(&self) -> impl Iterator<Item = (u64, &Entry)> {
         self.segments
@@ -86,6 +100,47 @@ pub fn base_path(dir: &Path) -> PathBuf {
 
 fn meta_path(dir: &Path) -> PathBuf {
     dir.join("cdp.meta")
+}
+
+fn moving_path(dir: &Path) -> PathBuf {
+    dir.join("consolidating")
+}
+
+/// Record, before a consolidation pass changes the base copy, where it moves the base point.
+pub fn write_moving(dir: &Path, m: &Moving) -> Result<(), CdpError> {
+    write_atomic(dir, &moving_path(dir), &m.encode())
+}
+
+/// The pass is over (the meta names its point) or stale: remove its marker.
+pub fn clear_moving(dir: &Path) -> Result<(), CdpError> {
+    let p = moving_path(dir);
+    match std::fs::remove_file(&p) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CdpError::Io {
+            what: "remove",
+            path: p,
+            source: e,
+        }),
+    }
+}
+
+/// The consolidation pass under way from `meta`'s base point, if there is one: the base copy
+/// may hold some of its records, so the points before its `to` are not readable. A marker
+/// of an earlier pass (another base point) means nothing; one that does not decode is an
+/// error (the window would be unknown).
+pub fn read_moving(dir: &Path, meta: &Meta) -> Result<Option<Moving>, CdpError> {
+    let p = moving_path(dir);
+    let b = match std::fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("read", &p)(e)),
+    };
+    let m = Moving::decode(&b).map_err(|e| CdpError::Meta {
+        path: p,
+        why: e.to_string(),
+    })?;
+    Ok((m.vol_id == meta.vol_id && m.from == meta.base_seq && m.to > m.from).then_some(m))
 }
 
 /// Write `bytes` to `path` atomically (temporary file, fsync, rename, directory fsync).
@@ -368,6 +423,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             } => Some((after, after_time)),
             super::degraded::Prior::Whole => None,
         },
+        moving: read_moving(dir, &meta)?,
     };
     let mut consolidated = Vec::new();
     for (i, &segno) in nums.iter().enumerate() {
