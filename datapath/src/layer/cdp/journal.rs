@@ -129,8 +129,6 @@ pub struct Spare {
     pub ready: AtomicU64,
     /// Write the spare's blocks once (zeroes) before use.
     pub zero: AtomicBool,
-    /// Preparing failed (the writer then creates segments itself).
-    pub failed: AtomicBool,
     /// Held by the helper while it prepares `want`; the writer only try-locks it (never
     /// waits), so the two never create the same segment.
     pub lock: std::sync::Mutex<()>,
@@ -772,6 +770,9 @@ pub struct SpareOf {
     pub spare: Arc<Spare>,
 }
 
+/// How long the helper waits before preparing a directory's segment again after a failure.
+const SPARE_RETRY: Duration = Duration::from_secs(1);
+
 /// Start the thread that prepares each volume's next segment off the reactors; it stops when
 /// `stop` is set.
 pub fn spare_thread(
@@ -781,6 +782,9 @@ pub fn spare_thread(
     std::thread::Builder::new()
         .name("cdp-segments".into())
         .spawn(move || {
+            // When each directory whose preparation failed is tried again (a full or failing
+            // device may recover; until then the writer creates its own segments).
+            let mut retry: std::collections::HashMap<PathBuf, Instant> = Default::default();
             while !stop.load(Ordering::SeqCst) {
                 // The list changes at run time (CDP switched on or off): a copy per pass.
                 let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -790,21 +794,73 @@ pub fn spare_thread(
                     let want = s.want.load(Ordering::Acquire);
                     if want == 0
                         || s.ready.load(Ordering::Acquire) == want
-                        || s.failed.load(Ordering::Relaxed)
+                        || retry.get(&v.dir).is_some_and(|&at| Instant::now() < at)
                     {
                         continue;
                     }
                     let zero = s.zero.load(Ordering::Relaxed);
                     match store::prepare_spare(&v.dir, want, v.size, zero) {
-                        Ok(()) => s.ready.store(want, Ordering::Release),
+                        Ok(()) => {
+                            if retry.remove(&v.dir).is_some() {
+                                tracing::info!(dir = %v.dir.display(),
+                                    "cdp: the next segment is prepared ahead again");
+                            }
+                            s.ready.store(want, Ordering::Release);
+                        }
                         Err(e) => {
-                            tracing::warn!(dir = %v.dir.display(), error = %e,
-                                "cdp: cannot prepare the next segment; the writer creates its own");
-                            s.failed.store(true, Ordering::Relaxed);
+                            if !retry.contains_key(&v.dir) {
+                                tracing::warn!(dir = %v.dir.display(), error = %e,
+                                    "cdp: cannot prepare the next segment; the writer creates its own until it can (tried again every second)");
+                            }
+                            retry.insert(v.dir.clone(), Instant::now() + SPARE_RETRY);
                         }
                     }
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One failure to prepare a spare (here a directory squatting on its temporary name) is
+    /// not for the life of the process: once the cause is gone, the helper prepares it again.
+    #[test]
+    fn the_segment_helper_tries_again_after_a_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let spare = Arc::new(Spare::default());
+        let squatter = store::seg_path(&dir, 2).with_extension("spare");
+        std::fs::create_dir(&squatter).unwrap();
+        std::fs::write(squatter.join("x"), b"x").unwrap();
+        spare.want.store(2, Ordering::Release);
+        let list = Arc::new(std::sync::Mutex::new(vec![SpareOf {
+            dir: dir.clone(),
+            size: 1 << 20,
+            spare: Arc::clone(&spare),
+        }]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = spare_thread(list, Arc::clone(&stop)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            spare.ready.load(Ordering::Acquire),
+            0,
+            "it cannot while the name is taken"
+        );
+        std::fs::remove_dir_all(&squatter).unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while spare.ready.load(Ordering::Acquire) != 2 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        assert_eq!(
+            spare.ready.load(Ordering::Acquire),
+            2,
+            "prepared once it could"
+        );
+        assert!(store::seg_path(&dir, 2).exists());
+    }
 }
