@@ -111,6 +111,16 @@ fn consolidate_once_in(
     }
     let meta = store::read_meta(dir)?;
     let (segno, _) = segs[0];
+    if store::segment_header(dir, segno)?.first_seq <= meta.base_seq
+        && store::segment_header(dir, segs[1].0)?.first_seq <= meta.base_seq + 1
+    {
+        // Wholly in the base copy already: a pass wrote the meta, then could not retire the
+        // segment (or crashed first). Retire it now, or no later pass would get past it.
+        retire(dir, segno)?;
+        tracing::warn!(dir = %dir.display(), segment = segno,
+            "cdp: retired a segment an earlier pass consolidated but did not retire");
+        return Ok(None);
+    }
     let (header, index, scanned) =
         store::segment_index_in(dir, &meta, segno, meta.base_seq, meta.window_start(), bytes)?;
     if header.first_seq != meta.base_seq + 1 {
@@ -180,15 +190,7 @@ fn consolidate_once_in(
         store::write_meta(dir, &m)?;
         store::clear_moving(dir)?;
     }
-    // An open view may still read this segment's records through the file it opened (its
-    // hold only keeps segments after its point): deleted, the inode stays readable for it;
-    // recycled, it would be written again under the view. So a segment is kept
-    // for reuse only while no view is open.
-    if super::view::hold(dir).is_some() {
-        store::remove_segment(dir, segno)?;
-    } else {
-        store::recycle_segment(dir, segno)?;
-    }
+    retire(dir, segno)?;
     tracing::info!(dir = %dir.display(), segment = segno, base_seq = m.base_seq, by_age, by_size,
         records = index.entries.len(), overwritten_in_segment = skipped,
         "cdp: consolidated the oldest segment into the base copy");
@@ -197,6 +199,18 @@ fn consolidate_once_in(
         by_age,
         by_size,
     }))
+}
+
+/// Retire consolidated segment `segno`. An open view may still read its records through the
+/// file it opened (its hold only keeps segments after its point): deleted, the inode stays
+/// readable for it; recycled, it would be written again under the view. So a segment is kept
+/// for reuse only while no view is open.
+fn retire(dir: &Path, segno: u64) -> Result<(), CdpError> {
+    if super::view::hold(dir).is_some() {
+        store::remove_segment(dir, segno)
+    } else {
+        store::recycle_segment(dir, segno)
+    }
 }
 
 /// How much of a segment consolidation reads at once.
@@ -602,5 +616,45 @@ mod tests {
         assert_eq!(c.base_seq, 50);
         assert!(!dir.join("consolidating").exists());
         assert_eq!(check("after the whole pass"), 11);
+    }
+
+    /// A segment a pass consolidated (the meta names its end) but did not retire (the rename
+    /// failed, or a crash came first) is retired by the next pass instead of stopping every
+    /// later one.
+    #[test]
+    fn a_consolidated_segment_left_in_place_is_retired_by_the_next_pass() {
+        use crate::layer::cdp::format::Meta;
+        use crate::layer::cdp::format::testing::{put_header, put_records};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let meta = Meta {
+            block_size: 4096,
+            vol_id: 0xbeef,
+            size: 64 * 4096,
+            created: 1,
+            base_seq: 50,
+            base_time: 50,
+        };
+        store::write_meta(dir, &meta).unwrap();
+        std::fs::File::create(store::base_path(dir))
+            .unwrap()
+            .set_len(meta.size)
+            .unwrap();
+        for (segno, seqs) in [(1, 1..=50), (2, 51..=60), (3, 61..=70)] {
+            let mut img = vec![0u8; 1 << 20];
+            put_header(&mut img, meta.vol_id, segno, *seqs.start());
+            put_records(&mut img, meta.vol_id, seqs);
+            std::fs::write(store::seg_path(dir, segno), &img).unwrap();
+        }
+        let r = Retention {
+            age_ns: None,
+            bytes: Some(1),
+        };
+        assert_eq!(consolidate_once(dir, &r, 100).unwrap(), None);
+        assert!(!store::seg_path(dir, 1).exists(), "segment 1 retired");
+        let c = consolidate_once(dir, &r, 100)
+            .unwrap()
+            .expect("segment 2 consolidated");
+        assert_eq!(c.base_seq, 60);
     }
 }
