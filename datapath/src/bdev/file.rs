@@ -102,6 +102,7 @@ impl BlockDevice for Arc<FileDevice> {
             block_size: self.block_size,
             min_io: self.block_size,
             kind: "uring".into(),
+            read_only: false,
         }
     }
 

@@ -109,6 +109,7 @@ impl BlockDevice for Arc<MallocDevice> {
             block_size: self.block_size,
             min_io: 1,
             kind: "malloc".into(),
+            read_only: false,
         }
     }
 

@@ -35,6 +35,9 @@ pub struct DeviceInfo {
     pub min_io: u32,
     /// Short name of the layer stack, top first (e.g. "errinj>uring").
     pub kind: String,
+    /// Refuses every update (with `EPERM`): front ends advertise the device as read-only or
+    /// write protected, so initiators attach it so. Layers above pass it on.
+    pub read_only: bool,
 }
 
 /// How an operation started.

@@ -113,6 +113,12 @@ impl Volume {
         }
     }
 
+    /// Whether the volume refuses every update (its stack's top says so): front ends
+    /// advertise it read-only, whatever the layer that decides it.
+    pub fn read_only(&self) -> bool {
+        self.info.read_only
+    }
+
     /// With the other site's path state as this site knows it, published in `peer`.
     pub fn with_peer_path(mut self, peer: Arc<PathCell>) -> Self {
         self.peer_path = Some(peer);

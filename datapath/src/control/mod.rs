@@ -794,7 +794,11 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                 .nbd_exports
                 .snapshot()
                 .iter()
-                .map(|e| json!({"proto": "nbd", "name": e.name, "volume": shared.rt.volumes.name(e.volume), "read_only": e.read_only, "runtime": e.runtime}))
+                .map(|e| {
+                    // Read-only as clients see it: configured so, or a read-only volume.
+                    let ro = e.read_only || shared.rt.volumes.get(e.volume).is_some_and(|v| v.read_only());
+                    json!({"proto": "nbd", "name": e.name, "volume": shared.rt.volumes.name(e.volume), "read_only": ro, "runtime": e.runtime})
+                })
                 .collect(),
         ),
         "nvmf_subsystems" => {

@@ -319,6 +319,17 @@ impl Raw {
         header_digest: bool,
         data_digest: bool,
     ) -> Raw {
+        Self::login_target(addr, name, IQN, header_digest, data_digest)
+    }
+
+    /// Log in as initiator `name` to target `target`.
+    pub(crate) fn login_target(
+        addr: SocketAddr,
+        name: &str,
+        target: &str,
+        header_digest: bool,
+        data_digest: bool,
+    ) -> Raw {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
@@ -326,7 +337,7 @@ impl Raw {
         put32(&mut h, 16, 1);
         put32(&mut h, 24, 1);
         let keys = format!(
-            "InitiatorName={name}\0SessionType=Normal\0TargetName={IQN}\0HeaderDigest={}\0DataDigest={}\0ImmediateData=Yes\0InitialR2T=Yes\0MaxBurstLength=262144\0FirstBurstLength=65536\0",
+            "InitiatorName={name}\0SessionType=Normal\0TargetName={target}\0HeaderDigest={}\0DataDigest={}\0ImmediateData=Yes\0InitialR2T=Yes\0MaxBurstLength=262144\0FirstBurstLength=65536\0",
             if header_digest { "CRC32C" } else { "None" },
             if data_digest { "CRC32C" } else { "None" }
         );

@@ -34,6 +34,7 @@ mod nvmf_ana;
 mod nvmf_fused_resv;
 mod rawnbd;
 mod reactor_wait;
+mod read_only;
 mod runtime;
 mod shutdown;
 mod soak_history;

@@ -49,6 +49,8 @@ pub struct LunInfo {
     /// The other site's path state as this site knows it (`None`: the volume is not
     /// mirrored: one port group only).
     pub peer: Option<PathState>,
+    /// The volume refuses every update: MODE SENSE reports the LUN write protected.
+    pub read_only: bool,
 }
 
 /// ALUA asymmetric access state of a path state (SPC-4 §6.37).
@@ -407,7 +409,9 @@ pub fn mode_sense(
     };
     let hlen = if ten { 8 } else { 4 };
     let mut b = vec![0u8; hlen];
-    let dev_specific = 0x10; // DPOFUA
+    // Device-specific parameter (SBC-3 6.3.1): WP (bit 7) for a read-only volume, and
+    // DPOFUA (bit 4).
+    let dev_specific = if l.read_only { 0x80 | 0x10 } else { 0x10 };
     if ten {
         b[3] = dev_specific;
     } else {
@@ -521,6 +525,7 @@ mod tests {
             tpg: 1,
             path: PathState::Optimized,
             peer: None,
+            read_only: false,
         }
     }
 
@@ -576,6 +581,18 @@ mod tests {
             mode_sense(&l, false, true, 3, mode::ALL, 0),
             Err(Sense::SAVING_NOT_SUPPORTED)
         );
+    }
+
+    #[test]
+    fn mode_sense_reports_a_read_only_volume_write_protected() {
+        let mut l = lun();
+        // The device-specific parameter: byte 2 of the 6-byte header, byte 3 of the 10-byte one.
+        let dsp = |l: &LunInfo, ten: bool| {
+            mode_sense(l, ten, true, 0, mode::CACHING, 0).unwrap()[if ten { 3 } else { 2 }]
+        };
+        assert_eq!((dsp(&l, false), dsp(&l, true)), (0x10, 0x10));
+        l.read_only = true;
+        assert_eq!((dsp(&l, false), dsp(&l, true)), (0x90, 0x90));
     }
 
     #[test]

@@ -273,17 +273,15 @@ impl NbdConn {
         list.iter().find(|e| e.name.as_bytes() == name).cloned()
     }
 
+    /// The transmission flags: a read-only export says so and offers no command that only
+    /// updates (TRIM, WRITE_ZEROES), so a client attaches it read-only.
     fn tflags(&self) -> u16 {
-        let mut f = tflag::HAS_FLAGS
-            | tflag::SEND_FLUSH
-            | tflag::SEND_FUA
-            | tflag::SEND_TRIM
-            | tflag::SEND_WRITE_ZEROES
-            | tflag::CAN_MULTI_CONN;
+        let f = tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::SEND_FUA | tflag::CAN_MULTI_CONN;
         if self.read_only {
-            f |= tflag::READ_ONLY;
+            f | tflag::READ_ONLY
+        } else {
+            f | tflag::SEND_TRIM | tflag::SEND_WRITE_ZEROES
         }
-        f
     }
 
     /// Take `e` as the export; false when its volume is not served on this reactor (an
@@ -295,7 +293,8 @@ impl NbdConn {
         self.vol = e.volume;
         self.size = v.info.size;
         self.min_io = v.info.min_io;
-        self.read_only = e.read_only;
+        // Read-only when the export is configured so or its volume refuses updates.
+        self.read_only = e.read_only || v.read_only();
         self.export = Some(e);
         true
     }

@@ -498,8 +498,16 @@ pub fn lbads(block_size: u32) -> u8 {
     block_size.max(1).trailing_zeros() as u8
 }
 
-/// Fill Identify Namespace (4096 bytes; `b` zeroed).
-pub fn identify_ns(b: &mut [u8], blocks: u64, block_size: u32, ana_group: u32, ids: &NsIds) {
+/// Fill Identify Namespace (4096 bytes; `b` zeroed); `write_protected`: the namespace refuses
+/// every update (its volume is read-only), so a host attaches it read-only.
+pub fn identify_ns(
+    b: &mut [u8],
+    blocks: u64,
+    block_size: u32,
+    ana_group: u32,
+    ids: &NsIds,
+    write_protected: bool,
+) {
     put64(b, 0, blocks);
     put64(b, 8, blocks);
     put64(b, 16, blocks);
@@ -510,6 +518,7 @@ pub fn identify_ns(b: &mut [u8], blocks: u64, block_size: u32, ana_group: u32, i
     b[31] = 0xFF;
     b[33] = 0x01; // DLFEAT: deallocated blocks read as zeroes
     put32(b, 92, ana_group);
+    b[99] = u8::from(write_protected); // NSATTR bit 0: currently write protected
     b[104..120].copy_from_slice(&ids.nguid);
     b[120..128].copy_from_slice(&ids.eui64);
     b[128 + 2] = lbads(block_size);
@@ -874,7 +883,7 @@ mod tests {
 
         let ids = NsIds::derive("nqn.x", 2);
         let mut b = vec![0u8; IDENTIFY_LEN];
-        identify_ns(&mut b, 1000, 4096, 5, &ids);
+        identify_ns(&mut b, 1000, 4096, 5, &ids, false);
         let ns: Vec<Field> = vec![
             ("NSZE", 0, 8, int(1000, 8)),
             ("NCAP", 8, 8, int(1000, 8)),
@@ -890,6 +899,11 @@ mod tests {
             ("LBAF0: LBADS 12", 128, 4, int(12 << 16, 4)),
         ];
         check_fields("Identify Namespace", &b, IDENTIFY_LEN, &ns);
+        let mut b = vec![0u8; IDENTIFY_LEN];
+        identify_ns(&mut b, 1000, 4096, 5, &ids, true);
+        let mut wp = ns.clone();
+        wp.push(("NSATTR: write protected", 99, 1, int(1, 1)));
+        check_fields("Identify Namespace, write protected", &b, IDENTIFY_LEN, &wp);
 
         let mut b = vec![0u8; IDENTIFY_LEN];
         ns_descriptors(&mut b, &ids);

@@ -339,6 +339,8 @@ impl BlockDevice for ViewDevice {
             } else {
                 "cdp-view".into()
             },
+            // Only a sandbox takes writes (into its overlay).
+            read_only: self.overlay.is_none(),
         }
     }
 

@@ -197,6 +197,7 @@ impl IscsiConn {
             tpg: self.sh.tpg,
             path,
             peer,
+            read_only: v.read_only(),
         }
     }
 

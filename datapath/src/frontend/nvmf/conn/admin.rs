@@ -147,6 +147,7 @@ impl NvmfConn {
                             bs,
                             ns.ana_group,
                             &ns.ids,
+                            v.read_only(),
                         );
                         Status::SUCCESS
                     }
