@@ -435,9 +435,12 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         let path = seg_path(dir, segno);
         let file = File::open(&path).map_err(io_err("open", &path))?;
         let mut hb = vec![0u8; format::SEG_HEADER];
+        // A file too short for its header is damage (cut there); any other read error is the
+        // device's, maybe passing: the load fails rather than set acknowledged records aside.
         let header = match file.read_exact_at(&mut hb, 0) {
             Ok(()) => SegHeader::decode(&hb).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(e.to_string()),
+            Err(e) => return Err(io_err("read", &path)(e)),
         };
         // A segment the base copy already holds (consolidation stopped before deleting it).
         if let Ok(sh) = &header
@@ -957,5 +960,49 @@ mod tests {
             "the earlier use's bytes are zeroed"
         );
         assert_eq!(after[..end2], s2[..end2]);
+    }
+
+    /// A read error on a segment's header (the device's, maybe passing: here the name is a
+    /// directory) fails the recovery instead of cutting the history there and setting the
+    /// later segments' acknowledged records aside for good; a file too short for its header is
+    /// damage and is cut.
+    #[test]
+    fn a_read_error_on_a_header_fails_the_recovery_and_sets_nothing_aside() {
+        use format::testing::{put_header, put_records};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let meta = Meta {
+            block_size: 4096,
+            vol_id: 0xe10,
+            size: 1 << 20,
+            created: 1,
+            base_seq: 0,
+            base_time: 0,
+        };
+        write_meta(dir, &meta).unwrap();
+        for (segno, seqs) in [(1, 1..=10), (3, 21..=30)] {
+            let mut img = vec![0u8; 1 << 20];
+            put_header(&mut img, meta.vol_id, segno, *seqs.start());
+            put_records(&mut img, meta.vol_id, seqs);
+            std::fs::write(seg_path(dir, segno), &img).unwrap();
+        }
+        std::fs::create_dir(seg_path(dir, 2)).unwrap();
+        let e = load(dir, Load::Recover).unwrap_err().to_string();
+        assert!(
+            e.contains("read") && e.contains(&format!("{:016x}", 2)),
+            "{e}"
+        );
+        assert!(seg_path(dir, 3).exists(), "segment 3 is not set aside");
+        // Too short for a header: damage, cut there; segment 3 goes aside.
+        std::fs::remove_dir(seg_path(dir, 2)).unwrap();
+        std::fs::write(seg_path(dir, 2), [0u8; 100]).unwrap();
+        let h = load(dir, Load::Recover).unwrap();
+        assert_eq!(h.last_seq, 10);
+        assert!(
+            h.cut.as_deref().is_some_and(|c| c.contains("segment 2")),
+            "{:?}",
+            h.cut
+        );
+        assert_eq!(h.damaged, vec![2, 3]);
     }
 }
