@@ -736,8 +736,10 @@ fn zero_after(path: &Path, end: u64) -> Result<(), CdpError> {
     Ok(())
 }
 
-/// Create segment `segno` of `size` bytes for the records from `first_seq` (preallocated,
-/// header written and synced) and open it for O_DIRECT appends.
+/// Create segment `segno` of `size` bytes for the records from `first_seq` (a waiting
+/// consolidated segment's file if there is one, as [`prepare_spare`] does: on a full journal
+/// device that is the space there is; else a new file, preallocated), header written and
+/// synced, and open it for O_DIRECT appends.
 pub fn create_segment(
     dir: &Path,
     meta: &Meta,
@@ -746,17 +748,25 @@ pub fn create_segment(
     size: u64,
 ) -> Result<File, CdpError> {
     let path = seg_path(dir, segno);
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .map_err(io_err("create", &path))?;
-    // SAFETY: plain syscall on an open descriptor.
-    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as i64) };
-    if rc != 0 {
-        f.set_len(size).map_err(io_err("size", &path))?;
-    }
+    let f = if reuse_recycled(dir, segno, size)? {
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?
+    } else {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        // SAFETY: plain syscall on an open descriptor.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as i64) };
+        if rc != 0 {
+            f.set_len(size).map_err(io_err("size", &path))?;
+        }
+        f
+    };
     let header = SegHeader {
         vol_id: meta.vol_id,
         segno,
@@ -1004,5 +1014,32 @@ mod tests {
             h.cut
         );
         assert_eq!(h.damaged, vec![2, 3]);
+    }
+
+    /// A segment created where no spare was prepared (at a start, or on the reactor) takes a
+    /// waiting consolidated segment's file first, as a prepared spare does: on a full journal
+    /// device that file is the only space there is.
+    #[test]
+    fn a_created_segment_takes_a_recycled_file_first() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let size = 1 << 20;
+        let meta = Meta {
+            block_size: 4096,
+            vol_id: 0xc0de,
+            size: 1 << 20,
+            created: 1,
+            base_seq: 0,
+            base_time: 0,
+        };
+        std::fs::write(seg_path(dir, 1), vec![7u8; size]).unwrap();
+        let ino = std::fs::metadata(seg_path(dir, 1)).unwrap().ino();
+        recycle_segment(dir, 1).unwrap();
+        drop(create_segment(dir, &meta, 5, 42, size as u64).unwrap());
+        let md = std::fs::metadata(seg_path(dir, 5)).unwrap();
+        assert_eq!(md.ino(), ino, "the recycled file, not a new one");
+        assert!(recycled(dir).is_empty());
+        let h = segment_header(dir, 5).unwrap();
+        assert_eq!((h.segno, h.first_seq, h.vol_id), (5, 42, meta.vol_id));
     }
 }
