@@ -218,6 +218,10 @@ impl ViewDevice {
             store::lock_consolidation(dir)
                 .map_err(io_err("lock", &store::consolidate_lock(dir)))?,
         );
+        // Consolidation waits until the listed segments and the base copy are open (a pass
+        // may retire a segment wholly before the point, which the hold does not keep: opened,
+        // its inode stays readable; not yet opened, it would be gone).
+        let reading = store::lock_reading(dir);
         let h = store::load(dir, store::Load::ReadOnly)?;
         let seq = pit::resolve(&h, spec.point)?;
         let mut map = Extents::new(h.meta.size);
@@ -248,6 +252,7 @@ impl ViewDevice {
         }
         let bp = store::base_path(dir);
         let base = File::open(&bp).map_err(io_err("open", &bp))?;
+        drop(reading);
         let overlay = if spec.sandbox {
             let m =
                 MallocDevice::new(h.meta.size, h.meta.block_size).map_err(|e| CdpError::Io {
