@@ -207,3 +207,67 @@ fn scsi_mode_sense_reports_a_read_only_view_write_protected() {
     assert_eq!(ten & WP, 0, "a sandbox view, MODE SENSE(10): {ten:#04x}");
     d.stop();
 }
+
+/// libiscsi's read-only suite (`ALL.ReadOnly`) against a read-only view's LUN: every
+/// medium-modifying command (WRITE, WRITE SAME, UNMAP, COMPARE AND WRITE, ...) ends in CHECK
+/// CONDITION, DATA PROTECT, WRITE PROTECTED (SBC-4), no assertion failing; its one skip is
+/// ORWRITE, which the target does not implement. Write protection is judged before the CDB's
+/// fields and transfer length (Linux's target does the same): a WRITE (10) with WRPROTECT set
+/// and a WRITE SAME (10) without its block of data get WRITE PROTECTED on the view, and their
+/// field errors on a writable volume.
+#[test]
+fn libiscsi_read_only_suite_passes_on_a_read_only_view() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let t = history(&dir);
+    let mut d = view_daemon(&dir, t, false);
+    let addr = listener(&d, Proto::Iscsi);
+    let url = format!("iscsi://{addr}/iqn.2026-11.io.twinblk:vol0/0");
+    let (_, skipped) = crate::iscsi::conformance("ALL.ReadOnly", &[url]);
+    assert_eq!(
+        skipped,
+        [(
+            "ReadOnly.ReadOnlySBC".to_string(),
+            "ORWRITE is not implemented.".to_string()
+        )]
+    );
+    // WRITE (10), WRPROTECT 001b; WRITE SAME (10) of one block, no Data-Out.
+    let write = [0x2A, 0x20, 0, 0, 0, 0, 0, 0, 1, 0];
+    let same = [0x41, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let mut r = Raw::login_target(
+        addr,
+        "iqn.2026-11.test:ro",
+        "iqn.2026-11.io.twinblk:vol0",
+        false,
+        false,
+    );
+    for (itt, cdb) in [(1, &write), (2, &same)] {
+        let (st, key, asc, ascq, _) = crate::iscsi::status_of(&mut r, itt, cdb, 0);
+        assert_eq!(
+            (st, key, asc, ascq),
+            (2, 0x07, 0x27, 0x00),
+            "{:#04x} on a read-only view: DATA PROTECT / WRITE PROTECTED",
+            cdb[0]
+        );
+    }
+    let mut r = Raw::login_target(
+        addr,
+        "iqn.2026-11.test:ro",
+        "iqn.2026-11.io.twinblk:plain",
+        false,
+        false,
+    );
+    let (st, key, asc, ascq, _) = crate::iscsi::status_of(&mut r, 3, &write, 0);
+    assert_eq!(
+        (st, key, asc, ascq),
+        (2, 0x05, 0x24, 0x00),
+        "WRPROTECT on a RAM volume"
+    );
+    let (st, key, asc, ascq, _) = crate::iscsi::status_of(&mut r, 4, &same, 0);
+    assert_eq!(
+        (st, key, asc, ascq),
+        (2, 0x05, 0x0E, 0x03),
+        "no data on a RAM volume"
+    );
+    d.stop();
+}

@@ -946,6 +946,29 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
     })
 }
 
+/// Whether a command with opcode `op` modifies the medium (SBC-4 §4.10, write protection:
+/// WRITE, WRITE AND VERIFY, WRITE SAME, UNMAP, COMPARE AND WRITE; FORMAT UNIT and the other
+/// writing commands of SBC are not implemented, so they are refused as unknown opcodes). A
+/// write-protected logical unit terminates these with DATA PROTECT / WRITE PROTECTED, judged by
+/// the opcode alone, before any other field of the CDB.
+pub fn modifies_medium(op: u8) -> bool {
+    use opc::*;
+    matches!(
+        op,
+        WRITE_6
+            | WRITE_10
+            | WRITE_12
+            | WRITE_16
+            | WRITE_VERIFY_10
+            | WRITE_VERIFY_12
+            | WRITE_VERIFY_16
+            | WRITE_SAME_10
+            | WRITE_SAME_16
+            | UNMAP
+            | COMPARE_AND_WRITE
+    )
+}
+
 /// Data-Out bytes a command expects (its SCSI transfer length towards the target).
 pub fn data_out_len(cmd: &Cmd, block: u32) -> u64 {
     let b = u64::from(block);
@@ -1077,6 +1100,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_commands_that_write_the_medium_are_write_protected() {
+        for op in [
+            0x0A, 0x2A, 0xAA, 0x8A, 0x2E, 0xAE, 0x8E, 0x41, 0x93, 0x42, 0x89,
+        ] {
+            assert!(modifies_medium(op), "{op:#04x}");
+        }
+        // READ, VERIFY, SYNCHRONIZE CACHE, MODE SELECT, PERSISTENT RESERVE OUT, PRE-FETCH,
+        // EXTENDED COPY (its target descriptors name the LUN written, checked as it writes).
+        for op in [
+            0x08, 0x28, 0xA8, 0x88, 0x2F, 0x8F, 0x35, 0x91, 0x15, 0x55, 0x5F, 0x34, 0x83,
+        ] {
+            assert!(!modifies_medium(op), "{op:#04x}");
+        }
+    }
     #[test]
     fn sense_is_fixed_format() {
         let b = Sense::MISCOMPARE.with_info(3).fixed();

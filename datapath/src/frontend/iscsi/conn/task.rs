@@ -201,6 +201,13 @@ impl IscsiConn {
         }
     }
 
+    /// Whether LUN index `i`'s volume refuses updates (the LUN is write protected).
+    fn lun_read_only(&self, env: &Env<'_>, i: usize) -> bool {
+        env.vols[self.target.luns[i].volume]
+            .as_deref()
+            .is_some_and(|v| v.read_only())
+    }
+
     /// Send a SCSI Response.
     pub(super) fn respond(
         &mut self,
@@ -330,6 +337,16 @@ impl IscsiConn {
             (None, Ok(Cmd::ReportLuns { .. } | Cmd::RequestSense { .. })) => usize::MAX,
             (None, _) => return self.respond(itt, Err(Sense::LUN_NOT_SUPPORTED), edtl, 0, 0),
         };
+        // A write-protected logical unit (a volume that refuses updates) terminates a command
+        // that would modify its medium with DATA PROTECT / WRITE PROTECTED before anything
+        // else about it is judged: its CDB fields, its transfer length, the compare of COMPARE
+        // AND WRITE (the order of Linux's target, which checks right after the LUN lookup).
+        if lun_idx != usize::MAX
+            && scsi::modifies_medium(r.cdb()[0])
+            && self.lun_read_only(env, lun_idx)
+        {
+            return self.respond(itt, Err(Sense::WRITE_PROTECTED), edtl, 0, 0);
+        }
         let cmd = match cmd {
             Ok(c) => c,
             Err(s) => return self.respond(itt, Err(s), edtl, 0, 0),
