@@ -513,6 +513,13 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                         s.last_time,
                     )
                 {
+                    // Records of this use after the damaged one: acknowledged ones if it is a
+                    // corruption (in a sealed segment it always is; in the last, batches in
+                    // flight at a crash may also follow a torn one). Before recovery zeroes
+                    // them, a copy of the file is kept for an operator (`*.cut.damaged`).
+                    if mode == Load::Recover && (!last_file || at as u64 > s.end) {
+                        keep_cut_copy(&path);
+                    }
                     h.cut = Some(if at as u64 == s.end {
                         format!(
                             "segment {segno}: the record at byte {at} is torn or damaged ({why}); it and what follows are cut"
@@ -701,6 +708,24 @@ fn read_header(file: &File, path: &Path) -> Result<SegHeader, CdpError> {
         path: path.to_path_buf(),
         why: format!("segment header: {e}"),
     })
+}
+
+/// Keep a copy of segment file `path`, cut before records that follow a damaged one, as
+/// `*.cut.damaged` (never read as history). Failing that (a full device), the cut goes on: the
+/// volume is served from a history that ends at the cut; the log says what was not kept.
+fn keep_cut_copy(path: &Path) {
+    let to = path.with_extension("cdp.cut.damaged");
+    match std::fs::copy(path, &to) {
+        Ok(_) => {
+            tracing::warn!(segment = %path.display(), copy = %to.display(),
+                "cdp: records found after a damaged one are cut from the history; the segment as it was is kept");
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&to);
+            tracing::error!(segment = %path.display(), error = %e,
+                "cdp: records found after a damaged one are cut from the history, and no copy of them could be kept");
+        }
+    }
 }
 
 /// Zero a segment after its log's end (so nothing behind the cut can pass for a record later).
@@ -1041,5 +1066,42 @@ mod tests {
         assert!(recycled(dir).is_empty());
         let h = segment_header(dir, 5).unwrap();
         assert_eq!((h.segno, h.first_seq, h.vol_id), (5, 42, meta.vol_id));
+    }
+
+    /// A damaged record in a sealed segment cuts the history there and recovery zeroes what
+    /// follows it; the acknowledged records after the damage are kept in a copy of the file
+    /// for an operator (`*.cut.damaged`), the later segments set aside as before.
+    #[test]
+    fn a_cut_before_later_records_keeps_a_copy_of_the_segment() {
+        use format::testing::{put_header, put_records};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let meta = Meta {
+            block_size: 4096,
+            vol_id: 0xc07,
+            size: 1 << 20,
+            created: 1,
+            base_seq: 0,
+            base_time: 0,
+        };
+        write_meta(dir, &meta).unwrap();
+        let mut s1 = vec![0u8; 1 << 20];
+        put_header(&mut s1, meta.vol_id, 1, 1);
+        put_records(&mut s1, meta.vol_id, 1..=50);
+        s1[format::SEG_HEADER + 19 * (format::REC_HEADER + 4096) + format::REC_HEADER + 9] ^= 1;
+        std::fs::write(seg_path(dir, 1), &s1).unwrap();
+        let mut s2 = vec![0u8; 1 << 20];
+        put_header(&mut s2, meta.vol_id, 2, 51);
+        put_records(&mut s2, meta.vol_id, 51..=60);
+        std::fs::write(seg_path(dir, 2), &s2).unwrap();
+        let h = load(dir, Load::Recover).unwrap();
+        assert_eq!(h.last_seq, 19);
+        let copy = seg_path(dir, 1).with_extension("cdp.cut.damaged");
+        assert!(std::fs::read(&copy).unwrap() == s1, "the segment as it was");
+        assert!(seg_path(dir, 2).with_extension("cdp.damaged").exists());
+        // The cut is zeroed in the segment itself, and the history ends there next time too.
+        let again = load(dir, Load::Recover).unwrap();
+        assert_eq!(again.last_seq, 19);
+        assert!(again.cut.is_none(), "{:?}", again.cut);
     }
 }
