@@ -376,6 +376,12 @@ fn rollback_cmd(
                 o.seq, o.records, o.progress.written
             );
         } else {
+            if o.progress.preserved > 0 {
+                println!(
+                    "{name}: {} bytes the journal lacked were journaled first (the volume's own content, what --undo returns to)",
+                    o.progress.preserved
+                );
+            }
             println!(
                 "{name}: rolled back to sequence {} ({} records journaled, {} bytes rewritten);                  not confirmed: --undo returns to sequence {}, --confirm keeps it",
                 o.seq, o.records, o.progress.written, o.before

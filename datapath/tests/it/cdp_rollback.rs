@@ -535,3 +535,54 @@ fn a_mirrored_volume_rolled_back_at_one_site_ends_with_that_content_at_both() {
     assert!(std::fs::read(img("a")).unwrap() == want);
     assert!(std::fs::read(img("b")).unwrap() == want);
 }
+
+/// `--all` for a volume whose file holds data its journal lacks: the undo returns to what the
+/// file really held (the run journals those blocks' current content before overwriting them),
+/// not to what the history said.
+#[test]
+fn an_all_rollback_is_undone_to_what_the_volume_really_held() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["v"];
+    let dirs = vec![root.path().join("a-v.cdp")];
+    let img = root.path().join("a-v.img");
+    let sdir = root.path().join("a");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
+    let cfg = s.config.display().to_string();
+    let log = workload(s.addr, &names, &dirs, 4, 12);
+    let t = log[5].1;
+    assert!(s.stop());
+    // Written behind the journal's back: a block never journaled, and one the history wrote
+    // after the point.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&pattern(4242, 8192), 63 * 65536).unwrap();
+        f.write_all_at(&pattern(4343, 4096), log[9].0.1 + 4096)
+            .unwrap();
+        f.sync_all().unwrap();
+    }
+    let held = std::fs::read(&img).unwrap();
+    assert!(held != model(&log, 0, |_| true));
+    let out = ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg,
+        "--volume",
+        "v",
+        "--all",
+        "--time",
+        &t.to_string(),
+    ]));
+    assert!(out.contains("not confirmed"), "{out}");
+    assert!(std::fs::read(&img).unwrap() == model(&log, 0, |w| w <= t));
+    ok(&twinblk(&[
+        "cdp", "rollback", "--config", &cfg, "--volume", "v", "--undo",
+    ]));
+    assert!(
+        std::fs::read(&img).unwrap() == held,
+        "the undo did not return to what the volume held"
+    );
+    assert!(!dirs[0].join("rollback").exists());
+}

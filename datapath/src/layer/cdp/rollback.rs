@@ -10,11 +10,15 @@
 //! ([`Marker`]): written "running" before anything else changes, "done" once the volume is
 //! synced; `--confirm` removes it, `--undo` rolls back to the point before the rollback and
 //! removes it. A mirrored volume's replica state is marked first (`mirror::rollback`).
+//! A new `--all` run first journals the volume's own content wherever it differs from the
+//! history's newest point (data the journal lacked), before the marker: `before` is then
+//! the volume as it really was, and `--undo` returns to it.
 //!
 //! Invariants:
 //! - Nothing changes (directory, volume, mirror state) before every check has passed: the
 //!   daemon lock is held, the point is in the window, the marker allows this run, and the
-//!   mirror state allows it ([`prepare`]).
+//!   mirror state allows it ([`prepare`]). Then only an `--all` run's records of the volume's
+//!   own content may precede the marker (true records: the volume is not written yet).
 //! - Every block written into the volume is in a durable journal record first (journal
 //!   before data), so a crash leaves the history covering the volume, the marker "running"
 //!   (the daemon then refuses to start) and a rerun completes the rollback: blocks already
@@ -357,6 +361,9 @@ pub struct Progress {
     pub written: u64,
     /// Journal batches appended (each durable before its blocks are written).
     pub batches: u64,
+    /// Bytes of the volume's own content journaled before the rollback (`--all`: blocks
+    /// where the volume differs from the history's newest point).
+    pub preserved: u64,
 }
 
 /// What a run did.
@@ -490,23 +497,100 @@ fn read_or_zero(f: &File, out: &mut [u8], at: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What a sweep journals for each run of blocks where the volume and the point differ.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    /// The point's content, then written into the volume (the rollback proper).
+    Rollback,
+    /// The volume's current content, nothing written (an `--all` run's first pass: the
+    /// history's newest point then is what the volume holds).
+    Preserve,
+}
+
+/// Compare `ranges` of `vol` with `view`'s point, block by block, and journal every run of
+/// differing blocks as `how` says (journal before data: a batch's blocks are written only
+/// once the batch is durable).
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    t: &Target,
+    vol: &File,
+    view: &ViewDevice,
+    ranges: &[(u64, u64)],
+    block: u64,
+    app: &mut Appender,
+    how: Sweep,
+    prog: &mut Progress,
+    progress: &mut impl FnMut(&Progress),
+) -> Result<(), CdpError> {
+    // The batch's blocks, written into the volume once the batch is durable.
+    let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
+    let write_pending = |pending: &mut Vec<(u64, Vec<u8>)>| -> Result<(), CdpError> {
+        for (off, data) in pending.drain(..) {
+            vol.write_all_at(&data, off)
+                .map_err(io_err("write", &t.volume))?;
+        }
+        Ok(())
+    };
+    let mut now = vec![0u8; CHUNK as usize];
+    let mut then = vec![0u8; CHUNK as usize];
+    for &(start, end) in ranges {
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(CHUNK) as usize;
+            read_or_zero(vol, &mut now[..n], at).map_err(io_err("read", &t.volume))?;
+            view.read_point(at, &mut then[..n])
+                .map_err(io_err("read the history of", &t.dir))?;
+            // Runs of differing blocks.
+            let mut b = 0;
+            while b < n {
+                let bs = block as usize;
+                let differs = |i: usize| now[i..i + bs] != then[i..i + bs];
+                if !differs(b) {
+                    b += bs;
+                    continue;
+                }
+                let s = b;
+                while b < n && differs(b) {
+                    b += bs;
+                }
+                let run = match how {
+                    Sweep::Rollback => &then[s..b],
+                    Sweep::Preserve => &now[s..b],
+                };
+                let off = at + s as u64;
+                if run.iter().all(|&x| x == 0) {
+                    app.push(Op::Zeroes, off, run.len() as u64, None);
+                } else {
+                    app.push(Op::Write, off, run.len() as u64, Some(run));
+                }
+                match how {
+                    Sweep::Rollback => {
+                        pending.push((off, run.to_vec()));
+                        prog.written += run.len() as u64;
+                    }
+                    Sweep::Preserve => prog.preserved += run.len() as u64,
+                }
+            }
+            if app.batch.len() >= BATCH {
+                app.flush()?;
+                write_pending(&mut pending)?;
+                prog.batches += 1;
+            }
+            at += n as u64;
+            prog.compared += n as u64;
+            progress(prog);
+        }
+    }
+    app.flush()?;
+    write_pending(&mut pending)
+}
+
 /// Run a prepared rollback (see the module doc); `progress` is told as it goes.
 pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, CdpError> {
     let t = &p.t;
     let dir = &t.dir;
     // As a daemon's start would: cut a torn tail (an interrupted run's), drop spares.
     let h = store::load(dir, store::Load::Recover)?;
-    let before = p.resume_before.unwrap_or(h.last_seq);
-    let mut marker = Marker {
-        done: false,
-        undo: p.undo,
-        target: p.seq,
-        target_time: p.time,
-        before,
-        started: clock::now(),
-        end: 0,
-    };
-    write_marker(dir, &marker)?;
     let block = u64::from(h.meta.block_size.max(1));
     let mut ranges = if t.all {
         vec![(0, h.meta.size)]
@@ -518,15 +602,6 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
         r.1 = r.1.div_ceil(block).saturating_mul(block).min(h.meta.size);
     }
     merge(&mut ranges);
-    if let Some(s) = &t.mirror_state {
-        crate::layer::mirror::rollback::mark(s, &ranges)
-            .map_err(|why| CdpError::Refused(format!("volume {}: {why}", t.name)))?;
-    }
-    let view = ViewDevice::open(&ViewSpec {
-        dir: dir.clone(),
-        point: Point::Seq(p.seq),
-        sandbox: false,
-    })?;
     let vol = OpenOptions::new()
         .read(true)
         .write(true)
@@ -545,63 +620,70 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
         batch_first: 0,
         records: 0,
     };
+    // A new `--all` rollback first journals what the volume holds where it differs from the
+    // history's newest point (data the journal lacks): the point `before` is then the volume
+    // as it was, and `--undo` returns to it. Nothing else has changed yet (no marker: a
+    // crash here leaves true records and an untouched volume).
+    let preserve = t.all && !p.undo && p.resume_before.is_none();
+    let passes = if preserve { 2 } else { 1 };
     let mut prog = Progress {
-        total: ranges.iter().map(|(s, e)| e - s).sum(),
+        total: passes * ranges.iter().map(|(s, e)| e - s).sum::<u64>(),
         ..Progress::default()
     };
-    // The batch's blocks, written into the volume once the batch is durable.
-    let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
-    let write_pending = |pending: &mut Vec<(u64, Vec<u8>)>| -> Result<(), CdpError> {
-        for (off, data) in pending.drain(..) {
-            vol.write_all_at(&data, off)
-                .map_err(io_err("write", &t.volume))?;
-        }
-        Ok(())
-    };
-    let mut now = vec![0u8; CHUNK as usize];
-    let mut then = vec![0u8; CHUNK as usize];
-    for &(start, end) in &ranges {
-        let mut at = start;
-        while at < end {
-            let n = (end - at).min(CHUNK) as usize;
-            read_or_zero(&vol, &mut now[..n], at).map_err(io_err("read", &t.volume))?;
-            view.read_point(at, &mut then[..n])
-                .map_err(io_err("read the history of", dir))?;
-            // Runs of differing blocks.
-            let mut b = 0;
-            while b < n {
-                let bs = block as usize;
-                let differs = |i: usize| now[i..i + bs] != then[i..i + bs];
-                if !differs(b) {
-                    b += bs;
-                    continue;
-                }
-                let s = b;
-                while b < n && differs(b) {
-                    b += bs;
-                }
-                let run = &then[s..b];
-                let off = at + s as u64;
-                if run.iter().all(|&x| x == 0) {
-                    app.push(Op::Zeroes, off, run.len() as u64, None);
-                } else {
-                    app.push(Op::Write, off, run.len() as u64, Some(run));
-                }
-                pending.push((off, run.to_vec()));
-                prog.written += run.len() as u64;
-            }
-            if app.batch.len() >= BATCH {
-                app.flush()?;
-                write_pending(&mut pending)?;
-                prog.batches += 1;
-            }
-            at += n as u64;
-            prog.compared += n as u64;
-            progress(&prog);
-        }
+    if preserve {
+        let newest = ViewDevice::open(&ViewSpec {
+            dir: dir.clone(),
+            point: Point::Seq(h.last_seq),
+            sandbox: false,
+        })?;
+        sweep(
+            t,
+            &vol,
+            &newest,
+            &ranges,
+            block,
+            &mut app,
+            Sweep::Preserve,
+            &mut prog,
+            &mut progress,
+        )?;
     }
-    app.flush()?;
-    write_pending(&mut pending)?;
+    let before = p.resume_before.unwrap_or(app.next_seq - 1);
+    // A rerun keeps the interrupted run's start: retention holds every record after it.
+    let started = match (p.resume_before, p.found) {
+        (Some(_), Some(m)) => m.started,
+        _ => clock::now(),
+    };
+    let mut marker = Marker {
+        done: false,
+        undo: p.undo,
+        target: p.seq,
+        target_time: p.time,
+        before,
+        started,
+        end: 0,
+    };
+    write_marker(dir, &marker)?;
+    if let Some(s) = &t.mirror_state {
+        crate::layer::mirror::rollback::mark(s, &ranges)
+            .map_err(|why| CdpError::Refused(format!("volume {}: {why}", t.name)))?;
+    }
+    let view = ViewDevice::open(&ViewSpec {
+        dir: dir.clone(),
+        point: Point::Seq(p.seq),
+        sandbox: false,
+    })?;
+    sweep(
+        t,
+        &vol,
+        &view,
+        &ranges,
+        block,
+        &mut app,
+        Sweep::Rollback,
+        &mut prog,
+        &mut progress,
+    )?;
     vol.sync_all().map_err(io_err("sync", &t.volume))?;
     // A time mark: the window reaches the end of the run.
     app.push(Op::Mark, 0, 0, None);
