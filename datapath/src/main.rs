@@ -355,6 +355,12 @@ fn rollback_cmd(
         prepared.push((v.name.clone(), rollback::prepare(t, goal)?));
     }
     for (name, p) in prepared {
+        if p.reverts > 0 {
+            println!(
+                "{name}: warning: the undo also reverts {} write records the daemon journaled after the rollback",
+                p.reverts
+            );
+        }
         let mut last = std::time::Instant::now();
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         let o = rollback::run(p, |g| {

@@ -586,3 +586,72 @@ fn an_all_rollback_is_undone_to_what_the_volume_really_held() {
     );
     assert!(!dirs[0].join("rollback").exists());
 }
+
+/// A rollback not confirmed keeps its undo point through retention: consolidation (the
+/// daemon's, by age or size) stops short of `before`; the undo then also reverts the writes
+/// served since the rollback, and the status and the undo say so.
+#[test]
+fn an_unconfirmed_rollback_keeps_its_undo_point_through_retention() {
+    use twinblk::layer::cdp::retain::{self, Retention};
+    let root = tempfile::tempdir().unwrap();
+    let names = ["v"];
+    let dirs = vec![root.path().join("a-v.cdp")];
+    let img = root.path().join("a-v.img");
+    let sdir = root.path().join("a");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
+    let cfg = s.config.display().to_string();
+    let log = workload(s.addr, &names, &dirs, 5, 12);
+    let t = log[5].1;
+    assert!(s.stop());
+    let now = std::fs::read(&img).unwrap();
+    ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg,
+        "--volume",
+        "v",
+        "--time",
+        &t.to_string(),
+    ]));
+    // The daemon serves writes (several segments of them) over the rollback.
+    let s = s.respawn();
+    for k in 0..6u64 {
+        let mut c = Client::connect(s.addr, "v", false);
+        assert_eq!(c.write((k % 4) << 20, &pattern(700 + k, 1 << 20)), 0);
+        c.disconnect();
+    }
+    let st = s.rpc("cdp_status");
+    let status = st[0]["rollback"].as_str().unwrap_or_default().to_string();
+    let mut s = s;
+    assert!(s.stop());
+    // Retention releases everything it may.
+    let keep = Retention {
+        age_ns: Some(1),
+        bytes: Some(1),
+    };
+    for _ in 0..100 {
+        if retain::consolidate_once(&dirs[0], &keep, u64::MAX / 2)
+            .unwrap()
+            .is_none()
+        {
+            break;
+        }
+    }
+    let out = ok(&twinblk(&[
+        "cdp", "rollback", "--config", &cfg, "--volume", "v", "--undo",
+    ]));
+    assert!(std::fs::read(&img).unwrap() == now, "volume after undo");
+    assert!(out.contains("revert"), "{out}");
+    assert!(
+        status.contains("not confirmed") && status.contains("revert"),
+        "{status}"
+    );
+    // Confirmed (or undone), retention goes on.
+    assert!(
+        retain::consolidate_once(&dirs[0], &keep, u64::MAX / 2)
+            .unwrap()
+            .is_some()
+    );
+}

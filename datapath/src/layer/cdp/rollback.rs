@@ -127,7 +127,7 @@ impl Marker {
     pub fn describe(&self) -> String {
         match (self.done, self.undo) {
             (true, _) => format!(
-                "rolled back to sequence {} (time {}) at {}, not confirmed; --undo returns to sequence {}, --confirm keeps it",
+                "rolled back to sequence {} (time {}) at {}, not confirmed; --undo returns to sequence {} (and so also reverts every write served since the rollback), --confirm keeps it",
                 self.target, self.target_time, self.started, self.before
             ),
             (false, false) => format!(
@@ -185,6 +185,20 @@ fn remove_marker(dir: &Path) -> Result<(), CdpError> {
     let p = marker_path(dir);
     std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
     sync_dir(dir)
+}
+
+/// The time consolidation must not pass while `dir` has a rollback marker (a rollback not
+/// confirmed, or not finished): every record after its `before` is younger than the run's
+/// start, so keeping records from just before it keeps `before` in the window and `--undo`
+/// possible. An unreadable marker holds everything (`Some(0)`).
+pub fn hold(dir: &Path) -> Option<u64> {
+    match load_marker(dir) {
+        Ok(m) => m.map(|m| m.started.saturating_sub(1)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cdp: rollback marker unreadable; consolidation held");
+            Some(0)
+        }
+    }
 }
 
 /// Claim `dir` for a daemon's CDP layer: the directory created if missing, its daemon lock
@@ -269,6 +283,9 @@ pub struct Prepared {
     resume_before: Option<u64>,
     /// The marker found (an undo removes the marker of the rollback it undoes).
     pub found: Option<Marker>,
+    /// An undo of a finished rollback: the data records journaled after it (writes the
+    /// daemon served since), which the undo reverts too.
+    pub reverts: u64,
 }
 
 /// Check everything, change nothing: the daemon lock, the marker, the point and, for a
@@ -339,6 +356,13 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
             h.meta.size
         ));
     }
+    let reverts = match found {
+        Some(m) if undo && m.done && !m.undo => h
+            .entries()
+            .filter(|(_, e)| e.seq > m.end && matches!(e.op, Op::Write | Op::Zeroes | Op::Unmap))
+            .count() as u64,
+        _ => 0,
+    };
     Ok(Prepared {
         t,
         _lock: lock,
@@ -347,6 +371,7 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         undo,
         resume_before,
         found,
+        reverts,
     })
 }
 
