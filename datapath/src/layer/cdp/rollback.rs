@@ -14,6 +14,11 @@
 //! history's newest point (data the journal lacked), before the marker: `before` is then
 //! the volume as it really was, and `--undo` returns to it.
 //!
+//! A group is prepared volume by volume, then run one after the other; after a run stopped
+//! part way, the same command passes over the volumes already rolled back to the same point
+//! ([`Skip::Done`]), an undo passes over those without a rollback ([`Skip::NoRollback`]), and
+//! [`confirm`] checks every marker under every lock before it removes any.
+//!
 //! Invariants:
 //! - Nothing changes (directory, volume, mirror state) before every check has passed: the
 //!   daemon lock is held, the point is in the window, the marker allows this run, and the
@@ -271,6 +276,15 @@ pub enum Goal {
     Undo,
 }
 
+/// Why a prepared volume has nothing to do (a group's rerun or undo goes on with the others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Already rolled back to the same point (a group's rerun after it stopped part way).
+    Done(Marker),
+    /// An undo, and the volume has no rollback (a group's volume the rollback never reached).
+    NoRollback,
+}
+
 /// A checked rollback, holding the volume's daemon lock: nothing has changed yet.
 pub struct Prepared {
     t: Target,
@@ -286,6 +300,8 @@ pub struct Prepared {
     /// An undo of a finished rollback: the data records journaled after it (writes the
     /// daemon served since), which the undo reverts too.
     pub reverts: u64,
+    /// Nothing to do for this volume ([`run`] changes nothing; the lock is held all the same).
+    pub skip: Option<Skip>,
 }
 
 /// Check everything, change nothing: the daemon lock, the marker, the point and, for a
@@ -295,6 +311,32 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
     let h = store::load(&t.dir, store::Load::ReadOnly)?;
     let found = load_marker(&t.dir)?;
     let refuse = |why: String| Err(CdpError::Refused(format!("volume {}: {why}", t.name)));
+    let skip = match (goal, found) {
+        (Goal::Undo, None) => Some(Skip::NoRollback),
+        (Goal::To(p), Some(m))
+            if m.done && !m.undo && pit::resolve(&h, p).ok() == Some(m.target) =>
+        {
+            Some(Skip::Done(m))
+        }
+        _ => None,
+    };
+    if let Some(skip) = skip {
+        let (seq, time) = match skip {
+            Skip::Done(m) => (m.target, m.target_time),
+            Skip::NoRollback => (0, 0),
+        };
+        return Ok(Prepared {
+            t,
+            _lock: lock,
+            seq,
+            time,
+            undo: goal == Goal::Undo,
+            resume_before: None,
+            found,
+            reverts: 0,
+            skip: Some(skip),
+        });
+    }
     let prior = super::degraded::read_prior(&t.dir, h.meta.size);
     if let super::degraded::Prior::Stopped {
         after,
@@ -372,6 +414,7 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         resume_before,
         found,
         reverts,
+        skip: None,
     })
 }
 
@@ -614,6 +657,17 @@ fn sweep(
 pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, CdpError> {
     let t = &p.t;
     let dir = &t.dir;
+    if let Some(skip) = p.skip {
+        return Ok(Outcome {
+            seq: p.seq,
+            before: match skip {
+                Skip::Done(m) => m.before,
+                Skip::NoRollback => 0,
+            },
+            records: 0,
+            progress: Progress::default(),
+        });
+    }
     // As a daemon's start would: cut a torn tail (an interrupted run's), drop spares.
     let h = store::load(dir, store::Load::Recover)?;
     let block = u64::from(h.meta.block_size.max(1));
@@ -730,24 +784,41 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
     })
 }
 
-/// End a finished rollback of `dir` (the marker is removed; the history keeps its records).
-/// Refused when there is none, or it did not finish.
-pub fn confirm(dir: &Path) -> Result<Marker, CdpError> {
-    match load_marker(dir)? {
-        None => Err(CdpError::Refused(format!(
-            "{}: no rollback to confirm",
-            dir.display()
-        ))),
-        Some(m) if !m.done => Err(CdpError::Refused(format!(
-            "{}: {}",
-            dir.display(),
-            m.describe()
-        ))),
-        Some(m) => {
+/// End the finished rollbacks of a volume or a group, all or nothing: every volume's daemon
+/// lock is taken and every marker checked before any is removed. Refused when a volume's
+/// rollback did not finish (naming it), or no volume has one; a volume without a marker is
+/// passed over (`None`: never rolled back, or confirmed by an earlier run that stopped part
+/// way). The history keeps every record.
+pub fn confirm(vols: &[(String, PathBuf)]) -> Result<Vec<(String, Option<Marker>)>, CdpError> {
+    let mut locks = Vec::new();
+    let mut found = Vec::new();
+    for (name, dir) in vols {
+        locks.push(lock_daemon(dir)?);
+        let m = load_marker(dir)?;
+        if let Some(m) = m.filter(|m| !m.done) {
+            return Err(CdpError::Refused(format!(
+                "volume {name}: {}; nothing confirmed",
+                m.describe()
+            )));
+        }
+        found.push((name.clone(), m));
+    }
+    if found.iter().all(|(_, m)| m.is_none()) {
+        return Err(CdpError::Refused(format!(
+            "no rollback to confirm ({})",
+            vols.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    for ((_, dir), (_, m)) in vols.iter().zip(&found) {
+        if m.is_some() {
             remove_marker(dir)?;
-            Ok(m)
         }
     }
+    drop(locks);
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -774,6 +845,25 @@ mod tests {
         }
         assert!(Marker::decode(&b[..10]).is_err());
         assert!(m.describe().contains("not confirmed"));
+    }
+
+    #[test]
+    fn a_marker_holds_consolidation_before_its_start() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(hold(d.path()), None);
+        let m = Marker {
+            done: true,
+            undo: false,
+            target: 7,
+            target_time: 1_000,
+            before: 19,
+            started: 2_000,
+            end: 25,
+        };
+        write_marker(d.path(), &m).unwrap();
+        assert_eq!(hold(d.path()), Some(1_999));
+        std::fs::write(marker_path(d.path()), b"damaged").unwrap();
+        assert_eq!(hold(d.path()), Some(0));
     }
 
     #[test]
