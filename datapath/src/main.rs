@@ -296,12 +296,18 @@ fn rollback_cmd(
         dirs.push((v, c));
     }
     if confirm {
-        for (v, c) in &dirs {
-            let m = rollback::confirm(&c.dir)?;
-            println!(
-                "{}: confirmed the rollback to sequence {} (time {})",
-                v.name, m.target, m.target_time
-            );
+        let vols: Vec<(String, PathBuf)> = dirs
+            .iter()
+            .map(|(v, c)| (v.name.clone(), c.dir.clone()))
+            .collect();
+        for (name, m) in rollback::confirm(&vols)? {
+            match m {
+                Some(m) => println!(
+                    "{name}: confirmed the rollback to sequence {} (time {})",
+                    m.target, m.target_time
+                ),
+                None => println!("{name}: no rollback to confirm: passed over"),
+            }
         }
         return Ok(());
     }
@@ -354,7 +360,44 @@ fn rollback_cmd(
         };
         prepared.push((v.name.clone(), rollback::prepare(t, goal)?));
     }
+    if prepared
+        .iter()
+        .all(|(_, p)| p.skip == Some(rollback::Skip::NoRollback))
+    {
+        anyhow::bail!(
+            "no rollback to undo ({})",
+            prepared
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    // Every lock is kept until the last volume is done (a skipped volume's too).
+    let mut held = Vec::new();
     for (name, p) in prepared {
+        match p.skip {
+            Some(rollback::Skip::Done(m)) => {
+                println!(
+                    "{name}: already rolled back to sequence {}, not confirmed: --undo returns to sequence {}",
+                    m.target, m.before
+                );
+                held.push(p);
+                continue;
+            }
+            Some(rollback::Skip::NoRollback) => {
+                println!("{name}: no rollback to undo: passed over");
+                held.push(p);
+                continue;
+            }
+            None => {}
+        }
+        if p.reverts > 0 {
+            println!(
+                "{name}: warning: the undo also reverts {} write records the daemon journaled after the rollback",
+                p.reverts
+            );
+        }
         let mut last = std::time::Instant::now();
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         let o = rollback::run(p, |g| {
@@ -376,6 +419,12 @@ fn rollback_cmd(
                 o.seq, o.records, o.progress.written
             );
         } else {
+            if o.progress.preserved > 0 {
+                println!(
+                    "{name}: {} bytes the journal lacked were journaled first (the volume's own content, what --undo returns to)",
+                    o.progress.preserved
+                );
+            }
             println!(
                 "{name}: rolled back to sequence {} ({} records journaled, {} bytes rewritten);                  not confirmed: --undo returns to sequence {}, --confirm keeps it",
                 o.seq, o.records, o.progress.written, o.before

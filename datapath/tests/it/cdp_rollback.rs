@@ -535,3 +535,245 @@ fn a_mirrored_volume_rolled_back_at_one_site_ends_with_that_content_at_both() {
     assert!(std::fs::read(img("a")).unwrap() == want);
     assert!(std::fs::read(img("b")).unwrap() == want);
 }
+
+/// Stop `s` once every volume's window reaches the newest update of `log` (a group is cut at
+/// one time every member's window reaches).
+fn wait_marks(dirs: &[PathBuf], log: &[(Update, u64)]) {
+    let newest = log.iter().map(|(_, t)| *t).max().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for d in dirs {
+        while last(d).1 < newest {
+            assert!(Instant::now() < deadline, "no time mark in {}", d.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `--all` for a volume whose file holds data its journal lacks: the undo returns to what the
+/// file really held (the run journals those blocks' current content before overwriting them),
+/// not to what the history said.
+#[test]
+fn an_all_rollback_is_undone_to_what_the_volume_really_held() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["v"];
+    let dirs = vec![root.path().join("a-v.cdp")];
+    let img = root.path().join("a-v.img");
+    let sdir = root.path().join("a");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
+    let cfg = s.config.display().to_string();
+    let log = workload(s.addr, &names, &dirs, 4, 12);
+    let t = log[5].1;
+    assert!(s.stop());
+    // Written behind the journal's back: a block never journaled, and one the history wrote
+    // after the point.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&pattern(4242, 8192), 63 * 65536).unwrap();
+        f.write_all_at(&pattern(4343, 4096), log[9].0.1 + 4096)
+            .unwrap();
+        f.sync_all().unwrap();
+    }
+    let held = std::fs::read(&img).unwrap();
+    assert!(held != model(&log, 0, |_| true));
+    let out = ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg,
+        "--volume",
+        "v",
+        "--all",
+        "--time",
+        &t.to_string(),
+    ]));
+    assert!(out.contains("not confirmed"), "{out}");
+    assert!(std::fs::read(&img).unwrap() == model(&log, 0, |w| w <= t));
+    ok(&twinblk(&[
+        "cdp", "rollback", "--config", &cfg, "--volume", "v", "--undo",
+    ]));
+    assert!(
+        std::fs::read(&img).unwrap() == held,
+        "the undo did not return to what the volume held"
+    );
+    assert!(!dirs[0].join("rollback").exists());
+}
+
+/// A rollback not confirmed keeps its undo point through retention: consolidation (the
+/// daemon's, by age or size) stops short of `before`; the undo then also reverts the writes
+/// served since the rollback, and the status and the undo say so.
+#[test]
+fn an_unconfirmed_rollback_keeps_its_undo_point_through_retention() {
+    use twinblk::layer::cdp::retain::{self, Retention};
+    let root = tempfile::tempdir().unwrap();
+    let names = ["v"];
+    let dirs = vec![root.path().join("a-v.cdp")];
+    let img = root.path().join("a-v.img");
+    let sdir = root.path().join("a");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
+    let cfg = s.config.display().to_string();
+    let log = workload(s.addr, &names, &dirs, 5, 12);
+    let t = log[5].1;
+    assert!(s.stop());
+    let now = std::fs::read(&img).unwrap();
+    ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg,
+        "--volume",
+        "v",
+        "--time",
+        &t.to_string(),
+    ]));
+    // The daemon serves writes (several segments of them) over the rollback.
+    let s = s.respawn();
+    for k in 0..6u64 {
+        let mut c = Client::connect(s.addr, "v", false);
+        assert_eq!(c.write((k % 4) << 20, &pattern(700 + k, 1 << 20)), 0);
+        c.disconnect();
+    }
+    let st = s.rpc("cdp_status");
+    let status = st[0]["rollback"].as_str().unwrap_or_default().to_string();
+    let mut s = s;
+    assert!(s.stop());
+    // Retention releases everything it may.
+    let keep = Retention {
+        age_ns: Some(1),
+        bytes: Some(1),
+    };
+    for _ in 0..100 {
+        if retain::consolidate_once(&dirs[0], &keep, u64::MAX / 2)
+            .unwrap()
+            .is_none()
+        {
+            break;
+        }
+    }
+    let out = ok(&twinblk(&[
+        "cdp", "rollback", "--config", &cfg, "--volume", "v", "--undo",
+    ]));
+    assert!(std::fs::read(&img).unwrap() == now, "volume after undo");
+    assert!(out.contains("revert"), "{out}");
+    assert!(
+        status.contains("not confirmed") && status.contains("revert"),
+        "{status}"
+    );
+    // Confirmed (or undone), retention goes on.
+    assert!(
+        retain::consolidate_once(&dirs[0], &keep, u64::MAX / 2)
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// The state a crash part way through a group rollback to `t` leaves: the first volume
+/// rolled back ("done"), the second interrupted ("running"), the third untouched.
+fn group_stopped_part_way(root: &Path, names: &[&str], t: u64) {
+    use twinblk::layer::cdp::pit::Point;
+    use twinblk::layer::cdp::rollback::{self, Goal, Target};
+    let target = |v: &str| Target {
+        name: v.into(),
+        dir: root.join(format!("a-{v}.cdp")),
+        volume: root.join(format!("a-{v}.img")),
+        segment_size: 4 << 20,
+        mirror_state: None,
+        all: false,
+    };
+    let p = rollback::prepare(target(names[0]), Goal::To(Point::Time(t))).unwrap();
+    rollback::run(p, |_| {}).unwrap();
+    let p = rollback::prepare(target(names[1]), Goal::To(Point::Time(t))).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rollback::run(p, |g| {
+            if g.batches > 0 && g.compared < g.total {
+                panic!("interrupted");
+            }
+        })
+    }));
+    assert!(r.is_err(), "the run was not interrupted");
+    let m = |v: &str| rollback::load_marker(&root.join(format!("a-{v}.cdp"))).unwrap();
+    assert!(m(names[0]).unwrap().done);
+    assert!(!m(names[1]).unwrap().done);
+    assert!(m(names[2]).is_none());
+}
+
+/// A group rollback stopped part way (one volume done, one interrupted, one untouched):
+/// `--confirm` is refused and confirms none; `--undo` undoes the volumes rolled back; the
+/// same command run again completes it (the volume already done is skipped); then the group
+/// is confirmed.
+#[test]
+fn a_group_rollback_stopped_part_way_is_undone_or_completed_as_a_group() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["v", "w", "x"];
+    let img = |v: &str| root.path().join(format!("a-{v}.img"));
+    let dirs: Vec<PathBuf> = names
+        .iter()
+        .map(|v| root.path().join(format!("a-{v}.cdp")))
+        .collect();
+    let sdir = root.path().join("a");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
+    let cfg = s.config.display().to_string();
+    let mut log = workload(s.addr, &names, &dirs, 6, 24);
+    let t = log[13].1;
+    // w rewritten whole after the point: several batches to roll back.
+    for k in 0..4u64 {
+        let data = pattern(800 + k, 1 << 20);
+        let mut c = Client::connect(s.addr, "w", false);
+        assert_eq!(c.write(k << 20, &data), 0);
+        c.disconnect();
+        log.push(((1, k << 20, data), last(&dirs[1]).1));
+    }
+    wait_marks(&dirs, &log);
+    assert!(s.stop());
+    let now: Vec<Vec<u8>> = names
+        .iter()
+        .map(|v| std::fs::read(img(v)).unwrap())
+        .collect();
+    let ts = t.to_string();
+    let group = |extra: &[&str]| {
+        let mut a = vec!["cdp", "rollback", "--config", &cfg, "--group", "g"];
+        a.extend_from_slice(extra);
+        twinblk(&a)
+    };
+
+    group_stopped_part_way(root.path(), &names, t);
+    // Confirm: all or nothing.
+    refused(&group(&["--confirm"]), "did not finish");
+    assert!(
+        dirs[0].join("rollback").exists(),
+        "a partial confirm removed v's marker"
+    );
+    // Undo: the volumes rolled back (or partly) are undone, the untouched one skipped.
+    ok(&group(&["--undo"]));
+    for (i, v) in names.iter().enumerate() {
+        assert!(
+            std::fs::read(img(v)).unwrap() == now[i],
+            "volume {v} after undo"
+        );
+        assert!(!dirs[i].join("rollback").exists(), "{v}: marker left");
+    }
+    refused(&group(&["--undo"]), "no rollback to undo");
+
+    group_stopped_part_way(root.path(), &names, t);
+    // The same command again completes it.
+    let out = ok(&group(&["--time", &ts]));
+    assert!(out.contains("already"), "{out}");
+    for (i, v) in names.iter().enumerate() {
+        assert!(
+            std::fs::read(img(v)).unwrap() == model(&log, i, |w| w <= t),
+            "volume {v} at {t}"
+        );
+        let m = twinblk::layer::cdp::rollback::load_marker(&dirs[i]).unwrap();
+        assert!(m.is_some_and(|m| m.done), "{v}: {m:?}");
+    }
+    // Another point is still refused.
+    refused(&group(&["--time", &log[3].1.to_string()]), "not confirmed");
+    ok(&group(&["--confirm"]));
+    for d in &dirs {
+        assert!(!d.join("rollback").exists());
+    }
+    refused(&group(&["--confirm"]), "no rollback to confirm");
+}

@@ -160,10 +160,14 @@ fn consolidate_once_in(
         path: store::consolidate_lock(dir),
         source,
     })?;
-    let held = [super::bookmark::hold(dir), super::view::hold(dir)]
-        .into_iter()
-        .flatten()
-        .min();
+    let held = [
+        super::bookmark::hold(dir),
+        super::view::hold(dir),
+        super::rollback::hold(dir),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     if let Some(b) = held
         && newest > b
     {

@@ -10,11 +10,20 @@
 //! ([`Marker`]): written "running" before anything else changes, "done" once the volume is
 //! synced; `--confirm` removes it, `--undo` rolls back to the point before the rollback and
 //! removes it. A mirrored volume's replica state is marked first (`mirror::rollback`).
+//! A new `--all` run first journals the volume's own content wherever it differs from the
+//! history's newest point (data the journal lacked), before the marker: `before` is then
+//! the volume as it really was, and `--undo` returns to it.
+//!
+//! A group is prepared volume by volume, then run one after the other; after a run stopped
+//! part way, the same command passes over the volumes already rolled back to the same point
+//! ([`Skip::Done`]), an undo passes over those without a rollback ([`Skip::NoRollback`]), and
+//! [`confirm`] checks every marker under every lock before it removes any.
 //!
 //! Invariants:
 //! - Nothing changes (directory, volume, mirror state) before every check has passed: the
 //!   daemon lock is held, the point is in the window, the marker allows this run, and the
-//!   mirror state allows it ([`prepare`]).
+//!   mirror state allows it ([`prepare`]). Then only an `--all` run's records of the volume's
+//!   own content may precede the marker (true records: the volume is not written yet).
 //! - Every block written into the volume is in a durable journal record first (journal
 //!   before data), so a crash leaves the history covering the volume, the marker "running"
 //!   (the daemon then refuses to start) and a rerun completes the rollback: blocks already
@@ -123,7 +132,7 @@ impl Marker {
     pub fn describe(&self) -> String {
         match (self.done, self.undo) {
             (true, _) => format!(
-                "rolled back to sequence {} (time {}) at {}, not confirmed; --undo returns to sequence {}, --confirm keeps it",
+                "rolled back to sequence {} (time {}) at {}, not confirmed; --undo returns to sequence {} (and so also reverts every write served since the rollback), --confirm keeps it",
                 self.target, self.target_time, self.started, self.before
             ),
             (false, false) => format!(
@@ -181,6 +190,20 @@ fn remove_marker(dir: &Path) -> Result<(), CdpError> {
     let p = marker_path(dir);
     std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
     sync_dir(dir)
+}
+
+/// The time consolidation must not pass while `dir` has a rollback marker (a rollback not
+/// confirmed, or not finished): every record after its `before` is younger than the run's
+/// start, so keeping records from just before it keeps `before` in the window and `--undo`
+/// possible. An unreadable marker holds everything (`Some(0)`).
+pub fn hold(dir: &Path) -> Option<u64> {
+    match load_marker(dir) {
+        Ok(m) => m.map(|m| m.started.saturating_sub(1)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cdp: rollback marker unreadable; consolidation held");
+            Some(0)
+        }
+    }
 }
 
 /// Claim `dir` for a daemon's CDP layer: the directory created if missing, its daemon lock
@@ -253,6 +276,15 @@ pub enum Goal {
     Undo,
 }
 
+/// Why a prepared volume has nothing to do (a group's rerun or undo goes on with the others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Already rolled back to the same point (a group's rerun after it stopped part way).
+    Done(Marker),
+    /// An undo, and the volume has no rollback (a group's volume the rollback never reached).
+    NoRollback,
+}
+
 /// A checked rollback, holding the volume's daemon lock: nothing has changed yet.
 pub struct Prepared {
     t: Target,
@@ -265,6 +297,11 @@ pub struct Prepared {
     resume_before: Option<u64>,
     /// The marker found (an undo removes the marker of the rollback it undoes).
     pub found: Option<Marker>,
+    /// An undo of a finished rollback: the data records journaled after it (writes the
+    /// daemon served since), which the undo reverts too.
+    pub reverts: u64,
+    /// Nothing to do for this volume ([`run`] changes nothing; the lock is held all the same).
+    pub skip: Option<Skip>,
 }
 
 /// Check everything, change nothing: the daemon lock, the marker, the point and, for a
@@ -274,6 +311,32 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
     let h = store::load(&t.dir, store::Load::ReadOnly)?;
     let found = load_marker(&t.dir)?;
     let refuse = |why: String| Err(CdpError::Refused(format!("volume {}: {why}", t.name)));
+    let skip = match (goal, found) {
+        (Goal::Undo, None) => Some(Skip::NoRollback),
+        (Goal::To(p), Some(m))
+            if m.done && !m.undo && pit::resolve(&h, p).ok() == Some(m.target) =>
+        {
+            Some(Skip::Done(m))
+        }
+        _ => None,
+    };
+    if let Some(skip) = skip {
+        let (seq, time) = match skip {
+            Skip::Done(m) => (m.target, m.target_time),
+            Skip::NoRollback => (0, 0),
+        };
+        return Ok(Prepared {
+            t,
+            _lock: lock,
+            seq,
+            time,
+            undo: goal == Goal::Undo,
+            resume_before: None,
+            found,
+            reverts: 0,
+            skip: Some(skip),
+        });
+    }
     let prior = super::degraded::read_prior(&t.dir, h.meta.size);
     if let super::degraded::Prior::Stopped {
         after,
@@ -335,6 +398,13 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
             h.meta.size
         ));
     }
+    let reverts = match found {
+        Some(m) if undo && m.done && !m.undo => h
+            .entries()
+            .filter(|(_, e)| e.seq > m.end && matches!(e.op, Op::Write | Op::Zeroes | Op::Unmap))
+            .count() as u64,
+        _ => 0,
+    };
     Ok(Prepared {
         t,
         _lock: lock,
@@ -343,6 +413,8 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         undo,
         resume_before,
         found,
+        reverts,
+        skip: None,
     })
 }
 
@@ -357,6 +429,9 @@ pub struct Progress {
     pub written: u64,
     /// Journal batches appended (each durable before its blocks are written).
     pub batches: u64,
+    /// Bytes of the volume's own content journaled before the rollback (`--all`: blocks
+    /// where the volume differs from the history's newest point).
+    pub preserved: u64,
 }
 
 /// What a run did.
@@ -490,23 +565,111 @@ fn read_or_zero(f: &File, out: &mut [u8], at: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What a sweep journals for each run of blocks where the volume and the point differ.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    /// The point's content, then written into the volume (the rollback proper).
+    Rollback,
+    /// The volume's current content, nothing written (an `--all` run's first pass: the
+    /// history's newest point then is what the volume holds).
+    Preserve,
+}
+
+/// Compare `ranges` of `vol` with `view`'s point, block by block, and journal every run of
+/// differing blocks as `how` says (journal before data: a batch's blocks are written only
+/// once the batch is durable).
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    t: &Target,
+    vol: &File,
+    view: &ViewDevice,
+    ranges: &[(u64, u64)],
+    block: u64,
+    app: &mut Appender,
+    how: Sweep,
+    prog: &mut Progress,
+    progress: &mut impl FnMut(&Progress),
+) -> Result<(), CdpError> {
+    // The batch's blocks, written into the volume once the batch is durable.
+    let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
+    let write_pending = |pending: &mut Vec<(u64, Vec<u8>)>| -> Result<(), CdpError> {
+        for (off, data) in pending.drain(..) {
+            vol.write_all_at(&data, off)
+                .map_err(io_err("write", &t.volume))?;
+        }
+        Ok(())
+    };
+    let mut now = vec![0u8; CHUNK as usize];
+    let mut then = vec![0u8; CHUNK as usize];
+    for &(start, end) in ranges {
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(CHUNK) as usize;
+            read_or_zero(vol, &mut now[..n], at).map_err(io_err("read", &t.volume))?;
+            view.read_point(at, &mut then[..n])
+                .map_err(io_err("read the history of", &t.dir))?;
+            // Runs of differing blocks.
+            let mut b = 0;
+            while b < n {
+                let bs = block as usize;
+                let differs = |i: usize| now[i..i + bs] != then[i..i + bs];
+                if !differs(b) {
+                    b += bs;
+                    continue;
+                }
+                let s = b;
+                while b < n && differs(b) {
+                    b += bs;
+                }
+                let run = match how {
+                    Sweep::Rollback => &then[s..b],
+                    Sweep::Preserve => &now[s..b],
+                };
+                let off = at + s as u64;
+                if run.iter().all(|&x| x == 0) {
+                    app.push(Op::Zeroes, off, run.len() as u64, None);
+                } else {
+                    app.push(Op::Write, off, run.len() as u64, Some(run));
+                }
+                match how {
+                    Sweep::Rollback => {
+                        pending.push((off, run.to_vec()));
+                        prog.written += run.len() as u64;
+                    }
+                    Sweep::Preserve => prog.preserved += run.len() as u64,
+                }
+            }
+            if app.batch.len() >= BATCH {
+                app.flush()?;
+                write_pending(&mut pending)?;
+                prog.batches += 1;
+            }
+            at += n as u64;
+            prog.compared += n as u64;
+            progress(prog);
+        }
+    }
+    app.flush()?;
+    write_pending(&mut pending)
+}
+
 /// Run a prepared rollback (see the module doc); `progress` is told as it goes.
 pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, CdpError> {
     let t = &p.t;
     let dir = &t.dir;
+    if let Some(skip) = p.skip {
+        return Ok(Outcome {
+            seq: p.seq,
+            before: match skip {
+                Skip::Done(m) => m.before,
+                Skip::NoRollback => 0,
+            },
+            records: 0,
+            progress: Progress::default(),
+        });
+    }
     // As a daemon's start would: cut a torn tail (an interrupted run's), drop spares.
     let h = store::load(dir, store::Load::Recover)?;
-    let before = p.resume_before.unwrap_or(h.last_seq);
-    let mut marker = Marker {
-        done: false,
-        undo: p.undo,
-        target: p.seq,
-        target_time: p.time,
-        before,
-        started: clock::now(),
-        end: 0,
-    };
-    write_marker(dir, &marker)?;
     let block = u64::from(h.meta.block_size.max(1));
     let mut ranges = if t.all {
         vec![(0, h.meta.size)]
@@ -518,15 +681,6 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
         r.1 = r.1.div_ceil(block).saturating_mul(block).min(h.meta.size);
     }
     merge(&mut ranges);
-    if let Some(s) = &t.mirror_state {
-        crate::layer::mirror::rollback::mark(s, &ranges)
-            .map_err(|why| CdpError::Refused(format!("volume {}: {why}", t.name)))?;
-    }
-    let view = ViewDevice::open(&ViewSpec {
-        dir: dir.clone(),
-        point: Point::Seq(p.seq),
-        sandbox: false,
-    })?;
     let vol = OpenOptions::new()
         .read(true)
         .write(true)
@@ -545,63 +699,70 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
         batch_first: 0,
         records: 0,
     };
+    // A new `--all` rollback first journals what the volume holds where it differs from the
+    // history's newest point (data the journal lacks): the point `before` is then the volume
+    // as it was, and `--undo` returns to it. Nothing else has changed yet (no marker: a
+    // crash here leaves true records and an untouched volume).
+    let preserve = t.all && !p.undo && p.resume_before.is_none();
+    let passes = if preserve { 2 } else { 1 };
     let mut prog = Progress {
-        total: ranges.iter().map(|(s, e)| e - s).sum(),
+        total: passes * ranges.iter().map(|(s, e)| e - s).sum::<u64>(),
         ..Progress::default()
     };
-    // The batch's blocks, written into the volume once the batch is durable.
-    let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
-    let write_pending = |pending: &mut Vec<(u64, Vec<u8>)>| -> Result<(), CdpError> {
-        for (off, data) in pending.drain(..) {
-            vol.write_all_at(&data, off)
-                .map_err(io_err("write", &t.volume))?;
-        }
-        Ok(())
-    };
-    let mut now = vec![0u8; CHUNK as usize];
-    let mut then = vec![0u8; CHUNK as usize];
-    for &(start, end) in &ranges {
-        let mut at = start;
-        while at < end {
-            let n = (end - at).min(CHUNK) as usize;
-            read_or_zero(&vol, &mut now[..n], at).map_err(io_err("read", &t.volume))?;
-            view.read_point(at, &mut then[..n])
-                .map_err(io_err("read the history of", dir))?;
-            // Runs of differing blocks.
-            let mut b = 0;
-            while b < n {
-                let bs = block as usize;
-                let differs = |i: usize| now[i..i + bs] != then[i..i + bs];
-                if !differs(b) {
-                    b += bs;
-                    continue;
-                }
-                let s = b;
-                while b < n && differs(b) {
-                    b += bs;
-                }
-                let run = &then[s..b];
-                let off = at + s as u64;
-                if run.iter().all(|&x| x == 0) {
-                    app.push(Op::Zeroes, off, run.len() as u64, None);
-                } else {
-                    app.push(Op::Write, off, run.len() as u64, Some(run));
-                }
-                pending.push((off, run.to_vec()));
-                prog.written += run.len() as u64;
-            }
-            if app.batch.len() >= BATCH {
-                app.flush()?;
-                write_pending(&mut pending)?;
-                prog.batches += 1;
-            }
-            at += n as u64;
-            prog.compared += n as u64;
-            progress(&prog);
-        }
+    if preserve {
+        let newest = ViewDevice::open(&ViewSpec {
+            dir: dir.clone(),
+            point: Point::Seq(h.last_seq),
+            sandbox: false,
+        })?;
+        sweep(
+            t,
+            &vol,
+            &newest,
+            &ranges,
+            block,
+            &mut app,
+            Sweep::Preserve,
+            &mut prog,
+            &mut progress,
+        )?;
     }
-    app.flush()?;
-    write_pending(&mut pending)?;
+    let before = p.resume_before.unwrap_or(app.next_seq - 1);
+    // A rerun keeps the interrupted run's start: retention holds every record after it.
+    let started = match (p.resume_before, p.found) {
+        (Some(_), Some(m)) => m.started,
+        _ => clock::now(),
+    };
+    let mut marker = Marker {
+        done: false,
+        undo: p.undo,
+        target: p.seq,
+        target_time: p.time,
+        before,
+        started,
+        end: 0,
+    };
+    write_marker(dir, &marker)?;
+    if let Some(s) = &t.mirror_state {
+        crate::layer::mirror::rollback::mark(s, &ranges)
+            .map_err(|why| CdpError::Refused(format!("volume {}: {why}", t.name)))?;
+    }
+    let view = ViewDevice::open(&ViewSpec {
+        dir: dir.clone(),
+        point: Point::Seq(p.seq),
+        sandbox: false,
+    })?;
+    sweep(
+        t,
+        &vol,
+        &view,
+        &ranges,
+        block,
+        &mut app,
+        Sweep::Rollback,
+        &mut prog,
+        &mut progress,
+    )?;
     vol.sync_all().map_err(io_err("sync", &t.volume))?;
     // A time mark: the window reaches the end of the run.
     app.push(Op::Mark, 0, 0, None);
@@ -623,24 +784,41 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
     })
 }
 
-/// End a finished rollback of `dir` (the marker is removed; the history keeps its records).
-/// Refused when there is none, or it did not finish.
-pub fn confirm(dir: &Path) -> Result<Marker, CdpError> {
-    match load_marker(dir)? {
-        None => Err(CdpError::Refused(format!(
-            "{}: no rollback to confirm",
-            dir.display()
-        ))),
-        Some(m) if !m.done => Err(CdpError::Refused(format!(
-            "{}: {}",
-            dir.display(),
-            m.describe()
-        ))),
-        Some(m) => {
+/// End the finished rollbacks of a volume or a group, all or nothing: every volume's daemon
+/// lock is taken and every marker checked before any is removed. Refused when a volume's
+/// rollback did not finish (naming it), or no volume has one; a volume without a marker is
+/// passed over (`None`: never rolled back, or confirmed by an earlier run that stopped part
+/// way). The history keeps every record.
+pub fn confirm(vols: &[(String, PathBuf)]) -> Result<Vec<(String, Option<Marker>)>, CdpError> {
+    let mut locks = Vec::new();
+    let mut found = Vec::new();
+    for (name, dir) in vols {
+        locks.push(lock_daemon(dir)?);
+        let m = load_marker(dir)?;
+        if let Some(m) = m.filter(|m| !m.done) {
+            return Err(CdpError::Refused(format!(
+                "volume {name}: {}; nothing confirmed",
+                m.describe()
+            )));
+        }
+        found.push((name.clone(), m));
+    }
+    if found.iter().all(|(_, m)| m.is_none()) {
+        return Err(CdpError::Refused(format!(
+            "no rollback to confirm ({})",
+            vols.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    for ((_, dir), (_, m)) in vols.iter().zip(&found) {
+        if m.is_some() {
             remove_marker(dir)?;
-            Ok(m)
         }
     }
+    drop(locks);
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -667,6 +845,25 @@ mod tests {
         }
         assert!(Marker::decode(&b[..10]).is_err());
         assert!(m.describe().contains("not confirmed"));
+    }
+
+    #[test]
+    fn a_marker_holds_consolidation_before_its_start() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(hold(d.path()), None);
+        let m = Marker {
+            done: true,
+            undo: false,
+            target: 7,
+            target_time: 1_000,
+            before: 19,
+            started: 2_000,
+            end: 25,
+        };
+        write_marker(d.path(), &m).unwrap();
+        assert_eq!(hold(d.path()), Some(1_999));
+        std::fs::write(marker_path(d.path()), b"damaged").unwrap();
+        assert_eq!(hold(d.path()), Some(0));
     }
 
     #[test]
