@@ -23,7 +23,8 @@ use crate::frontend::nvmf::atomic::HomeService;
 use crate::frontend::nvmf::{NvmfAcceptor, NvmfShared, ctrl::Subsystem};
 use crate::layer::cdp::journal::{SpareOf, spare_thread};
 use crate::layer::cdp::retain::{self, Retained, Retention};
-use crate::layer::cdp::{CdpDevice, CdpInfo, CdpSettings};
+use crate::layer::cdp::store::CdpError;
+use crate::layer::cdp::{self as cdp, CdpDevice, CdpInfo, CdpSettings};
 use crate::layer::mirror::engine::{EngineConfig, Role};
 use crate::layer::mirror::failover::{self, FailoverConfig, FailoverSlot};
 use crate::layer::mirror::link::LinkAcceptor;
@@ -227,34 +228,53 @@ impl Daemon {
                     vouched: v.mirror && cfg.mirror.is_some(),
                 };
                 let home = index % cfg.reactor.cores.len();
-                let cd = Arc::new(CdpDevice::open(device, &settings, index, home).map_err(
-                    |source| StartError::Cdp {
-                        name: v.name.clone(),
-                        source,
-                    },
-                )?);
-                if c.retention_age.is_some() || c.retention_bytes.is_some() {
-                    retained.push(Retained {
+                let cd = match CdpDevice::open(Arc::clone(&device), &settings, index, home) {
+                    Ok(cd) => Some(Arc::new(cd)),
+                    // The journal's device cannot take the start (full or failing): the volume
+                    // is served without its journal rather than not at all, once its map says
+                    // the history is not whole from here (else it is not served).
+                    Err(e @ CdpError::Io { .. }) => {
+                        let Ok((after, _)) = cdp::not_journaled(&c.dir, device.info().size) else {
+                            return Err(StartError::Cdp {
+                                name: v.name.clone(),
+                                source: e,
+                            });
+                        };
+                        tracing::error!(volume = %v.name, dir = %c.dir.display(), error = %e, after,
+                            "cdp: the journal cannot start; the volume is served WITHOUT continuous data protection (not in cdp_status); its history is whole up to sequence {after}. Make room and switch it on (cdp_enable), or restart");
+                        None
+                    }
+                    Err(source) => {
+                        return Err(StartError::Cdp {
+                            name: v.name.clone(),
+                            source,
+                        });
+                    }
+                };
+                if let Some(cd) = cd {
+                    if c.retention_age.is_some() || c.retention_bytes.is_some() {
+                        retained.push(Retained {
+                            dir: c.dir.clone(),
+                            retention: Retention {
+                                age_ns: c.retention_age_ns(),
+                                bytes: c.retention_bytes.map(|b| b.0),
+                            },
+                            stats: Arc::clone(&cd.stats),
+                        });
+                    }
+                    cdp_devs.push(Arc::clone(&cd));
+                    cdp_infos.push(CdpInfo {
+                        vol: index,
+                        group: v.group.clone().unwrap_or_else(|| v.name.clone()),
                         dir: c.dir.clone(),
-                        retention: Retention {
-                            age_ns: c.retention_age_ns(),
-                            bytes: c.retention_bytes.map(|b| b.0),
-                        },
+                        home,
+                        created: cd.created,
                         stats: Arc::clone(&cd.stats),
+                        retention_age_ns: c.retention_age_ns(),
+                        device: Arc::clone(&cd),
                     });
+                    device = cd;
                 }
-                cdp_devs.push(Arc::clone(&cd));
-                cdp_infos.push(CdpInfo {
-                    vol: index,
-                    group: v.group.clone().unwrap_or_else(|| v.name.clone()),
-                    dir: c.dir.clone(),
-                    home,
-                    created: cd.created,
-                    stats: Arc::clone(&cd.stats),
-                    retention_age_ns: c.retention_age_ns(),
-                    device: Arc::clone(&cd),
-                });
-                device = cd;
             }
             let volume = match (&cfg.mirror, v.mirror) {
                 (Some(m), true) => {

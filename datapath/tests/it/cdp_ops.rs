@@ -34,6 +34,88 @@ fn a_cut_before_where_the_journal_stopped_moves_the_gap_back_to_the_cut() {
     degraded_round(true, true);
 }
 
+/// A start whose journal device is still full (the catch-up after a degraded run has no room)
+/// serves the volume without its journal instead of not starting at all: the map then says
+/// the history is not whole, the volume takes writes, and `cdp_enable` once there is room
+/// journals it again: the newest point is the volume (the writes made meanwhile included) and
+/// the points between are refused.
+#[test]
+fn a_start_on_a_full_journal_device_serves_the_volume_and_cdp_enable_brings_the_history_back() {
+    const SIZE: usize = 4 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = SmallFs::mount(&tmp.path().join("small"), "12m");
+    let dir = fs.0.join("j");
+    let img = tmp.path().join("v.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(SIZE as u64)
+        .unwrap();
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='v'\nbackend='uring'\npath='{}'\n\
+         size={SIZE}\nblock_size=4096\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        img.display(),
+        dir.display()
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let mut model = vec![0u8; SIZE];
+    for i in 0..160u64 {
+        let off = (1 << 20) + (i % 8) * (128 << 10);
+        let data = pattern(i + 7000, 128 << 10);
+        assert_eq!(c.write(off, &data), 0, "write {i} failed");
+        apply(&mut model, &Upd::Write(off, data));
+    }
+    assert_eq!(s.rpc("cdp_status")[0]["journal"], "degraded");
+    c.disconnect();
+    let before = store::load(&dir, Load::ReadOnly).unwrap();
+    // Still full: the start's catch-up has no room.
+    let s = s.restart();
+    let st = s.rpc("cdp_status");
+    assert!(
+        st.as_array().is_some_and(|a| a.is_empty()),
+        "served without CDP: {st}"
+    );
+    let mut c = Client::connect(s.addr, "v", false);
+    let late = pattern(4242, 65536);
+    assert_eq!(c.write(2 << 20, &late), 0);
+    apply(&mut model, &Upd::Write(2 << 20, late));
+    assert!(c.read(0, SIZE as u32).unwrap() == model, "the volume");
+    c.disconnect();
+    let ok = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&fs.0)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "remount");
+    let r = s.rpc_with("cdp_enable", serde_json::json!({"volume": "v"}));
+    assert!(r["error"].is_null(), "{r}");
+    assert_eq!(s.rpc("cdp_status")[0]["journal"], "running");
+    let mut s = s;
+    assert!(s.stop(), "clean stop");
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
+    assert!(
+        got == model,
+        "the newest point is the volume, the write made without CDP included"
+    );
+    let (_, g) = h
+        .entries()
+        .filter(|(_, e)| e.op == Op::Gap)
+        .last()
+        .expect("a gap record");
+    assert!(
+        g.offset <= before.last_seq,
+        "the gap begins inside the old history"
+    );
+    for p in g.offset + 1..g.seq {
+        let err = pit::resolve(&h, Point::Seq(p)).unwrap_err();
+        assert!(matches!(err, CdpError::InGap { .. }), "point {p}: {err}");
+    }
+    drop(s);
+    drop(fs);
+}
+
 fn degraded_round(crash: bool, cut: bool) {
     const SIZE: usize = 4 << 20;
     let tmp = tempfile::tempdir().unwrap();

@@ -200,6 +200,21 @@ pub struct CdpDevice {
     lock: Mutex<Option<std::fs::File>>,
 }
 
+/// The volume of `dir`'s history (`size` bytes) is about to be served without its journal,
+/// because the layer could not start (its device is full or failing): `degraded.map` says the
+/// history is not whole after where it is whole now, every region unknown, before anything is
+/// served. The next start, or a run-time `cdp_enable`, then journals the whole volume again
+/// and refuses the points in between. Returns that point (sequence, time). If even this
+/// cannot be written, the volume must not be served (its history would later look whole).
+pub fn not_journaled(dir: &std::path::Path, size: u64) -> Result<(u64, u64), CdpError> {
+    let (mut map, prior) = degraded::RegionMap::open(dir, size)?;
+    let (last_seq, last_time) =
+        store::load(dir, store::Load::ReadOnly).map_or((0, 0), |h| (h.last_seq, h.last_time));
+    let (after, after_time) = prior.whole_until(last_seq, last_time);
+    map.unknown(after, after_time, clock::now())?;
+    Ok((after, after_time))
+}
+
 impl CdpDevice {
     /// Journal updates of `inner` (volume index `vol`, journal on reactor `home`): open or
     /// create the directory, recover its history and start a new segment.
