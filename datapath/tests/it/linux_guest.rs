@@ -1,4 +1,5 @@
-//! The Linux kernel's own initiators against a two-site mirrored cluster, in a QEMU guest
+//! The Linux kernel's own initiators against a two-site mirrored cluster and a read-only
+//! point-in-time view, in a QEMU guest
 //! (`guest` module: Debian's kernel, an initramfs built by the test; KVM where it works, TCG
 //! otherwise). Skipped, with the reason printed, where the machine cannot run a guest (no apt
 //! access, no QEMU obtainable, `TWINBLK_SKIP_GUEST=1`); once the guest boots every check must
@@ -29,11 +30,16 @@ fn timeout() -> Duration {
     )
 }
 
-/// The md5 of the first `len` bytes of a replica file (`md5sum` reads them from a pipe).
+/// The md5 of the first `len` bytes of a replica file.
 fn md5_prefix(file: &Path, len: u64) -> String {
     let mut f = std::fs::File::open(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let mut data = vec![0u8; len as usize];
     f.read_exact(&mut data).unwrap();
+    md5_of(&data)
+}
+
+/// The md5 of `data` (`md5sum` reads it from a pipe).
+fn md5_of(data: &[u8]) -> String {
     let mut child = Command::new("md5sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -41,7 +47,7 @@ fn md5_prefix(file: &Path, len: u64) -> String {
         .expect("md5sum");
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(&data).unwrap();
+        child.stdin.take().unwrap().write_all(data).unwrap();
     }
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -234,4 +240,107 @@ fn linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote() {
         run.elapsed.as_secs_f64()
     );
     drop((a, b));
+}
+
+/// A read-only CDP point-in-time view as the kernel's own initiators attach it (one daemon on
+/// the host serving the view, `vol0`, and a writable RAM volume, `plain`, over NVMe/TCP and
+/// iSCSI). NVMe/TCP: after `nvme connect` the view's namespace is read-only to the kernel
+/// (`/sys/block/<ns>/ro` and `blockdev --getro` 1: NSATTR's write-protected bit), its first MiB
+/// has the md5 of the history at the view's point (not the write made after it), and an
+/// O_DIRECT write fails with the data unchanged; the writable volume's namespace is not
+/// read-only and a pattern written there reads back (the control). iSCSI: the view's sd disk is
+/// read-only (sd logs "Write Protect is on", from MODE SENSE's WP), reads the same md5 and
+/// refuses a write. Disconnect and logout leave nothing attached; the kernel log shows no I/O
+/// error and no write that reached a read-only device.
+#[test]
+fn linux_initiators_attach_a_read_only_view_read_only() {
+    let kit = match guest::kit() {
+        Ok(k) => k,
+        Err(reason) => {
+            guest::skip(
+                "linux_initiators_attach_a_read_only_view_read_only",
+                &reason,
+            );
+            return;
+        }
+    };
+    use crate::cdp::{last, volume};
+    use crate::harness::{in_process, pattern};
+    use crate::rawnbd::Client;
+    use crate::read_only::listener;
+    use twinblk::daemon::Proto;
+    const SIZE: u64 = 4 << 20;
+    const MIB: u64 = 1;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    // The history: a pattern over the first MiB, the view's point, then a write over its first
+    // 64 KiB that the view must not show.
+    let (mut d, addr) = in_process(&volume("v", SIZE, &dir, "4MiB"));
+    let mut c = Client::connect(addr, "v", false);
+    let data = pattern(11, (MIB << 20) as usize);
+    for (i, chunk) in data.chunks(256 << 10).enumerate() {
+        assert_eq!(c.write(i as u64 * (256 << 10), chunk), 0);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let t = last(&dir).1;
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(c.write(0, &pattern(12, 64 << 10)), 0);
+    c.disconnect();
+    d.stop();
+    let want = md5_of(&data);
+
+    let text = format!(
+        "[reactor]\ncores=[0]\nwait='adaptive'\npin=false\n[nvmf]\nlisten=['127.0.0.1:0']\n\
+         [iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n\
+         [[volume]]\nname='vol0'\nbackend='cdp-view'\nsize={SIZE}\nblock_size=4096\n\
+         [volume.view]\ndir='{}'\ntime={t}\nsandbox=false\n\
+         [[volume]]\nname='plain'\nbackend='malloc'\nsize={SIZE}\nblock_size=4096\n",
+        dir.display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let mut d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let run = guest::boot(
+        kit,
+        "read-only-view",
+        "readonly",
+        &[
+            ("host", "10.0.2.2".to_string()),
+            ("nvport", listener(&d, Proto::Nvmf).port().to_string()),
+            ("ronqn", "nqn.2026-11.io.twinblk:vol0".to_string()),
+            ("rwnqn", "nqn.2026-11.io.twinblk:plain".to_string()),
+            ("iport", listener(&d, Proto::Iscsi).port().to_string()),
+            ("roiqn", "iqn.2026-11.io.twinblk:vol0".to_string()),
+            ("md5", want),
+            ("mib", MIB.to_string()),
+        ],
+        timeout(),
+    );
+    d.stop();
+    assert_passed(
+        &run,
+        &[
+            "modules",
+            "network",
+            "nvme-connect-ro",
+            "nvme-ro",
+            "nvme-read",
+            "nvme-write-refused",
+            "nvme-disconnect-ro",
+            "nvme-connect-rw",
+            "nvme-rw-writable",
+            "nvme-rw-write",
+            "nvme-disconnect-rw",
+            "iscsi-login",
+            "iscsi-ro",
+            "iscsi-read",
+            "iscsi-write-refused",
+            "iscsi-logout",
+            "no-ro-write",
+            "kernel-log",
+        ],
+    );
+    eprintln!(
+        "linux read-only view guest: {MIB} MiB read per protocol, guest {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
 }

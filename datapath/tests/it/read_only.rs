@@ -49,7 +49,7 @@ fn view_daemon(dir: &Path, t: u64, sandbox: bool) -> twinblk::Daemon {
     twinblk::Daemon::start(&cfg).expect("daemon starts")
 }
 
-fn listener(d: &twinblk::Daemon, proto: Proto) -> SocketAddr {
+pub(crate) fn listener(d: &twinblk::Daemon, proto: Proto) -> SocketAddr {
     d.listeners()
         .into_iter()
         .find(|(p, _)| *p == proto)
