@@ -693,6 +693,16 @@ fn cdp_call(
                         vname(c)
                     ));
                 }
+                if let Some(c) = vols
+                    .iter()
+                    .find(|c| c.stats.unvouched.load(Ordering::Relaxed) != 0)
+                {
+                    return Err(format!(
+                        "volume {:?}'s replica at this site is not vouched for by the mirror (down, fenced or being resynced; cdp_status: vouched false): its history is whole only up to sequence {}, so a bookmark now would name a point inside a gap that can never be restored; set it at the peer, or here once vouched for again",
+                        vname(c),
+                        c.stats.unvouched.load(Ordering::Relaxed) - 1
+                    ));
+                }
                 let t = clock::now();
                 for c in &vols {
                     bookmark::set(&c.dir, name, t)?;
