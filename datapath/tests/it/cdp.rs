@@ -882,6 +882,32 @@ fn a_bookmark_stays_restorable_past_retention_until_deleted() {
         serde_json::json!({"group": "g", "name": "before-upgrade"}),
     );
     assert_eq!(r["result"]["volumes"][0], "v", "{r}");
+    let t0 = r["result"]["time_ns"].clone();
+    // A name in use is not moved silently; "replace" moves it (here to the same moment: the
+    // test's content checks need the first).
+    let again = s.rpc_with(
+        "cdp_bookmark",
+        serde_json::json!({"group": "g", "name": "before-upgrade"}),
+    );
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exists")),
+        "{again}"
+    );
+    let listed = s.rpc_with("cdp_bookmarks", serde_json::json!({"volume": "v"}));
+    assert_eq!(listed["result"][0]["bookmarks"]["before-upgrade"], t0);
+    let other = serde_json::json!({"group": "g", "name": "moved", "replace": true});
+    assert!(s.rpc_with("cdp_bookmark", other.clone())["result"].is_object());
+    let moved = s.rpc_with("cdp_bookmark", other);
+    assert!(moved["result"].is_object(), "replace: {moved}");
+    assert!(
+        s.rpc_with(
+            "cdp_bookmark_delete",
+            serde_json::json!({"group": "g", "name": "moved"})
+        )["result"]
+            .is_object()
+    );
     for (params, says) in [
         (
             serde_json::json!({"group": "g", "name": "bad/name"}),
