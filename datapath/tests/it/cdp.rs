@@ -947,6 +947,11 @@ fn a_bookmark_stays_restorable_past_retention_until_deleted() {
         0,
         "held by the bookmark"
     );
+    // cdp_status names what holds consolidation, and its point.
+    let st = s.rpc("cdp_status");
+    let held = &st[0]["consolidation_held_by"];
+    assert_eq!(held["bookmark"], "before-upgrade", "{st}");
+    assert_eq!(held["time_ns"], t0, "{st}");
     let listed = s.rpc_with("cdp_bookmarks", serde_json::json!({"volume": "v"}));
     assert!(
         listed["result"][0]["bookmarks"]["before-upgrade"]
@@ -990,6 +995,10 @@ fn a_bookmark_stays_restorable_past_retention_until_deleted() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(
+        s.rpc("cdp_status")[0]["consolidation_held_by"].is_null(),
+        "still held after the delete"
+    );
     let o = restore(&tmp.path().join("again"));
     assert!(!o.status.success());
     assert!(
