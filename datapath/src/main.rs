@@ -626,12 +626,49 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
                 pit::resolve(&h, point).with_context(|| format!("{}", d.display()))?;
                 hs.push(h);
             }
+            // SIGINT or SIGTERM (`cdp_view_close`, a daemon that stops) stops the restore at
+            // its next progress report; nothing is named `--out` until every volume is whole.
+            use std::sync::atomic::{AtomicBool, Ordering};
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())?;
+            }
+            let mut done = Vec::new();
             for (h, o) in hs.iter().zip(&out) {
-                let seq = pit::restore(h, point, o, |done, total| {
-                    eprint!("\r{}: {done}/{total} records", o.display());
+                let r = pit::restore_unnamed(h, point, o, |p| {
+                    match p {
+                        pit::Progress::Base { copied, total } => eprint!(
+                            "\r{}: {} of {} MiB of the base copy",
+                            o.display(),
+                            copied >> 20,
+                            total >> 20
+                        ),
+                        pit::Progress::Records { applied, total } => {
+                            eprint!("\r{}: {applied}/{total} records", o.display())
+                        }
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        std::ops::ControlFlow::Break(())
+                    } else {
+                        std::ops::ControlFlow::Continue(())
+                    }
                 })
                 .with_context(|| format!("restoring {} into {}", h.dir.display(), o.display()))?;
                 eprintln!();
+                done.push((r, h));
+            }
+            // Named last, all together; one that cannot be named takes the others back.
+            let mut named: Vec<&PathBuf> = Vec::new();
+            for (r, h) in done {
+                let (seq, o) = (r.seq(), r.out().to_path_buf());
+                if let Err(e) = r.finish() {
+                    for n in named {
+                        let _ = std::fs::remove_file(n);
+                    }
+                    return Err(e).with_context(|| format!("naming {}", o.display()));
+                }
+                let o = out.iter().find(|x| **x == o).expect("one of --out");
+                named.push(o);
                 println!("{}: sequence {seq} of {}", o.display(), h.dir.display());
             }
             Ok(())

@@ -11,8 +11,8 @@
 //! - Every child started is in the table until the daemon stops; its status is read with
 //!   `try_wait`, never a blocking wait, except when closing a view (bounded).
 //! - When the daemon stops ([`CdpJobs::stop_all`], also on drop) every running child is asked
-//!   to stop (SIGINT: a view removes its consolidation hold, a restore stops and leaves an
-//!   incomplete file it names) and reaped, or killed after a grace period.
+//!   to stop (SIGINT: a view removes its consolidation hold, a restore stops and removes its
+//!   temporary file, `out` never made) and reaped, or killed after a grace period.
 //! - Nothing here touches the history or a live volume: the children only read the CDP
 //!   directory (a sandbox view writes to RAM).
 

@@ -693,9 +693,35 @@ fn cdp_call(
                         vname(c)
                     ));
                 }
+                if let Some(c) = vols
+                    .iter()
+                    .find(|c| c.stats.unvouched.load(Ordering::Relaxed) != 0)
+                {
+                    return Err(format!(
+                        "volume {:?}'s replica at this site is not vouched for by the mirror (down, fenced or being resynced; cdp_status: vouched false): its history is whole only up to sequence {}, so a bookmark now would name a point inside a gap that can never be restored; set it at the peer, or here once vouched for again",
+                        vname(c),
+                        c.stats.unvouched.load(Ordering::Relaxed) - 1
+                    ));
+                }
+                let replace = match params.and_then(|p| p.get("replace")) {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(v) => return Err(format!("\"replace\" must be true or false, not {v}")),
+                };
+                // A group's bookmark is set on every volume or (a name taken) on none.
+                if !replace {
+                    for c in &vols {
+                        if let Some(t) = bookmark::load(&c.dir)?.get(name) {
+                            return Err(format!(
+                                "bookmark {name:?} exists on volume {:?} (time {t} ns): delete it first, or give \"replace\": true to move it",
+                                vname(c)
+                            ));
+                        }
+                    }
+                }
                 let t = clock::now();
                 for c in &vols {
-                    bookmark::set(&c.dir, name, t)?;
+                    bookmark::set(&c.dir, name, t, replace)?;
                 }
                 tracing::info!(bookmark = name, time = t, "cdp: bookmark set");
                 Ok(

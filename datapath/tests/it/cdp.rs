@@ -882,6 +882,32 @@ fn a_bookmark_stays_restorable_past_retention_until_deleted() {
         serde_json::json!({"group": "g", "name": "before-upgrade"}),
     );
     assert_eq!(r["result"]["volumes"][0], "v", "{r}");
+    let t0 = r["result"]["time_ns"].clone();
+    // A name in use is not moved silently; "replace" moves it (here to the same moment: the
+    // test's content checks need the first).
+    let again = s.rpc_with(
+        "cdp_bookmark",
+        serde_json::json!({"group": "g", "name": "before-upgrade"}),
+    );
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exists")),
+        "{again}"
+    );
+    let listed = s.rpc_with("cdp_bookmarks", serde_json::json!({"volume": "v"}));
+    assert_eq!(listed["result"][0]["bookmarks"]["before-upgrade"], t0);
+    let other = serde_json::json!({"group": "g", "name": "moved", "replace": true});
+    assert!(s.rpc_with("cdp_bookmark", other.clone())["result"].is_object());
+    let moved = s.rpc_with("cdp_bookmark", other);
+    assert!(moved["result"].is_object(), "replace: {moved}");
+    assert!(
+        s.rpc_with(
+            "cdp_bookmark_delete",
+            serde_json::json!({"group": "g", "name": "moved"})
+        )["result"]
+            .is_object()
+    );
     for (params, says) in [
         (
             serde_json::json!({"group": "g", "name": "bad/name"}),
@@ -921,6 +947,11 @@ fn a_bookmark_stays_restorable_past_retention_until_deleted() {
         0,
         "held by the bookmark"
     );
+    // cdp_status names what holds consolidation, and its point.
+    let st = s.rpc("cdp_status");
+    let held = &st[0]["consolidation_held_by"];
+    assert_eq!(held["bookmark"], "before-upgrade", "{st}");
+    assert_eq!(held["time_ns"], t0, "{st}");
     let listed = s.rpc_with("cdp_bookmarks", serde_json::json!({"volume": "v"}));
     assert!(
         listed["result"][0]["bookmarks"]["before-upgrade"]
@@ -964,6 +995,10 @@ fn a_bookmark_stays_restorable_past_retention_until_deleted() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(
+        s.rpc("cdp_status")[0]["consolidation_held_by"].is_null(),
+        "still held after the delete"
+    );
     let o = restore(&tmp.path().join("again"));
     assert!(!o.status.success());
     assert!(

@@ -375,3 +375,49 @@ fn a_takeover_refuses_the_moments_before_it_at_the_site_taken_over() {
         "after the takeover"
     );
 }
+
+/// While the mirror does not vouch for a site's replica (it is being resynced), its history is
+/// not whole: a bookmark there would name a point inside the gap (never restorable) and hold
+/// retention for ever, so `cdp_bookmark` is refused, saying why; once vouched for, accepted.
+#[test]
+fn a_bookmark_is_refused_while_the_replica_is_not_vouched_for() {
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (a, mut b) = up_pair(root.path(), w.addr);
+    let mut model = vec![0u8; VOL];
+    b.kill();
+    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    // 2 MiB to resync at 1 MiB/s.
+    writes(&a, &mut model, 100, 32);
+    let b = b.respawn();
+    wait_mirror_state(&b, "resyncing", Duration::from_secs(10));
+    wait_vouched(
+        &b,
+        false,
+        Duration::from_secs(5),
+        "vouched for while resynced",
+    );
+    let p = serde_json::json!({"volume": "vol0", "name": "mid-resync"});
+    let r = b.rpc_with("cdp_bookmark", p.clone());
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not vouched for")),
+        "a bookmark while resynced: {r}"
+    );
+    let listed = b.rpc_with("cdp_bookmarks", serde_json::json!({"volume": "vol0"}));
+    assert_eq!(
+        listed["result"][0]["bookmarks"],
+        serde_json::json!({}),
+        "{listed}"
+    );
+    wait_mirror_state(&b, "up", Duration::from_secs(30));
+    wait_vouched(
+        &b,
+        true,
+        Duration::from_secs(5),
+        "vouched for once resynced",
+    );
+    let r = b.rpc_with("cdp_bookmark", p);
+    assert!(r["result"].is_object(), "once vouched for: {r}");
+}

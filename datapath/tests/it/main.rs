@@ -7,6 +7,7 @@ mod cdp_live_fault;
 mod cdp_live_mirror;
 mod cdp_mirror_stale;
 mod cdp_ops;
+mod cdp_restore;
 mod cdp_rollback;
 mod cdp_sync;
 mod cdp_view;

@@ -193,6 +193,9 @@ enum CdpCmd {
         name: String,
         #[command(flatten)]
         target: CdpTarget,
+        /// Move a bookmark of that name to now (without it, an existing name is refused).
+        #[arg(long)]
+        replace: bool,
     },
     /// The bookmarks of a volume or a group (`cdp_bookmarks`).
     Bookmarks {
@@ -598,8 +601,12 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
     let socket = first_socket(cli);
     let (r, render): (_, fn(&Value) -> String) = match cmd {
         CdpCmd::Status { volume } => (cdp::status(&socket, volume.as_deref()), cdp::render_status),
-        CdpCmd::Bookmark { name, target } => (
-            cdp::bookmark(&socket, &target.target(), name),
+        CdpCmd::Bookmark {
+            name,
+            target,
+            replace,
+        } => (
+            cdp::bookmark(&socket, &target.target(), name, *replace),
             |v: &Value| {
                 format!(
                     "bookmark {} at {} (--time {}) on {}\n",

@@ -46,10 +46,18 @@ pub fn status(socket: &Path, volume: Option<&str>) -> Result<Value, CallError> {
     })
 }
 
-/// Set bookmark `name` now on `target`.
-pub fn bookmark(socket: &Path, target: &Target<'_>, name: &str) -> Result<Value, CallError> {
+/// Set bookmark `name` now on `target` (moving one of that name only when `replace`).
+pub fn bookmark(
+    socket: &Path,
+    target: &Target<'_>,
+    name: &str,
+    replace: bool,
+) -> Result<Value, CallError> {
     let mut p = target.params();
     p["name"] = json!(name);
+    if replace {
+        p["replace"] = json!(true);
+    }
     super::call(socket, "cdp_bookmark", p)
 }
 

@@ -87,6 +87,9 @@ pub struct CdpStats {
     /// history is shorter than its age target (set by the retention thread, never cleared
     /// while the daemon runs: the history only recovers as time passes).
     pub short_by_size: AtomicBool,
+    /// What held the retention thread's last pass back (a bookmark or an open view inside
+    /// or before the segment retention released), if one did (`cdp_status`).
+    pub held: std::sync::Mutex<super::retain::Held>,
     /// CDP was switched off at run time: the history ended at its last time mark.
     pub off: AtomicBool,
     /// Last sequence covered by a completed sync of the journal (`sync = "flush"`; with

@@ -153,6 +153,8 @@ impl CdpInfo {
                 s.durable_seq.load(Relaxed),
                 s.changed_regions.load(Relaxed)
             )),
+            // What held retention's last pass back (a bookmark or an open view and its point).
+            "consolidation_held_by": s.held.lock().unwrap_or_else(|e| e.into_inner()).what.clone(),
             "rollback": rollback::load_marker(&self.dir)
                 .map(|m| m.map(|m| m.describe()))
                 .unwrap_or_else(|e| Some(e.to_string())),

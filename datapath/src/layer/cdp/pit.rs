@@ -10,6 +10,8 @@
 use super::format::{Entry, Op, REC_HEADER};
 use super::store::{self, CdpError, History};
 use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -247,56 +249,247 @@ fn still_inside(h: &History, seq: u64) -> Result<(), CdpError> {
 }
 
 /// Materialise point `p` of `h` as the new file `out` (refused if it exists); `progress` is
-/// told (records applied, records to apply) as it goes. Returns the sequence restored.
+/// told (records applied, records to apply) as it goes. Returns the sequence restored. The
+/// file is written under a temporary name beside `out` ([`partial_path`]) and named `out`
+/// only once whole and synced; on any failure nothing is left.
 pub fn restore(
     h: &History,
     p: Point,
     out: &Path,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, CdpError> {
+    let r = restore_unnamed(h, p, out, |pr| {
+        if let Progress::Records { applied, total } = pr {
+            progress(applied, total);
+        }
+        ControlFlow::Continue(())
+    })?;
+    let seq = r.seq();
+    r.finish()?;
+    Ok(seq)
+}
+
+/// How far a restore is, for its progress callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Copying the base copy: bytes copied of `total`.
+    Base { copied: u64, total: u64 },
+    /// Applying the records: applied of `total`.
+    Records { applied: u64, total: u64 },
+}
+
+/// The temporary name a restore into `out` writes under (same directory, so the final rename
+/// stays on one file system): `.NAME.restore-partial`.
+pub fn partial_path(out: &Path) -> std::path::PathBuf {
+    let name = out
+        .file_name()
+        .map_or_else(|| std::ffi::OsString::from("restore"), |n| n.to_os_string());
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(".restore-partial");
+    out.with_file_name(tmp)
+}
+
+/// A restore written and synced under its temporary name: [`Restored::finish`] names it `out`;
+/// dropped unfinished, the temporary file is removed.
+pub struct Restored {
+    tmp: std::path::PathBuf,
+    out: std::path::PathBuf,
+    /// Open (and locked) until finished or dropped.
+    file: Option<File>,
+    seq: u64,
+}
+
+impl Restored {
+    /// The sequence restored.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The final name.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// Name the file `out` (never replacing a file of that name) and sync the directory.
+    pub fn finish(mut self) -> Result<(), CdpError> {
+        let err = |what: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CdpError::Io { what, path, source }
+        };
+        rename_noreplace(&self.tmp, &self.out).map_err(err("name the restored file", &self.out))?;
+        self.file = None;
+        let dir = match self.out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err("sync the directory of", &self.out))
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        // Still locked: a restore waiting for the name finds it gone and makes its own.
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// `rename(from, to)` failing with `AlreadyExists` when `to` exists.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths, valid for the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+        return Err(e);
+    }
+    // A file system without RENAME_NOREPLACE: a hard link fails on an existing name too.
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
+/// Create (or take over, when a killed restore left it) the temporary file of a restore into
+/// `out`, locked; refused while another restore into `out` holds it, or when `out` exists.
+fn create_partial(out: &Path) -> Result<(std::path::PathBuf, File), CdpError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let tmp = partial_path(out);
+    let io = |what: &'static str, source| CdpError::Io {
+        what,
+        path: tmp.clone(),
+        source,
+    };
+    let f = loop {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&tmp)
+            .map_err(|e| io("create", e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(io(
+                "lock (another restore into the same file is running?)",
+                e,
+            ));
+        }
+        // The name may have been renamed to `out` or removed by its holder meanwhile.
+        let mine = f.metadata().map_err(|e| io("stat", e))?;
+        match std::fs::metadata(&tmp) {
+            Ok(m) if m.ino() == mine.ino() && m.dev() == mine.dev() => break f,
+            _ => continue,
+        }
+    };
+    if out.exists() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CdpError::Io {
+            what: "create (a restore only writes a new file)",
+            path: out.to_path_buf(),
+            source: std::io::ErrorKind::AlreadyExists.into(),
+        });
+    }
+    f.set_len(0).map_err(|e| io("truncate", e))?;
+    Ok((tmp, f))
+}
+
+/// [`restore`] without naming the result: the file is whole and synced under its temporary
+/// name; [`Restored::finish`] names it `out`. `progress` may stop the restore
+/// (`ControlFlow::Break`: an `Interrupted` error, the temporary file removed). A group
+/// restores every volume this way, then names them all.
+pub fn restore_unnamed(
+    h: &History,
+    p: Point,
+    out: &Path,
+    mut progress: impl FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Restored, CdpError> {
     // Consolidation waits while the base copy and the segments are read.
     let reading = store::lock_reading(&h.dir);
-    // A segment retired since `h` was loaded: the partial file goes, and the restore runs
-    // again (`out` not made: the missing file was its directory).
+    // A segment retired since `h` was loaded: the partial file is gone (dropped), and the
+    // restore runs again; not when the missing file was `out`'s directory.
     again_if_retired(
         h,
         reading.is_some(),
         |h| restore_listed(h, p, out, &mut progress),
         || {
-            if !out.exists() {
-                return Ok(false);
-            }
-            std::fs::remove_file(out).map_err(|source| CdpError::Io {
-                what: "remove the partial restore",
-                path: out.to_path_buf(),
-                source,
-            })?;
-            Ok(true)
+            Ok(out
+                .parent()
+                .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir()))
         },
     )
 }
 
-/// [`restore`] through the segments `h` lists.
+/// [`restore_unnamed`] through the segments `h` lists.
 fn restore_listed(
     h: &History,
     p: Point,
     out: &Path,
-    progress: &mut impl FnMut(u64, u64),
-) -> Result<u64, CdpError> {
+    progress: &mut impl FnMut(Progress) -> ControlFlow<()>,
+) -> Result<Restored, CdpError> {
     let seq = resolve(h, p)?;
+    let (tmp, f) = create_partial(out)?;
+    let r = Restored {
+        tmp: tmp.clone(),
+        out: out.to_path_buf(),
+        file: Some(f),
+        seq,
+    };
+    let f = r.file.as_ref().expect("open until finished");
     let err = |what: &'static str| {
-        let path = out.to_path_buf();
+        let path = tmp.clone();
         move |source| CdpError::Io { what, path, source }
     };
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(out)
-        .map_err(err("create"))?;
-    // The base copy first (kernel copy, sparse where the filesystem allows).
-    let mut base = File::open(store::base_path(&h.dir)).map_err(err("open the base copy for"))?;
-    let mut w = &f;
-    std::io::copy(&mut base, &mut w).map_err(err("copy the base copy into"))?;
+    let stopped = || CdpError::Io {
+        what: "restore (stopped)",
+        path: tmp.clone(),
+        source: std::io::ErrorKind::Interrupted.into(),
+    };
+    // The base copy first (kernel copy, sparse where the filesystem allows), a piece at a
+    // time so the progress shows.
+    let base = File::open(store::base_path(&h.dir)).map_err(err("open the base copy for"))?;
+    let base_len = base
+        .metadata()
+        .map_err(err("stat the base copy for"))?
+        .len();
+    let mut copied = 0u64;
+    let mut w = f;
+    loop {
+        if progress(Progress::Base {
+            copied,
+            total: base_len,
+        })
+        .is_break()
+        {
+            return Err(stopped());
+        }
+        let n = std::io::copy(&mut (&base).take(BASE_PIECE), &mut w)
+            .map_err(err("copy the base copy into"))?;
+        if n == 0 {
+            break;
+        }
+        copied += n;
+    }
     f.set_len(h.meta.size).map_err(err("size"))?;
     let total = h.entries().take_while(|(_, e)| e.seq <= seq).count() as u64;
     let mut segs = Segs {
@@ -322,14 +515,20 @@ fn restore_listed(
                 }
             }
         }
-        if done % 256 == 0 || done as u64 + 1 == total {
-            progress(done as u64 + 1, total);
+        if (done % 256 == 0 || done as u64 + 1 == total)
+            && progress(Progress::Records {
+                applied: done as u64 + 1,
+                total,
+            })
+            .is_break()
+        {
+            return Err(stopped());
         }
     }
     f.sync_all().map_err(err("sync"))?;
-    if let Err(e) = still_inside(h, seq) {
-        let _ = std::fs::remove_file(out);
-        return Err(e);
-    }
-    Ok(seq)
+    still_inside(h, seq)?;
+    Ok(r)
 }
+
+/// How much of the base copy a restore copies between progress reports.
+const BASE_PIECE: u64 = 64 << 20;

@@ -90,16 +90,19 @@ pub fn consolidate_once(
     r: &Retention,
     now: u64,
 ) -> Result<Option<Consolidated>, CdpError> {
-    consolidate_once_in(dir, r, now, &mut Vec::new())
+    consolidate_once_in(dir, r, now, &mut Vec::new(), &mut None)
 }
 
 /// [`consolidate_once`] with `bytes`, a buffer the caller keeps from one segment to the next
 /// (the retention thread's: fresh pages cost more than the copy into them).
+///
+/// A pass a hold stopped says which in `blocked` (the hold's time).
 fn consolidate_once_in(
     dir: &Path,
     r: &Retention,
     now: u64,
     bytes: &mut Vec<u8>,
+    blocked: &mut Option<u64>,
 ) -> Result<Option<Consolidated>, CdpError> {
     let (in_use, _) = store::segments_in_use(dir)?;
     let segs: Vec<(u64, u64)> = segments(dir)?
@@ -171,7 +174,9 @@ fn consolidate_once_in(
     if let Some(b) = held
         && newest > b
     {
-        // A bookmark or an open view inside this segment (or before it) must stay readable.
+        // A bookmark, an open view or a rollback's undo point inside this segment (or before
+        // it) must stay readable.
+        *blocked = Some(b);
         return Ok(None);
     }
     // From the first byte applied until the meta names the new base point, the base copy is
@@ -369,15 +374,20 @@ fn consolidate_backlog(
             break;
         }
         let now = super::clock::now();
-        let c = match consolidate_once_in(&v.dir, &v.retention, now, bytes) {
+        let mut blocked = None;
+        let c = match consolidate_once_in(&v.dir, &v.retention, now, bytes, &mut blocked) {
             Ok(Some(c)) => c,
-            Ok(None) => break,
+            Ok(None) => {
+                note_held(v, blocked);
+                break;
+            }
             Err(e) => {
                 tracing::warn!(dir = %v.dir.display(), error = %e, "cdp: consolidation failed; retried later");
                 break;
             }
         };
         busy = true;
+        note_held(v, None);
         if let Ok(m) = store::read_meta(&v.dir) {
             v.stats
                 .window_start
@@ -396,6 +406,61 @@ fn consolidate_backlog(
         }
     }
     busy
+}
+
+/// What held a volume's consolidation back at the retention thread's last pass (published in
+/// its `CdpStats` for `cdp_status`), and when that was last logged.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// The hold (`{"bookmark": NAME, "time_ns": T}`, `{"view_pid": PID, "time_ns": T}`), or
+    /// none when the last pass was not held.
+    pub what: Option<serde_json::Value>,
+    logged: Option<std::time::Instant>,
+}
+
+/// How often a held volume's hold is logged again.
+const HELD_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The hold of `dir` at time `at` (what stopped a pass), for status and logs.
+pub fn describe_hold(dir: &Path, at: u64) -> serde_json::Value {
+    match super::bookmark::load(dir) {
+        Ok(b) => {
+            if let Some((n, t)) = b.iter().find(|(_, t)| **t == at) {
+                return serde_json::json!({"bookmark": n, "time_ns": t});
+            }
+        }
+        Err(e) if at == 0 => {
+            return serde_json::json!({"bookmarks_unreadable": e, "time_ns": 0});
+        }
+        Err(_) => {}
+    }
+    match super::view::holders(dir)
+        .into_iter()
+        .find(|(_, t)| *t == at)
+    {
+        Some((pid, t)) => serde_json::json!({"view_pid": pid, "time_ns": t}),
+        None if super::rollback::hold(dir) == Some(at) => {
+            serde_json::json!({"rollback_not_confirmed": true, "time_ns": at})
+        }
+        None => serde_json::json!({"time_ns": at}),
+    }
+}
+
+/// Publish what held `v`'s last pass (`blocked`: the hold's time; none: not held), logging a
+/// held volume at most every [`HELD_LOG_EVERY`].
+fn note_held(v: &Retained, blocked: Option<u64>) {
+    let mut h = v.stats.held.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(at) = blocked else {
+        h.what = None;
+        return;
+    };
+    let what = describe_hold(&v.dir, at);
+    if h.logged.is_none_or(|t| t.elapsed() >= HELD_LOG_EVERY) {
+        h.logged = Some(std::time::Instant::now());
+        tracing::warn!(dir = %v.dir.display(), hold = %what,
+            "cdp: consolidation held: retention releases the oldest segment, but a bookmark or an open view is at or before its newest record; the journal grows until the bookmark is deleted or the view closed");
+    }
+    h.what = Some(what);
 }
 
 /// Start the retention thread over `vols`; it stops when `stop` is set.
@@ -660,5 +725,25 @@ mod tests {
             .unwrap()
             .expect("segment 2 consolidated");
         assert_eq!(c.base_seq, 60);
+    }
+
+    /// A held pass is described by its hold: the bookmark's name or the view's process.
+    #[test]
+    fn a_hold_is_named_with_its_point() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        super::super::bookmark::set(dir, "keep", 50, false).unwrap();
+        let hd = super::super::view::holds_dir(dir);
+        std::fs::create_dir_all(&hd).unwrap();
+        let me = std::process::id();
+        std::fs::write(hd.join(format!("{me}-0")), "40\n").unwrap();
+        assert_eq!(
+            describe_hold(dir, 50),
+            serde_json::json!({"bookmark": "keep", "time_ns": 50})
+        );
+        assert_eq!(
+            describe_hold(dir, 40),
+            serde_json::json!({"view_pid": me, "time_ns": 40})
+        );
     }
 }

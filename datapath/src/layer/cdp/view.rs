@@ -180,6 +180,33 @@ pub fn hold(dir: &Path) -> Option<u64> {
     min
 }
 
+/// The open views of `dir` holding consolidation: (process id, time of its point), for
+/// status and log lines ([`hold`] is what consolidation obeys).
+pub fn holders(dir: &Path) -> Vec<(u32, u64)> {
+    let Ok(rd) = std::fs::read_dir(holds_dir(dir)) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid = e
+                .file_name()
+                .to_str()?
+                .split('-')
+                .next()?
+                .parse::<u32>()
+                .ok()?;
+            let t = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Path::new(&format!("/proc/{pid}"))
+                .exists()
+                .then_some((pid, t))
+        })
+        .collect()
+}
+
 /// A hold registered by this process, removed when dropped.
 struct HoldFile(PathBuf);
 
