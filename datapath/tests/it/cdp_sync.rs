@@ -175,6 +175,36 @@ fn a_failed_sync_counts_every_acknowledged_unsynced_write_as_changed() {
     assert_eq!(marked, vec![3, 5, 7, 9, 40]);
 }
 
+/// The journal stops and the map's write of "it stopped" fails too (`fail_map_writes = 1`, a
+/// journal device failing): the layer writes it again a second later, so a crash after that
+/// finds the history not whole (the next start journals the volume again) instead of a map
+/// that says whole over writes acknowledged without records.
+#[test]
+fn a_failed_write_of_the_stop_into_the_map_is_written_again() {
+    let tmp = disk_dir();
+    const SIZE: u64 = 8 * MIB;
+    let (dir, mut s, mut c) = start(
+        &tmp,
+        SIZE,
+        "sync='flush'\nfail_sync=true\nfail_map_writes=1\n",
+    );
+    let synced = seq(&status(&s), "synced_seq");
+    assert_eq!(c.write(3 * MIB, &pattern(3, 4096)), 0);
+    c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
+    assert_eq!(c.read_reply(0).1, 0);
+    assert_eq!(status(&s)["journal"], "degraded");
+    // Acknowledged without a record.
+    assert_eq!(c.write(5 * MIB, &pattern(5, 4096)), 0);
+    std::thread::sleep(std::time::Duration::from_millis(1_600));
+    s.kill();
+    let (_, prior) = RegionMap::open(&dir, SIZE).unwrap();
+    let Prior::Stopped { after, .. } = prior else {
+        panic!("after the crash degraded.map must say the journal stopped: {prior:?}");
+    };
+    assert_eq!(after, synced);
+    drop(c);
+}
+
 /// Switching CDP off at run time with `sync = "flush"`: the history the answer names (its
 /// last mark) is synced before the answer, through the ring like any sync, not left to the
 /// clean stop of the layer afterwards.

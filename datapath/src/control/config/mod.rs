@@ -585,6 +585,10 @@ pub struct CdpConfig {
     /// the volume keeps serving, degraded).
     #[serde(default)]
     pub fail_sync: bool,
+    /// The first N writes of `degraded.map` after the layer started fail with EIO (tests,
+    /// drills: a journal device failing as the journal stops).
+    #[serde(default)]
+    pub fail_map_writes: u32,
 }
 
 /// When a CDP journal record is durable (`[volume.cdp] sync`).
@@ -604,6 +608,7 @@ impl CdpConfig {
         crate::layer::cdp::journal::SyncPolicy {
             on_flush: self.sync == CdpSync::Flush,
             fail: self.fail_sync,
+            fail_map_writes: self.fail_map_writes,
         }
     }
 

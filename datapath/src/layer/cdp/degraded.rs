@@ -186,6 +186,8 @@ pub struct RegionMap {
     header: Header,
     /// The journal stopped (state 1 or 2 on disk).
     pub active: bool,
+    /// Writes left to fail with EIO ([`RegionMap::fail_writes`]).
+    fail_writes: u32,
 }
 
 impl RegionMap {
@@ -227,6 +229,7 @@ impl RegionMap {
             marked: 0,
             header,
             active: false,
+            fail_writes: 0,
         };
         if !existed || m.file.metadata().map(|md| md.len()).unwrap_or(0) < len as u64 {
             // Allocate every byte now (written, not only reserved), so rewriting later needs
@@ -249,7 +252,18 @@ impl RegionMap {
     /// Write `h` (with `fdatasync`) and keep it as the header once it is written. A failed
     /// write keeps the header the map had (what the file is known to say), so a request that
     /// failed on it and is asked again starts from where it was.
+    /// Make the next `n` writes of the map fail with EIO (tests, drills).
+    pub fn fail_writes(&mut self, n: u32) {
+        self.fail_writes = n;
+    }
+
     fn put(&mut self, h: Header) -> Result<(), CdpError> {
+        if self.fail_writes > 0 {
+            self.fail_writes -= 1;
+            return Err(io_err("write", &self.path)(
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         self.file
             .write_all_at(&h.encode(), 0)
             .map_err(io_err("write", &self.path))?;

@@ -163,6 +163,9 @@ pub struct SyncPolicy {
     pub on_flush: bool,
     /// Every sync fails with EIO at once (`[volume.cdp] fail_sync`: tests, drills).
     pub fail: bool,
+    /// The first this many writes of `degraded.map` after the start fail with EIO
+    /// (`[volume.cdp] fail_map_writes`: tests, drills).
+    pub fail_map_writes: u32,
 }
 
 /// The writer.

@@ -313,6 +313,9 @@ impl CdpDevice {
     }
 }
 
+/// How often a failed write of "the journal stopped" into `degraded.map` is tried again.
+const MAP_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A new layer generation.
 fn next_instance() -> u64 {
     static GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -371,6 +374,8 @@ impl CdpDevice {
             ));
         };
         let size = start.meta.size;
+        let mut regions = regions;
+        regions.fail_writes(self.sync.fail_map_writes);
         let journal = match Journal::new(
             io,
             self.vol as u32,
@@ -401,6 +406,7 @@ impl CdpDevice {
             align: u64::from(self.inner.info().min_io.max(1)),
             journal,
             regions,
+            map_retry: None,
             stats: Arc::clone(&self.stats),
             ops: Slab::with_capacity(256),
             held: std::collections::VecDeque::new(),
@@ -513,6 +519,9 @@ pub struct CdpChannel {
     journal: Journal,
     /// The changed regions once the journal stopped (degraded mode).
     regions: degraded::RegionMap,
+    /// Writing "the journal stopped" into the map failed: when to try again, and what to
+    /// write (after, its time, when it stopped).
+    map_retry: Option<(Instant, (u64, u64, u64))>,
     stats: Arc<CdpStats>,
     ops: Slab<Pending>,
     /// Updates waiting for an earlier overlapping one, in arrival order.
@@ -727,7 +736,8 @@ impl CdpChannel {
         .unwrap_or_default();
         let now = clock::now();
         if let Err(e) = self.regions.stopped(after, after_time, now) {
-            tracing::error!(error = %e, "cdp: cannot record that the journal stopped; if this site crashes now, the next start cannot tell which regions changed");
+            tracing::error!(error = %e, "cdp: cannot record that the journal stopped; if this site crashes now, the next start cannot tell which regions changed; trying again every second");
+            self.map_retry = Some((Instant::now() + MAP_RETRY, (after, after_time, now)));
         }
         for (_, p) in self.ops.iter() {
             if p.last_seq > after || p.last_seq == 0 {
@@ -747,6 +757,28 @@ impl CdpChannel {
             after,
             "cdp: degraded: tracking changed regions only until the next start"
         );
+    }
+
+    /// Write "the journal stopped" into the map again if it failed and it is time to
+    /// ([`MAP_RETRY`]); true when it tried.
+    fn retry_map(&mut self, now: Instant) -> bool {
+        let Some((at, (after, after_time, stopped))) = self.map_retry else {
+            return false;
+        };
+        if now < at {
+            return false;
+        }
+        match self.regions.stopped(after, after_time, stopped) {
+            Ok(()) => {
+                tracing::warn!(
+                    after,
+                    "cdp: degraded.map now records that the journal stopped"
+                );
+                self.map_retry = None;
+            }
+            Err(_) => self.map_retry = Some((now + MAP_RETRY, (after, after_time, stopped))),
+        }
+        true
     }
 
     fn try_complete(&mut self, key: usize) {
@@ -926,7 +958,8 @@ impl Poller for CdpPoller {
             self.final_mark |= cx.stopping;
             c.journal.mark(cx.io);
         }
-        let mut worked = live::step(c, cx.io);
+        let mut worked = c.retry_map(cx.now);
+        worked |= live::step(c, cx.io);
         worked |= vouch::step(c, cx.io);
         worked |= c.journal.issue(cx.io);
         if c.journal.take_moved() || c.journal.stopped() {
@@ -946,7 +979,10 @@ impl Poller for CdpPoller {
         if c.journal.has_queued() || !c.done.is_empty() || live::busy(c) {
             return Some(now);
         }
-        c.journal.mark_due()
+        [c.journal.mark_due(), c.map_retry.map(|(at, _)| at)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool {
