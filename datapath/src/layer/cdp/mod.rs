@@ -206,13 +206,25 @@ pub struct CdpDevice {
 /// because the layer could not start (its device is full or failing): `degraded.map` says the
 /// history is not whole after where it is whole now, every region unknown, before anything is
 /// served. The next start, or a run-time `cdp_enable`, then journals the whole volume again
-/// and refuses the points in between. Returns that point (sequence, time). If even this
-/// cannot be written, the volume must not be served (its history would later look whole).
+/// and refuses the points in between (a rollback in place is refused meanwhile: the history
+/// has not caught up). Returns that point (sequence, time). If the history cannot be read
+/// (where it is whole is then unknown: writing "not whole after 0" would give up every
+/// point for good), another process holds the directory, or the map cannot be written, the
+/// volume must not be served: the error is returned.
 pub fn not_journaled(dir: &std::path::Path, size: u64) -> Result<(u64, u64), CdpError> {
+    // Held while the map is written: no rollback may start on a history that still looks
+    // whole while the volume is about to be served.
+    let (_lock, marker) = rollback::claim_dir(dir)?;
+    if let Some(m) = marker.filter(|m| !m.done) {
+        return Err(CdpError::Refused(format!(
+            "{}: {}",
+            dir.display(),
+            m.describe()
+        )));
+    }
+    let h = store::load(dir, store::Load::ReadOnly)?;
     let (mut map, prior) = degraded::RegionMap::open(dir, size)?;
-    let (last_seq, last_time) =
-        store::load(dir, store::Load::ReadOnly).map_or((0, 0), |h| (h.last_seq, h.last_time));
-    let (after, after_time) = prior.whole_until(last_seq, last_time);
+    let (after, after_time) = prior.whole_until(h.last_seq, h.last_time);
     map.unknown(after, after_time, clock::now())?;
     Ok((after, after_time))
 }
@@ -1088,4 +1100,45 @@ impl Channel for CdpRemote {
 /// Whether two byte ranges `[start, end)` overlap.
 fn overlap(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 < b.1 && b.0 < a.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A history that cannot be read gives no point to say "not whole after": the volume
+    /// is not served without its journal (the map untouched) rather than every point given
+    /// up for good; a readable one gets "not whole after its end".
+    #[test]
+    fn not_journaled_refuses_when_the_history_cannot_be_read() {
+        use format::testing::{put_header, put_records};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let size = 1 << 20;
+        let meta = format::Meta {
+            block_size: 4096,
+            vol_id: 0x70,
+            size,
+            created: 1,
+            base_seq: 0,
+            base_time: 0,
+        };
+        store::write_meta(dir, &meta).unwrap();
+        let mut img = vec![0u8; 1 << 20];
+        put_header(&mut img, meta.vol_id, 1, 1);
+        put_records(&mut img, meta.vol_id, 1..=10);
+        std::fs::write(store::seg_path(dir, 1), &img).unwrap();
+        std::fs::create_dir(store::seg_path(dir, 2)).unwrap();
+        let e = not_journaled(dir, size).unwrap_err().to_string();
+        assert!(e.contains("read"), "{e}");
+        let (_, prior) = degraded::RegionMap::open(dir, size).unwrap();
+        assert_eq!(prior, degraded::Prior::Whole, "the map is untouched");
+        std::fs::remove_dir(store::seg_path(dir, 2)).unwrap();
+        assert_eq!(not_journaled(dir, size).unwrap().0, 10);
+        let (_, prior) = degraded::RegionMap::open(dir, size).unwrap();
+        assert!(
+            matches!(prior, degraded::Prior::Stopped { after: 10, .. }),
+            "{prior:?}"
+        );
+    }
 }

@@ -715,8 +715,16 @@ fn read_header(file: &File, path: &Path) -> Result<SegHeader, CdpError> {
 /// volume is served from a history that ends at the cut; the log says what was not kept.
 fn keep_cut_copy(path: &Path) {
     let to = path.with_extension("cdp.cut.damaged");
-    match std::fs::copy(path, &to) {
-        Ok(_) => {
+    // Durable (the copy and its name) before the original's records are zeroed.
+    let copied = std::fs::copy(path, &to)
+        .and_then(|_| File::open(&to)?.sync_all())
+        .map_err(|source| CdpError::Io {
+            what: "copy",
+            path: to.clone(),
+            source,
+        });
+    match copied.and_then(|()| sync_dir(path.parent().unwrap_or(Path::new(".")))) {
+        Ok(()) => {
             tracing::warn!(segment = %path.display(), copy = %to.display(),
                 "cdp: records found after a damaged one are cut from the history; the segment as it was is kept");
         }
