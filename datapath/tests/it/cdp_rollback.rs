@@ -639,6 +639,22 @@ fn an_unconfirmed_rollback_keeps_its_undo_point_through_retention() {
     let status = st[0]["rollback"].as_str().unwrap_or_default().to_string();
     let mut s = s;
     assert!(s.stop());
+    // The volume is no longer at t: the same command again is refused, not "already done".
+    let again = twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg,
+        "--volume",
+        "v",
+        "--time",
+        &t.to_string(),
+    ]);
+    assert!(
+        !again.status.success(),
+        "a rerun over served writes: {}",
+        String::from_utf8_lossy(&again.stdout)
+    );
     // Retention releases everything it may.
     let keep = Retention {
         age_ns: Some(1),
@@ -776,4 +792,43 @@ fn a_group_rollback_stopped_part_way_is_undone_or_completed_as_a_group() {
         assert!(!d.join("rollback").exists());
     }
     refused(&group(&["--confirm"]), "no rollback to confirm");
+}
+
+/// A finished rollback lets the daemon start; it is confirmed while the daemon serves (the
+/// status it shows asks for exactly that).
+#[test]
+fn a_rollback_is_confirmed_while_the_daemon_serves() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["v"];
+    let dirs = vec![root.path().join("a-v.cdp")];
+    let sdir = root.path().join("a");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
+    let cfg = s.config.display().to_string();
+    let log = workload(s.addr, &names, &dirs, 5, 12);
+    let t = log[5].1;
+    assert!(s.stop());
+    ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg,
+        "--volume",
+        "v",
+        "--time",
+        &t.to_string(),
+    ]));
+    let s = s.respawn();
+    assert!(s.rpc("cdp_status")[0]["rollback"].is_string());
+    let out = ok(&twinblk(&[
+        "cdp",
+        "rollback",
+        "--config",
+        &cfg,
+        "--volume",
+        "v",
+        "--confirm",
+    ]));
+    assert!(out.contains("confirmed"), "{out}");
+    assert!(s.rpc("cdp_status")[0]["rollback"].is_null());
 }

@@ -313,8 +313,16 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
     let refuse = |why: String| Err(CdpError::Refused(format!("volume {}: {why}", t.name)));
     let skip = match (goal, found) {
         (Goal::Undo, None) => Some(Skip::NoRollback),
+        // Done to the same point, and nothing written since (after a daemon served writes
+        // the volume is no longer at that point: the rerun is refused below, as any rollback
+        // over one not confirmed).
         (Goal::To(p), Some(m))
-            if m.done && !m.undo && pit::resolve(&h, p).ok() == Some(m.target) =>
+            if m.done
+                && !m.undo
+                && pit::resolve(&h, p).ok() == Some(m.target)
+                && !h.entries().any(|(_, e)| {
+                    e.seq > m.end && matches!(e.op, Op::Write | Op::Zeroes | Op::Unmap)
+                }) =>
         {
             Some(Skip::Done(m))
         }
@@ -784,16 +792,15 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
     })
 }
 
-/// End the finished rollbacks of a volume or a group, all or nothing: every volume's daemon
-/// lock is taken and every marker checked before any is removed. Refused when a volume's
-/// rollback did not finish (naming it), or no volume has one; a volume without a marker is
-/// passed over (`None`: never rolled back, or confirmed by an earlier run that stopped part
-/// way). The history keeps every record.
+/// End the finished rollbacks of a volume or a group, all or nothing: every marker is checked
+/// before any is removed. Refused when a volume's rollback did not finish (naming it), or no
+/// volume has one; a volume without a marker is passed over (`None`: never rolled back, or
+/// confirmed by an earlier run that stopped part way). The history keeps every record. It
+/// takes no daemon lock: a finished rollback lets the daemon start and serve, and is confirmed
+/// while it does (only the marker goes; consolidation then goes on past its undo point).
 pub fn confirm(vols: &[(String, PathBuf)]) -> Result<Vec<(String, Option<Marker>)>, CdpError> {
-    let mut locks = Vec::new();
     let mut found = Vec::new();
     for (name, dir) in vols {
-        locks.push(lock_daemon(dir)?);
         let m = load_marker(dir)?;
         if let Some(m) = m.filter(|m| !m.done) {
             return Err(CdpError::Refused(format!(
@@ -817,7 +824,6 @@ pub fn confirm(vols: &[(String, PathBuf)]) -> Result<Vec<(String, Option<Marker>
             remove_marker(dir)?;
         }
     }
-    drop(locks);
     Ok(found)
 }
 
