@@ -383,6 +383,12 @@ fn consolidate_backlog(
             }
             Err(e) => {
                 tracing::warn!(dir = %v.dir.display(), error = %e, "cdp: consolidation failed; retried later");
+                // A pass cut part way: its marker moved the window's start already.
+                if let Ok(m) = store::read_meta(&v.dir)
+                    && let Ok(Some(mv)) = store::read_moving(&v.dir, &m)
+                {
+                    v.stats.window_start.store(mv.to_time, Ordering::Relaxed);
+                }
                 break;
             }
         };
