@@ -577,6 +577,7 @@ fn an_all_rollback_is_undone_to_what_the_volume_really_held() {
     }
     let held = std::fs::read(&img).unwrap();
     assert!(held != model(&log, 0, |_| true));
+    let newest = last(&dirs[0]).0;
     let out = ok(&twinblk(&[
         "cdp",
         "rollback",
@@ -589,6 +590,27 @@ fn an_all_rollback_is_undone_to_what_the_volume_really_held() {
         &t.to_string(),
     ]));
     assert!(out.contains("not confirmed"), "{out}");
+    // The first pass's records are pieces of what the volume held, no moment of it: refused
+    // up to the gap after them, whose own point is the volume as it was.
+    {
+        use twinblk::layer::cdp::pit::{self, Point};
+        use twinblk::layer::cdp::store::{self, Load};
+        let h = store::load(&dirs[0], Load::ReadOnly).unwrap();
+        let (_, gap) = h
+            .entries()
+            .find(|(_, e)| e.op == twinblk::layer::cdp::format::Op::Gap && e.seq > newest)
+            .expect("a gap after the first pass");
+        assert_eq!(gap.offset, newest);
+        assert!(
+            gap.seq > newest + 2,
+            "two runs of blocks were journaled first"
+        );
+        for q in newest + 1..gap.seq {
+            assert!(pit::resolve(&h, Point::Seq(q)).is_err(), "point {q}");
+        }
+        let at_gap = pit::read_at(&h, Point::Seq(gap.seq), 0, held.len() as u64).unwrap();
+        assert!(at_gap == held, "the gap's point is the volume as it was");
+    }
     assert!(std::fs::read(&img).unwrap() == model(&log, 0, |w| w <= t));
     ok(&twinblk(&[
         "cdp", "rollback", "--config", &cfg, "--volume", "v", "--undo",

@@ -734,6 +734,12 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
             &mut prog,
             &mut progress,
         )?;
+        if app.next_seq > h.last_seq + 1 {
+            // The records between are pieces of what the volume held, no moment of it: a gap
+            // after the history's newest point refuses them; its own point is the volume.
+            app.push(Op::Gap, h.last_seq, 0, None);
+            app.flush()?;
+        }
     }
     let before = p.resume_before.unwrap_or(app.next_seq - 1);
     // A rerun keeps the interrupted run's start: retention holds every record after it.
