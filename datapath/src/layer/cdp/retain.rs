@@ -118,7 +118,13 @@ fn consolidate_once_in(
         && store::segment_header(dir, segs[1].0)?.first_seq <= meta.base_seq + 1
     {
         // Wholly in the base copy already: a pass wrote the meta, then could not retire the
-        // segment (or crashed first). Retire it now, or no later pass would get past it.
+        // segment (or crashed first). Retire it now, or no later pass would get past it
+        // (under the lock, as every pass changes the directory).
+        let _lock = store::lock_consolidation(dir).map_err(|source| CdpError::Io {
+            what: "lock",
+            path: store::consolidate_lock(dir),
+            source,
+        })?;
         retire(dir, segno)?;
         tracing::warn!(dir = %dir.display(), segment = segno,
             "cdp: retired a segment an earlier pass consolidated but did not retire");
