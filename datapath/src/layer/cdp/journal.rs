@@ -89,7 +89,7 @@ pub struct CdpStats {
     pub short_by_size: AtomicBool,
     /// What held the retention thread's last pass back (a bookmark or an open view inside
     /// or before the segment retention released), if one did (`cdp_status`).
-    pub held: std::sync::Mutex<super::retain::Held>,
+    pub held: std::sync::Mutex<HeldBy>,
     /// CDP was switched off at run time: the history ended at its last time mark.
     pub off: AtomicBool,
     /// Last sequence covered by a completed sync of the journal (`sync = "flush"`; with
@@ -98,6 +98,17 @@ pub struct CdpStats {
     /// Syncs of the journal issued for flushes, FUA writes and segment switches
     /// (`sync = "flush"`).
     pub syncs: AtomicU64,
+}
+
+/// What held a volume's consolidation back at the retention thread's last pass (published in
+/// its [`CdpStats`] for `cdp_status` by [`super::retain`]), and when that was last logged.
+#[derive(Debug, Default)]
+pub struct HeldBy {
+    /// The hold (`{"bookmark": NAME, "time_ns": T}`, `{"view_pid": PID, "time_ns": T}`, a
+    /// rollback's undo point), or none when the last pass was not held.
+    pub what: Option<serde_json::Value>,
+    /// When it was last logged.
+    pub logged: Option<std::time::Instant>,
 }
 
 /// Where the writer starts (from recovery).

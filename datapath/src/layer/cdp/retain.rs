@@ -420,16 +420,6 @@ fn consolidate_backlog(
     busy
 }
 
-/// What held a volume's consolidation back at the retention thread's last pass (published in
-/// its `CdpStats` for `cdp_status`), and when that was last logged.
-#[derive(Debug, Default)]
-pub struct Held {
-    /// The hold (`{"bookmark": NAME, "time_ns": T}`, `{"view_pid": PID, "time_ns": T}`), or
-    /// none when the last pass was not held.
-    pub what: Option<serde_json::Value>,
-    logged: Option<std::time::Instant>,
-}
-
 /// How often a held volume's hold is logged again.
 const HELD_LOG_EVERY: Duration = Duration::from_secs(60);
 
