@@ -141,9 +141,28 @@ impl Drop for CdpJobs {
 
 /// The point a request names, as `twinblk cdp` arguments.
 fn point_args(p: &Value) -> Result<Vec<String>, String> {
-    let time = p.get("time_ns").and_then(Value::as_u64);
-    let seq = p.get("seq").and_then(Value::as_u64);
-    let bookmark = p.get("bookmark").and_then(Value::as_str);
+    // A key given with the wrong type is an error, never quietly left out (which would let
+    // another key of the request name the point).
+    let given = |k: &str| p.get(k).filter(|v| !v.is_null());
+    let time = given("time_ns")
+        .map(|v| {
+            v.as_u64().ok_or(format!(
+                "\"time_ns\" must be a non-negative integer, not {v}"
+            ))
+        })
+        .transpose()?;
+    let seq = given("seq")
+        .map(|v| {
+            v.as_u64()
+                .ok_or(format!("\"seq\" must be a non-negative integer, not {v}"))
+        })
+        .transpose()?;
+    let bookmark = given("bookmark")
+        .map(|v| {
+            v.as_str()
+                .ok_or(format!("\"bookmark\" must be a string, not {v}"))
+        })
+        .transpose()?;
     match (time, seq, bookmark) {
         (Some(t), None, None) => Ok(vec!["--time".into(), t.to_string()]),
         (None, Some(s), None) => Ok(vec!["--seq".into(), s.to_string()]),
@@ -304,8 +323,10 @@ impl CdpJobs {
                 "params need at least one listen address: \"nbd\", \"nvmf\" or \"iscsi\"".into(),
             );
         }
-        if p.get("sandbox").and_then(Value::as_bool) == Some(true) {
-            args.push("--sandbox".into());
+        match p.get("sandbox") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(Value::Bool(true)) => args.push("--sandbox".into()),
+            Some(v) => return Err(format!("\"sandbox\" must be true or false, not {v}")),
         }
         args.extend(["--nbd".into(), nbd.clone()]);
         args.extend([
@@ -460,6 +481,15 @@ mod tests {
         assert!(point_args(&json!({})).is_err());
         assert!(point_args(&json!({"seq": 5, "time_ns": 1})).is_err());
         assert!(point_args(&json!({"seq": "5"})).is_err());
+        // A key of the wrong type beside a good one is refused, not left out.
+        let e = point_args(&json!({"seq": 5, "time_ns": "1"})).unwrap_err();
+        assert!(e.contains("time_ns"), "{e}");
+        let e = point_args(&json!({"bookmark": "b", "seq": -1})).unwrap_err();
+        assert!(e.contains("seq"), "{e}");
+        assert_eq!(
+            point_args(&json!({"seq": 5, "time_ns": null})).unwrap(),
+            vec!["--seq".to_string(), "5".into()]
+        );
         assert_eq!(addr_param(&json!({}), "nbd").unwrap(), "");
         assert_eq!(
             addr_param(&json!({"nbd": "127.0.0.1:9"}), "nbd").unwrap(),
