@@ -41,29 +41,13 @@ fn a_cut_before_where_the_journal_stopped_moves_the_gap_back_to_the_cut() {
 /// the points between are refused.
 #[test]
 fn a_start_on_a_full_journal_device_serves_the_volume_and_cdp_enable_brings_the_history_back() {
-    const SIZE: usize = 4 << 20;
     let tmp = tempfile::tempdir().unwrap();
-    let fs = SmallFs::mount(&tmp.path().join("small"), "12m");
-    let dir = fs.0.join("j");
-    let img = tmp.path().join("v.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(SIZE as u64)
-        .unwrap();
-    let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='v'\nbackend='uring'\npath='{}'\n\
-         size={SIZE}\nblock_size=4096\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
-        img.display(),
-        dir.display()
-    );
-    let s = Server::start(tmp.path(), &body);
-    let mut c = Client::connect(s.addr, "v", false);
+    let Filled {
+        fs, dir, s, c, log, ..
+    } = fill_journal_device(&tmp);
     let mut model = vec![0u8; SIZE];
-    for i in 0..160u64 {
-        let off = (1 << 20) + (i % 8) * (128 << 10);
-        let data = pattern(i + 7000, 128 << 10);
-        assert_eq!(c.write(off, &data), 0, "write {i} failed");
-        apply(&mut model, &Upd::Write(off, data));
+    for u in &log {
+        apply(&mut model, u);
     }
     assert_eq!(s.rpc("cdp_status")[0]["journal"], "degraded");
     c.disconnect();
@@ -116,9 +100,22 @@ fn a_start_on_a_full_journal_device_serves_the_volume_and_cdp_enable_brings_the_
     drop(fs);
 }
 
-fn degraded_round(crash: bool, cut: bool) {
-    const SIZE: usize = 4 << 20;
-    let tmp = tempfile::tempdir().unwrap();
+/// Size of the file-backed volume of [`fill_journal_device`].
+const SIZE: usize = 4 << 20;
+
+/// A daemon serving a file-backed volume `v` whose journal lives on a 12 MiB filesystem,
+/// written with 20 MiB inside region 1 (1..2 MiB) through NBD: more than the journal's
+/// filesystem holds, so the journal stopped (degraded). `log`: the writes, in order.
+struct Filled {
+    fs: SmallFs,
+    dir: std::path::PathBuf,
+    img: std::path::PathBuf,
+    s: Server,
+    c: Client,
+    log: Vec<Upd>,
+}
+
+fn fill_journal_device(tmp: &tempfile::TempDir) -> Filled {
     let fs = SmallFs::mount(&tmp.path().join("small"), "12m");
     let dir = fs.0.join("j");
     let img = tmp.path().join("v.img");
@@ -132,16 +129,35 @@ fn degraded_round(crash: bool, cut: bool) {
         img.display(),
         dir.display()
     );
-    let mut s = Server::start(tmp.path(), &body);
+    let s = Server::start(tmp.path(), &body);
     let mut c = Client::connect(s.addr, "v", false);
     let mut log: Vec<Upd> = Vec::new();
-    // 20 MiB of writes, all inside region 1 (1..2 MiB): more than the filesystem holds.
     for i in 0..160u64 {
         let off = (1 << 20) + (i % 8) * (128 << 10);
         let data = pattern(i + 7000, 128 << 10);
         assert_eq!(c.write(off, &data), 0, "write {i} failed");
         log.push(Upd::Write(off, data));
     }
+    Filled {
+        fs,
+        dir,
+        img,
+        s,
+        c,
+        log,
+    }
+}
+
+fn degraded_round(crash: bool, cut: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let Filled {
+        fs,
+        dir,
+        img,
+        mut s,
+        mut c,
+        log,
+    } = fill_journal_device(&tmp);
     let st = s.rpc("cdp_status")[0].clone();
     assert_eq!(st["journal"], "degraded", "{st}");
     assert_eq!(st["changed_regions"], 1, "{st}");

@@ -18,6 +18,13 @@ fn last(dir: &Path) -> (u64, u64) {
     (h.last_seq, h.last_time)
 }
 
+/// `twinblk cdp rollback --config CFG ARGS...`.
+fn rollback(cfg: &str, args: &[&str]) -> Output {
+    let mut all = vec!["cdp", "rollback", "--config", cfg];
+    all.extend_from_slice(args);
+    twinblk(&all)
+}
+
 fn twinblk(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_twinblk"))
         .args(args)
@@ -153,9 +160,7 @@ fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
     // The daemon holds the volumes: refused, nothing changed.
     let before: Vec<String> = names.iter().map(|v| sha(&img(v))).collect();
     refused(
-        &twinblk(&[
-            "cdp", "rollback", "--config", &cfg, "--group", "g", "--time", &ts,
-        ]),
+        &rollback(&cfg, &["--group", "g", "--time", &ts]),
         "stop it first",
     );
     // Below the control socket's check: the daemon's lock on the directory.
@@ -187,27 +192,19 @@ fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
     // Outside the window: refused with the window named, nothing changed.
     let dir_before: Vec<_> = dirs.iter().map(|d| digest(d)).collect();
     refused(
-        &twinblk(&[
-            "cdp", "rollback", "--config", &cfg, "--group", "g", "--time", "5",
-        ]),
+        &rollback(&cfg, &["--group", "g", "--time", "5"]),
         "outside the restorable window",
     );
     refused(
-        &twinblk(&[
-            "cdp", "rollback", "--config", &cfg, "--volume", "v", "--seq", "999999",
-        ]),
+        &rollback(&cfg, &["--volume", "v", "--seq", "999999"]),
         "outside the restorable window",
     );
     refused(
-        &twinblk(&[
-            "cdp", "rollback", "--config", &cfg, "--volume", "nope", "--time", &ts,
-        ]),
+        &rollback(&cfg, &["--volume", "nope", "--time", &ts]),
         "no volume",
     );
     refused(
-        &twinblk(&[
-            "cdp", "rollback", "--config", &cfg, "--volume", "v", "--undo",
-        ]),
+        &rollback(&cfg, &["--volume", "v", "--undo"]),
         "no rollback to undo",
     );
     for (i, d) in dirs.iter().enumerate() {
@@ -215,9 +212,7 @@ fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
         assert_eq!(sha(&img(names[i])), before[i]);
     }
     // The group to one time.
-    let out = ok(&twinblk(&[
-        "cdp", "rollback", "--config", &cfg, "--group", "g", "--time", &ts,
-    ]));
+    let out = ok(&rollback(&cfg, &["--group", "g", "--time", &ts]));
     assert!(out.contains("not confirmed"), "{out}");
     for (i, v) in names.iter().enumerate() {
         let got = std::fs::read(img(v)).unwrap();
@@ -236,16 +231,7 @@ fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
     }
     // Another point while not confirmed: refused.
     refused(
-        &twinblk(&[
-            "cdp",
-            "rollback",
-            "--config",
-            &cfg,
-            "--group",
-            "g",
-            "--time",
-            &log[3].1.to_string(),
-        ]),
+        &rollback(&cfg, &["--group", "g", "--time", &log[3].1.to_string()]),
         "not confirmed",
     );
     // The daemon serves the rolled-back content and says so.
@@ -263,9 +249,7 @@ fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
     let mut s = s;
     assert!(s.stop());
     // Undo: back to the content before the rollback, no marker left.
-    ok(&twinblk(&[
-        "cdp", "rollback", "--config", &cfg, "--group", "g", "--undo",
-    ]));
+    ok(&rollback(&cfg, &["--group", "g", "--undo"]));
     for (i, v) in names.iter().enumerate() {
         assert!(
             std::fs::read(img(v)).unwrap() == now[i],
@@ -281,28 +265,14 @@ fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
         .find(|(_, e)| e.time == log[8].1)
         .map(|(_, e)| e.seq)
         .expect("record of update 8");
-    ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
+    ok(&rollback(
         &cfg,
-        "--volume",
-        "v",
-        "--seq",
-        &seq.to_string(),
-    ]));
+        &["--volume", "v", "--seq", &seq.to_string()],
+    ));
     let want = model(&log, 0, |w| w <= log[8].1);
     assert!(std::fs::read(img("v")).unwrap() == want);
     assert!(std::fs::read(img("w")).unwrap() == now[1], "w untouched");
-    ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
-        &cfg,
-        "--volume",
-        "v",
-        "--confirm",
-    ]));
+    ok(&rollback(&cfg, &["--volume", "v", "--confirm"]));
     assert!(!dirs[0].join("rollback").exists());
     assert!(std::fs::read(img("v")).unwrap() == want);
     // Every rollback was journaled: the newest point of the history is the volume.
@@ -387,28 +357,13 @@ fn an_interrupted_rollback_blocks_the_daemon_until_rerun() {
     }
     // Another point is refused; the same one completes it.
     refused(
-        &twinblk(&[
-            "cdp",
-            "rollback",
-            "--config",
-            &cfg,
-            "--volume",
-            "v",
-            "--time",
-            &log[9].1.to_string(),
-        ]),
+        &rollback(&cfg, &["--volume", "v", "--time", &log[9].1.to_string()]),
         "did not finish",
     );
-    ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
+    ok(&rollback(
         &cfg,
-        "--volume",
-        "v",
-        "--time",
-        &t.to_string(),
-    ]));
+        &["--volume", "v", "--time", &t.to_string()],
+    ));
     assert!(std::fs::read(root.path().join("a-v.img")).unwrap() == model(&log, 0, |w| w <= t));
     assert!(rollback::load_marker(&dirs[0]).unwrap().unwrap().done);
     let mut s = s.respawn();
@@ -461,16 +416,10 @@ fn a_mirrored_volume_rolled_back_at_one_site_ends_with_that_content_at_both() {
     assert!(std::fs::read(img("a")).unwrap() == now && std::fs::read(img("b")).unwrap() == now);
 
     // 1. Rolled back at a, no yield at b: b's (newer) copy wins, both in sync and identical.
-    ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
+    ok(&rollback(
         &cfg_a,
-        "--volume",
-        "v",
-        "--time",
-        &t.to_string(),
-    ]));
+        &["--volume", "v", "--time", &t.to_string()],
+    ));
     assert!(std::fs::read(img("a")).unwrap() == want);
     let a = a.respawn();
     let b = b.respawn();
@@ -486,36 +435,14 @@ fn a_mirrored_volume_rolled_back_at_one_site_ends_with_that_content_at_both() {
     }
     let (mut a, mut b) = (a, b);
     assert!(b.stop() && a.stop());
-    ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
-        &cfg_a,
-        "--volume",
-        "v",
-        "--confirm",
-    ]));
+    ok(&rollback(&cfg_a, &["--volume", "v", "--confirm"]));
 
     // 2. Rolled back at a, b yields: both end with the rolled-back content.
-    ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
-        &cfg_b,
-        "--volume",
-        "v",
-        "--yield-to-peer",
-    ]));
-    ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
+    ok(&rollback(&cfg_b, &["--volume", "v", "--yield-to-peer"]));
+    ok(&rollback(
         &cfg_a,
-        "--volume",
-        "v",
-        "--time",
-        &t.to_string(),
-    ]));
+        &["--volume", "v", "--time", &t.to_string()],
+    ));
     let b = b.respawn();
     let a = a.respawn();
     wait_mirror_state(&a, "up", Duration::from_secs(20));
@@ -578,17 +505,10 @@ fn an_all_rollback_is_undone_to_what_the_volume_really_held() {
     let held = std::fs::read(&img).unwrap();
     assert!(held != model(&log, 0, |_| true));
     let newest = last(&dirs[0]).0;
-    let out = ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
+    let out = ok(&rollback(
         &cfg,
-        "--volume",
-        "v",
-        "--all",
-        "--time",
-        &t.to_string(),
-    ]));
+        &["--volume", "v", "--all", "--time", &t.to_string()],
+    ));
     assert!(out.contains("not confirmed"), "{out}");
     // The first pass's records are pieces of what the volume held, no moment of it: refused
     // up to the gap after them, whose own point is the volume as it was.
@@ -612,9 +532,7 @@ fn an_all_rollback_is_undone_to_what_the_volume_really_held() {
         assert!(at_gap == held, "the gap's point is the volume as it was");
     }
     assert!(std::fs::read(&img).unwrap() == model(&log, 0, |w| w <= t));
-    ok(&twinblk(&[
-        "cdp", "rollback", "--config", &cfg, "--volume", "v", "--undo",
-    ]));
+    ok(&rollback(&cfg, &["--volume", "v", "--undo"]));
     assert!(
         std::fs::read(&img).unwrap() == held,
         "the undo did not return to what the volume held"
@@ -640,16 +558,10 @@ fn an_unconfirmed_rollback_keeps_its_undo_point_through_retention() {
     let t = log[5].1;
     assert!(s.stop());
     let now = std::fs::read(&img).unwrap();
-    ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
+    ok(&rollback(
         &cfg,
-        "--volume",
-        "v",
-        "--time",
-        &t.to_string(),
-    ]));
+        &["--volume", "v", "--time", &t.to_string()],
+    ));
     // The daemon serves writes (several segments of them) over the rollback.
     let s = s.respawn();
     for k in 0..6u64 {
@@ -662,16 +574,7 @@ fn an_unconfirmed_rollback_keeps_its_undo_point_through_retention() {
     let mut s = s;
     assert!(s.stop());
     // The volume is no longer at t: the same command again is refused, not "already done".
-    let again = twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
-        &cfg,
-        "--volume",
-        "v",
-        "--time",
-        &t.to_string(),
-    ]);
+    let again = rollback(&cfg, &["--volume", "v", "--time", &t.to_string()]);
     assert!(
         !again.status.success(),
         "a rerun over served writes: {}",
@@ -690,9 +593,7 @@ fn an_unconfirmed_rollback_keeps_its_undo_point_through_retention() {
             break;
         }
     }
-    let out = ok(&twinblk(&[
-        "cdp", "rollback", "--config", &cfg, "--volume", "v", "--undo",
-    ]));
+    let out = ok(&rollback(&cfg, &["--volume", "v", "--undo"]));
     assert!(std::fs::read(&img).unwrap() == now, "volume after undo");
     assert!(out.contains("revert"), "{out}");
     assert!(
@@ -772,9 +673,9 @@ fn a_group_rollback_stopped_part_way_is_undone_or_completed_as_a_group() {
         .collect();
     let ts = t.to_string();
     let group = |extra: &[&str]| {
-        let mut a = vec!["cdp", "rollback", "--config", &cfg, "--group", "g"];
+        let mut a = vec!["--group", "g"];
         a.extend_from_slice(extra);
-        twinblk(&a)
+        rollback(&cfg, &a)
     };
 
     group_stopped_part_way(root.path(), &names, t);
@@ -830,27 +731,13 @@ fn a_rollback_is_confirmed_while_the_daemon_serves() {
     let log = workload(s.addr, &names, &dirs, 5, 12);
     let t = log[5].1;
     assert!(s.stop());
-    ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
+    ok(&rollback(
         &cfg,
-        "--volume",
-        "v",
-        "--time",
-        &t.to_string(),
-    ]));
+        &["--volume", "v", "--time", &t.to_string()],
+    ));
     let s = s.respawn();
     assert!(s.rpc("cdp_status")[0]["rollback"].is_string());
-    let out = ok(&twinblk(&[
-        "cdp",
-        "rollback",
-        "--config",
-        &cfg,
-        "--volume",
-        "v",
-        "--confirm",
-    ]));
+    let out = ok(&rollback(&cfg, &["--volume", "v", "--confirm"]));
     assert!(out.contains("confirmed"), "{out}");
     assert!(s.rpc("cdp_status")[0]["rollback"].is_null());
 }

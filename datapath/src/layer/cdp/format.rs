@@ -120,6 +120,24 @@ pub struct Meta {
     pub base_time: u64,
 }
 
+/// The checks every 64-byte file of the directory shares (`cdp.meta`, `consolidating`): long
+/// enough, its magic, its CRC32C over bytes 0..60 at 60, the format's version at 8.
+fn check_block(b: &[u8], magic: &[u8; 8]) -> Result<(), FormatError> {
+    if b.len() < META_LEN {
+        return Err(FormatError::Short);
+    }
+    if &b[..8] != magic {
+        return Err(FormatError::Magic);
+    }
+    if !sealed(b, 60) {
+        return Err(FormatError::Crc);
+    }
+    match le32(b, 8) {
+        VERSION => Ok(()),
+        v => Err(FormatError::Version(v)),
+    }
+}
+
 /// A consolidation pass under way (the file `consolidating`, docs/cdp-format.md, "Point-in-time
 /// content"): the base copy is being moved from base point `from` to `to`, so until the meta
 /// names `to`, `base.img` is the content of no point and the points before `to` are refused.
@@ -151,19 +169,7 @@ impl Moving {
 
     /// Check and decode.
     pub fn decode(b: &[u8]) -> Result<Moving, FormatError> {
-        if b.len() < META_LEN {
-            return Err(FormatError::Short);
-        }
-        if &b[..8] != MOVING_MAGIC {
-            return Err(FormatError::Magic);
-        }
-        if !sealed(b, 60) {
-            return Err(FormatError::Crc);
-        }
-        let v = le32(b, 8);
-        if v != VERSION {
-            return Err(FormatError::Version(v));
-        }
+        check_block(b, MOVING_MAGIC)?;
         if b[12..16].iter().chain(&b[48..60]).any(|&x| x != 0) {
             return Err(FormatError::Field("reserved"));
         }
@@ -203,19 +209,7 @@ impl Meta {
 
     /// Check and decode.
     pub fn decode(b: &[u8]) -> Result<Meta, FormatError> {
-        if b.len() < META_LEN {
-            return Err(FormatError::Short);
-        }
-        if &b[..8] != META_MAGIC {
-            return Err(FormatError::Magic);
-        }
-        if !sealed(b, 60) {
-            return Err(FormatError::Crc);
-        }
-        let v = le32(b, 8);
-        if v != VERSION {
-            return Err(FormatError::Version(v));
-        }
+        check_block(b, META_MAGIC)?;
         if b[56..60].iter().any(|&x| x != 0) {
             return Err(FormatError::Field("reserved"));
         }
@@ -690,6 +684,19 @@ pub(crate) mod testing {
             at += REC_HEADER + 4096;
         }
         at
+    }
+
+    /// A 1 MiB image of segment `segno` of history `vol_id` holding records `seqs`
+    /// ([`put_records`]) after its header.
+    pub(crate) fn segment_image(
+        vol_id: u64,
+        segno: u64,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Vec<u8> {
+        let mut img = vec![0u8; 1 << 20];
+        put_header(&mut img, vol_id, segno, *seqs.start());
+        put_records(&mut img, vol_id, seqs);
+        img
     }
 
     /// Write the header of segment `segno` (first sequence `first_seq`) into `img`.

@@ -1111,7 +1111,6 @@ mod tests {
     /// up for good; a readable one gets "not whole after its end".
     #[test]
     fn not_journaled_refuses_when_the_history_cannot_be_read() {
-        use format::testing::{put_header, put_records};
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
         let size = 1 << 20;
@@ -1124,10 +1123,8 @@ mod tests {
             base_time: 0,
         };
         store::write_meta(dir, &meta).unwrap();
-        let mut img = vec![0u8; 1 << 20];
-        put_header(&mut img, meta.vol_id, 1, 1);
-        put_records(&mut img, meta.vol_id, 1..=10);
-        std::fs::write(store::seg_path(dir, 1), &img).unwrap();
+        let img = format::testing::segment_image(meta.vol_id, 1, 1..=10);
+        std::fs::write(store::seg_path(dir, 1), img).unwrap();
         std::fs::create_dir(store::seg_path(dir, 2)).unwrap();
         let e = not_journaled(dir, size).unwrap_err().to_string();
         assert!(e.contains("read"), "{e}");

@@ -554,39 +554,48 @@ mod tests {
         }
     }
 
+    /// A history in `dir`: `meta` (created at 1, block 4096), an empty base copy of its size
+    /// and the segments `segs` (1 MiB images, [`format::testing::segment_image`]).
+    fn history(
+        dir: &Path,
+        vol_id: u64,
+        size: u64,
+        base_seq: u64,
+        segs: &[(u64, std::ops::RangeInclusive<u64>)],
+    ) -> super::super::format::Meta {
+        let meta = super::super::format::Meta {
+            block_size: 4096,
+            vol_id,
+            size,
+            created: 1,
+            base_seq,
+            base_time: base_seq,
+        };
+        store::write_meta(dir, &meta).unwrap();
+        std::fs::File::create(store::base_path(dir))
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        for (segno, seqs) in segs {
+            let img = super::super::format::testing::segment_image(vol_id, *segno, seqs.clone());
+            std::fs::write(store::seg_path(dir, *segno), img).unwrap();
+        }
+        meta
+    }
+
     /// A sealed segment whose log stops early (a damaged record, no index) is not
     /// consolidated: the pass fails naming it, the base point stays, the file stays a segment
     /// (never recycled with records above the base point). Undamaged, it is consolidated.
     #[test]
     fn a_segment_with_a_damaged_record_is_not_consolidated_or_recycled() {
-        use crate::layer::cdp::format::testing::{put_header, put_records};
-        use crate::layer::cdp::format::{self, Meta};
+        use crate::layer::cdp::format::{self, testing::segment_image};
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
-        let meta = Meta {
-            block_size: 4096,
-            vol_id: 0xd00d,
-            size: 1 << 20,
-            created: 1,
-            base_seq: 0,
-            base_time: 0,
-        };
-        store::write_meta(dir, &meta).unwrap();
-        std::fs::File::create(store::base_path(dir))
-            .unwrap()
-            .set_len(meta.size)
-            .unwrap();
-        let seg = |segno: u64, seqs: std::ops::RangeInclusive<u64>| {
-            let mut img = vec![0u8; 1 << 20];
-            put_header(&mut img, meta.vol_id, segno, *seqs.start());
-            put_records(&mut img, meta.vol_id, seqs);
-            img
-        };
-        let good = seg(1, 1..=50);
+        history(dir, 0xd00d, 1 << 20, 0, &[(2, 51..=60)]);
+        let good = segment_image(0xd00d, 1, 1..=50);
         let mut bad = good.clone();
         bad[format::SEG_HEADER + 19 * (REC_HEADER + 4096) + REC_HEADER + 9] ^= 1;
         std::fs::write(store::seg_path(dir, 1), &bad).unwrap();
-        std::fs::write(store::seg_path(dir, 2), seg(2, 51..=60)).unwrap();
         let r = Retention {
             age_ns: None,
             bytes: Some(1),
@@ -620,30 +629,10 @@ mod tests {
     /// history accepts reads exactly what the volume held then, before and after that pass.
     #[test]
     fn a_pass_cut_part_way_leaves_no_readable_point_with_wrong_bytes() {
-        use crate::layer::cdp::format::Meta;
-        use crate::layer::cdp::format::testing::{put_header, put_records};
         use crate::layer::cdp::pit::{self, Point};
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
-        let meta = Meta {
-            block_size: 4096,
-            vol_id: 0xfeed,
-            size: 64 * 4096,
-            created: 1,
-            base_seq: 0,
-            base_time: 0,
-        };
-        store::write_meta(dir, &meta).unwrap();
-        std::fs::File::create(store::base_path(dir))
-            .unwrap()
-            .set_len(meta.size)
-            .unwrap();
-        for (segno, seqs) in [(1, 1..=50), (2, 51..=60)] {
-            let mut img = vec![0u8; 1 << 20];
-            put_header(&mut img, meta.vol_id, segno, *seqs.start());
-            put_records(&mut img, meta.vol_id, seqs);
-            std::fs::write(store::seg_path(dir, segno), &img).unwrap();
-        }
+        let meta = history(dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=60)]);
         // Record q writes block q with bytes q (put_records), so block b holds b from point b on.
         let check = |why: &str| -> usize {
             let h = store::load(dir, store::Load::ReadOnly).unwrap();
@@ -694,29 +683,15 @@ mod tests {
     /// later one.
     #[test]
     fn a_consolidated_segment_left_in_place_is_retired_by_the_next_pass() {
-        use crate::layer::cdp::format::Meta;
-        use crate::layer::cdp::format::testing::{put_header, put_records};
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
-        let meta = Meta {
-            block_size: 4096,
-            vol_id: 0xbeef,
-            size: 64 * 4096,
-            created: 1,
-            base_seq: 50,
-            base_time: 50,
-        };
-        store::write_meta(dir, &meta).unwrap();
-        std::fs::File::create(store::base_path(dir))
-            .unwrap()
-            .set_len(meta.size)
-            .unwrap();
-        for (segno, seqs) in [(1, 1..=50), (2, 51..=60), (3, 61..=70)] {
-            let mut img = vec![0u8; 1 << 20];
-            put_header(&mut img, meta.vol_id, segno, *seqs.start());
-            put_records(&mut img, meta.vol_id, seqs);
-            std::fs::write(store::seg_path(dir, segno), &img).unwrap();
-        }
+        history(
+            dir,
+            0xbeef,
+            64 * 4096,
+            50,
+            &[(1, 1..=50), (2, 51..=60), (3, 61..=70)],
+        );
         let r = Retention {
             age_ns: None,
             bytes: Some(1),

@@ -1011,7 +1011,7 @@ mod tests {
     /// damage and is cut.
     #[test]
     fn a_read_error_on_a_header_fails_the_recovery_and_sets_nothing_aside() {
-        use format::testing::{put_header, put_records};
+        use format::testing::segment_image;
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
         let meta = Meta {
@@ -1024,10 +1024,11 @@ mod tests {
         };
         write_meta(dir, &meta).unwrap();
         for (segno, seqs) in [(1, 1..=10), (3, 21..=30)] {
-            let mut img = vec![0u8; 1 << 20];
-            put_header(&mut img, meta.vol_id, segno, *seqs.start());
-            put_records(&mut img, meta.vol_id, seqs);
-            std::fs::write(seg_path(dir, segno), &img).unwrap();
+            std::fs::write(
+                seg_path(dir, segno),
+                segment_image(meta.vol_id, segno, seqs),
+            )
+            .unwrap();
         }
         std::fs::create_dir(seg_path(dir, 2)).unwrap();
         let e = load(dir, Load::Recover).unwrap_err().to_string();
