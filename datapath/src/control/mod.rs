@@ -805,6 +805,7 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
             "cores": cfg.reactor.cores,
             "wait": cfg.reactor.wait,
             "listeners": shared.rt.listeners.iter().map(|l| json!({"proto": l.acceptor.proto(), "addr": l.addr.to_string()})).collect::<Vec<_>>(),
+            "site_time_ns": crate::layer::cdp::clock::now(),
         }),
         "volume_list" => Value::Array(
             shared

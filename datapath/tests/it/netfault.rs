@@ -938,8 +938,8 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         Some(h.site_tail(B, &st[B], &vol_of(B), &tail[B])),
     ];
     wait_both(srv[A].as_ref().unwrap(), srv[B].as_ref().unwrap(), "up");
-    let t0 = Instant::now();
-    let t0_site = twinblk::layer::cdp::clock::now();
+    let (t0, t0_site) = crate::soak_history::now_pair();
+    let skew0 = [A, B].map(|s| crate::soak_history::skew(srv[s].as_ref().unwrap()));
     let addrs: [Addr; 2] = [
         Arc::new(std::sync::Mutex::new(srv[A].as_ref().unwrap().addr)),
         Arc::new(std::sync::Mutex::new(srv[B].as_ref().unwrap().addr)),
@@ -1331,7 +1331,13 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         }
     }
     if cdp {
-        let (mut p, n) = crate::soak_history::check(&h, &blocks, t0, t0_site);
+        let skews = [A, B].map(|s| {
+            (
+                skew0[s],
+                crate::soak_history::skew(srv[s].as_ref().unwrap()),
+            )
+        });
+        let (mut p, n) = crate::soak_history::check(&h, &blocks, t0, t0_site, skews);
         problems.append(&mut p);
         note = format!("{note}{}{n}", if note.is_empty() { "" } else { "; " });
     }

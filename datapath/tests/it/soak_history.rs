@@ -6,11 +6,18 @@
 //!
 //! A moment is read as one read of every written block, issued and done at that moment, and
 //! judged by the soak's own rule for reads ([`crate::netfault::check_reads`]). Site times
-//! (CDP's clock, ns) are mapped to the test's monotonic clock by one pair of readings taken
-//! when the writers started; each moment is widened by 2 ms on both sides for the mapping
-//! (a write acknowledged within 2 ms before it is not required, one issued within 2 ms after
+//! (CDP's clock, ns) are mapped to the test's monotonic clock through each site's own clock
+//! (`daemon_info`'s `site_time_ns`, [`skew`]), read when the writers started and again before
+//! the check: every process sets its clock's offset from the wall clock when it starts, so
+//! two processes differ by any wall-clock step between their starts (and, before the offset
+//! was read with care, by a stall between two clock readings: a loaded CI machine once showed
+//! one site's whole history ~190 ms "late"). A site whose clock moved between the two
+//! readings (restarted across a wall-clock step) is not checked, and the iteration's line
+//! says so. Each moment is widened by 2 ms on both sides, plus the readings' uncertainty
+//! (a write acknowledged within that before it is not required, one issued within that after
 //! it is allowed).
 
+use crate::harness::Server;
 use crate::netfault::{BURST, BURST_OFF, REGION_A, REGION_B, Rd, Wr, check_reads, classify};
 use crate::netns::{A, Hosts};
 use std::collections::HashMap;
@@ -39,16 +46,69 @@ pub(crate) fn cdp_tail(h: &Hosts, on: bool, site: usize) -> String {
     )
 }
 
+/// A site's clock against this process's (CDP's site time, `clock::now`, in each): `diff` =
+/// site − test (ns), known within `within` ns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Skew {
+    pub diff: i128,
+    pub within: u64,
+}
+
+/// Read `s`'s clock (`daemon_info`'s `site_time_ns`) against this process's: the narrowest
+/// of three calls, the site's reading taken as the call's midpoint.
+pub(crate) fn skew(s: &Server) -> Skew {
+    let now = twinblk::layer::cdp::clock::now;
+    let mut best: Option<Skew> = None;
+    for _ in 0..3 {
+        let before = now();
+        let site = s.rpc("daemon_info")["site_time_ns"]
+            .as_u64()
+            .expect("daemon_info answers site_time_ns");
+        let after = now();
+        let within = (after - before) / 2 + 1;
+        let k = Skew {
+            diff: i128::from(site) - i128::from(before + (after - before) / 2),
+            within,
+        };
+        if best.is_none_or(|b| k.within < b.within) {
+            best = Some(k);
+        }
+    }
+    best.expect("three readings")
+}
+
+/// This process's monotonic clock and site time read together (a pair that maps one onto the
+/// other): the site time between two monotonic readings, the narrowest of a few tries.
+pub(crate) fn now_pair() -> (Instant, u64) {
+    let mut best: Option<(Duration, Instant, u64)> = None;
+    for _ in 0..8 {
+        let a = Instant::now();
+        let t = twinblk::layer::cdp::clock::now();
+        let b = Instant::now();
+        let w = b - a;
+        if best.is_none_or(|(bw, _, _)| w < bw) {
+            best = Some((w, a + w / 2, t));
+        }
+        if w < Duration::from_micros(50) {
+            break;
+        }
+    }
+    let (_, at, t) = best.expect("tried");
+    (at, t)
+}
+
 /// Check `MOMENTS` moments of each site's history, evenly from the writers' start (`t0`, at
-/// site time `t0_site`) to now, against the writes `blocks`. Returns the problems and a
-/// summary for the iteration's line.
+/// this process's site time `t0_site`) to now, against the writes `blocks`. `skews`: each
+/// site's clock against this process's, read at `t0` and again now (after any restart).
+/// Returns the problems and a summary for the iteration's line.
 pub(crate) fn check(
     h: &Hosts,
     blocks: &HashMap<u64, Vec<Wr>>,
     t0: Instant,
     t0_site: u64,
+    skews: [(Skew, Skew); 2],
 ) -> (Vec<String>, String) {
-    let now_site = twinblk::layer::cdp::clock::now();
+    let now_here = twinblk::layer::cdp::clock::now();
     let ranges = [
         (REGION_A, 1024 * 4096),
         (REGION_B, 1024 * 4096),
@@ -58,6 +118,18 @@ pub(crate) fn check(
     let mut summary = Vec::new();
     for site in [A, 1 - A] {
         let name = if site == A { "a" } else { "b" };
+        let (k0, k1) = skews[site];
+        if k0.diff.abs_diff(k1.diff) > u128::from(k0.within + k1.within + 1_000_000) {
+            summary.push(format!(
+                "{name} not checked: its clock moved {} ms against this process's between the start and the check (restarted across a wall-clock step)",
+                (k1.diff - k0.diff) / 1_000_000
+            ));
+            continue;
+        }
+        // This site's scale: its clock when the writers started, and now.
+        let shift = |t: u64| u64::try_from(i128::from(t) + k0.diff).expect("site time");
+        let (t0_site, now_site) = (shift(t0_site), shift(now_here));
+        let slack = SLACK + Duration::from_nanos(k0.within);
         let hist = match store::load(&dir(h, site), Load::ReadOnly) {
             Ok(x) => x,
             Err(e) => {
@@ -83,8 +155,8 @@ pub(crate) fn check(
                                 site,
                                 off: o,
                                 seed: classify(b, o),
-                                issued: at.checked_sub(SLACK).unwrap_or(at),
-                                done: at + SLACK,
+                                issued: at.checked_sub(slack).unwrap_or(at),
+                                done: at + slack,
                             });
                         }
                     }
