@@ -130,9 +130,12 @@ enum CdpCmd {
         /// iSCSI listen address ("" for none).
         #[arg(long, default_value = "")]
         iscsi: String,
-        /// The reactor's core.
+        /// The view's reactor's core (a CPU number).
         #[arg(long, default_value_t = 0)]
         core: usize,
+        /// Do not pin the view's reactor to `--core` (`[reactor] pin = false`).
+        #[arg(long)]
+        no_pin: bool,
     },
     /// Print the restorable window of each volume's history.
     Window {
@@ -441,7 +444,7 @@ fn view_config(
     point: (Option<u64>, Option<u64>, Option<String>),
     sandbox: bool,
     listen: (&str, &str, &str),
-    core: usize,
+    (core, pin): (usize, bool),
 ) -> Result<Config> {
     use twinblk::layer::cdp::store;
     let list = |a: &str| {
@@ -453,7 +456,7 @@ fn view_config(
     };
     let (nbd, nvmf, iscsi) = listen;
     let mut text = format!(
-        "[reactor]\ncores=[{core}]\nwait='interrupt'\n[nbd]\nlisten={}\n[nvmf]\nlisten={}\n[iscsi]\nlisten={}\n[control]\nsocket=''\n",
+        "[reactor]\ncores=[{core}]\npin={pin}\nwait='interrupt'\n[nbd]\nlisten={}\n[nvmf]\nlisten={}\n[iscsi]\nlisten={}\n[control]\nsocket=''\n",
         list(nbd),
         list(nvmf),
         list(iscsi),
@@ -530,6 +533,7 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
             nvmf,
             iscsi,
             core,
+            no_pin,
         } => {
             let t = std::time::Instant::now();
             anyhow::ensure!(
@@ -565,7 +569,13 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
                 }
             }
             let views: Vec<(PathBuf, String)> = dir.iter().cloned().zip(name).collect();
-            let cfg = view_config(&views, point, sandbox, (&nbd, &nvmf, &iscsi), core)?;
+            let cfg = view_config(
+                &views,
+                point,
+                sandbox,
+                (&nbd, &nvmf, &iscsi),
+                (core, !no_pin),
+            )?;
             for (d, n) in &views {
                 eprintln!(
                     "cdp view {n} of {} ({}), configured in {:.3} s",

@@ -120,16 +120,47 @@ pub struct CdpJobs {
     dir: PathBuf,
     /// The `twinblk` binary.
     exe: Option<PathBuf>,
+    /// The daemon's reactors' cores (`[reactor] cores`, by reactor id) and whether they are
+    /// pinned (`[reactor] pin`): a view runs on its volume's home reactor's core.
+    cores: Vec<usize>,
+    pin: bool,
 }
 
 impl Default for CdpJobs {
     fn default() -> Self {
+        Self::new(vec![0], true)
+    }
+}
+
+impl CdpJobs {
+    /// No children yet; views are placed on `cores` (the daemon's reactors' cores, by reactor
+    /// id), pinned when `pin`.
+    pub fn new(cores: Vec<usize>, pin: bool) -> Self {
         Self {
             jobs: Mutex::new(Vec::new()),
             next: Mutex::new(1),
             dir: std::env::temp_dir().join(format!("twinblk-cdp-jobs-{}", std::process::id())),
             exe: std::env::current_exe().ok(),
+            cores,
+            pin,
         }
+    }
+
+    /// The view's placement arguments: the core of reactor `home` (its volume's home reactor,
+    /// an index into `[reactor] cores`, not a CPU number), and `--no-pin` when the daemon does
+    /// not pin its reactors.
+    fn placement(&self, home: usize) -> Vec<String> {
+        let core = self
+            .cores
+            .get(home)
+            .or(self.cores.first())
+            .copied()
+            .unwrap_or(0);
+        let mut a = vec!["--core".to_string(), core.to_string()];
+        if !self.pin {
+            a.push("--no-pin".into());
+        }
+        a
     }
 }
 
@@ -336,7 +367,7 @@ impl CdpJobs {
             iscsi.clone(),
         ]);
         let home = members.first().map_or(0, |(c, _)| c.home);
-        args.extend(["--core".into(), home.to_string()]);
+        args.extend(self.placement(home));
         let t = Instant::now();
         let id = self.start("view", label, &args, p)?;
         // Serving once it prints its banner's last line; failed if it exits first.
@@ -467,6 +498,19 @@ impl CdpJobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A view runs on its volume's home reactor's core: `[reactor] cores` maps the reactor id
+    /// to the CPU (a daemon on cores 3 and 5 once pinned a view of reactor 1's volume to CPU 1).
+    #[test]
+    fn a_view_is_placed_on_its_home_reactors_core_not_on_the_reactors_index() {
+        let j = CdpJobs::new(vec![3, 5], true);
+        assert_eq!(j.placement(1), ["--core", "5"]);
+        assert_eq!(j.placement(0), ["--core", "3"]);
+        // An id past the list (never given by the daemon): the first core, not a CPU number.
+        assert_eq!(j.placement(7), ["--core", "3"]);
+        let unpinned = CdpJobs::new(vec![2], false);
+        assert_eq!(unpinned.placement(0), ["--core", "2", "--no-pin"]);
+    }
 
     #[test]
     fn points_and_addresses_are_checked_before_anything_starts() {

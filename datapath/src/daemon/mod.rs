@@ -756,7 +756,10 @@ impl Daemon {
             cdp: Arc::clone(&daemon.cdp),
             cdp_lists,
             volume_configs: cfg.volumes.clone(),
-            cdp_jobs: Default::default(),
+            cdp_jobs: crate::control::cdp_jobs::CdpJobs::new(
+                cfg.reactor.cores.clone(),
+                cfg.reactor.pin,
+            ),
             checksums: Some(CHECKSUM_SERVICE),
         });
         daemon.control_cx = Some(Arc::clone(&cx));

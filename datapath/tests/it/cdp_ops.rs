@@ -303,15 +303,18 @@ fn degraded_round(crash: bool, cut: bool) {
 }
 
 /// Views and restores asked through the production daemon's control socket: a view of a
-/// bookmark serves the point over NBD as a child process until closed; a restore runs as a
-/// child, shows in `cdp_jobs` and yields the point's content; bad requests change nothing.
+/// bookmark serves the point over NBD as a child process until closed, on its volume's home
+/// reactor's core; a restore runs as a child, shows in `cdp_jobs` and yields the point's
+/// content; bad requests change nothing.
 #[test]
 fn views_and_restores_run_as_children_asked_through_the_control_socket() {
     const SIZE: usize = 2 << 20;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("j");
+    // The reactor on the last CPU, pinned: reactor 0's core is not CPU 0 (unless there is one).
+    let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
     let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n{}",
+        "[reactor]\ncores=[{cpu}]\n{}",
         volume("v", SIZE as u64, &dir, "4MiB")
     );
     let s = Server::start(tmp.path(), &body);
@@ -363,6 +366,24 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
     let jobs = s.rpc("cdp_jobs");
     assert_eq!(jobs[0]["kind"], "view", "{jobs}");
     assert_eq!(jobs[0]["state"], "running", "{jobs}");
+    // The view's reactor thread runs on the home reactor's core.
+    let pid = r["result"]["pid"].as_u64().unwrap();
+    let allowed: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            comm.starts_with("reactor").then(|| {
+                let st = std::fs::read_to_string(t.join("status")).unwrap();
+                st.lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .unwrap()
+                    .trim()
+                    .to_string()
+            })
+        })
+        .collect();
+    assert_eq!(allowed, [cpu.to_string()], "the view's reactor's CPUs");
     // A restore of the same point, as a child; it finishes and matches.
     let out = tmp.path().join("restored.img");
     let r = s.rpc_with(
