@@ -312,7 +312,12 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("j");
     // The reactor on the last CPU, pinned: reactor 0's core is not CPU 0 (unless there is one).
-    let cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let cpu = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|l| l.trim().rsplit([',', '-']).next()?.parse::<usize>().ok())
+        .unwrap_or(0);
     let body = format!(
         "[reactor]\ncores=[{cpu}]\n{}",
         volume("v", SIZE as u64, &dir, "4MiB")
