@@ -311,7 +311,9 @@ impl Restored {
         &self.out
     }
 
-    /// Name the file `out` (never replacing a file of that name) and sync the directory.
+    /// Name the file `out` (never replacing a file of that name) and sync the directory. On
+    /// failure nothing is named `out` (a name that could not be made durable is taken back: a
+    /// group restore reports the failure with none of its files left behind).
     pub fn finish(mut self) -> Result<(), CdpError> {
         let err = |what: &'static str, path: &Path| {
             let path = path.to_path_buf();
@@ -323,10 +325,26 @@ impl Restored {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err("sync the directory of", &self.out))
+        let synced = File::open(dir).and_then(|d| {
+            #[cfg(test)]
+            if FAIL_DIR_SYNC.get() {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            d.sync_all()
+        });
+        if let Err(e) = synced {
+            // Ours: named by the rename above, which never replaces a file.
+            let _ = std::fs::remove_file(&self.out);
+            return Err(err("sync the directory of", &self.out)(e));
+        }
+        Ok(())
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the directory sync after the rename fails (EIO).
+    static FAIL_DIR_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl Drop for Restored {
@@ -532,3 +550,33 @@ fn restore_listed(
 
 /// How much of the base copy a restore copies between progress reports.
 const BASE_PIECE: u64 = 64 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restore whose output directory cannot be synced after the rename leaves nothing
+    /// named (a group restore named its first volume's file, failed on the second's directory
+    /// sync, and left the first in place while reporting the failure).
+    #[test]
+    fn a_restore_whose_name_cannot_be_made_durable_leaves_no_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("j");
+        std::fs::create_dir(&dir).unwrap();
+        store::testing::history(&dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=20)]);
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        let out = d.path().join("restored.img");
+        FAIL_DIR_SYNC.set(true);
+        let e = restore(&h, Point::Seq(h.last_seq), &out, |_, _| {}).unwrap_err();
+        FAIL_DIR_SYNC.set(false);
+        assert!(e.to_string().contains("sync the directory"), "{e}");
+        assert!(!out.exists(), "the output is not left named");
+        assert!(!partial_path(&out).exists(), "nor its temporary file");
+        // Without the failure the same restore names it.
+        assert_eq!(
+            restore(&h, Point::Seq(h.last_seq), &out, |_, _| {}).unwrap(),
+            h.last_seq
+        );
+        assert!(out.exists());
+    }
+}

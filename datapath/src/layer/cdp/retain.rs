@@ -554,35 +554,6 @@ mod tests {
         }
     }
 
-    /// A history in `dir`: `meta` (created at 1, block 4096), an empty base copy of its size
-    /// and the segments `segs` (1 MiB images, [`format::testing::segment_image`]).
-    fn history(
-        dir: &Path,
-        vol_id: u64,
-        size: u64,
-        base_seq: u64,
-        segs: &[(u64, std::ops::RangeInclusive<u64>)],
-    ) -> super::super::format::Meta {
-        let meta = super::super::format::Meta {
-            block_size: 4096,
-            vol_id,
-            size,
-            created: 1,
-            base_seq,
-            base_time: base_seq,
-        };
-        store::write_meta(dir, &meta).unwrap();
-        std::fs::File::create(store::base_path(dir))
-            .unwrap()
-            .set_len(size)
-            .unwrap();
-        for (segno, seqs) in segs {
-            let img = super::super::format::testing::segment_image(vol_id, *segno, seqs.clone());
-            std::fs::write(store::seg_path(dir, *segno), img).unwrap();
-        }
-        meta
-    }
-
     /// A sealed segment whose log stops early (a damaged record, no index) is not
     /// consolidated: the pass fails naming it, the base point stays, the file stays a segment
     /// (never recycled with records above the base point). Undamaged, it is consolidated.
@@ -591,7 +562,7 @@ mod tests {
         use crate::layer::cdp::format::{self, testing::segment_image};
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
-        history(dir, 0xd00d, 1 << 20, 0, &[(2, 51..=60)]);
+        store::testing::history(dir, 0xd00d, 1 << 20, 0, &[(2, 51..=60)]);
         let good = segment_image(0xd00d, 1, 1..=50);
         let mut bad = good.clone();
         bad[format::SEG_HEADER + 19 * (REC_HEADER + 4096) + REC_HEADER + 9] ^= 1;
@@ -632,7 +603,7 @@ mod tests {
         use crate::layer::cdp::pit::{self, Point};
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
-        let meta = history(dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=60)]);
+        let meta = store::testing::history(dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=60)]);
         // Record q writes block q with bytes q (put_records), so block b holds b from point b on.
         let check = |why: &str| -> usize {
             let h = store::load(dir, store::Load::ReadOnly).unwrap();
@@ -685,7 +656,7 @@ mod tests {
     fn a_consolidated_segment_left_in_place_is_retired_by_the_next_pass() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
-        history(
+        store::testing::history(
             dir,
             0xbeef,
             64 * 4096,

@@ -881,6 +881,42 @@ pub fn append_sync(dir: &Path, segno: u64, pos: u64, bytes: &[u8]) -> Result<(),
     f.sync_data().map_err(io_err("sync", &path))
 }
 
+/// Fixtures for the layer's tests.
+#[cfg(test)]
+pub mod testing {
+    use std::path::Path;
+
+    /// A history in `dir`: `meta` (created at 1, block 4096), an empty base copy of its size
+    /// and the segments `segs` (1 MiB images, [`crate::layer::cdp::format::testing::segment_image`]).
+    pub fn history(
+        dir: &Path,
+        vol_id: u64,
+        size: u64,
+        base_seq: u64,
+        segs: &[(u64, std::ops::RangeInclusive<u64>)],
+    ) -> crate::layer::cdp::format::Meta {
+        let meta = crate::layer::cdp::format::Meta {
+            block_size: 4096,
+            vol_id,
+            size,
+            created: 1,
+            base_seq,
+            base_time: base_seq,
+        };
+        super::write_meta(dir, &meta).unwrap();
+        std::fs::File::create(super::base_path(dir))
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        for (segno, seqs) in segs {
+            let img =
+                crate::layer::cdp::format::testing::segment_image(vol_id, *segno, seqs.clone());
+            std::fs::write(super::seg_path(dir, *segno), img).unwrap();
+        }
+        meta
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
