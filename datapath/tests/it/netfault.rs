@@ -393,17 +393,22 @@ enum Kind {
     /// Write-zeroes and unmap of 5 GiB (two NBD requests each, one of 4 GiB - 4 KiB) on a
     /// sparse 6 GiB volume.
     Oversize,
+    /// SIGKILL, restarted with its state and image but its CDP directory emptied (CDP is on
+    /// in this kind's iterations): the history starts again under the mirror, on a replica
+    /// that holds data, while its peer serves alone and then resyncs it.
+    KillNoHistory,
     /// The witness is killed and the A–B link cut: both sites fence (neither may serve
     /// alone). The link returns 0.3–1.5 s later with the witness still down (the pair
     /// (fenced, fenced) must reconcile on its own), then the witness.
     CutLinkNoWitness,
 }
 
-const KINDS: [Kind; 11] = [
+const KINDS: [Kind; 12] = [
     Kind::CutLink,
     Kind::Kill,
     Kind::QuickKill,
     Kind::KillNoState,
+    Kind::KillNoHistory,
     Kind::KillRam,
     Kind::Freeze,
     Kind::Witness,
@@ -930,7 +935,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     let st = [state_dir(&h, "a"), state_dir(&h, "b")];
     // Every other iteration journals both replicas (CDP under the mirror): their histories
     // are checked against the acknowledged writes at the end (crate::soak_history).
-    let cdp = xorshift(rnd).is_multiple_of(2);
+    let cdp = xorshift(rnd).is_multiple_of(2) || kind == Kind::KillNoHistory;
     let tail = [A, B].map(|s| crate::soak_history::cdp_tail(&h, cdp, s));
     h.start_witness();
     let mut srv = [
@@ -981,7 +986,9 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             h.kill_witness();
             h.link_ab(false);
         }
-        Kind::Kill | Kind::KillNoState | Kind::KillRam => srv[x].as_mut().unwrap().kill(),
+        Kind::Kill | Kind::KillNoState | Kind::KillNoHistory | Kind::KillRam => {
+            srv[x].as_mut().unwrap().kill()
+        }
         Kind::QuickKill => {
             // A burst of pipelined writes from both sites, with what the leader sends the
             // follower slowed down (the leader applies what it sequences before the follower has
@@ -1105,12 +1112,16 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             }
             h.start_witness();
         }
-        Kind::Kill | Kind::KillNoState | Kind::KillRam => {
+        Kind::Kill | Kind::KillNoState | Kind::KillNoHistory | Kind::KillRam => {
             if let Err(e) = reach(srv[y].as_ref().unwrap(), "survivor", Duration::from_secs(5)) {
                 problems.push(format!("after the kill, site {}: {e}", site_name(y)));
             }
             std::thread::sleep(Duration::from_millis(200 + xorshift(rnd) % 800));
-            if kind != Kind::Kill {
+            if kind == Kind::KillNoHistory {
+                let d = crate::soak_history::dir(&h, x);
+                std::fs::remove_dir_all(&d).unwrap();
+                std::fs::create_dir_all(&d).unwrap();
+            } else if kind != Kind::Kill {
                 let d = h.root().join(format!("state-{}", site_name(x)));
                 std::fs::remove_dir_all(&d).unwrap();
                 std::fs::create_dir_all(&d).unwrap();

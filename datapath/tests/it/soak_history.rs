@@ -31,7 +31,8 @@ const MOMENTS: u64 = 12;
 /// Widening of each moment for the clock mapping.
 const SLACK: Duration = Duration::from_millis(2);
 
-fn dir(h: &Hosts, site: usize) -> std::path::PathBuf {
+/// Site `site`'s CDP directory.
+pub(crate) fn dir(h: &Hosts, site: usize) -> std::path::PathBuf {
     h.root().join(if site == A { "a.cdp" } else { "b.cdp" })
 }
 
