@@ -388,6 +388,73 @@ fn an_in_memory_journal_keeps_every_acknowledged_write_across_kill_9() {
     kill_9_keeps_every_acknowledged_write(tmp.path(), &jroot.path().join("j"), "");
 }
 
+/// A journal in memory appends unpadded batches, so a killed daemon leaves its log ending off
+/// a block boundary; the directory then moved to a disk, the O_DIRECT writer never appends
+/// there (an unaligned O_DIRECT write fails, which would stop the journal): every start
+/// begins a new segment, and the history goes on (docs/cdp-format.md, "Padding").
+#[test]
+fn an_in_memory_log_cut_off_a_block_boundary_goes_on_in_a_new_segment_on_disk() {
+    const SIZE: u64 = 16 << 20;
+    let shm = Path::new("/dev/shm");
+    if !twinblk::layer::cdp::journal::in_memory(shm) {
+        eprintln!("skipped: /dev/shm is not a tmpfs on this machine");
+        return;
+    }
+    let jroot = tempfile::tempdir_in(shm).unwrap();
+    let mem = jroot.path().join("j");
+    let tmp = tempfile::tempdir().unwrap();
+    let body = |dir: &Path| {
+        format!(
+            "[reactor]\ncores=[0]\npin=false\n{}",
+            volume("v", SIZE, dir, "4MiB")
+        )
+    };
+    let mut s = Server::start(tmp.path(), &body(&mem));
+    let mut c = Client::connect(s.addr, "v", false);
+    for b in 0..5u64 {
+        assert_eq!(c.write(b * 4096, &pattern(b, 4096)), 0);
+    }
+    s.kill();
+    let last_segment = |dir: &Path| *store::segments_in_use(dir).unwrap().0.last().unwrap();
+    let segno = last_segment(&mem);
+    let bytes = std::fs::read(store::seg_path(&mem, segno)).unwrap();
+    let head = twinblk::layer::cdp::format::SegHeader::decode(&bytes).unwrap();
+    let meta = store::read_meta(&mem).unwrap();
+    let log = twinblk::layer::cdp::format::scan(&bytes, meta.vol_id, SIZE, head.first_seq - 1, 0);
+    assert_ne!(
+        log.end % 4096,
+        0,
+        "the in-memory log ends off a block boundary"
+    );
+    // Moved to a disk, as an operator would copy it.
+    let disk = tmp.path().join("j");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&mem)
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    assert!(!twinblk::layer::cdp::journal::in_memory(tmp.path()));
+    drop(c);
+    let s = Server::start(tmp.path(), &body(&disk));
+    let mut c = Client::connect(s.addr, "v", false);
+    for b in 5..10u64 {
+        assert_eq!(c.write(b * 4096, &pattern(b, 4096)), 0);
+    }
+    let st = s.rpc("cdp_status");
+    assert_eq!(st[0]["journal"], "running", "{st}");
+    assert!(
+        last_segment(&disk) > segno,
+        "the writes went to a new segment"
+    );
+    let h = store::load(&disk, Load::ReadOnly).unwrap();
+    assert!(h.damaged.is_empty());
+    let got = pit::read_at(&h, Point::Seq(h.last_seq), 5 * 4096, 5 * 4096).unwrap();
+    let want: Vec<u8> = (5..10u64).flat_map(|b| pattern(b, 4096)).collect();
+    assert!(got == want, "the writes after the move are in the history");
+}
+
 /// 32 writes in flight to a CDP volume whose journal is `dir` (`extra`: more `[volume.cdp]`
 /// lines), the daemon (state in `root`) killed mid-run: every acknowledged write is in the
 /// journal as it was left, and again after the restart's recovery cut the torn tail.

@@ -29,6 +29,10 @@
 //!   one positioned write per batch in the same turn (`inline`): io_uring has no non-blocking
 //!   write on those filesystems and hands every such write to a worker thread, whose wake-ups
 //!   cost more than the copy the write is. Order, watermark and failure rules are the same.
+//!   Its batches are not padded to whole blocks (that is O_DIRECT's need): a lone 4 KiB write
+//!   appends 4,160 bytes, not 8,192. (A writer never appends to a log an earlier run left:
+//!   every start begins a new segment, whose start records are padded, so an in-memory log
+//!   moved to a disk is never written off a block boundary.)
 
 use super::clock;
 use super::format::{self, MAX_PAYLOAD, Meta, Op, REC_HEADER, RecHeader, SegHeader};
@@ -241,6 +245,23 @@ pub fn in_memory(dir: &std::path::Path) -> bool {
     matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
+/// Clear `O_DIRECT` on a segment written in memory: its appends are unpadded copies, at any
+/// byte (tmpfs takes O_DIRECT only as a formality, and would be within its rights to ask for
+/// whole blocks).
+fn without_direct_io(f: &File) -> std::io::Result<()> {
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this File owns; F_GETFL takes no argument.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above; F_SETFL takes the flags as an int.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// An idle journal appends a time mark this often, so its window reaches to about now.
 pub const MARK_EVERY: Duration = Duration::from_secs(1);
 
@@ -257,6 +278,9 @@ impl Journal {
     ) -> std::io::Result<Self> {
         let slot = io.register_file(s.file.as_raw_fd())?;
         let inline = in_memory(&s.dir);
+        if inline {
+            without_direct_io(&s.file)?;
+        }
         let sync_on_flush = sync.on_flush && !inline;
         stats.durable_seq.store(s.next_seq - 1, Relaxed);
         stats.synced_seq.store(s.next_seq - 1, Relaxed);
@@ -561,7 +585,12 @@ impl Journal {
         }
         let mut started = self.start_sync(io, self.sync_want);
         while let Some(b) = self.ready.front() {
-            let len = b.used + format::pad_len(b.used);
+            // In memory a batch is written as it is; O_DIRECT needs whole blocks (padding).
+            let len = if self.inline {
+                b.used
+            } else {
+                b.used + format::pad_len(b.used)
+            };
             if b.rewrite_at.is_none() && self.pos + len as u64 > self.seg_size {
                 if !self.inflight.is_empty() {
                     break; // switch once the appends to this segment are done
@@ -665,6 +694,13 @@ impl Journal {
                 path: store::seg_path(&self.dir, segno),
                 source,
             })?;
+        if self.inline {
+            without_direct_io(&file).map_err(|source| store::CdpError::Io {
+                what: "clear O_DIRECT on",
+                path: store::seg_path(&self.dir, segno),
+                source,
+            })?;
+        }
         self.file = file;
         self.segno = segno;
         self.last_mark = None;
