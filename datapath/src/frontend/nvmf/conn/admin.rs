@@ -51,8 +51,13 @@ impl NvmfConn {
                 }
             }
             admin::GET_LOG_PAGE => {
-                let numd = ((sqe.cdw(11) & 0xFFFF) << 16 | (sqe.cdw(10) >> 16)) + 1;
-                let want = (u64::from(numd) * 4).min(u64::from(sqe.sgl_len())) as u32;
+                // NUMDU:NUMDL is a 0's based dword count: up to 2^32 dwords (16 GiB), so
+                // counted in u64. A transfer above MDTS is Invalid Field in Command.
+                let numd = u64::from((sqe.cdw(11) & 0xFFFF) << 16 | (sqe.cdw(10) >> 16)) + 1;
+                if numd * 4 > u64::from(MAX_XFER) {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                let want = (numd * 4).min(u64::from(sqe.sgl_len())) as u32;
                 let lpo = u64::from(sqe.cdw(12)) | (u64::from(sqe.cdw(13)) << 32);
                 let s = self.log_page(env, nv, discovery, sqe);
                 if s != Status::SUCCESS {
