@@ -30,3 +30,50 @@ fn get_log_page_with_the_largest_dword_count_is_an_invalid_field() {
     assert_eq!(c.admin.cmd(sqe, &[], 512).unwrap().status, 0x002);
     assert_eq!(c.log(0x02, 0, 0, 512).unwrap()[3], 100, "still answering");
 }
+
+/// Property Get/Set size (ATTRIB bits 2:0: 0 four bytes, 1 eight, the rest reserved) against
+/// every offset of the 8-byte CAP and its 4-byte neighbours: an 8-byte access must be CAP
+/// itself; a 4-byte access reads either half of CAP (as SPDK's target and PCIe register reads
+/// do), or a whole 4-byte property; reserved sizes and accesses that straddle two properties
+/// are Invalid Field.
+#[test]
+fn property_access_sizes_at_every_offset_of_cap_and_its_neighbours() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut get = |attrib: u8, offset: u32| {
+        let sqe = Sqe::fabrics(0x04)
+            .bytes(40, &[attrib])
+            .bytes(44, &offset.to_le_bytes());
+        let r = c.admin.cmd(sqe, &[], 0).unwrap();
+        (r.status, r.result)
+    };
+    let (s, cap) = get(1, 0x00);
+    assert_eq!(s, 0);
+    assert_eq!(get(0, 0x00), (0, cap & 0xFFFF_FFFF), "CAP, lower half");
+    assert_eq!(get(0, 0x04), (0, cap >> 32), "CAP, upper half (CSS)");
+    assert_eq!(cap >> 37 & 1, 1, "CAP.CSS: NVM command set");
+    for off in [0x02, 0x04, 0x08, 0x14, 0x1C] {
+        assert_eq!(get(1, off).0, 0x002, "8-byte access at {off:#x}");
+    }
+    for off in [0x01, 0x02, 0x03, 0x05, 0x06, 0x07] {
+        assert_eq!(get(0, off).0, 0x002, "4-byte access at {off:#x}");
+    }
+    for attrib in 2..=7u8 {
+        assert_eq!(get(attrib, 0x08).0, 0x002, "reserved size {attrib}");
+        assert_eq!(get(attrib, 0x00).0, 0x002, "reserved size {attrib}");
+    }
+    assert_eq!(get(0, 0x08).0, 0, "VS");
+    assert_eq!(get(0, 0x1C), (0, 1), "CSTS.RDY");
+    // Set: only CC, four bytes; a reserved size does not set it.
+    let set = |c: &mut Controller, attrib: u8, offset: u32, v: u64| {
+        let sqe = Sqe::fabrics(0x00)
+            .bytes(40, &[attrib])
+            .bytes(44, &offset.to_le_bytes())
+            .bytes(48, &v.to_le_bytes());
+        c.admin.cmd(sqe, &[], 0).unwrap().status
+    };
+    assert_eq!(set(&mut c, 2, 0x14, 0), 0x002, "reserved size");
+    assert_eq!(set(&mut c, 1, 0x14, 0), 0x002, "8-byte CC");
+    assert_eq!(set(&mut c, 0, 0x04, 0), 0x002, "CAP is read-only");
+    assert_eq!(c.prop_get(0x1C, false).unwrap() & 1, 1, "still enabled");
+}

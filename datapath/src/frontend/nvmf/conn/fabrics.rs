@@ -239,16 +239,23 @@ impl NvmfConn {
             return;
         };
         let set = sqe.fctype() == fctype::PROPERTY_SET;
-        let eight = sqe.prop_attrib() & 7 == 1;
-        let (status, result) = match (set, sqe.prop_offset()) {
-            (false, prop::CAP) => {
-                let cap = u64::from(MQES) | (1 << 16) | (10 << 24) | (1 << 37);
-                (Status::SUCCESS, if eight { cap } else { cap & 0xFFFF_FFFF })
-            }
-            (false, prop::VS) => (Status::SUCCESS, u64::from(cmd::VERSION)),
-            (false, prop::CC) => (Status::SUCCESS, u64::from(st.cc)),
-            (false, prop::CSTS) => (Status::SUCCESS, u64::from(st.csts)),
-            (true, prop::CC) if !eight => {
+        // ATTRIB bits 2:0: 0 four bytes, 1 eight bytes, the rest reserved.
+        let eight = match sqe.prop_attrib() & 7 {
+            0 => false,
+            1 => true,
+            _ => return self.respond(cid, Status::INVALID_FIELD, 0),
+        };
+        let cap = u64::from(MQES) | (1 << 16) | (10 << 24) | (1 << 37);
+        // An 8-byte access is CAP itself; a 4-byte access is a 4-byte property or either half
+        // of CAP. Anything else (misaligned, straddling two properties) is refused.
+        let (status, result) = match (set, eight, sqe.prop_offset()) {
+            (false, true, prop::CAP) => (Status::SUCCESS, cap),
+            (false, false, prop::CAP) => (Status::SUCCESS, cap & 0xFFFF_FFFF),
+            (false, false, o) if o == prop::CAP + 4 => (Status::SUCCESS, cap >> 32),
+            (false, false, prop::VS) => (Status::SUCCESS, u64::from(cmd::VERSION)),
+            (false, false, prop::CC) => (Status::SUCCESS, u64::from(st.cc)),
+            (false, false, prop::CSTS) => (Status::SUCCESS, u64::from(st.csts)),
+            (true, false, prop::CC) => {
                 let cc = sqe.prop_value() as u32;
                 st.cc = cc;
                 let en = cc & 1 != 0;
