@@ -77,3 +77,39 @@ fn property_access_sizes_at_every_offset_of_cap_and_its_neighbours() {
     assert_eq!(set(&mut c, 0, 0x04, 0), 0x002, "CAP is read-only");
     assert_eq!(c.prop_get(0x1C, false).unwrap() & 1, 1, "still enabled");
 }
+
+/// KATO below the Keep Alive granularity (Identify Controller KAS = 1: 100 ms) is rounded up
+/// to it (Base 2.0, Keep Alive Timer feature), both from Connect and from Set Features: a host
+/// asking for 1 ms gets 100 ms, and is not torn down after a millisecond of silence.
+#[test]
+fn kato_smaller_than_the_keep_alive_granularity_is_rounded_up() {
+    let (d, _) = in_process(RAM);
+    let opts = Opts {
+        kato_ms: 1,
+        ..Opts::default()
+    };
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
+    let id = c.identify(0x01, 0).unwrap();
+    assert_eq!(u16::from_le_bytes([id[320], id[321]]), 1, "KAS: 100 ms");
+    let get = |c: &mut Controller| {
+        let r = c.admin.cmd(Sqe::new(0x0A).cdw(10, 0x0F), &[], 0).unwrap();
+        (r.status, r.result as u32)
+    };
+    assert_eq!(get(&mut c), (0, 100), "Connect KATO 1 ms");
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    c.keep_alive().expect("alive after 30 ms of a 100 ms KATO");
+    for (set, want) in [(1, 100), (100, 100), (101, 200), (0, 0), (60_000, 60_000)] {
+        let r = c
+            .admin
+            .cmd(Sqe::new(0x09).cdw(10, 0x0F).cdw(11, set), &[], 0)
+            .unwrap();
+        assert_eq!(r.status, 0);
+        assert_eq!(get(&mut c), (0, want), "Set Features KATO {set}");
+    }
+    // The largest KATO has no multiple of 100 ms within 32 bits: kept as it is (49.7 days).
+    c.admin
+        .cmd_ok(Sqe::new(0x09).cdw(10, 0x0F).cdw(11, u32::MAX), &[], 0)
+        .unwrap();
+    assert_eq!(get(&mut c), (0, u32::MAX));
+    c.keep_alive().unwrap();
+}

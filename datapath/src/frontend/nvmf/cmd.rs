@@ -430,6 +430,17 @@ pub const ANATT: u8 = 10;
 /// and 4; never persistent loss, bit 3: no path state maps to it); the group id of a namespace
 /// never changes while it is attached (bit 6).
 pub const ANACAP: u8 = 0x17 | (1 << 6);
+/// Keep Alive granularity reported in Identify Controller KAS, in 100 ms units.
+pub const KAS: u16 = 1;
+
+/// A keep-alive timeout as the controller applies it: rounded up to a multiple of the KAS
+/// granularity (NVM Express Base 2.0, Keep Alive Timer feature), 0 (disabled) kept. The few
+/// values above the largest multiple of 100 ms in 32 bits (49.7 days) are kept as they are.
+pub fn kato_granular(ms: u32) -> u32 {
+    let unit = u32::from(KAS) * 100;
+    ms.checked_next_multiple_of(unit).unwrap_or(ms)
+}
+
 /// Warning composite temperature threshold (K), also the default over-temperature threshold.
 pub const WCTEMP: u16 = 0x157;
 /// Critical composite temperature threshold (K).
@@ -456,7 +467,7 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     b[261] = 0x04; // LPA: extended data for Get Log Page (offsets)
     put16(b, 266, WCTEMP);
     put16(b, 268, CCTEMP);
-    put16(b, 320, 1); // KAS: 100 ms granularity
+    put16(b, 320, KAS); // KAS: 100 ms granularity
     if !c.discovery {
         b[342] = ANATT;
         b[343] = ANACAP;

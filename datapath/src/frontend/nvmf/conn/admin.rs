@@ -303,7 +303,7 @@ impl NvmfConn {
                 (Status::SUCCESS, (g << 16) | g)
             }
             feat::KATO => {
-                ctrl.kato_ms.store(v, Ordering::Relaxed);
+                ctrl.kato_ms.store(cmd::kato_granular(v), Ordering::Relaxed);
                 (Status::SUCCESS, 0)
             }
             feat::ASYNC_EVENT => {

@@ -134,7 +134,7 @@ impl NvmfConn {
                     hostnqn,
                     nv.host_sites.site_of(hostnqn),
                     cd.hostid,
-                    sqe.connect_kato(),
+                    cmd::kato_granular(sqe.connect_kato()),
                 )
                 .ok_or((Status::CONNECT_BUSY, 0))?;
             self.role = Role::Admin(AdminState {
