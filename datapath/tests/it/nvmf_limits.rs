@@ -4,7 +4,7 @@
 //! controller keeps working afterwards.
 
 use crate::harness::{in_process, nvmf_addr};
-use twinblk_tools::nvmf::{Controller, Opts, Sqe};
+use twinblk_tools::nvmf::{Controller, Digests, Opts, Queue, Sqe};
 
 const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
 const RAM: &str = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize='64MiB'\n";
@@ -112,4 +112,43 @@ fn kato_smaller_than_the_keep_alive_granularity_is_rounded_up() {
         .unwrap();
     assert_eq!(get(&mut c), (0, u32::MAX));
     c.keep_alive().unwrap();
+}
+
+/// Connect data whose SUBNQN (bytes 511:256) or HOSTNQN (767:512) fills all 256 bytes has no
+/// terminating NUL, so it is no NQN (NVMe over Fabrics, Connect data; NQNs are NUL-terminated,
+/// at most 223 bytes): Connect Invalid Parameters with IATTR 1 and IPO at the field, not a
+/// controller for a host named by 256 bytes of whatever followed.
+#[test]
+fn connect_nqns_without_a_terminating_nul_are_invalid_parameters() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let connect = |subnqn: &[u8], hostnqn: &[u8]| {
+        let mut data = vec![0u8; 1024];
+        data[..16].copy_from_slice(b"twinblk-host-id\0");
+        data[16..18].copy_from_slice(&0xFFFFu16.to_le_bytes());
+        data[256..256 + subnqn.len()].copy_from_slice(subnqn);
+        data[512..512 + hostnqn.len()].copy_from_slice(hostnqn);
+        let mut q = Queue::open(addr, Digests::default()).unwrap();
+        let sqe = Sqe::fabrics(0x01).bytes(44, &31u16.to_le_bytes());
+        let r = q.cmd(sqe, &data, 0).unwrap();
+        (r.status, r.result as u32)
+    };
+    let host = b"nqn.2014-08.org.nvmexpress:uuid:0000-limits";
+    let mut long_host = host.to_vec();
+    long_host.resize(256, b'x');
+    assert_eq!(
+        connect(NQN.as_bytes(), &long_host),
+        (0x182, (1 << 16) | 512),
+        "HOSTNQN without NUL"
+    );
+    let mut long_sub = NQN.as_bytes().to_vec();
+    long_sub.resize(256, b'x');
+    assert_eq!(
+        connect(&long_sub, host),
+        (0x182, (1 << 16) | 256),
+        "SUBNQN without NUL"
+    );
+    // 255 bytes and a NUL is a terminated string (refused by the length rules elsewhere, or
+    // not, but never read past its field); a proper pair connects.
+    assert_eq!(connect(NQN.as_bytes(), host).0, 0);
 }

@@ -348,10 +348,28 @@ pub struct ConnectData<'a> {
     pub hostid: [u8; 16],
     /// Controller id (0xFFFF on the admin queue: dynamic).
     pub cntlid: u16,
-    /// Subsystem NQN (up to the first NUL).
+    /// Subsystem NQN (up to the first NUL; all [`NQN_FIELD_LEN`] bytes when there is none).
     pub subnqn: &'a [u8],
-    /// Host NQN (up to the first NUL).
+    /// Host NQN (up to the first NUL; all [`NQN_FIELD_LEN`] bytes when there is none).
     pub hostnqn: &'a [u8],
+}
+
+/// Size of an NQN field of the Connect data. An NQN is NUL-terminated, so one that fills the
+/// whole field is not an NQN.
+pub const NQN_FIELD_LEN: usize = 256;
+
+impl ConnectData<'_> {
+    /// The Connect data offset of the first NQN field that has no terminating NUL (SUBNQN
+    /// 256, HOSTNQN 512), for Connect Invalid Parameters.
+    pub fn unterminated_nqn(&self) -> Option<u64> {
+        if self.subnqn.len() >= NQN_FIELD_LEN {
+            Some(256)
+        } else if self.hostnqn.len() >= NQN_FIELD_LEN {
+            Some(512)
+        } else {
+            None
+        }
+    }
 }
 
 fn nul_str(b: &[u8]) -> &[u8] {
@@ -1019,6 +1037,14 @@ mod tests {
             (0xFFFF, &b"nqn1"[..], &b"hst"[..])
         );
         assert!(connect_data(&d[..1000]).is_none());
+        assert_eq!(c.unterminated_nqn(), None);
+        // 255 bytes and the NUL: terminated; all 256 bytes: not.
+        d[512..767].fill(b'h');
+        assert_eq!(connect_data(&d).unwrap().unterminated_nqn(), None);
+        d[767] = b'h';
+        assert_eq!(connect_data(&d).unwrap().unterminated_nqn(), Some(512));
+        d[256..512].fill(b'n');
+        assert_eq!(connect_data(&d).unwrap().unterminated_nqn(), Some(256));
         let mut out = Vec::new();
         let one = AnaDesc {
             id: 1,

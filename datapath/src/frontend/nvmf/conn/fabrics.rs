@@ -103,6 +103,9 @@ impl NvmfConn {
         let Some(cd) = cmd::connect_data(data) else {
             return Err((Status::SGL_INVALID_DATA, 0));
         };
+        if let Some(ipo) = cd.unterminated_nqn() {
+            return Err(invalid(1, ipo));
+        }
         let discovery = cd.subnqn == cmd::DISCOVERY_NQN.as_bytes();
         let found = if discovery {
             None
