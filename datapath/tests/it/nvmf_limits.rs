@@ -152,3 +152,31 @@ fn connect_nqns_without_a_terminating_nul_are_invalid_parameters() {
     // not, but never read past its field); a proper pair connects.
     assert_eq!(connect(NQN.as_bytes(), host).0, 0);
 }
+
+/// NLB at its largest (FFFFh, 0's based: 65536 blocks, 32 MiB of 512-byte blocks, inside the
+/// 64 MiB volume) is far above MDTS (128 KiB): Invalid Field in Command (Base 2.0, MDTS) for a
+/// Write as for a Read, before any R2T; and the data is untouched.
+#[test]
+fn the_largest_nlb_exceeds_mdts_for_writes_as_for_reads() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let before = q.read(1, 0, 8, 512).unwrap();
+    let len = 65536u32 * 512;
+    for op in [0x02u8, 0x01, 0x05] {
+        let sqe = Sqe::new(op)
+            .nsid(1)
+            .cdw(12, 0xFFFF)
+            .bytes(32, &len.to_le_bytes())
+            .bytes(39, &[0x5A]);
+        let cid = 0x77;
+        let sqe = sqe.bytes(2, &u16::to_le_bytes(cid));
+        q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+        let p = q.read_pdu().unwrap();
+        assert_eq!(p.kind, 0x05, "opcode {op:#x}: a response, not an R2T");
+        let st = u16::from_le_bytes([p.header[22], p.header[23]]);
+        assert_eq!((st >> 1) & 0x7FF, 0x002, "opcode {op:#x}");
+        assert_ne!(st & 0x8000, 0, "DNR");
+    }
+    assert_eq!(q.read(1, 0, 8, 512).unwrap(), before);
+}

@@ -350,7 +350,8 @@ impl NvmfConn {
             }
             let total = sqe.sgl_len();
             if total > MAX_XFER {
-                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                // A transfer above MDTS: Invalid Field in Command (as for a Read).
+                return self.respond(cid, Status::INVALID_FIELD, 0);
             }
             if self.xfers.len() + self.r2t_wait.len() >= MAX_INFLIGHT {
                 // More commands waiting for data than any legal queue (MQES + 1) can hold.
