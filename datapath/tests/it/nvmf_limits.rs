@@ -180,3 +180,42 @@ fn the_largest_nlb_exceeds_mdts_for_writes_as_for_reads() {
     }
     assert_eq!(q.read(1, 0, 8, 512).unwrap(), before);
 }
+
+/// Connect SQSIZE (0's based): 0 is invalid on any queue; CAP.MQES bounds only the I/O
+/// submission queues on a fabric (Base 2.0, CAP.MQES), so an admin queue may have up to 4096
+/// entries (the Admin Queue's limit, as SPDK's initiator allows) while an I/O queue stops at
+/// MQES + 1 = 1024.
+#[test]
+fn connect_queue_sizes_at_their_limits() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let host = twinblk_tools::nvmf::Host::default();
+    let admin = |entries: u32| {
+        let mut q = Queue::open(addr, Digests::default()).unwrap();
+        let sqsize = (entries.wrapping_sub(1) & 0xFFFF) as u16;
+        let sqe = Sqe::fabrics(0x01).bytes(44, &sqsize.to_le_bytes());
+        let mut data = vec![0u8; 1024];
+        data[..16].copy_from_slice(&host.id);
+        data[16..18].copy_from_slice(&0xFFFFu16.to_le_bytes());
+        data[256..256 + NQN.len()].copy_from_slice(NQN.as_bytes());
+        data[512..512 + host.nqn.len()].copy_from_slice(host.nqn.as_bytes());
+        let r = q.cmd(sqe, &data, 0).unwrap();
+        (r.status, r.result as u32 & 0x1_FFFF)
+    };
+    assert_eq!(admin(1), (0x182, 44), "SQSIZE 0");
+    assert_eq!(admin(2).0, 0, "two entries");
+    assert_eq!(admin(1024).0, 0, "MQES + 1");
+    assert_eq!(admin(4096).0, 0, "4096 admin entries");
+    assert_eq!(admin(4097), (0x182, 44), "above the admin queue's 4096");
+    assert_eq!(admin(65536), (0x182, 44), "SQSIZE FFFFh");
+    let c = Controller::connect(addr, NQN, &Opts::default()).unwrap();
+    let mut q = Queue::open(addr, Digests::default()).unwrap();
+    let r = q.connect(1, 1025, NQN, &host, c.cntlid, 0, true).unwrap();
+    assert_eq!(
+        (r.status, r.result & 0xFFFF),
+        (0x182, 44),
+        "I/O queue above MQES"
+    );
+    c.io_queue(1, 1024)
+        .expect("an I/O queue of MQES + 1 entries");
+}

@@ -10,7 +10,7 @@
 //! - An I/O queue attaches only to a controller that is alive and enabled, for the host (NQN
 //!   and host id) that created it; the registry is locked only here and on teardown.
 
-use super::{AdminState, MAX_AERS, MAXH2CDATA, MQES, NvmfConn, Phase, Role};
+use super::{ADMIN_SQSIZE_MAX, AdminState, MAX_AERS, MAXH2CDATA, MQES, NvmfConn, Phase, Role};
 use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, fctype, prop};
 use crate::frontend::nvmf::ctrl::{self, AttachError};
@@ -121,10 +121,13 @@ impl NvmfConn {
             return Err(invalid(1, 512));
         };
         let sqsize = sqe.connect_sqsize();
-        if sqsize == 0 || sqsize > MQES {
+        let qid = sqe.connect_qid();
+        // On a fabric CAP.MQES bounds the I/O submission queues only; an admin queue may have
+        // up to 4096 entries.
+        let max = if qid == 0 { ADMIN_SQSIZE_MAX } else { MQES };
+        if sqsize == 0 || sqsize > max {
             return Err(invalid(0, 44));
         }
-        let qid = sqe.connect_qid();
         // An admin queue takes the subsystem as it is now; an I/O queue takes its controller's.
         let (ctrl, sub) = if qid == 0 {
             if cd.cntlid != 0xFFFF {
