@@ -219,3 +219,68 @@ fn connect_queue_sizes_at_their_limits() {
     c.io_queue(1, 1024)
         .expect("an I/O queue of MQES + 1 entries");
 }
+
+/// An H2CData PDU whose data digest does not match (DDGSTF set, digest wrong) is no fatal
+/// transport error: its command fails with Transient Transport Error (SCT 0, SC 22h, no DNR),
+/// the rest of the transfer is received and dropped, nothing is written, and the queue keeps
+/// working (NVMe/TCP transport, data digest).
+#[test]
+fn an_h2cdata_data_digest_error_fails_the_command_not_the_connection() {
+    let (d, _) = in_process(RAM);
+    let opts = Opts {
+        digests: Digests {
+            header: true,
+            data: true,
+        },
+        ..Opts::default()
+    };
+    let c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let before = q.read(1, 0, 256, 512).unwrap();
+    let cid: u16 = 0x31;
+    let total = 128u32 << 10;
+    let sqe = Sqe::new(0x01)
+        .nsid(1)
+        .lba(0, 256)
+        .bytes(2, &cid.to_le_bytes())
+        .bytes(32, &total.to_le_bytes())
+        .bytes(39, &[0x5A]);
+    q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+    let r2t = q.read_pdu().unwrap();
+    assert_eq!(r2t.kind, 0x09);
+    let ttag = u16::from_le_bytes([r2t.header[10], r2t.header[11]]);
+    // Two H2CData PDUs of 64 KiB with both digests; the first one's data digest is wrong.
+    let half = 64u32 << 10;
+    for (i, off) in [0u32, half].into_iter().enumerate() {
+        let data = vec![0xA5u8; half as usize];
+        let mut b = vec![0x06, 0x01 | 0x02 | if i == 1 { 0x04 } else { 0 }, 24, 28];
+        b.extend_from_slice(&(28 + half + 4).to_le_bytes());
+        b.extend_from_slice(&cid.to_le_bytes());
+        b.extend_from_slice(&ttag.to_le_bytes());
+        b.extend_from_slice(&off.to_le_bytes());
+        b.extend_from_slice(&half.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        let h = crc32c(&b);
+        b.extend_from_slice(&h.to_le_bytes());
+        b.extend_from_slice(&data);
+        let dd = crc32c(&data) ^ u32::from(i == 0);
+        b.extend_from_slice(&dd.to_le_bytes());
+        q.send_raw(&b).unwrap();
+    }
+    let p = q.read_pdu().unwrap();
+    assert_eq!(p.kind, 0x05, "a response capsule, not a TermReq: {p:?}");
+    let cqe = &p.header[8..24];
+    assert_eq!(u16::from_le_bytes([cqe[12], cqe[13]]), cid);
+    let st = u16::from_le_bytes([cqe[14], cqe[15]]);
+    assert_eq!((st >> 1) & 0x7FF, 0x022, "Transient Transport Error");
+    assert_eq!(st & 0x8000, 0, "no DNR");
+    // Nothing was written, and the queue (and its next transfer) works.
+    assert_eq!(q.read(1, 0, 256, 512).unwrap(), before);
+    let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    q.write(1, 0, &data, 512, false).unwrap();
+    assert_eq!(q.read(1, 0, 256, 512).unwrap(), data);
+}
+
+fn crc32c(b: &[u8]) -> u32 {
+    twinblk::checksum::crc32c(b)
+}

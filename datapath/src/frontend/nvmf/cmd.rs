@@ -152,6 +152,8 @@ impl Status {
     pub const DATA_XFER_ERROR: Status = Status(0x004);
     /// Internal error.
     pub const INTERNAL: Status = Status(0x006);
+    /// Transient Transport Error (retryable): e.g. a data digest that did not match.
+    pub const TRANSIENT_TRANSPORT: Status = Status(0x022);
     /// Invalid namespace or format.
     pub const INVALID_NS: Status = Status(0x00B);
     /// Command sequence error.
@@ -212,7 +214,10 @@ impl Status {
         }
         let retry = matches!(
             self,
-            Status::NS_NOT_READY | Status::ANA_INACCESSIBLE | Status::ANA_TRANSITION
+            Status::NS_NOT_READY
+                | Status::ANA_INACCESSIBLE
+                | Status::ANA_TRANSITION
+                | Status::TRANSIENT_TRANSPORT
         );
         (self.0 << 1) | if retry { 0 } else { 0x8000 }
     }

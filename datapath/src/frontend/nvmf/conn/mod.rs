@@ -258,11 +258,8 @@ impl NvmfConn {
             fei = v.fei,
             "NVMe/TCP protocol violation; terminating the connection"
         );
-        if !self.terminated && !self.life.broken && v != pdu::DATA_DIGEST_MISMATCH {
+        if !self.terminated && !self.life.broken {
             pdu::put_c2h_term(&mut self.tx.pending, v, offending);
-        }
-        if v == pdu::DATA_DIGEST_MISMATCH {
-            self.life.broken = true;
         }
         self.terminated = true;
         self.life.closing = true;
@@ -338,6 +335,11 @@ impl NvmfConn {
         if self.life.shutting_down {
             return self.respond(cid, Status::NS_NOT_READY, 0);
         }
+        if !p.data_ok {
+            // In-capsule data damaged on the way: the command fails, the connection stays.
+            self.digest_error(env);
+            return self.respond(cid, Status::TRANSIENT_TRANSPORT, 0);
+        }
         if !p.data.is_empty() {
             if sqe.sgl_type() != sgl::INCAPSULE || sqe.sgl_addr() != 0 {
                 return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
@@ -368,6 +370,16 @@ impl NvmfConn {
             return;
         }
         self.execute(env, nv, sqe, &[])
+    }
+
+    /// A data digest did not match (counted and logged; the command fails with Transient
+    /// Transport Error, the connection stays).
+    fn digest_error(&mut self, env: &mut Env<'_>) {
+        env.counters.violations += 1;
+        tracing::warn!(
+            conn = env.key,
+            "NVMe/TCP data digest mismatch; the command fails with Transient Transport Error"
+        );
     }
 
     // ----- responses -----
