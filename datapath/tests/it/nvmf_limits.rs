@@ -178,6 +178,19 @@ fn the_largest_nlb_exceeds_mdts_for_writes_as_for_reads() {
         assert_eq!((st >> 1) & 0x7FF, 0x002, "opcode {op:#x}");
         assert_ne!(st & 0x8000, 0, "DNR");
     }
+    // A one-block Write whose SGL claims u32::MAX bytes is within MDTS; its SGL is too long:
+    // Data SGL Length Invalid, still before any R2T.
+    let sqe = Sqe::new(0x01)
+        .nsid(1)
+        .cdw(12, 0)
+        .bytes(2, &0x78u16.to_le_bytes())
+        .bytes(32, &u32::MAX.to_le_bytes())
+        .bytes(39, &[0x5A]);
+    q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+    let p = q.read_pdu().unwrap();
+    assert_eq!(p.kind, 0x05, "a response, not an R2T");
+    let st = u16::from_le_bytes([p.header[22], p.header[23]]);
+    assert_eq!((st >> 1) & 0x7FF, 0x00F, "SGL length u32::MAX");
     assert_eq!(q.read(1, 0, 8, 512).unwrap(), before);
 }
 

@@ -355,8 +355,13 @@ impl NvmfConn {
             }
             let total = sqe.sgl_len();
             if total > MAX_XFER {
-                // A transfer above MDTS: Invalid Field in Command (as for a Read).
-                return self.respond(cid, Status::INVALID_FIELD, 0);
+                // A transfer above MDTS: Invalid Field in Command (as for a Read), unless the
+                // command's own length (NLB) is within MDTS and only its SGL is too long.
+                let s = match self.nlb_bytes(env.vols, &sqe) {
+                    Some(n) if n <= u64::from(MAX_XFER) => Status::SGL_INVALID_DATA,
+                    _ => Status::INVALID_FIELD,
+                };
+                return self.respond(cid, s, 0);
             }
             if self.xfers.len() + self.r2t_wait.len() >= MAX_INFLIGHT {
                 // More commands waiting for data than any legal queue (MQES + 1) can hold.
