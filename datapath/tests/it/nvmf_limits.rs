@@ -297,3 +297,61 @@ fn an_h2cdata_data_digest_error_fails_the_command_not_the_connection() {
 fn crc32c(b: &[u8]) -> u32 {
     twinblk::checksum::crc32c(b)
 }
+
+/// In-capsule data addressed by an offset (SGL Data Block, Offset subtype; Identify
+/// Controller SGLS bit 20 says the Address field may be an offset, ICDOFF 0): data at a
+/// non-zero offset inside the capsule's data is the command's data; an offset or an
+/// offset + length past the capsule's data is SGL Offset Invalid (0x016), not a descriptor
+/// type error.
+#[test]
+fn in_capsule_data_at_an_offset_is_honoured_and_a_bad_offset_is_sgl_offset_invalid() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let id = c.identify(0x01, 0).unwrap();
+    assert_ne!(id[536 + 2] & 0x10, 0, "SGLS bit 20: address as offset");
+    assert_eq!(u16::from_le_bytes([id[1800], id[1801]]), 0, "ICDOFF");
+    let mut q = c.io_queue(1, 8).unwrap();
+    let block: Vec<u8> = (0..512u32).map(|i| (i * 7) as u8).collect();
+    let send = |q: &mut Queue, off: u64, len: u32, capsule: &[u8]| {
+        let sqe = Sqe::new(0x01)
+            .nsid(1)
+            .lba(40, 1)
+            .bytes(2, &0x55u16.to_le_bytes())
+            .bytes(24, &off.to_le_bytes())
+            .bytes(32, &len.to_le_bytes())
+            .bytes(39, &[0x01]);
+        q.send_raw(&q.capsule(&sqe.0, capsule)).unwrap();
+        let p = q.read_pdu().unwrap();
+        assert_eq!(p.kind, 0x05);
+        (u16::from_le_bytes([p.header[22], p.header[23]]) >> 1) & 0x7FF
+    };
+    let mut capsule = vec![0xEEu8; 64];
+    capsule.extend_from_slice(&block);
+    assert_eq!(send(&mut q, 64, 512, &capsule), 0, "data at offset 64");
+    assert_eq!(q.read(1, 40, 1, 512).unwrap(), block);
+    assert_eq!(
+        send(&mut q, 65, 512, &capsule),
+        0x016,
+        "offset + length past the data"
+    );
+    assert_eq!(
+        send(&mut q, 4096, 512, &capsule),
+        0x016,
+        "offset past the data"
+    );
+    assert_eq!(
+        send(&mut q, u64::MAX, 512, &capsule),
+        0x016,
+        "offset u64::MAX"
+    );
+    assert_eq!(
+        send(&mut q, 32, 512, &capsule),
+        0x00F,
+        "data left after the described"
+    );
+    assert_eq!(
+        q.read(1, 40, 1, 512).unwrap(),
+        block,
+        "nothing else written"
+    );
+}

@@ -162,6 +162,8 @@ impl Status {
     pub const SGL_INVALID_DATA: Status = Status(0x00F);
     /// SGL descriptor type invalid.
     pub const SGL_INVALID_TYPE: Status = Status(0x011);
+    /// SGL offset invalid (an in-capsule offset past the capsule's data).
+    pub const SGL_OFFSET_INVALID: Status = Status(0x016);
     /// LBA out of range.
     pub const LBA_RANGE: Status = Status(0x080);
     /// Namespace not ready (retryable).

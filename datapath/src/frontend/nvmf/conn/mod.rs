@@ -341,13 +341,28 @@ impl NvmfConn {
             return self.respond(cid, Status::TRANSIENT_TRANSPORT, 0);
         }
         if !p.data.is_empty() {
-            if sqe.sgl_type() != sgl::INCAPSULE || sqe.sgl_addr() != 0 {
+            if sqe.sgl_type() != sgl::INCAPSULE {
                 return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
             }
-            if sqe.sgl_len() as usize != p.data.len() || p.data.len() > INCAPSULE_MAX as usize {
+            if p.data.len() > INCAPSULE_MAX as usize {
                 return self.respond(cid, Status::SGL_INVALID_DATA, 0);
             }
-            return self.execute(env, nv, sqe, p.data);
+            // The Address is an offset into the capsule's data (ICDOFF 0, SGLS bit 20).
+            let (off, len) = (sqe.sgl_addr(), u64::from(sqe.sgl_len()));
+            let end = off.checked_add(len).filter(|&e| e <= p.data.len() as u64);
+            let Some(end) = end else {
+                let s = if off == 0 {
+                    Status::SGL_INVALID_DATA
+                } else {
+                    Status::SGL_OFFSET_INVALID
+                };
+                return self.respond(cid, s, 0);
+            };
+            if end != p.data.len() as u64 {
+                // Data beyond what the descriptor describes.
+                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+            }
+            return self.execute(env, nv, sqe, &p.data[off as usize..end as usize]);
         }
         if host_to_ctrl(&sqe) && sqe.sgl_len() > 0 {
             if sqe.sgl_type() != sgl::TRANSPORT {
