@@ -355,3 +355,24 @@ fn in_capsule_data_at_an_offset_is_honoured_and_a_bad_offset_is_sgl_offset_inval
         "nothing else written"
     );
 }
+
+/// Reservation Report's NUMD (cdw10, 0's based) at its largest asks for 2^32 dwords: above
+/// MDTS, so Invalid Field in Command, as for Get Log Page; a NUMD within MDTS is answered.
+#[test]
+fn reservation_report_with_the_largest_dword_count_is_an_invalid_field() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let report = |q: &mut Queue, numd: u32| {
+        let sqe = Sqe::new(0x0E).nsid(1).cdw(10, numd).cdw(11, 1);
+        let r = q.cmd(sqe, &[], 4096).unwrap();
+        (r.status, r.dnr, r.data.len())
+    };
+    assert_eq!(
+        report(&mut q, u32::MAX),
+        (0x002, true, 0),
+        "NUMD 2^32 dwords"
+    );
+    assert_eq!(report(&mut q, 128 << 8).0, 0x002, "one dword above 128 KiB");
+    assert_eq!(report(&mut q, 1023), (0, false, 4096), "4 KiB");
+}
