@@ -376,3 +376,48 @@ fn reservation_report_with_the_largest_dword_count_is_an_invalid_field() {
     assert_eq!(report(&mut q, 128 << 8).0, 0x002, "one dword above 128 KiB");
     assert_eq!(report(&mut q, 1023), (0, false, 4096), "4 KiB");
 }
+
+/// A Get Log Page of the ANA log that fails (an LPO that is not dword aligned, or past the
+/// log) returns no log, so it must not count as the host having seen the ANA change: the held
+/// Async Event Request still reports it.
+#[test]
+fn a_failed_ana_log_read_does_not_swallow_the_ana_change_event() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    c.admin
+        .cmd_ok(Sqe::new(0x09).cdw(10, 0x0B).cdw(11, 1 << 11), &[], 0)
+        .unwrap();
+    let aer = c.admin.submit(Sqe::new(0x0C), &[], 0).unwrap();
+    let vol0 = d.shared().volumes.get(0).unwrap();
+    assert!(
+        vol0.path
+            .set(twinblk::bdev::volume::PathState::Inaccessible)
+    );
+    c.admin
+        .stream()
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut bad = Vec::new();
+    for lpo in [2u32, 1 << 20] {
+        let sqe = Sqe::new(0x02).cdw(10, 0x0C | (1023 << 16)).cdw(12, lpo);
+        bad.push(c.admin.submit(sqe, &[], 4096).unwrap());
+    }
+    let ka = c.admin.submit(Sqe::new(0x18), &[], 0).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match c.admin.complete() {
+            Ok(x) => seen.push((x.cid, x.status)),
+            Err(e) => panic!("only {seen:?} completed (AER {aer}, keep alive {ka}): {e}"),
+        }
+    }
+    for cid in bad {
+        assert!(seen.contains(&(cid, 0x002)), "bad LPO: {seen:?}");
+    }
+    let aer = seen.iter().find(|x| x.0 == aer).copied();
+    assert_eq!(
+        aer.map(|x| x.1),
+        Some(0),
+        "the AER reported the change: {seen:?}"
+    );
+    assert!(seen.contains(&(ka, 0)), "{seen:?}");
+}

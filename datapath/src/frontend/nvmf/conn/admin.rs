@@ -59,11 +59,20 @@ impl NvmfConn {
                 }
                 let want = (numd * 4).min(u64::from(sqe.sgl_len())) as u32;
                 let lpo = u64::from(sqe.cdw(12)) | (u64::from(sqe.cdw(13)) << 32);
+                // What the host has seen of ANA changes moves only with a log it receives.
+                let seen = match &self.role {
+                    Role::Admin(st) => Some((st.ana_seen, st.ana_view.clone())),
+                    _ => None,
+                };
                 let s = self.log_page(env, nv, discovery, sqe);
                 if s != Status::SUCCESS {
                     return self.respond(cid, s, 0);
                 }
                 if lpo % 4 != 0 || lpo > self.scratch.len() as u64 {
+                    if let (Role::Admin(st), Some((chg, view))) = (&mut self.role, seen) {
+                        st.ana_seen = chg;
+                        st.ana_view = view;
+                    }
                     return self.respond(cid, Status::INVALID_FIELD, 0);
                 }
                 self.scratch.drain(..lpo as usize);
