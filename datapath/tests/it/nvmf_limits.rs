@@ -421,3 +421,26 @@ fn a_failed_ana_log_read_does_not_swallow_the_ana_change_event() {
     );
     assert!(seen.contains(&(ka, 0)), "{seen:?}");
 }
+
+/// A Write whose in-capsule descriptor (Data Block, Offset subtype) describes 512 bytes while
+/// the capsule carries none: the descriptor type is fine, its length is not (0x00F Data SGL
+/// Length Invalid), and nothing is written.
+#[test]
+fn an_in_capsule_descriptor_without_capsule_data_is_a_length_error() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let before = q.read(1, 9, 1, 512).unwrap();
+    let sqe = Sqe::new(0x01)
+        .nsid(1)
+        .lba(9, 1)
+        .bytes(2, &0x66u16.to_le_bytes())
+        .bytes(32, &512u32.to_le_bytes())
+        .bytes(39, &[0x01]);
+    q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+    let p = q.read_pdu().unwrap();
+    assert_eq!(p.kind, 0x05);
+    let st = u16::from_le_bytes([p.header[22], p.header[23]]);
+    assert_eq!((st >> 1) & 0x7FF, 0x00F);
+    assert_eq!(q.read(1, 9, 1, 512).unwrap(), before);
+}

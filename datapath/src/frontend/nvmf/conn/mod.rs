@@ -365,6 +365,10 @@ impl NvmfConn {
             return self.execute(env, nv, sqe, &p.data[off as usize..end as usize]);
         }
         if host_to_ctrl(&sqe) && sqe.sgl_len() > 0 {
+            if sqe.sgl_type() == sgl::INCAPSULE {
+                // An in-capsule descriptor of a capsule that carries no data: its length.
+                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+            }
             if sqe.sgl_type() != sgl::TRANSPORT {
                 return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
             }
