@@ -444,3 +444,23 @@ fn an_in_capsule_descriptor_without_capsule_data_is_a_length_error() {
     assert_eq!((st >> 1) & 0x7FF, 0x00F);
     assert_eq!(q.read(1, 9, 1, 512).unwrap(), before);
 }
+
+/// SQHD counts the submission queue entries the controller took, the Connect's included (it
+/// is the queue's first entry), wrapping at the queue size (SQSIZE + 1): a queue of 4
+/// entries reports 1 for the Connect, then 2, 3, 0, 1, 2. (The Connect used to be counted
+/// before the queue had its size, so every later SQHD lagged one entry behind.)
+#[test]
+fn sqhd_counts_the_connect_as_the_queues_first_entry() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let c = Controller::connect(addr, NQN, &Opts::default()).unwrap();
+    let host = twinblk_tools::nvmf::Host::default();
+    let mut q = Queue::open(addr, Digests::default()).unwrap();
+    let r = q.connect(1, 4, NQN, &host, c.cntlid, 0, false).unwrap();
+    assert_eq!(r.status, 0);
+    let mut heads = vec![r.sqhd];
+    for _ in 0..5 {
+        heads.push(q.cmd(Sqe::new(0x00).nsid(1), &[], 0).unwrap().sqhd);
+    }
+    assert_eq!(heads, vec![1, 2, 3, 0, 1, 2]);
+}

@@ -185,6 +185,9 @@ impl NvmfConn {
         };
         self.qid = qid;
         self.qsize = u32::from(sqsize) + 1;
+        // The Connect itself took the queue's first entry (the head was counted before the
+        // queue had its size).
+        self.sqhd = 1 % self.qsize;
         self.sqflow_off = sqe.connect_cattr() & cmd::CATTR_DISABLE_SQFLOW != 0;
         self.resv_cache.clear();
         let id = ctrl.cntlid;
