@@ -464,3 +464,22 @@ fn sqhd_counts_the_connect_as_the_queues_first_entry() {
     }
     assert_eq!(heads, vec![1, 2, 3, 0, 1, 2]);
 }
+
+/// With SQ flow control disabled by Connect (CATTR bit 2) the host does not track the SQ
+/// head, and every completion's SQHD is FFFFh, from the Connect response on (NVMe over
+/// Fabrics, SQ flow control disable, TP 8005; Linux's target does the same).
+#[test]
+fn sqhd_is_ffffh_when_sq_flow_control_is_disabled() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let c = Controller::connect(addr, NQN, &Opts::default()).unwrap();
+    let host = twinblk_tools::nvmf::Host::default();
+    let mut q = Queue::open(addr, Digests::default()).unwrap();
+    let r = q.connect(1, 4, NQN, &host, c.cntlid, 0, true).unwrap();
+    assert_eq!(r.status, 0);
+    let mut heads = vec![r.sqhd];
+    for _ in 0..5 {
+        heads.push(q.cmd(Sqe::new(0x00).nsid(1), &[], 0).unwrap().sqhd);
+    }
+    assert_eq!(heads, vec![0xFFFF; 6]);
+}

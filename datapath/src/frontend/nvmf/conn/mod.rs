@@ -412,7 +412,13 @@ impl NvmfConn {
         if self.terminated || self.life.broken {
             return;
         }
-        let c = cmd::cqe(result, self.sqhd as u16, self.qid, cid, status);
+        // With SQ flow control disabled the host does not track the head: SQHD is FFFFh.
+        let sqhd = if self.sqflow_off {
+            0xFFFF
+        } else {
+            self.sqhd as u16
+        };
+        let c = cmd::cqe(result, sqhd, self.qid, cid, status);
         pdu::put_rsp(&mut self.tx.pending, &c, self.dg);
     }
 
