@@ -33,6 +33,7 @@ mod netns;
 mod nvmf;
 mod nvmf_ana;
 mod nvmf_fused_resv;
+mod nvmf_limits;
 mod rawnbd;
 mod reactor_wait;
 mod read_only;

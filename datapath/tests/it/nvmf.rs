@@ -499,7 +499,8 @@ fn malformed_pdus_get_termreq_or_status_and_others_keep_working() {
     q.send_raw(&b).unwrap();
     expect_term(&mut q, 0x03);
 
-    // 6. Bad data digest: the connection is closed.
+    // 6. Bad data digest: the command fails with Transient Transport Error (retryable), the
+    // connection stays (NVMe/TCP: a data digest error is no fatal transport error).
     let mut q = Queue::open(
         addr,
         Digests {
@@ -515,7 +516,13 @@ fn malformed_pdus_get_termreq_or_status_and_others_keep_working() {
     let n = b.len();
     b[n - 1] ^= 0xFF;
     q.send_raw(&b).unwrap();
-    assert!(closed_by_target(q.stream()));
+    let p = q.read_pdu().unwrap();
+    assert_eq!(p.kind, t::RSP, "{p:?}");
+    let st = u16::from_le_bytes([p.header[22], p.header[23]]);
+    assert_eq!((st >> 1) & 0x7FF, 0x022, "Transient Transport Error");
+    assert_eq!(st & 0x8000, 0, "no DNR: worth retrying");
+    let r = q.connect(0, 32, NQN, &host, 0xFFFF, 0, false).unwrap();
+    assert_eq!(r.status, 0, "the connection is still usable");
 
     // 7. I/O before Connect: an NVMe status, and the connection stays usable.
     let mut q = Queue::open(addr, dg0).unwrap();

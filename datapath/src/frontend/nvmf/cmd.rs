@@ -152,6 +152,8 @@ impl Status {
     pub const DATA_XFER_ERROR: Status = Status(0x004);
     /// Internal error.
     pub const INTERNAL: Status = Status(0x006);
+    /// Transient Transport Error (retryable): e.g. a data digest that did not match.
+    pub const TRANSIENT_TRANSPORT: Status = Status(0x022);
     /// Invalid namespace or format.
     pub const INVALID_NS: Status = Status(0x00B);
     /// Command sequence error.
@@ -160,6 +162,8 @@ impl Status {
     pub const SGL_INVALID_DATA: Status = Status(0x00F);
     /// SGL descriptor type invalid.
     pub const SGL_INVALID_TYPE: Status = Status(0x011);
+    /// SGL offset invalid (an in-capsule offset past the capsule's data).
+    pub const SGL_OFFSET_INVALID: Status = Status(0x016);
     /// LBA out of range.
     pub const LBA_RANGE: Status = Status(0x080);
     /// Namespace not ready (retryable).
@@ -212,7 +216,10 @@ impl Status {
         }
         let retry = matches!(
             self,
-            Status::NS_NOT_READY | Status::ANA_INACCESSIBLE | Status::ANA_TRANSITION
+            Status::NS_NOT_READY
+                | Status::ANA_INACCESSIBLE
+                | Status::ANA_TRANSITION
+                | Status::TRANSIENT_TRANSPORT
         );
         (self.0 << 1) | if retry { 0 } else { 0x8000 }
     }
@@ -348,10 +355,28 @@ pub struct ConnectData<'a> {
     pub hostid: [u8; 16],
     /// Controller id (0xFFFF on the admin queue: dynamic).
     pub cntlid: u16,
-    /// Subsystem NQN (up to the first NUL).
+    /// Subsystem NQN (up to the first NUL; all [`NQN_FIELD_LEN`] bytes when there is none).
     pub subnqn: &'a [u8],
-    /// Host NQN (up to the first NUL).
+    /// Host NQN (up to the first NUL; all [`NQN_FIELD_LEN`] bytes when there is none).
     pub hostnqn: &'a [u8],
+}
+
+/// Size of an NQN field of the Connect data. An NQN is NUL-terminated, so one that fills the
+/// whole field is not an NQN.
+pub const NQN_FIELD_LEN: usize = 256;
+
+impl ConnectData<'_> {
+    /// The Connect data offset of the first NQN field that has no terminating NUL (SUBNQN
+    /// 256, HOSTNQN 512), for Connect Invalid Parameters.
+    pub fn unterminated_nqn(&self) -> Option<u64> {
+        if self.subnqn.len() >= NQN_FIELD_LEN {
+            Some(256)
+        } else if self.hostnqn.len() >= NQN_FIELD_LEN {
+            Some(512)
+        } else {
+            None
+        }
+    }
 }
 
 fn nul_str(b: &[u8]) -> &[u8] {
@@ -430,6 +455,17 @@ pub const ANATT: u8 = 10;
 /// and 4; never persistent loss, bit 3: no path state maps to it); the group id of a namespace
 /// never changes while it is attached (bit 6).
 pub const ANACAP: u8 = 0x17 | (1 << 6);
+/// Keep Alive granularity reported in Identify Controller KAS, in 100 ms units.
+pub const KAS: u16 = 1;
+
+/// A keep-alive timeout as the controller applies it: rounded up to a multiple of the KAS
+/// granularity (NVM Express Base 2.0, Keep Alive Timer feature), 0 (disabled) kept. The few
+/// values above the largest multiple of 100 ms in 32 bits (49.7 days) are kept as they are.
+pub fn kato_granular(ms: u32) -> u32 {
+    let unit = u32::from(KAS) * 100;
+    ms.checked_next_multiple_of(unit).unwrap_or(ms)
+}
+
 /// Warning composite temperature threshold (K), also the default over-temperature threshold.
 pub const WCTEMP: u16 = 0x157;
 /// Critical composite temperature threshold (K).
@@ -456,7 +492,7 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     b[261] = 0x04; // LPA: extended data for Get Log Page (offsets)
     put16(b, 266, WCTEMP);
     put16(b, 268, CCTEMP);
-    put16(b, 320, 1); // KAS: 100 ms granularity
+    put16(b, 320, KAS); // KAS: 100 ms granularity
     if !c.discovery {
         b[342] = ANATT;
         b[343] = ANACAP;
@@ -1008,6 +1044,14 @@ mod tests {
             (0xFFFF, &b"nqn1"[..], &b"hst"[..])
         );
         assert!(connect_data(&d[..1000]).is_none());
+        assert_eq!(c.unterminated_nqn(), None);
+        // 255 bytes and the NUL: terminated; all 256 bytes: not.
+        d[512..767].fill(b'h');
+        assert_eq!(connect_data(&d).unwrap().unterminated_nqn(), None);
+        d[767] = b'h';
+        assert_eq!(connect_data(&d).unwrap().unterminated_nqn(), Some(512));
+        d[256..512].fill(b'n');
+        assert_eq!(connect_data(&d).unwrap().unterminated_nqn(), Some(256));
         let mut out = Vec::new();
         let one = AnaDesc {
             id: 1,

@@ -2,7 +2,8 @@
 //!
 //! Model: the connection keeps a receive buffer; [`parse`] looks at its head and answers
 //! "need more bytes", "a whole PDU of `n` bytes" (with its header and data split out and both
-//! digests checked), or a [`Violation`] naming the TermReq fatal error status and field.
+//! digests checked: a data digest that does not match is reported with the PDU, which stays
+//! well framed), or a [`Violation`] naming the TermReq fatal error status and field.
 //! Encoders append to a caller-owned `Vec<u8>` that is reused from turn to turn.
 //!
 //! Invariants:
@@ -107,9 +108,6 @@ impl Violation {
     }
 }
 
-/// A data digest did not match (the connection is closed; see `docs/nvmf.md`).
-pub const DATA_DIGEST_MISMATCH: Violation = Violation { fes: 0, fei: 0 };
-
 /// The common header of a PDU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Common {
@@ -177,6 +175,10 @@ pub struct Pdu<'a> {
     pub header: &'a [u8],
     /// The data (digest excluded; empty when none).
     pub data: &'a [u8],
+    /// The data digest matched, or there is none. A mismatch is no transport error (the PDU
+    /// is framed by its header): the command the data belongs to fails with Transient
+    /// Transport Error (NVMe/TCP, data digest).
+    pub data_ok: bool,
 }
 
 /// How many bytes the PDU at the head of `b` needs in all (at least the common header).
@@ -268,14 +270,21 @@ pub fn parse(b: &[u8], dg: Digests, max_data: u32) -> Result<Option<(Pdu<'_>, us
         }
     }
     let data = &b[data_lo..data_hi];
+    let mut data_ok = true;
     if data_hi < plen && ch.flags & flag::DDGST != 0 {
         let d = &b[data_hi..plen];
         let want = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-        if crate::checksum::crc32c(data) != want {
-            return Err(DATA_DIGEST_MISMATCH);
-        }
+        data_ok = crate::checksum::crc32c(data) == want;
     }
-    Ok(Some((Pdu { ch, header, data }, plen)))
+    Ok(Some((
+        Pdu {
+            ch,
+            header,
+            data,
+            data_ok,
+        },
+        plen,
+    )))
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -541,10 +550,17 @@ mod tests {
         let mut b = cmd_pdu(dg, b"abcd");
         b[20] ^= 1;
         assert_eq!(parse(&b, dg, 8192).unwrap_err().fes, fes::HEADER_DIGEST);
+        let b = cmd_pdu(dg, b"abcd");
+        assert!(parse(&b, dg, 8192).unwrap().unwrap().0.data_ok);
         let mut b = cmd_pdu(dg, b"abcd");
         let n = b.len();
         b[n - 5] ^= 1;
-        assert_eq!(parse(&b, dg, 8192).unwrap_err(), DATA_DIGEST_MISMATCH);
+        let (p, len) = parse(&b, dg, 8192).unwrap().unwrap();
+        assert_eq!(
+            (p.data_ok, p.data.len(), len),
+            (false, 4, n),
+            "framed, flagged"
+        );
     }
 
     #[test]

@@ -24,9 +24,9 @@ use crate::uring::Errno;
 pub enum Outcome {
     /// This status, whatever the command.
     Fixed(Status),
-    /// A media error: Unrecovered Read Error for a read, Write Fault for anything else, except
-    /// a reservation command, for which it means the other site could not be reached and
-    /// nothing was decided (Internal Error).
+    /// A media error: Unrecovered Read Error for a read or compare, Write Fault for anything
+    /// else, except a reservation command, for which it means the other site could not be
+    /// reached and nothing was decided (Internal Error).
     Media,
 }
 
@@ -73,7 +73,7 @@ pub fn status_of(e: Errno, op: u8) -> Status {
         Some(&(_, _, Outcome::Fixed(s))) => s,
         Some((_, _, Outcome::Media)) => match op {
             io::RESV_REGISTER | io::RESV_ACQUIRE | io::RESV_RELEASE => Status::INTERNAL,
-            io::READ => Status::READ_ERROR,
+            io::READ | io::COMPARE => Status::READ_ERROR,
             _ => Status::WRITE_FAULT,
         },
         None => Status::INTERNAL,
@@ -206,6 +206,9 @@ mod tests {
             );
         }
         assert_eq!(status_of(Errno::IO, io::FLUSH), Status::WRITE_FAULT);
+        // A Compare reads the medium: its media error is a read error, as when the Compare is
+        // diverted to the volume's home (which reads it as a Read).
+        assert_eq!(status_of(Errno::IO, io::COMPARE), Status::READ_ERROR);
         assert_eq!(status_of(Errno::IO, io::RESV_RELEASE), Status::INTERNAL);
         assert_eq!(status_of(Errno(libc::EBADF), io::WRITE), Status::INTERNAL);
         let meta = crate::layer::mirror::engine::META_STATUS;

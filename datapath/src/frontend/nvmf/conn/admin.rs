@@ -51,14 +51,28 @@ impl NvmfConn {
                 }
             }
             admin::GET_LOG_PAGE => {
-                let numd = ((sqe.cdw(11) & 0xFFFF) << 16 | (sqe.cdw(10) >> 16)) + 1;
-                let want = (u64::from(numd) * 4).min(u64::from(sqe.sgl_len())) as u32;
+                // NUMDU:NUMDL is a 0's based dword count: up to 2^32 dwords (16 GiB), so
+                // counted in u64. A transfer above MDTS is Invalid Field in Command.
+                let numd = u64::from((sqe.cdw(11) & 0xFFFF) << 16 | (sqe.cdw(10) >> 16)) + 1;
+                if numd * 4 > u64::from(MAX_XFER) {
+                    return self.respond(cid, Status::INVALID_FIELD, 0);
+                }
+                let want = (numd * 4).min(u64::from(sqe.sgl_len())) as u32;
                 let lpo = u64::from(sqe.cdw(12)) | (u64::from(sqe.cdw(13)) << 32);
+                // What the host has seen of ANA changes moves only with a log it receives.
+                let seen = match &self.role {
+                    Role::Admin(st) => Some((st.ana_seen, st.ana_view.clone())),
+                    _ => None,
+                };
                 let s = self.log_page(env, nv, discovery, sqe);
                 if s != Status::SUCCESS {
                     return self.respond(cid, s, 0);
                 }
                 if lpo % 4 != 0 || lpo > self.scratch.len() as u64 {
+                    if let (Role::Admin(st), Some((chg, view))) = (&mut self.role, seen) {
+                        st.ana_seen = chg;
+                        st.ana_view = view;
+                    }
                     return self.respond(cid, Status::INVALID_FIELD, 0);
                 }
                 self.scratch.drain(..lpo as usize);
@@ -298,7 +312,7 @@ impl NvmfConn {
                 (Status::SUCCESS, (g << 16) | g)
             }
             feat::KATO => {
-                ctrl.kato_ms.store(v, Ordering::Relaxed);
+                ctrl.kato_ms.store(cmd::kato_granular(v), Ordering::Relaxed);
                 (Status::SUCCESS, 0)
             }
             feat::ASYNC_EVENT => {

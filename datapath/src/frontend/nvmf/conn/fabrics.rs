@@ -10,7 +10,7 @@
 //! - An I/O queue attaches only to a controller that is alive and enabled, for the host (NQN
 //!   and host id) that created it; the registry is locked only here and on teardown.
 
-use super::{AdminState, MAX_AERS, MAXH2CDATA, MQES, NvmfConn, Phase, Role};
+use super::{ADMIN_SQSIZE_MAX, AdminState, MAX_AERS, MAXH2CDATA, MQES, NvmfConn, Phase, Role};
 use crate::frontend::nvmf::NvmfShared;
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, fctype, prop};
 use crate::frontend::nvmf::ctrl::{self, AttachError};
@@ -103,6 +103,9 @@ impl NvmfConn {
         let Some(cd) = cmd::connect_data(data) else {
             return Err((Status::SGL_INVALID_DATA, 0));
         };
+        if let Some(ipo) = cd.unterminated_nqn() {
+            return Err(invalid(1, ipo));
+        }
         let discovery = cd.subnqn == cmd::DISCOVERY_NQN.as_bytes();
         let found = if discovery {
             None
@@ -118,10 +121,13 @@ impl NvmfConn {
             return Err(invalid(1, 512));
         };
         let sqsize = sqe.connect_sqsize();
-        if sqsize == 0 || sqsize > MQES {
+        let qid = sqe.connect_qid();
+        // On a fabric CAP.MQES bounds the I/O submission queues only; an admin queue may have
+        // up to 4096 entries.
+        let max = if qid == 0 { ADMIN_SQSIZE_MAX } else { MQES };
+        if sqsize == 0 || sqsize > max {
             return Err(invalid(0, 44));
         }
-        let qid = sqe.connect_qid();
         // An admin queue takes the subsystem as it is now; an I/O queue takes its controller's.
         let (ctrl, sub) = if qid == 0 {
             if cd.cntlid != 0xFFFF {
@@ -134,7 +140,7 @@ impl NvmfConn {
                     hostnqn,
                     nv.host_sites.site_of(hostnqn),
                     cd.hostid,
-                    sqe.connect_kato(),
+                    cmd::kato_granular(sqe.connect_kato()),
                 )
                 .ok_or((Status::CONNECT_BUSY, 0))?;
             self.role = Role::Admin(AdminState {
@@ -179,6 +185,9 @@ impl NvmfConn {
         };
         self.qid = qid;
         self.qsize = u32::from(sqsize) + 1;
+        // The Connect itself took the queue's first entry (the head was counted before the
+        // queue had its size).
+        self.sqhd = 1 % self.qsize;
         self.sqflow_off = sqe.connect_cattr() & cmd::CATTR_DISABLE_SQFLOW != 0;
         self.resv_cache.clear();
         let id = ctrl.cntlid;
@@ -239,16 +248,23 @@ impl NvmfConn {
             return;
         };
         let set = sqe.fctype() == fctype::PROPERTY_SET;
-        let eight = sqe.prop_attrib() & 7 == 1;
-        let (status, result) = match (set, sqe.prop_offset()) {
-            (false, prop::CAP) => {
-                let cap = u64::from(MQES) | (1 << 16) | (10 << 24) | (1 << 37);
-                (Status::SUCCESS, if eight { cap } else { cap & 0xFFFF_FFFF })
-            }
-            (false, prop::VS) => (Status::SUCCESS, u64::from(cmd::VERSION)),
-            (false, prop::CC) => (Status::SUCCESS, u64::from(st.cc)),
-            (false, prop::CSTS) => (Status::SUCCESS, u64::from(st.csts)),
-            (true, prop::CC) if !eight => {
+        // ATTRIB bits 2:0: 0 four bytes, 1 eight bytes, the rest reserved.
+        let eight = match sqe.prop_attrib() & 7 {
+            0 => false,
+            1 => true,
+            _ => return self.respond(cid, Status::INVALID_FIELD, 0),
+        };
+        let cap = u64::from(MQES) | (1 << 16) | (10 << 24) | (1 << 37);
+        // An 8-byte access is CAP itself; a 4-byte access is a 4-byte property or either half
+        // of CAP. Anything else (misaligned, straddling two properties) is refused.
+        let (status, result) = match (set, eight, sqe.prop_offset()) {
+            (false, true, prop::CAP) => (Status::SUCCESS, cap),
+            (false, false, prop::CAP) => (Status::SUCCESS, cap & 0xFFFF_FFFF),
+            (false, false, o) if o == prop::CAP + 4 => (Status::SUCCESS, cap >> 32),
+            (false, false, prop::VS) => (Status::SUCCESS, u64::from(cmd::VERSION)),
+            (false, false, prop::CC) => (Status::SUCCESS, u64::from(st.cc)),
+            (false, false, prop::CSTS) => (Status::SUCCESS, u64::from(st.csts)),
+            (true, false, prop::CC) => {
                 let cc = sqe.prop_value() as u32;
                 st.cc = cc;
                 let en = cc & 1 != 0;

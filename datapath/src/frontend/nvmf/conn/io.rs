@@ -11,7 +11,7 @@
 //! - Every access counted in an atomic section is left exactly once (`leaves`, in `flush`).
 //! - Reservation access is re-evaluated only when the namespace's reservation version moved.
 
-use super::{MAX_XFER, NvmfConn, Req};
+use super::{MAX_XFER, NvmfConn, Req, Role};
 use crate::bdev::volume::Volume;
 use crate::bdev::{ReadStart, Start, in_range};
 use crate::frontend::nvmf::NvmfShared;
@@ -46,6 +46,18 @@ impl NvmfConn {
         };
         path_status(vol.path.get())?;
         Ok((idx, sub.namespaces[idx].volume))
+    }
+
+    /// The bytes a Write or Compare moves by its NLB (`None`: another command, or a namespace
+    /// not known here), to tell an SGL longer than its command from a command above MDTS.
+    pub(super) fn nlb_bytes(&self, vols: &[Option<Arc<Volume>>], sqe: &Sqe<'_>) -> Option<u64> {
+        if !matches!(self.role, Role::Io) || !matches!(sqe.opcode(), io::WRITE | io::COMPARE) {
+            return None;
+        }
+        let sub = self.subsys.as_ref()?;
+        let idx = sub.ns_index(sqe.nsid())?;
+        let v = vols.get(sub.namespaces[idx].volume)?.as_ref()?;
+        Some(u64::from(sqe.nlb()) * u64::from(v.info.block_size.max(1)))
     }
 
     /// What this host may do on namespace index `idx` of its subsystem: one atomic load, and

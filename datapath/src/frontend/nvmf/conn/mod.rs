@@ -86,8 +86,11 @@ pub const MAXH2CDATA: u32 = 64 << 10;
 pub const MDTS: u8 = 5;
 /// Maximum data transfer size in bytes.
 pub const MAX_XFER: u32 = 4096 << MDTS;
-/// Largest queue (0's based): CAP.MQES and the Connect SQSIZE limit.
+/// Largest I/O queue (0's based): CAP.MQES and the I/O queues' Connect SQSIZE limit.
 pub const MQES: u16 = 1023;
+/// Largest admin queue (0's based Connect SQSIZE): on a fabric CAP.MQES bounds only the I/O
+/// submission queues; an Admin Queue has at most 4096 entries.
+pub const ADMIN_SQSIZE_MAX: u16 = 4095;
 /// R2Ts outstanding per queue: bounds the assembly buffers a host can make a queue hold to
 /// `MAX_R2T * MAX_XFER` (4 MiB); further commands needing data wait (64 bytes each) for one.
 pub const MAX_R2T: usize = 32;
@@ -255,11 +258,8 @@ impl NvmfConn {
             fei = v.fei,
             "NVMe/TCP protocol violation; terminating the connection"
         );
-        if !self.terminated && !self.life.broken && v != pdu::DATA_DIGEST_MISMATCH {
+        if !self.terminated && !self.life.broken {
             pdu::put_c2h_term(&mut self.tx.pending, v, offending);
-        }
-        if v == pdu::DATA_DIGEST_MISMATCH {
-            self.life.broken = true;
         }
         self.terminated = true;
         self.life.closing = true;
@@ -335,22 +335,52 @@ impl NvmfConn {
         if self.life.shutting_down {
             return self.respond(cid, Status::NS_NOT_READY, 0);
         }
+        if !p.data_ok {
+            // In-capsule data damaged on the way: the command fails, the connection stays.
+            self.digest_error(env);
+            return self.respond(cid, Status::TRANSIENT_TRANSPORT, 0);
+        }
         if !p.data.is_empty() {
-            if sqe.sgl_type() != sgl::INCAPSULE || sqe.sgl_addr() != 0 {
+            if sqe.sgl_type() != sgl::INCAPSULE {
                 return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
             }
-            if sqe.sgl_len() as usize != p.data.len() || p.data.len() > INCAPSULE_MAX as usize {
+            if p.data.len() > INCAPSULE_MAX as usize {
                 return self.respond(cid, Status::SGL_INVALID_DATA, 0);
             }
-            return self.execute(env, nv, sqe, p.data);
+            // The Address is an offset into the capsule's data (ICDOFF 0, SGLS bit 20).
+            let (off, len) = (sqe.sgl_addr(), u64::from(sqe.sgl_len()));
+            let end = off.checked_add(len).filter(|&e| e <= p.data.len() as u64);
+            let Some(end) = end else {
+                let s = if off == 0 {
+                    Status::SGL_INVALID_DATA
+                } else {
+                    Status::SGL_OFFSET_INVALID
+                };
+                return self.respond(cid, s, 0);
+            };
+            if end != p.data.len() as u64 {
+                // Data beyond what the descriptor describes.
+                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+            }
+            return self.execute(env, nv, sqe, &p.data[off as usize..end as usize]);
         }
         if host_to_ctrl(&sqe) && sqe.sgl_len() > 0 {
+            if sqe.sgl_type() == sgl::INCAPSULE {
+                // An in-capsule descriptor of a capsule that carries no data: its length.
+                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+            }
             if sqe.sgl_type() != sgl::TRANSPORT {
                 return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
             }
             let total = sqe.sgl_len();
             if total > MAX_XFER {
-                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                // A transfer above MDTS: Invalid Field in Command (as for a Read), unless the
+                // command's own length (NLB) is within MDTS and only its SGL is too long.
+                let s = match self.nlb_bytes(env.vols, &sqe) {
+                    Some(n) if n <= u64::from(MAX_XFER) => Status::SGL_INVALID_DATA,
+                    _ => Status::INVALID_FIELD,
+                };
+                return self.respond(cid, s, 0);
             }
             if self.xfers.len() + self.r2t_wait.len() >= MAX_INFLIGHT {
                 // More commands waiting for data than any legal queue (MQES + 1) can hold.
@@ -366,13 +396,29 @@ impl NvmfConn {
         self.execute(env, nv, sqe, &[])
     }
 
+    /// A data digest did not match (counted and logged; the command fails with Transient
+    /// Transport Error, the connection stays).
+    fn digest_error(&mut self, env: &mut Env<'_>) {
+        env.counters.violations += 1;
+        tracing::warn!(
+            conn = env.key,
+            "NVMe/TCP data digest mismatch; the command fails with Transient Transport Error"
+        );
+    }
+
     // ----- responses -----
 
     fn respond(&mut self, cid: u16, status: Status, result: u64) {
         if self.terminated || self.life.broken {
             return;
         }
-        let c = cmd::cqe(result, self.sqhd as u16, self.qid, cid, status);
+        // With SQ flow control disabled the host does not track the head: SQHD is FFFFh.
+        let sqhd = if self.sqflow_off {
+            0xFFFF
+        } else {
+            self.sqhd as u16
+        };
+        let c = cmd::cqe(result, sqhd, self.qid, cid, status);
         pdu::put_rsp(&mut self.tx.pending, &c, self.dg);
     }
 

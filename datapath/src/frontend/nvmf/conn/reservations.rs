@@ -54,10 +54,12 @@ impl NvmfConn {
             if sqe.sgl_type() != sgl::TRANSPORT {
                 return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
             }
+            // NUMD is a 0's based dword count (up to 2^32): above MDTS is Invalid Field.
             let numd = u64::from(cdw10) + 1;
-            let want = (numd * 4)
-                .min(u64::from(sqe.sgl_len()))
-                .min(u64::from(MAX_XFER)) as u32;
+            if numd * 4 > u64::from(MAX_XFER) {
+                return self.respond(cid, Status::INVALID_FIELD, 0);
+            }
+            let want = (numd * 4).min(u64::from(sqe.sgl_len())) as u32;
             let Some(snap) = sub.resv.snapshot(idx) else {
                 return self.respond(cid, Status::INVALID_NS, 0);
             };

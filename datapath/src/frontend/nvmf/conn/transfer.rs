@@ -12,7 +12,9 @@
 //! - An H2CData PDU must name an outstanding transfer tag, its command, and continue exactly
 //!   where the previous one ended without passing the transfer's end; anything else is a
 //!   fatal transport error (C2HTermReq).
-//! - An aborted transfer (`discard`) still receives its data, then drops it unexecuted.
+//! - An aborted transfer (`discard`) still receives its data, then drops it unexecuted; so
+//!   does one whose data arrived with a data digest that did not match (its command is
+//!   answered Transient Transport Error at once).
 
 #[cfg(doc)]
 use super::INCAPSULE_MAX;
@@ -82,6 +84,17 @@ impl NvmfConn {
         if h.offset != x.received {
             return self.fatal(env, header(pdu::FEI_DATAO), p.header);
         }
+        if !p.data_ok && !x.discard {
+            // Data damaged on the way: the command fails with Transient Transport Error now;
+            // the rest of its data is received and dropped (as for an aborted transfer).
+            x.discard = true;
+            let cid = h.cid;
+            self.digest_error(env);
+            self.respond(cid, Status::TRANSIENT_TRANSPORT, 0);
+        }
+        let Some(x) = self.xfers.get_mut(h.ttag as usize) else {
+            return;
+        };
         if h.offset == 0 && h.len == x.total {
             // The whole transfer in one PDU: straight from the receive buffer.
             let x = self.xfers.remove(h.ttag as usize);

@@ -1,0 +1,485 @@
+//! NVMe/TCP fields at their largest, smallest and reserved values: each test sends one
+//! command (or PDU) whose field sits at an edge and checks the exact answer the specifications
+//! require (NVM Express Base 2.0, NVMe over Fabrics 1.1, NVMe/TCP transport 1.0), and that the
+//! controller keeps working afterwards.
+
+use crate::harness::{in_process, nvmf_addr};
+use twinblk_tools::nvmf::{Controller, Digests, Opts, Queue, Sqe};
+
+const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
+const RAM: &str = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize='64MiB'\n";
+
+/// Get Log Page with NUMDU:NUMDL = FFFFh:FFFFh asks for 2^32 dwords (NUMD is 0's based): far
+/// beyond MDTS, so Invalid Field in Command (Base 2.0, MDTS), never a silent empty success
+/// (the u32 dword count wrapped to 0) or a panic.
+#[test]
+fn get_log_page_with_the_largest_dword_count_is_an_invalid_field() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let sqe = Sqe::new(0x02)
+        .nsid(0xFFFF_FFFF)
+        .cdw(10, 0x02 | (0xFFFF << 16))
+        .cdw(11, 0xFFFF);
+    let r = c.admin.cmd(sqe, &[], 512).unwrap();
+    assert_eq!((r.status, r.dnr), (0x002, true), "NUMD = 2^32 dwords");
+    // Just above MDTS (128 KiB + 4 bytes) is refused too; at MDTS it is answered.
+    let numd = (128u32 << 10) / 4; // 0's based: one dword more than 128 KiB
+    let sqe = Sqe::new(0x02)
+        .cdw(10, 0x02 | ((numd & 0xFFFF) << 16))
+        .cdw(11, numd >> 16);
+    assert_eq!(c.admin.cmd(sqe, &[], 512).unwrap().status, 0x002);
+    assert_eq!(c.log(0x02, 0, 0, 512).unwrap()[3], 100, "still answering");
+}
+
+/// Property Get/Set size (ATTRIB bits 2:0: 0 four bytes, 1 eight, the rest reserved) against
+/// every offset of the 8-byte CAP and its 4-byte neighbours: an 8-byte access must be CAP
+/// itself; a 4-byte access reads either half of CAP (as SPDK's target and PCIe register reads
+/// do), or a whole 4-byte property; reserved sizes and accesses that straddle two properties
+/// are Invalid Field.
+#[test]
+fn property_access_sizes_at_every_offset_of_cap_and_its_neighbours() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut get = |attrib: u8, offset: u32| {
+        let sqe = Sqe::fabrics(0x04)
+            .bytes(40, &[attrib])
+            .bytes(44, &offset.to_le_bytes());
+        let r = c.admin.cmd(sqe, &[], 0).unwrap();
+        (r.status, r.result)
+    };
+    let (s, cap) = get(1, 0x00);
+    assert_eq!(s, 0);
+    assert_eq!(get(0, 0x00), (0, cap & 0xFFFF_FFFF), "CAP, lower half");
+    assert_eq!(get(0, 0x04), (0, cap >> 32), "CAP, upper half (CSS)");
+    assert_eq!(cap >> 37 & 1, 1, "CAP.CSS: NVM command set");
+    for off in [0x02, 0x04, 0x08, 0x14, 0x1C] {
+        assert_eq!(get(1, off).0, 0x002, "8-byte access at {off:#x}");
+    }
+    for off in [0x01, 0x02, 0x03, 0x05, 0x06, 0x07] {
+        assert_eq!(get(0, off).0, 0x002, "4-byte access at {off:#x}");
+    }
+    for attrib in 2..=7u8 {
+        assert_eq!(get(attrib, 0x08).0, 0x002, "reserved size {attrib}");
+        assert_eq!(get(attrib, 0x00).0, 0x002, "reserved size {attrib}");
+    }
+    assert_eq!(get(0, 0x08).0, 0, "VS");
+    assert_eq!(get(0, 0x1C), (0, 1), "CSTS.RDY");
+    // Set: only CC, four bytes; a reserved size does not set it.
+    let set = |c: &mut Controller, attrib: u8, offset: u32, v: u64| {
+        let sqe = Sqe::fabrics(0x00)
+            .bytes(40, &[attrib])
+            .bytes(44, &offset.to_le_bytes())
+            .bytes(48, &v.to_le_bytes());
+        c.admin.cmd(sqe, &[], 0).unwrap().status
+    };
+    assert_eq!(set(&mut c, 2, 0x14, 0), 0x002, "reserved size");
+    assert_eq!(set(&mut c, 1, 0x14, 0), 0x002, "8-byte CC");
+    assert_eq!(set(&mut c, 0, 0x04, 0), 0x002, "CAP is read-only");
+    assert_eq!(c.prop_get(0x1C, false).unwrap() & 1, 1, "still enabled");
+}
+
+/// KATO below the Keep Alive granularity (Identify Controller KAS = 1: 100 ms) is rounded up
+/// to it (Base 2.0, Keep Alive Timer feature), both from Connect and from Set Features: a host
+/// asking for 1 ms gets 100 ms, and is not torn down after a millisecond of silence.
+#[test]
+fn kato_smaller_than_the_keep_alive_granularity_is_rounded_up() {
+    let (d, _) = in_process(RAM);
+    let opts = Opts {
+        kato_ms: 1,
+        ..Opts::default()
+    };
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
+    let id = c.identify(0x01, 0).unwrap();
+    assert_eq!(u16::from_le_bytes([id[320], id[321]]), 1, "KAS: 100 ms");
+    let get = |c: &mut Controller| {
+        let r = c.admin.cmd(Sqe::new(0x0A).cdw(10, 0x0F), &[], 0).unwrap();
+        (r.status, r.result as u32)
+    };
+    assert_eq!(get(&mut c), (0, 100), "Connect KATO 1 ms");
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    c.keep_alive().expect("alive after 30 ms of a 100 ms KATO");
+    for (set, want) in [(1, 100), (100, 100), (101, 200), (0, 0), (60_000, 60_000)] {
+        let r = c
+            .admin
+            .cmd(Sqe::new(0x09).cdw(10, 0x0F).cdw(11, set), &[], 0)
+            .unwrap();
+        assert_eq!(r.status, 0);
+        assert_eq!(get(&mut c), (0, want), "Set Features KATO {set}");
+    }
+    // The largest KATO has no multiple of 100 ms within 32 bits: kept as it is (49.7 days).
+    c.admin
+        .cmd_ok(Sqe::new(0x09).cdw(10, 0x0F).cdw(11, u32::MAX), &[], 0)
+        .unwrap();
+    assert_eq!(get(&mut c), (0, u32::MAX));
+    c.keep_alive().unwrap();
+}
+
+/// Connect data whose SUBNQN (bytes 511:256) or HOSTNQN (767:512) fills all 256 bytes has no
+/// terminating NUL, so it is no NQN (NVMe over Fabrics, Connect data; NQNs are NUL-terminated,
+/// at most 223 bytes): Connect Invalid Parameters with IATTR 1 and IPO at the field, not a
+/// controller for a host named by 256 bytes of whatever followed.
+#[test]
+fn connect_nqns_without_a_terminating_nul_are_invalid_parameters() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let connect = |subnqn: &[u8], hostnqn: &[u8]| {
+        let mut data = vec![0u8; 1024];
+        data[..16].copy_from_slice(b"twinblk-host-id\0");
+        data[16..18].copy_from_slice(&0xFFFFu16.to_le_bytes());
+        data[256..256 + subnqn.len()].copy_from_slice(subnqn);
+        data[512..512 + hostnqn.len()].copy_from_slice(hostnqn);
+        let mut q = Queue::open(addr, Digests::default()).unwrap();
+        let sqe = Sqe::fabrics(0x01).bytes(44, &31u16.to_le_bytes());
+        let r = q.cmd(sqe, &data, 0).unwrap();
+        (r.status, r.result as u32)
+    };
+    let host = b"nqn.2014-08.org.nvmexpress:uuid:0000-limits";
+    let mut long_host = host.to_vec();
+    long_host.resize(256, b'x');
+    assert_eq!(
+        connect(NQN.as_bytes(), &long_host),
+        (0x182, (1 << 16) | 512),
+        "HOSTNQN without NUL"
+    );
+    let mut long_sub = NQN.as_bytes().to_vec();
+    long_sub.resize(256, b'x');
+    assert_eq!(
+        connect(&long_sub, host),
+        (0x182, (1 << 16) | 256),
+        "SUBNQN without NUL"
+    );
+    // 255 bytes and a NUL is a terminated string (refused by the length rules elsewhere, or
+    // not, but never read past its field); a proper pair connects.
+    assert_eq!(connect(NQN.as_bytes(), host).0, 0);
+}
+
+/// NLB at its largest (FFFFh, 0's based: 65536 blocks, 32 MiB of 512-byte blocks, inside the
+/// 64 MiB volume) is far above MDTS (128 KiB): Invalid Field in Command (Base 2.0, MDTS) for a
+/// Write as for a Read, before any R2T; and the data is untouched.
+#[test]
+fn the_largest_nlb_exceeds_mdts_for_writes_as_for_reads() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let before = q.read(1, 0, 8, 512).unwrap();
+    let len = 65536u32 * 512;
+    for op in [0x02u8, 0x01, 0x05] {
+        let sqe = Sqe::new(op)
+            .nsid(1)
+            .cdw(12, 0xFFFF)
+            .bytes(32, &len.to_le_bytes())
+            .bytes(39, &[0x5A]);
+        let cid = 0x77;
+        let sqe = sqe.bytes(2, &u16::to_le_bytes(cid));
+        q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+        let p = q.read_pdu().unwrap();
+        assert_eq!(p.kind, 0x05, "opcode {op:#x}: a response, not an R2T");
+        let st = u16::from_le_bytes([p.header[22], p.header[23]]);
+        assert_eq!((st >> 1) & 0x7FF, 0x002, "opcode {op:#x}");
+        assert_ne!(st & 0x8000, 0, "DNR");
+    }
+    // A one-block Write whose SGL claims u32::MAX bytes is within MDTS; its SGL is too long:
+    // Data SGL Length Invalid, still before any R2T.
+    let sqe = Sqe::new(0x01)
+        .nsid(1)
+        .cdw(12, 0)
+        .bytes(2, &0x78u16.to_le_bytes())
+        .bytes(32, &u32::MAX.to_le_bytes())
+        .bytes(39, &[0x5A]);
+    q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+    let p = q.read_pdu().unwrap();
+    assert_eq!(p.kind, 0x05, "a response, not an R2T");
+    let st = u16::from_le_bytes([p.header[22], p.header[23]]);
+    assert_eq!((st >> 1) & 0x7FF, 0x00F, "SGL length u32::MAX");
+    assert_eq!(q.read(1, 0, 8, 512).unwrap(), before);
+}
+
+/// Connect SQSIZE (0's based): 0 is invalid on any queue; CAP.MQES bounds only the I/O
+/// submission queues on a fabric (Base 2.0, CAP.MQES), so an admin queue may have up to 4096
+/// entries (the Admin Queue's limit, as SPDK's initiator allows) while an I/O queue stops at
+/// MQES + 1 = 1024.
+#[test]
+fn connect_queue_sizes_at_their_limits() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let host = twinblk_tools::nvmf::Host::default();
+    let admin = |entries: u32| {
+        let mut q = Queue::open(addr, Digests::default()).unwrap();
+        let sqsize = (entries.wrapping_sub(1) & 0xFFFF) as u16;
+        let sqe = Sqe::fabrics(0x01).bytes(44, &sqsize.to_le_bytes());
+        let mut data = vec![0u8; 1024];
+        data[..16].copy_from_slice(&host.id);
+        data[16..18].copy_from_slice(&0xFFFFu16.to_le_bytes());
+        data[256..256 + NQN.len()].copy_from_slice(NQN.as_bytes());
+        data[512..512 + host.nqn.len()].copy_from_slice(host.nqn.as_bytes());
+        let r = q.cmd(sqe, &data, 0).unwrap();
+        (r.status, r.result as u32 & 0x1_FFFF)
+    };
+    assert_eq!(admin(1), (0x182, 44), "SQSIZE 0");
+    assert_eq!(admin(2).0, 0, "two entries");
+    assert_eq!(admin(1024).0, 0, "MQES + 1");
+    assert_eq!(admin(4096).0, 0, "4096 admin entries");
+    assert_eq!(admin(4097), (0x182, 44), "above the admin queue's 4096");
+    assert_eq!(admin(65536), (0x182, 44), "SQSIZE FFFFh");
+    let c = Controller::connect(addr, NQN, &Opts::default()).unwrap();
+    let mut q = Queue::open(addr, Digests::default()).unwrap();
+    let r = q.connect(1, 1025, NQN, &host, c.cntlid, 0, true).unwrap();
+    assert_eq!(
+        (r.status, r.result & 0xFFFF),
+        (0x182, 44),
+        "I/O queue above MQES"
+    );
+    c.io_queue(1, 1024)
+        .expect("an I/O queue of MQES + 1 entries");
+}
+
+/// An H2CData PDU whose data digest does not match (DDGSTF set, digest wrong) is no fatal
+/// transport error: its command fails with Transient Transport Error (SCT 0, SC 22h, no DNR),
+/// the rest of the transfer is received and dropped, nothing is written, and the queue keeps
+/// working (NVMe/TCP transport, data digest).
+#[test]
+fn an_h2cdata_data_digest_error_fails_the_command_not_the_connection() {
+    let (d, _) = in_process(RAM);
+    let opts = Opts {
+        digests: Digests {
+            header: true,
+            data: true,
+        },
+        ..Opts::default()
+    };
+    let c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let before = q.read(1, 0, 256, 512).unwrap();
+    let cid: u16 = 0x31;
+    let total = 128u32 << 10;
+    let sqe = Sqe::new(0x01)
+        .nsid(1)
+        .lba(0, 256)
+        .bytes(2, &cid.to_le_bytes())
+        .bytes(32, &total.to_le_bytes())
+        .bytes(39, &[0x5A]);
+    q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+    let r2t = q.read_pdu().unwrap();
+    assert_eq!(r2t.kind, 0x09);
+    let ttag = u16::from_le_bytes([r2t.header[10], r2t.header[11]]);
+    // Two H2CData PDUs of 64 KiB with both digests; the first one's data digest is wrong.
+    let half = 64u32 << 10;
+    for (i, off) in [0u32, half].into_iter().enumerate() {
+        let data = vec![0xA5u8; half as usize];
+        let mut b = vec![0x06, 0x01 | 0x02 | if i == 1 { 0x04 } else { 0 }, 24, 28];
+        b.extend_from_slice(&(28 + half + 4).to_le_bytes());
+        b.extend_from_slice(&cid.to_le_bytes());
+        b.extend_from_slice(&ttag.to_le_bytes());
+        b.extend_from_slice(&off.to_le_bytes());
+        b.extend_from_slice(&half.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        let h = crc32c(&b);
+        b.extend_from_slice(&h.to_le_bytes());
+        b.extend_from_slice(&data);
+        let dd = crc32c(&data) ^ u32::from(i == 0);
+        b.extend_from_slice(&dd.to_le_bytes());
+        q.send_raw(&b).unwrap();
+    }
+    let p = q.read_pdu().unwrap();
+    assert_eq!(p.kind, 0x05, "a response capsule, not a TermReq: {p:?}");
+    let cqe = &p.header[8..24];
+    assert_eq!(u16::from_le_bytes([cqe[12], cqe[13]]), cid);
+    let st = u16::from_le_bytes([cqe[14], cqe[15]]);
+    assert_eq!((st >> 1) & 0x7FF, 0x022, "Transient Transport Error");
+    assert_eq!(st & 0x8000, 0, "no DNR");
+    // Nothing was written, and the queue (and its next transfer) works.
+    assert_eq!(q.read(1, 0, 256, 512).unwrap(), before);
+    let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    q.write(1, 0, &data, 512, false).unwrap();
+    assert_eq!(q.read(1, 0, 256, 512).unwrap(), data);
+}
+
+fn crc32c(b: &[u8]) -> u32 {
+    twinblk::checksum::crc32c(b)
+}
+
+/// In-capsule data addressed by an offset (SGL Data Block, Offset subtype; Identify
+/// Controller SGLS bit 20 says the Address field may be an offset, ICDOFF 0): data at a
+/// non-zero offset inside the capsule's data is the command's data; an offset or an
+/// offset + length past the capsule's data is SGL Offset Invalid (0x016), not a descriptor
+/// type error.
+#[test]
+fn in_capsule_data_at_an_offset_is_honoured_and_a_bad_offset_is_sgl_offset_invalid() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let id = c.identify(0x01, 0).unwrap();
+    assert_ne!(id[536 + 2] & 0x10, 0, "SGLS bit 20: address as offset");
+    assert_eq!(u16::from_le_bytes([id[1800], id[1801]]), 0, "ICDOFF");
+    let mut q = c.io_queue(1, 8).unwrap();
+    let block: Vec<u8> = (0..512u32).map(|i| (i * 7) as u8).collect();
+    let send = |q: &mut Queue, off: u64, len: u32, capsule: &[u8]| {
+        let sqe = Sqe::new(0x01)
+            .nsid(1)
+            .lba(40, 1)
+            .bytes(2, &0x55u16.to_le_bytes())
+            .bytes(24, &off.to_le_bytes())
+            .bytes(32, &len.to_le_bytes())
+            .bytes(39, &[0x01]);
+        q.send_raw(&q.capsule(&sqe.0, capsule)).unwrap();
+        let p = q.read_pdu().unwrap();
+        assert_eq!(p.kind, 0x05);
+        (u16::from_le_bytes([p.header[22], p.header[23]]) >> 1) & 0x7FF
+    };
+    let mut capsule = vec![0xEEu8; 64];
+    capsule.extend_from_slice(&block);
+    assert_eq!(send(&mut q, 64, 512, &capsule), 0, "data at offset 64");
+    assert_eq!(q.read(1, 40, 1, 512).unwrap(), block);
+    assert_eq!(
+        send(&mut q, 65, 512, &capsule),
+        0x016,
+        "offset + length past the data"
+    );
+    assert_eq!(
+        send(&mut q, 4096, 512, &capsule),
+        0x016,
+        "offset past the data"
+    );
+    assert_eq!(
+        send(&mut q, u64::MAX, 512, &capsule),
+        0x016,
+        "offset u64::MAX"
+    );
+    assert_eq!(
+        send(&mut q, 32, 512, &capsule),
+        0x00F,
+        "data left after the described"
+    );
+    assert_eq!(
+        q.read(1, 40, 1, 512).unwrap(),
+        block,
+        "nothing else written"
+    );
+}
+
+/// Reservation Report's NUMD (cdw10, 0's based) at its largest asks for 2^32 dwords: above
+/// MDTS, so Invalid Field in Command, as for Get Log Page; a NUMD within MDTS is answered.
+#[test]
+fn reservation_report_with_the_largest_dword_count_is_an_invalid_field() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let report = |q: &mut Queue, numd: u32| {
+        let sqe = Sqe::new(0x0E).nsid(1).cdw(10, numd).cdw(11, 1);
+        let r = q.cmd(sqe, &[], 4096).unwrap();
+        (r.status, r.dnr, r.data.len())
+    };
+    assert_eq!(
+        report(&mut q, u32::MAX),
+        (0x002, true, 0),
+        "NUMD 2^32 dwords"
+    );
+    assert_eq!(report(&mut q, 128 << 8).0, 0x002, "one dword above 128 KiB");
+    assert_eq!(report(&mut q, 1023), (0, false, 4096), "4 KiB");
+}
+
+/// A Get Log Page of the ANA log that fails (an LPO that is not dword aligned, or past the
+/// log) returns no log, so it must not count as the host having seen the ANA change: the held
+/// Async Event Request still reports it.
+#[test]
+fn a_failed_ana_log_read_does_not_swallow_the_ana_change_event() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    c.admin
+        .cmd_ok(Sqe::new(0x09).cdw(10, 0x0B).cdw(11, 1 << 11), &[], 0)
+        .unwrap();
+    let aer = c.admin.submit(Sqe::new(0x0C), &[], 0).unwrap();
+    let vol0 = d.shared().volumes.get(0).unwrap();
+    assert!(
+        vol0.path
+            .set(twinblk::bdev::volume::PathState::Inaccessible)
+    );
+    c.admin
+        .stream()
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut bad = Vec::new();
+    for lpo in [2u32, 1 << 20] {
+        let sqe = Sqe::new(0x02).cdw(10, 0x0C | (1023 << 16)).cdw(12, lpo);
+        bad.push(c.admin.submit(sqe, &[], 4096).unwrap());
+    }
+    let ka = c.admin.submit(Sqe::new(0x18), &[], 0).unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match c.admin.complete() {
+            Ok(x) => seen.push((x.cid, x.status)),
+            Err(e) => panic!("only {seen:?} completed (AER {aer}, keep alive {ka}): {e}"),
+        }
+    }
+    for cid in bad {
+        assert!(seen.contains(&(cid, 0x002)), "bad LPO: {seen:?}");
+    }
+    let aer = seen.iter().find(|x| x.0 == aer).copied();
+    assert_eq!(
+        aer.map(|x| x.1),
+        Some(0),
+        "the AER reported the change: {seen:?}"
+    );
+    assert!(seen.contains(&(ka, 0)), "{seen:?}");
+}
+
+/// A Write whose in-capsule descriptor (Data Block, Offset subtype) describes 512 bytes while
+/// the capsule carries none: the descriptor type is fine, its length is not (0x00F Data SGL
+/// Length Invalid), and nothing is written.
+#[test]
+fn an_in_capsule_descriptor_without_capsule_data_is_a_length_error() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let before = q.read(1, 9, 1, 512).unwrap();
+    let sqe = Sqe::new(0x01)
+        .nsid(1)
+        .lba(9, 1)
+        .bytes(2, &0x66u16.to_le_bytes())
+        .bytes(32, &512u32.to_le_bytes())
+        .bytes(39, &[0x01]);
+    q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+    let p = q.read_pdu().unwrap();
+    assert_eq!(p.kind, 0x05);
+    let st = u16::from_le_bytes([p.header[22], p.header[23]]);
+    assert_eq!((st >> 1) & 0x7FF, 0x00F);
+    assert_eq!(q.read(1, 9, 1, 512).unwrap(), before);
+}
+
+/// SQHD counts the submission queue entries the controller took, the Connect's included (it
+/// is the queue's first entry), wrapping at the queue size (SQSIZE + 1): a queue of 4
+/// entries reports 1 for the Connect, then 2, 3, 0, 1, 2. (The Connect used to be counted
+/// before the queue had its size, so every later SQHD lagged one entry behind.)
+#[test]
+fn sqhd_counts_the_connect_as_the_queues_first_entry() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let c = Controller::connect(addr, NQN, &Opts::default()).unwrap();
+    let host = twinblk_tools::nvmf::Host::default();
+    let mut q = Queue::open(addr, Digests::default()).unwrap();
+    let r = q.connect(1, 4, NQN, &host, c.cntlid, 0, false).unwrap();
+    assert_eq!(r.status, 0);
+    let mut heads = vec![r.sqhd];
+    for _ in 0..5 {
+        heads.push(q.cmd(Sqe::new(0x00).nsid(1), &[], 0).unwrap().sqhd);
+    }
+    assert_eq!(heads, vec![1, 2, 3, 0, 1, 2]);
+}
+
+/// With SQ flow control disabled by Connect (CATTR bit 2) the host does not track the SQ
+/// head, and every completion's SQHD is FFFFh, from the Connect response on (NVMe over
+/// Fabrics, SQ flow control disable, TP 8005; Linux's target does the same).
+#[test]
+fn sqhd_is_ffffh_when_sq_flow_control_is_disabled() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let c = Controller::connect(addr, NQN, &Opts::default()).unwrap();
+    let host = twinblk_tools::nvmf::Host::default();
+    let mut q = Queue::open(addr, Digests::default()).unwrap();
+    let r = q.connect(1, 4, NQN, &host, c.cntlid, 0, true).unwrap();
+    assert_eq!(r.status, 0);
+    let mut heads = vec![r.sqhd];
+    for _ in 0..5 {
+        heads.push(q.cmd(Sqe::new(0x00).nsid(1), &[], 0).unwrap().sqhd);
+    }
+    assert_eq!(heads, vec![0xFFFF; 6]);
+}
