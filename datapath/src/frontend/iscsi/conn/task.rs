@@ -251,8 +251,10 @@ impl IscsiConn {
             return self.respond(itt, Ok(()), edtl, scsi_len, 0);
         }
         let (flags, res) = residual(edtl, scsi_len);
+        // Each PDU at most the initiator's MaxRecvDataSegmentLength, each sequence (F bit) at
+        // most MaxBurstLength (RFC 7143 §13.13), whichever of the two is larger.
         let seg = (self.params.send_dsl as usize).max(512);
-        let burst = (self.params.max_burst as usize).max(seg);
+        let burst = (self.params.max_burst as usize).max(512);
         let mut off = 0;
         let mut sn = 0u32;
         while off < n {

@@ -1,0 +1,112 @@
+//! iSCSI at its limits: negotiated values at their extremes and the PDUs the target sends under
+//! them, checked field by field against RFC 7143 with the raw initiator (`iscsi::Raw`).
+
+use crate::harness::pattern;
+use crate::iscsi::{IQN, Raw, bhs, daemon, frame, put32, read10, write10};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Log in (one Login Request straight to full feature phase) offering `keys` (each
+/// `key=value`) after the names.
+fn login_with(addr: SocketAddr, keys: &[&str]) -> Raw {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
+    h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 7]);
+    put32(&mut h, 16, 1);
+    put32(&mut h, 24, 1);
+    let mut text =
+        format!("InitiatorName=iqn.2026-12.test:limits\0SessionType=Normal\0TargetName={IQN}\0");
+    for k in keys {
+        text.push_str(k);
+        text.push('\0');
+    }
+    std::io::Write::write_all(&mut s, &frame(h, text.as_bytes(), false)).unwrap();
+    let mut r = Raw {
+        s,
+        cmd_sn: 1,
+        hd: false,
+        dd: false,
+    };
+    let (h, _) = r.read_pdu().expect("a login response");
+    assert_eq!(h[0] & 0x3F, 0x23, "login response");
+    assert_eq!((h[36], h[37]), (0, 0), "login status");
+    assert_eq!(h[1] & 0x83, 0x83, "transit to full feature phase");
+    r
+}
+
+/// One Data-In PDU: flags (byte 1), DataSN, BufferOffset, data segment length.
+type DataIn = (u8, u32, u32, usize);
+
+/// The Data-In PDUs of one READ, and the data.
+fn data_in_pdus(r: &mut Raw, itt: u32) -> (Vec<DataIn>, Vec<u8>) {
+    let mut pdus = Vec::new();
+    let mut data = Vec::new();
+    loop {
+        let (h, d) = r.read_pdu().expect("Data-In");
+        assert_eq!(h[0] & 0x3F, 0x25, "Data-In, got opcode {:#x}", h[0]);
+        assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
+        let sn = u32::from_be_bytes(h[36..40].try_into().unwrap());
+        let off = u32::from_be_bytes(h[40..44].try_into().unwrap());
+        pdus.push((h[1], sn, off, d.len()));
+        data.extend_from_slice(&d);
+        if h[1] & 0x01 != 0 {
+            assert_eq!(h[3], 0, "status GOOD");
+            return (pdus, data);
+        }
+    }
+}
+
+/// MaxBurstLength bounds every Data-In sequence (RFC 7143 §13.13: "maximum SCSI data payload
+/// in a Data-In ... sequence"), also when the initiator's MaxRecvDataSegmentLength is larger:
+/// no PDU carries more than MaxBurstLength, and the F bit closes each sequence at every
+/// MaxBurstLength bytes.
+#[test]
+fn data_in_sequences_keep_to_max_burst_length_below_max_recv_data_segment_length() {
+    let (_d, addr) = daemon("16MiB");
+    let data = pattern(11, 256 * 512);
+    let mut r = login_with(
+        addr,
+        &[
+            "MaxRecvDataSegmentLength=16777215",
+            "MaxBurstLength=65536",
+            "FirstBurstLength=65536",
+            "ImmediateData=Yes",
+            "InitialR2T=No",
+        ],
+    );
+    // 128 KiB written: immediate 64 KiB then an R2T of at most MaxBurstLength.
+    r.scsi(1, &write10(0, 256), 256 * 512, 0x80 | 0x20, &data[..65536]);
+    let (h, _) = r.read_pdu().expect("R2T");
+    assert_eq!(h[0] & 0x3F, 0x31, "R2T, got opcode {:#x}", h[0]);
+    assert_eq!(u32::from_be_bytes(h[44..48].try_into().unwrap()), 65536);
+    let ttt = u32::from_be_bytes(h[20..24].try_into().unwrap());
+    let mut dout = bhs(0x05, 0x80);
+    put32(&mut dout, 16, 1);
+    put32(&mut dout, 20, ttt);
+    put32(&mut dout, 40, 65536);
+    r.send(dout, &data[65536..]);
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "write GOOD");
+
+    r.scsi(2, &read10(0, 256), 256 * 512, 0xC0, &[]);
+    let (pdus, got) = data_in_pdus(&mut r, 2);
+    assert_eq!(got, data, "the data read back");
+    let mut off = 0u32;
+    for (i, &(flags, sn, at, len)) in pdus.iter().enumerate() {
+        assert_eq!(sn, i as u32, "DataSN counts every Data-In of the command");
+        assert_eq!(at, off, "BufferOffset");
+        assert!(
+            len <= 65536,
+            "a Data-In of {len} bytes, over MaxBurstLength: {pdus:?}"
+        );
+        off += len as u32;
+        let end_of_burst = off.is_multiple_of(65536) || off as usize == data.len();
+        assert_eq!(
+            flags & 0x80 != 0,
+            end_of_burst,
+            "F bit at the end of each MaxBurstLength sequence only: {pdus:?}"
+        );
+    }
+    assert_eq!(off as usize, data.len());
+}
