@@ -152,12 +152,16 @@ pub fn vpd_page(l: &LunInfo, page: u8) -> Result<Vec<u8>, Sense> {
         // Third-party Copy (SPC-4 §7.8.17): what EXTENDED COPY (LID1) supports.
         0x8F => vpd(0x8F, &super::xcopy::third_party_copy_descriptors(l.block)),
         0xB0 => {
+            // Offsets in `d` are the page's minus 4 (SBC-3 §6.5.3).
             let mut d = vec![0u8; 60];
             d[1] = MAX_CAW_BLOCKS;
-            put16(&mut d, 2, 1);
+            // OPTIMAL TRANSFER LENGTH GRANULARITY (bytes 6..8): 4 KiB.
+            let granularity = (4096 / l.block.max(1)).max(1);
+            put16(&mut d, 2, u16::try_from(granularity).unwrap_or(u16::MAX));
             let max_blocks = MAX_XFER_BYTES / l.block.max(1);
-            put32(&mut d, 4, max_blocks);
-            put32(&mut d, 8, (4096 / l.block.max(1)).max(1));
+            put32(&mut d, 4, max_blocks); // MAXIMUM TRANSFER LENGTH (bytes 8..12)
+            // OPTIMAL TRANSFER LENGTH (bytes 12..16): 0, not reported (an initiator takes it as
+            // its largest request size: Linux's sd limits max_sectors to it).
             put32(&mut d, 16, u32::MAX); // MAXIMUM UNMAP LBA COUNT
             put32(&mut d, 20, MAX_UNMAP_DESCRIPTORS);
             put32(&mut d, 24, 1); // OPTIMAL UNMAP GRANULARITY
@@ -593,6 +597,43 @@ mod tests {
         assert_eq!((dsp(&l, false), dsp(&l, true)), (0x10, 0x10));
         l.read_only = true;
         assert_eq!((dsp(&l, false), dsp(&l, true)), (0x90, 0x90));
+    }
+
+    #[test]
+    fn block_limits_fields_are_at_their_sbc3_offsets() {
+        // SBC-3 §6.5.3: byte 5 MAXIMUM COMPARE AND WRITE LENGTH, bytes 6..8 OPTIMAL TRANSFER
+        // LENGTH GRANULARITY, 8..12 MAXIMUM TRANSFER LENGTH, 12..16 OPTIMAL TRANSFER LENGTH,
+        // 20..24 MAXIMUM UNMAP LBA COUNT, 24..28 MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT, 28..32
+        // OPTIMAL UNMAP GRANULARITY, 36..44 MAXIMUM WRITE SAME LENGTH.
+        for block in [512u32, 4096] {
+            let l = LunInfo { block, ..lun() };
+            let p = vpd_page(&l, 0xB0).unwrap();
+            let be16 = |at: usize| u16::from_be_bytes([p[at], p[at + 1]]);
+            let be32 = |at: usize| u32::from_be_bytes(p[at..at + 4].try_into().unwrap());
+            assert_eq!(be16(2), 0x3C, "page length");
+            assert_eq!(
+                p[4] & 0x01,
+                0,
+                "WSNZ: WRITE SAME with 0 blocks runs to the end"
+            );
+            assert_eq!(p[5], MAX_CAW_BLOCKS);
+            assert_eq!(
+                u32::from(be16(6)) * block,
+                4096,
+                "optimal transfer length granularity: 4 KiB"
+            );
+            assert_eq!(be32(8) * block, MAX_XFER_BYTES, "maximum transfer length");
+            assert_eq!(be32(12), 0, "optimal transfer length: not reported");
+            assert_eq!(be32(16), 0);
+            assert_eq!(be32(20), u32::MAX, "maximum unmap LBA count: unlimited");
+            assert_eq!(be32(24), MAX_UNMAP_DESCRIPTORS);
+            assert_eq!(be32(28), 1, "optimal unmap granularity");
+            assert_eq!(be32(32), 0, "no unmap granularity alignment");
+            assert_eq!(
+                u64::from_be_bytes(p[36..44].try_into().unwrap()),
+                MAX_WRITE_SAME_BLOCKS
+            );
+        }
     }
 
     #[test]
