@@ -422,17 +422,16 @@ pub fn mode_sense(
         b[2] = dev_specific;
     }
     if !dbd {
+        // Short LBA mode parameter block descriptor (SBC-3 §6.4.2), the same after either
+        // header: NUMBER OF LOGICAL BLOCKS in bytes 0..4 (FFFFFFFFh for a larger medium), byte
+        // 4 reserved, LOGICAL BLOCK LENGTH in bytes 5..8.
         let mut d = [0u8; 8];
         let n = if changeable_pc(pc) {
             0
         } else {
-            l.blocks.min(0xFF_FFFF) as u32
+            u32::try_from(l.blocks).unwrap_or(u32::MAX)
         };
         put32(&mut d, 0, n);
-        if !ten {
-            d[0] = 0;
-            d[1..4].copy_from_slice(&n.to_be_bytes()[1..4]);
-        }
         put32(
             &mut d,
             4,
@@ -633,6 +632,36 @@ mod tests {
                 u64::from_be_bytes(p[36..44].try_into().unwrap()),
                 MAX_WRITE_SAME_BLOCKS
             );
+        }
+    }
+
+    #[test]
+    fn mode_sense_block_descriptor_counts_blocks_in_four_bytes() {
+        // SBC-3 §6.4.2, short LBA mode parameter block descriptor: NUMBER OF LOGICAL BLOCKS in
+        // bytes 0..4 (FFFFFFFFh when the medium has more), byte 4 reserved, LOGICAL BLOCK
+        // LENGTH in bytes 5..8; after a 4-byte (MODE SENSE 6) or 8-byte (10) header.
+        for (blocks, want) in [
+            (1u64 << 21, 1u32 << 21),
+            (1 << 25, 1 << 25),
+            (0xFFFF_FFFE, 0xFFFF_FFFE),
+            (1 << 33, u32::MAX),
+        ] {
+            let l = LunInfo { blocks, ..lun() };
+            for ten in [false, true] {
+                let b = mode_sense(&l, ten, false, 0, mode::CACHING, 0).unwrap();
+                let h = if ten { 8 } else { 4 };
+                let d = &b[h..h + 8];
+                assert_eq!(
+                    u32::from_be_bytes(d[0..4].try_into().unwrap()),
+                    want,
+                    "{blocks} blocks, MODE SENSE({})",
+                    if ten { 10 } else { 6 }
+                );
+                assert_eq!(d[4], 0);
+                assert_eq!(u32::from_be_bytes([0, d[5], d[6], d[7]]), 512);
+                // MODE SELECT takes back what MODE SENSE gave.
+                mode_select(&l, ten, &b).unwrap();
+            }
         }
     }
 
