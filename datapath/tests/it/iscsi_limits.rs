@@ -110,3 +110,80 @@ fn data_in_sequences_keep_to_max_burst_length_below_max_recv_data_segment_length
     }
     assert_eq!(off as usize, data.len());
 }
+
+/// An UNMAP command with parameter list `list` (immediate data); its status and sense key,
+/// ASC, ASCQ.
+fn unmap(r: &mut Raw, itt: u32, list: &[u8]) -> (u8, u8, u8, u8) {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x42;
+    cdb[7..9].copy_from_slice(&(list.len() as u16).to_be_bytes());
+    r.scsi(itt, &cdb, list.len() as u32, 0x80 | 0x20, list);
+    let (h, d) = r.read_pdu().expect("SCSI Response");
+    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response, got opcode {:#x}", h[0]);
+    if d.len() >= 16 {
+        (h[3], d[4] & 0x0F, d[14], d[15])
+    } else {
+        (h[3], 0, 0, 0)
+    }
+}
+
+/// SBC-3 §5.28.2: an UNMAP BLOCK DESCRIPTOR DATA LENGTH that is no multiple of 16 leaves an
+/// incomplete last descriptor, which is ignored; one larger than the parameter list received
+/// (the CDB's PARAMETER LIST LENGTH truncated the list) is no error either: the complete
+/// descriptors are unmapped, GOOD. Neither touches a block the complete descriptors do not
+/// name.
+#[test]
+fn unmap_ignores_an_incomplete_last_descriptor_and_a_truncated_list() {
+    let (_d, addr) = daemon("16MiB");
+    let mut r = login_with(addr, &["ImmediateData=Yes"]);
+    let data = pattern(12, 32 * 512);
+    r.scsi(1, &write10(0, 32), 32 * 512, 0x80 | 0x20, &data);
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "write GOOD");
+    let desc = |lba: u64, n: u32| {
+        let mut d = lba.to_be_bytes().to_vec();
+        d.extend_from_slice(&n.to_be_bytes());
+        d.extend_from_slice(&[0; 4]);
+        d
+    };
+    let list = |bdl: u16, body: &[u8]| {
+        let mut l = vec![0u8; 8];
+        l[0..2].copy_from_slice(&((6 + body.len()) as u16).to_be_bytes());
+        l[2..4].copy_from_slice(&bdl.to_be_bytes());
+        l.extend_from_slice(body);
+        l
+    };
+    // Descriptor data length 24: one whole descriptor (blocks 0..8) and 8 stray bytes.
+    let mut body = desc(0, 8);
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 16]);
+    assert_eq!(
+        unmap(&mut r, 2, &list(24, &body)),
+        (0, 0, 0, 0),
+        "GOOD with an incomplete last descriptor"
+    );
+    // Descriptor data length 32 (two descriptors) in a list cut after the first one and half
+    // of the second (PARAMETER LIST LENGTH 8 + 16 + 8): blocks 8..16 unmapped.
+    let mut body = desc(8, 8);
+    body.extend_from_slice(&desc(24, 8)[..8]);
+    assert_eq!(
+        unmap(&mut r, 3, &list(32, &body)),
+        (0, 0, 0, 0),
+        "GOOD with a truncated list"
+    );
+    let back = crate::iscsi::read_blocks(&mut r, 4, 0, 32);
+    assert!(
+        back[..16 * 512].iter().all(|&b| b == 0),
+        "blocks 0..16 unmapped"
+    );
+    assert_eq!(
+        &back[16 * 512..],
+        &data[16 * 512..],
+        "blocks 16..32 untouched"
+    );
+    // A range past the end is still refused: LOGICAL BLOCK ADDRESS OUT OF RANGE.
+    let blocks = 16 << 11;
+    assert_eq!(
+        unmap(&mut r, 5, &list(16, &desc(blocks - 4, 8))),
+        (2, 5, 0x21, 0)
+    );
+}

@@ -1060,31 +1060,9 @@ impl IscsiConn {
         l: &LunInfo,
         d: &[u8],
     ) -> Result<(), Sense> {
-        if d.is_empty() {
+        let descs = scsi::unmap_descriptors(d, l.blocks, pages::MAX_UNMAP_DESCRIPTORS as usize)?;
+        if descs.is_empty() {
             return Ok(());
-        }
-        if d.len() < 8 {
-            return Err(Sense::PARAM_LIST_LENGTH);
-        }
-        let bdl = usize::from(u16::from_be_bytes([d[2], d[3]]));
-        if bdl % 16 != 0 || 8 + bdl > d.len() {
-            return Err(Sense::PARAM_LIST_LENGTH);
-        }
-        if bdl / 16 > pages::MAX_UNMAP_DESCRIPTORS as usize {
-            return Err(Sense::INVALID_FIELD_PARAM);
-        }
-        let descs: Vec<(u64, u64)> = d[8..8 + bdl]
-            .chunks_exact(16)
-            .map(|c| {
-                let lba = u64::from_be_bytes(c[0..8].try_into().unwrap_or([0; 8]));
-                let n = u64::from(u32::from_be_bytes(c[8..12].try_into().unwrap_or([0; 4])));
-                (lba, n)
-            })
-            .collect();
-        for &(lba, n) in &descs {
-            if lba > l.blocks || lba.saturating_add(n) > l.blocks {
-                return Err(Sense::LBA_OUT_OF_RANGE);
-            }
         }
         let bs = u64::from(l.block);
         let vol = self.tasks[slot as usize].vol;
