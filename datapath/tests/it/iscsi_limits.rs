@@ -187,3 +187,119 @@ fn unmap_ignores_an_incomplete_last_descriptor_and_a_truncated_list() {
         (2, 5, 0x21, 0)
     );
 }
+
+/// Log in to a discovery session declaring MaxRecvDataSegmentLength `mrdsl`.
+fn discovery(addr: SocketAddr, mrdsl: u32) -> Raw {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
+    h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 8]);
+    put32(&mut h, 16, 1);
+    put32(&mut h, 24, 1);
+    let text = format!(
+        "InitiatorName=iqn.2026-12.test:limits\0SessionType=Discovery\0MaxRecvDataSegmentLength={mrdsl}\0"
+    );
+    std::io::Write::write_all(&mut s, &frame(h, text.as_bytes(), false)).unwrap();
+    let mut r = Raw {
+        s,
+        cmd_sn: 1,
+        hd: false,
+        dd: false,
+    };
+    let (h, _) = r.read_pdu().expect("a login response");
+    assert_eq!((h[36], h[37]), (0, 0), "login status");
+    assert_eq!(h[1] & 0x83, 0x83, "transit to full feature phase");
+    r
+}
+
+/// A Text Request (non-immediate, its CmdSN taken) with flags `flags`, ITT `itt`, TTT `ttt`.
+fn text(r: &mut Raw, flags: u8, itt: u32, ttt: u32, data: &[u8]) {
+    let mut h = bhs(0x04, flags);
+    put32(&mut h, 16, itt);
+    put32(&mut h, 20, ttt);
+    put32(&mut h, 24, r.cmd_sn);
+    r.cmd_sn += 1;
+    r.send(h, data);
+}
+
+/// A Text Response: (flags, TTT, data).
+fn text_rsp(r: &mut Raw, itt: u32) -> (u8, u32, Vec<u8>) {
+    let (h, d) = r.read_pdu().expect("Text Response");
+    assert_eq!(h[0] & 0x3F, 0x24, "Text Response, got opcode {:#x}", h[0]);
+    assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
+    (h[1], u32::from_be_bytes(h[20..24].try_into().unwrap()), d)
+}
+
+/// A SendTargets answer longer than the initiator's MaxRecvDataSegmentLength goes out in
+/// several Text Responses (RFC 7143 §11.11: C bit set and F bit clear with a TTT on every one
+/// but the last; the initiator asks for the next with an empty Text Request carrying that TTT;
+/// the last has F set and TTT FFFFFFFFh), none longer than the initiator takes, and nothing of
+/// the answer is lost.
+#[test]
+fn a_long_text_answer_is_continued_across_text_responses() {
+    let portals: Vec<String> = (0..40).map(|i| format!("'10.0.{i}.2:3260,2'")).collect();
+    let (_d, addr) =
+        crate::iscsi::daemon_with("8MiB", &format!("extra_portals = [{}]", portals.join(",")));
+    let mut r = discovery(addr, 512);
+    text(&mut r, 0x80, 5, 0xFFFF_FFFF, b"SendTargets=All\0");
+    let mut all = Vec::new();
+    let mut pdus = 0;
+    loop {
+        let (flags, ttt, d) = text_rsp(&mut r, 5);
+        pdus += 1;
+        assert!(d.len() <= 512, "a Text Response of {} bytes", d.len());
+        all.extend_from_slice(&d);
+        if flags & 0x80 != 0 {
+            assert_eq!(flags & 0x40, 0, "no C bit with the F bit");
+            assert_eq!(ttt, 0xFFFF_FFFF, "the last Text Response's TTT");
+            break;
+        }
+        assert_eq!(flags & 0x40, 0x40, "C bit: the text continues");
+        assert_ne!(ttt, 0xFFFF_FFFF, "a TTT to continue with");
+        text(&mut r, 0x80, 5, ttt, &[]);
+    }
+    assert!(pdus > 1, "one Text Response only");
+    let answer = String::from_utf8(all).unwrap();
+    assert!(
+        answer.starts_with(&format!("TargetName={IQN}\0")),
+        "{answer}"
+    );
+    for i in 0..40 {
+        assert!(
+            answer.contains(&format!("TargetAddress=10.0.{i}.2:3260,2\0")),
+            "portal {i} missing: {answer:?}"
+        );
+    }
+    // The session goes on.
+    r.nop(6);
+}
+
+/// A Text Request whose text continues in the next one (C bit, RFC 7143 §11.10.2) is answered
+/// by an empty Text Response (F clear, a TTT), and the whole text once it is complete.
+#[test]
+fn a_continued_text_request_is_gathered_before_it_is_answered() {
+    let (_d, addr) = daemon("8MiB");
+    let mut r = discovery(addr, 8192);
+    text(&mut r, 0x40, 7, 0xFFFF_FFFF, b"SendTar");
+    let (flags, ttt, d) = text_rsp(&mut r, 7);
+    assert_eq!(
+        flags & 0xC0,
+        0,
+        "neither F nor C in the answer to a continued request"
+    );
+    assert_ne!(ttt, 0xFFFF_FFFF);
+    assert!(d.is_empty());
+    text(&mut r, 0x80, 7, ttt, b"gets=All\0");
+    let (flags, ttt, d) = text_rsp(&mut r, 7);
+    assert_eq!((flags & 0xC0, ttt), (0x80, 0xFFFF_FFFF));
+    let answer = String::from_utf8(d).unwrap();
+    assert!(
+        answer.starts_with(&format!("TargetName={IQN}\0")),
+        "{answer}"
+    );
+    // A TTT the target never gave: Reject (invalid PDU field), the session goes on.
+    text(&mut r, 0x80, 8, 0x1234_5678, b"SendTargets=All\0");
+    let (h, _) = r.read_pdu().expect("Reject");
+    assert_eq!((h[0] & 0x3F, h[2]), (0x3F, 0x09));
+    r.nop(9);
+}
