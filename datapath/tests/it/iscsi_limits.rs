@@ -303,3 +303,44 @@ fn a_continued_text_request_is_gathered_before_it_is_answered() {
     assert_eq!((h[0] & 0x3F, h[2]), (0x3F, 0x09));
     r.nop(9);
 }
+
+/// SYNCHRONIZE CACHE (10) and (16) check their range like any command addressing blocks (SBC-3
+/// §5.22-5.23: LBA + NUMBER OF LOGICAL BLOCKS past the capacity is LOGICAL BLOCK ADDRESS OUT
+/// OF RANGE; 0 blocks: from the LBA to the end), also where the end overflows 64 bits.
+#[test]
+fn synchronize_cache_checks_its_range() {
+    let (_d, addr) = daemon("16MiB");
+    let blocks: u64 = 16 << 11;
+    let mut r = login_with(addr, &[]);
+    let sync10 = |lba: u32, n: u16| {
+        let mut c = [0u8; 10];
+        c[0] = 0x35;
+        c[2..6].copy_from_slice(&lba.to_be_bytes());
+        c[7..9].copy_from_slice(&n.to_be_bytes());
+        c
+    };
+    let sync16 = |lba: u64, n: u32| {
+        let mut c = [0u8; 16];
+        c[0] = 0x91;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&n.to_be_bytes());
+        c
+    };
+    // Status, sense key, ASC, ASCQ.
+    type Answer = (u8, u8, u8, u8);
+    let oor = (2, 5, 0x21, 0);
+    let cases: [(&[u8], Answer); 8] = [
+        (&sync10(0, 0), (0, 0, 0, 0)),
+        (&sync10(blocks as u32 - 1, 1), (0, 0, 0, 0)),
+        (&sync10(blocks as u32, 0), (0, 0, 0, 0)),
+        (&sync10(blocks as u32 - 1, 2), oor),
+        (&sync10(blocks as u32 + 1, 0), oor),
+        (&sync16(0, u32::MAX), oor),
+        (&sync16(u64::MAX, 2), oor),
+        (&sync16(blocks, 1), oor),
+    ];
+    for (i, (cdb, want)) in cases.iter().enumerate() {
+        let (st, key, asc, ascq, _) = crate::iscsi::status_of(&mut r, 10 + i as u32, cdb, 0);
+        assert_eq!((st, key, asc, ascq), *want, "case {i}: {cdb:02x?}");
+    }
+}

@@ -532,8 +532,8 @@ pub enum Cmd {
         /// BYTCHK field.
         bytchk: u8,
     },
-    /// SYNCHRONIZE CACHE (10/16).
-    SyncCache,
+    /// SYNCHRONIZE CACHE (10/16): its range (blocks 0: to the end of the medium) is checked.
+    SyncCache(Rw),
     /// WRITE SAME (10/16).
     WriteSame {
         /// Range (blocks 0: to the end of the medium).
@@ -795,7 +795,14 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
                 bytchk,
             }
         }
-        SYNC_CACHE_10 | SYNC_CACHE_16 => Cmd::SyncCache,
+        SYNC_CACHE_10 => Cmd::SyncCache(Rw {
+            fua: false,
+            ..rw10()
+        }),
+        SYNC_CACHE_16 => Cmd::SyncCache(Rw {
+            fua: false,
+            ..rw16()
+        }),
         WRITE_SAME_10 | WRITE_SAME_16 => {
             no_prot()?;
             let anchor = c[1] & 0x10 != 0;

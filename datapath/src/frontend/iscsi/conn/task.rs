@@ -157,7 +157,7 @@ fn pr_class(cmd: &Cmd) -> Option<bool> {
         | Cmd::Unmap { .. }
         | Cmd::CompareAndWrite(_)
         | Cmd::ExtendedCopy { .. }
-        | Cmd::SyncCache
+        | Cmd::SyncCache(_)
         | Cmd::ModeSelect { .. }
         | Cmd::Reserve
         | Cmd::Release
@@ -829,7 +829,12 @@ impl IscsiConn {
                     return self.started(slot, s, true);
                 }
             },
-            Cmd::SyncCache => {
+            Cmd::SyncCache(rw) => {
+                // SBC-3 §5.22: LBA + NUMBER OF LOGICAL BLOCKS within the medium (0 blocks: from
+                // the LBA to the end); the whole volume is flushed either way.
+                if let Err(s) = range(rw.lba, u64::from(rw.blocks)) {
+                    return self.complete(slot, Err(s));
+                }
                 let tag = IoTag {
                     conn: env.key,
                     slot,
