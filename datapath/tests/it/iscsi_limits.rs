@@ -344,3 +344,103 @@ fn synchronize_cache_checks_its_range() {
         assert_eq!((st, key, asc, ascq), *want, "case {i}: {cdb:02x?}");
     }
 }
+
+/// CDB fields at their largest (and smallest) values: the sense SBC-3 names for each, and the
+/// target goes on serving (no panic, no dropped connection).
+#[test]
+fn cdb_fields_at_their_limits_get_the_sbc3_sense() {
+    let (_d, addr) = daemon("16MiB");
+    let blocks: u64 = 16 << 11;
+    let mut r = login_with(addr, &["ImmediateData=Yes"]);
+    let rw16 = |op: u8, lba: u64, n: u32| {
+        let mut c = [0u8; 16];
+        c[0] = op;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&n.to_be_bytes());
+        c
+    };
+    type Answer = (u8, u8, u8, u8);
+    let good = (0, 0, 0, 0);
+    let oor = (2, 5, 0x21, 0);
+    let bad_cdb = (2, 5, 0x24, 0);
+    // (CDB, EDTL, expected answer)
+    let cases: Vec<(Vec<u8>, u32, Answer)> = vec![
+        // READ (16): 0 blocks at the end and past it; an LBA + length that overflows u64.
+        (rw16(0x88, blocks, 0).to_vec(), 0, good),
+        (rw16(0x88, blocks + 1, 0).to_vec(), 0, oor),
+        (rw16(0x88, u64::MAX, 1).to_vec(), 512, oor),
+        (rw16(0x88, u64::MAX - 1, 2).to_vec(), 1024, oor),
+        (rw16(0x88, blocks - 1, 2).to_vec(), 1024, oor),
+        // Within the medium but over MAXIMUM TRANSFER LENGTH (2048 blocks).
+        (rw16(0x88, 0, 4096).to_vec(), 4096 * 512, bad_cdb),
+        // VERIFY (16), BYTCHK 0, past the end.
+        (rw16(0x8F, u64::MAX, 1).to_vec(), 0, oor),
+        // PRE-FETCH (16) past the end.
+        (rw16(0x90, u64::MAX, u32::MAX).to_vec(), 0, oor),
+        // WRITE SAME (16), NDOB: 0 blocks (to the end) from past the end, and at LBA 2^64-1.
+        (
+            {
+                let mut c = rw16(0x93, blocks + 1, 0);
+                c[1] = 0x01;
+                c.to_vec()
+            },
+            0,
+            oor,
+        ),
+        (
+            {
+                let mut c = rw16(0x93, u64::MAX, 0);
+                c[1] = 0x01;
+                c.to_vec()
+            },
+            0,
+            oor,
+        ),
+        // GET LBA STATUS at the capacity and at 2^64-1.
+        (
+            {
+                let mut c = rw16(0x9E, blocks, 24);
+                c[1] = 0x12;
+                c.to_vec()
+            },
+            24,
+            oor,
+        ),
+        (
+            {
+                let mut c = rw16(0x9E, u64::MAX, 24);
+                c[1] = 0x12;
+                c.to_vec()
+            },
+            24,
+            oor,
+        ),
+        // COMPARE AND WRITE: 0 blocks is no error; 255 blocks is over the maximum (32).
+        (
+            {
+                let mut c = [0u8; 16];
+                c[0] = 0x89;
+                c.to_vec()
+            },
+            0,
+            good,
+        ),
+        (
+            {
+                let mut c = [0u8; 16];
+                c[0] = 0x89;
+                c[13] = 255;
+                c.to_vec()
+            },
+            0,
+            bad_cdb,
+        ),
+        // READ (10) at the largest LBA with the largest length.
+        (crate::iscsi::read10(u32::MAX, u16::MAX).to_vec(), 0, oor),
+    ];
+    for (i, (cdb, edtl, want)) in cases.iter().enumerate() {
+        let (st, key, asc, ascq, _) = crate::iscsi::status_of(&mut r, 100 + i as u32, cdb, *edtl);
+        assert_eq!((st, key, asc, ascq), *want, "case {i}: {cdb:02x?}");
+    }
+    r.nop(1);
+}
