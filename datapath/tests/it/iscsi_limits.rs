@@ -9,12 +9,17 @@ use std::time::Duration;
 /// Log in (one Login Request straight to full feature phase) offering `keys` (each
 /// `key=value`) after the names.
 fn login_with(addr: SocketAddr, keys: &[&str]) -> Raw {
+    login_at(addr, keys, 1)
+}
+
+/// [`login_with`], the Login Request carrying CmdSN `cmd_sn` (the session's first ExpCmdSN).
+fn login_at(addr: SocketAddr, keys: &[&str], cmd_sn: u32) -> Raw {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
     h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 7]);
     put32(&mut h, 16, 1);
-    put32(&mut h, 24, 1);
+    put32(&mut h, 24, cmd_sn);
     let mut text =
         format!("InitiatorName=iqn.2026-12.test:limits\0SessionType=Normal\0TargetName={IQN}\0");
     for k in keys {
@@ -24,7 +29,7 @@ fn login_with(addr: SocketAddr, keys: &[&str]) -> Raw {
     std::io::Write::write_all(&mut s, &frame(h, text.as_bytes(), false)).unwrap();
     let mut r = Raw {
         s,
-        cmd_sn: 1,
+        cmd_sn,
         hd: false,
         dd: false,
     };
@@ -443,4 +448,49 @@ fn cdb_fields_at_their_limits_get_the_sbc3_sense() {
         assert_eq!((st, key, asc, ascq), *want, "case {i}: {cdb:02x?}");
     }
     r.nop(1);
+}
+
+/// CmdSN across 2^32 (RFC 7143 §4.2.2.1, serial number arithmetic, RFC 1982): commands in
+/// order across the wrap run; one sent ahead of a gap at the wrap waits for it; MaxCmdSN is
+/// ExpCmdSN + 127 modulo 2^32; a CmdSN just past MaxCmdSN is ignored, one at MaxCmdSN is held.
+#[test]
+fn cmd_sn_wraps_at_two_to_the_32() {
+    let (_d, addr) = daemon("8MiB");
+    let tur = [0u8; 6];
+    let mut r = login_at(addr, &[], 0xFFFF_FFFE);
+    // Status of a TEST UNIT READY with CmdSN `sn` (its ExpCmdSN and MaxCmdSN).
+    let send = |r: &mut Raw, itt: u32, sn: u32| {
+        let mut h = bhs(0x01, 0x80);
+        put32(&mut h, 16, itt);
+        put32(&mut h, 24, sn);
+        h[32..38].copy_from_slice(&tur);
+        r.send(h, &[]);
+    };
+    let answer = |r: &mut Raw| {
+        let (h, _) = r.read_pdu().expect("SCSI Response");
+        assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "TEST UNIT READY GOOD");
+        let be = |at: usize| u32::from_be_bytes(h[at..at + 4].try_into().unwrap());
+        (be(16), be(28), be(32))
+    };
+    send(&mut r, 1, 0xFFFF_FFFE);
+    assert_eq!(
+        answer(&mut r),
+        (1, 0xFFFF_FFFF, 0xFFFF_FFFF_u32.wrapping_add(127))
+    );
+    // CmdSN 0 before 0xFFFFFFFF: held until the gap closes, then both run in order.
+    send(&mut r, 3, 0);
+    send(&mut r, 2, 0xFFFF_FFFF);
+    assert_eq!(answer(&mut r), (2, 0, 127));
+    assert_eq!(answer(&mut r), (3, 1, 128));
+    // ExpCmdSN 1, MaxCmdSN 128: CmdSN 129 is outside (ignored), 128 is held for the gap.
+    send(&mut r, 4, 129);
+    send(&mut r, 5, 128);
+    for sn in 1..128 {
+        send(&mut r, 100 + sn, sn);
+        let (itt, exp, max) = answer(&mut r);
+        assert_eq!((itt, exp, max), (100 + sn, sn + 1, sn + 128));
+    }
+    assert_eq!(answer(&mut r), (5, 129, 256), "the held CmdSN 128 ran");
+    // CmdSN 129 was ignored: a NOP answers, nothing else is left to come.
+    r.nop(6);
 }
