@@ -494,3 +494,49 @@ fn cmd_sn_wraps_at_two_to_the_32() {
     // CmdSN 129 was ignored: a NOP answers, nothing else is left to come.
     r.nop(6);
 }
+
+/// FirstBurstLength and MaxBurstLength at their smallest (512): immediate data of one
+/// FirstBurstLength, then one R2T of at most MaxBurstLength at a time, R2TSN counting from 0,
+/// each answered by one Data-Out (DataSN 0, F bit); the data reads back whole.
+#[test]
+fn the_smallest_bursts_move_a_write_512_bytes_at_a_time() {
+    let (_d, addr) = daemon("8MiB");
+    let mut r = login_with(
+        addr,
+        &[
+            "MaxBurstLength=512",
+            "FirstBurstLength=512",
+            "InitialR2T=No",
+            "ImmediateData=Yes",
+            "MaxRecvDataSegmentLength=512",
+        ],
+    );
+    let data = pattern(14, 8 * 512);
+    r.scsi(1, &write10(8, 8), 8 * 512, 0x80 | 0x20, &data[..512]);
+    for i in 1..8u32 {
+        let (h, _) = r.read_pdu().expect("R2T");
+        assert_eq!(h[0] & 0x3F, 0x31, "R2T, got opcode {:#x}", h[0]);
+        let be = |at: usize| u32::from_be_bytes(h[at..at + 4].try_into().unwrap());
+        assert_eq!(
+            (be(36), be(40), be(44)),
+            (i - 1, i * 512, 512),
+            "R2TSN, offset, length"
+        );
+        let mut dout = bhs(0x05, 0x80);
+        put32(&mut dout, 16, 1);
+        put32(&mut dout, 20, be(20));
+        put32(&mut dout, 40, i * 512);
+        r.send(dout, &data[i as usize * 512..(i as usize + 1) * 512]);
+    }
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "write GOOD");
+    // Read back: one 512-byte Data-In per MaxBurstLength sequence, each with the F bit.
+    r.scsi(2, &read10(8, 8), 8 * 512, 0xC0, &[]);
+    let (pdus, got) = data_in_pdus(&mut r, 2);
+    assert_eq!(got, data);
+    assert_eq!(pdus.len(), 8);
+    assert!(
+        pdus.iter().all(|p| p.0 & 0x80 != 0 && p.3 == 512),
+        "{pdus:?}"
+    );
+}
