@@ -19,6 +19,7 @@ mod hosts;
 mod iscsi;
 mod iscsi_alua;
 mod iscsi_async;
+mod iscsi_limits;
 mod iscsi_mcs;
 mod iscsi_reserve;
 mod iscsi_reset;

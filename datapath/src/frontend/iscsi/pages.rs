@@ -152,12 +152,16 @@ pub fn vpd_page(l: &LunInfo, page: u8) -> Result<Vec<u8>, Sense> {
         // Third-party Copy (SPC-4 §7.8.17): what EXTENDED COPY (LID1) supports.
         0x8F => vpd(0x8F, &super::xcopy::third_party_copy_descriptors(l.block)),
         0xB0 => {
+            // Offsets in `d` are the page's minus 4 (SBC-3 §6.5.3).
             let mut d = vec![0u8; 60];
             d[1] = MAX_CAW_BLOCKS;
-            put16(&mut d, 2, 1);
+            // OPTIMAL TRANSFER LENGTH GRANULARITY (bytes 6..8): 4 KiB.
+            let granularity = (4096 / l.block.max(1)).max(1);
+            put16(&mut d, 2, u16::try_from(granularity).unwrap_or(u16::MAX));
             let max_blocks = MAX_XFER_BYTES / l.block.max(1);
-            put32(&mut d, 4, max_blocks);
-            put32(&mut d, 8, (4096 / l.block.max(1)).max(1));
+            put32(&mut d, 4, max_blocks); // MAXIMUM TRANSFER LENGTH (bytes 8..12)
+            // OPTIMAL TRANSFER LENGTH (bytes 12..16): 0, not reported (an initiator takes it as
+            // its largest request size: Linux's sd limits max_sectors to it).
             put32(&mut d, 16, u32::MAX); // MAXIMUM UNMAP LBA COUNT
             put32(&mut d, 20, MAX_UNMAP_DESCRIPTORS);
             put32(&mut d, 24, 1); // OPTIMAL UNMAP GRANULARITY
@@ -418,17 +422,16 @@ pub fn mode_sense(
         b[2] = dev_specific;
     }
     if !dbd {
+        // Short LBA mode parameter block descriptor (SBC-3 §6.4.2), the same after either
+        // header: NUMBER OF LOGICAL BLOCKS in bytes 0..4 (FFFFFFFFh for a larger medium), byte
+        // 4 reserved, LOGICAL BLOCK LENGTH in bytes 5..8.
         let mut d = [0u8; 8];
         let n = if changeable_pc(pc) {
             0
         } else {
-            l.blocks.min(0xFF_FFFF) as u32
+            u32::try_from(l.blocks).unwrap_or(u32::MAX)
         };
         put32(&mut d, 0, n);
-        if !ten {
-            d[0] = 0;
-            d[1..4].copy_from_slice(&n.to_be_bytes()[1..4]);
-        }
         put32(
             &mut d,
             4,
@@ -593,6 +596,73 @@ mod tests {
         assert_eq!((dsp(&l, false), dsp(&l, true)), (0x10, 0x10));
         l.read_only = true;
         assert_eq!((dsp(&l, false), dsp(&l, true)), (0x90, 0x90));
+    }
+
+    #[test]
+    fn block_limits_fields_are_at_their_sbc3_offsets() {
+        // SBC-3 §6.5.3: byte 5 MAXIMUM COMPARE AND WRITE LENGTH, bytes 6..8 OPTIMAL TRANSFER
+        // LENGTH GRANULARITY, 8..12 MAXIMUM TRANSFER LENGTH, 12..16 OPTIMAL TRANSFER LENGTH,
+        // 20..24 MAXIMUM UNMAP LBA COUNT, 24..28 MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT, 28..32
+        // OPTIMAL UNMAP GRANULARITY, 36..44 MAXIMUM WRITE SAME LENGTH.
+        for block in [512u32, 4096] {
+            let l = LunInfo { block, ..lun() };
+            let p = vpd_page(&l, 0xB0).unwrap();
+            let be16 = |at: usize| u16::from_be_bytes([p[at], p[at + 1]]);
+            let be32 = |at: usize| u32::from_be_bytes(p[at..at + 4].try_into().unwrap());
+            assert_eq!(be16(2), 0x3C, "page length");
+            assert_eq!(
+                p[4] & 0x01,
+                0,
+                "WSNZ: WRITE SAME with 0 blocks runs to the end"
+            );
+            assert_eq!(p[5], MAX_CAW_BLOCKS);
+            assert_eq!(
+                u32::from(be16(6)) * block,
+                4096,
+                "optimal transfer length granularity: 4 KiB"
+            );
+            assert_eq!(be32(8) * block, MAX_XFER_BYTES, "maximum transfer length");
+            assert_eq!(be32(12), 0, "optimal transfer length: not reported");
+            assert_eq!(be32(16), 0);
+            assert_eq!(be32(20), u32::MAX, "maximum unmap LBA count: unlimited");
+            assert_eq!(be32(24), MAX_UNMAP_DESCRIPTORS);
+            assert_eq!(be32(28), 1, "optimal unmap granularity");
+            assert_eq!(be32(32), 0, "no unmap granularity alignment");
+            assert_eq!(
+                u64::from_be_bytes(p[36..44].try_into().unwrap()),
+                MAX_WRITE_SAME_BLOCKS
+            );
+        }
+    }
+
+    #[test]
+    fn mode_sense_block_descriptor_counts_blocks_in_four_bytes() {
+        // SBC-3 §6.4.2, short LBA mode parameter block descriptor: NUMBER OF LOGICAL BLOCKS in
+        // bytes 0..4 (FFFFFFFFh when the medium has more), byte 4 reserved, LOGICAL BLOCK
+        // LENGTH in bytes 5..8; after a 4-byte (MODE SENSE 6) or 8-byte (10) header.
+        for (blocks, want) in [
+            (1u64 << 21, 1u32 << 21),
+            (1 << 25, 1 << 25),
+            (0xFFFF_FFFE, 0xFFFF_FFFE),
+            (1 << 33, u32::MAX),
+        ] {
+            let l = LunInfo { blocks, ..lun() };
+            for ten in [false, true] {
+                let b = mode_sense(&l, ten, false, 0, mode::CACHING, 0).unwrap();
+                let h = if ten { 8 } else { 4 };
+                let d = &b[h..h + 8];
+                assert_eq!(
+                    u32::from_be_bytes(d[0..4].try_into().unwrap()),
+                    want,
+                    "{blocks} blocks, MODE SENSE({})",
+                    if ten { 10 } else { 6 }
+                );
+                assert_eq!(d[4], 0);
+                assert_eq!(u32::from_be_bytes([0, d[5], d[6], d[7]]), 512);
+                // MODE SELECT takes back what MODE SENSE gave.
+                mode_select(&l, ten, &b).unwrap();
+            }
+        }
     }
 
     #[test]

@@ -532,8 +532,8 @@ pub enum Cmd {
         /// BYTCHK field.
         bytchk: u8,
     },
-    /// SYNCHRONIZE CACHE (10/16).
-    SyncCache,
+    /// SYNCHRONIZE CACHE (10/16): its range (blocks 0: to the end of the medium) is checked.
+    SyncCache(Rw),
     /// WRITE SAME (10/16).
     WriteSame {
         /// Range (blocks 0: to the end of the medium).
@@ -795,7 +795,14 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
                 bytchk,
             }
         }
-        SYNC_CACHE_10 | SYNC_CACHE_16 => Cmd::SyncCache,
+        SYNC_CACHE_10 => Cmd::SyncCache(Rw {
+            fua: false,
+            ..rw10()
+        }),
+        SYNC_CACHE_16 => Cmd::SyncCache(Rw {
+            fua: false,
+            ..rw16()
+        }),
         WRITE_SAME_10 | WRITE_SAME_16 => {
             no_prot()?;
             let anchor = c[1] & 0x10 != 0;
@@ -986,6 +993,44 @@ pub fn data_out_len(cmd: &Cmd, block: u32) -> u64 {
     }
 }
 
+/// The block descriptors of an UNMAP parameter list `d` (the Data-Out received) as (LBA,
+/// blocks), checked against a medium of `capacity` blocks (SBC-3 §5.28.2):
+/// - an empty list is no error (PARAMETER LIST LENGTH 0); 1 to 7 bytes: PARAMETER LIST LENGTH
+///   ERROR;
+/// - the descriptors are the UNMAP BLOCK DESCRIPTOR DATA LENGTH's bytes after the 8-byte
+///   header, or as many as arrived when the list is shorter (a parameter list length that
+///   truncates the data is no error); a last descriptor that is incomplete (a length that is
+///   no multiple of 16, or cut by the list's end) is ignored; UNMAP DATA LENGTH is not used;
+/// - more than `max_descriptors`: INVALID FIELD IN PARAMETER LIST; a range past the end of
+///   the medium (or whose end overflows): LOGICAL BLOCK ADDRESS OUT OF RANGE.
+pub fn unmap_descriptors(
+    d: &[u8],
+    capacity: u64,
+    max_descriptors: usize,
+) -> Result<Vec<(u64, u64)>, Sense> {
+    if d.is_empty() {
+        return Ok(Vec::new());
+    }
+    if d.len() < 8 {
+        return Err(Sense::PARAM_LIST_LENGTH);
+    }
+    let bdl = usize::from(u16::from_be_bytes([d[2], d[3]]));
+    let descs = &d[8..d.len().min(8 + bdl)];
+    if descs.len() / 16 > max_descriptors {
+        return Err(Sense::INVALID_FIELD_PARAM);
+    }
+    let mut out = Vec::with_capacity(descs.len() / 16);
+    for c in descs.chunks_exact(16) {
+        let lba = be64(&c[0..8]);
+        let n = u64::from(be32(&c[8..12]));
+        match lba.checked_add(n) {
+            Some(end) if end <= capacity => out.push((lba, n)),
+            _ => return Err(Sense::LBA_OUT_OF_RANGE),
+        }
+    }
+    Ok(out)
+}
+
 /// RECEIVE COPY RESULTS service actions.
 pub mod rcr {
     /// COPY STATUS.
@@ -1115,6 +1160,75 @@ mod tests {
             assert!(!modifies_medium(op), "{op:#04x}");
         }
     }
+    #[test]
+    fn unmap_parameter_lists_follow_sbc3_lengths() {
+        fn list(bdl: u16, descs: &[(u64, u32)], extra: &[u8]) -> Vec<u8> {
+            let mut d = vec![0u8; 8];
+            d[2..4].copy_from_slice(&bdl.to_be_bytes());
+            for &(lba, n) in descs {
+                d.extend_from_slice(&lba.to_be_bytes());
+                d.extend_from_slice(&n.to_be_bytes());
+                d.extend_from_slice(&[0; 4]);
+            }
+            d.extend_from_slice(extra);
+            let udl = (d.len() - 2) as u16;
+            d[0..2].copy_from_slice(&udl.to_be_bytes());
+            d
+        }
+        let cap = 1000;
+        // Whole descriptors; a NUMBER OF LOGICAL BLOCKS of 0 is no error.
+        assert_eq!(
+            unmap_descriptors(&list(32, &[(0, 8), (992, 8)], &[]), cap, 256),
+            Ok(vec![(0, 8), (992, 8)])
+        );
+        assert_eq!(unmap_descriptors(&[], cap, 256), Ok(vec![]));
+        assert_eq!(unmap_descriptors(&list(0, &[], &[]), cap, 256), Ok(vec![]));
+        assert_eq!(
+            unmap_descriptors(&[0, 6, 0, 0, 0, 0, 0], cap, 256),
+            Err(Sense::PARAM_LIST_LENGTH)
+        );
+        // A descriptor data length that is no multiple of 16: the incomplete last one is
+        // ignored, not an error.
+        assert_eq!(
+            unmap_descriptors(&list(24, &[(0, 8)], &[0xAA; 8]), cap, 256),
+            Ok(vec![(0, 8)])
+        );
+        assert_eq!(
+            unmap_descriptors(&list(8, &[], &[0xAA; 8]), cap, 256),
+            Ok(vec![])
+        );
+        // A descriptor data length beyond the list received (the PARAMETER LIST LENGTH cut
+        // it): the complete descriptors that arrived are used.
+        assert_eq!(
+            unmap_descriptors(&list(48, &[(0, 8), (16, 8)], &[1, 2, 3]), cap, 256),
+            Ok(vec![(0, 8), (16, 8)])
+        );
+        // A descriptor data length shorter than the list: the descriptors beyond it are not
+        // part of the list.
+        assert_eq!(
+            unmap_descriptors(&list(16, &[(0, 8), (2000, 8)], &[]), cap, 256),
+            Ok(vec![(0, 8)])
+        );
+        // Limits: too many descriptors, a range past the end or overflowing u64, the largest
+        // NUMBER OF LOGICAL BLOCKS (2^32 - 1) on a large enough medium.
+        assert_eq!(
+            unmap_descriptors(&list(48, &[(0, 1), (1, 1), (2, 1)], &[]), cap, 2),
+            Err(Sense::INVALID_FIELD_PARAM)
+        );
+        assert_eq!(
+            unmap_descriptors(&list(16, &[(993, 8)], &[]), cap, 256),
+            Err(Sense::LBA_OUT_OF_RANGE)
+        );
+        assert_eq!(
+            unmap_descriptors(&list(16, &[(u64::MAX, 2)], &[]), cap, 256),
+            Err(Sense::LBA_OUT_OF_RANGE)
+        );
+        assert_eq!(
+            unmap_descriptors(&list(16, &[(1, u32::MAX)], &[]), 1 << 33, 256),
+            Ok(vec![(1, u64::from(u32::MAX))])
+        );
+    }
+
     #[test]
     fn sense_is_fixed_format() {
         let b = Sense::MISCOMPARE.with_info(3).fixed();

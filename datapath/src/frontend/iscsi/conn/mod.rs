@@ -90,6 +90,18 @@ pub(super) enum Phase {
     Full,
 }
 
+/// A Text exchange spanning several PDUs (RFC 7143 §11.10-11.11), tied to its ITT and to the
+/// TTT the target gave it.
+struct TextSeq {
+    itt: u32,
+    ttt: u32,
+    /// Request text gathered (C bit) and not answered yet.
+    req: Vec<u8>,
+    /// The answer, and how much of it was sent.
+    rsp: Vec<u8>,
+    sent: usize,
+}
+
 /// Login progress.
 pub(super) struct LoginState {
     pub(super) neg: Negotiation,
@@ -155,6 +167,8 @@ pub struct IscsiConn {
     /// Recycled buffers for Data-Out and read data.
     pub(super) pool: Vec<Vec<u8>>,
     pub(super) next_ttt: u32,
+    /// The Text exchange under way (a request gathered or an answer sent in parts).
+    text_seq: Option<Box<TextSeq>>,
     /// A Logout waiting for the tasks to finish: its ITT and reason.
     pub(super) logout: Option<(u32, u8)>,
     /// Task management responses waiting for aborted tasks at the device and for other
@@ -231,6 +245,7 @@ impl IscsiConn {
             tasks: Slab::with_capacity(64),
             pool: Vec::new(),
             next_ttt: 1,
+            text_seq: None,
             logout: None,
             tmf_wait: Vec::new(),
             abort_wait: Vec::new(),
@@ -571,40 +586,96 @@ impl IscsiConn {
         }
     }
 
+    /// A Text Request (RFC 7143 §11.10). One exchange at a time per connection
+    /// ([`TextSeq`]): a request with the C bit is gathered (each part answered by an empty Text
+    /// Response with a TTT), the whole text is answered once complete, and an answer longer than
+    /// the initiator's MaxRecvDataSegmentLength goes out in parts (C bit, a TTT), each asked for
+    /// by an empty Text Request carrying that TTT; the last part has the F bit (when the request
+    /// had it) and TTT FFFFFFFFh.
     fn text_req(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) {
         if self.admit(env, r, data) != Some(true) {
             return;
         }
-        if r.flags() & 0x40 != 0 || !r.fin() {
-            // Continued text requests are not supported: nothing the target offers needs them.
-            return self.reject(env, reject::NOT_SUPPORTED, r.0);
+        let (fin, cont, ttt) = (r.fin(), r.flags() & 0x40 != 0, r.w20());
+        if fin && cont {
+            // A request with the C bit MUST have the F bit clear (§11.10.2).
+            self.text_seq = None;
+            return self.reject(env, reject::PROTOCOL, r.0);
         }
-        let keys = match login::parse_keys(data) {
-            Ok(k) => k,
-            Err(_) => return self.reject(env, reject::PROTOCOL, r.0),
-        };
-        let mut out = Vec::new();
-        for (k, v) in keys {
-            if k == "SendTargets" {
-                self.send_targets(v, &mut out);
-            } else {
-                login::put_key(&mut out, k, "NotUnderstood");
+        if ttt == NO_TAG {
+            // A new request: whatever exchange was under way is reset (§11.10.4).
+            self.text_seq = None;
+        } else if !self
+            .text_seq
+            .as_ref()
+            .is_some_and(|t| t.itt == r.itt() && t.ttt == ttt)
+        {
+            self.text_seq = None;
+            return self.reject(env, reject::INVALID_FIELD, r.0);
+        }
+        let mut seq = self.text_seq.take().unwrap_or_else(|| {
+            let ttt = self.next_ttt;
+            self.next_ttt = self.next_ttt.wrapping_add(1);
+            if self.next_ttt == NO_TAG || self.next_ttt == 0 {
+                self.next_ttt = 1;
+            }
+            Box::new(TextSeq {
+                itt: r.itt(),
+                ttt,
+                req: Vec::new(),
+                rsp: Vec::new(),
+                sent: 0,
+            })
+        });
+        if seq.sent < seq.rsp.len() {
+            // The initiator asks for the rest of the answer: its request carries no text.
+            if !data.is_empty() || cont {
+                return self.reject(env, reject::PROTOCOL, r.0);
+            }
+        } else {
+            if seq.req.len() + data.len() > login::MAX_TEXT {
+                return self.reject(env, reject::PROTOCOL, r.0);
+            }
+            seq.req.extend_from_slice(data);
+            if !cont {
+                let keys = match login::parse_keys(&seq.req) {
+                    Ok(k) => k,
+                    Err(_) => return self.reject(env, reject::PROTOCOL, r.0),
+                };
+                let mut out = Vec::new();
+                for (k, v) in keys {
+                    if k == "SendTargets" {
+                        self.send_targets(v, &mut out);
+                    } else {
+                        login::put_key(&mut out, k, "NotUnderstood");
+                    }
+                }
+                seq.req.clear();
+                seq.rsp = out;
+                seq.sent = 0;
             }
         }
-        // Text continuation is not implemented: an answer longer than the initiator takes in
-        // one PDU is cut after its last whole key (docs/iscsi.md).
-        let mut n = out.len();
-        if n > self.params.send_dsl as usize {
-            n = out[..self.params.send_dsl as usize]
-                .iter()
-                .rposition(|&b| b == 0)
-                .map_or(0, |i| i + 1);
+        // The next part of the answer (empty while the request is still being gathered).
+        let n = (seq.rsp.len() - seq.sent).min(self.params.send_dsl as usize);
+        let part = seq.rsp[seq.sent..seq.sent + n].to_vec();
+        seq.sent += n;
+        let more = seq.sent < seq.rsp.len();
+        let (flags, ttt) = if more {
+            (0x40, seq.ttt)
+        } else if fin {
+            (0x80, NO_TAG)
+        } else {
+            // The initiator has more to say (F clear): the exchange goes on.
+            (0x00, seq.ttt)
+        };
+        if ttt != NO_TAG {
+            self.text_seq = Some(seq);
         }
-        let h = Bhs::new(op::TEXT_RSP, 0x80)
+        let h = Bhs::new(op::TEXT_RSP, flags)
             .lun(r.lun())
             .itt(r.itt())
-            .u32(20, NO_TAG);
-        self.put_status(h, &out[..n]);
+            .u32(20, ttt);
+        self.put_status(h, &part);
     }
 
     /// SendTargets (RFC 7143 §12.3, appendix C): the targets this initiator may see, with the

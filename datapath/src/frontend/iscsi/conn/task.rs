@@ -157,7 +157,7 @@ fn pr_class(cmd: &Cmd) -> Option<bool> {
         | Cmd::Unmap { .. }
         | Cmd::CompareAndWrite(_)
         | Cmd::ExtendedCopy { .. }
-        | Cmd::SyncCache
+        | Cmd::SyncCache(_)
         | Cmd::ModeSelect { .. }
         | Cmd::Reserve
         | Cmd::Release
@@ -251,8 +251,10 @@ impl IscsiConn {
             return self.respond(itt, Ok(()), edtl, scsi_len, 0);
         }
         let (flags, res) = residual(edtl, scsi_len);
+        // Each PDU at most the initiator's MaxRecvDataSegmentLength, each sequence (F bit) at
+        // most MaxBurstLength (RFC 7143 §13.13), whichever of the two is larger.
         let seg = (self.params.send_dsl as usize).max(512);
-        let burst = (self.params.max_burst as usize).max(seg);
+        let burst = (self.params.max_burst as usize).max(512);
         let mut off = 0;
         let mut sn = 0u32;
         while off < n {
@@ -827,7 +829,12 @@ impl IscsiConn {
                     return self.started(slot, s, true);
                 }
             },
-            Cmd::SyncCache => {
+            Cmd::SyncCache(rw) => {
+                // SBC-3 §5.22: LBA + NUMBER OF LOGICAL BLOCKS within the medium (0 blocks: from
+                // the LBA to the end); the whole volume is flushed either way.
+                if let Err(s) = range(rw.lba, u64::from(rw.blocks)) {
+                    return self.complete(slot, Err(s));
+                }
                 let tag = IoTag {
                     conn: env.key,
                     slot,
@@ -1058,31 +1065,9 @@ impl IscsiConn {
         l: &LunInfo,
         d: &[u8],
     ) -> Result<(), Sense> {
-        if d.is_empty() {
+        let descs = scsi::unmap_descriptors(d, l.blocks, pages::MAX_UNMAP_DESCRIPTORS as usize)?;
+        if descs.is_empty() {
             return Ok(());
-        }
-        if d.len() < 8 {
-            return Err(Sense::PARAM_LIST_LENGTH);
-        }
-        let bdl = usize::from(u16::from_be_bytes([d[2], d[3]]));
-        if bdl % 16 != 0 || 8 + bdl > d.len() {
-            return Err(Sense::PARAM_LIST_LENGTH);
-        }
-        if bdl / 16 > pages::MAX_UNMAP_DESCRIPTORS as usize {
-            return Err(Sense::INVALID_FIELD_PARAM);
-        }
-        let descs: Vec<(u64, u64)> = d[8..8 + bdl]
-            .chunks_exact(16)
-            .map(|c| {
-                let lba = u64::from_be_bytes(c[0..8].try_into().unwrap_or([0; 8]));
-                let n = u64::from(u32::from_be_bytes(c[8..12].try_into().unwrap_or([0; 4])));
-                (lba, n)
-            })
-            .collect();
-        for &(lba, n) in &descs {
-            if lba > l.blocks || lba.saturating_add(n) > l.blocks {
-                return Err(Sense::LBA_OUT_OF_RANGE);
-            }
         }
         let bs = u64::from(l.block);
         let vol = self.tasks[slot as usize].vol;

@@ -1,0 +1,542 @@
+//! iSCSI at its limits: negotiated values at their extremes and the PDUs the target sends under
+//! them, checked field by field against RFC 7143 with the raw initiator (`iscsi::Raw`).
+
+use crate::harness::pattern;
+use crate::iscsi::{IQN, Raw, bhs, daemon, frame, put32, read10, write10};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Log in (one Login Request straight to full feature phase) offering `keys` (each
+/// `key=value`) after the names.
+fn login_with(addr: SocketAddr, keys: &[&str]) -> Raw {
+    login_at(addr, keys, 1)
+}
+
+/// [`login_with`], the Login Request carrying CmdSN `cmd_sn` (the session's first ExpCmdSN).
+fn login_at(addr: SocketAddr, keys: &[&str], cmd_sn: u32) -> Raw {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
+    h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 7]);
+    put32(&mut h, 16, 1);
+    put32(&mut h, 24, cmd_sn);
+    let mut text =
+        format!("InitiatorName=iqn.2026-12.test:limits\0SessionType=Normal\0TargetName={IQN}\0");
+    for k in keys {
+        text.push_str(k);
+        text.push('\0');
+    }
+    std::io::Write::write_all(&mut s, &frame(h, text.as_bytes(), false)).unwrap();
+    let mut r = Raw {
+        s,
+        cmd_sn,
+        hd: false,
+        dd: false,
+    };
+    let (h, _) = r.read_pdu().expect("a login response");
+    assert_eq!(h[0] & 0x3F, 0x23, "login response");
+    assert_eq!((h[36], h[37]), (0, 0), "login status");
+    assert_eq!(h[1] & 0x83, 0x83, "transit to full feature phase");
+    r
+}
+
+/// One Data-In PDU: flags (byte 1), DataSN, BufferOffset, data segment length.
+type DataIn = (u8, u32, u32, usize);
+
+/// The Data-In PDUs of one READ, and the data.
+fn data_in_pdus(r: &mut Raw, itt: u32) -> (Vec<DataIn>, Vec<u8>) {
+    let mut pdus = Vec::new();
+    let mut data = Vec::new();
+    loop {
+        let (h, d) = r.read_pdu().expect("Data-In");
+        assert_eq!(h[0] & 0x3F, 0x25, "Data-In, got opcode {:#x}", h[0]);
+        assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
+        let sn = u32::from_be_bytes(h[36..40].try_into().unwrap());
+        let off = u32::from_be_bytes(h[40..44].try_into().unwrap());
+        pdus.push((h[1], sn, off, d.len()));
+        data.extend_from_slice(&d);
+        if h[1] & 0x01 != 0 {
+            assert_eq!(h[3], 0, "status GOOD");
+            return (pdus, data);
+        }
+    }
+}
+
+/// MaxBurstLength bounds every Data-In sequence (RFC 7143 §13.13: "maximum SCSI data payload
+/// in a Data-In ... sequence"), also when the initiator's MaxRecvDataSegmentLength is larger:
+/// no PDU carries more than MaxBurstLength, and the F bit closes each sequence at every
+/// MaxBurstLength bytes.
+#[test]
+fn data_in_sequences_keep_to_max_burst_length_below_max_recv_data_segment_length() {
+    let (_d, addr) = daemon("16MiB");
+    let data = pattern(11, 256 * 512);
+    let mut r = login_with(
+        addr,
+        &[
+            "MaxRecvDataSegmentLength=16777215",
+            "MaxBurstLength=65536",
+            "FirstBurstLength=65536",
+            "ImmediateData=Yes",
+            "InitialR2T=No",
+        ],
+    );
+    // 128 KiB written: immediate 64 KiB then an R2T of at most MaxBurstLength.
+    r.scsi(1, &write10(0, 256), 256 * 512, 0x80 | 0x20, &data[..65536]);
+    let (h, _) = r.read_pdu().expect("R2T");
+    assert_eq!(h[0] & 0x3F, 0x31, "R2T, got opcode {:#x}", h[0]);
+    assert_eq!(u32::from_be_bytes(h[44..48].try_into().unwrap()), 65536);
+    let ttt = u32::from_be_bytes(h[20..24].try_into().unwrap());
+    let mut dout = bhs(0x05, 0x80);
+    put32(&mut dout, 16, 1);
+    put32(&mut dout, 20, ttt);
+    put32(&mut dout, 40, 65536);
+    r.send(dout, &data[65536..]);
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "write GOOD");
+
+    r.scsi(2, &read10(0, 256), 256 * 512, 0xC0, &[]);
+    let (pdus, got) = data_in_pdus(&mut r, 2);
+    assert_eq!(got, data, "the data read back");
+    let mut off = 0u32;
+    for (i, &(flags, sn, at, len)) in pdus.iter().enumerate() {
+        assert_eq!(sn, i as u32, "DataSN counts every Data-In of the command");
+        assert_eq!(at, off, "BufferOffset");
+        assert!(
+            len <= 65536,
+            "a Data-In of {len} bytes, over MaxBurstLength: {pdus:?}"
+        );
+        off += len as u32;
+        let end_of_burst = off.is_multiple_of(65536) || off as usize == data.len();
+        assert_eq!(
+            flags & 0x80 != 0,
+            end_of_burst,
+            "F bit at the end of each MaxBurstLength sequence only: {pdus:?}"
+        );
+    }
+    assert_eq!(off as usize, data.len());
+}
+
+/// An UNMAP command with parameter list `list` (immediate data); its status and sense key,
+/// ASC, ASCQ.
+fn unmap(r: &mut Raw, itt: u32, list: &[u8]) -> (u8, u8, u8, u8) {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x42;
+    cdb[7..9].copy_from_slice(&(list.len() as u16).to_be_bytes());
+    r.scsi(itt, &cdb, list.len() as u32, 0x80 | 0x20, list);
+    let (h, d) = r.read_pdu().expect("SCSI Response");
+    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response, got opcode {:#x}", h[0]);
+    if d.len() >= 16 {
+        (h[3], d[4] & 0x0F, d[14], d[15])
+    } else {
+        (h[3], 0, 0, 0)
+    }
+}
+
+/// SBC-3 §5.28.2: an UNMAP BLOCK DESCRIPTOR DATA LENGTH that is no multiple of 16 leaves an
+/// incomplete last descriptor, which is ignored; one larger than the parameter list received
+/// (the CDB's PARAMETER LIST LENGTH truncated the list) is no error either: the complete
+/// descriptors are unmapped, GOOD. Neither touches a block the complete descriptors do not
+/// name.
+#[test]
+fn unmap_ignores_an_incomplete_last_descriptor_and_a_truncated_list() {
+    let (_d, addr) = daemon("16MiB");
+    let mut r = login_with(addr, &["ImmediateData=Yes"]);
+    let data = pattern(12, 32 * 512);
+    r.scsi(1, &write10(0, 32), 32 * 512, 0x80 | 0x20, &data);
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "write GOOD");
+    let desc = |lba: u64, n: u32| {
+        let mut d = lba.to_be_bytes().to_vec();
+        d.extend_from_slice(&n.to_be_bytes());
+        d.extend_from_slice(&[0; 4]);
+        d
+    };
+    let list = |bdl: u16, body: &[u8]| {
+        let mut l = vec![0u8; 8];
+        l[0..2].copy_from_slice(&((6 + body.len()) as u16).to_be_bytes());
+        l[2..4].copy_from_slice(&bdl.to_be_bytes());
+        l.extend_from_slice(body);
+        l
+    };
+    // Descriptor data length 24: one whole descriptor (blocks 0..8) and 8 stray bytes.
+    let mut body = desc(0, 8);
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 16]);
+    assert_eq!(
+        unmap(&mut r, 2, &list(24, &body)),
+        (0, 0, 0, 0),
+        "GOOD with an incomplete last descriptor"
+    );
+    // Descriptor data length 32 (two descriptors) in a list cut after the first one and half
+    // of the second (PARAMETER LIST LENGTH 8 + 16 + 8): blocks 8..16 unmapped.
+    let mut body = desc(8, 8);
+    body.extend_from_slice(&desc(24, 8)[..8]);
+    assert_eq!(
+        unmap(&mut r, 3, &list(32, &body)),
+        (0, 0, 0, 0),
+        "GOOD with a truncated list"
+    );
+    let back = crate::iscsi::read_blocks(&mut r, 4, 0, 32);
+    assert!(
+        back[..16 * 512].iter().all(|&b| b == 0),
+        "blocks 0..16 unmapped"
+    );
+    assert_eq!(
+        &back[16 * 512..],
+        &data[16 * 512..],
+        "blocks 16..32 untouched"
+    );
+    // A range past the end is still refused: LOGICAL BLOCK ADDRESS OUT OF RANGE.
+    let blocks = 16 << 11;
+    assert_eq!(
+        unmap(&mut r, 5, &list(16, &desc(blocks - 4, 8))),
+        (2, 5, 0x21, 0)
+    );
+}
+
+/// Log in to a discovery session declaring MaxRecvDataSegmentLength `mrdsl`.
+fn discovery(addr: SocketAddr, mrdsl: u32) -> Raw {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
+    h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 8]);
+    put32(&mut h, 16, 1);
+    put32(&mut h, 24, 1);
+    let text = format!(
+        "InitiatorName=iqn.2026-12.test:limits\0SessionType=Discovery\0MaxRecvDataSegmentLength={mrdsl}\0"
+    );
+    std::io::Write::write_all(&mut s, &frame(h, text.as_bytes(), false)).unwrap();
+    let mut r = Raw {
+        s,
+        cmd_sn: 1,
+        hd: false,
+        dd: false,
+    };
+    let (h, _) = r.read_pdu().expect("a login response");
+    assert_eq!((h[36], h[37]), (0, 0), "login status");
+    assert_eq!(h[1] & 0x83, 0x83, "transit to full feature phase");
+    r
+}
+
+/// A Text Request (non-immediate, its CmdSN taken) with flags `flags`, ITT `itt`, TTT `ttt`.
+fn text(r: &mut Raw, flags: u8, itt: u32, ttt: u32, data: &[u8]) {
+    let mut h = bhs(0x04, flags);
+    put32(&mut h, 16, itt);
+    put32(&mut h, 20, ttt);
+    put32(&mut h, 24, r.cmd_sn);
+    r.cmd_sn += 1;
+    r.send(h, data);
+}
+
+/// A Text Response: (flags, TTT, data).
+fn text_rsp(r: &mut Raw, itt: u32) -> (u8, u32, Vec<u8>) {
+    let (h, d) = r.read_pdu().expect("Text Response");
+    assert_eq!(h[0] & 0x3F, 0x24, "Text Response, got opcode {:#x}", h[0]);
+    assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
+    (h[1], u32::from_be_bytes(h[20..24].try_into().unwrap()), d)
+}
+
+/// A SendTargets answer longer than the initiator's MaxRecvDataSegmentLength goes out in
+/// several Text Responses (RFC 7143 §11.11: C bit set and F bit clear with a TTT on every one
+/// but the last; the initiator asks for the next with an empty Text Request carrying that TTT;
+/// the last has F set and TTT FFFFFFFFh), none longer than the initiator takes, and nothing of
+/// the answer is lost.
+#[test]
+fn a_long_text_answer_is_continued_across_text_responses() {
+    let portals: Vec<String> = (0..40).map(|i| format!("'10.0.{i}.2:3260,2'")).collect();
+    let (_d, addr) =
+        crate::iscsi::daemon_with("8MiB", &format!("extra_portals = [{}]", portals.join(",")));
+    let mut r = discovery(addr, 512);
+    text(&mut r, 0x80, 5, 0xFFFF_FFFF, b"SendTargets=All\0");
+    let mut all = Vec::new();
+    let mut pdus = 0;
+    loop {
+        let (flags, ttt, d) = text_rsp(&mut r, 5);
+        pdus += 1;
+        assert!(d.len() <= 512, "a Text Response of {} bytes", d.len());
+        all.extend_from_slice(&d);
+        if flags & 0x80 != 0 {
+            assert_eq!(flags & 0x40, 0, "no C bit with the F bit");
+            assert_eq!(ttt, 0xFFFF_FFFF, "the last Text Response's TTT");
+            break;
+        }
+        assert_eq!(flags & 0x40, 0x40, "C bit: the text continues");
+        assert_ne!(ttt, 0xFFFF_FFFF, "a TTT to continue with");
+        text(&mut r, 0x80, 5, ttt, &[]);
+    }
+    assert!(pdus > 1, "one Text Response only");
+    let answer = String::from_utf8(all).unwrap();
+    assert!(
+        answer.starts_with(&format!("TargetName={IQN}\0")),
+        "{answer}"
+    );
+    for i in 0..40 {
+        assert!(
+            answer.contains(&format!("TargetAddress=10.0.{i}.2:3260,2\0")),
+            "portal {i} missing: {answer:?}"
+        );
+    }
+    // The session goes on.
+    r.nop(6);
+}
+
+/// A Text Request whose text continues in the next one (C bit, RFC 7143 §11.10.2) is answered
+/// by an empty Text Response (F clear, a TTT), and the whole text once it is complete.
+#[test]
+fn a_continued_text_request_is_gathered_before_it_is_answered() {
+    let (_d, addr) = daemon("8MiB");
+    let mut r = discovery(addr, 8192);
+    text(&mut r, 0x40, 7, 0xFFFF_FFFF, b"SendTar");
+    let (flags, ttt, d) = text_rsp(&mut r, 7);
+    assert_eq!(
+        flags & 0xC0,
+        0,
+        "neither F nor C in the answer to a continued request"
+    );
+    assert_ne!(ttt, 0xFFFF_FFFF);
+    assert!(d.is_empty());
+    text(&mut r, 0x80, 7, ttt, b"gets=All\0");
+    let (flags, ttt, d) = text_rsp(&mut r, 7);
+    assert_eq!((flags & 0xC0, ttt), (0x80, 0xFFFF_FFFF));
+    let answer = String::from_utf8(d).unwrap();
+    assert!(
+        answer.starts_with(&format!("TargetName={IQN}\0")),
+        "{answer}"
+    );
+    // A TTT the target never gave: Reject (invalid PDU field), the session goes on.
+    text(&mut r, 0x80, 8, 0x1234_5678, b"SendTargets=All\0");
+    let (h, _) = r.read_pdu().expect("Reject");
+    assert_eq!((h[0] & 0x3F, h[2]), (0x3F, 0x09));
+    r.nop(9);
+}
+
+/// SYNCHRONIZE CACHE (10) and (16) check their range like any command addressing blocks (SBC-3
+/// §5.22-5.23: LBA + NUMBER OF LOGICAL BLOCKS past the capacity is LOGICAL BLOCK ADDRESS OUT
+/// OF RANGE; 0 blocks: from the LBA to the end), also where the end overflows 64 bits.
+#[test]
+fn synchronize_cache_checks_its_range() {
+    let (_d, addr) = daemon("16MiB");
+    let blocks: u64 = 16 << 11;
+    let mut r = login_with(addr, &[]);
+    let sync10 = |lba: u32, n: u16| {
+        let mut c = [0u8; 10];
+        c[0] = 0x35;
+        c[2..6].copy_from_slice(&lba.to_be_bytes());
+        c[7..9].copy_from_slice(&n.to_be_bytes());
+        c
+    };
+    let sync16 = |lba: u64, n: u32| {
+        let mut c = [0u8; 16];
+        c[0] = 0x91;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&n.to_be_bytes());
+        c
+    };
+    // Status, sense key, ASC, ASCQ.
+    type Answer = (u8, u8, u8, u8);
+    let oor = (2, 5, 0x21, 0);
+    let cases: [(&[u8], Answer); 8] = [
+        (&sync10(0, 0), (0, 0, 0, 0)),
+        (&sync10(blocks as u32 - 1, 1), (0, 0, 0, 0)),
+        (&sync10(blocks as u32, 0), (0, 0, 0, 0)),
+        (&sync10(blocks as u32 - 1, 2), oor),
+        (&sync10(blocks as u32 + 1, 0), oor),
+        (&sync16(0, u32::MAX), oor),
+        (&sync16(u64::MAX, 2), oor),
+        (&sync16(blocks, 1), oor),
+    ];
+    for (i, (cdb, want)) in cases.iter().enumerate() {
+        let (st, key, asc, ascq, _) = crate::iscsi::status_of(&mut r, 10 + i as u32, cdb, 0);
+        assert_eq!((st, key, asc, ascq), *want, "case {i}: {cdb:02x?}");
+    }
+}
+
+/// CDB fields at their largest (and smallest) values: the sense SBC-3 names for each, and the
+/// target goes on serving (no panic, no dropped connection).
+#[test]
+fn cdb_fields_at_their_limits_get_the_sbc3_sense() {
+    let (_d, addr) = daemon("16MiB");
+    let blocks: u64 = 16 << 11;
+    let mut r = login_with(addr, &["ImmediateData=Yes"]);
+    let rw16 = |op: u8, lba: u64, n: u32| {
+        let mut c = [0u8; 16];
+        c[0] = op;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&n.to_be_bytes());
+        c
+    };
+    type Answer = (u8, u8, u8, u8);
+    let good = (0, 0, 0, 0);
+    let oor = (2, 5, 0x21, 0);
+    let bad_cdb = (2, 5, 0x24, 0);
+    // (CDB, EDTL, expected answer)
+    let cases: Vec<(Vec<u8>, u32, Answer)> = vec![
+        // READ (16): 0 blocks at the end and past it; an LBA + length that overflows u64.
+        (rw16(0x88, blocks, 0).to_vec(), 0, good),
+        (rw16(0x88, blocks + 1, 0).to_vec(), 0, oor),
+        (rw16(0x88, u64::MAX, 1).to_vec(), 512, oor),
+        (rw16(0x88, u64::MAX - 1, 2).to_vec(), 1024, oor),
+        (rw16(0x88, blocks - 1, 2).to_vec(), 1024, oor),
+        // Within the medium but over MAXIMUM TRANSFER LENGTH (2048 blocks).
+        (rw16(0x88, 0, 4096).to_vec(), 4096 * 512, bad_cdb),
+        // VERIFY (16), BYTCHK 0, past the end.
+        (rw16(0x8F, u64::MAX, 1).to_vec(), 0, oor),
+        // PRE-FETCH (16) past the end.
+        (rw16(0x90, u64::MAX, u32::MAX).to_vec(), 0, oor),
+        // WRITE SAME (16), NDOB: 0 blocks (to the end) from past the end, and at LBA 2^64-1.
+        (
+            {
+                let mut c = rw16(0x93, blocks + 1, 0);
+                c[1] = 0x01;
+                c.to_vec()
+            },
+            0,
+            oor,
+        ),
+        (
+            {
+                let mut c = rw16(0x93, u64::MAX, 0);
+                c[1] = 0x01;
+                c.to_vec()
+            },
+            0,
+            oor,
+        ),
+        // GET LBA STATUS at the capacity and at 2^64-1.
+        (
+            {
+                let mut c = rw16(0x9E, blocks, 24);
+                c[1] = 0x12;
+                c.to_vec()
+            },
+            24,
+            oor,
+        ),
+        (
+            {
+                let mut c = rw16(0x9E, u64::MAX, 24);
+                c[1] = 0x12;
+                c.to_vec()
+            },
+            24,
+            oor,
+        ),
+        // COMPARE AND WRITE: 0 blocks is no error; 255 blocks is over the maximum (32).
+        (
+            {
+                let mut c = [0u8; 16];
+                c[0] = 0x89;
+                c.to_vec()
+            },
+            0,
+            good,
+        ),
+        (
+            {
+                let mut c = [0u8; 16];
+                c[0] = 0x89;
+                c[13] = 255;
+                c.to_vec()
+            },
+            0,
+            bad_cdb,
+        ),
+        // READ (10) at the largest LBA with the largest length.
+        (crate::iscsi::read10(u32::MAX, u16::MAX).to_vec(), 0, oor),
+    ];
+    for (i, (cdb, edtl, want)) in cases.iter().enumerate() {
+        let (st, key, asc, ascq, _) = crate::iscsi::status_of(&mut r, 100 + i as u32, cdb, *edtl);
+        assert_eq!((st, key, asc, ascq), *want, "case {i}: {cdb:02x?}");
+    }
+    r.nop(1);
+}
+
+/// CmdSN across 2^32 (RFC 7143 §4.2.2.1, serial number arithmetic, RFC 1982): commands in
+/// order across the wrap run; one sent ahead of a gap at the wrap waits for it; MaxCmdSN is
+/// ExpCmdSN + 127 modulo 2^32; a CmdSN just past MaxCmdSN is ignored, one at MaxCmdSN is held.
+#[test]
+fn cmd_sn_wraps_at_two_to_the_32() {
+    let (_d, addr) = daemon("8MiB");
+    let tur = [0u8; 6];
+    let mut r = login_at(addr, &[], 0xFFFF_FFFE);
+    // Status of a TEST UNIT READY with CmdSN `sn` (its ExpCmdSN and MaxCmdSN).
+    let send = |r: &mut Raw, itt: u32, sn: u32| {
+        let mut h = bhs(0x01, 0x80);
+        put32(&mut h, 16, itt);
+        put32(&mut h, 24, sn);
+        h[32..38].copy_from_slice(&tur);
+        r.send(h, &[]);
+    };
+    let answer = |r: &mut Raw| {
+        let (h, _) = r.read_pdu().expect("SCSI Response");
+        assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "TEST UNIT READY GOOD");
+        let be = |at: usize| u32::from_be_bytes(h[at..at + 4].try_into().unwrap());
+        (be(16), be(28), be(32))
+    };
+    send(&mut r, 1, 0xFFFF_FFFE);
+    assert_eq!(
+        answer(&mut r),
+        (1, 0xFFFF_FFFF, 0xFFFF_FFFF_u32.wrapping_add(127))
+    );
+    // CmdSN 0 before 0xFFFFFFFF: held until the gap closes, then both run in order.
+    send(&mut r, 3, 0);
+    send(&mut r, 2, 0xFFFF_FFFF);
+    assert_eq!(answer(&mut r), (2, 0, 127));
+    assert_eq!(answer(&mut r), (3, 1, 128));
+    // ExpCmdSN 1, MaxCmdSN 128: CmdSN 129 is outside (ignored), 128 is held for the gap.
+    send(&mut r, 4, 129);
+    send(&mut r, 5, 128);
+    for sn in 1..128 {
+        send(&mut r, 100 + sn, sn);
+        let (itt, exp, max) = answer(&mut r);
+        assert_eq!((itt, exp, max), (100 + sn, sn + 1, sn + 128));
+    }
+    assert_eq!(answer(&mut r), (5, 129, 256), "the held CmdSN 128 ran");
+    // CmdSN 129 was ignored: a NOP answers, nothing else is left to come.
+    r.nop(6);
+}
+
+/// FirstBurstLength and MaxBurstLength at their smallest (512): immediate data of one
+/// FirstBurstLength, then one R2T of at most MaxBurstLength at a time, R2TSN counting from 0,
+/// each answered by one Data-Out (DataSN 0, F bit); the data reads back whole.
+#[test]
+fn the_smallest_bursts_move_a_write_512_bytes_at_a_time() {
+    let (_d, addr) = daemon("8MiB");
+    let mut r = login_with(
+        addr,
+        &[
+            "MaxBurstLength=512",
+            "FirstBurstLength=512",
+            "InitialR2T=No",
+            "ImmediateData=Yes",
+            "MaxRecvDataSegmentLength=512",
+        ],
+    );
+    let data = pattern(14, 8 * 512);
+    r.scsi(1, &write10(8, 8), 8 * 512, 0x80 | 0x20, &data[..512]);
+    for i in 1..8u32 {
+        let (h, _) = r.read_pdu().expect("R2T");
+        assert_eq!(h[0] & 0x3F, 0x31, "R2T, got opcode {:#x}", h[0]);
+        let be = |at: usize| u32::from_be_bytes(h[at..at + 4].try_into().unwrap());
+        assert_eq!(
+            (be(36), be(40), be(44)),
+            (i - 1, i * 512, 512),
+            "R2TSN, offset, length"
+        );
+        let mut dout = bhs(0x05, 0x80);
+        put32(&mut dout, 16, 1);
+        put32(&mut dout, 20, be(20));
+        put32(&mut dout, 40, i * 512);
+        r.send(dout, &data[i as usize * 512..(i as usize + 1) * 512]);
+    }
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "write GOOD");
+    // Read back: one 512-byte Data-In per MaxBurstLength sequence, each with the F bit.
+    r.scsi(2, &read10(8, 8), 8 * 512, 0xC0, &[]);
+    let (pdus, got) = data_in_pdus(&mut r, 2);
+    assert_eq!(got, data);
+    assert_eq!(pdus.len(), 8);
+    assert!(
+        pdus.iter().all(|p| p.0 & 0x80 != 0 && p.3 == 512),
+        "{pdus:?}"
+    );
+}
