@@ -25,8 +25,17 @@ fn session(addr: std::net::SocketAddr, name: &str) -> Raw {
 /// for the data with an R2T and the task waits for it. Returns the R2T's TTT.
 fn write_waiting_for_data(r: &mut Raw, itt: u32, lba: u32) -> u32 {
     r.scsi(itt, &write10(lba, 64), 64 * 512, 0xA0, &[]);
-    let (h, _) = r.read_pdu().expect("an R2T");
-    assert_eq!(h[0] & 0x3F, 0x31, "R2T, got opcode {:#x}", h[0]);
+    let (h, d) = r.read_pdu().expect("an R2T");
+    // (Once seen under load: a SCSI Response instead; its status and sense say why.)
+    assert_eq!(
+        h[0] & 0x3F,
+        0x31,
+        "R2T, got opcode {:#x}, response {:#x}, status {:#x}, sense {:02x?}",
+        h[0],
+        h[2],
+        h[3],
+        &d[..d.len().min(20)]
+    );
     assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
     u32::from_be_bytes(h[20..24].try_into().unwrap())
 }
