@@ -134,6 +134,11 @@ impl Sections {
         vol % self.mailboxes.len().max(1)
     }
 
+    /// Reactor `reactor`'s mailbox.
+    pub fn mailbox(&self, reactor: usize) -> Option<&Arc<Mailbox>> {
+        self.mailboxes.get(reactor)
+    }
+
     /// Send `note` to reactor `reactor`.
     pub fn send(&self, reactor: usize, note: Note) {
         if let Some(m) = self.mailboxes.get(reactor) {
@@ -249,8 +254,8 @@ pub enum Note {
         sqid: u16,
         /// Command to abort.
         cid: u16,
-        /// The admin queue to answer (slot = the Abort command's cid).
-        reply: Origin,
+        /// The admin queue's answer, owed once ([`AbortReply`]).
+        reply: AbortReply,
     },
     /// To an admin queue: the outcome of an Abort.
     AbortDone {
@@ -263,6 +268,59 @@ pub enum Note {
         /// True when the command was aborted.
         aborted: bool,
     },
+}
+
+/// The answer an Abort owes its admin queue ([`Note::AbortDone`]): given once, by the I/O
+/// queue that looked for the command ([`AbortReply::answer`]), or by its drop, "not aborted",
+/// when the note never reaches that queue (it closed while the note was on its way, and the
+/// reactor drops notes for connections that are gone). Without it, such an Abort was never
+/// answered and the host's admin command timed out.
+pub struct AbortReply {
+    /// The admin queue's reactor; `None` once answered.
+    to: Option<Arc<Mailbox>>,
+    /// The admin queue's connection key there.
+    key: u32,
+    /// Its controller (checked there: keys are reused).
+    cntlid: u16,
+    /// The Abort command's cid.
+    cid: u16,
+}
+
+impl AbortReply {
+    /// The answer for Abort `cid` of controller `cntlid`, to connection `key` behind `to`.
+    pub fn new(to: Arc<Mailbox>, key: u32, cntlid: u16, cid: u16) -> Self {
+        Self {
+            to: Some(to),
+            key,
+            cntlid,
+            cid,
+        }
+    }
+
+    /// Answer: the command was aborted or not.
+    pub fn answer(mut self, aborted: bool) {
+        self.send(aborted);
+    }
+
+    fn send(&mut self, aborted: bool) {
+        if let Some(m) = self.to.take() {
+            m.send(Msg::Note {
+                to: NoteTo::Conn(self.key),
+                note: Box::new(Note::AbortDone {
+                    key: self.key,
+                    cntlid: self.cntlid,
+                    cid: self.cid,
+                    aborted,
+                }),
+            });
+        }
+    }
+}
+
+impl Drop for AbortReply {
+    fn drop(&mut self) {
+        self.send(false);
+    }
 }
 
 impl Note {
@@ -580,6 +638,48 @@ impl Conn for Home {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An Abort's answer is owed once: given by the queue that handled it, or "not aborted"
+    /// when the note is dropped undelivered (its queue closed while it was on the way).
+    #[test]
+    fn an_abort_note_dropped_undelivered_still_answers_not_aborted() {
+        let m = Arc::new(Mailbox::new().unwrap());
+        let answers = |m: &Mailbox| {
+            let mut v = Vec::new();
+            while let Some(msg) = m.pop() {
+                let Msg::Note {
+                    to: NoteTo::Conn(k),
+                    note,
+                } = msg
+                else {
+                    panic!("a note to a connection");
+                };
+                match note.downcast::<Note>().map(|n| *n) {
+                    Ok(Note::AbortDone {
+                        key,
+                        cntlid,
+                        cid,
+                        aborted,
+                    }) => v.push((k, key, cntlid, cid, aborted)),
+                    _ => panic!("an AbortDone"),
+                }
+            }
+            v
+        };
+        // Dropped undelivered (the reactor's note for a connection that is gone).
+        let note: crate::runtime::Note = Box::new(Note::Abort {
+            key: 9,
+            cntlid: 3,
+            sqid: 1,
+            cid: 17,
+            reply: AbortReply::new(Arc::clone(&m), 4, 3, 12),
+        });
+        drop(note);
+        assert_eq!(answers(&m), [(4, 4, 3, 12, false)]);
+        // Answered: once, with the queue's outcome.
+        AbortReply::new(Arc::clone(&m), 4, 3, 13).answer(true);
+        assert_eq!(answers(&m), [(4, 4, 3, 13, true)]);
+    }
 
     #[test]
     fn writers_divert_while_a_pair_is_pending_and_wake_the_home() {

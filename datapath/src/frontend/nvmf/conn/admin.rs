@@ -15,11 +15,12 @@
 //! Invariants:
 //! - Identify and log data never exceed the host's SGL length; log page offsets are checked.
 //! - Abort of a command on another queue is asked of that queue's reactor (`Note::Abort`) and
-//!   answered when it replies (`Note::AbortDone`); a held AER is aborted here.
+//!   answered when it replies (`Note::AbortDone`), or "not aborted" when the request is dropped
+//!   on the way (the queue closed: `AbortReply`'s drop); a held AER is aborted here.
 
 use super::{INCAPSULE_MAX, MAX_AERS, MAX_XFER, MDTS, MQES, NvmfConn, Role};
 use crate::bdev::volume::PathState;
-use crate::frontend::nvmf::atomic::{Note, Origin};
+use crate::frontend::nvmf::atomic::{AbortReply, Note};
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, feat, lid, sgl};
 use crate::frontend::nvmf::ctrl::{self, Controller, MAX_IO_QUEUES};
 use crate::frontend::nvmf::{NvmfShared, status};
@@ -434,11 +435,10 @@ impl NvmfConn {
             // No such queue: nothing to abort (result bit 0 = 1, "not aborted").
             return self.respond(cid, Status::SUCCESS, 1);
         };
-        let reply = Origin {
-            reactor: env.io.reactor,
-            key: env.key,
-            slot: u32::from(cid),
+        let Some(here) = sections.mailbox(env.io.reactor) else {
+            return self.respond(cid, Status::SUCCESS, 1);
         };
+        let reply = AbortReply::new(Arc::clone(here), env.key, ctrl.cntlid, cid);
         sections.send(
             reactor,
             Note::Abort {

@@ -698,7 +698,7 @@ impl Conn for NvmfConn {
         self.life.closed
     }
 
-    fn on_note(&mut self, env: &mut Env<'_>, note: crate::runtime::Note) {
+    fn on_note(&mut self, _env: &mut Env<'_>, note: crate::runtime::Note) {
         let Ok(note) = note.downcast::<Note>() else {
             return;
         };
@@ -732,18 +732,7 @@ impl Conn for NvmfConn {
                 reply,
                 ..
             } => {
-                let aborted = self.abort_cmd(cntlid, sqid, cid);
-                if let Some(s) = self.nv.sections(env.shared) {
-                    s.send(
-                        reply.reactor,
-                        Note::AbortDone {
-                            key: reply.key,
-                            cntlid,
-                            cid: reply.slot as u16,
-                            aborted,
-                        },
-                    );
-                }
+                reply.answer(self.abort_cmd(cntlid, sqid, cid));
             }
             Note::AbortDone {
                 cntlid,
