@@ -519,7 +519,9 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
         // ACWU (0's based) is bytes 533:532; 535:534 is OCFS (no Copy formats: zero).
         put16(b, 532, (ACWU_BLOCKS - 1) as u16);
     }
-    b[525] = if c.discovery { 0 } else { 1 }; // VWC present
+    // VWC: present (bit 0); Flush with NSID FFFFFFFFh not supported (bits 2:1 = 10b: such a
+    // Flush is answered Invalid Namespace or Format).
+    b[525] = if c.discovery { 0 } else { 0b101 };
     // SGLS: supported (bits 1:0 = 01), address as offset (bit 20).
     put32(b, 536, 1 | (1 << 20));
     put32(b, 540, c.nn); // MNAN
@@ -905,7 +907,7 @@ mod tests {
             ("NN", 516, 4, int(3, 4)),
             ("ONCS", 520, 2, int(0x2D, 2)),
             ("FUSES", 522, 2, int(1, 2)),
-            ("VWC", 525, 1, int(1, 1)),
+            ("VWC", 525, 1, int(0b101, 1)),
             ("ACWU", 532, 2, int(31, 2)),
             ("OCFS", 534, 2, int(0, 2)),
             ("SGLS", 536, 4, int(1 | (1 << 20), 4)),
