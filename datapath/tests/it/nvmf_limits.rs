@@ -483,3 +483,17 @@ fn sqhd_is_ffffh_when_sq_flow_control_is_disabled() {
     }
     assert_eq!(heads, vec![0xFFFF; 6]);
 }
+
+/// Identify Controller's VWC says what a Flush with NSID FFFFFFFFh gets: bits 2:1 = 10b, not
+/// supported (Base 2.0, VWC), and such a Flush is answered Invalid Namespace or Format, while
+/// the namespace's own Flush succeeds.
+#[test]
+fn flush_of_every_namespace_is_refused_as_vwc_announces() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    assert_eq!(c.identify(1, 0).unwrap()[525], 0b101, "VWC");
+    let mut q = c.io_queue(1, 8).unwrap();
+    let r = q.cmd(Sqe::new(0x00).nsid(0xFFFF_FFFF), &[], 0).unwrap();
+    assert_eq!(r.status, 0x00B, "Flush of NSID FFFFFFFFh");
+    assert_eq!(q.cmd(Sqe::new(0x00).nsid(1), &[], 0).unwrap().status, 0);
+}
