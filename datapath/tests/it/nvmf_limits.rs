@@ -263,8 +263,20 @@ fn an_h2cdata_data_digest_error_fails_the_command_not_the_connection() {
     assert_eq!(r2t.kind, 0x09);
     let ttag = u16::from_le_bytes([r2t.header[10], r2t.header[11]]);
     // Two H2CData PDUs of 64 KiB with both digests; the first one's data digest is wrong.
+    // Nothing is answered while the host is still sending the transfer's data.
     let half = 64u32 << 10;
     for (i, off) in [0u32, half].into_iter().enumerate() {
+        if i == 1 {
+            let s = q.stream();
+            s.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+                .unwrap();
+            let mut b = [0u8; 1];
+            assert!(
+                s.peek(&mut b).is_err(),
+                "an answer came before the rest of the transfer's data"
+            );
+            s.set_read_timeout(None).unwrap();
+        }
         let data = vec![0xA5u8; half as usize];
         let mut b = vec![0x06, 0x01 | 0x02 | if i == 1 { 0x04 } else { 0 }, 24, 28];
         b.extend_from_slice(&(28 + half + 4).to_le_bytes());
@@ -496,4 +508,75 @@ fn flush_of_every_namespace_is_refused_as_vwc_announces() {
     let r = q.cmd(Sqe::new(0x00).nsid(0xFFFF_FFFF), &[], 0).unwrap();
     assert_eq!(r.status, 0x00B, "Flush of NSID FFFFFFFFh");
     assert_eq!(q.cmd(Sqe::new(0x00).nsid(1), &[], 0).unwrap().status, 0);
+}
+
+/// A fused Compare + Write (in-capsule data, digests on) one half of which arrives with a
+/// damaged data digest: that half fails with Transient Transport Error and its partner is
+/// answered too, Failed Fused Command (Base 2.0, fused operations), never left waiting (the
+/// Compare used to stay held until another command came) nor called Missing Fused Command;
+/// nothing is written, and a good pair then works.
+#[test]
+fn a_fused_half_with_a_damaged_data_digest_takes_its_partner_with_it() {
+    let (d, _) = in_process(RAM);
+    let opts = Opts {
+        digests: Digests {
+            header: true,
+            data: true,
+        },
+        ..Opts::default()
+    };
+    let c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let before = q.read(1, 0, 1, 512).unwrap();
+    let new = vec![0x3Cu8; 512];
+    let half = |q: &Queue, op: u8, fuse: u8, cid: u16, data: &[u8], bad: bool| {
+        let sqe = Sqe::new(op)
+            .nsid(1)
+            .lba(0, 1)
+            .fuse(fuse)
+            .bytes(2, &cid.to_le_bytes())
+            .bytes(32, &512u32.to_le_bytes())
+            .bytes(39, &[0x01]);
+        let mut b = q.capsule(&sqe.0, data);
+        if bad {
+            let n = b.len();
+            b[n - 1] ^= 1;
+        }
+        b
+    };
+    let answers = |q: &mut Queue, n: usize| {
+        let mut v: Vec<(u16, u16)> = (0..n)
+            .map(|_| {
+                let p = q.read_pdu().unwrap();
+                assert_eq!(p.kind, 0x05, "a response: {p:?}");
+                let cqe = &p.header[8..24];
+                let st = u16::from_le_bytes([cqe[14], cqe[15]]);
+                (u16::from_le_bytes([cqe[12], cqe[13]]), (st >> 1) & 0x7FF)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    for (bad_compare, (a, b)) in [(false, (0x41u16, 0x42u16)), (true, (0x51, 0x52))] {
+        let mut wire = half(&q, 0x05, 1, a, &before, bad_compare);
+        wire.extend(half(&q, 0x01, 2, b, &new, !bad_compare));
+        q.send_raw(&wire).unwrap();
+        let (ca, cb) = if bad_compare {
+            (0x022, 0x009)
+        } else {
+            (0x009, 0x022)
+        };
+        assert_eq!(
+            answers(&mut q, 2),
+            [(a, ca), (b, cb)],
+            "bad digest on the {}",
+            if bad_compare { "Compare" } else { "Write" }
+        );
+    }
+    assert_eq!(q.read(1, 0, 1, 512).unwrap(), before, "nothing written");
+    assert_eq!(
+        q.compare_and_write(1, 0, &before, &new, 512).unwrap(),
+        (0, 0)
+    );
+    assert_eq!(q.read(1, 0, 1, 512).unwrap(), new);
 }

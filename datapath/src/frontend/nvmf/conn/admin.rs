@@ -376,9 +376,10 @@ impl NvmfConn {
             return false;
         }
         // Not yet given an R2T: drop it.
+        // (A fused half aborted takes its partner with it: `fail_early`.)
         if let Some(pos) = self.r2t_wait.iter().position(|s| Sqe(s).cid() == cid) {
-            self.r2t_wait.remove(pos);
-            self.respond(cid, Status::ABORT_REQUESTED, 0);
+            let sqe = self.r2t_wait.remove(pos).expect("found");
+            self.fail_early(&Sqe(&sqe), Status::ABORT_REQUESTED);
             return true;
         }
         // R2T sent, data still to come: the data will be received and dropped.
@@ -388,7 +389,8 @@ impl NvmfConn {
             .find(|(_, x)| !x.discard && Sqe(&x.sqe).cid() == cid)
         {
             x.discard = true;
-            self.respond(cid, Status::ABORT_REQUESTED, 0);
+            let sqe = x.sqe;
+            self.fail_early(&Sqe(&sqe), Status::ABORT_REQUESTED);
             return true;
         }
         // The first half of a fused pair still waiting for its second.

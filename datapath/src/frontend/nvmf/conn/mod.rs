@@ -132,8 +132,10 @@ struct Xfer {
     total: u32,
     received: u32,
     buf: Vec<u8>,
-    /// Aborted: the data is received and dropped, the command already answered.
+    /// Aborted, or its data damaged: the data is received and dropped.
     discard: bool,
+    /// Its data was damaged on the way: answered with this once all of it has arrived.
+    fail: Option<Status>,
 }
 
 /// A command at the device.
@@ -189,6 +191,11 @@ pub struct NvmfConn {
     err_vol: usize,
     /// The first command of a fused pair, waiting for the second (SQE, data).
     fused_first: Option<([u8; cmd::SQE_LEN], Vec<u8>)>,
+    /// The first command of a fused pair failed before it was executed: a second half that
+    /// comes next is aborted with it (Failed Fused Command).
+    fused_first_failed: bool,
+    /// Data digest errors on this connection (the first is logged; all are counted).
+    digest_errors: u64,
     /// Volumes whose atomic section a finished access still has to leave (done in `flush`,
     /// which has the environment).
     leaves: Vec<usize>,
@@ -230,6 +237,8 @@ impl NvmfConn {
             errors: 0,
             err_vol: 0,
             fused_first: None,
+            fused_first_failed: false,
+            digest_errors: 0,
             leaves: Vec::new(),
             resv_cache: Vec::new(),
             host: None,
@@ -338,14 +347,14 @@ impl NvmfConn {
         if !p.data_ok {
             // In-capsule data damaged on the way: the command fails, the connection stays.
             self.digest_error(env);
-            return self.respond(cid, Status::TRANSIENT_TRANSPORT, 0);
+            return self.fail_early(&sqe, Status::TRANSIENT_TRANSPORT);
         }
         if !p.data.is_empty() {
             if sqe.sgl_type() != sgl::INCAPSULE {
-                return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+                return self.fail_early(&sqe, Status::SGL_INVALID_TYPE);
             }
             if p.data.len() > INCAPSULE_MAX as usize {
-                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                return self.fail_early(&sqe, Status::SGL_INVALID_DATA);
             }
             // The Address is an offset into the capsule's data (ICDOFF 0, SGLS bit 20).
             let (off, len) = (sqe.sgl_addr(), u64::from(sqe.sgl_len()));
@@ -356,21 +365,21 @@ impl NvmfConn {
                 } else {
                     Status::SGL_OFFSET_INVALID
                 };
-                return self.respond(cid, s, 0);
+                return self.fail_early(&sqe, s);
             };
             if end != p.data.len() as u64 {
                 // Data beyond what the descriptor describes.
-                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                return self.fail_early(&sqe, Status::SGL_INVALID_DATA);
             }
             return self.execute(env, nv, sqe, &p.data[off as usize..end as usize]);
         }
         if host_to_ctrl(&sqe) && sqe.sgl_len() > 0 {
             if sqe.sgl_type() == sgl::INCAPSULE {
                 // An in-capsule descriptor of a capsule that carries no data: its length.
-                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                return self.fail_early(&sqe, Status::SGL_INVALID_DATA);
             }
             if sqe.sgl_type() != sgl::TRANSPORT {
-                return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+                return self.fail_early(&sqe, Status::SGL_INVALID_TYPE);
             }
             let total = sqe.sgl_len();
             if total > MAX_XFER {
@@ -380,11 +389,11 @@ impl NvmfConn {
                     Some(n) if n <= u64::from(MAX_XFER) => Status::SGL_INVALID_DATA,
                     _ => Status::INVALID_FIELD,
                 };
-                return self.respond(cid, s, 0);
+                return self.fail_early(&sqe, s);
             }
             if self.xfers.len() + self.r2t_wait.len() >= MAX_INFLIGHT {
                 // More commands waiting for data than any legal queue (MQES + 1) can hold.
-                return self.respond(cid, Status::INTERNAL, 0);
+                return self.fail_early(&sqe, Status::INTERNAL);
             }
             if self.xfers.len() >= MAX_R2T {
                 self.r2t_wait.push_back(*sqe.0);
@@ -396,14 +405,42 @@ impl NvmfConn {
         self.execute(env, nv, sqe, &[])
     }
 
-    /// A data digest did not match (counted and logged; the command fails with Transient
-    /// Transport Error, the connection stays).
+    /// A data digest did not match (counted; the first of the connection logged, so a peer
+    /// cannot flood the log; the command fails with Transient Transport Error, the connection
+    /// stays).
     fn digest_error(&mut self, env: &mut Env<'_>) {
         env.counters.violations += 1;
-        tracing::warn!(
-            conn = env.key,
-            "NVMe/TCP data digest mismatch; the command fails with Transient Transport Error"
-        );
+        self.digest_errors += 1;
+        if self.digest_errors == 1 {
+            tracing::warn!(
+                conn = env.key,
+                "NVMe/TCP data digest mismatch; the command fails with Transient Transport Error (further ones on this connection are counted, not logged)"
+            );
+        }
+    }
+
+    /// Answer `sqe` with `status` before it was executed (its data damaged, its descriptor
+    /// refused, aborted while its data was coming), and its fused partner with it (Base 2.0,
+    /// fused operations): a first half held for this second one is aborted as Failed Fused
+    /// Command, and if this is a first half, the second half that comes next is too; any other
+    /// command leaves a held first half without its second (Missing Fused Command).
+    pub(super) fn fail_early(&mut self, sqe: &Sqe<'_>, status: Status) {
+        self.respond(sqe.cid(), status, 0);
+        let held = self.fused_first.take().map(|(s, _)| Sqe(&s).cid());
+        self.fused_first_failed = false;
+        match sqe.fuse() {
+            fuse::SECOND => {
+                if let Some(first) = held {
+                    self.respond(first, Status::ABORTED_FUSED_FAIL, 0);
+                }
+            }
+            f => {
+                if let Some(first) = held {
+                    self.respond(first, Status::ABORTED_FUSED_MISSING, 0);
+                }
+                self.fused_first_failed = f == fuse::FIRST;
+            }
+        }
     }
 
     // ----- responses -----
@@ -439,6 +476,10 @@ impl NvmfConn {
         let cid = sqe.cid();
         if self.life.shutting_down {
             return self.respond(cid, Status::NS_NOT_READY, 0);
+        }
+        if std::mem::take(&mut self.fused_first_failed) && sqe.fuse() == fuse::SECOND {
+            // Its first half failed before it was executed.
+            return self.respond(cid, Status::ABORTED_FUSED_FAIL, 0);
         }
         match sqe.fuse() {
             fuse::NONE => {

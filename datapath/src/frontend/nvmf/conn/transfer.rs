@@ -35,6 +35,7 @@ impl NvmfConn {
             received: 0,
             buf,
             discard: false,
+            fail: None,
         });
         pdu::put_r2t(&mut self.tx.pending, cid, ttag as u16, 0, total, self.dg);
     }
@@ -85,12 +86,12 @@ impl NvmfConn {
             return self.fatal(env, header(pdu::FEI_DATAO), p.header);
         }
         if !p.data_ok && !x.discard {
-            // Data damaged on the way: the command fails with Transient Transport Error now;
-            // the rest of its data is received and dropped (as for an aborted transfer).
+            // Data damaged on the way: the rest of it is received and dropped (as for an
+            // aborted transfer), and once it has all come the command fails with Transient
+            // Transport Error (never while the host is still sending it).
             x.discard = true;
-            let cid = h.cid;
+            x.fail = Some(Status::TRANSIENT_TRANSPORT);
             self.digest_error(env);
-            self.respond(cid, Status::TRANSIENT_TRANSPORT, 0);
         }
         let Some(x) = self.xfers.get_mut(h.ttag as usize) else {
             return;
@@ -98,9 +99,7 @@ impl NvmfConn {
         if h.offset == 0 && h.len == x.total {
             // The whole transfer in one PDU: straight from the receive buffer.
             let x = self.xfers.remove(h.ttag as usize);
-            if !x.discard {
-                self.execute(env, nv, Sqe(&x.sqe), p.data);
-            }
+            self.transfer_done(env, nv, &x, p.data);
             self.spare.push(x.buf);
             self.next_r2t();
             return;
@@ -112,11 +111,19 @@ impl NvmfConn {
         x.received = end as u32;
         if x.received == x.total {
             let x = self.xfers.remove(h.ttag as usize);
-            if !x.discard {
-                self.execute(env, nv, Sqe(&x.sqe), &x.buf[..x.total as usize]);
-            }
+            self.transfer_done(env, nv, &x, &x.buf[..x.total as usize]);
             self.spare.push(x.buf);
             self.next_r2t();
+        }
+    }
+
+    /// All of a transfer's data has come: execute its command, or answer the failure its
+    /// damaged data earned; an aborted one was answered already.
+    fn transfer_done(&mut self, env: &mut Env<'_>, nv: &NvmfShared, x: &Xfer, data: &[u8]) {
+        match (x.discard, x.fail) {
+            (false, _) => self.execute(env, nv, Sqe(&x.sqe), data),
+            (true, Some(status)) => self.fail_early(&Sqe(&x.sqe), status),
+            (true, None) => {}
         }
     }
 
