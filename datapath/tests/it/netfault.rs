@@ -945,6 +945,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     wait_both(srv[A].as_ref().unwrap(), srv[B].as_ref().unwrap(), "up");
     let (t0, t0_site) = crate::soak_history::now_pair();
     let skew0 = [A, B].map(|s| crate::soak_history::skew(srv[s].as_ref().unwrap()));
+    let wall0 = twinblk::layer::cdp::clock::wall_offset();
     let addrs: [Addr; 2] = [
         Arc::new(std::sync::Mutex::new(srv[A].as_ref().unwrap().addr)),
         Arc::new(std::sync::Mutex::new(srv[B].as_ref().unwrap().addr)),
@@ -1348,7 +1349,8 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
                 crate::soak_history::skew(srv[s].as_ref().unwrap()),
             )
         });
-        let (mut p, n) = crate::soak_history::check(&h, &blocks, t0, t0_site, skews);
+        let wall = (wall0, twinblk::layer::cdp::clock::wall_offset());
+        let (mut p, n) = crate::soak_history::check(&h, &blocks, t0, t0_site, skews, wall);
         problems.append(&mut p);
         note = format!("{note}{}{n}", if note.is_empty() { "" } else { "; " });
     }

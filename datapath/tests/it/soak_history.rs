@@ -12,8 +12,8 @@
 //! two processes differ by any wall-clock step between their starts (and, before the offset
 //! was read with care, by a stall between two clock readings: a loaded CI machine once showed
 //! one site's whole history ~190 ms "late"). A site whose clock moved between the two
-//! readings (restarted across a wall-clock step) is not checked, and the iteration's line
-//! says so. Each moment is widened by 2 ms on both sides, plus the readings' uncertainty
+//! readings is a problem, unless the wall clock itself was stepped meanwhile (then that site
+//! is not checked, and the iteration's line says so). Each moment is widened by 2 ms on both sides, plus the readings' uncertainty
 //! (a write acknowledged within that before it is not required, one issued within that after
 //! it is allowed).
 
@@ -108,6 +108,7 @@ pub(crate) fn check(
     t0: Instant,
     t0_site: u64,
     skews: [(Skew, Skew); 2],
+    wall: (u64, u64),
 ) -> (Vec<String>, String) {
     let now_here = twinblk::layer::cdp::clock::now();
     let ranges = [
@@ -121,10 +122,17 @@ pub(crate) fn check(
         let name = if site == A { "a" } else { "b" };
         let (k0, k1) = skews[site];
         if k0.diff.abs_diff(k1.diff) > u128::from(k0.within + k1.within + 1_000_000) {
-            summary.push(format!(
-                "{name} not checked: its clock moved {} ms against this process's between the start and the check (restarted across a wall-clock step)",
-                (k1.diff - k0.diff) / 1_000_000
-            ));
+            let moved = (k1.diff - k0.diff) / 1_000_000;
+            if wall.0.abs_diff(wall.1) > 1_000_000 {
+                summary.push(format!(
+                    "{name} not checked: its clock moved {moved} ms against this process's, the wall clock was stepped {} ms meanwhile",
+                    (i128::from(wall.1) - i128::from(wall.0)) / 1_000_000
+                ));
+            } else {
+                problems.push(format!(
+                    "site {name}'s clock moved {moved} ms against this process's between the start and the check, with no wall-clock step"
+                ));
+            }
             continue;
         }
         // This site's scale: its clock when the writers started, and now.

@@ -63,6 +63,13 @@ fn realtime_offset(mut read: impl FnMut(libc::clockid_t) -> u64) -> u64 {
     best.map_or(0, |(_, off)| off)
 }
 
+/// `CLOCK_REALTIME - CLOCK_MONOTONIC` as it reads now (ns): what a process starting now
+/// would take as its offset. It moves only when the wall clock is stepped (tests: whether a
+/// step came between two processes' starts).
+pub fn wall_offset() -> u64 {
+    realtime_offset(read)
+}
+
 /// Site time now, ns.
 pub fn now() -> u64 {
     read(libc::CLOCK_MONOTONIC) + offset()
