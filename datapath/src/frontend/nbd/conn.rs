@@ -467,7 +467,17 @@ impl NbdConn {
     }
 
     fn reply_read(&mut self, cookie: u64, offset: u64, data: &[u8]) {
-        if self.structured {
+        if self.structured && data.is_empty() {
+            // An OFFSET_DATA chunk must describe at least one byte (length >= 9): a read of
+            // length 0 is answered with the final NONE chunk alone.
+            proto::put_chunk_header(
+                &mut self.tx.pending,
+                chunk::FLAG_DONE,
+                chunk::NONE,
+                cookie,
+                0,
+            );
+        } else if self.structured {
             proto::put_chunk_header(
                 &mut self.tx.pending,
                 chunk::FLAG_DONE,

@@ -1,0 +1,195 @@
+//! NBD fields at their edges: length 0 for every command, the largest legal payload, effect
+//! lengths of 2^32-1, requests past the end, and the structured-reply chunk layouts at those
+//! edges. Every expected byte and error value is the NBD protocol document's
+//! (`NetworkBlockDevice/nbd`, doc/proto.md), written out here independently of the target's
+//! code, so a client we do not run here (Linux `nbd`, qemu, libnbd) sees what the spec says.
+
+use crate::harness::{in_process, pattern};
+use crate::rawnbd::Client;
+use std::io::Read;
+use twinblk::frontend::nbd::proto::{cmd, err};
+
+const VOL: &str = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\n";
+
+/// Structured reply magic, `NBD_REPLY_FLAG_DONE`, chunk types (doc/proto.md, "Structured
+/// reply chunk message", "Structured reply types").
+const STRUCTURED_MAGIC: u32 = 0x668e_33ef;
+const FLAG_DONE: u16 = 1;
+const TYPE_NONE: u16 = 0;
+const TYPE_OFFSET_DATA: u16 = 1;
+const TYPE_ERROR: u16 = (1 << 15) + 1;
+
+/// One structured chunk as it is on the wire.
+#[derive(Debug)]
+struct Chunk {
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    payload: Vec<u8>,
+}
+
+fn read_chunk(c: &mut Client) -> Chunk {
+    let mut h = [0u8; 20];
+    c.s.read_exact(&mut h).expect("chunk header");
+    assert_eq!(
+        u32::from_be_bytes(h[0..4].try_into().unwrap()),
+        STRUCTURED_MAGIC,
+        "not a structured chunk: {h:02x?}"
+    );
+    let n = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+    let mut payload = vec![0u8; n];
+    c.s.read_exact(&mut payload).expect("chunk payload");
+    Chunk {
+        flags: u16::from_be_bytes([h[4], h[5]]),
+        kind: u16::from_be_bytes([h[6], h[7]]),
+        cookie: u64::from_be_bytes(h[8..16].try_into().unwrap()),
+        payload,
+    }
+}
+
+/// Check one chunk against the spec's per-type length rules.
+fn check_chunk_layout(ch: &Chunk) {
+    match ch.kind {
+        TYPE_NONE => {
+            assert!(ch.payload.is_empty(), "NONE with a payload: {ch:?}");
+            assert_eq!(ch.flags & FLAG_DONE, FLAG_DONE, "NONE without DONE: {ch:?}");
+        }
+        TYPE_OFFSET_DATA => assert!(
+            ch.payload.len() >= 9,
+            "OFFSET_DATA length {} (the spec: MUST be at least 9)",
+            ch.payload.len()
+        ),
+        TYPE_ERROR => {
+            assert!(ch.payload.len() >= 6, "ERROR chunk too short: {ch:?}");
+            let e = u32::from_be_bytes(ch.payload[0..4].try_into().unwrap());
+            assert_ne!(e, 0, "ERROR chunk with error 0");
+            let m = u16::from_be_bytes([ch.payload[4], ch.payload[5]]) as usize;
+            assert!(m <= ch.payload.len() - 6);
+        }
+        k => panic!("unexpected chunk type {k:#x}"),
+    }
+}
+
+#[test]
+fn structured_read_of_length_zero_is_answered_with_a_valid_chunk() {
+    let (_d, addr) = in_process(VOL);
+    let mut c = Client::connect(addr, "vol0", true);
+    for (cookie, offset) in [(0x1122_3344_5566_7788u64, 0u64), (2, c.size)] {
+        c.send_request(cmd::READ, 0, cookie, offset, 0, &[]);
+        let ch = read_chunk(&mut c);
+        assert_eq!(ch.cookie, cookie);
+        assert_eq!(ch.flags & FLAG_DONE, FLAG_DONE, "{ch:?}");
+        check_chunk_layout(&ch);
+        assert_eq!(ch.kind, TYPE_NONE, "{ch:?}");
+    }
+    // The stream is still in step.
+    assert_eq!(c.read(0, 512).unwrap(), vec![0u8; 512]);
+    c.disconnect();
+}
+
+#[test]
+fn length_zero_requests_of_every_kind_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_vol = format!(
+        "[[volume]]\nname='vol0'\nbackend='uring'\nsize='16MiB'\nblock_size=4096\npath='{}'\ncreate=true\n",
+        dir.path().join("disk.img").display()
+    );
+    for vol in [VOL.to_string(), file_vol] {
+        let (_d, addr) = in_process(&vol);
+        for structured in [false, true] {
+            let mut c = Client::connect(addr, "vol0", structured);
+            let size = c.size;
+            let data = pattern(3, 8192);
+            assert_eq!(c.write(0, &data), 0);
+            for (i, kind) in [cmd::WRITE, cmd::TRIM, cmd::WRITE_ZEROES, cmd::FLUSH]
+                .into_iter()
+                .enumerate()
+            {
+                for offset in [0, 4096, size] {
+                    let cookie = 100 + i as u64 * 10 + offset % 7;
+                    c.send_request(kind, 0, cookie, offset, 0, &[]);
+                    let (k, e, _) = c.read_reply(0);
+                    assert_eq!(k, cookie);
+                    assert!(
+                        e == 0 || e == err::EINVAL,
+                        "kind {kind} offset {offset}: error {e}"
+                    );
+                }
+            }
+            if structured {
+                c.send_request(cmd::READ, 0, 9, 4096, 0, &[]);
+                check_chunk_layout(&read_chunk(&mut c));
+            } else {
+                c.send_request(cmd::READ, 0, 9, 4096, 0, &[]);
+                assert_eq!(c.read_reply(0), (9, 0, vec![]));
+            }
+            assert_eq!(
+                c.read(0, 8192).unwrap(),
+                data,
+                "zero-length requests changed data"
+            );
+            c.disconnect();
+        }
+    }
+}
+
+#[test]
+fn the_largest_legal_payload_is_served_both_ways() {
+    // 2^25 bytes: the advertised maximum, and the size the spec says no server should treat
+    // as a denial of service.
+    let (_d, addr) = in_process("[[volume]]\nname='vol0'\nbackend='malloc'\nsize='64MiB'\n");
+    let big = pattern(9, 1 << 25);
+    for structured in [false, true] {
+        let mut c = Client::connect(addr, "vol0", structured);
+        let at = if structured { 1 << 25 } else { 0 };
+        assert_eq!(c.write(at, &big), 0);
+        c.send_request(cmd::READ, 0, 77, at, 1 << 25, &[]);
+        if structured {
+            let ch = read_chunk(&mut c);
+            check_chunk_layout(&ch);
+            assert_eq!((ch.kind, ch.cookie), (TYPE_OFFSET_DATA, 77));
+            assert_eq!(ch.flags & FLAG_DONE, FLAG_DONE);
+            assert_eq!(ch.payload.len(), 8 + (1 << 25));
+            assert_eq!(u64::from_be_bytes(ch.payload[0..8].try_into().unwrap()), at);
+            assert!(ch.payload[8..] == big[..], "read back differs");
+        } else {
+            let (k, e, d) = c.read_reply(1 << 25);
+            assert_eq!((k, e), (77, 0));
+            assert!(d == big, "read back differs");
+        }
+        c.disconnect();
+    }
+}
+
+#[test]
+fn effect_lengths_of_u32_max_are_not_truncated() {
+    // An export larger than 4 GiB on a sparse file; TRIM and WRITE_ZEROES of 2^32-1 bytes
+    // (no payload: the maximum payload does not limit them) must cover exactly that range.
+    let dir = tempfile::tempdir().unwrap();
+    let vol = format!(
+        "[[volume]]\nname='vol0'\nbackend='uring'\nsize='8GiB'\nblock_size=512\npath='{}'\ncreate=true\n",
+        dir.path().join("big.img").display()
+    );
+    let (_d, addr) = in_process(&vol);
+    let mut c = Client::connect(addr, "vol0", true);
+    let ones = vec![0xa5u8; 512];
+    let last = (1u64 << 32) - 512; // the block holding byte 2^32-1
+    for kind in [cmd::WRITE_ZEROES, cmd::TRIM] {
+        for at in [0, 1 << 31, last, 1 << 32] {
+            assert_eq!(c.write(at, &ones), 0);
+        }
+        c.send_request(kind, 0, 5, 0, u32::MAX, &[]);
+        assert_eq!(c.read_reply(0), (5, 0, vec![]), "kind {kind}");
+        assert_eq!(c.read(0, 512).unwrap(), vec![0u8; 512], "kind {kind}");
+        assert_eq!(c.read(1 << 31, 512).unwrap(), vec![0u8; 512], "kind {kind}");
+        let mut want = vec![0u8; 511];
+        want.push(0xa5);
+        assert_eq!(c.read(last, 512).unwrap(), want, "kind {kind}: byte 2^32-1");
+        assert_eq!(
+            c.read(1 << 32, 512).unwrap(),
+            ones,
+            "kind {kind}: past the range"
+        );
+    }
+    c.disconnect();
+}
