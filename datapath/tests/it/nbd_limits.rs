@@ -88,6 +88,36 @@ fn structured_read_of_length_zero_is_answered_with_a_valid_chunk() {
 }
 
 #[test]
+fn trim_past_the_end_is_einval_while_writes_and_zeroes_are_enospc() {
+    let (_d, addr) = in_process(VOL);
+    for structured in [false, true] {
+        let mut c = Client::connect(addr, "vol0", structured);
+        let size = c.size;
+        // doc/proto.md, "Error values": EINVAL for a read or trim beyond the end, ENOSPC for a
+        // write (and, under NBD_CMD_WRITE_ZEROES, for write zeroes).
+        c.send_request(cmd::TRIM, 0, 1, size - 512, 1024, &[]);
+        assert_eq!(
+            c.read_reply(0),
+            (1, err::EINVAL, vec![]),
+            "TRIM past the end"
+        );
+        c.send_request(cmd::TRIM, 0, 2, u64::MAX, u32::MAX, &[]);
+        assert_eq!(
+            c.read_reply(0),
+            (2, err::EINVAL, vec![]),
+            "TRIM overflowing u64"
+        );
+        c.send_request(cmd::WRITE_ZEROES, 0, 3, size - 512, 1024, &[]);
+        assert_eq!(c.read_reply(0), (3, err::ENOSPC, vec![]));
+        c.send_request(cmd::WRITE, 0, 4, size, 512, &[7u8; 512]);
+        assert_eq!(c.read_reply(0), (4, err::ENOSPC, vec![]));
+        c.send_request(cmd::READ, 0, 5, size, 1, &[]);
+        assert_eq!(c.read_reply(1), (5, err::EINVAL, vec![]));
+        c.disconnect();
+    }
+}
+
+#[test]
 fn length_zero_requests_of_every_kind_are_answered() {
     let dir = tempfile::tempdir().unwrap();
     let file_vol = format!(

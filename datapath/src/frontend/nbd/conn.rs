@@ -527,7 +527,10 @@ impl NbdConn {
             cmd::READ | cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES
         );
         if ranged && !in_range(r.offset, r.len as u64, self.size) {
-            self.reply_err(r.cookie, if is_write { err::ENOSPC } else { err::EINVAL });
+            // The protocol's "Error values": ENOSPC for a write or write zeroes past the end,
+            // EINVAL for a read or a trim.
+            let grows = matches!(r.kind, cmd::WRITE | cmd::WRITE_ZEROES);
+            self.reply_err(r.cookie, if grows { err::ENOSPC } else { err::EINVAL });
             return;
         }
         if r.kind == cmd::READ && r.len > proto::MAX_PAYLOAD {
