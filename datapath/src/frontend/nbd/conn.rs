@@ -89,15 +89,17 @@ pub struct NbdConn {
     host: Option<HostHandle>,
 }
 
+/// A device errno as the protocol's error value ("Error values"): EDQUOT and EFBIG are
+/// ENOSPC, EROFS is EPERM; EOVERFLOW and EOPNOTSUPP are EINVAL, because NBD_EOVERFLOW and
+/// NBD_ENOTSUP are reserved for NBD_CMD_FLAG_DF and NBD_CMD_FLAG_FAST_ZERO, which this server
+/// does not advertise; anything else is EIO.
 fn nbd_error(e: Errno) -> u32 {
     match e.0 {
-        libc::EPERM => err::EPERM,
+        libc::EPERM | libc::EROFS => err::EPERM,
         libc::EIO => err::EIO,
         libc::ENOMEM => err::ENOMEM,
-        libc::EINVAL => err::EINVAL,
-        libc::ENOSPC => err::ENOSPC,
-        libc::EOVERFLOW => err::EOVERFLOW,
-        libc::EOPNOTSUPP => err::ENOTSUP,
+        libc::EINVAL | libc::EOVERFLOW | libc::EOPNOTSUPP => err::EINVAL,
+        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => err::ENOSPC,
         libc::ESHUTDOWN => err::ESHUTDOWN,
         _ => err::EIO,
     }
@@ -696,5 +698,37 @@ impl Conn for NbdConn {
             self.tx.unsent(),
             self.rx_hi - self.rx_lo
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_errors_map_to_the_values_the_protocol_allows() {
+        // doc/proto.md, "Error values": EDQUOT and EFBIG SHOULD become NBD_ENOSPC;
+        // NBD_EOVERFLOW and NBD_ENOTSUP SHOULD NOT be returned except for NBD_CMD_FLAG_DF and
+        // NBD_CMD_FLAG_FAST_ZERO (never advertised here), so those errnos become EINVAL.
+        let cases = [
+            (libc::EPERM, err::EPERM),
+            (libc::EIO, err::EIO),
+            (libc::ENOMEM, err::ENOMEM),
+            (libc::EINVAL, err::EINVAL),
+            (libc::ENOSPC, err::ENOSPC),
+            (libc::EDQUOT, err::ENOSPC),
+            (libc::EFBIG, err::ENOSPC),
+            (libc::EOVERFLOW, err::EINVAL),
+            (libc::EOPNOTSUPP, err::EINVAL),
+            (libc::ESHUTDOWN, err::ESHUTDOWN),
+            (libc::EROFS, err::EPERM),
+            (libc::ENOTCONN, err::EIO),
+        ];
+        let got: Vec<(i32, u32)> = cases
+            .iter()
+            .map(|&(e, _)| (e, nbd_error(Errno(e))))
+            .collect();
+        let want: Vec<(i32, u32)> = cases.to_vec();
+        assert_eq!(got, want);
     }
 }
