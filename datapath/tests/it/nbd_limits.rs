@@ -223,3 +223,108 @@ fn effect_lengths_of_u32_max_are_not_truncated() {
     }
     c.disconnect();
 }
+
+fn uring_vol(dir: &std::path::Path, block: u32) -> String {
+    format!(
+        "[[volume]]\nname='vol0'\nbackend='uring'\nsize='16MiB'\nblock_size={block}\npath='{}'\ncreate=true\n",
+        dir.join("disk.img").display()
+    )
+}
+
+#[test]
+fn disc_answers_every_request_in_flight_before_closing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, addr) = in_process(&uring_vol(dir.path(), 4096));
+    let mut c = Client::connect(addr, "vol0", false);
+    let data = pattern(11, 64 * 4096);
+    let mut b = Vec::new();
+    for i in 0..64u64 {
+        let chunk = &data[i as usize * 4096..][..4096];
+        for x in [
+            &twinblk::frontend::nbd::proto::REQUEST_MAGIC.to_be_bytes()[..],
+            &0u16.to_be_bytes(),
+            &cmd::WRITE.to_be_bytes(),
+            &(1000 + i).to_be_bytes(),
+            &(i * 4096).to_be_bytes(),
+            &4096u32.to_be_bytes(),
+            chunk,
+        ] {
+            b.extend_from_slice(x);
+        }
+    }
+    // DISC right behind the writes, in the same send.
+    for x in [
+        &twinblk::frontend::nbd::proto::REQUEST_MAGIC.to_be_bytes()[..],
+        &0u16.to_be_bytes(),
+        &cmd::DISC.to_be_bytes(),
+        &1u64.to_be_bytes(),
+        &0u64.to_be_bytes(),
+        &0u32.to_be_bytes(),
+    ] {
+        b.extend_from_slice(x);
+    }
+    std::io::Write::write_all(&mut c.s, &b).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..64 {
+        let (k, e, _) = c.read_reply(0);
+        assert_eq!(e, 0);
+        assert!((1000..1064).contains(&k) && seen.insert(k), "cookie {k}");
+    }
+    assert!(crate::rawnbd::closed_by_server(&mut c.s));
+    let mut c = Client::connect(addr, "vol0", true);
+    assert!(c.read(0, data.len() as u32).unwrap() == data);
+    c.disconnect();
+}
+
+#[test]
+fn info_without_block_size_on_an_aligned_export_says_the_sizes_before_refusing() {
+    use crate::rawnbd::{fixed_newstyle, info_payload, read_option_reply, send_option};
+    use twinblk::frontend::nbd::proto::{info, opt, rep};
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, addr) = in_process(&uring_vol(dir.path(), 4096));
+    let mut s = fixed_newstyle(addr);
+    send_option(&mut s, opt::INFO, &info_payload("vol0", &[]));
+    let mut sizes = None;
+    let last = loop {
+        let (o, t, d) = read_option_reply(&mut s);
+        assert_eq!(o, opt::INFO);
+        if t != rep::INFO {
+            break t;
+        }
+        if u16::from_be_bytes([d[0], d[1]]) == info::BLOCK_SIZE {
+            assert_eq!(d.len(), 14);
+            let v = |at: usize| u32::from_be_bytes(d[at..at + 4].try_into().unwrap());
+            sizes = Some((v(2), v(6), v(10)));
+        }
+    };
+    if last == rep::ERR_BLOCK_SIZE_REQD {
+        // doc/proto.md, NBD_OPT_INFO: a server sending NBD_REP_ERR_BLOCK_SIZE_REQD SHOULD
+        // first send an NBD_INFO_BLOCK_SIZE reply.
+        assert_eq!(
+            sizes,
+            Some((4096, 4096, 1 << 25)),
+            "no NBD_INFO_BLOCK_SIZE before the error"
+        );
+    } else {
+        assert_eq!(last, rep::ACK);
+    }
+    // Asking for the sizes: ACK, and the same sizes.
+    send_option(
+        &mut s,
+        opt::INFO,
+        &info_payload("vol0", &[info::BLOCK_SIZE]),
+    );
+    let mut again = None;
+    loop {
+        let (_, t, d) = read_option_reply(&mut s);
+        if t == rep::ACK {
+            break;
+        }
+        assert_eq!(t, rep::INFO);
+        if u16::from_be_bytes([d[0], d[1]]) == info::BLOCK_SIZE {
+            let v = |at: usize| u32::from_be_bytes(d[at..at + 4].try_into().unwrap());
+            again = Some((v(2), v(6), v(10)));
+        }
+    }
+    assert_eq!(again, Some((4096, 4096, 1 << 25)));
+}

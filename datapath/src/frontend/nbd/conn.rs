@@ -395,6 +395,16 @@ impl NbdConn {
         }
     }
 
+    /// `INFO(BLOCK_SIZE)`: minimum, preferred, maximum payload.
+    fn reply_block_size(&mut self, code: u32) {
+        let mut b = [0u8; 14];
+        b[0..2].copy_from_slice(&info::BLOCK_SIZE.to_be_bytes());
+        b[2..6].copy_from_slice(&self.min_io.to_be_bytes());
+        b[6..10].copy_from_slice(&self.min_io.max(4096).to_be_bytes());
+        b[10..14].copy_from_slice(&proto::MAX_PAYLOAD.to_be_bytes());
+        self.reply(code, rep::INFO, &[&b]);
+    }
+
     fn info_or_go(&mut self, env: &mut Env<'_>, code: u32, data: &[u8]) {
         let Some(req) = proto::parse_info_request(data) else {
             self.reply(code, rep::ERR_INVALID, &[]);
@@ -434,17 +444,15 @@ impl NbdConn {
                 }
                 info::BLOCK_SIZE if !asked_block_size => {
                     asked_block_size = true;
-                    let mut b = [0u8; 14];
-                    b[0..2].copy_from_slice(&info::BLOCK_SIZE.to_be_bytes());
-                    b[2..6].copy_from_slice(&self.min_io.to_be_bytes());
-                    b[6..10].copy_from_slice(&self.min_io.max(4096).to_be_bytes());
-                    b[10..14].copy_from_slice(&proto::MAX_PAYLOAD.to_be_bytes());
-                    self.reply(code, rep::INFO, &[&b]);
+                    self.reply_block_size(code);
                 }
                 _ => {}
             }
         }
         if code == opt::INFO && !asked_block_size && self.min_io > 1 {
+            // The protocol: a server sending ERR_BLOCK_SIZE_REQD SHOULD first send
+            // INFO(BLOCK_SIZE), sparing the client a round trip.
+            self.reply_block_size(code);
             self.reply(code, rep::ERR_BLOCK_SIZE_REQD, &[]);
             return;
         }
