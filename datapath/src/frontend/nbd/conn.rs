@@ -105,6 +105,36 @@ fn nbd_error(e: Errno) -> u32 {
     }
 }
 
+/// What to do with an option before looking at it.
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    /// Answer it.
+    Serve,
+    /// A protocol violation: close.
+    Violation,
+    /// It cannot be answered (no reply format): close.
+    Close,
+    /// Answer with this error reply.
+    Refuse(u32),
+}
+
+/// The checks every option passes first. Plain newstyle has no option replies, so only
+/// `EXPORT_NAME` can be answered; while the server stops, options get `ERR_SHUTDOWN` (the
+/// protocol: "SHOULD error further options ... other than NBD_OPT_ABORT"), except
+/// `EXPORT_NAME`, which has no error reply: the server must hang up instead.
+fn gate(fixed: bool, stopping: bool, code: u32) -> Gate {
+    if !fixed && code != opt::EXPORT_NAME {
+        return Gate::Violation;
+    }
+    if stopping && code == opt::EXPORT_NAME {
+        return Gate::Close;
+    }
+    if stopping && code != opt::ABORT {
+        return Gate::Refuse(rep::ERR_SHUTDOWN);
+    }
+    Gate::Serve
+}
+
 impl NbdConn {
     /// A connection on an accepted socket.
     pub fn new(fd: OwnedFd, exports: Arc<NbdExports>) -> Self {
@@ -326,14 +356,21 @@ impl NbdConn {
     }
 
     fn option(&mut self, env: &mut Env<'_>, code: u32, data: &[u8]) {
-        if !self.fixed && code != opt::EXPORT_NAME {
-            // Plain newstyle has no option replies: nothing else can be answered.
-            self.violation(env, "option other than EXPORT_NAME without fixed newstyle");
-            return;
-        }
-        if env.stopping && code != opt::ABORT {
-            self.reply(code, rep::ERR_SHUTDOWN, &[]);
-            return;
+        match gate(self.fixed, env.stopping, code) {
+            Gate::Serve => {}
+            Gate::Violation => {
+                self.violation(env, "option other than EXPORT_NAME without fixed newstyle");
+                return;
+            }
+            Gate::Close => {
+                tracing::info!(conn = env.key, "EXPORT_NAME while stopping; closing");
+                self.life.closing = true;
+                return;
+            }
+            Gate::Refuse(kind) => {
+                self.reply(code, kind, &[]);
+                return;
+            }
         }
         match code {
             opt::EXPORT_NAME => match Self::find_export(&self.exports, data) {
@@ -712,6 +749,27 @@ impl Conn for NbdConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_name_while_stopping_closes_instead_of_getting_an_option_reply() {
+        // doc/proto.md: NBD_OPT_EXPORT_NAME has no error reply ("If the server is unwilling
+        // to allow the export, it MUST terminate the session"); any option reply bytes would
+        // be read as the export size and flags. Plain newstyle has no option replies at all.
+        for fixed in [false, true] {
+            assert_eq!(
+                gate(fixed, true, opt::EXPORT_NAME),
+                Gate::Close,
+                "fixed {fixed}"
+            );
+            assert_eq!(gate(fixed, false, opt::EXPORT_NAME), Gate::Serve);
+            assert_ne!(gate(fixed, true, opt::GO), Gate::Serve);
+        }
+        assert_eq!(gate(true, true, opt::GO), Gate::Refuse(rep::ERR_SHUTDOWN));
+        assert_eq!(gate(true, true, opt::INFO), Gate::Refuse(rep::ERR_SHUTDOWN));
+        assert_eq!(gate(true, true, opt::ABORT), Gate::Serve);
+        assert_eq!(gate(false, false, opt::GO), Gate::Violation);
+        assert_eq!(gate(false, true, opt::ABORT), Gate::Violation);
+    }
 
     #[test]
     fn device_errors_map_to_the_values_the_protocol_allows() {
