@@ -328,3 +328,47 @@ fn info_without_block_size_on_an_aligned_export_says_the_sizes_before_refusing()
     }
     assert_eq!(again, Some((4096, 4096, 1 << 25)));
 }
+
+#[test]
+fn options_longer_than_the_server_keeps_are_skipped_and_answered() {
+    // doc/proto.md: the option length lets the server skip what it does not take, and during
+    // option haggling the server MUST error options rather than hang up (short of a denial of
+    // service). An option of 100 KiB is answered (unknown: ERR_UNSUP; known but more than the
+    // server holds: ERR_TOO_BIG) and negotiation goes on; 2^32-1 bytes still ends the session.
+    use crate::rawnbd::{
+        closed_by_server, fixed_newstyle, info_payload, option_header, read_option_reply,
+        send_option,
+    };
+    use twinblk::frontend::nbd::proto::{opt, rep};
+    let (_d, addr) = in_process(VOL);
+    let mut s = fixed_newstyle(addr);
+    let big = vec![0x5au8; 100 << 10];
+    send_option(&mut s, 0x7777, &big);
+    assert_eq!(read_option_reply(&mut s), (0x7777, rep::ERR_UNSUP, vec![]));
+    let mut go = info_payload("vol0", &[]);
+    go.resize(100 << 10, 0);
+    send_option(&mut s, opt::GO, &go);
+    assert_eq!(
+        read_option_reply(&mut s),
+        (opt::GO, rep::ERR_TOO_BIG, vec![])
+    );
+    send_option(&mut s, opt::LIST, &[]);
+    assert_eq!(read_option_reply(&mut s).1, rep::SERVER);
+    assert_eq!(read_option_reply(&mut s).1, rep::ACK);
+    // ABORT with a large payload is still an ABORT (the server SHOULD ignore its data).
+    send_option(&mut s, opt::ABORT, &big);
+    assert_eq!(read_option_reply(&mut s), (opt::ABORT, rep::ACK, vec![]));
+    assert!(closed_by_server(&mut s));
+
+    let mut s = fixed_newstyle(addr);
+    std::io::Write::write_all(&mut s, &option_header(0x7777, u32::MAX)).unwrap();
+    assert!(closed_by_server(&mut s));
+    // EXPORT_NAME cannot be answered with an error: a name that long closes.
+    let mut s = fixed_newstyle(addr);
+    send_option(&mut s, opt::EXPORT_NAME, &big);
+    assert!(closed_by_server(&mut s));
+
+    let mut c = Client::connect(addr, "vol0", true);
+    assert_eq!(c.read(0, 512).unwrap(), vec![0u8; 512]);
+    c.disconnect();
+}

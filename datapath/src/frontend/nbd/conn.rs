@@ -6,7 +6,8 @@
 //!                 └─────────────┴──────────────> Closing <────────┘
 //! ```
 //! - ClientFlags / Options: the server greeting is queued at start; options are answered one
-//!   by one (the client waits for each reply).
+//!   by one (the client waits for each reply). An option longer than the server keeps is
+//!   skipped as it arrives and then answered (`skipping`), so its data is never buffered.
 //! - Transmission: every whole request in the receive buffer is executed in arrival order;
 //!   requests a device finishes at once (RAM) are answered in the same turn, the others when
 //!   their completion arrives. Replies accumulate in the connection's send queue
@@ -41,6 +42,10 @@ pub const TX_HIGH_WATER: usize = 64 << 20;
 const RX_INITIAL: usize = 256 << 10;
 /// Free space below which the receive buffer is compacted before the next receive.
 const RX_MIN_FREE: usize = 64 << 10;
+/// Longest option data skipped and answered (`ERR_TOO_BIG`, `ERR_UNSUP`) instead of kept;
+/// longer is taken for a denial of service and closes. 2^25, the payload the protocol says
+/// no peer should take for one.
+const OPTION_SKIP_MAX: u32 = 32 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -73,6 +78,9 @@ pub struct NbdConn {
     rx: Vec<u8>,
     rx_lo: usize,
     rx_hi: usize,
+    /// An option longer than [`proto::MAX_OPTION_LEN`] being skipped: its code and the bytes
+    /// of its data still to come (never buffered; answered once all are in).
+    skipping: Option<(u32, u64)>,
     /// Outgoing bytes (one send per turn).
     tx: SendQueue,
     /// Receive armed, closing, broken, stopping, closed.
@@ -153,6 +161,7 @@ impl NbdConn {
             rx: vec![0; RX_INITIAL],
             rx_lo: 0,
             rx_hi: 0,
+            skipping: None,
             tx: SendQueue::with_capacity(RX_INITIAL),
             life: Lifecycle::default(),
             reqs: Slab::with_capacity(64),
@@ -196,7 +205,26 @@ impl NbdConn {
                     if self.life.closing {
                         break;
                     }
+                    if let Some((code, left)) = self.skipping {
+                        let n = (avail.len() as u64).min(left);
+                        if n == left {
+                            self.skipping = None;
+                            self.skipped_option(env, code);
+                        } else {
+                            self.skipping = Some((code, left - n));
+                        }
+                        self.rx_lo += n as usize;
+                        continue;
+                    }
                     match proto::parse_option(avail) {
+                        Err(proto::Violation::OptionTooLong) if self.skippable(avail) => {
+                            let len =
+                                u32::from_be_bytes([avail[12], avail[13], avail[14], avail[15]]);
+                            let code =
+                                u32::from_be_bytes([avail[8], avail[9], avail[10], avail[11]]);
+                            self.skipping = Some((code, len as u64));
+                            proto::OPTION_HEADER_LEN
+                        }
                         Err(v) => {
                             self.violation(
                                 env,
@@ -260,6 +288,7 @@ impl NbdConn {
         let avail = &self.rx[self.rx_lo..self.rx_hi];
         match self.phase {
             Phase::ClientFlags => 4,
+            Phase::Options if self.skipping.is_some() => 1,
             Phase::Options => proto::option_needs(avail),
             Phase::Transmission => match proto::parse_request(avail) {
                 Ok(Some((r, n))) => n + r.payload_len(),
@@ -353,6 +382,39 @@ impl NbdConn {
         rec.peer = crate::transport::tcp::peer_addr(&self.fd);
         rec.volumes = vec![e.volume];
         self.host = Some(env.shared.hosts.register(rec));
+    }
+
+    /// Whether the too-long option at the head of `avail` (a whole header) can be skipped and
+    /// answered: it can be answered (fixed newstyle, not `EXPORT_NAME`) and is not absurdly
+    /// long.
+    fn skippable(&self, avail: &[u8]) -> bool {
+        let code = u32::from_be_bytes([avail[8], avail[9], avail[10], avail[11]]);
+        let len = u32::from_be_bytes([avail[12], avail[13], avail[14], avail[15]]);
+        self.fixed && code != opt::EXPORT_NAME && len <= OPTION_SKIP_MAX
+    }
+
+    /// The data of a skipped option has all arrived: answer it. `ABORT` is still an abort (its
+    /// data is to be ignored); an option this server does not know gets `ERR_UNSUP`; a known one
+    /// `ERR_TOO_BIG`.
+    fn skipped_option(&mut self, env: &mut Env<'_>, code: u32) {
+        let known = matches!(
+            code,
+            opt::LIST
+                | opt::STARTTLS
+                | opt::INFO
+                | opt::GO
+                | opt::STRUCTURED_REPLY
+                | opt::LIST_META_CONTEXT
+                | opt::SET_META_CONTEXT
+        );
+        match code {
+            opt::ABORT => self.option(env, code, &[]),
+            _ => match gate(self.fixed, env.stopping, code) {
+                Gate::Refuse(kind) => self.reply(code, kind, &[]),
+                _ if known => self.reply(code, rep::ERR_TOO_BIG, &[]),
+                _ => self.reply(code, rep::ERR_UNSUP, &[]),
+            },
+        }
     }
 
     fn option(&mut self, env: &mut Env<'_>, code: u32, data: &[u8]) {
