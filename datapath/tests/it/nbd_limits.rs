@@ -372,3 +372,105 @@ fn options_longer_than_the_server_keeps_are_skipped_and_answered() {
     assert_eq!(c.read(0, 512).unwrap(), vec![0u8; 512]);
     c.disconnect();
 }
+
+#[test]
+fn command_flags_are_checked_per_command_and_cookies_echo_exactly() {
+    // doc/proto.md, "Command flags" and "Error values": FUA is valid on every command once
+    // SEND_FUA is offered; NO_HOLE only on WRITE_ZEROES; DF, REQ_ONE and FAST_ZERO were not
+    // offered (no SEND_DF, no metadata context, no SEND_FAST_ZERO): EINVAL. With structured
+    // replies a READ is never answered by a simple reply, not even an early EINVAL.
+    use twinblk::frontend::nbd::proto::cflag;
+    const DF: u16 = 1 << 2;
+    const REQ_ONE: u16 = 1 << 3;
+    const FAST_ZERO: u16 = 1 << 4;
+    const BLOCK_STATUS: u16 = 7;
+    let (_d, addr) = in_process(VOL);
+    for structured in [false, true] {
+        let mut c = Client::connect(addr, "vol0", structured);
+        let cases: [(u16, u16, u32, u32); 9] = [
+            (cmd::READ, cflag::FUA, 512, 0),
+            (cmd::FLUSH, cflag::FUA, 0, 0),
+            (cmd::WRITE_ZEROES, cflag::FUA | cflag::NO_HOLE, 4096, 0),
+            (cmd::TRIM, cflag::FUA, 4096, 0),
+            (cmd::WRITE_ZEROES, FAST_ZERO, 4096, err::EINVAL),
+            (cmd::TRIM, cflag::NO_HOLE, 4096, err::EINVAL),
+            (cmd::READ, DF, 512, err::EINVAL),
+            (BLOCK_STATUS, REQ_ONE, 4096, err::EINVAL),
+            (BLOCK_STATUS, 0, 4096, err::EINVAL),
+        ];
+        for (i, (kind, flags, len, want)) in cases.into_iter().enumerate() {
+            let cookie = u64::MAX - i as u64;
+            c.send_request(kind, flags, cookie, 0, len, &[]);
+            if structured && kind == cmd::READ {
+                let ch = read_chunk(&mut c);
+                check_chunk_layout(&ch);
+                assert_eq!(ch.cookie, cookie);
+                let e = if ch.kind == TYPE_ERROR {
+                    u32::from_be_bytes(ch.payload[0..4].try_into().unwrap())
+                } else {
+                    0
+                };
+                assert_eq!(e, want, "case {i}");
+            } else {
+                let rl = if kind == cmd::READ { len as usize } else { 0 };
+                let (k, e, _) = c.read_reply(rl);
+                assert_eq!((k, e), (cookie, want), "case {i}, structured {structured}");
+            }
+        }
+        // A WRITE with a flag it may not carry: EINVAL, its payload skipped, nothing written.
+        c.send_request(cmd::WRITE, cflag::NO_HOLE, 42, 0, 512, &[0xffu8; 512]);
+        assert_eq!(c.read_reply(0), (42, err::EINVAL, vec![]));
+        assert_eq!(c.read(0, 512).unwrap(), vec![0u8; 512]);
+        c.disconnect();
+    }
+}
+
+#[test]
+fn export_name_sends_124_zero_bytes_unless_no_zeroes_was_negotiated() {
+    use crate::rawnbd::{connect_raw, read_greeting, send_option};
+    use twinblk::frontend::nbd::proto::{self, opt};
+    let (_d, addr) = in_process(VOL);
+    for client_flags in [
+        proto::FLAG_C_FIXED_NEWSTYLE,
+        proto::FLAG_C_FIXED_NEWSTYLE | proto::FLAG_C_NO_ZEROES,
+        0,
+        proto::FLAG_C_NO_ZEROES,
+    ] {
+        let mut s = connect_raw(addr);
+        read_greeting(&mut s);
+        std::io::Write::write_all(&mut s, &client_flags.to_be_bytes()).unwrap();
+        send_option(&mut s, opt::EXPORT_NAME, b"vol0");
+        let zeroes = if client_flags & proto::FLAG_C_NO_ZEROES != 0 {
+            0
+        } else {
+            124
+        };
+        let mut b = vec![0u8; 10 + zeroes];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(u64::from_be_bytes(b[0..8].try_into().unwrap()), 16 << 20);
+        assert_eq!(u16::from_be_bytes([b[8], b[9]]) & 1, 1, "HAS_FLAGS");
+        assert!(b[10..].iter().all(|&x| x == 0));
+        // Transmission starts right after: the next bytes are the reply to this READ.
+        let mut c = Client { s, size: 16 << 20 };
+        c.send_request(cmd::READ, 0, 0xdead_beef, 0, 8, &[]);
+        assert_eq!(c.read_reply(8), (0xdead_beef, 0, vec![0u8; 8]));
+        c.disconnect();
+    }
+}
+
+#[test]
+fn unaligned_writes_on_an_aligned_export_fail_cleanly() {
+    // GO without asking for the block sizes is served; the spec then requires commands outside
+    // the constraints to be "cleanly errored ... without corrupting data".
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, addr) = in_process(&uring_vol(dir.path(), 4096));
+    let mut c = Client::connect(addr, "vol0", true);
+    let data = pattern(21, 16384);
+    assert_eq!(c.write(0, &data), 0);
+    assert_eq!(c.write(512, &[1u8; 4096]), err::EINVAL);
+    assert_eq!(c.write(4096, &[1u8; 1000]), err::EINVAL);
+    assert_eq!(c.read(0, 16384).unwrap(), data);
+    // Unaligned reads are served (reads of any alignment are safe).
+    assert_eq!(c.read(100, 5000).unwrap(), data[100..5100]);
+    c.disconnect();
+}
