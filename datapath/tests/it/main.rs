@@ -29,6 +29,7 @@ mod linkauth;
 mod linux_guest;
 mod malformed;
 mod mirror;
+mod nbd_limits;
 mod netfault;
 mod netns;
 mod nvmf;

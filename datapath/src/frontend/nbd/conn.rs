@@ -6,7 +6,8 @@
 //!                 └─────────────┴──────────────> Closing <────────┘
 //! ```
 //! - ClientFlags / Options: the server greeting is queued at start; options are answered one
-//!   by one (the client waits for each reply).
+//!   by one (the client waits for each reply). An option longer than the server keeps is
+//!   skipped as it arrives and then answered (`skipping`), so its data is never buffered.
 //! - Transmission: every whole request in the receive buffer is executed in arrival order;
 //!   requests a device finishes at once (RAM) are answered in the same turn, the others when
 //!   their completion arrives. Replies accumulate in the connection's send queue
@@ -41,6 +42,10 @@ pub const TX_HIGH_WATER: usize = 64 << 20;
 const RX_INITIAL: usize = 256 << 10;
 /// Free space below which the receive buffer is compacted before the next receive.
 const RX_MIN_FREE: usize = 64 << 10;
+/// Longest option data skipped and answered (`ERR_TOO_BIG`, `ERR_UNSUP`) instead of kept;
+/// longer is taken for a denial of service and closes. 2^25, the payload the protocol says
+/// no peer should take for one.
+const OPTION_SKIP_MAX: u32 = 32 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -73,6 +78,9 @@ pub struct NbdConn {
     rx: Vec<u8>,
     rx_lo: usize,
     rx_hi: usize,
+    /// An option longer than [`proto::MAX_OPTION_LEN`] being skipped: its code and the bytes
+    /// of its data still to come (never buffered; answered once all are in).
+    skipping: Option<(u32, u64)>,
     /// Outgoing bytes (one send per turn).
     tx: SendQueue,
     /// Receive armed, closing, broken, stopping, closed.
@@ -89,18 +97,50 @@ pub struct NbdConn {
     host: Option<HostHandle>,
 }
 
+/// A device errno as the protocol's error value ("Error values"): EDQUOT and EFBIG are
+/// ENOSPC, EROFS is EPERM; EOVERFLOW and EOPNOTSUPP are EINVAL, because NBD_EOVERFLOW and
+/// NBD_ENOTSUP are reserved for NBD_CMD_FLAG_DF and NBD_CMD_FLAG_FAST_ZERO, which this server
+/// does not advertise; anything else is EIO.
 fn nbd_error(e: Errno) -> u32 {
     match e.0 {
-        libc::EPERM => err::EPERM,
+        libc::EPERM | libc::EROFS => err::EPERM,
         libc::EIO => err::EIO,
         libc::ENOMEM => err::ENOMEM,
-        libc::EINVAL => err::EINVAL,
-        libc::ENOSPC => err::ENOSPC,
-        libc::EOVERFLOW => err::EOVERFLOW,
-        libc::EOPNOTSUPP => err::ENOTSUP,
+        libc::EINVAL | libc::EOVERFLOW | libc::EOPNOTSUPP => err::EINVAL,
+        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => err::ENOSPC,
         libc::ESHUTDOWN => err::ESHUTDOWN,
         _ => err::EIO,
     }
+}
+
+/// What to do with an option before looking at it.
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    /// Answer it.
+    Serve,
+    /// A protocol violation: close.
+    Violation,
+    /// It cannot be answered (no reply format): close.
+    Close,
+    /// Answer with this error reply.
+    Refuse(u32),
+}
+
+/// The checks every option passes first. Plain newstyle has no option replies, so only
+/// `EXPORT_NAME` can be answered; while the server stops, options get `ERR_SHUTDOWN` (the
+/// protocol: "SHOULD error further options ... other than NBD_OPT_ABORT"), except
+/// `EXPORT_NAME`, which has no error reply: the server must hang up instead.
+fn gate(fixed: bool, stopping: bool, code: u32) -> Gate {
+    if !fixed && code != opt::EXPORT_NAME {
+        return Gate::Violation;
+    }
+    if stopping && code == opt::EXPORT_NAME {
+        return Gate::Close;
+    }
+    if stopping && code != opt::ABORT {
+        return Gate::Refuse(rep::ERR_SHUTDOWN);
+    }
+    Gate::Serve
 }
 
 impl NbdConn {
@@ -121,6 +161,7 @@ impl NbdConn {
             rx: vec![0; RX_INITIAL],
             rx_lo: 0,
             rx_hi: 0,
+            skipping: None,
             tx: SendQueue::with_capacity(RX_INITIAL),
             life: Lifecycle::default(),
             reqs: Slab::with_capacity(64),
@@ -164,7 +205,26 @@ impl NbdConn {
                     if self.life.closing {
                         break;
                     }
+                    if let Some((code, left)) = self.skipping {
+                        let n = (avail.len() as u64).min(left);
+                        if n == left {
+                            self.skipping = None;
+                            self.skipped_option(env, code);
+                        } else {
+                            self.skipping = Some((code, left - n));
+                        }
+                        self.rx_lo += n as usize;
+                        continue;
+                    }
                     match proto::parse_option(avail) {
+                        Err(proto::Violation::OptionTooLong) if self.skippable(avail) => {
+                            let len =
+                                u32::from_be_bytes([avail[12], avail[13], avail[14], avail[15]]);
+                            let code =
+                                u32::from_be_bytes([avail[8], avail[9], avail[10], avail[11]]);
+                            self.skipping = Some((code, len as u64));
+                            proto::OPTION_HEADER_LEN
+                        }
                         Err(v) => {
                             self.violation(
                                 env,
@@ -228,6 +288,7 @@ impl NbdConn {
         let avail = &self.rx[self.rx_lo..self.rx_hi];
         match self.phase {
             Phase::ClientFlags => 4,
+            Phase::Options if self.skipping.is_some() => 1,
             Phase::Options => proto::option_needs(avail),
             Phase::Transmission => match proto::parse_request(avail) {
                 Ok(Some((r, n))) => n + r.payload_len(),
@@ -323,15 +384,55 @@ impl NbdConn {
         self.host = Some(env.shared.hosts.register(rec));
     }
 
-    fn option(&mut self, env: &mut Env<'_>, code: u32, data: &[u8]) {
-        if !self.fixed && code != opt::EXPORT_NAME {
-            // Plain newstyle has no option replies: nothing else can be answered.
-            self.violation(env, "option other than EXPORT_NAME without fixed newstyle");
-            return;
+    /// Whether the too-long option at the head of `avail` (a whole header) can be skipped and
+    /// answered: it can be answered (fixed newstyle, not `EXPORT_NAME`) and is not absurdly
+    /// long.
+    fn skippable(&self, avail: &[u8]) -> bool {
+        let code = u32::from_be_bytes([avail[8], avail[9], avail[10], avail[11]]);
+        let len = u32::from_be_bytes([avail[12], avail[13], avail[14], avail[15]]);
+        self.fixed && code != opt::EXPORT_NAME && len <= OPTION_SKIP_MAX
+    }
+
+    /// The data of a skipped option has all arrived: answer it. `ABORT` is still an abort (its
+    /// data is to be ignored); an option this server does not know gets `ERR_UNSUP`; a known one
+    /// `ERR_TOO_BIG`.
+    fn skipped_option(&mut self, env: &mut Env<'_>, code: u32) {
+        let known = matches!(
+            code,
+            opt::LIST
+                | opt::STARTTLS
+                | opt::INFO
+                | opt::GO
+                | opt::STRUCTURED_REPLY
+                | opt::LIST_META_CONTEXT
+                | opt::SET_META_CONTEXT
+        );
+        match code {
+            opt::ABORT => self.option(env, code, &[]),
+            _ => match gate(self.fixed, env.stopping, code) {
+                Gate::Refuse(kind) => self.reply(code, kind, &[]),
+                _ if known => self.reply(code, rep::ERR_TOO_BIG, &[]),
+                _ => self.reply(code, rep::ERR_UNSUP, &[]),
+            },
         }
-        if env.stopping && code != opt::ABORT {
-            self.reply(code, rep::ERR_SHUTDOWN, &[]);
-            return;
+    }
+
+    fn option(&mut self, env: &mut Env<'_>, code: u32, data: &[u8]) {
+        match gate(self.fixed, env.stopping, code) {
+            Gate::Serve => {}
+            Gate::Violation => {
+                self.violation(env, "option other than EXPORT_NAME without fixed newstyle");
+                return;
+            }
+            Gate::Close => {
+                tracing::info!(conn = env.key, "EXPORT_NAME while stopping; closing");
+                self.life.closing = true;
+                return;
+            }
+            Gate::Refuse(kind) => {
+                self.reply(code, kind, &[]);
+                return;
+            }
         }
         match code {
             opt::EXPORT_NAME => match Self::find_export(&self.exports, data) {
@@ -393,6 +494,16 @@ impl NbdConn {
         }
     }
 
+    /// `INFO(BLOCK_SIZE)`: minimum, preferred, maximum payload.
+    fn reply_block_size(&mut self, code: u32) {
+        let mut b = [0u8; 14];
+        b[0..2].copy_from_slice(&info::BLOCK_SIZE.to_be_bytes());
+        b[2..6].copy_from_slice(&self.min_io.to_be_bytes());
+        b[6..10].copy_from_slice(&self.min_io.max(4096).to_be_bytes());
+        b[10..14].copy_from_slice(&proto::MAX_PAYLOAD.to_be_bytes());
+        self.reply(code, rep::INFO, &[&b]);
+    }
+
     fn info_or_go(&mut self, env: &mut Env<'_>, code: u32, data: &[u8]) {
         let Some(req) = proto::parse_info_request(data) else {
             self.reply(code, rep::ERR_INVALID, &[]);
@@ -432,17 +543,15 @@ impl NbdConn {
                 }
                 info::BLOCK_SIZE if !asked_block_size => {
                     asked_block_size = true;
-                    let mut b = [0u8; 14];
-                    b[0..2].copy_from_slice(&info::BLOCK_SIZE.to_be_bytes());
-                    b[2..6].copy_from_slice(&self.min_io.to_be_bytes());
-                    b[6..10].copy_from_slice(&self.min_io.max(4096).to_be_bytes());
-                    b[10..14].copy_from_slice(&proto::MAX_PAYLOAD.to_be_bytes());
-                    self.reply(code, rep::INFO, &[&b]);
+                    self.reply_block_size(code);
                 }
                 _ => {}
             }
         }
         if code == opt::INFO && !asked_block_size && self.min_io > 1 {
+            // The protocol: a server sending ERR_BLOCK_SIZE_REQD SHOULD first send
+            // INFO(BLOCK_SIZE), sparing the client a round trip.
+            self.reply_block_size(code);
             self.reply(code, rep::ERR_BLOCK_SIZE_REQD, &[]);
             return;
         }
@@ -467,7 +576,17 @@ impl NbdConn {
     }
 
     fn reply_read(&mut self, cookie: u64, offset: u64, data: &[u8]) {
-        if self.structured {
+        if self.structured && data.is_empty() {
+            // An OFFSET_DATA chunk must describe at least one byte (length >= 9): a read of
+            // length 0 is answered with the final NONE chunk alone.
+            proto::put_chunk_header(
+                &mut self.tx.pending,
+                chunk::FLAG_DONE,
+                chunk::NONE,
+                cookie,
+                0,
+            );
+        } else if self.structured {
             proto::put_chunk_header(
                 &mut self.tx.pending,
                 chunk::FLAG_DONE,
@@ -517,7 +636,10 @@ impl NbdConn {
             cmd::READ | cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES
         );
         if ranged && !in_range(r.offset, r.len as u64, self.size) {
-            self.reply_err(r.cookie, if is_write { err::ENOSPC } else { err::EINVAL });
+            // The protocol's "Error values": ENOSPC for a write or write zeroes past the end,
+            // EINVAL for a read or a trim.
+            let grows = matches!(r.kind, cmd::WRITE | cmd::WRITE_ZEROES);
+            self.reply_err(r.cookie, if grows { err::ENOSPC } else { err::EINVAL });
             return;
         }
         if r.kind == cmd::READ && r.len > proto::MAX_PAYLOAD {
@@ -683,5 +805,58 @@ impl Conn for NbdConn {
             self.tx.unsent(),
             self.rx_hi - self.rx_lo
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_name_while_stopping_closes_instead_of_getting_an_option_reply() {
+        // doc/proto.md: NBD_OPT_EXPORT_NAME has no error reply ("If the server is unwilling
+        // to allow the export, it MUST terminate the session"); any option reply bytes would
+        // be read as the export size and flags. Plain newstyle has no option replies at all.
+        for fixed in [false, true] {
+            assert_eq!(
+                gate(fixed, true, opt::EXPORT_NAME),
+                Gate::Close,
+                "fixed {fixed}"
+            );
+            assert_eq!(gate(fixed, false, opt::EXPORT_NAME), Gate::Serve);
+            assert_ne!(gate(fixed, true, opt::GO), Gate::Serve);
+        }
+        assert_eq!(gate(true, true, opt::GO), Gate::Refuse(rep::ERR_SHUTDOWN));
+        assert_eq!(gate(true, true, opt::INFO), Gate::Refuse(rep::ERR_SHUTDOWN));
+        assert_eq!(gate(true, true, opt::ABORT), Gate::Serve);
+        assert_eq!(gate(false, false, opt::GO), Gate::Violation);
+        assert_eq!(gate(false, true, opt::ABORT), Gate::Violation);
+    }
+
+    #[test]
+    fn device_errors_map_to_the_values_the_protocol_allows() {
+        // doc/proto.md, "Error values": EDQUOT and EFBIG SHOULD become NBD_ENOSPC;
+        // NBD_EOVERFLOW and NBD_ENOTSUP SHOULD NOT be returned except for NBD_CMD_FLAG_DF and
+        // NBD_CMD_FLAG_FAST_ZERO (never advertised here), so those errnos become EINVAL.
+        let cases = [
+            (libc::EPERM, err::EPERM),
+            (libc::EIO, err::EIO),
+            (libc::ENOMEM, err::ENOMEM),
+            (libc::EINVAL, err::EINVAL),
+            (libc::ENOSPC, err::ENOSPC),
+            (libc::EDQUOT, err::ENOSPC),
+            (libc::EFBIG, err::ENOSPC),
+            (libc::EOVERFLOW, err::EINVAL),
+            (libc::EOPNOTSUPP, err::EINVAL),
+            (libc::ESHUTDOWN, err::ESHUTDOWN),
+            (libc::EROFS, err::EPERM),
+            (libc::ENOTCONN, err::EIO),
+        ];
+        let got: Vec<(i32, u32)> = cases
+            .iter()
+            .map(|&(e, _)| (e, nbd_error(Errno(e))))
+            .collect();
+        let want: Vec<(i32, u32)> = cases.to_vec();
+        assert_eq!(got, want);
     }
 }

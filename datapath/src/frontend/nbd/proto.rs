@@ -168,7 +168,8 @@ pub const OPTION_HEADER_LEN: usize = 16;
 pub const SIMPLE_REPLY_LEN: usize = 16;
 /// Size of a structured reply chunk header.
 pub const CHUNK_HEADER_LEN: usize = 20;
-/// Largest option payload accepted; NBD names are at most 4096 bytes, so this is generous.
+/// Largest option payload kept and parsed; NBD names are at most 4096 bytes, so this is
+/// generous. The connection skips (and answers) longer options rather than buffering them.
 pub const MAX_OPTION_LEN: u32 = 64 * 1024;
 /// Largest READ/WRITE payload accepted (advertised as the maximum block size).
 pub const MAX_PAYLOAD: u32 = 32 * 1024 * 1024;
@@ -180,7 +181,7 @@ pub enum Violation {
     BadMagic,
     /// The client set a flag it must not set.
     BadClientFlags,
-    /// An option length beyond [`MAX_OPTION_LEN`].
+    /// An option length beyond [`MAX_OPTION_LEN`] (the connection may skip the option).
     OptionTooLong,
     /// A WRITE payload beyond [`MAX_PAYLOAD`].
     PayloadTooLong,
