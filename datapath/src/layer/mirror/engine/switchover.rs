@@ -369,6 +369,11 @@ impl Engine {
         {
             return Err("SWITCH not expected here");
         }
+        if self.follower.awaiting_resent() {
+            // A leader drains (RESENT included) before it hands over: the forwards of earlier
+            // sessions are settled by the RESENT rules first, never by the take-over.
+            return Err("SWITCH before RESENT");
+        }
         if h.offset != self.term + 1 {
             return Err("SWITCH for another term");
         }
