@@ -201,3 +201,45 @@ fn every_message_with_extreme_fields_in_every_phase_is_refused_or_taken_without_
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The largest term a leadership word (`term << 1 | leads`) carries. A peer's HELLO or
+/// WELCOME word of `u64::MAX` makes a site adopt it; a switchover from there would create a
+/// term whose word wraps to term 0 (and a later agreement could then let both sites lead):
+/// the SWITCH is refused, and a leader at that term starts no switchover.
+#[test]
+fn no_switchover_creates_a_term_a_leadership_word_cannot_carry() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let max_term = u64::MAX >> 1;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    // A follower that adopted the largest term from its peer's word.
+    let mut b = site(Role::Follower, Duration::from_secs(10));
+    b.engine.start_session(&mut io, 0, u64::MAX).unwrap();
+    assert_eq!((b.engine.term(), b.engine.leads()), (max_term, false));
+    let resent = Header::new(Type::Resent);
+    b.engine.on_msg(&mut io, &resent, &[]).unwrap();
+    let switch = Header {
+        offset: max_term + 1,
+        ..Header::new(Type::Switch)
+    };
+    assert_eq!(
+        b.engine.on_msg(&mut io, &switch, &[]),
+        Err("SWITCH for a term a leadership word cannot carry")
+    );
+    assert_eq!(b.engine.leadership() >> 1, b.engine.term());
+    assert!(!b.engine.leads());
+    // A leader at the largest term refuses to start a switchover.
+    let mut a = site(Role::Leader, Duration::from_secs(10));
+    a.engine.start_session(&mut io, 0, u64::MAX - 1).unwrap();
+    assert_eq!((a.engine.term(), a.engine.leads()), (max_term, true));
+    a.engine
+        .stats()
+        .switch_req
+        .store(super::super::super::stats::SWITCH_GIVE, Relaxed);
+    a.engine.tick(&mut io, Instant::now());
+    a.engine.take_outbox(&mut a.wire);
+    assert!(
+        !matches!(wire::decode(&a.wire), wire::Decoded::Msg(h, _) if h.ty == Type::Switch)
+            && a.engine.sw.phase == super::super::switchover::Phase::Idle,
+        "a switchover started at the largest term"
+    );
+}
