@@ -379,7 +379,7 @@ impl Engine {
                 }
             }
             MetaAck => {
-                let answers = self.metas.acked(h.seq, h.count);
+                let answers = self.metas.acked(h.seq, h.count)?;
                 self.done.extend(answers);
             }
             Hello | Welcome | Refuse => return Err("handshake message inside a session"),
@@ -484,6 +484,7 @@ impl Engine {
     pub(super) fn give_meta(&mut self, m: Held) {
         match m {
             Held::State(id, token, status, state) => {
+                self.metas.state_sent(token);
                 let h = Header {
                     id,
                     seq: token,

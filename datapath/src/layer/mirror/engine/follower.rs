@@ -65,6 +65,11 @@ impl Follower {
         up && !self.resent_pending
     }
 
+    /// The leader's RESENT of this session has not come yet.
+    pub(super) fn awaiting_resent(&self) -> bool {
+        self.resent_pending
+    }
+
     /// Forwards held.
     pub(super) fn len(&self) -> usize {
         self.forwards.len()

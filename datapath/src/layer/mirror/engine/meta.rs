@@ -17,7 +17,8 @@
 //! timeout, so a late answer never completes a newer request; an unchanged answer decided on
 //! state the follower may not have yet waits for every earlier change's META_ACK; tokens
 //! increase by one per META_STATE sent, from 1, and META_STATEs and META_ACKs leave in the
-//! order they were decided (a held one holds every later one).
+//! order they were decided (a held one holds every later one); a META_ACK for a token beyond
+//! the last one sent is refused (it completes nothing).
 
 use crate::uring::{Errno, IoTag};
 use slab::Slab;
@@ -182,6 +183,9 @@ pub fn meta_result(status: u16) -> Result<(), Errno> {
 /// Who to answer: (their reactor, tag).
 pub(super) type Initiator = (u32, IoTag);
 
+/// An answer to give an initiator: (reactor, tag, result).
+pub(super) type Answer = (u32, IoTag, Result<(), Errno>);
+
 /// A metadata command waiting for the peer.
 ///
 /// An entry stays until its answer (or the end of the session) even when its initiator was
@@ -205,6 +209,8 @@ pub(super) const MAX_WAITS: usize = 1024;
 pub(super) struct MetaRepl {
     waits: Slab<MetaWait>,
     next_token: u64,
+    /// The highest token of a META_STATE sent (0: none): a META_ACK beyond it is refused.
+    sent_token: u64,
     /// Messages and answers held, in order, each behind the work it waits for.
     held: std::collections::VecDeque<(Vec<Settle>, Held)>,
 }
@@ -214,6 +220,7 @@ impl MetaRepl {
         Self {
             waits: Slab::new(),
             next_token: 1,
+            sent_token: 0,
             held: std::collections::VecDeque::new(),
         }
     }
@@ -316,13 +323,19 @@ impl MetaRepl {
             .map(|(from, tag)| (from, tag, meta_result(status)))
     }
 
+    /// The META_STATE with `token` goes on the wire now.
+    pub(super) fn state_sent(&mut self, token: u64) {
+        self.sent_token = self.sent_token.max(token);
+    }
+
     /// Leader: META_ACK of `token` (`status`: non-zero when the peer could not install that
     /// state). Every wait up to it is settled (ACKs come in order; a push's has no waiter).
-    pub(super) fn acked(
-        &mut self,
-        token: u64,
-        status: u32,
-    ) -> Vec<(u32, IoTag, Result<(), Errno>)> {
+    /// A token never sent (a buggy or forged META_ACK) is refused: it would complete commands
+    /// whose state the peer does not have.
+    pub(super) fn acked(&mut self, token: u64, status: u32) -> Result<Vec<Answer>, &'static str> {
+        if token > self.sent_token {
+            return Err("META_ACK for a state not sent");
+        }
         let done: Vec<usize> = self
             .waits
             .iter()
@@ -342,7 +355,7 @@ impl MetaRepl {
                 answers.push((from, tag, meta_result(status)));
             }
         }
-        answers
+        Ok(answers)
     }
 
     /// The initiators whose commands waited past their deadline (the entries stay for the
@@ -456,12 +469,14 @@ mod tests {
         );
         let t2 = m.next_token();
         m.changed(who(4), t2, 0, t);
+        m.state_sent(t1);
+        m.state_sent(t2);
         // The follower could not install the second state.
-        let a = m.acked(t1, 0);
+        let a = m.acked(t1, 0).unwrap();
         let mut got: Vec<_> = a.iter().map(|(_, tag, r)| (tag.conn, *r)).collect();
         got.sort_by_key(|g| g.0);
         assert_eq!(got, vec![(2, Ok(())), (3, meta_result(5))]);
-        let a = m.acked(t2, 6);
+        let a = m.acked(t2, 6).unwrap();
         assert_eq!(a[0].2, meta_result(6));
         assert!(m.is_empty());
     }

@@ -66,6 +66,10 @@ impl Switch {
     }
 }
 
+/// The largest term a leadership word carries (`term << 1` must not lose a bit): no
+/// switchover goes beyond it.
+pub const MAX_TERM: u64 = u64::MAX >> 1;
+
 /// The leadership word of HELLO/WELCOME `offset`: `term << 1 | leads`.
 pub fn leadership_word(term: u64, leads: bool) -> u64 {
     (term << 1) | u64::from(leads)
@@ -273,6 +277,8 @@ impl Engine {
             Some("the pair is not in sync (a resync runs, or the volume diverged)")
         } else if self.failed.is_some() || self.draining {
             Some("this site is stopping or its replica failed")
+        } else if self.term >= MAX_TERM {
+            Some("the term is the largest a leadership word carries")
         } else {
             None
         };
@@ -368,6 +374,14 @@ impl Engine {
             || self.sw.phase != Phase::Idle && !matches!(self.sw.phase, Phase::Handed { .. })
         {
             return Err("SWITCH not expected here");
+        }
+        if self.follower.awaiting_resent() {
+            // A leader drains (RESENT included) before it hands over: the forwards of earlier
+            // sessions are settled by the RESENT rules first, never by the take-over.
+            return Err("SWITCH before RESENT");
+        }
+        if h.offset > MAX_TERM {
+            return Err("SWITCH for a term a leadership word cannot carry");
         }
         if h.offset != self.term + 1 {
             return Err("SWITCH for another term");

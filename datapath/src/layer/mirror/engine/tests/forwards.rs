@@ -307,3 +307,56 @@ fn a_forwarded_miscompare_is_answered_only_once_the_follower_has_what_it_compare
     assert_eq!((b.caw_miscompare, b.outstanding), (1, 0));
     assert_eq!(b.disk.borrow().bytes[0], 0x11);
 }
+
+/// A SWITCH that comes before the leader's RESENT (a buggy or forged one: a correct leader
+/// drains, so sends RESENT, first) is refused: taking it would settle the forwards of an
+/// earlier session without the RESENT rules, acknowledging one whose ORDER came from an
+/// earlier leader process (which may have lost its apply) as if both replicas had it.
+#[test]
+fn a_switch_before_resent_is_refused_and_acknowledges_no_forward() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(3);
+    let mut b = site(Role::Follower, Duration::from_secs(60));
+    b.engine.set_peer_incarnation(7);
+    b.engine.link_up(&mut io);
+    let resent = Header::new(Type::Resent);
+    b.engine.on_msg(&mut io, &resent, &[]).unwrap();
+    // b forwards a write; leader process 7 orders it; b applies it; the leader's watermark
+    // never comes.
+    let tag = IoTag { conn: 1, slot: 1 };
+    let w = b
+        .engine
+        .submit(&mut io, 0, tag, Update::Write(&[0xAB; 512]), 0, false);
+    assert_eq!(w, Start::Pending);
+    b.outstanding += 1;
+    b.engine.take_outbox(&mut b.wire);
+    b.wire.clear();
+    let k = b.engine.follower.last().unwrap();
+    let order = Header {
+        seq: 1,
+        id: b.engine.ops[k].uid,
+        ..Header::new(Type::Order)
+    };
+    b.engine.on_msg(&mut io, &order, &[]).unwrap();
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut b);
+    assert_eq!(b.ok, 0);
+    // The link breaks; the leader restarted (process 8) and, before its RESENT, says SWITCH.
+    b.engine.link_down("test");
+    b.engine.set_peer_incarnation(8);
+    b.engine.link_up(&mut io);
+    let switch = Header {
+        seq: 0,
+        offset: b.engine.term() + 1,
+        ..Header::new(Type::Switch)
+    };
+    assert_eq!(
+        b.engine.on_msg(&mut io, &switch, &[]),
+        Err("SWITCH before RESENT")
+    );
+    collect(&mut b);
+    assert_eq!(
+        b.ok, 0,
+        "a forward ordered by a lost leader process was acknowledged"
+    );
+}

@@ -384,3 +384,43 @@ fn a_new_peer_incarnation_is_told_to_the_metadata_handlers() {
     s.engine.set_peer_incarnation(8);
     assert_eq!(n(), 1, "the peer restarted");
 }
+
+/// A META_ACK for a token this site never sent (beyond the last META_STATE it sent: a buggy
+/// or compromised peer, or `seq` at its largest value) is refused and the link dropped; it
+/// must not complete commands whose state the peer has not installed.
+#[test]
+fn a_meta_ack_for_a_token_never_sent_is_refused_and_completes_nothing() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut a, _ca) = with_meta(Role::Leader);
+    let (mut b, cb) = with_meta(Role::Follower);
+    a.engine.session_start(&mut io, 0).unwrap();
+    b.engine.session_start(&mut io, 0).unwrap();
+    // The full-state push (token 1), installed and acknowledged.
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    // The leader's change (token 2) is queued, not delivered.
+    assert_eq!(meta(&mut a, &mut io, 1, &[3]), Start::Pending);
+    a.engine.take_outbox(&mut a.wire);
+    for token in [3, u64::MAX] {
+        let forged = Header {
+            seq: token,
+            ..Header::new(Type::MetaAck)
+        };
+        assert_eq!(
+            a.engine.on_msg(&mut io, &forged, &[]),
+            Err("META_ACK for a state not sent")
+        );
+        collect(&mut a);
+        assert_eq!(
+            (a.ok, a.outstanding),
+            (0, 1),
+            "completed before the follower installed the state"
+        );
+    }
+    // The real acknowledgement still completes it.
+    receive(&mut a, &mut b, &mut io, usize::MAX);
+    assert_eq!(*cb.0.lock().unwrap(), 3);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1, 0));
+}

@@ -849,6 +849,7 @@ fn deliver_without_acks(from: &mut Site, to: &mut Site, io: &mut IoCx) {
 mod actlog;
 mod diskerr;
 mod durable;
+mod extremes;
 mod failover;
 mod forwards;
 mod inflight;
