@@ -301,6 +301,9 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
     let Some(method) = req.get("method").and_then(Value::as_str) else {
         return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32600, "message": "missing method"}});
     };
+    if let Err(m) = check_params(method, req.get("params")) {
+        return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}});
+    }
     if let Some(r) = cdp_call(method, req.get("params"), shared) {
         return match r {
             Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
@@ -357,6 +360,98 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
         None => {
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("no method {method:?}")}})
         }
+    }
+}
+
+/// The parameters each method takes (docs/control.md); `None` for an unknown method (answered
+/// `-32601` later).
+fn known_params(method: &str) -> Option<&'static [&'static str]> {
+    Some(match method {
+        "daemon_info" | "volume_list" | "export_list" | "reactor_stats" | "volume_stats"
+        | "mirror_status" | "cdp_status" | "cdp_jobs" | "nvmf_subsystems" => &[],
+        "reactor_set_wait" => &["wait", "spin_us", "reactor"],
+        "mirror_switchover" => &["volume", "group", "to", "wait_s"],
+        "mirror_resync" => &["volume", "pause", "rate_bytes_per_s"],
+        "mirror_takeover" | "cdp_disable" | "host_list" => &["volume"],
+        "volume_checksums" => &["volume", "region", "offset", "length"],
+        "cdp_bookmark" => &["volume", "group", "name", "replace"],
+        "cdp_bookmark_delete" => &["volume", "group", "name"],
+        "cdp_bookmarks" => &["volume", "group"],
+        "cdp_view_open" => &[
+            "volume", "group", "time_ns", "seq", "bookmark", "nbd", "nvmf", "iscsi", "sandbox",
+            "name",
+        ],
+        "cdp_view_close" => &["id"],
+        "cdp_restore" => &["volume", "group", "time_ns", "seq", "bookmark", "out"],
+        "cdp_enable" => &[
+            "volume",
+            "dir",
+            "segment_size",
+            "retention_age",
+            "retention_bytes",
+            "prezero",
+            "sync",
+            "group",
+            "wait",
+        ],
+        // The layer keys are named so that their refusal says where they belong.
+        "volume_create" => &[
+            "name",
+            "backend",
+            "size",
+            "block_size",
+            "path",
+            "create",
+            "mirror",
+            "cdp",
+            "group",
+            "leader",
+            "view",
+        ],
+        "volume_delete" => &["name"],
+        "nbd_export_add" => &["name", "volume", "read_only", "description"],
+        "nbd_export_remove" => &["name", "force"],
+        "nvmf_subsystem_add" => &["nqn", "allowed_hosts"],
+        "nvmf_subsystem_remove" => &["nqn", "force"],
+        "nvmf_namespace_add" => &["nqn", "volume", "nsid", "force"],
+        "nvmf_namespace_remove" => &["nqn", "nsid", "force"],
+        "nvmf_host_allow" => &["nqn", "host"],
+        "nvmf_host_disallow" => &["nqn", "host", "force"],
+        "iscsi_target_add" => &["iqn", "allowed_initiators", "chap_user", "chap_secret"],
+        "iscsi_target_remove" => &["iqn", "force"],
+        "iscsi_lun_add" => &["iqn", "volume", "lun", "force"],
+        "iscsi_lun_remove" => &["iqn", "lun", "force"],
+        _ => return None,
+    })
+}
+
+/// Refuse params that are not an object (or absent/null), and any parameter `method` does
+/// not take: a misspelt optional parameter (`"readonly"`) would otherwise be left out, and
+/// its default applied, without a word.
+fn check_params(method: &str, params: Option<&Value>) -> Result<(), String> {
+    let Some(known) = known_params(method) else {
+        return Ok(());
+    };
+    match params {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(o)) => match o.keys().find(|k| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(k) if known.is_empty() => Err(format!(
+                "unknown parameter {k:?}: {method} takes no parameters"
+            )),
+            Some(k) => Err(format!(
+                "unknown parameter {k:?}: {method} takes {}",
+                known.join(", ")
+            )),
+        },
+        Some(_) => Err(format!(
+            "params must be an object (named parameters), or left out; {method} takes {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )),
     }
 }
 

@@ -1,0 +1,92 @@
+//! Operator input at the control socket (docs/control.md): a wrong request is refused with an
+//! error naming what is wrong and changes nothing; the connection keeps serving.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// An in-process daemon with an NBD front end and a control socket in `dir`.
+fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf) {
+    let sock = dir.join("ctl.sock");
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n[runtime]\nmax_volumes=4\n[[volume]]\nname='base'\nbackend='malloc'\nsize='4MiB'\n",
+        sock.display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    (twinblk::Daemon::start(&cfg).expect("daemon starts"), sock)
+}
+
+fn rpc(sock: &Path, method: &str, params: Value) -> Value {
+    let mut s = UnixStream::connect(sock).expect("control socket");
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn unknown_parameters_are_refused_by_name_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let cases = [
+        // A typo of "read_only": the export would be served writable.
+        (
+            "nbd_export_add",
+            json!({"name": "e", "volume": "base", "readonly": true}),
+            "readonly",
+        ),
+        // A typo of "block_size": the volume would get 512-byte blocks.
+        (
+            "volume_create",
+            json!({"name": "v", "backend": "malloc", "size": "1M", "blocksize": 4096}),
+            "blocksize",
+        ),
+        (
+            "nvmf_subsystem_add",
+            json!({"nqn": "nqn.2026-11.io.test:x", "allowed_host": ["nqn.h"]}),
+            "allowed_host",
+        ),
+        (
+            "mirror_resync",
+            json!({"volume": "base", "rate": 5}),
+            "rate",
+        ),
+        (
+            "cdp_bookmark",
+            json!({"volume": "base", "name": "b", "replce": true}),
+            "replce",
+        ),
+        ("daemon_info", json!({"verbose": true}), "verbose"),
+    ];
+    for (method, p, key) in cases {
+        let r = rpc(&sock, method, p.clone());
+        let e = r
+            .get("error")
+            .unwrap_or_else(|| panic!("{method} {p} succeeded: {r}"));
+        assert_eq!(e["code"], -32602, "{method} {p}: {r}");
+        let m = e["message"].as_str().unwrap();
+        assert!(
+            m.contains(&format!("unknown parameter \"{key}\"")),
+            "{method} {p}: {m}"
+        );
+    }
+    let exports = rpc(&sock, "export_list", Value::Null)["result"].clone();
+    assert!(
+        !exports.to_string().contains("\"e\""),
+        "an export was added: {exports}"
+    );
+    let vols = rpc(&sock, "volume_list", Value::Null)["result"].clone();
+    assert_eq!(vols.as_array().unwrap().len(), 1, "{vols}");
+    // Params that are not an object are refused for every method, never read as none.
+    let r = rpc(&sock, "mirror_takeover", json!(["base"]));
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("params must be an object"),
+        "{r}"
+    );
+}
