@@ -275,16 +275,54 @@ fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config) {
     };
     let mut out = write_half;
     let mut reader = BufReader::new(conn);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
-        match reader.by_ref().take(MAX_LINE as u64).read_line(&mut line) {
+        match reader
+            .by_ref()
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let reply = handle_line(line.trim(), shared, cfg);
+        let reply = if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
+            // One answer for the whole over-long line: the rest of it is read and dropped,
+            // never taken for requests of its own.
+            if skip_line(&mut reader).is_err() {
+                return;
+            }
+            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": format!("request line longer than {} KiB: refused", MAX_LINE / 1024)}})
+        } else {
+            match std::str::from_utf8(&line) {
+                Ok(text) => handle_line(text.trim(), shared, cfg),
+                Err(e) => {
+                    json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: the request is not UTF-8 ({e})")}})
+                }
+            }
+        };
         if writeln!(out, "{reply}").is_err() {
             return;
+        }
+    }
+}
+
+/// Read and drop the rest of the current line (through its newline), a buffer at a time.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
         }
     }
 }

@@ -90,3 +90,49 @@ fn unknown_parameters_are_refused_by_name_and_change_nothing() {
         "{r}"
     );
 }
+
+#[test]
+fn an_over_long_or_non_utf8_request_line_gets_one_error_and_the_connection_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let s = UnixStream::connect(&sock).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let big = vec![b'x'; 10 << 20];
+        w.write_all(&big).unwrap();
+        w.write_all(b"\n").unwrap();
+        w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"volume_list\"}\n")
+            .unwrap();
+        w.write_all(b"\xff\xfe\n").unwrap();
+        w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"volume_list\"}\n")
+            .unwrap();
+    });
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut r = BufReader::new(s);
+    let mut next = || {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    let first = next();
+    assert_eq!(first["error"]["code"], -32600, "{first}");
+    assert!(
+        first["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("64 KiB"),
+        "{first}"
+    );
+    let second = next();
+    assert_eq!(
+        second["id"], 7,
+        "one error for the long line, then the next request: {second}"
+    );
+    assert!(second["result"].is_array(), "{second}");
+    let third = next();
+    assert_eq!(third["error"]["code"], -32700, "{third}");
+    let fourth = next();
+    assert_eq!(fourth["id"], 8, "{fourth}");
+    writer.join().unwrap();
+}
