@@ -490,7 +490,7 @@ pub enum Backend {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeConfig {
-    /// Name.
+    /// Name: 1 to 64 of `A-Z a-z 0-9 . _ - :` ([`valid_volume_name`]).
     pub name: String,
     /// Backend.
     pub backend: Backend,
@@ -829,8 +829,14 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for v in &self.volumes {
-            if v.name.is_empty() || !names.insert(v.name.as_str()) {
-                return bad(format!("volume name {:?} is empty or used twice", v.name));
+            if !valid_volume_name(&v.name) {
+                return bad(format!(
+                    "volume name {:?}: give 1 to 64 of A-Z a-z 0-9 . _ - : (it becomes part of file names, NQNs and IQNs)",
+                    v.name
+                ));
+            }
+            if !names.insert(v.name.as_str()) {
+                return bad(format!("volume name {:?} is used twice", v.name));
             }
             if !matches!(v.block_size, 512 | 4096) {
                 return bad(format!("volume {}: block_size must be 512 or 4096", v.name));
@@ -1243,6 +1249,16 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// A volume name: 1 to 64 of `A-Z a-z 0-9 . _ - :`, in the config file as at run time (no
+/// path separator, NUL, space or non-ASCII: it becomes part of file names, NQNs and IQNs).
+pub fn valid_volume_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
 fn num_configured_cpus() -> usize {

@@ -459,3 +459,31 @@ fn host_list_mistakes_are_named() {
         Err(ConfigError::Parse(_))
     ));
 }
+
+#[test]
+fn volume_names_are_the_run_time_ones_no_path_separators_nul_or_non_ascii() {
+    // A volume's name becomes part of file names (its mirror state file in the state
+    // directory), NQNs and IQNs: the same rule as `volume_create`'s.
+    let long = "v".repeat(65);
+    for bad in [
+        "a/b",
+        "../x",
+        "..\\u0000x",
+        "a\\u0000b",
+        "vol\\u00e9",
+        "a b",
+        long.as_str(),
+    ] {
+        let e = Config::from_toml(&format!(
+            "[[volume]]\nname=\"{bad}\"\nbackend='malloc'\nsize='1MiB'\n"
+        ))
+        .expect_err(bad);
+        assert!(e.to_string().contains("1 to 64 of"), "{bad}: {e}");
+    }
+    for good in ["vol0", "db.log-1_a:b", &"v".repeat(64)] {
+        Config::from_toml(&format!(
+            "[[volume]]\nname=\"{good}\"\nbackend='malloc'\nsize='1MiB'\n"
+        ))
+        .unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}
