@@ -227,9 +227,10 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         Some(t) => parse_size(&t).map_err(|e| bad(format!("segment_size: {e}")))?,
         None => conf.as_ref().map_or(64 << 20, |c| c.segment_size.0),
     };
-    if segment_size < MIN_SEGMENT || !segment_size.is_multiple_of(4096) {
+    // The config file's bounds (Config::validate).
+    if segment_size < MIN_SEGMENT || !segment_size.is_multiple_of(4096) || segment_size > 1 << 40 {
         return Err(bad(format!(
-            "segment_size {segment_size}: give at least {MIN_SEGMENT} bytes, a multiple of 4096"
+            "segment_size {segment_size}: give a multiple of 4096 from {MIN_SEGMENT} (4 MiB) to 1 TiB"
         )));
     }
     let age_ns = match text("retention_age")? {
@@ -240,6 +241,14 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         Some(t) => Some(parse_size(&t).map_err(|e| bad(format!("retention_bytes: {e}")))?),
         None => conf.as_ref().and_then(|c| c.retention_bytes.map(|b| b.0)),
     };
+    if let Some(b) = bytes
+        && b < 2 * segment_size
+    {
+        return Err(bad(format!(
+            "retention_bytes {b} is below two segments ({}): the active segment is never consolidated",
+            2 * segment_size
+        )));
+    }
     let prezero = match p.get("prezero") {
         None | Some(Value::Null) => conf.as_ref().is_some_and(|c| c.prezero),
         Some(Value::Bool(b)) => *b,

@@ -136,3 +136,38 @@ fn an_over_long_or_non_utf8_request_line_gets_one_error_and_the_connection_keeps
     assert_eq!(fourth["id"], 8, "{fourth}");
     writer.join().unwrap();
 }
+
+#[test]
+fn cdp_enable_refuses_the_segment_size_and_retention_the_config_file_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let journal = dir.path().join("journal");
+    let cases = [
+        // Retention by size below two segments: the active segment is never consolidated.
+        (
+            json!({"volume": "base", "dir": journal, "segment_size": "4MiB", "retention_bytes": "4MiB", "wait": 5}),
+            "retention_bytes",
+        ),
+        (
+            json!({"volume": "base", "dir": journal, "retention_bytes": "0", "wait": 5}),
+            "retention_bytes",
+        ),
+        // Over the config file's 1 TiB (a directory that cannot be created: nothing is
+        // allocated when the check is missing).
+        (
+            json!({"volume": "base", "dir": "/proc/twinblk-no/such", "segment_size": "2TiB"}),
+            "1 TiB",
+        ),
+    ];
+    for (p, want) in cases {
+        let r = rpc(&sock, "cdp_enable", p.clone());
+        let e = r
+            .get("error")
+            .unwrap_or_else(|| panic!("cdp_enable {p} succeeded: {r}"));
+        assert_eq!(e["code"], -32602, "{p}: {r}");
+        let m = e["message"].as_str().unwrap();
+        assert!(m.contains(want), "{p}: {m}");
+    }
+    let st = rpc(&sock, "cdp_status", Value::Null)["result"].clone();
+    assert_eq!(st, json!([]), "CDP was switched on: {st}");
+}
