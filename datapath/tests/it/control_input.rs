@@ -171,3 +171,26 @@ fn cdp_enable_refuses_the_segment_size_and_retention_the_config_file_refuses() {
     let st = rpc(&sock, "cdp_status", Value::Null)["result"].clone();
     assert_eq!(st, json!([]), "CDP was switched on: {st}");
 }
+
+#[test]
+fn cdp_view_open_refuses_a_name_of_the_wrong_type_or_length_instead_of_using_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let journal = dir.path().join("journal");
+    let r = rpc(
+        &sock,
+        "cdp_enable",
+        json!({"volume": "base", "dir": journal, "wait": 10}),
+    );
+    assert!(r.get("error").is_none(), "{r}");
+    // A bad "sandbox" too: were "name" left out, that would be the refusal (and no child
+    // is started either way).
+    for name in [json!(5), json!(["v"]), json!("v".repeat(65))] {
+        let p = json!({"volume": "base", "time_ns": 1, "nbd": "127.0.0.1:1", "name": name, "sandbox": "x"});
+        let r = rpc(&sock, "cdp_view_open", p.clone());
+        let m = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains("\"name\""), "{p}: {r}");
+    }
+    let jobs = rpc(&sock, "cdp_jobs", Value::Null)["result"].clone();
+    assert_eq!(jobs, json!([]), "{jobs}");
+}
