@@ -853,9 +853,10 @@ fn cdp_call(
                     }
                 }
                 let t = clock::now();
-                for c in &vols {
-                    bookmark::set(&c.dir, name, t, replace)?;
-                }
+                // On every volume or none, also against a writer that set the name after
+                // the check above.
+                let dirs: Vec<&std::path::Path> = vols.iter().map(|c| c.dir.as_path()).collect();
+                bookmark::set_all(&dirs, name, t, replace)?;
                 tracing::info!(bookmark = name, time = t, "cdp: bookmark set");
                 Ok(
                     json!({"name": name, "time_ns": t, "volumes": vols.iter().map(vname).collect::<Vec<_>>()}),

@@ -194,3 +194,50 @@ fn cdp_view_open_refuses_a_name_of_the_wrong_type_or_length_instead_of_using_vie
     let jobs = rpc(&sock, "cdp_jobs", Value::Null)["result"].clone();
     assert_eq!(jobs, json!([]), "{jobs}");
 }
+
+#[test]
+fn a_group_bookmark_refused_on_one_volume_is_set_on_none_even_when_the_name_comes_meanwhile() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl.sock");
+    let (ja, jb) = (dir.path().join("ja"), dir.path().join("jb"));
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n\
+         [[volume]]\nname='a'\nbackend='malloc'\nsize='4MiB'\ngroup='g'\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n\
+         [[volume]]\nname='b'\nbackend='malloc'\nsize='4MiB'\ngroup='g'\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        sock.display(),
+        ja.display(),
+        jb.display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let _d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    // Another writer holds b's bookmarks (as a concurrent `cdp_bookmark` of b alone would).
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(jb.join("bookmarks.lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let s2 = sock.clone();
+    let call = std::thread::spawn(move || {
+        rpc(
+            &s2,
+            "cdp_bookmark",
+            json!({"group": "g", "name": "upgrade"}),
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Meanwhile the other writer sets the same name on b, then lets go.
+    std::fs::write(jb.join("bookmarks"), "upgrade\t1\n").unwrap();
+    drop(lock);
+    let r = call.join().unwrap();
+    assert!(r.get("error").is_some(), "the name is set on b: {r}");
+    let marks = rpc(&sock, "cdp_bookmarks", json!({"volume": "a"}))["result"].clone();
+    assert_eq!(
+        marks[0]["bookmarks"],
+        json!({}),
+        "refused, yet set on a: {r} / {marks}"
+    );
+}
