@@ -241,3 +241,42 @@ fn a_group_bookmark_refused_on_one_volume_is_set_on_none_even_when_the_name_come
         "refused, yet set on a: {r} / {marks}"
     );
 }
+
+#[test]
+fn other_changes_are_served_while_cdp_enable_waits_for_its_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl.sock");
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n\
+         [[volume]]\nname='big'\nbackend='malloc'\nsize='512MiB'\n[[volume]]\nname='small'\nbackend='malloc'\nsize='1MiB'\n",
+        sock.display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let _d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let s2 = sock.clone();
+    let journal = dir.path().join("j");
+    let t = std::time::Instant::now();
+    let enable = std::thread::spawn(move || {
+        let r = rpc(
+            &s2,
+            "cdp_enable",
+            json!({"volume": "big", "dir": journal, "segment_size": "64MiB", "wait": 120}),
+        );
+        (r, t.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let r = rpc(
+        &sock,
+        "nbd_export_add",
+        json!({"name": "e", "volume": "small"}),
+    );
+    let other = t.elapsed();
+    assert!(r.get("error").is_none(), "{r}");
+    let (r, enabled) = enable.join().unwrap();
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(r["result"]["catching_up"], false, "{r}");
+    assert!(
+        other < enabled,
+        "nbd_export_add waited for cdp_enable's catch-up: answered after {other:?}, cdp_enable after {enabled:?}"
+    );
+}
