@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf) {
     let sock = dir.join("ctl.sock");
     let text = format!(
-        "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n[runtime]\nmax_volumes=4\n[[volume]]\nname='base'\nbackend='malloc'\nsize='4MiB'\n",
+        "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n[runtime]\nmax_volumes=4\n[[volume]]\nname='base'\nbackend='malloc'\nsize='4MiB'\n",
         sock.display()
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
@@ -279,4 +279,58 @@ fn other_changes_are_served_while_cdp_enable_waits_for_its_catch_up() {
         other < enabled,
         "nbd_export_add waited for cdp_enable's catch-up: answered after {other:?}, cdp_enable after {enabled:?}"
     );
+}
+
+#[test]
+fn nqns_iqns_and_host_names_with_nul_or_control_characters_are_refused() {
+    // A NUL ends the name on the wire (NVMe's NUL-padded NQN fields, iSCSI's NUL-separated
+    // text keys): a host could never name such a subsystem, and a SendTargets answer
+    // listing such a target would be broken for every initiator.
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let cases = [
+        (
+            "nvmf_subsystem_add",
+            json!({"nqn": "nqn.2026-11.io.test:a\u{0}b"}),
+        ),
+        (
+            "nvmf_subsystem_add",
+            json!({"nqn": "nqn.2026-11.io.test:a\u{1b}[2J"}),
+        ),
+        (
+            "nvmf_subsystem_add",
+            json!({"nqn": "nqn.2026-11.io.test:ok", "allowed_hosts": ["nqn.h\u{0}"]}),
+        ),
+        (
+            "iscsi_target_add",
+            json!({"iqn": "iqn.2026-11.io.test:a\u{0}b"}),
+        ),
+        (
+            "iscsi_target_add",
+            json!({"iqn": "iqn.2026-11.io.test:ok", "allowed_initiators": ["iqn.i\u{7}"]}),
+        ),
+    ];
+    for (method, p) in cases {
+        let r = rpc(&sock, method, p.clone());
+        assert_eq!(r["error"]["code"], -32602, "{method} {p}: {r}");
+    }
+    let subs = rpc(&sock, "nvmf_subsystems", Value::Null)["result"].clone();
+    assert!(
+        !subs.to_string().contains("io.test"),
+        "a subsystem was added: {subs}"
+    );
+    // The same names without the bad character are taken (the refusals were for it).
+    for (method, p) in [
+        (
+            "nvmf_subsystem_add",
+            json!({"nqn": "nqn.2026-11.io.test:ok", "allowed_hosts": ["nqn.h"]}),
+        ),
+        (
+            "iscsi_target_add",
+            json!({"iqn": "iqn.2026-11.io.test:ok", "allowed_initiators": ["iqn.i"]}),
+        ),
+    ] {
+        let r = rpc(&sock, method, p.clone());
+        assert!(r.get("error").is_none(), "{method} {p}: {r}");
+    }
 }

@@ -1030,9 +1030,13 @@ impl Config {
         }
         let mut nqns = std::collections::HashSet::new();
         for s in &self.nvmf.subsystems {
-            if !s.nqn.starts_with("nqn.") || s.nqn.len() > 223 || !nqns.insert(s.nqn.as_str()) {
+            if !s.nqn.starts_with("nqn.")
+                || s.nqn.len() > 223
+                || !plain_text(&s.nqn)
+                || !nqns.insert(s.nqn.as_str())
+            {
                 return bad(format!(
-                    "subsystem NQN {:?} must start with \"nqn.\", be at most 223 bytes and be unique",
+                    "subsystem NQN {:?} must start with \"nqn.\", be at most 223 bytes without spaces or control characters, and be unique",
                     s.nqn
                 ));
             }
@@ -1049,10 +1053,10 @@ impl Config {
             }
             if s.allowed_hosts
                 .iter()
-                .any(|h| h.is_empty() || h.len() > 223)
+                .any(|h| h.is_empty() || h.len() > 223 || !plain_text(h))
             {
                 return bad(format!(
-                    "subsystem {}: a host NQN is empty or too long",
+                    "subsystem {}: a host NQN is empty, too long or has spaces or control characters",
                     s.nqn
                 ));
             }
@@ -1068,9 +1072,9 @@ impl Config {
             let form = ["iqn.", "eui.", "naa."]
                 .iter()
                 .any(|p| t.iqn.starts_with(p));
-            if !form || t.iqn.len() > 223 || !iqns.insert(t.iqn.as_str()) {
+            if !form || t.iqn.len() > 223 || !plain_text(&t.iqn) || !iqns.insert(t.iqn.as_str()) {
                 return bad(format!(
-                    "iSCSI target name {:?} must start with \"iqn.\", \"eui.\" or \"naa.\", be at most 223 bytes and be unique",
+                    "iSCSI target name {:?} must start with \"iqn.\", \"eui.\" or \"naa.\", be at most 223 bytes without spaces or control characters, and be unique",
                     t.iqn
                 ));
             }
@@ -1100,10 +1104,10 @@ impl Config {
             }
             if t.allowed_initiators
                 .iter()
-                .any(|h| h.is_empty() || h.len() > 223)
+                .any(|h| h.is_empty() || h.len() > 223 || !plain_text(h))
             {
                 return bad(format!(
-                    "iSCSI target {}: an initiator name is empty or too long",
+                    "iSCSI target {}: an initiator name is empty, too long or has spaces or control characters",
                     t.iqn
                 ));
             }
@@ -1115,9 +1119,9 @@ impl Config {
     fn check_hosts(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
         for h in &self.hosts {
-            if h.name.is_empty() || h.name.len() > 223 {
+            if h.name.is_empty() || h.name.len() > 223 || !plain_text(&h.name) {
                 return Err(format!(
-                    "host {:?}: a host name (iSCSI initiator name or NVMe host NQN) must be 1 to 223 bytes",
+                    "host {:?}: a host name (iSCSI initiator name or NVMe host NQN) must be 1 to 223 bytes without spaces or control characters",
                     h.name
                 ));
             }
@@ -1259,6 +1263,12 @@ pub fn valid_volume_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
+/// An NQN, iSCSI name or host name's text: no spaces and no control characters (NUL ends a
+/// name on the wire: NVMe's NUL-padded NQN fields, iSCSI's NUL-separated text keys).
+pub fn plain_text(s: &str) -> bool {
+    !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn num_configured_cpus() -> usize {

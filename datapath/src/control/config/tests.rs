@@ -487,3 +487,29 @@ fn volume_names_are_the_run_time_ones_no_path_separators_nul_or_non_ascii() {
         .unwrap_or_else(|e| panic!("{good}: {e}"));
     }
 }
+
+#[test]
+fn nqns_iqns_and_host_names_with_nul_or_control_characters_are_refused() {
+    let vol = "[[volume]]\nname='v'\nbackend='malloc'\nsize='1MiB'\n";
+    for (body, want) in [
+        (
+            "[[nvmf.subsystem]]\nnqn=\"nqn.x:a\\u0000b\"\nnamespaces=['v']\n",
+            "subsystem NQN",
+        ),
+        (
+            "[[nvmf.subsystem]]\nnqn='nqn.x:a'\nnamespaces=['v']\nallowed_hosts=[\"nqn.h\\u0007\"]\n",
+            "host NQN",
+        ),
+        (
+            "[[iscsi.target]]\niqn=\"iqn.x:a\\u0000b\"\nluns=['v']\n",
+            "iSCSI target name",
+        ),
+        (
+            "[[iscsi.target]]\niqn='iqn.x:a'\nluns=['v']\nallowed_initiators=[\"iqn.i\\u0000\"]\n",
+            "initiator name",
+        ),
+    ] {
+        let e = Config::from_toml(&format!("{vol}{body}")).expect_err(body);
+        assert!(e.to_string().contains(want), "{body}: {e}");
+    }
+}
