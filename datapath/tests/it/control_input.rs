@@ -334,3 +334,44 @@ fn nqns_iqns_and_host_names_with_nul_or_control_characters_are_refused() {
         assert!(r.get("error").is_none(), "{method} {p}: {r}");
     }
 }
+
+#[test]
+fn a_cdp_disable_during_cdp_enables_catch_up_ends_the_enables_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl.sock");
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n\
+         [[volume]]\nname='big'\nbackend='malloc'\nsize='512MiB'\n",
+        sock.display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let _d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let s2 = sock.clone();
+    let journal = dir.path().join("j");
+    let t = std::time::Instant::now();
+    let enable = std::thread::spawn(move || {
+        let r = rpc(
+            &s2,
+            "cdp_enable",
+            json!({"volume": "big", "dir": journal, "segment_size": "64MiB", "wait": 120}),
+        );
+        (r, t.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let d = rpc(&sock, "cdp_disable", json!({"volume": "big"}));
+    assert!(d.get("error").is_none(), "{d}");
+    let (r, took) = enable.join().unwrap();
+    // Its answer says the catch-up was cut short by the switch-off.
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("switched off")),
+        "{r}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "cdp_enable waited {took:?}: {r}"
+    );
+    let st = rpc(&sock, "cdp_status", Value::Null)["result"].clone();
+    assert_eq!(st[0]["journal"], "off", "{st}");
+}
