@@ -320,6 +320,12 @@ pub(super) fn volume_create(
             "size {size} is not a non-zero multiple of the block size {block_size}"
         )));
     }
+    let max = crate::control::config::MAX_VOLUME_SIZE;
+    if size > max {
+        return Err(bad(format!(
+            "size {size} is too large: at most {max} bytes (2^63 - 1: file offsets are signed 64-bit)"
+        )));
+    }
     let path = match (&backend, p.get("path")) {
         (Backend::Uring, Some(Value::String(t))) if !t.is_empty() => {
             Some(std::path::PathBuf::from(t))

@@ -375,3 +375,22 @@ fn a_cdp_disable_during_cdp_enables_catch_up_ends_the_enables_wait() {
     let st = rpc(&sock, "cdp_status", Value::Null)["result"].clone();
     assert_eq!(st[0]["journal"], "off", "{st}");
 }
+
+#[test]
+fn volume_create_refuses_a_size_past_what_a_file_offset_can_address_as_a_bad_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    for size in [
+        json!(1u64 << 63),
+        json!(u64::MAX / 512 * 512),
+        json!("8388608TiB"),
+    ] {
+        let p = json!({"name": "huge", "backend": "malloc", "size": size});
+        let r = rpc(&sock, "volume_create", p.clone());
+        assert_eq!(r["error"]["code"], -32602, "{p}: {r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("at most"),
+            "{p}: {r}"
+        );
+    }
+}

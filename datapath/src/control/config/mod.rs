@@ -847,6 +847,12 @@ impl Config {
                     v.name, v.size.0, v.block_size
                 ));
             }
+            if v.size.0 > MAX_VOLUME_SIZE {
+                return bad(format!(
+                    "volume {}: size {} is too large: at most {MAX_VOLUME_SIZE} bytes (2^63 - 1: file offsets are signed 64-bit)",
+                    v.name, v.size.0
+                ));
+            }
             match (&v.backend, &v.path) {
                 (Backend::Uring, None) => {
                     return bad(format!("volume {}: backend uring needs a path", v.name));
@@ -1254,6 +1260,10 @@ impl Config {
             .collect()
     }
 }
+
+/// The largest volume size: offsets into a file or block device are signed 64-bit (`off_t`),
+/// so a volume ends at or below `i64::MAX` (rounded down to its blocks).
+pub const MAX_VOLUME_SIZE: u64 = i64::MAX as u64;
 
 /// A volume name: 1 to 64 of `A-Z a-z 0-9 . _ - :`, in the config file as at run time (no
 /// path separator, NUL, space or non-ASCII: it becomes part of file names, NQNs and IQNs).

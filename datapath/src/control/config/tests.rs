@@ -513,3 +513,18 @@ fn nqns_iqns_and_host_names_with_nul_or_control_characters_are_refused() {
         assert!(e.to_string().contains(want), "{body}: {e}");
     }
 }
+
+#[test]
+fn a_volume_size_past_what_a_file_offset_can_address_is_refused() {
+    // 2^63 and u64::MAX rounded down to a block (as strings: TOML integers stop below
+    // 2^63): offsets into a file or device are signed 64-bit (off_t), so such a volume could
+    // never be set up.
+    for size in [1u64 << 63, u64::MAX / 512 * 512] {
+        let e = Config::from_toml(&format!(
+            "[[volume]]\nname='v'\nbackend='malloc'\nsize='{size}'\n"
+        ))
+        .expect_err("accepted");
+        assert!(e.to_string().contains("at most"), "{size}: {e}");
+    }
+    Config::from_toml("[[volume]]\nname='v'\nbackend='malloc'\nsize='1TiB'\n").unwrap();
+}
