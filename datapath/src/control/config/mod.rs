@@ -1067,6 +1067,13 @@ impl Config {
                 ));
             }
         }
+        for p in &self.iscsi.extra_portals {
+            check_portal(p).map_err(|why| {
+                ConfigError::Invalid(format!(
+                    "iscsi.extra_portals {p:?}: {why}; give HOST:PORT,TAG (e.g. \"10.0.0.2:3260,2\")"
+                ))
+            })?;
+        }
         if !(1..=65535).contains(&self.iscsi.max_connections) {
             return bad(format!(
                 "iscsi.max_connections = {}: must be 1..65535",
@@ -1259,6 +1266,28 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// An `iscsi.extra_portals` entry, `HOST:PORT,TAG` as SendTargets lists it: a host name or
+/// address (IPv6 in brackets) without spaces or control characters, a port and a portal group
+/// tag of 1 to 65535.
+fn check_portal(p: &str) -> Result<(), String> {
+    if !plain_text(p) {
+        return Err("spaces or control characters".into());
+    }
+    let (addr, tag) = p.rsplit_once(',').ok_or("no \",TAG\"")?;
+    let (host, port) = addr.rsplit_once(':').ok_or("no \":PORT\"")?;
+    let in_range = |v: &str| v.parse::<u16>().is_ok_and(|n| n >= 1);
+    if host.is_empty() || host.contains(',') {
+        return Err("no host".into());
+    }
+    if !in_range(port) {
+        return Err(format!("port {port:?} is not 1 to 65535"));
+    }
+    if !in_range(tag) {
+        return Err(format!("portal group tag {tag:?} is not 1 to 65535"));
+    }
+    Ok(())
 }
 
 /// The largest volume size: offsets into a file or block device are signed 64-bit (`off_t`),

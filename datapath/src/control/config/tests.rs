@@ -528,3 +528,26 @@ fn a_volume_size_past_what_a_file_offset_can_address_is_refused() {
     }
     Config::from_toml("[[volume]]\nname='v'\nbackend='malloc'\nsize='1TiB'\n").unwrap();
 }
+
+#[test]
+fn extra_portals_are_host_port_and_tag_with_a_real_port_and_tag() {
+    let ok = "[iscsi]\nlisten=['127.0.0.1:0']\nextra_portals=['10.0.0.2:3260,2', '[fd00::2]:3260,2', 'site-b.example:3261,3']\n";
+    Config::from_toml(ok).unwrap();
+    for bad in [
+        "10.0.0.2:65536,2",
+        "10.0.0.2:0,2",
+        "10.0.0.2:3260",
+        "10.0.0.2:3260,0",
+        "10.0.0.2:3260,65536",
+        "10.0.0.2,2",
+        ":3260,2",
+        "10.0.0.2:3260,2\\u0000TargetName=iqn.evil",
+        "10 0 0 2:3260,2",
+    ] {
+        let e = Config::from_toml(&format!(
+            "[iscsi]\nlisten=['127.0.0.1:0']\nextra_portals=[\"{bad}\"]\n"
+        ))
+        .expect_err(bad);
+        assert!(e.to_string().contains("extra_portals"), "{bad}: {e}");
+    }
+}
