@@ -394,3 +394,79 @@ fn volume_create_refuses_a_size_past_what_a_file_offset_can_address_as_a_bad_siz
         );
     }
 }
+
+#[test]
+fn the_same_change_asked_by_many_clients_at_once_is_made_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    for (method, p) in [
+        (
+            "volume_create",
+            json!({"name": "twice", "backend": "malloc", "size": "1M"}),
+        ),
+        (
+            "nbd_export_add",
+            json!({"name": "twice", "volume": "twice"}),
+        ),
+        (
+            "nvmf_subsystem_add",
+            json!({"nqn": "nqn.2026-11.io.test:twice"}),
+        ),
+    ] {
+        let answers: Vec<Value> = (0..8)
+            .map(|_| {
+                let (s, p) = (sock.clone(), p.clone());
+                std::thread::spawn(move || rpc(&s, method, p))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let ok = answers.iter().filter(|r| r.get("error").is_none()).count();
+        assert_eq!(ok, 1, "{method}: {answers:?}");
+        for r in answers.iter().filter(|r| r.get("error").is_some()) {
+            assert_eq!(r["error"]["code"], -32602, "{method}: {r}");
+            assert!(
+                r["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("exists already"),
+                "{method}: {r}"
+            );
+        }
+    }
+    let vols = rpc(&sock, "volume_list", Value::Null)["result"].clone();
+    assert_eq!(vols.as_array().unwrap().len(), 2, "{vols}");
+}
+
+#[test]
+fn a_line_that_is_json_but_not_a_request_gets_32600_and_the_connection_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let mut s = UnixStream::connect(&sock).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for (line, code) in [
+        ("[1,2]", -32600),
+        ("\"daemon_info\"", -32600),
+        ("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":5}", -32600),
+        ("{\"jsonrpc\":\"2.0\",\"id\":1", -32700),
+        (
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"no_such\"}",
+            -32601,
+        ),
+    ] {
+        writeln!(s, "{line}").unwrap();
+        let mut a = String::new();
+        r.read_line(&mut a).unwrap();
+        let a: Value = serde_json::from_str(&a).unwrap();
+        assert_eq!(a["error"]["code"], code, "{line}: {a}");
+    }
+    writeln!(
+        s,
+        "{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"volume_list\"}}"
+    )
+    .unwrap();
+    let mut a = String::new();
+    r.read_line(&mut a).unwrap();
+    assert!(a.contains("\"result\""), "{a}");
+}
