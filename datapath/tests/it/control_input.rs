@@ -470,3 +470,40 @@ fn a_line_that_is_json_but_not_a_request_gets_32600_and_the_connection_keeps_ser
     r.read_line(&mut a).unwrap();
     assert!(a.contains("\"result\""), "{a}");
 }
+
+#[test]
+fn sixteen_idle_clients_leave_room_for_none_and_one_leaving_frees_a_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let mut idle: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    // Each is served by then (its thread counted): one request each.
+    for s in &mut idle {
+        writeln!(
+            s,
+            "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"volume_list\"}}"
+        )
+        .unwrap();
+        let mut a = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut a)
+            .unwrap();
+        assert!(a.contains("result"), "{a}");
+    }
+    let r = rpc(&sock, "volume_list", Value::Null);
+    assert_eq!(r["error"]["code"], -32000, "{r}");
+    drop(idle.pop());
+    let t = std::time::Instant::now();
+    loop {
+        let r = rpc(&sock, "volume_list", Value::Null);
+        if r.get("result").is_some() {
+            break;
+        }
+        assert!(
+            t.elapsed().as_secs() < 5,
+            "no place after a client left: {r}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
