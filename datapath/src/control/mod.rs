@@ -74,6 +74,9 @@ pub const MAX_CLIENTS: usize = 16;
 /// A control client that sends nothing for this long is disconnected.
 pub const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The pause after a failed accept (out of descriptors): the control thread never spins.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A running control socket.
 pub struct ControlServer {
     path: PathBuf,
@@ -98,11 +101,26 @@ impl ControlServer {
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
+                let mut last_warn: Option<std::time::Instant> = None;
                 for conn in listener.incoming() {
                     if stop2.load(Ordering::Relaxed) {
                         break;
                     }
-                    let Ok(mut conn) = conn else { continue };
+                    let mut conn = match conn {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of descriptors (EMFILE, ENFILE) or memory: the client
+                            // stays in the backlog and accept fails again at once; pause
+                            // instead of spinning on a core the reactors share.
+                            let now = std::time::Instant::now();
+                            if last_warn.is_none_or(|t| now.duration_since(t) >= IDLE) {
+                                tracing::warn!(error = %e, "control: cannot accept a client; retrying");
+                                last_warn = Some(now);
+                            }
+                            std::thread::sleep(ACCEPT_RETRY);
+                            continue;
+                        }
+                    };
                     // One thread per client, at most MAX_CLIENTS at a time: the others are
                     // told so and closed, and an idle client is dropped after IDLE.
                     if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {

@@ -507,3 +507,78 @@ fn sixteen_idle_clients_leave_room_for_none_and_one_leaving_frees_a_place() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// CPU time (user + system, clock ticks) of the thread of process `pid` named `name`.
+fn thread_ticks(pid: u32, name: &str) -> u64 {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(t.join("stat")).unwrap();
+            let f: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            return f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        }
+    }
+    panic!("no thread {name:?} in {pid}");
+}
+
+#[test]
+fn the_control_thread_does_not_spin_while_the_daemon_is_out_of_file_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = crate::harness::Server::start(
+        dir.path(),
+        "[[volume]]\nname='v'\nbackend='malloc'\nsize='4MiB'\n",
+    );
+    let pid = s.pid();
+    let _ = s.rpc("volume_list");
+    // The lowest free descriptor number: a limit there leaves none to open.
+    let fds: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+        .collect();
+    let open = (0..).find(|n| !fds.contains(n)).unwrap();
+    let limit = |n: &str| {
+        let st = std::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={n}")])
+            .status()
+            .unwrap();
+        assert!(st.success(), "prlimit {n}");
+    };
+    let soft = String::from_utf8(
+        std::process::Command::new("prlimit")
+            .args([
+                "--pid",
+                &pid.to_string(),
+                "--nofile",
+                "--raw",
+                "--noheadings",
+                "--output",
+                "SOFT",
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    limit(&format!("{open}:"));
+    // A client the daemon cannot accept (no descriptor left): it waits in the backlog.
+    let sock = dir.path().join(format!("ctl-{}.sock", std::process::id()));
+    let waiting = UnixStream::connect(&sock).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let t0 = thread_ticks(pid, "control");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let spent = thread_ticks(pid, "control") - t0;
+    limit(&format!("{}:", soft.trim()));
+    drop(waiting);
+    // Served again once descriptors are free.
+    let _ = s.rpc("volume_list");
+    assert!(
+        spent < 20,
+        "the control thread spent {spent} ticks of the last 100 retrying accept"
+    );
+}
