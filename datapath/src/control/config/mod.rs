@@ -814,6 +814,13 @@ impl Config {
                 return bad(format!("core {c} is listed twice in reactor.cores"));
             }
         }
+        let max_spin = crate::runtime::wait::MAX_SPIN_US;
+        if self.reactor.spin_us > max_spin {
+            return bad(format!(
+                "reactor.spin_us = {}: give 0 to {max_spin} µs (as reactor_set_wait takes)",
+                self.reactor.spin_us
+            ));
+        }
         if self.runtime.max_volumes == 0 || self.runtime.max_volumes > MAX_MAX_VOLUMES {
             return bad(format!(
                 "runtime.max_volumes = {}: give 1 to {MAX_MAX_VOLUMES}",

@@ -551,3 +551,13 @@ fn extra_portals_are_host_port_and_tag_with_a_real_port_and_tag() {
         assert!(e.to_string().contains("extra_portals"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_reactor_spin_past_reactor_set_waits_limit_is_refused() {
+    // reactor_set_wait takes 0 to 1,000,000 µs and falls back to [reactor] spin_us: a
+    // larger configured spin was run clamped without a word, and made every
+    // {"wait": "adaptive"} without its own spin_us refused.
+    let e = Config::from_toml("[reactor]\nwait='adaptive'\nspin_us=1000001\n").unwrap_err();
+    assert!(e.to_string().contains("reactor.spin_us"), "{e}");
+    Config::from_toml("[reactor]\nwait='adaptive'\nspin_us=1000000\n").unwrap();
+}
