@@ -305,12 +305,14 @@ fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config) {
             Ok(_) => {}
         }
         let reply = if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
-            // One answer for the whole over-long line: the rest of it is read and dropped,
+            // One answer for the whole over-long line, given first (also to a client that
+            // sent no newline and stopped); the rest of the line is then read and dropped,
             // never taken for requests of its own.
-            if skip_line(&mut reader).is_err() {
+            let refused = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": format!("request line longer than {} KiB: refused", MAX_LINE / 1024)}});
+            if writeln!(out, "{refused}").is_err() || skip_line(&mut reader).is_err() {
                 return;
             }
-            json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": format!("request line longer than {} KiB: refused", MAX_LINE / 1024)}})
+            continue;
         } else {
             match std::str::from_utf8(&line) {
                 Ok(text) => handle_line(text.trim(), shared, cfg),

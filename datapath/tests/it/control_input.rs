@@ -582,3 +582,17 @@ fn the_control_thread_does_not_spin_while_the_daemon_is_out_of_file_descriptors(
         "the control thread spent {spent} ticks of the last 100 retrying accept"
     );
 }
+
+#[test]
+fn an_over_long_last_line_without_a_newline_is_still_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(&vec![b'x'; 70 << 10]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut a = String::new();
+    BufReader::new(s).read_line(&mut a).unwrap();
+    assert!(a.contains("-32600"), "{a:?}");
+}
