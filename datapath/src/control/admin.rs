@@ -263,12 +263,7 @@ pub(super) fn describe_hosts(
 
 /// A volume, export or target name: 1 to 64 of `A-Z a-z 0-9 . _ - :`.
 fn check_name(what: &str, name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
-    if !ok {
+    if !crate::control::config::valid_volume_name(name) {
         return Err(bad(format!(
             "{what} {name:?}: give 1 to 64 of A-Z a-z 0-9 . _ - :"
         )));
@@ -323,6 +318,12 @@ pub(super) fn volume_create(
     if size == 0 || !size.is_multiple_of(block_size) {
         return Err(bad(format!(
             "size {size} is not a non-zero multiple of the block size {block_size}"
+        )));
+    }
+    let max = crate::control::config::MAX_VOLUME_SIZE;
+    if size > max {
+        return Err(bad(format!(
+            "size {size} is too large: at most {max} bytes (2^63 - 1: file offsets are signed 64-bit)"
         )));
     }
     let path = match (&backend, p.get("path")) {

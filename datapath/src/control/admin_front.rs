@@ -28,9 +28,9 @@ pub const MAX_NSID: u64 = 1024;
 pub const MAX_LUN: u64 = 255;
 
 fn check_nqn(nqn: &str) -> Result<(), Error> {
-    if !nqn.starts_with("nqn.") || nqn.len() > 223 || nqn.chars().any(char::is_whitespace) {
+    if !nqn.starts_with("nqn.") || nqn.len() > 223 || !crate::control::config::plain_text(nqn) {
         return Err(bad(format!(
-            "NQN {nqn:?}: must start with \"nqn.\", be at most 223 bytes and have no spaces"
+            "NQN {nqn:?}: must start with \"nqn.\", be at most 223 bytes and have no spaces or control characters"
         )));
     }
     if nqn == crate::frontend::nvmf::cmd::DISCOVERY_NQN {
@@ -40,9 +40,9 @@ fn check_nqn(nqn: &str) -> Result<(), Error> {
 }
 
 fn check_host(what: &str, h: &str) -> Result<(), Error> {
-    if h.is_empty() || h.len() > 223 || h.chars().any(char::is_whitespace) {
+    if h.is_empty() || h.len() > 223 || !crate::control::config::plain_text(h) {
         return Err(bad(format!(
-            "{what} {h:?}: give 1 to 223 bytes without spaces"
+            "{what} {h:?}: give 1 to 223 bytes without spaces or control characters"
         )));
     }
     Ok(())
@@ -320,9 +320,9 @@ pub fn iscsi_target_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result
     let sh = iscsi(cx)?;
     let iqn = s(p, "iqn")?;
     let ok_prefix = ["iqn.", "eui.", "naa."].iter().any(|x| iqn.starts_with(x));
-    if !ok_prefix || iqn.len() > 223 || iqn.chars().any(char::is_whitespace) {
+    if !ok_prefix || iqn.len() > 223 || !crate::control::config::plain_text(iqn) {
         return Err(bad(format!(
-            "target name {iqn:?}: must start with \"iqn.\", \"eui.\" or \"naa.\", be at most 223 bytes and have no spaces"
+            "target name {iqn:?}: must start with \"iqn.\", \"eui.\" or \"naa.\", be at most 223 bytes and have no spaces or control characters"
         )));
     }
     if p.get("chap_user").is_some() || p.get("chap_secret").is_some() {

@@ -8,7 +8,9 @@
 //!   history is recovered and marked "not whole after its end"); the home reactor wraps its
 //!   channel, then every other reactor; once every old stack's updates have finished the
 //!   catch-up starts, and the answer comes when the gap record is durable (the history is
-//!   whole again from it) or with the reason it could not be;
+//!   whole again from it) or with the reason it could not be; that wait ([`Enabled::answer`])
+//!   runs after the admin lock is released: the change is made, and other changes (also a
+//!   `cdp_disable`, which abandons the catch-up) are served meanwhile;
 //! - off: the home stamps the last time mark and stops journaling, the other reactors
 //!   unwrap, the home unwraps once nothing is in flight (the segment is sealed). The history
 //!   stays listed (`cdp_status`: journal "off") and readable by views and restores.
@@ -163,9 +165,25 @@ fn target(cx: &ControlCx, p: &Value) -> Result<(usize, Arc<Volume>, Option<CdpIn
     Ok((vol, v, info))
 }
 
+/// A `cdp_enable` whose change is made: what its answer waits for (the catch-up), without the
+/// admin lock ([`Enabled::answer`]), so other changes are served meanwhile.
+pub(super) struct Enabled {
+    live: Arc<crate::layer::cdp::live::LiveStart>,
+    wait: Duration,
+    size: u64,
+    r: Value,
+    name: String,
+    dir: PathBuf,
+}
+
 /// `cdp_enable {volume, dir?, segment_size?, retention_age?, retention_bytes?, prezero?,
-/// sync?, group?, wait?}`.
-pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Result<Value, Error> {
+/// sync?, group?, wait?}`: the change, under the admin lock; the answer comes from
+/// [`Enabled::answer`], once the lock is released.
+pub(super) fn cdp_enable(
+    p: &Value,
+    cx: &ControlCx,
+    _st: &mut AdminState,
+) -> Result<Enabled, Error> {
     let (vol, v, info) = target(cx, p)?;
     let name = v.name.clone();
     if let Some(c) = info.as_ref().filter(|c| !c.stats.off.load(Relaxed)) {
@@ -227,9 +245,10 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         Some(t) => parse_size(&t).map_err(|e| bad(format!("segment_size: {e}")))?,
         None => conf.as_ref().map_or(64 << 20, |c| c.segment_size.0),
     };
-    if segment_size < MIN_SEGMENT || !segment_size.is_multiple_of(4096) {
+    // The config file's bounds (Config::validate).
+    if segment_size < MIN_SEGMENT || !segment_size.is_multiple_of(4096) || segment_size > 1 << 40 {
         return Err(bad(format!(
-            "segment_size {segment_size}: give at least {MIN_SEGMENT} bytes, a multiple of 4096"
+            "segment_size {segment_size}: give a multiple of 4096 from {MIN_SEGMENT} (4 MiB) to 1 TiB"
         )));
     }
     let age_ns = match text("retention_age")? {
@@ -240,6 +259,14 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
         Some(t) => Some(parse_size(&t).map_err(|e| bad(format!("retention_bytes: {e}")))?),
         None => conf.as_ref().and_then(|c| c.retention_bytes.map(|b| b.0)),
     };
+    if let Some(b) = bytes
+        && b < 2 * segment_size
+    {
+        return Err(bad(format!(
+            "retention_bytes {b} is below two segments ({}): the active segment is never consolidated",
+            2 * segment_size
+        )));
+    }
     let prezero = match p.get("prezero") {
         None | Some(Value::Null) => conf.as_ref().is_some_and(|c| c.prezero),
         Some(Value::Bool(b)) => *b,
@@ -375,64 +402,87 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Res
                 stats: Arc::clone(&cd.stats),
             });
     }
-    let t = Instant::now();
-    while !live.whole.load(Acquire) && live.failed.get().is_none() && t.elapsed() < wait {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let after = live.after.load(Relaxed);
-    let after_time = live.after_time.load(Relaxed);
-    let mut r = json!({
+    let r = json!({
         "volume": name,
         "dir": dir.display().to_string(),
         "group": group,
         "home_reactor": home,
-        "new_history": after == 0,
-        "whole_until_seq": after,
-        "whole_until_ns": after_time,
-        "journaled_again_bytes": live.done_bytes.load(Relaxed),
-        "held_behind_catchup": live.held.load(Relaxed),
         "lasts": lasts(),
     });
-    if let Some(why) = live.failed.get() {
-        tracing::error!(volume = %name, why, "cdp: switched on, but the catch-up failed");
-        r["error"] = json!(why);
-        return Err((
-            E_FAILED,
-            format!(
-                "volume {name:?}: journaling the volume again failed ({why}); the journal is stopped and points after sequence {after} are refused (cdp_status)"
-            ),
-        ));
-    }
-    if live.whole.load(Acquire) {
-        let gap = live.gap.load(Acquire);
-        r["gap_seq"] = json!(gap);
-        r["whole_from_ns"] = json!(live.gap_time.load(Relaxed));
-        r["catching_up"] = json!(false);
-        r["note"] = json!(if after == 0 {
-            format!(
-                "a new history: restorable from sequence {gap} on (the gap record after the volume was journaled)"
-            )
+    Ok(Enabled {
+        live,
+        wait,
+        size: v.info.size,
+        r,
+        name,
+        dir,
+    })
+}
+
+impl Enabled {
+    /// Wait up to `wait` for the catch-up, then the answer (called without the admin lock:
+    /// the change is made, only its answer waits).
+    pub(super) fn answer(self) -> Result<Value, Error> {
+        let Enabled {
+            live,
+            wait,
+            size,
+            mut r,
+            name,
+            dir,
+        } = self;
+        let t = Instant::now();
+        while !live.whole.load(Acquire) && live.failed.get().is_none() && t.elapsed() < wait {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let after = live.after.load(Relaxed);
+        let after_time = live.after_time.load(Relaxed);
+        r["new_history"] = json!(after == 0);
+        r["whole_until_seq"] = json!(after);
+        r["whole_until_ns"] = json!(after_time);
+        r["journaled_again_bytes"] = json!(live.done_bytes.load(Relaxed));
+        r["held_behind_catchup"] = json!(live.held.load(Relaxed));
+        if let Some(why) = live.failed.get() {
+            tracing::error!(volume = %name, why, "cdp: switched on, but the catch-up failed");
+            r["error"] = json!(why);
+            return Err((
+                E_FAILED,
+                format!(
+                    "volume {name:?}: journaling the volume again failed ({why}); the journal is stopped and points after sequence {after} are refused (cdp_status)"
+                ),
+            ));
+        }
+        if live.whole.load(Acquire) {
+            let gap = live.gap.load(Acquire);
+            r["gap_seq"] = json!(gap);
+            r["whole_from_ns"] = json!(live.gap_time.load(Relaxed));
+            r["catching_up"] = json!(false);
+            r["note"] = json!(if after == 0 {
+                format!(
+                    "a new history: restorable from sequence {gap} on (the gap record after the volume was journaled)"
+                )
+            } else {
+                format!(
+                    "history resumed: points up to sequence {after} and from sequence {gap} on are restorable; points in between (while CDP was off and the volume was journaled again) are refused"
+                )
+            });
         } else {
-            format!(
-                "history resumed: points up to sequence {after} and from sequence {gap} on are restorable; points in between (while CDP was off and the volume was journaled again) are refused"
-            )
-        });
-    } else {
-        r["catching_up"] = json!(true);
-        let done = live.done_bytes.load(Relaxed);
-        r["note"] = json!(if done >= v.info.size {
-            // Under the mirror: journaled, but not vouched for (resynced, fenced, no lease).
-            "the volume is journaled again; the history is whole once the mirror vouches for this site's replica (it is being resynced, or has no read lease: mirror_status); cdp_status shows catching_up until then".to_string()
-        } else {
-            format!(
-                "still journaling the volume again after {} s ({done} of {} bytes); cdp_status shows catching_up until the history is whole",
-                wait.as_secs_f64(),
-                v.info.size
-            )
-        });
+            r["catching_up"] = json!(true);
+            let done = live.done_bytes.load(Relaxed);
+            r["note"] = json!(if done >= size {
+                // Under the mirror: journaled, but not vouched for (resynced, fenced, no lease).
+                "the volume is journaled again; the history is whole once the mirror vouches for this site's replica (it is being resynced, or has no read lease: mirror_status); cdp_status shows catching_up until then".to_string()
+            } else {
+                format!(
+                    "still journaling the volume again after {} s ({done} of {} bytes); cdp_status shows catching_up until the history is whole",
+                    wait.as_secs_f64(),
+                    size
+                )
+            });
+        }
+        tracing::info!(volume = %name, dir = %dir.display(), after, "control: CDP switched on");
+        Ok(r)
     }
-    tracing::info!(volume = %name, dir = %dir.display(), after, "control: CDP switched on");
-    Ok(r)
 }
 
 /// `cdp_disable {volume}`.

@@ -325,14 +325,20 @@ impl CdpJobs {
         }
         let mut args: Vec<String> = vec!["cdp".into(), "view".into()];
         args.extend(point_args(p)?);
-        let name = p.get("name").and_then(Value::as_str).unwrap_or("view");
+        // Of the wrong type it is refused, never left out for the default.
+        let name = match p.get("name") {
+            None | Some(Value::Null) => "view",
+            Some(Value::String(n)) => n.as_str(),
+            Some(v) => return Err(format!("\"name\" must be a string, not {v}")),
+        };
         if name.is_empty()
+            || name.len() > 64
             || !name
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
         {
             return Err(format!(
-                "\"name\" must be letters, digits, '-', '_' or '.', not {name:?}"
+                "\"name\" must be 1 to 64 letters, digits, '-', '_' or '.', not {name:?}"
             ));
         }
         let names: Vec<String> = if group {

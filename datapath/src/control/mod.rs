@@ -74,6 +74,9 @@ pub const MAX_CLIENTS: usize = 16;
 /// A control client that sends nothing for this long is disconnected.
 pub const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The pause after a failed accept (out of descriptors): the control thread never spins.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A running control socket.
 pub struct ControlServer {
     path: PathBuf,
@@ -98,11 +101,26 @@ impl ControlServer {
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
+                let mut last_warn: Option<std::time::Instant> = None;
                 for conn in listener.incoming() {
                     if stop2.load(Ordering::Relaxed) {
                         break;
                     }
-                    let Ok(mut conn) = conn else { continue };
+                    let mut conn = match conn {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of descriptors (EMFILE, ENFILE) or memory: the client
+                            // stays in the backlog and accept fails again at once; pause
+                            // instead of spinning on a core the reactors share.
+                            let now = std::time::Instant::now();
+                            if last_warn.is_none_or(|t| now.duration_since(t) >= IDLE) {
+                                tracing::warn!(error = %e, "control: cannot accept a client; retrying");
+                                last_warn = Some(now);
+                            }
+                            std::thread::sleep(ACCEPT_RETRY);
+                            continue;
+                        }
+                    };
                     // One thread per client, at most MAX_CLIENTS at a time: the others are
                     // told so and closed, and an idle client is dropped after IDLE.
                     if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
@@ -275,16 +293,56 @@ fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config) {
     };
     let mut out = write_half;
     let mut reader = BufReader::new(conn);
-    let mut line = String::new();
+    let mut line = Vec::new();
     loop {
         line.clear();
-        match reader.by_ref().take(MAX_LINE as u64).read_line(&mut line) {
+        match reader
+            .by_ref()
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let reply = handle_line(line.trim(), shared, cfg);
+        let reply = if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
+            // One answer for the whole over-long line, given first (also to a client that
+            // sent no newline and stopped); the rest of the line is then read and dropped,
+            // never taken for requests of its own.
+            let refused = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": format!("request line longer than {} KiB: refused", MAX_LINE / 1024)}});
+            if writeln!(out, "{refused}").is_err() || skip_line(&mut reader).is_err() {
+                return;
+            }
+            continue;
+        } else {
+            match std::str::from_utf8(&line) {
+                Ok(text) => handle_line(text.trim(), shared, cfg),
+                Err(e) => {
+                    json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: the request is not UTF-8 ({e})")}})
+                }
+            }
+        };
         if writeln!(out, "{reply}").is_err() {
             return;
+        }
+    }
+}
+
+/// Read and drop the rest of the current line (through its newline), a buffer at a time.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
         }
     }
 }
@@ -301,6 +359,9 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
     let Some(method) = req.get("method").and_then(Value::as_str) else {
         return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32600, "message": "missing method"}});
     };
+    if let Err(m) = check_params(method, req.get("params")) {
+        return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}});
+    }
     if let Some(r) = cdp_call(method, req.get("params"), shared) {
         return match r {
             Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
@@ -357,6 +418,98 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
         None => {
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("no method {method:?}")}})
         }
+    }
+}
+
+/// The parameters each method takes (docs/control.md); `None` for an unknown method (answered
+/// `-32601` later).
+fn known_params(method: &str) -> Option<&'static [&'static str]> {
+    Some(match method {
+        "daemon_info" | "volume_list" | "export_list" | "reactor_stats" | "volume_stats"
+        | "mirror_status" | "cdp_status" | "cdp_jobs" | "nvmf_subsystems" => &[],
+        "reactor_set_wait" => &["wait", "spin_us", "reactor"],
+        "mirror_switchover" => &["volume", "group", "to", "wait_s"],
+        "mirror_resync" => &["volume", "pause", "rate_bytes_per_s"],
+        "mirror_takeover" | "cdp_disable" | "host_list" => &["volume"],
+        "volume_checksums" => &["volume", "region", "offset", "length"],
+        "cdp_bookmark" => &["volume", "group", "name", "replace"],
+        "cdp_bookmark_delete" => &["volume", "group", "name"],
+        "cdp_bookmarks" => &["volume", "group"],
+        "cdp_view_open" => &[
+            "volume", "group", "time_ns", "seq", "bookmark", "nbd", "nvmf", "iscsi", "sandbox",
+            "name",
+        ],
+        "cdp_view_close" => &["id"],
+        "cdp_restore" => &["volume", "group", "time_ns", "seq", "bookmark", "out"],
+        "cdp_enable" => &[
+            "volume",
+            "dir",
+            "segment_size",
+            "retention_age",
+            "retention_bytes",
+            "prezero",
+            "sync",
+            "group",
+            "wait",
+        ],
+        // The layer keys are named so that their refusal says where they belong.
+        "volume_create" => &[
+            "name",
+            "backend",
+            "size",
+            "block_size",
+            "path",
+            "create",
+            "mirror",
+            "cdp",
+            "group",
+            "leader",
+            "view",
+        ],
+        "volume_delete" => &["name"],
+        "nbd_export_add" => &["name", "volume", "read_only", "description"],
+        "nbd_export_remove" => &["name", "force"],
+        "nvmf_subsystem_add" => &["nqn", "allowed_hosts"],
+        "nvmf_subsystem_remove" => &["nqn", "force"],
+        "nvmf_namespace_add" => &["nqn", "volume", "nsid", "force"],
+        "nvmf_namespace_remove" => &["nqn", "nsid", "force"],
+        "nvmf_host_allow" => &["nqn", "host"],
+        "nvmf_host_disallow" => &["nqn", "host", "force"],
+        "iscsi_target_add" => &["iqn", "allowed_initiators", "chap_user", "chap_secret"],
+        "iscsi_target_remove" => &["iqn", "force"],
+        "iscsi_lun_add" => &["iqn", "volume", "lun", "force"],
+        "iscsi_lun_remove" => &["iqn", "lun", "force"],
+        _ => return None,
+    })
+}
+
+/// Refuse params that are not an object (or absent/null), and any parameter `method` does
+/// not take: a misspelt optional parameter (`"readonly"`) would otherwise be left out, and
+/// its default applied, without a word.
+fn check_params(method: &str, params: Option<&Value>) -> Result<(), String> {
+    let Some(known) = known_params(method) else {
+        return Ok(());
+    };
+    match params {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Object(o)) => match o.keys().find(|k| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(k) if known.is_empty() => Err(format!(
+                "unknown parameter {k:?}: {method} takes no parameters"
+            )),
+            Some(k) => Err(format!(
+                "unknown parameter {k:?}: {method} takes {}",
+                known.join(", ")
+            )),
+        },
+        Some(_) => Err(format!(
+            "params must be an object (named parameters), or left out; {method} takes {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )),
     }
 }
 
@@ -720,9 +873,10 @@ fn cdp_call(
                     }
                 }
                 let t = clock::now();
-                for c in &vols {
-                    bookmark::set(&c.dir, name, t, replace)?;
-                }
+                // On every volume or none, also against a writer that set the name after
+                // the check above.
+                let dirs: Vec<&std::path::Path> = vols.iter().map(|c| c.dir.as_path()).collect();
+                bookmark::set_all(&dirs, name, t, replace)?;
                 tracing::info!(bookmark = name, time = t, "cdp: bookmark set");
                 Ok(
                     json!({"name": name, "time_ns": t, "volumes": vols.iter().map(vname).collect::<Vec<_>>()}),

@@ -12,6 +12,7 @@ mod cdp_rollback;
 mod cdp_sync;
 mod cdp_view;
 mod clients;
+mod control_input;
 mod failover;
 mod guest;
 mod harness;

@@ -36,7 +36,7 @@ enum Cmd {
         #[arg(long)]
         witness_state: Option<PathBuf>,
         /// Refresh every SECONDS until interrupted.
-        #[arg(long, value_name = "SECONDS")]
+        #[arg(long, value_name = "SECONDS", value_parser = seconds)]
         watch: Option<f64>,
         /// With --watch: stop after this many screens (the exit code is the last one's).
         #[arg(long)]
@@ -52,7 +52,7 @@ enum Cmd {
         #[arg(long)]
         accept_data_loss: bool,
         /// How long to wait for the witness's answer, seconds.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         wait: f64,
     },
     /// Move the leadership of VOLUME (or every volume of --group) to SITE with no data
@@ -69,7 +69,7 @@ enum Cmd {
         #[arg(long)]
         to: String,
         /// How long to wait for it, seconds.
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = 10.0, value_parser = seconds)]
         wait: f64,
     },
     /// Pause or resume this site's resync of VOLUME (its last pass, which holds writes, is
@@ -288,7 +288,7 @@ enum CdpCmd {
         group: Option<String>,
         /// Answer after at most this many seconds of journaling the volume again (default
         /// 120; 0: at once); `cdp status` shows the catch-up until the history is whole.
-        #[arg(long)]
+        #[arg(long, value_parser = seconds)]
         wait: Option<f64>,
     },
     /// Switch continuous data protection off for VOLUME while it serves (`cdp_disable`): the
@@ -857,5 +857,16 @@ fn raw(cli: &Cli, method: &str, params: Option<&str>) -> i32 {
             eprintln!("twinblk-ctl: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// A number of seconds on the command line: finite, not negative, at most a year ("inf",
+/// "nan" or "-1" would make no wait and panicked converting to a duration).
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && (0.0..=31_536_000.0).contains(&x) => Ok(x),
+        _ => Err(format!(
+            "{s:?}: give a number of seconds from 0 to 31536000"
+        )),
     }
 }

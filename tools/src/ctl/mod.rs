@@ -102,9 +102,56 @@ impl CallError {
     }
 }
 
-/// One JSON-RPC call on the control socket at `path`; the `result`, or why not.
+/// One JSON-RPC call on the control socket at `path`; the `result`, or why not. It waits
+/// [`answer_timeout`] for the answer.
 pub fn call(path: &Path, method: &str, params: Value) -> Result<Value, CallError> {
-    call_timeout(path, method, params, Duration::from_secs(10))
+    let t = answer_timeout(method, &params);
+    call_timeout(path, method, params, t)
+}
+
+/// How long [`call`] waits for `method`'s answer: the longest the daemon may take to answer
+/// it (docs/control.md), with room to spare. A client that gave up sooner would report a
+/// failure while the daemon goes on and makes the change.
+pub fn answer_timeout(method: &str, params: &Value) -> Duration {
+    let secs = |k: &str, default: f64| {
+        params
+            .get(k)
+            .and_then(Value::as_f64)
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(default)
+            .min(3600.0)
+    };
+    // A reactor step of a run-time change may take 15 s (REACTOR_WAIT), a creation two.
+    let changes = 45.0;
+    Duration::from_secs_f64(match method {
+        // Waits up to "wait" s (default 120) for the catch-up, around the changes' steps.
+        "cdp_enable" => secs("wait", 120.0) + 60.0,
+        "cdp_disable" => 60.0,
+        // 20 s to serve, then a child that did not is stopped (10 s grace).
+        "cdp_view_open" => 45.0,
+        // SIGINT, SIGKILL after 10 s.
+        "cdp_view_close" => 25.0,
+        "cdp_restore" => 20.0,
+        // 60 s for the reactor's checksums.
+        "volume_checksums" => 75.0,
+        "mirror_switchover" => secs("wait_s", 10.0) + 10.0,
+        "reactor_set_wait" => 15.0,
+        "volume_create"
+        | "volume_delete"
+        | "nbd_export_add"
+        | "nbd_export_remove"
+        | "nvmf_subsystem_add"
+        | "nvmf_subsystem_remove"
+        | "nvmf_namespace_add"
+        | "nvmf_namespace_remove"
+        | "nvmf_host_allow"
+        | "nvmf_host_disallow"
+        | "iscsi_target_add"
+        | "iscsi_target_remove"
+        | "iscsi_lun_add"
+        | "iscsi_lun_remove" => changes,
+        _ => 10.0,
+    })
 }
 
 /// As [`call`], waiting at most `timeout` for the answer.
@@ -596,5 +643,63 @@ pub fn switchover(
             message,
         )),
         Err(e) => Err((e.exit_code(), e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A control socket that answers one request with `result` after `delay`.
+    fn slow_daemon(path: &Path, delay: Duration) -> std::thread::JoinHandle<()> {
+        let l = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            std::thread::sleep(delay);
+            let _ = writeln!(
+                &s,
+                "{}",
+                json!({"jsonrpc": "2.0", "id": 1, "result": {"ok": true}})
+            );
+        })
+    }
+
+    #[test]
+    fn a_call_waits_as_long_as_the_daemon_may_take_to_answer_that_method() {
+        // cdp_enable answers once the catch-up is done or after "wait" seconds (default
+        // 120): an answer after 11 s is a success, not "reading the answer: timed out"
+        // while the daemon goes on and switches CDP on.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("ctl.sock");
+        let t = slow_daemon(&sock, Duration::from_secs(11));
+        let r = call(&sock, "cdp_enable", json!({"volume": "v", "wait": 30}));
+        t.join().unwrap();
+        assert_eq!(r.unwrap(), json!({"ok": true}));
+        // The waits the daemon documents, each with room for the answer.
+        for (method, params, at_least) in [
+            ("cdp_enable", json!({"volume": "v"}), 120),
+            ("cdp_enable", json!({"volume": "v", "wait": 3600}), 3600),
+            ("cdp_view_open", json!({}), 30),
+            ("cdp_view_close", json!({"id": 1}), 10),
+            ("volume_create", json!({}), 30),
+            ("nbd_export_remove", json!({"force": true}), 15),
+            ("volume_checksums", json!({}), 60),
+            ("mirror_switchover", json!({"wait_s": 600}), 600),
+        ] {
+            let t = answer_timeout(method, &params);
+            assert!(
+                t > Duration::from_secs(at_least),
+                "{method} {params}: {t:?}"
+            );
+        }
+        assert_eq!(
+            answer_timeout("daemon_info", &Value::Null),
+            Duration::from_secs(10)
+        );
     }
 }

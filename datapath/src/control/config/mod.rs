@@ -490,7 +490,7 @@ pub enum Backend {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeConfig {
-    /// Name.
+    /// Name: 1 to 64 of `A-Z a-z 0-9 . _ - :` ([`valid_volume_name`]).
     pub name: String,
     /// Backend.
     pub backend: Backend,
@@ -814,6 +814,13 @@ impl Config {
                 return bad(format!("core {c} is listed twice in reactor.cores"));
             }
         }
+        let max_spin = crate::runtime::wait::MAX_SPIN_US;
+        if self.reactor.spin_us > max_spin {
+            return bad(format!(
+                "reactor.spin_us = {}: give 0 to {max_spin} µs (as reactor_set_wait takes)",
+                self.reactor.spin_us
+            ));
+        }
         if self.runtime.max_volumes == 0 || self.runtime.max_volumes > MAX_MAX_VOLUMES {
             return bad(format!(
                 "runtime.max_volumes = {}: give 1 to {MAX_MAX_VOLUMES}",
@@ -829,8 +836,14 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for v in &self.volumes {
-            if v.name.is_empty() || !names.insert(v.name.as_str()) {
-                return bad(format!("volume name {:?} is empty or used twice", v.name));
+            if !valid_volume_name(&v.name) {
+                return bad(format!(
+                    "volume name {:?}: give 1 to 64 of A-Z a-z 0-9 . _ - : (it becomes part of file names, NQNs and IQNs)",
+                    v.name
+                ));
+            }
+            if !names.insert(v.name.as_str()) {
+                return bad(format!("volume name {:?} is used twice", v.name));
             }
             if !matches!(v.block_size, 512 | 4096) {
                 return bad(format!("volume {}: block_size must be 512 or 4096", v.name));
@@ -839,6 +852,12 @@ impl Config {
                 return bad(format!(
                     "volume {}: size {} is not a non-zero multiple of {}",
                     v.name, v.size.0, v.block_size
+                ));
+            }
+            if v.size.0 > MAX_VOLUME_SIZE {
+                return bad(format!(
+                    "volume {}: size {} is too large: at most {MAX_VOLUME_SIZE} bytes (2^63 - 1: file offsets are signed 64-bit)",
+                    v.name, v.size.0
                 ));
             }
             match (&v.backend, &v.path) {
@@ -1024,9 +1043,13 @@ impl Config {
         }
         let mut nqns = std::collections::HashSet::new();
         for s in &self.nvmf.subsystems {
-            if !s.nqn.starts_with("nqn.") || s.nqn.len() > 223 || !nqns.insert(s.nqn.as_str()) {
+            if !s.nqn.starts_with("nqn.")
+                || s.nqn.len() > 223
+                || !plain_text(&s.nqn)
+                || !nqns.insert(s.nqn.as_str())
+            {
                 return bad(format!(
-                    "subsystem NQN {:?} must start with \"nqn.\", be at most 223 bytes and be unique",
+                    "subsystem NQN {:?} must start with \"nqn.\", be at most 223 bytes without spaces or control characters, and be unique",
                     s.nqn
                 ));
             }
@@ -1043,13 +1066,20 @@ impl Config {
             }
             if s.allowed_hosts
                 .iter()
-                .any(|h| h.is_empty() || h.len() > 223)
+                .any(|h| h.is_empty() || h.len() > 223 || !plain_text(h))
             {
                 return bad(format!(
-                    "subsystem {}: a host NQN is empty or too long",
+                    "subsystem {}: a host NQN is empty, too long or has spaces or control characters",
                     s.nqn
                 ));
             }
+        }
+        for p in &self.iscsi.extra_portals {
+            check_portal(p).map_err(|why| {
+                ConfigError::Invalid(format!(
+                    "iscsi.extra_portals {p:?}: {why}; give HOST:PORT,TAG (e.g. \"10.0.0.2:3260,2\")"
+                ))
+            })?;
         }
         if !(1..=65535).contains(&self.iscsi.max_connections) {
             return bad(format!(
@@ -1062,9 +1092,9 @@ impl Config {
             let form = ["iqn.", "eui.", "naa."]
                 .iter()
                 .any(|p| t.iqn.starts_with(p));
-            if !form || t.iqn.len() > 223 || !iqns.insert(t.iqn.as_str()) {
+            if !form || t.iqn.len() > 223 || !plain_text(&t.iqn) || !iqns.insert(t.iqn.as_str()) {
                 return bad(format!(
-                    "iSCSI target name {:?} must start with \"iqn.\", \"eui.\" or \"naa.\", be at most 223 bytes and be unique",
+                    "iSCSI target name {:?} must start with \"iqn.\", \"eui.\" or \"naa.\", be at most 223 bytes without spaces or control characters, and be unique",
                     t.iqn
                 ));
             }
@@ -1094,10 +1124,10 @@ impl Config {
             }
             if t.allowed_initiators
                 .iter()
-                .any(|h| h.is_empty() || h.len() > 223)
+                .any(|h| h.is_empty() || h.len() > 223 || !plain_text(h))
             {
                 return bad(format!(
-                    "iSCSI target {}: an initiator name is empty or too long",
+                    "iSCSI target {}: an initiator name is empty, too long or has spaces or control characters",
                     t.iqn
                 ));
             }
@@ -1109,9 +1139,9 @@ impl Config {
     fn check_hosts(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
         for h in &self.hosts {
-            if h.name.is_empty() || h.name.len() > 223 {
+            if h.name.is_empty() || h.name.len() > 223 || !plain_text(&h.name) {
                 return Err(format!(
-                    "host {:?}: a host name (iSCSI initiator name or NVMe host NQN) must be 1 to 223 bytes",
+                    "host {:?}: a host name (iSCSI initiator name or NVMe host NQN) must be 1 to 223 bytes without spaces or control characters",
                     h.name
                 ));
             }
@@ -1243,6 +1273,48 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// An `iscsi.extra_portals` entry, `HOST:PORT,TAG` as SendTargets lists it: a host name or
+/// address (IPv6 in brackets) without spaces or control characters, a port and a portal group
+/// tag of 1 to 65535.
+fn check_portal(p: &str) -> Result<(), String> {
+    if !plain_text(p) {
+        return Err("spaces or control characters".into());
+    }
+    let (addr, tag) = p.rsplit_once(',').ok_or("no \",TAG\"")?;
+    let (host, port) = addr.rsplit_once(':').ok_or("no \":PORT\"")?;
+    let in_range = |v: &str| v.parse::<u16>().is_ok_and(|n| n >= 1);
+    if host.is_empty() || host.contains(',') {
+        return Err("no host".into());
+    }
+    if !in_range(port) {
+        return Err(format!("port {port:?} is not 1 to 65535"));
+    }
+    if !in_range(tag) {
+        return Err(format!("portal group tag {tag:?} is not 1 to 65535"));
+    }
+    Ok(())
+}
+
+/// The largest volume size: offsets into a file or block device are signed 64-bit (`off_t`),
+/// so a volume ends at or below `i64::MAX` (rounded down to its blocks).
+pub const MAX_VOLUME_SIZE: u64 = i64::MAX as u64;
+
+/// A volume name: 1 to 64 of `A-Z a-z 0-9 . _ - :`, in the config file as at run time (no
+/// path separator, NUL, space or non-ASCII: it becomes part of file names, NQNs and IQNs).
+pub fn valid_volume_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
+/// An NQN, iSCSI name or host name's text: no spaces and no control characters (NUL ends a
+/// name on the wire: NVMe's NUL-padded NQN fields, iSCSI's NUL-separated text keys).
+pub fn plain_text(s: &str) -> bool {
+    !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn num_configured_cpus() -> usize {

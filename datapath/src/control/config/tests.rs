@@ -459,3 +459,105 @@ fn host_list_mistakes_are_named() {
         Err(ConfigError::Parse(_))
     ));
 }
+
+#[test]
+fn volume_names_are_the_run_time_ones_no_path_separators_nul_or_non_ascii() {
+    // A volume's name becomes part of file names (its mirror state file in the state
+    // directory), NQNs and IQNs: the same rule as `volume_create`'s.
+    let long = "v".repeat(65);
+    for bad in [
+        "a/b",
+        "../x",
+        "..\\u0000x",
+        "a\\u0000b",
+        "vol\\u00e9",
+        "a b",
+        long.as_str(),
+    ] {
+        let e = Config::from_toml(&format!(
+            "[[volume]]\nname=\"{bad}\"\nbackend='malloc'\nsize='1MiB'\n"
+        ))
+        .expect_err(bad);
+        assert!(e.to_string().contains("1 to 64 of"), "{bad}: {e}");
+    }
+    for good in ["vol0", "db.log-1_a:b", &"v".repeat(64)] {
+        Config::from_toml(&format!(
+            "[[volume]]\nname=\"{good}\"\nbackend='malloc'\nsize='1MiB'\n"
+        ))
+        .unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}
+
+#[test]
+fn nqns_iqns_and_host_names_with_nul_or_control_characters_are_refused() {
+    let vol = "[[volume]]\nname='v'\nbackend='malloc'\nsize='1MiB'\n";
+    for (body, want) in [
+        (
+            "[[nvmf.subsystem]]\nnqn=\"nqn.x:a\\u0000b\"\nnamespaces=['v']\n",
+            "subsystem NQN",
+        ),
+        (
+            "[[nvmf.subsystem]]\nnqn='nqn.x:a'\nnamespaces=['v']\nallowed_hosts=[\"nqn.h\\u0007\"]\n",
+            "host NQN",
+        ),
+        (
+            "[[iscsi.target]]\niqn=\"iqn.x:a\\u0000b\"\nluns=['v']\n",
+            "iSCSI target name",
+        ),
+        (
+            "[[iscsi.target]]\niqn='iqn.x:a'\nluns=['v']\nallowed_initiators=[\"iqn.i\\u0000\"]\n",
+            "initiator name",
+        ),
+    ] {
+        let e = Config::from_toml(&format!("{vol}{body}")).expect_err(body);
+        assert!(e.to_string().contains(want), "{body}: {e}");
+    }
+}
+
+#[test]
+fn a_volume_size_past_what_a_file_offset_can_address_is_refused() {
+    // 2^63 and u64::MAX rounded down to a block (as strings: TOML integers stop below
+    // 2^63): offsets into a file or device are signed 64-bit (off_t), so such a volume could
+    // never be set up.
+    for size in [1u64 << 63, u64::MAX / 512 * 512] {
+        let e = Config::from_toml(&format!(
+            "[[volume]]\nname='v'\nbackend='malloc'\nsize='{size}'\n"
+        ))
+        .expect_err("accepted");
+        assert!(e.to_string().contains("at most"), "{size}: {e}");
+    }
+    Config::from_toml("[[volume]]\nname='v'\nbackend='malloc'\nsize='1TiB'\n").unwrap();
+}
+
+#[test]
+fn extra_portals_are_host_port_and_tag_with_a_real_port_and_tag() {
+    let ok = "[iscsi]\nlisten=['127.0.0.1:0']\nextra_portals=['10.0.0.2:3260,2', '[fd00::2]:3260,2', 'site-b.example:3261,3']\n";
+    Config::from_toml(ok).unwrap();
+    for bad in [
+        "10.0.0.2:65536,2",
+        "10.0.0.2:0,2",
+        "10.0.0.2:3260",
+        "10.0.0.2:3260,0",
+        "10.0.0.2:3260,65536",
+        "10.0.0.2,2",
+        ":3260,2",
+        "10.0.0.2:3260,2\\u0000TargetName=iqn.evil",
+        "10 0 0 2:3260,2",
+    ] {
+        let e = Config::from_toml(&format!(
+            "[iscsi]\nlisten=['127.0.0.1:0']\nextra_portals=[\"{bad}\"]\n"
+        ))
+        .expect_err(bad);
+        assert!(e.to_string().contains("extra_portals"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_reactor_spin_past_reactor_set_waits_limit_is_refused() {
+    // reactor_set_wait takes 0 to 1,000,000 µs and falls back to [reactor] spin_us: a
+    // larger configured spin was run clamped without a word, and made every
+    // {"wait": "adaptive"} without its own spin_us refused.
+    let e = Config::from_toml("[reactor]\nwait='adaptive'\nspin_us=1000001\n").unwrap_err();
+    assert!(e.to_string().contains("reactor.spin_us"), "{e}");
+    Config::from_toml("[reactor]\nwait='adaptive'\nspin_us=1000000\n").unwrap();
+}

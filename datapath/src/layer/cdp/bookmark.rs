@@ -136,6 +136,42 @@ pub fn set(dir: &Path, name: &str, time: u64, replace: bool) -> Result<(), Strin
     save(dir, &b)
 }
 
+/// Set bookmark `name` at `time` in every history of `dirs` (a group's), or in none: every
+/// directory's writers' lock is taken first (in path order, so two such calls cannot
+/// deadlock), then every file is checked, then written. A name already set in any of them is
+/// refused unless `replace`, with nothing set: a name set by another writer between a
+/// caller's own check and its writes is seen here.
+pub fn set_all(dirs: &[&Path], name: &str, time: u64, replace: bool) -> Result<(), String> {
+    if !valid_name(name) {
+        return Err(format!(
+            "bad bookmark name {name:?}: 1 to 64 of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    let mut order: Vec<&Path> = dirs.to_vec();
+    order.sort();
+    order.dedup();
+    let _locks = order
+        .iter()
+        .map(|d| lock(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut all = Vec::with_capacity(order.len());
+    for d in &order {
+        let mut b = load(d)?;
+        if let Some(t) = b.get(name).filter(|_| !replace) {
+            return Err(format!(
+                "bookmark {name:?} exists in {} (time {t} ns): delete it first, or ask to replace it; nothing was set",
+                d.display()
+            ));
+        }
+        b.insert(name.to_string(), time);
+        all.push((d, b));
+    }
+    for (d, b) in &all {
+        save(d, b)?;
+    }
+    Ok(())
+}
+
 /// Delete bookmark `name`; false when there was none.
 pub fn delete(dir: &Path, name: &str) -> Result<bool, String> {
     let _l = lock(dir)?;

@@ -1,0 +1,28 @@
+//! `twinblk-ctl` command lines that are wrong: exit 2 (usage) with a message, never a panic,
+//! and nothing sent.
+
+use std::process::Command;
+
+#[test]
+fn seconds_that_are_not_a_finite_non_negative_number_are_a_usage_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("none.sock");
+    let sock = sock.to_str().unwrap();
+    for args in [
+        vec!["takeover", "v", "--accept-data-loss", "--wait", "inf"],
+        vec!["takeover", "v", "--accept-data-loss", "--wait", "1e300"],
+        vec!["switchover", "v", "--to", "a", "--wait", "nan"],
+        vec!["status", "--watch", "NaN", "--count", "2"],
+        vec!["status", "--watch", "-1", "--count", "2"],
+        vec!["cdp", "enable", "v", "--wait", "inf"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_twinblk-ctl"))
+            .args(["--socket", sock])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
