@@ -20,10 +20,12 @@ fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf) {
 fn rpc(sock: &Path, method: &str, params: Value) -> Value {
     let mut s = UnixStream::connect(sock).expect("control socket");
     let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    writeln!(s, "{req}").unwrap();
+    // A daemon with no room answers "busy" at once and closes, maybe before the request is
+    // written (EPIPE, seen once in CI): the answer is read either way.
+    let _ = writeln!(s, "{req}");
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap()
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not an answer ({e}): {line:?}"))
 }
 
 #[test]

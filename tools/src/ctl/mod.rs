@@ -171,11 +171,17 @@ pub fn call_timeout(
     };
     let _ = s.set_read_timeout(Some(timeout));
     let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    writeln!(s, "{req}").map_err(|e| reply_err(e.to_string()))?;
+    // A daemon with no room answers "busy" at once and closes, maybe before the request is
+    // written (EPIPE): its answer is still there to read.
+    let sent = writeln!(s, "{req}");
     let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .map_err(|e| reply_err(e.to_string()))?;
+    let read = BufReader::new(s).read_line(&mut line);
+    match (sent, read) {
+        (_, Ok(n)) if n > 0 => {}
+        (Err(e), _) => return Err(reply_err(e.to_string())),
+        (Ok(()), Err(e)) => return Err(reply_err(e.to_string())),
+        (Ok(()), Ok(_)) => {}
+    }
     let reply: Value =
         serde_json::from_str(&line).map_err(|e| reply_err(format!("not JSON ({e}): {line:?}")))?;
     if let Some(e) = reply.get("error") {
