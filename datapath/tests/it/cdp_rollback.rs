@@ -116,6 +116,16 @@ fn body(root: &Path, me: &str, names: &[&str], extra: &str) -> String {
     b
 }
 
+/// Site "a" of `root` serving one volume, `v`, with its history: the server, its config
+/// path and the history's directory.
+fn one_volume(root: &Path) -> (Server, String, Vec<PathBuf>) {
+    let sdir = root.join("a");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let s = Server::start(&sdir, &body(root, "a", &["v"], ""));
+    let cfg = s.config.display().to_string();
+    (s, cfg, vec![root.join("a-v.cdp")])
+}
+
 fn digest(dir: &Path) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
         .unwrap()
@@ -297,11 +307,7 @@ fn an_interrupted_rollback_blocks_the_daemon_until_rerun() {
     use twinblk::layer::cdp::rollback::{self, Goal, Target};
     let root = tempfile::tempdir().unwrap();
     let names = ["v"];
-    let dirs = vec![root.path().join("a-v.cdp")];
-    let sdir = root.path().join("a");
-    std::fs::create_dir_all(&sdir).unwrap();
-    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
-    let cfg = s.config.display().to_string();
+    let (mut s, cfg, dirs) = one_volume(root.path());
     let mut log = workload(s.addr, &names, &dirs, 2, 10);
     let t = log[5].1;
     // The whole volume rewritten after the point: several batches to roll back.
@@ -483,12 +489,8 @@ fn wait_marks(dirs: &[PathBuf], log: &[(Update, u64)]) {
 fn an_all_rollback_is_undone_to_what_the_volume_really_held() {
     let root = tempfile::tempdir().unwrap();
     let names = ["v"];
-    let dirs = vec![root.path().join("a-v.cdp")];
+    let (mut s, cfg, dirs) = one_volume(root.path());
     let img = root.path().join("a-v.img");
-    let sdir = root.path().join("a");
-    std::fs::create_dir_all(&sdir).unwrap();
-    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
-    let cfg = s.config.display().to_string();
     let log = workload(s.addr, &names, &dirs, 4, 12);
     let t = log[5].1;
     assert!(s.stop());
@@ -548,12 +550,8 @@ fn an_unconfirmed_rollback_keeps_its_undo_point_through_retention() {
     use twinblk::layer::cdp::retain::{self, Retention};
     let root = tempfile::tempdir().unwrap();
     let names = ["v"];
-    let dirs = vec![root.path().join("a-v.cdp")];
+    let (mut s, cfg, dirs) = one_volume(root.path());
     let img = root.path().join("a-v.img");
-    let sdir = root.path().join("a");
-    std::fs::create_dir_all(&sdir).unwrap();
-    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
-    let cfg = s.config.display().to_string();
     let log = workload(s.addr, &names, &dirs, 5, 12);
     let t = log[5].1;
     assert!(s.stop());
@@ -723,11 +721,7 @@ fn a_group_rollback_stopped_part_way_is_undone_or_completed_as_a_group() {
 fn a_rollback_is_confirmed_while_the_daemon_serves() {
     let root = tempfile::tempdir().unwrap();
     let names = ["v"];
-    let dirs = vec![root.path().join("a-v.cdp")];
-    let sdir = root.path().join("a");
-    std::fs::create_dir_all(&sdir).unwrap();
-    let mut s = Server::start(&sdir, &body(root.path(), "a", &names, ""));
-    let cfg = s.config.display().to_string();
+    let (mut s, cfg, dirs) = one_volume(root.path());
     let log = workload(s.addr, &names, &dirs, 5, 12);
     let t = log[5].1;
     assert!(s.stop());

@@ -244,19 +244,29 @@ fn a_group_bookmark_refused_on_one_volume_is_set_on_none_even_when_the_name_come
     );
 }
 
-#[test]
-fn other_changes_are_served_while_cdp_enable_waits_for_its_catch_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("ctl.sock");
+/// A daemon in `dir` with a 512 MiB RAM volume `big` (and `more` volumes), and a client
+/// thread whose `cdp_enable` of `big` (waiting for its catch-up, up to 120 s) starts now: the
+/// daemon, its control socket, when the thread started, and its answer with how long it took.
+#[allow(clippy::type_complexity)]
+fn enabling(
+    dir: &Path,
+    more: &str,
+) -> (
+    twinblk::Daemon,
+    PathBuf,
+    std::time::Instant,
+    std::thread::JoinHandle<(Value, std::time::Duration)>,
+) {
+    let sock = dir.join("ctl.sock");
     let text = format!(
         "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n\
-         [[volume]]\nname='big'\nbackend='malloc'\nsize='512MiB'\n[[volume]]\nname='small'\nbackend='malloc'\nsize='1MiB'\n",
+         [[volume]]\nname='big'\nbackend='malloc'\nsize='512MiB'\n{more}",
         sock.display()
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
-    let _d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
     let s2 = sock.clone();
-    let journal = dir.path().join("j");
+    let journal = dir.join("j");
     let t = std::time::Instant::now();
     let enable = std::thread::spawn(move || {
         let r = rpc(
@@ -266,6 +276,16 @@ fn other_changes_are_served_while_cdp_enable_waits_for_its_catch_up() {
         );
         (r, t.elapsed())
     });
+    (d, sock, t, enable)
+}
+
+#[test]
+fn other_changes_are_served_while_cdp_enable_waits_for_its_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock, t, enable) = enabling(
+        dir.path(),
+        "[[volume]]\nname='small'\nbackend='malloc'\nsize='1MiB'\n",
+    );
     std::thread::sleep(std::time::Duration::from_millis(100));
     let r = rpc(
         &sock,
@@ -340,25 +360,7 @@ fn nqns_iqns_and_host_names_with_nul_or_control_characters_are_refused() {
 #[test]
 fn a_cdp_disable_during_cdp_enables_catch_up_ends_the_enables_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("ctl.sock");
-    let text = format!(
-        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n\
-         [[volume]]\nname='big'\nbackend='malloc'\nsize='512MiB'\n",
-        sock.display()
-    );
-    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
-    let _d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    let s2 = sock.clone();
-    let journal = dir.path().join("j");
-    let t = std::time::Instant::now();
-    let enable = std::thread::spawn(move || {
-        let r = rpc(
-            &s2,
-            "cdp_enable",
-            json!({"volume": "big", "dir": journal, "segment_size": "64MiB", "wait": 120}),
-        );
-        (r, t.elapsed())
-    });
+    let (_d, sock, _, enable) = enabling(dir.path(), "");
     std::thread::sleep(std::time::Duration::from_millis(100));
     let d = rpc(&sock, "cdp_disable", json!({"volume": "big"}));
     assert!(d.get("error").is_none(), "{d}");

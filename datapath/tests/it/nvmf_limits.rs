@@ -239,16 +239,7 @@ fn connect_queue_sizes_at_their_limits() {
 /// working (NVMe/TCP transport, data digest).
 #[test]
 fn an_h2cdata_data_digest_error_fails_the_command_not_the_connection() {
-    let (d, _) = in_process(RAM);
-    let opts = Opts {
-        digests: Digests {
-            header: true,
-            data: true,
-        },
-        ..Opts::default()
-    };
-    let c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
-    let mut q = c.io_queue(1, 8).unwrap();
+    let (_d, _c, mut q) = with_digests();
     let before = q.read(1, 0, 256, 512).unwrap();
     let cid: u16 = 0x31;
     let total = 128u32 << 10;
@@ -304,6 +295,21 @@ fn an_h2cdata_data_digest_error_fails_the_command_not_the_connection() {
     let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
     q.write(1, 0, &data, 512, false).unwrap();
     assert_eq!(q.read(1, 0, 256, 512).unwrap(), data);
+}
+
+/// A daemon, a controller that asked for header and data digests, and its I/O queue 1.
+fn with_digests() -> (twinblk::Daemon, Controller, Queue) {
+    let (d, _) = in_process(RAM);
+    let opts = Opts {
+        digests: Digests {
+            header: true,
+            data: true,
+        },
+        ..Opts::default()
+    };
+    let c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
+    let q = c.io_queue(1, 8).unwrap();
+    (d, c, q)
 }
 
 fn crc32c(b: &[u8]) -> u32 {
@@ -517,16 +523,7 @@ fn flush_of_every_namespace_is_refused_as_vwc_announces() {
 /// nothing is written, and a good pair then works.
 #[test]
 fn a_fused_half_with_a_damaged_data_digest_takes_its_partner_with_it() {
-    let (d, _) = in_process(RAM);
-    let opts = Opts {
-        digests: Digests {
-            header: true,
-            data: true,
-        },
-        ..Opts::default()
-    };
-    let c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
-    let mut q = c.io_queue(1, 8).unwrap();
+    let (_d, _c, mut q) = with_digests();
     let before = q.read(1, 0, 1, 512).unwrap();
     let new = vec![0x3Cu8; 512];
     let half = |q: &Queue, op: u8, fuse: u8, cid: u16, data: &[u8], bad: bool| {

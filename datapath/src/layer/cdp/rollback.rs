@@ -837,9 +837,9 @@ pub fn confirm(vols: &[(String, PathBuf)]) -> Result<Vec<(String, Option<Marker>
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_marker_round_trips_and_damage_is_refused() {
-        let m = Marker {
+    /// A finished, unconfirmed rollback to sequence 7.
+    fn marker() -> Marker {
+        Marker {
             done: true,
             undo: false,
             target: 7,
@@ -847,7 +847,12 @@ mod tests {
             before: 19,
             started: 2_000,
             end: 25,
-        };
+        }
+    }
+
+    #[test]
+    fn a_marker_round_trips_and_damage_is_refused() {
+        let m = marker();
         let b = m.encode();
         assert_eq!(Marker::decode(&b), Ok(m));
         for i in 0..MARKER_LEN {
@@ -863,15 +868,7 @@ mod tests {
     fn a_marker_holds_consolidation_before_its_start() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(hold(d.path()), None);
-        let m = Marker {
-            done: true,
-            undo: false,
-            target: 7,
-            target_time: 1_000,
-            before: 19,
-            started: 2_000,
-            end: 25,
-        };
+        let m = marker();
         write_marker(d.path(), &m).unwrap();
         assert_eq!(hold(d.path()), Some(1_999));
         std::fs::write(marker_path(d.path()), b"damaged").unwrap();
