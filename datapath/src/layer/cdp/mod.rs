@@ -35,6 +35,7 @@ pub mod error;
 pub mod format;
 pub mod journal;
 pub mod live;
+pub mod mapped;
 pub mod pit;
 pub mod ranges;
 pub mod retain;

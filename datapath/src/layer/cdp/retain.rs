@@ -130,8 +130,23 @@ fn consolidate_once_in(
             "cdp: retired a segment an earlier pass consolidated but did not retire");
         return Ok(None);
     }
-    let (header, index, scanned) =
-        store::segment_index_in(dir, &meta, segno, meta.base_seq, meta.window_start(), bytes)?;
+    // A journal in memory is read where it lies (mapped.rs): no copy of the segment first.
+    let mapped = if super::journal::in_memory(dir) {
+        File::open(store::seg_path(dir, segno))
+            .and_then(|f| super::mapped::Mapped::open(&f))
+            .ok()
+    } else {
+        None
+    };
+    let (header, index, scanned) = store::segment_index_in(
+        dir,
+        &meta,
+        segno,
+        meta.base_seq,
+        meta.window_start(),
+        bytes,
+        mapped.as_ref().map(|m| m.bytes()),
+    )?;
     if header.first_seq != meta.base_seq + 1 {
         // Not the next segment of the chain (damaged, or already consolidated): recovery at
         // the next start sorts it out; nothing is applied here.
@@ -197,7 +212,12 @@ fn consolidate_once_in(
     if let Some(mv) = &moving {
         store::write_moving(dir, mv)?;
     }
-    let skipped = apply(dir, segno, &index.entries, bytes, scanned)?;
+    let src = match &mapped {
+        Some(m) => Source::Whole(m.bytes()),
+        None if scanned => Source::Whole(bytes),
+        None => Source::Windows(bytes),
+    };
+    let skipped = apply(dir, segno, &index.entries, src)?;
     let mut m = meta;
     if let Some(mv) = moving {
         m.base_seq = mv.to;
@@ -249,16 +269,21 @@ fn superseded(entries: &[super::format::Entry]) -> Vec<bool> {
     skip
 }
 
+/// Where [`apply`] finds a segment's records.
+enum Source<'a> {
+    /// The whole segment file's bytes (just scanned into a buffer, or mapped).
+    Whole(&'a [u8]),
+    /// A buffer to read the segment into, a window at a time.
+    Windows(&'a mut Vec<u8>),
+}
+
 /// Apply segment `segno`'s `entries` to the base copy, in order, but for those a later entry
-/// overwrites whole ([`superseded`]); how many those were. `win` holds the whole segment
-/// when `whole` (it was just scanned); else it is the buffer the segment is read into, a
-/// window at a time.
+/// overwrites whole ([`superseded`]); how many those were.
 fn apply(
     dir: &Path,
     segno: u64,
     entries: &[super::format::Entry],
-    win: &mut Vec<u8>,
-    whole: bool,
+    src: Source<'_>,
 ) -> Result<usize, CdpError> {
     let bp = store::base_path(dir);
     let io = |what: &'static str, path: &Path| {
@@ -273,10 +298,11 @@ fn apply(
     let seg = File::open(&sp).map_err(io("open", &sp))?;
     // The records lie in the segment in order: read it in large windows, not a read per record.
     let seg_len = seg.metadata().map_err(io("stat", &sp))?.len();
-    let mut win_at = 0u64;
-    if !whole {
-        win.clear();
+    let mut src = src;
+    if let Source::Windows(w) = &mut src {
+        w.clear();
     }
+    let mut win_at = 0u64;
     let zero = vec![0u8; 1 << 20];
     let skip = superseded(entries);
     for (e, _) in entries.iter().zip(&skip).filter(|(_, s)| !**s) {
@@ -284,16 +310,23 @@ fn apply(
             Op::Write => {
                 let at = e.pos + REC_HEADER as u64;
                 let end = at + e.len;
-                if at < win_at || end > win_at + win.len() as u64 {
-                    let want = (end - at).max(APPLY_WINDOW);
-                    let n = want.min(seg_len.saturating_sub(at)).max(end - at);
-                    win.resize(n as usize, 0);
-                    win_at = at;
-                    seg.read_exact_at(win, at).map_err(io("read", &sp))?;
-                }
-                let from = (at - win_at) as usize;
-                base_write(&base, &win[from..from + e.len as usize], e.offset)
-                    .map_err(io("write", &bp))?;
+                let data = match &mut src {
+                    Source::Whole(b) => b
+                        .get(at as usize..end as usize)
+                        .ok_or_else(|| io("read", &sp)(std::io::ErrorKind::UnexpectedEof.into()))?,
+                    Source::Windows(win) => {
+                        if at < win_at || end > win_at + win.len() as u64 {
+                            let want = (end - at).max(APPLY_WINDOW);
+                            let n = want.min(seg_len.saturating_sub(at)).max(end - at);
+                            win.resize(n as usize, 0);
+                            win_at = at;
+                            seg.read_exact_at(win, at).map_err(io("read", &sp))?;
+                        }
+                        let from = (at - win_at) as usize;
+                        &win[from..from + e.len as usize]
+                    }
+                };
+                base_write(&base, data, e.offset).map_err(io("write", &bp))?;
             }
             Op::Zeroes | Op::Unmap => {
                 // SAFETY: plain syscall on an open descriptor.
@@ -501,6 +534,17 @@ mod tests {
     use super::*;
     use crate::layer::cdp::format::Entry;
 
+    /// A directory on the test's filesystem and, where the machine has one, one in memory
+    /// (`/dev/shm`), where consolidation reads segments through a mapping (mapped.rs).
+    fn on_disk_and_in_memory() -> Vec<tempfile::TempDir> {
+        let mut v = vec![tempfile::tempdir().unwrap()];
+        if let Ok(m) = tempfile::tempdir_in("/dev/shm") {
+            assert!(super::super::journal::in_memory(m.path()));
+            v.push(m);
+        }
+        v
+    }
+
     /// Against a model of which entry wrote each byte last: an entry is skipped exactly when
     /// none of its bytes is last written by it, so applying the rest in order leaves every
     /// byte as applying all would.
@@ -560,38 +604,39 @@ mod tests {
     #[test]
     fn a_segment_with_a_damaged_record_is_not_consolidated_or_recycled() {
         use crate::layer::cdp::format::{self, testing::segment_image};
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path();
-        store::testing::history(dir, 0xd00d, 1 << 20, 0, &[(2, 51..=60)]);
-        let good = segment_image(0xd00d, 1, 1..=50);
-        let mut bad = good.clone();
-        bad[format::SEG_HEADER + 19 * (REC_HEADER + 4096) + REC_HEADER + 9] ^= 1;
-        std::fs::write(store::seg_path(dir, 1), &bad).unwrap();
-        let r = Retention {
-            age_ns: None,
-            bytes: Some(1),
-        };
-        let e = consolidate_once(dir, &r, 100).unwrap_err().to_string();
-        assert!(
-            e.contains("damaged record") && e.contains("after sequence 19"),
-            "{e}"
-        );
-        assert_eq!(store::read_meta(dir).unwrap().base_seq, 0);
-        assert!(store::seg_path(dir, 1).exists());
-        assert!(!std::fs::read_dir(dir).unwrap().any(|e| {
-            e.unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("recycled-")
-        }));
-        // Undamaged (the index the failed pass wrote removed with it): consolidated.
-        std::fs::write(store::seg_path(dir, 1), &good).unwrap();
-        let _ = std::fs::remove_file(store::seg_path(dir, 1).with_extension("idx"));
-        let c = consolidate_once(dir, &r, 100)
-            .unwrap()
-            .expect("consolidated");
-        assert_eq!(c.base_seq, 50);
-        assert!(!store::seg_path(dir, 1).exists());
+        for d in on_disk_and_in_memory() {
+            let dir = d.path();
+            store::testing::history(dir, 0xd00d, 1 << 20, 0, &[(2, 51..=60)]);
+            let good = segment_image(0xd00d, 1, 1..=50);
+            let mut bad = good.clone();
+            bad[format::SEG_HEADER + 19 * (REC_HEADER + 4096) + REC_HEADER + 9] ^= 1;
+            std::fs::write(store::seg_path(dir, 1), &bad).unwrap();
+            let r = Retention {
+                age_ns: None,
+                bytes: Some(1),
+            };
+            let e = consolidate_once(dir, &r, 100).unwrap_err().to_string();
+            assert!(
+                e.contains("damaged record") && e.contains("after sequence 19"),
+                "{e}"
+            );
+            assert_eq!(store::read_meta(dir).unwrap().base_seq, 0);
+            assert!(store::seg_path(dir, 1).exists());
+            assert!(!std::fs::read_dir(dir).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("recycled-")
+            }));
+            // Undamaged (the index the failed pass wrote removed with it): consolidated.
+            std::fs::write(store::seg_path(dir, 1), &good).unwrap();
+            let _ = std::fs::remove_file(store::seg_path(dir, 1).with_extension("idx"));
+            let c = consolidate_once(dir, &r, 100)
+                .unwrap()
+                .expect("consolidated");
+            assert_eq!(c.base_seq, 50);
+            assert!(!store::seg_path(dir, 1).exists());
+        }
     }
 
     /// A pass cut part way (EIO on the base copy after 25 of a segment's 50 records) leaves
@@ -601,52 +646,54 @@ mod tests {
     #[test]
     fn a_pass_cut_part_way_leaves_no_readable_point_with_wrong_bytes() {
         use crate::layer::cdp::pit::{self, Point};
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path();
-        let meta = store::testing::history(dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=60)]);
-        // Record q writes block q with bytes q (put_records), so block b holds b from point b on.
-        let check = |why: &str| -> usize {
-            let h = store::load(dir, store::Load::ReadOnly).unwrap();
-            let mut readable = 0;
-            for p in 0..=60u64 {
-                if pit::resolve(&h, Point::Seq(p)).is_err() {
-                    continue;
+        for d in on_disk_and_in_memory() {
+            let dir = d.path();
+            let meta =
+                store::testing::history(dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=60)]);
+            // Record q writes block q with bytes q (put_records), so block b holds b from point b on.
+            let check = |why: &str| -> usize {
+                let h = store::load(dir, store::Load::ReadOnly).unwrap();
+                let mut readable = 0;
+                for p in 0..=60u64 {
+                    if pit::resolve(&h, Point::Seq(p)).is_err() {
+                        continue;
+                    }
+                    readable += 1;
+                    let got = pit::read_at(&h, Point::Seq(p), 0, meta.size).unwrap();
+                    for b in 0..64u64 {
+                        let want = if b >= 1 && b <= p { b as u8 } else { 0 };
+                        let at = (b * 4096) as usize;
+                        assert!(
+                            got[at..at + 4096].iter().all(|&x| x == want),
+                            "{why}: point {p}, block {b}: read {}, the volume held {want}",
+                            got[at]
+                        );
+                    }
                 }
-                readable += 1;
-                let got = pit::read_at(&h, Point::Seq(p), 0, meta.size).unwrap();
-                for b in 0..64u64 {
-                    let want = if b >= 1 && b <= p { b as u8 } else { 0 };
-                    let at = (b * 4096) as usize;
-                    assert!(
-                        got[at..at + 4096].iter().all(|&x| x == want),
-                        "{why}: point {p}, block {b}: read {}, the volume held {want}",
-                        got[at]
-                    );
-                }
-            }
-            readable
-        };
-        let r = Retention {
-            age_ns: None,
-            bytes: Some(1),
-        };
-        WRITES_BEFORE_EIO.set(Some(25));
-        let e = consolidate_once(dir, &r, 100).unwrap_err().to_string();
-        WRITES_BEFORE_EIO.set(None);
-        assert!(e.contains("write"), "{e}");
-        assert_eq!(store::read_meta(dir).unwrap().base_seq, 0);
-        assert_eq!(
-            check("after the cut pass"),
-            11,
-            "points 50..=60 stay readable, the ones before refused"
-        );
-        // Finished by the next pass even when retention no longer releases the segment.
-        let c = consolidate_once(dir, &Retention::default(), 100)
-            .unwrap()
-            .expect("the cut pass finished");
-        assert_eq!(c.base_seq, 50);
-        assert!(!dir.join("consolidating").exists());
-        assert_eq!(check("after the whole pass"), 11);
+                readable
+            };
+            let r = Retention {
+                age_ns: None,
+                bytes: Some(1),
+            };
+            WRITES_BEFORE_EIO.set(Some(25));
+            let e = consolidate_once(dir, &r, 100).unwrap_err().to_string();
+            WRITES_BEFORE_EIO.set(None);
+            assert!(e.contains("write"), "{e}");
+            assert_eq!(store::read_meta(dir).unwrap().base_seq, 0);
+            assert_eq!(
+                check("after the cut pass"),
+                11,
+                "points 50..=60 stay readable, the ones before refused"
+            );
+            // Finished by the next pass even when retention no longer releases the segment.
+            let c = consolidate_once(dir, &Retention::default(), 100)
+                .unwrap()
+                .expect("the cut pass finished");
+            assert_eq!(c.base_seq, 50);
+            assert!(!dir.join("consolidating").exists());
+            assert_eq!(check("after the whole pass"), 11);
+        }
     }
 
     /// A segment a pass consolidated (the meta names its end) but did not retire (the rename

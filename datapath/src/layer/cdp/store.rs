@@ -656,13 +656,14 @@ pub fn segment_index(
     prev_seq: u64,
     prev_time: u64,
 ) -> Result<(SegHeader, Index), CdpError> {
-    let (h, i, _) = segment_index_in(dir, meta, segno, prev_seq, prev_time, &mut Vec::new())?;
+    let (h, i, _) = segment_index_in(dir, meta, segno, prev_seq, prev_time, &mut Vec::new(), None)?;
     Ok((h, i))
 }
 
-/// [`segment_index`], scanning (when there is no usable index) into `bytes`, a buffer the
-/// caller keeps from one segment to the next (fresh pages cost more than the copy); the last
-/// value says whether it did, and then `bytes` holds the whole segment file.
+/// [`segment_index`], scanning (when there is no usable index) `mapped`, the segment file's
+/// whole bytes when the caller has them mapped, or else into `bytes`, a buffer the caller
+/// keeps from one segment to the next (fresh pages cost more than the copy); the last value
+/// says whether it read into `bytes`, and then `bytes` holds the whole segment file.
 pub fn segment_index_in(
     dir: &Path,
     meta: &Meta,
@@ -670,6 +671,7 @@ pub fn segment_index_in(
     prev_seq: u64,
     prev_time: u64,
     bytes: &mut Vec<u8>,
+    mapped: Option<&[u8]>,
 ) -> Result<(SegHeader, Index, bool), CdpError> {
     let path = seg_path(dir, segno);
     let file = File::open(&path).map_err(io_err("open", &path))?;
@@ -679,9 +681,18 @@ pub fn segment_index_in(
     {
         return Ok((header, i, false));
     }
-    bytes.clear();
-    (&file).read_to_end(bytes).map_err(io_err("read", &path))?;
-    let s = format::scan(bytes, meta.vol_id, meta.size, prev_seq, prev_time);
+    let (s, read) = match mapped {
+        Some(m) => (
+            format::scan(m, meta.vol_id, meta.size, prev_seq, prev_time),
+            false,
+        ),
+        None => {
+            bytes.clear();
+            (&file).read_to_end(bytes).map_err(io_err("read", &path))?;
+            let s = format::scan(bytes, meta.vol_id, meta.size, prev_seq, prev_time);
+            (s, true)
+        }
+    };
     let i = Index {
         segno,
         end: s.end,
@@ -690,7 +701,7 @@ pub fn segment_index_in(
     if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
         tracing::warn!(error = %e, "cdp: cannot write a segment index");
     }
-    Ok((header, i, true))
+    Ok((header, i, read))
 }
 
 /// The header of segment `segno`.
