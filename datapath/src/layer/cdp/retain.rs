@@ -277,8 +277,57 @@ enum Source<'a> {
     Windows(&'a mut Vec<u8>),
 }
 
-/// Apply segment `segno`'s `entries` to the base copy, in order, but for those a later entry
-/// overwrites whole ([`superseded`]); how many those were.
+/// The entries of `entries` to apply (indices, in the order to apply them) and how many were
+/// left out: those a later entry overwrites whole. When the entries left are pairwise
+/// disjoint (the usual segment: block-sized writes, a hot block written again and again), the
+/// order of the applied ones does not matter, and they come sorted by offset when `by_offset`
+/// (the base copy's pages then visited in order: session 12 measured a write into tmpfs 15-20 %
+/// cheaper so); else in log order ([`superseded`] then decides, for ranges that overlap in
+/// part). A sort finds the disjoint case at less cost than [`superseded`]'s range map.
+fn plan(entries: &[super::format::Entry], by_offset: bool) -> (Vec<usize>, usize) {
+    let data =
+        |e: &super::format::Entry| matches!(e.op, Op::Write | Op::Zeroes | Op::Unmap) && e.len > 0;
+    let mut order: Vec<usize> = (0..entries.len()).filter(|&i| data(&entries[i])).collect();
+    let n = order.len();
+    order.sort_unstable_by_key(|&i| (entries[i].offset, i));
+    let mut keep = Vec::with_capacity(n);
+    let mut disjoint = true;
+    let mut k = 0;
+    while k < n {
+        let e = &entries[order[k]];
+        // A run of entries of exactly this range: the last one (in log order) overwrites the
+        // others whole.
+        let mut last = k;
+        while last + 1 < n && {
+            let f = &entries[order[last + 1]];
+            f.offset == e.offset && f.len == e.len
+        } {
+            last += 1;
+        }
+        if last + 1 < n && entries[order[last + 1]].offset < e.offset + e.len {
+            disjoint = false;
+            break;
+        }
+        keep.push(order[last]);
+        k = last + 1;
+    }
+    if !disjoint {
+        let skip = superseded(entries);
+        let keep: Vec<usize> = (0..entries.len())
+            .filter(|&i| data(&entries[i]) && !skip[i])
+            .collect();
+        let left_out = n - keep.len();
+        return (keep, left_out);
+    }
+    let left_out = n - keep.len();
+    if !by_offset {
+        keep.sort_unstable();
+    }
+    (keep, left_out)
+}
+
+/// Apply segment `segno`'s `entries` to the base copy, but for those a later entry overwrites
+/// whole, in the order [`plan`] gives; how many were left out.
 fn apply(
     dir: &Path,
     segno: u64,
@@ -304,8 +353,8 @@ fn apply(
     }
     let mut win_at = 0u64;
     let zero = vec![0u8; 1 << 20];
-    let skip = superseded(entries);
-    for (e, _) in entries.iter().zip(&skip).filter(|(_, s)| !**s) {
+    let (order, left_out) = plan(entries, matches!(src, Source::Whole(_)));
+    for e in order.iter().map(|&i| &entries[i]) {
         match e.op {
             Op::Write => {
                 let at = e.pos + REC_HEADER as u64;
@@ -352,7 +401,7 @@ fn apply(
         }
     }
     base.sync_all().map_err(io("sync", &bp))?;
-    Ok(skip.iter().filter(|&&s| s).count())
+    Ok(left_out)
 }
 
 #[cfg(test)]
@@ -596,6 +645,91 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Applying [`plan`]'s entries in its order leaves every byte as applying all entries in
+    /// log order does, whether the segment's ranges are disjoint but for exact repeats (block
+    /// writes: then sorted by offset when asked) or overlap in part (log order); an entry is
+    /// left out only when none of its bytes lasts.
+    #[test]
+    fn a_plan_applied_in_its_order_gives_the_base_copy_of_the_whole_log() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut sorted_seen, mut overlap_seen) = (0, 0);
+        for round in 0..600 {
+            let n = 1 + rnd(40) as usize;
+            let blocks = round % 3 != 2; // two rounds in three: whole 8-byte "blocks"
+            let entries: Vec<Entry> = (0..n)
+                .map(|i| {
+                    let op =
+                        [Op::Write, Op::Write, Op::Zeroes, Op::Unmap, Op::Mark][rnd(5) as usize];
+                    let (offset, len) = match (op, blocks) {
+                        (Op::Mark, _) => (0, 0),
+                        (_, true) => (
+                            8 * rnd(12),
+                            8 * (1 + rnd(if round % 2 == 0 { 1 } else { 2 })),
+                        ),
+                        (_, false) => (rnd(64), 1 + rnd(20)),
+                    };
+                    Entry {
+                        seq: i as u64 + 1,
+                        time: i as u64,
+                        offset,
+                        len,
+                        pos: 0,
+                        op,
+                    }
+                })
+                .collect();
+            let run = |order: &[usize]| {
+                let mut bytes = vec![0usize; 128];
+                for &i in order {
+                    let e = &entries[i];
+                    for b in e.offset..e.offset + e.len {
+                        bytes[b as usize] = i + 1;
+                    }
+                }
+                bytes
+            };
+            let all: Vec<usize> = (0..n).filter(|&i| entries[i].op != Op::Mark).collect();
+            let want = run(&all);
+            for by_offset in [false, true] {
+                let (order, left_out) = plan(&entries, by_offset);
+                assert_eq!(
+                    run(&order),
+                    want,
+                    "round {round}, by_offset {by_offset}: {entries:?} -> {order:?}"
+                );
+                assert_eq!(order.len() + left_out, all.len(), "round {round}");
+                for i in all.iter().filter(|i| !order.contains(i)) {
+                    assert!(
+                        !want.contains(&(i + 1)),
+                        "round {round}: entry {i} left out, yet some byte lasts from it"
+                    );
+                }
+                if order.windows(2).any(|w| w[0] > w[1]) {
+                    assert!(by_offset, "round {round}: log order asked");
+                    assert!(
+                        order
+                            .windows(2)
+                            .all(|w| entries[w[0]].offset < entries[w[1]].offset)
+                    );
+                    sorted_seen += 1;
+                }
+            }
+            if !blocks && plan(&entries, true).0.windows(2).all(|w| w[0] < w[1]) {
+                overlap_seen += 1;
+            }
+        }
+        assert!(
+            sorted_seen > 50 && overlap_seen > 50,
+            "{sorted_seen} sorted, {overlap_seen} in log order"
+        );
     }
 
     /// A sealed segment whose log stops early (a damaged record, no index) is not
