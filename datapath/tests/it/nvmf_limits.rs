@@ -577,3 +577,59 @@ fn a_fused_half_with_a_damaged_data_digest_takes_its_partner_with_it() {
     );
     assert_eq!(q.read(1, 0, 1, 512).unwrap(), new);
 }
+
+/// Identify Controller ACL (byte 258, 0's based) is the most Abort commands the controller
+/// executes at once (Base 2.0, Abort command): beyond ACL + 1 outstanding, the excess Aborts
+/// complete with Abort Command Limit Exceeded (SCT 1h, SC 03h). An Abort of an I/O queue's
+/// command is outstanding until that queue's reactor answers; a burst sent in one write is
+/// taken in one go, so the first ACL + 1 are still outstanding when the others are read. Once
+/// they are answered, Aborts are accepted again.
+#[test]
+fn aborts_beyond_the_abort_command_limit_are_refused() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let acl = usize::from(c.identify(0x01, 0).unwrap()[258]);
+    let _q = c.io_queue(1, 8).unwrap();
+    let n = acl + 1 + 4;
+    let mut wire = Vec::new();
+    for i in 0..n as u16 {
+        // Abort of cid 7000h + i of queue 1 (no such command: "not aborted" when executed).
+        let sqe = Sqe::new(0x08)
+            .cdw(10, 1 | (u32::from(0x7000 + i) << 16))
+            .bytes(2, &(0x100 + i).to_le_bytes());
+        wire.extend(c.admin.capsule(&sqe.0, &[]));
+    }
+    c.admin.send_raw(&wire).unwrap();
+    let mut answers: Vec<(u16, u16, u64)> = (0..n)
+        .map(|_| {
+            let p = c.admin.read_pdu().unwrap();
+            assert_eq!(p.kind, 0x05, "a response: {p:?}");
+            let cqe = &p.header[8..24];
+            let st = u16::from_le_bytes([cqe[14], cqe[15]]);
+            let result = u64::from_le_bytes(cqe[0..8].try_into().unwrap());
+            (
+                u16::from_le_bytes([cqe[12], cqe[13]]),
+                (st >> 1) & 0x7FF,
+                result,
+            )
+        })
+        .collect();
+    answers.sort();
+    let executed: Vec<_> = answers.iter().filter(|a| a.1 == 0).collect();
+    let refused: Vec<_> = answers.iter().filter(|a| a.1 == 0x103).collect();
+    assert_eq!(executed.len(), acl + 1, "ACL + 1 executed: {answers:x?}");
+    assert_eq!(
+        refused.len(),
+        n - (acl + 1),
+        "the rest refused: {answers:x?}"
+    );
+    assert!(
+        executed.iter().all(|a| a.2 & 1 == 1),
+        "not aborted: {answers:x?}"
+    );
+    // The outstanding ones were answered: the limit is free again.
+    for _ in 0..=acl {
+        let a = c.abort(1, 0x7FFF).unwrap();
+        assert_eq!((a.status, a.result & 1), (0, 1));
+    }
+}
