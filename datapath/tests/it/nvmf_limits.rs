@@ -633,3 +633,75 @@ fn aborts_beyond_the_abort_command_limit_are_refused() {
         assert_eq!((a.status, a.result & 1), (0, 1));
     }
 }
+
+/// Warnings of the NVMe/TCP front end logged in this process, by every test's daemons (a
+/// process-wide subscriber, installed once).
+fn nvmf_warnings() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    Arc::clone(LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let w = Arc::clone(&log);
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "twinblk::frontend::nvmf=warn",
+            ))
+            .with_ansi(false)
+            .with_writer(move || Sink(Arc::clone(&w)))
+            .finish();
+        tracing::subscriber::set_global_default(sub).expect("no other subscriber in this process");
+        log
+    }))
+}
+
+/// Only the first data digest error of a connection is logged (so a host cannot flood the
+/// log; all are counted): three damaged capsules on one queue give one warning naming that
+/// queue's peer, each command failing with Transient Transport Error; another queue's first
+/// error is logged again.
+#[test]
+fn only_the_first_data_digest_error_of_a_connection_is_logged() {
+    let log = nvmf_warnings();
+    let (_d, c, mut q) = with_digests();
+    let mut q2 = c.io_queue(2, 8).unwrap();
+    let lines = |q: &mut Queue| {
+        let peer = format!("peer={}", q.stream().local_addr().unwrap());
+        let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+        text.lines()
+            .filter(|l| l.contains("data digest mismatch") && l.contains(&peer))
+            .count()
+    };
+    let damaged = |q: &mut Queue, cid: u16| {
+        let sqe = Sqe::new(0x01)
+            .nsid(1)
+            .lba(0, 1)
+            .bytes(2, &cid.to_le_bytes())
+            .bytes(32, &512u32.to_le_bytes())
+            .bytes(39, &[0x01]);
+        let mut b = q.capsule(&sqe.0, &[0x5Au8; 512]);
+        let n = b.len();
+        b[n - 1] ^= 1;
+        q.send_raw(&b).unwrap();
+        let p = q.read_pdu().unwrap();
+        assert_eq!(p.kind, 0x05, "a response: {p:?}");
+        let st = u16::from_le_bytes([p.header[22], p.header[23]]);
+        assert_eq!((st >> 1) & 0x7FF, 0x022, "Transient Transport Error");
+    };
+    for cid in 0x21..0x24 {
+        damaged(&mut q, cid);
+    }
+    assert_eq!(lines(&mut q), 1, "one warning for three errors on a queue");
+    damaged(&mut q2, 0x31);
+    assert_eq!(lines(&mut q2), 1, "another queue's first error is logged");
+    assert_eq!(lines(&mut q), 1);
+    q.write(1, 0, &[0x11; 512], 512, false).unwrap();
+}

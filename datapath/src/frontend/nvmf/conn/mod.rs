@@ -415,8 +415,12 @@ impl NvmfConn {
         env.counters.violations += 1;
         self.digest_errors += 1;
         if self.digest_errors == 1 {
+            // The host's address: which host's path damages data.
+            let peer = crate::transport::tcp::peer_addr(&self.fd)
+                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
             tracing::warn!(
                 conn = env.key,
+                peer = %peer,
                 "NVMe/TCP data digest mismatch; the command fails with Transient Transport Error (further ones on this connection are counted, not logged)"
             );
         }
