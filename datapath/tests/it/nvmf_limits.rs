@@ -732,3 +732,39 @@ fn only_the_first_data_digest_error_of_a_connection_is_logged() {
     assert_eq!(lines(&mut q), 1);
     q.write(1, 0, &[0x11; 512], 512, false).unwrap();
 }
+
+/// Reservation commands name their namespace by NSID like any I/O command: 0, FFFFFFFFh
+/// (reservations are per namespace; no broadcast) and an nsid beyond the subsystem's one
+/// namespace are Invalid Namespace or Format (SCT 0h, SC 0Bh), with nothing registered; the
+/// namespace itself then registers and reports its registrant.
+#[test]
+fn reservation_commands_for_nsid_zero_broadcast_or_beyond_are_invalid_namespace() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    for nsid in [0, 0xFFFF_FFFF, 2] {
+        assert_eq!(
+            q.resv_register(nsid, 0, false, 0, 7).unwrap(),
+            0x00B,
+            "{nsid:#x}"
+        );
+        assert_eq!(
+            q.resv_report(nsid, true, 4096).unwrap().0,
+            0x00B,
+            "{nsid:#x}"
+        );
+        assert_eq!(
+            q.resv_acquire(nsid, 0, 1, 7, 0).unwrap(),
+            0x00B,
+            "{nsid:#x}"
+        );
+        assert_eq!(q.resv_release(nsid, 0, 1, 7).unwrap(), 0x00B, "{nsid:#x}");
+    }
+    let (s, data) = q.resv_report(1, true, 4096).unwrap();
+    assert_eq!(s, 0);
+    let r = twinblk_tools::nvmf::ResvReport::parse(&data).unwrap();
+    assert!(r.registrants.is_empty(), "nothing registered");
+    assert_eq!(q.resv_register(1, 0, false, 0, 7).unwrap(), 0);
+    let r = twinblk_tools::nvmf::ResvReport::parse(&q.resv_report(1, true, 4096).unwrap().1);
+    assert_eq!(r.unwrap().registrants.len(), 1);
+}
