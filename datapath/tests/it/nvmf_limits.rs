@@ -577,3 +577,194 @@ fn a_fused_half_with_a_damaged_data_digest_takes_its_partner_with_it() {
     );
     assert_eq!(q.read(1, 0, 1, 512).unwrap(), new);
 }
+
+/// Identify Controller ACL (byte 258, 0's based) is the most Abort commands the controller
+/// executes at once (Base 2.0, Abort command): beyond ACL + 1 outstanding, the excess Aborts
+/// complete with Abort Command Limit Exceeded (SCT 1h, SC 03h). An Abort of an I/O queue's
+/// command is outstanding until that queue's reactor answers; a burst sent in one write is
+/// taken in one go, so the first ACL + 1 are still outstanding when the others are read. Once
+/// they are answered, Aborts are accepted again.
+#[test]
+fn aborts_beyond_the_abort_command_limit_are_refused() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let acl = usize::from(c.identify(0x01, 0).unwrap()[258]);
+    let _q = c.io_queue(1, 8).unwrap();
+    let n = acl + 1 + 4;
+    let mut wire = Vec::new();
+    for i in 0..n as u16 {
+        // Abort of cid 7000h + i of queue 1 (no such command: "not aborted" when executed).
+        let sqe = Sqe::new(0x08)
+            .cdw(10, 1 | (u32::from(0x7000 + i) << 16))
+            .bytes(2, &(0x100 + i).to_le_bytes());
+        wire.extend(c.admin.capsule(&sqe.0, &[]));
+    }
+    c.admin.send_raw(&wire).unwrap();
+    let mut answers: Vec<(u16, u16, u64)> = (0..n)
+        .map(|_| {
+            let p = c.admin.read_pdu().unwrap();
+            assert_eq!(p.kind, 0x05, "a response: {p:?}");
+            let cqe = &p.header[8..24];
+            let st = u16::from_le_bytes([cqe[14], cqe[15]]);
+            let result = u64::from_le_bytes(cqe[0..8].try_into().unwrap());
+            (
+                u16::from_le_bytes([cqe[12], cqe[13]]),
+                (st >> 1) & 0x7FF,
+                result,
+            )
+        })
+        .collect();
+    answers.sort();
+    let executed: Vec<_> = answers.iter().filter(|a| a.1 == 0).collect();
+    let refused: Vec<_> = answers.iter().filter(|a| a.1 == 0x103).collect();
+    assert_eq!(executed.len(), acl + 1, "ACL + 1 executed: {answers:x?}");
+    assert_eq!(
+        refused.len(),
+        n - (acl + 1),
+        "the rest refused: {answers:x?}"
+    );
+    assert!(
+        executed.iter().all(|a| a.2 & 1 == 1),
+        "not aborted: {answers:x?}"
+    );
+    // The outstanding ones were answered: the limit is free again.
+    for _ in 0..=acl {
+        let a = c.abort(1, 0x7FFF).unwrap();
+        assert_eq!((a.status, a.result & 1), (0, 1));
+    }
+}
+
+/// A Connect for an I/O queue ID already in use on the controller, or beyond the number of
+/// queues Set Features granted, is Connect Invalid Parameters (SCT 1h, SC 82h) whose dword 0
+/// names the QID field: IATTR (bits 23:16) 0, in the command, IPO (bits 15:0) 42, its byte
+/// offset in the Connect SQE. The queues that exist keep working, and a free granted qid
+/// connects. (Linux's and SPDK's targets answer a QID in use with Command Sequence Error
+/// instead; a host treats either as a refusal not to retry.)
+#[test]
+fn connect_on_a_queue_id_in_use_or_beyond_the_granted_count_names_the_qid_field() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let mut c = Controller::connect(addr, NQN, &Opts::default()).unwrap();
+    assert_eq!(c.set_num_queues(2).unwrap(), 2);
+    let mut q1 = c.io_queue(1, 8).unwrap();
+    let host = twinblk_tools::nvmf::Host::default();
+    for (qid, what) in [
+        (1u16, "in use"),
+        (3, "beyond the 2 granted"),
+        (0xFFFF, "FFFFh"),
+    ] {
+        let mut q = Queue::open(addr, Digests::default()).unwrap();
+        let r = q.connect(qid, 8, NQN, &host, c.cntlid, 0, true).unwrap();
+        assert_eq!((r.status, r.dnr, r.result), (0x182, true, 42), "qid {what}");
+    }
+    assert_eq!(q1.cmd(Sqe::new(0x00).nsid(1), &[], 0).unwrap().status, 0);
+    c.io_queue(2, 8).expect("qid 2 is free and granted");
+}
+
+/// Warnings of the NVMe/TCP front end logged in this process, by every test's daemons (a
+/// process-wide subscriber, installed once).
+fn nvmf_warnings() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    Arc::clone(LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let w = Arc::clone(&log);
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "twinblk::frontend::nvmf=warn",
+            ))
+            .with_ansi(false)
+            .with_writer(move || Sink(Arc::clone(&w)))
+            .finish();
+        tracing::subscriber::set_global_default(sub).expect("no other subscriber in this process");
+        log
+    }))
+}
+
+/// Only the first data digest error of a connection is logged (so a host cannot flood the
+/// log; all are counted): three damaged capsules on one queue give one warning naming that
+/// queue's peer, each command failing with Transient Transport Error; another queue's first
+/// error is logged again.
+#[test]
+fn only_the_first_data_digest_error_of_a_connection_is_logged() {
+    let log = nvmf_warnings();
+    let (_d, c, mut q) = with_digests();
+    let mut q2 = c.io_queue(2, 8).unwrap();
+    let lines = |q: &mut Queue| {
+        let peer = format!("peer={}", q.stream().local_addr().unwrap());
+        let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+        text.lines()
+            .filter(|l| l.contains("data digest mismatch") && l.contains(&peer))
+            .count()
+    };
+    let damaged = |q: &mut Queue, cid: u16| {
+        let sqe = Sqe::new(0x01)
+            .nsid(1)
+            .lba(0, 1)
+            .bytes(2, &cid.to_le_bytes())
+            .bytes(32, &512u32.to_le_bytes())
+            .bytes(39, &[0x01]);
+        let mut b = q.capsule(&sqe.0, &[0x5Au8; 512]);
+        let n = b.len();
+        b[n - 1] ^= 1;
+        q.send_raw(&b).unwrap();
+        let p = q.read_pdu().unwrap();
+        assert_eq!(p.kind, 0x05, "a response: {p:?}");
+        let st = u16::from_le_bytes([p.header[22], p.header[23]]);
+        assert_eq!((st >> 1) & 0x7FF, 0x022, "Transient Transport Error");
+    };
+    for cid in 0x21..0x24 {
+        damaged(&mut q, cid);
+    }
+    assert_eq!(lines(&mut q), 1, "one warning for three errors on a queue");
+    damaged(&mut q2, 0x31);
+    assert_eq!(lines(&mut q2), 1, "another queue's first error is logged");
+    assert_eq!(lines(&mut q), 1);
+    q.write(1, 0, &[0x11; 512], 512, false).unwrap();
+}
+
+/// Reservation commands name their namespace by NSID like any I/O command: 0, FFFFFFFFh
+/// (reservations are per namespace; no broadcast) and an nsid beyond the subsystem's one
+/// namespace are Invalid Namespace or Format (SCT 0h, SC 0Bh), with nothing registered; the
+/// namespace itself then registers and reports its registrant.
+#[test]
+fn reservation_commands_for_nsid_zero_broadcast_or_beyond_are_invalid_namespace() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    for nsid in [0, 0xFFFF_FFFF, 2] {
+        assert_eq!(
+            q.resv_register(nsid, 0, false, 0, 7).unwrap(),
+            0x00B,
+            "{nsid:#x}"
+        );
+        assert_eq!(
+            q.resv_report(nsid, true, 4096).unwrap().0,
+            0x00B,
+            "{nsid:#x}"
+        );
+        assert_eq!(
+            q.resv_acquire(nsid, 0, 1, 7, 0).unwrap(),
+            0x00B,
+            "{nsid:#x}"
+        );
+        assert_eq!(q.resv_release(nsid, 0, 1, 7).unwrap(), 0x00B, "{nsid:#x}");
+    }
+    let (s, data) = q.resv_report(1, true, 4096).unwrap();
+    assert_eq!(s, 0);
+    let r = twinblk_tools::nvmf::ResvReport::parse(&data).unwrap();
+    assert!(r.registrants.is_empty(), "nothing registered");
+    assert_eq!(q.resv_register(1, 0, false, 0, 7).unwrap(), 0);
+    let r = twinblk_tools::nvmf::ResvReport::parse(&q.resv_report(1, true, 4096).unwrap().1);
+    assert_eq!(r.unwrap().registrants.len(), 1);
+}

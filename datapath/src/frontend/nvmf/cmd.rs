@@ -170,6 +170,8 @@ impl Status {
     pub const NS_NOT_READY: Status = Status(0x082);
     /// Invalid queue identifier / size (command specific).
     pub const INVALID_QUEUE_SIZE: Status = Status(0x102);
+    /// Abort command limit exceeded (command specific): more Aborts outstanding than ACL + 1.
+    pub const ABORT_LIMIT: Status = Status(0x103);
     /// Asynchronous event request limit exceeded.
     pub const AER_LIMIT: Status = Status(0x105);
     /// Invalid log page.
@@ -457,6 +459,9 @@ pub const ANATT: u8 = 10;
 pub const ANACAP: u8 = 0x17 | (1 << 6);
 /// Keep Alive granularity reported in Identify Controller KAS, in 100 ms units.
 pub const KAS: u16 = 1;
+/// Abort Command Limit (Identify Controller ACL, 0's based): at most ACL + 1 Abort commands
+/// outstanding at once; the controller refuses the excess (`Status::ABORT_LIMIT`).
+pub const ACL: u8 = 3;
 
 /// A keep-alive timeout as the controller applies it: rounded up to a multiple of the KAS
 /// granularity (NVM Express Base 2.0, Keep Alive Timer feature), 0 (disabled) kept. The few
@@ -486,7 +491,7 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     put32(b, 92, if c.discovery { 0 } else { 1 << 11 });
     put32(b, 96, CTRATT);
     b[111] = if c.discovery { 2 } else { 1 }; // CNTRLTYPE
-    b[258] = 3; // ACL (0's based)
+    b[258] = ACL; // ACL (0's based)
     b[259] = 3; // AERL (0's based): 4 outstanding
     b[260] = 0x03; // FRMW: slot 1 read-only, 1 slot
     b[261] = 0x04; // LPA: extended data for Get Log Page (offsets)

@@ -734,7 +734,7 @@ impl ResvTable {
 pub const META_KIND: u8 = 1;
 
 /// A subsystem as the replicator sees it: NQN, reservation table, (nsid, volume) of each
-/// namespace.
+/// namespace, in the subsystem's order (the table's).
 pub type ReplicatedSubsystem = (String, std::sync::Arc<ResvTable>, Vec<(u32, usize)>);
 
 /// The reservations of every namespace, for the mirror engines of the volumes behind them:
@@ -754,10 +754,10 @@ impl ResvReplicator {
     /// The table and namespace index of (`nqn`, `nsid`), which must map volume `vol`.
     fn find(&self, vol: usize, nqn: &str, nsid: u32) -> Option<(&ResvTable, usize)> {
         let (_, table, nss) = self.subs.iter().find(|(n, _, _)| n == nqn)?;
-        // A namespace's index is its nsid - 1.
-        nss.iter()
-            .any(|&(id, v)| id == nsid && v == vol)
-            .then(|| (&**table, nsid as usize - 1))
+        // A namespace's index in the table is its position among the subsystem's namespaces
+        // (`Subsystem::ns_index`), which is nsid - 1 only while the nsids have no gaps.
+        let i = nss.iter().position(|&(id, v)| id == nsid && v == vol)?;
+        Some((&**table, i))
     }
 }
 
@@ -806,9 +806,9 @@ impl crate::layer::mirror::engine::MetaHandler for ResvReplicator {
     fn full_state(&self, vol: usize) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         for (nqn, table, nss) in &self.subs {
-            for &(nsid, v) in nss {
+            for (i, &(nsid, v)) in nss.iter().enumerate() {
                 if v == vol
-                    && let Some(n) = table.snapshot(nsid as usize - 1)
+                    && let Some(n) = table.snapshot(i)
                 {
                     out.push(encode_state(nqn, nsid, &n));
                 }
@@ -1010,5 +1010,54 @@ mod tests {
         assert!(t.install(0, n.clone()));
         assert_eq!(t.snapshot(0), Some(n));
         assert_ne!(t.version(0), v);
+    }
+
+    /// The replicator finds a namespace by its nsid among the subsystem's namespaces (the
+    /// table's index is the namespace's position), not at `nsid - 1`: with namespaces 1 and 3,
+    /// a command for namespace 3 is decided on the table's second entry, and its state is
+    /// sent and installed as namespace 3's; nsid 2 (no such namespace), 0 and FFFFFFFFh, or a
+    /// volume that is not the namespace's, are Invalid Namespace.
+    #[test]
+    fn the_replicator_maps_nsids_to_table_entries_when_namespace_ids_have_gaps() {
+        use crate::layer::mirror::engine::{Install, MetaHandler};
+        let table = std::sync::Arc::new(ResvTable::new(2));
+        let r = ResvReplicator::new(vec![(
+            "nqn.g".into(),
+            std::sync::Arc::clone(&table),
+            vec![(1, 0), (3, 1)],
+        )]);
+        let register = |nsid: u32| ResvCmd {
+            nqn: "nqn.g".into(),
+            nsid,
+            opcode: 0x0D,
+            cdw10: 0,
+            host: A,
+            key1: 0,
+            key2: 30,
+        };
+        let (status, state) = r.execute(1, &register(3).encode());
+        assert_eq!(status, Status::SUCCESS.0, "namespace 3 on volume 1");
+        assert_eq!(table.snapshot(1).unwrap().registrants.len(), 1);
+        assert!(table.snapshot(0).unwrap().registrants.is_empty());
+        let state = state.expect("a changed state to send");
+        assert_eq!(decode_state(&state).map(|s| s.1), Some(3));
+        assert_eq!(r.full_state(1), vec![state.clone()]);
+        // The other site installs it on its namespace 3.
+        let other = std::sync::Arc::new(ResvTable::new(2));
+        let r2 = ResvReplicator::new(vec![(
+            "nqn.g".into(),
+            std::sync::Arc::clone(&other),
+            vec![(1, 0), (3, 1)],
+        )]);
+        assert_eq!(r2.install(1, &state), Install::Done);
+        assert_eq!(other.snapshot(1), table.snapshot(1));
+        for (nsid, vol) in [(2, 1), (0, 0), (0xFFFF_FFFF, 1), (3, 0), (1, 1)] {
+            let (status, state) = r.execute(vol, &register(nsid).encode());
+            assert_eq!(
+                (status, state),
+                (Status::INVALID_NS.0, None),
+                "nsid {nsid:#x} on volume {vol}"
+            );
+        }
     }
 }

@@ -17,6 +17,8 @@
 //! - Abort of a command on another queue is asked of that queue's reactor (`Note::Abort`) and
 //!   answered when it replies (`Note::AbortDone`), or "not aborted" when the request is dropped
 //!   on the way (the queue closed: `AbortReply`'s drop); a held AER is aborted here.
+//! - At most `cmd::ACL + 1` Aborts are outstanding (asked of another queue, not answered
+//!   yet); an Abort beyond them completes at once with Abort Command Limit Exceeded.
 
 use super::{INCAPSULE_MAX, MAX_AERS, MAX_XFER, MDTS, MQES, NvmfConn, Role};
 use crate::bdev::volume::PathState;
@@ -419,10 +421,14 @@ impl NvmfConn {
         let cid = sqe.cid();
         let sqid = (sqe.cdw(10) & 0xFFFF) as u16;
         let target = (sqe.cdw(10) >> 16) as u16;
+        let Role::Admin(st) = &mut self.role else {
+            return;
+        };
+        // ACL + 1 Aborts already outstanding: this one is the excess (Base 2.0, Abort).
+        if st.aborts > usize::from(cmd::ACL) {
+            return self.respond(cid, Status::ABORT_LIMIT, 0);
+        }
         if sqid == 0 {
-            let Role::Admin(st) = &mut self.role else {
-                return;
-            };
             return match st.aers.iter().position(|&c| c == target) {
                 Some(pos) => {
                     st.aers.remove(pos);
@@ -441,6 +447,9 @@ impl NvmfConn {
             return self.respond(cid, Status::SUCCESS, 1);
         };
         let reply = AbortReply::new(Arc::clone(here), env.key, ctrl.cntlid, cid);
+        if let Role::Admin(st) = &mut self.role {
+            st.aborts += 1;
+        }
         sections.send(
             reactor,
             Note::Abort {

@@ -148,6 +148,7 @@ impl NvmfConn {
                 csts: 0,
                 aec: 0,
                 aers: Vec::with_capacity(MAX_AERS),
+                aborts: 0,
                 ana_seen: found.as_ref().map_or(0, |s| s.ana_changes(env.vols)),
                 ana_view: found.as_ref().map_or_else(Vec::new, |s| {
                     s.ana_groups

@@ -113,6 +113,9 @@ struct AdminState {
     csts: u32,
     aec: u32,
     aers: Vec<u16>,
+    /// Abort commands sent to another queue's reactor and not answered yet (at most
+    /// `cmd::ACL + 1`).
+    aborts: usize,
     ana_seen: u64,
     /// The ANA group states last reported (log page or event), per group of the subsystem in
     /// order, as this controller's host sees them: a host the host list places hears of a
@@ -412,8 +415,12 @@ impl NvmfConn {
         env.counters.violations += 1;
         self.digest_errors += 1;
         if self.digest_errors == 1 {
+            // The host's address: which host's path damages data.
+            let peer = crate::transport::tcp::peer_addr(&self.fd)
+                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
             tracing::warn!(
                 conn = env.key,
+                peer = %peer,
                 "NVMe/TCP data digest mismatch; the command fails with Transient Transport Error (further ones on this connection are counted, not logged)"
             );
         }
@@ -781,9 +788,9 @@ impl Conn for NvmfConn {
                 aborted,
                 ..
             } => {
-                let mine = matches!(self.role, Role::Admin(_))
-                    && self.ctrl.as_ref().is_some_and(|c| c.cntlid == cntlid);
-                if mine {
+                let mine = self.ctrl.as_ref().is_some_and(|c| c.cntlid == cntlid);
+                if let (true, Role::Admin(st)) = (mine, &mut self.role) {
+                    st.aborts = st.aborts.saturating_sub(1);
                     self.respond(cid, Status::SUCCESS, u64::from(!aborted));
                 }
             }

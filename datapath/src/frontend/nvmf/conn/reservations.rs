@@ -88,7 +88,9 @@ impl NvmfConn {
         }
         let cmd = crate::frontend::nvmf::resv::ResvCmd {
             nqn: sub.nqn.clone(),
-            nsid: idx as u32 + 1,
+            // The namespace's own id (the leader finds it by id): not idx + 1, which differs
+            // once a subsystem's nsids have gaps.
+            nsid: sub.namespaces.get(idx).map_or(0, |ns| ns.nsid),
             opcode: op,
             cdw10,
             host: self.ctrl.as_ref().map_or([0; 16], |c| c.hostid),
