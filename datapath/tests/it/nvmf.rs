@@ -208,12 +208,13 @@ fn discovery_identify_logs_and_io_paths() {
     let p = q2.read_pdu().unwrap();
     assert_eq!((p.kind, p.flags & 0x08), (t::C2H_DATA, 0));
     assert_eq!(q2.read_pdu().unwrap().kind, t::RSP);
-    // The same qid twice, and a qid above the granted count, are refused.
+    // The same qid twice (a Command Sequence Error), and a qid above the granted count
+    // (Connect Invalid Parameters), are refused.
     let mut q3 = Queue::open(addr, Digests::default()).unwrap();
     let r = q3
         .connect(2, 8, NQN, &Host::default(), c.cntlid, 0, true)
         .unwrap();
-    assert_eq!(r.status, 0x182);
+    assert_eq!(r.status, 0x00C);
     let r = q3
         .connect(5, 8, NQN, &Host::default(), c.cntlid, 0, true)
         .unwrap();

@@ -634,28 +634,29 @@ fn aborts_beyond_the_abort_command_limit_are_refused() {
     }
 }
 
-/// A Connect for an I/O queue ID already in use on the controller, or beyond the number of
-/// queues Set Features granted, is Connect Invalid Parameters (SCT 1h, SC 82h) whose dword 0
-/// names the QID field: IATTR (bits 23:16) 0, in the command, IPO (bits 15:0) 42, its byte
-/// offset in the Connect SQE. The queues that exist keep working, and a free granted qid
-/// connects. (Linux's and SPDK's targets answer a QID in use with Command Sequence Error
-/// instead; a host treats either as a refusal not to retry.)
+/// A Connect for an I/O queue ID already in use on the controller is a Command Sequence Error
+/// (SCT 0h, SC 0Ch, DNR: the queue already exists, as Linux's target answers too); one beyond
+/// the number of queues Set Features granted is Connect Invalid Parameters (SCT 1h, SC 82h)
+/// whose dword 0 names the QID field: IATTR (bits 23:16) 0, in the command, IPO (bits 15:0)
+/// 42, its byte offset in the Connect SQE. The queues that exist keep working, and a free
+/// granted qid connects.
 #[test]
-fn connect_on_a_queue_id_in_use_or_beyond_the_granted_count_names_the_qid_field() {
+fn connect_on_a_queue_id_in_use_is_a_sequence_error_and_beyond_the_granted_count_names_the_qid_field()
+ {
     let (d, _) = in_process(RAM);
     let addr = nvmf_addr(&d);
     let mut c = Controller::connect(addr, NQN, &Opts::default()).unwrap();
     assert_eq!(c.set_num_queues(2).unwrap(), 2);
     let mut q1 = c.io_queue(1, 8).unwrap();
     let host = twinblk_tools::nvmf::Host::default();
-    for (qid, what) in [
-        (1u16, "in use"),
-        (3, "beyond the 2 granted"),
-        (0xFFFF, "FFFFh"),
+    for (qid, what, want) in [
+        (1u16, "in use", (0x00C, true, 0)),
+        (3, "beyond the 2 granted", (0x182, true, 42)),
+        (0xFFFF, "FFFFh", (0x182, true, 42)),
     ] {
         let mut q = Queue::open(addr, Digests::default()).unwrap();
         let r = q.connect(qid, 8, NQN, &host, c.cntlid, 0, true).unwrap();
-        assert_eq!((r.status, r.dnr, r.result), (0x182, true, 42), "qid {what}");
+        assert_eq!((r.status, r.dnr, r.result), want, "qid {what}");
     }
     assert_eq!(q1.cmd(Sqe::new(0x00).nsid(1), &[], 0).unwrap().status, 0);
     c.io_queue(2, 8).expect("qid 2 is free and granted");

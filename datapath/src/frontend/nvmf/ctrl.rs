@@ -246,8 +246,10 @@ struct IoQueue {
 pub enum AttachError {
     /// The controller is being torn down.
     Dead,
-    /// qid beyond the granted number of queues, or already in use.
+    /// qid 0 or beyond the granted number of queues.
     BadQid,
+    /// qid already connected on this controller.
+    InUse,
     /// The socket could not be duplicated.
     NoFd,
 }
@@ -269,11 +271,11 @@ impl Controller {
         if q.dead {
             return Err(AttachError::Dead);
         }
-        if qid == 0
-            || qid > self.io_queues.load(Ordering::Relaxed)
-            || q.io.iter().any(|e| e.qid == qid)
-        {
+        if qid == 0 || qid > self.io_queues.load(Ordering::Relaxed) {
             return Err(AttachError::BadQid);
+        }
+        if q.io.iter().any(|e| e.qid == qid) {
+            return Err(AttachError::InUse);
         }
         let dup = fd.try_clone().map_err(|_| AttachError::NoFd)?;
         q.io.push(IoQueue { qid, fd: dup, at });
@@ -455,7 +457,7 @@ mod tests {
             Err(AttachError::BadQid)
         );
         a.attach_queue(1, &fd, (1, 7)).unwrap();
-        assert_eq!(a.attach_queue(1, &fd, (0, 0)), Err(AttachError::BadQid));
+        assert_eq!(a.attach_queue(1, &fd, (0, 0)), Err(AttachError::InUse));
         assert_eq!(a.attached(), 1);
         assert_eq!(a.queue_at(1), Some((1, 7)));
         assert_eq!(a.queue_at(2), None);

@@ -176,6 +176,9 @@ impl NvmfConn {
             match c.attach_queue(qid, &self.fd, (env.io.reactor, env.key)) {
                 Ok(()) => {}
                 Err(AttachError::BadQid) => return Err(invalid(0, 42)),
+                // NVMe Base 2.0, Connect: a queue that already exists is a Command Sequence
+                // Error (Linux's and SPDK's targets answer so too).
+                Err(AttachError::InUse) => return Err((Status::CMD_SEQ_ERROR, 0)),
                 Err(AttachError::Dead) | Err(AttachError::NoFd) => {
                     return Err((Status::CONNECT_BUSY, 0));
                 }
