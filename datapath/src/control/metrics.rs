@@ -416,6 +416,12 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
+    /// The serving thread, while it runs (for placing it off the reactors' cores).
+    pub fn pthread(&self) -> Option<libc::pthread_t> {
+        use std::os::unix::thread::JoinHandleExt;
+        self.thread.as_ref().map(|t| t.as_pthread_t())
+    }
+
     /// Listen on `addr` (port 0: any; see [`MetricsServer::addr`]).
     pub fn start(
         addr: SocketAddr,

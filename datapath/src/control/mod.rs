@@ -85,6 +85,12 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
+    /// The serving thread, while it runs (for placing it off the reactors' cores).
+    pub fn pthread(&self) -> Option<libc::pthread_t> {
+        use std::os::unix::thread::JoinHandleExt;
+        self.thread.as_ref().map(|t| t.as_pthread_t())
+    }
+
     /// Listen on `path` ([`bind_socket`]: a stale socket file there is replaced; the socket
     /// is 0660 with the group `cfg.control.group`).
     pub fn start(path: &Path, shared: Arc<ControlCx>, cfg: Config) -> std::io::Result<Self> {

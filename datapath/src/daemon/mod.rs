@@ -782,7 +782,53 @@ impl Daemon {
                 }
             }
         }
+        daemon.place_background_threads(cfg);
         Ok(daemon)
+    }
+
+    /// Move the daemon's own long-lived threads (control socket and metrics, whose client
+    /// threads inherit it, CDP's segment and retention threads, the mirror's persister and
+    /// witness client) off the pinned reactors' cores ([`runtime::Housekeeping`]), so they
+    /// never preempt a reactor. Nothing moves when the reactors are not pinned or take every
+    /// CPU.
+    fn place_background_threads(&self, cfg: &Config) {
+        use std::os::unix::thread::JoinHandleExt;
+        let Some(h) = cfg
+            .reactor
+            .pin
+            .then(|| runtime::Housekeeping::off(&cfg.reactor.cores))
+            .flatten()
+        else {
+            return;
+        };
+        let threads = [
+            (
+                "cdp-retention",
+                self.retention.as_ref().map(|t| t.as_pthread_t()),
+            ),
+            (
+                "cdp-segments",
+                self.segments.as_ref().map(|t| t.as_pthread_t()),
+            ),
+            (
+                "witness-client",
+                self.failover.as_ref().map(|t| t.as_pthread_t()),
+            ),
+            (
+                "mirror-persist",
+                self.persister.as_ref().and_then(|p| p.pthread()),
+            ),
+            ("control", self.control.as_ref().and_then(|c| c.pthread())),
+            ("metrics", self.metrics.as_ref().and_then(|m| m.pthread())),
+        ];
+        for (name, t) in threads {
+            if let Some(t) = t
+                && let Err(e) = h.place(t)
+            {
+                tracing::warn!(thread = name, error = %e, "cannot move a background thread off the reactors' cores");
+            }
+        }
+        tracing::info!(cpus = ?h.cpus(), "background threads run off the reactors' cores");
     }
 
     /// The metrics endpoint's bound address (`[control] metrics`), if any.

@@ -86,3 +86,82 @@ pub fn pin_to_core(core: usize) -> std::io::Result<()> {
         Ok(())
     }
 }
+
+/// The CPUs a daemon's other threads (control socket, metrics, CDP helpers, the mirror's
+/// persister and witness client) run on: those the calling thread may use less the reactors'
+/// `cores`, so a pinned reactor's core is its own (SPDK's model: background work never
+/// preempts a reactor). None when that leaves nothing (every CPU has a reactor): the threads
+/// then run anywhere, as before.
+#[derive(Clone, Copy)]
+pub struct Housekeeping(libc::cpu_set_t);
+
+impl Housekeeping {
+    /// The calling thread's CPUs less `cores`; None if empty or if the affinity cannot be read.
+    pub fn off(cores: &[usize]) -> Option<Housekeeping> {
+        // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: fills the set of the size given for the calling thread.
+        let rc =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        if rc != 0 {
+            return None;
+        }
+        for &c in cores {
+            if c < libc::CPU_SETSIZE as usize {
+                // SAFETY: writes inside `set`, `c` below CPU_SETSIZE.
+                unsafe { libc::CPU_CLR(c, &mut set) };
+            }
+        }
+        // SAFETY: reads `set`.
+        (unsafe { libc::CPU_COUNT(&set) } > 0).then_some(Housekeeping(set))
+    }
+
+    /// Move the thread `t` (a running thread of this process) onto these CPUs.
+    pub fn place(&self, t: libc::pthread_t) -> std::io::Result<()> {
+        // SAFETY: `t` names a live thread (its JoinHandle is held by the caller); the set is
+        // valid for the size given.
+        let rc = unsafe {
+            libc::pthread_setaffinity_np(t, std::mem::size_of::<libc::cpu_set_t>(), &self.0)
+        };
+        if rc != 0 {
+            Err(std::io::Error::from_raw_os_error(rc))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The CPUs, ascending.
+    pub fn cpus(&self) -> Vec<usize> {
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: reads `self.0`, the index below CPU_SETSIZE.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &self.0) })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod housekeeping_tests {
+    use super::Housekeeping;
+    use std::os::unix::thread::JoinHandleExt;
+
+    /// The set leaves the reactors' cores out; a thread placed on it runs only there; with
+    /// every CPU taken by reactors there is no set.
+    #[test]
+    fn housekeeping_leaves_the_reactor_cores_out_and_places_a_thread() {
+        let all = Housekeeping::off(&[]).expect("this thread's CPUs").cpus();
+        assert!(Housekeeping::off(&all).is_none(), "every CPU a reactor's");
+        if all.len() < 2 {
+            return; // one CPU: nothing to leave out
+        }
+        let h = Housekeeping::off(&all[..1]).unwrap();
+        assert_eq!(h.cpus(), all[1..].to_vec());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let _ = rx.recv();
+            Housekeeping::off(&[]).unwrap().cpus()
+        });
+        h.place(t.as_pthread_t()).unwrap();
+        tx.send(()).unwrap();
+        assert_eq!(t.join().unwrap(), all[1..].to_vec());
+    }
+}

@@ -302,6 +302,24 @@ fn degraded_round(crash: bool, cut: bool) {
     drop(fs);
 }
 
+/// Each thread of process `pid`: its name and `Cpus_allowed_list`.
+fn cpus_of_threads(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            let st = std::fs::read_to_string(t.join("status")).ok()?;
+            let cpus = st
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+                .trim()
+                .to_string();
+            Some((comm.trim().to_string(), cpus))
+        })
+        .collect()
+}
+
 /// Views and restores asked through the production daemon's control socket: a view of a
 /// bookmark serves the point over NBD as a child process until closed, on its volume's home
 /// reactor's core; a restore runs as a child, shows in `cdp_jobs` and yields the point's
@@ -323,6 +341,30 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
         volume("v", SIZE as u64, &dir, "4MiB")
     );
     let s = Server::start(tmp.path(), &body);
+    // The daemon's own threads: its reactor on that core, the background ones off it (when
+    // the machine has another CPU), so none preempts the reactor.
+    let threads = cpus_of_threads(s.pid());
+    let cpus = |name: &str| -> &str {
+        &threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no thread {name}: {threads:?}"))
+            .1
+    };
+    assert_eq!(cpus("reactor-0"), cpu.to_string(), "{threads:?}");
+    if cpu > 0 {
+        for t in ["cdp-retention", "cdp-segments", "control"] {
+            let on = cpus(t);
+            assert!(
+                !on.split(',').any(|r| {
+                    let mut ends = r.split('-').map(|x| x.parse::<usize>().unwrap());
+                    let lo = ends.next().unwrap();
+                    (lo..=ends.next().unwrap_or(lo)).contains(&cpu)
+                }),
+                "{t} runs on {on}, the reactor's CPU {cpu} among them"
+            );
+        }
+    }
     let mut c = Client::connect(s.addr, "v", false);
     let mut log: Vec<(usize, Upd, u64)> = Vec::new();
     for i in 0..12u64 {
@@ -373,20 +415,10 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
     assert_eq!(jobs[0]["state"], "running", "{jobs}");
     // The view's reactor thread runs on the home reactor's core.
     let pid = r["result"]["pid"].as_u64().unwrap();
-    let allowed: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| {
-            let t = t.ok()?.path();
-            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
-            comm.starts_with("reactor").then(|| {
-                let st = std::fs::read_to_string(t.join("status")).unwrap();
-                st.lines()
-                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                    .unwrap()
-                    .trim()
-                    .to_string()
-            })
-        })
+    let allowed: Vec<String> = cpus_of_threads(pid as u32)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("reactor"))
+        .map(|(_, c)| c)
         .collect();
     assert_eq!(allowed, [cpu.to_string()], "the view's reactor's CPUs");
     // A restore of the same point, as a child; it finishes and matches.

@@ -116,6 +116,16 @@ impl std::fmt::Debug for Persister {
 }
 
 impl Persister {
+    /// The thread, while it runs (for placing it off the reactors' cores).
+    pub fn pthread(&self) -> Option<libc::pthread_t> {
+        use std::os::unix::thread::JoinHandleExt;
+        self.thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|t| t.as_pthread_t())
+    }
+
     /// Start the thread.
     pub fn spawn() -> std::io::Result<Arc<Persister>> {
         let shared = Arc::new(Shared::default());
