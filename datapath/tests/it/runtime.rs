@@ -531,3 +531,83 @@ fn an_nbd_negotiation_racing_with_its_exports_removal_is_refused_or_served_never
         ok(&sock, "volume_delete", json!({"name": name}));
     }
 }
+
+/// A RAM volume size far past this machine's memory (64 TiB: more than any test machine has,
+/// and less than the 128 TiB a process can map, so only a memory check refuses it).
+const HUGE_RAM: u64 = 64 << 40;
+
+/// This machine's MemTotal + SwapTotal, read here independently of the daemon.
+fn machine_memory() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("MemTotal:") + kib("SwapTotal:")) * 1024
+}
+
+#[test]
+fn a_ram_volume_larger_than_the_machines_memory_is_refused_at_start_naming_both_sizes() {
+    assert!(HUGE_RAM > machine_memory(), "this machine has 64 TiB");
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='base'\nbackend='malloc'\nsize='16MiB'\n[[volume]]\nname='huge'\nbackend='malloc'\nsize={HUGE_RAM}\n"
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let e = match twinblk::Daemon::start(&cfg) {
+        Ok(_) => panic!("a {HUGE_RAM}-byte RAM volume was accepted"),
+        Err(e) => e,
+    };
+    let mut m = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(c) = src {
+        m.push_str(&format!(": {c}"));
+        src = c.source();
+    }
+    assert!(m.contains("huge"), "{m}");
+    assert!(m.contains(&HUGE_RAM.to_string()), "{m}");
+    assert!(m.contains("MemTotal"), "{m}");
+    // `check-config` (the file may be meant for another machine) warns and passes.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("huge.toml");
+    std::fs::write(&file, &text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("warning: volume huge") && said.contains(&HUGE_RAM.to_string()),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_ram_volume_larger_than_the_machines_memory_is_refused_at_creation_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path(), "[0]");
+    assert!(HUGE_RAM > machine_memory(), "this machine has 64 TiB");
+    let (code, m) = err(
+        &sock,
+        "volume_create",
+        json!({"name": "huge", "backend": "malloc", "size": HUGE_RAM}),
+    );
+    assert_eq!(code, -32602, "{m}");
+    assert!(m.contains(&HUGE_RAM.to_string()), "{m}");
+    assert!(m.contains("MemTotal"), "{m}");
+    assert_eq!(names(&sock), vec!["base"], "nothing was created");
+    // Sizes the machine can hold are taken and stay sparse (mapped lazily, none touched):
+    // the check is per volume, so two halves of the memory are both accepted.
+    let each = (machine_memory() / 2).next_multiple_of(4096);
+    for i in 0..2 {
+        ok(
+            &sock,
+            "volume_create",
+            json!({"name": format!("half{i}"), "backend": "malloc", "size": each}),
+        );
+    }
+}
