@@ -775,6 +775,20 @@ fn main() -> Result<()> {
         Cmd::Cdp { cmd } => cdp(cmd),
         Cmd::CheckConfig { config } => {
             let c = load(Some(&config))?;
+            // The file may be meant for another machine: a RAM volume this one could not hold
+            // is a warning here; `serve` refuses it.
+            for v in c
+                .volumes
+                .iter()
+                .filter(|v| v.backend == twinblk::control::config::Backend::Malloc)
+            {
+                if let Err(e) = twinblk::bdev::malloc::check_fits_memory(v.size.0) {
+                    eprintln!(
+                        "warning: volume {}: {e}; twinblk serve refuses it on this machine",
+                        v.name
+                    );
+                }
+            }
             print!("{}", toml::to_string_pretty(&c)?);
             Ok(())
         }

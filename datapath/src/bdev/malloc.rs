@@ -3,6 +3,11 @@
 //! Model: one anonymous, lazily committed mapping shared by every reactor; every operation
 //! finishes synchronously (a copy), so this device never queues an SQE.
 //!
+//! A RAM volume is refused when it is larger than the memory the process can ever have
+//! ([`memory_limit`]: MemTotal + SwapTotal, lowered to a cgroup v2 limit): such a volume would
+//! only fail once written, by the OOM killer ending the daemon. Smaller ones stay sparse (the
+//! check is per volume; RAM volumes that together exceed memory are the operator's call).
+//!
 //! Invariants:
 //! - Every access is range-checked before the copy; nothing outside the mapping is touched.
 //! - Concurrent writes to overlapping ranges from different reactors leave some interleaving of
@@ -13,6 +18,77 @@
 use super::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start, in_range};
 use crate::uring::{Errno, IoCx, IoTag};
 use std::sync::Arc;
+
+/// `b` bytes in the largest binary unit that keeps one digit before the point ("64.0 TiB").
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// The value of `key` (e.g. "MemTotal:") in the text of /proc/meminfo, in bytes.
+fn meminfo_bytes(text: &str, key: &str) -> Option<u64> {
+    let rest = text.lines().find_map(|l| l.strip_prefix(key))?;
+    let mut w = rest.split_whitespace();
+    let n: u64 = w.next()?.parse().ok()?;
+    if w.next() != Some("kB") {
+        return None;
+    }
+    n.checked_mul(1024)
+}
+
+/// `MemTotal + SwapTotal` in bytes from the text of /proc/meminfo; None when either is
+/// missing or unreadable.
+pub fn meminfo_total(text: &str) -> Option<u64> {
+    meminfo_bytes(text, "MemTotal:")?.checked_add(meminfo_bytes(text, "SwapTotal:")?)
+}
+
+/// The cgroup v2 limit of this process (memory.max + memory.swap.max of its cgroup, a
+/// missing or unlimited swap.max counted as no swap limit: `swap` bytes); None without one.
+fn cgroup_limit(swap: u64) -> Option<u64> {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let mem = read("memory.max")?;
+    Some(mem.saturating_add(read("memory.swap.max").unwrap_or(swap).min(swap)))
+}
+
+/// The most memory this process can ever have, in bytes, and where that number comes from;
+/// None when /proc/meminfo cannot be read (no check is made then).
+pub fn memory_limit() -> Option<(u64, &'static str)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total = meminfo_total(&text)?;
+    let swap = meminfo_bytes(&text, "SwapTotal:")?;
+    match cgroup_limit(swap) {
+        Some(c) if c < total => Some((c, "its cgroup's memory.max + memory.swap.max")),
+        _ => Some((total, "MemTotal + SwapTotal in /proc/meminfo")),
+    }
+}
+
+/// Refuse a RAM volume of `size` bytes larger than [`memory_limit`].
+pub fn check_fits_memory(size: u64) -> Result<(), BdevError> {
+    match memory_limit() {
+        Some((memory, from)) if size > memory => {
+            Err(BdevError::LargerThanMemory { size, memory, from })
+        }
+        _ => Ok(()),
+    }
+}
 
 /// A RAM device of `size` bytes.
 pub struct MallocDevice {
@@ -180,5 +256,40 @@ impl Channel for MallocChannel {
 
     fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start {
         self.write_zeroes(io, tag, offset, len, fua)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_memtotal_plus_swaptotal_and_unreadable_meminfo_is_none() {
+        let text = "MemTotal:       24683792 kB\nMemFree:         1000 kB\nSwapCached:      0 kB\nSwapTotal:       2097152 kB\n";
+        assert_eq!(meminfo_total(text), Some((24683792 + 2097152) * 1024));
+        assert_eq!(meminfo_total("MemTotal: 1 kB\n"), None, "no SwapTotal");
+        assert_eq!(meminfo_total("MemTotal: x kB\nSwapTotal: 0 kB\n"), None);
+        assert_eq!(meminfo_total("MemTotal: 1 MB\nSwapTotal: 0 kB\n"), None);
+        assert_eq!(
+            meminfo_total("MemTotal: 18446744073709551615 kB\nSwapTotal: 0 kB\n"),
+            None,
+            "overflow"
+        );
+    }
+
+    #[test]
+    fn a_ram_volume_past_memory_is_refused_with_both_sizes_and_one_within_it_passes() {
+        let (memory, _) = memory_limit().expect("/proc/meminfo");
+        let size = (memory + 1).next_multiple_of(4096);
+        let e = check_fits_memory(size).unwrap_err().to_string();
+        assert!(
+            e.contains(&size.to_string()) && e.contains(&memory.to_string()),
+            "{e}"
+        );
+        assert!(e.contains("backend uring"), "{e}");
+        check_fits_memory(memory / 4096 * 4096).unwrap();
+        assert_eq!(human_bytes(64 << 40), "64.0 TiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(512), "512 B");
     }
 }

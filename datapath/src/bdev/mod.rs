@@ -305,6 +305,21 @@ pub enum BdevError {
         #[source]
         source: std::io::Error,
     },
+    /// A RAM volume larger than all the memory the process can have (it would fail only once
+    /// written, by the OOM killer ending the daemon).
+    #[error(
+        "a RAM (malloc) volume of {size} bytes ({}) is larger than the memory this machine can give it: {memory} bytes ({}, {from}); give a smaller size, or back the volume with a file or device (backend uring)",
+        crate::bdev::malloc::human_bytes(*.size),
+        crate::bdev::malloc::human_bytes(*.memory)
+    )]
+    LargerThanMemory {
+        /// Requested bytes.
+        size: u64,
+        /// The most memory the process can have.
+        memory: u64,
+        /// Where `memory` comes from.
+        from: &'static str,
+    },
     /// Registering the file with a reactor's ring failed.
     #[error("cannot register the device with the reactor's ring")]
     Register(#[source] std::io::Error),

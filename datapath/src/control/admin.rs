@@ -326,6 +326,10 @@ pub(super) fn volume_create(
             "size {size} is too large: at most {max} bytes (2^63 - 1: file offsets are signed 64-bit)"
         )));
     }
+    if backend == Backend::Malloc {
+        // A bad size for this machine: refused as such, before anything is built.
+        crate::bdev::malloc::check_fits_memory(size).map_err(|e| bad(e.to_string()))?;
+    }
     let path = match (&backend, p.get("path")) {
         (Backend::Uring, Some(Value::String(t))) if !t.is_empty() => {
             Some(std::path::PathBuf::from(t))

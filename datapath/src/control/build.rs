@@ -15,7 +15,10 @@ pub fn build_device(
     v: &crate::control::config::VolumeConfig,
 ) -> Result<Arc<dyn BlockDevice>, BdevError> {
     let base: Arc<dyn BlockDevice> = match v.backend {
-        Backend::Malloc => Arc::new(MallocDevice::new(v.size.0, v.block_size)?),
+        Backend::Malloc => {
+            crate::bdev::malloc::check_fits_memory(v.size.0)?;
+            Arc::new(MallocDevice::new(v.size.0, v.block_size)?)
+        }
         Backend::Uring => {
             let path = v
                 .path

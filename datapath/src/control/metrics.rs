@@ -1,16 +1,19 @@
 //! The Prometheus metrics endpoint: `GET /metrics` over plain HTTP on `[control] metrics`.
 //!
-//! Model: one ordinary thread, never on the I/O path, serving one connection at a time (a
-//! scrape is rare and small). At each scrape it reads the same published counters as the
-//! control socket (relaxed atomics the reactors and engines publish; nothing a reactor
-//! locks) and encodes them with the `prometheus-client` crate's text encoder (Prometheus
-//! text format 0.0.4); the HTTP handling is a minimal request-line parser with limits.
-//! The metric names and their meaning are documented in docs/control.md ("Metrics").
+//! Model: one ordinary thread accepts, never on the I/O path; each client is served by a
+//! thread of its own, at most [`MAX_CLIENTS`] at once (a client past that is answered 503 at
+//! once and closed), so a client that sends nothing or reads slowly delays no other scrape.
+//! At each scrape it reads the same published counters as the control socket (relaxed
+//! atomics the reactors and engines publish; nothing a reactor locks) and encodes them with
+//! the `prometheus-client` crate's text encoder (Prometheus text format 0.0.4); the HTTP
+//! handling is a minimal request-line parser with limits. The metric names and their meaning
+//! are documented in docs/control.md ("Metrics").
 //!
 //! Invariants: bad input never panics the server: a request longer than [`MAX_REQUEST`], a
-//! client silent for [`TIMEOUT`], a malformed request line or another method or path gets an
-//! error status (or is dropped) and the connection is closed; one slow client delays the next
-//! scrape by at most [`TIMEOUT`].
+//! malformed request line or another method or path gets an error status and the connection
+//! is closed; a client has [`TIMEOUT`] in all to send its request and take the answer (the
+//! time left bounds every read and write), then it is dropped. At most [`MAX_CLIENTS`] client
+//! threads exist; at the stop every client's socket is shut down and its thread joined.
 
 use crate::control::ControlCx;
 use crate::layer::mirror::failover as fo;
@@ -21,16 +24,20 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest request head accepted (a scrape's is a few hundred bytes).
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// A client must send its request and take the answer within this.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// Clients served at once; one more is answered 503 and closed.
+pub const MAX_CLIENTS: usize = 8;
+/// The answer to a client past [`MAX_CLIENTS`].
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// Every state a mirrored volume can be in (`mirror_status`'s `state`).
 const STATES: [&str; 8] = [
@@ -415,6 +422,21 @@ pub struct MetricsServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The clients being served.
+#[derive(Default)]
+struct Clients {
+    next: u64,
+    /// Each client's id and a second handle on its socket (shut down at the stop).
+    open: Vec<(u64, Option<TcpStream>)>,
+    /// The client threads not yet joined (finished ones are joined at the next accept).
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn lock(c: &Mutex<Clients>) -> MutexGuard<'_, Clients> {
+    // A client thread changes the lists in single pushes and removals: still whole.
+    c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl MetricsServer {
     /// The serving thread, while it runs (for placing it off the reactors' cores).
     pub fn pthread(&self) -> Option<libc::pthread_t> {
@@ -436,13 +458,24 @@ impl MetricsServer {
         let thread = std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
+                let clients = Arc::new(Mutex::new(Clients::default()));
                 for conn in l.incoming() {
                     if stop2.load(Ordering::SeqCst) {
                         break;
                     }
                     if let Ok(c) = conn {
-                        serve(c, &cx, site_id);
+                        admit(c, &clients, &cx, site_id);
                     }
+                }
+                let (open, threads) = {
+                    let mut g = lock(&clients);
+                    (std::mem::take(&mut g.open), std::mem::take(&mut g.threads))
+                };
+                for s in open.into_iter().filter_map(|(_, s)| s) {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+                for t in threads {
+                    let _ = t.join();
                 }
             })?;
         Ok(Self {
@@ -457,13 +490,63 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stop listening.
+    /// Stop listening, close every client and wait for their threads.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Serve `c` on a thread of its own, or answer 503 when [`MAX_CLIENTS`] are being served.
+fn admit(c: TcpStream, clients: &Arc<Mutex<Clients>>, cx: &Arc<ControlCx>, site_id: Option<u32>) {
+    let mut g = lock(clients);
+    let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut g.threads)
+        .into_iter()
+        .partition(|t| t.is_finished());
+    g.threads = running;
+    for t in done {
+        let _ = t.join();
+    }
+    if g.open.len() >= MAX_CLIENTS {
+        drop(g);
+        busy(c);
+        return;
+    }
+    let id = g.next;
+    g.next += 1;
+    g.open.push((id, c.try_clone().ok()));
+    let (clients2, cx) = (Arc::clone(clients), Arc::clone(cx));
+    let spawned = std::thread::Builder::new()
+        .name("metrics-client".into())
+        .spawn(move || {
+            serve(c, &cx, site_id);
+            lock(&clients2).open.retain(|(i, _)| *i != id);
+        });
+    match spawned {
+        Ok(t) => g.threads.push(t),
+        // The socket went with the closure: it is closed.
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot start a client thread");
+            g.open.retain(|(i, _)| *i != id);
+        }
+    }
+}
+
+/// Answer 503 without waiting on the client: what it sent is discarded, the answer fits in
+/// an empty socket buffer.
+fn busy(mut c: TcpStream) {
+    if c.set_nonblocking(true).is_ok() {
+        let mut buf = [0u8; 1024];
+        for _ in 0..MAX_REQUEST / buf.len() {
+            if !matches!(c.read(&mut buf), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        let _ = c.write_all(BUSY);
+        let _ = c.shutdown(Shutdown::Write);
     }
 }
 
@@ -504,18 +587,46 @@ pub fn parse_request(head: &[u8]) -> Request {
     }
 }
 
+/// The time left until `deadline`, or a timeout error when it has passed.
+fn left(deadline: Instant) -> std::io::Result<Duration> {
+    let d = deadline.saturating_duration_since(Instant::now());
+    if d.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    Ok(d)
+}
+
+/// Write all of `b` by `deadline` (a client reading slowly gets no more time).
+fn write_by(c: &mut TcpStream, mut b: &[u8], deadline: Instant) -> std::io::Result<()> {
+    while !b.is_empty() {
+        c.set_write_timeout(Some(left(deadline)?))?;
+        match c.write(b) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => b = &b[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn serve(mut c: TcpStream, cx: &Arc<ControlCx>, site_id: Option<u32>) {
-    let _ = c.set_read_timeout(Some(TIMEOUT));
-    let _ = c.set_write_timeout(Some(TIMEOUT));
+    let deadline = Instant::now() + TIMEOUT;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let Ok(t) = left(deadline) else { return };
+        if c.set_read_timeout(Some(t)).is_err() {
+            return;
+        }
         match c.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
         if head.len() > MAX_REQUEST {
-            let _ = c.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = write_by(&mut c, b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", deadline);
             return;
         }
     }
@@ -530,9 +641,8 @@ fn serve(mut c: TcpStream, cx: &Arc<ControlCx>, site_id: Option<u32>) {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let _ = c.write_all(reply.as_bytes());
-    if !head_only {
-        let _ = c.write_all(body.as_bytes());
+    if write_by(&mut c, reply.as_bytes(), deadline).is_ok() && !head_only {
+        let _ = write_by(&mut c, body.as_bytes(), deadline);
     }
 }
 

@@ -141,6 +141,7 @@ pub struct Daemon {
     shared: Arc<Shared>,
     nvmf: Arc<NvmfShared>,
     iscsi: Arc<IscsiShared>,
+    nbd_exports: Arc<crate::frontend::nbd::NbdExports>,
     listen: Vec<(Proto, SocketAddr)>,
     threads: Vec<JoinHandle<()>>,
     control: Option<ControlServer>,
@@ -648,6 +649,7 @@ impl Daemon {
             shared: Arc::clone(&shared),
             nvmf: Arc::clone(&nvmf),
             iscsi: Arc::clone(&iscsi),
+            nbd_exports: Arc::clone(&nbd_exports),
             listen: listen.clone(),
             threads: Vec::new(),
             control: None,
@@ -854,6 +856,11 @@ impl Daemon {
     /// The iSCSI front end's state (targets, portals).
     pub fn iscsi(&self) -> &Arc<IscsiShared> {
         &self.iscsi
+    }
+
+    /// The NBD front end's export table.
+    pub fn nbd_exports(&self) -> &Arc<crate::frontend::nbd::NbdExports> {
+        &self.nbd_exports
     }
 
     /// Cores the reactors run on.

@@ -29,6 +29,7 @@ mod layering;
 mod linkauth;
 mod linux_guest;
 mod malformed;
+mod metrics;
 mod mirror;
 mod nbd_limits;
 mod netfault;

@@ -424,3 +424,190 @@ fn forced_removal_closes_an_nbd_client_and_changes_under_load_disturb_no_other_v
     assert_eq!(stats[0]["name"], "base");
     assert_eq!(stats[0]["errors"], 0);
 }
+
+/// Hold every NBD negotiation of daemon `d` between choosing export `name` and entering
+/// transmission (the test hook): returns (reached: one message per held negotiation, go on:
+/// one message releases one).
+fn hold_negotiations(
+    d: &twinblk::Daemon,
+    name: &'static str,
+) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+    let (reached_tx, reached) = std::sync::mpsc::channel();
+    let (go_on, go_rx) = std::sync::mpsc::channel::<()>();
+    let (reached_tx, go_rx) = (
+        std::sync::Mutex::new(reached_tx),
+        std::sync::Mutex::new(go_rx),
+    );
+    d.nbd_exports()
+        .set_negotiation_hook(Some(Arc::new(move |export: &str| {
+            if export == name {
+                let _ = reached_tx.lock().unwrap().send(());
+                let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(10));
+            }
+        })));
+    (reached, go_on)
+}
+
+#[test]
+fn an_nbd_negotiation_racing_with_its_exports_removal_is_refused_or_served_never_acked_then_dropped()
+ {
+    // doc/proto.md (NetworkBlockDevice/nbd): NBD_OPT_GO is answered with an error reply
+    // (NBD_REP_ERR_UNKNOWN for an export that is not there) or with NBD_REP_ACK, after which
+    // the client is in transmission and the server serves the export; it never hangs up
+    // after the ACK. NBD_OPT_EXPORT_NAME has no error reply: the server closes instead of
+    // sending the export's size and flags. The hook holds the client's reactor after it chose
+    // the export; the export, then its volume, are removed through the control socket.
+    use crate::rawnbd::{fixed_newstyle, info_payload, read_option_reply, send_option};
+    use std::io::Read;
+    use twinblk::frontend::nbd::proto::{cmd, opt, rep};
+    let dir = tempfile::tempdir().unwrap();
+    let (d, sock) = daemon(dir.path(), "[0]");
+    let nbd = addr(&d, Proto::Nbd);
+    for (round, go) in [(0, true), (1, false)] {
+        let name = "racy";
+        ok(
+            &sock,
+            "volume_create",
+            json!({"name": name, "backend": "malloc", "size": "4M"}),
+        );
+        ok(
+            &sock,
+            "nbd_export_add",
+            json!({"name": name, "volume": name}),
+        );
+        let (reached, go_on) = hold_negotiations(&d, "racy");
+        let mut s = fixed_newstyle(nbd);
+        if go {
+            send_option(&mut s, opt::GO, &info_payload(name, &[]));
+        } else {
+            send_option(&mut s, opt::EXPORT_NAME, name.as_bytes());
+        }
+        reached
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the negotiation reached the hook");
+        // No host is registered yet: the removal does not wait for the held reactor.
+        ok(&sock, "nbd_export_remove", json!({"name": name}));
+        go_on.send(()).unwrap();
+        d.nbd_exports().set_negotiation_hook(None);
+        if go {
+            let last = loop {
+                let (o, t, _) = read_option_reply(&mut s);
+                assert_eq!(o, opt::GO);
+                if t != rep::INFO {
+                    break t;
+                }
+            };
+            if last == rep::ACK {
+                // Acked: the export must be served.
+                let mut c = Client { s, size: 4 << 20 };
+                c.send_request(cmd::READ, 0, 9, 0, 4096, &[]);
+                let mut h = [0u8; 16];
+                assert!(
+                    c.s.read_exact(&mut h).is_ok(),
+                    "round {round}: GO was acked, then the connection was dropped"
+                );
+                continue;
+            }
+            assert_eq!(last, rep::ERR_UNKNOWN, "round {round}");
+            // Still haggling: the next option is answered.
+            send_option(&mut s, opt::LIST, &[]);
+            loop {
+                let (_, t, _) = read_option_reply(&mut s);
+                if t == rep::ACK {
+                    break;
+                }
+                assert_eq!(t, rep::SERVER, "round {round}");
+            }
+        } else {
+            let mut b = Vec::new();
+            let _ = s.read_to_end(&mut b);
+            assert!(
+                b.is_empty(),
+                "round {round}: EXPORT_NAME of a removed export got {} byte(s) (size and flags) before the hang-up",
+                b.len()
+            );
+        }
+        // Nobody uses the volume: it goes too.
+        ok(&sock, "volume_delete", json!({"name": name}));
+    }
+}
+
+/// A RAM volume size far past this machine's memory (64 TiB: more than any test machine has,
+/// and less than the 128 TiB a process can map, so only a memory check refuses it).
+const HUGE_RAM: u64 = 64 << 40;
+
+/// This machine's MemTotal + SwapTotal, read here independently of the daemon.
+fn machine_memory() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("MemTotal:") + kib("SwapTotal:")) * 1024
+}
+
+#[test]
+fn a_ram_volume_larger_than_the_machines_memory_is_refused_at_start_naming_both_sizes() {
+    assert!(HUGE_RAM > machine_memory(), "this machine has 64 TiB");
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='base'\nbackend='malloc'\nsize='16MiB'\n[[volume]]\nname='huge'\nbackend='malloc'\nsize={HUGE_RAM}\n"
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let e = match twinblk::Daemon::start(&cfg) {
+        Ok(_) => panic!("a {HUGE_RAM}-byte RAM volume was accepted"),
+        Err(e) => e,
+    };
+    let mut m = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(c) = src {
+        m.push_str(&format!(": {c}"));
+        src = c.source();
+    }
+    assert!(m.contains("huge"), "{m}");
+    assert!(m.contains(&HUGE_RAM.to_string()), "{m}");
+    assert!(m.contains("MemTotal"), "{m}");
+    // `check-config` (the file may be meant for another machine) warns and passes.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("huge.toml");
+    std::fs::write(&file, &text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("warning: volume huge") && said.contains(&HUGE_RAM.to_string()),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_ram_volume_larger_than_the_machines_memory_is_refused_at_creation_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path(), "[0]");
+    assert!(HUGE_RAM > machine_memory(), "this machine has 64 TiB");
+    let (code, m) = err(
+        &sock,
+        "volume_create",
+        json!({"name": "huge", "backend": "malloc", "size": HUGE_RAM}),
+    );
+    assert_eq!(code, -32602, "{m}");
+    assert!(m.contains(&HUGE_RAM.to_string()), "{m}");
+    assert!(m.contains("MemTotal"), "{m}");
+    assert_eq!(names(&sock), vec!["base"], "nothing was created");
+    // Sizes the machine can hold are taken and stay sparse (mapped lazily, none touched):
+    // the check is per volume, so two halves of the memory are both accepted.
+    let each = (machine_memory() / 2).next_multiple_of(4096);
+    for i in 0..2 {
+        ok(
+            &sock,
+            "volume_create",
+            json!({"name": format!("half{i}"), "backend": "malloc", "size": each}),
+        );
+    }
+}

@@ -362,9 +362,15 @@ impl NbdConn {
 
     /// The export is chosen: serve requests, and list the connection in the hosts registry.
     /// Only while the export is still in the table (checked and registered under its read
-    /// lock, see the module's invariant); otherwise the connection closes.
-    fn enter_transmission(&mut self, env: &Env<'_>) {
+    /// lock, see the module's invariant); false when it was removed since it was looked up.
+    /// Called before any byte saying the export was accepted is queued, so a removed export
+    /// is answered as unknown (GO) or with a hang-up (EXPORT_NAME), never accepted and then
+    /// dropped.
+    fn enter_transmission(&mut self, env: &Env<'_>) -> bool {
         let exports = Arc::clone(&self.exports);
+        if let Some(e) = &self.export {
+            exports.negotiation_hook(&e.name);
+        }
         let list = exports.read();
         let Some(e) = self.export.as_ref().filter(|e| {
             list.iter()
@@ -372,16 +378,17 @@ impl NbdConn {
         }) else {
             tracing::info!(
                 conn = env.key,
-                "the export was removed during negotiation; closing"
+                "the export was removed during negotiation; refusing it"
             );
-            self.life.closing = true;
-            return;
+            self.export = None;
+            return false;
         };
         self.phase = Phase::Transmission;
         let mut rec = HostRecord::new("nbd", env.io.reactor, env.key, e.name.clone());
         rec.peer = crate::transport::tcp::peer_addr(&self.fd);
         rec.volumes = vec![e.volume];
         self.host = Some(env.shared.hosts.register(rec));
+        true
     }
 
     /// Whether the too-long option at the head of `avail` (a whole header) can be skipped and
@@ -436,14 +443,13 @@ impl NbdConn {
         }
         match code {
             opt::EXPORT_NAME => match Self::find_export(&self.exports, data) {
-                Some(x) if self.select(env, x.clone()) => {
+                Some(x) if self.select(env, x.clone()) && self.enter_transmission(env) => {
                     let flags = self.tflags();
                     self.tx.pending.extend_from_slice(&self.size.to_be_bytes());
                     self.tx.pending.extend_from_slice(&flags.to_be_bytes());
                     if !self.no_zeroes {
                         self.tx.pending.extend_from_slice(&[0u8; 124]);
                     }
-                    self.enter_transmission(env);
                 }
                 _ => {
                     tracing::info!(conn = env.key, "EXPORT_NAME for an unknown export; closing");
@@ -513,7 +519,9 @@ impl NbdConn {
             self.reply(code, rep::ERR_UNKNOWN, &[]);
             return;
         };
-        if !self.select(env, export.clone()) {
+        // GO enters transmission before any reply is queued: an export removed since the
+        // look-up is refused here, not acked and then dropped.
+        if !self.select(env, export.clone()) || (code == opt::GO && !self.enter_transmission(env)) {
             self.reply(code, rep::ERR_UNKNOWN, &[]);
             return;
         }
@@ -556,9 +564,6 @@ impl NbdConn {
             return;
         }
         self.reply(code, rep::ACK, &[]);
-        if code == opt::GO {
-            self.enter_transmission(env);
-        }
     }
 
     // ----- transmission -----

@@ -8,7 +8,10 @@
 //! its own copy from then on: the I/O path takes no lock. Invariant: a connection enters
 //! transmission (and registers as a host) only while holding the read lock and only if its
 //! export is still in the table, so a removal (write lock) that finds no host of an export
-//! knows no connection will ever use it.
+//! knows no connection will ever use it. It does so before it queues any byte accepting the
+//! export (`NBD_REP_ACK` to `NBD_OPT_GO`, the size and flags after `NBD_OPT_EXPORT_NAME`): an
+//! export removed while a client negotiates is refused (`NBD_REP_ERR_UNKNOWN`, or a hang-up
+//! for `EXPORT_NAME`, which has no error reply), never accepted and then dropped.
 
 pub mod conn;
 pub mod proto;
@@ -17,7 +20,10 @@ pub use conn::NbdConn;
 
 use crate::runtime::{Acceptor, Conn};
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// A test hook run with an export's name (see [`NbdExports::set_negotiation_hook`]).
+pub type NegotiationHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// An NBD export: a volume under a name.
 #[derive(Clone, Debug)]
@@ -38,6 +44,8 @@ pub struct NbdExport {
 #[derive(Default)]
 pub struct NbdExports {
     list: RwLock<Vec<NbdExport>>,
+    /// Test hook (see [`NbdExports::set_negotiation_hook`]).
+    hook: Mutex<Option<NegotiationHook>>,
 }
 
 impl NbdExports {
@@ -45,6 +53,7 @@ impl NbdExports {
     pub fn new(exports: Vec<NbdExport>) -> Self {
         Self {
             list: RwLock::new(exports),
+            hook: Mutex::default(),
         }
     }
 
@@ -62,6 +71,22 @@ impl NbdExports {
     /// A copy of every export.
     pub fn snapshot(&self) -> Vec<NbdExport> {
         self.read().clone()
+    }
+
+    /// Test hook: `hook` runs, on the connection's reactor, when a connection has chosen an
+    /// export (`NBD_OPT_GO`, `NBD_OPT_EXPORT_NAME`) and before it checks the export is still
+    /// there and enters transmission, the window a removal through the control socket can
+    /// fall into. A hook that blocks stalls that reactor.
+    pub fn set_negotiation_hook(&self, hook: Option<NegotiationHook>) {
+        *self.hook.lock().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// Run the test hook, if any, for export `name`.
+    fn negotiation_hook(&self, name: &str) {
+        let hook = self.hook.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(h) = hook {
+            h(name);
+        }
     }
 }
 
