@@ -7,7 +7,8 @@
 //!
 //! Invariants:
 //! - Counters strictly increase for the life of the process and across restarts (seeded from the
-//!   wall clock in ns: `max(previous + 1, now_ns)`).
+//!   wall clock in ns: `max(previous + 1, now_ns)`); a BEHIND answer to one of the call's
+//!   requests raises them above the highest the witness accepted, and that request is resent.
 //! - An answer is believed only if its MAC is right, its type answers the request, it names this
 //!   site, and its counter is one this call sent; everything else is ignored.
 //! - The client never blocks past its deadline (plus one socket timeout slice, at most
@@ -68,6 +69,10 @@ pub enum ClientError {
     Recv(#[source] std::io::Error),
     #[error("no answer from the witness within {0:?}")]
     Timeout(Duration),
+    #[error(
+        "the witness has accepted the largest counter there is from this site id: no request of this site can be above it (reset the witness's state for the site)"
+    )]
+    CounterExhausted,
 }
 
 /// One request of a call in progress.
@@ -313,6 +318,31 @@ impl WitnessClient {
                 continue;
             };
             if msg.site != self.site {
+                continue;
+            }
+            if let Body::Behind { highest } = msg.body {
+                // One of this call's requests was stale: the witness had accepted a higher
+                // counter from this site (its clock stepped back, or it ran ahead before a
+                // restart). Continue above it, and resend that request now.
+                if let Some(p) = pending
+                    .iter_mut()
+                    .find(|p| p.answer.is_none() && p.sent.contains(&msg.counter))
+                {
+                    if highest == u64::MAX {
+                        return Err(ClientError::CounterExhausted);
+                    }
+                    if highest > self.counter {
+                        tracing::warn!(
+                            site = self.site.get(),
+                            counter = msg.counter,
+                            highest,
+                            behind_ms = (highest - msg.counter) / 1_000_000,
+                            "witness: this site's counter was behind the highest the witness accepted from it (its clock is behind what it sent before): continuing above it"
+                        );
+                        self.counter = highest;
+                    }
+                    p.next_send = Instant::now();
+                }
                 continue;
             }
             if let Some(p) = pending

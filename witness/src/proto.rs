@@ -55,6 +55,7 @@ const T_VIEW: u8 = 0x81;
 const T_GRANT: u8 = 0x82;
 const T_DENY: u8 = 0x83;
 const T_STATE: u8 = 0x84;
+const T_BEHIND: u8 = 0x85;
 
 /// A site's id: never 0 (0 means "no site" on the wire).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -302,6 +303,9 @@ pub enum Body {
         status: ReleaseStatus,
         view: GroupView,
     },
+    /// witness → site: answers any request whose counter is not above `highest`, the highest
+    /// accepted from the site; nothing was done.
+    Behind { highest: u64 },
 }
 
 impl Body {
@@ -461,6 +465,10 @@ pub fn encode(out: &mut Vec<u8>, msg: &Msg, key: &Key) -> Result<(), EncodeError
             r.reason = status.code();
             view_fields(&mut r, view);
         }
+        Body::Behind { highest } => {
+            r.ty = T_BEHIND;
+            r.epoch = *highest;
+        }
     }
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.push(VERSION);
@@ -536,7 +544,7 @@ pub fn decode(buf: &[u8], key: &Key) -> Result<Msg, DecodeError> {
     let body_bytes = &signed[HEADER_LEN..];
     if !matches!(
         r.ty,
-        T_HEARTBEAT | T_GRANT_REQUEST | T_RELEASE | T_VIEW | T_GRANT | T_DENY | T_STATE
+        T_HEARTBEAT | T_GRANT_REQUEST | T_RELEASE | T_VIEW | T_GRANT | T_DENY | T_STATE | T_BEHIND
     ) {
         return Err(DecodeError::Type(r.ty));
     }
@@ -675,6 +683,17 @@ pub fn decode(buf: &[u8], key: &Key) -> Result<Msg, DecodeError> {
             no_body()?;
             Body::State { status, view }
         }
+        T_BEHIND => {
+            if r.reason != 0 {
+                return Err(DecodeError::Reason(r.reason));
+            }
+            zero(r.holder.into(), "holder")?;
+            zero(r.preferred.into(), "preferred")?;
+            zero(r.group, "group")?;
+            zero(r.aux.into(), "aux")?;
+            no_body()?;
+            Body::Behind { highest: r.epoch }
+        }
         other => return Err(DecodeError::Type(other)),
     };
     Ok(Msg {
@@ -784,6 +803,8 @@ mod tests {
                 status: ReleaseStatus::NotHolder,
                 view: view(2, 1),
             },
+            Body::Behind { highest: 0 },
+            Body::Behind { highest: u64::MAX },
         ];
         bodies
             .into_iter()

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::proto::{self, Key, Msg};
+use crate::proto::{self, Body, Key, Msg};
 use crate::state::{Arbiter, Durability, Outcome, StateError, Table};
 
 /// How long one turn blocks in `recv_from`: bounds how late a stop request or a coalesced
@@ -166,12 +166,14 @@ impl Witness {
         let (body, durability) = match self.arbiter.handle(Instant::now(), &msg) {
             Outcome::Answer { body, durability } => (body, durability),
             Outcome::Replay { highest } => {
+                // Nothing is done; the answer tells a site whose clock is behind where to
+                // continue (docs/witness-protocol.md, "Authentication and replay protection").
                 self.stats.replays += 1;
                 tracing::debug!(
                     %from, site = msg.site.get(), counter = msg.counter, highest,
-                    "stale counter (replay, duplicate or a site clock behind): dropped"
+                    "stale counter (replay, duplicate or a site clock behind): answered BEHIND"
                 );
-                return Ok(false);
+                (Body::Behind { highest }, Durability::None)
             }
             Outcome::NotRequest => {
                 self.stats.rejected += 1;

@@ -1,4 +1,6 @@
-//! Forged, replayed and mismatched datagrams are never acted on, in either direction.
+//! Forged, replayed and mismatched datagrams are never acted on, in either direction; a stale
+//! request is answered BEHIND (nothing done), which lets a site whose clock is behind its last
+//! counter continue at once.
 
 use std::net::UdpSocket;
 use std::time::Duration;
@@ -62,9 +64,18 @@ fn the_witness_ignores_forged_and_replayed_requests_even_across_a_restart() {
     let a = ask_raw(&sock, &good).expect("answered");
     assert_eq!(a.counter, 1002);
     assert!(matches!(a.body, Body::Grant { view } if view.epoch == Epoch(1)));
-    // Replaying it, or sending an older counter, gets nothing.
-    assert!(ask_raw(&sock, &good).is_none());
-    assert!(ask_raw(&sock, &sealed(&grant_request(1, 999, 6), &key())).is_none());
+    // Replaying it, or sending an older counter, changes nothing: answered BEHIND, naming the
+    // highest counter accepted, with the request's own counter echoed.
+    let behind = |a: Option<Msg>, counter: u64, highest: u64| {
+        let a = a.expect("a stale request is answered");
+        assert_eq!((a.counter, a.body), (counter, Body::Behind { highest }));
+    };
+    behind(ask_raw(&sock, &good), 1002, 1002);
+    behind(
+        ask_raw(&sock, &sealed(&grant_request(1, 999, 6), &key())),
+        999,
+        1002,
+    );
     // An attacker replays site 1's recorded RELEASE after the witness restarts: still nothing.
     let release = sealed(
         &Msg {
@@ -81,11 +92,8 @@ fn the_witness_ignores_forged_and_replayed_requests_even_across_a_restart() {
     assert!(matches!(a.body, Body::State { view, .. } if view.holder.is_none()));
     drop(w.stop());
     let w = start(&state, addr, 100);
-    assert!(
-        ask_raw(&sock, &release).is_none(),
-        "replay across a restart"
-    );
-    assert!(ask_raw(&sock, &good).is_none(), "replay across a restart");
+    behind(ask_raw(&sock, &release), 1003, 1003);
+    behind(ask_raw(&sock, &good), 1002, 1003);
     // Site 2, which never sent anything, is unaffected by site 1's counters.
     // (It knows epoch 0 < 1, so it is told STALE.)
     let a = ask_raw(&sock, &sealed(&grant_request(2, 5, 5), &key())).expect("answered");
@@ -101,6 +109,67 @@ fn the_witness_ignores_forged_and_replayed_requests_even_across_a_restart() {
     assert!(stats.replays >= 2, "{stats:?}");
     let rec = w.table().groups[&GroupId(5)];
     assert_eq!((rec.epoch, rec.holder), (Epoch(1), None));
+    assert!(
+        !w.table().groups.contains_key(&GroupId(6)),
+        "the stale request for group 6 did nothing"
+    );
+}
+
+/// A site restarted with its clock behind the counters it sent before (it ran ahead until NTP
+/// stepped it back) is told where to continue and is answered within one call; before BEHIND
+/// it was ignored until its clock caught up (here an hour), unable to fail over meanwhile.
+#[test]
+fn a_site_whose_clock_is_behind_its_last_counter_is_answered_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = start(&state_path(&dir), any_port(), 100);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.connect(w.addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_millis(400)))
+        .expect("timeout");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let ahead = now + 3_600_000_000_000;
+    let a = ask_raw(&sock, &sealed(&grant_request(1, ahead, 7), &key())).expect("answered");
+    assert!(matches!(a.body, Body::Grant { .. }), "{a:?}");
+    // The site restarts (a new client, counters from its wall clock, an hour behind).
+    let mut c = client(w.addr, 1);
+    c.set_timeout(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let views = c
+        .heartbeat(&[twinblk_witness::Claim {
+            group: GroupId(7),
+            preferred: false,
+        }])
+        .expect("answered within the call, not after the clock caught up");
+    assert_eq!(views[0].holder, Some(site(1)), "{views:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Its later calls go on above the counter it was told.
+    assert!(matches!(
+        c.request_grant(GroupId(7), Epoch(1), false)
+            .expect("answered"),
+        GrantOutcome::Granted { epoch: Epoch(1) }
+    ));
+    let w = w.stop();
+    assert!(w.table().counters[&site(1)] > ahead);
+    drop(w);
+    // A counter of 2^64 - 1 cannot be passed: the call says so instead of timing out.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = start(&state_path(&dir), any_port(), 100);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.connect(w.addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_millis(400)))
+        .expect("timeout");
+    let a = ask_raw(&sock, &sealed(&grant_request(2, u64::MAX, 8), &key())).expect("answered");
+    assert!(matches!(a.body, Body::Grant { .. }), "{a:?}");
+    let mut c2 = client(w.addr, 2);
+    let e = c2.heartbeat(&[]).expect_err("no counter above 2^64 - 1");
+    assert!(
+        matches!(e, twinblk_witness::ClientError::CounterExhausted),
+        "{e}"
+    );
+    drop(w.stop());
 }
 
 #[test]
