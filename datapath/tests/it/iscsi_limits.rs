@@ -193,6 +193,63 @@ fn unmap_ignores_an_incomplete_last_descriptor_and_a_truncated_list() {
     );
 }
 
+/// WRITE SAME(10) (`sixteen` false) or WRITE SAME(16) of `blocks` blocks at `lba` with CDB
+/// byte 1 `flags` and the one block `block` (immediate data); its status.
+fn write_same(
+    r: &mut Raw,
+    itt: u32,
+    sixteen: bool,
+    flags: u8,
+    lba: u32,
+    blocks: u16,
+    block: &[u8],
+) -> u8 {
+    let mut cdb = [0u8; 16];
+    let len = if sixteen {
+        cdb[0] = 0x93;
+        cdb[2..10].copy_from_slice(&u64::from(lba).to_be_bytes());
+        cdb[10..14].copy_from_slice(&u32::from(blocks).to_be_bytes());
+        16
+    } else {
+        cdb[0] = 0x41;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        10
+    };
+    cdb[1] = flags;
+    r.scsi(itt, &cdb[..len], block.len() as u32, 0x80 | 0x20, block);
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response, got opcode {:#x}", h[0]);
+    h[3]
+}
+
+/// SBC-3 §5.45/§5.46: with the UNMAP bit set the device server may unmap the blocks only where
+/// they then read back as the block sent (LBPRZ: a block of zeroes); any other block is
+/// written. Either way the blocks read back as the block sent.
+#[test]
+fn write_same_with_unmap_and_a_nonzero_block_writes_the_block() {
+    let (_d, addr) = daemon("16MiB");
+    let mut r = login_with(addr, &["ImmediateData=Yes"]);
+    let data = pattern(15, 32 * 512);
+    r.scsi(1, &write10(0, 32), 32 * 512, 0x80 | 0x20, &data);
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "write GOOD");
+    let block = pattern(16, 512);
+    // WRITE SAME(10), UNMAP: blocks 0..8; WRITE SAME(16), UNMAP: blocks 8..16.
+    assert_eq!(write_same(&mut r, 2, false, 0x08, 0, 8, &block), 0);
+    assert_eq!(write_same(&mut r, 3, true, 0x08, 8, 8, &block), 0);
+    // A block of zeroes with UNMAP (may be unmapped: reads back as zeroes) at 16..24.
+    assert_eq!(write_same(&mut r, 4, true, 0x08, 16, 8, &[0; 512]), 0);
+    let back = crate::iscsi::read_blocks(&mut r, 5, 0, 32);
+    for (i, b) in back.chunks(512).enumerate() {
+        match i {
+            0..16 => assert_eq!(b, &block[..], "block {i} holds the block written"),
+            16..24 => assert!(b.iter().all(|&x| x == 0), "block {i} reads as zeroes"),
+            _ => assert_eq!(b, &data[i * 512..(i + 1) * 512], "block {i} untouched"),
+        }
+    }
+}
+
 /// Log in to a discovery session declaring MaxRecvDataSegmentLength `mrdsl`.
 fn discovery(addr: SocketAddr, mrdsl: u32) -> Raw {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -982,9 +982,10 @@ impl IscsiConn {
             slot,
         };
         let pattern = std::mem::take(&mut self.tasks[slot as usize].buf);
-        // With UNMAP the blocks are deallocated whatever the pattern: they read back as zeroes
-        // (LBPRZ), SBC-3 §5.45.
-        let zero = unmap || ndob || pattern.iter().all(|&b| b == 0);
+        // Unmapped blocks read back as zeroes (LBPRZ): with UNMAP a block of zeroes (or none,
+        // NDOB) may be unmapped, any other block is written (SBC-3 §5.45, §5.46), so the blocks
+        // always read back as the block sent.
+        let zero = ndob || pattern.iter().all(|&b| b == 0);
         env.counters.ios += 1;
         env.vol_counters[vol].ops += 1;
         if !self.enter_section(env, slot, vol) {
