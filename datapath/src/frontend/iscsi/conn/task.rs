@@ -1165,6 +1165,7 @@ impl IscsiConn {
             lun: t.luns[lun_idx].lun,
             me,
             name: self.initiator.clone(),
+            port: self.sh.tpg,
             out,
         };
         let bytes = crate::layer::mirror::engine::tagged(prs::META_KIND, &cmd.encode());
@@ -1173,7 +1174,7 @@ impl IscsiConn {
             slot,
         };
         match env.chans[vol].meta(env.io, tag, &bytes) {
-            None => Some(pr.apply(&me, &self.initiator, &out)),
+            None => Some(pr.apply(&me, &self.initiator, self.sh.tpg, &out)),
             Some(Start::Done(r)) => Some(prs::outcome_of(r)),
             Some(Start::Pending) => {
                 let t = &mut self.tasks[slot as usize];
@@ -1310,6 +1311,7 @@ impl IscsiConn {
             lun,
             me: self.res,
             name: self.initiator.clone(),
+            port: self.sh.tpg,
             out,
         };
         let bytes = crate::layer::mirror::engine::tagged(prs::META_KIND, &cmd.encode());
@@ -1329,7 +1331,7 @@ impl IscsiConn {
             }
             Some(Start::Done(Ok(()))) => {}
             None => {
-                pr.apply(&self.res, &self.initiator, &out);
+                pr.apply(&self.res, &self.initiator, self.sh.tpg, &out);
             }
         }
         self.tasks.remove(slot as usize);
