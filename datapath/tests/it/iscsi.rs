@@ -12,6 +12,12 @@ pub(crate) const IQN: &str = "iqn.2026-11.io.twinblk:vol0";
 /// Skips of `iscsi-test-cu -t ALL` on a RAM volume, each listed with its reason in
 /// docs/iscsi-conformance.md. The suite fails if more tests skip (a capability lost).
 pub(crate) const MAX_SKIPS: usize = 44;
+/// Tests of `iscsi-test-cu -t ALL` that fail because the test contradicts SBC-3 (each listed
+/// with its reason in docs/iscsi-conformance.md): WriteSame10.UnmapUntilEnd sends WRITE SAME
+/// with the UNMAP bit and a block of FFh and expects zeroes back; SBC-3 §5.45 allows unmapping
+/// only where the block sent would read back, so the target writes the FFh blocks (its WRITE
+/// SAME(16) twin and WriteSame10.Unmap send a block of zeroes, and pass).
+pub(crate) const KNOWN_FAILURES: &[&str] = &["WriteSame10.UnmapUntilEnd"];
 
 pub(crate) fn daemon(size: &str) -> (twinblk::Daemon, SocketAddr) {
     daemon_with(size, "")
@@ -152,8 +158,8 @@ pub(crate) fn conformance_failing(
 #[test]
 fn libiscsi_conformance_suite_passes_on_a_ram_volume() {
     let (_d, addr) = daemon("64MiB");
-    let (passed, skipped) = conformance("ALL", &[url(addr)]);
-    assert!(passed >= 186, "only {passed} passed");
+    let (passed, skipped) = conformance_failing("ALL", &[url(addr)], KNOWN_FAILURES);
+    assert!(passed >= 185, "only {passed} passed");
     assert!(
         !skipped
             .iter()
@@ -172,8 +178,8 @@ fn libiscsi_conformance_suite_passes_over_two_sessions_to_one_target() {
     // The same URL twice: the MultipathIO tests run across two sessions (LUN reset unit
     // attentions on both, compare-and-write from both).
     let (_d, addr) = daemon("64MiB");
-    let (passed, skipped) = conformance("ALL", &[url(addr), url(addr)]);
-    assert!(passed >= 190, "only {passed} passed");
+    let (passed, skipped) = conformance_failing("ALL", &[url(addr), url(addr)], KNOWN_FAILURES);
+    assert!(passed >= 189, "only {passed} passed");
     assert!(
         !skipped.iter().any(|(t, _)| t.starts_with("MultipathIO")),
         "multipath tests skipped: {skipped:?}"
@@ -1204,9 +1210,9 @@ fn aptpl_reservations_survive_a_restart_of_both_sites() {
 fn libiscsi_conformance_suite_passes_across_both_sites() {
     let root = tempfile::tempdir().unwrap();
     let (a, ia, b, ib) = two_sites(root.path(), "");
-    // Nothing is known to fail across the sites: persistent reservations, RESERVE(6), LUN
+    // Nothing more is known to fail across the sites: persistent reservations, RESERVE(6), LUN
     // resets (their unit attention), compare-and-write and data are one LU's.
-    let (passed, skipped) = conformance("ALL", &[url(ia), url(ib)]);
+    let (passed, skipped) = conformance_failing("ALL", &[url(ia), url(ib)], KNOWN_FAILURES);
     assert!(
         !skipped.iter().any(|(t, _)| t.starts_with("MultipathIO")),
         "multipath tests skipped: {skipped:?}"

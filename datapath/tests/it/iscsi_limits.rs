@@ -2,7 +2,7 @@
 //! them, checked field by field against RFC 7143 with the raw initiator (`iscsi::Raw`).
 
 use crate::harness::pattern;
-use crate::iscsi::{IQN, Raw, bhs, daemon, frame, put32, read10, write10};
+use crate::iscsi::{IQN, Raw, bhs, daemon, daemon_with, frame, put32, read10, write10};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -191,6 +191,63 @@ fn unmap_ignores_an_incomplete_last_descriptor_and_a_truncated_list() {
         unmap(&mut r, 5, &list(16, &desc(blocks - 4, 8))),
         (2, 5, 0x21, 0)
     );
+}
+
+/// WRITE SAME(10) (`sixteen` false) or WRITE SAME(16) of `blocks` blocks at `lba` with CDB
+/// byte 1 `flags` and the one block `block` (immediate data); its status.
+fn write_same(
+    r: &mut Raw,
+    itt: u32,
+    sixteen: bool,
+    flags: u8,
+    lba: u32,
+    blocks: u16,
+    block: &[u8],
+) -> u8 {
+    let mut cdb = [0u8; 16];
+    let len = if sixteen {
+        cdb[0] = 0x93;
+        cdb[2..10].copy_from_slice(&u64::from(lba).to_be_bytes());
+        cdb[10..14].copy_from_slice(&u32::from(blocks).to_be_bytes());
+        16
+    } else {
+        cdb[0] = 0x41;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        10
+    };
+    cdb[1] = flags;
+    r.scsi(itt, &cdb[..len], block.len() as u32, 0x80 | 0x20, block);
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response, got opcode {:#x}", h[0]);
+    h[3]
+}
+
+/// SBC-3 §5.45/§5.46: with the UNMAP bit set the device server may unmap the blocks only where
+/// they then read back as the block sent (LBPRZ: a block of zeroes); any other block is
+/// written. Either way the blocks read back as the block sent.
+#[test]
+fn write_same_with_unmap_and_a_nonzero_block_writes_the_block() {
+    let (_d, addr) = daemon("16MiB");
+    let mut r = login_with(addr, &["ImmediateData=Yes"]);
+    let data = pattern(15, 32 * 512);
+    r.scsi(1, &write10(0, 32), 32 * 512, 0x80 | 0x20, &data);
+    let (h, _) = r.read_pdu().expect("SCSI Response");
+    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "write GOOD");
+    let block = pattern(16, 512);
+    // WRITE SAME(10), UNMAP: blocks 0..8; WRITE SAME(16), UNMAP: blocks 8..16.
+    assert_eq!(write_same(&mut r, 2, false, 0x08, 0, 8, &block), 0);
+    assert_eq!(write_same(&mut r, 3, true, 0x08, 8, 8, &block), 0);
+    // A block of zeroes with UNMAP (may be unmapped: reads back as zeroes) at 16..24.
+    assert_eq!(write_same(&mut r, 4, true, 0x08, 16, 8, &[0; 512]), 0);
+    let back = crate::iscsi::read_blocks(&mut r, 5, 0, 32);
+    for (i, b) in back.chunks(512).enumerate() {
+        match i {
+            0..16 => assert_eq!(b, &block[..], "block {i} holds the block written"),
+            16..24 => assert!(b.iter().all(|&x| x == 0), "block {i} reads as zeroes"),
+            _ => assert_eq!(b, &data[i * 512..(i + 1) * 512], "block {i} untouched"),
+        }
+    }
 }
 
 /// Log in to a discovery session declaring MaxRecvDataSegmentLength `mrdsl`.
@@ -539,4 +596,134 @@ fn the_smallest_bursts_move_a_write_512_bytes_at_a_time() {
         pdus.iter().all(|p| p.0 & 0x80 != 0 && p.3 == 512),
         "{pdus:?}"
     );
+}
+
+/// A CHAP login to a target of user `alice`, secret `secretsecret12`, answering the target's
+/// challenge with CHAP_R `r(id, challenge)`: the last Login Response's status class and detail.
+fn chap_login(addr: SocketAddr, r: impl Fn(u8, &[u8]) -> String) -> (u8, u8) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut raw = Raw {
+        s,
+        cmd_sn: 1,
+        hd: false,
+        dd: false,
+    };
+    let mut stat_sn = 0;
+    let mut step = |raw: &mut Raw, keys: &str| {
+        // T bit, CSG 0 (security), NSG 1 (operational).
+        let mut h = bhs(0x43, 0x80 | 1);
+        h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 9]);
+        put32(&mut h, 16, 1);
+        put32(&mut h, 24, 1);
+        put32(&mut h, 28, stat_sn);
+        raw.send(h, keys.as_bytes());
+        let (h, d) = raw.read_pdu().expect("a Login Response");
+        assert_eq!(h[0] & 0x3F, 0x23, "Login Response");
+        stat_sn = u32::from_be_bytes(h[24..28].try_into().unwrap()) + 1;
+        let text = String::from_utf8(d).unwrap();
+        let keys: Vec<(String, String)> = text
+            .split('\0')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ((h[36], h[37]), keys)
+    };
+    let first = format!(
+        "InitiatorName=iqn.2026-12.test:chap\0SessionType=Normal\0TargetName={IQN}\0AuthMethod=CHAP\0"
+    );
+    let (st, keys) = step(&mut raw, &first);
+    assert_eq!(st, (0, 0), "AuthMethod answered");
+    assert!(
+        keys.contains(&("AuthMethod".into(), "CHAP".into())),
+        "{keys:?}"
+    );
+    let (st, keys) = step(&mut raw, "CHAP_A=5\0");
+    assert_eq!(st, (0, 0), "challenge sent");
+    let get = |k: &str| {
+        keys.iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let id: u8 = get("CHAP_I").parse().unwrap();
+    let c = get("CHAP_C");
+    let c = c.strip_prefix("0x").expect("the target's challenge in hex");
+    let challenge: Vec<u8> = (0..c.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&c[i..i + 2], 16).unwrap())
+        .collect();
+    let answer = format!("CHAP_N=alice\0CHAP_R={}\0", r(id, &challenge));
+    step(&mut raw, &answer).0
+}
+
+/// A CHAP_R from the target's CHAP_I and CHAP_C.
+type ChapAnswer<'a> = Box<dyn Fn(u8, &[u8]) -> String + 'a>;
+
+/// `b` in base64 (RFC 4648 §4, padded), without a prefix.
+fn base64(b: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
+        for i in 0..4 {
+            s.push(if i <= c.len() {
+                char::from(A[(n >> (18 - 6 * i) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    s
+}
+
+/// RFC 7143 §6.1, §12.1.3: CHAP_R is a binary-value, in hex (`0x`/`0X`) or base64 (`0b`/`0B`):
+/// each form of the right response logs in; a malformed value fails the login as the
+/// initiator's error (0200), a well-formed wrong one as an authentication failure (0201).
+#[test]
+fn chap_responses_in_hex_and_base64_and_malformed_ones_get_their_status() {
+    let one_way = format!(
+        "[[iscsi.target]]\niqn='{IQN}'\nluns=['vol0']\nchap_user='alice'\nchap_secret='secretsecret12'\n"
+    );
+    let (_d, addr) = daemon_with("16MiB", &one_way);
+    let md5 = |id: u8, c: &[u8]| twinblk::frontend::iscsi::chap::response(id, b"secretsecret12", c);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+    let cases: [(&str, ChapAnswer, (u8, u8)); 6] = [
+        (
+            "lower-case hex",
+            Box::new(|i, c| format!("0x{}", hex(&md5(i, c)).to_lowercase())),
+            (0, 0),
+        ),
+        (
+            "0X and upper-case hex",
+            Box::new(|i, c| format!("0X{}", hex(&md5(i, c)))),
+            (0, 0),
+        ),
+        (
+            "base64",
+            Box::new(|i, c| format!("0b{}", base64(&md5(i, c)))),
+            (0, 0),
+        ),
+        (
+            "0B base64",
+            Box::new(|i, c| format!("0B{}", base64(&md5(i, c)))),
+            (0, 0),
+        ),
+        (
+            "not hex",
+            Box::new(|i, c| format!("0x{}zz", hex(&md5(i, c)))),
+            (2, 0),
+        ),
+        (
+            "a wrong response",
+            Box::new(|i, c| format!("0b{}", base64(&md5(i ^ 1, c)))),
+            (2, 1),
+        ),
+    ];
+    for (what, r, want) in cases {
+        assert_eq!(chap_login(addr, r), want, "{what}");
+    }
 }

@@ -1,8 +1,9 @@
 //! SPC-2 RESERVE / RELEASE across the two sites of a mirrored volume: decided by the volume's
 //! leader site and enforced at both, released at both when the holder's I_T nexus goes (logout,
-//! a dropped connection).
+//! a dropped connection); READ FULL STATUS naming the target port each registration came
+//! through, and the ALL_TG_PT and SPEC_I_PT bits of PERSISTENT RESERVE OUT.
 
-use crate::iscsi::{Raw, bhs, put32, status_of, two_sites, write_one};
+use crate::iscsi::{Raw, bhs, prin, prout, prout_flags, put32, status_of, two_sites, write_one};
 use std::time::{Duration, Instant};
 
 const CONFLICT: u8 = 0x18;
@@ -106,5 +107,130 @@ fn reserve6_at_one_site_conflicts_at_the_other_until_released_or_its_nexus_goes(
     assert_eq!(st(&mut h4, 41, &TUR), CONFLICT);
     assert_eq!(write_one(&mut h4, 42, bs), CONFLICT);
     drop((h3, h4));
+    drop((a, b));
+}
+
+/// The relative target port identifier of the port `r` is logged in through, as its Device
+/// Identification VPD page (83h) reports it (target port association, designator type 4).
+fn relative_port(r: &mut Raw, itt: u32) -> u16 {
+    let (st, _, _, _, d) = status_of(r, itt, &[0x12, 0x01, 0x83, 0x10, 0x00, 0], 4096);
+    assert_eq!((st, d[1]), (0, 0x83), "INQUIRY VPD 83h");
+    let end = 4 + u16::from_be_bytes([d[2], d[3]]) as usize;
+    let mut at = 4;
+    while at + 4 <= end {
+        let len = d[at + 3] as usize;
+        if (d[at + 1] >> 4) & 3 == 1 && d[at + 1] & 0x0F == 4 {
+            assert_eq!(len, 4);
+            return u16::from_be_bytes([d[at + 6], d[at + 7]]);
+        }
+        at += 4 + len;
+    }
+    panic!("no relative target port designator in {d:?}");
+}
+
+/// One READ FULL STATUS descriptor (SPC-4 §6.15.5): reservation key, byte 12 (ALL_TG_PT,
+/// R_HOLDER), byte 13 (SCOPE, TYPE), RELATIVE TARGET PORT IDENTIFIER, TransportID.
+#[derive(Debug, PartialEq, Eq)]
+struct Full {
+    key: u64,
+    flags: u8,
+    scope_type: u8,
+    rtpi: u16,
+    tid: Vec<u8>,
+}
+
+fn full_status(r: &mut Raw, itt: u32) -> Vec<Full> {
+    let b = prin(r, itt, 3);
+    let n = 8 + u32::from_be_bytes(b[4..8].try_into().unwrap()) as usize;
+    assert_eq!(b.len(), n, "ADDITIONAL LENGTH covers the descriptors");
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at < n {
+        let d = &b[at..];
+        assert_eq!(&d[8..12], &[0; 4], "bytes 8..12 reserved");
+        assert_eq!(&d[14..18], &[0; 4], "bytes 14..18 reserved");
+        let len = u32::from_be_bytes(d[20..24].try_into().unwrap()) as usize;
+        out.push(Full {
+            key: u64::from_be_bytes(d[0..8].try_into().unwrap()),
+            flags: d[12],
+            scope_type: d[13],
+            rtpi: u16::from_be_bytes([d[18], d[19]]),
+            tid: d[24..24 + len].to_vec(),
+        });
+        at += 24 + len;
+    }
+    assert_eq!(at, n);
+    out
+}
+
+/// SPC-4 §6.15.5: each READ FULL STATUS descriptor's RELATIVE TARGET PORT IDENTIFIER is that of
+/// the target port its registration came through (ALL_TG_PT 0): site a's port for a host that
+/// registered there, site b's for one that registered at site b, whichever site reports it.
+/// §6.16.3: ALL_TG_PT is ignored but for REGISTER and REGISTER AND IGNORE EXISTING KEY, which
+/// refuse it (not supported: ATP_C 0); SPEC_I_PT (not supported) is refused for every action.
+#[test]
+fn read_full_status_names_each_registrations_target_port_and_all_tg_pt_is_ignored_elsewhere() {
+    const INVALID_PARAM: (u8, u8, u8, u8) = (2, 5, 0x26, 0);
+    let (ka, kb) = (0xA1u64, 0xB2u64);
+    let root = tempfile::tempdir().unwrap();
+    let (a, ia, b, ib) = two_sites(root.path(), "");
+    let (mut h1, _) = session(ia, "iqn.2026-12.test:host1");
+    let (mut h2, _) = session(ib, "iqn.2026-12.test:host2");
+    let (port_a, port_b) = (relative_port(&mut h1, 3), relative_port(&mut h2, 3));
+    assert_ne!(port_a, port_b, "one port per site");
+    assert_eq!(prout(&mut h1, 4, 0, 0, 0, ka).0, 0);
+    assert_eq!(prout(&mut h2, 4, 0, 0, 0, kb).0, 0);
+    assert_eq!(prout(&mut h1, 5, 1, 1, ka, 0).0, 0, "Write Exclusive");
+    let (fa, fb) = (full_status(&mut h1, 6), full_status(&mut h2, 6));
+    assert_eq!(fa, fb, "both sites report one state");
+    assert_eq!(fa.len(), 2);
+    let tid = |name: &str| {
+        let mut t = vec![0x05, 0, 0, 0];
+        t.extend_from_slice(name.as_bytes());
+        t.push(0);
+        t.resize(t.len().next_multiple_of(4).max(24), 0);
+        let n = (t.len() - 4) as u16;
+        t[2..4].copy_from_slice(&n.to_be_bytes());
+        t
+    };
+    let want = [
+        Full {
+            key: ka,
+            flags: 0x01,
+            scope_type: 0x01,
+            rtpi: port_a,
+            tid: tid("iqn.2026-12.test:host1"),
+        },
+        Full {
+            key: kb,
+            flags: 0,
+            scope_type: 0,
+            rtpi: port_b,
+            tid: tid("iqn.2026-12.test:host2"),
+        },
+    ];
+    assert_eq!(fa, want);
+    // ALL_TG_PT with REGISTER or REGISTER AND IGNORE EXISTING KEY: not supported, refused.
+    assert_eq!(prout_flags(&mut h2, 7, 0, 0, kb, 0xB3, 0x04), INVALID_PARAM);
+    assert_eq!(prout_flags(&mut h2, 8, 6, 0, 0, 0xB3, 0x04), INVALID_PARAM);
+    // SPEC_I_PT: refused with any action.
+    assert_eq!(prout_flags(&mut h1, 9, 0, 0, ka, ka, 0x08), INVALID_PARAM);
+    assert_eq!(prout_flags(&mut h1, 10, 1, 1, ka, 0, 0x08), INVALID_PARAM);
+    // ALL_TG_PT with any other action is ignored: RESERVE (again), RELEASE, PREEMPT, CLEAR.
+    assert_eq!(prout_flags(&mut h1, 11, 1, 1, ka, 0, 0x04).0, 0);
+    assert_eq!(prout_flags(&mut h1, 12, 2, 1, ka, 0, 0x04).0, 0);
+    assert_eq!(prout_flags(&mut h2, 13, 1, 1, kb, 0, 0x04).0, 0);
+    assert_eq!(prout_flags(&mut h1, 14, 4, 1, ka, kb, 0x04).0, 0);
+    let f = full_status(&mut h2, 15);
+    assert_eq!(
+        f.iter()
+            .map(|d| (d.key, d.flags, d.rtpi))
+            .collect::<Vec<_>>(),
+        [(ka, 0x01, port_a)],
+        "host 1 preempted host 2 and holds the reservation"
+    );
+    assert_eq!(prout_flags(&mut h1, 16, 3, 0, ka, 0, 0x04).0, 0);
+    assert!(full_status(&mut h2, 17).is_empty(), "cleared");
+    drop((h1, h2));
     drop((a, b));
 }

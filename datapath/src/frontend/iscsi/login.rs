@@ -202,13 +202,18 @@ fn yn(b: bool) -> &'static str {
 }
 
 /// A numeric value in `lo..=hi` (decimal, or hex with `0x`).
-fn number(v: &str, lo: u32, hi: u32) -> Option<u32> {
+pub(super) fn number(v: &str, lo: u32, hi: u32) -> Option<u32> {
     if v.is_empty() || v.len() > 12 {
         return None;
     }
+    // Digits only: Rust's integer parsing would take a leading `+` too.
     let n = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16).ok()?,
-        None => v.parse::<u64>().ok()?,
+        Some(h) if !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()) => {
+            u64::from_str_radix(h, 16).ok()?
+        }
+        Some(_) => return None,
+        None if v.bytes().all(|c| c.is_ascii_digit()) => v.parse::<u64>().ok()?,
+        None => return None,
     };
     let n = u32::try_from(n).ok()?;
     (lo..=hi).contains(&n).then_some(n)

@@ -7,8 +7,13 @@
 //! registrant is an I_T nexus: its 16-byte id hashes the initiator name and the ISID.
 //!
 //! Types map one to one (SCSI 1 WE, 3 EA, 5 WE-RO, 6 EA-RO, 7 WE-AR, 8 EA-AR → NVMe 1..6).
-//! Not supported (refused with sense, and not advertised by REPORT CAPABILITIES): APTPL,
-//! ALL_TG_PT, SPEC_I_PT, REGISTER AND MOVE, REPLACE LOST RESERVATION.
+//! Not supported (refused with sense, and not advertised by REPORT CAPABILITIES): ALL_TG_PT
+//! set in a REGISTER or REGISTER AND IGNORE EXISTING KEY (the other actions ignore the bit,
+//! SPC-4 §6.16.3), SPEC_I_PT, REGISTER AND MOVE, REPLACE LOST RESERVATION.
+//!
+//! Each registrant keeps its initiator name and the relative target port id (the site's target
+//! port group, as VPD page 83h reports it) its last registration came through: READ FULL
+//! STATUS reports them (TransportID, RELATIVE TARGET PORT IDENTIFIER).
 //!
 //! The LUN's SPC-2 RESERVE holder lives in the same state (`spc2.rs` has its rules), so the
 //! rules that tie the two kinds together (SPC-2 §5.5.1: no RESERVE or RELEASE while any nexus is
@@ -59,11 +64,15 @@ pub struct PrState {
 /// a unit attention too (docs/iscsi.md, "Resets across the sites").
 pub const RESET_EVENT: u8 = 0x10;
 
+/// A registrant's id, initiator name (its READ FULL STATUS TransportID) and the relative target
+/// port id its registration came through.
+pub type Registered = ([u8; 16], String, u16);
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Inner {
     ns: NsResv,
-    /// Initiator names and ISIDs of the registrants (READ FULL STATUS transport ids).
-    names: Vec<([u8; 16], String)>,
+    /// Initiator names and target ports of the registrants (READ FULL STATUS).
+    names: Vec<Registered>,
     /// Activate Persist Through Power Loss: the last REGISTER asked for it; the state is then
     /// in its file and survives a restart (without it the file is removed).
     aptpl: bool,
@@ -176,8 +185,10 @@ pub fn parse_out(sa: u8, scope_type: u8, p: &[u8]) -> Result<PrOut, Sense> {
     let key = be64(&p[0..8]);
     let sa_key = be64(&p[8..16]);
     let flags = p[20];
-    // SPEC_I_PT (0x08) and ALL_TG_PT (0x04) are not supported.
-    if flags & 0x0C != 0 {
+    // SPC-4 §6.16.3: SPEC_I_PT (0x08) is invalid but for REGISTER, which does not support it;
+    // ALL_TG_PT (0x04) is valid for REGISTER and REGISTER AND IGNORE EXISTING KEY (not
+    // supported: ATP_C 0) and ignored for the other actions.
+    if flags & 0x08 != 0 || (matches!(sa, 0 | 6) && flags & 0x04 != 0) {
         return Err(Sense::INVALID_FIELD_PARAM);
     }
     let aptpl = matches!(sa, 0 | 6) && flags & 0x01 != 0;
@@ -238,16 +249,26 @@ impl PrState {
     }
 
     /// PERSISTENT RESERVE OUT service action `sa` with `scope_type` (CDB byte 2) and the
-    /// parameter list `p`, from nexus `me` (initiator `name`), decided here.
-    pub fn out(&self, me: &[u8; 16], name: &str, sa: u8, scope_type: u8, p: &[u8]) -> Outcome {
+    /// parameter list `p`, from nexus `me` (initiator `name`, through relative target port
+    /// `port`), decided here.
+    pub fn out(
+        &self,
+        me: &[u8; 16],
+        name: &str,
+        port: u16,
+        sa: u8,
+        scope_type: u8,
+        p: &[u8],
+    ) -> Outcome {
         match parse_out(sa, scope_type, p) {
-            Ok(o) => self.apply(me, name, &o),
+            Ok(o) => self.apply(me, name, port, &o),
             Err(s) => Outcome::Check(s),
         }
     }
 
-    /// Apply a checked PERSISTENT RESERVE OUT from nexus `me` (initiator `name`).
-    pub fn apply(&self, me: &[u8; 16], name: &str, o: &PrOut) -> Outcome {
+    /// Apply a checked PERSISTENT RESERVE OUT from nexus `me` (initiator `name`, through
+    /// relative target port `port`).
+    pub fn apply(&self, me: &[u8; 16], name: &str, port: u16, o: &PrOut) -> Outcome {
         let PrOut {
             sa,
             nt,
@@ -337,11 +358,17 @@ impl PrState {
         if r.is_ok() && matches!(sa, 0 | 6) {
             g.aptpl = aptpl;
         }
-        if g.ns != before {
+        let registered_here = r.is_ok() && matches!(sa, 0 | 6);
+        if g.ns != before || registered_here {
             let live: Vec<[u8; 16]> = g.ns.registrants.iter().map(|r| r.hostid).collect();
-            g.names.retain(|(h, _)| live.contains(h));
-            if live.contains(me) && !g.names.iter().any(|(h, _)| h == me) {
-                g.names.push((*me, name.to_string()));
+            g.names.retain(|(h, _, _)| live.contains(h));
+            if live.contains(me) {
+                // A registration (or a new key) through this port: it is reported with it.
+                match g.names.iter_mut().find(|(h, _, _)| h == me) {
+                    Some(n) if registered_here => (n.1, n.2) = (name.to_string(), port),
+                    Some(_) => {}
+                    None => g.names.push((*me, name.to_string(), port)),
+                }
             }
         }
         if g != *guard {
@@ -497,7 +524,7 @@ impl PrState {
     pub fn install(
         &self,
         ns: NsResv,
-        names: Vec<([u8; 16], String)>,
+        names: Vec<Registered>,
         aptpl: bool,
         reset_gen: u64,
         reserve: Option<[u8; 16]>,
@@ -571,11 +598,11 @@ impl PrState {
                 b.extend_from_slice(&ns.generation.to_be_bytes());
                 b.extend_from_slice(&0u32.to_be_bytes());
                 for r in &ns.registrants {
-                    let name = g
+                    let (name, port) = g
                         .names
                         .iter()
-                        .find(|(h, _)| *h == r.hostid)
-                        .map_or("", |(_, n)| n.as_str());
+                        .find(|(h, _, _)| *h == r.hostid)
+                        .map_or(("", 0), |(_, n, p)| (n.as_str(), *p));
                     // iSCSI TransportID, format 00b: protocol 5, length, the NUL-ended name
                     // padded to a multiple of 4.
                     let mut tid = vec![0x05, 0, 0, 0];
@@ -597,7 +624,8 @@ impl PrState {
                         0
                     });
                     b.extend_from_slice(&[0; 4]);
-                    b.extend_from_slice(&[0; 2]); // relative target port (ALL_TG_PT=0)
+                    // ALL_TG_PT is 0 (byte 12): the port the registration came through.
+                    b.extend_from_slice(&port.to_be_bytes());
                     b.extend_from_slice(&(tid.len() as u32).to_be_bytes());
                     b.extend_from_slice(&tid);
                 }
@@ -617,10 +645,16 @@ impl PrState {
     }
 }
 
+/// The format of [`encode`]'s states: after a 0 byte (where a state without it, the first
+/// format, starts with its target's length, never 0), each registrant's name is followed by
+/// its relative target port id. A state in the first format is read with ports 0 (unknown).
+const STATE_FORMAT: u8 = 2;
+
 /// `g` as a replicated (and persisted) state of LUN `lun` of `target`.
 fn encode(g: &Inner, target: &str, lun: u16) -> Vec<u8> {
     let n = &g.ns;
     let mut v = Vec::with_capacity(64 + target.len() + n.registrants.len() * 64);
+    v.extend_from_slice(&[0, STATE_FORMAT]);
     put_str(&mut v, target);
     v.extend_from_slice(&lun.to_le_bytes());
     v.push(u8::from(g.aptpl));
@@ -634,12 +668,13 @@ fn encode(g: &Inner, target: &str, lun: u16) -> Vec<u8> {
     for r in &n.registrants[..count] {
         v.extend_from_slice(&r.hostid);
         v.extend_from_slice(&r.rkey.to_le_bytes());
-        let name = g
+        let (name, port) = g
             .names
             .iter()
-            .find(|(h, _)| *h == r.hostid)
-            .map_or("", |(_, n)| n.as_str());
+            .find(|(h, _, _)| *h == r.hostid)
+            .map_or(("", 0), |(_, n, p)| (n.as_str(), *p));
         put_str(&mut v, name);
+        v.extend_from_slice(&port.to_le_bytes());
     }
     v
 }
@@ -723,6 +758,8 @@ pub struct PrCmd {
     pub me: [u8; 16],
     /// Its initiator name (READ FULL STATUS).
     pub name: String,
+    /// The relative target port id it came through (READ FULL STATUS).
+    pub port: u16,
     /// What it asks.
     pub out: PrOut,
 }
@@ -742,6 +779,7 @@ impl PrCmd {
         v.extend_from_slice(&self.lun.to_le_bytes());
         v.extend_from_slice(&self.me);
         put_str(&mut v, &self.name);
+        v.extend_from_slice(&self.port.to_le_bytes());
         v.push(self.out.sa);
         v.push(self.out.nt);
         v.push(u8::from(self.out.aptpl));
@@ -759,6 +797,7 @@ impl PrCmd {
             lun: c.u16()?,
             me: c.id()?,
             name: c.str8()?,
+            port: c.u16()?,
             out: PrOut {
                 sa: c.u8()?,
                 nt: c.u8()?,
@@ -787,7 +826,7 @@ impl PrCmd {
 
 /// A replicated state: (target, LUN, the reservation state, the registrants' names, APTPL,
 /// the reset generation).
-pub type PrStateParts = (String, u16, NsResv, Vec<([u8; 16], String)>, bool, u64);
+pub type PrStateParts = (String, u16, NsResv, Vec<Registered>, bool, u64);
 
 /// Parse a persisted state (an APTPL file: [`PrState::encode_state`]'s bytes without the
 /// RESERVE holder; `None`: malformed).
@@ -812,6 +851,10 @@ pub fn decode_replicated(b: &[u8]) -> Option<(PrStateParts, Option<[u8; 16]>)> {
 
 fn decode_parts(c: &mut Cursor<'_>) -> Option<PrStateParts> {
     use crate::frontend::nvmf::resv::Registrant;
+    let ports = c.0.first() == Some(&0);
+    if ports && (c.u8()?, c.u8()?) != (0, STATE_FORMAT) {
+        return None;
+    }
     let target = c.str8()?;
     let lun = c.u16()?;
     let aptpl = match c.u8()? {
@@ -834,12 +877,13 @@ fn decode_parts(c: &mut Cursor<'_>) -> Option<PrStateParts> {
         let hostid = c.id()?;
         let rkey = c.u64()?;
         let name = c.str8()?;
+        let port = if ports { c.u16()? } else { 0 };
         if registrants.iter().any(|r: &Registrant| r.hostid == hostid) {
             return None;
         }
         registrants.push(Registrant { hostid, rkey });
         if !name.is_empty() {
-            names.push((hostid, name));
+            names.push((hostid, name, port));
         }
     }
     let ns = NsResv {
@@ -901,7 +945,7 @@ impl crate::layer::mirror::engine::MetaHandler for PrReplicator {
         // Every change of a mirrored LUN's state is decided here, on the volume's home reactor,
         // so nothing changes it between the decision and the snapshot.
         let before = pr.version.load(Ordering::Acquire);
-        let o = pr.apply(&c.me, &c.name, &c.out);
+        let o = pr.apply(&c.me, &c.name, c.port, &c.out);
         let state = (pr.version.load(Ordering::Acquire) != before)
             .then(|| pr.encode_state(&c.target, c.lun));
         (outcome_code(o), state)
@@ -976,11 +1020,14 @@ mod tests {
         let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1]);
         let b = nexus_id("iqn.b", &[0x80, 0, 0, 0, 0, 1]);
         assert_ne!(a, b);
-        assert_eq!(s.out(&a, "iqn.a", 0, 0, &params(0, 0xA)), Outcome::Good);
-        assert_eq!(s.out(&b, "iqn.b", 0, 0, &params(0, 0xB)), Outcome::Good);
-        assert_eq!(s.out(&a, "iqn.a", 0, 0, &params(1, 2)), Outcome::Conflict);
+        assert_eq!(s.out(&a, "iqn.a", 1, 0, 0, &params(0, 0xA)), Outcome::Good);
+        assert_eq!(s.out(&b, "iqn.b", 1, 0, 0, &params(0, 0xB)), Outcome::Good);
+        assert_eq!(
+            s.out(&a, "iqn.a", 1, 0, 0, &params(1, 2)),
+            Outcome::Conflict
+        );
         // Write Exclusive held by a: b reads, does not write.
-        assert_eq!(s.out(&a, "iqn.a", 1, 1, &params(0xA, 0)), Outcome::Good);
+        assert_eq!(s.out(&a, "iqn.a", 1, 1, 1, &params(0xA, 0)), Outcome::Good);
         let (_, acc, _) = s.access(&b, &[0; 16]);
         assert!(acc.read && !acc.write);
         let keys = s.read(0).unwrap();
@@ -991,19 +1038,22 @@ mod tests {
             (1, 0xA)
         );
         // b preempts a: a is no longer registered, b holds it.
-        assert_eq!(s.out(&b, "iqn.b", 4, 1, &params(0xB, 0xA)), Outcome::Good);
+        assert_eq!(
+            s.out(&b, "iqn.b", 1, 4, 1, &params(0xB, 0xA)),
+            Outcome::Good
+        );
         assert!(!s.registered(&a));
         assert!(s.access(&a, &[0; 16]).1.read && !s.access(&a, &[0; 16]).1.write);
         // Release with the wrong type: INVALID RELEASE.
         assert_eq!(
-            s.out(&b, "iqn.b", 2, 3, &params(0xB, 0)),
+            s.out(&b, "iqn.b", 1, 2, 3, &params(0xB, 0)),
             Outcome::Check(INVALID_RELEASE)
         );
-        assert_eq!(s.out(&b, "iqn.b", 3, 0, &params(0xB, 0)), Outcome::Good);
+        assert_eq!(s.out(&b, "iqn.b", 1, 3, 0, &params(0xB, 0)), Outcome::Good);
         assert_eq!(s.read(0).unwrap()[4..8], [0, 0, 0, 0]);
         assert!(s.read(3).is_ok() && s.read(4).is_err());
         assert_eq!(
-            s.out(&b, "iqn.b", 0, 0, &[0; 8]),
+            s.out(&b, "iqn.b", 1, 0, 0, &[0; 8]),
             Outcome::Check(Sense::PARAM_LIST_LENGTH)
         );
     }
@@ -1014,6 +1064,7 @@ mod tests {
             lun: 0,
             me,
             name: name.into(),
+            port: 1,
             out: PrOut {
                 sa,
                 nt,
@@ -1094,14 +1145,14 @@ mod tests {
         assert!(PrCmd::decode(&cmd([1; 16], "x", 4, 9, 0, 0)).is_none());
         assert_eq!(r.execute(0, &good[..5]).0, code::INTERNAL);
         let st = PrState::default();
-        st.out(&[1; 16], "iqn.a", 0, 0, &params(0, 7));
+        st.out(&[1; 16], "iqn.a", 1, 0, 0, &params(0, 7));
         let state = st.encode_state("iqn.t", 0);
         assert!(decode_replicated(&state).is_some());
         for n in 0..state.len() {
             assert_eq!(r.install(0, &state[..n]), Install::Malformed, "cut at {n}");
         }
         let mut bad = state.clone();
-        bad[1 + 5 + 2 + 1 + 8 + 4] = 7; // reservation type 7
+        bad[2 + 1 + 5 + 2 + 1 + 8 + 4] = 7; // reservation type 7
         assert!(decode_replicated(&bad).is_none());
         // Pseudo-random bytes: never a panic.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -1150,13 +1201,13 @@ mod tests {
         for i in 0..MAX_PR_REGISTRANTS {
             let id = nexus_id("iqn.x", &(i as u64).to_be_bytes()[2..].try_into().unwrap());
             assert_eq!(
-                s.out(&id, "iqn.x", 0, 0, &params(0, 1 + i as u64)),
+                s.out(&id, "iqn.x", 1, 0, 0, &params(0, 1 + i as u64)),
                 Outcome::Good
             );
         }
         let one_more = nexus_id("iqn.y", &[0; 6]);
         assert_eq!(
-            s.out(&one_more, "iqn.y", 0, 0, &params(0, 9)),
+            s.out(&one_more, "iqn.y", 1, 0, 0, &params(0, 9)),
             Outcome::Check(NO_REGISTRATION_RESOURCES)
         );
         // A full state still fits one META_STATE with the longest names.
@@ -1165,7 +1216,7 @@ mod tests {
         for i in 0..MAX_PR_REGISTRANTS {
             let id = nexus_id(&long, &(i as u64).to_be_bytes()[2..].try_into().unwrap());
             assert_eq!(
-                t.out(&id, &long, 0, 0, &params(0, 1 + i as u64)),
+                t.out(&id, &long, 1, 0, 0, &params(0, 1 + i as u64)),
                 Outcome::Good
             );
         }
@@ -1188,7 +1239,7 @@ mod tests {
         // Nowhere to persist: APTPL refused, PTPL_C 0.
         let s = PrState::default();
         assert_eq!(
-            s.out(&a, "iqn.a", 0, 0, &aptpl_params(0, 5)),
+            s.out(&a, "iqn.a", 1, 0, 0, &aptpl_params(0, 5)),
             Outcome::Check(Sense::INVALID_FIELD_PARAM)
         );
         assert_eq!(s.read(2).unwrap()[2] & 1, 0);
@@ -1197,9 +1248,12 @@ mod tests {
         let s = PrState::default();
         s.attach(path.clone(), "iqn.t", 0).unwrap();
         assert_eq!(s.read(2).unwrap()[2] & 1, 1, "PTPL_C");
-        assert_eq!(s.out(&a, "iqn.a", 0, 0, &aptpl_params(0, 5)), Outcome::Good);
+        assert_eq!(
+            s.out(&a, "iqn.a", 1, 0, 0, &aptpl_params(0, 5)),
+            Outcome::Good
+        );
         assert_eq!(s.read(2).unwrap()[3] & 1, 1, "PTPL_A");
-        assert_eq!(s.out(&a, "iqn.a", 1, 1, &params(5, 0)), Outcome::Good);
+        assert_eq!(s.out(&a, "iqn.a", 1, 1, 1, &params(5, 0)), Outcome::Good);
         assert!(path.exists());
         let again = PrState::default();
         again.attach(path.clone(), "iqn.t", 0).unwrap();
@@ -1211,7 +1265,10 @@ mod tests {
             "sessions re-read it"
         );
         // A REGISTER without APTPL: the file goes, the next run starts empty.
-        assert_eq!(again.out(&a, "iqn.a", 0, 0, &params(5, 6)), Outcome::Good);
+        assert_eq!(
+            again.out(&a, "iqn.a", 1, 0, 0, &params(5, 6)),
+            Outcome::Good
+        );
         assert!(!path.exists());
         let third = PrState::default();
         third.attach(path.clone(), "iqn.t", 0).unwrap();
@@ -1219,7 +1276,10 @@ mod tests {
         // Another LUN's file, or a damaged one, is refused at start.
         let s = PrState::default();
         s.attach(path.clone(), "iqn.t", 0).unwrap();
-        assert_eq!(s.out(&a, "iqn.a", 0, 0, &aptpl_params(0, 5)), Outcome::Good);
+        assert_eq!(
+            s.out(&a, "iqn.a", 1, 0, 0, &aptpl_params(0, 5)),
+            Outcome::Good
+        );
         let e = PrState::default()
             .attach(path.clone(), "iqn.t", 1)
             .unwrap_err();
@@ -1286,5 +1346,106 @@ mod tests {
         // A reset event carries nothing else.
         assert!(PrCmd::decode(&cmd([1; 16], "x", RESET_EVENT, 1, 0, 0)).is_none());
         assert!(PrCmd::decode(&cmd([1; 16], "x", RESET_EVENT, 0, 5, 0)).is_none());
+    }
+
+    /// SPC-4 §6.16.3 (table 216): ALL_TG_PT is valid for REGISTER and REGISTER AND IGNORE
+    /// EXISTING KEY only (refused there: not supported) and ignored by the other actions;
+    /// SPEC_I_PT is refused with every action (invalid, or not supported for REGISTER).
+    #[test]
+    fn all_tg_pt_is_refused_by_register_only_and_spec_i_pt_by_every_action() {
+        let with = |flags: u8| {
+            let mut p = params(1, 2);
+            p[20] = flags;
+            p
+        };
+        for (sa, scope_type) in [(0, 0), (6, 0)] {
+            assert_eq!(
+                parse_out(sa, scope_type, &with(0x04)),
+                Err(Sense::INVALID_FIELD_PARAM),
+                "ALL_TG_PT with service action {sa}"
+            );
+        }
+        for (sa, scope_type) in [(1, 1), (2, 1), (3, 0), (4, 1), (5, 1)] {
+            assert_eq!(
+                parse_out(sa, scope_type, &with(0x04)),
+                parse_out(sa, scope_type, &with(0)),
+                "ALL_TG_PT ignored by service action {sa}"
+            );
+            assert!(parse_out(sa, scope_type, &with(0x04)).is_ok());
+        }
+        for (sa, scope_type) in [(0, 0), (1, 1), (2, 1), (3, 0), (4, 1), (5, 1), (6, 0)] {
+            assert_eq!(
+                parse_out(sa, scope_type, &with(0x08)),
+                Err(Sense::INVALID_FIELD_PARAM),
+                "SPEC_I_PT with service action {sa}"
+            );
+        }
+    }
+
+    /// The RELATIVE TARGET PORT IDENTIFIER (bytes 18..20 of each READ FULL STATUS descriptor)
+    /// is the port the registration came through, a new registration's port replacing it; it
+    /// travels with replicated and persisted states, and a state of the first format (no
+    /// ports) is still read, with ports 0.
+    #[test]
+    fn read_full_status_reports_the_port_each_registration_came_through() {
+        let s = PrState::default();
+        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1]);
+        let b = nexus_id("iqn.b", &[0x80, 0, 0, 0, 0, 1]);
+        assert_eq!(s.out(&a, "iqn.a", 1, 0, 0, &params(0, 0xA)), Outcome::Good);
+        assert_eq!(s.out(&b, "iqn.b", 2, 0, 0, &params(0, 0xB)), Outcome::Good);
+        // Other actions through another port do not move a registration.
+        assert_eq!(s.out(&a, "iqn.a", 2, 1, 1, &params(0xA, 0)), Outcome::Good);
+        let ports = |s: &PrState| {
+            let f = s.read(3).unwrap();
+            let mut at = 8;
+            let mut out = Vec::new();
+            while at < f.len() {
+                let key = u64::from_be_bytes(f[at..at + 8].try_into().unwrap());
+                out.push((
+                    key,
+                    f[at + 12],
+                    u16::from_be_bytes([f[at + 18], f[at + 19]]),
+                ));
+                at += 24 + u32::from_be_bytes(f[at + 20..at + 24].try_into().unwrap()) as usize;
+            }
+            out
+        };
+        assert_eq!(ports(&s), [(0xA, 0x01, 1), (0xB, 0, 2)]);
+        // A new key registered through port 2: reported with port 2.
+        assert_eq!(
+            s.out(&a, "iqn.a", 2, 0, 0, &params(0xA, 0xC)),
+            Outcome::Good
+        );
+        assert_eq!(ports(&s), [(0xC, 0x01, 2), (0xB, 0, 2)]);
+        // Replicated: the other site reports the same ports.
+        let ((_, _, ns, names, aptpl, gen_), reserve) =
+            decode_replicated(&s.encode_state("iqn.t", 0)).unwrap();
+        let other = PrState::default();
+        assert!(other.install(ns, names, aptpl, gen_, reserve));
+        assert_eq!(ports(&other), ports(&s));
+        // A state of the first format: no leading 0 and no ports.
+        let mut old = vec![5];
+        old.extend_from_slice(b"iqn.t");
+        old.extend_from_slice(&0u16.to_le_bytes());
+        old.push(1);
+        old.extend_from_slice(&0u64.to_le_bytes());
+        old.extend_from_slice(&3u32.to_le_bytes());
+        old.extend_from_slice(&[0, 0]);
+        old.extend_from_slice(&[0; 16]);
+        old.extend_from_slice(&1u16.to_le_bytes());
+        old.extend_from_slice(&a);
+        old.extend_from_slice(&7u64.to_le_bytes());
+        old.push(5);
+        old.extend_from_slice(b"iqn.a");
+        let (t, lun, ns, names, aptpl, _) = decode_state(&old).expect("the first format");
+        assert_eq!(
+            (t.as_str(), lun, aptpl, ns.registrants.len()),
+            ("iqn.t", 0, true, 1)
+        );
+        assert_eq!(names, [(a, "iqn.a".to_string(), 0)]);
+        // An unknown format is refused.
+        let mut new = s.encode_state("iqn.t", 0);
+        new[1] = 3;
+        assert!(decode_replicated(&new).is_none());
     }
 }

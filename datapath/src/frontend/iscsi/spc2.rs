@@ -207,6 +207,7 @@ mod replicated_tests {
             lun: 0,
             me,
             name: "iqn.host".into(),
+            port: 1,
             out: PrOut {
                 sa,
                 nt: 0,
@@ -257,7 +258,7 @@ mod replicated_tests {
             sa_key: 5,
             aptpl: false,
         };
-        assert_eq!(pa.apply(&[9; 16], "iqn.x", &reg), Outcome::Conflict);
+        assert_eq!(pa.apply(&[9; 16], "iqn.x", 1, &reg), Outcome::Conflict);
         // a releases: b reserves, at both sites.
         assert_eq!(run(&la, &lb, &cmd(a, SA_RELEASE)), 0);
         assert_eq!(pb.reserve_view(&b), View::Free);
@@ -285,7 +286,7 @@ mod replicated_tests {
             sa_key: 7,
             aptpl: false,
         };
-        assert_eq!(pa.apply(&[3; 16], "iqn.r", &reg), Outcome::Good);
+        assert_eq!(pa.apply(&[3; 16], "iqn.r", 1, &reg), Outcome::Good);
         assert_eq!(run(&la, &lb, &cmd(a, SA_RESERVE)), 0x18);
         assert_eq!(run(&la, &lb, &cmd(a, SA_RELEASE)), 0x18);
         // Unregistered again: RESERVE works; a LUN reset decided at the leader releases it at
@@ -295,7 +296,7 @@ mod replicated_tests {
             key: 7,
             ..reg
         };
-        assert_eq!(pa.apply(&[3; 16], "iqn.r", &unreg), Outcome::Good);
+        assert_eq!(pa.apply(&[3; 16], "iqn.r", 1, &unreg), Outcome::Good);
         assert_eq!(run(&la, &lb, &cmd(a, SA_RESERVE)), 0);
         assert_eq!(pb.reserve_view(&a), View::Mine);
         assert_eq!(run(&la, &lb, &cmd([0; 16], RESET_EVENT)), 0);

@@ -1,4 +1,4 @@
-//! The mirror link's wire format (docs/mirror-protocol.md, version 5): a 40-byte header and a
+//! The mirror link's wire format (docs/mirror-protocol.md, version 6): a 40-byte header and a
 //! payload per message, CRC32C over both, and the link's authentication handshake (HELLO,
 //! WELCOME, AUTH: the payloads and the HMAC proofs over the handshake's transcript).
 //!
@@ -19,8 +19,9 @@ pub const MAGIC: u32 = 0x544D_5257;
 /// Protocol version (2: the handshake is authenticated; 3: the resync target confirms
 /// RESYNC_DONE with RESYNC_DONE_ACK; 4: metadata payloads start with their kind byte; 5: the
 /// leadership term in HELLO/WELCOME and SWITCH, SWITCH_ACK, SWITCH_ASK, and the SPC-2 RESERVE
-/// holder in SCSI reservation states).
-pub const VERSION: u8 = 5;
+/// holder in SCSI reservation states; 6: the relative target port id in SCSI reservation
+/// commands and, per registrant, in their states).
+pub const VERSION: u8 = 6;
 /// Bytes of a handshake nonce.
 pub const NONCE: usize = 32;
 /// Bytes of a handshake proof (HMAC-SHA256).
@@ -272,6 +273,11 @@ pub fn decode(buf: &[u8]) -> Decoded {
     if buf[4] == 4 {
         return Decoded::Bad(
             "peer speaks protocol version 4 (no leadership term, no SPC-2 RESERVE holder): refused; run the same twinblk version at both sites",
+        );
+    }
+    if buf[4] == 5 {
+        return Decoded::Bad(
+            "peer speaks protocol version 5 (SCSI reservations without target ports): refused; run the same twinblk version at both sites",
         );
     }
     if buf[4] != VERSION {
@@ -726,8 +732,11 @@ mod tests {
         };
         assert!(matches!(decode(&msg(&caw, &[0; 16])), Decoded::Msg(..)));
         let mut v = msg(&Header::new(Type::Ping), &[]);
-        v[4] = 6;
+        v[4] = 7;
         assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
+        // A version-5 peer (SCSI reservations without target ports) is refused by name.
+        v[4] = 5;
+        assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 5")));
         // A version-4 peer (no leadership term, no RESERVE holder) is refused by name.
         v[4] = 4;
         assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 4")));

@@ -378,6 +378,7 @@ impl IscsiConn {
             lun: l.lun,
             me: self.res,
             name: self.initiator.clone(),
+            port: self.sh.tpg,
             out: prs::PrOut {
                 sa: prs::RESET_EVENT,
                 nt: 0,

@@ -982,9 +982,10 @@ impl IscsiConn {
             slot,
         };
         let pattern = std::mem::take(&mut self.tasks[slot as usize].buf);
-        // With UNMAP the blocks are deallocated whatever the pattern: they read back as zeroes
-        // (LBPRZ), SBC-3 §5.45.
-        let zero = unmap || ndob || pattern.iter().all(|&b| b == 0);
+        // Unmapped blocks read back as zeroes (LBPRZ): with UNMAP a block of zeroes (or none,
+        // NDOB) may be unmapped, any other block is written (SBC-3 §5.45, §5.46), so the blocks
+        // always read back as the block sent.
+        let zero = ndob || pattern.iter().all(|&b| b == 0);
         env.counters.ios += 1;
         env.vol_counters[vol].ops += 1;
         if !self.enter_section(env, slot, vol) {
@@ -1164,6 +1165,7 @@ impl IscsiConn {
             lun: t.luns[lun_idx].lun,
             me,
             name: self.initiator.clone(),
+            port: self.sh.tpg,
             out,
         };
         let bytes = crate::layer::mirror::engine::tagged(prs::META_KIND, &cmd.encode());
@@ -1172,7 +1174,7 @@ impl IscsiConn {
             slot,
         };
         match env.chans[vol].meta(env.io, tag, &bytes) {
-            None => Some(pr.apply(&me, &self.initiator, &out)),
+            None => Some(pr.apply(&me, &self.initiator, self.sh.tpg, &out)),
             Some(Start::Done(r)) => Some(prs::outcome_of(r)),
             Some(Start::Pending) => {
                 let t = &mut self.tasks[slot as usize];
@@ -1309,6 +1311,7 @@ impl IscsiConn {
             lun,
             me: self.res,
             name: self.initiator.clone(),
+            port: self.sh.tpg,
             out,
         };
         let bytes = crate::layer::mirror::engine::tagged(prs::META_KIND, &cmd.encode());
@@ -1328,7 +1331,7 @@ impl IscsiConn {
             }
             Some(Start::Done(Ok(()))) => {}
             None => {
-                pr.apply(&self.res, &self.initiator, &out);
+                pr.apply(&self.res, &self.initiator, self.sh.tpg, &out);
             }
         }
         self.tasks.remove(slot as usize);
