@@ -761,6 +761,12 @@ impl Daemon {
             cdp_jobs: crate::control::cdp_jobs::CdpJobs::new(
                 cfg.reactor.cores.clone(),
                 cfg.reactor.pin,
+                cfg.reactor
+                    .pin
+                    .then(|| runtime::Housekeeping::off(&cfg.reactor.cores))
+                    .flatten()
+                    .map(|h| h.cpus())
+                    .unwrap_or_default(),
             ),
             checksums: Some(CHECKSUM_SERVICE),
         });
