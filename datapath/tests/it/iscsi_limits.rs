@@ -662,22 +662,8 @@ type ChapAnswer<'a> = Box<dyn Fn(u8, &[u8]) -> String + 'a>;
 
 /// `b` in base64 (RFC 4648 §4, padded), without a prefix.
 fn base64(b: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut s = String::new();
-    for c in b.chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
-        for i in 0..4 {
-            s.push(if i <= c.len() {
-                char::from(A[(n >> (18 - 6 * i) & 63) as usize])
-            } else {
-                '='
-            });
-        }
-    }
-    s
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 /// RFC 7143 §6.1, §12.1.3: CHAP_R is a binary-value, in hex (`0x`/`0X`) or base64 (`0b`/`0B`):

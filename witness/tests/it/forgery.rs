@@ -115,17 +115,24 @@ fn the_witness_ignores_forged_and_replayed_requests_even_across_a_restart() {
     );
 }
 
-/// A site restarted with its clock behind the counters it sent before (it ran ahead until NTP
-/// stepped it back) is told where to continue and is answered within one call; before BEHIND
-/// it was ignored until its clock caught up (here an hour), unable to fail over meanwhile.
-#[test]
-fn a_site_whose_clock_is_behind_its_last_counter_is_answered_at_once() {
+/// A witness of its own (state in a new directory) and a socket connected to it that waits
+/// 400 ms for an answer.
+fn witness_and_socket() -> (tempfile::TempDir, Running, UdpSocket) {
     let dir = tempfile::tempdir().expect("tempdir");
     let w = start(&state_path(&dir), any_port(), 100);
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     sock.connect(w.addr).expect("connect");
     sock.set_read_timeout(Some(Duration::from_millis(400)))
         .expect("timeout");
+    (dir, w, sock)
+}
+
+/// A site restarted with its clock behind the counters it sent before (it ran ahead until NTP
+/// stepped it back) is told where to continue and is answered within one call; before BEHIND
+/// it was ignored until its clock caught up (here an hour), unable to fail over meanwhile.
+#[test]
+fn a_site_whose_clock_is_behind_its_last_counter_is_answered_at_once() {
+    let (_dir, w, sock) = witness_and_socket();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -155,12 +162,7 @@ fn a_site_whose_clock_is_behind_its_last_counter_is_answered_at_once() {
     assert!(w.table().counters[&site(1)] > ahead);
     drop(w);
     // A counter of 2^64 - 1 cannot be passed: the call says so instead of timing out.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let w = start(&state_path(&dir), any_port(), 100);
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.connect(w.addr).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_millis(400)))
-        .expect("timeout");
+    let (_dir, w, sock) = witness_and_socket();
     let a = ask_raw(&sock, &sealed(&grant_request(2, u64::MAX, 8), &key())).expect("answered");
     assert!(matches!(a.body, Body::Grant { .. }), "{a:?}");
     let mut c2 = client(w.addr, 2);

@@ -594,39 +594,55 @@ mod tests {
         v
     }
 
+    /// A small deterministic generator for the model tests.
+    struct Xorshift(u64);
+
+    impl Xorshift {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// A random segment's entries (1 to 40: writes, write-zeroes, unmaps and marks), each
+    /// data entry's `(offset, len)` from `range`.
+    fn random_log(
+        r: &mut Xorshift,
+        mut range: impl FnMut(&mut Xorshift) -> (u64, u64),
+    ) -> Vec<Entry> {
+        let n = 1 + r.below(40) as usize;
+        (0..n)
+            .map(|i| {
+                let op =
+                    [Op::Write, Op::Write, Op::Zeroes, Op::Unmap, Op::Mark][r.below(5) as usize];
+                let (offset, len) = if op == Op::Mark { (0, 0) } else { range(r) };
+                Entry {
+                    seq: i as u64 + 1,
+                    time: i as u64,
+                    offset,
+                    len,
+                    pos: 0,
+                    op,
+                }
+            })
+            .collect()
+    }
+
     /// Against a model of which entry wrote each byte last: an entry is skipped exactly when
     /// none of its bytes is last written by it, so applying the rest in order leaves every
     /// byte as applying all would.
     #[test]
     fn an_entry_is_skipped_exactly_when_later_ones_overwrite_all_of_it() {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut rnd = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut r = Xorshift(0x2545_f491_4f6c_dd1d);
         for round in 0..300 {
-            let n = 1 + rnd(40) as usize;
-            let entries: Vec<Entry> = (0..n)
-                .map(|i| {
-                    let op =
-                        [Op::Write, Op::Write, Op::Zeroes, Op::Unmap, Op::Mark][rnd(5) as usize];
-                    let (offset, len) = if op == Op::Mark {
-                        (0, 0)
-                    } else {
-                        (rnd(64), 1 + rnd(if round % 2 == 0 { 8 } else { 40 }))
-                    };
-                    Entry {
-                        seq: i as u64 + 1,
-                        time: i as u64,
-                        offset,
-                        len,
-                        pos: 0,
-                        op,
-                    }
-                })
-                .collect();
+            let entries = random_log(&mut r, |r| {
+                (
+                    r.below(64),
+                    1 + r.below(if round % 2 == 0 { 8 } else { 40 }),
+                )
+            });
             let mut last = vec![None; 128];
             for (i, e) in entries.iter().enumerate() {
                 for b in e.offset..e.offset + e.len {
@@ -653,39 +669,21 @@ mod tests {
     /// left out only when none of its bytes lasts.
     #[test]
     fn a_plan_applied_in_its_order_gives_the_base_copy_of_the_whole_log() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut rnd = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut r = Xorshift(0x9e37_79b9_7f4a_7c15);
         let (mut sorted_seen, mut overlap_seen) = (0, 0);
         for round in 0..600 {
-            let n = 1 + rnd(40) as usize;
             let blocks = round % 3 != 2; // two rounds in three: whole 8-byte "blocks"
-            let entries: Vec<Entry> = (0..n)
-                .map(|i| {
-                    let op =
-                        [Op::Write, Op::Write, Op::Zeroes, Op::Unmap, Op::Mark][rnd(5) as usize];
-                    let (offset, len) = match (op, blocks) {
-                        (Op::Mark, _) => (0, 0),
-                        (_, true) => (
-                            8 * rnd(12),
-                            8 * (1 + rnd(if round % 2 == 0 { 1 } else { 2 })),
-                        ),
-                        (_, false) => (rnd(64), 1 + rnd(20)),
-                    };
-                    Entry {
-                        seq: i as u64 + 1,
-                        time: i as u64,
-                        offset,
-                        len,
-                        pos: 0,
-                        op,
-                    }
-                })
-                .collect();
+            let entries = random_log(&mut r, |r| {
+                if blocks {
+                    (
+                        8 * r.below(12),
+                        8 * (1 + r.below(if round % 2 == 0 { 1 } else { 2 })),
+                    )
+                } else {
+                    (r.below(64), 1 + r.below(20))
+                }
+            });
+            let n = entries.len();
             let run = |order: &[usize]| {
                 let mut bytes = vec![0usize; 128];
                 for &i in order {
