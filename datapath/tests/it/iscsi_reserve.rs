@@ -234,3 +234,52 @@ fn read_full_status_names_each_registrations_target_port_and_all_tg_pt_is_ignore
     drop((h1, h2));
     drop((a, b));
 }
+
+/// One initiator port (one name and ISID) logged in at both sites is two I_T nexuses (an I_T
+/// nexus is an initiator port with a target port, SAM-5 4.6; each site is a target port): it
+/// registers through each, as multipath hosts do (Linux's mpathpersist sends REGISTER with
+/// reservation key 0 on every path), each registration is its own (READ FULL STATUS lists both,
+/// each with its port), and unregistering through one path leaves the other registered.
+#[test]
+fn one_initiator_port_at_both_sites_is_two_i_t_nexuses_each_registered_on_its_own() {
+    let k = 0xC3u64;
+    let root = tempfile::tempdir().unwrap();
+    let (a, ia, b, ib) = two_sites(root.path(), "");
+    let (mut pa, bs) = session(ia, "iqn.2026-12.test:host1");
+    let (mut pb, _) = session(ib, "iqn.2026-12.test:host1");
+    let (port_a, port_b) = (relative_port(&mut pa, 3), relative_port(&mut pb, 3));
+    assert_eq!(
+        prout(&mut pa, 4, 0, 0, 0, k).0,
+        0,
+        "REGISTER through site a"
+    );
+    assert_eq!(
+        prout(&mut pb, 5, 0, 0, 0, k).0,
+        0,
+        "REGISTER through site b: a nexus of its own, not registered yet"
+    );
+    let keys_and_ports = |f: Vec<Full>| {
+        let mut v: Vec<(u64, u16)> = f.iter().map(|d| (d.key, d.rtpi)).collect();
+        v.sort_unstable();
+        v
+    };
+    let mut both = vec![(k, port_a), (k, port_b)];
+    both.sort_unstable();
+    assert_eq!(keys_and_ports(full_status(&mut pa, 6)), both);
+    assert_eq!(keys_and_ports(full_status(&mut pb, 7)), both);
+    // Write Exclusive - Registrants Only, reserved through site a: both paths write.
+    assert_eq!(prout(&mut pa, 8, 1, 5, k, 0).0, 0);
+    assert_eq!(write_one(&mut pa, 9, bs), 0);
+    assert_eq!(write_one(&mut pb, 10, bs), 0);
+    // Unregistered through site b: the registration through site a stays.
+    assert_eq!(prout(&mut pb, 11, 0, 0, k, 0).0, 0);
+    assert_eq!(keys_and_ports(full_status(&mut pb, 12)), [(k, port_a)]);
+    assert_eq!(
+        write_one(&mut pb, 13, bs),
+        CONFLICT,
+        "the path through site b is no registrant any more"
+    );
+    assert_eq!(write_one(&mut pa, 14, bs), 0);
+    drop((pa, pb));
+    drop((a, b));
+}

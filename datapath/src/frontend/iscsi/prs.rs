@@ -4,7 +4,8 @@
 //! (`nvmf::resv::NsResv`: registrants with keys, a holder, a type, a generation), whose rules
 //! are SCSI's own (NVMe took them from SPC), behind a `Mutex` taken only by PERSISTENT RESERVE
 //! commands and by a session re-evaluating its access after the state's `version` moved. A
-//! registrant is an I_T nexus: its 16-byte id hashes the initiator name and the ISID.
+//! registrant is an I_T nexus: its 16-byte id hashes the initiator name, the ISID and the
+//! site's target port ([`nexus_id`]).
 //!
 //! Types map one to one (SCSI 1 WE, 3 EA, 5 WE-RO, 6 EA-RO, 7 WE-AR, 8 EA-AR → NVMe 1..6).
 //! Not supported (refused with sense, and not advertised by REPORT CAPABILITIES): ALL_TG_PT
@@ -92,10 +93,12 @@ impl Inner {
     }
 }
 
-/// The registrant id of an I_T nexus.
-pub fn nexus_id(initiator: &str, isid: &[u8; 6]) -> [u8; 16] {
+/// The registrant id of an I_T nexus: the initiator port (name and ISID) with the target port
+/// (the site's target portal group tag, `tpg`), so one initiator port logged in at both sites
+/// is two nexuses, each registered on its own (SAM-5 4.6).
+pub fn nexus_id(initiator: &str, isid: &[u8; 6], tpg: u16) -> [u8; 16] {
     let hex: String = isid.iter().map(|b| format!("{b:02x}")).collect();
-    crate::frontend::nvmf::cmd::nguid(&format!("{initiator},i,0x{hex}"), 0)
+    crate::frontend::nvmf::cmd::nguid(&format!("{initiator},i,0x{hex},t,{tpg}"), 0)
 }
 
 fn scsi_type(t: u8) -> Option<u8> {
@@ -1017,8 +1020,8 @@ mod tests {
     #[test]
     fn register_reserve_preempt_and_access() {
         let s = PrState::default();
-        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1]);
-        let b = nexus_id("iqn.b", &[0x80, 0, 0, 0, 0, 1]);
+        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1], 1);
+        let b = nexus_id("iqn.b", &[0x80, 0, 0, 0, 0, 1], 1);
         assert_ne!(a, b);
         assert_eq!(s.out(&a, "iqn.a", 1, 0, 0, &params(0, 0xA)), Outcome::Good);
         assert_eq!(s.out(&b, "iqn.b", 1, 0, 0, &params(0, 0xB)), Outcome::Good);
@@ -1085,8 +1088,8 @@ mod tests {
             (pr, r)
         };
         let ((pa, la), (pb, lb)) = (site(), site());
-        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1]);
-        let b = nexus_id("iqn.b", &[0x80, 0, 0, 0, 0, 1]);
+        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1], 1);
+        let b = nexus_id("iqn.b", &[0x80, 0, 0, 0, 0, 1], 1);
         // a registers and reserves Write Exclusive at the leader; b's reserve conflicts.
         for (c, want) in [
             (cmd(a, "iqn.a", 0, 0, 0, 0xA), 0),
@@ -1199,13 +1202,17 @@ mod tests {
     fn registrations_stop_at_the_limit_with_insufficient_resources() {
         let s = PrState::default();
         for i in 0..MAX_PR_REGISTRANTS {
-            let id = nexus_id("iqn.x", &(i as u64).to_be_bytes()[2..].try_into().unwrap());
+            let id = nexus_id(
+                "iqn.x",
+                &(i as u64).to_be_bytes()[2..].try_into().unwrap(),
+                1,
+            );
             assert_eq!(
                 s.out(&id, "iqn.x", 1, 0, 0, &params(0, 1 + i as u64)),
                 Outcome::Good
             );
         }
-        let one_more = nexus_id("iqn.y", &[0; 6]);
+        let one_more = nexus_id("iqn.y", &[0; 6], 1);
         assert_eq!(
             s.out(&one_more, "iqn.y", 1, 0, 0, &params(0, 9)),
             Outcome::Check(NO_REGISTRATION_RESOURCES)
@@ -1214,7 +1221,7 @@ mod tests {
         let long = "i".repeat(223);
         let t = PrState::default();
         for i in 0..MAX_PR_REGISTRANTS {
-            let id = nexus_id(&long, &(i as u64).to_be_bytes()[2..].try_into().unwrap());
+            let id = nexus_id(&long, &(i as u64).to_be_bytes()[2..].try_into().unwrap(), 1);
             assert_eq!(
                 t.out(&id, &long, 1, 0, 0, &params(0, 1 + i as u64)),
                 Outcome::Good
@@ -1235,7 +1242,7 @@ mod tests {
     fn aptpl_persists_the_state_through_a_restart_and_plain_register_forgets_it() {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("lun0.pr");
-        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1]);
+        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1], 1);
         // Nowhere to persist: APTPL refused, PTPL_C 0.
         let s = PrState::default();
         assert_eq!(
@@ -1306,7 +1313,7 @@ mod tests {
             0,
             std::sync::Arc::clone(&follower),
         )]);
-        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1]);
+        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1], 1);
         let mut c = PrCmd::decode(&cmd(a, "iqn.a", 0, 0, 0, 9)).unwrap();
         c.out.aptpl = true;
         let (st, state) = la.execute(0, &c.encode());
@@ -1389,8 +1396,8 @@ mod tests {
     #[test]
     fn read_full_status_reports_the_port_each_registration_came_through() {
         let s = PrState::default();
-        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1]);
-        let b = nexus_id("iqn.b", &[0x80, 0, 0, 0, 0, 1]);
+        let a = nexus_id("iqn.a", &[0x80, 0, 0, 0, 0, 1], 1);
+        let b = nexus_id("iqn.b", &[0x80, 0, 0, 0, 0, 1], 1);
         assert_eq!(s.out(&a, "iqn.a", 1, 0, 0, &params(0, 0xA)), Outcome::Good);
         assert_eq!(s.out(&b, "iqn.b", 2, 0, 0, &params(0, 0xB)), Outcome::Good);
         // Other actions through another port do not move a registration.

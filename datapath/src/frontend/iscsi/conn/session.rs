@@ -306,7 +306,7 @@ impl IscsiConn {
             self.isid = isid;
             self.res =
                 crate::frontend::iscsi::spc2::res_id(self.sh.tpg, self.sh.incarnation, self.nexus);
-            self.me = crate::frontend::iscsi::prs::nexus_id(&self.initiator, &isid);
+            self.me = crate::frontend::iscsi::prs::nexus_id(&self.initiator, &isid, self.sh.tpg);
             // Where the host is: looked up once, kept for the session (no lookup per command).
             self.host_site = self.sh.host_sites.site_of(&self.initiator);
             self.params = joined.unwrap_or_else(|| st.neg.params.clone());
