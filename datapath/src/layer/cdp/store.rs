@@ -562,6 +562,18 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         }
     }
     clock::not_before(h.last_time);
+    // Times the directory names beyond its records: a bookmark set at site time just before a
+    // crash (no record reached it yet), a rollback's start. The next records must come after
+    // them even if this process's wall clock is behind the one that named them, or a
+    // bookmark's point would take in later writes.
+    if let Ok(b) = super::bookmark::load(dir)
+        && let Some(&t) = b.values().max()
+    {
+        clock::not_before(t);
+    }
+    if let Ok(Some(m)) = super::rollback::load_marker(dir) {
+        clock::not_before(m.started);
+    }
     Ok(h)
 }
 
