@@ -5,6 +5,7 @@ mod cdp_disable_retry;
 mod cdp_live;
 mod cdp_live_fault;
 mod cdp_live_mirror;
+mod cdp_mirror_fault;
 mod cdp_mirror_stale;
 mod cdp_ops;
 mod cdp_restore;
