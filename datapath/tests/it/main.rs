@@ -1,6 +1,7 @@
 //! twinblk datapath integration tests (one binary, modules per concern, no global state).
 
 mod cdp;
+mod cdp_base_fault;
 mod cdp_disable_retry;
 mod cdp_live;
 mod cdp_live_fault;

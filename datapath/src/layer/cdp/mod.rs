@@ -420,6 +420,7 @@ impl CdpDevice {
             journal,
             regions,
             map_retry: None,
+            base_failed: None,
             stats: Arc::clone(&self.stats),
             ops: Slab::with_capacity(256),
             held: std::collections::VecDeque::new(),
@@ -480,6 +481,10 @@ struct Pending {
     /// A flush or FUA update: it completes once its records (a flush: every record before
     /// it) are synced, not only written (`sync = "flush"`; the same with `"append"`).
     sync: bool,
+    /// Where the history is whole up to should its base operation fail
+    /// ([`CdpChannel::base_done`]): the journal's last record before this update's first, and
+    /// a time before its records' (every moment up to it reads that record's content).
+    before: (u64, u64),
 }
 
 /// An update whose base operation waits for an earlier overlapping one (see
@@ -535,6 +540,9 @@ pub struct CdpChannel {
     /// Writing "the journal stopped" into the map failed: when to try again, and what to
     /// write (after, its time, when it stopped).
     map_retry: Option<(Instant, (u64, u64, u64))>,
+    /// A base update failed after its record was journaled: the history is whole only up
+    /// to the record before it ([`CdpChannel::base_done`]).
+    base_failed: Option<(u64, u64)>,
     stats: Arc<CdpStats>,
     ops: Slab<Pending>,
     /// Updates waiting for an earlier overlapping one, in arrival order.
@@ -615,6 +623,7 @@ impl CdpChannel {
             answered: false,
             range,
             sync,
+            before: (self.journal.last_seq(), 0),
         });
         if wait {
             let (op, data) = match upd {
@@ -634,6 +643,7 @@ impl CdpChannel {
             } else {
                 let q = self.record(io, op, offset, len, &data);
                 self.ops[key].last_seq = q;
+                self.ops[key].before.1 = self.journal.last_time().saturating_sub(1);
                 if sync {
                     self.journal.want_sync(q);
                 }
@@ -669,11 +679,12 @@ impl CdpChannel {
         if sync {
             self.journal.want_sync(last_seq);
         }
-        let p = &mut self.ops[key];
-        p.last_seq = last_seq;
+        self.ops[key].last_seq = last_seq;
+        if range.0 < range.1 {
+            self.ops[key].before.1 = self.journal.last_time().saturating_sub(1);
+        }
         if let Start::Done(r) = started {
-            p.base = Some(r);
-            self.try_complete(key);
+            self.base_done(io, key, r);
         }
         Start::Pending
     }
@@ -722,8 +733,7 @@ impl CdpChannel {
             };
             io.recycle_vec(h.data);
             if let Start::Done(r) = started {
-                self.ops[h.key].base = Some(r);
-                self.try_complete(h.key);
+                self.base_done(io, h.key, r);
                 i = 0; // it finished at once: what it blocked may go now
             }
         }
@@ -741,6 +751,7 @@ impl CdpChannel {
         let (after, after_time) = [
             self.vouched.unvouched,
             self.whole_after,
+            self.base_failed,
             Some(self.journal.whole_until()),
         ]
         .into_iter()
@@ -792,6 +803,35 @@ impl CdpChannel {
             Err(_) => self.map_retry = Some((now + MAP_RETRY, (after, after_time, stopped))),
         }
         true
+    }
+
+    /// The base operation of update `key` finished with `result`. One that failed after its
+    /// record was journaled left a record the volume does not hold (the device kept what it
+    /// had, or part of the update): the journal stops with the history whole up to the record
+    /// before it, and its range counts as changed (degraded mode: the next start journals it
+    /// again from the base), so no point after it is served with the record's content.
+    fn base_done(&mut self, io: &mut IoCx, key: usize, result: Result<(), Errno>) {
+        let Some(p) = self.ops.get_mut(key) else {
+            return;
+        };
+        p.base = Some(result);
+        if let Err(e) = result
+            && p.last_seq > 0
+            && p.range.0 < p.range.1
+            && !self.off
+            && !self.journal.stopped()
+        {
+            let (before, range) = (p.before, p.range);
+            self.base_failed = Some(self.base_failed.map_or(before, |b| b.min(before)));
+            self.journal.stop(
+                io,
+                &format!(
+                    "the base failed an update of bytes {}..{} (errno {}) whose record is journaled: the history is whole only up to sequence {}",
+                    range.0, range.1, e.0, before.0
+                ),
+            );
+        }
+        self.try_complete(key);
     }
 
     fn try_complete(&mut self, key: usize) {
@@ -915,9 +955,8 @@ impl Channel for CdpChannel {
             return;
         }
         let key = slot as usize;
-        if let Some(p) = self.ops.get_mut(key) {
-            p.base = Some(result);
-            self.try_complete(key);
+        if self.ops.contains(key) {
+            self.base_done(io, key, result);
             if !self.held.is_empty() {
                 self.release_held(io);
             }
