@@ -430,6 +430,28 @@ mod tests {
         assert_eq!(read_prior(d.path(), size), Prior::Whole);
     }
 
+    /// The write of "the journal stopped" fails and the layer stops cleanly before writing it
+    /// again: the clean stop names the stop's X, not the X the file held before (0).
+    #[test]
+    fn a_clean_stop_after_a_failed_stop_write_names_the_stops_x() {
+        let d = tempfile::tempdir().unwrap();
+        let size = 4 << 20;
+        let (mut m, _) = RegionMap::open(d.path(), size).unwrap();
+        m.whole().unwrap();
+        m.fail_writes(1);
+        assert!(m.stopped(7, 70, 700).is_err());
+        m.mark(1 << 20, 4096);
+        m.persist().unwrap();
+        match read_prior(d.path(), size) {
+            Prior::Stopped {
+                after: 7,
+                after_time: 70,
+                regions: Some(b),
+            } if is_set(&b, 1) && !is_set(&b, 0) => {}
+            p => panic!("{p:?}"),
+        }
+    }
+
     #[test]
     fn states_round_trip_and_damage_reads_as_unknown_regions() {
         let d = tempfile::tempdir().unwrap();
