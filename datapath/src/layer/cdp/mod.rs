@@ -42,6 +42,7 @@ pub mod retain;
 pub mod rollback;
 pub mod startlog;
 pub mod store;
+pub mod tail;
 pub mod view;
 pub mod vouch;
 
@@ -273,6 +274,38 @@ impl CdpDevice {
         if s.volatile {
             // The base starts empty: the history says so before anything else.
             log.append(Op::Unmap, 0, info.size, &[])?;
+        } else if let Some(base) = s.seed.as_deref()
+            && !h.sealed
+            && !h.segments.is_empty()
+            && !matches!(prior, degraded::Prior::Stopped { regions: None, .. })
+        {
+            // After a crash: updates in flight then may have records the base never got
+            // (tail.rs); from now on the volume is what the base holds. (Not when the
+            // catch-up below journals the whole volume from the base anyway.)
+            let mut diff = tail::differences(&h, base)?;
+            if let degraded::Prior::Stopped {
+                regions: Some(bits),
+                ..
+            } = &prior
+            {
+                // Those regions' content is journaled from the base below.
+                diff.retain(|(off, bytes)| {
+                    let first = off >> degraded::REGION_SHIFT;
+                    let last = (off + bytes.len() as u64 - 1) >> degraded::REGION_SHIFT;
+                    !(first..=last).all(|r| degraded::is_set(bits, r))
+                });
+            }
+            for (off, bytes) in &diff {
+                if bytes.iter().all(|&b| b == 0) {
+                    log.append(Op::Zeroes, *off, bytes.len() as u64, &[])?;
+                } else {
+                    log.append(Op::Write, *off, bytes.len() as u64, bytes)?;
+                }
+            }
+            if !diff.is_empty() {
+                tracing::warn!(dir = %s.dir.display(), pieces = diff.len(),
+                    "cdp: after a crash, the base differs from the history's newest records (updates in flight, never acknowledged); its content is journaled");
+            }
         }
         if prior != degraded::Prior::Whole {
             if !s.volatile && s.seed.is_none() {
