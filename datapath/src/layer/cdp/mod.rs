@@ -17,9 +17,14 @@
 //! to this channel ([`Channel::on_own_io`]); this layer answers its callers through the
 //! poller, whether they are connections or the layer above (its tags route back to it).
 //!
+//! A base operation that fails after its update's record was journaled stops the journal
+//! (degraded mode, [`degraded`]): the record is not what the volume holds.
+//!
 //! Recovery ([`store::load`]) runs when the device is built, before the reactors start:
 //! it cuts a torn tail, sets damaged segments aside, rebuilds missing indexes, and the writer
-//! starts a new segment. Points in time are read from the directory alone ([`pit`]).
+//! starts a new segment; after a crash the tail's records are compared with the base and the
+//! base's bytes journaled where they differ ([`tail`]). Points in time are read from the
+//! directory alone ([`pit`]).
 //!
 //! At run time ([`live`]) the layer is inserted into a served volume's stack (each reactor's
 //! channel is wrapped in place, the home's first) and journals the whole volume again before
