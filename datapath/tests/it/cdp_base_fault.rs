@@ -104,8 +104,23 @@ fn a_base_write_that_fails_is_not_served_as_the_volumes_content() {
 /// history's newest point must be what the volume holds.
 #[test]
 fn after_a_kill_the_newest_point_is_the_volume_at_overlapping_writes_in_flight() {
+    kill_rounds("/dev/shm", 4);
+}
+
+/// The same with the journal on a disk and writes spread over 1,000 blocks: appends
+/// (`RWF_DSYNC`) and base writes in flight together at the kill, some base writes never
+/// done.
+#[test]
+fn after_a_kill_the_newest_point_is_the_volume_with_a_journal_on_disk() {
+    kill_rounds("/var/tmp", 1000);
+}
+
+/// Eight rounds of pipelined 8 KiB writes over `blocks` blocks, the daemon killed in each,
+/// the journal in a directory under `journal_in`; after each restart the history's newest
+/// point must be the volume.
+fn kill_rounds(journal_in: &str, blocks: u64) {
     use twinblk::frontend::nbd::proto::cmd;
-    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let shm = tempfile::tempdir_in(journal_in).unwrap();
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let dir = shm.path().join("j");
     let body = format!(
@@ -129,7 +144,7 @@ fn after_a_kill_the_newest_point_is_the_volume_at_overlapping_writes_in_flight()
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     for i in 0..32u64 {
                         let d = pattern(round * 1_000_000 + n + i, 8192);
-                        c.send_request(cmd::WRITE, 0, n + i, (i % 4) * 4096, 8192, &d);
+                        c.send_request(cmd::WRITE, 0, n + i, ((n + i) % blocks) * 4096, 8192, &d);
                     }
                     for _ in 0..32 {
                         c.read_reply(0);
