@@ -2,7 +2,9 @@
 //!
 //! Model: wraps any device; reads, writes, write-zeroes and unmaps overlapping
 //! `[offset, offset + len)` fail at once with EIO and never reach the inner device, and so do
-//! flushes when the layer is told to fail them; everything else passes through unchanged. It proves the stack works (a layer inserted between front end
+//! flushes when the layer is told to fail them (with `writes_only`, reads of the range pass:
+//! a device that cannot write a sector but still reads it); everything else passes through
+//! unchanged. It proves the stack works (a layer inserted between front end
 //! and base device without the front end knowing) and drives the front ends' error paths.
 
 use super::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start};
@@ -31,6 +33,7 @@ pub struct ErrInjDevice {
     inner: Arc<dyn BlockDevice>,
     fault: FaultRange,
     fail_flush: bool,
+    reads_pass: bool,
 }
 
 impl ErrInjDevice {
@@ -41,6 +44,22 @@ impl ErrInjDevice {
             inner,
             fault,
             fail_flush,
+            reads_pass: false,
+        })
+    }
+
+    /// [`ErrInjDevice::new`], but reads of `fault` pass: only updates over it fail (a device
+    /// that cannot write a sector but still reads what it held).
+    pub fn writes_only(
+        inner: Arc<dyn BlockDevice>,
+        fault: FaultRange,
+        fail_flush: bool,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            fault,
+            fail_flush,
+            reads_pass: true,
         })
     }
 }
@@ -57,6 +76,7 @@ impl BlockDevice for Arc<ErrInjDevice> {
             inner: self.inner.open_channel(io)?,
             fault: self.fault,
             fail_flush: self.fail_flush,
+            reads_pass: self.reads_pass,
         }))
     }
 }
@@ -65,6 +85,7 @@ struct ErrInjChannel {
     inner: Box<dyn Channel>,
     fault: FaultRange,
     fail_flush: bool,
+    reads_pass: bool,
 }
 
 impl Channel for ErrInjChannel {
@@ -85,7 +106,7 @@ impl Channel for ErrInjChannel {
     }
 
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        if self.fault.hits(offset, len as u64) {
+        if !self.reads_pass && self.fault.hits(offset, len as u64) {
             return ReadStart::Failed(Errno::IO);
         }
         self.inner.read(io, tag, offset, len)

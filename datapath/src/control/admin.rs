@@ -362,6 +362,7 @@ pub(super) fn volume_create(
         create,
         fail_range: None,
         fail_flush: false,
+        fail_writes_only: false,
         mirror: false,
         leader: None,
         group: None,

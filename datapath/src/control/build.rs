@@ -66,11 +66,12 @@ pub fn build_device(
         (None, false) => base,
         (range, fail_flush) => {
             let [offset, len] = range.unwrap_or([0, 0]);
-            Arc::new(ErrInjDevice::new(
-                base,
-                FaultRange { offset, len },
-                fail_flush,
-            ))
+            let fault = FaultRange { offset, len };
+            if v.fail_writes_only {
+                Arc::new(ErrInjDevice::writes_only(base, fault, fail_flush))
+            } else {
+                Arc::new(ErrInjDevice::new(base, fault, fail_flush))
+            }
         }
     })
 }

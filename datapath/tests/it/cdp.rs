@@ -1077,6 +1077,49 @@ fn a_bookmark_stays_restorable_past_retention_until_deleted() {
     assert!(s.stop());
 }
 
+/// A bookmark names a site time no record reached yet (the daemon killed at once after it,
+/// before an idle time mark), and the daemon restarts with a wall clock 3 s behind the one
+/// that set it (a clock step back): the restarted site's records must still come after the
+/// bookmark (site time never goes backwards across restarts), or the bookmark's point would
+/// take in writes made after the restart.
+#[test]
+fn a_bookmark_keeps_its_content_across_a_restart_with_a_clock_behind_it() {
+    const SIZE: usize = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}",
+        volume("v", SIZE as u64, &dir, "4MiB")
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let first = pattern(1, 64 << 10);
+    assert_eq!(c.write(0, &first), 0);
+    let r = s.rpc_with(
+        "cdp_bookmark",
+        serde_json::json!({"volume": "v", "name": "before"}),
+    );
+    let t = r["result"]["time_ns"].as_u64().expect("bookmark time");
+    s.kill();
+    drop(c);
+    // The clock that set the bookmark was 3 s ahead of the restarted daemon's.
+    let ahead = t.max(last(&dir).1) + 3_000_000_000;
+    std::fs::write(dir.join("bookmarks"), format!("before\t{ahead}\n")).unwrap();
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(0, &pattern(2, 64 << 10)), 0);
+    wait_window(&[&dir], ahead, "the window reaches the bookmark");
+    let got = restore_file(&dir, Point::Time(ahead), &tmp.path().join("r")).unwrap();
+    let mut want = vec![0u8; SIZE];
+    want[..first.len()].copy_from_slice(&first);
+    assert!(
+        got == want,
+        "the bookmark's point holds what the volume held then, not the restart's writes"
+    );
+    c.disconnect();
+    assert!(s.stop());
+}
+
 /// Overlapping writes in flight at once (the host does not wait between them) reach a file
 /// base in the journal's order, so the newest point is exactly the volume's content.
 #[test]

@@ -13,10 +13,10 @@ use twinblk::layer::cdp::clock;
 use twinblk::layer::cdp::pit::{self, Point};
 use twinblk::layer::cdp::store::{self, CdpError, Load};
 
-const VOL: usize = 16 << 20;
+pub(crate) const VOL: usize = 16 << 20;
 
 /// A site with its volume mirrored and journaled (CDP under the mirror), its state kept.
-fn site(
+pub(crate) fn site(
     root: &Path,
     me: &str,
     peer: &str,
@@ -47,7 +47,7 @@ fn site(
 }
 
 /// Sites a (leader) and b of [`site`], both up.
-fn up_pair(root: &Path, w: std::net::SocketAddr) -> (Server, Server) {
+pub(crate) fn up_pair(root: &Path, w: std::net::SocketAddr) -> (Server, Server) {
     let (pa, pb) = (free_port(), free_port());
     let a = site(root, "a", "b", pa, pb, w);
     let b = site(root, "b", "a", pb, pa, w);
@@ -57,7 +57,7 @@ fn up_pair(root: &Path, w: std::net::SocketAddr) -> (Server, Server) {
 }
 
 /// Wait up to `within` until `s`'s `cdp_status` says `vouched` is `want` (`what`: the failure).
-fn wait_vouched(s: &Server, want: bool, within: Duration, what: &str) {
+pub(crate) fn wait_vouched(s: &Server, want: bool, within: Duration, what: &str) {
     let t = std::time::Instant::now();
     while s.rpc("cdp_status")[0]["vouched"] != want {
         assert!(t.elapsed() < within, "{what}");

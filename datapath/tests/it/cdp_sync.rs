@@ -205,6 +205,48 @@ fn a_failed_write_of_the_stop_into_the_map_is_written_again() {
     drop(c);
 }
 
+/// The journal stops, the map's write of "it stopped" fails, and the daemon is stopped cleanly
+/// before the layer writes it again: the clean stop's map must name where the history really
+/// is whole (the last sync), not what the map said before the stop (state 0 "after 0"), which
+/// would refuse every point of the history, its start too, for good.
+#[test]
+fn a_clean_stop_before_the_failed_stop_write_is_retried_keeps_the_whole_history() {
+    let tmp = disk_dir();
+    const SIZE: u64 = 8 * MIB;
+    let (dir, mut s, mut c) = start(
+        &tmp,
+        SIZE,
+        "sync='flush'\nfail_sync=true\nfail_map_writes=1\n",
+    );
+    let synced = seq(&status(&s), "synced_seq");
+    assert!(synced > 0, "the RAM base's reset is journaled at the start");
+    assert_eq!(c.write(3 * MIB, &pattern(3, 4096)), 0);
+    c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
+    assert_eq!(c.read_reply(0).1, 0);
+    assert_eq!(status(&s)["journal"], "degraded");
+    assert_eq!(c.write(5 * MIB, &pattern(5, 4096)), 0);
+    c.disconnect();
+    // Well before the retry a second after the failure.
+    s.stop();
+    let (_, prior) = RegionMap::open(&dir, SIZE).unwrap();
+    let Prior::Stopped {
+        after,
+        regions: Some(bits),
+        ..
+    } = prior
+    else {
+        panic!("degraded.map says the journal stopped, with its regions: {prior:?}");
+    };
+    assert_eq!(
+        after, synced,
+        "the history is whole up to the last sync, not only up to its start"
+    );
+    let marked: Vec<u64> = (0..SIZE / MIB)
+        .filter(|&r| twinblk::layer::cdp::degraded::is_set(&bits, r))
+        .collect();
+    assert_eq!(marked, vec![3, 5]);
+}
+
 /// Switching CDP off at run time with `sync = "flush"`: the history the answer names (its
 /// last mark) is synced before the answer, through the ring like any sync, not left to the
 /// clean stop of the layer afterwards.

@@ -1,10 +1,12 @@
 //! twinblk datapath integration tests (one binary, modules per concern, no global state).
 
 mod cdp;
+mod cdp_base_fault;
 mod cdp_disable_retry;
 mod cdp_live;
 mod cdp_live_fault;
 mod cdp_live_mirror;
+mod cdp_mirror_fault;
 mod cdp_mirror_stale;
 mod cdp_ops;
 mod cdp_restore;

@@ -511,6 +511,10 @@ pub struct VolumeConfig {
     /// Insert an error-injecting layer failing every flush (tests, drills).
     #[serde(default)]
     pub fail_flush: bool,
+    /// `fail_range` fails writes, write-zeroes and unmaps only; reads of it pass (a device
+    /// that cannot write a sector but still reads what it held: tests, drills).
+    #[serde(default)]
+    pub fail_writes_only: bool,
     /// Mirror this volume with the peer site (`[mirror]`).
     #[serde(default)]
     pub mirror: bool,
@@ -761,6 +765,7 @@ impl Default for Config {
                 create: true,
                 fail_range: None,
                 fail_flush: false,
+                fail_writes_only: false,
                 mirror: false,
                 leader: None,
                 group: None,

@@ -188,6 +188,9 @@ pub struct RegionMap {
     pub active: bool,
     /// Writes left to fail with EIO ([`RegionMap::fail_writes`]).
     fail_writes: u32,
+    /// Where the journal stopped (after, its time, when), kept even when writing it failed:
+    /// a clean stop's [`RegionMap::persist`] names it, not what the file said before.
+    stop: Option<(u64, u64, u64)>,
 }
 
 impl RegionMap {
@@ -230,6 +233,7 @@ impl RegionMap {
             header,
             active: false,
             fail_writes: 0,
+            stop: None,
         };
         if !existed || m.file.metadata().map(|md| md.len()).unwrap_or(0) < len as u64 {
             // Allocate every byte now (written, not only reserved), so rewriting later needs
@@ -276,6 +280,7 @@ impl RegionMap {
     /// update from now on as a change. Called before any update completes without its record.
     pub fn stopped(&mut self, after: u64, after_time: u64, now: u64) -> Result<(), CdpError> {
         self.active = true;
+        self.stop = Some((after, after_time, now));
         self.put(Header {
             state: 1,
             after,
@@ -359,7 +364,10 @@ impl RegionMap {
         self.marked
     }
 
-    /// A clean stop while degraded: write the bitmap, then state 2.
+    /// A clean stop while degraded: write the bitmap, then state 2, after where the journal
+    /// stopped (also when writing that stop failed and was not written again yet: the file
+    /// then still says what it said before the stop, state 0 or an unvouched X, whose "after"
+    /// is no end of the history).
     pub fn persist(&mut self) -> Result<(), CdpError> {
         if !self.active {
             return Ok(());
@@ -368,14 +376,21 @@ impl RegionMap {
             .write_all_at(&self.bits, HEADER as u64)
             .map_err(io_err("write", &self.path))?;
         self.file.sync_data().map_err(io_err("sync", &self.path))?;
-        self.header.state = 2;
-        self.header.bitmap_crc = crate::checksum::crc32c(&self.bits);
-        self.write_header()
+        let mut h = self.header;
+        if let Some((after, after_time, stopped_at)) = self.stop {
+            h.after = after;
+            h.after_time = after_time;
+            h.stopped_at = stopped_at;
+        }
+        h.state = 2;
+        h.bitmap_crc = crate::checksum::crc32c(&self.bits);
+        self.put(h)
     }
 
     /// The changed regions were journaled again and the gap record is durable: state 0.
     pub fn whole(&mut self) -> Result<(), CdpError> {
         self.active = false;
+        self.stop = None;
         self.bits.fill(0);
         self.marked = 0;
         self.header.state = 0;
@@ -413,6 +428,28 @@ mod tests {
         );
         m.whole().unwrap();
         assert_eq!(read_prior(d.path(), size), Prior::Whole);
+    }
+
+    /// The write of "the journal stopped" fails and the layer stops cleanly before writing it
+    /// again: the clean stop names the stop's X, not the X the file held before (0).
+    #[test]
+    fn a_clean_stop_after_a_failed_stop_write_names_the_stops_x() {
+        let d = tempfile::tempdir().unwrap();
+        let size = 4 << 20;
+        let (mut m, _) = RegionMap::open(d.path(), size).unwrap();
+        m.whole().unwrap();
+        m.fail_writes(1);
+        assert!(m.stopped(7, 70, 700).is_err());
+        m.mark(1 << 20, 4096);
+        m.persist().unwrap();
+        match read_prior(d.path(), size) {
+            Prior::Stopped {
+                after: 7,
+                after_time: 70,
+                regions: Some(b),
+            } if is_set(&b, 1) && !is_set(&b, 0) => {}
+            p => panic!("{p:?}"),
+        }
     }
 
     #[test]

@@ -270,7 +270,9 @@ fn release_deferred(c: &mut CdpChannel, io: &mut IoCx) {
             (h.key, h.op, h.offset, h.len)
         };
         let data = std::mem::take(&mut c.held[i].data);
+        let prev = c.journal.last_seq();
         let q = c.record(io, op, offset, len, &data);
+        c.ops[key].before = (prev, c.journal.last_time().saturating_sub(1));
         c.held[i].data = data;
         c.ops[key].last_seq = q;
     }

@@ -17,9 +17,14 @@
 //! to this channel ([`Channel::on_own_io`]); this layer answers its callers through the
 //! poller, whether they are connections or the layer above (its tags route back to it).
 //!
+//! A base operation that fails after its update's record was journaled stops the journal
+//! (degraded mode, [`degraded`]): the record is not what the volume holds.
+//!
 //! Recovery ([`store::load`]) runs when the device is built, before the reactors start:
 //! it cuts a torn tail, sets damaged segments aside, rebuilds missing indexes, and the writer
-//! starts a new segment. Points in time are read from the directory alone ([`pit`]).
+//! starts a new segment; after a crash the tail's records are compared with the base and the
+//! base's bytes journaled where they differ ([`tail`]). Points in time are read from the
+//! directory alone ([`pit`]).
 //!
 //! At run time ([`live`]) the layer is inserted into a served volume's stack (each reactor's
 //! channel is wrapped in place, the home's first) and journals the whole volume again before
@@ -42,6 +47,7 @@ pub mod retain;
 pub mod rollback;
 pub mod startlog;
 pub mod store;
+pub mod tail;
 pub mod view;
 pub mod vouch;
 
@@ -273,6 +279,38 @@ impl CdpDevice {
         if s.volatile {
             // The base starts empty: the history says so before anything else.
             log.append(Op::Unmap, 0, info.size, &[])?;
+        } else if let Some(base) = s.seed.as_deref()
+            && !h.sealed
+            && !h.segments.is_empty()
+            && !matches!(prior, degraded::Prior::Stopped { regions: None, .. })
+        {
+            // After a crash: updates in flight then may have records the base never got
+            // (tail.rs); from now on the volume is what the base holds. (Not when the
+            // catch-up below journals the whole volume from the base anyway.)
+            let mut diff = tail::differences(&h, base)?;
+            if let degraded::Prior::Stopped {
+                regions: Some(bits),
+                ..
+            } = &prior
+            {
+                // Those regions' content is journaled from the base below.
+                diff.retain(|(off, bytes)| {
+                    let first = off >> degraded::REGION_SHIFT;
+                    let last = (off + bytes.len() as u64 - 1) >> degraded::REGION_SHIFT;
+                    !(first..=last).all(|r| degraded::is_set(bits, r))
+                });
+            }
+            for (off, bytes) in &diff {
+                if bytes.iter().all(|&b| b == 0) {
+                    log.append(Op::Zeroes, *off, bytes.len() as u64, &[])?;
+                } else {
+                    log.append(Op::Write, *off, bytes.len() as u64, bytes)?;
+                }
+            }
+            if !diff.is_empty() {
+                tracing::warn!(dir = %s.dir.display(), pieces = diff.len(),
+                    "cdp: after a crash, the base differs from the history's newest records (updates in flight, never acknowledged); its content is journaled");
+            }
         }
         if prior != degraded::Prior::Whole {
             if !s.volatile && s.seed.is_none() {
@@ -420,6 +458,7 @@ impl CdpDevice {
             journal,
             regions,
             map_retry: None,
+            base_failed: None,
             stats: Arc::clone(&self.stats),
             ops: Slab::with_capacity(256),
             held: std::collections::VecDeque::new(),
@@ -480,6 +519,10 @@ struct Pending {
     /// A flush or FUA update: it completes once its records (a flush: every record before
     /// it) are synced, not only written (`sync = "flush"`; the same with `"append"`).
     sync: bool,
+    /// Where the history is whole up to should its base operation fail
+    /// ([`CdpChannel::base_done`]): the journal's last record before this update's first, and
+    /// a time before its records' (every moment up to it reads that record's content).
+    before: (u64, u64),
 }
 
 /// An update whose base operation waits for an earlier overlapping one (see
@@ -535,6 +578,9 @@ pub struct CdpChannel {
     /// Writing "the journal stopped" into the map failed: when to try again, and what to
     /// write (after, its time, when it stopped).
     map_retry: Option<(Instant, (u64, u64, u64))>,
+    /// A base update failed after its record was journaled: the history is whole only up
+    /// to the record before it ([`CdpChannel::base_done`]).
+    base_failed: Option<(u64, u64)>,
     stats: Arc<CdpStats>,
     ops: Slab<Pending>,
     /// Updates waiting for an earlier overlapping one, in arrival order.
@@ -615,6 +661,7 @@ impl CdpChannel {
             answered: false,
             range,
             sync,
+            before: (self.journal.last_seq(), 0),
         });
         if wait {
             let (op, data) = match upd {
@@ -634,6 +681,7 @@ impl CdpChannel {
             } else {
                 let q = self.record(io, op, offset, len, &data);
                 self.ops[key].last_seq = q;
+                self.ops[key].before.1 = self.journal.last_time().saturating_sub(1);
                 if sync {
                     self.journal.want_sync(q);
                 }
@@ -669,11 +717,12 @@ impl CdpChannel {
         if sync {
             self.journal.want_sync(last_seq);
         }
-        let p = &mut self.ops[key];
-        p.last_seq = last_seq;
+        self.ops[key].last_seq = last_seq;
+        if range.0 < range.1 {
+            self.ops[key].before.1 = self.journal.last_time().saturating_sub(1);
+        }
         if let Start::Done(r) = started {
-            p.base = Some(r);
-            self.try_complete(key);
+            self.base_done(io, key, r);
         }
         Start::Pending
     }
@@ -722,8 +771,7 @@ impl CdpChannel {
             };
             io.recycle_vec(h.data);
             if let Start::Done(r) = started {
-                self.ops[h.key].base = Some(r);
-                self.try_complete(h.key);
+                self.base_done(io, h.key, r);
                 i = 0; // it finished at once: what it blocked may go now
             }
         }
@@ -741,6 +789,7 @@ impl CdpChannel {
         let (after, after_time) = [
             self.vouched.unvouched,
             self.whole_after,
+            self.base_failed,
             Some(self.journal.whole_until()),
         ]
         .into_iter()
@@ -792,6 +841,35 @@ impl CdpChannel {
             Err(_) => self.map_retry = Some((now + MAP_RETRY, (after, after_time, stopped))),
         }
         true
+    }
+
+    /// The base operation of update `key` finished with `result`. One that failed after its
+    /// record was journaled left a record the volume does not hold (the device kept what it
+    /// had, or part of the update): the journal stops with the history whole up to the record
+    /// before it, and its range counts as changed (degraded mode: the next start journals it
+    /// again from the base), so no point after it is served with the record's content.
+    fn base_done(&mut self, io: &mut IoCx, key: usize, result: Result<(), Errno>) {
+        let Some(p) = self.ops.get_mut(key) else {
+            return;
+        };
+        p.base = Some(result);
+        if let Err(e) = result
+            && p.last_seq > 0
+            && p.range.0 < p.range.1
+            && !self.off
+            && !self.journal.stopped()
+        {
+            let (before, range) = (p.before, p.range);
+            self.base_failed = Some(self.base_failed.map_or(before, |b| b.min(before)));
+            self.journal.stop(
+                io,
+                &format!(
+                    "the base failed an update of bytes {}..{} (errno {}) whose record is journaled: the history is whole only up to sequence {}",
+                    range.0, range.1, e.0, before.0
+                ),
+            );
+        }
+        self.try_complete(key);
     }
 
     fn try_complete(&mut self, key: usize) {
@@ -915,9 +993,8 @@ impl Channel for CdpChannel {
             return;
         }
         let key = slot as usize;
-        if let Some(p) = self.ops.get_mut(key) {
-            p.base = Some(result);
-            self.try_complete(key);
+        if self.ops.contains(key) {
+            self.base_done(io, key, result);
             if !self.held.is_empty() {
                 self.release_held(io);
             }

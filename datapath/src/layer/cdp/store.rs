@@ -62,6 +62,9 @@ pub struct History {
     /// A consolidation pass under way (or stopped part way): the points before its `to` are
     /// refused ([`read_moving`]).
     pub moving: Option<Moving>,
+    /// The last segment was sealed by a clean stop (its index written then and still true):
+    /// no update was in flight when its writer stopped.
+    pub sealed: bool,
 }
 
 impl History {
@@ -424,6 +427,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             super::degraded::Prior::Whole => None,
         },
         moving: read_moving(dir, &meta)?,
+        sealed: false,
     };
     let mut consolidated = Vec::new();
     for (i, &segno) in nums.iter().enumerate() {
@@ -484,8 +488,12 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             .filter(|i| i.entries.first().is_none_or(|e| e.seq == h.last_seq + 1))
             .filter(|i| !last_file || ends_at(&file, i.end, &meta, header.first_seq))
         {
-            Some(i) => i,
+            Some(i) => {
+                h.sealed = last_file;
+                i
+            }
             None => {
+                h.sealed = false;
                 let mut bytes = Vec::new();
                 (&file)
                     .read_to_end(&mut bytes)
@@ -562,6 +570,18 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         }
     }
     clock::not_before(h.last_time);
+    // Times the directory names beyond its records: a bookmark set at site time just before a
+    // crash (no record reached it yet), a rollback's start. The next records must come after
+    // them even if this process's wall clock is behind the one that named them, or a
+    // bookmark's point would take in later writes.
+    if let Ok(b) = super::bookmark::load(dir)
+        && let Some(&t) = b.values().max()
+    {
+        clock::not_before(t);
+    }
+    if let Ok(Some(m)) = super::rollback::load_marker(dir) {
+        clock::not_before(m.started);
+    }
     Ok(h)
 }
 

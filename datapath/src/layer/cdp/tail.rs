@@ -1,0 +1,117 @@
+//! After a crash, the tail of a history against the base it journals (docs/cdp-format.md,
+//! "After a crash: the tail against the base").
+//!
+//! Model: an update's record is journaled when it arrives, its base operation issued in the
+//! same turn or, behind an earlier overlapping update, once that one's is done (mod.rs). A
+//! crash (kill -9) between the two leaves a record the base never got: an update never
+//! acknowledged, so a point before the crash may hold it or not, but from the restart on the
+//! volume is what the base holds. So a start after a crash compares, for the ranges of the
+//! records of the last two segments (where every update still in flight at the crash has its
+//! records), the history's newest content with the base's, and [`differences`] gives the
+//! base's bytes where they differ, which the start journals as ordinary records before
+//! anything else.
+//!
+//! Invariant: for every byte of those ranges the newest content is the last record covering
+//! it, which lies in those segments; bytes no record of them covers are not read.
+
+use super::error::io_err;
+use super::format::{Op, REC_HEADER};
+use super::ranges::{self, Ranges};
+use super::store::{self, CdpError, History};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// How much is compared at once.
+const PIECE: u64 = 1 << 20;
+
+/// The pieces of `[start, end)` not in `covered`.
+fn gaps(covered: &Ranges, start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    if start >= end {
+        return out;
+    }
+    let mut at = start;
+    if let Some((_, &e)) = covered.range(..=start).next_back()
+        && e > at
+    {
+        at = e.min(end);
+    }
+    for (&s, &e) in covered.range(at..end) {
+        if s > at {
+            out.push((at, s));
+        }
+        at = e.max(at);
+        if at >= end {
+            break;
+        }
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
+/// Where the newest point of `h` differs from `base` (a file of the volume's content) over
+/// the ranges of the last two segments' records: `(offset, the base's bytes)`, in order.
+pub fn differences(h: &History, base: &Path) -> Result<Vec<(u64, Vec<u8>)>, CdpError> {
+    let size = h.meta.size;
+    let b = File::open(base).map_err(io_err("open the base", base))?;
+    let mut covered = Ranges::new();
+    let mut out = Vec::new();
+    let tail = h.segments.len().saturating_sub(2);
+    for s in h.segments[tail..].iter().rev() {
+        let sp = store::seg_path(&h.dir, s.header.segno);
+        let seg = File::open(&sp).map_err(io_err("open", &sp))?;
+        for e in s.index.entries.iter().rev() {
+            if !matches!(e.op, Op::Write | Op::Zeroes | Op::Unmap) || e.len == 0 {
+                continue;
+            }
+            let end = e.offset.saturating_add(e.len).min(size);
+            if end <= e.offset {
+                continue;
+            }
+            for (gs, ge) in gaps(&covered, e.offset, end) {
+                let mut at = gs;
+                while at < ge {
+                    let n = (ge - at).min(PIECE) as usize;
+                    let mut journaled = vec![0u8; n];
+                    if e.op == Op::Write {
+                        let pos = e.pos + REC_HEADER as u64 + (at - e.offset);
+                        seg.read_exact_at(&mut journaled, pos)
+                            .map_err(io_err("read", &sp))?;
+                    }
+                    let mut held = vec![0u8; n];
+                    b.read_exact_at(&mut held, at)
+                        .map_err(io_err("read the base", base))?;
+                    if held != journaled {
+                        out.push((at, held));
+                    }
+                    at += n as u64;
+                }
+            }
+            ranges::mark(&mut covered, e.offset, end);
+        }
+    }
+    out.sort_by_key(|(o, _)| *o);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_the_uncovered_pieces() {
+        let mut c = Ranges::new();
+        assert_eq!(gaps(&c, 0, 10), vec![(0, 10)]);
+        ranges::mark(&mut c, 2, 4);
+        ranges::mark(&mut c, 6, 8);
+        assert_eq!(gaps(&c, 0, 10), vec![(0, 2), (4, 6), (8, 10)]);
+        assert_eq!(gaps(&c, 3, 7), vec![(4, 6)]);
+        assert_eq!(gaps(&c, 2, 4), vec![]);
+        assert_eq!(gaps(&c, 7, 9), vec![(8, 9)]);
+        assert_eq!(gaps(&c, 5, 5), vec![]);
+        assert_eq!(gaps(&c, 9, 5), vec![]);
+    }
+}

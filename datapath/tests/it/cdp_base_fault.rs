@@ -1,0 +1,182 @@
+//! A base device that fails an update (EIO) under the CDP layer of a volume without the
+//! mirror: the update fails to its host, the volume keeps what it held, and the history must
+//! not serve the failed update's record as the volume's content: a point after it either is
+//! refused or reads what the volume reads.
+
+use crate::cdp::wait_window;
+use crate::harness::{Server, pattern};
+use crate::rawnbd::Client;
+use std::path::Path;
+use std::time::Duration;
+use twinblk::layer::cdp::clock;
+use twinblk::layer::cdp::pit::{self, Point};
+use twinblk::layer::cdp::store::{self, CdpError, Load};
+
+const SIZE: u64 = 4 << 20;
+const BAD: u64 = 1 << 20;
+
+fn at(dir: &Path, p: Point) -> Result<Vec<u8>, CdpError> {
+    let h = store::load(dir, Load::ReadOnly)?;
+    pit::read_at(&h, p, 0, SIZE)
+}
+
+#[test]
+fn a_base_write_that_fails_is_not_served_as_the_volumes_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [[volume]]\nname='v'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+         fail_range=[{BAD}, 4096]\nfail_writes_only=true\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        tmp.path().join("v.img").display(),
+        dir.display()
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let first = pattern(1, 8192);
+    assert_eq!(c.write(0, &first), 0);
+    std::thread::sleep(Duration::from_millis(5));
+    let t_before = clock::now();
+    // The idle journal's time mark carries the window past it.
+    wait_window(&[&dir], t_before, "a time mark before the failure");
+    // The device refuses the write: the host gets an error, the block keeps its zeroes.
+    assert_ne!(c.write(BAD, &pattern(2, 4096)), 0, "the write fails");
+    assert_eq!(c.read(BAD, 4096).unwrap(), vec![0u8; 4096]);
+    let second = pattern(3, 8192);
+    assert_eq!(c.write(8192, &second), 0);
+    std::thread::sleep(Duration::from_millis(5));
+    let t_after = clock::now();
+    let volume = c.read(0, SIZE as u32).unwrap();
+    let mut want = vec![0u8; SIZE as usize];
+    want[..8192].copy_from_slice(&first);
+    want[8192..16384].copy_from_slice(&second);
+    assert!(
+        volume == want,
+        "the volume holds the acknowledged writes only"
+    );
+    let journal = s.rpc("cdp_status")[0]["journal"].clone();
+    if journal == "running" {
+        wait_window(&[&dir], t_after, "the window reaches the last write");
+    }
+    let mut before = vec![0u8; SIZE as usize];
+    before[..8192].copy_from_slice(&first);
+    assert!(
+        at(&dir, Point::Time(t_before)).unwrap() == before,
+        "the point before the failure"
+    );
+    match at(&dir, Point::Time(t_after)) {
+        Ok(got) => assert!(
+            got == volume,
+            "the history serves the failed write's record as the volume's content (block at {BAD}: {:?}..)",
+            &got[BAD as usize..BAD as usize + 8]
+        ),
+        Err(
+            e @ (CdpError::NotWhole { .. } | CdpError::InGap { .. } | CdpError::Outside { .. }),
+        ) => {
+            assert_eq!(journal, "degraded", "{e}");
+            eprintln!("after the failure: refused: {e}")
+        }
+        Err(e) => panic!("{e}"),
+    }
+    // A restart makes the history the volume again.
+    c.disconnect();
+    assert!(s.stop());
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let third = pattern(4, 4096);
+    assert_eq!(c.write(3 << 20, &third), 0);
+    std::thread::sleep(Duration::from_millis(5));
+    let t_end = clock::now();
+    let volume = c.read(0, SIZE as u32).unwrap();
+    wait_window(&[&dir], t_end, "the window after the restart");
+    assert!(
+        at(&dir, Point::Time(t_end)).unwrap() == volume,
+        "the newest point after the restart"
+    );
+    c.disconnect();
+    assert!(s.stop());
+}
+
+/// Overlapping writes pipelined to one block (each held behind the one before it until that
+/// one's base write finishes, its record journaled at once), the journal in memory (written
+/// in the reactor's turn) and the base on a disk, the daemon killed: after the restart the
+/// history's newest point must be what the volume holds.
+#[test]
+fn after_a_kill_the_newest_point_is_the_volume_at_overlapping_writes_in_flight() {
+    kill_rounds("/dev/shm", 4);
+}
+
+/// The same with the journal on a disk and writes spread over 1,000 blocks: appends
+/// (`RWF_DSYNC`) and base writes in flight together at the kill, some base writes never
+/// done.
+#[test]
+fn after_a_kill_the_newest_point_is_the_volume_with_a_journal_on_disk() {
+    kill_rounds("/var/tmp", 1000);
+}
+
+/// Eight rounds of pipelined 8 KiB writes over `blocks` blocks, the daemon killed in each,
+/// the journal in a directory under `journal_in`; after each restart the history's newest
+/// point must be the volume.
+fn kill_rounds(journal_in: &str, blocks: u64) {
+    use twinblk::frontend::nbd::proto::cmd;
+    let shm = tempfile::tempdir_in(journal_in).unwrap();
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = shm.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [[volume]]\nname='v'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='64MiB'\n",
+        tmp.path().join("v.img").display(),
+        dir.display()
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    for round in 0..8u64 {
+        let addr = s.addr;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = std::sync::Arc::clone(&stop);
+        let w = std::thread::spawn(move || {
+            let Ok(mut c) = std::panic::catch_unwind(|| Client::connect(addr, "v", false)) else {
+                return;
+            };
+            let mut n = 0u64;
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    for i in 0..32u64 {
+                        let d = pattern(round * 1_000_000 + n + i, 8192);
+                        c.send_request(cmd::WRITE, 0, n + i, ((n + i) % blocks) * 4096, 8192, &d);
+                    }
+                    for _ in 0..32 {
+                        c.read_reply(0);
+                    }
+                }));
+                if r.is_err() {
+                    return;
+                }
+                n += 32;
+            }
+        });
+        std::thread::sleep(Duration::from_millis(150 + round * 37));
+        s.kill();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = w.join();
+        s = s.respawn();
+        let mut c = Client::connect(s.addr, "v", false);
+        let volume = c.read(0, SIZE as u32).unwrap();
+        c.disconnect();
+        let h = store::load(&dir, Load::ReadOnly).unwrap();
+        let newest = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap();
+        let differ = (0..SIZE as usize / 4096)
+            .filter(|&b| newest[b * 4096..(b + 1) * 4096] != volume[b * 4096..(b + 1) * 4096])
+            .count();
+        eprintln!(
+            "round {round}: last_seq {} blocks differing {differ}",
+            h.last_seq
+        );
+        assert_eq!(
+            differ, 0,
+            "round {round}: the history's newest point is not the volume after the restart"
+        );
+    }
+    assert!(s.stop());
+}
