@@ -230,6 +230,8 @@ pub fn not_journaled(dir: &std::path::Path, size: u64) -> Result<(u64, u64), Cdp
         )));
     }
     let h = store::load(dir, store::Load::ReadOnly)?;
+    // The map's times below come after the history's (a read-only load leaves the clock).
+    clock::not_before(h.last_time);
     let (mut map, prior) = degraded::RegionMap::open(dir, size)?;
     let (after, after_time) = prior.whole_until(h.last_seq, h.last_time);
     map.unknown(after, after_time, clock::now())?;
