@@ -822,19 +822,24 @@ impl Daemon {
                 "witness-client",
                 self.failover.as_ref().map(|t| t.as_pthread_t()),
             ),
-            (
-                "mirror-persist",
-                self.persister.as_ref().and_then(|p| p.pthread()),
-            ),
             ("control", self.control.as_ref().and_then(|c| c.pthread())),
             ("metrics", self.metrics.as_ref().and_then(|m| m.pthread())),
         ];
+        let warn = |name: &str, e: std::io::Error| {
+            tracing::warn!(thread = name, error = %e, "cannot move a background thread off the reactors' cores");
+        };
         for (name, t) in threads {
             if let Some(t) = t
                 && let Err(e) = h.place(t)
             {
-                tracing::warn!(thread = name, error = %e, "cannot move a background thread off the reactors' cores");
+                warn(name, e);
             }
+        }
+        // Under the persister's own lock: its handle is never one already joined.
+        if let Some(p) = &self.persister
+            && let Err(e) = p.place(|t| h.place(t))
+        {
+            warn("mirror-persist", e);
         }
         tracing::info!(cpus = ?h.cpus(), "background threads run off the reactors' cores");
     }

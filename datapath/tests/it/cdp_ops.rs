@@ -302,6 +302,18 @@ fn degraded_round(crash: bool, cut: bool) {
     drop(fs);
 }
 
+/// The CPUs of a `Cpus_allowed_list` ("0-2,5"), ascending.
+fn cpu_list(list: &str) -> Vec<usize> {
+    list.trim()
+        .split(',')
+        .flat_map(|r| {
+            let mut ends = r.split('-').map(|x| x.parse::<usize>().unwrap());
+            let lo = ends.next().unwrap();
+            lo..=ends.next().unwrap_or(lo)
+        })
+        .collect()
+}
+
 /// Each thread of process `pid`: its name and `Cpus_allowed_list`.
 fn cpus_of_threads(pid: u32) -> Vec<(String, String)> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -329,13 +341,16 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
     const SIZE: usize = 2 << 20;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("j");
-    // The reactor on the last CPU, pinned: reactor 0's core is not CPU 0 (unless there is one).
-    let cpu = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .and_then(|l| l.trim().rsplit([',', '-']).next()?.parse::<usize>().ok())
-        .unwrap_or(0);
+    // The reactor on the last CPU, pinned: reactor 0's core is not the first CPU (unless there
+    // is one).
+    let ours = cpu_list(
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap(),
+    );
+    let cpu = *ours.last().unwrap();
     let body = format!(
         "[reactor]\ncores=[{cpu}]\n{}",
         volume("v", SIZE as u64, &dir, "4MiB")
@@ -352,18 +367,16 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
             .1
     };
     assert_eq!(cpus("reactor-0"), cpu.to_string(), "{threads:?}");
-    if cpu > 0 {
+    if ours.len() > 1 {
         for t in ["cdp-retention", "cdp-segments", "control"] {
             let on = cpus(t);
             assert!(
-                !on.split(',').any(|r| {
-                    let mut ends = r.split('-').map(|x| x.parse::<usize>().unwrap());
-                    let lo = ends.next().unwrap();
-                    (lo..=ends.next().unwrap_or(lo)).contains(&cpu)
-                }),
+                !cpu_list(on).contains(&cpu),
                 "{t} runs on {on}, the reactor's CPU {cpu} among them"
             );
         }
+    } else {
+        eprintln!("one CPU: the background threads share the reactor's (nothing to check)");
     }
     let mut c = Client::connect(s.addr, "v", false);
     let mut log: Vec<(usize, Upd, u64)> = Vec::new();
@@ -422,7 +435,7 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
         .collect();
     // On a CPU no reactor of the daemon takes (the first one here), else on the home
     // reactor's core.
-    let view_cpu = if cpu > 0 { 0 } else { cpu };
+    let view_cpu = ours[0];
     assert_eq!(allowed, [view_cpu.to_string()], "the view's reactor's CPUs");
     // A restore of the same point, as a child; it finishes and matches.
     let out = tmp.path().join("restored.img");

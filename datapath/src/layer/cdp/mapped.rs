@@ -6,10 +6,15 @@
 //! mapping is removed when the value is dropped. Only files in memory are mapped: reading a
 //! mapped page of a file on a disk that fails raises SIGBUS, where a `read` returns EIO.
 //!
+//! Only a file with every byte allocated is mapped ([`Mapped::open`] refuses a sparse one):
+//! on tmpfs, reading a hole through a shared mapping allocates a page, and on a full
+//! filesystem that raises SIGBUS where a `read` of the hole returns zeroes (a segment created
+//! while the journal's filesystem was full is sparse: `fallocate` failed, `set_len` made it).
+//!
 //! Invariant the caller keeps: nothing shrinks the file while it is mapped (a read past the
-//! file's end raises SIGBUS). A sealed segment is only ever grown, zeroed or renamed while
-//! its directory's consolidation lock is held by the pass that maps it; recovery's cuts zero
-//! records, never truncate, and run before the retention thread starts.
+//! file's end raises SIGBUS). A sealed segment is never truncated: it is zeroed, renamed or
+//! recycled (renamed, its header zeroed) only, and recovery's cuts zero records and run
+//! before the retention thread starts.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -25,11 +30,14 @@ pub struct Mapped {
 unsafe impl Send for Mapped {}
 
 impl Mapped {
-    /// Map `file` (its length now) read-only; an error for an empty file or a failed `mmap`.
+    /// Map `file` (its length now) read-only; an error for an empty file, a sparse one (not
+    /// every byte allocated: see the module doc) or a failed `mmap`.
     pub fn open(file: &File) -> std::io::Result<Mapped> {
-        let len = usize::try_from(file.metadata()?.len())
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
-        if len == 0 {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        let len =
+            usize::try_from(m.len()).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+        if len == 0 || m.blocks().saturating_mul(512) < m.len() {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
         // SAFETY: a new mapping (no address given) of `len` bytes of an open descriptor,
@@ -72,7 +80,7 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn a_mapped_file_reads_its_bytes_and_an_empty_one_is_refused() {
+    fn a_mapped_file_reads_its_bytes_and_an_empty_or_sparse_one_is_refused() {
         let mut f = tempfile::tempfile().unwrap();
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         f.write_all(&data).unwrap();
@@ -80,5 +88,18 @@ mod tests {
         assert_eq!(m.bytes(), &data[..]);
         let empty = tempfile::tempfile().unwrap();
         assert!(Mapped::open(&empty).is_err());
+        // A hole (as a segment made by set_len when fallocate found no room), in memory too.
+        for d in [std::env::temp_dir(), "/dev/shm".into()] {
+            let Ok(mut sparse) = tempfile::tempfile_in(&d) else {
+                continue;
+            };
+            sparse.write_all(&data).unwrap();
+            sparse.set_len(1 << 20).unwrap();
+            assert!(
+                Mapped::open(&sparse).is_err(),
+                "a sparse file in {}",
+                d.display()
+            );
+        }
     }
 }

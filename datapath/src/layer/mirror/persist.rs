@@ -116,14 +116,19 @@ impl std::fmt::Debug for Persister {
 }
 
 impl Persister {
-    /// The thread, while it runs (for placing it off the reactors' cores).
-    pub fn pthread(&self) -> Option<libc::pthread_t> {
+    /// Place the thread, while it runs, with `place` (off the reactors' cores), under the lock
+    /// [`Persister::shutdown`] takes to join it, so the handle is never one already joined.
+    pub fn place<E>(&self, place: impl FnOnce(libc::pthread_t) -> Result<(), E>) -> Result<(), E> {
         use std::os::unix::thread::JoinHandleExt;
-        self.thread
+        match self
+            .thread
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|t| t.as_pthread_t())
+        {
+            Some(t) => place(t.as_pthread_t()),
+            None => Ok(()),
+        }
     }
 
     /// Start the thread.
