@@ -802,6 +802,17 @@ impl SmallFs {
         );
         SmallFs(dir.to_path_buf())
     }
+
+    /// Room again: the filesystem grown to 64 MiB in place (its files kept).
+    pub(crate) fn grow(&self) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", "remount,size=64m"])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount");
+    }
 }
 
 impl Drop for SmallFs {

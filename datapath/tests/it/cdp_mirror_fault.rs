@@ -95,13 +95,7 @@ fn full_journal_at_one_site(leader: bool) {
     // b stops cleanly (its changed regions kept), gets room and returns.
     let mut b = b;
     assert!(b.stop(), "b's clean stop");
-    let ok = std::process::Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&fs.0)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "remount");
+    fs.grow();
     let b = b.respawn();
     wait_mirror_state(&b, "up", Duration::from_secs(20));
     wait_vouched(&b, true, Duration::from_secs(10), "b vouched for again");

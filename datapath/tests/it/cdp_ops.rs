@@ -65,13 +65,7 @@ fn a_start_on_a_full_journal_device_serves_the_volume_and_cdp_enable_brings_the_
     apply(&mut model, &Upd::Write(2 << 20, late));
     assert!(c.read(0, SIZE as u32).unwrap() == model, "the volume");
     c.disconnect();
-    let ok = std::process::Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&fs.0)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "remount");
+    fs.grow();
     let r = s.rpc_with("cdp_enable", serde_json::json!({"volume": "v"}));
     assert!(r["error"].is_null(), "{r}");
     assert_eq!(s.rpc("cdp_status")[0]["journal"], "running");
@@ -221,13 +215,7 @@ fn degraded_round(crash: bool, cut: bool) {
         );
     }
     // Room again; the next start catches up.
-    let ok = std::process::Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&fs.0)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "remount");
+    fs.grow();
     let mut s = s.respawn();
     let mut c = Client::connect(s.addr, "v", false);
     assert_eq!(s.rpc("cdp_status")[0]["journal"], "running");

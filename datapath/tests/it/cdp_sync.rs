@@ -49,6 +49,21 @@ fn start(tmp: &tempfile::TempDir, size: u64, extra: &str) -> (PathBuf, Server, C
     (dir, s, c)
 }
 
+/// What `dir`'s degraded.map says after a stop: the journal stopped, whole up to `after`, with
+/// its changed regions.
+fn stopped_with_regions(dir: &std::path::Path, size: u64) -> (u64, Vec<u8>) {
+    let (_, prior) = RegionMap::open(dir, size).unwrap();
+    let Prior::Stopped {
+        after,
+        regions: Some(bits),
+        ..
+    } = prior
+    else {
+        panic!("degraded.map says the journal stopped, with its regions: {prior:?}");
+    };
+    (after, bits)
+}
+
 #[test]
 fn with_sync_flush_every_acknowledged_write_survives_kill_9() {
     let tmp = disk_dir();
@@ -159,15 +174,7 @@ fn a_failed_sync_counts_every_acknowledged_unsynced_write_as_changed() {
     assert_eq!(c.read(5 * MIB + 8192, 4096).unwrap(), pattern(5, 4096));
     c.disconnect();
     s.stop();
-    let (_, prior) = RegionMap::open(&dir, SIZE).unwrap();
-    let Prior::Stopped {
-        after,
-        regions: Some(bits),
-        ..
-    } = prior
-    else {
-        panic!("degraded.map says the journal stopped, with its regions: {prior:?}");
-    };
+    let (after, bits) = stopped_with_regions(&dir, SIZE);
     assert_eq!(after, synced);
     let marked: Vec<u64> = (0..SIZE / MIB)
         .filter(|&r| twinblk::layer::cdp::degraded::is_set(&bits, r))
@@ -228,15 +235,7 @@ fn a_clean_stop_before_the_failed_stop_write_is_retried_keeps_the_whole_history(
     c.disconnect();
     // Well before the retry a second after the failure.
     s.stop();
-    let (_, prior) = RegionMap::open(&dir, SIZE).unwrap();
-    let Prior::Stopped {
-        after,
-        regions: Some(bits),
-        ..
-    } = prior
-    else {
-        panic!("degraded.map says the journal stopped, with its regions: {prior:?}");
-    };
+    let (after, bits) = stopped_with_regions(&dir, SIZE);
     assert_eq!(
         after, synced,
         "the history is whole up to the last sync, not only up to its start"

@@ -387,16 +387,7 @@ fn forced_removal_closes_an_nbd_client_and_changes_under_load_disturb_no_other_v
     };
     for round in 0..5 {
         let name = format!("tmp{round}");
-        ok(
-            &sock,
-            "volume_create",
-            json!({"name": name, "backend": "malloc", "size": "4M"}),
-        );
-        ok(
-            &sock,
-            "nbd_export_add",
-            json!({"name": name, "volume": name}),
-        );
+        ram_volume_exported(&sock, &name);
         let mut c = Client::connect(nbd, &name, false);
         assert_eq!(c.write(0, &pattern(round, 4096)), 0);
         let r = ok(
@@ -465,16 +456,7 @@ fn an_nbd_negotiation_racing_with_its_exports_removal_is_refused_or_served_never
     let nbd = addr(&d, Proto::Nbd);
     for (round, go) in [(0, true), (1, false)] {
         let name = "racy";
-        ok(
-            &sock,
-            "volume_create",
-            json!({"name": name, "backend": "malloc", "size": "4M"}),
-        );
-        ok(
-            &sock,
-            "nbd_export_add",
-            json!({"name": name, "volume": name}),
-        );
+        ram_volume_exported(&sock, name);
         let (reached, go_on) = hold_negotiations(&d, "racy");
         let mut s = fixed_newstyle(nbd);
         if go {
@@ -537,6 +519,21 @@ fn an_nbd_negotiation_racing_with_its_exports_removal_is_refused_or_served_never
 const HUGE_RAM: u64 = 64 << 40;
 
 /// This machine's MemTotal + SwapTotal, read here independently of the daemon.
+/// A 4 MiB RAM volume `name` created through the control socket and exported over NBD as
+/// `name`.
+fn ram_volume_exported(sock: &std::path::Path, name: &str) {
+    ok(
+        sock,
+        "volume_create",
+        json!({"name": name, "backend": "malloc", "size": "4M"}),
+    );
+    ok(
+        sock,
+        "nbd_export_add",
+        json!({"name": name, "volume": name}),
+    );
+}
+
 /// The memory the daemon holds RAM volumes against, and where that figure comes from
 /// (/proc/meminfo, or a cgroup's limit where one is lower).
 fn machine_memory() -> (u64, &'static str) {
