@@ -290,6 +290,61 @@ fn degraded_round(crash: bool, cut: bool) {
     drop(fs);
 }
 
+/// A daemon that does not pin its reactors (`pin = false`) starts its views with `--no-pin`:
+/// the view's reactor, like the daemon's own, may run on every CPU the daemon may, not on one.
+#[test]
+fn an_unpinned_daemons_view_is_not_pinned_either() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n{}",
+        volume("v", 1 << 20, &dir, "4MiB")
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(0, &pattern(7, 65536)), 0);
+    let mark = s.rpc_with(
+        "cdp_bookmark",
+        serde_json::json!({"volume": "v", "name": "m"}),
+    );
+    assert!(mark["error"].is_null(), "{mark}");
+    // A write after it: the window reaches past the bookmark.
+    assert_eq!(c.write(65536, &pattern(8, 65536)), 0);
+    let port = crate::harness::free_port();
+    let r = s.rpc_with(
+        "cdp_view_open",
+        serde_json::json!({"volume": "v", "bookmark": "m", "nbd": format!("127.0.0.1:{port}")}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let ours = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let reactors = |pid: u32| -> Vec<String> {
+        cpus_of_threads(pid)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("reactor"))
+            .map(|(_, c)| c)
+            .collect()
+    };
+    assert_eq!(
+        reactors(s.pid()),
+        std::slice::from_ref(&ours),
+        "the daemon's reactor"
+    );
+    let pid = r["result"]["pid"].as_u64().unwrap() as u32;
+    assert_eq!(reactors(pid), [ours], "the view's reactor");
+    let r = s.rpc_with(
+        "cdp_view_close",
+        serde_json::json!({"id": r["result"]["id"]}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    c.disconnect();
+}
+
 /// The CPUs of a `Cpus_allowed_list` ("0-2,5"), ascending.
 fn cpu_list(list: &str) -> Vec<usize> {
     list.trim()
