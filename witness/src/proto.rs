@@ -230,6 +230,8 @@ pub enum DenyReason {
     TieWait,
     /// The requester's known epoch is below the group's: its replica is older.
     Stale,
+    /// The group is not recorded and the witness records no more groups.
+    Full,
 }
 
 impl DenyReason {
@@ -238,6 +240,7 @@ impl DenyReason {
             DenyReason::Held => 1,
             DenyReason::TieWait => 2,
             DenyReason::Stale => 3,
+            DenyReason::Full => 5,
         }
     }
     fn from_code(c: u8) -> Option<Self> {
@@ -245,6 +248,7 @@ impl DenyReason {
             1 => Some(DenyReason::Held),
             2 => Some(DenyReason::TieWait),
             3 => Some(DenyReason::Stale),
+            5 => Some(DenyReason::Full),
             _ => None,
         }
     }
@@ -802,6 +806,11 @@ mod tests {
             Body::State {
                 status: ReleaseStatus::NotHolder,
                 view: view(2, 1),
+            },
+            Body::Deny {
+                reason: DenyReason::Full,
+                view: view(0, 0),
+                wait_ms: 0,
             },
             Body::Behind { highest: 0 },
             Body::Behind { highest: u64::MAX },

@@ -175,7 +175,7 @@ impl Witness {
                 );
                 (Body::Behind { highest }, Durability::None)
             }
-            Outcome::NotRequest => {
+            Outcome::NotRequest | Outcome::TooManySites => {
                 self.stats.rejected += 1;
                 return Ok(false);
             }

@@ -285,8 +285,10 @@ pub enum Durability {
 /// What to do with one accepted datagram.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The counter was not above the site's highest: drop without an answer.
+    /// The counter was not above the site's highest: answered BEHIND, nothing done.
     Replay { highest: u64 },
+    /// A site id not recorded while [`MAX_SITES`] are: dropped without an answer.
+    TooManySites,
     /// Not a request (an answer type sent to the witness): drop.
     NotRequest,
     /// Send `body` (echoing the request's site and counter) once the table is `durability`.
@@ -305,7 +307,14 @@ pub struct Arbiter {
     pref_lost: HashSet<GroupId>,
     /// Preferred-site conflicts already logged (once per group and site per run).
     conflicts_logged: HashSet<(GroupId, SiteId)>,
+    /// When a full table was last logged.
+    full_logged: Option<Instant>,
 }
+
+/// Site ids the witness records at most (their counters): docs/witness-protocol.md, "Limits".
+pub const MAX_SITES: usize = 1024;
+/// Groups the witness records at most.
+pub const MAX_GROUPS: usize = 16384;
 
 fn ms_ceil(d: Duration) -> u32 {
     let ms = d.as_nanos().div_ceil(1_000_000).max(1);
@@ -322,6 +331,7 @@ impl Arbiter {
             last_seen: HashMap::new(),
             pref_lost: HashSet::new(),
             conflicts_logged: HashSet::new(),
+            full_logged: None,
         }
     }
 
@@ -345,8 +355,39 @@ impl Arbiter {
         }
     }
 
+    /// Whether `group` is recorded or may be (the table not full); logs a full table at most
+    /// once a minute.
+    fn room_for(&mut self, now: Instant, group: GroupId, site: SiteId) -> bool {
+        if self.table.groups.contains_key(&group) || self.table.groups.len() < MAX_GROUPS {
+            return true;
+        }
+        if self
+            .full_logged
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60))
+        {
+            self.full_logged = Some(now);
+            tracing::warn!(group = %group, site = site.get(), max = MAX_GROUPS,
+                "the witness records no more groups: a new group is not created (check the sites' group ids)");
+        }
+        false
+    }
+
     /// Applies a preferred claim (or, from a heartbeat, its absence). True if the record changed.
-    fn claim(&mut self, group: GroupId, site: SiteId, preferred: bool, heartbeat: bool) -> bool {
+    /// An unknown group is recorded only when the claim records a preferred site (an empty
+    /// record is what an unknown group reads as) and there is room.
+    fn claim(
+        &mut self,
+        now: Instant,
+        group: GroupId,
+        site: SiteId,
+        preferred: bool,
+        heartbeat: bool,
+    ) -> bool {
+        if !self.table.groups.contains_key(&group)
+            && (!preferred || !self.room_for(now, group, site))
+        {
+            return false;
+        }
         let rec = self.table.groups.entry(group).or_default();
         match (rec.preferred, preferred) {
             (None, true) => {
@@ -385,10 +426,27 @@ impl Arbiter {
         if msg.counter <= highest {
             return Outcome::Replay { highest };
         }
+        if highest == 0
+            && !self.table.counters.contains_key(&site)
+            && self.table.counters.len() >= MAX_SITES
+        {
+            if self
+                .full_logged
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60))
+            {
+                self.full_logged = Some(now);
+                tracing::warn!(
+                    site = site.get(),
+                    max = MAX_SITES,
+                    "the witness records no more site ids: a request from a new one is dropped (check the sites' ids)"
+                );
+            }
+            return Outcome::TooManySites;
+        }
         self.table.counters.insert(site, msg.counter);
         self.last_seen.insert(site, now);
         match &msg.body {
-            Body::Heartbeat { claims } => self.heartbeat(site, claims),
+            Body::Heartbeat { claims } => self.heartbeat(now, site, claims),
             Body::GrantRequest {
                 group,
                 known,
@@ -411,11 +469,11 @@ impl Arbiter {
         }
     }
 
-    fn heartbeat(&mut self, site: SiteId, claims: &[Claim]) -> Outcome {
+    fn heartbeat(&mut self, now: Instant, site: SiteId, claims: &[Claim]) -> Outcome {
         let mut changed = false;
         let mut views = Vec::with_capacity(claims.len());
         for c in claims {
-            changed |= self.claim(c.group, site, c.preferred, true);
+            changed |= self.claim(now, c.group, site, c.preferred, true);
             views.push(self.view(c.group));
         }
         Outcome::Answer {
@@ -436,7 +494,14 @@ impl Arbiter {
         known: Epoch,
         preferred: bool,
     ) -> Body {
-        self.claim(group, site, preferred, false);
+        if !self.room_for(now, group, site) {
+            return Body::Deny {
+                reason: DenyReason::Full,
+                view: self.view(group),
+                wait_ms: 0,
+            };
+        }
+        self.claim(now, group, site, preferred, false);
         let rec = self.table.groups.get(&group).copied().unwrap_or_default();
         let view = self.view(group);
         let deny = |reason, wait_ms| Body::Deny {
@@ -485,7 +550,18 @@ impl Arbiter {
     }
 
     fn release(&mut self, site: SiteId, group: GroupId, epoch: Epoch) -> Body {
-        let rec = self.table.groups.entry(group).or_default();
+        let Some(rec) = self.table.groups.get_mut(&group) else {
+            // Never recorded: nothing to release (epoch 0 reads as released already).
+            let status = if epoch == Epoch(0) {
+                ReleaseStatus::Ok
+            } else {
+                ReleaseStatus::NotHolder
+            };
+            return Body::State {
+                status,
+                view: self.view(group),
+            };
+        };
         let status = if rec.epoch != epoch {
             ReleaseStatus::NotHolder
         } else if rec.holder == Some(site) {
@@ -562,6 +638,80 @@ mod tests {
             Body::Deny { reason, .. } => Some(*reason),
             _ => None,
         }
+    }
+
+    /// At most MAX_GROUPS groups and MAX_SITES site ids are recorded: past that a new group
+    /// is denied FULL or read as empty and a new site id gets no answer, and nothing about the
+    /// recorded ones changes; a heartbeat without PREFERRED records nothing.
+    #[test]
+    fn records_are_bounded_and_a_full_table_changes_nothing() {
+        let mut r = Rig::new(0);
+        let hb = |group: u64, preferred: bool| Body::Heartbeat {
+            claims: vec![Claim {
+                group: GroupId(group),
+                preferred,
+            }],
+        };
+        r.send(0, 1, hb(1_000_000, false));
+        assert!(
+            r.a.table().groups.is_empty(),
+            "a plain claim records nothing"
+        );
+        for g in 0..MAX_GROUPS as u64 {
+            r.send(0, 1, hb(g, true));
+        }
+        assert_eq!(r.a.table().groups.len(), MAX_GROUPS);
+        let full = GroupId(MAX_GROUPS as u64);
+        let grant = Body::GrantRequest {
+            group: full,
+            known: Epoch(0),
+            preferred: true,
+        };
+        assert_eq!(denied(&r.send(1, 2, grant)), Some(DenyReason::Full));
+        match r.send(2, 2, hb(full.0, true)) {
+            Body::View { views } => assert_eq!(
+                views[0],
+                GroupView {
+                    group: full,
+                    epoch: Epoch(0),
+                    holder: None,
+                    preferred: None
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        match r.send(
+            3,
+            2,
+            Body::Release {
+                group: full,
+                epoch: Epoch(4),
+            },
+        ) {
+            Body::State { status, .. } => assert_eq!(status, ReleaseStatus::NotHolder),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.a.table().groups.len(), MAX_GROUPS, "nothing created");
+        // A recorded group is still granted.
+        assert_eq!(granted(&r.ask(4, 1, 0, true)), Some(1));
+        // Site ids: sites 1 and 2 are recorded; fill to MAX_SITES, then a new one is dropped.
+        for site in 3..=MAX_SITES as u32 {
+            r.send(5, site, hb(1, false));
+        }
+        assert_eq!(r.a.table().counters.len(), MAX_SITES);
+        r.counter += 1;
+        let m = Msg {
+            site: s(MAX_SITES as u32 + 1),
+            counter: r.counter,
+            body: hb(1, false),
+        };
+        assert!(matches!(
+            r.a.handle(r.t0 + Duration::from_millis(6), &m),
+            Outcome::TooManySites
+        ));
+        assert_eq!(r.a.table().counters.len(), MAX_SITES);
+        // A recorded site still gets answers.
+        assert!(matches!(r.send(7, 2, hb(1, false)), Body::View { .. }));
     }
 
     #[test]
