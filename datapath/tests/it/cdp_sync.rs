@@ -182,17 +182,16 @@ fn a_failed_sync_counts_every_acknowledged_unsynced_write_as_changed() {
     assert_eq!(marked, vec![3, 5, 7, 9, 40]);
 }
 
-/// The journal stops and the map's write of "it stopped" fails too (`fail_map_writes = 1`, a
-/// journal device failing): the layer writes it again a second later, so a crash after that
-/// finds the history not whole (the next start journals the volume again) instead of a map
-/// that says whole over writes acknowledged without records.
-#[test]
-fn a_failed_write_of_the_stop_into_the_map_is_written_again() {
-    let tmp = disk_dir();
-    const SIZE: u64 = 8 * MIB;
-    let (dir, mut s, mut c) = start(
-        &tmp,
-        SIZE,
+/// A site whose journal's sync fails and whose write of "it stopped" into the map fails once
+/// (`fail_map_writes = 1`): a write at 3 MiB, a flush (the journal stops), and a write at 5 MiB
+/// acknowledged without a record. With the sequence synced before them.
+fn stopped_with_a_failed_map_write(
+    tmp: &tempfile::TempDir,
+    size: u64,
+) -> (PathBuf, Server, Client, u64) {
+    let (dir, s, mut c) = start(
+        tmp,
+        size,
         "sync='flush'\nfail_sync=true\nfail_map_writes=1\n",
     );
     let synced = seq(&status(&s), "synced_seq");
@@ -202,6 +201,18 @@ fn a_failed_write_of_the_stop_into_the_map_is_written_again() {
     assert_eq!(status(&s)["journal"], "degraded");
     // Acknowledged without a record.
     assert_eq!(c.write(5 * MIB, &pattern(5, 4096)), 0);
+    (dir, s, c, synced)
+}
+
+/// The journal stops and the map's write of "it stopped" fails too (`fail_map_writes = 1`, a
+/// journal device failing): the layer writes it again a second later, so a crash after that
+/// finds the history not whole (the next start journals the volume again) instead of a map
+/// that says whole over writes acknowledged without records.
+#[test]
+fn a_failed_write_of_the_stop_into_the_map_is_written_again() {
+    let tmp = disk_dir();
+    const SIZE: u64 = 8 * MIB;
+    let (dir, mut s, c, synced) = stopped_with_a_failed_map_write(&tmp, SIZE);
     std::thread::sleep(std::time::Duration::from_millis(1_600));
     s.kill();
     let (_, prior) = RegionMap::open(&dir, SIZE).unwrap();
@@ -220,18 +231,8 @@ fn a_failed_write_of_the_stop_into_the_map_is_written_again() {
 fn a_clean_stop_before_the_failed_stop_write_is_retried_keeps_the_whole_history() {
     let tmp = disk_dir();
     const SIZE: u64 = 8 * MIB;
-    let (dir, mut s, mut c) = start(
-        &tmp,
-        SIZE,
-        "sync='flush'\nfail_sync=true\nfail_map_writes=1\n",
-    );
-    let synced = seq(&status(&s), "synced_seq");
+    let (dir, mut s, c, synced) = stopped_with_a_failed_map_write(&tmp, SIZE);
     assert!(synced > 0, "the RAM base's reset is journaled at the start");
-    assert_eq!(c.write(3 * MIB, &pattern(3, 4096)), 0);
-    c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
-    assert_eq!(c.read_reply(0).1, 0);
-    assert_eq!(status(&s)["journal"], "degraded");
-    assert_eq!(c.write(5 * MIB, &pattern(5, 4096)), 0);
     c.disconnect();
     // Well before the retry a second after the failure.
     s.stop();
