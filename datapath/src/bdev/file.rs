@@ -155,14 +155,12 @@ impl FileChannel {
         if len == 0 {
             return Start::Done(Ok(()));
         }
-        let Ok(len32) = u32::try_from(len) else {
-            return Start::Done(Err(Errno::INVAL));
-        };
+        // Of any length (an unmap of 4 GiB and more was refused with EINVAL here).
         io.start_bdev(self.op(
             tag,
             offset,
-            len32,
-            OpKind::Fallocate { mode, fua },
+            0,
+            OpKind::Fallocate { mode, fua, len },
             OpBuf::None,
         ));
         Start::Pending

@@ -41,12 +41,16 @@ pub enum OpKind {
     },
     /// fdatasync.
     Flush,
-    /// fallocate(mode) over `[offset, offset + len)`, then fdatasync when `fua`.
+    /// fallocate(mode) over `[offset, offset + len)`, then fdatasync when `fua`. The length
+    /// is here, not in [`BdevOp::len`] (a transfer's `u32`): a write-zeroes or unmap may span
+    /// 4 GiB and more (an iSCSI UNMAP descriptor or an NVMe DSM range: up to 2^32 blocks).
     Fallocate {
         /// FALLOC_FL_* flags.
         mode: i32,
         /// Follow with an fdatasync before completing.
         fua: bool,
+        /// Bytes.
+        len: u64,
     },
 }
 
@@ -118,7 +122,7 @@ impl IoCx {
             (OpKind::Flush, _) => opcode::Fsync::new(file)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
-            (OpKind::Fallocate { mode, .. }, _) => opcode::Fallocate::new(file, op.len as u64)
+            (OpKind::Fallocate { mode, len, .. }, _) => opcode::Fallocate::new(file, len)
                 .offset(op.offset)
                 .mode(mode)
                 .build(),

@@ -713,3 +713,46 @@ fn chap_responses_in_hex_and_base64_and_malformed_ones_get_their_status() {
         assert_eq!(chap_login(addr, r), want, "{what}");
     }
 }
+
+/// An UNMAP of 5 GiB in one descriptor on a file-backed volume is GOOD and unmaps exactly its
+/// blocks: the file backend took the length as a 32-bit number and refused 4 GiB and more
+/// with EINVAL (an iSCSI descriptor, like an NVMe DSM range, spans up to 2^32 blocks).
+#[test]
+fn an_unmap_of_five_gib_on_a_file_volume_unmaps_exactly_its_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("v.img");
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='uring'\npath='{}'\nsize='8GiB'\nblock_size=4096\n",
+        img.display()
+    );
+    let (_d, addr) = crate::iscsi::daemon_from(&text);
+    let mut r = login_with(addr, &["ImmediateData=Yes"]);
+    const GIB_BLOCKS: u32 = (1 << 30) / 4096;
+    let inside = 5 * GIB_BLOCKS - 1; // the last block of the 5 GiB
+    let after = 5 * GIB_BLOCKS; // the first block after them
+    for (itt, lba) in [(1, inside), (2, after)] {
+        let data = pattern(u64::from(lba), 4096);
+        r.scsi(itt, &write10(lba, 1), 4096, 0x80 | 0x20, &data);
+        let (h, _) = r.read_pdu().expect("SCSI Response");
+        assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "write GOOD");
+    }
+    let mut list = vec![0u8; 8];
+    list[0..2].copy_from_slice(&22u16.to_be_bytes());
+    list[2..4].copy_from_slice(&16u16.to_be_bytes());
+    list.extend_from_slice(&0u64.to_be_bytes());
+    list.extend_from_slice(&(5 * GIB_BLOCKS).to_be_bytes());
+    list.extend_from_slice(&[0; 4]);
+    assert_eq!(
+        unmap(&mut r, 3, &list),
+        (0, 0, 0, 0),
+        "UNMAP of 5 GiB: GOOD"
+    );
+    let read =
+        |r: &mut Raw, itt: u32, lba: u32| crate::iscsi::status_of(r, itt, &read10(lba, 1), 4096).4;
+    assert_eq!(read(&mut r, 4, inside), vec![0u8; 4096], "unmapped: zeroes");
+    assert_eq!(
+        read(&mut r, 5, after),
+        pattern(u64::from(after), 4096),
+        "the block after the range is kept"
+    );
+}
