@@ -313,8 +313,10 @@ pub struct Arbiter {
 
 /// Site ids the witness records at most (their counters): docs/witness-protocol.md, "Limits".
 pub const MAX_SITES: usize = 1024;
-/// Groups the witness records at most.
-pub const MAX_GROUPS: usize = 16384;
+/// Groups the witness records at most. Groups are never forgotten (a granted group keeps its
+/// epoch), so this is what a witness can serve over its whole life: volumes created and
+/// deleted, every pair sharing it.
+pub const MAX_GROUPS: usize = 1 << 18;
 
 fn ms_ceil(d: Duration) -> u32 {
     let ms = d.as_nanos().div_ceil(1_000_000).max(1);
