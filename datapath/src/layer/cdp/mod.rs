@@ -289,28 +289,31 @@ impl CdpDevice {
             // After a crash: updates in flight then may have records the base never got
             // (tail.rs); from now on the volume is what the base holds. (Not when the
             // catch-up below journals the whole volume from the base anyway.)
-            let mut diff = tail::differences(&h, base)?;
-            if let degraded::Prior::Stopped {
-                regions: Some(bits),
-                ..
-            } = &prior
-            {
-                // Those regions' content is journaled from the base below.
-                diff.retain(|(off, bytes)| {
+            let journaled_again = match &prior {
+                degraded::Prior::Stopped {
+                    regions: Some(bits),
+                    ..
+                } => Some(bits),
+                _ => None,
+            };
+            let pieces = tail::differences(&h, base, |off, bytes| {
+                // Regions journaled from the base below anyway are left to that.
+                if let Some(bits) = journaled_again {
                     let first = off >> degraded::REGION_SHIFT;
                     let last = (off + bytes.len() as u64 - 1) >> degraded::REGION_SHIFT;
-                    !(first..=last).all(|r| degraded::is_set(bits, r))
-                });
-            }
-            for (off, bytes) in &diff {
-                if bytes.iter().all(|&b| b == 0) {
-                    log.append(Op::Zeroes, *off, bytes.len() as u64, &[])?;
-                } else {
-                    log.append(Op::Write, *off, bytes.len() as u64, bytes)?;
+                    if (first..=last).all(|r| degraded::is_set(bits, r)) {
+                        return Ok(());
+                    }
                 }
-            }
-            if !diff.is_empty() {
-                tracing::warn!(dir = %s.dir.display(), pieces = diff.len(),
+                if bytes.iter().all(|&b| b == 0) {
+                    log.append(Op::Zeroes, off, bytes.len() as u64, &[])?;
+                } else {
+                    log.append(Op::Write, off, bytes.len() as u64, bytes)?;
+                }
+                Ok(())
+            })?;
+            if pieces > 0 {
+                tracing::warn!(dir = %s.dir.display(), pieces,
                     "cdp: after a crash, the base differs from the history's newest records (updates in flight, never acknowledged); its content is journaled");
             }
         }
@@ -922,7 +925,11 @@ impl Drop for CdpChannel {
         {
             tracing::error!(error = %e, "cdp: cannot sync the journal at the stop; records since the last flush may not survive a power loss");
         }
+        // Sealed only with no update whose base operation is not done (held behind another,
+        // or issued and not completed): a sealed log tells the next start that no record lacks
+        // its base write, and it then skips the comparison of tail.rs.
         if self.journal.in_flight() == 0
+            && self.ops.iter().all(|(_, p)| p.base.is_some())
             && let Err(e) = self.journal.seal()
         {
             tracing::warn!(error = %e, "cdp: cannot write the last segment's index; readers scan it instead");

@@ -7,9 +7,9 @@
 //! acknowledged, so a point before the crash may hold it or not, but from the restart on the
 //! volume is what the base holds. So a start after a crash compares, for the ranges of the
 //! records of the last two segments (where every update still in flight at the crash has its
-//! records), the history's newest content with the base's, and [`differences`] gives the
-//! base's bytes where they differ, which the start journals as ordinary records before
-//! anything else.
+//! records), the history's newest content with the base's, and [`differences`] hands over
+//! the base's bytes where they differ, a piece at a time, which the start journals as ordinary
+//! records before anything else.
 //!
 //! Invariant: for every byte of those ranges the newest content is the last record covering
 //! it, which lies in those segments; bytes no record of them covers are not read.
@@ -53,12 +53,19 @@ fn gaps(covered: &Ranges, start: u64, end: u64) -> Vec<(u64, u64)> {
 }
 
 /// Where the newest point of `h` differs from `base` (a file of the volume's content) over
-/// the ranges of the last two segments' records: `(offset, the base's bytes)`, in order.
-pub fn differences(h: &History, base: &Path) -> Result<Vec<(u64, Vec<u8>)>, CdpError> {
+/// the ranges of the last two segments' records: `emit(offset, the base's bytes)` for each
+/// differing piece (at most [`PIECE`] bytes, disjoint, in no particular order) as it is
+/// found, so memory stays one piece whatever differs; how many pieces.
+pub fn differences(
+    h: &History,
+    base: &Path,
+    mut emit: impl FnMut(u64, &[u8]) -> Result<(), CdpError>,
+) -> Result<usize, CdpError> {
     let size = h.meta.size;
     let b = File::open(base).map_err(io_err("open the base", base))?;
     let mut covered = Ranges::new();
-    let mut out = Vec::new();
+    let mut pieces = 0;
+    let (mut journaled, mut held) = (Vec::new(), Vec::new());
     let tail = h.segments.len().saturating_sub(2);
     for s in h.segments[tail..].iter().rev() {
         let sp = store::seg_path(&h.dir, s.header.segno);
@@ -75,17 +82,19 @@ pub fn differences(h: &History, base: &Path) -> Result<Vec<(u64, Vec<u8>)>, CdpE
                 let mut at = gs;
                 while at < ge {
                     let n = (ge - at).min(PIECE) as usize;
-                    let mut journaled = vec![0u8; n];
+                    journaled.clear();
+                    journaled.resize(n, 0);
                     if e.op == Op::Write {
                         let pos = e.pos + REC_HEADER as u64 + (at - e.offset);
                         seg.read_exact_at(&mut journaled, pos)
                             .map_err(io_err("read", &sp))?;
                     }
-                    let mut held = vec![0u8; n];
-                    b.read_exact_at(&mut held, at)
+                    held.resize(n, 0);
+                    b.read_exact_at(&mut held[..n], at)
                         .map_err(io_err("read the base", base))?;
-                    if held != journaled {
-                        out.push((at, held));
+                    if held[..n] != journaled[..] {
+                        emit(at, &held[..n])?;
+                        pieces += 1;
                     }
                     at += n as u64;
                 }
@@ -93,8 +102,7 @@ pub fn differences(h: &History, base: &Path) -> Result<Vec<(u64, Vec<u8>)>, CdpE
             ranges::mark(&mut covered, e.offset, end);
         }
     }
-    out.sort_by_key(|(o, _)| *o);
-    Ok(out)
+    Ok(pieces)
 }
 
 #[cfg(test)]
