@@ -323,7 +323,7 @@ impl CdpDevice {
         }
         // A new history's base copy is empty: the catch-up journals the whole volume.
         let meta = store::open_or_create(&s.dir, info.size, info.block_size, None)?;
-        let h = store::load(&s.dir, store::Load::Recover)?;
+        let h = rollback::load_for_writing(&s.dir)?;
         let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
         let (mut regions, prior) = RegionMap::open(&s.dir, info.size)?;
         let (after, after_time) = prior.whole_until(h.last_seq, h.last_time);

@@ -264,7 +264,7 @@ impl CdpDevice {
             None => {}
         }
         let meta = store::open_or_create(&s.dir, info.size, info.block_size, s.seed.as_deref())?;
-        let h = store::load(&s.dir, store::Load::Recover)?;
+        let h = rollback::load_for_writing(&s.dir)?;
         let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
         let (regions, prior) = degraded::RegionMap::open(&s.dir, info.size)?;
         let mut log =

@@ -157,6 +157,17 @@ pub fn lock_path(dir: &Path) -> PathBuf {
     dir.join("daemon.lock")
 }
 
+/// A writer's load of `dir`'s history ([`store::Load::Recover`]), with site time also raised
+/// above a rollback marker's start (a restart with a wall clock behind the one that started
+/// the rollback must not stamp records before it).
+pub fn load_for_writing(dir: &Path) -> Result<store::History, CdpError> {
+    let h = store::load(dir, store::Load::Recover)?;
+    if let Ok(Some(m)) = load_marker(dir) {
+        super::clock::not_before(m.started);
+    }
+    Ok(h)
+}
+
 /// The marker of `dir`, if there is one. A marker that does not check is an error (nothing
 /// may roll back or serve over a rollback whose state is unknown).
 pub fn load_marker(dir: &Path) -> Result<Option<Marker>, CdpError> {
@@ -677,7 +688,7 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
         });
     }
     // As a daemon's start would: cut a torn tail (an interrupted run's), drop spares.
-    let h = store::load(dir, store::Load::Recover)?;
+    let h = load_for_writing(dir)?;
     let block = u64::from(h.meta.block_size.max(1));
     let mut ranges = if t.all {
         vec![(0, h.meta.size)]

@@ -572,7 +572,8 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
     // The writer's start: its next records must come after every time the directory names,
     // even if this process's wall clock is behind the one that named them: its records'
     // times, a bookmark set at site time just before a crash (no record reached it yet), a
-    // rollback's start (else a bookmark's point would take in later writes). Not for a reader
+    // rollback's start (`rollback::load_for_writing` adds that one: the rollback module sits
+    // above this one) (else a bookmark's point would take in later writes). Not for a reader
     // (a restore, a view, a test reading a site's history): it stamps no records, and moving
     // its process's clock would misdate everything else that process does (the tests' own
     // clock, shared by every test of the binary, once moved 3 s ahead by a history whose
@@ -583,9 +584,6 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             && let Some(&t) = b.values().max()
         {
             clock::not_before(t);
-        }
-        if let Ok(Some(m)) = super::rollback::load_marker(dir) {
-            clock::not_before(m.started);
         }
     }
     Ok(h)
