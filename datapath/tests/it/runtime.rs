@@ -518,7 +518,6 @@ fn an_nbd_negotiation_racing_with_its_exports_removal_is_refused_or_served_never
 /// and less than the 128 TiB a process can map, so only a memory check refuses it).
 const HUGE_RAM: u64 = 64 << 40;
 
-/// This machine's MemTotal + SwapTotal, read here independently of the daemon.
 /// A 4 MiB RAM volume `name` created through the control socket and exported over NBD as
 /// `name`.
 fn ram_volume_exported(sock: &std::path::Path, name: &str) {
