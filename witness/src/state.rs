@@ -307,8 +307,10 @@ pub struct Arbiter {
     pref_lost: HashSet<GroupId>,
     /// Preferred-site conflicts already logged (once per group and site per run).
     conflicts_logged: HashSet<(GroupId, SiteId)>,
-    /// When a full table was last logged.
+    /// When a full group table was last logged.
     full_logged: Option<Instant>,
+    /// When a full site table was last logged.
+    sites_full_logged: Option<Instant>,
 }
 
 /// Site ids the witness records at most (their counters): docs/witness-protocol.md, "Limits".
@@ -334,6 +336,7 @@ impl Arbiter {
             pref_lost: HashSet::new(),
             conflicts_logged: HashSet::new(),
             full_logged: None,
+            sites_full_logged: None,
         }
     }
 
@@ -433,10 +436,10 @@ impl Arbiter {
             && self.table.counters.len() >= MAX_SITES
         {
             if self
-                .full_logged
+                .sites_full_logged
                 .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60))
             {
-                self.full_logged = Some(now);
+                self.sites_full_logged = Some(now);
                 tracing::warn!(
                     site = site.get(),
                     max = MAX_SITES,

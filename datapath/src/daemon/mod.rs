@@ -748,6 +748,12 @@ impl Daemon {
                 }
             }
         }
+        // The CPUs no pinned reactor takes: the daemon's own threads and its views run there.
+        let housekeeping = cfg
+            .reactor
+            .pin
+            .then(|| runtime::Housekeeping::off(&cfg.reactor.cores))
+            .flatten();
         let cx = Arc::new(ControlCx {
             rt: Arc::clone(&shared),
             nbd_exports,
@@ -761,12 +767,7 @@ impl Daemon {
             cdp_jobs: crate::control::cdp_jobs::CdpJobs::new(
                 cfg.reactor.cores.clone(),
                 cfg.reactor.pin,
-                cfg.reactor
-                    .pin
-                    .then(|| runtime::Housekeeping::off(&cfg.reactor.cores))
-                    .flatten()
-                    .map(|h| h.cpus())
-                    .unwrap_or_default(),
+                housekeeping.map(|h| h.cpus()).unwrap_or_default(),
             ),
             checksums: Some(CHECKSUM_SERVICE),
         });
@@ -790,25 +791,19 @@ impl Daemon {
                 }
             }
         }
-        daemon.place_background_threads(cfg);
+        if let Some(h) = housekeeping {
+            daemon.place_background_threads(&h);
+        }
         Ok(daemon)
     }
 
     /// Move the daemon's own long-lived threads (control socket and metrics, whose client
     /// threads inherit it, CDP's segment and retention threads, the mirror's persister and
-    /// witness client) off the pinned reactors' cores ([`runtime::Housekeeping`]), so they
-    /// never preempt a reactor. Nothing moves when the reactors are not pinned or take every
-    /// CPU.
-    fn place_background_threads(&self, cfg: &Config) {
+    /// witness client) onto `h`, the CPUs no pinned reactor takes ([`runtime::Housekeeping`]),
+    /// so they never preempt a reactor. (Not called when the reactors are not pinned or take
+    /// every CPU.)
+    fn place_background_threads(&self, h: &runtime::Housekeeping) {
         use std::os::unix::thread::JoinHandleExt;
-        let Some(h) = cfg
-            .reactor
-            .pin
-            .then(|| runtime::Housekeeping::off(&cfg.reactor.cores))
-            .flatten()
-        else {
-            return;
-        };
         let threads = [
             (
                 "cdp-retention",

@@ -9,3 +9,5 @@
 
 pub mod cdp;
 pub mod mirror;
+#[cfg(test)]
+pub mod testing;

@@ -594,24 +594,11 @@ mod tests {
         v
     }
 
-    /// A small deterministic generator for the model tests.
-    struct Xorshift(u64);
-
-    impl Xorshift {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
-        }
-    }
+    use crate::layer::testing::Rng;
 
     /// A random segment's entries (1 to 40: writes, write-zeroes, unmaps and marks), each
     /// data entry's `(offset, len)` from `range`.
-    fn random_log(
-        r: &mut Xorshift,
-        mut range: impl FnMut(&mut Xorshift) -> (u64, u64),
-    ) -> Vec<Entry> {
+    fn random_log(r: &mut Rng, mut range: impl FnMut(&mut Rng) -> (u64, u64)) -> Vec<Entry> {
         let n = 1 + r.below(40) as usize;
         (0..n)
             .map(|i| {
@@ -635,7 +622,7 @@ mod tests {
     /// byte as applying all would.
     #[test]
     fn an_entry_is_skipped_exactly_when_later_ones_overwrite_all_of_it() {
-        let mut r = Xorshift(0x2545_f491_4f6c_dd1d);
+        let mut r = Rng(0x2545_f491_4f6c_dd1d);
         for round in 0..300 {
             let entries = random_log(&mut r, |r| {
                 (
@@ -669,7 +656,7 @@ mod tests {
     /// left out only when none of its bytes lasts.
     #[test]
     fn a_plan_applied_in_its_order_gives_the_base_copy_of_the_whole_log() {
-        let mut r = Xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
         let (mut sorted_seen, mut overlap_seen) = (0, 0);
         for round in 0..600 {
             let blocks = round % 3 != 2; // two rounds in three: whole 8-byte "blocks"

@@ -25,33 +25,6 @@ use std::path::Path;
 /// How much is compared at once.
 const PIECE: u64 = 1 << 20;
 
-/// The pieces of `[start, end)` not in `covered`.
-fn gaps(covered: &Ranges, start: u64, end: u64) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    if start >= end {
-        return out;
-    }
-    let mut at = start;
-    if let Some((_, &e)) = covered.range(..=start).next_back()
-        && e > at
-    {
-        at = e.min(end);
-    }
-    for (&s, &e) in covered.range(at..end) {
-        if s > at {
-            out.push((at, s));
-        }
-        at = e.max(at);
-        if at >= end {
-            break;
-        }
-    }
-    if at < end {
-        out.push((at, end));
-    }
-    out
-}
-
 /// Where the newest point of `h` differs from `base` (a file of the volume's content) over
 /// the ranges of the last two segments' records: `emit(offset, the base's bytes)` for each
 /// differing piece (at most [`PIECE`] bytes, disjoint, in no particular order) as it is
@@ -78,7 +51,7 @@ pub fn differences(
             if end <= e.offset {
                 continue;
             }
-            for (gs, ge) in gaps(&covered, e.offset, end) {
+            for (gs, ge) in ranges::gaps(&covered, e.offset, end) {
                 let mut at = gs;
                 while at < ge {
                     let n = (ge - at).min(PIECE) as usize;
@@ -103,23 +76,4 @@ pub fn differences(
         }
     }
     Ok(pieces)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gaps_are_the_uncovered_pieces() {
-        let mut c = Ranges::new();
-        assert_eq!(gaps(&c, 0, 10), vec![(0, 10)]);
-        ranges::mark(&mut c, 2, 4);
-        ranges::mark(&mut c, 6, 8);
-        assert_eq!(gaps(&c, 0, 10), vec![(0, 2), (4, 6), (8, 10)]);
-        assert_eq!(gaps(&c, 3, 7), vec![(4, 6)]);
-        assert_eq!(gaps(&c, 2, 4), vec![]);
-        assert_eq!(gaps(&c, 7, 9), vec![(8, 9)]);
-        assert_eq!(gaps(&c, 5, 5), vec![]);
-        assert_eq!(gaps(&c, 9, 5), vec![]);
-    }
 }

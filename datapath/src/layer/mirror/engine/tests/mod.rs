@@ -122,19 +122,8 @@ fn site(role: Role, timeout: Duration) -> Site {
     }
 }
 
-/// A seeded xorshift generator, for every randomised test of the engine and its parts.
-pub(super) struct Rng(pub(super) u64);
-impl Rng {
-    pub(super) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub(super) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The layers' seeded generator, for every randomised test of the engine and its parts.
+pub(super) use crate::layer::testing::Rng;
 
 /// Finish one pending local write or read of `s`, chosen at random (out of order).
 fn complete_one(s: &mut Site, io: &mut IoCx, rng: &mut Rng) -> bool {
