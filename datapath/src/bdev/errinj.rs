@@ -1,22 +1,34 @@
-//! `errinj`: a layer that fails I/O touching a chosen byte range with EIO, for fault tests.
+//! `errinj`: a layer that fails, hangs or delays I/O touching chosen byte ranges, for fault
+//! tests.
 //!
-//! Model: wraps any device; reads, writes, write-zeroes and unmaps overlapping
-//! `[offset, offset + len)` fail at once with EIO and never reach the inner device, and so do
-//! flushes when the layer is told to fail them (with `writes_only`, reads of the range pass:
-//! a device that cannot write a sector but still reads it); everything else passes through
-//! unchanged. It proves the stack works (a layer inserted between front end
-//! and base device without the front end knowing) and drives the front ends' error paths.
+//! Model: wraps any device. What it does ([`Faults`]):
+//! - reads, writes, write-zeroes and unmaps overlapping `fail` fail at once with EIO and never
+//!   reach the inner device, and so do flushes with `fail_flush` (with `reads_pass`, reads of
+//!   the range pass: a device that cannot write a sector but still reads it);
+//! - updates overlapping `stall` are taken and never completed (a device that hangs on a
+//!   sector while the rest of it works: the caller's operation stays in flight until the
+//!   process dies, so only a test that kills the daemon uses it);
+//! - updates overlapping `slow` wait `slow_ms` milliseconds before they go on (to the checks
+//!   above, then the inner device): a slow sector, or with `fail` over it too, one that fails
+//!   late. The channel keeps them (a write's data copied) until its owner's poller
+//!   ([`ErrInjChannel::release_due`], driven by `layer::slow`) releases them.
+//!
+//! Everything else passes through unchanged. It proves the stack works (a layer inserted
+//! between front end and base device without the front end knowing) and drives the front
+//! ends' and layers' error paths.
 
 use super::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start};
 use crate::uring::{Errno, IoCx, IoTag};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// The failing range.
-#[derive(Clone, Copy, Debug)]
+/// A byte range of the device.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct FaultRange {
-    /// First failing byte.
+    /// First byte.
     pub offset: u64,
-    /// Length of the failing range.
+    /// Length (0: none).
     pub len: u64,
 }
 
@@ -28,39 +40,51 @@ impl FaultRange {
     }
 }
 
+/// What the layer injects (see the module doc).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// I/O over it fails with EIO.
+    pub fail: FaultRange,
+    /// Every flush fails with EIO.
+    pub fail_flush: bool,
+    /// Reads of `fail` pass.
+    pub reads_pass: bool,
+    /// Updates over it never complete.
+    pub stall: FaultRange,
+    /// Updates over it wait `slow_ms` first.
+    pub slow: FaultRange,
+    /// How long a slow update waits.
+    pub slow_ms: u64,
+}
+
 /// An error-injecting layer over `inner`.
 pub struct ErrInjDevice {
     inner: Arc<dyn BlockDevice>,
-    fault: FaultRange,
-    fail_flush: bool,
-    reads_pass: bool,
+    faults: Faults,
 }
 
 impl ErrInjDevice {
+    /// Wrap `inner` with `faults`.
+    pub fn with(inner: Arc<dyn BlockDevice>, faults: Faults) -> Arc<Self> {
+        Arc::new(Self { inner, faults })
+    }
+
     /// Wrap `inner`: I/O over `fault` fails (a range of length 0: none), and every flush when
     /// `fail_flush`.
     pub fn new(inner: Arc<dyn BlockDevice>, fault: FaultRange, fail_flush: bool) -> Arc<Self> {
-        Arc::new(Self {
+        Self::with(
             inner,
-            fault,
-            fail_flush,
-            reads_pass: false,
-        })
+            Faults {
+                fail: fault,
+                fail_flush,
+                ..Faults::default()
+            },
+        )
     }
 
-    /// [`ErrInjDevice::new`], but reads of `fault` pass: only updates over it fail (a device
-    /// that cannot write a sector but still reads what it held).
-    pub fn writes_only(
-        inner: Arc<dyn BlockDevice>,
-        fault: FaultRange,
-        fail_flush: bool,
-    ) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            fault,
-            fail_flush,
-            reads_pass: true,
-        })
+    /// Its slow updates need a poller to be released ([`ErrInjChannel::release_due`]).
+    pub fn has_slow(&self) -> bool {
+        self.faults.slow.len > 0
     }
 }
 
@@ -74,23 +98,112 @@ impl BlockDevice for Arc<ErrInjDevice> {
     fn open_channel(&self, io: &mut IoCx) -> Result<Box<dyn Channel>, BdevError> {
         Ok(Box::new(ErrInjChannel {
             inner: self.inner.open_channel(io)?,
-            fault: self.fault,
-            fail_flush: self.fail_flush,
-            reads_pass: self.reads_pass,
+            faults: self.faults,
+            waiting: VecDeque::new(),
         }))
     }
 }
 
-struct ErrInjChannel {
+/// An update held by a slow range.
+struct Waiting {
+    due: Instant,
+    tag: IoTag,
+    offset: u64,
+    what: Held,
+    fua: bool,
+}
+
+enum Held {
+    Write(Vec<u8>),
+    Zeroes(u64),
+    Unmap(u64),
+}
+
+/// The layer's channel on one reactor.
+pub struct ErrInjChannel {
     inner: Box<dyn Channel>,
-    fault: FaultRange,
-    fail_flush: bool,
-    reads_pass: bool,
+    faults: Faults,
+    /// Slow updates, in arrival order (so in due order).
+    waiting: VecDeque<Waiting>,
+}
+
+impl ErrInjChannel {
+    /// What an update of `[offset, offset + len)` meets once past any slow wait: an error, a
+    /// hang, or nothing.
+    fn update(&self, offset: u64, len: u64) -> Option<Start> {
+        if self.faults.fail.hits(offset, len) {
+            Some(Start::Done(Err(Errno::IO)))
+        } else if self.faults.stall.hits(offset, len) {
+            Some(Start::Pending)
+        } else {
+            None
+        }
+    }
+
+    /// Hold an update over the slow range; false when it is not over it.
+    fn hold(&mut self, tag: IoTag, offset: u64, len: u64, what: impl FnOnce() -> Held) -> bool {
+        if !self.faults.slow.hits(offset, len) {
+            return false;
+        }
+        self.waiting.push_back(Waiting {
+            due: Instant::now() + Duration::from_millis(self.faults.slow_ms),
+            tag,
+            offset,
+            what: what(),
+            fua: false,
+        });
+        true
+    }
+
+    /// When the next slow update is due (`None`: none waits).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.waiting.front().map(|w| w.due)
+    }
+
+    /// Send on every slow update due at `now`; those that finish at once are pushed on `done`
+    /// as (tag, result), the others complete from the inner device with their own tags.
+    pub fn release_due(
+        &mut self,
+        io: &mut IoCx,
+        now: Instant,
+        done: &mut Vec<(IoTag, Result<(), Errno>)>,
+    ) {
+        while self.waiting.front().is_some_and(|w| w.due <= now) {
+            let w = self.waiting.pop_front().expect("front exists");
+            let len = match &w.what {
+                Held::Write(d) => d.len() as u64,
+                Held::Zeroes(l) | Held::Unmap(l) => *l,
+            };
+            let started = match self.update(w.offset, len) {
+                Some(s) => s,
+                None => match &w.what {
+                    Held::Write(d) => self.inner.write(io, w.tag, w.offset, d, w.fua),
+                    Held::Zeroes(l) => self.inner.write_zeroes(io, w.tag, w.offset, *l, w.fua),
+                    Held::Unmap(l) => self.inner.unmap(io, w.tag, w.offset, *l, w.fua),
+                },
+            };
+            if let Start::Done(r) = started {
+                done.push((w.tag, r));
+            }
+        }
+    }
+
+    /// The stop's deadline passed: every slow update still waiting fails (EIO), pushed on
+    /// `done`.
+    pub fn fail_waiting(&mut self, done: &mut Vec<(IoTag, Result<(), Errno>)>) {
+        done.extend(self.waiting.drain(..).map(|w| (w.tag, Err(Errno::IO))));
+    }
+
+    fn with_fua(&mut self, fua: bool) {
+        if let Some(w) = self.waiting.back_mut() {
+            w.fua = fua;
+        }
+    }
 }
 
 impl Channel for ErrInjChannel {
     fn idle(&self, io: &IoCx) -> bool {
-        self.inner.idle(io)
+        self.waiting.is_empty() && self.inner.idle(io)
     }
 
     fn close(&mut self, io: &mut IoCx) {
@@ -98,7 +211,7 @@ impl Channel for ErrInjChannel {
     }
 
     fn updates_in_flight(&self, io: &IoCx) -> bool {
-        self.inner.updates_in_flight(io)
+        !self.waiting.is_empty() || self.inner.updates_in_flight(io)
     }
 
     fn vouch(&mut self, io: &mut IoCx, v: crate::bdev::Vouch) {
@@ -106,21 +219,27 @@ impl Channel for ErrInjChannel {
     }
 
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        if !self.reads_pass && self.fault.hits(offset, len as u64) {
+        if !self.faults.reads_pass && self.faults.fail.hits(offset, len as u64) {
             return ReadStart::Failed(Errno::IO);
         }
         self.inner.read(io, tag, offset, len)
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {
-        if self.fault.hits(offset, data.len() as u64) {
-            return Start::Done(Err(Errno::IO));
+        if self.hold(tag, offset, data.len() as u64, || {
+            Held::Write(data.to_vec())
+        }) {
+            self.with_fua(fua);
+            return Start::Pending;
+        }
+        if let Some(s) = self.update(offset, data.len() as u64) {
+            return s;
         }
         self.inner.write(io, tag, offset, data, fua)
     }
 
     fn flush(&mut self, io: &mut IoCx, tag: IoTag) -> Start {
-        if self.fail_flush {
+        if self.faults.fail_flush {
             return Start::Done(Err(Errno::IO));
         }
         self.inner.flush(io, tag)
@@ -134,15 +253,23 @@ impl Channel for ErrInjChannel {
         len: u64,
         fua: bool,
     ) -> Start {
-        if self.fault.hits(offset, len) {
-            return Start::Done(Err(Errno::IO));
+        if self.hold(tag, offset, len, || Held::Zeroes(len)) {
+            self.with_fua(fua);
+            return Start::Pending;
+        }
+        if let Some(s) = self.update(offset, len) {
+            return s;
         }
         self.inner.write_zeroes(io, tag, offset, len, fua)
     }
 
     fn unmap(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u64, fua: bool) -> Start {
-        if self.fault.hits(offset, len) {
-            return Start::Done(Err(Errno::IO));
+        if self.hold(tag, offset, len, || Held::Unmap(len)) {
+            self.with_fua(fua);
+            return Start::Pending;
+        }
+        if let Some(s) = self.update(offset, len) {
+            return s;
         }
         self.inner.unmap(io, tag, offset, len, fua)
     }
@@ -154,6 +281,10 @@ impl Channel for ErrInjChannel {
 
     fn lower_box(&mut self) -> Option<&mut Box<dyn Channel>> {
         Some(&mut self.inner)
+    }
+
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }
 

@@ -2,7 +2,7 @@
 //! by the daemon's start and the control socket's `volume_create` (the CDP and mirror layers
 //! are added by the daemon at start only).
 
-use crate::bdev::errinj::{ErrInjDevice, FaultRange};
+use crate::bdev::errinj::{ErrInjDevice, FaultRange, Faults};
 use crate::bdev::file::FileDevice;
 use crate::bdev::malloc::MallocDevice;
 use crate::bdev::{BdevError, BlockDevice};
@@ -62,16 +62,27 @@ pub fn build_device(
             Arc::new(d)
         }
     };
-    Ok(match (v.fail_range, v.fail_flush) {
-        (None, false) => base,
-        (range, fail_flush) => {
-            let [offset, len] = range.unwrap_or([0, 0]);
-            let fault = FaultRange { offset, len };
-            if v.fail_writes_only {
-                Arc::new(ErrInjDevice::writes_only(base, fault, fail_flush))
-            } else {
-                Arc::new(ErrInjDevice::new(base, fault, fail_flush))
-            }
-        }
-    })
+    let range = |r: Option<[u64; 2]>| {
+        let [offset, len] = r.unwrap_or([0, 0]);
+        FaultRange { offset, len }
+    };
+    let faults = Faults {
+        fail: range(v.fail_range),
+        fail_flush: v.fail_flush,
+        reads_pass: v.fail_writes_only,
+        stall: range(v.stall_range),
+        slow: range(v.slow_range),
+        slow_ms: v.slow_ms,
+    };
+    Ok(
+        if v.fail_range.is_none()
+            && !v.fail_flush
+            && v.stall_range.is_none()
+            && v.slow_range.is_none()
+        {
+            base
+        } else {
+            Arc::new(ErrInjDevice::with(base, faults))
+        },
+    )
 }

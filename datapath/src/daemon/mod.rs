@@ -625,9 +625,21 @@ impl Daemon {
                 }),
             ],
             // CDP's pollers after the mirror's: a turn's applies are journaled in that turn.
-            pollers: mirror_devs
+            // (The fault-injection layer's slow updates, for tests and drills, first.)
+            pollers: cfg
+                .volumes
                 .iter()
-                .map(|m| Arc::clone(m) as Arc<dyn runtime::PollerSource>)
+                .enumerate()
+                .filter(|(_, v)| v.slow_range.is_some())
+                .map(|(vol, _)| {
+                    Arc::new(crate::layer::slow::SlowUpdates { vol })
+                        as Arc<dyn runtime::PollerSource>
+                })
+                .chain(
+                    mirror_devs
+                        .iter()
+                        .map(|m| Arc::clone(m) as Arc<dyn runtime::PollerSource>),
+                )
                 .chain(cdp_devs.iter().map(|c| Arc::clone(c) as _))
                 .collect(),
             mailboxes,

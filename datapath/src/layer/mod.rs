@@ -9,5 +9,6 @@
 
 pub mod cdp;
 pub mod mirror;
+pub mod slow;
 #[cfg(test)]
 pub mod testing;

@@ -180,3 +180,122 @@ fn kill_rounds(journal_in: &str, blocks: u64) {
     }
     assert!(s.stop());
 }
+
+/// The volume of [`hung_and_killed`]: 16 MiB in a file, segments of 4 MiB.
+const HUNG_SIZE: u64 = 16 << 20;
+/// Where its write hangs.
+const HUNG: u64 = 14 << 20;
+
+/// A base write that hangs (the device never answers it) while the appends go on: its record
+/// is journaled, and 12 MiB of acknowledged writes after it (none over its block) fill three
+/// segments more, so at the kill that record lies further back than the last two segments.
+/// Returns the killed server, the CDP directory and what the volume holds.
+fn hung_and_killed(root: &Path) -> (Server, std::path::PathBuf, Vec<u8>) {
+    use twinblk::frontend::nbd::proto::cmd;
+    let dir = root.join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [[volume]]\nname='v'\nbackend='uring'\nsize={HUNG_SIZE}\nblock_size=4096\npath='{}'\n\
+         stall_range=[{HUNG}, 4096]\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        root.join("v.img").display(),
+        dir.display()
+    );
+    let mut s = Server::start(root, &body);
+    let mut hung = Client::connect(s.addr, "v", false);
+    hung.send_request(cmd::WRITE, 0, 1, HUNG, 4096, &pattern(7, 4096));
+    let mut c = Client::connect(s.addr, "v", false);
+    let mut want = vec![0u8; HUNG_SIZE as usize];
+    for i in 0..96u64 {
+        let off = i * (128 << 10);
+        let d = pattern(100 + i, 128 << 10);
+        assert_eq!(c.write(off, &d), 0);
+        want[off as usize..][..d.len()].copy_from_slice(&d);
+    }
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h.segments.len() >= 4, "segments: {}", h.segments.len());
+    let hung_rec = h.entries().find(|(_, e)| e.offset == HUNG).map(|(n, _)| n);
+    assert!(
+        hung_rec.is_some_and(|n| n + 2 < h.segments.last().unwrap().header.segno),
+        "the hung write's record lies before the last two segments: {hung_rec:?}"
+    );
+    s.kill();
+    drop((hung, c));
+    (s, dir, want)
+}
+
+/// The history's newest point of `dir` must be `want` (the volume), at the hung block too.
+fn newest_is(dir: &Path, want: &[u8]) {
+    let h = store::load(dir, Load::ReadOnly).unwrap();
+    let newest = pit::read_at(&h, Point::Seq(h.last_seq), 0, HUNG_SIZE).unwrap();
+    let hung_block = &newest[HUNG as usize..][..4096];
+    assert!(
+        hung_block == &want[HUNG as usize..][..4096],
+        "the newest point holds the hung write's record, which the volume never got: {:?}..",
+        &hung_block[..8]
+    );
+    assert!(newest == want, "the newest point is the volume");
+}
+
+/// After the kill of [`hung_and_killed`] and a restart, the newest point must still be what
+/// the volume holds at the hung block (its zeroes), and every acknowledged write must be in
+/// it (the crash comparison starts at the newest segment's mark, not two segments back).
+#[test]
+fn after_a_kill_a_record_whose_base_write_hung_segments_ago_is_not_the_newest_content() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (s, dir, want) = hung_and_killed(tmp.path());
+    let mut s = s.respawn();
+    newest_is(&dir, &want);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert!(c.read(0, HUNG_SIZE as u32).unwrap() == want, "the volume");
+    c.disconnect();
+    s.kill();
+}
+
+/// A start whose recovery was killed after it indexed the crashed segment (as recovery does
+/// before it compares) must still compare: only a clean stop's index says nothing is left
+/// to compare.
+#[test]
+fn a_start_after_a_recovery_killed_part_way_still_compares() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (s, dir, want) = hung_and_killed(tmp.path());
+    // What the killed recovery left: the last segment's index, written from a scan.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let n = h.segments.len();
+    let prev = h.segments[n - 2].index.entries.last().unwrap();
+    store::segment_index(
+        &dir,
+        &h.meta,
+        h.segments[n - 1].header.segno,
+        prev.seq,
+        prev.time,
+    )
+    .unwrap();
+    let mut s = s.respawn();
+    newest_is(&dir, &want);
+    s.kill();
+}
+
+/// `twinblk cdp rollback` straight after the kill (no start in between) compares as a start
+/// would: rolled back to the history's newest point, the volume must then be that point,
+/// the hung block included.
+#[test]
+fn a_rollback_straight_after_a_kill_compares_first() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (_s, dir, _) = hung_and_killed(tmp.path());
+    let last = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
+    let cfg = tmp.path().join("twinblk.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
+        .args(["cdp", "rollback", "--config"])
+        .arg(&cfg)
+        .args(["--volume", "v", "--seq", &last.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let volume = std::fs::read(tmp.path().join("v.img")).unwrap();
+    newest_is(&dir, &volume[..HUNG_SIZE as usize]);
+}

@@ -515,6 +515,19 @@ pub struct VolumeConfig {
     /// that cannot write a sector but still reads what it held: tests, drills).
     #[serde(default)]
     pub fail_writes_only: bool,
+    /// Insert an error-injecting layer under which updates over this byte range never
+    /// complete (a device that hangs on a sector: tests that kill the daemon; a clean stop
+    /// waits for them).
+    #[serde(default)]
+    pub stall_range: Option<[u64; 2]>,
+    /// Insert an error-injecting layer under which updates over this byte range wait
+    /// `slow_ms` before they go on (to `fail_range`, then the device): a slow sector, or one
+    /// that fails late (tests, drills).
+    #[serde(default)]
+    pub slow_range: Option<[u64; 2]>,
+    /// How long an update over `slow_range` waits, in milliseconds.
+    #[serde(default = "default_slow_ms")]
+    pub slow_ms: u64,
     /// Mirror this volume with the peer site (`[mirror]`).
     #[serde(default)]
     pub mirror: bool,
@@ -667,6 +680,10 @@ fn default_spin_us() -> u64 {
 fn yes() -> bool {
     true
 }
+fn default_slow_ms() -> u64 {
+    100
+}
+
 fn default_block_size() -> u32 {
     512
 }
@@ -765,6 +782,9 @@ impl Default for Config {
                 create: true,
                 fail_range: None,
                 fail_flush: false,
+                stall_range: None,
+                slow_range: None,
+                slow_ms: default_slow_ms(),
                 fail_writes_only: false,
                 mirror: false,
                 leader: None,
@@ -898,7 +918,12 @@ impl Config {
                             v.name
                         ));
                     }
-                    if v.mirror || v.cdp.is_some() || v.fail_range.is_some() || v.fail_flush {
+                    if v.mirror
+                        || v.cdp.is_some()
+                        || v.fail_range.is_some()
+                        || v.fail_flush
+                        || v.stall_range.is_some()
+                    {
                         return bad(format!(
                             "volume {}: a cdp-view volume cannot be mirrored, journaled or have injected faults",
                             v.name

@@ -237,9 +237,32 @@ pub struct SegHeader {
     pub created: u64,
     /// Segment size in bytes.
     pub size: u64,
+    /// The first sequence whose update's base operation may not have been done when the
+    /// segment began (at most `first_seq`; 0: any, from the history's start): after a crash
+    /// the newest segment's says from where records are compared with the base (tail.rs).
+    /// `None`: not recorded (a segment written before the field existed).
+    pub low: Option<u64>,
 }
 
+/// [`SegHeader::low`] is kept at byte 56 as how far it lies before `first_seq`, plus one, in
+/// 32 bits: 0 none, this value "further back than can be said" (compare from the start).
+const LOW_UNBOUNDED: u32 = u32::MAX;
+
 impl SegHeader {
+    fn encode_low(&self) -> u32 {
+        match self.low {
+            None => 0,
+            Some(l) => {
+                let behind = self.first_seq.saturating_sub(l);
+                if behind >= u64::from(LOW_UNBOUNDED - 1) {
+                    LOW_UNBOUNDED
+                } else {
+                    behind as u32 + 1
+                }
+            }
+        }
+    }
+
     /// The 4096 bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; SEG_HEADER];
@@ -251,6 +274,7 @@ impl SegHeader {
         put64(&mut b, 32, self.first_seq);
         put64(&mut b, 40, self.created);
         put64(&mut b, 48, self.size);
+        put32(&mut b, 56, self.encode_low());
         seal(&mut b, 60);
         b
     }
@@ -273,12 +297,18 @@ impl SegHeader {
         if le32(b, 12) as usize != SEG_HEADER {
             return Err(FormatError::Field("header size"));
         }
+        let first_seq = le64(b, 32);
         Ok(SegHeader {
             vol_id: le64(b, 16),
             segno: le64(b, 24),
-            first_seq: le64(b, 32),
+            first_seq,
             created: le64(b, 40),
             size: le64(b, 48),
+            low: match le32(b, 56) {
+                0 => None,
+                LOW_UNBOUNDED => Some(0),
+                n => Some(first_seq.saturating_sub(u64::from(n - 1))),
+            },
         })
     }
 }
@@ -570,6 +600,10 @@ pub struct Index {
     pub end: u64,
     /// Its data records.
     pub entries: Vec<Entry>,
+    /// Written by a clean stop with no update's base operation left to do (the writer's
+    /// seal): the next start need not compare the tail with the base (tail.rs). Any other
+    /// writer of an index (a reader's cache, recovery) leaves it false.
+    pub clean: bool,
 }
 
 impl Index {
@@ -583,6 +617,7 @@ impl Index {
         put64(&mut b, 24, self.entries.first().map_or(0, |e| e.seq));
         put64(&mut b, 32, self.entries.last().map_or(0, |e| e.seq));
         put64(&mut b, 40, self.end);
+        b[48] = u8::from(self.clean);
         seal(&mut b, 60);
         for (i, e) in self.entries.iter().enumerate() {
             let o = &mut b[IDX_HEADER + i * IDX_ENTRY..][..IDX_ENTRY];
@@ -612,7 +647,7 @@ impl Index {
         if v != VERSION {
             return Err(FormatError::Version(v));
         }
-        if b[48..60].iter().any(|&x| x != 0) {
+        if b[48] > 1 || b[49..60].iter().any(|&x| x != 0) {
             return Err(FormatError::Field("reserved"));
         }
         let n = le32(b, 12) as usize;
@@ -652,6 +687,7 @@ impl Index {
             segno: le64(b, 16),
             end: le64(b, 40),
             entries,
+            clean: b[48] == 1,
         })
     }
 }
@@ -707,6 +743,7 @@ pub(crate) mod testing {
             first_seq,
             created: 1,
             size: img.len() as u64,
+            low: Some(first_seq),
         };
         img[..SEG_HEADER].copy_from_slice(&h.encode());
     }
@@ -772,6 +809,7 @@ mod tests {
             first_seq: 1,
             created: 1,
             size: 1 << 20,
+            low: Some(1),
         }
         .encode();
         for r in records {
@@ -895,8 +933,36 @@ mod tests {
             first_seq: 3,
             created: 4,
             size: 5,
+            low: Some(2),
         };
         assert_eq!(SegHeader::decode(&h.encode()), Ok(h));
+        // The low-water mark: none (an older segment), at, before and far before the first
+        // sequence (saturated to "from the start", never to a later sequence).
+        for (first, low, back) in [
+            (3, None, None),
+            (3, Some(3), Some(3)),
+            (3, Some(9), Some(3)),
+            (1 << 40, Some((1 << 40) - 12345), Some((1 << 40) - 12345)),
+            (1 << 40, Some(1), Some(0)),
+            (
+                u64::MAX,
+                Some(u64::MAX - u64::from(u32::MAX - 2)),
+                Some(u64::MAX - u64::from(u32::MAX - 2)),
+            ),
+            (u64::MAX, Some(u64::MAX - u64::from(u32::MAX - 1)), Some(0)),
+            (5, Some(0), Some(0)),
+        ] {
+            let h = SegHeader {
+                first_seq: first,
+                low,
+                ..h
+            };
+            assert_eq!(
+                SegHeader::decode(&h.encode()).unwrap().low,
+                back,
+                "{first} {low:?}"
+            );
+        }
         assert_eq!(
             SegHeader::decode(&h.encode()[..100]),
             Err(FormatError::Short)
@@ -980,13 +1046,20 @@ mod tests {
             rec(Op::Zeroes, 6, 0, &[], 4096),
         ]);
         let s = scan(&seg, 7, 1 << 20, 4, 0);
-        let i = Index {
+        let mut i = Index {
             segno: 1,
             end: s.end,
             entries: s.entries,
+            clean: false,
         };
+        assert_eq!(Index::decode(&i.encode()), Ok(i.clone()));
+        i.clean = true;
         let b = i.encode();
         assert_eq!(Index::decode(&b), Ok(i));
+        let mut flag = b.clone();
+        flag[48] = 2;
+        seal(&mut flag, 60);
+        assert!(Index::decode(&flag).is_err(), "an unknown flag");
         for at in [3, 20, IDX_HEADER + 5, b.len() - 1] {
             let mut d = b.clone();
             d[at] ^= 0x10;

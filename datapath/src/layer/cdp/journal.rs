@@ -572,8 +572,10 @@ impl Journal {
     }
 
     /// Append every filled batch (called by the poller at the end of each turn). True when it
-    /// started an append.
-    pub fn issue(&mut self, io: &mut IoCx) -> bool {
+    /// started an append. `low` answers, when a segment switch needs it, the first sequence
+    /// whose update's base operation is not done (the next record's when none is), which the
+    /// new segment's header keeps ([`SegHeader::low`]).
+    pub fn issue(&mut self, io: &mut IoCx, low: &dyn Fn(u64) -> u64) -> bool {
         if let Some(b) = self.open.take_if(|b| b.used > 0) {
             self.ready.push_back(b);
         }
@@ -601,7 +603,7 @@ impl Journal {
                     started |= self.start_sync(io, self.durable);
                     break;
                 }
-                match self.next_segment(io) {
+                match self.next_segment(io, low(self.next_seq)) {
                     Ok(true) => continue, // the new segment's header (if any) goes first
                     Ok(false) => break,   // the helper is finishing it
                     Err(e) => {
@@ -664,9 +666,10 @@ impl Journal {
         started
     }
 
-    /// Close the active segment and start the next one (no append in flight or queued for it).
-    /// False: the helper is preparing it right now; try again next turn.
-    fn next_segment(&mut self, io: &mut IoCx) -> Result<bool, store::CdpError> {
+    /// Close the active segment and start the next one (no append in flight or queued for it),
+    /// its header naming `low` ([`Journal::issue`]). False: the helper is preparing it right
+    /// now; try again next turn.
+    fn next_segment(&mut self, io: &mut IoCx, low: u64) -> Result<bool, store::CdpError> {
         let first = self.durable + 1;
         let segno = self.segno + 1;
         let spare_slot = Arc::clone(&self.spare);
@@ -680,7 +683,7 @@ impl Journal {
             store::open_spare(&self.dir, segno)?
         } else {
             // No helper, or it failed: create it here (a few ms on the reactor).
-            store::create_segment(&self.dir, &self.meta, segno, first, self.seg_size)?
+            store::create_segment(&self.dir, &self.meta, segno, first, low, self.seg_size)?
         };
         spare_slot.want.store(segno + 1, Ordering::Release);
         if spare {
@@ -715,6 +718,7 @@ impl Journal {
                 first_seq: first,
                 created: clock::now(),
                 size: self.seg_size,
+                low: Some(low.min(first)),
             }
             .encode();
             let cap = io.pool.buf_size();

@@ -328,8 +328,15 @@ impl CdpDevice {
         let (mut regions, prior) = RegionMap::open(&s.dir, info.size)?;
         let (after, after_time) = prior.whole_until(h.last_seq, h.last_time);
         regions.unknown(after, after_time, clock::now())?;
-        let log =
-            startlog::StartLog::new(&s.dir, meta, s.segment_size, segno, h.last_seq, h.last_time)?;
+        // (The catch-up journals the whole volume again: nothing is compared.)
+        let log = startlog::StartLog::new(
+            &s.dir,
+            meta,
+            s.segment_size,
+            segno,
+            (h.last_seq, h.last_time),
+            h.last_seq + 1,
+        )?;
         let spare = Arc::new(journal::Spare::default());
         spare.zero.store(s.prezero, Relaxed);
         spare.want.store(log.segno() + 1, Release);
@@ -586,7 +593,7 @@ mod tests {
             let d = tempfile::tempdir().unwrap();
             let size = 1 << 20;
             let meta = store::open_or_create(d.path(), size, 4096, None).unwrap();
-            let mut log = StartLog::new(d.path(), meta, 4 << 20, 1, 0, meta.created).unwrap();
+            let mut log = StartLog::new(d.path(), meta, 4 << 20, 1, (0, meta.created), 1).unwrap();
             let before = if x0 {
                 0
             } else {

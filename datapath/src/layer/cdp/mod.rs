@@ -267,8 +267,30 @@ impl CdpDevice {
         let h = rollback::load_for_writing(&s.dir)?;
         let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
         let (regions, prior) = degraded::RegionMap::open(&s.dir, info.size)?;
-        let mut log =
-            startlog::StartLog::new(&s.dir, meta, s.segment_size, segno, h.last_seq, h.last_time)?;
+        // After a crash: updates in flight then may have records the base never got
+        // (tail.rs); from now on the volume is what the base holds. (Not when the catch-up
+        // below journals the whole volume from the base anyway.)
+        let compare = match s.seed.as_deref() {
+            Some(base)
+                if !s.volatile
+                    && !h.sealed
+                    && !matches!(prior, degraded::Prior::Stopped { regions: None, .. }) =>
+            {
+                tail::compare_from(&h).map(|from| (base, from))
+            }
+            _ => None,
+        };
+        // Until the comparison's records are durable, the segments this start creates keep
+        // the crashed run's mark: a start killed part way compares again from there.
+        let low = compare.map_or(h.last_seq + 1, |(_, from)| from);
+        let mut log = startlog::StartLog::new(
+            &s.dir,
+            meta,
+            s.segment_size,
+            segno,
+            (h.last_seq, h.last_time),
+            low,
+        )?;
         // Under the mirror: not vouched for after the recovered end (or after where an earlier
         // run's map said the history ended) until the mirror says the replica is current.
         // (Never past what was recovered: a map may name a record a cut removed.)
@@ -281,14 +303,7 @@ impl CdpDevice {
         if s.volatile {
             // The base starts empty: the history says so before anything else.
             log.append(Op::Unmap, 0, info.size, &[])?;
-        } else if let Some(base) = s.seed.as_deref()
-            && !h.sealed
-            && !h.segments.is_empty()
-            && !matches!(prior, degraded::Prior::Stopped { regions: None, .. })
-        {
-            // After a crash: updates in flight then may have records the base never got
-            // (tail.rs); from now on the volume is what the base holds. (Not when the
-            // catch-up below journals the whole volume from the base anyway.)
+        } else if let Some((base, _)) = compare {
             let journaled_again = match &prior {
                 degraded::Prior::Stopped {
                     regions: Some(bits),
@@ -1060,7 +1075,8 @@ impl Poller for CdpPoller {
         let mut worked = c.retry_map(cx.now);
         worked |= live::step(c, cx.io);
         worked |= vouch::step(c, cx.io);
-        worked |= c.journal.issue(cx.io);
+        let ops = &c.ops;
+        worked |= c.journal.issue(cx.io, &|next| base_low(ops, next));
         if c.journal.take_moved() || c.journal.stopped() {
             c.complete_durable();
         }
@@ -1182,6 +1198,17 @@ impl Channel for CdpRemote {
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         Some(self)
     }
+}
+
+/// The first sequence whose update's base operation is not done: the first record of the
+/// oldest such update in flight (held or issued), or `next` (the next record's) when none is.
+/// An O(updates in flight) walk, asked only at a segment switch.
+fn base_low(ops: &Slab<Pending>, next: u64) -> u64 {
+    ops.iter()
+        .filter(|(_, p)| p.base.is_none() && p.last_seq > 0 && p.range.0 < p.range.1)
+        .map(|(_, p)| p.before.0 + 1)
+        .min()
+        .map_or(next, |l| l.min(next))
 }
 
 /// Whether two byte ranges `[start, end)` overlap.

@@ -16,9 +16,11 @@
 //! journal written faster than a segment a second grow without bound. The throttle is that it
 //! is one thread, consolidating only what retention releases.
 //!
-//! A segment holding a record newer than the oldest bookmark, or than the point of an open
-//! view (`view::hold`), is never consolidated (the bookmark stays restorable and the view
-//! readable, whatever retention says). The base copy is changed only under the directory's
+//! A segment holding a record at or after the newest segment's mark (an update whose base
+//! operation may be in flight, `SegHeader::low`: a crash comparison needs its record,
+//! tail.rs) is not consolidated, nor one holding a record newer than the oldest bookmark, or
+//! than the point of an open view (`view::hold`), whatever retention says (the bookmark
+//! stays restorable and the view readable). The base copy is changed only under the directory's
 //! consolidation lock (`store::lock_consolidation`).
 //!
 //! Invariants: the base copy never holds a record the meta's base point does not cover once
@@ -175,6 +177,17 @@ fn consolidate_once_in(
     // before its end are refused (the base copy holds some of its records).
     let unfinished = store::read_moving(dir, &meta)?.is_some_and(|m| m.to == last);
     if !(by_age || by_size || unfinished) {
+        return Ok(None);
+    }
+    // A record whose update's base operation may still be in flight (at or after the newest
+    // segment's mark) stays in the journal: after a crash its range is compared with the
+    // base (tail.rs), which needs the record.
+    let newest_seg = segs.last().map_or(segno, |s| s.0);
+    if !unfinished
+        && store::segment_header(dir, newest_seg)?
+            .low
+            .is_some_and(|low| last >= low)
+    {
         return Ok(None);
     }
     // The base copy changes only under the lock, so a view that registers its hold and then
@@ -756,6 +769,50 @@ mod tests {
             assert_eq!(c.base_seq, 50);
             assert!(!store::seg_path(dir, 1).exists());
         }
+    }
+
+    /// A record at or after the newest segment's mark (an update whose base operation was
+    /// not done when that segment began) is never consolidated, whatever retention says: a
+    /// crash comparison needs it. Once the mark has moved past the segment, it is.
+    #[test]
+    fn a_segment_with_a_record_at_or_after_the_newest_mark_is_not_consolidated() {
+        use crate::layer::cdp::format::{self, SegHeader};
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        store::testing::history(
+            dir,
+            0xd00d,
+            1 << 20,
+            0,
+            &[(1, 1..=50), (2, 51..=60), (3, 61..=70)],
+        );
+        let r = Retention {
+            age_ns: None,
+            bytes: Some(1),
+        };
+        let mark = |low: u64| {
+            let p = store::seg_path(dir, 3);
+            let mut img = std::fs::read(&p).unwrap();
+            let mut h = SegHeader::decode(&img).unwrap();
+            h.low = Some(low);
+            img[..format::SEG_HEADER].copy_from_slice(&h.encode());
+            std::fs::write(&p, img).unwrap();
+        };
+        for low in [50, 7, 1, 0] {
+            mark(low);
+            assert_eq!(consolidate_once(dir, &r, 100).unwrap(), None, "mark {low}");
+            assert_eq!(store::read_meta(dir).unwrap().base_seq, 0);
+            assert!(store::seg_path(dir, 1).exists());
+        }
+        mark(51);
+        let c = consolidate_once(dir, &r, 100)
+            .unwrap()
+            .expect("consolidated");
+        assert_eq!(c.base_seq, 50);
+        // The next segment holds the mark now.
+        mark(58);
+        assert_eq!(consolidate_once(dir, &r, 100).unwrap(), None);
+        assert!(store::seg_path(dir, 2).exists());
     }
 
     /// A pass cut part way (EIO on the base copy after 25 of a segment's 50 records) leaves

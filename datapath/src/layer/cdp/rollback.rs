@@ -480,6 +480,9 @@ struct Appender {
     batch: Vec<u8>,
     batch_first: u64,
     records: u64,
+    /// The header mark of the segments it creates while it journals a crash comparison
+    /// (the crashed run's, tail.rs); `None`: each segment's first sequence.
+    low: Option<u64>,
 }
 
 impl Appender {
@@ -531,6 +534,7 @@ impl Appender {
                 &self.meta,
                 segno,
                 self.batch_first,
+                self.low.unwrap_or(self.batch_first),
                 self.seg_size,
             )?);
             self.cur = Some(segno);
@@ -695,16 +699,20 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
     } else {
         candidates(&h, p.seq)
     };
-    for r in ranges.iter_mut() {
-        r.0 -= r.0 % block;
-        r.1 = r.1.div_ceil(block).saturating_mul(block).min(h.meta.size);
-    }
-    merge(&mut ranges);
     let vol = OpenOptions::new()
         .read(true)
         .write(true)
         .open(&t.volume)
         .map_err(io_err("open", &t.volume))?;
+    let preserve = t.all && !p.undo && p.resume_before.is_none();
+    // After a crash of the daemon (its log not sealed by a clean stop), as its start would:
+    // records of updates in flight whose base writes never ran are made the volume's content
+    // again first (tail.rs), and their ranges are rolled back too (the point may hold those
+    // records). Not for a rerun (its first run did it) nor an `--all` run (its first pass
+    // compares the whole volume).
+    let compare = (!h.sealed && p.resume_before.is_none() && !preserve)
+        .then(|| super::tail::compare_from(&h))
+        .flatten();
     let mut app = Appender {
         dir: dir.clone(),
         meta: h.meta,
@@ -717,12 +725,37 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
         batch: Vec::with_capacity(2 * BATCH),
         batch_first: 0,
         records: 0,
+        low: compare,
     };
+    if compare.is_some() {
+        let pieces = super::tail::differences(&h, &t.volume, |off, bytes| {
+            if bytes.iter().all(|&b| b == 0) {
+                app.push(Op::Zeroes, off, bytes.len() as u64, None);
+            } else {
+                app.push(Op::Write, off, bytes.len() as u64, Some(bytes));
+            }
+            ranges.push((off, off + bytes.len() as u64));
+            if app.batch.len() >= BATCH {
+                app.flush()?;
+            }
+            Ok(())
+        })?;
+        app.flush()?;
+        app.low = None;
+        if pieces > 0 {
+            tracing::warn!(volume = %t.name, pieces,
+                "cdp: after a crash, the volume differs from the history's newest records (updates in flight, never acknowledged); its content is journaled first");
+        }
+    }
+    for r in ranges.iter_mut() {
+        r.0 -= r.0 % block;
+        r.1 = r.1.div_ceil(block).saturating_mul(block).min(h.meta.size);
+    }
+    merge(&mut ranges);
     // A new `--all` rollback first journals what the volume holds where it differs from the
     // history's newest point (data the journal lacks): the point `before` is then the volume
     // as it was, and `--undo` returns to it. Nothing else has changed yet (no marker: a
     // crash here leaves true records and an untouched volume).
-    let preserve = t.all && !p.undo && p.resume_before.is_none();
     let passes = if preserve { 2 } else { 1 };
     let mut prog = Progress {
         total: passes * ranges.iter().map(|(s, e)| e - s).sum::<u64>(),

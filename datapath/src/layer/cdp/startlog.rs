@@ -28,19 +28,25 @@ pub struct StartLog {
     pub next_seq: u64,
     /// Last record's time.
     pub last_time: u64,
+    /// The first sequence whose base operation may not be done, for the headers of the
+    /// segments it creates ([`format::SegHeader::low`]).
+    low: u64,
 }
 
 impl StartLog {
-    /// A new segment `segno` after a history ending at `last_seq` (time `last_time`).
+    /// A new segment `segno` after a history ending at `last_seq` (time `last_time`). `low`:
+    /// the first sequence whose base operation may not be done (after a crash, until the
+    /// start has compared the tail with the base: the crashed run's, tail.rs; else
+    /// `last_seq + 1`), kept in the header of every segment it creates.
     pub fn new(
         dir: &Path,
         meta: Meta,
         seg_size: u64,
         segno: u64,
-        last_seq: u64,
-        last_time: u64,
+        (last_seq, last_time): (u64, u64),
+        low: u64,
     ) -> Result<Self, CdpError> {
-        let file = store::create_segment(dir, &meta, segno, last_seq + 1, seg_size)?;
+        let file = store::create_segment(dir, &meta, segno, last_seq + 1, low, seg_size)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             meta,
@@ -50,6 +56,7 @@ impl StartLog {
             pos: format::SEG_HEADER as u64,
             next_seq: last_seq + 1,
             last_time,
+            low,
         })
     }
 
@@ -70,6 +77,7 @@ impl StartLog {
                 &self.meta,
                 self.segno,
                 self.next_seq,
+                self.low,
                 self.seg_size,
             )?;
             self.pos = format::SEG_HEADER as u64;

@@ -344,6 +344,7 @@ pub fn seal_index(dir: &Path, meta: &Meta, segno: u64, used: u64) -> Result<(), 
         segno,
         end: s.end,
         entries: s.entries,
+        clean: true,
     };
     write_atomic(dir, &idx_path(dir, segno), &i.encode())
 }
@@ -489,7 +490,9 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             .filter(|i| !last_file || ends_at(&file, i.end, &meta, header.first_seq))
         {
             Some(i) => {
-                h.sealed = last_file;
+                // Only a clean stop's index says no record lacks its base write; one a
+                // recovery wrote (maybe killed before it compared, tail.rs) does not.
+                h.sealed = last_file && i.clean;
                 i
             }
             None => {
@@ -503,6 +506,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                     segno,
                     end: s.end,
                     entries: s.entries,
+                    clean: false,
                 };
                 if !last_file || mode == Load::Recover {
                     // A cache: a failure to write it costs a scan next time.
@@ -721,6 +725,7 @@ pub fn segment_index_in(
         segno,
         end: s.end,
         entries: s.entries,
+        clean: false,
     };
     if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
         tracing::warn!(error = %e, "cdp: cannot write a segment index");
@@ -807,12 +812,14 @@ fn zero_after(path: &Path, end: u64) -> Result<(), CdpError> {
 /// Create segment `segno` of `size` bytes for the records from `first_seq` (a waiting
 /// consolidated segment's file if there is one, as [`prepare_spare`] does: on a full journal
 /// device that is the space there is; else a new file, preallocated), header written and
-/// synced, and open it for O_DIRECT appends.
+/// synced, and open it for O_DIRECT appends. `low`: the first sequence whose base operation
+/// may not be done ([`SegHeader::low`]).
 pub fn create_segment(
     dir: &Path,
     meta: &Meta,
     segno: u64,
     first_seq: u64,
+    low: u64,
     size: u64,
 ) -> Result<File, CdpError> {
     let path = seg_path(dir, segno);
@@ -841,6 +848,7 @@ pub fn create_segment(
         first_seq,
         created: clock::now(),
         size,
+        low: Some(low.min(first_seq)),
     };
     f.write_all_at(&header.encode(), 0)
         .map_err(io_err("write", &path))?;
@@ -1140,7 +1148,7 @@ mod tests {
         std::fs::write(seg_path(dir, 1), vec![7u8; size]).unwrap();
         let ino = std::fs::metadata(seg_path(dir, 1)).unwrap().ino();
         recycle_segment(dir, 1).unwrap();
-        drop(create_segment(dir, &meta, 5, 42, size as u64).unwrap());
+        drop(create_segment(dir, &meta, 5, 42, 42, size as u64).unwrap());
         let md = std::fs::metadata(seg_path(dir, 5)).unwrap();
         assert_eq!(md.ino(), ino, "the recycled file, not a new one");
         assert!(recycled(dir).is_empty());
