@@ -8,9 +8,9 @@
 //! - updates overlapping `stall` are taken and never completed (a device that hangs on a
 //!   sector while the rest of it works: the caller's operation stays in flight until the
 //!   process dies, so only a test that kills the daemon uses it);
-//! - updates overlapping `slow` wait `slow_ms` milliseconds before they go on (to the checks
-//!   above, then the inner device): a slow sector, or with `fail` over it too, one that fails
-//!   late. The channel keeps them (a write's data copied) until its owner's poller
+//! - updates overlapping `slow` (and flushes, with `slow_flush`) wait `slow_ms` milliseconds
+//!   before they go on (to the checks above, then the inner device): a slow sector, or with
+//!   `fail` over it too, one that fails late; a device whose cache takes long to flush. The channel keeps them (a write's data copied) until its owner's poller
 //!   ([`ErrInjChannel::release_due`], driven by `layer::slow`) releases them.
 //!
 //! Everything else passes through unchanged. It proves the stack works (a layer inserted
@@ -55,6 +55,8 @@ pub struct Faults {
     pub slow: FaultRange,
     /// How long a slow update waits.
     pub slow_ms: u64,
+    /// Flushes wait `slow_ms` too.
+    pub slow_flush: bool,
 }
 
 /// An error-injecting layer over `inner`.
@@ -80,11 +82,6 @@ impl ErrInjDevice {
                 ..Faults::default()
             },
         )
-    }
-
-    /// Its slow updates need a poller to be released ([`ErrInjChannel::release_due`]).
-    pub fn has_slow(&self) -> bool {
-        self.faults.slow.len > 0
     }
 }
 
@@ -117,6 +114,7 @@ enum Held {
     Write(Vec<u8>),
     Zeroes(u64),
     Unmap(u64),
+    Flush,
 }
 
 /// The layer's channel on one reactor.
@@ -170,16 +168,20 @@ impl ErrInjChannel {
     ) {
         while self.waiting.front().is_some_and(|w| w.due <= now) {
             let w = self.waiting.pop_front().expect("front exists");
-            let len = match &w.what {
-                Held::Write(d) => d.len() as u64,
-                Held::Zeroes(l) | Held::Unmap(l) => *l,
-            };
-            let started = match self.update(w.offset, len) {
-                Some(s) => s,
-                None => match &w.what {
-                    Held::Write(d) => self.inner.write(io, w.tag, w.offset, d, w.fua),
-                    Held::Zeroes(l) => self.inner.write_zeroes(io, w.tag, w.offset, *l, w.fua),
-                    Held::Unmap(l) => self.inner.unmap(io, w.tag, w.offset, *l, w.fua),
+            let started = match &w.what {
+                Held::Flush if self.faults.fail_flush => Start::Done(Err(Errno::IO)),
+                Held::Flush => self.inner.flush(io, w.tag),
+                Held::Write(d) => match self.update(w.offset, d.len() as u64) {
+                    Some(s) => s,
+                    None => self.inner.write(io, w.tag, w.offset, d, w.fua),
+                },
+                Held::Zeroes(l) => match self.update(w.offset, *l) {
+                    Some(s) => s,
+                    None => self.inner.write_zeroes(io, w.tag, w.offset, *l, w.fua),
+                },
+                Held::Unmap(l) => match self.update(w.offset, *l) {
+                    Some(s) => s,
+                    None => self.inner.unmap(io, w.tag, w.offset, *l, w.fua),
                 },
             };
             if let Start::Done(r) = started {
@@ -239,6 +241,16 @@ impl Channel for ErrInjChannel {
     }
 
     fn flush(&mut self, io: &mut IoCx, tag: IoTag) -> Start {
+        if self.faults.slow_flush {
+            self.waiting.push_back(Waiting {
+                due: Instant::now() + Duration::from_millis(self.faults.slow_ms),
+                tag,
+                offset: 0,
+                what: Held::Flush,
+                fua: false,
+            });
+            return Start::Pending;
+        }
         if self.faults.fail_flush {
             return Start::Done(Err(Errno::IO));
         }

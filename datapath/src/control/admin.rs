@@ -365,6 +365,7 @@ pub(super) fn volume_create(
         stall_range: None,
         slow_range: None,
         slow_ms: 0,
+        slow_flush: false,
         fail_writes_only: false,
         mirror: false,
         leader: None,

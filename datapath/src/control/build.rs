@@ -73,12 +73,14 @@ pub fn build_device(
         stall: range(v.stall_range),
         slow: range(v.slow_range),
         slow_ms: v.slow_ms,
+        slow_flush: v.slow_flush,
     };
     Ok(
         if v.fail_range.is_none()
             && !v.fail_flush
             && v.stall_range.is_none()
             && v.slow_range.is_none()
+            && !v.slow_flush
         {
             base
         } else {

@@ -630,7 +630,7 @@ impl Daemon {
                 .volumes
                 .iter()
                 .enumerate()
-                .filter(|(_, v)| v.slow_range.is_some())
+                .filter(|(_, v)| v.slow_range.is_some() || v.slow_flush)
                 .map(|(vol, _)| {
                     Arc::new(crate::layer::slow::SlowUpdates { vol })
                         as Arc<dyn runtime::PollerSource>

@@ -299,3 +299,227 @@ fn a_rollback_straight_after_a_kill_compares_first() {
     let volume = std::fs::read(tmp.path().join("v.img")).unwrap();
     newest_is(&dir, &volume[..HUNG_SIZE as usize]);
 }
+
+/// Where [`late_failure`]'s slow write lands; the write held behind it fails late over the
+/// block after it.
+const SLOW: u64 = 1 << 20;
+
+/// A volume whose block at [`SLOW`] answers after 300 ms and whose next three blocks refuse
+/// updates. Write `a` (that block, slow, then done) is followed at once by `b` (both blocks:
+/// held by the layer behind `a`, its record journaled and durable), then, 50 ms later, by
+/// `c` (a refused block alone) whose failure stops the journal while `b`'s base write has not
+/// even started; `b` then fails once `a` is done. `between` runs after `b`'s record is durable
+/// (before `c`). Returns the server, the CDP directory, a time after `b`'s record and what the
+/// volume holds.
+fn late_failure(
+    root: &Path,
+    between: impl FnOnce(&Server),
+) -> (Server, std::path::PathBuf, u64, Vec<u8>) {
+    use twinblk::frontend::nbd::proto::cmd;
+    let dir = root.join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [[volume]]\nname='v'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+         slow_range=[{SLOW}, 4096]\nslow_ms=300\n\
+         fail_range=[{}, 12288]\nfail_writes_only=true\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        root.join("v.img").display(),
+        SLOW + 4096,
+        dir.display()
+    );
+    let s = Server::start(root, &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(0, &pattern(1, 8192)), 0);
+    c.send_request(cmd::WRITE, 0, 10, SLOW, 4096, &pattern(2, 4096));
+    c.send_request(cmd::WRITE, 0, 11, SLOW, 8192, &pattern(3, 8192));
+    std::thread::sleep(Duration::from_millis(50));
+    let t_b = clock::now();
+    between(&s);
+    c.send_request(cmd::WRITE, 0, 12, SLOW + 8192, 4096, &pattern(4, 4096));
+    let mut replies: Vec<(u64, u32)> = (0..3)
+        .map(|_| c.read_reply(0))
+        .map(|r| (r.0, r.1))
+        .collect();
+    replies.sort();
+    assert_eq!(replies[0], (10, 0), "a is done");
+    assert_ne!(replies[1].1, 0, "b fails");
+    assert_ne!(replies[2].1, 0, "c fails");
+    let volume = c.read(0, SIZE as u32).unwrap();
+    let mut want = vec![0u8; SIZE as usize];
+    want[..8192].copy_from_slice(&pattern(1, 8192));
+    want[SLOW as usize..][..4096].copy_from_slice(&pattern(2, 4096));
+    assert!(volume == want, "the volume holds what was acknowledged");
+    c.disconnect();
+    (s, dir, t_b, volume)
+}
+
+/// The point of `b`'s record (and a time after it) must be refused or read what the volume
+/// reads: the volume never held `b`'s bytes.
+fn not_served(dir: &Path, t_b: u64, volume: &[u8]) {
+    let h = store::load(dir, Load::ReadOnly).unwrap();
+    let b = h
+        .entries()
+        .find(|(_, e)| e.offset == SLOW && e.len == 8192)
+        .map(|(_, e)| e.seq)
+        .expect("b's record");
+    for p in [Point::Seq(b), Point::Time(t_b)] {
+        not_served_at(dir, p, volume);
+    }
+}
+
+fn not_served_at(dir: &Path, p: Point, volume: &[u8]) {
+    match at(dir, p) {
+        Ok(got) => assert!(
+            got == volume,
+            "the history serves the failed write's record as the volume's content (block at {}: {:?}..)",
+            SLOW + 4096,
+            &got[SLOW as usize + 4096..][..8]
+        ),
+        Err(
+            e @ (CdpError::NotWhole { .. } | CdpError::InGap { .. } | CdpError::Outside { .. }),
+        ) => {
+            eprintln!("after the late failure: {p:?} refused: {e}")
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Two base failures close together, the later update's first: its failure stops the journal
+/// with the history whole up to the record before it, which is the earlier update's, whose
+/// base write then fails too. The history must not stay whole past that record.
+#[test]
+fn a_base_write_that_fails_after_the_journal_stopped_is_not_served_either() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (s, dir, t_b, volume) = late_failure(tmp.path(), |_| {});
+    assert_eq!(s.rpc("cdp_status")[0]["journal"], "degraded");
+    not_served(&dir, t_b, &volume);
+    // The restart journals the changed regions again: the newest point is the volume.
+    let mut s = s.restart();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let newest = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap();
+    assert!(newest == volume, "the newest point after the restart");
+    not_served(&dir, t_b, &volume);
+    assert!(s.stop());
+}
+
+/// The same with CDP switched off at run time while `b` waits: `b`'s base write fails after
+/// the switch's first step stopped journaling. The history the switch leaves must not be whole
+/// past `b`'s record.
+#[test]
+fn a_base_write_that_fails_while_cdp_is_switched_off_is_not_served() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let disable = std::cell::RefCell::new(None);
+    let (mut s, dir, t_b, volume) = late_failure(tmp.path(), |s| {
+        let socket = s.socket.clone();
+        *disable.borrow_mut() = Some(std::thread::spawn(move || {
+            crate::harness::rpc_at(&socket, "cdp_disable", serde_json::json!({"volume": "v"}))
+        }));
+        std::thread::sleep(Duration::from_millis(20));
+    });
+    let r = disable.into_inner().unwrap().join().unwrap();
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(s.rpc("cdp_status")[0]["journal"], "off");
+    not_served(&dir, t_b, &volume);
+    assert!(s.stop());
+}
+
+/// A flush the base fails: the writes acknowledged since the last completed flush may not be
+/// durable in the volume's device (a power loss may take them), and which they were is not
+/// kept. The journal stops with the history whole only up to what the last completed flush
+/// covered (here none completed in the run, so up to its start, where a first run's write
+/// is), and the restart journals the whole volume again.
+#[test]
+fn a_flush_the_base_fails_ends_the_whole_history_at_the_last_completed_flush() {
+    use twinblk::frontend::nbd::proto::cmd;
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = tmp.path().join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [[volume]]\nname='v'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+         fail_flush=true\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        tmp.path().join("v.img").display(),
+        dir.display()
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let first = pattern(1, 8192);
+    assert_eq!(c.write(0, &first), 0);
+    c.disconnect();
+    let mut s = s.restart();
+    let start = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(8192, &pattern(2, 8192)), 0);
+    let w = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
+    assert!(w > start);
+    c.send_request(cmd::FLUSH, 0, 5, 0, 0, &[]);
+    assert_ne!(c.read_reply(0).1, 0, "the flush fails");
+    assert_eq!(s.rpc("cdp_status")[0]["journal"], "degraded");
+    match at(&dir, Point::Seq(w)) {
+        Err(CdpError::NotWhole { .. }) => {}
+        r => panic!("the write not known durable is served as history: {r:?}"),
+    }
+    let mut then = vec![0u8; SIZE as usize];
+    then[..8192].copy_from_slice(&first);
+    match at(&dir, Point::Seq(start)) {
+        Ok(got) => assert!(got == then, "the run's start"),
+        Err(e) => panic!("the run's start ({start}) is refused: {e}"),
+    }
+    let volume = c.read(0, SIZE as u32).unwrap();
+    c.disconnect();
+    s = s.restart();
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let newest = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap();
+    assert!(newest == volume, "the newest point after the restart");
+    assert!(s.stop());
+}
+
+/// A power loss drops writes the volume's device had not flushed while their records, durable
+/// in the journal, survive. Emulated: the device takes its flushes very long (none completes),
+/// a write at [`HUNG`] is acknowledged, 6 MiB more fill the first 4 MiB segment and start the
+/// next, the daemon is killed and that block is put back to what the device held before the
+/// write (a device may drop any write it never flushed). After the restart the newest point
+/// must be what the volume holds: the mark in the segment headers starts at the first record
+/// no completed flush covers, not only at the first write still in flight.
+#[test]
+fn after_a_power_loss_a_write_the_device_never_flushed_is_not_the_newest_content() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = tmp.path();
+    let dir = root.join("j");
+    let img = root.join("v.img");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [[volume]]\nname='v'\nbackend='uring'\nsize={HUNG_SIZE}\nblock_size=4096\npath='{}'\n\
+         slow_flush=true\nslow_ms=600000\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        img.display(),
+        dir.display()
+    );
+    let mut s = Server::start(root, &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(HUNG, &pattern(7, 4096)), 0);
+    let mut want = vec![0u8; HUNG_SIZE as usize];
+    for i in 0..48u64 {
+        let off = i * (128 << 10);
+        let d = pattern(100 + i, 128 << 10);
+        assert_eq!(c.write(off, &d), 0);
+        want[off as usize..][..d.len()].copy_from_slice(&d);
+    }
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert_eq!(
+        h.segments.len(),
+        2,
+        "the write's record is in the first of two segments"
+    );
+    s.kill();
+    c.disconnect();
+    // The device lost the unflushed write at HUNG (it held zeroes there).
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&[0u8; 4096], HUNG).unwrap();
+    }
+    let mut s = s.respawn();
+    newest_is(&dir, &want);
+    s.kill();
+}

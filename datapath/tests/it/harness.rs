@@ -205,15 +205,19 @@ impl Server {
 
     /// One control-socket call with parameters; the whole reply (result or error).
     pub fn rpc_with(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
-        use std::io::Write;
-        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).expect("control socket");
-        let req =
-            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-        writeln!(s, "{req}").unwrap();
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
+        rpc_at(&self.socket, method, params)
     }
+}
+
+/// One call to the control socket at `socket` (from a thread of its own while a test goes on).
+pub fn rpc_at(socket: &Path, method: &str, params: serde_json::Value) -> serde_json::Value {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("control socket");
+    let req = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    writeln!(s, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
 }
 
 impl Drop for Server {

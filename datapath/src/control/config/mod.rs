@@ -525,9 +525,14 @@ pub struct VolumeConfig {
     /// that fails late (tests, drills).
     #[serde(default)]
     pub slow_range: Option<[u64; 2]>,
-    /// How long an update over `slow_range` waits, in milliseconds.
+    /// How long an update over `slow_range` (or a flush, with `slow_flush`) waits, in
+    /// milliseconds.
     #[serde(default = "default_slow_ms")]
     pub slow_ms: u64,
+    /// Insert an error-injecting layer under which every flush waits `slow_ms` first (a device
+    /// whose cache takes long to flush: tests, drills).
+    #[serde(default)]
+    pub slow_flush: bool,
     /// Mirror this volume with the peer site (`[mirror]`).
     #[serde(default)]
     pub mirror: bool,
@@ -785,6 +790,7 @@ impl Default for Config {
                 stall_range: None,
                 slow_range: None,
                 slow_ms: default_slow_ms(),
+                slow_flush: false,
                 fail_writes_only: false,
                 mirror: false,
                 leader: None,

@@ -335,6 +335,28 @@ impl RegionMap {
         })
     }
 
+    /// A base update whose record lies at or before where the file says the history is whole
+    /// failed after the history had ended there (the journal stopped, or CDP switched off):
+    /// the end comes down to `after` (at `after_time`), the state and the stop's time kept
+    /// (also the stop a clean stop's [`RegionMap::persist`] names). `None`: the file has
+    /// nothing to lower (state 0, whose stop is still to be written, or an end at or before
+    /// `after` already); a failed write keeps the file as it was.
+    pub fn lower(&mut self, after: u64, after_time: u64) -> Option<Result<(), CdpError>> {
+        if let Some(st) = &mut self.stop
+            && after < st.0
+        {
+            st.0 = after;
+            st.1 = after_time;
+        }
+        if self.header.state == 0 || after >= self.header.after {
+            return None;
+        }
+        let mut h = self.header;
+        h.after = after;
+        h.after_time = after_time;
+        Some(self.put(h))
+    }
+
     /// Where the history is whole up to (sequence, time) when the file says the journal is
     /// not whole (state 1 or 2 written by this map), else `None`.
     pub fn stopped_after(&self) -> Option<(u64, u64)> {

@@ -237,9 +237,10 @@ pub struct SegHeader {
     pub created: u64,
     /// Segment size in bytes.
     pub size: u64,
-    /// The first sequence whose update's base operation may not have been done when the
-    /// segment began (at most `first_seq`; 0: any, from the history's start): after a crash
-    /// the newest segment's says from where records are compared with the base (tail.rs).
+    /// The first record whose update may not have been in the base when the segment began
+    /// (its base operation not done, or not covered by a completed flush of the base; at most
+    /// `first_seq`; 0: any, from the history's start): after a crash the newest segment's says
+    /// from where records are compared with the base (tail.rs).
     /// `None`: not recorded (a segment written before the field existed).
     pub low: Option<u64>,
 }

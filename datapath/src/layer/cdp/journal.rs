@@ -421,6 +421,11 @@ impl Journal {
         store::seal_index(&self.dir, &self.meta, self.segno, self.pos)
     }
 
+    /// The active segment's number.
+    pub fn segno(&self) -> u64 {
+        self.segno
+    }
+
     /// Time of the last durable record.
     pub fn durable_time(&self) -> u64 {
         self.last_durable_time

@@ -513,9 +513,11 @@ fn stop(c: &mut CdpChannel, io: &mut IoCx) -> Result<(), String> {
     // (whole only up to what is durable now), so a crash before the final write below
     // (Unwrap) cannot leave a history that looks whole but misses acknowledged writes.
     let prev = c.regions.stopped_after();
-    let (after, after_time) = prev
+    let end = prev
         .or(c.whole_after)
         .unwrap_or_else(|| c.journal.whole_until());
+    // (Never past a record whose base update failed.)
+    let (after, after_time) = c.base_failed.map_or(end, |b| b.min(end));
     if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
         return Err(format!(
             "degraded.map cannot say the history ends here: {e}"
@@ -555,9 +557,12 @@ fn unwrap(c: &mut CdpChannel, io: &mut IoCx) -> Result<Box<dyn Channel>, String>
         Some(prev) => prev,
         None => c.regions.stopped_after(),
     };
-    let (after, after_time) = before
+    let end = before
         .or(c.whole_after)
         .unwrap_or_else(|| c.journal.whole_until());
+    // Never past a record whose base update failed (also one that failed after the first
+    // step: the map says so already, and this write must not raise it again).
+    let (after, after_time) = c.base_failed.map_or(end, |b| b.min(end));
     if let Err(e) = c.regions.unknown(after, after_time, clock::now()) {
         // The map still says what the first step wrote (whole only up to what was durable
         // then: safe, but short of the last mark this disable answers). The layer stays, the

@@ -457,6 +457,8 @@ impl CdpDevice {
             Ok(j) => j,
             Err(e) => return Err((inner, BdevError::Register(e))),
         };
+        let start_end = (journal.last_seq(), journal.last_time());
+        let segno = journal.segno();
         let catchup = self
             .live
             .as_ref()
@@ -479,6 +481,11 @@ impl CdpDevice {
             regions,
             map_retry: None,
             base_failed: None,
+            lower_retry: None,
+            // What the base holds at the start is taken as durable.
+            flushed: start_end,
+            flush_failed: false,
+            flush_segno: segno,
             stats: Arc::clone(&self.stats),
             ops: Slab::with_capacity(256),
             held: std::collections::VecDeque::new(),
@@ -601,6 +608,16 @@ pub struct CdpChannel {
     /// A base update failed after its record was journaled: the history is whole only up
     /// to the record before it ([`CdpChannel::base_done`]).
     base_failed: Option<(u64, u64)>,
+    /// Lowering the map's end to `base_failed` failed: when to try again.
+    lower_retry: Option<Instant>,
+    /// The last record whose update's base write a completed base flush made durable (with
+    /// a time before the next record's): a failed flush leaves the history whole up to it.
+    flushed: (u64, u64),
+    /// A base flush failed: any region may have lost writes since `flushed` (their ranges are
+    /// not kept), so the whole volume counts as changed.
+    flush_failed: bool,
+    /// The segment at whose start the layer last flushed the base itself ([`CdpChannel::own_flush`]).
+    flush_segno: u64,
     stats: Arc<CdpStats>,
     ops: Slab<Pending>,
     /// Updates waiting for an earlier overlapping one, in arrival order.
@@ -681,7 +698,11 @@ impl CdpChannel {
             answered: false,
             range,
             sync,
-            before: (self.journal.last_seq(), 0),
+            // A flush: the writes it makes durable (those done before it is issued).
+            before: match upd {
+                Upd::Flush => self.done_before(),
+                _ => (self.journal.last_seq(), 0),
+            },
         });
         if wait {
             let (op, data) = match upd {
@@ -831,6 +852,9 @@ impl CdpChannel {
         for (o, l) in self.journal.unsynced() {
             self.regions.mark(o, l);
         }
+        if self.flush_failed {
+            self.regions.mark(0, self.size);
+        }
         self.stats
             .changed_regions
             .store(self.regions.marked(), Relaxed);
@@ -841,9 +865,54 @@ impl CdpChannel {
         );
     }
 
-    /// Write "the journal stopped" into the map again if it failed and it is time to
-    /// ([`MAP_RETRY`]); true when it tried.
+    /// The last record such that every update with a record up to it has its base operation
+    /// done, and a time before the next record's (what a flush issued now makes durable): the
+    /// record before the oldest update in flight's, or the last record. An O(updates in
+    /// flight) walk, once per flush.
+    fn done_before(&self) -> (u64, u64) {
+        self.ops
+            .iter()
+            .filter(|(_, p)| p.base.is_none() && p.last_seq > 0 && p.range.0 < p.range.1)
+            .map(|(_, p)| p.before)
+            .min()
+            .unwrap_or((self.journal.last_seq(), self.journal.last_time()))
+    }
+
+    /// A base update failed after the history had already ended (the journal stopped, or CDP
+    /// switched off) while its record lies before that end (`before`: the record before it,
+    /// [`Pending::before`]): the map's end comes down to it (written now, or by the stop's
+    /// write still to be retried), and its range counts as changed.
+    fn lower_end(&mut self, before: (u64, u64), range: (u64, u64)) {
+        if self.regions.active {
+            self.regions.mark(range.0, range.1 - range.0);
+            self.stats
+                .changed_regions
+                .store(self.regions.marked(), Relaxed);
+        }
+        if let Some((_, r)) = &mut self.map_retry
+            && before.0 < r.0
+        {
+            (r.0, r.1) = before;
+        }
+        if let Some(Err(e)) = self.regions.lower(before.0, before.1) {
+            tracing::error!(error = %e, after = before.0, "cdp: cannot lower where degraded.map says the history is whole after a late base failure; trying again every second");
+            self.lower_retry = Some(Instant::now() + MAP_RETRY);
+        }
+    }
+
+    /// Write "the journal stopped" (or a lowered end) into the map again if it failed and it
+    /// is time to ([`MAP_RETRY`]); true when it tried.
     fn retry_map(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.lower_retry
+            && now >= at
+        {
+            let to = self.base_failed.unwrap_or_default();
+            self.lower_retry = match self.regions.lower(to.0, to.1) {
+                Some(Err(_)) => Some(now + MAP_RETRY),
+                _ => None,
+            };
+            return true;
+        }
         let Some((at, (after, after_time, stopped))) = self.map_retry else {
             return false;
         };
@@ -873,14 +942,24 @@ impl CdpChannel {
             return;
         };
         p.base = Some(result);
-        if let Err(e) = result
+        if p.range.0 >= p.range.1 {
+            // A flush of the base.
+            let covered = p.before;
+            match result {
+                Ok(()) => self.flushed = self.flushed.max(covered),
+                Err(e) => self.flush_failed(io, e),
+            }
+        } else if let Err(e) = result
             && p.last_seq > 0
-            && p.range.0 < p.range.1
-            && !self.off
-            && !self.journal.stopped()
         {
             let (before, range) = (p.before, p.range);
             self.base_failed = Some(self.base_failed.map_or(before, |b| b.min(before)));
+            if self.off || self.journal.stopped() {
+                // The history ended already, maybe after this record.
+                self.lower_end(before, range);
+                self.try_complete(key);
+                return;
+            }
             self.journal.stop(
                 io,
                 &format!(
@@ -890,6 +969,55 @@ impl CdpChannel {
             );
         }
         self.try_complete(key);
+    }
+
+    /// Flush the base once per segment, unasked (no caller waits for it): the writes done before
+    /// it then count as durable in the device (`flushed`), so the mark of the segments after
+    /// the next ([`base_low`]) need not reach back before them however seldom the hosts flush
+    /// (a power loss may drop a device's unflushed writes while their records survive: the
+    /// comparison after it starts at the mark). A failure stops the journal as a host's flush
+    /// does. Not once the history has ended.
+    fn own_flush(&mut self, io: &mut IoCx) {
+        let before = self.done_before();
+        if self.off || self.journal.stopped() || before.0 <= self.flushed.0 {
+            return;
+        }
+        let key = self.ops.insert(Pending {
+            from: self.reactor,
+            tag: IoTag::channel(self.vol, 0),
+            last_seq: 0,
+            base: None,
+            answered: true,
+            range: (0, 0),
+            sync: false,
+            before,
+        });
+        let own = IoTag::channel(self.vol, LOWER_SLOT | key as u32);
+        if let Start::Done(r) = self.inner.flush(io, own) {
+            self.base_done(io, key, r);
+        }
+    }
+
+    /// The base failed a flush: writes done since the last completed flush may not be durable
+    /// in it, and which ones is not kept. The history is whole only up to that flush's
+    /// coverage (`flushed`) and the whole volume counts as changed (journaled again at the
+    /// next start): the journal stops, or, when the history had ended already, its end comes
+    /// down.
+    fn flush_failed(&mut self, io: &mut IoCx, e: Errno) {
+        let to = self.flushed;
+        self.base_failed = Some(self.base_failed.map_or(to, |b| b.min(to)));
+        self.flush_failed = true;
+        if self.off || self.journal.stopped() {
+            self.lower_end(to, (0, self.size));
+        } else {
+            self.journal.stop(
+                io,
+                &format!(
+                    "the base failed a flush (errno {}): writes since the last completed flush may not be durable in it; the history is whole only up to sequence {}, and the next start journals the whole volume again",
+                    e.0, to.0
+                ),
+            );
+        }
     }
 
     fn try_complete(&mut self, key: usize) {
@@ -1075,8 +1203,14 @@ impl Poller for CdpPoller {
         let mut worked = c.retry_map(cx.now);
         worked |= live::step(c, cx.io);
         worked |= vouch::step(c, cx.io);
-        let ops = &c.ops;
-        worked |= c.journal.issue(cx.io, &|next| base_low(ops, next));
+        let (ops, flushed) = (&c.ops, c.flushed.0 + 1);
+        worked |= c
+            .journal
+            .issue(cx.io, &|next| base_low(ops, next).min(flushed));
+        if c.journal.segno() != c.flush_segno {
+            c.flush_segno = c.journal.segno();
+            c.own_flush(cx.io);
+        }
         if c.journal.take_moved() || c.journal.stopped() {
             c.complete_durable();
         }
@@ -1094,10 +1228,14 @@ impl Poller for CdpPoller {
         if c.journal.has_queued() || !c.done.is_empty() || live::busy(c) {
             return Some(now);
         }
-        [c.journal.mark_due(), c.map_retry.map(|(at, _)| at)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            c.journal.mark_due(),
+            c.map_retry.map(|(at, _)| at),
+            c.lower_retry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool {
@@ -1202,7 +1340,8 @@ impl Channel for CdpRemote {
 
 /// The first sequence whose update's base operation is not done: the first record of the
 /// oldest such update in flight (held or issued), or `next` (the next record's) when none is.
-/// An O(updates in flight) walk, asked only at a segment switch.
+/// An O(updates in flight) walk, asked only at a segment switch. (The mark a segment header
+/// keeps is the lower of this and the first record no completed base flush covers.)
 fn base_low(ops: &Slab<Pending>, next: u64) -> u64 {
     ops.iter()
         .filter(|(_, p)| p.base.is_none() && p.last_seq > 0 && p.range.0 < p.range.1)

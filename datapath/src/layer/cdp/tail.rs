@@ -6,9 +6,11 @@
 //! base operation may also take any time (a stalling device) while the appends go on. A
 //! crash (kill -9) between the two leaves a record the base never got: an update never
 //! acknowledged, so a point before the crash may hold it or not, but from the restart on the
-//! volume is what the base holds. Every segment's header names the first sequence whose base
-//! operation was not done when the segment began ([`SegHeader::low`]); every update still in
-//! flight at the crash has its records at or after the newest segment's ([`compare_from`]).
+//! volume is what the base holds; so does a power loss that drops writes the device had not
+//! flushed. Every segment's header names the first record whose update may not have been in
+//! the base when the segment began (base operation not done, or not flushed:
+//! [`SegHeader::low`]); every update still in flight at the crash, and every write the device
+//! may have dropped, has its records at or after the newest segment's ([`compare_from`]).
 //! So a start after a crash compares, for the ranges of the records from there on, the
 //! history's newest content with the base's, and [`differences`] hands over the base's bytes
 //! where they differ, a piece at a time, which the start journals as ordinary records before
