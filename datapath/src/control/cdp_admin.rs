@@ -306,7 +306,13 @@ pub(super) fn cdp_enable(
     let settings = CdpSettings {
         dir: dir.clone(),
         segment_size,
-        seed: None,
+        // (The catch-up journals the whole volume: the file serves only the clean stop's sync.)
+        seed: cx
+            .volume_configs
+            .iter()
+            .find(|c| c.name == name)
+            .filter(|c| c.backend == crate::control::config::Backend::Uring)
+            .and_then(|c| c.path.clone()),
         volatile: false,
         prezero,
         sync,

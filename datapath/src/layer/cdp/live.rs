@@ -369,6 +369,7 @@ impl CdpDevice {
                 },
             ))),
             lock: Mutex::new(Some(lock)),
+            base_file: s.seed.clone().filter(|_| !s.volatile),
         })
     }
 }

@@ -75,7 +75,9 @@ pub struct CdpSettings {
     /// Bytes per segment file.
     pub segment_size: u64,
     /// The base is a file whose content the history starts from (its first start copies it
-    /// into the base copy); `None`: the base starts all zeroes.
+    /// into the base copy; a run-time switch-on, whose catch-up journals the whole volume,
+    /// passes it only for the clean stop's sync of the base); `None`: the base starts all
+    /// zeroes.
     pub seed: Option<PathBuf>,
     /// The base loses its content at every start (RAM): each start journals an unmap of the
     /// whole volume first.
@@ -205,6 +207,9 @@ pub struct CdpDevice {
     /// When appends are durable (`sync = "flush"`, `fail_sync`).
     pub sync: journal::SyncPolicy,
     start: Mutex<Option<(journal::Start, degraded::RegionMap, vouch::Vouched)>>,
+    /// The base when it is a file or block device that outlives the process (`seed`, not a
+    /// RAM base): a clean stop makes it durable before it seals the journal.
+    base_file: Option<PathBuf>,
     /// `daemon.lock`, held until the daemon stops (a rollback in place is refused meanwhile).
     lock: Mutex<Option<std::fs::File>>,
 }
@@ -379,6 +384,7 @@ impl CdpDevice {
             segment_size: s.segment_size,
             sync: s.sync,
             start: Mutex::new(Some((log.into_start(Arc::clone(&spare)), regions, vouched))),
+            base_file: s.seed.clone().filter(|_| !s.volatile),
             lock: Mutex::new(Some(lock)),
         })
     }
@@ -486,6 +492,7 @@ impl CdpDevice {
             flushed: start_end,
             flush_failed: false,
             flush_segno: segno,
+            base_file: self.base_file.clone(),
             stats: Arc::clone(&self.stats),
             ops: Slab::with_capacity(256),
             held: std::collections::VecDeque::new(),
@@ -618,6 +625,8 @@ pub struct CdpChannel {
     flush_failed: bool,
     /// The segment at whose start the layer last flushed the base itself ([`CdpChannel::own_flush`]).
     flush_segno: u64,
+    /// [`CdpDevice`]'s `base_file`: synced by a clean stop before it seals.
+    base_file: Option<PathBuf>,
     stats: Arc<CdpStats>,
     ops: Slab<Pending>,
     /// Updates waiting for an earlier overlapping one, in arrival order.
@@ -1069,13 +1078,19 @@ impl Drop for CdpChannel {
             tracing::error!(error = %e, "cdp: cannot sync the journal at the stop; records since the last flush may not survive a power loss");
         }
         // Sealed only with no update whose base operation is not done (held behind another,
-        // or issued and not completed): a sealed log tells the next start that no record lacks
-        // its base write, and it then skips the comparison of tail.rs.
-        if self.journal.in_flight() == 0
-            && self.ops.iter().all(|(_, p)| p.base.is_some())
-            && let Err(e) = self.journal.seal()
-        {
-            tracing::warn!(error = %e, "cdp: cannot write the last segment's index; readers scan it instead");
+        // or issued and not completed) and the base made durable (a power loss after the stop
+        // must not take writes the history keeps): a sealed log tells the next start that no
+        // record lacks its base write, and it then skips the comparison of tail.rs.
+        if self.journal.in_flight() == 0 && self.ops.iter().all(|(_, p)| p.base.is_some()) {
+            let synced = match &self.base_file {
+                Some(p) => std::fs::File::open(p).and_then(|f| f.sync_data()),
+                None => Ok(()),
+            };
+            if let Err(e) = synced {
+                tracing::warn!(error = %e, "cdp: cannot sync the base at the stop; the log is not sealed, so the next start compares its tail with the base");
+            } else if let Err(e) = self.journal.seal() {
+                tracing::warn!(error = %e, "cdp: cannot write the last segment's index; readers scan it instead");
+            }
         }
     }
 }

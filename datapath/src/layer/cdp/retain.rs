@@ -179,14 +179,15 @@ fn consolidate_once_in(
     if !(by_age || by_size || unfinished) {
         return Ok(None);
     }
-    // A record whose update's base operation may still be in flight (at or after the newest
-    // segment's mark) stays in the journal: after a crash its range is compared with the
-    // base (tail.rs), which needs the record.
+    // A record whose update may not be in the base yet (at or after the newest segment's
+    // mark) stays in the journal: after a crash its range is compared with the base
+    // (tail.rs), which needs the record. (Not after a clean stop: nothing is compared then.)
     let newest_seg = segs.last().map_or(segno, |s| s.0);
     if !unfinished
         && store::segment_header(dir, newest_seg)?
             .low
             .is_some_and(|low| last >= low)
+        && !store::sealed_clean(dir, &meta, newest_seg)
     {
         return Ok(None);
     }
@@ -813,6 +814,15 @@ mod tests {
         mark(58);
         assert_eq!(consolidate_once(dir, &r, 100).unwrap(), None);
         assert!(store::seg_path(dir, 2).exists());
+        // Sealed by a clean stop (nothing is compared then): the mark holds nothing back.
+        let meta = store::read_meta(dir).unwrap();
+        let used = (format::SEG_HEADER + 10 * (format::REC_HEADER + 4096)) as u64;
+        store::seal_index(dir, &meta, 3, used).unwrap();
+        assert!(store::sealed_clean(dir, &meta, 3));
+        let c = consolidate_once(dir, &r, 100)
+            .unwrap()
+            .expect("consolidated");
+        assert_eq!(c.base_seq, 60);
     }
 
     /// A pass cut part way (EIO on the base copy after 25 of a segment's 50 records) leaves

@@ -574,20 +574,6 @@ pub fn merge(v: &mut Vec<(u64, u64)>) {
     *v = out;
 }
 
-/// Read `out.len()` bytes at `at`; past the end of a shorter file: zeroes.
-fn read_or_zero(f: &File, out: &mut [u8], at: u64) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < out.len() {
-        let n = f.read_at(&mut out[done..], at + done as u64)?;
-        if n == 0 {
-            out[done..].fill(0);
-            break;
-        }
-        done += n;
-    }
-    Ok(())
-}
-
 /// What a sweep journals for each run of blocks where the volume and the point differ.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Sweep {
@@ -628,7 +614,7 @@ fn sweep(
         let mut at = start;
         while at < end {
             let n = (end - at).min(CHUNK) as usize;
-            read_or_zero(vol, &mut now[..n], at).map_err(io_err("read", &t.volume))?;
+            store::read_or_zero(vol, &mut now[..n], at).map_err(io_err("read", &t.volume))?;
             view.read_point(at, &mut then[..n])
                 .map_err(io_err("read the history of", &t.dir))?;
             // Runs of differing blocks.

@@ -96,6 +96,21 @@ fn idx_path(dir: &Path, segno: u64) -> PathBuf {
     dir.join(format!("seg-{segno:016x}.idx"))
 }
 
+/// Read `out.len()` bytes of `f` at `at`; what lies past the file's end (a shorter, sparse
+/// base copy; a volume file shorter than its volume) reads as zeroes.
+pub fn read_or_zero(f: &File, out: &mut [u8], at: u64) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < out.len() {
+        let n = f.read_at(&mut out[done..], at + done as u64)?;
+        if n == 0 {
+            out[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
+}
+
 /// The base copy.
 pub fn base_path(dir: &Path) -> PathBuf {
     dir.join("base.img")
@@ -310,6 +325,21 @@ fn load_index(dir: &Path, file: &File, segno: u64, meta: &Meta) -> Option<Index>
         }
     }
     Some(i)
+}
+
+/// Whether segment `segno` of `dir` (the history `meta`) was sealed by a clean stop (its index
+/// says so and still holds: nothing appended after it): no record of it or before it lacks its
+/// base write (retain.rs then needs no mark to keep records for a crash comparison).
+pub fn sealed_clean(dir: &Path, meta: &Meta, segno: u64) -> bool {
+    let path = seg_path(dir, segno);
+    let Ok(file) = File::open(&path) else {
+        return false;
+    };
+    let Ok(header) = read_header(&file, &path) else {
+        return false;
+    };
+    load_index(dir, &file, segno, meta)
+        .is_some_and(|i| i.clean && ends_at(&file, i.end, meta, header.first_seq))
 }
 
 /// Whether the log of `file`, a segment whose first sequence number is `first_seq`, really

@@ -48,20 +48,6 @@ pub fn compare_from(h: &History) -> Option<u64> {
     }))
 }
 
-/// Read `out.len()` bytes of `f` at `at`; past its end, zeroes.
-fn read_or_zero(f: &File, out: &mut [u8], at: u64) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < out.len() {
-        let n = f.read_at(&mut out[done..], at + done as u64)?;
-        if n == 0 {
-            out[done..].fill(0);
-            break;
-        }
-        done += n;
-    }
-    Ok(())
-}
-
 /// Compare `[start, end)` of `base` with `newest` (a closure filling a piece with the
 /// history's content there), emitting the base's bytes of each differing piece.
 fn compare(
@@ -158,7 +144,7 @@ pub fn differences(
                 (&b, base),
                 gap,
                 &mut bufs,
-                |out, at| read_or_zero(&copy, out, at).map_err(io_err("read", &copy_path)),
+                |out, at| store::read_or_zero(&copy, out, at).map_err(io_err("read", &copy_path)),
                 &mut emit,
             )?;
         }

@@ -338,26 +338,12 @@ impl PointContent {
             let dst = &mut out[(s - offset) as usize..(e - offset) as usize];
             match src {
                 Src::Zero => dst.fill(0),
-                Src::Base => read_or_zero(&self.base, dst, s)?,
+                Src::Base => store::read_or_zero(&self.base, dst, s)?,
                 Src::Seg { file, pos } => self.files[file as usize].read_exact_at(dst, pos)?,
             }
         }
         Ok(())
     }
-}
-
-/// Read at `at`; what lies past the file's end (a shorter, sparse base copy) reads as zeroes.
-fn read_or_zero(f: &File, dst: &mut [u8], at: u64) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < dst.len() {
-        let n = f.read_at(&mut dst[done..], at + done as u64)?;
-        if n == 0 {
-            dst[done..].fill(0);
-            break;
-        }
-        done += n;
-    }
-    Ok(())
 }
 
 impl BlockDevice for ViewDevice {
