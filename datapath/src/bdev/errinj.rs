@@ -3,7 +3,8 @@
 //!
 //! Model: wraps any device. What it does ([`Faults`]):
 //! - reads, writes, write-zeroes and unmaps overlapping `fail` fail at once with EIO and never
-//!   reach the inner device, and so do flushes with `fail_flush` (with `reads_pass`, reads of
+//!   reach the inner device, and so do flushes with `fail_flush`, or those issued once
+//!   `fail_flush_after_ms` have passed since the channel opened (with `reads_pass`, reads of
 //!   the range pass: a device that cannot write a sector but still reads it);
 //! - updates overlapping `stall` are taken and never completed (a device that hangs on a
 //!   sector while the rest of it works: the caller's operation stays in flight until the
@@ -47,6 +48,8 @@ pub struct Faults {
     pub fail: FaultRange,
     /// Every flush fails with EIO.
     pub fail_flush: bool,
+    /// Flushes issued this long after the channel opened fail with EIO (those before pass).
+    pub fail_flush_after_ms: Option<u64>,
     /// Reads of `fail` pass.
     pub reads_pass: bool,
     /// Updates over it never complete.
@@ -97,6 +100,7 @@ impl BlockDevice for Arc<ErrInjDevice> {
             inner: self.inner.open_channel(io)?,
             faults: self.faults,
             waiting: VecDeque::new(),
+            opened: Instant::now(),
         }))
     }
 }
@@ -123,6 +127,8 @@ pub struct ErrInjChannel {
     faults: Faults,
     /// Slow updates, in arrival order (so in due order).
     waiting: VecDeque<Waiting>,
+    /// When it opened (`fail_flush_after_ms`).
+    opened: Instant,
 }
 
 impl ErrInjChannel {
@@ -153,6 +159,15 @@ impl ErrInjChannel {
         true
     }
 
+    /// Whether a flush issued now fails.
+    fn flush_fails(&self) -> bool {
+        self.faults.fail_flush
+            || self
+                .faults
+                .fail_flush_after_ms
+                .is_some_and(|ms| self.opened.elapsed() >= Duration::from_millis(ms))
+    }
+
     /// When the next slow update is due (`None`: none waits).
     pub fn next_due(&self) -> Option<Instant> {
         self.waiting.front().map(|w| w.due)
@@ -169,7 +184,7 @@ impl ErrInjChannel {
         while self.waiting.front().is_some_and(|w| w.due <= now) {
             let w = self.waiting.pop_front().expect("front exists");
             let started = match &w.what {
-                Held::Flush if self.faults.fail_flush => Start::Done(Err(Errno::IO)),
+                Held::Flush if self.flush_fails() => Start::Done(Err(Errno::IO)),
                 Held::Flush => self.inner.flush(io, w.tag),
                 Held::Write(d) => match self.update(w.offset, d.len() as u64) {
                     Some(s) => s,
@@ -251,7 +266,7 @@ impl Channel for ErrInjChannel {
             });
             return Start::Pending;
         }
-        if self.faults.fail_flush {
+        if self.flush_fails() {
             return Start::Done(Err(Errno::IO));
         }
         self.inner.flush(io, tag)

@@ -362,6 +362,7 @@ pub(super) fn volume_create(
         create,
         fail_range: None,
         fail_flush: false,
+        fail_flush_after_ms: None,
         stall_range: None,
         slow_range: None,
         slow_ms: 0,

@@ -69,6 +69,7 @@ pub fn build_device(
     let faults = Faults {
         fail: range(v.fail_range),
         fail_flush: v.fail_flush,
+        fail_flush_after_ms: v.fail_flush_after_ms,
         reads_pass: v.fail_writes_only,
         stall: range(v.stall_range),
         slow: range(v.slow_range),
@@ -78,6 +79,7 @@ pub fn build_device(
     Ok(
         if v.fail_range.is_none()
             && !v.fail_flush
+            && v.fail_flush_after_ms.is_none()
             && v.stall_range.is_none()
             && v.slow_range.is_none()
             && !v.slow_flush

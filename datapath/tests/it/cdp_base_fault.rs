@@ -414,7 +414,16 @@ fn a_base_write_that_fails_while_cdp_is_switched_off_is_not_served() {
         *disable.borrow_mut() = Some(std::thread::spawn(move || {
             crate::harness::rpc_at(&socket, "cdp_disable", serde_json::json!({"volume": "v"}))
         }));
-        std::thread::sleep(Duration::from_millis(20));
+        // The switch's first step has stopped journaling (it waits for `b` to end the rest),
+        // so `c` reaches the base unjournaled and `b` fails with CDP switched off.
+        let t = std::time::Instant::now();
+        while s.rpc("cdp_status")[0]["journal"] != "off" {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the journal never went off"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     });
     let r = disable.into_inner().unwrap().join().unwrap();
     assert!(r.get("error").is_none(), "{r}");
@@ -426,44 +435,50 @@ fn a_base_write_that_fails_while_cdp_is_switched_off_is_not_served() {
 /// A flush the base fails: the writes acknowledged since the last completed flush may not be
 /// durable in the volume's device (a power loss may take them), and which they were is not
 /// kept. The journal stops with the history whole only up to what the last completed flush
-/// covered (here none completed in the run, so up to its start, where a first run's write
-/// is), and the restart journals the whole volume again.
+/// covered (a first write, flushed while the device's flushes still worked: the point of its
+/// record stays readable), and the restart journals the whole volume again.
 #[test]
 fn a_flush_the_base_fails_ends_the_whole_history_at_the_last_completed_flush() {
     use twinblk::frontend::nbd::proto::cmd;
+    const WORKS_MS: u64 = 5000;
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let dir = tmp.path().join("j");
     let body = format!(
         "[reactor]\ncores=[0]\npin=false\n\
          [[volume]]\nname='v'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
-         fail_flush=true\n\
+         fail_flush_after_ms={WORKS_MS}\n\
          [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
         tmp.path().join("v.img").display(),
         dir.display()
     );
-    let s = Server::start(tmp.path(), &body);
+    let started = std::time::Instant::now();
+    let mut s = Server::start(tmp.path(), &body);
     let mut c = Client::connect(s.addr, "v", false);
     let first = pattern(1, 8192);
     assert_eq!(c.write(0, &first), 0);
-    c.disconnect();
-    let mut s = s.restart();
-    let start = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
-    let mut c = Client::connect(s.addr, "v", false);
+    let w0 = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
+    c.send_request(cmd::FLUSH, 0, 4, 0, 0, &[]);
+    assert_eq!(c.read_reply(0).1, 0, "the first flush works");
+    assert!(
+        started.elapsed() < Duration::from_millis(WORKS_MS),
+        "too slow a start for the test's window"
+    );
+    std::thread::sleep(Duration::from_millis(WORKS_MS + 200).saturating_sub(started.elapsed()));
     assert_eq!(c.write(8192, &pattern(2, 8192)), 0);
-    let w = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
-    assert!(w > start);
+    let w1 = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
+    assert!(w1 > w0);
     c.send_request(cmd::FLUSH, 0, 5, 0, 0, &[]);
     assert_ne!(c.read_reply(0).1, 0, "the flush fails");
     assert_eq!(s.rpc("cdp_status")[0]["journal"], "degraded");
-    match at(&dir, Point::Seq(w)) {
+    match at(&dir, Point::Seq(w1)) {
         Err(CdpError::NotWhole { .. }) => {}
         r => panic!("the write not known durable is served as history: {r:?}"),
     }
     let mut then = vec![0u8; SIZE as usize];
     then[..8192].copy_from_slice(&first);
-    match at(&dir, Point::Seq(start)) {
-        Ok(got) => assert!(got == then, "the run's start"),
-        Err(e) => panic!("the run's start ({start}) is refused: {e}"),
+    match at(&dir, Point::Seq(w0)) {
+        Ok(got) => assert!(got == then, "the flushed write's point"),
+        Err(e) => panic!("the flushed write's point ({w0}) is refused: {e}"),
     }
     let volume = c.read(0, SIZE as u32).unwrap();
     c.disconnect();
@@ -521,5 +536,98 @@ fn after_a_power_loss_a_write_the_device_never_flushed_is_not_the_newest_content
     }
     let mut s = s.respawn();
     newest_is(&dir, &want);
+    s.kill();
+}
+
+/// A power loss in the run after a kill: the killed run's last write may still sit in the
+/// device's cache when the next run starts (its flushes here never complete), and must not
+/// drop out of the mark at that run's first segment switch (found by review: the start took
+/// the base as flushed; it now takes it as flushed only up to the crashed run's mark, until
+/// a flush of its own completes).
+#[test]
+fn a_power_loss_in_the_run_after_a_kill_is_compared_too() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = tmp.path();
+    let dir = root.join("j");
+    let img = root.join("v.img");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [[volume]]\nname='v'\nbackend='uring'\nsize={HUNG_SIZE}\nblock_size=4096\npath='{}'\n\
+         slow_flush=true\nslow_ms=600000\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        img.display(),
+        dir.display()
+    );
+    let mut s = Server::start(root, &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(HUNG, &pattern(7, 4096)), 0);
+    s.kill();
+    c.disconnect();
+    let mut s = s.respawn();
+    let mut c = Client::connect(s.addr, "v", false);
+    let mut want = vec![0u8; HUNG_SIZE as usize];
+    for i in 0..48u64 {
+        let off = i * (128 << 10);
+        let d = pattern(100 + i, 128 << 10);
+        assert_eq!(c.write(off, &d), 0);
+        want[off as usize..][..d.len()].copy_from_slice(&d);
+    }
+    assert!(store::load(&dir, Load::ReadOnly).unwrap().segments.len() >= 3);
+    s.kill();
+    c.disconnect();
+    // No flush completed since the killed run's write (this device's flushes never do): a
+    // power loss may drop it.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&[0u8; 4096], HUNG).unwrap();
+    }
+    let mut s = s.respawn();
+    newest_is(&dir, &want);
+    s.kill();
+}
+
+/// `twinblk cdp rollback --all` straight after a kill, stopped part way through its first
+/// pass (which journals the volume's own content where it differs from the newest point)
+/// before it reached the record whose base write never ran, then a start: the start must
+/// still compare that record (found by review: the run's segments did not keep the crashed
+/// run's mark).
+#[test]
+fn an_all_rollback_stopped_part_way_after_a_kill_leaves_the_tail_compared() {
+    use twinblk::layer::cdp::rollback::{self, Goal, Target};
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (s, dir, _) = hung_and_killed(tmp.path());
+    let img = tmp.path().join("v.img");
+    // Data the history lacks (so the first pass journals it), well before the hung block.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&pattern(999, 4 << 20), 0).unwrap();
+    }
+    let last = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
+    let target = Target {
+        name: "v".into(),
+        dir: dir.clone(),
+        volume: img.clone(),
+        segment_size: 4 << 20,
+        mirror_state: None,
+        all: true,
+    };
+    let p = rollback::prepare(target, Goal::To(Point::Seq(last))).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rollback::run(p, |g| {
+            if g.batches > 0 && g.compared < HUNG {
+                panic!("stopped part way");
+            }
+        })
+    }));
+    assert!(r.is_err(), "the run was not stopped part way");
+    assert!(
+        !dir.join("rollback").exists(),
+        "stopped before its marker: the daemon may start"
+    );
+    let mut s = s.respawn();
+    let volume = std::fs::read(&img).unwrap();
+    newest_is(&dir, &volume[..HUNG_SIZE as usize]);
     s.kill();
 }

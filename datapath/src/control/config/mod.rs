@@ -511,6 +511,10 @@ pub struct VolumeConfig {
     /// Insert an error-injecting layer failing every flush (tests, drills).
     #[serde(default)]
     pub fail_flush: bool,
+    /// Insert an error-injecting layer failing every flush issued this many milliseconds
+    /// after the volume's channels opened (those before pass: tests, drills).
+    #[serde(default)]
+    pub fail_flush_after_ms: Option<u64>,
     /// `fail_range` fails writes, write-zeroes and unmaps only; reads of it pass (a device
     /// that cannot write a sector but still reads what it held: tests, drills).
     #[serde(default)]
@@ -787,6 +791,7 @@ impl Default for Config {
                 create: true,
                 fail_range: None,
                 fail_flush: false,
+                fail_flush_after_ms: None,
                 stall_range: None,
                 slow_range: None,
                 slow_ms: default_slow_ms(),
@@ -928,7 +933,10 @@ impl Config {
                         || v.cdp.is_some()
                         || v.fail_range.is_some()
                         || v.fail_flush
+                        || v.fail_flush_after_ms.is_some()
                         || v.stall_range.is_some()
+                        || v.slow_range.is_some()
+                        || v.slow_flush
                     {
                         return bad(format!(
                             "volume {}: a cdp-view volume cannot be mirrored, journaled or have injected faults",

@@ -17,8 +17,9 @@
 //! to this channel ([`Channel::on_own_io`]); this layer answers its callers through the
 //! poller, whether they are connections or the layer above (its tags route back to it).
 //!
-//! A base operation that fails after its update's record was journaled stops the journal
-//! (degraded mode, [`degraded`]): the record is not what the volume holds.
+//! A base operation or flush that fails after its update's record was journaled stops the
+//! journal (degraded mode, [`degraded`]), or lowers where the history ends if it had ended
+//! already: the record is not what the volume holds (`failure.rs`).
 //!
 //! Recovery ([`store::load`]) runs when the device is built, before the reactors start:
 //! it cuts a torn tail, sets damaged segments aside, rebuilds missing indexes, and the writer
@@ -37,6 +38,7 @@ pub mod bookmark;
 pub mod clock;
 pub mod degraded;
 pub mod error;
+mod failure;
 pub mod format;
 pub mod journal;
 pub mod live;
@@ -210,6 +212,9 @@ pub struct CdpDevice {
     /// The base when it is a file or block device that outlives the process (`seed`, not a
     /// RAM base): a clean stop makes it durable before it seals the journal.
     base_file: Option<PathBuf>,
+    /// The last record the base is known to hold durably when the writer starts, and its
+    /// time (the channel's first `flushed`).
+    start_flushed: (u64, u64),
     /// `daemon.lock`, held until the daemon stops (a rollback in place is refused meanwhile).
     lock: Mutex<Option<std::fs::File>>,
 }
@@ -288,6 +293,19 @@ impl CdpDevice {
         // Until the comparison's records are durable, the segments this start creates keep
         // the crashed run's mark: a start killed part way compares again from there.
         let low = compare.map_or(h.last_seq + 1, |(_, from)| from);
+        // And the base is not known to hold anything from the mark on durably (the killed
+        // run's last writes, and the base's bytes journaled below, may sit in the device's
+        // cache) until a flush of this run completes (the writer's first turn issues one).
+        let start_flushed = {
+            let seq = low - 1;
+            let time = h
+                .entries()
+                .map(|(_, e)| e)
+                .take_while(|e| e.seq <= seq)
+                .last()
+                .map_or(h.first_time(), |e| e.time);
+            (seq, if seq == h.last_seq { h.last_time } else { time })
+        };
         let mut log = startlog::StartLog::new(
             &s.dir,
             meta,
@@ -385,13 +403,11 @@ impl CdpDevice {
             sync: s.sync,
             start: Mutex::new(Some((log.into_start(Arc::clone(&spare)), regions, vouched))),
             base_file: s.seed.clone().filter(|_| !s.volatile),
+            start_flushed,
             lock: Mutex::new(Some(lock)),
         })
     }
 }
-
-/// How often a failed write of "the journal stopped" into `degraded.map` is tried again.
-const MAP_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A new layer generation.
 fn next_instance() -> u64 {
@@ -463,8 +479,6 @@ impl CdpDevice {
             Ok(j) => j,
             Err(e) => return Err((inner, BdevError::Register(e))),
         };
-        let start_end = (journal.last_seq(), journal.last_time());
-        let segno = journal.segno();
         let catchup = self
             .live
             .as_ref()
@@ -488,10 +502,10 @@ impl CdpDevice {
             map_retry: None,
             base_failed: None,
             lower_retry: None,
-            // What the base holds at the start is taken as durable.
-            flushed: start_end,
+            flushed: self.start_flushed,
             flush_failed: false,
-            flush_segno: segno,
+            // (Unlike the journal's: the first turn flushes the base.)
+            flush_segno: 0,
             base_file: self.base_file.clone(),
             stats: Arc::clone(&self.stats),
             ops: Slab::with_capacity(256),
@@ -827,208 +841,6 @@ impl CdpChannel {
         }
     }
 
-    /// The journal stopped: write `degraded.map`'s "stopped" state before any update completes
-    /// without its record, and remember the regions of the updates in flight whose records are
-    /// not durable (docs/cdp-format.md, "Degraded mode").
-    fn degrade(&mut self) {
-        if self.regions.active || !self.journal.stopped() {
-            return;
-        }
-        // Switched on at run time and not whole yet: the history is whole only up to
-        // where it was before.
-        let (after, after_time) = [
-            self.vouched.unvouched,
-            self.whole_after,
-            self.base_failed,
-            Some(self.journal.whole_until()),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or_default();
-        let now = clock::now();
-        if let Err(e) = self.regions.stopped(after, after_time, now) {
-            tracing::error!(error = %e, "cdp: cannot record that the journal stopped; if this site crashes now, the next start cannot tell which regions changed; trying again every second");
-            self.map_retry = Some((Instant::now() + MAP_RETRY, (after, after_time, now)));
-        }
-        for (_, p) in self.ops.iter() {
-            if p.last_seq > after || p.last_seq == 0 {
-                self.regions.mark(p.range.0, p.range.1 - p.range.0);
-            }
-        }
-        // `sync = "flush"`: records written but never synced (their updates may have been
-        // acknowledged) are not part of the whole history either.
-        for (o, l) in self.journal.unsynced() {
-            self.regions.mark(o, l);
-        }
-        if self.flush_failed {
-            self.regions.mark(0, self.size);
-        }
-        self.stats
-            .changed_regions
-            .store(self.regions.marked(), Relaxed);
-        self.stats.stopped_at.store(now, Relaxed);
-        tracing::warn!(
-            after,
-            "cdp: degraded: tracking changed regions only until the next start"
-        );
-    }
-
-    /// The last record such that every update with a record up to it has its base operation
-    /// done, and a time before the next record's (what a flush issued now makes durable): the
-    /// record before the oldest update in flight's, or the last record. An O(updates in
-    /// flight) walk, once per flush.
-    fn done_before(&self) -> (u64, u64) {
-        self.ops
-            .iter()
-            .filter(|(_, p)| p.base.is_none() && p.last_seq > 0 && p.range.0 < p.range.1)
-            .map(|(_, p)| p.before)
-            .min()
-            .unwrap_or((self.journal.last_seq(), self.journal.last_time()))
-    }
-
-    /// A base update failed after the history had already ended (the journal stopped, or CDP
-    /// switched off) while its record lies before that end (`before`: the record before it,
-    /// [`Pending::before`]): the map's end comes down to it (written now, or by the stop's
-    /// write still to be retried), and its range counts as changed.
-    fn lower_end(&mut self, before: (u64, u64), range: (u64, u64)) {
-        if self.regions.active {
-            self.regions.mark(range.0, range.1 - range.0);
-            self.stats
-                .changed_regions
-                .store(self.regions.marked(), Relaxed);
-        }
-        if let Some((_, r)) = &mut self.map_retry
-            && before.0 < r.0
-        {
-            (r.0, r.1) = before;
-        }
-        if let Some(Err(e)) = self.regions.lower(before.0, before.1) {
-            tracing::error!(error = %e, after = before.0, "cdp: cannot lower where degraded.map says the history is whole after a late base failure; trying again every second");
-            self.lower_retry = Some(Instant::now() + MAP_RETRY);
-        }
-    }
-
-    /// Write "the journal stopped" (or a lowered end) into the map again if it failed and it
-    /// is time to ([`MAP_RETRY`]); true when it tried.
-    fn retry_map(&mut self, now: Instant) -> bool {
-        if let Some(at) = self.lower_retry
-            && now >= at
-        {
-            let to = self.base_failed.unwrap_or_default();
-            self.lower_retry = match self.regions.lower(to.0, to.1) {
-                Some(Err(_)) => Some(now + MAP_RETRY),
-                _ => None,
-            };
-            return true;
-        }
-        let Some((at, (after, after_time, stopped))) = self.map_retry else {
-            return false;
-        };
-        if now < at {
-            return false;
-        }
-        match self.regions.stopped(after, after_time, stopped) {
-            Ok(()) => {
-                tracing::warn!(
-                    after,
-                    "cdp: degraded.map now records that the journal stopped"
-                );
-                self.map_retry = None;
-            }
-            Err(_) => self.map_retry = Some((now + MAP_RETRY, (after, after_time, stopped))),
-        }
-        true
-    }
-
-    /// The base operation of update `key` finished with `result`. One that failed after its
-    /// record was journaled left a record the volume does not hold (the device kept what it
-    /// had, or part of the update): the journal stops with the history whole up to the record
-    /// before it, and its range counts as changed (degraded mode: the next start journals it
-    /// again from the base), so no point after it is served with the record's content.
-    fn base_done(&mut self, io: &mut IoCx, key: usize, result: Result<(), Errno>) {
-        let Some(p) = self.ops.get_mut(key) else {
-            return;
-        };
-        p.base = Some(result);
-        if p.range.0 >= p.range.1 {
-            // A flush of the base.
-            let covered = p.before;
-            match result {
-                Ok(()) => self.flushed = self.flushed.max(covered),
-                Err(e) => self.flush_failed(io, e),
-            }
-        } else if let Err(e) = result
-            && p.last_seq > 0
-        {
-            let (before, range) = (p.before, p.range);
-            self.base_failed = Some(self.base_failed.map_or(before, |b| b.min(before)));
-            if self.off || self.journal.stopped() {
-                // The history ended already, maybe after this record.
-                self.lower_end(before, range);
-                self.try_complete(key);
-                return;
-            }
-            self.journal.stop(
-                io,
-                &format!(
-                    "the base failed an update of bytes {}..{} (errno {}) whose record is journaled: the history is whole only up to sequence {}",
-                    range.0, range.1, e.0, before.0
-                ),
-            );
-        }
-        self.try_complete(key);
-    }
-
-    /// Flush the base once per segment, unasked (no caller waits for it): the writes done before
-    /// it then count as durable in the device (`flushed`), so the mark of the segments after
-    /// the next ([`base_low`]) need not reach back before them however seldom the hosts flush
-    /// (a power loss may drop a device's unflushed writes while their records survive: the
-    /// comparison after it starts at the mark). A failure stops the journal as a host's flush
-    /// does. Not once the history has ended.
-    fn own_flush(&mut self, io: &mut IoCx) {
-        let before = self.done_before();
-        if self.off || self.journal.stopped() || before.0 <= self.flushed.0 {
-            return;
-        }
-        let key = self.ops.insert(Pending {
-            from: self.reactor,
-            tag: IoTag::channel(self.vol, 0),
-            last_seq: 0,
-            base: None,
-            answered: true,
-            range: (0, 0),
-            sync: false,
-            before,
-        });
-        let own = IoTag::channel(self.vol, LOWER_SLOT | key as u32);
-        if let Start::Done(r) = self.inner.flush(io, own) {
-            self.base_done(io, key, r);
-        }
-    }
-
-    /// The base failed a flush: writes done since the last completed flush may not be durable
-    /// in it, and which ones is not kept. The history is whole only up to that flush's
-    /// coverage (`flushed`) and the whole volume counts as changed (journaled again at the
-    /// next start): the journal stops, or, when the history had ended already, its end comes
-    /// down.
-    fn flush_failed(&mut self, io: &mut IoCx, e: Errno) {
-        let to = self.flushed;
-        self.base_failed = Some(self.base_failed.map_or(to, |b| b.min(to)));
-        self.flush_failed = true;
-        if self.off || self.journal.stopped() {
-            self.lower_end(to, (0, self.size));
-        } else {
-            self.journal.stop(
-                io,
-                &format!(
-                    "the base failed a flush (errno {}): writes since the last completed flush may not be durable in it; the history is whole only up to sequence {}, and the next start journals the whole volume again",
-                    e.0, to.0
-                ),
-            );
-        }
-    }
-
     fn try_complete(&mut self, key: usize) {
         if self.journal.stopped() && !self.regions.active {
             self.degrade();
@@ -1081,10 +893,12 @@ impl Drop for CdpChannel {
         // or issued and not completed) and the base made durable (a power loss after the stop
         // must not take writes the history keeps): a sealed log tells the next start that no
         // record lacks its base write, and it then skips the comparison of tail.rs.
+        // (Not after CDP was switched off at run time: no start compares a history that ended
+        // so, it journals the whole volume again; and the reactor must not wait for the sync.)
         if self.journal.in_flight() == 0 && self.ops.iter().all(|(_, p)| p.base.is_some()) {
             let synced = match &self.base_file {
-                Some(p) => std::fs::File::open(p).and_then(|f| f.sync_data()),
-                None => Ok(()),
+                Some(p) if !self.off => std::fs::File::open(p).and_then(|f| f.sync_data()),
+                _ => Ok(()),
             };
             if let Err(e) = synced {
                 tracing::warn!(error = %e, "cdp: cannot sync the base at the stop; the log is not sealed, so the next start compares its tail with the base");
@@ -1221,7 +1035,7 @@ impl Poller for CdpPoller {
         let (ops, flushed) = (&c.ops, c.flushed.0 + 1);
         worked |= c
             .journal
-            .issue(cx.io, &|next| base_low(ops, next).min(flushed));
+            .issue(cx.io, &|next| failure::base_low(ops, next).min(flushed));
         if c.journal.segno() != c.flush_segno {
             c.flush_segno = c.journal.segno();
             c.own_flush(cx.io);
@@ -1351,18 +1165,6 @@ impl Channel for CdpRemote {
     fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
         Some(self)
     }
-}
-
-/// The first sequence whose update's base operation is not done: the first record of the
-/// oldest such update in flight (held or issued), or `next` (the next record's) when none is.
-/// An O(updates in flight) walk, asked only at a segment switch. (The mark a segment header
-/// keeps is the lower of this and the first record no completed base flush covers.)
-fn base_low(ops: &Slab<Pending>, next: u64) -> u64 {
-    ops.iter()
-        .filter(|(_, p)| p.base.is_none() && p.last_seq > 0 && p.range.0 < p.range.1)
-        .map(|(_, p)| p.before.0 + 1)
-        .min()
-        .map_or(next, |l| l.min(next))
 }
 
 /// Whether two byte ranges `[start, end)` overlap.

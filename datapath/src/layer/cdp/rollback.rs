@@ -696,9 +696,10 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
     // again first (tail.rs), and their ranges are rolled back too (the point may hold those
     // records). Not for a rerun (its first run did it) nor an `--all` run (its first pass
     // compares the whole volume).
-    let compare = (!h.sealed && p.resume_before.is_none() && !preserve)
+    let crashed = (!h.sealed && p.resume_before.is_none())
         .then(|| super::tail::compare_from(&h))
         .flatten();
+    let compare = crashed.filter(|_| !preserve);
     let mut app = Appender {
         dir: dir.clone(),
         meta: h.meta,
@@ -711,7 +712,10 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
         batch: Vec::with_capacity(2 * BATCH),
         batch_first: 0,
         records: 0,
-        low: compare,
+        // Until the comparison (or an `--all` run's first pass) is durable, the segments it
+        // creates keep the crashed run's mark: a run stopped part way leaves the next start
+        // comparing from there.
+        low: crashed,
     };
     if compare.is_some() {
         let pieces = super::tail::differences(&h, &t.volume, |off, bytes| {
@@ -770,6 +774,7 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
             app.push(Op::Gap, h.last_seq, 0, None);
             app.flush()?;
         }
+        app.low = None;
     }
     let before = p.resume_before.unwrap_or(app.next_seq - 1);
     // A rerun keeps the interrupted run's start: retention holds every record after it.
