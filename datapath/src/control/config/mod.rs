@@ -689,6 +689,9 @@ fn default_spin_us() -> u64 {
 fn yes() -> bool {
     true
 }
+/// The longest wait `slow_ms` may ask (a day: an update's due time stays representable).
+pub const MAX_SLOW_MS: u64 = 86_400_000;
+
 fn default_slow_ms() -> u64 {
     100
 }
@@ -894,6 +897,12 @@ impl Config {
                 return bad(format!(
                     "volume {}: size {} is too large: at most {MAX_VOLUME_SIZE} bytes (2^63 - 1: file offsets are signed 64-bit)",
                     v.name, v.size.0
+                ));
+            }
+            if v.slow_ms > MAX_SLOW_MS {
+                return bad(format!(
+                    "volume {}: slow_ms {} is too large: at most {MAX_SLOW_MS} (a day)",
+                    v.name, v.slow_ms
                 ));
             }
             match (&v.backend, &v.path) {

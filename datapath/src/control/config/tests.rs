@@ -561,3 +561,18 @@ fn a_reactor_spin_past_reactor_set_waits_limit_is_refused() {
     assert!(e.to_string().contains("reactor.spin_us"), "{e}");
     Config::from_toml("[reactor]\nwait='adaptive'\nspin_us=1000000\n").unwrap();
 }
+
+#[test]
+fn a_slow_wait_past_a_day_is_refused() {
+    // (The largest TOML integer: its due time would overflow an Instant and panic the reactor.)
+    let cfg = |ms: u64| {
+        Config::from_toml(&format!(
+            "[[volume]]\nname='v'\nbackend='malloc'\nsize='1MiB'\nslow_range=[0, 4096]\nslow_ms={ms}\n"
+        ))
+    };
+    for ms in [super::MAX_SLOW_MS + 1, i64::MAX as u64] {
+        let e = cfg(ms).expect_err("accepted");
+        assert!(e.to_string().contains("slow_ms"), "{ms}: {e}");
+    }
+    cfg(super::MAX_SLOW_MS).unwrap();
+}
