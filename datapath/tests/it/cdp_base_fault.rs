@@ -489,17 +489,9 @@ fn a_flush_the_base_fails_ends_the_whole_history_at_the_last_completed_flush() {
     assert!(s.stop());
 }
 
-/// A power loss drops writes the volume's device had not flushed while their records, durable
-/// in the journal, survive. Emulated: the device takes its flushes very long (none completes),
-/// a write at [`HUNG`] is acknowledged, 6 MiB more fill the first 4 MiB segment and start the
-/// next, the daemon is killed and that block is put back to what the device held before the
-/// write (a device may drop any write it never flushed). After the restart the newest point
-/// must be what the volume holds: the mark in the segment headers starts at the first record
-/// no completed flush covers, not only at the first write still in flight.
-#[test]
-fn after_a_power_loss_a_write_the_device_never_flushed_is_not_the_newest_content() {
-    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
-    let root = tmp.path();
+/// A file volume of [`HUNG_SIZE`] whose device takes its flushes very long (none completes
+/// in a test), CDP in 4 MiB segments; the server, the CDP directory and the volume's file.
+fn never_flushing(root: &Path) -> (Server, std::path::PathBuf, std::path::PathBuf) {
     let dir = root.join("j");
     let img = root.join("v.img");
     let body = format!(
@@ -510,16 +502,43 @@ fn after_a_power_loss_a_write_the_device_never_flushed_is_not_the_newest_content
         img.display(),
         dir.display()
     );
-    let mut s = Server::start(root, &body);
-    let mut c = Client::connect(s.addr, "v", false);
-    assert_eq!(c.write(HUNG, &pattern(7, 4096)), 0);
-    let mut want = vec![0u8; HUNG_SIZE as usize];
+    (Server::start(root, &body), dir, img)
+}
+
+/// 6 MiB of acknowledged writes from the volume's start (a segment and a half), recorded in
+/// `want`.
+fn six_mib(c: &mut Client, want: &mut [u8]) {
     for i in 0..48u64 {
         let off = i * (128 << 10);
         let d = pattern(100 + i, 128 << 10);
         assert_eq!(c.write(off, &d), 0);
         want[off as usize..][..d.len()].copy_from_slice(&d);
     }
+}
+
+/// What a power loss may do to the write at [`HUNG`], which no completed flush covers: the
+/// device drops it (it held zeroes there).
+fn drop_unflushed(img: &Path, want: &mut [u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(&[0u8; 4096], HUNG).unwrap();
+    want[HUNG as usize..][..4096].fill(0);
+}
+
+/// A power loss drops writes the volume's device had not flushed while their records, durable
+/// in the journal, survive. Emulated ([`never_flushing`]): a write at [`HUNG`] is
+/// acknowledged, 6 MiB more fill the first 4 MiB segment and start the next, the daemon is
+/// killed and the device drops that write. After the restart the newest point must be what
+/// the volume holds: the mark in the segment headers starts at the first record no completed
+/// flush covers, not only at the first write still in flight.
+#[test]
+fn after_a_power_loss_a_write_the_device_never_flushed_is_not_the_newest_content() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (mut s, dir, img) = never_flushing(tmp.path());
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(HUNG, &pattern(7, 4096)), 0);
+    let mut want = vec![0u8; HUNG_SIZE as usize];
+    six_mib(&mut c, &mut want);
     let h = store::load(&dir, Load::ReadOnly).unwrap();
     assert_eq!(
         h.segments.len(),
@@ -528,12 +547,7 @@ fn after_a_power_loss_a_write_the_device_never_flushed_is_not_the_newest_content
     );
     s.kill();
     c.disconnect();
-    // The device lost the unflushed write at HUNG (it held zeroes there).
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-        f.write_all_at(&[0u8; 4096], HUNG).unwrap();
-    }
+    drop_unflushed(&img, &mut want);
     let mut s = s.respawn();
     newest_is(&dir, &want);
     s.kill();
@@ -547,18 +561,7 @@ fn after_a_power_loss_a_write_the_device_never_flushed_is_not_the_newest_content
 #[test]
 fn a_power_loss_in_the_run_after_a_kill_is_compared_too() {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
-    let root = tmp.path();
-    let dir = root.join("j");
-    let img = root.join("v.img");
-    let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n\
-         [[volume]]\nname='v'\nbackend='uring'\nsize={HUNG_SIZE}\nblock_size=4096\npath='{}'\n\
-         slow_flush=true\nslow_ms=600000\n\
-         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
-        img.display(),
-        dir.display()
-    );
-    let mut s = Server::start(root, &body);
+    let (mut s, dir, img) = never_flushing(tmp.path());
     let mut c = Client::connect(s.addr, "v", false);
     assert_eq!(c.write(HUNG, &pattern(7, 4096)), 0);
     s.kill();
@@ -566,22 +569,11 @@ fn a_power_loss_in_the_run_after_a_kill_is_compared_too() {
     let mut s = s.respawn();
     let mut c = Client::connect(s.addr, "v", false);
     let mut want = vec![0u8; HUNG_SIZE as usize];
-    for i in 0..48u64 {
-        let off = i * (128 << 10);
-        let d = pattern(100 + i, 128 << 10);
-        assert_eq!(c.write(off, &d), 0);
-        want[off as usize..][..d.len()].copy_from_slice(&d);
-    }
+    six_mib(&mut c, &mut want);
     assert!(store::load(&dir, Load::ReadOnly).unwrap().segments.len() >= 3);
     s.kill();
     c.disconnect();
-    // No flush completed since the killed run's write (this device's flushes never do): a
-    // power loss may drop it.
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-        f.write_all_at(&[0u8; 4096], HUNG).unwrap();
-    }
+    drop_unflushed(&img, &mut want);
     let mut s = s.respawn();
     newest_is(&dir, &want);
     s.kill();
