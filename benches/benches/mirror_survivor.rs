@@ -79,6 +79,7 @@ fn survivor(size: u64, dir: &std::path::Path) -> Engine {
         resync_rate: 1 << 30,
         state_file: Some(path),
         replica_data: Default::default(),
+        replica_path: None,
         meta: None,
         actlog: Default::default(),
     };

@@ -314,6 +314,7 @@ impl Daemon {
                             .as_ref()
                             .map(|d| d.join(format!("{}.mirror-state", v.name))),
                         replica_data: replica_data(v),
+                        replica_path: v.path.clone().filter(|_| v.backend == Backend::Uring),
                         meta: None,
                         actlog: crate::layer::mirror::engine::ActLogConfig {
                             enabled: m.activity_log,

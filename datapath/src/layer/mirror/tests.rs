@@ -27,6 +27,7 @@ fn engine(io: &mut IoCx, role: Role, size: u64) -> (Engine, Arc<MallocDevice>) {
         resync_rate: 1 << 30,
         state_file: None,
         replica_data: Default::default(),
+        replica_path: None,
         meta: None,
         actlog: Default::default(),
     };

@@ -262,9 +262,21 @@ impl Engine {
         self.fence("the replica state cannot be persisted");
     }
 
-    /// A clean stop: persist the exact state and wait until it is on disk.
+    /// A clean stop: persist the exact state and wait until it is on disk. The state calls
+    /// the stop clean (no update unconfirmed: the replica holds exactly what the state says)
+    /// only once the replica's device has flushed: its writes acknowledged without FUA may
+    /// still sit in its cache, which a power loss after the stop would drop. If it cannot be
+    /// flushed, the stop is saved as unclean (the next session reconciles the replica).
     pub(super) fn persist_clean_stop(&mut self) {
-        let g = self.persist(true);
+        let flushed = match &self.cfg.replica_path {
+            Some(p) => std::fs::File::open(p).and_then(|f| f.sync_data()),
+            None => Ok(()),
+        };
+        if let Err(e) = &flushed {
+            tracing::error!(volume = %self.cfg.name, error = %e,
+                "mirror: the replica's device could not be flushed at the stop; the stop is                  saved as unclean, and the next session reconciles this replica");
+        }
+        let g = self.persist(flushed.is_ok());
         if g == 0 {
             return;
         }

@@ -196,6 +196,9 @@ pub struct EngineConfig {
     pub state_file: Option<std::path::PathBuf>,
     /// What survives of the replica's data at a restart (durable.rs, `state_not_of_this_data`).
     pub replica_data: super::state::ReplicaData,
+    /// The replica's file or block device, when it outlives the process: a clean stop flushes
+    /// it before the state calls the stop clean (`None`: RAM, or a test's device).
+    pub replica_path: Option<std::path::PathBuf>,
     /// Replicated metadata (reservations) of the volume, when a front end keeps any.
     pub meta: Option<Arc<dyn MetaHandler>>,
     /// The activity log (actlog.rs; kept by a leader with a state file).

@@ -98,6 +98,7 @@ fn site(role: Role, timeout: Duration) -> Site {
         resync_rate: 1 << 30,
         state_file: None,
         replica_data: Default::default(),
+        replica_path: None,
         meta: None,
         actlog: Default::default(),
     };
