@@ -667,3 +667,104 @@ fn an_unrelated_write_does_not_wait_for_a_slow_sector_at_the_peer() {
     eprintln!("the slow write answered {e1}");
     stop_and_compare(p, "replicas differ");
 }
+
+/// The resync target is stopped while its last copy is slow beyond the stop deadline (after
+/// RESYNC_DONE came): the copy fails at the deadline, the stop ends, and the next start is
+/// resynced again, never "up" without the copy.
+#[test]
+fn a_resync_target_stopped_with_a_slow_copy_is_resynced_again() {
+    let mut p = pair(true, "", "");
+    p.b.kill();
+    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    assert_eq!(c.write(S, &pattern(3, 4096)), 0);
+    let text = std::fs::read_to_string(&p.b.config).unwrap();
+    std::fs::write(
+        &p.b.config,
+        format!("{text}slow_range=[{S}, 4096]\nslow_ms=60000\n"),
+    )
+    .unwrap();
+    p.b = respawn(p.b);
+    wait_mirror_state(&p.b, "resyncing", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    assert!(p.b.stop(), "the target's stop failed or hung");
+    eprintln!("the target stopped in {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert_eq!(mirror_state(&p.a), "survivor");
+    assert_eq!(c.write(S + 4096, &pattern(4, 4096)), 0);
+    repair(&p.b);
+    p.b = respawn(p.b);
+    wait_mirror_state(&p.a, "up", Duration::from_secs(10));
+    wait_mirror_state(&p.b, "up", Duration::from_secs(10));
+    assert!(
+        read_at(&p.b, S, 4096) == pattern(3, 4096),
+        "the target lacks the copy"
+    );
+    stop_and_compare(p, "replicas differ after the second resync");
+}
+
+/// A planned switchover while a host's flush at each site waits for its slow flushes (both
+/// devices flush slowly): the switchover completes (flushes are not sequenced updates), both
+/// flushes are answered with success, and writes at both sites go on under the new leader.
+#[test]
+fn a_switchover_with_slow_flushes_at_both_sites_answers_them() {
+    let p = pair(
+        true,
+        "slow_flush=true\nslow_ms=1500",
+        "slow_flush=true\nslow_ms=1500",
+    );
+    let mut ca = Client::connect(p.a.addr, "vol0", false);
+    let mut cb = Client::connect(p.b.addr, "vol0", false);
+    assert_eq!(ca.write(0, &pattern(1, 4096)), 0);
+    assert_eq!(cb.write(4096, &pattern(2, 4096)), 0);
+    ca.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
+    cb.send_request(cmd::FLUSH, 0, 8, 0, 0, &[]);
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let r = p.a.rpc_with(
+        "mirror_switchover",
+        serde_json::json!({"volume": "vol0", "to": "b", "wait_s": 10.0}),
+    );
+    eprintln!("the switchover answered after {:?}: {r}", t.elapsed());
+    assert!(r["error"].is_null(), "the switchover failed: {r}");
+    let (k, e, _) = ca.read_reply(0);
+    assert_eq!((k, e), (7, 0), "a's flush");
+    let (k, e, _) = cb.read_reply(0);
+    assert_eq!((k, e), (8, 0), "b's flush");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert_eq!(p.b.rpc("mirror_status")[0]["role"], "leader");
+    assert_eq!(ca.write(8192, &pattern(3, 4096)), 0);
+    assert_eq!(cb.write(12288, &pattern(4, 4096)), 0);
+    for s in [&p.a, &p.b] {
+        assert!(read_at(s, 0, 16384)[8192..12288] == pattern(3, 4096)[..]);
+    }
+    stop_and_compare(p, "replicas differ");
+}
+
+/// The follower's apply of a forwarded write is slow when a switchover to it is asked: the
+/// drain waits for it (under 5 s), then the follower leads; the write completes, and a write
+/// at the old leader right after the switch is ordered after it.
+#[test]
+fn a_switchover_waits_for_a_slow_apply_at_the_new_leader() {
+    let p = pair(true, "", &format!("slow_range=[{S}, 4096]\nslow_ms=1500"));
+    let mut cb = Client::connect(p.b.addr, "vol0", false);
+    send_write(&mut cb, 1, S, &pattern(1, 4096));
+    std::thread::sleep(Duration::from_millis(100));
+    let r = p.a.rpc_with(
+        "mirror_switchover",
+        serde_json::json!({"volume": "vol0", "to": "b", "wait_s": 10.0}),
+    );
+    assert!(r["error"].is_null(), "the switchover failed: {r}");
+    let mut ca = Client::connect(p.a.addr, "vol0", false);
+    assert_eq!(ca.write(S, &pattern(2, 4096)), 0);
+    assert_eq!(answers(&mut cb, 1)[&1], 0);
+    for s in [&p.a, &p.b] {
+        assert!(
+            read_at(s, S, 4096) == pattern(2, 4096),
+            "the later write is not the content at {}",
+            s.config.display()
+        );
+    }
+    stop_and_compare(p, "replicas differ");
+}
