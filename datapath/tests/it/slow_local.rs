@@ -768,3 +768,53 @@ fn a_switchover_waits_for_a_slow_apply_at_the_new_leader() {
     }
     stop_and_compare(p, "replicas differ");
 }
+
+/// A compare-and-write at the follower miscompares against W, the leader's newer write, which
+/// the follower is still applying (slow sector); the leader is then killed. The follower
+/// answers a forwarded MISCOMPARE only once it has applied what the compare saw
+/// (docs/mirror-protocol.md, "Compare and write"), so a host that re-reads at the follower,
+/// now the survivor, sees the data it failed against, not the older data it compared with.
+#[test]
+fn after_a_miscompare_the_follower_serves_what_the_compare_saw_even_when_the_leader_dies() {
+    use twinblk_tools::nvmf::{Controller, sc};
+    const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
+    let mut p = pair(true, "", &format!("slow_range=[{S}, 4096]\nslow_ms=3000"));
+    let w = pattern(1, 4096);
+    let mut ca = Client::connect(p.a.addr, "vol0", false);
+    send_write(&mut ca, 1, S, &w);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut cb = Controller::connect(p.b.nvmf_addr, NQN, &crate::nvmf_fused_resv::host(2)).unwrap();
+    let bs = cb.ns_info(1).unwrap().block_size;
+    let mut q = cb.io_queue(1, 8).unwrap();
+    let caw = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = q
+            .compare_and_write(
+                1,
+                S / u64::from(bs),
+                &vec![0u8; 4096],
+                &pattern(2, 4096),
+                bs,
+            )
+            .unwrap();
+        (r, t.elapsed(), q)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    p.a.kill();
+    let (r, took, _q) = caw.join().unwrap();
+    eprintln!("the compare-and-write answered {r:x?} after {took:?}");
+    assert_eq!(
+        r,
+        (sc::COMPARE_FAILURE, sc::FUSED_FAILED),
+        "it compared against W"
+    );
+    wait_mirror_state(&p.b, "survivor", Duration::from_secs(5));
+    let got = read_at(&p.b, S, 4096);
+    assert!(
+        got == w,
+        "after the miscompare the follower served the data the host compared with (W is {} \
+         there yet)",
+        if got == w { "" } else { "not" }
+    );
+    drop(ca);
+}

@@ -408,9 +408,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Follower: answer the MISCOMPAREs whose seq the applied watermark reached.
+    /// Follower: answer the MISCOMPAREs whose updates up to their seq are applied here: in
+    /// the session that is up, those the applied watermark reached; of an ended session, those
+    /// with no update at or below their seq still queued or running (every one of them was
+    /// received before the MISCOMPARE; one that failed fails the replica).
     pub(super) fn release_miscompares(&mut self) {
-        let due = self.follower.miscompares_due(self.aq.applied.wm, false);
+        let (aq, sess) = (&self.aq, &self.sess);
+        let due = self.follower.miscompares_due(|session, seq| {
+            if sess.up && session == sess.number {
+                aq.applied.wm >= seq
+            } else {
+                !aq.active()
+                    .any(|(_, a)| a.session == session && a.seq != 0 && a.seq <= seq)
+            }
+        });
         self.answer_miscompares(due);
     }
 

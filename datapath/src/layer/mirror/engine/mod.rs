@@ -1227,9 +1227,9 @@ impl Engine {
         }
         if ap.session == self.sess.number && ap.seq != 0 && r.is_ok() {
             self.aq.applied.mark(ap.seq);
-            if self.follower.miscompares_waiting() {
-                self.release_miscompares();
-            }
+        }
+        if ap.seq != 0 && self.follower.miscompares_waiting() {
+            self.release_miscompares();
         }
         if self.ops[k].origin == Origin::Resync {
             if self.ops[k].upd == Upd::ResyncRead {
