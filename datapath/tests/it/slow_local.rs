@@ -168,8 +168,9 @@ fn respawn(mut s: Server) -> Server {
     s.kill();
     let text = std::fs::read_to_string(&s.config).unwrap();
     let port: u16 = text
-        .split("listen=['127.0.0.1:")
+        .split("[mirror]")
         .nth(1)
+        .and_then(|m| m.split("listen=['127.0.0.1:").nth(1))
         .and_then(|r| r.split('\'').next())
         .and_then(|p| p.parse().ok())
         .expect("the replication port");
@@ -817,4 +818,115 @@ fn after_a_miscompare_the_follower_serves_what_the_compare_saw_even_when_the_lea
         if got == w { "" } else { "not" }
     );
     drop(ca);
+}
+
+/// Volume `db` of group `vm1` fails late at the leader (its device slow, then EIO, over one
+/// block), volume `log` of the same group is healthy: `db` fails over to the follower, `log`
+/// keeps mirroring (writes at both sites), and a restart of the leader with a working device
+/// resyncs `db`; both volumes end identical.
+#[test]
+fn a_late_failure_of_one_volume_of_a_group_leaves_the_other_mirroring() {
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let key = root.path().join("witness.key");
+    std::fs::write(&key, KEY).unwrap();
+    let body = |me: &str, peer: &str, listen: u16, peer_port: u16, faults: &str| {
+        let state = root.path().join(format!("state-{me}"));
+        std::fs::create_dir_all(&state).unwrap();
+        let mut b = format!(
+            "[reactor]\ncores=[0]\npin=false\n\
+             [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
+             peer='127.0.0.1:{peer_port}'\npeer_dead_ms=400\nstate_dir='{}'\n\
+             witness='{}'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n",
+            state.display(),
+            w.addr,
+            key.display()
+        );
+        for v in ["db", "log"] {
+            b += &format!(
+                "[[volume]]\nname='{v}'\nbackend='uring'\nsize='4MiB'\npath='{}'\nmirror=true\n\
+                 leader='a'\ngroup='vm1'\n{}\n",
+                root.path().join(format!("{me}-{v}.img")).display(),
+                if v == "db" { faults } else { "" }
+            );
+        }
+        b
+    };
+    let mk = |me: &str, peer: &str, l: u16, p: u16, faults: &str| {
+        let d = root.path().join(me);
+        std::fs::create_dir_all(&d).unwrap();
+        Server::start(&d, &body(me, peer, l, p, faults))
+    };
+    let state = |s: &Server, i: usize| -> String {
+        s.rpc("mirror_status")[i]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let wait = |s: &Server, i: usize, want: &str| {
+        let t = Instant::now();
+        while state(s, i) != want {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "volume {i} at {}: {}, wanted {want}",
+                s.config.display(),
+                state(s, i)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let a = mk(
+        "a",
+        "b",
+        pa,
+        pb,
+        &format!(
+            "slow_range=[{S}, 4096]\nslow_ms=700\nfail_range=[{S}, 4096]\nfail_writes_only=true"
+        ),
+    );
+    let b = mk("b", "a", pb, pa, "");
+    for i in 0..2 {
+        wait(&a, i, "up");
+        wait(&b, i, "up");
+    }
+    let mut db = Client::connect(a.addr, "db", false);
+    send_write(&mut db, 1, S, &pattern(1, 4096));
+    wait(&a, 0, "failed");
+    wait(&b, 0, "survivor");
+    let e = answers(&mut db, 1)[&1];
+    eprintln!("the write that failed late answered {e}");
+    let mut dbb = Client::connect(b.addr, "db", false);
+    assert_eq!(dbb.write(0, &pattern(2, 4096)), 0, "db at the survivor");
+    // log: still mirrored, written at both sites.
+    assert_eq!(state(&a, 1), "up");
+    assert_eq!(state(&b, 1), "up");
+    let mut la = Client::connect(a.addr, "log", false);
+    let mut lb = Client::connect(b.addr, "log", false);
+    let t = Instant::now();
+    assert_eq!(la.write(0, &pattern(3, 4096)), 0, "log at a");
+    assert_eq!(lb.write(4096, &pattern(4, 4096)), 0, "log at b");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop((db, dbb, la, lb));
+    let mut a = a;
+    let text = std::fs::read_to_string(&a.config).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("slow_") && !l.starts_with("fail_"))
+        .collect();
+    std::fs::write(&a.config, kept.join("\n") + "\n").unwrap();
+    a = respawn(a);
+    for i in 0..2 {
+        wait(&a, i, "up");
+        wait(&b, i, "up");
+    }
+    let mut b = b;
+    assert!(a.stop() && b.stop(), "clean stops");
+    for v in ["db", "log"] {
+        same_files(
+            &root.path().join(format!("a-{v}.img")),
+            &root.path().join(format!("b-{v}.img")),
+            &format!("{v}: replicas differ"),
+        );
+    }
 }
