@@ -930,3 +930,100 @@ fn a_late_failure_of_one_volume_of_a_group_leaves_the_other_mirroring() {
         );
     }
 }
+
+/// The survivor's device is slow on a block a writer keeps rewriting (QD1) while the returning
+/// follower is resynced: every resync read of that region waits behind a slow write, and the
+/// region is dirty again after each; the resync still ends (its last pass defers the writer),
+/// and the last acknowledged write is the content at both sites.
+#[test]
+fn a_resync_ends_under_a_writer_on_a_slow_block_of_the_source() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut p = pair(true, &format!("slow_range=[{S}, 4096]\nslow_ms=150"), "");
+    p.b.kill();
+    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = Arc::clone(&stop);
+    let addr = p.a.addr;
+    let writer = std::thread::spawn(move || {
+        let mut c = Client::connect(addr, "vol0", false);
+        let mut last = None;
+        let mut i = 0u64;
+        while !s2.load(Ordering::SeqCst) {
+            i += 1;
+            if c.write(S, &pattern(100 + i, 4096)) == 0 {
+                last = Some(i);
+            }
+        }
+        last
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    p.b = respawn(p.b);
+    let t = Instant::now();
+    wait_mirror_state(&p.b, "up", Duration::from_secs(15));
+    wait_mirror_state(&p.a, "up", Duration::from_secs(5));
+    eprintln!("resynced in {:?} under the writer", t.elapsed());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let last = writer.join().unwrap().expect("writes acknowledged");
+    for s in [&p.a, &p.b] {
+        assert!(
+            read_at(s, S, 4096) == pattern(100 + last, 4096),
+            "the last acknowledged write is not the content at {}",
+            s.config.display()
+        );
+    }
+    stop_and_compare(p, "replicas differ");
+}
+
+/// A site killed while its own apply of W1 is slow and restarted at once (state 5, in sync but
+/// stopped uncleanly): the reconciliation leaves both replicas identical, W1's outcome being
+/// either (it was never acknowledged: a write at the killed site's peer answers it).
+fn a_quick_kill_during_a_slow_apply(kill_leader: bool) {
+    let slow = format!("slow_range=[{S}, 4096]\nslow_ms=2000");
+    let (fa, fb) = if kill_leader {
+        (&slow[..], "")
+    } else {
+        ("", &slow[..])
+    };
+    let mut p = pair(true, fa, fb);
+    let w1 = pattern(1, 4096);
+    // The write comes in at the site that stays.
+    let stays = if kill_leader { p.b.addr } else { p.a.addr };
+    let mut c = Client::connect(stays, "vol0", false);
+    send_write(&mut c, 1, S, &w1);
+    std::thread::sleep(Duration::from_millis(300));
+    if kill_leader {
+        p.a = respawn(p.a);
+    } else {
+        p.b = respawn(p.b);
+    }
+    let e = answers(&mut c, 1)[&1];
+    eprintln!("W1 answered {e}");
+    let t = Instant::now();
+    while !(mirror_state(&p.a) == "up" && mirror_state(&p.b) == "up") {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "never both up: a {}, b {}",
+            mirror_state(&p.a),
+            mirror_state(&p.b)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (at_a, at_b) = (read_at(&p.a, S, 4096), read_at(&p.b, S, 4096));
+    assert!(at_a == at_b, "both up, different data at W1's block");
+    if e == 0 {
+        assert!(at_a == w1, "W1 was acknowledged and is lost");
+    }
+    std::thread::sleep(Duration::from_millis(2000));
+    stop_and_compare(p, "replicas differ");
+}
+
+#[test]
+fn a_leader_killed_during_its_slow_apply_and_restarted_at_once_is_reconciled() {
+    a_quick_kill_during_a_slow_apply(true);
+}
+
+#[test]
+fn a_follower_killed_during_its_slow_apply_and_restarted_at_once_is_reconciled() {
+    a_quick_kill_during_a_slow_apply(false);
+}
