@@ -19,9 +19,10 @@ use twinblk::frontend::nbd::proto::cmd;
 /// an 8 KiB write from it spans two regions, only the first of which is slow.
 const S: u64 = 60 << 10;
 
-/// One site of vol0 (16 MiB file, leader `a`, `state_dir`), its volume table extended by
-/// `faults` (the fault layer's keys), dialling `peer_port` unless it leads; with a witness when
-/// `witness` is given.
+/// One site of vol0 (16 MiB file, leader `a`, `state_dir`), its `[mirror]` table extended by
+/// `mirror` and its volume table by `faults` (the fault layer's keys), dialling `peer_port`
+/// unless it leads; with a witness when `witness` is given.
+#[allow(clippy::too_many_arguments)]
 fn site(
     root: &Path,
     me: &str,
@@ -29,6 +30,7 @@ fn site(
     listen: u16,
     peer_port: u16,
     witness: Option<SocketAddr>,
+    mirror: &str,
     faults: &str,
 ) -> Server {
     let d = root.join(me);
@@ -46,7 +48,7 @@ fn site(
             "[reactor]\ncores=[0]\npin=false\n\
              [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
              peer='127.0.0.1:{peer_port}'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
-             witness_key_file='{}'\nstate_dir='{}'\n{witness}\
+             witness_key_file='{}'\nstate_dir='{}'\n{witness}{mirror}\n\
              [[volume]]\nname='vol0'\nbackend='uring'\nsize='16MiB'\npath='{}'\nmirror=true\n\
              leader='a'\n{faults}\n",
             key.display(),
@@ -128,6 +130,11 @@ struct Pair {
 }
 
 fn pair(witness: bool, faults_a: &str, faults_b: &str) -> Pair {
+    pair_with(witness, "", faults_a, faults_b)
+}
+
+/// As [`pair`], both `[mirror]` tables extended by `mirror`.
+fn pair_with(witness: bool, mirror: &str, faults_a: &str, faults_b: &str) -> Pair {
     let root = tempfile::tempdir().unwrap();
     let w = witness.then(|| WitnessProc::start(root.path(), KEY, None));
     let wa = w.as_ref().map(|w| w.addr);
@@ -135,8 +142,8 @@ fn pair(witness: bool, faults_a: &str, faults_b: &str) -> Pair {
     let relay_l = TcpListener::bind("127.0.0.1:0").unwrap();
     let pr = relay_l.local_addr().unwrap().port();
     let relay = Relay::start(relay_l, SocketAddr::from(([127, 0, 0, 1], pa)));
-    let a = site(root.path(), "a", "b", pa, pb, wa, faults_a);
-    let b = site(root.path(), "b", "a", pb, pr, wa, faults_b);
+    let a = site(root.path(), "a", "b", pa, pb, wa, mirror, faults_a);
+    let b = site(root.path(), "b", "a", pb, pr, wa, mirror, faults_b);
     wait_mirror_state(&a, "up", Duration::from_secs(10));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
     Pair {
@@ -1026,4 +1033,84 @@ fn a_leader_killed_during_its_slow_apply_and_restarted_at_once_is_reconciled() {
 #[test]
 fn a_follower_killed_during_its_slow_apply_and_restarted_at_once_is_reconciled() {
     a_quick_kill_during_a_slow_apply(false);
+}
+
+/// A switchover to the follower is asked while the follower's apply of a write is slow and
+/// then fails: the drain ends with the session, the switchover is rolled back, the leader is
+/// granted and serves alone; the follower, restarted with a working device, is resynced and
+/// the old leader still leads.
+#[test]
+fn a_late_failure_at_the_follower_during_a_switchover_drain_rolls_it_back() {
+    let mut p = pair(
+        true,
+        "",
+        &format!(
+            "slow_range=[{S}, 4096]\nslow_ms=1000\nfail_range=[{S}, 4096]\nfail_writes_only=true"
+        ),
+    );
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    send_write(&mut c, 1, S, &pattern(1, 4096));
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let r = p.a.rpc_with(
+        "mirror_switchover",
+        serde_json::json!({"volume": "vol0", "to": "b", "wait_s": 10.0}),
+    );
+    eprintln!("the switchover answered after {:?}: {r}", t.elapsed());
+    assert!(
+        !r["error"].is_null(),
+        "a switchover to a failed replica: {r}"
+    );
+    assert_eq!(answers(&mut c, 1)[&1], 0, "the write failed at the leader");
+    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "failed", Duration::from_secs(5));
+    assert_eq!(c.write(S + 4096, &pattern(2, 4096)), 0);
+    repair(&p.b);
+    p.b = respawn(p.b);
+    wait_mirror_state(&p.a, "up", Duration::from_secs(10));
+    wait_mirror_state(&p.b, "up", Duration::from_secs(10));
+    assert_eq!(p.a.rpc("mirror_status")[0]["role"], "leader");
+    assert_eq!(p.b.rpc("mirror_status")[0]["role"], "follower");
+    assert!(read_at(&p.b, S, 4096) == pattern(1, 4096));
+    stop_and_compare(p, "replicas differ after the resync");
+}
+
+/// A few seconds of one slow sector at the follower while a host writes at the leader with
+/// more in flight than `max_backlog_mib` (8 MiB here; 256 MiB by default): the follower
+/// applies every later update at once, but its cumulative acknowledgement waits for the slow
+/// one, so the leader's backlog of unacknowledged updates would pass the limit. The leader
+/// holds the updates that do not fit until acknowledgements make room, and once the sector is
+/// quick again they go on: the pair is mirroring, not `diverged` (it was: every write failed
+/// at once and the leader refused sessions until an operator gave the follower a new replica).
+#[test]
+fn a_short_slow_sector_at_the_follower_never_leaves_the_volume_diverged() {
+    let p = pair_with(
+        true,
+        "max_backlog_mib=8",
+        "",
+        &format!("slow_range=[{S}, 4096]\nslow_ms=3000"),
+    );
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    send_write(&mut c, 1, S, &pattern(1, 4096));
+    std::thread::sleep(Duration::from_millis(100));
+    // 14 MiB in flight behind it, elsewhere.
+    for i in 0..14u64 {
+        send_write(&mut c, 2 + i, (1 + i) << 20, &pattern(2 + i, 1 << 20));
+    }
+    let got = answers(&mut c, 15);
+    let failed = got.values().filter(|&&e| e != 0).count();
+    assert_eq!(failed, 0, "writes failed while the follower was slow");
+    std::thread::sleep(Duration::from_millis(500));
+    let st = p.a.rpc("mirror_status")[0].clone();
+    eprintln!("a: {st}");
+    let t = Instant::now();
+    let e = c.write(0, &pattern(99, 4096));
+    assert!(
+        e == 0,
+        "a write {:?} after the slow sector passed answered {e}: state {}",
+        t.elapsed(),
+        st["state"]
+    );
+    wait_mirror_state(&p.b, "up", Duration::from_secs(5));
+    stop_and_compare(p, "replicas differ");
 }

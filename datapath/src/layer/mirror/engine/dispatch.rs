@@ -277,6 +277,7 @@ impl Engine {
                 // Leader: the highest seq given; follower: the highest seq received.
                 self.sess.on_ack(h.seq)?;
                 self.on_peer_wm();
+                self.release_room_wait(io);
             }
             Flush => {
                 let k = self.new_peer_op(Origin::PeerFlush(h.id), Upd::Flush, h, Data::default());

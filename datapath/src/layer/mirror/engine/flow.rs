@@ -33,7 +33,33 @@ impl Engine {
             return;
         }
         if self.leader.take(k) {
-            self.leader_start(io, k);
+            if self.backlog_room(k) {
+                self.leader_start(io, k);
+            } else {
+                self.leader.wait(k);
+                self.leader.room_wait = true;
+            }
+        }
+    }
+
+    /// Leader: whether `k` may be sequenced now as far as the backlog goes. While the session
+    /// is up the backlog only grows while the follower is slow to acknowledge (a slow
+    /// device there holds its cumulative watermark back), so an update that would take it past
+    /// `max_backlog` waits until acknowledgements make room; a backlog over the limit means
+    /// divergence only when the peer is away. (An empty backlog takes any update: one update
+    /// is at most one message, and the limit is at least that.)
+    fn backlog_room(&self, k: usize) -> bool {
+        !self.sess.up
+            || self.leader.backlog_len() == 0
+            || self.leader.backlog_bytes() + self.ops[k].data.len() as u64 <= self.cfg.max_backlog
+    }
+
+    /// Leader: start the updates that waited for room in the backlog, as far as there is
+    /// room now (after acknowledgements, or the session's end; during a switchover's drain
+    /// too, like those a compare-and-write held: they were taken before it).
+    pub(super) fn release_room_wait(&mut self, io: &mut IoCx) {
+        if self.leader.room_wait && self.role == Role::Leader {
+            self.release_barrier(io);
         }
     }
 
@@ -59,7 +85,12 @@ impl Engine {
             return;
         }
         self.al.blocked = false;
+        self.leader.room_wait = false;
         while let Some(k) = self.leader.peek_unblocked() {
+            if !self.backlog_room(k) {
+                self.leader.room_wait = true;
+                return;
+            }
             if !self.al_admit(k) {
                 self.al.blocked = true;
                 return;
