@@ -1114,3 +1114,64 @@ fn a_short_slow_sector_at_the_follower_never_leaves_the_volume_diverged() {
     wait_mirror_state(&p.b, "up", Duration::from_secs(5));
     stop_and_compare(p, "replicas differ");
 }
+
+/// Both devices flush slowly (60 s), nothing is written: the clean stop of each site ends at
+/// once, well within its deadline (no flush of its own waits).
+#[test]
+fn an_idle_pair_with_slow_flushes_stops_at_once() {
+    let mut p = pair(
+        true,
+        "slow_flush=true\nslow_ms=60000",
+        "slow_flush=true\nslow_ms=60000",
+    );
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    assert_eq!(c.write(0, &pattern(1, 4096)), 0);
+    drop(c);
+    for s in [&mut p.b, &mut p.a] {
+        let t = Instant::now();
+        assert!(s.stop(), "the stop failed");
+        eprintln!("stopped in {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "the stop took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+/// The follower's device never completes a flush (a volatile cache; `slow_flush` with a long
+/// `slow_ms`). A write is acknowledged (applied at both sites, never flushed), the follower is
+/// stopped cleanly, and then loses power: its device drops the write it never flushed
+/// (emulated by putting the block back to what the device held before). After its restart the
+/// two sites must not both be "up" with different data there: the clean stop vouched for a
+/// replica it never made durable.
+#[test]
+#[ignore = "defect: a clean stop records the replica in sync and clean (and a leader's \
+            activity log empty) without flushing the replica's device, so a power loss after \
+            the stop can drop acknowledged, unflushed writes at that site while the next \
+            session is normal mirroring: both sites up, different data, the stale one served. \
+            A fix flushes the device before the clean state is written (the stop path, not \
+            contained here)"]
+fn a_clean_stop_makes_the_replica_durable_before_calling_it_clean() {
+    let mut p = pair(true, "", "slow_flush=true\nslow_ms=600000");
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    let w = pattern(5, 4096);
+    assert_eq!(c.write(S, &w), 0);
+    drop(c);
+    assert!(p.b.stop(), "b's clean stop");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(p.root.path().join("b.img"))
+            .unwrap();
+        f.write_all_at(&[0u8; 4096], S).unwrap();
+    }
+    p.b = respawn(p.b);
+    wait_mirror_state(&p.a, "up", Duration::from_secs(10));
+    wait_mirror_state(&p.b, "up", Duration::from_secs(10));
+    assert!(
+        read_at(&p.b, S, 4096) == w,
+        "the follower, up and in sync, serves older data than an acknowledged write"
+    );
+}
