@@ -1175,3 +1175,35 @@ fn a_clean_stop_makes_the_replica_durable_before_calling_it_clean() {
         "the follower, up and in sync, serves older data than an acknowledged write"
     );
 }
+
+/// Updates waiting for room in the backlog (the follower slow, 8 MiB limit, 14 MiB in flight)
+/// when the link is cut: the leader, granted, applies them alone and acknowledges every one
+/// (the volume never diverges), and the resync after the heal leaves identical replicas.
+#[test]
+fn updates_waiting_for_backlog_room_are_served_by_the_survivor_after_a_cut() {
+    let p = pair_with(
+        true,
+        "max_backlog_mib=8",
+        "",
+        &format!("slow_range=[{S}, 4096]\nslow_ms=3000"),
+    );
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    send_write(&mut c, 1, S, &pattern(1, 4096));
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..14u64 {
+        send_write(&mut c, 2 + i, (1 + i) << 20, &pattern(2 + i, 1 << 20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    p.relay.cut();
+    let got = answers(&mut c, 15);
+    let failed: Vec<_> = got.iter().filter(|(_, e)| **e != 0).collect();
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    assert_eq!(mirror_state(&p.a), "survivor");
+    p.relay.heal();
+    wait_mirror_state(&p.a, "up", Duration::from_secs(10));
+    wait_mirror_state(&p.b, "up", Duration::from_secs(10));
+    for i in 0..14u64 {
+        assert!(read_at(&p.b, (1 + i) << 20, 4096) == pattern(2 + i, 1 << 20)[..4096]);
+    }
+    stop_and_compare(p, "replicas differ after the resync");
+}

@@ -56,9 +56,14 @@ impl Engine {
 
     /// Leader: start the updates that waited for room in the backlog, as far as there is
     /// room now (after acknowledgements, or the session's end; during a switchover's drain
-    /// too, like those a compare-and-write held: they were taken before it).
+    /// too, like those a compare-and-write held: they were taken before it). With the link
+    /// down and a witness they keep waiting: its answer settles them (the survivor applies
+    /// them alone, a fence fails them), as it settles the backlog.
     pub(super) fn release_room_wait(&mut self, io: &mut IoCx) {
-        if self.leader.room_wait && self.role == Role::Leader {
+        if self.leader.room_wait
+            && self.role == Role::Leader
+            && (self.sess.up || self.cfg.failover.is_none())
+        {
             self.release_barrier(io);
         }
     }
