@@ -45,5 +45,6 @@ mod reactor_wait;
 mod read_only;
 mod runtime;
 mod shutdown;
+mod slow_local;
 mod soak_history;
 mod switchover;

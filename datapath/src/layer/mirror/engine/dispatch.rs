@@ -91,9 +91,13 @@ impl Engine {
         self.witness.link_lost();
         self.fail_held();
         self.fail_metas();
-        // The MISCOMPAREs still waiting: their outcome is final.
-        let due = self.follower.session_ended();
-        self.answer_miscompares(due);
+        // The MISCOMPAREs still waiting: their outcome is final, answered once the updates
+        // they compared against, still being applied here, are (a host that re-reads after a
+        // miscompare sees what it failed against, even at this site as the survivor).
+        self.follower.session_ended();
+        if self.follower.miscompares_waiting() {
+            self.release_miscompares();
+        }
         // Forwards still waiting behind a compare-and-write: the follower sends them again.
         for k in self.leader.session_ended(&self.ops) {
             let op = self.ops.remove(k);
@@ -262,7 +266,8 @@ impl Engine {
                 } else {
                     // Answered once this site has what the leader compared against.
                     op.applying += 1;
-                    self.follower.wait_miscompare(k, uid, h.seq);
+                    self.follower
+                        .wait_miscompare(k, uid, self.sess.number, h.seq);
                 }
             }
             Resent if !leader => {
@@ -272,6 +277,7 @@ impl Engine {
                 // Leader: the highest seq given; follower: the highest seq received.
                 self.sess.on_ack(h.seq)?;
                 self.on_peer_wm();
+                self.release_room_wait(io);
             }
             Flush => {
                 let k = self.new_peer_op(Origin::PeerFlush(h.id), Upd::Flush, h, Data::default());

@@ -33,7 +33,38 @@ impl Engine {
             return;
         }
         if self.leader.take(k) {
-            self.leader_start(io, k);
+            if self.backlog_room(k) {
+                self.leader_start(io, k);
+            } else {
+                self.leader.wait(k);
+                self.leader.room_wait = true;
+            }
+        }
+    }
+
+    /// Leader: whether `k` may be sequenced now as far as the backlog goes. While the session
+    /// is up the backlog only grows while the follower is slow to acknowledge (a slow
+    /// device there holds its cumulative watermark back), so an update that would take it past
+    /// `max_backlog` waits until acknowledgements make room; a backlog over the limit means
+    /// divergence only when the peer is away. (An empty backlog takes any update: one update
+    /// is at most one message, and the limit is at least that.)
+    fn backlog_room(&self, k: usize) -> bool {
+        !self.sess.up
+            || self.leader.backlog_len() == 0
+            || self.leader.backlog_bytes() + self.ops[k].data.len() as u64 <= self.cfg.max_backlog
+    }
+
+    /// Leader: start the updates that waited for room in the backlog, as far as there is
+    /// room now (after acknowledgements, or the session's end; during a switchover's drain
+    /// too, like those a compare-and-write held: they were taken before it). With the link
+    /// down and a witness they keep waiting: its answer settles them (the survivor applies
+    /// them alone, a fence fails them), as it settles the backlog.
+    pub(super) fn release_room_wait(&mut self, io: &mut IoCx) {
+        if self.leader.room_wait
+            && self.role == Role::Leader
+            && (self.sess.up || self.cfg.failover.is_none())
+        {
+            self.release_barrier(io);
         }
     }
 
@@ -59,7 +90,12 @@ impl Engine {
             return;
         }
         self.al.blocked = false;
+        self.leader.room_wait = false;
         while let Some(k) = self.leader.peek_unblocked() {
+            if !self.backlog_room(k) {
+                self.leader.room_wait = true;
+                return;
+            }
             if !self.al_admit(k) {
                 self.al.blocked = true;
                 return;
@@ -408,9 +444,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Follower: answer the MISCOMPAREs whose seq the applied watermark reached.
+    /// Follower: answer the MISCOMPAREs whose updates up to their seq are applied here: in
+    /// the session that is up, those the applied watermark reached; of an ended session, those
+    /// with no update at or below their seq still queued or running (every one of them was
+    /// received before the MISCOMPARE; one that failed fails the replica).
     pub(super) fn release_miscompares(&mut self) {
-        let due = self.follower.miscompares_due(self.aq.applied.wm, false);
+        let (aq, sess) = (&self.aq, &self.sess);
+        let due = self.follower.miscompares_due(|session, seq| {
+            if sess.up && session == sess.number {
+                aq.applied.wm >= seq
+            } else {
+                !aq.active()
+                    .any(|(_, a)| a.session == session && a.seq != 0 && a.seq <= seq)
+            }
+        });
         self.answer_miscompares(due);
     }
 

@@ -1,5 +1,5 @@
 //! Follower: the forwards of this site's updates to the leader, their ids, the wait for the
-//! leader's RESENT, and MISCOMPAREs waiting for the applied watermark.
+//! leader's RESENT, and MISCOMPAREs waiting for the updates the leader compared against.
 //!
 //! Model: a forward keeps its data here; the leader answers with ORDER (its `seq`), a re-sent
 //! WRITE in a later session (claimed as that forward's order), or MISCOMPARE. [`Follower`]
@@ -38,8 +38,9 @@ pub(super) struct Follower {
     next_uid: u32,
     /// The session started and the leader's RESENT has not come yet (no forwards).
     resent_pending: bool,
-    /// MISCOMPAREs answered once the applied watermark reaches their seq: (op, its uid, seq).
-    miscompare_waits: Vec<(usize, u32, u64)>,
+    /// MISCOMPAREs answered once this site has applied every update up to their seq: (op, its
+    /// uid, session, seq).
+    miscompare_waits: Vec<(usize, u32, u32, u64)>,
 }
 
 impl Follower {
@@ -88,10 +89,11 @@ impl Follower {
         self.forwards.iter().copied().collect()
     }
 
-    /// The session ended: returns the MISCOMPAREs to answer now (their outcome is final).
-    pub(super) fn session_ended(&mut self) -> Vec<(usize, u32)> {
+    /// The session ended. (MISCOMPAREs still waiting stay: their outcome is final, but the
+    /// answer waits until the updates the leader compared against, all received here, are
+    /// applied, which the engine tells without the session's watermark.)
+    pub(super) fn session_ended(&mut self) {
         self.resent_pending = false;
-        self.miscompares_due(0, true)
     }
 
     /// The first forward waiting for its ORDER (or MISCOMPARE): its position and key.
@@ -185,9 +187,10 @@ impl Follower {
         }
     }
 
-    /// A MISCOMPARE for forward `k` (id `uid`) at `seq` waits for the applied watermark.
-    pub(super) fn wait_miscompare(&mut self, k: usize, uid: u32, seq: u64) {
-        self.miscompare_waits.push((k, uid, seq));
+    /// A MISCOMPARE for forward `k` (id `uid`) at `seq` of `session` waits until this site
+    /// has applied every update of that session up to `seq`.
+    pub(super) fn wait_miscompare(&mut self, k: usize, uid: u32, session: u32, seq: u64) {
+        self.miscompare_waits.push((k, uid, session, seq));
     }
 
     /// MISCOMPAREs are waiting.
@@ -195,14 +198,17 @@ impl Follower {
         !self.miscompare_waits.is_empty()
     }
 
-    /// The MISCOMPAREs whose seq the applied watermark `wm` reached (all of them with `all`):
-    /// `(op, uid)`, to answer if the op is still that forward.
-    pub(super) fn miscompares_due(&mut self, wm: u64, all: bool) -> Vec<(usize, u32)> {
+    /// The MISCOMPAREs for which `applied(session, seq)` says every update up to their seq is
+    /// applied: `(op, uid)`, to answer if the op is still that forward.
+    pub(super) fn miscompares_due(
+        &mut self,
+        applied: impl Fn(u32, u64) -> bool,
+    ) -> Vec<(usize, u32)> {
         let mut due = Vec::new();
         let mut i = 0;
         while i < self.miscompare_waits.len() {
-            let (k, uid, seq) = self.miscompare_waits[i];
-            if all || seq <= wm {
+            let (k, uid, session, seq) = self.miscompare_waits[i];
+            if applied(session, seq) {
                 self.miscompare_waits.swap_remove(i);
                 due.push((k, uid));
             } else {
@@ -322,15 +328,19 @@ mod tests {
     }
 
     #[test]
-    fn miscompares_are_answered_once_the_watermark_reaches_them() {
+    fn miscompares_are_answered_once_what_they_compared_against_is_applied() {
         let mut f = Follower::new();
-        f.wait_miscompare(1, 11, 5);
-        f.wait_miscompare(2, 12, 3);
-        f.wait_miscompare(3, 13, 9);
+        f.wait_miscompare(1, 11, 2, 5);
+        f.wait_miscompare(2, 12, 2, 3);
+        f.wait_miscompare(3, 13, 2, 9);
         assert!(f.miscompares_waiting());
-        assert_eq!(f.miscompares_due(4, false), vec![(2, 12)]);
-        assert_eq!(f.miscompares_due(4, false), vec![]);
-        let mut rest = f.session_ended();
+        let wm = |_: u32, seq: u64| seq <= 4;
+        assert_eq!(f.miscompares_due(wm), vec![(2, 12)]);
+        assert_eq!(f.miscompares_due(wm), vec![]);
+        // The session ended: still waiting, until the engine says their updates are applied.
+        f.session_ended();
+        assert!(f.miscompares_waiting());
+        let mut rest = f.miscompares_due(|s, _| s == 2);
         rest.sort();
         assert_eq!(rest, vec![(1, 11), (3, 13)]);
         assert!(!f.miscompares_waiting());

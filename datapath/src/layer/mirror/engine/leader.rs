@@ -8,6 +8,9 @@
 //!
 //! - An update is *taken* ([`Leader::take`]): it starts at once unless a compare-and-write is
 //!   being decided or others already wait, then it waits in the `barrier`, in arrival order.
+//!   It waits there too while the session is up and the backlog has no room for it
+//!   (`room_wait`: the follower is slow to acknowledge, the backlog drains as it does; only
+//!   with the link down does a full backlog mean divergence).
 //! - A started update (other than a compare-and-write being decided) is pushed on the
 //!   `backlog` ([`Leader::push_backlog`]) and stays until the follower's watermark passes its
 //!   `seq` in the current session ([`Leader::acked`]).
@@ -41,6 +44,9 @@ pub(super) struct Leader {
     resent_wait: Vec<usize>,
     resent_due: bool,
     diverged: bool,
+    /// Updates wait in the barrier for room in the backlog (the engine releases them as the
+    /// follower's acknowledgements drain it, or when the session ends).
+    pub(super) room_wait: bool,
 }
 
 impl Leader {
@@ -53,6 +59,7 @@ impl Leader {
             resent_wait: Vec::new(),
             resent_due: false,
             diverged: false,
+            room_wait: false,
         }
     }
 
@@ -71,6 +78,18 @@ impl Leader {
     /// this site still applies its last resync copies).
     pub(super) fn wait(&mut self, k: usize) {
         self.barrier.push_back(k);
+    }
+
+    /// Take `k` off the barrier (its initiator gave up before it was sequenced); false when
+    /// it was not waiting there.
+    pub(super) fn unwait(&mut self, k: usize) -> bool {
+        match self.barrier.iter().position(|&w| w == k) {
+            Some(p) => {
+                self.barrier.remove(p);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Updates waiting in the barrier.
@@ -223,6 +242,7 @@ impl Leader {
     /// and the backlog (in order); the engine finishes them alone.
     pub(super) fn survive(&mut self) -> (Vec<usize>, Vec<usize>) {
         self.caw_active = None;
+        self.room_wait = false;
         self.backlog_bytes = 0;
         (
             self.barrier.drain(..).collect(),
@@ -232,6 +252,7 @@ impl Leader {
 
     /// Fenced: forget every list (the engine fails every op).
     pub(super) fn fence(&mut self) {
+        self.room_wait = false;
         self.backlog.clear();
         self.backlog_bytes = 0;
         self.barrier.clear();

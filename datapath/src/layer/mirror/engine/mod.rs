@@ -828,6 +828,7 @@ impl Engine {
         self.release_alone(now);
         self.resync_step(io, now);
         self.expire(now);
+        self.release_room_wait(io);
         if self.leader.is_diverged() && self.leader.backlog_len() > 0 {
             self.drop_backlog();
         }
@@ -1230,9 +1231,9 @@ impl Engine {
         }
         if ap.session == self.sess.number && ap.seq != 0 && r.is_ok() {
             self.aq.applied.mark(ap.seq);
-            if self.follower.miscompares_waiting() {
-                self.release_miscompares();
-            }
+        }
+        if ap.seq != 0 && self.follower.miscompares_waiting() {
+            self.release_miscompares();
         }
         if self.ops[k].origin == Origin::Resync {
             if self.ops[k].upd == Upd::ResyncRead {
@@ -1364,6 +1365,14 @@ impl Engine {
             }
             let (from, tag) = self.ops[k].initiator.take().expect("checked");
             self.done.push((from, tag, Err(Errno::IO)));
+            if self.role == Role::Leader && self.leader.unwait(k) {
+                // Never sequenced (it waited in the barrier, e.g. for room in the backlog):
+                // applied nowhere, dropped, so a follower that stays slow does not make
+                // the waiting updates pile up.
+                let op = self.ops.remove(k);
+                self.recycle(op.data);
+                continue;
+            }
             if self.role == Role::Follower && !self.sess.up && self.follower.remove(k) {
                 // Not re-sent: if the leader sequenced it, the leader re-sends it itself.
                 self.ops[k].stage.abandon();
