@@ -1139,32 +1139,29 @@ fn an_idle_pair_with_slow_flushes_stops_at_once() {
     }
 }
 
-/// The follower's device never completes a flush (a volatile cache; `slow_flush` with a long
-/// `slow_ms`). A write is acknowledged (applied at both sites, never flushed), the follower is
-/// stopped cleanly, and then loses power: its device drops the write it never flushed
-/// (emulated by putting the block back to what the device held before). After its restart the
-/// two sites must not both be "up" with different data there: the clean stop vouched for a
-/// replica it never made durable.
+/// The follower's device never completes a flush through the stack (a volatile cache;
+/// `slow_flush` with a long `slow_ms`), and at its clean stop the flush of the replica's file
+/// (by its path) fails too: here the file is moved away for the stop, as a device may refuse
+/// a flush. A write is acknowledged (applied at both sites, never flushed); after the stop the
+/// follower loses power: its device drops that write (emulated by putting the block back to
+/// what the device held before). The stop must not have called the replica clean: after its
+/// restart the follower is reconciled and serves the write, never "up" with older data. (A
+/// flush that works at the stop cannot be told apart from outside: the write is durable then.)
 #[test]
-#[ignore = "defect: a clean stop records the replica in sync and clean (and a leader's \
-            activity log empty) without flushing the replica's device, so a power loss after \
-            the stop can drop acknowledged, unflushed writes at that site while the next \
-            session is normal mirroring: both sites up, different data, the stale one served. \
-            A fix flushes the device before the clean state is written (the stop path, not \
-            contained here)"]
-fn a_clean_stop_makes_the_replica_durable_before_calling_it_clean() {
+fn a_clean_stop_that_cannot_flush_the_replica_is_not_called_clean() {
     let mut p = pair(true, "", "slow_flush=true\nslow_ms=600000");
     let mut c = Client::connect(p.a.addr, "vol0", false);
     let w = pattern(5, 4096);
     assert_eq!(c.write(S, &w), 0);
     drop(c);
-    assert!(p.b.stop(), "b's clean stop");
+    let img = p.root.path().join("b.img");
+    let away = p.root.path().join("b.img.away");
+    std::fs::rename(&img, &away).unwrap();
+    assert!(p.b.stop(), "b's stop");
+    std::fs::rename(&away, &img).unwrap();
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(p.root.path().join("b.img"))
-            .unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
         f.write_all_at(&[0u8; 4096], S).unwrap();
     }
     p.b = respawn(p.b);
@@ -1173,6 +1170,38 @@ fn a_clean_stop_makes_the_replica_durable_before_calling_it_clean() {
     assert!(
         read_at(&p.b, S, 4096) == w,
         "the follower, up and in sync, serves older data than an acknowledged write"
+    );
+}
+
+/// The same at the leader: its device's flush fails at its clean stop (its file moved away
+/// for the stop), and a power loss then drops the write it never flushed. The follower serves
+/// alone meanwhile; after the leader's restart it must be reconciled to the write (its
+/// activity log is kept as it was, and every region it ever wrote is suspect), never "up"
+/// with older data.
+#[test]
+fn a_leaders_clean_stop_that_cannot_flush_the_replica_is_not_called_clean() {
+    let mut p = pair(true, "slow_flush=true\nslow_ms=600000", "");
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    let w = pattern(6, 4096);
+    assert_eq!(c.write(S, &w), 0);
+    drop(c);
+    let img = p.root.path().join("a.img");
+    let away = p.root.path().join("a.img.away");
+    std::fs::rename(&img, &away).unwrap();
+    assert!(p.a.stop(), "a's stop");
+    std::fs::rename(&away, &img).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&[0u8; 4096], S).unwrap();
+    }
+    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
+    p.a = respawn(p.a);
+    wait_mirror_state(&p.a, "up", Duration::from_secs(10));
+    wait_mirror_state(&p.b, "up", Duration::from_secs(10));
+    assert!(
+        read_at(&p.a, S, 4096) == w,
+        "the leader, up and in sync, serves older data than an acknowledged write"
     );
 }
 

@@ -266,19 +266,26 @@ impl Engine {
     /// the stop clean (no update unconfirmed: the replica holds exactly what the state says)
     /// only once the replica's device has flushed: its writes acknowledged without FUA may
     /// still sit in its cache, which a power loss after the stop would drop. If it cannot be
-    /// flushed, the stop is saved as unclean (the next session reconciles the replica).
-    pub(super) fn persist_clean_stop(&mut self) {
+    /// flushed, the stop is saved as unclean with every region ever written here suspect (the
+    /// next session reconciles them from the peer).
+    /// True when the device flushed (the activity log may then be emptied too).
+    pub(super) fn persist_clean_stop(&mut self) -> bool {
         let flushed = match &self.cfg.replica_path {
             Some(p) => std::fs::File::open(p).and_then(|f| f.sync_data()),
             None => Ok(()),
         };
         if let Err(e) = &flushed {
             tracing::error!(volume = %self.cfg.name, error = %e,
-                "mirror: the replica's device could not be flushed at the stop; the stop is                  saved as unclean, and the next session reconciles this replica");
+                "mirror: the replica's device could not be flushed at the stop; the stop is \
+                 saved as unclean, and the next session reconciles every region ever written \
+                 here");
+            // Which writes the device may drop is not known: every one it ever took.
+            let written = self.written.clone();
+            self.suspect.or_with(&written);
         }
         let g = self.persist(flushed.is_ok());
         if g == 0 {
-            return;
+            return flushed.is_ok();
         }
         let h = self.durable.handle.as_ref().expect("persisted");
         if !h.wait(g, Duration::from_secs(60)) {
@@ -286,6 +293,7 @@ impl Engine {
                 "mirror: the replica state could not be persisted at the stop; the next start \
                  resumes from the last state persisted (bitmaps not exact)");
         }
+        flushed.is_ok()
     }
 
     /// Start as a new replica (replica state 4, never in sync): it serves nothing until its

@@ -1388,10 +1388,12 @@ impl Engine {
 }
 
 impl Drop for Engine {
-    /// A clean stop: the persisted bitmap is exact.
+    /// A clean stop: the persisted bitmap is exact. (A replica whose device could not be
+    /// flushed keeps its activity log as it was: the stop was not clean.)
     fn drop(&mut self) {
-        self.persist_clean_stop();
-        self.actlog_clean_stop();
+        if self.persist_clean_stop() {
+            self.actlog_clean_stop();
+        }
     }
 }
 
