@@ -309,6 +309,14 @@ impl ApplyQueue {
         }
     }
 
+    /// The running applies (their device operations issued, not completed): slot, ticket.
+    pub(super) fn running(&self) -> impl Iterator<Item = (usize, u64, &Apply)> {
+        self.applies
+            .iter()
+            .filter(|(_, a)| a.state == State::Running)
+            .map(|(s, a)| (s, a.ticket, a))
+    }
+
     /// Slots of the queued and running applies (not those outside the queue).
     pub(super) fn active(&self) -> impl Iterator<Item = (usize, &Apply)> {
         self.applies
