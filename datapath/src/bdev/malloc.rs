@@ -136,6 +136,35 @@ impl MallocDevice {
         }))
     }
 
+    /// Copy `buf.len()` bytes at `offset` out of the device (false: out of range).
+    pub(crate) fn copy_out(&self, offset: u64, buf: &mut [u8]) -> bool {
+        if !in_range(offset, buf.len() as u64, self.size) {
+            return false;
+        }
+        // SAFETY: the source is inside the mapping (checked); `buf` is the caller's, which
+        // cannot overlap the private mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.add(offset as usize),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        true
+    }
+
+    /// Copy `data` into the device at `offset` (false: out of range).
+    pub(crate) fn copy_in(&self, offset: u64, data: &[u8]) -> bool {
+        if !in_range(offset, data.len() as u64, self.size) {
+            return false;
+        }
+        // SAFETY: the destination is inside the mapping (checked); `data` cannot overlap it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(offset as usize), data.len())
+        };
+        true
+    }
+
     fn zero(&self, offset: u64, len: u64) {
         // Whole pages are given back to the kernel (they read as zeroes again); the edges are
         // cleared by hand.

@@ -15,6 +15,7 @@
 //! - A write is acknowledged only once it is in the device; with `fua` only once it is
 //!   durable; a `flush` covers every write acknowledged before it was issued, on any channel.
 
+pub mod cached;
 pub mod errinj;
 pub mod file;
 pub mod host_path;

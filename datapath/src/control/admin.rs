@@ -367,6 +367,7 @@ pub(super) fn volume_create(
         slow_range: None,
         slow_ms: 0,
         slow_flush: false,
+        volatile_cache: false,
         fail_writes_only: false,
         mirror: false,
         leader: None,

@@ -26,7 +26,16 @@ pub fn build_device(
                 .expect("validated: uring has a path")
                 .to_string_lossy()
                 .into_owned();
-            Arc::new(FileDevice::open(&path, v.size.0, v.block_size, v.create)?)
+            if v.volatile_cache {
+                Arc::new(crate::bdev::cached::CachedDevice::open(
+                    &path,
+                    v.size.0,
+                    v.block_size,
+                    v.create,
+                )?)
+            } else {
+                Arc::new(FileDevice::open(&path, v.size.0, v.block_size, v.create)?)
+            }
         }
         Backend::CdpView => {
             use crate::layer::cdp::{bookmark, pit::Point, view};

@@ -40,6 +40,7 @@ mod nvmf;
 mod nvmf_ana;
 mod nvmf_fused_resv;
 mod nvmf_limits;
+mod power_loss;
 mod rawnbd;
 mod reactor_wait;
 mod read_only;

@@ -127,20 +127,20 @@ impl Drop for Relay {
 }
 
 /// A pair a (leader) and b, b dialling a through a relay the test may cut, both up.
-struct Pair {
-    root: tempfile::TempDir,
+pub(crate) struct Pair {
+    pub(crate) root: tempfile::TempDir,
     w: Option<WitnessProc>,
-    a: Server,
-    b: Server,
+    pub(crate) a: Server,
+    pub(crate) b: Server,
     relay: Relay,
 }
 
-fn pair(witness: bool, faults_a: &str, faults_b: &str) -> Pair {
+pub(crate) fn pair(witness: bool, faults_a: &str, faults_b: &str) -> Pair {
     pair_with(witness, "", faults_a, faults_b)
 }
 
 /// As [`pair`], both `[mirror]` tables extended by `mirror`.
-fn pair_with(witness: bool, mirror: &str, faults_a: &str, faults_b: &str) -> Pair {
+pub(crate) fn pair_with(witness: bool, mirror: &str, faults_a: &str, faults_b: &str) -> Pair {
     let root = tempfile::tempdir().unwrap();
     let w = witness.then(|| WitnessProc::start(root.path(), KEY, None));
     let wa = w.as_ref().map(|w| w.addr);
@@ -177,7 +177,7 @@ fn repair(s: &Server) {
 
 /// Kill `s` and start it again with its config, once its replication port is free again
 /// (`ss` shows what held it, when something did).
-fn respawn(mut s: Server) -> Server {
+pub(crate) fn respawn(mut s: Server) -> Server {
     s.kill();
     let text = std::fs::read_to_string(&s.config).unwrap();
     let port: u16 = text
@@ -229,7 +229,7 @@ fn answers(c: &mut Client, n: usize) -> std::collections::HashMap<u64, u32> {
 }
 
 /// Poll a read at `s` until it is served (a site just granted may refuse for a moment).
-fn read_at(s: &Server, offset: u64, len: u32) -> Vec<u8> {
+pub(crate) fn read_at(s: &Server, offset: u64, len: u32) -> Vec<u8> {
     let mut c = Client::connect(s.addr, "vol0", false);
     let t = Instant::now();
     loop {
@@ -247,7 +247,7 @@ fn read_at(s: &Server, offset: u64, len: u32) -> Vec<u8> {
 }
 
 /// Stop both sites cleanly and compare their replicas.
-fn stop_and_compare(mut p: Pair, what: &str) {
+pub(crate) fn stop_and_compare(mut p: Pair, what: &str) {
     assert!(p.a.stop(), "a's clean stop failed");
     assert!(p.b.stop(), "b's clean stop failed");
     same_files(

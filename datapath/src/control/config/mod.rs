@@ -537,6 +537,12 @@ pub struct VolumeConfig {
     /// whose cache takes long to flush: tests, drills).
     #[serde(default)]
     pub slow_flush: bool,
+    /// For `uring`: keep the data in RAM behind a simulated volatile write cache, written
+    /// back to `path` only by flushes and FUA writes (and a clean exit), so a killed daemon
+    /// loses what was not flushed, as a disk does at a power loss (tests, drills;
+    /// `bdev/cached.rs`).
+    #[serde(default)]
+    pub volatile_cache: bool,
     /// Mirror this volume with the peer site (`[mirror]`).
     #[serde(default)]
     pub mirror: bool,
@@ -799,6 +805,7 @@ impl Default for Config {
                 slow_range: None,
                 slow_ms: default_slow_ms(),
                 slow_flush: false,
+                volatile_cache: false,
                 fail_writes_only: false,
                 mirror: false,
                 leader: None,
@@ -911,6 +918,12 @@ impl Config {
                 }
                 (Backend::Malloc, Some(_)) => {
                     return bad(format!("volume {}: backend malloc takes no path", v.name));
+                }
+                _ if v.volatile_cache && (v.backend != Backend::Uring || v.cdp.is_some()) => {
+                    return bad(format!(
+                        "volume {}: volatile_cache is for backend uring without [volume.cdp]",
+                        v.name
+                    ));
                 }
                 (Backend::CdpView, Some(_)) => {
                     return bad(format!(

@@ -155,6 +155,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
     // A release the witness did not answer, retried every heartbeat interval: a grant left
     // held would make the witness deny the peer at the next loss.
     let mut retry: Vec<Option<(u64, std::time::Instant)>> = vec![None; groups.len()];
+    let mut was_in_sync = vec![false; groups.len()];
     while !stop.load(SeqCst) {
         for (i, (group, slot, name)) in groups.iter().enumerate() {
             let now = std::time::Instant::now();
@@ -170,6 +171,8 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 client.set_timeout(cfg.request_timeout);
                 match client.release(*group, Epoch(epoch)) {
                     Ok(_) => {
+                        // Nobody holds the volume at the witness now.
+                        slot.view_holder.store(0, SeqCst);
                         tracing::info!(volume = %name, epoch, "mirror: survivor grant released")
                     }
                     Err(e) => {
@@ -218,6 +221,16 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             slot.outcome.store(outcome, SeqCst);
         }
         let now = std::time::Instant::now();
+        // A replica that just came in sync (its resync completed) learns the group's epoch
+        // from the next heartbeat's answer: until then the witness refuses it as stale, so
+        // losing the former survivor would stop the volume at both sites. Beat at once.
+        for (i, (_, slot, _)) in groups.iter().enumerate() {
+            let now_in_sync = slot.in_sync.load(SeqCst);
+            if now_in_sync && !was_in_sync[i] {
+                next_beat = now;
+            }
+            was_in_sync[i] = now_in_sync;
+        }
         if now >= next_beat {
             next_beat = now + cfg.heartbeat;
             // A dead witness must not delay a grant request for long.

@@ -53,8 +53,10 @@ impl Engine {
     }
 
     /// Add the regions of every update still tracked here (applied or possibly applied, and
-    /// not confirmed by the peer, or just confirmed) to `map`.
+    /// not confirmed by the peer, or just confirmed) to `map`, and those the peer confirmed
+    /// and may not have made durable (peer_cache.rs).
     pub(super) fn unconfirmed_into(&self, map: &mut RegionMap) {
+        self.peer_unflushed.copy_into(map);
         for (_, op) in self.ops.iter() {
             if !matches!(op.upd, Upd::Flush | Upd::ResyncRead) {
                 map.set_range(op.offset, op.len);
@@ -71,6 +73,8 @@ impl Engine {
     /// This replica's copy wins (it serves alone or is a resync source): its suspect regions
     /// become dirty, to be copied to the peer.
     pub(super) fn absorb_suspect(&mut self) {
+        // The peer may have lost what it confirmed and never flushed: copied to it too.
+        self.peer_unflushed.take_into(&mut self.suspect);
         if self.suspect.unallocated() {
             return;
         }
@@ -164,6 +168,8 @@ impl Engine {
     pub(super) fn give_up_held(&mut self) {
         let mut suspect = self.take_suspect();
         self.unconfirmed_into(&mut suspect);
+        // (Handed over now: the peer's copy of them is given up or will be resynced.)
+        self.peer_unflushed.take_into(&mut suspect);
         self.suspect = suspect;
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
         self.leader.fence();
@@ -179,8 +185,16 @@ impl Engine {
         }
     }
 
-    /// Target: once RESYNC_DONE came and every copy is applied, serve I/O again.
+    /// Target: once RESYNC_DONE came and every copy is applied, flush the replica; once
+    /// that is done, serve I/O again.
     pub(super) fn maybe_end_resync_target(&mut self, io: &mut IoCx) {
+        if self.mode == Mode::Resyncing && self.target.flush_due() {
+            self.target.flush_started();
+            let h = Header::new(Type::Flush);
+            let k = self.new_peer_op(Origin::Resync, Upd::Flush, &h, Data::default());
+            self.enqueue_apply(io, k, 0, 0);
+            return;
+        }
         if self.mode == Mode::Resyncing && self.target.complete() {
             self.new_replica = false;
             // The source copied them (it finishes only after the end of our list).

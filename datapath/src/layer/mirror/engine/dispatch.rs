@@ -58,13 +58,7 @@ impl Engine {
         }
         for k in self.flushes.waiting() {
             if !self.ops[k].stage.confirmed() {
-                self.send(
-                    Header {
-                        id: k as u32,
-                        ..Header::new(Type::Flush)
-                    },
-                    None,
-                );
+                self.send_flush(k);
             }
         }
     }
@@ -89,6 +83,7 @@ impl Engine {
             _ => {}
         }
         self.witness.link_lost();
+        self.peer_unflushed.session_ended();
         self.fail_held();
         self.fail_metas();
         // The MISCOMPAREs still waiting: their outcome is final, answered once the updates
@@ -289,6 +284,7 @@ impl Engine {
                 if !self.flushes.remove(k) {
                     return Err("FLUSH_DONE for no outstanding flush");
                 }
+                self.peer_unflushed.flush_done(h.id, payload.len() != 4);
                 let op = &mut self.ops[k];
                 op.stage.confirm();
                 if payload.len() == 4 {

@@ -248,18 +248,26 @@ impl Engine {
         self.flushes.push(k);
         self.ops[k].stage.flush();
         if self.sess.up {
-            self.send(
-                Header {
-                    id: k as u32,
-                    ..Header::new(Type::Flush)
-                },
-                None,
-            );
+            self.send_flush(k);
         }
         self.ops[k].applying += 1;
         let tag = IoTag::channel(self.vol as u32, self.aq.push_outside(k) as u32);
         if let Start::Done(r) = self.inner.flush(io, tag) {
             self.apply_finished(io, tag.slot as usize, r, &[]);
+        }
+    }
+
+    /// Send FLUSH for this site's flush `k` (its id is the op's key).
+    pub(super) fn send_flush(&mut self, k: usize) {
+        self.send(
+            Header {
+                id: k as u32,
+                ..Header::new(Type::Flush)
+            },
+            None,
+        );
+        if self.role == Role::Leader {
+            self.peer_unflushed.flush_sent(k as u32);
         }
     }
 
@@ -333,6 +341,11 @@ impl Engine {
                 .acked(&self.ops, self.sess.number, wm, &mut done),
         }
         for &k in &done {
+            if self.role == Role::Leader && self.ops[k].upd != Upd::Flush {
+                // Applied at the follower, not known to be durable there.
+                self.peer_unflushed
+                    .confirmed(self.ops[k].offset, self.ops[k].len);
+            }
             self.ops[k].stage.confirm();
             self.settle(k);
         }

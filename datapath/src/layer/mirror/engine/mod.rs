@@ -58,6 +58,8 @@
 //! - `survivor.rs`: `Witness`, asking the witness for the grant (and an operator's
 //!   takeover); returns `Grant` (wait, survive, fence).
 //! - `flush.rs`: `Flushes`, this site's flushes waiting for FLUSH_DONE.
+//! - `peer_cache.rs`: `PeerUnflushed`, the regions the follower acknowledged and may not have
+//!   made durable yet (copied to it again if it may have lost them).
 //! - `dispatch.rs`, `flow.rs`, `alone.rs`: the engine's routing (not parts): link up/down,
 //!   every message to its part and metadata commands; an update's path through the leader,
 //!   the follower, the session and the apply queue; serving alone, fencing and resyncs over
@@ -84,6 +86,7 @@ mod follower;
 mod leader;
 mod meta;
 mod op;
+mod peer_cache;
 mod region;
 mod replica;
 mod resync;
@@ -108,6 +111,7 @@ pub use meta::{
     Install, META_STATUS, MetaHandler, MetaRouter, Settle, Settling, meta_result, tagged,
 };
 use op::{Op, Origin, Stage, Upd};
+use peer_cache::PeerUnflushed;
 pub use region::RegionMap;
 pub use replica::{Mode, Session, decide, state_name};
 use resync::{Next, ResyncSource, ResyncTarget};
@@ -225,6 +229,8 @@ pub struct Engine {
     vol: usize,
     /// Flushes waiting for FLUSH_DONE.
     flushes: Flushes,
+    /// Leader: regions the follower acknowledged and may not have flushed (peer_cache.rs).
+    peer_unflushed: PeerUnflushed,
     /// The session with the peer: number, up, seqs, watermarks, ACK policy, outbox.
     sess: PeerSession,
     /// Spare data buffers (at most [`SPARE_BYTES`] of capacity): every update's data is
@@ -328,6 +334,7 @@ impl Engine {
             peer_incarnation: 0,
             vol,
             flushes: Flushes::default(),
+            peer_unflushed: PeerUnflushed::new(size, g),
             sess: PeerSession::new(Arc::clone(&stats), lease),
             pool: DataPool::new(SPARE_BYTES),
             held_logged: false,
@@ -1314,8 +1321,13 @@ impl Engine {
                     self.mark_dirty(ap.offset, ap.len);
                 }
             } else if self.ops[k].session == self.sess.number {
-                // (A copy of an earlier attempt, from an earlier session, is not this one's.)
-                self.target.copy_applied();
+                // (A copy, or the closing flush, of an earlier attempt, from an earlier
+                // session, is not this one's.)
+                if upd == Upd::Flush {
+                    self.target.flush_done(r.is_ok());
+                } else {
+                    self.target.copy_applied();
+                }
                 self.maybe_end_resync_target(io);
             }
         }

@@ -147,6 +147,20 @@ impl RegionMap {
         }
     }
 
+    /// Clear every region of words `first..=last` (keeping the words allocated).
+    pub fn zero_words(&mut self, first: usize, last: usize) {
+        let end = (last + 1).min(self.words.len());
+        for w in self.words.get_mut(first.min(end)..end).unwrap_or_default() {
+            self.count -= u64::from(w.count_ones());
+            *w = 0;
+        }
+    }
+
+    /// The index of the word holding the region of byte `offset`.
+    pub fn word_of(&self, offset: u64) -> usize {
+        (offset / self.g / 64) as usize
+    }
+
     /// Forget every region (and the words).
     pub fn clear(&mut self) {
         self.words.clear();

@@ -207,13 +207,19 @@ impl ResyncSource {
     }
 }
 
-/// The returning site's side of a resync: copies being applied, and RESYNC_DONE.
+/// The returning site's side of a resync: copies being applied, RESYNC_DONE, and the flush
+/// of the replica that makes the copies durable before the site says it is in sync (its
+/// device's cache may hold them; the source forgets the regions it copied once it hears
+/// so, and a power loss would then leave them lost at this site with nobody to copy them).
 #[derive(Default)]
 pub(super) struct ResyncTarget {
     /// Resync copies still being applied.
     applies: u32,
     /// RESYNC_DONE received.
     done: bool,
+    /// The replica's flush after the last copy: started, and finished well.
+    flushing: bool,
+    flushed: bool,
 }
 
 impl ResyncTarget {
@@ -242,9 +248,25 @@ impl ResyncTarget {
         self.done = true;
     }
 
-    /// RESYNC_DONE came and every copy is applied.
+    /// RESYNC_DONE came and every copy is applied: the replica's flush is to start now.
+    pub(super) fn flush_due(&self) -> bool {
+        self.done && self.applies == 0 && !self.flushing
+    }
+
+    /// The replica's flush started.
+    pub(super) fn flush_started(&mut self) {
+        self.flushing = true;
+    }
+
+    /// The replica's flush finished (`ok`: the copies are durable; else the replica failed
+    /// and the resync never completes).
+    pub(super) fn flush_done(&mut self, ok: bool) {
+        self.flushed = ok;
+    }
+
+    /// RESYNC_DONE came, every copy is applied, and the replica flushed them.
     pub(super) fn complete(&self) -> bool {
-        self.done && self.applies == 0
+        self.done && self.applies == 0 && self.flushed
     }
 }
 
@@ -314,18 +336,31 @@ mod tests {
     }
 
     #[test]
-    fn the_target_ends_after_resync_done_and_its_last_copy() {
+    fn the_target_ends_after_resync_done_its_last_copy_and_a_good_flush() {
         let mut t = ResyncTarget::default();
         t.copy_started();
         t.done_received();
-        assert!(!t.complete());
+        assert!(!t.complete() && !t.flush_due());
         t.copy_applied();
+        assert!(
+            t.flush_due() && !t.complete(),
+            "the copies are not durable yet"
+        );
+        t.flush_started();
+        assert!(!t.flush_due() && !t.complete(), "one flush");
+        t.flush_done(true);
         assert!(t.complete());
         t.start();
-        assert!(!t.is_done());
+        assert!(!t.is_done() && !t.complete());
         // A copy of an earlier attempt finishing late does not underflow.
         t.copy_applied();
         t.done_received();
-        assert!(t.complete());
+        assert!(t.flush_due());
+        t.flush_started();
+        t.flush_done(false);
+        assert!(
+            !t.complete() && !t.flush_due(),
+            "a failed flush never completes it"
+        );
     }
 }

@@ -335,6 +335,9 @@ fn a_clean_stop_leaves_the_activity_log_empty() {
     let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
     write_at(&mut a, &mut io, &mut slot, 5 * EXTENT, 0x55, 4096);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    // Flushed at both (as before an unmount): b's copy is durable, nothing is left suspect.
+    flush_at(&mut a, &mut io, &mut slot);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     assert!(a.engine.actlog_len() > 0);
     let cfg = a.engine.cfg.clone();
     let path = actlog_path(cfg.state_file.as_ref().unwrap());

@@ -560,6 +560,18 @@ fn write_at(s: &mut Site, io: &mut IoCx, slot: &mut u32, off: u64, byte: u8, len
     s.outstanding += 1;
 }
 
+/// Submit a flush from site `s`.
+fn flush_at(s: &mut Site, io: &mut IoCx, slot: &mut u32) {
+    *slot += 1;
+    let tag = IoTag {
+        conn: 1,
+        slot: *slot,
+    };
+    let r = s.engine.submit(io, 0, tag, Update::Flush, 0, false);
+    assert_eq!(r, Start::Pending);
+    s.outstanding += 1;
+}
+
 /// Run both sites (ticks, messages both ways, local completions) until both mirror again
 /// and nothing moves.
 fn run_until_in_sync(a: &mut Site, b: &mut Site, io: &mut IoCx, rng: &mut Rng) {
@@ -600,10 +612,13 @@ fn fenced_leader_with_unconfirmed_updates() -> (Site, Site, IoCx, Rng) {
     a.engine.link_up(&mut io);
     b.engine.link_up(&mut io);
     let mut slot = 0;
-    // On both replicas and acknowledged.
+    // On both replicas, acknowledged and flushed (so b's copy is durable: not suspect).
     write_at(&mut a, &mut io, &mut slot, 0, 0x11, 8192);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
-    assert_eq!(a.ok, 1);
+    flush_at(&mut a, &mut io, &mut slot);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(a.ok, 2);
+    a.ok -= 1;
     // Applied at a only; then one a is still applying; and b's forward, never delivered.
     write_at(&mut a, &mut io, &mut slot, 16384, 0xA1, 4096);
     assert!(complete_one(&mut a, &mut io, &mut rng));
@@ -845,6 +860,7 @@ mod forwards;
 mod inflight;
 mod lease;
 mod meta;
+mod peercache;
 mod resyncloss;
 
 /// Spare data vectors are bounded in bytes, not only in count: a burst of 8 MiB updates
