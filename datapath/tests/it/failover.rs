@@ -278,6 +278,9 @@ fn lost_site_returns(kill_a: bool, state: bool) {
     for i in 0..64u64 {
         assert_eq!(c.write(i * 65536, &pattern(i + 1, 4096)), 0);
     }
+    // Flushed: durable at both, so only what is written alone is copied back (an unflushed
+    // write the lost site acknowledged would be too: power_loss.rs).
+    assert_eq!(c.flush(), 0);
     drop(c);
     let (survivor, mut victim) = if kill_a { (b, a) } else { (a, b) };
     victim.kill();
@@ -381,6 +384,8 @@ fn a_fenced_leaders_unacknowledged_write_is_overwritten_by_its_resync() {
     for i in 0..8u64 {
         assert_eq!(c.write(i * 65536, &pattern(i + 1, 4096)), 0);
     }
+    // Flushed at both: not suspect at the fence (power_loss.rs has the unflushed case).
+    assert_eq!(c.flush(), 0);
     // The witness is lost and b freezes; a declares b dead (so nothing more goes out on the
     // link) and asks the witness in vain for `witness_timeout_ms` (1.5 s). A write meanwhile
     // is applied at a only, held, and fails when a fences.

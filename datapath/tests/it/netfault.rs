@@ -281,6 +281,8 @@ fn a_returning_site_is_resynced_and_a_stale_one_never_serves_first() {
     for i in 0..16u64 {
         assert_eq!(c.write(i * 65536, &pattern(i + 1, 4096)), 0);
     }
+    // Flushed: durable at B (unflushed, B's acknowledged copies would be copied back too).
+    assert_eq!(c.flush(), 0);
     // (4) B is lost; A writes alone; B returns and gets only the dirty regions.
     b.kill();
     wait_mirror_state(&a, "survivor", Duration::from_secs(5));

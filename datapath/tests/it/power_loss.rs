@@ -18,7 +18,10 @@ fn wait_in_sync_released(p: &crate::slow_local::Pair) {
     wait_mirror_state(&p.a, "up", Duration::from_secs(10));
     wait_mirror_state(&p.b, "up", Duration::from_secs(10));
     let t = Instant::now();
-    while !p.a.rpc("mirror_status")[0]["witness"]["holder"].is_null() {
+    while [&p.a, &p.b]
+        .iter()
+        .any(|s| !s.rpc("mirror_status")[0]["witness"]["holder"].is_null())
+    {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "the grant was never released"
@@ -99,5 +102,92 @@ fn a_clean_stop_behind_a_volatile_cache_keeps_both_replicas_equal() {
         &p.root.path().join("a.img"),
         &p.root.path().join("b.img"),
         "replicas differ after a clean stop",
+    );
+}
+
+/// The survivor a writes W alone (in its disk's cache), resyncs the returning b and mirrors
+/// again, then loses its power; b serves alone meanwhile; a comes back and is resynced; then b
+/// is lost: a must serve W.
+#[test]
+fn a_resync_source_losing_power_after_its_resync_keeps_what_it_wrote_alone() {
+    let mut p = pair(true, CACHE, CACHE);
+    p.b.kill();
+    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    let w = pattern(44, 8192);
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    assert_eq!(c.write(W_AT, &w), 0, "W failed at the survivor");
+    drop(c);
+    p.b = respawn(p.b);
+    wait_in_sync_released(&p);
+    p.a.kill();
+    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
+    p.a = respawn(p.a);
+    wait_in_sync_released(&p);
+    p.b.kill();
+    wait_mirror_state(&p.a, "survivor", Duration::from_secs(10));
+    assert!(
+        read_at(&p.a, W_AT, 8192) == w,
+        "W, written alone at a and lost with its power, was never copied back to a"
+    );
+}
+
+/// The leader a's activity log holds two 1 MiB extents: after W (extent 1) come writes to
+/// extents 2 and 3, so W's extent leaves the log; then a loses its power; b serves alone; a
+/// comes back and is reconciled over its log's extents; then b is lost: a must serve W.
+#[test]
+fn a_leader_losing_power_keeps_the_writes_of_extents_its_log_dropped() {
+    let log = "activity_log_extent='1MiB'\nactivity_log_extents=2\n";
+    let mut p = crate::slow_local::pair_with(true, log, CACHE, CACHE);
+    let w = pattern(45, 8192);
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    assert_eq!(c.write(W_AT, &w), 0, "W failed");
+    for i in 2..4u64 {
+        assert_eq!(
+            c.write(i << 20, &pattern(50 + i, 4096)),
+            0,
+            "write {i} failed"
+        );
+    }
+    drop(c);
+    p.a.kill();
+    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
+    p.a = respawn(p.a);
+    wait_in_sync_released(&p);
+    p.b.kill();
+    wait_mirror_state(&p.a, "survivor", Duration::from_secs(10));
+    assert!(
+        read_at(&p.a, W_AT, 8192) == w,
+        "W, lost with a's power after its extent left a's log, was never copied back to a"
+    );
+}
+
+/// a (leader) acknowledges W, hands the leadership to b, then loses its power; b serves
+/// alone; a comes back (a follower) and is reconciled; then b is lost: a must serve W.
+#[test]
+fn an_old_leader_losing_power_after_a_switchover_keeps_what_it_applied() {
+    let mut p = pair(true, CACHE, CACHE);
+    let w = pattern(46, 8192);
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    assert_eq!(c.write(W_AT, &w), 0, "W failed");
+    drop(c);
+    let r = p.a.rpc_with(
+        "mirror_switchover",
+        serde_json::json!({"volume": "vol0", "to": "b", "wait_s": 10.0}),
+    );
+    assert!(r["error"].is_null(), "switchover: {r}");
+    let t = Instant::now();
+    while p.b.rpc("mirror_status")[0]["role"].as_str() != Some("leader") {
+        assert!(t.elapsed() < Duration::from_secs(10), "b never led");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p.a.kill();
+    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
+    p.a = respawn(p.a);
+    wait_in_sync_released(&p);
+    p.b.kill();
+    wait_mirror_state(&p.a, "survivor", Duration::from_secs(10));
+    assert!(
+        read_at(&p.a, W_AT, 8192) == w,
+        "W, applied at a as leader and lost with its power after the switchover, was never copied back"
     );
 }

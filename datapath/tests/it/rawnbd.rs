@@ -191,6 +191,12 @@ impl Client {
         self.read_reply(0).1
     }
 
+    /// Flush: the NBD error (0: done).
+    pub fn flush(&mut self) -> u32 {
+        self.send_request(cmd::FLUSH, 0, 3, 0, 0, &[]);
+        self.read_reply(0).1
+    }
+
     pub fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
         self.send_request(cmd::READ, 0, 2, offset, len, &[]);
         let (_, e, d) = self.read_reply(len as usize);

@@ -82,6 +82,11 @@ struct Entry {
     generation: u64,
     /// Use clock of the last update admitted on it.
     last: u64,
+    /// An update admitted on it may not be durable on this replica yet (no flush that
+    /// started after it finished has completed).
+    unflushed: bool,
+    /// The local flush expected to make it durable (0: none yet).
+    flush: u64,
 }
 
 /// The activity log (see the module doc).
@@ -111,6 +116,12 @@ pub(super) struct ActLog {
     loaded: bool,
     /// Updates to apply alone once the survivor state is on disk ([`Engine::survivor_enqueue`]).
     after_durable: Vec<usize>,
+    /// Local flushes under way: (op key, flush number, use clock at its start).
+    flushes: Vec<(usize, u64, u64)>,
+    /// Flushes started (numbers them).
+    flush_count: u64,
+    /// The set is full of extents that only a local flush would let go: start one.
+    pub(super) flush_wanted: bool,
 }
 
 impl ActLog {
@@ -141,6 +152,9 @@ impl ActLog {
             writes: 0,
             loaded: false,
             after_durable: Vec::new(),
+            flushes: Vec::new(),
+            flush_count: 0,
+            flush_wanted: false,
         }
     }
 
@@ -223,6 +237,7 @@ impl Engine {
             match self.al.set.get_mut(&e) {
                 Some(en) => {
                     en.last = clock;
+                    en.unflushed = true;
                     ready &= en.generation <= persisted;
                 }
                 None => missing += 1,
@@ -241,19 +256,22 @@ impl Engine {
         }
         let generation = self.al.next_generation();
         for e in range {
-            self.al.set.entry(e).or_insert(Entry {
+            let en = self.al.set.entry(e).or_insert(Entry {
                 generation,
                 last: clock,
+                unflushed: true,
+                flush: 0,
             });
+            en.last = clock;
+            en.unflushed = true;
         }
         self.al.changed = true;
         false
     }
 
-    /// The set is full: drop the least recently used extents that no tracked update touches
-    /// (and that are on disk), at least `need` of them and up to an eighth of the set, never
-    /// those of `own` (the update being admitted).
-    fn al_evict(&mut self, need: usize, own: &std::ops::RangeInclusive<u64>) {
+    /// The extents some tracked update touches (sequenced, or applied or being applied here,
+    /// and not settled).
+    fn al_used(&self) -> std::collections::HashSet<u64> {
         let mut used: std::collections::HashSet<u64> = Default::default();
         for (_, op) in self.ops.iter() {
             let tracked = op.applied || op.applying > 0 || op.seq != 0;
@@ -261,14 +279,29 @@ impl Engine {
                 used.extend(self.al.extents_of(op.offset, op.len));
             }
         }
+        used
+    }
+
+    /// The set is full: drop the least recently used extents that no tracked update touches,
+    /// that are on disk and whose updates a local flush made durable, at least `need` of them
+    /// and up to an eighth of the set, never those of `own` (the update being admitted). When
+    /// too few qualify and some lack only the flush, one is asked for
+    /// ([`ActLog::flush_wanted`]).
+    fn al_evict(&mut self, need: usize, own: &std::ops::RangeInclusive<u64>) {
+        let used = self.al_used();
         let persisted = self.al.persisted();
-        let mut idle: Vec<(u64, u64)> = self
-            .al
-            .set
-            .iter()
-            .filter(|(e, en)| !used.contains(e) && !own.contains(e) && en.generation <= persisted)
-            .map(|(&e, en)| (en.last, e))
-            .collect();
+        let mut unflushed = 0;
+        let mut idle: Vec<(u64, u64)> = Vec::new();
+        for (&e, en) in &self.al.set {
+            if used.contains(&e) || own.contains(&e) || en.generation > persisted {
+                continue;
+            }
+            if en.unflushed {
+                unflushed += 1;
+            } else {
+                idle.push((en.last, e));
+            }
+        }
         idle.sort_unstable();
         let over = (self.al.set.len() + need).saturating_sub(self.al.max);
         let n = over.max(self.al.max / 8).min(idle.len());
@@ -278,6 +311,54 @@ impl Engine {
         if n > 0 {
             self.al.changed = true;
         }
+        if n < over && unflushed > 0 {
+            self.al.flush_wanted = true;
+        }
+    }
+
+    /// A local flush (op `k`) starts: it will make durable every extent in the set whose
+    /// updates are all finished now (those no tracked update touches).
+    pub(super) fn al_flush_started(&mut self, k: usize) {
+        if !self.al.enabled || self.mode != Mode::Mirroring {
+            return;
+        }
+        let used = self.al_used();
+        self.al.flush_count += 1;
+        let n = self.al.flush_count;
+        for (e, en) in self.al.set.iter_mut() {
+            if en.unflushed && !used.contains(e) {
+                en.flush = n;
+            }
+        }
+        self.al.flushes.push((k, n, self.al.clock));
+    }
+
+    /// Local flush `k` finished (`ok`): the extents it covered, with no update admitted on
+    /// them since it started, are durable here.
+    pub(super) fn al_flush_done(&mut self, k: usize, ok: bool) {
+        let Some(i) = self.al.flushes.iter().position(|f| f.0 == k) else {
+            return;
+        };
+        let (_, n, clock) = self.al.flushes.swap_remove(i);
+        if !ok {
+            return;
+        }
+        for en in self.al.set.values_mut() {
+            if en.flush == n && en.last <= clock {
+                en.unflushed = false;
+            }
+        }
+    }
+
+    /// The set is full of extents that only a flush lets go: flush the replica (once at a
+    /// time).
+    fn al_own_flush(&mut self, io: &mut IoCx) {
+        if !self.al.flush_wanted || !self.al.flushes.is_empty() {
+            return;
+        }
+        self.al.flush_wanted = false;
+        let k = self.own_flush_op();
+        self.enqueue_apply(io, k, 0, 0);
     }
 
     /// Apply update `k` alone (survivor, or reconciliation source), once the survivor state
@@ -346,6 +427,9 @@ impl Engine {
         if self.al.changed && self.mode == Mode::Mirroring && !self.durable.failed {
             self.al.changed = false;
             self.al_submit(false, None);
+        }
+        if self.al.flush_wanted && self.mode == Mode::Mirroring {
+            self.al_own_flush(io);
         }
         if self.al.blocked {
             if self.mode == Mode::Mirroring {

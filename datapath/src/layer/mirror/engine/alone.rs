@@ -185,14 +185,27 @@ impl Engine {
         }
     }
 
+    /// A flush of this replica for a resync (at either end), through the apply queue; its
+    /// end comes back to `apply_done` as a resync op of this session.
+    fn start_own_flush(&mut self, io: &mut IoCx) {
+        let h = Header::new(Type::Flush);
+        let k = self.new_peer_op(Origin::Resync, Upd::Flush, &h, Data::default());
+        self.enqueue_apply(io, k, 0, 0);
+    }
+
+    /// Source: this replica's flush before RESYNC_DONE finished (`ok`).
+    pub(super) fn resync_source_flushed(&mut self, ok: bool) {
+        if ok && self.sess.up {
+            self.send_resync_done();
+        }
+    }
+
     /// Target: once RESYNC_DONE came and every copy is applied, flush the replica; once
     /// that is done, serve I/O again.
     pub(super) fn maybe_end_resync_target(&mut self, io: &mut IoCx) {
         if self.mode == Mode::Resyncing && self.target.flush_due() {
             self.target.flush_started();
-            let h = Header::new(Type::Flush);
-            let k = self.new_peer_op(Origin::Resync, Upd::Flush, &h, Data::default());
-            self.enqueue_apply(io, k, 0, 0);
+            self.start_own_flush(io);
             return;
         }
         if self.mode == Mode::Resyncing && self.target.complete() {
@@ -345,6 +358,7 @@ impl Engine {
         {
             return;
         }
+        let mut flush = false;
         while let Some(r) = self.resync.as_mut() {
             let ops = &self.ops;
             // (Updates waiting for the survivor state on disk, actlog.rs, count as writes.)
@@ -358,7 +372,10 @@ impl Engine {
             match r.next(&mut self.dirty, g, size, writes_in_flight) {
                 Next::Stop => break,
                 Next::Finish => {
-                    self.send_resync_done();
+                    // What this site wrote alone may sit in its device's cache: durable here
+                    // first (the source's dirty map, its only record, ends with the attempt).
+                    r.flush_started();
+                    flush = true;
                     break;
                 }
                 Next::Read { offset, len } => {
@@ -379,6 +396,9 @@ impl Engine {
                     self.enqueue_apply(io, k, 0, 0);
                 }
             }
+        }
+        if flush {
+            self.start_own_flush(io);
         }
         let dirty = self.dirty_bytes();
         self.stats

@@ -252,6 +252,7 @@ impl Engine {
         }
         self.ops[k].applying += 1;
         let tag = IoTag::channel(self.vol as u32, self.aq.push_outside(k) as u32);
+        self.al_flush_started(k);
         if let Start::Done(r) = self.inner.flush(io, tag) {
             self.apply_finished(io, tag.slot as usize, r, &[]);
         }

@@ -1183,6 +1183,22 @@ impl Engine {
         }
     }
 
+    /// A flush of this replica for the engine itself (not for an initiator, not sent to the
+    /// peer), not started yet: the op's key; `enqueue_apply` starts it, and its end reaches
+    /// `apply_done` (possibly within that call).
+    pub(super) fn own_flush_op(&mut self) -> usize {
+        let op = Op::new(
+            Origin::Own,
+            Upd::Flush,
+            (0, 0),
+            false,
+            Vec::new(),
+            Stage::Confirmed,
+            Instant::now() + self.cfg.peer_timeout,
+        );
+        self.ops.insert(op)
+    }
+
     fn start_apply(&mut self, io: &mut IoCx, a: usize) {
         self.start_apply_from(io, a, None);
     }
@@ -1203,7 +1219,10 @@ impl Engine {
             }
             Upd::Zeroes => self.inner.write_zeroes(io, tag, offset, len, op.fua),
             Upd::Unmap => self.inner.unmap(io, tag, offset, len, op.fua),
-            Upd::Flush => self.inner.flush(io, tag),
+            Upd::Flush => {
+                self.al_flush_started(k);
+                self.inner.flush(io, tag)
+            }
             Upd::Caw => {
                 match self.inner.read(io, tag, offset, len as u32) {
                     crate::bdev::ReadStart::Ready(d) => {
@@ -1276,6 +1295,9 @@ impl Engine {
         }
         let k = ap.op;
         let upd = self.ops[k].upd;
+        if upd == Upd::Flush {
+            self.al_flush_done(k, r.is_ok());
+        }
         {
             let op = &mut self.ops[k];
             op.applying -= 1;
@@ -1323,7 +1345,9 @@ impl Engine {
             } else if self.ops[k].session == self.sess.number {
                 // (A copy, or the closing flush, of an earlier attempt, from an earlier
                 // session, is not this one's.)
-                if upd == Upd::Flush {
+                if upd == Upd::Flush && self.resync.is_some() {
+                    self.resync_source_flushed(r.is_ok());
+                } else if upd == Upd::Flush {
                     self.target.flush_done(r.is_ok());
                 } else {
                     self.target.copy_applied();

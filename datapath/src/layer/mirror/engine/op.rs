@@ -82,6 +82,9 @@ pub(super) enum Origin {
     PeerFlush(u32),
     /// A resync copy: read here (source) or applied here (target).
     Resync,
+    /// The engine's own flush of its replica (the activity log needs an extent flushed
+    /// before it may drop it).
+    Own,
 }
 
 /// Where an update is in its exchange with the peer (see the diagram in the module doc).

@@ -35,7 +35,8 @@ const MAX_READS: u32 = 16;
 pub(super) enum Next {
     /// Read this region (through the apply queue) and send it.
     Read { offset: u64, len: u64 },
-    /// Nothing is left: send RESYNC_DONE (and mirror again once the target confirms it).
+    /// Nothing is left: flush this replica, then send RESYNC_DONE (and mirror again once the
+    /// target confirms it).
     Finish,
     /// Nothing more this tick (budget, reads in flight, or waiting for the target's list, for
     /// reads or for writes).
@@ -62,6 +63,10 @@ pub(super) struct ResyncSource {
     /// Regions copied in this attempt: dirty again if it is interrupted (they may not have
     /// arrived).
     pub(super) copied: RegionMap,
+    /// Nothing more to copy: this replica's flush is under way (so what this site wrote
+    /// alone is durable here before the target forgets nothing is missing), RESYNC_DONE
+    /// follows when it succeeds.
+    flushing: bool,
     /// RESYNC_DONE is sent: nothing more to copy, waiting for the target's confirmation.
     done_sent: bool,
 }
@@ -80,8 +85,15 @@ impl ResyncSource {
             total: 0,
             also_done: false,
             copied: RegionMap::new(size, g),
+            flushing: false,
             done_sent: false,
         }
+    }
+
+    /// Nothing is left to copy and this replica's flush started: no more steps until it is
+    /// done (then [`ResyncSource::done_sent`]; a failed one never finishes the attempt).
+    pub(super) fn flush_started(&mut self) {
+        self.flushing = true;
     }
 
     /// RESYNC_DONE is sent: from now on the attempt only waits for RESYNC_DONE_ACK.
@@ -146,7 +158,7 @@ impl ResyncSource {
         size: u64,
         writes_in_flight: impl FnOnce() -> bool,
     ) -> Next {
-        if self.done_sent || self.budget <= 0.0 || self.reads >= MAX_READS {
+        if self.done_sent || self.flushing || self.budget <= 0.0 || self.reads >= MAX_READS {
             return Next::Stop;
         }
         let Some(b) = dirty.next_set(self.cursor) else {

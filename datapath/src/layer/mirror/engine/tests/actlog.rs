@@ -270,6 +270,50 @@ fn the_activity_log_is_bounded() {
     assert_eq!((s.extents, s.extent, s.clean), (want, EXTENT, false));
 }
 
+/// An extent leaves the log only once the leader's replica has flushed the updates written
+/// to it (a power loss would drop them from its device's cache, and a reconciliation copies
+/// back only the log's extents): when the log is full of extents whose writes are not known
+/// durable, the leader flushes its replica itself, then drops the oldest.
+#[test]
+fn an_extent_leaves_the_log_only_once_the_leaders_replica_flushed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    let before = a.disk.borrow().flushes;
+    // Fills the log (extent 0 holds the first write already).
+    for i in 1..EXTENTS as u64 {
+        write_at(&mut a, &mut io, &mut slot, i * EXTENT, 0x40 + i as u8, 4096);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    }
+    assert_eq!(a.engine.actlog_len(), EXTENTS as usize);
+    assert_eq!(
+        a.disk.borrow().flushes,
+        before,
+        "no flush while the log has room"
+    );
+    // One more extent: the others' writes are confirmed, but not flushed here.
+    write_at(
+        &mut a,
+        &mut io,
+        &mut slot,
+        EXTENTS as u64 * EXTENT,
+        0x4F,
+        4096,
+    );
+    for _ in 0..20 {
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        pump(&mut a, &mut b, &mut io);
+    }
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1 + EXTENTS as usize, 0));
+    assert_eq!(
+        a.disk.borrow().flushes,
+        before + 1,
+        "the leader flushed its replica once before dropping extents"
+    );
+    assert!(a.engine.actlog_len() <= EXTENTS as usize);
+    assert!(same_replicas(&a, &b));
+}
+
 /// An update to an extent not in the log waits (neither sent nor applied) until the log's
 /// new version is on disk; one to an extent already logged goes at once.
 #[test]

@@ -23,6 +23,8 @@ struct Disk {
     /// Injected error: every write or read overlapping this range (offset, length) fails
     /// with EIO and changes nothing (tests/diskerr.rs).
     fail: Option<(u64, u64)>,
+    /// Flushes done (they finish at once: every write done before is in `bytes`).
+    flushes: usize,
 }
 
 struct SlowChannel(Rc<RefCell<Disk>>);
@@ -43,6 +45,7 @@ impl Channel for SlowChannel {
         Start::Pending
     }
     fn flush(&mut self, _: &mut IoCx, _: IoTag) -> Start {
+        self.0.borrow_mut().flushes += 1;
         Start::Done(Ok(()))
     }
     fn write_zeroes(&mut self, _: &mut IoCx, tag: IoTag, o: u64, l: u64, _: bool) -> Start {
@@ -83,6 +86,7 @@ fn site(role: Role, timeout: Duration) -> Site {
         bytes: vec![0; SIZE as usize],
         pending: Vec::new(),
         fail: None,
+        flushes: 0,
     }));
     let cfg = EngineConfig {
         name: "t".into(),
