@@ -357,7 +357,7 @@ impl Engine {
             return;
         }
         self.al.flush_wanted = false;
-        let k = self.own_flush_op();
+        let k = self.own_flush_op(Stage::Confirmed);
         self.enqueue_apply(io, k, 0, 0);
     }
 

@@ -258,6 +258,22 @@ impl Engine {
         }
     }
 
+    /// Leader, mirroring: a FLUSH of its own to the follower when regions it acknowledged
+    /// have waited long enough (peer_cache.rs); answered like an initiator's, nobody waits.
+    pub(super) fn peer_flush_tick(&mut self, now: Instant) {
+        if self.role != Role::Leader
+            || self.mode != Mode::Mirroring
+            || !self.sess.up
+            || !self.peer_unflushed.flush_due(now)
+        {
+            return;
+        }
+        let k = self.own_flush_op(Stage::New);
+        self.flushes.push(k);
+        self.ops[k].stage.flush();
+        self.send_flush(k);
+    }
+
     /// Send FLUSH for this site's flush `k` (its id is the op's key).
     pub(super) fn send_flush(&mut self, k: usize) {
         self.send(

@@ -850,6 +850,7 @@ impl Engine {
             self.kill_link = Some(why);
         }
         self.check_slow_apply(now);
+        self.peer_flush_tick(now);
         // Every change is published where it happens; this only repeats it (a lease lapses
         // by itself: readers compare its end with their clock).
         self.publish_lease();
@@ -1186,14 +1187,15 @@ impl Engine {
     /// A flush of this replica for the engine itself (not for an initiator, not sent to the
     /// peer), not started yet: the op's key; `enqueue_apply` starts it, and its end reaches
     /// `apply_done` (possibly within that call).
-    pub(super) fn own_flush_op(&mut self) -> usize {
+    /// `stage`: `Confirmed` for a flush of this replica only, `New` for one sent to the peer.
+    fn own_flush_op(&mut self, stage: Stage) -> usize {
         let op = Op::new(
             Origin::Own,
             Upd::Flush,
             (0, 0),
             false,
             Vec::new(),
-            Stage::Confirmed,
+            stage,
             Instant::now() + self.cfg.peer_timeout,
         );
         self.ops.insert(op)

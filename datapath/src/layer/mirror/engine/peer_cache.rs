@@ -8,6 +8,9 @@
 //! them. When it sends a FLUSH to the follower (and no earlier one is tracked), everything
 //! confirmed so far moves to `flushing`: the follower applied it before the FLUSH arrived,
 //! so its FLUSH_DONE without an error makes it durable there and `flushing` is emptied.
+//! When the host flushes seldom, the leader sends a FLUSH of its own once a region has
+//! waited [`PEER_FLUSH_EVERY`] ([`PeerUnflushed::flush_due`]), so the record, and the copy a
+//! power loss costs, stays about a second of writes.
 //! Whenever the peer's copy may be lost or is given up (this site serves alone, fences, or
 //! a session other than a normal one starts), the engine adds both maps to the regions to
 //! copy (dirty or suspect; [`PeerUnflushed::take_into`]).
@@ -23,6 +26,9 @@
 //!   them; past that, the whole map), never an allocation.
 
 use super::region::RegionMap;
+
+/// How often the leader flushes the follower on its own while regions wait.
+pub(super) const PEER_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Word ranges remembered per map before a clear zeroes the whole map instead.
 pub(super) const TOUCHED_MAX: usize = 256;
@@ -97,6 +103,8 @@ pub(super) struct PeerUnflushed {
     flushing: Tracked,
     /// The id of the tracked FLUSH, this session.
     tracked: Option<u32>,
+    /// When the oldest region of `confirmed` entered it.
+    since: Option<std::time::Instant>,
 }
 
 impl PeerUnflushed {
@@ -105,11 +113,24 @@ impl PeerUnflushed {
             confirmed: Tracked::new(size, granularity),
             flushing: Tracked::new(size, granularity),
             tracked: None,
+            since: None,
         }
+    }
+
+    /// Whether the leader should send a FLUSH of its own at `now`: no flush is tracked, and a
+    /// region has waited [`PEER_FLUSH_EVERY`] for one.
+    pub(super) fn flush_due(&self, now: std::time::Instant) -> bool {
+        self.tracked.is_none()
+            && self
+                .since
+                .is_some_and(|t| now.saturating_duration_since(t) >= PEER_FLUSH_EVERY)
     }
 
     /// The follower confirmed an update of `[offset, offset + len)`.
     pub(super) fn confirmed(&mut self, offset: u64, len: u64) {
+        if self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+        }
         self.confirmed.set(offset, len);
     }
 
@@ -121,6 +142,7 @@ impl PeerUnflushed {
         }
         self.flushing.or_from(&self.confirmed);
         self.confirmed.clear();
+        self.since = None;
         self.tracked = Some(id);
     }
 
@@ -155,6 +177,7 @@ impl PeerUnflushed {
         map.or_with(&self.flushing.map);
         self.confirmed.clear();
         self.flushing.clear();
+        self.since = None;
         self.tracked = None;
     }
 
@@ -186,6 +209,28 @@ mod tests {
         p.flush_sent(9);
         p.flush_done(9, true);
         assert_eq!(p.regions(), 0);
+    }
+
+    #[test]
+    fn a_flush_of_its_own_is_due_once_a_region_waited_a_second() {
+        let mut p = PeerUnflushed::new(1 << 30, G);
+        let later = || std::time::Instant::now() + PEER_FLUSH_EVERY;
+        assert!(!p.flush_due(later()), "nothing waits");
+        p.confirmed(0, 4096);
+        assert!(!p.flush_due(std::time::Instant::now()), "it just came");
+        assert!(p.flush_due(later()));
+        p.flush_sent(1);
+        assert!(
+            !p.flush_due(later()),
+            "one is tracked, and nothing waits for the next"
+        );
+        p.confirmed(G, 4096);
+        assert!(!p.flush_due(later()), "one is tracked");
+        p.flush_done(1, true);
+        assert!(p.flush_due(later()));
+        let mut m = RegionMap::new(1 << 30, G);
+        p.take_into(&mut m);
+        assert!(!p.flush_due(later()), "handed over");
     }
 
     #[test]

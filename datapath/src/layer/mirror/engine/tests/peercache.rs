@@ -77,3 +77,25 @@ fn a_flush_sent_before_the_acknowledgement_does_not_cover_it() {
     grant_b_fence_a(&mut b, &mut a, &sb, &sa, &mut io);
     assert_eq!(a.engine.dirty_bytes(), 4096);
 }
+
+#[test]
+fn without_a_host_flush_the_leader_flushes_the_follower_once_a_region_waited_a_second() {
+    let (mut a, mut b, sa, sb, mut io) = in_sync_after_writes(false);
+    let mut rng = Rng(11);
+    let before = b.disk.borrow().flushes;
+    a.engine.peer_flush_tick(Instant::now());
+    exchange(&mut a, &mut b, &mut io, &mut rng, 3);
+    assert_eq!(b.disk.borrow().flushes, before, "not yet a second");
+    a.engine
+        .peer_flush_tick(Instant::now() + super::super::peer_cache::PEER_FLUSH_EVERY);
+    exchange(&mut a, &mut b, &mut io, &mut rng, 3);
+    assert_eq!(b.disk.borrow().flushes, before + 1, "the follower flushed");
+    assert_eq!(
+        a.engine.ops.len(),
+        0,
+        "the flush of its own is gone once answered"
+    );
+    break_link(&mut a, &mut b);
+    grant_b_fence_a(&mut b, &mut a, &sb, &sa, &mut io);
+    assert_eq!(a.engine.dirty_bytes(), 0, "nothing left to copy back");
+}
