@@ -23,7 +23,7 @@
 use super::malloc::MallocDevice;
 use super::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start};
 use crate::uring::{Errno, IoCx, IoTag};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,28 +48,12 @@ impl CachedDevice {
         create: bool,
     ) -> Result<Arc<Self>, BdevError> {
         super::malloc::check_fits_memory(size)?;
+        let file = super::file::open_sized(path, size, block_size, create, 0)?;
         let mem = MallocDevice::new(size, block_size)?;
         let err = |source| BdevError::Open {
             path: path.to_string(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(path)
-            .map_err(err)?;
-        let have = file.metadata().map_err(err)?.len();
-        if create && have < size {
-            file.set_len(size).map_err(err)?;
-        } else if have < size {
-            return Err(BdevError::TooSmall {
-                path: path.to_string(),
-                have,
-                want: size,
-            });
-        }
         let mut buf = vec![0u8; (1 << 20).min(size) as usize];
         let mut at = 0;
         while at < size {

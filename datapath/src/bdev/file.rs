@@ -36,39 +36,7 @@ impl FileDevice {
         block_size: u32,
         create: bool,
     ) -> Result<Arc<Self>, BdevError> {
-        if size == 0 || block_size == 0 || !size.is_multiple_of(block_size as u64) {
-            return Err(BdevError::BadSize {
-                size,
-                block: block_size,
-            });
-        }
-        let err = |source| BdevError::Open {
-            path: path.to_string(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .map_err(err)?;
-        let meta = file.metadata().map_err(err)?;
-        let have = if meta.file_type().is_block_device() {
-            block_device_size(&file).map_err(err)?
-        } else {
-            if create && meta.len() < size {
-                file.set_len(size).map_err(err)?;
-            }
-            file.metadata().map_err(err)?.len()
-        };
-        if have < size {
-            return Err(BdevError::TooSmall {
-                path: path.to_string(),
-                have,
-                want: size,
-            });
-        }
+        let file = open_sized(path, size, block_size, create, libc::O_DIRECT)?;
         Ok(Arc::new(Self {
             file,
             path: path.to_string(),
@@ -81,6 +49,53 @@ impl FileDevice {
     pub fn path(&self) -> &str {
         &self.path
     }
+}
+
+/// Open (and with `create`, create or extend) `path` with open flags `flags` as the backing of
+/// a device of `size` bytes in blocks of `block_size`: refused when the sizes do not fit or the
+/// file or block device is smaller.
+pub(super) fn open_sized(
+    path: &str,
+    size: u64,
+    block_size: u32,
+    create: bool,
+    flags: i32,
+) -> Result<File, BdevError> {
+    if size == 0 || block_size == 0 || !size.is_multiple_of(block_size as u64) {
+        return Err(BdevError::BadSize {
+            size,
+            block: block_size,
+        });
+    }
+    let err = |source| BdevError::Open {
+        path: path.to_string(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    let have = if meta.file_type().is_block_device() {
+        block_device_size(&file).map_err(err)?
+    } else {
+        if create && meta.len() < size {
+            file.set_len(size).map_err(err)?;
+        }
+        file.metadata().map_err(err)?.len()
+    };
+    if have < size {
+        return Err(BdevError::TooSmall {
+            path: path.to_string(),
+            have,
+            want: size,
+        });
+    }
+    Ok(file)
 }
 
 fn block_device_size(f: &File) -> std::io::Result<u64> {

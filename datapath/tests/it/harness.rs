@@ -184,10 +184,16 @@ impl Server {
 
     /// Start again with the same config file (after `kill`).
     pub fn respawn(mut self) -> Server {
+        self.respawn_in_place();
+        self
+    }
+
+    /// Start again in place with the same config file (after `kill`).
+    pub fn respawn_in_place(&mut self) {
         self.kill();
         let (config, socket, netns) =
             (self.config.clone(), self.socket.clone(), self.netns.clone());
-        Self::start_with(config, socket, netns)
+        *self = Self::start_with(config, socket, netns);
     }
 
     /// Stop, then start again with the same config file.

@@ -6,15 +6,16 @@
 //! test ends by losing the other site and reading the acknowledged write back at the one
 //! that lost its power.
 
+use crate::harness::Server;
 use crate::harness::{pattern, same_files, wait_mirror_state};
 use crate::rawnbd::Client;
-use crate::slow_local::{pair, read_at, respawn};
+use crate::slow_local::{Pair, kill_and_free_port, pair, pair_with, read_at};
 use std::time::{Duration, Instant};
 
 /// Wait until `s` and its peer are in sync and the survivor's grant is released at the
 /// witness (until then, losing the former survivor stops the volume: the witness cannot tell
 /// it from a survivor still acknowledging alone).
-fn wait_in_sync_released(p: &crate::slow_local::Pair) {
+fn wait_in_sync_released(p: &Pair) {
     wait_mirror_state(&p.a, "up", Duration::from_secs(10));
     wait_mirror_state(&p.b, "up", Duration::from_secs(10));
     let t = Instant::now();
@@ -36,140 +37,92 @@ const CACHE: &str = "volatile_cache=true";
 /// An acknowledged write's offset (the second 1 MiB of the 16 MiB volume).
 const W_AT: u64 = 1 << 20;
 
-/// The follower b acknowledges W (applied, in its disk's cache), then loses its power; the
-/// leader a serves alone; b comes back and is resynced; then a is lost: b must serve W.
-#[test]
-fn a_follower_losing_power_gets_back_every_acknowledged_write() {
-    let mut p = pair(true, CACHE, CACHE);
-    let w = pattern(41, 8192);
-    let mut c = Client::connect(p.a.addr, "vol0", false);
-    assert_eq!(c.write(W_AT, &w), 0, "W failed");
-    drop(c);
-    p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
-    p.b = respawn(p.b);
-    wait_in_sync_released(&p);
-    p.a.kill();
-    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
-    assert!(
-        read_at(&p.b, W_AT, 8192) == w,
-        "the acknowledged W, lost with b's power, was never copied back to b"
-    );
+/// Which site of the pair.
+#[derive(Clone, Copy)]
+enum At {
+    A,
+    B,
 }
 
-/// The survivor a resyncs the returning b with W (written while b was away); b's copy of W
-/// is in its disk's cache when b says it is in sync, and b then loses its power; it comes
-/// back, then a is lost: b must serve W.
-#[test]
-fn a_resync_target_losing_power_after_its_resync_gets_back_every_copy() {
-    let mut p = pair(true, CACHE, CACHE);
-    p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
-    let w = pattern(42, 8192);
-    let mut c = Client::connect(p.a.addr, "vol0", false);
-    assert_eq!(c.write(W_AT, &w), 0, "W failed at the survivor");
-    drop(c);
-    p.b = respawn(p.b);
-    wait_mirror_state(&p.a, "up", Duration::from_secs(10));
-    wait_mirror_state(&p.b, "up", Duration::from_secs(10));
-    p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
-    p.b = respawn(p.b);
-    wait_in_sync_released(&p);
-    p.a.kill();
-    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
-    assert!(
-        read_at(&p.b, W_AT, 8192) == w,
-        "the resync's copy of W, lost with b's power, was never copied again"
-    );
-}
-
-/// A clean stop of both sites writes their caches back: the files are the same.
-#[test]
-fn a_clean_stop_behind_a_volatile_cache_keeps_both_replicas_equal() {
-    let mut p = pair(true, CACHE, CACHE);
-    let w = pattern(43, 65536);
-    let mut c = Client::connect(p.b.addr, "vol0", false);
-    assert_eq!(c.write(W_AT, &w), 0, "W failed");
-    drop(c);
-    assert!(p.a.stop() && p.b.stop(), "a clean stop failed");
-    let a = std::fs::read(p.root.path().join("a.img")).unwrap();
-    assert!(
-        a[W_AT as usize..W_AT as usize + w.len()] == w[..],
-        "the clean stop lost W"
-    );
-    same_files(
-        &p.root.path().join("a.img"),
-        &p.root.path().join("b.img"),
-        "replicas differ after a clean stop",
-    );
-}
-
-/// The survivor a writes W alone (in its disk's cache), resyncs the returning b and mirrors
-/// again, then loses its power; b serves alone meanwhile; a comes back and is resynced; then b
-/// is lost: a must serve W.
-#[test]
-fn a_resync_source_losing_power_after_its_resync_keeps_what_it_wrote_alone() {
-    let mut p = pair(true, CACHE, CACHE);
-    p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
-    let w = pattern(44, 8192);
-    let mut c = Client::connect(p.a.addr, "vol0", false);
-    assert_eq!(c.write(W_AT, &w), 0, "W failed at the survivor");
-    drop(c);
-    p.b = respawn(p.b);
-    wait_in_sync_released(&p);
-    p.a.kill();
-    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
-    p.a = respawn(p.a);
-    wait_in_sync_released(&p);
-    p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(10));
-    assert!(
-        read_at(&p.a, W_AT, 8192) == w,
-        "W, written alone at a and lost with its power, was never copied back to a"
-    );
-}
-
-/// The leader a's activity log holds two 1 MiB extents: after W (extent 1) come writes to
-/// extents 2 and 3, so W's extent leaves the log; then a loses its power; b serves alone; a
-/// comes back and is reconciled over its log's extents; then b is lost: a must serve W.
-#[test]
-fn a_leader_losing_power_keeps_the_writes_of_extents_its_log_dropped() {
-    let log = "activity_log_extent='1MiB'\nactivity_log_extents=2\n";
-    let mut p = crate::slow_local::pair_with(true, log, CACHE, CACHE);
-    let w = pattern(45, 8192);
-    let mut c = Client::connect(p.a.addr, "vol0", false);
-    assert_eq!(c.write(W_AT, &w), 0, "W failed");
-    for i in 2..4u64 {
-        assert_eq!(
-            c.write(i << 20, &pattern(50 + i, 4096)),
-            0,
-            "write {i} failed"
-        );
+fn site(p: &mut Pair, at: At) -> &mut Server {
+    match at {
+        At::A => &mut p.a,
+        At::B => &mut p.b,
     }
-    drop(c);
-    p.a.kill();
-    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
-    p.a = respawn(p.a);
-    wait_in_sync_released(&p);
-    p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(10));
-    assert!(
-        read_at(&p.a, W_AT, 8192) == w,
-        "W, lost with a's power after its extent left a's log, was never copied back to a"
-    );
 }
 
-/// a (leader) acknowledges W, hands the leadership to b, then loses its power; b serves
-/// alone; a comes back (a follower) and is reconciled; then b is lost: a must serve W.
-#[test]
-fn an_old_leader_losing_power_after_a_switchover_keeps_what_it_applied() {
-    let mut p = pair(true, CACHE, CACHE);
-    let w = pattern(46, 8192);
-    let mut c = Client::connect(p.a.addr, "vol0", false);
-    assert_eq!(c.write(W_AT, &w), 0, "W failed");
-    drop(c);
+fn other(at: At) -> At {
+    match at {
+        At::A => At::B,
+        At::B => At::A,
+    }
+}
+
+/// Write `w` at `W_AT` through `at`; acknowledged, never flushed by the host.
+fn write_w(p: &mut Pair, at: At, w: &[u8]) {
+    let mut c = Client::connect(site(p, at).addr, "vol0", false);
+    assert_eq!(c.write(W_AT, w), 0, "W failed");
+}
+
+/// `at` loses its power (its disk's cache with it); the other site is granted.
+fn lose_power(p: &mut Pair, at: At) {
+    site(p, at).kill();
+    wait_mirror_state(site(p, other(at)), "survivor", Duration::from_secs(10));
+}
+
+/// `at` comes back with what its disk kept, and the pair is in sync again.
+fn come_back(p: &mut Pair, at: At) {
+    let s = site(p, at);
+    kill_and_free_port(s);
+    s.respawn_in_place();
+    wait_in_sync_released(p);
+}
+
+/// The other site is lost too: `at`, granted, must serve `w`.
+fn the_other_lost_serves(p: &mut Pair, at: At, w: &[u8], what: &str) {
+    lose_power(p, other(at));
+    assert!(read_at(site(p, at), W_AT, w.len() as u32) == w, "{what}");
+}
+
+/// One step of a scenario.
+#[derive(Clone, Copy)]
+enum Step {
+    /// W written through that site (acknowledged, never flushed by the host).
+    Write(At),
+    /// That site loses its power; the other is granted.
+    Lose(At),
+    /// That site comes back; the pair is in sync again.
+    Back(At),
+    /// Writes at a to the volume's third and fourth MiB.
+    More,
+    /// a hands the leadership to b.
+    SwitchToB,
+}
+
+/// Run `steps` over a pair (`mirror` added to both `[mirror]` tables), then lose the site
+/// other than `serves`: `serves` must serve W (`what` says what was lost otherwise).
+fn scenario(mirror: &str, seed: u64, steps: &[Step], serves: At, what: &str) {
+    let mut p = pair_with(true, mirror, CACHE, CACHE);
+    let w = pattern(seed, 8192);
+    for &step in steps {
+        match step {
+            Step::Write(at) => write_w(&mut p, at, &w),
+            Step::Lose(at) => lose_power(&mut p, at),
+            Step::Back(at) => come_back(&mut p, at),
+            Step::More => {
+                let mut c = Client::connect(p.a.addr, "vol0", false);
+                for i in 2..4u64 {
+                    assert_eq!(c.write(i << 20, &pattern(50 + i, 4096)), 0, "write {i}");
+                }
+            }
+            Step::SwitchToB => switch_to_b(&p),
+        }
+    }
+    the_other_lost_serves(&mut p, serves, &w, what);
+}
+
+/// a hands the leadership to b, and b leads.
+fn switch_to_b(p: &Pair) {
     let r = p.a.rpc_with(
         "mirror_switchover",
         serde_json::json!({"volume": "vol0", "to": "b", "wait_s": 10.0}),
@@ -180,14 +133,96 @@ fn an_old_leader_losing_power_after_a_switchover_keeps_what_it_applied() {
         assert!(t.elapsed() < Duration::from_secs(10), "b never led");
         std::thread::sleep(Duration::from_millis(10));
     }
-    p.a.kill();
-    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
-    p.a = respawn(p.a);
-    wait_in_sync_released(&p);
-    p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(10));
+}
+
+/// The follower b acknowledges W (applied, in its disk's cache), then loses its power; the
+/// leader a serves alone; b comes back and is resynced; then a is lost: b must serve W.
+#[test]
+fn a_follower_losing_power_gets_back_every_acknowledged_write() {
+    use {At::*, Step::*};
+    scenario(
+        "",
+        41,
+        &[Write(A), Lose(B), Back(B)],
+        B,
+        "the acknowledged W, lost with b's power, was never copied back to b",
+    );
+}
+
+/// The survivor a resyncs the returning b with W (written while b was away); b's copy of W
+/// is in its disk's cache when b says it is in sync, and b then loses its power; it comes
+/// back, then a is lost: b must serve W.
+#[test]
+fn a_resync_target_losing_power_after_its_resync_gets_back_every_copy() {
+    use {At::*, Step::*};
+    scenario(
+        "",
+        42,
+        &[Lose(B), Write(A), Back(B), Lose(B), Back(B)],
+        B,
+        "the resync's copy of W, lost with b's power, was never copied again",
+    );
+}
+
+/// The survivor a writes W alone (in its disk's cache), resyncs the returning b and mirrors
+/// again, then loses its power; b serves alone meanwhile; a comes back and is resynced; then b
+/// is lost: a must serve W.
+#[test]
+fn a_resync_source_losing_power_after_its_resync_keeps_what_it_wrote_alone() {
+    use {At::*, Step::*};
+    scenario(
+        "",
+        44,
+        &[Lose(B), Write(A), Back(B), Lose(A), Back(A)],
+        A,
+        "W, written alone at a and lost with its power, was never copied back to a",
+    );
+}
+
+/// The leader a's activity log holds two 1 MiB extents: after W (extent 1) come writes to
+/// extents 2 and 3, so W's extent leaves the log; then a loses its power; b serves alone; a
+/// comes back and is reconciled over its log's extents; then b is lost: a must serve W.
+#[test]
+fn a_leader_losing_power_keeps_the_writes_of_extents_its_log_dropped() {
+    use {At::*, Step::*};
+    scenario(
+        "activity_log_extent='1MiB'\nactivity_log_extents=2\n",
+        45,
+        &[Write(A), More, Lose(A), Back(A)],
+        A,
+        "W, lost with a's power after its extent left a's log, was never copied back to a",
+    );
+}
+
+/// a (leader) acknowledges W, hands the leadership to b, then loses its power; b serves
+/// alone; a comes back (a follower) and is reconciled; then b is lost: a must serve W.
+#[test]
+fn an_old_leader_losing_power_after_a_switchover_keeps_what_it_applied() {
+    use {At::*, Step::*};
+    scenario(
+        "",
+        46,
+        &[Write(A), SwitchToB, Lose(A), Back(A)],
+        A,
+        "W, applied at a as leader and lost with its power after the switchover, was never copied back",
+    );
+}
+
+/// A clean stop of both sites writes their caches back: the files are the same.
+#[test]
+fn a_clean_stop_behind_a_volatile_cache_keeps_both_replicas_equal() {
+    let mut p = pair(true, CACHE, CACHE);
+    let w = pattern(43, 65536);
+    write_w(&mut p, At::B, &w);
+    assert!(p.a.stop() && p.b.stop(), "a clean stop failed");
+    let a = std::fs::read(p.root.path().join("a.img")).unwrap();
     assert!(
-        read_at(&p.a, W_AT, 8192) == w,
-        "W, applied at a as leader and lost with its power after the switchover, was never copied back"
+        a[W_AT as usize..W_AT as usize + w.len()] == w[..],
+        "the clean stop lost W"
+    );
+    same_files(
+        &p.root.path().join("a.img"),
+        &p.root.path().join("b.img"),
+        "replicas differ after a clean stop",
     );
 }

@@ -178,6 +178,12 @@ fn repair(s: &Server) {
 /// Kill `s` and start it again with its config, once its replication port is free again
 /// (`ss` shows what held it, when something did).
 pub(crate) fn respawn(mut s: Server) -> Server {
+    kill_and_free_port(&mut s);
+    s.respawn()
+}
+
+/// Kill `s` and wait until its replication port is free again.
+pub(crate) fn kill_and_free_port(s: &mut Server) {
     s.kill();
     let text = std::fs::read_to_string(&s.config).unwrap();
     let port: u16 = text
@@ -210,7 +216,6 @@ pub(crate) fn respawn(mut s: Server) -> Server {
     if t.elapsed() > Duration::from_millis(100) {
         eprintln!("port {port} was held for {:?} after the kill", t.elapsed());
     }
-    s.respawn()
 }
 
 /// Send a write without waiting for its answer.
