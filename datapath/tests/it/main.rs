@@ -46,6 +46,7 @@ mod reactor_wait;
 mod read_only;
 mod runtime;
 mod shutdown;
+mod silent_link;
 mod slow_local;
 mod soak_history;
 mod switchover;

@@ -226,3 +226,37 @@ fn a_clean_stop_behind_a_volatile_cache_keeps_both_replicas_equal() {
         "replicas differ after a clean stop",
     );
 }
+
+/// Both sites lose their power at once, after three writes a host made durable: W1 through a
+/// and flushed there, W2 through b and flushed there, W3 through a with FUA. A write the host
+/// never flushed may be lost then (as on one disk); these may not, at either site.
+#[test]
+fn both_sites_losing_power_keep_every_write_a_host_made_durable() {
+    use twinblk::frontend::nbd::proto::{cflag, cmd};
+    let mut p = pair(true, CACHE, CACHE);
+    let (w1, w2, w3) = (pattern(61, 8192), pattern(62, 8192), pattern(63, 8192));
+    let mut ca = Client::connect(p.a.addr, "vol0", false);
+    let mut cb = Client::connect(p.b.addr, "vol0", false);
+    assert_eq!(ca.write(W_AT, &w1), 0, "W1");
+    assert_eq!(ca.flush(), 0, "a's flush");
+    assert_eq!(cb.write(2 * W_AT, &w2), 0, "W2");
+    assert_eq!(cb.flush(), 0, "b's flush");
+    ca.send_request(cmd::WRITE, cflag::FUA, 7, 3 * W_AT, 8192, &w3);
+    assert_eq!(ca.read_reply(0).1, 0, "W3");
+    drop((ca, cb));
+    p.a.kill();
+    p.b.kill();
+    kill_and_free_port(&mut p.a);
+    kill_and_free_port(&mut p.b);
+    p.a.respawn_in_place();
+    p.b.respawn_in_place();
+    wait_in_sync_released(&p);
+    for (s, name) in [(&p.a, "a"), (&p.b, "b")] {
+        for (at, w, what) in [(1, &w1, "W1"), (2, &w2, "W2"), (3, &w3, "W3")] {
+            assert!(
+                read_at(s, at * W_AT, 8192) == *w,
+                "{what}, made durable by the host, is lost at {name} after both lost their power"
+            );
+        }
+    }
+}

@@ -16,6 +16,7 @@
 //! A handshake must be complete within [`HANDSHAKE_TIMEOUT`] of the link's creation: every
 //! receive armed before it is linked to a timeout (io_uring `LINK_TIMEOUT`), so a peer that
 //! connects and sends nothing, or half a header, is dropped instead of held open for ever.
+//! A dial's connect is linked to [`CONNECT_TIMEOUT`] the same way.
 //!
 //! Invariants: the receive buffer is not moved while a receive is armed; the batch in flight
 //! and its scatter list are not changed while a send is armed, and hold a reference to every
@@ -42,6 +43,12 @@ use twinblk_witness::Key;
 /// A link's handshake (HELLO, WELCOME, AUTH) must be complete this long after the link was
 /// created (accepted, adopted or dialled), or the link is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A dialled connection must be established this long after the dial, or it is given up and
+/// dialled again ([`super::engine`]'s redial delay later): a network that drops packets
+/// silently (a cut WAN link) would otherwise hold the dial in the kernel's SYN retries (1, 3,
+/// 7, 15 s ...), so the link would come back seconds after the network did.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 const RX_INITIAL: usize = 1 << 20;
 
@@ -671,9 +678,15 @@ impl Conn for LinkConn {
                     self.addr_len,
                 )
                 .build()
+                .flags(io_uring::squeue::Flags::IO_LINK)
                 .user_data(UserData::new(Kind::Send, env.key).0);
-                // SAFETY: the address is boxed in the link, which outlives the connect.
-                unsafe { env.io.push(&sqe) };
+                *self.hs_ts = types::Timespec::from(CONNECT_TIMEOUT);
+                let timeout = opcode::LinkTimeout::new(&*self.hs_ts)
+                    .build()
+                    .user_data(UserData::new(Kind::Cancel, env.key).0);
+                // SAFETY: the address and the timespec are boxed in the link, which outlives
+                // the connect; the kernel copies the timespec at submission.
+                unsafe { env.io.push_pair(&sqe, &timeout) };
                 self.connect_armed = true;
             }
             _ => self.arm_recv(env),
@@ -707,6 +720,12 @@ impl Conn for LinkConn {
     fn on_send(&mut self, env: &mut Env<'_>, res: i32) {
         if self.connect_armed {
             self.connect_armed = false;
+            if res == -libc::ECANCELED {
+                return self.close(
+                    env,
+                    "the connection was not established within 1 s (CONNECT_TIMEOUT)",
+                );
+            }
             if res < 0 {
                 tracing::debug!(error = %std::io::Error::from_raw_os_error(-res), "mirror: connect failed");
                 return self.close(env, "connect failed");
