@@ -374,6 +374,10 @@ enum Kind {
     CutLink,
     /// SIGKILL, restarted with its state.
     Kill,
+    /// As `Kill`, both replicas behind a volatile write cache (`volatile_cache`): the killed
+    /// site's disk loses every write it had not flushed, as at a power loss (never with CDP:
+    /// the option refuses it).
+    PowerLoss,
     /// The leader: SIGKILL while in sync under load, restarted with its state at once (before
     /// the follower's grant, after the witness's tie grace): the next session reconciles the
     /// updates either site applied alone (the activity log's extents,
@@ -405,9 +409,10 @@ enum Kind {
     CutLinkNoWitness,
 }
 
-const KINDS: [Kind; 12] = [
+const KINDS: [Kind; 13] = [
     Kind::CutLink,
     Kind::Kill,
+    Kind::PowerLoss,
     Kind::QuickKill,
     Kind::KillNoState,
     Kind::KillNoHistory,
@@ -924,6 +929,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     let vol = match kind {
         Kind::KillRam => "backend='malloc'\nsize='32MiB'".to_string(),
         Kind::Oversize => "backend='uring'\nsize='6GiB'".to_string(),
+        Kind::PowerLoss => "backend='uring'\nsize='32MiB'\nvolatile_cache=true".to_string(),
         _ => "backend='uring'\nsize='32MiB'".to_string(),
     };
     let err_vol = format!("{vol}\nfail_range=[{ERR_OFF}, {ERR_LEN}]");
@@ -937,7 +943,8 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     let st = [state_dir(&h, "a"), state_dir(&h, "b")];
     // Every other iteration journals both replicas (CDP under the mirror): their histories
     // are checked against the acknowledged writes at the end (crate::soak_history).
-    let cdp = xorshift(rnd).is_multiple_of(2) || kind == Kind::KillNoHistory;
+    let cdp =
+        (xorshift(rnd).is_multiple_of(2) && kind != Kind::PowerLoss) || kind == Kind::KillNoHistory;
     let tail = [A, B].map(|s| crate::soak_history::cdp_tail(&h, cdp, s));
     h.start_witness();
     let mut srv = [
@@ -989,7 +996,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             h.kill_witness();
             h.link_ab(false);
         }
-        Kind::Kill | Kind::KillNoState | Kind::KillNoHistory | Kind::KillRam => {
+        Kind::Kill | Kind::PowerLoss | Kind::KillNoState | Kind::KillNoHistory | Kind::KillRam => {
             srv[x].as_mut().unwrap().kill()
         }
         Kind::QuickKill => {
@@ -1115,7 +1122,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             }
             h.start_witness();
         }
-        Kind::Kill | Kind::KillNoState | Kind::KillNoHistory | Kind::KillRam => {
+        Kind::Kill | Kind::PowerLoss | Kind::KillNoState | Kind::KillNoHistory | Kind::KillRam => {
             if let Err(e) = reach(srv[y].as_ref().unwrap(), "survivor", Duration::from_secs(5)) {
                 problems.push(format!("after the kill, site {}: {e}", site_name(y)));
             }
@@ -1124,7 +1131,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
                 let d = crate::soak_history::dir(&h, x);
                 std::fs::remove_dir_all(&d).unwrap();
                 std::fs::create_dir_all(&d).unwrap();
-            } else if kind != Kind::Kill {
+            } else if !matches!(kind, Kind::Kill | Kind::PowerLoss) {
                 let d = h.root().join(format!("state-{}", site_name(x)));
                 std::fs::remove_dir_all(&d).unwrap();
                 std::fs::create_dir_all(&d).unwrap();
