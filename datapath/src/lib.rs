@@ -21,7 +21,8 @@
 //! - [`uring`]: the only place SQEs are built; the in-flight table of device operations; the
 //!   per-reactor pools of aligned, registered buffers ([`uring::buf`]); scatter lists for
 //!   socket sends ([`uring::iov`]).
-//! - [`bdev`]: the block-device interface, its devices (`malloc`, `file`, `errinj`), and
+//! - [`bdev`]: the block-device interface, its devices (`malloc`, `file`, `errinj`, and
+//!   `cached`: a file behind a simulated volatile cache, for power-loss tests), and
 //!   [`bdev::volume`]: a named stack of layers with its published path state.
 //! - [`runtime`]: reactors, connections, pollers, acceptors, services, mailboxes, counters;
 //!   knows no protocol and no layer.

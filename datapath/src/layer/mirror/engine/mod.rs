@@ -866,56 +866,6 @@ impl Engine {
         false
     }
 
-    /// A local apply (write, write-zeroes, unmap, compare-and-write of an update, or a resync
-    /// copy) that has not completed for half the peer timeout while the peer is there to take
-    /// over (the link up, a witness configured): the device is treated as failed, as if it had
-    /// returned an error ([`Engine::fail_replica`]: this site serves no I/O, withdraws its
-    /// claim at the witness, and the peer, granted, acknowledges alone). A slow or hung sector
-    /// would otherwise hold every later update of the volume at both sites (each site's
-    /// acknowledgement is a cumulative applied watermark) until the peer timeout fails them
-    /// all with EIO. Alone (no link, or no witness to hand the volume over) a slow device is
-    /// waited for: failing it would stop the volume.
-    fn check_slow_apply(&mut self, now: Instant) {
-        if !self.sess.up || self.cfg.failover.is_none() || self.failed.is_some() {
-            self.slow_watch.clear();
-            return;
-        }
-        let limit = self.cfg.peer_timeout / 2;
-        let mut seen = std::mem::take(&mut self.slow_watch);
-        let mut slow = None;
-        let mut watched = 0;
-        for (slot, ticket, a) in self.aq.running() {
-            if matches!(self.ops[a.op].upd, Upd::Flush | Upd::ResyncRead) {
-                continue;
-            }
-            if seen.len() <= slot {
-                seen.resize(slot + 1, None);
-            }
-            let since = match seen[slot] {
-                Some((t, since)) if t == ticket => since,
-                _ => now,
-            };
-            seen[slot] = Some((ticket, since));
-            watched += 1;
-            if slow.is_none() && now.saturating_duration_since(since) >= limit {
-                slow = Some((a.offset, a.len));
-            }
-        }
-        if watched == 0 {
-            seen.clear();
-        }
-        self.slow_watch = seen;
-        if let Some((offset, len)) = slow {
-            self.slow_watch.clear();
-            self.fail_replica(
-                &format!("an apply not completed after {} ms", limit.as_millis()),
-                offset,
-                len,
-                Errno(libc::ETIMEDOUT),
-            );
-        }
-    }
-
     /// Settings.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
