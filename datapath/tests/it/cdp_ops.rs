@@ -400,8 +400,18 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
     );
     let s = Server::start(tmp.path(), &body);
     // The daemon's own threads: its reactor on that core, the background ones off it (when
-    // the machine has another CPU), so none preempts the reactor.
-    let threads = cpus_of_threads(s.pid());
+    // the machine has another CPU), so none preempts the reactor. (A thread just spawned
+    // still has the process's name until it sets its own: looked at until every one has.)
+    let named = ["reactor-0", "cdp-retention", "cdp-segments", "control"];
+    let t0 = std::time::Instant::now();
+    let threads = loop {
+        let threads = cpus_of_threads(s.pid());
+        let all = named.iter().all(|n| threads.iter().any(|(t, _)| t == n));
+        if all || t0.elapsed() > std::time::Duration::from_secs(5) {
+            break threads;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     let cpus = |name: &str| -> &str {
         &threads
             .iter()

@@ -34,6 +34,13 @@ impl Drop for Ns {
     }
 }
 
+/// `ip -n ns args...`.
+fn ip_in(ns: &Ns, args: &[&str]) {
+    let mut all = vec!["ip", "-n", ns.0.as_str()];
+    all.extend_from_slice(args);
+    sh(&all);
+}
+
 /// One site of vol0 (RAM) in namespace `ns`, listening on `listen`, dialling `peer` unless it
 /// leads.
 fn site(ns: &str, dir: &std::path::Path, me: &str, peer: &str, listen: &str, dial: &str) -> Server {
@@ -66,18 +73,9 @@ fn a_follower_is_back_within_seconds_of_a_silent_network_returning() {
     ]);
     sh(&["ip", "link", "set", &here, "netns", &ns.0]);
     sh(&["ip", "link", "set", &there, "netns", &hole.0]);
-    sh(&[
-        "ip",
-        "-n",
-        &ns.0,
-        "addr",
-        "add",
-        "10.213.0.1/24",
-        "dev",
-        &here,
-    ]);
-    sh(&["ip", "-n", &ns.0, "link", "set", &here, "up"]);
-    sh(&["ip", "-n", &hole.0, "link", "set", &there, "up"]);
+    ip_in(&ns, &["addr", "add", "10.213.0.1/24", "dev", &here]);
+    ip_in(&ns, &["link", "set", &here, "up"]);
+    ip_in(&hole, &["link", "set", &there, "up"]);
     // The hole's end answers no ARP for the leader's address: its MAC, given statically.
     let out = std::process::Command::new("ip")
         .args(["-n", &hole.0, "-br", "link", "show", &there])
@@ -89,20 +87,20 @@ fn a_follower_is_back_within_seconds_of_a_silent_network_returning() {
         .nth(2)
         .expect("the hole's MAC")
         .to_string();
-    sh(&[
-        "ip",
-        "-n",
-        &ns.0,
-        "neigh",
-        "add",
-        "10.213.0.2",
-        "lladdr",
-        &mac,
-        "dev",
-        &here,
-        "nud",
-        "permanent",
-    ]);
+    ip_in(
+        &ns,
+        &[
+            "neigh",
+            "add",
+            "10.213.0.2",
+            "lladdr",
+            &mac,
+            "dev",
+            &here,
+            "nud",
+            "permanent",
+        ],
+    );
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_port(), free_port());
     let leader = format!("10.213.0.2:{pa}");
@@ -119,16 +117,7 @@ fn a_follower_is_back_within_seconds_of_a_silent_network_returning() {
     );
     std::thread::sleep(Duration::from_secs(12));
     // The network returns: the address is the leader's now.
-    sh(&[
-        "ip",
-        "-n",
-        &ns.0,
-        "addr",
-        "add",
-        "10.213.0.2/32",
-        "dev",
-        "lo",
-    ]);
+    ip_in(&ns, &["addr", "add", "10.213.0.2/32", "dev", "lo"]);
     let a = site(
         &ns.0,
         dir.path(),
