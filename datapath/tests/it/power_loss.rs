@@ -208,7 +208,10 @@ fn an_old_leader_losing_power_after_a_switchover_keeps_what_it_applied() {
     );
 }
 
-/// A clean stop of both sites writes their caches back: the files are the same.
+/// A clean stop of both sites writes their caches back: the files are the same. (The mirror's
+/// clean-stop flush is an `fdatasync` of the replica's path, which does not reach this
+/// device's RAM: what this checks is that the device is dropped, and writes back, at a clean
+/// exit. A flush of the replica through the device stack at the stop is not built.)
 #[test]
 fn a_clean_stop_behind_a_volatile_cache_keeps_both_replicas_equal() {
     let mut p = pair(true, CACHE, CACHE);

@@ -170,9 +170,12 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 retry[i] = None;
                 client.set_timeout(cfg.request_timeout);
                 match client.release(*group, Epoch(epoch)) {
-                    Ok(_) => {
-                        // Nobody holds the volume at the witness now.
-                        slot.view_holder.store(0, SeqCst);
+                    Ok(outcome) => {
+                        // The group's holder as the witness answered (none once released).
+                        let (twinblk_witness::client::ReleaseOutcome::Released(view)
+                        | twinblk_witness::client::ReleaseOutcome::NotHolder(view)) = outcome;
+                        slot.view_holder
+                            .store(view.holder.map(|h| h.get()).unwrap_or(0), SeqCst);
                         tracing::info!(volume = %name, epoch, "mirror: survivor grant released")
                     }
                     Err(e) => {

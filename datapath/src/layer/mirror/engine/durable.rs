@@ -22,6 +22,12 @@
 //!   after the witness gave a newer grant to the peer (two survivors: refused, an operator
 //!   must choose). Restarting as survivor from the older state only resyncs the peer again
 //!   (everything, as after any crash), which is safe.
+//! - **Mirroring (again)**: a site that starts mirroring (its first session after a start,
+//!   or the end of a resync at either end) acknowledges nothing before "in sync, not stopped
+//!   cleanly" is durable. Otherwise a power loss right after could restart it from the older
+//!   state: a clean stop's (state 0: nothing to reconcile, so writes its disk had not flushed
+//!   would be lost for good) or a survivor's (its whole replica, missing those writes, copied
+//!   over its peer's).
 //! - **Clean stop**: synchronous, the engine waits for its last snapshot (clean: exact
 //!   bitmaps) before it is dropped, and the daemon stops the persister only after that.
 //! - Written lazily (nothing waits): **fenced** (a crash restarts from "in sync" or "new":
@@ -30,8 +36,7 @@
 //!   (a crash restarts the target from its earlier non-serving state and the survivor's
 //!   session resyncs it again; the window where an *operator* could take over a half-copied
 //!   replica from that older state is a few milliseconds, see docs/architecture.md),
-//!   **in sync after receiving a resync** (restarting as "resyncing" only means being
-//!   resynced again), and **waiting -> mirroring** (no state change on disk that matters).
+//!   resynced again: its answers still wait, as any site's that mirrors again).
 //!
 //! Fail-stop: a save that fails makes the volume stop at this site for good (until a
 //! restart): every held and later request fails with EIO, reads too, the path state is
@@ -177,11 +182,11 @@ impl Engine {
         }
     }
 
-    /// Persist the new mode `m` (from `set_mode`); a survivor's answers wait until it is
-    /// durable.
+    /// Persist the new mode `m` (from `set_mode`); a survivor's answers, and a site's that
+    /// mirrors again, wait until it is durable.
     pub(super) fn persist_mode(&mut self, m: Mode) {
         let g = self.persist(false);
-        if m == Mode::Survivor && g != 0 {
+        if matches!(m, Mode::Survivor | Mode::Mirroring) && g != 0 {
             self.durable.gate = g;
         }
     }

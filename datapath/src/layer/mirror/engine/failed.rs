@@ -149,7 +149,7 @@ impl Engine {
     }
     /// A local apply (write, write-zeroes, unmap, compare-and-write of an update, or a resync
     /// copy) that has not completed for half the peer timeout while the peer is there to take
-    /// over (the link up, a witness configured): the device is treated as failed, as if it had
+    /// over (the pair mirroring in sync, the link up, a witness configured): the device is treated as failed, as if it had
     /// returned an error ([`Engine::fail_replica`]: this site serves no I/O, withdraws its
     /// claim at the witness, and the peer, granted, acknowledges alone). A slow or hung sector
     /// would otherwise hold every later update of the volume at both sites (each site's
@@ -157,7 +157,13 @@ impl Engine {
     /// all with EIO. Alone (no link, or no witness to hand the volume over) a slow device is
     /// waited for: failing it would stop the volume.
     pub(super) fn check_slow_apply(&mut self, now: Instant) {
-        if !self.sess.up || self.cfg.failover.is_none() || self.failed.is_some() {
+        // (Only while mirroring in sync: a survivor or resync source is the volume's only
+        // whole copy, and a resync target serves nothing anyway.)
+        if !self.sess.up
+            || self.cfg.failover.is_none()
+            || self.failed.is_some()
+            || self.mode != Mode::Mirroring
+        {
             self.slow_watch.clear();
             return;
         }

@@ -1408,6 +1408,13 @@ impl Engine {
             }
             let (from, tag) = self.ops[k].initiator.take().expect("checked");
             self.done.push((from, tag, Err(Errno::IO)));
+            if self.resync.as_mut().is_some_and(|r| r.undefer(k)) {
+                // Deferred by a resync's last pass: applied nowhere, dropped (the resync's
+                // end must not start a key that may be another op's by then).
+                let op = self.ops.remove(k);
+                self.recycle(op.data);
+                continue;
+            }
             if self.role == Role::Leader && self.leader.unwait(k) {
                 // Never sequenced (it waited in the barrier, e.g. for room in the backlog):
                 // applied nowhere, dropped, so a follower that stays slow does not make

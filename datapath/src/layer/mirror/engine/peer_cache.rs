@@ -71,7 +71,15 @@ impl Tracked {
         if other.map.none() {
             return;
         }
-        self.map.or_with(&other.map);
+        if other.overflow {
+            self.map.or_with(&other.map);
+        } else {
+            // Only the words set since `other` was cleared: a flush costs the writes it
+            // covers, not the volume's size.
+            for &(first, last) in &other.touched {
+                self.map.or_words(&other.map, first, last);
+            }
+        }
         if self.overflow || other.overflow || self.touched.len() + other.touched.len() > TOUCHED_MAX
         {
             self.overflow = true;
@@ -154,12 +162,23 @@ impl PeerUnflushed {
         self.tracked = None;
         if ok {
             self.flushing.clear();
+        } else {
+            self.wait_again();
         }
     }
 
     /// The session ended: the tracked flush's answer will not come.
     pub(super) fn session_ended(&mut self) {
-        self.tracked = None;
+        if self.tracked.take().is_some() {
+            self.wait_again();
+        }
+    }
+
+    /// Regions a flush was to cover wait for the next one (due a second from now).
+    fn wait_again(&mut self) {
+        if !self.flushing.map.none() && self.since.is_none() {
+            self.since = Some(std::time::Instant::now());
+        }
     }
 
     /// Bytes of the volume in the regions tracked.
@@ -231,6 +250,27 @@ mod tests {
         let mut m = RegionMap::new(1 << 30, G);
         p.take_into(&mut m);
         assert!(!p.flush_due(later()), "handed over");
+    }
+
+    #[test]
+    fn regions_a_lost_or_failed_flush_was_to_cover_wait_for_the_next_one() {
+        let later = || std::time::Instant::now() + PEER_FLUSH_EVERY;
+        for failed in [false, true] {
+            let mut p = PeerUnflushed::new(1 << 30, G);
+            p.confirmed(0, 4096);
+            p.flush_sent(1);
+            assert!(!p.flush_due(later()));
+            if failed {
+                p.flush_done(1, false);
+            } else {
+                p.session_ended();
+            }
+            assert!(p.flush_due(later()), "failed: {failed}");
+            p.flush_sent(2);
+            p.flush_done(2, true);
+            assert_eq!(p.regions(), 0);
+            assert!(!p.flush_due(later()));
+        }
     }
 
     #[test]

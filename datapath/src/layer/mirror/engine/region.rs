@@ -147,6 +147,20 @@ impl RegionMap {
         }
     }
 
+    /// `self |= other` over words `first..=last` only (growing the words to `other`'s length
+    /// as needed).
+    pub fn or_words(&mut self, other: &RegionMap, first: usize, last: usize) {
+        if self.words.len() < other.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        let end = (last + 1).min(other.words.len());
+        for i in first.min(end)..end {
+            let o = other.words[i];
+            self.count += u64::from((o & !self.words[i]).count_ones());
+            self.words[i] |= o;
+        }
+    }
+
     /// Clear every region of words `first..=last` (keeping the words allocated).
     pub fn zero_words(&mut self, first: usize, last: usize) {
         let end = (last + 1).min(self.words.len());

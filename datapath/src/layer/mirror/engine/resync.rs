@@ -115,6 +115,18 @@ impl ResyncSource {
         self.last_pass
     }
 
+    /// Update `k` is no longer deferred (its initiator's timeout passed: answered and freed
+    /// by the engine); false when it was not.
+    pub(super) fn undefer(&mut self, k: usize) -> bool {
+        match self.deferred.iter().position(|&d| d == k) {
+            Some(i) => {
+                self.deferred.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The daemon stops: the deferred updates were answered (with EIO); forget them.
     pub(super) fn drop_deferred(&mut self) {
         self.deferred.clear();

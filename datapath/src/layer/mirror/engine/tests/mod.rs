@@ -590,6 +590,12 @@ fn run_until_in_sync(a: &mut Site, b: &mut Site, io: &mut IoCx, rng: &mut Rng) {
         collect(a);
         collect(b);
         let synced = a.engine.mode() == Mode::Mirroring && b.engine.mode() == Mode::Mirroring;
+        if synced && (a.engine.durable.waiting() || b.engine.durable.waiting()) {
+            // Answers wait until "mirroring" is on disk (durable.rs).
+            a.engine.wait_persisted();
+            b.engine.wait_persisted();
+            continue;
+        }
         if !any && synced && a.engine.idle() && b.engine.idle() {
             if a.engine.ack_deadline().is_none() && b.engine.ack_deadline().is_none() {
                 return;
