@@ -314,6 +314,46 @@ fn an_extent_leaves_the_log_only_once_the_leaders_replica_flushed_it() {
     assert!(same_replicas(&a, &b));
 }
 
+/// A site that starts mirroring answers nothing before that state is on disk: a power loss
+/// right after would restart it from the state before (here the follower's first start:
+/// no state yet; after a clean stop, one that reconciles nothing). The follower's own
+/// persister is held; its initiator's write is applied at both sites but answered only once
+/// the follower's "mirroring" is written.
+#[test]
+fn a_site_that_starts_mirroring_answers_only_once_that_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(43);
+    let pb = Persister::spawn().unwrap();
+    let mut a = stateful(Role::Leader, dir.path());
+    let mut b = stateful_on(Role::Follower, dir.path(), true, Arc::clone(&pb));
+    pb.hold(true);
+    struct Unhold(Arc<Persister>);
+    impl Drop for Unhold {
+        fn drop(&mut self) {
+            self.0.hold(false);
+        }
+    }
+    let _unhold = Unhold(Arc::clone(&pb));
+    reconnect(&mut a, &mut b, &mut io);
+    let mut slot = 0;
+    write_at(&mut b, &mut io, &mut slot, 0, 0x11, 4096);
+    for _ in 0..50 {
+        pump(&mut a, &mut b, &mut io);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        std::thread::sleep(ACK_WINDOW);
+    }
+    collect(&mut b);
+    assert_eq!(b.disk.borrow().bytes[0], 0x11, "applied at the follower");
+    assert_eq!(b.ok, 0, "answered before 'mirroring' was on disk");
+    pb.hold(false);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut b);
+    assert_eq!(b.ok, 1);
+}
+
 /// An update to an extent not in the log waits (neither sent nor applied) until the log's
 /// new version is on disk; one to an extent already logged goes at once.
 #[test]

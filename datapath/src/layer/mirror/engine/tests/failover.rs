@@ -281,6 +281,48 @@ fn a_write_at_the_source_waits_until_the_target_confirmed_the_resync() {
     assert_eq!(a.disk.borrow().bytes[4096], 0x78);
 }
 
+/// A write deferred by the resync's last pass whose initiator's timeout passes before the
+/// target's confirmation fails (applied nowhere) and is dropped: the resync's end must not
+/// start its key, vacant by then or another op's (a second deferred write takes it here).
+#[test]
+fn a_deferred_write_that_times_out_is_dropped_before_the_resync_ends() {
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    redial(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_ALSO list, RESENT
+    let until = Instant::now() + std::time::Duration::from_secs(20);
+    while Instant::now() < until {
+        b.engine.tick(&mut io, Instant::now());
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        if b.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
+            break;
+        }
+    }
+    assert!(b.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()));
+    deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNCs + RESYNC_DONE
+    collect(&mut b);
+    let failed_before = b.failed;
+    let mut slot = 100;
+    write_at(&mut b, &mut io, &mut slot, 0, 0x77, 512);
+    b.engine
+        .expire(Instant::now() + std::time::Duration::from_secs(3600));
+    collect(&mut b);
+    assert_eq!(b.failed, failed_before + 1, "the deferred write's timeout");
+    write_at(&mut b, &mut io, &mut slot, 4096, 0x78, 512);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_DONE_ACK
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut b);
+    assert_eq!(b.failed, failed_before + 1);
+    assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
+    assert_eq!(a.disk.borrow().bytes[4096], 0x78);
+    assert_ne!(
+        a.disk.borrow().bytes[0],
+        0x77,
+        "the failed write was applied"
+    );
+}
+
 /// A resync target re-sessions while copies of the previous attempt are still
 /// being applied: `resync_applies` is reset to 0 and the old copies' completions underflow.
 #[test]
