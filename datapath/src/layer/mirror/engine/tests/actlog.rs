@@ -13,6 +13,15 @@
 use super::*;
 use crate::layer::mirror::persist::Persister;
 
+/// Releases a held persister when dropped (also when the test fails).
+struct Unhold(Arc<Persister>);
+
+impl Drop for Unhold {
+    fn drop(&mut self) {
+        self.0.hold(false);
+    }
+}
+
 /// Activity log extents in these tests: 4 KiB, at most 8 (the volume has 16).
 const EXTENT: u64 = 4096;
 const EXTENTS: u32 = 8;
@@ -328,12 +337,6 @@ fn a_site_that_starts_mirroring_answers_only_once_that_is_on_disk() {
     let mut a = stateful(Role::Leader, dir.path());
     let mut b = stateful_on(Role::Follower, dir.path(), true, Arc::clone(&pb));
     pb.hold(true);
-    struct Unhold(Arc<Persister>);
-    impl Drop for Unhold {
-        fn drop(&mut self) {
-            self.0.hold(false);
-        }
-    }
     let _unhold = Unhold(Arc::clone(&pb));
     reconnect(&mut a, &mut b, &mut io);
     let mut slot = 0;
@@ -371,12 +374,6 @@ fn an_update_to_a_new_extent_waits_for_the_log_on_disk() {
     write_at(&mut a, &mut io, &mut slot, 0, 0x11, 4096);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     p.hold(true);
-    struct Unhold(Arc<Persister>);
-    impl Drop for Unhold {
-        fn drop(&mut self) {
-            self.0.hold(false);
-        }
-    }
     let _unhold = Unhold(Arc::clone(&p));
     // A new extent: held back.
     write_at(&mut a, &mut io, &mut slot, 3 * EXTENT, 0x33, 4096);
@@ -524,12 +521,6 @@ fn a_write_at_the_reconciling_source_before_its_state_is_durable_reaches_the_pee
     while complete_one(&mut a, &mut io, &mut rng) {}
     crash_and_restart(&mut a);
     pb.hold(true);
-    struct Unhold(Arc<Persister>);
-    impl Drop for Unhold {
-        fn drop(&mut self) {
-            self.0.hold(false);
-        }
-    }
     let _unhold = Unhold(Arc::clone(&pb));
     b.engine.link_down("test");
     reconnect(&mut a, &mut b, &mut io);
