@@ -1,7 +1,7 @@
 //! A replication network that drops packets silently (a cut WAN link: no reset, no ICMP
 //! error) and comes back: the follower must be mirroring again within a couple of seconds of
 //! the network's return, however long the cut lasted, not at the kernel's next SYN retry of a
-//! dial made during the cut (1, 3, 7, 15 s after it). Two network namespaces the test makes:
+//! dial made during the cut (ever further apart). Two network namespaces the test makes:
 //! the sites' and a hole; the leader's address is routed over a veth into the hole, whose
 //! kernel drops every packet for it (not its address, no forwarding) without a word, until
 //! the test gives the address to the leader, in the sites' namespace.

@@ -252,7 +252,7 @@ pub(crate) fn read_at(s: &Server, offset: u64, len: u32) -> Vec<u8> {
 }
 
 /// Stop both sites cleanly and compare their replicas.
-pub(crate) fn stop_and_compare(mut p: Pair, what: &str) {
+fn stop_and_compare(mut p: Pair, what: &str) {
     assert!(p.a.stop(), "a's clean stop failed");
     assert!(p.b.stop(), "b's clean stop failed");
     same_files(

@@ -46,8 +46,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A dialled connection must be established this long after the dial, or it is given up and
 /// dialled again ([`super::engine`]'s redial delay later): a network that drops packets
-/// silently (a cut WAN link) would otherwise hold the dial in the kernel's SYN retries (1, 3,
-/// 7, 15 s ...), so the link would come back seconds after the network did.
+/// silently (a cut WAN link) would otherwise hold the dial in the kernel's SYN retries, ever
+/// further apart (measured: 7 s without a link after a 12 s cut, 15 s after a 20 s one).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 const RX_INITIAL: usize = 1 << 20;
@@ -723,7 +723,7 @@ impl Conn for LinkConn {
             if res == -libc::ECANCELED {
                 return self.close(
                     env,
-                    "the connection was not established within 1 s (CONNECT_TIMEOUT)",
+                    "the connection was not established in time (CONNECT_TIMEOUT)",
                 );
             }
             if res < 0 {

@@ -116,6 +116,8 @@ pub(super) struct ActLog {
     loaded: bool,
     /// Updates to apply alone once the survivor state is on disk ([`Engine::survivor_enqueue`]).
     after_durable: Vec<usize>,
+    /// Scratch: the extents tracked updates touch ([`Engine::al_fill_used`]).
+    used: std::collections::HashSet<u64, BuildHasherDefault<ExtentHasher>>,
     /// Local flushes under way: (op key, flush number, use clock at its start).
     flushes: Vec<(usize, u64, u64)>,
     /// Flushes started (numbers them).
@@ -152,6 +154,7 @@ impl ActLog {
             writes: 0,
             loaded: false,
             after_durable: Vec::new(),
+            used: Default::default(),
             flushes: Vec::new(),
             flush_count: 0,
             flush_wanted: false,
@@ -269,17 +272,17 @@ impl Engine {
         false
     }
 
-    /// The extents some tracked update touches (sequenced, or applied or being applied here,
-    /// and not settled).
-    fn al_used(&self) -> std::collections::HashSet<u64> {
-        let mut used: std::collections::HashSet<u64> = Default::default();
+    /// Fill `al.used` with the extents some tracked update touches (sequenced, or applied or
+    /// being applied here, and not settled). (Its memory is kept: no allocation per flush.)
+    fn al_fill_used(&mut self) {
+        self.al.used.clear();
         for (_, op) in self.ops.iter() {
             let tracked = op.applied || op.applying > 0 || op.seq != 0;
             if tracked && !matches!(op.upd, Upd::Flush | Upd::ResyncRead) {
-                used.extend(self.al.extents_of(op.offset, op.len));
+                let range = self.al.extents_of(op.offset, op.len);
+                self.al.used.extend(range);
             }
         }
-        used
     }
 
     /// The set is full: drop the least recently used extents that no tracked update touches,
@@ -288,12 +291,12 @@ impl Engine {
     /// too few qualify and some lack only the flush, one is asked for
     /// ([`ActLog::flush_wanted`]).
     fn al_evict(&mut self, need: usize, own: &std::ops::RangeInclusive<u64>) {
-        let used = self.al_used();
+        self.al_fill_used();
         let persisted = self.al.persisted();
         let mut unflushed = 0;
         let mut idle: Vec<(u64, u64)> = Vec::new();
         for (&e, en) in &self.al.set {
-            if used.contains(&e) || own.contains(&e) || en.generation > persisted {
+            if self.al.used.contains(&e) || own.contains(&e) || en.generation > persisted {
                 continue;
             }
             if en.unflushed {
@@ -322,11 +325,11 @@ impl Engine {
         if !self.al.enabled || self.mode != Mode::Mirroring {
             return;
         }
-        let used = self.al_used();
+        self.al_fill_used();
         self.al.flush_count += 1;
         let n = self.al.flush_count;
         for (e, en) in self.al.set.iter_mut() {
-            if en.unflushed && !used.contains(e) {
+            if en.unflushed && !self.al.used.contains(e) {
                 en.flush = n;
             }
         }
@@ -357,7 +360,7 @@ impl Engine {
             return;
         }
         self.al.flush_wanted = false;
-        let k = self.own_flush_op(Stage::Confirmed);
+        let k = self.own_flush_op(Origin::Own, Stage::Confirmed);
         self.enqueue_apply(io, k, 0, 0);
     }
 

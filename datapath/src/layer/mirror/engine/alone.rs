@@ -167,9 +167,9 @@ impl Engine {
     /// survivor copies those regions too when it resyncs this site.
     pub(super) fn give_up_held(&mut self) {
         let mut suspect = self.take_suspect();
+        // (With the peer's unflushed regions: handed over now, so forgotten there.)
         self.unconfirmed_into(&mut suspect);
-        // (Handed over now: the peer's copy of them is given up or will be resynced.)
-        self.peer_unflushed.take_into(&mut suspect);
+        self.peer_unflushed.forget();
         self.suspect = suspect;
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
         self.leader.fence();
@@ -188,8 +188,7 @@ impl Engine {
     /// A flush of this replica for a resync (at either end), through the apply queue; its
     /// end comes back to `apply_done` as a resync op of this session.
     fn start_own_flush(&mut self, io: &mut IoCx) {
-        let h = Header::new(Type::Flush);
-        let k = self.new_peer_op(Origin::Resync, Upd::Flush, &h, Data::default());
+        let k = self.own_flush_op(Origin::Resync, Stage::Confirmed);
         self.enqueue_apply(io, k, 0, 0);
     }
 

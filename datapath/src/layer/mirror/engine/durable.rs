@@ -35,8 +35,9 @@
 //!   fence; a fenced site acknowledges nothing, so there is nothing to protect), **resyncing**
 //!   (a crash restarts the target from its earlier non-serving state and the survivor's
 //!   session resyncs it again; the window where an *operator* could take over a half-copied
-//!   replica from that older state is a few milliseconds, see docs/architecture.md),
-//!   resynced again: its answers still wait, as any site's that mirrors again).
+//!   replica from that older state is a few milliseconds, see docs/architecture.md). The end
+//!   of a received resync is written lazily too (restarting as "resyncing" only means being
+//!   resynced again), but as any site that mirrors again its answers wait for it (above).
 //!
 //! Fail-stop: a save that fails makes the volume stop at this site for good (until a
 //! restart): every held and later request fails with EIO, reads too, the path state is

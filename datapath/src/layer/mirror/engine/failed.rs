@@ -149,8 +149,8 @@ impl Engine {
     }
     /// A local apply (write, write-zeroes, unmap, compare-and-write of an update, or a resync
     /// copy) that has not completed for half the peer timeout while the peer is there to take
-    /// over (the pair mirroring in sync, the link up, a witness configured): the device is treated as failed, as if it had
-    /// returned an error ([`Engine::fail_replica`]: this site serves no I/O, withdraws its
+    /// over (the pair mirroring in sync, the link up, a witness configured): the device is
+    /// treated as failed, as if it had returned an error ([`Engine::fail_replica`]: this site serves no I/O, withdraws its
     /// claim at the witness, and the peer, granted, acknowledges alone). A slow or hung sector
     /// would otherwise hold every later update of the volume at both sites (each site's
     /// acknowledgement is a cumulative applied watermark) until the peer timeout fails them

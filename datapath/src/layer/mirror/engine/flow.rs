@@ -268,7 +268,7 @@ impl Engine {
         {
             return;
         }
-        let k = self.own_flush_op(Stage::New);
+        let k = self.own_flush_op(Origin::Own, Stage::New);
         self.flushes.push(k);
         self.ops[k].stage.flush();
         self.send_flush(k);

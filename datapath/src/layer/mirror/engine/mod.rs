@@ -1134,13 +1134,13 @@ impl Engine {
         }
     }
 
-    /// A flush of this replica for the engine itself (not for an initiator, not sent to the
-    /// peer), not started yet: the op's key; `enqueue_apply` starts it, and its end reaches
-    /// `apply_done` (possibly within that call).
-    /// `stage`: `Confirmed` for a flush of this replica only, `New` for one sent to the peer.
-    fn own_flush_op(&mut self, stage: Stage) -> usize {
-        let op = Op::new(
-            Origin::Own,
+    /// A flush for the engine itself (no initiator waits), of this session, not started yet:
+    /// the op's key. `Origin::Own` or `Origin::Resync`; `stage` `Confirmed` for a flush of
+    /// this replica (`enqueue_apply` starts it; its end reaches `apply_done`, possibly within
+    /// that call), `New` for a FLUSH to the peer.
+    fn own_flush_op(&mut self, origin: Origin, stage: Stage) -> usize {
+        let mut op = Op::new(
+            origin,
             Upd::Flush,
             (0, 0),
             false,
@@ -1148,6 +1148,7 @@ impl Engine {
             stage,
             Instant::now() + self.cfg.peer_timeout,
         );
+        op.session = self.sess.number;
         self.ops.insert(op)
     }
 

@@ -82,8 +82,8 @@ pub(super) enum Origin {
     PeerFlush(u32),
     /// A resync copy: read here (source) or applied here (target).
     Resync,
-    /// The engine's own flush of its replica (the activity log needs an extent flushed
-    /// before it may drop it).
+    /// A flush nobody waits for: of this replica (the activity log needs an extent flushed
+    /// before it may drop it), or the leader's FLUSH to the follower (peer_cache.rs).
     Own,
 }
 

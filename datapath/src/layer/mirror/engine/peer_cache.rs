@@ -192,8 +192,12 @@ impl PeerUnflushed {
     /// Add every tracked region to `map` (the peer's copy may be lost, or is given up) and
     /// forget them.
     pub(super) fn take_into(&mut self, map: &mut RegionMap) {
-        map.or_with(&self.confirmed.map);
-        map.or_with(&self.flushing.map);
+        self.copy_into(map);
+        self.forget();
+    }
+
+    /// Forget every tracked region (handed over to the engine's maps).
+    pub(super) fn forget(&mut self) {
         self.confirmed.clear();
         self.flushing.clear();
         self.since = None;
