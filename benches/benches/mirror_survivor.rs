@@ -63,6 +63,8 @@ fn survivor(size: u64, dir: &std::path::Path) -> Engine {
         suspect: Some(Vec::new()),
         identity: 0,
         leads: None,
+        boot: 0,
+        host_restarted: false,
     };
     save(&path, &p).expect("state file");
     let cfg = EngineConfig {
@@ -82,6 +84,7 @@ fn survivor(size: u64, dir: &std::path::Path) -> Engine {
         replica_path: None,
         meta: None,
         actlog: Default::default(),
+        boot_id: 0,
     };
     let mut e = Engine::new(cfg, Box::new(Null), 0, Arc::new(MirrorStats::default()));
     e.restore().expect("restore");

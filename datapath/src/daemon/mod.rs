@@ -198,6 +198,16 @@ impl Daemon {
         let mut retained: Vec<Retained> = Vec::new();
         let mut mirrors: Vec<MirrorInfo> = Vec::new();
         let mut failover_vols = Vec::new();
+        let boot_id = cfg.mirror.as_ref().map_or(0, |m| {
+            let id = crate::layer::mirror::state::boot_id(&m.boot_id_file);
+            if id == 0 {
+                tracing::warn!(path = %m.boot_id_file.display(),
+                    "mirror: the host's boot id cannot be read; a site that did not stop \
+                     cleanly cannot tell a power loss from a crash of its process, and is \
+                     reconciled as after a crash");
+            }
+            id
+        });
         // The replication links authenticate with the sites' shared key: no key, no mirror
         // (the configuration requires the file with a `[mirror]` section).
         let link_key = match cfg.mirror.as_ref().map(|m| m.witness_key_file.as_ref()) {
@@ -321,6 +331,7 @@ impl Daemon {
                             extent: m.actlog_extent(),
                             extents: m.activity_log_extents,
                         },
+                        boot_id,
                     };
                     let home = index % cfg.reactor.cores.len();
                     let slot = engine.failover.clone();

@@ -263,3 +263,38 @@ fn both_sites_losing_power_keep_every_write_a_host_made_durable() {
         }
     }
 }
+
+/// a's host loses its power while the witness is out of reach: b, not granted, fences. a's
+/// disk dropped W (acknowledged by both, flushed by neither); b's kept it. a comes back on a
+/// host with another boot id (`boot_id_file`), so it knows its disk may have dropped writes:
+/// the fenced b's copy wins, and both serve W. (A restarted process on the same boot is
+/// trusted instead: its disk lost nothing.)
+#[test]
+fn a_site_losing_power_while_its_peer_fenced_gets_the_fenced_copy_back() {
+    let mut p = pair(true, CACHE, CACHE);
+    let w = pattern(47, 8192);
+    write_w(&mut p, At::A, &w);
+    p.w.take().expect("a witness").kill();
+    p.a.kill();
+    wait_mirror_state(&p.b, "fenced", Duration::from_secs(10));
+    // a's host comes back with a new boot id.
+    let boot = p.root.path().join("boot_id-a");
+    std::fs::write(&boot, "6f1c9a52-0d3e-4b7a-9c11-2e5d8f4a7b60\n").unwrap();
+    let text = std::fs::read_to_string(&p.a.config).unwrap();
+    let text = text.replacen(
+        "[mirror]\n",
+        &format!("[mirror]\nboot_id_file='{}'\n", boot.display()),
+        1,
+    );
+    std::fs::write(&p.a.config, text).unwrap();
+    kill_and_free_port(&mut p.a);
+    p.a.respawn_in_place();
+    wait_mirror_state(&p.a, "up", Duration::from_secs(10));
+    wait_mirror_state(&p.b, "up", Duration::from_secs(10));
+    for (s, name) in [(&p.a, "a"), (&p.b, "b")] {
+        assert!(
+            read_at(s, W_AT, w.len() as u32) == w,
+            "W, acknowledged by both and dropped by a's disk, is lost at {name}"
+        );
+    }
+}

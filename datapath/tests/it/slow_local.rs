@@ -129,7 +129,7 @@ impl Drop for Relay {
 /// A pair a (leader) and b, b dialling a through a relay the test may cut, both up.
 pub(crate) struct Pair {
     pub(crate) root: tempfile::TempDir,
-    w: Option<WitnessProc>,
+    pub(crate) w: Option<WitnessProc>,
     pub(crate) a: Server,
     pub(crate) b: Server,
     relay: Relay,

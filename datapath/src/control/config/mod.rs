@@ -137,6 +137,12 @@ pub struct MirrorConfig {
     /// site is a new replica (docs/architecture.md, "Replica state").
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Where the host's boot id is read (a UUID that changes at every boot), recorded in the
+    /// replica state: a site that did not stop cleanly and finds another boot id knows its
+    /// host restarted (a power loss may have dropped what its disk had not flushed), so its
+    /// peer's copy wins (docs/mirror-protocol.md, "Power loss"). Unreadable: unknown, logged.
+    #[serde(default = "default_boot_id_file")]
+    pub boot_id_file: PathBuf,
     /// Keep an activity log of hot extents (docs/mirror-protocol.md, "Activity log"), so that
     /// a leader that crashed while in sync copies only those extents at its next session;
     /// false: the whole volume is one extent (a crash copies every region ever written).
@@ -680,6 +686,10 @@ fn default_resync_rate() -> Size {
 fn default_dirty_granularity() -> Size {
     Size(64 << 10)
 }
+fn default_boot_id_file() -> PathBuf {
+    PathBuf::from(crate::layer::mirror::state::DEFAULT_BOOT_ID)
+}
+
 fn default_true() -> bool {
     true
 }

@@ -337,6 +337,8 @@ mod tests {
             suspect: Some(vec![]),
             identity: 0,
             leads: Some((0, false)),
+            boot: 0,
+            host_restarted: false,
         }
     }
 

@@ -189,6 +189,8 @@ mod tests {
             suspect: Some(vec![]),
             identity: 9,
             leads: None,
+            boot: 0,
+            host_restarted: false,
         }
     }
 

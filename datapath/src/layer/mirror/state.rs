@@ -2,14 +2,15 @@
 //! survivor, fenced, resyncing), the witness epoch it holds, and its region bitmaps.
 //!
 //! Format (little-endian), one small file per volume, `<state_dir>/<volume>.mirror-state`:
-//! `"TBMS"` | version u8 = 4 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
+//! `"TBMS"` | version u8 = 5 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
 //! replica never in sync) |
 //! clean u8 (1: written at a clean stop, the bitmaps are exact) | flags u8 (bit 0: this site
 //! was the volume's leader (it may hold an activity log); bit 1: this site leads at `term`;
-//! other bits 0) |
+//! bit 2: the host restarted after this site stopped uncleanly while in sync, so its device
+//! may have dropped writes it had not flushed, and it is not reconciled yet; other bits 0) |
 //! epoch u64 | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
 //! written words u32 | words u64 ... | suspect words u32 | words u64 ... | replica identity
-//! u64 | leadership term u64 | CRC32C u32 of everything before it. The dirty bitmap holds the regions written while the peer was away
+//! u64 | leadership term u64 | boot id u128 | CRC32C u32 of everything before it. The dirty bitmap holds the regions written while the peer was away
 //! (a survivor's, to send); the written bitmap every region ever written (a new, empty
 //! replica is sent only those); the suspect bitmap the regions of updates this site applied
 //! that the peer never confirmed (recorded when it fenced or stopped, sent as RESYNC_ALSO
@@ -17,6 +18,13 @@
 //!
 //! The leadership term (docs/mirror-protocol.md, "Leadership") and flags bit 1 say which
 //! site leads the volume: term 0 is the configuration, each planned switchover adds one.
+//! The boot id is the kernel's (`/proc/sys/kernel/random/boot_id`, a UUID read as a 128-bit
+//! number) of the process that wrote the file; 0: unknown. A site that did not stop cleanly
+//! and finds another boot id at its start knows its host restarted since (a power loss may
+//! have dropped its device's volatile cache), not only its process (docs/mirror-protocol.md,
+//! "Power loss"). Version 4 (still read) is version 5 without the boot id and bit 2
+//! ([`Persisted::boot`] 0, [`Persisted::host_restarted`] false).
+//!
 //! Version 3 (still read) is version 4 without the term and bit 1 ([`Persisted::leads`]
 //! `None`: the configuration decides).
 //!
@@ -76,6 +84,12 @@ pub struct Persisted {
     /// The leadership term and whether this site leads at it; `None`: not recorded (a
     /// version 1 to 3 file: the configured leader, term 0).
     pub leads: Option<(u64, bool)>,
+    /// The boot id of the host when the file was written; 0: unknown (a version 1 to 4
+    /// file, or a host whose boot id could not be read).
+    pub boot: u128,
+    /// The host restarted after an unclean stop in sync and the site is not reconciled yet
+    /// (flags bit 2): its device may have dropped writes it had not flushed.
+    pub host_restarted: bool,
 }
 
 /// What becomes of a replica's data when its process restarts.
@@ -121,9 +135,26 @@ pub fn identity_of(path: &Path) -> std::io::Result<u64> {
     Ok(h.max(1))
 }
 
+/// Where the kernel gives its boot id (a UUID, new at every boot).
+pub const DEFAULT_BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The boot id in the file at `path` (`[mirror] boot_id_file`, normally
+/// [`DEFAULT_BOOT_ID`]) as a 128-bit number; 0 when it cannot be read or is not 32 hex digits
+/// (with dashes ignored).
+pub fn boot_id(path: &Path) -> u128 {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return 0;
+    }
+    u128::from_str_radix(&hex, 16).unwrap_or(0)
+}
+
 const MAGIC: &[u8; 4] = b"TBMS";
 /// The version written.
-const VERSION: u8 = 4;
+const VERSION: u8 = 5;
 
 /// Write `p` to `path` atomically.
 pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -131,7 +162,7 @@ pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     let mut b = Vec::with_capacity(48 + (p.bitmap.len() + p.written.len() + suspect.len()) * 8);
     b.extend_from_slice(MAGIC);
     let (term, leads) = p.leads.unwrap_or((0, false));
-    let flags = p.led as u8 | (u8::from(leads) << 1);
+    let flags = p.led as u8 | (u8::from(leads) << 1) | (u8::from(p.host_restarted) << 2);
     b.extend_from_slice(&[VERSION, p.mode, p.clean as u8, flags]);
     b.extend_from_slice(&p.epoch.to_le_bytes());
     b.extend_from_slice(&p.size.to_le_bytes());
@@ -150,6 +181,7 @@ pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     }
     b.extend_from_slice(&p.identity.to_le_bytes());
     b.extend_from_slice(&term.to_le_bytes());
+    b.extend_from_slice(&p.boot.to_le_bytes());
     let crc = crate::checksum::crc32c(&b);
     b.extend_from_slice(&crc.to_le_bytes());
     let tmp = path.with_extension("tmp");
@@ -172,12 +204,14 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
-    let bad = |why: &str| {
-        Err(format!(
-            "{} is not a valid mirror state file: {why}",
-            path.display()
-        ))
-    };
+    decode(&b)
+        .map(Some)
+        .map_err(|why| format!("{} is not a valid mirror state file: {why}", path.display()))
+}
+
+/// Decode a state file's bytes (any version still read); the error says what is wrong.
+pub fn decode(b: &[u8]) -> Result<Persisted, &'static str> {
+    let bad = Err;
     if b.len() < 40 || &b[..4] != MAGIC {
         return bad("bad magic or too short");
     }
@@ -190,6 +224,7 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
         1 => body[7] == 0,
         2 | 3 => body[7] & !1 == 0,
         4 => body[7] & !3 == 0,
+        5 => body[7] & !7 == 0,
         _ => false,
     };
     if !flags_ok || body[5] > 4 || body[6] > 1 {
@@ -233,10 +268,21 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
     } else {
         (None, at)
     };
+    let (boot, at) = if version >= 5 {
+        let Some(b) = body.get(at..at + 16) else {
+            return bad("bitmap length");
+        };
+        (
+            u128::from_le_bytes(b.try_into().expect("16 bytes")),
+            at + 16,
+        )
+    } else {
+        (0, at)
+    };
     if at != body.len() {
         return bad("bitmap length");
     }
-    Ok(Some(Persisted {
+    Ok(Persisted {
         mode: body[5],
         clean: body[6] == 1,
         epoch: u64_at(8),
@@ -248,7 +294,9 @@ pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
         suspect,
         identity,
         leads,
-    }))
+        boot,
+        host_restarted: body[7] & 4 != 0,
+    })
 }
 
 #[cfg(test)]
@@ -272,6 +320,8 @@ mod tests {
             suspect: Some(vec![0, 0b100]),
             identity: 0x1234_5678_9abc_def0,
             leads: Some((3, true)),
+            boot: 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            host_restarted: true,
         };
         save(&path, &p).unwrap();
         assert_eq!(load(&path), Ok(Some(p)));
@@ -318,6 +368,8 @@ mod tests {
                 suspect: None,
                 identity: 0,
                 leads: None,
+                boot: 0,
+                host_restarted: false,
             }
         );
         // Version 1 had no flags: a set bit 0 there is refused.
@@ -345,11 +397,13 @@ mod tests {
             suspect: Some(vec![]),
             identity: 9,
             leads: None,
+            boot: 0,
+            host_restarted: false,
         };
         save(&path, &p).unwrap();
         // Version 2 as it was written: no identity (and no term) before the checksum.
         let mut b = std::fs::read(&path).unwrap();
-        b.truncate(b.len() - 20);
+        b.truncate(b.len() - 36);
         b[4] = 2;
         let crc = crate::checksum::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
@@ -373,15 +427,82 @@ mod tests {
             suspect: Some(vec![]),
             identity: 9,
             leads: Some((0, false)),
+            boot: 0,
+            host_restarted: false,
         };
         save(&path, &p).unwrap();
         let mut b = std::fs::read(&path).unwrap();
-        b.truncate(b.len() - 12);
+        b.truncate(b.len() - 28);
         b[4] = 3;
         let crc = crate::checksum::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         std::fs::write(&path, &b).unwrap();
         assert_eq!(load(&path), Ok(Some(Persisted { leads: None, ..p })));
+    }
+
+    #[test]
+    fn a_version_4_file_loads_without_a_boot_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.mirror-state");
+        let p = Persisted {
+            mode: 0,
+            clean: false,
+            epoch: 0,
+            size: 1 << 20,
+            granularity: 65536,
+            bitmap: vec![],
+            written: vec![1],
+            led: true,
+            suspect: Some(vec![2]),
+            identity: 9,
+            leads: Some((2, true)),
+            boot: 77,
+            host_restarted: false,
+        };
+        save(&path, &p).unwrap();
+        let mut b = std::fs::read(&path).unwrap();
+        b.truncate(b.len() - 20);
+        b[4] = 4;
+        let crc = crate::checksum::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        assert_eq!(
+            load(&path),
+            Ok(Some(Persisted {
+                boot: 0,
+                ..p.clone()
+            }))
+        );
+        // Version 4 had no bit 2: set, it is refused.
+        b[7] |= 4;
+        let n = b.len() - 4;
+        let crc = crate::checksum::crc32c(&b[..n]);
+        b[n..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        assert!(load(&path).is_err());
+    }
+
+    #[test]
+    fn a_boot_id_is_read_as_its_128_bits_and_anything_else_is_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot_id");
+        std::fs::write(&path, "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\n").unwrap();
+        assert_eq!(boot_id(&path), 0x0f1e_2d3c_4b5a_6978_8796_a5b4_c3d2_e1f0);
+        for bad in [
+            "",
+            "xyz",
+            "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1",
+            "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0ff",
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert_eq!(boot_id(&path), 0, "{bad:?}");
+        }
+        assert_eq!(boot_id(&dir.path().join("missing")), 0);
+        // This host's, when it has one: never 0.
+        let host = Path::new(DEFAULT_BOOT_ID);
+        if host.exists() {
+            assert_ne!(boot_id(host), 0);
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ fn engine(io: &mut IoCx, role: Role, size: u64) -> (Engine, Arc<MallocDevice>) {
         replica_path: None,
         meta: None,
         actlog: Default::default(),
+        boot_id: 1,
     };
     let mut e = Engine::new(cfg, inner, 0, Arc::new(MirrorStats::default()));
     e.link_up(io);
@@ -273,6 +274,8 @@ fn an_in_sync_state_file_of_other_or_lost_data_restarts_the_replica_as_new() {
         suspect: Some(vec![]),
         identity,
         leads: None,
+        boot: 0,
+        host_restarted: false,
     };
     let cases = [
         (ReplicaData::Kept { identity: 7 }, 7, 0),

@@ -317,8 +317,9 @@ pub fn decode(buf: &[u8]) -> Decoded {
     Decoded::Msg(h, HEADER..total)
 }
 
-/// Largest replica state in HELLO / WELCOME `id` (5: in sync, stopped uncleanly).
-pub const MAX_REPLICA_STATE: u32 = 5;
+/// Largest replica state in HELLO / WELCOME `id` (6: in sync, stopped uncleanly, host
+/// restarted).
+pub const MAX_REPLICA_STATE: u32 = 6;
 /// Largest status in META_STATE / META_ACK `count` (an NVMe status is 16 bits).
 pub const MAX_META_STATUS: u32 = 0xFFFF;
 /// Largest errno in a FLUSH_DONE payload.
@@ -984,7 +985,7 @@ mod tests {
         let bad = [
             (
                 Header {
-                    id: 6,
+                    id: 7,
                     ..h(Type::Hello)
                 },
                 payload(&h(Type::Hello)),

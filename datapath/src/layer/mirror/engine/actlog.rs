@@ -110,6 +110,8 @@ pub(super) struct ActLog {
     /// Restored in sync from a site that did not stop cleanly: replica state 5 until the
     /// site mirrors again.
     pub(super) unclean: bool,
+    /// With `unclean`: the host restarted since the unclean stop (replica state 6).
+    pub(super) host_restarted: bool,
     /// Sets written (handed to the persister) by this process.
     pub(super) writes: u64,
     /// A log file was found at the start (a follower clears one it no longer keeps).
@@ -151,6 +153,7 @@ impl ActLog {
             slot_bytes: alfile::slot_bytes(max),
             blocked: false,
             unclean: false,
+            host_restarted: false,
             writes: 0,
             loaded: false,
             after_durable: Vec::new(),
@@ -198,23 +201,32 @@ pub fn actlog_path(state: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// The session of a site in replica state `me` whose peer is in state `peer`, with state 5
-/// (in sync, stopped uncleanly); `leader`: this site leads the volume (the source when both
-/// restarted uncleanly). Pairs without state 5 are [`decide`]'s.
+/// (in sync, stopped uncleanly) or 6 (the same, and its host restarted since: its device may
+/// have dropped writes it had not flushed); `leader`: this site leads the volume (the source
+/// when both restarted alike). Pairs without states 5 and 6 are [`decide`]'s.
 pub fn decide_session(me: u32, peer: u32, leader: bool) -> Session {
     match (me, peer) {
-        (5, 5) if leader => Session::Reconcile,
-        (5, 5) => Session::Receive,
+        (5, 5) | (6, 6) if leader => Session::Reconcile,
+        (5, 5) | (6, 6) => Session::Receive,
+        // Only the peer's host restarted: this disk kept what it acknowledged.
+        (5, 6) => Session::Reconcile,
+        (6, 5) => Session::Receive,
         // The peer kept running (or restarted cleanly), or is the survivor: its copy wins.
-        (5, 0) | (5, 1) => Session::Receive,
-        (0, 5) => Session::Reconcile,
-        // The peer fenced (denied, so nobody acknowledged alone): this copy wins.
+        (5 | 6, 0 | 1) => Session::Receive,
+        (0, 5 | 6) => Session::Reconcile,
+        // The peer fenced (denied, so nobody acknowledged alone): this copy wins, unless this
+        // host restarted (its disk may have dropped acknowledged writes the fenced peer
+        // holds; a fenced peer whose own device failed then loses its failed regions: two
+        // failures).
         (5, 2) => Session::Reconcile,
         (2, 5) => Session::Receive,
+        (6, 2) => Session::Receive,
+        (2, 6) => Session::Reconcile,
         // As a site in sync would with a peer resyncing or new.
-        (5, 3) | (5, 4) => Session::SendAll,
-        (3, 5) | (4, 5) => Session::Receive,
-        (1, 5) => decide(1, 0, leader),
-        (5, _) | (_, 5) => Session::Refuse,
+        (5 | 6, 3 | 4) => Session::SendAll,
+        (3 | 4, 5 | 6) => Session::Receive,
+        (1, 5 | 6) => decide(1, 0, leader),
+        (5 | 6, _) | (_, 5 | 6) => Session::Refuse,
         _ => decide(me, peer, leader),
     }
 }
@@ -481,6 +493,7 @@ impl Engine {
     /// (with the current set) so that a crash from now on is told apart from a clean stop.
     pub(super) fn al_mirroring(&mut self) {
         self.al.unclean = false;
+        self.al.host_restarted = false;
         if self.al.enabled && self.al.handle.is_none() {
             self.al.changed = true;
         } else if !self.al.enabled && std::mem::take(&mut self.al.loaded) {
@@ -584,12 +597,12 @@ mod tests {
     use super::*;
     use Session::*;
 
-    /// Every pair with state 5 (rows: this site 0..=6, columns: the peer), for the leader
-    /// and the follower; both sides always agree (one source, or both mirroring).
+    /// Every pair with state 5 or 6 (rows: this site 0..=7, columns: the peer), for the
+    /// leader and the follower; both sides always agree (one source, or both mirroring).
     #[test]
     fn the_session_after_an_unclean_stop_has_one_source() {
-        for me in 0..7 {
-            for peer in 0..7 {
+        for me in 0..8 {
+            for peer in 0..8 {
                 for leader in [true, false] {
                     let (a, b) = (
                         decide_session(me, peer, leader),
@@ -599,7 +612,7 @@ mod tests {
                     assert_eq!(source, b == Receive, "{me} {peer} {leader}: {a:?} / {b:?}");
                     assert_eq!(a == InSync, b == InSync, "{me} {peer}");
                     assert_eq!(a == SplitBrain, b == SplitBrain, "{me} {peer}");
-                    if me != 5 && peer != 5 {
+                    if ![5, 6].contains(&me) && ![5, 6].contains(&peer) {
                         assert_eq!(a, decide(me, peer, leader));
                     }
                 }
@@ -618,7 +631,17 @@ mod tests {
         assert_eq!(decide_session(5, 4, true), SendAll);
         assert_eq!(decide_session(5, 2, true), Reconcile);
         assert_eq!(decide_session(2, 5, true), Receive);
-        assert_eq!(decide_session(5, 6, true), Refuse);
+        assert_eq!(decide_session(5, 7, true), Refuse);
+        // A host restart: the other site's copy wins wherever it kept running, fenced or
+        // restarted its process only.
+        for (me, peer) in [(6, 0), (6, 1), (6, 2), (6, 5)] {
+            for leader in [true, false] {
+                assert_eq!(decide_session(me, peer, leader), Receive, "{me} {peer}");
+            }
+        }
+        assert_eq!(decide_session(6, 6, true), Reconcile);
+        assert_eq!(decide_session(6, 6, false), Receive);
+        assert_eq!(decide_session(6, 3, false), SendAll);
         assert_ne!(
             decide_session(5, 0, true),
             InSync,

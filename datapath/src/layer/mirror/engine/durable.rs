@@ -117,7 +117,8 @@ impl Engine {
             self.unconfirmed_into(&mut suspect);
         }
         Persisted {
-            mode: self.replica_state() as u8,
+            // States 5 and 6 are not modes: the activity log and `clean` say them again.
+            mode: replica::replica_state(self.mode, self.new_replica) as u8,
             clean,
             epoch: self.grant_epoch,
             size: self.cfg.size,
@@ -138,6 +139,8 @@ impl Engine {
                 ReplicaData::Kept { identity } => identity,
                 ReplicaData::Volatile => 0,
             },
+            boot: self.cfg.boot_id,
+            host_restarted: self.al.unclean && self.al.host_restarted,
         }
     }
 
@@ -289,7 +292,9 @@ impl Engine {
             let written = self.written.clone();
             self.suspect.or_with(&written);
         }
-        let g = self.persist(flushed.is_ok());
+        // A site not reconciled since an unclean stop stays unclean (its log, left as it
+        // was, or this flag says it again at the next start).
+        let g = self.persist(flushed.is_ok() && !self.al.unclean);
         if g == 0 {
             return flushed.is_ok();
         }

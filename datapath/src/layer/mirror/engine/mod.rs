@@ -207,6 +207,10 @@ pub struct EngineConfig {
     pub meta: Option<Arc<dyn MetaHandler>>,
     /// The activity log (actlog.rs; kept by a leader with a state file).
     pub actlog: ActLogConfig,
+    /// This host's boot id (`state::boot_id`; 0: unknown), recorded in the state file: a site
+    /// that stopped uncleanly in sync and finds another one at its start lost its host, not
+    /// only its process (replica state 6).
+    pub boot_id: u128,
 }
 
 /// One mirrored volume's engine.
@@ -464,6 +468,12 @@ impl Engine {
             self.suspect.or_with(m);
         }
         self.al.unclean = unclean;
+        // Its host restarted since (or had, at an earlier start not reconciled since): a power
+        // loss may have dropped what its device had not flushed (docs/mirror-protocol.md,
+        // "Power loss"). Unknown boot ids (an older file, an unreadable id) say nothing.
+        self.al.host_restarted = unclean
+            && (p.host_restarted
+                || (p.boot != 0 && self.cfg.boot_id != 0 && p.boot != self.cfg.boot_id));
         if unclean {
             tracing::warn!(volume = %self.cfg.name, suspect_bytes = self.suspect.bytes(),
                 "mirror: this site did not stop cleanly while in sync; its next session \
@@ -515,11 +525,12 @@ impl Engine {
 
     /// This site's replica state as told to the peer in HELLO/WELCOME (`id` field):
     /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing, 4 new, 5 in sync but stopped
-    /// uncleanly (actlog.rs).
+    /// uncleanly (actlog.rs), 6 as 5 with its host restarted since.
     pub fn replica_state(&self) -> u32 {
         if self.al.unclean && self.mode == Mode::Waiting && !self.new_replica {
-            // In sync, stopped uncleanly: its next session reconciles (actlog.rs).
-            return 5;
+            // In sync, stopped uncleanly: its next session reconciles (actlog.rs); 6 when its
+            // host restarted too (its device may have dropped unflushed writes).
+            return if self.al.host_restarted { 6 } else { 5 };
         }
         replica::replica_state(self.mode, self.new_replica)
     }

@@ -27,6 +27,7 @@ pub fn state_name(s: u32) -> &'static str {
         2 => "fenced",
         3 => "resyncing",
         5 => "in sync, stopped uncleanly",
+        6 => "in sync, stopped uncleanly, host restarted",
         _ => "new",
     }
 }

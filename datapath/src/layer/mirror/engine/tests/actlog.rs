@@ -552,3 +552,96 @@ fn a_write_at_the_reconciling_source_before_its_state_is_durable_reaches_the_pee
     assert!(same_replicas(&a, &b));
     assert_eq!(a.disk.borrow().bytes[16384 + 512], 0xB2);
 }
+
+/// A leader restarted after a crash in sync (state 5; 6 when its host restarted too), stopped
+/// cleanly before its peer came back, starts again: still unclean, its log's extents still
+/// to reconcile, and still known to have lost its host. (The clean stop saved state 5 as a
+/// mode, which no start could read: the daemon did not start.)
+#[test]
+fn an_unclean_site_stopped_cleanly_before_its_reconciliation_starts_again_unclean() {
+    for (boot, state) in [(1, 5), (2, 6)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, _b, _io, _rng, _slot) = in_sync_pair(dir.path());
+        a.engine.cfg.boot_id = boot;
+        crash_and_restart(&mut a);
+        assert_eq!(a.engine.replica_state(), state);
+        let suspect = a.engine.suspect_bytes();
+        let cfg = a.engine.cfg.clone();
+        let fresh = Engine::new(
+            cfg,
+            Box::new(SlowChannel(Rc::clone(&a.disk))),
+            0,
+            Arc::new(MirrorStats::default()),
+        );
+        // The clean stop (the engine's drop), and a start in the same boot.
+        drop(std::mem::replace(&mut a.engine, fresh));
+        a.engine
+            .set_persister(Persister::spawn().expect("persister"));
+        a.engine
+            .restore()
+            .expect("restore after a clean stop of an unclean site");
+        assert_eq!(a.engine.replica_state(), state);
+        assert!(a.engine.suspect_bytes() >= suspect);
+    }
+}
+
+/// One site's host loses its power while the pair is in sync: its disk drops an acknowledged
+/// write W it had not flushed (both sites applied W). Its peer, which could not be granted
+/// the volume (no witness answering), fenced. The restarted site finds another boot id, so it
+/// announces state 6 and the fenced peer's copy wins: W is back at both sites. (State 5, a
+/// crash of the process only, makes the restarted site the source: its stale copy of W's
+/// region would overwrite the fenced site's.)
+#[test]
+fn a_site_whose_host_restarted_while_its_peer_fenced_gets_the_fenced_copy() {
+    for lost in [Role::Leader, Role::Follower] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+        let (off, w) = (3 * EXTENT, 0xA7);
+        {
+            let (down, _) = if lost == Role::Leader {
+                (&a, &b)
+            } else {
+                (&b, &a)
+            };
+            // What its disk holds durably: everything before W (as after a flush).
+            let durable = down.disk.borrow().bytes.clone();
+            write_at(&mut a, &mut io, &mut slot, off, w, 4096);
+            run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+            collect(&mut a);
+            assert_eq!((a.ok, a.outstanding), (2, 0), "W acknowledged");
+            let (down, up) = if lost == Role::Leader {
+                (&mut a, &mut b)
+            } else {
+                (&mut b, &mut a)
+            };
+            // The link goes with the power; the other site, without a grant, fences.
+            up.engine.link_down("test");
+            up.engine.fence("test: no grant");
+            assert!(up.engine.wait_persisted());
+            // The host restarts: the disk kept only what was flushed.
+            assert!(down.engine.wait_persisted());
+            down.disk.borrow_mut().bytes = durable;
+            down.engine.cfg.boot_id = 2;
+            crash_and_restart(down);
+            assert_eq!(down.engine.replica_state(), 6, "{lost:?}");
+            assert_eq!(up.engine.replica_state(), 2, "{lost:?}");
+        }
+        reconnect(&mut a, &mut b, &mut io);
+        pump(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        for (s, name) in [(&a, "a"), (&b, "b")] {
+            let d = s.disk.borrow();
+            assert!(
+                d.bytes[off as usize..off as usize + 4096]
+                    .iter()
+                    .all(|&x| x == w),
+                "{lost:?} lost its power: the acknowledged W is gone at {name}"
+            );
+        }
+        assert!(same_replicas(&a, &b), "{lost:?}");
+        assert_eq!(
+            (a.engine.mode(), b.engine.mode()),
+            (Mode::Mirroring, Mode::Mirroring)
+        );
+    }
+}

@@ -176,13 +176,15 @@ fn suspect_regions_are_persisted_and_unknown_ones_after_a_leaders_crash_are_ever
             suspect,
             identity: 0,
             leads: None,
+            boot: 0,
+            host_restarted: false,
         };
         let v1 = p.suspect.is_none();
         save(&path, &p).unwrap();
         if v1 {
             // As version 1 wrote it: no flags and no suspect bitmap (an empty one here).
             let mut b = std::fs::read(&path).unwrap();
-            b.truncate(b.len() - 24);
+            b.truncate(b.len() - 40);
             b[4] = 1;
             b[7] = 0;
             let crc = crate::checksum::crc32c(&b);

@@ -105,6 +105,7 @@ fn site(role: Role, timeout: Duration) -> Site {
         replica_path: None,
         meta: None,
         actlog: Default::default(),
+        boot_id: 1,
     };
     Site {
         engine: Engine::new(
