@@ -37,6 +37,7 @@ fuzz_target!(|input: &[u8]| {
             first_seq: 1,
             created: 1,
             size: SIZE,
+            low: None,
         }
         .encode();
         if mode % 3 == 1 {
@@ -59,7 +60,8 @@ fuzz_target!(|input: &[u8]| {
         assert_eq!((h.seq, h.offset, h.len), (e.seq, e.offset, e.len));
         prev = (e.seq, e.time);
     }
-    if let Some(at) = format::later_record(bytes, s.end as usize, VOL, s.last_seq + 1, s.last_time) {
+    if let Some(at) = format::later_record(bytes, s.end as usize, VOL, s.last_seq + 1, s.last_time)
+    {
         assert!(at >= s.end as usize);
         let h = RecHeader::decode(&bytes[at..], VOL).expect("a later record decodes");
         assert!(h.op != Op::Pad && h.seq > s.last_seq && h.time >= s.last_time);
@@ -76,7 +78,10 @@ fuzz_target!(|input: &[u8]| {
     if let Ok(text) = std::str::from_utf8(rest)
         && let Ok(b) = twinblk::layer::cdp::bookmark::parse(text)
     {
-        assert_eq!(twinblk::layer::cdp::bookmark::parse(&twinblk::layer::cdp::bookmark::encode(&b)), Ok(b));
+        assert_eq!(
+            twinblk::layer::cdp::bookmark::parse(&twinblk::layer::cdp::bookmark::encode(&b)),
+            Ok(b)
+        );
     }
     let _ = SegHeader::decode(rest);
     let _ = RecHeader::decode(rest, VOL);

@@ -25,7 +25,15 @@ fn check(b: &[u8], dg: Digests) {
         let d = p.data.as_ptr() as usize;
         assert!(p.data.is_empty() || (d >= base + 48 && d + p.data.len() <= base + n));
         let r = Req(p.bhs);
-        let _ = (r.opcode(), r.itt(), r.cmd_sn(), r.exp_stat_sn(), r.cdb(), r.lun(), r.data_len());
+        let _ = (
+            r.opcode(),
+            r.itt(),
+            r.cmd_sn(),
+            r.exp_stat_sn(),
+            r.cdb(),
+            r.lun(),
+            r.data_len(),
+        );
     }
     if let Err(Violation::DataDigest { len }) = full {
         assert_eq!(len, needs(b, dg));

@@ -14,7 +14,12 @@ use twinblk::layer::mirror::engine::{Install, MetaHandler, MetaRouter};
 
 fuzz_target!(|data: &[u8]| {
     let pr = Arc::new(PrState::default());
-    let r = Arc::new(PrReplicator::new(vec![("iqn.t".into(), 0, 0, Arc::clone(&pr))]));
+    let r = Arc::new(PrReplicator::new(vec![(
+        "iqn.t".into(),
+        0,
+        0,
+        Arc::clone(&pr),
+    )]));
     let mut router = MetaRouter::new();
     router.add(prs::META_KIND, r.clone());
     if let Some(c) = PrCmd::decode(data) {

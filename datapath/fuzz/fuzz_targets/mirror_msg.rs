@@ -56,6 +56,8 @@ fn engine(io: &mut IoCx, role: Role) -> Engine {
             vec![(1, 0)],
         )]))),
         actlog: Default::default(),
+        boot_id: 0,
+        replica_path: None,
     };
     let mut e = Engine::new(cfg, inner, 0, Arc::new(MirrorStats::default()));
     e.link_up(io);
@@ -100,7 +102,8 @@ fn sealed(mut d: &[u8]) -> Vec<u8> {
             }
             // HELLO-shaped: geometry, nonce, then a name from the input.
             4 => {
-                let mut p = wire::encode_hello(SIZE, 512, &[d.first().copied().unwrap_or(0); 32], "");
+                let mut p =
+                    wire::encode_hello(SIZE, 512, &[d.first().copied().unwrap_or(0); 32], "");
                 p.extend(d.iter().take(40).copied());
                 p
             }
@@ -131,7 +134,11 @@ fn crc32c_of(header36: &[u8], payload: &[u8]) -> u32 {
     for &b in header36.iter().chain(payload) {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -165,7 +172,10 @@ fn handshake_payloads(p: &[u8], id: u32, seq: u64) {
             name: "f",
         };
         for role in [AuthRole::Leader, AuthRole::Follower] {
-            assert!(!hs.verify(&key, role, &w.proof), "a proof made of input bytes verified");
+            assert!(
+                !hs.verify(&key, role, &w.proof),
+                "a proof made of input bytes verified"
+            );
         }
     }
 }
@@ -198,7 +208,9 @@ fn run(io: &mut IoCx, data: &[u8]) {
             }
             Decoded::Bad(_) => break,
             Decoded::Msg(h, r) => {
-                assert!(r.end <= data.len() - at && r.start == twinblk::layer::mirror::wire::HEADER);
+                assert!(
+                    r.end <= data.len() - at && r.start == twinblk::layer::mirror::wire::HEADER
+                );
                 let bytes = &data[at..at + r.end];
                 let payload = &bytes[r.start..];
                 let mut again = Vec::new();

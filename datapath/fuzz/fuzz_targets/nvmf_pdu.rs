@@ -34,7 +34,14 @@ fn check(b: &[u8], dg: Digests) {
         let _ = term_req(p.header);
         if p.header.len() >= 72 {
             if let Some(s) = Sqe::new(&p.header[8..]) {
-                let _ = (s.opcode(), s.cid(), s.nsid(), s.slba(), s.nlb(), s.sgl_len());
+                let _ = (
+                    s.opcode(),
+                    s.cid(),
+                    s.nsid(),
+                    s.slba(),
+                    s.nlb(),
+                    s.sgl_len(),
+                );
                 let _ = (s.cdw(10), s.cdw(15), s.connect_kato(), s.prop_value());
             }
         }

@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         tpg: 1,
         path: PathState::Optimized,
         peer: None,
+        read_only: false,
     };
     let Ok(cmd) = decode(&c) else {
         return;
@@ -33,18 +34,33 @@ fuzz_target!(|data: &[u8]| {
     let _ = data_out_len(&cmd, 512);
     let _ = data_out_len(&cmd, 4096);
     match cmd {
-        Cmd::Inquiry { evpd: true, page, .. } => {
+        Cmd::Inquiry {
+            evpd: true, page, ..
+        } => {
             if let Ok(p) = pages::vpd_page(&l, page) {
                 assert_eq!(usize::from(u16::from_be_bytes([p[2], p[3]])), p.len() - 4);
             }
         }
-        Cmd::ModeSense { ten, dbd, pc, page, subpage, .. } => {
+        Cmd::ModeSense {
+            ten,
+            dbd,
+            pc,
+            page,
+            subpage,
+            ..
+        } => {
             if let Ok(p) = pages::mode_sense(&l, ten, dbd, pc, page, subpage) {
                 let _ = pages::mode_select(&l, ten, &p);
             }
             let _ = pages::mode_select(&l, ten, extra);
         }
-        Cmd::ReportOpcodes { options, rctd, op, sa, .. } => {
+        Cmd::ReportOpcodes {
+            options,
+            rctd,
+            op,
+            sa,
+            ..
+        } => {
             let _ = pages::report_opcodes(options, rctd, op, sa);
         }
         Cmd::GetLbaStatus { lba, .. } => {

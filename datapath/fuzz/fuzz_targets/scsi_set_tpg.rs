@@ -40,8 +40,8 @@ fuzz_target!(|data: &[u8]| {
                 let _ = alua::parse_set_tpg(&data[..k], groups, optimized);
             }
             let r = alua::parse_set_tpg(data, groups, optimized);
-            let whole = data.len() >= HEADER_LEN
-                && (data.len() - HEADER_LEN).is_multiple_of(DESC_LEN);
+            let whole =
+                data.len() >= HEADER_LEN && (data.len() - HEADER_LEN).is_multiple_of(DESC_LEN);
             match r {
                 _ if data.is_empty() => assert_eq!(r, Ok(Want::Nothing)),
                 Err(s) if s == Sense::PARAM_LIST_LENGTH => assert!(!whole),

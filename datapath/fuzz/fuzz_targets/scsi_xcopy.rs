@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let op = xcopy::operating_parameters(512 << (sel & 3));
-    assert_eq!(u32::from_be_bytes([op[0], op[1], op[2], op[3]]) as usize, op.len() - 4);
+    assert_eq!(
+        u32::from_be_bytes([op[0], op[1], op[2], op[3]]) as usize,
+        op.len() - 4
+    );
     let h = Held {
         list_id: l.list_id,
         status: sel % 3,
@@ -56,5 +59,8 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(xcopy::copy_status(&h).len(), 12);
     let f = xcopy::failed_segment_details(&h);
-    assert_eq!(u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize, f.len() - 4);
+    assert_eq!(
+        u32::from_be_bytes([f[0], f[1], f[2], f[3]]) as usize,
+        f.len() - 4
+    );
 });
