@@ -376,8 +376,14 @@ enum Kind {
     Kill,
     /// As `Kill`, both replicas behind a volatile write cache (`volatile_cache`): the killed
     /// site's disk loses every write it had not flushed, as at a power loss (never with CDP:
-    /// the option refuses it).
+    /// the option refuses it); it restarts with another boot id (`boot_id_file`), as its host
+    /// would.
     PowerLoss,
+    /// As `PowerLoss` with the witness killed first: the other site cannot be granted and
+    /// fences. The site that lost its power comes back (new boot id) with the witness still
+    /// down: the pair (host restarted, fenced) must reconcile from the fenced site's copy on
+    /// its own; then the witness returns.
+    PowerLossNoWitness,
     /// The leader: SIGKILL while in sync under load, restarted with its state at once (before
     /// the follower's grant, after the witness's tie grace): the next session reconciles the
     /// updates either site applied alone (the activity log's extents,
@@ -409,10 +415,11 @@ enum Kind {
     CutLinkNoWitness,
 }
 
-const KINDS: [Kind; 13] = [
+const KINDS: [Kind; 14] = [
     Kind::CutLink,
     Kind::Kill,
     Kind::PowerLoss,
+    Kind::PowerLossNoWitness,
     Kind::QuickKill,
     Kind::KillNoState,
     Kind::KillNoHistory,
@@ -929,7 +936,9 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     let vol = match kind {
         Kind::KillRam => "backend='malloc'\nsize='32MiB'".to_string(),
         Kind::Oversize => "backend='uring'\nsize='6GiB'".to_string(),
-        Kind::PowerLoss => "backend='uring'\nsize='32MiB'\nvolatile_cache=true".to_string(),
+        Kind::PowerLoss | Kind::PowerLossNoWitness => {
+            "backend='uring'\nsize='32MiB'\nvolatile_cache=true".to_string()
+        }
         _ => "backend='uring'\nsize='32MiB'".to_string(),
     };
     let err_vol = format!("{vol}\nfail_range=[{ERR_OFF}, {ERR_LEN}]");
@@ -940,11 +949,27 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             vol.clone()
         }
     };
-    let st = [state_dir(&h, "a"), state_dir(&h, "b")];
+    // Each site's boot id (a power loss restarts a site with another one).
+    let boot = [A, B].map(|s| h.root().join(format!("boot-{}", site_name(s))));
+    let new_boot = |s: usize, rnd: &mut u64| {
+        let (hi, lo) = (xorshift(rnd), xorshift(rnd));
+        let id = format!("{:032x}", (u128::from(hi) << 64) | u128::from(lo));
+        std::fs::write(&boot[s], id).unwrap();
+    };
+    for s in [A, B] {
+        new_boot(s, rnd);
+    }
+    let st = [A, B].map(|s| {
+        format!(
+            "{}\nboot_id_file='{}'",
+            state_dir(&h, site_name(s)),
+            boot[s].display()
+        )
+    });
     // Every other iteration journals both replicas (CDP under the mirror): their histories
     // are checked against the acknowledged writes at the end (crate::soak_history).
-    let cdp =
-        (xorshift(rnd).is_multiple_of(2) && kind != Kind::PowerLoss) || kind == Kind::KillNoHistory;
+    let power = matches!(kind, Kind::PowerLoss | Kind::PowerLossNoWitness);
+    let cdp = (xorshift(rnd).is_multiple_of(2) && !power) || kind == Kind::KillNoHistory;
     let tail = [A, B].map(|s| crate::soak_history::cdp_tail(&h, cdp, s));
     h.start_witness();
     let mut srv = [
@@ -995,6 +1020,10 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         Kind::CutLinkNoWitness => {
             h.kill_witness();
             h.link_ab(false);
+        }
+        Kind::PowerLossNoWitness => {
+            h.kill_witness();
+            srv[x].as_mut().unwrap().kill();
         }
         Kind::Kill | Kind::PowerLoss | Kind::KillNoState | Kind::KillNoHistory | Kind::KillRam => {
             srv[x].as_mut().unwrap().kill()
@@ -1122,6 +1151,28 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             }
             h.start_witness();
         }
+        Kind::PowerLossNoWitness => {
+            if let Err(e) = reach(srv[y].as_ref().unwrap(), "fenced", Duration::from_secs(5)) {
+                problems.push(format!("after the power loss, site {}: {e}", site_name(y)));
+            }
+            std::thread::sleep(Duration::from_millis(200 + xorshift(rnd) % 800));
+            new_boot(x, rnd);
+            let s = srv[x].take().unwrap().respawn();
+            *addrs[x].lock().unwrap() = s.addr;
+            srv[x] = Some(s);
+            link_back = Some(Instant::now());
+            // Back together without the witness: they must reconcile on their own.
+            for s in [A, B] {
+                if let Err(e) = reach(srv[s].as_ref().unwrap(), "up", Duration::from_secs(10)) {
+                    problems.push(format!(
+                        "site {} back, witness still down, site {}: {e}",
+                        site_name(x),
+                        site_name(s)
+                    ));
+                }
+            }
+            h.start_witness();
+        }
         Kind::Kill | Kind::PowerLoss | Kind::KillNoState | Kind::KillNoHistory | Kind::KillRam => {
             if let Err(e) = reach(srv[y].as_ref().unwrap(), "survivor", Duration::from_secs(5)) {
                 problems.push(format!("after the kill, site {}: {e}", site_name(y)));
@@ -1131,7 +1182,9 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
                 let d = crate::soak_history::dir(&h, x);
                 std::fs::remove_dir_all(&d).unwrap();
                 std::fs::create_dir_all(&d).unwrap();
-            } else if !matches!(kind, Kind::Kill | Kind::PowerLoss) {
+            } else if kind == Kind::PowerLoss {
+                new_boot(x, rnd);
+            } else if kind != Kind::Kill {
                 let d = h.root().join(format!("state-{}", site_name(x)));
                 std::fs::remove_dir_all(&d).unwrap();
                 std::fs::create_dir_all(&d).unwrap();
@@ -1231,7 +1284,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     // Without the witness and the link no site may serve (CutLinkNoWitness): that outage is
     // by design, so its recovery is measured from the link's return.
     let from = match kind {
-        Kind::CutLinkNoWitness => link_back.unwrap_or(fault_at),
+        Kind::CutLinkNoWitness | Kind::PowerLossNoWitness => link_back.unwrap_or(fault_at),
         _ => fault_at,
     };
     let rto = la
@@ -1270,9 +1323,9 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             ms(w.issued)
         ));
     }
-    // Without the witness, neither site acknowledges a write issued once both had fenced,
-    // until the link is back.
-    if kind == Kind::CutLinkNoWitness
+    // Without the witness, neither site acknowledges a write issued once both had fenced
+    // (or one had fenced and the other lost its power), until both are back together.
+    if matches!(kind, Kind::CutLinkNoWitness | Kind::PowerLossNoWitness)
         && let Some(w) = la.iter().chain(lb.iter()).find(|w| {
             w.issued >= fault_done && w.issued < heal_done && w.acked.is_some() && {
                 // Acknowledged before the link returned.
@@ -1437,7 +1490,8 @@ fn randomised_faults_never_lose_an_acknowledged_write() {
         v.sort();
         (v[v.len() / 2], *v.last().unwrap())
     };
-    // (CutLinkNoWitness's RTO counts from the link's return: no site may serve before.)
+    // (CutLinkNoWitness's RTO counts from the link's return, PowerLossNoWitness's from the
+    // restart: no site may serve before.)
     let mut all: Vec<Duration> = rtos.values().flatten().copied().collect();
     for (k, v) in rtos.iter_mut() {
         let (med, max) = stats(v);
