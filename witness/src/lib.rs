@@ -14,11 +14,14 @@
 //! - [`proto`]: datagram encoding/decoding and the MAC (pure; never panics on input);
 //! - [`state`]: the persisted table, its file format, and the grant rules ([`state::Arbiter`]);
 //! - [`server`]: the witness loop ([`Witness`]);
-//! - [`client`]: the blocking client the sites use ([`WitnessClient`]).
+//! - [`client`]: the blocking client the sites use ([`WitnessClient`]);
+//! - [`operator`]: operator actions on a stopped witness's state file (releasing a survivor
+//!   lost for good).
 //!
 //! The datapath depends on this crate (for `client` and `proto`), never the reverse.
 
 pub mod client;
+pub mod operator;
 pub mod proto;
 pub mod server;
 pub mod state;

@@ -19,8 +19,8 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:7790")]
     listen: SocketAddr,
     /// File holding the shared key (trailing whitespace ignored; at least 16 bytes).
-    #[arg(long)]
-    key_file: PathBuf,
+    #[arg(long, required_unless_present = "release_lost_holder")]
+    key_file: Option<PathBuf>,
     /// The witness's state file (grants, epochs, counters).
     #[arg(long, default_value = "/var/lib/twinblk/witness.state")]
     state: PathBuf,
@@ -32,6 +32,16 @@ struct Args {
     /// grant a previous witness made).
     #[arg(long)]
     init: bool,
+    /// Operator, with the witness stopped: forget the survivor grant of GROUP (a volume's
+    /// group, or its name), held by a site lost for good, and exit. The writes that site
+    /// acknowledged alone are given up: the other site's `twinblk-ctl takeover
+    /// --accept-data-loss` is then granted. Empty the lost site's state directory before it
+    /// ever starts again (it then returns as a new replica).
+    #[arg(long, value_name = "GROUP", requires = "accept_data_loss")]
+    release_lost_holder: Option<String>,
+    /// Confirms `--release-lost-holder`.
+    #[arg(long)]
+    accept_data_loss: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,8 +66,24 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let key = Key::from_file(&args.key_file).context("loading the key")?;
-    warn_if_readable(&args.key_file);
+    if let Some(group) = &args.release_lost_holder {
+        let r = twinblk_witness::operator::release_lost_holder(&args.state, group)
+            .with_context(|| format!("releasing group {group}"))?;
+        println!(
+            "group {group}: the grant of site {} (epoch {}) is released; the writes it \
+             acknowledged alone are given up. Run `twinblk-ctl takeover VOLUME \
+             --accept-data-loss` at the other site once this witness runs again, and empty the \
+             released site's state_dir before it ever starts again.",
+            r.holder.get(),
+            r.epoch.0
+        );
+        return Ok(());
+    }
+    let key_file = args
+        .key_file
+        .expect("required without --release-lost-holder");
+    let key = Key::from_file(&key_file).context("loading the key")?;
+    warn_if_readable(&key_file);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))

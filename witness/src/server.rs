@@ -49,6 +49,8 @@ pub enum WitnessError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Lock(#[from] crate::operator::OperatorError),
     #[error("receiving a datagram")]
     Recv(#[source] std::io::Error),
 }
@@ -72,6 +74,8 @@ pub struct Witness {
     /// Heartbeat counters not yet written, since when.
     pending_since: Option<Instant>,
     stats: Stats,
+    /// The state file's lock, held while this witness runs (operator.rs).
+    _lock: std::fs::File,
     rx: Box<[u8; proto::MAX_LEN + 1]>,
     tx: Vec<u8>,
 }
@@ -80,6 +84,7 @@ impl Witness {
     /// Loads the state (refusing a corrupt or, without `init`, missing file), writes it once
     /// (so a new witness has its file from the start) and binds the socket.
     pub fn open(cfg: Config) -> Result<Self, WitnessError> {
+        let lock = crate::operator::lock(&cfg.state)?;
         let mut table = Table::load(&cfg.state, cfg.init)?;
         table.save(&cfg.state)?;
         let sock = UdpSocket::bind(cfg.listen).map_err(|source| WitnessError::Bind {
@@ -106,6 +111,7 @@ impl Witness {
             key: cfg.key,
             pending_since: None,
             stats: Stats::default(),
+            _lock: lock,
             rx: Box::new([0u8; proto::MAX_LEN + 1]),
             tx: Vec::with_capacity(proto::MAX_LEN),
         })

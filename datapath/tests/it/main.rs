@@ -30,6 +30,7 @@ mod iscsi_xcopy;
 mod layering;
 mod linkauth;
 mod linux_guest;
+mod lost_survivor;
 mod malformed;
 mod metrics;
 mod mirror;

@@ -33,6 +33,11 @@ pub const UNREACHABLE: u8 = 3;
 pub struct FailoverSlot {
     /// The engine wants a grant (set by the engine, taken by the thread).
     pub want: AtomicBool,
+    /// With `want`: an operator's takeover, which accepts that this replica may be older
+    /// than the last survivor's: asked at the group's epoch as the witness last showed it, so
+    /// the witness does not deny it as stale (it still denies it while another site holds
+    /// the group).
+    pub takeover: AtomicBool,
     /// `PENDING`, `GRANTED`, `DENIED` or `UNREACHABLE`.
     pub outcome: AtomicU8,
     /// The granted epoch.
@@ -190,9 +195,18 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 continue;
             }
             let preferred = &slot.preferred_now();
-            tracing::warn!(volume = %name, "mirror: peer lost; asking the witness for a survivor grant");
+            let asked = if slot.takeover.load(SeqCst) {
+                tracing::warn!(volume = %name, known = known[i].0,
+                    witness_epoch = slot.view_epoch.load(SeqCst),
+                    "mirror: an operator's takeover; asking the witness for a survivor grant \
+                     (this replica may be older than the last survivor's)");
+                Epoch(known[i].0.max(slot.view_epoch.load(SeqCst)))
+            } else {
+                tracing::warn!(volume = %name, "mirror: peer lost; asking the witness for a survivor grant");
+                known[i]
+            };
             client.set_timeout(cfg.request_timeout);
-            let outcome = match client.request_grant(*group, known[i], *preferred) {
+            let outcome = match client.request_grant(*group, asked, *preferred) {
                 Ok(GrantOutcome::Granted { epoch }) => {
                     slot.epoch.store(epoch.0, SeqCst);
                     known[i] = epoch;

@@ -122,6 +122,7 @@ impl Witness {
         if !self.asked {
             self.asked = true;
             slot.outcome.store(0, SeqCst);
+            slot.takeover.store(self.takeover, SeqCst);
             slot.want.store(true, SeqCst);
             return Grant::Wait;
         }
