@@ -35,8 +35,8 @@ struct Args {
     /// Operator, with the witness stopped: forget the survivor grant of GROUP (a volume's
     /// group, or its name), held by a site lost for good, and exit. The writes that site
     /// acknowledged alone are given up: the other site's `twinblk-ctl takeover
-    /// --accept-data-loss` is then granted. Empty the lost site's state directory before it
-    /// ever starts again (it then returns as a new replica).
+    /// --accept-data-loss` is then granted. If the lost site returns, the witness tells it
+    /// its grant is gone: it fences and is resynced.
     #[arg(long, value_name = "GROUP", requires = "accept_data_loss")]
     release_lost_holder: Option<String>,
     /// Confirms `--release-lost-holder`.
@@ -72,8 +72,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "group {group}: the grant of site {} (epoch {}) is released; the writes it \
              acknowledged alone are given up. Run `twinblk-ctl takeover VOLUME \
-             --accept-data-loss` at the other site once this witness runs again, and empty the \
-             released site's state_dir before it ever starts again.",
+             --accept-data-loss` at the other site once this witness runs again. If the \
+             released site returns, it fences and is resynced from the other.",
             r.holder.get(),
             r.epoch.0
         );

@@ -8,10 +8,9 @@
 //! [`release_lost_holder`]: a group's survivor that is lost for good (its site destroyed) holds
 //! the grant for ever, so the witness denies the other site every request, an operator's
 //! takeover included. Releasing it gives up the writes that site acknowledged alone; the
-//! other site's `twinblk-ctl takeover --accept-data-loss` is then granted. The released site
-//! must not come back with its state (its state file still says "survivor"): its state
-//! directory is emptied first, and it returns as a new replica (docs/witness-protocol.md,
-//! "Operator: a survivor lost for good").
+//! other site's `twinblk-ctl takeover --accept-data-loss` is then granted. If the released
+//! site comes back with its state ("survivor"), the witness's answer tells it the grant is
+//! gone and it fences (docs/witness-protocol.md, "Operator: a survivor lost for good").
 //!
 //! Invariants: nothing is written unless the group has a holder; the group's epoch is kept
 //! (epochs never go down), so a site that held it can never be granted on it again.

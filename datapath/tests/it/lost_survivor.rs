@@ -3,8 +3,8 @@
 //! denied; an operator at the witness releases the lost holder (`twinblk-witness
 //! --release-lost-holder`, the library call `operator::release_lost_holder`), and b's takeover
 //! is then granted: b serves again, without the writes a acknowledged alone (the operator
-//! accepted that). a comes back only with its state directory emptied, as a new replica, and
-//! is resynced from b.
+//! accepted that). a comes back with its state: the witness no longer names it, so it
+//! fences and is resynced from b, W2's region included.
 
 use crate::failover::{KEY, WitnessProc};
 use crate::harness::{pattern, wait_mirror_state};
@@ -66,10 +66,8 @@ fn a_survivor_lost_for_good_is_released_at_the_witness_and_the_other_site_taken_
     let mut c = Client::connect(p.b.addr, "vol0", false);
     assert_eq!(c.write(2 << 20, &w3), 0, "W3 at b");
     drop(c);
-    // a returns without its state: a new replica, given everything b holds.
-    let dir = p.root.path().join("state-a");
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
+    // a comes back with its state ("survivor, epoch E"): the witness names b, so a fences
+    // and b's replica is copied over what a wrote alone (W2's region included).
     p.a.respawn_in_place();
     wait_mirror_state(&p.a, "up", Duration::from_secs(20));
     wait_mirror_state(&p.b, "up", Duration::from_secs(20));
@@ -77,4 +75,9 @@ fn a_survivor_lost_for_good_is_released_at_the_witness_and_the_other_site_taken_
         assert!(read_at(s, 0, 8192) == w1, "W1 at {name}");
         assert!(read_at(s, 2 << 20, 8192) == w3, "W3 at {name}");
     }
+    assert!(
+        read_at(&p.a, 1 << 20, 8192) == read_at(&p.b, 1 << 20, 8192),
+        "W2's region differs: a kept the write it acknowledged alone"
+    );
+    assert!(read_at(&p.a, 1 << 20, 8192) != w2, "a serves W2, given up");
 }

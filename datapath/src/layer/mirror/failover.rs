@@ -58,6 +58,9 @@ pub struct FailoverSlot {
     pub view_epoch: AtomicU64,
     /// its holder (site id, 0: none),
     pub view_holder: AtomicU32,
+    /// whether that holder is this site (`VIEW_UNKNOWN` before the first answer, `VIEW_MINE`,
+    /// `VIEW_NOT_MINE`: another site or none),
+    pub view_mine: AtomicU8,
     /// and whether it answered the last heartbeat: `WITNESS_UNKNOWN` (no heartbeat yet),
     /// `WITNESS_REACHABLE` or `WITNESS_UNREACHABLE`.
     pub witness: AtomicU8,
@@ -97,6 +100,12 @@ impl FailoverSlot {
 
 /// [`FailoverSlot::witness`]: no heartbeat answered or failed yet.
 pub const WITNESS_UNKNOWN: u8 = 0;
+/// `view_mine`: no heartbeat answered yet.
+pub const VIEW_UNKNOWN: u8 = 0;
+/// `view_mine`: the witness's last answer named this site as the group's holder.
+pub const VIEW_MINE: u8 = 1;
+/// `view_mine`: it named another site, or no holder.
+pub const VIEW_NOT_MINE: u8 = 2;
 /// [`FailoverSlot::witness`]: the last heartbeat was answered.
 pub const WITNESS_REACHABLE: u8 = 1;
 /// [`FailoverSlot::witness`]: the last heartbeat was not answered in time.
@@ -267,8 +276,14 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         };
                         let slot = &groups[i].1;
                         slot.view_epoch.store(v.epoch.0, SeqCst);
-                        slot.view_holder
-                            .store(v.holder.map(|h| h.get()).unwrap_or(0), SeqCst);
+                        let holder = v.holder.map(|h| h.get()).unwrap_or(0);
+                        slot.view_holder.store(holder, SeqCst);
+                        let mine = if holder == cfg.site_id {
+                            VIEW_MINE
+                        } else {
+                            VIEW_NOT_MINE
+                        };
+                        slot.view_mine.store(mine, SeqCst);
                         if slot.in_sync.load(SeqCst) && v.epoch.0 > known[i].0 {
                             known[i] = v.epoch;
                             slot.known_epoch.store(v.epoch.0, SeqCst);

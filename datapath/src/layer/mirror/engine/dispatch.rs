@@ -425,9 +425,7 @@ impl Engine {
                     }
                     return Start::Pending;
                 }
-                if meta_result(status).is_ok()
-                    && (self.durable.waiting() || self.alone_after.is_some())
-                {
+                if meta_result(status).is_ok() && (self.durable.waiting() || self.holding_alone()) {
                     // Answered once the survivor state is durable (durable.rs) and the lost
                     // peer's read lease has expired.
                     self.answer(from, tag, meta_result(status));

@@ -197,7 +197,7 @@ impl Engine {
 
     /// Answer an initiator (held while a survivor state is not durable yet).
     pub(super) fn answer(&mut self, from: u32, tag: IoTag, r: Result<(), Errno>) {
-        if r.is_ok() && self.alone_after.is_some() {
+        if r.is_ok() && self.holding_alone() {
             // Also held until the lost peer's read lease has expired (`release_alone`).
             self.alone_held.push((from, tag, r));
         } else if r.is_ok() && self.durable.gate != 0 {

@@ -293,8 +293,13 @@ pub struct Engine {
     alone_after: Option<Instant>,
     /// The activity log and the unclean mark (actlog.rs).
     al: actlog::ActLog,
-    /// The answers waiting for `alone_after`.
+    /// The answers waiting for `alone_after` (and `grant_unconfirmed`).
     alone_held: Vec<(u32, IoTag, Result<(), Errno>)>,
+    /// A survivor restored from its state, with a witness: nothing is acknowledged and nothing
+    /// read until the witness's first answer says this site still holds the group (or the
+    /// witness cannot be reached); if it names another site, an operator released this
+    /// site's grant, and it fences (alone.rs, `confirm_grant`).
+    grant_unconfirmed: bool,
     /// Who sequences now (switchover.rs; `cfg.role` is the configured one).
     role: Role,
     /// The leadership term (0: the configuration).
@@ -366,6 +371,7 @@ impl Engine {
             handshake_sent: None,
             alone_after: None,
             alone_held: Vec::new(),
+            grant_unconfirmed: false,
             al,
             role: cfg_role,
             term: 0,
@@ -517,6 +523,9 @@ impl Engine {
             let l = self.sess.lease();
             self.alone_after = Some(Instant::now() + l + lease_margin(l));
         }
+        // A survivor's grant may have been released by an operator since (a survivor lost
+        // for good, docs/witness-protocol.md): it serves once the witness confirms it.
+        self.grant_unconfirmed = mode == Mode::Survivor && self.cfg.failover.is_some();
         self.publish_lease();
         tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
             suspect_bytes = self.suspect_bytes(), "mirror: replica state restored");
@@ -543,7 +552,7 @@ impl Engine {
             return false;
         }
         match self.mode {
-            Mode::Survivor => true,
+            Mode::Survivor => !self.grant_unconfirmed,
             Mode::Mirroring => self.cfg.failover.is_none() || self.sess.leased(now),
             Mode::Fenced | Mode::Resyncing | Mode::Waiting => false,
         }
@@ -606,10 +615,18 @@ impl Engine {
     pub(super) fn release_alone(&mut self, now: Instant) {
         if self.alone_after.is_some_and(|t| now >= t) {
             self.alone_after = None;
+        }
+        if !self.holding_alone() && !self.alone_held.is_empty() {
             for (from, tag, r) in std::mem::take(&mut self.alone_held) {
                 self.answer(from, tag, r);
             }
         }
+    }
+
+    /// Survivor: answers are held (the lost peer's read lease, or a restored grant not
+    /// confirmed by the witness yet).
+    pub(super) fn holding_alone(&self) -> bool {
+        self.alone_after.is_some() || self.grant_unconfirmed
     }
 
     /// Survivor: answers held until the lost peer's read lease expired.

@@ -160,3 +160,95 @@ fn a_survivor_that_cannot_persist_its_state_stops_serving() {
         None
     );
 }
+
+/// A survivor (epoch 7) with a write acknowledged alone at 32 KiB crashes and restarts from
+/// its state with a fresh failover slot; a new write at 0 waits for the witness.
+fn restarted_survivor(dir: &std::path::Path) -> (Site, Arc<FailoverSlot>, IoCx, Rng, u32) {
+    let p = Persister::spawn().unwrap();
+    let (mut a, _b, mut io, mut rng, mut slot) = granted_with(&p, dir);
+    assert!(a.engine.wait_persisted());
+    a.engine.poll_durable();
+    write_at(&mut a, &mut io, &mut slot, 32768, 0x5A, 4096);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    collect(&mut a);
+    assert_eq!(a.outstanding, 0);
+    assert!(a.engine.dirty_bytes() > 0);
+    assert!(a.engine.wait_persisted());
+    let mut cfg = a.engine.cfg.clone();
+    let fresh = Arc::new(FailoverSlot::default());
+    cfg.failover = Some(Arc::clone(&fresh));
+    let new = Engine::new(
+        cfg,
+        Box::new(SlowChannel(Rc::clone(&a.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    std::mem::forget(std::mem::replace(&mut a.engine, new));
+    a.engine.set_persister(Persister::spawn().unwrap());
+    a.engine.restore().unwrap();
+    a.outstanding = 0;
+    a.ok = 0;
+    assert_eq!(a.engine.mode(), Mode::Survivor);
+    past_peer_lease(&mut a, &mut io);
+    write_at(&mut a, &mut io, &mut slot, 0, 0x6B, 4096);
+    for _ in 0..5 {
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        a.engine.tick(&mut io, Instant::now());
+    }
+    collect(&mut a);
+    assert_eq!(
+        (a.ok, a.failed, a.outstanding),
+        (0, 0, 1),
+        "answered before the witness confirmed the grant"
+    );
+    assert!(
+        !a.engine.may_read(Instant::now()),
+        "read before the witness confirmed"
+    );
+    (a, fresh, io, rng, slot)
+}
+
+/// What the witness says decides: still this site's grant (or no witness answering, or a
+/// witness started anew, which knows no grant): serve; another holder, or none at the grant's
+/// epoch (an operator released it): fence, the write failed, the regions written alone
+/// suspect (copied back from the peer taken over).
+#[test]
+fn a_restarted_survivor_serves_only_once_the_witness_confirms_its_grant() {
+    use crate::layer::mirror::failover::{
+        VIEW_MINE, VIEW_NOT_MINE, WITNESS_REACHABLE, WITNESS_UNREACHABLE,
+    };
+    // (witness, view_mine, view holder, view epoch) -> serves
+    let cases = [
+        (WITNESS_REACHABLE, VIEW_MINE, 1, 7, true),
+        (WITNESS_UNREACHABLE, 0, 0, 0, true),
+        (WITNESS_REACHABLE, VIEW_NOT_MINE, 0, 0, true),
+        (WITNESS_REACHABLE, VIEW_NOT_MINE, 2, 8, false),
+        (WITNESS_REACHABLE, VIEW_NOT_MINE, 0, 7, false),
+    ];
+    for (i, (w, mine, holder, epoch, serves)) in cases.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, slot, mut io, mut rng, _) = restarted_survivor(dir.path());
+        slot.view_holder.store(holder, SeqCst);
+        slot.view_epoch.store(epoch, SeqCst);
+        slot.view_mine.store(mine, SeqCst);
+        slot.witness.store(w, SeqCst);
+        for _ in 0..5 {
+            a.engine.tick(&mut io, Instant::now());
+            while complete_one(&mut a, &mut io, &mut rng) {}
+        }
+        collect(&mut a);
+        if serves {
+            assert_eq!((a.ok, a.outstanding), (1, 0), "case {i}");
+            assert_eq!(a.engine.mode(), Mode::Survivor, "case {i}");
+            assert!(a.engine.may_read(Instant::now()), "case {i}");
+        } else {
+            assert_eq!((a.ok, a.failed, a.outstanding), (0, 1, 0), "case {i}");
+            assert_eq!(a.engine.mode(), Mode::Fenced, "case {i}");
+            assert_eq!(a.engine.dirty_bytes(), 0, "case {i}");
+            assert!(
+                a.engine.suspect_bytes() > 0,
+                "case {i}: the alone writes not suspect"
+            );
+        }
+    }
+}
