@@ -391,6 +391,10 @@ enum Kind {
     QuickKill,
     /// SIGKILL, restarted without its state (state directory emptied; image kept).
     KillNoState,
+    /// SIGKILL; the other site is granted and serves alone; then it is killed too and
+    /// restarted with its state (a survivor restored: it serves again once the witness
+    /// confirms its grant); then the first site returns and is resynced.
+    KillSurvivor,
     /// RAM volumes: SIGKILL, restarted without state, so without its data.
     KillRam,
     /// SIGSTOP for 1–5 s, then SIGCONT.
@@ -415,13 +419,14 @@ enum Kind {
     CutLinkNoWitness,
 }
 
-const KINDS: [Kind; 14] = [
+const KINDS: [Kind; 15] = [
     Kind::CutLink,
     Kind::Kill,
     Kind::PowerLoss,
     Kind::PowerLossNoWitness,
     Kind::QuickKill,
     Kind::KillNoState,
+    Kind::KillSurvivor,
     Kind::KillNoHistory,
     Kind::KillRam,
     Kind::Freeze,
@@ -1012,7 +1017,8 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     );
     std::thread::sleep(delay);
     let mut note = String::new();
-    // When a cut link was restored (CutLinkNoWitness).
+    // When a cut link was restored (CutLinkNoWitness), the site that lost its power restarted
+    // (PowerLossNoWitness), or the killed survivor restarted (KillSurvivor).
     let mut link_back: Option<Instant> = None;
     let fault_at = Instant::now();
     match kind {
@@ -1025,9 +1031,12 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             h.kill_witness();
             srv[x].as_mut().unwrap().kill();
         }
-        Kind::Kill | Kind::PowerLoss | Kind::KillNoState | Kind::KillNoHistory | Kind::KillRam => {
-            srv[x].as_mut().unwrap().kill()
-        }
+        Kind::Kill
+        | Kind::PowerLoss
+        | Kind::KillNoState
+        | Kind::KillSurvivor
+        | Kind::KillNoHistory
+        | Kind::KillRam => srv[x].as_mut().unwrap().kill(),
         Kind::QuickKill => {
             // A burst of pipelined writes from both sites, with what the leader sends the
             // follower slowed down (the leader applies what it sequences before the follower has
@@ -1173,18 +1182,39 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             }
             h.start_witness();
         }
-        Kind::Kill | Kind::PowerLoss | Kind::KillNoState | Kind::KillNoHistory | Kind::KillRam => {
+        Kind::Kill
+        | Kind::PowerLoss
+        | Kind::KillNoState
+        | Kind::KillSurvivor
+        | Kind::KillNoHistory
+        | Kind::KillRam => {
             if let Err(e) = reach(srv[y].as_ref().unwrap(), "survivor", Duration::from_secs(5)) {
                 problems.push(format!("after the kill, site {}: {e}", site_name(y)));
             }
             std::thread::sleep(Duration::from_millis(200 + xorshift(rnd) % 800));
+            if kind == Kind::KillSurvivor {
+                // The survivor too, restarted with its state: it serves again alone. (The dead
+                // process's io_uring releases its listening sockets asynchronously: the new
+                // one waits a moment before it binds them, as QuickKill's does.)
+                srv[y].as_mut().unwrap().kill();
+                std::thread::sleep(Duration::from_millis(150 + xorshift(rnd) % 100));
+                let s = srv[y].take().unwrap().respawn();
+                *addrs[y].lock().unwrap() = s.addr;
+                srv[y] = Some(s);
+                link_back = Some(Instant::now());
+                if let Err(e) = reach(srv[y].as_ref().unwrap(), "survivor", Duration::from_secs(5))
+                {
+                    problems.push(format!("the survivor {} restarted: {e}", site_name(y)));
+                }
+                std::thread::sleep(Duration::from_millis(200 + xorshift(rnd) % 800));
+            }
             if kind == Kind::KillNoHistory {
                 let d = crate::soak_history::dir(&h, x);
                 std::fs::remove_dir_all(&d).unwrap();
                 std::fs::create_dir_all(&d).unwrap();
             } else if kind == Kind::PowerLoss {
                 new_boot(x, rnd);
-            } else if kind != Kind::Kill {
+            } else if !matches!(kind, Kind::Kill | Kind::KillSurvivor) {
                 let d = h.root().join(format!("state-{}", site_name(x)));
                 std::fs::remove_dir_all(&d).unwrap();
                 std::fs::create_dir_all(&d).unwrap();
@@ -1284,7 +1314,9 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     // Without the witness and the link no site may serve (CutLinkNoWitness): that outage is
     // by design, so its recovery is measured from the link's return.
     let from = match kind {
-        Kind::CutLinkNoWitness | Kind::PowerLossNoWitness => link_back.unwrap_or(fault_at),
+        Kind::CutLinkNoWitness | Kind::PowerLossNoWitness | Kind::KillSurvivor => {
+            link_back.unwrap_or(fault_at)
+        }
         _ => fault_at,
     };
     let rto = la
