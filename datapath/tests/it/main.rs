@@ -36,6 +36,7 @@ mod metrics;
 mod mirror;
 mod nbd_limits;
 mod netfault;
+mod netfault_inject;
 mod netns;
 mod nvmf;
 mod nvmf_ana;

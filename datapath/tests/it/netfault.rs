@@ -5,7 +5,8 @@
 //! Needs root (`ip netns`), as the README's test command runs.
 
 use crate::harness::{Server, mirror_state, pattern, wait_mirror_state};
-use crate::netns::{A, B, Hosts, sh};
+use crate::netfault_inject as inject;
+use crate::netns::{A, B, Hosts};
 use crate::rawnbd::Client;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -460,14 +461,14 @@ pub(crate) const BURST: u64 = 64;
 pub(crate) const REGION_A: u64 = 0;
 pub(crate) const REGION_B: u64 = 16 << 20;
 
-fn xorshift(x: &mut u64) -> u64 {
+pub(crate) fn xorshift(x: &mut u64) -> u64 {
     *x ^= *x << 13;
     *x ^= *x >> 7;
     *x ^= *x << 17;
     *x
 }
 
-fn site_name(x: usize) -> &'static str {
+pub(crate) fn site_name(x: usize) -> &'static str {
     if x == A { "a" } else { "b" }
 }
 
@@ -496,7 +497,7 @@ pub(crate) fn classify(d: &[u8], off: u64) -> u64 {
 }
 
 /// NBD handshake without panicking (the site may be dead, restarting or frozen).
-fn try_connect(addr: SocketAddr) -> Option<std::net::TcpStream> {
+pub(crate) fn try_connect(addr: SocketAddr) -> Option<std::net::TcpStream> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
     s.set_nodelay(true).ok()?;
@@ -524,7 +525,7 @@ fn try_connect(addr: SocketAddr) -> Option<std::net::TcpStream> {
 }
 
 /// One NBD request (simple replies); a READ's data goes to `data`. Returns the NBD error.
-fn nbd_io(
+pub(crate) fn nbd_io(
     s: &mut std::net::TcpStream,
     kind: u16,
     off: u64,
@@ -801,119 +802,6 @@ fn check_final(
     }
 }
 
-/// A forged peer at site `x`'s replication port (reached from the test's namespace through
-/// the site's front link): a random HELLO (sometimes for the real volume and geometry), a
-/// random AUTH, or random bytes. Returns what it got back; panics if the site keeps the
-/// connection open.
-fn forge(h: &Hosts, x: usize, rnd: &mut u64) -> String {
-    use twinblk::layer::mirror::wire;
-    let (ip, via) = if x == A {
-        (h.ip(3, 1), h.ip(1, 2))
-    } else {
-        (h.ip(3, 2), h.ip(2, 2))
-    };
-    sh(&["ip", "route", "replace", &format!("{ip}/32"), "via", &via]);
-    let addr: SocketAddr = format!("{ip}:7789").parse().unwrap();
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .expect("connect to the replication port");
-    let mut out = Vec::new();
-    let r = xorshift(rnd);
-    let what = if r.is_multiple_of(5) {
-        for _ in 0..(r >> 8) % 300 {
-            out.push(xorshift(rnd) as u8);
-        }
-        "random bytes"
-    } else {
-        let mut nonce = [0u8; wire::NONCE];
-        for b in &mut nonce {
-            *b = xorshift(rnd) as u8;
-        }
-        let size = if r.is_multiple_of(3) {
-            xorshift(rnd)
-        } else {
-            32 << 20
-        };
-        let name = if r.is_multiple_of(7) { "volX" } else { "vol0" };
-        let mut hd = wire::Header::new(wire::Type::Hello);
-        hd.id = (xorshift(rnd) % 5) as u32;
-        hd.seq = xorshift(rnd);
-        wire::encode(&mut out, &hd, &wire::encode_hello(size, 4096, &nonce, name));
-        let proof: Vec<u8> = (0..wire::PROOF).map(|_| xorshift(rnd) as u8).collect();
-        wire::encode(&mut out, &wire::Header::new(wire::Type::Auth), &proof);
-        "HELLO + AUTH"
-    };
-    let _ = s.write_all(&out);
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let t = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let closed = loop {
-        match s.read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-            Err(_) => break false,
-        }
-    };
-    let mut types = Vec::new();
-    let mut at = 0;
-    while let wire::Decoded::Msg(hd, p) = wire::decode(&got[at..]) {
-        types.push(format!("{:?}", hd.ty));
-        at += p.end;
-    }
-    assert!(
-        closed,
-        "site {} kept a forged peer's connection ({what}) open for {:?}; it sent {types:?}",
-        site_name(x),
-        t.elapsed()
-    );
-    assert!(
-        !types.iter().any(|t| t != "Welcome" && t != "Refuse"),
-        "site {} sent a forged peer {types:?}",
-        site_name(x)
-    );
-    format!("{what}: answered {types:?}, closed after {:?}", t.elapsed())
-}
-
-/// Oversize requests at `addr`: write-zeroes and unmap of 5 GiB each, as two NBD requests
-/// (4 GiB - 4 KiB, the most one request can carry, and the rest), in random order.
-fn oversize(addr: SocketAddr, rnd: &mut u64) -> String {
-    let mut s = try_connect(addr).expect("connect for the oversize requests");
-    let start = 64u64 << 20;
-    let first = 0xFFFF_F000u32;
-    let rest = ((5u64 << 30) - first as u64) as u32;
-    let mut kinds = [cmd::WRITE_ZEROES, cmd::TRIM];
-    if xorshift(rnd).is_multiple_of(2) {
-        kinds.reverse();
-    }
-    let mut said = Vec::new();
-    for k in kinds {
-        for (off, len) in [(start, first), (start + first as u64, rest)] {
-            let t = Instant::now();
-            let e = nbd_io(&mut s, k, off, len, &[], None).expect("oversize request answered");
-            assert_eq!(
-                e,
-                0,
-                "{} of {len} bytes at {off} failed",
-                if k == cmd::TRIM {
-                    "trim"
-                } else {
-                    "write-zeroes"
-                }
-            );
-            said.push(format!(
-                "{}:{:?}",
-                if k == cmd::TRIM { "trim" } else { "zero" },
-                t.elapsed()
-            ));
-        }
-    }
-    said.join(" ")
-}
-
-/// The markers the oversize requests must clear (written before them).
-const MARKERS: [u64; 3] = [64 << 20, (2 << 30) + 8192, (64 << 20) + (5 << 30) - 4096];
-
 struct Outcome {
     rto: Duration,
     line: String,
@@ -992,7 +880,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     let mut extra_writes: Vec<Wr> = Vec::new();
     if kind == Kind::Oversize {
         let mut c = try_connect(srv[A].as_ref().unwrap().addr).unwrap();
-        for (i, &m) in MARKERS.iter().enumerate() {
+        for (i, &m) in inject::MARKERS.iter().enumerate() {
             let seed = (1 << 40) + i as u64;
             assert_eq!(
                 nbd_io(&mut c, cmd::WRITE, m, 4096, &block(seed, m), None).unwrap(),
@@ -1117,13 +1005,13 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
                 site_name(from)
             );
         }
-        Kind::Forged => note = forge(&h, x, rnd),
+        Kind::Forged => note = inject::forge(&h, x, rnd),
         Kind::Oversize => {
             let from = (xorshift(rnd) % 2) as usize;
             note = format!(
                 "from {}: {}",
                 site_name(from),
-                oversize(*addrs[from].lock().unwrap(), rnd)
+                inject::oversize(*addrs[from].lock().unwrap(), rnd)
             );
         }
     }
@@ -1425,7 +1313,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         }
         if kind == Kind::Oversize {
             for s in [A, B] {
-                for m in MARKERS {
+                for m in inject::MARKERS {
                     if read_all(srv[s].as_ref().unwrap().addr, m, 4096)
                         .iter()
                         .any(|&b| b != 0)
