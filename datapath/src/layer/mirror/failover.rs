@@ -40,7 +40,7 @@ pub struct FailoverSlot {
     pub takeover: AtomicBool,
     /// `PENDING`, `GRANTED`, `DENIED` or `UNREACHABLE`.
     pub outcome: AtomicU8,
-    /// The granted epoch.
+    /// The granted epoch (also set by an engine that restores a survivor's grant).
     pub epoch: AtomicU64,
     /// The mirror is in sync (the thread may adopt the witness's epoch as known).
     pub in_sync: AtomicBool,
@@ -58,8 +58,9 @@ pub struct FailoverSlot {
     pub view_epoch: AtomicU64,
     /// its holder (site id, 0: none),
     pub view_holder: AtomicU32,
-    /// whether that holder is this site (`VIEW_UNKNOWN` before the first answer, `VIEW_MINE`,
-    /// `VIEW_NOT_MINE`: another site or none),
+    /// and what that says of this site's grant ([`verdict`], against `epoch`: `VIEW_UNKNOWN`
+    /// before the first answer, `VIEW_MINE`, `VIEW_NOT_MINE`: released or given to another
+    /// site),
     pub view_mine: AtomicU8,
     /// and whether it answered the last heartbeat: `WITNESS_UNKNOWN` (no heartbeat yet),
     /// `WITNESS_REACHABLE` or `WITNESS_UNREACHABLE`.
@@ -100,6 +101,19 @@ impl FailoverSlot {
 
 /// [`FailoverSlot::witness`]: no heartbeat answered or failed yet.
 pub const WITNESS_UNKNOWN: u8 = 0;
+/// What the witness's answer (`holder`, 0: none, at `epoch`) says of the grant this site holds
+/// at epoch `held` (`site`: this site's id): [`VIEW_NOT_MINE`] when it was released or given
+/// to another site (another holder, or none at `held` or later: an operator released it), else
+/// [`VIEW_MINE`] (this site holds it, or the witness knows no grant that late: a witness
+/// started anew, which released nothing).
+pub fn verdict(holder: u32, epoch: u64, site: u32, held: u64) -> u8 {
+    match holder {
+        h if h == site => VIEW_MINE,
+        0 if epoch < held => VIEW_MINE,
+        _ => VIEW_NOT_MINE,
+    }
+}
+
 /// `view_mine`: no heartbeat answered yet.
 pub const VIEW_UNKNOWN: u8 = 0;
 /// `view_mine`: the witness's last answer named this site as the group's holder.
@@ -188,8 +202,13 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         // The group's holder as the witness answered (none once released).
                         let (twinblk_witness::client::ReleaseOutcome::Released(view)
                         | twinblk_witness::client::ReleaseOutcome::NotHolder(view)) = outcome;
-                        slot.view_holder
-                            .store(view.holder.map(|h| h.get()).unwrap_or(0), SeqCst);
+                        let holder = view.holder.map(|h| h.get()).unwrap_or(0);
+                        slot.view_holder.store(holder, SeqCst);
+                        let epoch = slot.view_epoch.load(SeqCst);
+                        slot.view_mine.store(
+                            verdict(holder, epoch, cfg.site_id, slot.epoch.load(SeqCst)),
+                            SeqCst,
+                        );
                         tracing::info!(volume = %name, epoch, "mirror: survivor grant released")
                     }
                     Err(e) => {
@@ -222,6 +241,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     slot.known_epoch.store(epoch.0, SeqCst);
                     slot.view_epoch.store(epoch.0, SeqCst);
                     slot.view_holder.store(cfg.site_id, SeqCst);
+                    slot.view_mine.store(VIEW_MINE, SeqCst);
                     tracing::warn!(volume = %name, epoch = epoch.0, "mirror: the witness granted this site survivorship");
                     GRANTED
                 }
@@ -232,8 +252,12 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     ..
                 }) => {
                     slot.view_epoch.store(epoch.0, SeqCst);
-                    slot.view_holder
-                        .store(holder.map(|h| h.get()).unwrap_or(0), SeqCst);
+                    let holder_id = holder.map(|h| h.get()).unwrap_or(0);
+                    slot.view_holder.store(holder_id, SeqCst);
+                    slot.view_mine.store(
+                        verdict(holder_id, epoch.0, cfg.site_id, slot.epoch.load(SeqCst)),
+                        SeqCst,
+                    );
                     tracing::error!(volume = %name, ?reason, holder = ?holder.map(|h| h.get()), epoch = epoch.0,
                         "mirror: the witness denied survivorship; fencing");
                     DENIED
@@ -278,11 +302,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         slot.view_epoch.store(v.epoch.0, SeqCst);
                         let holder = v.holder.map(|h| h.get()).unwrap_or(0);
                         slot.view_holder.store(holder, SeqCst);
-                        let mine = if holder == cfg.site_id {
-                            VIEW_MINE
-                        } else {
-                            VIEW_NOT_MINE
-                        };
+                        let mine = verdict(holder, v.epoch.0, cfg.site_id, slot.epoch.load(SeqCst));
                         slot.view_mine.store(mine, SeqCst);
                         if slot.in_sync.load(SeqCst) && v.epoch.0 > known[i].0 {
                             known[i] = v.epoch;
@@ -302,5 +322,26 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             }
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Site 1 holds a grant at epoch 7.
+    #[test]
+    fn a_grant_is_released_only_when_the_witness_says_so_at_its_epoch_or_later() {
+        assert_eq!(verdict(1, 7, 1, 7), VIEW_MINE);
+        assert_eq!(verdict(1, 9, 1, 7), VIEW_MINE);
+        // Another holder, whatever the epoch.
+        assert_eq!(verdict(2, 8, 1, 7), VIEW_NOT_MINE);
+        assert_eq!(verdict(2, 3, 1, 7), VIEW_NOT_MINE);
+        // No holder at the grant's epoch or later: released (by an operator).
+        assert_eq!(verdict(0, 7, 1, 7), VIEW_NOT_MINE);
+        assert_eq!(verdict(0, 8, 1, 7), VIEW_NOT_MINE);
+        // No holder at an older epoch: a witness started anew, which released nothing.
+        assert_eq!(verdict(0, 0, 1, 7), VIEW_MINE);
+        assert_eq!(verdict(0, 6, 1, 7), VIEW_MINE);
     }
 }

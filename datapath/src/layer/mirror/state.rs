@@ -23,7 +23,9 @@
 //! and finds another boot id at its start knows its host restarted since (a power loss may
 //! have dropped its device's volatile cache), not only its process (docs/mirror-protocol.md,
 //! "Power loss"). Version 4 (still read) is version 5 without the boot id and bit 2
-//! ([`Persisted::boot`] 0, [`Persisted::host_restarted`] false).
+//! ([`Persisted::boot`] 0, [`Persisted::host_restarted`] false). A build older than version 5
+//! refuses a version-5 file (the daemon does not start): a downgrade needs the file removed
+//! (the replica then starts as new, and is given every region its peer ever wrote).
 //!
 //! Version 3 (still read) is version 4 without the term and bit 1 ([`Persisted::leads`]
 //! `None`: the configuration decides).

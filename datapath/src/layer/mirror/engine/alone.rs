@@ -235,9 +235,7 @@ impl Engine {
                 .store(false, std::sync::atomic::Ordering::SeqCst);
             return;
         }
-        if self.grant_unconfirmed {
-            self.confirm_grant(&slot);
-        }
+        self.check_grant(io, &slot);
         let site = SiteNow {
             up: self.sess.up,
             had_session: self.sess.number != 0,
@@ -271,63 +269,67 @@ impl Engine {
         }
     }
 
-    /// A survivor restored from its state: once the witness has answered, serve on (it still
-    /// holds the group), or fence if it names another site, or none at this grant's epoch or
-    /// later (an operator released this site's grant: a survivor lost for good,
-    /// docs/witness-protocol.md; no holder at an older epoch is a witness started anew). The regions it
-    /// wrote alone become suspect, so the site taken over copies them back when they meet.
-    /// A witness out of reach cannot say: the persisted grant is trusted, as before.
-    fn confirm_grant(&mut self, slot: &crate::layer::mirror::failover::FailoverSlot) {
+    /// A survivor holding a witness grant checks the witness's latest word every tick (a
+    /// survivor lost for good, docs/witness-protocol.md; judged by `failover::verdict`): it
+    /// names this site: serve on; it names another site, or no holder at this grant's epoch
+    /// or later (an operator released the grant): fence, and the regions written alone become
+    /// suspect, so the site taken over copies its replica over them when they meet. No
+    /// holder at an older epoch is a witness started anew (`--init`), which released nothing. A survivor restored from its
+    /// state serves nothing until the witness's first answer (`grant_unconfirmed`), or until
+    /// the witness is found out of reach: the persisted grant is then trusted, and checked
+    /// again once the witness answers.
+    fn check_grant(&mut self, io: &mut IoCx, slot: &crate::layer::mirror::failover::FailoverSlot) {
         use crate::layer::mirror::failover::{VIEW_MINE, VIEW_NOT_MINE, WITNESS_UNREACHABLE};
         use std::sync::atomic::Ordering::SeqCst;
-        if self.mode != Mode::Survivor {
+        if self.mode != Mode::Survivor || self.grant_epoch == 0 {
             self.grant_unconfirmed = false;
             return;
         }
-        match slot.view_mine.load(SeqCst) {
-            VIEW_MINE => {
-                self.grant_unconfirmed = false;
-                tracing::info!(volume = %self.cfg.name, epoch = self.grant_epoch,
-                    "mirror: the witness confirms this site's survivor grant; serving alone");
-            }
-            VIEW_NOT_MINE
-                if slot.view_holder.load(SeqCst) == 0
-                    && slot.view_epoch.load(SeqCst) < self.grant_epoch =>
-            {
-                // No holder at an epoch below this grant's: the witness lost its state (started
-                // anew with --init), it did not release this grant.
-                self.grant_unconfirmed = false;
-                tracing::warn!(volume = %self.cfg.name, epoch = self.grant_epoch,
-                    witness_epoch = slot.view_epoch.load(SeqCst),
-                    "mirror: the witness does not know this site's survivor grant (its state \
-                     was started anew); serving alone on the grant persisted");
-            }
+        // (One word decides: the failover thread judged the answer against the held epoch.)
+        let mine = slot.view_mine.load(SeqCst);
+        let (holder, epoch) = (slot.view_holder.load(SeqCst), slot.view_epoch.load(SeqCst));
+        let trust = match mine {
+            VIEW_MINE => true,
             VIEW_NOT_MINE => {
-                self.grant_unconfirmed = false;
-                let alone = self.dirty.clone();
-                self.suspect.or_with(&alone);
-                self.dirty = RegionMap::new(self.cfg.size, self.cfg.dirty_granularity);
-                self.stats
-                    .dirty_bytes
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
-                if let Some(slot) = &self.cfg.failover {
-                    slot.survivors.fetch_sub(1, SeqCst);
-                }
-                tracing::error!(volume = %self.cfg.name, epoch = self.grant_epoch,
-                    holder = slot.view_holder.load(SeqCst),
-                    "mirror: the witness no longer grants this site the volume (an operator \
-                     released its grant); the writes it acknowledged alone are given up, and \
-                     the peer's replica will be copied over them");
-                self.fence("this site's survivor grant was released at the witness");
+                self.fence_released(io, holder);
+                return;
             }
-            _ if slot.witness.load(SeqCst) == WITNESS_UNREACHABLE => {
-                self.grant_unconfirmed = false;
-                tracing::warn!(volume = %self.cfg.name, epoch = self.grant_epoch,
-                    "mirror: the witness cannot be reached to confirm this site's survivor \
-                     grant; serving alone on the grant persisted");
-            }
-            _ => {}
+            _ => slot.witness.load(SeqCst) == WITNESS_UNREACHABLE,
+        };
+        if trust && self.grant_unconfirmed {
+            self.grant_unconfirmed = false;
+            self.publish_lease();
+            tracing::warn!(volume = %self.cfg.name, epoch = self.grant_epoch,
+                holder, witness_epoch = epoch,
+                "mirror: serving alone on the survivor grant restored from the state file (the \
+                 witness confirms it, does not know it, or cannot be reached)");
         }
+    }
+
+    /// The witness no longer grants this survivor the volume: fence, the regions written
+    /// alone suspect (a resync under way is abandoned, its copies dirty again first).
+    fn fence_released(&mut self, io: &mut IoCx, holder: u32) {
+        self.grant_unconfirmed = false;
+        self.abandon_resync(io);
+        let alone = self.dirty.clone();
+        self.suspect.or_with(&alone);
+        self.dirty = RegionMap::new(self.cfg.size, self.cfg.dirty_granularity);
+        self.stats
+            .dirty_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        if let Some(slot) = &self.cfg.failover {
+            slot.survivors
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        tracing::error!(volume = %self.cfg.name, epoch = self.grant_epoch, holder,
+            "mirror: the witness no longer grants this site the volume (an operator released \
+             its grant); the writes it acknowledged alone are given up, and the peer's replica \
+             will be copied over them");
+        self.grant_epoch = 0;
+        if self.sess.up {
+            self.kill_link = Some("this site's survivor grant was released at the witness");
+        }
+        self.fence("this site's survivor grant was released at the witness");
     }
 
     // ---- resync ---------------------------------------------------------------------------

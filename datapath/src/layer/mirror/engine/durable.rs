@@ -294,7 +294,7 @@ impl Engine {
         }
         // A site not reconciled since an unclean stop stays unclean (its log, left as it
         // was, or this flag says it again at the next start).
-        let g = self.persist(flushed.is_ok() && !self.al.unclean);
+        let g = self.persist(flushed.is_ok() && self.replica_state() < 5);
         if g == 0 {
             return flushed.is_ok();
         }

@@ -508,11 +508,17 @@ impl Engine {
                 .dirty_bytes
                 .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
         }
+        // (A survivor without a grant, the source of a full copy or of a reconciliation, holds
+        // nothing at the witness: it is not counted, as `become_survivor` does not count it.)
         if mode == Mode::Survivor
+            && p.epoch != 0
             && let Some(slot) = &self.cfg.failover
         {
             slot.survivors
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // The witness's answers are judged against the grant held (failover::verdict).
+            slot.epoch
+                .store(p.epoch, std::sync::atomic::Ordering::SeqCst);
         }
         self.mode = mode;
         self.stats.set_mode(mode);
@@ -525,7 +531,8 @@ impl Engine {
         }
         // A survivor's grant may have been released by an operator since (a survivor lost
         // for good, docs/witness-protocol.md): it serves once the witness confirms it.
-        self.grant_unconfirmed = mode == Mode::Survivor && self.cfg.failover.is_some();
+        self.grant_unconfirmed =
+            mode == Mode::Survivor && p.epoch != 0 && self.cfg.failover.is_some();
         self.publish_lease();
         tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
             suspect_bytes = self.suspect_bytes(), "mirror: replica state restored");
@@ -594,6 +601,7 @@ impl Engine {
     pub(super) fn publish_lease(&self) {
         let ns = match self.mode {
             _ if self.failed.is_some() => 0,
+            Mode::Survivor if self.grant_unconfirmed => 0,
             Mode::Survivor => u64::MAX,
             Mode::Mirroring if self.cfg.failover.is_none() => u64::MAX,
             Mode::Mirroring => self
@@ -716,6 +724,13 @@ impl Engine {
     fn decide_and_start(&mut self, io: &mut IoCx, peer: u32, peer_lead: u64) -> Result<(), String> {
         if self.durable.failed {
             return Err("the replica state cannot be persisted at this site: refusing".into());
+        }
+        if self.grant_unconfirmed {
+            return Err(
+                "this site's survivor grant, restored from its state, is not confirmed by the \
+                 witness yet: refusing until it is"
+                    .into(),
+            );
         }
         if let Some(why) = &self.failed {
             return Err(format!(

@@ -645,3 +645,36 @@ fn a_site_whose_host_restarted_while_its_peer_fenced_gets_the_fenced_copy() {
         );
     }
 }
+
+/// Both sites crash in sync; the leader, the reconciliation's source (a survivor without a
+/// grant, its log not yet emptied), stops cleanly before the copy ends: its state is saved as
+/// a clean stop (the regions still to copy exact), not as a crash (every region ever
+/// written, and a whole-volume resync).
+#[test]
+fn a_reconciliation_source_stopped_cleanly_keeps_its_exact_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, _rng, _slot) = in_sync_pair(dir.path());
+    crash_and_restart(&mut a);
+    crash_and_restart(&mut b);
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!(a.engine.mode(), Mode::Survivor);
+    let dirty = a.engine.dirty_bytes();
+    assert!(dirty > 0 && dirty < SIZE, "{dirty}");
+    let cfg = a.engine.cfg.clone();
+    let fresh = Engine::new(
+        cfg,
+        Box::new(SlowChannel(Rc::clone(&a.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    drop(std::mem::replace(&mut a.engine, fresh));
+    a.engine
+        .set_persister(Persister::spawn().expect("persister"));
+    a.engine.restore().unwrap();
+    assert_eq!(a.engine.mode(), Mode::Survivor);
+    assert!(
+        a.engine.dirty_bytes() <= dirty,
+        "saved as a crash: {} dirty against {dirty}",
+        a.engine.dirty_bytes()
+    );
+}

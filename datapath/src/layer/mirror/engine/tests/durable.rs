@@ -161,8 +161,9 @@ fn a_survivor_that_cannot_persist_its_state_stops_serving() {
     );
 }
 
-/// A survivor (epoch 7) with a write acknowledged alone at 32 KiB crashes and restarts from
-/// its state with a fresh failover slot; a new write at 0 waits for the witness.
+/// A survivor (epoch 7) with a write acknowledged alone at 32 KiB stops cleanly (its dirty map
+/// exact) and restarts from its state with a fresh failover slot; a new write at 0 waits for
+/// the witness, reads are refused here and at other reactors, and no session is accepted.
 fn restarted_survivor(dir: &std::path::Path) -> (Site, Arc<FailoverSlot>, IoCx, Rng, u32) {
     let p = Persister::spawn().unwrap();
     let (mut a, _b, mut io, mut rng, mut slot) = granted_with(&p, dir);
@@ -172,8 +173,6 @@ fn restarted_survivor(dir: &std::path::Path) -> (Site, Arc<FailoverSlot>, IoCx, 
     while complete_one(&mut a, &mut io, &mut rng) {}
     collect(&mut a);
     assert_eq!(a.outstanding, 0);
-    assert!(a.engine.dirty_bytes() > 0);
-    assert!(a.engine.wait_persisted());
     let mut cfg = a.engine.cfg.clone();
     let fresh = Arc::new(FailoverSlot::default());
     cfg.failover = Some(Arc::clone(&fresh));
@@ -183,13 +182,19 @@ fn restarted_survivor(dir: &std::path::Path) -> (Site, Arc<FailoverSlot>, IoCx, 
         0,
         Arc::new(MirrorStats::default()),
     );
-    std::mem::forget(std::mem::replace(&mut a.engine, new));
+    // The clean stop (the engine's drop), then the start.
+    drop(std::mem::replace(&mut a.engine, new));
     a.engine.set_persister(Persister::spawn().unwrap());
     a.engine.restore().unwrap();
     a.outstanding = 0;
     a.ok = 0;
     assert_eq!(a.engine.mode(), Mode::Survivor);
-    past_peer_lease(&mut a, &mut io);
+    assert_eq!(fresh.survivors.load(SeqCst), 1);
+    let dirty = a.engine.dirty_bytes();
+    assert!(
+        (4096..SIZE).contains(&dirty),
+        "the dirty map not exact: {dirty}"
+    );
     write_at(&mut a, &mut io, &mut slot, 0, 0x6B, 4096);
     for _ in 0..5 {
         while complete_one(&mut a, &mut io, &mut rng) {}
@@ -205,31 +210,35 @@ fn restarted_survivor(dir: &std::path::Path) -> (Site, Arc<FailoverSlot>, IoCx, 
         !a.engine.may_read(Instant::now()),
         "read before the witness confirmed"
     );
+    assert!(
+        !a.engine.stats().may_read(),
+        "other reactors may read before the witness confirmed"
+    );
+    assert!(
+        a.engine.session_start(&mut io, 2).is_err(),
+        "a session (a resync from here) before the witness confirmed"
+    );
     (a, fresh, io, rng, slot)
 }
 
-/// What the witness says decides: still this site's grant (or no witness answering, or a
-/// witness started anew, which knows no grant): serve; another holder, or none at the grant's
-/// epoch (an operator released it): fence, the write failed, the regions written alone
-/// suspect (copied back from the peer taken over).
+/// What the witness says decides (`failover::verdict` judges its answer): still this site's
+/// grant, or no witness answering: serve; released or given to another site: fence, the
+/// write failed, the regions written alone suspect (copied back from the peer taken over).
 #[test]
 fn a_restarted_survivor_serves_only_once_the_witness_confirms_its_grant() {
     use crate::layer::mirror::failover::{
         VIEW_MINE, VIEW_NOT_MINE, WITNESS_REACHABLE, WITNESS_UNREACHABLE,
     };
-    // (witness, view_mine, view holder, view epoch) -> serves
+    // (witness, view_mine) -> serves
     let cases = [
-        (WITNESS_REACHABLE, VIEW_MINE, 1, 7, true),
-        (WITNESS_UNREACHABLE, 0, 0, 0, true),
-        (WITNESS_REACHABLE, VIEW_NOT_MINE, 0, 0, true),
-        (WITNESS_REACHABLE, VIEW_NOT_MINE, 2, 8, false),
-        (WITNESS_REACHABLE, VIEW_NOT_MINE, 0, 7, false),
+        (WITNESS_REACHABLE, VIEW_MINE, true),
+        (WITNESS_UNREACHABLE, 0, true),
+        (WITNESS_REACHABLE, VIEW_NOT_MINE, false),
     ];
-    for (i, (w, mine, holder, epoch, serves)) in cases.into_iter().enumerate() {
+    for (i, (w, mine, serves)) in cases.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, slot, mut io, mut rng, _) = restarted_survivor(dir.path());
-        slot.view_holder.store(holder, SeqCst);
-        slot.view_epoch.store(epoch, SeqCst);
+        let dirty = a.engine.dirty_bytes();
         slot.view_mine.store(mine, SeqCst);
         slot.witness.store(w, SeqCst);
         for _ in 0..5 {
@@ -241,14 +250,74 @@ fn a_restarted_survivor_serves_only_once_the_witness_confirms_its_grant() {
             assert_eq!((a.ok, a.outstanding), (1, 0), "case {i}");
             assert_eq!(a.engine.mode(), Mode::Survivor, "case {i}");
             assert!(a.engine.may_read(Instant::now()), "case {i}");
+            assert!(a.engine.stats().may_read(), "case {i}");
         } else {
             assert_eq!((a.ok, a.failed, a.outstanding), (0, 1, 0), "case {i}");
             assert_eq!(a.engine.mode(), Mode::Fenced, "case {i}");
             assert_eq!(a.engine.dirty_bytes(), 0, "case {i}");
+            // What it wrote alone (the failed write at 0 included): suspect now.
             assert!(
-                a.engine.suspect_bytes() > 0,
-                "case {i}: the alone writes not suspect"
+                a.engine.suspect_bytes() >= dirty,
+                "case {i}: the writes made alone are not suspect"
             );
+            assert_eq!(slot.survivors.load(SeqCst), 0, "case {i}");
         }
     }
+}
+
+/// A survivor trusted while the witness was out of reach (or confirmed) fences as soon as
+/// a later answer says its grant was released.
+#[test]
+fn a_survivor_fences_when_the_witness_later_says_its_grant_was_released() {
+    use crate::layer::mirror::failover::{VIEW_NOT_MINE, WITNESS_REACHABLE, WITNESS_UNREACHABLE};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, slot, mut io, mut rng, mut n) = restarted_survivor(dir.path());
+    slot.witness.store(WITNESS_UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, Instant::now());
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1, 0));
+    write_at(&mut a, &mut io, &mut n, 8192, 0x7C, 4096);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    collect(&mut a);
+    assert_eq!(a.ok, 2);
+    slot.witness.store(WITNESS_REACHABLE, SeqCst);
+    slot.view_mine.store(VIEW_NOT_MINE, SeqCst);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    assert!(!a.engine.stats().may_read());
+}
+
+/// A survivor without a witness grant (the source of a full copy or of a reconciliation,
+/// epoch 0) restored from its state serves at once: there is nothing to confirm.
+#[test]
+fn a_restored_survivor_without_a_grant_does_not_wait_for_the_witness() {
+    use crate::layer::mirror::state::{Persisted, save};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.mirror-state");
+    save(
+        &path,
+        &Persisted {
+            mode: 1,
+            clean: true,
+            epoch: 0,
+            size: SIZE,
+            granularity: 4096,
+            bitmap: vec![1],
+            written: vec![1],
+            led: true,
+            suspect: Some(vec![]),
+            identity: 0,
+            leads: None,
+            boot: 0,
+            host_restarted: false,
+        },
+    )
+    .unwrap();
+    let (mut a, slot) = with_witness(Role::Leader);
+    a.engine.cfg.state_file = Some(path);
+    a.engine.restore().unwrap();
+    assert_eq!(a.engine.mode(), Mode::Survivor);
+    assert!(a.engine.may_read(Instant::now()));
+    assert_eq!(slot.survivors.load(SeqCst), 0, "counted as holding a grant");
 }
