@@ -53,15 +53,16 @@ pub struct FailoverSlot {
     /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
     /// preferred, so the witness grants the peer without waiting out the tie grace.
     pub withdrawn: AtomicBool,
-    /// What the witness last said about the group (published by the failover thread for the
-    /// control socket; read-only there): its epoch,
+    /// What the witness last said about the group (published by the failover thread with
+    /// [`FailoverSlot::publish_view`], a sequence lock; read whole with
+    /// [`FailoverSlot::view`], or a field alone for the control socket): its epoch,
     pub view_epoch: AtomicU64,
     /// its holder (site id, 0: none),
     pub view_holder: AtomicU32,
-    /// and what that says of this site's grant ([`verdict`], against `epoch`: `VIEW_UNKNOWN`
-    /// before the first answer, `VIEW_MINE`, `VIEW_NOT_MINE`: released or given to another
-    /// site),
-    pub view_mine: AtomicU8,
+    /// whether that holder is this site,
+    pub view_is_me: AtomicBool,
+    /// the sequence (0: nothing said yet; odd while the three fields are written),
+    pub view_seq: AtomicU64,
     /// and whether it answered the last heartbeat: `WITNESS_UNKNOWN` (no heartbeat yet),
     /// `WITNESS_REACHABLE` or `WITNESS_UNREACHABLE`.
     pub witness: AtomicU8,
@@ -83,6 +84,31 @@ pub struct FailoverSlot {
 }
 
 impl FailoverSlot {
+    /// Publish what the witness said of the group (the failover thread only).
+    pub fn publish_view(&self, holder: u32, epoch: u64, is_me: bool) {
+        self.view_seq.fetch_add(1, SeqCst);
+        self.view_epoch.store(epoch, SeqCst);
+        self.view_holder.store(holder, SeqCst);
+        self.view_is_me.store(is_me, SeqCst);
+        self.view_seq.fetch_add(1, SeqCst);
+    }
+
+    /// What the witness last said, whole: (its holder is this site, holder, epoch); `None`
+    /// before its first answer, or while the failover thread is writing a new one (look
+    /// again later).
+    pub fn view(&self) -> Option<(bool, u32, u64)> {
+        let s = self.view_seq.load(SeqCst);
+        if s == 0 || s % 2 == 1 {
+            return None;
+        }
+        let v = (
+            self.view_is_me.load(SeqCst),
+            self.view_holder.load(SeqCst),
+            self.view_epoch.load(SeqCst),
+        );
+        (self.view_seq.load(SeqCst) == s).then_some(v)
+    }
+
     /// Whether this site claims the group as preferred now (see `members`), before the
     /// withdrawal of a failed site.
     pub fn preferred_now(&self) -> bool {
@@ -101,25 +127,21 @@ impl FailoverSlot {
 
 /// [`FailoverSlot::witness`]: no heartbeat answered or failed yet.
 pub const WITNESS_UNKNOWN: u8 = 0;
-/// What the witness's answer (`holder`, 0: none, at `epoch`) says of the grant this site holds
-/// at epoch `held` (`site`: this site's id): [`VIEW_NOT_MINE`] when it was released or given
-/// to another site (another holder, or none at `held` or later: an operator released it), else
-/// [`VIEW_MINE`] (this site holds it, or the witness knows no grant that late: a witness
+/// Whether the witness's answer (`is_me`: its holder is this site; `holder`, 0: none; at
+/// `epoch`) leaves this site its grant at epoch `held`: false when the grant was released or
+/// given to another site (another holder, or none at `held` or later: an operator released
+/// it); true when this site holds it, or the witness knows no grant that late (a witness
 /// started anew, which released nothing).
-pub fn verdict(holder: u32, epoch: u64, site: u32, held: u64) -> u8 {
-    match holder {
-        h if h == site => VIEW_MINE,
-        0 if epoch < held => VIEW_MINE,
-        _ => VIEW_NOT_MINE,
-    }
+pub fn verdict(is_me: bool, holder: u32, epoch: u64, held: u64) -> bool {
+    is_me || (holder == 0 && epoch < held)
 }
 
-/// `view_mine`: no heartbeat answered yet.
-pub const VIEW_UNKNOWN: u8 = 0;
-/// `view_mine`: the witness's last answer named this site as the group's holder.
-pub const VIEW_MINE: u8 = 1;
-/// `view_mine`: it named another site, or no holder.
-pub const VIEW_NOT_MINE: u8 = 2;
+/// Whether a release of epoch `epoch` should reach the witness: not while a volume of the
+/// group serves alone on that very grant (granted to this site anew after the release was
+/// asked for: a release retried late, or one asked by a volume whose session came back).
+pub fn release_wanted(slot: &FailoverSlot, epoch: u64) -> bool {
+    !(slot.survivors.load(SeqCst) > 0 && slot.epoch.load(SeqCst) == epoch)
+}
 /// [`FailoverSlot::witness`]: the last heartbeat was answered.
 pub const WITNESS_REACHABLE: u8 = 1;
 /// [`FailoverSlot::witness`]: the last heartbeat was not answered in time.
@@ -194,6 +216,14 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             {
                 epoch = e;
             }
+            if epoch != 0 && !release_wanted(slot, epoch) {
+                // This epoch's grant is held again (granted anew to this site, which serves
+                // alone on it): giving it back would let the witness grant the peer too.
+                tracing::info!(volume = %name, epoch,
+                    "mirror: not giving the grant back: a volume of the group serves alone on it");
+                retry[i] = None;
+                epoch = 0;
+            }
             if epoch != 0 {
                 retry[i] = None;
                 client.set_timeout(cfg.request_timeout);
@@ -203,12 +233,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         let (twinblk_witness::client::ReleaseOutcome::Released(view)
                         | twinblk_witness::client::ReleaseOutcome::NotHolder(view)) = outcome;
                         let holder = view.holder.map(|h| h.get()).unwrap_or(0);
-                        slot.view_holder.store(holder, SeqCst);
-                        let epoch = slot.view_epoch.load(SeqCst);
-                        slot.view_mine.store(
-                            verdict(holder, epoch, cfg.site_id, slot.epoch.load(SeqCst)),
-                            SeqCst,
-                        );
+                        slot.publish_view(holder, view.epoch.0, holder == cfg.site_id);
                         tracing::info!(volume = %name, epoch, "mirror: survivor grant released")
                     }
                     Err(e) => {
@@ -239,9 +264,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     slot.epoch.store(epoch.0, SeqCst);
                     known[i] = epoch;
                     slot.known_epoch.store(epoch.0, SeqCst);
-                    slot.view_epoch.store(epoch.0, SeqCst);
-                    slot.view_holder.store(cfg.site_id, SeqCst);
-                    slot.view_mine.store(VIEW_MINE, SeqCst);
+                    slot.publish_view(cfg.site_id, epoch.0, true);
                     tracing::warn!(volume = %name, epoch = epoch.0, "mirror: the witness granted this site survivorship");
                     GRANTED
                 }
@@ -251,13 +274,8 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     epoch,
                     ..
                 }) => {
-                    slot.view_epoch.store(epoch.0, SeqCst);
                     let holder_id = holder.map(|h| h.get()).unwrap_or(0);
-                    slot.view_holder.store(holder_id, SeqCst);
-                    slot.view_mine.store(
-                        verdict(holder_id, epoch.0, cfg.site_id, slot.epoch.load(SeqCst)),
-                        SeqCst,
-                    );
+                    slot.publish_view(holder_id, epoch.0, holder_id == cfg.site_id);
                     tracing::error!(volume = %name, ?reason, holder = ?holder.map(|h| h.get()), epoch = epoch.0,
                         "mirror: the witness denied survivorship; fencing");
                     DENIED
@@ -299,11 +317,8 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                             continue;
                         };
                         let slot = &groups[i].1;
-                        slot.view_epoch.store(v.epoch.0, SeqCst);
                         let holder = v.holder.map(|h| h.get()).unwrap_or(0);
-                        slot.view_holder.store(holder, SeqCst);
-                        let mine = verdict(holder, v.epoch.0, cfg.site_id, slot.epoch.load(SeqCst));
-                        slot.view_mine.store(mine, SeqCst);
+                        slot.publish_view(holder, v.epoch.0, holder == cfg.site_id);
                         if slot.in_sync.load(SeqCst) && v.epoch.0 > known[i].0 {
                             known[i] = v.epoch;
                             slot.known_epoch.store(v.epoch.0, SeqCst);
@@ -329,19 +344,41 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
 mod tests {
     use super::*;
 
-    /// Site 1 holds a grant at epoch 7.
+    /// A grant held at epoch 7.
     #[test]
     fn a_grant_is_released_only_when_the_witness_says_so_at_its_epoch_or_later() {
-        assert_eq!(verdict(1, 7, 1, 7), VIEW_MINE);
-        assert_eq!(verdict(1, 9, 1, 7), VIEW_MINE);
+        assert!(verdict(true, 1, 7, 7));
+        assert!(verdict(true, 1, 9, 7));
         // Another holder, whatever the epoch.
-        assert_eq!(verdict(2, 8, 1, 7), VIEW_NOT_MINE);
-        assert_eq!(verdict(2, 3, 1, 7), VIEW_NOT_MINE);
+        assert!(!verdict(false, 2, 8, 7));
+        assert!(!verdict(false, 2, 3, 7));
         // No holder at the grant's epoch or later: released (by an operator).
-        assert_eq!(verdict(0, 7, 1, 7), VIEW_NOT_MINE);
-        assert_eq!(verdict(0, 8, 1, 7), VIEW_NOT_MINE);
+        assert!(!verdict(false, 0, 7, 7));
+        assert!(!verdict(false, 0, 8, 7));
         // No holder at an older epoch: a witness started anew, which released nothing.
-        assert_eq!(verdict(0, 0, 1, 7), VIEW_MINE);
-        assert_eq!(verdict(0, 6, 1, 7), VIEW_MINE);
+        assert!(verdict(false, 0, 0, 7));
+        assert!(verdict(false, 0, 6, 7));
+    }
+
+    #[test]
+    fn a_view_is_read_whole_or_not_at_all() {
+        let s = FailoverSlot::default();
+        assert_eq!(s.view(), None, "nothing said yet");
+        s.publish_view(2, 8, false);
+        assert_eq!(s.view(), Some((false, 2, 8)));
+        // A writer in the middle of a new answer: not now.
+        s.view_seq.fetch_add(1, SeqCst);
+        s.view_holder.store(1, SeqCst);
+        assert_eq!(s.view(), None);
+    }
+
+    #[test]
+    fn a_grant_held_again_by_a_survivor_is_not_given_back() {
+        let s = FailoverSlot::default();
+        s.epoch.store(7, SeqCst);
+        assert!(release_wanted(&s, 7), "nobody serves alone: give it back");
+        s.survivors.store(1, SeqCst);
+        assert!(!release_wanted(&s, 7), "a survivor serves on epoch 7");
+        assert!(release_wanted(&s, 6), "an older grant");
     }
 }

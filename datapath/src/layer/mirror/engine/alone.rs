@@ -269,40 +269,46 @@ impl Engine {
         }
     }
 
-    /// A survivor holding a witness grant checks the witness's latest word every tick (a
-    /// survivor lost for good, docs/witness-protocol.md; judged by `failover::verdict`): it
-    /// names this site: serve on; it names another site, or no holder at this grant's epoch
-    /// or later (an operator released the grant): fence, and the regions written alone become
-    /// suspect, so the site taken over copies its replica over them when they meet. No
-    /// holder at an older epoch is a witness started anew (`--init`), which released nothing. A survivor restored from its
-    /// state serves nothing until the witness's first answer (`grant_unconfirmed`), or until
-    /// the witness is found out of reach: the persisted grant is then trusted, and checked
-    /// again once the witness answers.
+    /// A survivor restored from its state with a witness grant (`grant_unconfirmed`) checks
+    /// the witness's word (a survivor lost for good, docs/witness-protocol.md): it serves
+    /// nothing until the witness's first answer, or until the witness is found out of reach
+    /// (the persisted grant is then trusted, `grant_trusted`, until the first answer). That
+    /// answer, judged against the held epoch by `failover::verdict`, decides once: this
+    /// site's grant (or a witness started anew, which knows none that late): serve on;
+    /// released or given to another site: fence, the regions written alone suspect, so the
+    /// site taken over copies its replica over them when they meet. A survivor granted while
+    /// running never checks (its grant is the witness's own latest answer).
     fn check_grant(&mut self, io: &mut IoCx, slot: &crate::layer::mirror::failover::FailoverSlot) {
-        use crate::layer::mirror::failover::{VIEW_MINE, VIEW_NOT_MINE, WITNESS_UNREACHABLE};
+        use crate::layer::mirror::failover::{WITNESS_UNREACHABLE, verdict};
         use std::sync::atomic::Ordering::SeqCst;
-        if self.mode != Mode::Survivor || self.grant_epoch == 0 {
-            self.grant_unconfirmed = false;
+        if !self.grant_unconfirmed && !self.grant_trusted {
             return;
         }
-        // (One word decides: the failover thread judged the answer against the held epoch.)
-        let mine = slot.view_mine.load(SeqCst);
-        let (holder, epoch) = (slot.view_holder.load(SeqCst), slot.view_epoch.load(SeqCst));
-        let trust = match mine {
-            VIEW_MINE => true,
-            VIEW_NOT_MINE => {
-                self.fence_released(io, holder);
-                return;
-            }
-            _ => slot.witness.load(SeqCst) == WITNESS_UNREACHABLE,
-        };
-        if trust && self.grant_unconfirmed {
+        if self.mode != Mode::Survivor || self.grant_epoch == 0 {
             self.grant_unconfirmed = false;
+            self.grant_trusted = false;
             self.publish_lease();
-            tracing::warn!(volume = %self.cfg.name, epoch = self.grant_epoch,
-                holder, witness_epoch = epoch,
-                "mirror: serving alone on the survivor grant restored from the state file (the \
-                 witness confirms it, does not know it, or cannot be reached)");
+            return;
+        }
+        match slot.view() {
+            Some((is_me, holder, epoch)) if verdict(is_me, holder, epoch, self.grant_epoch) => {
+                self.grant_unconfirmed = false;
+                self.grant_trusted = false;
+                self.publish_lease();
+                tracing::info!(volume = %self.cfg.name, epoch = self.grant_epoch, holder,
+                    witness_epoch = epoch,
+                    "mirror: the witness leaves this site its survivor grant; serving alone");
+            }
+            Some((_, holder, _)) => self.fence_released(io, holder),
+            None if self.grant_unconfirmed && slot.witness.load(SeqCst) == WITNESS_UNREACHABLE => {
+                self.grant_unconfirmed = false;
+                self.grant_trusted = true;
+                self.publish_lease();
+                tracing::warn!(volume = %self.cfg.name, epoch = self.grant_epoch,
+                    "mirror: the witness cannot be reached to confirm this site's survivor \
+                     grant; serving alone on the grant persisted until it answers");
+            }
+            None => {}
         }
     }
 
@@ -310,6 +316,7 @@ impl Engine {
     /// alone suspect (a resync under way is abandoned, its copies dirty again first).
     fn fence_released(&mut self, io: &mut IoCx, holder: u32) {
         self.grant_unconfirmed = false;
+        self.grant_trusted = false;
         self.abandon_resync(io);
         let alone = self.dirty.clone();
         self.suspect.or_with(&alone);
@@ -326,7 +333,7 @@ impl Engine {
              its grant); the writes it acknowledged alone are given up, and the peer's replica \
              will be copied over them");
         self.grant_epoch = 0;
-        if self.sess.up {
+        if self.sess.up || self.link_key.is_some() {
             self.kill_link = Some("this site's survivor grant was released at the witness");
         }
         self.fence("this site's survivor grant was released at the witness");

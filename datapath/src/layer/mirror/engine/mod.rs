@@ -298,8 +298,11 @@ pub struct Engine {
     /// A survivor restored from its state, with a witness: nothing is acknowledged and nothing
     /// read until the witness's first answer says this site still holds the group (or the
     /// witness cannot be reached); if it names another site, an operator released this
-    /// site's grant, and it fences (alone.rs, `confirm_grant`).
+    /// site's grant, and it fences (alone.rs, `check_grant`).
     grant_unconfirmed: bool,
+    /// Such a survivor serves on its persisted grant while the witness is out of reach, and
+    /// still takes the witness's first answer when it comes.
+    grant_trusted: bool,
     /// Who sequences now (switchover.rs; `cfg.role` is the configured one).
     role: Role,
     /// The leadership term (0: the configuration).
@@ -372,6 +375,7 @@ impl Engine {
             alone_after: None,
             alone_held: Vec::new(),
             grant_unconfirmed: false,
+            grant_trusted: false,
             al,
             role: cfg_role,
             term: 0,

@@ -221,25 +221,29 @@ fn restarted_survivor(dir: &std::path::Path) -> (Site, Arc<FailoverSlot>, IoCx, 
     (a, fresh, io, rng, slot)
 }
 
-/// What the witness says decides (`failover::verdict` judges its answer): still this site's
-/// grant, or no witness answering: serve; released or given to another site: fence, the
-/// write failed, the regions written alone suspect (copied back from the peer taken over).
+/// What the witness says decides (`failover::verdict` judges its answer against the held
+/// epoch 7): still this site's grant, a witness started anew (no holder, an older epoch), or
+/// no witness answering: serve; given to another site, or released (no holder at epoch 7):
+/// fence, the write failed, the regions written alone suspect (copied back from the peer
+/// taken over).
 #[test]
 fn a_restarted_survivor_serves_only_once_the_witness_confirms_its_grant() {
-    use crate::layer::mirror::failover::{
-        VIEW_MINE, VIEW_NOT_MINE, WITNESS_REACHABLE, WITNESS_UNREACHABLE,
-    };
-    // (witness, view_mine) -> serves
+    use crate::layer::mirror::failover::{WITNESS_REACHABLE, WITNESS_UNREACHABLE};
+    // (witness, its answer: (holder is this site, holder, epoch)) -> serves
     let cases = [
-        (WITNESS_REACHABLE, VIEW_MINE, true),
-        (WITNESS_UNREACHABLE, 0, true),
-        (WITNESS_REACHABLE, VIEW_NOT_MINE, false),
+        (WITNESS_REACHABLE, Some((true, 1, 7)), true),
+        (WITNESS_REACHABLE, Some((false, 0, 0)), true),
+        (WITNESS_UNREACHABLE, None, true),
+        (WITNESS_REACHABLE, Some((false, 2, 8)), false),
+        (WITNESS_REACHABLE, Some((false, 0, 7)), false),
     ];
-    for (i, (w, mine, serves)) in cases.into_iter().enumerate() {
+    for (i, (w, view, serves)) in cases.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, slot, mut io, mut rng, _) = restarted_survivor(dir.path());
         let dirty = a.engine.dirty_bytes();
-        slot.view_mine.store(mine, SeqCst);
+        if let Some((me, holder, epoch)) = view {
+            slot.publish_view(holder, epoch, me);
+        }
         slot.witness.store(w, SeqCst);
         for _ in 0..5 {
             a.engine.tick(&mut io, Instant::now());
@@ -265,11 +269,11 @@ fn a_restarted_survivor_serves_only_once_the_witness_confirms_its_grant() {
     }
 }
 
-/// A survivor trusted while the witness was out of reach (or confirmed) fences as soon as
-/// a later answer says its grant was released.
+/// A restored survivor trusted while the witness was out of reach takes the witness's first
+/// answer when it comes: released, it fences then.
 #[test]
-fn a_survivor_fences_when_the_witness_later_says_its_grant_was_released() {
-    use crate::layer::mirror::failover::{VIEW_NOT_MINE, WITNESS_REACHABLE, WITNESS_UNREACHABLE};
+fn a_survivor_trusted_without_the_witness_fences_at_its_first_answer_if_released() {
+    use crate::layer::mirror::failover::{WITNESS_REACHABLE, WITNESS_UNREACHABLE};
     let dir = tempfile::tempdir().unwrap();
     let (mut a, slot, mut io, mut rng, mut n) = restarted_survivor(dir.path());
     slot.witness.store(WITNESS_UNREACHABLE, SeqCst);
@@ -282,10 +286,24 @@ fn a_survivor_fences_when_the_witness_later_says_its_grant_was_released() {
     collect(&mut a);
     assert_eq!(a.ok, 2);
     slot.witness.store(WITNESS_REACHABLE, SeqCst);
-    slot.view_mine.store(VIEW_NOT_MINE, SeqCst);
+    slot.publish_view(2, 8, false);
     a.engine.tick(&mut io, Instant::now());
     assert_eq!(a.engine.mode(), Mode::Fenced);
     assert!(!a.engine.stats().may_read());
+}
+
+/// A survivor granted while running never second-guesses its grant: a later answer naming
+/// no holder (a release meant for an older grant, a view from before the grant) leaves it
+/// serving.
+#[test]
+fn a_survivor_granted_while_running_is_not_fenced_by_a_later_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Persister::spawn().unwrap();
+    let (mut a, _b, mut io, _rng, _n) = granted_with(&p, dir.path());
+    let slot = a.engine.cfg.failover.clone().unwrap();
+    slot.publish_view(0, 7, false);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!(a.engine.mode(), Mode::Survivor);
 }
 
 /// A survivor without a witness grant (the source of a full copy or of a reconciliation,
