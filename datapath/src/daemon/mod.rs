@@ -178,9 +178,36 @@ fn replica_data(v: &crate::control::config::VolumeConfig) -> ReplicaData {
     }
 }
 
+/// How long a start waits for an address still in use (`listen_waiting`).
+const LISTEN_IN_USE_WAIT: Duration = Duration::from_secs(3);
+
+/// Listen on `addr`. An address in use is tried again for up to [`LISTEN_IN_USE_WAIT`]: a
+/// daemon restarted right after a crash finds its old listening sockets still bound while the
+/// kernel tears the dead process's io_uring down, which it does asynchronously.
+fn listen_waiting(addr: SocketAddr) -> Result<(std::os::fd::OwnedFd, SocketAddr), StartError> {
+    let t = std::time::Instant::now();
+    let mut logged = false;
+    loop {
+        match crate::transport::tcp::listen(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && t.elapsed() < LISTEN_IN_USE_WAIT =>
+            {
+                if !logged {
+                    logged = true;
+                    tracing::warn!(%addr, wait_s = LISTEN_IN_USE_WAIT.as_secs(),
+                        "address in use (the sockets of a process that just died may still be \
+                         being released); trying again");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            r => return r.map_err(|source| StartError::Listen { addr, source }),
+        }
+    }
+}
+
 fn bind(addr: SocketAddr, acceptor: Arc<dyn Acceptor>) -> Result<Listener, StartError> {
-    let err = |source| StartError::Listen { addr, source };
-    let (fd, bound) = crate::transport::tcp::listen(addr).map_err(err)?;
+    let (fd, bound) = listen_waiting(addr)?;
     Ok(Listener {
         fd,
         addr: bound,
@@ -378,11 +405,7 @@ impl Daemon {
         // lists their bound addresses); their acceptor is set once it exists.
         let mut nvmf_socks = Vec::new();
         for addr in &cfg.nvmf.listen {
-            let err = |source| StartError::Listen {
-                addr: *addr,
-                source,
-            };
-            nvmf_socks.push(crate::transport::tcp::listen(*addr).map_err(err)?);
+            nvmf_socks.push(listen_waiting(*addr)?);
         }
         // Where hosts are, resolved against this site once (looked up at login and connect).
         let host_sites = Arc::new(cfg.host_sites());
@@ -470,11 +493,7 @@ impl Daemon {
         }
         let mut iscsi_socks = Vec::new();
         for addr in &cfg.iscsi.listen {
-            let err = |source| StartError::Listen {
-                addr: *addr,
-                source,
-            };
-            iscsi_socks.push(crate::transport::tcp::listen(*addr).map_err(err)?);
+            iscsi_socks.push(listen_waiting(*addr)?);
         }
         let mut iscsi_targets = Vec::new();
         for t in cfg.effective_iscsi_targets() {
