@@ -305,6 +305,18 @@ pub fn decode(b: &[u8]) -> Result<Persisted, &'static str> {
 mod tests {
     use super::*;
 
+    /// Rewrite the file at `path` as version `v` wrote it: the last `cut` bytes before the
+    /// checksum (fields `v` did not have) dropped, the checksum made again.
+    fn as_version(path: &Path, v: u8, cut: usize) -> Vec<u8> {
+        let mut b = std::fs::read(path).unwrap();
+        b.truncate(b.len() - 4 - cut);
+        b[4] = v;
+        let crc = crate::checksum::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(path, &b).unwrap();
+        b
+    }
+
     #[test]
     fn round_trip_and_every_corruption_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -404,12 +416,7 @@ mod tests {
         };
         save(&path, &p).unwrap();
         // Version 2 as it was written: no identity (and no term) before the checksum.
-        let mut b = std::fs::read(&path).unwrap();
-        b.truncate(b.len() - 36);
-        b[4] = 2;
-        let crc = crate::checksum::crc32c(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, &b).unwrap();
+        as_version(&path, 2, 32);
         assert_eq!(load(&path), Ok(Some(Persisted { identity: 0, ..p })));
     }
 
@@ -433,12 +440,7 @@ mod tests {
             host_restarted: false,
         };
         save(&path, &p).unwrap();
-        let mut b = std::fs::read(&path).unwrap();
-        b.truncate(b.len() - 28);
-        b[4] = 3;
-        let crc = crate::checksum::crc32c(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, &b).unwrap();
+        as_version(&path, 3, 24);
         assert_eq!(load(&path), Ok(Some(Persisted { leads: None, ..p })));
     }
 
@@ -462,12 +464,7 @@ mod tests {
             host_restarted: false,
         };
         save(&path, &p).unwrap();
-        let mut b = std::fs::read(&path).unwrap();
-        b.truncate(b.len() - 20);
-        b[4] = 4;
-        let crc = crate::checksum::crc32c(&b);
-        b.extend_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, &b).unwrap();
+        let mut b = as_version(&path, 4, 16);
         assert_eq!(
             load(&path),
             Ok(Some(Persisted {

@@ -75,6 +75,21 @@ fn crash_and_restart(s: &mut Site) {
     s.outstanding = 0;
 }
 
+/// The site stops cleanly (the engine's drop) and starts again from its state files over the
+/// same replica.
+fn stop_and_restart(s: &mut Site) {
+    let fresh = Engine::new(
+        s.engine.cfg.clone(),
+        Box::new(SlowChannel(Rc::clone(&s.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    drop(std::mem::replace(&mut s.engine, fresh));
+    s.engine
+        .set_persister(Persister::spawn().expect("persister"));
+    s.engine.restore().expect("restore after a clean stop");
+}
+
 /// The follower dials the leader: both learn the other's incarnation and replica state and
 /// start the session (the leader first).
 fn reconnect(a: &mut Site, b: &mut Site, io: &mut IoCx) {
@@ -566,20 +581,8 @@ fn an_unclean_site_stopped_cleanly_before_its_reconciliation_starts_again_unclea
         crash_and_restart(&mut a);
         assert_eq!(a.engine.replica_state(), state);
         let suspect = a.engine.suspect_bytes();
-        let cfg = a.engine.cfg.clone();
-        let fresh = Engine::new(
-            cfg,
-            Box::new(SlowChannel(Rc::clone(&a.disk))),
-            0,
-            Arc::new(MirrorStats::default()),
-        );
-        // The clean stop (the engine's drop), and a start in the same boot.
-        drop(std::mem::replace(&mut a.engine, fresh));
-        a.engine
-            .set_persister(Persister::spawn().expect("persister"));
-        a.engine
-            .restore()
-            .expect("restore after a clean stop of an unclean site");
+        // A clean stop, and a start in the same boot.
+        stop_and_restart(&mut a);
         assert_eq!(a.engine.replica_state(), state);
         assert!(a.engine.suspect_bytes() >= suspect);
     }
@@ -660,17 +663,7 @@ fn a_reconciliation_source_stopped_cleanly_keeps_its_exact_regions() {
     assert_eq!(a.engine.mode(), Mode::Survivor);
     let dirty = a.engine.dirty_bytes();
     assert!(dirty > 0 && dirty < SIZE, "{dirty}");
-    let cfg = a.engine.cfg.clone();
-    let fresh = Engine::new(
-        cfg,
-        Box::new(SlowChannel(Rc::clone(&a.disk))),
-        0,
-        Arc::new(MirrorStats::default()),
-    );
-    drop(std::mem::replace(&mut a.engine, fresh));
-    a.engine
-        .set_persister(Persister::spawn().expect("persister"));
-    a.engine.restore().unwrap();
+    stop_and_restart(&mut a);
     assert_eq!(a.engine.mode(), Mode::Survivor);
     assert!(
         a.engine.dirty_bytes() <= dirty,
