@@ -506,8 +506,11 @@ fn a_udp_link_delays_drops_and_cuts_datagrams() {
         m >= Duration::from_millis(5),
         "a round trip of {m:?}, shorter than the configured 5 ms"
     );
+    // Never less than configured; more only by what a loaded machine adds to every round
+    // trip (the README's suite on 2 busy cores once saw 7.9 ms as the fastest of 31). The
+    // bound still catches a delay applied twice (10 ms).
     assert!(
-        (added - 5.0).abs() <= 0.5,
+        (4.5..9.0).contains(&added),
         "added {added:.3} ms, configured 5"
     );
     p.set(None, Dir::Both, &patch(0.0)).unwrap();
