@@ -339,3 +339,67 @@ fn a_restored_survivor_without_a_grant_does_not_wait_for_the_witness() {
     assert!(a.engine.may_read(Instant::now()));
     assert_eq!(slot.survivors.load(SeqCst), 0, "counted as holding a grant");
 }
+
+/// A restored survivor trusted while the witness was out of reach starts resyncing its
+/// returning peer; then the witness's first answer says its grant was released: it fences in
+/// the middle of the resync, abandons it (no RESYNC_DONE, the link dropped) and the peer never
+/// calls itself in sync with half a copy.
+#[test]
+fn a_survivor_fenced_in_the_middle_of_a_resync_never_ends_it() {
+    use crate::layer::mirror::failover::{WITNESS_REACHABLE, WITNESS_UNREACHABLE};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, slot, mut io, mut rng, _) = restarted_survivor(dir.path());
+    slot.witness.store(WITNESS_UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, Instant::now());
+    assert!(
+        a.engine.may_read(Instant::now()),
+        "trusted while out of reach"
+    );
+    let (mut b, _sb) = with_witness(Role::Follower);
+    // (What the engine before the restart left on the wire never reaches b.)
+    a.wire.clear();
+    let (sa, sb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, sb).expect("session at a");
+    b.engine.session_start(&mut io, sa).expect("session at b");
+    assert_eq!(b.engine.mode(), Mode::Resyncing);
+    // b's list of suspect regions reaches a (it ends at once: b has none); a starts reading
+    // the regions to copy.
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    a.engine.tick(&mut io, Instant::now());
+    assert!(
+        !a.disk.borrow().pending.is_empty(),
+        "no copy under way at the fence"
+    );
+    // The witness answers: released.
+    slot.witness.store(WITNESS_REACHABLE, SeqCst);
+    slot.publish_view(2, 8, false);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    assert!(a.engine.kill_link.is_some(), "the link is not dropped");
+    // What a still had to send reaches b before the link goes: no RESYNC_DONE in it.
+    for _ in 0..5 {
+        a.engine.tick(&mut io, Instant::now());
+        while complete_one(&mut a, &mut io, &mut rng) {}
+    }
+    a.engine.take_outbox(&mut a.wire);
+    let mut at = 0;
+    while let wire::Decoded::Msg(h, r) = wire::decode(&a.wire[at..]) {
+        assert_ne!(h.ty, Type::ResyncDone, "a fenced source ended its resync");
+        at += r.end;
+    }
+    receive(&mut a, &mut b, &mut io, usize::MAX);
+    a.wire.clear();
+    a.engine.link_down("test");
+    b.engine.link_down("test");
+    for _ in 0..5 {
+        b.engine.tick(&mut io, Instant::now());
+        while complete_one(&mut b, &mut io, &mut rng) {}
+    }
+    assert_eq!(
+        b.engine.mode(),
+        Mode::Resyncing,
+        "b in sync with half a copy"
+    );
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    assert_eq!(slot.survivors.load(SeqCst), 0);
+}
