@@ -38,6 +38,8 @@ pub struct FailoverSlot {
     /// the witness does not deny it as stale (it still denies it while another site holds
     /// the group).
     pub takeover: AtomicBool,
+    /// The last grant was asked as a takeover (set with the outcome by the failover thread).
+    pub granted_takeover: AtomicBool,
     /// `PENDING`, `GRANTED`, `DENIED` or `UNREACHABLE`.
     pub outcome: AtomicU8,
     /// The granted epoch (also set by an engine that restores a survivor's grant).
@@ -248,7 +250,8 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 continue;
             }
             let preferred = &slot.preferred_now();
-            let asked = if slot.takeover.load(SeqCst) {
+            let as_takeover = slot.takeover.swap(false, SeqCst);
+            let asked = if as_takeover {
                 tracing::warn!(volume = %name, known = known[i].0,
                     witness_epoch = slot.view_epoch.load(SeqCst),
                     "mirror: an operator's takeover; asking the witness for a survivor grant \
@@ -265,6 +268,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     known[i] = epoch;
                     slot.known_epoch.store(epoch.0, SeqCst);
                     slot.publish_view(cfg.site_id, epoch.0, true);
+                    slot.granted_takeover.store(as_takeover, SeqCst);
                     tracing::warn!(volume = %name, epoch = epoch.0, "mirror: the witness granted this site survivorship");
                     GRANTED
                 }

@@ -122,7 +122,11 @@ impl Witness {
         if !self.asked {
             self.asked = true;
             slot.outcome.store(0, SeqCst);
-            slot.takeover.store(self.takeover, SeqCst);
+            if self.takeover {
+                // (Kept until the failover thread sends the group's request: another volume
+                // of the group asking meanwhile does not clear it.)
+                slot.takeover.store(true, SeqCst);
+            }
             slot.want.store(true, SeqCst);
             return Grant::Wait;
         }
@@ -136,7 +140,9 @@ impl Witness {
         match outcome {
             GRANTED => Grant::Granted {
                 epoch: slot.epoch.load(SeqCst),
-                takeover,
+                // The group's grant was asked as a takeover (by any of its volumes): each
+                // volume's replica may be older than the last survivor's.
+                takeover: takeover || slot.granted_takeover.load(SeqCst),
             },
             DENIED => Grant::Fence("the witness granted the volume to the peer"),
             UNREACHABLE => Grant::Fence("neither the peer nor the witness is reachable"),
@@ -222,6 +228,43 @@ mod tests {
             }
         );
         assert!(!flag.load(SeqCst));
+    }
+
+    /// Two volumes of one group: x asks as an operator's takeover, y (its peer lost) asks the
+    /// normal way in the same interval. The group's request stays a takeover, and both
+    /// volumes take the grant as one (each replica may be older than the last survivor's).
+    #[test]
+    fn a_group_asked_as_a_takeover_by_one_volume_is_taken_over_by_all() {
+        let slot = FailoverSlot::default();
+        let (fx, fy) = (AtomicBool::new(true), AtomicBool::new(false));
+        let (mut x, mut y) = (Witness::default(), Witness::default());
+        let fenced = site(false, Mode::Fenced);
+        assert_eq!(x.tick(&slot, &fx, fenced), Grant::Wait);
+        assert_eq!(
+            y.tick(&slot, &fy, site(false, Mode::Mirroring)),
+            Grant::Wait
+        );
+        assert!(
+            slot.takeover.load(SeqCst),
+            "y's request cleared x's takeover"
+        );
+        // The failover thread sends one request for the group, as a takeover, and is granted.
+        assert!(slot.takeover.swap(false, SeqCst));
+        slot.granted_takeover.store(true, SeqCst);
+        slot.epoch.store(4, SeqCst);
+        slot.outcome.store(GRANTED, SeqCst);
+        for (w, f, s) in [
+            (&mut x, &fx, fenced),
+            (&mut y, &fy, site(false, Mode::Mirroring)),
+        ] {
+            assert_eq!(
+                w.tick(&slot, f, s),
+                Grant::Granted {
+                    epoch: 4,
+                    takeover: true
+                }
+            );
+        }
     }
 
     /// The session comes back before the witness answers the loss's request: a grant that
