@@ -16,6 +16,12 @@
 
 use super::*;
 
+/// The longest a restored survivor waits for the witness's first word (an answer, or its
+/// failover thread finding the witness out of reach, which takes a heartbeat timeout): past
+/// it, as when the witness is out of reach, the persisted grant is trusted (a failover thread
+/// that stopped answering must not keep the volume down).
+const GRANT_CHECK_MAX: Duration = Duration::from_secs(5);
+
 impl Engine {
     // ---- serving alone and fencing --------------------------------------------------------
 
@@ -271,8 +277,9 @@ impl Engine {
 
     /// A survivor restored from its state with a witness grant (`grant_unconfirmed`) checks
     /// the witness's word (a survivor lost for good, docs/witness-protocol.md): it serves
-    /// nothing until the witness's first answer, or until the witness is found out of reach
-    /// (the persisted grant is then trusted, `grant_trusted`, until the first answer). That
+    /// nothing until the witness's first answer, or until the witness is found out of reach or
+    /// [`GRANT_CHECK_MAX`] passed without a word (the persisted grant is then trusted,
+    /// `grant_trusted`, until the first answer). That
     /// answer, judged against the held epoch by `failover::verdict`, decides once: this
     /// site's grant (or a witness started anew, which knows none that late): serve on;
     /// released or given to another site: fence, the regions written alone suspect, so the
@@ -300,13 +307,17 @@ impl Engine {
                     "mirror: the witness leaves this site its survivor grant; serving alone");
             }
             Some((_, holder, _)) => self.fence_released(io, holder),
-            None if self.grant_unconfirmed && slot.witness.load(SeqCst) == WITNESS_UNREACHABLE => {
+            None if self.grant_unconfirmed
+                && (slot.witness.load(SeqCst) == WITNESS_UNREACHABLE
+                    || self.grant_check_since.elapsed() > GRANT_CHECK_MAX) =>
+            {
                 self.grant_unconfirmed = false;
                 self.grant_trusted = true;
                 self.publish_lease();
                 tracing::warn!(volume = %self.cfg.name, epoch = self.grant_epoch,
                     "mirror: the witness cannot be reached to confirm this site's survivor \
-                     grant; serving alone on the grant persisted until it answers");
+                     grant (or no answer came at all); serving alone on the grant persisted \
+                     until it answers");
             }
             None => {}
         }

@@ -303,6 +303,8 @@ pub struct Engine {
     /// Such a survivor serves on its persisted grant while the witness is out of reach, and
     /// still takes the witness's first answer when it comes.
     grant_trusted: bool,
+    /// When `grant_unconfirmed` was set (its wait is bounded: alone.rs, `GRANT_CHECK_MAX`).
+    grant_check_since: Instant,
     /// Who sequences now (switchover.rs; `cfg.role` is the configured one).
     role: Role,
     /// The leadership term (0: the configuration).
@@ -376,6 +378,7 @@ impl Engine {
             alone_held: Vec::new(),
             grant_unconfirmed: false,
             grant_trusted: false,
+            grant_check_since: Instant::now(),
             al,
             role: cfg_role,
             term: 0,
@@ -537,6 +540,7 @@ impl Engine {
         // for good, docs/witness-protocol.md): it serves once the witness confirms it.
         self.grant_unconfirmed =
             mode == Mode::Survivor && p.epoch != 0 && self.cfg.failover.is_some();
+        self.grant_check_since = Instant::now();
         self.publish_lease();
         tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
             suspect_bytes = self.suspect_bytes(), "mirror: replica state restored");

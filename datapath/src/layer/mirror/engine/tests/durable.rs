@@ -403,3 +403,20 @@ fn a_survivor_fenced_in_the_middle_of_a_resync_never_ends_it() {
     assert_eq!(a.engine.mode(), Mode::Fenced);
     assert_eq!(slot.survivors.load(SeqCst), 0);
 }
+
+/// No word at all from the failover thread (no answer, not even "out of reach"): after
+/// `GRANT_CHECK_MAX` the restored survivor serves on its persisted grant, as when the witness
+/// is out of reach.
+#[test]
+fn a_restored_survivor_that_hears_nothing_serves_after_a_bounded_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _slot, mut io, mut rng, _) = restarted_survivor(dir.path());
+    a.engine.tick(&mut io, Instant::now());
+    assert!(!a.engine.may_read(Instant::now()), "served at once");
+    a.engine.grant_check_since = Instant::now() - Duration::from_secs(6);
+    a.engine.tick(&mut io, Instant::now());
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1, 0));
+    assert!(a.engine.may_read(Instant::now()));
+}
