@@ -19,7 +19,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:7790")]
     listen: SocketAddr,
     /// File holding the shared key (trailing whitespace ignored; at least 16 bytes).
-    #[arg(long, required_unless_present = "release_lost_holder")]
+    #[arg(long, required_unless_present_any = ["release_lost_holder", "show"])]
     key_file: Option<PathBuf>,
     /// The witness's state file (grants, epochs, counters).
     #[arg(long, default_value = "/var/lib/twinblk/witness.state")]
@@ -42,6 +42,10 @@ struct Args {
     /// Confirms `--release-lost-holder`.
     #[arg(long)]
     accept_data_loss: bool,
+    /// Print the state file's groups (epoch, holder, preferred site) and sites, and exit (with
+    /// a GROUP name: that group only). Read-only; the witness may be running.
+    #[arg(long, value_name = "GROUP", num_args = 0..=1, default_missing_value = "")]
+    show: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +70,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(group) = &args.show {
+        let name = (!group.is_empty()).then_some(group.as_str());
+        print!(
+            "{}",
+            twinblk_witness::operator::show(&args.state, name).context("reading the state")?
+        );
+        return Ok(());
+    }
     if let Some(group) = &args.release_lost_holder {
         let r = twinblk_witness::operator::release_lost_holder(&args.state, group)
             .with_context(|| format!("releasing group {group}"))?;

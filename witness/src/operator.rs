@@ -76,6 +76,42 @@ pub struct Released {
     pub epoch: Epoch,
 }
 
+/// The table as text, a line per group (its id; with `name`, only that group) and per site:
+/// what an operator reads before a release. Read-only: a running witness's file may be read
+/// (it is replaced whole, never written in place).
+pub fn show(state: &Path, name: Option<&str>) -> Result<String, OperatorError> {
+    let table = Table::load(state, false)?;
+    let only = name.map(GroupId::from_name);
+    let mut out = String::new();
+    for (g, r) in &table.groups {
+        if only.is_some_and(|o| o != *g) {
+            continue;
+        }
+        let site = |s: Option<SiteId>| s.map_or("none".to_string(), |s| s.get().to_string());
+        out.push_str(&format!(
+            "group {g}: epoch {}, holder {}, preferred {}\n",
+            r.epoch.0,
+            site(r.holder),
+            site(r.preferred)
+        ));
+    }
+    if let (Some(n), true) = (name, out.is_empty()) {
+        out.push_str(&format!(
+            "group {} ({n}): never seen (epoch 0, no holder)\n",
+            GroupId::from_name(n)
+        ));
+    }
+    if name.is_none() {
+        for (s, c) in &table.counters {
+            out.push_str(&format!("site {}: highest request counter {c}\n", s.get()));
+        }
+        if out.is_empty() {
+            out.push_str("no group or site recorded yet\n");
+        }
+    }
+    Ok(out)
+}
+
 /// Clear the holder of group `name` in the table (pure).
 pub fn release_in(table: &mut Table, name: &str) -> Result<Released, OperatorError> {
     let g = GroupId::from_name(name);
@@ -143,6 +179,24 @@ mod tests {
             Err(OperatorError::NoHolder(_))
         ));
         assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn the_table_is_shown_whole_or_for_one_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = held(dir.path());
+        let g = GroupId::from_name("vol0");
+        let all = show(&path, None).unwrap();
+        assert_eq!(all, format!("group {g}: epoch 7, holder 2, preferred 1\n"));
+        assert_eq!(show(&path, Some("vol0")).unwrap(), all);
+        assert!(
+            show(&path, Some("other"))
+                .unwrap()
+                .contains("(other): never seen")
+        );
+        // Readable while a witness holds the lock.
+        let _held = lock(&path).unwrap();
+        assert_eq!(show(&path, None).unwrap(), all);
     }
 
     #[test]

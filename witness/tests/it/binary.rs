@@ -157,3 +157,69 @@ fn the_binary_refuses_a_corrupt_state_a_missing_state_and_a_short_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at least 16"), "{err}");
 }
+
+/// The operator's commands on a state file: `--show` reads it (also while a witness runs),
+/// `--release-lost-holder` needs `--accept-data-loss`, refuses while a witness runs, and
+/// clears the holder; `--show` then says so.
+#[test]
+fn the_operator_shows_and_releases_a_lost_holder() {
+    use twinblk_witness::SiteId;
+    use twinblk_witness::state::{GroupRec, Table};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("witness.state");
+    let mut t = Table::default();
+    t.groups.insert(
+        GroupId::from_name("vol0"),
+        GroupRec {
+            epoch: Epoch(5),
+            holder: SiteId::new(2),
+            preferred: SiteId::new(1),
+        },
+    );
+    t.save(&state).expect("state");
+    let run = |args: &[&str]| {
+        let o = Command::new(bin())
+            .arg("--state")
+            .arg(&state)
+            .args(args)
+            .output()
+            .expect("run the witness binary");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    };
+    let (ok, out) = run(&["--show", "vol0"]);
+    assert!(
+        ok && out.contains("epoch 5, holder 2, preferred 1"),
+        "{out}"
+    );
+    assert!(
+        !run(&["--release-lost-holder", "vol0"]).0,
+        "released without the confirmation"
+    );
+    // A running witness holds the file: refused, nothing changed.
+    let mut w = spawn(dir.path(), free_port(), &[], Stdio::null());
+    let t0 = Instant::now();
+    while !dir.path().join("witness.state.lock").exists() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        run(&["--show"]).1.contains("holder 2"),
+        "--show beside a running witness"
+    );
+    assert!(
+        !run(&["--release-lost-holder", "vol0", "--accept-data-loss"]).0,
+        "released while a witness runs"
+    );
+    let _ = w.kill();
+    let _ = w.wait();
+    let (ok, out) = run(&["--release-lost-holder", "vol0", "--accept-data-loss"]);
+    assert!(ok && out.contains("site 2 (epoch 5) is released"), "{out}");
+    let (ok, out) = run(&["--show", "vol0"]);
+    assert!(
+        ok && out.contains("epoch 5, holder none, preferred 1"),
+        "{out}"
+    );
+}
