@@ -1,0 +1,167 @@
+//! Restoring a mirrored volume's replica state at a start (docs/architecture.md, "Replica
+//! state"): the persisted mode, epoch and bitmaps, the leadership, whether the site stopped
+//! uncleanly in sync (state 5) and whether its host restarted since (state 6: the boot id),
+//! and, for a survivor holding a witness grant, the wait for the witness's first word
+//! (alone.rs, `check_grant`).
+//!
+//! Model: [`Engine::restore`] runs once, before any I/O; it only reads files (the state file
+//! through `state::load`, the activity log through `restore_actlog`) and sets the engine's
+//! fields; what it must write goes through the persister like any mode change.
+//!
+//! Invariants: a state file of another size is an error (the daemon does not start); one that
+//! does not describe this replica's data makes the replica new (`state_not_of_this_data`); a
+//! site that did not stop cleanly never restarts claiming less than it may hold (its suspect
+//! regions: its log's extents, or every region ever written when unknown).
+
+use super::*;
+
+impl Engine {
+    /// Load the persisted replica state (called once, before any I/O), the leadership with it.
+    pub fn restore(&mut self) -> Result<(), String> {
+        let r = self.restore_state();
+        let reason = if self.term > 0 {
+            "restored (a switchover before the restart)"
+        } else {
+            "configured"
+        };
+        self.publish_restored_role(reason);
+        r
+    }
+
+    fn restore_state(&mut self) -> Result<(), String> {
+        let Some(path) = self.cfg.state_file.clone() else {
+            // No state kept: nothing says what this replica holds (durable.rs).
+            self.start_new_replica(Some("no state_dir is configured"));
+            return Ok(());
+        };
+        let Some(p) = crate::layer::mirror::state::load(&path)? else {
+            // A new, empty replica: the first session gives it the peer's data.
+            self.start_new_replica(None);
+            return Ok(());
+        };
+        if p.size != self.cfg.size {
+            return Err(format!(
+                "{} is for a volume of {} bytes, this one has {}",
+                path.display(),
+                p.size,
+                self.cfg.size
+            ));
+        }
+        if let Some(why) = self.state_not_of_this_data(&p) {
+            self.start_new_replica(Some(why));
+            return Ok(());
+        }
+        self.grant_epoch = p.epoch;
+        if let Some((term, leads)) = p.leads
+            && term > 0
+        {
+            // A switchover moved the leadership (term 0: the configuration decides).
+            self.term = term;
+            self.role = if leads { Role::Leader } else { Role::Follower };
+            self.al.enabled = leads && self.cfg.state_file.is_some();
+        }
+        let same_geometry = p.granularity == self.cfg.dirty_granularity;
+        let (size, g) = (self.cfg.size, self.cfg.dirty_granularity);
+        self.written = if p.clean && same_geometry {
+            RegionMap::from_words(size, g, p.written)
+        } else {
+            RegionMap::all(size, g)
+        };
+        // Suspect regions (docs/mirror-protocol.md, "Suspect regions"), and whether a site in
+        // sync stopped uncleanly, from its activity log (actlog.rs).
+        let led = p.led || self.role == Role::Leader;
+        self.led = led;
+        let (unclean, logged) = if p.mode == 0 {
+            self.restore_actlog(p.clean, led)
+        } else {
+            (false, None)
+        };
+        let suspect = match (p.mode, p.suspect) {
+            // A new replica has applied nothing; a survivor's own dirty bitmap covers them.
+            (4, _) => Vec::new(),
+            (1, s) if same_geometry => s.unwrap_or_default(),
+            (1, _) => Vec::new(),
+            // Exact: written at a clean stop, or at the fence (a fenced or resyncing site
+            // applies nothing of its own after it).
+            (m, Some(s)) if same_geometry && (p.clean || m != 0 || !led) => s,
+            // A leader that did not stop cleanly: as recorded, plus its activity log's
+            // extents (below).
+            (0, Some(s)) if same_geometry && logged.is_some() => s,
+            // A follower applies only what its leader ordered, which the leader (or the
+            // survivor that resyncs it) has.
+            (_, None) if !led => Vec::new(),
+            // Unknown (a leader that did not stop cleanly, a version-1 file): every region
+            // ever written ("everything" after a crash, see above).
+            _ => self.written.words().to_vec(),
+        };
+        self.suspect = RegionMap::from_words(size, g, suspect);
+        if let Some(m) = &logged {
+            self.suspect.or_with(m);
+        }
+        self.al.unclean = unclean;
+        // Its host restarted since (or had, at an earlier start not reconciled since): a power
+        // loss may have dropped what its device had not flushed (docs/mirror-protocol.md,
+        // "Power loss"). Unknown boot ids (an older file, an unreadable id) say nothing.
+        self.al.host_restarted = unclean
+            && (p.host_restarted
+                || (p.boot != 0 && self.cfg.boot_id != 0 && p.boot != self.cfg.boot_id));
+        if unclean {
+            tracing::warn!(volume = %self.cfg.name, suspect_bytes = self.suspect.bytes(),
+                "mirror: this site did not stop cleanly while in sync; its next session \
+                 reconciles the regions it or its peer may hold alone");
+        }
+        let mode = match p.mode {
+            0 => Mode::Waiting,
+            4 => {
+                self.new_replica = true;
+                Mode::Waiting
+            }
+            1 => Mode::Survivor,
+            _ => Mode::Fenced,
+        };
+        if mode == Mode::Survivor {
+            if p.clean && same_geometry {
+                self.dirty = RegionMap::from_words(size, g, p.bitmap);
+            } else {
+                // Not stopped cleanly: what was written last is unknown; resync everything.
+                self.dirty = RegionMap::all(size, g);
+                tracing::warn!(volume = %self.cfg.name,
+                    "mirror: the survivor did not stop cleanly; the whole volume will be resynced");
+            }
+            self.absorb_suspect();
+            self.stats
+                .dirty_bytes
+                .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
+        }
+        // (A survivor without a grant, the source of a full copy or of a reconciliation, holds
+        // nothing at the witness: it is not counted, as `become_survivor` does not count it.)
+        if mode == Mode::Survivor
+            && p.epoch != 0
+            && let Some(slot) = &self.cfg.failover
+        {
+            slot.survivors
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // The witness's answers are judged against the grant held (failover::verdict).
+            slot.epoch
+                .store(p.epoch, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.mode = mode;
+        self.stats.set_mode(mode);
+        self.publish_withdrawn();
+        if mode == Mode::Survivor && !p.clean {
+            // It may have crashed during its wait for the peer's read lease and restarted at
+            // once: wait again. (A clean stop waits for every held answer, so for the lease.)
+            let l = self.sess.lease();
+            self.alone_after = Some(Instant::now() + l + lease_margin(l));
+        }
+        // A survivor's grant may have been released by an operator since (a survivor lost
+        // for good, docs/witness-protocol.md): it serves once the witness confirms it.
+        self.grant_unconfirmed =
+            mode == Mode::Survivor && p.epoch != 0 && self.cfg.failover.is_some();
+        self.grant_check_since = Instant::now();
+        self.publish_lease();
+        tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
+            suspect_bytes = self.suspect_bytes(), "mirror: replica state restored");
+        Ok(())
+    }
+}
