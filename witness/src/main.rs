@@ -93,7 +93,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let key_file = args
         .key_file
-        .expect("required without --release-lost-holder");
+        .expect("required without --release-lost-holder or --show");
     let key = Key::from_file(&key_file).context("loading the key")?;
     warn_if_readable(&key_file);
     let stop = Arc::new(AtomicBool::new(false));

@@ -185,17 +185,22 @@ const LISTEN_IN_USE_WAIT: Duration = Duration::from_secs(3);
 /// daemon restarted right after a crash finds its old listening sockets still bound while the
 /// kernel tears the dead process's io_uring down, which it does asynchronously.
 fn listen_waiting(addr: SocketAddr) -> Result<(std::os::fd::OwnedFd, SocketAddr), StartError> {
+    listen_within(addr, LISTEN_IN_USE_WAIT)
+}
+
+/// [`listen_waiting`] with the wait `wait`.
+fn listen_within(
+    addr: SocketAddr,
+    wait: Duration,
+) -> Result<(std::os::fd::OwnedFd, SocketAddr), StartError> {
     let t = std::time::Instant::now();
     let mut logged = false;
     loop {
         match crate::transport::tcp::listen(addr) {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && t.elapsed() < LISTEN_IN_USE_WAIT =>
-            {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && t.elapsed() < wait => {
                 if !logged {
                     logged = true;
-                    tracing::warn!(%addr, wait_s = LISTEN_IN_USE_WAIT.as_secs(),
+                    tracing::warn!(%addr, wait_ms = wait.as_millis() as u64,
                         "address in use (the sockets of a process that just died may still be \
                          being released); trying again");
                 }
@@ -959,5 +964,34 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::*;
+
+    /// An address freed within the wait is taken; one held longer is an error naming it.
+    #[test]
+    fn an_address_in_use_is_waited_for_a_bounded_time() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let freer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        let (_, bound) = listen_within(addr, Duration::from_secs(5)).expect("freed in time");
+        assert_eq!(bound, addr);
+        freer.join().unwrap();
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let t = std::time::Instant::now();
+        match listen_within(addr, Duration::from_millis(300)) {
+            Err(StartError::Listen { addr: a, source }) => {
+                assert_eq!((a, source.kind()), (addr, std::io::ErrorKind::AddrInUse));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t.elapsed() >= Duration::from_millis(300), "did not wait");
     }
 }

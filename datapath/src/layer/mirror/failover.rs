@@ -86,8 +86,10 @@ pub struct FailoverSlot {
 }
 
 impl FailoverSlot {
-    /// Publish what the witness said of the group (the failover thread only).
-    pub fn publish_view(&self, holder: u32, epoch: u64, is_me: bool) {
+    /// Publish what the witness said of the group: `holder` (a site id, 0: none) at `epoch`;
+    /// `site`: this site's id (the failover thread only).
+    pub fn publish_view(&self, holder: u32, epoch: u64, site: u32) {
+        let is_me = holder != 0 && holder == site;
         self.view_seq.fetch_add(1, SeqCst);
         self.view_epoch.store(epoch, SeqCst);
         self.view_holder.store(holder, SeqCst);
@@ -235,7 +237,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         let (twinblk_witness::client::ReleaseOutcome::Released(view)
                         | twinblk_witness::client::ReleaseOutcome::NotHolder(view)) = outcome;
                         let holder = view.holder.map(|h| h.get()).unwrap_or(0);
-                        slot.publish_view(holder, view.epoch.0, holder == cfg.site_id);
+                        slot.publish_view(holder, view.epoch.0, cfg.site_id);
                         tracing::info!(volume = %name, epoch, "mirror: survivor grant released")
                     }
                     Err(e) => {
@@ -267,7 +269,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     slot.epoch.store(epoch.0, SeqCst);
                     known[i] = epoch;
                     slot.known_epoch.store(epoch.0, SeqCst);
-                    slot.publish_view(cfg.site_id, epoch.0, true);
+                    slot.publish_view(cfg.site_id, epoch.0, cfg.site_id);
                     slot.granted_takeover.store(as_takeover, SeqCst);
                     tracing::warn!(volume = %name, epoch = epoch.0, "mirror: the witness granted this site survivorship");
                     GRANTED
@@ -279,7 +281,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     ..
                 }) => {
                     let holder_id = holder.map(|h| h.get()).unwrap_or(0);
-                    slot.publish_view(holder_id, epoch.0, holder_id == cfg.site_id);
+                    slot.publish_view(holder_id, epoch.0, cfg.site_id);
                     tracing::error!(volume = %name, ?reason, holder = ?holder.map(|h| h.get()), epoch = epoch.0,
                         "mirror: the witness denied survivorship; fencing");
                     DENIED
@@ -322,7 +324,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         };
                         let slot = &groups[i].1;
                         let holder = v.holder.map(|h| h.get()).unwrap_or(0);
-                        slot.publish_view(holder, v.epoch.0, holder == cfg.site_id);
+                        slot.publish_view(holder, v.epoch.0, cfg.site_id);
                         if slot.in_sync.load(SeqCst) && v.epoch.0 > known[i].0 {
                             known[i] = v.epoch;
                             slot.known_epoch.store(v.epoch.0, SeqCst);
@@ -368,8 +370,10 @@ mod tests {
     fn a_view_is_read_whole_or_not_at_all() {
         let s = FailoverSlot::default();
         assert_eq!(s.view(), None, "nothing said yet");
-        s.publish_view(2, 8, false);
+        s.publish_view(2, 8, 1);
         assert_eq!(s.view(), Some((false, 2, 8)));
+        s.publish_view(1, 9, 1);
+        assert_eq!(s.view(), Some((true, 1, 9)));
         // A writer in the middle of a new answer: not now.
         s.view_seq.fetch_add(1, SeqCst);
         s.view_holder.store(1, SeqCst);

@@ -305,6 +305,25 @@ pub fn decode(b: &[u8]) -> Result<Persisted, &'static str> {
 mod tests {
     use super::*;
 
+    /// A leader's state in sync, written at a clean stop (the older-version tests' base).
+    fn in_sync() -> Persisted {
+        Persisted {
+            mode: 0,
+            clean: true,
+            epoch: 0,
+            size: 1 << 20,
+            granularity: 65536,
+            bitmap: vec![],
+            written: vec![1],
+            led: true,
+            suspect: Some(vec![]),
+            identity: 9,
+            leads: Some((0, false)),
+            boot: 0,
+            host_restarted: false,
+        }
+    }
+
     /// Rewrite the file at `path` as version `v` wrote it: the last `cut` bytes before the
     /// checksum (fields `v` did not have) dropped, the checksum made again.
     fn as_version(path: &Path, v: u8, cut: usize) -> Vec<u8> {
@@ -400,19 +419,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.mirror-state");
         let p = Persisted {
-            mode: 0,
-            clean: true,
-            epoch: 0,
-            size: 1 << 20,
-            granularity: 65536,
-            bitmap: vec![],
-            written: vec![1],
             led: false,
-            suspect: Some(vec![]),
-            identity: 9,
             leads: None,
-            boot: 0,
-            host_restarted: false,
+            ..in_sync()
         };
         save(&path, &p).unwrap();
         // Version 2 as it was written: no identity (and no term) before the checksum.
@@ -424,21 +433,7 @@ mod tests {
     fn a_version_3_file_loads_without_a_leadership_term() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.mirror-state");
-        let p = Persisted {
-            mode: 0,
-            clean: true,
-            epoch: 0,
-            size: 1 << 20,
-            granularity: 65536,
-            bitmap: vec![],
-            written: vec![1],
-            led: true,
-            suspect: Some(vec![]),
-            identity: 9,
-            leads: Some((0, false)),
-            boot: 0,
-            host_restarted: false,
-        };
+        let p = in_sync();
         save(&path, &p).unwrap();
         as_version(&path, 3, 24);
         assert_eq!(load(&path), Ok(Some(Persisted { leads: None, ..p })));
@@ -449,19 +444,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.mirror-state");
         let p = Persisted {
-            mode: 0,
             clean: false,
-            epoch: 0,
-            size: 1 << 20,
-            granularity: 65536,
-            bitmap: vec![],
-            written: vec![1],
-            led: true,
             suspect: Some(vec![2]),
-            identity: 9,
             leads: Some((2, true)),
             boot: 77,
-            host_restarted: false,
+            ..in_sync()
         };
         save(&path, &p).unwrap();
         let mut b = as_version(&path, 4, 16);

@@ -22,6 +22,17 @@ use super::*;
 /// that stopped answering must not keep the volume down).
 const GRANT_CHECK_MAX: Duration = Duration::from_secs(5);
 
+/// Where a restored survivor's check of its witness grant stands (`check_grant`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum GrantCheck {
+    /// Nothing to check: not a survivor restored with a grant, or the witness has answered.
+    Done,
+    /// Serving nothing until the witness's first word, waited for since then.
+    Waiting(Instant),
+    /// Serving on the persisted grant (the witness out of reach) until its first answer.
+    Trusted,
+}
+
 impl Engine {
     // ---- serving alone and fencing --------------------------------------------------------
 
@@ -275,11 +286,11 @@ impl Engine {
         }
     }
 
-    /// A survivor restored from its state with a witness grant (`grant_unconfirmed`) checks
+    /// A survivor restored from its state with a witness grant (`GrantCheck::Waiting`) checks
     /// the witness's word (a survivor lost for good, docs/witness-protocol.md): it serves
     /// nothing until the witness's first answer, or until the witness is found out of reach or
     /// [`GRANT_CHECK_MAX`] passed without a word (the persisted grant is then trusted,
-    /// `grant_trusted`, until the first answer). That
+    /// `GrantCheck::Trusted`, until the first answer). That
     /// answer, judged against the held epoch by `failover::verdict`, decides once: this
     /// site's grant (or a witness started anew, which knows none that late): serve on;
     /// released or given to another site: fence, the regions written alone suspect, so the
@@ -288,31 +299,30 @@ impl Engine {
     fn check_grant(&mut self, io: &mut IoCx, slot: &crate::layer::mirror::failover::FailoverSlot) {
         use crate::layer::mirror::failover::{WITNESS_UNREACHABLE, verdict};
         use std::sync::atomic::Ordering::SeqCst;
-        if !self.grant_unconfirmed && !self.grant_trusted {
-            return;
-        }
+        let since = match self.grant_check {
+            GrantCheck::Done => return,
+            GrantCheck::Waiting(since) => Some(since),
+            GrantCheck::Trusted => None,
+        };
         if self.mode != Mode::Survivor || self.grant_epoch == 0 {
-            self.grant_unconfirmed = false;
-            self.grant_trusted = false;
+            self.grant_check = GrantCheck::Done;
             self.publish_lease();
             return;
         }
         match slot.view() {
             Some((is_me, holder, epoch)) if verdict(is_me, holder, epoch, self.grant_epoch) => {
-                self.grant_unconfirmed = false;
-                self.grant_trusted = false;
+                self.grant_check = GrantCheck::Done;
                 self.publish_lease();
                 tracing::info!(volume = %self.cfg.name, epoch = self.grant_epoch, holder,
                     witness_epoch = epoch,
                     "mirror: the witness leaves this site its survivor grant; serving alone");
             }
             Some((_, holder, _)) => self.fence_released(io, holder),
-            None if self.grant_unconfirmed
-                && (slot.witness.load(SeqCst) == WITNESS_UNREACHABLE
-                    || self.grant_check_since.elapsed() > GRANT_CHECK_MAX) =>
+            None if since.is_some_and(|t| {
+                slot.witness.load(SeqCst) == WITNESS_UNREACHABLE || t.elapsed() > GRANT_CHECK_MAX
+            }) =>
             {
-                self.grant_unconfirmed = false;
-                self.grant_trusted = true;
+                self.grant_check = GrantCheck::Trusted;
                 self.publish_lease();
                 tracing::warn!(volume = %self.cfg.name, epoch = self.grant_epoch,
                     "mirror: the witness cannot be reached to confirm this site's survivor \
@@ -323,15 +333,18 @@ impl Engine {
         }
     }
 
+    /// A restored survivor serves nothing yet: its grant waits for the witness's first word.
+    pub(super) fn grant_unconfirmed(&self) -> bool {
+        matches!(self.grant_check, GrantCheck::Waiting(_))
+    }
+
     /// The witness no longer grants this survivor the volume: fence, the regions written
     /// alone suspect (a resync under way is abandoned, its copies dirty again first).
     fn fence_released(&mut self, io: &mut IoCx, holder: u32) {
-        self.grant_unconfirmed = false;
-        self.grant_trusted = false;
+        self.grant_check = GrantCheck::Done;
         self.abandon_resync(io);
-        let alone = self.dirty.clone();
-        self.suspect.or_with(&alone);
-        self.dirty = RegionMap::new(self.cfg.size, self.cfg.dirty_granularity);
+        self.suspect.or_with(&self.dirty);
+        self.dirty.clear();
         self.stats
             .dirty_bytes
             .store(0, std::sync::atomic::Ordering::Relaxed);

@@ -295,18 +295,11 @@ pub struct Engine {
     alone_after: Option<Instant>,
     /// The activity log and the unclean mark (actlog.rs).
     al: actlog::ActLog,
-    /// The answers waiting for `alone_after` (and `grant_unconfirmed`).
+    /// The answers waiting for `alone_after` (and a restored grant's check).
     alone_held: Vec<(u32, IoTag, Result<(), Errno>)>,
-    /// A survivor restored from its state, with a witness: nothing is acknowledged and nothing
-    /// read until the witness's first answer says this site still holds the group (or the
-    /// witness cannot be reached); if it names another site, an operator released this
-    /// site's grant, and it fences (alone.rs, `check_grant`).
-    grant_unconfirmed: bool,
-    /// Such a survivor serves on its persisted grant while the witness is out of reach, and
-    /// still takes the witness's first answer when it comes.
-    grant_trusted: bool,
-    /// When `grant_unconfirmed` was set (its wait is bounded: alone.rs, `GRANT_CHECK_MAX`).
-    grant_check_since: Instant,
+    /// A survivor restored from its state with a witness grant: where the check of that grant
+    /// against the witness's word stands (alone.rs, `check_grant`).
+    grant_check: alone::GrantCheck,
     /// Who sequences now (switchover.rs; `cfg.role` is the configured one).
     role: Role,
     /// The leadership term (0: the configuration).
@@ -378,9 +371,7 @@ impl Engine {
             handshake_sent: None,
             alone_after: None,
             alone_held: Vec::new(),
-            grant_unconfirmed: false,
-            grant_trusted: false,
-            grant_check_since: Instant::now(),
+            grant_check: alone::GrantCheck::Done,
             al,
             role: cfg_role,
             term: 0,
@@ -420,7 +411,7 @@ impl Engine {
             return false;
         }
         match self.mode {
-            Mode::Survivor => !self.grant_unconfirmed,
+            Mode::Survivor => !self.grant_unconfirmed(),
             Mode::Mirroring => self.cfg.failover.is_none() || self.sess.leased(now),
             Mode::Fenced | Mode::Resyncing | Mode::Waiting => false,
         }
@@ -462,7 +453,7 @@ impl Engine {
     pub(super) fn publish_lease(&self) {
         let ns = match self.mode {
             _ if self.failed.is_some() => 0,
-            Mode::Survivor if self.grant_unconfirmed => 0,
+            Mode::Survivor if self.grant_unconfirmed() => 0,
             Mode::Survivor => u64::MAX,
             Mode::Mirroring if self.cfg.failover.is_none() => u64::MAX,
             Mode::Mirroring => self
@@ -495,7 +486,7 @@ impl Engine {
     /// Survivor: answers are held (the lost peer's read lease, or a restored grant not
     /// confirmed by the witness yet).
     pub(super) fn holding_alone(&self) -> bool {
-        self.alone_after.is_some() || self.grant_unconfirmed
+        self.alone_after.is_some() || self.grant_unconfirmed()
     }
 
     /// Survivor: answers held until the lost peer's read lease expired.
@@ -586,7 +577,7 @@ impl Engine {
         if self.durable.failed {
             return Err("the replica state cannot be persisted at this site: refusing".into());
         }
-        if self.grant_unconfirmed {
+        if self.grant_unconfirmed() {
             return Err(
                 "this site's survivor grant, restored from its state, is not confirmed by the \
                  witness yet: refusing until it is"

@@ -156,9 +156,9 @@ impl Engine {
         }
         // A survivor's grant may have been released by an operator since (a survivor lost
         // for good, docs/witness-protocol.md): it serves once the witness confirms it.
-        self.grant_unconfirmed =
-            mode == Mode::Survivor && p.epoch != 0 && self.cfg.failover.is_some();
-        self.grant_check_since = Instant::now();
+        if mode == Mode::Survivor && p.epoch != 0 && self.cfg.failover.is_some() {
+            self.grant_check = alone::GrantCheck::Waiting(Instant::now());
+        }
         self.publish_lease();
         tracing::info!(volume = %self.cfg.name, mode = ?mode, epoch = p.epoch, clean = p.clean,
             suspect_bytes = self.suspect_bytes(), "mirror: replica state restored");

@@ -294,7 +294,7 @@ fn a_survivor_whose_write_fails_stops_serving_and_keeps_its_survivor_state() {
     assert_eq!(p.a.engine.mode(), Mode::Survivor);
     // The witness's first answer confirms the restored grant (until then no session).
     let slot = p.a.engine.cfg.failover.clone().expect("a witness");
-    slot.publish_view(1, 1, true);
+    slot.publish_view(1, 1, 1);
     p.a.engine.tick(&mut p.io, Instant::now());
     redial_pair(&mut p);
     run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);

@@ -229,20 +229,20 @@ fn restarted_survivor(dir: &std::path::Path) -> (Site, Arc<FailoverSlot>, IoCx, 
 #[test]
 fn a_restarted_survivor_serves_only_once_the_witness_confirms_its_grant() {
     use crate::layer::mirror::failover::{WITNESS_REACHABLE, WITNESS_UNREACHABLE};
-    // (witness, its answer: (holder is this site, holder, epoch)) -> serves
+    // (witness, its answer: (holder, 0: none, epoch); this site is 1) -> serves
     let cases = [
-        (WITNESS_REACHABLE, Some((true, 1, 7)), true),
-        (WITNESS_REACHABLE, Some((false, 0, 0)), true),
+        (WITNESS_REACHABLE, Some((1, 7)), true),
+        (WITNESS_REACHABLE, Some((0, 0)), true),
         (WITNESS_UNREACHABLE, None, true),
-        (WITNESS_REACHABLE, Some((false, 2, 8)), false),
-        (WITNESS_REACHABLE, Some((false, 0, 7)), false),
+        (WITNESS_REACHABLE, Some((2, 8)), false),
+        (WITNESS_REACHABLE, Some((0, 7)), false),
     ];
     for (i, (w, view, serves)) in cases.into_iter().enumerate() {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, slot, mut io, mut rng, _) = restarted_survivor(dir.path());
         let dirty = a.engine.dirty_bytes();
-        if let Some((me, holder, epoch)) = view {
-            slot.publish_view(holder, epoch, me);
+        if let Some((holder, epoch)) = view {
+            slot.publish_view(holder, epoch, 1);
         }
         slot.witness.store(w, SeqCst);
         for _ in 0..5 {
@@ -286,7 +286,7 @@ fn a_survivor_trusted_without_the_witness_fences_at_its_first_answer_if_released
     collect(&mut a);
     assert_eq!(a.ok, 2);
     slot.witness.store(WITNESS_REACHABLE, SeqCst);
-    slot.publish_view(2, 8, false);
+    slot.publish_view(2, 8, 1);
     a.engine.tick(&mut io, Instant::now());
     assert_eq!(a.engine.mode(), Mode::Fenced);
     assert!(!a.engine.stats().may_read());
@@ -301,7 +301,7 @@ fn a_survivor_granted_while_running_is_not_fenced_by_a_later_view() {
     let p = Persister::spawn().unwrap();
     let (mut a, _b, mut io, _rng, _n) = granted_with(&p, dir.path());
     let slot = a.engine.cfg.failover.clone().unwrap();
-    slot.publish_view(0, 7, false);
+    slot.publish_view(0, 7, 1);
     a.engine.tick(&mut io, Instant::now());
     assert_eq!(a.engine.mode(), Mode::Survivor);
 }
@@ -372,7 +372,7 @@ fn a_survivor_fenced_in_the_middle_of_a_resync_never_ends_it() {
     );
     // The witness answers: released.
     slot.witness.store(WITNESS_REACHABLE, SeqCst);
-    slot.publish_view(2, 8, false);
+    slot.publish_view(2, 8, 1);
     a.engine.tick(&mut io, Instant::now());
     assert_eq!(a.engine.mode(), Mode::Fenced);
     assert!(a.engine.kill_link.is_some(), "the link is not dropped");
@@ -413,7 +413,8 @@ fn a_restored_survivor_that_hears_nothing_serves_after_a_bounded_wait() {
     let (mut a, _slot, mut io, mut rng, _) = restarted_survivor(dir.path());
     a.engine.tick(&mut io, Instant::now());
     assert!(!a.engine.may_read(Instant::now()), "served at once");
-    a.engine.grant_check_since = Instant::now() - Duration::from_secs(6);
+    a.engine.grant_check =
+        super::super::alone::GrantCheck::Waiting(Instant::now() - Duration::from_secs(6));
     a.engine.tick(&mut io, Instant::now());
     while complete_one(&mut a, &mut io, &mut rng) {}
     collect(&mut a);
