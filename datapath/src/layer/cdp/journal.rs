@@ -16,9 +16,13 @@
 //! - A failed append stops the journal for good (until a restart): updates then complete on
 //!   their base result alone, and the history ends at `durable`; the layer above it tracks
 //!   the changed regions (degraded mode, [`super::degraded`]).
-//! - With `sync = "flush"` ([`Journal::new`]'s `sync_on_flush`) appends are plain O_DIRECT
-//!   writes (no `RWF_DSYNC`): an update is acknowledged once its record is *written* (on the
-//!   device, as the base's own non-FUA writes are), and the journal is made durable the way the
+//! - With `sync = "flush"` ([`Journal::new`]'s `sync_on_flush`) appends are not synced: a
+//!   batch under [`DIRECT_MIN`] is copied into the page cache by the reactor in the turn
+//!   (`cached`, a buffered descriptor of the active segment; unpadded), a larger one is a
+//!   plain O_DIRECT write (no `RWF_DSYNC`), after a padding record written the first way when
+//!   the position is off a block boundary. An update is acknowledged once its record is
+//!   *written* (in the kernel, as the base's own non-FUA writes are), and the journal is made
+//!   durable the way the
 //!   volume is, by a flush or a FUA write: such an update waits until a `fdatasync` of the
 //!   segment issued after its record was written has completed (`synced`). A segment is synced
 //!   before the next one is started, so one sync covers every unsynced record. The ranges of
@@ -72,6 +76,9 @@ pub struct CdpStats {
     pub journal_bytes: AtomicU64,
     /// Journal appends (batches) since start.
     pub batches: AtomicU64,
+    /// Of them, appended through the page cache (`sync = "flush"` on a disk: batches under
+    /// 64 KiB, and the padding records before an O_DIRECT batch).
+    pub cached_appends: AtomicU64,
     /// Active segment number.
     pub segment: AtomicU64,
     /// The journal stopped after a failed append (history ends at `durable_seq`); the layer
@@ -211,6 +218,10 @@ pub struct Journal {
     spare: Arc<Spare>,
     /// Appends are written in the turn by the reactor (the directory is in memory).
     inline: bool,
+    /// With `sync_on_flush` on a disk: the active segment opened without O_DIRECT, through
+    /// which the reactor writes small batches into the page cache in the turn (see the
+    /// module's invariants).
+    cached: Option<File>,
     /// An inline append moved `durable` since [`Journal::take_moved`] was last asked.
     moved: bool,
     /// Appends are not durable by themselves: flushes and FUA writes sync the segment.
@@ -262,6 +273,19 @@ fn without_direct_io(f: &File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The active segment `segno` of `dir` opened for writes through the page cache (a new open
+/// file description: clearing O_DIRECT on a duplicate of the registered one would clear it
+/// there too).
+fn open_cached(dir: &std::path::Path, segno: u64) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(store::seg_path(dir, segno))
+}
+
+/// With `sync = "flush"` on a disk, a batch of at least this many bytes is appended with
+/// O_DIRECT through the ring; a smaller one is copied into the page cache by the reactor.
+pub const DIRECT_MIN: usize = 64 * 1024;
+
 /// An idle journal appends a time mark this often, so its window reaches to about now.
 pub const MARK_EVERY: Duration = Duration::from_secs(1);
 
@@ -282,6 +306,11 @@ impl Journal {
             without_direct_io(&s.file)?;
         }
         let sync_on_flush = sync.on_flush && !inline;
+        let cached = if sync_on_flush {
+            Some(open_cached(&s.dir, s.segno)?)
+        } else {
+            None
+        };
         stats.durable_seq.store(s.next_seq - 1, Relaxed);
         stats.synced_seq.store(s.next_seq - 1, Relaxed);
         stats.durable_time.store(s.last_time, Relaxed);
@@ -308,6 +337,7 @@ impl Journal {
             last_mark: None,
             last_durable_time: s.last_time,
             inline,
+            cached,
             spare: s.spare,
             moved: false,
             sync_on_flush,
@@ -592,13 +622,21 @@ impl Journal {
         }
         let mut started = self.start_sync(io, self.sync_want);
         while let Some(b) = self.ready.front() {
-            // In memory a batch is written as it is; O_DIRECT needs whole blocks (padding).
-            let len = if self.inline {
-                b.used
+            // Written in the turn (in memory, or a small batch into the page cache): as it
+            // is. An O_DIRECT write needs whole blocks (padding), from a block boundary (a
+            // padding record first when cached batches left the position off one).
+            let cached = self.cached.is_some() && (b.used < DIRECT_MIN || b.rewrite_at.is_some());
+            let (lead, len) = if self.inline || cached {
+                (0, b.used)
             } else {
-                b.used + format::pad_len(b.used)
+                let lead = if b.rewrite_at.is_none() {
+                    format::pad_len((self.pos % format::ALIGN as u64) as usize)
+                } else {
+                    0
+                };
+                (lead, b.used + format::pad_len(b.used))
             };
-            if b.rewrite_at.is_none() && self.pos + len as u64 > self.seg_size {
+            if b.rewrite_at.is_none() && self.pos + (lead + len) as u64 > self.seg_size {
                 if !self.inflight.is_empty() {
                     break; // switch once the appends to this segment are done
                 }
@@ -617,6 +655,15 @@ impl Journal {
                     }
                 }
             }
+            if lead > 0 {
+                if let Err(e) = self.write_lead(lead) {
+                    self.stop(io, &format!("cannot pad the segment: {e}"));
+                    return started;
+                }
+                self.pos += lead as u64;
+                self.stats.journal_bytes.fetch_add(lead as u64, Relaxed);
+                self.stats.cached_appends.fetch_add(1, Relaxed);
+            }
             let mut b = self.ready.pop_front().expect("front exists");
             let pad = len - b.used;
             if pad > 0 {
@@ -628,10 +675,12 @@ impl Journal {
             self.next_id = (self.next_id + 1) & ID_MASK;
             let at = b.rewrite_at.unwrap_or(self.pos);
             self.last_mark = b.lone_mark.then_some((at, b.last_seq));
-            let written = if self.inline {
-                // In memory: the write is a copy, done here (see the module's invariants).
+            let written = if self.inline || cached {
+                // In memory or the page cache: the write is a copy, done here (see the
+                // module's invariants).
                 let bytes = io.buf_mut(&mut b.buf, len);
-                let r = std::os::unix::fs::FileExt::write_all_at(&self.file, &bytes[..len], at)
+                let f = self.cached.as_ref().unwrap_or(&self.file);
+                let r = std::os::unix::fs::FileExt::write_all_at(f, &bytes[..len], at)
                     .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)));
                 give_back(io, b.buf);
                 Some(r)
@@ -660,6 +709,9 @@ impl Journal {
             });
             self.stats.journal_bytes.fetch_add(len as u64, Relaxed);
             self.stats.batches.fetch_add(1, Relaxed);
+            if cached {
+                self.stats.cached_appends.fetch_add(1, Relaxed);
+            }
             started = true;
             if let Some(r) = written {
                 self.moved |= self.finished(io, id, r);
@@ -669,6 +721,15 @@ impl Journal {
             }
         }
         started
+    }
+
+    /// A padding record of `lead` bytes at the append position, through the page cache, so
+    /// the O_DIRECT batch after it starts on a block boundary.
+    fn write_lead(&self, lead: usize) -> std::io::Result<()> {
+        let mut pad = [0u8; 2 * format::ALIGN];
+        format::encode_pad(&mut pad[..lead], lead, self.meta.vol_id);
+        let f = self.cached.as_ref().unwrap_or(&self.file);
+        std::os::unix::fs::FileExt::write_all_at(f, &pad[..lead], self.pos)
     }
 
     /// Close the active segment and start the next one (no append in flight or queued for it),
@@ -708,6 +769,16 @@ impl Journal {
                 path: store::seg_path(&self.dir, segno),
                 source,
             })?;
+        }
+        if self.cached.is_some() {
+            self.cached =
+                Some(
+                    open_cached(&self.dir, segno).map_err(|source| store::CdpError::Io {
+                        what: "open",
+                        path: store::seg_path(&self.dir, segno),
+                        source,
+                    })?,
+                );
         }
         self.file = file;
         self.segno = segno;
