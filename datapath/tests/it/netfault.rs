@@ -860,10 +860,13 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         )
     });
     // Every other iteration journals both replicas (CDP under the mirror): their histories
-    // are checked against the acknowledged writes at the end (crate::soak_history).
+    // are checked against the acknowledged writes at the end (crate::soak_history). One in
+    // two of those journals with `sync = "flush"` (small batches through the page cache).
     let power = matches!(kind, Kind::PowerLoss | Kind::PowerLossNoWitness);
-    let cdp = (xorshift(rnd).is_multiple_of(2) && !power) || kind == Kind::KillNoHistory;
-    let tail = [A, B].map(|s| crate::soak_history::cdp_tail(&h, cdp, s));
+    let draw = xorshift(rnd);
+    let cdp = (draw.is_multiple_of(2) && !power) || kind == Kind::KillNoHistory;
+    let sync_flush = (draw >> 1).is_multiple_of(2);
+    let tail = [A, B].map(|s| crate::soak_history::cdp_tail(&h, cdp, sync_flush, s));
     h.start_witness();
     let mut srv = [
         Some(h.site_tail(A, &st[A], &vol_of(A), &tail[A])),
@@ -1334,7 +1337,15 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         let wall = (wall0, twinblk::layer::cdp::clock::wall_offset());
         let (mut p, n) = crate::soak_history::check(&h, &blocks, t0, t0_site, skews, wall);
         problems.append(&mut p);
-        note = format!("{note}{}{n}", if note.is_empty() { "" } else { "; " });
+        let sync = if sync_flush {
+            "sync flush"
+        } else {
+            "sync append"
+        };
+        note = format!(
+            "{note}{}{n} ({sync})",
+            if note.is_empty() { "" } else { "; " }
+        );
     }
     let line = format!(
         "{kind:?}({}) after {delay:?}: RTO {rto:?}, both up {} ms after the heal; writes {} + {} acked, {} + {} failed; reads {} ok, {} + {} failed; {checked} blocks checked{}",

@@ -36,14 +36,15 @@ pub(crate) fn dir(h: &Hosts, site: usize) -> std::path::PathBuf {
     h.root().join(if site == A { "a.cdp" } else { "b.cdp" })
 }
 
-/// The `[volume.cdp]` lines of `site` when `on`.
-pub(crate) fn cdp_tail(h: &Hosts, on: bool, site: usize) -> String {
+/// The `[volume.cdp]` lines of `site` when `on` (with `sync = "flush"` when `flush`).
+pub(crate) fn cdp_tail(h: &Hosts, on: bool, flush: bool, site: usize) -> String {
     if !on {
         return String::new();
     }
     format!(
-        "[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
-        dir(h, site).display()
+        "[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n{}",
+        dir(h, site).display(),
+        if flush { "sync='flush'\n" } else { "" }
     )
 }
 

@@ -20,10 +20,11 @@
 //!   batch under [`DIRECT_MIN`] is copied into the page cache by the reactor in the turn
 //!   (`cached`, a buffered descriptor of the active segment; unpadded), a larger one is a
 //!   plain O_DIRECT write (no `RWF_DSYNC`), after a padding record written the first way when
-//!   the position is off a block boundary. An update is acknowledged once its record is
-//!   *written* (in the kernel, as the base's own non-FUA writes are), and the journal is made
-//!   durable the way the
-//!   volume is, by a flush or a FUA write: such an update waits until a `fdatasync` of the
+//!   the position is off a block boundary; nothing goes through the page cache while an
+//!   O_DIRECT append is in flight. An update is acknowledged once its record is *written*
+//!   (it survives kill -9, not a power loss nor a kernel crash), and the journal is made
+//!   durable the way the volume is, by a flush or a FUA write: such an update waits until a
+//!   `fdatasync` of the
 //!   segment issued after its record was written has completed (`synced`). A segment is synced
 //!   before the next one is started, so one sync covers every unsynced record. The ranges of
 //!   written but unsynced records are kept ([`Journal::unsynced`]); if the journal stops, the
@@ -77,7 +78,8 @@ pub struct CdpStats {
     /// Journal appends (batches) since start.
     pub batches: AtomicU64,
     /// Of them, appended through the page cache (`sync = "flush"` on a disk: batches under
-    /// 64 KiB, and the padding records before an O_DIRECT batch).
+    /// 64 KiB, time marks and segment headers included; not the padding records written
+    /// before an O_DIRECT batch, which are not appends).
     pub cached_appends: AtomicU64,
     /// Active segment number.
     pub segment: AtomicU64,
@@ -636,6 +638,15 @@ impl Journal {
                 };
                 (lead, b.used + format::pad_len(b.used))
             };
+            // Nothing goes through the page cache while an O_DIRECT append is in flight: the
+            // kernel drops the cached pages of a direct write's range when it is done, and a
+            // folio (which may span more than 4 KiB) dirtied meanwhile could not be dropped
+            // (an EIO on the file and stale pages). Such a write waits for the next turn
+            // after the completion. (Every entry not done is an O_DIRECT one: page-cache
+            // writes are done when issued.)
+            if (cached || lead > 0) && self.inflight.iter().any(|f| !f.done) {
+                break;
+            }
             if b.rewrite_at.is_none() && self.pos + (lead + len) as u64 > self.seg_size {
                 if !self.inflight.is_empty() {
                     break; // switch once the appends to this segment are done
@@ -662,7 +673,6 @@ impl Journal {
                 }
                 self.pos += lead as u64;
                 self.stats.journal_bytes.fetch_add(lead as u64, Relaxed);
-                self.stats.cached_appends.fetch_add(1, Relaxed);
             }
             let mut b = self.ready.pop_front().expect("front exists");
             let pad = len - b.used;
@@ -757,28 +767,32 @@ impl Journal {
         } else {
             self.stats.switches_created.fetch_add(1, Relaxed);
         }
-        io.replace_file(self.slot, file.as_raw_fd())
-            .map_err(|source| store::CdpError::Io {
-                what: "register",
-                path: store::seg_path(&self.dir, segno),
-                source,
-            })?;
-        if self.inline {
-            without_direct_io(&file).map_err(|source| store::CdpError::Io {
-                what: "clear O_DIRECT on",
-                path: store::seg_path(&self.dir, segno),
-                source,
-            })?;
-        }
-        if self.cached.is_some() {
-            self.cached =
+        // Opened before the slot moves, so a failure leaves the writer on one segment.
+        let cached = match self.cached {
+            Some(_) => {
                 Some(
                     open_cached(&self.dir, segno).map_err(|source| store::CdpError::Io {
                         what: "open",
                         path: store::seg_path(&self.dir, segno),
                         source,
                     })?,
-                );
+                )
+            }
+            None => None,
+        };
+        io.replace_file(self.slot, file.as_raw_fd())
+            .map_err(|source| store::CdpError::Io {
+                what: "register",
+                path: store::seg_path(&self.dir, segno),
+                source,
+            })?;
+        self.cached = cached;
+        if self.inline {
+            without_direct_io(&file).map_err(|source| store::CdpError::Io {
+                what: "clear O_DIRECT on",
+                path: store::seg_path(&self.dir, segno),
+                source,
+            })?;
         }
         self.file = file;
         self.segno = segno;
@@ -957,6 +971,77 @@ pub fn spare_thread(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Complete every block-device operation the ring has: the journal's appends.
+    fn complete_all(io: &mut IoCx, j: &mut Journal) {
+        io.ring.submit_and_wait(1).expect("submit");
+        let cqes: Vec<_> = io
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (ud, res) in cqes {
+            let key = crate::uring::UserData(ud).index() as usize;
+            if let Some(f) = io.finish_bdev(key, res) {
+                io.release(key);
+                j.finished(io, f.tag.slot & ID_MASK, f.result);
+            }
+        }
+    }
+
+    /// With `sync = "flush"` on a disk a large batch is an O_DIRECT append and a small one goes
+    /// through the page cache, but never while an O_DIRECT append is in flight (the kernel
+    /// could not drop a folio of its range dirtied meanwhile): the small batch waits for the
+    /// completion, and the watermark keeps log order.
+    #[test]
+    fn a_small_batch_waits_while_an_o_direct_append_is_in_flight() {
+        let d = tempfile::tempdir_in("/var/tmp").unwrap();
+        if in_memory(d.path()) {
+            eprintln!("skipped: /var/tmp is in memory here");
+            return;
+        }
+        let meta = Meta {
+            block_size: 4096,
+            vol_id: 7,
+            size: 64 << 20,
+            created: 1,
+            base_seq: 0,
+            base_time: 0,
+        };
+        let log =
+            super::super::startlog::StartLog::new(d.path(), meta, 4 << 20, 1, (0, 0), 1).unwrap();
+        let start = log.into_start(Arc::new(Spare::default()));
+        let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+        let stats = Arc::new(CdpStats::default());
+        let sync = SyncPolicy {
+            on_flush: true,
+            fail: false,
+            fail_map_writes: 0,
+        };
+        let mut j = Journal::new(&mut io, 0, start, Arc::clone(&stats), sync).unwrap();
+        let cached = || stats.cached_appends.load(Relaxed);
+        let big = vec![1u8; DIRECT_MIN];
+        let s1 = j.record(&mut io, Op::Write, 0, big.len() as u64, Some(&big));
+        assert!(j.issue(&mut io, &|s| s));
+        assert_eq!(cached(), 0, "the large batch is an O_DIRECT append");
+        let small = vec![2u8; 4096];
+        let s2 = j.record(&mut io, Op::Write, 1 << 20, 4096, Some(&small));
+        j.issue(&mut io, &|s| s);
+        assert_eq!(cached(), 0, "nothing through the page cache meanwhile");
+        assert!(j.durable < s1);
+        complete_all(&mut io, &mut j);
+        assert_eq!(j.durable, s1);
+        j.issue(&mut io, &|s| s);
+        assert_eq!(cached(), 1, "the small batch, after the completion");
+        assert_eq!(j.durable, s2);
+        // And the other way: a large batch after small ones starts on a block boundary.
+        let s3 = j.record(&mut io, Op::Write, 2 << 20, big.len() as u64, Some(&big));
+        assert!(j.issue(&mut io, &|s| s));
+        assert!(j.pos.is_multiple_of(format::ALIGN as u64));
+        complete_all(&mut io, &mut j);
+        assert_eq!(j.durable, s3);
+        assert!(!j.stopped());
+    }
 
     /// One failure to prepare a spare (here a directory squatting on its temporary name) is
     /// not for the life of the process: once the cause is gone, the helper prepares it again.
