@@ -232,6 +232,9 @@ pub struct Journal {
     fail_sync: bool,
     /// Every record up to this one is durable (synced); `durable` with `sync_on_flush` off.
     synced: u64,
+    /// A lone mark was rewritten in place (same sequence number, newer time) since the last
+    /// sync started (`sync_on_flush`): a clean stop syncs it too.
+    mark_unsynced: bool,
     /// The highest sequence a flush or FUA update waits to see synced.
     sync_want: u64,
     /// A sync in flight, covering records up to this sequence (and its time).
@@ -345,6 +348,7 @@ impl Journal {
             sync_on_flush,
             fail_sync: sync.fail,
             synced: s.next_seq - 1,
+            mark_unsynced: false,
             synced_time: s.last_time,
             sync_want: 0,
             sync_inflight: None,
@@ -378,13 +382,18 @@ impl Journal {
         self.unsynced.iter().map(|&(_, o, l)| (o, l))
     }
 
-    /// Sync the active segment now, blocking (a clean stop, nothing in flight).
-    pub fn sync_now(&mut self) -> std::io::Result<()> {
-        if self.sync_on_flush && !self.stopped && self.synced < self.durable {
+    /// Sync the active segment now, blocking (a clean stop, nothing in flight); true when
+    /// there was something to sync (a record, or a lone mark rewritten in place since the
+    /// last sync: its sequence number was synced, its newer time not).
+    pub fn sync_now(&mut self) -> std::io::Result<bool> {
+        if self.sync_on_flush && !self.stopped && (self.synced < self.durable || self.mark_unsynced)
+        {
             self.file.sync_data()?;
+            self.mark_unsynced = false;
             self.synced_to(self.durable, self.last_durable_time);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     fn synced_to(&mut self, seq: u64, time: u64) {
@@ -414,6 +423,7 @@ impl Journal {
             return false;
         }
         self.sync_inflight = Some((self.durable, self.last_durable_time));
+        self.mark_unsynced = false;
         self.stats.syncs.fetch_add(1, Relaxed);
         if self.fail_sync {
             self.moved |= self.finished(io, SYNC_ID, Err(Errno::IO));
@@ -710,6 +720,8 @@ impl Journal {
             };
             if b.rewrite_at.is_none() {
                 self.pos += len as u64;
+            } else if self.sync_on_flush {
+                self.mark_unsynced = true;
             }
             self.inflight.push_back(InFlight {
                 id,
@@ -989,16 +1001,13 @@ mod tests {
         }
     }
 
-    /// With `sync = "flush"` on a disk a large batch is an O_DIRECT append and a small one goes
-    /// through the page cache, but never while an O_DIRECT append is in flight (the kernel
-    /// could not drop a folio of its range dirtied meanwhile): the small batch waits for the
-    /// completion, and the watermark keeps log order.
-    #[test]
-    fn a_small_batch_waits_while_an_o_direct_append_is_in_flight() {
+    /// A writer with `sync = "flush"` on a disk journal in a new directory under /var/tmp
+    /// (None when that is in memory here).
+    fn flush_writer(io: &mut IoCx) -> Option<(tempfile::TempDir, Journal, Arc<CdpStats>)> {
         let d = tempfile::tempdir_in("/var/tmp").unwrap();
         if in_memory(d.path()) {
             eprintln!("skipped: /var/tmp is in memory here");
-            return;
+            return None;
         }
         let meta = Meta {
             block_size: 4096,
@@ -1011,14 +1020,46 @@ mod tests {
         let log =
             super::super::startlog::StartLog::new(d.path(), meta, 4 << 20, 1, (0, 0), 1).unwrap();
         let start = log.into_start(Arc::new(Spare::default()));
-        let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
         let stats = Arc::new(CdpStats::default());
         let sync = SyncPolicy {
             on_flush: true,
             fail: false,
             fail_map_writes: 0,
         };
-        let mut j = Journal::new(&mut io, 0, start, Arc::clone(&stats), sync).unwrap();
+        let j = Journal::new(io, 0, start, Arc::clone(&stats), sync).unwrap();
+        Some((d, j, stats))
+    }
+
+    /// A clean stop syncs a lone time mark rewritten in place after the last sync (its
+    /// sequence number was synced, its newer time was not).
+    #[test]
+    fn a_clean_stop_syncs_a_mark_rewritten_after_the_last_sync() {
+        let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+        let Some((_d, mut j, _)) = flush_writer(&mut io) else {
+            return;
+        };
+        j.mark(&mut io);
+        j.issue(&mut io, &|s| s);
+        assert!(j.sync_now().unwrap(), "the mark's record");
+        assert!(!j.sync_now().unwrap(), "nothing new");
+        let seq = j.durable();
+        j.mark(&mut io);
+        j.issue(&mut io, &|s| s);
+        assert_eq!(j.durable(), seq, "rewritten in place, same sequence number");
+        assert!(j.sync_now().unwrap(), "the rewritten mark");
+        assert!(!j.sync_now().unwrap());
+    }
+
+    /// With `sync = "flush"` on a disk a large batch is an O_DIRECT append and a small one goes
+    /// through the page cache, but never while an O_DIRECT append is in flight (the kernel
+    /// could not drop a folio of its range dirtied meanwhile): the small batch waits for the
+    /// completion, and the watermark keeps log order.
+    #[test]
+    fn a_small_batch_waits_while_an_o_direct_append_is_in_flight() {
+        let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+        let Some((_d, mut j, stats)) = flush_writer(&mut io) else {
+            return;
+        };
         let cached = || stats.cached_appends.load(Relaxed);
         let big = vec![1u8; DIRECT_MIN];
         let s1 = j.record(&mut io, Op::Write, 0, big.len() as u64, Some(&big));
