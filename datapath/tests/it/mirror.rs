@@ -645,7 +645,10 @@ fn volumes_spread_over_reactors_each_with_its_own_link_and_requests_cross_reacto
         (Some(0), Some(1))
     );
     // Two connections per volume per site: the reactors deal connections round-robin, so
-    // some requests reach a volume's engine from the other reactor.
+    // some requests reach a volume's engine from the other reactor. The second volume's
+    // clients start once the first's are connected: started together, their connections
+    // could interleave so that each lands on its volume's home reactor (seen once in the
+    // README's suite); one client's consecutive connections go to both reactors.
     let job = [
         "--rw=randwrite",
         "--size=1m",
@@ -654,10 +657,20 @@ fn volumes_spread_over_reactors_each_with_its_own_link_and_requests_cross_reacto
         "--randrepeat=0",
         "--numjobs=2",
     ];
+    let open = |s: &Server| -> u64 {
+        let rs = s.rpc("reactor_stats");
+        (0..2).map(|i| rs[i]["open_conns"].as_u64().unwrap()).sum()
+    };
+    let before = [open(&a), open(&b)];
     let mut fios = Vec::new();
-    for s in [&a, &b] {
-        for v in ["vol0", "vol1"] {
+    for v in ["vol0", "vol1"] {
+        for s in [&a, &b] {
             fios.push(fio_write(&s.uri(v), &job));
+        }
+        let t = Instant::now();
+        while v == "vol0" && (open(&a) < before[0] + 2 || open(&b) < before[1] + 2) {
+            assert!(t.elapsed() < Duration::from_secs(20), "fio never connected");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
     for mut f in fios {
