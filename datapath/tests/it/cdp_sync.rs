@@ -488,3 +488,42 @@ fn with_sync_flush_kill_9_with_o_direct_appends_in_flight_keeps_every_acknowledg
     assert_eq!(st["journal"], "running", "{st}");
     drop(s);
 }
+
+/// An idle volume's last lone mark, rewritten in place by `cdp_disable` (its sequence number
+/// synced by an earlier flush, its newer time not): the disable answers once a sync covered
+/// the rewrite too.
+#[test]
+fn with_sync_flush_cdp_disable_syncs_the_mark_it_rewrites_in_place() {
+    let tmp = disk_dir();
+    let (_, s, mut c) = start(&tmp, 8 * MIB, "sync='flush'\n");
+    assert_eq!(c.write(0, &pattern(1, 4096)), 0);
+    let written = seq(&status(&s), "durable_seq");
+    // Idle: a lone mark is appended after about a second; a flush syncs it.
+    let t = std::time::Instant::now();
+    while seq(&status(&s), "durable_seq") == written {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "no time mark on an idle volume"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(c.flush(), 0);
+    let st = status(&s);
+    let (marked, syncs) = (seq(&st, "durable_seq"), seq(&st, "syncs"));
+    assert_eq!(marked, written + 1, "one lone mark: {st}");
+    assert_eq!(seq(&st, "synced_seq"), marked, "{st}");
+    // The disable's own mark rewrites that one in place.
+    let r = s.rpc_with("cdp_disable", serde_json::json!({"volume": "v"}));
+    assert!(r["result"]["last_seq"].as_u64().is_some(), "{r}");
+    let st = status(&s);
+    assert_eq!(
+        seq(&st, "durable_seq"),
+        marked,
+        "rewritten in place, not appended: {st}"
+    );
+    assert!(
+        seq(&st, "syncs") > syncs,
+        "the disable answered without syncing the mark it rewrote: {st}"
+    );
+    c.disconnect();
+}

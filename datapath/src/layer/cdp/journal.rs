@@ -235,6 +235,8 @@ pub struct Journal {
     /// A lone mark was rewritten in place (same sequence number, newer time) since the last
     /// sync started (`sync_on_flush`): a clean stop syncs it too.
     mark_unsynced: bool,
+    /// A sync is wanted for such a rewrite too ([`Journal::want_sync_marks`]).
+    sync_marks: bool,
     /// The highest sequence a flush or FUA update waits to see synced.
     sync_want: u64,
     /// A sync in flight, covering records up to this sequence (and its time).
@@ -349,6 +351,7 @@ impl Journal {
             fail_sync: sync.fail,
             synced: s.next_seq - 1,
             mark_unsynced: false,
+            sync_marks: false,
             synced_time: s.last_time,
             sync_want: 0,
             sync_inflight: None,
@@ -375,6 +378,19 @@ impl Journal {
     /// A flush or FUA update waits until `seq` is synced: ask for a sync once it is written.
     pub fn want_sync(&mut self, seq: u64) {
         self.sync_want = self.sync_want.max(seq);
+    }
+
+    /// Also sync a lone mark rewritten in place (same sequence number, newer time) once it is
+    /// written ([`Journal::marks_synced`] says when it is): a run-time disable's last mark.
+    pub fn want_sync_marks(&mut self) {
+        self.want_sync(self.last_seq());
+        let rewrite = self.ready.back().is_some_and(|b| b.rewrite_at.is_some());
+        self.sync_marks = self.sync_on_flush && (rewrite || self.mark_unsynced);
+    }
+
+    /// No rewritten mark waits for the sync [`Journal::want_sync_marks`] asked for.
+    pub fn marks_synced(&self) -> bool {
+        !self.sync_marks && self.sync_inflight.is_none()
     }
 
     /// `(offset, len)` of the written records not yet synced (`sync = "flush"`).
@@ -414,16 +430,20 @@ impl Journal {
     /// Start a sync of the active segment covering every written record, if one is wanted
     /// (`min`: at least up to it) and none is in flight. True when it started one.
     fn start_sync(&mut self, io: &mut IoCx, min: u64) -> bool {
+        let mark = self.sync_marks && self.mark_unsynced;
         if !self.sync_on_flush
             || self.stopped
             || self.sync_inflight.is_some()
-            || self.synced >= min
+            || self.synced >= min && !mark
             || self.durable < min
         {
             return false;
         }
         self.sync_inflight = Some((self.durable, self.last_durable_time));
         self.mark_unsynced = false;
+        if mark {
+            self.sync_marks = false;
+        }
         self.stats.syncs.fetch_add(1, Relaxed);
         if self.fail_sync {
             self.moved |= self.finished(io, SYNC_ID, Err(Errno::IO));

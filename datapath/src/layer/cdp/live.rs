@@ -495,7 +495,8 @@ impl Restack for Disable {
             DisableStep::Stop => find_layer::<CdpChannel>(chan).is_none_or(|c| {
                 !c.journal.has_queued()
                     && c.journal.in_flight() == 0
-                    && (c.journal.stopped() || c.journal.synced() >= c.journal.durable())
+                    && (c.journal.stopped()
+                        || c.journal.synced() >= c.journal.durable() && c.journal.marks_synced())
             }),
             DisableStep::Remote => crate::runtime::mailbox::held() == 0,
             DisableStep::Unwrap => true,
@@ -533,8 +534,9 @@ fn stop(c: &mut CdpChannel, io: &mut IoCx) -> Result<(), String> {
         c.journal.mark(io);
     }
     // With `sync = "flush"` the last mark (and every record before it) is synced before this
-    // step is settled: the history the disable answers is durable.
-    c.journal.want_sync(c.journal.last_seq());
+    // step is settled: the history the disable answers is durable (a lone mark rewritten in
+    // place too: its sequence number may have been synced before, its newer time not).
+    c.journal.want_sync_marks();
     c.off = true;
     c.stats.off.store(true, Relaxed);
     Ok(())
