@@ -459,17 +459,29 @@ fn an_in_memory_log_cut_off_a_block_boundary_goes_on_in_a_new_segment_on_disk() 
 /// lines), the daemon (state in `root`) killed mid-run: every acknowledged write is in the
 /// journal as it was left, and again after the restart's recovery cut the torn tail.
 pub(crate) fn kill_9_keeps_every_acknowledged_write(root: &Path, dir: &Path, extra: &str) {
-    const SIZE: u64 = 64 << 20;
+    kill_9_keeps_every_acknowledged_write_of(root, dir, extra, 64 << 20, 4096, |_| 4096);
+}
+
+/// [`kill_9_keeps_every_acknowledged_write`] on a `size`-byte volume whose write `i` puts
+/// `len_of(i)` bytes at `i * slot` ([`acked_writer_of`]).
+pub(crate) fn kill_9_keeps_every_acknowledged_write_of(
+    root: &Path,
+    dir: &Path,
+    extra: &str,
+    size: u64,
+    slot: u64,
+    len_of: fn(u64) -> usize,
+) {
     let tmp = root;
     let dir = dir.to_path_buf();
     // Segments are prepared ahead and written with zeroes, so the kill may land while a
     // switch's header append is in flight.
     let body = format!(
         "[reactor]\ncores=[0]\npin=false\n{}prezero=true\n{extra}",
-        volume("v", SIZE, &dir, "4MiB")
+        volume("v", size, &dir, "4MiB")
     );
     let mut s = Server::start(tmp, &body);
-    let writer = acked_writer(s.addr, SIZE);
+    let writer = acked_writer_of(s.addr, size, slot, len_of);
     std::thread::sleep(Duration::from_millis(700));
     s.kill();
     let acked = writer.join().unwrap();
@@ -484,15 +496,16 @@ pub(crate) fn kill_9_keeps_every_acknowledged_write(root: &Path, dir: &Path, ext
         let mut by_block = std::collections::HashMap::new();
         for (_, e) in h.entries() {
             if e.op == Op::Write {
-                by_block.insert(e.offset / 4096, e.seq);
+                by_block.insert(e.offset / slot, e.seq);
             }
         }
         for &b in &acked {
             let seq = *by_block
                 .get(&b)
                 .unwrap_or_else(|| panic!("acknowledged write to block {b} is not in the journal"));
-            let got = pit::read_at(h, Point::Seq(seq), b * 4096, 4096).unwrap();
-            assert!(got == pattern(b, 4096), "block {b}: journaled data differs");
+            let len = len_of(b);
+            let got = pit::read_at(h, Point::Seq(seq), b * slot, len as u64).unwrap();
+            assert!(got == pattern(b, len), "block {b}: journaled data differs");
         }
     };
     check(&h);
@@ -515,16 +528,26 @@ pub(crate) fn acked_writer(
     addr: std::net::SocketAddr,
     size: u64,
 ) -> std::thread::JoinHandle<Vec<u64>> {
+    acked_writer_of(addr, size, 4096, |_| 4096)
+}
+
+/// [`acked_writer`] with write `b` putting `pattern(b, len_of(b))` at `b * slot`.
+pub(crate) fn acked_writer_of(
+    addr: std::net::SocketAddr,
+    size: u64,
+    slot: u64,
+    len_of: fn(u64) -> usize,
+) -> std::thread::JoinHandle<Vec<u64>> {
     std::thread::spawn(move || {
         let mut c = Client::connect(addr, "v", false);
         let mut acked: Vec<u64> = Vec::new();
         let mut next = 0u64;
         let start = Instant::now();
-        while next + 32 <= size / 4096 && start.elapsed() < Duration::from_secs(20) {
+        while next + 32 <= size / slot && start.elapsed() < Duration::from_secs(20) {
             for k in 0..32 {
                 let b = next + k;
                 // The kill may land while this sends: what was acknowledged is the record.
-                if c.try_send_request(1, b, b * 4096, &pattern(b, 4096))
+                if c.try_send_request(1, b, b * slot, &pattern(b, len_of(b)))
                     .is_err()
                 {
                     return acked;

@@ -408,85 +408,22 @@ fn with_sync_flush_small_and_large_appends_interleaved_are_all_in_the_history() 
 /// record before an O_DIRECT batch left unwritten.)
 #[test]
 fn with_sync_flush_kill_9_with_o_direct_appends_in_flight_keeps_every_acknowledged_write() {
-    use std::io::Read;
-    use twinblk::layer::cdp::format::Op;
-    use twinblk::layer::cdp::pit::{self, Point};
-    use twinblk::layer::cdp::store::{self, Load};
-    const SIZE: u64 = 64 * MIB;
-    const SLOT: u64 = 128 * 1024;
-    let len_of = |i: u64| {
-        if i.is_multiple_of(2) {
-            4096
-        } else {
-            SLOT as usize
-        }
-    };
     let tmp = disk_dir();
-    let (dir, mut s, c) = start(&tmp, SIZE, "sync='flush'\nprezero=true\n");
-    drop(c);
-    let addr = s.addr;
-    // Write i goes to its own 128 KiB slot i, once: (i, acknowledged).
-    let writer = std::thread::spawn(move || {
-        let mut c = Client::connect(addr, "v", false);
-        let mut acked = Vec::new();
-        let mut next = 0u64;
-        let t0 = std::time::Instant::now();
-        while t0.elapsed() < std::time::Duration::from_secs(20) {
-            for i in next..next + 32 {
-                if c.try_send_request(1, i, i * SLOT, &pattern(i, len_of(i)))
-                    .is_err()
-                {
-                    return acked;
-                }
+    // A 1 GiB volume (its memory taken as written): the writer still runs at the kill.
+    crate::cdp::kill_9_keeps_every_acknowledged_write_of(
+        tmp.path(),
+        &tmp.path().join("j"),
+        "sync='flush'\n",
+        1 << 30,
+        128 * 1024,
+        |i| {
+            if i.is_multiple_of(2) {
+                4096
+            } else {
+                128 * 1024
             }
-            for _ in 0..32 {
-                let mut r = [0u8; 16];
-                if c.stream().read_exact(&mut r).is_err() {
-                    return acked;
-                }
-                assert_eq!(u32::from_be_bytes(r[4..8].try_into().unwrap()), 0);
-                acked.push(u64::from_be_bytes(r[8..16].try_into().unwrap()));
-            }
-            next = (next + 32) % (SIZE / SLOT - 32);
-        }
-        acked
-    });
-    std::thread::sleep(std::time::Duration::from_millis(600));
-    s.kill();
-    let acked = writer.join().unwrap();
-    assert!(
-        acked.len() > 64,
-        "only {} writes before the kill",
-        acked.len()
+        },
     );
-    let check = |h: &store::History| {
-        // The last record of each slot (a slot is written again after a wrap).
-        let mut seq_of = std::collections::HashMap::new();
-        for (_, e) in h.entries() {
-            if e.op == Op::Write {
-                seq_of.insert(e.offset / SLOT, e.seq);
-            }
-        }
-        for &i in &acked {
-            let seq = *seq_of
-                .get(&i)
-                .unwrap_or_else(|| panic!("acknowledged write {i} is not in the journal"));
-            let got = pit::read_at(h, Point::Seq(seq), i * SLOT, len_of(i) as u64).unwrap();
-            assert!(
-                got == pattern(i, len_of(i)),
-                "write {i}: journaled data differs"
-            );
-        }
-    };
-    let h = store::load(&dir, Load::ReadOnly).unwrap();
-    check(&h);
-    let s = s.respawn();
-    let h2 = store::load(&dir, Load::ReadOnly).unwrap();
-    assert!(h2.damaged.is_empty());
-    check(&h2);
-    let st = status(&s);
-    assert_eq!(st["journal"], "running", "{st}");
-    drop(s);
 }
 
 /// An idle volume's last lone mark, rewritten in place by `cdp_disable` (its sequence number

@@ -24,8 +24,9 @@
 //!   O_DIRECT append is in flight. An update is acknowledged once its record is *written*
 //!   (it survives kill -9, not a power loss nor a kernel crash), and the journal is made
 //!   durable the way the volume is, by a flush or a FUA write: such an update waits until a
-//!   `fdatasync` of the
-//!   segment issued after its record was written has completed (`synced`). A segment is synced
+//!   `fdatasync` of the segment issued after its record was written has completed
+//!   (`synced`). A lone mark rewritten in place (same sequence number) after the last sync is
+//!   synced by a clean stop and by a run-time disable. A segment is synced
 //!   before the next one is started, so one sync covers every unsynced record. The ranges of
 //!   written but unsynced records are kept ([`Journal::unsynced`]); if the journal stops, the
 //!   history is whole only up to `synced` and those ranges count as changed (degraded mode).
@@ -800,18 +801,16 @@ impl Journal {
             self.stats.switches_created.fetch_add(1, Relaxed);
         }
         // Opened before the slot moves, so a failure leaves the writer on one segment.
-        let cached = match self.cached {
-            Some(_) => {
-                Some(
-                    open_cached(&self.dir, segno).map_err(|source| store::CdpError::Io {
-                        what: "open",
-                        path: store::seg_path(&self.dir, segno),
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
+        let cached = self
+            .cached
+            .as_ref()
+            .map(|_| open_cached(&self.dir, segno))
+            .transpose()
+            .map_err(|source| store::CdpError::Io {
+                what: "open",
+                path: store::seg_path(&self.dir, segno),
+                source,
+            })?;
         io.replace_file(self.slot, file.as_raw_fd())
             .map_err(|source| store::CdpError::Io {
                 what: "register",
