@@ -14,7 +14,10 @@
 //! the thread goes round again at once while any volume had work. So space stays bounded at
 //! any write rate the thread can copy: a pass of one segment a second (the first design) let a
 //! journal written faster than a segment a second grow without bound. The throttle is that it
-//! is one thread, consolidating only what retention releases.
+//! is one thread, consolidating only what retention releases. A base copy on tmpfs is written
+//! through a mapping the thread keeps from pass to pass (base_map.rs: a `memcpy` per record
+//! instead of a `pwrite`, each piece allocated before its first byte so that a full tmpfs
+//! fails the pass with ENOSPC, not SIGBUS).
 //!
 //! A segment holding a record at or after the newest segment's mark (an update whose base
 //! operation may be in flight, `SegHeader::low`: a crash comparison needs its record,
@@ -33,6 +36,7 @@
 //! copy then holds some of the segment's records: the content of no point); a pass cut part
 //! way leaves it, and the next pass finishes the segment whatever retention says then.
 
+use super::base_map::BaseMap;
 use super::format::{self, Op, REC_HEADER};
 use super::store::{self, CdpError};
 use std::fs::{File, OpenOptions};
@@ -92,11 +96,13 @@ pub fn consolidate_once(
     r: &Retention,
     now: u64,
 ) -> Result<Option<Consolidated>, CdpError> {
-    consolidate_once_in(dir, r, now, &mut Vec::new(), &mut None)
+    consolidate_once_in(dir, r, now, &mut Vec::new(), &mut None, &mut None)
 }
 
 /// [`consolidate_once`] with `bytes`, a buffer the caller keeps from one segment to the next
-/// (the retention thread's: fresh pages cost more than the copy into them).
+/// (the retention thread's: fresh pages cost more than the copy into them), and `base_map`,
+/// the directory's base copy as mapped by an earlier pass, if any (base_map.rs: kept, its
+/// pages are faulted in once, not once per pass).
 ///
 /// A pass a hold stopped says which in `blocked` (the hold's time).
 fn consolidate_once_in(
@@ -105,6 +111,7 @@ fn consolidate_once_in(
     now: u64,
     bytes: &mut Vec<u8>,
     blocked: &mut Option<u64>,
+    base_map: &mut Option<BaseMap>,
 ) -> Result<Option<Consolidated>, CdpError> {
     let (in_use, _) = store::segments_in_use(dir)?;
     let segs: Vec<(u64, u64)> = segments(dir)?
@@ -231,7 +238,19 @@ fn consolidate_once_in(
         None if scanned => Source::Whole(bytes),
         None => Source::Windows(bytes),
     };
-    let skipped = apply(dir, segno, &index.entries, src)?;
+    // A base copy on tmpfs is written through a mapping (base_map.rs), checked first to be
+    // still the file at the path (a history made again has a new one).
+    let bp = store::base_path(dir);
+    if base_map.as_ref().is_some_and(|m| !m.current(&bp)) {
+        *base_map = None;
+    }
+    if base_map.is_none() {
+        *base_map = BaseMap::open(&bp).unwrap_or_else(|e| {
+            tracing::debug!(path = %bp.display(), error = %e, "cdp: base copy not mapped; written with pwrite");
+            None
+        });
+    }
+    let skipped = apply(dir, segno, &index.entries, src, base_map.as_mut())?;
     let mut m = meta;
     if let Some(mv) = moving {
         m.base_seq = mv.to;
@@ -340,23 +359,87 @@ fn plan(entries: &[super::format::Entry], by_offset: bool) -> (Vec<usize>, usize
     (keep, left_out)
 }
 
+/// The base copy as a pass writes it: through its mapping (on tmpfs) or with `pwrite`.
+enum Base<'a> {
+    Mapped(&'a mut BaseMap),
+    File(File),
+}
+
+impl Base<'_> {
+    fn file(&self) -> &File {
+        match self {
+            Base::Mapped(m) => m.file(),
+            Base::File(f) => f,
+        }
+    }
+
+    /// Write a record's bytes into the base copy.
+    fn write(&mut self, data: &[u8], at: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = WRITES_BEFORE_EIO.get() {
+            if n == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::EIO));
+            }
+            WRITES_BEFORE_EIO.set(Some(n - 1));
+        }
+        match self {
+            Base::Mapped(m) => m.write(data, at),
+            Base::File(f) => f.write_all_at(data, at),
+        }
+    }
+
+    /// Zeroes at `at..at + len`: a hole punched, or zeroes written where that fails.
+    fn zero(&mut self, at: u64, len: u64, zero: &[u8]) -> std::io::Result<()> {
+        // SAFETY: plain syscall on an open descriptor.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file().as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                at as i64,
+                len as i64,
+            )
+        };
+        if let Base::Mapped(m) = self {
+            // Even a failed punch may have freed some of the range's pages.
+            m.punched(at, len);
+        }
+        if rc == 0 {
+            return Ok(());
+        }
+        let mut pos = at;
+        while pos < at + len {
+            let n = (at + len - pos).min(zero.len() as u64) as usize;
+            self.write(&zero[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}
+
 /// Apply segment `segno`'s `entries` to the base copy, but for those a later entry overwrites
-/// whole, in the order [`plan`] gives; how many were left out.
+/// whole, in the order [`plan`] gives; how many were left out. `mapped`: the base copy's
+/// mapping, to write through instead of `pwrite`.
 fn apply(
     dir: &Path,
     segno: u64,
     entries: &[super::format::Entry],
     src: Source<'_>,
+    mapped: Option<&mut BaseMap>,
 ) -> Result<usize, CdpError> {
     let bp = store::base_path(dir);
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| CdpError::Io { what, path, source }
     };
-    let base = OpenOptions::new()
-        .write(true)
-        .open(&bp)
-        .map_err(io("open", &bp))?;
+    let mut base = match mapped {
+        Some(m) => Base::Mapped(m),
+        None => Base::File(
+            OpenOptions::new()
+                .write(true)
+                .open(&bp)
+                .map_err(io("open", &bp))?,
+        ),
+    };
     let sp = store::seg_path(dir, segno);
     let seg = File::open(&sp).map_err(io("open", &sp))?;
     // The records lie in the segment in order: read it in large windows, not a read per record.
@@ -389,32 +472,16 @@ fn apply(
                         &win[from..from + e.len as usize]
                     }
                 };
-                base_write(&base, data, e.offset).map_err(io("write", &bp))?;
+                base.write(data, e.offset).map_err(io("write", &bp))?;
             }
             Op::Zeroes | Op::Unmap => {
-                // SAFETY: plain syscall on an open descriptor.
-                let rc = unsafe {
-                    libc::fallocate(
-                        base.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        e.offset as i64,
-                        e.len as i64,
-                    )
-                };
-                if rc != 0 {
-                    let mut at = e.offset;
-                    while at < e.offset + e.len {
-                        let n = (e.offset + e.len - at).min(zero.len() as u64) as usize;
-                        base.write_all_at(&zero[..n], at)
-                            .map_err(io("write", &bp))?;
-                        at += n as u64;
-                    }
-                }
+                base.zero(e.offset, e.len, &zero)
+                    .map_err(io("write", &bp))?;
             }
             Op::Mark | Op::Pad | Op::Gap => {}
         }
     }
-    base.sync_all().map_err(io("sync", &bp))?;
+    base.file().sync_all().map_err(io("sync", &bp))?;
     Ok(left_out)
 }
 
@@ -423,18 +490,6 @@ thread_local! {
     /// Tests: how many more base-copy writes succeed before one fails with EIO (a pass cut
     /// part way, as by a full or failing device or a crash).
     static WRITES_BEFORE_EIO: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// Write a record's bytes into the base copy.
-fn base_write(base: &File, data: &[u8], at: u64) -> std::io::Result<()> {
-    #[cfg(test)]
-    if let Some(n) = WRITES_BEFORE_EIO.get() {
-        if n == 0 {
-            return Err(std::io::Error::from_raw_os_error(libc::EIO));
-        }
-        WRITES_BEFORE_EIO.set(Some(n - 1));
-    }
-    base.write_all_at(data, at)
 }
 
 /// How many segments of one volume are consolidated in a row before the next volume's turn.
@@ -469,6 +524,7 @@ fn consolidate_backlog(
     stop: &AtomicBool,
     last_log: &mut Option<std::time::Instant>,
     bytes: &mut Vec<u8>,
+    base_map: &mut Option<BaseMap>,
 ) -> bool {
     let mut busy = false;
     for _ in 0..BACKLOG_TURN {
@@ -477,7 +533,8 @@ fn consolidate_backlog(
         }
         let now = super::clock::now();
         let mut blocked = None;
-        let c = match consolidate_once_in(&v.dir, &v.retention, now, bytes, &mut blocked) {
+        let c = match consolidate_once_in(&v.dir, &v.retention, now, bytes, &mut blocked, base_map)
+        {
             Ok(Some(c)) => c,
             Ok(None) => {
                 note_held(v, blocked);
@@ -571,13 +628,19 @@ pub fn spawn(
         .spawn(move || {
             let mut last_log = std::collections::HashMap::new();
             let mut bytes = Vec::new();
+            let mut maps: std::collections::HashMap<PathBuf, Option<BaseMap>> =
+                std::collections::HashMap::new();
             while !stop.load(Ordering::SeqCst) {
                 // The list changes at run time (CDP switched on or off): a copy per pass.
                 let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                // A volume no longer listed lets its base copy go (a mapping would keep a
+                // removed file's memory).
+                maps.retain(|d, _| vols.iter().any(|v| &v.dir == d));
                 let mut busy = false;
                 for v in &vols {
                     let log = last_log.entry(v.dir.clone()).or_default();
-                    busy |= consolidate_backlog(v, &stop, log, &mut bytes);
+                    let map = maps.entry(v.dir.clone()).or_default();
+                    busy |= consolidate_backlog(v, &stop, log, &mut bytes, map);
                 }
                 if busy {
                     continue; // a backlog: go round again at once
@@ -885,6 +948,77 @@ mod tests {
     /// A segment a pass consolidated (the meta names its end) but did not retire (the rename
     /// failed, or a crash came first) is retired by the next pass instead of stopping every
     /// later one.
+    /// The base copy on a full tmpfs is written through a mapping (base_map.rs), where a write
+    /// into a hole would raise SIGBUS: the pass fails with ENOSPC instead, and finishes once
+    /// there is room.
+    #[test]
+    fn a_pass_into_a_full_tmpfs_fails_with_an_error_and_finishes_once_there_is_room() {
+        use crate::layer::cdp::pit::{self, Point};
+        let mnt = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(mnt.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "mounting a small tmpfs needs root (the tests run as root)"
+        );
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _u = Unmount(mnt.path());
+        let dir = mnt.path().join("vol");
+        std::fs::create_dir(&dir).unwrap();
+        let meta =
+            store::testing::history(&dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=60)]);
+        // Fill the filesystem, then leave 8 pages: room for the pass's small files, not for
+        // a piece of the base copy.
+        let filler = mnt.path().join("filler");
+        let f = File::create(&filler).unwrap();
+        let mut len = 0u64;
+        // SAFETY: plain syscall on an open descriptor.
+        while unsafe { libc::fallocate(f.as_raw_fd(), 0, len as i64, 4096) } == 0 {
+            len += 4096;
+        }
+        f.set_len(len - 8 * 4096).unwrap();
+        let r = Retention {
+            age_ns: None,
+            bytes: Some(1),
+        };
+        let mut map = None;
+        let mut bytes = Vec::new();
+        let e = consolidate_once_in(&dir, &r, 100, &mut bytes, &mut None, &mut map)
+            .unwrap_err()
+            .to_string();
+        assert!(map.is_some(), "the base copy was mapped");
+        assert!(e.contains("write") && e.contains("space"), "{e}");
+        assert_eq!(store::read_meta(&dir).unwrap().base_seq, 0);
+        drop(f);
+        std::fs::remove_file(&filler).unwrap();
+        let c = consolidate_once_in(&dir, &r, 100, &mut bytes, &mut None, &mut map)
+            .unwrap()
+            .expect("the pass finished");
+        assert_eq!(c.base_seq, 50);
+        // Record q wrote block q with bytes q: the base copy is point 50, and so is every
+        // point read from it.
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        for p in [50u64, 55, 60] {
+            let got = pit::read_at(&h, Point::Seq(p), 0, meta.size).unwrap();
+            for b in 0..64u64 {
+                let want = if b >= 1 && b <= p { b as u8 } else { 0 };
+                let at = (b * 4096) as usize;
+                assert!(
+                    got[at..at + 4096].iter().all(|&x| x == want),
+                    "point {p} block {b}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_consolidated_segment_left_in_place_is_retired_by_the_next_pass() {
         let d = tempfile::tempdir().unwrap();

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# What consolidation costs in steady state (issue 12): one twinblk site, a 1 GiB RAM volume with
+# its CDP journal on tmpfs (64 MiB segments, retention_bytes 512 MiB), written once, then warmed
+# with 1.5 GiB of random 64 KiB writes so the journal sits at its retention; then fio's nbd
+# engine writes 4 KiB at random at QD32 while the script counts, over a window of WIN seconds,
+# the segments consolidated and the CPU time of each of the daemon's threads (/proc, in ticks of
+# 10 ms). Two binaries in turns (NEW, then OLD_BIN), PAIRS times; medians at the end.
+#
+#   OLD_BIN=/path/to/old/twinblk PAIRS=3 bash benches/cdp_retention_cpu.sh
+#
+# Reported per run: IOPS of the whole fio run, segments consolidated in the window, ticks of the
+# cdp-retention thread per segment (its CPU per 64 MiB consolidated), and the ticks of the
+# cdp-retention, cdp-segments and reactor threads. Placement: the reactor on core 0 (wait
+# adaptive), fio on core 1 (the daemon's other threads run on the cores no reactor takes: 1).
+# Environment: OLD_BIN (required), NEW_BIN (default: this tree's release build), PAIRS (3), RT
+# (seconds of fio, 14), WIN (seconds counted, 10, starting 2 s into fio's run), PORT (15210),
+# SHM (/dev/shm). Needs fio (nbd engine), nbdinfo, taskset, python3. Listens on 127.0.0.1 only;
+# removes its journals.
+
+set -euo pipefail
+PAIRS=${PAIRS:-3}
+RT=${RT:-14}
+WIN=${WIN:-10}
+PORT=${PORT:-15210}
+SHM=${SHM:-/dev/shm}
+die() { echo "cdp_retention_cpu: $*" >&2; exit 1; }
+[[ -x ${OLD_BIN:-} ]] || die "OLD_BIN must name a twinblk binary"
+((RT >= WIN + 3)) || die "RT must be at least WIN + 3"
+for t in fio nbdinfo taskset python3; do command -v "$t" >/dev/null || die "missing tool: $t"; done
+cd "$(dirname "$0")/.."
+if [[ -z ${NEW_BIN:-} ]]; then
+    cargo build --release --quiet --bin twinblk
+    NEW_BIN=$PWD/target/release/twinblk
+fi
+WORK=$(mktemp -d /tmp/cdp_retention_cpu.XXXXXX)
+JDIR=$(mktemp -d "$SHM/cdp_retention_cpu.XXXXXX")
+PID=""
+cleanup() {
+    [[ -n $PID ]] && kill "$PID" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$WORK" "$JDIR"
+}
+trap cleanup EXIT
+
+ticks() { # pid -> "comm ticks" per thread, summed by name
+    for t in /proc/"$1"/task/*; do
+        echo "$(cat "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+    done | awk '{s[$1] += $2} END {for (c in s) print c, s[c]}'
+}
+
+one() { # name binary -> a result line
+    local name=$1 bin=$2 uri="nbd://127.0.0.1:$PORT/vol0"
+    rm -rf "${JDIR:?}"/*
+    cat >"$WORK/c.toml" <<CFG
+[reactor]
+cores = [0]
+wait = "adaptive"
+[nbd]
+listen = ["127.0.0.1:$PORT"]
+[nvmf]
+listen = []
+[[volume]]
+name = "vol0"
+backend = "malloc"
+size = "1GiB"
+block_size = 4096
+[volume.cdp]
+dir = "$JDIR/vol0"
+segment_size = "64MiB"
+retention_bytes = "512MiB"
+CFG
+    "$bin" serve --config "$WORK/c.toml" >"$WORK/log" 2>&1 &
+    PID=$!
+    for _ in $(seq 100); do
+        nbdinfo "$uri" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    taskset -c 1 fio --name=prefill --ioengine=nbd --uri="$uri" --rw=write --bs=1m --iodepth=8 \
+        --size=256M >/dev/null
+    taskset -c 1 fio --name=warm --ioengine=nbd --uri="$uri" --rw=randwrite --bs=64k --iodepth=8 \
+        --size=1G --io_size=1536M >/dev/null
+    taskset -c 1 fio --name=m --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=32 \
+        --size=256M --time_based --runtime="$RT" --output-format=json >"$WORK/fio.json" &
+    local fpid=$!
+    sleep 2
+    local n0 n1
+    ticks "$PID" >"$WORK/t0"
+    n0=$(grep -c "consolidated the oldest" "$WORK/log" || true)
+    sleep "$WIN"
+    ticks "$PID" >"$WORK/t1"
+    n1=$(grep -c "consolidated the oldest" "$WORK/log" || true)
+    wait "$fpid"
+    kill "$PID"
+    wait "$PID" 2>/dev/null || true
+    PID=""
+    python3 - "$name" "$WORK/fio.json" "$WORK/t0" "$WORK/t1" "$((n1 - n0))" <<'PY'
+import json, sys
+name, fj, t0, t1, segs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+text = open(fj).read()
+iops = json.loads(text[text.index("{"):])["jobs"][0]["write"]["iops"]
+rd = lambda p: {l.split()[0]: int(l.split()[1]) for l in open(p) if l.strip()}
+a, b = rd(t0), rd(t1)
+d = {k: b[k] - a.get(k, 0) for k in b}
+ret = d.get("cdp-retention", 0)
+print(f"{name}\t{iops:.0f}\t{segs}\t{ret / max(segs, 1):.2f}\t{ret}\t{d.get('cdp-segments', 0)}\t{d.get('reactor-0', 0)}")
+PY
+}
+
+echo "cdp_retention_cpu: PAIRS=$PAIRS RT=$RT WIN=$WIN, journal on $SHM, $(date -u +%FT%TZ)"
+: >"$WORK/rows"
+for ((i = 1; i <= PAIRS; i++)); do
+    one new "$NEW_BIN" | tee -a "$WORK/rows"
+    one old "$OLD_BIN" | tee -a "$WORK/rows"
+done
+python3 - "$WORK/rows" <<'PY'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]
+print("| binary | IOPS | segments in window | retention ticks / segment | retention ticks | segment-thread ticks | reactor ticks |")
+print("|---|---|---|---|---|---|---|")
+for name in ("new", "old"):
+    r = [x for x in rows if x[0] == name]
+    med = lambda i: statistics.median(float(x[i]) for x in r)
+    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.2f} | {med(4):.0f} | {med(5):.0f} | {med(6):.0f} |")
+PY
