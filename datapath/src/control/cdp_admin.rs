@@ -314,6 +314,10 @@ pub(super) fn cdp_enable(
             .filter(|c| c.backend == crate::control::config::Backend::Uring)
             .and_then(|c| c.path.clone()),
         volatile: false,
+        base_cache: cx
+            .volume_configs
+            .iter()
+            .any(|c| c.name == name && c.volatile_cache),
         prezero,
         sync,
         // Under the mirror: the mirror says when this site's replica is the volume.

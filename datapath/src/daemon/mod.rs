@@ -265,6 +265,7 @@ impl Daemon {
                     segment_size: c.segment_size.0,
                     seed: v.path.clone().filter(|_| v.backend == Backend::Uring),
                     volatile: v.backend == Backend::Malloc,
+                    base_cache: v.volatile_cache,
                     prezero: c.prezero,
                     sync: c.sync_policy(),
                     // The mirror says when this site's replica is the volume.

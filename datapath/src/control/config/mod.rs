@@ -929,9 +929,9 @@ impl Config {
                 (Backend::Malloc, Some(_)) => {
                     return bad(format!("volume {}: backend malloc takes no path", v.name));
                 }
-                _ if v.volatile_cache && (v.backend != Backend::Uring || v.cdp.is_some()) => {
+                _ if v.volatile_cache && v.backend != Backend::Uring => {
                     return bad(format!(
-                        "volume {}: volatile_cache is for backend uring without [volume.cdp]",
+                        "volume {}: volatile_cache is for backend uring",
                         v.name
                     ));
                 }

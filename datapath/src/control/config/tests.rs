@@ -578,14 +578,14 @@ fn a_slow_wait_past_a_day_is_refused() {
 }
 
 #[test]
-fn a_volatile_cache_is_for_a_uring_volume_without_cdp() {
+fn a_volatile_cache_is_for_a_uring_volume() {
     let cfg = |body: &str| Config::from_toml(&format!("[[volume]]\nname='v'\nsize='1MiB'\n{body}"));
     cfg("backend='uring'\npath='/tmp/v.img'\nvolatile_cache=true\n").unwrap();
-    for bad in [
-        "backend='malloc'\nvolatile_cache=true\n",
+    // Under a CDP layer too: the layer then never seals its log clean at a stop.
+    cfg(
         "backend='uring'\npath='/tmp/v.img'\nvolatile_cache=true\n[volume.cdp]\ndir='/tmp/v.cdp'\n",
-    ] {
-        let e = cfg(bad).expect_err("accepted");
-        assert!(e.to_string().contains("volatile_cache"), "{bad}: {e}");
-    }
+    )
+    .unwrap();
+    let e = cfg("backend='malloc'\nvolatile_cache=true\n").expect_err("accepted");
+    assert!(e.to_string().contains("volatile_cache"), "{e}");
 }

@@ -85,6 +85,11 @@ pub struct CdpSettings {
     /// The base loses its content at every start (RAM): each start journals an unmap of the
     /// whole volume first.
     pub volatile: bool,
+    /// The base's device keeps written data in a volatile cache that it writes back only on a
+    /// flush, a FUA write or when it is dropped, after this layer (`volatile_cache`, a test
+    /// device): a clean stop cannot make the base durable before it seals the log, so it never
+    /// seals it clean, and every start compares the tail with the base as after a crash.
+    pub base_cache: bool,
     /// Segments prepared ahead are written with zeroes once (their appends then need no
     /// allocation by the filesystem), at the cost of writing each segment twice.
     pub prezero: bool,
@@ -214,6 +219,8 @@ pub struct CdpDevice {
     /// The base when it is a file or block device that outlives the process (`seed`, not a
     /// RAM base): a clean stop makes it durable before it seals the journal.
     base_file: Option<PathBuf>,
+    /// False when a clean stop cannot make the base durable ([`CdpSettings::base_cache`]).
+    seal_clean: bool,
     /// The last record the base is known to hold durably when the writer starts, and its
     /// time (the channel's first `flushed`).
     start_flushed: (u64, u64),
@@ -405,6 +412,7 @@ impl CdpDevice {
             sync: s.sync,
             start: Mutex::new(Some((log.into_start(Arc::clone(&spare)), regions, vouched))),
             base_file: s.seed.clone().filter(|_| !s.volatile),
+            seal_clean: !s.base_cache,
             start_flushed,
             lock: Mutex::new(Some(lock)),
         })
@@ -509,6 +517,7 @@ impl CdpDevice {
             // (Unlike the journal's: the first turn flushes the base.)
             flush_segno: 0,
             base_file: self.base_file.clone(),
+            seal_clean: self.seal_clean,
             stats: Arc::clone(&self.stats),
             ops: Slab::with_capacity(256),
             held: std::collections::VecDeque::new(),
@@ -643,6 +652,8 @@ pub struct CdpChannel {
     flush_segno: u64,
     /// [`CdpDevice`]'s `base_file`: synced by a clean stop before it seals.
     base_file: Option<PathBuf>,
+    /// [`CdpDevice`]'s `seal_clean`.
+    seal_clean: bool,
     stats: Arc<CdpStats>,
     ops: Slab<Pending>,
     /// Updates waiting for an earlier overlapping one, in arrival order.
@@ -897,7 +908,11 @@ impl Drop for CdpChannel {
         // record lacks its base write, and it then skips the comparison of tail.rs.
         // (Not after CDP was switched off at run time: no start compares a history that ended
         // so, it journals the whole volume again; and the reactor must not wait for the sync.)
-        if self.journal.in_flight() == 0 && self.ops.iter().all(|(_, p)| p.base.is_some()) {
+        // (Nor when the base's device writes its cache back only after this layer is gone.)
+        if self.seal_clean
+            && self.journal.in_flight() == 0
+            && self.ops.iter().all(|(_, p)| p.base.is_some())
+        {
             let synced = match &self.base_file {
                 Some(p) if !self.off => std::fs::File::open(p).and_then(|f| f.sync_data()),
                 _ => Ok(()),
