@@ -48,14 +48,21 @@ unsafe impl Send for BaseMap {}
 
 /// Whether `path` is on tmpfs.
 fn on_tmpfs(path: &Path) -> bool {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills the zeroed struct it is given; `c` is a NUL-terminated path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; both pointers are valid for the call.
-    (unsafe { libc::statfs(c.as_ptr(), &mut st) }) == 0 && st.f_type as i64 == TMPFS_MAGIC
+    super::journal::fs_type(path) == Some(super::journal::TMPFS_MAGIC)
+}
+
+/// Punch a hole at `at..at + len` of `file` (its size kept); false when the filesystem
+/// refuses (the caller then writes zeroes).
+pub fn punch_hole(file: &File, at: u64, len: u64) -> bool {
+    // SAFETY: plain syscall on an open descriptor.
+    unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            at as i64,
+            len as i64,
+        ) == 0
+    }
 }
 
 impl BaseMap {
@@ -230,16 +237,7 @@ mod tests {
         let mut m = BaseMap::open(&p).unwrap().unwrap();
         m.write(&[7u8; 4096], PIECE).unwrap();
         assert_eq!(allocated_bytes(&p), PIECE);
-        // SAFETY: plain syscall on an open descriptor.
-        let rc = unsafe {
-            libc::fallocate(
-                m.file().as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                PIECE as i64,
-                PIECE as i64,
-            )
-        };
-        assert_eq!(rc, 0);
+        assert!(punch_hole(m.file(), PIECE, PIECE));
         m.punched(PIECE, PIECE);
         assert_eq!(allocated_bytes(&p), 0);
         m.write(&[9u8; 512], PIECE + 8192).unwrap();

@@ -248,20 +248,23 @@ pub struct Journal {
     unsynced: VecDeque<(u64, u64, u64)>,
 }
 
-/// Whether `dir` is on a filesystem kept in memory (tmpfs, ramfs), where a write is a copy.
-pub fn in_memory(dir: &std::path::Path) -> bool {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
+/// `statfs`'s `f_type` of tmpfs.
+pub const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// The type of the filesystem `path` is on (`statfs`'s `f_type`); `None` when it cannot be
+/// told.
+pub fn fs_type(path: &std::path::Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statfs fills the zeroed struct it is given; `c` is a NUL-terminated path.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above; both pointers are valid for the call.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return false;
-    }
-    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_type as i64)
+}
+
+/// Whether `dir` is on a filesystem kept in memory (tmpfs, ramfs), where a write is a copy.
+pub fn in_memory(dir: &std::path::Path) -> bool {
+    matches!(fs_type(dir), Some(TMPFS_MAGIC | RAMFS_MAGIC))
 }
 
 /// Clear `O_DIRECT` on a segment written in memory: its appends are unpadded copies, at any

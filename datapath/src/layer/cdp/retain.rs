@@ -40,7 +40,6 @@ use super::base_map::BaseMap;
 use super::format::{self, Op, REC_HEADER};
 use super::store::{self, CdpError};
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -390,20 +389,12 @@ impl Base<'_> {
 
     /// Zeroes at `at..at + len`: a hole punched, or zeroes written where that fails.
     fn zero(&mut self, at: u64, len: u64, zero: &[u8]) -> std::io::Result<()> {
-        // SAFETY: plain syscall on an open descriptor.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file().as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                at as i64,
-                len as i64,
-            )
-        };
+        let punched = super::base_map::punch_hole(self.file(), at, len);
         if let Base::Mapped(m) = self {
             // Even a failed punch may have freed some of the range's pages.
             m.punched(at, len);
         }
-        if rc == 0 {
+        if punched {
             return Ok(());
         }
         let mut pos = at;
@@ -889,6 +880,22 @@ mod tests {
     }
 
     /// A pass cut part way (EIO on the base copy after 25 of a segment's 50 records) leaves
+    /// Point `p` of a [`store::testing::history`] (record q writes block q with bytes q, so
+    /// block b holds b from point b on) reads what the volume held then.
+    fn point_is_the_volume(h: &store::History, p: u64, size: u64, why: &str) {
+        use crate::layer::cdp::pit::{Point, read_at};
+        let got = read_at(h, Point::Seq(p), 0, size).unwrap();
+        for b in 0..size / 4096 {
+            let want = if b >= 1 && b <= p { b as u8 } else { 0 };
+            let at = (b * 4096) as usize;
+            assert!(
+                got[at..at + 4096].iter().all(|&x| x == want),
+                "{why}: point {p}, block {b}: read {}, the volume held {want}",
+                got[at]
+            );
+        }
+    }
+
     /// `base.img` holding some of the segment's records: no point before the segment's end may
     /// be read from it until a later pass has applied the whole segment; every point the
     /// history accepts reads exactly what the volume held then, before and after that pass.
@@ -908,16 +915,7 @@ mod tests {
                         continue;
                     }
                     readable += 1;
-                    let got = pit::read_at(&h, Point::Seq(p), 0, meta.size).unwrap();
-                    for b in 0..64u64 {
-                        let want = if b >= 1 && b <= p { b as u8 } else { 0 };
-                        let at = (b * 4096) as usize;
-                        assert!(
-                            got[at..at + 4096].iter().all(|&x| x == want),
-                            "{why}: point {p}, block {b}: read {}, the volume held {want}",
-                            got[at]
-                        );
-                    }
+                    point_is_the_volume(&h, p, meta.size, why);
                 }
                 readable
             };
@@ -953,7 +951,7 @@ mod tests {
     /// there is room.
     #[test]
     fn a_pass_into_a_full_tmpfs_fails_with_an_error_and_finishes_once_there_is_room() {
-        use crate::layer::cdp::pit::{self, Point};
+        use std::os::fd::AsRawFd;
         let mnt = tempfile::tempdir().unwrap();
         let ok = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
@@ -1007,15 +1005,7 @@ mod tests {
         // point read from it.
         let h = store::load(&dir, store::Load::ReadOnly).unwrap();
         for p in [50u64, 55, 60] {
-            let got = pit::read_at(&h, Point::Seq(p), 0, meta.size).unwrap();
-            for b in 0..64u64 {
-                let want = if b >= 1 && b <= p { b as u8 } else { 0 };
-                let at = (b * 4096) as usize;
-                assert!(
-                    got[at..at + 4096].iter().all(|&x| x == want),
-                    "point {p} block {b}"
-                );
-            }
+            point_is_the_volume(&h, p, meta.size, "after the pass");
         }
     }
 
