@@ -4,28 +4,35 @@
 # with 1.5 GiB of random 64 KiB writes so the journal sits at its retention; then fio's nbd
 # engine writes 4 KiB at random at QD32 while the script counts, over a window of WIN seconds,
 # the segments consolidated and the CPU time of each of the daemon's threads (/proc, in ticks of
-# 10 ms). Two binaries in turns (NEW, then OLD_BIN), PAIRS times; medians at the end.
+# 10 ms). The window opens once consolidation reached the 4 KiB writes (a segment of more than
+# 8,000 records: the warm-up's 64 KiB records are 16 times fewer per segment, and cost less per
+# segment), so every binary is counted on the same kind of segment. Two binaries in turns
+# (NEW, then OLD_BIN), PAIRS times; medians at the end.
 #
 #   OLD_BIN=/path/to/old/twinblk PAIRS=3 bash benches/cdp_retention_cpu.sh
 #
 # Reported per run: IOPS of the whole fio run, segments consolidated in the window, ticks of the
 # cdp-retention thread per segment (its CPU per 64 MiB consolidated), and the ticks of the
-# cdp-retention, cdp-segments and reactor threads. Placement: the reactor on core 0 (wait
-# adaptive), fio on core 1 (the daemon's other threads run on the cores no reactor takes: 1).
-# Environment: OLD_BIN (required), NEW_BIN (default: this tree's release build), PAIRS (3), RT
-# (seconds of fio, 14), WIN (seconds counted, 10, starting 2 s into fio's run), PORT (15210),
+# cdp-retention, cdp-segments and reactor threads, and the server's CPU (all its threads) per
+# I/O in the window (IOPS of the whole run times WIN: an estimate; with WAIT=interrupt the
+# reactor does not spin, so this is work, not waiting). Placement: the reactor on core 0 (wait
+# WAIT, default adaptive), fio on core 1 (the daemon's other threads run on the cores no
+# reactor takes: 1).
+# Environment: OLD_BIN (required), NEW_BIN (default: this tree's release build), WAIT, PAIRS (3), RT
+# (seconds of fio, 40), WIN (seconds counted, 10), PORT (15210),
 # SHM (/dev/shm). Needs fio (nbd engine), nbdinfo, taskset, python3. Listens on 127.0.0.1 only;
 # removes its journals.
 
 set -euo pipefail
 PAIRS=${PAIRS:-3}
-RT=${RT:-14}
+RT=${RT:-40}
 WIN=${WIN:-10}
 PORT=${PORT:-15210}
+WAIT=${WAIT:-adaptive}
 SHM=${SHM:-/dev/shm}
 die() { echo "cdp_retention_cpu: $*" >&2; exit 1; }
 [[ -x ${OLD_BIN:-} ]] || die "OLD_BIN must name a twinblk binary"
-((RT >= WIN + 3)) || die "RT must be at least WIN + 3"
+((RT >= WIN + 10)) || die "RT must be at least WIN + 10"
 for t in fio nbdinfo taskset python3; do command -v "$t" >/dev/null || die "missing tool: $t"; done
 cd "$(dirname "$0")/.."
 if [[ -z ${NEW_BIN:-} ]]; then
@@ -54,7 +61,7 @@ one() { # name binary -> a result line
     cat >"$WORK/c.toml" <<CFG
 [reactor]
 cores = [0]
-wait = "adaptive"
+wait = "$WAIT"
 [nbd]
 listen = ["127.0.0.1:$PORT"]
 [nvmf]
@@ -81,8 +88,13 @@ CFG
         --size=1G --io_size=1536M >/dev/null
     taskset -c 1 fio --name=m --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --iodepth=32 \
         --size=256M --time_based --runtime="$RT" --output-format=json >"$WORK/fio.json" &
-    local fpid=$!
-    sleep 2
+    local fpid=$! t=0
+    # Until a segment of 4 KiB records was consolidated (see the header).
+    until sed 's/\x1b\[[0-9;]*m//g' "$WORK/log" | grep -q "consolidated the oldest.*records=[0-9]\{5\}"; do
+        sleep 0.2
+        t=$((t + 1))
+        ((t < (RT - WIN) * 5)) || die "$name: consolidation never reached the 4 KiB writes within RT"
+    done
     local n0 n1
     ticks "$PID" >"$WORK/t0"
     n0=$(grep -c "consolidated the oldest" "$WORK/log" || true)
@@ -93,20 +105,22 @@ CFG
     kill "$PID"
     wait "$PID" 2>/dev/null || true
     PID=""
-    python3 - "$name" "$WORK/fio.json" "$WORK/t0" "$WORK/t1" "$((n1 - n0))" <<'PY'
+    python3 - "$name" "$WORK/fio.json" "$WORK/t0" "$WORK/t1" "$((n1 - n0))" "$WIN" <<'PY'
 import json, sys
 name, fj, t0, t1, segs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+win = float(sys.argv[6])
 text = open(fj).read()
 iops = json.loads(text[text.index("{"):])["jobs"][0]["write"]["iops"]
 rd = lambda p: {l.split()[0]: int(l.split()[1]) for l in open(p) if l.strip()}
 a, b = rd(t0), rd(t1)
 d = {k: b[k] - a.get(k, 0) for k in b}
 ret = d.get("cdp-retention", 0)
-print(f"{name}\t{iops:.0f}\t{segs}\t{ret / max(segs, 1):.2f}\t{ret}\t{d.get('cdp-segments', 0)}\t{d.get('reactor-0', 0)}")
+srv = sum(d.values()) * 10000 / (iops * win)  # ticks of 10 ms -> µs per I/O
+print(f"{name}\t{iops:.0f}\t{segs}\t{ret / max(segs, 1):.2f}\t{ret}\t{d.get('cdp-segments', 0)}\t{d.get('reactor-0', 0)}\t{srv:.2f}")
 PY
 }
 
-echo "cdp_retention_cpu: PAIRS=$PAIRS RT=$RT WIN=$WIN, journal on $SHM, $(date -u +%FT%TZ)"
+echo "cdp_retention_cpu: PAIRS=$PAIRS RT=$RT WIN=$WIN WAIT=$WAIT, journal on $SHM, $(date -u +%FT%TZ)"
 : >"$WORK/rows"
 for ((i = 1; i <= PAIRS; i++)); do
     one new "$NEW_BIN" | tee -a "$WORK/rows"
@@ -115,10 +129,10 @@ done
 python3 - "$WORK/rows" <<'PY'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]
-print("| binary | IOPS | segments in window | retention ticks / segment | retention ticks | segment-thread ticks | reactor ticks |")
-print("|---|---|---|---|---|---|---|")
+print("| binary | IOPS | segments in window | retention ticks / segment | retention ticks | segment-thread ticks | reactor ticks | server µs / I/O |")
+print("|---|---|---|---|---|---|---|---|")
 for name in ("new", "old"):
     r = [x for x in rows if x[0] == name]
     med = lambda i: statistics.median(float(x[i]) for x in r)
-    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.2f} | {med(4):.0f} | {med(5):.0f} | {med(6):.0f} |")
+    print(f"| {name} | {med(1):.0f} | {med(2):.0f} | {med(3):.2f} | {med(4):.0f} | {med(5):.0f} | {med(6):.0f} | {med(7):.2f} |")
 PY

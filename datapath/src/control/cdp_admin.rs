@@ -12,7 +12,8 @@
 //!   runs after the admin lock is released: the change is made, and other changes (also a
 //!   `cdp_disable`, which abandons the catch-up) are served meanwhile;
 //! - off: the home stamps the last time mark and stops journaling, the other reactors
-//!   unwrap, the home unwraps once nothing is in flight (the segment is sealed). The history
+//!   unwrap, the home unwraps once nothing is in flight (the segment is sealed, but over a
+//!   `volatile_cache` test device). The history
 //!   stays listed (`cdp_status`: journal "off") and readable by views and restores.
 //!
 //! Invariants: the volume is served throughout (a restack happens between two requests on

@@ -10,12 +10,18 @@
 //!
 //! A write into a hole of a shared mapping allocates the page in the fault, and on a full
 //! tmpfs that raises SIGBUS where a `pwrite` returns ENOSPC. So no byte is written through
-//! the mapping before its piece of the file is known to be allocated: the file is tracked in
-//! pieces of [`PIECE`] bytes, and the first write into a piece not known to be allocated
-//! allocates the whole piece with `fallocate` (an error, such as ENOSPC, is returned, and
-//! nothing is written). A hole punched into a piece (an unmap or write-zeroes record) makes it
-//! unknown again. The base copy thus stops being sparse in every piece consolidation writes
-//! into (at most [`PIECE`] bytes of zeroes allocated per record).
+//! the mapping before its page of the file is known to be allocated: the file is tracked in
+//! pieces of [`PIECE`] bytes (a page; one bit each, 32 MiB of bits for a 1 TiB volume, touched
+//! only where written), and a write into pieces not known to be allocated allocates them with
+//! `fallocate` first (an error, such as ENOSPC, is returned, and nothing is written). A hole
+//! punched into a piece (an unmap or write-zeroes record) makes it unknown again.
+//!
+//! How much is allocated: while less than half the file is allocated ([`BaseMap::refresh`],
+//! once a pass), exactly the pages written, as `pwrite` would; from then on the whole
+//! [`GROW`]-byte stretch around them, so a dense base copy learns its pages sixteen at a time
+//! (a `fallocate` per new page costs as much as the `pwrite` it replaces). The base copy thus
+//! never takes more than its whole size, and more than `pwrite` would only once half of it is
+//! allocated anyway.
 //!
 //! Only tmpfs is mapped: its `fallocate` allocates the pages themselves (ramfs has none, and a
 //! file on a disk that fails raises SIGBUS on a write fault where `pwrite` returns EIO).
@@ -28,8 +34,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// The unit in which the base copy's allocation is tracked and made.
-pub const PIECE: u64 = 64 << 10;
+/// The unit in which the base copy's allocation is tracked: a page.
+pub const PIECE: u64 = 4096;
+
+/// The stretch allocated at once around a new page when the file is at least half allocated.
+pub const GROW: u64 = 64 << 10;
 
 /// A shared, writable mapping of a whole base copy on tmpfs.
 pub struct BaseMap {
@@ -40,6 +49,8 @@ pub struct BaseMap {
     len: u64,
     /// One bit per piece: every byte of the piece is allocated.
     allocated: Vec<u64>,
+    /// At least half the file is allocated (as of the last [`BaseMap::refresh`]).
+    dense: bool,
 }
 
 // SAFETY: the mapping is owned by this value alone; sending it to another thread moves the
@@ -102,6 +113,7 @@ impl BaseMap {
             ptr: ptr.cast(),
             len,
             allocated: vec![0; len.div_ceil(PIECE).div_ceil(64) as usize],
+            dense: false,
         }))
     }
 
@@ -109,6 +121,13 @@ impl BaseMap {
     pub fn current(&self, path: &Path) -> bool {
         std::fs::metadata(path)
             .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino && m.len() == self.len)
+    }
+
+    /// Look again at how much of the file is allocated (see the module doc); once a pass.
+    pub fn refresh(&mut self) {
+        if let Ok(m) = self.file.metadata() {
+            self.dense = m.blocks().saturating_mul(512).saturating_mul(2) >= self.len;
+        }
     }
 
     /// The mapped file (for what is not a copy: punching holes, syncing).
@@ -140,18 +159,36 @@ impl BaseMap {
         if data.is_empty() {
             return Ok(());
         }
-        for piece in at / PIECE..=(end - 1) / PIECE {
+        // The pieces not known to be allocated, in runs: one `fallocate` per run.
+        let last = (end - 1) / PIECE;
+        let mut piece = at / PIECE;
+        while piece <= last {
             if self.known(piece) {
+                piece += 1;
                 continue;
             }
-            let from = piece * PIECE;
-            let n = PIECE.min(self.len - from);
+            let mut first = piece;
+            while piece <= last && !self.known(piece) {
+                piece += 1;
+            }
+            if self.dense {
+                // The whole stretch around the run (pieces already allocated in it are
+                // allocated again at no cost).
+                let per = GROW / PIECE;
+                first -= first % per;
+                piece = piece.div_ceil(per) * per;
+                piece = piece.min(self.len.div_ceil(PIECE));
+            }
+            let from = first * PIECE;
+            let n = (piece * PIECE).min(self.len) - from;
             // SAFETY: plain syscall on an open descriptor; mode 0 inside the file's size
             // allocates without changing the size.
             if unsafe { libc::fallocate(self.file.as_raw_fd(), 0, from as i64, n as i64) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            self.set_known(piece, true);
+            for p in first..piece {
+                self.set_known(p, true);
+            }
         }
         // SAFETY: `ptr` maps `len` writable bytes until drop and `at + data.len() <= len`
         // (checked above); every page of the range is allocated (each piece it touches was
@@ -235,23 +272,62 @@ mod tests {
             return;
         };
         let mut m = BaseMap::open(&p).unwrap().unwrap();
-        m.write(&[7u8; 4096], PIECE).unwrap();
-        assert_eq!(allocated_bytes(&p), PIECE);
-        assert!(punch_hole(m.file(), PIECE, PIECE));
-        m.punched(PIECE, PIECE);
+        m.write(&[7u8; 8192], PIECE).unwrap();
+        assert_eq!(allocated_bytes(&p), 2 * PIECE);
+        assert!(punch_hole(m.file(), PIECE, 2 * PIECE));
+        m.punched(PIECE, 2 * PIECE);
         assert_eq!(allocated_bytes(&p), 0);
-        m.write(&[9u8; 512], PIECE + 8192).unwrap();
-        assert_eq!(allocated_bytes(&p), PIECE, "the piece allocated again");
-        let mut back = vec![1u8; 3 * 4096];
+        // Into the first punched piece, and across the second into the last (never written).
+        m.write(&[9u8; 512], PIECE + 1024).unwrap();
+        m.write(&[5u8; 4096], 2 * PIECE + 2048).unwrap();
+        assert_eq!(allocated_bytes(&p), 3 * PIECE, "the pieces allocated again");
+        let mut back = vec![1u8; 3 * PIECE as usize];
         File::open(&p)
             .unwrap()
             .read_exact_at(&mut back, PIECE)
             .unwrap();
         assert!(
-            back[..8192].iter().all(|&b| b == 0),
+            back[..1024].iter().all(|&b| b == 0),
             "the punched bytes read zero"
         );
-        assert!(back[8192..8704].iter().all(|&b| b == 9));
+        assert!(back[1024..1536].iter().all(|&b| b == 9));
+        assert!(back[1536..6144].iter().all(|&b| b == 0));
+        assert!(back[6144..10240].iter().all(|&b| b == 5));
+        assert!(back[10240..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_file_half_allocated_grows_by_whole_stretches_and_a_sparser_one_by_pages() {
+        let Some((_d, p)) = shm_file(64 * PIECE) else {
+            return;
+        };
+        let mut m = BaseMap::open(&p).unwrap().unwrap();
+        m.refresh();
+        m.write(&[1u8; 100], 5 * PIECE + 10).unwrap();
+        assert_eq!(allocated_bytes(&p), PIECE, "sparse: the page written");
+        // Half of the file allocated by someone else: from the next pass on, stretches.
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(&vec![2u8; 32 * PIECE as usize], 32 * PIECE)
+            .unwrap();
+        m.refresh();
+        m.write(&[3u8; 100], 20 * PIECE + 10).unwrap();
+        assert_eq!(
+            allocated_bytes(&p),
+            PIECE + 32 * PIECE + GROW,
+            "dense: the 64 KiB stretch around the page"
+        );
+        let mut back = vec![9u8; GROW as usize];
+        File::open(&p)
+            .unwrap()
+            .read_exact_at(&mut back, 16 * PIECE)
+            .unwrap();
+        let at = (4 * PIECE + 10) as usize;
+        assert!(back[..at].iter().all(|&b| b == 0));
+        assert!(back[at..at + 100].iter().all(|&b| b == 3));
+        assert!(back[at + 100..].iter().all(|&b| b == 0));
+        // The stretch's other pages are known now: a write there allocates nothing more.
+        m.write(&[4u8; 4096], 23 * PIECE).unwrap();
+        assert_eq!(allocated_bytes(&p), PIECE + 32 * PIECE + GROW);
     }
 
     #[test]

@@ -481,7 +481,7 @@ impl Restack for Disable {
                 match unwrap(c, io) {
                     Ok(inner) => {
                         // Dropping the layer's channel seals the segment (a clean stop's
-                        // index).
+                        // index; not over a `volatile_cache` device, CdpSettings::base_cache).
                         drop(layer);
                         Ok(inner)
                     }

@@ -249,6 +249,9 @@ fn consolidate_once_in(
             None
         });
     }
+    if let Some(m) = base_map.as_mut() {
+        m.refresh();
+    }
     let skipped = apply(dir, segno, &index.entries, src, base_map.as_mut())?;
     let mut m = meta;
     if let Some(mv) = moving {
@@ -943,9 +946,6 @@ mod tests {
         }
     }
 
-    /// A segment a pass consolidated (the meta names its end) but did not retire (the rename
-    /// failed, or a crash came first) is retired by the next pass instead of stopping every
-    /// later one.
     /// The base copy on a full tmpfs is written through a mapping (base_map.rs), where a write
     /// into a hole would raise SIGBUS: the pass fails with ENOSPC instead, and finishes once
     /// there is room.
@@ -1009,6 +1009,9 @@ mod tests {
         }
     }
 
+    /// A segment a pass consolidated (the meta names its end) but did not retire (the rename
+    /// failed, or a crash came first) is retired by the next pass instead of stopping every
+    /// later one.
     #[test]
     fn a_consolidated_segment_left_in_place_is_retired_by_the_next_pass() {
         let d = tempfile::tempdir().unwrap();
