@@ -788,9 +788,25 @@ fn a_groups_view_serves_every_volume_at_one_moment_in_one_process() {
 /// scanned, as after a crash), ends at the new records, with no cut and nothing set aside.
 #[test]
 fn retired_segments_are_reused_and_points_across_them_stay_exact() {
+    retired_segments_are_reused_in(tempfile::tempdir().unwrap());
+}
+
+/// The same with the journal in memory (tmpfs), where the retention thread reads segments
+/// through mappings and writes the base copy through one it keeps from pass to pass
+/// (base_map.rs).
+#[test]
+fn retired_segments_are_reused_and_points_across_them_stay_exact_in_memory() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !twinblk::layer::cdp::journal::in_memory(shm) {
+        eprintln!("skipped: /dev/shm is not a tmpfs on this machine");
+        return;
+    }
+    retired_segments_are_reused_in(tempfile::tempdir_in(shm).unwrap());
+}
+
+fn retired_segments_are_reused_in(tmp: tempfile::TempDir) {
     use std::os::unix::fs::MetadataExt;
     const SIZE: usize = 2 << 20;
-    let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("j");
     let vols = format!(
         "{}retention_bytes='8MiB'\n",
