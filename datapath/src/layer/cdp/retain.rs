@@ -9,7 +9,8 @@
 //! [`superseded`]), the base copy is synced, `cdp.meta` records the new base point, and
 //! the segment is retired (kept as `recycled-N.seg` for the spare thread to reuse as a later
 //! segment, at most [`store::RECYCLED_MAX`] of them; deleted beyond). The thread ([`spawn`])
-//! looks at every volume ten times a second ([`LOOK_EVERY`]); a volume whose retention releases segments has them
+//! looks at a volume ten times a second while it consolidated in the last ten seconds
+//! ([`LOOK_EVERY`]), else once a second; a volume whose retention releases segments has them
 //! consolidated one after the other, up to [`BACKLOG_TURN`] before the next volume's turn, and
 //! the thread goes round again at once while any volume had work. So space stays bounded at
 //! any write rate the thread can copy: a pass of one segment a second (the first design) let a
@@ -486,14 +487,20 @@ thread_local! {
     static WRITES_BEFORE_EIO: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
-/// How often the thread looks at every volume when the last round found nothing to do. Often
+/// How often the thread looks at a volume that consolidated in the last [`ACTIVE_FOR`]. Often
 /// enough that a journal written at hundreds of MB/s has its segments consolidated one at a
 /// time as retention releases them: in bursts (a look once a second found five at a time at
 /// 300 MB/s), the retired files overflow the [`store::RECYCLED_MAX`] kept for reuse, are
 /// deleted, and the helper allocates new ones (session 17's profile: 8 % of the thread in
-/// deleting files). A look at a volume with nothing to do is a directory listing and two
-/// header reads.
+/// deleting files).
 pub const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// How often the thread looks at any other volume (a look with nothing to do is a directory
+/// listing and a few small reads: many idle volumes cost little).
+pub const LOOK_IDLE: Duration = Duration::from_secs(1);
+
+/// A volume that consolidated within this long is looked at every [`LOOK_EVERY`].
+const ACTIVE_FOR: Duration = Duration::from_secs(10);
 
 /// How many segments of one volume are consolidated in a row before the next volume's turn.
 pub const BACKLOG_TURN: usize = 8;
@@ -633,17 +640,36 @@ pub fn spawn(
             let mut bytes = Vec::new();
             let mut maps: std::collections::HashMap<PathBuf, Option<BaseMap>> =
                 std::collections::HashMap::new();
+            // Per volume: when to look next, and when it last consolidated.
+            let mut looks: std::collections::HashMap<
+                PathBuf,
+                (std::time::Instant, Option<std::time::Instant>),
+            > = std::collections::HashMap::new();
             while !stop.load(Ordering::SeqCst) {
                 // The list changes at run time (CDP switched on or off): a copy per pass.
                 let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 // A volume no longer listed lets its base copy go (a mapping would keep a
                 // removed file's memory).
                 maps.retain(|d, _| vols.iter().any(|v| &v.dir == d));
+                looks.retain(|d, _| vols.iter().any(|v| &v.dir == d));
                 let mut busy = false;
+                let now = std::time::Instant::now();
                 for v in &vols {
+                    let (next, worked) = looks.entry(v.dir.clone()).or_insert((now, None));
+                    if now < *next {
+                        continue;
+                    }
                     let log = last_log.entry(v.dir.clone()).or_default();
                     let map = maps.entry(v.dir.clone()).or_default();
-                    busy |= consolidate_backlog(v, &stop, log, &mut bytes, map);
+                    if consolidate_backlog(v, &stop, log, &mut bytes, map) {
+                        busy = true;
+                        *worked = Some(now);
+                        *next = now; // its backlog: again in the next round, at once
+                    } else if worked.is_some_and(|w| now.duration_since(w) < ACTIVE_FOR) {
+                        *next = now + LOOK_EVERY;
+                    } else {
+                        *next = now + LOOK_IDLE;
+                    }
                 }
                 if busy {
                     continue; // a backlog: go round again at once
