@@ -4,9 +4,9 @@
 # with 1.5 GiB of random 64 KiB writes so the journal sits at its retention; then fio's nbd
 # engine writes 4 KiB at random at QD32 while the script counts, over a window of WIN seconds,
 # the segments consolidated and the CPU time of each of the daemon's threads (/proc, in ticks of
-# 10 ms). The window opens once consolidation reached the 4 KiB writes (a segment of more than
-# 8,000 records: the warm-up's 64 KiB records are 16 times fewer per segment, and cost less per
-# segment), so every binary is counted on the same kind of segment. Two binaries in turns
+# 10 ms). The window opens once consolidation reached the 4 KiB writes (a segment of 10,000
+# records or more: the warm-up's 64 KiB records are 16 times fewer per segment, and cost less
+# per segment), so every binary is counted on the same kind of segment. Two binaries in turns
 # (NEW, then OLD_BIN), PAIRS times; medians at the end.
 #
 #   OLD_BIN=/path/to/old/twinblk PAIRS=3 bash benches/cdp_retention_cpu.sh
@@ -90,7 +90,8 @@ CFG
         --size=256M --time_based --runtime="$RT" --output-format=json >"$WORK/fio.json" &
     local fpid=$! t=0
     # Until a segment of 4 KiB records was consolidated (see the header).
-    until sed 's/\x1b\[[0-9;]*m//g' "$WORK/log" | grep -q "consolidated the oldest.*records=[0-9]\{5\}"; do
+    # (The log's fields may carry colour codes around the "=".)
+    until grep -qP 'consolidated the oldest.*records(\e\[[0-9;]*m)*=(\e\[[0-9;]*m)*\d{5}' "$WORK/log"; do
         sleep 0.2
         t=$((t + 1))
         ((t < (RT - WIN) * 5)) || die "$name: consolidation never reached the 4 KiB writes within RT"
@@ -123,8 +124,11 @@ PY
 echo "cdp_retention_cpu: PAIRS=$PAIRS RT=$RT WIN=$WIN WAIT=$WAIT, journal on $SHM, $(date -u +%FT%TZ)"
 : >"$WORK/rows"
 for ((i = 1; i <= PAIRS; i++)); do
-    one new "$NEW_BIN" | tee -a "$WORK/rows"
-    one old "$OLD_BIN" | tee -a "$WORK/rows"
+    # (Not in a pipeline: `one` sets PID for the cleanup, which must see it.)
+    one new "$NEW_BIN" >>"$WORK/rows"
+    tail -1 "$WORK/rows"
+    one old "$OLD_BIN" >>"$WORK/rows"
+    tail -1 "$WORK/rows"
 done
 python3 - "$WORK/rows" <<'PY'
 import statistics, sys

@@ -10,7 +10,8 @@
 //! the segment is retired (kept as `recycled-N.seg` for the spare thread to reuse as a later
 //! segment, at most [`store::RECYCLED_MAX`] of them; deleted beyond). The thread ([`spawn`])
 //! looks at a volume ten times a second while it consolidated in the last ten seconds
-//! ([`LOOK_EVERY`]), else once a second; a volume whose retention releases segments has them
+//! ([`LOOK_EVERY`]), else (or while its passes fail or a hold keeps its oldest segment) once
+//! a second; a volume whose retention releases segments has them
 //! consolidated one after the other, up to [`BACKLOG_TURN`] before the next volume's turn, and
 //! the thread goes round again at once while any volume had work. So space stays bounded at
 //! any write rate the thread can copy: a pass of one segment a second (the first design) let a
@@ -525,8 +526,21 @@ fn hours(ns: u64) -> String {
     format!("{:.1} h", ns as f64 / 3.6e12)
 }
 
+/// What a volume's turn of the retention thread came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// It consolidated at least one segment.
+    Worked,
+    /// Nothing was releasable.
+    Nothing,
+    /// A pass failed, or a hold (bookmark, view, rollback) kept the releasable segment: looked
+    /// at again only every [`LOOK_IDLE`] (a failing pass logs each time, and writes its marker
+    /// and part of the segment again).
+    Stuck,
+}
+
 /// Consolidate what retention releases in `v`, up to [`BACKLOG_TURN`] segments (fewer when
-/// `stop` is set); true when it consolidated any. Publishes the new window start and says when
+/// `stop` is set). Publishes the new window start and says when
 /// size cut the history short of its age target (logged at most every [`SHORT_LOG_EVERY`],
 /// `last_log` remembering when).
 fn consolidate_backlog(
@@ -535,8 +549,8 @@ fn consolidate_backlog(
     last_log: &mut Option<std::time::Instant>,
     bytes: &mut Vec<u8>,
     base_map: &mut Option<BaseMap>,
-) -> bool {
-    let mut busy = false;
+) -> Turn {
+    let mut turn = Turn::Nothing;
     for _ in 0..BACKLOG_TURN {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -547,10 +561,14 @@ fn consolidate_backlog(
         {
             Ok(Some(c)) => c,
             Ok(None) => {
+                if blocked.is_some() {
+                    turn = Turn::Stuck;
+                }
                 note_held(v, blocked);
                 break;
             }
             Err(e) => {
+                turn = Turn::Stuck;
                 tracing::warn!(dir = %v.dir.display(), error = %e, "cdp: consolidation failed; retried later");
                 // A pass cut part way: its marker moved the window's start already.
                 if let Ok(m) = store::read_meta(&v.dir)
@@ -561,7 +579,7 @@ fn consolidate_backlog(
                 break;
             }
         };
-        busy = true;
+        turn = Turn::Worked;
         note_held(v, None);
         if let Ok(m) = store::read_meta(&v.dir) {
             v.stats
@@ -580,7 +598,7 @@ fn consolidate_backlog(
             }
         }
     }
-    busy
+    turn
 }
 
 /// How often a held volume's hold is logged again.
@@ -661,14 +679,18 @@ pub fn spawn(
                     }
                     let log = last_log.entry(v.dir.clone()).or_default();
                     let map = maps.entry(v.dir.clone()).or_default();
-                    if consolidate_backlog(v, &stop, log, &mut bytes, map) {
-                        busy = true;
-                        *worked = Some(now);
-                        *next = now; // its backlog: again in the next round, at once
-                    } else if worked.is_some_and(|w| now.duration_since(w) < ACTIVE_FOR) {
-                        *next = now + LOOK_EVERY;
-                    } else {
-                        *next = now + LOOK_IDLE;
+                    match consolidate_backlog(v, &stop, log, &mut bytes, map) {
+                        Turn::Worked => {
+                            busy = true;
+                            *worked = Some(now);
+                            *next = now; // its backlog: again in the next round, at once
+                        }
+                        Turn::Nothing
+                            if worked.is_some_and(|w| now.duration_since(w) < ACTIVE_FOR) =>
+                        {
+                            *next = now + LOOK_EVERY;
+                        }
+                        Turn::Nothing | Turn::Stuck => *next = now + LOOK_IDLE,
                     }
                 }
                 if busy {
@@ -1037,6 +1059,51 @@ mod tests {
         for p in [50u64, 55, 60] {
             point_is_the_volume(&h, p, meta.size, "after the pass");
         }
+    }
+
+    /// What a volume's turn comes to, which decides when the thread looks again: a failing
+    /// pass and a held segment are looked at once a second, not ten times (each failing pass
+    /// logs, and writes its marker and part of the segment again).
+    #[test]
+    fn a_turn_says_whether_it_worked_found_nothing_or_is_stuck() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        store::testing::history(dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=60)]);
+        let v = |bytes| Retained {
+            dir: dir.to_path_buf(),
+            retention: Retention {
+                age_ns: None,
+                bytes,
+            },
+            stats: Arc::new(Default::default()),
+        };
+        let turn = |r: &Retained| {
+            consolidate_backlog(
+                r,
+                &AtomicBool::new(false),
+                &mut None,
+                &mut Vec::new(),
+                &mut None,
+            )
+        };
+        assert_eq!(turn(&v(None)), Turn::Nothing, "retention releases nothing");
+        WRITES_BEFORE_EIO.set(Some(3));
+        assert_eq!(turn(&v(Some(1))), Turn::Stuck, "the pass failed");
+        WRITES_BEFORE_EIO.set(None);
+        // A bookmark at the segment's first record holds it.
+        let first = store::load(dir, store::Load::ReadOnly).unwrap().segments[0]
+            .index
+            .entries[0]
+            .time;
+        crate::layer::cdp::bookmark::set(dir, "keep", first, false).unwrap();
+        assert_eq!(
+            turn(&v(Some(1))),
+            Turn::Stuck,
+            "a bookmark holds the segment"
+        );
+        std::fs::remove_file(crate::layer::cdp::bookmark::path(dir)).unwrap();
+        crate::layer::cdp::bookmark::set(dir, "keep", u64::MAX - 1, true).unwrap();
+        assert_eq!(turn(&v(Some(1))), Turn::Worked);
     }
 
     /// A segment a pass consolidated (the meta names its end) but did not retire (the rename
