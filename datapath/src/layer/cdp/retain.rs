@@ -670,6 +670,7 @@ pub fn spawn(
                 // removed file's memory).
                 maps.retain(|d, _| vols.iter().any(|v| &v.dir == d));
                 looks.retain(|d, _| vols.iter().any(|v| &v.dir == d));
+                last_log.retain(|d, _| vols.iter().any(|v| &v.dir == d));
                 let mut busy = false;
                 let now = std::time::Instant::now();
                 for v in &vols {
