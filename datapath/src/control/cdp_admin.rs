@@ -294,12 +294,10 @@ pub(super) fn cdp_enable(
             )));
         }
     };
+    let config = cx.volume_configs.iter().find(|c| c.name == name);
     let group = match text("group")? {
         Some(g) => g,
-        None => cx
-            .volume_configs
-            .iter()
-            .find(|c| c.name == name)
+        None => config
             .and_then(|c| c.group.clone())
             .unwrap_or_else(|| name.clone()),
     };
@@ -308,17 +306,11 @@ pub(super) fn cdp_enable(
         dir: dir.clone(),
         segment_size,
         // (The catch-up journals the whole volume: the file serves only the clean stop's sync.)
-        seed: cx
-            .volume_configs
-            .iter()
-            .find(|c| c.name == name)
+        seed: config
             .filter(|c| c.backend == crate::control::config::Backend::Uring)
             .and_then(|c| c.path.clone()),
         volatile: false,
-        base_cache: cx
-            .volume_configs
-            .iter()
-            .any(|c| c.name == name && c.volatile_cache),
+        base_cache: config.is_some_and(|c| c.volatile_cache),
         prezero,
         sync,
         // Under the mirror: the mirror says when this site's replica is the volume.

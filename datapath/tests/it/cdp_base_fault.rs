@@ -192,16 +192,7 @@ const HUNG: u64 = 14 << 20;
 /// Returns the killed server, the CDP directory and what the volume holds.
 fn hung_and_killed(root: &Path) -> (Server, std::path::PathBuf, Vec<u8>) {
     use twinblk::frontend::nbd::proto::cmd;
-    let dir = root.join("j");
-    let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n\
-         [[volume]]\nname='v'\nbackend='uring'\nsize={HUNG_SIZE}\nblock_size=4096\npath='{}'\n\
-         stall_range=[{HUNG}, 4096]\n\
-         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
-        root.join("v.img").display(),
-        dir.display()
-    );
-    let mut s = Server::start(root, &body);
+    let (mut s, dir, _) = file_volume(root, &format!("stall_range=[{HUNG}, 4096]"));
     let mut hung = Client::connect(s.addr, "v", false);
     hung.send_request(cmd::WRITE, 0, 1, HUNG, 4096, &pattern(7, 4096));
     let mut c = Client::connect(s.addr, "v", false);
@@ -489,20 +480,26 @@ fn a_flush_the_base_fails_ends_the_whole_history_at_the_last_completed_flush() {
     assert!(s.stop());
 }
 
-/// A file volume of [`HUNG_SIZE`] whose device takes its flushes very long (none completes
-/// in a test), CDP in 4 MiB segments; the server, the CDP directory and the volume's file.
-fn never_flushing(root: &Path) -> (Server, std::path::PathBuf, std::path::PathBuf) {
+/// A file volume `v` of [`HUNG_SIZE`] in `root` with the device lines `device`, CDP in 4 MiB
+/// segments; the server, the CDP directory and the volume's file.
+fn file_volume(root: &Path, device: &str) -> (Server, std::path::PathBuf, std::path::PathBuf) {
     let dir = root.join("j");
     let img = root.join("v.img");
     let body = format!(
         "[reactor]\ncores=[0]\npin=false\n\
          [[volume]]\nname='v'\nbackend='uring'\nsize={HUNG_SIZE}\nblock_size=4096\npath='{}'\n\
-         slow_flush=true\nslow_ms=600000\n\
+         {device}\n\
          [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
         img.display(),
         dir.display()
     );
     (Server::start(root, &body), dir, img)
+}
+
+/// A file volume whose device takes its flushes very long (none completes in a test)
+/// ([`file_volume`]).
+fn never_flushing(root: &Path) -> (Server, std::path::PathBuf, std::path::PathBuf) {
+    file_volume(root, "slow_flush=true\nslow_ms=600000")
 }
 
 /// 6 MiB of acknowledged writes from the volume's start (a segment and a half), recorded in
@@ -636,17 +633,7 @@ fn an_all_rollback_stopped_part_way_after_a_kill_leaves_the_tail_compared() {
 fn behind_a_volatile_cache_a_power_loss_keeps_every_write_at_its_point_and_the_newest_is_the_volume()
  {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
-    let dir = tmp.path().join("j");
-    let img = tmp.path().join("v.img");
-    let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n\
-         [[volume]]\nname='v'\nbackend='uring'\nsize={HUNG_SIZE}\nblock_size=4096\npath='{}'\n\
-         volatile_cache=true\n\
-         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
-        img.display(),
-        dir.display()
-    );
-    let s = Server::start(tmp.path(), &body);
+    let (mut s, dir, img) = file_volume(tmp.path(), "volatile_cache=true");
     let mut c = Client::connect(s.addr, "v", false);
     let flushed = pattern(7, 4096);
     assert_eq!(c.write(HUNG, &flushed), 0);
@@ -657,7 +644,6 @@ fn behind_a_volatile_cache_a_power_loss_keeps_every_write_at_its_point_and_the_n
     let before = store::load(&dir, Load::ReadOnly).unwrap();
     assert!(before.segments.len() >= 2, "a segment switch in between");
     let last = before.last_seq;
-    let mut s = s;
     s.kill();
     c.disconnect();
     let on_disk = std::fs::read(&img).unwrap();
@@ -679,10 +665,7 @@ fn behind_a_volatile_cache_a_power_loss_keeps_every_write_at_its_point_and_the_n
         "every acknowledged write is at the point of the last one before the power loss"
     );
     let mut c = Client::connect(s.addr, "v", false);
-    let mut volume = vec![0u8; HUNG_SIZE as usize];
-    for off in (0..HUNG_SIZE).step_by(1 << 20) {
-        volume[off as usize..][..1 << 20].copy_from_slice(&c.read(off, 1 << 20).unwrap());
-    }
+    let volume = crate::cdp_live_fault::read_all(&mut c, HUNG_SIZE as usize);
     assert!(volume == on_disk, "the volume is what the device kept");
     newest_is(&dir, &volume);
     c.disconnect();

@@ -174,7 +174,7 @@ fn writes(c: &mut Client, model: &mut [u8], seed: u64, n: u64) {
 }
 
 /// The whole volume, read in 16 MiB requests.
-fn read_all(c: &mut Client, size: usize) -> Vec<u8> {
+pub(crate) fn read_all(c: &mut Client, size: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(size);
     for o in (0..size).step_by(16 << 20) {
         let n = (size - o).min(16 << 20);

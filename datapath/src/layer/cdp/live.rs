@@ -369,8 +369,7 @@ impl CdpDevice {
                 },
             ))),
             lock: Mutex::new(Some(lock)),
-            base_file: s.seed.clone().filter(|_| !s.volatile),
-            seal_clean: !s.base_cache,
+            at_stop: super::AtStop::of(s),
             // (Its catch-up journals the whole volume after the history's end.)
             start_flushed: (h.last_seq, h.last_time),
         })

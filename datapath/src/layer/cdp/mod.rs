@@ -88,7 +88,7 @@ pub struct CdpSettings {
     /// The base's device keeps written data in a volatile cache that it writes back only on a
     /// flush, a FUA write or when it is dropped, after this layer (`volatile_cache`, a test
     /// device): a clean stop cannot make the base durable before it seals the log, so it never
-    /// seals it clean, and every start compares the tail with the base as after a crash.
+    /// seals it clean, and the next start compares the tail with the base as after a crash.
     pub base_cache: bool,
     /// Segments prepared ahead are written with zeroes once (their appends then need no
     /// allocation by the filesystem), at the cost of writing each segment twice.
@@ -216,11 +216,8 @@ pub struct CdpDevice {
     /// When appends are durable (`sync = "flush"`, `fail_sync`).
     pub sync: journal::SyncPolicy,
     start: Mutex<Option<(journal::Start, degraded::RegionMap, vouch::Vouched)>>,
-    /// The base when it is a file or block device that outlives the process (`seed`, not a
-    /// RAM base): a clean stop makes it durable before it seals the journal.
-    base_file: Option<PathBuf>,
-    /// False when a clean stop cannot make the base durable ([`CdpSettings::base_cache`]).
-    seal_clean: bool,
+    /// What a clean stop does with the base before it seals the journal.
+    at_stop: AtStop,
     /// The last record the base is known to hold durably when the writer starts, and its
     /// time (the channel's first `flushed`).
     start_flushed: (u64, u64),
@@ -411,8 +408,7 @@ impl CdpDevice {
             segment_size: s.segment_size,
             sync: s.sync,
             start: Mutex::new(Some((log.into_start(Arc::clone(&spare)), regions, vouched))),
-            base_file: s.seed.clone().filter(|_| !s.volatile),
-            seal_clean: !s.base_cache,
+            at_stop: AtStop::of(s),
             start_flushed,
             lock: Mutex::new(Some(lock)),
         })
@@ -516,8 +512,7 @@ impl CdpDevice {
             flush_failed: false,
             // (Unlike the journal's: the first turn flushes the base.)
             flush_segno: 0,
-            base_file: self.base_file.clone(),
-            seal_clean: self.seal_clean,
+            at_stop: self.at_stop.clone(),
             stats: Arc::clone(&self.stats),
             ops: Slab::with_capacity(256),
             held: std::collections::VecDeque::new(),
@@ -650,10 +645,8 @@ pub struct CdpChannel {
     flush_failed: bool,
     /// The segment at whose start the layer last flushed the base itself ([`CdpChannel::own_flush`]).
     flush_segno: u64,
-    /// [`CdpDevice`]'s `base_file`: synced by a clean stop before it seals.
-    base_file: Option<PathBuf>,
-    /// [`CdpDevice`]'s `seal_clean`.
-    seal_clean: bool,
+    /// [`CdpDevice`]'s `at_stop`.
+    at_stop: AtStop,
     stats: Arc<CdpStats>,
     ops: Slab<Pending>,
     /// Updates waiting for an earlier overlapping one, in arrival order.
@@ -890,6 +883,30 @@ impl CdpChannel {
     }
 }
 
+/// What a clean stop does with the base before it seals the journal (a sealed log tells the
+/// next start that no record lacks its base write).
+#[derive(Clone, Debug)]
+enum AtStop {
+    /// Nothing to make durable (a RAM base, journaled anew at every start): seal.
+    Seal,
+    /// A file or block device that outlives the process (`seed`): `fdatasync` it by its path,
+    /// then seal.
+    SyncThenSeal(PathBuf),
+    /// Its device writes a volatile cache back only after this layer is gone
+    /// ([`CdpSettings::base_cache`]): never seal clean.
+    NoSeal,
+}
+
+impl AtStop {
+    fn of(s: &CdpSettings) -> AtStop {
+        match &s.seed {
+            _ if s.base_cache => AtStop::NoSeal,
+            Some(p) if !s.volatile => AtStop::SyncThenSeal(p.clone()),
+            _ => AtStop::Seal,
+        }
+    }
+}
+
 impl Drop for CdpChannel {
     /// A clean stop: while degraded it keeps the changed regions for the next start; it seals
     /// the active segment's index, so readers need not scan it.
@@ -909,12 +926,14 @@ impl Drop for CdpChannel {
         // (Not after CDP was switched off at run time: no start compares a history that ended
         // so, it journals the whole volume again; and the reactor must not wait for the sync.)
         // (Nor when the base's device writes its cache back only after this layer is gone.)
-        if self.seal_clean
+        if !matches!(self.at_stop, AtStop::NoSeal)
             && self.journal.in_flight() == 0
             && self.ops.iter().all(|(_, p)| p.base.is_some())
         {
-            let synced = match &self.base_file {
-                Some(p) if !self.off => std::fs::File::open(p).and_then(|f| f.sync_data()),
+            let synced = match &self.at_stop {
+                AtStop::SyncThenSeal(p) if !self.off => {
+                    std::fs::File::open(p).and_then(|f| f.sync_data())
+                }
                 _ => Ok(()),
             };
             if let Err(e) = synced {

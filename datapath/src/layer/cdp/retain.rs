@@ -526,6 +526,41 @@ fn hours(ns: u64) -> String {
     format!("{:.1} h", ns as f64 / 3.6e12)
 }
 
+/// What the retention thread keeps of a volume between its turns.
+struct Kept {
+    /// When to look at it next.
+    next: std::time::Instant,
+    /// When it last consolidated.
+    worked: Option<std::time::Instant>,
+    /// When "history now X, target Y" was last logged for it.
+    last_log: Option<std::time::Instant>,
+    /// Its base copy's mapping (base_map.rs), if on tmpfs.
+    map: Option<BaseMap>,
+}
+
+impl Kept {
+    /// Schedule the next look after a turn that came to `turn` at `now`; true when the turn
+    /// worked (the thread then goes round again at once, this volume included).
+    fn after(&mut self, turn: Turn, now: std::time::Instant) -> bool {
+        match turn {
+            Turn::Worked => {
+                self.worked = Some(now);
+                self.next = now;
+                return true;
+            }
+            Turn::Nothing
+                if self
+                    .worked
+                    .is_some_and(|w| now.duration_since(w) < ACTIVE_FOR) =>
+            {
+                self.next = now + LOOK_EVERY;
+            }
+            Turn::Nothing | Turn::Stuck => self.next = now + LOOK_IDLE,
+        }
+        false
+    }
+}
+
 /// What a volume's turn of the retention thread came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Turn {
@@ -654,45 +689,30 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("cdp-retention".into())
         .spawn(move || {
-            let mut last_log = std::collections::HashMap::new();
             let mut bytes = Vec::new();
-            let mut maps: std::collections::HashMap<PathBuf, Option<BaseMap>> =
+            let mut kept: std::collections::HashMap<PathBuf, Kept> =
                 std::collections::HashMap::new();
-            // Per volume: when to look next, and when it last consolidated.
-            let mut looks: std::collections::HashMap<
-                PathBuf,
-                (std::time::Instant, Option<std::time::Instant>),
-            > = std::collections::HashMap::new();
             while !stop.load(Ordering::SeqCst) {
                 // The list changes at run time (CDP switched on or off): a copy per pass.
                 let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                // A volume no longer listed lets its base copy go (a mapping would keep a
-                // removed file's memory).
-                maps.retain(|d, _| vols.iter().any(|v| &v.dir == d));
-                looks.retain(|d, _| vols.iter().any(|v| &v.dir == d));
-                last_log.retain(|d, _| vols.iter().any(|v| &v.dir == d));
+                // A volume no longer listed is forgotten (its mapping would keep a removed
+                // file's memory).
+                kept.retain(|d, _| vols.iter().any(|v| &v.dir == d));
                 let mut busy = false;
                 let now = std::time::Instant::now();
                 for v in &vols {
-                    let (next, worked) = looks.entry(v.dir.clone()).or_insert((now, None));
-                    if now < *next {
+                    let k = kept.entry(v.dir.clone()).or_insert_with(|| Kept {
+                        next: now,
+                        worked: None,
+                        last_log: None,
+                        map: None,
+                    });
+                    if now < k.next {
                         continue;
                     }
-                    let log = last_log.entry(v.dir.clone()).or_default();
-                    let map = maps.entry(v.dir.clone()).or_default();
-                    match consolidate_backlog(v, &stop, log, &mut bytes, map) {
-                        Turn::Worked => {
-                            busy = true;
-                            *worked = Some(now);
-                            *next = now; // its backlog: again in the next round, at once
-                        }
-                        Turn::Nothing
-                            if worked.is_some_and(|w| now.duration_since(w) < ACTIVE_FOR) =>
-                        {
-                            *next = now + LOOK_EVERY;
-                        }
-                        Turn::Nothing | Turn::Stuck => *next = now + LOOK_IDLE,
-                    }
+                    let turn =
+                        consolidate_backlog(v, &stop, &mut k.last_log, &mut bytes, &mut k.map);
+                    busy |= k.after(turn, now);
                 }
                 if busy {
                     continue; // a backlog: go round again at once
@@ -935,7 +955,6 @@ mod tests {
         assert_eq!(c.base_seq, 60);
     }
 
-    /// A pass cut part way (EIO on the base copy after 25 of a segment's 50 records) leaves
     /// Point `p` of a [`store::testing::history`] (record q writes block q with bytes q, so
     /// block b holds b from point b on) reads what the volume held then.
     fn point_is_the_volume(h: &store::History, p: u64, size: u64, why: &str) {
@@ -952,6 +971,7 @@ mod tests {
         }
     }
 
+    /// A pass cut part way (EIO on the base copy after 25 of a segment's 50 records) leaves
     /// `base.img` holding some of the segment's records: no point before the segment's end may
     /// be read from it until a later pass has applied the whole segment; every point the
     /// history accepts reads exactly what the volume held then, before and after that pass.
@@ -1102,9 +1122,33 @@ mod tests {
             Turn::Stuck,
             "a bookmark holds the segment"
         );
-        std::fs::remove_file(crate::layer::cdp::bookmark::path(dir)).unwrap();
         crate::layer::cdp::bookmark::set(dir, "keep", u64::MAX - 1, true).unwrap();
         assert_eq!(turn(&v(Some(1))), Turn::Worked);
+    }
+
+    /// When the thread looks at a volume again: at once after work, ten times a second for ten
+    /// seconds after its last work, once a second otherwise and whenever it is stuck.
+    #[test]
+    fn a_volume_is_looked_at_often_only_while_it_works() {
+        let t0 = std::time::Instant::now();
+        let mut k = Kept {
+            next: t0,
+            worked: None,
+            last_log: None,
+            map: None,
+        };
+        assert!(!k.after(Turn::Nothing, t0));
+        assert_eq!(k.next, t0 + LOOK_IDLE, "never worked");
+        assert!(k.after(Turn::Worked, t0));
+        assert_eq!(k.next, t0, "its backlog, at once");
+        let t1 = t0 + Duration::from_secs(5);
+        assert!(!k.after(Turn::Nothing, t1));
+        assert_eq!(k.next, t1 + LOOK_EVERY, "worked 5 s ago");
+        assert!(!k.after(Turn::Stuck, t1));
+        assert_eq!(k.next, t1 + LOOK_IDLE, "stuck");
+        let t2 = t0 + ACTIVE_FOR;
+        assert!(!k.after(Turn::Nothing, t2));
+        assert_eq!(k.next, t2 + LOOK_IDLE, "idle for ten seconds");
     }
 
     /// A segment a pass consolidated (the meta names its end) but did not retire (the rename
