@@ -10,7 +10,11 @@
 # p50 and p99, the ratio of IOPS to CDP off, and for the CDP runs the journal bytes written per
 # byte the host wrote (cdp_status journal_bytes / volume_stats write_bytes, over the whole run
 # including fio's ramp). Each repetition starts every configuration fresh (new journal).
-# Placement: the server on SERVER_CPU (default 0), fio on FIO_CPU (default 1); wait = adaptive.
+# Placement: the server's reactor on SERVER_CPU (default 0), fio on FIO_CPU (default 1); wait =
+# adaptive. The server's own threads (CDP's retention and segment threads among them) run where
+# the daemon puts them by default, every CPU but the reactor's (so on fio's), or with
+# BACKGROUND_CPU=N on CPU N ([reactor] background_cores = [N]; BACKGROUND_CPU=0 keeps the whole
+# server on the reactor's core, every configuration on the same one core).
 # Not covered yet: the mirrored pair (mirror_compare.sh's setup with [volume.cdp] at both sites).
 #
 # Environment: RUNTIME (seconds per point, default 10), REPS (3), RAMP (2), BASE_PORT (14800),
@@ -43,6 +47,7 @@ DISK_DIR=${DISK_DIR:-/var/tmp}
 RAM_DIR=${RAM_DIR:-/dev/shm}
 CONFIGS=${CONFIGS:-off disk ram}
 SERVER_CPU=${SERVER_CPU:-0}
+BACKGROUND_CPU=${BACKGROUND_CPU:-}
 FIO_CPU=${FIO_CPU:-1}
 KEEP=${KEEP:-0}
 PREZERO=${PREZERO:-0}
@@ -53,6 +58,7 @@ WARM=${WARM:-0}
 REGION=${REGION:-256M}
 POINTS=${POINTS:-}
 die() { echo "cdp_compare: $*" >&2; exit 1; }
+[[ -z $BACKGROUND_CPU || $BACKGROUND_CPU =~ ^[0-9]+$ ]] || die "BACKGROUND_CPU is a CPU number" 
 [[ $REGION =~ ^[0-9]+[KMG]$ ]] || die "REGION is a size such as 256M or 16M"
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     die "RUNTIME, REPS, RAMP, BASE_PORT must be numbers"
@@ -119,6 +125,7 @@ prezero = $([[ $PREZERO == 1 ]] && echo true || echo false)"
 [reactor]
 cores = [$SERVER_CPU]
 wait = "adaptive"
+${BACKGROUND_CPU:+background_cores = [$BACKGROUND_CPU]}
 [nbd]
 listen = ["127.0.0.1:$port"]
 [nvmf]
@@ -208,7 +215,7 @@ PY
     done
 done
 
-echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP PREZERO=$PREZERO PREFILL=$PREFILL SEGMENT=$SEGMENT RETAIN=${RETAIN:-none} WARM=$WARM REGION=$REGION, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
+echo "cdp_compare: RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP PREZERO=$PREZERO PREFILL=$PREFILL SEGMENT=$SEGMENT RETAIN=${RETAIN:-none} WARM=$WARM REGION=$REGION SERVER_CPU=$SERVER_CPU BACKGROUND_CPU=${BACKGROUND_CPU:-default} FIO_CPU=$FIO_CPU, journal on $DISK_DIR (disk) and $RAM_DIR (ram), $(date -u +%F)"
 python3 - "$RESULTS" <<'PY'
 import sys, statistics
 from collections import defaultdict

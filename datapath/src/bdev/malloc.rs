@@ -13,7 +13,9 @@
 //! - Concurrent writes to overlapping ranges from different reactors leave some interleaving of
 //!   their bytes, as on any disk; ordering of overlapping in-flight writes is the initiator's
 //!   (or the mirror's) business. The bytes are plain memory with no Rust references held across
-//!   operations: each copy is a raw `copy_nonoverlapping` within one call.
+//!   operations: each copy is a raw copy within one call (`copy_nonoverlapping`, or
+//!   [`super::stream::copy`] for a write of a page or more into a device at least four times
+//!   the largest CPU cache: whole lines stored without reading them first).
 
 use super::{BdevError, BlockDevice, Channel, DeviceInfo, ReadStart, Start, in_range};
 use crate::uring::{Errno, IoCx, IoTag};
@@ -95,6 +97,8 @@ pub struct MallocDevice {
     base: *mut u8,
     size: u64,
     block_size: u32,
+    /// Large enough that writes of whole blocks stream past the caches ([`super::stream`]).
+    stream: bool,
 }
 
 // SAFETY: the mapping is plain memory valid for the device's whole life; all access goes
@@ -133,6 +137,7 @@ impl MallocDevice {
             base: p.cast(),
             size,
             block_size,
+            stream: super::stream::worth_streaming(size),
         }))
     }
 
@@ -159,10 +164,26 @@ impl MallocDevice {
             return false;
         }
         // SAFETY: the destination is inside the mapping (checked); `data` cannot overlap it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(offset as usize), data.len())
-        };
+        unsafe { self.put(offset, data) };
         true
+    }
+
+    /// Copy `data` to `offset`, streamed past the caches when the device is large and the
+    /// copy a whole page or more.
+    ///
+    /// # Safety
+    /// `[offset, offset + data.len())` is inside the mapping.
+    unsafe fn put(&self, offset: u64, data: &[u8]) {
+        // SAFETY: the caller's contract; `data` is the caller's, which cannot overlap the
+        // private mapping.
+        unsafe {
+            let dst = self.base.add(offset as usize);
+            if self.stream && data.len() >= super::stream::MIN_LEN {
+                super::stream::copy(dst, data.as_ptr(), data.len())
+            } else {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len())
+            }
+        }
     }
 
     fn zero(&self, offset: u64, len: u64) {
@@ -252,15 +273,8 @@ impl Channel for MallocChannel {
         if !in_range(offset, data.len() as u64, self.dev.size) {
             return Start::Done(Err(Errno::INVAL));
         }
-        // SAFETY: destination in range (checked); source is the caller's slice, which cannot
-        // overlap the device's private mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.dev.base.add(offset as usize),
-                data.len(),
-            )
-        };
+        // SAFETY: destination in range (checked).
+        unsafe { self.dev.put(offset, data) };
         Start::Done(Ok(()))
     }
 

@@ -797,12 +797,16 @@ impl Daemon {
                 }
             }
         }
-        // The CPUs no pinned reactor takes: the daemon's own threads and its views run there.
-        let housekeeping = cfg
-            .reactor
-            .pin
-            .then(|| runtime::Housekeeping::off(&cfg.reactor.cores))
-            .flatten();
+        // Where the daemon's own threads and its views run: `[reactor] background_cores`, else
+        // the CPUs no pinned reactor takes.
+        let housekeeping = match &cfg.reactor.background_cores {
+            Some(cpus) => runtime::Housekeeping::on(cpus),
+            None => cfg
+                .reactor
+                .pin
+                .then(|| runtime::Housekeeping::off(&cfg.reactor.cores))
+                .flatten(),
+        };
         let cx = Arc::new(ControlCx {
             rt: Arc::clone(&shared),
             nbd_exports,
@@ -848,9 +852,9 @@ impl Daemon {
 
     /// Move the daemon's own long-lived threads (control socket and metrics, whose client
     /// threads inherit it, CDP's segment and retention threads, the mirror's persister and
-    /// witness client) onto `h`, the CPUs no pinned reactor takes ([`runtime::Housekeeping`]),
-    /// so they never preempt a reactor. (Not called when the reactors are not pinned or take
-    /// every CPU.)
+    /// witness client) onto `h`: `[reactor] background_cores` when given, else the CPUs no
+    /// pinned reactor takes ([`runtime::Housekeeping`]), so they never preempt a reactor. (Not
+    /// called without `background_cores` when the reactors are not pinned or take every CPU.)
     fn place_background_threads(&self, h: &runtime::Housekeeping) {
         use std::os::unix::thread::JoinHandleExt;
         let threads = [
@@ -885,7 +889,7 @@ impl Daemon {
         {
             warn("mirror-persist", e);
         }
-        tracing::info!(cpus = ?h.cpus(), "background threads run off the reactors' cores");
+        tracing::info!(cpus = ?h.cpus(), "background threads placed (reactor.background_cores, else the CPUs no reactor takes)");
     }
 
     /// The metrics endpoint's bound address (`[control] metrics`), if any.

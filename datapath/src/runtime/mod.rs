@@ -116,6 +116,21 @@ impl Housekeeping {
         (unsafe { libc::CPU_COUNT(&set) } > 0).then_some(Housekeeping(set))
     }
 
+    /// Exactly `cpus` (`[reactor] background_cores`, validated against the machine's CPUs);
+    /// None if none of them is below `CPU_SETSIZE`.
+    pub fn on(cpus: &[usize]) -> Option<Housekeeping> {
+        // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &c in cpus {
+            if c < libc::CPU_SETSIZE as usize {
+                // SAFETY: writes inside `set`, `c` below CPU_SETSIZE.
+                unsafe { libc::CPU_SET(c, &mut set) };
+            }
+        }
+        // SAFETY: reads `set`.
+        (unsafe { libc::CPU_COUNT(&set) } > 0).then_some(Housekeeping(set))
+    }
+
     /// Move the thread `t` (a running thread of this process) onto these CPUs.
     pub fn place(&self, t: libc::pthread_t) -> std::io::Result<()> {
         // SAFETY: `t` names a live thread (its JoinHandle is held by the caller); the set is

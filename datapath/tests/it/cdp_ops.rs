@@ -375,6 +375,51 @@ fn cpus_of_threads(pid: u32) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `[reactor] background_cores` puts the daemon's own threads where the operator says, a
+/// reactor's core included (a small machine whose other cores belong to a client): here the
+/// reactor's own CPU, where without it they would run on every other one.
+#[test]
+fn background_cores_places_the_daemons_own_threads_where_the_operator_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let ours = cpu_list(
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap(),
+    );
+    let cpu = *ours.last().unwrap();
+    let body = format!(
+        "[reactor]\ncores=[{cpu}]\nwait=\"adaptive\"\nbackground_cores=[{cpu}]\n{}",
+        volume("v", 1 << 20, &dir, "4MiB")
+    );
+    let s = Server::start(tmp.path(), &body);
+    let named = ["reactor-0", "cdp-retention", "cdp-segments", "control"];
+    let t0 = std::time::Instant::now();
+    let threads = loop {
+        let threads = cpus_of_threads(s.pid());
+        let all = named.iter().all(|n| threads.iter().any(|(t, _)| t == n));
+        if all || t0.elapsed() > std::time::Duration::from_secs(5) {
+            break threads;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    for name in named {
+        let on = &threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no thread {name}: {threads:?}"))
+            .1;
+        assert_eq!(cpu_list(on), [cpu], "{name}: {threads:?}");
+    }
+    // It still serves.
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(0, &pattern(3, 65536)), 0);
+    assert_eq!(c.read(0, 65536).unwrap(), pattern(3, 65536));
+    c.disconnect();
+}
+
 /// Views and restores asked through the production daemon's control socket: a view of a
 /// bookmark serves the point over NBD as a child process until closed, on a CPU none of the
 /// daemon's reactors takes (the daemon's own background threads too); a restore runs as a child, shows in `cdp_jobs` and yields the point's

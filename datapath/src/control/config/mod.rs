@@ -319,6 +319,15 @@ pub struct ReactorConfig {
     /// Pin reactor threads to their cores.
     #[serde(default = "yes")]
     pub pin: bool,
+    /// The CPUs the daemon's own threads run on (control, metrics, the mirror's persister and
+    /// witness client, CDP's segment and retention threads, point-in-time views). Unset: every
+    /// CPU the daemon may use less the reactors' cores when the reactors are pinned (so
+    /// background work never preempts a reactor), anywhere otherwise. It may name a reactor's
+    /// core: on a machine with few cores, where the reactor has idle time and the other cores
+    /// belong to someone else (a client, virtual machines), that reactor then shares its core
+    /// with them. Not with `wait = "poll"`, whose reactor never leaves its core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_cores: Option<Vec<usize>>,
 }
 
 /// Wait policy names.
@@ -742,6 +751,7 @@ impl Default for ReactorConfig {
             wait: Wait::default(),
             spin_us: default_spin_us(),
             pin: true,
+            background_cores: None,
         }
     }
 }
@@ -868,6 +878,32 @@ impl Config {
             }
             if self.reactor.cores[..i].contains(c) {
                 return bad(format!("core {c} is listed twice in reactor.cores"));
+            }
+        }
+        if let Some(bg) = &self.reactor.background_cores {
+            if bg.is_empty() {
+                return bad(
+                    "reactor.background_cores is empty: list at least one core, or leave it out (every core no reactor takes)"
+                        .into(),
+                );
+            }
+            for (i, c) in bg.iter().enumerate() {
+                if *c >= cpus {
+                    return bad(format!(
+                        "reactor.background_cores[{i}] = {c}, but this machine has cores 0..{}",
+                        cpus - 1
+                    ));
+                }
+                if bg[..i].contains(c) {
+                    return bad(format!(
+                        "core {c} is listed twice in reactor.background_cores"
+                    ));
+                }
+                if self.reactor.wait == Wait::Poll && self.reactor.cores.contains(c) {
+                    return bad(format!(
+                        "reactor.background_cores names core {c}, whose reactor polls (wait = \"poll\") and never leaves it: name other cores, or wait = \"adaptive\" or \"interrupt\""
+                    ));
+                }
             }
         }
         let max_spin = crate::runtime::wait::MAX_SPIN_US;

@@ -182,6 +182,21 @@ fn mistakes_are_named() {
     assert!(e.to_string().contains("multiple"), "{e}");
     let e = Config::from_toml("[reactor]\ncores=[0,0]\n").unwrap_err();
     assert!(e.to_string().contains("twice"), "{e}");
+    for (bg, wanted) in [
+        ("[]", "is empty"),
+        ("[0,0]", "listed twice in reactor.background_cores"),
+        ("[100000]", "reactor.background_cores[0] = 100000"),
+    ] {
+        let e = Config::from_toml(&format!("[reactor]\nbackground_cores={bg}\n")).unwrap_err();
+        assert!(e.to_string().contains(wanted), "{bg}: {e}");
+    }
+    let e =
+        Config::from_toml("[reactor]\ncores=[0]\nwait='poll'\nbackground_cores=[0]\n").unwrap_err();
+    assert!(e.to_string().contains("polls"), "{e}");
+    // Sharing a reactor's core is the operator's choice when the reactor can sleep.
+    let c = Config::from_toml("[reactor]\ncores=[0]\nwait='interrupt'\nbackground_cores=[0]\n")
+        .unwrap();
+    assert_eq!(c.reactor.background_cores, Some(vec![0]));
     let e = Config::from_toml("[reactor]\nbogus=1\n").unwrap_err();
     assert!(matches!(e, ConfigError::Parse(_)), "{e}");
     let e = Config::from_toml("[[nbd.export]]\nname='x'\nvolume='nope'\n").unwrap_err();
