@@ -13,8 +13,9 @@
 # Placement: the server's reactor on SERVER_CPU (default 0), fio on FIO_CPU (default 1); wait =
 # adaptive. The server's own threads (CDP's retention and segment threads among them) run where
 # the daemon puts them by default, every CPU but the reactor's (so on fio's), or with
-# BACKGROUND_CPU=N on CPU N ([reactor] background_cores = [N]; BACKGROUND_CPU=0 keeps the whole
-# server on the reactor's core, every configuration on the same one core).
+# BACKGROUND_CPU=N on CPU N ([reactor] background_cores = [N]; BACKGROUND_CPU=$SERVER_CPU keeps
+# the whole server on the reactor's core, every configuration on the same one core). The old
+# binary of OLD_BIN must know background_cores to be given BACKGROUND_CPU.
 # Not covered yet: the mirrored pair (mirror_compare.sh's setup with [volume.cdp] at both sites).
 #
 # Environment: RUNTIME (seconds per point, default 10), REPS (3), RAMP (2), BASE_PORT (14800),
@@ -58,7 +59,7 @@ WARM=${WARM:-0}
 REGION=${REGION:-256M}
 POINTS=${POINTS:-}
 die() { echo "cdp_compare: $*" >&2; exit 1; }
-[[ -z $BACKGROUND_CPU || $BACKGROUND_CPU =~ ^[0-9]+$ ]] || die "BACKGROUND_CPU is a CPU number" 
+[[ -z $BACKGROUND_CPU || $BACKGROUND_CPU =~ ^[0-9]+$ ]] || die "BACKGROUND_CPU is a CPU number"
 [[ $REGION =~ ^[0-9]+[KMG]$ ]] || die "REGION is a size such as 256M or 16M"
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     die "RUNTIME, REPS, RAMP, BASE_PORT must be numbers"

@@ -306,6 +306,40 @@ impl Channel for MallocChannel {
 mod tests {
     use super::*;
 
+    /// A device at least four times the largest cache streams its whole-page writes; what is
+    /// read back is what was written, at edges not on a line and with a partial last line,
+    /// and the bytes around are untouched.
+    #[test]
+    fn a_large_device_streams_its_writes_and_reads_them_back() {
+        let size = (super::super::stream::REGION_PER_CACHE * super::super::stream::largest_cache())
+            .next_multiple_of(4096);
+        let dev = MallocDevice::new(size, 512).unwrap();
+        assert!(dev.stream, "{size} bytes stream");
+        let small = MallocDevice::new(1 << 20, 512).unwrap();
+        assert!(!small.stream, "1 MiB does not");
+        let data: Vec<u8> = (0..12_345u32).map(|i| (i * 7 + 1) as u8).collect();
+        for (off, len) in [
+            (0u64, 4096usize),
+            (size / 2 + 512, 8192 + 100),
+            (size - 12_345, 12_345),
+        ] {
+            assert!(dev.copy_in(off, &data[..len]));
+            let mut back = vec![0u8; len + 2];
+            let from = off.saturating_sub(1);
+            let n = (len + 2).min((size - from) as usize);
+            assert!(dev.copy_out(from, &mut back[..n]));
+            let at = (off - from) as usize;
+            assert_eq!(back[at..at + len], data[..len], "at {off} len {len}");
+            if at == 1 {
+                assert_eq!(back[0], 0, "the byte before {off}");
+            }
+            if at + len < n {
+                assert_eq!(back[at + len], 0, "the byte after {off} + {len}");
+            }
+        }
+        assert!(!dev.copy_in(size - 4095, &data[..4096]), "past the end");
+    }
+
     #[test]
     fn memory_is_memtotal_plus_swaptotal_and_unreadable_meminfo_is_none() {
         let text = "MemTotal:       24683792 kB\nMemFree:         1000 kB\nSwapCached:      0 kB\nSwapTotal:       2097152 kB\n";

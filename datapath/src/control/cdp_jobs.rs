@@ -124,8 +124,9 @@ pub struct CdpJobs {
     /// pinned (`[reactor] pin`).
     cores: Vec<usize>,
     pin: bool,
-    /// The CPUs no reactor takes (`runtime::Housekeeping`), where views run when there are
-    /// any, one after the other.
+    /// The CPUs the daemon's own threads run on (`runtime::Housekeeping`: `[reactor]
+    /// background_cores`, else those no pinned reactor takes; empty when neither), where views
+    /// run when there are any, one after the other.
     spare: Vec<usize>,
     /// Views placed so far (which spare CPU the next one takes).
     placed: std::sync::atomic::AtomicUsize,
@@ -138,10 +139,10 @@ impl Default for CdpJobs {
 }
 
 impl CdpJobs {
-    /// No children yet; views are placed on `spare` (the CPUs no reactor takes) when the
-    /// reactors are pinned and there are any, else on `cores` (the daemon's reactors' cores,
-    /// by reactor id), pinned when `pin`. (Restores inherit the control thread's CPUs, which
-    /// are the spare ones when there are any.)
+    /// No children yet; views are placed on `spare` (the CPUs of the daemon's own threads)
+    /// when there are any, else on `cores` (the daemon's reactors' cores, by reactor id),
+    /// pinned when `pin`. (Restores inherit the control thread's CPUs, which are the spare
+    /// ones when there are any.)
     pub fn new(cores: Vec<usize>, pin: bool, spare: Vec<usize>) -> Self {
         Self {
             jobs: Mutex::new(Vec::new()),
@@ -155,20 +156,23 @@ impl CdpJobs {
         }
     }
 
-    /// The view's placement arguments: a CPU no reactor takes, in turn, when the daemon pins
-    /// its reactors and has one (a view's reactor then never competes with production's);
-    /// else the core of reactor `home` (its volume's home reactor, an index into `[reactor]
-    /// cores`, not a CPU number), and `--no-pin` when the daemon does not pin its reactors.
+    /// The view's placement arguments: the CPUs the daemon's own threads run on
+    /// (`[reactor] background_cores`, else those no pinned reactor takes), in turn, when there
+    /// are any (a view's reactor then runs where the operator put background work, by default
+    /// never on a production reactor's core); else the core of reactor `home` (its volume's
+    /// home reactor, an index into `[reactor] cores`, not a CPU number), and `--no-pin` when
+    /// the daemon does not pin its reactors.
     fn placement(&self, home: usize) -> Vec<String> {
         let nth = self
             .placed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let spare = self
-            .pin
-            .then(|| self.spare.get(nth % self.spare.len().max(1)));
-        let core = spare
-            .flatten()
-            .or(self.cores.get(home))
+        if !self.spare.is_empty() {
+            let cpu = self.spare[nth % self.spare.len()];
+            return vec!["--core".to_string(), cpu.to_string()];
+        }
+        let core = self
+            .cores
+            .get(home)
             .or(self.cores.first())
             .copied()
             .unwrap_or(0);
@@ -523,7 +527,7 @@ mod tests {
 
     /// Without a spare CPU a view runs on its volume's home reactor's core: `[reactor] cores`
     /// maps the reactor id to the CPU (a daemon on cores 3 and 5 once pinned a view of reactor
-    /// 1's volume to CPU 1). With spare CPUs, views take them in turn, never a reactor's.
+    /// 1's volume to CPU 1). With spare CPUs, views take them in turn.
     #[test]
     fn a_view_is_placed_on_a_spare_cpu_or_its_home_reactors_core_not_on_the_reactors_index() {
         let j = CdpJobs::new(vec![3, 5], true, Vec::new());
@@ -531,8 +535,11 @@ mod tests {
         assert_eq!(j.placement(0), ["--core", "3"]);
         // An id past the list (never given by the daemon): the first core, not a CPU number.
         assert_eq!(j.placement(7), ["--core", "3"]);
-        let unpinned = CdpJobs::new(vec![2], false, vec![0, 1]);
+        let unpinned = CdpJobs::new(vec![2], false, Vec::new());
         assert_eq!(unpinned.placement(0), ["--core", "2", "--no-pin"]);
+        // Unpinned reactors with `background_cores`: views go there, pinned.
+        let unpinned = CdpJobs::new(vec![2], false, vec![2]);
+        assert_eq!(unpinned.placement(0), ["--core", "2"]);
         let spare = CdpJobs::new(vec![3, 5], true, vec![0, 1, 4]);
         let got: Vec<_> = (0..4).map(|i| spare.placement(i % 2)[1].clone()).collect();
         assert_eq!(got, ["0", "1", "4", "0"]);

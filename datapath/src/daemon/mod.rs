@@ -104,6 +104,16 @@ pub enum StartError {
     /// The witness client could not be set up (key file, address).
     #[error("cannot set up the witness client")]
     Witness(#[source] std::io::Error),
+    /// `[reactor] background_cores` names a CPU this process may not run on.
+    #[error(
+        "reactor.background_cores names CPU {cpu}, which this process may not run on (its CPUs: {allowed:?})"
+    )]
+    BackgroundCores {
+        /// The CPU.
+        cpu: usize,
+        /// The CPUs the process may use.
+        allowed: Vec<usize>,
+    },
     /// The CDP retention thread could not be started.
     #[error("cannot start the CDP retention thread")]
     CdpThread(#[source] std::io::Error),
@@ -223,6 +233,12 @@ fn bind(addr: SocketAddr, acceptor: Arc<dyn Acceptor>) -> Result<Listener, Start
 impl Daemon {
     /// Start everything `cfg` describes.
     pub fn start(cfg: &Config) -> Result<Self, StartError> {
+        if let Some(bg) = &cfg.reactor.background_cores
+            && let Some(allowed) = runtime::Housekeeping::off(&[]).map(|h| h.cpus())
+            && let Some(&cpu) = bg.iter().find(|c| !allowed.contains(c))
+        {
+            return Err(StartError::BackgroundCores { cpu, allowed });
+        }
         let mut volumes = Vec::new();
         let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
         let mut cdp_devs: Vec<Arc<CdpDevice>> = Vec::new();

@@ -600,3 +600,35 @@ fn an_over_long_last_line_without_a_newline_is_still_answered() {
     BufReader::new(s).read_line(&mut a).unwrap();
     assert!(a.contains("-32600"), "{a:?}");
 }
+
+/// `[reactor] background_cores` naming a CPU the daemon may not run on is refused at start,
+/// with the CPU and those it may use (here the starting thread is confined to its first
+/// CPU and names another).
+#[test]
+fn background_cores_outside_the_processs_cpus_are_refused_at_start() {
+    let ours = twinblk::runtime::Housekeeping::off(&[])
+        .expect("this thread's CPUs")
+        .cpus();
+    if ours.len() < 2 {
+        eprintln!("one CPU: no CPU to name outside it (skipped)");
+        return;
+    }
+    let (first, other) = (ours[0], ours[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[reactor]\ncores=[{first}]\nbackground_cores=[{other}]\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=[]\n[control]\nsocket='{}'\n[[volume]]\nname='v'\nbackend='malloc'\nsize='4MiB'\n",
+        dir.path().join("ctl.sock").display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let e = std::thread::spawn(move || {
+        twinblk::runtime::pin_to_core(first).expect("pin");
+        twinblk::Daemon::start(&cfg).err().map(|e| e.to_string())
+    })
+    .join()
+    .unwrap()
+    .expect("refused");
+    assert!(
+        e.contains(&format!("names CPU {other}")) && e.contains(&format!("[{first}]")),
+        "{e}"
+    );
+}

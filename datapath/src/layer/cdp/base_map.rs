@@ -276,6 +276,30 @@ mod tests {
         assert!(m.write(&a[..1], u64::MAX).is_err());
     }
 
+    /// A base copy at least four times the largest cache takes its records with streaming
+    /// stores: the file holds exactly their bytes.
+    #[test]
+    fn a_large_base_copy_streams_its_records_into_the_file() {
+        let len = (crate::bdev::stream::REGION_PER_CACHE * crate::bdev::stream::largest_cache())
+            .next_multiple_of(PIECE);
+        let Some((_d, p)) = shm_file(len) else {
+            return;
+        };
+        let mut m = BaseMap::open(&p).unwrap().expect("tmpfs is mapped");
+        assert!(m.stream, "{len} bytes stream");
+        let a: Vec<u8> = (0..8292u32).map(|i| (i * 5 + 3) as u8).collect();
+        let f = File::open(&p).unwrap();
+        for (at, n) in [(0u64, 4096usize), (len / 2 - 100, 8292), (len - 4096, 4096)] {
+            m.write(&a[..n], at).unwrap();
+            let mut back = vec![0u8; n];
+            f.read_exact_at(&mut back, at).unwrap();
+            assert_eq!(back, a[..n], "at {at} len {n}");
+        }
+        let mut before = [9u8; 1];
+        f.read_exact_at(&mut before, len / 2 - 101).unwrap();
+        assert_eq!(before, [0], "the byte before a record");
+    }
+
     #[test]
     fn a_punched_piece_is_allocated_again_before_the_next_write_into_it() {
         let Some((_d, p)) = shm_file(4 * PIECE) else {
