@@ -375,6 +375,32 @@ fn cpus_of_threads(pid: u32) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Each thread of process `pid` (name, `Cpus_allowed_list`) once every one of `named` is
+/// there (a thread just spawned still has the process's name until it sets its own), or after
+/// 5 s.
+fn threads_once_named(pid: u32, named: &[&str]) -> Vec<(String, String)> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let threads = cpus_of_threads(pid);
+        let all = named.iter().all(|n| threads.iter().any(|(t, _)| t == n));
+        if all || t0.elapsed() > std::time::Duration::from_secs(5) {
+            return threads;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The CPUs this test process may run on.
+fn our_cpus() -> Vec<usize> {
+    cpu_list(
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap(),
+    )
+}
+
 /// `[reactor] background_cores` puts the daemon's own threads where the operator says, a
 /// reactor's core included (a small machine whose other cores belong to a client): here the
 /// reactor's own CPU, where without it they would run on every other one.
@@ -382,13 +408,7 @@ fn cpus_of_threads(pid: u32) -> Vec<(String, String)> {
 fn background_cores_places_the_daemons_own_threads_where_the_operator_says() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("j");
-    let ours = cpu_list(
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap(),
-    );
+    let ours = our_cpus();
     if ours.len() < 2 {
         // With one CPU the threads share the reactor's by default too: nothing to tell apart.
         eprintln!("one CPU: background_cores cannot be told from the default here (skipped)");
@@ -401,15 +421,7 @@ fn background_cores_places_the_daemons_own_threads_where_the_operator_says() {
     );
     let s = Server::start(tmp.path(), &body);
     let named = ["reactor-0", "cdp-retention", "cdp-segments", "control"];
-    let t0 = std::time::Instant::now();
-    let threads = loop {
-        let threads = cpus_of_threads(s.pid());
-        let all = named.iter().all(|n| threads.iter().any(|(t, _)| t == n));
-        if all || t0.elapsed() > std::time::Duration::from_secs(5) {
-            break threads;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let threads = threads_once_named(s.pid(), &named);
     for name in named {
         let on = &threads
             .iter()
@@ -447,13 +459,7 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
     let dir = tmp.path().join("j");
     // The reactor on the last CPU, pinned: reactor 0's core is not the first CPU (unless there
     // is one).
-    let ours = cpu_list(
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap(),
-    );
+    let ours = our_cpus();
     let cpu = *ours.last().unwrap();
     let body = format!(
         "[reactor]\ncores=[{cpu}]\n{}",
@@ -461,18 +467,9 @@ fn views_and_restores_run_as_children_asked_through_the_control_socket() {
     );
     let s = Server::start(tmp.path(), &body);
     // The daemon's own threads: its reactor on that core, the background ones off it (when
-    // the machine has another CPU), so none preempts the reactor. (A thread just spawned
-    // still has the process's name until it sets its own: looked at until every one has.)
+    // the machine has another CPU), so none preempts the reactor.
     let named = ["reactor-0", "cdp-retention", "cdp-segments", "control"];
-    let t0 = std::time::Instant::now();
-    let threads = loop {
-        let threads = cpus_of_threads(s.pid());
-        let all = named.iter().all(|n| threads.iter().any(|(t, _)| t == n));
-        if all || t0.elapsed() > std::time::Duration::from_secs(5) {
-            break threads;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let threads = threads_once_named(s.pid(), &named);
     let cpus = |name: &str| -> &str {
         &threads
             .iter()
