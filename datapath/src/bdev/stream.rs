@@ -97,7 +97,9 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
         // rest. The streamed stores' addresses are 16-byte aligned (dst + head is, and the
         // pieces step by 64); SSE2 is part of x86_64.
         unsafe {
-            std::ptr::copy_nonoverlapping(src, dst, head);
+            if head > 0 {
+                std::ptr::copy_nonoverlapping(src, dst, head);
+            }
             let mut i = head;
             while i < head + body {
                 let s = src.add(i).cast::<__m128i>();
@@ -112,7 +114,9 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
                 _mm_stream_si128(d.add(3), e);
                 i += 64;
             }
-            std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i);
+            if i < len {
+                std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i);
+            }
             _mm_sfence();
         }
     }

@@ -1145,10 +1145,7 @@ fn set_wait(params: Option<&Value>, shared: &ControlCx, cfg: &Config) -> Result<
         }
     };
     if matches!(policy, crate::runtime::WaitPolicy::Poll)
-        && let Some(bg) = &cfg.reactor.background_cores
-        && let Some(&i) = ids
-            .iter()
-            .find(|&&i| cfg.reactor.cores.get(i).is_some_and(|c| bg.contains(c)))
+        && let Some(&i) = ids.iter().find(|&&i| cfg.reactor.shares_core(i))
     {
         return Err(format!(
             "reactor {i} shares its core {} with the daemon's own threads (reactor.background_cores): a polling reactor would never leave it to them; use \"adaptive\" or \"interrupt\"",

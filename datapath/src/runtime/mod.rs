@@ -73,13 +73,11 @@ pub struct Shared {
 
 /// Pin the calling thread to `core`.
 pub fn pin_to_core(core: usize) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes inside `set`; core is bounds-checked by the caller's config
-    // validation against the machine's CPU count, and CPU_SET itself ignores out-of-range.
-    unsafe { libc::CPU_SET(core, &mut set) };
+    // (A core past CPU_SETSIZE gives no set: refused as the kernel refuses an empty one.)
+    let set =
+        Housekeeping::on(&[core]).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: passes a valid pointer to a cpu_set_t of the size given.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set.0) };
     if rc != 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -116,8 +114,8 @@ impl Housekeeping {
         (unsafe { libc::CPU_COUNT(&set) } > 0).then_some(Housekeeping(set))
     }
 
-    /// Exactly `cpus` (`[reactor] background_cores`, validated against the machine's CPUs);
-    /// None if none of them is below `CPU_SETSIZE`.
+    /// Exactly `cpus` (`[reactor] background_cores`, validated against the machine's CPUs;
+    /// or one reactor's core, [`pin_to_core`]); None if none of them is below `CPU_SETSIZE`.
     pub fn on(cpus: &[usize]) -> Option<Housekeeping> {
         // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };

@@ -744,6 +744,17 @@ fn default_control_socket() -> PathBuf {
     PathBuf::from(DEFAULT_CONTROL_SOCKET)
 }
 
+impl ReactorConfig {
+    /// Whether `background_cores` names the core of reactor `id` (a reactor there may not
+    /// poll: it would never leave the core to the daemon's own threads).
+    pub fn shares_core(&self, id: usize) -> bool {
+        self.background_cores
+            .as_ref()
+            .zip(self.cores.get(id))
+            .is_some_and(|(bg, c)| bg.contains(c))
+    }
+}
+
 impl Default for ReactorConfig {
     fn default() -> Self {
         Self {
@@ -899,11 +910,16 @@ impl Config {
                         "core {c} is listed twice in reactor.background_cores"
                     ));
                 }
-                if self.reactor.wait == Wait::Poll && self.reactor.cores.contains(c) {
-                    return bad(format!(
-                        "reactor.background_cores names core {c}, whose reactor polls (wait = \"poll\") and never leaves it: name other cores, or wait = \"adaptive\" or \"interrupt\""
-                    ));
-                }
+            }
+            // (`reactor_set_wait` asks the same at run time.)
+            if self.reactor.wait == Wait::Poll
+                && let Some(i) =
+                    (0..self.reactor.cores.len()).find(|&i| self.reactor.shares_core(i))
+            {
+                return bad(format!(
+                    "reactor.background_cores names core {}, whose reactor polls (wait = \"poll\") and never leaves it: name other cores, or wait = \"adaptive\" or \"interrupt\"",
+                    self.reactor.cores[i]
+                ));
             }
         }
         let max_spin = crate::runtime::wait::MAX_SPIN_US;
