@@ -403,6 +403,7 @@ pub(super) fn cdp_enable(
                 dir: dir.clone(),
                 retention: Retention { age_ns, bytes },
                 stats: Arc::clone(&cd.stats),
+                maps: Some(Arc::clone(&cd.spare.maps)),
             });
     }
     let r = json!({
@@ -552,6 +553,9 @@ pub(super) fn cdp_disable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Re
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|s| s.dir != info.dir);
+    // The segments' mappings go now, not when the last holder of the layer does: the
+    // history's files may be deleted next, and a mapping keeps a file's memory.
+    cd.spare.maps.clear();
     cd.release_lock();
     let st = &cd.stats;
     let (seq, time) = (st.durable_seq.load(Relaxed), st.durable_time.load(Relaxed));

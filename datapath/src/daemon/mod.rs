@@ -320,6 +320,7 @@ impl Daemon {
                                 bytes: c.retention_bytes.map(|b| b.0),
                             },
                             stats: Arc::clone(&cd.stats),
+                            maps: Some(Arc::clone(&cd.spare.maps)),
                         });
                     }
                     cdp_devs.push(Arc::clone(&cd));

@@ -82,6 +82,9 @@ pub struct CdpStats {
     /// 64 KiB, time marks and segment headers included; not the padding records written
     /// before an O_DIRECT batch, which are not appends).
     pub cached_appends: AtomicU64,
+    /// Of them, copied into the active segment's mapping (a journal on tmpfs: mapped.rs);
+    /// the other appends of a journal in memory are `pwrite`s.
+    pub mapped_appends: AtomicU64,
     /// Active segment number.
     pub segment: AtomicU64,
     /// The journal stopped after a failed append (history ends at `durable_seq`); the layer
@@ -160,6 +163,10 @@ pub struct Spare {
     /// Held by the helper while it prepares `want`; the writer only try-locks it (never
     /// waits), so the two never create the same segment.
     pub lock: std::sync::Mutex<()>,
+    /// The volume's mappings of its segment files on tmpfs (mapped.rs): the helper maps each
+    /// spare, the writer appends through the active segment's, the retention thread reads
+    /// sealed segments through them.
+    pub maps: Arc<super::mapped::SegMaps>,
 }
 
 struct Batch {
@@ -221,6 +228,9 @@ pub struct Journal {
     spare: Arc<Spare>,
     /// Appends are written in the turn by the reactor (the directory is in memory).
     inline: bool,
+    /// The active segment's writable mapping (inline on tmpfs, when the segment thread mapped
+    /// it): appends are copies into it instead of `pwrite`s (mapped.rs).
+    map: Option<Arc<super::mapped::Mapped>>,
     /// With `sync_on_flush` on a disk: the active segment opened without O_DIRECT, through
     /// which the reactor writes small batches into the page cache in the turn (see the
     /// module's invariants).
@@ -317,6 +327,11 @@ impl Journal {
             without_direct_io(&s.file)?;
         }
         let sync_on_flush = sync.on_flush && !inline;
+        let map = if inline {
+            s.spare.maps.cached(&s.file)
+        } else {
+            None
+        };
         let cached = if sync_on_flush {
             Some(open_cached(&s.dir, s.segno)?)
         } else {
@@ -348,6 +363,7 @@ impl Journal {
             last_mark: None,
             last_durable_time: s.last_time,
             inline,
+            map,
             cached,
             spare: s.spare,
             moved: false,
@@ -721,11 +737,16 @@ impl Journal {
             self.last_mark = b.lone_mark.then_some((at, b.last_seq));
             let written = if self.inline || cached {
                 // In memory or the page cache: the write is a copy, done here (see the
-                // module's invariants).
+                // module's invariants); through the segment's mapping when it has one.
                 let bytes = io.buf_mut(&mut b.buf, len);
-                let f = self.cached.as_ref().unwrap_or(&self.file);
-                let r = std::os::unix::fs::FileExt::write_all_at(f, &bytes[..len], at)
-                    .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)));
+                let r = match &self.map {
+                    Some(m) => m.write(at, &bytes[..len]).then_some(()).ok_or(Errno::IO),
+                    None => {
+                        let f = self.cached.as_ref().unwrap_or(&self.file);
+                        std::os::unix::fs::FileExt::write_all_at(f, &bytes[..len], at)
+                            .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
+                    }
+                };
                 give_back(io, b.buf);
                 Some(r)
             } else {
@@ -757,6 +778,8 @@ impl Journal {
             self.stats.batches.fetch_add(1, Relaxed);
             if cached {
                 self.stats.cached_appends.fetch_add(1, Relaxed);
+            } else if self.inline && self.map.is_some() {
+                self.stats.mapped_appends.fetch_add(1, Relaxed);
             }
             started = true;
             if let Some(r) = written {
@@ -828,6 +851,12 @@ impl Journal {
                 source,
             })?;
         }
+        // A spare the helper mapped (a segment created here has no mapping: `pwrite`s).
+        self.map = if self.inline {
+            self.spare.maps.cached(&file)
+        } else {
+            None
+        };
         self.file = file;
         self.segno = segno;
         self.last_mark = None;
@@ -954,6 +983,26 @@ pub struct SpareOf {
 /// How long the helper waits before preparing a directory's segment again after a failure.
 const SPARE_RETRY: Duration = Duration::from_secs(1);
 
+/// Map the spare segment `segno` just prepared for `v` when its directory is on tmpfs (the
+/// writer appends through the mapping, mapped.rs); a file that cannot be mapped (sparse: the
+/// filesystem was full) is appended with `pwrite`. The mappings of deleted files go first.
+fn map_spare(v: &SpareOf, segno: u64) {
+    let maps = &v.spare.maps;
+    maps.sweep();
+    if fs_type(&v.dir) != Some(TMPFS_MAGIC) {
+        return;
+    }
+    let path = store::seg_path(&v.dir, segno);
+    let mapped = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .and_then(|f| maps.map(&f));
+    if let Err(e) = mapped {
+        tracing::debug!(path = %path.display(), error = %e, "cdp: spare segment not mapped; appended with pwrite");
+    }
+}
+
 /// Start the thread that prepares each volume's next segment off the reactors; it stops when
 /// `stop` is set.
 pub fn spare_thread(
@@ -982,6 +1031,7 @@ pub fn spare_thread(
                     let zero = s.zero.load(Ordering::Relaxed);
                     match store::prepare_spare(&v.dir, want, v.size, zero) {
                         Ok(()) => {
+                            map_spare(v, want);
                             if retry.remove(&v.dir).is_some() {
                                 tracing::info!(dir = %v.dir.display(),
                                     "cdp: the next segment is prepared ahead again");
@@ -1108,6 +1158,86 @@ mod tests {
 
     /// One failure to prepare a spare (here a directory squatting on its temporary name) is
     /// not for the life of the process: once the cause is gone, the helper prepares it again.
+    /// On tmpfs the writer appends through the segments' mappings (mapped.rs): the first
+    /// segment's is made at the start, each spare's by the helper thread; every record written
+    /// that way reads back from the files, across the segment switches.
+    #[test]
+    fn on_tmpfs_appends_go_through_the_segments_mappings_and_read_back_from_the_files() {
+        let Ok(d) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("skipped: no /dev/shm here");
+            return;
+        };
+        if fs_type(d.path()) != Some(TMPFS_MAGIC) {
+            eprintln!("skipped: /dev/shm is not a tmpfs here");
+            return;
+        }
+        let dir = d.path().join("j");
+        const SEG: u64 = 1 << 20;
+        let meta = store::open_or_create(&dir, 1 << 20, 4096, None).unwrap();
+        let log = super::super::startlog::StartLog::new(&dir, meta, SEG, 1, (0, 0), 1).unwrap();
+        let spare = Arc::new(Spare::default());
+        spare.want.store(2, Ordering::Release);
+        let start = log.into_start(Arc::clone(&spare));
+        assert_eq!(spare.maps.kept().0, 1, "the start maps the first segment");
+        let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+        let stats = Arc::new(CdpStats::default());
+        let mut j =
+            Journal::new(&mut io, 0, start, Arc::clone(&stats), SyncPolicy::default()).unwrap();
+        let list = Arc::new(std::sync::Mutex::new(vec![SpareOf {
+            dir: dir.clone(),
+            size: SEG,
+            spare: Arc::clone(&spare),
+        }]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = spare_thread(list, Arc::clone(&stop)).unwrap();
+        let mut written = Vec::new();
+        // About four segments of 4 KiB writes, each issued at once (a lone write per batch).
+        for i in 0..1000u64 {
+            // The next spare is ready (mapped) before the writer could need it.
+            let until = Instant::now() + Duration::from_secs(10);
+            while spare.ready.load(Ordering::Acquire) != j.segno() + 1 {
+                assert!(
+                    Instant::now() < until,
+                    "the helper prepares segment {}",
+                    j.segno() + 1
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let off = (i % 256) * 4096;
+            let data: Vec<u8> = (0..4096u64).map(|b| (b * 31 + i * 7) as u8).collect();
+            let seq = j.record(&mut io, Op::Write, off, 4096, Some(&data));
+            let mut tries = 0;
+            while j.has_queued() {
+                j.issue(&mut io, &|s| s);
+                tries += 1;
+                assert!(tries < 1000, "the append of write {i} never went");
+            }
+            assert!(!j.stopped());
+            assert_eq!(j.durable(), seq);
+            written.push((seq, off, data));
+        }
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        let st = |a: &AtomicU64| a.load(Relaxed);
+        assert!(st(&stats.switches_prepared) >= 3, "{stats:?}");
+        assert_eq!(st(&stats.switches_created), 0, "{stats:?}");
+        assert_eq!(
+            st(&stats.mapped_appends),
+            st(&stats.batches),
+            "every append (headers included) through a mapping: {stats:?}"
+        );
+        j.seal().unwrap();
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        assert!(h.cut.is_none() && h.damaged.is_empty(), "{:?}", h.cut);
+        assert_eq!(h.last_seq, written.last().unwrap().0);
+        for (seq, off, data) in written.iter().step_by(37) {
+            let got =
+                super::super::pit::read_at(&h, super::super::pit::Point::Seq(*seq), *off, 4096)
+                    .unwrap();
+            assert!(got == *data, "the write of sequence {seq}");
+        }
+    }
+
     #[test]
     fn the_segment_helper_tries_again_after_a_failure() {
         let d = tempfile::tempdir().unwrap();

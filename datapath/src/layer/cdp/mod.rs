@@ -145,6 +145,7 @@ impl CdpInfo {
             "journal_bytes": s.journal_bytes.load(Relaxed),
             "appends": s.batches.load(Relaxed),
             "cached_appends": s.cached_appends.load(Relaxed),
+            "mapped_appends": s.mapped_appends.load(Relaxed),
             "segment": s.segment.load(Relaxed),
             "switches_prepared": s.switches_prepared.load(Relaxed),
             "switches_created": s.switches_created.load(Relaxed),

@@ -40,6 +40,7 @@
 
 use super::base_map::BaseMap;
 use super::format::{self, Op, REC_HEADER};
+use super::mapped::{Mapped, SegMaps};
 use super::store::{self, CdpError};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -97,13 +98,14 @@ pub fn consolidate_once(
     r: &Retention,
     now: u64,
 ) -> Result<Option<Consolidated>, CdpError> {
-    consolidate_once_in(dir, r, now, &mut Vec::new(), &mut None, &mut None)
+    consolidate_once_in(dir, r, now, &mut Vec::new(), &mut None, &mut None, None)
 }
 
 /// [`consolidate_once`] with `bytes`, a buffer the caller keeps from one segment to the next
 /// (the retention thread's: fresh pages cost more than the copy into them), and `base_map`,
 /// the directory's base copy as mapped by an earlier pass, if any (base_map.rs: kept, its
-/// pages are faulted in once, not once per pass).
+/// pages are faulted in once, not once per pass), and `maps`, the volume's mappings of its
+/// segment files (mapped.rs: kept from one use of a file to the next).
 ///
 /// A pass a hold stopped says which in `blocked` (the hold's time).
 fn consolidate_once_in(
@@ -113,6 +115,7 @@ fn consolidate_once_in(
     bytes: &mut Vec<u8>,
     blocked: &mut Option<u64>,
     base_map: &mut Option<BaseMap>,
+    maps: Option<&SegMaps>,
 ) -> Result<Option<Consolidated>, CdpError> {
     let (in_use, _) = store::segments_in_use(dir)?;
     let segs: Vec<(u64, u64)> = segments(dir)?
@@ -140,11 +143,24 @@ fn consolidate_once_in(
             "cdp: retired a segment an earlier pass consolidated but did not retire");
         return Ok(None);
     }
-    // A journal in memory is read where it lies (mapped.rs): no copy of the segment first.
+    // A journal in memory is read where it lies (mapped.rs): no copy of the segment first;
+    // on tmpfs through the volume's kept mapping of the file.
     let mapped = if super::journal::in_memory(dir) {
-        File::open(store::seg_path(dir, segno))
-            .and_then(|f| super::mapped::Mapped::open(&f))
-            .ok()
+        let p = store::seg_path(dir, segno);
+        let kept = maps.and_then(|c| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .and_then(|f| c.map(&f))
+                .ok()
+        });
+        kept.or_else(|| {
+            File::open(&p)
+                .and_then(|f| Mapped::open(&f))
+                .ok()
+                .map(Arc::new)
+        })
     } else {
         None
     };
@@ -516,6 +532,8 @@ pub struct Retained {
     /// Its counters: where its window starts now (published after each consolidation),
     /// where it ends, and whether size cut the history short of its age target.
     pub stats: Arc<super::journal::CdpStats>,
+    /// Its mappings of segment files (the writer's, [`super::journal::Spare::maps`]), if kept.
+    pub maps: Option<Arc<SegMaps>>,
 }
 
 /// How often "history now X, target Y" is logged again while size keeps winning over age.
@@ -592,8 +610,15 @@ fn consolidate_backlog(
         }
         let now = super::clock::now();
         let mut blocked = None;
-        let c = match consolidate_once_in(&v.dir, &v.retention, now, bytes, &mut blocked, base_map)
-        {
+        let c = match consolidate_once_in(
+            &v.dir,
+            &v.retention,
+            now,
+            bytes,
+            &mut blocked,
+            base_map,
+            v.maps.as_deref(),
+        ) {
             Ok(Some(c)) => c,
             Ok(None) => {
                 if blocked.is_some() {
@@ -712,6 +737,10 @@ pub fn spawn(
                     }
                     let turn =
                         consolidate_backlog(v, &stop, &mut k.last_log, &mut bytes, &mut k.map);
+                    // Mappings of the segment files this pass deleted go (their memory with them).
+                    if let Some(m) = &v.maps {
+                        m.sweep();
+                    }
                     busy |= k.after(turn, now);
                 }
                 if busy {
@@ -1062,7 +1091,7 @@ mod tests {
         };
         let mut map = None;
         let mut bytes = Vec::new();
-        let e = consolidate_once_in(&dir, &r, 100, &mut bytes, &mut None, &mut map)
+        let e = consolidate_once_in(&dir, &r, 100, &mut bytes, &mut None, &mut map, None)
             .unwrap_err()
             .to_string();
         assert!(map.is_some(), "the base copy was mapped");
@@ -1070,7 +1099,7 @@ mod tests {
         assert_eq!(store::read_meta(&dir).unwrap().base_seq, 0);
         drop(f);
         std::fs::remove_file(&filler).unwrap();
-        let c = consolidate_once_in(&dir, &r, 100, &mut bytes, &mut None, &mut map)
+        let c = consolidate_once_in(&dir, &r, 100, &mut bytes, &mut None, &mut map, None)
             .unwrap()
             .expect("the pass finished");
         assert_eq!(c.base_seq, 50);
@@ -1097,6 +1126,7 @@ mod tests {
                 bytes,
             },
             stats: Arc::new(Default::default()),
+            maps: None,
         };
         let turn = |r: &Retained| {
             consolidate_backlog(
