@@ -122,6 +122,11 @@ impl BaseMap {
         }))
     }
 
+    /// Whether records of a page or more are streamed past the caches (`bdev::stream`).
+    pub fn streams(&self) -> bool {
+        self.stream
+    }
+
     /// Whether `path` still names the mapped file, at the mapped size.
     pub fn current(&self, path: &Path) -> bool {
         std::fs::metadata(path)

@@ -443,6 +443,12 @@ fn apply(
         let path = path.to_path_buf();
         move |source| CdpError::Io { what, path, source }
     };
+    // Disjoint records go to the base copy in offset order (its pages visited in order), but
+    // in log order when both ends are memory and the base takes streamed stores: the segment
+    // is then read in order, which the CPU prefetches (session 19: consolidation's CPU per
+    // record fell by about a quarter, 0.94 against 1.25 µs, medians of 6 runs).
+    let by_offset =
+        matches!(src, Source::Whole(_)) && !mapped.as_ref().is_some_and(|m| m.streams());
     let mut base = match mapped {
         Some(m) => Base::Mapped(m),
         None => Base::File(
@@ -462,7 +468,7 @@ fn apply(
     }
     let mut win_at = 0u64;
     let zero = vec![0u8; 1 << 20];
-    let (order, left_out) = plan(entries, matches!(src, Source::Whole(_)));
+    let (order, left_out) = plan(entries, by_offset);
     for e in order.iter().map(|&i| &entries[i]) {
         match e.op {
             Op::Write => {
