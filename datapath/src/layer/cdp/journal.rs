@@ -851,7 +851,8 @@ impl Journal {
                 source,
             })?;
         }
-        // A spare the helper mapped (a segment created here has no mapping: `pwrite`s).
+        // A spare the helper mapped, or a recycled file mapped in an earlier use (a new file
+        // created here has no mapping: `pwrite`s).
         self.map = if self.inline {
             self.spare.maps.cached(&file)
         } else {
@@ -988,7 +989,7 @@ const SPARE_RETRY: Duration = Duration::from_secs(1);
 /// filesystem was full) is appended with `pwrite`. The mappings of deleted files go first.
 fn map_spare(v: &SpareOf, segno: u64) {
     let maps = &v.spare.maps;
-    maps.sweep();
+    maps.sweep(&v.dir);
     if fs_type(&v.dir) != Some(TMPFS_MAGIC) {
         return;
     }
@@ -1156,8 +1157,6 @@ mod tests {
         assert!(!j.stopped());
     }
 
-    /// One failure to prepare a spare (here a directory squatting on its temporary name) is
-    /// not for the life of the process: once the cause is gone, the helper prepares it again.
     /// On tmpfs the writer appends through the segments' mappings (mapped.rs): the first
     /// segment's is made at the start, each spare's by the helper thread; every record written
     /// that way reads back from the files, across the segment switches.
@@ -1238,6 +1237,8 @@ mod tests {
         }
     }
 
+    /// One failure to prepare a spare (here a directory squatting on its temporary name) is
+    /// not for the life of the process: once the cause is gone, the helper prepares it again.
     #[test]
     fn the_segment_helper_tries_again_after_a_failure() {
         let d = tempfile::tempdir().unwrap();

@@ -13,13 +13,17 @@
 //! retention thread takes page faults or unmaps in the steady state (session 18 measured
 //! mapping, populating and unmapping at about half a µs per 4 KiB record).
 //!
+//! A file is known by its device, inode number and birth time: on a tmpfs with 32-bit inode
+//! numbers a number comes round again once the mount's counter wraps.
+//!
 //! Only a file with every byte allocated is mapped (both constructors refuse a sparse one): on
 //! tmpfs, touching a hole through a shared mapping allocates a page, and on a full filesystem
 //! that raises SIGBUS where a `read` of the hole returns zeroes and a `pwrite` ENOSPC (a
 //! segment created while the journal's filesystem was full is sparse: `fallocate` failed,
 //! `set_len` made it). Writable mappings are made of files on tmpfs only: its `fallocate`
 //! allocates the pages themselves (ramfs has none; a file on a disk that fails raises SIGBUS
-//! on a fault where a `pwrite` returns EIO).
+//! on a fault where a `pwrite` returns EIO). Left to the operator, as for the base copy
+//! (base_map.rs): a tmpfs that swaps may raise SIGBUS if reading a page back from swap fails.
 //!
 //! Invariants:
 //! - Nothing shrinks or punches a mapped file (touching a page past its end or in a hole
@@ -30,9 +34,11 @@
 //!   retention thread reads only sealed segments. A file is active or sealed, never both, so no
 //!   byte is written through one mapping while it is read through another reference to it.
 //! - A file deleted while cached keeps its memory until its mapping is dropped:
-//!   [`SegMaps::sweep`] drops the mappings of deleted files (the retention thread after each
-//!   pass, the segment thread before it maps). The mappings are never unmapped on a reactor
-//!   while the daemon serves: the writer only looks mappings up ([`SegMaps::cached`]).
+//!   [`SegMaps::sweep`] drops the mappings of files no longer in the directory (the retention
+//!   thread after each pass, the segment thread before it maps), and [`SegMaps::clear`] all of
+//!   them for good (a run-time disable). The mappings are never unmapped on a reactor while
+//!   the daemon serves: the writer only looks mappings up ([`SegMaps::cached`]), and only a
+//!   file with every byte allocated still.
 //! - The cache maps at most [`CACHE_MAX`] bytes (page tables: 2 MiB per GiB mapped); past it,
 //!   reads map and unmap each time, and the writer appends with `pwrite`.
 
@@ -48,8 +54,30 @@ pub const CACHE_MAX: u64 = 16 << 30;
 pub struct Mapped {
     ptr: *mut libc::c_void,
     len: usize,
-    /// The file (a duplicate descriptor) and its identity, for a writable mapping.
-    file: Option<(File, u64, u64)>,
+    /// The file's identity, for a writable mapping.
+    id: Option<FileId>,
+}
+
+/// Which file a mapping maps: device, inode number and birth time. The inode number alone is
+/// not enough: a tmpfs with 32-bit inode numbers (no `inode64`) reuses them once its counter
+/// wraps, even for files that are still there, and a mapping of another file taken for a new
+/// spare would put acknowledged records into that file's pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    born: std::time::SystemTime,
+}
+
+impl FileId {
+    /// The identity in `m`; None where the filesystem does not give a birth time.
+    fn of(m: &std::fs::Metadata) -> Option<FileId> {
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            born: m.created().ok()?,
+        })
+    }
 }
 
 // SAFETY: the mapping is owned by this value; it is only read through shared references to
@@ -90,29 +118,27 @@ impl Mapped {
     pub fn open(file: &File) -> std::io::Result<Mapped> {
         let len = whole_len(&file.metadata()?)?;
         let ptr = map(file, len, libc::PROT_READ, libc::MAP_SHARED)?;
-        Ok(Mapped {
-            ptr,
-            len,
-            file: None,
-        })
+        Ok(Mapped { ptr, len, id: None })
     }
 
     /// Map `file` (its length now) shared and writable, its pages mapped at once
-    /// (`MAP_POPULATE`) where `populate`; an error for a file not on tmpfs, an empty or sparse
-    /// one, or a failed `mmap`.
+    /// (`MAP_POPULATE`) where `populate`; an error for a file not on tmpfs, one without a
+    /// birth time (its identity could not be told), an empty or sparse one, or a failed
+    /// `mmap`.
     pub fn shared(file: &File, populate: bool) -> std::io::Result<Mapped> {
         if fstat_type(file) != Some(super::journal::TMPFS_MAGIC) {
             return Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
         let m = file.metadata()?;
         let len = whole_len(&m)?;
+        let id =
+            FileId::of(&m).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EOPNOTSUPP))?;
         let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
-        let dup = file.try_clone()?;
         let ptr = map(file, len, libc::PROT_READ | libc::PROT_WRITE, flags)?;
         Ok(Mapped {
             ptr,
             len,
-            file: Some((dup, m.dev(), m.ino())),
+            id: Some(id),
         })
     }
 
@@ -131,7 +157,7 @@ impl Mapped {
         let Ok(at) = usize::try_from(at) else {
             return false;
         };
-        if self.file.is_none() || at.checked_add(src.len()).is_none_or(|end| end > self.len) {
+        if self.id.is_none() || at.checked_add(src.len()).is_none_or(|end| end > self.len) {
             return false;
         }
         // SAFETY: `at..at + src.len()` is inside the writable mapping (checked above), which
@@ -174,7 +200,14 @@ fn fstat_type(file: &File) -> Option<i64> {
 /// the next (see the module doc).
 #[derive(Default)]
 pub struct SegMaps {
-    maps: Mutex<Vec<Arc<Mapped>>>,
+    state: Mutex<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    maps: Vec<Arc<Mapped>>,
+    /// [`SegMaps::clear`] was called: nothing is kept any more.
+    closed: bool,
 }
 
 impl std::fmt::Debug for SegMaps {
@@ -185,79 +218,98 @@ impl std::fmt::Debug for SegMaps {
 }
 
 impl SegMaps {
-    /// The cached mapping of `file`, if there is one at its length now (the writer at a
-    /// segment switch: it never maps nor unmaps).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached mapping of `file`, if there is one of this very file at its length now and
+    /// the file still has every byte allocated (the writer at a segment switch: it never maps
+    /// nor unmaps).
     pub fn cached(&self, file: &File) -> Option<Arc<Mapped>> {
         let m = file.metadata().ok()?;
-        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        maps.iter()
-            .find(|x| {
-                x.file
-                    .as_ref()
-                    .is_some_and(|(_, dev, ino)| *dev == m.dev() && *ino == m.ino())
-                    && x.len as u64 == m.len()
-            })
+        whole_len(&m).ok()?;
+        let id = FileId::of(&m)?;
+        self.lock()
+            .maps
+            .iter()
+            .find(|x| x.id == Some(id) && x.len as u64 == m.len())
             .cloned()
     }
 
     /// The writable mapping of `file` (on tmpfs, every byte allocated): the cached one, else a
-    /// new one, populated, and cached while the cache has room ([`CACHE_MAX`]). A mapping of
+    /// new one, cached (and populated) while the cache has room ([`CACHE_MAX`]) and is not
+    /// cleared; past that a lazy one, unmapped when its last holder drops it. A mapping of
     /// the same file at another length is dropped.
     pub fn map(&self, file: &File) -> std::io::Result<Arc<Mapped>> {
         if let Some(m) = self.cached(file) {
             return Ok(m);
         }
-        let new = Arc::new(Mapped::shared(file, true)?);
-        let (dev, ino) = new
-            .file
-            .as_ref()
-            .map(|(_, d, i)| (*d, *i))
-            .expect("a writable mapping keeps its file");
-        let dropped;
-        {
-            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-            let (same, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *maps)
+        let len = file.metadata()?.len();
+        let room = {
+            let k = self.lock();
+            !k.closed && k.maps.iter().map(|x| x.len as u64).sum::<u64>() + len <= CACHE_MAX
+        };
+        let new = Arc::new(Mapped::shared(file, room)?);
+        let dropped = {
+            let mut k = self.lock();
+            let id = new.id;
+            let (same, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut k.maps)
                 .into_iter()
-                .partition(|x| x.file.as_ref().is_some_and(|f| f.1 == dev && f.2 == ino));
-            *maps = keep;
-            dropped = same;
-            let total: u64 = maps.iter().map(|x| x.len as u64).sum();
-            if total + new.len as u64 <= CACHE_MAX {
-                maps.push(Arc::clone(&new));
+                .partition(|x| x.id == id);
+            k.maps = keep;
+            let total: u64 = k.maps.iter().map(|x| x.len as u64).sum();
+            if room && !k.closed && total + new.len as u64 <= CACHE_MAX {
+                k.maps.push(Arc::clone(&new));
             }
-        }
+            same
+        };
         drop(dropped); // unmapped outside the lock
         Ok(new)
     }
 
-    /// Drop the mappings of files deleted since they were mapped (their memory is freed only
-    /// once unmapped); called off the reactors.
-    pub fn sweep(&self) {
+    /// Drop the mappings of files no longer in `dir` (deleted: their memory is freed only once
+    /// unmapped; a file renamed within `dir`, as a recycled segment is, stays); called off the
+    /// reactors. A file being renamed while `dir` is listed may be missed and its mapping
+    /// dropped: it is mapped again when next needed.
+    pub fn sweep(&self, dir: &std::path::Path) {
+        if self.lock().maps.is_empty() {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return; // the directory cannot be read now: keep everything
+        };
+        let present: Vec<FileId> = rd
+            .flatten()
+            .filter_map(|e| FileId::of(&e.metadata().ok()?))
+            .collect();
         let gone: Vec<Arc<Mapped>> = {
-            let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-            let (gone, keep) = std::mem::take(&mut *maps).into_iter().partition(|x| {
-                x.file
-                    .as_ref()
-                    .is_none_or(|(f, _, _)| f.metadata().map_or(true, |m| m.nlink() == 0))
-            });
-            *maps = keep;
+            let mut k = self.lock();
+            let (gone, keep) = std::mem::take(&mut k.maps)
+                .into_iter()
+                .partition(|x| x.id.is_none_or(|id| !present.contains(&id)));
+            k.maps = keep;
             gone
         };
         drop(gone); // unmapped outside the lock
     }
 
-    /// Drop every mapping (CDP switched off at run time: the history's files may be deleted
-    /// next, and a mapping would keep their memory); called off the reactors, once the writer
-    /// is gone.
+    /// Drop every mapping and keep none from now on (CDP switched off at run time: the
+    /// history's files may be deleted next, and a mapping would keep their memory, while a
+    /// pass of the retention or segment thread that started before may still map); called off
+    /// the reactors, once the writer is gone.
     pub fn clear(&self) {
-        let all = std::mem::take(&mut *self.maps.lock().unwrap_or_else(|e| e.into_inner()));
+        let all = {
+            let mut k = self.lock();
+            k.closed = true;
+            std::mem::take(&mut k.maps)
+        };
         drop(all); // unmapped outside the lock
     }
 
     /// How many mappings are kept, and their bytes.
     pub fn kept(&self) -> (usize, u64) {
-        let maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        (maps.len(), maps.iter().map(|x| x.len as u64).sum())
+        let k = self.lock();
+        (k.maps.len(), k.maps.iter().map(|x| x.len as u64).sum())
     }
 }
 
@@ -357,20 +409,38 @@ mod tests {
         // Another file is not that mapping.
         let other = preallocated(1 << 20).unwrap();
         assert!(maps.cached(&other).is_none());
-        // Still there: the sweep keeps it; deleted: the sweep drops it.
-        maps.sweep();
+        // Still in the directory: the sweep keeps it; deleted: the sweep drops it.
+        maps.sweep(dir.path());
         assert_eq!(maps.kept().0, 1);
         std::fs::remove_file(&q).unwrap();
-        maps.sweep();
+        maps.sweep(dir.path());
         assert_eq!(maps.kept(), (0, 0));
         assert!(maps.cached(&again).is_none());
         // The mapping itself lives while someone holds it.
         assert!(first.write(0, &[7; 64]));
-        // Cleared: nothing kept.
+        // Cleared: nothing kept, then or later (a pass that began before may still map).
         let kept = maps.map(&other).unwrap();
         assert_eq!(maps.kept().0, 1);
         maps.clear();
         assert_eq!(maps.kept(), (0, 0));
         assert!(kept.write(0, &[1; 8]));
+        let later = maps.map(&other).unwrap();
+        assert!(later.write(0, &[2; 8]), "a mapping is still given");
+        assert_eq!(maps.kept(), (0, 0), "but not kept");
+    }
+
+    /// A mapped file that has a hole now (something punched it) is not handed out again:
+    /// touching the hole through the mapping could raise SIGBUS on a full tmpfs.
+    #[test]
+    fn a_file_with_a_hole_is_not_handed_its_mapping() {
+        let Some(f) = preallocated(1 << 20) else {
+            return;
+        };
+        let maps = SegMaps::default();
+        let m = maps.map(&f).unwrap();
+        assert!(Arc::ptr_eq(&m, &maps.cached(&f).unwrap()));
+        assert!(super::super::base_map::punch_hole(&f, 4096, 8192));
+        assert!(maps.cached(&f).is_none());
+        assert!(maps.map(&f).is_err(), "nor mapped again");
     }
 }

@@ -745,7 +745,7 @@ pub fn spawn(
                         consolidate_backlog(v, &stop, &mut k.last_log, &mut bytes, &mut k.map);
                     // Mappings of the segment files this pass deleted go (their memory with them).
                     if let Some(m) = &v.maps {
-                        m.sweep();
+                        m.sweep(&v.dir);
                     }
                     busy |= k.after(turn, now);
                 }
