@@ -258,8 +258,8 @@ pub struct Journal {
     unsynced: VecDeque<(u64, u64, u64)>,
 }
 
-/// `statfs`'s `f_type` of tmpfs.
-pub const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// `statfs`'s `f_type` of tmpfs (defined with the mappings, which need no more of this module).
+pub use super::mapped::TMPFS_MAGIC;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 /// The type of the filesystem `path` is on (`statfs`'s `f_type`); `None` when it cannot be

@@ -47,6 +47,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
+/// `statfs`'s `f_type` of tmpfs.
+pub const TMPFS_MAGIC: i64 = 0x0102_1994;
+
 /// The most bytes of segment files a volume's [`SegMaps`] keeps mapped.
 pub const CACHE_MAX: u64 = 16 << 30;
 
@@ -126,7 +129,7 @@ impl Mapped {
     /// birth time (its identity could not be told), an empty or sparse one, or a failed
     /// `mmap`.
     pub fn shared(file: &File, populate: bool) -> std::io::Result<Mapped> {
-        if fstat_type(file) != Some(super::journal::TMPFS_MAGIC) {
+        if fstat_type(file) != Some(TMPFS_MAGIC) {
             return Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
         let m = file.metadata()?;
@@ -377,7 +380,7 @@ mod tests {
         let disk = tempfile::tempfile().unwrap();
         disk.set_len(8192).unwrap();
         disk.write_all_at(&[1; 8192], 0).unwrap();
-        if fstat_type(&disk) != Some(super::super::journal::TMPFS_MAGIC) {
+        if fstat_type(&disk) != Some(TMPFS_MAGIC) {
             assert!(Mapped::shared(&disk, false).is_err());
         }
     }
