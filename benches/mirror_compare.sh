@@ -32,6 +32,13 @@
 # CDP=disk|ram (a CDP journal under every site's volume, see cdp_section below; default none;
 # OLD_CDP=none|disk|ram gives the OLD_BIN side its own setting, so with OLD_BIN the same binary
 # CDP on and off run side by side in one run: `CDP=ram OLD_CDP=none OLD_BIN=target/release/twinblk`),
+# CDP_SEGMENT (the journal's segment_size, default 256MiB), CDP_RETAIN (its retention_bytes,
+# default none: the journal grows), WARM (MiB of 64 KiB random writes through site a's NBD
+# export before each point's client, default 0: with CDP_RETAIN, enough to fill the journal to
+# its retention first measures the steady state, segments consolidated and recycled while the
+# point runs; every configuration gets the same warm-up), BACKGROUND_CPU=N (every site's
+# [reactor] background_cores = [N]: the daemons' own threads, CDP's among them, on CPU N
+# instead of every CPU no reactor takes, here the client's; the OLD_BIN must know the field),
 # OLD_BIN and OLD_CTL (above; default none),
 # WAIT_A (wait policy of the single site and of site a, default interrupt), WAIT_B (site b,
 # default interrupt), CORE_B (site b's core, default 0). The defaults put both sites on core 0,
@@ -66,7 +73,7 @@ OLD_CTL=${OLD_CTL:-}
 [[ $RUNTIME =~ ^[0-9]+$ && $REPS =~ ^[0-9]+$ && $RAMP =~ ^[0-9]+$ && $BASE_PORT =~ ^[0-9]+$ ]] ||
     { echo "mirror_compare: RUNTIME, REPS, RAMP, BASE_PORT must be numbers" >&2; exit 1; }
 ((RUNTIME >= 1)) || { echo "mirror_compare: RUNTIME must be >= 1" >&2; exit 1; }
-INVOCATION="CDP=${CDP:-none}${OLD_CDP:+ OLD_CDP=$OLD_CDP} RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP BASE_PORT=$BASE_PORT WAIT_A=$WAIT_A WAIT_B=$WAIT_B CORE_B=$CORE_B bash benches/mirror_compare.sh"
+INVOCATION="CDP=${CDP:-none}${OLD_CDP:+ OLD_CDP=$OLD_CDP}${CDP_SEGMENT:+ CDP_SEGMENT=$CDP_SEGMENT}${CDP_RETAIN:+ CDP_RETAIN=$CDP_RETAIN}${WARM:+ WARM=$WARM}${BACKGROUND_CPU:+ BACKGROUND_CPU=$BACKGROUND_CPU} RUNTIME=$RUNTIME REPS=$REPS RAMP=$RAMP BASE_PORT=$BASE_PORT WAIT_A=$WAIT_A WAIT_B=$WAIT_B CORE_B=$CORE_B bash benches/mirror_compare.sh"
 [[ ${STATE:-0} == 1 ]] && INVOCATION="STATE=1 ACTLOG=${ACTLOG:-true}${ACTLOG_EXTENTS:+ ACTLOG_EXTENTS=$ACTLOG_EXTENTS}${OLD_ACTLOG:+ OLD_ACTLOG=$OLD_ACTLOG} $INVOCATION"
 if [[ -n $OLD_BIN ]]; then
     [[ -f $OLD_BIN && -x $OLD_BIN ]] || { echo "mirror_compare: OLD_BIN=$OLD_BIN is not an executable file" >&2; exit 1; }
@@ -116,6 +123,7 @@ activity_log_extents = ${ACTLOG_EXTENTS:-1024}"
 [reactor]
 cores = [$3]
 wait = "$8"
+${BACKGROUND_CPU:+background_cores = [$BACKGROUND_CPU]}
 [nbd]
 listen = ["127.0.0.1:$4"]
 [nvmf]
@@ -147,7 +155,9 @@ cdp_section() { # site name (CDP_T: this tree's setting, OLD_CDP for the old one
     local d
     d=$(mktemp -d "$base/mirror_compare_cdp.XXXXXX")
     echo "$d" >>"$WORK/cdp_dirs"
-    printf '[volume.cdp]\ndir = "%s/%s"\nsegment_size = "256MiB"\n' "$d" "$1"
+    printf '[volume.cdp]\ndir = "%s/%s"\nsegment_size = "%s"\n' "$d" "$1" "${CDP_SEGMENT:-256MiB}"
+    [[ -n ${CDP_RETAIN:-} ]] && printf 'retention_bytes = "%s"\n' "$CDP_RETAIN"
+    return 0
 }
 
 SCRIPT=mirror_compare
@@ -216,6 +226,16 @@ read -r -a TREE_LIST <<<"$TREES"
 NPOINTS=$((REPS * 8 * ${#TREE_LIST[@]}))
 B_OFF=$((4 * NPOINTS + 4 > 100 ? 4 * NPOINTS + 4 : 100)) # site b's ports: above every site a's
 
+# warm PORT: WARM MiB of 64 KiB random writes over the whole volume through site a's NBD
+# export (not measured).
+WARM=${WARM:-0}
+[[ $WARM =~ ^[0-9]+$ ]] || { echo "mirror_compare: WARM is MiB (a number)" >&2; exit 1; }
+warm() {
+    ((WARM > 0)) || return 0
+    taskset -c 1 fio --name=warm --ioengine=nbd --uri="nbd://127.0.0.1:$1/vol0" --rw=randwrite \
+        --bs=64k --iodepth=8 --size=1G --io_size="${WARM}M" --output-format=json >/dev/null
+}
+
 RESULTS=$WORK/results.jsonl
 DATE_START=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 port=$BASE_PORT
@@ -239,6 +259,7 @@ for rep in $(seq "$REPS"); do
                 site_cfg a b 0 "$port" 0 0 false "$WAIT_A" $((port + 3))
                 start a
                 SITE_PIDS=("${PIDS[-1]}")
+                warm "$port"
             else
                 site_cfg a b 0 "$port" $((port + 1)) $((port + 2)) true "$WAIT_A" $((port + 3))
                 site_cfg b a "$CORE_B" $((port + B_OFF)) $((port + 2)) $((port + 1)) true "$WAIT_B" $((port + B_OFF + 3))
@@ -246,6 +267,7 @@ for rep in $(seq "$REPS"); do
                 start b
                 SITE_PIDS=("${PIDS[-2]}" "${PIDS[-1]}")
                 wait_link
+                warm "$port"
                 mstat a >"$WORK/a.before"
                 mstat b >"$WORK/b.before"
             fi
