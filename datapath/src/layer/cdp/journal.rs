@@ -986,10 +986,9 @@ const SPARE_RETRY: Duration = Duration::from_secs(1);
 
 /// Map the spare segment `segno` just prepared for `v` when its directory is on tmpfs (the
 /// writer appends through the mapping, mapped.rs); a file that cannot be mapped (sparse: the
-/// filesystem was full) is appended with `pwrite`. The mappings of deleted files go first.
+/// filesystem was full) is appended with `pwrite`.
 fn map_spare(v: &SpareOf, segno: u64) {
     let maps = &v.spare.maps;
-    maps.sweep(&v.dir);
     if fs_type(&v.dir) != Some(TMPFS_MAGIC) {
         return;
     }
@@ -1021,6 +1020,12 @@ pub fn spare_thread(
                 let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 for v in &vols {
                     let s = &v.spare;
+                    // A spare to prepare: first the mappings of deleted segment files go
+                    // (mapped.rs), before the lock the writer try-locks at a switch.
+                    let want = s.want.load(Ordering::Acquire);
+                    if want != 0 && s.ready.load(Ordering::Acquire) != want {
+                        s.maps.sweep(&v.dir);
+                    }
                     let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                     let want = s.want.load(Ordering::Acquire);
                     if want == 0
@@ -1168,6 +1173,13 @@ mod tests {
         };
         if fs_type(d.path()) != Some(TMPFS_MAGIC) {
             eprintln!("skipped: /dev/shm is not a tmpfs here");
+            return;
+        }
+        if std::fs::metadata(d.path())
+            .and_then(|m| m.created())
+            .is_err()
+        {
+            eprintln!("skipped: no birth time on tmpfs here (Linux before 5.18 maps nothing)");
             return;
         }
         let dir = d.path().join("j");

@@ -35,10 +35,13 @@
 //!   byte is written through one mapping while it is read through another reference to it.
 //! - A file deleted while cached keeps its memory until its mapping is dropped:
 //!   [`SegMaps::sweep`] drops the mappings of files no longer in the directory (the retention
-//!   thread after each pass, the segment thread before it maps), and [`SegMaps::clear`] all of
-//!   them for good (a run-time disable). The mappings are never unmapped on a reactor while
-//!   the daemon serves: the writer only looks mappings up ([`SegMaps::cached`]), and only a
-//!   file with every byte allocated still.
+//!   thread after each pass, the segment thread before it prepares a spare), and
+//!   [`SegMaps::clear`] all of them for good (a run-time disable). The mappings are never
+//!   unmapped on a reactor while the daemon serves: the writer only looks mappings up
+//!   ([`SegMaps::cached`], and only for a file with every byte allocated still), and the sweep
+//!   never drops a mapping someone else holds, so the cache's copy outlives the writer's.
+//! - Mappings need the file's birth time (`statx`), which tmpfs gives from Linux 5.18: on an
+//!   older kernel nothing is mapped and the appends are `pwrite`s (`mapped_appends` stays 0).
 //! - The cache maps at most [`CACHE_MAX`] bytes (page tables: 2 MiB per GiB mapped); past it,
 //!   reads map and unmap each time, and the writer appends with `pwrite`.
 
@@ -65,7 +68,7 @@ pub struct Mapped {
 /// not enough: a tmpfs with 32-bit inode numbers (no `inode64`) reuses them once its counter
 /// wraps, even for files that are still there, and a mapping of another file taken for a new
 /// spare would put acknowledged records into that file's pages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FileId {
     dev: u64,
     ino: u64,
@@ -272,24 +275,36 @@ impl SegMaps {
 
     /// Drop the mappings of files no longer in `dir` (deleted: their memory is freed only once
     /// unmapped; a file renamed within `dir`, as a recycled segment is, stays); called off the
-    /// reactors. A file being renamed while `dir` is listed may be missed and its mapping
-    /// dropped: it is mapped again when next needed.
+    /// reactors. Only a mapping the cache alone holds goes, and only one cached before `dir`
+    /// was listed: the writer's (the active segment's) is never dropped here, so the last
+    /// holder of a mapping, which unmaps it, is never the reactor, and a spare mapped while
+    /// `dir` was listed stays. A file being renamed while `dir` is listed may be missed and its
+    /// mapping dropped (when no one holds it): the retention thread maps it again when it
+    /// consolidates it, and a spare that lost it is appended with `pwrite`.
     pub fn sweep(&self, dir: &std::path::Path) {
-        if self.lock().maps.is_empty() {
-            return;
-        }
+        let before: std::collections::HashSet<usize> = {
+            let k = self.lock();
+            if k.maps.is_empty() {
+                return;
+            }
+            k.maps.iter().map(|x| Arc::as_ptr(x) as usize).collect()
+        };
         let Ok(rd) = std::fs::read_dir(dir) else {
             return; // the directory cannot be read now: keep everything
         };
-        let present: Vec<FileId> = rd
+        let present: std::collections::HashSet<FileId> = rd
             .flatten()
             .filter_map(|e| FileId::of(&e.metadata().ok()?))
             .collect();
         let gone: Vec<Arc<Mapped>> = {
             let mut k = self.lock();
-            let (gone, keep) = std::mem::take(&mut k.maps)
-                .into_iter()
-                .partition(|x| x.id.is_none_or(|id| !present.contains(&id)));
+            // (Copies are made only under this lock, so a count of 1 stays 1 until it is
+            // dropped below.)
+            let (gone, keep) = std::mem::take(&mut k.maps).into_iter().partition(|x| {
+                Arc::strong_count(x) == 1
+                    && before.contains(&(Arc::as_ptr(x) as usize))
+                    && x.id.is_none_or(|id| !present.contains(&id))
+            });
             k.maps = keep;
             gone
         };
@@ -347,9 +362,14 @@ mod tests {
         }
     }
 
-    /// A preallocated file on tmpfs, as the segment thread makes a spare.
+    /// A preallocated file on tmpfs, as the segment thread makes a spare (None without a tmpfs
+    /// that gives birth times: Linux before 5.18 maps nothing).
     fn preallocated(len: u64) -> Option<File> {
         let f = tempfile::tempfile_in("/dev/shm").ok()?;
+        if f.metadata().ok()?.created().is_err() {
+            eprintln!("skipped: no birth time on tmpfs here");
+            return None;
+        }
         // SAFETY: plain syscall on an open descriptor.
         let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as i64) };
         assert_eq!(rc, 0);
@@ -390,6 +410,9 @@ mod tests {
         let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
             return;
         };
+        if preallocated(4096).is_none() {
+            return;
+        }
         let p = dir.path().join("a.seg");
         let f = std::fs::OpenOptions::new()
             .read(true)
@@ -412,15 +435,19 @@ mod tests {
         // Another file is not that mapping.
         let other = preallocated(1 << 20).unwrap();
         assert!(maps.cached(&other).is_none());
-        // Still in the directory: the sweep keeps it; deleted: the sweep drops it.
+        // Still in the directory: the sweep keeps it. Deleted: the sweep keeps it while
+        // someone else holds it (as the writer holds the active segment's: the last holder
+        // unmaps, and that must not be the reactor), and drops it once only the cache does.
         maps.sweep(dir.path());
         assert_eq!(maps.kept().0, 1);
         std::fs::remove_file(&q).unwrap();
         maps.sweep(dir.path());
+        assert_eq!(maps.kept().0, 1, "held by `first`");
+        assert!(first.write(0, &[7; 64]));
+        drop(first);
+        maps.sweep(dir.path());
         assert_eq!(maps.kept(), (0, 0));
         assert!(maps.cached(&again).is_none());
-        // The mapping itself lives while someone holds it.
-        assert!(first.write(0, &[7; 64]));
         // Cleared: nothing kept, then or later (a pass that began before may still map).
         let kept = maps.map(&other).unwrap();
         assert_eq!(maps.kept().0, 1);
