@@ -177,12 +177,12 @@ impl MallocDevice {
         // SAFETY: the caller's contract; `data` is the caller's, which cannot overlap the
         // private mapping.
         unsafe {
-            let dst = self.base.add(offset as usize);
-            if self.stream && data.len() >= super::stream::MIN_LEN {
-                super::stream::copy(dst, data.as_ptr(), data.len())
-            } else {
-                std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len())
-            }
+            super::stream::put(
+                self.base.add(offset as usize),
+                data.as_ptr(),
+                data.len(),
+                self.stream,
+            )
         }
     }
 

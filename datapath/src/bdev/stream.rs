@@ -127,6 +127,22 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
     }
 }
 
+/// Copy `len` bytes from `src` to `dst`: streamed ([`copy`]) into a region that is `worth`
+/// it ([`worth_streaming`]) when the copy is at least [`MIN_LEN`], else an ordinary copy.
+///
+/// # Safety
+/// As [`copy`].
+pub unsafe fn put(dst: *mut u8, src: *const u8, len: usize, worth: bool) {
+    // SAFETY: the caller's contract, which both copies share.
+    unsafe {
+        if worth && len >= MIN_LEN {
+            copy(dst, src, len)
+        } else {
+            std::ptr::copy_nonoverlapping(src, dst, len)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,8 +159,17 @@ fn a_silent_or_half_sent_handshake_is_dropped_after_its_deadline() {
             match s.read(&mut buf) {
                 Ok(0) => break true,
                 Ok(_) => continue, // WELCOME
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
-                Err(_) => break false,
+                // The read timeout: still open. Any other error is the site's close (a reset,
+                // or an abort when the close overtook our unread bytes: seen once in CI).
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break false;
+                }
+                Err(_) => break true,
             }
         };
         assert!(

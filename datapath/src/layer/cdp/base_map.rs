@@ -206,12 +206,12 @@ impl BaseMap {
         // faults only in present pages; `data` is not inside the mapping (a segment's bytes
         // or a buffer), so the ranges do not overlap.
         unsafe {
-            let dst = self.ptr.add(at as usize);
-            if self.stream && data.len() >= crate::bdev::stream::MIN_LEN {
-                crate::bdev::stream::copy(dst, data.as_ptr(), data.len());
-            } else {
-                std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
-            }
+            crate::bdev::stream::put(
+                self.ptr.add(at as usize),
+                data.as_ptr(),
+                data.len(),
+                self.stream,
+            )
         }
         Ok(())
     }

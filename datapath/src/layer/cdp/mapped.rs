@@ -156,8 +156,8 @@ impl Mapped {
     }
 
     /// Copy `src` into the file at `at` through a writable mapping, past the CPU's caches for
-    /// the whole 64-byte pieces (`bdev::stream`: the retention thread reads the record back
-    /// minutes later, if at all). False, with nothing written, when the mapping is read-only
+    /// a batch of a page or more (`bdev::stream::put`: the retention thread reads the record
+    /// back minutes later, if at all; a lone mark or a header is an ordinary copy). False, with nothing written, when the mapping is read-only
     /// or the range is not inside the file.
     pub fn write(&self, at: u64, src: &[u8]) -> bool {
         let Ok(at) = usize::try_from(at) else {
@@ -170,19 +170,9 @@ impl Mapped {
         // stays mapped while `self` lives; `src` is another object's memory, so they do not
         // overlap; only the active segment's writer writes (the module's invariants).
         unsafe {
-            crate::bdev::stream::copy(self.ptr.cast::<u8>().add(at), src.as_ptr(), src.len())
+            crate::bdev::stream::put(self.ptr.cast::<u8>().add(at), src.as_ptr(), src.len(), true)
         };
         true
-    }
-
-    /// The mapped length.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Never true (an empty file is not mapped).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 

@@ -446,7 +446,7 @@ fn apply(
     // Disjoint records go to the base copy in offset order (its pages visited in order), but
     // in log order when both ends are memory and the base takes streamed stores: the segment
     // is then read in order, which the CPU prefetches (session 19: consolidation's CPU per
-    // record fell by about a quarter, 0.94 against 1.25 µs, medians of 6 runs).
+    // record fell by about a quarter, 0.95 against 1.25 µs, medians of 6 pairs).
     let by_offset =
         matches!(src, Source::Whole(_)) && !mapped.as_ref().is_some_and(|m| m.streams());
     let mut base = match mapped {
