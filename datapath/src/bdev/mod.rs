@@ -20,6 +20,7 @@ pub mod errinj;
 pub mod file;
 pub mod host_path;
 pub mod malloc;
+pub mod sigbus;
 pub mod stream;
 pub mod volume;
 use crate::uring::{Errno, IoCx, IoTag};

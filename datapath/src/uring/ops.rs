@@ -62,7 +62,8 @@ pub struct BdevOp {
     pub file: u32,
     /// Byte offset on the device.
     pub offset: u64,
-    /// Bytes to transfer (aligned).
+    /// Bytes to transfer (aligned); for a flush, the bytes from `offset` to sync (0: the
+    /// whole file).
     pub len: u32,
     /// Bytes already transferred.
     pub done: u32,
@@ -119,7 +120,10 @@ impl IoCx {
                 .offset(off)
                 .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
                 .build(),
+            // `len` 0: the whole file; else `offset..offset + len` only.
             (OpKind::Flush, _) => opcode::Fsync::new(file)
+                .offset(op.offset)
+                .len(op.len)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
             (OpKind::Fallocate { mode, len, .. }, _) => opcode::Fallocate::new(file, len)
@@ -147,8 +151,11 @@ impl IoCx {
             }
             OpKind::Read { .. } | OpKind::Write { .. } if res == 0 => Err(Errno::IO),
             OpKind::Fallocate { fua: true, .. } if res >= 0 => {
-                // The range is zeroed; make it durable before completing (FUA).
+                // The range is zeroed; make it durable before completing (FUA): the whole
+                // file (the extent tree changed).
                 op.kind = OpKind::Flush;
+                op.offset = 0;
+                op.len = 0;
                 self.queue_bdev(key);
                 return None;
             }

@@ -307,19 +307,51 @@ fn cdp_enable_takes_sync_by_its_config_names() {
     assert_eq!(status(&s)["sync"], "flush");
 }
 
-/// With `sync = "flush"` on a disk, small batches go through the page cache and large ones
-/// are O_DIRECT appends after a padding record (docs/cdp-format.md, "Write path"): writes of
-/// both kinds, and pipelined small ones, across several segment switches, then kill -9. Every
-/// acknowledged write is in the history at its own point and at the last, before and after
-/// the restart's recovery, and the journal shows it took both ways.
+/// With `sync = "flush"` on a disk and `map_segments = false`, small batches go through the
+/// page cache and large ones are O_DIRECT appends after a padding record (docs/cdp-format.md,
+/// "Write path"): writes of both kinds, and pipelined small ones, across several segment
+/// switches, then kill -9. Every acknowledged write is in the history at its own point and at
+/// the last, before and after the restart's recovery, and the journal shows it took both ways.
 #[test]
 fn with_sync_flush_small_and_large_appends_interleaved_are_all_in_the_history() {
+    small_and_large_appends_interleaved("sync='flush'\nmap_segments=false\n", |st| {
+        // Each round: at least two batches of small writes (the lone one, the eight) through
+        // the page cache and two large ones with O_DIRECT. (Segment headers and time marks,
+        // under 15 here, are page-cache appends too.)
+        let (appends, cached) = (seq(st, "appends"), seq(st, "cached_appends"));
+        assert!(
+            cached >= 2 * 48 && appends - cached >= 2 * 48,
+            "both page-cache and O_DIRECT appends: {st}"
+        );
+        assert_eq!(seq(st, "mapped_appends"), 0, "{st}");
+    });
+}
+
+/// The same with the segments mapped (the default): every batch, large ones included, is a
+/// copy into the active segment's mapping (a segment the reactor had to create itself has
+/// none), and every acknowledged write is in the history after kill -9.
+#[test]
+fn with_sync_flush_appends_through_mappings_are_all_in_the_history() {
+    small_and_large_appends_interleaved("sync='flush'\n", |st| {
+        let (appends, mapped) = (seq(st, "appends"), seq(st, "mapped_appends"));
+        assert!(
+            mapped >= 4 * 48,
+            "the rounds' batches through mappings: {st}"
+        );
+        if seq(st, "switches_created") == 0 {
+            assert_eq!(mapped, appends, "every append through a mapping: {st}");
+            assert_eq!(seq(st, "cached_appends"), 0, "{st}");
+        }
+    });
+}
+
+fn small_and_large_appends_interleaved(extra: &str, took: impl Fn(&serde_json::Value)) {
     use twinblk::layer::cdp::format::Op;
     use twinblk::layer::cdp::pit::{self, Point};
     use twinblk::layer::cdp::store::{self, Load};
     const SIZE: u64 = 16 * MIB;
     let tmp = disk_dir();
-    let (dir, mut s, mut c) = start(&tmp, SIZE, "sync='flush'\n");
+    let (dir, mut s, mut c) = start(&tmp, SIZE, extra);
     // (offset, data) of every acknowledged write, in order.
     let mut acked: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut model = vec![0u8; SIZE as usize];
@@ -347,14 +379,7 @@ fn with_sync_flush_small_and_large_appends_interleaved_are_all_in_the_history() 
         }
     }
     let st = status(&s);
-    // Each round: at least two batches of small writes (the lone one, the eight) through
-    // the page cache and two large ones with O_DIRECT. (Segment headers and time marks,
-    // under 15 here, are page-cache appends too.)
-    let (appends, cached) = (seq(&st, "appends"), seq(&st, "cached_appends"));
-    assert!(
-        cached >= 2 * 48 && appends - cached >= 2 * 48,
-        "both page-cache and O_DIRECT appends: {st}"
-    );
+    took(&st);
     assert!(seq(&st, "segment") >= 3, "several segment switches: {st}");
     drop(c);
     s.kill();
@@ -401,7 +426,8 @@ fn with_sync_flush_small_and_large_appends_interleaved_are_all_in_the_history() 
 }
 
 /// kill -9 while 32 writes of mixed sizes are in flight (every other one 128 KiB: O_DIRECT
-/// appends in flight next to page-cache ones), `sync = "flush"` on a disk: every acknowledged
+/// appends in flight next to page-cache ones), `sync = "flush"` on a disk, segments not
+/// mapped (the mapped default is `with_sync_flush_every_acknowledged_write_survives_kill_9`): every acknowledged
 /// write is in the journal with its data, as the killed daemon left it and after the
 /// restart's recovery. (A kill cannot show an acknowledgement given before its append was
 /// done: the killed process's O_DIRECT writes still land. Seen failing with the padding
@@ -413,7 +439,7 @@ fn with_sync_flush_kill_9_with_o_direct_appends_in_flight_keeps_every_acknowledg
     crate::cdp::kill_9_keeps_every_acknowledged_write_of(
         tmp.path(),
         &tmp.path().join("j"),
-        "sync='flush'\n",
+        "sync='flush'\nmap_segments=false\n",
         1 << 30,
         128 * 1024,
         |i| {

@@ -636,6 +636,10 @@ pub struct CdpConfig {
     /// drills: a journal device failing as the journal stops).
     #[serde(default)]
     pub fail_map_writes: u32,
+    /// With `sync = "flush"` on a disk, appends are copies into the segments' mappings
+    /// (default); false: `pwrite`s into the page cache and O_DIRECT writes instead.
+    #[serde(default = "yes")]
+    pub map_segments: bool,
 }
 
 /// When a CDP journal record is durable (`[volume.cdp] sync`).
@@ -656,6 +660,7 @@ impl CdpConfig {
             on_flush: self.sync == CdpSync::Flush,
             fail: self.fail_sync,
             fail_map_writes: self.fail_map_writes,
+            unmapped: !self.map_segments,
         }
     }
 

@@ -25,11 +25,12 @@
 //! never takes more than its whole size, and more than `pwrite` would only once half of it is
 //! allocated anyway.
 //!
-//! Only tmpfs is mapped: its `fallocate` allocates the pages themselves (ramfs has none, and a
-//! file on a disk that fails raises SIGBUS on a write fault where `pwrite` returns EIO).
-//! Left to the operator: nothing else may shrink `base.img` while the daemon runs (a write
-//! past the file's end raises SIGBUS; the daemon itself never shrinks it), and a tmpfs that
-//! swaps may raise SIGBUS if reading a page back from swap fails.
+//! Only tmpfs is mapped: its `fallocate` allocates the pages themselves (ramfs has none).
+//! Every copy into the mapping is guarded ([`crate::bdev::sigbus`]): a page that faults
+//! anyway (`base.img` shrunk by someone else while the daemon runs, the daemon never does; a
+//! page of a tmpfs that swaps that cannot come back) fails the write with EIO instead of
+//! raising SIGBUS in the daemon, and the mapping is not used again ([`BaseMap::current`] is
+//! false from then on: the caller maps the file again, as it is then).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -55,6 +56,8 @@ pub struct BaseMap {
     dense: bool,
     /// Large enough that records stream past the caches (`bdev::stream`).
     stream: bool,
+    /// A copy into it faulted (`bdev::sigbus`): it holds pages that are not the file's.
+    broken: bool,
 }
 
 // SAFETY: the mapping is owned by this value alone; sending it to another thread moves the
@@ -87,6 +90,7 @@ impl BaseMap {
         if !on_tmpfs(path) {
             return Ok(None);
         }
+        crate::bdev::sigbus::install();
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let m = file.metadata()?;
         let len = m.len();
@@ -119,6 +123,7 @@ impl BaseMap {
             allocated: vec![0; len.div_ceil(PIECE).div_ceil(64) as usize],
             dense: false,
             stream: crate::bdev::stream::worth_streaming(len),
+            broken: false,
         }))
     }
 
@@ -129,8 +134,9 @@ impl BaseMap {
 
     /// Whether `path` still names the mapped file, at the mapped size.
     pub fn current(&self, path: &Path) -> bool {
-        std::fs::metadata(path)
-            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino && m.len() == self.len)
+        !self.broken
+            && std::fs::metadata(path)
+                .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino && m.len() == self.len)
     }
 
     /// Look again at how much of the file is allocated (see the module doc); once a pass.
@@ -203,15 +209,20 @@ impl BaseMap {
         // SAFETY: `ptr` maps `len` writable bytes until drop and `at + data.len() <= len`
         // (checked above); every page of the range is allocated (each piece it touches was
         // allocated above or before, and nothing punched it since: `punched`), so the write
-        // faults only in present pages; `data` is not inside the mapping (a segment's bytes
-        // or a buffer), so the ranges do not overlap.
-        unsafe {
-            crate::bdev::stream::put(
-                self.ptr.add(at as usize),
-                data.as_ptr(),
-                data.len(),
-                self.stream,
-            )
+        // faults only in present pages (and a fault is caught: `bdev::sigbus`); `data` is not
+        // inside the mapping (a segment's bytes or a buffer), so the ranges do not overlap.
+        let ok = !self.broken
+            && unsafe {
+                crate::bdev::sigbus::put(
+                    self.ptr.add(at as usize),
+                    data.as_ptr(),
+                    data.len(),
+                    self.stream,
+                )
+            };
+        if !ok {
+            self.broken = true;
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
         Ok(())
     }
@@ -279,6 +290,43 @@ mod tests {
         // Past the end: refused, nothing written.
         assert!(m.write(&a, 16 * PIECE).is_err());
         assert!(m.write(&a[..1], u64::MAX).is_err());
+    }
+
+    /// `base.img` shrunk by someone else under the mapping: a write into a page past its
+    /// new end fails with EIO (not SIGBUS), the mapping is not current any more, and a new
+    /// one of the file as it is then takes writes again.
+    #[test]
+    fn a_write_into_a_page_gone_from_under_the_map_fails_and_the_map_is_not_current() {
+        let Some((_d, p)) = shm_file(16 * PIECE) else {
+            return; // no /dev/shm on this machine
+        };
+        let mut m = BaseMap::open(&p).unwrap().expect("tmpfs is mapped");
+        let a = vec![7u8; 4096];
+        m.write(&a, 8 * PIECE).unwrap(); // allocated and known
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(4 * PIECE)
+            .unwrap();
+        let e = m.write(&a, 8 * PIECE).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(16 * PIECE)
+            .unwrap(); // the same file at its mapped length again
+        assert!(!m.current(&p), "a broken mapping is not current");
+        assert!(m.write(&a, 0).is_err(), "nor written again");
+        let mut again = BaseMap::open(&p).unwrap().expect("mapped again");
+        again.write(&a, 8 * PIECE).unwrap();
+        let mut back = vec![0u8; 4096];
+        File::open(&p)
+            .unwrap()
+            .read_exact_at(&mut back, 8 * PIECE)
+            .unwrap();
+        assert_eq!(back, a);
     }
 
     /// A base copy at least four times the largest cache takes its records with streaming

@@ -163,10 +163,13 @@ pub struct Spare {
     /// Held by the helper while it prepares `want`; the writer only try-locks it (never
     /// waits), so the two never create the same segment.
     pub lock: std::sync::Mutex<()>,
-    /// The volume's mappings of its segment files on tmpfs (mapped.rs): the helper maps each
-    /// spare, the writer appends through the active segment's, the retention thread reads
-    /// sealed segments through them.
+    /// The volume's mappings of its segment files (mapped.rs): the helper maps each spare,
+    /// the writer appends through the active segment's, the retention thread reads sealed
+    /// segments in memory through them.
     pub maps: Arc<super::mapped::SegMaps>,
+    /// Map segments on a disk too (`sync = "flush"`: the writer's appends are copies into the
+    /// page cache; on tmpfs segments are always mapped).
+    pub map_disk: AtomicBool,
 }
 
 struct Batch {
@@ -198,6 +201,9 @@ pub struct SyncPolicy {
     /// The first this many writes of `degraded.map` after the start fail with EIO
     /// (`[volume.cdp] fail_map_writes`: tests, drills).
     pub fail_map_writes: u32,
+    /// `[volume.cdp] map_segments = false`: with `on_flush` on a disk, appends never go
+    /// through the segments' mappings (`pwrite`s and O_DIRECT writes, as without a mapping).
+    pub unmapped: bool,
 }
 
 /// The writer.
@@ -228,8 +234,9 @@ pub struct Journal {
     spare: Arc<Spare>,
     /// Appends are written in the turn by the reactor (the directory is in memory).
     inline: bool,
-    /// The active segment's writable mapping (inline on tmpfs, when the segment thread mapped
-    /// it): appends are copies into it instead of `pwrite`s (mapped.rs).
+    /// The active segment's writable mapping (inline on tmpfs, or with `sync_on_flush` on a
+    /// disk, when the segment thread mapped it): appends are copies into it instead of
+    /// `pwrite`s or O_DIRECT writes (mapped.rs).
     map: Option<Arc<super::mapped::Mapped>>,
     /// With `sync_on_flush` on a disk: the active segment opened without O_DIRECT, through
     /// which the reactor writes small batches into the page cache in the turn (see the
@@ -327,13 +334,13 @@ impl Journal {
             without_direct_io(&s.file)?;
         }
         let sync_on_flush = sync.on_flush && !inline;
-        let map = if inline {
-            s.spare.maps.cached(&s.file)
+        let cached = if sync_on_flush {
+            Some(open_cached(&s.dir, s.segno)?)
         } else {
             None
         };
-        let cached = if sync_on_flush {
-            Some(open_cached(&s.dir, s.segno)?)
+        let map = if inline || cached.is_some() {
+            s.spare.maps.cached(&s.file)
         } else {
             None
         };
@@ -469,11 +476,15 @@ impl Journal {
             self.moved |= self.finished(io, SYNC_ID, Err(Errno::IO));
             return true;
         }
+        // Only the written part of the segment: the rest of a mapped one is pages made
+        // present (dirty) ahead, which a sync of the whole file would write out and leave
+        // write-protected for the writer to fault on (mapped.rs). A segment past 4 GiB is
+        // synced whole (len 0).
         io.start_bdev(BdevOp {
             tag: IoTag::channel(self.vol, LOWER_SLOT | JOURNAL_SLOT | SYNC_ID),
             file: self.slot,
             offset: 0,
-            len: 0,
+            len: u32::try_from(self.pos).unwrap_or(0),
             done: 0,
             kind: OpKind::Flush,
             buf: OpBuf::None,
@@ -677,7 +688,9 @@ impl Journal {
             // Written in the turn (in memory, or a small batch into the page cache): as it
             // is. An O_DIRECT write needs whole blocks (padding), from a block boundary (a
             // padding record first when cached batches left the position off one).
-            let cached = self.cached.is_some() && (b.used < DIRECT_MIN || b.rewrite_at.is_some());
+            // (With a mapping every batch is a copy into it: nothing is O_DIRECT.)
+            let cached = self.cached.is_some()
+                && (b.used < DIRECT_MIN || b.rewrite_at.is_some() || self.map.is_some());
             let (lead, len) = if self.inline || cached {
                 (0, b.used)
             } else {
@@ -776,10 +789,10 @@ impl Journal {
             });
             self.stats.journal_bytes.fetch_add(len as u64, Relaxed);
             self.stats.batches.fetch_add(1, Relaxed);
-            if cached {
-                self.stats.cached_appends.fetch_add(1, Relaxed);
-            } else if self.inline && self.map.is_some() {
+            if (self.inline || cached) && self.map.is_some() {
                 self.stats.mapped_appends.fetch_add(1, Relaxed);
+            } else if cached {
+                self.stats.cached_appends.fetch_add(1, Relaxed);
             }
             started = true;
             if let Some(r) = written {
@@ -852,8 +865,8 @@ impl Journal {
             })?;
         }
         // A spare the helper mapped, or a recycled file mapped in an earlier use (a new file
-        // created here has no mapping: `pwrite`s).
-        self.map = if self.inline {
+        // created here has no mapping: `pwrite`s, or O_DIRECT writes for large batches).
+        self.map = if self.inline || self.cached.is_some() {
             self.spare.maps.cached(&file)
         } else {
             None
@@ -984,12 +997,21 @@ pub struct SpareOf {
 /// How long the helper waits before preparing a directory's segment again after a failure.
 const SPARE_RETRY: Duration = Duration::from_secs(1);
 
-/// Map the spare segment `segno` just prepared for `v` when its directory is on tmpfs (the
-/// writer appends through the mapping, mapped.rs); a file that cannot be mapped (sparse: the
-/// filesystem was full) is appended with `pwrite`.
+/// Whether the writer of `spare`'s volume appends to segments in `dir` through mappings
+/// (mapped.rs): on tmpfs always, on a disk with `sync = "flush"` ([`Spare::map_disk`]).
+pub fn mappable(dir: &std::path::Path, spare: &Spare) -> bool {
+    match fs_type(dir) {
+        Some(TMPFS_MAGIC) => true,
+        _ => spare.map_disk.load(Relaxed) && !in_memory(dir),
+    }
+}
+
+/// Map the spare segment `segno` just prepared for `v` when its writer appends through
+/// mappings ([`mappable`]); a file that cannot be mapped (sparse: the filesystem was full; or
+/// a page that could not be made writable) is appended with `pwrite`.
 fn map_spare(v: &SpareOf, segno: u64) {
     let maps = &v.spare.maps;
-    if fs_type(&v.dir) != Some(TMPFS_MAGIC) {
+    if !mappable(&v.dir, &v.spare) {
         return;
     }
     let path = store::seg_path(&v.dir, segno);
@@ -1074,7 +1096,7 @@ mod tests {
             let key = crate::uring::UserData(ud).index() as usize;
             if let Some(f) = io.finish_bdev(key, res) {
                 io.release(key);
-                j.finished(io, f.tag.slot & ID_MASK, f.result);
+                j.finished(io, f.tag.slot & (SYNC_ID | ID_MASK), f.result);
             }
         }
     }
@@ -1103,6 +1125,7 @@ mod tests {
             on_flush: true,
             fail: false,
             fail_map_writes: 0,
+            unmapped: false,
         };
         let j = Journal::new(io, 0, start, Arc::clone(&stats), sync).unwrap();
         Some((d, j, stats))
@@ -1175,25 +1198,45 @@ mod tests {
             eprintln!("skipped: /dev/shm is not a tmpfs here");
             return;
         }
-        if std::fs::metadata(d.path())
-            .and_then(|m| m.created())
-            .is_err()
-        {
-            eprintln!("skipped: no birth time on tmpfs here (Linux before 5.18 maps nothing)");
+        appends_through_mappings(d.path(), SyncPolicy::default());
+    }
+
+    /// With `sync = "flush"` on a disk the writer appends through the segments' mappings too,
+    /// large batches included (no O_DIRECT write); each segment is synced (its written part)
+    /// before the next starts, and every record reads back from the files.
+    #[test]
+    fn on_a_disk_with_sync_on_flush_appends_go_through_mappings_and_read_back() {
+        let d = tempfile::tempdir_in("/var/tmp").unwrap();
+        if in_memory(d.path()) {
+            eprintln!("skipped: /var/tmp is in memory here");
             return;
         }
-        let dir = d.path().join("j");
+        let sync = SyncPolicy {
+            on_flush: true,
+            fail: false,
+            fail_map_writes: 0,
+            unmapped: false,
+        };
+        appends_through_mappings(d.path(), sync);
+    }
+
+    fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
+        if std::fs::metadata(root).and_then(|m| m.created()).is_err() {
+            eprintln!("skipped: no birth times here (tmpfs before Linux 5.18 maps nothing)");
+            return;
+        }
+        let dir = root.join("j");
         const SEG: u64 = 1 << 20;
         let meta = store::open_or_create(&dir, 1 << 20, 4096, None).unwrap();
         let log = super::super::startlog::StartLog::new(&dir, meta, SEG, 1, (0, 0), 1).unwrap();
         let spare = Arc::new(Spare::default());
+        spare.map_disk.store(sync.on_flush, Relaxed);
         spare.want.store(2, Ordering::Release);
         let start = log.into_start(Arc::clone(&spare));
         assert_eq!(spare.maps.kept().0, 1, "the start maps the first segment");
         let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
         let stats = Arc::new(CdpStats::default());
-        let mut j =
-            Journal::new(&mut io, 0, start, Arc::clone(&stats), SyncPolicy::default()).unwrap();
+        let mut j = Journal::new(&mut io, 0, start, Arc::clone(&stats), sync).unwrap();
         let list = Arc::new(std::sync::Mutex::new(vec![SpareOf {
             dir: dir.clone(),
             size: SEG,
@@ -1202,8 +1245,9 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let t = spare_thread(list, Arc::clone(&stop)).unwrap();
         let mut written = Vec::new();
-        // About four segments of 4 KiB writes, each issued at once (a lone write per batch).
-        for i in 0..1000u64 {
+        // About four segments of 4 KiB writes, each issued at once (a lone write per batch),
+        // but every tenth round a batch of 20 (over 64 KiB: O_DIRECT without a mapping).
+        for i in 0..400u64 {
             // The next spare is ready (mapped) before the writer could need it.
             let until = Instant::now() + Duration::from_secs(10);
             while spare.ready.load(Ordering::Acquire) != j.segno() + 1 {
@@ -1214,18 +1258,25 @@ mod tests {
                 );
                 std::thread::sleep(Duration::from_millis(2));
             }
-            let off = (i % 256) * 4096;
-            let data: Vec<u8> = (0..4096u64).map(|b| (b * 31 + i * 7) as u8).collect();
-            let seq = j.record(&mut io, Op::Write, off, 4096, Some(&data));
+            let n = if i % 10 == 9 { 20 } else { 1 };
+            let mut last = 0;
+            for k in 0..n {
+                let off = ((i * 20 + k) % 256) * 4096;
+                let data: Vec<u8> = (0..4096u64).map(|b| (b * 31 + i * 7 + k) as u8).collect();
+                last = j.record(&mut io, Op::Write, off, 4096, Some(&data));
+                written.push((last, off, data));
+            }
             let mut tries = 0;
             while j.has_queued() {
                 j.issue(&mut io, &|s| s);
+                if j.sync_inflight.is_some() {
+                    complete_all(&mut io, &mut j); // the sync before a switch
+                }
                 tries += 1;
-                assert!(tries < 1000, "the append of write {i} never went");
+                assert!(tries < 1000, "the appends of round {i} never went");
             }
             assert!(!j.stopped());
-            assert_eq!(j.durable(), seq);
-            written.push((seq, off, data));
+            assert_eq!(j.durable(), last);
         }
         stop.store(true, Ordering::SeqCst);
         t.join().unwrap();
@@ -1237,6 +1288,13 @@ mod tests {
             st(&stats.batches),
             "every append (headers included) through a mapping: {stats:?}"
         );
+        if sync.on_flush {
+            assert!(
+                st(&stats.syncs) >= 3,
+                "a sync before each switch: {stats:?}"
+            );
+            assert!(j.sync_now().unwrap());
+        }
         j.seal().unwrap();
         let h = store::load(&dir, store::Load::ReadOnly).unwrap();
         assert!(h.cut.is_none() && h.damaged.is_empty(), "{:?}", h.cut);
@@ -1247,6 +1305,65 @@ mod tests {
                     .unwrap();
             assert!(got == *data, "the write of sequence {seq}");
         }
+    }
+
+    /// A page of the active segment's mapping that cannot be written (here: the file shrunk
+    /// under it, a failing disk's stand-in) stops the journal, as a failed `pwrite` would,
+    /// and the process goes on; the history ends at the last written record.
+    #[test]
+    fn a_faulting_page_of_a_mapped_segment_stops_the_journal_not_the_process() {
+        let d = tempfile::tempdir_in("/var/tmp").unwrap();
+        if in_memory(d.path())
+            || std::fs::metadata(d.path())
+                .and_then(|m| m.created())
+                .is_err()
+        {
+            eprintln!("skipped: /var/tmp is in memory or has no birth times here");
+            return;
+        }
+        let dir = d.path().join("j");
+        let meta = store::open_or_create(&dir, 1 << 20, 4096, None).unwrap();
+        let log = super::super::startlog::StartLog::new(&dir, meta, 1 << 20, 1, (0, 0), 1).unwrap();
+        let spare = Arc::new(Spare::default());
+        spare.map_disk.store(true, Relaxed);
+        let start = log.into_start(Arc::clone(&spare));
+        let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+        let stats = Arc::new(CdpStats::default());
+        let sync = SyncPolicy {
+            on_flush: true,
+            fail: false,
+            fail_map_writes: 0,
+            unmapped: false,
+        };
+        let mut j = Journal::new(&mut io, 0, start, Arc::clone(&stats), sync).unwrap();
+        let data = vec![0x42u8; 4096];
+        let first = j.record(&mut io, Op::Write, 0, 4096, Some(&data));
+        j.issue(&mut io, &|s| s);
+        assert_eq!(j.durable(), first);
+        assert_eq!(stats.mapped_appends.load(Relaxed), 1, "{stats:?}");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(store::seg_path(&dir, j.segno()))
+            .unwrap()
+            .set_len(16 * 1024)
+            .unwrap();
+        for i in 1..8u64 {
+            j.record(&mut io, Op::Write, i * 4096, 4096, Some(&data));
+            j.issue(&mut io, &|s| s);
+            if j.stopped() {
+                break;
+            }
+        }
+        assert!(
+            j.stopped(),
+            "an append past the shrunk file's end stops the journal"
+        );
+        // (Stopped with `sync = "flush"`, the history is whole up to the last sync: none here.)
+        assert!(j.durable() < first + 7, "{}", j.durable());
+        assert!(
+            spare.maps.cached(&j.file).is_none(),
+            "the broken mapping is not handed out"
+        );
     }
 
     /// One failure to prepare a spare (here a directory squatting on its temporary name) is

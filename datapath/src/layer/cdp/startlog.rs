@@ -166,9 +166,10 @@ impl StartLog {
 
     /// Hand the segment to the journal writer.
     pub fn into_start(self, spare: Arc<journal::Spare>) -> journal::Start {
-        // On tmpfs the writer appends through the segment's mapping (mapped.rs), made here,
-        // off the reactor; one that cannot be made (a sparse segment) leaves `pwrite`.
-        if journal::fs_type(&self.dir) == Some(journal::TMPFS_MAGIC)
+        // On tmpfs (and on a disk with `sync = "flush"`) the writer appends through the
+        // segment's mapping (mapped.rs), made here, off the reactor; one that cannot be made
+        // (a sparse segment) leaves `pwrite`.
+        if journal::mappable(&self.dir, &spare)
             && let Err(e) = spare.maps.map(&self.file)
         {
             tracing::debug!(dir = %self.dir.display(), error = %e, "cdp: active segment not mapped; appended with pwrite");
