@@ -19,36 +19,41 @@
 //!   must never use it again (neither to write nor to read the file's bytes); it may only be
 //!   unmapped. The bytes of the failed copy that reached the file are the caller's to treat as
 //!   torn (the CDP journal stops and its recovery cuts a torn record).
-//! - The guard is per thread and set only around the copy; the handler reads it with plain
-//!   thread-local loads (constant-initialised cells without destructors: no allocation nor
-//!   lock in the handler), and calls only `mmap` and `sigaction`.
+//! - The guard is per thread and set only around the copy; the handler reads it with
+//!   thread-local atomic loads (constant-initialised, without destructors: no allocation nor
+//!   lock in the handler), and calls only `mmap`, `sigaction` and `raise`, keeping `errno`.
+//! - Only a fault the kernel raised (`si_code` > 0) is caught; a SIGBUS another process sent
+//!   (`kill`) ends the process, as the default action does, and leaves no handler changed
+//!   for a later fault of ours.
 
-use std::cell::Cell;
 use std::sync::Once;
-use std::sync::atomic::{Ordering, compiler_fence};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, compiler_fence};
 
 thread_local! {
-    /// The range `[start, end)` this thread is copying into under guard; (0, 0) when none.
-    static GUARD: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// The start of the range this thread is copying into under guard (0: none).
+    static START: AtomicUsize = const { AtomicUsize::new(0) };
+    /// Its end (exclusive).
+    static END: AtomicUsize = const { AtomicUsize::new(0) };
     /// A fault inside the guard was caught since the guard was set.
-    static HIT: Cell<bool> = const { Cell::new(false) };
+    static HIT: AtomicBool = const { AtomicBool::new(false) };
 }
+
+/// The page size, read once by [`install`] (the handler calls no `sysconf`).
+static PAGE: AtomicUsize = AtomicUsize::new(4096);
 
 /// The SIGBUS action in place before [`install`] (the Rust runtime's stack-overflow handler,
 /// or the default).
 static mut PREVIOUS: Option<libc::sigaction> = None;
 static INSTALL: Once = Once::new();
 
-/// The system's page size.
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as usize } else { 4096 }
-}
-
 /// Install the process's SIGBUS handler (once; later calls do nothing).
 pub fn install() {
     INSTALL.call_once(|| {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if page > 0 {
+            PAGE.store(page as usize, Ordering::Relaxed);
+        }
         // SAFETY: a zeroed sigaction is a valid value to fill; the handler has the
         // SA_SIGINFO signature; PREVIOUS is written once here, before the handler that reads
         // it is installed (the Once orders it before any use).
@@ -63,23 +68,29 @@ pub fn install() {
                 libc::sigaction(libc::SIGBUS, &new, std::ptr::null_mut());
             }
         }
-        let _ = page_size();
     });
 }
 
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: the kernel hands a valid siginfo for a SA_SIGINFO handler.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    let (start, end) = GUARD.with(|g| g.get());
-    if start <= addr && addr < end {
-        let page = addr & !(page_size() - 1);
+    // SAFETY: errno is this thread's; saved here and restored before returning.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: the kernel hands a valid siginfo for a SA_SIGINFO handler; `si_addr` is the
+    // faulting address when `si_code` > 0 (raised by the kernel, not sent).
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    let (start, end) = (
+        START.with(|a| a.load(Ordering::Relaxed)),
+        END.with(|a| a.load(Ordering::Relaxed)),
+    );
+    if code > 0 && start != 0 && start <= addr && addr < end {
+        let page_size = PAGE.load(Ordering::Relaxed);
+        let page = addr & !(page_size - 1);
         // SAFETY: the page is inside the destination of this thread's running copy, a
         // mapping its owner gives up after the failure (the module's invariants); replacing it
         // with an anonymous page lets the faulting store complete harmlessly.
         let p = unsafe {
             libc::mmap(
                 page as *mut libc::c_void,
-                page_size(),
+                page_size,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
                 -1,
@@ -87,34 +98,45 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             )
         };
         if p != libc::MAP_FAILED {
-            HIT.with(|h| h.set(true));
+            HIT.with(|h| h.store(true, Ordering::Relaxed));
+            // SAFETY: as above.
+            unsafe { *libc::__errno_location() = errno };
             return;
         }
     }
-    // Not ours: the handler before ours, or the default action (the fault is taken again on
-    // return and ends the process).
     // SAFETY: PREVIOUS was set before this handler was installed and is never written again.
     let prev = unsafe { *std::ptr::addr_of!(PREVIOUS) };
-    match prev {
-        Some(p)
-            if p.sa_sigaction != libc::SIG_DFL
-                && p.sa_sigaction != libc::SIG_IGN
-                && p.sa_flags & libc::SA_SIGINFO != 0 =>
-        {
+    let handler = prev.map_or(libc::SIG_DFL, |p| p.sa_sigaction);
+    if code > 0 && handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+        // A fault not ours: the handler before ours (the Rust runtime's tells a stack
+        // overflow from other faults; for those it restores the default action and returns,
+        // so the fault, taken again, ends the process).
+        let siginfo = prev.is_some_and(|p| p.sa_flags & libc::SA_SIGINFO != 0);
+        if siginfo {
             // SAFETY: the previous action was installed with the SA_SIGINFO signature.
             let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-                unsafe { std::mem::transmute(p.sa_sigaction) };
+                unsafe { std::mem::transmute(handler) };
             f(sig, info, ctx);
+        } else {
+            // SAFETY: the previous action was installed with the plain signature.
+            let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
+            f(sig);
         }
-        _ => {
-            // SAFETY: resetting SIGBUS to its default action with a zeroed sigaction.
-            unsafe {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+    } else {
+        // The default action: a fault taken again on return ends the process; a sent
+        // signal (code <= 0) is raised again, delivered once this handler returns.
+        // SAFETY: resetting SIGBUS to its default action with a zeroed sigaction.
+        unsafe {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+            if code <= 0 {
+                libc::raise(libc::SIGBUS);
             }
         }
     }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
 }
 
 /// Copy `len` bytes from `src` to `dst` (`super::stream::put`'s choice of stores, `worth`);
@@ -127,14 +149,15 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
 /// that no one else reads or writes during the copy, and `src..src + len` is readable and does
 /// not overlap it.
 pub unsafe fn put(dst: *mut u8, src: *const u8, len: usize, worth: bool) -> bool {
-    GUARD.with(|g| g.set((dst as usize, dst as usize + len)));
-    HIT.with(|h| h.set(false));
+    HIT.with(|h| h.store(false, Ordering::Relaxed));
+    END.with(|a| a.store(dst as usize + len, Ordering::Relaxed));
+    START.with(|a| a.store(dst as usize, Ordering::Relaxed));
     compiler_fence(Ordering::SeqCst);
     // SAFETY: the caller's contract.
     unsafe { super::stream::put(dst, src, len, worth) };
     compiler_fence(Ordering::SeqCst);
-    GUARD.with(|g| g.set((0, 0)));
-    !HIT.with(|h| h.get())
+    START.with(|a| a.store(0, Ordering::Relaxed));
+    !HIT.with(|h| h.load(Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -205,6 +228,38 @@ mod tests {
             unsafe {
                 libc::ftruncate(f.as_raw_fd(), 0);
                 std::ptr::write_volatile(p, 1u8);
+                libc::_exit(3);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS,
+            "the child's status: {status:#x}"
+        );
+        // SAFETY: the mapping made above, unmapped once.
+        unsafe { libc::munmap(p.cast(), 8192) };
+    }
+
+    /// A SIGBUS another process sends (not a fault) ends the process, as the default action
+    /// does, also while a copy is guarded: the guard covers only faults the kernel raises.
+    #[test]
+    fn a_sent_sigbus_still_ends_the_process() {
+        install();
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8192).unwrap();
+        let p = map(&f, 8192);
+        // SAFETY: the child calls only system calls before it ends; the parent waits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: in the child: a guard around the whole mapping, then SIGBUS sent to
+            // itself (delivered before `kill` returns); exit 3 if it survived.
+            unsafe {
+                START.with(|a| a.store(p as usize, Ordering::Relaxed));
+                END.with(|a| a.store(p as usize + 8192, Ordering::Relaxed));
+                libc::kill(libc::getpid(), libc::SIGBUS);
                 libc::_exit(3);
             }
         }

@@ -62,8 +62,8 @@ pub struct BdevOp {
     pub file: u32,
     /// Byte offset on the device.
     pub offset: u64,
-    /// Bytes to transfer (aligned); for a flush, the bytes from `offset` to sync (0: the
-    /// whole file).
+    /// Bytes to transfer (aligned); for a flush, the bytes from `offset` to sync (0 with
+    /// `offset` 0: the whole file).
     pub len: u32,
     /// Bytes already transferred.
     pub done: u32,
@@ -120,7 +120,7 @@ impl IoCx {
                 .offset(off)
                 .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
                 .build(),
-            // `len` 0: the whole file; else `offset..offset + len` only.
+            // `offset..offset + len` only; both 0: the whole file.
             (OpKind::Flush, _) => opcode::Fsync::new(file)
                 .offset(op.offset)
                 .len(op.len)

@@ -493,7 +493,9 @@ pub(crate) fn kill_9_keeps_every_acknowledged_write_of(
             == Some(twinblk::layer::cdp::journal::TMPFS_MAGIC);
     // (Mappings need birth times, which tmpfs gives from Linux 5.18.)
     let born = std::fs::metadata(&dir).and_then(|m| m.created()).is_ok();
-    let disk_mapped = extra.contains("sync='flush'") && !extra.contains("map_segments=false");
+    let disk_mapped = extra.contains("sync='flush'")
+        && !extra.contains("map_segments=false")
+        && twinblk::layer::cdp::mapped::populate_write_supported();
     if (on_tmpfs || disk_mapped) && born {
         assert!(mapped > 0, "no append went through a mapping: {st}");
     } else if !on_tmpfs && !disk_mapped {

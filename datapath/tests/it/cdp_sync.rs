@@ -332,6 +332,10 @@ fn with_sync_flush_small_and_large_appends_interleaved_are_all_in_the_history() 
 /// none), and every acknowledged write is in the history after kill -9.
 #[test]
 fn with_sync_flush_appends_through_mappings_are_all_in_the_history() {
+    if !twinblk::layer::cdp::mapped::populate_write_supported() {
+        eprintln!("skipped: no MADV_POPULATE_WRITE (Linux before 5.14): nothing mapped");
+        return;
+    }
     small_and_large_appends_interleaved("sync='flush'\n", |st| {
         let (appends, mapped) = (seq(st, "appends"), seq(st, "mapped_appends"));
         assert!(

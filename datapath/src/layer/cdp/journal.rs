@@ -21,7 +21,9 @@
 //!   (`cached`, a buffered descriptor of the active segment; unpadded), a larger one is a
 //!   plain O_DIRECT write (no `RWF_DSYNC`), after a padding record written the first way when
 //!   the position is off a block boundary; nothing goes through the page cache while an
-//!   O_DIRECT append is in flight. An update is acknowledged once its record is *written*
+//!   O_DIRECT append is in flight; when the segment thread mapped the active segment
+//!   (mapped.rs) every batch, large ones included, is instead a copy into that mapping (no
+//!   O_DIRECT append nor padding in that segment). An update is acknowledged once its record is *written*
 //!   (it survives kill -9, not a power loss nor a kernel crash), and the journal is made
 //!   durable the way the volume is, by a flush or a FUA write: such an update waits until a
 //!   `fdatasync` of the segment issued after its record was written has completed
@@ -78,12 +80,14 @@ pub struct CdpStats {
     pub journal_bytes: AtomicU64,
     /// Journal appends (batches) since start.
     pub batches: AtomicU64,
-    /// Of them, appended through the page cache (`sync = "flush"` on a disk: batches under
-    /// 64 KiB, time marks and segment headers included; not the padding records written
-    /// before an O_DIRECT batch, which are not appends).
+    /// Of them, appended with `pwrite` through the page cache (`sync = "flush"` on a disk, a
+    /// segment without a mapping: batches under 64 KiB, time marks and segment headers
+    /// included; not the padding records written before an O_DIRECT batch, which are not
+    /// appends).
     pub cached_appends: AtomicU64,
-    /// Of them, copied into the active segment's mapping (a journal on tmpfs: mapped.rs);
-    /// the other appends of a journal in memory are `pwrite`s.
+    /// Of them, copied into the active segment's mapping (a journal on tmpfs, or on a disk
+    /// with `sync = "flush"`: mapped.rs); the other appends of a journal in memory are
+    /// `pwrite`s.
     pub mapped_appends: AtomicU64,
     /// Active segment number.
     pub segment: AtomicU64,
@@ -711,8 +715,11 @@ impl Journal {
                 break;
             }
             if b.rewrite_at.is_none() && self.pos + (lead + len) as u64 > self.seg_size {
-                if !self.inflight.is_empty() {
-                    break; // switch once the appends to this segment are done
+                if !self.inflight.is_empty() || self.sync_inflight.is_some() {
+                    // Switch once the appends to this segment are done, and its sync (one
+                    // started for a rewritten mark alone may be in flight): the slot then
+                    // names the next segment.
+                    break;
                 }
                 if self.sync_on_flush && self.synced < self.durable {
                     // The segment is synced before the next one starts (one sync then covers
@@ -1002,7 +1009,11 @@ const SPARE_RETRY: Duration = Duration::from_secs(1);
 pub fn mappable(dir: &std::path::Path, spare: &Spare) -> bool {
     match fs_type(dir) {
         Some(TMPFS_MAGIC) => true,
-        _ => spare.map_disk.load(Relaxed) && !in_memory(dir),
+        _ => {
+            spare.map_disk.load(Relaxed)
+                && !in_memory(dir)
+                && super::mapped::populate_write_supported()
+        }
     }
 }
 
@@ -1211,6 +1222,10 @@ mod tests {
             eprintln!("skipped: /var/tmp is in memory here");
             return;
         }
+        if !super::super::mapped::populate_write_supported() {
+            eprintln!("skipped: no MADV_POPULATE_WRITE (Linux before 5.14): nothing mapped");
+            return;
+        }
         let sync = SyncPolicy {
             on_flush: true,
             fail: false,
@@ -1307,6 +1322,127 @@ mod tests {
         }
     }
 
+    /// Which of `len` bytes from `from` of `f` lie in extents still unwritten (FIEMAP; None
+    /// where the filesystem does not answer it).
+    fn unwritten_bytes(f: &File, from: u64, len: u64) -> Option<u64> {
+        #[repr(C)]
+        struct Extent {
+            logical: u64,
+            physical: u64,
+            length: u64,
+            reserved64: [u64; 2],
+            flags: u32,
+            reserved: [u32; 3],
+        }
+        #[repr(C)]
+        struct Fiemap {
+            start: u64,
+            length: u64,
+            flags: u32,
+            mapped: u32,
+            count: u32,
+            reserved: u32,
+            extents: [Extent; 64],
+        }
+        const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+        const UNWRITTEN: u32 = 0x800;
+        // SAFETY: all-zero is a valid Fiemap (plain integers).
+        let mut m: Fiemap = unsafe { std::mem::zeroed() };
+        m.start = from;
+        m.length = len;
+        m.count = 64;
+        // SAFETY: FS_IOC_FIEMAP fills the struct it is given (room for `count` extents).
+        if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, &mut m) } != 0 {
+            return None;
+        }
+        let end = from + len;
+        Some(
+            m.extents[..m.mapped as usize]
+                .iter()
+                .filter(|e| e.flags & UNWRITTEN != 0)
+                .map(|e| {
+                    (e.logical + e.length)
+                        .min(end)
+                        .saturating_sub(e.logical.max(from))
+                })
+                .sum(),
+        )
+    }
+
+    /// A flush's sync covers the segment's written part, every record in it, and not the
+    /// pages the mapping made present ahead past it: on a disk, the records' range is written
+    /// (its extents no longer unwritten) and the rest of the fallocated segment still is.
+    #[test]
+    fn a_sync_writes_the_segments_written_part_and_not_the_pages_mapped_ahead() {
+        let d = tempfile::tempdir_in("/var/tmp").unwrap();
+        if in_memory(d.path())
+            || std::fs::metadata(d.path())
+                .and_then(|m| m.created())
+                .is_err()
+            || !super::super::mapped::populate_write_supported()
+        {
+            eprintln!(
+                "skipped: /var/tmp is in memory or has no birth times here, or no MADV_POPULATE_WRITE"
+            );
+            return;
+        }
+        let dir = d.path().join("j");
+        let meta = store::open_or_create(&dir, 1 << 20, 4096, None).unwrap();
+        let log = super::super::startlog::StartLog::new(&dir, meta, 4 << 20, 1, (0, 0), 1).unwrap();
+        let spare = Arc::new(Spare::default());
+        spare.map_disk.store(true, Relaxed);
+        let start = log.into_start(Arc::clone(&spare));
+        let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+        let stats = Arc::new(CdpStats::default());
+        let sync = SyncPolicy {
+            on_flush: true,
+            fail: false,
+            fail_map_writes: 0,
+            unmapped: false,
+        };
+        let mut j = Journal::new(&mut io, 0, start, Arc::clone(&stats), sync).unwrap();
+        let Some(before) = unwritten_bytes(&j.file, 1 << 20, 3 << 20) else {
+            eprintln!("skipped: no FIEMAP here");
+            return;
+        };
+        if before != 3 << 20 {
+            eprintln!("skipped: the segment's blocks are not unwritten extents here");
+            return;
+        }
+        let mut last = 0;
+        for i in 0..64u64 {
+            last = j.record(
+                &mut io,
+                Op::Write,
+                i * 4096,
+                4096,
+                Some(&vec![i as u8; 4096]),
+            );
+        }
+        j.issue(&mut io, &|s| s);
+        assert_eq!(j.durable(), last);
+        assert_eq!(
+            stats.mapped_appends.load(Relaxed),
+            stats.batches.load(Relaxed)
+        );
+        let pos = j.pos;
+        assert!(pos < 1 << 20, "{pos}");
+        j.want_sync(last);
+        assert!(j.issue(&mut io, &|s| s) || j.sync_inflight.is_some());
+        complete_all(&mut io, &mut j);
+        assert_eq!(j.synced(), last, "the sync covered every record");
+        assert_eq!(
+            unwritten_bytes(&j.file, 0, pos),
+            Some(0),
+            "every byte of the records is written by the sync"
+        );
+        assert_eq!(
+            unwritten_bytes(&j.file, 1 << 20, 3 << 20),
+            Some(3 << 20),
+            "the pages mapped ahead past the records are not written by it"
+        );
+    }
+
     /// A page of the active segment's mapping that cannot be written (here: the file shrunk
     /// under it, a failing disk's stand-in) stops the journal, as a failed `pwrite` would,
     /// and the process goes on; the history ends at the last written record.
@@ -1317,8 +1453,11 @@ mod tests {
             || std::fs::metadata(d.path())
                 .and_then(|m| m.created())
                 .is_err()
+            || !super::super::mapped::populate_write_supported()
         {
-            eprintln!("skipped: /var/tmp is in memory or has no birth times here");
+            eprintln!(
+                "skipped: /var/tmp is in memory or has no birth times here, or no MADV_POPULATE_WRITE"
+            );
             return;
         }
         let dir = d.path().join("j");
@@ -1360,6 +1499,11 @@ mod tests {
         );
         // (Stopped with `sync = "flush"`, the history is whole up to the last sync: none here.)
         assert!(j.durable() < first + 7, "{}", j.durable());
+        // The file at its mapped length again, every byte allocated: still not handed the
+        // broken mapping.
+        // SAFETY: fallocate on the segment's open descriptor.
+        let r = unsafe { libc::fallocate(j.file.as_raw_fd(), 0, 0, 1 << 20) };
+        assert_eq!(r, 0);
         assert!(
             spare.maps.cached(&j.file).is_none(),
             "the broken mapping is not handed out"
