@@ -212,24 +212,21 @@ mod tests {
         unsafe { libc::munmap(p.cast(), len) };
     }
 
-    #[test]
-    fn a_fault_outside_a_guard_still_ends_the_process_with_sigbus() {
+    /// Fork a child that runs `child` on a file of 8 KiB mapped shared (its descriptor and
+    /// the mapping) and must die of SIGBUS (it exits 3 if `child` returns); assert it did.
+    fn child_dies_of_sigbus(child: impl FnOnce(&std::fs::File, *mut u8)) {
         install();
         let f = tempfile::tempfile().unwrap();
         f.set_len(8192).unwrap();
         let p = map(&f, 8192);
-        // SAFETY: the child calls only system calls (ftruncate, a store, _exit) before it
-        // ends; the parent waits for it.
+        // SAFETY: the child makes only system calls and plain stores before it ends (the
+        // closures below); the parent waits for it.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            // SAFETY: in the child: shrink the file, then store into the page past its end
-            // without a guard (it faults); exit 3 if it did not.
-            unsafe {
-                libc::ftruncate(f.as_raw_fd(), 0);
-                std::ptr::write_volatile(p, 1u8);
-                libc::_exit(3);
-            }
+            child(&f, p);
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(3) };
         }
         let mut status = 0;
         // SAFETY: waiting for the child forked above.
@@ -242,35 +239,28 @@ mod tests {
         unsafe { libc::munmap(p.cast(), 8192) };
     }
 
+    #[test]
+    fn a_fault_outside_a_guard_still_ends_the_process_with_sigbus() {
+        child_dies_of_sigbus(|f, p| {
+            // SAFETY: shrink the file, then store into the page past its end without a guard
+            // (it faults).
+            unsafe {
+                libc::ftruncate(f.as_raw_fd(), 0);
+                std::ptr::write_volatile(p, 1u8);
+            }
+        });
+    }
+
     /// A SIGBUS another process sends (not a fault) ends the process, as the default action
     /// does, also while a copy is guarded: the guard covers only faults the kernel raises.
     #[test]
     fn a_sent_sigbus_still_ends_the_process() {
-        install();
-        let f = tempfile::tempfile().unwrap();
-        f.set_len(8192).unwrap();
-        let p = map(&f, 8192);
-        // SAFETY: the child calls only system calls before it ends; the parent waits.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            // SAFETY: in the child: a guard around the whole mapping, then SIGBUS sent to
-            // itself (delivered before `kill` returns); exit 3 if it survived.
-            unsafe {
-                START.with(|a| a.store(p as usize, Ordering::Relaxed));
-                END.with(|a| a.store(p as usize + 8192, Ordering::Relaxed));
-                libc::kill(libc::getpid(), libc::SIGBUS);
-                libc::_exit(3);
-            }
-        }
-        let mut status = 0;
-        // SAFETY: waiting for the child forked above.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        assert!(
-            libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS,
-            "the child's status: {status:#x}"
-        );
-        // SAFETY: the mapping made above, unmapped once.
-        unsafe { libc::munmap(p.cast(), 8192) };
+        child_dies_of_sigbus(|_, p| {
+            START.with(|a| a.store(p as usize, Ordering::Relaxed));
+            END.with(|a| a.store(p as usize + 8192, Ordering::Relaxed));
+            // SAFETY: SIGBUS sent to itself, under a guard around the whole mapping (delivered
+            // before `kill` returns).
+            unsafe { libc::kill(libc::getpid(), libc::SIGBUS) };
+        });
     }
 }

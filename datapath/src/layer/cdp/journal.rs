@@ -1112,34 +1112,11 @@ mod tests {
         }
     }
 
-    /// A writer with `sync = "flush"` on a disk journal in a new directory under /var/tmp
-    /// (None when that is in memory here).
+    /// A writer with `sync = "flush"` on a disk journal in a new directory under /var/tmp,
+    /// its segments not mapped (None when /var/tmp is in memory here).
     fn flush_writer(io: &mut IoCx) -> Option<(tempfile::TempDir, Journal, Arc<CdpStats>)> {
-        let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        if in_memory(d.path()) {
-            eprintln!("skipped: /var/tmp is in memory here");
-            return None;
-        }
-        let meta = Meta {
-            block_size: 4096,
-            vol_id: 7,
-            size: 64 << 20,
-            created: 1,
-            base_seq: 0,
-            base_time: 0,
-        };
-        let log =
-            super::super::startlog::StartLog::new(d.path(), meta, 4 << 20, 1, (0, 0), 1).unwrap();
-        let start = log.into_start(Arc::new(Spare::default()));
-        let stats = Arc::new(CdpStats::default());
-        let sync = SyncPolicy {
-            on_flush: true,
-            fail: false,
-            fail_map_writes: 0,
-            unmapped: false,
-        };
-        let j = Journal::new(io, 0, start, Arc::clone(&stats), sync).unwrap();
-        Some((d, j, stats))
+        let w = disk_writer(io, 4 << 20, false)?;
+        Some((w.d, w.j, w.stats))
     }
 
     /// A clean stop syncs a lone time mark rewritten in place after the last sync (its
@@ -1369,38 +1346,72 @@ mod tests {
         )
     }
 
-    /// A flush's sync covers the segment's written part, every record in it, and not the
-    /// pages the mapping made present ahead past it: on a disk, the records' range is written
-    /// (its extents no longer unwritten) and the rest of the fallocated segment still is.
-    #[test]
-    fn a_sync_writes_the_segments_written_part_and_not_the_pages_mapped_ahead() {
+    /// A writer with `sync = "flush"` on a disk journal and what goes with it.
+    struct DiskWriter {
+        d: tempfile::TempDir,
+        dir: PathBuf,
+        j: Journal,
+        stats: Arc<CdpStats>,
+        spare: Arc<Spare>,
+    }
+
+    /// A writer with `sync = "flush"` on a disk journal in a new directory under /var/tmp, its
+    /// segments of `seg_size` bytes, mapped where `mapped`; None (skipped) where /var/tmp is in
+    /// memory, or, for `mapped`, gives no birth times or the kernel has no
+    /// `MADV_POPULATE_WRITE`.
+    fn disk_writer(io: &mut IoCx, seg_size: u64, mapped: bool) -> Option<DiskWriter> {
         let d = tempfile::tempdir_in("/var/tmp").unwrap();
         if in_memory(d.path())
-            || std::fs::metadata(d.path())
-                .and_then(|m| m.created())
-                .is_err()
-            || !super::super::mapped::populate_write_supported()
+            || mapped
+                && (std::fs::metadata(d.path())
+                    .and_then(|m| m.created())
+                    .is_err()
+                    || !super::super::mapped::populate_write_supported())
         {
             eprintln!(
                 "skipped: /var/tmp is in memory or has no birth times here, or no MADV_POPULATE_WRITE"
             );
-            return;
+            return None;
         }
         let dir = d.path().join("j");
-        let meta = store::open_or_create(&dir, 1 << 20, 4096, None).unwrap();
-        let log = super::super::startlog::StartLog::new(&dir, meta, 4 << 20, 1, (0, 0), 1).unwrap();
+        let meta = store::open_or_create(&dir, 64 << 20, 4096, None).unwrap();
+        let log =
+            super::super::startlog::StartLog::new(&dir, meta, seg_size, 1, (0, 0), 1).unwrap();
         let spare = Arc::new(Spare::default());
-        spare.map_disk.store(true, Relaxed);
+        spare.map_disk.store(mapped, Relaxed);
         let start = log.into_start(Arc::clone(&spare));
-        let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
         let stats = Arc::new(CdpStats::default());
         let sync = SyncPolicy {
             on_flush: true,
             fail: false,
             fail_map_writes: 0,
-            unmapped: false,
+            unmapped: !mapped,
         };
-        let mut j = Journal::new(&mut io, 0, start, Arc::clone(&stats), sync).unwrap();
+        let j = Journal::new(io, 0, start, Arc::clone(&stats), sync).unwrap();
+        Some(DiskWriter {
+            d,
+            dir,
+            j,
+            stats,
+            spare,
+        })
+    }
+
+    /// A flush's sync covers the segment's written part, every record in it, and not the
+    /// pages the mapping made present ahead past it: on a disk, the records' range is written
+    /// (its extents no longer unwritten) and the rest of the fallocated segment still is.
+    #[test]
+    fn a_sync_writes_the_segments_written_part_and_not_the_pages_mapped_ahead() {
+        let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+        let Some(DiskWriter {
+            d: _d,
+            mut j,
+            stats,
+            ..
+        }) = disk_writer(&mut io, 4 << 20, true)
+        else {
+            return;
+        };
         let Some(before) = unwritten_bytes(&j.file, 1 << 20, 3 << 20) else {
             eprintln!("skipped: no FIEMAP here");
             return;
@@ -1448,33 +1459,17 @@ mod tests {
     /// and the process goes on; the history ends at the last written record.
     #[test]
     fn a_faulting_page_of_a_mapped_segment_stops_the_journal_not_the_process() {
-        let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        if in_memory(d.path())
-            || std::fs::metadata(d.path())
-                .and_then(|m| m.created())
-                .is_err()
-            || !super::super::mapped::populate_write_supported()
-        {
-            eprintln!(
-                "skipped: /var/tmp is in memory or has no birth times here, or no MADV_POPULATE_WRITE"
-            );
-            return;
-        }
-        let dir = d.path().join("j");
-        let meta = store::open_or_create(&dir, 1 << 20, 4096, None).unwrap();
-        let log = super::super::startlog::StartLog::new(&dir, meta, 1 << 20, 1, (0, 0), 1).unwrap();
-        let spare = Arc::new(Spare::default());
-        spare.map_disk.store(true, Relaxed);
-        let start = log.into_start(Arc::clone(&spare));
         let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
-        let stats = Arc::new(CdpStats::default());
-        let sync = SyncPolicy {
-            on_flush: true,
-            fail: false,
-            fail_map_writes: 0,
-            unmapped: false,
+        let Some(DiskWriter {
+            d: _d,
+            dir,
+            mut j,
+            stats,
+            spare,
+        }) = disk_writer(&mut io, 1 << 20, true)
+        else {
+            return;
         };
-        let mut j = Journal::new(&mut io, 0, start, Arc::clone(&stats), sync).unwrap();
         let data = vec![0x42u8; 4096];
         let first = j.record(&mut io, Op::Write, 0, 4096, Some(&data));
         j.issue(&mut io, &|s| s);
