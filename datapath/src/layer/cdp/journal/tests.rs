@@ -1,0 +1,449 @@
+//! The journal writer's tests: appends, syncs, mappings, the segment helper.
+use super::*;
+
+/// Complete every block-device operation the ring has: the journal's appends.
+fn complete_all(io: &mut IoCx, j: &mut Journal) {
+    io.ring.submit_and_wait(1).expect("submit");
+    let cqes: Vec<_> = io
+        .ring
+        .completion()
+        .map(|c| (c.user_data(), c.result()))
+        .collect();
+    for (ud, res) in cqes {
+        let key = crate::uring::UserData(ud).index() as usize;
+        if let Some(f) = io.finish_bdev(key, res) {
+            io.release(key);
+            j.finished(io, f.tag.slot & (SYNC_ID | ID_MASK), f.result);
+        }
+    }
+}
+
+/// A writer with `sync = "flush"` on a disk journal in a new directory under /var/tmp,
+/// its segments not mapped (None when /var/tmp is in memory here).
+fn flush_writer(io: &mut IoCx) -> Option<(tempfile::TempDir, Journal, Arc<CdpStats>)> {
+    let w = disk_writer(io, 4 << 20, false)?;
+    Some((w.d, w.j, w.stats))
+}
+
+/// A clean stop syncs a lone time mark rewritten in place after the last sync (its
+/// sequence number was synced, its newer time was not).
+#[test]
+fn a_clean_stop_syncs_a_mark_rewritten_after_the_last_sync() {
+    let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+    let Some((_d, mut j, _)) = flush_writer(&mut io) else {
+        return;
+    };
+    j.mark(&mut io);
+    j.issue(&mut io, &|s| s);
+    assert!(j.sync_now().unwrap(), "the mark's record");
+    assert!(!j.sync_now().unwrap(), "nothing new");
+    let seq = j.durable();
+    j.mark(&mut io);
+    j.issue(&mut io, &|s| s);
+    assert_eq!(j.durable(), seq, "rewritten in place, same sequence number");
+    assert!(j.sync_now().unwrap(), "the rewritten mark");
+    assert!(!j.sync_now().unwrap());
+}
+
+/// With `sync = "flush"` on a disk a large batch is an O_DIRECT append and a small one goes
+/// through the page cache, but never while an O_DIRECT append is in flight (the kernel
+/// could not drop a folio of its range dirtied meanwhile): the small batch waits for the
+/// completion, and the watermark keeps log order.
+#[test]
+fn a_small_batch_waits_while_an_o_direct_append_is_in_flight() {
+    let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+    let Some((_d, mut j, stats)) = flush_writer(&mut io) else {
+        return;
+    };
+    let cached = || stats.cached_appends.load(Relaxed);
+    let big = vec![1u8; DIRECT_MIN];
+    let s1 = j.record(&mut io, Op::Write, 0, big.len() as u64, Some(&big));
+    assert!(j.issue(&mut io, &|s| s));
+    assert_eq!(cached(), 0, "the large batch is an O_DIRECT append");
+    let small = vec![2u8; 4096];
+    let s2 = j.record(&mut io, Op::Write, 1 << 20, 4096, Some(&small));
+    j.issue(&mut io, &|s| s);
+    assert_eq!(cached(), 0, "nothing through the page cache meanwhile");
+    assert!(j.durable < s1);
+    complete_all(&mut io, &mut j);
+    assert_eq!(j.durable, s1);
+    j.issue(&mut io, &|s| s);
+    assert_eq!(cached(), 1, "the small batch, after the completion");
+    assert_eq!(j.durable, s2);
+    // And the other way: a large batch after small ones starts on a block boundary.
+    let s3 = j.record(&mut io, Op::Write, 2 << 20, big.len() as u64, Some(&big));
+    assert!(j.issue(&mut io, &|s| s));
+    assert!(j.pos.is_multiple_of(format::ALIGN as u64));
+    complete_all(&mut io, &mut j);
+    assert_eq!(j.durable, s3);
+    assert!(!j.stopped());
+}
+
+/// On tmpfs the writer appends through the segments' mappings (mapped.rs): the first
+/// segment's is made at the start, each spare's by the helper thread; every record written
+/// that way reads back from the files, across the segment switches.
+#[test]
+fn on_tmpfs_appends_go_through_the_segments_mappings_and_read_back_from_the_files() {
+    let Ok(d) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("skipped: no /dev/shm here");
+        return;
+    };
+    if fs_type(d.path()) != Some(TMPFS_MAGIC) {
+        eprintln!("skipped: /dev/shm is not a tmpfs here");
+        return;
+    }
+    appends_through_mappings(d.path(), SyncPolicy::default());
+}
+
+/// With `sync = "flush"` on a disk the writer appends through the segments' mappings too,
+/// large batches included (no O_DIRECT write); each segment is synced (its written part)
+/// before the next starts, and every record reads back from the files.
+#[test]
+fn on_a_disk_with_sync_on_flush_appends_go_through_mappings_and_read_back() {
+    let d = tempfile::tempdir_in("/var/tmp").unwrap();
+    if in_memory(d.path()) {
+        eprintln!("skipped: /var/tmp is in memory here");
+        return;
+    }
+    if !super::super::mapped::populate_write_supported() {
+        eprintln!("skipped: no MADV_POPULATE_WRITE (Linux before 5.14): nothing mapped");
+        return;
+    }
+    let sync = SyncPolicy {
+        on_flush: true,
+        fail: false,
+        fail_map_writes: 0,
+        unmapped: false,
+    };
+    appends_through_mappings(d.path(), sync);
+}
+
+fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
+    if std::fs::metadata(root).and_then(|m| m.created()).is_err() {
+        eprintln!("skipped: no birth times here (tmpfs before Linux 5.18 maps nothing)");
+        return;
+    }
+    let dir = root.join("j");
+    const SEG: u64 = 1 << 20;
+    let meta = store::open_or_create(&dir, 1 << 20, 4096, None).unwrap();
+    let log = super::super::startlog::StartLog::new(&dir, meta, SEG, 1, (0, 0), 1).unwrap();
+    let spare = Arc::new(Spare::default());
+    spare.map_disk.store(sync.on_flush, Relaxed);
+    spare.want.store(2, Ordering::Release);
+    let start = log.into_start(Arc::clone(&spare));
+    assert_eq!(spare.maps.kept().0, 1, "the start maps the first segment");
+    let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+    let stats = Arc::new(CdpStats::default());
+    let mut j = Journal::new(&mut io, 0, start, Arc::clone(&stats), sync).unwrap();
+    let list = Arc::new(std::sync::Mutex::new(vec![SpareOf {
+        dir: dir.clone(),
+        size: SEG,
+        spare: Arc::clone(&spare),
+    }]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = spare_thread(list, Arc::clone(&stop)).unwrap();
+    let mut written = Vec::new();
+    // About four segments of 4 KiB writes, each issued at once (a lone write per batch),
+    // but every tenth round a batch of 20 (over 64 KiB: O_DIRECT without a mapping).
+    for i in 0..400u64 {
+        // The next spare is ready (mapped) before the writer could need it.
+        let until = Instant::now() + Duration::from_secs(10);
+        while spare.ready.load(Ordering::Acquire) != j.segno() + 1 {
+            assert!(
+                Instant::now() < until,
+                "the helper prepares segment {}",
+                j.segno() + 1
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let n = if i % 10 == 9 { 20 } else { 1 };
+        let mut last = 0;
+        for k in 0..n {
+            let off = ((i * 20 + k) % 256) * 4096;
+            let data: Vec<u8> = (0..4096u64).map(|b| (b * 31 + i * 7 + k) as u8).collect();
+            last = j.record(&mut io, Op::Write, off, 4096, Some(&data));
+            written.push((last, off, data));
+        }
+        let mut tries = 0;
+        while j.has_queued() {
+            j.issue(&mut io, &|s| s);
+            if j.sync_inflight.is_some() {
+                complete_all(&mut io, &mut j); // the sync before a switch
+            }
+            tries += 1;
+            assert!(tries < 1000, "the appends of round {i} never went");
+        }
+        assert!(!j.stopped());
+        assert_eq!(j.durable(), last);
+    }
+    stop.store(true, Ordering::SeqCst);
+    t.join().unwrap();
+    let st = |a: &AtomicU64| a.load(Relaxed);
+    assert!(st(&stats.switches_prepared) >= 3, "{stats:?}");
+    assert_eq!(st(&stats.switches_created), 0, "{stats:?}");
+    assert_eq!(
+        st(&stats.mapped_appends),
+        st(&stats.batches),
+        "every append (headers included) through a mapping: {stats:?}"
+    );
+    if sync.on_flush {
+        assert!(
+            st(&stats.syncs) >= 3,
+            "a sync before each switch: {stats:?}"
+        );
+        assert!(j.sync_now().unwrap());
+    }
+    j.seal().unwrap();
+    let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+    assert!(h.cut.is_none() && h.damaged.is_empty(), "{:?}", h.cut);
+    assert_eq!(h.last_seq, written.last().unwrap().0);
+    for (seq, off, data) in written.iter().step_by(37) {
+        let got = super::super::pit::read_at(&h, super::super::pit::Point::Seq(*seq), *off, 4096)
+            .unwrap();
+        assert!(got == *data, "the write of sequence {seq}");
+    }
+}
+
+/// Which of `len` bytes from `from` of `f` lie in extents still unwritten (FIEMAP; None
+/// where the filesystem does not answer it).
+fn unwritten_bytes(f: &File, from: u64, len: u64) -> Option<u64> {
+    #[repr(C)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Fiemap {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped: u32,
+        count: u32,
+        reserved: u32,
+        extents: [Extent; 64],
+    }
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const UNWRITTEN: u32 = 0x800;
+    // SAFETY: all-zero is a valid Fiemap (plain integers).
+    let mut m: Fiemap = unsafe { std::mem::zeroed() };
+    m.start = from;
+    m.length = len;
+    m.count = 64;
+    // SAFETY: FS_IOC_FIEMAP fills the struct it is given (room for `count` extents).
+    if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, &mut m) } != 0 {
+        return None;
+    }
+    let end = from + len;
+    Some(
+        m.extents[..m.mapped as usize]
+            .iter()
+            .filter(|e| e.flags & UNWRITTEN != 0)
+            .map(|e| {
+                (e.logical + e.length)
+                    .min(end)
+                    .saturating_sub(e.logical.max(from))
+            })
+            .sum(),
+    )
+}
+
+/// A writer with `sync = "flush"` on a disk journal and what goes with it.
+struct DiskWriter {
+    d: tempfile::TempDir,
+    dir: PathBuf,
+    j: Journal,
+    stats: Arc<CdpStats>,
+    spare: Arc<Spare>,
+}
+
+/// A writer with `sync = "flush"` on a disk journal in a new directory under /var/tmp, its
+/// segments of `seg_size` bytes, mapped where `mapped`; None (skipped) where /var/tmp is in
+/// memory, or, for `mapped`, gives no birth times or the kernel has no
+/// `MADV_POPULATE_WRITE`.
+fn disk_writer(io: &mut IoCx, seg_size: u64, mapped: bool) -> Option<DiskWriter> {
+    let d = tempfile::tempdir_in("/var/tmp").unwrap();
+    if in_memory(d.path())
+        || mapped
+            && (std::fs::metadata(d.path())
+                .and_then(|m| m.created())
+                .is_err()
+                || !super::super::mapped::populate_write_supported())
+    {
+        eprintln!(
+            "skipped: /var/tmp is in memory or has no birth times here, or no MADV_POPULATE_WRITE"
+        );
+        return None;
+    }
+    let dir = d.path().join("j");
+    let meta = store::open_or_create(&dir, 64 << 20, 4096, None).unwrap();
+    let log = super::super::startlog::StartLog::new(&dir, meta, seg_size, 1, (0, 0), 1).unwrap();
+    let spare = Arc::new(Spare::default());
+    spare.map_disk.store(mapped, Relaxed);
+    let start = log.into_start(Arc::clone(&spare));
+    let stats = Arc::new(CdpStats::default());
+    let sync = SyncPolicy {
+        on_flush: true,
+        fail: false,
+        fail_map_writes: 0,
+        unmapped: !mapped,
+    };
+    let j = Journal::new(io, 0, start, Arc::clone(&stats), sync).unwrap();
+    Some(DiskWriter {
+        d,
+        dir,
+        j,
+        stats,
+        spare,
+    })
+}
+
+/// A flush's sync covers the segment's written part, every record in it, and not the
+/// pages the mapping made present ahead past it: on a disk, the records' range is written
+/// (its extents no longer unwritten) and the rest of the fallocated segment still is.
+#[test]
+fn a_sync_writes_the_segments_written_part_and_not_the_pages_mapped_ahead() {
+    let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+    let Some(DiskWriter {
+        d: _d,
+        mut j,
+        stats,
+        ..
+    }) = disk_writer(&mut io, 4 << 20, true)
+    else {
+        return;
+    };
+    let Some(before) = unwritten_bytes(&j.file, 1 << 20, 3 << 20) else {
+        eprintln!("skipped: no FIEMAP here");
+        return;
+    };
+    if before != 3 << 20 {
+        eprintln!("skipped: the segment's blocks are not unwritten extents here");
+        return;
+    }
+    let mut last = 0;
+    for i in 0..64u64 {
+        last = j.record(
+            &mut io,
+            Op::Write,
+            i * 4096,
+            4096,
+            Some(&vec![i as u8; 4096]),
+        );
+    }
+    j.issue(&mut io, &|s| s);
+    assert_eq!(j.durable(), last);
+    assert_eq!(
+        stats.mapped_appends.load(Relaxed),
+        stats.batches.load(Relaxed)
+    );
+    let pos = j.pos;
+    assert!(pos < 1 << 20, "{pos}");
+    j.want_sync(last);
+    assert!(j.issue(&mut io, &|s| s) || j.sync_inflight.is_some());
+    complete_all(&mut io, &mut j);
+    assert_eq!(j.synced(), last, "the sync covered every record");
+    assert_eq!(
+        unwritten_bytes(&j.file, 0, pos),
+        Some(0),
+        "every byte of the records is written by the sync"
+    );
+    assert_eq!(
+        unwritten_bytes(&j.file, 1 << 20, 3 << 20),
+        Some(3 << 20),
+        "the pages mapped ahead past the records are not written by it"
+    );
+}
+
+/// A page of the active segment's mapping that cannot be written (here: the file shrunk
+/// under it, a failing disk's stand-in) stops the journal, as a failed `pwrite` would,
+/// and the process goes on; the history ends at the last written record.
+#[test]
+fn a_faulting_page_of_a_mapped_segment_stops_the_journal_not_the_process() {
+    let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+    let Some(DiskWriter {
+        d: _d,
+        dir,
+        mut j,
+        stats,
+        spare,
+    }) = disk_writer(&mut io, 1 << 20, true)
+    else {
+        return;
+    };
+    let data = vec![0x42u8; 4096];
+    let first = j.record(&mut io, Op::Write, 0, 4096, Some(&data));
+    j.issue(&mut io, &|s| s);
+    assert_eq!(j.durable(), first);
+    assert_eq!(stats.mapped_appends.load(Relaxed), 1, "{stats:?}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(store::seg_path(&dir, j.segno()))
+        .unwrap()
+        .set_len(16 * 1024)
+        .unwrap();
+    for i in 1..8u64 {
+        j.record(&mut io, Op::Write, i * 4096, 4096, Some(&data));
+        j.issue(&mut io, &|s| s);
+        if j.stopped() {
+            break;
+        }
+    }
+    assert!(
+        j.stopped(),
+        "an append past the shrunk file's end stops the journal"
+    );
+    // (Stopped with `sync = "flush"`, the history is whole up to the last sync: none here.)
+    assert!(j.durable() < first + 7, "{}", j.durable());
+    // The file at its mapped length again, every byte allocated: still not handed the
+    // broken mapping.
+    // SAFETY: fallocate on the segment's open descriptor.
+    let r = unsafe { libc::fallocate(j.file.as_raw_fd(), 0, 0, 1 << 20) };
+    assert_eq!(r, 0);
+    assert!(
+        spare.maps.cached(&j.file).is_none(),
+        "the broken mapping is not handed out"
+    );
+}
+
+/// One failure to prepare a spare (here a directory squatting on its temporary name) is
+/// not for the life of the process: once the cause is gone, the helper prepares it again.
+#[test]
+fn the_segment_helper_tries_again_after_a_failure() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    let spare = Arc::new(Spare::default());
+    let squatter = store::seg_path(&dir, 2).with_extension("spare");
+    std::fs::create_dir(&squatter).unwrap();
+    std::fs::write(squatter.join("x"), b"x").unwrap();
+    spare.want.store(2, Ordering::Release);
+    let list = Arc::new(std::sync::Mutex::new(vec![SpareOf {
+        dir: dir.clone(),
+        size: 1 << 20,
+        spare: Arc::clone(&spare),
+    }]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = spare_thread(list, Arc::clone(&stop)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        spare.ready.load(Ordering::Acquire),
+        0,
+        "it cannot while the name is taken"
+    );
+    std::fs::remove_dir_all(&squatter).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while spare.ready.load(Ordering::Acquire) != 2 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::SeqCst);
+    t.join().unwrap();
+    assert_eq!(
+        spare.ready.load(Ordering::Acquire),
+        2,
+        "prepared once it could"
+    );
+    assert!(store::seg_path(&dir, 2).exists());
+}
