@@ -500,6 +500,24 @@ fn apply(
         }
     }
     base.file().sync_all().map_err(io("sync", &bp))?;
+    if let Base::File(f) = &base
+        && !super::journal::in_memory(dir)
+    {
+        // On a disk, the base copy's cached pages (all clean after the sync) are dropped: a
+        // 4 KiB `pwrite` into a cached large folio (a large record's, or read ahead) walks
+        // every block of the folio, 5.95 µs against 2.36 µs into pages not cached (session
+        // 20, ext4, by hand), and the next pass writes scattered 4 KiB records into them.
+        // Nothing of the base copy is read back soon (views read it, from the disk then).
+        // SAFETY: posix_fadvise on an open descriptor; only a hint.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(f),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+    }
     Ok(left_out)
 }
 
