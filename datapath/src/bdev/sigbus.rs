@@ -22,9 +22,11 @@
 //! - The guard is per thread and set only around the copy; the handler reads it with
 //!   thread-local atomic loads (constant-initialised, without destructors: no allocation nor
 //!   lock in the handler), and calls only `mmap`, `sigaction` and `raise`, keeping `errno`.
-//! - Only a fault the kernel raised (`si_code` > 0) is caught; a SIGBUS another process sent
-//!   (`kill`) ends the process, as the default action does, and leaves no handler changed
-//!   for a later fault of ours.
+//! - Only a fault the kernel raised (`si_code` > 0) at the faulting instruction is caught; a
+//!   SIGBUS another process sent (`kill`, `sigqueue`) or a memory error reported ahead
+//!   (`BUS_MCEERR_AO`) ends the process, as the default action does, and leaves no handler
+//!   changed for a later fault of ours. If the anonymous page cannot be mapped (no memory, the
+//!   map count's limit) the fault ends the process as before.
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, compiler_fence};
@@ -37,6 +39,9 @@ thread_local! {
     /// A fault inside the guard was caught since the guard was set.
     static HIT: AtomicBool = const { AtomicBool::new(false) };
 }
+
+/// `si_code` of a machine-check memory error reported ahead of any access (action optional).
+const BUS_MCEERR_AO: libc::c_int = 5;
 
 /// The page size, read once by [`install`] (the handler calls no `sysconf`).
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
@@ -81,7 +86,10 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         START.with(|a| a.load(Ordering::Relaxed)),
         END.with(|a| a.load(Ordering::Relaxed)),
     );
-    if code > 0 && start != 0 && start <= addr && addr < end {
+    // (BUS_MCEERR_AO, a memory error reported ahead, is not a fault of the running
+    // instruction: not ours, and it takes the default action like a sent signal.)
+    let fault = code > 0 && code != BUS_MCEERR_AO;
+    if fault && start != 0 && start <= addr && addr < end {
         let page_size = PAGE.load(Ordering::Relaxed);
         let page = addr & !(page_size - 1);
         // SAFETY: the page is inside the destination of this thread's running copy, a
@@ -107,7 +115,7 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // SAFETY: PREVIOUS was set before this handler was installed and is never written again.
     let prev = unsafe { *std::ptr::addr_of!(PREVIOUS) };
     let handler = prev.map_or(libc::SIG_DFL, |p| p.sa_sigaction);
-    if code > 0 && handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+    if fault && handler != libc::SIG_DFL && handler != libc::SIG_IGN {
         // A fault not ours: the handler before ours (the Rust runtime's tells a stack
         // overflow from other faults; for those it restores the default action and returns,
         // so the fault, taken again, ends the process).
@@ -130,7 +138,7 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             let mut dfl: libc::sigaction = std::mem::zeroed();
             dfl.sa_sigaction = libc::SIG_DFL;
             libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
-            if code <= 0 {
+            if !fault {
                 libc::raise(libc::SIGBUS);
             }
         }
@@ -213,7 +221,8 @@ mod tests {
     }
 
     /// Fork a child that runs `child` on a file of 8 KiB mapped shared (its descriptor and
-    /// the mapping) and must die of SIGBUS (it exits 3 if `child` returns); assert it did.
+    /// the mapping) and must die of SIGBUS (it exits 3 if `child` returns; no core file);
+    /// assert it did.
     fn child_dies_of_sigbus(child: impl FnOnce(&std::fs::File, *mut u8)) {
         install();
         let f = tempfile::tempfile().unwrap();
@@ -224,6 +233,12 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: setrlimit with a valid struct (no core file of the child).
+            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
             child(&f, p);
             // SAFETY: ends the child at once.
             unsafe { libc::_exit(3) };
@@ -252,15 +267,36 @@ mod tests {
     }
 
     /// A SIGBUS another process sends (not a fault) ends the process, as the default action
-    /// does, also while a copy is guarded: the guard covers only faults the kernel raises.
+    /// does, also while a copy is guarded and the signal names an address inside the guard:
+    /// the guard covers only faults the kernel raises.
     #[test]
     fn a_sent_sigbus_still_ends_the_process() {
         child_dies_of_sigbus(|_, p| {
             START.with(|a| a.store(p as usize, Ordering::Relaxed));
             END.with(|a| a.store(p as usize + 8192, Ordering::Relaxed));
-            // SAFETY: SIGBUS sent to itself, under a guard around the whole mapping (delivered
-            // before `kill` returns).
-            unsafe { libc::kill(libc::getpid(), libc::SIGBUS) };
+            // SAFETY: a zeroed siginfo filled as `sigqueue` would (SI_QUEUE), its address
+            // field (at byte 16 on Linux, over si_pid and si_uid) set inside the guard; sent
+            // to this thread, delivered before the call returns.
+            unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                info.si_signo = libc::SIGBUS;
+                info.si_code = libc::SI_QUEUE;
+                std::ptr::write_unaligned(
+                    (&mut info as *mut libc::siginfo_t)
+                        .cast::<u8>()
+                        .add(16)
+                        .cast::<usize>(),
+                    p as usize + 100,
+                );
+                assert_eq!(info.si_addr() as usize, p as usize + 100);
+                libc::syscall(
+                    libc::SYS_rt_tgsigqueueinfo,
+                    libc::getpid(),
+                    libc::gettid(),
+                    libc::SIGBUS,
+                    &info,
+                );
+            }
         });
     }
 }

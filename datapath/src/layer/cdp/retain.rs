@@ -270,7 +270,14 @@ fn consolidate_once_in(
     if let Some(m) = base_map.as_mut() {
         m.refresh();
     }
-    let skipped = apply(dir, segno, &index.entries, src, base_map.as_mut())?;
+    let skipped = apply(
+        dir,
+        segno,
+        &index.entries,
+        src,
+        base_map.as_mut(),
+        meta.block_size,
+    )?;
     let mut m = meta;
     if let Some(mv) = moving {
         m.base_seq = mv.to;
@@ -437,6 +444,7 @@ fn apply(
     entries: &[super::format::Entry],
     src: Source<'_>,
     mapped: Option<&mut BaseMap>,
+    block_size: u32,
 ) -> Result<usize, CdpError> {
     let bp = store::base_path(dir);
     let io = |what: &'static str, path: &Path| {
@@ -502,12 +510,15 @@ fn apply(
     base.file().sync_all().map_err(io("sync", &bp))?;
     if let Base::File(f) = &base
         && !super::journal::in_memory(dir)
+        && block_size >= 4096
     {
         // On a disk, the base copy's cached pages (all clean after the sync) are dropped: a
         // 4 KiB `pwrite` into a cached large folio (a large record's, or read ahead) walks
         // every block of the folio, 5.95 µs against 2.36 µs into pages not cached (session
         // 20, ext4, by hand), and the next pass writes scattered 4 KiB records into them.
-        // Nothing of the base copy is read back soon (views read it, from the disk then).
+        // Only with blocks of a page or more: a smaller record into a page not cached would
+        // make the kernel read the page from the disk first. Views read the base copy from
+        // the disk then.
         // SAFETY: posix_fadvise on an open descriptor; only a hint.
         unsafe {
             libc::posix_fadvise(

@@ -303,26 +303,47 @@ fn disk_writer(io: &mut IoCx, seg_size: u64, mapped: bool) -> Option<DiskWriter>
 
 /// A flush's sync covers the segment's written part, every record in it, and not the
 /// pages the mapping made present ahead past it: on a disk, the records' range is written
-/// (its extents no longer unwritten) and the rest of the fallocated segment still is.
+/// (its extents no longer unwritten) and the rest of the fallocated segment still is. Only on
+/// ext4 and XFS (btrfs syncs a whole file whatever the range); tried twice, as the kernel's
+/// own writeback may write the pages ahead between the populate and the check on a busy host
+/// (a wrong range fails both times).
 #[test]
 fn a_sync_writes_the_segments_written_part_and_not_the_pages_mapped_ahead() {
+    let mut last = Ok(());
+    for _ in 0..2 {
+        match sync_writes_only_the_written_part() {
+            None => return,
+            Some(r) => last = r,
+        }
+        if last.is_ok() {
+            return;
+        }
+    }
+    panic!("{}", last.unwrap_err());
+}
+
+/// One try of the test above: None when skipped.
+fn sync_writes_only_the_written_part() -> Option<Result<(), String>> {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    if !matches!(fs_type(std::path::Path::new("/var/tmp")), Some(EXT4 | XFS)) {
+        eprintln!("skipped: /var/tmp is not ext4 or XFS here");
+        return None;
+    }
     let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
-    let Some(DiskWriter {
+    let DiskWriter {
         d: _d,
         mut j,
         stats,
         ..
-    }) = disk_writer(&mut io, 4 << 20, true)
-    else {
-        return;
-    };
+    } = disk_writer(&mut io, 4 << 20, true)?;
     let Some(before) = unwritten_bytes(&j.file, 1 << 20, 3 << 20) else {
         eprintln!("skipped: no FIEMAP here");
-        return;
+        return None;
     };
     if before != 3 << 20 {
         eprintln!("skipped: the segment's blocks are not unwritten extents here");
-        return;
+        return None;
     }
     let mut last = 0;
     for i in 0..64u64 {
@@ -351,11 +372,15 @@ fn a_sync_writes_the_segments_written_part_and_not_the_pages_mapped_ahead() {
         Some(0),
         "every byte of the records is written by the sync"
     );
-    assert_eq!(
-        unwritten_bytes(&j.file, 1 << 20, 3 << 20),
-        Some(3 << 20),
-        "the pages mapped ahead past the records are not written by it"
-    );
+    let ahead = unwritten_bytes(&j.file, 1 << 20, 3 << 20);
+    Some(if ahead == Some(3 << 20) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the pages mapped ahead past the records were written: {ahead:?} of {} bytes still unwritten",
+            3 << 20
+        ))
+    })
 }
 
 /// A page of the active segment's mapping that cannot be written (here: the file shrunk
