@@ -38,6 +38,11 @@ thread_local! {
     static END: AtomicUsize = const { AtomicUsize::new(0) };
     /// A fault inside the guard was caught since the guard was set.
     static HIT: AtomicBool = const { AtomicBool::new(false) };
+    /// The range this thread reads under a [`ReadGuard`] (0: none), its end, and whether a
+    /// fault in it was caught (a second slot: a guarded copy reads from it into another).
+    static R_START: AtomicUsize = const { AtomicUsize::new(0) };
+    static R_END: AtomicUsize = const { AtomicUsize::new(0) };
+    static R_HIT: AtomicBool = const { AtomicBool::new(false) };
 }
 
 /// `si_code` of a machine-check memory error reported ahead of any access (action optional).
@@ -89,12 +94,19 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // (BUS_MCEERR_AO, a memory error reported ahead, is not a fault of the running
     // instruction: not ours, and it takes the default action like a sent signal.)
     let fault = code > 0 && code != BUS_MCEERR_AO;
-    if fault && start != 0 && start <= addr && addr < end {
+    let in_write = start != 0 && start <= addr && addr < end;
+    let (r_start, r_end) = (
+        R_START.with(|a| a.load(Ordering::Relaxed)),
+        R_END.with(|a| a.load(Ordering::Relaxed)),
+    );
+    let in_read = r_start != 0 && r_start <= addr && addr < r_end;
+    if fault && (in_write || in_read) {
         let page_size = PAGE.load(Ordering::Relaxed);
         let page = addr & !(page_size - 1);
-        // SAFETY: the page is inside the destination of this thread's running copy, a
-        // mapping its owner gives up after the failure (the module's invariants); replacing it
-        // with an anonymous page lets the faulting store complete harmlessly.
+        // SAFETY: the page is inside the destination of this thread's running copy, or of
+        // the range it reads under a guard, a mapping its owner gives up after the failure
+        // (the module's invariants); replacing it with an anonymous page lets the faulting
+        // access complete harmlessly (a read then sees zeroes).
         let p = unsafe {
             libc::mmap(
                 page as *mut libc::c_void,
@@ -106,7 +118,11 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             )
         };
         if p != libc::MAP_FAILED {
-            HIT.with(|h| h.store(true, Ordering::Relaxed));
+            if in_write {
+                HIT.with(|h| h.store(true, Ordering::Relaxed));
+            } else {
+                R_HIT.with(|h| h.store(true, Ordering::Relaxed));
+            }
             // SAFETY: as above.
             unsafe { *libc::__errno_location() = errno };
             return;
@@ -166,6 +182,46 @@ pub unsafe fn put(dst: *mut u8, src: *const u8, len: usize, worth: bool) -> bool
     compiler_fence(Ordering::SeqCst);
     START.with(|a| a.store(0, Ordering::Relaxed));
     !HIT.with(|h| h.load(Ordering::Relaxed))
+}
+
+/// Reads of a mapping (of a file) under guard while the value lives: a page of it that faults
+/// with SIGBUS reads as zeroes instead of ending the process, and [`ReadGuard::faulted`] says
+/// so; whatever was read is then not to be trusted, and the mapping not to be used again (the
+/// module's invariants). One per thread at a time (a second one replaces it until dropped).
+pub struct ReadGuard {
+    prev: (usize, usize, bool),
+}
+
+impl ReadGuard {
+    /// Guard this thread's reads of `range` (installing the handler if it is not yet).
+    pub fn new(range: &[u8]) -> ReadGuard {
+        install();
+        let prev = (
+            R_START.with(|a| a.load(Ordering::Relaxed)),
+            R_END.with(|a| a.load(Ordering::Relaxed)),
+            R_HIT.with(|h| h.load(Ordering::Relaxed)),
+        );
+        R_HIT.with(|h| h.store(false, Ordering::Relaxed));
+        R_END.with(|a| a.store(range.as_ptr() as usize + range.len(), Ordering::Relaxed));
+        R_START.with(|a| a.store(range.as_ptr() as usize, Ordering::Relaxed));
+        compiler_fence(Ordering::SeqCst);
+        ReadGuard { prev }
+    }
+
+    /// A read of the range faulted since the guard was made.
+    pub fn faulted(&self) -> bool {
+        compiler_fence(Ordering::SeqCst);
+        R_HIT.with(|h| h.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        compiler_fence(Ordering::SeqCst);
+        R_START.with(|a| a.store(self.prev.0, Ordering::Relaxed));
+        R_END.with(|a| a.store(self.prev.1, Ordering::Relaxed));
+        R_HIT.with(|h| h.store(self.prev.2, Ordering::Relaxed));
+    }
 }
 
 #[cfg(test)]
@@ -298,5 +354,38 @@ mod tests {
                 );
             }
         });
+    }
+
+    /// A read of a page gone from under a guarded mapping reads zeroes and is reported, and
+    /// the process goes on; a guarded copy from that mapping into another reads under both.
+    #[test]
+    fn a_guarded_read_of_a_page_past_the_files_end_reads_zeroes_and_is_reported() {
+        install();
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(&[9u8; 8192], 0).unwrap();
+        let p = map(&f, 8192);
+        // SAFETY: the mapping made above, 8 KiB, alive until the unmap below.
+        let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, 8192) };
+        {
+            let g = ReadGuard::new(bytes);
+            // SAFETY: reads inside the mapping.
+            assert_eq!(unsafe { std::ptr::read_volatile(p.add(4096)) }, 9);
+            assert!(!g.faulted());
+            f.set_len(4096).unwrap();
+            // SAFETY: as above; the page past the end faults.
+            assert_eq!(unsafe { std::ptr::read_volatile(p.add(4096)) }, 0);
+            assert!(g.faulted(), "the fault is reported");
+            // A guarded copy out of the guarded range into another file's mapping.
+            let g2 = tempfile::tempfile().unwrap();
+            g2.set_len(8192).unwrap();
+            let q = map(&g2, 8192);
+            // SAFETY: `q` is writable for 8 KiB, `p` readable (the gone page reads zeroes).
+            let copied = unsafe { put(q, p, 8192, false) };
+            assert!(copied, "the destination did not fault");
+            // SAFETY: the mapping made above, unmapped once.
+            unsafe { libc::munmap(q.cast(), 8192) };
+        }
+        // SAFETY: the mapping made above, unmapped once.
+        unsafe { libc::munmap(p.cast(), 8192) };
     }
 }

@@ -32,10 +32,10 @@
 //! [`crate::bdev::sigbus::put`]: a page that cannot be brought in or made writable (a disk's
 //! read error, a filesystem that aborted, a tmpfs page that cannot come back from swap) fails
 //! the write, as a `pwrite` would, instead of raising SIGBUS in the daemon; the mapping is then
-//! *broken* and never handed out again. Reads (of sealed segments in memory, by the retention
-//! thread) are not guarded: disk segments are not read through mappings, and a tmpfs that
-//! swaps may raise SIGBUS if reading a page back from swap fails, as for the base copy
-//! (base_map.rs).
+//! *broken* and never handed out again. The retention thread's reads of sealed segments in
+//! memory through mappings are guarded too ([`crate::bdev::sigbus::ReadGuard`]): a page that
+//! cannot come back from swap fails the consolidation pass and breaks the mapping. (Disk
+//! segments are not read through mappings.)
 
 //! Invariants:
 //! - Nothing shrinks or punches a mapped file (touching a page past its end or in a hole
@@ -263,6 +263,11 @@ impl Mapped {
     /// A write through it faulted: it is never handed out again.
     pub fn broken(&self) -> bool {
         self.broken.load(Relaxed)
+    }
+
+    /// A guarded read of it faulted (`bdev::sigbus::ReadGuard`): never hand it out again.
+    pub fn set_broken(&self) {
+        self.broken.store(true, Relaxed);
     }
 }
 

@@ -164,7 +164,26 @@ fn consolidate_once_in(
     } else {
         None
     };
-    let (header, index, scanned) = store::segment_index_in(
+    // Reads of the mapping are guarded (bdev::sigbus): a page that cannot be read back (a
+    // tmpfs that swaps) reads as zeroes instead of ending the daemon, and the pass fails
+    // before the meta names a new base point (the next pass maps the file again).
+    let guard = mapped
+        .as_ref()
+        .map(|m| crate::bdev::sigbus::ReadGuard::new(m.bytes()));
+    let faulted = |seg: &Option<Arc<Mapped>>| -> Result<(), CdpError> {
+        if guard.as_ref().is_some_and(|g| g.faulted()) {
+            if let Some(m) = seg {
+                m.set_broken();
+            }
+            return Err(CdpError::Io {
+                what: "read (a page of the segment's mapping could not be read back)",
+                path: store::seg_path(dir, segno),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            });
+        }
+        Ok(())
+    };
+    let scan = store::segment_index_in(
         dir,
         &meta,
         segno,
@@ -172,7 +191,9 @@ fn consolidate_once_in(
         meta.window_start(),
         bytes,
         mapped.as_ref().map(|m| m.bytes()),
-    )?;
+    );
+    faulted(&mapped)?;
+    let (header, index, scanned) = scan?;
     if header.first_seq != meta.base_seq + 1 {
         // Not the next segment of the chain (damaged, or already consolidated): recovery at
         // the next start sorts it out; nothing is applied here.
@@ -277,7 +298,10 @@ fn consolidate_once_in(
         src,
         base_map.as_mut(),
         meta.block_size,
-    )?;
+    );
+    faulted(&mapped)?;
+    let skipped = skipped?;
+    drop(guard);
     let mut m = meta;
     if let Some(mv) = moving {
         m.base_seq = mv.to;
