@@ -1,5 +1,5 @@
-//! Copies into a file's shared mapping that a failing file turns into an error, not a SIGBUS
-//! that ends the daemon.
+//! Copies into (and reads of) a file's shared mapping that a failing file turns into an
+//! error, not a SIGBUS that ends the daemon.
 //!
 //! Model: a store through a shared mapping of a file faults when its page is not there or not
 //! writable; the kernel then reads the page in or asks the filesystem to make it writable. If
@@ -10,7 +10,9 @@
 //! the destination range. The process's SIGBUS handler (installed once, [`install`]) looks at
 //! the faulting address: inside the running thread's guard, it puts a private anonymous page
 //! over the faulting page (so the store, taken again, lands in memory of no file), notes the
-//! fault, and returns; [`put`] then answers false. Anywhere else, it hands the signal to the
+//! fault, and returns; [`put`] then answers false. A [`ReadGuard`] names a range this thread
+//! reads the same way (a second slot, so a guarded copy may read from a guarded range): a
+//! faulting read sees zeroes and the guard reports it. Anywhere else, it hands the signal to the
 //! handler installed before it (the Rust runtime's, which tells a stack overflow from other
 //! faults) or to the default action, so every other SIGBUS still ends the process as before.
 //!
@@ -31,18 +33,66 @@
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, compiler_fence};
 
+/// One guarded range of a thread: `[start, end)` (start 0: none), and whether a fault in it
+/// was caught since it was set.
+struct Slot {
+    start: AtomicUsize,
+    end: AtomicUsize,
+    hit: AtomicBool,
+}
+
+/// What a slot held, to put back ([`Slot::restore`]).
+type Saved = (usize, usize, bool);
+
+impl Slot {
+    const fn new() -> Slot {
+        Slot {
+            start: AtomicUsize::new(0),
+            end: AtomicUsize::new(0),
+            hit: AtomicBool::new(false),
+        }
+    }
+
+    /// Guard `[start, start + len)`, no fault seen yet; what the slot held before.
+    fn set(&self, start: usize, len: usize) -> Saved {
+        let saved = (
+            self.start.load(Ordering::Relaxed),
+            self.end.load(Ordering::Relaxed),
+            self.hit.load(Ordering::Relaxed),
+        );
+        self.hit.store(false, Ordering::Relaxed);
+        self.end.store(start + len, Ordering::Relaxed);
+        self.start.store(start, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        saved
+    }
+
+    /// Whether a fault was caught since [`Slot::set`].
+    fn hit(&self) -> bool {
+        compiler_fence(Ordering::SeqCst);
+        self.hit.load(Ordering::Relaxed)
+    }
+
+    /// Put back what [`Slot::set`] found.
+    fn restore(&self, (start, end, hit): Saved) {
+        compiler_fence(Ordering::SeqCst);
+        self.start.store(start, Ordering::Relaxed);
+        self.end.store(end, Ordering::Relaxed);
+        self.hit.store(hit, Ordering::Relaxed);
+    }
+
+    /// `addr` is inside the guarded range (in the handler).
+    fn covers(&self, addr: usize) -> bool {
+        let start = self.start.load(Ordering::Relaxed);
+        start != 0 && start <= addr && addr < self.end.load(Ordering::Relaxed)
+    }
+}
+
 thread_local! {
-    /// The start of the range this thread is copying into under guard (0: none).
-    static START: AtomicUsize = const { AtomicUsize::new(0) };
-    /// Its end (exclusive).
-    static END: AtomicUsize = const { AtomicUsize::new(0) };
-    /// A fault inside the guard was caught since the guard was set.
-    static HIT: AtomicBool = const { AtomicBool::new(false) };
-    /// The range this thread reads under a [`ReadGuard`] (0: none), its end, and whether a
-    /// fault in it was caught (a second slot: a guarded copy reads from it into another).
-    static R_START: AtomicUsize = const { AtomicUsize::new(0) };
-    static R_END: AtomicUsize = const { AtomicUsize::new(0) };
-    static R_HIT: AtomicBool = const { AtomicBool::new(false) };
+    /// The range this thread is copying into ([`put`]).
+    static WRITE: Slot = const { Slot::new() };
+    /// The range this thread reads under a [`ReadGuard`].
+    static READ: Slot = const { Slot::new() };
 }
 
 /// `si_code` of a machine-check memory error reported ahead of any access (action optional).
@@ -87,20 +137,11 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // SAFETY: the kernel hands a valid siginfo for a SA_SIGINFO handler; `si_addr` is the
     // faulting address when `si_code` > 0 (raised by the kernel, not sent).
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
-    let (start, end) = (
-        START.with(|a| a.load(Ordering::Relaxed)),
-        END.with(|a| a.load(Ordering::Relaxed)),
-    );
     // (BUS_MCEERR_AO, a memory error reported ahead, is not a fault of the running
     // instruction: not ours, and it takes the default action like a sent signal.)
     let fault = code > 0 && code != BUS_MCEERR_AO;
-    let in_write = start != 0 && start <= addr && addr < end;
-    let (r_start, r_end) = (
-        R_START.with(|a| a.load(Ordering::Relaxed)),
-        R_END.with(|a| a.load(Ordering::Relaxed)),
-    );
-    let in_read = r_start != 0 && r_start <= addr && addr < r_end;
-    if fault && (in_write || in_read) {
+    let in_write = WRITE.with(|w| w.covers(addr));
+    if fault && (in_write || READ.with(|r| r.covers(addr))) {
         let page_size = PAGE.load(Ordering::Relaxed);
         let page = addr & !(page_size - 1);
         // SAFETY: the page is inside the destination of this thread's running copy, or of
@@ -118,10 +159,11 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             )
         };
         if p != libc::MAP_FAILED {
+            let slot = |x: &Slot| x.hit.store(true, Ordering::Relaxed);
             if in_write {
-                HIT.with(|h| h.store(true, Ordering::Relaxed));
+                WRITE.with(slot);
             } else {
-                R_HIT.with(|h| h.store(true, Ordering::Relaxed));
+                READ.with(slot);
             }
             // SAFETY: as above.
             unsafe { *libc::__errno_location() = errno };
@@ -173,15 +215,15 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
 /// that no one else reads or writes during the copy, and `src..src + len` is readable and does
 /// not overlap it.
 pub unsafe fn put(dst: *mut u8, src: *const u8, len: usize, worth: bool) -> bool {
-    HIT.with(|h| h.store(false, Ordering::Relaxed));
-    END.with(|a| a.store(dst as usize + len, Ordering::Relaxed));
-    START.with(|a| a.store(dst as usize, Ordering::Relaxed));
-    compiler_fence(Ordering::SeqCst);
+    let saved = WRITE.with(|w| w.set(dst as usize, len));
     // SAFETY: the caller's contract.
     unsafe { super::stream::put(dst, src, len, worth) };
-    compiler_fence(Ordering::SeqCst);
-    START.with(|a| a.store(0, Ordering::Relaxed));
-    !HIT.with(|h| h.load(Ordering::Relaxed))
+    let hit = WRITE.with(|w| {
+        let hit = w.hit();
+        w.restore(saved);
+        hit
+    });
+    !hit
 }
 
 /// Reads of a mapping (of a file) under guard while the value lives: a page of it that faults
@@ -189,38 +231,27 @@ pub unsafe fn put(dst: *mut u8, src: *const u8, len: usize, worth: bool) -> bool
 /// so; whatever was read is then not to be trusted, and the mapping not to be used again (the
 /// module's invariants). One per thread at a time (a second one replaces it until dropped).
 pub struct ReadGuard {
-    prev: (usize, usize, bool),
+    saved: Saved,
 }
 
 impl ReadGuard {
     /// Guard this thread's reads of `range` (installing the handler if it is not yet).
     pub fn new(range: &[u8]) -> ReadGuard {
         install();
-        let prev = (
-            R_START.with(|a| a.load(Ordering::Relaxed)),
-            R_END.with(|a| a.load(Ordering::Relaxed)),
-            R_HIT.with(|h| h.load(Ordering::Relaxed)),
-        );
-        R_HIT.with(|h| h.store(false, Ordering::Relaxed));
-        R_END.with(|a| a.store(range.as_ptr() as usize + range.len(), Ordering::Relaxed));
-        R_START.with(|a| a.store(range.as_ptr() as usize, Ordering::Relaxed));
-        compiler_fence(Ordering::SeqCst);
-        ReadGuard { prev }
+        ReadGuard {
+            saved: READ.with(|r| r.set(range.as_ptr() as usize, range.len())),
+        }
     }
 
     /// A read of the range faulted since the guard was made.
     pub fn faulted(&self) -> bool {
-        compiler_fence(Ordering::SeqCst);
-        R_HIT.with(|h| h.load(Ordering::Relaxed))
+        READ.with(|r| r.hit())
     }
 }
 
 impl Drop for ReadGuard {
     fn drop(&mut self) {
-        compiler_fence(Ordering::SeqCst);
-        R_START.with(|a| a.store(self.prev.0, Ordering::Relaxed));
-        R_END.with(|a| a.store(self.prev.1, Ordering::Relaxed));
-        R_HIT.with(|h| h.store(self.prev.2, Ordering::Relaxed));
+        READ.with(|r| r.restore(self.saved));
     }
 }
 
@@ -322,37 +353,51 @@ mod tests {
         });
     }
 
+    /// Send SIGBUS to this thread with `code` and an address 100 bytes into `p`.
+    fn send_sigbus(code: libc::c_int, p: *mut u8) {
+        // SAFETY: a zeroed siginfo filled as `sigqueue` would, its address field (at byte 16
+        // on Linux, over si_pid and si_uid) set; sent to this thread, delivered before the
+        // call returns.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            info.si_signo = libc::SIGBUS;
+            info.si_code = code;
+            std::ptr::write_unaligned(
+                (&mut info as *mut libc::siginfo_t)
+                    .cast::<u8>()
+                    .add(16)
+                    .cast::<usize>(),
+                p as usize + 100,
+            );
+            assert_eq!(info.si_addr() as usize, p as usize + 100);
+            libc::syscall(
+                libc::SYS_rt_tgsigqueueinfo,
+                libc::getpid(),
+                libc::gettid(),
+                libc::SIGBUS,
+                &info,
+            );
+        }
+    }
+
     /// A SIGBUS another process sends (not a fault) ends the process, as the default action
     /// does, also while a copy is guarded and the signal names an address inside the guard:
     /// the guard covers only faults the kernel raises.
     #[test]
     fn a_sent_sigbus_still_ends_the_process() {
         child_dies_of_sigbus(|_, p| {
-            START.with(|a| a.store(p as usize, Ordering::Relaxed));
-            END.with(|a| a.store(p as usize + 8192, Ordering::Relaxed));
-            // SAFETY: a zeroed siginfo filled as `sigqueue` would (SI_QUEUE), its address
-            // field (at byte 16 on Linux, over si_pid and si_uid) set inside the guard; sent
-            // to this thread, delivered before the call returns.
-            unsafe {
-                let mut info: libc::siginfo_t = std::mem::zeroed();
-                info.si_signo = libc::SIGBUS;
-                info.si_code = libc::SI_QUEUE;
-                std::ptr::write_unaligned(
-                    (&mut info as *mut libc::siginfo_t)
-                        .cast::<u8>()
-                        .add(16)
-                        .cast::<usize>(),
-                    p as usize + 100,
-                );
-                assert_eq!(info.si_addr() as usize, p as usize + 100);
-                libc::syscall(
-                    libc::SYS_rt_tgsigqueueinfo,
-                    libc::getpid(),
-                    libc::gettid(),
-                    libc::SIGBUS,
-                    &info,
-                );
-            }
+            WRITE.with(|w| w.set(p as usize, 8192));
+            send_sigbus(libc::SI_QUEUE, p);
+        });
+    }
+
+    /// A memory error reported ahead of any access (`BUS_MCEERR_AO`) at an address inside the
+    /// guard is not a fault of the copy: it ends the process, as the default action does.
+    #[test]
+    fn an_early_memory_error_report_still_ends_the_process() {
+        child_dies_of_sigbus(|_, p| {
+            READ.with(|r| r.set(p as usize, 8192));
+            send_sigbus(BUS_MCEERR_AO, p);
         });
     }
 

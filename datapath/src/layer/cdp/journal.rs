@@ -210,6 +210,13 @@ pub struct SyncPolicy {
     pub unmapped: bool,
 }
 
+impl SyncPolicy {
+    /// Segments on a disk are mapped for the writer ([`Spare::map_disk`]).
+    pub fn maps_disk(&self) -> bool {
+        self.on_flush && !self.unmapped
+    }
+}
+
 /// The writer.
 pub struct Journal {
     dir: PathBuf,
@@ -796,7 +803,7 @@ impl Journal {
             });
             self.stats.journal_bytes.fetch_add(len as u64, Relaxed);
             self.stats.batches.fetch_add(1, Relaxed);
-            if (self.inline || cached) && self.map.is_some() {
+            if self.map.is_some() {
                 self.stats.mapped_appends.fetch_add(1, Relaxed);
             } else if cached {
                 self.stats.cached_appends.fetch_add(1, Relaxed);

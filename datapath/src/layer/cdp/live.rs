@@ -339,9 +339,7 @@ impl CdpDevice {
         )?;
         let spare = Arc::new(journal::Spare::default());
         spare.zero.store(s.prezero, Relaxed);
-        spare
-            .map_disk
-            .store(s.sync.on_flush && !s.sync.unmapped, Relaxed);
+        spare.map_disk.store(s.sync.maps_disk(), Relaxed);
         spare.want.store(log.segno() + 1, Release);
         let stats = journal::CdpStats::default();
         stats.window_start.store(h.first_time(), Relaxed);

@@ -36,7 +36,7 @@
 //! memory through mappings are guarded too ([`crate::bdev::sigbus::ReadGuard`]): a page that
 //! cannot come back from swap fails the consolidation pass and breaks the mapping. (Disk
 //! segments are not read through mappings.)
-
+//!
 //! Invariants:
 //! - Nothing shrinks or punches a mapped file (touching a page past its end or in a hole
 //!   raises SIGBUS). A segment is never truncated: it is zeroed, renamed or recycled (renamed,
@@ -287,8 +287,8 @@ fn fstat_type(file: &File) -> Option<i64> {
     (unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } == 0).then_some(st.f_type as i64)
 }
 
-/// A volume's writable mappings of its segment files (on tmpfs; on a disk with `sync = "flush"`), kept from one use of a file to
-/// the next (see the module doc).
+/// A volume's writable mappings of its segment files (on tmpfs; on a disk with
+/// `sync = "flush"`), kept from one use of a file to the next (see the module doc).
 #[derive(Default)]
 pub struct SegMaps {
     state: Mutex<Kept>,

@@ -387,10 +387,9 @@ impl CdpDevice {
         spare
             .zero
             .store(s.prezero, std::sync::atomic::Ordering::Relaxed);
-        spare.map_disk.store(
-            s.sync.on_flush && !s.sync.unmapped,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        spare
+            .map_disk
+            .store(s.sync.maps_disk(), std::sync::atomic::Ordering::Relaxed);
         spare
             .want
             .store(log.segno() + 1, std::sync::atomic::Ordering::Release);

@@ -170,9 +170,9 @@ fn consolidate_once_in(
     let guard = mapped
         .as_ref()
         .map(|m| crate::bdev::sigbus::ReadGuard::new(m.bytes()));
-    let faulted = |seg: &Option<Arc<Mapped>>| -> Result<(), CdpError> {
+    let faulted = || -> Result<(), CdpError> {
         if guard.as_ref().is_some_and(|g| g.faulted()) {
-            if let Some(m) = seg {
+            if let Some(m) = &mapped {
                 m.set_broken();
             }
             return Err(CdpError::Io {
@@ -192,7 +192,7 @@ fn consolidate_once_in(
         bytes,
         mapped.as_ref().map(|m| m.bytes()),
     );
-    faulted(&mapped)?;
+    faulted()?;
     let (header, index, scanned) = scan?;
     if header.first_seq != meta.base_seq + 1 {
         // Not the next segment of the chain (damaged, or already consolidated): recovery at
@@ -299,7 +299,7 @@ fn consolidate_once_in(
         base_map.as_mut(),
         meta.block_size,
     );
-    faulted(&mapped)?;
+    faulted()?;
     let skipped = skipped?;
     drop(guard);
     let mut m = meta;
