@@ -8,7 +8,8 @@
 //! `base.img` in order (but for those a later record of the segment overwrites whole:
 //! [`superseded`]), the base copy is synced, `cdp.meta` records the new base point, and
 //! the segment is retired (kept as `recycled-N.seg` for the spare thread to reuse as a later
-//! segment, at most [`store::RECYCLED_MAX`] of them; deleted beyond). The thread ([`spawn`])
+//! segment, at most [`store::RECYCLED_MAX`] of them; deleted beyond, and beyond
+//! [`store::RECYCLED_KEEP`] once the volume's consolidation is idle for [`ACTIVE_FOR`]). The thread ([`spawn`])
 //! looks at a volume ten times a second while it consolidated in the last ten seconds
 //! ([`LOOK_EVERY`]), else (or while its passes fail or a hold keeps its oldest segment) once
 //! a second; a volume whose retention releases segments has them
@@ -616,6 +617,12 @@ struct Kept {
 }
 
 impl Kept {
+    /// Whether it has not consolidated in the last [`ACTIVE_FOR`] at `now`.
+    fn idle(&self, now: std::time::Instant) -> bool {
+        self.worked
+            .is_none_or(|w| now.duration_since(w) >= ACTIVE_FOR)
+    }
+
     /// Schedule the next look after a turn that came to `turn` at `now`; true when the turn
     /// worked (the thread then goes round again at once, this volume included).
     fn after(&mut self, turn: Turn, now: std::time::Instant) -> bool {
@@ -625,11 +632,7 @@ impl Kept {
                 self.next = now;
                 return true;
             }
-            Turn::Nothing
-                if self
-                    .worked
-                    .is_some_and(|w| now.duration_since(w) < ACTIVE_FOR) =>
-            {
+            Turn::Nothing if !self.idle(now) => {
                 self.next = now + LOOK_EVERY;
             }
             Turn::Nothing | Turn::Stuck => self.next = now + LOOK_IDLE,
@@ -801,6 +804,11 @@ pub fn spawn(
                         m.sweep(&v.dir);
                     }
                     busy |= k.after(turn, now);
+                    // Idle a while: the files kept for a burst of consolidations give their
+                    // space back.
+                    if k.idle(now) {
+                        store::trim_recycled(&v.dir, store::RECYCLED_KEEP);
+                    }
                 }
                 if busy {
                     continue; // a backlog: go round again at once
@@ -1228,16 +1236,20 @@ mod tests {
         };
         assert!(!k.after(Turn::Nothing, t0));
         assert_eq!(k.next, t0 + LOOK_IDLE, "never worked");
+        assert!(k.idle(t0), "never worked: idle (its waiting files are trimmed)");
         assert!(k.after(Turn::Worked, t0));
         assert_eq!(k.next, t0, "its backlog, at once");
+        assert!(!k.idle(t0));
         let t1 = t0 + Duration::from_secs(5);
         assert!(!k.after(Turn::Nothing, t1));
         assert_eq!(k.next, t1 + LOOK_EVERY, "worked 5 s ago");
+        assert!(!k.idle(t1), "worked 5 s ago: its waiting files are kept");
         assert!(!k.after(Turn::Stuck, t1));
         assert_eq!(k.next, t1 + LOOK_IDLE, "stuck");
         let t2 = t0 + ACTIVE_FOR;
         assert!(!k.after(Turn::Nothing, t2));
         assert_eq!(k.next, t2 + LOOK_IDLE, "idle for ten seconds");
+        assert!(k.idle(t2));
     }
 
     /// A segment a pass consolidated (the meta names its end) but did not retire (the rename
