@@ -840,7 +840,7 @@ fn a_groups_view_serves_every_volume_at_one_moment_in_one_process() {
 /// Retention retires consolidated segments as `recycled-N.seg` files and the spare thread
 /// reuses them as later segments (the journal device's allocation stays where it is): under
 /// a write load bounded by `retention_bytes`, a later segment is a retired file (its inode),
-/// at most two wait, and every point of the window restores exactly. A reused file keeps its
+/// at most `RECYCLED_MAX` wait, and every point of the window restores exactly. A reused file keeps its
 /// earlier use's records behind its new header: the history read while the reused file is
 /// the one being written, and recovered after a stop with every index removed (each segment
 /// scanned, as after a crash), ends at the new records, with no cut and nothing set aside.
@@ -889,7 +889,10 @@ fn retired_segments_are_reused_in(tmp: tempfile::TempDir) {
                 }
             }
         }
-        assert!(waiting <= 2, "{waiting} retired files wait");
+        assert!(
+            waiting <= store::RECYCLED_MAX,
+            "{waiting} retired files wait"
+        );
     };
     let mut i = 0u64;
     let t = Instant::now();

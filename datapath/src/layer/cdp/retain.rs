@@ -1236,7 +1236,10 @@ mod tests {
         };
         assert!(!k.after(Turn::Nothing, t0));
         assert_eq!(k.next, t0 + LOOK_IDLE, "never worked");
-        assert!(k.idle(t0), "never worked: idle (its waiting files are trimmed)");
+        assert!(
+            k.idle(t0),
+            "never worked: idle (its waiting files are trimmed)"
+        );
         assert!(k.after(Turn::Worked, t0));
         assert_eq!(k.next, t0, "its backlog, at once");
         assert!(!k.idle(t0));

@@ -736,7 +736,18 @@ pub fn trim_recycled(dir: &Path, keep: usize) -> usize {
 /// earlier record can pass for a later one, docs/cdp-format.md, "Segment recycling"). Files
 /// of another size (the segment size changed) are deleted. False when none was there.
 fn reuse_recycled(dir: &Path, segno: u64, size: u64) -> Result<bool, CdpError> {
-    for (p, len) in recycled(dir) {
+    reuse_listed(dir, segno, size, recycled(dir))
+}
+
+/// [`reuse_recycled`] from `listed`, a listing of the waiting files that may be out of date
+/// (a file trimmed since is skipped).
+fn reuse_listed(
+    dir: &Path,
+    segno: u64,
+    size: u64,
+    listed: Vec<(PathBuf, u64)>,
+) -> Result<bool, CdpError> {
+    for (p, len) in listed {
         if len != size {
             let _ = std::fs::remove_file(&p);
             continue;
@@ -1079,7 +1090,10 @@ mod tests {
         assert_eq!(recycled(dir).len(), RECYCLED_MAX, "one more is deleted");
         assert!(!seg_path(dir, max + 1).exists() && !recycled_path(dir, max + 1).exists());
         // Idle: the oldest beyond RECYCLED_KEEP give their space back.
-        assert_eq!(trim_recycled(dir, RECYCLED_KEEP), RECYCLED_MAX - RECYCLED_KEEP);
+        assert_eq!(
+            trim_recycled(dir, RECYCLED_KEEP),
+            RECYCLED_MAX - RECYCLED_KEEP
+        );
         assert_eq!(trim_recycled(dir, RECYCLED_KEEP), 0);
         let left: Vec<PathBuf> = recycled(dir).into_iter().map(|(p, _)| p).collect();
         let newest: Vec<PathBuf> = (max - RECYCLED_KEEP as u64 + 1..=max)
@@ -1111,6 +1125,31 @@ mod tests {
         assert_eq!(len, size * 2);
     }
 
+    /// A waiting file deleted between the listing and its reuse (the retention thread's trim
+    /// racing the helper) is skipped for the next one, not an error that fails the spare.
+    #[test]
+    fn a_waiting_file_trimmed_after_the_listing_is_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let size = 1 << 20;
+        for n in 1..=2u64 {
+            std::fs::write(seg_path(dir, n), vec![0xCD; size as usize]).unwrap();
+            recycle_segment(dir, n).unwrap();
+        }
+        let listed = recycled(dir);
+        let second = std::fs::metadata(recycled_path(dir, 2)).unwrap().ino();
+        std::fs::remove_file(recycled_path(dir, 1)).unwrap();
+        assert!(reuse_listed(dir, 3, size, listed).unwrap());
+        assert_eq!(std::fs::metadata(seg_path(dir, 3)).unwrap().ino(), second);
+        assert!(recycled(dir).is_empty());
+        // Every listed file gone: no reuse, no error (a new file is made instead).
+        std::fs::write(seg_path(dir, 4), vec![0xCD; size as usize]).unwrap();
+        recycle_segment(dir, 4).unwrap();
+        let listed = recycled(dir);
+        assert_eq!(trim_recycled(dir, 0), 1);
+        assert!(!reuse_listed(dir, 5, size, listed).unwrap());
+    }
+
     /// Beyond RECYCLED_KEEP waiting files a retired segment is kept only while its filesystem
     /// has RECYCLED_ROOM segments' worth free; never beyond RECYCLED_MAX.
     #[test]
@@ -1123,7 +1162,10 @@ mod tests {
         }
         assert!(keep_retired(RECYCLED_KEEP, seg, || room));
         assert!(!keep_retired(RECYCLED_KEEP, seg, || room - 1));
-        assert!(!keep_retired(RECYCLED_KEEP, seg, || 0), "free space unknown");
+        assert!(
+            !keep_retired(RECYCLED_KEEP, seg, || 0),
+            "free space unknown"
+        );
         assert!(keep_retired(RECYCLED_MAX - 1, seg, || u64::MAX));
         assert!(!keep_retired(RECYCLED_MAX, seg, || u64::MAX));
         assert!(
