@@ -843,7 +843,8 @@ fn a_groups_view_serves_every_volume_at_one_moment_in_one_process() {
 /// at most `RECYCLED_MAX` wait, and every point of the window restores exactly. A reused file keeps its
 /// earlier use's records behind its new header: the history read while the reused file is
 /// the one being written, and recovered after a stop with every index removed (each segment
-/// scanned, as after a crash), ends at the new records, with no cut and nothing set aside.
+/// scanned, as after a crash), ends at the new records, with no cut and nothing set aside;
+/// files left waiting beyond two are deleted by the next start.
 #[test]
 fn retired_segments_are_reused_and_points_across_them_stay_exact() {
     retired_segments_are_reused_in(tempfile::tempdir().unwrap());
@@ -966,6 +967,31 @@ fn retired_segments_are_reused_in(tmp: tempfile::TempDir) {
             "time {t} after recovery"
         );
     }
+    // Files left waiting beyond RECYCLED_KEEP (a stop during a burst): a start finds its
+    // volume idle and the retention thread deletes them at its first look.
+    for n in 0..4u64 {
+        let p = dir.join(format!("recycled-{:016x}.seg", 0xfff0 + n));
+        std::fs::write(p, vec![0u8; 4 << 20]).unwrap();
+    }
+    let waiting = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("recycled-"))
+            .count()
+    };
+    assert!(waiting() >= 4);
+    let (mut d, _) = in_process_with("cores=[0]\nwait='adaptive'", &vols);
+    let t = Instant::now();
+    while waiting() > store::RECYCLED_KEEP {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{} files still wait",
+            waiting()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.stop();
 }
 
 /// kill -9 while the segment being written is a reused file (a consolidated segment's, its

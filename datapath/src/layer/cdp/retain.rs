@@ -9,7 +9,8 @@
 //! [`superseded`]), the base copy is synced, `cdp.meta` records the new base point, and
 //! the segment is retired (kept as `recycled-N.seg` for the spare thread to reuse as a later
 //! segment, at most [`store::RECYCLED_MAX`] of them; deleted beyond, and beyond
-//! [`store::RECYCLED_KEEP`] once the volume's consolidation is idle for [`ACTIVE_FOR`]). The thread ([`spawn`])
+//! [`store::RECYCLED_KEEP`] once the volume's consolidation is idle for [`ACTIVE_FOR`], its
+//! device is short of room, or it is no longer looked after). The thread ([`spawn`])
 //! looks at a volume ten times a second while it consolidated in the last ten seconds
 //! ([`LOOK_EVERY`]), else (or while its passes fail or a hold keeps its oldest segment) once
 //! a second; a volume whose retention releases segments has them
@@ -783,8 +784,14 @@ pub fn spawn(
                 // The list changes at run time (CDP switched on or off): a copy per pass.
                 let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 // A volume no longer listed is forgotten (its mapping would keep a removed
-                // file's memory).
-                kept.retain(|d, _| vols.iter().any(|v| &v.dir == d));
+                // file's memory), and the files it kept for reuse beyond two are deleted.
+                kept.retain(|d, _| {
+                    let listed = vols.iter().any(|v| &v.dir == d);
+                    if !listed {
+                        store::trim_recycled(d, store::RECYCLED_KEEP);
+                    }
+                    listed
+                });
                 let mut busy = false;
                 let now = std::time::Instant::now();
                 for v in &vols {
@@ -799,15 +806,14 @@ pub fn spawn(
                     }
                     let turn =
                         consolidate_backlog(v, &stop, &mut k.last_log, &mut bytes, &mut k.map);
+                    busy |= k.after(turn, now);
+                    // Idle a while, or the device short of room: the files kept for a burst of
+                    // consolidations give their space back (before the sweep, so their
+                    // mappings go with them).
+                    store::trim_recycled_when(&v.dir, k.idle(now));
                     // Mappings of the segment files this pass deleted go (their memory with them).
                     if let Some(m) = &v.maps {
                         m.sweep(&v.dir);
-                    }
-                    busy |= k.after(turn, now);
-                    // Idle a while: the files kept for a burst of consolidations give their
-                    // space back.
-                    if k.idle(now) {
-                        store::trim_recycled(&v.dir, store::RECYCLED_KEEP);
                     }
                 }
                 if busy {

@@ -641,7 +641,7 @@ pub const RECYCLED_KEEP: usize = 2;
 /// been idle a while ([`trim_recycled`]). A journal written faster than one segment per look
 /// of the retention thread has several segments consolidated in a row; deleting all but two
 /// of them made the helper allocate (and tmpfs zero) new files for the next ones: 128 KiB
-/// writes on a journal in memory gave 0.64x the IOPS of CDP off with 2 kept, 0.86x with 8
+/// writes on a journal in memory gave 0.57x the IOPS of CDP off with 2 kept, 0.81x with 8
 /// (benches/RESULTS.md, session 21).
 pub const RECYCLED_MAX: usize = 8;
 
@@ -685,7 +685,7 @@ fn free_bytes(dir: &Path) -> u64 {
         if libc::statvfs(c.as_ptr(), &mut st) != 0 {
             return 0;
         }
-        (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
+        u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize))
     }
 }
 
@@ -715,6 +715,31 @@ fn keep_retired(waiting: usize, len: u64, free: impl FnOnce() -> u64) -> bool {
             && len
                 .checked_mul(RECYCLED_ROOM)
                 .is_some_and(|need| free() >= need))
+}
+
+/// Delete the waiting files beyond [`RECYCLED_KEEP`] when `idle` (the volume consolidated
+/// nothing for a while) or when its filesystem has less than [`RECYCLED_ROOM`] segments' worth
+/// free (another volume's journal, or this volume's base copy, needs the space now: the room
+/// rule of [`recycle_segment`] holds only when a file is retired). Returns how many went.
+pub fn trim_recycled_when(dir: &Path, idle: bool) -> usize {
+    trim_recycled_if(dir, idle, || free_bytes(dir))
+}
+
+fn trim_recycled_if(dir: &Path, idle: bool, free: impl FnOnce() -> u64) -> usize {
+    let waiting = recycled(dir);
+    if waiting.len() <= RECYCLED_KEEP {
+        return 0;
+    }
+    let len = waiting.iter().map(|&(_, l)| l).max().unwrap_or(0);
+    let short = || {
+        len.checked_mul(RECYCLED_ROOM)
+            .is_none_or(|need| free() < need)
+    };
+    if idle || short() {
+        trim_recycled(dir, RECYCLED_KEEP)
+    } else {
+        0
+    }
 }
 
 /// Delete the oldest waiting consolidated segment files beyond `keep` (the retention thread,
@@ -1123,6 +1148,32 @@ mod tests {
         assert!(recycled(dir).is_empty());
         let len = std::fs::metadata(seg_path(dir, max + 4)).unwrap().len();
         assert_eq!(len, size * 2);
+    }
+
+    /// The retention thread's trim: nothing while the volume consolidates and its filesystem
+    /// has room; down to RECYCLED_KEEP once it is idle, or as soon as the filesystem is short
+    /// of room (the room rule at retirement alone let files kept earlier stay while another
+    /// volume ran out of space).
+    #[test]
+    fn waiting_files_are_trimmed_when_idle_or_short_of_room() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let size: u64 = 1 << 20;
+        let fill = |from: u64| {
+            for n in from..from + 5 {
+                std::fs::write(recycled_path(dir, n), vec![0u8; size as usize]).unwrap();
+            }
+        };
+        fill(1);
+        let never = || -> u64 { panic!("free space asked for while idle") };
+        assert_eq!(trim_recycled_if(dir, false, || size * RECYCLED_ROOM), 0);
+        assert_eq!(recycled(dir).len(), 5, "busy, with room: all kept");
+        assert_eq!(trim_recycled_if(dir, false, || size * RECYCLED_ROOM - 1), 3);
+        assert_eq!(recycled(dir).len(), RECYCLED_KEEP, "short of room");
+        assert_eq!(trim_recycled_if(dir, true, never), 0, "two kept anyway");
+        fill(10);
+        assert_eq!(trim_recycled_if(dir, true, never), 5);
+        assert_eq!(recycled(dir).len(), RECYCLED_KEEP, "idle");
     }
 
     /// A waiting file deleted between the listing and its reuse (the retention thread's trim
