@@ -685,7 +685,7 @@ fn free_bytes(dir: &Path) -> u64 {
         if libc::statvfs(c.as_ptr(), &mut st) != 0 {
             return 0;
         }
-        u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize))
+        (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
     }
 }
 
