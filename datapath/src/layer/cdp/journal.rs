@@ -174,6 +174,13 @@ pub struct Spare {
     /// Map segments on a disk too (`sync = "flush"`: the writer's appends are copies into the
     /// page cache; on tmpfs segments are always mapped).
     pub map_disk: AtomicBool,
+    /// A full disk segment's mapping the writer gave up before its last sync, for the helper
+    /// to unmap ([`Journal::retire_disk_map`]).
+    pub retired: std::sync::Mutex<Option<Arc<super::mapped::Mapped>>>,
+    /// The helper thread, woken when a mapping is retired.
+    pub helper: std::sync::OnceLock<std::thread::Thread>,
+    /// How many retired mappings the helper has unmapped.
+    pub unmapped: AtomicU64,
 }
 
 struct Batch {
@@ -270,6 +277,10 @@ pub struct Journal {
     sync_want: u64,
     /// A sync in flight, covering records up to this sequence (and its time).
     sync_inflight: Option<(u64, u64)>,
+    /// The active segment's mapping was given to the helper to unmap: the count of unmapped
+    /// mappings that says it is done, and since when the writer waits
+    /// ([`Journal::disk_map_gone`]).
+    await_unmap: Option<(u64, Instant)>,
     /// Time of the record `synced` names.
     synced_time: u64,
     /// `(seq, offset, len)` of the records not yet synced, oldest first (`sync_on_flush`).
@@ -393,6 +404,7 @@ impl Journal {
             synced_time: s.last_time,
             sync_want: 0,
             sync_inflight: None,
+            await_unmap: None,
             unsynced: VecDeque::new(),
         })
     }
@@ -729,6 +741,9 @@ impl Journal {
                     break;
                 }
                 if self.sync_on_flush && self.synced < self.durable {
+                    if !self.disk_map_gone() {
+                        break; // the helper is unmapping it
+                    }
                     // The segment is synced before the next one starts (one sync then covers
                     // every unsynced record, all in the active segment).
                     started |= self.start_sync(io, self.durable);
@@ -817,6 +832,47 @@ impl Journal {
             }
         }
         started
+    }
+
+    /// The active segment is full: true once its last sync may start. On a disk, its mapping
+    /// goes first: the writer gives it to the helper thread to unmap (about 2 ms for 64 MiB,
+    /// never on the reactor) and waits for that, at most [`UNMAP_WAIT`]. Written back under a
+    /// mapping, each page is write-protected in every CPU's TLB, an interrupt to the reactor's
+    /// core per page in a VM: 51,000-93,000 TLB shootdowns in 5 s of 128 KiB writes here,
+    /// under 1,000 once the mapping is gone before the sync (benches/RESULTS.md, session 21).
+    /// The mapping is kept (as before) where there is no helper, or the helper has not taken
+    /// the last one yet: the reactor never blocks on it. Whatever the segment still takes (a
+    /// lone mark rewritten in place) is written with `pwrite`.
+    fn disk_map_gone(&mut self) -> bool {
+        if let Some((n, since)) = self.await_unmap {
+            if self.spare.unmapped.load(Ordering::Acquire) >= n || since.elapsed() >= UNMAP_WAIT {
+                self.await_unmap = None;
+                return true;
+            }
+            return false;
+        }
+        let Some(helper) = self.spare.helper.get() else {
+            return true;
+        };
+        let Some(m) = self.map.take_if(|m| m.on_disk()) else {
+            return true;
+        };
+        let Ok(mut slot) = self.spare.retired.try_lock() else {
+            self.map = Some(m);
+            return true;
+        };
+        if slot.is_some() {
+            drop(slot);
+            self.map = Some(m);
+            return true;
+        }
+        self.spare.maps.forget(&m);
+        *slot = Some(m);
+        drop(slot);
+        let n = self.spare.unmapped.load(Ordering::Acquire) + 1;
+        self.await_unmap = Some((n, Instant::now()));
+        helper.unpark();
+        false
     }
 
     /// A padding record of `lead` bytes at the append position, through the page cache, so
@@ -1008,6 +1064,11 @@ pub struct SpareOf {
     pub spare: Arc<Spare>,
 }
 
+/// How long a writer waits for the helper to unmap a full disk segment before it syncs the
+/// segment anyway ([`Journal::disk_map_gone`]): a helper busy elsewhere or gone never stalls
+/// the journal for longer.
+const UNMAP_WAIT: Duration = Duration::from_millis(50);
+
 /// How long the helper waits before preparing a directory's segment again after a failure.
 const SPARE_RETRY: Duration = Duration::from_secs(1);
 
@@ -1060,6 +1121,13 @@ pub fn spare_thread(
                 let vols = list.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 for v in &vols {
                     let s = &v.spare;
+                    s.helper.get_or_init(std::thread::current);
+                    // A full disk segment's mapping the writer gave up: unmapped here.
+                    let retired = s.retired.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(m) = retired {
+                        drop(m);
+                        s.unmapped.fetch_add(1, Ordering::Release);
+                    }
                     // A spare to prepare: first the mappings of deleted segment files go
                     // (mapped.rs), before the lock the writer try-locks at a switch.
                     let want = s.want.load(Ordering::Acquire);
@@ -1093,7 +1161,8 @@ pub fn spare_thread(
                         }
                     }
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                // Woken early by a writer that retires a mapping.
+                std::thread::park_timeout(Duration::from_millis(20));
             }
         })
 }

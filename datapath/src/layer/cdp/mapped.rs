@@ -260,6 +260,11 @@ impl Mapped {
         ok
     }
 
+    /// It maps a file on a disk (not tmpfs).
+    pub fn on_disk(&self) -> bool {
+        self.on_disk
+    }
+
     /// A write through it faulted: it is never handed out again.
     pub fn broken(&self) -> bool {
         self.broken.load(Relaxed)
@@ -268,6 +273,12 @@ impl Mapped {
     /// A guarded read of it faulted (`bdev::sigbus::ReadGuard`): never hand it out again.
     pub fn set_broken(&self) {
         self.broken.store(true, Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Mapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mapped({} bytes, on disk {})", self.len, self.on_disk)
     }
 }
 
@@ -421,6 +432,12 @@ impl SegMaps {
             std::mem::take(&mut k.maps)
         };
         drop(all); // unmapped outside the lock
+    }
+
+    /// Stop keeping `m` (a full disk segment's, retired by its writer: whoever holds it last
+    /// unmaps it).
+    pub fn forget(&self, m: &Arc<Mapped>) {
+        self.lock().maps.retain(|x| !Arc::ptr_eq(x, m));
     }
 
     /// How many mappings are kept, and their bytes.

@@ -169,6 +169,9 @@ fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
             j.issue(&mut io, &|s| s);
             if j.sync_inflight.is_some() {
                 complete_all(&mut io, &mut j); // the sync before a switch
+            } else if j.await_unmap.is_some() {
+                // The helper unmaps the full disk segment before its sync.
+                std::thread::sleep(Duration::from_micros(200));
             }
             tries += 1;
             assert!(tries < 1000, "the appends of round {i} never went");
@@ -186,6 +189,14 @@ fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
         st(&stats.batches),
         "every append (headers included) through a mapping: {stats:?}"
     );
+    if !in_memory(&dir) {
+        // Each full disk segment's mapping was unmapped by the helper before its sync (the
+        // writer never unmaps), and no mapping of a full one is kept.
+        let switches = st(&stats.switches_prepared);
+        assert_eq!(st(&spare.unmapped), switches, "{stats:?}");
+        assert!(spare.retired.lock().unwrap().is_none());
+        assert!(spare.maps.kept().0 <= 2, "{:?}", spare.maps);
+    }
     if sync.on_flush {
         assert!(
             st(&stats.syncs) >= 3,
@@ -471,4 +482,61 @@ fn the_segment_helper_tries_again_after_a_failure() {
         "prepared once it could"
     );
     assert!(store::seg_path(&dir, 2).exists());
+}
+
+/// A full disk segment's mapping goes to the helper to unmap before its last sync; a helper
+/// that never takes it holds the switch for at most UNMAP_WAIT, and without a helper the
+/// writer does not wait at all (its mapping stays, as before).
+#[test]
+fn a_full_disk_segment_waits_for_its_unmapping_at_most_a_bounded_time() {
+    let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+    for helper in [false, true] {
+        let Some(mut w) = disk_writer(&mut io, 4 << 20, true) else {
+            return;
+        };
+        if helper {
+            // A "helper" that never looks at the slot.
+            let idle = std::thread::spawn(|| std::thread::park_timeout(Duration::from_secs(5)));
+            w.spare.helper.set(idle.thread().clone()).unwrap();
+        }
+        let data = vec![0x5Au8; 60 << 10];
+        let mut last = 0;
+        let t0 = Instant::now();
+        let mut waited = false;
+        // 80 records of 60 KiB: past the first 4 MiB segment.
+        for i in 0..80u64 {
+            last =
+                w.j.record(&mut io, Op::Write, i * (64 << 10), 60 << 10, Some(&data));
+            let mut tries = 0;
+            while w.j.has_queued() {
+                w.j.issue(&mut io, &|s| s);
+                if w.j.sync_inflight.is_some() {
+                    complete_all(&mut io, &mut w.j);
+                } else if w.j.await_unmap.is_some() {
+                    waited = true;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                tries += 1;
+                assert!(tries < 1000, "record {i} never went");
+            }
+        }
+        assert_eq!(w.j.durable(), last);
+        assert!(w.j.segno() >= 2, "a switch happened");
+        assert_eq!(waited, helper, "waited for an unmapping: {waited}");
+        if helper {
+            assert!(
+                t0.elapsed() >= UNMAP_WAIT,
+                "the wait is bounded, not skipped"
+            );
+            let kept = w.spare.retired.lock().unwrap().take();
+            assert!(kept.is_some(), "the mapping waits in the slot");
+        }
+        assert_eq!(w.spare.unmapped.load(Relaxed), 0);
+        w.j.sync_now().unwrap();
+        w.j.seal().unwrap();
+        let h = store::load(&w.dir, store::Load::ReadOnly).unwrap();
+        assert!(h.cut.is_none() && h.damaged.is_empty(), "{:?}", h.cut);
+        assert_eq!(h.last_seq, last);
+        drop(w.d);
+    }
 }
