@@ -35,7 +35,10 @@
 //! *broken* and never handed out again. The retention thread's reads of sealed segments in
 //! memory through mappings are guarded too ([`crate::bdev::sigbus::ReadGuard`]): a page that
 //! cannot come back from swap fails the consolidation pass and breaks the mapping. (Disk
-//! segments are not read through mappings.)
+//! segments are not read through mappings.) A full disk segment's mapping is dropped from the
+//! cache ([`SegMaps::forget`]) and unmapped by the segment thread before the segment's last
+//! sync (`Journal::disk_map_gone`): writeback under a mapping write-protects each page in
+//! every CPU's TLB.
 //!
 //! Invariants:
 //! - Nothing shrinks or punches a mapped file (touching a page past its end or in a hole
