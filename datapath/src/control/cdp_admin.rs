@@ -556,6 +556,8 @@ pub(super) fn cdp_disable(p: &Value, cx: &ControlCx, _st: &mut AdminState) -> Re
     // The segments' mappings go now, not when the last holder of the layer does: the
     // history's files may be deleted next, and a mapping keeps a file's memory.
     cd.spare.maps.clear();
+    // And a full segment's mapping the writer gave the segment thread, if it is still there.
+    cd.spare.unmap_retired();
     cd.release_lock();
     let st = &cd.stats;
     let (seq, time) = (st.durable_seq.load(Relaxed), st.durable_time.load(Relaxed));

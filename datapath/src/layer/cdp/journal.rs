@@ -174,13 +174,39 @@ pub struct Spare {
     /// Map segments on a disk too (`sync = "flush"`: the writer's appends are copies into the
     /// page cache; on tmpfs segments are always mapped).
     pub map_disk: AtomicBool,
-    /// A full disk segment's mapping the writer gave up before its last sync, for the helper
-    /// to unmap ([`Journal::retire_disk_map`]).
-    pub retired: std::sync::Mutex<Option<Arc<super::mapped::Mapped>>>,
+    /// A full disk segment's mapping the writer gave up before its last sync, with its
+    /// ticket, for the helper to unmap ([`Journal::disk_map_gone`]).
+    pub retired: std::sync::Mutex<Option<(u64, Arc<super::mapped::Mapped>)>>,
     /// The helper thread, woken when a mapping is retired.
     pub helper: std::sync::OnceLock<std::thread::Thread>,
-    /// How many retired mappings the helper has unmapped.
+    /// The last ticket given to a retired mapping.
+    pub tickets: AtomicU64,
+    /// The highest ticket of a retired mapping the helper has unmapped.
     pub unmapped: AtomicU64,
+}
+
+impl Spare {
+    /// Unmap the retired mapping waiting in the slot, if any (the helper thread; the control
+    /// thread at a run-time disable).
+    pub fn unmap_retired(&self) {
+        let retired = self
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((ticket, m)) = retired {
+            drop(m);
+            self.unmapped.fetch_max(ticket, Ordering::Release);
+        }
+    }
+}
+
+/// Unmap the retired mappings of every volume the helper serves (before each step of its
+/// that can take long, so one volume's preparation never holds another's switch).
+fn unmap_all_retired(vols: &[SpareOf]) {
+    for v in vols {
+        v.spare.unmap_retired();
+    }
 }
 
 struct Batch {
@@ -281,6 +307,9 @@ pub struct Journal {
     /// mappings that says it is done, and since when the writer waits
     /// ([`Journal::disk_map_gone`]).
     await_unmap: Option<(u64, Instant)>,
+    /// Waits for the helper's unmapping that [`UNMAP_WAIT`] ended (the sync ran with the
+    /// mapping still there).
+    unmap_waits_expired: u64,
     /// Time of the record `synced` names.
     synced_time: u64,
     /// `(seq, offset, len)` of the records not yet synced, oldest first (`sync_on_flush`).
@@ -405,6 +434,7 @@ impl Journal {
             sync_want: 0,
             sync_inflight: None,
             await_unmap: None,
+            unmap_waits_expired: 0,
             unsynced: VecDeque::new(),
         })
     }
@@ -838,14 +868,17 @@ impl Journal {
     /// goes first: the writer gives it to the helper thread to unmap (about 2 ms for 64 MiB,
     /// never on the reactor) and waits for that, at most [`UNMAP_WAIT`]. Written back under a
     /// mapping, each page is write-protected in every CPU's TLB, an interrupt to the reactor's
-    /// core per page in a VM: 51,000-93,000 TLB shootdowns in 5 s of 128 KiB writes here,
-    /// under 1,000 once the mapping is gone before the sync (benches/RESULTS.md, session 21).
-    /// The mapping is kept (as before) where there is no helper, or the helper has not taken
-    /// the last one yet: the reactor never blocks on it. Whatever the segment still takes (a
-    /// lone mark rewritten in place) is written with `pwrite`.
+    /// core per page in a VM: 80,000-92,000 TLB shootdowns in 5 s of 128 KiB writes here,
+    /// 12,000-15,000 with the mapping unmapped first (benches/RESULTS.md, session 21). No wait
+    /// (the mapping kept through the sync, as before) where there is no helper, where the
+    /// helper has not taken the previous one yet or the slot is busy, or where the segment is
+    /// fully synced already (no sync to come): the reactor never blocks on it. Whatever the
+    /// segment still takes (a lone mark rewritten in place) is written with `pwrite`.
     fn disk_map_gone(&mut self) -> bool {
-        if let Some((n, since)) = self.await_unmap {
-            if self.spare.unmapped.load(Ordering::Acquire) >= n || since.elapsed() >= UNMAP_WAIT {
+        if let Some((ticket, since)) = self.await_unmap {
+            let done = self.spare.unmapped.load(Ordering::Acquire) >= ticket;
+            if done || since.elapsed() >= UNMAP_WAIT {
+                self.unmap_waits_expired += u64::from(!done);
                 self.await_unmap = None;
                 return true;
             }
@@ -867,10 +900,10 @@ impl Journal {
             return true;
         }
         self.spare.maps.forget(&m);
-        *slot = Some(m);
+        let ticket = self.spare.tickets.fetch_add(1, Ordering::AcqRel) + 1;
+        *slot = Some((ticket, m));
         drop(slot);
-        let n = self.spare.unmapped.load(Ordering::Acquire) + 1;
-        self.await_unmap = Some((n, Instant::now()));
+        self.await_unmap = Some((ticket, Instant::now()));
         helper.unpark();
         false
     }
@@ -1122,12 +1155,8 @@ pub fn spare_thread(
                 for v in &vols {
                     let s = &v.spare;
                     s.helper.get_or_init(std::thread::current);
-                    // A full disk segment's mapping the writer gave up: unmapped here.
-                    let retired = s.retired.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    if let Some(m) = retired {
-                        drop(m);
-                        s.unmapped.fetch_add(1, Ordering::Release);
-                    }
+                    // Full disk segments' mappings the writers gave up: unmapped here.
+                    unmap_all_retired(&vols);
                     // A spare to prepare: first the mappings of deleted segment files go
                     // (mapped.rs), before the lock the writer try-locks at a switch.
                     let want = s.want.load(Ordering::Acquire);
@@ -1143,8 +1172,10 @@ pub fn spare_thread(
                         continue;
                     }
                     let zero = s.zero.load(Ordering::Relaxed);
+                    unmap_all_retired(&vols);
                     match store::prepare_spare(&v.dir, want, v.size, zero) {
                         Ok(()) => {
+                            unmap_all_retired(&vols);
                             map_spare(v, want);
                             if retry.remove(&v.dir).is_some() {
                                 tracing::info!(dir = %v.dir.display(),

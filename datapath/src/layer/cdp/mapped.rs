@@ -73,8 +73,10 @@ pub const TMPFS_MAGIC: i64 = 0x0102_1994;
 pub const CACHE_MAX: u64 = 16 << 30;
 
 /// The most mappings of files on a disk a volume's [`SegMaps`] keeps: the active segment's,
-/// the spare's and the one before (a sealed segment on a disk is read with `pread`, never
-/// through its mapping, and a kept mapping would only hold its page tables).
+/// the spare's and one more (a full segment's mapping is forgotten and unmapped before its
+/// last sync, but not where the segment thread is behind; a sealed segment on a disk is read
+/// with `pread`, never through its mapping, and a kept mapping would only hold its page
+/// tables).
 pub const DISK_KEEP: usize = 3;
 
 /// Of a file on a disk, at most this many bytes from its start are made present and writable

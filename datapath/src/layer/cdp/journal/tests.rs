@@ -142,6 +142,7 @@ fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
     }]));
     let stop = Arc::new(AtomicBool::new(false));
     let t = spare_thread(list, Arc::clone(&stop)).unwrap();
+    let st = |a: &AtomicU64| a.load(Ordering::Acquire);
     let mut written = Vec::new();
     // About four segments of 4 KiB writes, each issued at once (a lone write per batch),
     // but every tenth round a batch of 20 (over 64 KiB: O_DIRECT without a mapping).
@@ -168,6 +169,13 @@ fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
         while j.has_queued() {
             j.issue(&mut io, &|s| s);
             if j.sync_inflight.is_some() {
+                // The sync before a switch: on a disk it starts only once the helper has
+                // unmapped the full segment (or the bounded wait for it ended).
+                let (t, u) = (st(&spare.tickets), st(&spare.unmapped));
+                assert!(
+                    in_memory(&dir) || u == t || j.unmap_waits_expired > 0,
+                    "sync started with ticket {t} not unmapped ({u})"
+                );
                 complete_all(&mut io, &mut j); // the sync before a switch
             } else if j.await_unmap.is_some() {
                 // The helper unmaps the full disk segment before its sync.
@@ -181,7 +189,6 @@ fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
     }
     stop.store(true, Ordering::SeqCst);
     t.join().unwrap();
-    let st = |a: &AtomicU64| a.load(Relaxed);
     assert!(st(&stats.switches_prepared) >= 3, "{stats:?}");
     assert_eq!(st(&stats.switches_created), 0, "{stats:?}");
     assert_eq!(
@@ -193,6 +200,7 @@ fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
         // Each full disk segment's mapping was unmapped by the helper before its sync (the
         // writer never unmaps), and no mapping of a full one is kept.
         let switches = st(&stats.switches_prepared);
+        assert_eq!(st(&spare.tickets), switches, "{stats:?}");
         assert_eq!(st(&spare.unmapped), switches, "{stats:?}");
         assert!(spare.retired.lock().unwrap().is_none());
         assert!(spare.maps.kept().0 <= 2, "{:?}", spare.maps);
@@ -501,8 +509,8 @@ fn a_full_disk_segment_waits_for_its_unmapping_at_most_a_bounded_time() {
         }
         let data = vec![0x5Au8; 60 << 10];
         let mut last = 0;
-        let t0 = Instant::now();
-        let mut waited = false;
+        let mut waited: Option<Instant> = None;
+        let mut held = None;
         // 80 records of 60 KiB: past the first 4 MiB segment.
         for i in 0..80u64 {
             last =
@@ -511,9 +519,12 @@ fn a_full_disk_segment_waits_for_its_unmapping_at_most_a_bounded_time() {
             while w.j.has_queued() {
                 w.j.issue(&mut io, &|s| s);
                 if w.j.sync_inflight.is_some() {
+                    if let Some(since) = waited.filter(|_| held.is_none()) {
+                        held = Some(since.elapsed());
+                    }
                     complete_all(&mut io, &mut w.j);
                 } else if w.j.await_unmap.is_some() {
-                    waited = true;
+                    waited.get_or_insert_with(Instant::now);
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 tries += 1;
@@ -522,12 +533,15 @@ fn a_full_disk_segment_waits_for_its_unmapping_at_most_a_bounded_time() {
         }
         assert_eq!(w.j.durable(), last);
         assert!(w.j.segno() >= 2, "a switch happened");
-        assert_eq!(waited, helper, "waited for an unmapping: {waited}");
+        assert_eq!(waited.is_some(), helper, "waited for an unmapping");
         if helper {
+            // From the first wait to the sync's start: the whole bound, and no more.
+            let held = held.expect("a sync after the wait");
             assert!(
-                t0.elapsed() >= UNMAP_WAIT,
-                "the wait is bounded, not skipped"
+                held >= UNMAP_WAIT && held < Duration::from_secs(1),
+                "held {held:?}"
             );
+            assert_eq!(w.j.unmap_waits_expired, 1);
             let kept = w.spare.retired.lock().unwrap().take();
             assert!(kept.is_some(), "the mapping waits in the slot");
         }
