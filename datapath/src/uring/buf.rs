@@ -130,6 +130,11 @@ impl Bounce {
         Self { ptr, layout }
     }
 
+    /// Its size in bytes (at least the `len` it was made for).
+    pub fn size(&self) -> usize {
+        self.layout.size()
+    }
+
     /// Start of the buffer.
     pub fn ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()

@@ -307,6 +307,9 @@ pub struct Journal {
     /// mappings that says it is done, and since when the writer waits
     /// ([`Journal::disk_map_gone`]).
     await_unmap: Option<(u64, Instant)>,
+    /// The buffer of the last batch larger than a pool buffer that was written as a copy,
+    /// kept for the next one.
+    big: Option<OpBuf>,
     /// Waits for the helper's unmapping that [`UNMAP_WAIT`] ended (the sync ran with the
     /// mapping still there).
     unmap_waits_expired: u64,
@@ -434,6 +437,7 @@ impl Journal {
             sync_want: 0,
             sync_inflight: None,
             await_unmap: None,
+            big: None,
             unmap_waits_expired: 0,
             unsynced: VecDeque::new(),
         })
@@ -647,8 +651,19 @@ impl Journal {
                 .pool
                 .buf_size()
                 .max((need + PAD_MAX).next_multiple_of(format::ALIGN));
+            // A batch larger than a pool buffer (a record of a 128 KiB write) reuses the
+            // last one's allocation.
+            let buf = match self.big.take() {
+                Some(OpBuf::Bounce(b)) if cap > io.pool.buf_size() && b.size() >= cap => {
+                    OpBuf::Bounce(b)
+                }
+                kept => {
+                    self.big = kept;
+                    io.take_buf(cap)
+                }
+            };
             self.open = Some(Batch {
-                buf: io.take_buf(cap),
+                buf,
                 used: 0,
                 cap,
                 last_seq: 0,
@@ -819,7 +834,12 @@ impl Journal {
                             .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
                     }
                 };
-                give_back(io, b.buf);
+                match b.buf {
+                    // Kept for the next large batch (an allocation and a zeroing of 130 KiB
+                    // per 128 KiB write otherwise).
+                    OpBuf::Bounce(_) => self.big = Some(b.buf),
+                    buf => give_back(io, buf),
+                }
                 Some(r)
             } else {
                 io.start_bdev(BdevOp {

@@ -554,3 +554,33 @@ fn a_full_disk_segment_waits_for_its_unmapping_at_most_a_bounded_time() {
         drop(w.d);
     }
 }
+
+/// A batch larger than a pool buffer (the record of a 128 KiB write) written as a copy into
+/// a mapping reuses the previous such batch's allocation: one allocation for twenty writes.
+#[test]
+fn large_batches_written_as_copies_reuse_one_allocation() {
+    let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+    let Some(mut w) = disk_writer(&mut io, 64 << 20, true) else {
+        return;
+    };
+    let data = vec![0x3Cu8; 128 << 10];
+    let before = io.counters.bounces;
+    let mut last = 0;
+    for i in 0..20u64 {
+        last =
+            w.j.record(&mut io, Op::Write, i * (128 << 10), 128 << 10, Some(&data));
+        w.j.issue(&mut io, &|s| s);
+        assert!(
+            !w.j.has_queued() && w.j.durable() == last,
+            "written as a copy"
+        );
+    }
+    assert_eq!(io.counters.bounces - before, 1, "one allocation");
+    w.j.sync_now().unwrap();
+    w.j.seal().unwrap();
+    let h = store::load(&w.dir, store::Load::ReadOnly).unwrap();
+    assert_eq!(h.last_seq, last);
+    let got = super::super::pit::read_at(&h, super::super::pit::Point::Seq(last), 19 << 17, 4096)
+        .unwrap();
+    assert!(got.iter().all(|&b| b == 0x3C));
+}
