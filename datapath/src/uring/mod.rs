@@ -180,12 +180,22 @@ pub struct IoCx {
     /// Reused byte vectors for requests handed to another reactor (see `mirror`); kept by
     /// [`IoCx::recycle_vec`] within [`SPARE_VECS`] vectors of at most [`SPARE_VEC_MAX`] bytes.
     pub spare_vecs: Vec<Vec<u8>>,
+    /// Bounce buffers given back ([`IoCx::put_buf`], [`IoCx::release`]) for
+    /// [`IoCx::take_buf`] to reuse, at most [`SPARE_BOUNCE_BYTES`] of them.
+    spare_bounces: Vec<buf::Bounce>,
+    /// Their bytes.
+    spare_bounce_bytes: usize,
     /// Next never-used slot in the fixed-file table.
     next_file: u32,
     file_slots: u32,
     /// Slots given back by [`IoCx::unregister_file`], reused first.
     free_files: Vec<u32>,
 }
+
+/// At most this many bytes of bounce buffers (for operations larger than a pool buffer, or
+/// when the pool is empty) are kept per reactor for reuse: a 128 KiB write's journal record
+/// or a large read of a file volume took a zeroed allocation and a free per I/O otherwise.
+pub const SPARE_BOUNCE_BYTES: usize = 8 << 20;
 
 /// At most this many spare vectors per reactor.
 pub const SPARE_VECS: usize = 1024;
@@ -229,6 +239,8 @@ impl IoCx {
             counters: RingCounters::default(),
             reactor: 0,
             spare_vecs: Vec::new(),
+            spare_bounces: Vec::new(),
+            spare_bounce_bytes: 0,
             next_file: 0,
             file_slots,
             free_files: Vec::new(),
@@ -368,7 +380,32 @@ impl IoCx {
 
 #[cfg(test)]
 mod tests {
-    use super::{IoCx, IoTag, Owner, SPARE_VEC_MAX, SPARE_VECS};
+    use super::{IoCx, IoTag, OpBuf, Owner, SPARE_BOUNCE_BYTES, SPARE_VEC_MAX, SPARE_VECS};
+
+    /// A bounce buffer given back is reused by the next operation it is large enough for
+    /// (one allocation for many), and the kept ones stay within SPARE_BOUNCE_BYTES.
+    #[test]
+    fn bounce_buffers_are_reused_within_a_bound() {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        for _ in 0..20 {
+            let b = io.take_buf(130 << 10);
+            assert!(matches!(b, OpBuf::Bounce(_)));
+            io.put_buf(b);
+        }
+        assert_eq!(io.counters.bounces, 1, "one allocation for twenty");
+        // A larger one is a new allocation; the smaller kept one is not handed out for it.
+        let big = io.take_buf(1 << 20);
+        assert_eq!(io.counters.bounces, 2);
+        io.put_buf(big);
+        let held: Vec<OpBuf> = (0..80).map(|_| io.take_buf(200 << 10)).collect();
+        for b in held {
+            io.put_buf(b);
+        }
+        assert!(io.spare_bounce_bytes <= SPARE_BOUNCE_BYTES);
+        let kept: usize = io.spare_bounces.iter().map(|b| b.size()).sum();
+        assert_eq!(kept, io.spare_bounce_bytes);
+        assert!(kept > SPARE_BOUNCE_BYTES - (1 << 20), "{kept} kept");
+    }
 
     #[test]
     fn spare_vectors_are_bounded_in_count_and_size() {

@@ -221,21 +221,39 @@ impl IoCx {
     /// Drop a finished op and give its buffer back.
     pub fn release(&mut self, key: usize) {
         let op = self.ops.remove(key);
-        if let OpBuf::Pool(id) = op.buf {
-            self.pool.put(id);
-        }
+        self.put_buf(op.buf);
     }
 
-    /// A buffer of at least `len` bytes: a pool buffer when one is free and large enough,
-    /// else a counted bounce allocation.
+    /// A buffer of at least `len` bytes, its contents unspecified: a pool buffer when one is
+    /// free and large enough, else a bounce buffer given back earlier and large enough, else
+    /// a new one (counted in `bounces`).
     pub fn take_buf(&mut self, len: usize) -> OpBuf {
         if len <= self.pool.buf_size()
             && let Some(id) = self.pool.get()
         {
             return OpBuf::Pool(id);
         }
+        if let Some(i) = self.spare_bounces.iter().position(|b| b.size() >= len) {
+            let b = self.spare_bounces.swap_remove(i);
+            self.spare_bounce_bytes -= b.size();
+            return OpBuf::Bounce(b);
+        }
         self.counters.bounces += 1;
         OpBuf::Bounce(Bounce::new(len))
+    }
+
+    /// Give back a buffer [`IoCx::take_buf`] gave: a pool buffer to the pool, a bounce buffer
+    /// kept for reuse while the kept ones stay within [`super::SPARE_BOUNCE_BYTES`] (else
+    /// freed).
+    pub fn put_buf(&mut self, buf: OpBuf) {
+        match buf {
+            OpBuf::Pool(id) => self.pool.put(id),
+            OpBuf::Bounce(b) if self.spare_bounce_bytes + b.size() <= super::SPARE_BOUNCE_BYTES => {
+                self.spare_bounce_bytes += b.size();
+                self.spare_bounces.push(b);
+            }
+            OpBuf::Bounce(_) | OpBuf::None => {}
+        }
     }
 
     /// Writable view of the first `len` bytes of `buf`.

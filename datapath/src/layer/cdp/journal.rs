@@ -46,7 +46,6 @@ use super::clock;
 use super::format::{self, MAX_PAYLOAD, Meta, Op, REC_HEADER, RecHeader, SegHeader};
 use super::store;
 use crate::bdev::LOWER_SLOT;
-use crate::uring::buf::BufId;
 use crate::uring::{BdevOp, Errno, IoCx, IoTag, OpBuf, OpKind};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -201,8 +200,9 @@ impl Spare {
     }
 }
 
-/// Unmap the retired mappings of every volume the helper serves (before each step of its
-/// that can take long, so one volume's preparation never holds another's switch).
+/// Unmap the retired mappings of every volume the helper serves (at each volume's turn and
+/// between a spare's preparation and its mapping, the steps that can take long, so one
+/// volume's spare never holds another's switch).
 fn unmap_all_retired(vols: &[SpareOf]) {
     for v in vols {
         v.spare.unmap_retired();
@@ -307,9 +307,6 @@ pub struct Journal {
     /// mappings that says it is done, and since when the writer waits
     /// ([`Journal::disk_map_gone`]).
     await_unmap: Option<(u64, Instant)>,
-    /// The buffer of the last batch larger than a pool buffer that was written as a copy,
-    /// kept for the next one.
-    big: Option<OpBuf>,
     /// Waits for the helper's unmapping that [`UNMAP_WAIT`] ended (the sync ran with the
     /// mapping still there).
     unmap_waits_expired: u64,
@@ -437,7 +434,6 @@ impl Journal {
             sync_want: 0,
             sync_inflight: None,
             await_unmap: None,
-            big: None,
             unmap_waits_expired: 0,
             unsynced: VecDeque::new(),
         })
@@ -651,19 +647,8 @@ impl Journal {
                 .pool
                 .buf_size()
                 .max((need + PAD_MAX).next_multiple_of(format::ALIGN));
-            // A batch larger than a pool buffer (a record of a 128 KiB write) reuses the
-            // last one's allocation.
-            let buf = match self.big.take() {
-                Some(OpBuf::Bounce(b)) if cap > io.pool.buf_size() && b.size() >= cap => {
-                    OpBuf::Bounce(b)
-                }
-                kept => {
-                    self.big = kept;
-                    io.take_buf(cap)
-                }
-            };
             self.open = Some(Batch {
-                buf,
+                buf: io.take_buf(cap),
                 used: 0,
                 cap,
                 last_seq: 0,
@@ -747,7 +732,7 @@ impl Journal {
         }
         if self.stopped {
             while let Some(b) = self.ready.pop_front() {
-                give_back(io, b.buf);
+                io.put_buf(b.buf);
             }
             return false;
         }
@@ -834,12 +819,7 @@ impl Journal {
                             .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
                     }
                 };
-                match b.buf {
-                    // Kept for the next large batch (an allocation and a zeroing of 130 KiB
-                    // per 128 KiB write otherwise).
-                    OpBuf::Bounce(_) => self.big = Some(b.buf),
-                    buf => give_back(io, buf),
-                }
+                io.put_buf(b.buf);
                 Some(r)
             } else {
                 io.start_bdev(BdevOp {
@@ -1046,10 +1026,10 @@ impl Journal {
         self.stopped = true;
         self.stats.stopped.store(true, Relaxed);
         if let Some(b) = self.open.take() {
-            give_back(io, b.buf);
+            io.put_buf(b.buf);
         }
         while let Some(b) = self.ready.pop_front() {
-            give_back(io, b.buf);
+            io.put_buf(b.buf);
         }
     }
 
@@ -1097,12 +1077,6 @@ impl Journal {
             self.inflight.pop_front();
         }
         moved
-    }
-}
-
-fn give_back(io: &mut IoCx, buf: OpBuf) {
-    if let OpBuf::Pool(BufId(i)) = buf {
-        io.pool.put(BufId(i));
     }
 }
 
@@ -1192,7 +1166,6 @@ pub fn spare_thread(
                         continue;
                     }
                     let zero = s.zero.load(Ordering::Relaxed);
-                    unmap_all_retired(&vols);
                     match store::prepare_spare(&v.dir, want, v.size, zero) {
                         Ok(()) => {
                             unmap_all_retired(&vols);

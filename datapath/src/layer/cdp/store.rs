@@ -710,11 +710,14 @@ pub fn recycle_segment(dir: &Path, segno: u64) -> Result<(), CdpError> {
 /// Whether a consolidated segment of `len` bytes is kept for reuse when `waiting` files wait
 /// already and `free()` bytes are free on the journal's filesystem ([`recycle_segment`]).
 fn keep_retired(waiting: usize, len: u64, free: impl FnOnce() -> u64) -> bool {
-    waiting < RECYCLED_KEEP
-        || (waiting < RECYCLED_MAX
-            && len
-                .checked_mul(RECYCLED_ROOM)
-                .is_some_and(|need| free() >= need))
+    waiting < RECYCLED_KEEP || (waiting < RECYCLED_MAX && has_room(len, free))
+}
+
+/// Whether `free()` bytes hold [`RECYCLED_ROOM`] segments of `len` bytes (false when that
+/// overflows: a length unknown).
+fn has_room(len: u64, free: impl FnOnce() -> u64) -> bool {
+    len.checked_mul(RECYCLED_ROOM)
+        .is_some_and(|need| free() >= need)
 }
 
 /// Delete the waiting files beyond [`RECYCLED_KEEP`] when `idle` (the volume consolidated
@@ -731,19 +734,15 @@ fn trim_recycled_if(dir: &Path, idle: bool, free: impl FnOnce() -> u64) -> usize
         return 0;
     }
     let len = waiting.iter().map(|&(_, l)| l).max().unwrap_or(0);
-    let short = || {
-        len.checked_mul(RECYCLED_ROOM)
-            .is_none_or(|need| free() < need)
-    };
-    if idle || short() {
+    if idle || !has_room(len, free) {
         trim_recycled(dir, RECYCLED_KEEP)
     } else {
         0
     }
 }
 
-/// Delete the oldest waiting consolidated segment files beyond `keep` (the retention thread,
-/// once a volume's consolidation is idle: the files kept for a burst give their space back).
+/// Delete the oldest waiting consolidated segment files beyond `keep` (the retention thread:
+/// [`trim_recycled_when`], and for a volume no longer looked after).
 /// A file the helper takes meanwhile is simply not there to delete. Returns how many went.
 pub fn trim_recycled(dir: &Path, keep: usize) -> usize {
     let waiting = recycled(dir);
