@@ -327,25 +327,26 @@ fn with_sync_flush_small_and_large_appends_interleaved_are_all_in_the_history() 
     });
 }
 
-/// The same with the segments mapped (the default): every batch, large ones included, is a
-/// copy into the active segment's mapping (a segment the reactor had to create itself has
-/// none), and every acknowledged write is in the history after kill -9.
+/// The same with the segments mapped (the default): the first segments' batches, large ones
+/// included, are copies into their mappings; since most of the bytes come in large batches,
+/// the helper stops mapping the spares after the first switch, and later segments take
+/// their large batches O_DIRECT (docs/cdp-format.md, "Which segments are mapped"). Every
+/// acknowledged write is in the history after kill -9.
 #[test]
-fn with_sync_flush_appends_through_mappings_are_all_in_the_history() {
+fn with_sync_flush_appends_through_mappings_then_o_direct_are_all_in_the_history() {
     if !twinblk::layer::cdp::mapped::populate_write_supported() {
         eprintln!("skipped: no MADV_POPULATE_WRITE (Linux before 5.14): nothing mapped");
         return;
     }
     small_and_large_appends_interleaved("sync='flush'\n", |st| {
         let (appends, mapped) = (seq(st, "appends"), seq(st, "mapped_appends"));
+        let direct = appends - mapped - seq(st, "cached_appends");
         assert!(
-            mapped >= 4 * 48,
-            "the rounds' batches through mappings: {st}"
+            mapped >= 48,
+            "the first segments' batches through mappings: {st}"
         );
-        if seq(st, "switches_created") == 0 {
-            assert_eq!(mapped, appends, "every append through a mapping: {st}");
-            assert_eq!(seq(st, "cached_appends"), 0, "{st}");
-        }
+        assert!(seq(st, "switches_unmapped") >= 1, "{st}");
+        assert!(direct >= 48, "later segments' large batches O_DIRECT: {st}");
     });
 }
 

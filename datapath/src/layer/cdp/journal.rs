@@ -23,7 +23,9 @@
 //!   the position is off a block boundary; nothing goes through the page cache while an
 //!   O_DIRECT append is in flight; when the segment thread mapped the active segment
 //!   (mapped.rs) every batch, large ones included, is instead a copy into that mapping (no
-//!   O_DIRECT append nor padding in that segment). An update is acknowledged once its record is *written*
+//!   O_DIRECT append nor padding in that segment). The helper maps a disk spare only when
+//!   most of the bytes of the segment full at the last switch came in small batches
+//!   ([`Spare::direct_next`]). An update is acknowledged once its record is *written*
 //!   (it survives kill -9, not a power loss nor a kernel crash), and the journal is made
 //!   durable the way the volume is, by a flush or a FUA write: such an update waits until a
 //!   `fdatasync` of the segment issued after its record was written has completed
@@ -103,6 +105,10 @@ pub struct CdpStats {
     pub switches_prepared: AtomicU64,
     /// Segment switches that created the segment on the reactor (no spare was ready).
     pub switches_created: AtomicU64,
+    /// Segment switches on a disk with `sync = "flush"` and mappings on to a segment without
+    /// a mapping (the one before it took most of its bytes in large batches, or it could not
+    /// be mapped): its large batches are O_DIRECT writes.
+    pub switches_unmapped: AtomicU64,
     /// Retention by size consolidated a segment that retention by age would have kept: the
     /// history is shorter than its age target (set by the retention thread, never cleared
     /// while the daemon runs: the history only recovers as time passes).
@@ -173,6 +179,10 @@ pub struct Spare {
     /// Map segments on a disk too (`sync = "flush"`: the writer's appends are copies into the
     /// page cache; on tmpfs segments are always mapped).
     pub map_disk: AtomicBool,
+    /// The writer's last full segment took most of its bytes in large batches (at least
+    /// [`DIRECT_MIN`]): the next spare on a disk is not mapped, and its large batches are
+    /// O_DIRECT writes instead of copies into a mapping ([`Journal::next_segment`]).
+    pub direct_next: AtomicBool,
     /// A full disk segment's mapping the writer gave up before its last sync, with its
     /// ticket, for the helper to unmap ([`Journal::disk_map_gone`]).
     pub retired: std::sync::Mutex<Option<(u64, Arc<super::mapped::Mapped>)>>,
@@ -314,6 +324,10 @@ pub struct Journal {
     synced_time: u64,
     /// `(seq, offset, len)` of the records not yet synced, oldest first (`sync_on_flush`).
     unsynced: VecDeque<(u64, u64, u64)>,
+    /// Bytes of batches appended to the active segment, and of them those in batches of at
+    /// least [`DIRECT_MIN`] (whether the next spare is mapped: [`Spare::direct_next`]).
+    seg_bytes: u64,
+    seg_large: u64,
 }
 
 /// `statfs`'s `f_type` of tmpfs (defined with the mappings, which need no more of this module).
@@ -436,6 +450,8 @@ impl Journal {
             await_unmap: None,
             unmap_waits_expired: 0,
             unsynced: VecDeque::new(),
+            seg_bytes: 0,
+            seg_large: 0,
         })
     }
 
@@ -837,6 +853,10 @@ impl Journal {
             };
             if b.rewrite_at.is_none() {
                 self.pos += len as u64;
+                self.seg_bytes += b.used as u64;
+                if b.used >= DIRECT_MIN {
+                    self.seg_large += b.used as u64;
+                }
             } else if self.sync_on_flush {
                 self.mark_unsynced = true;
             }
@@ -936,6 +956,14 @@ impl Journal {
             // No helper, or it failed: create it here (a few ms on the reactor).
             store::create_segment(&self.dir, &self.meta, segno, first, low, self.seg_size)?
         };
+        // Large batches are cheaper as O_DIRECT writes than as copies into a mapping (the
+        // reactor's copy, and the page cache's writeback at the sync), small ones the other
+        // way round (benches/RESULTS.md, session 22): the spare the helper prepares next is
+        // mapped unless most of this segment's bytes came in large batches.
+        spare_slot
+            .direct_next
+            .store(self.seg_large * 2 > self.seg_bytes, Relaxed);
+        (self.seg_bytes, self.seg_large) = (0, 0);
         spare_slot.want.store(segno + 1, Ordering::Release);
         if spare {
             self.stats.switches_prepared.fetch_add(1, Relaxed);
@@ -974,6 +1002,9 @@ impl Journal {
         } else {
             None
         };
+        if self.map.is_none() && self.cached.is_some() && self.spare.map_disk.load(Relaxed) {
+            self.stats.switches_unmapped.fetch_add(1, Relaxed);
+        }
         self.file = file;
         self.segno = segno;
         self.last_mark = None;
@@ -1106,6 +1137,7 @@ pub fn mappable(dir: &std::path::Path, spare: &Spare) -> bool {
         Some(TMPFS_MAGIC) => true,
         _ => {
             spare.map_disk.load(Relaxed)
+                && !spare.direct_next.load(Relaxed)
                 && !in_memory(dir)
                 && super::mapped::populate_write_supported()
         }

@@ -149,6 +149,7 @@ impl CdpInfo {
             "segment": s.segment.load(Relaxed),
             "switches_prepared": s.switches_prepared.load(Relaxed),
             "switches_created": s.switches_created.load(Relaxed),
+            "switches_unmapped": s.switches_unmapped.load(Relaxed),
             "journal": if s.off.load(Relaxed) {
                 "off"
             } else if s.stopped.load(Relaxed) {

@@ -145,8 +145,9 @@ fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
     let st = |a: &AtomicU64| a.load(Ordering::Acquire);
     let mut written = Vec::new();
     // About four segments of 4 KiB writes, each issued at once (a lone write per batch),
-    // but every tenth round a batch of 20 (over 64 KiB: O_DIRECT without a mapping).
-    for i in 0..400u64 {
+    // but every 25th round a batch of 20 (over 64 KiB: O_DIRECT without a mapping; under
+    // half of each segment's bytes, so every spare stays mapped).
+    for i in 0..600u64 {
         // The next spare is ready (mapped) before the writer could need it.
         let until = Instant::now() + Duration::from_secs(10);
         while spare.ready.load(Ordering::Acquire) != j.segno() + 1 {
@@ -157,7 +158,7 @@ fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
             );
             std::thread::sleep(Duration::from_millis(2));
         }
-        let n = if i % 10 == 9 { 20 } else { 1 };
+        let n = if i % 25 == 24 { 20 } else { 1 };
         let mut last = 0;
         for k in 0..n {
             let off = ((i * 20 + k) % 256) * 4096;
@@ -583,4 +584,103 @@ fn large_batches_written_as_copies_reuse_one_allocation() {
     let got = super::super::pit::read_at(&h, super::super::pit::Point::Seq(last), 19 << 17, 4096)
         .unwrap();
     assert!(got.iter().all(|&b| b == 0x3C));
+}
+
+/// With `sync = "flush"` on a disk, a segment that took most of its bytes in large batches
+/// makes the spare after the next one unmapped (its large batches O_DIRECT writes, no copy);
+/// small batches turn the mappings back on as soon. Every record reads back either way.
+#[test]
+fn large_batches_make_the_next_disk_segments_unmapped_and_small_ones_mapped_again() {
+    let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+    let Some(mut w) = disk_writer(&mut io, 1 << 20, true) else {
+        return;
+    };
+    let list = Arc::new(std::sync::Mutex::new(vec![SpareOf {
+        dir: w.dir.clone(),
+        size: 1 << 20,
+        spare: Arc::clone(&w.spare),
+    }]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = spare_thread(list, Arc::clone(&stop)).unwrap();
+    let st = |a: &AtomicU64| a.load(Ordering::Acquire);
+    let direct = |s: &CdpStats| st(&s.batches) - st(&s.mapped_appends) - st(&s.cached_appends);
+    w.spare.want.store(2, Ordering::Release);
+    let mut written = Vec::new();
+    // One record of `len` bytes, alone in its batch, once the next spare is ready (so which
+    // segment is mapped does not depend on the helper's timing).
+    let mut write = |io: &mut IoCx, w: &mut DiskWriter, i: u64, len: u64| {
+        let until = Instant::now() + Duration::from_secs(10);
+        while w.spare.ready.load(Ordering::Acquire) != w.j.segno() + 1 {
+            assert!(
+                Instant::now() < until,
+                "the helper prepares the next segment"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let off = (i % 200) * (64 << 10);
+        let data: Vec<u8> = (0..len).map(|b| (b * 13 + i * 7) as u8).collect();
+        let seq = w.j.record(io, Op::Write, off, len, Some(&data));
+        written.push((seq, off, data));
+        let mut tries = 0;
+        while w.j.has_queued() || w.j.in_flight() > 0 || w.j.sync_inflight.is_some() {
+            w.j.issue(io, &|s| s);
+            if w.j.in_flight() > 0 || w.j.sync_inflight.is_some() {
+                complete_all(io, &mut w.j);
+            } else if w.j.await_unmap.is_some() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            tries += 1;
+            assert!(tries < 1000, "record {i} never went");
+        }
+        assert!(!w.j.stopped());
+        assert_eq!(w.j.durable(), seq);
+    };
+    // Five segments of 64 KiB records (65,600-byte batches: large).
+    for i in 0..75 {
+        write(&mut io, &mut w, i, 64 << 10);
+    }
+    let seg_large_end = w.j.segno();
+    assert!(seg_large_end >= 5, "segment {seg_large_end}");
+    assert!(st(&w.stats.switches_unmapped) >= 2, "{:?}", w.stats);
+    assert!(
+        direct(&w.stats) >= 15,
+        "a segment's large batches O_DIRECT: {:?}",
+        w.stats
+    );
+    assert!(w.j.map.is_none(), "the active segment is not mapped");
+    // Then six segments of 4 KiB records (lone, small): mapped again two switches later.
+    let (mapped0, direct0) = (st(&w.stats.mapped_appends), direct(&w.stats));
+    for i in 0..1500 {
+        write(&mut io, &mut w, 1000 + i, 4096);
+    }
+    assert!(w.j.segno() >= seg_large_end + 5, "segment {}", w.j.segno());
+    assert!(w.j.map.is_some(), "the active segment is mapped again");
+    assert!(
+        st(&w.stats.mapped_appends) - mapped0 >= 500,
+        "small batches copied into mappings again: {:?}",
+        w.stats
+    );
+    assert_eq!(
+        direct(&w.stats),
+        direct0,
+        "no small batch O_DIRECT: {:?}",
+        w.stats
+    );
+    stop.store(true, Ordering::SeqCst);
+    t.join().unwrap();
+    assert!(w.j.sync_now().unwrap());
+    w.j.seal().unwrap();
+    let h = store::load(&w.dir, store::Load::ReadOnly).unwrap();
+    assert!(h.cut.is_none() && h.damaged.is_empty(), "{:?}", h.cut);
+    assert_eq!(h.last_seq, written.last().unwrap().0);
+    for (seq, off, data) in written.iter().step_by(7) {
+        let got = super::super::pit::read_at(
+            &h,
+            super::super::pit::Point::Seq(*seq),
+            *off,
+            data.len() as u64,
+        )
+        .unwrap();
+        assert!(got == *data, "the write of sequence {seq}");
+    }
 }
