@@ -34,6 +34,7 @@
 //! at a clean stop). Each layer instance has a generation ([`CdpDevice::instance`]): a poller
 //! serves only the channel of its own generation and retires when it is gone.
 
+pub mod base_direct;
 pub mod base_map;
 pub mod bookmark;
 pub mod clock;
