@@ -109,6 +109,9 @@ pub struct CdpStats {
     /// a mapping (the one before it took most of its bytes in large batches, or it could not
     /// be mapped): its large batches are O_DIRECT writes.
     pub switches_unmapped: AtomicU64,
+    /// Waits for the helper to unmap a full disk segment that [`UNMAP_WAIT`] ended (the
+    /// segment's sync then ran with the mapping still there: a helper busy elsewhere).
+    pub unmap_waits_expired: AtomicU64,
     /// Retention by size consolidated a segment that retention by age would have kept: the
     /// history is shorter than its age target (set by the retention thread, never cleared
     /// while the daemon runs: the history only recovers as time passes).
@@ -317,9 +320,6 @@ pub struct Journal {
     /// mappings that says it is done, and since when the writer waits
     /// ([`Journal::disk_map_gone`]).
     await_unmap: Option<(u64, Instant)>,
-    /// Waits for the helper's unmapping that [`UNMAP_WAIT`] ended (the sync ran with the
-    /// mapping still there).
-    unmap_waits_expired: u64,
     /// Time of the record `synced` names.
     synced_time: u64,
     /// `(seq, offset, len)` of the records not yet synced, oldest first (`sync_on_flush`).
@@ -448,7 +448,6 @@ impl Journal {
             sync_want: 0,
             sync_inflight: None,
             await_unmap: None,
-            unmap_waits_expired: 0,
             unsynced: VecDeque::new(),
             seg_bytes: 0,
             seg_large: 0,
@@ -898,7 +897,9 @@ impl Journal {
         if let Some((ticket, since)) = self.await_unmap {
             let done = self.spare.unmapped.load(Ordering::Acquire) >= ticket;
             if done || since.elapsed() >= UNMAP_WAIT {
-                self.unmap_waits_expired += u64::from(!done);
+                self.stats
+                    .unmap_waits_expired
+                    .fetch_add(u64::from(!done), Relaxed);
                 self.await_unmap = None;
                 return true;
             }

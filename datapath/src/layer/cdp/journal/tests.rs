@@ -174,7 +174,7 @@ fn appends_through_mappings(root: &std::path::Path, sync: SyncPolicy) {
                 // unmapped the full segment (or the bounded wait for it ended).
                 let (t, u) = (st(&spare.tickets), st(&spare.unmapped));
                 assert!(
-                    in_memory(&dir) || u == t || j.unmap_waits_expired > 0,
+                    in_memory(&dir) || u == t || st(&stats.unmap_waits_expired) > 0,
                     "sync started with ticket {t} not unmapped ({u})"
                 );
                 complete_all(&mut io, &mut j); // the sync before a switch
@@ -542,7 +542,7 @@ fn a_full_disk_segment_waits_for_its_unmapping_at_most_a_bounded_time() {
                 held >= UNMAP_WAIT && held < Duration::from_secs(1),
                 "held {held:?}"
             );
-            assert_eq!(w.j.unmap_waits_expired, 1);
+            assert_eq!(w.stats.unmap_waits_expired.load(Relaxed), 1);
             let kept = w.spare.retired.lock().unwrap().take();
             assert!(kept.is_some(), "the mapping waits in the slot");
         }
