@@ -12,8 +12,12 @@
 //!   overlaps one staged and not yet written waits until the staged ones are written
 //!   ([`DirectBase::flush`]); writes that do not overlap may reach it in any order.
 //! - Nothing is in flight outside [`DirectBase::flush`], which waits for every write it
-//!   started, so the staging buffer is never freed or reused under the kernel. If the ring
-//!   fails so that this cannot be known, the buffer is leaked rather than freed.
+//!   started, so the staging buffer is never freed or reused under the kernel. The ring's
+//!   passing refusals (EINTR, EAGAIN, EBUSY, ENOMEM) are tried again. Any other error of the
+//!   ring leaves the value *broken*: the writes it had submitted are waited for by reaping
+//!   without entering the ring (at most [`BROKEN_WAIT`]; past that the buffer is leaked, never
+//!   freed under the kernel), those it had not are never submitted, and every later call
+//!   fails, so a caller's next pass starts with a new value.
 //! - A write whose offset or length is not a multiple of [`ALIGN`] (a volume with blocks under
 //!   4 KiB) is written with `pwrite` through a second, buffered descriptor, after the staged
 //!   ones: the kernel keeps the two coherent (a direct write invalidates the cached pages of
@@ -39,6 +43,8 @@ pub const STAGE: usize = 4 << 20;
 pub const RUN_MAX: usize = 1 << 20;
 /// Writes in flight together (the ring's size).
 pub const DEPTH: usize = 64;
+/// How long a broken ring's submitted writes are waited for.
+pub const BROKEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A staged write: `len` bytes at `at` in the file, from `off` in the staging buffer.
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +62,14 @@ pub struct DirectBase {
     stage: Option<Bounce>,
     used: usize,
     runs: Vec<Run>,
+    /// The ring failed: every call fails (the module's invariants).
+    broken: bool,
+    /// Tests: staged writes merged into the one before them.
+    #[cfg(test)]
+    merges: usize,
+    /// Tests: the next flush submits its writes, then takes the ring's answer as EBADF.
+    #[cfg(test)]
+    fail_enter: bool,
 }
 
 impl DirectBase {
@@ -81,6 +95,11 @@ impl DirectBase {
             stage: Some(Bounce::new(STAGE)),
             used: 0,
             runs: Vec::with_capacity(DEPTH),
+            broken: false,
+            #[cfg(test)]
+            merges: 0,
+            #[cfg(test)]
+            fail_enter: false,
         })
     }
 
@@ -92,6 +111,7 @@ impl DirectBase {
     /// Write `data` at `at`: staged (written by a later [`DirectBase::flush`]), or at once
     /// with `pwrite` where it is not aligned to [`ALIGN`].
     pub fn write(&mut self, data: &[u8], at: u64) -> std::io::Result<()> {
+        self.usable()?;
         if !at.is_multiple_of(ALIGN) || !(data.len() as u64).is_multiple_of(ALIGN) {
             self.flush()?;
             return self.plain.write_all_at(data, at);
@@ -110,6 +130,10 @@ impl DirectBase {
                 {
                     let n = data.len().min(room).min(RUN_MAX - r.len);
                     r.len += n;
+                    #[cfg(test)]
+                    {
+                        self.merges += 1;
+                    }
                     n
                 }
                 _ => {
@@ -126,11 +150,24 @@ impl DirectBase {
                     n
                 }
             };
-            let stage = self.stage.as_mut().expect("kept while the value lives");
+            let stage = self
+                .stage
+                .as_mut()
+                .expect("kept while the value is not broken");
             stage.slice_mut(used + n)[used..].copy_from_slice(&data[..n]);
             self.used += n;
             data = &data[n..];
             at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// An error once the ring broke.
+    fn usable(&self) -> std::io::Result<()> {
+        if self.broken {
+            return Err(std::io::Error::other(
+                "the base copy's ring failed earlier: written with a new one next pass",
+            ));
         }
         Ok(())
     }
@@ -146,6 +183,7 @@ impl DirectBase {
     /// Write everything staged and wait for it: an error if a write failed or was short
     /// (after every write started has completed).
     pub fn flush(&mut self) -> std::io::Result<()> {
+        self.usable()?;
         if self.runs.is_empty() {
             self.used = 0;
             return Ok(());
@@ -153,7 +191,7 @@ impl DirectBase {
         let base = self
             .stage
             .as_mut()
-            .expect("kept while the value lives")
+            .expect("kept while the value is not broken")
             .ptr();
         for (i, r) in self.runs.iter().enumerate() {
             let sqe = opcode::Write::new(
@@ -174,33 +212,73 @@ impl DirectBase {
         let mut done = 0;
         let mut failed: Option<std::io::Error> = None;
         while done < total {
-            match self.ring.submit_and_wait(1) {
+            let entered = self.ring.submit_and_wait(1);
+            #[cfg(test)]
+            let entered = match std::mem::take(&mut self.fail_enter) {
+                true => entered.and(Err(std::io::Error::from_raw_os_error(libc::EBADF))),
+                false => entered,
+            };
+            done += self.reap(&mut failed);
+            match entered {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => {
-                    // Which writes are in flight is unknown: the buffer must outlive them.
-                    std::mem::forget(self.stage.take());
-                    self.runs.clear();
-                    return Err(e);
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EBUSY | libc::ENOMEM)
+                    ) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
-            }
-            for cqe in self.ring.completion() {
-                let r = self.runs[cqe.user_data() as usize];
-                done += 1;
-                let res = cqe.result();
-                if res < 0 {
-                    failed.get_or_insert(std::io::Error::from_raw_os_error(-res));
-                } else if res as usize != r.len {
-                    failed.get_or_insert(std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        format!("short write at {}: {res} of {} bytes", r.at, r.len),
-                    ));
+                Err(e) => {
+                    self.break_ring(total, done);
+                    return Err(e);
                 }
             }
         }
         self.runs.clear();
         self.used = 0;
         failed.map_or(Ok(()), Err)
+    }
+
+    /// Reap the completions there are; how many. The first failure (an error, or a short
+    /// write) goes to `failed`.
+    fn reap(&mut self, failed: &mut Option<std::io::Error>) -> usize {
+        let mut n = 0;
+        for cqe in self.ring.completion() {
+            let r = self.runs[cqe.user_data() as usize];
+            n += 1;
+            let res = cqe.result();
+            if res < 0 {
+                failed.get_or_insert(std::io::Error::from_raw_os_error(-res));
+            } else if res as usize != r.len {
+                failed.get_or_insert(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write at {}: {res} of {} bytes", r.at, r.len),
+                ));
+            }
+        }
+        n
+    }
+
+    /// The ring failed with `done` of `total` writes reaped: wait for the others it had
+    /// submitted without entering it (their completions still arrive; a sleep runs the
+    /// task's pending work), at most [`BROKEN_WAIT`], then leak the buffer if any is still
+    /// out. The writes never submitted stay unsubmitted: the value is broken for good.
+    fn break_ring(&mut self, total: usize, mut done: usize) {
+        self.broken = true;
+        let submitted = total - self.ring.submission().len();
+        let until = std::time::Instant::now() + BROKEN_WAIT;
+        let mut ignored = None;
+        while done < submitted && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            done += self.reap(&mut ignored);
+        }
+        if done < submitted {
+            std::mem::forget(self.stage.take());
+        }
+        self.runs.clear();
+        self.used = 0;
     }
 }
 
@@ -227,13 +305,6 @@ fn fits_alignment(f: &File) -> bool {
     }
     let (mem, off) = (st.stx_dio_mem_align as u64, st.stx_dio_offset_align as u64);
     mem != 0 && off != 0 && ALIGN.is_multiple_of(off) && ALIGN.is_multiple_of(mem)
-}
-
-impl Drop for DirectBase {
-    fn drop(&mut self) {
-        // Staged writes not flushed are dropped (a pass that failed): nothing is in flight.
-        debug_assert!(self.ring.submission().is_empty());
-    }
 }
 
 #[cfg(test)]
@@ -264,7 +335,8 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        let mut merged_or_split = 0;
+        // Where the last aligned write ended, for the next to follow it.
+        let mut prev_end = 0u64;
         for round in 0..400u64 {
             let kind = rnd(20);
             let (at, len) = if kind == 0 {
@@ -276,19 +348,18 @@ mod tests {
             } else if kind == 1 {
                 // Unaligned: through the buffered descriptor.
                 (rnd(SIZE - 10_000), 512 + rnd(8000))
-            } else if kind < 8 {
-                // Right after the previous aligned write: merged.
-                merged_or_split += 1;
-                (
-                    round % 64 * 16 * ALIGN + ALIGN * (round % 7),
-                    ALIGN * (1 + rnd(4)),
-                )
+            } else if kind < 8 && prev_end + 4 * ALIGN <= SIZE {
+                // Right after the previous aligned write: merged with it (when still staged).
+                (prev_end, ALIGN * (1 + rnd(4)))
             } else {
                 (rnd(SIZE / ALIGN - 64) * ALIGN, ALIGN * (1 + rnd(48)))
             };
             let len = len.min(SIZE - at);
             let data: Vec<u8> = (0..len).map(|i| (i * 7 + round * 13) as u8).collect();
             b.write(&data, at).unwrap();
+            if kind != 1 {
+                prev_end = at + len;
+            }
             model[at as usize..(at + len) as usize].copy_from_slice(&data);
             if round % 50 == 49 {
                 // A hole punched: after what is staged (the caller flushes first).
@@ -298,7 +369,7 @@ mod tests {
                 model[at as usize..(at + 4 * ALIGN) as usize].fill(0);
             }
         }
-        assert!(merged_or_split > 0);
+        assert!(b.merges >= 50, "{} writes merged", b.merges);
         b.flush().unwrap();
         b.file().sync_all().unwrap();
         let got = std::fs::read(&path).unwrap();
@@ -323,14 +394,54 @@ mod tests {
                 return;
             }
         };
-        // Past the largest file size ext4 and XFS take: EFBIG or EINVAL.
+        // At an offset that is negative as a file position: EINVAL on every filesystem.
         b.write(&[1u8; 4096], 0).unwrap();
-        b.write(&[2u8; 4096], (1u64 << 62) - 4096).unwrap();
+        b.write(&[2u8; 4096], 1u64 << 63).unwrap();
         assert!(b.flush().is_err());
         b.write(&[3u8; 4096], 4096).unwrap();
         b.flush().unwrap();
         let got = std::fs::read(&path).unwrap();
         assert!(got[..4096].iter().all(|&x| x == 1));
         assert!(got[4096..8192].iter().all(|&x| x == 3));
+    }
+
+    /// A ring that fails: the writes it had submitted are waited for (reaped without
+    /// entering it), the flush fails, and so does every later call.
+    #[test]
+    fn a_broken_ring_waits_for_its_submitted_writes_and_fails_from_then_on() {
+        let d = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = d.path().join("base.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let mut b = match DirectBase::open(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("skipped: no O_DIRECT here ({e})");
+                return;
+            }
+        };
+        for i in 0..8u64 {
+            b.write(&[i as u8 + 1; 4096], i * 8192).unwrap();
+        }
+        b.fail_enter = true;
+        let e = b.flush().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        assert!(
+            b.stage.is_some(),
+            "every submitted write was reaped: nothing leaked"
+        );
+        assert!(b.write(&[9u8; 4096], 0).is_err());
+        assert!(b.flush().is_err());
+        // The submitted writes are in the file.
+        let got = std::fs::read(&path).unwrap();
+        for i in 0..8usize {
+            assert!(
+                got[i * 8192..i * 8192 + 4096]
+                    .iter()
+                    .all(|&x| x == i as u8 + 1)
+            );
+        }
     }
 }

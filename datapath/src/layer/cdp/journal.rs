@@ -106,7 +106,7 @@ pub struct CdpStats {
     /// Segment switches that created the segment on the reactor (no spare was ready).
     pub switches_created: AtomicU64,
     /// Segment switches on a disk with `sync = "flush"` and mappings on to a segment without
-    /// a mapping (the one before it took most of its bytes in large batches, or it could not
+    /// a mapping (the one two before it took most of its bytes in large batches, or it could not
     /// be mapped): its large batches are O_DIRECT writes.
     pub switches_unmapped: AtomicU64,
     /// Waits for the helper to unmap a full disk segment that [`UNMAP_WAIT`] ended (the
@@ -186,6 +186,9 @@ pub struct Spare {
     /// [`DIRECT_MIN`]): the next spare on a disk is not mapped, and its large batches are
     /// O_DIRECT writes instead of copies into a mapping ([`Journal::next_segment`]).
     pub direct_next: AtomicBool,
+    /// The last spare the helper mapped (0: none). On a disk the writer appends through a
+    /// mapping only of that spare, not through one an earlier use of a recycled file left.
+    pub mapped_segno: AtomicU64,
     /// A full disk segment's mapping the writer gave up before its last sync, with its
     /// ticket, for the helper to unmap ([`Journal::disk_map_gone`]).
     pub retired: std::sync::Mutex<Option<(u64, Arc<super::mapped::Mapped>)>>,
@@ -998,7 +1001,10 @@ impl Journal {
         }
         // A spare the helper mapped, or a recycled file mapped in an earlier use (a new file
         // created here has no mapping: `pwrite`s, or O_DIRECT writes for large batches).
-        self.map = if self.inline || self.cached.is_some() {
+        // On a disk only the spare the helper mapped for this use: a mapping an earlier use
+        // of a recycled file left would override its choice (`direct_next`).
+        let mapped_here = spare && self.spare.mapped_segno.load(Ordering::Acquire) == segno;
+        self.map = if self.inline || self.cached.is_some() && mapped_here {
             self.spare.maps.cached(&file)
         } else {
             None
@@ -1159,6 +1165,9 @@ fn map_spare(v: &SpareOf, segno: u64) {
         .write(true)
         .open(&path)
         .and_then(|f| maps.map(&f));
+    if mapped.is_ok() {
+        v.spare.mapped_segno.store(segno, Ordering::Release);
+    }
     if let Err(e) = mapped {
         tracing::debug!(path = %path.display(), error = %e, "cdp: spare segment not mapped; appended with pwrite");
     }
