@@ -25,7 +25,9 @@
 //!   (mapped.rs) every batch, large ones included, is instead a copy into that mapping (no
 //!   O_DIRECT append nor padding in that segment). The helper maps a disk spare only when
 //!   most of the bytes of the segment full at the last switch came in small batches
-//!   ([`Spare::direct_next`]). An update is acknowledged once its record is *written*
+//!   ([`Spare::direct_next`]); an unmapped one that then takes small batches in a row is
+//!   mapped part way on the writer's request ([`Journal::ask_map`]), and from that request
+//!   on none of its batches is O_DIRECT. An update is acknowledged once its record is *written*
 //!   (it survives kill -9, not a power loss nor a kernel crash), and the journal is made
 //!   durable the way the volume is, by a flush or a FUA write: such an update waits until a
 //!   `fdatasync` of the segment issued after its record was written has completed
@@ -112,6 +114,9 @@ pub struct CdpStats {
     /// Waits for the helper to unmap a full disk segment that [`UNMAP_WAIT`] ended (the
     /// segment's sync then ran with the mapping still there: a helper busy elsewhere).
     pub unmap_waits_expired: AtomicU64,
+    /// Disk segments started without a mapping that the segment thread mapped part way, once
+    /// small batches came in a row ([`Journal::ask_map`]).
+    pub mapped_late: AtomicU64,
     /// Retention by size consolidated a segment that retention by age would have kept: the
     /// history is shorter than its age target (set by the retention thread, never cleared
     /// while the daemon runs: the history only recovers as time passes).
@@ -189,6 +194,11 @@ pub struct Spare {
     /// The last spare the helper mapped (0: none). On a disk the writer appends through a
     /// mapping only of that spare, not through one an earlier use of a recycled file left.
     pub mapped_segno: AtomicU64,
+    /// The active segment the writer asks the helper to map part way (0: none), from byte
+    /// `map_from` on, and the last one the helper mapped so ([`Journal::ask_map`]).
+    pub map_active: AtomicU64,
+    pub map_from: AtomicU64,
+    pub active_mapped: AtomicU64,
     /// A full disk segment's mapping the writer gave up before its last sync, with its
     /// ticket, for the helper to unmap ([`Journal::disk_map_gone`]).
     pub retired: std::sync::Mutex<Option<(u64, Arc<super::mapped::Mapped>)>>,
@@ -331,6 +341,22 @@ pub struct Journal {
     /// least [`DIRECT_MIN`] (whether the next spare is mapped: [`Spare::direct_next`]).
     seg_bytes: u64,
     seg_large: u64,
+    /// Bytes of small batches appended in a row to the active segment, without a mapping.
+    small_run: u64,
+    /// Whether the writer asked the helper to map the active segment part way.
+    map_ask: MapAsk,
+}
+
+/// The writer's request that the helper map the active disk segment part way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MapAsk {
+    /// Not asked (the segment has a mapping, or small batches have not come in a row yet).
+    No,
+    /// Asked: every batch is a page-cache write from now on (no O_DIRECT, whose range the
+    /// helper's populate must never touch), until the mapping is taken.
+    Asked,
+    /// Taken (or not made): the segment stays as it is until the next switch.
+    Done,
 }
 
 /// `statfs`'s `f_type` of tmpfs (defined with the mappings, which need no more of this module).
@@ -454,6 +480,8 @@ impl Journal {
             unsynced: VecDeque::new(),
             seg_bytes: 0,
             seg_large: 0,
+            small_run: 0,
+            map_ask: MapAsk::No,
         })
     }
 
@@ -755,13 +783,26 @@ impl Journal {
             return false;
         }
         let mut started = self.start_sync(io, self.sync_want);
+        if self.map_ask == MapAsk::Asked
+            && self.spare.active_mapped.load(Ordering::Acquire) == self.segno
+        {
+            // The helper mapped the active segment: appends are copies into it from here on.
+            self.map = self.spare.maps.cached(&self.file);
+            self.map_ask = MapAsk::Done;
+            if self.map.is_some() {
+                self.stats.mapped_late.fetch_add(1, Relaxed);
+            }
+        }
         while let Some(b) = self.ready.front() {
             // Written in the turn (in memory, or a small batch into the page cache): as it
             // is. An O_DIRECT write needs whole blocks (padding), from a block boundary (a
             // padding record first when cached batches left the position off one).
             // (With a mapping every batch is a copy into it: nothing is O_DIRECT.)
             let cached = self.cached.is_some()
-                && (b.used < DIRECT_MIN || b.rewrite_at.is_some() || self.map.is_some());
+                && (b.used < DIRECT_MIN
+                    || b.rewrite_at.is_some()
+                    || self.map.is_some()
+                    || self.map_ask != MapAsk::No);
             let (lead, len) = if self.inline || cached {
                 (0, b.used)
             } else {
@@ -859,6 +900,7 @@ impl Journal {
                 if b.used >= DIRECT_MIN {
                     self.seg_large += b.used as u64;
                 }
+                self.ask_map(b.used);
             } else if self.sync_on_flush {
                 self.mark_unsynced = true;
             }
@@ -932,6 +974,43 @@ impl Journal {
         false
     }
 
+    /// After a batch of `used` bytes appended to an unmapped disk segment (`sync = "flush"`,
+    /// mappings on): once small batches have come in a row for an eighth of a segment (at
+    /// most 1 MiB) with a quarter of it left, ask the helper to map the segment from the
+    /// append position on, so the rest of it is appended with copies instead of `pwrite`s
+    /// (the segment was left unmapped for the large batches of the one two before it). Only
+    /// with no O_DIRECT append in flight, and none is issued to the segment after the
+    /// request: the helper's populate brings pages of the file into the cache, which must
+    /// never be pages an O_DIRECT write is writing.
+    fn ask_map(&mut self, used: usize) {
+        if self.map.is_some()
+            || self.map_ask != MapAsk::No
+            || self.cached.is_none()
+            || !self.spare.map_disk.load(Relaxed)
+        {
+            return;
+        }
+        if used >= DIRECT_MIN {
+            self.small_run = 0;
+            return;
+        }
+        self.small_run += used as u64;
+        if self.small_run < (self.seg_size / 8).min(1 << 20)
+            || self.seg_size.saturating_sub(self.pos) < self.seg_size / 4
+            || self.inflight.iter().any(|f| !f.done)
+            || !super::mapped::populate_write_supported()
+        {
+            return;
+        }
+        let Some(helper) = self.spare.helper.get() else {
+            return;
+        };
+        self.spare.map_from.store(self.pos, Relaxed);
+        self.spare.map_active.store(self.segno, Ordering::Release);
+        self.map_ask = MapAsk::Asked;
+        helper.unpark();
+    }
+
     /// A padding record of `lead` bytes at the append position, through the page cache, so
     /// the O_DIRECT batch after it starts on a block boundary.
     fn write_lead(&self, lead: usize) -> std::io::Result<()> {
@@ -967,7 +1046,8 @@ impl Journal {
         spare_slot
             .direct_next
             .store(self.seg_large * 2 > self.seg_bytes, Relaxed);
-        (self.seg_bytes, self.seg_large) = (0, 0);
+        (self.seg_bytes, self.seg_large, self.small_run) = (0, 0, 0);
+        self.map_ask = MapAsk::No;
         spare_slot.want.store(segno + 1, Ordering::Release);
         if spare {
             self.stats.switches_prepared.fetch_add(1, Relaxed);
@@ -1173,6 +1253,23 @@ fn map_spare(v: &SpareOf, segno: u64) {
     }
 }
 
+/// Map `v`'s active segment `segno` part way, its pages made present from byte `from` on
+/// ([`Journal::ask_map`]); the writer takes the mapping once `active_mapped` names it.
+fn map_active(v: &SpareOf, segno: u64, from: u64) {
+    let path = store::seg_path(&v.dir, segno);
+    let mapped = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .and_then(|f| v.spare.maps.map_from(&f, from));
+    match mapped {
+        Ok(_) => v.spare.active_mapped.store(segno, Ordering::Release),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "cdp: active segment not mapped part way; appended with pwrite")
+        }
+    }
+}
+
 /// Start the thread that prepares each volume's next segment off the reactors; it stops when
 /// `stop` is set.
 pub fn spare_thread(
@@ -1193,6 +1290,12 @@ pub fn spare_thread(
                     s.helper.get_or_init(std::thread::current);
                     // Full disk segments' mappings the writers gave up: unmapped here.
                     unmap_all_retired(&vols);
+                    // The active segment its writer asks to have mapped part way, if the
+                    // writer is still on it.
+                    let ask = s.map_active.swap(0, Ordering::AcqRel);
+                    if ask != 0 && s.want.load(Ordering::Acquire) == ask + 1 {
+                        map_active(v, ask, s.map_from.load(Relaxed));
+                    }
                     // A spare to prepare: first the mappings of deleted segment files go
                     // (mapped.rs), before the lock the writer try-locks at a switch.
                     let want = s.want.load(Ordering::Acquire);

@@ -27,7 +27,8 @@
 //! `set_len` made it). On tmpfs `fallocate` allocates the pages themselves (ramfs has none);
 //! on a disk it allocates the blocks, and [`Mapped::shared`] makes the pages of the first
 //! [`POPULATE_DISK_MAX`] bytes present and writable at once (`MADV_POPULATE_WRITE`, Linux
-//! 5.14, off the reactor), so the writer's stores there take no page fault unless writeback
+//! 5.14, off the reactor; [`Mapped::shared_from`] from a given byte on, for an active
+//! segment mapped part way, whose earlier bytes may have been written with O_DIRECT), so the writer's stores there take no page fault unless writeback
 //! has cleaned a page it has not reached yet. Writes go through
 //! [`crate::bdev::sigbus::put`]: a page that cannot be brought in or made writable (a disk's
 //! read error, a filesystem that aborted, a tmpfs page that cannot come back from swap) fails
@@ -198,6 +199,13 @@ impl Mapped {
     /// writable); an error for a file without a
     /// birth time (its identity could not be told), an empty or sparse one, or a failed `mmap`.
     pub fn shared(file: &File, populate: bool) -> std::io::Result<Mapped> {
+        Self::shared_from(file, populate, 0)
+    }
+
+    /// [`Mapped::shared`], its pages on a disk made present from byte `from` (rounded down to
+    /// a page) on: the active segment mapped part way ([`SegMaps::map_from`]), whose bytes
+    /// before are written already (some with O_DIRECT, whose pages must not be brought in).
+    pub fn shared_from(file: &File, populate: bool, from: u64) -> std::io::Result<Mapped> {
         crate::bdev::sigbus::install();
         let m = file.metadata()?;
         let len = whole_len(&m)?;
@@ -220,10 +228,19 @@ impl Mapped {
         };
         // (A shared mapping's MAP_POPULATE faults pages in for reading: on a disk, whose
         // pages are write-protected until written, each first store would still fault.)
-        if populate && !tmpfs {
-            let n = len.min(POPULATE_DISK_MAX);
-            // SAFETY: madvise over the first `n` bytes of the mapping just made.
-            if unsafe { libc::madvise(ptr, n, libc::MADV_POPULATE_WRITE) } != 0 {
+        let from = (usize::try_from(from).unwrap_or(usize::MAX) / 4096 * 4096).min(len);
+        if populate && !tmpfs && from < len {
+            let n = (len - from).min(POPULATE_DISK_MAX);
+            // SAFETY: madvise over `n` bytes of the mapping just made, from the page-aligned
+            // `from` (inside it).
+            if unsafe {
+                libc::madvise(
+                    ptr.cast::<u8>().add(from).cast(),
+                    n,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            } != 0
+            {
                 return Err(std::io::Error::last_os_error()); // unmapped by the drop
             }
         }
@@ -349,6 +366,12 @@ impl SegMaps {
     /// file at another length is dropped, and so are the oldest mappings of disk files past
     /// [`DISK_KEEP`] that no one else holds.
     pub fn map(&self, file: &File) -> std::io::Result<Arc<Mapped>> {
+        self.map_from(file, 0)
+    }
+
+    /// [`SegMaps::map`], a new mapping's pages on a disk made present from byte `from` on
+    /// ([`Mapped::shared_from`]).
+    pub fn map_from(&self, file: &File, from: u64) -> std::io::Result<Arc<Mapped>> {
         if let Some(m) = self.cached(file) {
             return Ok(m);
         }
@@ -357,7 +380,7 @@ impl SegMaps {
             let k = self.lock();
             !k.closed && k.maps.iter().map(|x| x.len as u64).sum::<u64>() + len <= CACHE_MAX
         };
-        let new = Arc::new(Mapped::shared(file, room)?);
+        let new = Arc::new(Mapped::shared_from(file, room, from)?);
         let dropped = {
             let mut k = self.lock();
             let id = new.id;

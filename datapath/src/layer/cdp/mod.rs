@@ -152,6 +152,7 @@ impl CdpInfo {
             "switches_created": s.switches_created.load(Relaxed),
             "switches_unmapped": s.switches_unmapped.load(Relaxed),
             "unmap_waits_expired": s.unmap_waits_expired.load(Relaxed),
+            "mapped_late": s.mapped_late.load(Relaxed),
             "journal": if s.off.load(Relaxed) {
                 "off"
             } else if s.stopped.load(Relaxed) {

@@ -588,7 +588,8 @@ fn large_batches_written_as_copies_reuse_one_allocation() {
 
 /// With `sync = "flush"` on a disk, a segment that took most of its bytes in large batches
 /// makes the spare after the next one unmapped (its large batches O_DIRECT writes, no copy);
-/// small batches turn the mappings back on as soon. Every record reads back either way.
+/// small batches in a row have the active unmapped segment mapped part way, and the spares
+/// mapped again. Every record reads back either way.
 #[test]
 fn large_batches_make_the_next_disk_segments_unmapped_and_small_ones_mapped_again() {
     let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
@@ -648,11 +649,33 @@ fn large_batches_make_the_next_disk_segments_unmapped_and_small_ones_mapped_agai
         w.stats
     );
     assert!(w.j.map.is_none(), "the active segment is not mapped");
-    // Then six segments of 4 KiB records (lone, small): mapped again two switches later.
+    // Then six segments of 4 KiB records (lone, small): the writer asks the helper to map
+    // the first unmapped segment with room part way, takes the mapping in that segment, and
+    // the spares are mapped again two switches later.
     let (mapped0, direct0) = (st(&w.stats.mapped_appends), direct(&w.stats));
+    let (mut asked_in, mut mapped_in) = (None, None);
     for i in 0..1500 {
         write(&mut io, &mut w, 1000 + i, 4096);
+        if w.j.map_ask == MapAsk::Asked && asked_in.is_none() {
+            asked_in = Some(w.j.segno());
+            let until = Instant::now() + Duration::from_secs(10);
+            while w.spare.active_mapped.load(Ordering::Acquire) != w.j.segno() {
+                assert!(Instant::now() < until, "the helper maps the active segment");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        if mapped_in.is_none() && w.j.map.is_some() {
+            mapped_in = Some(w.j.segno());
+        }
     }
+    let asked_in = asked_in.expect("the writer asked for a mapping part way");
+    assert!(asked_in <= seg_large_end + 1, "asked in segment {asked_in}");
+    assert_eq!(
+        mapped_in,
+        Some(asked_in),
+        "taken in the segment it was asked for"
+    );
+    assert!(st(&w.stats.mapped_late) >= 1, "{:?}", w.stats);
     assert!(w.j.segno() >= seg_large_end + 5, "segment {}", w.j.segno());
     assert!(w.j.map.is_some(), "the active segment is mapped again");
     assert!(
