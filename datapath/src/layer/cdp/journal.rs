@@ -84,8 +84,9 @@ pub struct CdpStats {
     /// Journal appends (batches) since start.
     pub batches: AtomicU64,
     /// Of them, appended with `pwrite` through the page cache (`sync = "flush"` on a disk, a
-    /// segment without a mapping: batches under 64 KiB, time marks and segment headers
-    /// included; not the padding records written before an O_DIRECT batch, which are not
+    /// segment without a mapping: batches under 64 KiB, and larger ones while the segment
+    /// thread has the writer's request to map the segment part way, time marks and segment
+    /// headers included; not the padding records written before an O_DIRECT batch, which are not
     /// appends).
     pub cached_appends: AtomicU64,
     /// Of them, copied into the active segment's mapping (a journal on tmpfs, or on a disk
@@ -199,6 +200,9 @@ pub struct Spare {
     pub map_active: AtomicU64,
     pub map_from: AtomicU64,
     pub active_mapped: AtomicU64,
+    /// The last active segment the helper could not map part way (the writer may then write
+    /// O_DIRECT to it again: the helper is done with it).
+    pub active_failed: AtomicU64,
     /// A full disk segment's mapping the writer gave up before its last sync, with its
     /// ticket, for the helper to unmap ([`Journal::disk_map_gone`]).
     pub retired: std::sync::Mutex<Option<(u64, Arc<super::mapped::Mapped>)>>,
@@ -352,10 +356,14 @@ pub struct Journal {
 enum MapAsk {
     /// Not asked (the segment has a mapping, or small batches have not come in a row yet).
     No,
-    /// Asked: every batch is a page-cache write from now on (no O_DIRECT, whose range the
-    /// helper's populate must never touch), until the mapping is taken.
+    /// Asked: every batch is a page-cache write (no O_DIRECT: the helper's populate brings
+    /// pages of the file into the cache, which must never be pages an O_DIRECT write is
+    /// writing) until the helper is done with the request, or until a large batch withdraws
+    /// a request the helper has not taken yet.
     Asked,
-    /// Taken (or not made): the segment stays as it is until the next switch.
+    /// The helper is done with it: the mapping taken, or none made (then large batches are
+    /// O_DIRECT again: the kernel writes back and drops the cached pages of a direct write's
+    /// range first). As it is until the next switch.
     Done,
 }
 
@@ -783,17 +791,34 @@ impl Journal {
             return false;
         }
         let mut started = self.start_sync(io, self.sync_want);
-        if self.map_ask == MapAsk::Asked
-            && self.spare.active_mapped.load(Ordering::Acquire) == self.segno
-        {
-            // The helper mapped the active segment: appends are copies into it from here on.
-            self.map = self.spare.maps.cached(&self.file);
-            self.map_ask = MapAsk::Done;
-            if self.map.is_some() {
-                self.stats.mapped_late.fetch_add(1, Relaxed);
+        if self.map_ask == MapAsk::Asked {
+            if self.spare.active_mapped.load(Ordering::Acquire) == self.segno {
+                // The helper mapped the active segment: appends are copies into it from here
+                // on (or, if the cache did not keep the mapping, as before the request).
+                self.map = self.spare.maps.cached(&self.file);
+                self.map_ask = MapAsk::Done;
+                if self.map.is_some() {
+                    self.stats.mapped_late.fetch_add(1, Relaxed);
+                }
+            } else if self.spare.active_failed.load(Ordering::Acquire) == self.segno {
+                self.map_ask = MapAsk::Done; // the helper is done with the segment
             }
         }
         while let Some(b) = self.ready.front() {
+            if self.map_ask == MapAsk::Asked
+                && b.used >= DIRECT_MIN
+                && b.rewrite_at.is_none()
+                && self
+                    .spare
+                    .map_active
+                    .compare_exchange(self.segno, 0, Ordering::AcqRel, Relaxed)
+                    .is_ok()
+            {
+                // A large batch while the helper has not taken the request yet: withdrawn,
+                // so the batch may be an O_DIRECT write (no populate can be running).
+                self.map_ask = MapAsk::No;
+                self.small_run = 0;
+            }
             // Written in the turn (in memory, or a small batch into the page cache): as it
             // is. An O_DIRECT write needs whole blocks (padding), from a block boundary (a
             // padding record first when cached batches left the position off one).
@@ -802,7 +827,7 @@ impl Journal {
                 && (b.used < DIRECT_MIN
                     || b.rewrite_at.is_some()
                     || self.map.is_some()
-                    || self.map_ask != MapAsk::No);
+                    || self.map_ask == MapAsk::Asked);
             let (lead, len) = if self.inline || cached {
                 (0, b.used)
             } else {
@@ -1047,6 +1072,14 @@ impl Journal {
             .direct_next
             .store(self.seg_large * 2 > self.seg_bytes, Relaxed);
         (self.seg_bytes, self.seg_large, self.small_run) = (0, 0, 0);
+        if self.map_ask == MapAsk::Asked {
+            // Withdrawn if the helper has not taken it (it checks the writer is still on the
+            // segment before and after mapping it).
+            let _ =
+                self.spare
+                    .map_active
+                    .compare_exchange(self.segno, 0, Ordering::AcqRel, Relaxed);
+        }
         self.map_ask = MapAsk::No;
         spare_slot.want.store(segno + 1, Ordering::Release);
         if spare {
@@ -1256,16 +1289,20 @@ fn map_spare(v: &SpareOf, segno: u64) {
 /// Map `v`'s active segment `segno` part way, its pages made present from byte `from` on
 /// ([`Journal::ask_map`]); the writer takes the mapping once `active_mapped` names it.
 fn map_active(v: &SpareOf, segno: u64, from: u64) {
+    let s = &v.spare;
     let path = store::seg_path(&v.dir, segno);
     let mapped = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
-        .and_then(|f| v.spare.maps.map_from(&f, from));
+        .and_then(|f| s.maps.map_from(&f, from));
     match mapped {
-        Ok(_) => v.spare.active_mapped.store(segno, Ordering::Release),
+        // The writer moved on meanwhile: a full segment's mapping is not kept.
+        Ok(m) if s.want.load(Ordering::Acquire) != segno + 1 => s.maps.forget(&m),
+        Ok(_) => s.active_mapped.store(segno, Ordering::Release),
         Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "cdp: active segment not mapped part way; appended with pwrite")
+            tracing::debug!(path = %path.display(), error = %e, "cdp: active segment not mapped part way; appended as before");
+            s.active_failed.store(segno, Ordering::Release);
         }
     }
 }

@@ -28,7 +28,8 @@
 //! on a disk it allocates the blocks, and [`Mapped::shared`] makes the pages of the first
 //! [`POPULATE_DISK_MAX`] bytes present and writable at once (`MADV_POPULATE_WRITE`, Linux
 //! 5.14, off the reactor; [`Mapped::shared_from`] from a given byte on, for an active
-//! segment mapped part way, whose earlier bytes may have been written with O_DIRECT), so the writer's stores there take no page fault unless writeback
+//! segment mapped part way, whose earlier bytes may have been written with O_DIRECT: no
+//! O_DIRECT write to it is in flight or follows then), so the writer's stores there take no page fault unless writeback
 //! has cleaned a page it has not reached yet. Writes go through
 //! [`crate::bdev::sigbus::put`]: a page that cannot be brought in or made writable (a disk's
 //! read error, a filesystem that aborted, a tmpfs page that cannot come back from swap) fails
@@ -204,7 +205,9 @@ impl Mapped {
 
     /// [`Mapped::shared`], its pages on a disk made present from byte `from` (rounded down to
     /// a page) on: the active segment mapped part way ([`SegMaps::map_from`]), whose bytes
-    /// before are written already (some with O_DIRECT, whose pages must not be brought in).
+    /// before are written already. (The populate's faults may read pages around `from` in
+    /// too, some written with O_DIRECT: the caller makes sure no O_DIRECT write to the file
+    /// is in flight or follows, `Journal::ask_map`.)
     pub fn shared_from(file: &File, populate: bool, from: u64) -> std::io::Result<Mapped> {
         crate::bdev::sigbus::install();
         let m = file.metadata()?;
@@ -228,23 +231,39 @@ impl Mapped {
         };
         // (A shared mapping's MAP_POPULATE faults pages in for reading: on a disk, whose
         // pages are write-protected until written, each first store would still fault.)
-        let from = (usize::try_from(from).unwrap_or(usize::MAX) / 4096 * 4096).min(len);
-        if populate && !tmpfs && from < len {
-            let n = (len - from).min(POPULATE_DISK_MAX);
-            // SAFETY: madvise over `n` bytes of the mapping just made, from the page-aligned
-            // `from` (inside it).
-            if unsafe {
-                libc::madvise(
-                    ptr.cast::<u8>().add(from).cast(),
-                    n,
-                    libc::MADV_POPULATE_WRITE,
-                )
-            } != 0
-            {
-                return Err(std::io::Error::last_os_error()); // unmapped by the drop
-            }
+        if populate && !tmpfs {
+            mapped.populate_from(from)?; // unmapped by the drop on an error
         }
         Ok(mapped)
+    }
+
+    /// Make the pages of a writable mapping present and writable from byte `from` (rounded
+    /// down to a page) on, at most [`POPULATE_DISK_MAX`] bytes (`MADV_POPULATE_WRITE`); an
+    /// error where one cannot be (its page stays as it was).
+    pub fn populate_from(&self, from: u64) -> std::io::Result<()> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .ok()
+            .filter(|&p| p > 0)
+            .unwrap_or(4096);
+        let from = (usize::try_from(from).unwrap_or(usize::MAX) / page * page).min(self.len);
+        if self.id.is_none() || from >= self.len {
+            return Ok(());
+        }
+        let n = (self.len - from).min(POPULATE_DISK_MAX);
+        // SAFETY: madvise over `n` bytes of the writable mapping `self` owns, from the
+        // page-aligned `from` inside it.
+        if unsafe {
+            libc::madvise(
+                self.ptr.cast::<u8>().add(from).cast(),
+                n,
+                libc::MADV_POPULATE_WRITE,
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The file's bytes (read only sealed segments through it: the module's invariants).
@@ -373,6 +392,11 @@ impl SegMaps {
     /// ([`Mapped::shared_from`]).
     pub fn map_from(&self, file: &File, from: u64) -> std::io::Result<Arc<Mapped>> {
         if let Some(m) = self.cached(file) {
+            // A mapping an earlier use of the file left: its pages from `from` on made present
+            // too (an active segment mapped part way; a spare, `from` 0, is taken as it is).
+            if from > 0 && m.on_disk {
+                m.populate_from(from)?;
+            }
             return Ok(m);
         }
         let len = file.metadata()?.len();

@@ -707,3 +707,104 @@ fn large_batches_make_the_next_disk_segments_unmapped_and_small_ones_mapped_agai
         assert!(got == *data, "the write of sequence {seq}");
     }
 }
+
+/// A request to map the active disk segment part way: a large batch withdraws it while the
+/// helper has not taken it (and is then an O_DIRECT write); once the helper has it, large
+/// batches are page-cache writes, never O_DIRECT, until the helper is done with it (here: it
+/// failed, and O_DIRECT is allowed again). Every record reads back.
+#[test]
+fn a_request_to_map_part_way_keeps_o_direct_out_while_the_helper_has_it() {
+    let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+    let Some(mut w) = disk_writer(&mut io, 4 << 20, false) else {
+        return;
+    };
+    if !super::super::mapped::populate_write_supported() {
+        eprintln!("skipped: no MADV_POPULATE_WRITE: no request is made");
+        return;
+    }
+    // The first segment is not mapped; mappings are on from now, and a "helper" that never
+    // looks at the requests stands in for the segment thread.
+    w.spare.map_disk.store(true, Relaxed);
+    let idle = std::thread::spawn(|| std::thread::park_timeout(Duration::from_secs(5)));
+    w.spare.helper.set(idle.thread().clone()).unwrap();
+    let st = |a: &AtomicU64| a.load(Ordering::Acquire);
+    let direct = |s: &CdpStats| st(&s.batches) - st(&s.mapped_appends) - st(&s.cached_appends);
+    let mut written = Vec::new();
+    let mut n = 0u64;
+    let mut write = |io: &mut IoCx, w: &mut DiskWriter, len: u64| {
+        n += 1;
+        let off = (n % 100) * (64 << 10);
+        let data: Vec<u8> = (0..len).map(|b| (b * 11 + n * 5) as u8).collect();
+        let seq = w.j.record(io, Op::Write, off, len, Some(&data));
+        written.push((seq, off, data));
+        let mut tries = 0;
+        while w.j.has_queued() || w.j.in_flight() > 0 {
+            w.j.issue(io, &|s| s);
+            if w.j.in_flight() > 0 {
+                complete_all(io, &mut w.j);
+            }
+            tries += 1;
+            assert!(tries < 100, "record {n} never went");
+        }
+        assert_eq!(w.j.durable(), seq);
+    };
+    // Small batches in a row (an eighth of the 4 MiB segment): asked.
+    let small_until_asked =
+        |w: &mut DiskWriter,
+         io: &mut IoCx,
+         write: &mut dyn FnMut(&mut IoCx, &mut DiskWriter, u64)| {
+            for _ in 0..200 {
+                if w.j.map_ask == MapAsk::Asked {
+                    return;
+                }
+                write(io, w, 4096);
+            }
+            panic!("no request after 200 small batches: {:?}", w.stats);
+        };
+    small_until_asked(&mut w, &mut io, &mut write);
+    assert_eq!(st(&w.spare.map_active), 1);
+    // A large batch before the helper took it: withdrawn, and O_DIRECT.
+    let d0 = direct(&w.stats);
+    write(&mut io, &mut w, 64 << 10);
+    assert_eq!(w.j.map_ask, MapAsk::No);
+    assert_eq!(st(&w.spare.map_active), 0, "withdrawn");
+    assert_eq!(direct(&w.stats), d0 + 1, "{:?}", w.stats);
+    // Asked again, and taken by the helper (it swaps the request out): large batches are
+    // page-cache writes.
+    small_until_asked(&mut w, &mut io, &mut write);
+    assert_eq!(w.spare.map_active.swap(0, Ordering::AcqRel), 1);
+    let (d1, c1) = (direct(&w.stats), st(&w.stats.cached_appends));
+    for _ in 0..3 {
+        write(&mut io, &mut w, 128 << 10);
+    }
+    assert_eq!(w.j.map_ask, MapAsk::Asked);
+    assert_eq!(
+        direct(&w.stats),
+        d1,
+        "no O_DIRECT while the helper has it: {:?}",
+        w.stats
+    );
+    assert_eq!(st(&w.stats.cached_appends), c1 + 3);
+    // The helper could not map it: done with it, O_DIRECT again.
+    w.spare.active_failed.store(1, Ordering::Release);
+    write(&mut io, &mut w, 128 << 10);
+    assert_eq!(w.j.map_ask, MapAsk::Done);
+    assert!(w.j.map.is_none());
+    assert_eq!(direct(&w.stats), d1 + 1, "{:?}", w.stats);
+    assert_eq!(w.j.segno(), 1, "all in the first segment");
+    w.j.sync_now().unwrap();
+    w.j.seal().unwrap();
+    let h = store::load(&w.dir, store::Load::ReadOnly).unwrap();
+    assert!(h.cut.is_none() && h.damaged.is_empty(), "{:?}", h.cut);
+    for (seq, off, data) in written.iter().step_by(3) {
+        let got = super::super::pit::read_at(
+            &h,
+            super::super::pit::Point::Seq(*seq),
+            *off,
+            data.len() as u64,
+        )
+        .unwrap();
+        assert!(got == *data, "the write of sequence {seq}");
+    }
+    idle.thread().unpark();
+}
