@@ -311,21 +311,29 @@ fn fits_alignment(f: &File) -> bool {
 mod tests {
     use super::*;
 
+    /// A base copy of `size` bytes in a new directory under /var/tmp, opened for O_DIRECT
+    /// writes; None (skipped) where there is no O_DIRECT.
+    fn base_of(size: u64) -> Option<(tempfile::TempDir, std::path::PathBuf, DirectBase)> {
+        let d = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = d.path().join("base.img");
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        match DirectBase::open(&path) {
+            Ok(b) => Some((d, path, b)),
+            Err(e) => {
+                eprintln!("skipped: no O_DIRECT here ({e})");
+                None
+            }
+        }
+    }
+
     /// Random writes (aligned, of every size up to twice the staging buffer, overlapping
     /// often, some unaligned) and holes punched between flushes give the file the content of a
     /// model that applies them in order.
     #[test]
     fn writes_reach_the_file_in_order_wherever_they_overlap() {
-        let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        let path = d.path().join("base.img");
         const SIZE: u64 = 24 << 20;
-        std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
-        let mut b = match DirectBase::open(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("skipped: no O_DIRECT here ({e})");
-                return;
-            }
+        let Some((_d, path, mut b)) = base_of(SIZE) else {
+            return;
         };
         let mut model = vec![0u8; SIZE as usize];
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -381,18 +389,8 @@ mod tests {
     /// the value stays usable.
     #[test]
     fn a_failed_write_is_returned_by_the_flush() {
-        let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        let path = d.path().join("base.img");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
-        let mut b = match DirectBase::open(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("skipped: no O_DIRECT here ({e})");
-                return;
-            }
+        let Some((_d, path, mut b)) = base_of(1 << 20) else {
+            return;
         };
         // At an offset that is negative as a file position: EINVAL on every filesystem.
         b.write(&[1u8; 4096], 0).unwrap();
@@ -409,18 +407,8 @@ mod tests {
     /// entering it), the flush fails, and so does every later call.
     #[test]
     fn a_broken_ring_waits_for_its_submitted_writes_and_fails_from_then_on() {
-        let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        let path = d.path().join("base.img");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
-        let mut b = match DirectBase::open(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("skipped: no O_DIRECT here ({e})");
-                return;
-            }
+        let Some((_d, path, mut b)) = base_of(1 << 20) else {
+            return;
         };
         for i in 0..8u64 {
             b.write(&[i as u8 + 1; 4096], i * 8192).unwrap();

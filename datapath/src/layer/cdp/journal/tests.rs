@@ -693,10 +693,16 @@ fn large_batches_make_the_next_disk_segments_unmapped_and_small_ones_mapped_agai
     t.join().unwrap();
     assert!(w.j.sync_now().unwrap());
     w.j.seal().unwrap();
-    let h = store::load(&w.dir, store::Load::ReadOnly).unwrap();
+    reads_back(&w.dir, &written, 7);
+}
+
+/// The sealed history in `dir` is whole, ends at the last of `written` (sequence, offset,
+/// bytes) and reads every `step`th of them back at its own point.
+fn reads_back(dir: &std::path::Path, written: &[(u64, u64, Vec<u8>)], step: usize) {
+    let h = store::load(dir, store::Load::ReadOnly).unwrap();
     assert!(h.cut.is_none() && h.damaged.is_empty(), "{:?}", h.cut);
     assert_eq!(h.last_seq, written.last().unwrap().0);
-    for (seq, off, data) in written.iter().step_by(7) {
+    for (seq, off, data) in written.iter().step_by(step) {
         let got = super::super::pit::read_at(
             &h,
             super::super::pit::Point::Seq(*seq),
@@ -794,17 +800,6 @@ fn a_request_to_map_part_way_keeps_o_direct_out_while_the_helper_has_it() {
     assert_eq!(w.j.segno(), 1, "all in the first segment");
     w.j.sync_now().unwrap();
     w.j.seal().unwrap();
-    let h = store::load(&w.dir, store::Load::ReadOnly).unwrap();
-    assert!(h.cut.is_none() && h.damaged.is_empty(), "{:?}", h.cut);
-    for (seq, off, data) in written.iter().step_by(3) {
-        let got = super::super::pit::read_at(
-            &h,
-            super::super::pit::Point::Seq(*seq),
-            *off,
-            data.len() as u64,
-        )
-        .unwrap();
-        assert!(got == *data, "the write of sequence {seq}");
-    }
+    reads_back(&w.dir, &written, 3);
     idle.thread().unpark();
 }
