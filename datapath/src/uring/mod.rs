@@ -181,7 +181,8 @@ pub struct IoCx {
     /// [`IoCx::recycle_vec`] within [`SPARE_VECS`] vectors of at most [`SPARE_VEC_MAX`] bytes.
     pub spare_vecs: Vec<Vec<u8>>,
     /// Bounce buffers given back ([`IoCx::put_buf`], [`IoCx::release`]) for
-    /// [`IoCx::take_buf`] to reuse, at most [`SPARE_BOUNCE_BYTES`] of them.
+    /// [`IoCx::take_buf`] to reuse, at most [`SPARE_BOUNCES`] of at most
+    /// [`SPARE_BOUNCE_BYTES`] together.
     spare_bounces: Vec<buf::Bounce>,
     /// Their bytes.
     spare_bounce_bytes: usize,
@@ -196,6 +197,9 @@ pub struct IoCx {
 /// when the pool is empty) are kept per reactor for reuse: a 128 KiB write's journal record
 /// or a large read of a file volume took a zeroed allocation and a free per I/O otherwise.
 pub const SPARE_BOUNCE_BYTES: usize = 8 << 20;
+/// At most this many of them (`take_buf` looks through them for one large enough: small ones,
+/// taken when the pool is empty, would make that a long scan per I/O).
+pub const SPARE_BOUNCES: usize = 64;
 
 /// At most this many spare vectors per reactor.
 pub const SPARE_VECS: usize = 1024;
@@ -380,7 +384,9 @@ impl IoCx {
 
 #[cfg(test)]
 mod tests {
-    use super::{IoCx, IoTag, OpBuf, Owner, SPARE_BOUNCE_BYTES, SPARE_VEC_MAX, SPARE_VECS};
+    use super::{
+        IoCx, IoTag, OpBuf, Owner, SPARE_BOUNCE_BYTES, SPARE_BOUNCES, SPARE_VEC_MAX, SPARE_VECS,
+    };
 
     /// A bounce buffer given back is reused by the next operation it is large enough for
     /// (one allocation for many), and the kept ones stay within SPARE_BOUNCE_BYTES.
@@ -405,6 +411,13 @@ mod tests {
         let kept: usize = io.spare_bounces.iter().map(|b| b.size()).sum();
         assert_eq!(kept, io.spare_bounce_bytes);
         assert!(kept > SPARE_BOUNCE_BYTES - (1 << 20), "{kept} kept");
+        // Small ones (the pool empty): at most SPARE_BOUNCES of them are kept.
+        let mut io = IoCx::new(8, 2, 4096, 1).expect("ring");
+        let held: Vec<OpBuf> = (0..200).map(|_| io.take_buf(4096)).collect();
+        for b in held {
+            io.put_buf(b);
+        }
+        assert_eq!(io.spare_bounces.len(), SPARE_BOUNCES);
     }
 
     #[test]

@@ -243,12 +243,15 @@ impl IoCx {
     }
 
     /// Give back a buffer [`IoCx::take_buf`] gave: a pool buffer to the pool, a bounce buffer
-    /// kept for reuse while the kept ones stay within [`super::SPARE_BOUNCE_BYTES`] (else
-    /// freed).
+    /// kept for reuse while the kept ones stay within [`super::SPARE_BOUNCES`] and
+    /// [`super::SPARE_BOUNCE_BYTES`] (else freed).
     pub fn put_buf(&mut self, buf: OpBuf) {
         match buf {
             OpBuf::Pool(id) => self.pool.put(id),
-            OpBuf::Bounce(b) if self.spare_bounce_bytes + b.size() <= super::SPARE_BOUNCE_BYTES => {
+            OpBuf::Bounce(b)
+                if self.spare_bounces.len() < super::SPARE_BOUNCES
+                    && self.spare_bounce_bytes + b.size() <= super::SPARE_BOUNCE_BYTES =>
+            {
                 self.spare_bounce_bytes += b.size();
                 self.spare_bounces.push(b);
             }

@@ -195,10 +195,12 @@ pub struct Spare {
     /// The last spare the helper mapped (0: none). On a disk the writer appends through a
     /// mapping only of that spare, not through one an earlier use of a recycled file left.
     pub mapped_segno: AtomicU64,
-    /// The active segment the writer asks the helper to map part way (0: none), from byte
-    /// `map_from` on, and the last one the helper mapped so ([`Journal::ask_map`]).
+    /// The active segment the writer asks the helper to map part way (0: none; the helper
+    /// swaps it out when it takes the request, [`Journal::ask_map`]).
     pub map_active: AtomicU64,
+    /// From which byte of it (the append position when asked).
     pub map_from: AtomicU64,
+    /// The last active segment the helper mapped so.
     pub active_mapped: AtomicU64,
     /// The last active segment the helper could not map part way (the writer may then write
     /// O_DIRECT to it again: the helper is done with it).
@@ -1278,11 +1280,11 @@ fn map_spare(v: &SpareOf, segno: u64) {
         .write(true)
         .open(&path)
         .and_then(|f| maps.map(&f));
-    if mapped.is_ok() {
-        v.spare.mapped_segno.store(segno, Ordering::Release);
-    }
-    if let Err(e) = mapped {
-        tracing::debug!(path = %path.display(), error = %e, "cdp: spare segment not mapped; appended with pwrite");
+    match mapped {
+        Ok(_) => v.spare.mapped_segno.store(segno, Ordering::Release),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "cdp: spare segment not mapped; appended with pwrite")
+        }
     }
 }
 

@@ -638,7 +638,7 @@ pub const RECYCLED_KEEP: usize = 2;
 /// Consolidated segment files kept for reuse at most. Beyond [`RECYCLED_KEEP`] a file is kept
 /// only while its filesystem has [`RECYCLED_ROOM`] segments' worth free besides, and the
 /// retention thread deletes those beyond [`RECYCLED_KEEP`] once the volume's consolidation has
-/// been idle a while ([`trim_recycled`]). A journal written faster than one segment per look
+/// been idle a while ([`trim_recycled_when`]). A journal written faster than one segment per look
 /// of the retention thread has several segments consolidated in a row; deleting all but two
 /// of them made the helper allocate (and tmpfs zero) new files for the next ones: 128 KiB
 /// writes on a journal in memory gave 0.57x the IOPS of CDP off with 2 kept, 0.81x with 8
