@@ -967,8 +967,11 @@ fn retired_segments_are_reused_in(tmp: tempfile::TempDir) {
             "time {t} after recovery"
         );
     }
-    // Files left waiting beyond RECYCLED_KEEP (a stop during a burst): a start finds its
-    // volume idle and the retention thread deletes them at its first look.
+    // Files left waiting beyond RECYCLED_KEEP (a stop during a burst), and a start with a
+    // backlog (retention tightened to one second): the retention thread's first look
+    // consolidates, and the files beyond two go then, those it retired included, well before
+    // the 10 s idle rule would delete them.
+    let oldest = h.segments.first().expect("segments").header.segno;
     for n in 0..4u64 {
         let p = dir.join(format!("recycled-{:016x}.seg", 0xfff0 + n));
         std::fs::write(p, vec![0u8; 4 << 20]).unwrap();
@@ -981,13 +984,27 @@ fn retired_segments_are_reused_in(tmp: tempfile::TempDir) {
             .count()
     };
     assert!(waiting() >= 4);
-    let (mut d, _) = in_process_with("cores=[0]\nwait='adaptive'", &vols);
+    let tighter = vols.replace(
+        "retention_bytes='8MiB'",
+        "retention_bytes='8MiB'\nretention_age='1s'",
+    );
+    assert_ne!(tighter, vols);
+    std::thread::sleep(Duration::from_millis(1200)); // every record older than the age
+    let (mut d, _) = in_process_with("cores=[0]\nwait='adaptive'", &tighter);
     let t = Instant::now();
-    while waiting() > store::RECYCLED_KEEP {
+    let consolidated = || {
+        store::load(&dir, Load::ReadOnly)
+            .unwrap()
+            .segments
+            .first()
+            .is_some_and(|s| s.header.segno > oldest)
+    };
+    while waiting() > store::RECYCLED_KEEP || !consolidated() {
         assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{} files still wait",
-            waiting()
+            t.elapsed() < Duration::from_secs(8),
+            "{} files still wait; consolidated: {}",
+            waiting(),
+            consolidated()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -10,8 +10,8 @@
 //! the segment is retired (kept as `recycled-N.seg` for the spare thread to reuse as a later
 //! segment, at most [`store::RECYCLED_MAX`] of them; deleted beyond, and beyond
 //! [`store::RECYCLED_KEEP`] once the volume's consolidation is idle for [`ACTIVE_FOR`], its
-//! device is short of room, or it is no longer looked after, and at the thread's first look
-//! at the volume: files a stop left). The thread ([`spawn`])
+//! device is short of room, or it is no longer looked after, and before and after the
+//! thread's first look at the volume: files a stop left). The thread ([`spawn`])
 //! looks at a volume ten times a second while it consolidated in the last ten seconds
 //! ([`LOOK_EVERY`]), else (or while its passes fail or a hold keeps its oldest segment) once
 //! a second; a volume whose retention releases segments has them
@@ -825,9 +825,12 @@ pub fn spawn(
                 let mut busy = false;
                 let now = std::time::Instant::now();
                 for v in &vols {
-                    if !kept.contains_key(&v.dir) {
-                        // The thread's first look (a start, or CDP switched on): files a stop
-                        // left waiting beyond two go whatever this turn consolidates.
+                    // The thread's first look (a start, or CDP switched on): files a stop left
+                    // waiting beyond two go, before this turn (their space may be needed) and
+                    // after it (what the turn consolidated, a start's backlog, is not the
+                    // burst the files beyond two are kept for).
+                    let first = !kept.contains_key(&v.dir);
+                    if first {
                         store::trim_recycled(&v.dir, store::RECYCLED_KEEP);
                     }
                     let k = kept.entry(v.dir.clone()).or_insert_with(|| Kept {
@@ -845,7 +848,7 @@ pub fn spawn(
                     // Idle a while, or the device short of room: the files kept for a burst of
                     // consolidations give their space back (before the sweep, so their
                     // mappings go with them).
-                    store::trim_recycled_when(&v.dir, k.idle(now));
+                    store::trim_recycled_when(&v.dir, first || k.idle(now));
                     // Mappings of the segment files this pass deleted go (their memory with them).
                     if let Some(m) = &v.maps {
                         m.sweep(&v.dir);
