@@ -2,12 +2,19 @@
 //! (docs/cdp-format.md, "Time and sequence numbers").
 //!
 //! Model: `CLOCK_MONOTONIC + offset`, in ns. The offset starts as `CLOCK_REALTIME -
-//! CLOCK_MONOTONIC` (so site time reads as wall-clock time) and is only ever raised, by
+//! CLOCK_MONOTONIC` (so site time reads as wall-clock time) and is only ever raised: by
 //! [`not_before`], which every history's recovery calls with its last time before the reactors
-//! start. Invariants: [`now`] never goes backwards within the process (the monotonic clock does
-//! not, the offset only rises) and exceeds every time recovered from a journal of the site;
-//! it is the same clock on every CPU, so an update stamped after another one completed has a
-//! time at least as high, whatever volume or reactor each belongs to.
+//! start, and by [`now`] when the wall clock was stepped forward (NTP correcting a clock that
+//! lagged, a virtual machine's clock set after a pause): site time takes the step up at once,
+//! so it is never behind the wall clock by more than [`STEP_NS`], and a point an operator names
+//! by the wall clock ("the second before the mistake") never takes in writes made after it. A
+//! step backwards is not followed (site time runs ahead of the wall clock until it catches
+//! up: a point named by the wall clock then ends earlier, never later). Invariants: [`now`]
+//! never goes backwards within the process (the monotonic clock does not, the offset only
+//! rises) and exceeds every time recovered from a journal of the site; it is the same clock on
+//! every CPU, so an update stamped after another one completed has a time at least as high,
+//! whatever volume or reactor each belongs to (the offset is one atomic, read after the raise
+//! that came before).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -65,14 +72,34 @@ fn realtime_offset(mut read: impl FnMut(libc::clockid_t) -> u64) -> u64 {
 
 /// `CLOCK_REALTIME - CLOCK_MONOTONIC` as it reads now (ns): what a process starting now
 /// would take as its offset. It moves only when the wall clock is stepped (tests: whether a
-/// step came between two processes' starts).
+/// step came between two readings).
 pub fn wall_offset() -> u64 {
     realtime_offset(read)
 }
 
+/// A wall clock this far (ns) ahead of site time is a step forward that [`now`] takes up.
+pub const STEP_NS: u64 = 1_000_000;
+
 /// Site time now, ns.
 pub fn now() -> u64 {
-    read(libc::CLOCK_MONOTONIC) + offset()
+    let off = offset();
+    stamp(&OFFSET, off, read)
+}
+
+/// Site time through `read` with `offset` (holding `off`, already set): the monotonic reading
+/// plus the offset, the offset first raised when the wall clock read after the monotonic one
+/// is more than [`STEP_NS`] ahead of that (a step forward; or this thread preempted between
+/// the two readings, which the careful reading of [`realtime_offset`] tells apart). One vDSO
+/// read more than before per call, no atomic written unless the wall clock moved.
+fn stamp(offset: &AtomicU64, off: u64, mut read: impl FnMut(libc::clockid_t) -> u64) -> u64 {
+    let mono = read(libc::CLOCK_MONOTONIC);
+    let wall = read(libc::CLOCK_REALTIME);
+    if wall.saturating_sub(mono) <= off.saturating_add(STEP_NS) {
+        return mono + off;
+    }
+    let want = realtime_offset(&mut read);
+    let now_off = offset.fetch_max(want, Ordering::Relaxed).max(want);
+    read(libc::CLOCK_MONOTONIC) + now_off
 }
 
 /// Make site time from now on exceed `t` (a time found in a journal).
@@ -93,6 +120,80 @@ mod tests {
         assert!(b >= a);
         super::not_before(b + 5_000_000_000);
         assert!(super::now() > b + 5_000_000_000);
+    }
+
+    /// A fake pair of clocks: the wall clock is the monotonic one plus `wall`; each reading
+    /// advances the monotonic clock by 1 µs, and by `stall` more on reading number `stall_at`.
+    struct Fake {
+        mono: u64,
+        wall: i128,
+        n: usize,
+        stall_at: usize,
+        stall: u64,
+    }
+
+    impl Fake {
+        fn read(&mut self, c: libc::clockid_t) -> u64 {
+            self.n += 1;
+            self.mono += 1_000;
+            if self.n == self.stall_at {
+                self.mono += self.stall;
+            }
+            if c == libc::CLOCK_REALTIME {
+                u64::try_from(i128::from(self.mono) + self.wall).unwrap()
+            } else {
+                self.mono
+            }
+        }
+    }
+
+    /// A step of the wall clock forward is taken up at the next stamp; one backwards is not
+    /// (site time never goes back); a stall between the two readings of a stamp does not
+    /// shift site time.
+    #[test]
+    fn site_time_follows_a_wall_clock_step_forward_never_one_backwards() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        const S: i128 = 1_000_000_000;
+        let mut f = Fake {
+            mono: 5_000_000_000,
+            wall: 1000 * S,
+            n: 0,
+            stall_at: 0,
+            stall: 0,
+        };
+        let off = AtomicU64::new(1000 * S as u64);
+        let t1 = super::stamp(&off, off.load(Ordering::Relaxed), |c| f.read(c));
+        assert_eq!(
+            t1,
+            f.mono - 1_000 + 1000 * S as u64,
+            "the monotonic reading plus the offset"
+        );
+        // Stepped 2 s forward: site time reads as the wall clock again.
+        f.wall += 2 * S;
+        let t2 = super::stamp(&off, off.load(Ordering::Relaxed), |c| f.read(c));
+        let wall_now = u64::try_from(i128::from(f.mono) + f.wall).unwrap();
+        assert!(
+            wall_now - t2 < 10_000,
+            "site time {t2} follows the wall clock {wall_now}"
+        );
+        assert!(off.load(Ordering::Relaxed).abs_diff(1002 * S as u64) < 10_000);
+        // Stepped 5 s back: not followed, and the next stamp is still later.
+        f.wall -= 5 * S;
+        let t3 = super::stamp(&off, off.load(Ordering::Relaxed), |c| f.read(c));
+        assert!(t3 > t2);
+        assert!(off.load(Ordering::Relaxed).abs_diff(1002 * S as u64) < 10_000);
+        // Preempted for 300 ms between a stamp's two readings: the careful reading finds no
+        // step, the offset stays.
+        f.wall = 1002 * S;
+        f.stall_at = f.n + 2; // between its monotonic and its wall-clock reading
+        f.stall = 300_000_000;
+        let before = off.load(Ordering::Relaxed);
+        let t4 = super::stamp(&off, before, |c| f.read(c));
+        assert!(t4 > t3);
+        assert!(
+            off.load(Ordering::Relaxed).abs_diff(before) < 10_000,
+            "no shift"
+        );
     }
 
     /// A stall between the readings (the thread preempted) must not shift the offset: the
