@@ -36,8 +36,10 @@
 //! the write, as a `pwrite` would, instead of raising SIGBUS in the daemon; the mapping is then
 //! *broken* and never handed out again. The retention thread's reads of sealed segments in
 //! memory through mappings are guarded too ([`crate::bdev::sigbus::ReadGuard`]): a page that
-//! cannot come back from swap fails the consolidation pass and breaks the mapping. (Disk
-//! segments are not read through mappings.) A full disk segment's mapping is dropped from the
+//! cannot come back from swap fails the consolidation pass and breaks the mapping. Sealed disk
+//! segments are read the same way, mapped with their pages present at once
+//! ([`Mapped::open_populated`]; session 23: the retention thread's copy of each segment into a
+//! buffer was about half its CPU at 4 KiB writes); a disk's read error fails the pass. A full disk segment's mapping is dropped from the
 //! cache ([`SegMaps::forget`]) and unmapped by the segment thread before the segment's last
 //! sync (`Journal::disk_map_gone`): writeback under a mapping write-protects each page in
 //! every CPU's TLB.
@@ -185,6 +187,28 @@ impl Mapped {
     pub fn open(file: &File) -> std::io::Result<Mapped> {
         let len = whole_len(&file.metadata()?)?;
         let ptr = map(file, len, libc::PROT_READ, libc::MAP_SHARED)?;
+        Ok(Mapped {
+            ptr,
+            len,
+            id: None,
+            broken: AtomicBool::new(false),
+            on_disk: false,
+        })
+    }
+
+    /// [`Mapped::open`] with every page present at once (`MAP_POPULATE`): a sealed segment on a
+    /// disk, read by the retention thread. Its pages are mostly in the page cache still (written
+    /// through a mapping or `pwrite`), and are then mapped in one call instead of copied into a
+    /// buffer; those that are not are read in first, as a `read` would. A page that cannot be
+    /// read is left out and raises SIGBUS when touched (the reader guards it).
+    pub fn open_populated(file: &File) -> std::io::Result<Mapped> {
+        let len = whole_len(&file.metadata()?)?;
+        let ptr = map(
+            file,
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+        )?;
         Ok(Mapped {
             ptr,
             len,

@@ -147,10 +147,12 @@ fn consolidate_once_in(
             "cdp: retired a segment an earlier pass consolidated but did not retire");
         return Ok(None);
     }
-    // A journal in memory is read where it lies (mapped.rs): no copy of the segment first;
-    // on tmpfs through the volume's kept mapping of the file.
+    // The segment is read where it lies (mapped.rs): no copy of it first. In memory through
+    // the volume's kept mapping of the file (on tmpfs); on a disk through a mapping with its
+    // pages present at once (most are still in the page cache). A file that cannot be mapped
+    // (a sparse one) is read into `bytes`.
+    let p = store::seg_path(dir, segno);
     let mapped = if super::journal::in_memory(dir) {
-        let p = store::seg_path(dir, segno);
         let kept = maps.and_then(|c| {
             std::fs::OpenOptions::new()
                 .read(true)
@@ -166,10 +168,13 @@ fn consolidate_once_in(
                 .map(Arc::new)
         })
     } else {
-        None
+        File::open(&p)
+            .and_then(|f| Mapped::open_populated(&f))
+            .ok()
+            .map(Arc::new)
     };
     // Reads of the mapping are guarded (bdev::sigbus): a page that cannot be read back (a
-    // tmpfs that swaps) reads as zeroes instead of ending the daemon, and the pass fails
+    // tmpfs that swaps, a disk's read error) reads as zeroes instead of ending the daemon, and the pass fails
     // before the meta names a new base point (the next pass maps the file again).
     let guard = mapped
         .as_ref()
