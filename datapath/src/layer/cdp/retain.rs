@@ -1047,6 +1047,64 @@ mod tests {
         }
     }
 
+    /// A sealed segment on a disk is consolidated through a mapping (its pages present at once),
+    /// and one that cannot be mapped (sparse: a hole punched in its unused tail) through reads
+    /// into a buffer: either way the base copy holds every record's bytes after the pass.
+    #[test]
+    fn a_disk_segment_consolidates_mapped_and_when_sparse_read_into_a_buffer() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        for sparse in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let dir = d.path();
+            store::testing::history(dir, 0xd15c, 1 << 20, 0, &[(1, 1..=50), (2, 51..=60)]);
+            let p = store::seg_path(dir, 1);
+            if sparse {
+                let f = OpenOptions::new().write(true).open(&p).unwrap();
+                // SAFETY: plain syscall on an open descriptor.
+                let r = unsafe {
+                    libc::fallocate(
+                        f.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        512 << 10,
+                        512 << 10,
+                    )
+                };
+                let m = std::fs::metadata(&p).unwrap();
+                if r != 0 || m.blocks() * 512 >= m.len() {
+                    eprintln!("skipped: this filesystem made no hole");
+                    continue;
+                }
+                assert!(
+                    Mapped::open_populated(&f).is_err(),
+                    "a sparse file is not mapped"
+                );
+            } else {
+                assert!(Mapped::open_populated(&File::open(&p).unwrap()).is_ok());
+            }
+            let r = Retention {
+                age_ns: None,
+                bytes: Some(1),
+            };
+            let c = consolidate_once(dir, &r, 100)
+                .unwrap()
+                .expect("consolidated");
+            assert_eq!(c.base_seq, 50);
+            let base = std::fs::read(store::base_path(dir)).unwrap();
+            for q in 1..=50u64 {
+                let b = &base[(q as usize % 64) * 4096..][..4096];
+                assert!(
+                    b.iter().all(|&x| x == q as u8),
+                    "sparse {sparse}: block of record {q}"
+                );
+            }
+            assert!(
+                base[..4096].iter().all(|&x| x == 0),
+                "block 0 never written"
+            );
+        }
+    }
+
     /// A record at or after the newest segment's mark (an update whose base operation was
     /// not done when that segment began) is never consolidated, whatever retention says: a
     /// crash comparison needs it. Once the mark has moved past the segment, it is.
