@@ -875,9 +875,10 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         Some(h.site_tail(B, &st[B], &vol_of(B), &tail[B])),
     ];
     wait_both(srv[A].as_ref().unwrap(), srv[B].as_ref().unwrap(), "up");
+    // The wall clock before this process's site time: a step between the two is seen.
+    let wall0 = twinblk::layer::cdp::clock::wall_offset();
     let (t0, t0_site) = crate::soak_history::now_pair();
     let skew0 = [A, B].map(|s| crate::soak_history::skew(srv[s].as_ref().unwrap()));
-    let wall0 = twinblk::layer::cdp::clock::wall_offset();
     let addrs: [Addr; 2] = [
         Arc::new(std::sync::Mutex::new(srv[A].as_ref().unwrap().addr)),
         Arc::new(std::sync::Mutex::new(srv[B].as_ref().unwrap().addr)),
@@ -1336,8 +1337,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
                 crate::soak_history::skew(srv[s].as_ref().unwrap()),
             )
         });
-        let wall = (wall0, twinblk::layer::cdp::clock::wall_offset());
-        let (mut p, n) = crate::soak_history::check(&h, &blocks, t0, t0_site, skews, wall);
+        let (mut p, n) = crate::soak_history::check(&h, &blocks, t0, t0_site, skews, wall0);
         problems.append(&mut p);
         let sync = if sync_flush {
             "sync flush"

@@ -102,17 +102,20 @@ pub(crate) fn now_pair() -> (Instant, u64) {
 
 /// Check `MOMENTS` moments of each site's history, evenly from the writers' start (`t0`, at
 /// this process's site time `t0_site`) to now, against the writes `blocks`. `skews`: each
-/// site's clock against this process's, read at `t0` and again now (after any restart).
-/// Returns the problems and a summary for the iteration's line.
+/// site's clock against this process's, read at `t0` and again now (after any restart);
+/// `wall0`: the wall clock's offset read before `t0_site` (it is read again here after this
+/// process's site time, so a step between the two readings of either is seen). Returns the
+/// problems and a summary for the iteration's line.
 pub(crate) fn check(
     h: &Hosts,
     blocks: &HashMap<u64, Vec<Wr>>,
     t0: Instant,
     t0_site: u64,
     skews: [(Skew, Skew); 2],
-    wall: (u64, u64),
+    wall0: u64,
 ) -> (Vec<String>, String) {
     let now_here = twinblk::layer::cdp::clock::now();
+    let wall = (wall0, twinblk::layer::cdp::clock::wall_offset());
     let ranges = [
         (REGION_A, 1024 * 4096),
         (REGION_B, 1024 * 4096),

@@ -5,10 +5,12 @@
 //! CLOCK_MONOTONIC` (so site time reads as wall-clock time) and is only ever raised: by
 //! [`not_before`], which every history's recovery calls with its last time before the reactors
 //! start, and by [`now`] when the wall clock was stepped forward (NTP correcting a clock that
-//! lagged, a virtual machine's clock set after a pause): site time takes the step up at once,
-//! so it is never behind the wall clock by more than [`STEP_NS`], and a point an operator names
-//! by the wall clock ("the second before the mistake") never takes in writes made after it. A
-//! step backwards is not followed (site time runs ahead of the wall clock until it catches
+//! lagged, a virtual machine's clock set after a pause): site time takes the step up at once
+//! (logged), so it is never behind the wall clock by more than [`STEP_NS`], and a point an
+//! operator names by the wall clock ("the second before the mistake") never takes in writes
+//! made after it; but not a step beyond [`FOLLOW_MAX_NS`] (logged as an error: a clock set
+//! wildly wrong, followed, would stay in site time for good, and retention by age would
+//! consolidate what it then believes old). A step backwards is not followed (site time runs ahead of the wall clock until it catches
 //! up: a point named by the wall clock then ends earlier, never later). Invariants: [`now`]
 //! never goes backwards within the process (the monotonic clock does not, the offset only
 //! rises) and exceeds every time recovered from a journal of the site; it is the same clock on
@@ -80,26 +82,59 @@ pub fn wall_offset() -> u64 {
 /// A wall clock this far (ns) ahead of site time is a step forward that [`now`] takes up.
 pub const STEP_NS: u64 = 1_000_000;
 
+/// A step forward larger than this (ns) is not followed (ntpd's panic threshold, 1000 s): a
+/// clock set wildly wrong for a moment and corrected back would otherwise carry site time with
+/// it for good, and retention by age would consolidate every segment it then believes that
+/// old. It is logged; the daemon's next start takes the wall clock as it is then.
+pub const FOLLOW_MAX_NS: u64 = 1_000 * 1_000_000_000;
+
+/// The highest offset seen and not followed (a step beyond [`FOLLOW_MAX_NS`]): a wall clock
+/// there is not read with care again at every stamp.
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
 /// Site time now, ns.
 pub fn now() -> u64 {
     let off = offset();
-    stamp(&OFFSET, off, read)
+    stamp(&OFFSET, &REFUSED, off, read)
 }
 
 /// Site time through `read` with `offset` (holding `off`, already set): the monotonic reading
 /// plus the offset, the offset first raised when the wall clock read after the monotonic one
 /// is more than [`STEP_NS`] ahead of that (a step forward; or this thread preempted between
-/// the two readings, which the careful reading of [`realtime_offset`] tells apart). One vDSO
-/// read more than before per call, no atomic written unless the wall clock moved.
-fn stamp(offset: &AtomicU64, off: u64, mut read: impl FnMut(libc::clockid_t) -> u64) -> u64 {
+/// the two readings, which the careful reading of [`realtime_offset`] tells apart), unless the
+/// step is beyond [`FOLLOW_MAX_NS`] (then remembered in `refused`). One vDSO read and one
+/// atomic load more than before per call, no atomic written unless the wall clock moved.
+fn stamp(
+    offset: &AtomicU64,
+    refused: &AtomicU64,
+    off: u64,
+    mut read: impl FnMut(libc::clockid_t) -> u64,
+) -> u64 {
     let mono = read(libc::CLOCK_MONOTONIC);
     let wall = read(libc::CLOCK_REALTIME);
-    if wall.saturating_sub(mono) <= off.saturating_add(STEP_NS) {
+    let seen = off.max(refused.load(Ordering::Relaxed));
+    if wall.saturating_sub(mono) <= seen.saturating_add(STEP_NS) {
         return mono + off;
     }
     let want = realtime_offset(&mut read);
-    let now_off = offset.fetch_max(want, Ordering::Relaxed).max(want);
-    read(libc::CLOCK_MONOTONIC) + now_off
+    let cur = offset.load(Ordering::Relaxed);
+    if want > cur.saturating_add(FOLLOW_MAX_NS) {
+        if refused.fetch_max(want, Ordering::Relaxed) < want {
+            tracing::error!(
+                step_s = (want - cur) / 1_000_000_000,
+                "cdp: the wall clock was stepped forward by more than 1000 s; site time (the times of CDP records) does not follow a step that large: it stays behind the wall clock until the daemon restarts"
+            );
+        }
+    } else if want > cur.saturating_add(STEP_NS) {
+        let before = offset.fetch_max(want, Ordering::Relaxed);
+        if want > before.saturating_add(STEP_NS) {
+            tracing::warn!(
+                step_ms = (want - before) / 1_000_000,
+                "cdp: the wall clock was stepped forward; site time (the times of CDP records) follows it"
+            );
+        }
+    }
+    read(libc::CLOCK_MONOTONIC) + offset.load(Ordering::Relaxed)
 }
 
 /// Make site time from now on exceed `t` (a time found in a journal).
@@ -149,7 +184,7 @@ mod tests {
 
     /// A step of the wall clock forward is taken up at the next stamp; one backwards is not
     /// (site time never goes back); a stall between the two readings of a stamp does not
-    /// shift site time.
+    /// shift site time; a step beyond FOLLOW_MAX_NS is not followed.
     #[test]
     fn site_time_follows_a_wall_clock_step_forward_never_one_backwards() {
         use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,7 +197,8 @@ mod tests {
             stall: 0,
         };
         let off = AtomicU64::new(1000 * S as u64);
-        let t1 = super::stamp(&off, off.load(Ordering::Relaxed), |c| f.read(c));
+        let refused = AtomicU64::new(0);
+        let t1 = super::stamp(&off, &refused, off.load(Ordering::Relaxed), |c| f.read(c));
         assert_eq!(
             t1,
             f.mono - 1_000 + 1000 * S as u64,
@@ -170,7 +206,7 @@ mod tests {
         );
         // Stepped 2 s forward: site time reads as the wall clock again.
         f.wall += 2 * S;
-        let t2 = super::stamp(&off, off.load(Ordering::Relaxed), |c| f.read(c));
+        let t2 = super::stamp(&off, &refused, off.load(Ordering::Relaxed), |c| f.read(c));
         let wall_now = u64::try_from(i128::from(f.mono) + f.wall).unwrap();
         assert!(
             wall_now - t2 < 10_000,
@@ -179,7 +215,7 @@ mod tests {
         assert!(off.load(Ordering::Relaxed).abs_diff(1002 * S as u64) < 10_000);
         // Stepped 5 s back: not followed, and the next stamp is still later.
         f.wall -= 5 * S;
-        let t3 = super::stamp(&off, off.load(Ordering::Relaxed), |c| f.read(c));
+        let t3 = super::stamp(&off, &refused, off.load(Ordering::Relaxed), |c| f.read(c));
         assert!(t3 > t2);
         assert!(off.load(Ordering::Relaxed).abs_diff(1002 * S as u64) < 10_000);
         // Preempted for 300 ms between a stamp's two readings: the careful reading finds no
@@ -188,12 +224,24 @@ mod tests {
         f.stall_at = f.n + 2; // between its monotonic and its wall-clock reading
         f.stall = 300_000_000;
         let before = off.load(Ordering::Relaxed);
-        let t4 = super::stamp(&off, before, |c| f.read(c));
+        let t4 = super::stamp(&off, &refused, before, |c| f.read(c));
         assert!(t4 > t3);
         assert!(
             off.load(Ordering::Relaxed).abs_diff(before) < 10_000,
             "no shift"
         );
+        // Stepped 2000 s forward: beyond what is followed; remembered, and not followed later.
+        f.stall_at = 0;
+        f.wall += 2000 * S;
+        for _ in 0..3 {
+            let t = super::stamp(&off, &refused, off.load(Ordering::Relaxed), |c| f.read(c));
+            assert!(t > t4 && t < t4 + S as u64, "site time {t} stayed");
+            assert!(
+                off.load(Ordering::Relaxed).abs_diff(before) < 10_000,
+                "not followed"
+            );
+        }
+        assert!(refused.load(Ordering::Relaxed).abs_diff(3002 * S as u64) < 10_000);
     }
 
     /// A stall between the readings (the thread preempted) must not shift the offset: the

@@ -78,9 +78,9 @@ pub const CACHE_MAX: u64 = 16 << 30;
 
 /// The most mappings of files on a disk a volume's [`SegMaps`] keeps: the active segment's,
 /// the spare's and one more (a full segment's mapping is forgotten and unmapped before its
-/// last sync, but not where the segment thread is behind; a sealed segment on a disk is read
-/// with `pread`, never through its mapping, and a kept mapping would only hold its page
-/// tables).
+/// last sync, but not where the segment thread is behind; the retention thread reads a sealed
+/// segment on a disk through a mapping of its own, [`Mapped::open_populated`], made for the
+/// pass and never kept).
 pub const DISK_KEEP: usize = 3;
 
 /// Of a file on a disk, at most this many bytes from its start are made present and writable
@@ -214,7 +214,7 @@ impl Mapped {
             len,
             id: None,
             broken: AtomicBool::new(false),
-            on_disk: false,
+            on_disk: true,
         })
     }
 
