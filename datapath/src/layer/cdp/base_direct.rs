@@ -336,13 +336,8 @@ mod tests {
             return;
         };
         let mut model = vec![0u8; SIZE as usize];
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut rnd = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut r = crate::layer::testing::Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rnd = |n: u64| r.below(n);
         // Where the last aligned write ended, for the next to follow it.
         let mut prev_end = 0u64;
         for round in 0..400u64 {

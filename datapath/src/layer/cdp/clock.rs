@@ -5,10 +5,11 @@
 //! CLOCK_MONOTONIC` (so site time reads as wall-clock time) and is only ever raised: by
 //! [`not_before`], which every history's recovery calls with its last time before the reactors
 //! start, and by [`now`] when the wall clock was stepped forward (NTP correcting a clock that
-//! lagged, a virtual machine's clock set after a pause): site time takes the step up at once
-//! (logged), so it is never behind the wall clock by more than [`STEP_NS`], and a point an
-//! operator names by the wall clock ("the second before the mistake") never takes in writes
-//! made after it; but not a step beyond [`FOLLOW_MAX_NS`] (logged as an error: a clock set
+//! lagged, a virtual machine's clock set after a pause): site time takes the step up at its
+//! next look at the wall clock, at most [`CHECK_EVERY_NS`] later (logged), so it is behind the
+//! wall clock by more than [`STEP_NS`] for at most that long, and a point an
+//! operator names by the wall clock ("the second before the mistake") takes in no write made
+//! after it but those of that millisecond; but not a step beyond [`FOLLOW_MAX_NS`] (logged as an error: a clock set
 //! wildly wrong, followed, would stay in site time for good, and retention by age would
 //! consolidate what it then believes old). A step backwards is not followed (site time runs ahead of the wall clock until it catches
 //! up: a point named by the wall clock then ends earlier, never later). Invariants: [`now`]
@@ -88,38 +89,55 @@ pub const STEP_NS: u64 = 1_000_000;
 /// old. It is logged; the daemon's next start takes the wall clock as it is then.
 pub const FOLLOW_MAX_NS: u64 = 1_000 * 1_000_000_000;
 
-/// The highest offset seen and not followed (a step beyond [`FOLLOW_MAX_NS`]): a wall clock
-/// there is not read with care again at every stamp.
+/// The wall clock is read at most once per this long (ns) of the monotonic clock: a step is
+/// followed within it (at most one stamp per reactor in between takes the offset before it).
+pub const CHECK_EVERY_NS: u64 = 1_000_000;
+
+/// The monotonic time from which [`now`] reads the wall clock again.
+static NEXT_CHECK: AtomicU64 = AtomicU64::new(0);
+
+/// The highest offset seen and not followed (a step beyond [`FOLLOW_MAX_NS`]): logged once,
+/// not at every reading of the wall clock while it stays there.
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// Site time now, ns.
 pub fn now() -> u64 {
     let off = offset();
-    stamp(&OFFSET, &REFUSED, off, read)
+    stamp(&OFFSET, &REFUSED, &NEXT_CHECK, off, read)
 }
 
 /// Site time through `read` with `offset` (holding `off`, already set): the monotonic reading
 /// plus the offset, the offset first raised when the wall clock read after the monotonic one
 /// is more than [`STEP_NS`] ahead of that (a step forward; or this thread preempted between
 /// the two readings, which the careful reading of [`realtime_offset`] tells apart), unless the
-/// step is beyond [`FOLLOW_MAX_NS`] (then remembered in `refused`). One vDSO read and one
-/// atomic load more than before per call, no atomic written unless the wall clock moved.
+/// step is beyond [`FOLLOW_MAX_NS`] (then logged, once per new height, `refused`). The wall clock is read
+/// only once `next` (monotonic ns) has come, and `next` then moved [`CHECK_EVERY_NS`] on: one
+/// atomic load more than a plain monotonic reading per call (a wall-clock read per call cost
+/// 24 ns more here, twice the whole reading: benches/RESULTS.md, session 23).
 fn stamp(
     offset: &AtomicU64,
     refused: &AtomicU64,
+    next: &AtomicU64,
     off: u64,
     mut read: impl FnMut(libc::clockid_t) -> u64,
 ) -> u64 {
     let mono = read(libc::CLOCK_MONOTONIC);
+    if mono < next.load(Ordering::Relaxed) {
+        return mono + off;
+    }
+    next.store(mono.saturating_add(CHECK_EVERY_NS), Ordering::Relaxed);
     let wall = read(libc::CLOCK_REALTIME);
-    let seen = off.max(refused.load(Ordering::Relaxed));
-    if wall.saturating_sub(mono) <= seen.saturating_add(STEP_NS) {
+    if wall.saturating_sub(mono) <= off.saturating_add(STEP_NS) {
         return mono + off;
     }
     let want = realtime_offset(&mut read);
     let cur = offset.load(Ordering::Relaxed);
     if want > cur.saturating_add(FOLLOW_MAX_NS) {
-        if refused.fetch_max(want, Ordering::Relaxed) < want {
+        if want
+            > refused
+                .fetch_max(want, Ordering::Relaxed)
+                .saturating_add(STEP_NS)
+        {
             tracing::error!(
                 step_s = (want - cur) / 1_000_000_000,
                 "cdp: the wall clock was stepped forward by more than 1000 s; site time (the times of CDP records) does not follow a step that large: it stays behind the wall clock until the daemon restarts"
@@ -198,7 +216,14 @@ mod tests {
         };
         let off = AtomicU64::new(1000 * S as u64);
         let refused = AtomicU64::new(0);
-        let t1 = super::stamp(&off, &refused, off.load(Ordering::Relaxed), |c| f.read(c));
+        // Every stamp below but the last comes CHECK_EVERY_NS after the one before (so it
+        // reads the wall clock).
+        let next = AtomicU64::new(0);
+        fn st(f: &mut Fake, off: &AtomicU64, refused: &AtomicU64, next: &AtomicU64, o: u64) -> u64 {
+            f.mono += super::CHECK_EVERY_NS;
+            super::stamp(off, refused, next, o, |c| f.read(c))
+        }
+        let t1 = st(&mut f, &off, &refused, &next, off.load(Ordering::Relaxed));
         assert_eq!(
             t1,
             f.mono - 1_000 + 1000 * S as u64,
@@ -206,7 +231,7 @@ mod tests {
         );
         // Stepped 2 s forward: site time reads as the wall clock again.
         f.wall += 2 * S;
-        let t2 = super::stamp(&off, &refused, off.load(Ordering::Relaxed), |c| f.read(c));
+        let t2 = st(&mut f, &off, &refused, &next, off.load(Ordering::Relaxed));
         let wall_now = u64::try_from(i128::from(f.mono) + f.wall).unwrap();
         assert!(
             wall_now - t2 < 10_000,
@@ -215,7 +240,7 @@ mod tests {
         assert!(off.load(Ordering::Relaxed).abs_diff(1002 * S as u64) < 10_000);
         // Stepped 5 s back: not followed, and the next stamp is still later.
         f.wall -= 5 * S;
-        let t3 = super::stamp(&off, &refused, off.load(Ordering::Relaxed), |c| f.read(c));
+        let t3 = st(&mut f, &off, &refused, &next, off.load(Ordering::Relaxed));
         assert!(t3 > t2);
         assert!(off.load(Ordering::Relaxed).abs_diff(1002 * S as u64) < 10_000);
         // Preempted for 300 ms between a stamp's two readings: the careful reading finds no
@@ -224,17 +249,18 @@ mod tests {
         f.stall_at = f.n + 2; // between its monotonic and its wall-clock reading
         f.stall = 300_000_000;
         let before = off.load(Ordering::Relaxed);
-        let t4 = super::stamp(&off, &refused, before, |c| f.read(c));
+        let t4 = st(&mut f, &off, &refused, &next, before);
         assert!(t4 > t3);
         assert!(
             off.load(Ordering::Relaxed).abs_diff(before) < 10_000,
             "no shift"
         );
-        // Stepped 2000 s forward: beyond what is followed; remembered, and not followed later.
+        // Stepped 2000 s forward: beyond what is followed; remembered (logged once), and not
+        // followed later; a step within the limit after it is followed again.
         f.stall_at = 0;
         f.wall += 2000 * S;
         for _ in 0..3 {
-            let t = super::stamp(&off, &refused, off.load(Ordering::Relaxed), |c| f.read(c));
+            let t = st(&mut f, &off, &refused, &next, off.load(Ordering::Relaxed));
             assert!(t > t4 && t < t4 + S as u64, "site time {t} stayed");
             assert!(
                 off.load(Ordering::Relaxed).abs_diff(before) < 10_000,
@@ -242,6 +268,15 @@ mod tests {
             );
         }
         assert!(refused.load(Ordering::Relaxed).abs_diff(3002 * S as u64) < 10_000);
+        // Within CHECK_EVERY_NS of the last reading of the wall clock: only the monotonic
+        // clock is read, and a step is not seen until the next.
+        f.wall = 1010 * S;
+        let (n, o) = (f.n, off.load(Ordering::Relaxed));
+        let t = super::stamp(&off, &refused, &next, o, |c| f.read(c));
+        assert_eq!((f.n - n, t), (1, f.mono + o), "one monotonic reading");
+        let t = st(&mut f, &off, &refused, &next, o);
+        assert!(off.load(Ordering::Relaxed).abs_diff(1010 * S as u64) < 10_000);
+        assert!(t > o + f.mono - 10_000, "followed at the next check");
     }
 
     /// A stall between the readings (the thread preempted) must not shift the offset: the

@@ -1275,12 +1275,7 @@ fn map_spare(v: &SpareOf, segno: u64) {
         return;
     }
     let path = store::seg_path(&v.dir, segno);
-    let mapped = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .and_then(|f| maps.map(&f));
-    match mapped {
+    match maps.map_path(&path, 0) {
         Ok(_) => v.spare.mapped_segno.store(segno, Ordering::Release),
         Err(e) => {
             tracing::debug!(path = %path.display(), error = %e, "cdp: spare segment not mapped; appended with pwrite")
@@ -1293,12 +1288,7 @@ fn map_spare(v: &SpareOf, segno: u64) {
 fn map_active(v: &SpareOf, segno: u64, from: u64) {
     let s = &v.spare;
     let path = store::seg_path(&v.dir, segno);
-    let mapped = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .and_then(|f| s.maps.map_from(&f, from));
-    match mapped {
+    match s.maps.map_path(&path, from) {
         // The writer moved on meanwhile: a full segment's mapping is not kept.
         Ok(m) if s.want.load(Ordering::Acquire) != segno + 1 => s.maps.forget(&m),
         Ok(_) => s.active_mapped.store(segno, Ordering::Release),

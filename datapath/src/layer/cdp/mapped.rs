@@ -185,15 +185,7 @@ impl Mapped {
     /// Map `file` (its length now) read-only; an error for an empty file, a sparse one (not
     /// every byte allocated: see the module doc) or a failed `mmap`.
     pub fn open(file: &File) -> std::io::Result<Mapped> {
-        let len = whole_len(&file.metadata()?)?;
-        let ptr = map(file, len, libc::PROT_READ, libc::MAP_SHARED)?;
-        Ok(Mapped {
-            ptr,
-            len,
-            id: None,
-            broken: AtomicBool::new(false),
-            on_disk: false,
-        })
+        Self::read_only(file, 0, false)
     }
 
     /// [`Mapped::open`] with every page present at once (`MAP_POPULATE`): a sealed segment on a
@@ -202,19 +194,19 @@ impl Mapped {
     /// buffer; those that are not are read in first, as a `read` would. A page that cannot be
     /// read is left out and raises SIGBUS when touched (the reader guards it).
     pub fn open_populated(file: &File) -> std::io::Result<Mapped> {
+        Self::read_only(file, libc::MAP_POPULATE, true)
+    }
+
+    /// A shared read-only mapping of the whole of `file`, with `flags` besides `MAP_SHARED`.
+    fn read_only(file: &File, flags: libc::c_int, on_disk: bool) -> std::io::Result<Mapped> {
         let len = whole_len(&file.metadata()?)?;
-        let ptr = map(
-            file,
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-        )?;
+        let ptr = map(file, len, libc::PROT_READ, libc::MAP_SHARED | flags)?;
         Ok(Mapped {
             ptr,
             len,
             id: None,
             broken: AtomicBool::new(false),
-            on_disk: true,
+            on_disk,
         })
     }
 
@@ -410,6 +402,15 @@ impl SegMaps {
     /// [`DISK_KEEP`] that no one else holds.
     pub fn map(&self, file: &File) -> std::io::Result<Arc<Mapped>> {
         self.map_from(file, 0)
+    }
+
+    /// [`SegMaps::map_from`] of the file at `path`, opened for reading and writing.
+    pub fn map_path(&self, path: &std::path::Path, from: u64) -> std::io::Result<Arc<Mapped>> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        self.map_from(&f, from)
     }
 
     /// [`SegMaps::map`], a new mapping's pages on a disk made present from byte `from` on

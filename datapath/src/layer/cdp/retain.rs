@@ -153,14 +153,7 @@ fn consolidate_once_in(
     // (a sparse one) is read into `bytes`.
     let p = store::seg_path(dir, segno);
     let mapped = if super::journal::in_memory(dir) {
-        let kept = maps.and_then(|c| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&p)
-                .and_then(|f| c.map(&f))
-                .ok()
-        });
+        let kept = maps.and_then(|c| c.map_path(&p, 0).ok());
         kept.or_else(|| {
             File::open(&p)
                 .and_then(|f| Mapped::open(&f))
