@@ -558,6 +558,90 @@ fn forged_replication_messages_are_refused_and_never_applied() {
     assert!(st["rejected"].as_u64().unwrap() >= 3, "{st}");
 }
 
+/// Requests an NBD client may send that the mirror's wire cannot carry: of no bytes, or off the
+/// block size (a write on a RAM volume, which takes any alignment; a trim or write-zeroes on any
+/// volume). They are answered at the site and never sent. Before, the peer refused such a
+/// message and dropped the link, and the update, kept in the leader's backlog, was sent again
+/// at every new session: the link never stayed up.
+#[test]
+fn zero_length_and_unaligned_requests_are_answered_and_never_break_the_link() {
+    let root = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let site = |me: &str, peer: &str, listen: u16, peer_port: u16| {
+        let d = root.path().join(me);
+        std::fs::create_dir_all(&d).unwrap();
+        let body: String = site_body(root.path(), me, peer, listen, peer_port, 10_000)
+            .replace("backend='uring'", "backend='malloc'")
+            .lines()
+            .filter(|l| !l.starts_with("path="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        Server::start(&d, &body)
+    };
+    let a = site("a", "b", pa, pb);
+    let b = site("b", "a", pb, pa);
+    wait_up(&a);
+    wait_up(&b);
+    let sessions = (status(&a)["session"].clone(), status(&b)["session"].clone());
+    // At the leader and at the follower (whose writes are forwarded to the leader).
+    for (s, seed) in [(&a, 1u64), (&b, 2)] {
+        let mut c = Client::connect(s.addr, "vol0", false);
+        let data = pattern(seed, 8192);
+        assert_eq!(c.write(0, &data), 0);
+        let mut cookie = 1000 * seed;
+        let mut ask = |c: &mut Client, kind: u16, offset: u64, len: u32, payload: &[u8]| {
+            cookie += 1;
+            c.send_request(kind, 0, cookie, offset, len, payload);
+            let (k, e, _) = c.read_reply(0);
+            assert_eq!(k, cookie);
+            e
+        };
+        for kind in [cmd::WRITE, cmd::TRIM, cmd::WRITE_ZEROES] {
+            for offset in [0, 4096, 512] {
+                let e = ask(&mut c, kind, offset, 0, &[]);
+                assert!(
+                    e == 0 || e == err::EINVAL,
+                    "kind {kind} at {offset}, no bytes: {e}"
+                );
+            }
+            let payload = if kind == cmd::WRITE {
+                vec![0xEE; 100]
+            } else {
+                vec![]
+            };
+            let e = ask(&mut c, kind, 512, 100, &payload);
+            assert_eq!(e, err::EINVAL, "kind {kind}: 100 bytes at 512");
+        }
+        assert_eq!(
+            c.read(0, 8192).unwrap(),
+            data,
+            "a refused request changed data"
+        );
+        c.disconnect();
+    }
+    // The link stayed up: no new session, nothing refused by either peer, and a write goes on
+    // to reach the other site.
+    std::thread::sleep(Duration::from_millis(500));
+    for s in [&a, &b] {
+        let st = status(s);
+        assert_eq!(st["state"], "up", "{st}");
+        assert_eq!(st["rejected"], 0, "{st}");
+    }
+    assert_eq!(
+        (status(&a)["session"].clone(), status(&b)["session"].clone()),
+        sessions,
+        "the link was dropped and made again"
+    );
+    let data = pattern(9, 4096);
+    assert_eq!(Client::connect(a.addr, "vol0", false).write(4096, &data), 0);
+    assert_eq!(
+        Client::connect(b.addr, "vol0", false)
+            .read(4096, 4096)
+            .unwrap(),
+        data
+    );
+}
+
 #[test]
 fn forged_sequence_numbers_are_refused_by_the_follower() {
     let root = tempfile::tempdir().unwrap();

@@ -314,6 +314,9 @@ impl BlockDevice for MirrorDevice {
     fn info(&self) -> DeviceInfo {
         let mut i = self.lower_device().info();
         i.kind = format!("mirror>{}", i.kind);
+        // The wire carries whole blocks only: initiators are told so (a RAM replica alone
+        // takes any alignment).
+        i.min_io = i.min_io.max(self.cfg.block);
         i
     }
 

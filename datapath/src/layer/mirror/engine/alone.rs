@@ -123,6 +123,9 @@ impl Engine {
         tracing::warn!(volume = %self.cfg.name, epoch, held = self.ops.len(),
             "mirror: survivor; this site acknowledges writes alone and records them for the peer's resync");
         self.finish_held_alone(io);
+        // (A source without a grant that lost its session unconfirmed, `source_unsure`:
+        // its deferred updates, behind the lease's wait like the rest.)
+        self.abandon_resync(io);
     }
 
     /// Serving alone from now on (survivor, or the source of a reconciliation): every update
@@ -188,6 +191,17 @@ impl Engine {
         self.unconfirmed_into(&mut suspect);
         self.peer_unflushed.forget();
         self.suspect = suspect;
+        if let Some(r) = self.resync.take() {
+            // A source's attempt kept for the witness's answer (`source_unsure`): its deferred
+            // updates fail below with the rest; the regions it wrote alone go to the winner's
+            // copy (suspect here).
+            drop(r.abandon(&mut self.dirty));
+            self.suspect.or_with(&self.dirty);
+            self.dirty.clear();
+            self.stats
+                .dirty_bytes
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
         self.leader.fence();
         self.follower.take_all();
@@ -386,6 +400,22 @@ impl Engine {
         ));
     }
 
+    /// A source without a grant (a reconciliation, or the copy to a new replica: no site
+    /// acknowledged alone, so no witness was asked) lost its session after RESYNC_DONE. The
+    /// target may have finished and be serving as a mirroring site, which asks the witness for
+    /// the volume when it loses the link, and the witness, holding no grant, would give it.
+    /// So this site may not go on alone either: it becomes a mirroring site that lost its
+    /// peer (its updates held, the deferred ones kept for the outcome, no reads without a
+    /// lease) and asks the witness in turn. Granted: the survivor, the deferred updates
+    /// applied alone ([`Self::become_survivor`]); denied: fenced, they fail; the session back
+    /// first: whichever the replica states decide (the target in sync: the resync is done).
+    /// A source holding a grant keeps it and goes on alone: the witness denies the target.
+    fn source_unsure(&mut self) {
+        self.set_mode(Mode::Mirroring);
+        tracing::warn!(volume = %self.cfg.name,
+            "mirror: the link went after RESYNC_DONE, unconfirmed; the peer may be in sync: holding updates and asking the witness");
+    }
+
     /// A resync attempt ended with its session: every region it copied is dirty again (the
     /// copies may not have arrived), and the deferred updates go ahead alone.
     pub(super) fn abandon_resync(&mut self, io: &mut IoCx) {
@@ -428,6 +458,9 @@ impl Engine {
             return;
         };
         if !self.sess.up {
+            if r.awaiting_ack() && self.grant_epoch == 0 && self.cfg.failover.is_some() {
+                return self.source_unsure();
+            }
             // The peer left again: keep every region dirty for the next attempt.
             return self.abandon_resync(io);
         }

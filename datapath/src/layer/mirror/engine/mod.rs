@@ -601,6 +601,9 @@ impl Engine {
                     self.set_mode(Mode::Mirroring);
                 }
                 self.link_up(io);
+                // A source that lost its session right after RESYNC_DONE (`source_unsure`)
+                // meets its target in sync: the resync is done, as with the confirmation.
+                self.finish_resync(io);
                 if self.role == Role::Leader {
                     self.push_meta();
                 }
@@ -967,6 +970,23 @@ impl Engine {
         offset: u64,
         fua: bool,
     ) -> Start {
+        // What the wire cannot carry (docs/mirror-protocol.md, "Messages"): an update of no
+        // bytes is done at once, one off the block size refused. Sent, the peer would refuse
+        // the message and drop the link, and the update, kept for the next session, with it.
+        if upd != Upd::Flush {
+            let b = u64::from(self.cfg.block);
+            let early = if len == 0 {
+                Some(Ok(()))
+            } else if !offset.is_multiple_of(b) || !len.is_multiple_of(b) {
+                Some(Err(Errno::INVAL))
+            } else {
+                None
+            };
+            if let Some(r) = early {
+                self.recycle(data);
+                return Start::Done(r);
+            }
+        }
         let mut op = Op::new(
             Origin::Local,
             upd,

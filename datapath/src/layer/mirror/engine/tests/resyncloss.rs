@@ -106,31 +106,79 @@ fn past_leases(a: &mut Site, b: &mut Site, io: &mut IoCx) {
     past_peer_lease(b, io);
 }
 
-/// The resync of `fenced_leader_with_unconfirmed_updates` (b survivor, a fenced) with the
-/// link cut after `cut` delivered messages (`usize::MAX`: never). Returns the number of
-/// messages delivered before the cut (or in all, when never cut).
-/// `settle`: after the last delivered message both sites run a few more turns with nothing
-/// delivered (what they send then is lost too).
-/// `leader_source`: the leader (a) is the survivor and resyncs the follower (b); otherwise
-/// the follower resyncs the fenced leader.
-fn resync_cut_after(cut: usize, settle: bool, leader_source: bool) -> usize {
-    let (mut a, mut b, mut io, mut rng, mut acked) = if leader_source {
-        // Random writes from both sites before the loss (their outcomes are not tracked:
-        // only that the replicas end identical).
-        let (a, b, io) = lose_peer(true);
-        (a, b, io, Rng(77), Vec::new())
-    } else {
-        let (a, b, io, rng) = fenced_leader_with_unconfirmed_updates();
-        (a, b, io, rng, vec![(0, 0x11), (8192, 0xB1), (57344, 0xB2)])
+/// Which resync is cut.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Source {
+    /// The follower (b), survivor with the witness's grant, resyncs the fenced leader.
+    FollowerGranted,
+    /// The leader (a), survivor with the grant, resyncs the follower.
+    LeaderGranted,
+    /// The leader (a), in sync, sends every region ever written to a follower restarted
+    /// without its state (a new replica): serving alone without any grant meanwhile.
+    LeaderWithoutGrant,
+}
+
+/// Sites a (leader, in sync, having written 0x31 at 0 and 0x32 at 16384) and b (the
+/// follower restarted without state: a new, empty replica), their link down, no grant held.
+fn leader_and_new_follower() -> (Site, Site, IoCx, Rng, Vec<(u64, u8)>) {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(31);
+    let (mut a, _) = with_witness(Role::Leader);
+    let (mut b, _) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    let mut slot = 100;
+    write_at(&mut a, &mut io, &mut slot, 0, 0x31, 4096);
+    write_at(&mut a, &mut io, &mut slot, 16384, 0x32, 8192);
+    exchange(&mut a, &mut b, &mut io, &mut rng, 5);
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!(a.ok, 2, "the writes before the follower's restart");
+    break_link(&mut a, &mut b);
+    // b restarts without its state over an empty device (a new replica, as restore()
+    // finds it without a state file).
+    let (fresh, _) = with_witness(Role::Follower);
+    b = fresh;
+    b.engine.start_new_replica(None);
+    assert_eq!(b.engine.replica_state(), 4);
+    (a, b, io, rng, vec![(0, 0x31), (16384, 0x32), (20480, 0x32)])
+}
+
+/// The resync of `setup` with the link cut after `cut` delivered messages (`usize::MAX`:
+/// never). Returns the number of messages delivered before the cut (or in all, when never
+/// cut). `settle`: after the last delivered message both sites run a few more turns with
+/// nothing delivered (what they send then is lost too).
+fn resync_cut_after(cut: usize, settle: bool, setup: Source) -> usize {
+    let leader_source = setup != Source::FollowerGranted;
+    let (mut a, mut b, mut io, mut rng, mut acked) = match setup {
+        Source::LeaderGranted => {
+            // Random writes from both sites before the loss (their outcomes are not
+            // tracked: only that the replicas end identical).
+            let (a, b, io) = lose_peer(true);
+            (a, b, io, Rng(77), Vec::new())
+        }
+        Source::FollowerGranted => {
+            let (a, b, io, rng) = fenced_leader_with_unconfirmed_updates();
+            (a, b, io, rng, vec![(0, 0x11), (8192, 0xB1), (57344, 0xB2)])
+        }
+        Source::LeaderWithoutGrant => leader_and_new_follower(),
     };
     let (sa, sb) = (
         a.engine.cfg.failover.clone().expect("slot"),
         b.engine.cfg.failover.clone().expect("slot"),
     );
-    // The survivor holds the grant (epoch 1), as the witness of the setup gave it.
-    let w = Witness {
-        holder: Some(if leader_source { 0 } else { 1 }),
-        epoch: 1,
+    // A survivor holds the grant (epoch 1), as the witness of the setup gave it; the source
+    // of a new replica's copy holds none.
+    let w = match setup {
+        Source::LeaderGranted => Witness {
+            holder: Some(0),
+            epoch: 1,
+        },
+        Source::FollowerGranted => Witness {
+            holder: Some(1),
+            epoch: 1,
+        },
+        Source::LeaderWithoutGrant => Witness::default(),
     };
     let mut x = Around {
         w,
@@ -183,18 +231,23 @@ fn resync_cut_after(cut: usize, settle: bool, leader_source: bool) -> usize {
         let serving = [&a, &b].iter().filter(|s| !s.engine.no_io()).count();
         assert!(
             serving >= 1,
-            "cut after {cut} messages: both sites stopped ({:?} / {:?})",
+            "{setup:?}, cut after {cut} messages: both sites stopped ({:?} / {:?})",
             a.engine.mode(),
             b.engine.mode()
+        );
+        // Never two sites acknowledging alone (a split brain).
+        assert!(
+            a.engine.mode() != Mode::Survivor || b.engine.mode() != Mode::Survivor,
+            "{setup:?}, cut after {cut} messages: both sites serve alone"
         );
         // The next session: both sides accept it.
         let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
         a.engine
             .session_start(&mut io, rb)
-            .unwrap_or_else(|e| panic!("cut after {cut}: session refused at a: {e}"));
+            .unwrap_or_else(|e| panic!("{setup:?}, cut after {cut}: session refused at a: {e}"));
         b.engine
             .session_start(&mut io, ra)
-            .unwrap_or_else(|e| panic!("cut after {cut}: session refused at b: {e}"));
+            .unwrap_or_else(|e| panic!("{setup:?}, cut after {cut}: session refused at b: {e}"));
         let mut unused = usize::MAX;
         for _ in 0..200_000 {
             let any = turn(&mut a, &mut b, &mut x, &mut io, &mut rng, &mut unused);
@@ -258,12 +311,28 @@ fn resync_cut_after(cut: usize, settle: bool, leader_source: bool) -> usize {
 
 #[test]
 fn a_lost_resync_done_leaves_the_source_serving_and_both_sites_converge() {
-    for leader_source in [false, true] {
-        let all = resync_cut_after(usize::MAX, false, leader_source);
+    for setup in [Source::FollowerGranted, Source::LeaderGranted] {
+        let all = resync_cut_after(usize::MAX, false, setup);
         assert!(all > 8, "the resync exchanged only {all} messages");
         for cut in 0..=all {
-            resync_cut_after(cut, false, leader_source);
-            resync_cut_after(cut, true, leader_source);
+            resync_cut_after(cut, false, setup);
+            resync_cut_after(cut, true, setup);
         }
+    }
+}
+
+/// The source of a new replica's copy holds no grant. Once it has sent RESYNC_DONE, the
+/// target may finish and serve as a mirroring site, which asks the witness for the volume
+/// when the link goes. Before, the source went on alone when its session ended there, while
+/// the witness (holding no grant) gave the target the volume: two sites acknowledging alone,
+/// and a next session refused as a split brain.
+#[test]
+fn a_source_without_a_grant_that_lost_its_session_after_resync_done_asks_the_witness() {
+    let setup = Source::LeaderWithoutGrant;
+    let all = resync_cut_after(usize::MAX, false, setup);
+    assert!(all > 8, "the resync exchanged only {all} messages");
+    for cut in 0..=all {
+        resync_cut_after(cut, false, setup);
+        resync_cut_after(cut, true, setup);
     }
 }
