@@ -170,6 +170,7 @@ impl Engine {
 
     /// No grant: fail everything held and serve no I/O.
     pub(super) fn fence(&mut self, why: &str) {
+        self.fenced_unanswered = None;
         self.give_up_held();
         self.alone_after = None;
         for (from, tag, _) in std::mem::take(&mut self.alone_held) {
@@ -267,6 +268,7 @@ impl Engine {
             return;
         }
         self.check_grant(io, &slot);
+        self.adopt_lost_grant(io, &slot);
         let site = SiteNow {
             up: self.sess.up,
             had_session: self.sess.number != 0,
@@ -289,6 +291,11 @@ impl Engine {
                 self.become_survivor(io, epoch);
             }
             Grant::Fence(why) => self.fence(why),
+            Grant::Unanswered => {
+                self.fence("neither the peer nor the witness is reachable");
+                self.fenced_unanswered =
+                    Some(slot.view_seq.load(std::sync::atomic::Ordering::SeqCst));
+            }
             Grant::Unwanted { epoch } => {
                 if self.grant_epoch != epoch {
                     tracing::info!(volume = %self.cfg.name, epoch,
@@ -297,6 +304,55 @@ impl Engine {
                         .store(epoch, std::sync::atomic::Ordering::SeqCst);
                 }
             }
+        }
+    }
+
+    /// The witness names this site the group's holder while this site does not know it holds
+    /// the grant: the grant of a request whose answer was lost (the witness recorded it, then
+    /// the reply was dropped, or came after the request's deadline). Left so, both sites
+    /// stopped: this one fenced for the missing answer, the peer denied because this one
+    /// holds the volume; and the grant was never given back. So, from the witness's word
+    /// (a view newer than the fence):
+    /// - fenced for want of an answer: this site is the survivor at the witness's epoch
+    ///   (its replica was in sync when the link went; what it failed meanwhile is suspect and
+    ///   copied to the peer with the rest);
+    /// - serving alone without a grant (the source of a reconciliation or of a new replica's
+    ///   copy, which the session decided before the word came): the grant is adopted, so the
+    ///   resync's end gives it back and the peer is denied meanwhile.
+    fn adopt_lost_grant(
+        &mut self,
+        io: &mut IoCx,
+        slot: &crate::layer::mirror::failover::FailoverSlot,
+    ) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.grant_epoch != 0 {
+            return;
+        }
+        let after = match (self.mode, self.fenced_unanswered) {
+            (Mode::Fenced, Some(seq)) => seq,
+            (Mode::Survivor, _) => 0,
+            _ => return,
+        };
+        if slot.view_seq.load(SeqCst) <= after {
+            return; // nothing said since the fence
+        }
+        let Some((true, _, epoch)) = slot.view() else {
+            return;
+        };
+        if epoch == 0 {
+            return;
+        }
+        self.fenced_unanswered = None;
+        if self.mode == Mode::Fenced {
+            tracing::warn!(volume = %self.cfg.name, epoch,
+                "mirror: the witness holds the volume for this site (its answer was lost); survivor");
+            self.become_survivor(io, epoch);
+        } else {
+            tracing::warn!(volume = %self.cfg.name, epoch,
+                "mirror: the witness holds the volume for this site, serving alone; keeping the grant until the peer is in sync");
+            self.grant_epoch = epoch;
+            slot.survivors.fetch_add(1, SeqCst);
+            self.persist_mode(Mode::Survivor);
         }
     }
 

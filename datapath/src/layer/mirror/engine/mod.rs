@@ -275,6 +275,9 @@ pub struct Engine {
     acked_buf: Vec<usize>,
     /// The witness epoch this site holds as survivor.
     grant_epoch: u64,
+    /// Fenced for want of the witness's answer: the view sequence at the fence (its later word
+    /// may name this site the holder, `adopt_lost_grant`).
+    fenced_unanswered: Option<u64>,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: RegionMap,
     /// Suspect regions: updates applied here that the peer never confirmed (recorded when
@@ -363,6 +366,7 @@ impl Engine {
             resync_buf: Vec::new(),
             acked_buf: Vec::with_capacity(1024),
             grant_epoch: 0,
+            fenced_unanswered: None,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
             new_replica: false,

@@ -35,6 +35,9 @@ pub(super) enum Grant {
     Granted { epoch: u64, takeover: bool },
     /// No grant: fence, for this reason.
     Fence(&'static str),
+    /// No answer from the witness: fence. (It may have recorded a grant whose answer was
+    /// lost: the engine then watches its word, `Engine::adopt_lost_grant`.)
+    Unanswered,
     /// Granted `epoch` after the session came back: give it back (see the module doc).
     Unwanted { epoch: u64 },
 }
@@ -145,7 +148,7 @@ impl Witness {
                 takeover: takeover || slot.granted_takeover.load(SeqCst),
             },
             DENIED => Grant::Fence("the witness granted the volume to the peer"),
-            UNREACHABLE => Grant::Fence("neither the peer nor the witness is reachable"),
+            UNREACHABLE => Grant::Unanswered,
             _ => Grant::Wait,
         }
     }

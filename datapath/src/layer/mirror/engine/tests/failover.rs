@@ -519,6 +519,95 @@ fn two_fenced_sites_reconcile_from_the_leader_when_the_link_returns() {
     assert_eq!(a.disk.borrow().bytes[0], 0x5A);
 }
 
+/// The witness recorded a's grant but its answer was lost (the request timed out at a:
+/// UNREACHABLE), and b was denied (a holds the volume). Before, both sites stayed fenced with
+/// the witness reachable, and the grant was never given back. Now a, told by the witness's
+/// next word that it holds the volume, is the survivor: it serves alone, resyncs b when the
+/// link returns and gives the grant back. In `also_reconnect_first`, the link returns before
+/// that word: a reconciles b as a source without a grant, adopts the grant when the word
+/// comes, and gives it back at the resync's end.
+#[test]
+fn a_grant_whose_answer_was_lost_makes_its_site_the_survivor_once_the_witness_says_so() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    for reconnect_first in [false, true] {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(17);
+        let mut slot = 0;
+        let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        assert!(sa.want.load(SeqCst) && sb.want.load(SeqCst));
+        sa.outcome.store(UNREACHABLE, SeqCst);
+        sb.outcome.store(DENIED, SeqCst);
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        collect(&mut a);
+        collect(&mut b);
+        assert_eq!(
+            (a.engine.mode(), b.engine.mode()),
+            (Mode::Fenced, Mode::Fenced)
+        );
+        // A word from before the fence changes nothing; a view naming b neither.
+        a.engine.tick(&mut io, Instant::now());
+        sa.publish_view(2, 1, 1);
+        a.engine.tick(&mut io, Instant::now());
+        assert_eq!(a.engine.mode(), Mode::Fenced, "a view naming the peer");
+        if reconnect_first {
+            let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+            a.engine.session_start(&mut io, rb).expect("session at a");
+            b.engine.session_start(&mut io, ra).expect("session at b");
+            assert_eq!(
+                (a.engine.mode(), b.engine.mode()),
+                (Mode::Survivor, Mode::Resyncing)
+            );
+        }
+        // The witness's next word (a heartbeat's answer): a holds the group, epoch 1.
+        sa.publish_view(1, 1, 1);
+        sb.publish_view(1, 1, 2);
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        if !reconnect_first {
+            assert_eq!(
+                (a.engine.mode(), b.engine.mode()),
+                (Mode::Survivor, Mode::Fenced),
+                "the grant the witness holds for a is not used"
+            );
+            past_peer_lease(&mut a, &mut io);
+            // a serves alone.
+            let before = a.ok;
+            write_at(&mut a, &mut io, &mut slot, 8192, 0x43, 4096);
+            while complete_one(&mut a, &mut io, &mut rng) {}
+            a.engine.wait_persisted();
+            a.engine.tick(&mut io, Instant::now());
+            collect(&mut a);
+            assert_eq!(a.ok, before + 1, "the survivor's write is not acknowledged");
+            let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+            a.engine.session_start(&mut io, rb).expect("session at a");
+            b.engine.session_start(&mut io, ra).expect("session at b");
+        }
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert!(
+            a.disk.borrow().bytes == b.disk.borrow().bytes,
+            "replicas differ after the resync"
+        );
+        if !reconnect_first {
+            assert_eq!(b.disk.borrow().bytes[8192], 0x43);
+        }
+        // In sync again, the grant goes back to the witness.
+        a.engine.wait_persisted();
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert_eq!(
+            sa.release.load(SeqCst),
+            1,
+            "reconnect first: {reconnect_first}: the grant was never given back"
+        );
+    }
+}
+
 /// A site fenced (the witness unreachable from it) while its peer saw only a short link flap
 /// and is still in sync: the pair (in sync, fenced) used to be refused; the in-sync site
 /// reconciles (its held updates fail, their regions and the fenced site's suspect ones are
