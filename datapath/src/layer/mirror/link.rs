@@ -443,6 +443,9 @@ impl LinkConn {
             l_lead: e.leadership(),
             welcome_at: Instant::now(),
         };
+        // From here the follower may serve reads under a lease (it starts its session on
+        // WELCOME): a grant this site gets before AUTH waits that lease out.
+        e.welcome_sent(p.welcome_at);
         let proof = p
             .handshake(size, block, name)
             .proof(&self.key, AuthRole::Leader);

@@ -475,6 +475,14 @@ impl Engine {
         self.handshake_sent = Some(at);
     }
 
+    /// The leader queued WELCOME at `at`: the follower starts its session, and serves reads
+    /// under its lease, as soon as it reads it, before this site has checked its AUTH (which
+    /// may never come, or be refused). A grant this site gets meanwhile waits that lease out
+    /// like any other ([`Self::become_survivor`]'s wait on the peer's lease).
+    pub fn welcome_sent(&mut self, at: Instant) {
+        self.sess.peer_may_lease_from(at);
+    }
+
     /// Survivor: release the answers held for the lost peer's read lease once it expired.
     pub(super) fn release_alone(&mut self, now: Instant) {
         if self.alone_after.is_some_and(|t| now >= t) {

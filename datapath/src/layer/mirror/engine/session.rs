@@ -178,6 +178,12 @@ impl PeerSession {
         self.lease_until.filter(|_| self.up)
     }
 
+    /// The peer may hold a lease from `at` on (this site sent the handshake message it starts
+    /// its session with: WELCOME), though this session has not started here yet.
+    pub(super) fn peer_may_lease_from(&mut self, at: Instant) {
+        self.peer_lease_base = Some(self.peer_lease_base.map_or(at, |b| b.max(at)));
+    }
+
     /// When every lease the peer may hold from this site has certainly expired (none: the
     /// peer never had one).
     pub(super) fn peer_lease_end(&self) -> Option<Instant> {

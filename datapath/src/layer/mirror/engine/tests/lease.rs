@@ -126,6 +126,50 @@ fn the_survivor_acknowledges_alone_only_once_the_peers_lease_has_expired() {
     assert_eq!((b.ok, b.outstanding), (2, 0));
 }
 
+/// The leader queued WELCOME for a returning follower (which starts its session, and serves
+/// reads under its lease, as soon as it reads it) and then was granted the volume before the
+/// follower's AUTH was checked (its grant request had been asked when the old session went,
+/// long before). The survivor's writes wait out the lease the WELCOME allowed. Before, it
+/// waited only on the old session's last PING, long past, and acknowledged alone while the
+/// follower could still read the old data.
+#[test]
+fn a_grant_after_welcome_waits_out_the_lease_the_welcome_allowed() {
+    use crate::layer::mirror::failover::GRANTED;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(34);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, _) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    exchange(&mut a, &mut b, &mut io, &mut rng, 3);
+    break_link(&mut a, &mut b);
+    let t0 = Instant::now();
+    a.engine.tick(&mut io, t0);
+    assert!(sa.want.load(SeqCst), "no grant asked for");
+    // The old session's lease is long over; the follower dials again and gets WELCOME.
+    let later = t0 + 3 * lease();
+    a.engine.welcome_sent(later);
+    sa.epoch.store(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    a.engine.tick(&mut io, later);
+    assert_eq!(a.engine.mode(), Mode::Survivor);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 0, 0xA1, 4096);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    a.engine.wait_persisted();
+    a.engine.tick(&mut io, later + lease() / 2);
+    collect(&mut a);
+    assert_eq!(
+        a.ok, 0,
+        "acknowledged alone while the lease the WELCOME allowed may run"
+    );
+    a.engine
+        .tick(&mut io, later + lease() + lease_margin(lease()));
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1, 0));
+}
+
 #[test]
 fn without_a_witness_reads_are_served_with_the_link_down() {
     // No site can be granted the volume: nothing is ever acknowledged alone.
