@@ -769,3 +769,46 @@ fn reservation_commands_for_nsid_zero_broadcast_or_beyond_are_invalid_namespace(
     let r = twinblk_tools::nvmf::ResvReport::parse(&q.resv_report(1, true, 4096).unwrap().1);
     assert_eq!(r.unwrap().registrants.len(), 1);
 }
+
+/// Identify, Get Log Page and Reservation Report answer their data whole, and their SGL must
+/// describe exactly that length: another is Data SGL Length Invalid (0Fh; NVM Express Base
+/// 2.0, "Generic Command Status Values"), as Linux's nvmet answers (its
+/// `nvmet_check_transfer_len`) and as this target's I/O commands do. Before, a shorter SGL got
+/// part of the data and a success, a longer one its data and a success.
+#[test]
+fn admin_data_with_an_sgl_of_another_length_is_data_sgl_length_invalid() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let identify = || Sqe::new(0x06).cdw(10, 0x01);
+    for len in [512u32, 4092, 8192] {
+        let r = c.admin.cmd(identify(), &[], len).unwrap();
+        assert_eq!(
+            (r.status, r.data.len()),
+            (0x00F, 0),
+            "Identify Controller with an SGL of {len} bytes"
+        );
+    }
+    let r = c.admin.cmd(identify(), &[], 4096).unwrap();
+    assert_eq!((r.status, r.data.len()), (0, 4096));
+    // Get Log Page, SMART (02h): NUMD 127 (512 bytes).
+    let log = || Sqe::new(0x02).nsid(0xFFFF_FFFF).cdw(10, 0x02 | (127 << 16));
+    for len in [256u32, 1024] {
+        let r = c.admin.cmd(log(), &[], len).unwrap();
+        assert_eq!(
+            (r.status, r.data.len()),
+            (0x00F, 0),
+            "Get Log Page of 512 bytes with an SGL of {len}"
+        );
+    }
+    assert_eq!(c.admin.cmd(log(), &[], 512).unwrap().status, 0);
+    // Reservation Report: NUMD 15 (64 bytes).
+    let mut q = c.io_queue(1, 8).unwrap();
+    for (len, want) in [(32u32, 0x00F), (128, 0x00F), (64, 0)] {
+        let sqe = Sqe::new(0x0E).nsid(1).cdw(10, 15).cdw(11, 1);
+        assert_eq!(
+            q.cmd(sqe, &[], len).unwrap().status,
+            want,
+            "Reservation Report of 64 bytes with an SGL of {len}"
+        );
+    }
+}

@@ -154,57 +154,57 @@ pub const SUPPORTED: &[Supported] = &[
     Supported {
         op: opc::PR_IN,
         sa: Some(0),
-        usage: &[0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07],
+        usage: &[0x5E, 0x00, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07],
     },
     Supported {
         op: opc::PR_IN,
         sa: Some(1),
-        usage: &[0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07],
+        usage: &[0x5E, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07],
     },
     Supported {
         op: opc::PR_IN,
         sa: Some(2),
-        usage: &[0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07],
+        usage: &[0x5E, 0x02, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07],
     },
     Supported {
         op: opc::PR_IN,
         sa: Some(3),
-        usage: &[0x5E, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07],
+        usage: &[0x5E, 0x03, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x07],
     },
     Supported {
         op: opc::PR_OUT,
         sa: Some(0),
-        usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
+        usage: &[0x5F, 0x00, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
     },
     Supported {
         op: opc::PR_OUT,
         sa: Some(1),
-        usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
+        usage: &[0x5F, 0x01, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
     },
     Supported {
         op: opc::PR_OUT,
         sa: Some(2),
-        usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
+        usage: &[0x5F, 0x02, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
     },
     Supported {
         op: opc::PR_OUT,
         sa: Some(3),
-        usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
+        usage: &[0x5F, 0x03, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
     },
     Supported {
         op: opc::PR_OUT,
         sa: Some(4),
-        usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
+        usage: &[0x5F, 0x04, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
     },
     Supported {
         op: opc::PR_OUT,
         sa: Some(5),
-        usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
+        usage: &[0x5F, 0x05, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
     },
     Supported {
         op: opc::PR_OUT,
         sa: Some(6),
-        usage: &[0x5F, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
+        usage: &[0x5F, 0x06, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0x07],
     },
     s(
         opc::MODE_SELECT_10,
@@ -319,7 +319,8 @@ pub const SUPPORTED: &[Supported] = &[
     Supported {
         op: opc::MAINTENANCE_IN,
         sa: Some(opc::SA_REPORT_TPG),
-        usage: &[0xA3, 0x0A, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07],
+        // (Byte 1: PARAMETER DATA FORMAT, bits 7..5, read; the service action.)
+        usage: &[0xA3, 0xEA, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07],
     },
     Supported {
         op: opc::MAINTENANCE_OUT,
@@ -330,7 +331,7 @@ pub const SUPPORTED: &[Supported] = &[
         op: opc::MAINTENANCE_IN,
         sa: Some(opc::SA_REPORT_OPCODES),
         usage: &[
-            0xA3, 0x8C, 0x07, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07,
+            0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x07,
         ],
     },
     s(
@@ -1115,6 +1116,42 @@ mod tests {
         for s in SUPPORTED {
             assert_eq!(s.usage.len(), cdb_len(s.op), "opcode {:#x}", s.op);
             assert_eq!(s.usage[0], s.op);
+        }
+    }
+
+    /// SPC-4 6.35.3: a command's CDB USAGE DATA holds its service action where the CDB's
+    /// SERVICE ACTION field is (byte 1, bits 4..0, for every command here), and elsewhere a
+    /// map of the bits the device server reads: so every bit the decoder reads is set (and
+    /// none of a reserved field: the PR commands' byte 1 used to read 1Fh for every service
+    /// action, REPORT SUPPORTED OPERATION CODES' bytes 1 and 2 8Ch 07h, its RCTD bit moved
+    /// into the reserved bits of byte 1).
+    #[test]
+    fn the_cdb_usage_data_holds_each_service_action_in_its_field() {
+        for s in SUPPORTED {
+            if let Some(sa) = s.sa {
+                assert_eq!(
+                    u16::from(s.usage[1] & 0x1F),
+                    sa,
+                    "opcode {:#x} service action {sa:#x}: byte 1 {:#x}",
+                    s.op,
+                    s.usage[1]
+                );
+            }
+        }
+        let row = |op: u8, sa: u16| {
+            SUPPORTED
+                .iter()
+                .find(|s| s.op == op && s.sa == Some(sa))
+                .expect("listed")
+                .usage
+        };
+        assert_eq!(&row(0xA3, 0x0C)[..3], &[0xA3, 0x0C, 0x87]);
+        assert_eq!(&row(0xA3, 0x0A)[..2], &[0xA3, 0xEA]);
+        for sa in 0..4 {
+            assert_eq!(row(0x5E, sa)[1], sa as u8);
+        }
+        for sa in 0..7 {
+            assert_eq!(&row(0x5F, sa)[1..3], &[sa as u8, 0xFF]);
         }
     }
 

@@ -46,9 +46,14 @@ impl NvmfConn {
         }
         match sqe.opcode() {
             admin::IDENTIFY => {
+                // The data is 4 KiB, and the SGL must describe exactly that (as Linux's nvmet
+                // checks too): a shorter one would take part of it and be answered success.
+                if sqe.sgl_len() != cmd::IDENTIFY_LEN as u32 {
+                    return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                }
                 let s = self.identify(env, nv, &ctrl, sqe);
                 if s == Status::SUCCESS {
-                    self.respond_scratch(cid, sqe.sgl_len().min(cmd::IDENTIFY_LEN as u32));
+                    self.respond_scratch(cid, cmd::IDENTIFY_LEN as u32);
                 } else {
                     self.respond(cid, s, 0);
                 }
@@ -60,7 +65,11 @@ impl NvmfConn {
                 if numd * 4 > u64::from(MAX_XFER) {
                     return self.respond(cid, Status::INVALID_FIELD, 0);
                 }
-                let want = (numd * 4).min(u64::from(sqe.sgl_len())) as u32;
+                // The SGL describes exactly NUMD dwords (Data SGL Length Invalid otherwise).
+                if u64::from(sqe.sgl_len()) != numd * 4 {
+                    return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                }
+                let want = (numd * 4) as u32;
                 let lpo = u64::from(sqe.cdw(12)) | (u64::from(sqe.cdw(13)) << 32);
                 // What the host has seen of ANA changes moves only with a log it receives.
                 let seen = match &self.role {

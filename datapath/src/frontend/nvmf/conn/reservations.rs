@@ -59,7 +59,11 @@ impl NvmfConn {
             if numd * 4 > u64::from(MAX_XFER) {
                 return self.respond(cid, Status::INVALID_FIELD, 0);
             }
-            let want = (numd * 4).min(u64::from(sqe.sgl_len())) as u32;
+            // The SGL describes exactly NUMD dwords (Data SGL Length Invalid otherwise).
+            if u64::from(sqe.sgl_len()) != numd * 4 {
+                return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+            }
+            let want = (numd * 4) as u32;
             let Some(snap) = sub.resv.snapshot(idx) else {
                 return self.respond(cid, Status::INVALID_NS, 0);
             };
