@@ -36,7 +36,10 @@
 # default none: the journal grows), WARM (MiB of 64 KiB random writes through site a's NBD
 # export before each point's client, default 0: with CDP_RETAIN, enough to fill the journal to
 # its retention first measures the steady state, segments consolidated and recycled while the
-# point runs; every configuration gets the same warm-up), BACKGROUND_CPU=N (every site's
+# point runs; every configuration gets the same warm-up; the steady state also needs the base
+# copy whole: consolidation allocates each of its pages when it first reaches one, so a WARM
+# under about four times the 1 GiB volume measures that first fill (session 24: CDP in memory
+# twice the server CPU of CDP off after WARM=1536; use WARM=4096), BACKGROUND_CPU=N (every site's
 # [reactor] background_cores = [N]: the daemons' own threads, CDP's among them, on CPU N
 # instead of every CPU no reactor takes, here the client's; the OLD_BIN must know the field),
 # OLD_BIN and OLD_CTL (above; default none),
