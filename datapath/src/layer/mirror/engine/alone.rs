@@ -517,6 +517,14 @@ impl Engine {
             if r.awaiting_ack() && self.grant_epoch == 0 && self.cfg.failover.is_some() {
                 return self.source_unsure();
             }
+            if r.awaiting_ack()
+                && let Some(t) = self.sess.peer_lease_end().filter(|&t| t > now)
+            {
+                // The target may have finished and be reading under the lease this site's
+                // PONGs gave it: what goes ahead alone now (the deferred updates) is answered
+                // once that lease has certainly expired, as after a grant.
+                self.alone_after = Some(self.alone_after.map_or(t, |a| a.max(t)));
+            }
             // The peer left again: keep every region dirty for the next attempt.
             return self.abandon_resync(io);
         }

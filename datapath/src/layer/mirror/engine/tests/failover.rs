@@ -285,6 +285,49 @@ fn a_write_at_the_source_waits_until_the_target_confirmed_the_resync() {
     assert_eq!(a.disk.borrow().bytes[4096], 0x78);
 }
 
+/// The link ends after the target finished (it serves reads under the lease the source's
+/// PONGs gave it) and before its RESYNC_DONE_ACK reached the source, which holds the grant
+/// and goes on alone: the write the last pass deferred is answered only once the target's
+/// lease has certainly expired. Before, at once: the target could still read the old data of
+/// a write acknowledged alone.
+#[test]
+fn a_deferred_write_waits_out_the_finished_targets_lease_when_the_link_ends_before_its_ack() {
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    redial(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_ALSO list, RESENT
+    source_sends_resync_done(&mut b, &mut io, &mut rng);
+    deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNCs + RESYNC_DONE
+    collect(&mut b);
+    let ok_before = b.ok;
+    let mut slot = 100;
+    write_at(&mut b, &mut io, &mut slot, 0, 0x77, 512);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    assert_eq!(a.engine.mode(), Mode::Mirroring, "the target finished");
+    // Its RESYNC_DONE_ACK is lost with the link.
+    let cut = Instant::now();
+    break_link(&mut a, &mut b);
+    b.engine.tick(&mut io, cut);
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    b.engine.wait_persisted();
+    b.engine.tick(&mut io, cut);
+    collect(&mut b);
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    assert_eq!(
+        b.engine.resync.as_ref().map(|_| ()),
+        None,
+        "the attempt ended"
+    );
+    assert_eq!(
+        b.ok, ok_before,
+        "answered alone while the finished target's lease may run"
+    );
+    let l = lease_for(b.engine.cfg.peer_dead);
+    b.engine.tick(&mut io, cut + l + lease_margin(l));
+    collect(&mut b);
+    assert_eq!(b.ok, ok_before + 1, "the deferred write is never answered");
+    assert_eq!(b.disk.borrow().bytes[0], 0x77);
+}
+
 /// A write deferred by the resync's last pass whose initiator's timeout passes before the
 /// target's confirmation fails (applied nowhere) and is dropped: the resync's end must not
 /// start its key, vacant by then or another op's (a second deferred write takes it here).
