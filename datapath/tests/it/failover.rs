@@ -849,3 +849,101 @@ fn a_site_restarted_without_state_dir_is_new_and_never_serves_stale_data() {
         true,
     );
 }
+
+/// A UDP relay between a site and the witness whose replies can be dropped (the requests
+/// always reach the witness).
+struct LossyRelay {
+    addr: SocketAddr,
+    drop_replies: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LossyRelay {
+    fn start(witness: SocketAddr) -> LossyRelay {
+        let front = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let back = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        back.connect(witness).unwrap();
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        }
+        let addr = front.local_addr().unwrap();
+        let (drop_replies, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (d, st) = (Arc::clone(&drop_replies), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let mut client = None;
+            while !st.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = front.recv_from(&mut buf) {
+                    client = Some(from);
+                    let _ = back.send(&buf[..n]);
+                }
+                if let Ok(n) = back.recv(&mut buf)
+                    && let Some(c) = client
+                    && !d.load(Ordering::SeqCst)
+                {
+                    let _ = front.send_to(&buf[..n], c);
+                }
+            }
+        });
+        LossyRelay {
+            addr,
+            drop_replies,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The peer dies and the witness grants the survivor the volume, but its answer is lost (the
+/// replies from the witness dropped on the way back): the site fences for want of an answer
+/// while the witness holds the volume for it. Before, it stayed fenced for good, and the
+/// volume served nowhere with the witness reachable. Now the witness's next word (a
+/// heartbeat's view) names it the holder, and it serves as the survivor, every acknowledged
+/// write in place.
+#[test]
+fn a_site_whose_grant_answer_was_lost_serves_once_the_witness_is_heard_again() {
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let relay = LossyRelay::start(w.addr);
+    let (pa, pb) = (free_port(), free_port());
+    let a = site(root.path(), "a", "b", pa, pb, relay.addr);
+    let mut b = site(root.path(), "b", "a", pb, pa, w.addr);
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let mut c = Client::connect(a.addr, "vol0", false);
+    let data = pattern(7, 4096);
+    assert_eq!(c.write(0, &data), 0);
+    assert_eq!(c.flush(), 0);
+    relay.drop_replies.store(true, Ordering::SeqCst);
+    b.kill();
+    wait_mirror_state(&a, "fenced", Duration::from_secs(10));
+    let st = a.rpc("mirror_status")[0].clone();
+    eprintln!("fenced for the lost answer: {st}");
+    relay.drop_replies.store(false, Ordering::SeqCst);
+    let t = Instant::now();
+    wait_mirror_state(&a, "survivor", Duration::from_secs(10));
+    eprintln!(
+        "survivor {:?} after the witness was heard again",
+        t.elapsed()
+    );
+    let mut c = Client::connect(a.addr, "vol0", false);
+    assert_eq!(c.read(0, 4096).unwrap(), data, "an acknowledged write lost");
+    assert_eq!(
+        c.write(4096, &pattern(8, 4096)),
+        0,
+        "the survivor refused a write"
+    );
+}
