@@ -113,8 +113,8 @@ struct Pending {
     /// The follower's and the leader's leadership words (HELLO and WELCOME `offset`).
     f_lead: u64,
     l_lead: u64,
-    /// Leader: when its WELCOME was queued (before it went out): its first read lease runs
-    /// from then.
+    /// When this site queued its half of the handshake (before it went out): the leader's
+    /// WELCOME, the follower's HELLO. Its first read lease runs from then.
     welcome_at: Instant,
 }
 
@@ -605,6 +605,10 @@ impl LinkConn {
                             let proof = hs.proof(&self.key, AuthRole::Follower);
                             wire::encode(self.tx.bytes_mut(), &Header::new(Type::Auth), &proof);
                             e.set_peer_incarnation(h.seq);
+                            // Its first lease runs from its HELLO, which the WELCOME answered
+                            // (the leader counts the lease it may have given from that
+                            // WELCOME, sent later).
+                            e.set_handshake_sent(p.welcome_at);
                             if let Err(why) = e.start_session(env.io, h.id, h.offset) {
                                 match e.link_warns.check("refusing the session", Instant::now()) {
                                     Some(0) => tracing::error!(volume = %e.config().name, %why,

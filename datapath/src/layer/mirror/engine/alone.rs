@@ -278,23 +278,23 @@ impl Engine {
         match self.witness.tick(&slot, &self.stats.takeover, site) {
             Grant::Wait => {}
             Grant::Granted { epoch, takeover } => {
-                if takeover {
-                    // Taken over by an operator: which regions differ from the peer is
-                    // unknown, so the peer gets every region ever written when it returns.
-                    self.dirty_everything_written();
-                    // And this replica may lack writes the peer acknowledged alone (the
-                    // operator accepted losing them): a history kept below must not serve
-                    // the moments since it was last vouched for (it ends them with a gap
-                    // record when told current, at the next turn).
-                    self.inner.vouch(io, crate::bdev::Vouch::Stale);
+                // (Already the survivor at this epoch, from the witness's word before its
+                // answer: `adopt_lost_grant` does not act while a request is pending, so this
+                // is a defence; counted once.)
+                if !(self.mode == Mode::Survivor && self.grant_epoch == epoch) {
+                    if takeover {
+                        self.taken_over(io);
+                    }
+                    self.become_survivor(io, epoch);
                 }
-                self.become_survivor(io, epoch);
             }
             Grant::Fence(why) => self.fence(why),
-            Grant::Unanswered => {
+            Grant::Unanswered { takeover } => {
                 self.fence("neither the peer nor the witness is reachable");
-                self.fenced_unanswered =
-                    Some(slot.view_seq.load(std::sync::atomic::Ordering::SeqCst));
+                self.fenced_unanswered = Some((
+                    slot.view_seq.load(std::sync::atomic::Ordering::SeqCst),
+                    takeover,
+                ));
             }
             Grant::Unwanted { epoch } => {
                 if self.grant_epoch != epoch {
@@ -318,19 +318,27 @@ impl Engine {
     ///   copied to the peer with the rest);
     /// - serving alone without a grant (the source of a reconciliation or of a new replica's
     ///   copy, which the session decided before the word came): the grant is adopted, so the
-    ///   resync's end gives it back and the peer is denied meanwhile.
+    ///   resync's end gives it back and the peer is denied meanwhile;
+    /// - fenced so, then resynced by the peer and mirroring again: the grant is given back.
+    ///
+    /// A takeover whose answer was lost is adopted as a takeover.
     fn adopt_lost_grant(
         &mut self,
         io: &mut IoCx,
         slot: &crate::layer::mirror::failover::FailoverSlot,
     ) {
         use std::sync::atomic::Ordering::SeqCst;
-        if self.grant_epoch != 0 {
+        if self.grant_epoch != 0 || self.witness.pending() {
+            // (A request outstanding, an operator's takeover among them: its answer decides.)
             return;
         }
-        let after = match (self.mode, self.fenced_unanswered) {
-            (Mode::Fenced, Some(seq)) => seq,
-            (Mode::Survivor, _) => 0,
+        let (after, takeover) = match (self.mode, self.fenced_unanswered) {
+            (Mode::Fenced, Some(f)) => f,
+            // Fenced for want of an answer, then resynced by the peer (it led the
+            // reconciliation of two fenced sites): in sync again, a grant the witness still
+            // holds for this site is given back, or the peer would be denied at the next loss.
+            (Mode::Mirroring, Some(f)) if self.sess.up => f,
+            (Mode::Survivor, _) => (0, false),
             _ => return,
         };
         if slot.view_seq.load(SeqCst) <= after {
@@ -343,17 +351,38 @@ impl Engine {
             return;
         }
         self.fenced_unanswered = None;
-        if self.mode == Mode::Fenced {
-            tracing::warn!(volume = %self.cfg.name, epoch,
-                "mirror: the witness holds the volume for this site (its answer was lost); survivor");
-            self.become_survivor(io, epoch);
-        } else {
-            tracing::warn!(volume = %self.cfg.name, epoch,
-                "mirror: the witness holds the volume for this site, serving alone; keeping the grant until the peer is in sync");
-            self.grant_epoch = epoch;
-            slot.survivors.fetch_add(1, SeqCst);
-            self.persist_mode(Mode::Survivor);
+        match self.mode {
+            Mode::Fenced => {
+                tracing::warn!(volume = %self.cfg.name, epoch, takeover,
+                    "mirror: the witness holds the volume for this site (its answer was lost); survivor");
+                if takeover {
+                    self.taken_over(io);
+                }
+                self.become_survivor(io, epoch);
+            }
+            Mode::Mirroring => {
+                tracing::warn!(volume = %self.cfg.name, epoch,
+                    "mirror: the witness holds the volume for this site, in sync again (its answer was lost); giving the grant back");
+                slot.release.store(epoch, SeqCst);
+            }
+            _ => {
+                tracing::warn!(volume = %self.cfg.name, epoch,
+                    "mirror: the witness holds the volume for this site, serving alone; keeping the grant until the peer is in sync");
+                self.grant_epoch = epoch;
+                slot.survivors.fetch_add(1, SeqCst);
+                self.persist_mode(Mode::Survivor);
+            }
         }
+    }
+
+    /// Taken over by an operator: which regions differ from the peer is unknown, so the peer
+    /// gets every region ever written when it returns. And this replica may lack writes the
+    /// peer acknowledged alone (the operator accepted losing them): a history kept below must
+    /// not serve the moments since it was last vouched for (it ends them with a gap record
+    /// when told current, at the next turn).
+    fn taken_over(&mut self, io: &mut IoCx) {
+        self.dirty_everything_written();
+        self.inner.vouch(io, crate::bdev::Vouch::Stale);
     }
 
     /// A survivor restored from its state with a witness grant (`GrantCheck::Waiting`) checks
@@ -515,7 +544,11 @@ impl Engine {
         };
         if !self.sess.up {
             if r.awaiting_ack() && self.grant_epoch == 0 && self.cfg.failover.is_some() {
-                return self.source_unsure();
+                // (Once: then a mirroring site waiting for the witness's answer.)
+                if self.mode != Mode::Mirroring {
+                    self.source_unsure();
+                }
+                return;
             }
             if r.awaiting_ack()
                 && let Some(t) = self.sess.peer_lease_end().filter(|&t| t > now)

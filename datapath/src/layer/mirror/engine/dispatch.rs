@@ -19,8 +19,9 @@ impl Engine {
     /// A session started (after HELLO/WELCOME): re-send what the peer may not have.
     pub fn link_up(&mut self, io: &mut IoCx) {
         self.sess.start();
-        // The first read lease: from the WELCOME this leader sent, or (follower) from now,
-        // before its AUTH reaches the leader (docs/mirror-protocol.md, "Read lease").
+        // The first read lease: from the WELCOME this leader sent, or (follower) from the
+        // HELLO the WELCOME answered, before its AUTH reaches the leader (docs/mirror-protocol.md,
+        // "Read lease"); now where no handshake ran (tests).
         let now = Instant::now();
         let base = self.handshake_sent.take().unwrap_or(now);
         self.sess.start_lease(base, now, self.cfg.heartbeat);

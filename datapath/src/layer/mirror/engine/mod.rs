@@ -276,8 +276,9 @@ pub struct Engine {
     /// The witness epoch this site holds as survivor.
     grant_epoch: u64,
     /// Fenced for want of the witness's answer: the view sequence at the fence (its later word
-    /// may name this site the holder, `adopt_lost_grant`).
-    fenced_unanswered: Option<u64>,
+    /// may name this site the holder, `adopt_lost_grant`), and whether the request was an
+    /// operator's takeover.
+    fenced_unanswered: Option<(u64, bool)>,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: RegionMap,
     /// Suspect regions: updates applied here that the peer never confirmed (recorded when

@@ -36,8 +36,9 @@ pub(super) enum Grant {
     /// No grant: fence, for this reason.
     Fence(&'static str),
     /// No answer from the witness: fence. (It may have recorded a grant whose answer was
-    /// lost: the engine then watches its word, `Engine::adopt_lost_grant`.)
-    Unanswered,
+    /// lost: the engine then watches its word, `Engine::adopt_lost_grant`; `takeover`: the
+    /// request was an operator's takeover.)
+    Unanswered { takeover: bool },
     /// Granted `epoch` after the session came back: give it back (see the module doc).
     Unwanted { epoch: u64 },
 }
@@ -66,6 +67,11 @@ pub(super) struct Witness {
 }
 
 impl Witness {
+    /// A request was sent (or is to be) and its answer not acted on yet.
+    pub(super) fn pending(&self) -> bool {
+        self.asked && !self.answered
+    }
+
     /// The link went down: the next loss asks again.
     pub(super) fn link_lost(&mut self) {
         self.asked = false;
@@ -148,7 +154,7 @@ impl Witness {
                 takeover: takeover || slot.granted_takeover.load(SeqCst),
             },
             DENIED => Grant::Fence("the witness granted the volume to the peer"),
-            UNREACHABLE => Grant::Unanswered,
+            UNREACHABLE => Grant::Unanswered { takeover },
             _ => Grant::Wait,
         }
     }

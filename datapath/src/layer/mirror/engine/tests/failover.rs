@@ -651,6 +651,113 @@ fn a_grant_whose_answer_was_lost_makes_its_site_the_survivor_once_the_witness_sa
     }
 }
 
+/// Fenced for want of an answer, the site is taken over by its operator; the witness answers
+/// the takeover, and its word (the view naming the site) comes before the answer. The site is
+/// the survivor once, counted once (before, the word made it the survivor and the answer did
+/// again: the count of survivors went to 2, and the resync's end never gave the grant back),
+/// with the takeover's copy of everything written. And a takeover whose answer is lost too is
+/// adopted from the word as a takeover.
+#[test]
+fn a_takeover_after_a_lost_answer_is_counted_once_and_keeps_its_meaning() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    for answer_lost_again in [false, true] {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(19);
+        let mut slot = 0;
+        let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        sa.outcome.store(UNREACHABLE, SeqCst);
+        sb.outcome.store(DENIED, SeqCst);
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        // The operator's takeover at a.
+        a.engine.stats().takeover.store(true, SeqCst);
+        a.engine.tick(&mut io, Instant::now());
+        assert!(sa.want.swap(false, SeqCst), "the takeover is not asked");
+        sa.publish_view(1, 1, 1);
+        if answer_lost_again {
+            sa.outcome.store(UNREACHABLE, SeqCst);
+            a.engine.tick(&mut io, Instant::now());
+            assert_eq!(a.engine.mode(), Mode::Fenced);
+            sa.publish_view(1, 1, 1);
+        } else {
+            sa.epoch.store(1, SeqCst);
+            sa.granted_takeover.store(true, SeqCst);
+            sa.outcome.store(GRANTED, SeqCst);
+        }
+        a.engine.tick(&mut io, Instant::now());
+        a.engine.tick(&mut io, Instant::now());
+        assert_eq!(a.engine.mode(), Mode::Survivor);
+        assert_eq!(sa.survivors.load(SeqCst), 1, "the survivor counted twice");
+        assert_eq!(
+            a.engine.dirty_bytes(),
+            a.engine.written.bytes(),
+            "a takeover's copy of everything written"
+        );
+        past_peer_lease(&mut a, &mut io);
+        let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+        a.engine.session_start(&mut io, rb).expect("session at a");
+        b.engine.session_start(&mut io, ra).expect("session at b");
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        a.engine.wait_persisted();
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert_eq!(sa.release.load(SeqCst), 1, "the grant was never given back");
+        assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
+    }
+}
+
+/// Both sites fenced, the witness holding the grant whose answer b lost; the link returns
+/// first and the leader (a) reconciles b. In sync again, b gives the grant the witness still
+/// holds for it back (before, nobody did: at the next loss the witness denied a).
+#[test]
+fn a_lost_grant_held_for_the_reconciliation_target_is_given_back() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(23);
+    let mut slot = 0;
+    let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    sa.outcome.store(DENIED, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    // The witness's word: b holds the group at epoch 1.
+    sa.publish_view(2, 1, 1);
+    sb.publish_view(2, 1, 2);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        sb.release.load(SeqCst),
+        1,
+        "the grant held for b was never given back"
+    );
+    assert_eq!(sa.release.load(SeqCst), 0);
+    assert_eq!(
+        (sa.survivors.load(SeqCst), sb.survivors.load(SeqCst)),
+        (0, 0)
+    );
+}
+
 /// A site fenced (the witness unreachable from it) while its peer saw only a short link flap
 /// and is still in sync: the pair (in sync, fenced) used to be refused; the in-sync site
 /// reconciles (its held updates fail, their regions and the fenced site's suspect ones are

@@ -336,3 +336,46 @@ fn a_source_without_a_grant_that_lost_its_session_after_resync_done_asks_the_wit
         resync_cut_after(cut, true, setup);
     }
 }
+
+/// The grant-less source waiting for the witness's answer after RESYNC_DONE (above) turns into
+/// a mirroring site once: its replica state is handed to the persister once, not at every
+/// engine tick (5 ms) until the answer comes (before, each tick wrote it again, fsyncs and
+/// all).
+#[test]
+fn a_grantless_source_waiting_for_the_witness_persists_its_state_once() {
+    let (mut a, mut b, mut io, mut rng, _) = leader_and_new_follower();
+    let dir = tempfile::tempdir().unwrap();
+    a.engine.cfg.state_file = Some(dir.path().join("a.mirror-state"));
+    a.engine
+        .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    for _ in 0..10_000 {
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        if a.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
+            break;
+        }
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+    }
+    assert!(
+        a.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()),
+        "RESYNC_DONE never sent"
+    );
+    break_link(&mut a, &mut b);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!(a.engine.mode(), Mode::Mirroring);
+    let before = a.engine.persists_submitted();
+    for _ in 0..100 {
+        a.engine.tick(&mut io, Instant::now());
+    }
+    assert!(
+        a.engine.persists_submitted() <= before + 1,
+        "the state handed to the persister {} times in 100 ticks",
+        a.engine.persists_submitted() - before
+    );
+}
