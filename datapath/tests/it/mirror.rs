@@ -560,7 +560,8 @@ fn forged_replication_messages_are_refused_and_never_applied() {
 
 /// Requests an NBD client may send that the mirror's wire cannot carry: of no bytes, or off the
 /// block size (a write on a RAM volume, which takes any alignment; a trim or write-zeroes on any
-/// volume). They are answered at the site and never sent. Before, the peer refused such a
+/// volume; one longer than a message too, whose aligned parts used to be applied). They are
+/// answered at the site and never sent. Before, the peer refused such a
 /// message and dropped the link, and the update, kept in the leader's backlog, was sent again
 /// at every new session: the link never stayed up.
 #[test]
@@ -612,6 +613,13 @@ fn zero_length_and_unaligned_requests_are_answered_and_never_break_the_link() {
             let e = ask(&mut c, kind, 512, 100, &payload);
             assert_eq!(e, err::EINVAL, "kind {kind}: 100 bytes at 512");
         }
+        // Longer than one message (split into parts) and off the block size: refused whole,
+        // no part applied.
+        let long = vec![0xDD; (wire::MAX_PAYLOAD as usize) + 100];
+        assert_eq!(
+            ask(&mut c, cmd::WRITE, 0, long.len() as u32, &long),
+            err::EINVAL
+        );
         assert_eq!(
             c.read(0, 8192).unwrap(),
             data,
