@@ -224,9 +224,26 @@ impl Engine {
         self.enqueue_apply(io, k, 0, 0);
     }
 
-    /// Source: this replica's flush before RESYNC_DONE finished (`ok`).
+    /// Source: this replica's flush before RESYNC_DONE finished (`ok`). A source without a
+    /// grant with a state file first saves its state as in sync and sends RESYNC_DONE once that
+    /// is on disk (`resync_step`): once the target has it, it may finish and be granted the
+    /// volume, and this site, restarted from a state that said survivor, would serve alone too
+    /// (a split brain; test
+    /// `resyncloss::a_grantless_source_restarted_after_resync_done_does_not_serve_alone`).
     pub(super) fn resync_source_flushed(&mut self, ok: bool) {
-        if ok && self.sess.up {
+        if !(ok && self.sess.up) {
+            return;
+        }
+        if self.grant_epoch == 0 && self.cfg.state_file.is_some() {
+            let Some(r) = self.resync.as_mut() else {
+                return;
+            };
+            r.done_sent();
+            let g = self.persist(false);
+            if let Some(r) = self.resync.as_mut() {
+                r.done_gate = Some(g);
+            }
+        } else {
             self.send_resync_done();
         }
     }
@@ -543,6 +560,13 @@ impl Engine {
             return;
         };
         if !self.sess.up {
+            if r.done_gate.is_some() {
+                // RESYNC_DONE never went out (its state was being saved): the target cannot
+                // have finished. Alone again, saved as the survivor it is.
+                self.abandon_resync(io);
+                self.persist(false);
+                return;
+            }
             if r.awaiting_ack() && self.grant_epoch == 0 && self.cfg.failover.is_some() {
                 // (Once: then a mirroring site waiting for the witness's answer.)
                 if self.mode != Mode::Mirroring {
@@ -560,6 +584,14 @@ impl Engine {
             }
             // The peer left again: keep every region dirty for the next attempt.
             return self.abandon_resync(io);
+        }
+        if let Some(gen_) = r.done_gate {
+            // (A grant-less source's state saved as in sync: RESYNC_DONE goes out now.)
+            if self.durable.is_durable(gen_) {
+                r.done_gate = None;
+                self.sess.queue(&Header::new(Type::ResyncDone), &[]);
+            }
+            return;
         }
         let (g, size) = (self.cfg.dirty_granularity, self.cfg.size);
         // An operator's rate limit or pause (`mirror_resync`); the last pass, which holds new

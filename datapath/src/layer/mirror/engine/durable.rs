@@ -116,9 +116,21 @@ impl Engine {
             // At a stop, or a mode change, with updates not confirmed yet.
             self.unconfirmed_into(&mut suspect);
         }
+        // A source without a grant that sent (or is about to send) RESYNC_DONE is saved as in
+        // sync: restarted as a survivor, it would serve alone while the target, which may have
+        // finished and been granted the volume since, serves alone too (alone.rs,
+        // `resync_source_flushed`).
+        let mode = if self.mode == Mode::Survivor
+            && self.grant_epoch == 0
+            && self.resync.as_ref().is_some_and(|r| r.awaiting_ack())
+        {
+            Mode::Mirroring
+        } else {
+            self.mode
+        };
         Persisted {
             // States 5 and 6 are not modes: the activity log and `clean` say them again.
-            mode: replica::replica_state(self.mode, self.new_replica) as u8,
+            mode: replica::replica_state(mode, self.new_replica) as u8,
             clean,
             epoch: self.grant_epoch,
             size: self.cfg.size,

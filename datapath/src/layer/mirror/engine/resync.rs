@@ -69,6 +69,9 @@ pub(super) struct ResyncSource {
     flushing: bool,
     /// RESYNC_DONE is sent: nothing more to copy, waiting for the target's confirmation.
     done_sent: bool,
+    /// A source without a grant: RESYNC_DONE waits until this persister generation (its
+    /// state saved as in sync, not as a survivor) is on disk.
+    pub(super) done_gate: Option<u64>,
 }
 
 impl ResyncSource {
@@ -87,6 +90,7 @@ impl ResyncSource {
             copied: RegionMap::new(size, g),
             flushing: false,
             done_sent: false,
+            done_gate: None,
         }
     }
 

@@ -356,14 +356,24 @@ fn a_grantless_source_waiting_for_the_witness_persists_its_state_once() {
         a.engine.tick(&mut io, now);
         b.engine.tick(&mut io, now);
         while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-        if a.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
+        let sent = |a: &Site| {
+            a.engine
+                .resync
+                .as_ref()
+                .is_some_and(|r| r.awaiting_ack() && r.done_gate.is_none())
+        };
+        if sent(&a) {
             break;
         }
         deliver(&mut a, &mut b, &mut io, usize::MAX);
         deliver(&mut b, &mut a, &mut io, usize::MAX);
+        a.engine.wait_persisted();
     }
     assert!(
-        a.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()),
+        a.engine
+            .resync
+            .as_ref()
+            .is_some_and(|r| r.awaiting_ack() && r.done_gate.is_none()),
         "RESYNC_DONE never sent"
     );
     break_link(&mut a, &mut b);
@@ -378,4 +388,86 @@ fn a_grantless_source_waiting_for_the_witness_persists_its_state_once() {
         "the state handed to the persister {} times in 100 ticks",
         a.engine.persists_submitted() - before
     );
+}
+
+/// A source without a grant, with a state file, crashes right after its RESYNC_DONE reached
+/// the target, which finishes, loses the link and is granted the volume. Restarted from its
+/// state, the source must not serve alone: it was saved as in sync before RESYNC_DONE went
+/// out. Before, it restarted as a survivor (without a grant, so nothing checked it) and
+/// acknowledged alone beside the granted target: a split brain.
+#[test]
+fn a_grantless_source_restarted_after_resync_done_does_not_serve_alone() {
+    use crate::layer::mirror::failover::GRANTED;
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut a, mut b, mut io, mut rng, _) = leader_and_new_follower();
+    let dir = tempfile::tempdir().unwrap();
+    a.engine.cfg.state_file = Some(dir.path().join("a.mirror-state"));
+    a.engine
+        .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    assert_eq!(a.engine.mode(), Mode::Survivor, "a is the source");
+    // Until the target has finished (its RESYNC_DONE_ACK is never delivered).
+    for _ in 0..20_000 {
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        if b.engine.mode() == Mode::Mirroring {
+            break;
+        }
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        b.engine.tick(&mut io, Instant::now());
+        if b.engine.mode() != Mode::Mirroring {
+            // (Not its RESYNC_DONE_ACK: lost with the crash below.)
+            deliver(&mut b, &mut a, &mut io, usize::MAX);
+        }
+        a.engine.wait_persisted();
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    assert_eq!(
+        b.engine.mode(),
+        Mode::Mirroring,
+        "the target never finished"
+    );
+    // a crashes (its state as last saved) and restarts over the same replica.
+    assert!(a.engine.wait_persisted());
+    let cfg = a.engine.cfg.clone();
+    let fresh = Engine::new(
+        cfg,
+        Box::new(SlowChannel(Rc::clone(&a.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    std::mem::forget(std::mem::replace(&mut a.engine, fresh));
+    a.engine
+        .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+    a.engine.restore().expect("restore");
+    a.wire.clear();
+    a.outstanding = 0;
+    b.engine.link_down("test");
+    b.wire.clear();
+    // b, in sync, is granted the volume.
+    let sb = b.engine.cfg.failover.clone().expect("slot");
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.load(SeqCst), "b asks for the grant");
+    sb.epoch.store(1, SeqCst);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    a.engine.tick(&mut io, Instant::now());
+    assert_ne!(
+        a.engine.mode(),
+        Mode::Survivor,
+        "the restarted source serves alone beside the granted target"
+    );
+    assert_ne!(a.engine.replica_state(), 1);
+    // When they meet, the granted target's copy wins.
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    assert_eq!(a.engine.mode(), Mode::Resyncing);
 }
