@@ -511,7 +511,10 @@ impl Engine {
     /// lease) and asks the witness in turn. Granted: the survivor, the deferred updates
     /// applied alone ([`Self::become_survivor`]); denied: fenced, they fail; the session back
     /// first: whichever the replica states decide (the target in sync: the resync is done).
-    /// A source holding a grant keeps it and goes on alone: the witness denies the target.
+    /// Without a witness it waits for the peer as any mirroring site does (reads served,
+    /// updates held until the peer returns or they time out): the finished target serves
+    /// reads so too, and nobody may write alone. A source holding a grant keeps it and goes
+    /// on alone: the witness denies the target.
     fn source_unsure(&mut self) {
         self.set_mode(Mode::Mirroring);
         tracing::warn!(volume = %self.cfg.name,
@@ -567,7 +570,7 @@ impl Engine {
                 self.persist(false);
                 return;
             }
-            if r.awaiting_ack() && self.grant_epoch == 0 && self.cfg.failover.is_some() {
+            if r.awaiting_ack() && self.grant_epoch == 0 {
                 // (Once: then a mirroring site waiting for the witness's answer.)
                 if self.mode != Mode::Mirroring {
                     self.source_unsure();

@@ -121,10 +121,21 @@ enum Source {
 /// Sites a (leader, in sync, having written 0x31 at 0 and 0x32 at 16384) and b (the
 /// follower restarted without state: a new, empty replica), their link down, no grant held.
 fn leader_and_new_follower() -> (Site, Site, IoCx, Rng, Vec<(u64, u8)>) {
+    leader_and_new_follower_with(true)
+}
+
+/// [`leader_and_new_follower`], with a witness or without.
+fn leader_and_new_follower_with(witness: bool) -> (Site, Site, IoCx, Rng, Vec<(u64, u8)>) {
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
     let mut rng = Rng(31);
-    let (mut a, _) = with_witness(Role::Leader);
-    let (mut b, _) = with_witness(Role::Follower);
+    let pair = |role| {
+        if witness {
+            with_witness(role).0
+        } else {
+            site(role, Duration::from_secs(60))
+        }
+    };
+    let (mut a, mut b) = (pair(Role::Leader), pair(Role::Follower));
     a.engine.link_up(&mut io);
     b.engine.link_up(&mut io);
     let mut slot = 100;
@@ -137,8 +148,7 @@ fn leader_and_new_follower() -> (Site, Site, IoCx, Rng, Vec<(u64, u8)>) {
     break_link(&mut a, &mut b);
     // b restarts without its state over an empty device (a new replica, as restore()
     // finds it without a state file).
-    let (fresh, _) = with_witness(Role::Follower);
-    b = fresh;
+    b = pair(Role::Follower);
     b.engine.start_new_replica(None);
     assert_eq!(b.engine.replica_state(), 4);
     (a, b, io, rng, vec![(0, 0x31), (16384, 0x32), (20480, 0x32)])
@@ -470,4 +480,68 @@ fn a_grantless_source_restarted_after_resync_done_does_not_serve_alone() {
     b.engine.session_start(&mut io, ra).expect("session at b");
     a.engine.session_start(&mut io, rb).expect("session at a");
     assert_eq!(a.engine.mode(), Mode::Resyncing);
+}
+
+/// Without a witness, the source of a new replica's copy whose session ends after RESYNC_DONE
+/// waits for the peer as a mirroring site does: the target may have finished and serve reads
+/// (a mirroring site without a witness serves them with the link down, nobody being able to
+/// write alone), so the source must not acknowledge alone the update its last pass deferred.
+/// Before, it did, and the target read the old data.
+#[test]
+fn without_a_witness_a_source_that_lost_its_session_after_resync_done_writes_nothing_alone() {
+    let (mut a, mut b, mut io, mut rng, _) = leader_and_new_follower_with(false);
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    let mut slot = 500;
+    let mut deferred = false;
+    for _ in 0..20_000 {
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        if !deferred && a.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
+            // A write the last pass defers.
+            write_at(&mut a, &mut io, &mut slot, 4096, 0x5C, 4096);
+            deferred = true;
+        }
+        if b.engine.mode() == Mode::Mirroring {
+            break;
+        }
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        b.engine.tick(&mut io, Instant::now());
+        if b.engine.mode() != Mode::Mirroring {
+            deliver(&mut b, &mut a, &mut io, usize::MAX);
+        }
+    }
+    assert!(
+        deferred && b.engine.mode() == Mode::Mirroring,
+        "the target never finished"
+    );
+    collect(&mut a);
+    let ok = a.ok;
+    break_link(&mut a, &mut b);
+    for _ in 0..10 {
+        a.engine
+            .tick(&mut io, Instant::now() + Duration::from_secs(1));
+        while complete_one(&mut a, &mut io, &mut rng) {}
+    }
+    collect(&mut a);
+    assert_eq!(
+        a.ok, ok,
+        "acknowledged alone while the finished target serves reads"
+    );
+    assert_eq!(a.engine.mode(), Mode::Mirroring);
+    assert!(
+        b.engine.may_read(Instant::now()),
+        "(the target reads, as designed)"
+    );
+    // Back: in sync, the deferred write goes out mirrored.
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(&mut io, rb).expect("session at a");
+    b.engine.session_start(&mut io, ra).expect("session at b");
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
+    assert_eq!(b.disk.borrow().bytes[4096], 0x5C);
 }
