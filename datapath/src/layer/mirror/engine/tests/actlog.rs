@@ -52,29 +52,6 @@ fn stateful_on(role: Role, dir: &std::path::Path, log: bool, p: Arc<Persister>) 
     s
 }
 
-/// The site crashes (no clean stop; its pending local writes are lost) and restarts from its
-/// state files over the same replica.
-fn crash_and_restart(s: &mut Site) {
-    // What the persister has been given reaches the disk (a crash just after it).
-    assert!(s.engine.wait_persisted());
-    s.engine.wait_actlog_persisted();
-    let cfg = s.engine.cfg.clone();
-    s.disk.borrow_mut().pending.clear();
-    let fresh = Engine::new(
-        cfg,
-        Box::new(SlowChannel(Rc::clone(&s.disk))),
-        0,
-        Arc::new(MirrorStats::default()),
-    );
-    std::mem::forget(std::mem::replace(&mut s.engine, fresh));
-    s.engine
-        .set_persister(Persister::spawn().expect("persister"));
-    s.engine.restore().expect("restore after the crash");
-    s.wire.clear();
-    // Its initiators' requests died with it.
-    s.outstanding = 0;
-}
-
 /// The site stops cleanly (the engine's drop) and starts again from its state files over the
 /// same replica.
 fn stop_and_restart(s: &mut Site) {

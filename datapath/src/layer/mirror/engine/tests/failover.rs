@@ -254,6 +254,17 @@ fn source_sends_resync_done(b: &mut Site, io: &mut IoCx, rng: &mut Rng) {
     panic!("the source did not send RESYNC_DONE");
 }
 
+/// `fenced_leader_with_unconfirmed_updates` redialled, and the follower's resync of the
+/// leader run until its RESYNCs and RESYNC_DONE are delivered (the leader's applies pending).
+fn resync_done_delivered() -> (Site, Site, IoCx, Rng) {
+    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
+    redial(&mut a, &mut b, &mut io);
+    deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_ALSO list, RESENT
+    source_sends_resync_done(&mut b, &mut io, &mut rng);
+    deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNCs + RESYNC_DONE
+    (a, b, io, rng)
+}
+
 /// A write at the resync source after RESYNC_DONE waits until the target has applied every
 /// copy and confirmed (RESYNC_DONE_ACK); only then is it forwarded, and the leader (the
 /// target) sequences it as a mirroring leader. (Before the confirmation existed, the source
@@ -292,11 +303,7 @@ fn a_write_at_the_source_waits_until_the_target_confirmed_the_resync() {
 /// a write acknowledged alone.
 #[test]
 fn a_deferred_write_waits_out_the_finished_targets_lease_when_the_link_ends_before_its_ack() {
-    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
-    redial(&mut a, &mut b, &mut io);
-    deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_ALSO list, RESENT
-    source_sends_resync_done(&mut b, &mut io, &mut rng);
-    deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNCs + RESYNC_DONE
+    let (mut a, mut b, mut io, mut rng) = resync_done_delivered();
     collect(&mut b);
     let ok_before = b.ok;
     let mut slot = 100;
@@ -333,11 +340,7 @@ fn a_deferred_write_waits_out_the_finished_targets_lease_when_the_link_ends_befo
 /// start its key, vacant by then or another op's (a second deferred write takes it here).
 #[test]
 fn a_deferred_write_that_times_out_is_dropped_before_the_resync_ends() {
-    let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();
-    redial(&mut a, &mut b, &mut io);
-    deliver(&mut a, &mut b, &mut io, usize::MAX); // RESYNC_ALSO list, RESENT
-    source_sends_resync_done(&mut b, &mut io, &mut rng);
-    deliver(&mut b, &mut a, &mut io, usize::MAX); // RESYNCs + RESYNC_DONE
+    let (mut a, mut b, mut io, mut rng) = resync_done_delivered();
     collect(&mut b);
     let failed_before = b.failed;
     let mut slot = 100;
@@ -523,30 +526,15 @@ fn a_leader_survivors_resync_finishes_under_a_continuous_writer() {
 #[test]
 fn two_fenced_sites_reconcile_from_the_leader_when_the_link_returns() {
     use crate::layer::mirror::failover::UNREACHABLE;
-    use std::sync::atomic::Ordering::SeqCst;
-    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
-    let mut rng = Rng(13);
-    let mut slot = 0;
-    let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
-    let now = Instant::now();
-    a.engine.tick(&mut io, now);
-    b.engine.tick(&mut io, now);
-    sa.outcome.store(UNREACHABLE, SeqCst);
-    sb.outcome.store(UNREACHABLE, SeqCst);
-    a.engine.tick(&mut io, now);
-    b.engine.tick(&mut io, now);
-    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-    collect(&mut a);
-    collect(&mut b);
+    let (mut a, _, mut b, _, mut io, mut rng, mut slot) =
+        cut_and_answer(13, UNREACHABLE, UNREACHABLE);
     assert_eq!(
         (a.engine.mode(), b.engine.mode()),
         (Mode::Fenced, Mode::Fenced)
     );
     assert_eq!((a.outstanding, b.outstanding), (0, 0));
     assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (2, 2));
-    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
-    a.engine.session_start(&mut io, rb).expect("session at a");
-    b.engine.session_start(&mut io, ra).expect("session at b");
+    meet(&mut a, &mut b, &mut io);
     assert_eq!(
         (a.engine.mode(), b.engine.mode()),
         (Mode::Survivor, Mode::Resyncing),
@@ -574,21 +562,8 @@ fn a_grant_whose_answer_was_lost_makes_its_site_the_survivor_once_the_witness_sa
     use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
     use std::sync::atomic::Ordering::SeqCst;
     for reconnect_first in [false, true] {
-        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
-        let mut rng = Rng(17);
-        let mut slot = 0;
-        let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
-        let now = Instant::now();
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        assert!(sa.want.load(SeqCst) && sb.want.load(SeqCst));
-        sa.outcome.store(UNREACHABLE, SeqCst);
-        sb.outcome.store(DENIED, SeqCst);
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-        collect(&mut a);
-        collect(&mut b);
+        let (mut a, sa, mut b, sb, mut io, mut rng, mut slot) =
+            cut_and_answer(17, UNREACHABLE, DENIED);
         assert_eq!(
             (a.engine.mode(), b.engine.mode()),
             (Mode::Fenced, Mode::Fenced)
@@ -599,9 +574,7 @@ fn a_grant_whose_answer_was_lost_makes_its_site_the_survivor_once_the_witness_sa
         a.engine.tick(&mut io, Instant::now());
         assert_eq!(a.engine.mode(), Mode::Fenced, "a view naming the peer");
         if reconnect_first {
-            let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
-            a.engine.session_start(&mut io, rb).expect("session at a");
-            b.engine.session_start(&mut io, ra).expect("session at b");
+            meet(&mut a, &mut b, &mut io);
             assert_eq!(
                 (a.engine.mode(), b.engine.mode()),
                 (Mode::Survivor, Mode::Resyncing)
@@ -628,9 +601,7 @@ fn a_grant_whose_answer_was_lost_makes_its_site_the_survivor_once_the_witness_sa
             a.engine.tick(&mut io, Instant::now());
             collect(&mut a);
             assert_eq!(a.ok, before + 1, "the survivor's write is not acknowledged");
-            let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
-            a.engine.session_start(&mut io, rb).expect("session at a");
-            b.engine.session_start(&mut io, ra).expect("session at b");
+            meet(&mut a, &mut b, &mut io);
         }
         run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
         assert!(
@@ -662,18 +633,7 @@ fn a_takeover_after_a_lost_answer_is_counted_once_and_keeps_its_meaning() {
     use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
     use std::sync::atomic::Ordering::SeqCst;
     for answer_lost_again in [false, true] {
-        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
-        let mut rng = Rng(19);
-        let mut slot = 0;
-        let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
-        let now = Instant::now();
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        sa.outcome.store(UNREACHABLE, SeqCst);
-        sb.outcome.store(DENIED, SeqCst);
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        let (mut a, sa, mut b, _, mut io, mut rng, _) = cut_and_answer(19, UNREACHABLE, DENIED);
         assert_eq!(a.engine.mode(), Mode::Fenced);
         // The operator's takeover at a.
         a.engine.stats().takeover.store(true, SeqCst);
@@ -700,9 +660,7 @@ fn a_takeover_after_a_lost_answer_is_counted_once_and_keeps_its_meaning() {
             "a takeover's copy of everything written"
         );
         past_peer_lease(&mut a, &mut io);
-        let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
-        a.engine.session_start(&mut io, rb).expect("session at a");
-        b.engine.session_start(&mut io, ra).expect("session at b");
+        meet(&mut a, &mut b, &mut io);
         run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
         a.engine.wait_persisted();
         run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
@@ -718,25 +676,12 @@ fn a_takeover_after_a_lost_answer_is_counted_once_and_keeps_its_meaning() {
 fn a_lost_grant_held_for_the_reconciliation_target_is_given_back() {
     use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
     use std::sync::atomic::Ordering::SeqCst;
-    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
-    let mut rng = Rng(23);
-    let mut slot = 0;
-    let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
-    let now = Instant::now();
-    a.engine.tick(&mut io, now);
-    b.engine.tick(&mut io, now);
-    sa.outcome.store(DENIED, SeqCst);
-    sb.outcome.store(UNREACHABLE, SeqCst);
-    a.engine.tick(&mut io, now);
-    b.engine.tick(&mut io, now);
-    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    let (mut a, sa, mut b, sb, mut io, mut rng, _) = cut_and_answer(23, DENIED, UNREACHABLE);
     assert_eq!(
         (a.engine.mode(), b.engine.mode()),
         (Mode::Fenced, Mode::Fenced)
     );
-    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
-    a.engine.session_start(&mut io, rb).expect("session at a");
-    b.engine.session_start(&mut io, ra).expect("session at b");
+    meet(&mut a, &mut b, &mut io);
     assert_eq!(
         (a.engine.mode(), b.engine.mode()),
         (Mode::Survivor, Mode::Resyncing)
@@ -778,9 +723,7 @@ fn an_in_sync_site_reconciles_a_fenced_peer() {
     assert_eq!(b.engine.mode(), Mode::Fenced);
     assert!(!sa.want.load(SeqCst));
     assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (0, 2));
-    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
-    a.engine.session_start(&mut io, rb).expect("session at a");
-    b.engine.session_start(&mut io, ra).expect("session at b");
+    meet(&mut a, &mut b, &mut io);
     assert_eq!(
         (a.engine.mode(), b.engine.mode()),
         (Mode::Survivor, Mode::Resyncing)
@@ -810,9 +753,7 @@ fn a_refused_session_is_shown_in_the_status_with_what_to_do() {
     let why = a.engine.session_start(&mut io, 1).unwrap_err();
     assert!(why.contains("split brain"), "{why}");
     // The real pair (survivor, fenced) starts: the refusal is cleared.
-    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
-    a.engine.session_start(&mut io, rb).expect("session at a");
-    b.engine.session_start(&mut io, ra).expect("session at b");
+    meet(&mut a, &mut b, &mut io);
     assert_eq!(b.engine.stats().snapshot("t", false).session_refused, None);
     assert_eq!(a.engine.stats().snapshot("t", true).session_refused, None);
 }
@@ -844,6 +785,44 @@ fn traffic_then_cut(
     while complete_one(&mut a, io, rng) || complete_one(&mut b, io, rng) {}
     break_link(&mut a, &mut b);
     (a, sa, b, sb)
+}
+
+/// [`traffic_then_cut`], then both sites ask the witness and get `to_a` and `to_b` (outcome
+/// codes of `failover.rs`), act on them, and finish every local operation.
+#[allow(clippy::type_complexity)]
+fn cut_and_answer(
+    seed: u64,
+    to_a: u8,
+    to_b: u8,
+) -> (
+    Site,
+    Arc<crate::layer::mirror::failover::FailoverSlot>,
+    Site,
+    Arc<crate::layer::mirror::failover::FailoverSlot>,
+    IoCx,
+    Rng,
+    u32,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(seed);
+    let mut slot = 0;
+    let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert!(
+        sa.want.load(SeqCst) && sb.want.load(SeqCst),
+        "no grant asked for"
+    );
+    sa.outcome.store(to_a, SeqCst);
+    sb.outcome.store(to_b, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    (a, sa, b, sb, io, rng, slot)
 }
 
 /// An operator's pause (`mirror_resync`) stops the source's copies until resumed; the resync

@@ -656,9 +656,7 @@ fn fenced_leader_with_unconfirmed_updates() -> (Site, Site, IoCx, Rng) {
 /// The follower dials again: both start the session from the other's replica state
 /// (the leader first, as it answers HELLO before the follower reads WELCOME).
 fn redial(a: &mut Site, b: &mut Site, io: &mut IoCx) {
-    let (sa, sb) = (a.engine.replica_state(), b.engine.replica_state());
-    a.engine.session_start(io, sb).expect("session at a");
-    b.engine.session_start(io, sa).expect("session at b");
+    meet(a, b, io);
     assert_eq!(a.engine.mode(), Mode::Resyncing);
 }
 
@@ -889,4 +887,34 @@ fn spare_data_vectors_are_bounded_in_bytes() {
     assert_eq!(s.engine.spare_bytes(), 16 << 20);
     let v = s.engine.take_spare();
     assert_eq!(s.engine.spare_bytes(), (16 << 20) - v.capacity());
+}
+
+/// The site crashes (no clean stop; its pending local writes are lost) and restarts from its
+/// state files over the same replica.
+fn crash_and_restart(s: &mut Site) {
+    // What the persister has been given reaches the disk (a crash just after it).
+    assert!(s.engine.wait_persisted());
+    s.engine.wait_actlog_persisted();
+    let cfg = s.engine.cfg.clone();
+    s.disk.borrow_mut().pending.clear();
+    let fresh = Engine::new(
+        cfg,
+        Box::new(SlowChannel(Rc::clone(&s.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    std::mem::forget(std::mem::replace(&mut s.engine, fresh));
+    s.engine
+        .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+    s.engine.restore().expect("restore after the crash");
+    s.wire.clear();
+    // Its initiators' requests died with it.
+    s.outstanding = 0;
+}
+
+/// Both sites start a session from the other's replica state (the leader `a` first).
+fn meet(a: &mut Site, b: &mut Site, io: &mut IoCx) {
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    a.engine.session_start(io, rb).expect("session at a");
+    b.engine.session_start(io, ra).expect("session at b");
 }

@@ -154,6 +154,57 @@ fn leader_and_new_follower_with(witness: bool) -> (Site, Site, IoCx, Rng, Vec<(u
     (a, b, io, rng, vec![(0, 0x31), (16384, 0x32), (20480, 0x32)])
 }
 
+/// Turns of the copy from `a` to `b` (sessions started) until `done(a, b)`: both engines
+/// ticked, every local operation finished, `each` run, a's messages delivered and b's only
+/// while it is resyncing (its RESYNC_DONE_ACK never reaches a). False if it never was done.
+fn copy_until(
+    a: &mut Site,
+    b: &mut Site,
+    io: &mut IoCx,
+    rng: &mut Rng,
+    mut each: impl FnMut(&mut Site, &mut IoCx),
+    done: impl Fn(&Site, &Site) -> bool,
+) -> bool {
+    for _ in 0..20_000 {
+        let now = Instant::now();
+        a.engine.tick(io, now);
+        b.engine.tick(io, now);
+        while complete_one(a, io, rng) || complete_one(b, io, rng) {}
+        each(a, io);
+        if done(a, b) {
+            return true;
+        }
+        deliver(a, b, io, usize::MAX);
+        while complete_one(b, io, rng) {}
+        b.engine.tick(io, Instant::now());
+        if b.engine.mode() != Mode::Mirroring {
+            deliver(b, a, io, usize::MAX);
+        }
+        a.engine.wait_persisted();
+    }
+    false
+}
+
+/// [`leader_and_new_follower`] with a state file for a (in the directory returned), the copy's
+/// session started.
+fn grantless_source_with_a_state_file() -> (tempfile::TempDir, Site, Site, IoCx, Rng) {
+    let (mut a, mut b, mut io, rng, _) = leader_and_new_follower();
+    let dir = tempfile::tempdir().unwrap();
+    a.engine.cfg.state_file = Some(dir.path().join("a.mirror-state"));
+    a.engine
+        .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+    meet(&mut a, &mut b, &mut io);
+    (dir, a, b, io, rng)
+}
+
+/// RESYNC_DONE is out (not merely decided: a grant-less source's state saved first).
+fn done_sent(a: &Site) -> bool {
+    a.engine
+        .resync
+        .as_ref()
+        .is_some_and(|r| r.awaiting_ack() && r.done_gate.is_none())
+}
+
 /// The resync of `setup` with the link cut after `cut` delivered messages (`usize::MAX`:
 /// never). Returns the number of messages delivered before the cut (or in all, when never
 /// cut). `settle`: after the last delivered message both sites run a few more turns with
@@ -319,16 +370,21 @@ fn resync_cut_after(cut: usize, settle: bool, setup: Source) -> usize {
     delivered
 }
 
+/// The resync of `setup` cut after each of its messages in turn, with and without a few
+/// turns more after the last one delivered.
+fn cut_after_every_message(setup: Source) {
+    let all = resync_cut_after(usize::MAX, false, setup);
+    assert!(all > 8, "the resync exchanged only {all} messages");
+    for cut in 0..=all {
+        resync_cut_after(cut, false, setup);
+        resync_cut_after(cut, true, setup);
+    }
+}
+
 #[test]
 fn a_lost_resync_done_leaves_the_source_serving_and_both_sites_converge() {
-    for setup in [Source::FollowerGranted, Source::LeaderGranted] {
-        let all = resync_cut_after(usize::MAX, false, setup);
-        assert!(all > 8, "the resync exchanged only {all} messages");
-        for cut in 0..=all {
-            resync_cut_after(cut, false, setup);
-            resync_cut_after(cut, true, setup);
-        }
-    }
+    cut_after_every_message(Source::FollowerGranted);
+    cut_after_every_message(Source::LeaderGranted);
 }
 
 /// The source of a new replica's copy holds no grant. Once it has sent RESYNC_DONE, the
@@ -338,13 +394,7 @@ fn a_lost_resync_done_leaves_the_source_serving_and_both_sites_converge() {
 /// and a next session refused as a split brain.
 #[test]
 fn a_source_without_a_grant_that_lost_its_session_after_resync_done_asks_the_witness() {
-    let setup = Source::LeaderWithoutGrant;
-    let all = resync_cut_after(usize::MAX, false, setup);
-    assert!(all > 8, "the resync exchanged only {all} messages");
-    for cut in 0..=all {
-        resync_cut_after(cut, false, setup);
-        resync_cut_after(cut, true, setup);
-    }
+    cut_after_every_message(Source::LeaderWithoutGrant);
 }
 
 /// The grant-less source waiting for the witness's answer after RESYNC_DONE (above) turns into
@@ -353,39 +403,16 @@ fn a_source_without_a_grant_that_lost_its_session_after_resync_done_asks_the_wit
 /// all).
 #[test]
 fn a_grantless_source_waiting_for_the_witness_persists_its_state_once() {
-    let (mut a, mut b, mut io, mut rng, _) = leader_and_new_follower();
-    let dir = tempfile::tempdir().unwrap();
-    a.engine.cfg.state_file = Some(dir.path().join("a.mirror-state"));
-    a.engine
-        .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
-    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
-    a.engine.session_start(&mut io, rb).expect("session at a");
-    b.engine.session_start(&mut io, ra).expect("session at b");
-    for _ in 0..10_000 {
-        let now = Instant::now();
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-        let sent = |a: &Site| {
-            a.engine
-                .resync
-                .as_ref()
-                .is_some_and(|r| r.awaiting_ack() && r.done_gate.is_none())
-        };
-        if sent(&a) {
-            break;
-        }
-        deliver(&mut a, &mut b, &mut io, usize::MAX);
-        deliver(&mut b, &mut a, &mut io, usize::MAX);
-        a.engine.wait_persisted();
-    }
-    assert!(
-        a.engine
-            .resync
-            .as_ref()
-            .is_some_and(|r| r.awaiting_ack() && r.done_gate.is_none()),
-        "RESYNC_DONE never sent"
+    let (_dir, mut a, mut b, mut io, mut rng) = grantless_source_with_a_state_file();
+    let sent = copy_until(
+        &mut a,
+        &mut b,
+        &mut io,
+        &mut rng,
+        |_, _| {},
+        |a, _| done_sent(a),
     );
+    assert!(sent, "RESYNC_DONE never sent");
     break_link(&mut a, &mut b);
     a.engine.tick(&mut io, Instant::now());
     assert_eq!(a.engine.mode(), Mode::Mirroring);
@@ -409,54 +436,20 @@ fn a_grantless_source_waiting_for_the_witness_persists_its_state_once() {
 fn a_grantless_source_restarted_after_resync_done_does_not_serve_alone() {
     use crate::layer::mirror::failover::GRANTED;
     use std::sync::atomic::Ordering::SeqCst;
-    let (mut a, mut b, mut io, mut rng, _) = leader_and_new_follower();
-    let dir = tempfile::tempdir().unwrap();
-    a.engine.cfg.state_file = Some(dir.path().join("a.mirror-state"));
-    a.engine
-        .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
-    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
-    a.engine.session_start(&mut io, rb).expect("session at a");
-    b.engine.session_start(&mut io, ra).expect("session at b");
+    let (_dir, mut a, mut b, mut io, mut rng) = grantless_source_with_a_state_file();
     assert_eq!(a.engine.mode(), Mode::Survivor, "a is the source");
     // Until the target has finished (its RESYNC_DONE_ACK is never delivered).
-    for _ in 0..20_000 {
-        let now = Instant::now();
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-        if b.engine.mode() == Mode::Mirroring {
-            break;
-        }
-        deliver(&mut a, &mut b, &mut io, usize::MAX);
-        while complete_one(&mut b, &mut io, &mut rng) {}
-        b.engine.tick(&mut io, Instant::now());
-        if b.engine.mode() != Mode::Mirroring {
-            // (Not its RESYNC_DONE_ACK: lost with the crash below.)
-            deliver(&mut b, &mut a, &mut io, usize::MAX);
-        }
-        a.engine.wait_persisted();
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    assert_eq!(
-        b.engine.mode(),
-        Mode::Mirroring,
-        "the target never finished"
+    let finished = copy_until(
+        &mut a,
+        &mut b,
+        &mut io,
+        &mut rng,
+        |_, _| {},
+        |_, b| b.engine.mode() == Mode::Mirroring,
     );
+    assert!(finished, "the target never finished");
     // a crashes (its state as last saved) and restarts over the same replica.
-    assert!(a.engine.wait_persisted());
-    let cfg = a.engine.cfg.clone();
-    let fresh = Engine::new(
-        cfg,
-        Box::new(SlowChannel(Rc::clone(&a.disk))),
-        0,
-        Arc::new(MirrorStats::default()),
-    );
-    std::mem::forget(std::mem::replace(&mut a.engine, fresh));
-    a.engine
-        .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
-    a.engine.restore().expect("restore");
-    a.wire.clear();
-    a.outstanding = 0;
+    crash_and_restart(&mut a);
     b.engine.link_down("test");
     b.wire.clear();
     // b, in sync, is granted the volume.
@@ -490,35 +483,24 @@ fn a_grantless_source_restarted_after_resync_done_does_not_serve_alone() {
 #[test]
 fn without_a_witness_a_source_that_lost_its_session_after_resync_done_writes_nothing_alone() {
     let (mut a, mut b, mut io, mut rng, _) = leader_and_new_follower_with(false);
-    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
-    a.engine.session_start(&mut io, rb).expect("session at a");
-    b.engine.session_start(&mut io, ra).expect("session at b");
+    meet(&mut a, &mut b, &mut io);
     let mut slot = 500;
     let mut deferred = false;
-    for _ in 0..20_000 {
-        let now = Instant::now();
-        a.engine.tick(&mut io, now);
-        b.engine.tick(&mut io, now);
-        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-        if !deferred && a.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
-            // A write the last pass defers.
-            write_at(&mut a, &mut io, &mut slot, 4096, 0x5C, 4096);
-            deferred = true;
-        }
-        if b.engine.mode() == Mode::Mirroring {
-            break;
-        }
-        deliver(&mut a, &mut b, &mut io, usize::MAX);
-        while complete_one(&mut b, &mut io, &mut rng) {}
-        b.engine.tick(&mut io, Instant::now());
-        if b.engine.mode() != Mode::Mirroring {
-            deliver(&mut b, &mut a, &mut io, usize::MAX);
-        }
-    }
-    assert!(
-        deferred && b.engine.mode() == Mode::Mirroring,
-        "the target never finished"
+    let finished = copy_until(
+        &mut a,
+        &mut b,
+        &mut io,
+        &mut rng,
+        |a, io| {
+            if !deferred && a.engine.resync.as_ref().is_some_and(|r| r.awaiting_ack()) {
+                // A write the last pass defers.
+                write_at(a, io, &mut slot, 4096, 0x5C, 4096);
+                deferred = true;
+            }
+        },
+        |_, b| b.engine.mode() == Mode::Mirroring,
     );
+    assert!(finished && deferred, "the target never finished");
     collect(&mut a);
     let ok = a.ok;
     break_link(&mut a, &mut b);
