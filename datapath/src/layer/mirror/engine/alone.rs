@@ -106,6 +106,8 @@ impl Engine {
     /// now on, finishing every held update, and record what the peer misses.
     pub(super) fn become_survivor(&mut self, io: &mut IoCx, epoch: u64) {
         self.grant_epoch = epoch;
+        // (Whatever grant a lost answer may have left is this one now.)
+        self.fenced_unanswered = None;
         self.absorb_suspect();
         if let Some(slot) = &self.cfg.failover {
             slot.survivors
@@ -354,7 +356,9 @@ impl Engine {
             // Fenced for want of an answer, then resynced by the peer (it led the
             // reconciliation of two fenced sites): in sync again, a grant the witness still
             // holds for this site is given back, or the peer would be denied at the next loss.
-            (Mode::Mirroring, Some(f)) if self.sess.up => f,
+            // Never while a volume of the group serves alone here (the grant is the group's:
+            // it is that volume's now, given back at its resync's end).
+            (Mode::Mirroring, Some(f)) if self.sess.up && slot.survivors.load(SeqCst) == 0 => f,
             (Mode::Survivor, _) => (0, false),
             _ => return,
         };
@@ -527,7 +531,15 @@ impl Engine {
         let Some(r) = self.resync.take() else {
             return;
         };
+        // A grant-less source saved as in sync for its RESYNC_DONE (`resync_source_flushed`)
+        // serves alone again: saved as the survivor it is before anything it applies alone
+        // from here on is answered (the answers wait for that state on disk).
+        let saved_in_sync =
+            r.awaiting_ack() && self.grant_epoch == 0 && self.mode == Mode::Survivor;
         let deferred = r.abandon(&mut self.dirty);
+        if saved_in_sync {
+            self.persist_mode(Mode::Survivor);
+        }
         self.stats
             .dirty_bytes
             .store(self.dirty_bytes(), std::sync::atomic::Ordering::Relaxed);
@@ -565,10 +577,8 @@ impl Engine {
         if !self.sess.up {
             if r.done_gate.is_some() {
                 // RESYNC_DONE never went out (its state was being saved): the target cannot
-                // have finished. Alone again, saved as the survivor it is.
-                self.abandon_resync(io);
-                self.persist(false);
-                return;
+                // have finished. Alone again, saved as the survivor it is (abandon_resync).
+                return self.abandon_resync(io);
             }
             if r.awaiting_ack() && self.grant_epoch == 0 {
                 // (Once: then a mirroring site waiting for the witness's answer.)

@@ -879,3 +879,33 @@ fn a_slow_apply_at_a_resyncing_survivor_does_not_fail_its_replica() {
     );
     assert_eq!(a.engine.mode(), Mode::Survivor);
 }
+
+/// Two volumes of one group at a site (one failover slot). Volume 1 fenced for want of an
+/// answer (the witness recorded nothing) and was resynced by its peer; later only volume 2's
+/// link goes and it is granted the group. The witness's view then names this site the holder:
+/// volume 1, mirroring, must not give that grant back while volume 2 serves alone on it
+/// (before, it did: the witness held nothing while volume 2 acknowledged alone).
+#[test]
+fn a_lost_answer_never_gives_back_the_grant_another_volume_of_the_group_serves_on() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut a, sa, mut b, _, mut io, mut rng, _) = cut_and_answer(29, UNREACHABLE, DENIED);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    // The witness says nothing new; the link returns, the leader reconciles (a is the
+    // leader: it is the source here, mirroring at the end).
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(a.engine.mode(), Mode::Mirroring);
+    // Volume 2 of the group at this site is granted epoch 1 and serves alone.
+    sa.survivors.fetch_add(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    sa.publish_view(1, 1, 1);
+    for _ in 0..3 {
+        a.engine.tick(&mut io, Instant::now());
+    }
+    assert_eq!(
+        sa.release.load(SeqCst),
+        0,
+        "the group's grant given back while another volume serves alone on it"
+    );
+}

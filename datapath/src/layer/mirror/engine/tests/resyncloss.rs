@@ -527,3 +527,35 @@ fn without_a_witness_a_source_that_lost_its_session_after_resync_done_writes_not
     assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
     assert_eq!(b.disk.borrow().bytes[4096], 0x5C);
 }
+
+/// The grant-less source saved itself as in sync for its RESYNC_DONE, then the session ended
+/// and a new one began at once (before a tick saw the end): it copies to the target again,
+/// serving alone, and is saved as the survivor again before it answers anything alone. A crash
+/// then restarts it as the survivor, the source of the copy. Before, the file went on saying
+/// in sync for the whole new attempt, so a restart lost track of what it wrote alone.
+#[test]
+fn a_grantless_source_serving_alone_again_is_saved_as_the_survivor() {
+    let (_dir, mut a, mut b, mut io, mut rng) = grantless_source_with_a_state_file();
+    let sent = copy_until(
+        &mut a,
+        &mut b,
+        &mut io,
+        &mut rng,
+        |_, _| {},
+        |a, _| done_sent(a),
+    );
+    assert!(sent, "RESYNC_DONE never sent");
+    assert!(a.engine.wait_persisted());
+    break_link(&mut a, &mut b);
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    crash_and_restart(&mut a);
+    assert_eq!(
+        a.engine.replica_state(),
+        1,
+        "restarted as anything but the survivor it was"
+    );
+}
