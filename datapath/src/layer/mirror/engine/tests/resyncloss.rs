@@ -197,6 +197,22 @@ fn grantless_source_with_a_state_file() -> (tempfile::TempDir, Site, Site, IoCx,
     (dir, a, b, io, rng)
 }
 
+/// [`grantless_source_with_a_state_file`], its copy run until its RESYNC_DONE is out (not yet
+/// delivered).
+fn grantless_source_past_resync_done() -> (tempfile::TempDir, Site, Site, IoCx) {
+    let (dir, mut a, mut b, mut io, mut rng) = grantless_source_with_a_state_file();
+    let sent = copy_until(
+        &mut a,
+        &mut b,
+        &mut io,
+        &mut rng,
+        |_, _| {},
+        |a, _| done_sent(a),
+    );
+    assert!(sent, "RESYNC_DONE never sent");
+    (dir, a, b, io)
+}
+
 /// RESYNC_DONE is out (not merely decided: a grant-less source's state saved first).
 fn done_sent(a: &Site) -> bool {
     a.engine
@@ -403,16 +419,7 @@ fn a_source_without_a_grant_that_lost_its_session_after_resync_done_asks_the_wit
 /// all).
 #[test]
 fn a_grantless_source_waiting_for_the_witness_persists_its_state_once() {
-    let (_dir, mut a, mut b, mut io, mut rng) = grantless_source_with_a_state_file();
-    let sent = copy_until(
-        &mut a,
-        &mut b,
-        &mut io,
-        &mut rng,
-        |_, _| {},
-        |a, _| done_sent(a),
-    );
-    assert!(sent, "RESYNC_DONE never sent");
+    let (_dir, mut a, mut b, mut io) = grantless_source_past_resync_done();
     break_link(&mut a, &mut b);
     a.engine.tick(&mut io, Instant::now());
     assert_eq!(a.engine.mode(), Mode::Mirroring);
@@ -535,16 +542,7 @@ fn without_a_witness_a_source_that_lost_its_session_after_resync_done_writes_not
 /// in sync for the whole new attempt, so a restart lost track of what it wrote alone.
 #[test]
 fn a_grantless_source_serving_alone_again_is_saved_as_the_survivor() {
-    let (_dir, mut a, mut b, mut io, mut rng) = grantless_source_with_a_state_file();
-    let sent = copy_until(
-        &mut a,
-        &mut b,
-        &mut io,
-        &mut rng,
-        |_, _| {},
-        |a, _| done_sent(a),
-    );
-    assert!(sent, "RESYNC_DONE never sent");
+    let (_dir, mut a, mut b, mut io) = grantless_source_past_resync_done();
     assert!(a.engine.wait_persisted());
     break_link(&mut a, &mut b);
     meet(&mut a, &mut b, &mut io);
