@@ -319,6 +319,7 @@ impl Engine {
                 if self.grant_epoch != epoch {
                     tracing::info!(volume = %self.cfg.name, epoch,
                         "mirror: the witness granted the volume after the session came back; giving the grant back");
+                    self.given_back = self.given_back.max(epoch);
                     slot.release
                         .store(epoch, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -368,8 +369,8 @@ impl Engine {
         let Some((true, _, epoch)) = slot.view() else {
             return;
         };
-        if epoch == 0 {
-            return;
+        if epoch <= self.given_back {
+            return; // (the grant this site gave back, as a heartbeat saw it before the release)
         }
         self.fenced_unanswered = None;
         match self.mode {
@@ -384,6 +385,7 @@ impl Engine {
             Mode::Mirroring => {
                 tracing::warn!(volume = %self.cfg.name, epoch,
                     "mirror: the witness holds the volume for this site, in sync again (its answer was lost); giving the grant back");
+                self.given_back = epoch;
                 slot.release.store(epoch, SeqCst);
             }
             _ => {
@@ -476,6 +478,7 @@ impl Engine {
             "mirror: the witness no longer grants this site the volume (an operator released \
              its grant); the writes it acknowledged alone are given up, and the peer's replica \
              will be copied over them");
+        self.given_back = self.given_back.max(self.grant_epoch);
         self.grant_epoch = 0;
         if self.sess.up || self.link_key.is_some() {
             self.kill_link = Some("this site's survivor grant was released at the witness");
@@ -727,6 +730,7 @@ impl Engine {
                 // Once "in sync" is durable (durable.rs).
                 self.durable.release_after(slot, self.grant_epoch);
             }
+            self.given_back = self.given_back.max(self.grant_epoch);
             self.grant_epoch = 0;
         }
         let (total, seconds, deferred) = r.finish();

@@ -279,6 +279,9 @@ pub struct Engine {
     /// may name this site the holder, `adopt_lost_grant`), and whether the request was an
     /// operator's takeover.
     fenced_unanswered: Option<(u64, bool)>,
+    /// The newest epoch this site gave back (or is giving back): the witness's word naming
+    /// this site at it is old news, never a lost grant.
+    given_back: u64,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: RegionMap,
     /// Suspect regions: updates applied here that the peer never confirmed (recorded when
@@ -368,6 +371,7 @@ impl Engine {
             acked_buf: Vec::with_capacity(1024),
             grant_epoch: 0,
             fenced_unanswered: None,
+            given_back: 0,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
             new_replica: false,

@@ -909,3 +909,34 @@ fn a_lost_answer_never_gives_back_the_grant_another_volume_of_the_group_serves_o
         "the group's grant given back while another volume serves alone on it"
     );
 }
+
+/// A survivor back in sync gives its grant (epoch 1) back; before the witness has taken the
+/// release, a heartbeat's view still names it the holder at epoch 1. Its peer restarts as a new
+/// replica at once, so this site becomes the source of a full copy, serving alone without a
+/// grant. It must not take that view for a lost grant (before, it adopted epoch 1, which the
+/// witness was releasing: at the next loss it would have gone on alone on a grant the witness
+/// no longer held, while the peer could be granted).
+#[test]
+fn a_grant_given_back_is_never_taken_for_a_lost_one() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut a, mut b, mut io) = lose_peer(true);
+    let mut rng = Rng(31);
+    let sa = a.engine.cfg.failover.clone().expect("slot");
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    a.engine.wait_persisted();
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(sa.release.load(SeqCst), 1, "the grant is given back");
+    // The release not taken yet: a heartbeat still names a at epoch 1.
+    sa.publish_view(1, 1, 1);
+    break_link(&mut a, &mut b);
+    b.engine.start_new_replica(None);
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(a.engine.mode(), Mode::Survivor, "the source of a full copy");
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        a.engine.grant_epoch, 0,
+        "a grant given back taken for a lost one"
+    );
+    assert_eq!(sa.survivors.load(SeqCst), 0);
+}
