@@ -60,11 +60,10 @@ impl Splits {
         if len <= max {
             return e.submit(io, from, tag, update, offset, fua);
         }
-        // Off the block size: refused whole (the engine refuses such an update; split, its
-        // aligned parts would be applied and its last refused).
-        let b = u64::from(e.config().block);
-        if !offset.is_multiple_of(b) || !len.is_multiple_of(b) {
-            return Start::Done(Err(Errno::INVAL));
+        // Off the block size: refused whole (split, its aligned parts would be applied and its
+        // last refused).
+        if let Some(r) = e.unsendable(offset, len) {
+            return Start::Done(r);
         }
         let parts = len.div_ceil(max);
         let j = self.joins.insert(Join {

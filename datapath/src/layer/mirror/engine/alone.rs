@@ -170,6 +170,16 @@ impl Engine {
             .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The regions written alone here become suspect: the other site's copy wins and is copied
+    /// over them when they meet.
+    fn dirty_into_suspect(&mut self) {
+        self.suspect.or_with(&self.dirty);
+        self.dirty.clear();
+        self.stats
+            .dirty_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// No grant: fail everything held and serve no I/O.
     pub(super) fn fence(&mut self, why: &str) {
         self.fenced_unanswered = None;
@@ -197,13 +207,9 @@ impl Engine {
         if let Some(r) = self.resync.take() {
             // A source's attempt kept for the witness's answer (`source_unsure`): its deferred
             // updates fail below with the rest; the regions it wrote alone go to the winner's
-            // copy (suspect here).
+            // copy.
             drop(r.abandon(&mut self.dirty));
-            self.suspect.or_with(&self.dirty);
-            self.dirty.clear();
-            self.stats
-                .dirty_bytes
-                .store(0, std::sync::atomic::Ordering::Relaxed);
+            self.dirty_into_suspect();
         }
         let keys: Vec<usize> = self.ops.iter().map(|(k, _)| k).collect();
         self.leader.fence();
@@ -465,11 +471,7 @@ impl Engine {
     fn fence_released(&mut self, io: &mut IoCx, holder: u32) {
         self.grant_check = GrantCheck::Done;
         self.abandon_resync(io);
-        self.suspect.or_with(&self.dirty);
-        self.dirty.clear();
-        self.stats
-            .dirty_bytes
-            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.dirty_into_suspect();
         if let Some(slot) = &self.cfg.failover {
             slot.survivors
                 .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);

@@ -156,15 +156,15 @@ impl Engine {
         }
     }
 
-    /// Hand the replica state (mode, epoch, bitmaps) to the persister if a state file is
-    /// configured; its generation (0: nothing to write). `clean`: a clean stop, the bitmaps
-    /// are exact.
     /// Replica states handed to the persister so far (tests).
     #[cfg(test)]
     pub(super) fn persists_submitted(&self) -> u64 {
         self.durable.handle.as_ref().map_or(0, |h| h.submitted())
     }
 
+    /// Hand the replica state (mode, epoch, bitmaps) to the persister if a state file is
+    /// configured; its generation (0: nothing to write). `clean`: a clean stop, the bitmaps
+    /// are exact.
     pub(super) fn persist(&mut self, clean: bool) -> u64 {
         if self.durable.failed {
             return 0;

@@ -953,6 +953,21 @@ impl Engine {
         self.submit_op(io, from, tag, (upd, len, data), offset, fua)
     }
 
+    /// The answer to an update the wire cannot carry (docs/mirror-protocol.md, "Messages"):
+    /// of no bytes, done at once; off the block size, refused. Sent, the peer would refuse the
+    /// message and drop the link, and the update, kept for the next session, with it. `None`:
+    /// it can be sent.
+    pub fn unsendable(&self, offset: u64, len: u64) -> Option<Result<(), Errno>> {
+        let b = u64::from(self.cfg.block);
+        if len == 0 {
+            Some(Ok(()))
+        } else if !offset.is_multiple_of(b) || !len.is_multiple_of(b) {
+            Some(Err(Errno::INVAL))
+        } else {
+            None
+        }
+    }
+
     /// Start a write whose data the caller hands over (a request another reactor moved
     /// here): the update takes the bytes of `data` (no copy) and leaves a spare vector in
     /// their place, for the answer to carry home.
@@ -987,22 +1002,11 @@ impl Engine {
         offset: u64,
         fua: bool,
     ) -> Start {
-        // What the wire cannot carry (docs/mirror-protocol.md, "Messages"): an update of no
-        // bytes is done at once, one off the block size refused. Sent, the peer would refuse
-        // the message and drop the link, and the update, kept for the next session, with it.
-        if upd != Upd::Flush {
-            let b = u64::from(self.cfg.block);
-            let early = if len == 0 {
-                Some(Ok(()))
-            } else if !offset.is_multiple_of(b) || !len.is_multiple_of(b) {
-                Some(Err(Errno::INVAL))
-            } else {
-                None
-            };
-            if let Some(r) = early {
-                self.recycle(data);
-                return Start::Done(r);
-            }
+        if upd != Upd::Flush
+            && let Some(r) = self.unsendable(offset, len)
+        {
+            self.recycle(data);
+            return Start::Done(r);
         }
         let mut op = Op::new(
             Origin::Local,

@@ -809,12 +809,7 @@ fn cut_and_answer(
     let mut slot = 0;
     let (mut a, sa, mut b, sb) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
     let now = Instant::now();
-    a.engine.tick(&mut io, now);
-    b.engine.tick(&mut io, now);
-    assert!(
-        sa.want.load(SeqCst) && sb.want.load(SeqCst),
-        "no grant asked for"
-    );
+    both_ask(&mut a, &mut b, &mut io, now);
     sa.outcome.store(to_a, SeqCst);
     sb.outcome.store(to_b, SeqCst);
     a.engine.tick(&mut io, now);

@@ -529,12 +529,7 @@ fn lose_peer(grant_to_a: bool) -> (Site, Site, IoCx) {
     a.engine.link_down("test");
     b.engine.link_down("test");
     let now = Instant::now();
-    a.engine.tick(&mut io, now);
-    b.engine.tick(&mut io, now);
-    assert!(
-        sa.want.load(SeqCst) && sb.want.load(SeqCst),
-        "no grant asked for"
-    );
+    both_ask(&mut a, &mut b, &mut io, now);
     collect(&mut a);
     collect(&mut b);
     assert_eq!(a.ok + b.ok, 0, "acknowledged before the witness answered");
@@ -917,4 +912,19 @@ fn meet(a: &mut Site, b: &mut Site, io: &mut IoCx) {
     let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
     a.engine.session_start(io, rb).expect("session at a");
     b.engine.session_start(io, ra).expect("session at b");
+}
+
+/// Both sites tick at `now` with their link down: each must ask its witness for the grant.
+fn both_ask(a: &mut Site, b: &mut Site, io: &mut IoCx, now: Instant) {
+    use std::sync::atomic::Ordering::SeqCst;
+    a.engine.tick(io, now);
+    b.engine.tick(io, now);
+    let asked = |s: &Site| {
+        s.engine
+            .cfg
+            .failover
+            .as_ref()
+            .is_some_and(|f| f.want.load(SeqCst))
+    };
+    assert!(asked(a) && asked(b), "no grant asked for");
 }
