@@ -302,6 +302,18 @@ impl Collector for Site {
             "Bytes copied to the peer by resyncs.",
             &mcount(&|s| s.resync_bytes),
         )?;
+        gauge(
+            &mut e,
+            "mirror_resync_unreadable_bytes",
+            "Bytes the running resync could not read from this replica (retried).",
+            &mrows(&|s| s.resync_unreadable_bytes as f64),
+        )?;
+        counter(
+            &mut e,
+            "mirror_local_errors",
+            "Local device errors a survivor answered to their requests while it went on serving.",
+            &mcount(&|s| s.local_errors),
+        )?;
         counter(
             &mut e,
             "mirror_updates",

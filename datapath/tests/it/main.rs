@@ -51,4 +51,5 @@ mod shutdown;
 mod silent_link;
 mod slow_local;
 mod soak_history;
+mod survivor_errors;
 mod switchover;

@@ -162,7 +162,7 @@ pub(crate) fn pair_with(witness: bool, mirror: &str, faults_a: &str, faults_b: &
 }
 
 /// The site's config without the fault layer's keys (a repaired device), for its next start.
-fn repair(s: &Server) {
+pub(crate) fn repair(s: &Server) {
     let text = std::fs::read_to_string(&s.config).unwrap();
     let kept: Vec<&str> = text
         .lines()

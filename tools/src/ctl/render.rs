@@ -141,6 +141,24 @@ fn volume(out: &mut String, v: &VolumeReport, site_name: &dyn Fn(u64) -> String)
         if let Some(r) = s.mirror["session_refused"].as_str() {
             let _ = writeln!(out, "    session refused at {}: {r}", s.site);
         }
+        if let Some(n) = s.mirror["local_errors"].as_u64().filter(|&n| n > 0) {
+            let _ = writeln!(
+                out,
+                "    local device errors at {} (answered, still serving): {n}, last: {}",
+                s.site,
+                s.mirror["last_local_error"].as_str().unwrap_or("?")
+            );
+        }
+        if let Some(n) = s.mirror["resync_unreadable_bytes"]
+            .as_u64()
+            .filter(|&n| n > 0)
+        {
+            let _ = writeln!(
+                out,
+                "    resync at {} cannot read {n} bytes of its replica (retried every 5 s; the peer stays out of sync until they are copied)",
+                s.site
+            );
+        }
     }
 }
 

@@ -552,9 +552,11 @@ impl Channel for RemoteChannel {
         }
         match self.inner.read(io, tag, offset, len) {
             ReadStart::Failed(e) => {
-                // The home engine fails the replica at its next tick.
+                // The home engine fails the replica (or, a survivor, notes the error) at its
+                // next tick.
                 self.stats.report_read_failure(offset, u64::from(len), e);
-                ReadStart::Failed(Errno::UNAVAILABLE)
+                let survivor = self.stats.mode() == Mode::Survivor;
+                ReadStart::Failed(engine::read_failure_answer(survivor, e))
             }
             r => r,
         }

@@ -53,6 +53,12 @@ pub struct MirrorStats {
     pub resync_rate: AtomicU64,
     /// The running resync's estimated time left, ms (0: none running).
     pub resync_eta_ms: AtomicU64,
+    /// Bytes the running resync could not read from this replica (kept for the next
+    /// retry; the resync does not end before they are copied).
+    pub resync_unreadable_bytes: AtomicU64,
+    /// Local device errors answered to the initiator without taking the replica out of
+    /// service (a survivor or resync source: the volume's only current copy).
+    pub local_errors: AtomicU64,
     /// Leader: extents in the activity log.
     pub actlog_extents: AtomicU64,
     /// Leader: versions of the activity log handed to the persister since the start.
@@ -85,6 +91,8 @@ pub struct MirrorStats {
     /// A host read that failed at the local device on a reactor other than the engine's
     /// (offset, length, errno), for the engine's next tick; error path only.
     read_failure: Mutex<Option<(u64, u64, i32)>>,
+    /// The last of `local_errors`; control path only.
+    last_local_error: Mutex<Option<String>>,
     /// Round-trip samples (ns) of PING/PONG, newest last; read rarely (control path only).
     rtts: Mutex<Vec<u64>>,
     /// Leadership as the engine last published it: 0 not yet, 1 this site leads, 2 the peer.
@@ -164,6 +172,15 @@ pub struct MirrorSnapshot {
     pub resync_rate_limit_bytes_per_s: Option<u64>,
     /// Its estimated time left, seconds (dirty bytes left at the current rate).
     pub resync_eta_s: f64,
+    /// Bytes the running resync could not read from this replica (retried every few
+    /// seconds; the resync does not end before they are copied).
+    pub resync_unreadable_bytes: u64,
+    /// Local device errors answered to the initiator without taking the replica out of
+    /// service (a survivor or resync source holds the volume's only current copy: as Linux
+    /// md's last leg, it passes the error on and goes on serving).
+    pub local_errors: u64,
+    /// The last of them: what failed, where, and the errno (null: none since the start).
+    pub last_local_error: Option<String>,
     /// Extents in the activity log (leader).
     pub actlog_extents: u64,
     /// Versions of the activity log written since the start (leader).
@@ -242,6 +259,15 @@ impl MirrorStats {
             *e = Some(why.to_string());
         }
         self.failed.store(true, Relaxed);
+    }
+
+    /// A local device error was answered without taking the replica out of service
+    /// (`local_errors`); `why` says which and where.
+    pub fn note_local_error(&self, why: String) {
+        self.local_errors.fetch_add(1, Relaxed);
+        if let Ok(mut e) = self.last_local_error.lock() {
+            *e = Some(why);
+        }
     }
 
     /// A host read failed at the local device (another reactor): the engine fails the
@@ -380,6 +406,9 @@ impl MirrorStats {
                 .filter(|&r| r > 0),
             resync_rate_bytes_per_s: self.resync_rate.load(Relaxed),
             resync_eta_s: self.resync_eta_ms.load(Relaxed) as f64 / 1000.0,
+            resync_unreadable_bytes: self.resync_unreadable_bytes.load(Relaxed),
+            local_errors: self.local_errors.load(Relaxed),
+            last_local_error: self.last_local_error.lock().ok().and_then(|e| e.clone()),
             actlog_extents: self.actlog_extents.load(Relaxed),
             actlog_writes: self.actlog_writes.load(Relaxed),
             rtt_p50_us: rtt,

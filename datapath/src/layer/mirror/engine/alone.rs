@@ -238,8 +238,21 @@ impl Engine {
     /// volume, and this site, restarted from a state that said survivor, would serve alone too
     /// (a split brain; test
     /// `resyncloss::a_grantless_source_restarted_after_resync_done_does_not_serve_alone`).
-    pub(super) fn resync_source_flushed(&mut self, ok: bool) {
-        if !(ok && self.sess.up) {
+    pub(super) fn resync_source_flushed(&mut self, io: &mut IoCx, ok: bool) {
+        if !ok {
+            // Tried again later; this site, the only whole copy, goes on serving.
+            if let Some(r) = self.resync.as_mut() {
+                let held = r.flush_failed(Instant::now());
+                tracing::error!(volume = %self.cfg.name,
+                    retry_s = resync::RETRY.as_secs(),
+                    "mirror: this replica's flush before the end of a resync failed; the peer stays out of sync until a flush succeeds (retried), this site goes on serving");
+                for k in held {
+                    self.survivor_apply(io, k);
+                }
+            }
+            return;
+        }
+        if !self.sess.up {
             return;
         }
         if self.grant_epoch == 0 && self.cfg.state_file.is_some() {
@@ -554,6 +567,9 @@ impl Engine {
         self.stats
             .resync_eta_ms
             .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .resync_unreadable_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         for k in deferred {
             self.survivor_apply(io, k);
         }
@@ -643,7 +659,7 @@ impl Engine {
                         .iter()
                         .any(|(_, op)| op.origin == Origin::Local && op.applying > 0)
             };
-            match r.next(&mut self.dirty, g, size, writes_in_flight) {
+            match r.next(&mut self.dirty, g, size, now, writes_in_flight) {
                 Next::Stop => break,
                 Next::Finish => {
                     // What this site wrote alone may sit in its device's cache: durable here
@@ -679,6 +695,9 @@ impl Engine {
             .dirty_bytes
             .store(dirty, std::sync::atomic::Ordering::Relaxed);
         if let Some(r) = &self.resync {
+            self.stats
+                .resync_unreadable_bytes
+                .store(r.unreadable_bytes(), std::sync::atomic::Ordering::Relaxed);
             let rate = r.rate();
             self.stats
                 .resync_rate
@@ -687,6 +706,14 @@ impl Engine {
                 dirty.saturating_mul(1000) / rate,
                 std::sync::atomic::Ordering::Relaxed,
             );
+        }
+    }
+
+    /// Retry the resync's unreadable regions, or its failed flush, at the next step (tests).
+    #[cfg(test)]
+    pub(super) fn retry_unreadable_now(&mut self) {
+        if let Some(r) = self.resync.as_mut() {
+            r.retry_now();
         }
     }
 
@@ -714,6 +741,9 @@ impl Engine {
             .store(0, std::sync::atomic::Ordering::Relaxed);
         self.stats
             .resync_eta_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .resync_unreadable_bytes
             .store(0, std::sync::atomic::Ordering::Relaxed);
         self.set_mode(Mode::Mirroring);
         self.dirty.clear();

@@ -1,11 +1,14 @@
-//! The local replica failed (an apply, a flush or a resync read of the local device returned
-//! an error): this site takes its replica out of service for the volume (the engine's
-//! routing, not a part).
+//! The local replica failed (an apply, a flush or a read of the local device returned an
+//! error): a site whose peer holds the volume takes its replica out of service for the
+//! volume; a survivor, the only current copy, passes the error on and goes on serving (the
+//! engine's routing, not a part).
 //!
-//! Model (DRBD's on-io-error detach, a RAID1 base device failure): one failed local update
-//! means this replica may no longer hold what the stream put on it, and an applied watermark
-//! that cannot pass that update would stop every later acknowledgement of the volume. So the
-//! site, at once:
+//! Model (DRBD's on-io-error detach, a RAID1 base device failure; Linux md never fails the
+//! last working leg of a mirror, it returns the error to the caller instead): one failed local
+//! update means this replica may no longer hold what the stream put on it, and an applied
+//! watermark that cannot pass that update would stop every later acknowledgement of the
+//! volume. So a site that mirrors (in sync, or holding updates without its peer, or fenced,
+//! or a resync target), at once:
 //! - records the failed update's region, and every region of an update it still tracks (not
 //!   confirmed by the peer), as *suspect* (`give_up_held`, as a fence does), so the peer
 //!   copies them back when this site is resynced;
@@ -13,13 +16,19 @@
 //!   (reads and writes EIO, path state inaccessible), until the daemon restarts with a
 //!   working device;
 //! - persists the *fenced* replica state (the session decision then makes this site the
-//!   target of the survivor's resync); a survivor (or resync source) keeps its persisted
-//!   survivor state instead, the failed region dirty: it is the only copy of what it
-//!   acknowledged alone, and a restart with a working device resyncs the peer from it;
+//!   target of the survivor's resync);
 //! - drops the link (the peer fails over through the witness), withdraws its preferred claim
 //!   at the witness (so the peer is granted without waiting out the tie grace), and never
 //!   asks for a grant, nor accepts or dials a session again;
 //! - publishes state `failed` with the reason (`mirror_status`).
+//!
+//! A survivor (also while it is a resync source) has no peer to hand the volume to: taking
+//! its replica out of service would stop the volume at both sites for one bad sector. It
+//! answers the failed request with the device's error ([`Engine::local_failure`]), and its
+//! region stays dirty (marked before the apply), so the peer gets whatever the replica holds
+//! there; a resync copy it cannot read waits for a retry, and the resync does not end before
+//! it is copied (resync.rs); each such error is counted and the last one shown
+//! (`mirror_status` `local_errors`, `last_local_error`).
 //!
 //! A local apply that has not completed for half the peer timeout, while the peer could take
 //! over, counts as such a failure ([`Engine::check_slow_apply`], every tick).
@@ -28,17 +37,25 @@
 //! (`MirrorChannel::read`). A read the device refuses at once (`ReadStart::Failed`: the fault
 //! injection layer, a RAM device) fails the replica too, at the engine's next tick (reported
 //! through `MirrorStats` by [`Engine::host_read`] or, on another reactor, `RemoteChannel`);
-//! that read answers `Errno::UNAVAILABLE` (NVMe: ANA inaccessible, so a
-//! multipath host retries it at the other site). Not covered: a read that fails later, as an
-//! io_uring completion (a file or block device returning EIO), completes to the initiator's
-//! connection and fails that read only (the runtime does not tell the volume's layers about
-//! their completions' errors yet); the compare-and-write and resync reads, which the engine
-//! issues, do fail the replica.
+//! that read answers `Errno::UNAVAILABLE` (NVMe: ANA inaccessible, so a multipath host
+//! retries it at the other site), or the device's error at a survivor. Not covered: a read
+//! that fails later, as an io_uring completion (a file or block device returning EIO),
+//! completes to the initiator's connection and fails that read only (the runtime does not
+//! tell the volume's layers about their completions' errors yet); the compare-and-write
+//! reads, which the engine issues, are local failures as above.
 //!
-//! Invariant: a site whose replica failed acknowledges nothing more and never wins a grant.
+//! Invariants: a site whose replica failed acknowledges nothing more and never wins a grant;
+//! a survivor's replica never fails (its errors go to the requests they belong to).
 
 use super::*;
 use crate::bdev::ReadStart;
+
+/// What a host read the local device refused answers: the device's error at a survivor (no
+/// other site can serve it), else `Errno::UNAVAILABLE` (another site may: NVMe ANA
+/// inaccessible, so a multipath host retries it there).
+pub(crate) fn read_failure_answer(survivor: bool, e: Errno) -> Errno {
+    if survivor { e } else { Errno::UNAVAILABLE }
+}
 
 impl Engine {
     /// The volume's path state at this site now: [`crate::layer::mirror::path_state`] of the
@@ -88,13 +105,34 @@ impl Engine {
     /// out of service at the engine's next tick (see the module doc), and the read answers
     /// `Errno::UNAVAILABLE`.
     pub fn host_read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
+        let survivor = self.mode == Mode::Survivor;
         match self.inner.read(io, tag, offset, len) {
             ReadStart::Failed(e) => {
                 self.stats.report_read_failure(offset, u64::from(len), e);
-                ReadStart::Failed(Errno::UNAVAILABLE)
+                ReadStart::Failed(read_failure_answer(survivor, e))
             }
             r => r,
         }
+    }
+
+    /// A local operation on the replica failed with `e` over `offset..offset+len`: a
+    /// survivor notes it (the request gets the error; see the module doc), any other site
+    /// takes its replica out of service ([`Self::fail_replica`]).
+    pub(super) fn local_failure(&mut self, what: &str, offset: u64, len: u64, e: Errno) {
+        if self.mode == Mode::Survivor {
+            self.local_error_noted(what, offset, len, e);
+        } else {
+            self.fail_replica(what, offset, len, e);
+        }
+    }
+
+    /// A local error answered without taking the replica out of service: logged, counted and
+    /// shown (`mirror_status` `local_errors`, `last_local_error`).
+    pub(super) fn local_error_noted(&mut self, what: &str, offset: u64, len: u64, e: Errno) {
+        let why = format!("{what} of {len} bytes at {offset} returned errno {}", e.0);
+        tracing::error!(volume = %self.cfg.name, mode = ?self.mode, error = %why,
+            "mirror: the local replica failed an I/O; this site holds the only current copy, so it answers that request with the error and goes on serving (the region is copied to the peer at its resync once it reads)");
+        self.stats.note_local_error(why);
     }
 
     /// A local operation on the replica failed with `e` over `offset..offset+len`: take the
@@ -122,30 +160,25 @@ impl Engine {
         if self.sess.up || self.link_key.is_some() {
             self.kill_link = Some("the local replica failed");
         }
-        let survivor = self.mode == Mode::Survivor;
-        // A resync this site was sending stops: what it copied is dirty again; the updates it
-        // deferred are failed below with the rest.
+        // (A survivor never comes here: `local_failure`.)
+        debug_assert!(self.mode != Mode::Survivor);
+        // A resync this site was sending (one waiting for its confirmation, the link lost:
+        // `source_unsure`) stops: what it copied is dirty again; the updates it deferred are
+        // failed with the rest by the fence.
         if let Some(r) = self.resync.take() {
             let _deferred = r.abandon(&mut self.dirty);
             self.stats
                 .resync_rate
                 .store(0, std::sync::atomic::Ordering::Relaxed);
         }
-        if survivor {
-            // Its dirty map already covers the region (marked before the apply).
-            self.mark_dirty(offset, len);
-            self.give_up_held();
-            self.persist(false);
+        if len > 0 {
+            self.suspect.set_range(offset, len);
         } else {
-            if len > 0 {
-                self.suspect.set_range(offset, len);
-            } else {
-                // A flush failed: any write this replica completed may not be durable, even
-                // one the peer confirmed; every region ever written is suspect.
-                self.suspect.or_with(&self.written);
-            }
-            self.fence("the local replica failed");
+            // A flush failed: any write this replica completed may not be durable, even one
+            // the peer confirmed; every region ever written is suspect.
+            self.suspect.or_with(&self.written);
         }
+        self.fence("the local replica failed");
     }
     /// A local apply (write, write-zeroes, unmap, compare-and-write of an update, or a resync
     /// copy) that has not completed for half the peer timeout while the peer is there to take

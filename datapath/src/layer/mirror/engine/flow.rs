@@ -190,7 +190,7 @@ impl Engine {
         }
         if let Err(e) = r {
             // The local device failed the compare's read: the replica failed (failed.rs).
-            self.fail_replica("a compare-and-write's read", offset, len as u64, e);
+            self.local_failure("a compare-and-write's read", offset, len as u64, e);
         }
     }
 

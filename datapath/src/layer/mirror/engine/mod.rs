@@ -81,6 +81,7 @@ mod apply;
 mod dispatch;
 mod durable;
 mod failed;
+pub(crate) use failed::read_failure_answer;
 mod flow;
 mod flush;
 mod follower;
@@ -747,7 +748,7 @@ impl Engine {
         self.release_metas();
         if let Some((offset, len, e)) = self.stats.take_read_failure() {
             // A host read another reactor issued failed at the local device.
-            self.fail_replica("read", offset, len, e);
+            self.local_failure("a read", offset, len, e);
         }
         self.failover_tick(io);
         self.switch_tick(io, now);
@@ -1218,7 +1219,21 @@ impl Engine {
                 {
                     rs.read_done();
                 }
-                if r.is_ok() && self.sess.up && self.ops[k].session == self.sess.number {
+                let this_attempt = self.sess.up && self.ops[k].session == self.sess.number;
+                if let (Err(e), true) = (r, this_attempt)
+                    && let Some(rs) = self.resync.as_mut()
+                {
+                    // Kept for a retry; this site, the only whole copy, goes on serving
+                    // (what the last pass held goes ahead alone).
+                    let held = rs.read_failed(ap.offset, ap.len, Instant::now());
+                    self.stats
+                        .resync_unreadable_bytes
+                        .store(rs.unreadable_bytes(), std::sync::atomic::Ordering::Relaxed);
+                    self.local_error_noted("a resync read", ap.offset, ap.len, e);
+                    for d in held {
+                        self.survivor_apply(io, d);
+                    }
+                } else if r.is_ok() && this_attempt {
                     let h = Header {
                         offset: ap.offset,
                         count: wire::count(ap.len).expect("a resync copy longer than one message"),
@@ -1235,7 +1250,7 @@ impl Engine {
                 // (A copy, or the closing flush, of an earlier attempt, from an earlier
                 // session, is not this one's.)
                 if upd == Upd::Flush && self.resync.is_some() {
-                    self.resync_source_flushed(r.is_ok());
+                    self.resync_source_flushed(io, r.is_ok());
                 } else if upd == Upd::Flush {
                     self.target.flush_done(r.is_ok());
                 } else {
@@ -1260,9 +1275,11 @@ impl Engine {
         if let Err(e) = r
             && device
             && e != Errno::MISCOMPARE
+            && upd != Upd::ResyncRead
         {
             // The replica failed (failed.rs): a watermark stopped at this update would stop
-            // every later acknowledgement of the volume.
+            // every later acknowledgement of the volume. (A resync read never fails it: the
+            // region waits for a retry, above.)
             let what = match upd {
                 Upd::Write | Upd::Caw => "a write",
                 Upd::Zeroes => "a write-zeroes",
@@ -1270,7 +1287,7 @@ impl Engine {
                 Upd::Flush => "a flush",
                 Upd::ResyncRead => "a resync read",
             };
-            self.fail_replica(what, ap.offset, ap.len, e);
+            self.local_failure(what, ap.offset, ap.len, e);
         }
     }
 

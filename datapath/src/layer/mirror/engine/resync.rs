@@ -22,6 +22,12 @@
 //!   flight and no write of this site's initiators being applied.
 //! - At most 16 region reads are in flight; the budget never exceeds 50 ms of the rate plus
 //!   one region.
+//! - A region this replica cannot read ([`ResyncSource::read_failed`]), or a failed flush
+//!   before RESYNC_DONE ([`ResyncSource::flush_failed`]), never ends the attempt nor the
+//!   service: the source is the volume's only whole copy. The region stays in `copied` (so
+//!   it is dirty in the persisted state and after an abandon), waits in `unreadable`, and is
+//!   read again [`RETRY`] later; no last pass starts meanwhile (updates are never held for
+//!   one that could not end) and RESYNC_DONE is not sent.
 
 use super::RegionMap;
 use std::collections::VecDeque;
@@ -29,6 +35,10 @@ use std::time::Instant;
 
 /// Region reads in flight at most.
 const MAX_READS: u32 = 16;
+
+/// How long an unreadable region, or a failed flush before RESYNC_DONE, waits before it is
+/// tried again.
+pub(super) const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the resync source does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +82,10 @@ pub(super) struct ResyncSource {
     /// A source without a grant: RESYNC_DONE waits until this persister generation (its
     /// state saved as in sync, not as a survivor) is on disk.
     pub(super) done_gate: Option<u64>,
+    /// Regions whose read failed in this attempt (also in `copied`): read again at `retry_at`.
+    unreadable: RegionMap,
+    /// A read or the closing flush failed: no last pass, nothing finishes, before then.
+    retry_at: Option<Instant>,
 }
 
 impl ResyncSource {
@@ -91,6 +105,42 @@ impl ResyncSource {
             flushing: false,
             done_sent: false,
             done_gate: None,
+            unreadable: RegionMap::new(size, g),
+            retry_at: None,
+        }
+    }
+
+    /// The read of a region of this attempt failed at `now`: kept (in `copied`) to be read
+    /// again [`RETRY`] later; the last pass, if it ran, ends, and the updates it held are
+    /// returned (they go ahead alone: the attempt cannot end before the retry).
+    pub(super) fn read_failed(&mut self, offset: u64, len: u64, now: Instant) -> VecDeque<usize> {
+        self.unreadable.set_range(offset, len);
+        self.stall(now)
+    }
+
+    /// The flush before RESYNC_DONE failed at `now`: tried again [`RETRY`] later (RESYNC_DONE
+    /// only follows a good one); returns the held updates, as [`Self::read_failed`].
+    pub(super) fn flush_failed(&mut self, now: Instant) -> VecDeque<usize> {
+        self.flushing = false;
+        self.stall(now)
+    }
+
+    fn stall(&mut self, now: Instant) -> VecDeque<usize> {
+        self.retry_at = Some(now + RETRY);
+        self.last_pass = false;
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// Bytes of this attempt's regions that could not be read (waiting for their retry).
+    pub(super) fn unreadable_bytes(&self) -> u64 {
+        self.unreadable.bytes()
+    }
+
+    /// Retry what failed at the next step (tests).
+    #[cfg(test)]
+    pub(super) fn retry_now(&mut self) {
+        if self.retry_at.is_some() {
+            self.retry_at = Some(Instant::now());
         }
     }
 
@@ -113,6 +163,7 @@ impl ResyncSource {
     /// In the last pass, an update of this site's initiator waits (`k` kept, true) until the
     /// resync is done; otherwise false (it goes ahead alone).
     pub(super) fn defer(&mut self, k: usize) -> bool {
+        debug_assert!(!(self.last_pass && self.retry_at.is_some()));
         if self.last_pass {
             self.deferred.push_back(k);
         }
@@ -164,14 +215,15 @@ impl ResyncSource {
         self.budget = (self.budget + rate * dt).min(rate * 0.05 + g as f64);
     }
 
-    /// The next step over `dirty` (regions of `g` bytes, volume of `size`); `writes_in_flight`
-    /// says whether writes of this site's initiators are being applied (asked only when
-    /// nothing else holds the end back).
+    /// The next step at `now` over `dirty` (regions of `g` bytes, volume of `size`);
+    /// `writes_in_flight` says whether writes of this site's initiators are being applied
+    /// (asked only when nothing else holds the end back).
     pub(super) fn next(
         &mut self,
         dirty: &mut RegionMap,
         g: u64,
         size: u64,
+        now: Instant,
         writes_in_flight: impl FnOnce() -> bool,
     ) -> Next {
         if self.done_sent || self.flushing || self.budget <= 0.0 || self.reads >= MAX_READS {
@@ -182,6 +234,16 @@ impl ResyncSource {
             self.cursor = 0;
             if !self.also_done {
                 // The target's suspect regions are still coming: no last pass yet.
+                return Next::Stop;
+            }
+            if let Some(t) = self.retry_at {
+                // A read or the flush failed: nothing ends before the retry, which reads the
+                // unreadable regions again (the next pass).
+                if now >= t {
+                    self.retry_at = None;
+                    dirty.or_with(&self.unreadable);
+                    self.unreadable.clear();
+                }
                 return Next::Stop;
             }
             let empty = dirty.none();
@@ -319,25 +381,95 @@ mod tests {
         dirty.set_range(G, 2 * G);
         dirty.set_range(15 * G, G);
         let mut reads = Vec::new();
-        while let Next::Read { offset, len } = r.next(&mut dirty, G, 16 * G, || false) {
+        while let Next::Read { offset, len } = r.next(&mut dirty, G, 16 * G, t, || false) {
             reads.push((offset, len));
         }
         assert_eq!(reads, vec![(G, G), (2 * G, G), (15 * G, G)]);
         assert!(dirty.none());
         assert!(r.copied.test(15));
         // The target's list has not ended: no last pass.
-        assert_eq!(r.next(&mut dirty, G, 16 * G, || false), Next::Stop);
+        assert_eq!(r.next(&mut dirty, G, 16 * G, t, || false), Next::Stop);
         r.list_ended();
         for _ in 0..3 {
             r.read_done();
         }
         assert!(!r.defer(7), "not the last pass yet");
-        assert_eq!(r.next(&mut dirty, G, 16 * G, || false), Next::Stop);
+        assert_eq!(r.next(&mut dirty, G, 16 * G, t, || false), Next::Stop);
         assert!(r.defer(7), "the last pass");
-        assert_eq!(r.next(&mut dirty, G, 16 * G, || true), Next::Stop, "writes");
-        assert_eq!(r.next(&mut dirty, G, 16 * G, || false), Next::Finish);
+        assert_eq!(
+            r.next(&mut dirty, G, 16 * G, t, || true),
+            Next::Stop,
+            "writes"
+        );
+        assert_eq!(r.next(&mut dirty, G, 16 * G, t, || false), Next::Finish);
         let (total, _, deferred) = r.finish();
         assert_eq!((total, deferred), (3 * G, VecDeque::from([7])));
+    }
+
+    #[test]
+    fn an_unreadable_region_ends_the_last_pass_and_waits_for_its_retry() {
+        let t = Instant::now();
+        let mut r = source(t);
+        r.refill(t + std::time::Duration::from_secs(1), 1 << 30, G);
+        r.list_ended();
+        let mut dirty = RegionMap::new(16 * G, G);
+        dirty.set_range(3 * G, G);
+        // A first pass, then the last one, in which region 3 (written again) is read anew.
+        assert_eq!(
+            r.next(&mut dirty, G, 16 * G, t, || false),
+            Next::Read {
+                offset: 3 * G,
+                len: G
+            }
+        );
+        r.read_done();
+        assert_eq!(r.next(&mut dirty, G, 16 * G, t, || false), Next::Stop);
+        assert!(r.defer(7), "the last pass");
+        dirty.set_range(3 * G, G);
+        assert_eq!(
+            r.next(&mut dirty, G, 16 * G, t, || false),
+            Next::Read {
+                offset: 3 * G,
+                len: G
+            }
+        );
+        r.read_done();
+        // Its read fails: the held update goes ahead, nothing more is held.
+        assert_eq!(r.read_failed(3 * G, G, t), VecDeque::from([7]));
+        assert_eq!(r.unreadable_bytes(), G);
+        assert!(!r.defer(8), "a last pass after a failed read");
+        // Nothing ends, no last pass, until the retry.
+        for _ in 0..3 {
+            assert_eq!(r.next(&mut dirty, G, 16 * G, t, || false), Next::Stop);
+            assert!(!r.defer(8));
+        }
+        assert!(
+            dirty.none() && r.copied.test(3),
+            "kept in the attempt's copied map"
+        );
+        // The retry reads it again.
+        let later = t + RETRY;
+        assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Stop);
+        assert_eq!(r.unreadable_bytes(), 0);
+        assert_eq!(
+            r.next(&mut dirty, G, 16 * G, later, || false),
+            Next::Read {
+                offset: 3 * G,
+                len: G
+            }
+        );
+        r.read_done();
+        assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Stop);
+        assert!(r.defer(9), "the last pass");
+        assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Finish);
+        // The flush fails: held updates go, retried later, then finished.
+        r.flush_started();
+        assert_eq!(r.flush_failed(later), VecDeque::from([9]));
+        assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Stop);
+        let last = later + RETRY;
+        assert_eq!(r.next(&mut dirty, G, 16 * G, last, || false), Next::Stop);
+        assert_eq!(r.next(&mut dirty, G, 16 * G, last, || false), Next::Stop);
+        assert_eq!(r.next(&mut dirty, G, 16 * G, last, || false), Next::Finish);
     }
 
     #[test]
@@ -346,14 +478,14 @@ mod tests {
         let mut r = ResyncSource::new(64 * G, G, t);
         let mut dirty = RegionMap::all(64 * G, G);
         assert_eq!(
-            r.next(&mut dirty, G, 64 * G, || false),
+            r.next(&mut dirty, G, 64 * G, t, || false),
             Next::Stop,
             "no budget"
         );
         // 1 s at 1 GiB/s: capped at 50 ms of the rate plus a region.
         r.refill(t + std::time::Duration::from_secs(1), 1 << 30, G);
         let mut n = 0;
-        while let Next::Read { .. } = r.next(&mut dirty, G, 64 * G, || false) {
+        while let Next::Read { .. } = r.next(&mut dirty, G, 64 * G, t, || false) {
             n += 1;
         }
         assert_eq!(n, MAX_READS, "reads in flight");

@@ -242,11 +242,9 @@ fn a_write_failing_at_the_leader_fails_its_replica_and_the_follower_serves_alone
     );
 }
 
-/// A survivor's device fails a write: it answers EIO and serves nothing more, but keeps its
-/// survivor state (the only copy of what it acknowledged alone, the failed region dirty), so
-/// a restart with a working device resyncs the fenced peer from it.
-#[test]
-fn a_survivor_whose_write_fails_stops_serving_and_keeps_its_survivor_state() {
+/// Two sites, `a` the survivor (granted) and `b` fenced, after `a` wrote alone at 16384
+/// (acknowledged once b's read lease had expired).
+fn survivor_a() -> Pair {
     use crate::layer::mirror::failover::DENIED;
     let mut p = pair();
     break_link(&mut p.a, &mut p.b);
@@ -274,24 +272,89 @@ fn a_survivor_whose_write_fails_stops_serving_and_keeps_its_survivor_state() {
     past_peer_lease(&mut p.a, &mut p.io);
     collect(&mut p.a);
     assert_eq!(p.a.ok, 2);
-    p.a.disk.borrow_mut().fail = Some(BAD);
-    write_at(&mut p.a, &mut p.io, &mut slot, BAD.0, 0x22, 4096);
-    while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
-    collect(&mut p.a);
-    assert_eq!((p.a.ok, p.a.failed, p.a.outstanding), (2, 1, 0));
-    assert!(p.a.engine.no_io() && p.a.engine.replica_failed().is_some());
+    p
+}
+
+/// Write `byte` at `off` from the survivor `a` and finish it: true when it was acknowledged.
+fn survivor_writes(p: &mut Pair, slot: &mut u32, off: u64, byte: u8) -> bool {
+    let ok = p.a.ok;
+    write_at(&mut p.a, &mut p.io, slot, off, byte, 4096);
+    for _ in 0..100 {
+        p.a.engine.tick(&mut p.io, Instant::now());
+        p.a.engine.poll_actlog(&mut p.io);
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+        collect(&mut p.a);
+        if p.a.outstanding == 0 {
+            break;
+        }
+        std::thread::sleep(ACK_WINDOW);
+    }
+    assert_eq!(
+        p.a.outstanding, 0,
+        "the survivor's write was never answered"
+    );
+    p.a.ok > ok
+}
+
+/// The survivor still serves, is not failed, and reports `errors` local errors.
+fn assert_serving(p: &Pair, errors: u64) {
+    assert!(!p.a.engine.no_io(), "the survivor stopped serving");
+    assert_eq!(p.a.engine.replica_failed(), None);
     assert_eq!(p.a.engine.mode(), Mode::Survivor);
-    assert_eq!(p.a.engine.stats().snapshot("t", true).state, "failed");
     assert_eq!(
         p.a.engine.path_state(Instant::now()),
-        crate::bdev::volume::PathState::Inaccessible,
-        "path state still accessible"
+        crate::bdev::volume::PathState::Optimized,
+        "the survivor's path state"
     );
-    // The two written alone, and the first write of `pair`: b acknowledged it and never
-    // flushed it, so it may have lost it with its power (peer_cache.rs).
+    let snap = p.a.engine.stats().snapshot("t", true);
+    assert_eq!(snap.state, "survivor", "{snap:?}");
+    assert_eq!(snap.local_errors, errors, "{snap:?}");
+    assert!((errors == 0) == snap.last_local_error.is_none(), "{snap:?}");
+}
+
+/// A survivor's device fails a write: the survivor holds the volume's only current copy, so
+/// (as Linux md with its last mirror leg) it answers that write with the error and goes on
+/// serving: later writes, elsewhere and at the same place once the device takes them, are
+/// acknowledged, the failed region stays dirty, and the fenced peer is resynced from it to a
+/// byte-identical replica. (Before, the survivor took its replica out of service: one bad
+/// sector stopped the volume at both sites until a restart.)
+#[test]
+fn a_survivor_whose_write_fails_answers_that_write_with_the_error_and_goes_on_serving() {
+    let mut p = survivor_a();
+    let mut slot = 200;
+    p.a.disk.borrow_mut().fail = Some(BAD);
+    assert!(!survivor_writes(&mut p, &mut slot, BAD.0, 0x22));
+    assert_eq!((p.a.ok, p.a.failed), (2, 1));
+    assert_serving(&p, 1);
+    assert!(survivor_writes(&mut p, &mut slot, 20480, 0x33));
+    // The two written alone, the failed one, and the first write of `pair`: b acknowledged
+    // it and never flushed it, so it may have lost it with its power (peer_cache.rs).
+    assert_eq!(p.a.engine.dirty_bytes(), 4 * 4096);
+    // The sector works again (the drive remapped it): written anew.
+    p.a.disk.borrow_mut().fail = None;
+    assert!(survivor_writes(&mut p, &mut slot, BAD.0, 0x44));
+    assert_serving(&p, 1);
+    redial_pair(&mut p);
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(
+        p.a.disk.borrow().bytes == p.b.disk.borrow().bytes,
+        "replicas differ after the survivor's resync"
+    );
+    assert_eq!(p.a.disk.borrow().bytes[BAD.0 as usize], 0x44);
+}
+
+/// A survivor's device fails a write, and it restarts (its state on disk): still the
+/// survivor, the failed region dirty, and the peer is resynced from it.
+#[test]
+fn a_survivor_whose_write_failed_keeps_the_region_dirty_across_a_restart() {
+    let mut p = survivor_a();
+    let mut slot = 200;
+    p.a.disk.borrow_mut().fail = Some(BAD);
+    assert!(!survivor_writes(&mut p, &mut slot, BAD.0, 0x22));
     assert_eq!(p.a.engine.dirty_bytes(), 3 * 4096);
     p.a = restart(p.a, Role::Leader, p.dir.path(), "a");
     assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    assert_eq!(p.a.engine.dirty_bytes(), 3 * 4096);
     // The witness's first answer confirms the restored grant (until then no session).
     let slot = p.a.engine.cfg.failover.clone().expect("a witness");
     slot.publish_view(1, 1, 1);
@@ -301,5 +364,70 @@ fn a_survivor_whose_write_fails_stops_serving_and_keeps_its_survivor_state() {
     assert!(
         p.a.disk.borrow().bytes == p.b.disk.borrow().bytes,
         "replicas differ after the restarted survivor's resync"
+    );
+}
+
+/// A resync source's device cannot read a region it must copy: the survivor goes on serving
+/// (its writes are acknowledged, never held for a last pass that cannot end), the target
+/// does not finish (it would say it is in sync without that region), the status says how
+/// much could not be read, and the copy is retried: once the region reads, the resync
+/// finishes byte-identical. (Before, the source took its replica out of service: one
+/// unreadable sector stopped the volume at both sites.)
+#[test]
+fn a_resync_read_failing_at_the_source_keeps_it_serving_and_is_retried() {
+    let mut p = survivor_a();
+    let mut slot = 200;
+    assert!(survivor_writes(&mut p, &mut slot, BAD.0, 0x22));
+    p.a.disk.borrow_mut().fail = Some(BAD);
+    redial_pair(&mut p);
+    pump(&mut p, 50);
+    assert_serving(&p, 1);
+    assert_eq!(
+        p.b.engine.mode(),
+        Mode::Resyncing,
+        "the target finished without the region"
+    );
+    let snap = p.a.engine.stats().snapshot("t", true);
+    assert_eq!(snap.resync_unreadable_bytes, BAD.1, "{snap:?}");
+    assert!(snap.resync_running, "{snap:?}");
+    // Writes go on, alone, while the copy waits to be retried.
+    assert!(survivor_writes(&mut p, &mut slot, 24576, 0x55));
+    pump(&mut p, 5);
+    assert_eq!(p.b.engine.mode(), Mode::Resyncing);
+    // The sector reads again: the next retry copies it and the resync ends.
+    p.a.disk.borrow_mut().fail = None;
+    p.a.engine.retry_unreadable_now();
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(
+        p.a.disk.borrow().bytes == p.b.disk.borrow().bytes,
+        "replicas differ after the retried resync"
+    );
+    let snap = p.a.engine.stats().snapshot("t", true);
+    assert_eq!(snap.resync_unreadable_bytes, 0, "{snap:?}");
+}
+
+/// A resync source's flush before RESYNC_DONE fails: RESYNC_DONE is not sent (what it wrote
+/// alone may not be durable), the survivor goes on serving, and the flush is retried.
+#[test]
+fn a_failed_flush_before_resync_done_is_retried_and_the_source_goes_on_serving() {
+    let mut p = survivor_a();
+    p.a.disk.borrow_mut().fail_flush = true;
+    redial_pair(&mut p);
+    pump(&mut p, 50);
+    assert_eq!(
+        p.b.engine.mode(),
+        Mode::Resyncing,
+        "RESYNC_DONE went out unflushed"
+    );
+    assert!(!p.a.engine.no_io() && p.a.engine.replica_failed().is_none());
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    let mut slot = 200;
+    assert!(survivor_writes(&mut p, &mut slot, 24576, 0x55));
+    p.a.disk.borrow_mut().fail_flush = false;
+    p.a.engine.retry_unreadable_now();
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(
+        p.a.disk.borrow().bytes == p.b.disk.borrow().bytes,
+        "replicas differ after the retried flush"
     );
 }

@@ -25,6 +25,8 @@ struct Disk {
     fail: Option<(u64, u64)>,
     /// Flushes done (they finish at once: every write done before is in `bytes`).
     flushes: usize,
+    /// Injected error: every flush fails with EIO (tests/diskerr.rs).
+    fail_flush: bool,
 }
 
 struct SlowChannel(Rc<RefCell<Disk>>);
@@ -45,6 +47,9 @@ impl Channel for SlowChannel {
         Start::Pending
     }
     fn flush(&mut self, _: &mut IoCx, _: IoTag) -> Start {
+        if self.0.borrow().fail_flush {
+            return Start::Done(Err(Errno::IO));
+        }
         self.0.borrow_mut().flushes += 1;
         Start::Done(Ok(()))
     }
@@ -87,6 +92,7 @@ fn site(role: Role, timeout: Duration) -> Site {
         pending: Vec::new(),
         fail: None,
         flushes: 0,
+        fail_flush: false,
     }));
     let cfg = EngineConfig {
         name: "t".into(),
