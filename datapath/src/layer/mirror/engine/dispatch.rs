@@ -185,6 +185,12 @@ impl Engine {
                 if !leader && h.flags & wire::FLAG_RESENT != 0 && self.claim_resent(io, h)? => {}
             Write | Zeroes | Unmap if !leader => {
                 self.check_range(h)?;
+                if self.mode != Mode::Mirroring {
+                    // The leader sequences updates only while both mirror (a resync target
+                    // says so with RESYNC_DONE_ACK before any reaches it): applied here, one
+                    // would break the target's copy or a survivor's replica.
+                    return Err("sequenced update at a site that does not mirror");
+                }
                 self.check_next_seq(h.seq)?;
                 let upd = match h.ty {
                     Write => Upd::Write,

@@ -431,3 +431,30 @@ fn a_failed_flush_before_resync_done_is_retried_and_the_source_goes_on_serving()
         "replicas differ after the retried flush"
     );
 }
+
+/// A sequenced WRITE reaching a follower that is a resync target (only a broken or forged
+/// peer sends one: the leader sequences nothing before RESYNC_DONE_ACK) is refused and never
+/// applied: it would land in the middle of the copy. (Before, it was applied.)
+#[test]
+fn a_sequenced_write_at_a_resync_target_is_refused_and_not_applied() {
+    let mut p = survivor_a();
+    redial_pair(&mut p);
+    assert_eq!(p.b.engine.mode(), Mode::Resyncing);
+    let before = p.b.disk.borrow().pending.len();
+    let w = Header {
+        seq: p.b.engine.sess.last_seq() + 1,
+        offset: 0,
+        count: 4096,
+        len: 4096,
+        ..Header::new(Type::Write)
+    };
+    assert_eq!(
+        p.b.engine.on_msg(&mut p.io, &w, &[0xEE; 4096]),
+        Err("sequenced update at a site that does not mirror")
+    );
+    assert_eq!(
+        p.b.disk.borrow().pending.len(),
+        before,
+        "the forged write was applied"
+    );
+}
