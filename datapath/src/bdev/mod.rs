@@ -148,6 +148,14 @@ pub trait Channel {
     fn submit_request(&mut self, _io: &mut IoCx, _req: &mut BlockRequest) -> Start {
         Start::Done(Err(Errno::IO))
     }
+    /// A read a connection issued through this channel failed at the device in its
+    /// completion (`offset`, `len`: the device operation's span), with `e`: what the
+    /// connection is answered instead. A layer that keeps another copy of the data (the
+    /// mirror) takes the failure as its replica's and answers so the host retries the read
+    /// elsewhere; a device, and any layer that does not care, passes `e` on.
+    fn read_failed(&mut self, _offset: u64, _len: u64, e: Errno) -> Errno {
+        e
+    }
     /// A device operation this channel started with a tag of its own
     /// ([`IoTag::channel`]) finished; `data` holds what a read produced.
     fn on_own_io(&mut self, _io: &mut IoCx, _slot: u32, _result: Result<(), Errno>, _data: &[u8]) {}

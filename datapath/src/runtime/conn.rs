@@ -53,6 +53,12 @@ pub trait Conn {
     fn on_send(&mut self, env: &mut Env<'_>, res: i32);
     /// A block-device operation finished; `data` holds read data (empty otherwise).
     fn on_io(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]);
+    /// The volume (slot in the reactor's table) whose device operation request `slot` is
+    /// waiting for, when the connection knows it: a read the device fails in its completion
+    /// is first shown to that volume's channel ([`crate::bdev::Channel::read_failed`]).
+    fn volume_of(&self, _slot: u32) -> Option<usize> {
+        None
+    }
     /// End of a turn in which this connection had events: send what is ready, re-arm.
     fn flush(&mut self, env: &mut Env<'_>);
     /// Server shutdown: finish in-flight requests, take no more, then close.

@@ -2,7 +2,9 @@
 //!
 //! One loop turn:
 //! 1. reap every CQE and dispatch it (connection receive/send, block-device completion,
-//!    accept, wake-up);
+//!    accept, wake-up); a connection's read the device failed is first shown to its volume's
+//!    channel (`Channel::read_failed`: a layer with another copy answers so the host retries
+//!    elsewhere);
 //! 2. drain the mailbox (new connections, stop, block requests handed over and their answers,
 //!    notes for connections and services);
 //! 3. run the layers' pollers, deliver what they completed, start the connections they made;
@@ -572,11 +574,22 @@ impl Reactor {
                     }
                 };
                 if let Some(entry) = self.conns.get_mut(key as usize) {
+                    let mut result = fin.result;
+                    if let Err(e) = result
+                        && let Some((offset, len)) = self.io.read_span(fin.key)
+                        && let Some(c) = entry
+                            .conn
+                            .volume_of(fin.tag.slot)
+                            .and_then(|v| self.chans.get_mut(v))
+                    {
+                        // (Error path only.) The volume's layers see the failed read first.
+                        result = Err(c.read_failed(offset, len, e));
+                    }
                     let data = match fin.read {
                         Some((skip, want)) => self.io.read_data(fin.key, skip, want),
                         None => &[],
                     };
-                    entry.conn.on_io(fin.tag.slot, fin.result, data);
+                    entry.conn.on_io(fin.tag.slot, result, data);
                 } else {
                     tracing::error!(
                         reactor = self.id,

@@ -174,6 +174,15 @@ impl IoCx {
         })
     }
 
+    /// The device span (offset, length) of finished op `key` when it is a read (error
+    /// reports: a failed read's [`Finished`] carries no data position).
+    pub fn read_span(&self, key: usize) -> Option<(u64, u64)> {
+        self.ops
+            .get(key)
+            .filter(|op| matches!(op.kind, OpKind::Read { .. }))
+            .map(|op| (op.offset, u64::from(op.len)))
+    }
+
     /// The bytes a finished read produced.
     pub fn read_data(&self, key: usize, skip: u32, want: u32) -> &[u8] {
         let op = &self.ops[key];

@@ -743,6 +743,10 @@ impl Conn for NbdConn {
         }
     }
 
+    fn volume_of(&self, slot: u32) -> Option<usize> {
+        self.reqs.get(slot as usize).map(|_| self.vol)
+    }
+
     fn on_io(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]) {
         let Some(p) = self.reqs.try_remove(slot as usize) else {
             tracing::error!(slot, "completion for an unknown request slot");

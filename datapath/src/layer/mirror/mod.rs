@@ -475,6 +475,10 @@ impl Channel for MirrorChannel {
         self.submit(io, r.from, r.tag, update, r.offset, r.fua)
     }
 
+    fn read_failed(&mut self, offset: u64, len: u64, e: Errno) -> Errno {
+        self.engine.host_read_failed(offset, len, e)
+    }
+
     fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {
         if slot & LOWER_SLOT != 0 {
             // A layer under the mirror (CDP) made it.
@@ -587,6 +591,12 @@ impl Channel for RemoteChannel {
 
     fn meta(&mut self, io: &mut IoCx, tag: IoTag, cmd: &[u8]) -> Option<Start> {
         Some(self.hand_over(io, tag, Update::Meta(cmd), 0, false))
+    }
+
+    fn read_failed(&mut self, offset: u64, len: u64, e: Errno) -> Errno {
+        // As one refused at once (`read`).
+        self.stats.report_read_failure(offset, len, e);
+        engine::read_failure_answer(self.stats.mode() == Mode::Survivor, e)
     }
 
     fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {

@@ -888,6 +888,14 @@ impl Conn for IscsiConn {
         }
     }
 
+    fn volume_of(&self, slot: u32) -> Option<usize> {
+        // (A copy's reads are of its source volume, not the task's: not reported.)
+        self.tasks
+            .get(slot as usize)
+            .filter(|t| t.copy.is_none())
+            .map(|t| t.vol)
+    }
+
     fn on_io(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]) {
         self.device_done(slot, result, data);
     }

@@ -98,6 +98,7 @@ impl NvmfConn {
             cmp: Vec::new(),
             counted: None,
             remote: true,
+            vol,
         }) as u32;
         sec.begin_fused();
         let from = Origin {

@@ -187,6 +187,7 @@ impl NvmfConn {
             cmp: Vec::new(),
             counted: None,
             remote: false,
+            vol,
         };
         let counted = section.map(|_| vol);
         let started = match op {

@@ -156,6 +156,8 @@ struct Req {
     counted: Option<usize>,
     /// Answered by a message from the volume's home, not by a device completion.
     remote: bool,
+    /// The volume (reactor slot) it is for.
+    vol: usize,
 }
 
 /// An NVMe/TCP connection.
@@ -671,6 +673,10 @@ impl Conn for NvmfConn {
             self.life.broken = true;
             self.life.closing = true;
         }
+    }
+
+    fn volume_of(&self, slot: u32) -> Option<usize> {
+        self.reqs.get(slot as usize).map(|r| r.vol)
     }
 
     fn on_io(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]) {

@@ -153,6 +153,7 @@ impl NvmfConn {
                     cmp: Vec::new(),
                     counted: None,
                     remote: false,
+                    vol,
                 });
                 debug_assert_eq!(k as u32, tag.slot);
                 Routed::Pending

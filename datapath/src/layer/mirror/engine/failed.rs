@@ -35,14 +35,15 @@
 //!
 //! An initiator's read goes straight to the local device with the initiator's tag
 //! (`MirrorChannel::read`). A read the device refuses at once (`ReadStart::Failed`: the fault
-//! injection layer, a RAM device) fails the replica too, at the engine's next tick (reported
-//! through `MirrorStats` by [`Engine::host_read`] or, on another reactor, `RemoteChannel`);
-//! that read answers `Errno::UNAVAILABLE` (NVMe: ANA inaccessible, so a multipath host
-//! retries it at the other site), or the device's error at a survivor. Not covered: a read
-//! that fails later, as an io_uring completion (a file or block device returning EIO),
-//! completes to the initiator's connection and fails that read only (the runtime does not
-//! tell the volume's layers about their completions' errors yet); the compare-and-write
-//! reads, which the engine issues, are local failures as above.
+//! injection layer, a RAM device), or fails in its io_uring completion (a file or block
+//! device returning EIO: the runtime shows it to the volume's channel first,
+//! `Channel::read_failed`, through the connection's `Conn::volume_of`), fails the replica
+//! too, at the engine's next tick (reported through `MirrorStats` by [`Engine::host_read`],
+//! [`Engine::host_read_failed`] or, on another reactor, `RemoteChannel`); that read answers
+//! `Errno::UNAVAILABLE` (NVMe: ANA inaccessible, so a multipath host retries it at the other
+//! site), or the device's error at a survivor. The compare-and-write reads, which the engine
+//! issues, are local failures as above. Not covered: the reads of an iSCSI EXTENDED COPY
+//! (their task's volume is the copy's target) fail that copy only.
 //!
 //! Invariants: a site whose replica failed acknowledges nothing more and never wins a grant;
 //! a survivor's replica never fails (its errors go to the requests they belong to).
@@ -113,6 +114,14 @@ impl Engine {
             }
             r => r,
         }
+    }
+
+    /// A host read the local device failed in its completion (`Channel::read_failed`): as
+    /// one refused at once ([`Self::host_read`]), reported for the next tick; returns the
+    /// answer.
+    pub fn host_read_failed(&mut self, offset: u64, len: u64, e: Errno) -> Errno {
+        self.stats.report_read_failure(offset, len, e);
+        read_failure_answer(self.mode == Mode::Survivor, e)
     }
 
     /// A local operation on the replica failed with `e` over `offset..offset+len`: a

@@ -1,9 +1,11 @@
-//! Local I/O errors at the site that serves a mirrored volume alone (the survivor holds its
-//! only current copy): the failed request gets the error, everything else goes on being
-//! served, the status counts the errors, and a resync that cannot read a region waits for it
-//! instead of stopping the volume or telling the peer it is in sync. Two `twinblk serve`
-//! processes on loopback, an in-process witness, the fault layer's `fail_range` at the
-//! survivor.
+//! Local I/O errors at either site of a mirrored volume. At the site that serves it alone
+//! (the survivor holds its only current copy): the failed request gets the error, everything
+//! else goes on being served, the status counts the errors, and a resync that cannot read a
+//! region waits for it instead of stopping the volume or telling the peer it is in sync. At
+//! a site that mirrors: a read its device fails in the io_uring completion (not refused at
+//! once) takes the replica out of service, as any other local failure, so the peer serves
+//! the volume. Two `twinblk serve` processes on loopback, an in-process witness, the fault
+//! layer's `fail_range`, or a replica file cut short under the running daemon.
 
 use crate::harness::{mirror_state, pattern, same_files, wait_mirror_state};
 use crate::rawnbd::Client;
@@ -131,4 +133,46 @@ fn a_survivor_passes_its_device_errors_on_and_a_resync_waits_for_the_unreadable_
         &p.root.path().join("b.img"),
         "after the repaired survivor's resync",
     );
+}
+
+/// A mirroring site's device fails a host read in its completion (the replica file cut short
+/// under the running daemon: the kernel reads nothing past its end, an EIO at completion):
+/// the site takes its replica out of service (`failed`), the peer is granted and serves that
+/// read with the acknowledged data. (Before, only reads the device refused at once did so:
+/// this one answered EIO and the site went on "up", its replica unreadable there while the
+/// peer held the data.)
+#[test]
+fn a_read_failing_in_its_completion_at_a_mirroring_site_hands_the_volume_to_the_peer() {
+    let mut p = pair(true, "", "");
+    const FAR: u64 = 12 << 20;
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    assert_eq!(c.write(FAR, &pattern(7, 4096)), 0);
+    assert_eq!(c.read(FAR, 4096).unwrap(), pattern(7, 4096));
+    // a's replica loses its tail (its device now fails reads past 8 MiB).
+    let img = p.root.path().join("a.img");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let e = c
+        .read(FAR, 4096)
+        .expect_err("a read past the cut end served");
+    assert_eq!(e, libc::EIO as u32);
+    drop(c);
+    wait_mirror_state(&p.a, "failed", Duration::from_secs(5));
+    let st = status(&p.a);
+    assert!(
+        st["failure"].as_str().is_some_and(|f| f.contains("read")),
+        "{st}"
+    );
+    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
+    let d = crate::slow_local::read_at(&p.b, FAR, 4096);
+    assert_eq!(
+        d,
+        pattern(7, 4096),
+        "the peer's copy of the acknowledged write"
+    );
+    kill_and_free_port(&mut p.a);
 }
