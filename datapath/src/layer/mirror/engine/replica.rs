@@ -13,9 +13,13 @@
 //! - Two survivors never serve together ([`Session::SplitBrain`]).
 //! - Every pair a running pair of sites can reach is decided: a pair in which no site served
 //!   alone (in sync, fenced) reconciles from the in-sync site, or from the leader when both
-//!   fenced. Refused ([`Session::Refuse`]) only where no replica is known to hold every
-//!   acknowledged write: a resync target whose source is gone (fenced or failed after it began),
-//!   a new replica facing anything but an in-sync, new or surviving peer, and unknown states.
+//!   fenced. A resync target (3) facing a fenced peer (2) receives everything from it: its
+//!   source can only have been that peer (there are two sites), it fenced after the copy
+//!   began (a fenced site sends nothing), and a target never serves nor asks the witness, so
+//!   every write acknowledged since was acknowledged there (the fence failed only what it
+//!   held unanswered). Refused ([`Session::Refuse`]) only where no replica is known to hold
+//!   every acknowledged write: a new replica facing anything but an in-sync, new or surviving
+//!   peer, two resync targets, and unknown states.
 
 pub use crate::layer::mirror::mode::Mode;
 
@@ -77,14 +81,14 @@ pub enum Session {
 pub fn decide(me: u32, peer: u32, leader: bool) -> Session {
     match (me, peer) {
         (0, 0) | (4, 4) => Session::InSync,
-        (0, 4) | (0, 3) => Session::SendAll,
+        (0, 4) | (0, 3) | (2, 3) => Session::SendAll,
         (1, 1) => Session::SplitBrain,
         (1, p) => Session::Resync {
             everything_written: p == 4,
         },
         (0, 2) => Session::Reconcile,
         (2, 2) if leader => Session::Reconcile,
-        (_, 1) | (4, 0) | (3, 0) | (2, 0) | (2, 2) => Session::Receive,
+        (_, 1) | (4, 0) | (3, 0) | (3, 2) | (2, 0) | (2, 2) => Session::Receive,
         _ => Session::Refuse,
     }
 }
@@ -109,8 +113,8 @@ mod tests {
         let table = [
             [InSync, Receive, Reconcile, SendAll, SendAll, Refuse, Refuse],
             [R, SplitBrain, R, R, RW, R, R],
-            [Receive, Receive, Reconcile, Refuse, Refuse, Refuse, Refuse],
-            [Receive, Receive, Refuse, Refuse, Refuse, Refuse, Refuse],
+            [Receive, Receive, Reconcile, SendAll, Refuse, Refuse, Refuse],
+            [Receive, Receive, Receive, Refuse, Refuse, Refuse, Refuse],
             [Receive, Receive, Refuse, Refuse, InSync, Refuse, Refuse],
             [Refuse, Receive, Refuse, Refuse, Refuse, Refuse, Refuse],
             [Refuse, Receive, Refuse, Refuse, Refuse, Refuse, Refuse],

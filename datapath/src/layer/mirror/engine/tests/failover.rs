@@ -744,8 +744,8 @@ fn an_in_sync_site_reconciles_a_fenced_peer() {
 fn a_refused_session_is_shown_in_the_status_with_what_to_do() {
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
     let (mut a, mut b, _io) = lose_peer(true);
-    // (resyncing, fenced): no replica is known to hold every acknowledged write.
-    let why = b.engine.session_start(&mut io, 3).unwrap_err();
+    // (new, fenced): no replica is known to hold every acknowledged write.
+    let why = b.engine.session_start(&mut io, 4).unwrap_err();
     assert!(why.contains("mirror_takeover"), "{why}");
     let snap = b.engine.stats().snapshot("t", false);
     assert_eq!(snap.session_refused.as_deref(), Some(why.as_str()));

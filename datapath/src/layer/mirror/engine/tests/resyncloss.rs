@@ -557,3 +557,51 @@ fn a_grantless_source_serving_alone_again_is_saved_as_the_survivor() {
         "restarted as anything but the survivor it was"
     );
 }
+
+/// A source without a grant whose session ended after its RESYNC_DONE (never delivered: the
+/// target did not finish) asks the witness, which denies it: it fences. When the link
+/// returns, the pair is (fenced, resyncing): the fenced site was the target's source and the
+/// target never served, so the fenced site sends everything again and both end in sync with
+/// every acknowledged write. (Before, the session was refused at both sites until an
+/// operator ran `mirror_takeover`: the volume stayed down.)
+#[test]
+fn a_grantless_source_fenced_after_resync_done_resumes_the_copy_to_its_unfinished_target() {
+    use crate::layer::mirror::failover::DENIED;
+    use std::sync::atomic::Ordering::SeqCst;
+    let (_dir, mut a, mut b, mut io) = grantless_source_past_resync_done();
+    break_link(&mut a, &mut b);
+    assert_eq!(b.engine.mode(), Mode::Resyncing);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!(a.engine.mode(), Mode::Mirroring, "the source is unsure");
+    let slot = a.engine.cfg.failover.clone().expect("a witness");
+    for _ in 0..100 {
+        if slot.want.swap(false, SeqCst) {
+            slot.outcome.store(DENIED, SeqCst);
+        }
+        a.engine.tick(&mut io, Instant::now());
+        if a.engine.mode() == Mode::Fenced {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!((a.engine.replica_state(), b.engine.replica_state()), (2, 3));
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        a.engine.mode(),
+        Mode::Survivor,
+        "the fenced source sends again"
+    );
+    let mut rng = Rng(5);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after the resumed copy"
+    );
+    for (off, byte) in [(0usize, 0x31u8), (16384, 0x32), (20480, 0x32)] {
+        assert_eq!(
+            b.disk.borrow().bytes[off],
+            byte,
+            "acknowledged write at {off}"
+        );
+    }
+}
