@@ -106,7 +106,7 @@ impl Engine {
     /// out of service at the engine's next tick (see the module doc), and the read answers
     /// `Errno::UNAVAILABLE`.
     pub fn host_read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        let survivor = self.mode == Mode::Survivor;
+        let survivor = self.only_current_copy();
         match self.inner.read(io, tag, offset, len) {
             ReadStart::Failed(e) => {
                 self.stats.report_read_failure(offset, u64::from(len), e);
@@ -121,18 +121,38 @@ impl Engine {
     /// answer.
     pub fn host_read_failed(&mut self, offset: u64, len: u64, e: Errno) -> Errno {
         self.stats.report_read_failure(offset, len, e);
-        read_failure_answer(self.mode == Mode::Survivor, e)
+        read_failure_answer(self.only_current_copy(), e)
     }
 
-    /// A local operation on the replica failed with `e` over `offset..offset+len`: a
-    /// survivor notes it (the request gets the error; see the module doc), any other site
-    /// takes its replica out of service ([`Self::fail_replica`]).
+    /// This site may hold the volume's only current copy: a survivor, or a resync source
+    /// still waiting to hear its target has everything (`source_unsure` makes it a mirroring
+    /// site that lost its peer: the target may not have finished).
+    fn only_current_copy(&self) -> bool {
+        self.mode == Mode::Survivor || self.resync.is_some()
+    }
+
+    /// A local operation on the replica failed with `e` over `offset..offset+len`: a site
+    /// that may hold the only current copy notes it (the request gets the error; see the
+    /// module doc), any other site takes its replica out of service ([`Self::fail_replica`]).
     pub(super) fn local_failure(&mut self, what: &str, offset: u64, len: u64, e: Errno) {
-        if self.mode == Mode::Survivor {
-            self.local_error_noted(what, offset, len, e);
-        } else {
-            self.fail_replica(what, offset, len, e);
+        if !self.only_current_copy() {
+            return self.fail_replica(what, offset, len, e);
         }
+        if len > 0 {
+            // (A survivor marked it before the apply.) The peer gets whatever this replica
+            // holds there.
+            self.mark_dirty(offset, len);
+        } else {
+            // A flush failed: any write this replica completed since its last good flush may
+            // be lost from its device (and a resync copy read from its cache may be newer at
+            // the peer than here): the peer gets every region ever written here again, so
+            // the two end the same.
+            self.dirty.or_with(&self.written);
+            self.stats
+                .dirty_bytes
+                .store(self.dirty.bytes(), std::sync::atomic::Ordering::Relaxed);
+        }
+        self.local_error_noted(what, offset, len, e);
     }
 
     /// A local error answered without taking the replica out of service: logged, counted and

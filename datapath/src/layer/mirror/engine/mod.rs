@@ -1234,6 +1234,9 @@ impl Engine {
                         self.survivor_apply(io, d);
                     }
                 } else if r.is_ok() && this_attempt {
+                    if let Some(rs) = self.resync.as_mut() {
+                        rs.read_ok(ap.offset, self.cfg.dirty_granularity);
+                    }
                     let h = Header {
                         offset: ap.offset,
                         count: wire::count(ap.len).expect("a resync copy longer than one message"),

@@ -25,9 +25,10 @@
 //! - A region this replica cannot read ([`ResyncSource::read_failed`]), or a failed flush
 //!   before RESYNC_DONE ([`ResyncSource::flush_failed`]), never ends the attempt nor the
 //!   service: the source is the volume's only whole copy. The region stays in `copied` (so
-//!   it is dirty in the persisted state and after an abandon), waits in `unreadable`, and is
-//!   read again [`RETRY`] later; no last pass starts meanwhile (updates are never held for
-//!   one that could not end) and RESYNC_DONE is not sent.
+//!   it is dirty in the persisted state and after an abandon), waits in `unreadable` until a
+//!   read of it succeeds, and is read again [`RETRY`] later; no last pass starts while any
+//!   region is unreadable or a retried read of one is in flight (updates are never held
+//!   behind a read that may fail again, slowly) and RESYNC_DONE is not sent.
 
 use super::RegionMap;
 use std::collections::VecDeque;
@@ -61,7 +62,7 @@ pub(super) struct ResyncSource {
     reads: u32,
     /// Last pass: new updates wait (deferred) so the dirty set can drain to empty.
     last_pass: bool,
-    deferred: VecDeque<usize>,
+    pub(super) deferred: VecDeque<usize>,
     /// Byte budget of the rate limiter.
     budget: f64,
     last_refill: Instant,
@@ -82,7 +83,8 @@ pub(super) struct ResyncSource {
     /// A source without a grant: RESYNC_DONE waits until this persister generation (its
     /// state saved as in sync, not as a survivor) is on disk.
     pub(super) done_gate: Option<u64>,
-    /// Regions whose read failed in this attempt (also in `copied`): read again at `retry_at`.
+    /// Regions whose read failed in this attempt (also in `copied`): read again at
+    /// `retry_at`, kept here until a read of them succeeds.
     unreadable: RegionMap,
     /// A read or the closing flush failed: no last pass, nothing finishes, before then.
     retry_at: Option<Instant>,
@@ -123,6 +125,13 @@ impl ResyncSource {
     pub(super) fn flush_failed(&mut self, now: Instant) -> VecDeque<usize> {
         self.flushing = false;
         self.stall(now)
+    }
+
+    /// The read of the region at `offset` (regions of `g` bytes) succeeded: readable again.
+    pub(super) fn read_ok(&mut self, offset: u64, g: u64) {
+        if !self.unreadable.none() {
+            self.unreadable.clear_bit(offset / g);
+        }
     }
 
     fn stall(&mut self, now: Instant) -> VecDeque<usize> {
@@ -242,8 +251,12 @@ impl ResyncSource {
                 if now >= t {
                     self.retry_at = None;
                     dirty.or_with(&self.unreadable);
-                    self.unreadable.clear();
                 }
+                return Next::Stop;
+            }
+            if !self.unreadable.none() {
+                // A retried read still in flight (or its region dirty again): no last pass
+                // behind it.
                 return Next::Stop;
             }
             let empty = dirty.none();
@@ -447,10 +460,10 @@ mod tests {
             dirty.none() && r.copied.test(3),
             "kept in the attempt's copied map"
         );
-        // The retry reads it again.
+        // The retry reads it again; no last pass while that read is in flight (it may fail
+        // again, slowly), nor after it until it succeeded.
         let later = t + RETRY;
         assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Stop);
-        assert_eq!(r.unreadable_bytes(), 0);
         assert_eq!(
             r.next(&mut dirty, G, 16 * G, later, || false),
             Next::Read {
@@ -458,7 +471,14 @@ mod tests {
                 len: G
             }
         );
+        for _ in 0..3 {
+            assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Stop);
+            assert!(!r.defer(8), "a last pass behind the retried read");
+        }
+        assert_eq!(r.unreadable_bytes(), G, "shown until a read succeeds");
         r.read_done();
+        r.read_ok(3 * G, G);
+        assert_eq!(r.unreadable_bytes(), 0);
         assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Stop);
         assert!(r.defer(9), "the last pass");
         assert_eq!(r.next(&mut dirty, G, 16 * G, later, || false), Next::Finish);

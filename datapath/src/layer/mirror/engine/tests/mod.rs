@@ -27,6 +27,10 @@ struct Disk {
     flushes: usize,
     /// Injected error: every flush fails with EIO (tests/diskerr.rs).
     fail_flush: bool,
+    /// A failing flush loses this range from the device's volatile cache (zeroed).
+    lose_on_failed_flush: Option<(u64, u64)>,
+    /// Writes complete inside the call (`Start::Done`), failing over `fail`.
+    sync_writes: bool,
 }
 
 struct SlowChannel(Rc<RefCell<Disk>>);
@@ -40,6 +44,17 @@ impl Channel for SlowChannel {
         ReadStart::Pending
     }
     fn write(&mut self, _: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], _: bool) -> Start {
+        if self.0.borrow().sync_writes {
+            let mut d = self.0.borrow_mut();
+            if let Some((fo, fl)) = d.fail
+                && offset < fo + fl
+                && fo < offset + data.len() as u64
+            {
+                return Start::Done(Err(Errno::IO));
+            }
+            d.bytes[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+            return Start::Done(Ok(()));
+        }
         self.0
             .borrow_mut()
             .pending
@@ -48,6 +63,10 @@ impl Channel for SlowChannel {
     }
     fn flush(&mut self, _: &mut IoCx, _: IoTag) -> Start {
         if self.0.borrow().fail_flush {
+            let lose = self.0.borrow().lose_on_failed_flush;
+            if let Some((o, l)) = lose {
+                self.0.borrow_mut().bytes[o as usize..(o + l) as usize].fill(0);
+            }
             return Start::Done(Err(Errno::IO));
         }
         self.0.borrow_mut().flushes += 1;
@@ -93,6 +112,8 @@ fn site(role: Role, timeout: Duration) -> Site {
         fail: None,
         flushes: 0,
         fail_flush: false,
+        lose_on_failed_flush: None,
+        sync_writes: false,
     }));
     let cfg = EngineConfig {
         name: "t".into(),
@@ -149,7 +170,9 @@ fn complete_one(s: &mut Site, io: &mut IoCx, rng: &mut Rng) -> bool {
         .pending
         .swap_remove(rng.below(n as u64) as usize);
     let range = off as usize..off as usize + len;
-    if let Some((fo, fl)) = s.disk.borrow().fail
+    // (Copied out: the engine may start I/O on this disk from the completion.)
+    let fail = s.disk.borrow().fail;
+    if let Some((fo, fl)) = fail
         && off < fo + fl
         && fo < off + len as u64
     {

@@ -605,3 +605,56 @@ fn a_grantless_source_fenced_after_resync_done_resumes_the_copy_to_its_unfinishe
         );
     }
 }
+
+/// A grant-less source (copy to a new replica) cannot read a region: stays serving,
+/// target not in sync, retried, then in sync byte-identical; its state never said in sync
+/// before the region was copied.
+#[test]
+fn a_grantless_source_stalls_on_an_unreadable_region_and_finishes_after_the_retry() {
+    let (_dir, mut a, mut b, mut io, mut rng) = grantless_source_with_a_state_file();
+    a.disk.borrow_mut().fail = Some((16384, 4096));
+    let stalled = copy_until(
+        &mut a,
+        &mut b,
+        &mut io,
+        &mut rng,
+        |_, _| {},
+        |a, _| {
+            a.engine
+                .resync
+                .as_ref()
+                .is_some_and(|r| r.unreadable_bytes() > 0)
+        },
+    );
+    assert!(stalled);
+    for _ in 0..50 {
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        a.engine.wait_persisted();
+    }
+    assert_eq!(b.engine.mode(), Mode::Resyncing);
+    assert_eq!(a.engine.mode(), Mode::Survivor);
+    assert!(!a.engine.resync.as_ref().unwrap().awaiting_ack());
+    let mut slot = 500;
+    write_at(&mut a, &mut io, &mut slot, 40960, 0x77, 4096);
+    past_peer_lease(&mut a, &mut io);
+    for _ in 0..20 {
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        a.engine.tick(&mut io, Instant::now());
+        a.engine.wait_persisted();
+        a.engine.poll_durable();
+        collect(&mut a);
+    }
+    assert_eq!(
+        a.outstanding, 0,
+        "a write at the stalled grant-less source never answered"
+    );
+    a.disk.borrow_mut().fail = None;
+    a.engine.retry_unreadable_now();
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(a.disk.borrow().bytes == b.disk.borrow().bytes);
+}
