@@ -499,9 +499,14 @@ fn malformed_pdus_get_a_reject_or_a_dropped_connection_and_data_survives() {
     r.scsi(13, &write10(0, 1), 512, 0xA0, &[0xEE; 1024]);
     let (h, _) = r.read_pdu().expect("Reject");
     assert_eq!(h[0] & 0x3F, 0x3F, "Reject for data beyond EDTL");
+    // A rejected command PDU does not take its CmdSN (RFC 7143 §11.17.1): the next command
+    // uses it (one sent with the next CmdSN would wait for the gap).
+    r.cmd_sn -= 1;
     assert_eq!(read_blocks(&mut r, 14, 0, 8), data, "nothing was written");
 
-    // An unsolicited Data-Out while InitialR2T=Yes (TTT 0xffffffff, no R2T): rejected.
+    // An unsolicited Data-Out while InitialR2T=Yes (TTT 0xffffffff, no R2T): rejected, and
+    // the task ends with CHECK CONDITION (unexpected unsolicited data), but only once the
+    // Data-Out its R2T asked for has come (RFC 7143 §11.4.2).
     r.scsi(15, &write10(0, 2), 1024, 0xA0, &[]);
     let (h, _) = r.read_pdu().expect("R2T");
     assert_eq!(h[0] & 0x3F, 0x31, "R2T");
@@ -512,17 +517,55 @@ fn malformed_pdus_get_a_reject_or_a_dropped_connection_and_data_survives() {
     r.send(dout, &[0xEE; 1024]);
     let (h, _) = r.read_pdu().expect("Reject");
     assert_eq!(h[0] & 0x3F, 0x3F);
-    // A Data-Out for the R2T with a wrong buffer offset ends the task with CHECK CONDITION.
+    r.s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        r.read_pdu().is_none(),
+        "a response while the R2T's Data-Out is still expected"
+    );
+    r.s.set_read_timeout(None).unwrap();
     let mut dout = bhs(0x05, 0x80);
     put32(&mut dout, 16, 15);
+    put32(&mut dout, 20, ttt);
+    r.send(dout, &[0xEE; 1024]);
+    let (h, d) = r.read_pdu().expect("SCSI Response");
+    assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0x02), "CHECK CONDITION");
+    assert_eq!(
+        (d[4] & 0x0F, d[14], d[15]),
+        (0x0B, 0x0C, 0x0C),
+        "ABORTED COMMAND, unexpected unsolicited data"
+    );
+    assert_eq!(read_blocks(&mut r, 16, 0, 8), data, "nothing was written");
+
+    // A Data-Out for an R2T with a wrong buffer offset: rejected; the task ends with CHECK
+    // CONDITION (data phase error) once the R2T's sequence has ended (its F bit).
+    r.scsi(18, &write10(0, 2), 1024, 0xA0, &[]);
+    let (h, _) = r.read_pdu().expect("R2T");
+    let ttt = u32::from_be_bytes(h[20..24].try_into().unwrap());
+    let mut dout = bhs(0x05, 0x00);
+    put32(&mut dout, 16, 18);
     put32(&mut dout, 20, ttt);
     put32(&mut dout, 40, 512);
     r.send(dout, &[0xEE; 512]);
     let (h, _) = r.read_pdu().expect("Reject");
     assert_eq!(h[0] & 0x3F, 0x3F);
-    let (h, _) = r.read_pdu().expect("SCSI Response");
+    r.s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        r.read_pdu().is_none(),
+        "a response while the R2T's sequence is still open"
+    );
+    r.s.set_read_timeout(None).unwrap();
+    let mut dout = bhs(0x05, 0x80);
+    put32(&mut dout, 16, 18);
+    put32(&mut dout, 20, ttt);
+    put32(&mut dout, 36, 1);
+    put32(&mut dout, 40, 512);
+    r.send(dout, &[0xEE; 512]);
+    let (h, d) = r.read_pdu().expect("SCSI Response");
     assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0x02), "CHECK CONDITION");
-    assert_eq!(read_blocks(&mut r, 16, 0, 8), data, "nothing was written");
+    assert_eq!((d[4] & 0x0F, d[14]), (0x0B, 0x4B), "data phase error");
+    assert_eq!(read_blocks(&mut r, 19, 0, 8), data, "nothing was written");
 
     // A Login Request in full feature phase: Reject and the connection closes.
     let mut login = bhs(0x43, 0x87);

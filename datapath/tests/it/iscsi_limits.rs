@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Log in (one Login Request straight to full feature phase) offering `keys` (each
 /// `key=value`) after the names.
-fn login_with(addr: SocketAddr, keys: &[&str]) -> Raw {
+pub(crate) fn login_with(addr: SocketAddr, keys: &[&str]) -> Raw {
     login_at(addr, keys, 1)
 }
 

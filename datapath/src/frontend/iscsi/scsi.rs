@@ -391,7 +391,7 @@ pub struct Sense {
 }
 
 impl Sense {
-    const fn new(key: u8, asc: u8, ascq: u8) -> Self {
+    pub(crate) const fn new(key: u8, asc: u8, ascq: u8) -> Self {
         Self {
             key,
             asc,

@@ -36,6 +36,7 @@
 
 mod alua;
 mod copy;
+mod dataout;
 mod excl;
 mod mcs;
 mod session;
@@ -61,6 +62,9 @@ enum Stage {
     Collect,
     /// Operations at a device (or at the home executor).
     Device,
+    /// Refused (or its data sequence broken): the Data-Out still owed is read and dropped,
+    /// then the task is answered (`dataout.rs`; RESERVATION CONFLICT when `conflict`).
+    Drain { conflict: bool },
 }
 
 /// The CmdSN window: MaxCmdSN = ExpCmdSN + CMD_WINDOW - 1.

@@ -16,12 +16,17 @@
 //!   until the last completes, even when aborted; an aborted task sends nothing.
 //! - Data-Out must arrive in order (DataPDUInOrder=Yes, DataSequenceInOrder=Yes): its buffer
 //!   offset equals the bytes collected, its DataSN counts from 0 in each sequence, and it never
-//!   goes past the burst it belongs to; anything else drops the connection (ErrorRecoveryLevel
-//!   0 cannot recover a sequence).
+//!   goes past the burst it belongs to; anything else is rejected and ends the task with CHECK
+//!   CONDITION (ErrorRecoveryLevel 0 cannot recover a sequence) once the Data-Out still owed
+//!   has come (`dataout.rs`).
+//! - A command PDU that is rejected does not take its CmdSN; a command refused after it was
+//!   admitted (unknown LUN, CDB, unit attention, conflict, path state, lengths) is answered
+//!   only once its unsolicited Data-Out has all come (`dataout.rs`).
 //! - A write whose Expected Data Transfer Length differs from its CDB's transfer length is
 //!   refused (ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT, with the residual), never
 //!   partly written.
 
+use super::dataout::{self, Refusal};
 use super::{IscsiConn, Stage, alua};
 use crate::bdev::volume::PathState;
 use crate::bdev::{ReadStart, Start, in_range};
@@ -291,23 +296,16 @@ impl IscsiConn {
             // Extended CDBs and bidirectional commands are not supported.
             return self.reject(env, reject::NOT_SUPPORTED, r.0);
         }
-        if self.admit(env, r, data) != Some(true) {
-            return;
-        }
         let itt = r.itt();
         let edtl = r.w20();
         let flags = r.flags();
         let (rd, wr, fin) = (flags & 0x40 != 0, flags & 0x20 != 0, flags & 0x80 != 0);
+        // A command PDU rejected is not received: its CmdSN is not taken (RFC 7143 §11.17.1),
+        // so these checks come before `admit`.
         if rd && wr {
             return self.reject(env, reject::NOT_SUPPORTED, r.0);
         }
         if itt == NO_TAG || (!wr && (!data.is_empty() || !fin)) {
-            return self.reject(env, reject::PROTOCOL, r.0);
-        }
-        if !data.is_empty() && !self.params.immediate_data {
-            return self.reject(env, reject::PROTOCOL, r.0);
-        }
-        if !fin && self.params.initial_r2t {
             return self.reject(env, reject::PROTOCOL, r.0);
         }
         if data.len() as u64 > u64::from(edtl) || data.len() > self.params.first_burst as usize {
@@ -317,7 +315,16 @@ impl IscsiConn {
             // A task tag in use (RFC 7143 §11.17.1: Task in progress).
             return self.reject(env, 0x07, r.0);
         }
+        if self.admit(env, r, data) != Some(true) {
+            return;
+        }
         let lun = r.lun();
+        // Answered once the unsolicited Data-Out still owed has come (`dataout.rs`).
+        let refused: dataout::Refused = (itt, lun, edtl, wr && !fin);
+        if (!data.is_empty() && !self.params.immediate_data) || (!fin && self.params.initial_r2t) {
+            // Unsolicited data the session does not allow (RFC 7143 §13.11, §11.4.7.2).
+            return self.refuse(refused, Refusal::Check(dataout::UNEXPECTED_UNSOLICITED, 0));
+        }
         // No reference count is taken on the target per command: it is shared by every session
         // on every reactor (an atomic on it per command would bounce its cache line).
         let lun_idx =
@@ -337,7 +344,9 @@ impl IscsiConn {
                 return self.send_data_in(itt, lun, &page[..n], edtl, n as u64);
             }
             (None, Ok(Cmd::ReportLuns { .. } | Cmd::RequestSense { .. })) => usize::MAX,
-            (None, _) => return self.respond(itt, Err(Sense::LUN_NOT_SUPPORTED), edtl, 0, 0),
+            (None, _) => {
+                return self.refuse(refused, Refusal::Check(Sense::LUN_NOT_SUPPORTED, 0));
+            }
         };
         // A write-protected logical unit (a volume that refuses updates) terminates a command
         // that would modify its medium with DATA PROTECT / WRITE PROTECTED before anything
@@ -347,11 +356,11 @@ impl IscsiConn {
             && scsi::modifies_medium(r.cdb()[0])
             && self.lun_read_only(env, lun_idx)
         {
-            return self.respond(itt, Err(Sense::WRITE_PROTECTED), edtl, 0, 0);
+            return self.refuse(refused, Refusal::Check(Sense::WRITE_PROTECTED, 0));
         }
         let cmd = match cmd {
             Ok(c) => c,
-            Err(s) => return self.respond(itt, Err(s), edtl, 0, 0),
+            Err(s) => return self.refuse(refused, Refusal::Check(s, 0)),
         };
         let vol = self
             .target
@@ -360,21 +369,15 @@ impl IscsiConn {
             .map_or(usize::MAX, |l| l.volume);
         if lun_idx != usize::MAX {
             if let Some(s) = self.unit_attention(env, lun_idx, &cmd) {
-                return self.respond(itt, Err(s), edtl, 0, 0);
+                return self.refuse(refused, Refusal::Check(s, 0));
             }
             if reserve_conflict(self.reserve_view(lun_idx), &cmd) {
-                let h = Bhs::new(op::SCSI_RSP, 0x80)
-                    .byte(3, status::RESERVATION_CONFLICT)
-                    .itt(itt);
-                return self.put_status(h, &[]);
+                return self.refuse(refused, Refusal::Conflict);
             }
             if let Some(write) = pr_class(&cmd)
                 && !self.pr_allows(lun_idx, write)
             {
-                let h = Bhs::new(op::SCSI_RSP, 0x80)
-                    .byte(3, status::RESERVATION_CONFLICT)
-                    .itt(itt);
-                return self.put_status(h, &[]);
+                return self.refuse(refused, Refusal::Conflict);
             }
             if !allowed_when_unavailable(&cmd) {
                 match self.host_path(
@@ -383,10 +386,10 @@ impl IscsiConn {
                         .expect("a session\'s volumes are served while it is registered"),
                 ) {
                     PathState::Inaccessible => {
-                        return self.respond(itt, Err(Sense::ALUA_UNAVAILABLE), edtl, 0, 0);
+                        return self.refuse(refused, Refusal::Check(Sense::ALUA_UNAVAILABLE, 0));
                     }
                     PathState::Transitioning => {
-                        return self.respond(itt, Err(Sense::ALUA_TRANSITION), edtl, 0, 0);
+                        return self.refuse(refused, Refusal::Check(Sense::ALUA_TRANSITION, 0));
                     }
                     _ => {}
                 }
@@ -406,7 +409,7 @@ impl IscsiConn {
         if let Cmd::CompareAndWrite(rw) = cmd
             && rw.blocks > u32::from(pages::MAX_CAW_BLOCKS)
         {
-            return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, 0, 0);
+            return self.refuse(refused, Refusal::Check(Sense::INVALID_FIELD_CDB, 0));
         }
         // A WRITE whose EDTL differs from its transfer length writes the whole blocks both
         // cover and reports the residual (RFC 7143 §11.4.5.2); other commands that carry
@@ -416,7 +419,7 @@ impl IscsiConn {
             if matches!(cmd, Cmd::CompareAndWrite(_)) {
                 // Its NUMBER OF LOGICAL BLOCKS disagrees with the data sent (e.g. 256 blocks
                 // wrapped to 0 in the one-byte field).
-                return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, out_len, 0);
+                return self.refuse(refused, Refusal::Check(Sense::INVALID_FIELD_CDB, out_len));
             }
             let s = Sense {
                 key: scsi::key::ILLEGAL_REQUEST,
@@ -425,7 +428,7 @@ impl IscsiConn {
                 info: None,
                 field: None,
             };
-            return self.respond(itt, Err(s), edtl, out_len, 0);
+            return self.refuse(refused, Refusal::Check(s, out_len));
         }
         let want = if wr {
             out_len.min(u64::from(edtl)) as u32
@@ -435,7 +438,7 @@ impl IscsiConn {
         // Data-Out is gathered in memory: more than one transfer's worth is refused before any
         // of it is asked for (a lying EDTL cannot make the target allocate gigabytes).
         if want > pages::MAX_XFER_BYTES {
-            return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, out_len, 0);
+            return self.refuse(refused, Refusal::Check(Sense::INVALID_FIELD_CDB, out_len));
         }
         let scsi_len = if wr || out_len > 0 { out_len } else { 0 };
         // Data beyond what the command takes (up to the EDTL) is received and dropped.
@@ -497,115 +500,6 @@ impl IscsiConn {
         })
     }
 
-    /// Collect more data (send an R2T) or execute.
-    fn advance(&mut self, env: &mut Env<'_>, slot: u32) {
-        let max_burst = self.params.max_burst;
-        let Some(t) = self.tasks.get_mut(slot as usize) else {
-            return;
-        };
-        let got = t.recv;
-        if (t.buf.len() as u32) < t.want {
-            if t.unsolicited || t.r2t.is_some() {
-                return;
-            }
-            let len = (t.want - got).min(max_burst);
-            let ttt = self.next_ttt;
-            self.next_ttt = self.next_ttt.wrapping_add(1);
-            if self.next_ttt == NO_TAG || self.next_ttt == 0 {
-                self.next_ttt = 1;
-            }
-            t.r2t = Some((ttt, got, len));
-            t.data_sn = 0;
-            let sn = t.r2t_sn;
-            t.r2t_sn += 1;
-            let h = Bhs::new(op::R2T, 0x80)
-                .lun(t.lun)
-                .itt(t.itt)
-                .u32(20, ttt)
-                .u32(24, self.stat_sn)
-                .u32(28, self.exp())
-                .u32(32, self.max_cmd_sn())
-                .u32(36, sn)
-                .u32(40, got)
-                .u32(44, len);
-            self.put(h, &[]);
-            return;
-        }
-        if t.unsolicited {
-            // All the data came unsolicited but the F bit is still to come: wait for it.
-            return;
-        }
-        self.execute(env, slot);
-    }
-
-    /// A Data-Out PDU.
-    pub(super) fn data_out(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) {
-        let itt = r.itt();
-        let ttt = r.w20();
-        let Some((slot, _)) = self.tasks.iter().find(|(_, t)| t.itt == itt) else {
-            // The task is gone (answered early, or aborted): its data is dropped.
-            return;
-        };
-        let slot = slot as u32;
-        let first_burst = self.params.first_burst;
-        let t = &mut self.tasks[slot as usize];
-        if t.stage != Stage::Collect {
-            return self.reject(env, reject::PROTOCOL, r.0);
-        }
-        let got = t.recv;
-        let limit = match t.r2t {
-            Some((tt, off, len)) if ttt == tt => off + len,
-            None if ttt == NO_TAG && t.unsolicited => t.edtl.min(first_burst),
-            _ => return self.reject(env, reject::INVALID_FIELD, r.0),
-        };
-        let what = if r.u32_at(36) != t.data_sn {
-            Some("Data-Out with a wrong DataSN")
-        } else if r.u32_at(40) != got {
-            Some("Data-Out out of order")
-        } else if u64::from(got) + data.len() as u64 > u64::from(limit) {
-            Some("Data-Out beyond the burst or the expected length")
-        } else {
-            None
-        };
-        if let Some(what) = what {
-            return self.sequence_error(env, slot, r, what);
-        }
-        let keep = (t.want as usize)
-            .saturating_sub(t.buf.len())
-            .min(data.len());
-        t.buf.extend_from_slice(&data[..keep]);
-        t.recv += data.len() as u32;
-        t.data_sn += 1;
-        let now = t.recv;
-        if r.fin() {
-            if ttt == NO_TAG {
-                t.unsolicited = false;
-                t.data_sn = 0;
-            } else if now != limit {
-                return self.sequence_error(
-                    env,
-                    slot,
-                    r,
-                    "Data-Out sequence ended before its R2T was filled",
-                );
-            } else {
-                t.r2t = None;
-            }
-        } else if now == limit && ttt != NO_TAG {
-            return self.sequence_error(env, slot, r, "Data-Out filled its R2T without the F bit");
-        }
-        self.advance(env, slot);
-    }
-
-    /// A Data-Out that breaks its sequence: at ErrorRecoveryLevel 0 the sequence cannot be
-    /// recovered, so the PDU is rejected and its task ends with CHECK CONDITION (ABORTED
-    /// COMMAND / DATA PHASE ERROR); later Data-Out of the task is dropped.
-    fn sequence_error(&mut self, env: &mut Env<'_>, slot: u32, r: Req<'_>, what: &str) {
-        tracing::debug!(conn = env.key, what, "iSCSI data sequence error");
-        self.reject(env, reject::PROTOCOL, r.0);
-        self.complete(slot, Err(Sense::DATA_PHASE_ERROR));
-    }
-
     /// Finish a task at once (no device operation in flight).
     pub(super) fn complete(&mut self, slot: u32, result: Result<(), Sense>) {
         let Some(t) = self.tasks.try_remove(slot as usize) else {
@@ -638,7 +532,7 @@ impl IscsiConn {
     }
 
     /// Execute a task whose data is whole.
-    fn execute(&mut self, env: &mut Env<'_>, slot: u32) {
+    pub(super) fn execute(&mut self, env: &mut Env<'_>, slot: u32) {
         let Some(t) = self.tasks.get(slot as usize) else {
             return;
         };
