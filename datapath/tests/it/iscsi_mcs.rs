@@ -731,3 +731,65 @@ fn a_command_held_behind_a_closed_connections_command_runs() {
     }
     assert!(got20, "CmdSN sn+2 held on A ran");
 }
+
+/// A leading login (TSIH 0) of the same initiator port (InitiatorName and ISID) to the same
+/// target reinstates the session (RFC 7143 §6.3.5): the old session's connections are closed
+/// (its tasks terminated), its RESERVE released with its I_T nexus, its TSIH no longer
+/// joinable; the new session serves. A login with another ISID is another session and is
+/// left alone. (Before, a second session ran beside the old one, which kept its tasks and its
+/// RESERVE: the new session's READ met RESERVATION CONFLICT.)
+#[test]
+fn a_new_leading_login_of_the_same_initiator_port_reinstates_the_session() {
+    let (_d, addr) = daemon2();
+    let other_isid = [0x80, 0, 0, 0x4d, 0x43, 2];
+    let (mut other, _, _) = lead(addr, NAME, other_isid);
+    let (mut a, old_tsih, _) = lead(addr, NAME, ISID);
+    let t = Instant::now();
+    while status_of(&mut a, 1, &TUR, 0).0 != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    // RESERVE(6), and a write waiting for its data.
+    assert_eq!(
+        status_of(&mut a, 2, &[0x16, 0, 0, 0, 0, 0], 0).0,
+        0,
+        "RESERVE"
+    );
+    let _ttt = write_waiting(&mut a, 3, 64);
+    let (mut b, new_tsih, keys) = lead(addr, NAME, ISID);
+    assert_ne!(new_tsih, old_tsih, "{keys}");
+    assert!(
+        closed_soon(&mut a),
+        "the old session's connection is closed"
+    );
+    let t = Instant::now();
+    loop {
+        let st = status_of(&mut b, 10, &TUR, 0).0;
+        if st == 0 {
+            break;
+        }
+        assert_ne!(
+            st, 0x18,
+            "RESERVATION CONFLICT: the old session's RESERVE survived"
+        );
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    let data = pattern(8, 16 * 512);
+    b.scsi(11, &write10(64, 16), 16 * 512, 0xA0, &data);
+    assert_eq!(response(&mut b, 11), 0, "the new session writes");
+    assert!(read_blocks(&mut b, 12, 64, 16) == data);
+    // The old TSIH cannot be joined.
+    let (_r, l) = login(addr, NAME, ISID, old_tsih, 1, Some(IQN), 1);
+    assert_ne!(l.status, (0, 0), "joined the reinstated session");
+    // The session of the other ISID still serves.
+    let t = Instant::now();
+    loop {
+        let st = status_of(&mut other, 20, &TUR, 0).0;
+        if st == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the other session stopped: {st}"
+        );
+    }
+}

@@ -235,3 +235,22 @@ fn a_lun_reset_keeps_held_commands_of_other_lus() {
     );
     drop(d);
 }
+
+/// A session that has not sent a command to the logical unit yet still hears of a LOGICAL
+/// UNIT RESET made after its login: its first command gets UNIT ATTENTION 29h/03h (SAM-5: the
+/// reset sets it for every I_T nexus). (Before, the unit attention was raised only for
+/// sessions that had used the unit.)
+#[test]
+fn a_lun_reset_reaches_a_session_that_has_not_used_the_unit_yet() {
+    let (_d, addr) = crate::iscsi::daemon("16MiB");
+    let mut quiet = Raw::login_as(addr, "iqn.2026-12.test:quiet");
+    let mut b = session(addr, "iqn.2026-12.test:resetter");
+    assert_eq!(lun_reset(&mut b, 50), 0, "LUN RESET complete");
+    let s = status_of(&mut quiet, 1, &TUR, 0);
+    assert_eq!(
+        (s.0, s.1, s.2, s.3),
+        (2, 6, 0x29, 0x03),
+        "the reset's unit attention"
+    );
+    assert_eq!(status_of(&mut quiet, 2, &TUR, 0).0, 0, "reported once");
+}

@@ -32,7 +32,13 @@
 //!   reset) fails the session: at ErrorRecoveryLevel 0 recovery is session recovery (RFC 7143
 //!   §7.1.5, §7.12), so its other connections are closed too and their tasks terminated. A
 //!   login with the CID of a connection of the session reinstates it: the old connection is
-//!   closed first (tasks terminated, no answers), the session stays.
+//!   closed first (tasks terminated, no answers), the session stays. A leading login (TSIH 0)
+//!   of the same initiator port (InitiatorName and ISID) to the same target reinstates the
+//!   *session* (RFC 7143 §6.3.5): the old session leaves the daemon-wide table at once and
+//!   its connections, wherever they run, are closed as by "close the session" (tasks
+//!   terminated, no answers; the last carries the I_T nexus loss, releasing a RESERVE). The
+//!   close reaches them by note, so a command of the new session that arrives before the
+//!   old connections' reactor turn may still meet the old session's RESERVE.
 //!
 //! - A held command whose connection leaves (Logout, reinstatement) or that ABORT TASK names
 //!   is terminated but keeps its place: its CmdSN is passed over when ExpCmdSN reaches it, so
@@ -71,6 +77,10 @@ pub struct SessEntry {
     pub initiator: String,
     /// TargetName.
     pub target: String,
+    /// Its connections on the home reactor: (CID, connection key). A leading login of the
+    /// same initiator port (name and ISID) to the same target reinstates the session: these
+    /// are closed ([`IscsiConn::reinstate_sessions`]).
+    pub members: Vec<(u16, u32)>,
 }
 
 /// A connection of a session.
@@ -408,6 +418,7 @@ impl IscsiConn {
             }
         };
         if normal {
+            let old = self.take_reinstated(&mut table, isid);
             table.insert(
                 tsih,
                 SessEntry {
@@ -417,12 +428,68 @@ impl IscsiConn {
                     isid,
                     initiator: self.initiator.clone(),
                     target: self.target.iqn.clone(),
+                    members: vec![(self.cid, env.key)],
                 },
             );
+            drop(table);
+            self.reinstate_sessions(env, old);
+        } else {
+            drop(table);
         }
-        drop(table);
         self.with_sess(|s| s.tsih = tsih);
+        if normal {
+            self.baseline_unit_attentions(env);
+        }
         tsih
+    }
+
+    /// Session reinstatement (RFC 7143 §6.3.5): the sessions of this initiator port (name and
+    /// ISID) with this target, taken out of `table` (a login naming their TSIH now fails).
+    fn take_reinstated(
+        &self,
+        table: &mut std::collections::HashMap<u16, SessEntry>,
+        isid: [u8; 6],
+    ) -> Vec<SessEntry> {
+        let old: Vec<u16> = table
+            .iter()
+            .filter(|(_, e)| {
+                e.isid == isid && e.initiator == self.initiator && e.target == self.target.iqn
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        old.iter().filter_map(|t| table.remove(t)).collect()
+    }
+
+    /// Close every connection of the reinstated sessions `old` (their tasks terminated, no
+    /// answers: the implicit logout of RFC 7143 §6.3.5); the last to close carries the
+    /// session's I_T nexus loss (a RESERVE it held is released).
+    pub(super) fn reinstate_sessions(&self, env: &Env<'_>, old: Vec<SessEntry>) {
+        for e in old {
+            tracing::info!(conn = env.key, initiator = %self.initiator,
+                connections = e.members.len(),
+                "iSCSI session reinstatement: a new leading login of the same initiator port closes the old session");
+            let Some(mb) = env.shared.mailboxes.get(e.reactor) else {
+                continue;
+            };
+            for (cid, key) in e.members {
+                mb.send(Msg::Note {
+                    to: NoteTo::Conn(key),
+                    note: Box::new(SessNote {
+                        nexus: e.nexus,
+                        cid,
+                        what: What::Close,
+                    }),
+                });
+            }
+        }
+    }
+
+    /// Keep the daemon-wide entry's member list in step (`f` edits it).
+    fn table_members(&self, f: impl FnOnce(&mut Vec<(u16, u32)>)) {
+        let mut table = self.sh.session_table();
+        if let Some(e) = table.values_mut().find(|e| e.nexus == self.nexus) {
+            f(&mut e.members);
+        }
     }
 
     /// A login adding a connection to session `slot` completed: its leading-only values, its
@@ -456,6 +523,10 @@ impl IscsiConn {
         self.sess = Some(slot);
         self.nexus = e.nexus;
         self.exp_cmd_sn = exp;
+        self.table_members(|m| {
+            m.retain(|&(c, _)| c != cid);
+            m.push((cid, key));
+        });
         if let Some(o) = old {
             tracing::info!(conn = env.key, cid, initiator = %self.initiator, "iSCSI connection reinstatement: the old connection of this CID is closed");
             self.tell(env, o, What::Close);
@@ -478,6 +549,7 @@ impl IscsiConn {
             }
         }
         let key = env.key;
+        self.table_members(|m| m.retain(|&(_, k)| k != key));
         let gone = self.with_sess(|s| {
             s.members.retain(|m| m.key != key);
             s.void(Some(key), None);

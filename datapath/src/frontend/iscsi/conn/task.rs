@@ -1253,6 +1253,26 @@ impl IscsiConn {
     /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE). A path-state change is
     /// one for a session the host list places only when the states it sees changed
     /// (`alua.rs`); the states are read only when a change count moved.
+    /// A new session's reference for its unit attentions: every logical unit's reset count
+    /// and path states as they are at its login, so a reset or a path change after it is
+    /// reported at the session's next command to that unit, whether or not it has used it
+    /// before (SAM-5: a logical unit reset sets a unit attention for every I_T nexus).
+    pub(super) fn baseline_unit_attentions(&mut self, env: &Env<'_>) {
+        let seen: Vec<alua::Seen> = (0..self.target.luns.len())
+            .map(|i| alua::Seen {
+                changes: self.path_changes(env, i),
+                resets: self.target.luns[i]
+                    .resets
+                    .load(std::sync::atomic::Ordering::Acquire),
+                view: self.lun_view(env, i),
+            })
+            .collect();
+        self.with_sess(|s| {
+            s.path_seen = seen.into_iter().map(Some).collect();
+            s.ua.resize(s.path_seen.len(), None);
+        });
+    }
+
     fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
         let resets = self.target.luns[i]
             .resets
