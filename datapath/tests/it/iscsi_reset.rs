@@ -254,3 +254,23 @@ fn a_lun_reset_reaches_a_session_that_has_not_used_the_unit_yet() {
     );
     assert_eq!(status_of(&mut quiet, 2, &TUR, 0).0, 0, "reported once");
 }
+
+/// TARGET COLD RESET closes every connection of the target, of every initiator (RFC 7143
+/// §11.5.1), not only the requester's; a new login is served afterwards. (Before, another
+/// initiator's session stayed connected.)
+#[test]
+fn a_target_cold_reset_closes_every_session_of_the_target() {
+    let (_d, addr) = crate::iscsi::daemon("16MiB");
+    let mut a = session(addr, "iqn.2026-12.test:bystander");
+    let mut b = session(addr, "iqn.2026-12.test:cold");
+    assert_eq!(tmf(&mut b, 60, 7), 0, "TARGET COLD RESET complete");
+    for (r, who) in [
+        (&mut a, "the other initiator's"),
+        (&mut b, "the requester's"),
+    ] {
+        r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(r.closed(), "{who} connection left open after a cold reset");
+    }
+    let mut c = session(addr, "iqn.2026-12.test:after");
+    assert_eq!(status_of(&mut c, 2, &TUR, 0).0, 0);
+}

@@ -465,9 +465,9 @@ impl IscsiConn {
     /// session's I_T nexus loss (a RESERVE it held is released).
     pub(super) fn reinstate_sessions(&self, env: &Env<'_>, old: Vec<SessEntry>) {
         for e in old {
-            tracing::info!(conn = env.key, initiator = %self.initiator,
+            tracing::info!(conn = env.key, initiator = %e.initiator,
                 connections = e.members.len(),
-                "iSCSI session reinstatement: a new leading login of the same initiator port closes the old session");
+                "iSCSI session closed: reinstated by a new leading login of the same initiator port, or a target cold reset");
             let Some(mb) = env.shared.mailboxes.get(e.reactor) else {
                 continue;
             };
@@ -482,6 +482,25 @@ impl IscsiConn {
                 });
             }
         }
+    }
+
+    /// A TARGET COLD RESET: every other session of this target, of any initiator, leaves the
+    /// table and its connections are closed (as a reinstated session's: tasks terminated, no
+    /// answers, the nexus loss carried by the last).
+    pub(super) fn close_target_sessions(&self, env: &Env<'_>) {
+        let mut table = self.sh.session_table();
+        let others: Vec<u16> = table
+            .iter()
+            .filter(|(_, e)| e.target == self.target.iqn && e.nexus != self.nexus)
+            .map(|(t, _)| *t)
+            .collect();
+        let old: Vec<SessEntry> = others.iter().filter_map(|t| table.remove(t)).collect();
+        drop(table);
+        if !old.is_empty() {
+            tracing::warn!(conn = env.key, initiator = %self.initiator, sessions = old.len(),
+                "iSCSI TARGET COLD RESET: closing every session of the target");
+        }
+        self.reinstate_sessions(env, old);
     }
 
     /// Keep the daemon-wide entry's member list in step (`f` edits it).

@@ -574,6 +574,12 @@ impl IscsiConn {
                         }
                     }
                 }
+                if func == 7 {
+                    // RFC 7143 §11.5.1: a cold reset also closes every connection of the
+                    // target's other sessions, of every initiator (this one closes once its
+                    // answer is out).
+                    self.close_target_sessions(env);
+                }
                 tmf_rsp::COMPLETE
             }
             3 | 9 | 10 | 12 => tmf_rsp::NOT_SUPPORTED,
