@@ -274,3 +274,51 @@ fn a_target_cold_reset_closes_every_session_of_the_target() {
     let mut c = session(addr, "iqn.2026-12.test:after");
     assert_eq!(status_of(&mut c, 2, &TUR, 0).0, 0);
 }
+
+/// An immediate ABORT TASK SET whose CmdSN is past a gap (RFC 7143 §11.5.1): the command held
+/// behind the gap and the one that fills it (both to the LU, both before the TMF) are aborted,
+/// never answered (TAS=0), nothing is written, and the TMF answer comes only once the gap is
+/// filled; the next command runs. (Before, the TMF was answered at once and the held WRITE
+/// ran GOOD once the gap was filled.)
+#[test]
+fn abort_task_set_aborts_the_commands_still_in_a_cmd_sn_gap() {
+    let (_d, addr) = crate::iscsi::daemon("16MiB");
+    let mut r = session(addr, "iqn.2026-12.test:gap");
+    let exp = r.cmd_sn;
+    // CmdSN exp is left missing; a WRITE with immediate data waits behind it.
+    r.cmd_sn = exp + 1;
+    r.scsi(30, &write10(8, 1), 512, 0xA0, &[0xEE; 512]);
+    // Immediate ABORT TASK SET, CmdSN exp + 2.
+    let mut h = bhs(0x42, 0x80 | 2);
+    put32(&mut h, 16, 31);
+    put32(&mut h, 20, 0xFFFF_FFFF);
+    put32(&mut h, 24, exp + 2);
+    r.send(h, &[]);
+    r.s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        r.read_pdu().is_none(),
+        "the TMF answered before the commands before it came"
+    );
+    r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The gap is filled by a WRITE to the same LU: aborted too.
+    r.cmd_sn = exp;
+    r.scsi(32, &write10(9, 1), 512, 0xA0, &[0xDD; 512]);
+    let (h, _) = r.read_pdu().expect("the TMF Response");
+    assert_eq!(
+        h[0] & 0x3F,
+        0x22,
+        "TMF Response first, got opcode {:#x}",
+        h[0]
+    );
+    assert_eq!(
+        (u32::from_be_bytes(h[16..20].try_into().unwrap()), h[2]),
+        (31, 0)
+    );
+    r.cmd_sn = exp + 2;
+    assert_eq!(
+        read_blocks(&mut r, 33, 8, 2),
+        vec![0; 1024],
+        "an aborted write was written"
+    );
+}

@@ -114,6 +114,10 @@ pub(super) struct Session {
     pub(super) ua: Vec<Option<Sense>>,
     /// Path-state change and reset counts and the ALUA states last seen, per LUN index.
     pub(super) path_seen: Vec<Option<super::alua::Seen>>,
+    /// Immediate task-set TMFs waiting for the commands before them (RFC 7143 §11.5.1: a
+    /// task set's commands with a lower CmdSN, still in a gap, are aborted on arrival, and the
+    /// answer waits until they all came): (the TMF's CmdSN, its LUN; `None`: every LUN).
+    pub(super) abort_prior: Vec<(u32, Option<[u8; 8]>)>,
 }
 
 /// The owner of a held command that was terminated (see [`Session::held`]).
@@ -135,6 +139,26 @@ impl Session {
 }
 
 impl Session {
+    /// A command with CmdSN `sn` to `lun` that arrived after a task-set TMF with a higher
+    /// CmdSN for its LUN (or every LUN): aborted on arrival (see `abort_prior`).
+    pub(super) fn aborted_before(&self, sn: u32, lun: &[u8; 8]) -> bool {
+        self.abort_prior
+            .iter()
+            .any(|(n, l)| crate::frontend::iscsi::pdu::sn_lt(sn, *n) && l.is_none_or(|l| l == *lun))
+    }
+
+    /// Terminate the held commands with a CmdSN below `n` addressed to `lun` (`None`: any).
+    pub(super) fn void_before(&mut self, n: u32, lun: Option<&[u8; 8]>) {
+        for (sn, (k, pdu)) in self.held.iter_mut() {
+            if crate::frontend::iscsi::pdu::sn_lt(*sn, n)
+                && lun.is_none_or(|l| pdu.get(8..16) == Some(&l[..]))
+            {
+                *k = VOID;
+                *pdu = Vec::new();
+            }
+        }
+    }
+
     /// Terminate the held commands addressed to logical unit `lun` (a LOGICAL UNIT RESET: the
     /// session's commands to its other LUs keep waiting for their turn). The held copy is the
     /// command's PDU: its LUN field is bytes 8..16.
@@ -404,6 +428,7 @@ impl IscsiConn {
             reserved_luns: Vec::new(),
             ua: Vec::new(),
             path_seen: Vec::new(),
+            abort_prior: Vec::new(),
         };
         let slot = SESSIONS.with(|t| t.borrow_mut().insert(s));
         self.sess = Some(slot);

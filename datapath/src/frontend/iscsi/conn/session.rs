@@ -47,6 +47,9 @@ pub(crate) struct TmfWait {
     /// ABORT TASK of a task not on this connection: set when another connection of the
     /// session had it (the answer is then "function complete").
     found: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// An immediate task-set TMF with this CmdSN: answered once every command before it has
+    /// come (ExpCmdSN reached it; those of its task set aborted on arrival).
+    until_sn: Option<u32>,
 }
 
 /// How a reset was carried to the volume's other site.
@@ -471,6 +474,7 @@ impl IscsiConn {
         let mut settles = Vec::new();
         let mut origins = Vec::new();
         let mut found = None;
+        let mut until_sn = None;
         let code = match func {
             1 => {
                 let rtt = r.w20();
@@ -508,6 +512,16 @@ impl IscsiConn {
             }
             2 | 4 | 5 if !lun_ok => tmf_rsp::NO_LUN,
             2 | 4 | 5 | 6 | 7 | 11 => {
+                if r.immediate() && func != 11 && sn_lt(self.exp(), tmf_sn) {
+                    // Commands before the TMF are still in a CmdSN gap: those of its task set
+                    // are aborted, held or on arrival, and the answer waits for them all.
+                    let which = (func <= 5).then_some(lun);
+                    self.with_sess(|s| {
+                        s.void_before(tmf_sn, which.as_ref());
+                        s.abort_prior.push((tmf_sn, which));
+                    });
+                    until_sn = Some(tmf_sn);
+                }
                 let slots: Vec<usize> = self
                     .tasks
                     .iter()
@@ -595,6 +609,7 @@ impl IscsiConn {
             settles,
             origins,
             found,
+            until_sn,
         });
         self.finish_tmfs();
     }
@@ -631,7 +646,16 @@ impl IscsiConn {
             let w = &mut self.tmf_wait[i];
             w.slots.retain(|&s| tasks.contains(s as usize));
             w.settles.retain(|s| !s.done());
-            if w.slots.is_empty() && w.settles.is_empty() {
+            if let Some(n) = w.until_sn {
+                // Every command before it came: its task set's were aborted on arrival.
+                let exp = self.exp();
+                if sn_le(n, exp) {
+                    self.with_sess(|s| s.abort_prior.retain(|(m, _)| *m != n));
+                    self.tmf_wait[i].until_sn = None;
+                }
+            }
+            let w = &self.tmf_wait[i];
+            if w.slots.is_empty() && w.settles.is_empty() && w.until_sn.is_none() {
                 let TmfWait {
                     itt,
                     mut code,

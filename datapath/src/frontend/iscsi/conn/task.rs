@@ -319,6 +319,15 @@ impl IscsiConn {
             return;
         }
         let lun = r.lun();
+        if !r.immediate()
+            && self
+                .with_sess(|s| s.aborted_before(r.cmd_sn(), &lun))
+                .unwrap_or(false)
+        {
+            // A task-set TMF with a higher CmdSN came first (see `Session::abort_prior`):
+            // aborted on arrival, never answered (TAS=0); its Data-Out is dropped.
+            return;
+        }
         // Answered once the unsolicited Data-Out still owed has come (`dataout.rs`).
         let refused: dataout::Refused = (itt, lun, edtl, wr && !fin);
         if (!data.is_empty() && !self.params.immediate_data) || (!fin && self.params.initial_r2t) {
