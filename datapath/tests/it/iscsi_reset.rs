@@ -322,3 +322,29 @@ fn abort_task_set_aborts_the_commands_still_in_a_cmd_sn_gap() {
         "an aborted write was written"
     );
 }
+
+/// CLEAR TASK SET clears the logical unit's one task set (TST=000b): another I_T nexus's
+/// task is aborted (never answered, its data dropped, nothing written) and that nexus's next
+/// command reports COMMANDS CLEARED BY ANOTHER INITIATOR (2Fh/00h), once. (Before, only the
+/// requester's own tasks were aborted and the other's write completed GOOD.)
+#[test]
+fn clear_task_set_aborts_the_tasks_of_every_nexus_of_the_unit() {
+    let (_d, addr) = crate::iscsi::daemon("16MiB");
+    let mut a = session(addr, "iqn.2026-12.test:victim");
+    let mut b = session(addr, "iqn.2026-12.test:clearer");
+    let ttt = write_waiting_for_data(&mut a, 40, 128);
+    assert_eq!(tmf(&mut b, 70, 4), 0, "CLEAR TASK SET complete");
+    data_out(&mut a, 40, ttt, &[0xEE; 64 * 512]);
+    let s = status_of(&mut a, 41, &TUR, 0);
+    assert_eq!(
+        (s.0, s.1, s.2, s.3),
+        (2, 6, 0x2F, 0x00),
+        "the first answer after the clear is the TUR's unit attention (not the write's status)"
+    );
+    assert_eq!(status_of(&mut a, 42, &TUR, 0).0, 0, "reported once");
+    assert_eq!(
+        read_blocks(&mut b, 71, 128, 64),
+        vec![0; 64 * 512],
+        "the cleared write was written"
+    );
+}

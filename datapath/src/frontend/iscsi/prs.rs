@@ -423,6 +423,16 @@ impl PrState {
             .map(|(f, vol)| f.abort(*vol, self.id(), waiter))
     }
 
+    /// [`Self::abort_here`] for a CLEAR TASK SET (this site's sessions only).
+    pub fn clear_here(
+        &self,
+        waiter: Option<(std::sync::Arc<crate::runtime::Mailbox>, u32)>,
+    ) -> Option<std::sync::Arc<super::reset::Settle>> {
+        self.fanout
+            .get()
+            .map(|(f, vol)| f.abort_as(*vol, self.id(), waiter, true))
+    }
+
     /// The fan-outs started since the last call (the mirror engine waits for them).
     pub fn take_settles(&self) -> Vec<std::sync::Arc<super::reset::Settle>> {
         std::mem::take(&mut *self.settles.lock().unwrap_or_else(|e| e.into_inner()))

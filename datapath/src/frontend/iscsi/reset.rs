@@ -91,6 +91,9 @@ pub struct LuAbort {
     /// The logical unit: its reservation state's address (`prs::PrState::id`).
     pub lu: usize,
     settle: Option<Arc<Settle>>,
+    /// A CLEAR TASK SET of another I_T nexus, not a reset: a session that had tasks aborted
+    /// reports COMMANDS CLEARED BY ANOTHER INITIATOR (SAM-5, TAS=0).
+    pub clear: bool,
 }
 
 impl LuAbort {
@@ -132,6 +135,17 @@ impl Fanout {
     /// unit `lu` (its reservation state's `id`); the returned settle is done once they all have
     /// (`waiter` is then told).
     pub fn abort(&self, vol: usize, lu: usize, waiter: Option<(Arc<Mailbox>, u32)>) -> Arc<Settle> {
+        self.abort_as(vol, lu, waiter, false)
+    }
+
+    /// [`Self::abort`] for a reset (`clear` false) or a CLEAR TASK SET (`clear`).
+    pub fn abort_as(
+        &self,
+        vol: usize,
+        lu: usize,
+        waiter: Option<(Arc<Mailbox>, u32)>,
+        clear: bool,
+    ) -> Arc<Settle> {
         let settle = Settle::new(waiter);
         let mut sent = 0usize;
         for (_, rec) in self.hosts.list() {
@@ -148,6 +162,7 @@ impl Fanout {
                 note: Box::new(LuAbort {
                     lu,
                     settle: Some(Arc::clone(&settle)),
+                    clear,
                 }),
             });
         }

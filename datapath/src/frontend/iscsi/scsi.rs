@@ -432,6 +432,9 @@ impl Sense {
     pub const ALUA_CHANGED: Self = Self::new(key::UNIT_ATTENTION, 0x2A, 0x06);
     /// UNIT ATTENTION / BUS DEVICE RESET FUNCTION OCCURRED (a LUN or target reset).
     pub const RESET_OCCURRED: Self = Self::new(key::UNIT_ATTENTION, 0x29, 0x03);
+    /// UNIT ATTENTION / COMMANDS CLEARED BY ANOTHER INITIATOR (a CLEAR TASK SET of another
+    /// I_T nexus aborted this one's tasks; SAM-5, TAS=0).
+    pub const COMMANDS_CLEARED: Self = Self::new(key::UNIT_ATTENTION, 0x2F, 0x00);
     /// I_T NEXUS LOSS OCCURRED (29h/07h).
     pub const NEXUS_LOSS: Self = Self::new(key::UNIT_ATTENTION, 0x29, 0x07);
     /// ABORTED COMMAND / DATA PHASE ERROR (a data transfer the target cannot accept).

@@ -446,6 +446,19 @@ impl IscsiConn {
             .map(|(s, _)| s)
             .collect();
         let aborted = slots.len();
+        if n.clear && aborted > 0 {
+            // SAM-5 (TAS=0): COMMANDS CLEARED BY ANOTHER INITIATOR, once, on the next command.
+            let cleared: Vec<usize> = slots.iter().map(|&s| self.tasks[s].lun_idx).collect();
+            self.with_sess(|s| {
+                for i in cleared {
+                    if s.ua.len() <= i {
+                        s.ua.resize(i + 1, None);
+                        s.path_seen.resize(i + 1, None);
+                    }
+                    s.ua[i].get_or_insert(crate::frontend::iscsi::scsi::Sense::COMMANDS_CLEARED);
+                }
+            });
+        }
         let mut wait = Vec::new();
         for s in slots {
             wait.extend(self.abort_task(s));
@@ -454,7 +467,8 @@ impl IscsiConn {
             initiator = %self.initiator,
             aborted,
             at_device = wait.len(),
-            "iscsi: tasks aborted by a logical unit reset of another I_T nexus"
+            clear = n.clear,
+            "iscsi: tasks aborted by a logical unit reset or CLEAR TASK SET of another I_T nexus"
         );
         if !wait.is_empty() {
             self.abort_wait.push((Box::new(n), wait));
@@ -585,6 +599,21 @@ impl IscsiConn {
                                     settles.extend(l.pr.abort_here(Some(me.clone())));
                                 }
                             }
+                        }
+                    }
+                }
+                if func == 4 {
+                    // One task set per logical unit (TST=000b): its tasks of every I_T nexus
+                    // at this site are aborted too (SAM-5; a mirrored volume's other site is
+                    // not reached), and the answer waits for them.
+                    let n = crate::frontend::iscsi::pages::lun_of(&lun);
+                    let target = Arc::clone(&self.target);
+                    let me = (Arc::clone(&env.shared.mailboxes[env.io.reactor]), env.key);
+                    for (i, l) in target.luns.iter().enumerate() {
+                        if Some(l.lun) == n {
+                            l.pr.set_origin(&self.res, true);
+                            origins.push(i);
+                            settles.extend(l.pr.clear_here(Some(me.clone())));
                         }
                     }
                 }
