@@ -130,3 +130,61 @@ fn a_rejected_command_does_not_take_its_cmd_sn() {
     assert_eq!((h[0] & 0x3F, h[3]), (0x21, 0), "the resent command runs");
     assert_eq!(read_blocks(&mut r, 3, 0, 1), data);
 }
+
+/// A COMPARE AND WRITE of one block at `lba`: compare `cmp`, write `data`; the SCSI
+/// Response's status and its sense data (empty when GOOD).
+fn compare_and_write(r: &mut Raw, itt: u32, lba: u32, cmp: &[u8], data: &[u8]) -> (u8, Vec<u8>) {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x89;
+    cdb[2..10].copy_from_slice(&u64::from(lba).to_be_bytes());
+    cdb[13] = 1;
+    let mut both = cmp.to_vec();
+    both.extend_from_slice(data);
+    r.scsi(itt, &cdb, both.len() as u32, 0xA0, &both);
+    let (h, d) = r.read_pdu().expect("SCSI Response");
+    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response, got opcode {:#x}", h[0]);
+    (h[3], d)
+}
+
+/// The miscompare of COMPARE AND WRITE reports the offset of the first byte that differs in
+/// INFORMATION, VALID set (SBC-3 §5.2), on a plain volume and on a mirrored one (whose
+/// compare is decided by the mirror). (Before, VALID was 0 and INFORMATION 0.)
+#[test]
+fn a_compare_and_write_miscompare_reports_the_offset_of_the_first_difference() {
+    let check = |r: &mut Raw, who: &str| {
+        let block = pattern(21, 512);
+        let t = std::time::Instant::now();
+        loop {
+            // (A mirrored site may answer a unit attention or path state first.)
+            let (st, _) = compare_and_write(r, 1, 4, &[0; 512], &block);
+            if st == 0 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{who}: never GOOD");
+        }
+        let mut wrong = block.clone();
+        wrong[100] ^= 0xFF;
+        wrong[300] ^= 0xFF;
+        let (st, d) = compare_and_write(r, 2, 4, &wrong, &[0x55; 512]);
+        assert_eq!(st, 0x02, "{who}: CHECK CONDITION");
+        let sense = &d[2..];
+        assert_eq!(
+            (sense[0] & 0x80, sense[2] & 0x0F, sense[12], sense[13]),
+            (0x80, 0x0E, 0x1D, 0x00),
+            "{who}: VALID, MISCOMPARE DURING VERIFY OPERATION"
+        );
+        assert_eq!(
+            u32::from_be_bytes(sense[3..7].try_into().unwrap()),
+            100,
+            "{who}: INFORMATION = offset of the first differing byte"
+        );
+        assert_eq!(read_blocks(r, 3, 4, 1), block, "{who}: unchanged");
+    };
+    let (_d, addr) = daemon("16MiB");
+    let mut r = login_with(addr, &[]);
+    check(&mut r, "a plain volume");
+    let root = tempfile::tempdir().unwrap();
+    let (_a, ia, _b, _ib) = crate::iscsi::two_sites(root.path(), "");
+    let mut r = login_with(ia, &[]);
+    check(&mut r, "a mirrored volume");
+}

@@ -351,6 +351,9 @@ enum Stage {
     Writing,
     /// Pair: handed whole to the volume's stack (a mirrored volume: decided by the leader).
     Delegated,
+    /// Pair: the stack answered a miscompare; reading the range again to find the first
+    /// byte that differs (SCSI's INFORMATION field; only for the answer).
+    Locating,
     /// Access: device operation `n` of the item running.
     Op(usize),
 }
@@ -446,6 +449,9 @@ impl Home {
                     let Some(chan) = env.chans.get_mut(vol) else {
                         return;
                     };
+                    // A miscompare's answer carries the offset of the first byte that differs
+                    // (8 bytes, little endian; iSCSI reports it in INFORMATION, SBC-3 §5.2).
+                    let mut located = Vec::new();
                     let outcome: Option<(Status, Status)> = match (self.stage, self.last.take()) {
                         (Stage::Start, _) => {
                             if !sec.drained() {
@@ -482,6 +488,7 @@ impl Home {
                         )),
                         (Stage::Reading, Some(Ok(()))) => {
                             if self.rbuf != f.cmp {
+                                located = first_difference(&self.rbuf, &f.cmp);
                                 Some((Status::COMPARE_FAILED, Status::ABORTED_FUSED_FAIL))
                             } else {
                                 self.stage = Stage::Writing;
@@ -491,6 +498,27 @@ impl Home {
                                 }
                                 None
                             }
+                        }
+                        (Stage::Delegated, Some(Err(Errno::MISCOMPARE))) => {
+                            // Read what the stack compared against (a write since may change
+                            // it: the offset is only a report).
+                            self.stage = Stage::Locating;
+                            match chan.read(env.io, tag, f.off, f.cmp.len() as u32) {
+                                crate::bdev::ReadStart::Ready(d) => {
+                                    self.rbuf.clear();
+                                    self.rbuf.extend_from_slice(d);
+                                    self.last = Some(Ok(()));
+                                }
+                                crate::bdev::ReadStart::Failed(e) => self.last = Some(Err(e)),
+                                crate::bdev::ReadStart::Pending => self.in_flight = true,
+                            }
+                            None
+                        }
+                        (Stage::Locating, Some(r)) => {
+                            if r.is_ok() {
+                                located = first_difference(&self.rbuf, &f.cmp);
+                            }
+                            Some((Status::COMPARE_FAILED, Status::ABORTED_FUSED_FAIL))
                         }
                         (Stage::Delegated, Some(r)) => Some(match r {
                             Ok(()) => (Status::SUCCESS, Status::SUCCESS),
@@ -512,8 +540,8 @@ impl Home {
                         _ => return,
                     };
                     if let Some((s1, s2)) = outcome {
-                        Self::answer(&self.nv, env, f.from, s1, s2, Vec::new());
-                        if self.stage != Stage::Delegated {
+                        Self::answer(&self.nv, env, f.from, s1, s2, located);
+                        if !matches!(self.stage, Stage::Delegated | Stage::Locating) {
                             sec.end_fused();
                         }
                         self.queue.pop_front();
@@ -633,6 +661,15 @@ impl Conn for Home {
             self.stage
         )
     }
+}
+
+/// The offset of the first byte where `read` and `cmp` differ, as 8 bytes little endian
+/// (empty when they do not differ).
+fn first_difference(read: &[u8], cmp: &[u8]) -> Vec<u8> {
+    read.iter()
+        .zip(cmp)
+        .position(|(a, b)| a != b)
+        .map_or(Vec::new(), |p| (p as u64).to_le_bytes().to_vec())
 }
 
 #[cfg(test)]

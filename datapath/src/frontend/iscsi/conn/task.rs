@@ -1152,7 +1152,14 @@ impl IscsiConn {
             ..
         } = n
         {
-            let r = nv_sense(status).and(nv_sense(status2));
+            let mut r = nv_sense(status).and(nv_sense(status2));
+            if status == NvStatus::COMPARE_FAILED
+                && let Ok(at) = <[u8; 8]>::try_from(&data[..])
+            {
+                // The offset of the first byte that differs (SBC-3 §5.2: INFORMATION).
+                let at = u64::from_le_bytes(at);
+                r = Err(Sense::MISCOMPARE.with_info(u32::try_from(at).unwrap_or(u32::MAX)));
+            }
             let Some(t) = self.tasks.get_mut(slot as usize) else {
                 return;
             };
