@@ -170,6 +170,19 @@ impl ActLog {
         !self.after_durable.is_empty()
     }
 
+    /// Update `k` no longer waits for the survivor state (its initiator's timeout passed);
+    /// false when it did not wait. Its slot must not be found here once it is freed: a later
+    /// update in the same slot would be applied from this list too.
+    pub(super) fn unwait_alone(&mut self, k: usize) -> bool {
+        match self.after_durable.iter().position(|&x| x == k) {
+            Some(i) => {
+                self.after_durable.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Bytes per extent.
     pub(super) fn extent(&self) -> u64 {
         1 << self.shift

@@ -1365,6 +1365,12 @@ impl Engine {
             }
             let (from, tag) = self.ops[k].initiator.take().expect("checked");
             self.done.push((from, tag, Err(Errno::IO)));
+            if self.al.unwait_alone(k) {
+                // Waited for the survivor state on disk: applied nowhere, dropped.
+                let op = self.ops.remove(k);
+                self.recycle(op.data);
+                continue;
+            }
             if self.resync.as_mut().is_some_and(|r| r.undefer(k)) {
                 // Deferred by a resync's last pass: applied nowhere, dropped (the resync's
                 // end must not start a key that may be another op's by then).

@@ -653,3 +653,40 @@ fn released_writes_completing_inline_reenter_apply_done_safely() {
     run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
     assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
 }
+
+/// An update waiting for the survivor state on disk whose initiator's timeout passes leaves
+/// that wait with its slot: the slot, freed, is never taken from the wait again (a later
+/// update given the same slot would have been applied from it a second time). (Before, the
+/// key stayed in the list after the op was freed.)
+#[test]
+fn an_update_expired_while_waiting_for_the_survivor_state_leaves_that_wait() {
+    use crate::layer::mirror::failover::DENIED;
+    let mut p = pair();
+    break_link(&mut p.a, &mut p.b);
+    let now = Instant::now();
+    p.a.engine.tick(&mut p.io, now);
+    p.b.engine.tick(&mut p.io, now);
+    p.sa.epoch.store(1, SeqCst);
+    p.sa.outcome.store(GRANTED, SeqCst);
+    p.sb.outcome.store(DENIED, SeqCst);
+    p.a.engine.tick(&mut p.io, now);
+    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    let mut slot = 100;
+    write_at(&mut p.a, &mut p.io, &mut slot, 16384, 0x66, 4096);
+    assert!(
+        p.a.engine.al.waiting_alone(),
+        "the write waits for the survivor state"
+    );
+    let failed = p.a.failed;
+    p.a.engine.expire(Instant::now() + Duration::from_secs(61));
+    collect(&mut p.a);
+    assert_eq!(p.a.failed, failed + 1, "the expired write answered EIO");
+    assert!(
+        !p.a.engine.al.waiting_alone(),
+        "the expired write's slot still in the wait"
+    );
+    assert!(
+        p.a.disk.borrow().pending.is_empty(),
+        "applied after its timeout"
+    );
+}
