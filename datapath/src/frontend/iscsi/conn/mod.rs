@@ -21,7 +21,8 @@
 //! Session state (RFC 7143 §4.2.2, shared by the session's connections: `mcs::Session`):
 //! ExpCmdSN moves by one for every non-immediate command taken in order, on whichever
 //! connection; a non-immediate command outside `[ExpCmdSN, MaxCmdSN]` is silently ignored
-//! (§4.2.2.1), one ahead of ExpCmdSN waits in the session's `held` until the gap closes.
+//! (§4.2.2.1), one ahead of ExpCmdSN waits in the session's `held` until the gap closes; a
+//! second command with the CmdSN of one already held is a duplicate, silently ignored too.
 //! `stat_sn` is the connection's: it moves by one for every PDU that carries a status (SCSI
 //! Response, the Data-In with status, NOP-In answering a NOP-Out, Text, TMF, Logout, Login
 //! Responses, Reject, Async Message).
@@ -432,7 +433,7 @@ impl IscsiConn {
 
     /// CmdSN check for a non-immediate command: `Some(true)` to run it now, `Some(false)` held
     /// for a gap (a copy of the PDU with its `data` is kept), `None` ignored (outside the
-    /// window).
+    /// window, or a duplicate of a command already held: RFC 7143 §4.2.2.1).
     pub(super) fn admit(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) -> Option<bool> {
         if r.immediate() {
             return Some(true);
@@ -442,6 +443,7 @@ impl IscsiConn {
             Now,
             Held,
             Full,
+            Duplicate,
             Outside(u32),
         }
         let key = env.key;
@@ -452,7 +454,11 @@ impl IscsiConn {
                 return Adm::Now;
             }
             if pdu::sn_lt(exp, sn) && pdu::sn_le(sn, exp.wrapping_add(CMD_WINDOW - 1)) {
-                if s.held.len() >= MAX_HELD || s.held.contains_key(&sn) {
+                if s.held.contains_key(&sn) {
+                    // A duplicate within the window: silently ignored (RFC 7143 §4.2.2.1).
+                    return Adm::Duplicate;
+                }
+                if s.held.len() >= MAX_HELD {
                     return Adm::Full;
                 }
                 s.held.insert(sn, (key, pdu_bytes(r, data)));
@@ -465,6 +471,15 @@ impl IscsiConn {
             Some(Adm::Held) => Some(false),
             Some(Adm::Full) => {
                 self.violation(env, "too many commands held for a CmdSN gap");
+                None
+            }
+            Some(Adm::Duplicate) => {
+                env.counters.violations += 1;
+                tracing::debug!(
+                    conn = env.key,
+                    cmd_sn = sn,
+                    "CmdSN of a command already held for a gap; ignored"
+                );
                 None
             }
             Some(Adm::Outside(exp)) => {
