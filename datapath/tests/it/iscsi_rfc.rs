@@ -2,7 +2,8 @@
 //! initiator (`iscsi::Raw`): the CmdSN window, residuals of writes without data, text keys in
 //! full feature phase, discovery sessions and SCSI fields.
 
-use crate::iscsi::{Raw, bhs, daemon, put32};
+use crate::harness::pattern;
+use crate::iscsi::{Raw, bhs, daemon, put32, read_blocks, write10};
 
 /// TEST UNIT READY with ITT `itt` and CmdSN `sn` (non-immediate).
 fn tur_at(r: &mut Raw, itt: u32, sn: u32) {
@@ -42,4 +43,42 @@ fn a_duplicate_cmd_sn_in_the_window_is_ignored() {
     r.send(h, &[]);
     let (h, _) = r.read_pdu().expect("NOP-In");
     assert_eq!(h[0] & 0x3F, 0x20);
+}
+
+/// A SCSI Response with its sense: (flags, status, residual, sense key, ASC, ASCQ).
+fn scsi_rsp_sense(r: &mut Raw, itt: u32) -> (u8, u8, u32, u8, u8, u8) {
+    let (h, d) = r.read_pdu().expect("SCSI Response");
+    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response, got opcode {:#x}", h[0]);
+    assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
+    let res = u32::from_be_bytes(h[44..48].try_into().unwrap());
+    // The data segment: SenseLength (2 bytes), then fixed-format sense data.
+    let (k, asc, ascq) = if d.len() >= 2 + 14 {
+        (d[2 + 2] & 0x0F, d[2 + 12], d[2 + 13])
+    } else {
+        (0, 0, 0)
+    };
+    (h[1], h[3], res, k, asc, ascq)
+}
+
+/// A WRITE without the W bit (RFC 7143 §11.3.1: no data will follow) is never answered GOOD:
+/// CHECK CONDITION, ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT, with the overflow
+/// residual of all the bytes the CDB wanted; nothing is written. With the W bit and its data
+/// the same write succeeds.
+#[test]
+fn a_write_without_the_w_bit_is_refused_with_its_residual() {
+    let (_d, addr) = daemon("16MiB");
+    let mut r = Raw::login(addr, false);
+    for (itt, flags) in [(1, 0x80), (2, 0xC0)] {
+        r.scsi(itt, &write10(0, 8), 4096, flags, &[]);
+        assert_eq!(
+            scsi_rsp_sense(&mut r, itt),
+            (0x84, 0x02, 4096, 0x05, 0x0E, 0x03),
+            "flags {flags:#x}"
+        );
+    }
+    assert!(read_blocks(&mut r, 3, 0, 8).iter().all(|&b| b == 0));
+    let data = pattern(9, 4096);
+    r.scsi(4, &write10(0, 8), 4096, 0xA0, &data);
+    assert_eq!(scsi_rsp_sense(&mut r, 4), (0x80, 0, 0, 0, 0, 0));
+    assert_eq!(read_blocks(&mut r, 5, 0, 8), data);
 }

@@ -404,6 +404,9 @@ impl Sense {
     pub const INVALID_OPCODE: Self = Self::new(key::ILLEGAL_REQUEST, 0x20, 0x00);
     /// ILLEGAL REQUEST / INVALID FIELD IN CDB.
     pub const INVALID_FIELD_CDB: Self = Self::new(key::ILLEGAL_REQUEST, 0x24, 0x00);
+    /// ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT (the transport's fields disagree
+    /// with the CDB).
+    pub const INVALID_FIELD_IU: Self = Self::new(key::ILLEGAL_REQUEST, 0x0E, 0x03);
     /// ILLEGAL REQUEST / INVALID FIELD IN PARAMETER LIST.
     pub const INVALID_FIELD_PARAM: Self = Self::new(key::ILLEGAL_REQUEST, 0x26, 0x00);
     /// ILLEGAL REQUEST / PARAMETER LIST LENGTH ERROR.

@@ -18,9 +18,11 @@
 //!   offset equals the bytes collected, its DataSN counts from 0 in each sequence, and it never
 //!   goes past the burst it belongs to; anything else drops the connection (ErrorRecoveryLevel
 //!   0 cannot recover a sequence).
-//! - A write whose Expected Data Transfer Length differs from its CDB's transfer length is
-//!   refused (ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT, with the residual), never
-//!   partly written.
+//! - A command that carries blocks other than WRITE / WRITE AND VERIFY whose Expected Data
+//!   Transfer Length differs from its CDB's transfer length is refused (ILLEGAL REQUEST /
+//!   INVALID FIELD IN INFORMATION UNIT, with the residual), never partly written; so is any
+//!   command whose CDB wants data without the W bit (overflow residual: all of it).
+//! - Data a task collects comes only with the W bit; without it `want` is 0.
 
 use super::{IscsiConn, Stage, alua};
 use crate::bdev::volume::PathState;
@@ -408,36 +410,30 @@ impl IscsiConn {
         {
             return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, 0, 0);
         }
+        if out_len > 0 && !wr {
+            // The CDB wants data but the W bit says none will come (RFC 7143 §11.3.1): refused,
+            // never run on data that was not received; none of it was expected (overflow).
+            return self.respond(itt, Err(Sense::INVALID_FIELD_IU), 0, out_len, 0);
+        }
         // A WRITE whose EDTL differs from its transfer length writes the whole blocks both
         // cover and reports the residual (RFC 7143 §11.4.5.2); other commands that carry
         // blocks are refused.
         let partial_ok = matches!(cmd, Cmd::Write(_) | Cmd::WriteVerify(_));
-        if block_write(&cmd) && !partial_ok && (out_len != u64::from(edtl) || !wr && out_len > 0) {
+        if block_write(&cmd) && !partial_ok && out_len != u64::from(edtl) {
             if matches!(cmd, Cmd::CompareAndWrite(_)) {
                 // Its NUMBER OF LOGICAL BLOCKS disagrees with the data sent (e.g. 256 blocks
                 // wrapped to 0 in the one-byte field).
                 return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, out_len, 0);
             }
-            let s = Sense {
-                key: scsi::key::ILLEGAL_REQUEST,
-                asc: 0x0E,
-                ascq: 0x03,
-                info: None,
-                field: None,
-            };
-            return self.respond(itt, Err(s), edtl, out_len, 0);
+            return self.respond(itt, Err(Sense::INVALID_FIELD_IU), edtl, out_len, 0);
         }
-        let want = if wr {
-            out_len.min(u64::from(edtl)) as u32
-        } else {
-            0
-        };
+        let want = out_len.min(u64::from(edtl)) as u32;
         // Data-Out is gathered in memory: more than one transfer's worth is refused before any
         // of it is asked for (a lying EDTL cannot make the target allocate gigabytes).
         if want > pages::MAX_XFER_BYTES {
             return self.respond(itt, Err(Sense::INVALID_FIELD_CDB), edtl, out_len, 0);
         }
-        let scsi_len = if wr || out_len > 0 { out_len } else { 0 };
+        let scsi_len = out_len;
         // Data beyond what the command takes (up to the EDTL) is received and dropped.
         let mut buf = self.get_buf(want as usize);
         buf.extend_from_slice(&data[..data.len().min(want as usize)]);
