@@ -251,7 +251,7 @@ fn write_same_with_unmap_and_a_nonzero_block_writes_the_block() {
 }
 
 /// Log in to a discovery session declaring MaxRecvDataSegmentLength `mrdsl`.
-fn discovery(addr: SocketAddr, mrdsl: u32) -> Raw {
+pub(crate) fn discovery(addr: SocketAddr, mrdsl: u32) -> Raw {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
@@ -275,7 +275,7 @@ fn discovery(addr: SocketAddr, mrdsl: u32) -> Raw {
 }
 
 /// A Text Request (non-immediate, its CmdSN taken) with flags `flags`, ITT `itt`, TTT `ttt`.
-fn text(r: &mut Raw, flags: u8, itt: u32, ttt: u32, data: &[u8]) {
+pub(crate) fn text(r: &mut Raw, flags: u8, itt: u32, ttt: u32, data: &[u8]) {
     let mut h = bhs(0x04, flags);
     put32(&mut h, 16, itt);
     put32(&mut h, 20, ttt);
@@ -285,7 +285,7 @@ fn text(r: &mut Raw, flags: u8, itt: u32, ttt: u32, data: &[u8]) {
 }
 
 /// A Text Response: (flags, TTT, data).
-fn text_rsp(r: &mut Raw, itt: u32) -> (u8, u32, Vec<u8>) {
+pub(crate) fn text_rsp(r: &mut Raw, itt: u32) -> (u8, u32, Vec<u8>) {
     let (h, d) = r.read_pdu().expect("Text Response");
     assert_eq!(h[0] & 0x3F, 0x24, "Text Response, got opcode {:#x}", h[0]);
     assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);

@@ -3,7 +3,8 @@
 //! full feature phase, discovery sessions and SCSI fields.
 
 use crate::harness::pattern;
-use crate::iscsi::{Raw, bhs, daemon, put32, read_blocks, write10};
+use crate::iscsi::{Raw, bhs, daemon, put32, read_blocks, read10, write10};
+use crate::iscsi_limits::{discovery, text, text_rsp};
 
 /// TEST UNIT READY with ITT `itt` and CmdSN `sn` (non-immediate).
 fn tur_at(r: &mut Raw, itt: u32, sn: u32) {
@@ -81,4 +82,75 @@ fn a_write_without_the_w_bit_is_refused_with_its_residual() {
     r.scsi(4, &write10(0, 8), 4096, 0xA0, &data);
     assert_eq!(scsi_rsp_sense(&mut r, 4), (0x80, 0, 0, 0, 0, 0));
     assert_eq!(read_blocks(&mut r, 5, 0, 8), data);
+}
+
+/// RFC 7143 §13.12: MaxRecvDataSegmentLength (Use: ALL) declared in a full feature phase Text
+/// Request is accepted, answered with the target's own declaration, and bounds what the target
+/// sends on that connection from then on: Data-In in a normal session, Text Responses in a
+/// discovery session. A value out of range is answered Reject and changes nothing.
+#[test]
+fn max_recv_data_segment_length_declared_in_full_feature_phase_applies() {
+    let portals: Vec<String> = (0..20).map(|i| format!("'10.0.{i}.2:3260,2'")).collect();
+    let (_d, addr) =
+        crate::iscsi::daemon_with("8MiB", &format!("extra_portals = [{}]", portals.join(",")));
+    // Normal session: the default 8192, then 1024 declared.
+    let mut r = Raw::login(addr, false);
+    text(
+        &mut r,
+        0x80,
+        1,
+        0xFFFF_FFFF,
+        b"MaxRecvDataSegmentLength=100\0",
+    );
+    let (flags, _, d) = text_rsp(&mut r, 1);
+    assert_eq!(flags & 0x80, 0x80);
+    assert_eq!(d, b"MaxRecvDataSegmentLength=Reject\0");
+    text(
+        &mut r,
+        0x80,
+        2,
+        0xFFFF_FFFF,
+        b"MaxRecvDataSegmentLength=1024\0",
+    );
+    let (_, _, d) = text_rsp(&mut r, 2);
+    assert_eq!(d, b"MaxRecvDataSegmentLength=262144\0");
+    r.scsi(3, &read10(0, 8), 4096, 0xC0, &[]);
+    let mut lens = Vec::new();
+    loop {
+        let (h, d) = r.read_pdu().expect("Data-In");
+        assert_eq!(h[0] & 0x3F, 0x25, "Data-In, got opcode {:#x}", h[0]);
+        lens.push(d.len());
+        if h[1] & 0x01 != 0 {
+            break;
+        }
+    }
+    assert_eq!(lens, [1024; 4]);
+    // Discovery session: declared 8192 at login, then 512.
+    let mut r = discovery(addr, 8192);
+    text(
+        &mut r,
+        0x80,
+        5,
+        0xFFFF_FFFF,
+        b"MaxRecvDataSegmentLength=512\0",
+    );
+    let (_, _, d) = text_rsp(&mut r, 5);
+    assert_eq!(d, b"MaxRecvDataSegmentLength=262144\0");
+    text(&mut r, 0x80, 6, 0xFFFF_FFFF, b"SendTargets=All\0");
+    let mut all = Vec::new();
+    loop {
+        let (flags, ttt, d) = text_rsp(&mut r, 6);
+        assert!(d.len() <= 512, "a Text Response of {} bytes", d.len());
+        all.extend_from_slice(&d);
+        if flags & 0x80 != 0 {
+            break;
+        }
+        text(&mut r, 0x80, 6, ttt, &[]);
+    }
+    assert!(all.len() > 512);
+    assert!(
+        String::from_utf8(all)
+            .unwrap()
+            .contains("TargetAddress=10.0.19.2:3260,2\0")
+    );
 }

@@ -628,6 +628,8 @@ impl IscsiConn {
             self.text_seq = None;
             return self.reject(env, reject::INVALID_FIELD, r.0);
         }
+        // A MaxRecvDataSegmentLength the initiator declared in this request.
+        let mut new_dsl = None;
         let mut seq = self.text_seq.take().unwrap_or_else(|| {
             let ttt = self.next_ttt;
             self.next_ttt = self.next_ttt.wrapping_add(1);
@@ -659,10 +661,20 @@ impl IscsiConn {
                 };
                 let mut out = Vec::new();
                 for (k, v) in keys {
-                    if k == "SendTargets" {
-                        self.send_targets(v, &mut out);
-                    } else {
-                        login::put_key(&mut out, k, "NotUnderstood");
+                    match k {
+                        "SendTargets" => self.send_targets(v, &mut out),
+                        // Declarative, usable in full feature phase (RFC 7143 §13.12): what
+                        // the target sends on this connection from now on; answered with the
+                        // target's own declaration.
+                        "MaxRecvDataSegmentLength" => match login::number(v, 512, 0x00FF_FFFF) {
+                            Some(n) => {
+                                new_dsl = Some(n);
+                                let ours = login::TARGET_MAX_RECV_DSL.to_string();
+                                login::put_key(&mut out, k, &ours);
+                            }
+                            None => login::put_key(&mut out, k, "Reject"),
+                        },
+                        _ => login::put_key(&mut out, k, "NotUnderstood"),
                     }
                 }
                 seq.req.clear();
@@ -670,8 +682,14 @@ impl IscsiConn {
                 seq.sent = 0;
             }
         }
-        // The next part of the answer (empty while the request is still being gathered).
-        let n = (seq.rsp.len() - seq.sent).min(self.params.send_dsl as usize);
+        // The next part of the answer (empty while the request is still being gathered),
+        // within both the old and a newly declared MaxRecvDataSegmentLength; the new one
+        // applies to everything after it.
+        let seg = self.params.send_dsl.min(new_dsl.unwrap_or(u32::MAX));
+        if let Some(n) = new_dsl {
+            self.params.send_dsl = n;
+        }
+        let n = (seq.rsp.len() - seq.sent).min(seg as usize);
         let part = seq.rsp[seq.sent..seq.sent + n].to_vec();
         seq.sent += n;
         let more = seq.sent < seq.rsp.len();
