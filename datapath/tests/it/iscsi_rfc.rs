@@ -5,6 +5,7 @@
 use crate::harness::pattern;
 use crate::iscsi::{Raw, bhs, daemon, put32, read_blocks, read10, write10};
 use crate::iscsi_limits::{discovery, text, text_rsp};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// TEST UNIT READY with ITT `itt` and CmdSN `sn` (non-immediate).
 fn tur_at(r: &mut Raw, itt: u32, sn: u32) {
@@ -153,4 +154,35 @@ fn max_recv_data_segment_length_declared_in_full_feature_phase_applies() {
             .unwrap()
             .contains("TargetAddress=10.0.19.2:3260,2\0")
     );
+}
+
+/// The SendTargets answer of a session that reached address `at` of a target listening on
+/// `listen` (one portal).
+fn send_targets_via(listen: &str, at: IpAddr) -> String {
+    let cfg = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['{listen}']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='4MiB'\n"
+    );
+    let (_d, addr) = crate::iscsi::daemon_from(&cfg);
+    let mut r = discovery(SocketAddr::new(at, addr.port()), 8192);
+    text(&mut r, 0x80, 1, 0xFFFF_FFFF, b"SendTargets=All\0");
+    let (_, _, d) = text_rsp(&mut r, 1);
+    String::from_utf8(d).unwrap()
+}
+
+/// RFC 7143 §13.8: a TargetAddress must be one the initiator can reach. A portal listening on
+/// a wildcard address is listed with the address the discovery connection reached (IPv6 in
+/// brackets), never as 0.0.0.0 or ::.
+#[test]
+fn send_targets_lists_the_reached_address_for_a_wildcard_portal() {
+    let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let a = send_targets_via("0.0.0.0:0", v4);
+    assert!(a.contains("TargetAddress=127.0.0.1:"), "{a:?}");
+    assert!(!a.contains("0.0.0.0"), "{a:?}");
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let a = send_targets_via("[::]:0", IpAddr::V6(Ipv6Addr::LOCALHOST));
+        assert!(a.contains("TargetAddress=[::1]:"), "{a:?}");
+        // An IPv4 initiator reaching the IPv6 wildcard socket gets its IPv4 address.
+        let a = send_targets_via("[::]:0", v4);
+        assert!(a.contains("TargetAddress=127.0.0.1:"), "{a:?}");
+    }
 }

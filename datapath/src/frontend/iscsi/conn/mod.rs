@@ -716,6 +716,14 @@ impl IscsiConn {
     fn send_targets(&self, v: &str, out: &mut Vec<u8>) {
         let sh = Arc::clone(&self.sh);
         let targets = sh.tgts().clone();
+        // The address this connection reached (for portals listening on a wildcard address).
+        let local = self
+            .fd
+            .try_clone()
+            .map(std::net::TcpStream::from)
+            .and_then(|s| s.local_addr())
+            .ok()
+            .map(|a| a.ip());
         for t in targets.iter() {
             let wanted = match v {
                 "All" => self.session == SessionType::Discovery,
@@ -726,7 +734,7 @@ impl IscsiConn {
                 continue;
             }
             login::put_key(out, "TargetName", &t.iqn);
-            for a in sh.portal_addresses() {
+            for a in sh.portal_addresses(local) {
                 login::put_key(out, "TargetAddress", &a);
             }
         }
