@@ -333,7 +333,19 @@ fn a_long_text_answer_is_continued_across_text_responses() {
         );
     }
     // The session goes on.
-    r.nop(6);
+    logout(&mut r, 6);
+}
+
+/// Log out (close the session, non-immediate): answered 0 and the connection closes.
+pub(crate) fn logout(r: &mut Raw, itt: u32) {
+    let mut h = bhs(0x06, 0x80);
+    put32(&mut h, 16, itt);
+    put32(&mut h, 24, r.cmd_sn);
+    r.cmd_sn += 1;
+    r.send(h, &[]);
+    let (h, _) = r.read_pdu().expect("Logout Response");
+    assert_eq!((h[0] & 0x3F, h[2]), (0x26, 0), "Logout Response, close");
+    assert!(r.closed());
 }
 
 /// A Text Request whose text continues in the next one (C bit, RFC 7143 §11.10.2) is answered
@@ -363,7 +375,7 @@ fn a_continued_text_request_is_gathered_before_it_is_answered() {
     text(&mut r, 0x80, 8, 0x1234_5678, b"SendTargets=All\0");
     let (h, _) = r.read_pdu().expect("Reject");
     assert_eq!((h[0] & 0x3F, h[2]), (0x3F, 0x09));
-    r.nop(9);
+    logout(&mut r, 9);
 }
 
 /// SYNCHRONIZE CACHE (10) and (16) check their range like any command addressing blocks (SBC-3

@@ -4,7 +4,7 @@
 
 use crate::harness::pattern;
 use crate::iscsi::{Raw, bhs, daemon, put32, read_blocks, read10, write10};
-use crate::iscsi_limits::{discovery, text, text_rsp};
+use crate::iscsi_limits::{discovery, logout, text, text_rsp};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// TEST UNIT READY with ITT `itt` and CmdSN `sn` (non-immediate).
@@ -185,4 +185,62 @@ fn send_targets_lists_the_reached_address_for_a_wildcard_portal() {
         let a = send_targets_via("[::]:0", v4);
         assert!(a.contains("TargetAddress=127.0.0.1:"), "{a:?}");
     }
+}
+
+/// RFC 7143 §4.3: a discovery session takes only Text Requests with SendTargets (and the
+/// declarative MaxRecvDataSegmentLength) and a Logout closing the session; every other request
+/// is rejected (protocol error, the header returned) without taking its CmdSN, and the session
+/// goes on.
+#[test]
+fn a_discovery_session_rejects_everything_but_send_targets_and_logout() {
+    let (_d, addr) = daemon("8MiB");
+    let mut r = discovery(addr, 8192);
+    let sn = r.cmd_sn;
+    let req = |opcode: u8, flags: u8, itt: u32| {
+        let mut h = bhs(opcode, flags);
+        put32(&mut h, 16, itt);
+        put32(&mut h, 20, 0xFFFF_FFFF);
+        put32(&mut h, 24, sn);
+        h
+    };
+    let mut cases: Vec<([u8; 48], Vec<u8>)> = vec![
+        // TARGET WARM RESET, LUN RESET, ABORT TASK.
+        (req(0x02, 0x86, 1), vec![]),
+        (req(0x02, 0x85, 2), vec![]),
+        (req(0x02, 0x81, 3), vec![]),
+        // A NOP-Out asking for an answer, immediate and not.
+        (req(0x40, 0x80, 4), b"ping".to_vec()),
+        (req(0x00, 0x80, 5), vec![]),
+        // Logout: close the connection, remove it for recovery.
+        (req(0x06, 0x81, 6), vec![]),
+        (req(0x06, 0x82, 7), vec![]),
+        // Text without SendTargets, or with other keys beside it.
+        (req(0x04, 0x80, 8), b"X-com.example.Foo=1\0".to_vec()),
+        (
+            req(0x04, 0x80, 9),
+            b"SendTargets=All\0MaxBurstLength=512\0".to_vec(),
+        ),
+        // A SCSI command (TEST UNIT READY), a SNACK.
+        (req(0x01, 0x80, 10), vec![]),
+        (req(0x10, 0x80, 11), vec![]),
+    ];
+    for (h, d) in cases.drain(..) {
+        r.send(h, &d);
+        let (rh, rd) = r.read_pdu().expect("Reject");
+        assert_eq!(
+            (rh[0] & 0x3F, rh[2]),
+            (0x3F, 0x04),
+            "opcode {:#x} flags {:#x}: Reject, protocol error",
+            h[0],
+            h[1]
+        );
+        assert_eq!(&rd[..4], &h[..4], "the rejected header returned");
+        assert_eq!(&rd[8..20], &h[8..20], "the rejected header returned");
+    }
+    // The CmdSN was never taken: SendTargets with it is answered, then the Logout closes.
+    text(&mut r, 0x80, 20, 0xFFFF_FFFF, b"SendTargets=All\0");
+    let (flags, _, d) = text_rsp(&mut r, 20);
+    assert_eq!(flags & 0x80, 0x80);
+    assert!(String::from_utf8(d).unwrap().starts_with("TargetName="));
+    logout(&mut r, 21);
 }

@@ -11,7 +11,7 @@
 //!   final Login Response.
 //! - Full feature: every whole PDU in the receive buffer is acted on in arrival order. SCSI
 //!   commands become tasks (`task.rs`); NOP-Out, Text, Task Management and Logout are answered
-//!   here. Answers accumulate in the send queue (`transport::tcp::SendQueue`) and leave in one
+//!   here. A discovery session takes only SendTargets and Logout (`discovery.rs`). Answers accumulate in the send queue (`transport::tcp::SendQueue`) and leave in one
 //!   send per turn.
 //! - Closing: no new PDU is acted on; the connection is `done` once no receive, send or
 //!   device operation is in flight. A stop from outside (the daemon stopping, a forced
@@ -37,6 +37,7 @@
 
 mod alua;
 mod copy;
+mod discovery;
 mod excl;
 mod mcs;
 mod session;
@@ -413,6 +414,9 @@ impl IscsiConn {
                 return self.violation(env, "a PDU other than Login Request during login");
             }
             return self.login_req(env, r, p.data);
+        }
+        if self.session == SessionType::Discovery && !self.discovery_allows(r, p.data) {
+            return self.reject(env, reject::PROTOCOL, p.bhs);
         }
         match r.opcode() {
             op::SCSI_CMD => self.scsi_cmd(env, r, p.ahs, p.data),
