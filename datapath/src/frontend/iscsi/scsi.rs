@@ -918,10 +918,18 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
                     alloc: be32(&c[6..10]),
                 }
             }
-            SA_REPORT_TPG => Cmd::ReportTpg {
-                extended: (c[1] >> 5) == 1,
-                alloc: be32(&c[6..10]),
-            },
+            SA_REPORT_TPG => {
+                // PARAMETER DATA FORMAT (bits 7..5): 000b length only, 001b extended header;
+                // the others are reserved (SPC-4 §6.37).
+                let format = c[1] >> 5;
+                if format > 1 {
+                    return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1));
+                }
+                Cmd::ReportTpg {
+                    extended: format == 1,
+                    alloc: be32(&c[6..10]),
+                }
+            }
             _ => return Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1)),
         },
         MAINTENANCE_OUT => match u16::from(c[1] & 0x1F) {
@@ -1155,6 +1163,44 @@ mod tests {
         }
         for sa in 0..7 {
             assert_eq!(&row(0x5F, sa)[1..3], &[sa as u8, 0xFF]);
+        }
+    }
+
+    /// REPORT TARGET PORT GROUPS: PARAMETER DATA FORMAT 000b and 001b are served; 010b to
+    /// 111b are reserved: INVALID FIELD IN CDB pointing at byte 1.
+    #[test]
+    fn report_target_port_groups_refuses_a_reserved_parameter_data_format() {
+        for format in 0..8u8 {
+            let got = decode(&cdb(&[
+                0xA3,
+                0x0A | format << 5,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1,
+                0,
+                0,
+                0,
+            ]));
+            if format < 2 {
+                assert_eq!(
+                    got,
+                    Ok(Cmd::ReportTpg {
+                        extended: format == 1,
+                        alloc: 256
+                    })
+                );
+            } else {
+                assert_eq!(
+                    got,
+                    Err(Sense::INVALID_FIELD_CDB.at_cdb_byte(1)),
+                    "{format}"
+                );
+                assert_eq!(&got.unwrap_err().fixed()[15..18], &[0xC0, 0, 1]);
+            }
         }
     }
 
