@@ -251,7 +251,7 @@ fn write_same_with_unmap_and_a_nonzero_block_writes_the_block() {
 }
 
 /// Log in to a discovery session declaring MaxRecvDataSegmentLength `mrdsl`.
-fn discovery(addr: SocketAddr, mrdsl: u32) -> Raw {
+pub(crate) fn discovery(addr: SocketAddr, mrdsl: u32) -> Raw {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
@@ -275,7 +275,7 @@ fn discovery(addr: SocketAddr, mrdsl: u32) -> Raw {
 }
 
 /// A Text Request (non-immediate, its CmdSN taken) with flags `flags`, ITT `itt`, TTT `ttt`.
-fn text(r: &mut Raw, flags: u8, itt: u32, ttt: u32, data: &[u8]) {
+pub(crate) fn text(r: &mut Raw, flags: u8, itt: u32, ttt: u32, data: &[u8]) {
     let mut h = bhs(0x04, flags);
     put32(&mut h, 16, itt);
     put32(&mut h, 20, ttt);
@@ -285,7 +285,7 @@ fn text(r: &mut Raw, flags: u8, itt: u32, ttt: u32, data: &[u8]) {
 }
 
 /// A Text Response: (flags, TTT, data).
-fn text_rsp(r: &mut Raw, itt: u32) -> (u8, u32, Vec<u8>) {
+pub(crate) fn text_rsp(r: &mut Raw, itt: u32) -> (u8, u32, Vec<u8>) {
     let (h, d) = r.read_pdu().expect("Text Response");
     assert_eq!(h[0] & 0x3F, 0x24, "Text Response, got opcode {:#x}", h[0]);
     assert_eq!(u32::from_be_bytes(h[16..20].try_into().unwrap()), itt);
@@ -333,7 +333,19 @@ fn a_long_text_answer_is_continued_across_text_responses() {
         );
     }
     // The session goes on.
-    r.nop(6);
+    logout(&mut r, 6);
+}
+
+/// Log out (close the session, non-immediate): answered 0 and the connection closes.
+pub(crate) fn logout(r: &mut Raw, itt: u32) {
+    let mut h = bhs(0x06, 0x80);
+    put32(&mut h, 16, itt);
+    put32(&mut h, 24, r.cmd_sn);
+    r.cmd_sn += 1;
+    r.send(h, &[]);
+    let (h, _) = r.read_pdu().expect("Logout Response");
+    assert_eq!((h[0] & 0x3F, h[2]), (0x26, 0), "Logout Response, close");
+    assert!(r.closed());
 }
 
 /// A Text Request whose text continues in the next one (C bit, RFC 7143 §11.10.2) is answered
@@ -363,7 +375,7 @@ fn a_continued_text_request_is_gathered_before_it_is_answered() {
     text(&mut r, 0x80, 8, 0x1234_5678, b"SendTargets=All\0");
     let (h, _) = r.read_pdu().expect("Reject");
     assert_eq!((h[0] & 0x3F, h[2]), (0x3F, 0x09));
-    r.nop(9);
+    logout(&mut r, 9);
 }
 
 /// SYNCHRONIZE CACHE (10) and (16) check their range like any command addressing blocks (SBC-3

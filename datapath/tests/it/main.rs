@@ -27,6 +27,7 @@ mod iscsi_limits;
 mod iscsi_mcs;
 mod iscsi_reserve;
 mod iscsi_reset;
+mod iscsi_rfc;
 mod iscsi_xcopy;
 mod layering;
 mod linkauth;

@@ -183,6 +183,8 @@ pub struct Negotiation {
     seen: Vec<String>,
     /// MaxRecvDataSegmentLength has been declared to the initiator.
     pub sent_max_recv: bool,
+    /// FirstBurstLength was answered (its value may no longer change).
+    first_burst_answered: bool,
     /// The target requires CHAP (AuthMethod must become CHAP).
     pub chap_required: bool,
     /// The target's most connections per session (0: [`TARGET_MAX_CONNECTIONS`]).
@@ -323,7 +325,19 @@ impl Negotiation {
                 p.max_burst = number(v, 512, 0x00FF_FFFF)
                     .ok_or(bad)?
                     .min(TARGET_MAX_BURST);
-                p.first_burst = p.first_burst.min(p.max_burst);
+                if self.first_burst_answered {
+                    // FirstBurstLength MUST NOT exceed MaxBurstLength (RFC 7143 §13.14): an
+                    // answered FirstBurstLength above it was an offer larger than the
+                    // initiator's own MaxBurstLength; the login fails rather than enforce a
+                    // value other than the one answered.
+                    if p.first_burst > p.max_burst {
+                        return Err(bad);
+                    }
+                } else {
+                    // Not negotiated (yet): the default is kept within MaxBurstLength, and a
+                    // later offer is answered within it.
+                    p.first_burst = p.first_burst.min(p.max_burst);
+                }
                 put_key(out, k, &p.max_burst.to_string());
             }
             "FirstBurstLength" => {
@@ -331,6 +345,7 @@ impl Negotiation {
                     .ok_or(bad)?
                     .min(TARGET_FIRST_BURST)
                     .min(p.max_burst);
+                self.first_burst_answered = true;
                 put_key(out, k, &p.first_burst.to_string());
             }
             "ImmediateData" => {
@@ -502,6 +517,80 @@ mod tests {
             n.offer(&parse_keys(&again).unwrap(), false, &mut out),
             Err(LoginStatus::INITIATOR_ERROR)
         );
+        let mut n = Negotiation::default();
+        let bad = text(&[("MaxBurstLength", "12x")]);
+        assert!(
+            n.offer(&parse_keys(&bad).unwrap(), false, &mut out)
+                .is_err()
+        );
+    }
+
+    /// The FirstBurstLength answered is the one enforced, and never above MaxBurstLength (RFC
+    /// 7143 §13.14), whatever the order of the two keys.
+    #[test]
+    fn first_burst_length_answered_is_the_one_enforced() {
+        let answer = |n: &mut Negotiation, keys: &[(&str, &str)]| {
+            let mut out = Vec::new();
+            let t = text(keys);
+            n.offer(&parse_keys(&t).unwrap(), false, &mut out)
+                .map(|()| {
+                    let a = parse_keys(&out).unwrap();
+                    a.iter()
+                        .find(|(k, _)| *k == "FirstBurstLength")
+                        .map(|(_, v)| v.parse::<u32>().unwrap())
+                })
+        };
+        // MaxBurstLength first: FirstBurstLength is answered within it.
+        let mut n = Negotiation::default();
+        let a = answer(
+            &mut n,
+            &[("MaxBurstLength", "16384"), ("FirstBurstLength", "65536")],
+        );
+        assert_eq!(a, Ok(Some(16384)));
+        assert_eq!(n.params.first_burst, 16384);
+        // FirstBurstLength first, a consistent MaxBurstLength after (same PDU, then a later one).
+        let mut n = Negotiation::default();
+        let a = answer(
+            &mut n,
+            &[("FirstBurstLength", "8192"), ("MaxBurstLength", "16384")],
+        );
+        assert_eq!(a, Ok(Some(8192)));
+        assert_eq!((n.params.first_burst, n.params.max_burst), (8192, 16384));
+        let mut n = Negotiation::default();
+        assert_eq!(
+            answer(&mut n, &[("FirstBurstLength", "65536")]),
+            Ok(Some(65536))
+        );
+        assert_eq!(answer(&mut n, &[("MaxBurstLength", "65536")]), Ok(None));
+        assert_eq!(n.params.first_burst, 65536);
+        // An answered FirstBurstLength above the MaxBurstLength offered after it: the
+        // initiator's own offers contradict each other; the login fails.
+        let mut n = Negotiation::default();
+        assert_eq!(
+            answer(
+                &mut n,
+                &[("FirstBurstLength", "65536"), ("MaxBurstLength", "16384")],
+            ),
+            Err(LoginStatus::INITIATOR_ERROR)
+        );
+        let mut n = Negotiation::default();
+        assert_eq!(
+            answer(&mut n, &[("FirstBurstLength", "65536")]),
+            Ok(Some(65536))
+        );
+        assert_eq!(
+            answer(&mut n, &[("MaxBurstLength", "4096")]),
+            Err(LoginStatus::INITIATOR_ERROR)
+        );
+        // FirstBurstLength not offered: the default (64 KiB) is kept within MaxBurstLength.
+        let mut n = Negotiation::default();
+        assert_eq!(answer(&mut n, &[("MaxBurstLength", "4096")]), Ok(None));
+        assert_eq!(n.params.first_burst, 4096);
+    }
+
+    #[test]
+    fn a_malformed_burst_length_is_refused() {
+        let mut out = Vec::new();
         let mut n = Negotiation::default();
         let bad = text(&[("MaxBurstLength", "12x")]);
         assert!(

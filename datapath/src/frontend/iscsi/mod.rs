@@ -61,7 +61,7 @@ pub use conn::{IscsiConn, SessEntry};
 use crate::frontend::nvmf::NvmfShared;
 use crate::runtime::{Acceptor, Conn};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -220,16 +220,31 @@ impl IscsiShared {
         self.tgts().iter().find(|t| t.iqn == iqn).cloned()
     }
 
-    /// "TargetAddress" values: this site's portals, then the extra ones, with the group tag.
-    pub fn portal_addresses(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .portals
-            .iter()
-            .map(|a| match a {
-                SocketAddr::V4(_) => format!("{a},{}", self.tpg),
-                SocketAddr::V6(a6) => format!("[{}]:{},{}", a6.ip(), a6.port(), self.tpg),
-            })
-            .collect();
+    /// "TargetAddress" values: this site's portals, then the extra ones, with the group tag. A
+    /// portal listening on a wildcard address (0.0.0.0, ::) is listed with `local`, the address
+    /// the asking connection reached (RFC 7143 §13.8: an address the initiator can use; IPv6 in
+    /// brackets), or left out when that is unknown.
+    pub fn portal_addresses(&self, local: Option<IpAddr>) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for a in &self.portals {
+            let ip = match (a.ip().is_unspecified(), local) {
+                (false, _) => a.ip(),
+                (true, Some(l)) => l,
+                (true, None) => continue,
+            };
+            // An IPv4 peer reaching an IPv6 wildcard socket sees a mapped address.
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            let s = match ip {
+                IpAddr::V4(v4) => format!("{v4}:{},{}", a.port(), self.tpg),
+                IpAddr::V6(v6) => format!("[{v6}]:{},{}", a.port(), self.tpg),
+            };
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
         v.extend(self.extra_portals.iter().cloned());
         v
     }

@@ -11,7 +11,7 @@
 //!   final Login Response.
 //! - Full feature: every whole PDU in the receive buffer is acted on in arrival order. SCSI
 //!   commands become tasks (`task.rs`); NOP-Out, Text, Task Management and Logout are answered
-//!   here. Answers accumulate in the send queue (`transport::tcp::SendQueue`) and leave in one
+//!   here. A discovery session takes only SendTargets and Logout (`discovery.rs`). Answers accumulate in the send queue (`transport::tcp::SendQueue`) and leave in one
 //!   send per turn.
 //! - Closing: no new PDU is acted on; the connection is `done` once no receive, send or
 //!   device operation is in flight. A stop from outside (the daemon stopping, a forced
@@ -21,7 +21,8 @@
 //! Session state (RFC 7143 §4.2.2, shared by the session's connections: `mcs::Session`):
 //! ExpCmdSN moves by one for every non-immediate command taken in order, on whichever
 //! connection; a non-immediate command outside `[ExpCmdSN, MaxCmdSN]` is silently ignored
-//! (§4.2.2.1), one ahead of ExpCmdSN waits in the session's `held` until the gap closes.
+//! (§4.2.2.1), one ahead of ExpCmdSN waits in the session's `held` until the gap closes; a
+//! second command with the CmdSN of one already held is a duplicate, silently ignored too.
 //! `stat_sn` is the connection's: it moves by one for every PDU that carries a status (SCSI
 //! Response, the Data-In with status, NOP-In answering a NOP-Out, Text, TMF, Logout, Login
 //! Responses, Reject, Async Message).
@@ -37,6 +38,7 @@
 mod alua;
 mod copy;
 mod dataout;
+mod discovery;
 mod excl;
 mod mcs;
 mod session;
@@ -417,6 +419,9 @@ impl IscsiConn {
             }
             return self.login_req(env, r, p.data);
         }
+        if self.session == SessionType::Discovery && !self.discovery_allows(r, p.data) {
+            return self.reject(env, reject::PROTOCOL, p.bhs);
+        }
         match r.opcode() {
             op::SCSI_CMD => self.scsi_cmd(env, r, p.ahs, p.data),
             op::DATA_OUT => self.data_out(env, r, p.data),
@@ -436,7 +441,7 @@ impl IscsiConn {
 
     /// CmdSN check for a non-immediate command: `Some(true)` to run it now, `Some(false)` held
     /// for a gap (a copy of the PDU with its `data` is kept), `None` ignored (outside the
-    /// window).
+    /// window, or a duplicate of a command already held: RFC 7143 §4.2.2.1).
     pub(super) fn admit(&mut self, env: &mut Env<'_>, r: Req<'_>, data: &[u8]) -> Option<bool> {
         if r.immediate() {
             return Some(true);
@@ -446,6 +451,7 @@ impl IscsiConn {
             Now,
             Held,
             Full,
+            Duplicate,
             Outside(u32),
         }
         let key = env.key;
@@ -456,7 +462,11 @@ impl IscsiConn {
                 return Adm::Now;
             }
             if pdu::sn_lt(exp, sn) && pdu::sn_le(sn, exp.wrapping_add(CMD_WINDOW - 1)) {
-                if s.held.len() >= MAX_HELD || s.held.contains_key(&sn) {
+                if s.held.contains_key(&sn) {
+                    // A duplicate within the window: silently ignored (RFC 7143 §4.2.2.1).
+                    return Adm::Duplicate;
+                }
+                if s.held.len() >= MAX_HELD {
                     return Adm::Full;
                 }
                 s.held.insert(sn, (key, pdu_bytes(r, data)));
@@ -469,6 +479,15 @@ impl IscsiConn {
             Some(Adm::Held) => Some(false),
             Some(Adm::Full) => {
                 self.violation(env, "too many commands held for a CmdSN gap");
+                None
+            }
+            Some(Adm::Duplicate) => {
+                env.counters.violations += 1;
+                tracing::debug!(
+                    conn = env.key,
+                    cmd_sn = sn,
+                    "CmdSN of a command already held for a gap; ignored"
+                );
                 None
             }
             Some(Adm::Outside(exp)) => {
@@ -617,6 +636,8 @@ impl IscsiConn {
             self.text_seq = None;
             return self.reject(env, reject::INVALID_FIELD, r.0);
         }
+        // A MaxRecvDataSegmentLength the initiator declared in this request.
+        let mut new_dsl = None;
         let mut seq = self.text_seq.take().unwrap_or_else(|| {
             let ttt = self.next_ttt;
             self.next_ttt = self.next_ttt.wrapping_add(1);
@@ -648,10 +669,20 @@ impl IscsiConn {
                 };
                 let mut out = Vec::new();
                 for (k, v) in keys {
-                    if k == "SendTargets" {
-                        self.send_targets(v, &mut out);
-                    } else {
-                        login::put_key(&mut out, k, "NotUnderstood");
+                    match k {
+                        "SendTargets" => self.send_targets(v, &mut out),
+                        // Declarative, usable in full feature phase (RFC 7143 §13.12): what
+                        // the target sends on this connection from now on; answered with the
+                        // target's own declaration.
+                        "MaxRecvDataSegmentLength" => match login::number(v, 512, 0x00FF_FFFF) {
+                            Some(n) => {
+                                new_dsl = Some(n);
+                                let ours = login::TARGET_MAX_RECV_DSL.to_string();
+                                login::put_key(&mut out, k, &ours);
+                            }
+                            None => login::put_key(&mut out, k, "Reject"),
+                        },
+                        _ => login::put_key(&mut out, k, "NotUnderstood"),
                     }
                 }
                 seq.req.clear();
@@ -659,8 +690,14 @@ impl IscsiConn {
                 seq.sent = 0;
             }
         }
-        // The next part of the answer (empty while the request is still being gathered).
-        let n = (seq.rsp.len() - seq.sent).min(self.params.send_dsl as usize);
+        // The next part of the answer (empty while the request is still being gathered),
+        // within both the old and a newly declared MaxRecvDataSegmentLength; the new one
+        // applies to everything after it.
+        let seg = self.params.send_dsl.min(new_dsl.unwrap_or(u32::MAX));
+        if let Some(n) = new_dsl {
+            self.params.send_dsl = n;
+        }
+        let n = (seq.rsp.len() - seq.sent).min(seg as usize);
         let part = seq.rsp[seq.sent..seq.sent + n].to_vec();
         seq.sent += n;
         let more = seq.sent < seq.rsp.len();
@@ -687,6 +724,14 @@ impl IscsiConn {
     fn send_targets(&self, v: &str, out: &mut Vec<u8>) {
         let sh = Arc::clone(&self.sh);
         let targets = sh.tgts().clone();
+        // The address this connection reached (for portals listening on a wildcard address).
+        let local = self
+            .fd
+            .try_clone()
+            .map(std::net::TcpStream::from)
+            .and_then(|s| s.local_addr())
+            .ok()
+            .map(|a| a.ip());
         for t in targets.iter() {
             let wanted = match v {
                 "All" => self.session == SessionType::Discovery,
@@ -697,7 +742,7 @@ impl IscsiConn {
                 continue;
             }
             login::put_key(out, "TargetName", &t.iqn);
-            for a in sh.portal_addresses() {
+            for a in sh.portal_addresses(local) {
                 login::put_key(out, "TargetAddress", &a);
             }
         }

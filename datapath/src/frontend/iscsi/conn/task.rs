@@ -22,9 +22,11 @@
 //! - A command PDU that is rejected does not take its CmdSN; a command refused after it was
 //!   admitted (unknown LUN, CDB, unit attention, conflict, path state, lengths) is answered
 //!   only once its unsolicited Data-Out has all come (`dataout.rs`).
-//! - A write whose Expected Data Transfer Length differs from its CDB's transfer length is
-//!   refused (ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT, with the residual), never
-//!   partly written.
+//! - A command that carries blocks other than WRITE / WRITE AND VERIFY whose Expected Data
+//!   Transfer Length differs from its CDB's transfer length is refused (ILLEGAL REQUEST /
+//!   INVALID FIELD IN INFORMATION UNIT, with the residual), never partly written; so is any
+//!   command whose CDB wants data without the W bit (overflow residual: all of it).
+//! - Data a task collects comes only with the W bit; without it `want` is 0.
 
 use super::dataout::{self, Refusal};
 use super::{IscsiConn, Stage, alua};
@@ -420,36 +422,30 @@ impl IscsiConn {
         {
             return self.refuse(refused, Refusal::Check(Sense::INVALID_FIELD_CDB, 0));
         }
+        if out_len > 0 && !wr {
+            // The CDB wants data but the W bit says none will come (RFC 7143 §11.3.1): refused,
+            // never run on data that was not received; none of it was expected (overflow).
+            return self.respond(itt, Err(Sense::INVALID_FIELD_IU), 0, out_len, 0);
+        }
         // A WRITE whose EDTL differs from its transfer length writes the whole blocks both
         // cover and reports the residual (RFC 7143 §11.4.5.2); other commands that carry
         // blocks are refused.
         let partial_ok = matches!(cmd, Cmd::Write(_) | Cmd::WriteVerify(_));
-        if block_write(&cmd) && !partial_ok && (out_len != u64::from(edtl) || !wr && out_len > 0) {
+        if block_write(&cmd) && !partial_ok && out_len != u64::from(edtl) {
             if matches!(cmd, Cmd::CompareAndWrite(_)) {
                 // Its NUMBER OF LOGICAL BLOCKS disagrees with the data sent (e.g. 256 blocks
                 // wrapped to 0 in the one-byte field).
                 return self.refuse(refused, Refusal::Check(Sense::INVALID_FIELD_CDB, out_len));
             }
-            let s = Sense {
-                key: scsi::key::ILLEGAL_REQUEST,
-                asc: 0x0E,
-                ascq: 0x03,
-                info: None,
-                field: None,
-            };
-            return self.refuse(refused, Refusal::Check(s, out_len));
+            return self.refuse(refused, Refusal::Check(Sense::INVALID_FIELD_IU, out_len));
         }
-        let want = if wr {
-            out_len.min(u64::from(edtl)) as u32
-        } else {
-            0
-        };
+        let want = out_len.min(u64::from(edtl)) as u32;
         // Data-Out is gathered in memory: more than one transfer's worth is refused before any
         // of it is asked for (a lying EDTL cannot make the target allocate gigabytes).
         if want > pages::MAX_XFER_BYTES {
             return self.refuse(refused, Refusal::Check(Sense::INVALID_FIELD_CDB, out_len));
         }
-        let scsi_len = if wr || out_len > 0 { out_len } else { 0 };
+        let scsi_len = out_len;
         // Data beyond what the command takes (up to the EDTL) is received and dropped.
         let mut buf = self.get_buf(want as usize);
         buf.extend_from_slice(&data[..data.len().min(want as usize)]);
