@@ -462,9 +462,6 @@ impl IscsiConn {
             drop(table);
         }
         self.with_sess(|s| s.tsih = tsih);
-        if normal {
-            self.baseline_unit_attentions(env);
-        }
         tsih
     }
 

@@ -312,6 +312,7 @@ impl IscsiConn {
             self.me = crate::frontend::iscsi::prs::nexus_id(&self.initiator, &isid, self.sh.tpg);
             // Where the host is: looked up once, kept for the session (no lookup per command).
             self.host_site = self.sh.host_sites.site_of(&self.initiator);
+            let leading = joined.is_none();
             self.params = joined.unwrap_or_else(|| st.neg.params.clone());
             self.phase = Phase::Full;
             // Digests apply from the first PDU after the final Login Response.
@@ -324,6 +325,10 @@ impl IscsiConn {
                 site = self.host_site.map(|s| self.sh.host_sites.name_of(s)),
                 "iSCSI login complete");
             if self.session == SessionType::Normal {
+                if leading {
+                    // (Once the host's site is known: the path states it sees.)
+                    self.baseline_unit_attentions(env);
+                }
                 let t = std::sync::Arc::clone(&self.target);
                 self.take_nexus_losses(&t);
                 let mut rec = crate::runtime::hosts::HostRecord::new(
