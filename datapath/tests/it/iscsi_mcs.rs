@@ -793,3 +793,138 @@ fn a_new_leading_login_of_the_same_initiator_port_reinstates_the_session() {
         );
     }
 }
+
+/// Past the session's first unit attentions (TEST UNIT READY until GOOD); `sn` the next CmdSN.
+fn past_ua(a: &mut Raw, sn: &mut u32) {
+    let t = Instant::now();
+    loop {
+        a.cmd_sn = *sn;
+        *sn += 1;
+        if status_of(a, 1, &TUR, 0).0 == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    a.cmd_sn = *sn;
+}
+
+/// An immediate TMF `func` (LUN 0) with CmdSN `cmd_sn` (ABORT TASK: `rtt`, `ref_sn`).
+fn immediate_tmf(r: &mut Raw, itt: u32, func: u8, rtt: u32, cmd_sn: u32, ref_sn: u32) {
+    let mut h = bhs(0x42, 0x80 | func);
+    put32(&mut h, 16, itt);
+    put32(&mut h, 20, rtt);
+    put32(&mut h, 24, cmd_sn);
+    put32(&mut h, 32, ref_sn);
+    r.send(h, &[]);
+}
+
+/// The next PDU within `ms` milliseconds, if any.
+fn read_within(r: &mut Raw, ms: u64) -> Option<([u8; 48], Vec<u8>)> {
+    r.s.set_read_timeout(Some(Duration::from_millis(ms)))
+        .unwrap();
+    let p = r.read_pdu();
+    r.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    p
+}
+
+/// A rejected command leaves a CmdSN gap; ABORT TASK naming it (RefCmdSN = the gap,
+/// RFC 7143 §11.5.1: "consider the CmdSN as received") must plug it, so the TUR held behind
+/// it runs.
+#[test]
+fn abort_task_plugs_the_cmd_sn_gap_of_a_rejected_command() {
+    let (_d, addr) = daemon2();
+    let (mut a, _, _) = lead(addr, NAME, ISID);
+    let mut sn = 1;
+    past_ua(&mut a, &mut sn);
+    // R+W: Reject, CmdSN sn not taken.
+    a.scsi(5, &write10(0, 1), 512, 0x80 | 0x40 | 0x20, &[]);
+    let (h, _) = a.read_pdu().expect("Reject");
+    assert_eq!(h[0] & 0x3F, 0x3F);
+    // TUR with CmdSN sn+1: held behind the gap.
+    a.scsi(6, &TUR, 0, 0x80, &[]);
+    assert!(read_within(&mut a, 300).is_none());
+    // Immediate ABORT TASK of ITT 5, RefCmdSN sn, CmdSN sn+2.
+    immediate_tmf(&mut a, 7, 1, 5, sn + 2, sn);
+    let (h, _) = a.read_pdu().expect("TMF response");
+    assert_eq!(
+        (h[0] & 0x3F, h[2]),
+        (0x22, 0),
+        "ABORT TASK: function complete"
+    );
+    let got = read_within(&mut a, 2000);
+    assert!(
+        got.as_ref()
+            .is_some_and(|(h, _)| h[0] & 0x3F == 0x21
+                && u32::from_be_bytes(h[16..20].try_into().unwrap()) == 6),
+        "the TUR held behind the rejected command's CmdSN never ran: the gap was not plugged ({:?})",
+        got.map(|(h, _)| h[0])
+    );
+}
+
+/// ABORT TASK of a command not yet received (RefCmdSN = ExpCmdSN) answers "function
+/// complete"; the command arriving later must not run (its CmdSN was considered received).
+#[test]
+fn a_command_aborted_before_it_arrived_never_runs() {
+    let (_d, addr) = daemon2();
+    let (mut a, _, _) = lead(addr, NAME, ISID);
+    let mut sn = 1;
+    past_ua(&mut a, &mut sn);
+    immediate_tmf(&mut a, 8, 1, 9, sn + 1, sn);
+    let (h, _) = a.read_pdu().expect("TMF response");
+    assert_eq!((h[0] & 0x3F, h[2]), (0x22, 0), "function complete");
+    a.cmd_sn = sn;
+    a.scsi(9, &write10(100, 1), 512, 0xA0, &[0xEE; 512]);
+    let got = read_within(&mut a, 500);
+    assert!(
+        got.is_none(),
+        "the aborted command ran after ABORT TASK answered function complete: {:?}",
+        got.map(|(h, _)| (h[0] & 0x3F, h[3]))
+    );
+}
+
+/// MC/S: Immediate ABORT TASK SET on A past a gap; the gap is filled by a command on B.
+/// The TMF answer must come (idle pings off, nothing else sent on A).
+#[test]
+fn a_task_set_tmf_is_answered_when_its_gap_fills_on_another_connection() {
+    let (_d, addr) = daemon2_with("nop_in_interval_ms = 0");
+    let (mut a, tsih, _) = lead(addr, NAME, ISID);
+    let mut sn = 1;
+    let mut b = join(addr, tsih, 1, sn);
+    past_ua(&mut a, &mut sn);
+    // ABORT TASK SET (immediate) with CmdSN sn+1: sn is missing.
+    immediate_tmf(&mut a, 31, 2, 0xFFFF_FFFF, sn + 1, 0);
+    assert!(
+        read_within(&mut a, 300).is_none(),
+        "answered before the gap filled"
+    );
+    // The gap is filled on B (a TUR to LUN 0, aborted on arrival).
+    b.cmd_sn = sn;
+    b.scsi(32, &TUR, 0, 0x80, &[]);
+    let got = read_within(&mut a, 3000);
+    assert!(
+        got.as_ref().is_some_and(|(h, _)| h[0] & 0x3F == 0x22),
+        "TMF on A not answered 3 s after the gap was filled on B: {:?}",
+        got.map(|(h, _)| h[0] & 0x3F)
+    );
+}
+
+/// An immediate ABORT TASK SET whose CmdSN is far past MaxCmdSN: the commands after it
+/// to LUN 0 must still be served.
+#[test]
+fn an_immediate_tmf_with_a_cmd_sn_past_the_window_stops_nothing() {
+    let (_d, addr) = daemon2();
+    let (mut a, _, _) = lead(addr, NAME, ISID);
+    let mut sn = 1;
+    past_ua(&mut a, &mut sn);
+    immediate_tmf(&mut a, 40, 2, 0xFFFF_FFFF, sn + 1000, 0);
+    let tmf = read_within(&mut a, 500);
+    a.cmd_sn = sn;
+    a.scsi(41, &TUR, 0, 0x80, &[]);
+    let got = read_within(&mut a, 2000);
+    assert!(
+        got.as_ref().is_some_and(|(h, _)| h[0] & 0x3F == 0x21),
+        "TUR after the TMF not answered (TMF answer: {:?}; got {:?})",
+        tmf.map(|(h, _)| (h[0] & 0x3F, h[2])),
+        got.map(|(h, _)| h[0] & 0x3F)
+    );
+}

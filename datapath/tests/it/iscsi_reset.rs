@@ -348,3 +348,73 @@ fn clear_task_set_aborts_the_tasks_of_every_nexus_of_the_unit() {
         "the cleared write was written"
     );
 }
+
+/// A command refused while its unsolicited Data-Out is owed (Stage::Drain) is a task of
+/// the LU's task set: another nexus's LOGICAL UNIT RESET aborts it (TAS=0: no response).
+#[test]
+fn a_refused_task_still_owed_data_is_aborted_by_another_nexus_lun_reset() {
+    let (_d, addr) = crate::iscsi::daemon("16MiB");
+    let mut a = crate::iscsi_limits::login_with(
+        addr,
+        &[
+            "InitialR2T=No",
+            "ImmediateData=Yes",
+            "FirstBurstLength=65536",
+        ],
+    );
+    let t = Instant::now();
+    while status_of(&mut a, 1, &TUR, 0).0 != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never ready");
+    }
+    let mut b = session(addr, "iqn.2026-12.test:resetter2");
+    assert_eq!(lun_reset(&mut b, 50), 0);
+    let mut h = bhs(0x01, 0x20);
+    put32(&mut h, 16, 60);
+    put32(&mut h, 20, 4096);
+    put32(&mut h, 24, a.cmd_sn);
+    a.cmd_sn += 1;
+    h[32..42].copy_from_slice(&write10(0, 8));
+    a.send(h, &[0xAB; 1024]);
+    a.s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(a.read_pdu().is_none());
+    a.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(lun_reset(&mut b, 51), 0);
+    let mut d = bhs(0x05, 0x80);
+    put32(&mut d, 16, 60);
+    put32(&mut d, 20, 0xFFFF_FFFF);
+    put32(&mut d, 40, 1024);
+    a.send(d, &[0xAB; 3072]);
+    a.scsi(61, &TUR, 0, 0x80, &[]);
+    let (h, _) = a.read_pdu().expect("a response");
+    assert_eq!(
+        u32::from_be_bytes(h[16..20].try_into().unwrap()),
+        61,
+        "the write aborted by the other nexus's LU reset was answered (status {:#x})",
+        h[3]
+    );
+}
+
+/// A Data-Out that fills its R2T without the F bit: Reject; all the R2T's bytes are in,
+/// so nothing more is owed: the task should still be answered (CHECK CONDITION).
+#[test]
+fn a_task_whose_r2t_was_filled_without_the_f_bit_is_still_answered() {
+    let (_d, addr) = crate::iscsi::daemon("16MiB");
+    let mut r = session(addr, "iqn.2026-12.test:filled");
+    r.scsi(70, &write10(0, 2), 1024, 0xA0, &[]);
+    let (h, _) = r.read_pdu().expect("R2T");
+    assert_eq!(h[0] & 0x3F, 0x31);
+    let ttt = u32::from_be_bytes(h[20..24].try_into().unwrap());
+    let mut d = bhs(0x05, 0x00);
+    put32(&mut d, 16, 70);
+    put32(&mut d, 20, ttt);
+    r.send(d, &[0xEE; 1024]);
+    let (h, _) = r.read_pdu().expect("Reject");
+    assert_eq!(h[0] & 0x3F, 0x3F);
+    r.s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let got = r.read_pdu();
+    assert!(
+        got.as_ref().is_some_and(|(h, _)| h[0] & 0x3F == 0x21),
+        "the task whose R2T was filled (no F bit) is never answered"
+    );
+}

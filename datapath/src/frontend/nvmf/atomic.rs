@@ -522,9 +522,7 @@ impl Home {
                         }
                         (Stage::Delegated, Some(r)) => Some(match r {
                             Ok(()) => (Status::SUCCESS, Status::SUCCESS),
-                            Err(Errno::MISCOMPARE) => {
-                                (Status::COMPARE_FAILED, Status::ABORTED_FUSED_FAIL)
-                            }
+                            // (A miscompare is located first: the arm above.)
                             Err(e) => (
                                 super::status::status_of(e, super::cmd::io::WRITE),
                                 Status::ABORTED_FUSED_FAIL,
@@ -615,6 +613,14 @@ impl Conn for Home {
     fn on_recv(&mut self, _env: &mut Env<'_>, _res: i32) {}
 
     fn on_send(&mut self, _env: &mut Env<'_>, _res: i32) {}
+
+    fn volume_of(&self, _slot: u32) -> Option<usize> {
+        // (A read failing at the device is shown to its volume's layers: `Channel::read_failed`.)
+        match self.queue.front()? {
+            Item::Fused(f) => Some(f.vol),
+            Item::Op(o) => Some(o.vol),
+        }
+    }
 
     fn on_io(&mut self, _slot: u32, result: Result<(), Errno>, data: &[u8]) {
         self.in_flight = false;

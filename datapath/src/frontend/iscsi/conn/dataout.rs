@@ -57,10 +57,16 @@ impl IscsiConn {
             Refusal::Check(s, len) => (Err(s), len, false),
             Refusal::Conflict => (Ok(()), 0, true),
         };
+        // (In its LU's task set while it drains: a reset or CLEAR TASK SET of the LU aborts
+        // it, as any other task of it.)
+        let lun_idx = crate::frontend::iscsi::pages::lun_of(&lun)
+            .and_then(|n| self.target.luns.iter().position(|l| l.lun == n))
+            .unwrap_or(usize::MAX);
         let slot = self.placeholder_task(usize::MAX);
         let t = &mut self.tasks[slot];
         t.itt = itt;
         t.lun = lun;
+        t.lun_idx = lun_idx;
         t.edtl = edtl;
         t.scsi_len = scsi_len;
         t.unsolicited = true;
@@ -204,6 +210,8 @@ impl IscsiConn {
                 t.data_sn = 0;
             }
         } else if now == limit && ttt != NO_TAG {
+            // Its R2T is filled: nothing more is owed for it (the task is answered now).
+            t.r2t = None;
             return self.sequence_error(
                 env,
                 slot,

@@ -116,8 +116,9 @@ pub(super) struct Session {
     pub(super) path_seen: Vec<Option<super::alua::Seen>>,
     /// Immediate task-set TMFs waiting for the commands before them (RFC 7143 §11.5.1: a
     /// task set's commands with a lower CmdSN, still in a gap, are aborted on arrival, and the
-    /// answer waits until they all came): (the TMF's CmdSN, its LUN; `None`: every LUN).
-    pub(super) abort_prior: Vec<(u32, Option<[u8; 8]>)>,
+    /// answer waits until they all came): (the TMF's CmdSN, its LUN; `None`: every LUN; the
+    /// key of the connection that answers it, woken when ExpCmdSN reaches the CmdSN).
+    pub(super) abort_prior: Vec<(u32, Option<[u8; 8]>, u32)>,
 }
 
 /// The owner of a held command that was terminated (see [`Session::held`]).
@@ -142,9 +143,9 @@ impl Session {
     /// A command with CmdSN `sn` to `lun` that arrived after a task-set TMF with a higher
     /// CmdSN for its LUN (or every LUN): aborted on arrival (see `abort_prior`).
     pub(super) fn aborted_before(&self, sn: u32, lun: &[u8; 8]) -> bool {
-        self.abort_prior
-            .iter()
-            .any(|(n, l)| crate::frontend::iscsi::pdu::sn_lt(sn, *n) && l.is_none_or(|l| l == *lun))
+        self.abort_prior.iter().any(|(n, l, _)| {
+            crate::frontend::iscsi::pdu::sn_lt(sn, *n) && l.is_none_or(|l| l == *lun)
+        })
     }
 
     /// Terminate the held commands with a CmdSN below `n` addressed to `lun` (`None`: any).
@@ -525,6 +526,19 @@ impl IscsiConn {
         self.reinstate_sessions(env, old);
     }
 
+    /// A non-immediate command with CmdSN `sn` is to be ignored silently (RFC 7143 §4.2.2.1):
+    /// outside the window, or a duplicate of one held for a gap. (Checked before a command
+    /// is judged, so a retransmission is never rejected, e.g. as a tag in use.)
+    pub(super) fn cmd_sn_ignored(&self, sn: u32) -> bool {
+        self.with_sess(|s| {
+            let exp = s.exp_cmd_sn;
+            let inside = crate::frontend::iscsi::pdu::sn_le(exp, sn)
+                && crate::frontend::iscsi::pdu::sn_le(sn, exp.wrapping_add(super::CMD_WINDOW - 1));
+            !inside || s.held.contains_key(&sn)
+        })
+        .unwrap_or(false)
+    }
+
     /// Keep the daemon-wide entry's member list in step (`f` edits it).
     fn table_members(&self, f: impl FnOnce(&mut Vec<(u16, u32)>)) {
         let mut table = self.sh.session_table();
@@ -561,6 +575,16 @@ impl IscsiConn {
             Ok((old, s.params.clone(), s.exp_cmd_sn))
         });
         let (old, params, exp) = r?;
+        if !self.sh.session_table().values().any(|t| t.nexus == e.nexus) {
+            // Reinstated (or closed by a cold reset) since this login found it: the session
+            // is ending; joining it would keep it alive past its close.
+            SESSIONS.with(|t| {
+                if let Some(s) = t.borrow_mut().get_mut(slot) {
+                    s.members.retain(|m| m.key != key);
+                }
+            });
+            return Err(LoginStatus::NO_SESSION);
+        }
         self.sess = Some(slot);
         self.nexus = e.nexus;
         self.exp_cmd_sn = exp;
@@ -592,6 +616,8 @@ impl IscsiConn {
         let key = env.key;
         self.table_members(|m| m.retain(|&(_, k)| k != key));
         let gone = self.with_sess(|s| {
+            // Its task-set TMFs' waits end with it (never answered now).
+            s.abort_prior.retain(|&(_, _, k)| k != key);
             s.members.retain(|m| m.key != key);
             s.void(Some(key), None);
             s.members.is_empty().then_some((s.tsih, s.normal))
@@ -637,8 +663,31 @@ impl IscsiConn {
             .unwrap_or(true)
     }
 
+    /// Wake the other connections whose task-set TMF waits for ExpCmdSN to reach its CmdSN
+    /// once it has (`Session::abort_prior`): their answer goes out at their next turn.
+    fn wake_tmf_waiters(&self, env: &Env<'_>) {
+        let key = env.key;
+        let who: Vec<Member> = self
+            .with_sess(|s| {
+                if s.abort_prior.is_empty() {
+                    return Vec::new();
+                }
+                let exp = s.exp_cmd_sn;
+                s.abort_prior
+                    .iter()
+                    .filter(|(n, _, k)| *k != key && crate::frontend::iscsi::pdu::sn_le(*n, exp))
+                    .filter_map(|(_, _, k)| s.members.iter().find(|m| m.key == *k).copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for m in who {
+            self.tell(env, m, What::Wake);
+        }
+    }
+
     /// Run the held commands whose turn has come; wake the connection holding the next one.
     pub(super) fn run_held(&mut self, env: &mut Env<'_>) {
+        self.wake_tmf_waiters(env);
         enum Next {
             Mine(Vec<u8>),
             Other(Member),

@@ -521,7 +521,13 @@ impl IscsiConn {
                             // before the TMF: treated as received (and aborted: a held command
                             // is dropped). A task that already completed is below ExpCmdSN:
                             // "does not exist".
-                            self.with_sess(|s| s.void(None, Some(ref_sn)));
+                            // (Not held yet: a VOID placeholder takes its CmdSN, so the window
+                            // goes on, and the command is ignored if it still comes, e.g. one
+                            // the target rejected, which did not take its CmdSN.)
+                            self.with_sess(|s| {
+                                s.void(None, Some(ref_sn));
+                                s.held.entry(ref_sn).or_insert((mcs::VOID, Vec::new()));
+                            });
                             tmf_rsp::COMPLETE
                         } else {
                             tmf_rsp::NO_TASK
@@ -531,13 +537,20 @@ impl IscsiConn {
             }
             2 | 4 | 5 if !lun_ok => tmf_rsp::NO_LUN,
             2 | 4 | 5 | 6 | 7 | 11 => {
-                if r.immediate() && func != 11 && sn_lt(self.exp(), tmf_sn) {
+                let exp = self.exp();
+                if r.immediate()
+                    && func != 11
+                    && sn_lt(exp, tmf_sn)
+                    && sn_le(tmf_sn, exp.wrapping_add(super::CMD_WINDOW))
+                {
                     // Commands before the TMF are still in a CmdSN gap: those of its task set
-                    // are aborted, held or on arrival, and the answer waits for them all.
+                    // are aborted, held or on arrival, and the answer waits for them all. (A
+                    // CmdSN past the window names no command the initiator may have sent.)
                     let which = (func <= 5).then_some(lun);
+                    let key = env.key;
                     self.with_sess(|s| {
                         s.void_before(tmf_sn, which.as_ref());
-                        s.abort_prior.push((tmf_sn, which));
+                        s.abort_prior.push((tmf_sn, which, key));
                     });
                     until_sn = Some(tmf_sn);
                 }
@@ -684,7 +697,7 @@ impl IscsiConn {
                 // Every command before it came: its task set's were aborted on arrival.
                 let exp = self.exp();
                 if sn_le(n, exp) {
-                    self.with_sess(|s| s.abort_prior.retain(|(m, _)| *m != n));
+                    self.with_sess(|s| s.abort_prior.retain(|(m, _, _)| *m != n));
                     self.tmf_wait[i].until_sn = None;
                 }
             }

@@ -298,6 +298,12 @@ impl IscsiConn {
             // Extended CDBs and bidirectional commands are not supported.
             return self.reject(env, reject::NOT_SUPPORTED, r.0);
         }
+        if !r.immediate() && self.cmd_sn_ignored(r.cmd_sn()) {
+            // A retransmission or a CmdSN outside the window: silently ignored (`admit`
+            // counts it), never rejected.
+            let _ = self.admit(env, r, data);
+            return;
+        }
         let itt = r.itt();
         let edtl = r.w20();
         let flags = r.flags();
@@ -1261,10 +1267,6 @@ impl IscsiConn {
             .map_or((PathState::Inaccessible, None), |v| self.host_paths(v))
     }
 
-    /// A pending unit attention for LUN index `i` (reported once), unless the command is one
-    /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE). A path-state change is
-    /// one for a session the host list places only when the states it sees changed
-    /// (`alua.rs`); the states are read only when a change count moved.
     /// A new session's reference for its unit attentions: every logical unit's reset count
     /// and path states as they are at its login, so a reset or a path change after it is
     /// reported at the session's next command to that unit, whether or not it has used it
@@ -1285,6 +1287,10 @@ impl IscsiConn {
         });
     }
 
+    /// A pending unit attention for LUN index `i` (reported once), unless the command is one
+    /// that never reports it (INQUIRY, REPORT LUNS, REQUEST SENSE). A path-state change is
+    /// one for a session the host list places only when the states it sees changed
+    /// (`alua.rs`); the states are read only when a change count moved.
     fn unit_attention(&mut self, env: &Env<'_>, i: usize, cmd: &Cmd) -> Option<Sense> {
         let resets = self.target.luns[i]
             .resets
