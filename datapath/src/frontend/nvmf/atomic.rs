@@ -471,15 +471,8 @@ impl Home {
                                 continue;
                             }
                             self.stage = Stage::Reading;
-                            match chan.read(env.io, tag, f.off, f.cmp.len() as u32) {
-                                crate::bdev::ReadStart::Ready(d) => {
-                                    self.rbuf.clear();
-                                    self.rbuf.extend_from_slice(d);
-                                    self.last = Some(Ok(()));
-                                }
-                                crate::bdev::ReadStart::Failed(e) => self.last = Some(Err(e)),
-                                crate::bdev::ReadStart::Pending => self.in_flight = true,
-                            }
+                            let r = chan.read(env.io, tag, f.off, f.cmp.len() as u32);
+                            read_started(r, &mut self.rbuf, &mut self.last, &mut self.in_flight);
                             None
                         }
                         (Stage::Reading, Some(Err(e))) => Some((
@@ -503,15 +496,8 @@ impl Home {
                             // Read what the stack compared against (a write since may change
                             // it: the offset is only a report).
                             self.stage = Stage::Locating;
-                            match chan.read(env.io, tag, f.off, f.cmp.len() as u32) {
-                                crate::bdev::ReadStart::Ready(d) => {
-                                    self.rbuf.clear();
-                                    self.rbuf.extend_from_slice(d);
-                                    self.last = Some(Ok(()));
-                                }
-                                crate::bdev::ReadStart::Failed(e) => self.last = Some(Err(e)),
-                                crate::bdev::ReadStart::Pending => self.in_flight = true,
-                            }
+                            let r = chan.read(env.io, tag, f.off, f.cmp.len() as u32);
+                            read_started(r, &mut self.rbuf, &mut self.last, &mut self.in_flight);
                             None
                         }
                         (Stage::Locating, Some(r)) => {
@@ -666,6 +652,25 @@ impl Conn for Home {
             self.queue.len(),
             self.stage
         )
+    }
+}
+
+/// A read of the executor's (slot 0) started with `r`: its data into `rbuf` and `last`, its
+/// error into `last`, or in flight.
+fn read_started(
+    r: crate::bdev::ReadStart<'_>,
+    rbuf: &mut Vec<u8>,
+    last: &mut Option<Result<(), Errno>>,
+    in_flight: &mut bool,
+) {
+    match r {
+        crate::bdev::ReadStart::Ready(d) => {
+            rbuf.clear();
+            rbuf.extend_from_slice(d);
+            *last = Some(Ok(()));
+        }
+        crate::bdev::ReadStart::Failed(e) => *last = Some(Err(e)),
+        crate::bdev::ReadStart::Pending => *in_flight = true,
     }
 }
 

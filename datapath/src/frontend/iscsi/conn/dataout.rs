@@ -154,7 +154,7 @@ impl IscsiConn {
         if let Stage::Drain { .. } = t.stage {
             // Read and dropped; only the end of what is owed matters.
             if r.fin() {
-                ended(t, ttt);
+                t.sequence_ended(ttt);
             }
             return self.advance(env, slot);
         }
@@ -205,7 +205,7 @@ impl IscsiConn {
                 // (The PDU itself is well formed: no Reject, only the condition.)
                 return self.end_task(env, slot, r, what, INCORRECT_AMOUNT);
             }
-            ended(t, ttt);
+            t.sequence_ended(ttt);
             if ttt == NO_TAG {
                 t.data_sn = 0;
             }
@@ -244,22 +244,12 @@ impl IscsiConn {
         tracing::debug!(conn = env.key, what, "iSCSI data sequence error");
         let t = &mut self.tasks[slot as usize];
         if r.fin() {
-            ended(t, r.w20());
+            t.sequence_ended(r.w20());
         }
         t.result = Err(sense);
         t.stage = Stage::Drain { conflict: false };
         let buf = std::mem::take(&mut t.buf);
         self.put_buf(buf);
         self.advance(env, slot);
-    }
-}
-
-/// The Data-Out PDU with TTT `ttt` carried the F bit: the unsolicited burst (FFFFFFFFh) or the
-/// outstanding R2T's sequence it belongs to is over.
-fn ended(t: &mut super::task::Task, ttt: u32) {
-    if ttt == NO_TAG {
-        t.unsolicited = false;
-    } else if t.r2t.is_some_and(|(tt, _, _)| tt == ttt) {
-        t.r2t = None;
     }
 }

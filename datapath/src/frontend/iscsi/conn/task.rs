@@ -80,6 +80,18 @@ pub(super) struct Task {
     pub(super) copy: Option<Box<super::copy::Run>>,
 }
 
+impl Task {
+    /// A Data-Out PDU with TTT `ttt` carried the F bit: the unsolicited burst (FFFFFFFFh) or
+    /// the outstanding R2T's sequence it belongs to is over (`dataout.rs`).
+    pub(super) fn sequence_ended(&mut self, ttt: u32) {
+        if ttt == NO_TAG {
+            self.unsolicited = false;
+        } else if self.r2t.is_some_and(|(tt, _, _)| tt == ttt) {
+            self.r2t = None;
+        }
+    }
+}
+
 fn nv_sense(s: NvStatus) -> Result<(), Sense> {
     match s {
         NvStatus::SUCCESS => Ok(()),
