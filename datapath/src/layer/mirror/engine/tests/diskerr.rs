@@ -459,6 +459,24 @@ fn a_sequenced_write_at_a_resync_target_is_refused_and_not_applied() {
     );
 }
 
+/// Turns of site a alone: its device operations finished, ticks, answers collected.
+fn run_a(p: &mut Pair) {
+    for _ in 0..20 {
+        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
+        p.a.engine.tick(&mut p.io, Instant::now());
+        collect(&mut p.a);
+    }
+}
+
+/// a's device works again, what waited for a retry is retried now: both end in sync and
+/// byte-identical.
+fn heal_and_sync(p: &mut Pair) {
+    p.a.disk.borrow_mut().fail = None;
+    p.a.engine.retry_unreadable_now();
+    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
+    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+}
+
 /// Run a's resync (b the target) until a is in its last pass with reads in flight; the
 /// reads stay pending.
 fn to_last_pass(p: &mut Pair) {
@@ -493,17 +511,10 @@ fn a_deferred_write_released_by_a_stall_is_acknowledged_and_copied() {
         "deferred"
     );
     p.a.disk.borrow_mut().fail = Some(BAD);
-    for _ in 0..20 {
-        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
-        p.a.engine.tick(&mut p.io, Instant::now());
-        collect(&mut p.a);
-    }
+    run_a(&mut p);
     assert!(p.a.engine.resync.as_ref().unwrap().unreadable_bytes() > 0);
     assert_eq!(p.a.ok, ok + 1, "the released write was not acknowledged");
-    p.a.disk.borrow_mut().fail = None;
-    p.a.engine.retry_unreadable_now();
-    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
-    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    heal_and_sync(&mut p);
     assert_eq!(p.b.disk.borrow().bytes[20480], 0x66);
 }
 
@@ -515,11 +526,7 @@ fn a_caw_read_failing_at_the_survivor_answers_eio_and_serves_on() {
     let mut slot = 200;
     p.a.disk.borrow_mut().fail = Some((COUNTER, 512));
     submit_caw(&mut p.a, &mut p.io, &mut slot, 0);
-    for _ in 0..20 {
-        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
-        p.a.engine.tick(&mut p.io, Instant::now());
-        collect(&mut p.a);
-    }
+    run_a(&mut p);
     assert_eq!((p.a.caw_failed, p.a.outstanding), (1, 0));
     assert_serving(&p, 1);
     assert!(p.a.engine.ops.is_empty(), "an op left behind");
@@ -638,20 +645,13 @@ fn released_writes_completing_inline_reenter_apply_done_safely() {
     assert_eq!(p.a.engine.resync.as_ref().unwrap().deferred.len(), 3);
     p.a.disk.borrow_mut().fail = Some(BAD);
     p.a.disk.borrow_mut().sync_writes = true;
-    for _ in 0..20 {
-        while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
-        p.a.engine.tick(&mut p.io, Instant::now());
-        collect(&mut p.a);
-    }
+    run_a(&mut p);
     assert_eq!(
         (p.a.ok, p.a.failed, p.a.outstanding),
         (ok + 2, failed + 1, 0)
     );
     assert!(!p.a.engine.no_io() && p.a.engine.replica_failed().is_none());
-    p.a.disk.borrow_mut().fail = None;
-    p.a.engine.retry_unreadable_now();
-    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
-    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    heal_and_sync(&mut p);
 }
 
 /// An update waiting for the survivor state on disk whose initiator's timeout passes leaves
