@@ -532,8 +532,7 @@ fn a_caw_read_failing_at_the_survivor_answers_eio_and_serves_on() {
     assert!(p.a.engine.ops.is_empty(), "an op left behind");
     p.a.disk.borrow_mut().fail = None;
     redial_pair(&mut p);
-    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
-    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    heal_and_sync(&mut p);
 }
 
 /// The resync's closing flush fails and the device loses what it held in its volatile cache
@@ -578,8 +577,7 @@ fn a_session_ending_while_stalled_keeps_the_region_for_the_next() {
     assert_eq!(p.a.engine.mode(), Mode::Survivor);
     p.a.disk.borrow_mut().fail = None;
     redial_pair(&mut p);
-    run_until_in_sync(&mut p.a, &mut p.b, &mut p.io, &mut p.rng);
-    assert!(p.a.disk.borrow().bytes == p.b.disk.borrow().bytes);
+    heal_and_sync(&mut p);
 }
 
 /// The retry of an unreadable region never starts a last pass with that read in flight: host
