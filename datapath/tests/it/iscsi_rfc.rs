@@ -244,3 +244,74 @@ fn a_discovery_session_rejects_everything_but_send_targets_and_logout() {
     assert!(String::from_utf8(d).unwrap().starts_with("TargetName="));
     logout(&mut r, 21);
 }
+
+/// ABORT TASK addresses a task of the TMF's logical unit (RFC 7143 §11.5.1): a task with that
+/// tag on another LU "does not exist" for it and goes on; an LU the target lacks is answered
+/// "LUN does not exist". A Logout with a reserved reason code (3..127) is rejected without
+/// taking its CmdSN (§11.14.1). (Before, the LUN was ignored and the task aborted; the
+/// reserved reason was answered "recovery not supported".)
+#[test]
+fn abort_task_keeps_to_its_lun_and_a_reserved_logout_reason_is_rejected() {
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[[iscsi.target]]\niqn='{}'\nluns=['vol0','vol1']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='8M'\n[[volume]]\nname='vol1'\nbackend='malloc'\nsize='8M'\n",
+        crate::iscsi::IQN
+    );
+    let (_d, addr) = crate::iscsi::daemon_from(&text);
+    let mut r = Raw::login(addr, false);
+    let t = std::time::Instant::now();
+    loop {
+        let sn = r.cmd_sn;
+        tur_at(&mut r, 1, sn);
+        r.cmd_sn = sn + 1;
+        if scsi_rsp(&mut r).2 == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "never ready"
+        );
+    }
+    // A WRITE on LUN 0 waits for its data.
+    r.scsi(20, &write10(16, 1), 512, 0xA0, &[]);
+    let (h, _) = r.read_pdu().expect("R2T");
+    assert_eq!(h[0] & 0x3F, 0x31, "R2T");
+    let ttt = u32::from_be_bytes(h[20..24].try_into().unwrap());
+    let abort = |r: &mut Raw, itt: u32, lun: u8| {
+        let mut h = bhs(0x42, 0x80 | 1);
+        h[9] = lun;
+        put32(&mut h, 16, itt);
+        put32(&mut h, 20, 20);
+        put32(&mut h, 24, r.cmd_sn);
+        put32(&mut h, 32, r.cmd_sn - 1);
+        r.send(h, &[]);
+        let (h, _) = r.read_pdu().expect("TMF Response");
+        assert_eq!(h[0] & 0x3F, 0x22);
+        h[2]
+    };
+    assert_eq!(
+        abort(&mut r, 21, 1),
+        1,
+        "ABORT TASK on LUN 1: task does not exist"
+    );
+    assert_eq!(
+        abort(&mut r, 22, 7),
+        2,
+        "ABORT TASK on a LUN the target lacks"
+    );
+    let data = pattern(9, 512);
+    let mut d = bhs(0x05, 0x80);
+    put32(&mut d, 16, 20);
+    put32(&mut d, 20, ttt);
+    r.send(d, &data);
+    let (itt, _, st) = scsi_rsp(&mut r);
+    assert_eq!((itt, st), (20, 0), "the write on LUN 0 was not aborted");
+    assert_eq!(read_blocks(&mut r, 23, 16, 1), data);
+    // Logout with reason 5: Reject (invalid PDU field), CmdSN not taken.
+    let mut h = bhs(0x06, 0x80 | 5);
+    put32(&mut h, 16, 24);
+    put32(&mut h, 24, r.cmd_sn);
+    r.send(h, &[]);
+    let (h, _) = r.read_pdu().expect("Reject");
+    assert_eq!((h[0] & 0x3F, h[2]), (0x3F, 0x09));
+    logout(&mut r, 25);
+}

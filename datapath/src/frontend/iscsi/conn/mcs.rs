@@ -181,8 +181,8 @@ thread_local! {
 /// Which tasks an `Abort` note names.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Filter {
-    /// ABORT TASK: by initiator task tag.
-    Itt(u32),
+    /// ABORT TASK: by initiator task tag, on the TMF's LUN.
+    Itt(u32, [u8; 8]),
     /// ABORT / CLEAR TASK SET, LUN RESET: by LUN.
     Lun([u8; 8]),
     /// Target resets, I_T nexus reset.
@@ -375,7 +375,7 @@ impl IscsiConn {
                     .tasks
                     .iter()
                     .filter(|(_, t)| match filter {
-                        Filter::Itt(itt) => t.itt == itt,
+                        Filter::Itt(itt, lun) => t.itt == itt && t.lun == lun,
                         Filter::Lun(l) => t.lun == l,
                         Filter::All => true,
                     })

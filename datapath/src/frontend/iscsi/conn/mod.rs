@@ -570,10 +570,14 @@ impl IscsiConn {
     }
 
     fn logout_req(&mut self, env: &mut Env<'_>, r: Req<'_>) {
+        let reason = r.flags() & 0x7F;
+        if reason > 2 {
+            // A reserved reason code (RFC 7143 §11.14.1): rejected, its CmdSN not taken.
+            return self.reject(env, reject::INVALID_FIELD, r.0);
+        }
         if self.admit(env, r, &[]) != Some(true) {
             return;
         }
-        let reason = r.flags() & 0x7F;
         let cid = u16::from_be_bytes([r.0[20], r.0[21]]);
         match reason {
             // Close the session: every connection of it (RFC 7143 §11.14.1); this one answers

@@ -495,14 +495,17 @@ impl IscsiConn {
         let mut found = None;
         let mut until_sn = None;
         let code = match func {
+            1 if !lun_ok => tmf_rsp::NO_LUN,
             1 => {
                 let rtt = r.w20();
                 let ref_sn = r.u32_at(32);
                 let exp = self.exp();
+                // The task of that tag on the TMF's logical unit (RFC 7143 §11.5.1: ABORT TASK
+                // addresses an LU): one of another LU "does not exist" for it.
                 match self
                     .tasks
                     .iter()
-                    .find(|(_, t)| t.itt == rtt)
+                    .find(|(_, t)| t.itt == rtt && t.lun == lun)
                     .map(|(s, _)| s)
                 {
                     Some(s) => {
@@ -512,7 +515,8 @@ impl IscsiConn {
                     None => {
                         // Another connection of the session may have it (ITTs are
                         // session-wide): asked, the answer waits for it.
-                        if let Some((st, f)) = self.abort_siblings(env, mcs::Filter::Itt(rtt)) {
+                        if let Some((st, f)) = self.abort_siblings(env, mcs::Filter::Itt(rtt, lun))
+                        {
                             settles.push(st);
                             found = Some(f);
                         }
