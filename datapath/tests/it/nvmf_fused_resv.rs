@@ -362,3 +362,77 @@ fn nvmf_abort_drops_a_command_waiting_for_data_and_reports_the_rest() {
     assert_eq!((aer_c.cid, aer_c.status), (aer, sc::ABORT_REQUESTED));
     assert_eq!((ab_c.cid, ab_c.status, ab_c.result & 1), (ab, 0, 0));
 }
+
+/// An H2CData PDU (no digests) for command `cid`, transfer tag `ttag`: all of `data`, last.
+fn h2c(cid: u16, ttag: u16, data: &[u8]) -> Vec<u8> {
+    let mut b = vec![t::H2C_DATA, 4, 24, 24];
+    b.extend_from_slice(&(24 + data.len() as u32).to_le_bytes());
+    b.extend_from_slice(&cid.to_le_bytes());
+    b.extend_from_slice(&ttag.to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(data);
+    b
+}
+
+/// The fused halves are paired by the order their capsules arrive (NVMe Base 2.0 §3.4.2),
+/// not by when their data completes: a pair whose data comes by R2T with another command's
+/// capsule between the two H2CData runs (before, both halves were answered Missing Fused
+/// Command); a Compare whose data comes by R2T and a Write with in-capsule data are answered
+/// together (before, the Write was answered Missing at once and the Compare never).
+#[test]
+fn fused_halves_are_paired_by_capsule_order_whatever_order_their_data_completes_in() {
+    let (d, _) = in_process_with("cores=[0]\nwait='adaptive'", RAM);
+    let addr = nvmf_addr(&d);
+    let mut c = Controller::connect(addr, NQN, &host(1)).unwrap();
+    let bs = c.ns_info(1).unwrap().block_size;
+    let mut q = c.io_queue(1, 32).unwrap();
+    let zero = vec![0u8; bs as usize];
+    // A: both halves by R2T; a Read's capsule arrives between their data.
+    q.set_incapsule(0);
+    let cmp = q
+        .submit(Sqe::new(0x05).nsid(1).lba(8, 1).fuse(1), &zero, 0)
+        .unwrap();
+    let new_a = pattern(11, bs as usize);
+    let wr = q
+        .submit(Sqe::new(0x01).nsid(1).lba(8, 1).fuse(2), &new_a, 0)
+        .unwrap();
+    let mut r2ts = std::collections::HashMap::new();
+    while r2ts.len() < 2 {
+        let p = q.read_pdu().unwrap();
+        assert_eq!(p.kind, t::R2T, "an R2T for each half");
+        let cid = u16::from_le_bytes([p.header[8], p.header[9]]);
+        r2ts.insert(cid, u16::from_le_bytes([p.header[10], p.header[11]]));
+    }
+    q.send_raw(&h2c(cmp, r2ts[&cmp], &zero)).unwrap();
+    let rd = q
+        .submit(Sqe::new(0x02).nsid(1).lba(100, 1), &[], bs)
+        .unwrap();
+    q.send_raw(&h2c(wr, r2ts[&wr], &new_a)).unwrap();
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let cq = q.complete().unwrap();
+        got.insert(cq.cid, cq.status);
+    }
+    assert_eq!((got[&cmp], got[&wr], got[&rd]), (0, 0, 0), "{got:?}");
+    q.set_incapsule(8192);
+    assert_eq!(q.read(1, 8, 1, bs).unwrap(), new_a, "the pair wrote");
+    // B: the Compare's data by R2T, the Write's in the capsule.
+    q.set_incapsule(0);
+    let cmp = q
+        .submit(Sqe::new(0x05).nsid(1).lba(8, 1).fuse(1), &new_a, 0)
+        .unwrap();
+    q.set_incapsule(8192);
+    let new_b = pattern(12, bs as usize);
+    let wr = q
+        .submit(Sqe::new(0x01).nsid(1).lba(8, 1).fuse(2), &new_b, 0)
+        .unwrap();
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let cq = q.complete().unwrap();
+        got.insert(cq.cid, cq.status);
+    }
+    assert_eq!((got[&cmp], got[&wr]), (0, 0), "{got:?}");
+    assert_eq!(q.read(1, 8, 1, bs).unwrap(), new_b);
+}

@@ -716,6 +716,12 @@ impl Queue {
         Ok((c.status, c.data))
     }
 
+    /// Send host-to-controller data in the capsule only up to `n` bytes (beyond it, after the
+    /// target's R2T); the target's in-capsule limit still bounds it.
+    pub fn set_incapsule(&mut self, n: usize) {
+        self.incapsule = n;
+    }
+
     /// Forget command `cid` (its completion was read with `read_pdu`).
     pub fn forget(&mut self, cid: u16) {
         self.pending.remove(&cid);

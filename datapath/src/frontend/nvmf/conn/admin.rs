@@ -404,13 +404,8 @@ impl NvmfConn {
             self.fail_early(&Sqe(&sqe), Status::ABORT_REQUESTED);
             return true;
         }
-        // The first half of a fused pair still waiting for its second.
-        if self
-            .fused_first
-            .as_ref()
-            .is_some_and(|(s, _)| Sqe(s).cid() == cid)
-        {
-            self.fused_first = None;
+        // A half of a fused pair waiting for its partner's data.
+        if self.fusing.abort_waiting(cid) {
             self.respond(cid, Status::ABORT_REQUESTED, 0);
             return true;
         }

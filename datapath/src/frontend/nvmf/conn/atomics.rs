@@ -1,6 +1,7 @@
 //! Fused Compare+Write: checked on the queue, executed by the volume's home.
 //!
-//! Model: the first half (Compare) waits in `fused_first` for the next command; the pair is
+//! Model: the halves are paired by the order their capsules arrive and wait for each other's
+//! data (`fusing.rs`); the pair is
 //! checked here (same namespace and range, at most ACWU blocks, reservation access to read and
 //! write) and handed whole to the volume's home executor (`atomic::Home`) as a
 //! `Note::Fused`, which runs it with every other access to the volume excluded and answers

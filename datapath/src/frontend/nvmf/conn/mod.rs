@@ -50,6 +50,7 @@
 mod admin;
 mod atomics;
 mod fabrics;
+mod fusing;
 mod io;
 mod reservations;
 mod transfer;
@@ -194,11 +195,8 @@ pub struct NvmfConn {
     terminated: bool,
     errors: u64,
     err_vol: usize,
-    /// The first command of a fused pair, waiting for the second (SQE, data).
-    fused_first: Option<([u8; cmd::SQE_LEN], Vec<u8>)>,
-    /// The first command of a fused pair failed before it was executed: a second half that
-    /// comes next is aborted with it (Failed Fused Command).
-    fused_first_failed: bool,
+    /// Fused pairs, by the order their capsules arrived (`fusing.rs`).
+    fusing: fusing::Fusing,
     /// Data digest errors on this connection (the first is logged; all are counted).
     digest_errors: u64,
     /// Volumes whose atomic section a finished access still has to leave (done in `flush`,
@@ -241,8 +239,7 @@ impl NvmfConn {
             terminated: false,
             errors: 0,
             err_vol: 0,
-            fused_first: None,
-            fused_first_failed: false,
+            fusing: fusing::Fusing::default(),
             digest_errors: 0,
             leaves: Vec::new(),
             resv_cache: Vec::new(),
@@ -346,8 +343,12 @@ impl NvmfConn {
         };
         self.sqhd = (self.sqhd + 1) % self.qsize.max(1);
         let cid = sqe.cid();
+        if let Some(first) = self.fusing.arrived(cid, sqe.fuse()) {
+            // A whole first half whose next capsule is not its second.
+            self.respond(first, Status::ABORTED_FUSED_MISSING, 0);
+        }
         if self.life.shutting_down {
-            return self.respond(cid, Status::NS_NOT_READY, 0);
+            return self.fail_early(&sqe, Status::NS_NOT_READY);
         }
         if !p.data_ok {
             // In-capsule data damaged on the way: the command fails, the connection stays.
@@ -435,20 +436,8 @@ impl NvmfConn {
     /// command leaves a held first half without its second (Missing Fused Command).
     pub(super) fn fail_early(&mut self, sqe: &Sqe<'_>, status: Status) {
         self.respond(sqe.cid(), status, 0);
-        let held = self.fused_first.take().map(|(s, _)| Sqe(&s).cid());
-        self.fused_first_failed = false;
-        match sqe.fuse() {
-            fuse::SECOND => {
-                if let Some(first) = held {
-                    self.respond(first, Status::ABORTED_FUSED_FAIL, 0);
-                }
-            }
-            f => {
-                if let Some(first) = held {
-                    self.respond(first, Status::ABORTED_FUSED_MISSING, 0);
-                }
-                self.fused_first_failed = f == fuse::FIRST;
-            }
+        if let Some(partner) = self.fusing.answered(sqe.cid(), sqe.fuse()) {
+            self.respond(partner, Status::ABORTED_FUSED_FAIL, 0);
         }
     }
 
@@ -484,33 +473,26 @@ impl NvmfConn {
     fn execute(&mut self, env: &mut Env<'_>, nv: &NvmfShared, sqe: Sqe<'_>, data: &[u8]) {
         let cid = sqe.cid();
         if self.life.shutting_down {
-            return self.respond(cid, Status::NS_NOT_READY, 0);
-        }
-        if std::mem::take(&mut self.fused_first_failed) && sqe.fuse() == fuse::SECOND {
-            // Its first half failed before it was executed.
-            return self.respond(cid, Status::ABORTED_FUSED_FAIL, 0);
+            return self.fail_early(&sqe, Status::NS_NOT_READY);
         }
         match sqe.fuse() {
-            fuse::NONE => {
-                if let Some((first, _)) = self.fused_first.take() {
-                    self.respond(Sqe(&first).cid(), Status::ABORTED_FUSED_MISSING, 0);
+            fuse::NONE => {}
+            f @ (fuse::FIRST | fuse::SECOND) => {
+                if f == fuse::FIRST
+                    && (!matches!(self.role, Role::Io) || sqe.opcode() != nvm::COMPARE)
+                {
+                    return self.fail_early(&sqe, Status::INVALID_FIELD);
                 }
-            }
-            fuse::FIRST => {
-                if let Some((first, _)) = self.fused_first.take() {
-                    self.respond(Sqe(&first).cid(), Status::ABORTED_FUSED_MISSING, 0);
-                }
-                if !matches!(self.role, Role::Io) || sqe.opcode() != nvm::COMPARE {
-                    return self.respond(cid, Status::INVALID_FIELD, 0);
-                }
-                self.fused_first = Some((*sqe.0, data.to_vec()));
-                return;
-            }
-            fuse::SECOND => {
-                let Some((first, cmp)) = self.fused_first.take() else {
-                    return self.respond(cid, Status::ABORTED_FUSED_MISSING, 0);
+                // Paired by the order the capsules came (`fusing.rs`), run once both halves
+                // have their data.
+                return match self.fusing.ready(cid, f, (*sqe.0, data.to_vec())) {
+                    fusing::Ready::Run((first, cmp), (second, wdata)) => {
+                        self.fused(env, nv, first, cmp, Sqe(&second), &wdata)
+                    }
+                    fusing::Ready::Wait => {}
+                    fusing::Ready::Missing => self.respond(cid, Status::ABORTED_FUSED_MISSING, 0),
+                    fusing::Ready::Failed => self.respond(cid, Status::ABORTED_FUSED_FAIL, 0),
                 };
-                return self.fused(env, nv, first, cmp, sqe, data);
             }
             _ => return self.respond(cid, Status::INVALID_FIELD, 0),
         }
