@@ -601,3 +601,72 @@ fn a_ram_volume_larger_than_the_machines_memory_is_refused_at_creation_and_chang
         );
     }
 }
+
+/// NVMe details an audit found wrong, checked against a subsystem made at run time: the
+/// discovery log's GENCTR moves when the subsystem table changes (a host reading it in parts
+/// must see it changed; it stayed 1), Identify Namespace of an inactive NSID up to NN is a
+/// zero-filled success (it was Invalid Namespace), and Set Features Volatile Write Cache with
+/// WCE=0 is refused (it was accepted with no effect, so a host could stop flushing).
+#[test]
+fn nvme_discovery_generation_inactive_namespaces_and_write_cache_follow_the_spec() {
+    use twinblk_tools::nvmf::{Controller, DISCOVERY_NQN, Host, Opts, Sqe};
+    let dir = tempfile::tempdir().unwrap();
+    let (d, sock) = daemon(dir.path(), "[0]");
+    let nv = addr(&d, Proto::Nvmf);
+    let opts = Opts {
+        host: Host {
+            nqn: "nqn.2014-08.org.example:host-audit".into(),
+            ..Host::default()
+        },
+        ..Opts::default()
+    };
+    let genctr = || {
+        let mut c = Controller::connect(nv, DISCOVERY_NQN, &opts).unwrap();
+        let h = c.log(0x70, 0, 0, 1024).unwrap();
+        u64::from_le_bytes(h[0..8].try_into().unwrap())
+    };
+    let before = genctr();
+    let nqn = "nqn.2026-11.io.twinblk:audit";
+    ok(
+        &sock,
+        "volume_create",
+        json!({"name": "av", "backend": "malloc", "size": "8M"}),
+    );
+    ok(&sock, "nvmf_subsystem_add", json!({"nqn": nqn}));
+    ok(
+        &sock,
+        "nvmf_namespace_add",
+        json!({"nqn": nqn, "volume": "av", "nsid": 3}),
+    );
+    let after = genctr();
+    assert!(
+        after > before,
+        "GENCTR {before} -> {after} across a new subsystem"
+    );
+    let mut c = Controller::connect(nv, nqn, &opts).unwrap();
+    for nsid in [1u32, 2] {
+        let r = c
+            .admin
+            .cmd(Sqe::new(0x06).nsid(nsid).cdw(10, 0), &[], 4096)
+            .unwrap();
+        assert_eq!(r.status, 0, "Identify Namespace of inactive NSID {nsid}");
+        assert!(r.data.iter().all(|&b| b == 0), "zero-filled");
+    }
+    let r = c
+        .admin
+        .cmd(Sqe::new(0x06).nsid(4).cdw(10, 0), &[], 4096)
+        .unwrap();
+    assert_eq!(r.status, 0x0B, "NSID above NN: Invalid Namespace or Format");
+    let set_vwc = |c: &mut Controller, wce: u32| {
+        c.admin
+            .cmd(Sqe::new(0x09).cdw(10, 0x06).cdw(11, wce), &[], 0)
+            .unwrap()
+            .status
+    };
+    assert_eq!(
+        set_vwc(&mut c, 0),
+        0x02,
+        "disabling the write cache refused"
+    );
+    assert_eq!(set_vwc(&mut c, 1), 0, "enabling it is a no-op");
+}

@@ -57,6 +57,9 @@ pub struct NvmfShared {
     pub state_dir: Option<PathBuf>,
     /// Atomic sections per volume (built on first use, when the reactors exist).
     sections: OnceLock<atomic::Sections>,
+    /// Changes of the subsystem table (each [`Self::subs_mut`]): the discovery log's GENCTR
+    /// moves with it, so a host reading the log in parts sees that it changed.
+    generation: std::sync::atomic::AtomicU64,
     /// The runtime service index of the atomic-section executors ([`atomic::HomeService`]).
     pub home_service: u32,
     /// Where hosts are (the configuration's host list): a controller looks its host NQN up
@@ -74,6 +77,7 @@ impl NvmfShared {
             first_port_id: 1,
             state_dir: None,
             sections: OnceLock::new(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             home_service: 0,
             host_sites: Arc::default(),
         }
@@ -114,7 +118,15 @@ impl NvmfShared {
 
     /// The subsystem table, for changing (control socket).
     pub fn subs_mut(&self) -> RwLockWriteGuard<'_, Vec<Arc<Subsystem>>> {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.subsystems.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The discovery log's generation counter (GENCTR): 1 at the start, more after every
+    /// change of the subsystem table.
+    pub fn discovery_generation(&self) -> u64 {
+        1 + self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The subsystem named `nqn`, as it is now.

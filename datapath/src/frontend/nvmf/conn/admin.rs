@@ -177,6 +177,9 @@ impl NvmfConn {
                         );
                         Status::SUCCESS
                     }
+                    // An inactive NSID (1..=NN, no namespace now): a zero-filled structure
+                    // (Base 2.0, Identify CNS 00h).
+                    None if (1..=s.nn()).contains(&nsid) => Status::SUCCESS,
                     None => Status::INVALID_NS,
                 }
             }
@@ -230,7 +233,7 @@ impl NvmfConn {
                     .cloned()
                     .collect();
                 let n = (subs.len() * nv.listen.len()) as u64;
-                cmd::disc_header(&mut self.scratch, 1, n);
+                cmd::disc_header(&mut self.scratch, nv.discovery_generation(), n);
                 for s in subs {
                     for (i, a) in nv.listen.iter().enumerate() {
                         let port = a.port().to_string();
@@ -331,7 +334,11 @@ impl NvmfConn {
                 st.aec = v;
                 (Status::SUCCESS, 0)
             }
-            feat::VOLATILE_WC if ctrl.subsys.is_some() => (Status::SUCCESS, 0),
+            // The volatile write cache stays on (the volume's stack decides what a flush
+            // does): enabling it is a no-op, disabling it is refused, so a host never thinks
+            // its writes durable without a Flush.
+            feat::VOLATILE_WC if ctrl.subsys.is_some() && v & 1 == 1 => (Status::SUCCESS, 0),
+            feat::VOLATILE_WC => (Status::INVALID_FIELD, 0),
             // The host identifier comes with Connect and cannot change afterwards.
             feat::HOST_ID => (Status::CMD_SEQ_ERROR, 0),
             _ => (Status::INVALID_FIELD, 0),
