@@ -812,3 +812,38 @@ fn admin_data_with_an_sgl_of_another_length_is_data_sgl_length_invalid() {
         );
     }
 }
+
+/// Before CC.EN = 1 only Fabrics commands run (Base 2.0 §3.5, controller initialisation):
+/// Identify on a connected but not yet enabled admin queue is Command Sequence Error, and
+/// works once the controller is enabled. (Before, it was executed.)
+#[test]
+fn admin_commands_wait_for_the_controller_to_be_enabled() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let opts = Opts::default();
+    let mut q = Queue::open(addr, Digests::default()).unwrap();
+    let c = q.connect(0, 32, NQN, &opts.host, 0xFFFF, 0, false).unwrap();
+    assert_eq!(c.status, 0, "Connect");
+    let identify = Sqe::new(0x06).cdw(10, 1);
+    let r = q.cmd(identify, &[], 4096).unwrap();
+    assert_eq!(r.status, 0x0C, "Identify before CC.EN = 1");
+    // Enabled: served.
+    let en = Sqe::fabrics(0x00)
+        .bytes(40, &[0])
+        .bytes(44, &0x14u32.to_le_bytes())
+        .bytes(48, &(1u64 | (6 << 16) | (4 << 20)).to_le_bytes());
+    assert_eq!(q.cmd(en, &[], 0).unwrap().status, 0, "Property Set CC.EN");
+    let t = std::time::Instant::now();
+    loop {
+        let r = q.cmd(identify, &[], 4096).unwrap();
+        if r.status == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:#x}",
+            r.status
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

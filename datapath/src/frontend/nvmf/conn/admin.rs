@@ -36,6 +36,11 @@ impl NvmfConn {
         let Some(ctrl) = self.ctrl.clone() else {
             return self.respond(cid, Status::CMD_SEQ_ERROR, 0);
         };
+        if !ctrl.enabled.load(Ordering::Acquire) {
+            // Only Fabrics commands before CC.EN = 1 (Base 2.0 §3.5, controller
+            // initialisation; Linux nvmet answers the same).
+            return self.respond(cid, Status::CMD_SEQ_ERROR, 0);
+        }
         let discovery = ctrl.subsys.is_none();
         let wants_data = matches!(sqe.opcode(), admin::IDENTIFY | admin::GET_LOG_PAGE);
         if wants_data && sqe.sgl_type() != sgl::TRANSPORT {
