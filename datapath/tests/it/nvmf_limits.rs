@@ -847,3 +847,38 @@ fn admin_commands_wait_for_the_controller_to_be_enabled() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// CC.EN from 1 to 0 resets the controller (Base 2.0 §3.7.2): its I/O queues are deleted (the
+/// old queue's connection closes), and once enabled again the same queue id connects anew
+/// and serves. (Before, the old I/O queue kept serving and a new Connect of its qid was
+/// refused as in use.)
+#[test]
+fn disabling_the_controller_deletes_its_io_queues() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let mut c = Controller::connect(addr, NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 16).unwrap();
+    let data = vec![0x5Au8; 4096];
+    q.write(1, 0, &data, 512, false).unwrap();
+    c.prop_set(0x14, (6 << 16) | (4 << 20)).unwrap();
+    let t = std::time::Instant::now();
+    while c.prop_get(0x1C, false).unwrap() & 1 != 0 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "CSTS.RDY stays 1"
+        );
+    }
+    assert!(
+        q.read(1, 0, 8, 512).is_err(),
+        "the I/O queue still serves after the controller reset"
+    );
+    c.prop_set(0x14, 1 | (6 << 16) | (4 << 20)).unwrap();
+    while c.prop_get(0x1C, false).unwrap() & 1 == 0 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "CSTS.RDY never 1"
+        );
+    }
+    let mut q = c.io_queue(1, 16).unwrap();
+    assert_eq!(q.read(1, 0, 8, 512).unwrap(), data);
+}

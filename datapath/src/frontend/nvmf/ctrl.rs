@@ -306,6 +306,25 @@ impl Controller {
         lock(&self.queues).dead
     }
 
+    /// A controller reset (CC.EN from 1 to 0): every I/O queue is deleted (its socket shut
+    /// down: each closes on its own reactor, its outstanding commands unanswered); the
+    /// controller lives on and may be enabled again, and its queues connected anew.
+    pub fn reset_queues(&self) {
+        let io = std::mem::take(&mut lock(&self.queues).io);
+        for e in io {
+            // SAFETY: shutdown on a descriptor we own (a duplicate); no memory is passed.
+            unsafe { libc::shutdown(e.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        self.io_queues.store(
+            if self.subsys.is_some() {
+                MAX_IO_QUEUES
+            } else {
+                0
+            },
+            Ordering::Relaxed,
+        );
+    }
+
     /// Mark dead and shut every I/O queue's socket down (each closes on its own reactor).
     pub fn teardown(&self) {
         let io = {

@@ -270,8 +270,17 @@ impl NvmfConn {
             (false, false, prop::CSTS) => (Status::SUCCESS, u64::from(st.csts)),
             (true, false, prop::CC) => {
                 let cc = sqe.prop_value() as u32;
+                let was = st.cc & 1 != 0;
                 st.cc = cc;
                 let en = cc & 1 != 0;
+                if was && !en {
+                    // Controller reset (Base 2.0 §3.7.2): its I/O queues are deleted and the
+                    // commands held here (Async Event Requests) end unanswered.
+                    st.aers.clear();
+                    if let Some(c) = &self.ctrl {
+                        c.reset_queues();
+                    }
+                }
                 st.csts = u32::from(en);
                 if (cc >> 14) & 3 != 0 {
                     st.csts |= 2 << 2; // SHST: shutdown complete
