@@ -892,3 +892,50 @@ fn get_features_answers_arbitration_power_temperature_and_error_recovery() {
     assert_eq!(get(0x04, 3 << 20).0, 0x002, "reserved THSEL");
     assert_eq!(get(0x05, 0), (0, 0), "error recovery");
 }
+
+/// An ANA change event is not reported again until the host reads the ANA log page with RAE
+/// clear (Base 2.0, Asynchronous Event Request): a second change before that read completes no
+/// held AER; after it, the next change does. (Before, every change completed another AER.)
+#[test]
+fn ana_change_events_are_masked_until_the_log_page_is_read() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    assert_eq!(
+        status(
+            &mut c.admin,
+            Sqe::new(0x09).cdw(10, 0x0B).cdw(11, 1 << 11),
+            &[],
+            0
+        ),
+        0
+    );
+    let path = &d.shared().volumes.get(0).unwrap().path;
+    let aer1 = c.admin.submit(Sqe::new(0x0C), &[], 0).unwrap();
+    let aer2 = c.admin.submit(Sqe::new(0x0C), &[], 0).unwrap();
+    // A change, then a keep alive for the admin queue to run: the first AER completes.
+    assert!(path.set(PathState::Inaccessible));
+    let ka = c.admin.submit(Sqe::new(0x18), &[], 0).unwrap();
+    let mut seen: Vec<u16> = (0..2).map(|_| c.admin.complete().unwrap().cid).collect();
+    seen.sort_unstable();
+    let mut want = vec![aer1, ka];
+    want.sort_unstable();
+    assert_eq!(seen, want);
+    // Another change before the log is read: masked, the keep alive alone answers.
+    assert!(path.set(PathState::NonOptimized));
+    let ka = c.admin.submit(Sqe::new(0x18), &[], 0).unwrap();
+    assert_eq!(
+        c.admin.complete().unwrap().cid,
+        ka,
+        "a masked event was reported"
+    );
+    // The log read (RAE clear) unmasks (and reports the state now): the next change is
+    // reported.
+    c.log(0x0C, 0, 0, 4096).unwrap();
+    assert!(path.set(PathState::Optimized));
+    let ka = c.admin.submit(Sqe::new(0x18), &[], 0).unwrap();
+    let mut seen: Vec<u16> = (0..2).map(|_| c.admin.complete().unwrap().cid).collect();
+    seen.sort_unstable();
+    let mut want = vec![aer2, ka];
+    want.sort_unstable();
+    assert_eq!(seen, want, "the event after the log read");
+}

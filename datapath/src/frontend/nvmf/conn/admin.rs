@@ -268,6 +268,12 @@ impl NvmfConn {
             }
             (lid::CHANGED_NS, false) => self.scratch.resize(cmd::IDENTIFY_LEN, 0),
             (lid::ANA, false) => {
+                if sqe.cdw(10) & (1 << 15) == 0
+                    && let Role::Admin(st) = &mut self.role
+                {
+                    // Read with RAE clear: ANA change events may be reported again.
+                    st.ana_masked = false;
+                }
                 let Some(c) = self.ctrl.clone() else {
                     return Status::INTERNAL;
                 };
@@ -484,7 +490,7 @@ impl NvmfConn {
         let Role::Admin(st) = &self.role else {
             return;
         };
-        if st.aers.is_empty() || st.aec & (1 << 11) == 0 {
+        if st.aers.is_empty() || st.aec & (1 << 11) == 0 || st.ana_masked {
             return;
         }
         let Some((c, s)) = self
@@ -524,6 +530,7 @@ impl NvmfConn {
                 .map(|g| ctrl::host_group_state(env.vols, g.volume, host)),
         );
         let cid = st.aers.remove(0);
+        st.ana_masked = true;
         // Notice (type 2), ANA change (info 0x03), log page 0x0C.
         let result = 0x2 | (0x03 << 8) | (u64::from(lid::ANA) << 16);
         self.respond(cid, Status::SUCCESS, result);

@@ -156,6 +156,7 @@ impl NvmfConn {
                         .map(|g| ctrl::host_group_state(env.vols, g.volume, c.host_site))
                         .collect()
                 }),
+                ana_masked: false,
             });
             (c, found)
         } else {

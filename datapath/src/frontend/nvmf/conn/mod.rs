@@ -122,6 +122,10 @@ struct AdminState {
     /// order, as this controller's host sees them: a host the host list places hears of a
     /// change only when one of these moved.
     ana_view: Vec<Option<PathState>>,
+    /// An ANA change event was reported and the host has not read the ANA log page since
+    /// with RAE clear: no further ANA event until it does (Base 2.0, Asynchronous Event
+    /// Request: events of a reported type are masked until their log page is read).
+    ana_masked: bool,
 }
 
 enum Role {
