@@ -882,3 +882,39 @@ fn disabling_the_controller_deletes_its_io_queues() {
     let mut q = c.io_queue(1, 16).unwrap();
     assert_eq!(q.read(1, 0, 8, 512).unwrap(), data);
 }
+
+/// A controller that advertises reservations (ONCS bit 5) supports what Base 2.0 §8.19 asks
+/// of it: Reservation Persistence (83h: PTPL 1, as the state always persists; clearing it is
+/// refused), Reservation Notification Mask (82h: kept and reported back; no notification is
+/// posted) and the Reservation Notification log page (80h: the empty page). (Before, all
+/// three were refused.)
+#[test]
+fn reservation_features_and_log_page_are_supported() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let get = |c: &mut Controller, fid: u32| {
+        let r = c
+            .admin
+            .cmd(Sqe::new(0x0A).nsid(1).cdw(10, fid), &[], 0)
+            .unwrap();
+        (r.status, r.result as u32)
+    };
+    let set = |c: &mut Controller, fid: u32, v: u32| {
+        c.admin
+            .cmd(Sqe::new(0x09).nsid(1).cdw(10, fid).cdw(11, v), &[], 0)
+            .unwrap()
+            .status
+    };
+    assert_eq!(get(&mut c, 0x83), (0, 1), "PTPL: the state persists");
+    assert_eq!(set(&mut c, 0x83, 1), 0);
+    assert_eq!(
+        set(&mut c, 0x83, 0),
+        0x02,
+        "not persisting cannot be honoured"
+    );
+    assert_eq!(get(&mut c, 0x82), (0, 0));
+    assert_eq!(set(&mut c, 0x82, 0x6), 0);
+    assert_eq!(get(&mut c, 0x82), (0, 0x6), "the mask as set");
+    let log = c.log(0x80, 0, 0, 64).unwrap();
+    assert_eq!(log, vec![0; 64], "the empty reservation notification page");
+}

@@ -106,6 +106,10 @@ pub mod feat {
     pub const KATO: u8 = 0x0F;
     /// Host identifier.
     pub const HOST_ID: u8 = 0x81;
+    /// Reservation notification mask (namespace).
+    pub const RESV_MASK: u8 = 0x82;
+    /// Reservation persistence (namespace).
+    pub const RESV_PERSIST: u8 = 0x83;
 }
 
 /// Log page identifiers.
@@ -120,6 +124,8 @@ pub mod lid {
     pub const CHANGED_NS: u8 = 0x04;
     /// Asymmetric namespace access.
     pub const ANA: u8 = 0x0C;
+    /// Reservation notification.
+    pub const RESV_NOTIFICATION: u8 = 0x80;
     /// Discovery.
     pub const DISCOVERY: u8 = 0x70;
 }

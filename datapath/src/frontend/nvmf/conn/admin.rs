@@ -267,6 +267,9 @@ impl NvmfConn {
                 cmd::fw_slot_log(&mut self.scratch);
             }
             (lid::CHANGED_NS, false) => self.scratch.resize(cmd::IDENTIFY_LEN, 0),
+            // Reservation notification: none is ever posted, so always the empty page (log
+            // page count 0, type 0: empty; 64 bytes).
+            (lid::RESV_NOTIFICATION, false) => self.scratch.resize(64, 0),
             (lid::ANA, false) => {
                 if sqe.cdw(10) & (1 << 15) == 0
                     && let Role::Admin(st) = &mut self.role
@@ -350,6 +353,15 @@ impl NvmfConn {
             // its writes durable without a Flush.
             feat::VOLATILE_WC if ctrl.subsys.is_some() && v & 1 == 1 => (Status::SUCCESS, 0),
             feat::VOLATILE_WC => (Status::INVALID_FIELD, 0),
+            // Reservations (Base 2.0 §8.19): no reservation notifications are ever posted, so
+            // any mask is accepted (nothing to mask); the reservation state always persists
+            // through a power loss: PTPL = 1 accepted, 0 refused (as Register's CPTPL = 10b).
+            feat::RESV_MASK if ctrl.subsys.is_some() => {
+                // REGPRE, RESREL, RESPRE (bits 3:1).
+                st.resv_mask = v & 0xE;
+                (Status::SUCCESS, 0)
+            }
+            feat::RESV_PERSIST if ctrl.subsys.is_some() && v & 1 == 1 => (Status::SUCCESS, 0),
             // The host identifier comes with Connect and cannot change afterwards.
             feat::HOST_ID => (Status::CMD_SEQ_ERROR, 0),
             _ => (Status::INVALID_FIELD, 0),
@@ -392,6 +404,10 @@ impl NvmfConn {
             }
             // Error recovery: TLER 0 (no time limit), DULBE 0.
             feat::ERROR_RECOVERY if ctrl.subsys.is_some() => (Status::SUCCESS, 0),
+            // Reservations: nothing masked (no notification is ever posted); the state
+            // persists through a power loss (PTPL = 1).
+            feat::RESV_MASK if ctrl.subsys.is_some() => (Status::SUCCESS, u64::from(st.resv_mask)),
+            feat::RESV_PERSIST if ctrl.subsys.is_some() => (Status::SUCCESS, 1),
             _ => (Status::INVALID_FIELD, 0),
         }
     }

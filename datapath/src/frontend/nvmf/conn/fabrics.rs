@@ -157,6 +157,7 @@ impl NvmfConn {
                         .collect()
                 }),
                 ana_masked: false,
+                resv_mask: 0,
             });
             (c, found)
         } else {

@@ -126,6 +126,8 @@ struct AdminState {
     /// with RAE clear: no further ANA event until it does (Base 2.0, Asynchronous Event
     /// Request: events of a reported type are masked until their log page is read).
     ana_masked: bool,
+    /// Reservation Notification Mask as last set (reported back; no notification is posted).
+    resv_mask: u32,
 }
 
 enum Role {
