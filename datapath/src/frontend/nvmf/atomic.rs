@@ -191,6 +191,9 @@ pub struct FusedReq {
     pub data: Vec<u8>,
     /// Write with FUA.
     pub fua: bool,
+    /// A miscompare's answer carries the offset of the first differing byte (iSCSI's
+    /// INFORMATION; NVMe has no field for it, so no re-read is spent on it).
+    pub locate: bool,
 }
 
 /// What a diverted operation does.
@@ -481,7 +484,9 @@ impl Home {
                         )),
                         (Stage::Reading, Some(Ok(()))) => {
                             if self.rbuf != f.cmp {
-                                located = first_difference(&self.rbuf, &f.cmp);
+                                if f.locate {
+                                    located = first_difference(&self.rbuf, &f.cmp);
+                                }
                                 Some((Status::COMPARE_FAILED, Status::ABORTED_FUSED_FAIL))
                             } else {
                                 self.stage = Stage::Writing;
@@ -492,7 +497,7 @@ impl Home {
                                 None
                             }
                         }
-                        (Stage::Delegated, Some(Err(Errno::MISCOMPARE))) => {
+                        (Stage::Delegated, Some(Err(Errno::MISCOMPARE))) if f.locate => {
                             // Read what the stack compared against (a write since may change
                             // it: the offset is only a report).
                             self.stage = Stage::Locating;
@@ -508,7 +513,10 @@ impl Home {
                         }
                         (Stage::Delegated, Some(r)) => Some(match r {
                             Ok(()) => (Status::SUCCESS, Status::SUCCESS),
-                            // (A miscompare is located first: the arm above.)
+                            // (A miscompare to locate takes the arm above.)
+                            Err(Errno::MISCOMPARE) => {
+                                (Status::COMPARE_FAILED, Status::ABORTED_FUSED_FAIL)
+                            }
                             Err(e) => (
                                 super::status::status_of(e, super::cmd::io::WRITE),
                                 Status::ABORTED_FUSED_FAIL,

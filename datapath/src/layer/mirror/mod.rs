@@ -556,11 +556,14 @@ impl Channel for RemoteChannel {
         }
         match self.inner.read(io, tag, offset, len) {
             ReadStart::Failed(e) => {
-                // The home engine fails the replica (or, a survivor, notes the error) at its
-                // next tick.
-                self.stats.report_read_failure(offset, u64::from(len), e);
-                let survivor = self.stats.mode() == Mode::Survivor;
-                ReadStart::Failed(engine::read_failure_answer(survivor, e))
+                let only_copy = self.stats.mode() == Mode::Survivor;
+                ReadStart::Failed(engine::host_read_failure(
+                    &self.stats,
+                    only_copy,
+                    offset,
+                    u64::from(len),
+                    e,
+                ))
             }
             r => r,
         }
@@ -595,8 +598,8 @@ impl Channel for RemoteChannel {
 
     fn read_failed(&mut self, offset: u64, len: u64, e: Errno) -> Errno {
         // As one refused at once (`read`).
-        self.stats.report_read_failure(offset, len, e);
-        engine::read_failure_answer(self.stats.mode() == Mode::Survivor, e)
+        let only_copy = self.stats.mode() == Mode::Survivor;
+        engine::host_read_failure(&self.stats, only_copy, offset, len, e)
     }
 
     fn on_own_io(&mut self, io: &mut IoCx, slot: u32, result: Result<(), Errno>, data: &[u8]) {

@@ -24,7 +24,7 @@
 
 use super::{IscsiConn, Stage};
 use crate::frontend::iscsi::pdu::{Bhs, NO_TAG, Req, op, reject};
-use crate::frontend::iscsi::scsi::{Sense, key, status};
+use crate::frontend::iscsi::scsi::{Sense, key};
 use crate::runtime::Env;
 
 /// ABORTED COMMAND / WRITE ERROR - UNEXPECTED UNSOLICITED DATA (RFC 7143 §11.4.7.2).
@@ -78,12 +78,7 @@ impl IscsiConn {
     fn answer_refusal(&mut self, itt: u32, edtl: u32, answer: Refusal) {
         match answer {
             Refusal::Check(s, len) => self.respond(itt, Err(s), edtl, len, 0),
-            Refusal::Conflict => {
-                let h = Bhs::new(op::SCSI_RSP, 0x80)
-                    .byte(3, status::RESERVATION_CONFLICT)
-                    .itt(itt);
-                self.put_status(h, &[]);
-            }
+            Refusal::Conflict => self.put_conflict(itt),
         }
     }
 

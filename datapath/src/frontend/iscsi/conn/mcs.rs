@@ -150,10 +150,16 @@ impl Session {
 
     /// Terminate the held commands with a CmdSN below `n` addressed to `lun` (`None`: any).
     pub(super) fn void_before(&mut self, n: u32, lun: Option<&[u8; 8]>) {
-        for (sn, (k, pdu)) in self.held.iter_mut() {
-            if crate::frontend::iscsi::pdu::sn_lt(*sn, n)
+        self.void_where(|sn, pdu| {
+            crate::frontend::iscsi::pdu::sn_lt(sn, n)
                 && lun.is_none_or(|l| pdu.get(8..16) == Some(&l[..]))
-            {
+        });
+    }
+
+    /// Terminate the held commands `f` names (by CmdSN and held PDU).
+    fn void_where(&mut self, f: impl Fn(u32, &[u8]) -> bool) {
+        for (&sn, (k, pdu)) in self.held.iter_mut() {
+            if f(sn, pdu) {
                 *k = VOID;
                 *pdu = Vec::new();
             }
@@ -164,13 +170,27 @@ impl Session {
     /// session's commands to its other LUs keep waiting for their turn). The held copy is the
     /// command's PDU: its LUN field is bytes 8..16.
     pub(super) fn void_lun(&mut self, lun: &[u8; 8]) {
-        for (k, pdu) in self.held.values_mut() {
-            if pdu.get(8..16) == Some(&lun[..]) {
-                *k = VOID;
-                *pdu = Vec::new();
-            }
-        }
+        self.void_where(|_, pdu| pdu.get(8..16) == Some(&lun[..]));
     }
+}
+
+/// CmdSN `sn` is inside the command window that starts at ExpCmdSN `exp` (RFC 7143 §4.2.2.1).
+pub(super) fn in_window(exp: u32, sn: u32) -> bool {
+    crate::frontend::iscsi::pdu::sn_le(exp, sn)
+        && crate::frontend::iscsi::pdu::sn_le(sn, exp.wrapping_add(super::CMD_WINDOW - 1))
+}
+
+/// Take the sessions `pick` names out of the daemon-wide `table`.
+fn take_sessions(
+    table: &mut std::collections::HashMap<u16, SessEntry>,
+    pick: impl Fn(&SessEntry) -> bool,
+) -> Vec<SessEntry> {
+    let tsihs: Vec<u16> = table
+        .iter()
+        .filter(|(_, e)| pick(e))
+        .map(|(t, _)| *t)
+        .collect();
+    tsihs.iter().filter_map(|t| table.remove(t)).collect()
 }
 
 thread_local! {
@@ -473,14 +493,9 @@ impl IscsiConn {
         table: &mut std::collections::HashMap<u16, SessEntry>,
         isid: [u8; 6],
     ) -> Vec<SessEntry> {
-        let old: Vec<u16> = table
-            .iter()
-            .filter(|(_, e)| {
-                e.isid == isid && e.initiator == self.initiator && e.target == self.target.iqn
-            })
-            .map(|(t, _)| *t)
-            .collect();
-        old.iter().filter_map(|t| table.remove(t)).collect()
+        take_sessions(table, |e| {
+            e.isid == isid && e.initiator == self.initiator && e.target == self.target.iqn
+        })
     }
 
     /// Close every connection of the reinstated sessions `old` (their tasks terminated, no
@@ -511,14 +526,9 @@ impl IscsiConn {
     /// table and its connections are closed (as a reinstated session's: tasks terminated, no
     /// answers, the nexus loss carried by the last).
     pub(super) fn close_target_sessions(&self, env: &Env<'_>) {
-        let mut table = self.sh.session_table();
-        let others: Vec<u16> = table
-            .iter()
-            .filter(|(_, e)| e.target == self.target.iqn && e.nexus != self.nexus)
-            .map(|(t, _)| *t)
-            .collect();
-        let old: Vec<SessEntry> = others.iter().filter_map(|t| table.remove(t)).collect();
-        drop(table);
+        let old = take_sessions(&mut self.sh.session_table(), |e| {
+            e.target == self.target.iqn && e.nexus != self.nexus
+        });
         if !old.is_empty() {
             tracing::warn!(conn = env.key, initiator = %self.initiator, sessions = old.len(),
                 "iSCSI TARGET COLD RESET: closing every session of the target");
@@ -530,13 +540,8 @@ impl IscsiConn {
     /// outside the window, or a duplicate of one held for a gap. (Checked before a command
     /// is judged, so a retransmission is never rejected, e.g. as a tag in use.)
     pub(super) fn cmd_sn_ignored(&self, sn: u32) -> bool {
-        self.with_sess(|s| {
-            let exp = s.exp_cmd_sn;
-            let inside = crate::frontend::iscsi::pdu::sn_le(exp, sn)
-                && crate::frontend::iscsi::pdu::sn_le(sn, exp.wrapping_add(super::CMD_WINDOW - 1));
-            !inside || s.held.contains_key(&sn)
-        })
-        .unwrap_or(false)
+        self.with_sess(|s| !in_window(s.exp_cmd_sn, sn) || s.held.contains_key(&sn))
+            .unwrap_or(false)
     }
 
     /// Keep the daemon-wide entry's member list in step (`f` edits it).

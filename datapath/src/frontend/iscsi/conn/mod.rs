@@ -461,7 +461,7 @@ impl IscsiConn {
                 s.exp_cmd_sn = exp.wrapping_add(1);
                 return Adm::Now;
             }
-            if pdu::sn_lt(exp, sn) && pdu::sn_le(sn, exp.wrapping_add(CMD_WINDOW - 1)) {
+            if sn != exp && mcs::in_window(exp, sn) {
                 if s.held.contains_key(&sn) {
                     // A duplicate within the window: silently ignored (RFC 7143 §4.2.2.1).
                     return Adm::Duplicate;

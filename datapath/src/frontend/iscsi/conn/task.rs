@@ -1052,6 +1052,7 @@ impl IscsiConn {
         sections.to_home(
             vol,
             NvNote::Fused(Box::new(FusedReq {
+                locate: true,
                 vol,
                 from,
                 off,
@@ -1121,12 +1122,17 @@ impl IscsiConn {
         }
         if !t.aborted {
             self.errors += 1;
-            let h = Bhs::new(op::SCSI_RSP, 0x80)
-                .byte(3, status::RESERVATION_CONFLICT)
-                .itt(t.itt);
-            self.put_status(h, &[]);
+            self.put_conflict(t.itt);
         }
         self.put_buf(t.buf);
+    }
+
+    /// Send RESERVATION CONFLICT (a SCSI Response without sense data) for task `itt`.
+    pub(super) fn put_conflict(&mut self, itt: u32) {
+        let h = Bhs::new(op::SCSI_RSP, 0x80)
+            .byte(3, status::RESERVATION_CONFLICT)
+            .itt(itt);
+        self.put_status(h, &[]);
     }
 
     pub(super) fn device_done(&mut self, slot: u32, result: Result<(), Errno>, data: &[u8]) {

@@ -110,6 +110,7 @@ impl NvmfConn {
         sections.to_home(
             vol,
             Note::Fused(Box::new(FusedReq {
+                locate: false,
                 vol,
                 from,
                 off,

@@ -246,9 +246,7 @@ impl Engine {
                 tracing::error!(volume = %self.cfg.name,
                     retry_s = resync::RETRY.as_secs(),
                     "mirror: this replica's flush before the end of a resync failed; the peer stays out of sync until a flush succeeds (retried), this site goes on serving");
-                for k in held {
-                    self.survivor_apply(io, k);
-                }
+                self.go_alone(io, held);
             }
             return;
         }
@@ -570,7 +568,13 @@ impl Engine {
         self.stats
             .resync_unreadable_bytes
             .store(0, std::sync::atomic::Ordering::Relaxed);
-        for k in deferred {
+        self.go_alone(io, deferred);
+    }
+
+    /// Updates a resync held (deferred by its last pass) go ahead alone: the attempt ended,
+    /// or cannot end before a retry.
+    pub(super) fn go_alone(&mut self, io: &mut IoCx, held: std::collections::VecDeque<usize>) {
+        for k in held {
             self.survivor_apply(io, k);
         }
     }

@@ -51,11 +51,20 @@
 use super::*;
 use crate::bdev::ReadStart;
 
-/// What a host read the local device refused answers: the device's error at a survivor (no
-/// other site can serve it), else `Errno::UNAVAILABLE` (another site may: NVMe ANA
-/// inaccessible, so a multipath host retries it there).
-pub(crate) fn read_failure_answer(survivor: bool, e: Errno) -> Errno {
-    if survivor { e } else { Errno::UNAVAILABLE }
+/// A host read the local device failed with `e` over `offset..offset+len`: reported for the
+/// home engine's next tick (which fails the replica, or at a site holding the only current
+/// copy notes the error); answered with the device's error where no other site can serve it
+/// (`only_copy`), else `Errno::UNAVAILABLE` (another site may: NVMe ANA inaccessible, so a
+/// multipath host retries it there).
+pub(crate) fn host_read_failure(
+    stats: &MirrorStats,
+    only_copy: bool,
+    offset: u64,
+    len: u64,
+    e: Errno,
+) -> Errno {
+    stats.report_read_failure(offset, len, e);
+    if only_copy { e } else { Errno::UNAVAILABLE }
 }
 
 impl Engine {
@@ -106,12 +115,15 @@ impl Engine {
     /// out of service at the engine's next tick (see the module doc), and the read answers
     /// `Errno::UNAVAILABLE`.
     pub fn host_read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        let survivor = self.only_current_copy();
+        let only_copy = self.only_current_copy();
         match self.inner.read(io, tag, offset, len) {
-            ReadStart::Failed(e) => {
-                self.stats.report_read_failure(offset, u64::from(len), e);
-                ReadStart::Failed(read_failure_answer(survivor, e))
-            }
+            ReadStart::Failed(e) => ReadStart::Failed(host_read_failure(
+                &self.stats,
+                only_copy,
+                offset,
+                u64::from(len),
+                e,
+            )),
             r => r,
         }
     }
@@ -120,8 +132,7 @@ impl Engine {
     /// one refused at once ([`Self::host_read`]), reported for the next tick; returns the
     /// answer.
     pub fn host_read_failed(&mut self, offset: u64, len: u64, e: Errno) -> Errno {
-        self.stats.report_read_failure(offset, len, e);
-        read_failure_answer(self.only_current_copy(), e)
+        host_read_failure(&self.stats, self.only_current_copy(), offset, len, e)
     }
 
     /// This site may hold the volume's only current copy: a survivor, or a resync source
@@ -147,10 +158,7 @@ impl Engine {
             // be lost from its device (and a resync copy read from its cache may be newer at
             // the peer than here): the peer gets every region ever written here again, so
             // the two end the same.
-            self.dirty.or_with(&self.written);
-            self.stats
-                .dirty_bytes
-                .store(self.dirty.bytes(), std::sync::atomic::Ordering::Relaxed);
+            self.dirty_everything_written();
         }
         self.local_error_noted(what, offset, len, e);
     }

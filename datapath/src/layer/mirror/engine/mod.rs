@@ -81,7 +81,7 @@ mod apply;
 mod dispatch;
 mod durable;
 mod failed;
-pub(crate) use failed::read_failure_answer;
+pub(crate) use failed::host_read_failure;
 mod flow;
 mod flush;
 mod follower;
@@ -1230,9 +1230,7 @@ impl Engine {
                         .resync_unreadable_bytes
                         .store(rs.unreadable_bytes(), std::sync::atomic::Ordering::Relaxed);
                     self.local_error_noted("a resync read", ap.offset, ap.len, e);
-                    for d in held {
-                        self.survivor_apply(io, d);
-                    }
+                    self.go_alone(io, held);
                 } else if r.is_ok() && this_attempt {
                     if let Some(rs) = self.resync.as_mut() {
                         rs.read_ok(ap.offset, self.cfg.dirty_granularity);

@@ -242,9 +242,9 @@ fn a_write_failing_at_the_leader_fails_its_replica_and_the_follower_serves_alone
     );
 }
 
-/// Two sites, `a` the survivor (granted) and `b` fenced, after `a` wrote alone at 16384
-/// (acknowledged once b's read lease had expired).
-fn survivor_a() -> Pair {
+/// Two sites in sync (`pair`), the link cut, the witness granting `a` and denying `b`:
+/// `a` the survivor, `b` fenced, nothing written alone yet.
+fn granted_a() -> Pair {
     use crate::layer::mirror::failover::DENIED;
     let mut p = pair();
     break_link(&mut p.a, &mut p.b);
@@ -260,6 +260,13 @@ fn survivor_a() -> Pair {
         (p.a.engine.mode(), p.b.engine.mode()),
         (Mode::Survivor, Mode::Fenced)
     );
+    p
+}
+
+/// Two sites, `a` the survivor (granted) and `b` fenced, after `a` wrote alone at 16384
+/// (acknowledged once b's read lease had expired).
+fn survivor_a() -> Pair {
+    let mut p = granted_a();
     let mut slot = 100;
     write_at(&mut p.a, &mut p.io, &mut slot, 16384, 0x66, 4096);
     while complete_one(&mut p.a, &mut p.io, &mut p.rng) {}
@@ -658,17 +665,7 @@ fn released_writes_completing_inline_reenter_apply_done_safely() {
 /// key stayed in the list after the op was freed.)
 #[test]
 fn an_update_expired_while_waiting_for_the_survivor_state_leaves_that_wait() {
-    use crate::layer::mirror::failover::DENIED;
-    let mut p = pair();
-    break_link(&mut p.a, &mut p.b);
-    let now = Instant::now();
-    p.a.engine.tick(&mut p.io, now);
-    p.b.engine.tick(&mut p.io, now);
-    p.sa.epoch.store(1, SeqCst);
-    p.sa.outcome.store(GRANTED, SeqCst);
-    p.sb.outcome.store(DENIED, SeqCst);
-    p.a.engine.tick(&mut p.io, now);
-    assert_eq!(p.a.engine.mode(), Mode::Survivor);
+    let mut p = granted_a();
     let mut slot = 100;
     write_at(&mut p.a, &mut p.io, &mut slot, 16384, 0x66, 4096);
     assert!(
