@@ -928,3 +928,46 @@ fn an_immediate_tmf_with_a_cmd_sn_past_the_window_stops_nothing() {
         got.map(|(h, _)| h[0] & 0x3F)
     );
 }
+
+/// A reinstatement waits for the old session's writes (RFC 7143 §6.3.5; SAM-5 I_T nexus
+/// loss): the new leading login is answered only once the old session's tasks have left the
+/// device, so the new session never reads data older than a write the old one had in flight,
+/// nor sees it land later; its first command reports I_T NEXUS LOSS OCCURRED (29h/07h).
+/// (Before, the login was answered at once: a read of the new session returned the block's
+/// old content while the old session's write was still held at the device, and no unit
+/// attention told the initiator that its nexus had been lost.)
+#[test]
+fn a_reinstatement_waits_for_the_old_sessions_writes_and_reports_the_nexus_loss() {
+    // LBA 64 (512-byte blocks) is slow: updates over it wait 1.5 s at the device.
+    let text = "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\nslow_range=[32768, 4096]\nslow_ms=1500\n";
+    let (_d, addr) = crate::iscsi::daemon_from(text);
+    let (mut a, _, _) = lead(addr, NAME, ISID);
+    let mut sn = 1;
+    past_ua(&mut a, &mut sn);
+    // An old write over the slow blocks, its data immediate: at the device for 1.5 s.
+    let data = pattern(26, 8 * 512);
+    a.cmd_sn = sn;
+    a.scsi(sn, &write10(64, 8), 8 * 512, 0xA0, &data);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    let (mut b, _, keys) = lead(addr, NAME, ISID);
+    let answered = t.elapsed();
+    assert!(
+        answered >= Duration::from_millis(900),
+        "the new login was answered {answered:?} after it was sent, while the old session's write was still at the device: {keys}"
+    );
+    // The first command of the new session: the nexus loss, once.
+    let (st, key, asc, ascq, _) = status_of(&mut b, 1, &TUR, 0);
+    assert_eq!(
+        (st, key, asc, ascq),
+        (2, 6, 0x29, 0x07),
+        "I_T NEXUS LOSS OCCURRED expected first"
+    );
+    let mut sn = 2;
+    past_ua(&mut b, &mut sn);
+    b.cmd_sn = sn;
+    assert!(
+        read_blocks(&mut b, sn, 64, 8) == data,
+        "the new session read the blocks without the old session's write"
+    );
+}

@@ -418,3 +418,38 @@ fn a_task_whose_r2t_was_filled_without_the_f_bit_is_still_answered() {
         "the task whose R2T was filled (no F bit) is never answered"
     );
 }
+
+/// TARGET COLD RESET waits for the closed sessions' writes (SAM-5: the reset completes once
+/// their tasks are gone) and every closed I_T nexus reports I_T NEXUS LOSS OCCURRED at its
+/// next login. (Before, the TMF was answered while another session's write was still held at
+/// the device, and the bystander's next session saw no unit attention.)
+#[test]
+fn a_target_cold_reset_waits_for_the_closed_sessions_writes_and_reports_their_nexus_loss() {
+    // LBA 64 is slow: updates over it wait 1.5 s at the device.
+    let text = "[reactor]\ncores=[0]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\nslow_range=[32768, 4096]\nslow_ms=1500\n";
+    let (_d, addr) = crate::iscsi::daemon_from(text);
+    let mut a = session(addr, "iqn.2026-12.test:bystander");
+    let mut b = session(addr, "iqn.2026-12.test:cold");
+    let data = pattern(27, 8 * 512);
+    a.scsi(40, &write10(64, 8), 8 * 512, 0xA0, &data);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    assert_eq!(tmf(&mut b, 60, 7), 0, "TARGET COLD RESET complete");
+    let answered = t.elapsed();
+    assert!(
+        answered >= Duration::from_millis(900),
+        "the cold reset was answered {answered:?} after it was sent, while another session's write was still at the device"
+    );
+    let mut again = Raw::login_as(addr, "iqn.2026-12.test:bystander");
+    let s = status_of(&mut again, 1, &TUR, 0);
+    assert_eq!(
+        (s.0, s.1, s.2, s.3),
+        (2, 6, 0x29, 0x07),
+        "I_T NEXUS LOSS OCCURRED at the bystander's next session"
+    );
+    let mut c = session(addr, "iqn.2026-12.test:after");
+    assert!(
+        read_blocks(&mut c, 3, 64, 8) == data,
+        "the closed session's write is there"
+    );
+}

@@ -86,8 +86,9 @@ pub struct IscsiLun {
     /// Persistent reservations and the RESERVE (6/10) holder: decided by a mirrored volume's
     /// leader site and installed at both (docs/iscsi.md).
     pub pr: Arc<prs::PrState>,
-    /// I_T nexuses (`prs::nexus_id`) reset by an I_T NEXUS RESET whose next session has not yet
-    /// reported I_T NEXUS LOSS OCCURRED (SAM-5); taken at login only, at most
+    /// I_T nexuses (`prs::nexus_id`) lost (an I_T NEXUS RESET, a session reinstatement, a
+    /// TARGET COLD RESET) whose next session has not yet reported I_T NEXUS LOSS OCCURRED
+    /// (SAM-5); taken at login only, at most
     /// [`NEXUS_LOSSES_KEPT`] (the oldest forgotten first).
     pub nexus_losses: Arc<std::sync::Mutex<Vec<[u8; 16]>>>,
 }
@@ -141,6 +142,20 @@ pub struct IscsiTarget {
 }
 
 impl IscsiTarget {
+    /// I_T nexus `me` (`prs::nexus_id`) was lost: its next session reports I_T NEXUS LOSS
+    /// OCCURRED once on each logical unit (SAM-5).
+    pub fn note_nexus_loss(&self, me: [u8; 16]) {
+        for l in &self.luns {
+            let mut lost = l.nexus_losses.lock().unwrap_or_else(|e| e.into_inner());
+            if !lost.contains(&me) {
+                if lost.len() >= NEXUS_LOSSES_KEPT {
+                    lost.remove(0);
+                }
+                lost.push(me);
+            }
+        }
+    }
+
     /// Whether initiator `name` may log in.
     pub fn allows(&self, name: &str) -> bool {
         self.allowed.is_empty() || self.allowed.iter().any(|a| a == name)

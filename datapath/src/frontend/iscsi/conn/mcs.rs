@@ -227,8 +227,9 @@ pub(super) enum What {
     /// The next command in CmdSN order is held here: run it.
     Wake,
     /// Close (terminate the tasks, no answers): logout of it or of the session, reinstatement,
-    /// session failure.
-    Close,
+    /// session failure. The share (of a login or TMF waiting for the close) is held until the
+    /// connection is dropped: after its tasks left the device and its RESERVEs were released.
+    Close(Share),
     /// Abort the tasks `filter` names; `found` is set when any matched; the share is released
     /// once they have left the device.
     Abort {
@@ -313,7 +314,7 @@ impl IscsiConn {
     pub(super) fn close_siblings(&mut self, env: &Env<'_>) {
         self.with_sess(|s| s.ending = true);
         for m in self.siblings(env) {
-            self.tell(env, m, What::Close);
+            self.tell(env, m, What::Close(Share(None)));
         }
     }
 
@@ -322,7 +323,7 @@ impl IscsiConn {
     pub(super) fn close_cid(&mut self, env: &Env<'_>, cid: u16) -> bool {
         match self.siblings(env).into_iter().find(|m| m.cid == cid) {
             Some(m) => {
-                self.tell(env, m, What::Close);
+                self.tell(env, m, What::Close(Share(None)));
                 true
             }
             None => false,
@@ -371,8 +372,9 @@ impl IscsiConn {
                     self.run_held(env);
                 }
             }
-            What::Close => {
+            What::Close(share) => {
                 self.told = true;
+                self.held_until_dropped.push(share);
                 if self.life.shutting_down {
                     // Already stopping (its Async Message on its way): it closes by itself.
                     return;
@@ -430,7 +432,8 @@ impl IscsiConn {
     }
 
     /// A leading login completed: a new session with this connection as its first member;
-    /// its TSIH (never 0, not in use).
+    /// its TSIH (never 0, not in use). The close of the sessions it reinstated is left in
+    /// `old_closing` (the login's answer waits for it).
     pub(super) fn begin_session(&mut self, env: &Env<'_>, isid: [u8; 6], params: &Params) -> u16 {
         let normal = self.session == crate::frontend::iscsi::login::SessionType::Normal;
         let s = Session {
@@ -478,7 +481,7 @@ impl IscsiConn {
                 },
             );
             drop(table);
-            self.reinstate_sessions(env, old);
+            self.old_closing = self.reinstate_sessions(env, old);
         } else {
             drop(table);
         }
@@ -500,8 +503,26 @@ impl IscsiConn {
 
     /// Close every connection of the reinstated sessions `old` (their tasks terminated, no
     /// answers: the implicit logout of RFC 7143 §6.3.5); the last to close carries the
-    /// session's I_T nexus loss (a RESERVE it held is released).
-    pub(super) fn reinstate_sessions(&self, env: &Env<'_>, old: Vec<SessEntry>) {
+    /// session's I_T nexus loss (a RESERVE it held is released), and each nexus reports I_T
+    /// NEXUS LOSS OCCURRED at its next login (SAM-5). Returns what is done once every one of
+    /// those connections is gone (its tasks off the device, its RESERVEs released), `None`
+    /// when there were none: the new login's answer (LIO waits so too) and a cold reset's
+    /// TMF response wait for it, so no command of the initiator's next session meets an old
+    /// write still in flight or an old RESERVE.
+    pub(super) fn reinstate_sessions(
+        &self,
+        env: &Env<'_>,
+        old: Vec<SessEntry>,
+    ) -> Option<Arc<Settle>> {
+        if old.is_empty() {
+            return None;
+        }
+        let waiter = Arc::clone(&env.shared.mailboxes[env.io.reactor]);
+        let settle = Settle::new(Some((waiter, env.key)));
+        for e in &old {
+            let me = crate::frontend::iscsi::prs::nexus_id(&e.initiator, &e.isid, self.sh.tpg);
+            self.target.note_nexus_loss(me);
+        }
         for e in old {
             tracing::info!(conn = env.key, initiator = %e.initiator,
                 connections = e.members.len(),
@@ -510,22 +531,25 @@ impl IscsiConn {
                 continue;
             };
             for (cid, key) in e.members {
+                settle.add();
                 mb.send(Msg::Note {
                     to: NoteTo::Conn(key),
                     note: Box::new(SessNote {
                         nexus: e.nexus,
                         cid,
-                        what: What::Close,
+                        what: What::Close(Share(Some(Arc::clone(&settle)))),
                     }),
                 });
             }
         }
+        settle.release();
+        Some(settle)
     }
 
     /// A TARGET COLD RESET: every other session of this target, of any initiator, leaves the
     /// table and its connections are closed (as a reinstated session's: tasks terminated, no
-    /// answers, the nexus loss carried by the last).
-    pub(super) fn close_target_sessions(&self, env: &Env<'_>) {
+    /// answers, the nexus loss carried by the last). Returns what the TMF response waits for.
+    pub(super) fn close_target_sessions(&self, env: &Env<'_>) -> Option<Arc<Settle>> {
         let old = take_sessions(&mut self.sh.session_table(), |e| {
             e.target == self.target.iqn && e.nexus != self.nexus
         });
@@ -533,7 +557,7 @@ impl IscsiConn {
             tracing::warn!(conn = env.key, initiator = %self.initiator, sessions = old.len(),
                 "iSCSI TARGET COLD RESET: closing every session of the target");
         }
-        self.reinstate_sessions(env, old);
+        self.reinstate_sessions(env, old)
     }
 
     /// A non-immediate command with CmdSN `sn` is to be ignored silently (RFC 7143 §4.2.2.1):
@@ -599,7 +623,14 @@ impl IscsiConn {
         });
         if let Some(o) = old {
             tracing::info!(conn = env.key, cid, initiator = %self.initiator, "iSCSI connection reinstatement: the old connection of this CID is closed");
-            self.tell(env, o, What::Close);
+            // Its tasks leave the device before this login is answered (as a session's
+            // reinstatement: no command on the new connection meets one of them in flight).
+            let waiter = Arc::clone(&env.shared.mailboxes[env.io.reactor]);
+            let settle = Settle::new(Some((waiter, env.key)));
+            settle.add();
+            self.tell(env, o, What::Close(Share(Some(Arc::clone(&settle)))));
+            settle.release();
+            self.old_closing = Some(settle);
         }
         Ok(params)
     }

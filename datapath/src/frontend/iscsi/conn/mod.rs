@@ -145,6 +145,14 @@ pub struct IscsiConn {
     pub(super) handoff: Option<usize>,
     /// Closed by its session (a Logout of it or of the session, a reinstatement, a failure).
     pub(super) told: bool,
+    /// Shares of what waits for this connection to be gone (`mcs::What::Close`): released
+    /// when it is dropped.
+    held_until_dropped: Vec<mcs::Share>,
+    /// The close of the sessions (or the connection) this login reinstated: done once all of
+    /// their connections are gone (`mcs::IscsiConn::reinstate_sessions`).
+    pub(super) old_closing: Option<Arc<crate::frontend::iscsi::reset::Settle>>,
+    /// The final Login Response, held until `old_closing` is done (its header and keys).
+    pub(super) held_login: Option<(Arc<crate::frontend::iscsi::reset::Settle>, Bhs, Vec<u8>)>,
     /// Its Logout was answered.
     pub(super) logged_out: bool,
     /// This session's number at this site, 0 before login.
@@ -238,6 +246,9 @@ impl IscsiConn {
             join: None,
             handoff: None,
             told: false,
+            held_until_dropped: Vec::new(),
+            old_closing: None,
+            held_login: None,
             logged_out: false,
             nexus: 0,
             res: [0; 16],
@@ -351,7 +362,19 @@ impl IscsiConn {
     }
 
     pub(super) fn paused(&self) -> bool {
-        self.tasks.len() >= MAX_TASKS || self.tx.held() >= TX_HIGH_WATER
+        self.tasks.len() >= MAX_TASKS
+            || self.tx.held() >= TX_HIGH_WATER
+            || self.held_login.is_some()
+    }
+
+    /// Send the final Login Response held for a reinstatement once the old connections are
+    /// gone.
+    fn answer_held_login(&mut self) {
+        if self.held_login.as_ref().is_some_and(|(s, _, _)| s.done())
+            && let Some((_, h, out)) = self.held_login.take()
+        {
+            self.put_status(h, &out);
+        }
     }
 
     /// The largest data segment accepted: the target's MaxRecvDataSegmentLength (during
@@ -985,6 +1008,7 @@ impl Conn for IscsiConn {
         if env.stopping && !self.life.shutting_down {
             self.stop(env);
         }
+        self.answer_held_login();
         self.finish_tmfs();
         self.finish_logout();
         if !self.life.broken && !self.life.recv_armed && !self.paused() && !self.life.closing {

@@ -304,7 +304,12 @@ impl IscsiConn {
             // (Not reached with the keys the target answers: well under 8 KiB.)
             return self.login_fail(env, itt, isid, LoginStatus::TARGET_ERROR);
         }
-        self.put_status(h, &out);
+        match self.old_closing.take() {
+            // The login reinstated a session or a connection: answered once the old one is
+            // gone (its tasks off the device, its RESERVEs released).
+            Some(settle) if full && !settle.done() => self.held_login = Some((settle, h, out)),
+            _ => self.put_status(h, &out),
+        }
         if full {
             self.isid = isid;
             self.res =
@@ -588,21 +593,14 @@ impl IscsiConn {
                     let n = crate::frontend::iscsi::pages::lun_of(&lun);
                     let target = std::sync::Arc::clone(&self.target);
                     let me = (Arc::clone(&env.shared.mailboxes[env.io.reactor]), env.key);
+                    if func == 11 {
+                        // SAM-5: only this nexus is reset. Its tasks were aborted above; its
+                        // session ends once answered, which releases its RESERVEs at both
+                        // sites (the nexus loss); its next login reports the loss.
+                        target.note_nexus_loss(self.me);
+                    }
                     for (i, l) in target.luns.iter().enumerate() {
-                        if func == 11 {
-                            // SAM-5: only this nexus is reset. Its tasks were aborted above;
-                            // its session ends once answered, which releases its RESERVEs at
-                            // both sites (the nexus loss); its next login reports the loss.
-                            let mut lost = l.nexus_losses.lock().unwrap_or_else(|e| e.into_inner());
-                            if !lost.contains(&self.me) {
-                                if lost.len() >= crate::frontend::iscsi::NEXUS_LOSSES_KEPT {
-                                    lost.remove(0);
-                                }
-                                lost.push(self.me);
-                            }
-                            continue;
-                        }
-                        if func != 5 || Some(l.lun) == n {
+                        if func != 11 && (func != 5 || Some(l.lun) == n) {
                             l.resets.fetch_add(1, Ordering::AcqRel);
                             // A reset releases RESERVE reservations (SPC-2 §5.5.1): here at
                             // once, at both sites with the carried reset.
@@ -642,8 +640,8 @@ impl IscsiConn {
                 if func == 7 {
                     // RFC 7143 §11.5.1: a cold reset also closes every connection of the
                     // target's other sessions, of every initiator (this one closes once its
-                    // answer is out).
-                    self.close_target_sessions(env);
+                    // answer is out, which waits until they are gone).
+                    settles.extend(self.close_target_sessions(env));
                 }
                 tmf_rsp::COMPLETE
             }
