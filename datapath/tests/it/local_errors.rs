@@ -176,3 +176,49 @@ fn a_read_failing_in_its_completion_at_a_mirroring_site_hands_the_volume_to_the_
     );
     kill_and_free_port(&mut p.a);
 }
+
+/// The same over NVMe/TCP: the read failing in its completion at a mirroring site is answered
+/// with the ANA Inaccessible path status (SCT 3h, SC 02h), on which a host's multipath
+/// retries on the other path, never with a media error, on which it does not; the peer then
+/// serves the acknowledged data.
+#[test]
+fn over_nvme_a_read_failing_in_its_completion_answers_ana_inaccessible_not_a_media_error() {
+    use twinblk_tools::nvmf::{Controller, Opts, Sqe};
+    let mut p = pair(true, "", "");
+    const FAR: u64 = 12 << 20;
+    let mut c = Client::connect(p.a.addr, "vol0", false);
+    assert_eq!(c.write(FAR, &pattern(8, 4096)), 0);
+    drop(c);
+    let nqn = format!("{}vol0", twinblk::frontend::nvmf::DEFAULT_NQN_PREFIX);
+    let n = Controller::connect(p.a.nvmf_addr, &nqn, &Opts::default())
+        .expect("an NVMe/TCP controller at a");
+    let mut q = n.io_queue(1, 8).unwrap();
+    let lba = FAR / 512;
+    let r = q
+        .cmd(Sqe::new(0x02).nsid(1).lba(lba, 8), &[], 4096)
+        .unwrap();
+    assert_eq!(r.status, 0, "the read before the cut");
+    let img = p.root.path().join("a.img");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let r = q
+        .cmd(Sqe::new(0x02).nsid(1).lba(lba, 8), &[], 4096)
+        .unwrap();
+    assert_eq!(
+        r.status, 0x302,
+        "a read failing at a mirroring site: ANA Inaccessible expected, got status {:#x}",
+        r.status
+    );
+    drop((q, n));
+    wait_mirror_state(&p.b, "survivor", Duration::from_secs(10));
+    assert_eq!(
+        crate::slow_local::read_at(&p.b, FAR, 4096),
+        pattern(8, 4096),
+        "the peer's copy of the acknowledged write"
+    );
+    kill_and_free_port(&mut p.a);
+}
