@@ -1,0 +1,135 @@
+//! NVMe/TCP behaviour an audit against the specifications found wrong (NVMe/TCP transport 1.0,
+//! NVM Express Base 2.0): each test sends what a host may send and checks the exact answer
+//! the specification requires (FES and FEI of a C2HTermReq, status and DNR, completion
+//! Dword 0), and each failed before its fix.
+
+use crate::harness::{in_process, nvmf_addr, pattern};
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::Duration;
+use twinblk_tools::nvmf::{Controller, Opts, Queue, Sqe, TermReq, t};
+
+const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
+const RAM: &str = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize='64MiB'\n";
+
+/// The connection is closed by the target: EOF (or a reset) within a few seconds.
+fn closed_by_target(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 256];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The next PDU is a C2HTermReq whose data is the offending PDU header `offending`, and the
+/// target closes the connection after it.
+fn expect_term(q: &mut Queue, offending: &[u8]) -> TermReq {
+    let p = q.read_pdu().expect("a PDU from the target");
+    assert_eq!(p.kind, t::C2H_TERM, "expected C2HTermReq, got {p:?}");
+    assert_eq!(p.data, offending, "the TermReq carries the offending header");
+    let got = TermReq {
+        fes: u16::from_le_bytes([p.header[8], p.header[9]]),
+        fei: u32::from_le_bytes(p.header[10..14].try_into().unwrap()),
+    };
+    assert!(
+        closed_by_target(q.stream()),
+        "connection left open after TermReq"
+    );
+    got
+}
+
+/// A Write of `len` bytes at LBA 0 whose data is asked for by R2T; returns its transfer tag.
+fn write_by_r2t(q: &mut Queue, cid: u16, len: u32) -> u16 {
+    let sqe = Sqe::new(0x01)
+        .nsid(1)
+        .lba(0, len / 512)
+        .bytes(2, &cid.to_le_bytes())
+        .bytes(32, &len.to_le_bytes())
+        .bytes(39, &[0x5A]);
+    q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+    let r2t = q.read_pdu().unwrap();
+    assert_eq!(r2t.kind, t::R2T);
+    assert_eq!(
+        u32::from_le_bytes(r2t.header[16..20].try_into().unwrap()),
+        len,
+        "one R2T for the whole transfer"
+    );
+    u16::from_le_bytes([r2t.header[10], r2t.header[11]])
+}
+
+/// An H2CData PDU (no digests): its 24-byte header and the whole PDU.
+fn h2c(flags: u8, cid: u16, ttag: u16, offset: u32, data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let pdo = if data.is_empty() { 0 } else { 24 };
+    let mut b = vec![t::H2C_DATA, flags, 24, pdo];
+    b.extend_from_slice(&(24 + data.len() as u32).to_le_bytes());
+    b.extend_from_slice(&cid.to_le_bytes());
+    b.extend_from_slice(&ttag.to_le_bytes());
+    b.extend_from_slice(&offset.to_le_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    let header = b.clone();
+    b.extend_from_slice(data);
+    (header, b)
+}
+
+const LAST_PDU: u8 = 0x04;
+
+/// NVMe/TCP 1.0 §3.3.2.2: the LAST_PDU flag is set only in the H2CData PDU that completes
+/// the data an R2T asked for; an H2CData PDU whose LAST_PDU says the R2T is satisfied while
+/// data is still owed for it is an unexpected PDU: a fatal transport error, C2HTermReq with
+/// FES 02h (PDU Sequence Error; FEI reserved, 0) carrying the offending header, then the
+/// connection closes; nothing is written. Before, the flag was ignored and the transfer
+/// carried on.
+#[test]
+fn nvmf_h2cdata_last_pdu_before_the_r2t_is_satisfied_is_a_pdu_sequence_error() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut good = c.io_queue(1, 8).unwrap();
+    let mut q = c.io_queue(2, 8).unwrap();
+    let cid = 0x21;
+    let ttag = write_by_r2t(&mut q, cid, 32768);
+    // The first half of the data, flagged as the last PDU of the R2T.
+    let (header, pdu) = h2c(LAST_PDU, cid, ttag, 0, &pattern(1, 16384));
+    q.send_raw(&pdu).unwrap();
+    let tr = expect_term(&mut q, &header);
+    assert_eq!((tr.fes, tr.fei), (0x02, 0), "{tr:?}");
+    assert!(good.read(1, 0, 64, 512).unwrap().iter().all(|&b| b == 0));
+    // The same data split correctly (LAST_PDU only on the second half) is written.
+    let data = pattern(2, 32768);
+    let ttag = write_by_r2t(&mut good, cid, 32768);
+    good.send_raw(&h2c(0, cid, ttag, 0, &data[..16384]).1).unwrap();
+    good.send_raw(&h2c(LAST_PDU, cid, ttag, 16384, &data[16384..]).1)
+        .unwrap();
+    let p = good.read_pdu().unwrap();
+    assert_eq!(p.kind, t::RSP, "{p:?}");
+    assert_eq!(u16::from_le_bytes([p.header[22], p.header[23]]) >> 1, 0);
+    assert_eq!(good.read(1, 0, 64, 512).unwrap(), data);
+}
+
+/// An H2CData PDU exists to carry PDU-Data for an R2T (NVMe/TCP 1.0 §3.3.2.2: the H2CData
+/// PDUs transfer the data contiguously until R2TL is reached; §3.6.2.8: DATAL is the length
+/// of the PDU-Data field); one whose DATAL is 0 carries nothing: a fatal transport error,
+/// C2HTermReq with FES 01h (Invalid PDU Header Field) and FEI 16, the offset of DATAL, as
+/// for a DATAL that does not match the PDU's data. Before, it was accepted and ignored.
+#[test]
+fn nvmf_h2cdata_with_datal_zero_is_an_invalid_header_field_at_datal() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut good = c.io_queue(1, 8).unwrap();
+    for (qid, flags) in [(2, 0), (3, LAST_PDU)] {
+        let mut q = c.io_queue(qid, 8).unwrap();
+        let cid = 0x22;
+        let ttag = write_by_r2t(&mut q, cid, 8192 + 512);
+        let (header, pdu) = h2c(flags, cid, ttag, 0, &[]);
+        assert_eq!(pdu.len(), 24);
+        q.send_raw(&pdu).unwrap();
+        let tr = expect_term(&mut q, &header);
+        assert_eq!((tr.fes, tr.fei), (0x01, 16), "flags {flags:#x}: {tr:?}");
+    }
+    good.write(1, 0, &pattern(3, 4096), 512, false).unwrap();
+}
