@@ -86,8 +86,14 @@ impl NvmfConn {
             };
             return self.fatal(env, v, p.header);
         }
+        // Not where the previous PDU ended: a non-contiguous H2CData PDU, a PDU Sequence
+        // Error (TCP 1.0 §3.3.2.2).
         if h.offset != x.received {
-            return self.fatal(env, header(pdu::FEI_DATAO), p.header);
+            let v = Violation {
+                fes: fes::PDU_SEQUENCE,
+                fei: 0,
+            };
+            return self.fatal(env, v, p.header);
         }
         // LAST_PDU is set only in the PDU that satisfies the R2T (TCP 1.0 §3.3.2.2): set
         // while data is still owed, the PDU is unexpected, a PDU Sequence Error.
