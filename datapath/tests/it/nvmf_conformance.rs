@@ -3,11 +3,11 @@
 //! the specification requires (FES and FEI of a C2HTermReq, status and DNR, completion
 //! Dword 0), and each failed before its fix.
 
-use crate::harness::{in_process, nvmf_addr, pattern};
+use crate::harness::{in_process, in_process_with, nvmf_addr, pattern};
 use std::io::Read;
 use std::net::TcpStream;
-use std::time::Duration;
-use twinblk_tools::nvmf::{Controller, Opts, Queue, Sqe, TermReq, t};
+use std::time::{Duration, Instant};
+use twinblk_tools::nvmf::{Controller, Host, Opts, Queue, Sqe, TermReq, t};
 
 const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
 const RAM: &str = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize='64MiB'\n";
@@ -132,4 +132,49 @@ fn nvmf_h2cdata_with_datal_zero_is_an_invalid_header_field_at_datal() {
         assert_eq!((tr.fes, tr.fei), (0x01, 16), "flags {flags:#x}: {tr:?}");
     }
     good.write(1, 0, &pattern(3, 4096), 512, false).unwrap();
+}
+
+/// NVM Express Base 2.0 §3.9 (Keep Alive) and the Keep Alive command: a controller that does
+/// not support Traffic Based Keep Alive (Identify Controller CTRATT bit 6, TBKAS, cleared)
+/// restarts its Keep Alive Timer when it processes a Keep Alive command (or a Set Features
+/// that sets KATO), and only then; other admin commands and I/O do not count. A host that
+/// sends Get Features and I/O for longer than KATO but no Keep Alive is torn down; one that
+/// sends Keep Alive commands is not. Before, any byte received on the admin queue restarted
+/// the timer (traffic based, without TBKAS advertised), so the first host was kept.
+#[test]
+fn nvmf_only_keep_alive_commands_restart_the_keep_alive_timer() {
+    let (d, _) = in_process_with("cores=[0,1]\nwait='adaptive'", RAM);
+    let addr = nvmf_addr(&d);
+    let opts = |name: &str, kato_ms| Opts {
+        kato_ms,
+        host: Host {
+            nqn: format!("nqn.2014-08.test:{name}"),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut busy = Controller::connect(addr, NQN, &opts("busy", 500)).unwrap();
+    let mut busy_q = busy.io_queue(1, 8).unwrap();
+    let ctratt = u32::from_le_bytes(busy.identify(0x01, 0).unwrap()[96..100].try_into().unwrap());
+    assert_eq!(ctratt & (1 << 6), 0, "TBKAS not advertised");
+    // Generous for the live host (ten Keep Alives per KATO), so a loaded machine cannot
+    // expire it by accident.
+    let mut live = Controller::connect(addr, NQN, &opts("live", 1000)).unwrap();
+    let get_kato = Sqe::new(0x0A).cdw(10, 0x0F);
+    let t0 = Instant::now();
+    let mut busy_alive = true;
+    while t0.elapsed() < Duration::from_millis(2500) {
+        live.keep_alive().unwrap();
+        if busy_alive {
+            // A completion, or the connection is gone (torn down).
+            busy_alive = busy.admin.cmd(get_kato, &[], 0).is_ok_and(|r| r.status == 0)
+                && busy_q.read(1, 0, 8, 512).is_ok();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!busy_alive, "a host without Keep Alive commands outlived KATO");
+    assert!(closed_by_target(busy.admin.stream()));
+    assert!(closed_by_target(busy_q.stream()));
+    live.keep_alive().unwrap();
+    assert_eq!(d.nvmf().registry.len(), 1);
 }

@@ -97,6 +97,10 @@ impl NvmfConn {
             }
             admin::SET_FEATURES => {
                 let (s, r) = self.set_features(&ctrl, sqe);
+                if s == Status::SUCCESS && (sqe.cdw(10) & 0xFF) as u8 == feat::KATO {
+                    // The new timeout runs from now.
+                    self.restart_keep_alive();
+                }
                 self.respond(cid, s, r)
             }
             admin::GET_FEATURES if (sqe.cdw(10) & 0xFF) as u8 == feat::HOST_ID => {
@@ -125,7 +129,12 @@ impl NvmfConn {
                     st.aers.push(cid);
                 }
             }
-            admin::KEEP_ALIVE => self.respond(cid, Status::SUCCESS, 0),
+            admin::KEEP_ALIVE => {
+                // The only command that restarts the Keep Alive Timer (TBKAS not
+                // advertised: Base 2.0 §3.9, Keep Alive command).
+                self.restart_keep_alive();
+                self.respond(cid, Status::SUCCESS, 0)
+            }
             admin::ABORT => self.abort_request(env, nv, &ctrl, sqe),
             _ => self.respond(cid, Status::INVALID_OPCODE, 0),
         }
