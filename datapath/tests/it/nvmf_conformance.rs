@@ -31,7 +31,10 @@ fn closed_by_target(s: &mut TcpStream) -> bool {
 fn expect_term(q: &mut Queue, offending: &[u8]) -> TermReq {
     let p = q.read_pdu().expect("a PDU from the target");
     assert_eq!(p.kind, t::C2H_TERM, "expected C2HTermReq, got {p:?}");
-    assert_eq!(p.data, offending, "the TermReq carries the offending header");
+    assert_eq!(
+        p.data, offending,
+        "the TermReq carries the offending header"
+    );
     let got = TermReq {
         fes: u16::from_le_bytes([p.header[8], p.header[9]]),
         fei: u32::from_le_bytes(p.header[10..14].try_into().unwrap()),
@@ -102,7 +105,8 @@ fn nvmf_h2cdata_last_pdu_before_the_r2t_is_satisfied_is_a_pdu_sequence_error() {
     // The same data split correctly (LAST_PDU only on the second half) is written.
     let data = pattern(2, 32768);
     let ttag = write_by_r2t(&mut good, cid, 32768);
-    good.send_raw(&h2c(0, cid, ttag, 0, &data[..16384]).1).unwrap();
+    good.send_raw(&h2c(0, cid, ttag, 0, &data[..16384]).1)
+        .unwrap();
     good.send_raw(&h2c(LAST_PDU, cid, ttag, 16384, &data[16384..]).1)
         .unwrap();
     let p = good.read_pdu().unwrap();
@@ -167,14 +171,99 @@ fn nvmf_only_keep_alive_commands_restart_the_keep_alive_timer() {
         live.keep_alive().unwrap();
         if busy_alive {
             // A completion, or the connection is gone (torn down).
-            busy_alive = busy.admin.cmd(get_kato, &[], 0).is_ok_and(|r| r.status == 0)
+            busy_alive = busy
+                .admin
+                .cmd(get_kato, &[], 0)
+                .is_ok_and(|r| r.status == 0)
                 && busy_q.read(1, 0, 8, 512).is_ok();
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!busy_alive, "a host without Keep Alive commands outlived KATO");
+    assert!(
+        !busy_alive,
+        "a host without Keep Alive commands outlived KATO"
+    );
     assert!(closed_by_target(busy.admin.stream()));
     assert!(closed_by_target(busy_q.stream()));
     live.keep_alive().unwrap();
     assert_eq!(d.nvmf().registry.len(), 1);
+}
+
+/// Get Features, Select (CDW10 bits 10:8; NVM Express Base 2.0, Get Features): 000b the
+/// current value, 001b the default, 010b the saved one (a Feature that cannot be saved
+/// answers its default), 011b the Feature's capabilities in Dword 0 (bit 0 saveable, bit 1
+/// namespace specific, bit 2 changeable), 100b to 111b reserved: Invalid Field in Command.
+/// Identify Controller ONCS bit 4 (Save and Select Feature Support) announces it. Before, SEL
+/// was ignored: every select answered the current value, reserved ones too.
+#[test]
+fn nvmf_get_features_select_answers_current_default_saved_and_capabilities() {
+    let (d, _) = in_process(RAM);
+    let opts = Opts {
+        kato_ms: 30_000,
+        ..Opts::default()
+    };
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
+    let oncs = u16::from_le_bytes(c.identify(0x01, 0).unwrap()[520..522].try_into().unwrap());
+    assert_eq!(oncs & (1 << 4), 1 << 4, "ONCS: SSFS");
+    assert_eq!(c.set_num_queues(4).unwrap(), 4);
+    c.admin
+        .cmd_ok(Sqe::new(0x09).cdw(10, 0x0B).cdw(11, 1 << 11), &[], 0)
+        .unwrap();
+    let mut get = |fid: u32, sel: u32| {
+        let r = c
+            .admin
+            .cmd(Sqe::new(0x0A).cdw(10, fid | (sel << 8)), &[], 0)
+            .unwrap();
+        (r.status, r.result as u32)
+    };
+    // (FID, current, default, capabilities)
+    let q = |n: u32| ((n - 1) << 16) | (n - 1);
+    for (fid, current, default, caps) in [
+        (0x07, q(4), q(64), 0b100),     // number of queues: set to 4, default 64
+        (0x0F, 30_000, 120_000, 0b100), // KATO: from Connect, default 2 minutes
+        (0x0B, 1 << 11, 0, 0b100),      // async event configuration
+        (0x01, 0x7, 0x7, 0),            // arbitration (fixed)
+        (0x02, 0, 0, 0),                // power management (fixed)
+        (0x04, 0x157, 0x157, 0),        // temperature threshold (fixed)
+        (0x05, 0, 0, 0b010),            // error recovery: namespace specific
+        (0x06, 1, 1, 0),                // volatile write cache (always on)
+        (0x82, 0, 0, 0b110),            // reservation notification mask
+        (0x83, 1, 1, 0b010),            // reservation persistence
+    ] {
+        assert_eq!(get(fid, 0), (0, current), "FID {fid:#x} current");
+        assert_eq!(get(fid, 1), (0, default), "FID {fid:#x} default");
+        assert_eq!(
+            get(fid, 2),
+            (0, default),
+            "FID {fid:#x} saved: not saveable"
+        );
+        assert_eq!(get(fid, 3), (0, caps), "FID {fid:#x} capabilities");
+        for sel in 4..=7 {
+            assert_eq!(get(fid, sel).0, 0x002, "FID {fid:#x} reserved SEL {sel}");
+        }
+    }
+    // An unsupported Feature has no capabilities either.
+    assert_eq!(get(0x10, 3).0, 0x002);
+    // Host Identifier: its capabilities in Dword 0, no data.
+    let r = c
+        .admin
+        .cmd(Sqe::new(0x0A).cdw(10, 0x81 | (3 << 8)).cdw(11, 1), &[], 16)
+        .unwrap();
+    assert_eq!((r.status, r.result, r.data.len()), (0, 0, 0));
+    let r = c
+        .admin
+        .cmd(Sqe::new(0x0A).cdw(10, 0x81 | (1 << 8)).cdw(11, 1), &[], 16)
+        .unwrap();
+    assert_eq!((r.status, r.data.len()), (0, 16));
+    // Nothing is saveable: Set Features with SV is refused.
+    let r = c
+        .admin
+        .cmd(
+            Sqe::new(0x09).cdw(10, 0x0F | (1 << 31)).cdw(11, 10_000),
+            &[],
+            0,
+        )
+        .unwrap();
+    assert_eq!(r.status, 0x10D);
+    c.keep_alive().unwrap();
 }

@@ -469,6 +469,10 @@ pub const KAS: u16 = 1;
 /// outstanding at once; the controller refuses the excess (`Status::ABORT_LIMIT`).
 pub const ACL: u8 = 3;
 
+/// The Keep Alive Timer feature's default on a transport that requires it, as TCP does: 2
+/// minutes, a multiple of the KAS granularity already (Get Features 0Fh with SEL default).
+pub const KATO_DEFAULT_MS: u32 = 120_000;
+
 /// A keep-alive timeout as the controller applies it: rounded up to a multiple of the KAS
 /// granularity (NVM Express Base 2.0, Keep Alive Timer feature), 0 (disabled) kept. The few
 /// values above the largest multiple of 100 ms in 32 bits (49.7 days) are kept as they are.
@@ -514,15 +518,16 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     b[513] = 0x44; // CQES
     put16(b, 514, c.maxcmd);
     put32(b, 516, c.nn);
-    // ONCS: Compare (bit 0), Dataset Management (bit 2), Write Zeroes (bit 3),
-    // Reservations (bit 5).
+    // ONCS: Compare (bit 0), Dataset Management (bit 2), Write Zeroes (bit 3), Save and
+    // Select Feature Support (bit 4: Get Features SEL; Set Features SV answered Feature
+    // Identifier Not Saveable), Reservations (bit 5).
     put16(
         b,
         520,
         if c.discovery {
             0
         } else {
-            1 | (1 << 2) | (1 << 3) | (1 << 5)
+            1 | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5)
         },
     );
     if !c.discovery {
@@ -916,7 +921,7 @@ mod tests {
             ("CQES", 513, 1, int(0x44, 1)),
             ("MAXCMD", 514, 2, int(1024, 2)),
             ("NN", 516, 4, int(3, 4)),
-            ("ONCS", 520, 2, int(0x2D, 2)),
+            ("ONCS", 520, 2, int(0x3D, 2)),
             ("FUSES", 522, 2, int(1, 2)),
             ("VWC", 525, 1, int(0b101, 1)),
             ("ACWU", 532, 2, int(31, 2)),
