@@ -267,3 +267,48 @@ fn nvmf_get_features_select_answers_current_default_saved_and_capabilities() {
     assert_eq!(r.status, 0x10D);
     c.keep_alive().unwrap();
 }
+
+/// Connect Controller Busy (SCT 1h, SC 81h) says no controller can be had now (Base 2.0,
+/// Connect command status values): here, every controller id of this site's range is in use.
+/// It is transient, so DNR stays clear (Base 2.0, Completion Queue Entry Status: DNR set means
+/// the same command, re-submitted, is expected to fail; Linux's host stops reconnecting on
+/// a status with DNR): once the controller holding the id goes, the same Connect succeeds.
+/// Before, it was answered with DNR.
+#[test]
+fn nvmf_connect_controller_busy_is_retryable() {
+    let text = format!(
+        "[reactor]\ncores=[0]\nwait='adaptive'\npin=false\n[nbd]\nlisten=[]\n\
+         [nvmf]\nlisten=['127.0.0.1:0']\nmin_cntlid=7\nmax_cntlid=7\n[control]\nsocket=''\n{RAM}"
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let addr = nvmf_addr(&d);
+    let first = Controller::connect(addr, NQN, &Opts::default()).unwrap();
+    assert_eq!(first.cntlid, 7);
+    let connect = || {
+        let mut q = Queue::open(addr, Default::default()).unwrap();
+        q.connect(0, 32, NQN, &Host::default(), 0xFFFF, 0, false)
+            .unwrap()
+    };
+    let busy = connect();
+    assert_eq!(
+        (busy.status, busy.dnr),
+        (0x181, false),
+        "Busy, worth retrying"
+    );
+    drop(first);
+    let t0 = Instant::now();
+    loop {
+        let r = connect();
+        if r.status == 0 {
+            assert_eq!(r.result & 0xFFFF, 7);
+            break;
+        }
+        assert_eq!((r.status, r.dnr), (0x181, false));
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the id never came free"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

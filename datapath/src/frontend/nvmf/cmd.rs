@@ -186,7 +186,7 @@ impl Status {
     pub const FEAT_NOT_SAVEABLE: Status = Status(0x10D);
     /// Connect: incompatible format.
     pub const CONNECT_FORMAT: Status = Status(0x180);
-    /// Connect: controller busy.
+    /// Connect: controller busy (no controller to be had now: transient, so without DNR).
     pub const CONNECT_BUSY: Status = Status(0x181);
     /// Connect: invalid parameters.
     pub const CONNECT_INVALID_PARAM: Status = Status(0x182);
@@ -217,7 +217,8 @@ impl Status {
     /// ANA transition (path related, retryable).
     pub const ANA_TRANSITION: Status = Status(0x303);
 
-    /// The CQE status field (phase 0), with DNR unless the error is worth retrying.
+    /// The CQE status field (phase 0), with DNR unless the error is worth retrying (DNR: the
+    /// same command re-submitted is expected to fail; Base 2.0, Completion Queue Entry).
     pub fn field(self) -> u16 {
         if self.0 == 0 {
             return 0;
@@ -228,6 +229,7 @@ impl Status {
                 | Status::ANA_INACCESSIBLE
                 | Status::ANA_TRANSITION
                 | Status::TRANSIENT_TRANSPORT
+                | Status::CONNECT_BUSY
         );
         (self.0 << 1) | if retry { 0 } else { 0x8000 }
     }
@@ -773,6 +775,7 @@ mod tests {
         assert_eq!(&ok[14..16], &[0, 0]);
         // Retryable: no DNR.
         assert_eq!(Status::NS_NOT_READY.field() & 0x8000, 0);
+        assert_eq!(Status::CONNECT_BUSY.field(), 0x181 << 1);
     }
 
     #[test]
