@@ -540,8 +540,10 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     // VWC: present (bit 0); Flush with NSID FFFFFFFFh not supported (bits 2:1 = 10b: such a
     // Flush is answered Invalid Namespace or Format).
     b[525] = if c.discovery { 0 } else { 0b101 };
-    // SGLS: supported (bits 1:0 = 01), address as offset (bit 20).
-    put32(b, 536, 1 | (1 << 20));
+    // SGLS: supported (bits 1:0 = 01), address as offset (bit 20: in-capsule data by offset),
+    // Transport SGL Data Block descriptor (bit 21: subtype Ah, the data of every R2T/H2CData
+    // and C2HData transfer).
+    put32(b, 536, 1 | (1 << 20) | (1 << 21));
     put32(b, 540, c.nn); // MNAN
     put_str(&mut b[768..1024], c.subnqn.as_bytes(), 0);
     put32(b, 1792, ((64 + c.incapsule) / 16).max(4)); // IOCCSZ
@@ -929,7 +931,7 @@ mod tests {
             ("VWC", 525, 1, int(0b101, 1)),
             ("ACWU", 532, 2, int(31, 2)),
             ("OCFS", 534, 2, int(0, 2)),
-            ("SGLS", 536, 4, int(1 | (1 << 20), 4)),
+            ("SGLS", 536, 4, int(1 | (1 << 20) | (1 << 21), 4)),
             ("MNAN", 540, 4, int(3, 4)),
             ("SUBNQN", 768, 256, text("nqn.x", 256, 0)),
             ("IOCCSZ", 1792, 4, int(516, 4)),
