@@ -312,3 +312,46 @@ fn nvmf_connect_controller_busy_is_retryable() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Discovery Log Page Entry ASQSZ (bytes 09:08) is the largest Admin Submission Queue the
+/// subsystem's controllers take, and for a message-based controller that is what limits
+/// it (NVM Express Base 2.0, Queue Size; Discovery Log Page Entry): the controllers take
+/// 4096 entries (Connect SQSIZE up to FFFh) and refuse more, so ASQSZ says 4096. Before, it
+/// said 32 while larger admin queues were taken. (The discovery controller has no entry of
+/// its own in this log, so nothing there limits its admin queue below the 4096 of every
+/// Admin Queue.)
+#[test]
+fn nvmf_discovery_asqsz_is_the_admin_queue_size_the_controllers_take() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let mut disc = Controller::connect(
+        addr,
+        "nqn.2014-08.org.nvmexpress.discovery",
+        &Opts::default(),
+    )
+    .unwrap();
+    let log = disc.log(0x70, 0, 0, 2048).unwrap();
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 1);
+    let asqsz = u16::from_le_bytes([log[1024 + 8], log[1024 + 9]]);
+    assert_eq!(asqsz, 4096);
+    let opts = Opts {
+        admin_qsize: asqsz,
+        ..Opts::default()
+    };
+    let mut c = Controller::connect(addr, NQN, &opts).expect("an admin queue of ASQSZ entries");
+    c.keep_alive().unwrap();
+    let mut q = Queue::open(addr, Default::default()).unwrap();
+    let sqe = Sqe::fabrics(0x01).bytes(44, &asqsz.to_le_bytes());
+    let host = Host::default();
+    let mut data = vec![0u8; 1024];
+    data[..16].copy_from_slice(&host.id);
+    data[16..18].copy_from_slice(&0xFFFFu16.to_le_bytes());
+    data[256..256 + NQN.len()].copy_from_slice(NQN.as_bytes());
+    data[512..512 + host.nqn.len()].copy_from_slice(host.nqn.as_bytes());
+    let r = q.cmd(sqe, &data, 0).unwrap();
+    assert_eq!(
+        (r.status, r.result & 0xFFFF),
+        (0x182, 44),
+        "ASQSZ + 1 entries"
+    );
+}

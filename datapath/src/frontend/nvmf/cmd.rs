@@ -471,6 +471,11 @@ pub const KAS: u16 = 1;
 /// outstanding at once; the controller refuses the excess (`Status::ABORT_LIMIT`).
 pub const ACL: u8 = 3;
 
+/// Admin Submission Queue entries every controller takes (Connect SQSIZE up to ASQSZ - 1),
+/// the discovery log entries' ASQSZ: for a message-based controller the Admin Queue's limit
+/// is what ASQSZ says (Base 2.0, Queue Size), here the 4096 of any Admin Queue.
+pub const ASQSZ: u16 = 4096;
+
 /// The Keep Alive Timer feature's default on a transport that requires it, as TCP does: 2
 /// minutes, a multiple of the KAS granularity already (Get Features 0Fh with SEL default).
 pub const KATO_DEFAULT_MS: u32 = 120_000;
@@ -756,7 +761,7 @@ pub fn disc_entry(out: &mut Vec<u8>, e: &DiscEntry<'_>) {
     b[3] = 1 << 2; // TREQ: secure channel not specified; SQ flow control disable supported
     put16(b, 4, e.portid);
     put16(b, 6, 0xFFFF); // CNTLID: dynamic
-    put16(b, 8, 32); // ASQSZ
+    put16(b, 8, ASQSZ);
     put_str(&mut b[32..64], e.trsvcid.as_bytes(), 0);
     put_str(&mut b[256..512], e.subnqn.as_bytes(), 0);
     put_str(&mut b[512..768], e.traddr.as_bytes(), 0);
@@ -1030,7 +1035,7 @@ mod tests {
             ("TREQ", e + 3, 1, int(4, 1)),
             ("PORTID", e + 4, 2, int(0x101, 2)),
             ("CNTLID: dynamic", e + 6, 2, int(0xFFFF, 2)),
-            ("ASQSZ", e + 8, 2, int(32, 2)),
+            ("ASQSZ", e + 8, 2, int(4096, 2)),
             ("EFLAGS", e + 10, 2, int(0, 2)),
             ("TRSVCID", e + 32, 32, text("4421", 32, 0)),
             ("SUBNQN", e + 256, 256, text("nqn.y", 256, 0)),

@@ -93,8 +93,9 @@ pub const MAX_XFER: u32 = 4096 << MDTS;
 /// Largest I/O queue (0's based): CAP.MQES and the I/O queues' Connect SQSIZE limit.
 pub const MQES: u16 = 1023;
 /// Largest admin queue (0's based Connect SQSIZE): on a fabric CAP.MQES bounds only the I/O
-/// submission queues; an Admin Queue has at most 4096 entries.
-pub const ADMIN_SQSIZE_MAX: u16 = 4095;
+/// submission queues; an Admin Queue has at most 4096 entries, and the discovery log's ASQSZ
+/// says so.
+pub const ADMIN_SQSIZE_MAX: u16 = cmd::ASQSZ - 1;
 /// R2Ts outstanding per queue: bounds the assembly buffers a host can make a queue hold to
 /// `MAX_R2T * MAX_XFER` (4 MiB); further commands needing data wait (64 bytes each) for one.
 pub const MAX_R2T: usize = 32;
