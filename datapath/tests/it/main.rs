@@ -43,6 +43,7 @@ mod netfault_inject;
 mod netns;
 mod nvmf;
 mod nvmf_ana;
+mod nvmf_conformance;
 mod nvmf_fused_resv;
 mod nvmf_limits;
 mod power_loss;

@@ -581,10 +581,13 @@ fn malformed_pdus_get_termreq_or_status_and_others_keep_working() {
         b.extend_from_slice(&[0; 4]);
         b.resize(24 + len as usize, 0xAB);
         q.send_raw(&b).unwrap();
-        let tr = expect_term(&mut q, if case == 0 { 0x04 } else { 0x01 });
+        // Beyond the R2T: data transfer out of range; unknown tag: invalid header field at
+        // TTAG; not where the data must continue (a non-contiguous PDU): PDU sequence error
+        // (NVMe/TCP 1.0 §3.3.2.2).
+        let tr = expect_term(&mut q, [0x04, 0x01, 0x02][case as usize]);
         match case {
             1 => assert_eq!(tr.fei, 10),
-            2 => assert_eq!(tr.fei, 12),
+            2 => assert_eq!(tr.fei, 0),
             _ => {}
         }
     }

@@ -96,6 +96,9 @@ fn kato_smaller_than_the_keep_alive_granularity_is_rounded_up() {
         (r.status, r.result as u32)
     };
     assert_eq!(get(&mut c), (0, 100), "Connect KATO 1 ms");
+    // Only Keep Alive commands restart the timer (Base 2.0 §3.9): one now, then 30 ms of
+    // silence.
+    c.keep_alive().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(30));
     c.keep_alive().expect("alive after 30 ms of a 100 ms KATO");
     for (set, want) in [(1, 100), (100, 100), (101, 200), (0, 0), (60_000, 60_000)] {

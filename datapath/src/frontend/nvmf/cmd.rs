@@ -186,7 +186,7 @@ impl Status {
     pub const FEAT_NOT_SAVEABLE: Status = Status(0x10D);
     /// Connect: incompatible format.
     pub const CONNECT_FORMAT: Status = Status(0x180);
-    /// Connect: controller busy.
+    /// Connect: controller busy (no controller to be had now: transient, so without DNR).
     pub const CONNECT_BUSY: Status = Status(0x181);
     /// Connect: invalid parameters.
     pub const CONNECT_INVALID_PARAM: Status = Status(0x182);
@@ -217,7 +217,8 @@ impl Status {
     /// ANA transition (path related, retryable).
     pub const ANA_TRANSITION: Status = Status(0x303);
 
-    /// The CQE status field (phase 0), with DNR unless the error is worth retrying.
+    /// The CQE status field (phase 0), with DNR unless the error is worth retrying (DNR: the
+    /// same command re-submitted is expected to fail; Base 2.0, Completion Queue Entry).
     pub fn field(self) -> u16 {
         if self.0 == 0 {
             return 0;
@@ -228,6 +229,7 @@ impl Status {
                 | Status::ANA_INACCESSIBLE
                 | Status::ANA_TRANSITION
                 | Status::TRANSIENT_TRANSPORT
+                | Status::CONNECT_BUSY
         );
         (self.0 << 1) | if retry { 0 } else { 0x8000 }
     }
@@ -469,6 +471,15 @@ pub const KAS: u16 = 1;
 /// outstanding at once; the controller refuses the excess (`Status::ABORT_LIMIT`).
 pub const ACL: u8 = 3;
 
+/// Admin Submission Queue entries every controller takes (Connect SQSIZE up to ASQSZ - 1),
+/// the discovery log entries' ASQSZ: for a message-based controller the Admin Queue's limit
+/// is what ASQSZ says (Base 2.0, Queue Size), here the 4096 of any Admin Queue.
+pub const ASQSZ: u16 = 4096;
+
+/// The Keep Alive Timer feature's default on a transport that requires it, as TCP does: 2
+/// minutes, a multiple of the KAS granularity already (Get Features 0Fh with SEL default).
+pub const KATO_DEFAULT_MS: u32 = 120_000;
+
 /// A keep-alive timeout as the controller applies it: rounded up to a multiple of the KAS
 /// granularity (NVM Express Base 2.0, Keep Alive Timer feature), 0 (disabled) kept. The few
 /// values above the largest multiple of 100 ms in 32 bits (49.7 days) are kept as they are.
@@ -514,15 +525,16 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     b[513] = 0x44; // CQES
     put16(b, 514, c.maxcmd);
     put32(b, 516, c.nn);
-    // ONCS: Compare (bit 0), Dataset Management (bit 2), Write Zeroes (bit 3),
-    // Reservations (bit 5).
+    // ONCS: Compare (bit 0), Dataset Management (bit 2), Write Zeroes (bit 3), Save and
+    // Select Feature Support (bit 4: Get Features SEL; Set Features SV answered Feature
+    // Identifier Not Saveable), Reservations (bit 5).
     put16(
         b,
         520,
         if c.discovery {
             0
         } else {
-            1 | (1 << 2) | (1 << 3) | (1 << 5)
+            1 | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5)
         },
     );
     if !c.discovery {
@@ -533,8 +545,10 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     // VWC: present (bit 0); Flush with NSID FFFFFFFFh not supported (bits 2:1 = 10b: such a
     // Flush is answered Invalid Namespace or Format).
     b[525] = if c.discovery { 0 } else { 0b101 };
-    // SGLS: supported (bits 1:0 = 01), address as offset (bit 20).
-    put32(b, 536, 1 | (1 << 20));
+    // SGLS: supported (bits 1:0 = 01), address as offset (bit 20: in-capsule data by offset),
+    // Transport SGL Data Block descriptor (bit 21: subtype Ah, the data of every R2T/H2CData
+    // and C2HData transfer).
+    put32(b, 536, 1 | (1 << 20) | (1 << 21));
     put32(b, 540, c.nn); // MNAN
     put_str(&mut b[768..1024], c.subnqn.as_bytes(), 0);
     put32(b, 1792, ((64 + c.incapsule) / 16).max(4)); // IOCCSZ
@@ -747,7 +761,7 @@ pub fn disc_entry(out: &mut Vec<u8>, e: &DiscEntry<'_>) {
     b[3] = 1 << 2; // TREQ: secure channel not specified; SQ flow control disable supported
     put16(b, 4, e.portid);
     put16(b, 6, 0xFFFF); // CNTLID: dynamic
-    put16(b, 8, 32); // ASQSZ
+    put16(b, 8, ASQSZ);
     put_str(&mut b[32..64], e.trsvcid.as_bytes(), 0);
     put_str(&mut b[256..512], e.subnqn.as_bytes(), 0);
     put_str(&mut b[512..768], e.traddr.as_bytes(), 0);
@@ -768,6 +782,7 @@ mod tests {
         assert_eq!(&ok[14..16], &[0, 0]);
         // Retryable: no DNR.
         assert_eq!(Status::NS_NOT_READY.field() & 0x8000, 0);
+        assert_eq!(Status::CONNECT_BUSY.field(), 0x181 << 1);
     }
 
     #[test]
@@ -916,12 +931,12 @@ mod tests {
             ("CQES", 513, 1, int(0x44, 1)),
             ("MAXCMD", 514, 2, int(1024, 2)),
             ("NN", 516, 4, int(3, 4)),
-            ("ONCS", 520, 2, int(0x2D, 2)),
+            ("ONCS", 520, 2, int(0x3D, 2)),
             ("FUSES", 522, 2, int(1, 2)),
             ("VWC", 525, 1, int(0b101, 1)),
             ("ACWU", 532, 2, int(31, 2)),
             ("OCFS", 534, 2, int(0, 2)),
-            ("SGLS", 536, 4, int(1 | (1 << 20), 4)),
+            ("SGLS", 536, 4, int(1 | (1 << 20) | (1 << 21), 4)),
             ("MNAN", 540, 4, int(3, 4)),
             ("SUBNQN", 768, 256, text("nqn.x", 256, 0)),
             ("IOCCSZ", 1792, 4, int(516, 4)),
@@ -1020,7 +1035,7 @@ mod tests {
             ("TREQ", e + 3, 1, int(4, 1)),
             ("PORTID", e + 4, 2, int(0x101, 2)),
             ("CNTLID: dynamic", e + 6, 2, int(0xFFFF, 2)),
-            ("ASQSZ", e + 8, 2, int(32, 2)),
+            ("ASQSZ", e + 8, 2, int(4096, 2)),
             ("EFLAGS", e + 10, 2, int(0, 2)),
             ("TRSVCID", e + 32, 32, text("4421", 32, 0)),
             ("SUBNQN", e + 256, 256, text("nqn.y", 256, 0)),

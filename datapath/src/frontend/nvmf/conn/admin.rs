@@ -97,7 +97,20 @@ impl NvmfConn {
             }
             admin::SET_FEATURES => {
                 let (s, r) = self.set_features(&ctrl, sqe);
+                if s == Status::SUCCESS && (sqe.cdw(10) & 0xFF) as u8 == feat::KATO {
+                    // The new timeout runs from now.
+                    self.restart_keep_alive();
+                }
                 self.respond(cid, s, r)
+            }
+            admin::GET_FEATURES if !matches!((sqe.cdw(10) >> 8) & 7, 0..=2) => {
+                // SEL (bits 10:8; Base 2.0, Get Features): 011b asks for the Feature's
+                // capabilities, in Dword 0 and without data; 100b to 111b are reserved.
+                let caps = feature_caps(&ctrl, (sqe.cdw(10) & 0xFF) as u8);
+                match ((sqe.cdw(10) >> 8) & 7, caps) {
+                    (0b011, Some(caps)) => self.respond(cid, Status::SUCCESS, u64::from(caps)),
+                    _ => self.respond(cid, Status::INVALID_FIELD, 0),
+                }
             }
             admin::GET_FEATURES if (sqe.cdw(10) & 0xFF) as u8 == feat::HOST_ID => {
                 // Only the 128-bit identifier (EXHID = 1) exists on a fabrics controller.
@@ -125,7 +138,12 @@ impl NvmfConn {
                     st.aers.push(cid);
                 }
             }
-            admin::KEEP_ALIVE => self.respond(cid, Status::SUCCESS, 0),
+            admin::KEEP_ALIVE => {
+                // The only command that restarts the Keep Alive Timer (TBKAS not
+                // advertised: Base 2.0 §3.9, Keep Alive command).
+                self.restart_keep_alive();
+                self.respond(cid, Status::SUCCESS, 0)
+            }
             admin::ABORT => self.abort_request(env, nv, &ctrl, sqe),
             _ => self.respond(cid, Status::INVALID_OPCODE, 0),
         }
@@ -368,19 +386,31 @@ impl NvmfConn {
         }
     }
 
+    /// Get Features with SEL 000b (current), 001b (default) or 010b (saved: no Feature is
+    /// saveable, so the default, Base 2.0 Get Features).
     pub(super) fn get_features(&mut self, ctrl: &Controller, sqe: Sqe<'_>) -> (Status, u64) {
         let Role::Admin(st) = &self.role else {
             return (Status::CMD_SEQ_ERROR, 0);
         };
+        let default = (sqe.cdw(10) >> 8) & 7 != 0;
         match (sqe.cdw(10) & 0xFF) as u8 {
             feat::NUM_QUEUES if ctrl.subsys.is_some() => {
-                let g = u64::from(ctrl.io_queues.load(Ordering::Relaxed).max(1) - 1);
+                let n = if default {
+                    MAX_IO_QUEUES
+                } else {
+                    ctrl.io_queues.load(Ordering::Relaxed)
+                };
+                let g = u64::from(n.max(1) - 1);
                 (Status::SUCCESS, (g << 16) | g)
             }
+            // The default on a transport that requires the Keep Alive Timer (TCP): 2 minutes,
+            // rounded to KAS (the Keep Alive Timer feature).
+            feat::KATO if default => (Status::SUCCESS, u64::from(cmd::KATO_DEFAULT_MS)),
             feat::KATO => (
                 Status::SUCCESS,
                 u64::from(ctrl.kato_ms.load(Ordering::Relaxed)),
             ),
+            feat::ASYNC_EVENT if default => (Status::SUCCESS, 0),
             feat::ASYNC_EVENT => (Status::SUCCESS, u64::from(st.aec)),
             feat::VOLATILE_WC if ctrl.subsys.is_some() => (Status::SUCCESS, 1),
             // The features every controller must support (NVM Express Base 2.0, Feature
@@ -406,6 +436,7 @@ impl NvmfConn {
             feat::ERROR_RECOVERY if ctrl.subsys.is_some() => (Status::SUCCESS, 0),
             // Reservations: nothing masked (no notification is ever posted); the state
             // persists through a power loss (PTPL = 1).
+            feat::RESV_MASK if ctrl.subsys.is_some() && default => (Status::SUCCESS, 0),
             feat::RESV_MASK if ctrl.subsys.is_some() => (Status::SUCCESS, u64::from(st.resv_mask)),
             feat::RESV_PERSIST if ctrl.subsys.is_some() => (Status::SUCCESS, 1),
             _ => (Status::INVALID_FIELD, 0),
@@ -550,5 +581,28 @@ impl NvmfConn {
         // Notice (type 2), ANA change (info 0x03), log page 0x0C.
         let result = 0x2 | (0x03 << 8) | (u64::from(lid::ANA) << 16);
         self.respond(cid, Status::SUCCESS, result);
+    }
+}
+
+/// A Feature's capabilities as Get Features with SEL 011b reports them in Dword 0 (Base 2.0,
+/// Get Features): bit 0 saveable (none is: there is nothing to save them in), bit 1 namespace
+/// specific, bit 2 changeable (Set Features can change its value); `None` for a Feature this
+/// controller does not support (Invalid Field in Command, as for any other SEL).
+pub(super) fn feature_caps(ctrl: &Controller, fid: u8) -> Option<u32> {
+    const NS_SPECIFIC: u32 = 1 << 1;
+    const CHANGEABLE: u32 = 1 << 2;
+    let io = ctrl.subsys.is_some();
+    match fid {
+        feat::KATO | feat::ASYNC_EVENT => Some(CHANGEABLE),
+        feat::NUM_QUEUES if io => Some(CHANGEABLE),
+        // Fixed values (Set Features refuses any change).
+        feat::ARBITRATION | feat::POWER_MGMT | feat::TEMP_THRESHOLD | feat::VOLATILE_WC if io => {
+            Some(0)
+        }
+        feat::ERROR_RECOVERY | feat::RESV_PERSIST if io => Some(NS_SPECIFIC),
+        feat::RESV_MASK if io => Some(NS_SPECIFIC | CHANGEABLE),
+        // Given by Connect; Set Features refuses it.
+        feat::HOST_ID => Some(0),
+        _ => None,
     }
 }

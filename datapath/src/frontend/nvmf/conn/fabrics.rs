@@ -198,6 +198,8 @@ impl NvmfConn {
         self.resv_cache.clear();
         let id = ctrl.cntlid;
         self.ctrl = Some(ctrl);
+        // An admin queue's Keep Alive Timer runs from its Connect (KATO 0: none).
+        self.restart_keep_alive();
         let target = match &sub {
             Some(s) => s.nqn.clone(),
             None => cmd::DISCOVERY_NQN.to_string(),
@@ -289,6 +291,10 @@ impl NvmfConn {
                 }
                 if let Some(c) = &self.ctrl {
                     c.enabled.store(en, Ordering::Release);
+                }
+                if en && !was {
+                    // Enabling activates the Keep Alive Timer (Base 2.0 §3.9): KATO from now.
+                    self.restart_keep_alive();
                 }
                 (Status::SUCCESS, 0)
             }

@@ -9,9 +9,11 @@
 //! - AwaitIcReq: only an ICReq is accepted; it fixes the digests and the host's data alignment.
 //! - Ready (no role yet): only a fabrics Connect is executed; other commands get
 //!   "command sequence error".
-//! - Admin: admin and fabrics property commands for the controller this queue created. Every
-//!   receive carries a linked timeout of KATO; a receive that times out tears the controller
-//!   down (its I/O queues' sockets are shut down and they close on their own reactors).
+//! - Admin: admin and fabrics property commands for the controller this queue created. The
+//!   Keep Alive Timer is command based (restarted only by Keep Alive, Set Features KATO and
+//!   CC.EN 0 to 1); every receive carries a linked timeout of what is left of it, and a timer
+//!   that ran out tears the controller down (its I/O queues' sockets are shut down and they
+//!   close on their own reactors).
 //! - Io: NVM commands on the namespaces of the controller's subsystem. Media accesses enter
 //!   the volume's atomic section (`atomic`) or are diverted to its home while a fused pair is
 //!   pending; fused pairs go to the home; reservation permissions are cached per namespace
@@ -73,6 +75,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// Device operations one queue may have in flight before it stops receiving; also the most
 /// commands that may wait for their data.
@@ -90,8 +93,9 @@ pub const MAX_XFER: u32 = 4096 << MDTS;
 /// Largest I/O queue (0's based): CAP.MQES and the I/O queues' Connect SQSIZE limit.
 pub const MQES: u16 = 1023;
 /// Largest admin queue (0's based Connect SQSIZE): on a fabric CAP.MQES bounds only the I/O
-/// submission queues; an Admin Queue has at most 4096 entries.
-pub const ADMIN_SQSIZE_MAX: u16 = 4095;
+/// submission queues; an Admin Queue has at most 4096 entries, and the discovery log's ASQSZ
+/// says so.
+pub const ADMIN_SQSIZE_MAX: u16 = cmd::ASQSZ - 1;
 /// R2Ts outstanding per queue: bounds the assembly buffers a host can make a queue hold to
 /// `MAX_R2T * MAX_XFER` (4 MiB); further commands needing data wait (64 bytes each) for one.
 pub const MAX_R2T: usize = 32;
@@ -197,6 +201,10 @@ pub struct NvmfConn {
     spare: Vec<Vec<u8>>,
     kato_ts: Box<types::Timespec>,
     kato_armed: bool,
+    /// Admin queue with a non-zero KATO: when the Keep Alive Timer expires. Restarted only
+    /// by a Keep Alive command, a Set Features of KATO and the controller's enabling
+    /// (command based: TBKAS is not advertised; Base 2.0 §3.9).
+    ka_deadline: Option<Instant>,
     /// No more output: a TermReq went out or came in.
     terminated: bool,
     errors: u64,
@@ -242,6 +250,7 @@ impl NvmfConn {
             spare: Vec::new(),
             kato_ts: Box::new(types::Timespec::new()),
             kato_armed: false,
+            ka_deadline: None,
             terminated: false,
             errors: 0,
             err_vol: 0,
@@ -567,6 +576,29 @@ impl NvmfConn {
         }
     }
 
+    /// (Re)start the Keep Alive Timer of this admin queue's controller: KATO from now, or
+    /// none when KATO is 0. Command based (Base 2.0 §3.9, Keep Alive command): called on a
+    /// Keep Alive command, a Set Features of KATO, the Connect and the controller's enabling
+    /// (CC.EN 0 to 1), never on other traffic.
+    pub(super) fn restart_keep_alive(&mut self) {
+        let kato = self.kato_ms();
+        self.ka_deadline =
+            (kato > 0).then(|| Instant::now() + Duration::from_millis(u64::from(kato)));
+    }
+
+    /// The Keep Alive Timer expired: tear the controller down now, so its I/O queues stop at
+    /// once, not when this queue closes.
+    fn keep_alive_expired(&mut self, env: &Env<'_>) {
+        tracing::warn!(
+            conn = env.key,
+            cntlid = self.ctrl.as_ref().map(|c| c.cntlid),
+            "keep-alive timeout: tearing the controller down"
+        );
+        self.leave();
+        self.life.broken = true;
+        self.life.closing = true;
+    }
+
     fn arm_recv(&mut self, env: &mut Env<'_>) {
         self.make_room();
         let free = &mut self.rx[self.rx_hi..];
@@ -577,11 +609,19 @@ impl NvmfConn {
         )
         .build()
         .user_data(UserData::new(Kind::Recv, env.key).0);
-        let kato = self.kato_ms();
-        if kato > 0 {
+        let deadline = match self.ka_deadline {
+            Some(d) if self.kato_ms() > 0 => Some(d),
+            _ => None,
+        };
+        if let Some(deadline) = deadline {
+            // The receive waits at most until the Keep Alive Timer expires.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return self.keep_alive_expired(env);
+            }
             *self.kato_ts = types::Timespec::new()
-                .sec(u64::from(kato / 1000))
-                .nsec((kato % 1000) * 1_000_000);
+                .sec(left.as_secs())
+                .nsec(left.subsec_nanos());
             let recv = recv.flags(squeue::Flags::IO_LINK);
             let timeout = opcode::LinkTimeout::new(&*self.kato_ts)
                 .build()
@@ -633,14 +673,15 @@ impl Conn for NvmfConn {
         self.life.recv_armed = false;
         if res <= 0 {
             if res == -libc::ECANCELED && self.kato_armed && !self.life.cancel_sent {
-                tracing::warn!(
-                    conn = env.key,
-                    cntlid = self.ctrl.as_ref().map(|c| c.cntlid),
-                    "keep-alive timeout: tearing the controller down"
-                );
-                // Tear down now so the I/O queues stop at once, not when this one closes.
-                self.leave();
-                self.life.broken = true;
+                // The receive's timeout ran out: the timer expired, unless the clocks'
+                // granularity ended it a little early (then the next receive waits the rest).
+                if self
+                    .ka_deadline
+                    .is_some_and(|d| d.saturating_duration_since(Instant::now()) > Duration::ZERO)
+                {
+                    return;
+                }
+                return self.keep_alive_expired(env);
             } else if res < 0 && res != -libc::ECANCELED {
                 tracing::debug!(conn = env.key, error = %std::io::Error::from_raw_os_error(-res), "receive failed");
                 self.life.broken = true;

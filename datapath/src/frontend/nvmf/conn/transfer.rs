@@ -9,9 +9,10 @@
 //! Invariants:
 //! - At most [`MAX_R2T`] transfers are outstanding (`xfers`); further commands needing data
 //!   wait in `r2t_wait` (their SQE only) and get an R2T in arrival order as slots free up.
-//! - An H2CData PDU must name an outstanding transfer tag, its command, and continue exactly
-//!   where the previous one ended without passing the transfer's end; anything else is a
-//!   fatal transport error (C2HTermReq).
+//! - An H2CData PDU must name an outstanding transfer tag, its command, carry data, continue
+//!   exactly where the previous one ended without passing the transfer's end, and set
+//!   LAST_PDU only when it completes the transfer; anything else is a fatal transport error
+//!   (C2HTermReq).
 //! - An aborted transfer (`discard`) still receives its data, then drops it unexecuted; so
 //!   does one whose data arrived with a data digest that did not match (its command is
 //!   answered Transient Transport Error at once).
@@ -64,7 +65,10 @@ impl NvmfConn {
         if Sqe(&x.sqe).cid() != h.cid {
             return self.fatal(env, header(8), p.header);
         }
-        if h.len as usize != p.data.len() {
+        // DATAL is the length of the PDU-Data (TCP 1.0 §3.6.2.8), which an H2CData PDU
+        // exists to carry (§3.3.2.2: the PDUs transfer the R2T's data contiguously): one
+        // that disagrees with the data, or carries none, has an invalid DATAL.
+        if h.len as usize != p.data.len() || h.len == 0 {
             return self.fatal(env, header(pdu::FEI_DATAL), p.header);
         }
         if h.len > MAXH2CDATA {
@@ -82,8 +86,23 @@ impl NvmfConn {
             };
             return self.fatal(env, v, p.header);
         }
+        // Not where the previous PDU ended: a non-contiguous H2CData PDU, a PDU Sequence
+        // Error (TCP 1.0 §3.3.2.2).
         if h.offset != x.received {
-            return self.fatal(env, header(pdu::FEI_DATAO), p.header);
+            let v = Violation {
+                fes: fes::PDU_SEQUENCE,
+                fei: 0,
+            };
+            return self.fatal(env, v, p.header);
+        }
+        // LAST_PDU is set only in the PDU that satisfies the R2T (TCP 1.0 §3.3.2.2): set
+        // while data is still owed, the PDU is unexpected, a PDU Sequence Error.
+        if p.ch.flags & pdu::flag::DATA_LAST != 0 && end < u64::from(x.total) {
+            let v = Violation {
+                fes: fes::PDU_SEQUENCE,
+                fei: 0,
+            };
+            return self.fatal(env, v, p.header);
         }
         if !p.data_ok && !x.discard {
             // Data damaged on the way: the rest of it is received and dropped (as for an

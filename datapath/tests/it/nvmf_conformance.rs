@@ -1,0 +1,357 @@
+//! NVMe/TCP behaviour an audit against the specifications found wrong (NVMe/TCP transport 1.0,
+//! NVM Express Base 2.0): each test sends what a host may send and checks the exact answer
+//! the specification requires (FES and FEI of a C2HTermReq, status and DNR, completion
+//! Dword 0), and each failed before its fix.
+
+use crate::harness::{in_process, in_process_with, nvmf_addr, pattern};
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+use twinblk_tools::nvmf::{Controller, Host, Opts, Queue, Sqe, TermReq, t};
+
+const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
+const RAM: &str = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize='64MiB'\n";
+
+/// The connection is closed by the target: EOF (or a reset) within a few seconds.
+fn closed_by_target(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 256];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The next PDU is a C2HTermReq whose data is the offending PDU header `offending`, and the
+/// target closes the connection after it.
+fn expect_term(q: &mut Queue, offending: &[u8]) -> TermReq {
+    let p = q.read_pdu().expect("a PDU from the target");
+    assert_eq!(p.kind, t::C2H_TERM, "expected C2HTermReq, got {p:?}");
+    assert_eq!(
+        p.data, offending,
+        "the TermReq carries the offending header"
+    );
+    let got = TermReq {
+        fes: u16::from_le_bytes([p.header[8], p.header[9]]),
+        fei: u32::from_le_bytes(p.header[10..14].try_into().unwrap()),
+    };
+    assert!(
+        closed_by_target(q.stream()),
+        "connection left open after TermReq"
+    );
+    got
+}
+
+/// A Write of `len` bytes at LBA 0 whose data is asked for by R2T; returns its transfer tag.
+fn write_by_r2t(q: &mut Queue, cid: u16, len: u32) -> u16 {
+    let sqe = Sqe::new(0x01)
+        .nsid(1)
+        .lba(0, len / 512)
+        .bytes(2, &cid.to_le_bytes())
+        .bytes(32, &len.to_le_bytes())
+        .bytes(39, &[0x5A]);
+    q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+    let r2t = q.read_pdu().unwrap();
+    assert_eq!(r2t.kind, t::R2T);
+    assert_eq!(
+        u32::from_le_bytes(r2t.header[16..20].try_into().unwrap()),
+        len,
+        "one R2T for the whole transfer"
+    );
+    u16::from_le_bytes([r2t.header[10], r2t.header[11]])
+}
+
+/// An H2CData PDU (no digests): its 24-byte header and the whole PDU.
+fn h2c(flags: u8, cid: u16, ttag: u16, offset: u32, data: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let pdo = if data.is_empty() { 0 } else { 24 };
+    let mut b = vec![t::H2C_DATA, flags, 24, pdo];
+    b.extend_from_slice(&(24 + data.len() as u32).to_le_bytes());
+    b.extend_from_slice(&cid.to_le_bytes());
+    b.extend_from_slice(&ttag.to_le_bytes());
+    b.extend_from_slice(&offset.to_le_bytes());
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    let header = b.clone();
+    b.extend_from_slice(data);
+    (header, b)
+}
+
+const LAST_PDU: u8 = 0x04;
+
+/// NVMe/TCP 1.0 §3.3.2.2: the LAST_PDU flag is set only in the H2CData PDU that completes
+/// the data an R2T asked for; an H2CData PDU whose LAST_PDU says the R2T is satisfied while
+/// data is still owed for it is an unexpected PDU: a fatal transport error, C2HTermReq with
+/// FES 02h (PDU Sequence Error; FEI reserved, 0) carrying the offending header, then the
+/// connection closes; nothing is written. Before, the flag was ignored and the transfer
+/// carried on.
+#[test]
+fn nvmf_h2cdata_last_pdu_before_the_r2t_is_satisfied_is_a_pdu_sequence_error() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut good = c.io_queue(1, 8).unwrap();
+    let mut q = c.io_queue(2, 8).unwrap();
+    let cid = 0x21;
+    let ttag = write_by_r2t(&mut q, cid, 32768);
+    // The first half of the data, flagged as the last PDU of the R2T.
+    let (header, pdu) = h2c(LAST_PDU, cid, ttag, 0, &pattern(1, 16384));
+    q.send_raw(&pdu).unwrap();
+    let tr = expect_term(&mut q, &header);
+    assert_eq!((tr.fes, tr.fei), (0x02, 0), "{tr:?}");
+    assert!(good.read(1, 0, 64, 512).unwrap().iter().all(|&b| b == 0));
+    // The same data split correctly (LAST_PDU only on the second half) is written.
+    let data = pattern(2, 32768);
+    let ttag = write_by_r2t(&mut good, cid, 32768);
+    good.send_raw(&h2c(0, cid, ttag, 0, &data[..16384]).1)
+        .unwrap();
+    good.send_raw(&h2c(LAST_PDU, cid, ttag, 16384, &data[16384..]).1)
+        .unwrap();
+    let p = good.read_pdu().unwrap();
+    assert_eq!(p.kind, t::RSP, "{p:?}");
+    assert_eq!(u16::from_le_bytes([p.header[22], p.header[23]]) >> 1, 0);
+    assert_eq!(good.read(1, 0, 64, 512).unwrap(), data);
+}
+
+/// An H2CData PDU exists to carry PDU-Data for an R2T (NVMe/TCP 1.0 §3.3.2.2: the H2CData
+/// PDUs transfer the data contiguously until R2TL is reached; §3.6.2.8: DATAL is the length
+/// of the PDU-Data field); one whose DATAL is 0 carries nothing: a fatal transport error,
+/// C2HTermReq with FES 01h (Invalid PDU Header Field) and FEI 16, the offset of DATAL, as
+/// for a DATAL that does not match the PDU's data. Before, it was accepted and ignored.
+#[test]
+fn nvmf_h2cdata_with_datal_zero_is_an_invalid_header_field_at_datal() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut good = c.io_queue(1, 8).unwrap();
+    for (qid, flags) in [(2, 0), (3, LAST_PDU)] {
+        let mut q = c.io_queue(qid, 8).unwrap();
+        let cid = 0x22;
+        let ttag = write_by_r2t(&mut q, cid, 8192 + 512);
+        let (header, pdu) = h2c(flags, cid, ttag, 0, &[]);
+        assert_eq!(pdu.len(), 24);
+        q.send_raw(&pdu).unwrap();
+        let tr = expect_term(&mut q, &header);
+        assert_eq!((tr.fes, tr.fei), (0x01, 16), "flags {flags:#x}: {tr:?}");
+    }
+    good.write(1, 0, &pattern(3, 4096), 512, false).unwrap();
+}
+
+/// NVM Express Base 2.0 §3.9 (Keep Alive) and the Keep Alive command: a controller that does
+/// not support Traffic Based Keep Alive (Identify Controller CTRATT bit 6, TBKAS, cleared)
+/// restarts its Keep Alive Timer when it processes a Keep Alive command (or a Set Features
+/// that sets KATO), and only then; other admin commands and I/O do not count. A host that
+/// sends Get Features and I/O for longer than KATO but no Keep Alive is torn down; one that
+/// sends Keep Alive commands is not. Before, any byte received on the admin queue restarted
+/// the timer (traffic based, without TBKAS advertised), so the first host was kept.
+#[test]
+fn nvmf_only_keep_alive_commands_restart_the_keep_alive_timer() {
+    let (d, _) = in_process_with("cores=[0,1]\nwait='adaptive'", RAM);
+    let addr = nvmf_addr(&d);
+    let opts = |name: &str, kato_ms| Opts {
+        kato_ms,
+        host: Host {
+            nqn: format!("nqn.2014-08.test:{name}"),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut busy = Controller::connect(addr, NQN, &opts("busy", 500)).unwrap();
+    let mut busy_q = busy.io_queue(1, 8).unwrap();
+    let ctratt = u32::from_le_bytes(busy.identify(0x01, 0).unwrap()[96..100].try_into().unwrap());
+    assert_eq!(ctratt & (1 << 6), 0, "TBKAS not advertised");
+    // Generous for the live host (ten Keep Alives per KATO), so a loaded machine cannot
+    // expire it by accident.
+    let mut live = Controller::connect(addr, NQN, &opts("live", 1000)).unwrap();
+    let get_kato = Sqe::new(0x0A).cdw(10, 0x0F);
+    let t0 = Instant::now();
+    let mut busy_alive = true;
+    while t0.elapsed() < Duration::from_millis(2500) {
+        live.keep_alive().unwrap();
+        if busy_alive {
+            // A completion, or the connection is gone (torn down).
+            busy_alive = busy
+                .admin
+                .cmd(get_kato, &[], 0)
+                .is_ok_and(|r| r.status == 0)
+                && busy_q.read(1, 0, 8, 512).is_ok();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !busy_alive,
+        "a host without Keep Alive commands outlived KATO"
+    );
+    assert!(closed_by_target(busy.admin.stream()));
+    assert!(closed_by_target(busy_q.stream()));
+    live.keep_alive().unwrap();
+    assert_eq!(d.nvmf().registry.len(), 1);
+}
+
+/// Get Features, Select (CDW10 bits 10:8; NVM Express Base 2.0, Get Features): 000b the
+/// current value, 001b the default, 010b the saved one (a Feature that cannot be saved
+/// answers its default), 011b the Feature's capabilities in Dword 0 (bit 0 saveable, bit 1
+/// namespace specific, bit 2 changeable), 100b to 111b reserved: Invalid Field in Command.
+/// Identify Controller ONCS bit 4 (Save and Select Feature Support) announces it. Before, SEL
+/// was ignored: every select answered the current value, reserved ones too.
+#[test]
+fn nvmf_get_features_select_answers_current_default_saved_and_capabilities() {
+    let (d, _) = in_process(RAM);
+    let opts = Opts {
+        kato_ms: 30_000,
+        ..Opts::default()
+    };
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
+    let oncs = u16::from_le_bytes(c.identify(0x01, 0).unwrap()[520..522].try_into().unwrap());
+    assert_eq!(oncs & (1 << 4), 1 << 4, "ONCS: SSFS");
+    assert_eq!(c.set_num_queues(4).unwrap(), 4);
+    c.admin
+        .cmd_ok(Sqe::new(0x09).cdw(10, 0x0B).cdw(11, 1 << 11), &[], 0)
+        .unwrap();
+    let mut get = |fid: u32, sel: u32| {
+        let r = c
+            .admin
+            .cmd(Sqe::new(0x0A).cdw(10, fid | (sel << 8)), &[], 0)
+            .unwrap();
+        (r.status, r.result as u32)
+    };
+    // (FID, current, default, capabilities)
+    let q = |n: u32| ((n - 1) << 16) | (n - 1);
+    for (fid, current, default, caps) in [
+        (0x07, q(4), q(64), 0b100),     // number of queues: set to 4, default 64
+        (0x0F, 30_000, 120_000, 0b100), // KATO: from Connect, default 2 minutes
+        (0x0B, 1 << 11, 0, 0b100),      // async event configuration
+        (0x01, 0x7, 0x7, 0),            // arbitration (fixed)
+        (0x02, 0, 0, 0),                // power management (fixed)
+        (0x04, 0x157, 0x157, 0),        // temperature threshold (fixed)
+        (0x05, 0, 0, 0b010),            // error recovery: namespace specific
+        (0x06, 1, 1, 0),                // volatile write cache (always on)
+        (0x82, 0, 0, 0b110),            // reservation notification mask
+        (0x83, 1, 1, 0b010),            // reservation persistence
+    ] {
+        assert_eq!(get(fid, 0), (0, current), "FID {fid:#x} current");
+        assert_eq!(get(fid, 1), (0, default), "FID {fid:#x} default");
+        assert_eq!(
+            get(fid, 2),
+            (0, default),
+            "FID {fid:#x} saved: not saveable"
+        );
+        assert_eq!(get(fid, 3), (0, caps), "FID {fid:#x} capabilities");
+        for sel in 4..=7 {
+            assert_eq!(get(fid, sel).0, 0x002, "FID {fid:#x} reserved SEL {sel}");
+        }
+    }
+    // An unsupported Feature has no capabilities either.
+    assert_eq!(get(0x10, 3).0, 0x002);
+    // Host Identifier: its capabilities in Dword 0, no data.
+    let r = c
+        .admin
+        .cmd(Sqe::new(0x0A).cdw(10, 0x81 | (3 << 8)).cdw(11, 1), &[], 16)
+        .unwrap();
+    assert_eq!((r.status, r.result, r.data.len()), (0, 0, 0));
+    let r = c
+        .admin
+        .cmd(Sqe::new(0x0A).cdw(10, 0x81 | (1 << 8)).cdw(11, 1), &[], 16)
+        .unwrap();
+    assert_eq!((r.status, r.data.len()), (0, 16));
+    // Nothing is saveable: Set Features with SV is refused.
+    let r = c
+        .admin
+        .cmd(
+            Sqe::new(0x09).cdw(10, 0x0F | (1 << 31)).cdw(11, 10_000),
+            &[],
+            0,
+        )
+        .unwrap();
+    assert_eq!(r.status, 0x10D);
+    c.keep_alive().unwrap();
+}
+
+/// Connect Controller Busy (SCT 1h, SC 81h) says no controller can be had now (Base 2.0,
+/// Connect command status values): here, every controller id of this site's range is in use.
+/// It is transient, so DNR stays clear (Base 2.0, Completion Queue Entry Status: DNR set means
+/// the same command, re-submitted, is expected to fail; Linux's host stops reconnecting on
+/// a status with DNR): once the controller holding the id goes, the same Connect succeeds.
+/// Before, it was answered with DNR.
+#[test]
+fn nvmf_connect_controller_busy_is_retryable() {
+    let text = format!(
+        "[reactor]\ncores=[0]\nwait='adaptive'\npin=false\n[nbd]\nlisten=[]\n\
+         [nvmf]\nlisten=['127.0.0.1:0']\nmin_cntlid=7\nmax_cntlid=7\n[control]\nsocket=''\n{RAM}"
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let addr = nvmf_addr(&d);
+    let first = Controller::connect(addr, NQN, &Opts::default()).unwrap();
+    assert_eq!(first.cntlid, 7);
+    let connect = || {
+        let mut q = Queue::open(addr, Default::default()).unwrap();
+        q.connect(0, 32, NQN, &Host::default(), 0xFFFF, 0, false)
+            .unwrap()
+    };
+    let busy = connect();
+    assert_eq!(
+        (busy.status, busy.dnr),
+        (0x181, false),
+        "Busy, worth retrying"
+    );
+    drop(first);
+    let t0 = Instant::now();
+    loop {
+        let r = connect();
+        if r.status == 0 {
+            assert_eq!(r.result & 0xFFFF, 7);
+            break;
+        }
+        assert_eq!((r.status, r.dnr), (0x181, false));
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the id never came free"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Discovery Log Page Entry ASQSZ (bytes 09:08) is the largest Admin Submission Queue the
+/// subsystem's controllers take, and for a message-based controller that is what limits
+/// it (NVM Express Base 2.0, Queue Size; Discovery Log Page Entry): the controllers take
+/// 4096 entries (Connect SQSIZE up to FFFh) and refuse more, so ASQSZ says 4096. Before, it
+/// said 32 while larger admin queues were taken. (The discovery controller has no entry of
+/// its own in this log, so nothing there limits its admin queue below the 4096 of every
+/// Admin Queue.)
+#[test]
+fn nvmf_discovery_asqsz_is_the_admin_queue_size_the_controllers_take() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let mut disc = Controller::connect(
+        addr,
+        "nqn.2014-08.org.nvmexpress.discovery",
+        &Opts::default(),
+    )
+    .unwrap();
+    let log = disc.log(0x70, 0, 0, 2048).unwrap();
+    assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 1);
+    let asqsz = u16::from_le_bytes([log[1024 + 8], log[1024 + 9]]);
+    assert_eq!(asqsz, 4096);
+    let opts = Opts {
+        admin_qsize: asqsz,
+        ..Opts::default()
+    };
+    let mut c = Controller::connect(addr, NQN, &opts).expect("an admin queue of ASQSZ entries");
+    c.keep_alive().unwrap();
+    let mut q = Queue::open(addr, Default::default()).unwrap();
+    let sqe = Sqe::fabrics(0x01).bytes(44, &asqsz.to_le_bytes());
+    let host = Host::default();
+    let mut data = vec![0u8; 1024];
+    data[..16].copy_from_slice(&host.id);
+    data[16..18].copy_from_slice(&0xFFFFu16.to_le_bytes());
+    data[256..256 + NQN.len()].copy_from_slice(NQN.as_bytes());
+    data[512..512 + host.nqn.len()].copy_from_slice(host.nqn.as_bytes());
+    let r = q.cmd(sqe, &data, 0).unwrap();
+    assert_eq!(
+        (r.status, r.result & 0xFFFF),
+        (0x182, 44),
+        "ASQSZ + 1 entries"
+    );
+}
