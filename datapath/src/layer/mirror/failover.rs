@@ -10,7 +10,9 @@
 //! tick: granted -> survivor, denied -> fenced, witness unreachable -> fenced.
 //!
 //! Invariant: the engine never serves on its own without a grant the witness persisted first,
-//! so at most one site per group and epoch acknowledges writes alone.
+//! so at most one site per group and epoch acknowledges writes alone. A grant the group's
+//! takeover may have made (answered, or its answer lost) is a takeover for every volume of the
+//! group ([`FailoverSlot::takeover_at`]), whichever volume's operator asked it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,8 +40,18 @@ pub struct FailoverSlot {
     /// the witness does not deny it as stale (it still denies it while another site holds
     /// the group).
     pub takeover: AtomicBool,
-    /// The last grant was asked as a takeover (set with the outcome by the failover thread).
+    /// The last grant was asked as a takeover, or is the grant a takeover whose answer was lost
+    /// made (set with the outcome by the failover thread).
     pub granted_takeover: AtomicBool,
+    /// The lowest epoch from which a grant of the group to this site may be a takeover's (0:
+    /// none), whatever volume of the group learns of it (an answer, or the witness's word after
+    /// a lost answer: `takeover_at`). Set by the failover thread before it asks a takeover at
+    /// epoch K, to K + 1 (the witness grants a request at its asked epoch + 1, and answers a
+    /// holder asking again with the grant it holds); kept while that request's answer may have
+    /// been lost; cleared once the witness shows the group at that epoch or later held by
+    /// another site or by none (that grant is gone, and the request, if it arrives late, is
+    /// refused as stale), and put back as it was when the takeover is denied.
+    pub takeover_from: AtomicU64,
     /// `PENDING`, `GRANTED`, `DENIED` or `UNREACHABLE`.
     pub outcome: AtomicU8,
     /// The granted epoch (also set by an engine that restores a survivor's grant).
@@ -90,6 +102,11 @@ impl FailoverSlot {
     /// `site`: this site's id (the failover thread only).
     pub fn publish_view(&self, holder: u32, epoch: u64, site: u32) {
         let is_me = holder != 0 && holder == site;
+        let from = self.takeover_from.load(SeqCst);
+        if !is_me && from != 0 && epoch >= from {
+            // The grant a takeover may have made is no longer this site's.
+            self.takeover_from.store(0, SeqCst);
+        }
         self.view_seq.fetch_add(1, SeqCst);
         self.view_epoch.store(epoch, SeqCst);
         self.view_holder.store(holder, SeqCst);
@@ -111,6 +128,28 @@ impl FailoverSlot {
             self.view_epoch.load(SeqCst),
         );
         (self.view_seq.load(SeqCst) == s).then_some(v)
+    }
+
+    /// The failover thread is about to ask a takeover at epoch `asked`: a grant at `asked` + 1
+    /// or later may be its (see `takeover_from`). Returns the mark as it was, to be put back
+    /// if the takeover is denied.
+    pub fn asking_takeover(&self, asked: u64) -> u64 {
+        let was = self.takeover_from.load(SeqCst);
+        let from = asked.saturating_add(1);
+        if was == 0 || from < was {
+            self.takeover_from.store(from, SeqCst);
+        }
+        was
+    }
+
+    /// Whether this site's grant of the group at `epoch` is (or may be) an operator's
+    /// takeover, asked by any volume of the group: answered as one, or made by a takeover whose
+    /// answer was lost. Then each volume's replica may be older than the last survivor's, and
+    /// the peer must get every region ever written.
+    pub fn takeover_at(&self, epoch: u64) -> bool {
+        let from = self.takeover_from.load(SeqCst);
+        (self.granted_takeover.load(SeqCst) && self.epoch.load(SeqCst) == epoch)
+            || (from != 0 && epoch >= from)
     }
 
     /// Whether this site claims the group as preferred now (see `members`), before the
@@ -263,14 +302,19 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 tracing::warn!(volume = %name, "mirror: peer lost; asking the witness for a survivor grant");
                 known[i]
             };
+            // Marked before it is sent: its answer may be lost while the witness grants it.
+            let mark_was = as_takeover.then(|| slot.asking_takeover(asked.0));
             client.set_timeout(cfg.request_timeout);
             let outcome = match client.request_grant(*group, asked, *preferred) {
                 Ok(GrantOutcome::Granted { epoch }) => {
+                    // (A plain request answered with the grant a lost takeover made is a
+                    // takeover's.)
+                    let takeover = as_takeover || slot.takeover_at(epoch.0);
                     slot.epoch.store(epoch.0, SeqCst);
                     known[i] = epoch;
                     slot.known_epoch.store(epoch.0, SeqCst);
                     slot.publish_view(cfg.site_id, epoch.0, cfg.site_id);
-                    slot.granted_takeover.store(as_takeover, SeqCst);
+                    slot.granted_takeover.store(takeover, SeqCst);
                     tracing::warn!(volume = %name, epoch = epoch.0, "mirror: the witness granted this site survivorship");
                     GRANTED
                 }
@@ -281,6 +325,10 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     ..
                 }) => {
                     let holder_id = holder.map(|h| h.get()).unwrap_or(0);
+                    if let Some(was) = mark_was {
+                        // This takeover made no grant.
+                        slot.takeover_from.store(was, SeqCst);
+                    }
                     slot.publish_view(holder_id, epoch.0, cfg.site_id);
                     tracing::error!(volume = %name, ?reason, holder = ?holder.map(|h| h.get()), epoch = epoch.0,
                         "mirror: the witness denied survivorship; fencing");
@@ -378,6 +426,31 @@ mod tests {
         s.view_seq.fetch_add(1, SeqCst);
         s.view_holder.store(1, SeqCst);
         assert_eq!(s.view(), None);
+    }
+
+    /// A takeover asked at epoch 3 may make the grant at epoch 4 (or later) whatever its
+    /// answer: every volume of the group takes such a grant as a takeover, until the witness
+    /// shows the group at 4 or later with another holder or none.
+    #[test]
+    fn a_takeover_marks_the_groups_grants_from_its_epoch_until_the_witness_moves_on() {
+        let s = FailoverSlot::default();
+        assert!(!s.takeover_at(4));
+        assert_eq!(s.asking_takeover(3), 0);
+        assert!(s.takeover_at(4) && s.takeover_at(5) && !s.takeover_at(3));
+        assert_eq!(s.asking_takeover(5), 4, "an earlier mark is kept");
+        s.publish_view(1, 4, 1);
+        assert!(s.takeover_at(4), "this site holds it");
+        s.publish_view(2, 3, 1);
+        assert!(
+            s.takeover_at(4),
+            "the peer at an older epoch: a late grant may still come"
+        );
+        s.publish_view(0, 4, 1);
+        assert!(!s.takeover_at(4), "released at 4");
+        // An answered takeover marks its epoch.
+        s.epoch.store(6, SeqCst);
+        s.granted_takeover.store(true, SeqCst);
+        assert!(s.takeover_at(6) && !s.takeover_at(7));
     }
 
     #[test]

@@ -358,7 +358,9 @@ impl Engine {
     ///   resync's end gives it back and the peer is denied meanwhile;
     /// - fenced so, then resynced by the peer and mirroring again: the grant is given back.
     ///
-    /// A takeover whose answer was lost is adopted as a takeover.
+    /// A takeover whose answer was lost is adopted as a takeover, by every volume of the group
+    /// (the grant is the group's, asked by whichever volume's operator: `takeover_at`), not
+    /// only by the volume whose flag asked it.
     fn adopt_lost_grant(
         &mut self,
         io: &mut IoCx,
@@ -390,6 +392,7 @@ impl Engine {
             return; // (the grant this site gave back, as a heartbeat saw it before the release)
         }
         self.fenced_unanswered = None;
+        let takeover = takeover || slot.takeover_at(epoch);
         match self.mode {
             Mode::Fenced => {
                 tracing::warn!(volume = %self.cfg.name, epoch, takeover,

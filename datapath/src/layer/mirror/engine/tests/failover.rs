@@ -935,3 +935,41 @@ fn a_grant_given_back_is_never_taken_for_a_lost_one() {
     );
     assert_eq!(sa.survivors.load(SeqCst), 0);
 }
+
+/// Two volumes of one group at site a (one failover slot). This volume fenced for want of an
+/// answer to its own, plain request; then the operator takes over the group's other volume,
+/// and the witness grants the group to a as a takeover (its answer received, or lost too).
+/// This volume, told by the witness's word that a holds the group, adopts that grant: as a
+/// takeover too (the replica may be older than the last survivor's, so the peer must get every
+/// region ever written). Before, only the volume whose own flag asked adopted it as a
+/// takeover: this one sent its peer only its dirty regions, and the pair could differ after a
+/// resync that called itself in sync.
+#[test]
+fn a_group_takeover_is_adopted_as_a_takeover_by_every_volume_of_the_group() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    for answered in [true, false] {
+        let (mut a, sa, _b, _, mut io, _rng, _) = cut_and_answer(37, UNREACHABLE, DENIED);
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        // A region written long before (confirmed and flushed at the peer: not suspect).
+        a.engine.written.set_range(SIZE - 4096, 4096);
+        assert!(a.engine.written.bytes() > a.engine.suspect_bytes());
+        // The other volume's takeover, as the failover thread records it: asked at epoch 0,
+        // then answered (and that volume serves alone) or not.
+        sa.asking_takeover(0);
+        if answered {
+            sa.epoch.store(1, SeqCst);
+            sa.granted_takeover.store(true, SeqCst);
+            sa.outcome.store(GRANTED, SeqCst);
+            sa.survivors.fetch_add(1, SeqCst);
+        }
+        sa.publish_view(1, 1, 1);
+        a.engine.tick(&mut io, Instant::now());
+        assert_eq!(a.engine.mode(), Mode::Survivor);
+        assert_eq!(
+            a.engine.dirty_bytes(),
+            a.engine.written.bytes(),
+            "answered: {answered}: the group's takeover adopted as a plain grant"
+        );
+    }
+}
