@@ -280,6 +280,7 @@ impl Engine {
             // The source copied them (it finishes only after the end of our list).
             self.suspect.clear();
             self.set_mode(Mode::Mirroring);
+            self.resync_received_in = self.sess.number;
             // The source stays the survivor until it has this.
             self.sess.queue(&Header::new(Type::ResyncDoneAck), &[]);
             tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
