@@ -63,6 +63,12 @@ pub struct FailoverSlot {
     /// Volumes of the group serving alone; the grant is given back when the last one is in
     /// sync again.
     pub survivors: std::sync::atomic::AtomicU32,
+    /// The epoch the failover thread is deciding to give back (0: none), and the newest it
+    /// sent a release for (the witness may have taken it, its answer lost): a volume that
+    /// would adopt a lost grant at such an epoch does not ([`FailoverSlot::claim_lost_grant`]).
+    pub releasing: AtomicU64,
+    /// (See `releasing`.)
+    pub released: AtomicU64,
     /// This site does not compete for the group (its replica failed, or it is fenced or
     /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
     /// preferred, so the witness grants the peer without waiting out the tie grace.
@@ -152,6 +158,35 @@ impl FailoverSlot {
             || (from != 0 && epoch >= from)
     }
 
+    /// A volume is about to serve alone on the group's grant at `epoch` that the witness's
+    /// word names this site's, its answer lost. Another volume of the group, mirroring again,
+    /// may be giving that grant back at the same time (`adopt_lost_grant` at each engine, the
+    /// failover thread sending the release). So the volume first counts itself a survivor of
+    /// the group at `epoch` (a release the thread decides after this is not wanted,
+    /// [`release_wanted`]), withdraws a release of `epoch` not yet taken by the thread, and
+    /// then adopts the grant only if no release of it was being decided or sent, and the word
+    /// still names this site at `epoch` (the thread publishes a release's answer before it
+    /// stops deciding). True: adopted, counted once in `survivors` (the caller counts itself
+    /// again when it becomes the survivor and then calls [`FailoverSlot::unclaim`]); false:
+    /// nothing changed (looked at again later).
+    pub fn claim_lost_grant(&self, epoch: u64) -> bool {
+        self.survivors.fetch_add(1, SeqCst);
+        self.epoch.fetch_max(epoch, SeqCst);
+        let _ = self.release.compare_exchange(epoch, 0, SeqCst, SeqCst);
+        let giving_back =
+            self.releasing.load(SeqCst) == epoch || self.released.load(SeqCst) >= epoch;
+        if giving_back || !matches!(self.view(), Some((true, _, e)) if e == epoch) {
+            self.unclaim();
+            return false;
+        }
+        true
+    }
+
+    /// Drop the count [`FailoverSlot::claim_lost_grant`] took.
+    pub fn unclaim(&self) {
+        self.survivors.fetch_sub(1, SeqCst);
+    }
+
     /// Whether this site claims the group as preferred now (see `members`), before the
     /// withdrawal of a failed site.
     pub fn preferred_now(&self) -> bool {
@@ -185,6 +220,19 @@ pub fn verdict(is_me: bool, holder: u32, epoch: u64, held: u64) -> bool {
 pub fn release_wanted(slot: &FailoverSlot, epoch: u64) -> bool {
     !(slot.survivors.load(SeqCst) > 0 && slot.epoch.load(SeqCst) == epoch)
 }
+/// The failover thread decides whether to send the release of `epoch` ([`release_wanted`]),
+/// under `releasing` (cleared once the release is answered or given up): a volume adopting
+/// that grant meanwhile ([`FailoverSlot::claim_lost_grant`]) either is counted before the
+/// decision, which then keeps the grant, or sees it and leaves the grant alone.
+fn decide_release(slot: &FailoverSlot, epoch: u64) -> bool {
+    slot.releasing.store(epoch, SeqCst);
+    let wanted = release_wanted(slot, epoch);
+    if wanted {
+        slot.released.fetch_max(epoch, SeqCst);
+    }
+    wanted
+}
+
 /// [`FailoverSlot::witness`]: the last heartbeat was answered.
 pub const WITNESS_REACHABLE: u8 = 1;
 /// [`FailoverSlot::witness`]: the last heartbeat was not answered in time.
@@ -259,7 +307,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             {
                 epoch = e;
             }
-            if epoch != 0 && !release_wanted(slot, epoch) {
+            if epoch != 0 && !decide_release(slot, epoch) {
                 // This epoch's grant is held again (granted anew to this site, which serves
                 // alone on it): giving it back would let the witness grant the peer too.
                 tracing::info!(volume = %name, epoch,
@@ -285,6 +333,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     }
                 }
             }
+            slot.releasing.store(0, SeqCst);
         }
         for (i, (group, slot, name)) in groups.iter().enumerate() {
             if !slot.want.swap(false, SeqCst) {
@@ -451,6 +500,28 @@ mod tests {
         s.epoch.store(6, SeqCst);
         s.granted_takeover.store(true, SeqCst);
         assert!(s.takeover_at(6) && !s.takeover_at(7));
+    }
+
+    /// A volume adopting a lost grant and the thread giving it back exclude each other.
+    #[test]
+    fn a_lost_grant_is_adopted_only_where_no_release_of_it_is_decided_or_sent() {
+        let s = FailoverSlot::default();
+        assert!(!s.claim_lost_grant(3), "no word names this site");
+        s.publish_view(1, 3, 1);
+        // The thread is deciding epoch 3's release: left alone, nothing counted.
+        s.releasing.store(3, SeqCst);
+        assert!(!s.claim_lost_grant(3));
+        assert_eq!(s.survivors.load(SeqCst), 0);
+        s.releasing.store(0, SeqCst);
+        // A release asked for but not taken by the thread is withdrawn; the claim counts once.
+        s.release.store(3, SeqCst);
+        assert!(s.claim_lost_grant(3));
+        assert_eq!((s.release.load(SeqCst), s.survivors.load(SeqCst)), (0, 1));
+        // The thread deciding now keeps the grant.
+        assert!(!decide_release(&s, 3));
+        s.unclaim();
+        assert!(decide_release(&s, 3));
+        assert!(!s.claim_lost_grant(3), "its release was sent");
     }
 
     #[test]

@@ -392,8 +392,13 @@ impl Engine {
         if epoch <= self.given_back {
             return; // (the grant this site gave back, as a heartbeat saw it before the release)
         }
-        self.fenced_unanswered = None;
         let takeover = takeover || slot.takeover_at(epoch);
+        if self.mode != Mode::Mirroring && !slot.claim_lost_grant(epoch) {
+            // Another volume of the group is giving this grant back: left alone (looked at
+            // again at the next tick, with the witness's newer word).
+            return;
+        }
+        self.fenced_unanswered = None;
         match self.mode {
             Mode::Fenced => {
                 tracing::warn!(volume = %self.cfg.name, epoch, takeover,
@@ -402,6 +407,8 @@ impl Engine {
                     self.taken_over(io);
                 }
                 self.become_survivor(io, epoch);
+                // (Counted by `become_survivor` now.)
+                slot.unclaim();
             }
             Mode::Mirroring => {
                 tracing::warn!(volume = %self.cfg.name, epoch,
@@ -412,8 +419,8 @@ impl Engine {
             _ => {
                 tracing::warn!(volume = %self.cfg.name, epoch,
                     "mirror: the witness holds the volume for this site, serving alone; keeping the grant until the peer is in sync");
+                // (Counted in the group's survivors by the claim.)
                 self.grant_epoch = epoch;
-                slot.survivors.fetch_add(1, SeqCst);
                 self.persist_mode(Mode::Survivor);
             }
         }

@@ -973,3 +973,44 @@ fn a_group_takeover_is_adopted_as_a_takeover_by_every_volume_of_the_group() {
         );
     }
 }
+
+/// Two volumes of one group at site a (x and y, one failover slot) lost their links together;
+/// the group's request was granted but its answer lost: both fenced for want of it. y's link
+/// returns first and the leader reconciles it: y mirrors again. Then the witness's word names
+/// a the holder: x adopts the grant (survivor), y would give it back. Whatever order their
+/// ticks run in, the release must not reach the witness while x serves alone on that grant
+/// (before, with y first, y asked for the release, x adopted the grant, and the failover thread
+/// sent the release: `release_wanted` knew only grants answered to the thread, so the witness
+/// forgot a holder that acknowledged alone, and the peer could be granted too).
+#[test]
+fn a_lost_grant_adopted_by_one_volume_is_never_given_back_by_another() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE, release_wanted};
+    use std::sync::atomic::Ordering::SeqCst;
+    for y_first in [true, false] {
+        let (mut ax, sa, _bx, _, mut io, _, _) = cut_and_answer(41, UNREACHABLE, DENIED);
+        let (mut ay, _, mut by, _, _, mut rng, _) = cut_and_answer(43, UNREACHABLE, DENIED);
+        ay.engine.cfg.failover = Some(Arc::clone(&sa));
+        meet(&mut ay, &mut by, &mut io);
+        run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+        assert_eq!(
+            (ax.engine.mode(), ay.engine.mode()),
+            (Mode::Fenced, Mode::Mirroring)
+        );
+        sa.publish_view(1, 1, 1);
+        for _ in 0..3 {
+            if y_first {
+                ay.engine.tick(&mut io, Instant::now());
+            }
+            ax.engine.tick(&mut io, Instant::now());
+            if !y_first {
+                ay.engine.tick(&mut io, Instant::now());
+            }
+        }
+        assert_eq!(ax.engine.mode(), Mode::Survivor, "y first: {y_first}");
+        let epoch = sa.release.load(SeqCst);
+        assert!(
+            epoch == 0 || !release_wanted(&sa, epoch),
+            "y first: {y_first}: the grant x serves alone on is given back"
+        );
+    }
+}
