@@ -341,6 +341,13 @@ impl Engine {
                 self.finish_resync(io);
             }
             Meta if leader => {
+                if self.mode != Mode::Mirroring {
+                    // The follower sends META only while both mirror (a resync target or a
+                    // survivor decides or refuses its own commands): executed here, a forged
+                    // or misplaced one would change the state this site decides on (a
+                    // survivor's wins) for a command no host gave.
+                    return Err("META at a leader that does not mirror");
+                }
                 let (status, state, settles) = match &self.cfg.meta {
                     Some(m) => {
                         let (status, state) = m.execute(self.vol, payload);

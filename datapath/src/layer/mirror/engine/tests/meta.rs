@@ -537,3 +537,36 @@ fn a_sources_meta_state_crossing_the_targets_confirmation_is_installed() {
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     assert_eq!(*cb.0.lock().unwrap(), 42);
 }
+
+/// A META (a follower's metadata command) at a leader that does not mirror: a survivor
+/// resyncing the follower, or a resync target. The follower sends META only while it mirrors
+/// (a resync target, or a survivor, decides or refuses its commands itself), so this one is
+/// forged or misplaced: refused (the link dropped), never executed. Before, the leader
+/// executed it in any mode: a survivor's state (the one that wins) changed by a command no
+/// host gave, and persisted.
+#[test]
+fn a_meta_at_a_leader_that_does_not_mirror_is_refused_and_never_executed() {
+    for grant_to_a in [true, false] {
+        let (mut a, mut b, mut io) = lose_peer(grant_to_a);
+        let c = Arc::new(Counter::default());
+        *c.0.lock().unwrap() = 40;
+        meet(&mut a, &mut b, &mut io);
+        let mode = if grant_to_a {
+            Mode::Survivor
+        } else {
+            Mode::Resyncing
+        };
+        assert_eq!(a.engine.mode(), mode);
+        a.engine.cfg.meta = Some(Arc::clone(&c) as _);
+        let forged = Header {
+            id: 1,
+            ..Header::new(Type::Meta)
+        };
+        assert_eq!(
+            a.engine.on_msg(&mut io, &forged, &[5]),
+            Err("META at a leader that does not mirror"),
+            "{mode:?}"
+        );
+        assert_eq!(*c.0.lock().unwrap(), 40, "{mode:?}: executed");
+    }
+}
