@@ -65,7 +65,7 @@ pub struct FailoverSlot {
     pub survivors: std::sync::atomic::AtomicU32,
     /// The epoch the failover thread is deciding to give back (0: none), and the newest it
     /// sent a release for (the witness may have taken it, its answer lost): a volume that
-    /// would adopt a lost grant at such an epoch does not ([`FailoverSlot::claim_lost_grant`]).
+    /// would adopt a lost grant at such an epoch does not ([`FailoverSlot::claim_grant`]).
     pub releasing: AtomicU64,
     /// (See `releasing`.)
     pub released: AtomicU64,
@@ -158,31 +158,31 @@ impl FailoverSlot {
             || (from != 0 && epoch >= from)
     }
 
-    /// A volume is about to serve alone on the group's grant at `epoch` that the witness's
-    /// word names this site's, its answer lost. Another volume of the group, mirroring again,
-    /// may be giving that grant back at the same time (`adopt_lost_grant` at each engine, the
-    /// failover thread sending the release). So the volume first counts itself a survivor of
-    /// the group at `epoch` (a release the thread decides after this is not wanted,
-    /// [`release_wanted`]), withdraws a release of `epoch` not yet taken by the thread, and
-    /// then adopts the grant only if no release of it was being decided or sent, and the word
-    /// still names this site at `epoch` (the thread publishes a release's answer before it
-    /// stops deciding). True: adopted, counted once in `survivors` (the caller counts itself
-    /// again when it becomes the survivor and then calls [`FailoverSlot::unclaim`]); false:
-    /// nothing changed (looked at again later).
-    pub fn claim_lost_grant(&self, epoch: u64) -> bool {
+    /// A volume is about to serve alone on the group's grant at `epoch`: answered to the
+    /// group's request, or named this site's by the witness's word after a lost answer.
+    /// Another volume of the group may be giving that grant back at the same time (its session
+    /// came back before the answer, or it mirrors again after a lost one: the failover thread
+    /// sends the release). So the volume first counts itself a survivor of the group at
+    /// `epoch` (a release the thread decides after this is not wanted, [`release_wanted`]),
+    /// withdraws a release of `epoch` not yet taken by the thread, and then takes the grant
+    /// only if no release of it is being decided or was ever sent (`released`, kept: the
+    /// witness may have taken it, its answer lost).
+    /// True: taken, counted once in `survivors` (the caller counts itself again when it becomes
+    /// the survivor and then calls [`FailoverSlot::unclaim`]); false: nothing changed.
+    pub fn claim_grant(&self, epoch: u64) -> bool {
         self.survivors.fetch_add(1, SeqCst);
         self.epoch.fetch_max(epoch, SeqCst);
         let _ = self.release.compare_exchange(epoch, 0, SeqCst, SeqCst);
         let giving_back =
             self.releasing.load(SeqCst) == epoch || self.released.load(SeqCst) >= epoch;
-        if giving_back || !matches!(self.view(), Some((true, _, e)) if e == epoch) {
+        if giving_back {
             self.unclaim();
             return false;
         }
         true
     }
 
-    /// Drop the count [`FailoverSlot::claim_lost_grant`] took.
+    /// Drop the count [`FailoverSlot::claim_grant`] took.
     pub fn unclaim(&self) {
         self.survivors.fetch_sub(1, SeqCst);
     }
@@ -222,9 +222,9 @@ pub fn release_wanted(slot: &FailoverSlot, epoch: u64) -> bool {
 }
 /// The failover thread decides whether to send the release of `epoch` ([`release_wanted`]),
 /// under `releasing` (cleared once the release is answered or given up): a volume adopting
-/// that grant meanwhile ([`FailoverSlot::claim_lost_grant`]) either is counted before the
+/// that grant meanwhile ([`FailoverSlot::claim_grant`]) either is counted before the
 /// decision, which then keeps the grant, or sees it and leaves the grant alone.
-fn decide_release(slot: &FailoverSlot, epoch: u64) -> bool {
+pub fn decide_release(slot: &FailoverSlot, epoch: u64) -> bool {
     slot.releasing.store(epoch, SeqCst);
     let wanted = release_wanted(slot, epoch);
     if wanted {
@@ -506,22 +506,20 @@ mod tests {
     #[test]
     fn a_lost_grant_is_adopted_only_where_no_release_of_it_is_decided_or_sent() {
         let s = FailoverSlot::default();
-        assert!(!s.claim_lost_grant(3), "no word names this site");
-        s.publish_view(1, 3, 1);
         // The thread is deciding epoch 3's release: left alone, nothing counted.
         s.releasing.store(3, SeqCst);
-        assert!(!s.claim_lost_grant(3));
+        assert!(!s.claim_grant(3));
         assert_eq!(s.survivors.load(SeqCst), 0);
         s.releasing.store(0, SeqCst);
         // A release asked for but not taken by the thread is withdrawn; the claim counts once.
         s.release.store(3, SeqCst);
-        assert!(s.claim_lost_grant(3));
+        assert!(s.claim_grant(3));
         assert_eq!((s.release.load(SeqCst), s.survivors.load(SeqCst)), (0, 1));
         // The thread deciding now keeps the grant.
         assert!(!decide_release(&s, 3));
         s.unclaim();
         assert!(decide_release(&s, 3));
-        assert!(!s.claim_lost_grant(3), "its release was sent");
+        assert!(!s.claim_grant(3), "its release was sent");
     }
 
     #[test]

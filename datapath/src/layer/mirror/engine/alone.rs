@@ -319,10 +319,7 @@ impl Engine {
                 // answer: `adopt_lost_grant` does not act while a request is pending, so this
                 // is a defence; counted once.)
                 if !(self.mode == Mode::Survivor && self.grant_epoch == epoch) {
-                    if takeover {
-                        self.taken_over(io);
-                    }
-                    self.become_survivor(io, epoch);
+                    self.take_answered_grant(io, &slot, epoch, takeover);
                 }
             }
             Grant::Fence(why) => self.fence(why),
@@ -343,6 +340,30 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The witness's answer grants the group at `epoch`: serve alone on it, unless another
+    /// volume of the group gave it back meanwhile (its session came back before the answer):
+    /// then ask again, never serving on a grant the witness may no longer hold.
+    fn take_answered_grant(
+        &mut self,
+        io: &mut IoCx,
+        slot: &crate::layer::mirror::failover::FailoverSlot,
+        epoch: u64,
+        takeover: bool,
+    ) {
+        if !slot.claim_grant(epoch) {
+            tracing::warn!(volume = %self.cfg.name, epoch,
+                "mirror: the group's grant was given back by another volume; asking again");
+            self.witness.ask_again();
+            return;
+        }
+        if takeover {
+            self.taken_over(io);
+        }
+        self.become_survivor(io, epoch);
+        // (Counted by `become_survivor` now.)
+        slot.unclaim();
     }
 
     /// The witness names this site the group's holder while this site does not know it holds
@@ -393,7 +414,7 @@ impl Engine {
             return; // (the grant this site gave back, as a heartbeat saw it before the release)
         }
         let takeover = takeover || slot.takeover_at(epoch);
-        if self.mode != Mode::Mirroring && !slot.claim_lost_grant(epoch) {
+        if self.mode != Mode::Mirroring && !slot.claim_grant(epoch) {
             // Another volume of the group is giving this grant back: left alone (looked at
             // again at the next tick, with the witness's newer word).
             return;

@@ -12,7 +12,8 @@
 //!   first session (it must not win a grant against a peer it has never seen) unless an
 //!   operator asked it to take over (`mirror_takeover`).
 //! - One request per lost link (or per takeover): `asked` is reset only when the link goes
-//!   down again or a new takeover starts.
+//!   down again, a new takeover starts, or the grant answered was given back by another
+//!   volume of the group before this one could take it ([`Witness::ask_again`]).
 //! - A takeover is never asked while the link is up or the daemon stops (the request is
 //!   dropped).
 //! - A grant asked for while the link was down but answered after a session came back is
@@ -70,6 +71,13 @@ impl Witness {
     /// A request was sent (or is to be) and its answer not acted on yet.
     pub(super) fn pending(&self) -> bool {
         self.asked && !self.answered
+    }
+
+    /// The grant answered was given back by another volume of the group before this one
+    /// could take it (`FailoverSlot::claim_grant`): ask for the group again.
+    pub(super) fn ask_again(&mut self) {
+        self.asked = false;
+        self.answered = false;
     }
 
     /// The link went down: the next loss asks again.

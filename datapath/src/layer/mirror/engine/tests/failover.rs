@@ -1014,3 +1014,51 @@ fn a_lost_grant_adopted_by_one_volume_is_never_given_back_by_another() {
         );
     }
 }
+
+/// Two volumes of one group at site a (x and y, one failover slot) lose their links; the
+/// group's request goes out. y's link returns before the answer, so y gives the grant back
+/// (`Grant::Unwanted`), and the failover thread sends that release before x's tick reads the
+/// same answer. x must not serve alone on the grant given back (the witness holds nothing for
+/// this site any more, so the peer could be granted too): it asks again. Before, x became the
+/// survivor on it.
+#[test]
+fn a_grant_given_back_by_one_volume_of_the_group_is_never_served_on_by_another() {
+    use crate::layer::mirror::failover::{GRANTED, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(47);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    let now = Instant::now();
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "the group's request");
+    // y's link is back; then the answer.
+    ay.engine.link_up(&mut io);
+    by.engine.link_up(&mut io);
+    sa.epoch.store(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, now);
+    assert_eq!(sa.release.swap(0, SeqCst), 1, "y gives the grant back");
+    assert!(decide_release(&sa, 1), "nobody serves on it yet: sent");
+    ax.engine.tick(&mut io, now);
+    assert_ne!(
+        ax.engine.mode(),
+        Mode::Survivor,
+        "x serves alone on a grant given back"
+    );
+    ax.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "x does not ask again");
+    // Granted anew (epoch 2): x serves on that one.
+    sa.want.store(false, SeqCst);
+    sa.epoch.store(2, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    ax.engine.tick(&mut io, now);
+    assert_eq!(
+        (ax.engine.mode(), ax.engine.grant_epoch),
+        (Mode::Survivor, 2)
+    );
+}
