@@ -528,7 +528,7 @@ fn a_sources_meta_state_crossing_the_targets_confirmation_is_installed() {
     let r = meta(&mut b, &mut io, 1, &[2]);
     assert!(matches!(r, Start::Done(Ok(())) | Start::Pending), "{r:?}");
     b.engine.take_outbox(&mut b.wire);
-    assert_eq!(receive(&mut b, &mut a, &mut io, usize::MAX) > 0, true);
+    assert!(receive(&mut b, &mut a, &mut io, usize::MAX) > 0);
     assert_eq!(
         *ca.0.lock().unwrap(),
         42,
