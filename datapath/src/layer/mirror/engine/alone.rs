@@ -108,6 +108,7 @@ impl Engine {
         self.grant_epoch = epoch;
         // (Whatever grant a lost answer may have left is this one now.)
         self.fenced_unanswered = None;
+        self.restored_fenced = false;
         self.absorb_suspect();
         if let Some(slot) = &self.cfg.failover {
             slot.survivors
@@ -401,6 +402,14 @@ impl Engine {
             // Never while a volume of the group serves alone here (the grant is the group's:
             // it is that volume's now, given back at its resync's end).
             (Mode::Mirroring, Some(f)) if self.sess.up && slot.survivors.load(SeqCst) == 0 => f,
+            // Restored fenced: the fence may have been for want of an answer (not persisted).
+            // Only the give-back once in sync, never serving alone on such a word (a site
+            // fenced for its failed device keeps that state too).
+            (Mode::Mirroring, None)
+                if self.restored_fenced && self.sess.up && slot.survivors.load(SeqCst) == 0 =>
+            {
+                (0, false)
+            }
             (Mode::Survivor, _) => (0, false),
             _ => return,
         };
@@ -420,6 +429,7 @@ impl Engine {
             return;
         }
         self.fenced_unanswered = None;
+        self.restored_fenced = false;
         match self.mode {
             Mode::Fenced => {
                 tracing::warn!(volume = %self.cfg.name, epoch, takeover,

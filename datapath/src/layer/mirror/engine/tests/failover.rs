@@ -1062,3 +1062,60 @@ fn a_grant_given_back_by_one_volume_of_the_group_is_never_served_on_by_another()
         (Mode::Survivor, 2)
     );
 }
+
+/// The follower fenced for want of the witness's answer (the witness recorded its grant, the
+/// leader was denied) and restarted from its state before the link returned: its state says
+/// only "fenced". The leader reconciles it; mirroring again, the follower sees the witness's
+/// word naming it the holder: it gives that grant back, as a site fenced so without the
+/// restart does (before, it kept it for good: at the next loss the witness denied the leader,
+/// even if the follower was the site gone).
+#[test]
+fn a_lost_grant_of_a_site_restarted_fenced_is_given_back_once_in_sync() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(53);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    b.engine.cfg.state_file = Some(dir.path().join("b"));
+    b.engine.restore().expect("restore");
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    for _ in 0..10 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    exchange(&mut a, &mut b, &mut io, &mut rng, 3);
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    both_ask(&mut a, &mut b, &mut io, now);
+    sa.outcome.store(DENIED, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    crash_and_restart(&mut b);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    // The witness's word: b holds the group at epoch 1.
+    sb.publish_view(2, 1, 2);
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        sb.release.load(SeqCst),
+        1,
+        "the grant held for the restarted site was never given back"
+    );
+}
