@@ -16,8 +16,9 @@
 //!   volume of the group before this one could take it ([`Witness::ask_again`]).
 //! - A takeover is never asked while the link is up or the daemon stops (the request is
 //!   dropped).
-//! - A grant asked for while the link was down but answered after a session came back is
-//!   given back ([`Grant::Unwanted`]): otherwise the witness would keep this site as the
+//! - A grant asked for while the link was down (a loss's, or an operator's takeover) but
+//!   answered after a session came back is given back ([`Grant::Unwanted`]), never acted on
+//!   beside a peer in session: otherwise the witness would keep this site as the
 //!   holder, and at the next loss deny the peer, even when this site is the one that is gone
 //!   (both sites down); a request not sent yet is withdrawn.
 
@@ -105,26 +106,8 @@ impl Witness {
             self.asked = false;
             self.answered = false;
         }
-        if site.up && self.asked && !self.answered && !self.takeover {
-            // The session came back before the answer to the loss's request.
-            if slot.want.swap(false, SeqCst) {
-                // Never sent: withdrawn.
-                self.asked = false;
-                return Grant::Wait;
-            }
-            return match slot.outcome.load(SeqCst) {
-                0 => Grant::Wait,
-                GRANTED => {
-                    self.answered = true;
-                    Grant::Unwanted {
-                        epoch: slot.epoch.load(SeqCst),
-                    }
-                }
-                _ => {
-                    self.answered = true;
-                    Grant::Wait
-                }
-            };
+        if site.up && self.asked && !self.answered {
+            return self.answered_after_the_session(slot, takeover_flag);
         }
         if !takeover
             && !self.takeover
@@ -163,6 +146,39 @@ impl Witness {
             },
             DENIED => Grant::Fence("the witness granted the volume to the peer"),
             UNREACHABLE => Grant::Unanswered { takeover },
+            _ => Grant::Wait,
+        }
+    }
+}
+
+impl Witness {
+    /// The session came back before the answer to the request (a loss's, or an operator's
+    /// takeover: the peer returned meanwhile): a grant is not needed, and is given back
+    /// ([`Grant::Unwanted`]); never acted on beside a peer in session with this site. A
+    /// loss's request not sent yet is withdrawn; a takeover's goes (the operator's flag is
+    /// shared by the group's volumes) and its answer is given back the same way.
+    fn answered_after_the_session(
+        &mut self,
+        slot: &FailoverSlot,
+        takeover_flag: &AtomicBool,
+    ) -> Grant {
+        if !self.takeover && slot.want.swap(false, SeqCst) {
+            // Never sent: withdrawn.
+            self.asked = false;
+            return Grant::Wait;
+        }
+        let outcome = slot.outcome.load(SeqCst);
+        if outcome == 0 {
+            return Grant::Wait;
+        }
+        self.answered = true;
+        if std::mem::take(&mut self.takeover) {
+            takeover_flag.store(false, SeqCst);
+        }
+        match outcome {
+            GRANTED => Grant::Unwanted {
+                epoch: slot.epoch.load(SeqCst),
+            },
             _ => Grant::Wait,
         }
     }
@@ -282,6 +298,38 @@ mod tests {
                 }
             );
         }
+    }
+
+    /// An operator's takeover is asked, then the session comes back (the peer returned)
+    /// before the witness's answer: a grant that arrives then is given back like a loss's
+    /// (before, it was acted on: the site became the survivor beside a peer in session with
+    /// it, acknowledging alone while the peer read under its lease).
+    #[test]
+    fn a_takeover_answered_after_the_session_came_back_is_given_back() {
+        let slot = FailoverSlot::default();
+        let flag = AtomicBool::new(true);
+        let mut w = Witness::default();
+        assert_eq!(w.tick(&slot, &flag, site(false, Mode::Fenced)), Grant::Wait);
+        assert!(slot.want.swap(false, SeqCst), "the takeover is not asked");
+        // The peer is back: a session (mirroring, say, after a reconciliation here).
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Wait
+        );
+        slot.epoch.store(3, SeqCst);
+        slot.outcome.store(GRANTED, SeqCst);
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Unwanted { epoch: 3 }
+        );
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Wait
+        );
+        assert!(
+            !flag.load(SeqCst),
+            "the operator's request is still pending"
+        );
     }
 
     /// The session comes back before the witness answers the loss's request: a grant that
