@@ -116,7 +116,10 @@ impl Witness {
             return Grant::Wait;
         }
         if takeover && (site.up || site.draining) {
+            // Dropped, and for good: left marked as this site's request, it was asked at the
+            // next tick beside a peer in session.
             takeover_flag.store(false, SeqCst);
+            self.takeover = false;
             return Grant::Wait;
         }
         if !self.asked {
@@ -245,6 +248,12 @@ mod tests {
         let mut w = Witness::default();
         assert_eq!(w.tick(&slot, &flag, site(true, Mode::Waiting)), Grant::Wait);
         assert!(!flag.load(SeqCst), "refused while up");
+        // Dropped for good: the next ticks, link still up, ask nothing (before, the dropped
+        // takeover was asked at the next tick, beside a peer in session).
+        for _ in 0..2 {
+            assert_eq!(w.tick(&slot, &flag, site(true, Mode::Waiting)), Grant::Wait);
+        }
+        assert!(!slot.want.load(SeqCst), "a dropped takeover was asked");
         flag.store(true, SeqCst);
         let started = SiteNow {
             had_session: false,
