@@ -10,7 +10,9 @@
 //! tick: granted -> survivor, denied -> fenced, witness unreachable -> fenced.
 //!
 //! Invariant: the engine never serves on its own without a grant the witness persisted first,
-//! so at most one site per group and epoch acknowledges writes alone.
+//! so at most one site per group and epoch acknowledges writes alone. A grant the group's
+//! takeover may have made (answered, or its answer lost) is a takeover for every volume of the
+//! group ([`FailoverSlot::takeover_at`]), whichever volume's operator asked it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,8 +40,18 @@ pub struct FailoverSlot {
     /// the witness does not deny it as stale (it still denies it while another site holds
     /// the group).
     pub takeover: AtomicBool,
-    /// The last grant was asked as a takeover (set with the outcome by the failover thread).
+    /// The last grant was asked as a takeover, or is the grant a takeover whose answer was lost
+    /// made (set with the outcome by the failover thread).
     pub granted_takeover: AtomicBool,
+    /// The lowest epoch from which a grant of the group to this site may be a takeover's (0:
+    /// none), whatever volume of the group learns of it (an answer, or the witness's word after
+    /// a lost answer: `takeover_at`). Set by the failover thread before it asks a takeover at
+    /// epoch K, to K + 1 (the witness grants a request at its asked epoch + 1, and answers a
+    /// holder asking again with the grant it holds); kept while that request's answer may have
+    /// been lost; cleared once the witness shows the group at that epoch or later held by
+    /// another site or by none (that grant is gone, and the request, if it arrives late, is
+    /// refused as stale), and put back as it was when the takeover is denied.
+    pub takeover_from: AtomicU64,
     /// `PENDING`, `GRANTED`, `DENIED` or `UNREACHABLE`.
     pub outcome: AtomicU8,
     /// The granted epoch (also set by an engine that restores a survivor's grant).
@@ -51,6 +63,12 @@ pub struct FailoverSlot {
     /// Volumes of the group serving alone; the grant is given back when the last one is in
     /// sync again.
     pub survivors: std::sync::atomic::AtomicU32,
+    /// The epoch the failover thread is deciding to give back (0: none), and the newest it
+    /// sent a release for (the witness may have taken it, its answer lost): a volume that
+    /// would adopt a lost grant at such an epoch does not ([`FailoverSlot::claim_grant`]).
+    pub releasing: AtomicU64,
+    /// (See `releasing`.)
+    pub released: AtomicU64,
     /// This site does not compete for the group (its replica failed, or it is fenced or
     /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
     /// preferred, so the witness grants the peer without waiting out the tie grace.
@@ -90,6 +108,11 @@ impl FailoverSlot {
     /// `site`: this site's id (the failover thread only).
     pub fn publish_view(&self, holder: u32, epoch: u64, site: u32) {
         let is_me = holder != 0 && holder == site;
+        let from = self.takeover_from.load(SeqCst);
+        if !is_me && from != 0 && epoch >= from {
+            // The grant a takeover may have made is no longer this site's.
+            self.takeover_from.store(0, SeqCst);
+        }
         self.view_seq.fetch_add(1, SeqCst);
         self.view_epoch.store(epoch, SeqCst);
         self.view_holder.store(holder, SeqCst);
@@ -111,6 +134,57 @@ impl FailoverSlot {
             self.view_epoch.load(SeqCst),
         );
         (self.view_seq.load(SeqCst) == s).then_some(v)
+    }
+
+    /// The failover thread is about to ask a takeover at epoch `asked`: a grant at `asked` + 1
+    /// or later may be its (see `takeover_from`). Returns the mark as it was, to be put back
+    /// if the takeover is denied.
+    pub fn asking_takeover(&self, asked: u64) -> u64 {
+        let was = self.takeover_from.load(SeqCst);
+        let from = asked.saturating_add(1);
+        if was == 0 || from < was {
+            self.takeover_from.store(from, SeqCst);
+        }
+        was
+    }
+
+    /// Whether this site's grant of the group at `epoch` is (or may be) an operator's
+    /// takeover, asked by any volume of the group: answered as one, or made by a takeover whose
+    /// answer was lost. Then each volume's replica may be older than the last survivor's, and
+    /// the peer must get every region ever written.
+    pub fn takeover_at(&self, epoch: u64) -> bool {
+        let from = self.takeover_from.load(SeqCst);
+        (self.granted_takeover.load(SeqCst) && self.epoch.load(SeqCst) == epoch)
+            || (from != 0 && epoch >= from)
+    }
+
+    /// A volume is about to serve alone on the group's grant at `epoch`: answered to the
+    /// group's request, or named this site's by the witness's word after a lost answer.
+    /// Another volume of the group may be giving that grant back at the same time (its session
+    /// came back before the answer, or it mirrors again after a lost one: the failover thread
+    /// sends the release). So the volume first counts itself a survivor of the group at
+    /// `epoch` (a release the thread decides after this is not wanted, [`release_wanted`]),
+    /// withdraws a release of `epoch` not yet taken by the thread, and then takes the grant
+    /// only if no release of it is being decided or was ever sent (`released`, kept: the
+    /// witness may have taken it, its answer lost).
+    /// True: taken, counted once in `survivors` (the caller counts itself again when it becomes
+    /// the survivor and then calls [`FailoverSlot::unclaim`]); false: nothing changed.
+    pub fn claim_grant(&self, epoch: u64) -> bool {
+        self.survivors.fetch_add(1, SeqCst);
+        self.epoch.fetch_max(epoch, SeqCst);
+        let _ = self.release.compare_exchange(epoch, 0, SeqCst, SeqCst);
+        let giving_back =
+            self.releasing.load(SeqCst) == epoch || self.released.load(SeqCst) >= epoch;
+        if giving_back {
+            self.unclaim();
+            return false;
+        }
+        true
+    }
+
+    /// Drop the count [`FailoverSlot::claim_grant`] took.
+    pub fn unclaim(&self) {
+        self.survivors.fetch_sub(1, SeqCst);
     }
 
     /// Whether this site claims the group as preferred now (see `members`), before the
@@ -146,6 +220,19 @@ pub fn verdict(is_me: bool, holder: u32, epoch: u64, held: u64) -> bool {
 pub fn release_wanted(slot: &FailoverSlot, epoch: u64) -> bool {
     !(slot.survivors.load(SeqCst) > 0 && slot.epoch.load(SeqCst) == epoch)
 }
+/// The failover thread decides whether to send the release of `epoch` ([`release_wanted`]),
+/// under `releasing` (cleared once the release is answered or given up): a volume adopting
+/// that grant meanwhile ([`FailoverSlot::claim_grant`]) either is counted before the
+/// decision, which then keeps the grant, or sees it and leaves the grant alone.
+pub fn decide_release(slot: &FailoverSlot, epoch: u64) -> bool {
+    slot.releasing.store(epoch, SeqCst);
+    let wanted = release_wanted(slot, epoch);
+    if wanted {
+        slot.released.fetch_max(epoch, SeqCst);
+    }
+    wanted
+}
+
 /// [`FailoverSlot::witness`]: the last heartbeat was answered.
 pub const WITNESS_REACHABLE: u8 = 1;
 /// [`FailoverSlot::witness`]: the last heartbeat was not answered in time.
@@ -220,7 +307,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             {
                 epoch = e;
             }
-            if epoch != 0 && !release_wanted(slot, epoch) {
+            if epoch != 0 && !decide_release(slot, epoch) {
                 // This epoch's grant is held again (granted anew to this site, which serves
                 // alone on it): giving it back would let the witness grant the peer too.
                 tracing::info!(volume = %name, epoch,
@@ -246,6 +333,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     }
                 }
             }
+            slot.releasing.store(0, SeqCst);
         }
         for (i, (group, slot, name)) in groups.iter().enumerate() {
             if !slot.want.swap(false, SeqCst) {
@@ -263,14 +351,19 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 tracing::warn!(volume = %name, "mirror: peer lost; asking the witness for a survivor grant");
                 known[i]
             };
+            // Marked before it is sent: its answer may be lost while the witness grants it.
+            let mark_was = as_takeover.then(|| slot.asking_takeover(asked.0));
             client.set_timeout(cfg.request_timeout);
             let outcome = match client.request_grant(*group, asked, *preferred) {
                 Ok(GrantOutcome::Granted { epoch }) => {
+                    // (A plain request answered with the grant a lost takeover made is a
+                    // takeover's.)
+                    let takeover = as_takeover || slot.takeover_at(epoch.0);
                     slot.epoch.store(epoch.0, SeqCst);
                     known[i] = epoch;
                     slot.known_epoch.store(epoch.0, SeqCst);
                     slot.publish_view(cfg.site_id, epoch.0, cfg.site_id);
-                    slot.granted_takeover.store(as_takeover, SeqCst);
+                    slot.granted_takeover.store(takeover, SeqCst);
                     tracing::warn!(volume = %name, epoch = epoch.0, "mirror: the witness granted this site survivorship");
                     GRANTED
                 }
@@ -281,6 +374,10 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     ..
                 }) => {
                     let holder_id = holder.map(|h| h.get()).unwrap_or(0);
+                    if let Some(was) = mark_was {
+                        // This takeover made no grant.
+                        slot.takeover_from.store(was, SeqCst);
+                    }
                     slot.publish_view(holder_id, epoch.0, cfg.site_id);
                     tracing::error!(volume = %name, ?reason, holder = ?holder.map(|h| h.get()), epoch = epoch.0,
                         "mirror: the witness denied survivorship; fencing");
@@ -378,6 +475,51 @@ mod tests {
         s.view_seq.fetch_add(1, SeqCst);
         s.view_holder.store(1, SeqCst);
         assert_eq!(s.view(), None);
+    }
+
+    /// A takeover asked at epoch 3 may make the grant at epoch 4 (or later) whatever its
+    /// answer: every volume of the group takes such a grant as a takeover, until the witness
+    /// shows the group at 4 or later with another holder or none.
+    #[test]
+    fn a_takeover_marks_the_groups_grants_from_its_epoch_until_the_witness_moves_on() {
+        let s = FailoverSlot::default();
+        assert!(!s.takeover_at(4));
+        assert_eq!(s.asking_takeover(3), 0);
+        assert!(s.takeover_at(4) && s.takeover_at(5) && !s.takeover_at(3));
+        assert_eq!(s.asking_takeover(5), 4, "an earlier mark is kept");
+        s.publish_view(1, 4, 1);
+        assert!(s.takeover_at(4), "this site holds it");
+        s.publish_view(2, 3, 1);
+        assert!(
+            s.takeover_at(4),
+            "the peer at an older epoch: a late grant may still come"
+        );
+        s.publish_view(0, 4, 1);
+        assert!(!s.takeover_at(4), "released at 4");
+        // An answered takeover marks its epoch.
+        s.epoch.store(6, SeqCst);
+        s.granted_takeover.store(true, SeqCst);
+        assert!(s.takeover_at(6) && !s.takeover_at(7));
+    }
+
+    /// A volume adopting a lost grant and the thread giving it back exclude each other.
+    #[test]
+    fn a_lost_grant_is_adopted_only_where_no_release_of_it_is_decided_or_sent() {
+        let s = FailoverSlot::default();
+        // The thread is deciding epoch 3's release: left alone, nothing counted.
+        s.releasing.store(3, SeqCst);
+        assert!(!s.claim_grant(3));
+        assert_eq!(s.survivors.load(SeqCst), 0);
+        s.releasing.store(0, SeqCst);
+        // A release asked for but not taken by the thread is withdrawn; the claim counts once.
+        s.release.store(3, SeqCst);
+        assert!(s.claim_grant(3));
+        assert_eq!((s.release.load(SeqCst), s.survivors.load(SeqCst)), (0, 1));
+        // The thread deciding now keeps the grant.
+        assert!(!decide_release(&s, 3));
+        s.unclaim();
+        assert!(decide_release(&s, 3));
+        assert!(!s.claim_grant(3), "its release was sent");
     }
 
     #[test]

@@ -108,6 +108,7 @@ impl Engine {
         self.grant_epoch = epoch;
         // (Whatever grant a lost answer may have left is this one now.)
         self.fenced_unanswered = None;
+        self.restored_fenced = false;
         self.absorb_suspect();
         if let Some(slot) = &self.cfg.failover {
             slot.survivors
@@ -280,6 +281,7 @@ impl Engine {
             // The source copied them (it finishes only after the end of our list).
             self.suspect.clear();
             self.set_mode(Mode::Mirroring);
+            self.resync_received_in = self.sess.number;
             // The source stays the survivor until it has this.
             self.sess.queue(&Header::new(Type::ResyncDoneAck), &[]);
             tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
@@ -318,10 +320,7 @@ impl Engine {
                 // answer: `adopt_lost_grant` does not act while a request is pending, so this
                 // is a defence; counted once.)
                 if !(self.mode == Mode::Survivor && self.grant_epoch == epoch) {
-                    if takeover {
-                        self.taken_over(io);
-                    }
-                    self.become_survivor(io, epoch);
+                    self.take_answered_grant(io, &slot, epoch, takeover);
                 }
             }
             Grant::Fence(why) => self.fence(why),
@@ -344,6 +343,30 @@ impl Engine {
         }
     }
 
+    /// The witness's answer grants the group at `epoch`: serve alone on it, unless another
+    /// volume of the group gave it back meanwhile (its session came back before the answer):
+    /// then ask again, never serving on a grant the witness may no longer hold.
+    fn take_answered_grant(
+        &mut self,
+        io: &mut IoCx,
+        slot: &crate::layer::mirror::failover::FailoverSlot,
+        epoch: u64,
+        takeover: bool,
+    ) {
+        if !slot.claim_grant(epoch) {
+            tracing::warn!(volume = %self.cfg.name, epoch,
+                "mirror: the group's grant was given back by another volume; asking again");
+            self.witness.ask_again();
+            return;
+        }
+        if takeover {
+            self.taken_over(io);
+        }
+        self.become_survivor(io, epoch);
+        // (Counted by `become_survivor` now.)
+        slot.unclaim();
+    }
+
     /// The witness names this site the group's holder while this site does not know it holds
     /// the grant: the grant of a request whose answer was lost (the witness recorded it, then
     /// the reply was dropped, or came after the request's deadline). Left so, both sites
@@ -358,7 +381,9 @@ impl Engine {
     ///   resync's end gives it back and the peer is denied meanwhile;
     /// - fenced so, then resynced by the peer and mirroring again: the grant is given back.
     ///
-    /// A takeover whose answer was lost is adopted as a takeover.
+    /// A takeover whose answer was lost is adopted as a takeover, by every volume of the group
+    /// (the grant is the group's, asked by whichever volume's operator: `takeover_at`), not
+    /// only by the volume whose flag asked it.
     fn adopt_lost_grant(
         &mut self,
         io: &mut IoCx,
@@ -377,6 +402,14 @@ impl Engine {
             // Never while a volume of the group serves alone here (the grant is the group's:
             // it is that volume's now, given back at its resync's end).
             (Mode::Mirroring, Some(f)) if self.sess.up && slot.survivors.load(SeqCst) == 0 => f,
+            // Restored fenced: the fence may have been for want of an answer (not persisted).
+            // Only the give-back once in sync, never serving alone on such a word (a site
+            // fenced for its failed device keeps that state too).
+            (Mode::Mirroring, None)
+                if self.restored_fenced && self.sess.up && slot.survivors.load(SeqCst) == 0 =>
+            {
+                (0, false)
+            }
             (Mode::Survivor, _) => (0, false),
             _ => return,
         };
@@ -389,7 +422,14 @@ impl Engine {
         if epoch <= self.given_back {
             return; // (the grant this site gave back, as a heartbeat saw it before the release)
         }
+        let takeover = takeover || slot.takeover_at(epoch);
+        if self.mode != Mode::Mirroring && !slot.claim_grant(epoch) {
+            // Another volume of the group is giving this grant back: left alone (looked at
+            // again at the next tick, with the witness's newer word).
+            return;
+        }
         self.fenced_unanswered = None;
+        self.restored_fenced = false;
         match self.mode {
             Mode::Fenced => {
                 tracing::warn!(volume = %self.cfg.name, epoch, takeover,
@@ -398,6 +438,8 @@ impl Engine {
                     self.taken_over(io);
                 }
                 self.become_survivor(io, epoch);
+                // (Counted by `become_survivor` now.)
+                slot.unclaim();
             }
             Mode::Mirroring => {
                 tracing::warn!(volume = %self.cfg.name, epoch,
@@ -408,8 +450,8 @@ impl Engine {
             _ => {
                 tracing::warn!(volume = %self.cfg.name, epoch,
                     "mirror: the witness holds the volume for this site, serving alone; keeping the grant until the peer is in sync");
+                // (Counted in the group's survivors by the claim.)
                 self.grant_epoch = epoch;
-                slot.survivors.fetch_add(1, SeqCst);
                 self.persist_mode(Mode::Survivor);
             }
         }

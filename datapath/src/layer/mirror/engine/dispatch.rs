@@ -341,6 +341,13 @@ impl Engine {
                 self.finish_resync(io);
             }
             Meta if leader => {
+                if self.mode != Mode::Mirroring {
+                    // The follower sends META only while both mirror (a resync target or a
+                    // survivor decides or refuses its own commands): executed here, a forged
+                    // or misplaced one would change the state this site decides on (a
+                    // survivor's wins) for a command no host gave.
+                    return Err("META at a leader that does not mirror");
+                }
                 let (status, state, settles) = match &self.cfg.meta {
                     Some(m) => {
                         let (status, state) = m.execute(self.vol, payload);
@@ -353,6 +360,9 @@ impl Engine {
             MetaState => {
                 if h.id != wire::META_NO_ID && (leader || !self.metas.asked(h.id)) {
                     return Err("META_STATE answers no outstanding request");
+                }
+                if h.id == wire::META_NO_ID && !self.takes_peer_meta_state() {
+                    return Err("META_STATE at the site whose metadata state wins");
                 }
                 let (installed, settles) = match (&self.cfg.meta, payload.is_empty()) {
                     (_, true) => (Install::Done, Vec::new()),
@@ -400,6 +410,23 @@ impl Engine {
 
 impl Engine {
     // ---- replicated metadata (the waits are `MetaRepl`'s) ------------------------------
+
+    /// Whether the peer may push its metadata state here (META_STATE with no id). Only the
+    /// site whose state wins sends one: the leader of a mirroring session, and a resync source
+    /// (a survivor deciding alone), until it has RESYNC_DONE_ACK. So only a mirroring follower
+    /// and a resync target take one, the target also for the rest of the session its resync
+    /// ended in (a source's change may cross its confirmation). Anywhere else (the leader of a
+    /// mirroring session, a survivor, a fenced or waiting site) it would overwrite the state
+    /// this site decides on with the peer's copy: forged or misplaced, it is refused.
+    pub(super) fn takes_peer_meta_state(&self) -> bool {
+        match self.mode {
+            Mode::Resyncing => true,
+            Mode::Mirroring => {
+                self.role == Role::Follower || self.resync_received_in == self.sess.number
+            }
+            _ => false,
+        }
+    }
 
     /// A metadata command from this site's initiator.
     pub(super) fn submit_meta(&mut self, from: u32, tag: IoTag, cmd: &[u8]) -> Start {

@@ -283,6 +283,13 @@ pub struct Engine {
     /// The newest epoch this site gave back (or is giving back): the witness's word naming
     /// this site at it is old news, never a lost grant.
     given_back: u64,
+    /// Restored fenced from the state file, which does not say whether the fence was for
+    /// want of the witness's answer: once in sync again, a grant the witness's word names
+    /// this site's is given back (`adopt_lost_grant`), as after a fence seen here.
+    restored_fenced: bool,
+    /// The session in which this site last finished receiving a resync (0: none): its source
+    /// may still push metadata states in it (`takes_peer_meta_state`).
+    resync_received_in: u32,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: RegionMap,
     /// Suspect regions: updates applied here that the peer never confirmed (recorded when
@@ -373,6 +380,8 @@ impl Engine {
             grant_epoch: 0,
             fenced_unanswered: None,
             given_back: 0,
+            resync_received_in: 0,
+            restored_fenced: false,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
             new_replica: false,

@@ -12,11 +12,13 @@
 //!   first session (it must not win a grant against a peer it has never seen) unless an
 //!   operator asked it to take over (`mirror_takeover`).
 //! - One request per lost link (or per takeover): `asked` is reset only when the link goes
-//!   down again or a new takeover starts.
+//!   down again, a new takeover starts, or the grant answered was given back by another
+//!   volume of the group before this one could take it ([`Witness::ask_again`]).
 //! - A takeover is never asked while the link is up or the daemon stops (the request is
 //!   dropped).
-//! - A grant asked for while the link was down but answered after a session came back is
-//!   given back ([`Grant::Unwanted`]): otherwise the witness would keep this site as the
+//! - A grant asked for while the link was down (a loss's, or an operator's takeover) but
+//!   answered after a session came back is given back ([`Grant::Unwanted`]), never acted on
+//!   beside a peer in session: otherwise the witness would keep this site as the
 //!   holder, and at the next loss deny the peer, even when this site is the one that is gone
 //!   (both sites down); a request not sent yet is withdrawn.
 
@@ -72,6 +74,13 @@ impl Witness {
         self.asked && !self.answered
     }
 
+    /// The grant answered was given back by another volume of the group before this one
+    /// could take it (`FailoverSlot::claim_grant`): ask for the group again.
+    pub(super) fn ask_again(&mut self) {
+        self.asked = false;
+        self.answered = false;
+    }
+
     /// The link went down: the next loss asks again.
     pub(super) fn link_lost(&mut self) {
         self.asked = false;
@@ -97,26 +106,8 @@ impl Witness {
             self.asked = false;
             self.answered = false;
         }
-        if site.up && self.asked && !self.answered && !self.takeover {
-            // The session came back before the answer to the loss's request.
-            if slot.want.swap(false, SeqCst) {
-                // Never sent: withdrawn.
-                self.asked = false;
-                return Grant::Wait;
-            }
-            return match slot.outcome.load(SeqCst) {
-                0 => Grant::Wait,
-                GRANTED => {
-                    self.answered = true;
-                    Grant::Unwanted {
-                        epoch: slot.epoch.load(SeqCst),
-                    }
-                }
-                _ => {
-                    self.answered = true;
-                    Grant::Wait
-                }
-            };
+        if site.up && self.asked && !self.answered {
+            return self.answered_after_the_session(slot, takeover_flag);
         }
         if !takeover
             && !self.takeover
@@ -125,7 +116,10 @@ impl Witness {
             return Grant::Wait;
         }
         if takeover && (site.up || site.draining) {
+            // Dropped, and for good: left marked as this site's request, it was asked at the
+            // next tick beside a peer in session.
             takeover_flag.store(false, SeqCst);
+            self.takeover = false;
             return Grant::Wait;
         }
         if !self.asked {
@@ -155,6 +149,39 @@ impl Witness {
             },
             DENIED => Grant::Fence("the witness granted the volume to the peer"),
             UNREACHABLE => Grant::Unanswered { takeover },
+            _ => Grant::Wait,
+        }
+    }
+}
+
+impl Witness {
+    /// The session came back before the answer to the request (a loss's, or an operator's
+    /// takeover: the peer returned meanwhile): a grant is not needed, and is given back
+    /// ([`Grant::Unwanted`]); never acted on beside a peer in session with this site. A
+    /// loss's request not sent yet is withdrawn; a takeover's goes (the operator's flag is
+    /// shared by the group's volumes) and its answer is given back the same way.
+    fn answered_after_the_session(
+        &mut self,
+        slot: &FailoverSlot,
+        takeover_flag: &AtomicBool,
+    ) -> Grant {
+        if !self.takeover && slot.want.swap(false, SeqCst) {
+            // Never sent: withdrawn.
+            self.asked = false;
+            return Grant::Wait;
+        }
+        let outcome = slot.outcome.load(SeqCst);
+        if outcome == 0 {
+            return Grant::Wait;
+        }
+        self.answered = true;
+        if std::mem::take(&mut self.takeover) {
+            takeover_flag.store(false, SeqCst);
+        }
+        match outcome {
+            GRANTED => Grant::Unwanted {
+                epoch: slot.epoch.load(SeqCst),
+            },
             _ => Grant::Wait,
         }
     }
@@ -221,6 +248,12 @@ mod tests {
         let mut w = Witness::default();
         assert_eq!(w.tick(&slot, &flag, site(true, Mode::Waiting)), Grant::Wait);
         assert!(!flag.load(SeqCst), "refused while up");
+        // Dropped for good: the next ticks, link still up, ask nothing (before, the dropped
+        // takeover was asked at the next tick, beside a peer in session).
+        for _ in 0..2 {
+            assert_eq!(w.tick(&slot, &flag, site(true, Mode::Waiting)), Grant::Wait);
+        }
+        assert!(!slot.want.load(SeqCst), "a dropped takeover was asked");
         flag.store(true, SeqCst);
         let started = SiteNow {
             had_session: false,
@@ -274,6 +307,38 @@ mod tests {
                 }
             );
         }
+    }
+
+    /// An operator's takeover is asked, then the session comes back (the peer returned)
+    /// before the witness's answer: a grant that arrives then is given back like a loss's
+    /// (before, it was acted on: the site became the survivor beside a peer in session with
+    /// it, acknowledging alone while the peer read under its lease).
+    #[test]
+    fn a_takeover_answered_after_the_session_came_back_is_given_back() {
+        let slot = FailoverSlot::default();
+        let flag = AtomicBool::new(true);
+        let mut w = Witness::default();
+        assert_eq!(w.tick(&slot, &flag, site(false, Mode::Fenced)), Grant::Wait);
+        assert!(slot.want.swap(false, SeqCst), "the takeover is not asked");
+        // The peer is back: a session (mirroring, say, after a reconciliation here).
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Wait
+        );
+        slot.epoch.store(3, SeqCst);
+        slot.outcome.store(GRANTED, SeqCst);
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Unwanted { epoch: 3 }
+        );
+        assert_eq!(
+            w.tick(&slot, &flag, site(true, Mode::Mirroring)),
+            Grant::Wait
+        );
+        assert!(
+            !flag.load(SeqCst),
+            "the operator's request is still pending"
+        );
     }
 
     /// The session comes back before the witness answers the loss's request: a grant that

@@ -935,3 +935,187 @@ fn a_grant_given_back_is_never_taken_for_a_lost_one() {
     );
     assert_eq!(sa.survivors.load(SeqCst), 0);
 }
+
+/// Two volumes of one group at site a (one failover slot). This volume fenced for want of an
+/// answer to its own, plain request; then the operator takes over the group's other volume,
+/// and the witness grants the group to a as a takeover (its answer received, or lost too).
+/// This volume, told by the witness's word that a holds the group, adopts that grant: as a
+/// takeover too (the replica may be older than the last survivor's, so the peer must get every
+/// region ever written). Before, only the volume whose own flag asked adopted it as a
+/// takeover: this one sent its peer only its dirty regions, and the pair could differ after a
+/// resync that called itself in sync.
+#[test]
+fn a_group_takeover_is_adopted_as_a_takeover_by_every_volume_of_the_group() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    for answered in [true, false] {
+        let (mut a, sa, _b, _, mut io, _rng, _) = cut_and_answer(37, UNREACHABLE, DENIED);
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        // A region written long before (confirmed and flushed at the peer: not suspect).
+        a.engine.written.set_range(SIZE - 4096, 4096);
+        assert!(a.engine.written.bytes() > a.engine.suspect_bytes());
+        // The other volume's takeover, as the failover thread records it: asked at epoch 0,
+        // then answered (and that volume serves alone) or not.
+        sa.asking_takeover(0);
+        if answered {
+            sa.epoch.store(1, SeqCst);
+            sa.granted_takeover.store(true, SeqCst);
+            sa.outcome.store(GRANTED, SeqCst);
+            sa.survivors.fetch_add(1, SeqCst);
+        }
+        sa.publish_view(1, 1, 1);
+        a.engine.tick(&mut io, Instant::now());
+        assert_eq!(a.engine.mode(), Mode::Survivor);
+        assert_eq!(
+            a.engine.dirty_bytes(),
+            a.engine.written.bytes(),
+            "answered: {answered}: the group's takeover adopted as a plain grant"
+        );
+    }
+}
+
+/// Two volumes of one group at site a (x and y, one failover slot) lost their links together;
+/// the group's request was granted but its answer lost: both fenced for want of it. y's link
+/// returns first and the leader reconciles it: y mirrors again. Then the witness's word names
+/// a the holder: x adopts the grant (survivor), y would give it back. Whatever order their
+/// ticks run in, the release must not reach the witness while x serves alone on that grant
+/// (before, with y first, y asked for the release, x adopted the grant, and the failover thread
+/// sent the release: `release_wanted` knew only grants answered to the thread, so the witness
+/// forgot a holder that acknowledged alone, and the peer could be granted too).
+#[test]
+fn a_lost_grant_adopted_by_one_volume_is_never_given_back_by_another() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE, release_wanted};
+    use std::sync::atomic::Ordering::SeqCst;
+    for y_first in [true, false] {
+        let (mut ax, sa, _bx, _, mut io, _, _) = cut_and_answer(41, UNREACHABLE, DENIED);
+        let (mut ay, _, mut by, _, _, mut rng, _) = cut_and_answer(43, UNREACHABLE, DENIED);
+        ay.engine.cfg.failover = Some(Arc::clone(&sa));
+        meet(&mut ay, &mut by, &mut io);
+        run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+        assert_eq!(
+            (ax.engine.mode(), ay.engine.mode()),
+            (Mode::Fenced, Mode::Mirroring)
+        );
+        sa.publish_view(1, 1, 1);
+        for _ in 0..3 {
+            if y_first {
+                ay.engine.tick(&mut io, Instant::now());
+            }
+            ax.engine.tick(&mut io, Instant::now());
+            if !y_first {
+                ay.engine.tick(&mut io, Instant::now());
+            }
+        }
+        assert_eq!(ax.engine.mode(), Mode::Survivor, "y first: {y_first}");
+        let epoch = sa.release.load(SeqCst);
+        assert!(
+            epoch == 0 || !release_wanted(&sa, epoch),
+            "y first: {y_first}: the grant x serves alone on is given back"
+        );
+    }
+}
+
+/// Two volumes of one group at site a (x and y, one failover slot) lose their links; the
+/// group's request goes out. y's link returns before the answer, so y gives the grant back
+/// (`Grant::Unwanted`), and the failover thread sends that release before x's tick reads the
+/// same answer. x must not serve alone on the grant given back (the witness holds nothing for
+/// this site any more, so the peer could be granted too): it asks again. Before, x became the
+/// survivor on it.
+#[test]
+fn a_grant_given_back_by_one_volume_of_the_group_is_never_served_on_by_another() {
+    use crate::layer::mirror::failover::{GRANTED, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(47);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    let now = Instant::now();
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "the group's request");
+    // y's link is back; then the answer.
+    ay.engine.link_up(&mut io);
+    by.engine.link_up(&mut io);
+    sa.epoch.store(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, now);
+    assert_eq!(sa.release.swap(0, SeqCst), 1, "y gives the grant back");
+    assert!(decide_release(&sa, 1), "nobody serves on it yet: sent");
+    ax.engine.tick(&mut io, now);
+    assert_ne!(
+        ax.engine.mode(),
+        Mode::Survivor,
+        "x serves alone on a grant given back"
+    );
+    ax.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "x does not ask again");
+    // Granted anew (epoch 2): x serves on that one.
+    sa.want.store(false, SeqCst);
+    sa.epoch.store(2, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    ax.engine.tick(&mut io, now);
+    assert_eq!(
+        (ax.engine.mode(), ax.engine.grant_epoch),
+        (Mode::Survivor, 2)
+    );
+}
+
+/// The follower fenced for want of the witness's answer (the witness recorded its grant, the
+/// leader was denied) and restarted from its state before the link returned: its state says
+/// only "fenced". The leader reconciles it; mirroring again, the follower sees the witness's
+/// word naming it the holder: it gives that grant back, as a site fenced so without the
+/// restart does (before, it kept it for good: at the next loss the witness denied the leader,
+/// even if the follower was the site gone).
+#[test]
+fn a_lost_grant_of_a_site_restarted_fenced_is_given_back_once_in_sync() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(53);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    b.engine.cfg.state_file = Some(dir.path().join("b"));
+    b.engine.restore().expect("restore");
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    for _ in 0..10 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    exchange(&mut a, &mut b, &mut io, &mut rng, 3);
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    both_ask(&mut a, &mut b, &mut io, now);
+    sa.outcome.store(DENIED, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    crash_and_restart(&mut b);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    // The witness's word: b holds the group at epoch 1.
+    sb.publish_view(2, 1, 2);
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        sb.release.load(SeqCst),
+        1,
+        "the grant held for the restarted site was never given back"
+    );
+}

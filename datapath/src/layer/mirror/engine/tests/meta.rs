@@ -424,3 +424,149 @@ fn a_meta_ack_for_a_token_never_sent_is_refused_and_completes_nothing() {
     collect(&mut a);
     assert_eq!((a.ok, a.outstanding), (1, 0));
 }
+
+/// A META_STATE with no id (a state pushed by the site whose state wins) sent to the site
+/// that decides: the leader of a normal session, or a survivor resyncing its peer. Neither
+/// ever receives one (the follower and a resync target only send META and META_ACK), so it is
+/// forged or misplaced: refused like any forged message (the link dropped), and never
+/// installed. Before, it was installed in any phase: the follower could overwrite the
+/// leader's (or the survivor's) reservations, which the leader then persisted and decided on.
+#[test]
+fn a_meta_state_at_the_site_that_decides_is_refused_and_never_installed() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let forged = Header {
+        id: wire::META_NO_ID,
+        seq: 1,
+        ..Header::new(Type::MetaState)
+    };
+    // The leader of a normal session.
+    let (mut a, ca) = with_meta(Role::Leader);
+    let (mut b, _cb) = with_meta(Role::Follower);
+    *ca.0.lock().unwrap() = 40;
+    a.engine.session_start(&mut io, 0).unwrap();
+    b.engine.session_start(&mut io, 0).unwrap();
+    exchange_meta(&mut a, &mut b, &mut io);
+    assert!(
+        a.engine
+            .on_msg(&mut io, &forged, &7u64.to_le_bytes())
+            .is_err()
+    );
+    assert_eq!(
+        *ca.0.lock().unwrap(),
+        40,
+        "the leader installed a follower's state"
+    );
+    // A survivor resyncing its peer (the leader or the follower).
+    for grant_to_a in [true, false] {
+        let (mut a, mut b, mut io) = lose_peer(grant_to_a);
+        let c = Arc::new(Counter::default());
+        *c.0.lock().unwrap() = 40;
+        meet(&mut a, &mut b, &mut io);
+        let source = if grant_to_a { &mut a } else { &mut b };
+        assert_eq!(source.engine.mode(), Mode::Survivor);
+        source.engine.cfg.meta = Some(Arc::clone(&c) as _);
+        assert!(
+            source
+                .engine
+                .on_msg(&mut io, &forged, &7u64.to_le_bytes())
+                .is_err()
+        );
+        assert_eq!(
+            *c.0.lock().unwrap(),
+            40,
+            "the survivor installed its target's state"
+        );
+    }
+}
+
+/// Deliver both ways until nothing moves.
+fn exchange_meta(a: &mut Site, b: &mut Site, io: &mut IoCx) {
+    for _ in 0..10 {
+        deliver(a, b, io, usize::MAX);
+        deliver(b, a, io, usize::MAX);
+    }
+}
+
+/// The legitimate META_STATEs with no id still install: the leader's at the follower, a
+/// resync source's at its target, and a survivor's change that crosses the target's
+/// RESYNC_DONE_ACK (the target, the leader here, mirrors already; the source decides alone
+/// until it has the confirmation).
+#[test]
+fn a_sources_meta_state_crossing_the_targets_confirmation_is_installed() {
+    let (mut a, mut b, mut io) = lose_peer(false);
+    let mut rng = Rng(3);
+    let (ca, cb) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
+    *cb.0.lock().unwrap() = 40;
+    a.engine.cfg.meta = Some(Arc::clone(&ca) as _);
+    b.engine.cfg.meta = Some(Arc::clone(&cb) as _);
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Resyncing, Mode::Survivor)
+    );
+    // Until the target (a, the leader) mirrors again, without letting its confirmation out.
+    for _ in 0..100_000 {
+        if a.engine.mode() == Mode::Mirroring {
+            break;
+        }
+        let now = Instant::now();
+        b.engine.tick(&mut io, now);
+        a.engine.tick(&mut io, now);
+        complete_one(&mut a, &mut io, &mut rng);
+        complete_one(&mut b, &mut io, &mut rng);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        if a.engine.mode() != Mode::Mirroring {
+            deliver(&mut a, &mut b, &mut io, usize::MAX);
+        }
+    }
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Mirroring, Mode::Survivor)
+    );
+    assert_eq!(*ca.0.lock().unwrap(), 40, "the source's full state");
+    // The survivor decides alone; its change crosses a's confirmation.
+    let r = meta(&mut b, &mut io, 1, &[2]);
+    assert!(matches!(r, Start::Done(Ok(())) | Start::Pending), "{r:?}");
+    b.engine.take_outbox(&mut b.wire);
+    assert!(receive(&mut b, &mut a, &mut io, usize::MAX) > 0);
+    assert_eq!(
+        *ca.0.lock().unwrap(),
+        42,
+        "the survivor's change was not installed"
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(*cb.0.lock().unwrap(), 42);
+}
+
+/// A META (a follower's metadata command) at a leader that does not mirror: a survivor
+/// resyncing the follower, or a resync target. The follower sends META only while it mirrors
+/// (a resync target, or a survivor, decides or refuses its commands itself), so this one is
+/// forged or misplaced: refused (the link dropped), never executed. Before, the leader
+/// executed it in any mode: a survivor's state (the one that wins) changed by a command no
+/// host gave, and persisted.
+#[test]
+fn a_meta_at_a_leader_that_does_not_mirror_is_refused_and_never_executed() {
+    for grant_to_a in [true, false] {
+        let (mut a, mut b, mut io) = lose_peer(grant_to_a);
+        let c = Arc::new(Counter::default());
+        *c.0.lock().unwrap() = 40;
+        meet(&mut a, &mut b, &mut io);
+        let mode = if grant_to_a {
+            Mode::Survivor
+        } else {
+            Mode::Resyncing
+        };
+        assert_eq!(a.engine.mode(), mode);
+        a.engine.cfg.meta = Some(Arc::clone(&c) as _);
+        let forged = Header {
+            id: 1,
+            ..Header::new(Type::Meta)
+        };
+        assert_eq!(
+            a.engine.on_msg(&mut io, &forged, &[5]),
+            Err("META at a leader that does not mirror"),
+            "{mode:?}"
+        );
+        assert_eq!(*c.0.lock().unwrap(), 40, "{mode:?}: executed");
+    }
+}
