@@ -5,7 +5,8 @@
 //! - reads, writes, write-zeroes and unmaps overlapping `fail` fail at once with EIO and never
 //!   reach the inner device, and so do flushes with `fail_flush`, or those issued once
 //!   `fail_flush_after_ms` have passed since the channel opened (with `reads_pass`, reads of
-//!   the range pass: a device that cannot write a sector but still reads it);
+//!   the range pass: a device that cannot write a sector but still reads it; with
+//!   `updates_pass`, only reads of it fail: a latent sector error);
 //! - updates overlapping `stall` are taken and never completed (a device that hangs on a
 //!   sector while the rest of it works: the caller's operation stays in flight until the
 //!   process dies, so only a test that kills the daemon uses it);
@@ -52,6 +53,8 @@ pub struct Faults {
     pub fail_flush_after_ms: Option<u64>,
     /// Reads of `fail` pass.
     pub reads_pass: bool,
+    /// Updates of `fail` pass (only its reads fail).
+    pub updates_pass: bool,
     /// Updates over it never complete.
     pub stall: FaultRange,
     /// Updates over it wait `slow_ms` first.
@@ -135,7 +138,7 @@ impl ErrInjChannel {
     /// What an update of `[offset, offset + len)` meets once past any slow wait: an error, a
     /// hang, or nothing.
     fn update(&self, offset: u64, len: u64) -> Option<Start> {
-        if self.faults.fail.hits(offset, len) {
+        if !self.faults.updates_pass && self.faults.fail.hits(offset, len) {
             Some(Start::Done(Err(Errno::IO)))
         } else if self.faults.stall.hits(offset, len) {
             Some(Start::Pending)

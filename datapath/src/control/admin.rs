@@ -369,6 +369,7 @@ pub(super) fn volume_create(
         slow_flush: false,
         volatile_cache: false,
         fail_writes_only: false,
+        fail_reads_only: false,
         mirror: false,
         leader: None,
         group: None,

@@ -80,6 +80,7 @@ pub fn build_device(
         fail_flush: v.fail_flush,
         fail_flush_after_ms: v.fail_flush_after_ms,
         reads_pass: v.fail_writes_only,
+        updates_pass: v.fail_reads_only,
         stall: range(v.stall_range),
         slow: range(v.slow_range),
         slow_ms: v.slow_ms,

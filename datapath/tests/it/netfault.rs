@@ -406,6 +406,12 @@ enum Kind {
     /// The site's replica fails I/O (EIO) over a range (config `fail_range`) that a burst of
     /// writes then hits; healed by a clean restart without the range.
     DiskErr,
+    /// The site's replica cannot read a range it writes (config `fail_range` with
+    /// `fail_reads_only`: a latent sector error): a burst of writes over it, from either site,
+    /// is acknowledged, then a burst of reads of it at the site fails there, which takes the
+    /// replica out of service (the peer serves alone); every read that returned data is
+    /// checked against the acknowledged writes; healed by a clean restart without the range.
+    ReadErr,
     /// A forged peer connects to the site's replication port with a random HELLO and AUTH.
     Forged,
     /// Write-zeroes and unmap of 5 GiB (two NBD requests each, one of 4 GiB - 4 KiB) on a
@@ -421,7 +427,7 @@ enum Kind {
     CutLinkNoWitness,
 }
 
-const KINDS: [Kind; 15] = [
+const KINDS: [Kind; 16] = [
     Kind::CutLink,
     Kind::Kill,
     Kind::PowerLoss,
@@ -434,6 +440,7 @@ const KINDS: [Kind; 15] = [
     Kind::Freeze,
     Kind::Witness,
     Kind::DiskErr,
+    Kind::ReadErr,
     Kind::Forged,
     Kind::Oversize,
     Kind::CutLinkNoWitness,
@@ -839,6 +846,8 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     let vol_of = |s: usize| {
         if kind == Kind::DiskErr && s == x {
             err_vol.clone()
+        } else if kind == Kind::ReadErr && s == x {
+            format!("{err_vol}\nfail_reads_only=true")
         } else {
             vol.clone()
         }
@@ -884,6 +893,8 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         Arc::new(std::sync::Mutex::new(srv[B].as_ref().unwrap().addr)),
     ];
     let mut extra_writes: Vec<Wr> = Vec::new();
+    // Reads made by the fault itself (ReadErr), checked with the readers'.
+    let mut extra_reads: Vec<Rd> = Vec::new();
     if kind == Kind::Oversize {
         let mut c = try_connect(srv[A].as_ref().unwrap().addr).unwrap();
         for (i, &m) in inject::MARKERS.iter().enumerate() {
@@ -1009,6 +1020,55 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             note = format!(
                 "burst from {}: {ok} acknowledged, {eio} failed",
                 site_name(from)
+            );
+        }
+        Kind::ReadErr => {
+            // Written (the range reads bad at x only, so these are acknowledged)...
+            let from = (xorshift(rnd) % 2) as usize;
+            let mut c = try_connect(*addrs[from].lock().unwrap()).unwrap();
+            let mut ok = 0;
+            for i in 0..(ERR_LEN / 4096) {
+                let off = ERR_OFF + i * 4096;
+                let seed = (1 << 42) + i;
+                let issued = Instant::now();
+                let e = nbd_io(&mut c, cmd::WRITE, off, 4096, &block(seed, off), None)
+                    .expect("write over the unreadable range answered");
+                let acked = (e == 0).then(Instant::now);
+                ok += usize::from(e == 0);
+                extra_writes.push(Wr {
+                    off,
+                    seed,
+                    issued,
+                    acked,
+                });
+            }
+            // ...then read back at x, where its device fails the reads.
+            let (mut got, mut failed) = (0, 0);
+            let mut d = vec![0u8; 4096];
+            if let Some(mut c) = try_connect(*addrs[x].lock().unwrap()) {
+                for i in 0..(ERR_LEN / 4096) {
+                    let off = ERR_OFF + i * 4096;
+                    let issued = Instant::now();
+                    match nbd_io(&mut c, cmd::READ, off, 4096, &[], Some(&mut d)) {
+                        Ok(0) => {
+                            got += 1;
+                            extra_reads.push(Rd {
+                                site: x,
+                                off,
+                                seed: classify(&d, off),
+                                issued,
+                                done: Instant::now(),
+                            });
+                        }
+                        Ok(_) => failed += 1,
+                        Err(_) => break,
+                    }
+                }
+            }
+            note = format!(
+                "burst from {}: {ok} acknowledged; read back at {}: {got} returned data, {failed} failed",
+                site_name(from),
+                site_name(x)
             );
         }
         Kind::Forged => note = inject::forge(&h, x, rnd),
@@ -1140,14 +1200,25 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
             }
             h.start_witness();
         }
-        Kind::DiskErr => {
+        Kind::DiskErr | Kind::ReadErr => {
+            if kind == Kind::ReadErr {
+                // The unreadable replica is out of service; the peer serves alone.
+                for (s, want) in [(x, "failed"), (y, "survivor")] {
+                    if let Err(e) = reach(srv[s].as_ref().unwrap(), want, Duration::from_secs(5)) {
+                        problems.push(format!(
+                            "after the failed reads, site {}: {e}",
+                            site_name(s)
+                        ));
+                    }
+                }
+            }
             std::thread::sleep(Duration::from_millis(200));
             let mut s = srv[x].take().unwrap();
             assert!(s.stop(), "clean stop of the site with the failing range");
             let cfg = std::fs::read_to_string(&s.config).unwrap();
             let cfg: String = cfg
                 .lines()
-                .filter(|l| !l.starts_with("fail_range"))
+                .filter(|l| !l.starts_with("fail_range") && !l.starts_with("fail_reads_only"))
                 .map(|l| format!("{l}\n"))
                 .collect();
             std::fs::write(&s.config, cfg).unwrap();
@@ -1270,6 +1341,7 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
     let blocks = by_block(&refs);
     let mut reads = rda;
     reads.extend(rdb);
+    reads.extend(extra_reads);
     let nreads = reads.len();
     // Reads at the cut-off site during the fault, where stale reads are known (gated).
     let cut_off = if kind == Kind::CutLink { B } else { x };

@@ -534,6 +534,10 @@ pub struct VolumeConfig {
     /// that cannot write a sector but still reads what it held: tests, drills).
     #[serde(default)]
     pub fail_writes_only: bool,
+    /// `fail_range` fails reads only; updates of it pass (a latent sector error: written as
+    /// usual, unreadable: tests).
+    #[serde(default)]
+    pub fail_reads_only: bool,
     /// Insert an error-injecting layer under which updates over this byte range never
     /// complete (a device that hangs on a sector: tests that kill the daemon; a clean stop
     /// waits for them).
@@ -843,6 +847,7 @@ impl Default for Config {
                 slow_flush: false,
                 volatile_cache: false,
                 fail_writes_only: false,
+                fail_reads_only: false,
                 mirror: false,
                 leader: None,
                 group: None,
@@ -971,6 +976,12 @@ impl Config {
                 return bad(format!(
                     "volume {}: size {} is too large: at most {MAX_VOLUME_SIZE} bytes (2^63 - 1: file offsets are signed 64-bit)",
                     v.name, v.size.0
+                ));
+            }
+            if v.fail_writes_only && v.fail_reads_only {
+                return bad(format!(
+                    "volume {}: give at most one of fail_writes_only and fail_reads_only",
+                    v.name
                 ));
             }
             if v.slow_ms > MAX_SLOW_MS {
