@@ -532,28 +532,35 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                     .read_to_end(&mut bytes)
                     .map_err(io_err("read", &path))?;
                 let s = format::scan(&bytes, meta.vol_id, meta.size, h.last_seq, h.last_time);
-                let i = Index {
-                    segno,
-                    end: s.end,
-                    entries: s.entries,
-                    clean: false,
-                };
-                if !last_file || mode == Load::Recover {
-                    // A cache: a failure to write it costs a scan next time.
-                    if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
-                        tracing::warn!(error = %e, "cdp: cannot write a segment index");
-                    }
-                }
                 // Zeroes or an earlier use's records may follow the end; a record of this use
                 // means the log was cut (docs/cdp-format.md, "Torn tail").
-                if let Some(why) = s.stopped
-                    && let Some(at) = format::later_record(
+                let later = s.stopped.as_ref().and_then(|_| {
+                    format::later_record(
                         &bytes,
                         s.end as usize,
                         meta.vol_id,
                         header.first_seq,
                         s.last_time,
                     )
+                });
+                let i = Index {
+                    segno,
+                    end: s.end,
+                    entries: s.entries,
+                    clean: false,
+                };
+                // A cache: a failure to write it costs a scan next time. Not a reader's index
+                // of a cut log: recovery would take its end for the log's and zero the records
+                // after the damage without scanning, so without keeping their copy below.
+                if (!last_file || mode == Load::Recover)
+                    && (later.is_none() || mode == Load::Recover)
+                {
+                    if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
+                        tracing::warn!(error = %e, "cdp: cannot write a segment index");
+                    }
+                }
+                if let Some(why) = s.stopped
+                    && let Some(at) = later
                 {
                     // Records of this use after the damaged one: acknowledged ones if it is a
                     // corruption (in a sealed segment it always is; in the last, batches in

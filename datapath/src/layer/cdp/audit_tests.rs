@@ -1,0 +1,38 @@
+//! Probes of an adversarial audit (session 26): damage in the middle of sealed segments, and
+//! fields at their largest values. Each test here failed before the fix it names.
+
+use super::format::{REC_HEADER, SEG_HEADER, testing::segment_image};
+use super::store::{self, Load};
+
+const VOL: u64 = 0xa0d1;
+
+/// Byte `k` of the payload of record `seq` in a [`segment_image`] whose first record is
+/// `first` (4 KiB writes back to back).
+fn payload_byte(first: u64, seq: u64, k: usize) -> usize {
+    SEG_HEADER + (seq - first) as usize * (REC_HEADER + 4096) + REC_HEADER + k
+}
+
+/// A sealed segment damaged in the middle, read first by a reader (a view, a restore, `cdp
+/// window`: each writes the segment's index as a cache), then recovered by a start: the
+/// records of the segment after the damaged one are acknowledged writes, so recovery keeps a
+/// copy of the segment as it was (`*.cut.damaged`) before it zeroes them. Before, the reader's
+/// index (its end at the damage) was taken by recovery as the segment's log, and the records
+/// after it were zeroed with no copy kept.
+#[test]
+fn a_cut_a_reader_indexed_first_still_keeps_the_copy_of_the_records_after_it() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    store::testing::history(dir, VOL, 64 * 4096, 0, &[(2, 51..=60)]);
+    let mut s1 = segment_image(VOL, 1, 1..=50);
+    s1[payload_byte(1, 20, 9)] ^= 1;
+    std::fs::write(store::seg_path(dir, 1), &s1).unwrap();
+    let h = store::load(dir, Load::ReadOnly).unwrap();
+    assert_eq!(h.last_seq, 19, "a reader's history ends before the damage");
+    let h = store::load(dir, Load::Recover).unwrap();
+    assert_eq!(h.last_seq, 19);
+    let copy = store::seg_path(dir, 1).with_extension("cdp.cut.damaged");
+    assert!(
+        std::fs::read(&copy).is_ok_and(|c| c == s1),
+        "the segment as it was is kept before its records 21..=50 are zeroed"
+    );
+}
