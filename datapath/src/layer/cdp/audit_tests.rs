@@ -2,6 +2,7 @@
 //! fields at their largest values. Each test here failed before the fix it names.
 
 use super::format::{REC_HEADER, SEG_HEADER, testing::segment_image};
+use super::retain::{Retention, consolidate_once};
 use super::store::{self, Load};
 
 const VOL: u64 = 0xa0d1;
@@ -35,4 +36,43 @@ fn a_cut_a_reader_indexed_first_still_keeps_the_copy_of_the_records_after_it() {
         std::fs::read(&copy).is_ok_and(|c| c == s1),
         "the segment as it was is kept before its records 21..=50 are zeroed"
     );
+}
+
+/// A sealed segment indexed while whole (every start indexes the sealed segments), then
+/// damaged in the middle of a record's payload: consolidation must not copy the damaged bytes
+/// into the base copy (every later point would serve them, and the segment, the only other
+/// copy, is retired). Before, it applied the records through the index without checking
+/// their CRCs.
+#[test]
+fn consolidation_never_applies_a_record_damaged_after_its_segment_was_indexed() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    store::testing::history(dir, VOL, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=60)]);
+    // Indexed while whole.
+    let h = store::load(dir, Load::Recover).unwrap();
+    assert_eq!(h.last_seq, 60);
+    let mut s1 = std::fs::read(store::seg_path(dir, 1)).unwrap();
+    // Record 50 writes block 50 (and is the last write of it in the segment).
+    s1[payload_byte(1, 50, 100)] ^= 0xff;
+    std::fs::write(store::seg_path(dir, 1), &s1).unwrap();
+    let r = Retention {
+        age_ns: None,
+        bytes: Some(1),
+    };
+    let res = consolidate_once(dir, &r, 1000);
+    let base = std::fs::read(store::base_path(dir)).unwrap();
+    let block50 = &base[50 * 4096..51 * 4096];
+    assert!(
+        block50.iter().all(|&b| b == 0 || b == 50),
+        "damaged bytes in the base copy (pass: {res:?})"
+    );
+    assert!(res.is_err(), "the pass fails naming the damage: {res:?}");
+    assert_eq!(store::read_meta(dir).unwrap().base_seq, 0);
+    assert!(
+        store::seg_path(dir, 1).exists(),
+        "the segment is not retired"
+    );
+    // The next start's recovery cuts the history at the damage (no index hides it).
+    let h = store::load(dir, Load::Recover).unwrap();
+    assert_eq!(h.last_seq, 49, "{:?}", h.cut);
 }

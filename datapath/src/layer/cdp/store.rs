@@ -810,8 +810,8 @@ pub fn write_meta(dir: &Path, m: &Meta) -> Result<(), CdpError> {
     write_atomic(dir, &meta_path(dir), &m.encode())
 }
 
-/// The records of sealed segment `segno` (its index, or a scan that writes one), continuing
-/// a log whose last record had `prev_seq` and `prev_time`.
+/// The records of sealed segment `segno` (a scan, which writes its index), continuing a log
+/// whose last record had `prev_seq` and `prev_time`.
 pub fn segment_index(
     dir: &Path,
     meta: &Meta,
@@ -823,10 +823,16 @@ pub fn segment_index(
     Ok((h, i))
 }
 
-/// [`segment_index`], scanning (when there is no usable index) `mapped`, the segment file's
-/// whole bytes when the caller has them mapped, or else into `bytes`, a buffer the caller
-/// keeps from one segment to the next (fresh pages cost more than the copy); the last value
-/// says whether it read into `bytes`, and then `bytes` holds the whole segment file.
+/// [`segment_index`] for consolidation, which copies the records into the base copy and then
+/// retires the segment: always a scan (every record's CRCs checked), never the index, which
+/// was written when the segment was whole and says nothing of damage since (a pass that
+/// trusted it copied a damaged payload into the base copy, served at every later point, and
+/// retired the only other copy). It scans `mapped`, the segment file's whole bytes when the
+/// caller has them mapped, or else reads the file into `bytes`, a buffer the caller keeps from
+/// one segment to the next (fresh pages cost more than the copy); the last value says whether
+/// it read into `bytes`. A scan that finds a cut (a record of this use after where the log
+/// stops) removes the segment's index, so that the next start's recovery scans it and cuts
+/// there (keeping the copy of what it cuts) instead of trusting the index.
 pub fn segment_index_in(
     dir: &Path,
     meta: &Meta,
@@ -839,30 +845,34 @@ pub fn segment_index_in(
     let path = seg_path(dir, segno);
     let file = File::open(&path).map_err(io_err("open", &path))?;
     let header = read_header(&file, &path)?;
-    if let Some(i) = load_index(dir, &file, segno, meta)
-        .filter(|i| i.entries.first().is_none_or(|e| e.seq == prev_seq + 1))
-    {
-        return Ok((header, i, false));
-    }
-    let (s, read) = match mapped {
-        Some(m) => (
-            format::scan(m, meta.vol_id, meta.size, prev_seq, prev_time),
-            false,
-        ),
+    let read = mapped.is_none();
+    let seg: &[u8] = match mapped {
+        Some(m) => m,
         None => {
             bytes.clear();
             (&file).read_to_end(bytes).map_err(io_err("read", &path))?;
-            let s = format::scan(bytes, meta.vol_id, meta.size, prev_seq, prev_time);
-            (s, true)
+            bytes
         }
     };
+    let s = format::scan(seg, meta.vol_id, meta.size, prev_seq, prev_time);
+    let cut = s.stopped.is_some()
+        && format::later_record(
+            seg,
+            s.end as usize,
+            meta.vol_id,
+            header.first_seq,
+            s.last_time,
+        )
+        .is_some();
     let i = Index {
         segno,
         end: s.end,
         entries: s.entries,
         clean: false,
     };
-    if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
+    if cut {
+        let _ = std::fs::remove_file(idx_path(dir, segno));
+    } else if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
         tracing::warn!(error = %e, "cdp: cannot write a segment index");
     }
     Ok((header, i, read))
