@@ -131,3 +131,47 @@ fn a_view_never_serves_a_record_damaged_after_its_segment_was_indexed() {
     v.read_point(31 * 4096, &mut b).unwrap();
     assert!(b.iter().all(|&x| x == 31));
 }
+
+/// The newest segment damaged in the middle of a record's payload (its header intact), with
+/// acknowledged records after it: recovery cuts there, and keeps the segment as it was first
+/// (`*.cut.damaged`), as for a damaged header. Before, the damaged record's own intact header
+/// counted as the "record of this use" found at the end, which in the newest segment reads as
+/// a torn tail: records 21..=50 were zeroed with no copy kept.
+#[test]
+fn a_payload_damaged_in_the_middle_of_the_newest_segment_keeps_the_records_after_it() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    store::testing::history(dir, VOL, 64 * 4096, 0, &[]);
+    let mut s1 = segment_image(VOL, 1, 1..=50);
+    s1[payload_byte(1, 20, 9)] ^= 1;
+    std::fs::write(store::seg_path(dir, 1), &s1).unwrap();
+    let h = store::load(dir, Load::Recover).unwrap();
+    assert_eq!(h.last_seq, 19);
+    let copy = store::seg_path(dir, 1).with_extension("cdp.cut.damaged");
+    assert!(
+        std::fs::read(&copy).is_ok_and(|c| c == s1),
+        "the segment as it was is kept before its records 21..=50 are zeroed"
+    );
+}
+
+/// A torn tail (the newest segment's last record cut short by a crash, nothing after it) is
+/// cut with no copy kept: nothing after it was acknowledged.
+#[test]
+fn a_torn_last_record_is_cut_without_a_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    store::testing::history(dir, VOL, 64 * 4096, 0, &[]);
+    let mut s1 = segment_image(VOL, 1, 1..=50);
+    // Record 50's payload half written.
+    let at = payload_byte(1, 50, 2048);
+    s1[at..at + 2048].fill(0);
+    std::fs::write(store::seg_path(dir, 1), &s1).unwrap();
+    let h = store::load(dir, Load::Recover).unwrap();
+    assert_eq!(h.last_seq, 49);
+    assert!(h.cut.is_some());
+    assert!(
+        !store::seg_path(dir, 1)
+            .with_extension("cdp.cut.damaged")
+            .exists()
+    );
+}

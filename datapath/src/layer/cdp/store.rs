@@ -566,7 +566,20 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                     // corruption (in a sealed segment it always is; in the last, batches in
                     // flight at a crash may also follow a torn one). Before recovery zeroes
                     // them, a copy of the file is kept for an operator (`*.cut.damaged`).
-                    if mode == Load::Recover && (!last_file || at as u64 > s.end) {
+                    // In the last segment, a record found at the end itself is the torn one
+                    // (its header intact, its payload not): what matters is whether another
+                    // follows it (a payload damaged in the middle of the log, records after
+                    // it were acknowledged; before, they were zeroed with no copy kept).
+                    let follows = at as u64 > s.end
+                        || format::later_record(
+                            &bytes,
+                            at + 1,
+                            meta.vol_id,
+                            header.first_seq,
+                            s.last_time,
+                        )
+                        .is_some();
+                    if mode == Load::Recover && (!last_file || follows) {
                         keep_cut_copy(&path);
                     }
                     h.cut = Some(if at as u64 == s.end {
