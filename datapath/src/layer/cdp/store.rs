@@ -552,12 +552,10 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                 // A cache: a failure to write it costs a scan next time. Not a reader's index
                 // of a cut log: recovery would take its end for the log's and zero the records
                 // after the damage without scanning, so without keeping their copy below.
-                if (!last_file || mode == Load::Recover)
-                    && (later.is_none() || mode == Load::Recover)
+                if (mode == Load::Recover || (!last_file && later.is_none()))
+                    && let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode())
                 {
-                    if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
-                        tracing::warn!(error = %e, "cdp: cannot write a segment index");
-                    }
+                    tracing::warn!(error = %e, "cdp: cannot write a segment index");
                 }
                 if let Some(why) = s.stopped
                     && let Some(at) = later
