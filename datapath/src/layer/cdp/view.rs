@@ -113,7 +113,7 @@ impl Extents {
 #[derive(Debug)]
 struct Checked {
     file: u32,
-    path: PathBuf,
+    segno: u64,
     entry: super::format::Entry,
     ok: std::sync::atomic::AtomicBool,
 }
@@ -155,6 +155,8 @@ struct PointContent {
     hold: HoldFile,
     /// The history's id (records of another never check).
     vol_id: u64,
+    /// The history's directory (to name a damaged segment).
+    dir: PathBuf,
 }
 
 /// The directory of a history's view holds.
@@ -284,7 +286,7 @@ impl ViewDevice {
             if e.op == Op::Write {
                 records.push(Checked {
                     file: file_of[&segno],
-                    path: store::seg_path(dir, segno),
+                    segno,
                     entry: *e,
                     ok: false.into(),
                 });
@@ -327,6 +329,7 @@ impl ViewDevice {
                 records,
                 hold,
                 vol_id: h.meta.vol_id,
+                dir: dir.clone(),
             }),
             overlay,
         })
@@ -389,7 +392,8 @@ impl PointContent {
         }
         let mut rec = vec![0u8; REC_HEADER + r.entry.len as usize];
         self.files[file as usize].read_exact_at(&mut rec, r.entry.pos)?;
-        pit::check_record(&rec, &r.entry, self.vol_id, &r.path).map_err(std::io::Error::other)?;
+        let path = store::seg_path(&self.dir, r.segno);
+        pit::check_record(&rec, &r.entry, self.vol_id, &path).map_err(std::io::Error::other)?;
         r.ok.store(true, Relaxed);
         Ok(())
     }
