@@ -1,7 +1,7 @@
 //! Probes of an adversarial audit (session 26): damage in the middle of sealed segments, and
 //! fields at their largest values. Each test here failed before the fix it names.
 
-use super::format::{REC_HEADER, SEG_HEADER, testing::segment_image};
+use super::format::{self, REC_HEADER, SEG_HEADER, testing::segment_image};
 use super::retain::{Retention, consolidate_once};
 use super::store::{self, Load};
 
@@ -174,4 +174,123 @@ fn a_torn_last_record_is_cut_without_a_copy() {
             .with_extension("cdp.cut.damaged")
             .exists()
     );
+}
+
+/// Points at and past the window's edges (probe; held before the audit): `u64::MAX` and 0 as
+/// sequence or time, the first and last points, and a time several records share (a split
+/// write's pieces) names all of them.
+#[test]
+fn points_at_the_edges_of_the_window_are_exact_or_refused() {
+    use super::pit::{Point, resolve};
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    // Records 11..=30 after a base point of 10 (time 10); records 21..=23 share time 21.
+    let meta = store::testing::history(dir, VOL, 64 * 4096, 10, &[]);
+    let mut img = vec![0u8; 1 << 20];
+    format::testing::put_header(&mut img, VOL, 1, 11);
+    let mut at = SEG_HEADER;
+    for q in 11..=30u64 {
+        let t = if (21..=23).contains(&q) { 21 } else { q };
+        format::RecHeader::write_record(
+            &mut img[at..],
+            format::Op::Write,
+            q,
+            t,
+            (q % 64) * 4096,
+            4096,
+            &[q as u8; 4096],
+            meta.vol_id,
+        );
+        at += REC_HEADER + 4096;
+    }
+    std::fs::write(store::seg_path(dir, 1), &img).unwrap();
+    let h = store::load(dir, Load::ReadOnly).unwrap();
+    assert_eq!(
+        (h.first_seq(), h.last_seq, h.first_time(), h.last_time),
+        (10, 30, 10, 30)
+    );
+    for p in [
+        Point::Seq(u64::MAX),
+        Point::Seq(0),
+        Point::Seq(9),
+        Point::Seq(31),
+        Point::Time(u64::MAX),
+        Point::Time(0),
+        Point::Time(9),
+        Point::Time(31),
+    ] {
+        assert!(resolve(&h, p).is_err(), "{p:?} is outside");
+    }
+    assert_eq!(resolve(&h, Point::Seq(10)).unwrap(), 10);
+    assert_eq!(resolve(&h, Point::Time(10)).unwrap(), 10);
+    assert_eq!(resolve(&h, Point::Seq(30)).unwrap(), 30);
+    assert_eq!(resolve(&h, Point::Time(30)).unwrap(), 30);
+    assert_eq!(resolve(&h, Point::Time(20)).unwrap(), 20);
+    assert_eq!(
+        resolve(&h, Point::Time(21)).unwrap(),
+        23,
+        "every record of time 21"
+    );
+    assert_eq!(resolve(&h, Point::Time(23)).unwrap(), 23);
+    assert_eq!(resolve(&h, Point::Time(24)).unwrap(), 24);
+}
+
+/// A record header whose range overflows `offset + len`, or lies past the volume, ends the
+/// log there (probe; held before the audit): no panic, nothing after it served.
+#[test]
+fn a_record_whose_range_overflows_or_leaves_the_volume_ends_the_log() {
+    for (off, len) in [
+        (u64::MAX - 10, 4096),
+        (64 * 4096, 4096),
+        (u64::MAX, u64::MAX),
+    ] {
+        let mut img = segment_image(VOL, 1, 1..=5);
+        let at = SEG_HEADER + 5 * (REC_HEADER + 4096);
+        let op = if len == 4096 {
+            format::Op::Write
+        } else {
+            format::Op::Zeroes
+        };
+        let payload = vec![6u8; if op == format::Op::Write { 4096 } else { 0 }];
+        format::RecHeader::write_record(&mut img[at..], op, 6, 6, off, len, &payload, VOL);
+        let s = format::scan(&img, VOL, 64 * 4096, 0, 0);
+        assert_eq!(s.last_seq, 5, "{off} {len}");
+        assert!(s.stopped.is_some());
+    }
+}
+
+/// A view open at point P while retention consolidates (probe; held before the audit): the
+/// segments wholly before P's time are consolidated, the one holding P is not, and the view
+/// still reads exactly the point (restored before, compared after).
+#[test]
+fn a_view_reads_its_point_while_consolidation_runs_up_to_it() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    store::testing::history(
+        dir,
+        VOL,
+        64 * 4096,
+        0,
+        &[(1, 1..=50), (2, 51..=60), (3, 61..=70)],
+    );
+    let h = store::load(dir, Load::ReadOnly).unwrap();
+    let want = d.path().join("want.img");
+    super::pit::restore(&h, super::pit::Point::Seq(55), &want, |_, _| {}).unwrap();
+    let want = std::fs::read(&want).unwrap();
+    let v = super::view::ViewDevice::open(&super::view::ViewSpec {
+        dir: dir.to_path_buf(),
+        point: super::pit::Point::Seq(55),
+        sandbox: false,
+    })
+    .unwrap();
+    let r = Retention {
+        age_ns: None,
+        bytes: Some(1),
+    };
+    let c = consolidate_once(dir, &r, 1000).unwrap();
+    assert_eq!(c.map(|c| c.base_seq), Some(50));
+    assert_eq!(consolidate_once(dir, &r, 1000).unwrap(), None, "held at 55");
+    let mut got = vec![0u8; want.len()];
+    v.read_point(0, &mut got).unwrap();
+    assert!(got == want, "the view's point changed under it");
 }
