@@ -294,3 +294,44 @@ fn a_view_reads_its_point_while_consolidation_runs_up_to_it() {
     v.read_point(0, &mut got).unwrap();
     assert!(got == want, "the view's point changed under it");
 }
+
+/// Segments set aside by one recovery keep their files through a later recovery that sets
+/// aside segments of the same numbers (the writer numbers its next segment after the cut one,
+/// so the numbers of those set aside are used again). Before, the second rename (and the
+/// second `*.cut.damaged` copy) replaced the first: the acknowledged records set aside the
+/// first time were lost.
+#[test]
+fn a_second_cut_never_replaces_what_the_first_set_aside() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    store::testing::history(dir, VOL, 64 * 4096, 0, &[(2, 51..=60), (3, 61..=70)]);
+    let mut s1 = segment_image(VOL, 1, 1..=50);
+    s1[payload_byte(1, 40, 9)] ^= 1;
+    std::fs::write(store::seg_path(dir, 1), &s1).unwrap();
+    let first: Vec<Vec<u8>> = [1, 2, 3]
+        .iter()
+        .map(|&n| std::fs::read(store::seg_path(dir, n)).unwrap())
+        .collect();
+    let h = store::load(dir, Load::Recover).unwrap();
+    assert_eq!((h.last_seq, h.damaged.clone()), (39, vec![2, 3]));
+    // The next runs wrote segments 2 and 3 again, and segment 2 is damaged in turn.
+    let mut s2 = segment_image(VOL, 2, 40..=60);
+    s2[payload_byte(40, 45, 9)] ^= 1;
+    std::fs::write(store::seg_path(dir, 2), &s2).unwrap();
+    std::fs::write(store::seg_path(dir, 3), segment_image(VOL, 3, 61..=75)).unwrap();
+    let h = store::load(dir, Load::Recover).unwrap();
+    assert_eq!(h.last_seq, 44);
+    let kept: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".damaged"))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    for (n, f) in [1, 2, 3].iter().zip(&first) {
+        assert!(
+            kept.contains(f),
+            "segment {n} as the first recovery set it aside is kept"
+        );
+    }
+    assert!(kept.contains(&s2), "and the second cut's copy");
+}

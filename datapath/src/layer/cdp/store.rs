@@ -609,7 +609,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         }
         for &segno in &h.damaged {
             let p = seg_path(dir, segno);
-            let to = p.with_extension("cdp.damaged");
+            let to = aside_name(&p, "damaged");
             tracing::warn!(segment = %p.display(), "cdp: setting a segment after the end of the history aside");
             std::fs::rename(&p, &to).map_err(io_err("rename", &p))?;
             let _ = std::fs::remove_file(idx_path(dir, segno));
@@ -906,11 +906,26 @@ fn read_header(file: &File, path: &Path) -> Result<SegHeader, CdpError> {
     })
 }
 
+/// A free name to set segment file `path` (or a copy of it) aside under: `seg-N.cdp.TAIL`,
+/// or `seg-N.cdp.K.TAIL` (K = 2, 3, ...) when that is taken. The writer numbers its next
+/// segment after the one cut, so a later recovery can set aside a segment of a number an
+/// earlier one set aside already: it must never replace those (acknowledged records) files.
+fn aside_name(path: &Path, tail: &str) -> PathBuf {
+    let first = path.with_extension(format!("cdp.{tail}"));
+    if !first.exists() {
+        return first;
+    }
+    (2u32..)
+        .map(|k| path.with_extension(format!("cdp.{k}.{tail}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
 /// Keep a copy of segment file `path`, cut before records that follow a damaged one, as
 /// `*.cut.damaged` (never read as history). Failing that (a full device), the cut goes on: the
 /// volume is served from a history that ends at the cut; the log says what was not kept.
 fn keep_cut_copy(path: &Path) {
-    let to = path.with_extension("cdp.cut.damaged");
+    let to = aside_name(path, "cut.damaged");
     // Durable (the copy and its name) before the original's records are zeroed.
     let copied = std::fs::copy(path, &to)
         .and_then(|_| File::open(&to)?.sync_all())
