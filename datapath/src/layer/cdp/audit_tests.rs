@@ -335,3 +335,28 @@ fn a_second_cut_never_replaces_what_the_first_set_aside() {
     }
     assert!(kept.contains(&s2), "and the second cut's copy");
 }
+
+/// A directory holding a history's segments but no `cdp.meta` (lost or deleted: it is only
+/// ever replaced by a rename, never missing after a crash) is refused, as a damaged
+/// `cdp.meta` is, rather than made a new history: before, a new identity and base copy were
+/// written over the old base copy (the only copy of every consolidated record) and every
+/// segment then belonged to "another history" and was set aside.
+#[test]
+fn a_history_whose_meta_is_missing_is_refused_not_made_again() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    store::testing::history(dir, VOL, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=60)]);
+    std::fs::write(store::base_path(dir), vec![7u8; 64 * 4096]).unwrap();
+    std::fs::remove_file(dir.join("cdp.meta")).unwrap();
+    let r = store::open_or_create(dir, 64 * 4096, 4096, None);
+    assert!(r.is_err(), "{r:?}");
+    assert!(
+        std::fs::read(store::base_path(dir)).unwrap() == vec![7u8; 64 * 4096],
+        "the base copy is untouched"
+    );
+    assert!(store::seg_path(dir, 1).exists() && store::seg_path(dir, 2).exists());
+    // A directory with no segment (a creation that stopped before its cdp.meta) is made.
+    let e = tempfile::tempdir().unwrap();
+    std::fs::write(store::base_path(e.path()), b"x").unwrap();
+    store::open_or_create(e.path(), 64 * 4096, 4096, None).unwrap();
+}

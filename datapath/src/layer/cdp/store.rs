@@ -213,6 +213,16 @@ pub fn open_or_create(
             Ok(m)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // `cdp.meta` is written before any segment and only ever replaced by a rename:
+            // missing beside segments, it was lost, and a new history made here would write
+            // over the base copy (every consolidated record) and set every segment aside.
+            // Refused, as a damaged one is.
+            if !segment_numbers(dir)?.is_empty() {
+                return Err(CdpError::Meta {
+                    path: mp,
+                    why: "missing, but the directory holds a history's segments: refused (a new history would replace its base copy); put cdp.meta back, or move the directory's files away to start a new history".into(),
+                });
+            }
             let base = base_path(dir);
             let tmp = base.with_extension("tmp");
             File::create(&tmp).map_err(io_err("create", &tmp))?;
