@@ -893,7 +893,10 @@ pub fn segment_index_in(
     };
     if cut {
         let _ = std::fs::remove_file(idx_path(dir, segno));
-    } else if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
+    } else if load_index(dir, &file, segno, meta).is_none_or(|x| x != i)
+        && let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode())
+    {
+        // (Written only when missing or wrong: a pass that is held is repeated.)
         tracing::warn!(error = %e, "cdp: cannot write a segment index");
     }
     Ok((header, i, read))
