@@ -360,3 +360,50 @@ fn a_history_whose_meta_is_missing_is_refused_not_made_again() {
     std::fs::write(store::base_path(e.path()), b"x").unwrap();
     store::open_or_create(e.path(), 64 * 4096, 4096, None).unwrap();
 }
+
+/// A recovery killed between setting a segment aside and deleting its index leaves that
+/// index behind; the next run makes a segment of the same number (numbered after the cut)
+/// which may start at the same sequence (a cut at a segment's header): its old index must
+/// not be taken for it. Before, an index of the set-aside segment whose last entry's position
+/// held a record of the same sequence in the new one passed the checks, and reads took the
+/// old records' ranges with the new payloads.
+#[test]
+fn an_index_left_by_a_segment_set_aside_is_never_taken_for_a_new_one() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let meta = store::testing::history(dir, VOL, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=60)]);
+    store::load(dir, Load::Recover).unwrap();
+    assert!(store::seg_path(dir, 2).with_extension("idx").exists());
+    // Killed after the rename, before the index was deleted.
+    std::fs::rename(
+        store::seg_path(dir, 2),
+        store::seg_path(dir, 2).with_extension("cdp.damaged"),
+    )
+    .unwrap();
+    // The next run's segment 2 from 51 on: the same sizes, other blocks (one block on).
+    drop(store::create_segment(dir, &meta, 2, 51, 51, 1 << 20).unwrap());
+    let mut img = std::fs::read(store::seg_path(dir, 2)).unwrap();
+    let mut at = SEG_HEADER;
+    for q in 51..=60u64 {
+        format::RecHeader::write_record(
+            &mut img[at..],
+            format::Op::Write,
+            q,
+            q,
+            (q % 64 + 1) * 4096,
+            4096,
+            &[q as u8; 4096],
+            VOL,
+        );
+        at += REC_HEADER + 4096;
+    }
+    std::fs::write(store::seg_path(dir, 2), &img).unwrap();
+    std::fs::write(store::seg_path(dir, 3), segment_image(VOL, 3, 61..=62)).unwrap();
+    let h = store::load(dir, Load::ReadOnly).unwrap();
+    let e = h.entries().find(|(_, e)| e.seq == 60).unwrap().1;
+    assert_eq!(
+        e.offset,
+        61 * 4096,
+        "segment 2's entries are its own records'"
+    );
+}

@@ -621,8 +621,10 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             let p = seg_path(dir, segno);
             let to = aside_name(&p, "damaged");
             tracing::warn!(segment = %p.display(), "cdp: setting a segment after the end of the history aside");
-            std::fs::rename(&p, &to).map_err(io_err("rename", &p))?;
+            // The index first: left behind by a kill, it would name the records of a later
+            // segment of this number (the writer numbers its next one after the cut).
             let _ = std::fs::remove_file(idx_path(dir, segno));
+            std::fs::rename(&p, &to).map_err(io_err("rename", &p))?;
         }
         if !h.damaged.is_empty() {
             sync_dir(dir)?;
@@ -1007,6 +1009,9 @@ pub fn create_segment(
     size: u64,
 ) -> Result<File, CdpError> {
     let path = seg_path(dir, segno);
+    // An index of this number left by a segment set aside or retired (a kill between the
+    // rename and the index's removal) is not this segment's.
+    remove_index(dir, segno)?;
     let f = if reuse_recycled(dir, segno, size)? {
         OpenOptions::new()
             .write(true)
@@ -1046,6 +1051,17 @@ pub fn create_segment(
         .map_err(io_err("open", &path))
 }
 
+/// Delete a leftover index of segment number `segno` (a new segment of that number is
+/// being made), durably.
+fn remove_index(dir: &Path, segno: u64) -> Result<(), CdpError> {
+    let p = idx_path(dir, segno);
+    match std::fs::remove_file(&p) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", &p)(e)),
+    }
+}
+
 /// Prepare segment `segno` as a spare (off the reactor): a waiting consolidated segment's
 /// file if there is one (its blocks already written), else a new file preallocated, all
 /// zeroes where `zero` (its blocks written once, so later appends need no allocation by the
@@ -1053,6 +1069,8 @@ pub fn create_segment(
 /// synced with its directory. A newest segment whose header is all zeroes is an unused spare
 /// to recovery.
 pub fn prepare_spare(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<(), CdpError> {
+    // (As in `create_segment`: a leftover index of the number is not this segment's.)
+    remove_index(dir, segno)?;
     // A consolidated segment's file first: its blocks stay allocated, so the journal
     // device's use does not move with every segment.
     if reuse_recycled(dir, segno, size)? {
