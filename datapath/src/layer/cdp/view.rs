@@ -304,6 +304,19 @@ impl ViewDevice {
                 Op::Mark | Op::Pad | Op::Gap => {}
             }
         }
+        // Only the records the map still reads from are kept (a hot block's older records,
+        // overwritten before the point, are not read).
+        let mut used = vec![false; records.len()];
+        for &(_, src) in map.0.values() {
+            if let Src::Seg { file, pos } = src {
+                let i = records.partition_point(|r: &Checked| (r.file, r.entry.pos) <= (file, pos));
+                if let Some(u) = i.checked_sub(1).and_then(|i| used.get_mut(i)) {
+                    *u = true;
+                }
+            }
+        }
+        let mut used = used.into_iter();
+        records.retain(|_| used.next().unwrap_or(false));
         let bp = store::base_path(dir);
         let base = File::open(&bp).map_err(io_err("open", &bp))?;
         drop(reading);
