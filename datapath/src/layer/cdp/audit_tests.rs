@@ -433,3 +433,40 @@ fn a_view_checks_only_the_records_its_point_reads() {
     v.read_point(0, &mut got).unwrap();
     assert!(got == want);
 }
+
+/// A base copy shorter than the volume (it is made at the volume's size and only ever
+/// written in place: short, it was damaged) is refused by a view and a restore. Before, both
+/// read what lies past its end as zeroes and served them as the point's content (a point
+/// read refused it already).
+#[test]
+fn a_base_copy_shorter_than_the_volume_is_refused_not_read_as_zeroes() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    store::testing::history(dir, VOL, 64 * 4096, 0, &[(1, 1..=10)]);
+    std::fs::write(store::base_path(dir), vec![9u8; 64 * 4096]).unwrap();
+    let h = store::load(dir, Load::ReadOnly).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(store::base_path(dir))
+        .unwrap()
+        .set_len(32 * 4096)
+        .unwrap();
+    let v = super::view::ViewDevice::open(&super::view::ViewSpec {
+        dir: dir.to_path_buf(),
+        point: super::pit::Point::Seq(10),
+        sandbox: false,
+    });
+    if let Ok(v) = &v {
+        let mut b = vec![0u8; 4096];
+        v.read_point(40 * 4096, &mut b).unwrap();
+        assert!(
+            b.iter().all(|&x| x == 9),
+            "the view served zeroes for the base copy's bytes"
+        );
+    }
+    assert!(v.is_err());
+    let out = d.path().join("r.img");
+    let r = super::pit::restore(&h, super::pit::Point::Seq(10), &out, |_, _| {});
+    assert!(r.is_err(), "{r:?}");
+    assert!(super::pit::read_at(&h, super::pit::Point::Seq(10), 40 * 4096, 4096).is_err());
+}

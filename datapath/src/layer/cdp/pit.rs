@@ -209,6 +209,27 @@ pub(crate) fn check_record(
     Ok(())
 }
 
+/// Refuse a base copy shorter than the volume: it is made at the volume's size and only
+/// written in place, so short it was damaged, and what lies past its end is not known (read
+/// as zeroes, a view and a restore served zeroes as the point's content).
+pub(crate) fn base_whole(base: &File, path: &Path, size: u64) -> Result<(), CdpError> {
+    let len = base
+        .metadata()
+        .map_err(|source| CdpError::Io {
+            what: "stat",
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if len < size {
+        return Err(CdpError::Meta {
+            path: path.to_path_buf(),
+            why: format!("the base copy holds {len} bytes of a volume of {size}: damaged"),
+        });
+    }
+    Ok(())
+}
+
 /// The content of `[offset, offset + len)` of the volume at point `p`.
 pub fn read_at(h: &History, p: Point, offset: u64, len: u64) -> Result<Vec<u8>, CdpError> {
     // Consolidation waits while the segments are read.
@@ -543,6 +564,7 @@ fn restore_listed(
         .metadata()
         .map_err(err("stat the base copy for"))?
         .len();
+    base_whole(&base, &store::base_path(&h.dir), h.meta.size)?;
     let mut copied = 0u64;
     let mut w = f;
     loop {

@@ -319,6 +319,7 @@ impl ViewDevice {
         records.retain(|_| used.next().unwrap_or(false));
         let bp = store::base_path(dir);
         let base = File::open(&bp).map_err(io_err("open", &bp))?;
+        pit::base_whole(&base, &bp, h.meta.size)?;
         drop(reading);
         let overlay = if spec.sandbox {
             let m =
