@@ -55,6 +55,9 @@ pub mod tail;
 pub mod view;
 pub mod vouch;
 
+#[cfg(test)]
+mod audit_tests;
+
 use crate::bdev::{
     BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, LOWER_SLOT, ReadStart,
     Start, find_layer,

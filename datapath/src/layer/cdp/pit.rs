@@ -7,7 +7,7 @@
 //! points inside the window `[0, last durable record]` (times inside `[creation, last record's
 //! time]`) are served; anything else is refused with the window named.
 
-use super::format::{Entry, Op, REC_HEADER};
+use super::format::{Entry, Op, REC_HEADER, RecHeader};
 use super::store::{self, CdpError, History};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -136,6 +136,28 @@ impl Segs<'_> {
         Ok(&self.open.as_ref().expect("just opened").1)
     }
 
+    /// Read the whole of write record `e` (header and payload) into `buf` and check it
+    /// ([`check_record`]); its payload is then `buf[REC_HEADER..]`.
+    fn record(
+        &mut self,
+        segno: u64,
+        e: &Entry,
+        vol_id: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), CdpError> {
+        buf.resize(REC_HEADER + e.len as usize, 0);
+        let dir = self.dir;
+        let path = store::seg_path(dir, segno);
+        self.file(segno)?
+            .read_exact_at(buf, e.pos)
+            .map_err(|source| CdpError::Io {
+                what: "read",
+                path: path.clone(),
+                source,
+            })?;
+        check_record(buf, e, vol_id, &path)
+    }
+
     /// Read the payload bytes `[from, from + out.len())` of record `e` (a volume offset range).
     fn payload(
         &mut self,
@@ -154,6 +176,58 @@ impl Segs<'_> {
                 source,
             })
     }
+}
+
+/// Check that `rec`, the bytes of record `e` (header and payload) of history `vol_id` read
+/// from segment file `path`, is still that record: its header CRC and fields, and its payload's
+/// CRC. The index an entry comes from was written when the segment was whole and says nothing
+/// of damage to the segment since; a reader that copies a record's payload into a file or a
+/// volume (a restore, a rollback in place, a view) must not copy a damaged one.
+pub(crate) fn check_record(
+    rec: &[u8],
+    e: &Entry,
+    vol_id: u64,
+    path: &Path,
+) -> Result<(), CdpError> {
+    let damaged = |why: &str| CdpError::Meta {
+        path: path.to_path_buf(),
+        why: format!(
+            "record {} at byte {} is damaged ({why}): it cannot be read back as it was journaled",
+            e.seq, e.pos
+        ),
+    };
+    let h = RecHeader::decode(rec, vol_id).map_err(|x| damaged(&x.to_string()))?;
+    if h.seq != e.seq || h.op != e.op || h.offset != e.offset || h.len != e.len {
+        return Err(damaged("its header names another record than the index"));
+    }
+    let payload = &rec[REC_HEADER..];
+    if payload.len() != h.payload_len as usize
+        || (!payload.is_empty() && crate::checksum::crc32c(payload) != h.payload_crc)
+    {
+        return Err(damaged("payload CRC"));
+    }
+    Ok(())
+}
+
+/// Refuse a base copy shorter than the volume: it is made at the volume's size and only
+/// written in place, so short it was damaged, and what lies past its end is not known (read
+/// as zeroes, a view and a restore served zeroes as the point's content).
+pub(crate) fn base_whole(base: &File, path: &Path, size: u64) -> Result<(), CdpError> {
+    let len = base
+        .metadata()
+        .map_err(|source| CdpError::Io {
+            what: "stat",
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if len < size {
+        return Err(CdpError::Meta {
+            path: path.to_path_buf(),
+            why: format!("the base copy holds {len} bytes of a volume of {size}: damaged"),
+        });
+    }
+    Ok(())
 }
 
 /// The content of `[offset, offset + len)` of the volume at point `p`.
@@ -490,6 +564,7 @@ fn restore_listed(
         .metadata()
         .map_err(err("stat the base copy for"))?
         .len();
+    base_whole(&base, &store::base_path(&h.dir), h.meta.size)?;
     let mut copied = 0u64;
     let mut w = f;
     loop {
@@ -519,9 +594,11 @@ fn restore_listed(
     for (done, (segno, e)) in h.entries().take_while(|(_, e)| e.seq <= seq).enumerate() {
         match e.op {
             Op::Write => {
-                buf.resize(e.len as usize, 0);
-                segs.payload(segno, e, e.offset, &mut buf)?;
-                f.write_all_at(&buf, e.offset).map_err(err("write"))?;
+                // Checked: a damaged record fails the restore (no file named), it is never
+                // written into a file that looks restored.
+                segs.record(segno, e, h.meta.vol_id, &mut buf)?;
+                f.write_all_at(&buf[REC_HEADER..], e.offset)
+                    .map_err(err("write"))?;
             }
             Op::Mark | Op::Pad | Op::Gap => {}
             Op::Zeroes | Op::Unmap => {

@@ -213,6 +213,16 @@ pub fn open_or_create(
             Ok(m)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // `cdp.meta` is written before any segment and only ever replaced by a rename:
+            // missing beside segments, it was lost, and a new history made here would write
+            // over the base copy (every consolidated record) and set every segment aside.
+            // Refused, as a damaged one is.
+            if !segment_numbers(dir)?.is_empty() {
+                return Err(CdpError::Meta {
+                    path: mp,
+                    why: "missing, but the directory holds a history's segments: refused (a new history would replace its base copy); put cdp.meta back, or move the directory's files away to start a new history".into(),
+                });
+            }
             let base = base_path(dir);
             let tmp = base.with_extension("tmp");
             File::create(&tmp).map_err(io_err("create", &tmp))?;
@@ -532,34 +542,52 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                     .read_to_end(&mut bytes)
                     .map_err(io_err("read", &path))?;
                 let s = format::scan(&bytes, meta.vol_id, meta.size, h.last_seq, h.last_time);
-                let i = Index {
-                    segno,
-                    end: s.end,
-                    entries: s.entries,
-                    clean: false,
-                };
-                if !last_file || mode == Load::Recover {
-                    // A cache: a failure to write it costs a scan next time.
-                    if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
-                        tracing::warn!(error = %e, "cdp: cannot write a segment index");
-                    }
-                }
                 // Zeroes or an earlier use's records may follow the end; a record of this use
                 // means the log was cut (docs/cdp-format.md, "Torn tail").
-                if let Some(why) = s.stopped
-                    && let Some(at) = format::later_record(
+                let later = s.stopped.as_ref().and_then(|_| {
+                    format::later_record(
                         &bytes,
                         s.end as usize,
                         meta.vol_id,
                         header.first_seq,
                         s.last_time,
                     )
+                });
+                let i = Index {
+                    segno,
+                    end: s.end,
+                    entries: s.entries,
+                    clean: false,
+                };
+                // A cache: a failure to write it costs a scan next time. Not a reader's index
+                // of a cut log: recovery would take its end for the log's and zero the records
+                // after the damage without scanning, so without keeping their copy below.
+                if (mode == Load::Recover || (!last_file && later.is_none()))
+                    && let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode())
+                {
+                    tracing::warn!(error = %e, "cdp: cannot write a segment index");
+                }
+                if let Some(why) = s.stopped
+                    && let Some(at) = later
                 {
                     // Records of this use after the damaged one: acknowledged ones if it is a
                     // corruption (in a sealed segment it always is; in the last, batches in
                     // flight at a crash may also follow a torn one). Before recovery zeroes
                     // them, a copy of the file is kept for an operator (`*.cut.damaged`).
-                    if mode == Load::Recover && (!last_file || at as u64 > s.end) {
+                    // In the last segment, a record found at the end itself is the torn one
+                    // (its header intact, its payload not): what matters is whether another
+                    // follows it (a payload damaged in the middle of the log, records after
+                    // it were acknowledged; before, they were zeroed with no copy kept).
+                    let follows = at as u64 > s.end
+                        || format::later_record(
+                            &bytes,
+                            at + 1,
+                            meta.vol_id,
+                            header.first_seq,
+                            s.last_time,
+                        )
+                        .is_some();
+                    if mode == Load::Recover && (!last_file || follows) {
                         keep_cut_copy(&path);
                     }
                     h.cut = Some(if at as u64 == s.end {
@@ -591,10 +619,12 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         }
         for &segno in &h.damaged {
             let p = seg_path(dir, segno);
-            let to = p.with_extension("cdp.damaged");
+            let to = aside_name(&p, "damaged");
             tracing::warn!(segment = %p.display(), "cdp: setting a segment after the end of the history aside");
-            std::fs::rename(&p, &to).map_err(io_err("rename", &p))?;
+            // The index first: left behind by a kill, it would name the records of a later
+            // segment of this number (the writer numbers its next one after the cut).
             let _ = std::fs::remove_file(idx_path(dir, segno));
+            std::fs::rename(&p, &to).map_err(io_err("rename", &p))?;
         }
         if !h.damaged.is_empty() {
             sync_dir(dir)?;
@@ -803,8 +833,8 @@ pub fn write_meta(dir: &Path, m: &Meta) -> Result<(), CdpError> {
     write_atomic(dir, &meta_path(dir), &m.encode())
 }
 
-/// The records of sealed segment `segno` (its index, or a scan that writes one), continuing
-/// a log whose last record had `prev_seq` and `prev_time`.
+/// The records of sealed segment `segno` (a scan, which writes its index), continuing a log
+/// whose last record had `prev_seq` and `prev_time`.
 pub fn segment_index(
     dir: &Path,
     meta: &Meta,
@@ -816,10 +846,16 @@ pub fn segment_index(
     Ok((h, i))
 }
 
-/// [`segment_index`], scanning (when there is no usable index) `mapped`, the segment file's
-/// whole bytes when the caller has them mapped, or else into `bytes`, a buffer the caller
-/// keeps from one segment to the next (fresh pages cost more than the copy); the last value
-/// says whether it read into `bytes`, and then `bytes` holds the whole segment file.
+/// [`segment_index`] for consolidation, which copies the records into the base copy and then
+/// retires the segment: always a scan (every record's CRCs checked), never the index, which
+/// was written when the segment was whole and says nothing of damage since (a pass that
+/// trusted it copied a damaged payload into the base copy, served at every later point, and
+/// retired the only other copy). It scans `mapped`, the segment file's whole bytes when the
+/// caller has them mapped, or else reads the file into `bytes`, a buffer the caller keeps from
+/// one segment to the next (fresh pages cost more than the copy); the last value says whether
+/// it read into `bytes`. A scan that finds a cut (a record of this use after where the log
+/// stops) removes the segment's index, so that the next start's recovery scans it and cuts
+/// there (keeping the copy of what it cuts) instead of trusting the index.
 pub fn segment_index_in(
     dir: &Path,
     meta: &Meta,
@@ -832,30 +868,37 @@ pub fn segment_index_in(
     let path = seg_path(dir, segno);
     let file = File::open(&path).map_err(io_err("open", &path))?;
     let header = read_header(&file, &path)?;
-    if let Some(i) = load_index(dir, &file, segno, meta)
-        .filter(|i| i.entries.first().is_none_or(|e| e.seq == prev_seq + 1))
-    {
-        return Ok((header, i, false));
-    }
-    let (s, read) = match mapped {
-        Some(m) => (
-            format::scan(m, meta.vol_id, meta.size, prev_seq, prev_time),
-            false,
-        ),
+    let read = mapped.is_none();
+    let seg: &[u8] = match mapped {
+        Some(m) => m,
         None => {
             bytes.clear();
             (&file).read_to_end(bytes).map_err(io_err("read", &path))?;
-            let s = format::scan(bytes, meta.vol_id, meta.size, prev_seq, prev_time);
-            (s, true)
+            bytes
         }
     };
+    let s = format::scan(seg, meta.vol_id, meta.size, prev_seq, prev_time);
+    let cut = s.stopped.is_some()
+        && format::later_record(
+            seg,
+            s.end as usize,
+            meta.vol_id,
+            header.first_seq,
+            s.last_time,
+        )
+        .is_some();
     let i = Index {
         segno,
         end: s.end,
         entries: s.entries,
         clean: false,
     };
-    if let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode()) {
+    if cut {
+        let _ = std::fs::remove_file(idx_path(dir, segno));
+    } else if load_index(dir, &file, segno, meta).is_none_or(|x| x != i)
+        && let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode())
+    {
+        // (Written only when missing or wrong: a pass that is held is repeated.)
         tracing::warn!(error = %e, "cdp: cannot write a segment index");
     }
     Ok((header, i, read))
@@ -878,11 +921,26 @@ fn read_header(file: &File, path: &Path) -> Result<SegHeader, CdpError> {
     })
 }
 
+/// A free name to set segment file `path` (or a copy of it) aside under: `seg-N.cdp.TAIL`,
+/// or `seg-N.cdp.K.TAIL` (K = 2, 3, ...) when that is taken. The writer numbers its next
+/// segment after the one cut, so a later recovery can set aside a segment of a number an
+/// earlier one set aside already: it must never replace those (acknowledged records) files.
+fn aside_name(path: &Path, tail: &str) -> PathBuf {
+    let first = path.with_extension(format!("cdp.{tail}"));
+    if !first.exists() {
+        return first;
+    }
+    (2u32..)
+        .map(|k| path.with_extension(format!("cdp.{k}.{tail}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
 /// Keep a copy of segment file `path`, cut before records that follow a damaged one, as
 /// `*.cut.damaged` (never read as history). Failing that (a full device), the cut goes on: the
 /// volume is served from a history that ends at the cut; the log says what was not kept.
 fn keep_cut_copy(path: &Path) {
-    let to = path.with_extension("cdp.cut.damaged");
+    let to = aside_name(path, "cut.damaged");
     // Durable (the copy and its name) before the original's records are zeroed.
     let copied = std::fs::copy(path, &to)
         .and_then(|_| File::open(&to)?.sync_all())
@@ -951,6 +1009,9 @@ pub fn create_segment(
     size: u64,
 ) -> Result<File, CdpError> {
     let path = seg_path(dir, segno);
+    // An index of this number left by a segment set aside or retired (a kill between the
+    // rename and the index's removal) is not this segment's.
+    remove_index(dir, segno)?;
     let f = if reuse_recycled(dir, segno, size)? {
         OpenOptions::new()
             .write(true)
@@ -990,6 +1051,17 @@ pub fn create_segment(
         .map_err(io_err("open", &path))
 }
 
+/// Delete a leftover index of segment number `segno` (a new segment of that number is
+/// being made), durably.
+fn remove_index(dir: &Path, segno: u64) -> Result<(), CdpError> {
+    let p = idx_path(dir, segno);
+    match std::fs::remove_file(&p) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", &p)(e)),
+    }
+}
+
 /// Prepare segment `segno` as a spare (off the reactor): a waiting consolidated segment's
 /// file if there is one (its blocks already written), else a new file preallocated, all
 /// zeroes where `zero` (its blocks written once, so later appends need no allocation by the
@@ -997,6 +1069,8 @@ pub fn create_segment(
 /// synced with its directory. A newest segment whose header is all zeroes is an unused spare
 /// to recovery.
 pub fn prepare_spare(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<(), CdpError> {
+    // (As in `create_segment`: a leftover index of the number is not this segment's.)
+    remove_index(dir, segno)?;
     // A consolidated segment's file first: its blocks stay allocated, so the journal
     // device's use does not move with every segment.
     if reuse_recycled(dir, segno, size)? {

@@ -109,6 +109,15 @@ impl Extents {
     }
 }
 
+/// A write record a view reads from, and whether it was checked whole already.
+#[derive(Debug)]
+struct Checked {
+    file: u32,
+    segno: u64,
+    entry: super::format::Entry,
+    ok: std::sync::atomic::AtomicBool,
+}
+
 /// What a view shows.
 #[derive(Clone, Debug)]
 pub struct ViewSpec {
@@ -138,7 +147,16 @@ struct PointContent {
     map: Extents,
     base: File,
     files: Vec<File>,
+    /// The write records the map may read from, in (file, position) order, each checked
+    /// (header and payload CRCs, [`pit::check_record`]) the first time a read takes a piece
+    /// of it: a segment's index says nothing of damage since it was written, and a view's
+    /// content feeds a rollback in place as well as hosts.
+    records: Vec<Checked>,
     hold: HoldFile,
+    /// The history's id (records of another never check).
+    vol_id: u64,
+    /// The history's directory (to name a damaged segment).
+    dir: PathBuf,
 }
 
 /// The directory of a history's view holds.
@@ -259,10 +277,19 @@ impl ViewDevice {
             file_of.insert(s.header.segno, files.len() as u32);
             files.push(File::open(&p).map_err(io_err("open", &p))?);
         }
+        let mut records = Vec::new();
         for (segno, e) in h.entries().take_while(|(_, e)| e.seq <= seq) {
             let end = e.offset.saturating_add(e.len).min(h.meta.size);
             if e.offset >= end {
                 continue;
+            }
+            if e.op == Op::Write {
+                records.push(Checked {
+                    file: file_of[&segno],
+                    segno,
+                    entry: *e,
+                    ok: false.into(),
+                });
             }
             match e.op {
                 Op::Write => map.set(
@@ -277,8 +304,22 @@ impl ViewDevice {
                 Op::Mark | Op::Pad | Op::Gap => {}
             }
         }
+        // Only the records the map still reads from are kept (a hot block's older records,
+        // overwritten before the point, are not read).
+        let mut used = vec![false; records.len()];
+        for &(_, src) in map.0.values() {
+            if let Src::Seg { file, pos } = src {
+                let i = records.partition_point(|r: &Checked| (r.file, r.entry.pos) <= (file, pos));
+                if let Some(u) = i.checked_sub(1).and_then(|i| used.get_mut(i)) {
+                    *u = true;
+                }
+            }
+        }
+        let mut used = used.into_iter();
+        records.retain(|_| used.next().unwrap_or(false));
         let bp = store::base_path(dir);
         let base = File::open(&bp).map_err(io_err("open", &bp))?;
+        pit::base_whole(&base, &bp, h.meta.size)?;
         drop(reading);
         let overlay = if spec.sandbox {
             let m =
@@ -299,7 +340,10 @@ impl ViewDevice {
                 map,
                 base,
                 files,
+                records,
                 hold,
+                vol_id: h.meta.vol_id,
+                dir: dir.clone(),
             }),
             overlay,
         })
@@ -339,9 +383,32 @@ impl PointContent {
             match src {
                 Src::Zero => dst.fill(0),
                 Src::Base => store::read_or_zero(&self.base, dst, s)?,
-                Src::Seg { file, pos } => self.files[file as usize].read_exact_at(dst, pos)?,
+                Src::Seg { file, pos } => {
+                    self.check(file, pos)?;
+                    self.files[file as usize].read_exact_at(dst, pos)?
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Check, once, the whole record whose payload holds byte `pos` of file `file`.
+    fn check(&self, file: u32, pos: u64) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let i = self
+            .records
+            .partition_point(|r| (r.file, r.entry.pos) <= (file, pos));
+        let Some(r) = i.checked_sub(1).map(|i| &self.records[i]) else {
+            return Err(std::io::Error::other("no record holds this piece"));
+        };
+        if r.ok.load(Relaxed) {
+            return Ok(());
+        }
+        let mut rec = vec![0u8; REC_HEADER + r.entry.len as usize];
+        self.files[file as usize].read_exact_at(&mut rec, r.entry.pos)?;
+        let path = store::seg_path(&self.dir, r.segno);
+        pit::check_record(&rec, &r.entry, self.vol_id, &path).map_err(std::io::Error::other)?;
+        r.ok.store(true, Relaxed);
         Ok(())
     }
 }
