@@ -20,7 +20,9 @@
 //!   answered after a session came back is given back ([`Grant::Unwanted`]), never acted on
 //!   beside a peer in session: otherwise the witness would keep this site as the
 //!   holder, and at the next loss deny the peer, even when this site is the one that is gone
-//!   (both sites down); a request not sent yet is withdrawn.
+//!   (both sites down); a request not sent yet is withdrawn
+//!   when the volume is alone in its group (the `want` flag is the group's: another volume may
+//!   still need it).
 
 use super::Mode;
 use crate::layer::mirror::failover::{DENIED, FailoverSlot, GRANTED, UNREACHABLE};
@@ -165,8 +167,14 @@ impl Witness {
         slot: &FailoverSlot,
         takeover_flag: &AtomicBool,
     ) -> Grant {
-        if !self.takeover && slot.want.swap(false, SeqCst) {
-            // Never sent: withdrawn.
+        // Never sent: withdrawn, only when this volume is its group's only one. The `want`
+        // flag is the group's: another volume of the group whose link is still down may have
+        // set it too (or set it again), and withdrawn with this one its request never reached
+        // the witness: it waited for an answer for ever, neither serving nor fenced (and the
+        // peer, denied on the tie while this site beat as preferred, fenced). In a group the
+        // request goes, and a grant answered is given back below, unless another volume of
+        // the group takes it first (`FailoverSlot::claim_grant` withdraws the release).
+        if !self.takeover && slot.members.load(SeqCst) <= 1 && slot.want.swap(false, SeqCst) {
             self.asked = false;
             return Grant::Wait;
         }

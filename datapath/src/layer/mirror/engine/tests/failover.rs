@@ -1119,3 +1119,54 @@ fn a_lost_grant_of_a_site_restarted_fenced_is_given_back_once_in_sync() {
         "the grant held for the restarted site was never given back"
     );
 }
+
+/// Two volumes of one group at site a (x and y, one failover slot: one `want` flag) lose their
+/// links; both tick, so the group's request is wanted. y's link returns before the failover
+/// thread took the request: y's request is not needed any more, but x's still is. x's request
+/// must still reach the witness (x is left asking, neither serving nor fenced, if it never
+/// does: and with a the group's preferred site, the peer is denied on the tie for as long as a
+/// beats, so the volume stops at both sites). Before, y withdrew the group's `want` flag, x's
+/// request with it, and x waited for an answer for ever.
+#[test]
+fn a_request_withdrawn_by_one_volume_of_the_group_still_reaches_the_witness_for_another() {
+    use crate::layer::mirror::failover::GRANTED;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(59);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    let now = Instant::now();
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "the group's request");
+    // y's link is back before the failover thread took the request.
+    ay.engine.link_up(&mut io);
+    by.engine.link_up(&mut io);
+    for _ in 0..3 {
+        ay.engine.tick(&mut io, now);
+        ax.engine.tick(&mut io, now);
+    }
+    assert!(
+        sa.want.swap(false, SeqCst),
+        "x's request was withdrawn with y's: x waits for an answer for ever"
+    );
+    // The thread answers: x serves alone, y gives nothing back (x serves on it).
+    sa.epoch.store(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    for _ in 0..2 {
+        ay.engine.tick(&mut io, now);
+        ax.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (ax.engine.mode(), ax.engine.grant_epoch),
+        (Mode::Survivor, 1)
+    );
+    let epoch = sa.release.load(SeqCst);
+    assert!(
+        epoch == 0 || !crate::layer::mirror::failover::release_wanted(&sa, epoch),
+        "the grant x serves on is given back"
+    );
+}
