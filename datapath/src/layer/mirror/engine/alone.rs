@@ -416,11 +416,23 @@ impl Engine {
         if slot.view_seq.load(SeqCst) <= after {
             return; // nothing said since the fence
         }
-        let Some((true, _, epoch)) = slot.view() else {
+        let Some((is_me, _, epoch)) = slot.view() else {
             return;
         };
-        if epoch <= self.given_back {
-            return; // (the grant this site gave back, as a heartbeat saw it before the release)
+        // (`epoch <= given_back`: the grant this site gave back, as a heartbeat saw it before
+        // the release.)
+        if !is_me || epoch <= self.given_back {
+            if self.mode == Mode::Mirroring {
+                // In sync, and the witness's word since the fence (or the restart) names no
+                // grant of this site's: the lost answer, if any, left nothing held (its
+                // request is older than the heartbeat answered). Looked at once: kept, a later
+                // grant of the group here (another volume's, its link down) was given back from
+                // here before that volume could claim it, which then stayed fenced as its
+                // peer, denied while this site held the group.
+                self.fenced_unanswered = None;
+                self.restored_fenced = false;
+            }
+            return;
         }
         let takeover = takeover || slot.takeover_at(epoch);
         if self.mode != Mode::Mirroring && !slot.claim_grant(epoch) {

@@ -1170,3 +1170,83 @@ fn a_request_withdrawn_by_one_volume_of_the_group_still_reaches_the_witness_for_
         "the grant x serves on is given back"
     );
 }
+
+/// Site b restarted fenced (its state says only "fenced"), was reconciled by a and mirrors
+/// again: the witness's word since names no grant of b's, so b holds none. Later, another
+/// volume x of b's group (one failover slot) loses its link and the group's request is granted
+/// to b, its answer lost: x fenced for want of it, and adopts the grant once the witness's
+/// word names b. Whatever order their ticks run in, the mirroring volume must not give that
+/// grant back: it is x's, not a lost grant of its own restart (given back, the failover thread
+/// released it before x could claim it, and x stayed fenced, as its peer, denied while b held
+/// the group: the volume stopped at both sites). Before, the restored fence was kept for good
+/// and every later grant of the group the mirroring volume saw was given back.
+#[test]
+fn a_site_restarted_fenced_gives_back_only_a_grant_held_when_it_came_in_sync() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(61);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    b.engine.cfg.state_file = Some(dir.path().join("b"));
+    b.engine.restore().expect("restore");
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    both_ask(&mut a, &mut b, &mut io, now);
+    sa.outcome.store(DENIED, SeqCst);
+    sb.outcome.store(DENIED, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    crash_and_restart(&mut b);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    // The witness's word, b in sync: nobody holds the group (nothing of b's to give back).
+    sb.publish_view(0, 0, 2);
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(sb.release.load(SeqCst), 0);
+    for x_first in [false, true] {
+        // Another volume of b's group: its link lost, the request granted, the answer lost.
+        let (_ax, _, mut bx, _) = traffic_then_cut(&mut io, &mut rng, &mut 0, 5);
+        bx.engine.cfg.failover = Some(Arc::clone(&sb));
+        bx.engine.tick(&mut io, now);
+        assert!(sb.want.swap(false, SeqCst), "x asks");
+        sb.outcome.store(UNREACHABLE, SeqCst);
+        bx.engine.tick(&mut io, now);
+        assert_eq!(bx.engine.mode(), Mode::Fenced);
+        let e = if x_first { 3 } else { 2 };
+        sb.publish_view(2, e, 2);
+        // The ticks, and the failover thread's release decision between them.
+        let thread = |sb: &crate::layer::mirror::failover::FailoverSlot| {
+            let r = sb.release.swap(0, SeqCst);
+            if r != 0 {
+                decide_release(sb, r);
+            }
+            sb.releasing.store(0, SeqCst);
+        };
+        if x_first {
+            bx.engine.tick(&mut io, now);
+            thread(&sb);
+            b.engine.tick(&mut io, now);
+            thread(&sb);
+        } else {
+            b.engine.tick(&mut io, now);
+            thread(&sb);
+            bx.engine.tick(&mut io, now);
+        }
+        assert_eq!(
+            (bx.engine.mode(), sb.released.load(SeqCst) >= e),
+            (Mode::Survivor, false),
+            "x first: {x_first}: the group's grant x adopts was given back by the mirroring volume"
+        );
+        // (x's resync ends later; here it just stops counting.)
+        sb.survivors.store(0, SeqCst);
+    }
+}
