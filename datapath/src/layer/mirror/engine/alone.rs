@@ -331,6 +331,15 @@ impl Engine {
                     takeover,
                 ));
             }
+            Grant::LostInSession => {
+                // Not fenced (the peer is in session): only watched for, so a grant the
+                // witness recorded is given back once its word names this site (before, it was
+                // held for good, and the witness denied the peer at the next loss).
+                self.fenced_unanswered = Some((
+                    slot.view_seq.load(std::sync::atomic::Ordering::SeqCst),
+                    false,
+                ));
+            }
             Grant::Unwanted { epoch } => {
                 if self.grant_epoch != epoch {
                     tracing::info!(volume = %self.cfg.name, epoch,

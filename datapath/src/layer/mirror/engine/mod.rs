@@ -276,8 +276,9 @@ pub struct Engine {
     acked_buf: Vec<usize>,
     /// The witness epoch this site holds as survivor.
     grant_epoch: u64,
-    /// Fenced for want of the witness's answer: the view sequence at the fence (its later word
-    /// may name this site the holder, `adopt_lost_grant`), and whether the request was an
+    /// Fenced for want of the witness's answer (or left unanswered after the session came
+    /// back, not fenced: `Grant::LostInSession`): the view sequence then (its later word may
+    /// name this site the holder, `adopt_lost_grant`), and whether the request was an
     /// operator's takeover.
     fenced_unanswered: Option<(u64, bool)>,
     /// The newest epoch this site gave back (or is giving back): the witness's word naming

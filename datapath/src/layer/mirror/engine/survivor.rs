@@ -45,6 +45,10 @@ pub(super) enum Grant {
     Unanswered { takeover: bool },
     /// Granted `epoch` after the session came back: give it back (see the module doc).
     Unwanted { epoch: u64 },
+    /// No answer, after the session came back: the witness may hold a grant for this site
+    /// nobody knows of; never acted on, given back once the witness's word names it
+    /// (`Engine::adopt_lost_grant`).
+    LostInSession,
 }
 
 /// What the witness part needs to know of the site, now.
@@ -190,6 +194,9 @@ impl Witness {
             GRANTED => Grant::Unwanted {
                 epoch: slot.epoch.load(SeqCst),
             },
+            // The witness may have recorded the grant, its answer lost: given back once its
+            // word names this site (as by a site fenced for want of an answer, mirroring again).
+            UNREACHABLE => Grant::LostInSession,
             _ => Grant::Wait,
         }
     }

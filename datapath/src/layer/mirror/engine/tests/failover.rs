@@ -1250,3 +1250,37 @@ fn a_site_restarted_fenced_gives_back_only_a_grant_held_when_it_came_in_sync() {
         sb.survivors.store(0, SeqCst);
     }
 }
+
+/// a loses its link and asks the witness; the failover thread sends the request; the session
+/// comes back before the answer, and the answer is lost (the witness recorded the grant: the
+/// thread says unreachable). a mirrors on, in session: it must still give back the grant the
+/// witness's word then names its own, as a site fenced for a lost answer does once mirroring
+/// again. Before, nothing did: the witness held the group for a for good, and at the next loss
+/// denied the peer, even with a the site gone.
+#[test]
+fn a_lost_answer_after_the_session_came_back_is_given_back() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(67);
+    let mut slot = 0;
+    let (mut a, sa, mut b, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "sent");
+    meet(&mut a, &mut b, &mut io);
+    a.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!(a.engine.mode(), Mode::Mirroring, "fenced beside its peer");
+    // The witness's next word: a holds the group at epoch 1.
+    sa.publish_view(1, 1, 1);
+    for _ in 0..2 {
+        a.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        sa.release.load(SeqCst),
+        1,
+        "the grant of a request answered after the session came back, its answer lost, is held for good"
+    );
+}
