@@ -365,7 +365,7 @@ impl Engine {
         if !slot.claim_grant(epoch) {
             tracing::warn!(volume = %self.cfg.name, epoch,
                 "mirror: the group's grant was given back by another volume; asking again");
-            self.witness.ask_again();
+            self.witness.ask_again(&self.stats.takeover);
             return;
         }
         if takeover {

@@ -72,6 +72,8 @@ pub(super) struct Witness {
     takeover: bool,
     /// The answer to the request since the link went down was acted on.
     answered: bool,
+    /// That answer was to an operator's takeover asked here.
+    answered_takeover: bool,
 }
 
 impl Witness {
@@ -81,10 +83,15 @@ impl Witness {
     }
 
     /// The grant answered was given back by another volume of the group before this one
-    /// could take it (`FailoverSlot::claim_grant`): ask for the group again.
-    pub(super) fn ask_again(&mut self) {
+    /// could take it (`FailoverSlot::claim_grant`): ask for the group again, an operator's
+    /// takeover as one (its flag raised again, so it is dropped if the link is up by then;
+    /// before, it was not asked again at all: the takeover vanished, the volume fenced).
+    pub(super) fn ask_again(&mut self, takeover_flag: &AtomicBool) {
         self.asked = false;
         self.answered = false;
+        if std::mem::take(&mut self.answered_takeover) {
+            takeover_flag.store(true, SeqCst);
+        }
     }
 
     /// The link went down: the next loss asks again.
@@ -146,6 +153,7 @@ impl Witness {
         takeover_flag.store(false, SeqCst);
         let takeover = std::mem::take(&mut self.takeover);
         self.answered = true;
+        self.answered_takeover = takeover;
         match outcome {
             GRANTED => Grant::Granted {
                 epoch: slot.epoch.load(SeqCst),

@@ -1284,3 +1284,40 @@ fn a_lost_answer_after_the_session_came_back_is_given_back() {
         "the grant of a request answered after the session came back, its answer lost, is held for good"
     );
 }
+
+/// An operator's takeover at a (fenced) is granted, but another volume of the group gave the
+/// group's grant back before a's tick could take it (its session came back before the answer,
+/// and the failover thread sent the release first). a does not serve on it (the witness may
+/// hold nothing for it now); it asks again, as the operator's takeover it was. Before, the
+/// grant was refused and nothing was asked: the operator's takeover vanished, the volume
+/// fenced, while the log said it asked again.
+#[test]
+fn a_takeover_whose_grant_another_volume_gave_back_is_asked_again() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut a, sa, _b, _, mut io, _rng, _) = cut_and_answer(71, UNREACHABLE, DENIED);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    // (Nothing adopted from a word meanwhile.)
+    a.engine.fenced_unanswered = None;
+    let now = Instant::now();
+    a.engine.stats().takeover.store(true, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "the takeover is not asked");
+    assert!(sa.takeover.swap(false, SeqCst));
+    sa.asking_takeover(0);
+    sa.epoch.store(1, SeqCst);
+    sa.granted_takeover.store(true, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    sa.publish_view(1, 1, 1);
+    // Another volume of the group gives it back, the thread sends the release first.
+    assert!(decide_release(&sa, 1));
+    sa.releasing.store(0, SeqCst);
+    sa.publish_view(0, 1, 1);
+    a.engine.tick(&mut io, now);
+    assert_ne!(a.engine.mode(), Mode::Survivor);
+    a.engine.tick(&mut io, now);
+    assert!(
+        sa.want.load(SeqCst) && sa.takeover.load(SeqCst),
+        "the operator's takeover is not asked again"
+    );
+}
