@@ -440,8 +440,26 @@ impl Engine {
                 // peer, denied while this site held the group.
                 self.fenced_unanswered = None;
                 self.restored_fenced = false;
+                self.lost_seen = None;
             }
             return;
+        }
+        if self.mode == Mode::Mirroring {
+            // Given back only at the witness's next word still naming this site (a heartbeat
+            // later), with no volume of the group serving alone on it by then: another volume
+            // of the group fenced for want of the same answer adopts it at its first tick
+            // after the first word. Released at once, the failover thread could send the
+            // release before that tick: that volume then refused the grant given back and
+            // stayed fenced, as its peer, denied while this site held the group.
+            let seq = slot.view_seq.load(SeqCst);
+            match self.lost_seen {
+                Some((e, s)) if e == epoch && seq > s => {}
+                Some((e, _)) if e == epoch => return,
+                _ => {
+                    self.lost_seen = Some((epoch, seq));
+                    return;
+                }
+            }
         }
         let takeover = takeover || slot.takeover_at(epoch);
         if self.mode != Mode::Mirroring && !slot.claim_grant(epoch) {
@@ -451,6 +469,7 @@ impl Engine {
         }
         self.fenced_unanswered = None;
         self.restored_fenced = false;
+        self.lost_seen = None;
         match self.mode {
             Mode::Fenced => {
                 tracing::warn!(volume = %self.cfg.name, epoch, takeover,

@@ -691,6 +691,11 @@ fn a_lost_grant_held_for_the_reconciliation_target_is_given_back() {
     sb.publish_view(2, 1, 2);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     b.engine.tick(&mut io, Instant::now());
+    // (Given back at the next word still naming b: a volume of the group fenced for the same
+    // answer adopts it first.)
+    assert_eq!(sb.release.load(SeqCst), 0);
+    sb.publish_view(2, 1, 2);
+    b.engine.tick(&mut io, Instant::now());
     assert_eq!(
         sb.release.load(SeqCst),
         1,
@@ -1113,6 +1118,9 @@ fn a_lost_grant_of_a_site_restarted_fenced_is_given_back_once_in_sync() {
     // The witness's word: b holds the group at epoch 1.
     sb.publish_view(2, 1, 2);
     b.engine.tick(&mut io, Instant::now());
+    // (Given back at the next word still naming b.)
+    sb.publish_view(2, 1, 2);
+    b.engine.tick(&mut io, Instant::now());
     assert_eq!(
         sb.release.load(SeqCst),
         1,
@@ -1275,9 +1283,10 @@ fn a_lost_answer_after_the_session_came_back_is_given_back() {
     assert_eq!(a.engine.mode(), Mode::Mirroring, "fenced beside its peer");
     // The witness's next word: a holds the group at epoch 1.
     sa.publish_view(1, 1, 1);
-    for _ in 0..2 {
-        a.engine.tick(&mut io, now);
-    }
+    a.engine.tick(&mut io, now);
+    // (Given back at the next word still naming a.)
+    sa.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, now);
     assert_eq!(
         sa.release.load(SeqCst),
         1,
@@ -1319,5 +1328,48 @@ fn a_takeover_whose_grant_another_volume_gave_back_is_asked_again() {
     assert!(
         sa.want.load(SeqCst) && sa.takeover.load(SeqCst),
         "the operator's takeover is not asked again"
+    );
+}
+
+/// As `a_lost_grant_adopted_by_one_volume_is_never_given_back_by_another`, with the failover
+/// thread's release decision between the ticks: y (mirroring again) reads the word naming a
+/// the holder first, and the thread takes y's release before x's tick. x, fenced for want of
+/// the answer, must still become the survivor (its peer was denied while a held the group, so
+/// if x stays fenced the volume serves nowhere). Before, y's release went out at once and x,
+/// rightly refusing a grant given back, stayed fenced with its peer.
+#[test]
+fn a_lost_grant_is_given_back_by_a_mirroring_volume_only_after_the_fenced_ones_could_adopt_it() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut ax, sa, _bx, _, mut io, _, _) = cut_and_answer(73, UNREACHABLE, DENIED);
+    let (mut ay, _, mut by, _, _, mut rng, _) = cut_and_answer(79, UNREACHABLE, DENIED);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    meet(&mut ay, &mut by, &mut io);
+    run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+    assert_eq!(
+        (ax.engine.mode(), ay.engine.mode()),
+        (Mode::Fenced, Mode::Mirroring)
+    );
+    let thread = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, Instant::now());
+    thread(&sa);
+    ax.engine.tick(&mut io, Instant::now());
+    thread(&sa);
+    // The next heartbeat's word.
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, Instant::now());
+    thread(&sa);
+    ax.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        (ax.engine.mode(), sa.released.load(SeqCst)),
+        (Mode::Survivor, 0),
+        "the lost grant was given back before the fenced volume could adopt it"
     );
 }
