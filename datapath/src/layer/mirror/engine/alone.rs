@@ -331,6 +331,15 @@ impl Engine {
                     takeover,
                 ));
             }
+            Grant::LostInSession => {
+                // Not fenced (the peer is in session): only watched for, so a grant the
+                // witness recorded is given back once its word names this site (before, it was
+                // held for good, and the witness denied the peer at the next loss).
+                self.fenced_unanswered = Some((
+                    slot.view_seq.load(std::sync::atomic::Ordering::SeqCst),
+                    false,
+                ));
+            }
             Grant::Unwanted { epoch } => {
                 if self.grant_epoch != epoch {
                     tracing::info!(volume = %self.cfg.name, epoch,
@@ -356,7 +365,7 @@ impl Engine {
         if !slot.claim_grant(epoch) {
             tracing::warn!(volume = %self.cfg.name, epoch,
                 "mirror: the group's grant was given back by another volume; asking again");
-            self.witness.ask_again();
+            self.witness.ask_again(&self.stats.takeover);
             return;
         }
         if takeover {
@@ -416,11 +425,41 @@ impl Engine {
         if slot.view_seq.load(SeqCst) <= after {
             return; // nothing said since the fence
         }
-        let Some((true, _, epoch)) = slot.view() else {
+        let Some((is_me, _, epoch)) = slot.view() else {
             return;
         };
-        if epoch <= self.given_back {
-            return; // (the grant this site gave back, as a heartbeat saw it before the release)
+        // (`epoch <= given_back`: the grant this site gave back, as a heartbeat saw it before
+        // the release.)
+        if !is_me || epoch <= self.given_back {
+            if self.mode == Mode::Mirroring {
+                // In sync, and the witness's word since the fence (or the restart) names no
+                // grant of this site's: the lost answer, if any, left nothing held (its
+                // request is older than the heartbeat answered). Looked at once: kept, a later
+                // grant of the group here (another volume's, its link down) was given back from
+                // here before that volume could claim it, which then stayed fenced as its
+                // peer, denied while this site held the group.
+                self.fenced_unanswered = None;
+                self.restored_fenced = false;
+                self.lost_seen = None;
+            }
+            return;
+        }
+        if self.mode == Mode::Mirroring {
+            // Given back only at the witness's next word still naming this site (a heartbeat
+            // later), with no volume of the group serving alone on it by then: another volume
+            // of the group fenced for want of the same answer adopts it at its first tick
+            // after the first word. Released at once, the failover thread could send the
+            // release before that tick: that volume then refused the grant given back and
+            // stayed fenced, as its peer, denied while this site held the group.
+            let seq = slot.view_seq.load(SeqCst);
+            match self.lost_seen {
+                Some((e, s)) if e == epoch && seq > s => {}
+                Some((e, _)) if e == epoch => return,
+                _ => {
+                    self.lost_seen = Some((epoch, seq));
+                    return;
+                }
+            }
         }
         let takeover = takeover || slot.takeover_at(epoch);
         if self.mode != Mode::Mirroring && !slot.claim_grant(epoch) {
@@ -430,6 +469,7 @@ impl Engine {
         }
         self.fenced_unanswered = None;
         self.restored_fenced = false;
+        self.lost_seen = None;
         match self.mode {
             Mode::Fenced => {
                 tracing::warn!(volume = %self.cfg.name, epoch, takeover,

@@ -276,8 +276,9 @@ pub struct Engine {
     acked_buf: Vec<usize>,
     /// The witness epoch this site holds as survivor.
     grant_epoch: u64,
-    /// Fenced for want of the witness's answer: the view sequence at the fence (its later word
-    /// may name this site the holder, `adopt_lost_grant`), and whether the request was an
+    /// Fenced for want of the witness's answer (or left unanswered after the session came
+    /// back, not fenced: `Grant::LostInSession`): the view sequence then (its later word may
+    /// name this site the holder, `adopt_lost_grant`), and whether the request was an
     /// operator's takeover.
     fenced_unanswered: Option<(u64, bool)>,
     /// The newest epoch this site gave back (or is giving back): the witness's word naming
@@ -287,6 +288,10 @@ pub struct Engine {
     /// want of the witness's answer: once in sync again, a grant the witness's word names
     /// this site's is given back (`adopt_lost_grant`), as after a fence seen here.
     restored_fenced: bool,
+    /// Mirroring again, the witness's word first named this site the holder of a lost grant
+    /// at this (epoch, view sequence): given back only at a later word (`adopt_lost_grant`),
+    /// so another volume of the group, fenced for want of the same answer, adopts it first.
+    lost_seen: Option<(u64, u64)>,
     /// The session in which this site last finished receiving a resync (0: none): its source
     /// may still push metadata states in it (`takes_peer_meta_state`).
     resync_received_in: u32,
@@ -381,6 +386,7 @@ impl Engine {
             fenced_unanswered: None,
             given_back: 0,
             resync_received_in: 0,
+            lost_seen: None,
             restored_fenced: false,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),

@@ -20,7 +20,9 @@
 //!   answered after a session came back is given back ([`Grant::Unwanted`]), never acted on
 //!   beside a peer in session: otherwise the witness would keep this site as the
 //!   holder, and at the next loss deny the peer, even when this site is the one that is gone
-//!   (both sites down); a request not sent yet is withdrawn.
+//!   (both sites down); a request not sent yet is withdrawn
+//!   when the volume is alone in its group (the `want` flag is the group's: another volume may
+//!   still need it).
 
 use super::Mode;
 use crate::layer::mirror::failover::{DENIED, FailoverSlot, GRANTED, UNREACHABLE};
@@ -43,6 +45,10 @@ pub(super) enum Grant {
     Unanswered { takeover: bool },
     /// Granted `epoch` after the session came back: give it back (see the module doc).
     Unwanted { epoch: u64 },
+    /// No answer, after the session came back: the witness may hold a grant for this site
+    /// nobody knows of; never acted on, given back once the witness's word names it
+    /// (`Engine::adopt_lost_grant`).
+    LostInSession,
 }
 
 /// What the witness part needs to know of the site, now.
@@ -66,6 +72,8 @@ pub(super) struct Witness {
     takeover: bool,
     /// The answer to the request since the link went down was acted on.
     answered: bool,
+    /// That answer was to an operator's takeover asked here.
+    answered_takeover: bool,
 }
 
 impl Witness {
@@ -75,10 +83,15 @@ impl Witness {
     }
 
     /// The grant answered was given back by another volume of the group before this one
-    /// could take it (`FailoverSlot::claim_grant`): ask for the group again.
-    pub(super) fn ask_again(&mut self) {
+    /// could take it (`FailoverSlot::claim_grant`): ask for the group again, an operator's
+    /// takeover as one (its flag raised again, so it is dropped if the link is up by then;
+    /// before, it was not asked again at all: the takeover vanished, the volume fenced).
+    pub(super) fn ask_again(&mut self, takeover_flag: &AtomicBool) {
         self.asked = false;
         self.answered = false;
+        if std::mem::take(&mut self.answered_takeover) {
+            takeover_flag.store(true, SeqCst);
+        }
     }
 
     /// The link went down: the next loss asks again.
@@ -140,6 +153,7 @@ impl Witness {
         takeover_flag.store(false, SeqCst);
         let takeover = std::mem::take(&mut self.takeover);
         self.answered = true;
+        self.answered_takeover = takeover;
         match outcome {
             GRANTED => Grant::Granted {
                 epoch: slot.epoch.load(SeqCst),
@@ -165,8 +179,14 @@ impl Witness {
         slot: &FailoverSlot,
         takeover_flag: &AtomicBool,
     ) -> Grant {
-        if !self.takeover && slot.want.swap(false, SeqCst) {
-            // Never sent: withdrawn.
+        // Never sent: withdrawn, only when this volume is its group's only one. The `want`
+        // flag is the group's: another volume of the group whose link is still down may have
+        // set it too (or set it again), and withdrawn with this one its request never reached
+        // the witness: it waited for an answer for ever, neither serving nor fenced (and the
+        // peer, denied on the tie while this site beat as preferred, fenced). In a group the
+        // request goes, and a grant answered is given back below, unless another volume of
+        // the group takes it first (`FailoverSlot::claim_grant` withdraws the release).
+        if !self.takeover && slot.members.load(SeqCst) <= 1 && slot.want.swap(false, SeqCst) {
             self.asked = false;
             return Grant::Wait;
         }
@@ -182,6 +202,9 @@ impl Witness {
             GRANTED => Grant::Unwanted {
                 epoch: slot.epoch.load(SeqCst),
             },
+            // The witness may have recorded the grant, its answer lost: given back once its
+            // word names this site (as by a site fenced for want of an answer, mirroring again).
+            UNREACHABLE => Grant::LostInSession,
             _ => Grant::Wait,
         }
     }

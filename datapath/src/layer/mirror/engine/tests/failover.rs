@@ -691,6 +691,11 @@ fn a_lost_grant_held_for_the_reconciliation_target_is_given_back() {
     sb.publish_view(2, 1, 2);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     b.engine.tick(&mut io, Instant::now());
+    // (Given back at the next word still naming b: a volume of the group fenced for the same
+    // answer adopts it first.)
+    assert_eq!(sb.release.load(SeqCst), 0);
+    sb.publish_view(2, 1, 2);
+    b.engine.tick(&mut io, Instant::now());
     assert_eq!(
         sb.release.load(SeqCst),
         1,
@@ -1113,9 +1118,258 @@ fn a_lost_grant_of_a_site_restarted_fenced_is_given_back_once_in_sync() {
     // The witness's word: b holds the group at epoch 1.
     sb.publish_view(2, 1, 2);
     b.engine.tick(&mut io, Instant::now());
+    // (Given back at the next word still naming b.)
+    sb.publish_view(2, 1, 2);
+    b.engine.tick(&mut io, Instant::now());
     assert_eq!(
         sb.release.load(SeqCst),
         1,
         "the grant held for the restarted site was never given back"
+    );
+}
+
+/// Two volumes of one group at site a (x and y, one failover slot: one `want` flag) lose their
+/// links; both tick, so the group's request is wanted. y's link returns before the failover
+/// thread took the request: y's request is not needed any more, but x's still is. x's request
+/// must still reach the witness (x is left asking, neither serving nor fenced, if it never
+/// does: and with a the group's preferred site, the peer is denied on the tie for as long as a
+/// beats, so the volume stops at both sites). Before, y withdrew the group's `want` flag, x's
+/// request with it, and x waited for an answer for ever.
+#[test]
+fn a_request_withdrawn_by_one_volume_of_the_group_still_reaches_the_witness_for_another() {
+    use crate::layer::mirror::failover::GRANTED;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(59);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    let now = Instant::now();
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "the group's request");
+    // y's link is back before the failover thread took the request.
+    ay.engine.link_up(&mut io);
+    by.engine.link_up(&mut io);
+    for _ in 0..3 {
+        ay.engine.tick(&mut io, now);
+        ax.engine.tick(&mut io, now);
+    }
+    assert!(
+        sa.want.swap(false, SeqCst),
+        "x's request was withdrawn with y's: x waits for an answer for ever"
+    );
+    // The thread answers: x serves alone, y gives nothing back (x serves on it).
+    sa.epoch.store(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    for _ in 0..2 {
+        ay.engine.tick(&mut io, now);
+        ax.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (ax.engine.mode(), ax.engine.grant_epoch),
+        (Mode::Survivor, 1)
+    );
+    let epoch = sa.release.load(SeqCst);
+    assert!(
+        epoch == 0 || !crate::layer::mirror::failover::release_wanted(&sa, epoch),
+        "the grant x serves on is given back"
+    );
+}
+
+/// Site b restarted fenced (its state says only "fenced"), was reconciled by a and mirrors
+/// again: the witness's word since names no grant of b's, so b holds none. Later, another
+/// volume x of b's group (one failover slot) loses its link and the group's request is granted
+/// to b, its answer lost: x fenced for want of it, and adopts the grant once the witness's
+/// word names b. Whatever order their ticks run in, the mirroring volume must not give that
+/// grant back: it is x's, not a lost grant of its own restart (given back, the failover thread
+/// released it before x could claim it, and x stayed fenced, as its peer, denied while b held
+/// the group: the volume stopped at both sites). Before, the restored fence was kept for good
+/// and every later grant of the group the mirroring volume saw was given back.
+#[test]
+fn a_site_restarted_fenced_gives_back_only_a_grant_held_when_it_came_in_sync() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(61);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    b.engine.cfg.state_file = Some(dir.path().join("b"));
+    b.engine.restore().expect("restore");
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    both_ask(&mut a, &mut b, &mut io, now);
+    sa.outcome.store(DENIED, SeqCst);
+    sb.outcome.store(DENIED, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    crash_and_restart(&mut b);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    // The witness's word, b in sync: nobody holds the group (nothing of b's to give back).
+    sb.publish_view(0, 0, 2);
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(sb.release.load(SeqCst), 0);
+    for x_first in [false, true] {
+        // Another volume of b's group: its link lost, the request granted, the answer lost.
+        let (_ax, _, mut bx, _) = traffic_then_cut(&mut io, &mut rng, &mut 0, 5);
+        bx.engine.cfg.failover = Some(Arc::clone(&sb));
+        bx.engine.tick(&mut io, now);
+        assert!(sb.want.swap(false, SeqCst), "x asks");
+        sb.outcome.store(UNREACHABLE, SeqCst);
+        bx.engine.tick(&mut io, now);
+        assert_eq!(bx.engine.mode(), Mode::Fenced);
+        let e = if x_first { 3 } else { 2 };
+        sb.publish_view(2, e, 2);
+        // The ticks, and the failover thread's release decision between them.
+        let thread = |sb: &crate::layer::mirror::failover::FailoverSlot| {
+            let r = sb.release.swap(0, SeqCst);
+            if r != 0 {
+                decide_release(sb, r);
+            }
+            sb.releasing.store(0, SeqCst);
+        };
+        if x_first {
+            bx.engine.tick(&mut io, now);
+            thread(&sb);
+            b.engine.tick(&mut io, now);
+            thread(&sb);
+        } else {
+            b.engine.tick(&mut io, now);
+            thread(&sb);
+            bx.engine.tick(&mut io, now);
+        }
+        assert_eq!(
+            (bx.engine.mode(), sb.released.load(SeqCst) >= e),
+            (Mode::Survivor, false),
+            "x first: {x_first}: the group's grant x adopts was given back by the mirroring volume"
+        );
+        // (x's resync ends later; here it just stops counting.)
+        sb.survivors.store(0, SeqCst);
+    }
+}
+
+/// a loses its link and asks the witness; the failover thread sends the request; the session
+/// comes back before the answer, and the answer is lost (the witness recorded the grant: the
+/// thread says unreachable). a mirrors on, in session: it must still give back the grant the
+/// witness's word then names its own, as a site fenced for a lost answer does once mirroring
+/// again. Before, nothing did: the witness held the group for a for good, and at the next loss
+/// denied the peer, even with a the site gone.
+#[test]
+fn a_lost_answer_after_the_session_came_back_is_given_back() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(67);
+    let mut slot = 0;
+    let (mut a, sa, mut b, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "sent");
+    meet(&mut a, &mut b, &mut io);
+    a.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!(a.engine.mode(), Mode::Mirroring, "fenced beside its peer");
+    // The witness's next word: a holds the group at epoch 1.
+    sa.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, now);
+    // (Given back at the next word still naming a.)
+    sa.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, now);
+    assert_eq!(
+        sa.release.load(SeqCst),
+        1,
+        "the grant of a request answered after the session came back, its answer lost, is held for good"
+    );
+}
+
+/// An operator's takeover at a (fenced) is granted, but another volume of the group gave the
+/// group's grant back before a's tick could take it (its session came back before the answer,
+/// and the failover thread sent the release first). a does not serve on it (the witness may
+/// hold nothing for it now); it asks again, as the operator's takeover it was. Before, the
+/// grant was refused and nothing was asked: the operator's takeover vanished, the volume
+/// fenced, while the log said it asked again.
+#[test]
+fn a_takeover_whose_grant_another_volume_gave_back_is_asked_again() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut a, sa, _b, _, mut io, _rng, _) = cut_and_answer(71, UNREACHABLE, DENIED);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    // (Nothing adopted from a word meanwhile.)
+    a.engine.fenced_unanswered = None;
+    let now = Instant::now();
+    a.engine.stats().takeover.store(true, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "the takeover is not asked");
+    assert!(sa.takeover.swap(false, SeqCst));
+    sa.asking_takeover(0);
+    sa.epoch.store(1, SeqCst);
+    sa.granted_takeover.store(true, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    sa.publish_view(1, 1, 1);
+    // Another volume of the group gives it back, the thread sends the release first.
+    assert!(decide_release(&sa, 1));
+    sa.releasing.store(0, SeqCst);
+    sa.publish_view(0, 1, 1);
+    a.engine.tick(&mut io, now);
+    assert_ne!(a.engine.mode(), Mode::Survivor);
+    a.engine.tick(&mut io, now);
+    assert!(
+        sa.want.load(SeqCst) && sa.takeover.load(SeqCst),
+        "the operator's takeover is not asked again"
+    );
+}
+
+/// As `a_lost_grant_adopted_by_one_volume_is_never_given_back_by_another`, with the failover
+/// thread's release decision between the ticks: y (mirroring again) reads the word naming a
+/// the holder first, and the thread takes y's release before x's tick. x, fenced for want of
+/// the answer, must still become the survivor (its peer was denied while a held the group, so
+/// if x stays fenced the volume serves nowhere). Before, y's release went out at once and x,
+/// rightly refusing a grant given back, stayed fenced with its peer.
+#[test]
+fn a_lost_grant_is_given_back_by_a_mirroring_volume_only_after_the_fenced_ones_could_adopt_it() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut ax, sa, _bx, _, mut io, _, _) = cut_and_answer(73, UNREACHABLE, DENIED);
+    let (mut ay, _, mut by, _, _, mut rng, _) = cut_and_answer(79, UNREACHABLE, DENIED);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    meet(&mut ay, &mut by, &mut io);
+    run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+    assert_eq!(
+        (ax.engine.mode(), ay.engine.mode()),
+        (Mode::Fenced, Mode::Mirroring)
+    );
+    let thread = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, Instant::now());
+    thread(&sa);
+    ax.engine.tick(&mut io, Instant::now());
+    thread(&sa);
+    // The next heartbeat's word.
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, Instant::now());
+    thread(&sa);
+    ax.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        (ax.engine.mode(), sa.released.load(SeqCst)),
+        (Mode::Survivor, 0),
+        "the lost grant was given back before the fenced volume could adopt it"
     );
 }
