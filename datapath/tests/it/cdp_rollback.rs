@@ -735,3 +735,66 @@ fn a_rollback_is_confirmed_while_the_daemon_serves() {
     assert!(out.contains("confirmed"), "{out}");
     assert!(s.rpc("cdp_status")[0]["rollback"].is_null());
 }
+
+/// A rollback whose point reads a record damaged after it was written (bit rot in a sealed
+/// segment) is refused before anything changes: no marker, the volume untouched, the daemon
+/// starts and serves. (Before, the run wrote its "running" marker, then failed at the damaged
+/// record part way through the volume: the daemon refused to start over the half rolled-back
+/// volume, and a rerun met the same record, so neither the rollback nor its undo could finish.)
+#[test]
+fn a_rollback_through_a_damaged_record_is_refused_before_anything_changes() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["v"];
+    let (mut s, cfg, dirs) = one_volume(root.path());
+    let log = workload(s.addr, &names, &dirs, 2, 10);
+    let t = log[5].1;
+    // The whole volume rewritten after the point: every block is to roll back.
+    for k in 0..4u64 {
+        let mut c = Client::connect(s.addr, "v", false);
+        assert_eq!(c.write(k << 20, &pattern(950 + k, 1 << 20)), 0);
+        c.disconnect();
+    }
+    assert!(s.stop());
+    // The sealed segments' indexes written (as any reader writes them)...
+    store::load(&dirs[0], Load::Recover).expect("history");
+    // ...then update 2 (before the point, its blocks overwritten by no other update up to
+    // it) rots in its sealed segment: a byte of its payload flipped.
+    let ((_, _, data), _) = &log[2];
+    let probe = &data[..64];
+    let mut damaged = false;
+    for e in std::fs::read_dir(&dirs[0]).unwrap().flatten() {
+        let p = e.path();
+        if !p.to_string_lossy().ends_with(".cdp") {
+            continue;
+        }
+        let mut seg = std::fs::read(&p).unwrap();
+        if let Some(at) = seg.windows(probe.len()).position(|w| w == probe) {
+            seg[at + 100] ^= 0x40;
+            std::fs::write(&p, &seg).unwrap();
+            damaged = true;
+            break;
+        }
+    }
+    assert!(damaged, "update 2's record not found in a segment");
+    let img = root.path().join("a-v.img");
+    let before = std::fs::read(&img).unwrap();
+    refused(
+        &rollback(&cfg, &["--volume", "v", "--time", &t.to_string()]),
+        "damaged",
+    );
+    assert!(
+        twinblk::layer::cdp::rollback::load_marker(&dirs[0])
+            .unwrap()
+            .is_none(),
+        "a marker was written"
+    );
+    assert!(std::fs::read(&img).unwrap() == before, "the volume changed");
+    let mut s = s.respawn();
+    let mut c = Client::connect(s.addr, "v", false);
+    assert!(
+        c.read(0, SIZE as u32).unwrap() == before,
+        "the daemon serves the volume as it was"
+    );
+    c.disconnect();
+    assert!(s.stop());
+}

@@ -22,8 +22,10 @@
 //! Invariants:
 //! - Nothing changes (directory, volume, mirror state) before every check has passed: the
 //!   daemon lock is held, the point is in the window, the marker allows this run, and the
-//!   mirror state allows it ([`prepare`]). Then only an `--all` run's records of the volume's
-//!   own content may precede the marker (true records: the volume is not written yet).
+//!   mirror state allows it ([`prepare`]), and every record the run and its undo read over
+//!   the candidate regions is intact (`verify_readable`: a damaged one refuses the run).
+//!   Then only an `--all` run's records of the volume's own content may precede the marker
+//!   (true records: the volume is not written yet).
 //! - Every block written into the volume is in a durable journal record first (journal
 //!   before data), so a crash leaves the history covering the volume, the marker "running"
 //!   (the daemon then refuses to start) and a rerun completes the rollback: blocks already
@@ -588,6 +590,34 @@ enum Sweep {
 /// differing blocks as `how` says (journal before data: a batch's blocks are written only
 /// once the batch is durable).
 #[allow(clippy::too_many_arguments)]
+/// Read `ranges` at each of `points` through a view (which checks each record it takes from
+/// whole, header and payload CRC): a refusal naming the first that cannot be read.
+fn verify_readable(t: &Target, ranges: &[(u64, u64)], points: &[u64]) -> Result<(), CdpError> {
+    let mut buf = vec![0u8; CHUNK as usize];
+    for &seq in points {
+        let view = ViewDevice::open(&ViewSpec {
+            dir: t.dir.clone(),
+            point: Point::Seq(seq),
+            sandbox: false,
+        })?;
+        for &(start, end) in ranges {
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(CHUNK) as usize;
+                view.read_point(at, &mut buf[..n]).map_err(|e| {
+                    CdpError::Refused(format!(
+                        "volume {}: its history cannot be read at sequence {seq} between bytes {at} and {} ({e}): a damaged record (docs/cdp-format.md, \"Rollback in place\"); nothing was changed",
+                        t.name,
+                        at + n as u64
+                    ))
+                })?;
+                at += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn sweep(
     t: &Target,
     vol: &File,
@@ -777,6 +807,13 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
         app.low = None;
     }
     let before = p.resume_before.unwrap_or(app.next_seq - 1);
+    if p.resume_before.is_none() {
+        // Before the marker: every record the run (the point) and its undo (`before`) read
+        // over these ranges is intact, so a damaged one refuses the run with nothing changed
+        // rather than stop it part way with the daemon refusing to start (a rerun or an undo
+        // would meet the same record).
+        verify_readable(t, &ranges, &[p.seq, before])?;
+    }
     // A rerun keeps the interrupted run's start: retention holds every record after it.
     let started = match (p.resume_before, p.found) {
         (Some(_), Some(m)) => m.started,
