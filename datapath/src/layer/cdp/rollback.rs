@@ -589,7 +589,6 @@ enum Sweep {
 /// Compare `ranges` of `vol` with `view`'s point, block by block, and journal every run of
 /// differing blocks as `how` says (journal before data: a batch's blocks are written only
 /// once the batch is durable).
-#[allow(clippy::too_many_arguments)]
 /// Read `ranges` at each of `points` through a view (which checks each record it takes from
 /// whole, header and payload CRC): a refusal naming the first that cannot be read.
 fn verify_readable(t: &Target, ranges: &[(u64, u64)], points: &[u64]) -> Result<(), CdpError> {
@@ -618,6 +617,7 @@ fn verify_readable(t: &Target, ranges: &[(u64, u64)], points: &[u64]) -> Result<
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn sweep(
     t: &Target,
     vol: &File,
