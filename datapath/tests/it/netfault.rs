@@ -459,8 +459,8 @@ const KNOWN_BAD: &[(Kind, Option<usize>)] = &[];
 const STALE_READS_KNOWN_BAD: &[Kind] = &[];
 
 /// Where the DiskErr range lies (outside both writers' regions), and its length.
-const ERR_OFF: u64 = 8 << 20;
-const ERR_LEN: u64 = 64 << 10;
+pub(crate) const ERR_OFF: u64 = 8 << 20;
+pub(crate) const ERR_LEN: u64 = 64 << 10;
 /// Where QuickKill's burst of pipelined writes goes (64 blocks from each site), outside the
 /// writers' regions so that no later write hides a difference between the replicas.
 pub(crate) const BURST_OFF: u64 = 12 << 20;
@@ -482,7 +482,7 @@ pub(crate) fn site_name(x: usize) -> &'static str {
 
 /// A block as the writers write it: seed, offset, then the seed's pattern. Seed 0 is never
 /// written, so an all-zero block is one never written.
-fn block(seed: u64, off: u64) -> Vec<u8> {
+pub(crate) fn block(seed: u64, off: u64) -> Vec<u8> {
     let mut b = Vec::with_capacity(4096);
     b.extend_from_slice(&seed.to_le_bytes());
     b.extend_from_slice(&off.to_le_bytes());
@@ -996,75 +996,20 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         Kind::DiskErr => {
             // A burst of writes over the failing range, from a random site.
             let from = (xorshift(rnd) % 2) as usize;
-            let mut c = try_connect(*addrs[from].lock().unwrap()).unwrap();
-            let (mut ok, mut eio) = (0, 0);
-            for i in 0..(ERR_LEN / 4096) {
-                let off = ERR_OFF + i * 4096;
-                let seed = (1 << 41) + i;
-                let issued = Instant::now();
-                let e = nbd_io(&mut c, cmd::WRITE, off, 4096, &block(seed, off), None)
-                    .expect("write over the failing range answered");
-                let acked = (e == 0).then(Instant::now);
-                if e == 0 {
-                    ok += 1
-                } else {
-                    eio += 1
-                }
-                extra_writes.push(Wr {
-                    off,
-                    seed,
-                    issued,
-                    acked,
-                });
-            }
+            let (ok, eio) =
+                inject::write_burst(*addrs[from].lock().unwrap(), 1 << 41, &mut extra_writes);
             note = format!(
                 "burst from {}: {ok} acknowledged, {eio} failed",
                 site_name(from)
             );
         }
         Kind::ReadErr => {
-            // Written (the range reads bad at x only, so these are acknowledged)...
+            // Written (the range reads bad at x only, so these are acknowledged), then read
+            // back at x, where its device fails the reads.
             let from = (xorshift(rnd) % 2) as usize;
-            let mut c = try_connect(*addrs[from].lock().unwrap()).unwrap();
-            let mut ok = 0;
-            for i in 0..(ERR_LEN / 4096) {
-                let off = ERR_OFF + i * 4096;
-                let seed = (1 << 42) + i;
-                let issued = Instant::now();
-                let e = nbd_io(&mut c, cmd::WRITE, off, 4096, &block(seed, off), None)
-                    .expect("write over the unreadable range answered");
-                let acked = (e == 0).then(Instant::now);
-                ok += usize::from(e == 0);
-                extra_writes.push(Wr {
-                    off,
-                    seed,
-                    issued,
-                    acked,
-                });
-            }
-            // ...then read back at x, where its device fails the reads.
-            let (mut got, mut failed) = (0, 0);
-            let mut d = vec![0u8; 4096];
-            if let Some(mut c) = try_connect(*addrs[x].lock().unwrap()) {
-                for i in 0..(ERR_LEN / 4096) {
-                    let off = ERR_OFF + i * 4096;
-                    let issued = Instant::now();
-                    match nbd_io(&mut c, cmd::READ, off, 4096, &[], Some(&mut d)) {
-                        Ok(0) => {
-                            got += 1;
-                            extra_reads.push(Rd {
-                                site: x,
-                                off,
-                                seed: classify(&d, off),
-                                issued,
-                                done: Instant::now(),
-                            });
-                        }
-                        Ok(_) => failed += 1,
-                        Err(_) => break,
-                    }
-                }
-            }
+            let (ok, _) =
+                inject::write_burst(*addrs[from].lock().unwrap(), 1 << 42, &mut extra_writes);
+            let (got, failed) = inject::read_burst(*addrs[x].lock().unwrap(), x, &mut extra_reads);
             note = format!(
                 "burst from {}: {ok} acknowledged; read back at {}: {got} returned data, {failed} failed",
                 site_name(from),

@@ -1,8 +1,10 @@
 //! What the randomised soak injects besides kills, cuts and freezes (netfault.rs): a forged
-//! peer at a site's replication port, and oversize requests (5 GiB of write-zeroes and unmap
-//! as NBD requests of the largest size one can carry).
+//! peer at a site's replication port, oversize requests (5 GiB of write-zeroes and unmap
+//! as NBD requests of the largest size one can carry), and the bursts over a failing range.
 
-use crate::netfault::{nbd_io, site_name, try_connect, xorshift};
+use crate::netfault::{
+    ERR_LEN, ERR_OFF, Rd, Wr, block, classify, nbd_io, site_name, try_connect, xorshift,
+};
 use crate::netns::{A, Hosts, sh};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -121,3 +123,59 @@ pub(crate) fn oversize(addr: SocketAddr, rnd: &mut u64) -> String {
 
 /// The markers the oversize requests must clear (written before them).
 pub(crate) const MARKERS: [u64; 3] = [64 << 20, (2 << 30) + 8192, (64 << 20) + (5 << 30) - 4096];
+
+/// A burst of 4 KiB writes over the DiskErr/ReadErr range at `addr` (seeds from `seed`),
+/// logged in `log`: how many were acknowledged and how many failed.
+pub(crate) fn write_burst(addr: SocketAddr, seed: u64, log: &mut Vec<Wr>) -> (usize, usize) {
+    let mut c = try_connect(addr).unwrap();
+    let (mut ok, mut failed) = (0, 0);
+    for i in 0..(ERR_LEN / 4096) {
+        let off = ERR_OFF + i * 4096;
+        let seed = seed + i;
+        let issued = Instant::now();
+        let e = nbd_io(&mut c, cmd::WRITE, off, 4096, &block(seed, off), None)
+            .expect("write over the failing range answered");
+        let acked = (e == 0).then(Instant::now);
+        if e == 0 {
+            ok += 1;
+        } else {
+            failed += 1;
+        }
+        log.push(Wr {
+            off,
+            seed,
+            issued,
+            acked,
+        });
+    }
+    (ok, failed)
+}
+
+/// The range read back at site `site` (`addr`): the reads that returned data logged in `log`
+/// (checked with the readers'); how many returned data and how many failed.
+pub(crate) fn read_burst(addr: SocketAddr, site: usize, log: &mut Vec<Rd>) -> (usize, usize) {
+    let (mut got, mut failed) = (0, 0);
+    let mut d = vec![0u8; 4096];
+    let Some(mut c) = try_connect(addr) else {
+        return (0, 0);
+    };
+    for i in 0..(ERR_LEN / 4096) {
+        let off = ERR_OFF + i * 4096;
+        let issued = Instant::now();
+        match nbd_io(&mut c, cmd::READ, off, 4096, &[], Some(&mut d)) {
+            Ok(0) => {
+                got += 1;
+                log.push(Rd {
+                    site,
+                    off,
+                    seed: classify(&d, off),
+                    issued,
+                    done: Instant::now(),
+                });
+            }
+            Ok(_) => failed += 1,
+            Err(_) => break,
+        }
+    }
+    (got, failed)
+}
