@@ -1373,3 +1373,62 @@ fn a_lost_grant_is_given_back_by_a_mirroring_volume_only_after_the_fenced_ones_c
         "the lost grant was given back before the fenced volume could adopt it"
     );
 }
+
+/// x (link down) and y (link flapped, session back) share one request, its answer lost.
+/// y reads the answer before the witness's first word, x only after it (the heartbeat follows
+/// the failed request at once, the engines tick on their own): x's fence is newer than that
+/// word, so x adopts only at the second word. y must not give the grant back before x could
+/// adopt it. Before, y counted the first word anyway and released at the second, racing x's
+/// adoption: the thread sent the release first, x refused the grant given back and stayed
+/// fenced, as its peer, denied while a held the group: the volume served nowhere.
+#[test]
+fn a_lost_grant_is_not_given_back_before_a_volume_fenced_after_the_first_word_adopts_it() {
+    use crate::layer::mirror::failover::{UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(83);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    let now = Instant::now();
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "sent");
+    meet(&mut ay, &mut by, &mut io);
+    ay.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    ay.engine.tick(&mut io, now);
+    assert_eq!(ay.engine.mode(), Mode::Mirroring);
+    let thread = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    // The heartbeat right after the failed request: the witness holds the group for a.
+    sa.publish_view(1, 1, 1);
+    ax.engine.tick(&mut io, now);
+    assert_eq!(ax.engine.mode(), Mode::Fenced);
+    ay.engine.tick(&mut io, now);
+    thread(&sa);
+    ax.engine.tick(&mut io, now);
+    // The next heartbeat.
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, now);
+    thread(&sa);
+    ax.engine.tick(&mut io, now);
+    for _ in 0..3 {
+        sa.publish_view(1, 1, 1);
+        ay.engine.tick(&mut io, now);
+        thread(&sa);
+        ax.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (ax.engine.mode(), sa.released.load(SeqCst)),
+        (Mode::Survivor, 0),
+        "the lost grant was given back before x, fenced after the first word, could adopt it"
+    );
+}
