@@ -69,6 +69,12 @@ pub struct FailoverSlot {
     pub releasing: AtomicU64,
     /// (See `releasing`.)
     pub released: AtomicU64,
+    /// The newest view sequence at which a volume of the group was left without the
+    /// witness's answer (fenced for want of it, or `LostInSession`): such a volume adopts a
+    /// lost grant only from a word newer than that, so a volume mirroring again counts the
+    /// witness's words naming this site from there too before giving the grant back
+    /// (`Engine::adopt_lost_grant`).
+    pub unanswered_seq: AtomicU64,
     /// This site does not compete for the group (its replica failed, or it is fenced or
     /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
     /// preferred, so the witness grants the peer without waiting out the tie grace.

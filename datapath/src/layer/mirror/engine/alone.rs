@@ -326,19 +326,20 @@ impl Engine {
             Grant::Fence(why) => self.fence(why),
             Grant::Unanswered { takeover } => {
                 self.fence("neither the peer nor the witness is reachable");
-                self.fenced_unanswered = Some((
-                    slot.view_seq.load(std::sync::atomic::Ordering::SeqCst),
-                    takeover,
-                ));
+                let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
+                // (Published to the group: see `adopt_lost_grant`'s give-back.)
+                slot.unanswered_seq
+                    .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+                self.fenced_unanswered = Some((seq, takeover));
             }
             Grant::LostInSession => {
                 // Not fenced (the peer is in session): only watched for, so a grant the
                 // witness recorded is given back once its word names this site (before, it was
                 // held for good, and the witness denied the peer at the next loss).
-                self.fenced_unanswered = Some((
-                    slot.view_seq.load(std::sync::atomic::Ordering::SeqCst),
-                    false,
-                ));
+                let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
+                slot.unanswered_seq
+                    .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+                self.fenced_unanswered = Some((seq, false));
             }
             Grant::Unwanted { epoch } => {
                 if self.grant_epoch != epoch {
@@ -451,12 +452,19 @@ impl Engine {
             // after the first word. Released at once, the failover thread could send the
             // release before that tick: that volume then refused the grant given back and
             // stayed fenced, as its peer, denied while this site held the group.
+            // The first word counts only if it is newer than every fence of the group for
+            // want of an answer (`unanswered_seq`): a volume that read the lost answer after
+            // the first word (the heartbeat follows the failed request at once, and each
+            // engine ticks on its own) takes only a later word, so counted from the first word
+            // the release went out at that volume's first chance to adopt, and raced it: it
+            // refused the grant given back and stayed fenced, as its peer, denied meanwhile.
             let seq = slot.view_seq.load(SeqCst);
+            let fenced_at = slot.unanswered_seq.load(SeqCst);
             match self.lost_seen {
-                Some((e, s)) if e == epoch && seq > s => {}
-                Some((e, _)) if e == epoch => return,
+                Some((e, s)) if e == epoch && s > fenced_at && seq > s => {}
+                Some((e, s)) if e == epoch && s > fenced_at => return,
                 _ => {
-                    self.lost_seen = Some((epoch, seq));
+                    self.lost_seen = (seq > fenced_at).then_some((epoch, seq));
                     return;
                 }
             }

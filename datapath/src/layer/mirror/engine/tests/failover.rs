@@ -1373,3 +1373,173 @@ fn a_lost_grant_is_given_back_by_a_mirroring_volume_only_after_the_fenced_ones_c
         "the lost grant was given back before the fenced volume could adopt it"
     );
 }
+
+/// x (link down) and y (link flapped, session back) share one request, its answer lost.
+/// y reads the answer before the witness's first word, x only after it (the heartbeat follows
+/// the failed request at once, the engines tick on their own): x's fence is newer than that
+/// word, so x adopts only at the second word. y must not give the grant back before x could
+/// adopt it. Before, y counted the first word anyway and released at the second, racing x's
+/// adoption: the thread sent the release first, x refused the grant given back and stayed
+/// fenced, as its peer, denied while a held the group: the volume served nowhere.
+#[test]
+fn a_lost_grant_is_not_given_back_before_a_volume_fenced_after_the_first_word_adopts_it() {
+    use crate::layer::mirror::failover::{UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(83);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    let now = Instant::now();
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "sent");
+    meet(&mut ay, &mut by, &mut io);
+    ay.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    ay.engine.tick(&mut io, now);
+    assert_eq!(ay.engine.mode(), Mode::Mirroring);
+    let thread = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    // The heartbeat right after the failed request: the witness holds the group for a.
+    sa.publish_view(1, 1, 1);
+    ax.engine.tick(&mut io, now);
+    assert_eq!(ax.engine.mode(), Mode::Fenced);
+    ay.engine.tick(&mut io, now);
+    thread(&sa);
+    ax.engine.tick(&mut io, now);
+    // The next heartbeat.
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, now);
+    thread(&sa);
+    ax.engine.tick(&mut io, now);
+    for _ in 0..3 {
+        sa.publish_view(1, 1, 1);
+        ay.engine.tick(&mut io, now);
+        thread(&sa);
+        ax.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (ax.engine.mode(), sa.released.load(SeqCst)),
+        (Mode::Survivor, 0),
+        "the lost grant was given back before x, fenced after the first word, could adopt it"
+    );
+}
+
+/// a one-volume group watching for a lost grant (`LostInSession`) loses its link again
+/// between the witness's two words: its new request is answered with the grant the witness
+/// holds, and it serves on it; nothing of it is given back.
+#[test]
+fn a_lost_grant_watched_in_session_is_served_on_when_the_link_goes_again() {
+    use crate::layer::mirror::failover::{GRANTED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(89);
+    let mut slot = 0;
+    let (mut a, sa, mut b, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "sent");
+    meet(&mut a, &mut b, &mut io);
+    a.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    sa.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, now);
+    break_link(&mut a, &mut b);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "asked again");
+    sa.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, now);
+    let r = sa.release.swap(0, SeqCst);
+    assert_eq!(r, 0, "given back while asking");
+    sa.epoch.store(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    sa.publish_view(1, 1, 1);
+    for _ in 0..3 {
+        a.engine.tick(&mut io, now);
+        let r = sa.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(&sa, r);
+        }
+        sa.releasing.store(0, SeqCst);
+        sa.publish_view(1, 1, 1);
+    }
+    assert_eq!(
+        (a.engine.mode(), sa.released.load(SeqCst)),
+        (Mode::Survivor, 0)
+    );
+}
+
+/// y watches for a lost grant in session; x (its link lost later) is answered with that
+/// grant; y, ticking twice on the two words that follow at once (the grant's, the heartbeat's)
+/// before x's tick, gives it back. x must still end up serving (asking again), and y must not
+/// give back x's new grant.
+#[test]
+fn a_grant_answered_to_another_volume_while_one_watches_in_session_is_served_on() {
+    use crate::layer::mirror::failover::{GRANTED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(97);
+    let mut slot = 0;
+    let (mut ay, sa, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ax, _, mut bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ax.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    meet(&mut ax, &mut bx, &mut io);
+    let now = Instant::now();
+    ay.engine.tick(&mut io, now);
+    ax.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "sent");
+    meet(&mut ay, &mut by, &mut io);
+    ay.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    ay.engine.tick(&mut io, now);
+    ax.engine.tick(&mut io, now);
+    // x's link goes; it asks.
+    break_link(&mut ax, &mut bx);
+    ax.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "x asks");
+    let thread = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    // Granted (the grant the witness holds), then the heartbeat at once.
+    sa.epoch.store(1, SeqCst);
+    sa.publish_view(1, 1, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    ay.engine.tick(&mut io, now);
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, now);
+    thread(&sa);
+    sa.publish_view(0, 1, 1);
+    for _ in 0..2 {
+        ax.engine.tick(&mut io, now);
+        ay.engine.tick(&mut io, now);
+    }
+    if ax.engine.mode() != Mode::Survivor {
+        assert!(sa.want.swap(false, SeqCst), "x does not ask again");
+        sa.epoch.store(2, SeqCst);
+        sa.publish_view(1, 2, 1);
+        sa.outcome.store(GRANTED, SeqCst);
+        for _ in 0..3 {
+            ay.engine.tick(&mut io, now);
+            thread(&sa);
+            ax.engine.tick(&mut io, now);
+            sa.publish_view(1, 2, 1);
+        }
+    }
+    assert_eq!(ax.engine.mode(), Mode::Survivor);
+    let e = ax.engine.grant_epoch;
+    assert!(sa.released.load(SeqCst) < e, "x's grant given back");
+}
