@@ -47,6 +47,33 @@ fn login(
     target: Option<&str>,
     cmd_sn: u32,
 ) -> (Raw, Login) {
+    let s = login_send(addr, name, isid, tsih, cid, target, cmd_sn);
+    let mut r = Raw {
+        s,
+        cmd_sn,
+        hd: false,
+        dd: false,
+    };
+    let (h, data) = r.read_pdu().expect("a login response");
+    assert_eq!(h[0] & 0x3F, 0x23, "login response");
+    let l = Login {
+        status: (h[36], h[37]),
+        tsih: u16::from_be_bytes([h[14], h[15]]),
+        keys: String::from_utf8_lossy(&data).replace('\0', " "),
+    };
+    (r, l)
+}
+
+/// The Login Request of [`login`], sent without waiting for its answer: the connection.
+fn login_send(
+    addr: SocketAddr,
+    name: &str,
+    isid: [u8; 6],
+    tsih: u16,
+    cid: u16,
+    target: Option<&str>,
+    cmd_sn: u32,
+) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
@@ -66,20 +93,7 @@ fn login(
     };
     let keys = format!("InitiatorName={name}\0{kind}HeaderDigest=None\0DataDigest=None\0{lead}");
     s.write_all(&frame(h, keys.as_bytes(), false)).unwrap();
-    let mut r = Raw {
-        s,
-        cmd_sn,
-        hd: false,
-        dd: false,
-    };
-    let (h, data) = r.read_pdu().expect("a login response");
-    assert_eq!(h[0] & 0x3F, 0x23, "login response");
-    let l = Login {
-        status: (h[36], h[37]),
-        tsih: u16::from_be_bytes([h[14], h[15]]),
-        keys: String::from_utf8_lossy(&data).replace('\0', " "),
-    };
-    (r, l)
+    s
 }
 
 /// A new session's first connection (CID 0) to vol0's target; its TSIH.
@@ -964,6 +978,44 @@ fn a_reinstatement_waits_for_the_old_sessions_writes_and_reports_the_nexus_loss(
         "I_T NEXUS LOSS OCCURRED expected first"
     );
     let mut sn = 2;
+    past_ua(&mut b, &mut sn);
+    b.cmd_sn = sn;
+    assert!(
+        read_blocks(&mut b, sn, 64, 8) == data,
+        "the new session read the blocks without the old session's write"
+    );
+}
+
+/// A login retried while the reinstating one is held (an initiator whose login timed out
+/// sends it again) waits for the first reinstated session too: the held login's session is
+/// reinstated in turn, and what it waited for is passed on. (Before, the retry reinstated
+/// only the held session, whose connection had nothing in flight: it was answered at once
+/// while the first session's write was still at the device.)
+#[test]
+fn a_retried_login_still_waits_for_the_session_the_held_one_reinstated() {
+    // LBA 64 (512-byte blocks) is slow: updates over it wait 2.5 s at the device.
+    let text = "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\nslow_range=[32768, 4096]\nslow_ms=2500\n";
+    let (_d, addr) = crate::iscsi::daemon_from(text);
+    let (mut a, _, _) = lead(addr, NAME, ISID);
+    let mut sn = 1;
+    past_ua(&mut a, &mut sn);
+    let data = pattern(28, 8 * 512);
+    a.cmd_sn = sn;
+    a.scsi(sn, &write10(64, 8), 8 * 512, 0xA0, &data);
+    let written = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    // The first reinstating login, held; its initiator gives up on it.
+    let first = login_send(addr, NAME, ISID, 0, 0, Some(IQN), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(first);
+    std::thread::sleep(Duration::from_millis(100));
+    let (mut b, _, keys) = lead(addr, NAME, ISID);
+    let answered = written.elapsed();
+    assert!(
+        answered >= Duration::from_millis(2200),
+        "the retried login was answered {answered:?} after the old session's write, which the device held 2.5 s: {keys}"
+    );
+    let mut sn = 1;
     past_ua(&mut b, &mut sn);
     b.cmd_sn = sn;
     assert!(

@@ -32,6 +32,9 @@ pub struct Settle {
     remaining: AtomicUsize,
     /// The deciding session (its reactor's mailbox, its key), told with [`Settled`].
     waiter: Option<(Arc<Mailbox>, u32)>,
+    /// Connections told too ([`Settle::also_wake`]: a login that inherited this wait from
+    /// the held login whose session it reinstated).
+    also: std::sync::Mutex<Vec<(Arc<Mailbox>, u32)>>,
 }
 
 impl std::fmt::Debug for Settle {
@@ -49,7 +52,17 @@ impl Settle {
         Arc::new(Self {
             remaining: AtomicUsize::new(1),
             waiter,
+            also: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Tell connection `key` (on the reactor of mailbox `m`) with [`Settled`] too when done.
+    /// A caller that finds the settle done after this call is not told (it looks itself).
+    pub fn also_wake(&self, m: Arc<Mailbox>, key: u32) {
+        self.also
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((m, key));
     }
 
     pub(crate) fn add(&self) {
@@ -58,9 +71,11 @@ impl Settle {
 
     /// Release one share; the last tells the waiter.
     pub fn release(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some((m, key)) = &self.waiter
-        {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let also = std::mem::take(&mut *self.also.lock().unwrap_or_else(|e| e.into_inner()));
+        for (m, key) in self.waiter.iter().chain(also.iter()) {
             m.send(Msg::Note {
                 to: NoteTo::Conn(*key),
                 note: Box::new(Settled),

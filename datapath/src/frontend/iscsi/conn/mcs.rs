@@ -81,6 +81,11 @@ pub struct SessEntry {
     /// same initiator port (name and ISID) to the same target reinstates the session: these
     /// are closed ([`IscsiConn::reinstate_sessions`]).
     pub members: Vec<(u16, u32)>,
+    /// What this session's leading login waited for before it was answered (the close of
+    /// the sessions it reinstated): a login that reinstates this session before they are done
+    /// waits for them too (an initiator retrying a login that was held would otherwise
+    /// reinstate only the held one).
+    pub closing: Vec<Arc<Settle>>,
 }
 
 /// A connection of a session.
@@ -468,6 +473,7 @@ impl IscsiConn {
         };
         if normal {
             let old = self.take_reinstated(&mut table, isid);
+            let waits = self.reinstate_sessions(env, old);
             table.insert(
                 tsih,
                 SessEntry {
@@ -478,10 +484,11 @@ impl IscsiConn {
                     initiator: self.initiator.clone(),
                     target: self.target.iqn.clone(),
                     members: vec![(self.cid, env.key)],
+                    closing: waits.clone(),
                 },
             );
             drop(table);
-            self.old_closing = self.reinstate_sessions(env, old);
+            self.old_closing = waits;
         } else {
             drop(table);
         }
@@ -505,19 +512,30 @@ impl IscsiConn {
     /// answers: the implicit logout of RFC 7143 §6.3.5); the last to close carries the
     /// session's I_T nexus loss (a RESERVE it held is released), and each nexus reports I_T
     /// NEXUS LOSS OCCURRED at its next login (SAM-5). Returns what is done once every one of
-    /// those connections is gone (its tasks off the device, its RESERVEs released), `None`
-    /// when there were none: the new login's answer (LIO waits so too) and a cold reset's
-    /// TMF response wait for it, so no command of the initiator's next session meets an old
-    /// write still in flight or an old RESERVE.
+    /// those connections is gone (its tasks off the device, its RESERVEs released), with
+    /// what their own leading logins still waited for (empty when there were none): the new
+    /// login's answer (LIO waits so too) and a cold reset's TMF response wait for them, so no
+    /// command of the initiator's next session meets an old write still in flight or an old
+    /// RESERVE.
     pub(super) fn reinstate_sessions(
         &self,
         env: &Env<'_>,
         old: Vec<SessEntry>,
-    ) -> Option<Arc<Settle>> {
+    ) -> Vec<Arc<Settle>> {
         if old.is_empty() {
-            return None;
+            return Vec::new();
         }
         let waiter = Arc::clone(&env.shared.mailboxes[env.io.reactor]);
+        let mut waits: Vec<Arc<Settle>> = old
+            .iter()
+            .flat_map(|e| e.closing.iter())
+            .filter(|s| !s.done())
+            .cloned()
+            .collect();
+        for s in &waits {
+            // (Its own waiter is the held login, which is closing: this one is told too.)
+            s.also_wake(Arc::clone(&waiter), env.key);
+        }
         let settle = Settle::new(Some((waiter, env.key)));
         for e in &old {
             let me = crate::frontend::iscsi::prs::nexus_id(&e.initiator, &e.isid, self.sh.tpg);
@@ -543,13 +561,14 @@ impl IscsiConn {
             }
         }
         settle.release();
-        Some(settle)
+        waits.push(settle);
+        waits
     }
 
     /// A TARGET COLD RESET: every other session of this target, of any initiator, leaves the
     /// table and its connections are closed (as a reinstated session's: tasks terminated, no
     /// answers, the nexus loss carried by the last). Returns what the TMF response waits for.
-    pub(super) fn close_target_sessions(&self, env: &Env<'_>) -> Option<Arc<Settle>> {
+    pub(super) fn close_target_sessions(&self, env: &Env<'_>) -> Vec<Arc<Settle>> {
         let old = take_sessions(&mut self.sh.session_table(), |e| {
             e.target == self.target.iqn && e.nexus != self.nexus
         });
@@ -630,7 +649,7 @@ impl IscsiConn {
             settle.add();
             self.tell(env, o, What::Close(Share(Some(Arc::clone(&settle)))));
             settle.release();
-            self.old_closing = Some(settle);
+            self.old_closing = vec![settle];
         }
         Ok(params)
     }

@@ -150,9 +150,14 @@ pub struct IscsiConn {
     held_until_dropped: Vec<mcs::Share>,
     /// The close of the sessions (or the connection) this login reinstated: done once all of
     /// their connections are gone (`mcs::IscsiConn::reinstate_sessions`).
-    pub(super) old_closing: Option<Arc<crate::frontend::iscsi::reset::Settle>>,
-    /// The final Login Response, held until `old_closing` is done (its header and keys).
-    pub(super) held_login: Option<(Arc<crate::frontend::iscsi::reset::Settle>, Bhs, Vec<u8>)>,
+    pub(super) old_closing: Vec<Arc<crate::frontend::iscsi::reset::Settle>>,
+    /// The final Login Response, held until all of `old_closing` is done (its header and
+    /// keys).
+    pub(super) held_login: Option<(
+        Vec<Arc<crate::frontend::iscsi::reset::Settle>>,
+        Bhs,
+        Vec<u8>,
+    )>,
     /// Its Logout was answered.
     pub(super) logged_out: bool,
     /// This session's number at this site, 0 before login.
@@ -247,7 +252,7 @@ impl IscsiConn {
             handoff: None,
             told: false,
             held_until_dropped: Vec::new(),
-            old_closing: None,
+            old_closing: Vec::new(),
             held_login: None,
             logged_out: false,
             nexus: 0,
@@ -370,7 +375,10 @@ impl IscsiConn {
     /// Send the final Login Response held for a reinstatement once the old connections are
     /// gone.
     fn answer_held_login(&mut self) {
-        if self.held_login.as_ref().is_some_and(|(s, _, _)| s.done())
+        if self
+            .held_login
+            .as_ref()
+            .is_some_and(|(w, _, _)| w.iter().all(|s| s.done()))
             && let Some((_, h, out)) = self.held_login.take()
         {
             self.put_status(h, &out);

@@ -304,11 +304,13 @@ impl IscsiConn {
             // (Not reached with the keys the target answers: well under 8 KiB.)
             return self.login_fail(env, itt, isid, LoginStatus::TARGET_ERROR);
         }
-        match self.old_closing.take() {
+        let waits = std::mem::take(&mut self.old_closing);
+        if full && waits.iter().any(|s| !s.done()) {
             // The login reinstated a session or a connection: answered once the old one is
             // gone (its tasks off the device, its RESERVEs released).
-            Some(settle) if full && !settle.done() => self.held_login = Some((settle, h, out)),
-            _ => self.put_status(h, &out),
+            self.held_login = Some((waits, h, out));
+        } else {
+            self.put_status(h, &out);
         }
         if full {
             self.isid = isid;
