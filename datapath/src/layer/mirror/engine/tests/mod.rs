@@ -890,6 +890,7 @@ mod durable;
 mod extremes;
 mod failover;
 mod forwards;
+mod group_grant;
 mod inflight;
 mod lease;
 mod meta;

@@ -1,0 +1,675 @@
+//! The volumes of one group sharing a site's failover slot (one witness grant for the group):
+//! a lost answer adopted, given back or served on by one volume while another mirrors,
+//! requests withdrawn or asked again, takeovers of the group. Split from `failover.rs`.
+//!
+//! Model: as `failover.rs` (two engines back to back, the test answering in the witness's
+//! place and stepping the failover thread's decisions). Invariants checked: the grant one
+//! volume serves on is never given back by another; a grant nobody serves on is given back;
+//! no volume waits for an answer that never comes.
+
+use super::failover::{cut_and_answer, traffic_then_cut};
+use super::*;
+
+/// Two volumes of one group at a site (one failover slot). Volume 1 fenced for want of an
+/// answer (the witness recorded nothing) and was resynced by its peer; later only volume 2's
+/// link goes and it is granted the group. The witness's view then names this site the holder:
+/// volume 1, mirroring, must not give that grant back while volume 2 serves alone on it
+/// (before, it did: the witness held nothing while volume 2 acknowledged alone).
+#[test]
+fn a_lost_answer_never_gives_back_the_grant_another_volume_of_the_group_serves_on() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut a, sa, mut b, _, mut io, mut rng, _) = cut_and_answer(29, UNREACHABLE, DENIED);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    // The witness says nothing new; the link returns, the leader reconciles (a is the
+    // leader: it is the source here, mirroring at the end).
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(a.engine.mode(), Mode::Mirroring);
+    // Volume 2 of the group at this site is granted epoch 1 and serves alone.
+    sa.survivors.fetch_add(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    sa.publish_view(1, 1, 1);
+    for _ in 0..3 {
+        a.engine.tick(&mut io, Instant::now());
+    }
+    assert_eq!(
+        sa.release.load(SeqCst),
+        0,
+        "the group's grant given back while another volume serves alone on it"
+    );
+}
+
+/// A survivor back in sync gives its grant (epoch 1) back; before the witness has taken the
+/// release, a heartbeat's view still names it the holder at epoch 1. Its peer restarts as a new
+/// replica at once, so this site becomes the source of a full copy, serving alone without a
+/// grant. It must not take that view for a lost grant (before, it adopted epoch 1, which the
+/// witness was releasing: at the next loss it would have gone on alone on a grant the witness
+/// no longer held, while the peer could be granted).
+#[test]
+fn a_grant_given_back_is_never_taken_for_a_lost_one() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut a, mut b, mut io) = lose_peer(true);
+    let mut rng = Rng(31);
+    let sa = a.engine.cfg.failover.clone().expect("slot");
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    a.engine.wait_persisted();
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(sa.release.load(SeqCst), 1, "the grant is given back");
+    // The release not taken yet: a heartbeat still names a at epoch 1.
+    sa.publish_view(1, 1, 1);
+    break_link(&mut a, &mut b);
+    b.engine.start_new_replica(None);
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(a.engine.mode(), Mode::Survivor, "the source of a full copy");
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        a.engine.grant_epoch, 0,
+        "a grant given back taken for a lost one"
+    );
+    assert_eq!(sa.survivors.load(SeqCst), 0);
+}
+
+/// Two volumes of one group at site a (one failover slot). This volume fenced for want of an
+/// answer to its own, plain request; then the operator takes over the group's other volume,
+/// and the witness grants the group to a as a takeover (its answer received, or lost too).
+/// This volume, told by the witness's word that a holds the group, adopts that grant: as a
+/// takeover too (the replica may be older than the last survivor's, so the peer must get every
+/// region ever written). Before, only the volume whose own flag asked adopted it as a
+/// takeover: this one sent its peer only its dirty regions, and the pair could differ after a
+/// resync that called itself in sync.
+#[test]
+fn a_group_takeover_is_adopted_as_a_takeover_by_every_volume_of_the_group() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    for answered in [true, false] {
+        let (mut a, sa, _b, _, mut io, _rng, _) = cut_and_answer(37, UNREACHABLE, DENIED);
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        // A region written long before (confirmed and flushed at the peer: not suspect).
+        a.engine.written.set_range(SIZE - 4096, 4096);
+        assert!(a.engine.written.bytes() > a.engine.suspect_bytes());
+        // The other volume's takeover, as the failover thread records it: asked at epoch 0,
+        // then answered (and that volume serves alone) or not.
+        sa.asking_takeover(0);
+        if answered {
+            sa.epoch.store(1, SeqCst);
+            sa.granted_takeover.store(true, SeqCst);
+            sa.outcome.store(GRANTED, SeqCst);
+            sa.survivors.fetch_add(1, SeqCst);
+        }
+        sa.publish_view(1, 1, 1);
+        a.engine.tick(&mut io, Instant::now());
+        assert_eq!(a.engine.mode(), Mode::Survivor);
+        assert_eq!(
+            a.engine.dirty_bytes(),
+            a.engine.written.bytes(),
+            "answered: {answered}: the group's takeover adopted as a plain grant"
+        );
+    }
+}
+
+/// Two volumes of one group at site a (x and y, one failover slot) lost their links together;
+/// the group's request was granted but its answer lost: both fenced for want of it. y's link
+/// returns first and the leader reconciles it: y mirrors again. Then the witness's word names
+/// a the holder: x adopts the grant (survivor), y would give it back. Whatever order their
+/// ticks run in, the release must not reach the witness while x serves alone on that grant
+/// (before, with y first, y asked for the release, x adopted the grant, and the failover thread
+/// sent the release: `release_wanted` knew only grants answered to the thread, so the witness
+/// forgot a holder that acknowledged alone, and the peer could be granted too).
+#[test]
+fn a_lost_grant_adopted_by_one_volume_is_never_given_back_by_another() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE, release_wanted};
+    use std::sync::atomic::Ordering::SeqCst;
+    for y_first in [true, false] {
+        let (mut ax, sa, _bx, _, mut io, _, _) = cut_and_answer(41, UNREACHABLE, DENIED);
+        let (mut ay, _, mut by, _, _, mut rng, _) = cut_and_answer(43, UNREACHABLE, DENIED);
+        ay.engine.cfg.failover = Some(Arc::clone(&sa));
+        meet(&mut ay, &mut by, &mut io);
+        run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+        assert_eq!(
+            (ax.engine.mode(), ay.engine.mode()),
+            (Mode::Fenced, Mode::Mirroring)
+        );
+        sa.publish_view(1, 1, 1);
+        for _ in 0..3 {
+            if y_first {
+                ay.engine.tick(&mut io, Instant::now());
+            }
+            ax.engine.tick(&mut io, Instant::now());
+            if !y_first {
+                ay.engine.tick(&mut io, Instant::now());
+            }
+        }
+        assert_eq!(ax.engine.mode(), Mode::Survivor, "y first: {y_first}");
+        let epoch = sa.release.load(SeqCst);
+        assert!(
+            epoch == 0 || !release_wanted(&sa, epoch),
+            "y first: {y_first}: the grant x serves alone on is given back"
+        );
+    }
+}
+
+/// Two volumes of one group at site a (x and y, one failover slot) lose their links; the
+/// group's request goes out. y's link returns before the answer, so y gives the grant back
+/// (`Grant::Unwanted`), and the failover thread sends that release before x's tick reads the
+/// same answer. x must not serve alone on the grant given back (the witness holds nothing for
+/// this site any more, so the peer could be granted too): it asks again. Before, x became the
+/// survivor on it.
+#[test]
+fn a_grant_given_back_by_one_volume_of_the_group_is_never_served_on_by_another() {
+    use crate::layer::mirror::failover::{GRANTED, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(47);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    let now = Instant::now();
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "the group's request");
+    // y's link is back; then the answer.
+    ay.engine.link_up(&mut io);
+    by.engine.link_up(&mut io);
+    sa.epoch.store(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, now);
+    assert_eq!(sa.release.swap(0, SeqCst), 1, "y gives the grant back");
+    assert!(decide_release(&sa, 1), "nobody serves on it yet: sent");
+    ax.engine.tick(&mut io, now);
+    assert_ne!(
+        ax.engine.mode(),
+        Mode::Survivor,
+        "x serves alone on a grant given back"
+    );
+    ax.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "x does not ask again");
+    // Granted anew (epoch 2): x serves on that one.
+    sa.want.store(false, SeqCst);
+    sa.epoch.store(2, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    ax.engine.tick(&mut io, now);
+    assert_eq!(
+        (ax.engine.mode(), ax.engine.grant_epoch),
+        (Mode::Survivor, 2)
+    );
+}
+
+/// The follower fenced for want of the witness's answer (the witness recorded its grant, the
+/// leader was denied) and restarted from its state before the link returned: its state says
+/// only "fenced". The leader reconciles it; mirroring again, the follower sees the witness's
+/// word naming it the holder: it gives that grant back, as a site fenced so without the
+/// restart does (before, it kept it for good: at the next loss the witness denied the leader,
+/// even if the follower was the site gone).
+#[test]
+fn a_lost_grant_of_a_site_restarted_fenced_is_given_back_once_in_sync() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(53);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    b.engine.cfg.state_file = Some(dir.path().join("b"));
+    b.engine.restore().expect("restore");
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    let mut slot = 0;
+    for _ in 0..10 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    exchange(&mut a, &mut b, &mut io, &mut rng, 3);
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    both_ask(&mut a, &mut b, &mut io, now);
+    sa.outcome.store(DENIED, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    crash_and_restart(&mut b);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    // The witness's word: b holds the group at epoch 1.
+    sb.publish_view(2, 1, 2);
+    b.engine.tick(&mut io, Instant::now());
+    // (Given back at the next word still naming b.)
+    sb.publish_view(2, 1, 2);
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        sb.release.load(SeqCst),
+        1,
+        "the grant held for the restarted site was never given back"
+    );
+}
+
+/// Two volumes of one group at site a (x and y, one failover slot: one `want` flag) lose their
+/// links; both tick, so the group's request is wanted. y's link returns before the failover
+/// thread took the request: y's request is not needed any more, but x's still is. x's request
+/// must still reach the witness (x is left asking, neither serving nor fenced, if it never
+/// does: and with a the group's preferred site, the peer is denied on the tie for as long as a
+/// beats, so the volume stops at both sites). Before, y withdrew the group's `want` flag, x's
+/// request with it, and x waited for an answer for ever.
+#[test]
+fn a_request_withdrawn_by_one_volume_of_the_group_still_reaches_the_witness_for_another() {
+    use crate::layer::mirror::failover::GRANTED;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(59);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    let now = Instant::now();
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "the group's request");
+    // y's link is back before the failover thread took the request.
+    ay.engine.link_up(&mut io);
+    by.engine.link_up(&mut io);
+    for _ in 0..3 {
+        ay.engine.tick(&mut io, now);
+        ax.engine.tick(&mut io, now);
+    }
+    assert!(
+        sa.want.swap(false, SeqCst),
+        "x's request was withdrawn with y's: x waits for an answer for ever"
+    );
+    // The thread answers: x serves alone, y gives nothing back (x serves on it).
+    sa.epoch.store(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    for _ in 0..2 {
+        ay.engine.tick(&mut io, now);
+        ax.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (ax.engine.mode(), ax.engine.grant_epoch),
+        (Mode::Survivor, 1)
+    );
+    let epoch = sa.release.load(SeqCst);
+    assert!(
+        epoch == 0 || !crate::layer::mirror::failover::release_wanted(&sa, epoch),
+        "the grant x serves on is given back"
+    );
+}
+
+/// Site b restarted fenced (its state says only "fenced"), was reconciled by a and mirrors
+/// again: the witness's word since names no grant of b's, so b holds none. Later, another
+/// volume x of b's group (one failover slot) loses its link and the group's request is granted
+/// to b, its answer lost: x fenced for want of it, and adopts the grant once the witness's
+/// word names b. Whatever order their ticks run in, the mirroring volume must not give that
+/// grant back: it is x's, not a lost grant of its own restart (given back, the failover thread
+/// released it before x could claim it, and x stayed fenced, as its peer, denied while b held
+/// the group: the volume stopped at both sites). Before, the restored fence was kept for good
+/// and every later grant of the group the mirroring volume saw was given back.
+#[test]
+fn a_site_restarted_fenced_gives_back_only_a_grant_held_when_it_came_in_sync() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(61);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    b.engine.cfg.state_file = Some(dir.path().join("b"));
+    b.engine.restore().expect("restore");
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    both_ask(&mut a, &mut b, &mut io, now);
+    sa.outcome.store(DENIED, SeqCst);
+    sb.outcome.store(DENIED, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    crash_and_restart(&mut b);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    // The witness's word, b in sync: nobody holds the group (nothing of b's to give back).
+    sb.publish_view(0, 0, 2);
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(sb.release.load(SeqCst), 0);
+    for x_first in [false, true] {
+        // Another volume of b's group: its link lost, the request granted, the answer lost.
+        let (_ax, _, mut bx, _) = traffic_then_cut(&mut io, &mut rng, &mut 0, 5);
+        bx.engine.cfg.failover = Some(Arc::clone(&sb));
+        bx.engine.tick(&mut io, now);
+        assert!(sb.want.swap(false, SeqCst), "x asks");
+        sb.outcome.store(UNREACHABLE, SeqCst);
+        bx.engine.tick(&mut io, now);
+        assert_eq!(bx.engine.mode(), Mode::Fenced);
+        let e = if x_first { 3 } else { 2 };
+        sb.publish_view(2, e, 2);
+        // The ticks, and the failover thread's release decision between them.
+        let thread = |sb: &crate::layer::mirror::failover::FailoverSlot| {
+            let r = sb.release.swap(0, SeqCst);
+            if r != 0 {
+                decide_release(sb, r);
+            }
+            sb.releasing.store(0, SeqCst);
+        };
+        if x_first {
+            bx.engine.tick(&mut io, now);
+            thread(&sb);
+            b.engine.tick(&mut io, now);
+            thread(&sb);
+        } else {
+            b.engine.tick(&mut io, now);
+            thread(&sb);
+            bx.engine.tick(&mut io, now);
+        }
+        assert_eq!(
+            (bx.engine.mode(), sb.released.load(SeqCst) >= e),
+            (Mode::Survivor, false),
+            "x first: {x_first}: the group's grant x adopts was given back by the mirroring volume"
+        );
+        // (x's resync ends later; here it just stops counting.)
+        sb.survivors.store(0, SeqCst);
+    }
+}
+
+/// a loses its link and asks the witness; the failover thread sends the request; the session
+/// comes back before the answer, and the answer is lost (the witness recorded the grant: the
+/// thread says unreachable). a mirrors on, in session: it must still give back the grant the
+/// witness's word then names its own, as a site fenced for a lost answer does once mirroring
+/// again. Before, nothing did: the witness held the group for a for good, and at the next loss
+/// denied the peer, even with a the site gone.
+#[test]
+fn a_lost_answer_after_the_session_came_back_is_given_back() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(67);
+    let mut slot = 0;
+    let (mut a, sa, mut b, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "sent");
+    meet(&mut a, &mut b, &mut io);
+    a.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!(a.engine.mode(), Mode::Mirroring, "fenced beside its peer");
+    // The witness's next word: a holds the group at epoch 1.
+    sa.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, now);
+    // (Given back at the next word still naming a.)
+    sa.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, now);
+    assert_eq!(
+        sa.release.load(SeqCst),
+        1,
+        "the grant of a request answered after the session came back, its answer lost, is held for good"
+    );
+}
+
+/// An operator's takeover at a (fenced) is granted, but another volume of the group gave the
+/// group's grant back before a's tick could take it (its session came back before the answer,
+/// and the failover thread sent the release first). a does not serve on it (the witness may
+/// hold nothing for it now); it asks again, as the operator's takeover it was. Before, the
+/// grant was refused and nothing was asked: the operator's takeover vanished, the volume
+/// fenced, while the log said it asked again.
+#[test]
+fn a_takeover_whose_grant_another_volume_gave_back_is_asked_again() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut a, sa, _b, _, mut io, _rng, _) = cut_and_answer(71, UNREACHABLE, DENIED);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    // (Nothing adopted from a word meanwhile.)
+    a.engine.fenced_unanswered = None;
+    let now = Instant::now();
+    a.engine.stats().takeover.store(true, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "the takeover is not asked");
+    assert!(sa.takeover.swap(false, SeqCst));
+    sa.asking_takeover(0);
+    sa.epoch.store(1, SeqCst);
+    sa.granted_takeover.store(true, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    sa.publish_view(1, 1, 1);
+    // Another volume of the group gives it back, the thread sends the release first.
+    assert!(decide_release(&sa, 1));
+    sa.releasing.store(0, SeqCst);
+    sa.publish_view(0, 1, 1);
+    a.engine.tick(&mut io, now);
+    assert_ne!(a.engine.mode(), Mode::Survivor);
+    a.engine.tick(&mut io, now);
+    assert!(
+        sa.want.load(SeqCst) && sa.takeover.load(SeqCst),
+        "the operator's takeover is not asked again"
+    );
+}
+
+/// As `a_lost_grant_adopted_by_one_volume_is_never_given_back_by_another`, with the failover
+/// thread's release decision between the ticks: y (mirroring again) reads the word naming a
+/// the holder first, and the thread takes y's release before x's tick. x, fenced for want of
+/// the answer, must still become the survivor (its peer was denied while a held the group, so
+/// if x stays fenced the volume serves nowhere). Before, y's release went out at once and x,
+/// rightly refusing a grant given back, stayed fenced with its peer.
+#[test]
+fn a_lost_grant_is_given_back_by_a_mirroring_volume_only_after_the_fenced_ones_could_adopt_it() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut ax, sa, _bx, _, mut io, _, _) = cut_and_answer(73, UNREACHABLE, DENIED);
+    let (mut ay, _, mut by, _, _, mut rng, _) = cut_and_answer(79, UNREACHABLE, DENIED);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    meet(&mut ay, &mut by, &mut io);
+    run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+    assert_eq!(
+        (ax.engine.mode(), ay.engine.mode()),
+        (Mode::Fenced, Mode::Mirroring)
+    );
+    let thread = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, Instant::now());
+    thread(&sa);
+    ax.engine.tick(&mut io, Instant::now());
+    thread(&sa);
+    // The next heartbeat's word.
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, Instant::now());
+    thread(&sa);
+    ax.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        (ax.engine.mode(), sa.released.load(SeqCst)),
+        (Mode::Survivor, 0),
+        "the lost grant was given back before the fenced volume could adopt it"
+    );
+}
+
+/// x (link down) and y (link flapped, session back) share one request, its answer lost.
+/// y reads the answer before the witness's first word, x only after it (the heartbeat follows
+/// the failed request at once, the engines tick on their own): x's fence is newer than that
+/// word, so x adopts only at the second word. y must not give the grant back before x could
+/// adopt it. Before, y counted the first word anyway and released at the second, racing x's
+/// adoption: the thread sent the release first, x refused the grant given back and stayed
+/// fenced, as its peer, denied while a held the group: the volume served nowhere.
+#[test]
+fn a_lost_grant_is_not_given_back_before_a_volume_fenced_after_the_first_word_adopts_it() {
+    use crate::layer::mirror::failover::{UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(83);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    let now = Instant::now();
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "sent");
+    meet(&mut ay, &mut by, &mut io);
+    ay.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    ay.engine.tick(&mut io, now);
+    assert_eq!(ay.engine.mode(), Mode::Mirroring);
+    let thread = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    // The heartbeat right after the failed request: the witness holds the group for a.
+    sa.publish_view(1, 1, 1);
+    ax.engine.tick(&mut io, now);
+    assert_eq!(ax.engine.mode(), Mode::Fenced);
+    ay.engine.tick(&mut io, now);
+    thread(&sa);
+    ax.engine.tick(&mut io, now);
+    // The next heartbeat.
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, now);
+    thread(&sa);
+    ax.engine.tick(&mut io, now);
+    for _ in 0..3 {
+        sa.publish_view(1, 1, 1);
+        ay.engine.tick(&mut io, now);
+        thread(&sa);
+        ax.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (ax.engine.mode(), sa.released.load(SeqCst)),
+        (Mode::Survivor, 0),
+        "the lost grant was given back before x, fenced after the first word, could adopt it"
+    );
+}
+
+/// a one-volume group watching for a lost grant (`LostInSession`) loses its link again
+/// between the witness's two words: its new request is answered with the grant the witness
+/// holds, and it serves on it; nothing of it is given back.
+#[test]
+fn a_lost_grant_watched_in_session_is_served_on_when_the_link_goes_again() {
+    use crate::layer::mirror::failover::{GRANTED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(89);
+    let mut slot = 0;
+    let (mut a, sa, mut b, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "sent");
+    meet(&mut a, &mut b, &mut io);
+    a.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    sa.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, now);
+    break_link(&mut a, &mut b);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "asked again");
+    sa.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, now);
+    let r = sa.release.swap(0, SeqCst);
+    assert_eq!(r, 0, "given back while asking");
+    sa.epoch.store(1, SeqCst);
+    sa.outcome.store(GRANTED, SeqCst);
+    sa.publish_view(1, 1, 1);
+    for _ in 0..3 {
+        a.engine.tick(&mut io, now);
+        let r = sa.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(&sa, r);
+        }
+        sa.releasing.store(0, SeqCst);
+        sa.publish_view(1, 1, 1);
+    }
+    assert_eq!(
+        (a.engine.mode(), sa.released.load(SeqCst)),
+        (Mode::Survivor, 0)
+    );
+}
+
+/// y watches for a lost grant in session; x (its link lost later) is answered with that
+/// grant; y, ticking twice on the two words that follow at once (the grant's, the heartbeat's)
+/// before x's tick, gives it back. x must still end up serving (asking again), and y must not
+/// give back x's new grant.
+#[test]
+fn a_grant_answered_to_another_volume_while_one_watches_in_session_is_served_on() {
+    use crate::layer::mirror::failover::{GRANTED, UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(97);
+    let mut slot = 0;
+    let (mut ay, sa, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ax, _, mut bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ax.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    meet(&mut ax, &mut bx, &mut io);
+    let now = Instant::now();
+    ay.engine.tick(&mut io, now);
+    ax.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "sent");
+    meet(&mut ay, &mut by, &mut io);
+    ay.engine.tick(&mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    ay.engine.tick(&mut io, now);
+    ax.engine.tick(&mut io, now);
+    // x's link goes; it asks.
+    break_link(&mut ax, &mut bx);
+    ax.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "x asks");
+    let thread = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    // Granted (the grant the witness holds), then the heartbeat at once.
+    sa.epoch.store(1, SeqCst);
+    sa.publish_view(1, 1, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    ay.engine.tick(&mut io, now);
+    sa.publish_view(1, 1, 1);
+    ay.engine.tick(&mut io, now);
+    thread(&sa);
+    sa.publish_view(0, 1, 1);
+    for _ in 0..2 {
+        ax.engine.tick(&mut io, now);
+        ay.engine.tick(&mut io, now);
+    }
+    if ax.engine.mode() != Mode::Survivor {
+        assert!(sa.want.swap(false, SeqCst), "x does not ask again");
+        sa.epoch.store(2, SeqCst);
+        sa.publish_view(1, 2, 1);
+        sa.outcome.store(GRANTED, SeqCst);
+        for _ in 0..3 {
+            ay.engine.tick(&mut io, now);
+            thread(&sa);
+            ax.engine.tick(&mut io, now);
+            sa.publish_view(1, 2, 1);
+        }
+    }
+    assert_eq!(ax.engine.mode(), Mode::Survivor);
+    let e = ax.engine.grant_epoch;
+    assert!(sa.released.load(SeqCst) < e, "x's grant given back");
+}
