@@ -943,6 +943,23 @@ fn an_immediate_tmf_with_a_cmd_sn_past_the_window_stops_nothing() {
     );
 }
 
+/// A daemon (two reactors) whose LBA 64 (512-byte blocks) is slow: updates over it wait
+/// `slow_ms` at the device; a session of [`NAME`]/[`ISID`] past its unit attentions has a
+/// write of `data` (8 blocks, immediate) over it in flight. The daemon, its address, the
+/// session and when the write was sent.
+fn old_write_held(slow_ms: u64, data: &[u8]) -> (twinblk::Daemon, SocketAddr, Raw, Instant) {
+    let text = format!(
+        "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\nslow_range=[32768, 4096]\nslow_ms={slow_ms}\n"
+    );
+    let (d, addr) = crate::iscsi::daemon_from(&text);
+    let (mut a, _, _) = lead(addr, NAME, ISID);
+    let mut sn = 1;
+    past_ua(&mut a, &mut sn);
+    a.cmd_sn = sn;
+    a.scsi(sn, &write10(64, 8), 8 * 512, 0xA0, data);
+    (d, addr, a, Instant::now())
+}
+
 /// A reinstatement waits for the old session's writes (RFC 7143 §6.3.5; SAM-5 I_T nexus
 /// loss): the new leading login is answered only once the old session's tasks have left the
 /// device, so the new session never reads data older than a write the old one had in flight,
@@ -952,16 +969,9 @@ fn an_immediate_tmf_with_a_cmd_sn_past_the_window_stops_nothing() {
 /// attention told the initiator that its nexus had been lost.)
 #[test]
 fn a_reinstatement_waits_for_the_old_sessions_writes_and_reports_the_nexus_loss() {
-    // LBA 64 (512-byte blocks) is slow: updates over it wait 1.5 s at the device.
-    let text = "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\nslow_range=[32768, 4096]\nslow_ms=1500\n";
-    let (_d, addr) = crate::iscsi::daemon_from(text);
-    let (mut a, _, _) = lead(addr, NAME, ISID);
-    let mut sn = 1;
-    past_ua(&mut a, &mut sn);
     // An old write over the slow blocks, its data immediate: at the device for 1.5 s.
     let data = pattern(26, 8 * 512);
-    a.cmd_sn = sn;
-    a.scsi(sn, &write10(64, 8), 8 * 512, 0xA0, &data);
+    let (_d, addr, _a, _) = old_write_held(1500, &data);
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     let (mut b, _, keys) = lead(addr, NAME, ISID);
@@ -993,16 +1003,9 @@ fn a_reinstatement_waits_for_the_old_sessions_writes_and_reports_the_nexus_loss(
 /// while the first session's write was still at the device.)
 #[test]
 fn a_retried_login_still_waits_for_the_session_the_held_one_reinstated() {
-    // LBA 64 (512-byte blocks) is slow: updates over it wait 2.5 s at the device.
-    let text = "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\nslow_range=[32768, 4096]\nslow_ms=2500\n";
-    let (_d, addr) = crate::iscsi::daemon_from(text);
-    let (mut a, _, _) = lead(addr, NAME, ISID);
-    let mut sn = 1;
-    past_ua(&mut a, &mut sn);
+    // The old session's write is at the device for 2.5 s.
     let data = pattern(28, 8 * 512);
-    a.cmd_sn = sn;
-    a.scsi(sn, &write10(64, 8), 8 * 512, 0xA0, &data);
-    let written = Instant::now();
+    let (_d, addr, _a, written) = old_write_held(2500, &data);
     std::thread::sleep(Duration::from_millis(200));
     // The first reinstating login, held; its initiator gives up on it.
     let first = login_send(addr, NAME, ISID, 0, 0, Some(IQN), 1);

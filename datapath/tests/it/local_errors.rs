@@ -40,6 +40,17 @@ fn write_until_acknowledged(s: &crate::harness::Server, off: u64, data: &[u8]) {
     }
 }
 
+/// Site a's replica file cut short to 8 MiB under the running daemon (its device now fails
+/// reads past that in their io_uring completion).
+fn cut_replica_a(p: &crate::slow_local::Pair) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.root.path().join("a.img"))
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+}
+
 /// A survivor whose device fails a write and a read answers those two with EIO and serves
 /// the rest; restarted peer, its resync cannot read the failed region: the peer stays
 /// `resyncing` (never in sync without it), the survivor still acknowledges writes and says
@@ -149,13 +160,7 @@ fn a_read_failing_in_its_completion_at_a_mirroring_site_hands_the_volume_to_the_
     assert_eq!(c.write(FAR, &pattern(7, 4096)), 0);
     assert_eq!(c.read(FAR, 4096).unwrap(), pattern(7, 4096));
     // a's replica loses its tail (its device now fails reads past 8 MiB).
-    let img = p.root.path().join("a.img");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    cut_replica_a(&p);
     let e = c
         .read(FAR, 4096)
         .expect_err("a read past the cut end served");
@@ -198,13 +203,7 @@ fn over_nvme_a_read_failing_in_its_completion_answers_ana_inaccessible_not_a_med
         .cmd(Sqe::new(0x02).nsid(1).lba(lba, 8), &[], 4096)
         .unwrap();
     assert_eq!(r.status, 0, "the read before the cut");
-    let img = p.root.path().join("a.img");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    cut_replica_a(&p);
     let r = q
         .cmd(Sqe::new(0x02).nsid(1).lba(lba, 8), &[], 4096)
         .unwrap();

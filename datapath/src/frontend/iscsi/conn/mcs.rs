@@ -37,8 +37,8 @@
 //!   *session* (RFC 7143 §6.3.5): the old session leaves the daemon-wide table at once and
 //!   its connections, wherever they run, are closed as by "close the session" (tasks
 //!   terminated, no answers; the last carries the I_T nexus loss, releasing a RESERVE). The
-//!   close reaches them by note, so a command of the new session that arrives before the
-//!   old connections' reactor turn may still meet the old session's RESERVE.
+//!   close reaches them by note, and the new login is answered only once they are all gone
+//!   (their tasks off the device, their RESERVEs released: `IscsiConn::held_login`).
 //!
 //! - A held command whose connection leaves (Logout, reinstatement) or that ABORT TASK names
 //!   is terminated but keeps its place: its CmdSN is passed over when ExpCmdSN reaches it, so
@@ -168,6 +168,16 @@ impl Session {
                 *k = VOID;
                 *pdu = Vec::new();
             }
+        }
+    }
+
+    /// The per-LUN state (`ua`, `path_seen`) grown to hold LUN index `i`.
+    pub(super) fn grow_luns(&mut self, i: usize) {
+        if self.ua.len() <= i {
+            self.ua.resize(i + 1, None);
+        }
+        if self.path_seen.len() <= i {
+            self.path_seen.resize(i + 1, None);
         }
     }
 

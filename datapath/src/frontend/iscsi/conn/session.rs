@@ -463,10 +463,7 @@ impl IscsiConn {
             let cleared: Vec<usize> = slots.iter().map(|&s| self.tasks[s].lun_idx).collect();
             self.with_sess(|s| {
                 for i in cleared {
-                    if s.ua.len() <= i {
-                        s.ua.resize(i + 1, None);
-                        s.path_seen.resize(i + 1, None);
-                    }
+                    s.grow_luns(i);
                     s.ua[i].get_or_insert(crate::frontend::iscsi::scsi::Sense::COMMANDS_CLEARED);
                 }
             });
@@ -673,10 +670,7 @@ impl IscsiConn {
             if let Some(at) = lost.iter().position(|n| *n == self.me) {
                 lost.remove(at);
                 self.with_sess(|s| {
-                    if s.ua.len() <= i {
-                        s.ua.resize(i + 1, None);
-                        s.path_seen.resize(i + 1, None);
-                    }
+                    s.grow_luns(i);
                     s.ua[i] = Some(crate::frontend::iscsi::scsi::Sense::NEXUS_LOSS);
                 });
             }

@@ -1330,10 +1330,7 @@ impl IscsiConn {
         };
         let listed = self.host_site.is_some();
         self.with_sess(|s| {
-            if s.path_seen.len() <= i {
-                s.path_seen.resize(i + 1, None);
-                s.ua.resize(i + 1, None);
-            }
+            s.grow_luns(i);
             if let Some(seen) = s.path_seen[i] {
                 // A listed host hears of a change only when what it sees changed.
                 let changed = seen.changes != changes && (!listed || seen.view != view);

@@ -59,6 +59,8 @@ impl NvmfConn {
             fes: fes::INVALID_HEADER,
             fei,
         };
+        // (The other statuses carry no field offset.)
+        let status = |fes| Violation { fes, fei: 0 };
         let Some(x) = self.xfers.get_mut(h.ttag as usize) else {
             return self.fatal(env, header(pdu::FEI_TTAG), p.header);
         };
@@ -72,37 +74,19 @@ impl NvmfConn {
             return self.fatal(env, header(pdu::FEI_DATAL), p.header);
         }
         if h.len > MAXH2CDATA {
-            let v = Violation {
-                fes: fes::DATA_LIMIT_EXCEEDED,
-                fei: 0,
-            };
-            return self.fatal(env, v, p.header);
+            return self.fatal(env, status(fes::DATA_LIMIT_EXCEEDED), p.header);
         }
         let end = u64::from(h.offset) + u64::from(h.len);
         if end > u64::from(x.total) {
-            let v = Violation {
-                fes: fes::DATA_OUT_OF_RANGE,
-                fei: 0,
-            };
-            return self.fatal(env, v, p.header);
+            return self.fatal(env, status(fes::DATA_OUT_OF_RANGE), p.header);
         }
-        // Not where the previous PDU ended: a non-contiguous H2CData PDU, a PDU Sequence
-        // Error (TCP 1.0 §3.3.2.2).
-        if h.offset != x.received {
-            let v = Violation {
-                fes: fes::PDU_SEQUENCE,
-                fei: 0,
-            };
-            return self.fatal(env, v, p.header);
-        }
-        // LAST_PDU is set only in the PDU that satisfies the R2T (TCP 1.0 §3.3.2.2): set
-        // while data is still owed, the PDU is unexpected, a PDU Sequence Error.
-        if p.ch.flags & pdu::flag::DATA_LAST != 0 && end < u64::from(x.total) {
-            let v = Violation {
-                fes: fes::PDU_SEQUENCE,
-                fei: 0,
-            };
-            return self.fatal(env, v, p.header);
+        // A PDU Sequence Error (TCP 1.0 §3.3.2.2): not where the previous PDU ended (a
+        // non-contiguous H2CData PDU), or LAST_PDU set while data is still owed (it is set
+        // only in the PDU that satisfies the R2T: this one is unexpected).
+        if h.offset != x.received
+            || (p.ch.flags & pdu::flag::DATA_LAST != 0 && end < u64::from(x.total))
+        {
+            return self.fatal(env, status(fes::PDU_SEQUENCE), p.header);
         }
         if !p.data_ok && !x.discard {
             // Data damaged on the way: the rest of it is received and dropped (as for an
