@@ -2,6 +2,7 @@
 
 mod cdp;
 mod cdp_base_fault;
+mod cdp_cut;
 mod cdp_disable_retry;
 mod cdp_live;
 mod cdp_live_fault;

@@ -309,6 +309,27 @@ impl RegionMap {
         })
     }
 
+    /// Recovery is about to cut the history after sequence `after` (at `after_time`) ahead of
+    /// records that were journaled (acknowledged writes the volume holds and the history will
+    /// not: a damaged record in a sealed segment, and the segments after it set aside): write
+    /// state 1 (every region unknown) from there, so readers refuse the points after the cut
+    /// and the start journals the whole volume again behind a gap record, as after a crash
+    /// while degraded. An earlier stop the file already names keeps its earlier `after`.
+    /// Returns where the history is whole up to.
+    /// Written before recovery changes a byte of the segments, so a crash in between finds the
+    /// cut again and the same answer.
+    pub fn cut_before_journaled(
+        dir: &Path,
+        size: u64,
+        after: u64,
+        after_time: u64,
+    ) -> Result<(u64, u64), CdpError> {
+        let (mut m, prior) = RegionMap::open(dir, size)?;
+        let (after, after_time) = prior.whole_until(after, after_time);
+        m.unknown(after, after_time, super::clock::now())?;
+        Ok((after, after_time))
+    }
+
     /// The layer above (the mirror) no longer vouches that the replica is the volume after
     /// `after` (at `after_time`; [`crate::bdev::Vouch`]): every update is still journaled, so
     /// no region is marked. Written as state 2 with an empty bitmap: readers refuse every point

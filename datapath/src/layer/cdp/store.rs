@@ -56,6 +56,11 @@ pub struct History {
     pub damaged: Vec<u64>,
     /// Where and why the chain ended before the end of the last segment file, if it did.
     pub cut: Option<String>,
+    /// The cut left out records that were journaled (a damaged record with records after it,
+    /// or segments after it): acknowledged writes the volume holds and the history does not.
+    /// [`Load::Recover`] then has `degraded.map` say the history is not whole after the cut
+    /// (the start journals the whole volume again).
+    pub lost: bool,
     /// `degraded.map` says the journal is not whole after this sequence (and its time): points
     /// after it are refused ([`CdpError::NotWhole`]).
     pub open_gap: Option<(u64, u64)>,
@@ -461,6 +466,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         last_time: meta.window_start(),
         damaged: Vec::new(),
         cut: None,
+        lost: false,
         open_gap: match super::degraded::read_prior(dir, meta.size) {
             super::degraded::Prior::Stopped {
                 after, after_time, ..
@@ -519,6 +525,9 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             Ok(sh) => sh,
             Err(why) => {
                 h.cut = Some(format!("segment {segno}: header: {why}"));
+                // (The newest segment's header torn by a crash while it was created holds
+                // nothing acknowledged.)
+                h.lost = !last_file;
                 h.damaged.push(segno);
                 continue;
             }
@@ -590,6 +599,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                     if mode == Load::Recover && (!last_file || follows) {
                         keep_cut_copy(&path);
                     }
+                    h.lost = !last_file || follows;
                     h.cut = Some(if at as u64 == s.end {
                         format!(
                             "segment {segno}: the record at byte {at} is torn or damaged ({why}); it and what follows are cut"
@@ -609,11 +619,13 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             h.last_time = e.time;
         }
         if mode == Load::Recover {
+            lost_before_changes(&mut h)?;
             zero_after(&path, index.end)?;
         }
         h.segments.push(Segment { header, index });
     }
     if mode == Load::Recover {
+        lost_before_changes(&mut h)?;
         for &segno in consolidated.iter().chain(&spare) {
             remove_segment(dir, segno)?;
         }
@@ -936,6 +948,26 @@ fn aside_name(path: &Path, tail: &str) -> PathBuf {
         .unwrap_or(first)
 }
 
+/// A recovery about to cut `h` ahead of records that were journaled ([`History::lost`]): the
+/// history is marked not whole after the cut before any segment is changed
+/// ([`super::degraded::RegionMap::cut_before_journaled`]). Before session 27 it was not: the
+/// start went on journaling after the cut, and every later point read the blocks those
+/// records wrote as they were before them, while the volume held the acknowledged writes
+/// (test `cdp_cut::after_a_cut_in_a_sealed_segment_the_newest_point_is_still_the_volume`).
+fn lost_before_changes(h: &mut History) -> Result<(), CdpError> {
+    if !h.lost {
+        return Ok(());
+    }
+    let gap = super::degraded::RegionMap::cut_before_journaled(
+        &h.dir,
+        h.meta.size,
+        h.last_seq,
+        h.last_time,
+    )?;
+    h.open_gap = Some(gap);
+    Ok(())
+}
+
 /// Keep a copy of segment file `path`, cut before records that follow a damaged one, as
 /// `*.cut.damaged` (never read as history). Failing that (a full device), the cut goes on: the
 /// volume is served from a history that ends at the cut; the log says what was not kept.
@@ -1163,327 +1195,4 @@ pub mod testing {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::MetadataExt;
-
-    /// A consolidated segment's file becomes a later spare segment (same inode, so the same
-    /// blocks), its header zeroed and the rest kept; at most `RECYCLED_MAX` wait, more are
-    /// deleted; a file of another size is not reused.
-    #[test]
-    fn a_retired_segment_file_is_reused_as_a_later_spare_with_its_header_zeroed() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path();
-        let size = 1 << 20;
-        let max = RECYCLED_MAX as u64;
-        for n in 1..=max + 2 {
-            let f = File::create(seg_path(dir, n)).unwrap();
-            f.write_all_at(&vec![0xAB; size as usize], 0).unwrap();
-        }
-        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
-        let inodes: Vec<u64> = (1..=max).map(|n| ino(&seg_path(dir, n))).collect();
-        for n in 1..=max + 1 {
-            recycle_segment(dir, n).unwrap();
-        }
-        assert_eq!(recycled(dir).len(), RECYCLED_MAX, "one more is deleted");
-        assert!(!seg_path(dir, max + 1).exists() && !recycled_path(dir, max + 1).exists());
-        // Idle: the oldest beyond RECYCLED_KEEP give their space back.
-        assert_eq!(
-            trim_recycled(dir, RECYCLED_KEEP),
-            RECYCLED_MAX - RECYCLED_KEEP
-        );
-        assert_eq!(trim_recycled(dir, RECYCLED_KEEP), 0);
-        let left: Vec<PathBuf> = recycled(dir).into_iter().map(|(p, _)| p).collect();
-        let newest: Vec<PathBuf> = (max - RECYCLED_KEEP as u64 + 1..=max)
-            .map(|n| recycled_path(dir, n))
-            .collect();
-        assert_eq!(left, newest, "the newest are kept");
-        prepare_spare(dir, max + 3, size, false).unwrap();
-        let p = seg_path(dir, max + 3);
-        assert_eq!(
-            ino(&p),
-            inodes[RECYCLED_MAX - RECYCLED_KEEP],
-            "the oldest waiting file is the new spare"
-        );
-        let b = std::fs::read(&p).unwrap();
-        assert!(
-            b[..format::SEG_HEADER].iter().all(|&b| b == 0),
-            "header zeroed"
-        );
-        assert!(
-            b[format::SEG_HEADER..].iter().all(|&b| b == 0xAB),
-            "the rest kept"
-        );
-        assert!(is_spare(dir, max + 3));
-        assert_eq!(recycled(dir).len(), RECYCLED_KEEP - 1);
-        // Another segment size: the waiting file is deleted, a new one made.
-        prepare_spare(dir, max + 4, size * 2, false).unwrap();
-        assert!(recycled(dir).is_empty());
-        let len = std::fs::metadata(seg_path(dir, max + 4)).unwrap().len();
-        assert_eq!(len, size * 2);
-    }
-
-    /// The retention thread's trim: nothing while the volume consolidates and its filesystem
-    /// has room; down to RECYCLED_KEEP once it is idle, or as soon as the filesystem is short
-    /// of room (the room rule at retirement alone let files kept earlier stay while another
-    /// volume ran out of space).
-    #[test]
-    fn waiting_files_are_trimmed_when_idle_or_short_of_room() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path();
-        let size: u64 = 1 << 20;
-        let fill = |from: u64| {
-            for n in from..from + 5 {
-                std::fs::write(recycled_path(dir, n), vec![0u8; size as usize]).unwrap();
-            }
-        };
-        fill(1);
-        let never = || -> u64 { panic!("free space asked for while idle") };
-        assert_eq!(trim_recycled_if(dir, false, || size * RECYCLED_ROOM), 0);
-        assert_eq!(recycled(dir).len(), 5, "busy, with room: all kept");
-        assert_eq!(trim_recycled_if(dir, false, || size * RECYCLED_ROOM - 1), 3);
-        assert_eq!(recycled(dir).len(), RECYCLED_KEEP, "short of room");
-        assert_eq!(trim_recycled_if(dir, true, never), 0, "two kept anyway");
-        fill(10);
-        assert_eq!(trim_recycled_if(dir, true, never), 5);
-        assert_eq!(recycled(dir).len(), RECYCLED_KEEP, "idle");
-    }
-
-    /// A waiting file deleted between the listing and its reuse (the retention thread's trim
-    /// racing the helper) is skipped for the next one, not an error that fails the spare.
-    #[test]
-    fn a_waiting_file_trimmed_after_the_listing_is_skipped() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path();
-        let size = 1 << 20;
-        for n in 1..=2u64 {
-            std::fs::write(seg_path(dir, n), vec![0xCD; size as usize]).unwrap();
-            recycle_segment(dir, n).unwrap();
-        }
-        let listed = recycled(dir);
-        let second = std::fs::metadata(recycled_path(dir, 2)).unwrap().ino();
-        std::fs::remove_file(recycled_path(dir, 1)).unwrap();
-        assert!(reuse_listed(dir, 3, size, listed).unwrap());
-        assert_eq!(std::fs::metadata(seg_path(dir, 3)).unwrap().ino(), second);
-        assert!(recycled(dir).is_empty());
-        // Every listed file gone: no reuse, no error (a new file is made instead).
-        std::fs::write(seg_path(dir, 4), vec![0xCD; size as usize]).unwrap();
-        recycle_segment(dir, 4).unwrap();
-        let listed = recycled(dir);
-        assert_eq!(trim_recycled(dir, 0), 1);
-        assert!(!reuse_listed(dir, 5, size, listed).unwrap());
-    }
-
-    /// Beyond RECYCLED_KEEP waiting files a retired segment is kept only while its filesystem
-    /// has RECYCLED_ROOM segments' worth free; never beyond RECYCLED_MAX.
-    #[test]
-    fn a_retired_segment_beyond_the_two_kept_needs_room_on_its_filesystem() {
-        let seg = 64 << 20;
-        let room = seg * RECYCLED_ROOM;
-        let never = || -> u64 { panic!("free space asked for below RECYCLED_KEEP") };
-        for w in 0..RECYCLED_KEEP {
-            assert!(keep_retired(w, seg, never), "{w} waiting");
-        }
-        assert!(keep_retired(RECYCLED_KEEP, seg, || room));
-        assert!(!keep_retired(RECYCLED_KEEP, seg, || room - 1));
-        assert!(
-            !keep_retired(RECYCLED_KEEP, seg, || 0),
-            "free space unknown"
-        );
-        assert!(keep_retired(RECYCLED_MAX - 1, seg, || u64::MAX));
-        assert!(!keep_retired(RECYCLED_MAX, seg, || u64::MAX));
-        assert!(
-            !keep_retired(RECYCLED_KEEP, u64::MAX, || u64::MAX),
-            "length unknown, no overflow"
-        );
-    }
-
-    /// Two segments written by hand after records 1..=100 were consolidated, the first a
-    /// reused file whose earlier use (records 1..=100, below its first sequence number as
-    /// every consolidated record is) follows its own records: the history reads whole, with
-    /// no cut; a damaged record in the middle of the reused one cuts the history there (a
-    /// record of this use follows the end) and sets the second aside; and a reused last
-    /// segment's earlier bytes are zeroed by recovery, not reported as a cut.
-    #[test]
-    fn an_earlier_use_behind_a_reused_segment_is_no_cut_and_a_damaged_record_in_it_is() {
-        use format::testing::{put_header, put_records};
-        const SEG: u64 = 1 << 20;
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path();
-        let meta = Meta {
-            block_size: 4096,
-            vol_id: 0x5eed,
-            size: 1 << 30,
-            created: 1,
-            base_seq: 100,
-            base_time: 100,
-        };
-        write_meta(dir, &meta).unwrap();
-        let records = |img: &mut Vec<u8>, seqs| put_records(img, meta.vol_id, seqs);
-        let header = |img: &mut Vec<u8>, segno, first| put_header(img, meta.vol_id, segno, first);
-        // Segment 2 is the file that held records 1..=100 (consolidated since).
-        let mut s2 = vec![0u8; SEG as usize];
-        records(&mut s2, 1..=100);
-        header(&mut s2, 2, 101);
-        let end2 = records(&mut s2, 101..=150);
-        let mut s3 = vec![0u8; SEG as usize];
-        header(&mut s3, 3, 151);
-        records(&mut s3, 151..=160);
-        for (n, img) in [(2, &s2), (3, &s3)] {
-            std::fs::write(seg_path(dir, n), img).unwrap();
-        }
-        let h = load(dir, Load::ReadOnly).unwrap();
-        assert!(
-            h.cut.is_none() && h.damaged.is_empty(),
-            "{:?} {:?}",
-            h.cut,
-            h.damaged
-        );
-        assert_eq!(h.last_seq, 160);
-        assert_eq!(h.segments[0].index.end, end2 as u64);
-        // Record 120's payload damaged (the indexes just written removed: as after a crash).
-        let mut bad = s2.clone();
-        let at120 = format::SEG_HEADER + 19 * (format::REC_HEADER + 4096);
-        bad[at120 + format::REC_HEADER + 7] ^= 0xff;
-        std::fs::write(seg_path(dir, 2), &bad).unwrap();
-        for n in 2..=3 {
-            let _ = std::fs::remove_file(idx_path(dir, n));
-        }
-        let h = load(dir, Load::ReadOnly).unwrap();
-        assert_eq!(
-            h.last_seq, 119,
-            "the history ends before the damaged record"
-        );
-        assert!(
-            h.cut
-                .as_deref()
-                .is_some_and(|c| c.starts_with("segment 2:")),
-            "{:?}",
-            h.cut
-        );
-        assert_eq!(h.damaged, vec![3]);
-        // The reused segment as the last one (segment 3 gone), undamaged: recovery finds no
-        // cut and zeroes what follows its log.
-        std::fs::write(seg_path(dir, 2), &s2).unwrap();
-        std::fs::remove_file(seg_path(dir, 3)).unwrap();
-        let _ = std::fs::remove_file(idx_path(dir, 2));
-        let h = load(dir, Load::Recover).unwrap();
-        assert!(h.cut.is_none() && h.damaged.is_empty(), "{:?}", h.cut);
-        assert_eq!(h.last_seq, 150);
-        let after = std::fs::read(seg_path(dir, 2)).unwrap();
-        assert!(
-            after[end2..].iter().all(|&b| b == 0),
-            "the earlier use's bytes are zeroed"
-        );
-        assert_eq!(after[..end2], s2[..end2]);
-    }
-
-    /// A read error on a segment's header (the device's, maybe passing: here the name is a
-    /// directory) fails the recovery instead of cutting the history there and setting the
-    /// later segments' acknowledged records aside for good; a file too short for its header is
-    /// damage and is cut.
-    #[test]
-    fn a_read_error_on_a_header_fails_the_recovery_and_sets_nothing_aside() {
-        use format::testing::segment_image;
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path();
-        let meta = Meta {
-            block_size: 4096,
-            vol_id: 0xe10,
-            size: 1 << 20,
-            created: 1,
-            base_seq: 0,
-            base_time: 0,
-        };
-        write_meta(dir, &meta).unwrap();
-        for (segno, seqs) in [(1, 1..=10), (3, 21..=30)] {
-            std::fs::write(
-                seg_path(dir, segno),
-                segment_image(meta.vol_id, segno, seqs),
-            )
-            .unwrap();
-        }
-        std::fs::create_dir(seg_path(dir, 2)).unwrap();
-        let e = load(dir, Load::Recover).unwrap_err().to_string();
-        assert!(
-            e.contains("read") && e.contains(&format!("{:016x}", 2)),
-            "{e}"
-        );
-        assert!(seg_path(dir, 3).exists(), "segment 3 is not set aside");
-        // Too short for a header: damage, cut there; segment 3 goes aside.
-        std::fs::remove_dir(seg_path(dir, 2)).unwrap();
-        std::fs::write(seg_path(dir, 2), [0u8; 100]).unwrap();
-        let h = load(dir, Load::Recover).unwrap();
-        assert_eq!(h.last_seq, 10);
-        assert!(
-            h.cut.as_deref().is_some_and(|c| c.contains("segment 2")),
-            "{:?}",
-            h.cut
-        );
-        assert_eq!(h.damaged, vec![2, 3]);
-    }
-
-    /// A segment created where no spare was prepared (at a start, or on the reactor) takes a
-    /// waiting consolidated segment's file first, as a prepared spare does: on a full journal
-    /// device that file is the only space there is.
-    #[test]
-    fn a_created_segment_takes_a_recycled_file_first() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path();
-        let size = 1 << 20;
-        let meta = Meta {
-            block_size: 4096,
-            vol_id: 0xc0de,
-            size: 1 << 20,
-            created: 1,
-            base_seq: 0,
-            base_time: 0,
-        };
-        std::fs::write(seg_path(dir, 1), vec![7u8; size]).unwrap();
-        let ino = std::fs::metadata(seg_path(dir, 1)).unwrap().ino();
-        recycle_segment(dir, 1).unwrap();
-        drop(create_segment(dir, &meta, 5, 42, 42, size as u64).unwrap());
-        let md = std::fs::metadata(seg_path(dir, 5)).unwrap();
-        assert_eq!(md.ino(), ino, "the recycled file, not a new one");
-        assert!(recycled(dir).is_empty());
-        let h = segment_header(dir, 5).unwrap();
-        assert_eq!((h.segno, h.first_seq, h.vol_id), (5, 42, meta.vol_id));
-    }
-
-    /// A damaged record in a sealed segment cuts the history there and recovery zeroes what
-    /// follows it; the acknowledged records after the damage are kept in a copy of the file
-    /// for an operator (`*.cut.damaged`), the later segments set aside as before.
-    #[test]
-    fn a_cut_before_later_records_keeps_a_copy_of_the_segment() {
-        use format::testing::{put_header, put_records};
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path();
-        let meta = Meta {
-            block_size: 4096,
-            vol_id: 0xc07,
-            size: 1 << 20,
-            created: 1,
-            base_seq: 0,
-            base_time: 0,
-        };
-        write_meta(dir, &meta).unwrap();
-        let mut s1 = vec![0u8; 1 << 20];
-        put_header(&mut s1, meta.vol_id, 1, 1);
-        put_records(&mut s1, meta.vol_id, 1..=50);
-        s1[format::SEG_HEADER + 19 * (format::REC_HEADER + 4096) + format::REC_HEADER + 9] ^= 1;
-        std::fs::write(seg_path(dir, 1), &s1).unwrap();
-        let mut s2 = vec![0u8; 1 << 20];
-        put_header(&mut s2, meta.vol_id, 2, 51);
-        put_records(&mut s2, meta.vol_id, 51..=60);
-        std::fs::write(seg_path(dir, 2), &s2).unwrap();
-        let h = load(dir, Load::Recover).unwrap();
-        assert_eq!(h.last_seq, 19);
-        let copy = seg_path(dir, 1).with_extension("cdp.cut.damaged");
-        assert!(std::fs::read(&copy).unwrap() == s1, "the segment as it was");
-        assert!(seg_path(dir, 2).with_extension("cdp.damaged").exists());
-        // The cut is zeroed in the segment itself, and the history ends there next time too.
-        let again = load(dir, Load::Recover).unwrap();
-        assert_eq!(again.last_seq, 19);
-        assert!(again.cut.is_none(), "{:?}", again.cut);
-    }
-}
+mod tests;
