@@ -1078,11 +1078,13 @@ impl IscsiConn {
     ) -> Option<prs::Outcome> {
         let t = &std::sync::Arc::clone(&self.target);
         let pr = std::sync::Arc::clone(&t.luns[lun_idx].pr);
+        // Registrations are reported by initiator port (name and ISID), SPC-4 §6.15.5.
+        let port_name = prs::initiator_port(&self.initiator, &self.isid);
         let cmd = prs::PrCmd {
             target: t.iqn.clone(),
             lun: t.luns[lun_idx].lun,
             me,
-            name: self.initiator.clone(),
+            name: port_name.clone(),
             port: self.sh.tpg,
             out,
         };
@@ -1092,7 +1094,7 @@ impl IscsiConn {
             slot,
         };
         match env.chans[vol].meta(env.io, tag, &bytes) {
-            None => Some(pr.apply(&me, &self.initiator, self.sh.tpg, &out)),
+            None => Some(pr.apply(&me, &port_name, self.sh.tpg, &out)),
             Some(Start::Done(r)) => Some(prs::outcome_of(r)),
             Some(Start::Pending) => {
                 let t = &mut self.tasks[slot as usize];
