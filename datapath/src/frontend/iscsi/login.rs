@@ -401,7 +401,16 @@ impl Negotiation {
                 let n = number(v, 0, 31).ok_or(bad)?;
                 put_key(out, k, &n.min(1).to_string());
             }
-            "TaskReporting" => put_key(out, k, "RFC3720"),
+            "TaskReporting" => {
+                // A list key (RFC 7143 §13.23, §6.2.1): the first value offered that the target
+                // supports, RFC 3720 semantics only; none: Reject (never a value not offered).
+                let v = if v.split(',').any(|x| x == "RFC3720") {
+                    "RFC3720"
+                } else {
+                    "Reject"
+                };
+                put_key(out, k, v);
+            }
             _ => put_key(out, k, "NotUnderstood"),
         }
         Ok(())
@@ -586,6 +595,29 @@ mod tests {
         let mut n = Negotiation::default();
         assert_eq!(answer(&mut n, &[("MaxBurstLength", "4096")]), Ok(None));
         assert_eq!(n.params.first_burst, 4096);
+    }
+
+    /// TaskReporting is a list key (RFC 7143 §13.23): the answer is the first value of the
+    /// initiator's list the target supports (RFC3720 only), never a value it did not offer
+    /// (§6.2.1: the originator takes that as a protocol error); none supported: `Reject`.
+    #[test]
+    fn task_reporting_answers_only_a_value_the_initiator_offered() {
+        for (offer, want) in [
+            ("RFC3720", "RFC3720"),
+            ("FastAbort,RFC3720", "RFC3720"),
+            ("ResponseFence,FastAbort", "Reject"),
+            ("FastAbort", "Reject"),
+        ] {
+            let mut n = Negotiation::default();
+            let mut out = Vec::new();
+            let t = text(&[("TaskReporting", offer)]);
+            n.offer(&parse_keys(&t).unwrap(), false, &mut out).unwrap();
+            assert_eq!(
+                parse_keys(&out).unwrap(),
+                vec![("TaskReporting", want)],
+                "{offer}"
+            );
+        }
     }
 
     #[test]
