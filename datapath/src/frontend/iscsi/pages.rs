@@ -74,10 +74,14 @@ fn put64(v: &mut [u8], at: usize, x: u64) {
 }
 
 /// Standard INQUIRY data; `present`: false for a LUN that does not exist (peripheral
-/// qualifier 011b).
-pub fn inquiry(present: bool) -> Vec<u8> {
+/// qualifier 011b); `multiport`: the logical unit has a target port at each site (a mirrored
+/// volume, whose REPORT TARGET PORT GROUPS lists both), so MULTIP is set (SPC-4 §6.6.2).
+pub fn inquiry(present: bool, multiport: bool) -> Vec<u8> {
     let mut b = vec![0u8; 66];
     b[0] = if present { 0x00 } else { 0x7F };
+    if present && multiport {
+        b[6] = 0x10; // MULTIP
+    }
     b[2] = 0x06; // SPC-4
     b[3] = 0x12; // HISUP, response data format 2
     b[4] = (b.len() - 5) as u8;
@@ -571,10 +575,14 @@ mod tests {
             &p[4..],
             &crate::frontend::iscsi::xcopy::third_party_copy_descriptors(512)
         );
-        // Standard INQUIRY byte 5: TPGS 11b (implicit and explicit ALUA), 3PC.
-        let i = inquiry(true);
+        // Standard INQUIRY byte 5: TPGS 11b (implicit and explicit ALUA), 3PC; byte 6: MULTIP
+        // with a port at each site only.
+        let i = inquiry(true, false);
         assert_eq!((i[5] >> 4) & 0x03, 0x03);
         assert_eq!(i[5] & 0x08, 0x08);
+        assert_eq!(i[6], 0);
+        assert_eq!(inquiry(true, true)[6], 0x10);
+        assert_eq!(inquiry(false, true)[6], 0);
     }
 
     #[test]

@@ -368,7 +368,7 @@ impl IscsiConn {
                     evpd: false, alloc, ..
                 }),
             ) => {
-                let page = pages::inquiry(false);
+                let page = pages::inquiry(false, false);
                 let n = page.len().min(*alloc as usize);
                 return self.send_data_in(itt, lun, &page[..n], edtl, n as u64);
             }
@@ -592,8 +592,8 @@ impl IscsiConn {
                 Cmd::Inquiry {
                     evpd: false, alloc, ..
                 },
-                _,
-            ) => Some(page(Ok(pages::inquiry(true)), alloc)),
+                Some(l),
+            ) => Some(page(Ok(pages::inquiry(true, l.peer.is_some())), alloc)),
             (Cmd::Inquiry { page: p, alloc, .. }, Some(l)) => {
                 Some(page(pages::vpd_page(l, p), alloc))
             }
