@@ -573,8 +573,14 @@ impl IscsiConn {
             })
         };
         let built: Option<Result<Vec<u8>, Sense>> = match (cmd, &info) {
-            (Cmd::ReportLuns { alloc }, _) => {
-                let luns: Vec<u16> = self.target.luns.iter().map(|l| l.lun).collect();
+            (Cmd::ReportLuns { well_known, alloc }, _) => {
+                // SELECT REPORT 01h lists the well known logical units: none here (SPC-4
+                // §6.33); 00h and 02h every LUN of the target.
+                let luns: Vec<u16> = if well_known {
+                    Vec::new()
+                } else {
+                    self.target.luns.iter().map(|l| l.lun).collect()
+                };
                 Some(page(Ok(pages::report_luns(&luns)), alloc))
             }
             (Cmd::RequestSense { alloc }, _) => {
