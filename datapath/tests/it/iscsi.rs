@@ -265,6 +265,9 @@ fn qemu_img_and_qemu_io_write_read_back_and_compare() {
 
 // ----- a raw initiator for malformed input -----
 
+/// The ISID [`Raw`] logs in with unless told another.
+pub(crate) const ISID: [u8; 6] = [0x80, 0, 0, 0, 0, 1];
+
 pub(crate) struct Raw {
     pub(crate) s: TcpStream,
     pub(crate) cmd_sn: u32,
@@ -338,10 +341,22 @@ impl Raw {
         header_digest: bool,
         data_digest: bool,
     ) -> Raw {
+        Self::login_port(addr, name, ISID, target, header_digest, data_digest)
+    }
+
+    /// Log in as initiator port `name` with ISID `isid` to target `target`.
+    pub(crate) fn login_port(
+        addr: SocketAddr,
+        name: &str,
+        isid: [u8; 6],
+        target: &str,
+        header_digest: bool,
+        data_digest: bool,
+    ) -> Raw {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut h = bhs(0x43, 0x80 | (1 << 2) | 3);
-        h[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0, 1]);
+        h[8..14].copy_from_slice(&isid);
         put32(&mut h, 16, 1);
         put32(&mut h, 24, 1);
         let keys = format!(

@@ -215,6 +215,12 @@ fn malformed_or_impossible_set_target_port_groups_are_refused_and_change_nothing
     let mut hb = session(ib, "iqn.2026-12.test:host-b");
     let mut itt = 100;
     rtpg_until(&mut ha, &mut hb, A_LEADS, &mut itt);
+    // The logical unit has a target port at each site (RTPG lists both): the standard INQUIRY
+    // sets MULTIP (byte 6 bit 4, SPC-4 §6.6.2) at both.
+    for (r, at) in [(&mut ha, "a"), (&mut hb, "b")] {
+        let (st, _, _, _, inq) = status_of(r, 150, &[0x12, 0, 0, 0, 96, 0], 96);
+        assert_eq!((st, inq[6] & 0x10), (0, 0x10), "MULTIP at site {at}");
+    }
     let mut truncated = list(&[(0x0, 2)]);
     truncated.truncate(6);
     let cases: [(&str, Vec<u8>, Status); 9] = [
@@ -291,5 +297,7 @@ fn a_single_site_volume_keeps_its_one_group_optimised() {
     let (st, _, _, _, inq) = status_of(&mut r, 21, &[0x12, 0, 0, 0, 96, 0], 96);
     assert_eq!(st, 0);
     assert_eq!((inq[5] >> 4) & 0x03, 0x03);
+    // One target port: MULTIP clear.
+    assert_eq!(inq[6] & 0x10, 0);
     drop(d);
 }

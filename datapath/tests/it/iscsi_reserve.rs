@@ -1,7 +1,8 @@
 //! SPC-2 RESERVE / RELEASE across the two sites of a mirrored volume: decided by the volume's
 //! leader site and enforced at both, released at both when the holder's I_T nexus goes (logout,
 //! a dropped connection); READ FULL STATUS naming the target port each registration came
-//! through, and the ALL_TG_PT and SPEC_I_PT bits of PERSISTENT RESERVE OUT.
+//! through and its initiator port (name and ISID), and the ALL_TG_PT and SPEC_I_PT bits of
+//! PERSISTENT RESERVE OUT.
 
 use crate::iscsi::{Raw, bhs, prin, prout, prout_flags, put32, status_of, two_sites, write_one};
 use std::time::{Duration, Instant};
@@ -163,6 +164,20 @@ fn full_status(r: &mut Raw, itt: u32) -> Vec<Full> {
     out
 }
 
+/// The iSCSI TransportID of an initiator port (SPC-4 §7.6.4.6, FORMAT CODE 01b, PROTOCOL
+/// IDENTIFIER 5): the ISCSI INITIATOR PORT NAME, the iSCSI name, `,i,0x` and the ISID in hex,
+/// NUL-ended and padded to a multiple of 4 (ADDITIONAL LENGTH at least 20).
+fn port_tid(name: &str, isid: [u8; 6]) -> Vec<u8> {
+    let hex: String = isid.iter().map(|b| format!("{b:02x}")).collect();
+    let mut t = vec![0x45, 0, 0, 0];
+    t.extend_from_slice(format!("{name},i,0x{hex}").as_bytes());
+    t.push(0);
+    t.resize(t.len().next_multiple_of(4).max(24), 0);
+    let n = (t.len() - 4) as u16;
+    t[2..4].copy_from_slice(&n.to_be_bytes());
+    t
+}
+
 /// SPC-4 §6.15.5: each READ FULL STATUS descriptor's RELATIVE TARGET PORT IDENTIFIER is that of
 /// the target port its registration came through (ALL_TG_PT 0): site a's port for a host that
 /// registered there, site b's for one that registered at site b, whichever site reports it.
@@ -184,15 +199,7 @@ fn read_full_status_names_each_registrations_target_port_and_all_tg_pt_is_ignore
     let (fa, fb) = (full_status(&mut h1, 6), full_status(&mut h2, 6));
     assert_eq!(fa, fb, "both sites report one state");
     assert_eq!(fa.len(), 2);
-    let tid = |name: &str| {
-        let mut t = vec![0x05, 0, 0, 0];
-        t.extend_from_slice(name.as_bytes());
-        t.push(0);
-        t.resize(t.len().next_multiple_of(4).max(24), 0);
-        let n = (t.len() - 4) as u16;
-        t[2..4].copy_from_slice(&n.to_be_bytes());
-        t
-    };
+    let tid = |name: &str| port_tid(name, crate::iscsi::ISID);
     let want = [
         Full {
             key: ka,
@@ -282,4 +289,44 @@ fn one_initiator_port_at_both_sites_is_two_i_t_nexuses_each_registered_on_its_ow
     assert_eq!(write_one(&mut pa, 14, bs), 0);
     drop((pa, pb));
     drop((a, b));
+}
+
+/// SPC-4 §6.15.5: a READ FULL STATUS descriptor's TransportID identifies the initiator port of
+/// its I_T nexus; for iSCSI that is the name with the ISID (§7.6.4.6, format 01b). Two sessions
+/// of one initiator name with different ISIDs are two initiator ports, each registered on its
+/// own, and are reported as two TransportIDs (the name alone, format 00b, would report them
+/// the same).
+#[test]
+fn read_full_status_names_the_initiator_port_with_its_isid() {
+    let (_d, addr) = crate::iscsi::daemon("16MiB");
+    let name = "iqn.2026-12.test:twoports";
+    let isid2 = [0x80, 0, 0, 0, 0, 2];
+    let mut p1 = Raw::login_port(
+        addr,
+        name,
+        crate::iscsi::ISID,
+        crate::iscsi::IQN,
+        false,
+        false,
+    );
+    let mut p2 = Raw::login_port(addr, name, isid2, crate::iscsi::IQN, false, false);
+    for (r, itt) in [(&mut p1, 1), (&mut p2, 1)] {
+        // Past the first unit attention (power on).
+        let _ = st(r, itt, &TUR);
+    }
+    assert_eq!(prout(&mut p1, 2, 0, 0, 0, 0x11).0, 0);
+    assert_eq!(prout(&mut p2, 2, 0, 0, 0, 0x22).0, 0);
+    let mut got: Vec<(u64, Vec<u8>)> = full_status(&mut p1, 3)
+        .into_iter()
+        .map(|d| (d.key, d.tid))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (0x11, port_tid(name, crate::iscsi::ISID)),
+            (0x22, port_tid(name, isid2))
+        ]
+    );
+    drop((p1, p2));
 }

@@ -315,3 +315,36 @@ fn abort_task_keeps_to_its_lun_and_a_reserved_logout_reason_is_rejected() {
     assert_eq!((h[0] & 0x3F, h[2]), (0x3F, 0x09));
     logout(&mut r, 25);
 }
+
+/// SPC-4 §6.33: REPORT LUNS with SELECT REPORT 01h lists the well known logical units only;
+/// the target has none, so its LUN LIST LENGTH is 0 (00h and 02h list LUN 0). An ALLOCATION
+/// LENGTH under 16 is INVALID FIELD IN CDB.
+#[test]
+fn report_luns_selecting_well_known_units_lists_none() {
+    let (_d, addr) = daemon("16MiB");
+    let mut r = Raw::login(addr, false);
+    // Past the power-on unit attention (REPORT LUNS is not held by it, TEST UNIT READY is).
+    let _ = crate::iscsi::status_of(&mut r, 1, &[0u8; 6], 0);
+    let report = |r: &mut Raw, itt: u32, select: u8, alloc: u32| {
+        let mut cdb = [0u8; 12];
+        cdb[0] = 0xA0;
+        cdb[2] = select;
+        cdb[6..10].copy_from_slice(&alloc.to_be_bytes());
+        crate::iscsi::status_of(r, itt, &cdb, alloc)
+    };
+    for select in [0u8, 2] {
+        let (st, _, _, _, d) = report(&mut r, 10 + u32::from(select), select, 64);
+        assert_eq!(st, 0);
+        assert_eq!(
+            &d[..4],
+            &8u32.to_be_bytes(),
+            "SELECT REPORT {select}: LUN 0"
+        );
+        assert_eq!(d.len(), 16);
+    }
+    let (st, _, _, _, d) = report(&mut r, 20, 1, 64);
+    assert_eq!(st, 0);
+    assert_eq!(d, [0u8; 8], "no well known logical unit");
+    let (st, key, asc, ascq, _) = report(&mut r, 21, 0, 15);
+    assert_eq!((st, key, asc, ascq), (2, 5, 0x24, 0));
+}

@@ -203,19 +203,26 @@ fn yn(b: bool) -> &'static str {
     if b { "Yes" } else { "No" }
 }
 
-/// A numeric value in `lo..=hi` (decimal, or hex with `0x`).
+/// A numeric value in `lo..=hi` (decimal, or hex with `0x`; RFC 7143 §6.1). Leading zeros
+/// are taken at any length (a hex-constant may have them); what is left must fit a u32.
 pub(super) fn number(v: &str, lo: u32, hi: u32) -> Option<u32> {
-    if v.is_empty() || v.len() > 12 {
+    let (digits, radix) = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => (h, 16),
+        None => (v, 10),
+    };
+    // Digits only: Rust's integer parsing would take a leading `+` too.
+    if digits.is_empty() || !digits.bytes().all(|c| char::from(c).is_digit(radix)) {
         return None;
     }
-    // Digits only: Rust's integer parsing would take a leading `+` too.
-    let n = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        Some(h) if !h.is_empty() && h.bytes().all(|c| c.is_ascii_hexdigit()) => {
-            u64::from_str_radix(h, 16).ok()?
-        }
-        Some(_) => return None,
-        None if v.bytes().all(|c| c.is_ascii_digit()) => v.parse::<u64>().ok()?,
-        None => return None,
+    let significant = digits.trim_start_matches('0');
+    if significant.len() > 10 {
+        // Past any u32 in either base (and bounded before it is parsed).
+        return None;
+    }
+    let n = if significant.is_empty() {
+        0
+    } else {
+        u64::from_str_radix(significant, radix).ok()?
     };
     let n = u32::try_from(n).ok()?;
     (lo..=hi).contains(&n).then_some(n)
@@ -401,7 +408,16 @@ impl Negotiation {
                 let n = number(v, 0, 31).ok_or(bad)?;
                 put_key(out, k, &n.min(1).to_string());
             }
-            "TaskReporting" => put_key(out, k, "RFC3720"),
+            "TaskReporting" => {
+                // A list key (RFC 7143 §13.23, §6.2.1): the first value offered that the target
+                // supports, RFC 3720 semantics only; none: Reject (never a value not offered).
+                let v = if v.split(',').any(|x| x == "RFC3720") {
+                    "RFC3720"
+                } else {
+                    "Reject"
+                };
+                put_key(out, k, v);
+            }
             _ => put_key(out, k, "NotUnderstood"),
         }
         Ok(())
@@ -586,6 +602,52 @@ mod tests {
         let mut n = Negotiation::default();
         assert_eq!(answer(&mut n, &[("MaxBurstLength", "4096")]), Ok(None));
         assert_eq!(n.params.first_burst, 4096);
+    }
+
+    /// TaskReporting is a list key (RFC 7143 §13.23): the answer is the first value of the
+    /// initiator's list the target supports (RFC3720 only), never a value it did not offer
+    /// (§6.2.1: the originator takes that as a protocol error); none supported: `Reject`.
+    #[test]
+    fn task_reporting_answers_only_a_value_the_initiator_offered() {
+        for (offer, want) in [
+            ("RFC3720", "RFC3720"),
+            ("FastAbort,RFC3720", "RFC3720"),
+            ("ResponseFence,FastAbort", "Reject"),
+            ("FastAbort", "Reject"),
+        ] {
+            let mut n = Negotiation::default();
+            let mut out = Vec::new();
+            let t = text(&[("TaskReporting", offer)]);
+            n.offer(&parse_keys(&t).unwrap(), false, &mut out).unwrap();
+            assert_eq!(
+                parse_keys(&out).unwrap(),
+                vec![("TaskReporting", want)],
+                "{offer}"
+            );
+        }
+    }
+
+    /// RFC 7143 §6.1: a hex-constant is `0x` followed by one or more hex digits, so leading
+    /// zeros make a valid value of any length; garbage, signs, an empty digit string and a
+    /// value past the key's range are still refused.
+    #[test]
+    fn numbers_take_leading_zeros_and_refuse_garbage() {
+        assert_eq!(number("0x0000000000040000", 512, 0xFF_FFFF), Some(0x40000));
+        assert_eq!(number("0X00000000000000000000001", 0, 2), Some(1));
+        assert_eq!(number("0000000000000262144", 512, 0xFF_FFFF), Some(262_144));
+        assert_eq!(number("0", 0, 2), Some(0));
+        assert_eq!(number("0x0", 0, 2), Some(0));
+        for bad in ["", "0x", "+1", "-1", "1 ", "0x1g", "12x", "0x1_0", "1e3"] {
+            assert_eq!(number(bad, 0, u32::MAX), None, "{bad:?}");
+        }
+        assert_eq!(number("0x1000000", 512, 0xFF_FFFF), None);
+        assert_eq!(number("99999999999999999999999", 0, u32::MAX), None);
+        assert_eq!(number("0x100000000", 0, u32::MAX), None);
+        let mut n = Negotiation::default();
+        let t = text(&[("MaxBurstLength", "0x0000000000010000")]);
+        n.offer(&parse_keys(&t).unwrap(), false, &mut Vec::new())
+            .unwrap();
+        assert_eq!(n.params.max_burst, 65536);
     }
 
     #[test]

@@ -74,10 +74,14 @@ fn put64(v: &mut [u8], at: usize, x: u64) {
 }
 
 /// Standard INQUIRY data; `present`: false for a LUN that does not exist (peripheral
-/// qualifier 011b).
-pub fn inquiry(present: bool) -> Vec<u8> {
+/// qualifier 011b); `multiport`: the logical unit has a target port at each site (a mirrored
+/// volume, whose REPORT TARGET PORT GROUPS lists both), so MULTIP is set (SPC-4 §6.6.2).
+pub fn inquiry(present: bool, multiport: bool) -> Vec<u8> {
     let mut b = vec![0u8; 66];
     b[0] = if present { 0x00 } else { 0x7F };
+    if present && multiport {
+        b[6] = 0x10; // MULTIP
+    }
     b[2] = 0x06; // SPC-4
     b[3] = 0x12; // HISUP, response data format 2
     b[4] = (b.len() - 5) as u8;
@@ -464,8 +468,9 @@ fn changeable_pc(pc: u8) -> bool {
     pc == 1
 }
 
-/// Check a MODE SELECT parameter list: the header, an optional block descriptor matching
-/// the volume, and pages equal to the current ones (nothing is changeable).
+/// Check a MODE SELECT parameter list: the header, an optional block descriptor (short, or
+/// long with MODE SELECT(10)'s LONGLBA) whose block length is the volume's, and pages equal to
+/// the current ones (nothing is changeable).
 pub fn mode_select(l: &LunInfo, ten: bool, data: &[u8]) -> Result<(), Sense> {
     let hlen = if ten { 8 } else { 4 };
     if data.is_empty() {
@@ -479,16 +484,23 @@ pub fn mode_select(l: &LunInfo, ten: bool, data: &[u8]) -> Result<(), Sense> {
     } else {
         usize::from(data[3])
     };
+    // LONGLBA (MODE SELECT(10) only, header byte 4 bit 0): one 16-byte long LBA block
+    // descriptor (SBC-3 §6.4.2.3) instead of the 8-byte short one (§6.4.2.2).
+    let long = ten && data[4] & 0x01 != 0;
+    let dlen = if long { 16 } else { 8 };
     let mut at = hlen;
     if bdl != 0 {
-        if bdl != 8 || data.len() < at + 8 {
+        if bdl != dlen || data.len() < at + dlen {
             return Err(Sense::PARAM_LIST_LENGTH);
         }
-        let blen = u32::from_be_bytes([0, data[at + 5], data[at + 6], data[at + 7]]);
+        // LOGICAL BLOCK LENGTH: the descriptor's last 3 (short) or 4 (long) bytes.
+        let e = at + dlen;
+        let top = if long { data[e - 4] } else { 0 };
+        let blen = u32::from_be_bytes([top, data[e - 3], data[e - 2], data[e - 1]]);
         if blen != l.block {
             return Err(Sense::INVALID_FIELD_PARAM);
         }
-        at += 8;
+        at = e;
     }
     while at < data.len() {
         if data.len() < at + 2 {
@@ -563,10 +575,14 @@ mod tests {
             &p[4..],
             &crate::frontend::iscsi::xcopy::third_party_copy_descriptors(512)
         );
-        // Standard INQUIRY byte 5: TPGS 11b (implicit and explicit ALUA), 3PC.
-        let i = inquiry(true);
+        // Standard INQUIRY byte 5: TPGS 11b (implicit and explicit ALUA), 3PC; byte 6: MULTIP
+        // with a port at each site only.
+        let i = inquiry(true, false);
         assert_eq!((i[5] >> 4) & 0x03, 0x03);
         assert_eq!(i[5] & 0x08, 0x08);
+        assert_eq!(i[6], 0);
+        assert_eq!(inquiry(true, true)[6], 0x10);
+        assert_eq!(inquiry(false, true)[6], 0);
     }
 
     #[test]
@@ -583,6 +599,43 @@ mod tests {
         assert_eq!(
             mode_sense(&l, false, true, 3, mode::ALL, 0),
             Err(Sense::SAVING_NOT_SUPPORTED)
+        );
+    }
+
+    /// MODE SELECT(10) with LONGLBA (byte 4 bit 0 of its header, SPC-4 §7.5.5) carries a
+    /// 16-byte long LBA block descriptor (SBC-3 §6.4.2.3: NUMBER OF LOGICAL BLOCKS in 8 bytes,
+    /// LOGICAL BLOCK LENGTH in bytes 12..16): accepted when it matches the medium, its block
+    /// length checked like the short one's; an 8-byte one under LONGLBA is a length error.
+    #[test]
+    fn mode_select_ten_takes_a_long_lba_block_descriptor() {
+        let l = lun();
+        let list = |longlba: bool, desc: &[u8]| {
+            let mut b = vec![0u8; 8];
+            b[4] = u8::from(longlba);
+            b[6..8].copy_from_slice(&(desc.len() as u16).to_be_bytes());
+            b.extend_from_slice(desc);
+            b.extend_from_slice(&mode_page(mode::CACHING, false));
+            b
+        };
+        let mut long = [0u8; 16];
+        long[0..8].copy_from_slice(&l.blocks.to_be_bytes());
+        long[12..16].copy_from_slice(&l.block.to_be_bytes());
+        assert_eq!(mode_select(&l, true, &list(true, &long)), Ok(()));
+        let mut other = long;
+        other[12..16].copy_from_slice(&4096u32.to_be_bytes());
+        assert_eq!(
+            mode_select(&l, true, &list(true, &other)),
+            Err(Sense::INVALID_FIELD_PARAM)
+        );
+        let short = mode_sense(&l, true, false, 0, mode::CACHING, 0).unwrap()[8..16].to_vec();
+        assert_eq!(mode_select(&l, true, &list(false, &short)), Ok(()));
+        assert_eq!(
+            mode_select(&l, true, &list(true, &short)),
+            Err(Sense::PARAM_LIST_LENGTH)
+        );
+        assert_eq!(
+            mode_select(&l, true, &list(false, &long)),
+            Err(Sense::PARAM_LIST_LENGTH)
         );
     }
 

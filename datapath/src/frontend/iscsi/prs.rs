@@ -12,9 +12,9 @@
 //! set in a REGISTER or REGISTER AND IGNORE EXISTING KEY (the other actions ignore the bit,
 //! SPC-4 §6.16.3), SPEC_I_PT, REGISTER AND MOVE, REPLACE LOST RESERVATION.
 //!
-//! Each registrant keeps its initiator name and the relative target port id (the site's target
-//! port group, as VPD page 83h reports it) its last registration came through: READ FULL
-//! STATUS reports them (TransportID, RELATIVE TARGET PORT IDENTIFIER).
+//! Each registrant keeps its initiator port name (name and ISID) and the relative target port
+//! id (the site's target port group, as VPD page 83h reports it) its last registration came
+//! through: READ FULL STATUS reports them (TransportID, RELATIVE TARGET PORT IDENTIFIER).
 //!
 //! The LUN's SPC-2 RESERVE holder lives in the same state (`spc2.rs` has its rules), so the
 //! rules that tie the two kinds together (SPC-2 §5.5.1: no RESERVE or RELEASE while any nexus is
@@ -65,8 +65,8 @@ pub struct PrState {
 /// a unit attention too (docs/iscsi.md, "Resets across the sites").
 pub const RESET_EVENT: u8 = 0x10;
 
-/// A registrant's id, initiator name (its READ FULL STATUS TransportID) and the relative target
-/// port id its registration came through.
+/// A registrant's id, initiator port name ([`initiator_port`], its READ FULL STATUS TransportID)
+/// and the relative target port id its registration came through.
 pub type Registered = ([u8; 16], String, u16);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,6 +91,14 @@ impl Inner {
             && self.aptpl == o.aptpl
             && self.reset_gen == o.reset_gen
     }
+}
+
+/// The iSCSI initiator port name of initiator `name` with ISID `isid` (SPC-4 §7.6.4.6,
+/// RFC 7143 §4.2.7.1): `name,i,0x` and the ISID's 12 hex digits. A registrant is reported by it
+/// (READ FULL STATUS), so two sessions of one initiator name are two initiator ports there too.
+pub fn initiator_port(name: &str, isid: &[u8; 6]) -> String {
+    let hex: String = isid.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{name},i,0x{hex}")
 }
 
 /// The registrant id of an I_T nexus: the initiator port (name and ISID) with the target port
@@ -616,9 +624,12 @@ impl PrState {
                         .iter()
                         .find(|(h, _, _)| *h == r.hostid)
                         .map_or(("", 0), |(_, n, p)| (n.as_str(), *p));
-                    // iSCSI TransportID, format 00b: protocol 5, length, the NUL-ended name
-                    // padded to a multiple of 4.
-                    let mut tid = vec![0x05, 0, 0, 0];
+                    // iSCSI TransportID (SPC-4 §7.6.4.6): protocol 5, length, the NUL-ended
+                    // name padded to a multiple of 4; format 01b for an initiator port name
+                    // (with the ISID: [`initiator_port`]), 00b for a bare name (a registration
+                    // recorded by a version that kept no ISID).
+                    let format = if name.contains(",i,0x") { 0x40 } else { 0 };
+                    let mut tid = vec![format | 0x05, 0, 0, 0];
                     tid.extend_from_slice(name.as_bytes());
                     tid.push(0);
                     while tid.len() % 4 != 0 || tid.len() < 24 {
@@ -769,7 +780,7 @@ pub struct PrCmd {
     pub lun: u16,
     /// The nexus.
     pub me: [u8; 16],
-    /// Its initiator name (READ FULL STATUS).
+    /// Its initiator port name ([`initiator_port`]; READ FULL STATUS).
     pub name: String,
     /// The relative target port id it came through (READ FULL STATUS).
     pub port: u16,
@@ -1227,16 +1238,24 @@ mod tests {
             s.out(&one_more, "iqn.y", 1, 0, 0, &params(0, 9)),
             Outcome::Check(NO_REGISTRATION_RESOURCES)
         );
-        // A full state still fits one META_STATE with the longest names.
+        // A full state still fits one META_STATE with the longest names (initiator port
+        // names: the 223-byte iSCSI name with its ISID).
         let long = "i".repeat(223);
         let t = PrState::default();
         for i in 0..MAX_PR_REGISTRANTS {
-            let id = nexus_id(&long, &(i as u64).to_be_bytes()[2..].try_into().unwrap(), 1);
+            let isid = (i as u64).to_be_bytes()[2..].try_into().unwrap();
+            let id = nexus_id(&long, &isid, 1);
+            let port = initiator_port(&long, &isid);
             assert_eq!(
-                t.out(&id, &long, 1, 0, 0, &params(0, 1 + i as u64)),
+                t.out(&id, &port, 1, 0, 0, &params(0, 1 + i as u64)),
                 Outcome::Good
             );
         }
+        // Reported as initiator ports (format 01b) with the ISID, the whole name kept.
+        let f = t.read(3).unwrap();
+        assert_eq!(f[8 + 24], 0x45);
+        let want = format!("{long},i,0x000000000000");
+        assert_eq!(&f[8 + 28..8 + 28 + want.len()], want.as_bytes());
         let st = t.encode_state(&"t".repeat(223), u16::MAX);
         assert!(st.len() < crate::layer::mirror::wire::MAX_META_STATE as usize - 1);
         assert!(decode_replicated(&st).is_some());

@@ -539,6 +539,8 @@ pub enum Cmd {
     },
     /// REPORT LUNS.
     ReportLuns {
+        /// SELECT REPORT 01h: the well known logical units only (the target has none).
+        well_known: bool,
         /// Allocation length.
         alloc: u32,
     },
@@ -758,7 +760,10 @@ pub fn decode(c: &[u8; 16]) -> Result<Cmd, Sense> {
             if alloc < 16 || c[2] > 2 {
                 return Err(Sense::INVALID_FIELD_CDB);
             }
-            Cmd::ReportLuns { alloc }
+            Cmd::ReportLuns {
+                well_known: c[2] == 1,
+                alloc,
+            }
         }
         READ_CAPACITY_10 => {
             // PMI (byte 8 bit 0) is obsolete; an LBA without PMI is an error.

@@ -368,7 +368,7 @@ impl IscsiConn {
                     evpd: false, alloc, ..
                 }),
             ) => {
-                let page = pages::inquiry(false);
+                let page = pages::inquiry(false, false);
                 let n = page.len().min(*alloc as usize);
                 return self.send_data_in(itt, lun, &page[..n], edtl, n as u64);
             }
@@ -573,8 +573,14 @@ impl IscsiConn {
             })
         };
         let built: Option<Result<Vec<u8>, Sense>> = match (cmd, &info) {
-            (Cmd::ReportLuns { alloc }, _) => {
-                let luns: Vec<u16> = self.target.luns.iter().map(|l| l.lun).collect();
+            (Cmd::ReportLuns { well_known, alloc }, _) => {
+                // SELECT REPORT 01h lists the well known logical units: none here (SPC-4
+                // §6.33); 00h and 02h every LUN of the target.
+                let luns: Vec<u16> = if well_known {
+                    Vec::new()
+                } else {
+                    self.target.luns.iter().map(|l| l.lun).collect()
+                };
                 Some(page(Ok(pages::report_luns(&luns)), alloc))
             }
             (Cmd::RequestSense { alloc }, _) => {
@@ -592,8 +598,8 @@ impl IscsiConn {
                 Cmd::Inquiry {
                     evpd: false, alloc, ..
                 },
-                _,
-            ) => Some(page(Ok(pages::inquiry(true)), alloc)),
+                Some(l),
+            ) => Some(page(Ok(pages::inquiry(true, l.peer.is_some())), alloc)),
             (Cmd::Inquiry { page: p, alloc, .. }, Some(l)) => {
                 Some(page(pages::vpd_page(l, p), alloc))
             }
@@ -1078,11 +1084,13 @@ impl IscsiConn {
     ) -> Option<prs::Outcome> {
         let t = &std::sync::Arc::clone(&self.target);
         let pr = std::sync::Arc::clone(&t.luns[lun_idx].pr);
+        // Registrations are reported by initiator port (name and ISID), SPC-4 §6.15.5.
+        let port_name = prs::initiator_port(&self.initiator, &self.isid);
         let cmd = prs::PrCmd {
             target: t.iqn.clone(),
             lun: t.luns[lun_idx].lun,
             me,
-            name: self.initiator.clone(),
+            name: port_name.clone(),
             port: self.sh.tpg,
             out,
         };
@@ -1092,7 +1100,7 @@ impl IscsiConn {
             slot,
         };
         match env.chans[vol].meta(env.io, tag, &bytes) {
-            None => Some(pr.apply(&me, &self.initiator, self.sh.tpg, &out)),
+            None => Some(pr.apply(&me, &port_name, self.sh.tpg, &out)),
             Some(Start::Done(r)) => Some(prs::outcome_of(r)),
             Some(Start::Pending) => {
                 let t = &mut self.tasks[slot as usize];
