@@ -115,6 +115,76 @@ fn nvmf_h2cdata_last_pdu_before_the_r2t_is_satisfied_is_a_pdu_sequence_error() {
     assert_eq!(good.read(1, 0, 64, 512).unwrap(), data);
 }
 
+/// NVMe/TCP 1.0 §3.3.2.2: "The LAST_PDU flag is set to '1' in the last H2CData PDU that
+/// satisfies a R2T request" and cleared in all others (Figure 26: LAST_PDU marks the last of
+/// the PDUs of one R2T). A PDU that completes the R2T's data with the flag cleared is not the
+/// PDU the sequence calls for: a fatal transport error, C2HTermReq with FES 02h (PDU Sequence
+/// Error, FEI reserved) carrying the offending header; nothing is written; the same holds for
+/// a transfer in one PDU. Before, such a PDU was accepted and the command executed.
+#[test]
+fn nvmf_h2cdata_completing_the_r2t_without_last_pdu_is_a_pdu_sequence_error() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut good = c.io_queue(1, 8).unwrap();
+    let data = pattern(4, 32768);
+    // Two PDUs, the second (which satisfies the R2T) without LAST_PDU.
+    let mut q = c.io_queue(2, 8).unwrap();
+    let cid = 0x23;
+    let ttag = write_by_r2t(&mut q, cid, 32768);
+    q.send_raw(&h2c(0, cid, ttag, 0, &data[..16384]).1).unwrap();
+    let (header, pdu) = h2c(0, cid, ttag, 16384, &data[16384..]);
+    q.send_raw(&pdu).unwrap();
+    let tr = expect_term(&mut q, &header);
+    assert_eq!((tr.fes, tr.fei), (0x02, 0), "{tr:?}");
+    // The whole transfer in one PDU without LAST_PDU.
+    let mut q = c.io_queue(3, 8).unwrap();
+    let ttag = write_by_r2t(&mut q, cid, 32768);
+    let (header, pdu) = h2c(0, cid, ttag, 0, &data);
+    q.send_raw(&pdu).unwrap();
+    let tr = expect_term(&mut q, &header);
+    assert_eq!((tr.fes, tr.fei), (0x02, 0), "{tr:?}");
+    assert!(good.read(1, 0, 64, 512).unwrap().iter().all(|&b| b == 0));
+}
+
+/// NVMe/TCP 1.0 §3.6.2.8, Figure 26: DATAO and DATAL of an H2CData PDU "shall be a multiple
+/// of dwords" (every transfer this target asks for is a whole number of dwords, so only a
+/// host splitting it against that rule sends another). Such a field is invalid: a fatal
+/// transport error, C2HTermReq with FES 01h (Invalid PDU Header Field) and FEI the field's
+/// offset (12 DATAO, 16 DATAL). Before, a DATAL of 4094 was taken (and a DATAO of 2 was
+/// reported as a PDU Sequence Error only because it did not continue the data).
+#[test]
+fn nvmf_h2cdata_datao_and_datal_not_multiples_of_dwords_are_invalid_header_fields() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut good = c.io_queue(1, 8).unwrap();
+    let data = pattern(5, 8192 + 512);
+    let cid = 0x24;
+    // DATAL 4094 at offset 0.
+    let mut q = c.io_queue(2, 8).unwrap();
+    let ttag = write_by_r2t(&mut q, cid, 8192 + 512);
+    let (header, pdu) = h2c(0, cid, ttag, 0, &data[..4094]);
+    q.send_raw(&pdu).unwrap();
+    let tr = expect_term(&mut q, &header);
+    assert_eq!((tr.fes, tr.fei), (0x01, 16), "DATAL: {tr:?}");
+    // DATAO 2 (and DATAL 6, the lowest offset is named).
+    let mut q = c.io_queue(3, 8).unwrap();
+    let ttag = write_by_r2t(&mut q, cid, 8192 + 512);
+    let (header, pdu) = h2c(0, cid, ttag, 2, &data[..6]);
+    q.send_raw(&pdu).unwrap();
+    let tr = expect_term(&mut q, &header);
+    assert_eq!((tr.fes, tr.fei), (0x01, 12), "DATAO: {tr:?}");
+    assert!(good.read(1, 0, 17, 512).unwrap().iter().all(|&b| b == 0));
+    // Dword multiples of any size are fine: 4 bytes, then the rest.
+    let ttag = write_by_r2t(&mut good, cid, 8192 + 512);
+    good.send_raw(&h2c(0, cid, ttag, 0, &data[..4]).1).unwrap();
+    good.send_raw(&h2c(LAST_PDU, cid, ttag, 4, &data[4..]).1)
+        .unwrap();
+    let p = good.read_pdu().unwrap();
+    assert_eq!(p.kind, t::RSP, "{p:?}");
+    assert_eq!(u16::from_le_bytes([p.header[22], p.header[23]]) >> 1, 0);
+    assert_eq!(good.read(1, 0, 17, 512).unwrap(), data);
+}
+
 /// An H2CData PDU exists to carry PDU-Data for an R2T (NVMe/TCP 1.0 §3.3.2.2: the H2CData
 /// PDUs transfer the data contiguously until R2TL is reached; §3.6.2.8: DATAL is the length
 /// of the PDU-Data field); one whose DATAL is 0 carries nothing: a fatal transport error,
