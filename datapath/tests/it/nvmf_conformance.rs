@@ -280,9 +280,11 @@ fn nvmf_get_features_select_answers_current_default_saved_and_capabilities() {
         .cmd_ok(Sqe::new(0x09).cdw(10, 0x0B).cdw(11, 1 << 11), &[], 0)
         .unwrap();
     let mut get = |fid: u32, sel: u32| {
+        // The namespace-specific ones (05h, 82h, 83h) name namespace 1.
+        let nsid = u32::from(matches!(fid, 0x05 | 0x82 | 0x83));
         let r = c
             .admin
-            .cmd(Sqe::new(0x0A).cdw(10, fid | (sel << 8)), &[], 0)
+            .cmd(Sqe::new(0x0A).nsid(nsid).cdw(10, fid | (sel << 8)), &[], 0)
             .unwrap();
         (r.status, r.result as u32)
     };
@@ -292,10 +294,10 @@ fn nvmf_get_features_select_answers_current_default_saved_and_capabilities() {
         (0x07, q(4), q(64), 0b100),     // number of queues: set to 4, default 64
         (0x0F, 30_000, 120_000, 0b100), // KATO: from Connect, default 2 minutes
         (0x0B, 1 << 11, 0, 0b100),      // async event configuration
-        (0x01, 0x7, 0x7, 0),            // arbitration (fixed)
-        (0x02, 0, 0, 0),                // power management (fixed)
-        (0x04, 0x157, 0x157, 0),        // temperature threshold (fixed)
-        (0x05, 0, 0, 0b010),            // error recovery: namespace specific
+        (0x01, 0x7, 0x7, 0b100),        // arbitration
+        (0x02, 0, 0, 0b100),            // power management
+        (0x04, 0x157, 0x157, 0b100),    // temperature threshold
+        (0x05, 0, 0, 0b110),            // error recovery: namespace specific
         (0x06, 1, 1, 0),                // volatile write cache (always on)
         (0x82, 0, 0, 0b110),            // reservation notification mask
         (0x83, 1, 1, 0b010),            // reservation persistence
@@ -424,4 +426,170 @@ fn nvmf_discovery_asqsz_is_the_admin_queue_size_the_controllers_take() {
         (0x182, 44),
         "ASQSZ + 1 entries"
     );
+}
+
+/// Set Features then Get Features of `fid` on `nsid`: (Set status, Get status, Get Dword 0).
+/// The Get asks for the same temperature threshold (THSEL; TMPSEL, the composite one for Fh).
+fn set_get(c: &mut Controller, fid: u32, nsid: u32, value: u32) -> (u16, u16, u32) {
+    let tmpsel = match (value >> 16) & 0xF {
+        0xF => 0,
+        t => t,
+    };
+    let thsel = (value >> 20) & 0x3;
+    let s = c
+        .admin
+        .cmd(
+            Sqe::new(0x09).nsid(nsid).cdw(10, fid).cdw(11, value),
+            &[],
+            0,
+        )
+        .unwrap()
+        .status;
+    let g = c
+        .admin
+        .cmd(
+            Sqe::new(0x0A)
+                .nsid(nsid)
+                .cdw(10, fid)
+                .cdw(11, (thsel << 20) | (tmpsel << 16)),
+            &[],
+            0,
+        )
+        .unwrap();
+    (s, g.status, g.result as u32)
+}
+
+/// Arbitration (01h), Power Management (02h), Temperature Threshold (04h) and Error Recovery
+/// (05h) are mandatory Features of an I/O controller (Base 2.0, Feature Identifiers; NVM
+/// Command Set 1.0 for 05h): Set Features changes them and Get Features reports what was set
+/// (PS must be a supported power state, 0 only; a temperature sensor that is not implemented
+/// has no threshold; DULBE needs NSFEAT DAE, 0 here: Invalid Field in Command). A composite
+/// temperature at or beyond a threshold sets the SMART / Health log's Critical Warning bit 1.
+/// A Feature that is not changeable (Get Features SEL 011b bit 2 clear: the volatile write
+/// cache) answers another value with Feature Not Changeable (010Eh), its current one with
+/// success. Before, all four were refused with Invalid Field, as was turning the write cache
+/// off.
+#[test]
+fn nvmf_set_features_changes_the_mandatory_features_and_refuses_fixed_ones_as_not_changeable() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    // Arbitration: AB 011b, LPW 1, MPW 2, HPW 3 (reserved bits 7:3 dropped).
+    assert_eq!(set_get(&mut c, 0x01, 0, 0x0302_01FB), (0, 0, 0x0302_0103));
+    // Power management: WH 010b in state 0; state 1 does not exist.
+    assert_eq!(set_get(&mut c, 0x02, 0, 0x40), (0, 0, 0x40));
+    assert_eq!(set_get(&mut c, 0x02, 0, 0x41), (0x002, 0, 0x40));
+    // Temperature threshold of the composite temperature (0x141 K in the SMART log).
+    let warning = |c: &mut Controller| c.log(0x02, 0, 0, 512).unwrap()[0] & 0x02 != 0;
+    assert!(!warning(&mut c));
+    assert_eq!(
+        set_get(&mut c, 0x04, 0, 0x130),
+        (0, 0, 0x130),
+        "over 0x130 K"
+    );
+    assert!(
+        warning(&mut c),
+        "composite temperature above its over threshold"
+    );
+    assert_eq!(
+        set_get(&mut c, 0x04, 0, 0xF_0157),
+        (0, 0, 0x157),
+        "TMPSEL Fh: every sensor"
+    );
+    assert!(!warning(&mut c));
+    assert_eq!(
+        set_get(&mut c, 0x04, 0, 0x10_0141),
+        (0, 0, 0x141),
+        "under 0x141 K"
+    );
+    assert!(
+        warning(&mut c),
+        "composite temperature at its under threshold"
+    );
+    assert_eq!(set_get(&mut c, 0x04, 0, 0x10_0000), (0, 0, 0));
+    assert_eq!(
+        set_get(&mut c, 0x04, 0, 0x1_0100).0,
+        0x002,
+        "sensor 1 is not implemented"
+    );
+    assert_eq!(
+        set_get(&mut c, 0x04, 0, 0x20_0100).0,
+        0x002,
+        "reserved THSEL"
+    );
+    // Error recovery of namespace 1: TLER 5 s; DULBE refused.
+    assert_eq!(set_get(&mut c, 0x05, 1, 50), (0, 0, 50));
+    assert_eq!(set_get(&mut c, 0x05, 1, 1 << 16), (0x002, 0, 50));
+    // The volatile write cache is not changeable: on stays on, off is Not Changeable.
+    assert_eq!(set_get(&mut c, 0x06, 0, 1), (0, 0, 1));
+    assert_eq!(set_get(&mut c, 0x06, 0, 0), (0x10E, 0, 1));
+    c.keep_alive().unwrap();
+}
+
+/// Get/Set Features check the NSID against the Feature's scope (Base 2.0, Feature Values;
+/// Common Command Format for the NSIDs that are neither valid nor the broadcast value).
+/// Namespace-specific Features (05h error recovery, 82h reservation notification mask, 83h
+/// reservation persistence): an active NSID names that namespace; FFFFFFFFh is every
+/// namespace for Set Features and Invalid Namespace or Format (000Bh) for Get Features; 0h
+/// and an NSID above NN are Invalid Namespace or Format. Controller-scope Features: 0h and
+/// FFFFFFFFh name the controller; a valid NSID is Feature Not Namespace Specific (010Fh) for
+/// Set Features and the controller's value for Get Features; any other is Invalid Namespace
+/// or Format. Before, the NSID was ignored.
+#[test]
+fn nvmf_features_check_the_nsid_against_the_features_scope() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut status = |opc: u8, fid: u32, nsid: u32, v: u32| {
+        c.admin
+            .cmd(Sqe::new(opc).nsid(nsid).cdw(10, fid).cdw(11, v), &[], 0)
+            .unwrap()
+            .status
+    };
+    for (fid, v) in [(0x05, 10), (0x82, 0x4), (0x83, 1)] {
+        for nsid in [0, 2, 0xFFFF_FFFE] {
+            assert_eq!(
+                status(0x09, fid, nsid, v),
+                0x00B,
+                "Set {fid:#x} NSID {nsid:#x}"
+            );
+            assert_eq!(
+                status(0x0A, fid, nsid, 0),
+                0x00B,
+                "Get {fid:#x} NSID {nsid:#x}"
+            );
+        }
+        assert_eq!(
+            status(0x0A, fid, 0xFFFF_FFFF, 0),
+            0x00B,
+            "Get {fid:#x} broadcast"
+        );
+        assert_eq!(
+            status(0x09, fid, 0xFFFF_FFFF, v),
+            0,
+            "Set {fid:#x} broadcast"
+        );
+        assert_eq!(status(0x0A, fid, 1, 0), 0, "Get {fid:#x} NSID 1");
+    }
+    // Set with the broadcast NSID reached namespace 1.
+    let r = c
+        .admin
+        .cmd(Sqe::new(0x0A).nsid(1).cdw(10, 0x82), &[], 0)
+        .unwrap();
+    assert_eq!((r.status, r.result), (0, 0x4));
+    let mut status = |opc: u8, fid: u32, nsid: u32, v: u32| {
+        c.admin
+            .cmd(Sqe::new(opc).nsid(nsid).cdw(10, fid).cdw(11, v), &[], 0)
+            .unwrap()
+            .status
+    };
+    // Async event configuration (controller scope).
+    assert_eq!(status(0x09, 0x0B, 1, 0), 0x10F, "Set naming namespace 1");
+    assert_eq!(status(0x0A, 0x0B, 1, 0), 0, "Get naming namespace 1");
+    assert_eq!(status(0x09, 0x0B, 2, 0), 0x00B, "an NSID above NN");
+    assert_eq!(status(0x0A, 0x0B, 2, 0), 0x00B);
+    assert_eq!(
+        status(0x09, 0x0B, 0xFFFF_FFFF, 0),
+        0,
+        "broadcast: the controller"
+    );
+    assert_eq!(status(0x09, 0x0B, 0, 0), 0);
 }

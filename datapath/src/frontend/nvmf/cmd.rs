@@ -184,6 +184,12 @@ impl Status {
     pub const INVALID_LOG_PAGE: Status = Status(0x109);
     /// Feature identifier not saveable.
     pub const FEAT_NOT_SAVEABLE: Status = Status(0x10D);
+    /// Feature not changeable: Set Features of another value than the current one of a
+    /// Feature whose capabilities say it cannot be changed.
+    pub const FEAT_NOT_CHANGEABLE: Status = Status(0x10E);
+    /// Feature not namespace specific: Set Features of a controller-scope Feature naming a
+    /// valid namespace.
+    pub const FEAT_NOT_NS_SPECIFIC: Status = Status(0x10F);
     /// Connect: incompatible format.
     pub const CONNECT_FORMAT: Status = Status(0x180);
     /// Connect: controller busy (no controller to be had now: transient, so without DNR).
@@ -490,6 +496,8 @@ pub fn kato_granular(ms: u32) -> u32 {
 
 /// Warning composite temperature threshold (K), also the default over-temperature threshold.
 pub const WCTEMP: u16 = 0x157;
+/// The composite temperature the SMART / Health log reports (Kelvin; there is no sensor).
+pub const COMPOSITE_TEMP: u16 = 0x141;
 /// Critical composite temperature threshold (K).
 pub const CCTEMP: u16 = 0x175;
 
@@ -666,8 +674,10 @@ pub const LOG_512: usize = 512;
 pub const DISC_ENTRY_LEN: usize = 1024;
 
 /// Fill the SMART / health log (512 bytes; `b` zeroed).
-pub fn smart_log(b: &mut [u8]) {
-    put16(b, 1, 0x141); // composite temperature (K)
+pub fn smart_log(b: &mut [u8], temperature_warning: bool) {
+    // Critical Warning bit 1: a temperature at or beyond one of its thresholds.
+    b[0] = u8::from(temperature_warning) << 1;
+    put16(b, 1, COMPOSITE_TEMP);
     b[3] = 100; // available spare
     b[4] = 10; // spare threshold
 }

@@ -157,7 +157,7 @@ impl NvmfConn {
                         .collect()
                 }),
                 ana_masked: false,
-                resv_mask: 0,
+                features: Default::default(),
             });
             (c, found)
         } else {
@@ -281,6 +281,9 @@ impl NvmfConn {
                     // Controller reset (Base 2.0 §3.7.2): its I/O queues are deleted and the
                     // commands held here (Async Event Requests) end unanswered.
                     st.aers.clear();
+                    // No Feature is saveable: the ones a host can change are back to their
+                    // defaults (Base 2.0, Feature Values: current value after a reset).
+                    st.features = Default::default();
                     if let Some(c) = &self.ctrl {
                         c.reset_queues();
                     }

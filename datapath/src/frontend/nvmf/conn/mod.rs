@@ -27,7 +27,8 @@
 //!   responses, command dispatch and device completions;
 //! - [`transfer`]: command data in (R2T, H2CData) and out (C2HData);
 //! - [`fabrics`]: ICReq, Connect, Property Get/Set;
-//! - [`admin`]: admin commands (Identify, log pages incl. ANA, features, Abort, events);
+//! - [`admin`]: admin commands (Identify, log pages incl. ANA, Abort, events);
+//! - [`features`]: Get/Set Features (scopes, values, capabilities);
 //! - [`io`]: NVM I/O commands;
 //! - [`atomics`]: fused Compare+Write handed to the volume's home;
 //! - [`reservations`]: reservation commands, local or decided by the mirror's leader;
@@ -52,6 +53,7 @@
 mod admin;
 mod atomics;
 mod fabrics;
+mod features;
 mod fusing;
 mod io;
 mod reservations;
@@ -130,8 +132,8 @@ struct AdminState {
     /// with RAE clear: no further ANA event until it does (Base 2.0, Asynchronous Event
     /// Request: events of a reported type are masked until their log page is read).
     ana_masked: bool,
-    /// Reservation Notification Mask as last set (reported back; no notification is posted).
-    resv_mask: u32,
+    /// The Feature values the host set (`features`; defaults until it does).
+    features: features::FeatureValues,
 }
 
 enum Role {
