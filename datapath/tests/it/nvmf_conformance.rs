@@ -300,7 +300,7 @@ fn nvmf_get_features_select_answers_current_default_saved_and_capabilities() {
         (0x05, 0, 0, 0b110),            // error recovery: namespace specific
         (0x06, 1, 1, 0),                // volatile write cache (always on)
         (0x82, 0, 0, 0b110),            // reservation notification mask
-        (0x83, 1, 1, 0b010),            // reservation persistence
+        (0x83, 0, 0, 0b010),            // reservation persistence (no state_dir: PTPL 0)
     ] {
         assert_eq!(get(fid, 0), (0, current), "FID {fid:#x} current");
         assert_eq!(get(fid, 1), (0, default), "FID {fid:#x} default");
@@ -544,7 +544,7 @@ fn nvmf_features_check_the_nsid_against_the_features_scope() {
             .unwrap()
             .status
     };
-    for (fid, v) in [(0x05, 10), (0x82, 0x4), (0x83, 1)] {
+    for (fid, v) in [(0x05, 10), (0x82, 0x4), (0x83, 0)] {
         for nsid in [0, 2, 0xFFFF_FFFE] {
             assert_eq!(
                 status(0x09, fid, nsid, v),
@@ -592,4 +592,55 @@ fn nvmf_features_check_the_nsid_against_the_features_scope() {
         "broadcast: the controller"
     );
     assert_eq!(status(0x09, 0x0B, 0, 0), 0);
+}
+
+/// Persist Through Power Loss (Base 2.0, Reservations; Reservation Register CPTPL: 00b no
+/// change, 01b reserved, 10b PTPL 0, 11b PTPL 1): reservations persist only when the daemon
+/// keeps them in a state file (`[nvmf] state_dir`). With one: Identify Namespace RESCAP bit 0
+/// (PTPLC) 1, Reservation Report PTPLS 1, Get Features 83h PTPL 1, CPTPL 11b accepted and 10b
+/// (stop persisting) Invalid Field. Without one: PTPLC 0, PTPLS 0, PTPL 0, CPTPL 10b accepted,
+/// 11b accepted though nothing persists (Linux's host asks 11b on every Register). CPTPL 01b is
+/// Invalid Field either way. Before, every daemon claimed PTPL 1, with or without a state
+/// file.
+#[test]
+fn nvmf_reservation_persistence_is_what_the_state_dir_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = format!(
+        "[reactor]\ncores=[0]\nwait='adaptive'\npin=false\n[nbd]\nlisten=[]\n\
+         [nvmf]\nlisten=['127.0.0.1:0']\nstate_dir='{}'\n[control]\nsocket=''\n{RAM}",
+        dir.path().display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&with).expect("test config");
+    let persisted = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let (memory, _) = in_process(RAM);
+    for (d, ptpl) in [(&persisted, true), (&memory, false)] {
+        let mut c = Controller::connect(nvmf_addr(d), NQN, &Opts::default()).unwrap();
+        let rescap = c.identify(0x00, 1).unwrap()[31];
+        assert_eq!(rescap, 0xFE | u8::from(ptpl), "RESCAP, PTPL {ptpl}");
+        let r = c
+            .admin
+            .cmd(Sqe::new(0x0A).nsid(1).cdw(10, 0x83), &[], 0)
+            .unwrap();
+        assert_eq!(
+            (r.status, r.result),
+            (0, u64::from(ptpl)),
+            "Get Features 83h"
+        );
+        let mut q = c.io_queue(1, 8).unwrap();
+        let mut register = |action: u32, cptpl: u32, crkey: u64, nrkey: u64| {
+            let mut data = crkey.to_le_bytes().to_vec();
+            data.extend_from_slice(&nrkey.to_le_bytes());
+            let sqe = Sqe::new(0x0D).nsid(1).cdw(10, action | (cptpl << 30));
+            q.cmd(sqe, &data, 0).unwrap().status
+        };
+        assert_eq!(register(0, 0b01, 0, 7), 0x002, "CPTPL 01b is reserved");
+        assert_eq!(register(0, 0b00, 0, 7), 0, "CPTPL 00b (register 7)");
+        let want = if ptpl { 0x002 } else { 0 };
+        assert_eq!(register(2, 0b10, 7, 7), want, "CPTPL 10b (replace 7 by 7)");
+        assert_eq!(register(2, 0b11, 7, 8), 0, "CPTPL 11b (replace 7 by 8)");
+        assert_eq!(register(2, 0b00, 8, 9), 0, "CPTPL 00b");
+        let (status, report) = q.resv_report(1, true, 128).unwrap();
+        assert_eq!(status, 0);
+        assert_eq!(report[9], u8::from(ptpl), "PTPLS");
+    }
 }

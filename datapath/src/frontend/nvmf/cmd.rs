@@ -570,7 +570,8 @@ pub fn lbads(block_size: u32) -> u8 {
 }
 
 /// Fill Identify Namespace (4096 bytes; `b` zeroed); `write_protected`: the namespace refuses
-/// every update (its volume is read-only), so a host attaches it read-only.
+/// every update (its volume is read-only), so a host attaches it read-only; `ptpl`: its
+/// reservations persist through a power loss (RESCAP PTPLC).
 pub fn identify_ns(
     b: &mut [u8],
     blocks: u64,
@@ -578,6 +579,7 @@ pub fn identify_ns(
     ana_group: u32,
     ids: &NsIds,
     write_protected: bool,
+    ptpl: bool,
 ) {
     put64(b, 0, blocks);
     put64(b, 8, blocks);
@@ -585,8 +587,9 @@ pub fn identify_ns(
     b[25] = 0; // NLBAF: one format
     b[26] = 0; // FLBAS
     b[30] = 1; // NMIC: shared (multipath)
-    // RESCAP: persist through power loss, all six types, IEKEY semantics of NVMe 1.3+.
-    b[31] = 0xFF;
+    // RESCAP: all six types, IEKEY semantics of NVMe 1.3+ (bits 7:1); bit 0 PTPLC: persist
+    // through power loss, when the reservations are kept in a state file.
+    b[31] = 0xFE | u8::from(ptpl);
     b[33] = 0x01; // DLFEAT: deallocated blocks read as zeroes
     put32(b, 92, ana_group);
     b[99] = u8::from(write_protected); // NSATTR bit 0: currently write protected
@@ -957,7 +960,7 @@ mod tests {
 
         let ids = NsIds::derive("nqn.x", 2);
         let mut b = vec![0u8; IDENTIFY_LEN];
-        identify_ns(&mut b, 1000, 4096, 5, &ids, false);
+        identify_ns(&mut b, 1000, 4096, 5, &ids, false, true);
         let ns: Vec<Field> = vec![
             ("NSZE", 0, 8, int(1000, 8)),
             ("NCAP", 8, 8, int(1000, 8)),
@@ -974,7 +977,7 @@ mod tests {
         ];
         check_fields("Identify Namespace", &b, IDENTIFY_LEN, &ns);
         let mut b = vec![0u8; IDENTIFY_LEN];
-        identify_ns(&mut b, 1000, 4096, 5, &ids, true);
+        identify_ns(&mut b, 1000, 4096, 5, &ids, true, false);
         let mut wp = ns.clone();
         wp.push(("NSATTR: write protected", 99, 1, int(1, 1)));
         check_fields("Identify Namespace, write protected", &b, IDENTIFY_LEN, &wp);

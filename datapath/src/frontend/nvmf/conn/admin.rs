@@ -96,14 +96,14 @@ impl NvmfConn {
                 self.respond_scratch(cid, want);
             }
             admin::SET_FEATURES => {
-                let (s, r) = self.set_features(&ctrl, sqe, true);
+                let (s, r) = self.set_features(&ctrl, sqe, nv.state_dir.is_some());
                 if s == Status::SUCCESS && (sqe.cdw(10) & 0xFF) as u8 == feat::KATO {
                     // The new timeout runs from now.
                     self.restart_keep_alive();
                 }
                 self.respond(cid, s, r)
             }
-            admin::GET_FEATURES => match self.get_features(&ctrl, sqe, true) {
+            admin::GET_FEATURES => match self.get_features(&ctrl, sqe, nv.state_dir.is_some()) {
                 Err(s) => self.respond(cid, s, 0),
                 Ok(Some(v)) => self.respond(cid, Status::SUCCESS, v),
                 // The Host Identifier: only the 128-bit one (EXHID = 1) exists on a fabrics
@@ -145,7 +145,7 @@ impl NvmfConn {
     pub(super) fn identify(
         &mut self,
         env: &Env<'_>,
-        _nv: &NvmfShared,
+        nv: &NvmfShared,
         ctrl: &Controller,
         sqe: Sqe<'_>,
     ) -> Status {
@@ -189,6 +189,7 @@ impl NvmfConn {
                             ns.ana_group,
                             &ns.ids,
                             v.read_only(),
+                            nv.state_dir.is_some(),
                         );
                         Status::SUCCESS
                     }
