@@ -977,7 +977,7 @@ mod tests {
         ];
         check_fields("Identify Namespace", &b, IDENTIFY_LEN, &ns);
         let mut b = vec![0u8; IDENTIFY_LEN];
-        identify_ns(&mut b, 1000, 4096, 5, &ids, true, false);
+        identify_ns(&mut b, 1000, 4096, 5, &ids, true, true);
         let mut wp = ns.clone();
         wp.push(("NSATTR: write protected", 99, 1, int(1, 1)));
         check_fields("Identify Namespace, write protected", &b, IDENTIFY_LEN, &wp);
