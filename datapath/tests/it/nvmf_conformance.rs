@@ -644,3 +644,22 @@ fn nvmf_reservation_persistence_is_what_the_state_dir_gives() {
         assert_eq!(report[9], u8::from(ptpl), "PTPLS");
     }
 }
+
+/// A header digest error is a fatal transport error whose C2HTermReq carries FES 03h (Header
+/// Digest Error) and, in FEI, "the HDGST that was received" (NVMe/TCP 1.0 §3.6.2.5, Figure 23),
+/// with the offending PDU header as its data. Before, FEI was 0.
+#[test]
+fn nvmf_header_digest_error_names_the_received_digest() {
+    let (d, _) = in_process(RAM);
+    let dg = twinblk_tools::nvmf::Digests {
+        header: true,
+        data: false,
+    };
+    let mut q = Queue::open(nvmf_addr(&d), dg).unwrap();
+    let mut b = q.capsule(&Sqe::new(0x18).0, &[]);
+    b[10] ^= 0xFF;
+    let received = u32::from_le_bytes(b[72..76].try_into().unwrap());
+    q.send_raw(&b).unwrap();
+    let tr = expect_term(&mut q, &b[..72]);
+    assert_eq!((tr.fes, tr.fei), (0x03, received), "{tr:?}");
+}
