@@ -663,3 +663,25 @@ fn nvmf_header_digest_error_names_the_received_digest() {
     let tr = expect_term(&mut q, &b[..72]);
     assert_eq!((tr.fes, tr.fei), (0x03, received), "{tr:?}");
 }
+
+/// Get Features Host Identifier returns the 16-byte identifier (EXHID = 1) as data, and its
+/// SGL must describe exactly those 16 bytes, as for every other admin data here (and Linux's
+/// nvmet): another length is Data SGL Length Invalid (000Fh). Before, a shorter SGL took part
+/// of it with a success, in a C2HData PDU whose DATAL (5) was no multiple of dwords, which
+/// NVMe/TCP 1.0 §3.6.2.9 forbids.
+#[test]
+fn nvmf_get_features_host_identifier_needs_an_sgl_of_its_16_bytes() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let get = || Sqe::new(0x0A).cdw(10, 0x81).cdw(11, 1);
+    for len in [5u32, 8, 32] {
+        let r = c.admin.cmd(get(), &[], len).unwrap();
+        assert_eq!(
+            (r.status, r.data.len()),
+            (0x00F, 0),
+            "an SGL of {len} bytes"
+        );
+    }
+    let r = c.admin.cmd(get(), &[], 16).unwrap();
+    assert_eq!((r.status, r.data), (0, Host::default().id.to_vec()));
+}

@@ -115,9 +115,15 @@ impl NvmfConn {
                     if sqe.sgl_type() != sgl::TRANSPORT {
                         return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
                     }
+                    // The data is the 16-byte identifier, and the SGL must describe exactly
+                    // that, as for Identify and log pages (a shorter one took part of it, and
+                    // a C2HData DATAL that is no multiple of dwords, TCP 1.0 §3.6.2.9).
+                    if sqe.sgl_len() != 16 {
+                        return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                    }
                     self.scratch.clear();
                     self.scratch.extend_from_slice(&ctrl.hostid);
-                    self.respond_scratch(cid, sqe.sgl_len().min(16));
+                    self.respond_scratch(cid, 16);
                 }
             },
             admin::ASYNC_EVENT => {
