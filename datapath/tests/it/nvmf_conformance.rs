@@ -685,3 +685,45 @@ fn nvmf_get_features_host_identifier_needs_an_sgl_of_its_16_bytes() {
     let r = c.admin.cmd(get(), &[], 16).unwrap();
     assert_eq!((r.status, r.data), (0, Host::default().id.to_vec()));
 }
+
+/// The Keep Alive Timer is active only while the controller is enabled and not shut down
+/// (NVM Express Base, Keep Alive Timer Activation: CC.EN = 1, CSTS.RDY = 1, CC.SHN = 00b,
+/// CSTS.SHST = 00b): a host that shut its controller down (CC.SHN = 01b) or disabled it
+/// (CC.EN 1 to 0) and sends no Keep Alive for longer than KATO keeps its association;
+/// enabling the controller again starts the timer again. Before, the timer kept running and
+/// the association was torn down KATO after the last Keep Alive.
+#[test]
+fn nvmf_keep_alive_timer_stops_while_the_controller_is_shut_down_or_disabled() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let opts = Opts {
+        kato_ms: 500,
+        ..Opts::default()
+    };
+    let (cc_reg, csts_reg) = (0x14, 0x1C);
+    // Shut down: CC.SHN = 01b (normal shutdown), CSTS.SHST = 10b (complete).
+    let mut down = Controller::connect(addr, NQN, &opts).unwrap();
+    let cc = down.prop_get(cc_reg, false).unwrap() as u32;
+    down.prop_set(cc_reg, cc | (1 << 14)).unwrap();
+    // Disabled: CC.EN 1 to 0 (a Controller Level Reset).
+    let mut off = Controller::connect(addr, NQN, &opts).unwrap();
+    off.prop_set(cc_reg, cc & !1).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let csts = down
+        .prop_get(csts_reg, false)
+        .expect("shut down, still associated");
+    assert_eq!((csts >> 2) & 3, 2, "shutdown complete");
+    assert_eq!(
+        off.prop_get(csts_reg, false)
+            .expect("disabled, still associated")
+            & 1,
+        0
+    );
+    // Enabled again: the timer runs again and expires without Keep Alive.
+    off.prop_set(cc_reg, cc).unwrap();
+    assert!(
+        closed_by_target(off.admin.stream()),
+        "KATO after enabling again"
+    );
+    assert_eq!(d.nvmf().registry.len(), 1);
+}

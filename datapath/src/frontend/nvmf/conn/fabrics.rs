@@ -158,6 +158,7 @@ impl NvmfConn {
                 }),
                 ana_masked: false,
                 features: Default::default(),
+                ka_off: false,
             });
             (c, found)
         } else {
@@ -289,13 +290,22 @@ impl NvmfConn {
                     }
                 }
                 st.csts = u32::from(en);
-                if (cc >> 14) & 3 != 0 {
+                let shutdown = (cc >> 14) & 3 != 0;
+                if shutdown {
                     st.csts |= 2 << 2; // SHST: shutdown complete
                 }
+                // The Keep Alive Timer is active only while the controller is enabled and
+                // not shut down (Base spec, Keep Alive Timer Activation): a host that shut the
+                // controller down (or disabled it) is not torn down for sending no Keep Alive.
+                let was_off = st.ka_off;
+                st.ka_off = !en || shutdown;
+                let (ka_off, ka_on) = (st.ka_off, was_off && !st.ka_off);
                 if let Some(c) = &self.ctrl {
                     c.enabled.store(en, Ordering::Release);
                 }
-                if en && !was {
+                if ka_off {
+                    self.ka_deadline = None;
+                } else if (en && !was) || ka_on {
                     // Enabling activates the Keep Alive Timer (Base 2.0 §3.9): KATO from now.
                     self.restart_keep_alive();
                 }

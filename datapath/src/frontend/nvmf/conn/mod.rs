@@ -134,6 +134,10 @@ struct AdminState {
     ana_masked: bool,
     /// The Feature values the host set (`features`; defaults until it does).
     features: features::FeatureValues,
+    /// The Keep Alive Timer is not active: the controller was disabled (CC.EN 1 to 0) or shut
+    /// down (CC.SHN) and not enabled again since. (From Connect to the first CC.EN = 1 it
+    /// runs, so an association that is never enabled does not stay for ever.)
+    ka_off: bool,
 }
 
 enum Role {
@@ -579,10 +583,15 @@ impl NvmfConn {
     }
 
     /// (Re)start the Keep Alive Timer of this admin queue's controller: KATO from now, or
-    /// none when KATO is 0. Command based (Base 2.0 §3.9, Keep Alive command): called on a
-    /// Keep Alive command, a Set Features of KATO, the Connect and the controller's enabling
-    /// (CC.EN 0 to 1), never on other traffic.
+    /// none when KATO is 0 or the timer is not active (`AdminState::ka_off`: disabled or
+    /// shut down). Command based (Base 2.0 §3.9, Keep Alive command): called on a Keep Alive
+    /// command, a Set Features of KATO, the Connect and the controller's enabling (CC.EN 0
+    /// to 1), never on other traffic.
     pub(super) fn restart_keep_alive(&mut self) {
+        if matches!(&self.role, Role::Admin(st) if st.ka_off) {
+            self.ka_deadline = None;
+            return;
+        }
         let kato = self.kato_ms();
         self.ka_deadline =
             (kato > 0).then(|| Instant::now() + Duration::from_millis(u64::from(kato)));
