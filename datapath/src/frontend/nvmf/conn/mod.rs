@@ -11,7 +11,8 @@
 //!   "command sequence error".
 //! - Admin: admin and fabrics property commands for the controller this queue created. The
 //!   Keep Alive Timer is command based (restarted only by Keep Alive, Set Features KATO and
-//!   CC.EN 0 to 1); every receive carries a linked timeout of what is left of it, and a timer
+//!   CC.EN 0 to 1) and stopped while the controller is disabled or shut down after having
+//!   been enabled; every receive carries a linked timeout of what is left of it, and a timer
 //!   that ran out tears the controller down (its I/O queues' sockets are shut down and they
 //!   close on their own reactors).
 //! - Io: NVM commands on the namespaces of the controller's subsystem. Media accesses enter
