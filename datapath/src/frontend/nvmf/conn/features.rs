@@ -5,8 +5,11 @@
 //! async event configuration, volatile write cache, host identifier, arbitration, power
 //! management, temperature threshold. Namespace scope: error recovery, reservation
 //! notification mask, reservation persistence. The values a host can change live in the
-//! admin queue's state ([`FeatureValues`], per namespace where namespace specific); none is
-//! saveable, so a Controller Level Reset (CC.EN 1 to 0) puts them back to their defaults.
+//! admin queue's state ([`FeatureValues`], per namespace where namespace specific), the
+//! number of queues and KATO in the [`Controller`], the async event configuration in the
+//! admin state. None is saveable; a Controller Level Reset (CC.EN 1 to 0) puts the
+//! [`FeatureValues`] and the number of queues back to their defaults (KATO and the async
+//! event configuration stay as set).
 //!
 //! Invariants:
 //! - Checked in this order: SV on a Feature that cannot be saved (Feature Identifier Not
@@ -19,7 +22,8 @@
 //!   Namespace or Format for Get), an inactive one Invalid Field, 0h or one above NN Invalid
 //!   Namespace or Format.
 //! - A Feature Get Features SEL 011b reports not changeable answers Set Features with another
-//!   value than its current one with Feature Not Changeable (its current value: success).
+//!   value than its current one with Feature Not Changeable (its current value: success),
+//!   except the Host Identifier: Command Sequence Error, as it comes with Connect.
 
 use super::{NvmfConn, Role};
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, feat};
