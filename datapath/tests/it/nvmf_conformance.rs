@@ -727,3 +727,28 @@ fn nvmf_keep_alive_timer_stops_while_the_controller_is_shut_down_or_disabled() {
     );
     assert_eq!(d.nvmf().registry.len(), 1);
 }
+
+/// No Feature is saveable, so a Controller Level Reset (CC.EN 1 to 0) puts each one the host
+/// changed back to its default (Base 2.0, Feature Values: the current value after a reset of
+/// a Feature that is neither saveable nor persistent is the default): arbitration and the
+/// async event configuration read as their defaults once the controller is enabled again.
+/// Before, the async event configuration kept its value.
+#[test]
+fn nvmf_controller_level_reset_puts_features_back_to_their_defaults() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    assert_eq!(set_get(&mut c, 0x01, 0, 0x0302_0103), (0, 0, 0x0302_0103));
+    assert_eq!(set_get(&mut c, 0x0B, 0, 1 << 11), (0, 0, 1 << 11));
+    let cc = c.prop_get(0x14, false).unwrap() as u32;
+    c.prop_set(0x14, cc & !1).unwrap();
+    c.prop_set(0x14, cc).unwrap();
+    for (fid, default) in [(0x01, 0x7), (0x0B, 0)] {
+        let r = c.admin.cmd(Sqe::new(0x0A).cdw(10, fid), &[], 0).unwrap();
+        assert_eq!(
+            (r.status, r.result),
+            (0, default),
+            "FID {fid:#x} after the reset"
+        );
+    }
+    c.keep_alive().unwrap();
+}

@@ -283,8 +283,10 @@ impl NvmfConn {
                     // commands held here (Async Event Requests) end unanswered.
                     st.aers.clear();
                     // No Feature is saveable: the ones a host can change are back to their
-                    // defaults (Base 2.0, Feature Values: current value after a reset).
+                    // defaults (Base 2.0, Feature Values: current value after a reset), the
+                    // async event configuration too (KATO stays: it came with Connect).
                     st.features = Default::default();
+                    st.aec = 0;
                     if let Some(c) = &self.ctrl {
                         c.reset_queues();
                     }

@@ -8,8 +8,8 @@
 //! admin queue's state ([`FeatureValues`], per namespace where namespace specific), the
 //! number of queues and KATO in the [`Controller`], the async event configuration in the
 //! admin state. None is saveable; a Controller Level Reset (CC.EN 1 to 0) puts the
-//! [`FeatureValues`] and the number of queues back to their defaults (KATO and the async
-//! event configuration stay as set).
+//! [`FeatureValues`], the number of queues and the async event configuration back to their
+//! defaults (KATO stays as set: it came with Connect).
 //!
 //! Invariants:
 //! - Checked in this order: SV on a Feature that cannot be saved (Feature Identifier Not
