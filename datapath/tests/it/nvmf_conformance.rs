@@ -337,6 +337,13 @@ fn nvmf_get_features_select_answers_current_default_saved_and_capabilities() {
         )
         .unwrap();
     assert_eq!(r.status, 0x10D);
+    // A Feature that is not supported is Invalid Field in Command, SV or not (Base, Feature
+    // Values); before, SV made it Feature Identifier Not Saveable.
+    let r = c
+        .admin
+        .cmd(Sqe::new(0x09).cdw(10, 0x10 | (1 << 31)), &[], 0)
+        .unwrap();
+    assert_eq!(r.status, 0x002, "unsupported FID 10h with SV");
     c.keep_alive().unwrap();
 }
 

@@ -12,9 +12,9 @@
 //! defaults (KATO stays as set: it came with Connect).
 //!
 //! Invariants:
-//! - Checked in this order: SV on a Feature that cannot be saved (Feature Identifier Not
-//!   Saveable), an unsupported Feature (Invalid Field in Command), the NSID against the
-//!   Feature's scope ([`target`]), then the value.
+//! - Checked in this order: an unsupported Feature (Invalid Field in Command, SV or not), SV
+//!   on a Feature that cannot be saved (Feature Identifier Not Saveable; none can), the NSID
+//!   against the Feature's scope ([`target`]), then the value.
 //! - NSID (Base 2.0, Feature Values): for a controller-scope Feature 0h and FFFFFFFFh name
 //!   the controller, a valid NSID (1..=NN) is Feature Not Namespace Specific for Set and the
 //!   controller's value for Get, anything else Invalid Namespace or Format. For a namespace
@@ -171,13 +171,15 @@ impl NvmfConn {
         let Role::Admin(st) = &mut self.role else {
             return (Status::CMD_SEQ_ERROR, 0);
         };
-        if sqe.cdw(10) & (1 << 31) != 0 {
-            return (Status::FEAT_NOT_SAVEABLE, 0);
-        }
+        // A Feature this controller does not have is Invalid Field in Command whatever the
+        // command asks of it (Base, Feature Values); SV on one it has: none is saveable.
         let fid = (sqe.cdw(10) & 0xFF) as u8;
         let Some(caps) = feature_caps(ctrl, fid) else {
             return (Status::INVALID_FIELD, 0);
         };
+        if sqe.cdw(10) & (1 << 31) != 0 {
+            return (Status::FEAT_NOT_SAVEABLE, 0);
+        }
         let to = match target(ctrl, caps, sqe.nsid(), true) {
             Ok(to) => to,
             Err(s) => return (s, 0),
