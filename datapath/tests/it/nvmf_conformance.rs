@@ -759,3 +759,29 @@ fn nvmf_controller_level_reset_puts_features_back_to_their_defaults() {
     }
     c.keep_alive().unwrap();
 }
+
+/// R2TL "shall be dword aligned" (NVMe/TCP 1.0 §3.6.2.10), as the host's DATAL (§3.6.2.8):
+/// a command whose transport SGL asks for a length that is no multiple of dwords cannot be
+/// served by R2T, and no command here takes such data, so it is answered Data SGL Length
+/// Invalid (000Fh) at once, without an R2T. Before, an R2T of 4094 bytes was sent (and the
+/// host that followed it was then cut off for its DATAL).
+#[test]
+fn nvmf_no_r2t_asks_for_a_length_that_is_not_whole_dwords() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let cid = 0x25u16;
+    let sqe = Sqe::new(0x01)
+        .nsid(1)
+        .lba(0, 8)
+        .bytes(2, &cid.to_le_bytes())
+        .bytes(32, &4094u32.to_le_bytes())
+        .bytes(39, &[0x5A]);
+    q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+    let p = q.read_pdu().unwrap();
+    assert_eq!(p.kind, t::RSP, "a response, not an R2T: {p:?}");
+    assert_eq!(u16::from_le_bytes([p.header[20], p.header[21]]), cid);
+    let status = u16::from_le_bytes([p.header[22], p.header[23]]);
+    assert_eq!((status >> 1) & 0x7FF, 0x00F, "Data SGL Length Invalid");
+    q.write(1, 0, &pattern(6, 4096), 512, false).unwrap();
+}

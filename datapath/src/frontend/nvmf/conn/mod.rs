@@ -419,6 +419,12 @@ impl NvmfConn {
                 };
                 return self.fail_early(&sqe, s);
             }
+            if total % 4 != 0 {
+                // No R2T can ask for it: R2TL (and the host's DATAL) shall be whole dwords
+                // (TCP 1.0 §3.6.2.10, §3.6.2.8), and every command here takes whole dwords of
+                // data, so this descriptor's length is not its command's.
+                return self.fail_early(&sqe, Status::SGL_INVALID_DATA);
+            }
             if self.xfers.len() + self.r2t_wait.len() >= MAX_INFLIGHT {
                 // More commands waiting for data than any legal queue (MQES + 1) can hold.
                 return self.fail_early(&sqe, Status::INTERNAL);
