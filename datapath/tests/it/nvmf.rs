@@ -878,9 +878,15 @@ fn get_features_answers_arbitration_power_temperature_and_error_recovery() {
     let (d, _) = in_process(RAM);
     let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
     let mut get = |fid: u32, cdw11: u32| {
+        // Error recovery is namespace specific: it names namespace 1.
+        let nsid = u32::from(fid == 0x05);
         let r = c
             .admin
-            .cmd(Sqe::new(0x0A).cdw(10, fid).cdw(11, cdw11), &[], 0)
+            .cmd(
+                Sqe::new(0x0A).nsid(nsid).cdw(10, fid).cdw(11, cdw11),
+                &[],
+                0,
+            )
             .unwrap();
         (r.status, r.result as u32)
     };

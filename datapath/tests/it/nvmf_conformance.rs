@@ -115,6 +115,76 @@ fn nvmf_h2cdata_last_pdu_before_the_r2t_is_satisfied_is_a_pdu_sequence_error() {
     assert_eq!(good.read(1, 0, 64, 512).unwrap(), data);
 }
 
+/// NVMe/TCP 1.0 §3.3.2.2: "The LAST_PDU flag is set to '1' in the last H2CData PDU that
+/// satisfies a R2T request" and cleared in all others (Figure 26: LAST_PDU marks the last of
+/// the PDUs of one R2T). A PDU that completes the R2T's data with the flag cleared is not the
+/// PDU the sequence calls for: a fatal transport error, C2HTermReq with FES 02h (PDU Sequence
+/// Error, FEI reserved) carrying the offending header; nothing is written; the same holds for
+/// a transfer in one PDU. Before, such a PDU was accepted and the command executed.
+#[test]
+fn nvmf_h2cdata_completing_the_r2t_without_last_pdu_is_a_pdu_sequence_error() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut good = c.io_queue(1, 8).unwrap();
+    let data = pattern(4, 32768);
+    // Two PDUs, the second (which satisfies the R2T) without LAST_PDU.
+    let mut q = c.io_queue(2, 8).unwrap();
+    let cid = 0x23;
+    let ttag = write_by_r2t(&mut q, cid, 32768);
+    q.send_raw(&h2c(0, cid, ttag, 0, &data[..16384]).1).unwrap();
+    let (header, pdu) = h2c(0, cid, ttag, 16384, &data[16384..]);
+    q.send_raw(&pdu).unwrap();
+    let tr = expect_term(&mut q, &header);
+    assert_eq!((tr.fes, tr.fei), (0x02, 0), "{tr:?}");
+    // The whole transfer in one PDU without LAST_PDU.
+    let mut q = c.io_queue(3, 8).unwrap();
+    let ttag = write_by_r2t(&mut q, cid, 32768);
+    let (header, pdu) = h2c(0, cid, ttag, 0, &data);
+    q.send_raw(&pdu).unwrap();
+    let tr = expect_term(&mut q, &header);
+    assert_eq!((tr.fes, tr.fei), (0x02, 0), "{tr:?}");
+    assert!(good.read(1, 0, 64, 512).unwrap().iter().all(|&b| b == 0));
+}
+
+/// NVMe/TCP 1.0 §3.6.2.8, Figure 26: DATAO and DATAL of an H2CData PDU "shall be a multiple
+/// of dwords" (every transfer this target asks for is a whole number of dwords, so only a
+/// host splitting it against that rule sends another). Such a field is invalid: a fatal
+/// transport error, C2HTermReq with FES 01h (Invalid PDU Header Field) and FEI the field's
+/// offset (12 DATAO, 16 DATAL). Before, a DATAL of 4094 was taken (and a DATAO of 2 was
+/// reported as a PDU Sequence Error only because it did not continue the data).
+#[test]
+fn nvmf_h2cdata_datao_and_datal_not_multiples_of_dwords_are_invalid_header_fields() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut good = c.io_queue(1, 8).unwrap();
+    let data = pattern(5, 8192 + 512);
+    let cid = 0x24;
+    // DATAL 4094 at offset 0.
+    let mut q = c.io_queue(2, 8).unwrap();
+    let ttag = write_by_r2t(&mut q, cid, 8192 + 512);
+    let (header, pdu) = h2c(0, cid, ttag, 0, &data[..4094]);
+    q.send_raw(&pdu).unwrap();
+    let tr = expect_term(&mut q, &header);
+    assert_eq!((tr.fes, tr.fei), (0x01, 16), "DATAL: {tr:?}");
+    // DATAO 2 (and DATAL 6, the lowest offset is named).
+    let mut q = c.io_queue(3, 8).unwrap();
+    let ttag = write_by_r2t(&mut q, cid, 8192 + 512);
+    let (header, pdu) = h2c(0, cid, ttag, 2, &data[..6]);
+    q.send_raw(&pdu).unwrap();
+    let tr = expect_term(&mut q, &header);
+    assert_eq!((tr.fes, tr.fei), (0x01, 12), "DATAO: {tr:?}");
+    assert!(good.read(1, 0, 17, 512).unwrap().iter().all(|&b| b == 0));
+    // Dword multiples of any size are fine: 4 bytes, then the rest.
+    let ttag = write_by_r2t(&mut good, cid, 8192 + 512);
+    good.send_raw(&h2c(0, cid, ttag, 0, &data[..4]).1).unwrap();
+    good.send_raw(&h2c(LAST_PDU, cid, ttag, 4, &data[4..]).1)
+        .unwrap();
+    let p = good.read_pdu().unwrap();
+    assert_eq!(p.kind, t::RSP, "{p:?}");
+    assert_eq!(u16::from_le_bytes([p.header[22], p.header[23]]) >> 1, 0);
+    assert_eq!(good.read(1, 0, 17, 512).unwrap(), data);
+}
+
 /// An H2CData PDU exists to carry PDU-Data for an R2T (NVMe/TCP 1.0 §3.3.2.2: the H2CData
 /// PDUs transfer the data contiguously until R2TL is reached; §3.6.2.8: DATAL is the length
 /// of the PDU-Data field); one whose DATAL is 0 carries nothing: a fatal transport error,
@@ -210,9 +280,11 @@ fn nvmf_get_features_select_answers_current_default_saved_and_capabilities() {
         .cmd_ok(Sqe::new(0x09).cdw(10, 0x0B).cdw(11, 1 << 11), &[], 0)
         .unwrap();
     let mut get = |fid: u32, sel: u32| {
+        // The namespace-specific ones (05h, 82h, 83h) name namespace 1.
+        let nsid = u32::from(matches!(fid, 0x05 | 0x82 | 0x83));
         let r = c
             .admin
-            .cmd(Sqe::new(0x0A).cdw(10, fid | (sel << 8)), &[], 0)
+            .cmd(Sqe::new(0x0A).nsid(nsid).cdw(10, fid | (sel << 8)), &[], 0)
             .unwrap();
         (r.status, r.result as u32)
     };
@@ -222,13 +294,13 @@ fn nvmf_get_features_select_answers_current_default_saved_and_capabilities() {
         (0x07, q(4), q(64), 0b100),     // number of queues: set to 4, default 64
         (0x0F, 30_000, 120_000, 0b100), // KATO: from Connect, default 2 minutes
         (0x0B, 1 << 11, 0, 0b100),      // async event configuration
-        (0x01, 0x7, 0x7, 0),            // arbitration (fixed)
-        (0x02, 0, 0, 0),                // power management (fixed)
-        (0x04, 0x157, 0x157, 0),        // temperature threshold (fixed)
-        (0x05, 0, 0, 0b010),            // error recovery: namespace specific
+        (0x01, 0x7, 0x7, 0b100),        // arbitration
+        (0x02, 0, 0, 0b100),            // power management
+        (0x04, 0x157, 0x157, 0b100),    // temperature threshold
+        (0x05, 0, 0, 0b110),            // error recovery: namespace specific
         (0x06, 1, 1, 0),                // volatile write cache (always on)
         (0x82, 0, 0, 0b110),            // reservation notification mask
-        (0x83, 1, 1, 0b010),            // reservation persistence
+        (0x83, 0, 0, 0b010),            // reservation persistence (no state_dir: PTPL 0)
     ] {
         assert_eq!(get(fid, 0), (0, current), "FID {fid:#x} current");
         assert_eq!(get(fid, 1), (0, default), "FID {fid:#x} default");
@@ -265,6 +337,13 @@ fn nvmf_get_features_select_answers_current_default_saved_and_capabilities() {
         )
         .unwrap();
     assert_eq!(r.status, 0x10D);
+    // A Feature that is not supported is Invalid Field in Command, SV or not (Base, Feature
+    // Values); before, SV made it Feature Identifier Not Saveable.
+    let r = c
+        .admin
+        .cmd(Sqe::new(0x09).cdw(10, 0x10 | (1 << 31)), &[], 0)
+        .unwrap();
+    assert_eq!(r.status, 0x002, "unsupported FID 10h with SV");
     c.keep_alive().unwrap();
 }
 
@@ -354,4 +433,355 @@ fn nvmf_discovery_asqsz_is_the_admin_queue_size_the_controllers_take() {
         (0x182, 44),
         "ASQSZ + 1 entries"
     );
+}
+
+/// Set Features then Get Features of `fid` on `nsid`: (Set status, Get status, Get Dword 0).
+/// The Get asks for the same temperature threshold (THSEL; TMPSEL, the composite one for Fh).
+fn set_get(c: &mut Controller, fid: u32, nsid: u32, value: u32) -> (u16, u16, u32) {
+    let tmpsel = match (value >> 16) & 0xF {
+        0xF => 0,
+        t => t,
+    };
+    let thsel = (value >> 20) & 0x3;
+    let s = c
+        .admin
+        .cmd(
+            Sqe::new(0x09).nsid(nsid).cdw(10, fid).cdw(11, value),
+            &[],
+            0,
+        )
+        .unwrap()
+        .status;
+    let g = c
+        .admin
+        .cmd(
+            Sqe::new(0x0A)
+                .nsid(nsid)
+                .cdw(10, fid)
+                .cdw(11, (thsel << 20) | (tmpsel << 16)),
+            &[],
+            0,
+        )
+        .unwrap();
+    (s, g.status, g.result as u32)
+}
+
+/// Arbitration (01h), Power Management (02h), Temperature Threshold (04h) and Error Recovery
+/// (05h) are mandatory Features of an I/O controller (Base 2.0, Feature Identifiers; NVM
+/// Command Set 1.0 for 05h): Set Features changes them and Get Features reports what was set
+/// (PS must be a supported power state, 0 only; a temperature sensor that is not implemented
+/// has no threshold; DULBE needs NSFEAT DAE, 0 here: Invalid Field in Command). A composite
+/// temperature at or beyond a threshold sets the SMART / Health log's Critical Warning bit 1.
+/// A Feature that is not changeable (Get Features SEL 011b bit 2 clear: the volatile write
+/// cache) answers another value with Feature Not Changeable (010Eh), its current one with
+/// success. Before, all four were refused with Invalid Field, as was turning the write cache
+/// off.
+#[test]
+fn nvmf_set_features_changes_the_mandatory_features_and_refuses_fixed_ones_as_not_changeable() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    // Arbitration: AB 011b, LPW 1, MPW 2, HPW 3 (reserved bits 7:3 dropped).
+    assert_eq!(set_get(&mut c, 0x01, 0, 0x0302_01FB), (0, 0, 0x0302_0103));
+    // Power management: WH 010b in state 0; state 1 does not exist.
+    assert_eq!(set_get(&mut c, 0x02, 0, 0x40), (0, 0, 0x40));
+    assert_eq!(set_get(&mut c, 0x02, 0, 0x41), (0x002, 0, 0x40));
+    // Temperature threshold of the composite temperature (0x141 K in the SMART log).
+    let warning = |c: &mut Controller| c.log(0x02, 0, 0, 512).unwrap()[0] & 0x02 != 0;
+    assert!(!warning(&mut c));
+    assert_eq!(
+        set_get(&mut c, 0x04, 0, 0x130),
+        (0, 0, 0x130),
+        "over 0x130 K"
+    );
+    assert!(
+        warning(&mut c),
+        "composite temperature above its over threshold"
+    );
+    assert_eq!(
+        set_get(&mut c, 0x04, 0, 0xF_0157),
+        (0, 0, 0x157),
+        "TMPSEL Fh: every sensor"
+    );
+    assert!(!warning(&mut c));
+    assert_eq!(
+        set_get(&mut c, 0x04, 0, 0x10_0141),
+        (0, 0, 0x141),
+        "under 0x141 K"
+    );
+    assert!(
+        warning(&mut c),
+        "composite temperature at its under threshold"
+    );
+    assert_eq!(set_get(&mut c, 0x04, 0, 0x10_0000), (0, 0, 0));
+    assert_eq!(
+        set_get(&mut c, 0x04, 0, 0x1_0100).0,
+        0x002,
+        "sensor 1 is not implemented"
+    );
+    assert_eq!(
+        set_get(&mut c, 0x04, 0, 0x20_0100).0,
+        0x002,
+        "reserved THSEL"
+    );
+    // Error recovery of namespace 1: TLER 5 s; DULBE refused.
+    assert_eq!(set_get(&mut c, 0x05, 1, 50), (0, 0, 50));
+    assert_eq!(set_get(&mut c, 0x05, 1, 1 << 16), (0x002, 0, 50));
+    // The volatile write cache is not changeable: on stays on, off is Not Changeable.
+    assert_eq!(set_get(&mut c, 0x06, 0, 1), (0, 0, 1));
+    assert_eq!(set_get(&mut c, 0x06, 0, 0), (0x10E, 0, 1));
+    c.keep_alive().unwrap();
+}
+
+/// Get/Set Features check the NSID against the Feature's scope (Base 2.0, Feature Values;
+/// Common Command Format for the NSIDs that are neither valid nor the broadcast value).
+/// Namespace-specific Features (05h error recovery, 82h reservation notification mask, 83h
+/// reservation persistence): an active NSID names that namespace; FFFFFFFFh is every
+/// namespace for Set Features and Invalid Namespace or Format (000Bh) for Get Features; 0h
+/// and an NSID above NN are Invalid Namespace or Format. Controller-scope Features: 0h and
+/// FFFFFFFFh name the controller; a valid NSID is Feature Not Namespace Specific (010Fh) for
+/// Set Features and the controller's value for Get Features; any other is Invalid Namespace
+/// or Format. Before, the NSID was ignored.
+#[test]
+fn nvmf_features_check_the_nsid_against_the_features_scope() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut status = |opc: u8, fid: u32, nsid: u32, v: u32| {
+        c.admin
+            .cmd(Sqe::new(opc).nsid(nsid).cdw(10, fid).cdw(11, v), &[], 0)
+            .unwrap()
+            .status
+    };
+    for (fid, v) in [(0x05, 10), (0x82, 0x4), (0x83, 0)] {
+        for nsid in [0, 2, 0xFFFF_FFFE] {
+            assert_eq!(
+                status(0x09, fid, nsid, v),
+                0x00B,
+                "Set {fid:#x} NSID {nsid:#x}"
+            );
+            assert_eq!(
+                status(0x0A, fid, nsid, 0),
+                0x00B,
+                "Get {fid:#x} NSID {nsid:#x}"
+            );
+        }
+        assert_eq!(
+            status(0x0A, fid, 0xFFFF_FFFF, 0),
+            0x00B,
+            "Get {fid:#x} broadcast"
+        );
+        assert_eq!(
+            status(0x09, fid, 0xFFFF_FFFF, v),
+            0,
+            "Set {fid:#x} broadcast"
+        );
+        assert_eq!(status(0x0A, fid, 1, 0), 0, "Get {fid:#x} NSID 1");
+    }
+    // Set with the broadcast NSID reached namespace 1.
+    let r = c
+        .admin
+        .cmd(Sqe::new(0x0A).nsid(1).cdw(10, 0x82), &[], 0)
+        .unwrap();
+    assert_eq!((r.status, r.result), (0, 0x4));
+    let mut status = |opc: u8, fid: u32, nsid: u32, v: u32| {
+        c.admin
+            .cmd(Sqe::new(opc).nsid(nsid).cdw(10, fid).cdw(11, v), &[], 0)
+            .unwrap()
+            .status
+    };
+    // Async event configuration (controller scope).
+    assert_eq!(status(0x09, 0x0B, 1, 0), 0x10F, "Set naming namespace 1");
+    assert_eq!(status(0x0A, 0x0B, 1, 0), 0, "Get naming namespace 1");
+    assert_eq!(status(0x09, 0x0B, 2, 0), 0x00B, "an NSID above NN");
+    assert_eq!(status(0x0A, 0x0B, 2, 0), 0x00B);
+    assert_eq!(
+        status(0x09, 0x0B, 0xFFFF_FFFF, 0),
+        0,
+        "broadcast: the controller"
+    );
+    assert_eq!(status(0x09, 0x0B, 0, 0), 0);
+}
+
+/// Persist Through Power Loss (Base 2.0, Reservations; Reservation Register CPTPL: 00b no
+/// change, 01b reserved, 10b PTPL 0, 11b PTPL 1): reservations persist only when the daemon
+/// keeps them in a state file (`[nvmf] state_dir`). With one: Identify Namespace RESCAP bit 0
+/// (PTPLC) 1, Reservation Report PTPLS 1, Get Features 83h PTPL 1, CPTPL 11b accepted and 10b
+/// (stop persisting) Invalid Field. Without one: PTPLC 0, PTPLS 0, PTPL 0, CPTPL 10b accepted,
+/// 11b accepted though nothing persists (Linux's host asks 11b on every Register). CPTPL 01b is
+/// Invalid Field either way. Before, every daemon claimed PTPL 1, with or without a state
+/// file.
+#[test]
+fn nvmf_reservation_persistence_is_what_the_state_dir_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = format!(
+        "[reactor]\ncores=[0]\nwait='adaptive'\npin=false\n[nbd]\nlisten=[]\n\
+         [nvmf]\nlisten=['127.0.0.1:0']\nstate_dir='{}'\n[control]\nsocket=''\n{RAM}",
+        dir.path().display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&with).expect("test config");
+    let persisted = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let (memory, _) = in_process(RAM);
+    for (d, ptpl) in [(&persisted, true), (&memory, false)] {
+        let mut c = Controller::connect(nvmf_addr(d), NQN, &Opts::default()).unwrap();
+        let rescap = c.identify(0x00, 1).unwrap()[31];
+        assert_eq!(rescap, 0xFE | u8::from(ptpl), "RESCAP, PTPL {ptpl}");
+        let r = c
+            .admin
+            .cmd(Sqe::new(0x0A).nsid(1).cdw(10, 0x83), &[], 0)
+            .unwrap();
+        assert_eq!(
+            (r.status, r.result),
+            (0, u64::from(ptpl)),
+            "Get Features 83h"
+        );
+        let mut q = c.io_queue(1, 8).unwrap();
+        let mut register = |action: u32, cptpl: u32, crkey: u64, nrkey: u64| {
+            let mut data = crkey.to_le_bytes().to_vec();
+            data.extend_from_slice(&nrkey.to_le_bytes());
+            let sqe = Sqe::new(0x0D).nsid(1).cdw(10, action | (cptpl << 30));
+            q.cmd(sqe, &data, 0).unwrap().status
+        };
+        assert_eq!(register(0, 0b01, 0, 7), 0x002, "CPTPL 01b is reserved");
+        assert_eq!(register(0, 0b00, 0, 7), 0, "CPTPL 00b (register 7)");
+        let want = if ptpl { 0x002 } else { 0 };
+        assert_eq!(register(2, 0b10, 7, 7), want, "CPTPL 10b (replace 7 by 7)");
+        assert_eq!(register(2, 0b11, 7, 8), 0, "CPTPL 11b (replace 7 by 8)");
+        assert_eq!(register(2, 0b00, 8, 9), 0, "CPTPL 00b");
+        let (status, report) = q.resv_report(1, true, 128).unwrap();
+        assert_eq!(status, 0);
+        assert_eq!(report[9], u8::from(ptpl), "PTPLS");
+    }
+}
+
+/// A header digest error is a fatal transport error whose C2HTermReq carries FES 03h (Header
+/// Digest Error) and, in FEI, "the HDGST that was received" (NVMe/TCP 1.0 §3.6.2.5, Figure 23),
+/// with the offending PDU header as its data. Before, FEI was 0.
+#[test]
+fn nvmf_header_digest_error_names_the_received_digest() {
+    let (d, _) = in_process(RAM);
+    let dg = twinblk_tools::nvmf::Digests {
+        header: true,
+        data: false,
+    };
+    let mut q = Queue::open(nvmf_addr(&d), dg).unwrap();
+    let mut b = q.capsule(&Sqe::new(0x18).0, &[]);
+    b[10] ^= 0xFF;
+    let received = u32::from_le_bytes(b[72..76].try_into().unwrap());
+    q.send_raw(&b).unwrap();
+    let tr = expect_term(&mut q, &b[..72]);
+    assert_eq!((tr.fes, tr.fei), (0x03, received), "{tr:?}");
+}
+
+/// Get Features Host Identifier returns the 16-byte identifier (EXHID = 1) as data, and its
+/// SGL must describe exactly those 16 bytes, as for every other admin data here (and Linux's
+/// nvmet): another length is Data SGL Length Invalid (000Fh). Before, a shorter SGL took part
+/// of it with a success, in a C2HData PDU whose DATAL (5) was no multiple of dwords, which
+/// NVMe/TCP 1.0 §3.6.2.9 forbids.
+#[test]
+fn nvmf_get_features_host_identifier_needs_an_sgl_of_its_16_bytes() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let get = || Sqe::new(0x0A).cdw(10, 0x81).cdw(11, 1);
+    for len in [5u32, 8, 32] {
+        let r = c.admin.cmd(get(), &[], len).unwrap();
+        assert_eq!(
+            (r.status, r.data.len()),
+            (0x00F, 0),
+            "an SGL of {len} bytes"
+        );
+    }
+    let r = c.admin.cmd(get(), &[], 16).unwrap();
+    assert_eq!((r.status, r.data), (0, Host::default().id.to_vec()));
+}
+
+/// The Keep Alive Timer is active only while the controller is enabled and not shut down
+/// (NVM Express Base, Keep Alive Timer Activation: CC.EN = 1, CSTS.RDY = 1, CC.SHN = 00b,
+/// CSTS.SHST = 00b): a host that shut its controller down (CC.SHN = 01b) or disabled it
+/// (CC.EN 1 to 0) and sends no Keep Alive for longer than KATO keeps its association;
+/// enabling the controller again starts the timer again. Before, the timer kept running and
+/// the association was torn down KATO after the last Keep Alive.
+#[test]
+fn nvmf_keep_alive_timer_stops_while_the_controller_is_shut_down_or_disabled() {
+    let (d, _) = in_process(RAM);
+    let addr = nvmf_addr(&d);
+    let opts = Opts {
+        kato_ms: 500,
+        ..Opts::default()
+    };
+    let (cc_reg, csts_reg) = (0x14, 0x1C);
+    // Shut down: CC.SHN = 01b (normal shutdown), CSTS.SHST = 10b (complete).
+    let mut down = Controller::connect(addr, NQN, &opts).unwrap();
+    let cc = down.prop_get(cc_reg, false).unwrap() as u32;
+    down.prop_set(cc_reg, cc | (1 << 14)).unwrap();
+    // Disabled: CC.EN 1 to 0 (a Controller Level Reset).
+    let mut off = Controller::connect(addr, NQN, &opts).unwrap();
+    off.prop_set(cc_reg, cc & !1).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let csts = down
+        .prop_get(csts_reg, false)
+        .expect("shut down, still associated");
+    assert_eq!((csts >> 2) & 3, 2, "shutdown complete");
+    assert_eq!(
+        off.prop_get(csts_reg, false)
+            .expect("disabled, still associated")
+            & 1,
+        0
+    );
+    // Enabled again: the timer runs again and expires without Keep Alive.
+    off.prop_set(cc_reg, cc).unwrap();
+    assert!(
+        closed_by_target(off.admin.stream()),
+        "KATO after enabling again"
+    );
+    assert_eq!(d.nvmf().registry.len(), 1);
+}
+
+/// No Feature is saveable, so a Controller Level Reset (CC.EN 1 to 0) puts each one the host
+/// changed back to its default (Base 2.0, Feature Values: the current value after a reset of
+/// a Feature that is neither saveable nor persistent is the default): arbitration and the
+/// async event configuration read as their defaults once the controller is enabled again.
+/// Before, the async event configuration kept its value.
+#[test]
+fn nvmf_controller_level_reset_puts_features_back_to_their_defaults() {
+    let (d, _) = in_process(RAM);
+    let mut c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    assert_eq!(set_get(&mut c, 0x01, 0, 0x0302_0103), (0, 0, 0x0302_0103));
+    assert_eq!(set_get(&mut c, 0x0B, 0, 1 << 11), (0, 0, 1 << 11));
+    let cc = c.prop_get(0x14, false).unwrap() as u32;
+    c.prop_set(0x14, cc & !1).unwrap();
+    c.prop_set(0x14, cc).unwrap();
+    for (fid, default) in [(0x01, 0x7), (0x0B, 0)] {
+        let r = c.admin.cmd(Sqe::new(0x0A).cdw(10, fid), &[], 0).unwrap();
+        assert_eq!(
+            (r.status, r.result),
+            (0, default),
+            "FID {fid:#x} after the reset"
+        );
+    }
+    c.keep_alive().unwrap();
+}
+
+/// R2TL "shall be dword aligned" (NVMe/TCP 1.0 §3.6.2.10), as the host's DATAL (§3.6.2.8):
+/// a command whose transport SGL asks for a length that is no multiple of dwords cannot be
+/// served by R2T, and no command here takes such data, so it is answered Data SGL Length
+/// Invalid (000Fh) at once, without an R2T. Before, an R2T of 4094 bytes was sent (and the
+/// host that followed it was then cut off for its DATAL).
+#[test]
+fn nvmf_no_r2t_asks_for_a_length_that_is_not_whole_dwords() {
+    let (d, _) = in_process(RAM);
+    let c = Controller::connect(nvmf_addr(&d), NQN, &Opts::default()).unwrap();
+    let mut q = c.io_queue(1, 8).unwrap();
+    let cid = 0x25u16;
+    let sqe = Sqe::new(0x01)
+        .nsid(1)
+        .lba(0, 8)
+        .bytes(2, &cid.to_le_bytes())
+        .bytes(32, &4094u32.to_le_bytes())
+        .bytes(39, &[0x5A]);
+    q.send_raw(&q.capsule(&sqe.0, &[])).unwrap();
+    let p = q.read_pdu().unwrap();
+    assert_eq!(p.kind, t::RSP, "a response, not an R2T: {p:?}");
+    assert_eq!(u16::from_le_bytes([p.header[20], p.header[21]]), cid);
+    let status = u16::from_le_bytes([p.header[22], p.header[23]]);
+    assert_eq!((status >> 1) & 0x7FF, 0x00F, "Data SGL Length Invalid");
+    q.write(1, 0, &pattern(6, 4096), 512, false).unwrap();
 }

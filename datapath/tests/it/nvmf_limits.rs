@@ -887,8 +887,8 @@ fn disabling_the_controller_deletes_its_io_queues() {
 }
 
 /// A controller that advertises reservations (ONCS bit 5) supports what Base 2.0 §8.19 asks
-/// of it: Reservation Persistence (83h: PTPL 1, as the state always persists; clearing it is
-/// refused), Reservation Notification Mask (82h: kept and reported back; no notification is
+/// of it: Reservation Persistence (83h: PTPL 0 here, without a state_dir nothing persists;
+/// setting it is refused with Feature Not Changeable), Reservation Notification Mask (82h: kept and reported back; no notification is
 /// posted) and the Reservation Notification log page (80h: the empty page). (Before, all
 /// three were refused.)
 #[test]
@@ -908,12 +908,16 @@ fn reservation_features_and_log_page_are_supported() {
             .unwrap()
             .status
     };
-    assert_eq!(get(&mut c, 0x83), (0, 1), "PTPL: the state persists");
-    assert_eq!(set(&mut c, 0x83, 1), 0);
     assert_eq!(
-        set(&mut c, 0x83, 0),
-        0x02,
-        "not persisting cannot be honoured"
+        get(&mut c, 0x83),
+        (0, 0),
+        "PTPL: no state_dir, nothing persists"
+    );
+    assert_eq!(set(&mut c, 0x83, 0), 0);
+    assert_eq!(
+        set(&mut c, 0x83, 1),
+        0x10E,
+        "persisting cannot be honoured: Feature Not Changeable"
     );
     assert_eq!(get(&mut c, 0x82), (0, 0));
     assert_eq!(set(&mut c, 0x82, 0x6), 0);

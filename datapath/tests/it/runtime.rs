@@ -606,7 +606,8 @@ fn a_ram_volume_larger_than_the_machines_memory_is_refused_at_creation_and_chang
 /// discovery log's GENCTR moves when the subsystem table changes (a host reading it in parts
 /// must see it changed; it stayed 1), Identify Namespace of an inactive NSID up to NN is a
 /// zero-filled success (it was Invalid Namespace), and Set Features Volatile Write Cache with
-/// WCE=0 is refused (it was accepted with no effect, so a host could stop flushing).
+/// WCE=0 is refused (it was accepted with no effect, so a host could stop flushing), with
+/// Feature Not Changeable (the write cache cannot be turned off).
 #[test]
 fn nvme_discovery_generation_inactive_namespaces_and_write_cache_follow_the_spec() {
     use twinblk_tools::nvmf::{Controller, DISCOVERY_NQN, Host, Opts, Sqe};
@@ -665,8 +666,8 @@ fn nvme_discovery_generation_inactive_namespaces_and_write_cache_follow_the_spec
     };
     assert_eq!(
         set_vwc(&mut c, 0),
-        0x02,
-        "disabling the write cache refused"
+        0x10E,
+        "disabling the write cache refused: Feature Not Changeable"
     );
     assert_eq!(set_vwc(&mut c, 1), 0, "enabling it is a no-op");
 }

@@ -184,6 +184,12 @@ impl Status {
     pub const INVALID_LOG_PAGE: Status = Status(0x109);
     /// Feature identifier not saveable.
     pub const FEAT_NOT_SAVEABLE: Status = Status(0x10D);
+    /// Feature not changeable: Set Features of another value than the current one of a
+    /// Feature whose capabilities say it cannot be changed.
+    pub const FEAT_NOT_CHANGEABLE: Status = Status(0x10E);
+    /// Feature not namespace specific: Set Features of a controller-scope Feature naming a
+    /// valid namespace.
+    pub const FEAT_NOT_NS_SPECIFIC: Status = Status(0x10F);
     /// Connect: incompatible format.
     pub const CONNECT_FORMAT: Status = Status(0x180);
     /// Connect: controller busy (no controller to be had now: transient, so without DNR).
@@ -490,6 +496,8 @@ pub fn kato_granular(ms: u32) -> u32 {
 
 /// Warning composite temperature threshold (K), also the default over-temperature threshold.
 pub const WCTEMP: u16 = 0x157;
+/// The composite temperature the SMART / Health log reports (Kelvin; there is no sensor).
+pub const COMPOSITE_TEMP: u16 = 0x141;
 /// Critical composite temperature threshold (K).
 pub const CCTEMP: u16 = 0x175;
 
@@ -562,7 +570,8 @@ pub fn lbads(block_size: u32) -> u8 {
 }
 
 /// Fill Identify Namespace (4096 bytes; `b` zeroed); `write_protected`: the namespace refuses
-/// every update (its volume is read-only), so a host attaches it read-only.
+/// every update (its volume is read-only), so a host attaches it read-only; `ptpl`: its
+/// reservations persist through a power loss (RESCAP PTPLC).
 pub fn identify_ns(
     b: &mut [u8],
     blocks: u64,
@@ -570,6 +579,7 @@ pub fn identify_ns(
     ana_group: u32,
     ids: &NsIds,
     write_protected: bool,
+    ptpl: bool,
 ) {
     put64(b, 0, blocks);
     put64(b, 8, blocks);
@@ -577,8 +587,9 @@ pub fn identify_ns(
     b[25] = 0; // NLBAF: one format
     b[26] = 0; // FLBAS
     b[30] = 1; // NMIC: shared (multipath)
-    // RESCAP: persist through power loss, all six types, IEKEY semantics of NVMe 1.3+.
-    b[31] = 0xFF;
+    // RESCAP: all six types, IEKEY semantics of NVMe 1.3+ (bits 7:1); bit 0 PTPLC: persist
+    // through power loss, when the reservations are kept in a state file.
+    b[31] = 0xFE | u8::from(ptpl);
     b[33] = 0x01; // DLFEAT: deallocated blocks read as zeroes
     put32(b, 92, ana_group);
     b[99] = u8::from(write_protected); // NSATTR bit 0: currently write protected
@@ -666,8 +677,10 @@ pub const LOG_512: usize = 512;
 pub const DISC_ENTRY_LEN: usize = 1024;
 
 /// Fill the SMART / health log (512 bytes; `b` zeroed).
-pub fn smart_log(b: &mut [u8]) {
-    put16(b, 1, 0x141); // composite temperature (K)
+pub fn smart_log(b: &mut [u8], temperature_warning: bool) {
+    // Critical Warning bit 1: a temperature at or beyond one of its thresholds.
+    b[0] = u8::from(temperature_warning) << 1;
+    put16(b, 1, COMPOSITE_TEMP);
     b[3] = 100; // available spare
     b[4] = 10; // spare threshold
 }
@@ -947,7 +960,7 @@ mod tests {
 
         let ids = NsIds::derive("nqn.x", 2);
         let mut b = vec![0u8; IDENTIFY_LEN];
-        identify_ns(&mut b, 1000, 4096, 5, &ids, false);
+        identify_ns(&mut b, 1000, 4096, 5, &ids, false, true);
         let ns: Vec<Field> = vec![
             ("NSZE", 0, 8, int(1000, 8)),
             ("NCAP", 8, 8, int(1000, 8)),
@@ -964,7 +977,7 @@ mod tests {
         ];
         check_fields("Identify Namespace", &b, IDENTIFY_LEN, &ns);
         let mut b = vec![0u8; IDENTIFY_LEN];
-        identify_ns(&mut b, 1000, 4096, 5, &ids, true);
+        identify_ns(&mut b, 1000, 4096, 5, &ids, true, true);
         let mut wp = ns.clone();
         wp.push(("NSATTR: write protected", 99, 1, int(1, 1)));
         check_fields("Identify Namespace, write protected", &b, IDENTIFY_LEN, &wp);

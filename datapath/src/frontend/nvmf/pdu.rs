@@ -263,9 +263,10 @@ pub fn parse(b: &[u8], dg: Digests, max_data: u32) -> Result<Option<(Pdu<'_>, us
     if hd != 0 {
         let want = u32::from_le_bytes([b[hlen], b[hlen + 1], b[hlen + 2], b[hlen + 3]]);
         if crate::checksum::crc32c(header) != want {
+            // FEI: the HDGST that was received (TCP 1.0 §3.6.2.5, Figure 23).
             return Err(Violation {
                 fes: fes::HEADER_DIGEST,
-                fei: 0,
+                fei: want,
             });
         }
     }
@@ -549,7 +550,9 @@ mod tests {
         };
         let mut b = cmd_pdu(dg, b"abcd");
         b[20] ^= 1;
-        assert_eq!(parse(&b, dg, 8192).unwrap_err().fes, fes::HEADER_DIGEST);
+        let received = u32::from_le_bytes(b[72..76].try_into().unwrap());
+        let v = parse(&b, dg, 8192).unwrap_err();
+        assert_eq!((v.fes, v.fei), (fes::HEADER_DIGEST, received));
         let b = cmd_pdu(dg, b"abcd");
         assert!(parse(&b, dg, 8192).unwrap().unwrap().0.data_ok);
         let mut b = cmd_pdu(dg, b"abcd");

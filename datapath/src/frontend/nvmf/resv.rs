@@ -1,5 +1,6 @@
 //! Reservations (NVMe base spec, "Reservations"): per namespace, shared by every controller of
-//! the subsystem, persisted across restarts in one state file per subsystem (`docs/nvmf.md`).
+//! the subsystem, persisted across restarts in one state file per subsystem when `[nvmf]
+//! state_dir` is set (in memory only otherwise; `docs/nvmf.md`).
 //!
 //! Model: a subsystem's [`ResvTable`] keeps every namespace's registrants and reservation
 //! behind one `Mutex`, taken only by the reservation commands and by a queue re-evaluating its
@@ -336,14 +337,15 @@ impl NsResv {
         }
     }
 
-    /// The extended Reservation Status data structure (EDS = 1) into `out`.
-    pub fn report_ext(&self, out: &mut Vec<u8>) {
+    /// The extended Reservation Status data structure (EDS = 1) into `out`; `ptpls`: the
+    /// state persists through a power loss (it is kept in a state file).
+    pub fn report_ext(&self, out: &mut Vec<u8>, ptpls: bool) {
         out.clear();
         out.resize(REPORT_EXT_LEN * (1 + self.registrants.len()), 0);
         out[0..4].copy_from_slice(&self.generation.to_le_bytes());
         out[4] = self.rtype;
         out[5..7].copy_from_slice(&(self.registrants.len() as u16).to_le_bytes());
-        out[9] = 1; // PTPLS: the state persists through power loss
+        out[9] = u8::from(ptpls);
         for (i, r) in self.registrants.iter().enumerate() {
             let e = &mut out[REPORT_EXT_LEN * (i + 1)..REPORT_EXT_LEN * (i + 2)];
             // Dynamic controller model: no single controller id stands for the host.
@@ -945,7 +947,8 @@ mod tests {
         assert_eq!(t.update(1, |n| n.register(&A, 0, false, 0, 99)), CONFLICT);
         assert_eq!(t.version(1), v);
         let mut out = Vec::new();
-        t.snapshot(1).unwrap().report_ext(&mut out);
+        t.snapshot(1).unwrap().report_ext(&mut out, true);
+        assert_eq!(out[9], 1, "PTPLS");
         assert_eq!(out.len(), 128);
         assert_eq!(out[4], rtype::WRITE_EXCLUSIVE);
         assert_eq!(u16::from_le_bytes([out[5], out[6]]), 1);

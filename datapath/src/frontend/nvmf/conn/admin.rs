@@ -1,5 +1,5 @@
-//! Admin commands: Identify, Get Log Page, Get/Set Features, Async Event Request, Keep Alive
-//! and Abort.
+//! Admin commands: Identify, Get Log Page, Async Event Request, Keep Alive and Abort; Get/Set
+//! Features are dispatched here and decided in `features`.
 //!
 //! Model: data returned to the host is built whole in `scratch` and sent from it. ANA: each
 //! namespace is in its volume's group (id = volume index + 1); the ANA log page has one
@@ -24,7 +24,7 @@ use super::{INCAPSULE_MAX, MAX_AERS, MAX_XFER, MDTS, MQES, NvmfConn, Role};
 use crate::bdev::volume::PathState;
 use crate::frontend::nvmf::atomic::{AbortReply, Note};
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, feat, lid, sgl};
-use crate::frontend::nvmf::ctrl::{self, Controller, MAX_IO_QUEUES};
+use crate::frontend::nvmf::ctrl::{self, Controller};
 use crate::frontend::nvmf::{NvmfShared, status};
 use crate::runtime::Env;
 use std::sync::Arc;
@@ -96,38 +96,36 @@ impl NvmfConn {
                 self.respond_scratch(cid, want);
             }
             admin::SET_FEATURES => {
-                let (s, r) = self.set_features(&ctrl, sqe);
+                let (s, r) = self.set_features(&ctrl, sqe, nv.state_dir.is_some());
                 if s == Status::SUCCESS && (sqe.cdw(10) & 0xFF) as u8 == feat::KATO {
                     // The new timeout runs from now.
                     self.restart_keep_alive();
                 }
                 self.respond(cid, s, r)
             }
-            admin::GET_FEATURES if !matches!((sqe.cdw(10) >> 8) & 7, 0..=2) => {
-                // SEL (bits 10:8; Base 2.0, Get Features): 011b asks for the Feature's
-                // capabilities, in Dword 0 and without data; 100b to 111b are reserved.
-                let caps = feature_caps(&ctrl, (sqe.cdw(10) & 0xFF) as u8);
-                match ((sqe.cdw(10) >> 8) & 7, caps) {
-                    (0b011, Some(caps)) => self.respond(cid, Status::SUCCESS, u64::from(caps)),
-                    _ => self.respond(cid, Status::INVALID_FIELD, 0),
+            admin::GET_FEATURES => match self.get_features(&ctrl, sqe, nv.state_dir.is_some()) {
+                Err(s) => self.respond(cid, s, 0),
+                Ok(Some(v)) => self.respond(cid, Status::SUCCESS, v),
+                // The Host Identifier: only the 128-bit one (EXHID = 1) exists on a fabrics
+                // controller, and it is data.
+                Ok(None) => {
+                    if sqe.cdw(11) & 1 == 0 {
+                        return self.respond(cid, Status::INVALID_FIELD, 0);
+                    }
+                    if sqe.sgl_type() != sgl::TRANSPORT {
+                        return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
+                    }
+                    // The data is the 16-byte identifier, and the SGL must describe exactly
+                    // that, as for Identify and log pages (a shorter one took part of it, and
+                    // a C2HData DATAL that is no multiple of dwords, TCP 1.0 §3.6.2.9).
+                    if sqe.sgl_len() != 16 {
+                        return self.respond(cid, Status::SGL_INVALID_DATA, 0);
+                    }
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(&ctrl.hostid);
+                    self.respond_scratch(cid, 16);
                 }
-            }
-            admin::GET_FEATURES if (sqe.cdw(10) & 0xFF) as u8 == feat::HOST_ID => {
-                // Only the 128-bit identifier (EXHID = 1) exists on a fabrics controller.
-                if sqe.cdw(11) & 1 == 0 {
-                    return self.respond(cid, Status::INVALID_FIELD, 0);
-                }
-                if sqe.sgl_type() != sgl::TRANSPORT {
-                    return self.respond(cid, Status::SGL_INVALID_TYPE, 0);
-                }
-                self.scratch.clear();
-                self.scratch.extend_from_slice(&ctrl.hostid);
-                self.respond_scratch(cid, sqe.sgl_len().min(16));
-            }
-            admin::GET_FEATURES => {
-                let (s, r) = self.get_features(&ctrl, sqe);
-                self.respond(cid, s, r)
-            }
+            },
             admin::ASYNC_EVENT => {
                 let Role::Admin(st) = &mut self.role else {
                     return;
@@ -153,7 +151,7 @@ impl NvmfConn {
     pub(super) fn identify(
         &mut self,
         env: &Env<'_>,
-        _nv: &NvmfShared,
+        nv: &NvmfShared,
         ctrl: &Controller,
         sqe: Sqe<'_>,
     ) -> Status {
@@ -197,6 +195,7 @@ impl NvmfConn {
                             ns.ana_group,
                             &ns.ids,
                             v.read_only(),
+                            nv.state_dir.is_some(),
                         );
                         Status::SUCCESS
                     }
@@ -278,7 +277,11 @@ impl NvmfConn {
             (lid::ERROR, false) => self.scratch.resize(64, 0),
             (lid::SMART, false) => {
                 self.scratch.resize(cmd::LOG_512, 0);
-                cmd::smart_log(&mut self.scratch);
+                let warn = match &self.role {
+                    Role::Admin(st) => st.features.temperature_warning(),
+                    _ => false,
+                };
+                cmd::smart_log(&mut self.scratch, warn);
             }
             (lid::FW_SLOT, false) => {
                 self.scratch.resize(cmd::LOG_512, 0);
@@ -334,113 +337,6 @@ impl NvmfConn {
             _ => return Status::INVALID_LOG_PAGE,
         }
         Status::SUCCESS
-    }
-
-    pub(super) fn set_features(&mut self, ctrl: &Controller, sqe: Sqe<'_>) -> (Status, u64) {
-        let Role::Admin(st) = &mut self.role else {
-            return (Status::CMD_SEQ_ERROR, 0);
-        };
-        if sqe.cdw(10) & (1 << 31) != 0 {
-            return (Status::FEAT_NOT_SAVEABLE, 0);
-        }
-        let v = sqe.cdw(11);
-        match (sqe.cdw(10) & 0xFF) as u8 {
-            feat::NUM_QUEUES if ctrl.subsys.is_some() => {
-                let (nsqr, ncqr) = (v & 0xFFFF, v >> 16);
-                if nsqr == 0xFFFF || ncqr == 0xFFFF {
-                    return (Status::INVALID_FIELD, 0);
-                }
-                if ctrl.attached() > 0 {
-                    return (Status::CMD_SEQ_ERROR, 0);
-                }
-                let granted = (nsqr.max(ncqr) + 1).min(u32::from(MAX_IO_QUEUES));
-                ctrl.io_queues.store(granted as u16, Ordering::Relaxed);
-                let g = u64::from(granted - 1);
-                (Status::SUCCESS, (g << 16) | g)
-            }
-            feat::KATO => {
-                ctrl.kato_ms.store(cmd::kato_granular(v), Ordering::Relaxed);
-                (Status::SUCCESS, 0)
-            }
-            feat::ASYNC_EVENT => {
-                st.aec = v;
-                (Status::SUCCESS, 0)
-            }
-            // The volatile write cache stays on (the volume's stack decides what a flush
-            // does): enabling it is a no-op, disabling it is refused, so a host never thinks
-            // its writes durable without a Flush.
-            feat::VOLATILE_WC if ctrl.subsys.is_some() && v & 1 == 1 => (Status::SUCCESS, 0),
-            feat::VOLATILE_WC => (Status::INVALID_FIELD, 0),
-            // Reservations (Base 2.0 §8.19): no reservation notifications are ever posted, so
-            // any mask is accepted (nothing to mask); the reservation state always persists
-            // through a power loss: PTPL = 1 accepted, 0 refused (as Register's CPTPL = 10b).
-            feat::RESV_MASK if ctrl.subsys.is_some() => {
-                // REGPRE, RESREL, RESPRE (bits 3:1).
-                st.resv_mask = v & 0xE;
-                (Status::SUCCESS, 0)
-            }
-            feat::RESV_PERSIST if ctrl.subsys.is_some() && v & 1 == 1 => (Status::SUCCESS, 0),
-            // The host identifier comes with Connect and cannot change afterwards.
-            feat::HOST_ID => (Status::CMD_SEQ_ERROR, 0),
-            _ => (Status::INVALID_FIELD, 0),
-        }
-    }
-
-    /// Get Features with SEL 000b (current), 001b (default) or 010b (saved: no Feature is
-    /// saveable, so the default, Base 2.0 Get Features).
-    pub(super) fn get_features(&mut self, ctrl: &Controller, sqe: Sqe<'_>) -> (Status, u64) {
-        let Role::Admin(st) = &self.role else {
-            return (Status::CMD_SEQ_ERROR, 0);
-        };
-        let default = (sqe.cdw(10) >> 8) & 7 != 0;
-        match (sqe.cdw(10) & 0xFF) as u8 {
-            feat::NUM_QUEUES if ctrl.subsys.is_some() => {
-                let n = if default {
-                    MAX_IO_QUEUES
-                } else {
-                    ctrl.io_queues.load(Ordering::Relaxed)
-                };
-                let g = u64::from(n.max(1) - 1);
-                (Status::SUCCESS, (g << 16) | g)
-            }
-            // The default on a transport that requires the Keep Alive Timer (TCP): 2 minutes,
-            // rounded to KAS (the Keep Alive Timer feature).
-            feat::KATO if default => (Status::SUCCESS, u64::from(cmd::KATO_DEFAULT_MS)),
-            feat::KATO => (
-                Status::SUCCESS,
-                u64::from(ctrl.kato_ms.load(Ordering::Relaxed)),
-            ),
-            feat::ASYNC_EVENT if default => (Status::SUCCESS, 0),
-            feat::ASYNC_EVENT => (Status::SUCCESS, u64::from(st.aec)),
-            feat::VOLATILE_WC if ctrl.subsys.is_some() => (Status::SUCCESS, 1),
-            // The features every controller must support (NVM Express Base 2.0, Feature
-            // Identifiers, M for I/O controllers). None can be changed here; each reports its
-            // fixed value.
-            // Arbitration: AB (bits 2:0) 111b, no burst limit; priority weights 0 (round robin).
-            feat::ARBITRATION if ctrl.subsys.is_some() => (Status::SUCCESS, 0x7),
-            // Power management: power state 0 (the only one, NPSS = 0), no workload hint.
-            feat::POWER_MGMT if ctrl.subsys.is_some() => (Status::SUCCESS, 0),
-            // Temperature threshold: cdw11 TMPSEL bits 19:16 (0: composite, 1..=8 sensors,
-            // 0xF "all" only for Set Features), THSEL bits 21:20 (0 over, 1 under). The composite over threshold is
-            // WCTEMP; the under threshold and the absent sensors' thresholds are 0.
-            feat::TEMP_THRESHOLD if ctrl.subsys.is_some() => {
-                let tmpsel = (sqe.cdw(11) >> 16) & 0xF;
-                let thsel = (sqe.cdw(11) >> 20) & 0x3;
-                match (tmpsel, thsel) {
-                    (0x9..=0xF, _) | (_, 2..) => (Status::INVALID_FIELD, 0),
-                    (0, 0) => (Status::SUCCESS, u64::from(cmd::WCTEMP)),
-                    _ => (Status::SUCCESS, 0),
-                }
-            }
-            // Error recovery: TLER 0 (no time limit), DULBE 0.
-            feat::ERROR_RECOVERY if ctrl.subsys.is_some() => (Status::SUCCESS, 0),
-            // Reservations: nothing masked (no notification is ever posted); the state
-            // persists through a power loss (PTPL = 1).
-            feat::RESV_MASK if ctrl.subsys.is_some() && default => (Status::SUCCESS, 0),
-            feat::RESV_MASK if ctrl.subsys.is_some() => (Status::SUCCESS, u64::from(st.resv_mask)),
-            feat::RESV_PERSIST if ctrl.subsys.is_some() => (Status::SUCCESS, 1),
-            _ => (Status::INVALID_FIELD, 0),
-        }
     }
 
     /// An Abort from the admin queue for command `cid` of this queue.
@@ -581,28 +477,5 @@ impl NvmfConn {
         // Notice (type 2), ANA change (info 0x03), log page 0x0C.
         let result = 0x2 | (0x03 << 8) | (u64::from(lid::ANA) << 16);
         self.respond(cid, Status::SUCCESS, result);
-    }
-}
-
-/// A Feature's capabilities as Get Features with SEL 011b reports them in Dword 0 (Base 2.0,
-/// Get Features): bit 0 saveable (none is: there is nothing to save them in), bit 1 namespace
-/// specific, bit 2 changeable (Set Features can change its value); `None` for a Feature this
-/// controller does not support (Invalid Field in Command, as for any other SEL).
-pub(super) fn feature_caps(ctrl: &Controller, fid: u8) -> Option<u32> {
-    const NS_SPECIFIC: u32 = 1 << 1;
-    const CHANGEABLE: u32 = 1 << 2;
-    let io = ctrl.subsys.is_some();
-    match fid {
-        feat::KATO | feat::ASYNC_EVENT => Some(CHANGEABLE),
-        feat::NUM_QUEUES if io => Some(CHANGEABLE),
-        // Fixed values (Set Features refuses any change).
-        feat::ARBITRATION | feat::POWER_MGMT | feat::TEMP_THRESHOLD | feat::VOLATILE_WC if io => {
-            Some(0)
-        }
-        feat::ERROR_RECOVERY | feat::RESV_PERSIST if io => Some(NS_SPECIFIC),
-        feat::RESV_MASK if io => Some(NS_SPECIFIC | CHANGEABLE),
-        // Given by Connect; Set Features refuses it.
-        feat::HOST_ID => Some(0),
-        _ => None,
     }
 }

@@ -157,7 +157,8 @@ impl NvmfConn {
                         .collect()
                 }),
                 ana_masked: false,
-                resv_mask: 0,
+                features: Default::default(),
+                ka_off: false,
             });
             (c, found)
         } else {
@@ -281,18 +282,32 @@ impl NvmfConn {
                     // Controller reset (Base 2.0 §3.7.2): its I/O queues are deleted and the
                     // commands held here (Async Event Requests) end unanswered.
                     st.aers.clear();
+                    // No Feature is saveable: the ones a host can change are back to their
+                    // defaults (Base 2.0, Feature Values: current value after a reset), the
+                    // async event configuration too (KATO stays: it came with Connect).
+                    st.features = Default::default();
+                    st.aec = 0;
                     if let Some(c) = &self.ctrl {
                         c.reset_queues();
                     }
                 }
                 st.csts = u32::from(en);
-                if (cc >> 14) & 3 != 0 {
+                let shutdown = (cc >> 14) & 3 != 0;
+                if shutdown {
                     st.csts |= 2 << 2; // SHST: shutdown complete
                 }
+                // The Keep Alive Timer is active only while the controller is enabled and
+                // not shut down (Base spec, Keep Alive Timer Activation): a host that shut the
+                // controller down (or disabled it) is not torn down for sending no Keep Alive.
+                let was_off = st.ka_off;
+                st.ka_off = !en || shutdown;
+                let (ka_off, ka_on) = (st.ka_off, was_off && !st.ka_off);
                 if let Some(c) = &self.ctrl {
                     c.enabled.store(en, Ordering::Release);
                 }
-                if en && !was {
+                if ka_off {
+                    self.ka_deadline = None;
+                } else if (en && !was) || ka_on {
                     // Enabling activates the Keep Alive Timer (Base 2.0 §3.9): KATO from now.
                     self.restart_keep_alive();
                 }

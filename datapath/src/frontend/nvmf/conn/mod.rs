@@ -11,7 +11,8 @@
 //!   "command sequence error".
 //! - Admin: admin and fabrics property commands for the controller this queue created. The
 //!   Keep Alive Timer is command based (restarted only by Keep Alive, Set Features KATO and
-//!   CC.EN 0 to 1); every receive carries a linked timeout of what is left of it, and a timer
+//!   CC.EN 0 to 1) and stopped while the controller is disabled or shut down after having
+//!   been enabled; every receive carries a linked timeout of what is left of it, and a timer
 //!   that ran out tears the controller down (its I/O queues' sockets are shut down and they
 //!   close on their own reactors).
 //! - Io: NVM commands on the namespaces of the controller's subsystem. Media accesses enter
@@ -27,7 +28,8 @@
 //!   responses, command dispatch and device completions;
 //! - [`transfer`]: command data in (R2T, H2CData) and out (C2HData);
 //! - [`fabrics`]: ICReq, Connect, Property Get/Set;
-//! - [`admin`]: admin commands (Identify, log pages incl. ANA, features, Abort, events);
+//! - [`admin`]: admin commands (Identify, log pages incl. ANA, Abort, events);
+//! - [`features`]: Get/Set Features (scopes, values, capabilities);
 //! - [`io`]: NVM I/O commands;
 //! - [`atomics`]: fused Compare+Write handed to the volume's home;
 //! - [`reservations`]: reservation commands, local or decided by the mirror's leader;
@@ -52,6 +54,7 @@
 mod admin;
 mod atomics;
 mod fabrics;
+mod features;
 mod fusing;
 mod io;
 mod reservations;
@@ -130,8 +133,12 @@ struct AdminState {
     /// with RAE clear: no further ANA event until it does (Base 2.0, Asynchronous Event
     /// Request: events of a reported type are masked until their log page is read).
     ana_masked: bool,
-    /// Reservation Notification Mask as last set (reported back; no notification is posted).
-    resv_mask: u32,
+    /// The Feature values the host set (`features`; defaults until it does).
+    features: features::FeatureValues,
+    /// The Keep Alive Timer is not active: the controller was disabled (CC.EN 1 to 0) or shut
+    /// down (CC.SHN) and not enabled again since. (From Connect to the first CC.EN = 1 it
+    /// runs, so an association that is never enabled does not stay for ever.)
+    ka_off: bool,
 }
 
 enum Role {
@@ -412,6 +419,12 @@ impl NvmfConn {
                 };
                 return self.fail_early(&sqe, s);
             }
+            if total % 4 != 0 {
+                // No R2T can ask for it: R2TL (and the host's DATAL) shall be whole dwords
+                // (TCP 1.0 §3.6.2.10, §3.6.2.8), and every command here takes whole dwords of
+                // data, so this descriptor's length is not its command's.
+                return self.fail_early(&sqe, Status::SGL_INVALID_DATA);
+            }
             if self.xfers.len() + self.r2t_wait.len() >= MAX_INFLIGHT {
                 // More commands waiting for data than any legal queue (MQES + 1) can hold.
                 return self.fail_early(&sqe, Status::INTERNAL);
@@ -577,10 +590,15 @@ impl NvmfConn {
     }
 
     /// (Re)start the Keep Alive Timer of this admin queue's controller: KATO from now, or
-    /// none when KATO is 0. Command based (Base 2.0 §3.9, Keep Alive command): called on a
-    /// Keep Alive command, a Set Features of KATO, the Connect and the controller's enabling
-    /// (CC.EN 0 to 1), never on other traffic.
+    /// none when KATO is 0 or the timer is not active (`AdminState::ka_off`: disabled or
+    /// shut down). Command based (Base 2.0 §3.9, Keep Alive command): called on a Keep Alive
+    /// command, a Set Features of KATO, the Connect and the controller's enabling (CC.EN 0
+    /// to 1), never on other traffic.
     pub(super) fn restart_keep_alive(&mut self) {
+        if matches!(&self.role, Role::Admin(st) if st.ka_off) {
+            self.ka_deadline = None;
+            return;
+        }
         let kato = self.kato_ms();
         self.ka_deadline =
             (kato > 0).then(|| Instant::now() + Duration::from_millis(u64::from(kato)));

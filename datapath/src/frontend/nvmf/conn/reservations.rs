@@ -42,6 +42,8 @@ impl NvmfConn {
         let cid = sqe.cid();
         let op = sqe.opcode();
         let cdw10 = sqe.cdw(10);
+        // Reservations persist through a power loss when kept in a state file.
+        let ptpl = self.nv.state_dir.is_some();
         let key = |at: usize| -> Option<u64> {
             Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
         };
@@ -67,7 +69,7 @@ impl NvmfConn {
             let Some(snap) = sub.resv.snapshot(idx) else {
                 return self.respond(cid, Status::INVALID_NS, 0);
             };
-            snap.report_ext(&mut self.scratch);
+            snap.report_ext(&mut self.scratch, ptpl);
             return self.respond_scratch(cid, want);
         }
         // Register (CRKEY, NRKEY), Acquire (CRKEY, PRKEY), Release (CRKEY).
@@ -81,9 +83,17 @@ impl NvmfConn {
         };
         let iekey = cdw10 & (1 << 3) != 0;
         let invalid = if op == io::RESV_REGISTER {
-            // CPTPL: 00b no change, 11b persist; the state always persists, so 10b (stop
-            // persisting) cannot be honoured.
-            matches!(cdw10 >> 30, 1 | 2)
+            // CPTPL (Base 2.0, Reservation Register): 00b no change, 01b reserved, 10b PTPL 0,
+            // 11b PTPL 1. PTPL is whether the daemon keeps reservations in a state file: with
+            // one, 10b (stop persisting) cannot be honoured; without one, 10b asks for what
+            // is, and 11b is accepted though nothing persists (Linux's host asks 11b on every
+            // Register, and refusing it would refuse its reservations altogether); PTPLS,
+            // RESCAP PTPLC and Get Features 83h say 0 then.
+            match cdw10 >> 30 {
+                1 => true,
+                2 => ptpl,
+                _ => false,
+            }
         } else {
             iekey
         };

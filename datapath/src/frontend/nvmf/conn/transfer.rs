@@ -9,10 +9,10 @@
 //! Invariants:
 //! - At most [`MAX_R2T`] transfers are outstanding (`xfers`); further commands needing data
 //!   wait in `r2t_wait` (their SQE only) and get an R2T in arrival order as slots free up.
-//! - An H2CData PDU must name an outstanding transfer tag, its command, carry data, continue
-//!   exactly where the previous one ended without passing the transfer's end, and set
-//!   LAST_PDU only when it completes the transfer; anything else is a fatal transport error
-//!   (C2HTermReq).
+//! - An H2CData PDU must name an outstanding transfer tag, its command, carry data, have a
+//!   DATAO and DATAL that are multiples of dwords, continue exactly where the previous one
+//!   ended without passing the transfer's end, and set LAST_PDU exactly when it completes
+//!   the transfer; anything else is a fatal transport error (C2HTermReq).
 //! - An aborted transfer (`discard`) still receives its data, then drops it unexecuted; so
 //!   does one whose data arrived with a data digest that did not match (its command is
 //!   answered Transient Transport Error at once).
@@ -67,10 +67,17 @@ impl NvmfConn {
         if Sqe(&x.sqe).cid() != h.cid {
             return self.fatal(env, header(8), p.header);
         }
+        // DATAO and DATAL shall be multiples of dwords (TCP 1.0 §3.6.2.8, Figure 26); every
+        // transfer this target asks for is a whole number of dwords, so only a host that
+        // splits it against that rule sends another: the lowest offending field is named.
+        if h.offset % 4 != 0 {
+            return self.fatal(env, header(pdu::FEI_DATAO), p.header);
+        }
         // DATAL is the length of the PDU-Data (TCP 1.0 §3.6.2.8), which an H2CData PDU
         // exists to carry (§3.3.2.2: the PDUs transfer the R2T's data contiguously): one
-        // that disagrees with the data, or carries none, has an invalid DATAL.
-        if h.len as usize != p.data.len() || h.len == 0 {
+        // that disagrees with the data, carries none, or is not a multiple of dwords has an
+        // invalid DATAL.
+        if h.len as usize != p.data.len() || h.len == 0 || h.len % 4 != 0 {
             return self.fatal(env, header(pdu::FEI_DATAL), p.header);
         }
         if h.len > MAXH2CDATA {
@@ -81,11 +88,12 @@ impl NvmfConn {
             return self.fatal(env, status(fes::DATA_OUT_OF_RANGE), p.header);
         }
         // A PDU Sequence Error (TCP 1.0 §3.3.2.2): not where the previous PDU ended (a
-        // non-contiguous H2CData PDU), or LAST_PDU set while data is still owed (it is set
-        // only in the PDU that satisfies the R2T: this one is unexpected).
-        if h.offset != x.received
-            || (p.ch.flags & pdu::flag::DATA_LAST != 0 && end < u64::from(x.total))
-        {
+        // non-contiguous H2CData PDU), or a LAST_PDU flag that disagrees with the R2T: it
+        // is set in the PDU that satisfies the R2T and cleared in all others, so one set
+        // while data is still owed, or cleared in the PDU that completes the transfer, is a
+        // PDU out of the sequence the R2T asked for.
+        let last = p.ch.flags & pdu::flag::DATA_LAST != 0;
+        if h.offset != x.received || last != (end == u64::from(x.total)) {
             return self.fatal(env, status(fes::PDU_SEQUENCE), p.header);
         }
         if !p.data_ok && !x.discard {
