@@ -492,7 +492,15 @@ pub(crate) fn kill_9_keeps_every_acknowledged_write_of(
     );
     let mut s = Server::start(tmp, &body);
     let writer = acked_writer_of(s.addr, size, slot, len_of);
+    // At least 0.7 s of writes, and (on a machine busy with other work) until the journal
+    // holds 200 records, for at most 15 s: the kill must land among acknowledged writes.
     std::thread::sleep(Duration::from_millis(700));
+    let t0 = Instant::now();
+    while s.rpc("cdp_status")[0]["records"].as_u64().unwrap_or(0) < 200
+        && t0.elapsed() < Duration::from_secs(15)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // On tmpfs, and on a disk with `sync = "flush"` and the segments mapped (the default),
     // the appends are copies into the segments' mappings (mapped.rs), the first segment's
     // made at the start; on a disk otherwise there are none.
