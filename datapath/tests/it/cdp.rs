@@ -20,6 +20,28 @@ pub(crate) fn volume(name: &str, size: u64, dir: &Path, seg: &str) -> String {
     )
 }
 
+/// Flip byte `k` of the payload of record `e` of segment `segno` in `dir`, in place, and
+/// remove the segment's index (so the next start's recovery scans it and finds the damage).
+pub(crate) fn damage_payload(
+    dir: &Path,
+    segno: u64,
+    e: twinblk::layer::cdp::format::Entry,
+    k: u64,
+) {
+    use std::os::unix::fs::FileExt;
+    let path = store::seg_path(dir, segno);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let at = e.pos + twinblk::layer::cdp::format::REC_HEADER as u64 + k;
+    let mut x = [0u8; 1];
+    f.read_exact_at(&mut x, at).unwrap();
+    f.write_all_at(&[!x[0]], at).unwrap();
+    let _ = std::fs::remove_file(path.with_extension("idx"));
+}
+
 /// One update the workload made, as the model applies it.
 #[derive(Clone)]
 pub(crate) enum Upd {

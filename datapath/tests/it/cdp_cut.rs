@@ -43,20 +43,7 @@ fn after_a_cut_in_a_sealed_segment_the_newest_point_is_still_the_volume() {
         .find(|(_, e)| e.op == Op::Write)
         .map(|(s, e)| (s, *e))
         .unwrap();
-    let path = store::seg_path(&dir, segno);
-    {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let at = e.pos + 64 + 10;
-        let mut x = [0u8; 1];
-        f.read_exact_at(&mut x, at).unwrap();
-        f.write_all_at(&[!x[0]], at).unwrap();
-    }
-    let _ = std::fs::remove_file(path.with_extension("idx"));
+    crate::cdp::damage_payload(&dir, segno, e, 10);
     let mut s = Server::start(tmp.path(), &body);
     let mut c = Client::connect(s.addr, "v", false);
     assert_eq!(c.write(0, &pattern(999, 4096)), 0);

@@ -185,19 +185,8 @@ fn degraded_round(crash: bool, cut: bool) {
             .find(|(_, e)| e.seq == after - 1)
             .expect("the record before the stop");
         assert_eq!(e.op, Op::Write);
-        let path = store::seg_path(&dir, segno);
         // In place: the journal's filesystem is full.
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let at = e.pos + 64 + 100;
-        let mut x = [0u8; 1];
-        f.read_exact_at(&mut x, at).unwrap();
-        f.write_all_at(&[!x[0]], at).unwrap();
-        let _ = std::fs::remove_file(path.with_extension("idx"));
+        crate::cdp::damage_payload(&dir, segno, *e, 100);
         after - 2
     });
     if !crash {

@@ -1332,33 +1332,16 @@ mod tests {
         };
         let mut map = None;
         let mut bytes = Vec::new();
-        let e = consolidate_once_in(
-            &dir,
-            &r,
-            100,
-            &mut bytes,
-            &mut Notes::default(),
-            &mut map,
-            None,
-        )
-        .unwrap_err()
-        .to_string();
+        let mut pass = |map: &mut Option<BaseMap>| {
+            consolidate_once_in(&dir, &r, 100, &mut bytes, &mut Notes::default(), map, None)
+        };
+        let e = pass(&mut map).unwrap_err().to_string();
         assert!(map.is_some(), "the base copy was mapped");
         assert!(e.contains("write") && e.contains("space"), "{e}");
         assert_eq!(store::read_meta(&dir).unwrap().base_seq, 0);
         drop(f);
         std::fs::remove_file(&filler).unwrap();
-        let c = consolidate_once_in(
-            &dir,
-            &r,
-            100,
-            &mut bytes,
-            &mut Notes::default(),
-            &mut map,
-            None,
-        )
-        .unwrap()
-        .expect("the pass finished");
+        let c = pass(&mut map).unwrap().expect("the pass finished");
         assert_eq!(c.base_seq, 50);
         // Record q wrote block q with bytes q: the base copy is point 50, and so is every
         // point read from it.
