@@ -108,7 +108,7 @@ impl Engine {
         self.grant_epoch = epoch;
         // (Whatever grant a lost answer may have left is this one now.)
         self.fenced_unanswered = None;
-        self.restored_fenced = false;
+        self.since_start = false;
         self.absorb_suspect();
         if let Some(slot) = &self.cfg.failover {
             slot.survivors
@@ -412,11 +412,14 @@ impl Engine {
             // Never while a volume of the group serves alone here (the grant is the group's:
             // it is that volume's now, given back at its resync's end).
             (Mode::Mirroring, Some(f)) if self.sess.up && slot.survivors.load(SeqCst) == 0 => f,
-            // Restored fenced: the fence may have been for want of an answer (not persisted).
-            // Only the give-back once in sync, never serving alone on such a word (a site
-            // fenced for its failed device keeps that state too).
+            // Started in this process (`since_start`): restored fenced, the fence may have been
+            // for want of an answer; restored in sync (or new), a lost answer watched in
+            // session, or a release not sent or not answered before the restart, may have left
+            // a grant held (none of them is persisted). Only the give-back once in sync, never
+            // serving alone on such a word (a site fenced for its failed device keeps that
+            // state too).
             (Mode::Mirroring, None)
-                if self.restored_fenced && self.sess.up && slot.survivors.load(SeqCst) == 0 =>
+                if self.since_start && self.sess.up && slot.survivors.load(SeqCst) == 0 =>
             {
                 (0, false)
             }
@@ -440,7 +443,7 @@ impl Engine {
                 // here before that volume could claim it, which then stayed fenced as its
                 // peer, denied while this site held the group.
                 self.fenced_unanswered = None;
-                self.restored_fenced = false;
+                self.since_start = false;
                 self.lost_seen = None;
             }
             return;
@@ -476,7 +479,7 @@ impl Engine {
             return;
         }
         self.fenced_unanswered = None;
-        self.restored_fenced = false;
+        self.since_start = false;
         self.lost_seen = None;
         match self.mode {
             Mode::Fenced => {

@@ -284,10 +284,13 @@ pub struct Engine {
     /// The newest epoch this site gave back (or is giving back): the witness's word naming
     /// this site at it is old news, never a lost grant.
     given_back: u64,
-    /// Restored fenced from the state file, which does not say whether the fence was for
-    /// want of the witness's answer: once in sync again, a grant the witness's word names
-    /// this site's is given back (`adopt_lost_grant`), as after a fence seen here.
-    restored_fenced: bool,
+    /// Started in this process (with its state, fenced or in sync, or without it): nothing
+    /// here knows whether the witness holds a grant for this site from before the start (a
+    /// lost answer watched in session or fenced for, a release not yet sent or answered:
+    /// none of them persisted), so once in sync again a grant the witness's word names this
+    /// site's is given back (`adopt_lost_grant`), as after a fence for want of an answer seen
+    /// here. Cleared at the first word that names no such grant, or at a grant taken here.
+    since_start: bool,
     /// Mirroring again, the witness's word first named this site the holder of a lost grant
     /// at this (epoch, view sequence): given back only at a later word (`adopt_lost_grant`),
     /// so another volume of the group, fenced for want of the same answer, adopts it first.
@@ -387,7 +390,7 @@ impl Engine {
             given_back: 0,
             resync_received_in: 0,
             lost_seen: None,
-            restored_fenced: false,
+            since_start: true,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
             new_replica: false,

@@ -146,7 +146,6 @@ impl Engine {
                 .store(p.epoch, std::sync::atomic::Ordering::SeqCst);
         }
         self.mode = mode;
-        self.restored_fenced = mode == Mode::Fenced;
         self.stats.set_mode(mode);
         self.publish_withdrawn();
         if mode == Mode::Survivor && !p.clean {

@@ -1,0 +1,65 @@
+//! A site restarted (with or without its state) in the middle of the witness's business: a
+//! grant the witness may hold for it that nothing in the new process knows of (a lost answer
+//! watched in session, a release not yet sent or not yet answered) must still be given back
+//! once it is in sync again, or the witness denies the peer at the next loss for good.
+//!
+//! Model: as `failover.rs` (two engines back to back, the test answering in the witness's
+//! place; `crash_and_restart` starts a new engine from the state files). Invariant checked: a
+//! grant the witness holds for a site in sync with its peer, which no volume of the group
+//! serves on, is given back.
+
+use super::failover::traffic_then_cut;
+use super::*;
+
+/// a watches for a lost grant in session (`Grant::LostInSession`: its request, sent while the
+/// link was down, was unanswered after the session came back; the witness recorded it) and
+/// crashes before the witness's words name it the holder; it restarts from its state (in
+/// sync) and mirrors again. The witness's words then name a the group's holder: a must give
+/// the grant back. Before, the watch was in memory only: restarted, a held the group at the
+/// witness for good, and at the next loss the peer was denied even with a the site gone.
+#[test]
+fn a_lost_grant_watched_in_session_is_given_back_after_a_restart() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    for with_state in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(101);
+        let mut slot = 0;
+        let (mut a, sa, mut b, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+        a.engine.cfg.state_file = Some(dir.path().join("a"));
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        assert!(sa.want.swap(false, SeqCst), "sent");
+        meet(&mut a, &mut b, &mut io);
+        a.engine.tick(&mut io, now);
+        sa.outcome.store(UNREACHABLE, SeqCst);
+        a.engine.tick(&mut io, now);
+        assert_eq!(a.engine.mode(), Mode::Mirroring);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        // a crashes before the witness's word (a new process: a new failover slot too).
+        if !with_state {
+            // (Restarted over a new, empty replica: its state gone with its disk.)
+            a.engine.cfg.state_file = Some(dir.path().join("a-new"));
+        }
+        let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+        a.engine.cfg.failover = Some(Arc::clone(&sa2));
+        crash_and_restart(&mut a);
+        b.engine.link_down("a restarted");
+        b.wire.clear();
+        meet(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert_eq!(a.engine.mode(), Mode::Mirroring);
+        // The witness's words: a holds the group at epoch 1.
+        for _ in 0..3 {
+            sa2.publish_view(1, 1, 1);
+            a.engine.tick(&mut io, Instant::now());
+        }
+        assert_eq!(
+            sa2.release.load(SeqCst),
+            1,
+            "with state: {with_state}: the grant the witness holds for a restarted site in sync \
+             is never given back"
+        );
+    }
+}
