@@ -281,9 +281,10 @@ impl Engine {
             // The source copied them (it finishes only after the end of our list).
             self.suspect.clear();
             self.set_mode(Mode::Mirroring);
-            self.resync_received_in = self.sess.number;
-            // The source stays the survivor until it has this.
+            // The source stays the survivor until it has this; the PING behind it comes back
+            // only once the source has read it (so mirrors, and sends no more META_STATE).
             self.sess.queue(&Header::new(Type::ResyncDoneAck), &[]);
+            self.resync_received = Some((self.sess.number, self.sess.ping_marked()));
             tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
             // Forwards that came after RESYNC_DONE, while copies were still being applied.
             if self.role == Role::Leader {

@@ -295,9 +295,11 @@ pub struct Engine {
     /// at this (epoch, view sequence): given back only at a later word (`adopt_lost_grant`),
     /// so another volume of the group, fenced for want of the same answer, adopts it first.
     lost_seen: Option<(u64, u64)>,
-    /// The session in which this site last finished receiving a resync (0: none): its source
-    /// may still push metadata states in it (`takes_peer_meta_state`).
-    resync_received_in: u32,
+    /// A resync target that finished receiving in session `.0`: its source may still push
+    /// metadata states (a change crossing the target's RESYNC_DONE_ACK) until a PONG for the
+    /// PING sent right after that confirmation (clock `.1`) shows the source has read it
+    /// (`takes_peer_meta_state`, `peer_meta_crossing`).
+    resync_received: Option<(u32, u64)>,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: RegionMap,
     /// Suspect regions: updates applied here that the peer never confirmed (recorded when
@@ -388,7 +390,7 @@ impl Engine {
             grant_epoch: 0,
             fenced_unanswered: None,
             given_back: 0,
-            resync_received_in: 0,
+            resync_received: None,
             lost_seen: None,
             since_start: true,
             written: RegionMap::new(size, g),
