@@ -421,3 +421,63 @@ fn a_restored_survivor_that_hears_nothing_serves_after_a_bounded_wait() {
     assert_eq!((a.ok, a.outstanding), (1, 0));
     assert!(a.engine.may_read(Instant::now()));
 }
+
+/// A survivor (a, epoch 7) resyncs its peer; the target confirms, and the source's "in sync"
+/// cannot be written (its state directory fails at that moment): it fail-stops, its file still
+/// saying "survivor, epoch 7". The peer, in sync, then loses its link and asks the witness,
+/// which denies it while a holds the group: the volume stops at both sites. The grant must be
+/// given back, and safely: a restart of a from its file must not serve alone on that grant
+/// (the witness may have granted the peer meanwhile, and be out of reach at the restart). So
+/// a removes its state file first (a restart is then a new replica, which serves nothing until
+/// its peer sent it everything) and gives the grant back once the removal is durable. Before,
+/// the grant was kept for good.
+#[test]
+fn a_source_that_cannot_persist_in_sync_after_its_resync_gives_the_grant_back_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Persister::spawn().unwrap();
+    let (mut a, mut b, mut io, mut rng, _) = granted_with(&p, dir.path());
+    assert!(a.engine.wait_persisted());
+    let sa: Arc<FailoverSlot> = a.engine.cfg.failover.clone().unwrap();
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    for _ in 0..100_000 {
+        if b.engine.mode() == Mode::Mirroring {
+            break;
+        }
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        complete_one(&mut a, &mut io, &mut rng);
+        complete_one(&mut b, &mut io, &mut rng);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        if b.engine.mode() != Mode::Mirroring {
+            deliver(&mut b, &mut a, &mut io, usize::MAX);
+        }
+    }
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    // The state directory fails now (writes only: a full file system).
+    p.fail_saves(true);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    assert_eq!(a.engine.mode(), Mode::Mirroring, "the confirmation was not taken");
+    for _ in 0..1000 {
+        a.engine.tick(&mut io, Instant::now());
+        if sa.release.load(SeqCst) != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(a.engine.persist_failed());
+    assert_eq!(
+        sa.release.load(SeqCst),
+        7,
+        "a fail-stopped source in sync keeps the grant: its peer is denied at the next loss"
+    );
+    // Restarted from what is on disk: never the survivor of epoch 7.
+    p.fail_saves(false);
+    crash_and_restart(&mut a);
+    assert_ne!(a.engine.mode(), Mode::Survivor, "restarted as the survivor");
+    assert_eq!(a.engine.replica_state(), 4, "not a new replica");
+}
