@@ -184,6 +184,7 @@ impl Engine {
     /// No grant: fail everything held and serve no I/O.
     pub(super) fn fence(&mut self, why: &str) {
         self.fenced_unanswered = None;
+        self.denied_by = None;
         self.give_up_held();
         self.alone_after = None;
         for (from, tag, _) in std::mem::take(&mut self.alone_held) {
@@ -308,6 +309,7 @@ impl Engine {
         }
         self.check_grant(io, &slot);
         self.adopt_lost_grant(io, &slot);
+        self.ask_again_if_released(&slot);
         let site = SiteNow {
             up: self.sess.up,
             had_session: self.sess.number != 0,
@@ -324,7 +326,19 @@ impl Engine {
                     self.take_answered_grant(io, &slot, epoch, takeover);
                 }
             }
-            Grant::Fence(why) => self.fence(why),
+            Grant::Fence(why) => {
+                let asked_again = std::mem::take(&mut self.witness_retried);
+                self.fence(why);
+                // Denied while the peer holds the group: asked again if the witness shows
+                // that grant given back (once: not after a request so asked).
+                if !asked_again
+                    && let Some((false, holder, epoch)) = slot.view()
+                    && holder != 0
+                {
+                    let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
+                    self.denied_by = Some((epoch, seq));
+                }
+            }
             Grant::Unanswered { takeover } => {
                 self.fence("neither the peer nor the witness is reachable");
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
@@ -351,6 +365,38 @@ impl Engine {
                         .store(epoch, std::sync::atomic::Ordering::SeqCst);
                 }
             }
+        }
+    }
+
+    /// Fenced because the peer held the group (`denied_by`), the link still down: once a word
+    /// newer than the denial shows nobody holding the group at that grant's epoch (the holder
+    /// gave it back without resyncing this site: a resync source that fail-stopped right after
+    /// the resync, durable.rs; or an operator's release), ask the witness once more. Before,
+    /// a denied site never asked again: with the holder stopped for good, the volume served
+    /// nowhere. The witness grants only a site that knows the group's epoch (learned in sync),
+    /// so a site whose replica lacks the holder's writes is refused as stale.
+    fn ask_again_if_released(&mut self, slot: &crate::layer::mirror::failover::FailoverSlot) {
+        let Some((epoch, at)) = self.denied_by else {
+            return;
+        };
+        if self.mode != Mode::Fenced || self.sess.up || self.draining {
+            self.denied_by = None;
+            return;
+        }
+        if slot.view_seq.load(std::sync::atomic::Ordering::SeqCst) <= at {
+            return;
+        }
+        match slot.view() {
+            Some((false, 0, e)) if e == epoch => {
+                self.denied_by = None;
+                self.witness_retried = true;
+                tracing::warn!(volume = %self.cfg.name, epoch,
+                    "mirror: the grant the peer held is given back; asking the witness again");
+                self.witness.ask_fenced();
+            }
+            // Another grant since (or the view is being written): that grant's holder decides.
+            Some((_, _, e)) if e > epoch => self.denied_by = None,
+            _ => {}
         }
     }
 

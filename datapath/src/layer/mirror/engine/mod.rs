@@ -281,6 +281,12 @@ pub struct Engine {
     /// name this site the holder, `adopt_lost_grant`), and whether the request was an
     /// operator's takeover.
     fenced_unanswered: Option<(u64, bool)>,
+    /// Fenced because the witness granted the group to the peer: the epoch of that grant and
+    /// the view sequence of the denial; asked again once, if a later word shows that grant
+    /// given back (`ask_again_if_released`).
+    denied_by: Option<(u64, u64)>,
+    /// The request outstanding is that second one (its denial is not watched again).
+    witness_retried: bool,
     /// The newest epoch this site gave back (or is giving back): the witness's word naming
     /// this site at it is old news, never a lost grant.
     given_back: u64,
@@ -389,6 +395,8 @@ impl Engine {
             acked_buf: Vec::with_capacity(1024),
             grant_epoch: 0,
             fenced_unanswered: None,
+            denied_by: None,
+            witness_retried: false,
             given_back: 0,
             resync_received: None,
             lost_seen: None,

@@ -475,9 +475,70 @@ fn a_source_that_cannot_persist_in_sync_after_its_resync_gives_the_grant_back_sa
         7,
         "a fail-stopped source in sync keeps the grant: its peer is denied at the next loss"
     );
+    // The peer lost its link when a stopped and asked at once: the witness denied it while a
+    // still held the group. Once a's release is taken (the witness's word: nobody holds the
+    // group at epoch 7) it asks again, and is granted.
+    use crate::layer::mirror::failover::DENIED;
+    let sb: Arc<FailoverSlot> = b.engine.cfg.failover.clone().unwrap();
+    b.engine.link_down("the peer fail-stopped");
+    b.wire.clear();
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask");
+    sb.publish_view(1, 7, 2);
+    sb.outcome.store(DENIED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    sb.publish_view(0, 7, 2);
+    b.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert!(
+        sb.want.swap(false, SeqCst),
+        "b, denied while a held the grant, does not ask again once a gave it back"
+    );
+    sb.epoch.store(8, SeqCst);
+    sb.publish_view(2, 8, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!((b.engine.mode(), b.engine.grant_epoch), (Mode::Survivor, 8));
     // Restarted from what is on disk: never the survivor of epoch 7.
     p.fail_saves(false);
     crash_and_restart(&mut a);
     assert_ne!(a.engine.mode(), Mode::Survivor, "restarted as the survivor");
     assert_eq!(a.engine.replica_state(), 4, "not a new replica");
+}
+
+/// A site denied because its peer holds the group asks again only when the witness's word
+/// shows that very grant given back (nobody holds the group at the denial's epoch), and once:
+/// not while the peer holds it, not for a newer grant, and not again when denied again.
+#[test]
+fn a_denied_site_asks_again_only_once_the_holder_gave_that_grant_back() {
+    use crate::layer::mirror::failover::DENIED;
+    let (mut a, sa, _b, _, mut io, _rng, _) =
+        super::failover::cut_and_answer(107, DENIED, GRANTED);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    sa.want.store(false, SeqCst);
+    let now = Instant::now();
+    // (The denial's word: b (site 2) holds the group at epoch 0 here; say 3.)
+    a.engine.denied_by = Some((3, sa.view_seq.load(SeqCst)));
+    for (holder, epoch) in [(2, 3), (2, 3), (0, 4), (2, 4)] {
+        sa.publish_view(holder, epoch, 1);
+        a.engine.tick(&mut io, now);
+        assert!(!sa.want.load(SeqCst), "asked at ({holder}, {epoch})");
+    }
+    a.engine.denied_by = Some((3, sa.view_seq.load(SeqCst)));
+    sa.publish_view(0, 3, 1);
+    a.engine.tick(&mut io, now);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "not asked again");
+    // Denied again (stale, say: nobody holds it): not asked a third time.
+    sa.publish_view(0, 3, 1);
+    sa.outcome.store(DENIED, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    for _ in 0..3 {
+        sa.publish_view(0, 3, 1);
+        a.engine.tick(&mut io, now);
+    }
+    assert!(!sa.want.load(SeqCst), "asked again and again");
 }
