@@ -69,12 +69,12 @@ pub struct FailoverSlot {
     pub releasing: AtomicU64,
     /// (See `releasing`.)
     pub released: AtomicU64,
-    /// The newest view sequence at which a volume of the group was left without the
-    /// witness's answer (fenced for want of it, or `LostInSession`): such a volume adopts a
-    /// lost grant only from a word newer than that, so a volume mirroring again counts the
-    /// witness's words naming this site from there too before giving the grant back
-    /// (`Engine::adopt_lost_grant`).
-    pub unanswered_seq: AtomicU64,
+    /// Volumes of the group that may yet take a grant the witness holds for this site: a
+    /// request outstanding (its answer decides), or fenced for want of an answer (it adopts a
+    /// grant the witness's word names this site's). A volume mirroring again after a lost
+    /// answer gives such a grant back only while this is 0 and no volume serves alone on it
+    /// (`Engine::adopt_lost_grant`; counted by each engine, `Engine::publish_watching`).
+    pub watching: AtomicU32,
     /// This site does not compete for the group (its replica failed, or it is fenced or
     /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
     /// preferred, so the witness grants the peer without waiting out the tie grace.

@@ -301,6 +301,7 @@ impl Engine {
             return;
         };
         self.publish_withdrawn();
+        self.publish_watching(&slot);
         if self.durable.failed || self.failed.is_some() {
             // Stopped here: never ask for (or take) a grant.
             slot.in_sync
@@ -342,9 +343,6 @@ impl Engine {
             Grant::Unanswered { takeover } => {
                 self.fence("neither the peer nor the witness is reachable");
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
-                // (Published to the group: see `adopt_lost_grant`'s give-back.)
-                slot.unanswered_seq
-                    .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
                 self.fenced_unanswered = Some((seq, takeover));
             }
             Grant::LostInSession => {
@@ -352,8 +350,6 @@ impl Engine {
                 // witness recorded is given back once its word names this site (before, it was
                 // held for good, and the witness denied the peer at the next loss).
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
-                slot.unanswered_seq
-                    .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
                 self.fenced_unanswered = Some((seq, false));
             }
             Grant::Unwanted { epoch } => {
@@ -365,6 +361,34 @@ impl Engine {
                         .store(epoch, std::sync::atomic::Ordering::SeqCst);
                 }
             }
+        }
+        self.publish_watching(&slot);
+    }
+
+    /// Count this volume in the group's `FailoverSlot::watching` while it may yet take a grant
+    /// the witness holds for this site (a request outstanding, or fenced for want of an
+    /// answer), and not once it stopped (failed, or dropped: `stop_watching`). Taken with
+    /// the grant: a volume adopting or answered counts itself a survivor (`claim_grant`)
+    /// before it stops watching, so a volume giving the grant back sees one or the other.
+    pub(super) fn publish_watching(&mut self, slot: &crate::layer::mirror::failover::FailoverSlot) {
+        let now = self.failed.is_none()
+            && !self.durable.failed
+            && (self.witness.pending()
+                || (self.mode == Mode::Fenced && self.fenced_unanswered.is_some()));
+        if now != self.watching.is_some() {
+            if now {
+                slot.watching.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.watching = self.cfg.failover.clone();
+            } else {
+                self.stop_watching();
+            }
+        }
+    }
+
+    /// Not counted as watching any more (also when the engine goes: the daemon stops).
+    pub(super) fn stop_watching(&mut self) {
+        if let Some(slot) = self.watching.take() {
+            slot.watching.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -491,33 +515,19 @@ impl Engine {
                 // peer, denied while this site held the group.
                 self.fenced_unanswered = None;
                 self.since_start = false;
-                self.lost_seen = None;
             }
             return;
         }
-        if self.mode == Mode::Mirroring {
-            // Given back only at the witness's next word still naming this site (a heartbeat
-            // later), with no volume of the group serving alone on it by then: another volume
-            // of the group fenced for want of the same answer adopts it at its first tick
-            // after the first word. Released at once, the failover thread could send the
-            // release before that tick: that volume then refused the grant given back and
+        if self.mode == Mode::Mirroring && slot.watching.load(SeqCst) != 0 {
+            // Given back only once no volume of the group may still take it: none has a
+            // request outstanding or is fenced for want of an answer (`FailoverSlot::watching`;
+            // such a volume adopts the grant at its first tick after a word newer than its
+            // fence, or is answered with it). Sequence, not time: before, the give-back came at
+            // the witness's second word (a heartbeat later), and a volume whose reactor stalled
+            // longer (or read the lost answer after the first word) lost the race: the failover
+            // thread sent the release first, that volume refused the grant given back and
             // stayed fenced, as its peer, denied while this site held the group.
-            // The first word counts only if it is newer than every fence of the group for
-            // want of an answer (`unanswered_seq`): a volume that read the lost answer after
-            // the first word (the heartbeat follows the failed request at once, and each
-            // engine ticks on its own) takes only a later word, so counted from the first word
-            // the release went out at that volume's first chance to adopt, and raced it: it
-            // refused the grant given back and stayed fenced, as its peer, denied meanwhile.
-            let seq = slot.view_seq.load(SeqCst);
-            let fenced_at = slot.unanswered_seq.load(SeqCst);
-            match self.lost_seen {
-                Some((e, s)) if e == epoch && s > fenced_at && seq > s => {}
-                Some((e, s)) if e == epoch && s > fenced_at => return,
-                _ => {
-                    self.lost_seen = (seq > fenced_at).then_some((epoch, seq));
-                    return;
-                }
-            }
+            return;
         }
         let takeover = takeover || slot.takeover_at(epoch);
         if self.mode != Mode::Mirroring && !slot.claim_grant(epoch) {
@@ -527,7 +537,6 @@ impl Engine {
         }
         self.fenced_unanswered = None;
         self.since_start = false;
-        self.lost_seen = None;
         match self.mode {
             Mode::Fenced => {
                 tracing::warn!(volume = %self.cfg.name, epoch, takeover,

@@ -297,10 +297,9 @@ pub struct Engine {
     /// site's is given back (`adopt_lost_grant`), as after a fence for want of an answer seen
     /// here. Cleared at the first word that names no such grant, or at a grant taken here.
     since_start: bool,
-    /// Mirroring again, the witness's word first named this site the holder of a lost grant
-    /// at this (epoch, view sequence): given back only at a later word (`adopt_lost_grant`),
-    /// so another volume of the group, fenced for want of the same answer, adopts it first.
-    lost_seen: Option<(u64, u64)>,
+    /// Counted in this group slot's `FailoverSlot::watching` (a request outstanding, or
+    /// fenced for want of an answer: `publish_watching`).
+    watching: Option<Arc<super::failover::FailoverSlot>>,
     /// A resync target that finished receiving in session `.0`: its source may still push
     /// metadata states (a change crossing the target's RESYNC_DONE_ACK) until a PONG for the
     /// PING sent right after that confirmation (clock `.1`) shows the source has read it
@@ -399,7 +398,7 @@ impl Engine {
             witness_retried: false,
             given_back: 0,
             resync_received: None,
-            lost_seen: None,
+            watching: None,
             since_start: true,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
@@ -1430,6 +1429,7 @@ impl Drop for Engine {
     /// A clean stop: the persisted bitmap is exact. (A replica whose device could not be
     /// flushed keeps its activity log as it was: the stop was not clean.)
     fn drop(&mut self) {
+        self.stop_watching();
         if self.persist_clean_stop() {
             self.actlog_clean_stop();
         }
