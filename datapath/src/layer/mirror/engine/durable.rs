@@ -135,7 +135,13 @@ impl Engine {
             // States 5 and 6 are not modes: the activity log and `clean` say them again.
             mode: replica::replica_state(mode, self.new_replica) as u8,
             clean,
-            epoch: self.grant_epoch,
+            // (Only a survivor holds a grant: the source's "in sync" at its resync's end is
+            // saved before the grant is given back.)
+            epoch: if mode == Mode::Survivor {
+                self.grant_epoch
+            } else {
+                0
+            },
             size: self.cfg.size,
             granularity: self.cfg.dirty_granularity,
             bitmap: {

@@ -892,6 +892,7 @@ mod failover;
 mod forwards;
 mod group_grant;
 mod restart_grant;
+mod phasefault;
 mod inflight;
 mod lease;
 mod meta;

@@ -63,3 +63,51 @@ fn a_lost_grant_watched_in_session_is_given_back_after_a_restart() {
         );
     }
 }
+
+/// A survivor (a, epoch 1) resyncs its peer; "in sync" is durable and its release handed to
+/// the failover thread, which has not sent it when a crashes. Restarted from its state (in
+/// sync), a must hold no grant of its own (it serves on none), and give the grant the witness
+/// still holds for it back once mirroring again. Before, the state in sync still carried epoch
+/// 1 (saved before the engine dropped it) and the restart took it as a grant held: never given
+/// back (the peer denied at the next loss), and taken for a grant by the rules of a grant-less
+/// resync source (a reconciliation's source went on alone after a lost RESYNC_DONE while the
+/// witness, holding nothing, could grant the finished target: two sites serving alone).
+#[test]
+fn a_survivor_restarted_in_sync_before_its_release_went_out_holds_no_grant_and_gives_it_back() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io) = lose_peer(true);
+    let mut rng = Rng(113);
+    a.engine.cfg.state_file = Some(dir.path().join("a"));
+    a.engine
+        .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+    a.engine.persist(false);
+    assert!(a.engine.wait_persisted());
+    let sa = a.engine.cfg.failover.clone().unwrap();
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(a.engine.mode(), Mode::Survivor);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(a.engine.wait_persisted());
+    // The release, not yet sent, dies with the process (a new slot).
+    let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    let _ = sa;
+    assert_eq!(
+        a.engine.grant_epoch, 0,
+        "restarted in sync, a takes itself for the holder of epoch 1"
+    );
+    b.engine.link_down("a restarted");
+    b.wire.clear();
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    for _ in 0..2 {
+        sa2.publish_view(1, 1, 1);
+        a.engine.tick(&mut io, Instant::now());
+    }
+    assert_eq!(
+        sa2.release.load(SeqCst),
+        1,
+        "the grant the witness still holds for a is never given back"
+    );
+}
