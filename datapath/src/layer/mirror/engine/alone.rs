@@ -377,7 +377,8 @@ impl Engine {
                 || (self.mode == Mode::Fenced && self.fenced_unanswered.is_some()));
         if now != self.watching.is_some() {
             if now {
-                slot.watching.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                slot.watching
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 self.watching = self.cfg.failover.clone();
             } else {
                 self.stop_watching();
@@ -388,7 +389,8 @@ impl Engine {
     /// Not counted as watching any more (also when the engine goes: the daemon stops).
     pub(super) fn stop_watching(&mut self) {
         if let Some(slot) = self.watching.take() {
-            slot.watching.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            slot.watching
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 

@@ -239,8 +239,7 @@ impl Engine {
     /// one load.)
     #[inline]
     pub fn poll_durable(&mut self) {
-        if self.durable.handle.is_some()
-            && (!self.durable.failed || self.durable.release.is_some())
+        if self.durable.handle.is_some() && (!self.durable.failed || self.durable.release.is_some())
         {
             self.poll_durable_now();
         }

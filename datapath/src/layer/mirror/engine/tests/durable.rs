@@ -461,7 +461,11 @@ fn a_source_that_cannot_persist_in_sync_after_its_resync_gives_the_grant_back_sa
     // The state directory fails now (writes only: a full file system).
     p.fail_saves(true);
     deliver(&mut b, &mut a, &mut io, usize::MAX);
-    assert_eq!(a.engine.mode(), Mode::Mirroring, "the confirmation was not taken");
+    assert_eq!(
+        a.engine.mode(),
+        Mode::Mirroring,
+        "the confirmation was not taken"
+    );
     for _ in 0..1000 {
         a.engine.tick(&mut io, Instant::now());
         if sa.release.load(SeqCst) != 0 {
@@ -514,8 +518,7 @@ fn a_source_that_cannot_persist_in_sync_after_its_resync_gives_the_grant_back_sa
 #[test]
 fn a_denied_site_asks_again_only_once_the_holder_gave_that_grant_back() {
     use crate::layer::mirror::failover::DENIED;
-    let (mut a, sa, _b, _, mut io, _rng, _) =
-        super::failover::cut_and_answer(107, DENIED, GRANTED);
+    let (mut a, sa, _b, _, mut io, _rng, _) = super::failover::cut_and_answer(107, DENIED, GRANTED);
     assert_eq!(a.engine.mode(), Mode::Fenced);
     sa.want.store(false, SeqCst);
     let now = Instant::now();

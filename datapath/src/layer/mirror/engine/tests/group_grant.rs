@@ -609,7 +609,11 @@ fn a_lost_grant_watched_in_session_is_served_on_when_the_link_goes_again() {
         sa.publish_view(1, 2, 1);
     }
     assert_eq!(
-        (a.engine.mode(), a.engine.grant_epoch, sa.released.load(SeqCst)),
+        (
+            a.engine.mode(),
+            a.engine.grant_epoch,
+            sa.released.load(SeqCst)
+        ),
         (Mode::Survivor, 2, 1)
     );
 }

@@ -891,12 +891,12 @@ mod extremes;
 mod failover;
 mod forwards;
 mod group_grant;
-mod restart_grant;
-mod phasefault;
 mod inflight;
 mod lease;
 mod meta;
 mod peercache;
+mod phasefault;
+mod restart_grant;
 mod resyncloss;
 
 /// Spare data vectors are bounded in bytes, not only in count: a burst of 8 MiB updates
