@@ -5,6 +5,13 @@
 //! new replica); the witness answers as docs/witness-protocol.md decides (holder, stale known
 //! epochs, views at every heartbeat; a restarted site knows no epoch until in sync again).
 //!
+//! Also with one direction lagging the other at random (delays), and for the takeover before
+//! the resync: a restart of either site at each of its turns, the witness's answers all lost
+//! at one turn (a grant recorded but unanswered, a release retried, no heartbeat answered).
+//! (A message is never duplicated or lost alone inside a session: the link is TCP; a
+//! duplicate is an injection, refused by the checks or beyond them, docs/mirror-protocol.md,
+//! "Limits".)
+//!
 //! Model: as `resyncloss.rs` (two engines back to back, one message each way per turn), with
 //! state files at both sites and a fresh failover slot for a restarted site (a new process).
 //! Invariants checked: never two sites serving alone; once the sites meet again (as often as
@@ -38,6 +45,10 @@ struct Wit {
     epoch: u64,
     /// Each site's failover thread's known epoch (0 after a restart).
     known: [u64; 2],
+    /// This turn every answer is lost: a grant is recorded but the site hears nothing (it
+    /// fences for want of an answer), a release is not taken (the thread retries it at the
+    /// next turn), no heartbeat is answered.
+    lossy: bool,
 }
 
 impl Wit {
@@ -45,7 +56,12 @@ impl Wit {
     fn serve(&mut self, slots: &[Arc<FailoverSlot>; 2]) {
         for (i, s) in slots.iter().enumerate() {
             let r = s.release.swap(0, SeqCst);
-            if r != 0 && crate::layer::mirror::failover::decide_release(s, r) {
+            if r != 0 && self.lossy {
+                // Sent (the thread marks it so), unanswered: retried at the next turn.
+                if crate::layer::mirror::failover::decide_release(s, r) {
+                    let _ = s.release.compare_exchange(0, r, SeqCst, SeqCst);
+                }
+            } else if r != 0 && crate::layer::mirror::failover::decide_release(s, r) {
                 if r == self.epoch && self.holder == Some(i) {
                     self.holder = None;
                 }
@@ -65,14 +81,19 @@ impl Wit {
                 self.known[i]
             };
             let me = i as u32 + 1;
+            let lost = crate::layer::mirror::failover::UNREACHABLE;
             match self.holder {
+                Some(h) if h != i && self.lossy => s.outcome.store(lost, SeqCst),
                 Some(h) if h != i => {
                     s.publish_view(h as u32 + 1, self.epoch, me);
                     s.outcome.store(DENIED, SeqCst);
                 }
                 None if asked < self.epoch => {
-                    s.publish_view(0, self.epoch, me);
-                    s.outcome.store(DENIED, SeqCst);
+                    s.outcome
+                        .store(if self.lossy { lost } else { DENIED }, SeqCst);
+                    if !self.lossy {
+                        s.publish_view(0, self.epoch, me);
+                    }
                 }
                 _ => {
                     if self.holder.is_none() {
@@ -82,11 +103,20 @@ impl Wit {
                     self.known[i] = self.epoch;
                     s.epoch.store(self.epoch, SeqCst);
                     s.known_epoch.store(self.epoch, SeqCst);
+                    if self.lossy {
+                        // Recorded, the answer lost.
+                        s.outcome
+                            .store(crate::layer::mirror::failover::UNREACHABLE, SeqCst);
+                        continue;
+                    }
                     s.granted_takeover.store(takeover, SeqCst);
                     s.publish_view(me, self.epoch, me);
                     s.outcome.store(GRANTED, SeqCst);
                 }
             }
+        }
+        if self.lossy {
+            return;
         }
         for (i, s) in slots.iter().enumerate() {
             let h = self.holder.map_or(0, |h| h as u32 + 1);
@@ -111,6 +141,9 @@ struct Run {
     dir: tempfile::TempDir,
     /// What must be on both replicas at the end (offset, byte), from before the resync.
     acked: Vec<(u64, u8)>,
+    /// Delays: with it, each turn delivers 0 to 2 messages each way (chosen at random), so
+    /// one direction lags the other by several messages at times.
+    jitter: Option<Rng>,
 }
 
 impl Run {
@@ -144,11 +177,13 @@ impl Run {
                 holder: Some(0),
                 epoch: 1,
                 known: [1, 0],
+                lossy: false,
             },
             Source::FollowerGranted => Wit {
                 holder: Some(1),
                 epoch: 1,
                 known: [0, 1],
+                lossy: false,
             },
             Source::LeaderWithoutGrant => Wit::default(),
         };
@@ -163,6 +198,7 @@ impl Run {
             src_is_a: setup != Source::FollowerGranted,
             dir,
             acked,
+            jitter: None,
         }
     }
 
@@ -181,10 +217,14 @@ impl Run {
             if *budget == 0 {
                 break;
             }
+            let most = match self.jitter.as_mut() {
+                Some(j) => (j.below(3) as usize).min(*budget),
+                None => 1,
+            };
             let n = if dir == 0 {
-                deliver(&mut self.b, &mut self.a, &mut self.io, 1)
+                deliver(&mut self.b, &mut self.a, &mut self.io, most)
             } else {
-                deliver(&mut self.a, &mut self.b, &mut self.io, 1)
+                deliver(&mut self.a, &mut self.b, &mut self.io, most)
             };
             *budget -= n;
             any |= n > 0;
@@ -251,8 +291,19 @@ fn crash_and_restart_with(s: &mut Site, slot: Arc<FailoverSlot>, with_state: boo
 /// The resync of `setup` with `fault` after `at` delivered messages (`usize::MAX`: none).
 /// Returns the number of messages delivered.
 fn resync_with_fault(setup: Source, at: usize, fault: Fault) -> usize {
+    resync_with_fault_jittered(setup, at, fault, None)
+}
+
+/// [`resync_with_fault`], with the deliveries of `jitter`'s seed (see `Run::jitter`).
+fn resync_with_fault_jittered(
+    setup: Source,
+    at: usize,
+    fault: Fault,
+    jitter: Option<u64>,
+) -> usize {
     let mut r = Run::new(setup);
-    let what = format!("{setup:?}, {fault:?} after {at} messages");
+    r.jitter = jitter.map(Rng);
+    let what = format!("{setup:?}, {fault:?} after {at} messages, jitter {jitter:?}");
     let (ra, rb) = (r.a.engine.replica_state(), r.b.engine.replica_state());
     r.a.engine
         .session_start(&mut r.io, rb)
@@ -297,6 +348,8 @@ fn resync_with_fault(setup: Source, at: usize, fault: Fault) -> usize {
             }
             Fault::TargetLosesState => r.restart(tgt, false),
         }
+        // (Delays end with the session: the next ones deliver at once.)
+        r.jitter = None;
         let mut unused = usize::MAX;
         for _ in 0..10 {
             r.turn(&mut unused);
@@ -468,7 +521,15 @@ fn a_cut_at_any_phase_of_a_resync_with_views_and_stale_epochs_converges() {
 /// sites serving alone, both end in sync with identical replicas holding every acknowledged
 /// write, and the witness holds no grant.
 fn takeover_with_restart(step: usize, who: usize, with_state: bool) {
-    let what = format!("takeover, site {who} restarted (state: {with_state}) at turn {step}");
+    takeover_with_faults(step, who, with_state, None);
+}
+
+/// [`takeover_with_restart`], and every answer of the witness lost at turn `lose_at`.
+fn takeover_with_faults(step: usize, who: usize, with_state: bool, lose_at: Option<usize>) {
+    let what = format!(
+        "takeover, site {who} restarted (state: {with_state}) at turn {step}, the witness's \
+         answers lost at turn {lose_at:?}"
+    );
     let (mut a, sa) = with_witness(Role::Leader);
     let (mut b, sb) = with_witness(Role::Follower);
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
@@ -493,6 +554,7 @@ fn takeover_with_restart(step: usize, who: usize, with_state: bool) {
         src_is_a: true,
         dir,
         acked: Vec::new(),
+        jitter: None,
     };
     let mut slot = 7000;
     // Writes from both sites, each to a block of its own; some reach the peer.
@@ -542,7 +604,9 @@ fn takeover_with_restart(step: usize, who: usize, with_state: bool) {
         if turn % 3 == 1 {
             write(&mut r, turn % 2 == 1, &mut slot);
         }
+        r.w.lossy = lose_at == Some(turn);
         r.turn(&mut none);
+        r.w.lossy = false;
         r.a.engine.wait_persisted();
         r.b.engine.wait_persisted();
     }
@@ -618,5 +682,43 @@ fn a_restart_at_any_turn_of_a_takeover_converges() {
         takeover_with_restart(step, 0, true);
         takeover_with_restart(step, 1, true);
         takeover_with_restart(step, 1, false);
+    }
+}
+
+/// Every fault after every message with one direction lagging the other at random (three
+/// seeds): the order in which the two sites see each other's messages changes, not what is
+/// delivered.
+#[test]
+fn faults_at_any_phase_of_a_resync_with_delayed_messages_converge() {
+    for seed in [3, 17, 29] {
+        for setup in [
+            Source::LeaderGranted,
+            Source::FollowerGranted,
+            Source::LeaderWithoutGrant,
+        ] {
+            let all = resync_with_fault_jittered(setup, usize::MAX, Fault::Cut, Some(seed));
+            for at in 0..=all {
+                let fault = [
+                    Fault::Cut,
+                    Fault::RestartSource,
+                    Fault::RestartTarget,
+                    Fault::RestartBoth,
+                    Fault::TargetLosesState,
+                ][at % 5];
+                resync_with_fault_jittered(setup, at, fault, Some(seed));
+            }
+        }
+    }
+}
+
+/// A takeover whose witness answers are all lost at one turn (a grant recorded, its answer
+/// lost; a release not taken; no heartbeat answered), with and without a restart at another.
+#[test]
+fn a_takeover_with_the_witness_answers_lost_at_any_turn_converges() {
+    for lose in 0..12 {
+        takeover_with_faults(99, 0, true, Some(lose));
+        for step in [1, 3, 6] {
+            takeover_with_faults(step, lose % 2, true, Some(lose));
+        }
     }
 }
