@@ -308,6 +308,7 @@ impl Engine {
                     // The resync's source has read this site's confirmation (or the session
                     // is another): it pushes no more metadata states.
                     self.resync_received = None;
+                    self.submit_crossing_metas();
                 }
                 if self.sess.on_pong(h) {
                     self.publish_lease();
@@ -437,11 +438,25 @@ impl Engine {
     /// A resync target mirroring again whose source may not have read its RESYNC_DONE_ACK
     /// yet (no PONG for the PING sent behind it): the source may still decide metadata alone
     /// and push its state. Meanwhile a target that leads decides no command of its own
-    /// (`submit_meta`): its state and the source's would cross, each site installing the
-    /// other's, and stay different with both commands answered.
+    /// (`submit_meta` holds them, `submit_crossing_metas`): its state and the source's would
+    /// cross, each site installing the other's, and stay different with both commands
+    /// answered.
     pub(super) fn peer_meta_crossing(&self) -> bool {
         self.resync_received
             .is_some_and(|(n, _)| n == self.sess.number && self.sess.up)
+    }
+
+    /// The metadata commands held while the resync's source could still decide alone
+    /// (`peer_meta_crossing`), decided once it cannot (or failed, the session gone).
+    pub(super) fn submit_crossing_metas(&mut self) {
+        if self.metas_crossing.is_empty() || self.peer_meta_crossing() {
+            return;
+        }
+        for (from, tag, cmd) in std::mem::take(&mut self.metas_crossing) {
+            if let Start::Done(r) = self.submit_meta(from, tag, &cmd) {
+                self.done.push((from, tag, r));
+            }
+        }
     }
 
     /// A metadata command from this site's initiator.
@@ -484,9 +499,10 @@ impl Engine {
                 Start::Done(meta_result(status))
             }
             (Mode::Mirroring, Role::Leader, true) if self.peer_meta_crossing() => {
-                // The resync's source may still decide alone (`peer_meta_crossing`): refused
-                // as without a session, for a round trip (the host retries).
-                Start::Done(Err(Errno::IO))
+                // The resync's source may still decide alone (`peer_meta_crossing`): held for
+                // that round trip, then decided (`submit_crossing_metas`).
+                self.metas_crossing.push((from, tag, cmd.to_vec()));
+                Start::Pending
             }
             (Mode::Mirroring, Role::Leader, true) => match h.execute(self.vol, cmd) {
                 // Unchanged, but decided on state the follower may not have yet: answered
@@ -583,6 +599,9 @@ impl Engine {
             self.give_meta(m);
         }
         for (from, tag) in self.metas.fail_all() {
+            self.done.push((from, tag, Err(Errno::IO)));
+        }
+        for (from, tag, _) in std::mem::take(&mut self.metas_crossing) {
             self.done.push((from, tag, Err(Errno::IO)));
         }
     }

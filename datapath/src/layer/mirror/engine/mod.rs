@@ -305,6 +305,8 @@ pub struct Engine {
     /// PING sent right after that confirmation (clock `.1`) shows the source has read it
     /// (`takes_peer_meta_state`, `peer_meta_crossing`).
     resync_received: Option<(u32, u64)>,
+    /// This site's metadata commands held meanwhile (a target that leads: `submit_meta`).
+    metas_crossing: Vec<(u32, IoTag, Vec<u8>)>,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: RegionMap,
     /// Suspect regions: updates applied here that the peer never confirmed (recorded when
@@ -398,6 +400,7 @@ impl Engine {
             witness_retried: false,
             given_back: 0,
             resync_received: None,
+            metas_crossing: Vec::new(),
             watching: None,
             since_start: true,
             written: RegionMap::new(size, g),
@@ -773,6 +776,7 @@ impl Engine {
         self.poll_durable();
         self.poll_actlog(io);
         self.release_metas();
+        self.submit_crossing_metas();
         if let Some((offset, len, e)) = self.stats.take_read_failure() {
             // A host read another reactor issued failed at the local device.
             self.local_failure("a read", offset, len, e);

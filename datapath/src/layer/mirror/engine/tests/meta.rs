@@ -647,6 +647,8 @@ fn a_target_leaders_metadata_command_never_splits_the_state_with_a_crossing_surv
     collect(&mut a);
     collect(&mut b);
     let (va, vb) = (*ca.0.lock().unwrap(), *cb.0.lock().unwrap());
+    // Both commands done (a's held until b had its confirmation, then decided).
+    assert_eq!((a.ok, a.failed, b.ok, b.failed, va), (1, 20, 20, 0, 47));
     assert_eq!(
         va, vb,
         "metadata differs between the sites (a's command {ra:?}, b's {rb:?}; a ok {} failed {}, b ok {} failed {})",
