@@ -320,6 +320,7 @@ impl Engine {
         match self.witness.tick(&slot, &self.stats.takeover, site) {
             Grant::Wait => {}
             Grant::Granted { epoch, takeover } => {
+                self.witness_retried = false;
                 // (Already the survivor at this epoch, from the witness's word before its
                 // answer: `adopt_lost_grant` does not act while a request is pending, so this
                 // is a defence; counted once.)
@@ -341,6 +342,7 @@ impl Engine {
                 }
             }
             Grant::Unanswered { takeover } => {
+                self.witness_retried = false;
                 self.fence("neither the peer nor the witness is reachable");
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
                 self.fenced_unanswered = Some((seq, takeover));
