@@ -282,6 +282,18 @@ impl Engine {
             // The source copied them (it finishes only after the end of our list).
             self.suspect.clear();
             self.set_mode(Mode::Mirroring);
+            if let Some(slot) = &self.cfg.failover
+                && self.target.source_epoch != 0
+            {
+                // In sync with the holder of that grant: the epoch is known here now (before,
+                // only from a heartbeat answered while in sync, which a source lost or failed
+                // within milliseconds did not leave time for: then this site was refused as
+                // stale and the volume served nowhere).
+                slot.learned_epoch.fetch_max(
+                    self.target.source_epoch,
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+            }
             // The source stays the survivor until it has this; the PING behind it comes back
             // only once the source has read it (so mirrors, and sends no more META_STATE).
             self.sess.queue(&Header::new(Type::ResyncDoneAck), &[]);
@@ -780,7 +792,8 @@ impl Engine {
             // (A grant-less source's state saved as in sync: RESYNC_DONE goes out now.)
             if self.durable.is_durable(gen_) {
                 r.done_gate = None;
-                self.sess.queue(&Header::new(Type::ResyncDone), &[]);
+                let h = self.resync_done_header();
+                self.sess.queue(&h, &[]);
             }
             return;
         }
@@ -881,7 +894,18 @@ impl Engine {
             return;
         };
         r.done_sent();
-        self.sess.queue(&Header::new(Type::ResyncDone), &[]);
+        let h = self.resync_done_header();
+        self.sess.queue(&h, &[]);
+    }
+
+    /// RESYNC_DONE, carrying this source's witness grant epoch (0: none): the target, once
+    /// complete, holds every write of that grant, so its failover thread may ask the witness
+    /// at that epoch (`FailoverSlot::learned_epoch`) without waiting for a heartbeat in sync.
+    fn resync_done_header(&self) -> Header {
+        Header {
+            seq: self.grant_epoch,
+            ..Header::new(Type::ResyncDone)
+        }
     }
 
     /// The target confirmed RESYNC_DONE (every copy applied there): mirror again, and give the

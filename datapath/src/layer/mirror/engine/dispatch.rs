@@ -342,7 +342,7 @@ impl Engine {
                 self.enqueue_apply_from(io, k, (0, 0), payload);
             }
             ResyncDone if self.mode == Mode::Resyncing && !self.target.is_done() => {
-                self.target.done_received();
+                self.target.done_received(h.seq);
                 self.maybe_end_resync_target(io);
             }
             ResyncDoneAck if self.resync.as_ref().is_some_and(|r| r.awaiting_ack()) => {

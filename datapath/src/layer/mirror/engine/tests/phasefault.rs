@@ -75,6 +75,8 @@ impl Wit {
                 continue;
             }
             let takeover = s.takeover.swap(false, SeqCst);
+            // (The failover thread's known epoch: raised to one learned from a resync.)
+            self.known[i] = self.known[i].max(s.learned_epoch.load(SeqCst));
             let asked = if takeover {
                 self.known[i].max(s.view_epoch.load(SeqCst))
             } else {

@@ -111,3 +111,23 @@ fn a_survivor_restarted_in_sync_before_its_release_went_out_holds_no_grant_and_g
         "the grant the witness still holds for a is never given back"
     );
 }
+
+/// A survivor (a, epoch 1) resyncs b; its RESYNC_DONE carries the grant's epoch, and b, once
+/// complete, knows it (`learned_epoch`): asked at once after a's loss (a killed or fail-stopped
+/// right after the resync, before any heartbeat of b's in sync was answered), b is not refused
+/// as stale once a's grant is given back. Before, b knew the epoch only from such a heartbeat:
+/// refused as stale, the volume served nowhere.
+#[test]
+fn a_resynced_site_knows_its_sources_grant_epoch_at_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut a, mut b, mut io) = lose_peer(true);
+    let mut rng = Rng(127);
+    let sb = b.engine.cfg.failover.clone().unwrap();
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(sb.learned_epoch.load(SeqCst), 1);
+}
