@@ -69,12 +69,12 @@ pub struct FailoverSlot {
     pub releasing: AtomicU64,
     /// (See `releasing`.)
     pub released: AtomicU64,
-    /// The newest view sequence at which a volume of the group was left without the
-    /// witness's answer (fenced for want of it, or `LostInSession`): such a volume adopts a
-    /// lost grant only from a word newer than that, so a volume mirroring again counts the
-    /// witness's words naming this site from there too before giving the grant back
-    /// (`Engine::adopt_lost_grant`).
-    pub unanswered_seq: AtomicU64,
+    /// Volumes of the group that may yet take a grant the witness holds for this site: a
+    /// request outstanding (its answer decides), or fenced for want of an answer (it adopts a
+    /// grant the witness's word names this site's). A volume mirroring again after a lost
+    /// answer gives such a grant back only while this is 0 and no volume serves alone on it
+    /// (`Engine::adopt_lost_grant`; counted by each engine, `Engine::publish_watching`).
+    pub watching: AtomicU32,
     /// This site does not compete for the group (its replica failed, or it is fenced or
     /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
     /// preferred, so the witness grants the peer without waiting out the tie grace.
@@ -95,6 +95,10 @@ pub struct FailoverSlot {
     /// The epoch this site knows for the group (its last grant, or the witness's epoch adopted
     /// while in sync).
     pub known_epoch: AtomicU64,
+    /// The grant epoch of the resync source a volume of the group last finished receiving
+    /// from (its RESYNC_DONE): in sync with that grant's holder, this site knows that epoch
+    /// (the failover thread raises its known epoch to it before it asks).
+    pub learned_epoch: AtomicU64,
     /// Volumes in the group (set by the daemon), how many of their engines have restored
     /// their state, and how many this site leads now (engines count themselves, and move
     /// the count at a switchover): the group is claimed as preferred when this site leads
@@ -346,6 +350,11 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 continue;
             }
             let preferred = &slot.preferred_now();
+            let learned = slot.learned_epoch.load(SeqCst);
+            if learned > known[i].0 {
+                known[i] = Epoch(learned);
+                slot.known_epoch.store(learned, SeqCst);
+            }
             let as_takeover = slot.takeover.swap(false, SeqCst);
             let asked = if as_takeover {
                 tracing::warn!(volume = %name, known = known[i].0,
@@ -399,8 +408,10 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
         }
         let now = std::time::Instant::now();
         // A replica that just came in sync (its resync completed) learns the group's epoch
-        // from the next heartbeat's answer: until then the witness refuses it as stale, so
-        // losing the former survivor would stop the volume at both sites. Beat at once.
+        // from the source's RESYNC_DONE (`learned_epoch`, a grant's) and from the next
+        // heartbeat's answer (a copy without a grant: the group's epoch as the witness has
+        // it): until then the witness refuses it as stale, so losing the former survivor
+        // would stop the volume at both sites. Beat at once.
         for (i, (_, slot, _)) in groups.iter().enumerate() {
             let now_in_sync = slot.in_sync.load(SeqCst);
             if now_in_sync && !was_in_sync[i] {

@@ -55,6 +55,8 @@ pub enum Snapshot {
     State(Persisted),
     /// The activity log ([`alfile::save`]).
     ActLog(AlSnapshot),
+    /// No state at all: the file removed ([`state::remove`]), after a fail-stop (durable.rs).
+    Removed,
 }
 
 impl From<Persisted> for Snapshot {
@@ -175,7 +177,8 @@ impl Persister {
         self.shared.work.notify_all();
     }
 
-    /// Test hook: every save fails (an unwritable state directory).
+    /// Test hook: every save fails (a state directory that takes no more writes, as a full
+    /// file system: a removal still succeeds).
     pub fn fail_saves(&self, on: bool) {
         self.shared.fail.store(on, SeqCst);
     }
@@ -188,12 +191,13 @@ impl Drop for Persister {
 }
 
 fn save(shared: &Shared, job: &Job) -> std::io::Result<()> {
-    if shared.fail.load(SeqCst) {
+    if shared.fail.load(SeqCst) && !matches!(job.state, Snapshot::Removed) {
         return Err(std::io::Error::other("injected failure (test hook)"));
     }
     match &job.state {
         Snapshot::State(p) => state::save(&job.vol.path, p),
         Snapshot::ActLog(s) => alfile::save(&job.vol.path, s),
+        Snapshot::Removed => state::remove(&job.vol.path),
     }
 }
 

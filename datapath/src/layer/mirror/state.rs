@@ -199,6 +199,21 @@ pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Remove the state at `path` durably (the directory synced), so that a start reads no state
+/// (a new replica): a fail-stopped site whose file would claim more than it may (durable.rs).
+/// A file already gone is removed.
+pub fn remove(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Read the state at `path`; `Ok(None)` when there is no file yet.
 pub fn load(path: &Path) -> Result<Option<Persisted>, String> {
     let b = match std::fs::read(path) {

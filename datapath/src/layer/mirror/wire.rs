@@ -1,4 +1,4 @@
-//! The mirror link's wire format (docs/mirror-protocol.md, version 6): a 40-byte header and a
+//! The mirror link's wire format (docs/mirror-protocol.md, version 7): a 40-byte header and a
 //! payload per message, CRC32C over both, and the link's authentication handshake (HELLO,
 //! WELCOME, AUTH: the payloads and the HMAC proofs over the handshake's transcript).
 //!
@@ -20,8 +20,9 @@ pub const MAGIC: u32 = 0x544D_5257;
 /// RESYNC_DONE with RESYNC_DONE_ACK; 4: metadata payloads start with their kind byte; 5: the
 /// leadership term in HELLO/WELCOME and SWITCH, SWITCH_ACK, SWITCH_ASK, and the SPC-2 RESERVE
 /// holder in SCSI reservation states; 6: the relative target port id in SCSI reservation
-/// commands and, per registrant, in their states).
-pub const VERSION: u8 = 6;
+/// commands and, per registrant, in their states; 7: RESYNC_DONE carries the source's grant
+/// epoch).
+pub const VERSION: u8 = 7;
 /// Bytes of a handshake nonce.
 pub const NONCE: usize = 32;
 /// Bytes of a handshake proof (HMAC-SHA256).
@@ -280,6 +281,11 @@ pub fn decode(buf: &[u8]) -> Decoded {
             "peer speaks protocol version 5 (SCSI reservations without target ports): refused; run the same twinblk version at both sites",
         );
     }
+    if buf[4] == 6 {
+        return Decoded::Bad(
+            "peer speaks protocol version 6 (RESYNC_DONE without the grant epoch): refused; run the same twinblk version at both sites",
+        );
+    }
     if buf[4] != VERSION {
         return Decoded::Bad("unsupported version");
     }
@@ -338,7 +344,9 @@ pub fn check_fields(h: &Header, payload: &[u8]) -> Result<(), &'static str> {
         Hello | Welcome => (true, true, true, true),
         Switch => (false, true, true, false),
         SwitchAck | SwitchAsk => (false, false, true, false),
-        Refuse | ResyncDone | ResyncDoneAck | Resent | Auth => (false, false, false, false),
+        // RESYNC_DONE's `seq`: the source's witness grant epoch (0: none).
+        ResyncDone => (false, true, false, false),
+        Refuse | ResyncDoneAck | Resent | Auth => (false, false, false, false),
         // `id` only on a re-sent forward.
         Write | Zeroes | Unmap => (h.flags & FLAG_RESENT != 0, true, true, true),
         Order | Miscompare => (true, true, false, false),
@@ -733,8 +741,11 @@ mod tests {
         };
         assert!(matches!(decode(&msg(&caw, &[0; 16])), Decoded::Msg(..)));
         let mut v = msg(&Header::new(Type::Ping), &[]);
-        v[4] = 7;
+        v[4] = 8;
         assert_eq!(decode(&v), Decoded::Bad("unsupported version"));
+        // A version-6 peer (RESYNC_DONE without the grant epoch) is refused by name.
+        v[4] = 6;
+        assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 6")));
         // A version-5 peer (SCSI reservations without target ports) is refused by name.
         v[4] = 5;
         assert!(matches!(decode(&v), Decoded::Bad(why) if why.contains("version 5")));
@@ -887,7 +898,11 @@ mod tests {
                 ..h(Type::Pong)
             },
             upd(Type::Resync),
-            h(Type::ResyncDone),
+            // (`seq`: the source's grant epoch.)
+            Header {
+                seq: 3,
+                ..h(Type::ResyncDone)
+            },
             Header {
                 id: 1,
                 ..upd(Type::FwdCaw)

@@ -108,7 +108,7 @@ impl Engine {
         self.grant_epoch = epoch;
         // (Whatever grant a lost answer may have left is this one now.)
         self.fenced_unanswered = None;
-        self.restored_fenced = false;
+        self.since_start = false;
         self.absorb_suspect();
         if let Some(slot) = &self.cfg.failover {
             slot.survivors
@@ -184,6 +184,7 @@ impl Engine {
     /// No grant: fail everything held and serve no I/O.
     pub(super) fn fence(&mut self, why: &str) {
         self.fenced_unanswered = None;
+        self.denied_by = None;
         self.give_up_held();
         self.alone_after = None;
         for (from, tag, _) in std::mem::take(&mut self.alone_held) {
@@ -281,9 +282,22 @@ impl Engine {
             // The source copied them (it finishes only after the end of our list).
             self.suspect.clear();
             self.set_mode(Mode::Mirroring);
-            self.resync_received_in = self.sess.number;
-            // The source stays the survivor until it has this.
+            if let Some(slot) = &self.cfg.failover
+                && self.target.source_epoch != 0
+            {
+                // In sync with the holder of that grant: the epoch is known here now (before,
+                // only from a heartbeat answered while in sync, which a source lost or failed
+                // within milliseconds did not leave time for: then this site was refused as
+                // stale and the volume served nowhere).
+                slot.learned_epoch.fetch_max(
+                    self.target.source_epoch,
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+            }
+            // The source stays the survivor until it has this; the PING behind it comes back
+            // only once the source has read it (so mirrors, and sends no more META_STATE).
             self.sess.queue(&Header::new(Type::ResyncDoneAck), &[]);
+            self.resync_received = Some((self.sess.number, self.sess.ping_marked()));
             tracing::warn!(volume = %self.cfg.name, "mirror: resync received; in sync, serving again");
             // Forwards that came after RESYNC_DONE, while copies were still being applied.
             if self.role == Role::Leader {
@@ -299,6 +313,7 @@ impl Engine {
             return;
         };
         self.publish_withdrawn();
+        self.publish_watching(&slot);
         if self.durable.failed || self.failed.is_some() {
             // Stopped here: never ask for (or take) a grant.
             slot.in_sync
@@ -307,6 +322,7 @@ impl Engine {
         }
         self.check_grant(io, &slot);
         self.adopt_lost_grant(io, &slot);
+        self.ask_again_if_released(&slot);
         let site = SiteNow {
             up: self.sess.up,
             had_session: self.sess.number != 0,
@@ -316,6 +332,7 @@ impl Engine {
         match self.witness.tick(&slot, &self.stats.takeover, site) {
             Grant::Wait => {}
             Grant::Granted { epoch, takeover } => {
+                self.witness_retried = false;
                 // (Already the survivor at this epoch, from the witness's word before its
                 // answer: `adopt_lost_grant` does not act while a request is pending, so this
                 // is a defence; counted once.)
@@ -323,13 +340,23 @@ impl Engine {
                     self.take_answered_grant(io, &slot, epoch, takeover);
                 }
             }
-            Grant::Fence(why) => self.fence(why),
+            Grant::Fence(why) => {
+                let asked_again = std::mem::take(&mut self.witness_retried);
+                self.fence(why);
+                // Denied while the peer holds the group: asked again if the witness shows
+                // that grant given back (once: not after a request so asked).
+                if !asked_again
+                    && let Some((false, holder, epoch)) = slot.view()
+                    && holder != 0
+                {
+                    let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
+                    self.denied_by = Some((epoch, seq));
+                }
+            }
             Grant::Unanswered { takeover } => {
+                self.witness_retried = false;
                 self.fence("neither the peer nor the witness is reachable");
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
-                // (Published to the group: see `adopt_lost_grant`'s give-back.)
-                slot.unanswered_seq
-                    .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
                 self.fenced_unanswered = Some((seq, takeover));
             }
             Grant::LostInSession => {
@@ -337,8 +364,6 @@ impl Engine {
                 // witness recorded is given back once its word names this site (before, it was
                 // held for good, and the witness denied the peer at the next loss).
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
-                slot.unanswered_seq
-                    .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
                 self.fenced_unanswered = Some((seq, false));
             }
             Grant::Unwanted { epoch } => {
@@ -350,6 +375,68 @@ impl Engine {
                         .store(epoch, std::sync::atomic::Ordering::SeqCst);
                 }
             }
+        }
+        self.publish_watching(&slot);
+    }
+
+    /// Count this volume in the group's `FailoverSlot::watching` while it may yet take a grant
+    /// the witness holds for this site (a request outstanding, or fenced for want of an
+    /// answer), and not once it stopped (failed, or dropped: `stop_watching`). Taken with
+    /// the grant: a volume adopting or answered counts itself a survivor (`claim_grant`)
+    /// before it stops watching, so a volume giving the grant back sees one or the other.
+    pub(super) fn publish_watching(&mut self, slot: &crate::layer::mirror::failover::FailoverSlot) {
+        let now = self.failed.is_none()
+            && !self.durable.failed
+            && (self.witness.pending()
+                || (self.mode == Mode::Fenced && self.fenced_unanswered.is_some()));
+        if now != self.watching.is_some() {
+            if now {
+                slot.watching
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.watching = self.cfg.failover.clone();
+            } else {
+                self.stop_watching();
+            }
+        }
+    }
+
+    /// Not counted as watching any more (also when the engine goes: the daemon stops).
+    pub(super) fn stop_watching(&mut self) {
+        if let Some(slot) = self.watching.take() {
+            slot.watching
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Fenced because the peer held the group (`denied_by`), the link still down: once a word
+    /// newer than the denial shows nobody holding the group at that grant's epoch (the holder
+    /// gave it back without resyncing this site: a resync source that fail-stopped right after
+    /// the resync, durable.rs; or an operator's release), ask the witness once more. Before,
+    /// a denied site never asked again: with the holder stopped for good, the volume served
+    /// nowhere. The witness grants only a site that knows the group's epoch (learned in sync),
+    /// so a site whose replica lacks the holder's writes is refused as stale.
+    fn ask_again_if_released(&mut self, slot: &crate::layer::mirror::failover::FailoverSlot) {
+        let Some((epoch, at)) = self.denied_by else {
+            return;
+        };
+        if self.mode != Mode::Fenced || self.sess.up || self.draining {
+            self.denied_by = None;
+            return;
+        }
+        if slot.view_seq.load(std::sync::atomic::Ordering::SeqCst) <= at {
+            return;
+        }
+        match slot.view() {
+            Some((false, 0, e)) if e == epoch => {
+                self.denied_by = None;
+                self.witness_retried = true;
+                tracing::warn!(volume = %self.cfg.name, epoch,
+                    "mirror: the grant the peer held is given back; asking the witness again");
+                self.witness.ask_fenced();
+            }
+            // Another grant since (or the view is being written): that grant's holder decides.
+            Some((_, _, e)) if e > epoch => self.denied_by = None,
+            _ => {}
         }
     }
 
@@ -412,11 +499,14 @@ impl Engine {
             // Never while a volume of the group serves alone here (the grant is the group's:
             // it is that volume's now, given back at its resync's end).
             (Mode::Mirroring, Some(f)) if self.sess.up && slot.survivors.load(SeqCst) == 0 => f,
-            // Restored fenced: the fence may have been for want of an answer (not persisted).
-            // Only the give-back once in sync, never serving alone on such a word (a site
-            // fenced for its failed device keeps that state too).
+            // Started in this process (`since_start`): restored fenced, the fence may have been
+            // for want of an answer; restored in sync (or new), a lost answer watched in
+            // session, or a release not sent or not answered before the restart, may have left
+            // a grant held (none of them is persisted). Only the give-back once in sync, never
+            // serving alone on such a word (a site fenced for its failed device keeps that
+            // state too).
             (Mode::Mirroring, None)
-                if self.restored_fenced && self.sess.up && slot.survivors.load(SeqCst) == 0 =>
+                if self.since_start && self.sess.up && slot.survivors.load(SeqCst) == 0 =>
             {
                 (0, false)
             }
@@ -440,34 +530,20 @@ impl Engine {
                 // here before that volume could claim it, which then stayed fenced as its
                 // peer, denied while this site held the group.
                 self.fenced_unanswered = None;
-                self.restored_fenced = false;
-                self.lost_seen = None;
+                self.since_start = false;
             }
             return;
         }
-        if self.mode == Mode::Mirroring {
-            // Given back only at the witness's next word still naming this site (a heartbeat
-            // later), with no volume of the group serving alone on it by then: another volume
-            // of the group fenced for want of the same answer adopts it at its first tick
-            // after the first word. Released at once, the failover thread could send the
-            // release before that tick: that volume then refused the grant given back and
+        if self.mode == Mode::Mirroring && slot.watching.load(SeqCst) != 0 {
+            // Given back only once no volume of the group may still take it: none has a
+            // request outstanding or is fenced for want of an answer (`FailoverSlot::watching`;
+            // such a volume adopts the grant at its first tick after a word newer than its
+            // fence, or is answered with it). Sequence, not time: before, the give-back came at
+            // the witness's second word (a heartbeat later), and a volume whose reactor stalled
+            // longer (or read the lost answer after the first word) lost the race: the failover
+            // thread sent the release first, that volume refused the grant given back and
             // stayed fenced, as its peer, denied while this site held the group.
-            // The first word counts only if it is newer than every fence of the group for
-            // want of an answer (`unanswered_seq`): a volume that read the lost answer after
-            // the first word (the heartbeat follows the failed request at once, and each
-            // engine ticks on its own) takes only a later word, so counted from the first word
-            // the release went out at that volume's first chance to adopt, and raced it: it
-            // refused the grant given back and stayed fenced, as its peer, denied meanwhile.
-            let seq = slot.view_seq.load(SeqCst);
-            let fenced_at = slot.unanswered_seq.load(SeqCst);
-            match self.lost_seen {
-                Some((e, s)) if e == epoch && s > fenced_at && seq > s => {}
-                Some((e, s)) if e == epoch && s > fenced_at => return,
-                _ => {
-                    self.lost_seen = (seq > fenced_at).then_some((epoch, seq));
-                    return;
-                }
-            }
+            return;
         }
         let takeover = takeover || slot.takeover_at(epoch);
         if self.mode != Mode::Mirroring && !slot.claim_grant(epoch) {
@@ -476,8 +552,7 @@ impl Engine {
             return;
         }
         self.fenced_unanswered = None;
-        self.restored_fenced = false;
-        self.lost_seen = None;
+        self.since_start = false;
         match self.mode {
             Mode::Fenced => {
                 tracing::warn!(volume = %self.cfg.name, epoch, takeover,
@@ -717,7 +792,8 @@ impl Engine {
             // (A grant-less source's state saved as in sync: RESYNC_DONE goes out now.)
             if self.durable.is_durable(gen_) {
                 r.done_gate = None;
-                self.sess.queue(&Header::new(Type::ResyncDone), &[]);
+                let h = self.resync_done_header();
+                self.sess.queue(&h, &[]);
             }
             return;
         }
@@ -818,7 +894,18 @@ impl Engine {
             return;
         };
         r.done_sent();
-        self.sess.queue(&Header::new(Type::ResyncDone), &[]);
+        let h = self.resync_done_header();
+        self.sess.queue(&h, &[]);
+    }
+
+    /// RESYNC_DONE, carrying this source's witness grant epoch (0: none): the target, once
+    /// complete, holds every write of that grant, so its failover thread may ask the witness
+    /// at that epoch (`FailoverSlot::learned_epoch`) without waiting for a heartbeat in sync.
+    fn resync_done_header(&self) -> Header {
+        Header {
+            seq: self.grant_epoch,
+            ..Header::new(Type::ResyncDone)
+        }
     }
 
     /// The target confirmed RESYNC_DONE (every copy applied there): mirror again, and give the

@@ -302,6 +302,14 @@ impl Engine {
             }
             Ping => self.sess.on_ping(h),
             Pong => {
+                if let Some((n, at)) = self.resync_received
+                    && (n != self.sess.number || h.seq >= at)
+                {
+                    // The resync's source has read this site's confirmation (or the session
+                    // is another): it pushes no more metadata states.
+                    self.resync_received = None;
+                    self.submit_crossing_metas();
+                }
                 if self.sess.on_pong(h) {
                     self.publish_lease();
                 }
@@ -334,7 +342,7 @@ impl Engine {
                 self.enqueue_apply_from(io, k, (0, 0), payload);
             }
             ResyncDone if self.mode == Mode::Resyncing && !self.target.is_done() => {
-                self.target.done_received();
+                self.target.done_received(h.seq);
                 self.maybe_end_resync_target(io);
             }
             ResyncDoneAck if self.resync.as_ref().is_some_and(|r| r.awaiting_ack()) => {
@@ -414,17 +422,40 @@ impl Engine {
     /// Whether the peer may push its metadata state here (META_STATE with no id). Only the
     /// site whose state wins sends one: the leader of a mirroring session, and a resync source
     /// (a survivor deciding alone), until it has RESYNC_DONE_ACK. So only a mirroring follower
-    /// and a resync target take one, the target also for the rest of the session its resync
-    /// ended in (a source's change may cross its confirmation). Anywhere else (the leader of a
-    /// mirroring session, a survivor, a fenced or waiting site) it would overwrite the state
-    /// this site decides on with the peer's copy: forged or misplaced, it is refused.
+    /// and a resync target take one, the target also after its confirmation until the source
+    /// has read it ([`Self::peer_meta_crossing`]: a source's change may cross it). Anywhere
+    /// else (the leader of a mirroring session, a survivor, a fenced or waiting site) it would
+    /// overwrite the state this site decides on with the peer's copy: forged or misplaced, it
+    /// is refused. (Before, a target took one for the rest of the session.)
     pub(super) fn takes_peer_meta_state(&self) -> bool {
         match self.mode {
             Mode::Resyncing => true,
-            Mode::Mirroring => {
-                self.role == Role::Follower || self.resync_received_in == self.sess.number
-            }
+            Mode::Mirroring => self.role == Role::Follower || self.peer_meta_crossing(),
             _ => false,
+        }
+    }
+
+    /// A resync target mirroring again whose source may not have read its RESYNC_DONE_ACK
+    /// yet (no PONG for the PING sent behind it): the source may still decide metadata alone
+    /// and push its state. Meanwhile a target that leads decides no command of its own
+    /// (`submit_meta` holds them, `submit_crossing_metas`): its state and the source's would
+    /// cross, each site installing the other's, and stay different with both commands
+    /// answered.
+    pub(super) fn peer_meta_crossing(&self) -> bool {
+        self.resync_received
+            .is_some_and(|(n, _)| n == self.sess.number && self.sess.up)
+    }
+
+    /// The metadata commands held while the resync's source could still decide alone
+    /// (`peer_meta_crossing`), decided once it cannot (or failed, the session gone).
+    pub(super) fn submit_crossing_metas(&mut self) {
+        if self.metas_crossing.is_empty() || self.peer_meta_crossing() {
+            return;
+        }
+        for (from, tag, cmd) in std::mem::take(&mut self.metas_crossing) {
+            if let Start::Done(r) = self.submit_meta(from, tag, &cmd) {
+                self.done.push((from, tag, r));
+            }
         }
     }
 
@@ -466,6 +497,12 @@ impl Engine {
                     return Start::Pending;
                 }
                 Start::Done(meta_result(status))
+            }
+            (Mode::Mirroring, Role::Leader, true) if self.peer_meta_crossing() => {
+                // The resync's source may still decide alone (`peer_meta_crossing`): held for
+                // that round trip, then decided (`submit_crossing_metas`).
+                self.metas_crossing.push((from, tag, cmd.to_vec()));
+                Start::Pending
             }
             (Mode::Mirroring, Role::Leader, true) => match h.execute(self.vol, cmd) {
                 // Unchanged, but decided on state the follower may not have yet: answered
@@ -562,6 +599,9 @@ impl Engine {
             self.give_meta(m);
         }
         for (from, tag) in self.metas.fail_all() {
+            self.done.push((from, tag, Err(Errno::IO)));
+        }
+        for (from, tag, _) in std::mem::take(&mut self.metas_crossing) {
             self.done.push((from, tag, Err(Errno::IO)));
         }
     }

@@ -44,7 +44,10 @@
 //! inaccessible, the session is dropped and none is accepted again, no grant is asked for,
 //! and nothing more is written (the file keeps the last state persisted, which never claims
 //! less than this site acknowledged). The status shows `failed` and the error. The grant, if
-//! held, is not given back: the file may still say "survivor".
+//! held, is not given back: the file may still say "survivor". Except right after a resync
+//! (the grant waiting for "in sync" to be durable, the peer holding everything): then the state
+//! file is removed, and the grant given back once that is durable (a restart is a new replica,
+//! never the survivor of that grant); if even the removal fails, the grant is kept.
 //!
 //! Invariant: an answer that depends on the survivor state is in [`Engine::done`] only when
 //! that state (or a newer one) is durable.
@@ -132,7 +135,13 @@ impl Engine {
             // States 5 and 6 are not modes: the activity log and `clean` say them again.
             mode: replica::replica_state(mode, self.new_replica) as u8,
             clean,
-            epoch: self.grant_epoch,
+            // (Only a survivor holds a grant: the source's "in sync" at its resync's end is
+            // saved before the grant is given back.)
+            epoch: if mode == Mode::Survivor {
+                self.grant_epoch
+            } else {
+                0
+            },
             size: self.cfg.size,
             granularity: self.cfg.dirty_granularity,
             bitmap: {
@@ -230,7 +239,8 @@ impl Engine {
     /// one load.)
     #[inline]
     pub fn poll_durable(&mut self) {
-        if self.durable.handle.is_some() && !self.durable.failed {
+        if self.durable.handle.is_some() && (!self.durable.failed || self.durable.release.is_some())
+        {
             self.poll_durable_now();
         }
     }
@@ -239,6 +249,20 @@ impl Engine {
         let Some(h) = &self.durable.handle else {
             return;
         };
+        if self.durable.failed {
+            // Fail-stopped with the state file being removed (`fail_stop`): the grant goes
+            // back once no file is left to restart from.
+            if let Some((_, g, _)) = &self.durable.release
+                && h.persisted() >= *g
+            {
+                let (slot, _, epoch) = self.durable.release.take().expect("checked");
+                tracing::warn!(volume = %self.cfg.name, epoch,
+                    "mirror: the replica state file is removed; giving the grant back");
+                slot.release
+                    .store(epoch, std::sync::atomic::Ordering::SeqCst);
+            }
+            return;
+        }
         if h.failed() != 0 {
             let e = h.error();
             return self.fail_stop(&e);
@@ -270,8 +294,22 @@ impl Engine {
     pub(super) fn fail_stop(&mut self, why: &str) {
         self.durable.failed = true;
         self.durable.gate = 0;
-        self.durable.release = None;
         self.fail_held();
+        // A grant waiting to be given back until "in sync" is durable (the resync just ended:
+        // the peer has everything) can never be given back so: the file may still say
+        // "survivor" with that grant, and the peer, in sync, is denied at the next loss while
+        // this site holds it (the volume stopped at both sites). Given back only once the
+        // file is removed (a restart is then a new replica, which never serves on the old
+        // grant, the witness out of reach or not); kept when even that fails.
+        if let Some((slot, _, epoch)) = self.durable.release.take()
+            && let Some(h) = &self.durable.handle
+        {
+            let g = h.submit(crate::layer::mirror::persist::Snapshot::Removed);
+            tracing::warn!(volume = %self.cfg.name, epoch,
+                "mirror: the resync ended in sync but that cannot be persisted; removing the \
+                 replica state file to give the grant back (a restart is a new replica)");
+            self.durable.release = Some((slot, g, epoch));
+        }
         self.stats.set_persist_error(why);
         tracing::error!(volume = %self.cfg.name, error = why, mode = ?self.mode,
             "mirror: the replica state cannot be persisted; this site stops serving the volume \

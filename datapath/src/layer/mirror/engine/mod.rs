@@ -281,20 +281,32 @@ pub struct Engine {
     /// name this site the holder, `adopt_lost_grant`), and whether the request was an
     /// operator's takeover.
     fenced_unanswered: Option<(u64, bool)>,
+    /// Fenced because the witness granted the group to the peer: the epoch of that grant and
+    /// the view sequence of the denial; asked again once, if a later word shows that grant
+    /// given back (`ask_again_if_released`).
+    denied_by: Option<(u64, u64)>,
+    /// The request outstanding is that second one (its denial is not watched again).
+    witness_retried: bool,
     /// The newest epoch this site gave back (or is giving back): the witness's word naming
     /// this site at it is old news, never a lost grant.
     given_back: u64,
-    /// Restored fenced from the state file, which does not say whether the fence was for
-    /// want of the witness's answer: once in sync again, a grant the witness's word names
-    /// this site's is given back (`adopt_lost_grant`), as after a fence seen here.
-    restored_fenced: bool,
-    /// Mirroring again, the witness's word first named this site the holder of a lost grant
-    /// at this (epoch, view sequence): given back only at a later word (`adopt_lost_grant`),
-    /// so another volume of the group, fenced for want of the same answer, adopts it first.
-    lost_seen: Option<(u64, u64)>,
-    /// The session in which this site last finished receiving a resync (0: none): its source
-    /// may still push metadata states in it (`takes_peer_meta_state`).
-    resync_received_in: u32,
+    /// Started in this process (with its state, fenced or in sync, or without it): nothing
+    /// here knows whether the witness holds a grant for this site from before the start (a
+    /// lost answer watched in session or fenced for, a release not yet sent or answered:
+    /// none of them persisted), so once in sync again a grant the witness's word names this
+    /// site's is given back (`adopt_lost_grant`), as after a fence for want of an answer seen
+    /// here. Cleared at the first word that names no such grant, or at a grant taken here.
+    since_start: bool,
+    /// Counted in this group slot's `FailoverSlot::watching` (a request outstanding, or
+    /// fenced for want of an answer: `publish_watching`).
+    watching: Option<Arc<super::failover::FailoverSlot>>,
+    /// A resync target that finished receiving in session `.0`: its source may still push
+    /// metadata states (a change crossing the target's RESYNC_DONE_ACK) until a PONG for the
+    /// PING sent right after that confirmation (clock `.1`) shows the source has read it
+    /// (`takes_peer_meta_state`, `peer_meta_crossing`).
+    resync_received: Option<(u32, u64)>,
+    /// This site's metadata commands held meanwhile (a target that leads: `submit_meta`).
+    metas_crossing: Vec<(u32, IoTag, Vec<u8>)>,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: RegionMap,
     /// Suspect regions: updates applied here that the peer never confirmed (recorded when
@@ -384,10 +396,13 @@ impl Engine {
             acked_buf: Vec::with_capacity(1024),
             grant_epoch: 0,
             fenced_unanswered: None,
+            denied_by: None,
+            witness_retried: false,
             given_back: 0,
-            resync_received_in: 0,
-            lost_seen: None,
-            restored_fenced: false,
+            resync_received: None,
+            metas_crossing: Vec::new(),
+            watching: None,
+            since_start: true,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
             new_replica: false,
@@ -761,6 +776,7 @@ impl Engine {
         self.poll_durable();
         self.poll_actlog(io);
         self.release_metas();
+        self.submit_crossing_metas();
         if let Some((offset, len, e)) = self.stats.take_read_failure() {
             // A host read another reactor issued failed at the local device.
             self.local_failure("a read", offset, len, e);
@@ -1417,6 +1433,7 @@ impl Drop for Engine {
     /// A clean stop: the persisted bitmap is exact. (A replica whose device could not be
     /// flushed keeps its activity log as it was: the stop was not clean.)
     fn drop(&mut self) {
+        self.stop_watching();
         if self.persist_clean_stop() {
             self.actlog_clean_stop();
         }

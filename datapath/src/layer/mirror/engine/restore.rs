@@ -51,7 +51,11 @@ impl Engine {
             self.start_new_replica(Some(why));
             return Ok(());
         }
-        self.grant_epoch = p.epoch;
+        // A grant is held only by a survivor. (A source's state saved in sync at its resync's
+        // end carried the grant it was about to give back, by files of earlier versions too:
+        // restarted, the site took itself for the holder, never gave the grant back, and
+        // followed the rules of a source holding one.)
+        self.grant_epoch = if p.mode == 1 { p.epoch } else { 0 };
         if let Some((term, leads)) = p.leads
             && term > 0
         {
@@ -146,7 +150,6 @@ impl Engine {
                 .store(p.epoch, std::sync::atomic::Ordering::SeqCst);
         }
         self.mode = mode;
-        self.restored_fenced = mode == Mode::Fenced;
         self.stats.set_mode(mode);
         self.publish_withdrawn();
         if mode == Mode::Survivor && !p.clean {

@@ -320,6 +320,8 @@ pub(super) struct ResyncTarget {
     applies: u32,
     /// RESYNC_DONE received.
     done: bool,
+    /// The source's witness grant epoch, from its RESYNC_DONE (0: none).
+    pub(super) source_epoch: u64,
     /// The replica's flush after the last copy: started, and finished well.
     flushing: bool,
     flushed: bool,
@@ -347,8 +349,9 @@ impl ResyncTarget {
     }
 
     /// RESYNC_DONE came.
-    pub(super) fn done_received(&mut self) {
+    pub(super) fn done_received(&mut self, source_epoch: u64) {
         self.done = true;
+        self.source_epoch = source_epoch;
     }
 
     /// RESYNC_DONE came and every copy is applied: the replica's flush is to start now.
@@ -519,7 +522,7 @@ mod tests {
     fn the_target_ends_after_resync_done_its_last_copy_and_a_good_flush() {
         let mut t = ResyncTarget::default();
         t.copy_started();
-        t.done_received();
+        t.done_received(0);
         assert!(!t.complete() && !t.flush_due());
         t.copy_applied();
         assert!(
@@ -534,7 +537,7 @@ mod tests {
         assert!(!t.is_done() && !t.complete());
         // A copy of an earlier attempt finishing late does not underflow.
         t.copy_applied();
-        t.done_received();
+        t.done_received(0);
         assert!(t.flush_due());
         t.flush_started();
         t.flush_done(false);

@@ -328,13 +328,21 @@ impl PeerSession {
 
     /// Queue a PING carrying the current clock.
     pub(super) fn ping(&mut self) {
+        self.ping_marked();
+    }
+
+    /// Queue a PING carrying the current clock, and return that clock: a PONG carrying it
+    /// (or a later one) comes back only after the peer read everything queued before this PING.
+    pub(super) fn ping_marked(&mut self) -> u64 {
+        let seq = self.epoch.elapsed().as_nanos() as u64;
         if self.up {
             let h = Header {
-                seq: self.epoch.elapsed().as_nanos() as u64,
+                seq,
                 ..Header::new(Type::Ping)
             };
             self.queue(&h, &[]);
         }
+        seq
     }
 
     /// The peer's PING: answer it.

@@ -12,8 +12,9 @@
 //!   first session (it must not win a grant against a peer it has never seen) unless an
 //!   operator asked it to take over (`mirror_takeover`).
 //! - One request per lost link (or per takeover): `asked` is reset only when the link goes
-//!   down again, a new takeover starts, or the grant answered was given back by another
-//!   volume of the group before this one could take it ([`Witness::ask_again`]).
+//!   down again, a new takeover starts, the grant answered was given back by another
+//!   volume of the group before this one could take it ([`Witness::ask_again`]), or, once,
+//!   the grant whose holder denied this site was given back meanwhile ([`Witness::ask_fenced`]).
 //! - A takeover is never asked while the link is up or the daemon stops (the request is
 //!   dropped).
 //! - A grant asked for while the link was down (a loss's, or an operator's takeover) but
@@ -74,6 +75,8 @@ pub(super) struct Witness {
     answered: bool,
     /// That answer was to an operator's takeover asked here.
     answered_takeover: bool,
+    /// A fenced site may ask once more ([`Witness::ask_fenced`]).
+    fenced_retry: bool,
 }
 
 impl Witness {
@@ -92,6 +95,17 @@ impl Witness {
         if std::mem::take(&mut self.answered_takeover) {
             takeover_flag.store(true, SeqCst);
         }
+    }
+
+    /// A site denied because its peer held the grant, the link still down, sees the witness's
+    /// word that this very grant was given back (nobody holds the group at the denial's
+    /// epoch: the holder released it without a session with this site, as a fail-stopped
+    /// resync source does, durable.rs): ask once more, fenced. The witness's own rules judge
+    /// the request (refused as stale unless this site learned the group's epoch in sync).
+    pub(super) fn ask_fenced(&mut self) {
+        self.asked = false;
+        self.answered = false;
+        self.fenced_retry = true;
     }
 
     /// The link went down: the next loss asks again.
@@ -122,10 +136,17 @@ impl Witness {
         if site.up && self.asked && !self.answered {
             return self.answered_after_the_session(slot, takeover_flag);
         }
+        let retry = self.fenced_retry && site.mode == Mode::Fenced;
         if !takeover
             && !self.takeover
-            && (site.up || !site.had_session || site.mode != Mode::Mirroring || site.draining)
+            && (site.up
+                || !site.had_session
+                || (site.mode != Mode::Mirroring && !retry)
+                || site.draining)
         {
+            if site.up || site.draining {
+                self.fenced_retry = false;
+            }
             return Grant::Wait;
         }
         if takeover && (site.up || site.draining) {
@@ -153,6 +174,7 @@ impl Witness {
         takeover_flag.store(false, SeqCst);
         let takeover = std::mem::take(&mut self.takeover);
         self.answered = true;
+        self.fenced_retry = false;
         self.answered_takeover = takeover;
         match outcome {
             GRANTED => Grant::Granted {

@@ -421,3 +421,127 @@ fn a_restored_survivor_that_hears_nothing_serves_after_a_bounded_wait() {
     assert_eq!((a.ok, a.outstanding), (1, 0));
     assert!(a.engine.may_read(Instant::now()));
 }
+
+/// A survivor (a, epoch 7) resyncs its peer; the target confirms, and the source's "in sync"
+/// cannot be written (its state directory fails at that moment): it fail-stops, its file still
+/// saying "survivor, epoch 7". The peer, in sync, then loses its link and asks the witness,
+/// which denies it while a holds the group: the volume stops at both sites. The grant must be
+/// given back, and safely: a restart of a from its file must not serve alone on that grant
+/// (the witness may have granted the peer meanwhile, and be out of reach at the restart). So
+/// a removes its state file first (a restart is then a new replica, which serves nothing until
+/// its peer sent it everything) and gives the grant back once the removal is durable. Before,
+/// the grant was kept for good.
+#[test]
+fn a_source_that_cannot_persist_in_sync_after_its_resync_gives_the_grant_back_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Persister::spawn().unwrap();
+    let (mut a, mut b, mut io, mut rng, _) = granted_with(&p, dir.path());
+    assert!(a.engine.wait_persisted());
+    let sa: Arc<FailoverSlot> = a.engine.cfg.failover.clone().unwrap();
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    for _ in 0..100_000 {
+        if b.engine.mode() == Mode::Mirroring {
+            break;
+        }
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        complete_one(&mut a, &mut io, &mut rng);
+        complete_one(&mut b, &mut io, &mut rng);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        if b.engine.mode() != Mode::Mirroring {
+            deliver(&mut b, &mut a, &mut io, usize::MAX);
+        }
+    }
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    // The state directory fails now (writes only: a full file system).
+    p.fail_saves(true);
+    deliver(&mut b, &mut a, &mut io, usize::MAX);
+    assert_eq!(
+        a.engine.mode(),
+        Mode::Mirroring,
+        "the confirmation was not taken"
+    );
+    for _ in 0..1000 {
+        a.engine.tick(&mut io, Instant::now());
+        if sa.release.load(SeqCst) != 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(a.engine.persist_failed());
+    assert_eq!(
+        sa.release.load(SeqCst),
+        7,
+        "a fail-stopped source in sync keeps the grant: its peer is denied at the next loss"
+    );
+    // The peer lost its link when a stopped and asked at once: the witness denied it while a
+    // still held the group. Once a's release is taken (the witness's word: nobody holds the
+    // group at epoch 7) it asks again, and is granted.
+    use crate::layer::mirror::failover::DENIED;
+    let sb: Arc<FailoverSlot> = b.engine.cfg.failover.clone().unwrap();
+    b.engine.link_down("the peer fail-stopped");
+    b.wire.clear();
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask");
+    sb.publish_view(1, 7, 2);
+    sb.outcome.store(DENIED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    sb.publish_view(0, 7, 2);
+    b.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert!(
+        sb.want.swap(false, SeqCst),
+        "b, denied while a held the grant, does not ask again once a gave it back"
+    );
+    sb.epoch.store(8, SeqCst);
+    sb.publish_view(2, 8, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!((b.engine.mode(), b.engine.grant_epoch), (Mode::Survivor, 8));
+    // Restarted from what is on disk: never the survivor of epoch 7.
+    p.fail_saves(false);
+    crash_and_restart(&mut a);
+    assert_ne!(a.engine.mode(), Mode::Survivor, "restarted as the survivor");
+    assert_eq!(a.engine.replica_state(), 4, "not a new replica");
+}
+
+/// A site denied because its peer holds the group asks again only when the witness's word
+/// shows that very grant given back (nobody holds the group at the denial's epoch), and once:
+/// not while the peer holds it, not for a newer grant, and not again when denied again.
+#[test]
+fn a_denied_site_asks_again_only_once_the_holder_gave_that_grant_back() {
+    use crate::layer::mirror::failover::DENIED;
+    let (mut a, sa, _b, _, mut io, _rng, _) = super::failover::cut_and_answer(107, DENIED, GRANTED);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    sa.want.store(false, SeqCst);
+    let now = Instant::now();
+    // (The denial's word: b (site 2) holds the group at epoch 0 here; say 3.)
+    a.engine.denied_by = Some((3, sa.view_seq.load(SeqCst)));
+    for (holder, epoch) in [(2, 3), (2, 3), (0, 4), (2, 4)] {
+        sa.publish_view(holder, epoch, 1);
+        a.engine.tick(&mut io, now);
+        assert!(!sa.want.load(SeqCst), "asked at ({holder}, {epoch})");
+    }
+    a.engine.denied_by = Some((3, sa.view_seq.load(SeqCst)));
+    sa.publish_view(0, 3, 1);
+    a.engine.tick(&mut io, now);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "not asked again");
+    // Denied again (stale, say: nobody holds it): not asked a third time.
+    sa.publish_view(0, 3, 1);
+    sa.outcome.store(DENIED, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    for _ in 0..3 {
+        sa.publish_view(0, 3, 1);
+        a.engine.tick(&mut io, now);
+    }
+    assert!(!sa.want.load(SeqCst), "asked again and again");
+}

@@ -248,7 +248,7 @@ fn a_lost_grant_of_a_site_restarted_fenced_is_given_back_once_in_sync() {
     // The witness's word: b holds the group at epoch 1.
     sb.publish_view(2, 1, 2);
     b.engine.tick(&mut io, Instant::now());
-    // (Given back at the next word still naming b.)
+    // (Given back once no volume of the group may still take it; a second word changes nothing.)
     sb.publish_view(2, 1, 2);
     b.engine.tick(&mut io, Instant::now());
     assert_eq!(
@@ -414,7 +414,7 @@ fn a_lost_answer_after_the_session_came_back_is_given_back() {
     // The witness's next word: a holds the group at epoch 1.
     sa.publish_view(1, 1, 1);
     a.engine.tick(&mut io, now);
-    // (Given back at the next word still naming a.)
+    // (Given back once no volume of the group may still take it; a second word changes nothing.)
     sa.publish_view(1, 1, 1);
     a.engine.tick(&mut io, now);
     assert_eq!(
@@ -510,7 +510,8 @@ fn a_lost_grant_is_given_back_by_a_mirroring_volume_only_after_the_fenced_ones_c
 /// word, so x adopts only at the second word. y must not give the grant back before x could
 /// adopt it. Before, y counted the first word anyway and released at the second, racing x's
 /// adoption: the thread sent the release first, x refused the grant given back and stayed
-/// fenced, as its peer, denied while a held the group: the volume served nowhere.
+/// fenced, as its peer, denied while a held the group: the volume served nowhere. (Now y gives
+/// it back only while no volume of the group may still take it, `FailoverSlot::watching`.)
 #[test]
 fn a_lost_grant_is_not_given_back_before_a_volume_fenced_after_the_first_word_adopts_it() {
     use crate::layer::mirror::failover::{UNREACHABLE, decide_release};
@@ -563,9 +564,10 @@ fn a_lost_grant_is_not_given_back_before_a_volume_fenced_after_the_first_word_ad
     );
 }
 
-/// a one-volume group watching for a lost grant (`LostInSession`) loses its link again
-/// between the witness's two words: its new request is answered with the grant the witness
-/// holds, and it serves on it; nothing of it is given back.
+/// a one-volume group watching for a lost grant (`LostInSession`) gives it back at the
+/// witness's first word naming it (no volume of the group may still take it); its link goes
+/// again: its new request is answered with a new grant, and it serves on that one; nothing of
+/// it is given back.
 #[test]
 fn a_lost_grant_watched_in_session_is_served_on_when_the_link_goes_again() {
     use crate::layer::mirror::failover::{GRANTED, UNREACHABLE, decide_release};
@@ -583,16 +585,20 @@ fn a_lost_grant_watched_in_session_is_served_on_when_the_link_goes_again() {
     a.engine.tick(&mut io, now);
     sa.publish_view(1, 1, 1);
     a.engine.tick(&mut io, now);
+    assert_eq!(sa.release.swap(0, SeqCst), 1, "not given back");
+    assert!(decide_release(&sa, 1));
+    sa.releasing.store(0, SeqCst);
+    sa.publish_view(0, 1, 1);
     break_link(&mut a, &mut b);
     a.engine.tick(&mut io, now);
     assert!(sa.want.swap(false, SeqCst), "asked again");
-    sa.publish_view(1, 1, 1);
+    sa.publish_view(0, 1, 1);
     a.engine.tick(&mut io, now);
     let r = sa.release.swap(0, SeqCst);
     assert_eq!(r, 0, "given back while asking");
-    sa.epoch.store(1, SeqCst);
+    sa.epoch.store(2, SeqCst);
     sa.outcome.store(GRANTED, SeqCst);
-    sa.publish_view(1, 1, 1);
+    sa.publish_view(1, 2, 1);
     for _ in 0..3 {
         a.engine.tick(&mut io, now);
         let r = sa.release.swap(0, SeqCst);
@@ -600,11 +606,15 @@ fn a_lost_grant_watched_in_session_is_served_on_when_the_link_goes_again() {
             decide_release(&sa, r);
         }
         sa.releasing.store(0, SeqCst);
-        sa.publish_view(1, 1, 1);
+        sa.publish_view(1, 2, 1);
     }
     assert_eq!(
-        (a.engine.mode(), sa.released.load(SeqCst)),
-        (Mode::Survivor, 0)
+        (
+            a.engine.mode(),
+            a.engine.grant_epoch,
+            sa.released.load(SeqCst)
+        ),
+        (Mode::Survivor, 2, 1)
     );
 }
 
@@ -672,4 +682,66 @@ fn a_grant_answered_to_another_volume_while_one_watches_in_session_is_served_on(
     assert_eq!(ax.engine.mode(), Mode::Survivor);
     let e = ax.engine.grant_epoch;
     assert!(sa.released.load(SeqCst) < e, "x's grant given back");
+}
+
+/// x (link down) and y (its session back) share one request, its answer lost. x's reactor
+/// stalls for many heartbeats, before or after it read the answer, while y ticks at every
+/// word of the witness naming a the holder and the failover thread runs between. When x ticks
+/// at last it must still adopt the grant (its peer was denied while a held the group: if x
+/// stays fenced the volume serves nowhere), so y must not give the grant back while x may
+/// still take it, however long x takes. Before, y gave it back at the second word (a
+/// heartbeat later): a stall of x longer than that lost the race.
+#[test]
+fn a_lost_grant_is_not_given_back_while_a_stalled_volume_may_still_adopt_it() {
+    use crate::layer::mirror::failover::{UNREACHABLE, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    for x_read_the_answer in [true, false] {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(109);
+        let mut slot = 0;
+        let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+        let (mut ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+        ay.engine.cfg.failover = Some(Arc::clone(&sa));
+        sa.members.store(2, SeqCst);
+        let now = Instant::now();
+        ax.engine.tick(&mut io, now);
+        ay.engine.tick(&mut io, now);
+        assert!(sa.want.swap(false, SeqCst), "sent");
+        meet(&mut ay, &mut by, &mut io);
+        ay.engine.tick(&mut io, now);
+        sa.outcome.store(UNREACHABLE, SeqCst);
+        ay.engine.tick(&mut io, now);
+        assert_eq!(ay.engine.mode(), Mode::Mirroring);
+        if x_read_the_answer {
+            ax.engine.tick(&mut io, now);
+            assert_eq!(ax.engine.mode(), Mode::Fenced);
+        }
+        let thread = |s: &crate::layer::mirror::failover::FailoverSlot| {
+            let r = s.release.swap(0, SeqCst);
+            if r != 0 {
+                decide_release(s, r);
+            }
+            s.releasing.store(0, SeqCst);
+        };
+        // x stalls: ten heartbeats, each naming a the holder at epoch 1.
+        for _ in 0..10 {
+            sa.publish_view(1, 1, 1);
+            ay.engine.tick(&mut io, now);
+            thread(&sa);
+        }
+        // x runs again, and the witness's words go on.
+        for _ in 0..3 {
+            ax.engine.tick(&mut io, now);
+            thread(&sa);
+            sa.publish_view(1, 1, 1);
+            ay.engine.tick(&mut io, now);
+            thread(&sa);
+        }
+        assert_eq!(
+            (ax.engine.mode(), sa.released.load(SeqCst)),
+            (Mode::Survivor, 0),
+            "x read the answer before its stall: {x_read_the_answer}: the lost grant was given \
+             back before x could adopt it"
+        );
+    }
 }

@@ -570,3 +570,88 @@ fn a_meta_at_a_leader_that_does_not_mirror_is_refused_and_never_executed() {
         assert_eq!(*c.0.lock().unwrap(), 40, "{mode:?}: executed");
     }
 }
+
+/// Run a resync of a (the leader, fenced) by b (the survivor) until a mirrors again, its
+/// RESYNC_DONE_ACK not yet delivered to b. Both sites carry a counter at 40.
+fn target_leader_mirroring() -> (Site, Site, IoCx, Rng, Arc<Counter>, Arc<Counter>) {
+    let (mut a, mut b, mut io) = lose_peer(false);
+    let mut rng = Rng(5);
+    let (ca, cb) = (Arc::new(Counter::default()), Arc::new(Counter::default()));
+    *cb.0.lock().unwrap() = 40;
+    a.engine.cfg.meta = Some(Arc::clone(&ca) as _);
+    b.engine.cfg.meta = Some(Arc::clone(&cb) as _);
+    meet(&mut a, &mut b, &mut io);
+    for _ in 0..100_000 {
+        if a.engine.mode() == Mode::Mirroring {
+            break;
+        }
+        let now = Instant::now();
+        b.engine.tick(&mut io, now);
+        a.engine.tick(&mut io, now);
+        complete_one(&mut a, &mut io, &mut rng);
+        complete_one(&mut b, &mut io, &mut rng);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        if a.engine.mode() != Mode::Mirroring {
+            deliver(&mut a, &mut b, &mut io, usize::MAX);
+        }
+    }
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Mirroring, Mode::Survivor)
+    );
+    (a, b, io, rng, ca, cb)
+}
+
+/// A resync target that leads the session takes its source's metadata states only until the
+/// source has its confirmation (a change may cross it): once the source mirrors (as the
+/// follower, sending META, never META_STATE), the target is the site whose state wins, and a
+/// META_STATE without id is refused like at any leader of a mirroring session. Before, it was
+/// taken for the rest of the session: forged or misplaced, it overwrote the leader's state.
+#[test]
+fn a_resync_target_leading_the_session_refuses_meta_states_once_its_source_mirrors() {
+    let (mut a, mut b, mut io, mut rng, ca, _cb) = target_leader_mirroring();
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    exchange_meta(&mut a, &mut b, &mut io);
+    let forged = Header {
+        id: wire::META_NO_ID,
+        seq: 1,
+        ..Header::new(Type::MetaState)
+    };
+    assert!(
+        a.engine
+            .on_msg(&mut io, &forged, &7u64.to_le_bytes())
+            .is_err(),
+        "a META_STATE at the leader of a mirroring session, its resync's source in sync, was taken"
+    );
+    assert_eq!(*ca.0.lock().unwrap(), 40, "installed");
+}
+
+/// The target (the leader) mirrors again and its host's metadata command arrives while the
+/// survivor's own change crosses the target's RESYNC_DONE_ACK: each site then installs the
+/// other's state over its own, and with both commands acknowledged the sites' states differ
+/// for good. The target must not decide before the source has its confirmation (the
+/// command is refused as without a session, the host retries), or the states must converge.
+#[test]
+fn a_target_leaders_metadata_command_never_splits_the_state_with_a_crossing_survivors() {
+    let (mut a, mut b, mut io, mut rng, ca, cb) = target_leader_mirroring();
+    // The survivor decides alone; its state goes out behind nothing from a.
+    let rb = meta(&mut b, &mut io, 1, &[2]);
+    b.engine.take_outbox(&mut b.wire);
+    // a's host's command, decided by a (mirroring, the leader) before b's state arrives.
+    let ra = meta(&mut a, &mut io, 2, &[5]);
+    a.engine.take_outbox(&mut a.wire);
+    receive(&mut b, &mut a, &mut io, usize::MAX);
+    receive(&mut a, &mut b, &mut io, usize::MAX);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    exchange_meta(&mut a, &mut b, &mut io);
+    collect(&mut a);
+    collect(&mut b);
+    let (va, vb) = (*ca.0.lock().unwrap(), *cb.0.lock().unwrap());
+    // Both commands done (a's held until b had its confirmation, then decided).
+    assert_eq!((a.ok, a.failed, b.ok, b.failed, va), (1, 20, 20, 0, 47));
+    assert_eq!(
+        va, vb,
+        "metadata differs between the sites (a's command {ra:?}, b's {rb:?}; a ok {} failed {}, b ok {} failed {})",
+        a.ok, a.failed, b.ok, b.failed
+    );
+}

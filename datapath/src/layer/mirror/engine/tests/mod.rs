@@ -895,6 +895,8 @@ mod inflight;
 mod lease;
 mod meta;
 mod peercache;
+mod phasefault;
+mod restart_grant;
 mod resyncloss;
 
 /// Spare data vectors are bounded in bytes, not only in count: a burst of 8 MiB updates
@@ -921,6 +923,9 @@ fn crash_and_restart(s: &mut Site) {
     assert!(s.engine.wait_persisted());
     s.engine.wait_actlog_persisted();
     let cfg = s.engine.cfg.clone();
+    // (Its failover slot went with the process; here the test keeps it: the old engine's
+    // count in it goes.)
+    s.engine.stop_watching();
     s.disk.borrow_mut().pending.clear();
     let fresh = Engine::new(
         cfg,

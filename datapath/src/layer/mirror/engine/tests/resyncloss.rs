@@ -108,7 +108,7 @@ fn past_leases(a: &mut Site, b: &mut Site, io: &mut IoCx) {
 
 /// Which resync is cut.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Source {
+pub(super) enum Source {
     /// The follower (b), survivor with the witness's grant, resyncs the fenced leader.
     FollowerGranted,
     /// The leader (a), survivor with the grant, resyncs the follower.
@@ -120,7 +120,7 @@ enum Source {
 
 /// Sites a (leader, in sync, having written 0x31 at 0 and 0x32 at 16384) and b (the
 /// follower restarted without state: a new, empty replica), their link down, no grant held.
-fn leader_and_new_follower() -> (Site, Site, IoCx, Rng, Vec<(u64, u8)>) {
+pub(super) fn leader_and_new_follower() -> (Site, Site, IoCx, Rng, Vec<(u64, u8)>) {
     leader_and_new_follower_with(true)
 }
 
