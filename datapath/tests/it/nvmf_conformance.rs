@@ -564,9 +564,13 @@ fn nvmf_features_check_the_nsid_against_the_features_scope() {
                 "Get {fid:#x} NSID {nsid:#x}"
             );
         }
+        // Get with the broadcast NSID: Invalid Namespace or Format, but Invalid Field in
+        // Command for the reservation Features (Base 2.0, Reservation Notification Mask and
+        // Reservation Persistence).
+        let want = if fid == 0x05 { 0x00B } else { 0x002 };
         assert_eq!(
             status(0x0A, fid, 0xFFFF_FFFF, 0),
-            0x00B,
+            want,
             "Get {fid:#x} broadcast"
         );
         assert_eq!(
