@@ -704,7 +704,8 @@ fn encode(g: &Inner, target: &str, lun: u16) -> Vec<u8> {
 }
 
 /// Registrants per logical unit at most (each registration is replicated with its initiator
-/// name, up to 223 bytes: this many keep one state under the mirror's 64 KiB limit).
+/// port name, up to 240 bytes: a 223-byte iSCSI name, `,i,0x` and the ISID; this many keep one
+/// state under the mirror's 64 KiB limit).
 pub const MAX_PR_REGISTRANTS: usize = 200;
 
 /// ILLEGAL REQUEST / INSUFFICIENT REGISTRATION RESOURCES.
