@@ -1480,6 +1480,11 @@ mod tests {
             ("iqn.t", 0, true, 1)
         );
         assert_eq!(names, [(a, "iqn.a".to_string(), 0)]);
+        // Its bare initiator name (no ISID) is reported as it is, in a format 00b TransportID.
+        let was = PrState::default();
+        assert!(was.install(ns, names, aptpl, 0, None));
+        let f = was.read(3).unwrap();
+        assert_eq!((f[8 + 24], &f[8 + 28..8 + 34]), (0x05, &b"iqn.a\0"[..]));
         // An unknown format is refused.
         let mut new = s.encode_state("iqn.t", 0);
         new[1] = 3;
