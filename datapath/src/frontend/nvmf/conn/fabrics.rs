@@ -304,7 +304,7 @@ impl NvmfConn {
                 // fields before enabling, must not stop it, or an association that is never
                 // enabled would stay for ever).
                 let was_off = st.ka_off;
-                st.ka_off = !(en && !shutdown) && (was || was_off);
+                st.ka_off = (!en || shutdown) && (was || was_off);
                 let (ka_off, ka_on) = (st.ka_off, was_off && !st.ka_off);
                 if let Some(c) = &self.ctrl {
                     c.enabled.store(en, Ordering::Release);
