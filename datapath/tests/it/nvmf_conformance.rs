@@ -564,9 +564,13 @@ fn nvmf_features_check_the_nsid_against_the_features_scope() {
                 "Get {fid:#x} NSID {nsid:#x}"
             );
         }
+        // Get with the broadcast NSID: Invalid Namespace or Format, but Invalid Field in
+        // Command for the reservation Features (Base 2.0, Reservation Notification Mask and
+        // Reservation Persistence).
+        let want = if fid == 0x05 { 0x00B } else { 0x002 };
         assert_eq!(
             status(0x0A, fid, 0xFFFF_FFFF, 0),
-            0x00B,
+            want,
             "Get {fid:#x} broadcast"
         );
         assert_eq!(
@@ -733,6 +737,30 @@ fn nvmf_keep_alive_timer_stops_while_the_controller_is_shut_down_or_disabled() {
         "KATO after enabling again"
     );
     assert_eq!(d.nvmf().registry.len(), 1);
+}
+
+/// Before the controller's first enabling the Keep Alive Timer runs from Connect (so an
+/// association that is never enabled does not stay for ever, docs/nvmf.md), and a Property
+/// Set of CC with EN = 0 (hosts write CC's fields before they set EN) does not stop it: only
+/// disabling or shutting down a controller that was enabled does. Before, any CC write with
+/// EN = 0 stopped the timer, so such an association was never torn down.
+#[test]
+fn nvmf_keep_alive_timer_runs_until_the_first_enabling_whatever_cc_says() {
+    let (d, _) = in_process(RAM);
+    let mut q = Queue::open(nvmf_addr(&d), Opts::default().digests).unwrap();
+    let c = q
+        .connect(0, 32, NQN, &Host::default(), 0xFFFF, 500, false)
+        .unwrap();
+    assert_eq!(c.status, 0);
+    // CC: IOSQES 6, IOCQES 4, EN = 0.
+    let cc = Sqe::fabrics(0x00)
+        .bytes(44, &0x14u32.to_le_bytes())
+        .bytes(48, &u64::from((6u32 << 16) | (4 << 20)).to_le_bytes());
+    assert_eq!(q.cmd(cc, &[], 0).unwrap().status, 0);
+    assert!(
+        closed_by_target(q.stream()),
+        "KATO after Connect, the controller never enabled"
+    );
 }
 
 /// No Feature is saveable, so a Controller Level Reset (CC.EN 1 to 0) puts each one the host

@@ -704,7 +704,8 @@ fn encode(g: &Inner, target: &str, lun: u16) -> Vec<u8> {
 }
 
 /// Registrants per logical unit at most (each registration is replicated with its initiator
-/// name, up to 223 bytes: this many keep one state under the mirror's 64 KiB limit).
+/// port name, up to 240 bytes: a 223-byte iSCSI name, `,i,0x` and the ISID; this many keep one
+/// state under the mirror's 64 KiB limit).
 pub const MAX_PR_REGISTRANTS: usize = 200;
 
 /// ILLEGAL REQUEST / INSUFFICIENT REGISTRATION RESOURCES.
@@ -1479,6 +1480,11 @@ mod tests {
             ("iqn.t", 0, true, 1)
         );
         assert_eq!(names, [(a, "iqn.a".to_string(), 0)]);
+        // Its bare initiator name (no ISID) is reported as it is, in a format 00b TransportID.
+        let was = PrState::default();
+        assert!(was.install(ns, names, aptpl, 0, None));
+        let f = was.read(3).unwrap();
+        assert_eq!((f[8 + 24], &f[8 + 28..8 + 34]), (0x05, &b"iqn.a\0"[..]));
         // An unknown format is refused.
         let mut new = s.encode_state("iqn.t", 0);
         new[1] = 3;

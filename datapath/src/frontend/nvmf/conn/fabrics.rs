@@ -299,8 +299,12 @@ impl NvmfConn {
                 // The Keep Alive Timer is active only while the controller is enabled and
                 // not shut down (Base spec, Keep Alive Timer Activation): a host that shut the
                 // controller down (or disabled it) is not torn down for sending no Keep Alive.
+                // Only once the controller has been enabled: before its first enabling the
+                // timer runs from Connect (a CC write with EN = 0, as hosts make to set CC's
+                // fields before enabling, must not stop it, or an association that is never
+                // enabled would stay for ever).
                 let was_off = st.ka_off;
-                st.ka_off = !en || shutdown;
+                st.ka_off = (!en || shutdown) && (was || was_off);
                 let (ka_off, ka_on) = (st.ka_off, was_off && !st.ka_off);
                 if let Some(c) = &self.ctrl {
                     c.enabled.store(en, Ordering::Release);

@@ -18,9 +18,10 @@
 //! - NSID (Base 2.0, Feature Values): for a controller-scope Feature 0h and FFFFFFFFh name
 //!   the controller, a valid NSID (1..=NN) is Feature Not Namespace Specific for Set and the
 //!   controller's value for Get, anything else Invalid Namespace or Format. For a namespace
-//!   Feature an active NSID names that namespace, FFFFFFFFh every namespace for Set (Invalid
-//!   Namespace or Format for Get), an inactive one Invalid Field, 0h or one above NN Invalid
-//!   Namespace or Format.
+//!   Feature an active NSID names that namespace, FFFFFFFFh every namespace for Set (for Get
+//!   Invalid Namespace or Format, but Invalid Field in Command for the reservation Features
+//!   82h and 83h, whose sections say so), an inactive one Invalid Field, 0h or one above NN
+//!   Invalid Namespace or Format.
 //! - A Feature Get Features SEL 011b reports not changeable answers Set Features with another
 //!   value than its current one with Feature Not Changeable (its current value: success),
 //!   except the Host Identifier: Command Sequence Error, as it comes with Connect.
@@ -286,6 +287,13 @@ impl NvmfConn {
             return Err(Status::INVALID_FIELD);
         }
         let caps = feature_caps(ctrl, fid).ok_or(Status::INVALID_FIELD)?;
+        // The reservation Features name their own status for a Get Features with NSID
+        // FFFFFFFFh (Base 2.0, Reservation Notification Mask and Reservation Persistence):
+        // Invalid Field in Command, not the Invalid Namespace or Format of the other
+        // namespace-scope Features (SPDK's target and QEMU's controller read it so too).
+        if matches!(fid, feat::RESV_MASK | feat::RESV_PERSIST) && sqe.nsid() == 0xFFFF_FFFF {
+            return Err(Status::INVALID_FIELD);
+        }
         let to = target(ctrl, caps, sqe.nsid(), false)?;
         if sel == 0b011 {
             return Ok(Some(u64::from(caps)));
