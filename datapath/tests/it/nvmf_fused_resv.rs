@@ -4,7 +4,7 @@
 //! restart), and Abort of a command still waiting for its data.
 
 use crate::harness::{Server, in_process_with, nvmf_addr, pattern};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use twinblk_tools::nvmf::{Controller, Host, Opts, ResvReport, Sqe, racqa, rrega, sc, t};
 
@@ -85,17 +85,25 @@ fn nvmf_fused_compare_and_write_is_atomic_under_two_racing_hosts() {
     let q1 = c1.io_queue(2, 32).unwrap();
     let reader = c1.io_queue(3, 32).unwrap();
     let writer = c0.io_queue(2, 32).unwrap();
+    // At least ROUNDS each, and on until the reader and the writer have each done one I/O
+    // (on a machine busy with other work their threads may start late), at most 20x ROUNDS.
     const ROUNDS: usize = 150;
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(4));
+    let (read_n, write_n) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut racers = Vec::new();
     for (id, mut q) in [(1u8, q0), (2u8, q1)] {
         let start = Arc::clone(&start);
+        let (read_n, write_n) = (Arc::clone(&read_n), Arc::clone(&write_n));
         racers.push(std::thread::spawn(move || {
             start.wait();
             let mut won = Vec::new();
             let mut lost = 0;
-            for _ in 0..ROUNDS {
+            let mut rounds = 0;
+            let others_ran =
+                || read_n.load(Ordering::Relaxed) > 0 && write_n.load(Ordering::Relaxed) > 0;
+            while rounds < ROUNDS || (!others_ran() && rounds < 20 * ROUNDS) {
+                rounds += 1;
                 let old = q.read(1, 0, 1, bs as u32).unwrap();
                 let (n, _) = decode(&old).expect("a torn block read");
                 let (a, b) = q
@@ -107,11 +115,11 @@ fn nvmf_fused_compare_and_write_is_atomic_under_two_racing_hosts() {
                     other => panic!("unexpected compare-and-write statuses {other:x?}"),
                 }
             }
-            (won, lost)
+            (won, lost, rounds)
         }));
     }
     let reads = {
-        let (stop, start) = (Arc::clone(&stop), Arc::clone(&start));
+        let (stop, start, done) = (Arc::clone(&stop), Arc::clone(&start), Arc::clone(&read_n));
         let mut q = reader;
         std::thread::spawn(move || {
             start.wait();
@@ -122,12 +130,13 @@ fn nvmf_fused_compare_and_write_is_atomic_under_two_racing_hosts() {
                 assert!(c >= last, "counter went back: {c} after {last}");
                 last = c;
                 n += 1;
+                done.store(n, Ordering::Relaxed);
             }
             n
         })
     };
     let writes = {
-        let (stop, start) = (Arc::clone(&stop), Arc::clone(&start));
+        let (stop, start, done) = (Arc::clone(&stop), Arc::clone(&start), Arc::clone(&write_n));
         let mut q = writer;
         std::thread::spawn(move || {
             start.wait();
@@ -137,16 +146,19 @@ fn nvmf_fused_compare_and_write_is_atomic_under_two_racing_hosts() {
                 q.write(1, 1, &b, bs as u32, false).unwrap();
                 assert_eq!(q.read(1, 1, 1, bs as u32).unwrap(), b);
                 n += 1;
+                done.store(n, Ordering::Relaxed);
             }
             n
         })
     };
     let mut all = Vec::new();
     let mut losses = 0;
+    let mut rounds = 0;
     for r in racers {
-        let (won, lost) = r.join().unwrap();
+        let (won, lost, n) = r.join().unwrap();
         all.extend(won);
         losses += lost;
+        rounds += n;
     }
     stop.store(true, Ordering::Relaxed);
     let reads = reads.join().unwrap();
@@ -161,7 +173,7 @@ fn nvmf_fused_compare_and_write_is_atomic_under_two_racing_hosts() {
         (1..=n).collect::<Vec<_>>(),
         "lost or duplicated updates"
     );
-    assert_eq!(n as usize + losses, 2 * ROUNDS);
+    assert_eq!(n as usize + losses, rounds);
     let mut q = c0.io_queue(3, 8).unwrap();
     let (last, _) = decode(&q.read(1, 0, 1, bs as u32).unwrap()).unwrap();
     assert_eq!(last, n, "final block holds the last successful update");
