@@ -56,6 +56,8 @@ pub mod view;
 pub mod vouch;
 
 #[cfg(test)]
+mod audit27_tests;
+#[cfg(test)]
 mod audit_tests;
 
 use crate::bdev::{

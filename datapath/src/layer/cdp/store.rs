@@ -525,9 +525,12 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             Ok(sh) => sh,
             Err(why) => {
                 h.cut = Some(format!("segment {segno}: header: {why}"));
-                // (The newest segment's header torn by a crash while it was created holds
-                // nothing acknowledged.)
-                h.lost = !last_file;
+                // The newest segment's header torn by a crash while it was created holds
+                // nothing acknowledged; but a record of this history after it (one that
+                // continues the log) was acknowledged once the header was durable, so that
+                // header was damaged since (before session 27 it counted as torn, and the
+                // start journaled on from the cut).
+                h.lost = !last_file || records_after_header(&file, &meta, h.last_seq, h.last_time);
                 h.damaged.push(segno);
                 continue;
             }
@@ -663,6 +666,26 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         }
     }
     Ok(h)
+}
+
+/// Whether segment `file`, whose header does not check, holds a record of this history that
+/// would continue a log ending at `last_seq` (time `last_time`): a record written in this use
+/// of the file, after a header that was durable then. A file that cannot be read counts as
+/// holding one (the safe answer: the history is then not whole after the cut).
+fn records_after_header(file: &File, meta: &Meta, last_seq: u64, last_time: u64) -> bool {
+    let mut bytes = Vec::new();
+    if (&*file).read_to_end(&mut bytes).is_err() {
+        return true;
+    }
+    bytes.len() > format::SEG_HEADER
+        && format::later_record(
+            &bytes,
+            format::SEG_HEADER,
+            meta.vol_id,
+            last_seq.saturating_add(1),
+            last_time,
+        )
+        .is_some()
 }
 
 /// Delete segment `segno` and its index (its records are in the base copy).
