@@ -46,3 +46,41 @@ fn a_damaged_header_of_the_newest_segment_with_records_after_it_is_not_taken_for
     assert_eq!(h.last_seq, 50);
     assert!(matches!(degraded::read_prior(dir, SIZE), Prior::Whole));
 }
+
+/// `cdp.meta` replaced by another history's (same volume size; an operator's copy, a restore
+/// of the wrong file): every segment's header names another volume id. The history must not
+/// be extended as if its base copy were that meta's base point (before, with one segment the
+/// cut passed for a torn newest header, nothing was marked, and the start journaled on from
+/// the other meta's base point over this history's base copy: every later point served the
+/// base copy's bytes where the volume held others). Refused, as a missing `cdp.meta` is, with
+/// nothing changed.
+#[test]
+fn a_meta_of_another_history_is_refused_not_extended() {
+    for segs in [&[(1, 1..=50)][..], &[(1, 1..=50), (2, 51..=60)][..]] {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        store::testing::history(dir, VOL, SIZE, 0, segs);
+        let before: Vec<Vec<u8>> = segs
+            .iter()
+            .map(|(n, _)| std::fs::read(store::seg_path(dir, *n)).unwrap())
+            .collect();
+        let e = tempfile::tempdir().unwrap();
+        store::testing::history(e.path(), VOL + 1, SIZE, 0, &[]);
+        std::fs::copy(e.path().join("cdp.meta"), dir.join("cdp.meta")).unwrap();
+        let r = store::load(dir, Load::Recover);
+        assert!(
+            r.is_err(),
+            "{} segments: {:?}",
+            segs.len(),
+            r.map(|h| h.last_seq)
+        );
+        assert!(matches!(degraded::read_prior(dir, SIZE), Prior::Whole));
+        for ((n, _), b) in segs.iter().zip(&before) {
+            assert!(
+                std::fs::read(store::seg_path(dir, *n)).is_ok_and(|x| &x == b),
+                "segment {n} is untouched"
+            );
+        }
+        assert!(store::load(dir, Load::ReadOnly).is_err());
+    }
+}

@@ -476,6 +476,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         moving: read_moving(dir, &meta)?,
         sealed: false,
     };
+    refuse_another_history(dir, &meta, &nums)?;
     let mut consolidated = Vec::new();
     for (i, &segno) in nums.iter().enumerate() {
         let last_file = i + 1 == nums.len();
@@ -666,6 +667,36 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         }
     }
     Ok(h)
+}
+
+/// Refuse a directory whose segments `nums` include one whose header checks but names
+/// another volume id than `meta`: `cdp.meta` is not this history's (copied from another, or
+/// restored from the wrong backup). A segment of this directory never holds another id (a
+/// reused file's header is zeroed before it is named a segment), so the history would
+/// otherwise be cut before it and extended from the other meta's base point over this
+/// directory's base copy (before session 27, with one segment, the start did so and served
+/// the base copy where the volume held the segment's writes). Read before anything changes.
+fn refuse_another_history(dir: &Path, meta: &Meta, nums: &[u64]) -> Result<(), CdpError> {
+    for &segno in nums {
+        let path = seg_path(dir, segno);
+        let mut hb = vec![0u8; format::SEG_HEADER];
+        let ok = File::open(&path).and_then(|f| f.read_exact_at(&mut hb, 0));
+        if ok.is_ok()
+            && let Ok(sh) = SegHeader::decode(&hb)
+            && sh.vol_id != meta.vol_id
+        {
+            return Err(CdpError::Meta {
+                path: meta_path(dir),
+                why: format!(
+                    "names volume id {:#x}, but segment {} belongs to a history of volume id {:#x}: refused (the history would be extended over another's base copy); put this history's cdp.meta back, or move the directory's files away to start a new history",
+                    meta.vol_id,
+                    path.display(),
+                    sh.vol_id
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether segment `file`, whose header does not check, holds a record of this history that
