@@ -377,6 +377,17 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
             "its journal stopped in the daemon's last run and has not caught up (degraded.map): start the daemon once, which journals the changed regions again, stop it, then roll back".into(),
         );
     }
+    // A log sealed clean whose volume was written since (stamp.rs): its records do not name
+    // every region that differs from a point (`--all` compares the whole volume).
+    if h.sealed
+        && !t.all
+        && let Some(last) = h.segments.last()
+        && super::stamp::changed(&t.dir, &h.meta, &last.header, &t.volume)
+    {
+        return refuse(
+            "the volume was written since the clean stop that sealed its history (without its journal, or the directory is an older copy): start the daemon once, which journals the whole volume again, stop it, then roll back (or roll back with --all)".into(),
+        );
+    }
     let (point, undo, resume_before) = match (goal, found) {
         (Goal::Undo, None) => return refuse("no rollback to undo".into()),
         // Undo a finished rollback: back to its `before`.

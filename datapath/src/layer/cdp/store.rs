@@ -167,7 +167,7 @@ pub fn read_moving(dir: &Path, meta: &Meta) -> Result<Option<Moving>, CdpError> 
 }
 
 /// Write `bytes` to `path` atomically (temporary file, fsync, rename, directory fsync).
-fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), CdpError> {
+pub(super) fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), CdpError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
     f.write_all(bytes).map_err(io_err("write", &tmp))?;
