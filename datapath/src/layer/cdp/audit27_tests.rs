@@ -47,6 +47,47 @@ fn a_damaged_header_of_the_newest_segment_with_records_after_it_is_not_taken_for
     assert!(matches!(degraded::read_prior(dir, SIZE), Prior::Whole));
 }
 
+/// The newest segment's header zeroed (a block of the journal's device lost) while records of
+/// it follow: it looks like a spare prepared ahead (header all zeroes), which recovery deletes.
+/// Its records were acknowledged (each only once the header before it was durable) and the
+/// volume holds their writes: the segment must be set aside, not deleted, and the history
+/// said not whole after the cut. Before, it was deleted with its records, and the start
+/// journaled on as if the history were whole.
+#[test]
+fn a_zeroed_header_with_records_after_it_is_set_aside_not_deleted_as_a_spare() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    store::testing::history(dir, VOL, SIZE, 0, &[(1, 1..=50)]);
+    let mut s2 = segment_image(VOL, 2, 51..=60);
+    s2[..SEG_HEADER].fill(0);
+    std::fs::write(store::seg_path(dir, 2), &s2).unwrap();
+    let h = store::load(dir, Load::Recover).unwrap();
+    assert_eq!(h.last_seq, 50);
+    assert!(
+        std::fs::read(store::seg_path(dir, 2).with_extension("cdp.damaged")).is_ok_and(|x| x == s2),
+        "the segment is kept aside"
+    );
+    assert!(
+        matches!(
+            degraded::read_prior(dir, SIZE),
+            Prior::Stopped { after: 50, .. }
+        ),
+        "the history must not be whole after the cut: records 51..=60 were acknowledged"
+    );
+    // A spare prepared ahead from a consolidated file (old records below the history's
+    // end behind a zeroed header) is still a spare.
+    let e = tempfile::tempdir().unwrap();
+    let dir = e.path();
+    store::testing::history(dir, VOL, SIZE, 0, &[(1, 1..=50)]);
+    let mut s2 = segment_image(VOL, 2, 1..=20);
+    s2[..SEG_HEADER].fill(0);
+    std::fs::write(store::seg_path(dir, 2), &s2).unwrap();
+    let h = store::load(dir, Load::Recover).unwrap();
+    assert_eq!((h.last_seq, h.cut.is_none()), (50, true));
+    assert!(!store::seg_path(dir, 2).exists());
+    assert!(matches!(degraded::read_prior(dir, SIZE), Prior::Whole));
+}
+
 /// `cdp.meta` replaced by another history's (same volume size; an operator's copy, a restore
 /// of the wrong file): every segment's header names another volume id. The history must not
 /// be extended as if its base copy were that meta's base point (before, with one segment the
@@ -128,7 +169,16 @@ fn every_point_read_through_a_view_is_the_model_before_and_after_consolidation()
                 break;
             }
             seq += 1;
-            RecHeader::write_record(&mut img[at..], op, seq, seq, off, len, &payload, meta.vol_id);
+            RecHeader::write_record(
+                &mut img[at..],
+                op,
+                seq,
+                seq,
+                off,
+                len,
+                &payload,
+                meta.vol_id,
+            );
             at += REC_HEADER + payload.len();
             let mut v = states.last().unwrap().clone();
             let range = off as usize..(off + len) as usize;
@@ -160,14 +210,20 @@ fn every_point_read_through_a_view_is_the_model_before_and_after_consolidation()
             // A piece across extents, off block boundaries.
             let mut piece = vec![0u8; 12345];
             v.read_point(4097, &mut piece).unwrap();
-            assert!(piece[..] == want[4097..4097 + 12345], "{why}: view piece at {p}");
+            assert!(
+                piece[..] == want[4097..4097 + 12345],
+                "{why}: view piece at {p}"
+            );
             drop(v);
             let got = pit::read_at(&h, Point::Seq(p), 0, SIZE).unwrap();
             assert!(&got == want, "{why}: point read at {p}");
         }
         let out = d.path().join(format!("r-{from}.img"));
         pit::restore(&h, Point::Seq(seq - 1), &out, |_, _| {}).unwrap();
-        assert!(std::fs::read(&out).unwrap() == states[seq as usize - 1], "{why}: restore");
+        assert!(
+            std::fs::read(&out).unwrap() == states[seq as usize - 1],
+            "{why}: restore"
+        );
     };
     fn r_below(n: u64) -> u64 {
         use std::sync::atomic::{AtomicU64, Ordering};

@@ -628,6 +628,43 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         }
         h.segments.push(Segment { header, index });
     }
+    // A trailing segment whose header is all zeroes is a spare prepared ahead, unless records
+    // of this history continuing the log follow it: then its header was durable once (they
+    // were acknowledged only after it) and was lost since. Set aside, not deleted (before
+    // session 27 it was deleted with its acknowledged records, and the start journaled on).
+    // (Only its first bytes are read: the segment's first batch begins right after the
+    // header; a spare is there at every start and reading it whole would cost a segment.)
+    let (spare, zeroed): (Vec<u64>, Vec<u64>) = spare.into_iter().partition(|&segno| {
+        let mut b = vec![0u8; format::SEG_HEADER + SPARE_LOOK];
+        let n = File::open(seg_path(dir, segno)).and_then(|f| {
+            let mut n = 0;
+            while n < b.len() {
+                match f.read_at(&mut b[n..], n as u64)? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            Ok(n)
+        });
+        n.is_ok_and(|n| {
+            format::later_record(
+                &b[..n],
+                format::SEG_HEADER,
+                meta.vol_id,
+                h.last_seq.saturating_add(1),
+                h.last_time,
+            )
+            .is_none()
+        })
+    });
+    if let Some(&first) = zeroed.iter().min() {
+        h.cut.get_or_insert_with(|| {
+            format!("segment {first}: header zeroed, but records of this history follow it")
+        });
+        h.lost = true;
+        h.damaged.extend(zeroed);
+        h.damaged.sort_unstable();
+    }
     if mode == Load::Recover {
         lost_before_changes(&mut h)?;
         for &segno in consolidated.iter().chain(&spare) {
@@ -718,6 +755,10 @@ fn records_after_header(file: &File, meta: &Meta, last_seq: u64, last_time: u64)
         )
         .is_some()
 }
+
+/// How much of a spare (a trailing segment whose header is all zeroes) after its header is
+/// read for a record that continues the log (its header was then lost, not never written).
+const SPARE_LOOK: usize = 64 << 10;
 
 /// Delete segment `segno` and its index (its records are in the base copy).
 pub fn remove_segment(dir: &Path, segno: u64) -> Result<(), CdpError> {
