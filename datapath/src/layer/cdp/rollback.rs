@@ -359,7 +359,23 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         });
     }
     let prior = super::degraded::read_prior(&t.dir, h.meta.size);
-    if let super::degraded::Prior::Stopped {
+    // A run interrupted part way whose own records a recovery (its rerun's, or an undo's)
+    // then cut ahead of records that follow (a batch torn by a power loss, a damaged record):
+    // the map says not whole after the cut, which is at or after the history the run began
+    // from (`before`). Its rerun or undo reads no point after that, and journals again what
+    // it writes, so it goes on (the daemon then journals the whole volume again). Refused
+    // like the others, the volume could not be served again: the daemon refuses to start
+    // over the interrupted run, and the run asked for a daemon start first (before session
+    // 27, test `cdp_rollback::an_interrupted_rollback_whose_own_records_are_cut_is_still_completed`).
+    let own_cut = matches!(
+        (&found, &prior),
+        (Some(m), super::degraded::Prior::Stopped { after, regions: None, .. })
+            if !m.done && *after >= m.before
+    );
+    if own_cut {
+        tracing::warn!(dir = %t.dir.display(),
+            "cdp: the interrupted rollback's own records were cut by recovery; it is completed, and the daemon's next start journals the whole volume again");
+    } else if let super::degraded::Prior::Stopped {
         after,
         regions: Some(bits),
         ..
@@ -372,7 +388,7 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
             "its history is whole only up to sequence {after}: when the daemon stopped, the mirror did not vouch for this site's replica after it (its peer may have written alone; or the journal had stopped); start this site so it rejoins its peer (the history is whole again once the replica is current), stop it, then roll back"
         ));
     }
-    if prior != super::degraded::Prior::Whole {
+    if prior != super::degraded::Prior::Whole && !own_cut {
         return refuse(
             "its journal stopped in the daemon's last run and has not caught up (degraded.map): start the daemon once, which journals the changed regions again, stop it, then roll back".into(),
         );
