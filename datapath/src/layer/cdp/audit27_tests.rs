@@ -323,3 +323,38 @@ fn sequences_and_times_near_the_largest_value_read_and_consolidate_exactly() {
     let h = store::load(dir, Load::ReadOnly).unwrap();
     assert!(pit::read_at(&h, Point::Seq(p), 0, SIZE).unwrap() == got);
 }
+
+/// `cdp.meta` put back from an older copy while the base copy and the segments moved on (or
+/// the oldest segments deleted): its base point is before the first segment's first record,
+/// so the base copy is not the point the meta names (it holds the records in between, or
+/// they are lost). Before, the history was cut before the first segment and the window
+/// start, the meta's base point, was served as the base copy: the content of a later point.
+/// Refused, as a meta of another history is, with nothing changed; a meta whose base point
+/// the first segment continues still loads.
+#[test]
+fn a_meta_older_than_the_first_segment_is_refused_not_served_as_its_base_point() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    store::testing::history(dir, VOL, SIZE, 10, &[(3, 21..=30), (4, 31..=40)]);
+    let r = store::load(dir, Load::Recover);
+    assert!(
+        r.as_ref().is_err_and(|_| true)
+            || super::pit::resolve(r.as_ref().unwrap(), super::pit::Point::Seq(10)).is_err(),
+        "point 10 served from a base copy that is not point 10"
+    );
+    assert!(r.is_err());
+    assert!(store::load(dir, Load::ReadOnly).is_err());
+    assert!(store::seg_path(dir, 3).exists() && store::seg_path(dir, 4).exists());
+    assert!(matches!(degraded::read_prior(dir, SIZE), Prior::Whole));
+    let e = tempfile::tempdir().unwrap();
+    let dir = e.path();
+    store::testing::history(
+        dir,
+        VOL,
+        SIZE,
+        20,
+        &[(2, 11..=20), (3, 21..=30), (4, 31..=40)],
+    );
+    let h = store::load(dir, Load::Recover).unwrap();
+    assert_eq!((h.first_seq(), h.last_seq), (20, 40));
+}

@@ -713,15 +713,32 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
 /// otherwise be cut before it and extended from the other meta's base point over this
 /// directory's base copy (before session 27, with one segment, the start did so and served
 /// the base copy where the volume held the segment's writes). Read before anything changes.
+///
+/// Also refused: a first segment (its header valid, this history's) that starts after the
+/// record following the meta's base point. The base copy then is not that point (a `cdp.meta`
+/// put back from an older copy, while consolidation moved the base copy on; or the oldest
+/// segments deleted): before session 27 the history was cut before the segment and the base
+/// point, its window start, was served as the base copy, the content of a later point.
 fn refuse_another_history(dir: &Path, meta: &Meta, nums: &[u64]) -> Result<(), CdpError> {
-    for &segno in nums {
+    for (i, &segno) in nums.iter().enumerate() {
         let path = seg_path(dir, segno);
         let mut hb = vec![0u8; format::SEG_HEADER];
         let ok = File::open(&path).and_then(|f| f.read_exact_at(&mut hb, 0));
-        if ok.is_ok()
-            && let Ok(sh) = SegHeader::decode(&hb)
-            && sh.vol_id != meta.vol_id
-        {
+        let Some(sh) = ok.ok().and_then(|()| SegHeader::decode(&hb).ok()) else {
+            continue;
+        };
+        if i == 0 && sh.vol_id == meta.vol_id && sh.first_seq > meta.base_seq.saturating_add(1) {
+            return Err(CdpError::Meta {
+                path: meta_path(dir),
+                why: format!(
+                    "names its base copy as the history up to sequence {}, but the first segment, {}, starts at sequence {}: the records between are missing (cdp.meta older than the base copy, or segments deleted), so no point can be read from the base copy: refused; put the matching cdp.meta back, or move the directory's files away to start a new history",
+                    meta.base_seq,
+                    path.display(),
+                    sh.first_seq
+                ),
+            });
+        }
+        if sh.vol_id != meta.vol_id {
             return Err(CdpError::Meta {
                 path: meta_path(dir),
                 why: format!(
