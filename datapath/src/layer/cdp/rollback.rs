@@ -21,8 +21,9 @@
 //!
 //! Invariants:
 //! - Nothing changes (directory, volume, mirror state) before every check has passed: the
-//!   daemon lock is held, the point is in the window, the marker allows this run, and the
-//!   mirror state allows it ([`prepare`]), and every record the run and its undo read over
+//!   daemon lock is held, the point is in the window, the marker allows this run, the
+//!   volume was not written since a clean stop sealed its history (without `--all`:
+//!   [`super::stamp`]), and the mirror state allows it ([`prepare`]), and every record the run and its undo read over
 //!   the candidate regions is intact (`verify_readable`: a damaged one refuses the run).
 //!   Then only an `--all` run's records of the volume's own content may precede the marker
 //!   (true records: the volume is not written yet).

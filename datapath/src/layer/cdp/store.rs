@@ -10,6 +10,11 @@
 //! - Only [`Load::Recover`] changes the directory's log (zeroes after the cut, renames damaged
 //!   segments); any reader may write a sealed segment's index (a cache, written to a temporary
 //!   file and renamed).
+//! - A `cdp.meta` that is not the segments' (another volume id in a valid header, or a base
+//!   point the first segment does not continue) refuses every load before anything changes.
+//! - A cut that leaves out records that were journaled (a damaged record with records after
+//!   it, a damaged or zeroed header with records after it, segments set aside) has
+//!   `degraded.map` say the history is not whole after the cut before anything changes.
 
 use super::clock;
 use super::error::io_err;
