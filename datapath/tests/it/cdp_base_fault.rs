@@ -677,3 +677,36 @@ fn behind_a_volatile_cache_a_power_loss_keeps_every_write_at_its_point_and_the_n
         "a clean stop behind a volatile cache does not seal the log clean"
     );
 }
+
+/// A reader of the history while the daemon runs (a restore, a view, `cdp window`) reads the
+/// records as far as they are written in the active segment, and so takes a record whose
+/// base write is still to come as part of the history: here `b` (held behind the slow `a`,
+/// its record durable), whose base write then fails. A restore of the newest point made in
+/// between holds `b`'s bytes, which the volume never held, and nothing refuses it: once `b`
+/// fails the history ends before it, but the restored file is already made. The reader
+/// would need the writer's watermark of updates done (acknowledged, or failed and ended the
+/// history), which the directory does not hold: readers go by the records alone (not fixed:
+/// the daemon would have to publish that watermark durably, or readers stop at the last time
+/// mark; session 27's audit, left for a design of its own).
+#[test]
+#[ignore = "a reader takes records whose base writes are still in flight (see the comment)"]
+fn a_point_read_while_a_write_is_in_flight_never_holds_bytes_the_volume_never_had() {
+    let root = tempfile::tempdir().unwrap();
+    let restored = root.path().join("r.img");
+    let (s, _dir, _t_b, volume) = late_failure(root.path(), |_| {
+        let h = store::load(&root.path().join("j"), Load::ReadOnly).unwrap();
+        let _ = pit::restore(&h, Point::Seq(h.last_seq), &restored, |_, _| {});
+    });
+    drop(s);
+    // (A restore refused in between is right too.)
+    let Ok(got) = std::fs::read(&restored) else {
+        return;
+    };
+    let b_block = SLOW as usize + 4096..SLOW as usize + 8192;
+    assert!(
+        got[b_block.clone()] == volume[b_block],
+        "a restore of the newest point made while b was in flight holds b's bytes (block at {}: {:?}..), which the volume never held",
+        SLOW + 4096,
+        &got[SLOW as usize + 4096..][..8]
+    );
+}

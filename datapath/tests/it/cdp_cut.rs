@@ -1,7 +1,9 @@
 //! A history cut in the middle by a damaged record in a sealed segment, on a volume that keeps
 //! its content across a restart (a file): the later segments are set aside, so their writes
 //! are in the volume but not in the history. Every point the history serves afterwards must
-//! be the content the volume had at that moment, or be refused.
+//! be the content the volume had at that moment, or be refused. The same holds for a volume
+//! written while its CDP directory was not journaling it (the directory put back from an older
+//! copy after a clean stop).
 
 use crate::harness::{Server, pattern};
 use crate::rawnbd::Client;
@@ -55,6 +57,94 @@ fn after_a_cut_in_a_sealed_segment_the_newest_point_is_still_the_volume() {
         Ok(newest) => assert!(
             newest == volume,
             "the newest point after the cut is not the volume (first difference at byte {:?})",
+            newest.iter().zip(&volume).position(|(a, b)| a != b)
+        ),
+        Err(e) => panic!("the newest point is refused: {e}"),
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The CDP directory put back from a copy taken after an earlier clean stop (a backup
+/// restored), while the volume kept the writes of the runs since: the directory's last
+/// segment is sealed clean, so the start trusts that the volume is its newest point. It is
+/// not: the later writes are in the volume only. Every point the history serves after the
+/// start must still be the volume (the start must journal the volume again, as after a stopped
+/// journal), or be refused. Before, the start journaled on from the copy's end, and the newest
+/// point served the blocks of the later writes as they were in the copy.
+#[test]
+fn a_directory_put_back_from_an_older_copy_never_serves_the_volume_as_it_was_then() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("j");
+    let img = tmp.path().join("v.img");
+    std::fs::File::create(&img).unwrap().set_len(SIZE).unwrap();
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='v'\nbackend='uring'\npath='{}'\n\
+         size={SIZE}\nblock_size=4096\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        img.display(),
+        dir.display()
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    for i in 0..8u64 {
+        assert_eq!(c.write(i * 65536, &pattern(i + 1, 65536)), 0);
+    }
+    c.disconnect();
+    assert!(s.stop(), "clean stop");
+    let copy = tmp.path().join("copy");
+    copy_dir(&dir, &copy);
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    for i in 0..8u64 {
+        assert_eq!(c.write(i * 65536 + 4096, &pattern(i + 100, 8192)), 0);
+    }
+    c.disconnect();
+    assert!(s.stop(), "clean stop");
+    // A start after a clean stop with the base as the stop left it journals nothing again.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(
+        h.entries().all(|(_, e)| e.op != Op::Gap) && h.open_gap.is_none(),
+        "a plain restart journaled the volume again"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&copy, &dir);
+    // A rollback in place over the copy would compare only the copy's records' regions.
+    let cfg = tmp.path().join("rb.toml");
+    std::fs::write(&cfg, &body).unwrap();
+    let last = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
+        .args(["cdp", "rollback", "--config"])
+        .arg(&cfg)
+        .args(["--volume", "v", "--seq", &(last - 1).to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("written since"),
+        "a rollback over the older copy: {o:?}"
+    );
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(SIZE - 4096, &pattern(999, 4096)), 0);
+    let volume = c.read(0, SIZE as u32).unwrap();
+    c.disconnect();
+    assert!(s.stop(), "clean stop");
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(
+        h.entries().any(|(_, e)| e.op == Op::Gap),
+        "no gap record: the points between the copy's end and this start are not refused"
+    );
+    match pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE) {
+        Ok(newest) => assert!(
+            newest == volume,
+            "the newest point is not the volume (first difference at byte {:?})",
             newest.iter().zip(&volume).position(|(a, b)| a != b)
         ),
         Err(e) => panic!("the newest point is refused: {e}"),

@@ -379,6 +379,113 @@ fn an_interrupted_rollback_blocks_the_daemon_until_rerun() {
     assert!(s.stop());
 }
 
+/// A rollback interrupted part way whose own journal is then found cut ahead of records that
+/// follow (a batch torn by a power loss, pages of it written out of order, or a record of it
+/// damaged): the rerun's recovery says the history is not whole after the cut (degraded.map),
+/// which is after the history the run began from, and the rerun is interrupted in turn. The
+/// next rerun must still complete the rollback (its candidates are the records after the
+/// point, which the cut leaves whole), and the daemon then start with the history's newest
+/// point the volume. Before, that rerun (and an undo) was refused until the daemon had
+/// started once, while the daemon refused to start until the rollback was rerun: the volume
+/// could not be served again without removing the marker by hand.
+#[test]
+fn an_interrupted_rollback_whose_own_records_are_cut_is_still_completed() {
+    use twinblk::layer::cdp::format::Op;
+    use twinblk::layer::cdp::pit::Point;
+    use twinblk::layer::cdp::rollback::{self, Goal, Target};
+    let root = tempfile::tempdir().unwrap();
+    let names = ["v"];
+    let (mut s, cfg, dirs) = one_volume(root.path());
+    let mut log = workload(s.addr, &names, &dirs, 2, 10);
+    let t = log[5].1;
+    for k in 0..4u64 {
+        let data = pattern(900 + k, 1 << 20);
+        let mut c = Client::connect(s.addr, "v", false);
+        assert_eq!(c.write(k << 20, &data), 0);
+        c.disconnect();
+        log.push(((0, k << 20, data), last(&dirs[0]).1));
+    }
+    assert!(s.stop());
+    let target = Target {
+        name: "v".into(),
+        dir: dirs[0].clone(),
+        volume: root.path().join("a-v.img"),
+        segment_size: 4 << 20,
+        mirror_state: None,
+        all: false,
+    };
+    let p = rollback::prepare(target, Goal::To(Point::Time(t))).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rollback::run(p, |g| {
+            if g.batches > 1 && g.compared < g.total {
+                panic!("interrupted");
+            }
+        })
+    }));
+    assert!(r.is_err(), "the run was not interrupted");
+    let m = rollback::load_marker(&dirs[0]).unwrap().expect("marker");
+    assert!(!m.done);
+    // The run's first record damaged, with records of the run after it in its segment.
+    let h = store::load(&dirs[0], Load::ReadOnly).unwrap();
+    let mine: Vec<(u64, twinblk::layer::cdp::format::Entry)> = h
+        .entries()
+        .filter(|(_, e)| e.seq > m.before && e.op == Op::Write)
+        .map(|(n, e)| (n, *e))
+        .collect();
+    assert!(
+        mine.len() >= 2 && mine[0].0 == mine[1].0,
+        "the run journaled one record: {mine:?}"
+    );
+    let (segno, e) = mine[0];
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(store::seg_path(&dirs[0], segno))
+            .unwrap();
+        let at = e.pos + 64 + 10;
+        let mut x = [0u8; 1];
+        f.read_exact_at(&mut x, at).unwrap();
+        f.write_all_at(&[!x[0]], at).unwrap();
+    }
+    // The rerun's recovery cuts there (the history not whole after the cut), and the rerun is
+    // interrupted in turn.
+    let target = Target {
+        name: "v".into(),
+        dir: dirs[0].clone(),
+        volume: root.path().join("a-v.img"),
+        segment_size: 4 << 20,
+        mirror_state: None,
+        all: false,
+    };
+    let p = rollback::prepare(target, Goal::To(Point::Time(t))).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rollback::run(p, |g| {
+            if g.batches > 0 && g.compared < g.total {
+                panic!("interrupted");
+            }
+        })
+    }));
+    assert!(r.is_err(), "the rerun was not interrupted");
+    ok(&rollback(
+        &cfg,
+        &["--volume", "v", "--time", &t.to_string()],
+    ));
+    assert!(std::fs::read(root.path().join("a-v.img")).unwrap() == model(&log, 0, |w| w <= t));
+    assert!(rollback::load_marker(&dirs[0]).unwrap().unwrap().done);
+    let mut s = s.respawn();
+    let mut c = Client::connect(s.addr, "v", false);
+    assert!(c.read(0, SIZE as u32).unwrap() == model(&log, 0, |w| w <= t));
+    c.disconnect();
+    assert!(s.stop());
+    // Its history's newest point is the volume, and the rollback's target still reads.
+    let h = store::load(&dirs[0], Load::ReadOnly).unwrap();
+    let newest =
+        twinblk::layer::cdp::pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
+    assert!(newest == model(&log, 0, |w| w <= t));
+}
+
 /// A mirrored pair: the volume is rolled back at site a, site b yields; after both restart
 /// they mirror again ("up" at both) and both replicas hold the rolled-back content. Without
 /// the yield the peer's newer copy wins at both sites: never two replicas "in sync" that

@@ -623,6 +623,12 @@ impl Journal {
         store::seal_index(&self.dir, &self.meta, self.segno, self.pos)
     }
 
+    /// Record the base file `base` (just synced) as this clean stop leaves it, before the
+    /// seal ([`super::stamp`]).
+    pub fn stamp(&self, base: &std::path::Path) -> Result<(), store::CdpError> {
+        super::stamp::record(&self.dir, &self.meta, self.segno, base)
+    }
+
     /// The active segment's number.
     pub fn segno(&self) -> u64 {
         self.segno

@@ -24,8 +24,10 @@
 //! Recovery ([`store::load`]) runs when the device is built, before the reactors start:
 //! it cuts a torn tail, sets damaged segments aside, rebuilds missing indexes, and the writer
 //! starts a new segment; after a crash the tail's records are compared with the base and the
-//! base's bytes journaled where they differ ([`tail`]). Points in time are read from the
-//! directory alone ([`pit`]).
+//! base's bytes journaled where they differ ([`tail`]); after a clean stop, a base file
+//! written since (without the layer, or the directory put back from an older copy: [`stamp`])
+//! has the whole volume journaled again. Points in time are read from the directory alone
+//! ([`pit`]).
 //!
 //! At run time ([`live`]) the layer is inserted into a served volume's stack (each reactor's
 //! channel is wrapped in place, the home's first) and journals the whole volume again before
@@ -49,12 +51,15 @@ pub mod pit;
 pub mod ranges;
 pub mod retain;
 pub mod rollback;
+pub mod stamp;
 pub mod startlog;
 pub mod store;
 pub mod tail;
 pub mod view;
 pub mod vouch;
 
+#[cfg(test)]
+mod audit27_tests;
 #[cfg(test)]
 mod audit_tests;
 
@@ -290,7 +295,27 @@ impl CdpDevice {
         let meta = store::open_or_create(&s.dir, info.size, info.block_size, s.seed.as_deref())?;
         let h = rollback::load_for_writing(&s.dir)?;
         let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
-        let (regions, prior) = degraded::RegionMap::open(&s.dir, info.size)?;
+        let (mut regions, mut prior) = degraded::RegionMap::open(&s.dir, info.size)?;
+        // A log sealed by a clean stop says the volume is its newest point, unless the base
+        // was written since (without the layer, or the directory put back from an older copy):
+        // then the history is not whole after its end, and the whole volume is journaled
+        // again below (stamp.rs).
+        if let Some(base) = s.seed.as_deref()
+            && h.sealed
+            && !s.volatile
+            && prior == degraded::Prior::Whole
+            && let Some(last) = h.segments.last()
+            && stamp::changed(&s.dir, &meta, &last.header, base)
+        {
+            tracing::warn!(dir = %s.dir.display(), base = %base.display(), last_seq = h.last_seq,
+                "cdp: the base was written since the clean stop that sealed the history (without this journal, or the directory is an older copy): the history is not whole after its end, and the whole volume is journaled again");
+            regions.unknown(h.last_seq, h.last_time, clock::now())?;
+            prior = degraded::Prior::Stopped {
+                after: h.last_seq,
+                after_time: h.last_time,
+                regions: None,
+            };
+        }
         // After a crash: updates in flight then may have records the base never got
         // (tail.rs); from now on the volume is what the base holds. (Not when the catch-up
         // below journals the whole volume from the base anyway.)
@@ -332,7 +357,6 @@ impl CdpDevice {
         // run's map said the history ended) until the mirror says the replica is current.
         // (Never past what was recovered: a map may name a record a cut removed.)
         let end = prior.whole_until(h.last_seq, h.last_time);
-        let mut regions = regions;
         if s.vouched && s.volatile && prior == degraded::Prior::Whole {
             // Before the record of the empty base: that is no moment of a mirrored volume.
             regions.unvouched(end.0, end.1, clock::now())?;
@@ -949,8 +973,18 @@ impl Drop for CdpChannel {
             };
             if let Err(e) = synced {
                 tracing::warn!(error = %e, "cdp: cannot sync the base at the stop; the log is not sealed, so the next start compares its tail with the base");
-            } else if let Err(e) = self.journal.seal() {
-                tracing::warn!(error = %e, "cdp: cannot write the last segment's index; readers scan it instead");
+            } else {
+                // The base as this stop leaves it, so that the next start sees it written
+                // since (stamp.rs).
+                if let AtStop::SyncThenSeal(p) = &self.at_stop
+                    && !self.off
+                    && let Err(e) = self.journal.stamp(p)
+                {
+                    tracing::warn!(error = %e, "cdp: cannot record the base as the stop leaves it; the next start cannot tell whether it was written since");
+                }
+                if let Err(e) = self.journal.seal() {
+                    tracing::warn!(error = %e, "cdp: cannot write the last segment's index; readers scan it instead");
+                }
             }
         }
     }

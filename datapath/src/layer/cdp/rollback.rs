@@ -21,8 +21,9 @@
 //!
 //! Invariants:
 //! - Nothing changes (directory, volume, mirror state) before every check has passed: the
-//!   daemon lock is held, the point is in the window, the marker allows this run, and the
-//!   mirror state allows it ([`prepare`]), and every record the run and its undo read over
+//!   daemon lock is held, the point is in the window, the marker allows this run, the
+//!   volume was not written since a clean stop sealed its history (without `--all`:
+//!   [`super::stamp`]), and the mirror state allows it ([`prepare`]), and every record the run and its undo read over
 //!   the candidate regions is intact (`verify_readable`: a damaged one refuses the run).
 //!   Then only an `--all` run's records of the volume's own content may precede the marker
 //!   (true records: the volume is not written yet).
@@ -359,7 +360,23 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         });
     }
     let prior = super::degraded::read_prior(&t.dir, h.meta.size);
-    if let super::degraded::Prior::Stopped {
+    // A run interrupted part way whose own records a recovery (its rerun's, or an undo's)
+    // then cut ahead of records that follow (a batch torn by a power loss, a damaged record):
+    // the map says not whole after the cut, which is at or after the history the run began
+    // from (`before`). Its rerun or undo reads no point after that, and journals again what
+    // it writes, so it goes on (the daemon then journals the whole volume again). Refused
+    // like the others, the volume could not be served again: the daemon refuses to start
+    // over the interrupted run, and the run asked for a daemon start first (before session
+    // 27, test `cdp_rollback::an_interrupted_rollback_whose_own_records_are_cut_is_still_completed`).
+    let own_cut = matches!(
+        (&found, &prior),
+        (Some(m), super::degraded::Prior::Stopped { after, regions: None, .. })
+            if !m.done && *after >= m.before
+    );
+    if own_cut {
+        tracing::warn!(dir = %t.dir.display(),
+            "cdp: the interrupted rollback's own records were cut by recovery; it is completed, and the daemon's next start journals the whole volume again");
+    } else if let super::degraded::Prior::Stopped {
         after,
         regions: Some(bits),
         ..
@@ -372,9 +389,20 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
             "its history is whole only up to sequence {after}: when the daemon stopped, the mirror did not vouch for this site's replica after it (its peer may have written alone; or the journal had stopped); start this site so it rejoins its peer (the history is whole again once the replica is current), stop it, then roll back"
         ));
     }
-    if prior != super::degraded::Prior::Whole {
+    if prior != super::degraded::Prior::Whole && !own_cut {
         return refuse(
             "its journal stopped in the daemon's last run and has not caught up (degraded.map): start the daemon once, which journals the changed regions again, stop it, then roll back".into(),
+        );
+    }
+    // A log sealed clean whose volume was written since (stamp.rs): its records do not name
+    // every region that differs from a point (`--all` compares the whole volume).
+    if h.sealed
+        && !t.all
+        && let Some(last) = h.segments.last()
+        && super::stamp::changed(&t.dir, &h.meta, &last.header, &t.volume)
+    {
+        return refuse(
+            "the volume was written since the clean stop that sealed its history (without its journal, or the directory is an older copy): start the daemon once, which journals the whole volume again, stop it, then roll back (or roll back with --all)".into(),
         );
     }
     let (point, undo, resume_before) = match (goal, found) {

@@ -10,6 +10,11 @@
 //! - Only [`Load::Recover`] changes the directory's log (zeroes after the cut, renames damaged
 //!   segments); any reader may write a sealed segment's index (a cache, written to a temporary
 //!   file and renamed).
+//! - A `cdp.meta` that is not the segments' (another volume id in a valid header, or a base
+//!   point the first segment does not continue) refuses every load before anything changes.
+//! - A cut that leaves out records that were journaled (a damaged record with records after
+//!   it, a damaged or zeroed header with records after it, segments set aside) has
+//!   `degraded.map` say the history is not whole after the cut before anything changes.
 
 use super::clock;
 use super::error::io_err;
@@ -167,7 +172,7 @@ pub fn read_moving(dir: &Path, meta: &Meta) -> Result<Option<Moving>, CdpError> 
 }
 
 /// Write `bytes` to `path` atomically (temporary file, fsync, rename, directory fsync).
-fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), CdpError> {
+pub(super) fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), CdpError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
     f.write_all(bytes).map_err(io_err("write", &tmp))?;
@@ -476,6 +481,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         moving: read_moving(dir, &meta)?,
         sealed: false,
     };
+    refuse_another_history(dir, &meta, &nums)?;
     let mut consolidated = Vec::new();
     for (i, &segno) in nums.iter().enumerate() {
         let last_file = i + 1 == nums.len();
@@ -525,9 +531,12 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             Ok(sh) => sh,
             Err(why) => {
                 h.cut = Some(format!("segment {segno}: header: {why}"));
-                // (The newest segment's header torn by a crash while it was created holds
-                // nothing acknowledged.)
-                h.lost = !last_file;
+                // The newest segment's header torn by a crash while it was created holds
+                // nothing acknowledged; but a record of this history after it (one that
+                // continues the log) was acknowledged once the header was durable, so that
+                // header was damaged since (before session 27 it counted as torn, and the
+                // start journaled on from the cut).
+                h.lost = !last_file || records_after_header(&file, &meta, h.last_seq, h.last_time);
                 h.damaged.push(segno);
                 continue;
             }
@@ -624,6 +633,43 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         }
         h.segments.push(Segment { header, index });
     }
+    // A trailing segment whose header is all zeroes is a spare prepared ahead, unless records
+    // of this history continuing the log follow it: then its header was durable once (they
+    // were acknowledged only after it) and was lost since. Set aside, not deleted (before
+    // session 27 it was deleted with its acknowledged records, and the start journaled on).
+    // (Only its first bytes are read: the segment's first batch begins right after the
+    // header; a spare is there at every start and reading it whole would cost a segment.)
+    let (spare, zeroed): (Vec<u64>, Vec<u64>) = spare.into_iter().partition(|&segno| {
+        let mut b = vec![0u8; format::SEG_HEADER + SPARE_LOOK];
+        let n = File::open(seg_path(dir, segno)).and_then(|f| {
+            let mut n = 0;
+            while n < b.len() {
+                match f.read_at(&mut b[n..], n as u64)? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            Ok(n)
+        });
+        n.is_ok_and(|n| {
+            format::later_record(
+                &b[..n],
+                format::SEG_HEADER,
+                meta.vol_id,
+                h.last_seq.saturating_add(1),
+                h.last_time,
+            )
+            .is_none()
+        })
+    });
+    if let Some(&first) = zeroed.iter().min() {
+        h.cut.get_or_insert_with(|| {
+            format!("segment {first}: header zeroed, but records of this history follow it")
+        });
+        h.lost = true;
+        h.damaged.extend(zeroed);
+        h.damaged.sort_unstable();
+    }
     if mode == Load::Recover {
         lost_before_changes(&mut h)?;
         for &segno in consolidated.iter().chain(&spare) {
@@ -664,6 +710,77 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
     }
     Ok(h)
 }
+
+/// Refuse a directory whose segments `nums` include one whose header checks but names
+/// another volume id than `meta`: `cdp.meta` is not this history's (copied from another, or
+/// restored from the wrong backup). A segment of this directory never holds another id (a
+/// reused file's header is zeroed before it is named a segment), so the history would
+/// otherwise be cut before it and extended from the other meta's base point over this
+/// directory's base copy (before session 27, with one segment, the start did so and served
+/// the base copy where the volume held the segment's writes). Read before anything changes.
+///
+/// Also refused: a first segment (its header valid, this history's) that starts after the
+/// record following the meta's base point. The base copy then is not that point (a `cdp.meta`
+/// put back from an older copy, while consolidation moved the base copy on; or the oldest
+/// segments deleted): before session 27 the history was cut before the segment and the base
+/// point, its window start, was served as the base copy, the content of a later point.
+fn refuse_another_history(dir: &Path, meta: &Meta, nums: &[u64]) -> Result<(), CdpError> {
+    for (i, &segno) in nums.iter().enumerate() {
+        let path = seg_path(dir, segno);
+        let mut hb = vec![0u8; format::SEG_HEADER];
+        let ok = File::open(&path).and_then(|f| f.read_exact_at(&mut hb, 0));
+        let Some(sh) = ok.ok().and_then(|()| SegHeader::decode(&hb).ok()) else {
+            continue;
+        };
+        if i == 0 && sh.vol_id == meta.vol_id && sh.first_seq > meta.base_seq.saturating_add(1) {
+            return Err(CdpError::Meta {
+                path: meta_path(dir),
+                why: format!(
+                    "names its base copy as the history up to sequence {}, but the first segment, {}, starts at sequence {}: the records between are missing (cdp.meta older than the base copy, or segments deleted), so no point can be read from the base copy: refused; put the matching cdp.meta back, or move the directory's files away to start a new history",
+                    meta.base_seq,
+                    path.display(),
+                    sh.first_seq
+                ),
+            });
+        }
+        if sh.vol_id != meta.vol_id {
+            return Err(CdpError::Meta {
+                path: meta_path(dir),
+                why: format!(
+                    "names volume id {:#x}, but segment {} belongs to a history of volume id {:#x}: refused (the history would be extended over another's base copy); put this history's cdp.meta back, or move the directory's files away to start a new history",
+                    meta.vol_id,
+                    path.display(),
+                    sh.vol_id
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether segment `file`, whose header does not check, holds a record of this history that
+/// would continue a log ending at `last_seq` (time `last_time`): a record written in this use
+/// of the file, after a header that was durable then. A file that cannot be read counts as
+/// holding one (the safe answer: the history is then not whole after the cut).
+fn records_after_header(file: &File, meta: &Meta, last_seq: u64, last_time: u64) -> bool {
+    let mut bytes = Vec::new();
+    if (&*file).read_to_end(&mut bytes).is_err() {
+        return true;
+    }
+    bytes.len() > format::SEG_HEADER
+        && format::later_record(
+            &bytes,
+            format::SEG_HEADER,
+            meta.vol_id,
+            last_seq.saturating_add(1),
+            last_time,
+        )
+        .is_some()
+}
+
+/// How much of a spare (a trailing segment whose header is all zeroes) after its header is
+/// read for a record that continues the log (its header was then lost, not never written).
+const SPARE_LOOK: usize = 64 << 10;
 
 /// Delete segment `segno` and its index (its records are in the base copy).
 pub fn remove_segment(dir: &Path, segno: u64) -> Result<(), CdpError> {

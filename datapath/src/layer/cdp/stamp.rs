@@ -1,0 +1,134 @@
+//! The base as a clean stop left it (`base.stamp`; docs/cdp-format.md, "The base at a clean
+//! stop"): a start whose last segment a clean stop sealed trusts that the volume is the
+//! history's newest point and compares nothing (tail.rs). That holds only if nothing wrote the
+//! base since: not a daemon run without the layer, not the runs of a directory the operator
+//! later put back from an older copy (a backup restored: its last segment is sealed clean too,
+//! and every write since is in the volume only).
+//!
+//! Model: the clean stop, after its `fdatasync` of a file base and before it seals the
+//! segment, records the base file's identity and modification time with the segment it seals
+//! ([`record`]). A start that finds its last segment sealed clean asks [`changed`]: the
+//! stamp names that segment and the base's identity, size or modification time differs, or the
+//! stamp is damaged. Then the history is not whole after its end (the start journals the whole
+//! volume again, behind a gap record, as after a stopped journal).
+//!
+//! Invariants: a stamp counts only for the segment it names (number, first sequence, creation
+//! time): a later run's segment of the same number (after a cut) is not its. Without a stamp
+//! for the sealed segment (a directory of an earlier version, a block device, a stamp that
+//! could not be written) the start trusts the seal as before. A write within the filesystem's
+//! timestamp granularity (a few ms) after the stop is not seen.
+
+use super::error::{io_err, sync_dir};
+use super::format::{Meta, SegHeader};
+use super::store::{self, CdpError};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"TBCDPBS1";
+const LEN: usize = 96;
+
+/// The file's name in the directory.
+pub const FILE: &str = "base.stamp";
+
+fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+/// What a stamp holds: (vol id, segno, first seq, created) and the base's (dev, ino, size,
+/// mtime s, mtime ns).
+fn encode(meta: &Meta, seg: &SegHeader, m: &std::fs::Metadata) -> [u8; LEN] {
+    let mut b = [0u8; LEN];
+    b[..8].copy_from_slice(MAGIC);
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let words = [
+        meta.vol_id,
+        seg.segno,
+        seg.first_seq,
+        seg.created,
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+    ];
+    for (i, w) in words.iter().enumerate() {
+        b[16 + 8 * i..24 + 8 * i].copy_from_slice(&w.to_le_bytes());
+    }
+    let crc = crate::checksum::crc32c(&b[..LEN - 4]);
+    b[LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Record `base` (a file, just synced) as the clean stop of `dir` sealing segment `segno`
+/// leaves it. Written before the seal: a seal without its stamp is trusted as before.
+pub fn record(dir: &Path, meta: &Meta, segno: u64, base: &Path) -> Result<(), CdpError> {
+    let m = std::fs::metadata(base).map_err(io_err("stat", base))?;
+    if !m.is_file() {
+        // A block device's times say nothing of writes to it.
+        let _ = std::fs::remove_file(path(dir));
+        return sync_dir(dir);
+    }
+    let seg = store::segment_header(dir, segno)?;
+    store::write_atomic(dir, &path(dir), &encode(meta, &seg, &m))
+}
+
+/// Whether `base` was changed since the clean stop that sealed `seg` (the history's last
+/// segment) recorded it: `false` when no stamp names that segment (nothing to tell).
+pub fn changed(dir: &Path, meta: &Meta, seg: &SegHeader, base: &Path) -> bool {
+    let b = match std::fs::read(path(dir)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+        Err(_) => return true,
+    };
+    let ok = b.len() == LEN
+        && &b[..8] == MAGIC
+        && crate::checksum::crc32c(&b[..LEN - 4]).to_le_bytes() == b[LEN - 4..];
+    if !ok {
+        return true;
+    }
+    let word = |i: usize| u64::from_le_bytes(b[16 + 8 * i..24 + 8 * i].try_into().unwrap());
+    if (word(0), word(1), word(2), word(3)) != (meta.vol_id, seg.segno, seg.first_seq, seg.created)
+    {
+        return false;
+    }
+    match std::fs::metadata(base) {
+        Ok(m) if m.is_file() => encode(meta, seg, &m)[..] != b[..],
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stamp counts only for the segment it names; a base written since, a damaged stamp,
+    /// or another base file tells the start the seal is not to be trusted.
+    #[test]
+    fn a_stamp_tells_a_base_written_since_and_only_for_its_segment() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let meta = store::testing::history(dir, 7, 64 * 4096, 0, &[(1, 1..=5)]);
+        let base = d.path().join("v.img");
+        std::fs::write(&base, vec![1u8; 4096]).unwrap();
+        let seg = store::segment_header(dir, 1).unwrap();
+        assert!(!changed(dir, &meta, &seg, &base), "no stamp: trusted");
+        record(dir, &meta, 1, &base).unwrap();
+        assert!(!changed(dir, &meta, &seg, &base));
+        let other = SegHeader {
+            created: seg.created + 1,
+            ..seg
+        };
+        assert!(
+            !changed(dir, &meta, &other, &base),
+            "another segment's stamp"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&base, vec![2u8; 4096]).unwrap();
+        assert!(changed(dir, &meta, &seg, &base), "written since");
+        record(dir, &meta, 1, &base).unwrap();
+        let mut b = std::fs::read(path(dir)).unwrap();
+        b[70] ^= 1;
+        std::fs::write(path(dir), &b).unwrap();
+        assert!(changed(dir, &meta, &seg, &base), "a damaged stamp");
+    }
+}
