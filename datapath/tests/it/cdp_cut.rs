@@ -7,14 +7,16 @@
 
 use crate::harness::{Server, pattern};
 use crate::rawnbd::Client;
+use std::path::PathBuf;
 use twinblk::layer::cdp::format::Op;
 use twinblk::layer::cdp::pit::{self, Point};
 use twinblk::layer::cdp::store::{self, Load};
 
 const SIZE: u64 = 4 << 20;
 
-#[test]
-fn after_a_cut_in_a_sealed_segment_the_newest_point_is_still_the_volume() {
+/// A temporary directory with a file-backed volume `v` (its image `v.img`) journaled in `dir`
+/// with 4 MiB segments, and the daemon's configuration for it.
+fn file_volume() -> (tempfile::TempDir, PathBuf, String) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("j");
     let img = tmp.path().join("v.img");
@@ -25,6 +27,12 @@ fn after_a_cut_in_a_sealed_segment_the_newest_point_is_still_the_volume() {
         img.display(),
         dir.display()
     );
+    (tmp, dir, body)
+}
+
+#[test]
+fn after_a_cut_in_a_sealed_segment_the_newest_point_is_still_the_volume() {
+    let (tmp, dir, body) = file_volume();
     let mut s = Server::start(tmp.path(), &body);
     let mut c = Client::connect(s.addr, "v", false);
     // About 12 MiB of 256 KiB writes: several 4 MiB segments.
@@ -82,16 +90,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// point served the blocks of the later writes as they were in the copy.
 #[test]
 fn a_directory_put_back_from_an_older_copy_never_serves_the_volume_as_it_was_then() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("j");
-    let img = tmp.path().join("v.img");
-    std::fs::File::create(&img).unwrap().set_len(SIZE).unwrap();
-    let body = format!(
-        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='v'\nbackend='uring'\npath='{}'\n\
-         size={SIZE}\nblock_size=4096\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
-        img.display(),
-        dir.display()
-    );
+    let (tmp, dir, body) = file_volume();
     let mut s = Server::start(tmp.path(), &body);
     let mut c = Client::connect(s.addr, "v", false);
     for i in 0..8u64 {

@@ -249,6 +249,41 @@ impl Run {
 
     /// Site `i` restarts (a new process: a new failover slot, no epoch known), with its state
     /// file or without it.
+    /// The link returns: sessions are started (again, after a cut, if one is refused or ends
+    /// unfinished, up to four times) and run until both sites mirror and are idle.
+    fn meet_again(&mut self, what: &str, unused: &mut usize) {
+        let r = self;
+        for attempt in 0..4 {
+            if r.a.engine.mode() == Mode::Mirroring
+                && r.b.engine.mode() == Mode::Mirroring
+                && r.a.engine.sess.up
+            {
+                break;
+            }
+            if attempt > 0 {
+                break_link(&mut r.a, &mut r.b);
+                for _ in 0..10 {
+                    r.turn(unused);
+                }
+            }
+            let (ra, rb) = (r.a.engine.replica_state(), r.b.engine.replica_state());
+            let sa = r.a.engine.session_start(&mut r.io, rb);
+            let sb = r.b.engine.session_start(&mut r.io, ra);
+            assert!(
+                sa.is_ok() && sb.is_ok(),
+                "{what}: the next session refused ({ra} / {rb}): {sa:?} / {sb:?}"
+            );
+            for _ in 0..200_000 {
+                let any = r.turn(unused);
+                let synced =
+                    r.a.engine.mode() == Mode::Mirroring && r.b.engine.mode() == Mode::Mirroring;
+                if !any && synced && r.a.engine.idle() && r.b.engine.idle() {
+                    break;
+                }
+            }
+        }
+    }
+
     fn restart(&mut self, i: usize, with_state: bool) {
         let slot = Arc::new(FailoverSlot::default());
         let s = if i == 0 { &mut self.a } else { &mut self.b };
@@ -359,35 +394,7 @@ fn resync_with_fault_jittered(
         past_peer_lease(&mut r.a, &mut r.io);
         past_peer_lease(&mut r.b, &mut r.io);
         // They meet again (a session refused, or one that ends unfinished, is tried again).
-        for attempt in 0..4 {
-            if r.a.engine.mode() == Mode::Mirroring
-                && r.b.engine.mode() == Mode::Mirroring
-                && r.a.engine.sess.up
-            {
-                break;
-            }
-            if attempt > 0 {
-                break_link(&mut r.a, &mut r.b);
-                for _ in 0..10 {
-                    r.turn(&mut unused);
-                }
-            }
-            let (ra, rb) = (r.a.engine.replica_state(), r.b.engine.replica_state());
-            let sa = r.a.engine.session_start(&mut r.io, rb);
-            let sb = r.b.engine.session_start(&mut r.io, ra);
-            assert!(
-                sa.is_ok() && sb.is_ok(),
-                "{what}: the next session refused ({ra} / {rb}): {sa:?} / {sb:?}"
-            );
-            for _ in 0..200_000 {
-                let any = r.turn(&mut unused);
-                let synced =
-                    r.a.engine.mode() == Mode::Mirroring && r.b.engine.mode() == Mode::Mirroring;
-                if !any && synced && r.a.engine.idle() && r.b.engine.idle() {
-                    break;
-                }
-            }
-        }
+        r.meet_again(&what, &mut unused);
     }
     past_peer_lease(&mut r.a, &mut r.io);
     past_peer_lease(&mut r.b, &mut r.io);
@@ -615,35 +622,7 @@ fn takeover_with_faults(step: usize, who: usize, with_state: bool, lose_at: Opti
     assert!(restarted || step >= 12);
     // The link returns.
     let mut unused = usize::MAX;
-    for attempt in 0..4 {
-        if r.a.engine.mode() == Mode::Mirroring
-            && r.b.engine.mode() == Mode::Mirroring
-            && r.a.engine.sess.up
-        {
-            break;
-        }
-        if attempt > 0 {
-            break_link(&mut r.a, &mut r.b);
-            for _ in 0..10 {
-                r.turn(&mut unused);
-            }
-        }
-        let (ra, rb) = (r.a.engine.replica_state(), r.b.engine.replica_state());
-        let sa = r.a.engine.session_start(&mut r.io, rb);
-        let sb = r.b.engine.session_start(&mut r.io, ra);
-        assert!(
-            sa.is_ok() && sb.is_ok(),
-            "{what}: the next session refused ({ra} / {rb}): {sa:?} / {sb:?}"
-        );
-        for _ in 0..200_000 {
-            let any = r.turn(&mut unused);
-            let synced =
-                r.a.engine.mode() == Mode::Mirroring && r.b.engine.mode() == Mode::Mirroring;
-            if !any && synced && r.a.engine.idle() && r.b.engine.idle() {
-                break;
-            }
-        }
-    }
+    r.meet_again(&what, &mut unused);
     for i in 0..100_000 {
         r.a.engine.wait_persisted();
         r.b.engine.wait_persisted();
