@@ -323,6 +323,11 @@ impl Engine {
         self.check_grant(io, &slot);
         self.adopt_lost_grant(io, &slot);
         self.ask_again_if_released(&slot);
+        if self.sess.up {
+            // A second request's answer read in session (or none: the link's loss asks
+            // anew) is that request's: the next loss's denial is watched again.
+            self.witness_retried = false;
+        }
         let site = SiteNow {
             up: self.sess.up,
             had_session: self.sess.number != 0,

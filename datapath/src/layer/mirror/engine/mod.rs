@@ -285,7 +285,8 @@ pub struct Engine {
     /// the view sequence of the denial; asked again once, if a later word shows that grant
     /// given back (`ask_again_if_released`).
     denied_by: Option<(u64, u64)>,
-    /// The request outstanding is that second one (its denial is not watched again).
+    /// The request outstanding is that second one (its denial is not watched again); dropped
+    /// with any answer to it, and once the session is back (an answer read in session).
     witness_retried: bool,
     /// The newest epoch this site gave back (or is giving back): the witness's word naming
     /// this site at it is old news, never a lost grant.

@@ -545,3 +545,50 @@ fn a_denied_site_asks_again_only_once_the_holder_gave_that_grant_back() {
     }
     assert!(!sa.want.load(SeqCst), "asked again and again");
 }
+
+/// A denied site's second request (the holder's grant given back) answered only after the
+/// session came back (in session: a denial, or no answer) still leaves the next loss's denial
+/// watched: that request was answered, so a later release of the holder's grant makes the
+/// site ask again. Before, the mark of the second request stayed set when the answer came in
+/// session, and the next denial was taken for that second request's: with the holder's grant
+/// given back then (a source fail-stopped right after a resync), the site never asked again
+/// and the volume served nowhere.
+#[test]
+fn a_second_request_answered_in_session_leaves_the_next_denial_watched() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    for in_session in [DENIED, UNREACHABLE] {
+        let (mut a, sa, mut b, _, mut io, mut rng, _) =
+            super::failover::cut_and_answer(131, DENIED, GRANTED);
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        sa.want.store(false, SeqCst);
+        let now = Instant::now();
+        // Denied while b (site 2) held epoch 3; the witness's word then shows it given back.
+        a.engine.denied_by = Some((3, sa.view_seq.load(SeqCst)));
+        sa.publish_view(0, 3, 1);
+        a.engine.tick(&mut io, now);
+        a.engine.tick(&mut io, now);
+        assert!(sa.want.swap(false, SeqCst), "not asked again");
+        // The link comes back before the answer, which comes in session.
+        meet(&mut a, &mut b, &mut io);
+        sa.outcome.store(in_session, SeqCst);
+        a.engine.tick(&mut io, now);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert_eq!(a.engine.mode(), Mode::Mirroring);
+        // The next loss: b holds the group (epoch 5), a is denied; then b gives it back.
+        break_link(&mut a, &mut b);
+        a.engine.tick(&mut io, now);
+        assert!(sa.want.swap(false, SeqCst), "a does not ask at the loss");
+        sa.publish_view(2, 5, 1);
+        sa.outcome.store(DENIED, SeqCst);
+        a.engine.tick(&mut io, now);
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        sa.publish_view(0, 5, 1);
+        a.engine.tick(&mut io, now);
+        a.engine.tick(&mut io, now);
+        assert!(
+            sa.want.swap(false, SeqCst),
+            "answered in session ({in_session}), the second request's mark stays: the next \
+             denial is not watched and the site never asks again once the holder gave back"
+        );
+    }
+}
