@@ -303,10 +303,12 @@ impl Engine {
             Ping => self.sess.on_ping(h),
             Pong => {
                 if let Some((n, at)) = self.resync_received
-                    && (n != self.sess.number || h.seq >= at)
+                    && (n != self.sess.number || (h.seq >= at && h.seq <= self.sess.clock()))
                 {
                     // The resync's source has read this site's confirmation (or the session
-                    // is another): it pushes no more metadata states.
+                    // is another): it pushes no more metadata states. (A PONG carrying a
+                    // clock not reached yet answers no PING of this site's: `on_pong` ignores
+                    // it too.)
                     self.resync_received = None;
                     self.submit_crossing_metas();
                 }

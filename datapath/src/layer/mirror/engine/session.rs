@@ -334,7 +334,7 @@ impl PeerSession {
     /// Queue a PING carrying the current clock, and return that clock: a PONG carrying it
     /// (or a later one) comes back only after the peer read everything queued before this PING.
     pub(super) fn ping_marked(&mut self) -> u64 {
-        let seq = self.epoch.elapsed().as_nanos() as u64;
+        let seq = self.clock();
         if self.up {
             let h = Header {
                 seq,
@@ -343,6 +343,12 @@ impl PeerSession {
             self.queue(&h, &[]);
         }
         seq
+    }
+
+    /// The clock PINGs carry (nanoseconds since this session object began): a PONG carrying
+    /// a later one answers no PING sent here.
+    pub(super) fn clock(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
     }
 
     /// The peer's PING: answer it.

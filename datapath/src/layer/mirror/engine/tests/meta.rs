@@ -655,3 +655,23 @@ fn a_target_leaders_metadata_command_never_splits_the_state_with_a_crossing_surv
         a.ok, a.failed, b.ok, b.failed
     );
 }
+
+/// The target's window for its source's crossing META_STATE closes only at a PONG for the
+/// PING sent behind its confirmation: a PONG carrying a clock this site never sent (later
+/// than its own clock now: forged, or a peer's bug) leaves it open, as `on_pong` ignores such
+/// a PONG for the lease. Before, any PONG at or past the mark closed it: the target decided
+/// its host's commands while the source could still decide alone (both states crossing).
+#[test]
+fn a_pong_for_a_ping_never_sent_does_not_close_the_targets_window() {
+    let (mut a, _b, mut io, _rng, _ca, _cb) = target_leader_mirroring();
+    assert!(a.engine.peer_meta_crossing(), "the window is not open");
+    let forged = Header {
+        seq: u64::MAX / 2,
+        ..Header::new(Type::Pong)
+    };
+    let _ = a.engine.on_msg(&mut io, &forged, &[]);
+    assert!(
+        a.engine.peer_meta_crossing(),
+        "a PONG for a PING never sent closed the window"
+    );
+}
