@@ -192,7 +192,16 @@ impl Engine {
             use std::sync::atomic::Ordering::SeqCst;
             slot.withdrawn.store(true, SeqCst);
             slot.in_sync.store(false, SeqCst);
-            slot.want.store(false, SeqCst);
+            // Its own request not sent yet is withdrawn, but the flag is the group's: only
+            // when no other volume of the group waits on a request or is fenced for want of
+            // an answer (`FailoverSlot::watching`, this volume's own count aside). Withdrawn
+            // under another volume's request, that volume waited for an answer for ever,
+            // neither serving nor fenced, and stayed counted as watching, so a lost grant was
+            // never given back by a volume mirroring again.
+            let mine = u32::from(self.watching.is_some());
+            if self.witness.pending() && slot.watching.load(SeqCst) <= mine {
+                slot.want.store(false, SeqCst);
+            }
         }
         if self.sess.up || self.link_key.is_some() {
             self.kill_link = Some("the local replica failed");

@@ -745,3 +745,41 @@ fn a_lost_grant_is_not_given_back_while_a_stalled_volume_may_still_adopt_it() {
         );
     }
 }
+
+/// Two volumes of one group at site a (one failover slot), both links down: volume 1 asks
+/// the witness; before the failover thread takes the request, volume 2's replica fails. The
+/// group's request must still reach the witness, and volume 1 stop counting as watching once
+/// answered. Before, the failed volume withdrew the group's request (`want`) as if it were its
+/// own: volume 1 waited for an answer for ever, neither serving nor fenced, counted in
+/// `FailoverSlot::watching` for good, so a lost grant of the group was never given back by a
+/// volume mirroring again (the peer denied at the next loss).
+#[test]
+fn a_volume_failing_never_withdraws_another_volumes_request() {
+    use crate::layer::mirror::failover::GRANTED;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(137);
+    let mut slot = 0;
+    let (mut a, sa, _b, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut a2, _, _b2, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    a2.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "volume 1 does not ask");
+    assert_eq!(sa.watching.load(SeqCst), 1);
+    a2.engine.fail_replica("a write", 0, 4096, Errno::IO);
+    a2.engine.tick(&mut io, now);
+    assert!(
+        sa.want.load(SeqCst),
+        "a failed volume withdrew the request another volume of the group waits on"
+    );
+    sa.want.store(false, SeqCst);
+    sa.epoch.store(1, SeqCst);
+    sa.publish_view(1, 1, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    a.engine.tick(&mut io, now);
+    a2.engine.tick(&mut io, now);
+    assert_eq!(a.engine.mode(), Mode::Survivor);
+    assert_eq!(sa.watching.load(SeqCst), 0, "watching leaks");
+}
