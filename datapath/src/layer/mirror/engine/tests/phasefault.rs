@@ -16,7 +16,9 @@
 //! state files at both sites and a fresh failover slot for a restarted site (a new process).
 //! Invariants checked: never two sites serving alone; once the sites meet again (as often as
 //! they must) both end in sync with byte-identical replicas holding every acknowledged write,
-//! and the witness holds no grant.
+//! and the witness holds no grant, and no site still counts a volume as watching for a grant
+//! or as a survivor (`FailoverSlot::watching`, `survivors`: a leaked count holds every later
+//! give-back for good).
 
 use super::resyncloss::{Source, leader_and_new_follower};
 use super::*;
@@ -475,8 +477,22 @@ fn resync_with_fault_jittered(
         r.slots[1].view_seq.load(SeqCst),
         r.w.epoch,
     );
+    converged_counts(&r, &what);
     let _ = &r.dir;
     delivered
+}
+
+/// Both sites mirroring again with nothing asked: no volume counted as watching for a grant
+/// (`FailoverSlot::watching`, which holds a lost grant's give-back) nor as a survivor (a count
+/// left over would hold every later give-back for good).
+fn converged_counts(r: &Run, what: &str) {
+    for (i, s) in r.slots.iter().enumerate() {
+        assert_eq!(
+            (s.watching.load(SeqCst), s.survivors.load(SeqCst)),
+            (0, 0),
+            "{what}: site {i}'s counts (watching, survivors) do not return to zero"
+        );
+    }
 }
 
 fn every_phase(setup: Source, fault: Fault) {
@@ -655,6 +671,7 @@ fn takeover_with_faults(step: usize, who: usize, with_state: bool, lose_at: Opti
     drop((da, db));
     r.w.serve(&r.slots);
     assert_eq!(r.w.holder, None, "{what}: the grant was never given back");
+    converged_counts(&r, &what);
 }
 
 #[test]
