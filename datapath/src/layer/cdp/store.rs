@@ -543,6 +543,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         };
         // The last segment's index exists only when a clean stop sealed it; it is used only
         // while nothing follows its end.
+        let mut cache = false;
         let index = match load_index(dir, &file, segno, &meta)
             .filter(|i| i.entries.first().is_none_or(|e| e.seq == h.last_seq + 1))
             .filter(|i| !last_file || ends_at(&file, i.end, &meta, header.first_seq))
@@ -577,14 +578,11 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                     entries: s.entries,
                     clean: false,
                 };
-                // A cache: a failure to write it costs a scan next time. Not a reader's index
-                // of a cut log: recovery would take its end for the log's and zero the records
-                // after the damage without scanning, so without keeping their copy below.
-                if (mode == Load::Recover || (!last_file && later.is_none()))
-                    && let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode())
-                {
-                    tracing::warn!(error = %e, "cdp: cannot write a segment index");
-                }
+                // A cache (written below): a failure to write it costs a scan next time. Not a
+                // reader's index of a cut log: recovery would take its end for the log's and
+                // zero the records after the damage without scanning, so without keeping their
+                // copy below.
+                cache = mode == Load::Recover || (!last_file && later.is_none());
                 if let Some(why) = s.stopped
                     && let Some(at) = later
                 {
@@ -627,8 +625,16 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             h.last_seq = e.seq;
             h.last_time = e.time;
         }
+        // Recovery has the map say "not whole after the cut" before it caches the cut index:
+        // the next start takes a cached index without scanning, so it would no longer see the
+        // records the cut left out (nor would it if the next segment holds none yet).
         if mode == Load::Recover {
             lost_before_changes(&mut h)?;
+        }
+        if cache && let Err(e) = write_atomic(dir, &idx_path(dir, segno), &index.encode()) {
+            tracing::warn!(error = %e, "cdp: cannot write a segment index");
+        }
+        if mode == Load::Recover {
             zero_after(&path, index.end)?;
         }
         h.segments.push(Segment { header, index });
