@@ -9,8 +9,9 @@
 //! segment, records the base file's identity and modification time with the segment it seals
 //! ([`record`]). A start that finds its last segment sealed clean asks [`changed`]: the
 //! stamp names that segment and the base's identity, size or modification time differs, or the
-//! stamp is damaged. Then the history is not whole after its end (the start journals the whole
-//! volume again, behind a gap record, as after a stopped journal).
+//! stamp is damaged. Then the history is not whole after its end, or after where the journal
+//! had stopped in that run (the start journals the whole volume again, behind a gap record, as
+//! after a stopped journal: not only the changed regions `degraded.map` names).
 //!
 //! Invariants: a stamp counts only for the segment it names (number, first sequence, creation
 //! time): a later run's segment of the same number (after a cut) is not its. Without a stamp
