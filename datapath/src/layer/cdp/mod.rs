@@ -927,7 +927,7 @@ impl CdpChannel {
 enum AtStop {
     /// Nothing to make durable (a RAM base, journaled anew at every start): seal.
     Seal,
-    /// A file or block device that outlives the process (`seed`): `fdatasync` it by its path,
+    /// A file or block device that outlives the process (`seed`): `fsync` it by its path,
     /// then seal.
     SyncThenSeal(PathBuf),
     /// Its device writes a volatile cache back only after this layer is gone
@@ -969,8 +969,11 @@ impl Drop for CdpChannel {
             && self.ops.iter().all(|(_, p)| p.base.is_some())
         {
             let synced = match &self.at_stop {
+                // fsync, not fdatasync: the stamp below records the base's modification time,
+                // which fdatasync leaves unwritten; a power loss after the stop would put an
+                // older one back and the next start would take the base for written since.
                 AtStop::SyncThenSeal(p) if !self.off => {
-                    std::fs::File::open(p).and_then(|f| f.sync_data())
+                    std::fs::File::open(p).and_then(|f| f.sync_all())
                 }
                 _ => Ok(()),
             };

@@ -5,7 +5,8 @@
 //! later put back from an older copy (a backup restored: its last segment is sealed clean too,
 //! and every write since is in the volume only).
 //!
-//! Model: the clean stop, after its `fdatasync` of a file base and before it seals the
+//! Model: the clean stop, after its `fsync` of a file base (so its modification time is
+//! durable too) and before it seals the
 //! segment, records the base file's identity and modification time with the segment it seals
 //! ([`record`]). A start that finds its last segment sealed clean asks [`changed`]: the
 //! stamp names that segment and the base's inode, size or modification time differs (not its
