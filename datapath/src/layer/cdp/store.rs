@@ -509,6 +509,12 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             consolidated.push(segno);
             continue;
         }
+        // A valid header of this history and number that starts after the recovered end: the
+        // records between were written before it (a segment starts at the writer's durable
+        // end), and are lost (a damaged record header, none seen after it).
+        let starts_after = header.as_ref().is_ok_and(|sh| {
+            sh.vol_id == meta.vol_id && sh.segno == segno && sh.first_seq > h.last_seq + 1
+        });
         let header = header.and_then(|sh| {
             if sh.vol_id != meta.vol_id || sh.segno != segno {
                 Err("belongs to another history or has another number".to_string())
@@ -536,7 +542,13 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                 // continues the log) was acknowledged once the header was durable, so that
                 // header was damaged since (before session 27 it counted as torn, and the
                 // start journaled on from the cut).
-                h.lost = !last_file || records_after_header(&file, &meta, h.last_seq, h.last_time);
+                // So is one whose valid header starts after the recovered end (before session
+                // 27 counted as a cut of nothing acknowledged when the segment held no record
+                // yet). (With `sync = "flush"`, a power loss may also leave such a header
+                // over records never synced: marked lost too, the safe answer.)
+                h.lost = !last_file
+                    || starts_after
+                    || records_after_header(&file, &meta, h.last_seq, h.last_time);
                 h.damaged.push(segno);
                 continue;
             }
