@@ -149,3 +149,57 @@ fn a_directory_put_back_from_an_older_copy_never_serves_the_volume_as_it_was_the
         Err(e) => panic!("the newest point is refused: {e}"),
     }
 }
+
+/// The same with a journal that had stopped in the last run (degraded.map: the regions
+/// changed since the stop): the clean stop sealed the log and recorded the base, and the
+/// volume was written since without the layer. The start journaled again only the regions
+/// the map names, and the newest point served the blocks written since as they were in the
+/// history. The base stamp is checked whatever the map says (a changed base then counts every
+/// region as changed).
+#[test]
+fn a_base_written_after_a_degraded_clean_stop_is_journaled_whole_again() {
+    use twinblk::layer::cdp::degraded::RegionMap;
+    let (tmp, dir, body) = file_volume();
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    for i in 0..4u64 {
+        assert_eq!(c.write(i << 20, &pattern(i + 1, 65536)), 0);
+    }
+    c.disconnect();
+    assert!(s.stop(), "clean stop");
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h.sealed);
+    // As a clean stop while degraded leaves it: stopped after the last record, region 0
+    // changed since.
+    let (mut m, _) = RegionMap::open(&dir, SIZE).unwrap();
+    m.stopped(h.last_seq, h.last_time, h.last_time + 1).unwrap();
+    m.mark(0, 4096);
+    m.persist().unwrap();
+    drop(m);
+    // The volume written without the layer, in region 2.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(tmp.path().join("v.img"))
+            .unwrap();
+        f.write_all_at(&pattern(77, 65536), 2 << 20).unwrap();
+        f.sync_all().unwrap();
+    }
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(SIZE - 4096, &pattern(999, 4096)), 0);
+    let volume = c.read(0, SIZE as u32).unwrap();
+    c.disconnect();
+    assert!(s.stop(), "clean stop");
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    match pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE) {
+        Ok(newest) => assert!(
+            newest == volume,
+            "the newest point is not the volume (first difference at byte {:?})",
+            newest.iter().zip(&volume).position(|(a, b)| a != b)
+        ),
+        Err(e) => panic!("the newest point is refused: {e}"),
+    }
+}

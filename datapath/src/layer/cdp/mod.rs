@@ -299,20 +299,23 @@ impl CdpDevice {
         // A log sealed by a clean stop says the volume is its newest point, unless the base
         // was written since (without the layer, or the directory put back from an older copy):
         // then the history is not whole after its end, and the whole volume is journaled
-        // again below (stamp.rs).
+        // again below (stamp.rs). Also when the journal had stopped in that run (the map's
+        // changed regions do not name the writes made since; before session 27 only they were
+        // journaled again): the history stays whole up to where it stopped.
         if let Some(base) = s.seed.as_deref()
             && h.sealed
             && !s.volatile
-            && prior == degraded::Prior::Whole
+            && !matches!(prior, degraded::Prior::Stopped { regions: None, .. })
             && let Some(last) = h.segments.last()
             && stamp::changed(&s.dir, &meta, &last.header, base)
         {
-            tracing::warn!(dir = %s.dir.display(), base = %base.display(), last_seq = h.last_seq,
+            let (after, after_time) = prior.whole_until(h.last_seq, h.last_time);
+            tracing::warn!(dir = %s.dir.display(), base = %base.display(), after,
                 "cdp: the base was written since the clean stop that sealed the history (without this journal, or the directory is an older copy): the history is not whole after its end, and the whole volume is journaled again");
-            regions.unknown(h.last_seq, h.last_time, clock::now())?;
+            regions.unknown(after, after_time, clock::now())?;
             prior = degraded::Prior::Stopped {
-                after: h.last_seq,
-                after_time: h.last_time,
+                after,
+                after_time,
                 regions: None,
             };
         }
@@ -924,7 +927,7 @@ impl CdpChannel {
 enum AtStop {
     /// Nothing to make durable (a RAM base, journaled anew at every start): seal.
     Seal,
-    /// A file or block device that outlives the process (`seed`): `fdatasync` it by its path,
+    /// A file or block device that outlives the process (`seed`): `fsync` it by its path,
     /// then seal.
     SyncThenSeal(PathBuf),
     /// Its device writes a volatile cache back only after this layer is gone
@@ -966,8 +969,11 @@ impl Drop for CdpChannel {
             && self.ops.iter().all(|(_, p)| p.base.is_some())
         {
             let synced = match &self.at_stop {
+                // fsync, not fdatasync: the stamp below records the base's modification time,
+                // which fdatasync leaves unwritten; a power loss after the stop would put an
+                // older one back and the next start would take the base for written since.
                 AtStop::SyncThenSeal(p) if !self.off => {
-                    std::fs::File::open(p).and_then(|f| f.sync_data())
+                    std::fs::File::open(p).and_then(|f| f.sync_all())
                 }
                 _ => Ok(()),
             };

@@ -5,12 +5,14 @@
 //! later put back from an older copy (a backup restored: its last segment is sealed clean too,
 //! and every write since is in the volume only).
 //!
-//! Model: the clean stop, after its `fdatasync` of a file base and before it seals the
+//! Model: the clean stop, after its `fsync` of a file base (so its modification time is
+//! durable too) and before it seals the
 //! segment, records the base file's identity and modification time with the segment it seals
 //! ([`record`]). A start that finds its last segment sealed clean asks [`changed`]: the
-//! stamp names that segment and the base's identity, size or modification time differs, or the
-//! stamp is damaged. Then the history is not whole after its end (the start journals the whole
-//! volume again, behind a gap record, as after a stopped journal).
+//! stamp names that segment and the base's inode, size or modification time differs (not its
+//! device number: a reboot may number the device anew), or the stamp is damaged. Then the history is not whole after its end, or after where the journal
+//! had stopped in that run (the start journals the whole volume again, behind a gap record, as
+//! after a stopped journal: not only the changed regions `degraded.map` names).
 //!
 //! Invariants: a stamp counts only for the segment it names (number, first sequence, creation
 //! time): a later run's segment of the same number (after a cut) is not its. Without a stamp
@@ -91,8 +93,14 @@ pub fn changed(dir: &Path, meta: &Meta, seg: &SegHeader, base: &Path) -> bool {
     {
         return false;
     }
+    // Not the device number (word 4): that of the filesystem's device may change from one boot
+    // to the next (device-mapper and NVMe numbering, btrfs's anonymous devices), and a clean
+    // stop followed by a reboot is the most usual restart; another file has another inode.
     match std::fs::metadata(base) {
-        Ok(m) if m.is_file() => encode(meta, seg, &m)[..] != b[..],
+        Ok(m) if m.is_file() => {
+            let now = encode(meta, seg, &m);
+            now[16 + 8 * 5..16 + 8 * 9] != b[16 + 8 * 5..16 + 8 * 9]
+        }
         _ => true,
     }
 }
@@ -125,6 +133,14 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&base, vec![2u8; 4096]).unwrap();
         assert!(changed(dir, &meta, &seg, &base), "written since");
+        record(dir, &meta, 1, &base).unwrap();
+        // The same file after a reboot that numbered its filesystem's device anew.
+        let mut b = std::fs::read(path(dir)).unwrap();
+        b[16 + 8 * 4] ^= 1;
+        let crc = crate::checksum::crc32c(&b[..LEN - 4]);
+        b[LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(path(dir), &b).unwrap();
+        assert!(!changed(dir, &meta, &seg, &base), "the device renumbered");
         record(dir, &meta, 1, &base).unwrap();
         let mut b = std::fs::read(path(dir)).unwrap();
         b[70] ^= 1;

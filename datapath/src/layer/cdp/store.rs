@@ -509,6 +509,12 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             consolidated.push(segno);
             continue;
         }
+        // A valid header of this history and number that starts after the recovered end: the
+        // records between were written before it (a segment starts at the writer's durable
+        // end), and are lost (a damaged record header, none seen after it).
+        let starts_after = header.as_ref().is_ok_and(|sh| {
+            sh.vol_id == meta.vol_id && sh.segno == segno && sh.first_seq > h.last_seq + 1
+        });
         let header = header.and_then(|sh| {
             if sh.vol_id != meta.vol_id || sh.segno != segno {
                 Err("belongs to another history or has another number".to_string())
@@ -536,13 +542,20 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                 // continues the log) was acknowledged once the header was durable, so that
                 // header was damaged since (before session 27 it counted as torn, and the
                 // start journaled on from the cut).
-                h.lost = !last_file || records_after_header(&file, &meta, h.last_seq, h.last_time);
+                // So is one whose valid header starts after the recovered end (before session
+                // 27 counted as a cut of nothing acknowledged when the segment held no record
+                // yet). (With `sync = "flush"`, a power loss may also leave such a header
+                // over records never synced: marked lost too, the safe answer.)
+                h.lost = !last_file
+                    || starts_after
+                    || records_after_header(&file, &meta, h.last_seq, h.last_time);
                 h.damaged.push(segno);
                 continue;
             }
         };
         // The last segment's index exists only when a clean stop sealed it; it is used only
         // while nothing follows its end.
+        let mut cache = false;
         let index = match load_index(dir, &file, segno, &meta)
             .filter(|i| i.entries.first().is_none_or(|e| e.seq == h.last_seq + 1))
             .filter(|i| !last_file || ends_at(&file, i.end, &meta, header.first_seq))
@@ -577,14 +590,11 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                     entries: s.entries,
                     clean: false,
                 };
-                // A cache: a failure to write it costs a scan next time. Not a reader's index
-                // of a cut log: recovery would take its end for the log's and zero the records
-                // after the damage without scanning, so without keeping their copy below.
-                if (mode == Load::Recover || (!last_file && later.is_none()))
-                    && let Err(e) = write_atomic(dir, &idx_path(dir, segno), &i.encode())
-                {
-                    tracing::warn!(error = %e, "cdp: cannot write a segment index");
-                }
+                // A cache (written below): a failure to write it costs a scan next time. Not a
+                // reader's index of a cut log: recovery would take its end for the log's and
+                // zero the records after the damage without scanning, so without keeping their
+                // copy below.
+                cache = mode == Load::Recover || (!last_file && later.is_none());
                 if let Some(why) = s.stopped
                     && let Some(at) = later
                 {
@@ -627,8 +637,16 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             h.last_seq = e.seq;
             h.last_time = e.time;
         }
+        // Recovery has the map say "not whole after the cut" before it caches the cut index:
+        // the next start takes a cached index without scanning, so it would no longer see the
+        // records the cut left out (nor would it if the next segment holds none yet).
         if mode == Load::Recover {
             lost_before_changes(&mut h)?;
+        }
+        if cache && let Err(e) = write_atomic(dir, &idx_path(dir, segno), &index.encode()) {
+            tracing::warn!(error = %e, "cdp: cannot write a segment index");
+        }
+        if mode == Load::Recover {
             zero_after(&path, index.end)?;
         }
         h.segments.push(Segment { header, index });
