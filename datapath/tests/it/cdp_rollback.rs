@@ -298,13 +298,20 @@ fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
     assert!(std::fs::read(&restored).unwrap() == want);
 }
 
-/// A rollback interrupted after it began (its journal partly written) leaves the volume
-/// unserved (the daemon refuses to start) until the same command is run again, which
-/// completes it.
-#[test]
-fn an_interrupted_rollback_blocks_the_daemon_until_rerun() {
-    use twinblk::layer::cdp::pit::Point;
-    use twinblk::layer::cdp::rollback::{self, Goal, Target};
+/// Site "a" with one volume `v` and its history: ten writes, then, after the point `t` of
+/// the sixth, the whole volume rewritten (several batches to roll back); the daemon stopped.
+/// Returns the root, the (stopped) server, the daemon's config path, the history's
+/// directories, the log of updates, `t` and the rollback's target (the volume).
+fn rewritten_after_a_point() -> (
+    tempfile::TempDir,
+    Server,
+    String,
+    Vec<PathBuf>,
+    Vec<(Update, u64)>,
+    u64,
+    twinblk::layer::cdp::rollback::Target,
+) {
+    use twinblk::layer::cdp::rollback::Target;
     let root = tempfile::tempdir().unwrap();
     let names = ["v"];
     let (mut s, cfg, dirs) = one_volume(root.path());
@@ -327,6 +334,17 @@ fn an_interrupted_rollback_blocks_the_daemon_until_rerun() {
         mirror_state: None,
         all: false,
     };
+    (root, s, cfg, dirs, log, t, target)
+}
+
+/// A rollback interrupted after it began (its journal partly written) leaves the volume
+/// unserved (the daemon refuses to start) until the same command is run again, which
+/// completes it.
+#[test]
+fn an_interrupted_rollback_blocks_the_daemon_until_rerun() {
+    use twinblk::layer::cdp::pit::Point;
+    use twinblk::layer::cdp::rollback::{self, Goal};
+    let (root, s, cfg, dirs, log, t, target) = rewritten_after_a_point();
     // Stop once a first batch is journaled and its blocks written, with more to compare (a
     // crash there): the volume is partly rolled back.
     let img = root.path().join("a-v.img");
@@ -393,27 +411,7 @@ fn an_interrupted_rollback_whose_own_records_are_cut_is_still_completed() {
     use twinblk::layer::cdp::format::Op;
     use twinblk::layer::cdp::pit::Point;
     use twinblk::layer::cdp::rollback::{self, Goal, Target};
-    let root = tempfile::tempdir().unwrap();
-    let names = ["v"];
-    let (mut s, cfg, dirs) = one_volume(root.path());
-    let mut log = workload(s.addr, &names, &dirs, 2, 10);
-    let t = log[5].1;
-    for k in 0..4u64 {
-        let data = pattern(900 + k, 1 << 20);
-        let mut c = Client::connect(s.addr, "v", false);
-        assert_eq!(c.write(k << 20, &data), 0);
-        c.disconnect();
-        log.push(((0, k << 20, data), last(&dirs[0]).1));
-    }
-    assert!(s.stop());
-    let target = Target {
-        name: "v".into(),
-        dir: dirs[0].clone(),
-        volume: root.path().join("a-v.img"),
-        segment_size: 4 << 20,
-        mirror_state: None,
-        all: false,
-    };
+    let (root, s, cfg, dirs, log, t, target) = rewritten_after_a_point();
     let p = rollback::prepare(target, Goal::To(Point::Time(t))).unwrap();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rollback::run(p, |g| {
