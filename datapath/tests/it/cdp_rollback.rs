@@ -298,19 +298,23 @@ fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
     assert!(std::fs::read(&restored).unwrap() == want);
 }
 
+/// What [`rewritten_after_a_point`] leaves.
+struct Rewritten {
+    root: tempfile::TempDir,
+    /// The daemon, stopped.
+    s: Server,
+    cfg: String,
+    dirs: Vec<PathBuf>,
+    log: Vec<(Update, u64)>,
+    /// The point.
+    t: u64,
+    /// The rollback's target: the volume.
+    target: twinblk::layer::cdp::rollback::Target,
+}
+
 /// Site "a" with one volume `v` and its history: ten writes, then, after the point `t` of
 /// the sixth, the whole volume rewritten (several batches to roll back); the daemon stopped.
-/// Returns the root, the (stopped) server, the daemon's config path, the history's
-/// directories, the log of updates, `t` and the rollback's target (the volume).
-fn rewritten_after_a_point() -> (
-    tempfile::TempDir,
-    Server,
-    String,
-    Vec<PathBuf>,
-    Vec<(Update, u64)>,
-    u64,
-    twinblk::layer::cdp::rollback::Target,
-) {
+fn rewritten_after_a_point() -> Rewritten {
     use twinblk::layer::cdp::rollback::Target;
     let root = tempfile::tempdir().unwrap();
     let names = ["v"];
@@ -334,7 +338,15 @@ fn rewritten_after_a_point() -> (
         mirror_state: None,
         all: false,
     };
-    (root, s, cfg, dirs, log, t, target)
+    Rewritten {
+        root,
+        s,
+        cfg,
+        dirs,
+        log,
+        t,
+        target,
+    }
 }
 
 /// A rollback interrupted after it began (its journal partly written) leaves the volume
@@ -344,7 +356,15 @@ fn rewritten_after_a_point() -> (
 fn an_interrupted_rollback_blocks_the_daemon_until_rerun() {
     use twinblk::layer::cdp::pit::Point;
     use twinblk::layer::cdp::rollback::{self, Goal};
-    let (root, s, cfg, dirs, log, t, target) = rewritten_after_a_point();
+    let Rewritten {
+        root,
+        s,
+        cfg,
+        dirs,
+        log,
+        t,
+        target,
+    } = rewritten_after_a_point();
     // Stop once a first batch is journaled and its blocks written, with more to compare (a
     // crash there): the volume is partly rolled back.
     let img = root.path().join("a-v.img");
@@ -411,7 +431,15 @@ fn an_interrupted_rollback_whose_own_records_are_cut_is_still_completed() {
     use twinblk::layer::cdp::format::Op;
     use twinblk::layer::cdp::pit::Point;
     use twinblk::layer::cdp::rollback::{self, Goal, Target};
-    let (root, s, cfg, dirs, log, t, target) = rewritten_after_a_point();
+    let Rewritten {
+        root,
+        s,
+        cfg,
+        dirs,
+        log,
+        t,
+        target,
+    } = rewritten_after_a_point();
     let p = rollback::prepare(target, Goal::To(Point::Time(t))).unwrap();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rollback::run(p, |g| {
