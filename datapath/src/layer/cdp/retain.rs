@@ -157,9 +157,9 @@ fn consolidate_once_in(
     }
     let meta = store::read_meta(dir)?;
     let (segno, _) = segs[0];
-    if store::segment_header(dir, segno)?.first_seq <= meta.base_seq
-        && store::segment_header(dir, segs[1].0)?.first_seq <= meta.base_seq + 1
-    {
+    let header = store::segment_header(dir, segno)?;
+    let next = store::segment_header(dir, segs[1].0)?;
+    if header.first_seq <= meta.base_seq && next.first_seq <= meta.base_seq + 1 {
         // Wholly in the base copy already: a pass wrote the meta, then could not retire the
         // segment (or crashed first). Retire it now, or no later pass would get past it
         // (under the lock, as every pass changes the directory).
@@ -181,13 +181,11 @@ fn consolidate_once_in(
     // the next segment's creation (stamped by the writer's switch, after every record of this
     // one: site time never goes back), or, when that bound does not settle it, what an earlier
     // look's scan found (`notes.newest`) or a scan now.
-    let header = store::segment_header(dir, segno)?;
     if header.first_seq != meta.base_seq + 1 {
         // Not the next segment of the chain (damaged, or already consolidated): recovery at
         // the next start sorts it out; nothing is applied here.
         return Ok(None);
     }
-    let next = store::segment_header(dir, segs[1].0)?;
     let last = next.first_seq.saturating_sub(1);
     let total: u64 = segs.iter().map(|(_, len)| len).sum();
     let by_size = r.bytes.is_some_and(|b| total > b);

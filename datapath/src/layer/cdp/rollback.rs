@@ -184,26 +184,14 @@ pub fn load_marker(dir: &Path) -> Result<Option<Marker>, CdpError> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), CdpError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync", dir))
-}
-
 fn write_marker(dir: &Path, m: &Marker) -> Result<(), CdpError> {
-    let p = marker_path(dir);
-    let tmp = p.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-    f.write_all(&m.encode()).map_err(io_err("write", &tmp))?;
-    f.sync_all().map_err(io_err("sync", &tmp))?;
-    std::fs::rename(&tmp, &p).map_err(io_err("rename", &p))?;
-    sync_dir(dir)
+    store::write_atomic(dir, &marker_path(dir), &m.encode())
 }
 
 fn remove_marker(dir: &Path) -> Result<(), CdpError> {
     let p = marker_path(dir);
     std::fs::remove_file(&p).map_err(io_err("remove", &p))?;
-    sync_dir(dir)
+    store::sync_dir(dir)
 }
 
 /// The time consolidation must not pass while `dir` has a rollback marker (a rollback not

@@ -21,7 +21,7 @@
 //! timestamp granularity (a few ms) after the stop is not seen.
 
 use super::error::{io_err, sync_dir};
-use super::format::{Meta, SegHeader};
+use super::format::{self, Meta, SegHeader};
 use super::store::{self, CdpError};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -54,7 +54,7 @@ fn encode(meta: &Meta, seg: &SegHeader, m: &std::fs::Metadata) -> [u8; LEN] {
         m.mtime_nsec() as u64,
     ];
     for (i, w) in words.iter().enumerate() {
-        b[16 + 8 * i..24 + 8 * i].copy_from_slice(&w.to_le_bytes());
+        format::put64(&mut b, 16 + 8 * i, *w);
     }
     let crc = crate::checksum::crc32c(&b[..LEN - 4]);
     b[LEN - 4..].copy_from_slice(&crc.to_le_bytes());
@@ -88,7 +88,7 @@ pub fn changed(dir: &Path, meta: &Meta, seg: &SegHeader, base: &Path) -> bool {
     if !ok {
         return true;
     }
-    let word = |i: usize| u64::from_le_bytes(b[16 + 8 * i..24 + 8 * i].try_into().unwrap());
+    let word = |i: usize| format::le64(&b, 16 + 8 * i);
     if (word(0), word(1), word(2), word(3)) != (meta.vol_id, seg.segno, seg.first_seq, seg.created)
     {
         return false;
