@@ -7,7 +7,7 @@
 use crate::harness::{Server, pattern};
 use crate::rawnbd::Client;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use twinblk::layer::cdp::format::Op;
 use twinblk::layer::cdp::pit::{self, Point};
 use twinblk::layer::cdp::store::{self, CdpError, Load};
@@ -19,13 +19,15 @@ const SIZE: usize = 16 << 20;
 const WRITERS: usize = 4;
 
 /// Writes of 4 KiB patterns to part `part` (of [`WRITERS`]) of volume `v` of `size` bytes
-/// through `addr` until `stop`, one at a time; the writes in completion order.
+/// through `addr` until `stop`, one at a time, counting each acknowledged one in `done`; the
+/// writes in completion order.
 pub(crate) fn writer(
     addr: std::net::SocketAddr,
     size: usize,
     part: usize,
     seed: u64,
     stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<Vec<(u64, Vec<u8>)>> {
     std::thread::spawn(move || {
         let mut c = Client::connect(addr, "v", false);
@@ -37,11 +39,39 @@ pub(crate) fn writer(
             let data = pattern(seed + i, 4096);
             assert_eq!(c.write(off, &data), 0, "write {i} of part {part} failed");
             log.push((off, data));
+            done.fetch_add(1, Ordering::SeqCst);
             i += 1;
         }
         c.disconnect();
         log
     })
+}
+
+/// Writes each writer does before the switch and again after it (a loaded machine makes
+/// them slow: the load is counted, not timed).
+const WRITES_EACH_SIDE: usize = 4;
+
+/// The counts of `done` now.
+fn counts(done: &[Arc<AtomicUsize>]) -> Vec<usize> {
+    done.iter().map(|d| d.load(Ordering::SeqCst)).collect()
+}
+
+/// Wait until every writer of `done` did [`WRITES_EACH_SIDE`] more writes than `from` says
+/// (at most 60 s: a writer that cannot write for that long is a failure).
+fn wait_writes(done: &[Arc<AtomicUsize>], from: &[usize], when: &str) {
+    let t = std::time::Instant::now();
+    while counts(done)
+        .iter()
+        .zip(from)
+        .any(|(d, f)| *d < f + WRITES_EACH_SIDE)
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "{when}: the writers did not go on in 60 s ({from:?} then {:?})",
+            counts(done)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// `on` switches CDP on (`params` of `cdp_enable`) while [`WRITERS`] connections write volume
@@ -56,19 +86,27 @@ pub(crate) fn enable_under_load(
     seed: u64,
 ) -> serde_json::Value {
     let stop = Arc::new(AtomicBool::new(false));
+    let done: Vec<_> = (0..WRITERS)
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
     let w: Vec<_> = (0..WRITERS)
         .map(|p| {
             let addr = sites[p % sites.len()];
-            writer(addr, size, p, seed + p as u64 * 100_000, Arc::clone(&stop))
+            let seed = seed + p as u64 * 100_000;
+            writer(addr, size, p, seed, Arc::clone(&stop), Arc::clone(&done[p]))
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    wait_writes(&done, &[0; WRITERS], "before cdp_enable");
     let r = on.rpc_with("cdp_enable", params);
-    std::thread::sleep(std::time::Duration::from_millis(150));
+    wait_writes(&done, &counts(&done), "after cdp_enable");
     stop.store(true, Ordering::SeqCst);
     for t in w {
         let log = t.join().unwrap();
-        assert!(log.len() > 5, "the load ran ({} writes)", log.len());
+        assert!(
+            log.len() >= 2 * WRITES_EACH_SIDE,
+            "the load ran ({} writes)",
+            log.len()
+        );
         for (o, d) in &log {
             model[*o as usize..*o as usize + d.len()].copy_from_slice(d);
         }

@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use twinblk::layer::cdp::format::Op;
@@ -68,15 +68,22 @@ fn request(c: &mut Client, kind: u16, off: u64, data: &[u8], len: usize) -> Opti
 struct LoadRun {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Part>>,
+    /// Writes acknowledged so far, all writers.
+    acked: Arc<AtomicUsize>,
 }
+
+/// Writes acknowledged before a test acts under the load ([`LoadRun::running`]).
+const BEFORE: usize = 24;
 
 impl LoadRun {
     fn start(addr: SocketAddr, model: &[u8], seed: u64) -> LoadRun {
         let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
         let part = model.len() / WRITERS;
         let threads = (0..WRITERS)
             .map(|w| {
                 let stop = Arc::clone(&stop);
+                let acked = Arc::clone(&acked);
                 let mut mine = model[w * part..(w + 1) * part].to_vec();
                 std::thread::spawn(move || {
                     let mut c = Client::connect(addr, "v", false);
@@ -97,6 +104,7 @@ impl LoadRun {
                         p.pending = None;
                         mine[rel as usize..rel as usize + 4096].copy_from_slice(&data);
                         p.acked.push((base + rel, data));
+                        acked.fetch_add(1, Ordering::SeqCst);
                         if i % 3 == 2 {
                             let r = (i * 104729 * 4096) % part as u64;
                             let Some(got) = request(&mut c, 0, base + r, &[], 4096) else {
@@ -116,7 +124,26 @@ impl LoadRun {
                 })
             })
             .collect();
-        LoadRun { stop, threads }
+        LoadRun {
+            stop,
+            threads,
+            acked,
+        }
+    }
+
+    /// Wait until the writers have [`BEFORE`] writes acknowledged (a loaded machine makes
+    /// them slow: the load is counted, not timed; at most 60 s).
+    fn running(self) -> LoadRun {
+        let t = Instant::now();
+        while self.acked.load(Ordering::SeqCst) < BEFORE {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the load did not start: {} writes in 60 s",
+                self.acked.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self
     }
 
     /// Stop (or, after a kill, collect) the writers; their acknowledged writes go into
@@ -134,7 +161,7 @@ impl LoadRun {
             }
             pending.extend(p.pending);
         }
-        assert!(writes > 20, "the load ran ({writes} writes)");
+        assert!(writes >= BEFORE, "the load ran ({writes} writes)");
         eprintln!("load: {writes} writes acknowledged, {reads} reads checked");
         pending
     }
@@ -315,8 +342,7 @@ fn a_kill_during_the_catch_up_refuses_points_after_x_and_the_restart_makes_it_wh
     .collect();
     writes(&mut c, &mut model, 300, 8);
     // On again under load; killed mid catch-up.
-    let load = LoadRun::start(s.addr, &model, 5000);
-    std::thread::sleep(Duration::from_millis(50));
+    let load = LoadRun::start(s.addr, &model, 5000).running();
     let en = enable_async(&sock, &dir);
     let mid = wait_catching_up(&sock, (SIZE / 4) as u64, &en);
     let mut s = s;
@@ -439,8 +465,7 @@ fn a_catch_up_that_fills_the_journal_device_degrades_and_the_volume_keeps_servin
     // Ballast, removed after the failure so that views and bookmarks find room.
     let ballast = fs.0.join("ballast");
     std::fs::write(&ballast, vec![1u8; 1 << 20]).unwrap();
-    let load = LoadRun::start(s.addr, &model, 7000);
-    std::thread::sleep(Duration::from_millis(50));
+    let load = LoadRun::start(s.addr, &model, 7000).running();
     let r = enable_async(&sock, &dir).join().unwrap().unwrap();
     let msg = r["error"]["message"].as_str().unwrap_or("");
     assert!(
@@ -550,8 +575,7 @@ fn cdp_disable_during_a_catch_up_is_answered_and_every_served_point_is_exact() {
     let mut model = image(&img, SIZE);
     let s = Server::start(tmp.path(), &config(&img, SIZE));
     let sock = s.socket.clone();
-    let load = LoadRun::start(s.addr, &model, 11000);
-    std::thread::sleep(Duration::from_millis(50));
+    let load = LoadRun::start(s.addr, &model, 11000).running();
     let en = enable_async(&sock, &dir);
     let mid = wait_catching_up(&sock, (SIZE / 8) as u64, &en);
     assert!(
@@ -663,8 +687,7 @@ fn a_cdp_disable_after_the_enable_answered_abandons_the_catch_up_and_refuses_its
         assert!(msg.contains("\"wait\" must be"), "wait {bad}: {r}");
     }
     assert!(status(&sock).is_null(), "nothing changed");
-    let load = LoadRun::start(s.addr, &model, 21000);
-    std::thread::sleep(Duration::from_millis(50));
+    let load = LoadRun::start(s.addr, &model, 21000).running();
     let r = rpc(
         &sock,
         "cdp_enable",
