@@ -110,18 +110,43 @@ fn site_vol(
 ) -> Server {
     let d = root.join(me);
     std::fs::create_dir_all(&d).unwrap();
-    let key = root.join("witness.key");
-    std::fs::write(&key, KEY).unwrap();
     Server::start(
         &d,
-        &format!(
-            "[reactor]\ncores=[0]\npin=false\n\
-             [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
-             peer='127.0.0.1:{peer_port}'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
-             witness='{witness}'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n{extra_mirror}\n\
-             [[volume]]\nname='vol0'\n{volume}\nmirror=true\nleader='a'\n",
-            key.display(),
+        &witness_site_body(
+            root,
+            me,
+            peer,
+            listen,
+            peer_port,
+            witness,
+            extra_mirror,
+            volume,
         ),
+    )
+}
+
+/// The config body (reactor, mirror with the witness, volume `vol0` led by site a) of site
+/// `me` of [`site_vol`]; the witness key is written to `root`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn witness_site_body(
+    root: &Path,
+    me: &str,
+    peer: &str,
+    listen: u16,
+    peer_port: u16,
+    witness: SocketAddr,
+    extra_mirror: &str,
+    volume: &str,
+) -> String {
+    let key = root.join("witness.key");
+    std::fs::write(&key, KEY).unwrap();
+    format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
+         peer='127.0.0.1:{peer_port}'\npeer_timeout_ms=10000\npeer_dead_ms=400\n\
+         witness='{witness}'\nwitness_key_file='{}'\nwitness_timeout_ms=1500\n{extra_mirror}\n\
+         [[volume]]\nname='vol0'\n{volume}\nmirror=true\nleader='a'\n",
+        key.display(),
     )
 }
 

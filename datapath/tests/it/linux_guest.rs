@@ -5,7 +5,9 @@
 //! access, no QEMU obtainable, `TWINBLK_SKIP_GUEST=1`); once the guest boots every check must
 //! pass.
 
+use crate::failover::{KEY, WitnessProc, witness_site_body};
 use crate::guest::{self, Run};
+use crate::harness::{Server, free_port};
 use crate::iscsi::two_sites;
 use std::io::Read;
 use std::path::Path;
@@ -343,4 +345,114 @@ fn linux_initiators_attach_a_read_only_view_read_only() {
         "linux read-only view guest: {MIB} MiB read per protocol, guest {:.1} s",
         run.elapsed.as_secs_f64()
     );
+}
+
+/// A site dies under the kernel's NVMe/TCP initiator: two sites of a mirrored volume with a
+/// witness, the guest connected to both (native multipath; site a, the leader, optimized). The
+/// guest writes a pattern through the namespace head a MiB at a time, flushing each; at MiB 4
+/// it asks for site a's SIGKILL and rewrites that MiB until it sees site a's controller down,
+/// then writes the rest. Linux must carry the writes over to site b, which serves once the
+/// witness grants it survivor: no write fails, the pattern reads back whole through the head,
+/// site b's path turns ANA optimized, and the kernel log shows no I/O error. Site b's replica
+/// then holds the pattern. (The longest MiB write, what the failover cost the guest, is
+/// printed; under TCG it is not a measure of the RTO.)
+#[test]
+fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
+    let kit = match guest::kit() {
+        Ok(k) => k,
+        Err(reason) => {
+            guest::skip(
+                "linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed",
+                &reason,
+            );
+            return;
+        }
+    };
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let site = |me: &str, peer: &str, listen: u16, peer_port: u16| {
+        let d = root.path().join(me);
+        std::fs::create_dir_all(&d).unwrap();
+        let volume = format!(
+            "backend='uring'\nsize='64MiB'\npath='{}'",
+            root.path().join(format!("{me}.img")).display()
+        );
+        Server::start_nvmf(
+            &d,
+            "",
+            &witness_site_body(
+                root.path(),
+                me,
+                peer,
+                listen,
+                peer_port,
+                w.addr,
+                "",
+                &volume,
+            ),
+        )
+    };
+    let mut a = site("a", "b", pa, pb);
+    let b = site("b", "a", pb, pa);
+    crate::mirror::wait_up(&a);
+    crate::mirror::wait_up(&b);
+    let mib = pattern_mib().max(8);
+    let mut killed = None;
+    let run = guest::boot_acting(
+        kit,
+        "nvme-failover",
+        "failover",
+        &[
+            ("host", "10.0.2.2".to_string()),
+            ("porta", a.nvmf_addr.port().to_string()),
+            ("portb", b.nvmf_addr.port().to_string()),
+            ("nqn", "nqn.2026-11.io.twinblk:vol0".to_string()),
+            ("mib", mib.to_string()),
+            ("killat", "4".to_string()),
+        ],
+        timeout(),
+        &mut |l| {
+            if matches!(l, guest::Line::Info { key, .. } if key == "kill-a") && killed.is_none() {
+                a.kill();
+                killed = Some(std::time::Instant::now());
+                eprintln!("linux guest nvme-failover: site a killed (SIGKILL)");
+            }
+        },
+    );
+    assert!(killed.is_some(), "the guest never asked for the kill");
+    assert_passed(
+        &run,
+        &[
+            "modules",
+            "network",
+            "connect-a",
+            "connect-b",
+            "multipath",
+            "write-through-kill",
+            "b-optimized",
+            "controllers-gone",
+            "kernel-log",
+        ],
+    );
+    let want = run
+        .info("pattern-md5")
+        .expect("the guest reported its pattern's md5");
+    assert_eq!(
+        md5_prefix(&root.path().join("b.img"), mib << 20),
+        want,
+        "site b's replica holds the guest's pattern"
+    );
+    assert_eq!(
+        crate::harness::mirror_state(&b),
+        "survivor",
+        "site b carries on as the survivor"
+    );
+    eprintln!(
+        "linux NVMe/TCP failover guest: {mib} MiB, site a killed at MiB 4 after {} rewrite(s), longest MiB write {} ms, guest {:.1} s",
+        run.info("rewrites").unwrap_or("?"),
+        run.info("longest-mib-ms").unwrap_or("?"),
+        run.elapsed.as_secs_f64()
+    );
+    drop((b, w));
 }

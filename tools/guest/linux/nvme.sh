@@ -13,98 +13,19 @@ H=${tb_host:-10.0.2.2}
 NQN=$tb_nqn
 WANT_A=${tb_anaa:-optimized}
 WANT_B=${tb_anab:-non-optimized}
-# one host identity on every path (multipath needs the same host NQN and id)
-mkdir -p /etc/nvme
-echo "nqn.2014-08.org.nvmexpress:uuid:5d1a6c1e-7a1b-4c55-9a57-2b1c0e1f7e11" > /etc/nvme/hostnqn
-echo "5d1a6c1e-7a1b-4c55-9a57-2b1c0e1f7e11" > /etc/nvme/hostid
+. /etc/twinblk/nvme-paths.sh
 
-# connect SITE PORT [CHECK]: a controller to H:PORT (its name in CTRL_<SITE>), checked as
-# CHECK (default connect-SITE)
-connect() {
-    what=${3:-connect-$1}
-    t=$(uptime_s)
-    if ! nvme connect -t tcp -a "$H" -s "$2" -n "$NQN" > /tmp/nvme.out 2>&1; then
-        check "$what" FAIL "$H:$2: $(tr '\n' ' ' < /tmp/nvme.out)"
-        return 1
-    fi
-    c=$(ctrl_of "$2")
-    if [ -z "$c" ]; then
-        check "$what" FAIL "connected to $H:$2 but no controller has that address"
-        return 1
-    fi
-    eval "CTRL_$1=$c"
-    check "$what" PASS "$H:$2 -> $c ($(cat /sys/class/nvme/$c/model | tr -s ' '), cntlid $(cat /sys/class/nvme/$c/cntlid)) in ${t}s..$(uptime_s)s: $(tr '\n' ' ' < /tmp/nvme.out)"
-}
-# ctrl_of PORT: the controller whose transport address names PORT
-ctrl_of() {
-    for c in /sys/class/nvme/nvme*; do
-        [ -e "$c/address" ] || continue
-        case "$(cat "$c/address")" in
-        *"trsvcid=$1,"* | *"trsvcid=$1") basename "$c" && return 0 ;;
-        esac
-    done
-    return 1
-}
-# disconnect SITE: its controller
-disconnect() {
-    eval "c=\$CTRL_$1"
-    if nvme disconnect -d "$c" > /tmp/nvme.out 2>&1; then
-        check "disconnect-$1-$2" PASS "$c: $(tr '\n' ' ' < /tmp/nvme.out)"
-    else
-        check "disconnect-$1-$2" FAIL "$c: $(tr '\n' ' ' < /tmp/nvme.out)"
-    fi
-}
-# ana SITE: the ANA state of its path to the head
-ana() {
-    eval "c=\$CTRL_$1"
-    for p in /sys/block/nvme*c*n1; do
-        [ -e "$p/device" ] || continue
-        [ "$(basename "$(readlink -f "$p/device")")" = "$c" ] && cat "$p/ana_state" && return 0
-    done
-}
-# wait_head: the namespace head's block device (15 s at most)
-wait_head() {
-    j=0
-    while [ $j -lt 150 ]; do
-        for d in /sys/block/nvme*n1; do
-            n=$(basename "$d")
-            case "$n" in nvme*c*) continue ;; esac
-            [ -e "$d" ] && echo "$n" && return 0
-        done
-        sleep 0.1
-        j=$((j + 1))
-    done
-    return 1
-}
-
-if connect a "$tb_porta" && connect b "$tb_portb"; then
-    HEAD=$(wait_head)
-    ctrls=$(ls /sys/class/nvme-subsystem/*/ 2>/dev/null | grep -cE '^nvme[0-9]+$')
-    sa=$(ana a)
-    sb=$(ana b)
-    if [ -n "$HEAD" ] && [ "$ctrls" = 2 ] && [ "$sa" = "$WANT_A" ] && [ "$sb" = "$WANT_B" ]; then
-        check multipath PASS "head /dev/$HEAD ($(cat /sys/block/$HEAD/size) sectors), 1 subsystem, 2 controllers; site a's path $sa, site b's $sb"
-    else
-        check multipath FAIL "head '$HEAD', $ctrls controller(s) in the subsystem, ANA a '$sa' b '$sb' (want '$WANT_A' '$WANT_B'): $(nvme list-subsys 2>&1 | tr '\n' ' ')"
-    fi
-    if [ -n "$HEAD" ]; then
-        pattern "/dev/$HEAD" "/dev/$HEAD" write-head
-        P1=$(cat /tmp/last.md5 2>/dev/null)
-        disconnect a 1
-        readback "/dev/$HEAD" "$P1" read-at-b
-        pattern "/dev/$HEAD" "/dev/$HEAD" write-at-b
-        P2=$(cat /tmp/last.md5 2>/dev/null)
-        if connect a "$tb_porta" reconnect-a; then
-            disconnect b 1
-            readback "/dev/$HEAD" "$P2" read-at-a
-            disconnect a 2
-        fi
+if both_paths; then
+    pattern "/dev/$HEAD" "/dev/$HEAD" write-head
+    P1=$(cat /tmp/last.md5 2>/dev/null)
+    disconnect a 1
+    readback "/dev/$HEAD" "$P1" read-at-b
+    pattern "/dev/$HEAD" "/dev/$HEAD" write-at-b
+    P2=$(cat /tmp/last.md5 2>/dev/null)
+    if connect a "$tb_porta" reconnect-a; then
+        disconnect b 1
+        readback "/dev/$HEAD" "$P2" read-at-a
+        disconnect a 2
     fi
 fi
-nvme disconnect-all > /dev/null 2>&1
-left=$(ls /sys/class/nvme 2>/dev/null | tr '\n' ' ')
-if [ -z "$left" ]; then
-    check controllers-gone PASS "no NVMe controller left"
-else
-    check controllers-gone FAIL "still there: $left"
-fi
+all_gone

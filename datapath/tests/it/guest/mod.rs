@@ -573,6 +573,19 @@ pub fn boot(
     args: &[(&str, String)],
     timeout: Duration,
 ) -> Run {
+    boot_acting(kit, name, scenario, args, timeout, &mut |_| {})
+}
+
+/// [`boot`], with `act` called on each result line as it arrives (within 200 ms), while the
+/// guest runs: how the host acts when the guest asks (e.g. kills a site at an info line).
+pub fn boot_acting(
+    kit: &Kit,
+    name: &str,
+    scenario: &str,
+    args: &[(&str, String)],
+    timeout: Duration,
+    act: &mut dyn FnMut(&Line),
+) -> Run {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let console = kit.logs.join(format!("{name}.console.log"));
@@ -624,9 +637,12 @@ pub fn boot(
     let mut timed_out = false;
     loop {
         let text = std::fs::read_to_string(&results).unwrap_or_default();
-        for l in text.lines().skip(shown) {
+        // Whole lines only (the guest may be writing the last one).
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        for l in whole.lines().skip(shown) {
             eprintln!("  [{:6.1} s] {l}", t.elapsed().as_secs_f64());
             shown += 1;
+            parse_results(l).iter().for_each(&mut *act);
         }
         if vm.0.try_wait().ok().flatten().is_some() {
             break;
