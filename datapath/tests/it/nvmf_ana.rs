@@ -290,3 +290,53 @@ fn each_volume_is_its_own_ana_group_and_a_fenced_one_answers_ana_inaccessible() 
         );
     }
 }
+
+/// A host that sends nothing hears of a failover: site b's admin queue holds an Asynchronous
+/// Event Request with ANA change notices on and sends no other command (KATO 0: no keep-alive
+/// either); site a is killed. Each change of va's path state at b (va is led by a: fenced
+/// while b asks the witness, then b's as the survivor) completes the held request by
+/// itself (before, it waited for the host's next command: seconds with a real host's
+/// keep-alive, for which Linux's I/O waited on a failover), and once the host has read each
+/// event's log page and asked again, the log ends with both volumes optimised at b.
+#[test]
+fn an_idle_admin_queue_hears_of_a_failover_without_sending_anything() {
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = site(root.path(), "a", "b", pa, pb, &w);
+    let b = site(root.path(), "b", "a", pb, pa, &w);
+    for s in [&a, &b] {
+        wait_states(s, &[("va", "up"), ("vb", "up")]);
+    }
+    let mut cb = Controller::connect(b.nvmf_addr, NQN, &Opts::default()).unwrap();
+    wait_ana(&mut cb, [0x02, 0x01], "site b, mirroring");
+    let aen = Sqe::new(0x09).cdw(10, 0x0B).cdw(11, 1 << 11);
+    assert_eq!(cb.admin.cmd(aen, &[], 0).unwrap().status, 0);
+    let mut aer = cb.admin.submit(Sqe::new(0x0C), &[], 0).unwrap();
+    a.kill();
+    let mut events = 0;
+    loop {
+        // Nothing else is sent: the completion must come by itself (the queue's read
+        // timeout, 10 s, is the bound).
+        let ev = cb
+            .admin
+            .complete()
+            .unwrap_or_else(|e| panic!("event {events}: no completion came by itself: {e}"));
+        assert_eq!(ev.cid, aer, "only the event request was outstanding");
+        assert_eq!(
+            ev.result & 0xFF_FFFF,
+            0x0C_03_02,
+            "notice, ANA change, log 0Ch"
+        );
+        events += 1;
+        // Read the log (RAE clear: events again) and ask again, until b serves va.
+        let (_, groups) = ana_log(&mut cb);
+        if groups == vec![(1, 0x01, vec![1]), (2, 0x01, vec![2])] {
+            break;
+        }
+        assert!(events < 10, "ANA log {groups:?} after {events} events");
+        aer = cb.admin.submit(Sqe::new(0x0C), &[], 0).unwrap();
+    }
+    wait_states(&b, &[("va", "survivor"), ("vb", "survivor")]);
+    eprintln!("site b's idle admin queue: {events} ANA change event(s) by itself");
+}

@@ -427,13 +427,20 @@ impl NvmfConn {
         );
     }
 
+    /// Whether an ANA change could be reported now if one happened: an admin queue holding
+    /// an Asynchronous Event Request, with the ANA change notice enabled and not masked.
+    pub(super) fn ana_event_possible(&self) -> bool {
+        matches!(&self.role, Role::Admin(st)
+            if !st.aers.is_empty() && st.aec & (1 << 11) != 0 && !st.ana_masked)
+    }
+
     /// Complete one held Async Event Request when the state of one of the subsystem's ANA
     /// groups changed since this controller last reported it.
     pub(super) fn async_events(&mut self, env: &Env<'_>) {
         let Role::Admin(st) = &self.role else {
             return;
         };
-        if st.aers.is_empty() || st.aec & (1 << 11) == 0 || st.ana_masked {
+        if !self.ana_event_possible() {
             return;
         }
         let Some((c, s)) = self
