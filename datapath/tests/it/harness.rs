@@ -196,6 +196,24 @@ impl Server {
         *self = Self::start_with(config, socket, netns);
     }
 
+    /// Rewrite the config file so that a respawn listens for NVMe/TCP on the address it
+    /// listens on now (hosts reconnect to the address they knew).
+    pub fn keep_nvmf_addr(&self) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let kept = text.replacen(
+            "[nvmf]\nlisten=['127.0.0.1:0']",
+            &format!("[nvmf]\nlisten=['{}']", self.nvmf_addr),
+            1,
+        );
+        assert_ne!(
+            kept,
+            text,
+            "{}: no NVMe/TCP listener on port 0",
+            self.config.display()
+        );
+        std::fs::write(&self.config, kept).unwrap();
+    }
+
     /// Stop, then start again with the same config file.
     pub fn restart(mut self) -> Server {
         assert!(self.stop(), "clean stop failed");

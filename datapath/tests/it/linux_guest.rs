@@ -353,9 +353,12 @@ fn linux_initiators_attach_a_read_only_view_read_only() {
 /// it asks for site a's SIGKILL and rewrites that MiB until it sees site a's controller down,
 /// then writes the rest. Linux must carry the writes over to site b, which serves once the
 /// witness grants it survivor: no write fails, the pattern reads back whole through the head,
-/// site b's path turns ANA optimized, and the kernel log shows no I/O error. Site b's replica
-/// then holds the pattern. (The longest MiB write, what the failover cost the guest, is
-/// printed; under TCG it is not a measure of the RTO.)
+/// site b's path turns ANA optimized, and the kernel log shows no I/O error. Site a is then
+/// started again with its state: Linux reconnects to it by itself, its path turns usable once
+/// it caught up from site b, and through site a alone (site b's controller disconnected) the
+/// pattern reads back whole. Both replicas then hold the pattern and mirror again. (The
+/// longest MiB write, what the failover cost the guest, is printed; under TCG it is not a
+/// measure of the RTO.)
 #[test]
 fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
     let kit = match guest::kit() {
@@ -398,7 +401,9 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
     crate::mirror::wait_up(&a);
     crate::mirror::wait_up(&b);
     let mib = pattern_mib().max(8);
-    let mut killed = None;
+    // Site a comes back where the guest's controller reconnects to.
+    a.keep_nvmf_addr();
+    let (mut killed, mut restarted) = (false, false);
     let run = guest::boot_acting(
         kit,
         "nvme-failover",
@@ -412,15 +417,24 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
             ("killat", "4".to_string()),
         ],
         timeout(),
-        &mut |l| {
-            if matches!(l, guest::Line::Info { key, .. } if key == "kill-a") && killed.is_none() {
+        &mut |l| match l {
+            guest::Line::Info { key, .. } if key == "kill-a" && !killed => {
                 a.kill();
-                killed = Some(std::time::Instant::now());
+                killed = true;
                 eprintln!("linux guest nvme-failover: site a killed (SIGKILL)");
             }
+            guest::Line::Info { key, .. } if key == "restart-a" && killed && !restarted => {
+                a.respawn_in_place();
+                restarted = true;
+                eprintln!("linux guest nvme-failover: site a started again (its state kept)");
+            }
+            _ => {}
         },
     );
-    assert!(killed.is_some(), "the guest never asked for the kill");
+    assert!(
+        killed && restarted,
+        "the guest asked for the kill and the restart"
+    );
     assert_passed(
         &run,
         &[
@@ -431,6 +445,9 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
             "multipath",
             "write-through-kill",
             "b-optimized",
+            "a-back",
+            "disconnect-b-1",
+            "read-at-a",
             "controllers-gone",
             "kernel-log",
         ],
@@ -438,21 +455,21 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
     let want = run
         .info("pattern-md5")
         .expect("the guest reported its pattern's md5");
-    assert_eq!(
-        md5_prefix(&root.path().join("b.img"), mib << 20),
-        want,
-        "site b's replica holds the guest's pattern"
-    );
-    assert_eq!(
-        crate::harness::mirror_state(&b),
-        "survivor",
-        "site b carries on as the survivor"
-    );
+    for site in ["a", "b"] {
+        assert_eq!(
+            md5_prefix(&root.path().join(format!("{site}.img")), mib << 20),
+            want,
+            "site {site}'s replica holds the guest's pattern"
+        );
+    }
+    for s in [&a, &b] {
+        assert_eq!(crate::harness::mirror_state(s), "up", "mirroring again");
+    }
     eprintln!(
         "linux NVMe/TCP failover guest: {mib} MiB, site a killed at MiB 4 after {} rewrite(s), longest MiB write {} ms, guest {:.1} s",
         run.info("rewrites").unwrap_or("?"),
         run.info("longest-mib-ms").unwrap_or("?"),
         run.elapsed.as_secs_f64()
     );
-    drop((b, w));
+    drop((a, b, w));
 }

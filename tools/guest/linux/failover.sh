@@ -5,12 +5,16 @@
 # host to SIGKILL site a (info `kill-a`) and keeps rewriting that MiB until site a's controller
 # is no longer live, so the kill lands in the middle of writes; the rest is written through
 # site b alone, which carries on once the witness grants it survivor. No write may fail; the
-# whole pattern reads back through the head; site b's path becomes ANA optimized.
+# whole pattern reads back through the head; site b's path becomes ANA optimized. Then the
+# guest asks the host to start site a again with its state (info `restart-a`): Linux's
+# controller reconnects by itself, site a's path becomes usable once site a has caught up
+# from site b, and with site b's controller disconnected the pattern reads back whole through
+# site a alone (written while it was dead: the resync brought it).
 #
 # Kernel command line: tb.host, tb.porta, tb.portb (the sites' NVMe/TCP listeners), tb.nqn,
 # tb.mib (MiB written), tb.killat (the MiB at which site a is killed).
 # Infos: pattern-md5, kill-a, longest-mib-ms (the longest MiB write: what the kill cost the
-# guest), rewrites (of MiB tb.killat until site a's path was seen down).
+# guest), rewrites (of MiB tb.killat until site a's path was seen down), restart-a.
 H=${tb_host:-10.0.2.2}
 NQN=$tb_nqn
 WANT_A=optimized
@@ -79,6 +83,25 @@ if both_paths; then
         check b-optimized PASS "site b's path $sb after $((j * 100)) ms"
     else
         check b-optimized FAIL "site b's path '$sb' after 20 s"
+    fi
+    # Site a again, with its state: the controller reconnects (every 10 s) and site a's path
+    # turns usable once it caught up (90 s at most).
+    info restart-a "$(uptime_s) s"
+    t=$(uptime_s)
+    j=0
+    while [ $j -lt 900 ]; do
+        st=$(cat /sys/class/nvme/$CTRL_a/state 2> /dev/null)
+        sa=$(ana a)
+        [ "$st" = live ] && { [ "$sa" = optimized ] || [ "$sa" = non-optimized ]; } && break
+        sleep 0.1
+        j=$((j + 1))
+    done
+    if [ $j -lt 900 ]; then
+        check a-back PASS "site a's controller $st, its path $sa, in ${t}s..$(uptime_s)s"
+        disconnect b 1
+        readback "/dev/$HEAD" "$want" read-at-a
+    else
+        check a-back FAIL "site a's controller '$st', its path '$sa' after 90 s"
     fi
 fi
 all_gone
