@@ -348,39 +348,61 @@ fn linux_initiators_attach_a_read_only_view_read_only() {
 }
 
 /// A site dies under the kernel's NVMe/TCP initiator: two sites of a mirrored volume with a
-/// witness, the guest connected to both (native multipath; site a, the leader, optimized). The
-/// guest writes a pattern through the namespace head a MiB at a time, flushing each; at MiB 4
-/// it asks for site a's SIGKILL and rewrites that MiB until it sees site a's controller down,
-/// then writes the rest. Linux must carry the writes over to site b, which serves once the
-/// witness grants it survivor: no write fails, the pattern reads back whole through the head,
-/// site b's path turns ANA optimized, and the kernel log shows no I/O error. Site a is then
-/// started again with its state: Linux reconnects to it by itself, its path turns usable once
-/// it caught up from site b, and through site a alone (site b's controller disconnected) the
-/// pattern reads back whole. Both replicas then hold the pattern and mirror again. (The
-/// longest MiB write, what the failover cost the guest, is printed; under TCG it is not a
-/// measure of the RTO.)
+/// witness and a `state_dir` each, the guest connected to both (native multipath; site a, the
+/// leader, optimized). The guest writes a pattern through the namespace head a MiB at a time,
+/// flushing each; at MiB 4 it asks for site a's SIGKILL and rewrites that MiB until it sees
+/// site a's controller down, then writes the rest. Linux must carry the writes over to site b,
+/// which serves once the witness grants it survivor: no write fails, the pattern reads back
+/// whole through the head, site b's path turns ANA optimized, and the kernel log shows no I/O
+/// error. Site a is then started again with its state: Linux reconnects to it by itself, its
+/// path turns usable once site b resynced what it missed, and through site a alone (site b's
+/// controller disconnected) the pattern reads back whole. Both replicas then hold the pattern
+/// and mirror again. (The longest MiB write, what the failover cost the guest, is printed;
+/// under TCG it is not a measure of the RTO.)
 #[test]
 fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
+    failover_guest(
+        "linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed",
+        false,
+    );
+}
+
+/// As [`linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed`], but site a comes
+/// back without its state: its state directory emptied and its replica an empty file of the
+/// same size (a replaced disk). It must rejoin as a new replica, serve nothing before site b
+/// copied it all, and then read back the whole pattern through its path alone.
+#[test]
+fn linux_nvme_multipath_reads_a_site_back_without_state_only_once_it_is_whole() {
+    failover_guest(
+        "linux_nvme_multipath_reads_a_site_back_without_state_only_once_it_is_whole",
+        true,
+    );
+}
+
+/// The failover scenario (`tools/guest/linux/failover.sh`) against sites a and b; site a
+/// restarts with its state, or, when `wiped`, without it.
+fn failover_guest(test: &str, wiped: bool) {
     let kit = match guest::kit() {
         Ok(k) => k,
         Err(reason) => {
-            guest::skip(
-                "linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed",
-                &reason,
-            );
+            guest::skip(test, &reason);
             return;
         }
     };
     let root = tempfile::tempdir().unwrap();
     let w = WitnessProc::start(root.path(), KEY, None);
     let (pa, pb) = (free_port(), free_port());
+    let img = |me: &str| root.path().join(format!("{me}.img"));
+    let state = |me: &str| root.path().join(format!("{me}-state"));
     let site = |me: &str, peer: &str, listen: u16, peer_port: u16| {
         let d = root.path().join(me);
         std::fs::create_dir_all(&d).unwrap();
+        std::fs::create_dir_all(state(me)).unwrap();
         let volume = format!(
             "backend='uring'\nsize='64MiB'\npath='{}'",
-            root.path().join(format!("{me}.img")).display()
+            img(me).display()
         );
+        let mirror = format!("state_dir='{}'", state(me).display());
         Server::start_nvmf(
             &d,
             "",
@@ -391,7 +413,7 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
                 listen,
                 peer_port,
                 w.addr,
-                "",
+                &mirror,
                 &volume,
             ),
         )
@@ -400,13 +422,19 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
     let b = site("b", "a", pb, pa);
     crate::mirror::wait_up(&a);
     crate::mirror::wait_up(&b);
-    let mib = pattern_mib().max(8);
+    // (Half the other scenarios' pattern: two guests of this kind run in the suite.)
+    let mib = (pattern_mib() / 2).max(8);
     // Site a comes back where the guest's controller reconnects to.
     a.keep_nvmf_addr();
     let (mut killed, mut restarted) = (false, false);
+    let name = if wiped {
+        "nvme-failover-wiped"
+    } else {
+        "nvme-failover"
+    };
     let run = guest::boot_acting(
         kit,
-        "nvme-failover",
+        name,
         "failover",
         &[
             ("host", "10.0.2.2".to_string()),
@@ -421,12 +449,25 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
             guest::Line::Info { key, .. } if key == "kill-a" && !killed => {
                 a.kill();
                 killed = true;
-                eprintln!("linux guest nvme-failover: site a killed (SIGKILL)");
+                eprintln!("linux guest {name}: site a killed (SIGKILL)");
             }
             guest::Line::Info { key, .. } if key == "restart-a" && killed && !restarted => {
+                if wiped {
+                    std::fs::remove_dir_all(state("a")).unwrap();
+                    std::fs::create_dir_all(state("a")).unwrap();
+                    let f = std::fs::File::create(img("a")).unwrap();
+                    f.set_len(64 << 20).unwrap();
+                }
                 a.respawn_in_place();
                 restarted = true;
-                eprintln!("linux guest nvme-failover: site a started again (its state kept)");
+                eprintln!(
+                    "linux guest {name}: site a started again ({})",
+                    if wiped {
+                        "without its state, an empty replica"
+                    } else {
+                        "its state kept"
+                    }
+                );
             }
             _ => {}
         },
@@ -457,7 +498,7 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
         .expect("the guest reported its pattern's md5");
     for site in ["a", "b"] {
         assert_eq!(
-            md5_prefix(&root.path().join(format!("{site}.img")), mib << 20),
+            md5_prefix(&img(site), mib << 20),
             want,
             "site {site}'s replica holds the guest's pattern"
         );
@@ -466,7 +507,7 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
         assert_eq!(crate::harness::mirror_state(s), "up", "mirroring again");
     }
     eprintln!(
-        "linux NVMe/TCP failover guest: {mib} MiB, site a killed at MiB 4 after {} rewrite(s), longest MiB write {} ms, guest {:.1} s",
+        "linux NVMe/TCP {name} guest: {mib} MiB, site a killed at MiB 4 after {} rewrite(s), longest MiB write {} ms, guest {:.1} s",
         run.info("rewrites").unwrap_or("?"),
         run.info("longest-mib-ms").unwrap_or("?"),
         run.elapsed.as_secs_f64()
