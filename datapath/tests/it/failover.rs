@@ -84,7 +84,7 @@ pub(crate) fn site_with(
         "backend='uring'\nsize='16MiB'\npath='{}'",
         root.join(format!("{me}.img")).display()
     );
-    site_vol(
+    let body = witness_site_body(
         root,
         me,
         peer,
@@ -93,40 +93,20 @@ pub(crate) fn site_with(
         witness,
         extra_mirror,
         &volume,
-    )
+    );
+    site_vol(root, me, &body)
 }
 
-/// A site whose volume `vol0` is `volume` (its backend, size and path lines).
-#[allow(clippy::too_many_arguments)]
-fn site_vol(
-    root: &Path,
-    me: &str,
-    peer: &str,
-    listen: u16,
-    peer_port: u16,
-    witness: SocketAddr,
-    extra_mirror: &str,
-    volume: &str,
-) -> Server {
+/// A site started with `body` in its own directory under `root`.
+fn site_vol(root: &Path, me: &str, body: &str) -> Server {
     let d = root.join(me);
     std::fs::create_dir_all(&d).unwrap();
-    Server::start(
-        &d,
-        &witness_site_body(
-            root,
-            me,
-            peer,
-            listen,
-            peer_port,
-            witness,
-            extra_mirror,
-            volume,
-        ),
-    )
+    Server::start(&d, body)
 }
 
-/// The config body (reactor, mirror with the witness, volume `vol0` led by site a) of site
-/// `me` of [`site_vol`]; the witness key is written to `root`.
+/// The config body (reactor, mirror with the witness, volume `vol0` led by site a, whose
+/// backend, size and path lines are `volume`) of site `me`; the witness key is written to
+/// `root`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn witness_site_body(
     root: &Path,
@@ -750,22 +730,30 @@ fn a_killed_site_restarts_as_a_new_replica(
     let a = site_vol(
         root.path(),
         "a",
-        "b",
-        pa,
-        pb,
-        w.addr,
-        &extra("a"),
-        &volume("a"),
+        &witness_site_body(
+            root.path(),
+            "a",
+            "b",
+            pa,
+            pb,
+            w.addr,
+            &extra("a"),
+            &volume("a"),
+        ),
     );
     let b = site_vol(
         root.path(),
         "b",
-        "a",
-        pb,
-        pa,
-        w.addr,
-        &extra("b"),
-        &volume("b"),
+        &witness_site_body(
+            root.path(),
+            "b",
+            "a",
+            pb,
+            pa,
+            w.addr,
+            &extra("b"),
+            &volume("b"),
+        ),
     );
     wait_mirror_state(&a, "up", Duration::from_secs(10));
     wait_mirror_state(&b, "up", Duration::from_secs(10));

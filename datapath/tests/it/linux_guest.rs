@@ -59,6 +59,29 @@ fn md5_of(data: &[u8]) -> String {
         .to_string()
 }
 
+/// The checks of a guest that connected to both sites' NVMe/TCP listeners (nvme-paths.sh's
+/// `both_paths`).
+const BOTH_PATHS: [&str; 5] = ["modules", "network", "connect-a", "connect-b", "multipath"];
+
+/// The kernel command line of a guest connecting to both sites' NVMe/TCP listeners (volume
+/// `vol0`'s subsystem) and writing `mib` MiB patterns, with the scenario's `more`.
+fn two_site_args<const N: usize>(
+    a: &Server,
+    b: &Server,
+    mib: u64,
+    more: [(&'static str, &str); N],
+) -> Vec<(&'static str, String)> {
+    let mut args = vec![
+        ("host", "10.0.2.2".to_string()),
+        ("porta", a.nvmf_addr.port().to_string()),
+        ("portb", b.nvmf_addr.port().to_string()),
+        ("nqn", "nqn.2026-11.io.twinblk:vol0".to_string()),
+        ("mib", mib.to_string()),
+    ];
+    args.extend(more.map(|(k, v)| (k, v.to_string())));
+    args
+}
+
 /// Fail unless the run ended by itself, every check passed and each of `required` passed.
 #[track_caller]
 fn assert_passed(run: &Run, required: &[&str]) {
@@ -196,36 +219,32 @@ fn linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote() {
         kit,
         "nvme-two-sites",
         "nvme",
-        &[
-            ("host", "10.0.2.2".to_string()),
-            ("porta", a.nvmf_addr.port().to_string()),
-            ("portb", b.nvmf_addr.port().to_string()),
-            ("nqn", "nqn.2026-11.io.twinblk:vol0".to_string()),
-            ("mib", mib.to_string()),
-            ("anaa", "non-optimized".to_string()),
-            ("anab", "optimized".to_string()),
-        ],
+        &two_site_args(
+            &a,
+            &b,
+            mib,
+            [("anaa", "non-optimized"), ("anab", "optimized")],
+        ),
         timeout(),
     );
     assert_passed(
         &run,
         &[
-            "modules",
-            "network",
-            "connect-a",
-            "connect-b",
-            "multipath",
-            "write-head",
-            "disconnect-a-1",
-            "read-at-b",
-            "write-at-b",
-            "reconnect-a",
-            "disconnect-b-1",
-            "read-at-a",
-            "disconnect-a-2",
-            "controllers-gone",
-            "kernel-log",
-        ],
+            BOTH_PATHS.as_slice(),
+            &[
+                "write-head",
+                "disconnect-a-1",
+                "read-at-b",
+                "write-at-b",
+                "reconnect-a",
+                "disconnect-b-1",
+                "read-at-a",
+                "disconnect-a-2",
+                "controllers-gone",
+                "kernel-log",
+            ],
+        ]
+        .concat(),
     );
     let want = run
         .info("write-at-b-md5")
@@ -436,14 +455,7 @@ fn failover_guest(test: &str, wiped: bool) {
         kit,
         name,
         "failover",
-        &[
-            ("host", "10.0.2.2".to_string()),
-            ("porta", a.nvmf_addr.port().to_string()),
-            ("portb", b.nvmf_addr.port().to_string()),
-            ("nqn", "nqn.2026-11.io.twinblk:vol0".to_string()),
-            ("mib", mib.to_string()),
-            ("killat", "4".to_string()),
-        ],
+        &two_site_args(&a, &b, mib, [("killat", "4")]),
         timeout(),
         &mut |l| match l {
             guest::Line::Info { key, .. } if key == "kill-a" && !killed => {
@@ -479,19 +491,18 @@ fn failover_guest(test: &str, wiped: bool) {
     assert_passed(
         &run,
         &[
-            "modules",
-            "network",
-            "connect-a",
-            "connect-b",
-            "multipath",
-            "write-through-kill",
-            "b-optimized",
-            "a-back",
-            "disconnect-b-1",
-            "read-at-a",
-            "controllers-gone",
-            "kernel-log",
-        ],
+            BOTH_PATHS.as_slice(),
+            &[
+                "write-through-kill",
+                "b-optimized",
+                "a-back",
+                "disconnect-b-1",
+                "read-at-a",
+                "controllers-gone",
+                "kernel-log",
+            ],
+        ]
+        .concat(),
     );
     let want = run
         .info("pattern-md5")

@@ -1,6 +1,7 @@
 # Shell functions for the scenarios that connect the kernel's NVMe/TCP initiator to both sites
 # of a mirrored volume (sourced by nvme.sh and failover.sh after /init defined `check`,
-# `info` and `uptime_s`; the caller sets H, NQN, WANT_A and WANT_B). Sourcing it writes the
+# `info` and `uptime_s`; the caller sets H, NQN, WANT_A and WANT_B; readonly.sh takes
+# wait_head). Sourcing it writes the
 # guest's host identity: one on every path (multipath needs the same host NQN and id).
 mkdir -p /etc/nvme
 echo "nqn.2014-08.org.nvmexpress:uuid:5d1a6c1e-7a1b-4c55-9a57-2b1c0e1f7e11" > /etc/nvme/hostnqn
@@ -50,7 +51,8 @@ ana() {
         [ "$(basename "$(readlink -f "$p/device")")" = "$c" ] && cat "$p/ana_state" && return 0
     done
 }
-# wait_head: the namespace head's block device (15 s at most)
+# wait_head: the namespace head's block device (nvmeXnY; a path's nvmeXcYnZ has no /dev node),
+# 15 s at most
 wait_head() {
     j=0
     while [ $j -lt 150 ]; do

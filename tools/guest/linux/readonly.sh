@@ -12,25 +12,8 @@
 # target), tb.md5 (md5 of the view's first tb.mib MiB, as the host computed it), tb.mib.
 H=${tb_host:-10.0.2.2}
 MIB=${tb_mib:-1}
-mkdir -p /etc/nvme
-echo "nqn.2014-08.org.nvmexpress:uuid:5d1a6c1e-7a1b-4c55-9a57-2b1c0e1f7e11" > /etc/nvme/hostnqn
-echo "5d1a6c1e-7a1b-4c55-9a57-2b1c0e1f7e11" > /etc/nvme/hostid
+. /etc/twinblk/nvme-paths.sh
 
-# wait_ns: the one NVMe namespace's block device, the multipath head (nvmeXnY; its path
-# nvmeXcYnZ is hidden: no /dev node), 15 s at most
-wait_ns() {
-    j=0
-    while [ $j -lt 150 ]; do
-        for d in /sys/block/nvme*n1; do
-            n=$(basename "$d")
-            case "$n" in nvme*c*) continue ;; esac
-            [ -e "$d" ] && echo "$n" && return 0
-        done
-        sleep 0.1
-        j=$((j + 1))
-    done
-    return 1
-}
 # md5_of DEV: md5 of its first MIB MiB, read with O_DIRECT
 md5_of() {
     dd if="$1" bs=1M count="$MIB" iflag=direct 2> /tmp/dd.err | md5sum | cut -d' ' -f1
@@ -72,7 +55,7 @@ nvme_attach() {
         check "$1" FAIL "$H:$tb_nvport $2: $(tr '\n' ' ' < /tmp/nvme.out)"
         return 1
     fi
-    NS=$(wait_ns) || {
+    NS=$(wait_head) || {
         check "$1" FAIL "connected to $2 but no namespace block device within 15 s"
         return 1
     }
