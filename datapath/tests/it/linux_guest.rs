@@ -525,3 +525,112 @@ fn failover_guest(test: &str, wiped: bool) {
     );
     drop((a, b, w));
 }
+
+/// A site dies under the kernel's iSCSI initiator: two sites of a mirrored volume with a
+/// witness; the guest, which the host list places at site b, logs in to site b alone (its
+/// path active/optimized) and writes a pattern a MiB at a time while site a, the leader, is
+/// SIGKILLed (the guest rewrites MiB 4 until it sees site a gone). What site b answers while
+/// it waits for the witness must be something Linux retries: no write fails, the pattern
+/// reads back whole, the kernel log shows no I/O error; site b's replica holds the pattern
+/// and site b serves as the survivor.
+#[test]
+fn linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed() {
+    let test = "linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed";
+    let kit = match guest::kit() {
+        Ok(k) => k,
+        Err(reason) => {
+            guest::skip(test, &reason);
+            return;
+        }
+    };
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let img = |me: &str| root.path().join(format!("{me}.img"));
+    // The initiator name tools/guest/linux/iscsi-paths.sh gives the guest, at site b.
+    let hosts = "[[host]]\nname='iqn.2026-12.io.twinblk.test:linux-guest'\nsite='b'\n";
+    let site = |me: &str, peer: &str, listen: u16, peer_port: u16| {
+        let d = root.path().join(me);
+        std::fs::create_dir_all(&d).unwrap();
+        let volume = format!(
+            "backend='uring'\nsize='64MiB'\npath='{}'",
+            img(me).display()
+        );
+        let body = witness_site_body(
+            root.path(),
+            me,
+            peer,
+            listen,
+            peer_port,
+            w.addr,
+            "",
+            &volume,
+        );
+        let port = free_port();
+        let s = Server::start_nvmf(
+            &d,
+            &format!("[iscsi]\nlisten=['127.0.0.1:{port}']\n"),
+            &format!("{body}{hosts}"),
+        );
+        (s, port)
+    };
+    let (mut a, ia) = site("a", "b", pa, pb);
+    let (b, ib) = site("b", "a", pb, pa);
+    crate::mirror::wait_up(&a);
+    crate::mirror::wait_up(&b);
+    let mib = (pattern_mib() / 2).max(8);
+    let mut killed = false;
+    let run = guest::boot_acting(
+        kit,
+        "iscsi-failover",
+        "iscsi-failover",
+        &[
+            ("host", "10.0.2.2".to_string()),
+            ("portb", ib.to_string()),
+            ("porta", ia.to_string()),
+            ("iqn", "iqn.2026-11.io.twinblk:vol0".to_string()),
+            ("mib", mib.to_string()),
+            ("killat", "4".to_string()),
+        ],
+        timeout(),
+        &mut |l| {
+            if matches!(l, guest::Line::Info { key, .. } if key == "kill-a") && !killed {
+                a.kill();
+                killed = true;
+                eprintln!("linux guest iscsi-failover: site a killed (SIGKILL)");
+            }
+        },
+    );
+    assert!(killed, "the guest asked for the kill");
+    let logout = format!("logout-{ib}");
+    assert_passed(
+        &run,
+        &[
+            "modules",
+            "network",
+            "login-b",
+            "alua",
+            "write-through-kill",
+            &logout,
+            "disks-gone",
+            "kernel-log",
+        ],
+    );
+    let want = run
+        .info("pattern-md5")
+        .expect("the guest reported its pattern's md5");
+    assert_eq!(
+        md5_prefix(&img("b"), mib << 20),
+        want,
+        "site b's replica holds the guest's pattern"
+    );
+    assert_eq!(crate::harness::mirror_state(&b), "survivor");
+    eprintln!(
+        "linux iSCSI failover guest: {mib} MiB, site a killed at MiB 4 after {} rewrite(s), longest MiB write {} ms, path after: {}, guest {:.1} s",
+        run.info("rewrites").unwrap_or("?"),
+        run.info("longest-mib-ms").unwrap_or("?"),
+        run.info("access-state-after").unwrap_or("?"),
+        run.elapsed.as_secs_f64()
+    );
+    drop((a, b, w));
+}

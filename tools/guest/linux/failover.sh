@@ -13,65 +13,19 @@
 #
 # Kernel command line: tb.host, tb.porta, tb.portb (the sites' NVMe/TCP listeners), tb.nqn,
 # tb.mib (MiB written), tb.killat (the MiB at which site a is killed).
-# Infos: pattern-md5, kill-a, longest-mib-ms (the longest MiB write: what the kill cost the
-# guest), rewrites (of MiB tb.killat until site a's path was seen down), restart-a.
+# Infos: those of kill-write.sh (pattern-md5, kill-a, rewrites, longest-mib-ms), restart-a.
 H=${tb_host:-10.0.2.2}
 NQN=$tb_nqn
 WANT_A=optimized
 WANT_B=non-optimized
-MIB=${tb_mib:-16}
-KILLAT=${tb_killat:-4}
 . /etc/twinblk/nvme-paths.sh
 
-# ms_since T: milliseconds since uptime T
-ms_since() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%d", (b - a) * 1000 }'; }
-
-# put I: MiB I of the pattern written through the head (flushed); its time in LAST_MS, the
-# longest so far in LONGEST; a failure is added to FAILED
-put() {
-    t=$(uptime_s)
-    if ! dd if=/tmp/pattern of="/dev/$HEAD" bs=1M count=1 skip="$1" seek="$1" oflag=direct conv=fsync 2> /tmp/dd.err; then
-        FAILED="$FAILED $1:$(tr '\n' ' ' < /tmp/dd.err)"
-    fi
-    LAST_MS=$(ms_since "$t")
-    [ "$LAST_MS" -gt "$LONGEST" ] && LONGEST=$LAST_MS
-}
+# a_down: site a's controller is no longer live (the host's kill showed)
+a_down() { [ "$(cat /sys/class/nvme/$CTRL_a/state 2> /dev/null)" != live ]; }
+. /etc/twinblk/kill-write.sh
 
 if both_paths; then
-    dd if=/dev/urandom of=/tmp/pattern bs=1M count="$MIB" 2> /dev/null
-    want=$(md5sum < /tmp/pattern | cut -d' ' -f1)
-    info pattern-md5 "$want"
-    FAILED=
-    LONGEST=0
-    REWRITES=0
-    DOWN=
-    i=0
-    t0=$(uptime_s)
-    while [ $i -lt "$MIB" ]; do
-        put $i
-        if [ $i -eq "$KILLAT" ] && [ -z "$DOWN" ]; then
-            [ $REWRITES -eq 0 ] && info kill-a "at MiB $i, $(uptime_s) s"
-            # Rewrite this MiB until the host's kill shows (60 s at most).
-            if [ "$(cat /sys/class/nvme/$CTRL_a/state 2> /dev/null)" = live ] && [ $REWRITES -lt 600 ]; then
-                REWRITES=$((REWRITES + 1))
-                continue
-            fi
-            DOWN="site a's controller $(cat /sys/class/nvme/$CTRL_a/state 2> /dev/null) after $REWRITES rewrite(s)"
-        fi
-        i=$((i + 1))
-    done
-    info rewrites "$REWRITES"
-    info longest-mib-ms "$LONGEST"
-    got=$(dd if="/dev/$HEAD" bs=1M count="$MIB" iflag=direct 2> /tmp/dd.err | md5sum | cut -d' ' -f1)
-    if [ -z "$DOWN" ] || [ $REWRITES -ge 600 ]; then
-        check write-through-kill FAIL "site a's path never went down (${DOWN:-state $(cat /sys/class/nvme/$CTRL_a/state 2> /dev/null)})"
-    elif [ -n "$FAILED" ]; then
-        check write-through-kill FAIL "MiB writes failed:$FAILED"
-    elif [ "$got" != "$want" ]; then
-        check write-through-kill FAIL "read back md5 $got, wrote $want $(tr '\n' ' ' < /tmp/dd.err)"
-    else
-        check write-through-kill PASS "$MIB MiB written in ${t0}s..$(uptime_s)s with site a killed at MiB $KILLAT ($DOWN), no write failed, longest MiB ${LONGEST} ms; read back md5 $got as written"
-    fi
+    write_through_kill "/dev/$HEAD"
     # Site b, the survivor now, is the optimized path (20 s at most: ANA change notice, log read).
     j=0
     while [ "$(ana b)" != optimized ] && [ $j -lt 200 ]; do

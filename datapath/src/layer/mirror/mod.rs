@@ -70,11 +70,16 @@ pub struct MirrorInfo {
 
 /// The path state of this site for a mirrored volume: optimised at the volume's leader (and
 /// at a survivor), non-optimised at the follower (its writes take a round trip to the leader
-/// first), inaccessible while fenced, resyncing or waiting for its peer, and while mirroring
-/// without a read lease (`leased`: `Engine::may_read`; hosts use the other site's path).
+/// first), inaccessible while fenced, resyncing or waiting for its peer, and transitioning
+/// while mirroring without a read lease (`leased`: `Engine::may_read`): the link was just
+/// lost and the witness is being asked, or a session has not granted the lease yet, so this
+/// site is about to serve again or to fence. A host told "inaccessible" then gives the path
+/// up: Linux's iSCSI initiator marks the port group unavailable and fails every later I/O on
+/// it without sending it, so a single-path host lost its disk for good when the other site
+/// died (`linux_guest::linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed`).
 pub fn path_state(mode: Mode, role: Role, leased: bool) -> PathState {
     match (mode, role) {
-        (Mode::Mirroring, _) if !leased => PathState::Inaccessible,
+        (Mode::Mirroring, _) if !leased => PathState::Transitioning,
         (Mode::Survivor, _) | (Mode::Mirroring, Role::Leader) => PathState::Optimized,
         (Mode::Mirroring, Role::Follower) => PathState::NonOptimized,
         (Mode::Fenced | Mode::Resyncing | Mode::Waiting, _) => PathState::Inaccessible,
