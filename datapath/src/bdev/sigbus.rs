@@ -226,6 +226,27 @@ pub unsafe fn put(dst: *mut u8, src: *const u8, len: usize, worth: bool) -> bool
     !hit
 }
 
+/// Store `v` into `dst`, an aligned 8-byte word of a file's shared mapping, with one atomic
+/// store (`Release`: another process's atomic load of the same page of the file sees the whole
+/// value or the one before) under this thread's write guard; false when its page faulted with
+/// SIGBUS (the store then landed in an anonymous page, and the mapping must only be unmapped:
+/// the module's invariants). [`install`] must have run, or a fault still ends the process.
+///
+/// # Safety
+/// `dst` is an aligned, writable word of a live shared mapping of a file, written by no one
+/// else during the call other than with atomic stores.
+pub unsafe fn store_u64(dst: *mut u64, v: u64) -> bool {
+    let saved = WRITE.with(|w| w.set(dst as usize, 8));
+    // SAFETY: the caller's contract (aligned, writable, accessed only atomically).
+    unsafe { std::sync::atomic::AtomicU64::from_ptr(dst) }.store(v, Ordering::Release);
+    let hit = WRITE.with(|w| {
+        let hit = w.hit();
+        w.restore(saved);
+        hit
+    });
+    !hit
+}
+
 /// Reads of a mapping (of a file) under guard while the value lives: a page of it that faults
 /// with SIGBUS reads as zeroes instead of ending the process, and [`ReadGuard::faulted`] says
 /// so; whatever was read is then not to be trusted, and the mapping not to be used again (the

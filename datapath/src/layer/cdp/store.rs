@@ -75,6 +75,10 @@ pub struct History {
     /// The last segment was sealed by a clean stop (its index written then and still true):
     /// no update was in flight when its writer stopped.
     pub sealed: bool,
+    /// A writer runs ([`Load::ReadOnly`] only): its done watermark ([`super::done`]). The
+    /// records after it (their updates' base operations still to come, or failed) were left
+    /// out: the history ends there.
+    pub running: Option<u64>,
 }
 
 impl History {
@@ -94,6 +98,25 @@ impl History {
         self.segments
             .iter()
             .flat_map(|s| s.index.entries.iter().map(move |e| (s.header.segno, e)))
+    }
+
+    /// Leave out every record after sequence `done` (a running writer's done watermark): the
+    /// history then ends at `done`, at a time just before the first record left out (every
+    /// moment up to then reads `done`'s content). Nothing when no record lies after it.
+    pub fn keep_until(&mut self, done: u64) {
+        let done = done.max(self.first_seq());
+        let Some(next) = self
+            .entries()
+            .find(|(_, e)| e.seq > done)
+            .map(|(_, e)| e.time)
+        else {
+            return;
+        };
+        for s in &mut self.segments {
+            s.index.entries.retain(|e| e.seq <= done);
+        }
+        self.last_seq = done;
+        self.last_time = next.saturating_sub(1);
     }
 }
 
@@ -480,6 +503,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         },
         moving: read_moving(dir, &meta)?,
         sealed: false,
+        running: None,
     };
     refuse_another_history(dir, &meta, &nums)?;
     let mut consolidated = Vec::new();
@@ -718,6 +742,21 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
     // its process's clock would misdate everything else that process does (the tests' own
     // clock, shared by every test of the binary, once moved 3 s ahead by a history whose
     // daemon's clock was, and failed other tests).
+    // A reader of a running writer's history takes the records only up to its done watermark,
+    // read after the records (docs/cdp-format.md, "Readers of a running history"), and
+    // `degraded.map` last: a writer that stopped meanwhile wrote any failure there first.
+    if mode == Load::ReadOnly {
+        h.running = super::done::running(dir, meta.vol_id)?;
+        if let Some(done) = h.running {
+            h.keep_until(done);
+        }
+        h.open_gap = match super::degraded::read_prior(dir, meta.size) {
+            super::degraded::Prior::Stopped {
+                after, after_time, ..
+            } => Some((after, after_time)),
+            super::degraded::Prior::Whole => None,
+        };
+    }
     if mode == Load::Recover {
         clock::not_before(h.last_time);
         if let Ok(b) = super::bookmark::load(dir)
