@@ -55,6 +55,14 @@ fn a_base_write_that_fails_is_not_served_as_the_volumes_content() {
         volume == want,
         "the volume holds the acknowledged writes only"
     );
+    // While the daemon runs, readers never even take the failed write's record: the done
+    // watermark stays below it, the writes after it notwithstanding.
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(h.running.is_some(), "the daemon's watermark is read");
+    assert!(
+        h.entries().all(|(_, e)| e.offset != BAD),
+        "a reader of the running history takes the failed write's record"
+    );
     let journal = s.rpc("cdp_status")[0]["journal"].clone();
     if journal == "running" {
         wait_window(&[&dir], t_after, "the window reaches the last write");

@@ -85,7 +85,11 @@ impl CdpChannel {
     /// the oldest update whose base operation is not done ([`CdpChannel::done_before`]), never
     /// past the first failed one.
     pub(super) fn done_upto(&self) -> (u64, u64) {
-        let d = self.done_before();
+        let d = if self.ops.is_empty() {
+            (self.journal.last_seq(), self.journal.last_time())
+        } else {
+            self.done_before()
+        };
         self.failed_floor.map_or(d, |f| f.min(d))
     }
 
