@@ -328,6 +328,27 @@ mod tests {
         unsafe { libc::munmap(p.cast(), len) };
     }
 
+    /// A guarded atomic store of a word (the CDP done watermark's): into the file's page it
+    /// lands in the file; into a page past the file's end it answers false, no SIGBUS.
+    #[test]
+    fn a_guarded_word_store_past_the_files_end_is_an_error_not_a_crash() {
+        install();
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8192).unwrap();
+        let p = map(&f, 8192);
+        // SAFETY: an aligned word of the mapping's first page, written only here.
+        assert!(unsafe { store_u64(p.add(64).cast(), 0x1122_3344_5566_7788) });
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, 64).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 0x1122_3344_5566_7788);
+        f.set_len(4096).unwrap();
+        // SAFETY: an aligned word of the mapping's second page, now past the file's end (the
+        // guard catches the fault; the mapping is only unmapped after).
+        assert!(!unsafe { store_u64(p.add(4096 + 64).cast(), 1) });
+        // SAFETY: the mapping made above, unmapped once.
+        unsafe { libc::munmap(p.cast(), 8192) };
+    }
+
     /// Fork a child that runs `child` on a file of 8 KiB mapped shared (its descriptor and
     /// the mapping) and must die of SIGBUS (it exits 3 if `child` returns; no core file);
     /// assert it did.
