@@ -790,6 +790,14 @@ fn a_write_stalled_in_the_device_is_not_read_until_a_kill_then_every_acknowledge
         &newest[HUNG as usize..][..8]
     );
     assert!(newest[..8192] == first[..], "the write before it is read");
+    // `cdp_status` says where readers stop: the watermark, its window end the reader's.
+    let st = s.rpc("cdp_status")[0].clone();
+    assert_eq!(st["done_seq"].as_u64(), h.running, "{st}");
+    assert!(
+        st["done_seq"].as_u64() < st["durable_seq"].as_u64(),
+        "the acknowledged writes after the stalled one are durable: {st}"
+    );
+    assert_eq!(st["window_end_ns"].as_u64(), Some(h.last_time), "{st}");
     s.kill();
     drop((hung, c));
     let h = store::load(&dir, Load::ReadOnly).unwrap();

@@ -263,8 +263,10 @@ mod tests {
         assert_eq!((running(dir, 7).unwrap(), w.value()), (Some(25), 25));
         drop(w);
         assert_eq!(running(dir, 7).unwrap(), None, "the writer is gone");
-        // A later writer replaces it.
+        // A later writer replaces it, and what a start killed while writing it left.
+        std::fs::write(dir.join(TMP), b"left by a kill").unwrap();
         let w = Published::create(dir, 7, 30).unwrap();
+        assert!(!dir.join(TMP).exists());
         assert_eq!(running(dir, 7).unwrap(), Some(30));
         drop(w);
     }
