@@ -230,7 +230,8 @@ pub fn running(dir: &Path, vol_id: u64) -> Result<Option<u64>, CdpError> {
     let mut head = [0u8; AT];
     // SAFETY: the header lies inside the mapping and is never written once the file is named
     // `done`; the word is aligned, inside the mapping, and written only with atomic stores (a
-    // plain atomic load of 8 bytes is allowed on read-only memory).
+    // plain atomic load no larger than a machine word, 8 bytes on the 64-bit Linux targets the
+    // daemon runs on, is allowed on read-only memory).
     let seq = unsafe {
         std::ptr::copy_nonoverlapping(m.ptr, head.as_mut_ptr(), AT);
         std::sync::atomic::AtomicU64::from_ptr(m.word()).load(std::sync::atomic::Ordering::Acquire)

@@ -15,6 +15,10 @@
 //! - A cut that leaves out records that were journaled (a damaged record with records after
 //!   it, a damaged or zeroed header with records after it, segments set aside) has
 //!   `degraded.map` say the history is not whole after the cut before anything changes.
+//! - A [`Load::ReadOnly`] of a history whose writer runs (it holds `done` locked) leaves out
+//!   every record after that writer's done watermark, read after the records, and reads
+//!   `degraded.map` last ([`super::done`]): no record whose update's base operation is still
+//!   to come, or failed, is part of the history it returns.
 
 use super::clock;
 use super::error::io_err;
@@ -495,12 +499,7 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         damaged: Vec::new(),
         cut: None,
         lost: false,
-        open_gap: match super::degraded::read_prior(dir, meta.size) {
-            super::degraded::Prior::Stopped {
-                after, after_time, ..
-            } => Some((after, after_time)),
-            super::degraded::Prior::Whole => None,
-        },
+        open_gap: open_gap(dir, meta.size),
         moving: read_moving(dir, &meta)?,
         sealed: false,
         running: None,
@@ -733,6 +732,16 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             tracing::warn!(dir = %dir.display(), cut = %c, "cdp: history cut");
         }
     }
+    // A reader of a running writer's history takes the records only up to its done watermark,
+    // read after the records (docs/cdp-format.md, "Readers of a running history"), and
+    // `degraded.map` last: a writer that stopped meanwhile wrote any failure there first.
+    if mode == Load::ReadOnly {
+        h.running = super::done::running(dir, meta.vol_id)?;
+        if let Some(done) = h.running {
+            h.keep_until(done);
+        }
+        h.open_gap = open_gap(dir, meta.size);
+    }
     // The writer's start: its next records must come after every time the directory names,
     // even if this process's wall clock is behind the one that named them: its records'
     // times, a bookmark set at site time just before a crash (no record reached it yet), a
@@ -742,21 +751,6 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
     // its process's clock would misdate everything else that process does (the tests' own
     // clock, shared by every test of the binary, once moved 3 s ahead by a history whose
     // daemon's clock was, and failed other tests).
-    // A reader of a running writer's history takes the records only up to its done watermark,
-    // read after the records (docs/cdp-format.md, "Readers of a running history"), and
-    // `degraded.map` last: a writer that stopped meanwhile wrote any failure there first.
-    if mode == Load::ReadOnly {
-        h.running = super::done::running(dir, meta.vol_id)?;
-        if let Some(done) = h.running {
-            h.keep_until(done);
-        }
-        h.open_gap = match super::degraded::read_prior(dir, meta.size) {
-            super::degraded::Prior::Stopped {
-                after, after_time, ..
-            } => Some((after, after_time)),
-            super::degraded::Prior::Whole => None,
-        };
-    }
     if mode == Load::Recover {
         clock::not_before(h.last_time);
         if let Ok(b) = super::bookmark::load(dir)
@@ -766,6 +760,17 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         }
     }
     Ok(h)
+}
+
+/// Where `degraded.map` says the history of `dir` (a volume of `size` bytes) is whole up to,
+/// if it says it is not whole after that.
+fn open_gap(dir: &Path, size: u64) -> Option<(u64, u64)> {
+    match super::degraded::read_prior(dir, size) {
+        super::degraded::Prior::Stopped {
+            after, after_time, ..
+        } => Some((after, after_time)),
+        super::degraded::Prior::Whole => None,
+    }
 }
 
 /// Refuse a directory whose segments `nums` include one whose header checks but names
