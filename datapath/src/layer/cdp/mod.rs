@@ -978,6 +978,9 @@ impl Drop for CdpChannel {
     /// A clean stop: while degraded it keeps the changed regions for the next start; it seals
     /// the active segment's index, so readers need not scan it.
     fn drop(&mut self) {
+        // The watermark as the channel leaves it (`cdp_status` after a run-time switch-off);
+        // its lock goes with the channel: readers then take every record.
+        self.publish_done();
         if let Err(e) = self.regions.persist() {
             tracing::error!(error = %e, "cdp: cannot save the changed regions; the next start journals the whole volume again");
         }
