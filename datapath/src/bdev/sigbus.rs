@@ -226,6 +226,27 @@ pub unsafe fn put(dst: *mut u8, src: *const u8, len: usize, worth: bool) -> bool
     !hit
 }
 
+/// Store `v` into `dst`, an aligned 8-byte word of a file's shared mapping, with one atomic
+/// store (`Release`: another process's atomic load of the same page of the file sees the whole
+/// value or the one before) under this thread's write guard; false when its page faulted with
+/// SIGBUS (the store then landed in an anonymous page, and the mapping must only be unmapped:
+/// the module's invariants). [`install`] must have run, or a fault still ends the process.
+///
+/// # Safety
+/// `dst` is an aligned, writable word of a live shared mapping of a file, written by no one
+/// else during the call other than with atomic stores.
+pub unsafe fn store_u64(dst: *mut u64, v: u64) -> bool {
+    let saved = WRITE.with(|w| w.set(dst as usize, 8));
+    // SAFETY: the caller's contract (aligned, writable, accessed only atomically).
+    unsafe { std::sync::atomic::AtomicU64::from_ptr(dst) }.store(v, Ordering::Release);
+    let hit = WRITE.with(|w| {
+        let hit = w.hit();
+        w.restore(saved);
+        hit
+    });
+    !hit
+}
+
 /// Reads of a mapping (of a file) under guard while the value lives: a page of it that faults
 /// with SIGBUS reads as zeroes instead of ending the process, and [`ReadGuard::faulted`] says
 /// so; whatever was read is then not to be trusted, and the mapping not to be used again (the
@@ -305,6 +326,27 @@ mod tests {
         assert!(unsafe { put(p, src.as_ptr(), 4096, false) });
         // SAFETY: the mapping made above, unmapped once.
         unsafe { libc::munmap(p.cast(), len) };
+    }
+
+    /// A guarded atomic store of a word (the CDP done watermark's): into the file's page it
+    /// lands in the file; into a page past the file's end it answers false, no SIGBUS.
+    #[test]
+    fn a_guarded_word_store_past_the_files_end_is_an_error_not_a_crash() {
+        install();
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(8192).unwrap();
+        let p = map(&f, 8192);
+        // SAFETY: an aligned word of the mapping's first page, written only here.
+        assert!(unsafe { store_u64(p.add(64).cast(), 0x1122_3344_5566_7788) });
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, 64).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 0x1122_3344_5566_7788);
+        f.set_len(4096).unwrap();
+        // SAFETY: an aligned word of the mapping's second page, now past the file's end (the
+        // guard catches the fault; the mapping is only unmapped after).
+        assert!(!unsafe { store_u64(p.add(4096 + 64).cast(), 1) });
+        // SAFETY: the mapping made above, unmapped once.
+        unsafe { libc::munmap(p.cast(), 8192) };
     }
 
     /// Fork a child that runs `child` on a file of 8 KiB mapped shared (its descriptor and

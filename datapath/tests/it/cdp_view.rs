@@ -73,8 +73,13 @@ fn dir_digest(dir: &Path) -> Vec<(String, u32)> {
     let mut v: Vec<(String, u32)> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
-        // The consolidation lock is an empty file a view may create (view.rs).
-        .filter(|e| e.file_type().unwrap().is_file() && e.file_name() != "consolidate.lock")
+        // The consolidation lock is an empty file a view may create (view.rs); `done` is the
+        // running daemon's done watermark, which moves with its time marks (ignored below).
+        .filter(|e| {
+            e.file_type().unwrap().is_file()
+                && e.file_name() != "consolidate.lock"
+                && e.file_name() != twinblk::layer::cdp::done::FILE
+        })
         .map(|e| {
             let bytes = std::fs::read(e.path()).unwrap();
             let seg = h

@@ -79,6 +79,37 @@ impl CdpChannel {
             .unwrap_or((self.journal.last_seq(), self.journal.last_time()))
     }
 
+    /// The done watermark (docs/cdp-format.md, "Readers of a running history: the done
+    /// watermark"): the last record such that every update with a record up to it had its base
+    /// operation complete successfully, and a time before the next record's. The record before
+    /// the oldest update whose base operation is not done ([`CdpChannel::done_before`]), never
+    /// past the first failed one.
+    pub(super) fn done_upto(&self) -> (u64, u64) {
+        let d = if self.ops.is_empty() {
+            (self.journal.last_seq(), self.journal.last_time())
+        } else {
+            self.done_before()
+        };
+        self.failed_floor.map_or(d, |f| f.min(d))
+    }
+
+    /// Move the published done watermark once per turn in which an update's base operation
+    /// completed or a record was journaled: an O(updates in flight) walk and, when it moved,
+    /// one atomic store into the file's mapping (no system call).
+    pub(super) fn publish_done(&mut self) {
+        let last = self.journal.last_seq();
+        if !self.done_stale && last == self.done_seen {
+            return;
+        }
+        self.done_stale = false;
+        self.done_seen = last;
+        let (seq, time) = self.done_upto();
+        if let Some(p) = &mut self.watermark {
+            p.set(seq);
+        }
+        self.stats.published(seq, time);
+    }
+
     /// A base update failed after the history had already ended (the journal stopped, or CDP
     /// switched off) while its record lies before that end (`before`: the record before it,
     /// [`Pending::before`]): the map's end comes down to it (written now, or by the stop's
@@ -143,6 +174,7 @@ impl CdpChannel {
             return;
         };
         p.base = Some(result);
+        self.done_stale = true;
         if p.range.0 >= p.range.1 {
             // A flush of the base.
             let covered = p.before;
@@ -155,6 +187,8 @@ impl CdpChannel {
         {
             let (before, range) = (p.before, p.range);
             self.base_failed = Some(self.base_failed.map_or(before, |b| b.min(before)));
+            // Never done: readers of the running history never take its record.
+            self.failed_floor = Some(self.failed_floor.map_or(before, |b| b.min(before)));
             if self.off || self.journal.stopped() {
                 // The history ended already, maybe after this record.
                 self.lower_end(before, range);

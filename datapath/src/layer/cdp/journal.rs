@@ -75,6 +75,11 @@ pub struct CdpStats {
     pub unvouched: AtomicU64,
     /// Last durable sequence number (every record up to it is on disk).
     pub durable_seq: AtomicU64,
+    /// The done watermark readers of the running history stop at (super::done): every update
+    /// with a record up to it had its base operation complete successfully.
+    pub done_seq: AtomicU64,
+    /// A time before the record after it (the window's end while it is below `durable_seq`).
+    pub done_time: AtomicU64,
     /// Time of that record.
     pub durable_time: AtomicU64,
     /// Records appended since start.
@@ -133,6 +138,25 @@ pub struct CdpStats {
     /// Syncs of the journal issued for flushes, FUA writes and segment switches
     /// (`sync = "flush"`).
     pub syncs: AtomicU64,
+}
+
+impl CdpStats {
+    /// The done watermark moved to `seq` (`time`: before the record after it).
+    pub fn published(&self, seq: u64, time: u64) {
+        self.done_time.store(time, Relaxed);
+        self.done_seq.store(seq, Relaxed);
+    }
+
+    /// Where the window ends for readers of the running history (site time, ns): the last
+    /// durable record's time, or, while the done watermark is below it, the watermark's time.
+    pub fn window_end(&self) -> u64 {
+        let durable = self.durable_time.load(Relaxed);
+        if self.done_seq.load(Relaxed) >= self.durable_seq.load(Relaxed) {
+            durable
+        } else {
+            durable.min(self.done_time.load(Relaxed))
+        }
+    }
 }
 
 /// What held a volume's consolidation back at the retention thread's last pass (published in

@@ -324,6 +324,9 @@ impl CdpDevice {
         // A new history's base copy is empty: the catch-up journals the whole volume.
         let meta = store::open_or_create(&s.dir, info.size, info.block_size, None)?;
         let h = rollback::load_for_writing(&s.dir)?;
+        // Before any record of this run (done.rs); the catch-up's records are done as they
+        // are journaled.
+        let published = super::done::Published::create(&s.dir, meta.vol_id, h.last_seq)?;
         let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
         let (mut regions, prior) = RegionMap::open(&s.dir, info.size)?;
         let (after, after_time) = prior.whole_until(h.last_seq, h.last_time);
@@ -343,6 +346,7 @@ impl CdpDevice {
         spare.want.store(log.segno() + 1, Release);
         let stats = journal::CdpStats::default();
         stats.window_start.store(h.first_time(), Relaxed);
+        stats.published(published.value(), h.last_time);
         let live = LiveStart::default();
         live.after.store(after, Relaxed);
         live.after_time.store(after_time, Relaxed);
@@ -370,6 +374,7 @@ impl CdpDevice {
                 },
             ))),
             lock: Mutex::new(Some(lock)),
+            done: Mutex::new(Some(published)),
             at_stop: super::AtStop::of(s),
             // (Its catch-up journals the whole volume after the history's end.)
             start_flushed: (h.last_seq, h.last_time),

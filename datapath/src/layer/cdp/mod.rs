@@ -41,6 +41,7 @@ pub mod base_map;
 pub mod bookmark;
 pub mod clock;
 pub mod degraded;
+pub mod done;
 pub mod error;
 mod failure;
 pub mod format;
@@ -137,7 +138,7 @@ impl CdpInfo {
     pub fn snapshot(&self) -> serde_json::Value {
         let s = &self.stats;
         let start = s.window_start.load(Relaxed).max(self.created);
-        let end = s.durable_time.load(Relaxed);
+        let end = s.window_end();
         let history_s = end.saturating_sub(start) as f64 / 1e9;
         let short = s.short_by_size.load(Relaxed);
         serde_json::json!({
@@ -147,6 +148,7 @@ impl CdpInfo {
             "window_start_ns": start,
             "window_end_ns": end,
             "durable_seq": s.durable_seq.load(Relaxed),
+            "done_seq": s.done_seq.load(Relaxed),
             "sync": if self.device.sync.on_flush { "flush" } else { "append" },
             "synced_seq": s.synced_seq.load(Relaxed),
             "syncs": s.syncs.load(Relaxed),
@@ -236,6 +238,9 @@ pub struct CdpDevice {
     start_flushed: (u64, u64),
     /// `daemon.lock`, held until the daemon stops (a rollback in place is refused meanwhile).
     lock: Mutex<Option<std::fs::File>>,
+    /// The done watermark readers of the running history stop at ([`done`]), published before
+    /// the first record; the home channel takes it (and holds its lock while it exists).
+    done: Mutex<Option<done::Published>>,
 }
 
 /// The volume of `dir`'s history (`size` bytes) is about to be served without its journal,
@@ -294,6 +299,9 @@ impl CdpDevice {
         }
         let meta = store::open_or_create(&s.dir, info.size, info.block_size, s.seed.as_deref())?;
         let h = rollback::load_for_writing(&s.dir)?;
+        // Before any record of this run: readers of the history stop at the done watermark
+        // while this writer runs (done.rs).
+        let mut published = done::Published::create(&s.dir, meta.vol_id, h.last_seq)?;
         let segno = h.segments.last().map_or(0, |g| g.header.segno) + 1;
         let (mut regions, mut prior) = degraded::RegionMap::open(&s.dir, info.size)?;
         // A log sealed by a clean stop says the volume is its newest point, unless the base
@@ -432,6 +440,10 @@ impl CdpDevice {
             .window_start
             .store(h.first_time(), std::sync::atomic::Ordering::Relaxed);
         vouched.publish(&stats);
+        let start = log.into_start(Arc::clone(&spare));
+        // The start's records (read from the base) are done as they are journaled.
+        published.set(start.next_seq - 1);
+        stats.published(start.next_seq - 1, start.last_time);
         Ok(Self {
             inner,
             instance: next_instance(),
@@ -445,10 +457,11 @@ impl CdpDevice {
             spare: Arc::clone(&spare),
             segment_size: s.segment_size,
             sync: s.sync,
-            start: Mutex::new(Some((log.into_start(Arc::clone(&spare)), regions, vouched))),
+            start: Mutex::new(Some((start, regions, vouched))),
             at_stop: AtStop::of(s),
             start_flushed,
             lock: Mutex::new(Some(lock)),
+            done: Mutex::new(Some(published)),
         })
     }
 }
@@ -527,6 +540,7 @@ impl CdpDevice {
             .live
             .as_ref()
             .map(|l| live::Catchup::new(Arc::clone(l)));
+        let watermark = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
         let whole_after = catchup.as_ref().map(|c| c.after());
         Ok(CdpChannel {
             // A catch-up's map says "not whole after X" already: X stands for the vouch too.
@@ -548,6 +562,10 @@ impl CdpDevice {
             lower_retry: None,
             flushed: self.start_flushed,
             flush_failed: false,
+            watermark,
+            failed_floor: None,
+            done_stale: true,
+            done_seen: 0,
             // (Unlike the journal's: the first turn flushes the base.)
             flush_segno: 0,
             at_stop: self.at_stop.clone(),
@@ -683,6 +701,17 @@ pub struct CdpChannel {
     flush_failed: bool,
     /// The segment at whose start the layer last flushed the base itself ([`CdpChannel::own_flush`]).
     flush_segno: u64,
+    /// The done watermark readers of the running history stop at ([`done`]; its lock is held
+    /// while this channel exists); `None` if it could not be taken.
+    watermark: Option<done::Published>,
+    /// The first update whose base operation failed after its record was journaled: the
+    /// record before its first, and a time before its records' ([`Pending::before`]). The done
+    /// watermark never passes it.
+    failed_floor: Option<(u64, u64)>,
+    /// An update's base operation completed since the watermark was last computed.
+    done_stale: bool,
+    /// The journal's last sequence when the watermark was last computed.
+    done_seen: u64,
     /// [`CdpDevice`]'s `at_stop`.
     at_stop: AtStop,
     stats: Arc<CdpStats>,
@@ -949,6 +978,9 @@ impl Drop for CdpChannel {
     /// A clean stop: while degraded it keeps the changed regions for the next start; it seals
     /// the active segment's index, so readers need not scan it.
     fn drop(&mut self) {
+        // The watermark as the channel leaves it (`cdp_status` after a run-time switch-off);
+        // its lock goes with the channel: readers then take every record.
+        self.publish_done();
         if let Err(e) = self.regions.persist() {
             tracing::error!(error = %e, "cdp: cannot save the changed regions; the next start journals the whole volume again");
         }
@@ -1119,6 +1151,7 @@ impl Poller for CdpPoller {
         let mut worked = c.retry_map(cx.now);
         worked |= live::step(c, cx.io);
         worked |= vouch::step(c, cx.io);
+        c.publish_done();
         let (ops, flushed) = (&c.ops, c.flushed.0 + 1);
         worked |= c
             .journal

@@ -5,7 +5,9 @@
 //! Model: point `P` (a sequence number; a time `T` names the last record with time ≤ `T`) is
 //! `base.img` with every record of sequence ≤ `P` applied in sequence order. Invariant: only
 //! points inside the window `[0, last durable record]` (times inside `[creation, last record's
-//! time]`) are served; anything else is refused with the window named.
+//! time]`) are served; anything else is refused with the window named. While a daemon journals
+//! the history, its window ends at that writer's done watermark (`store::load` leaves the
+//! records after it out: their updates' base operations are still to come, or failed).
 
 use super::format::{Entry, Op, REC_HEADER, RecHeader};
 use super::store::{self, CdpError, History};
@@ -30,8 +32,15 @@ pub fn window(h: &History) -> String {
     let whole = h.open_gap.map_or(String::new(), |(after, t)| {
         format!("; whole only up to sequence {after} (time {t} ns): later points are refused")
     });
+    // A writer runs: the window ends at its done watermark (docs/cdp-format.md, "Readers of a
+    // running history").
+    let running = if h.running.is_some() {
+        "; the daemon journaling it runs: records whose updates are not done yet are not in it"
+    } else {
+        ""
+    };
     format!(
-        "sequence {}..={}, time {}..={} (ns){whole}",
+        "sequence {}..={}, time {}..={} (ns){whole}{running}",
         h.first_seq(),
         h.last_seq,
         h.first_time(),

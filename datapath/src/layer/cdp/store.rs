@@ -15,6 +15,10 @@
 //! - A cut that leaves out records that were journaled (a damaged record with records after
 //!   it, a damaged or zeroed header with records after it, segments set aside) has
 //!   `degraded.map` say the history is not whole after the cut before anything changes.
+//! - A [`Load::ReadOnly`] of a history whose writer runs (it holds `done` locked) leaves out
+//!   every record after that writer's done watermark, read after the records, and reads
+//!   `degraded.map` last ([`super::done`]): no record whose update's base operation is still
+//!   to come, or failed, is part of the history it returns.
 
 use super::clock;
 use super::error::io_err;
@@ -75,6 +79,10 @@ pub struct History {
     /// The last segment was sealed by a clean stop (its index written then and still true):
     /// no update was in flight when its writer stopped.
     pub sealed: bool,
+    /// A writer runs ([`Load::ReadOnly`] only): its done watermark ([`super::done`]). The
+    /// records after it (their updates' base operations still to come, or failed) were left
+    /// out: the history ends there.
+    pub running: Option<u64>,
 }
 
 impl History {
@@ -94,6 +102,25 @@ impl History {
         self.segments
             .iter()
             .flat_map(|s| s.index.entries.iter().map(move |e| (s.header.segno, e)))
+    }
+
+    /// Leave out every record after sequence `done` (a running writer's done watermark): the
+    /// history then ends at `done`, at a time just before the first record left out (every
+    /// moment up to then reads `done`'s content). Nothing when no record lies after it.
+    pub fn keep_until(&mut self, done: u64) {
+        let done = done.max(self.first_seq());
+        let Some(next) = self
+            .entries()
+            .find(|(_, e)| e.seq > done)
+            .map(|(_, e)| e.time)
+        else {
+            return;
+        };
+        for s in &mut self.segments {
+            s.index.entries.retain(|e| e.seq <= done);
+        }
+        self.last_seq = done;
+        self.last_time = next.saturating_sub(1);
     }
 }
 
@@ -472,14 +499,10 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         damaged: Vec::new(),
         cut: None,
         lost: false,
-        open_gap: match super::degraded::read_prior(dir, meta.size) {
-            super::degraded::Prior::Stopped {
-                after, after_time, ..
-            } => Some((after, after_time)),
-            super::degraded::Prior::Whole => None,
-        },
+        open_gap: open_gap(dir, meta.size),
         moving: read_moving(dir, &meta)?,
         sealed: false,
+        running: None,
     };
     refuse_another_history(dir, &meta, &nums)?;
     let mut consolidated = Vec::new();
@@ -709,6 +732,16 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
             tracing::warn!(dir = %dir.display(), cut = %c, "cdp: history cut");
         }
     }
+    // A reader of a running writer's history takes the records only up to its done watermark,
+    // read after the records (docs/cdp-format.md, "Readers of a running history"), and
+    // `degraded.map` last: a writer that stopped meanwhile wrote any failure there first.
+    if mode == Load::ReadOnly {
+        h.running = super::done::running(dir, meta.vol_id)?;
+        if let Some(done) = h.running {
+            h.keep_until(done);
+        }
+        h.open_gap = open_gap(dir, meta.size);
+    }
     // The writer's start: its next records must come after every time the directory names,
     // even if this process's wall clock is behind the one that named them: its records'
     // times, a bookmark set at site time just before a crash (no record reached it yet), a
@@ -727,6 +760,17 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         }
     }
     Ok(h)
+}
+
+/// Where `degraded.map` says the history of `dir` (a volume of `size` bytes) is whole up to,
+/// if it says it is not whole after that.
+fn open_gap(dir: &Path, size: u64) -> Option<(u64, u64)> {
+    match super::degraded::read_prior(dir, size) {
+        super::degraded::Prior::Stopped {
+            after, after_time, ..
+        } => Some((after, after_time)),
+        super::degraded::Prior::Whole => None,
+    }
 }
 
 /// Refuse a directory whose segments `nums` include one whose header checks but names

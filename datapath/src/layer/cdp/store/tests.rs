@@ -397,3 +397,50 @@ fn a_newest_header_starting_after_the_recovered_end_marks_the_records_between_lo
     assert!(h.lost, "{:?}", h.cut);
     assert_eq!(h.open_gap.map(|g| g.0), Some(49));
 }
+
+/// A reader of a history whose writer runs takes its records only up to the writer's done
+/// watermark (the records after it wait for their base writes, or failed): the history ends
+/// there, at a time just before the first record left out, and every point after it is
+/// outside the window; once the writer is gone (stopped, or killed: its lock goes with it)
+/// the reader takes every record again. A recovery (a writer) is never bounded.
+#[test]
+fn a_running_writers_history_is_read_only_up_to_its_done_watermark() {
+    use super::super::done::Published;
+    use super::super::pit::{self, Point};
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let meta = testing::history(dir, 9, 64 * 4096, 0, &[(1, 1..=10), (2, 11..=20)]);
+    let w = Published::create(dir, meta.vol_id, 6).unwrap();
+    let h = load(dir, Load::ReadOnly).unwrap();
+    assert_eq!(h.running, Some(6));
+    // (Records are stamped time = sequence.)
+    assert_eq!((h.last_seq, h.last_time), (6, 6));
+    assert_eq!(h.entries().last().map(|(_, e)| e.seq), Some(6));
+    assert_eq!(h.segments.len(), 2, "the segments stay listed");
+    assert!(matches!(
+        pit::resolve(&h, Point::Seq(7)),
+        Err(CdpError::Outside { .. })
+    ));
+    assert!(matches!(
+        pit::resolve(&h, Point::Time(7)),
+        Err(CdpError::Outside { .. })
+    ));
+    assert_eq!(pit::resolve(&h, Point::Seq(6)).unwrap(), 6);
+    let got = pit::read_at(&h, Point::Seq(h.last_seq), 0, 64 * 4096).unwrap();
+    assert_eq!(got[6 * 4096], 6, "record 6 is read");
+    assert_eq!(got[7 * 4096], 0, "record 7 is not");
+    // A watermark past the records read bounds nothing.
+    drop(w);
+    let mut w = Published::create(dir, meta.vol_id, 6).unwrap();
+    w.set(25);
+    let h = load(dir, Load::ReadOnly).unwrap();
+    assert_eq!((h.running, h.last_seq, h.last_time), (Some(25), 20, 20));
+    w.set(6);
+    drop(w);
+    let h = load(dir, Load::ReadOnly).unwrap();
+    assert_eq!((h.running, h.last_seq), (None, 20), "no writer runs");
+    let w = Published::create(dir, meta.vol_id, 6).unwrap();
+    let h = load(dir, Load::Recover).unwrap();
+    assert_eq!((h.running, h.last_seq), (None, 20), "a recovery reads all");
+    drop(w);
+}
