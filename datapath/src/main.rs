@@ -164,7 +164,7 @@ enum CdpCmd {
     },
     /// Roll a volume (or a group) back in place to a point of its history, with the daemon
     /// that serves it stopped: only blocks that differ are rewritten, and journaled, so the
-    /// rollback can be undone until confirmed (docs/cdp-format.md, "Rollback in place").
+    /// rollback can be undone until confirmed (docs/cdp-rollback.md).
     Rollback {
         /// The site's configuration file (the one its daemon serves).
         #[arg(long)]

@@ -1,4 +1,4 @@
-//! CDP rollback in place (`twinblk cdp rollback`, docs/cdp-format.md "Rollback in place"):
+//! CDP rollback in place (`twinblk cdp rollback`, docs/cdp-rollback.md):
 //! volumes written with known patterns at recorded times through the real daemon, then put
 //! back to a point, undone, confirmed, refused while served or outside the window, completed
 //! after an interruption, and a mirrored pair whose sites end with the rolled-back content.

@@ -1,5 +1,5 @@
 //! Rollback in place: a volume's own file or device put back to a point of its CDP history,
-//! while the daemon that serves it is stopped (docs/cdp-format.md, "Rollback in place").
+//! while the daemon that serves it is stopped (docs/cdp-rollback.md).
 //!
 //! Model: the *candidate regions* are the ranges of every record after the point `P` (outside
 //! them the content at `P` is the content now), or the whole volume (`all`). They are read
@@ -621,7 +621,7 @@ fn verify_readable(t: &Target, ranges: &[(u64, u64)], points: &[u64]) -> Result<
                 let n = (end - at).min(CHUNK) as usize;
                 view.read_point(at, &mut buf[..n]).map_err(|e| {
                     CdpError::Refused(format!(
-                        "volume {}: its history cannot be read at sequence {seq} between bytes {at} and {} ({e}): a damaged record (docs/cdp-format.md, \"Rollback in place\"); nothing was changed",
+                        "volume {}: its history cannot be read at sequence {seq} between bytes {at} and {} ({e}): a damaged record (docs/cdp-rollback.md); nothing was changed",
                         t.name,
                         at + n as u64
                     ))

@@ -1,5 +1,5 @@
-//! A mirrored volume's replica state around a CDP rollback in place (docs/cdp-format.md,
-//! "Rollback in place", "Mirrored volume"): run off any daemon, on the persisted files alone
+//! A mirrored volume's replica state around a CDP rollback in place (docs/cdp-rollback.md,
+//! "Mirrored volume"): run off any daemon, on the persisted files alone
 //! (`state.rs`, `alfile.rs`), while the site's daemon is stopped.
 //!
 //! Model: the rolled-back site records every region it may change **before** it changes one:
