@@ -363,6 +363,9 @@ impl Engine {
                 self.fence("neither the peer nor the witness is reachable");
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
                 self.fenced_unanswered = Some((seq, takeover));
+                // Persisted with the fence (state flags bit 3): a restart before the witness's
+                // word still adopts the grant (restore.rs).
+                self.persist(false);
             }
             Grant::LostInSession => {
                 // Not fenced (the peer is in session): only watched for, so a grant the
@@ -566,6 +569,14 @@ impl Engine {
                     self.taken_over(io);
                 }
                 self.become_survivor(io, epoch);
+                if self.sess.number == 0 {
+                    // Fenced before a restart (the state's flags bit 3, restore.rs): the peer's
+                    // read lease rests on PINGs the old process answered, unknown here. Waited
+                    // out from now, as by a survivor restored after a crash.
+                    let l = self.sess.lease();
+                    let t = Instant::now() + l + lease_margin(l);
+                    self.alone_after = Some(self.alone_after.map_or(t, |a| a.max(t)));
+                }
                 // (Counted by `become_survivor` now.)
                 slot.unclaim();
             }
