@@ -75,10 +75,12 @@ pub struct FailoverSlot {
     /// answer gives such a grant back only while this is 0 and no volume serves alone on it
     /// (`Engine::adopt_lost_grant`; counted by each engine, `Engine::publish_watching`).
     pub watching: AtomicU32,
-    /// This site does not compete for the group (its replica failed, or it is fenced or
-    /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
-    /// preferred, so the witness grants the peer without waiting out the tie grace.
-    pub withdrawn: AtomicBool,
+    /// Volumes of the group that do not compete for it here (a replica failed, or fenced or
+    /// resyncing: they never ask for a grant), counted by the engines (`publish_withdrawn`):
+    /// while any does, the heartbeat does not claim the group as preferred, so the witness
+    /// grants the peer without waiting out the tie grace. (A count, not a flag each engine
+    /// writes: a volume mirroring cleared a failed volume's withdrawal at its next tick.)
+    pub withdrawn: AtomicU32,
     /// What the witness last said about the group (published by the failover thread with
     /// [`FailoverSlot::publish_view`], a sequence lock; read whole with
     /// [`FailoverSlot::view`], or a field alone for the control socket): its epoch,
@@ -296,7 +298,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             .iter()
             .map(|(g, s, _)| Claim {
                 group: *g,
-                preferred: s.preferred_now() && !s.withdrawn.load(SeqCst),
+                preferred: s.preferred_now() && s.withdrawn.load(SeqCst) == 0,
             })
             .collect()
     };

@@ -783,3 +783,84 @@ fn a_volume_failing_never_withdraws_another_volumes_request() {
     assert_eq!(a.engine.mode(), Mode::Survivor);
     assert_eq!(sa.watching.load(SeqCst), 0, "watching leaks");
 }
+
+/// Two volumes of one group at site a, the group's preferred site (one failover slot): y's
+/// request is in flight (its link down) when x's replica fails. The group's request is
+/// answered (y serves alone, nobody waits), and for as long as x is failed a's heartbeat must
+/// not claim the group as preferred, whatever y does and whichever volume ticks last: a
+/// failed volume is served only by the peer, which the witness must grant without the tie
+/// wait once a's grant is given back (after y's resync). Before, each engine wrote its own
+/// state into the group's one `withdrawn` flag: y's tick (survivor, then mirroring) cleared
+/// x's withdrawal, and b, asking for x, waited out a tie a kept renewing (denied: x served
+/// nowhere with b whole).
+#[test]
+fn a_failed_volume_withdraws_its_groups_preferred_claim_whatever_the_other_volume_does() {
+    use crate::layer::mirror::failover::GRANTED;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(151);
+    let mut slot = 0;
+    let (mut ay, sa, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ax, _, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ax.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    sa.configured_preferred.store(true, SeqCst);
+    let claims = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        s.preferred_now() && s.withdrawn.load(SeqCst) == 0
+    };
+    let now = Instant::now();
+    // x mirrors (its link back); y's link is down: y asks.
+    ax.engine.link_up(&mut io);
+    ay.engine.tick(&mut io, now);
+    ax.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "y does not ask");
+    assert!(claims(&sa), "a healthy group is not claimed");
+    // x's replica fails while y's request is in flight.
+    ax.engine.fail_replica("a write", 0, 4096, Errno::IO);
+    assert!(sa.want.swap(false, SeqCst), "y's request withdrawn");
+    for order in [true, false] {
+        if order {
+            ax.engine.tick(&mut io, now);
+            ay.engine.tick(&mut io, now);
+        } else {
+            ay.engine.tick(&mut io, now);
+            ax.engine.tick(&mut io, now);
+        }
+        assert!(
+            !claims(&sa),
+            "x failed, y asking (x ticks first: {order}): the group claimed as preferred"
+        );
+    }
+    // The group's request is answered: y serves alone.
+    sa.epoch.store(1, SeqCst);
+    sa.publish_view(1, 1, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    ay.engine.tick(&mut io, now);
+    ax.engine.tick(&mut io, now);
+    assert_eq!(ay.engine.mode(), Mode::Survivor);
+    assert_eq!(sa.watching.load(SeqCst), 0, "a volume waits for an answer");
+    // y resyncs its peer and mirrors again; x stays failed.
+    by.engine.link_down("cut");
+    by.wire.clear();
+    meet(&mut ay, &mut by, &mut io);
+    run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+    assert_eq!(ay.engine.mode(), Mode::Mirroring);
+    assert_eq!(sa.release.load(SeqCst), 1, "y's grant not given back");
+    for order in [true, false] {
+        if order {
+            ax.engine.tick(&mut io, now);
+            ay.engine.tick(&mut io, now);
+        } else {
+            ay.engine.tick(&mut io, now);
+            ax.engine.tick(&mut io, now);
+        }
+        assert!(
+            !claims(&sa),
+            "x failed, y mirroring (x ticks first: {order}): the group claimed as preferred"
+        );
+    }
+    // Dropped (the daemon stops, or the volume is removed), x's withdrawal goes with it.
+    drop(ax);
+    ay.engine.tick(&mut io, now);
+    assert!(claims(&sa), "a withdrawal outlives its volume");
+}

@@ -926,6 +926,7 @@ fn crash_and_restart(s: &mut Site) {
     // (Its failover slot went with the process; here the test keeps it: the old engine's
     // count in it goes.)
     s.engine.stop_watching();
+    s.engine.stop_withdrawn();
     s.disk.borrow_mut().pending.clear();
     let fresh = Engine::new(
         cfg,

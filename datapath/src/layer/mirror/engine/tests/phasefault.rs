@@ -310,6 +310,7 @@ fn crash_and_restart_with(s: &mut Site, slot: Arc<FailoverSlot>, with_state: boo
         s.engine.wait_actlog_persisted();
     }
     s.engine.stop_watching();
+    s.engine.stop_withdrawn();
     let mut cfg = s.engine.cfg.clone();
     cfg.failover = Some(slot);
     s.disk.borrow_mut().pending.clear();
