@@ -288,11 +288,22 @@ impl Engine {
                 // In sync with the holder of that grant: the epoch is known here now (before,
                 // only from a heartbeat answered while in sync, which a source lost or failed
                 // within milliseconds did not leave time for: then this site was refused as
-                // stale and the volume served nowhere).
-                slot.learned_epoch.fetch_max(
-                    self.target.source_epoch,
-                    std::sync::atomic::Ordering::SeqCst,
-                );
+                // stale and the volume served nowhere). Only an epoch the witness has issued
+                // as far as this site has seen (its last word, a heartbeat's or an answer's):
+                // no more than a heartbeat in sync would teach. A larger one is not plausible
+                // (a buggy peer: the link is authenticated) and would let this site pass the
+                // witness's stale check for grants it never saw the writes of.
+                let seen = slot.view_epoch.load(std::sync::atomic::Ordering::SeqCst);
+                if self.target.source_epoch <= seen {
+                    slot.learned_epoch.fetch_max(
+                        self.target.source_epoch,
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
+                } else {
+                    tracing::warn!(volume = %self.cfg.name, source_epoch = self.target.source_epoch,
+                        witness_epoch = seen,
+                        "mirror: the resync source's grant epoch is beyond any the witness has shown this site; not adopted (learned from the witness's next word in sync)");
+                }
             }
             // The source stays the survivor until it has this; the PING behind it comes back
             // only once the source has read it (so mirrors, and sends no more META_STATE).

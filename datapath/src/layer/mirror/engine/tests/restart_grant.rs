@@ -123,6 +123,8 @@ fn a_resynced_site_knows_its_sources_grant_epoch_at_once() {
     let (mut a, mut b, mut io) = lose_peer(true);
     let mut rng = Rng(127);
     let sb = b.engine.cfg.failover.clone().unwrap();
+    // (The witness's denial named a the holder at epoch 1.)
+    sb.publish_view(1, 1, 2);
     meet(&mut a, &mut b, &mut io);
     assert_eq!(
         (a.engine.mode(), b.engine.mode()),
@@ -274,4 +276,33 @@ fn a_site_restarted_in_the_middle_of_a_resync_never_adopts_a_grant_from_before_i
         "a replica restored from the middle of a resync serves as the survivor"
     );
     assert_eq!(sa2.release.load(SeqCst), 0);
+}
+
+/// A buggy peer (the link is authenticated: not a forger) sends RESYNC_DONE with a grant epoch
+/// beyond any the witness has issued (`2^40`, `2^64 - 2`, `2^64 - 1`). The target must not
+/// take it as the group's epoch it knows: asked at it, the witness's stale check would pass
+/// for grants whose writes this site never had (after an operator's release, a grant as a
+/// plain survivor), or, at `2^64 - 2`, the group's epoch would reach the last one and every
+/// later request be refused. Before, any value was adopted. The bound is the witness's epoch
+/// as this site last saw it (no more than a heartbeat in sync would teach); the source's true
+/// epoch (1) is adopted.
+#[test]
+fn an_implausible_grant_epoch_in_resync_done_is_not_adopted() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for claimed in [1u64 << 40, u64::MAX - 1, u64::MAX] {
+        let (mut a, mut b, mut io) = lose_peer(true);
+        let mut rng = Rng(157);
+        let sb = b.engine.cfg.failover.clone().unwrap();
+        sb.publish_view(1, 1, 2);
+        meet(&mut a, &mut b, &mut io);
+        // (a's RESYNC_DONE carries its grant epoch: the buggy value.)
+        a.engine.grant_epoch = claimed;
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert_eq!(b.engine.mode(), Mode::Mirroring);
+        assert_eq!(
+            sb.learned_epoch.load(SeqCst),
+            0,
+            "claimed {claimed}: adopted beyond the witness's epoch"
+        );
+    }
 }
