@@ -348,7 +348,17 @@ impl Engine {
         match self.witness.tick(&slot, &self.stats.takeover, site) {
             Grant::Wait => {}
             Grant::Granted { epoch, takeover } => {
-                self.witness_retried = false;
+                if std::mem::take(&mut self.witness_retried) {
+                    // Asked again once the holder's grant was given back without a session
+                    // with this site: by the holder (a fail-stopped resync source, its target
+                    // whole) or by an operator (a survivor lost for good, which may have
+                    // acknowledged alone at its epoch after this site was last in sync with
+                    // it). Unknown which: a takeover, for every volume of the group (every
+                    // region ever written to the peer, the history below told it may be
+                    // stale). The epoch and the resync's direction are the same either way.
+                    slot.asking_takeover(epoch.saturating_sub(1));
+                }
+                let takeover = takeover || slot.takeover_at(epoch);
                 // (Already the survivor at this epoch, from the witness's word before its
                 // answer: `adopt_lost_grant` does not act while a request is pending, so this
                 // is a defence; counted once.)

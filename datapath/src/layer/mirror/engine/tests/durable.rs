@@ -593,3 +593,46 @@ fn a_second_request_answered_in_session_leaves_the_next_denial_watched() {
         );
     }
 }
+
+/// A site denied because its peer held the group asks again once that grant is given back
+/// without a session between them, and the witness grants it (it knew the group's epoch: in
+/// sync with the holder at that grant). The holder may have given it back itself (a resync
+/// source fail-stopped after its target confirmed: nothing missing here) or an operator may
+/// have released it (a survivor lost for good, `--accept-data-loss`): then the holder may
+/// have acknowledged writes alone at that epoch after this site was last in sync with it (a
+/// source that lost its session after RESYNC_DONE keeps its grant and serves on). Which is
+/// unknown here, so the grant is taken as a takeover, by every volume of the group: every
+/// region ever written goes to the peer, and the history below is told this replica may be
+/// stale. Before, it was a plain grant: the peer got only the dirty and suspect regions, and
+/// a CDP history below claimed the moments the lost holder's writes were missing from.
+#[test]
+fn a_grant_asked_again_after_the_holders_grant_was_given_back_is_a_takeover() {
+    use crate::layer::mirror::failover::DENIED;
+    let (mut a, sa, _b, _, mut io, _rng, _) = super::failover::cut_and_answer(163, DENIED, GRANTED);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    sa.want.store(false, SeqCst);
+    let now = Instant::now();
+    // Denied while b (site 2) held epoch 3; the witness's word then shows it given back.
+    a.engine.denied_by = Some((3, sa.view_seq.load(SeqCst)));
+    sa.publish_view(0, 3, 1);
+    a.engine.tick(&mut io, now);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "not asked again");
+    // (Regions mirrored in earlier sessions: written, neither dirty nor suspect.)
+    let (size, g) = (a.engine.cfg.size, a.engine.cfg.dirty_granularity);
+    a.engine.written = RegionMap::all(size, g);
+    sa.epoch.store(4, SeqCst);
+    sa.publish_view(1, 4, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!((a.engine.mode(), a.engine.grant_epoch), (Mode::Survivor, 4));
+    assert_eq!(
+        a.engine.dirty_bytes(),
+        a.engine.written.bytes(),
+        "the peer is not given every region ever written"
+    );
+    assert!(
+        sa.takeover_at(4),
+        "another volume of the group takes the grant as a plain one"
+    );
+}
