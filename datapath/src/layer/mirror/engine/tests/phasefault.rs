@@ -7,7 +7,9 @@
 //!
 //! Also with one direction lagging the other at random (delays), and for the takeover before
 //! the resync: a restart of either site at each of its turns, the witness's answers all lost
-//! at one turn (a grant recorded but unanswered, a release retried, no heartbeat answered).
+//! at one turn (a grant recorded but unanswered, a release retried, no heartbeat answered);
+//! and, the link kept down, the same with restarts around that turn, after which one site
+//! must serve alone (never neither while a site whose replica is whole could).
 //! (A message is never duplicated or lost alone inside a session: the link is TCP; a
 //! duplicate is an injection, refused by the checks or beyond them, docs/mirror-protocol.md,
 //! "Limits".)
@@ -547,11 +549,20 @@ fn a_cut_at_any_phase_of_a_resync_with_views_and_stale_epochs_converges() {
 /// sites serving alone, both end in sync with identical replicas holding every acknowledged
 /// write, and the witness holds no grant.
 fn takeover_with_restart(step: usize, who: usize, with_state: bool) {
-    takeover_with_faults(step, who, with_state, None);
+    takeover_with_faults(step, who, with_state, None, false);
 }
 
 /// [`takeover_with_restart`], and every answer of the witness lost at turn `lose_at`.
-fn takeover_with_faults(step: usize, who: usize, with_state: bool, lose_at: Option<usize>) {
+/// `served`: the link stays down four turns longer, after which one site must serve alone
+/// (a site in sync lost its peer, the witness answers again, and a restart kept its state:
+/// nobody serving then would be for good while the link is down).
+fn takeover_with_faults(
+    step: usize,
+    who: usize,
+    with_state: bool,
+    lose_at: Option<usize>,
+    served: bool,
+) {
     let what = format!(
         "takeover, site {who} restarted (state: {with_state}) at turn {step}, the witness's \
          answers lost at turn {lose_at:?}"
@@ -617,7 +628,7 @@ fn takeover_with_faults(step: usize, who: usize, with_state: bool, lose_at: Opti
     break_link(&mut r.a, &mut r.b);
     let mut none = 0;
     let mut restarted = false;
-    for turn in 0..12 {
+    for turn in 0..if served { 16 } else { 12 } {
         if turn == step {
             r.restart(who, with_state);
             restarted = true;
@@ -637,6 +648,15 @@ fn takeover_with_faults(step: usize, who: usize, with_state: bool, lose_at: Opti
         r.b.engine.wait_persisted();
     }
     assert!(restarted || step >= 12);
+    if served {
+        assert!(
+            r.a.engine.mode() == Mode::Survivor || r.b.engine.mode() == Mode::Survivor,
+            "{what}: neither site serves with the link down (a {:?}, b {:?}, witness holder {:?})",
+            r.a.engine.mode(),
+            r.b.engine.mode(),
+            r.w.holder,
+        );
+    }
     // The link returns.
     let mut unused = usize::MAX;
     r.meet_again(&what, &mut unused);
@@ -715,9 +735,34 @@ fn faults_at_any_phase_of_a_resync_with_delayed_messages_converge() {
 #[test]
 fn a_takeover_with_the_witness_answers_lost_at_any_turn_converges() {
     for lose in 0..12 {
-        takeover_with_faults(99, 0, true, Some(lose));
+        takeover_with_faults(99, 0, true, Some(lose), false);
         for step in [1, 3, 6] {
-            takeover_with_faults(step, lose % 2, true, Some(lose));
+            takeover_with_faults(step, lose % 2, true, Some(lose), false);
+        }
+    }
+}
+
+/// The link stays down: the witness's answers all lost at any turn, and either site restarted
+/// from its state at any turn, or the denied one without it (before or after the loss: a site fenced for want of an answer
+/// restarted before the witness's word named it the holder included). Once the witness answers
+/// again, one site must serve alone (never both, checked every turn), and all converge when
+/// the link returns. Before the persisted fence for want of an answer, a restart after the
+/// lost grant left both sites stopped for as long as the link was down.
+#[test]
+fn with_the_link_down_a_lost_answer_and_a_restart_at_any_turn_leave_one_site_serving() {
+    for lose in 0..12usize {
+        // (Restarts around the loss: before it, with it, and in the turns after it.)
+        let mut steps = vec![lose.saturating_sub(1), lose, lose + 1, lose + 2, lose + 4];
+        steps.retain(|&s| s < 12);
+        steps.dedup();
+        for step in steps {
+            for who in 0..2 {
+                takeover_with_faults(step, who, true, Some(lose), true);
+            }
+            // (b, denied, restarted as a new replica: a serves. a without its state is a
+            // new replica that cannot serve, and b, denied, must not without an operator:
+            // a may have served alone on the grant before it lost its disk.)
+            takeover_with_faults(step, 1, false, Some(lose), true);
         }
     }
 }
