@@ -864,3 +864,75 @@ fn a_failed_volume_withdraws_its_groups_preferred_claim_whatever_the_other_volum
     ay.engine.tick(&mut io, now);
     assert!(claims(&sa), "a withdrawal outlives its volume");
 }
+
+/// Two volumes of one group at site a (one failover slot), both links down. x asks; the
+/// failover thread takes the request; y asks before its answer (the group's request wanted
+/// again, the outcome reset). The answer (a denial: b holds the group) is read by both as
+/// their own; the thread sends the request y wanted again, and by then b's grant was given
+/// back: the witness grants a. Every volume had its answer, none takes this one: the thread
+/// must give it back (or a volume serve on it). Before, nobody did: the witness held the
+/// group for a, nobody served, and b was denied at every request.
+#[test]
+fn a_grant_answered_to_a_request_no_volume_waits_on_is_given_back() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, decide_release, unclaimed_grant};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(167);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, _by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    let now = Instant::now();
+    // The failover thread's turn: a grant no volume took given back (`unclaimed_grant`),
+    // then the releases.
+    let thread = |s: &crate::layer::mirror::failover::FailoverSlot,
+                  mark: &mut Option<(u64, bool)>| {
+        if let Some(e) = unclaimed_grant(s, mark) {
+            let _ = s.release.compare_exchange(0, e, SeqCst, SeqCst);
+        }
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    ax.engine.tick(&mut io, now);
+    assert!(
+        sa.want.swap(false, SeqCst),
+        "x's request, taken by the thread"
+    );
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "y's request");
+    // x's request answered: denied, b holds the group at epoch 3.
+    sa.publish_view(2, 3, 1);
+    sa.outcome.store(DENIED, SeqCst);
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert_eq!(
+        (ax.engine.mode(), ay.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    // The thread sends the request wanted again; b's grant was given back meanwhile, and the
+    // witness grants a (epoch 4).
+    assert!(sa.want.swap(false, SeqCst));
+    sa.epoch.store(4, SeqCst);
+    sa.publish_view(1, 4, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    // (The thread marks the grant it stored.)
+    let mut mark = Some((4, false));
+    for _ in 0..3 {
+        ax.engine.tick(&mut io, now);
+        ay.engine.tick(&mut io, now);
+        thread(&sa, &mut mark);
+        sa.publish_view(1, 4, 1);
+    }
+    let served = [&ax, &ay]
+        .iter()
+        .any(|s| s.engine.mode() == Mode::Survivor && s.engine.grant_epoch == 4);
+    assert!(
+        served || sa.released.load(SeqCst) == 4,
+        "the witness holds the group for a, and nobody serves on it nor gives it back"
+    );
+    assert_eq!(sa.watching.load(SeqCst), 0, "watching leaks");
+}
