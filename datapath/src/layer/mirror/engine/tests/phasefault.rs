@@ -9,7 +9,9 @@
 //! the resync: a restart of either site at each of its turns, the witness's answers all lost
 //! at one turn (a grant recorded but unanswered, a release retried, no heartbeat answered);
 //! and, the link kept down, the same with restarts around that turn, after which one site
-//! must serve alone (never neither while a site whose replica is whole could).
+//! must serve alone (never neither while a site whose replica is whole could). At every turn,
+//! a site that serves reads (the survivor, or mirroring under its lease) holds at each offset
+//! written the last acknowledged write or a later one (never a stale read).
 //! (A message is never duplicated or lost alone inside a session: the link is TCP; a
 //! duplicate is an injection, refused by the checks or beyond them, docs/mirror-protocol.md,
 //! "Limits".)
@@ -248,7 +250,40 @@ impl Run {
             self.a.engine.mode() != Mode::Survivor || self.b.engine.mode() != Mode::Survivor,
             "both sites serve alone"
         );
+        self.check_reads();
         any
+    }
+
+    /// Reads: a site that serves them now (`Engine::may_read`: the survivor, or mirroring
+    /// under its lease) holds, at every offset written, the last acknowledged write or one
+    /// submitted after it (never an older one: a stale read).
+    fn check_reads(&self) {
+        let now = Instant::now();
+        let mut log: Vec<(u64, u8, bool)> = self.acked.iter().map(|&(o, b)| (o, b, true)).collect();
+        log.extend(self.writes.iter().map(|w| (w.1, w.2, w.3 == Some(true))));
+        for (name, s) in [("a", &self.a), ("b", &self.b)] {
+            if !s.engine.may_read(now) {
+                continue;
+            }
+            let disk = s.disk.borrow();
+            for &(off, _, _) in &log {
+                let at: Vec<(u8, bool)> = log
+                    .iter()
+                    .filter(|w| w.0 == off)
+                    .map(|w| (w.1, w.2))
+                    .collect();
+                let Some(last) = at.iter().rposition(|w| w.1) else {
+                    continue;
+                };
+                let b = disk.bytes[off as usize];
+                assert!(
+                    at[last..].iter().any(|w| w.0 == b),
+                    "{name} ({:?}) serves reads and holds {b:#x} at {off}, older than the write acknowledged there ({:#x})",
+                    s.engine.mode(),
+                    at[last].0
+                );
+            }
+        }
     }
 
     /// Site `i` restarts (a new process: a new failover slot, no epoch known), with its state
