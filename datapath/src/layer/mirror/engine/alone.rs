@@ -534,8 +534,14 @@ impl Engine {
             // a grant held (none of them is persisted). Only the give-back once in sync, never
             // serving alone on such a word (a site fenced for its failed device keeps that
             // state too).
+            // And only once every engine of the group restored its state (`restored`, counted
+            // after its `watching`): one restored fenced for want of an answer may adopt that
+            // grant, however late its reactor opens it.
             (Mode::Mirroring, None)
-                if self.since_start && self.sess.up && slot.survivors.load(SeqCst) == 0 =>
+                if self.since_start
+                    && self.sess.up
+                    && slot.survivors.load(SeqCst) == 0
+                    && slot.restored.load(SeqCst) >= slot.members.load(SeqCst) =>
             {
                 (0, false)
             }

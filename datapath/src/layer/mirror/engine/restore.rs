@@ -163,6 +163,12 @@ impl Engine {
         }
         self.mode = mode;
         self.stats.set_mode(mode);
+        if let Some(slot) = self.cfg.failover.clone() {
+            // Counted as watching from now (a fence for want of an answer restored above), so
+            // a volume of the group mirroring again never gives back the grant this one may
+            // still adopt (`adopt_lost_grant`), however late this engine's first tick.
+            self.publish_watching(&slot);
+        }
         self.publish_withdrawn();
         if mode == Mode::Survivor && !p.clean {
             // It may have crashed during its wait for the peer's read lease and restarted at

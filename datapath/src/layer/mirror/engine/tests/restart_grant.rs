@@ -306,3 +306,61 @@ fn an_implausible_grant_epoch_in_resync_done_is_not_adopted() {
         );
     }
 }
+
+/// As `a_site_restarted_before_it_adopted_a_lost_grant_serves_on_it_once_the_witness_says_so`,
+/// with a second volume y of the group at a (one failover slot), restarted with it: y's link
+/// returns and it mirrors, and it sees the witness's word naming a the holder before x's
+/// engine ever ticked (x's reactor slower). y must not give the grant back while x, restored
+/// fenced for want of its answer, may still adopt it: x counts as watching from its restore,
+/// and a volume of the group restarted in sync gives back a grant from before the restart only
+/// once every engine of the group restored its state. Before, y gave it back first: x found
+/// it given back and stayed fenced, b (denied, its known epoch older) was refused as stale:
+/// neither site served x.
+#[test]
+fn a_lost_grant_restored_with_one_volume_is_not_given_back_by_another_first() {
+    use crate::layer::mirror::failover::{FailoverSlot, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ax, _bx, _sb, mut io, mut rng, mut slot) =
+        a_granted_unanswered_b_denied(173, dir.path());
+    let (mut ay, _, mut by, _) = super::failover::traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    // Both of a's volumes restart (a new process: one new slot for the group).
+    let sa2 = Arc::new(FailoverSlot::default());
+    sa2.members.store(2, SeqCst);
+    ax.engine.cfg.failover = Some(Arc::clone(&sa2));
+    ay.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut ax);
+    ay.engine.cfg.state_file = Some(dir.path().join("ay"));
+    ay.engine.persist(false);
+    assert!(ay.engine.wait_persisted());
+    crash_and_restart(&mut ay);
+    assert_eq!(
+        (ax.engine.mode(), sa2.restored.load(SeqCst)),
+        (Mode::Fenced, 2)
+    );
+    by.engine.link_down("a restarted");
+    by.wire.clear();
+    meet(&mut ay, &mut by, &mut io);
+    run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+    assert_eq!(ay.engine.mode(), Mode::Mirroring);
+    // The witness's word: a holds the group at epoch 1. y ticks (and the thread turns)
+    // before x.
+    let thread = |s: &FailoverSlot| {
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    for _ in 0..3 {
+        sa2.publish_view(1, 1, 1);
+        ay.engine.tick(&mut io, Instant::now());
+        thread(&sa2);
+    }
+    ax.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        (ax.engine.mode(), sa2.released.load(SeqCst)),
+        (Mode::Survivor, 0),
+        "the grant x may adopt was given back by y first"
+    );
+}
