@@ -364,3 +364,42 @@ fn a_lost_grant_restored_with_one_volume_is_not_given_back_by_another_first() {
         "the grant x may adopt was given back by y first"
     );
 }
+
+/// An operator's takeover at a (its state saved fenced) whose answer is lost (the witness
+/// granted it), and a restarts before the witness's word: restarted, a adopts the grant as a
+/// takeover (every region ever written copied to the peer, the history below told it may be
+/// stale), as it would have without the restart (state flags bit 4).
+#[test]
+fn a_takeover_whose_answer_was_lost_is_adopted_as_one_after_a_restart() {
+    use crate::layer::mirror::failover::{FailoverSlot, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b, _sb, mut io, _rng, _slot) = a_granted_unanswered_b_denied(179, dir.path());
+    // (A fenced site, whatever its first request's answer: say the witness denied it, and the
+    // operator takes over.)
+    crash_and_restart(&mut a);
+    let sa = a.engine.cfg.failover.clone().unwrap();
+    a.engine.fenced_unanswered = None;
+    a.engine.persist(false);
+    sa.publish_view(2, 1, 1);
+    a.engine.stats().takeover.store(true, SeqCst);
+    a.engine.tick(&mut io, Instant::now());
+    assert!(sa.want.swap(false, SeqCst), "the takeover is not asked");
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    let sa2 = Arc::new(FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    // (Regions mirrored in earlier sessions: written, neither dirty nor suspect.)
+    let (size, g) = (a.engine.cfg.size, a.engine.cfg.dirty_granularity);
+    a.engine.written = RegionMap::all(size, g);
+    sa2.publish_view(1, 2, 1);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!((a.engine.mode(), a.engine.grant_epoch), (Mode::Survivor, 2));
+    assert_eq!(
+        a.engine.dirty_bytes(),
+        a.engine.written.bytes(),
+        "adopted after the restart as a plain grant"
+    );
+}
