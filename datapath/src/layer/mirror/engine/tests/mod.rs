@@ -891,6 +891,7 @@ mod extremes;
 mod failover;
 mod forwards;
 mod group_grant;
+mod groupfault;
 mod inflight;
 mod lease;
 mod meta;

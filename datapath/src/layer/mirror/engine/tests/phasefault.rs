@@ -46,20 +46,20 @@ enum Fault {
 
 /// The witness of one group with the sites' known epochs (site ids: a 1, b 2).
 #[derive(Default)]
-struct Wit {
-    holder: Option<usize>,
-    epoch: u64,
+pub(super) struct Wit {
+    pub(super) holder: Option<usize>,
+    pub(super) epoch: u64,
     /// Each site's failover thread's known epoch (0 after a restart).
-    known: [u64; 2],
+    pub(super) known: [u64; 2],
     /// This turn every answer is lost: a grant is recorded but the site hears nothing (it
     /// fences for want of an answer), a release is not taken (the thread retries it at the
     /// next turn), no heartbeat is answered.
-    lossy: bool,
+    pub(super) lossy: bool,
 }
 
 impl Wit {
     /// The failover threads' turn: releases, requests, then a heartbeat each.
-    fn serve(&mut self, slots: &[Arc<FailoverSlot>; 2]) {
+    pub(super) fn serve(&mut self, slots: &[Arc<FailoverSlot>; 2]) {
         for (i, s) in slots.iter().enumerate() {
             let r = s.release.swap(0, SeqCst);
             if r != 0 && self.lossy {
@@ -341,7 +341,7 @@ impl Run {
 
 /// `crash_and_restart` with a new failover slot; `with_state` false: the state file is gone
 /// (removed by the caller), so what is pending for the persister is not waited for.
-fn crash_and_restart_with(s: &mut Site, slot: Arc<FailoverSlot>, with_state: bool) {
+pub(super) fn crash_and_restart_with(s: &mut Site, slot: Arc<FailoverSlot>, with_state: bool) {
     if with_state {
         assert!(s.engine.wait_persisted());
         s.engine.wait_actlog_persisted();
