@@ -96,15 +96,19 @@ impl Engine {
     }
 
     /// Tell the failover thread whether this site claims the volume's group as preferred at
-    /// the witness: not while its replica failed, nor while fenced or resyncing. Such a site
+    /// the witness: not while its replica failed, nor while fenced, resyncing or waiting for
+    /// its first session since the start (counted per volume: the group is claimed only while
+    /// no volume of it is out here, `FailoverSlot::withdrawn`). Such a site
     /// never asks for a grant (only an operator's takeover does, which claims it again), so
     /// its claim could only make the peer's request wait out the tie grace, and fail, while
     /// the site heartbeats (a site restarted fenced with a repaired device, say).
     pub(super) fn publish_withdrawn(&mut self) {
         use std::sync::atomic::Ordering::SeqCst;
+        // (Waiting: no session since the start; such a site never asks for a grant, so a
+        // claim would only make the witness deny the peer on the tie while the link is down.)
         let out = self.failed.is_some()
             || self.durable.failed
-            || matches!(self.mode, Mode::Fenced | Mode::Resyncing);
+            || matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting);
         let slot = self.cfg.failover.clone();
         let same = match (&self.withdrawn_in, &slot) {
             (Some(c), Some(s)) => Arc::ptr_eq(c, s),

@@ -936,3 +936,42 @@ fn a_grant_answered_to_a_request_no_volume_waits_on_is_given_back() {
     );
     assert_eq!(sa.watching.load(SeqCst), 0, "watching leaks");
 }
+
+/// The group's preferred site (a, leader) restarts while its link to b is down (a partition,
+/// or a crash and a quick restart): a has had no session since its start, so it never asks
+/// for a grant (it must not win one against a peer it has not seen), and b, which lost its
+/// peer, asks. a must not claim the group as preferred meanwhile: the witness would deny b on
+/// the tie for as long as a beats (b fenced, a waiting: nobody serves while the link is
+/// down). Before, a Waiting site claimed the group; it withdraws the claim until its first
+/// session, as a fenced or resyncing one does.
+#[test]
+fn a_preferred_site_restarted_without_its_peer_does_not_claim_the_group() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(181);
+    let mut slot = 0;
+    let (mut a, _sa, _b, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let dir = tempfile::tempdir().unwrap();
+    a.engine.cfg.state_file = Some(dir.path().join("a"));
+    a.engine.persist(false);
+    let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    sa2.members.store(1, SeqCst);
+    sa2.configured_preferred.store(true, SeqCst);
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    let claims = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        s.preferred_now() && s.withdrawn.load(SeqCst) == 0
+    };
+    for _ in 0..3 {
+        a.engine.tick(&mut io, Instant::now());
+        assert_eq!(a.engine.mode(), Mode::Waiting);
+        assert!(
+            !sa2.want.load(SeqCst),
+            "a asks without having seen its peer"
+        );
+        assert!(
+            !claims(&sa2),
+            "a, restarted without its peer, claims the group as preferred"
+        );
+    }
+}
