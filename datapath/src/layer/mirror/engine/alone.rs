@@ -551,12 +551,31 @@ impl Engine {
         if slot.view_seq.load(SeqCst) <= after {
             return; // nothing said since the fence
         }
-        let Some((is_me, _, epoch)) = slot.view() else {
+        let Some((is_me, holder, epoch)) = slot.view() else {
             return;
         };
         // (`epoch <= given_back`: the grant this site gave back, as a heartbeat saw it before
         // the release.)
         if !is_me || epoch <= self.given_back {
+            if self.mode == Mode::Fenced
+                && holder == 0
+                && !takeover
+                && !self.sess.up
+                && !self.draining
+                && self.sess.number != 0
+            {
+                // Fenced for want of an answer, and the witness's word since names nobody:
+                // it granted nothing (its answer was a denial on the tie, or it was out of
+                // reach for the request's deadline). Asked once more (plain; an operator's
+                // takeover is the operator's to ask again): this replica held every
+                // acknowledged write at the fence and nobody served since (the witness would
+                // name a holder, or refuse it as stale at a later epoch). Before, it stayed
+                // fenced: with the peer fenced so too, or waiting, nobody served until the
+                // link returned. Once per such fence: the answer fences again, or serves.
+                tracing::warn!(volume = %self.cfg.name, epoch,
+                    "mirror: the witness holds nothing for the group after an unanswered request; asking again");
+                self.witness.ask_fenced();
+            }
             if self.mode == Mode::Mirroring {
                 // In sync, and the witness's word since the fence (or the restart) names no
                 // grant of this site's: the lost answer, if any, left nothing held (its

@@ -636,3 +636,53 @@ fn a_grant_asked_again_after_the_holders_grant_was_given_back_is_a_takeover() {
         "another volume of the group takes the grant as a plain one"
     );
 }
+
+/// Both sites lose their link while the witness is out of reach: both requests go
+/// unanswered and the witness records nothing; both fence for want of an answer. The witness
+/// is heard again (its word: nobody holds the group), the link still down: a site fenced so
+/// must ask once more (its replica held every acknowledged write at the fence, and nobody
+/// served since: the witness would show a holder, or a later epoch and refuse it as stale),
+/// and the one granted serves. Before, neither asked again: nobody served until the link
+/// returned, with the witness back and both replicas whole.
+#[test]
+fn a_site_fenced_for_an_unanswered_request_the_witness_never_granted_asks_again() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    let (mut a, sa, mut b, sb, mut io, _rng, _) =
+        super::failover::cut_and_answer(191, UNREACHABLE, UNREACHABLE);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    sa.want.store(false, SeqCst);
+    sb.want.store(false, SeqCst);
+    let now = Instant::now();
+    // The witness's word: nobody holds the group (epoch 0).
+    sa.publish_view(0, 0, 1);
+    sb.publish_view(0, 0, 2);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert!(
+        sa.want.swap(false, SeqCst) && sb.want.swap(false, SeqCst),
+        "a site fenced for a request the witness never granted does not ask again"
+    );
+    // The witness grants a, denies b (a holds it).
+    sa.epoch.store(1, SeqCst);
+    sa.publish_view(1, 1, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    sb.publish_view(1, 1, 2);
+    sb.outcome.store(DENIED, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert_eq!(
+        (a.engine.mode(), a.engine.grant_epoch, b.engine.mode()),
+        (Mode::Survivor, 1, Mode::Fenced)
+    );
+    // Asked once per unanswered fence: b, denied, does not ask again at the next words.
+    for _ in 0..3 {
+        sb.publish_view(1, 1, 2);
+        b.engine.tick(&mut io, now);
+    }
+    assert!(!sb.want.load(SeqCst), "asked again and again");
+}

@@ -69,6 +69,8 @@ impl Group {
         for s in &slots {
             s.members.store(2, SeqCst);
         }
+        // (a, the configured leader of both volumes, is the group's preferred site.)
+        slots[0].configured_preferred.store(true, SeqCst);
         let s = [[mk(0, 0), mk(0, 1)], [mk(1, 0), mk(1, 1)]];
         let mut g = Group {
             s,
@@ -132,6 +134,7 @@ impl Group {
         }
         let slot = Arc::new(FailoverSlot::default());
         slot.members.store(2, SeqCst);
+        slot.configured_preferred.store(i == 0, SeqCst);
         for v in 0..2 {
             crash_and_restart_with(&mut self.s[i][v], Arc::clone(&slot), true);
         }

@@ -3,7 +3,9 @@
 //! confirmation, the first mirrored updates) the link is cut and, besides, the source, the
 //! target or both restart from their state files, or the target restarts without its state (a
 //! new replica); the witness answers as docs/witness-protocol.md decides (holder, stale known
-//! epochs, views at every heartbeat; a restarted site knows no epoch until in sync again).
+//! epochs, views at every heartbeat, the preferred site's tie (a's claims, withdrawn while
+//! it does not compete; b's request waits three turns, then is denied); a restarted site
+//! knows no epoch until in sync again).
 //!
 //! Also with one direction lagging the other at random (delays), and for the takeover before
 //! the resync: a restart of either site at each of its turns, the witness's answers all lost
@@ -55,9 +57,28 @@ pub(super) struct Wit {
     /// fences for want of an answer), a release is not taken (the thread retries it at the
     /// next turn), no heartbeat is answered.
     pub(super) lossy: bool,
+    /// The group's recorded preferred site (the claims of requests and heartbeats,
+    /// docs/witness-protocol.md "Preferred site"), and whether it asked and lost (stale)
+    /// since the last grant or release. Both sites beat every turn, so a preferred site that
+    /// has not asked and lost always wins the tie: the other is denied (TIE_WAIT until the
+    /// client's deadline).
+    pub(super) preferred: Option<usize>,
+    pub(super) preferred_lost: bool,
+    /// Turns each site's request has been waiting out a tie (the client asks again within its
+    /// deadline: three turns here, then it is denied).
+    pub(super) tie_turns: [u32; 2],
 }
 
 impl Wit {
+    /// A claim of site `i` as preferred (`claim`), or a heartbeat entry without it.
+    fn claim(&mut self, i: usize, claim: bool, heartbeat: bool) {
+        match (claim, self.preferred) {
+            (true, None) => self.preferred = Some(i),
+            (false, Some(p)) if p == i && heartbeat => self.preferred = None,
+            _ => {}
+        }
+    }
+
     /// The failover threads' turn: releases, requests, then a heartbeat each.
     pub(super) fn serve(&mut self, slots: &[Arc<FailoverSlot>; 2]) {
         for (i, s) in slots.iter().enumerate() {
@@ -70,6 +91,7 @@ impl Wit {
             } else if r != 0 && crate::layer::mirror::failover::decide_release(s, r) {
                 if r == self.epoch && self.holder == Some(i) {
                     self.holder = None;
+                    self.preferred_lost = false;
                 }
                 let h = self.holder.map_or(0, |h| h as u32 + 1);
                 s.publish_view(h, self.epoch, i as u32 + 1);
@@ -90,7 +112,36 @@ impl Wit {
             };
             let me = i as u32 + 1;
             let lost = crate::layer::mirror::failover::UNREACHABLE;
+            if !self.lossy {
+                // (The request's PREFERRED flag: the configured or led preference, not
+                // withdrawn.)
+                self.claim(i, s.preferred_now(), false);
+            }
+            if !(self.holder.is_none() && self.preferred.is_some_and(|p| p != i)) {
+                self.tie_turns[i] = 0;
+            }
+            let tie = self.holder.is_none()
+                && asked >= self.epoch
+                && self.preferred.is_some_and(|p| p != i)
+                && !self.preferred_lost;
+            if self.holder.is_none() && asked < self.epoch && self.preferred == Some(i) {
+                self.preferred_lost = true;
+            }
             match self.holder {
+                None if tie && self.tie_turns[i] < 3 && !self.lossy => {
+                    // TIE_WAIT: the client asks again (next turn), within its deadline.
+                    self.tie_turns[i] += 1;
+                    s.want.store(true, SeqCst);
+                }
+                None if tie => {
+                    // TIE_WAIT until the client's deadline: denied, nobody named.
+                    self.tie_turns[i] = 0;
+                    s.outcome
+                        .store(if self.lossy { lost } else { DENIED }, SeqCst);
+                    if !self.lossy {
+                        s.publish_view(0, self.epoch, me);
+                    }
+                }
                 Some(h) if h != i && self.lossy => s.outcome.store(lost, SeqCst),
                 Some(h) if h != i => {
                     s.publish_view(h as u32 + 1, self.epoch, me);
@@ -107,6 +158,7 @@ impl Wit {
                     if self.holder.is_none() {
                         self.epoch = self.epoch.max(asked) + 1;
                         self.holder = Some(i);
+                        self.preferred_lost = false;
                     }
                     self.known[i] = self.epoch;
                     s.epoch.store(self.epoch, SeqCst);
@@ -127,6 +179,8 @@ impl Wit {
             return;
         }
         for (i, s) in slots.iter().enumerate() {
+            let claim = s.preferred_now() && s.withdrawn.load(SeqCst) == 0;
+            self.claim(i, claim, true);
             let h = self.holder.map_or(0, |h| h as u32 + 1);
             s.publish_view(h, self.epoch, i as u32 + 1);
             if s.in_sync.load(SeqCst) {
@@ -180,18 +234,20 @@ impl Run {
             a.engine.cfg.failover.clone().expect("slot"),
             b.engine.cfg.failover.clone().expect("slot"),
         ];
+        // (a, the configured leader, is the group's preferred site.)
+        slots[0].configured_preferred.store(true, SeqCst);
         let w = match setup {
             Source::LeaderGranted => Wit {
                 holder: Some(0),
                 epoch: 1,
                 known: [1, 0],
-                lossy: false,
+                ..Wit::default()
             },
             Source::FollowerGranted => Wit {
                 holder: Some(1),
                 epoch: 1,
                 known: [0, 1],
-                lossy: false,
+                ..Wit::default()
             },
             Source::LeaderWithoutGrant => Wit::default(),
         };
@@ -325,6 +381,7 @@ impl Run {
 
     fn restart(&mut self, i: usize, with_state: bool) {
         let slot = Arc::new(FailoverSlot::default());
+        slot.configured_preferred.store(i == 0, SeqCst);
         let s = if i == 0 { &mut self.a } else { &mut self.b };
         if !with_state {
             let path = s.engine.cfg.state_file.clone().expect("state file");
@@ -615,6 +672,7 @@ fn takeover_with_faults(
     }
     meet(&mut a, &mut b, &mut io);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    sa.configured_preferred.store(true, SeqCst);
     let mut r = Run {
         a,
         b,
