@@ -75,10 +75,12 @@ pub struct FailoverSlot {
     /// answer gives such a grant back only while this is 0 and no volume serves alone on it
     /// (`Engine::adopt_lost_grant`; counted by each engine, `Engine::publish_watching`).
     pub watching: AtomicU32,
-    /// This site does not compete for the group (its replica failed, or it is fenced or
-    /// resyncing: it never asks for a grant): the heartbeat does not claim the group as
-    /// preferred, so the witness grants the peer without waiting out the tie grace.
-    pub withdrawn: AtomicBool,
+    /// Volumes of the group that do not compete for it here (a replica failed, or fenced or
+    /// resyncing: they never ask for a grant), counted by the engines (`publish_withdrawn`):
+    /// while any does, the heartbeat does not claim the group as preferred, so the witness
+    /// grants the peer without waiting out the tie grace. (A count, not a flag each engine
+    /// writes: a volume mirroring cleared a failed volume's withdrawal at its next tick.)
+    pub withdrawn: AtomicU32,
     /// What the witness last said about the group (published by the failover thread with
     /// [`FailoverSlot::publish_view`], a sequence lock; read whole with
     /// [`FailoverSlot::view`], or a field alone for the control socket): its epoch,
@@ -243,6 +245,38 @@ pub fn decide_release(slot: &FailoverSlot, epoch: u64) -> bool {
     wanted
 }
 
+/// A grant the failover thread was answered for the group at `epoch` (`mark`: `Some((epoch,
+/// false))` when it stored that outcome) and that no volume took: called at each later turn of
+/// the thread, it returns the epoch to give back once, at two turns in a row, no volume of
+/// the group serves on it, waits on a request (`watching`: its answer is read from the
+/// outcome) or asked anew (which resets the outcome), and it is not given back already. The
+/// outcome is the group's: a volume asking while another's request is out (the request it
+/// wants set again, the outcome reset before that answer is stored) reads that answer as its
+/// own, and the thread then sends the request again; when that second answer is a grant (the
+/// peer's grant given back meanwhile), every volume had its answer already and none took it:
+/// the witness held the group for this site, nobody served, and the peer was denied. The
+/// second turn leaves a volume between its request and its count in `watching` the time to
+/// be counted; one slower still finds the grant given back when it takes it
+/// ([`FailoverSlot::claim_grant`]) and asks again.
+pub fn unclaimed_grant(slot: &FailoverSlot, mark: &mut Option<(u64, bool)>) -> Option<u64> {
+    let (epoch, looked) = (*mark)?;
+    let taken = slot.survivors.load(SeqCst) > 0
+        || slot.epoch.load(SeqCst) != epoch
+        || slot.outcome.load(SeqCst) != GRANTED
+        || slot.released.load(SeqCst) >= epoch
+        || slot.release.load(SeqCst) == epoch;
+    if taken {
+        *mark = None;
+        return None;
+    }
+    if slot.watching.load(SeqCst) != 0 || !looked {
+        *mark = Some((epoch, slot.watching.load(SeqCst) == 0));
+        return None;
+    }
+    *mark = None;
+    Some(epoch)
+}
+
 /// [`FailoverSlot::witness`]: the last heartbeat was answered.
 pub const WITNESS_REACHABLE: u8 = 1;
 /// [`FailoverSlot::witness`]: the last heartbeat was not answered in time.
@@ -296,7 +330,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             .iter()
             .map(|(g, s, _)| Claim {
                 group: *g,
-                preferred: s.preferred_now() && !s.withdrawn.load(SeqCst),
+                preferred: s.preferred_now() && s.withdrawn.load(SeqCst) == 0,
             })
             .collect()
     };
@@ -307,7 +341,20 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
     // held would make the witness deny the peer at the next loss.
     let mut retry: Vec<Option<(u64, std::time::Instant)>> = vec![None; groups.len()];
     let mut was_in_sync = vec![false; groups.len()];
+    // A grant answered that no volume may have taken yet (`unclaimed_grant`).
+    let mut unclaimed: Vec<Option<(u64, bool)>> = vec![None; groups.len()];
     while !stop.load(SeqCst) {
+        for (i, (_, slot, name)) in groups.iter().enumerate() {
+            if let Some(epoch) = unclaimed_grant(slot, &mut unclaimed[i])
+                && slot
+                    .release
+                    .compare_exchange(0, epoch, SeqCst, SeqCst)
+                    .is_ok()
+            {
+                tracing::warn!(volume = %name, epoch,
+                    "mirror: the witness granted the group after every volume had its answer; nobody takes it: giving it back");
+            }
+        }
         for (i, (group, slot, name)) in groups.iter().enumerate() {
             let now = std::time::Instant::now();
             let mut epoch = slot.release.swap(0, SeqCst);
@@ -405,6 +452,9 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 }
             };
             slot.outcome.store(outcome, SeqCst);
+            if outcome == GRANTED {
+                unclaimed[i] = Some((slot.epoch.load(SeqCst), false));
+            }
         }
         let now = std::time::Instant::now();
         // A replica that just came in sync (its resync completed) learns the group's epoch
@@ -537,6 +587,38 @@ mod tests {
         s.unclaim();
         assert!(decide_release(&s, 3));
         assert!(!s.claim_grant(3), "its release was sent");
+    }
+
+    /// A grant the thread was answered: given back only at a second look finding no volume
+    /// that serves on it, waits on its answer, asked anew or gives it back itself.
+    #[test]
+    fn an_answered_grant_is_given_back_by_the_thread_only_when_no_volume_took_or_may_take_it() {
+        let s = FailoverSlot::default();
+        s.epoch.store(4, SeqCst);
+        s.outcome.store(GRANTED, SeqCst);
+        let mut m = Some((4, false));
+        s.watching.store(1, SeqCst);
+        assert_eq!(unclaimed_grant(&s, &mut m), None, "a volume waits on it");
+        assert_eq!(unclaimed_grant(&s, &mut m), None, "a volume waits on it");
+        s.watching.store(0, SeqCst);
+        s.survivors.store(1, SeqCst);
+        assert_eq!((unclaimed_grant(&s, &mut m), m), (None, None), "taken");
+        s.survivors.store(0, SeqCst);
+        let mut m = Some((4, false));
+        assert_eq!(unclaimed_grant(&s, &mut m), None, "a first look");
+        assert_eq!(unclaimed_grant(&s, &mut m), Some(4));
+        assert_eq!(unclaimed_grant(&s, &mut m), None, "once");
+        for (outcome, release, released) in [(0, 0, 0), (GRANTED, 4, 0), (GRANTED, 0, 4)] {
+            s.outcome.store(outcome, SeqCst);
+            s.release.store(release, SeqCst);
+            s.released.store(released, SeqCst);
+            let mut m = Some((4, true));
+            assert_eq!(
+                unclaimed_grant(&s, &mut m),
+                None,
+                "asked anew, or given back"
+            );
+        }
     }
 
     #[test]

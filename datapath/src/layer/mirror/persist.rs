@@ -343,6 +343,7 @@ mod tests {
             leads: Some((0, false)),
             boot: 0,
             host_restarted: false,
+            fenced_unanswered: None,
         }
     }
 

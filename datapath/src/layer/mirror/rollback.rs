@@ -191,6 +191,7 @@ mod tests {
             leads: None,
             boot: 0,
             host_restarted: false,
+            fenced_unanswered: None,
         }
     }
 

@@ -2,12 +2,16 @@
 //! survivor, fenced, resyncing), the witness epoch it holds, and its region bitmaps.
 //!
 //! Format (little-endian), one small file per volume, `<state_dir>/<volume>.mirror-state`:
-//! `"TBMS"` | version u8 = 5 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
+//! `"TBMS"` | version u8 = 6 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
 //! replica never in sync) |
 //! clean u8 (1: written at a clean stop, the bitmaps are exact) | flags u8 (bit 0: this site
 //! was the volume's leader (it may hold an activity log); bit 1: this site leads at `term`;
 //! bit 2: the host restarted after this site stopped uncleanly while in sync, so its device
-//! may have dropped writes it had not flushed, and it is not reconciled yet; other bits 0) |
+//! may have dropped writes it had not flushed, and it is not reconciled yet; bit 3 (mode 2
+//! only): fenced for want of the witness's answer to a request for the grant, its replica
+//! holding every acknowledged write (the witness may have granted that request: a restart
+//! adopts such a grant as before it, [`Persisted::fenced_unanswered`]); bit 4 (with bit 3
+//! only): that request was an operator's takeover; other bits 0) |
 //! epoch u64 | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
 //! written words u32 | words u64 ... | suspect words u32 | words u64 ... | replica identity
 //! u64 | leadership term u64 | boot id u128 | CRC32C u32 of everything before it. The dirty bitmap holds the regions written while the peer was away
@@ -22,7 +26,9 @@
 //! number) of the process that wrote the file; 0: unknown. A site that did not stop cleanly
 //! and finds another boot id at its start knows its host restarted since (a power loss may
 //! have dropped its device's volatile cache), not only its process (docs/mirror-protocol.md,
-//! "Power loss"). Version 4 (still read) is version 5 without the boot id and bit 2
+//! "Power loss"). Version 5 (still read) is version 6 without bits 3 and 4
+//! ([`Persisted::fenced_unanswered`] `None`); a version-5 build refuses a version-6 file.
+//! Version 4 (still read) is version 5 without the boot id and bit 2
 //! ([`Persisted::boot`] 0, [`Persisted::host_restarted`] false). A build older than version 5
 //! refuses a version-5 file (the daemon does not start): a downgrade needs the file removed
 //! (the replica then starts as new, and is given every region its peer ever wrote).
@@ -92,6 +98,13 @@ pub struct Persisted {
     /// The host restarted after an unclean stop in sync and the site is not reconciled yet
     /// (flags bit 2): its device may have dropped writes it had not flushed.
     pub host_restarted: bool,
+    /// Fenced for want of the witness's answer to a request for the grant (flags bit 3, mode 2
+    /// only), the replica then holding every acknowledged write: `Some(takeover)`, whether
+    /// that request was an operator's takeover (bit 4). The witness may hold the grant for
+    /// this site: restarted, the site adopts it from the witness's word as it would have
+    /// without the restart (engine `adopt_lost_grant`). `None`: not so fenced, or a file of
+    /// version 5 or older.
+    pub fenced_unanswered: Option<bool>,
 }
 
 /// What becomes of a replica's data when its process restarts.
@@ -156,7 +169,7 @@ pub fn boot_id(path: &Path) -> u128 {
 
 const MAGIC: &[u8; 4] = b"TBMS";
 /// The version written.
-const VERSION: u8 = 5;
+const VERSION: u8 = 6;
 
 /// Write `p` to `path` atomically.
 pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -164,7 +177,13 @@ pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     let mut b = Vec::with_capacity(48 + (p.bitmap.len() + p.written.len() + suspect.len()) * 8);
     b.extend_from_slice(MAGIC);
     let (term, leads) = p.leads.unwrap_or((0, false));
-    let flags = p.led as u8 | (u8::from(leads) << 1) | (u8::from(p.host_restarted) << 2);
+    // (Only a fenced state says it is fenced for want of an answer.)
+    let unanswered = p.fenced_unanswered.filter(|_| p.mode == 2);
+    let flags = p.led as u8
+        | (u8::from(leads) << 1)
+        | (u8::from(p.host_restarted) << 2)
+        | (u8::from(unanswered.is_some()) << 3)
+        | (u8::from(unanswered == Some(true)) << 4);
     b.extend_from_slice(&[VERSION, p.mode, p.clean as u8, flags]);
     b.extend_from_slice(&p.epoch.to_le_bytes());
     b.extend_from_slice(&p.size.to_le_bytes());
@@ -242,6 +261,8 @@ pub fn decode(b: &[u8]) -> Result<Persisted, &'static str> {
         2 | 3 => body[7] & !1 == 0,
         4 => body[7] & !3 == 0,
         5 => body[7] & !7 == 0,
+        // Bit 4 only with bit 3, and both only for a fenced state.
+        6 => body[7] & !31 == 0 && (body[7] & 0x18 == 0 || (body[7] & 8 != 0 && body[5] == 2)),
         _ => false,
     };
     if !flags_ok || body[5] > 4 || body[6] > 1 {
@@ -313,6 +334,7 @@ pub fn decode(b: &[u8]) -> Result<Persisted, &'static str> {
         leads,
         boot,
         host_restarted: body[7] & 4 != 0,
+        fenced_unanswered: (body[7] & 8 != 0).then_some(body[7] & 16 != 0),
     })
 }
 
@@ -336,6 +358,7 @@ mod tests {
             leads: Some((0, false)),
             boot: 0,
             host_restarted: false,
+            fenced_unanswered: None,
         }
     }
 
@@ -370,6 +393,7 @@ mod tests {
             leads: Some((3, true)),
             boot: 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
             host_restarted: true,
+            fenced_unanswered: None,
         };
         save(&path, &p).unwrap();
         assert_eq!(load(&path), Ok(Some(p)));
@@ -382,6 +406,52 @@ mod tests {
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
         assert!(load(&path).is_err());
+    }
+
+    /// A fence for want of the witness's answer (flags bits 3 and 4) is kept only for a fenced
+    /// state; bit 4 without bit 3, or either bit in another mode, is refused; a version-5 file
+    /// (without them) still loads.
+    #[test]
+    fn a_fence_for_want_of_an_answer_round_trips_only_for_a_fenced_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.mirror-state");
+        for takeover in [false, true] {
+            let p = Persisted {
+                mode: 2,
+                fenced_unanswered: Some(takeover),
+                ..in_sync()
+            };
+            save(&path, &p).unwrap();
+            assert_eq!(load(&path), Ok(Some(p)));
+        }
+        // (Not written for another mode.)
+        let p = Persisted {
+            fenced_unanswered: Some(true),
+            ..in_sync()
+        };
+        save(&path, &p).unwrap();
+        assert_eq!(load(&path).unwrap().unwrap().fenced_unanswered, None);
+        let flags = |mode: u8, f: u8| {
+            let mut b = std::fs::read(&path).unwrap();
+            b.truncate(b.len() - 4);
+            b[5] = mode;
+            b[7] = f;
+            let crc = crate::checksum::crc32c(&b);
+            b.extend_from_slice(&crc.to_le_bytes());
+            decode(&b)
+        };
+        assert!(flags(2, 0x08 | 0x10).is_ok());
+        assert!(flags(2, 0x10).is_err(), "bit 4 without bit 3");
+        assert!(flags(0, 0x08).is_err(), "bit 3 in sync");
+        assert!(flags(3, 0x08).is_err(), "bit 3 resyncing");
+        assert!(flags(2, 0x20).is_err(), "an unknown bit");
+        let p = Persisted {
+            mode: 2,
+            ..in_sync()
+        };
+        save(&path, &p).unwrap();
+        as_version(&path, 5, 0);
+        assert_eq!(load(&path), Ok(Some(p)));
     }
 
     #[test]
@@ -418,6 +488,7 @@ mod tests {
                 leads: None,
                 boot: 0,
                 host_restarted: false,
+                fenced_unanswered: None,
             }
         );
         // Version 1 had no flags: a set bit 0 there is refused.

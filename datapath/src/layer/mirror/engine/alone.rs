@@ -288,11 +288,22 @@ impl Engine {
                 // In sync with the holder of that grant: the epoch is known here now (before,
                 // only from a heartbeat answered while in sync, which a source lost or failed
                 // within milliseconds did not leave time for: then this site was refused as
-                // stale and the volume served nowhere).
-                slot.learned_epoch.fetch_max(
-                    self.target.source_epoch,
-                    std::sync::atomic::Ordering::SeqCst,
-                );
+                // stale and the volume served nowhere). Only an epoch the witness has issued
+                // as far as this site has seen (its last word, a heartbeat's or an answer's):
+                // no more than a heartbeat in sync would teach. A larger one is not plausible
+                // (a buggy peer: the link is authenticated) and would let this site pass the
+                // witness's stale check for grants it never saw the writes of.
+                let seen = slot.view_epoch.load(std::sync::atomic::Ordering::SeqCst);
+                if self.target.source_epoch <= seen {
+                    slot.learned_epoch.fetch_max(
+                        self.target.source_epoch,
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
+                } else {
+                    tracing::warn!(volume = %self.cfg.name, source_epoch = self.target.source_epoch,
+                        witness_epoch = seen,
+                        "mirror: the resync source's grant epoch is beyond any the witness has shown this site; not adopted (learned from the witness's next word in sync)");
+                }
             }
             // The source stays the survivor until it has this; the PING behind it comes back
             // only once the source has read it (so mirrors, and sends no more META_STATE).
@@ -337,7 +348,17 @@ impl Engine {
         match self.witness.tick(&slot, &self.stats.takeover, site) {
             Grant::Wait => {}
             Grant::Granted { epoch, takeover } => {
-                self.witness_retried = false;
+                if std::mem::take(&mut self.witness_retried) {
+                    // Asked again once the holder's grant was given back without a session
+                    // with this site: by the holder (a fail-stopped resync source, its target
+                    // whole) or by an operator (a survivor lost for good, which may have
+                    // acknowledged alone at its epoch after this site was last in sync with
+                    // it). Unknown which: a takeover, for every volume of the group (every
+                    // region ever written to the peer, the history below told it may be
+                    // stale). The epoch and the resync's direction are the same either way.
+                    slot.asking_takeover(epoch.saturating_sub(1));
+                }
+                let takeover = takeover || slot.takeover_at(epoch);
                 // (Already the survivor at this epoch, from the witness's word before its
                 // answer: `adopt_lost_grant` does not act while a request is pending, so this
                 // is a defence; counted once.)
@@ -363,6 +384,9 @@ impl Engine {
                 self.fence("neither the peer nor the witness is reachable");
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
                 self.fenced_unanswered = Some((seq, takeover));
+                // Persisted with the fence (state flags bit 3): a restart before the witness's
+                // word still adopts the grant (restore.rs).
+                self.persist(false);
             }
             Grant::LostInSession => {
                 // Not fenced (the peer is in session): only watched for, so a grant the
@@ -510,8 +534,14 @@ impl Engine {
             // a grant held (none of them is persisted). Only the give-back once in sync, never
             // serving alone on such a word (a site fenced for its failed device keeps that
             // state too).
+            // And only once every engine of the group restored its state (`restored`, counted
+            // after its `watching`): one restored fenced for want of an answer may adopt that
+            // grant, however late its reactor opens it.
             (Mode::Mirroring, None)
-                if self.since_start && self.sess.up && slot.survivors.load(SeqCst) == 0 =>
+                if self.since_start
+                    && self.sess.up
+                    && slot.survivors.load(SeqCst) == 0
+                    && slot.restored.load(SeqCst) >= slot.members.load(SeqCst) =>
             {
                 (0, false)
             }
@@ -521,12 +551,31 @@ impl Engine {
         if slot.view_seq.load(SeqCst) <= after {
             return; // nothing said since the fence
         }
-        let Some((is_me, _, epoch)) = slot.view() else {
+        let Some((is_me, holder, epoch)) = slot.view() else {
             return;
         };
         // (`epoch <= given_back`: the grant this site gave back, as a heartbeat saw it before
         // the release.)
         if !is_me || epoch <= self.given_back {
+            if self.mode == Mode::Fenced
+                && holder == 0
+                && !takeover
+                && !self.sess.up
+                && !self.draining
+                && self.sess.number != 0
+            {
+                // Fenced for want of an answer, and the witness's word since names nobody:
+                // it granted nothing (its answer was a denial on the tie, or it was out of
+                // reach for the request's deadline). Asked once more (plain; an operator's
+                // takeover is the operator's to ask again): this replica held every
+                // acknowledged write at the fence and nobody served since (the witness would
+                // name a holder, or refuse it as stale at a later epoch). Before, it stayed
+                // fenced: with the peer fenced so too, or waiting, nobody served until the
+                // link returned. Once per such fence: the answer fences again, or serves.
+                tracing::warn!(volume = %self.cfg.name, epoch,
+                    "mirror: the witness holds nothing for the group after an unanswered request; asking again");
+                self.witness.ask_fenced();
+            }
             if self.mode == Mode::Mirroring {
                 // In sync, and the witness's word since the fence (or the restart) names no
                 // grant of this site's: the lost answer, if any, left nothing held (its
@@ -566,6 +615,14 @@ impl Engine {
                     self.taken_over(io);
                 }
                 self.become_survivor(io, epoch);
+                if self.sess.number == 0 {
+                    // Fenced before a restart (the state's flags bit 3, restore.rs): the peer's
+                    // read lease rests on PINGs the old process answered, unknown here. Waited
+                    // out from now, as by a survivor restored after a crash.
+                    let l = self.sess.lease();
+                    let t = Instant::now() + l + lease_margin(l);
+                    self.alone_after = Some(self.alone_after.map_or(t, |a| a.max(t)));
+                }
                 // (Counted by `become_survivor` now.)
                 slot.unclaim();
             }

@@ -162,6 +162,13 @@ impl Engine {
             },
             boot: self.cfg.boot_id,
             host_restarted: self.al.unclean && self.al.host_restarted,
+            // Fenced for want of an answer: the witness may hold a grant for this site that a
+            // restart must still adopt from its word (alone.rs, `adopt_lost_grant`); never
+            // once its replica failed.
+            fenced_unanswered: match (mode, self.fenced_unanswered) {
+                (Mode::Fenced, Some((_, takeover))) if self.failed.is_none() => Some(takeover),
+                _ => None,
+            },
         }
     }
 

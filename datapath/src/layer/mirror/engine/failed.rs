@@ -96,17 +96,41 @@ impl Engine {
     }
 
     /// Tell the failover thread whether this site claims the volume's group as preferred at
-    /// the witness: not while its replica failed, nor while fenced or resyncing. Such a site
+    /// the witness: not while its replica failed, nor while fenced, resyncing or waiting for
+    /// its first session since the start (counted per volume: the group is claimed only while
+    /// no volume of it is out here, `FailoverSlot::withdrawn`). Such a site
     /// never asks for a grant (only an operator's takeover does, which claims it again), so
     /// its claim could only make the peer's request wait out the tie grace, and fail, while
     /// the site heartbeats (a site restarted fenced with a repaired device, say).
-    pub(super) fn publish_withdrawn(&self) {
-        if let Some(slot) = &self.cfg.failover {
-            let out = self.failed.is_some()
-                || self.durable.failed
-                || matches!(self.mode, Mode::Fenced | Mode::Resyncing);
+    pub(super) fn publish_withdrawn(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // (Waiting: no session since the start; such a site never asks for a grant, so a
+        // claim would only make the witness deny the peer on the tie while the link is down.)
+        let out = self.failed.is_some()
+            || self.durable.failed
+            || matches!(self.mode, Mode::Fenced | Mode::Resyncing | Mode::Waiting);
+        let slot = self.cfg.failover.clone();
+        let same = match (&self.withdrawn_in, &slot) {
+            (Some(c), Some(s)) => Arc::ptr_eq(c, s),
+            (c, _) => c.is_none(),
+        };
+        if !same || (!out && self.withdrawn_in.is_some()) {
+            self.stop_withdrawn();
+        }
+        if out
+            && self.withdrawn_in.is_none()
+            && let Some(s) = slot
+        {
+            s.withdrawn.fetch_add(1, SeqCst);
+            self.withdrawn_in = Some(s);
+        }
+    }
+
+    /// Not counted as withdrawn any more (also when the engine goes).
+    pub(super) fn stop_withdrawn(&mut self) {
+        if let Some(slot) = self.withdrawn_in.take() {
             slot.withdrawn
-                .store(out, std::sync::atomic::Ordering::SeqCst);
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -188,9 +212,9 @@ impl Engine {
              the daemon: this site is then resynced from the peer");
         self.failed = Some(why.clone());
         self.stats.set_failure(&why);
+        self.publish_withdrawn();
         if let Some(slot) = &self.cfg.failover {
             use std::sync::atomic::Ordering::SeqCst;
-            slot.withdrawn.store(true, SeqCst);
             slot.in_sync.store(false, SeqCst);
             // Its own request not sent yet is withdrawn, but the flag is the group's: only
             // when no other volume of the group waits on a request or is fenced for want of

@@ -301,6 +301,8 @@ pub struct Engine {
     /// Counted in this group slot's `FailoverSlot::watching` (a request outstanding, or
     /// fenced for want of an answer: `publish_watching`).
     watching: Option<Arc<super::failover::FailoverSlot>>,
+    /// Counted in this group slot's `FailoverSlot::withdrawn` (`publish_withdrawn`).
+    withdrawn_in: Option<Arc<super::failover::FailoverSlot>>,
     /// A resync target that finished receiving in session `.0`: its source may still push
     /// metadata states (a change crossing the target's RESYNC_DONE_ACK) until a PONG for the
     /// PING sent right after that confirmation (clock `.1`) shows the source has read it
@@ -403,6 +405,7 @@ impl Engine {
             resync_received: None,
             metas_crossing: Vec::new(),
             watching: None,
+            withdrawn_in: None,
             since_start: true,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
@@ -1435,6 +1438,7 @@ impl Drop for Engine {
     /// flushed keeps its activity log as it was: the stop was not clean.)
     fn drop(&mut self) {
         self.stop_watching();
+        self.stop_withdrawn();
         if self.persist_clean_stop() {
             self.actlog_clean_stop();
         }

@@ -149,8 +149,26 @@ impl Engine {
             slot.epoch
                 .store(p.epoch, std::sync::atomic::Ordering::SeqCst);
         }
+        if mode == Mode::Fenced
+            && p.mode == 2
+            && let Some(takeover) = p.fenced_unanswered
+        {
+            // Fenced for want of the witness's answer, its replica then holding every
+            // acknowledged write: the witness may have granted that request. Adopted from the
+            // witness's first word naming this site (any word of this process is newer than
+            // the fence), as without the restart (alone.rs, `adopt_lost_grant`). Before, the
+            // restart forgot it: the grant sat at the witness as this site's, the peer denied,
+            // and neither site served until the link returned.
+            self.fenced_unanswered = Some((0, takeover));
+        }
         self.mode = mode;
         self.stats.set_mode(mode);
+        if let Some(slot) = self.cfg.failover.clone() {
+            // Counted as watching from now (a fence for want of an answer restored above), so
+            // a volume of the group mirroring again never gives back the grant this one may
+            // still adopt (`adopt_lost_grant`), however late this engine's first tick.
+            self.publish_watching(&slot);
+        }
         self.publish_withdrawn();
         if mode == Mode::Survivor && !p.clean {
             // It may have crashed during its wait for the peer's read lease and restarted at

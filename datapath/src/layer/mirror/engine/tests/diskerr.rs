@@ -175,7 +175,10 @@ fn a_write_failing_at_the_follower_fails_its_replica_and_the_leader_serves_alone
     assert_eq!(p.b.outstanding, 0, "the failed site left requests");
     assert_eq!(p.asked, [true, false], "the failed site asked for a grant");
     assert_failed(&mut p.b, &mut p.io);
-    assert!(p.sb.withdrawn.load(SeqCst), "preferred claim not withdrawn");
+    assert!(
+        p.sb.withdrawn.load(SeqCst) != 0,
+        "preferred claim not withdrawn"
+    );
     // Later writes: acknowledged by the survivor.
     write_at(&mut p.a, &mut p.io, &mut slot, 49152, 0x55, 4096);
     pump(&mut p, 2);
@@ -224,7 +227,10 @@ fn a_write_failing_at_the_leader_fails_its_replica_and_the_follower_serves_alone
     assert!(p.a.failed >= 1, "the failed write was acknowledged");
     assert_eq!(p.asked, [false, true], "the failed site asked for a grant");
     assert_failed(&mut p.a, &mut p.io);
-    assert!(p.sa.withdrawn.load(SeqCst), "preferred claim not withdrawn");
+    assert!(
+        p.sa.withdrawn.load(SeqCst) != 0,
+        "preferred claim not withdrawn"
+    );
     assert!(
         p.a.engine.suspect_bytes() >= 4096,
         "the failed region is not suspect"

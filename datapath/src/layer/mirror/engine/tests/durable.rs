@@ -329,6 +329,7 @@ fn a_restored_survivor_without_a_grant_does_not_wait_for_the_witness() {
             leads: None,
             boot: 0,
             host_restarted: false,
+            fenced_unanswered: None,
         },
     )
     .unwrap();
@@ -591,4 +592,97 @@ fn a_second_request_answered_in_session_leaves_the_next_denial_watched() {
              denial is not watched and the site never asks again once the holder gave back"
         );
     }
+}
+
+/// A site denied because its peer held the group asks again once that grant is given back
+/// without a session between them, and the witness grants it (it knew the group's epoch: in
+/// sync with the holder at that grant). The holder may have given it back itself (a resync
+/// source fail-stopped after its target confirmed: nothing missing here) or an operator may
+/// have released it (a survivor lost for good, `--accept-data-loss`): then the holder may
+/// have acknowledged writes alone at that epoch after this site was last in sync with it (a
+/// source that lost its session after RESYNC_DONE keeps its grant and serves on). Which is
+/// unknown here, so the grant is taken as a takeover, by every volume of the group: every
+/// region ever written goes to the peer, and the history below is told this replica may be
+/// stale. Before, it was a plain grant: the peer got only the dirty and suspect regions, and
+/// a CDP history below claimed the moments the lost holder's writes were missing from.
+#[test]
+fn a_grant_asked_again_after_the_holders_grant_was_given_back_is_a_takeover() {
+    use crate::layer::mirror::failover::DENIED;
+    let (mut a, sa, _b, _, mut io, _rng, _) = super::failover::cut_and_answer(163, DENIED, GRANTED);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    sa.want.store(false, SeqCst);
+    let now = Instant::now();
+    // Denied while b (site 2) held epoch 3; the witness's word then shows it given back.
+    a.engine.denied_by = Some((3, sa.view_seq.load(SeqCst)));
+    sa.publish_view(0, 3, 1);
+    a.engine.tick(&mut io, now);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "not asked again");
+    // (Regions mirrored in earlier sessions: written, neither dirty nor suspect.)
+    let (size, g) = (a.engine.cfg.size, a.engine.cfg.dirty_granularity);
+    a.engine.written = RegionMap::all(size, g);
+    sa.epoch.store(4, SeqCst);
+    sa.publish_view(1, 4, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!((a.engine.mode(), a.engine.grant_epoch), (Mode::Survivor, 4));
+    assert_eq!(
+        a.engine.dirty_bytes(),
+        a.engine.written.bytes(),
+        "the peer is not given every region ever written"
+    );
+    assert!(
+        sa.takeover_at(4),
+        "another volume of the group takes the grant as a plain one"
+    );
+}
+
+/// Both sites lose their link while the witness is out of reach: both requests go
+/// unanswered and the witness records nothing; both fence for want of an answer. The witness
+/// is heard again (its word: nobody holds the group), the link still down: a site fenced so
+/// must ask once more (its replica held every acknowledged write at the fence, and nobody
+/// served since: the witness would show a holder, or a later epoch and refuse it as stale),
+/// and the one granted serves. Before, neither asked again: nobody served until the link
+/// returned, with the witness back and both replicas whole.
+#[test]
+fn a_site_fenced_for_an_unanswered_request_the_witness_never_granted_asks_again() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    let (mut a, sa, mut b, sb, mut io, _rng, _) =
+        super::failover::cut_and_answer(191, UNREACHABLE, UNREACHABLE);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    sa.want.store(false, SeqCst);
+    sb.want.store(false, SeqCst);
+    let now = Instant::now();
+    // The witness's word: nobody holds the group (epoch 0).
+    sa.publish_view(0, 0, 1);
+    sb.publish_view(0, 0, 2);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert!(
+        sa.want.swap(false, SeqCst) && sb.want.swap(false, SeqCst),
+        "a site fenced for a request the witness never granted does not ask again"
+    );
+    // The witness grants a, denies b (a holds it).
+    sa.epoch.store(1, SeqCst);
+    sa.publish_view(1, 1, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    sb.publish_view(1, 1, 2);
+    sb.outcome.store(DENIED, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert_eq!(
+        (a.engine.mode(), a.engine.grant_epoch, b.engine.mode()),
+        (Mode::Survivor, 1, Mode::Fenced)
+    );
+    // Asked once per unanswered fence: b, denied, does not ask again at the next words.
+    for _ in 0..3 {
+        sb.publish_view(1, 1, 2);
+        b.engine.tick(&mut io, now);
+    }
+    assert!(!sb.want.load(SeqCst), "asked again and again");
 }

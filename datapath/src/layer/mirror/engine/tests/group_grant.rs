@@ -783,3 +783,195 @@ fn a_volume_failing_never_withdraws_another_volumes_request() {
     assert_eq!(a.engine.mode(), Mode::Survivor);
     assert_eq!(sa.watching.load(SeqCst), 0, "watching leaks");
 }
+
+/// Two volumes of one group at site a, the group's preferred site (one failover slot): y's
+/// request is in flight (its link down) when x's replica fails. The group's request is
+/// answered (y serves alone, nobody waits), and for as long as x is failed a's heartbeat must
+/// not claim the group as preferred, whatever y does and whichever volume ticks last: a
+/// failed volume is served only by the peer, which the witness must grant without the tie
+/// wait once a's grant is given back (after y's resync). Before, each engine wrote its own
+/// state into the group's one `withdrawn` flag: y's tick (survivor, then mirroring) cleared
+/// x's withdrawal, and b, asking for x, waited out a tie a kept renewing (denied: x served
+/// nowhere with b whole).
+#[test]
+fn a_failed_volume_withdraws_its_groups_preferred_claim_whatever_the_other_volume_does() {
+    use crate::layer::mirror::failover::GRANTED;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(151);
+    let mut slot = 0;
+    let (mut ay, sa, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ax, _, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ax.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    sa.configured_preferred.store(true, SeqCst);
+    let claims = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        s.preferred_now() && s.withdrawn.load(SeqCst) == 0
+    };
+    let now = Instant::now();
+    // x mirrors (its link back); y's link is down: y asks.
+    ax.engine.link_up(&mut io);
+    ay.engine.tick(&mut io, now);
+    ax.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "y does not ask");
+    assert!(claims(&sa), "a healthy group is not claimed");
+    // x's replica fails while y's request is in flight.
+    ax.engine.fail_replica("a write", 0, 4096, Errno::IO);
+    assert!(sa.want.swap(false, SeqCst), "y's request withdrawn");
+    for order in [true, false] {
+        if order {
+            ax.engine.tick(&mut io, now);
+            ay.engine.tick(&mut io, now);
+        } else {
+            ay.engine.tick(&mut io, now);
+            ax.engine.tick(&mut io, now);
+        }
+        assert!(
+            !claims(&sa),
+            "x failed, y asking (x ticks first: {order}): the group claimed as preferred"
+        );
+    }
+    // The group's request is answered: y serves alone.
+    sa.epoch.store(1, SeqCst);
+    sa.publish_view(1, 1, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    ay.engine.tick(&mut io, now);
+    ax.engine.tick(&mut io, now);
+    assert_eq!(ay.engine.mode(), Mode::Survivor);
+    assert_eq!(sa.watching.load(SeqCst), 0, "a volume waits for an answer");
+    // y resyncs its peer and mirrors again; x stays failed.
+    by.engine.link_down("cut");
+    by.wire.clear();
+    meet(&mut ay, &mut by, &mut io);
+    run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+    assert_eq!(ay.engine.mode(), Mode::Mirroring);
+    assert_eq!(sa.release.load(SeqCst), 1, "y's grant not given back");
+    for order in [true, false] {
+        if order {
+            ax.engine.tick(&mut io, now);
+            ay.engine.tick(&mut io, now);
+        } else {
+            ay.engine.tick(&mut io, now);
+            ax.engine.tick(&mut io, now);
+        }
+        assert!(
+            !claims(&sa),
+            "x failed, y mirroring (x ticks first: {order}): the group claimed as preferred"
+        );
+    }
+    // Dropped (the daemon stops, or the volume is removed), x's withdrawal goes with it.
+    drop(ax);
+    ay.engine.tick(&mut io, now);
+    assert!(claims(&sa), "a withdrawal outlives its volume");
+}
+
+/// Two volumes of one group at site a (one failover slot), both links down. x asks; the
+/// failover thread takes the request; y asks before its answer (the group's request wanted
+/// again, the outcome reset). The answer (a denial: b holds the group) is read by both as
+/// their own; the thread sends the request y wanted again, and by then b's grant was given
+/// back: the witness grants a. Every volume had its answer, none takes this one: the thread
+/// must give it back (or a volume serve on it). Before, nobody did: the witness held the
+/// group for a, nobody served, and b was denied at every request.
+#[test]
+fn a_grant_answered_to_a_request_no_volume_waits_on_is_given_back() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, decide_release, unclaimed_grant};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(167);
+    let mut slot = 0;
+    let (mut ax, sa, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ay, _, _by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ay.engine.cfg.failover = Some(Arc::clone(&sa));
+    sa.members.store(2, SeqCst);
+    let now = Instant::now();
+    // The failover thread's turn: a grant no volume took given back (`unclaimed_grant`),
+    // then the releases.
+    let thread = |s: &crate::layer::mirror::failover::FailoverSlot,
+                  mark: &mut Option<(u64, bool)>| {
+        if let Some(e) = unclaimed_grant(s, mark) {
+            let _ = s.release.compare_exchange(0, e, SeqCst, SeqCst);
+        }
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    ax.engine.tick(&mut io, now);
+    assert!(
+        sa.want.swap(false, SeqCst),
+        "x's request, taken by the thread"
+    );
+    ay.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "y's request");
+    // x's request answered: denied, b holds the group at epoch 3.
+    sa.publish_view(2, 3, 1);
+    sa.outcome.store(DENIED, SeqCst);
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert_eq!(
+        (ax.engine.mode(), ay.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    // The thread sends the request wanted again; b's grant was given back meanwhile, and the
+    // witness grants a (epoch 4).
+    assert!(sa.want.swap(false, SeqCst));
+    sa.epoch.store(4, SeqCst);
+    sa.publish_view(1, 4, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    // (The thread marks the grant it stored.)
+    let mut mark = Some((4, false));
+    for _ in 0..3 {
+        ax.engine.tick(&mut io, now);
+        ay.engine.tick(&mut io, now);
+        thread(&sa, &mut mark);
+        sa.publish_view(1, 4, 1);
+    }
+    let served = [&ax, &ay]
+        .iter()
+        .any(|s| s.engine.mode() == Mode::Survivor && s.engine.grant_epoch == 4);
+    assert!(
+        served || sa.released.load(SeqCst) == 4,
+        "the witness holds the group for a, and nobody serves on it nor gives it back"
+    );
+    assert_eq!(sa.watching.load(SeqCst), 0, "watching leaks");
+}
+
+/// The group's preferred site (a, leader) restarts while its link to b is down (a partition,
+/// or a crash and a quick restart): a has had no session since its start, so it never asks
+/// for a grant (it must not win one against a peer it has not seen), and b, which lost its
+/// peer, asks. a must not claim the group as preferred meanwhile: the witness would deny b on
+/// the tie for as long as a beats (b fenced, a waiting: nobody serves while the link is
+/// down). Before, a Waiting site claimed the group; it withdraws the claim until its first
+/// session, as a fenced or resyncing one does.
+#[test]
+fn a_preferred_site_restarted_without_its_peer_does_not_claim_the_group() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(181);
+    let mut slot = 0;
+    let (mut a, _sa, _b, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let dir = tempfile::tempdir().unwrap();
+    a.engine.cfg.state_file = Some(dir.path().join("a"));
+    a.engine.persist(false);
+    let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    sa2.members.store(1, SeqCst);
+    sa2.configured_preferred.store(true, SeqCst);
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    let claims = |s: &crate::layer::mirror::failover::FailoverSlot| {
+        s.preferred_now() && s.withdrawn.load(SeqCst) == 0
+    };
+    for _ in 0..3 {
+        a.engine.tick(&mut io, Instant::now());
+        assert_eq!(a.engine.mode(), Mode::Waiting);
+        assert!(
+            !sa2.want.load(SeqCst),
+            "a asks without having seen its peer"
+        );
+        assert!(
+            !claims(&sa2),
+            "a, restarted without its peer, claims the group as preferred"
+        );
+    }
+}

@@ -891,6 +891,7 @@ mod extremes;
 mod failover;
 mod forwards;
 mod group_grant;
+mod groupfault;
 mod inflight;
 mod lease;
 mod meta;
@@ -926,6 +927,7 @@ fn crash_and_restart(s: &mut Site) {
     // (Its failover slot went with the process; here the test keeps it: the old engine's
     // count in it goes.)
     s.engine.stop_watching();
+    s.engine.stop_withdrawn();
     s.disk.borrow_mut().pending.clear();
     let fresh = Engine::new(
         cfg,

@@ -3,11 +3,17 @@
 //! confirmation, the first mirrored updates) the link is cut and, besides, the source, the
 //! target or both restart from their state files, or the target restarts without its state (a
 //! new replica); the witness answers as docs/witness-protocol.md decides (holder, stale known
-//! epochs, views at every heartbeat; a restarted site knows no epoch until in sync again).
+//! epochs, views at every heartbeat, the preferred site's tie (a's claims, withdrawn while
+//! it does not compete; b's request waits three turns, then is denied); a restarted site
+//! knows no epoch until in sync again).
 //!
 //! Also with one direction lagging the other at random (delays), and for the takeover before
 //! the resync: a restart of either site at each of its turns, the witness's answers all lost
-//! at one turn (a grant recorded but unanswered, a release retried, no heartbeat answered).
+//! at one turn (a grant recorded but unanswered, a release retried, no heartbeat answered);
+//! and, the link kept down, the same with restarts around that turn, after which one site
+//! must serve alone (never neither while a site whose replica is whole could). At every turn,
+//! a site that serves reads (the survivor, or mirroring under its lease) holds at each offset
+//! written the last acknowledged write or a later one (never a stale read).
 //! (A message is never duplicated or lost alone inside a session: the link is TCP; a
 //! duplicate is an injection, refused by the checks or beyond them, docs/mirror-protocol.md,
 //! "Limits".)
@@ -42,20 +48,39 @@ enum Fault {
 
 /// The witness of one group with the sites' known epochs (site ids: a 1, b 2).
 #[derive(Default)]
-struct Wit {
-    holder: Option<usize>,
-    epoch: u64,
+pub(super) struct Wit {
+    pub(super) holder: Option<usize>,
+    pub(super) epoch: u64,
     /// Each site's failover thread's known epoch (0 after a restart).
-    known: [u64; 2],
+    pub(super) known: [u64; 2],
     /// This turn every answer is lost: a grant is recorded but the site hears nothing (it
     /// fences for want of an answer), a release is not taken (the thread retries it at the
     /// next turn), no heartbeat is answered.
-    lossy: bool,
+    pub(super) lossy: bool,
+    /// The group's recorded preferred site (the claims of requests and heartbeats,
+    /// docs/witness-protocol.md "Preferred site"), and whether it asked and lost (stale)
+    /// since the last grant or release. Both sites beat every turn, so a preferred site that
+    /// has not asked and lost always wins the tie: the other is denied (TIE_WAIT until the
+    /// client's deadline).
+    pub(super) preferred: Option<usize>,
+    pub(super) preferred_lost: bool,
+    /// Turns each site's request has been waiting out a tie (the client asks again within its
+    /// deadline: three turns here, then it is denied).
+    pub(super) tie_turns: [u32; 2],
 }
 
 impl Wit {
+    /// A claim of site `i` as preferred (`claim`), or a heartbeat entry without it.
+    fn claim(&mut self, i: usize, claim: bool, heartbeat: bool) {
+        match (claim, self.preferred) {
+            (true, None) => self.preferred = Some(i),
+            (false, Some(p)) if p == i && heartbeat => self.preferred = None,
+            _ => {}
+        }
+    }
+
     /// The failover threads' turn: releases, requests, then a heartbeat each.
-    fn serve(&mut self, slots: &[Arc<FailoverSlot>; 2]) {
+    pub(super) fn serve(&mut self, slots: &[Arc<FailoverSlot>; 2]) {
         for (i, s) in slots.iter().enumerate() {
             let r = s.release.swap(0, SeqCst);
             if r != 0 && self.lossy {
@@ -66,6 +91,7 @@ impl Wit {
             } else if r != 0 && crate::layer::mirror::failover::decide_release(s, r) {
                 if r == self.epoch && self.holder == Some(i) {
                     self.holder = None;
+                    self.preferred_lost = false;
                 }
                 let h = self.holder.map_or(0, |h| h as u32 + 1);
                 s.publish_view(h, self.epoch, i as u32 + 1);
@@ -86,7 +112,36 @@ impl Wit {
             };
             let me = i as u32 + 1;
             let lost = crate::layer::mirror::failover::UNREACHABLE;
+            if !self.lossy {
+                // (The request's PREFERRED flag: the configured or led preference, not
+                // withdrawn.)
+                self.claim(i, s.preferred_now(), false);
+            }
+            if !(self.holder.is_none() && self.preferred.is_some_and(|p| p != i)) {
+                self.tie_turns[i] = 0;
+            }
+            let tie = self.holder.is_none()
+                && asked >= self.epoch
+                && self.preferred.is_some_and(|p| p != i)
+                && !self.preferred_lost;
+            if self.holder.is_none() && asked < self.epoch && self.preferred == Some(i) {
+                self.preferred_lost = true;
+            }
             match self.holder {
+                None if tie && self.tie_turns[i] < 3 && !self.lossy => {
+                    // TIE_WAIT: the client asks again (next turn), within its deadline.
+                    self.tie_turns[i] += 1;
+                    s.want.store(true, SeqCst);
+                }
+                None if tie => {
+                    // TIE_WAIT until the client's deadline: denied, nobody named.
+                    self.tie_turns[i] = 0;
+                    s.outcome
+                        .store(if self.lossy { lost } else { DENIED }, SeqCst);
+                    if !self.lossy {
+                        s.publish_view(0, self.epoch, me);
+                    }
+                }
                 Some(h) if h != i && self.lossy => s.outcome.store(lost, SeqCst),
                 Some(h) if h != i => {
                     s.publish_view(h as u32 + 1, self.epoch, me);
@@ -103,6 +158,7 @@ impl Wit {
                     if self.holder.is_none() {
                         self.epoch = self.epoch.max(asked) + 1;
                         self.holder = Some(i);
+                        self.preferred_lost = false;
                     }
                     self.known[i] = self.epoch;
                     s.epoch.store(self.epoch, SeqCst);
@@ -123,6 +179,8 @@ impl Wit {
             return;
         }
         for (i, s) in slots.iter().enumerate() {
+            let claim = s.preferred_now() && s.withdrawn.load(SeqCst) == 0;
+            self.claim(i, claim, true);
             let h = self.holder.map_or(0, |h| h as u32 + 1);
             s.publish_view(h, self.epoch, i as u32 + 1);
             if s.in_sync.load(SeqCst) {
@@ -176,18 +234,20 @@ impl Run {
             a.engine.cfg.failover.clone().expect("slot"),
             b.engine.cfg.failover.clone().expect("slot"),
         ];
+        // (a, the configured leader, is the group's preferred site.)
+        slots[0].configured_preferred.store(true, SeqCst);
         let w = match setup {
             Source::LeaderGranted => Wit {
                 holder: Some(0),
                 epoch: 1,
                 known: [1, 0],
-                lossy: false,
+                ..Wit::default()
             },
             Source::FollowerGranted => Wit {
                 holder: Some(1),
                 epoch: 1,
                 known: [0, 1],
-                lossy: false,
+                ..Wit::default()
             },
             Source::LeaderWithoutGrant => Wit::default(),
         };
@@ -246,7 +306,40 @@ impl Run {
             self.a.engine.mode() != Mode::Survivor || self.b.engine.mode() != Mode::Survivor,
             "both sites serve alone"
         );
+        self.check_reads();
         any
+    }
+
+    /// Reads: a site that serves them now (`Engine::may_read`: the survivor, or mirroring
+    /// under its lease) holds, at every offset written, the last acknowledged write or one
+    /// submitted after it (never an older one: a stale read).
+    fn check_reads(&self) {
+        let now = Instant::now();
+        let mut log: Vec<(u64, u8, bool)> = self.acked.iter().map(|&(o, b)| (o, b, true)).collect();
+        log.extend(self.writes.iter().map(|w| (w.1, w.2, w.3 == Some(true))));
+        for (name, s) in [("a", &self.a), ("b", &self.b)] {
+            if !s.engine.may_read(now) {
+                continue;
+            }
+            let disk = s.disk.borrow();
+            for &(off, _, _) in &log {
+                let at: Vec<(u8, bool)> = log
+                    .iter()
+                    .filter(|w| w.0 == off)
+                    .map(|w| (w.1, w.2))
+                    .collect();
+                let Some(last) = at.iter().rposition(|w| w.1) else {
+                    continue;
+                };
+                let b = disk.bytes[off as usize];
+                assert!(
+                    at[last..].iter().any(|w| w.0 == b),
+                    "{name} ({:?}) serves reads and holds {b:#x} at {off}, older than the write acknowledged there ({:#x})",
+                    s.engine.mode(),
+                    at[last].0
+                );
+            }
+        }
     }
 
     /// Site `i` restarts (a new process: a new failover slot, no epoch known), with its state
@@ -288,6 +381,7 @@ impl Run {
 
     fn restart(&mut self, i: usize, with_state: bool) {
         let slot = Arc::new(FailoverSlot::default());
+        slot.configured_preferred.store(i == 0, SeqCst);
         let s = if i == 0 { &mut self.a } else { &mut self.b };
         if !with_state {
             let path = s.engine.cfg.state_file.clone().expect("state file");
@@ -304,12 +398,13 @@ impl Run {
 
 /// `crash_and_restart` with a new failover slot; `with_state` false: the state file is gone
 /// (removed by the caller), so what is pending for the persister is not waited for.
-fn crash_and_restart_with(s: &mut Site, slot: Arc<FailoverSlot>, with_state: bool) {
+pub(super) fn crash_and_restart_with(s: &mut Site, slot: Arc<FailoverSlot>, with_state: bool) {
     if with_state {
         assert!(s.engine.wait_persisted());
         s.engine.wait_actlog_persisted();
     }
     s.engine.stop_watching();
+    s.engine.stop_withdrawn();
     let mut cfg = s.engine.cfg.clone();
     cfg.failover = Some(slot);
     s.disk.borrow_mut().pending.clear();
@@ -546,11 +641,20 @@ fn a_cut_at_any_phase_of_a_resync_with_views_and_stale_epochs_converges() {
 /// sites serving alone, both end in sync with identical replicas holding every acknowledged
 /// write, and the witness holds no grant.
 fn takeover_with_restart(step: usize, who: usize, with_state: bool) {
-    takeover_with_faults(step, who, with_state, None);
+    takeover_with_faults(step, who, with_state, None, false);
 }
 
 /// [`takeover_with_restart`], and every answer of the witness lost at turn `lose_at`.
-fn takeover_with_faults(step: usize, who: usize, with_state: bool, lose_at: Option<usize>) {
+/// `served`: the link stays down four turns longer, after which one site must serve alone
+/// (a site in sync lost its peer, the witness answers again, and a restart kept its state:
+/// nobody serving then would be for good while the link is down).
+fn takeover_with_faults(
+    step: usize,
+    who: usize,
+    with_state: bool,
+    lose_at: Option<usize>,
+    served: bool,
+) {
     let what = format!(
         "takeover, site {who} restarted (state: {with_state}) at turn {step}, the witness's \
          answers lost at turn {lose_at:?}"
@@ -568,6 +672,7 @@ fn takeover_with_faults(step: usize, who: usize, with_state: bool, lose_at: Opti
     }
     meet(&mut a, &mut b, &mut io);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    sa.configured_preferred.store(true, SeqCst);
     let mut r = Run {
         a,
         b,
@@ -616,7 +721,7 @@ fn takeover_with_faults(step: usize, who: usize, with_state: bool, lose_at: Opti
     break_link(&mut r.a, &mut r.b);
     let mut none = 0;
     let mut restarted = false;
-    for turn in 0..12 {
+    for turn in 0..if served { 16 } else { 12 } {
         if turn == step {
             r.restart(who, with_state);
             restarted = true;
@@ -636,6 +741,15 @@ fn takeover_with_faults(step: usize, who: usize, with_state: bool, lose_at: Opti
         r.b.engine.wait_persisted();
     }
     assert!(restarted || step >= 12);
+    if served {
+        assert!(
+            r.a.engine.mode() == Mode::Survivor || r.b.engine.mode() == Mode::Survivor,
+            "{what}: neither site serves with the link down (a {:?}, b {:?}, witness holder {:?})",
+            r.a.engine.mode(),
+            r.b.engine.mode(),
+            r.w.holder,
+        );
+    }
     // The link returns.
     let mut unused = usize::MAX;
     r.meet_again(&what, &mut unused);
@@ -714,9 +828,34 @@ fn faults_at_any_phase_of_a_resync_with_delayed_messages_converge() {
 #[test]
 fn a_takeover_with_the_witness_answers_lost_at_any_turn_converges() {
     for lose in 0..12 {
-        takeover_with_faults(99, 0, true, Some(lose));
+        takeover_with_faults(99, 0, true, Some(lose), false);
         for step in [1, 3, 6] {
-            takeover_with_faults(step, lose % 2, true, Some(lose));
+            takeover_with_faults(step, lose % 2, true, Some(lose), false);
+        }
+    }
+}
+
+/// The link stays down: the witness's answers all lost at any turn, and either site restarted
+/// from its state at any turn, or the denied one without it (before or after the loss: a site fenced for want of an answer
+/// restarted before the witness's word named it the holder included). Once the witness answers
+/// again, one site must serve alone (never both, checked every turn), and all converge when
+/// the link returns. Before the persisted fence for want of an answer, a restart after the
+/// lost grant left both sites stopped for as long as the link was down.
+#[test]
+fn with_the_link_down_a_lost_answer_and_a_restart_at_any_turn_leave_one_site_serving() {
+    for lose in 0..12usize {
+        // (Restarts around the loss: before it, with it, and in the turns after it.)
+        let mut steps = vec![lose.saturating_sub(1), lose, lose + 1, lose + 2, lose + 4];
+        steps.retain(|&s| s < 12);
+        steps.dedup();
+        for step in steps {
+            for who in 0..2 {
+                takeover_with_faults(step, who, true, Some(lose), true);
+            }
+            // (b, denied, restarted as a new replica: a serves. a without its state is a
+            // new replica that cannot serve, and b, denied, must not without an operator:
+            // a may have served alone on the grant before it lost its disk.)
+            takeover_with_faults(step, 1, false, Some(lose), true);
         }
     }
 }

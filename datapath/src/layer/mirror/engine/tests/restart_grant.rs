@@ -123,6 +123,8 @@ fn a_resynced_site_knows_its_sources_grant_epoch_at_once() {
     let (mut a, mut b, mut io) = lose_peer(true);
     let mut rng = Rng(127);
     let sb = b.engine.cfg.failover.clone().unwrap();
+    // (The witness's denial named a the holder at epoch 1.)
+    sb.publish_view(1, 1, 2);
     meet(&mut a, &mut b, &mut io);
     assert_eq!(
         (a.engine.mode(), b.engine.mode()),
@@ -130,4 +132,274 @@ fn a_resynced_site_knows_its_sources_grant_epoch_at_once() {
     );
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     assert_eq!(sb.learned_epoch.load(SeqCst), 1);
+}
+
+/// Two sites with state files, in sync, the link cut with traffic in flight; both ask the
+/// witness: it grants a (epoch 1) and a's answer is lost (a fences for want of it), b is
+/// denied (a holds the group).
+#[allow(clippy::type_complexity)]
+fn a_granted_unanswered_b_denied(
+    seed: u64,
+    dir: &std::path::Path,
+) -> (
+    Site,
+    Site,
+    Arc<crate::layer::mirror::failover::FailoverSlot>,
+    IoCx,
+    Rng,
+    u32,
+) {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(seed);
+    let mut slot = 0;
+    let (mut a, sa, mut b, sb) = super::failover::traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    for (s, n) in [(&mut a, "a"), (&mut b, "b")] {
+        s.engine.cfg.state_file = Some(dir.join(n));
+        s.engine
+            .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+        s.engine.persist(false);
+        assert!(s.engine.wait_persisted());
+    }
+    let now = Instant::now();
+    both_ask(&mut a, &mut b, &mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    sb.publish_view(1, 1, 2);
+    sb.outcome.store(DENIED, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    (a, b, sb, io, rng, slot)
+}
+
+/// The witness granted a (epoch 1), its answer lost: a fenced for want of it, b was denied.
+/// a restarts from its state (a new process, a new failover slot) before the witness's word
+/// names it the holder. Once it does, a must serve as the survivor (its replica held every
+/// acknowledged write at the fence, and nobody served alone since: the grant is a's), after
+/// the peer's read lease the old process may have given (unknown here: waited out from the
+/// adoption), and resync b, and give the grant back. Before, the restart forgot the fence's
+/// reason: a stayed fenced on the grant the witness held for it, b denied, and neither site
+/// served until the link returned.
+#[test]
+fn a_site_restarted_before_it_adopted_a_lost_grant_serves_on_it_once_the_witness_says_so() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, _sb, mut io, mut rng, mut slot) =
+        a_granted_unanswered_b_denied(139, dir.path());
+    let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    // The witness's first word to the new process: a holds the group at epoch 1.
+    sa2.publish_view(1, 1, 1);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    assert_eq!(
+        (a.engine.mode(), a.engine.grant_epoch),
+        (Mode::Survivor, 1),
+        "restarted, a never adopts the grant the witness holds for it: nobody serves"
+    );
+    assert_eq!(sa2.watching.load(SeqCst), 0, "watching leaks");
+    // Nothing is acknowledged alone before the lease b may hold from a's old process.
+    assert!(a.engine.wait_persisted());
+    a.engine.tick(&mut io, now);
+    let before = a.ok;
+    write_at(&mut a, &mut io, &mut slot, 8192, 0x43, 4096);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    a.engine.tick(&mut io, now);
+    collect(&mut a);
+    assert_eq!(a.ok, before, "acknowledged alone within the peer's lease");
+    assert_eq!(a.engine.alone_held(), 1);
+    past_peer_lease(&mut a, &mut io);
+    collect(&mut a);
+    assert_eq!(a.ok, before + 1, "the survivor's write is not acknowledged");
+    b.engine.link_down("a restarted");
+    b.wire.clear();
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after the resync"
+    );
+    assert_eq!(
+        b.disk.borrow().bytes[8192],
+        0x43,
+        "an acknowledged write lost"
+    );
+    a.engine.wait_persisted();
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(
+        sa2.release.load(SeqCst),
+        1,
+        "the grant was never given back"
+    );
+}
+
+/// As above, but a's state file says "resyncing" when it restarts (a session in which it
+/// received was cut in the middle: its replica half copied, the source serving alone
+/// meanwhile; stood in for here by saving that mode): restored fenced, it must never serve
+/// on the witness's word naming it the holder of a grant asked before. Guards the fix above:
+/// only a fence for want of an answer, persisted as such, is adopted after a restart.
+#[test]
+fn a_site_restarted_in_the_middle_of_a_resync_never_adopts_a_grant_from_before_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b, _sb, mut io, _rng, _slot) = a_granted_unanswered_b_denied(149, dir.path());
+    let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    // (Stand-in for a session in which a receives: its state saved as resyncing.)
+    a.engine.mode = Mode::Resyncing;
+    a.engine.persist(false);
+    assert!(a.engine.wait_persisted());
+    crash_and_restart(&mut a);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    sa2.publish_view(1, 1, 1);
+    for _ in 0..3 {
+        a.engine.tick(&mut io, Instant::now());
+    }
+    assert_eq!(
+        a.engine.mode(),
+        Mode::Fenced,
+        "a replica restored from the middle of a resync serves as the survivor"
+    );
+    assert_eq!(sa2.release.load(SeqCst), 0);
+}
+
+/// A buggy peer (the link is authenticated: not a forger) sends RESYNC_DONE with a grant epoch
+/// beyond any the witness has issued (`2^40`, `2^64 - 2`, `2^64 - 1`). The target must not
+/// take it as the group's epoch it knows: asked at it, the witness's stale check would pass
+/// for grants whose writes this site never had (after an operator's release, a grant as a
+/// plain survivor), or, at `2^64 - 2`, the group's epoch would reach the last one and every
+/// later request be refused. Before, any value was adopted. The bound is the witness's epoch
+/// as this site last saw it (no more than a heartbeat in sync would teach); the source's true
+/// epoch (1) is adopted.
+#[test]
+fn an_implausible_grant_epoch_in_resync_done_is_not_adopted() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for claimed in [1u64 << 40, u64::MAX - 1, u64::MAX] {
+        let (mut a, mut b, mut io) = lose_peer(true);
+        let mut rng = Rng(157);
+        let sb = b.engine.cfg.failover.clone().unwrap();
+        sb.publish_view(1, 1, 2);
+        meet(&mut a, &mut b, &mut io);
+        // (a's RESYNC_DONE carries its grant epoch: the buggy value.)
+        a.engine.grant_epoch = claimed;
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert_eq!(b.engine.mode(), Mode::Mirroring);
+        assert_eq!(
+            sb.learned_epoch.load(SeqCst),
+            0,
+            "claimed {claimed}: adopted beyond the witness's epoch"
+        );
+    }
+}
+
+/// As `a_site_restarted_before_it_adopted_a_lost_grant_serves_on_it_once_the_witness_says_so`,
+/// with a second volume y of the group at a (one failover slot), restarted with it: y's link
+/// returns and it mirrors, and it sees the witness's word naming a the holder before x's
+/// engine ever ticked (x's reactor slower). y must not give the grant back while x, restored
+/// fenced for want of its answer, may still adopt it: x counts as watching from its restore,
+/// and a volume of the group restarted in sync gives back a grant from before the restart only
+/// once every engine of the group restored its state. Before, y gave it back first: x found
+/// it given back and stayed fenced, b (denied, its known epoch older) was refused as stale:
+/// neither site served x.
+#[test]
+fn a_lost_grant_restored_with_one_volume_is_not_given_back_by_another_first() {
+    use crate::layer::mirror::failover::{FailoverSlot, decide_release};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ax, _bx, _sb, mut io, mut rng, mut slot) =
+        a_granted_unanswered_b_denied(173, dir.path());
+    let (mut ay, _, mut by, _) = super::failover::traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    // Both of a's volumes restart (a new process: one new slot for the group).
+    let sa2 = Arc::new(FailoverSlot::default());
+    sa2.members.store(2, SeqCst);
+    ax.engine.cfg.failover = Some(Arc::clone(&sa2));
+    ay.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut ax);
+    ay.engine.cfg.state_file = Some(dir.path().join("ay"));
+    ay.engine.persist(false);
+    assert!(ay.engine.wait_persisted());
+    crash_and_restart(&mut ay);
+    assert_eq!(
+        (ax.engine.mode(), sa2.restored.load(SeqCst)),
+        (Mode::Fenced, 2)
+    );
+    by.engine.link_down("a restarted");
+    by.wire.clear();
+    meet(&mut ay, &mut by, &mut io);
+    run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+    assert_eq!(ay.engine.mode(), Mode::Mirroring);
+    // The witness's word: a holds the group at epoch 1. y ticks (and the thread turns)
+    // before x.
+    let thread = |s: &FailoverSlot| {
+        let r = s.release.swap(0, SeqCst);
+        if r != 0 {
+            decide_release(s, r);
+        }
+        s.releasing.store(0, SeqCst);
+    };
+    for _ in 0..3 {
+        sa2.publish_view(1, 1, 1);
+        ay.engine.tick(&mut io, Instant::now());
+        thread(&sa2);
+    }
+    ax.engine.tick(&mut io, Instant::now());
+    assert_eq!(
+        (ax.engine.mode(), sa2.released.load(SeqCst)),
+        (Mode::Survivor, 0),
+        "the grant x may adopt was given back by y first"
+    );
+}
+
+/// An operator's takeover at a (its state saved fenced) whose answer is lost (the witness
+/// granted it), and a restarts before the witness's word: restarted, a adopts the grant as a
+/// takeover (every region ever written copied to the peer, the history below told it may be
+/// stale), as it would have without the restart (state flags bit 4).
+#[test]
+fn a_takeover_whose_answer_was_lost_is_adopted_as_one_after_a_restart() {
+    use crate::layer::mirror::failover::{FailoverSlot, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b, _sb, mut io, _rng, _slot) = a_granted_unanswered_b_denied(179, dir.path());
+    // (A fenced site, whatever its first request's answer: say the witness denied it, and the
+    // operator takes over.)
+    crash_and_restart(&mut a);
+    let sa = a.engine.cfg.failover.clone().unwrap();
+    a.engine.fenced_unanswered = None;
+    a.engine.persist(false);
+    sa.publish_view(2, 1, 1);
+    a.engine.stats().takeover.store(true, SeqCst);
+    a.engine.tick(&mut io, Instant::now());
+    assert!(sa.want.swap(false, SeqCst), "the takeover is not asked");
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    let sa2 = Arc::new(FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    // (Regions mirrored in earlier sessions: written, neither dirty nor suspect.)
+    let (size, g) = (a.engine.cfg.size, a.engine.cfg.dirty_granularity);
+    a.engine.written = RegionMap::all(size, g);
+    sa2.publish_view(1, 2, 1);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!((a.engine.mode(), a.engine.grant_epoch), (Mode::Survivor, 2));
+    assert_eq!(
+        a.engine.dirty_bytes(),
+        a.engine.written.bytes(),
+        "adopted after the restart as a plain grant"
+    );
 }
