@@ -325,3 +325,58 @@ pub fn wait_mirror_state(s: &Server, want: &str, within: Duration) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// How long a test waits for a condition that needs only the machine to make progress (a
+/// state reached, a load's writes done): generous, since CI runs many daemons at once on two
+/// cores; a wait that ends sooner costs nothing.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Wait until `cond` holds, polling every 5 ms; panic with `what()` after `within`.
+#[track_caller]
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < within, "not within {within:?}: {}", what());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A count of operations a load thread completed, shared with the test, so that the test
+/// waits for the load's progress instead of sleeping for it (a loaded machine makes the load
+/// slow: it is counted, not timed).
+#[derive(Clone, Default)]
+pub struct Progress(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Progress {
+    /// One more operation done.
+    pub fn tick(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Operations done so far.
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The counts of `all` now.
+pub fn counts(all: &[Progress]) -> Vec<usize> {
+    all.iter().map(Progress::get).collect()
+}
+
+/// Wait until each of `all` did `more` operations beyond `from` (its count then; at most
+/// [`PATIENCE`]: a load that cannot go on for that long is a failure); `when` names the
+/// moment in the failure.
+#[track_caller]
+pub fn wait_progress(all: &[Progress], from: &[usize], more: usize, when: &str) {
+    wait_until(
+        PATIENCE,
+        || counts(all).iter().zip(from).all(|(d, f)| *d >= f + more),
+        || {
+            format!(
+                "{when}: the load did not go on ({from:?} then {:?})",
+                counts(all)
+            )
+        },
+    );
+}
