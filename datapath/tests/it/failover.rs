@@ -2,7 +2,10 @@
 //! when a site dies the other carries on within about a second (RTO printed), every write
 //! acknowledged before is still there, and without the witness a lone site fences.
 
-use crate::harness::{Server, free_port, mirror_state, pattern, same_files, wait_mirror_state};
+use crate::harness::{
+    Progress, Server, free_port, mirror_state, pattern, same_files, wait_mirror_state,
+    wait_progress,
+};
 use crate::nvmf_fused_resv::host;
 use crate::rawnbd::Client;
 use std::net::SocketAddr;
@@ -125,10 +128,15 @@ fn site_vol(
     )
 }
 
-/// Writes 4 KiB blocks one after another at `addr` (QD1) until `stop`; returns every
-/// acknowledged (offset, seed, issued, acknowledged), and the failures.
+/// Writes 4 KiB blocks one after another at `addr` (QD1) until `stop`, counting each
+/// acknowledged one in `done`; returns every acknowledged (offset, seed, issued,
+/// acknowledged), and the failures.
 type Acked = Vec<(u64, u64, Instant, Instant)>;
-fn writer(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Acked, usize)> {
+fn writer(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    done: Progress,
+) -> std::thread::JoinHandle<(Acked, usize)> {
     std::thread::spawn(move || {
         let mut c = Client::connect(addr, "vol0", false);
         let mut acked = Vec::new();
@@ -139,7 +147,10 @@ fn writer(addr: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(A
             let seed = 10_000 + i;
             let issued = Instant::now();
             match c.write(off, &pattern(seed, 4096)) {
-                0 => acked.push((off, seed, issued, Instant::now())),
+                0 => {
+                    acked.push((off, seed, issued, Instant::now()));
+                    done.tick();
+                }
                 e if e == err::EIO => failed += 1,
                 e => panic!("unexpected NBD error {e}"),
             }
@@ -164,12 +175,13 @@ fn kill_one_and_measure(kill_a: bool) -> Duration {
         (&mut a, &mut b)
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let wr = writer(survivor.addr, Arc::clone(&stop));
-    std::thread::sleep(Duration::from_millis(500));
+    let done = Progress::default();
+    let wr = writer(survivor.addr, Arc::clone(&stop), done.clone());
+    wait_progress(std::slice::from_ref(&done), &[0], 32, "before the kill");
     let fault = Instant::now();
     victim.kill();
     wait_mirror_state(survivor, "survivor", Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(300));
+    after_the_fault(&done);
     stop.store(true, Ordering::SeqCst);
     let (acked, failed) = wr.join().unwrap();
     assert_eq!(
@@ -206,6 +218,18 @@ fn kill_one_and_measure(kill_a: bool) -> Duration {
         survivor.rpc("nvmf_subsystems")["subsystems"][0]["namespaces"][0]["ana_state"].clone();
     assert_eq!(ana, 1, "the survivor's NVMe paths must be optimised");
     rto
+}
+
+/// Wait until a QD1 writer counting in `done` has a write acknowledged that it issued after
+/// now (the second acknowledged from now on: the first may have been in flight), instead of
+/// allowing it a fixed time (a loaded machine makes it slow).
+pub(crate) fn after_the_fault(done: &Progress) {
+    wait_progress(
+        std::slice::from_ref(done),
+        &[done.get()],
+        2,
+        "a write after the fault",
+    );
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! partition is a link set down. Every test keeps a log of acknowledged writes and checks each one afterwards.
 //! Needs root (`ip netns`), as the README's test command runs.
 
-use crate::harness::{Server, mirror_state, pattern, wait_mirror_state};
+use crate::failover::after_the_fault;
+use crate::harness::{Progress, Server, mirror_state, pattern, wait_mirror_state, wait_progress};
 use crate::netfault_inject as inject;
 use crate::netns::{A, B, Hosts};
 use crate::rawnbd::Client;
@@ -37,12 +38,13 @@ type Log = Vec<(u64, u64, Instant, Instant)>;
 /// acknowledged write if it was issued after that one.
 type Unsure = Vec<(u64, u64, Instant)>;
 
-/// QD1 writer over its own region until `stop` or the connection ends; never panics on a
-/// dead site.
+/// QD1 writer over its own region until `stop` or the connection ends, counting each
+/// acknowledged write in `done`; never panics on a dead site.
 fn writer(
     addr: SocketAddr,
     base: u64,
     stop: Arc<AtomicBool>,
+    done: Progress,
 ) -> std::thread::JoinHandle<(Log, Unsure)> {
     std::thread::spawn(move || {
         let c = Client::connect(addr, "vol0", false);
@@ -68,7 +70,10 @@ fn writer(
                 break;
             }
             match u32::from_be_bytes(h[4..8].try_into().unwrap()) {
-                0 => log.push((off, seed, issued, Instant::now())),
+                0 => {
+                    log.push((off, seed, issued, Instant::now()));
+                    done.tick();
+                }
                 e if e == err::EIO => unsure.push((off, seed, issued)),
                 e => panic!("unexpected NBD error {e}"),
             }
@@ -120,15 +125,17 @@ enum Fault {
     KillB,
 }
 
-/// One run: both sites write, `fault` strikes after `delay`, the expected site survives.
+/// One run: both sites write, `fault` strikes once each site acknowledged `before` writes
+/// (counted, not timed: a loaded machine makes them slow), the expected site survives.
 /// Returns the RTO.
-fn run_fault(fault: Fault, delay: Duration) -> Duration {
+fn run_fault(fault: Fault, before: usize) -> Duration {
     let mut h = Hosts::new();
     let (mut a, mut b) = started(&mut h, "", "");
     let stop = Arc::new(AtomicBool::new(false));
-    let wa = writer(a.addr, 0, Arc::clone(&stop));
-    let wb = writer(b.addr, 16 << 20, Arc::clone(&stop));
-    std::thread::sleep(delay);
+    let done = [Progress::default(), Progress::default()];
+    let wa = writer(a.addr, 0, Arc::clone(&stop), done[0].clone());
+    let wb = writer(b.addr, 16 << 20, Arc::clone(&stop), done[1].clone());
+    wait_progress(&done, &[0, 0], before, "before the fault");
     let fault_at = Instant::now();
     match fault {
         Fault::CutLink => h.link_ab(false),
@@ -137,9 +144,9 @@ fn run_fault(fault: Fault, delay: Duration) -> Duration {
     }
     // The fault is complete (the `ip` command returned, the process is reaped).
     let fault_done = Instant::now();
-    let (survivor, other) = match fault {
-        Fault::CutLink | Fault::KillB => (&a, &b),
-        Fault::KillA => (&b, &a),
+    let (survivor, other, survivor_done) = match fault {
+        Fault::CutLink | Fault::KillB => (&a, &b, &done[0]),
+        Fault::KillA => (&b, &a, &done[1]),
     };
     wait_mirror_state(survivor, "survivor", Duration::from_secs(5));
     if let Fault::CutLink = fault {
@@ -149,7 +156,7 @@ fn run_fault(fault: Fault, delay: Duration) -> Duration {
             other.rpc("nvmf_subsystems")["subsystems"][0]["namespaces"][0]["ana_state"].clone();
         assert_eq!(ana, 3, "a fenced site's NVMe paths must be inaccessible");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    after_the_fault(survivor_done);
     stop.store(true, Ordering::SeqCst);
     let (la, ua) = wa.join().unwrap();
     let (lb, ub) = wb.join().unwrap();
@@ -174,7 +181,7 @@ fn run_fault(fault: Fault, delay: Duration) -> Duration {
     }
     let checked = check_log(survivor, &[(&la, &ua), (&lb, &ub)]);
     eprintln!(
-        "{fault:?} after {delay:?}: RTO {took:?}; {} + {} writes acknowledged, {} + {} failed or unanswered, {checked} blocks checked at the survivor",
+        "{fault:?} after {before} writes at each site: RTO {took:?}; {} + {} writes acknowledged, {} + {} failed or unanswered, {checked} blocks checked at the survivor",
         la.len(),
         lb.len(),
         ua.len(),
@@ -185,14 +192,14 @@ fn run_fault(fault: Fault, delay: Duration) -> Duration {
 
 #[test]
 fn cutting_the_link_leaves_exactly_one_site_writing() {
-    let t = run_fault(Fault::CutLink, Duration::from_millis(400));
+    let t = run_fault(Fault::CutLink, 40);
     assert!(t < Duration::from_secs(2), "RTO {t:?}");
 }
 
 #[test]
 fn killing_a_site_under_load_leaves_the_other_serving() {
     for f in [Fault::KillA, Fault::KillB] {
-        let t = run_fault(f, Duration::from_millis(300));
+        let t = run_fault(f, 30);
         assert!(t < Duration::from_secs(2), "{f:?}: RTO {t:?}");
     }
 }
