@@ -4,7 +4,7 @@
 //! messages are refused without being applied; the link's handshake is authenticated (no key,
 //! a wrong key, a replayed HELLO/AUTH or WELCOME: refused, nothing applied).
 
-use crate::harness::{Server, free_port, need, pattern, run, same_files};
+use crate::harness::{Progress, Server, free_port, need, pattern, run, same_files, wait_progress};
 use crate::linkauth::fake_leader_accept;
 use crate::rawnbd::Client;
 use std::io::{Read, Write};
@@ -243,12 +243,13 @@ fn two_writers_one_per_site_on_the_same_blocks_leave_identical_replicas() {
     );
 }
 
-/// Pipeline 4 KiB writes with distinct patterns until the connection ends; returns the
-/// acknowledged (offset, seed) pairs.
+/// Pipeline 4 KiB writes with distinct patterns until the connection ends, counting each
+/// acknowledged one in `done`; returns the acknowledged (offset, seed) pairs.
 fn pipelined_writer(
     addr: SocketAddr,
     base: u64,
     seed0: u64,
+    done: Progress,
 ) -> std::thread::JoinHandle<Vec<(u64, u64)>> {
     std::thread::spawn(move || {
         let mut c = Client::connect(addr, "vol0", false);
@@ -281,7 +282,10 @@ fn pipelined_writer(
             let e = u32::from_be_bytes(h[4..8].try_into().unwrap());
             let i = u64::from_be_bytes(h[8..16].try_into().unwrap());
             match e {
-                0 => acked.push((base + i * 4096, seed0 + i)),
+                0 => {
+                    acked.push((base + i * 4096, seed0 + i));
+                    done.tick();
+                }
                 err::ESHUTDOWN | err::EIO => {}
                 other => panic!("unexpected error {other}"),
             }
@@ -295,9 +299,11 @@ fn pipelined_writer(
 fn every_write_acknowledged_before_a_stop_of_both_sites_is_on_both_replicas() {
     let root = tempfile::tempdir().unwrap();
     let (mut a, mut b) = pair(root.path(), 3_000);
-    let wa = pipelined_writer(a.addr, 0, 1_000_000);
-    let wb = pipelined_writer(b.addr, 32 << 20, 2_000_000);
-    std::thread::sleep(Duration::from_millis(300));
+    let done = [Progress::default(), Progress::default()];
+    let wa = pipelined_writer(a.addr, 0, 1_000_000, done[0].clone());
+    let wb = pipelined_writer(b.addr, 32 << 20, 2_000_000, done[1].clone());
+    // Writes acknowledged at both sites before the stop (counted, not timed).
+    wait_progress(&done, &[0, 0], 64, "before the stop");
     let (sa, sb) = (a.stop(), b.stop());
     assert!(sa && sb, "clean stop failed (site a: {sa}, site b: {sb})");
     let (acked_a, acked_b) = (wa.join().unwrap(), wb.join().unwrap());
@@ -956,7 +962,7 @@ fn a_follower_whose_leader_resets_the_link_mid_send_still_stops_cleanly() {
     wait_up(&b);
     // Three pipelined writers keep more in flight (12 MiB) than the socket buffers hold.
     let ws: Vec<_> = (0..3u64)
-        .map(|i| pipelined_writer(b.addr, i << 24, 7 + i * 10_000))
+        .map(|i| pipelined_writer(b.addr, i << 24, 7 + i * 10_000, Progress::default()))
         .collect();
     let t = Instant::now();
     while status(&b)["updates"].as_u64().unwrap_or(0) < 2048 {
@@ -1188,8 +1194,8 @@ fn cutting_the_link_under_load_with_sends_in_flight_leaves_identical_replicas() 
     let mut b = start_site(root.path(), "b", "a", pb, pr, 20_000);
     wait_up(&a);
     wait_up(&b);
-    let wa = pipelined_writer(a.addr, 0, 5_000_000);
-    let wb = pipelined_writer(b.addr, 32 << 20, 6_000_000);
+    let wa = pipelined_writer(a.addr, 0, 5_000_000, Progress::default());
+    let wb = pipelined_writer(b.addr, 32 << 20, 6_000_000, Progress::default());
     let t = Instant::now();
     let mut sessions = 0;
     while t.elapsed() < Duration::from_secs(20) && relay.cuts < 4 {
