@@ -945,8 +945,10 @@ fn an_immediate_tmf_with_a_cmd_sn_past_the_window_stops_nothing() {
 
 /// A daemon (two reactors) whose LBA 64 (512-byte blocks) is slow: updates over it wait
 /// `slow_ms` at the device; a session of [`NAME`]/[`ISID`] past its unit attentions has a
-/// write of `data` (8 blocks, immediate) over it in flight. The daemon, its address, the
-/// session and when the write was sent.
+/// write of `data` (8 blocks, immediate) over it in flight, taken by the target (a TEST UNIT
+/// READY sent after it on the connection is answered first: the target read the write, so a
+/// test need not allow it a time to get there). The daemon, its address, the session and
+/// when the write was sent.
 fn old_write_held(slow_ms: u64, data: &[u8]) -> (twinblk::Daemon, SocketAddr, Raw, Instant) {
     let text = format!(
         "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\nslow_range=[32768, 4096]\nslow_ms={slow_ms}\n"
@@ -957,7 +959,21 @@ fn old_write_held(slow_ms: u64, data: &[u8]) -> (twinblk::Daemon, SocketAddr, Ra
     past_ua(&mut a, &mut sn);
     a.cmd_sn = sn;
     a.scsi(sn, &write10(64, 8), 8 * 512, 0xA0, data);
-    (d, addr, a, Instant::now())
+    let written = Instant::now();
+    a.cmd_sn = sn + 1;
+    a.scsi(sn + 1, &TUR, 0, 0x80, &[]);
+    let (h, _) = a
+        .read_pdu()
+        .expect("the TEST UNIT READY after the write answered");
+    assert_eq!(
+        (
+            h[0] & 0x3F,
+            u32::from_be_bytes(h[16..20].try_into().unwrap())
+        ),
+        (0x21, sn + 1),
+        "the TEST UNIT READY after the held write answered first"
+    );
+    (d, addr, a, written)
 }
 
 /// A reinstatement waits for the old session's writes (RFC 7143 §6.3.5; SAM-5 I_T nexus
@@ -971,14 +987,14 @@ fn old_write_held(slow_ms: u64, data: &[u8]) -> (twinblk::Daemon, SocketAddr, Ra
 fn a_reinstatement_waits_for_the_old_sessions_writes_and_reports_the_nexus_loss() {
     // An old write over the slow blocks, its data immediate: at the device for 1.5 s.
     let data = pattern(26, 8 * 512);
-    let (_d, addr, _a, _) = old_write_held(1500, &data);
-    std::thread::sleep(Duration::from_millis(200));
-    let t = Instant::now();
+    let (_d, addr, _a, written) = old_write_held(1500, &data);
     let (mut b, _, keys) = lead(addr, NAME, ISID);
-    let answered = t.elapsed();
+    // From the write's sending, which is before its 1.5 s at the device began however slow
+    // the machine is (from the login's sending, a slow start of the write ate into it).
+    let answered = written.elapsed();
     assert!(
-        answered >= Duration::from_millis(900),
-        "the new login was answered {answered:?} after it was sent, while the old session's write was still at the device: {keys}"
+        answered >= Duration::from_millis(1300),
+        "the new login was answered {answered:?} after the old session's write was sent, while that write was still at the device: {keys}"
     );
     // The first command of the new session: the nexus loss, once.
     let (st, key, asc, ascq, _) = status_of(&mut b, 1, &TUR, 0);
@@ -1006,7 +1022,6 @@ fn a_retried_login_still_waits_for_the_session_the_held_one_reinstated() {
     // The old session's write is at the device for 2.5 s.
     let data = pattern(28, 8 * 512);
     let (_d, addr, _a, written) = old_write_held(2500, &data);
-    std::thread::sleep(Duration::from_millis(200));
     // The first reinstating login, held; its initiator gives up on it.
     let first = login_send(addr, NAME, ISID, 0, 0, Some(IQN), 1);
     std::thread::sleep(Duration::from_millis(300));
