@@ -285,8 +285,9 @@ fn a_disable_at_a_fenced_site_does_not_move_its_last_vouched_moment() {
     wait_mirror_state(&b, "up", Duration::from_secs(10));
     let mut model = vec![0u8; VOL];
     writes(&a, &mut model, 1, 4);
-    // Idle: the follower's journal ends with a lone time mark (rewritten in place each second).
-    std::thread::sleep(Duration::from_millis(2500));
+    // Idle: the follower's journal ends with a lone time mark (rewritten in place each second),
+    // waited for (a loaded machine writes it late).
+    crate::cdp::wait_window(&[&jb], clock::now(), "no time mark after the writes");
     h.link_ab(false);
     wait_mirror_state(&a, "survivor", Duration::from_secs(5));
     wait_mirror_state(&b, "fenced", Duration::from_secs(5));
