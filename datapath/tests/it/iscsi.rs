@@ -425,6 +425,28 @@ impl Raw {
         self.send(h, data);
     }
 
+    /// Send a write (`cdb`, all its `data` immediate) as task `itt`, then a TEST UNIT READY
+    /// (task `itt + 1`) and wait for that answer, which comes first while the write is held
+    /// (at a slow device): the target has read the write, so a test need not allow it a fixed
+    /// time to get there. When the write was sent.
+    pub(crate) fn write_taken(&mut self, itt: u32, cdb: &[u8], data: &[u8]) -> std::time::Instant {
+        self.scsi(itt, cdb, data.len() as u32, 0xA0, data);
+        let sent = std::time::Instant::now();
+        self.scsi(itt + 1, &[0u8; 6], 0, 0x80, &[]);
+        let (h, _) = self
+            .read_pdu()
+            .expect("the TEST UNIT READY after the write answered");
+        assert_eq!(
+            (
+                h[0] & 0x3F,
+                u32::from_be_bytes(h[16..20].try_into().unwrap())
+            ),
+            (0x21, itt + 1),
+            "the TEST UNIT READY after the held write answered first"
+        );
+        sent
+    }
+
     pub(crate) fn nop(&mut self, itt: u32) -> [u8; 48] {
         let mut h = bhs(0x40, 0x80);
         put32(&mut h, 16, itt);

@@ -945,10 +945,8 @@ fn an_immediate_tmf_with_a_cmd_sn_past_the_window_stops_nothing() {
 
 /// A daemon (two reactors) whose LBA 64 (512-byte blocks) is slow: updates over it wait
 /// `slow_ms` at the device; a session of [`NAME`]/[`ISID`] past its unit attentions has a
-/// write of `data` (8 blocks, immediate) over it in flight, taken by the target (a TEST UNIT
-/// READY sent after it on the connection is answered first: the target read the write, so a
-/// test need not allow it a time to get there). The daemon, its address, the session and
-/// when the write was sent.
+/// write of `data` (8 blocks, immediate) over it in flight, taken by the target
+/// ([`Raw::write_taken`]). The daemon, its address, the session and when the write was sent.
 fn old_write_held(slow_ms: u64, data: &[u8]) -> (twinblk::Daemon, SocketAddr, Raw, Instant) {
     let text = format!(
         "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\nslow_range=[32768, 4096]\nslow_ms={slow_ms}\n"
@@ -958,21 +956,7 @@ fn old_write_held(slow_ms: u64, data: &[u8]) -> (twinblk::Daemon, SocketAddr, Ra
     let mut sn = 1;
     past_ua(&mut a, &mut sn);
     a.cmd_sn = sn;
-    a.scsi(sn, &write10(64, 8), 8 * 512, 0xA0, data);
-    let written = Instant::now();
-    a.cmd_sn = sn + 1;
-    a.scsi(sn + 1, &TUR, 0, 0x80, &[]);
-    let (h, _) = a
-        .read_pdu()
-        .expect("the TEST UNIT READY after the write answered");
-    assert_eq!(
-        (
-            h[0] & 0x3F,
-            u32::from_be_bytes(h[16..20].try_into().unwrap())
-        ),
-        (0x21, sn + 1),
-        "the TEST UNIT READY after the held write answered first"
-    );
+    let written = a.write_taken(sn, &write10(64, 8), data);
     (d, addr, a, written)
 }
 
