@@ -5,7 +5,9 @@
 //! Needs root (`ip netns`), as the README's test command runs.
 
 use crate::failover::after_the_fault;
-use crate::harness::{Progress, Server, mirror_state, pattern, wait_mirror_state, wait_progress};
+use crate::harness::{
+    PATIENCE, Progress, Server, counts, mirror_state, pattern, wait_mirror_state, wait_progress,
+};
 use crate::netfault_inject as inject;
 use crate::netns::{A, B, Hosts};
 use crate::rawnbd::Client;
@@ -148,10 +150,10 @@ fn run_fault(fault: Fault, before: usize) -> Duration {
         Fault::CutLink | Fault::KillB => (&a, &b, &done[0]),
         Fault::KillA => (&b, &a, &done[1]),
     };
-    wait_mirror_state(survivor, "survivor", Duration::from_secs(5));
+    wait_mirror_state(survivor, "survivor", PATIENCE);
     if let Fault::CutLink = fault {
         // The other site is alive and must have fenced itself: never two sites serving.
-        wait_mirror_state(other, "fenced", Duration::from_secs(5));
+        wait_mirror_state(other, "fenced", PATIENCE);
         let ana =
             other.rpc("nvmf_subsystems")["subsystems"][0]["namespaces"][0]["ana_state"].clone();
         assert_eq!(ana, 3, "a fenced site's NVMe paths must be inaccessible");
@@ -216,8 +218,8 @@ fn without_the_witness_a_partition_fences_both_sites_and_the_heal_reconciles_the
         "losing only the witness must change nothing"
     );
     h.link_ab(false);
-    wait_mirror_state(&a, "fenced", Duration::from_secs(6));
-    wait_mirror_state(&b, "fenced", Duration::from_secs(6));
+    wait_mirror_state(&a, "fenced", PATIENCE);
+    wait_mirror_state(&b, "fenced", PATIENCE);
     eprintln!("both sites fenced: no peer and no witness");
     assert_eq!(c.write(4096, &pattern(2, 4096)), err::EIO);
     // Recovery: the link comes back (the witness still down). Neither site acknowledged a
@@ -256,8 +258,8 @@ fn a_witness_restart_during_the_failover_gives_no_second_grant() {
     h.link_ab(false);
     std::thread::sleep(Duration::from_millis(300));
     h.start_witness();
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
-    wait_mirror_state(&b, "fenced", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
+    wait_mirror_state(&b, "fenced", PATIENCE);
     // And once more: a restart after the grant changes nothing.
     h.kill_witness();
     h.start_witness();
@@ -293,7 +295,7 @@ fn a_returning_site_is_resynced_and_a_stale_one_never_serves_first() {
     assert_eq!(c.flush(), 0);
     // (4) B is lost; A writes alone; B returns and gets only the dirty regions.
     b.kill();
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
     for i in 0..4u64 {
         assert_eq!(c.write(i * 4 * 65536, &pattern(100 + i, 4096)), 0);
     }
@@ -324,7 +326,7 @@ fn a_returning_site_is_resynced_and_a_stale_one_never_serves_first() {
     }
     let mut b = b;
     b.kill();
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
     assert_eq!(c.write(0, &pattern(999, 4096)), 0);
     drop(c);
     let mut a = a;
@@ -590,12 +592,14 @@ pub(crate) struct Rd {
     pub(crate) done: Instant,
 }
 
-/// QD1 writer over its region until `stop`; reconnects (to the site's current address)
-/// after a lost connection. Returns the writes and any NBD error other than EIO.
+/// QD1 writer over its region until `stop`, counting each acknowledged write in `done`;
+/// reconnects (to the site's current address) after a lost connection. Returns the writes and
+/// any NBD error other than EIO.
 fn soak_writer(
     addr: Addr,
     base: u64,
     stop: Arc<AtomicBool>,
+    done: Progress,
 ) -> std::thread::JoinHandle<(Vec<Wr>, Vec<u32>)> {
     std::thread::spawn(move || {
         let (mut log, mut odd) = (Vec::new(), Vec::new());
@@ -616,7 +620,10 @@ fn soak_writer(
             let issued = Instant::now();
             let r = nbd_io(c, cmd::WRITE, off, 4096, &block(seed, off), None);
             let acked = match r {
-                Ok(0) => Some(Instant::now()),
+                Ok(0) => {
+                    done.tick();
+                    Some(Instant::now())
+                }
                 Ok(e) => {
                     if e != err::EIO {
                         odd.push(e);
@@ -913,8 +920,19 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let wa = soak_writer(Arc::clone(&addrs[A]), REGION_A, Arc::clone(&stop));
-    let wb = soak_writer(Arc::clone(&addrs[B]), REGION_B, Arc::clone(&stop));
+    let done = [Progress::default(), Progress::default()];
+    let wa = soak_writer(
+        Arc::clone(&addrs[A]),
+        REGION_A,
+        Arc::clone(&stop),
+        done[0].clone(),
+    );
+    let wb = soak_writer(
+        Arc::clone(&addrs[B]),
+        REGION_B,
+        Arc::clone(&stop),
+        done[1].clone(),
+    );
     let ra = soak_reader(
         Arc::clone(&addrs[A]),
         A,
@@ -1216,7 +1234,17 @@ fn soak_one(kind: Kind, x: usize, delay: Duration, rnd: &mut u64, known_bad: boo
         problems.append(&mut stalled);
     }
     let up_at = Instant::now();
-    std::thread::sleep(Duration::from_millis(400));
+    // Each QD1 writer's second acknowledgement from now on is of a write issued after now
+    // (checked below): waited for, at most PATIENCE, instead of a fixed 400 ms that a loaded
+    // machine may overrun. (Not asserted here: a site that takes no write is a problem below.)
+    let from = counts(&done);
+    let t = Instant::now();
+    while !writers_paused
+        && counts(&done).iter().zip(&from).any(|(d, f)| *d < f + 2)
+        && t.elapsed() < PATIENCE
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     stop.store(true, Ordering::SeqCst);
     let (la, oa) = wa.join().unwrap();
     let (lb, ob) = wb.join().unwrap();
