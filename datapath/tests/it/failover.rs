@@ -3,7 +3,7 @@
 //! acknowledged before is still there, and without the witness a lone site fences.
 
 use crate::harness::{
-    Progress, Server, free_port, mirror_state, pattern, same_files, wait_mirror_state,
+    PATIENCE, Progress, Server, free_port, mirror_state, pattern, same_files, wait_mirror_state,
     wait_progress,
 };
 use crate::nvmf_fused_resv::host;
@@ -180,7 +180,7 @@ fn kill_one_and_measure(kill_a: bool) -> Duration {
     wait_progress(std::slice::from_ref(&done), &[0], 32, "before the kill");
     let fault = Instant::now();
     victim.kill();
-    wait_mirror_state(survivor, "survivor", Duration::from_secs(5));
+    wait_mirror_state(survivor, "survivor", PATIENCE);
     after_the_fault(&done);
     stop.store(true, Ordering::SeqCst);
     let (acked, failed) = wr.join().unwrap();
@@ -274,7 +274,7 @@ fn losing_the_witness_changes_nothing_but_then_losing_the_peer_fences() {
         "a lone site without witness acknowledged"
     );
     eprintln!("fenced after {:?} without peer and witness", t.elapsed());
-    wait_mirror_state(&a, "fenced", Duration::from_secs(5));
+    wait_mirror_state(&a, "fenced", PATIENCE);
     assert!(c.read(0, 4096).is_err(), "a fenced site served a read");
 }
 
@@ -308,7 +308,7 @@ fn lost_site_returns(kill_a: bool, state: bool) {
     drop(c);
     let (survivor, mut victim) = if kill_a { (b, a) } else { (a, b) };
     victim.kill();
-    wait_mirror_state(&survivor, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&survivor, "survivor", PATIENCE);
     // Written while alone: 40 blocks in 10 regions of 64 KiB.
     let mut c = Client::connect(survivor.addr, "vol0", false);
     for i in 0..40u64 {
@@ -415,13 +415,13 @@ fn a_fenced_leaders_unacknowledged_write_is_overwritten_by_its_resync() {
     // is applied at a only, held, and fails when a fences.
     w.kill();
     b.signal(libc::SIGSTOP);
-    wait_mirror_state(&a, "down", Duration::from_secs(5));
+    wait_mirror_state(&a, "down", PATIENCE);
     assert_eq!(
         c.write(20 * 65536, &pattern(500, 4096)),
         err::EIO,
         "acknowledged without the follower"
     );
-    wait_mirror_state(&a, "fenced", Duration::from_secs(5));
+    wait_mirror_state(&a, "fenced", PATIENCE);
     // The fence is written lazily, off the reactor (docs/architecture.md): the crash below
     // must come after it is on disk, or a restarts from "in sync" and, as a leader that
     // crashed, counts every region as suspect (safe, but not what this test checks).
@@ -432,10 +432,7 @@ fn a_fenced_leaders_unacknowledged_write_is_overwritten_by_its_resync() {
         .flatten()
         .is_none_or(|p| p.mode != 2)
     {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the fence was never persisted"
-        );
+        assert!(t.elapsed() < PATIENCE, "the fence was never persisted");
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(c);
@@ -445,7 +442,7 @@ fn a_fenced_leaders_unacknowledged_write_is_overwritten_by_its_resync() {
     // preferred site (a, dead) stays silent for the tie grace. It writes alone.
     let _w = WitnessProc::start(root.path(), KEY, Some(witness));
     b.signal(libc::SIGCONT);
-    wait_mirror_state(&b, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&b, "survivor", PATIENCE);
     let mut cb = Client::connect(b.addr, "vol0", false);
     assert_eq!(cb.write(30 * 65536, &pattern(600, 4096)), 0);
     drop(cb);
@@ -517,7 +514,7 @@ fn a_survivor_that_cannot_persist_its_state_fails_io_instead_of_acknowledging() 
         err::EIO,
         "a write acknowledged without a durable survivor state"
     );
-    wait_mirror_state(&a, "failed", Duration::from_secs(5));
+    wait_mirror_state(&a, "failed", PATIENCE);
     let st = a.rpc("mirror_status")[0].clone();
     eprintln!("after the failed persist: {st}");
     assert!(
@@ -544,7 +541,7 @@ fn restarting_both_sites_in_the_wrong_order_never_serves_stale_data() {
     assert_eq!(c.write(0, &pattern(1, 4096)), 0);
     // B dies; A carries on and writes block 0 again: B's copy is now stale.
     b.kill();
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
     assert_eq!(c.write(0, &pattern(2, 4096)), 0);
     drop(c);
     let mut a = a;
@@ -718,7 +715,7 @@ fn an_operator_can_make_a_lone_restarted_site_take_over() {
     );
     let r = a.rpc_with("mirror_takeover", serde_json::json!({"volume": "vol0"}));
     assert_eq!(r["result"]["asked"], true, "{r}");
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
     assert_eq!(c.write(0, &pattern(1, 4096)), 0, "the survivor must serve");
 }
 
@@ -779,7 +776,7 @@ fn a_killed_site_restarts_as_a_new_replica(
     drop(c);
     let (survivor, mut victim) = if kill_a { (b, a) } else { (a, b) };
     victim.kill();
-    wait_mirror_state(&survivor, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&survivor, "survivor", PATIENCE);
     // Written at the survivor alone: the first 4 KiB of chunk 0.
     let mut cs = Client::connect(survivor.addr, "vol0", false);
     let y = pattern(999, 4096);

@@ -312,7 +312,7 @@ fn a_survivors_slow_apply_never_lands_over_a_newer_write() {
     let mut c1 = Client::connect(p.a.addr, "vol0", false);
     taken(&p.a, "replicated", || send_write(&mut c1, 1, S, &w1));
     p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     let mut c2 = Client::connect(p.a.addr, "vol0", false);
     assert_eq!(c2.write(S + 4096, &w2), 0, "W2 failed at the survivor");
     assert_eq!(answers(&mut c1, 1)[&1], 0, "W1 failed at the survivor");
@@ -340,7 +340,7 @@ fn a_follower_survivors_slow_apply_never_lands_over_a_newer_write() {
     let mut c1 = Client::connect(p.b.addr, "vol0", false);
     taken(&p.b, "updates", || send_write(&mut c1, 1, S, &w1));
     p.a.kill();
-    wait_mirror_state(&p.b, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "survivor", PATIENCE);
     let mut c2 = Client::connect(p.b.addr, "vol0", false);
     assert_eq!(c2.write(S + 4096, &w2), 0, "W2 failed at the survivor");
     let e1 = answers(&mut c1, 1)[&1];
@@ -375,10 +375,10 @@ fn a_fenced_sites_apply_still_running_never_lands_over_its_resync() {
     let mut c1 = Client::connect(p.a.addr, "vol0", false);
     taken(&p.a, "replicated", || send_write(&mut c1, 1, S, &w1));
     p.relay.cut();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     assert_eq!(answers(&mut c1, 1)[&1], 0, "W1 failed at the survivor");
     assert_eq!(c1.write(S + 4096, &w2), 0, "W2 failed at the survivor");
-    wait_mirror_state(&p.b, "fenced", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "fenced", PATIENCE);
     p.relay.heal();
     wait_mirror_state(&p.b, "up", Duration::from_secs(10));
     wait_mirror_state(&p.a, "up", Duration::from_secs(10));
@@ -525,7 +525,7 @@ fn a_late_failure_at_the_follower_leaves_the_leader_serving_alone() {
 fn a_resync_copy_failing_late_at_the_target_leaves_the_source_serving() {
     let mut p = pair(true, "", "");
     p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     let mut c = Client::connect(p.a.addr, "vol0", false);
     assert_eq!(c.write(S, &pattern(3, 4096)), 0);
     let text = std::fs::read_to_string(&p.b.config).unwrap();
@@ -684,7 +684,7 @@ fn a_flush_slow_beyond_the_stop_deadline_ends_the_stop_and_is_repaired() {
     eprintln!("the flush answered {e} after {:?}", t.elapsed());
     assert_eq!(cookie, 7);
     assert!(e == 0 || e == twinblk::frontend::nbd::proto::err::EIO);
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     assert_eq!(c.write(4096, &pattern(2, 4096)), 0);
     repair(&p.b);
     p.b = respawn(p.b);
@@ -808,7 +808,7 @@ fn a_slow_sector_at_the_leader_hands_the_volume_to_the_follower() {
 fn a_resync_target_stopped_with_a_slow_copy_is_resynced_again() {
     let mut p = pair(true, "", "");
     p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     let mut c = Client::connect(p.a.addr, "vol0", false);
     assert_eq!(c.write(S, &pattern(3, 4096)), 0);
     let text = std::fs::read_to_string(&p.b.config).unwrap();
@@ -818,7 +818,7 @@ fn a_resync_target_stopped_with_a_slow_copy_is_resynced_again() {
     )
     .unwrap();
     p.b = respawn(p.b);
-    wait_mirror_state(&p.b, "resyncing", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "resyncing", PATIENCE);
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     assert!(p.b.stop(), "the target's stop failed or hung");
@@ -947,7 +947,7 @@ fn after_a_miscompare_the_follower_serves_what_the_compare_saw_even_when_the_lea
         (sc::COMPARE_FAILURE, sc::FUSED_FAILED),
         "it compared against W"
     );
-    wait_mirror_state(&p.b, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "survivor", PATIENCE);
     let got = read_at(&p.b, S, 4096);
     assert!(
         got == w,
@@ -1078,7 +1078,7 @@ fn a_resync_ends_under_a_writer_on_a_slow_block_of_the_source() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut p = pair(true, &format!("slow_range=[{S}, 4096]\nslow_ms=150"), "");
     p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = Arc::clone(&stop);
     let addr = p.a.addr;
@@ -1103,7 +1103,7 @@ fn a_resync_ends_under_a_writer_on_a_slow_block_of_the_source() {
     p.b = respawn(p.b);
     let t = Instant::now();
     wait_mirror_state(&p.b, "up", Duration::from_secs(15));
-    wait_mirror_state(&p.a, "up", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "up", PATIENCE);
     eprintln!("resynced in {:?} under the writer", t.elapsed());
     wait_progress(&done, &counts(&done), 3, "after the resync");
     stop.store(true, Ordering::SeqCst);
@@ -1205,8 +1205,8 @@ fn a_late_failure_at_the_follower_during_a_switchover_drain_rolls_it_back() {
         "a switchover to a failed replica: {r}"
     );
     assert_eq!(answers(&mut c, 1)[&1], 0, "the write failed at the leader");
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
-    wait_mirror_state(&p.b, "failed", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
+    wait_mirror_state(&p.b, "failed", PATIENCE);
     assert_eq!(c.write(S + 4096, &pattern(2, 4096)), 0);
     repair(&p.b);
     p.b = respawn(p.b);
@@ -1255,7 +1255,7 @@ fn a_short_slow_sector_at_the_follower_never_leaves_the_volume_diverged() {
         t.elapsed(),
         st["state"]
     );
-    wait_mirror_state(&p.b, "up", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "up", PATIENCE);
     stop_and_compare(p, "replicas differ");
 }
 
