@@ -83,12 +83,37 @@ fn property_access_sizes_at_every_offset_of_cap_and_its_neighbours() {
 /// asking for 1 ms gets 100 ms, and is not torn down after a millisecond of silence.
 #[test]
 fn kato_smaller_than_the_keep_alive_granularity_is_rounded_up() {
+    use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
     let (d, _) = in_process(RAM);
+    // Until the KATO is raised, the association lives 100 ms past the Connect or the last Keep
+    // Alive sent: a loaded machine may leave the test silent that long between two commands.
+    // A failure after such a silence proves nothing and the run is tried again (at most 5
+    // times); one sooner is the server's.
+    for attempt in 1.. {
+        let last_alive = std::cell::Cell::new(std::time::Instant::now());
+        let r = catch_unwind(AssertUnwindSafe(|| kato_rounding(&d, &last_alive)));
+        let Err(e) = r else { break };
+        let silent = last_alive.get().elapsed();
+        if silent < std::time::Duration::from_millis(100) || attempt == 5 {
+            resume_unwind(e);
+        }
+        eprintln!("attempt {attempt} failed after {silent:?} without a Keep Alive: again");
+    }
+}
+
+/// [`kato_smaller_than_the_keep_alive_granularity_is_rounded_up`] once, `last_alive` set when
+/// the Connect and each Keep Alive are sent.
+fn kato_rounding(d: &twinblk::Daemon, last_alive: &std::cell::Cell<std::time::Instant>) {
     let opts = Opts {
         kato_ms: 1,
         ..Opts::default()
     };
-    let mut c = Controller::connect(nvmf_addr(&d), NQN, &opts).unwrap();
+    last_alive.set(std::time::Instant::now());
+    let mut c = Controller::connect(nvmf_addr(d), NQN, &opts).unwrap();
+    let keep_alive = |c: &mut Controller| {
+        last_alive.set(std::time::Instant::now());
+        c.keep_alive()
+    };
     let id = c.identify(0x01, 0).unwrap();
     assert_eq!(u16::from_le_bytes([id[320], id[321]]), 1, "KAS: 100 ms");
     let get = |c: &mut Controller| {
@@ -98,9 +123,9 @@ fn kato_smaller_than_the_keep_alive_granularity_is_rounded_up() {
     assert_eq!(get(&mut c), (0, 100), "Connect KATO 1 ms");
     // Only Keep Alive commands restart the timer (Base 2.0 §3.9): one now, then 30 ms of
     // silence.
-    c.keep_alive().unwrap();
+    keep_alive(&mut c).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(30));
-    c.keep_alive().expect("alive after 30 ms of a 100 ms KATO");
+    keep_alive(&mut c).expect("alive after 30 ms of a 100 ms KATO");
     for (set, want) in [(1, 100), (100, 100), (101, 200), (0, 0), (60_000, 60_000)] {
         let r = c
             .admin
@@ -114,7 +139,7 @@ fn kato_smaller_than_the_keep_alive_granularity_is_rounded_up() {
         .cmd_ok(Sqe::new(0x09).cdw(10, 0x0F).cdw(11, u32::MAX), &[], 0)
         .unwrap();
     assert_eq!(get(&mut c), (0, u32::MAX));
-    c.keep_alive().unwrap();
+    keep_alive(&mut c).unwrap();
 }
 
 /// Connect data whose SUBNQN (bytes 511:256) or HOSTNQN (767:512) fills all 256 bytes has no
