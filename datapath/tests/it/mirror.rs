@@ -4,7 +4,9 @@
 //! messages are refused without being applied; the link's handshake is authenticated (no key,
 //! a wrong key, a replayed HELLO/AUTH or WELCOME: refused, nothing applied).
 
-use crate::harness::{Progress, Server, free_port, need, pattern, run, same_files, wait_progress};
+use crate::harness::{
+    PATIENCE, Progress, Server, free_port, need, pattern, run, same_files, wait_progress,
+};
 use crate::linkauth::fake_leader_accept;
 use crate::rawnbd::Client;
 use std::io::{Read, Write};
@@ -80,7 +82,7 @@ pub(crate) fn wait_up(s: &Server) {
     let t = Instant::now();
     while status(s)["state"] != "up" {
         assert!(
-            t.elapsed() < Duration::from_secs(10),
+            t.elapsed() < PATIENCE,
             "mirror link never came up: {}",
             status(s)
         );
@@ -118,7 +120,7 @@ fn data_written_at_either_site_reads_back_identical_at_the_other() {
     let t = Instant::now();
     while (ana(&a), ana(&b)) != (Some(1), Some(2)) {
         assert!(
-            t.elapsed() < Duration::from_secs(5),
+            t.elapsed() < PATIENCE,
             "ANA states {:?} / {:?}",
             ana(&a),
             ana(&b)
@@ -1198,7 +1200,7 @@ fn cutting_the_link_under_load_with_sends_in_flight_leaves_identical_replicas() 
     let wb = pipelined_writer(b.addr, 32 << 20, 6_000_000, Progress::default());
     let t = Instant::now();
     let mut sessions = 0;
-    while t.elapsed() < Duration::from_secs(20) && relay.cuts < 4 {
+    while t.elapsed() < PATIENCE && relay.cuts < 4 {
         let s = status(&b);
         if s["state"] == "up" && s["session"].as_u64().unwrap_or(0) > sessions {
             sessions = s["session"].as_u64().unwrap_or(0);
@@ -1213,7 +1215,7 @@ fn cutting_the_link_under_load_with_sends_in_flight_leaves_identical_replicas() 
     wait_up(&b);
     let t = Instant::now();
     while status(&a)["backlog_bytes"].as_u64().unwrap_or(0) > 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", status(&a));
+        assert!(t.elapsed() < PATIENCE, "{}", status(&a));
         std::thread::sleep(Duration::from_millis(20));
     }
     let (sa, sb) = (status(&a), status(&b));
