@@ -654,7 +654,9 @@ fn commands_inside_the_window_held_for_a_gap_are_all_run() {
     for i in 0..n_cmds {
         b.scsi(1000 + i, &TUR, 0, 0x80, &[]);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // An immediate NOP-Out after them is answered once the target read them (they are held,
+    // so its NOP-In comes first): no fixed time for them to arrive.
+    b.nop(0x7000);
     a.cmd_sn = sn;
     assert_eq!(status_of(&mut a, 5, &TUR, 0).0, 0, "CmdSN sn on A");
     let mut answered = 0;
@@ -704,7 +706,9 @@ fn a_command_held_behind_a_closed_connections_command_runs() {
     x.scsi(10, &TUR, 0, 0x80, &[]);
     a.cmd_sn = sn + 2;
     a.scsi(20, &TUR, 0, 0x80, &[]);
-    std::thread::sleep(Duration::from_millis(200));
+    // The target read X's command (held: the NOP-In of an immediate NOP-Out after it comes
+    // first) before the Logout closes X; no fixed time for it to arrive.
+    x.nop(0x7000);
     // One segment on A: CmdSN sn (fills the gap), then Logout "close the connection" CID 1.
     let mut c = bhs(0x01, 0x80);
     put32(&mut c, 16, 21);
@@ -716,7 +720,9 @@ fn a_command_held_behind_a_closed_connections_command_runs() {
     let mut seg = frame(c, &[], false);
     seg.extend(frame(l, &[], false));
     a.s.write_all(&seg).unwrap();
-    a.s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    // At once, or it never runs; a loaded machine may take seconds.
+    a.s.set_read_timeout(Some(crate::harness::PATIENCE))
+        .unwrap();
     let mut got20 = false;
     let mut seen = Vec::new();
     while let Some((h, _)) = a.read_pdu() {
@@ -727,7 +733,7 @@ fn a_command_held_behind_a_closed_connections_command_runs() {
             break;
         }
     }
-    eprintln!("A received (opcode, itt): {seen:x?}; CmdSN sn+2 answered within 3 s: {got20}");
+    eprintln!("A received (opcode, itt): {seen:x?}; CmdSN sn+2 answered: {got20}");
     if !got20 {
         a.s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut h = bhs(0x40, 0x80 | 0x40);
