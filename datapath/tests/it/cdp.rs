@@ -516,12 +516,10 @@ pub(crate) fn kill_9_keeps_every_acknowledged_write_of(
     let mut s = Server::start(tmp, &body);
     let writer = acked_writer_of(s.addr, size, slot, len_of);
     // At least 0.7 s of writes, and (on a machine busy with other work) until the journal
-    // holds 200 records, for at most 15 s: the kill must land among acknowledged writes.
+    // holds 200 records, for at most PATIENCE: the kill must land among acknowledged writes.
     std::thread::sleep(Duration::from_millis(700));
     let t0 = Instant::now();
-    while s.rpc("cdp_status")[0]["records"].as_u64().unwrap_or(0) < 200
-        && t0.elapsed() < Duration::from_secs(15)
-    {
+    while s.rpc("cdp_status")[0]["records"].as_u64().unwrap_or(0) < 200 && t0.elapsed() < PATIENCE {
         std::thread::sleep(Duration::from_millis(50));
     }
     // On tmpfs, and on a disk with `sync = "flush"` and the segments mapped (the default),
@@ -581,8 +579,9 @@ pub(crate) fn kill_9_keeps_every_acknowledged_write_of(
 }
 
 /// A client writing `pattern(b)` to block `b` (4 KiB) of volume `v` at `addr`, blocks 0, 1, 2,
-/// ... of a `size`-byte volume once each, 32 in flight at a time, until the volume ends, 20 s
-/// pass or the server goes away; it returns the blocks whose writes were acknowledged.
+/// ... of a `size`-byte volume once each, 32 in flight at a time, until the volume ends,
+/// [`PATIENCE`] passes (a loaded machine writes slowly) or the server goes away; it returns
+/// the blocks whose writes were acknowledged.
 pub(crate) fn acked_writer(
     addr: std::net::SocketAddr,
     size: u64,
@@ -602,7 +601,7 @@ pub(crate) fn acked_writer_of(
         let mut acked: Vec<u64> = Vec::new();
         let mut next = 0u64;
         let start = Instant::now();
-        while next + 32 <= size / slot && start.elapsed() < Duration::from_secs(20) {
+        while next + 32 <= size / slot && start.elapsed() < PATIENCE {
             for k in 0..32 {
                 let b = next + k;
                 // The kill may land while this sends: what was acknowledged is the record.
