@@ -5,7 +5,7 @@
 //! before the site lost its peer and from the resync's end on are exact.
 
 use crate::failover::{KEY, WitnessProc};
-use crate::harness::{PATIENCE, Server, free_port, pattern, wait_mirror_state};
+use crate::harness::{PATIENCE, Server, free_port, pattern, wait_mirror_state, wait_until};
 use crate::rawnbd::Client;
 use std::path::Path;
 use std::time::Duration;
@@ -109,8 +109,15 @@ fn a_returning_sites_history_refuses_the_moments_its_peer_wrote_alone() {
     std::thread::sleep(Duration::from_millis(200));
     let b = b.respawn();
     wait_mirror_state(&b, "resyncing", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
-    let st = b.rpc("cdp_status")[0].clone();
+    // Its history's start recovered (waited for instead of a fixed 300 ms, which a loaded
+    // machine may overrun and which only shortens what is left of the 2 s resync).
+    let status = || b.rpc("cdp_status")[0].clone();
+    wait_until(
+        PATIENCE,
+        || status()["whole_until_seq"].as_u64().is_some(),
+        || format!("{}", status()),
+    );
+    let st = status();
     assert_eq!(st["vouched"], false, "while resynced: {st}");
     assert!(st["whole_until_seq"].as_u64().is_some(), "{st}");
     let t_resync = clock::now();
