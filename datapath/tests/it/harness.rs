@@ -120,7 +120,7 @@ impl Server {
         let (mut nbd, mut nvmf) = (None, None);
         while nbd.is_none() || nvmf.is_none() {
             let (is_nvmf, hp) = rx
-                .recv_timeout(Duration::from_secs(20))
+                .recv_timeout(PATIENCE)
                 .expect("twinblk printed no endpoint");
             let a: SocketAddr = hp.parse().unwrap();
             if is_nvmf {
@@ -143,12 +143,13 @@ impl Server {
         format!("nbd://{}/{export}", self.addr)
     }
 
-    /// SIGTERM and wait; true if it exited 0 within the deadline.
+    /// SIGTERM and wait; true if it exited 0 within the deadline ([`PATIENCE`]: the daemon's
+    /// own stop deadline is 10 s, and a loaded machine may take longer to exit after it).
     pub fn stop(&mut self) -> bool {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
+        while t.elapsed() < PATIENCE {
             if let Some(st) = self.child.try_wait().unwrap() {
                 if !st.success() {
                     eprintln!("twinblk ({}) exited with {st}", self.config.display());
@@ -158,7 +159,7 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!(
-            "twinblk ({}) did not exit within 20 s of SIGTERM; killed",
+            "twinblk ({}) did not exit within {PATIENCE:?} of SIGTERM; killed",
             self.config.display()
         );
         let _ = self.child.kill();

@@ -422,7 +422,7 @@ fn a_write_slow_at_a_stopping_leader(witness: bool) {
     let t = Instant::now();
     while !(mirror_state(&p.a) == "up" && mirror_state(&p.b) == "up") {
         assert!(
-            t.elapsed() < Duration::from_secs(15),
+            t.elapsed() < PATIENCE,
             "the pair never came back: a {}, b {}",
             mirror_state(&p.a),
             mirror_state(&p.b)
