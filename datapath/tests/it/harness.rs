@@ -360,6 +360,21 @@ impl Progress {
     }
 }
 
+/// Run `round` (a load of a fixed time) again until `enough` holds after it, at most
+/// [`PATIENCE`] (then the caller's assertion reports it): a loaded machine does less in a
+/// round's time, so a test that needs an amount of load counts it instead of timing it. A
+/// fast machine runs one round.
+pub fn rounds_until(mut round: impl FnMut(), mut enough: impl FnMut() -> bool) {
+    let t = Instant::now();
+    loop {
+        round();
+        if enough() || t.elapsed() > PATIENCE {
+            return;
+        }
+        eprintln!("not enough load after a round: again");
+    }
+}
+
 /// The counts of `all` now.
 pub fn counts(all: &[Progress]) -> Vec<usize> {
     all.iter().map(Progress::get).collect()

@@ -5,7 +5,8 @@
 //! a wrong key, a replayed HELLO/AUTH or WELCOME: refused, nothing applied).
 
 use crate::harness::{
-    PATIENCE, Progress, Server, free_port, need, pattern, run, same_files, wait_progress,
+    PATIENCE, Progress, Server, free_port, need, pattern, rounds_until, run, same_files,
+    wait_progress,
 };
 use crate::linkauth::fake_leader_accept;
 use crate::rawnbd::Client;
@@ -231,18 +232,17 @@ fn two_writers_one_per_site_on_the_same_blocks_leave_identical_replicas() {
     // Again while a site has 500 updates or fewer (a loaded machine does less in 3 s: the
     // load is counted, not timed).
     let updates = |s: &Server| status(s)["updates"].as_u64().unwrap();
-    let t = Instant::now();
-    loop {
-        let mut fa = fio_write(&a.uri("vol0"), &job);
-        let mut fb = fio_write(&b.uri("vol0"), &job);
-        assert!(
-            fa.wait().unwrap().success() && fb.wait().unwrap().success(),
-            "fio failed"
-        );
-        if updates(&a) > 500 && updates(&b) > 500 || t.elapsed() > PATIENCE {
-            break;
-        }
-    }
+    rounds_until(
+        || {
+            let mut fa = fio_write(&a.uri("vol0"), &job);
+            let mut fb = fio_write(&b.uri("vol0"), &job);
+            assert!(
+                fa.wait().unwrap().success() && fb.wait().unwrap().success(),
+                "fio failed"
+            );
+        },
+        || updates(&a) > 500 && updates(&b) > 500,
+    );
     let (sa, sb) = (status(&a), status(&b));
     eprintln!("site a: {sa}\nsite b: {sb}");
     assert!(sa["updates"].as_u64().unwrap() > 500 && sb["updates"].as_u64().unwrap() > 500);
@@ -774,8 +774,7 @@ fn volumes_spread_over_reactors_each_with_its_own_link_and_requests_cross_reacto
     // the load is counted, not timed).
     let msgs = |i: usize| a.rpc("reactor_stats")[i]["msgs"].as_u64().unwrap();
     let before = [open(&a), open(&b)];
-    let t = Instant::now();
-    loop {
+    let round = || {
         let mut fios = Vec::new();
         for v in ["vol0", "vol1"] {
             for s in [&a, &b] {
@@ -790,10 +789,8 @@ fn volumes_spread_over_reactors_each_with_its_own_link_and_requests_cross_reacto
         for mut f in fios {
             assert!(f.wait().unwrap().success(), "fio failed");
         }
-        if msgs(0) > 100 && msgs(1) > 100 || t.elapsed() > PATIENCE {
-            break;
-        }
-    }
+    };
+    rounds_until(round, || msgs(0) > 100 && msgs(1) > 100);
     let rs = a.rpc("reactor_stats");
     assert!(
         rs[0]["msgs"].as_u64().unwrap() > 100 && rs[1]["msgs"].as_u64().unwrap() > 100,

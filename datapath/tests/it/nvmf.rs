@@ -3,7 +3,9 @@
 //! path (in-capsule, R2T/H2CData, C2HData with and without SUCCESS), queue placement over
 //! reactors, verified load, keep-alive expiry, ANA, and malformed input.
 
-use crate::harness::{PATIENCE, Server, in_process, in_process_with, nvmf_addr, pattern};
+use crate::harness::{
+    PATIENCE, Server, in_process, in_process_with, nvmf_addr, pattern, rounds_until,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -18,11 +20,11 @@ const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
 /// counted, not timed. Every run must end without an error or a mismatch (the sums keep
 /// them). The summed report.
 fn perf_until(o: &PerfOpts, enough: impl Fn(&PerfReport) -> bool) -> PerfReport {
-    let t = Instant::now();
-    let mut sum = PerfReport::default();
-    loop {
+    let sum = std::cell::RefCell::new(PerfReport::default());
+    let round = || {
         let r = perf::run(o).unwrap();
         assert!(r.errors == 0 && r.mismatches == 0, "{r}");
+        let mut sum = sum.borrow_mut();
         sum.ios += r.ios;
         sum.reads += r.reads;
         sum.writes += r.writes;
@@ -33,11 +35,9 @@ fn perf_until(o: &PerfOpts, enough: impl Fn(&PerfReport) -> bool) -> PerfReport 
         for (s, n) in sum.per_queue.iter_mut().zip(&r.per_queue) {
             *s += n;
         }
-        if enough(&sum) || t.elapsed() > PATIENCE {
-            return sum;
-        }
-        eprintln!("not enough load yet: {sum}");
-    }
+    };
+    rounds_until(round, || enough(&sum.borrow()));
+    sum.into_inner()
 }
 const RAM: &str = "[[volume]]\nname='vol0'\nbackend='malloc'\nsize='64MiB'\n";
 
