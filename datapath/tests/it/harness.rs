@@ -396,3 +396,29 @@ pub fn wait_progress(all: &[Progress], from: &[usize], more: usize, when: &str) 
         },
     );
 }
+
+/// When a test's association last heard from it (the Connect or a Keep Alive sent), for
+/// [`retry_if_silent`]; `None` once its Keep Alive timer no longer runs.
+pub type Alive = std::cell::Cell<Option<Instant>>;
+
+/// Run `attempt` until it passes, at most 5 times, for a test whose NVMe/TCP association is
+/// torn down `kato` after the last Connect or Keep Alive: `attempt` sets `alive` as it sends
+/// them (and `None` once the timer is stopped). A loaded machine may leave a test silent that
+/// long between two commands, and then the target rightly ends the association: a failure
+/// after `kato` or more without one proves nothing and the attempt is made again; a failure
+/// sooner, or with the timer stopped, is reported at once.
+pub fn retry_if_silent(kato: Duration, attempt: impl Fn(&Alive)) {
+    use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+    for n in 1.. {
+        let alive: Alive = std::cell::Cell::new(Some(Instant::now()));
+        let Err(e) = catch_unwind(AssertUnwindSafe(|| attempt(&alive))) else {
+            return;
+        };
+        match alive.get().map(|t| t.elapsed()) {
+            Some(silent) if silent >= kato && n < 5 => {
+                eprintln!("attempt {n} failed after {silent:?} without a Keep Alive: again");
+            }
+            _ => resume_unwind(e),
+        }
+    }
+}

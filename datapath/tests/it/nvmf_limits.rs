@@ -3,7 +3,7 @@
 //! require (NVM Express Base 2.0, NVMe over Fabrics 1.1, NVMe/TCP transport 1.0), and that the
 //! controller keeps working afterwards.
 
-use crate::harness::{in_process, nvmf_addr};
+use crate::harness::{Alive, in_process, nvmf_addr, retry_if_silent};
 use twinblk_tools::nvmf::{Controller, Digests, Opts, Queue, Sqe};
 
 const NQN: &str = "nqn.2026-11.io.twinblk:vol0";
@@ -83,35 +83,25 @@ fn property_access_sizes_at_every_offset_of_cap_and_its_neighbours() {
 /// asking for 1 ms gets 100 ms, and is not torn down after a millisecond of silence.
 #[test]
 fn kato_smaller_than_the_keep_alive_granularity_is_rounded_up() {
-    use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
     let (d, _) = in_process(RAM);
     // Until the KATO is raised, the association lives 100 ms past the Connect or the last Keep
-    // Alive sent: a loaded machine may leave the test silent that long between two commands.
-    // A failure after such a silence proves nothing and the run is tried again (at most 5
-    // times); one sooner is the server's.
-    for attempt in 1.. {
-        let last_alive = std::cell::Cell::new(std::time::Instant::now());
-        let r = catch_unwind(AssertUnwindSafe(|| kato_rounding(&d, &last_alive)));
-        let Err(e) = r else { break };
-        let silent = last_alive.get().elapsed();
-        if silent < std::time::Duration::from_millis(100) || attempt == 5 {
-            resume_unwind(e);
-        }
-        eprintln!("attempt {attempt} failed after {silent:?} without a Keep Alive: again");
-    }
+    // Alive sent.
+    retry_if_silent(std::time::Duration::from_millis(100), |alive| {
+        kato_rounding(&d, alive)
+    });
 }
 
-/// [`kato_smaller_than_the_keep_alive_granularity_is_rounded_up`] once, `last_alive` set when
-/// the Connect and each Keep Alive are sent.
-fn kato_rounding(d: &twinblk::Daemon, last_alive: &std::cell::Cell<std::time::Instant>) {
+/// [`kato_smaller_than_the_keep_alive_granularity_is_rounded_up`] once, `alive` set when the
+/// Connect and each Keep Alive are sent.
+fn kato_rounding(d: &twinblk::Daemon, alive: &Alive) {
     let opts = Opts {
         kato_ms: 1,
         ..Opts::default()
     };
-    last_alive.set(std::time::Instant::now());
+    alive.set(Some(std::time::Instant::now()));
     let mut c = Controller::connect(nvmf_addr(d), NQN, &opts).unwrap();
     let keep_alive = |c: &mut Controller| {
-        last_alive.set(std::time::Instant::now());
+        alive.set(Some(std::time::Instant::now()));
         c.keep_alive()
     };
     let id = c.identify(0x01, 0).unwrap();
@@ -134,6 +124,8 @@ fn kato_rounding(d: &twinblk::Daemon, last_alive: &std::cell::Cell<std::time::In
         assert_eq!(r.status, 0);
         assert_eq!(get(&mut c), (0, want), "Set Features KATO {set}");
     }
+    // A minute now: silence is no longer a cause.
+    alive.set(None);
     // The largest KATO has no multiple of 100 ms within 32 bits: kept as it is (49.7 days).
     c.admin
         .cmd_ok(Sqe::new(0x09).cdw(10, 0x0F).cdw(11, u32::MAX), &[], 0)
