@@ -4,7 +4,7 @@
 //! volume's content then, and the points it cannot vouch for (before the first catch-up of a
 //! new history, while CDP was off) are refused with both ends named.
 
-use crate::harness::{Progress, Server, counts, pattern, wait_progress};
+use crate::harness::{PATIENCE, Progress, Server, counts, pattern, wait_progress, wait_until};
 use crate::rawnbd::Client;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,18 +104,17 @@ pub(crate) fn bookmark(s: &Server, name: &str) -> u64 {
         serde_json::json!({"volume": "v", "name": name}),
     );
     let t = r["result"]["time_ns"].as_u64().expect("a bookmark");
-    let start = std::time::Instant::now();
-    while s.rpc("cdp_status")[0]["window_end_ns"]
-        .as_u64()
-        .unwrap_or(0)
-        < t
-    {
-        assert!(
-            start.elapsed().as_secs() < 5,
-            "the window does not reach {t}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // (Marks come once a second; a loaded machine writes them late.)
+    wait_until(
+        PATIENCE,
+        || {
+            s.rpc("cdp_status")[0]["window_end_ns"]
+                .as_u64()
+                .unwrap_or(0)
+                >= t
+        },
+        || format!("the window does not reach {t}"),
+    );
     t
 }
 

@@ -318,10 +318,7 @@ fn a_returning_site_is_resynced_and_a_stale_one_never_serves_first() {
         .flatten()
         .is_none_or(|p| p.mode != 0)
     {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "in sync never persisted"
-        );
+        assert!(t.elapsed() < PATIENCE, "in sync never persisted");
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut b = b;
@@ -778,8 +775,8 @@ fn read_all(addr: SocketAddr, off: u64, len: u64) -> Vec<u8> {
                 break;
             }
             assert!(
-                t.elapsed() < Duration::from_secs(3),
-                "final read at {at} failed (errno {e}) for 3 s"
+                t.elapsed() < PATIENCE,
+                "final read at {at} failed (errno {e}) for {PATIENCE:?}"
             );
             FINAL_READ_RETRIES.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(20));

@@ -859,11 +859,7 @@ fn admin_commands_wait_for_the_controller_to_be_enabled() {
         if r.status == 0 {
             break;
         }
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(5),
-            "{:#x}",
-            r.status
-        );
+        assert!(t.elapsed() < crate::harness::PATIENCE, "{:#x}", r.status);
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }

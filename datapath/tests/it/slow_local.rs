@@ -272,8 +272,8 @@ pub(crate) fn read_at(s: &Server, offset: u64, len: u32) -> Vec<u8> {
         match c.read(offset, len) {
             Ok(d) => return d,
             Err(e) => assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "reads at {} refused for 5 s (error {e}), state {}",
+                t.elapsed() < PATIENCE,
+                "reads at {} refused for {PATIENCE:?} (error {e}), state {}",
                 s.config.display(),
                 mirror_state(s)
             ),
