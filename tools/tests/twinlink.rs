@@ -59,6 +59,16 @@ fn proxy_to(target: SocketAddr) -> Proxy {
     Proxy::start(&[(spec, [Shape::default(); 2])], 16 << 20).unwrap()
 }
 
+/// Wait until `cond` holds, at most 30 s (a loaded machine may forward late: the tests here
+/// prove what is held or passed, not how fast); `what` names it in the failure.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(30), "{what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     s.set_nodelay(true).unwrap();
@@ -186,6 +196,10 @@ fn a_cut_holds_all_traffic_until_restored_with_the_connection_open() {
         got_before,
         "the target got bytes through a cut link"
     );
+    // Read by the proxy and held (waited for: it may read them late).
+    eventually("the proxy never held the 14 bytes", || {
+        p.status()[0].fwd_held_bytes == 14
+    });
     let st = &p.status()[0];
     assert_eq!(st.fwd_held_bytes, 14, "{st:?}");
     assert_eq!(
@@ -218,11 +232,9 @@ fn a_cut_holds_all_traffic_until_restored_with_the_connection_open() {
     s.read_exact(&mut buf[..5]).unwrap();
     assert_eq!(&buf[..5], b"after");
     // The writer counts a chunk delivered just after writing it: the echo may be faster.
-    let t = Instant::now();
-    while p.status()[0].fwd_held_bytes != 0 {
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", p.status()[0]);
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    eventually("bytes still held after the restore", || {
+        p.status()[0].fwd_held_bytes == 0
+    });
 }
 
 #[test]
@@ -247,20 +259,17 @@ fn a_one_way_cut_holds_only_that_direction() {
     // Target to client cut: the target gets the bytes, the answer is held.
     cut(Dir::Rev, true);
     s.write_all(b"ping").unwrap();
-    let t = Instant::now();
-    while received.load(Ordering::SeqCst) < 4 {
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "the target never got the bytes"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    eventually("the target never got the bytes", || {
+        received.load(Ordering::SeqCst) >= 4
+    });
     assert_eq!(
         try_read(&mut s, &mut buf, Duration::from_millis(200)),
         None,
         "the answer came through a cut"
     );
-    assert_eq!(p.status()[0].rev_held_bytes, 4);
+    eventually("the proxy never held the answer", || {
+        p.status()[0].rev_held_bytes == 4
+    });
     cut(Dir::Rev, false);
     s.read_exact(&mut buf[..4]).unwrap();
     assert_eq!(&buf[..4], b"ping");
@@ -412,7 +421,11 @@ fn the_binary_serves_several_links_changed_through_its_control_socket() {
     assert_eq!(got2.load(Ordering::SeqCst), 0);
     s1.write_all(b"free").unwrap();
     s1.read_exact(&mut buf[..4]).unwrap();
-    let (ok, st) = ctl(&sock, r#"{"cmd":"status","link":"two"}"#);
+    let status = || ctl(&sock, r#"{"cmd":"status","link":"two"}"#);
+    eventually("the proxy never held the 4 bytes", || {
+        status().1["links"][0]["fwd_held_bytes"] == 4
+    });
+    let (ok, st) = status();
     assert!(ok);
     assert_eq!(st["links"][0]["fwd"]["cut"], true, "{st}");
     assert_eq!(st["links"][0]["fwd_held_bytes"], 4, "{st}");

@@ -4,10 +4,10 @@
 //! volume's content then, and the points it cannot vouch for (before the first catch-up of a
 //! new history, while CDP was off) are refused with both ends named.
 
-use crate::harness::{Server, pattern};
+use crate::harness::{PATIENCE, Progress, Server, counts, pattern, wait_progress, wait_until};
 use crate::rawnbd::Client;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use twinblk::layer::cdp::format::Op;
 use twinblk::layer::cdp::pit::{self, Point};
 use twinblk::layer::cdp::store::{self, CdpError, Load};
@@ -27,7 +27,7 @@ pub(crate) fn writer(
     part: usize,
     seed: u64,
     stop: Arc<AtomicBool>,
-    done: Arc<AtomicUsize>,
+    done: Progress,
 ) -> std::thread::JoinHandle<Vec<(u64, Vec<u8>)>> {
     std::thread::spawn(move || {
         let mut c = Client::connect(addr, "v", false);
@@ -39,7 +39,7 @@ pub(crate) fn writer(
             let data = pattern(seed + i, 4096);
             assert_eq!(c.write(off, &data), 0, "write {i} of part {part} failed");
             log.push((off, data));
-            done.fetch_add(1, Ordering::SeqCst);
+            done.tick();
             i += 1;
         }
         c.disconnect();
@@ -50,29 +50,6 @@ pub(crate) fn writer(
 /// Writes each writer does before the switch and again after it (a loaded machine makes
 /// them slow: the load is counted, not timed).
 const WRITES_EACH_SIDE: usize = 4;
-
-/// The counts of `done` now.
-fn counts(done: &[Arc<AtomicUsize>]) -> Vec<usize> {
-    done.iter().map(|d| d.load(Ordering::SeqCst)).collect()
-}
-
-/// Wait until every writer of `done` did [`WRITES_EACH_SIDE`] more writes than `from` says
-/// (at most 60 s: a writer that cannot write for that long is a failure).
-fn wait_writes(done: &[Arc<AtomicUsize>], from: &[usize], when: &str) {
-    let t = std::time::Instant::now();
-    while counts(done)
-        .iter()
-        .zip(from)
-        .any(|(d, f)| *d < f + WRITES_EACH_SIDE)
-    {
-        assert!(
-            t.elapsed() < std::time::Duration::from_secs(60),
-            "{when}: the writers did not go on in 60 s ({from:?} then {:?})",
-            counts(done)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
 
 /// `on` switches CDP on (`params` of `cdp_enable`) while [`WRITERS`] connections write volume
 /// `v` (`size` bytes), spread over `sites`; the writers are stopped and `model` follows every
@@ -86,19 +63,17 @@ pub(crate) fn enable_under_load(
     seed: u64,
 ) -> serde_json::Value {
     let stop = Arc::new(AtomicBool::new(false));
-    let done: Vec<_> = (0..WRITERS)
-        .map(|_| Arc::new(AtomicUsize::new(0)))
-        .collect();
+    let done: Vec<Progress> = (0..WRITERS).map(|_| Progress::default()).collect();
     let w: Vec<_> = (0..WRITERS)
         .map(|p| {
             let addr = sites[p % sites.len()];
             let seed = seed + p as u64 * 100_000;
-            writer(addr, size, p, seed, Arc::clone(&stop), Arc::clone(&done[p]))
+            writer(addr, size, p, seed, Arc::clone(&stop), done[p].clone())
         })
         .collect();
-    wait_writes(&done, &[0; WRITERS], "before cdp_enable");
+    wait_progress(&done, &[0; WRITERS], WRITES_EACH_SIDE, "before cdp_enable");
     let r = on.rpc_with("cdp_enable", params);
-    wait_writes(&done, &counts(&done), "after cdp_enable");
+    wait_progress(&done, &counts(&done), WRITES_EACH_SIDE, "after cdp_enable");
     stop.store(true, Ordering::SeqCst);
     for t in w {
         let log = t.join().unwrap();
@@ -129,18 +104,17 @@ pub(crate) fn bookmark(s: &Server, name: &str) -> u64 {
         serde_json::json!({"volume": "v", "name": name}),
     );
     let t = r["result"]["time_ns"].as_u64().expect("a bookmark");
-    let start = std::time::Instant::now();
-    while s.rpc("cdp_status")[0]["window_end_ns"]
-        .as_u64()
-        .unwrap_or(0)
-        < t
-    {
-        assert!(
-            start.elapsed().as_secs() < 5,
-            "the window does not reach {t}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // (Marks come once a second; a loaded machine writes them late.)
+    wait_until(
+        PATIENCE,
+        || {
+            s.rpc("cdp_status")[0]["window_end_ns"]
+                .as_u64()
+                .unwrap_or(0)
+                >= t
+        },
+        || format!("the window does not reach {t}"),
+    );
     t
 }
 

@@ -12,13 +12,13 @@
 //!   sent after `cdp_enable` answered with the catch-up still running, it abandons it.
 
 use crate::cdp::SmallFs;
-use crate::harness::{Server, pattern};
+use crate::harness::{Progress, Server, pattern, wait_progress};
 use crate::rawnbd::Client;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use twinblk::layer::cdp::format::Op;
@@ -69,7 +69,7 @@ struct LoadRun {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Part>>,
     /// Writes acknowledged so far, all writers.
-    acked: Arc<AtomicUsize>,
+    acked: Progress,
 }
 
 /// Writes acknowledged before a test acts under the load ([`LoadRun::running`]).
@@ -78,12 +78,12 @@ const BEFORE: usize = 24;
 impl LoadRun {
     fn start(addr: SocketAddr, model: &[u8], seed: u64) -> LoadRun {
         let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicUsize::new(0));
+        let acked = Progress::default();
         let part = model.len() / WRITERS;
         let threads = (0..WRITERS)
             .map(|w| {
                 let stop = Arc::clone(&stop);
-                let acked = Arc::clone(&acked);
+                let acked = acked.clone();
                 let mut mine = model[w * part..(w + 1) * part].to_vec();
                 std::thread::spawn(move || {
                     let mut c = Client::connect(addr, "v", false);
@@ -104,7 +104,7 @@ impl LoadRun {
                         p.pending = None;
                         mine[rel as usize..rel as usize + 4096].copy_from_slice(&data);
                         p.acked.push((base + rel, data));
-                        acked.fetch_add(1, Ordering::SeqCst);
+                        acked.tick();
                         if i % 3 == 2 {
                             let r = (i * 104729 * 4096) % part as u64;
                             let Some(got) = request(&mut c, 0, base + r, &[], 4096) else {
@@ -134,15 +134,8 @@ impl LoadRun {
     /// Wait until the writers have [`BEFORE`] writes acknowledged (a loaded machine makes
     /// them slow: the load is counted, not timed; at most 60 s).
     fn running(self) -> LoadRun {
-        let t = Instant::now();
-        while self.acked.load(Ordering::SeqCst) < BEFORE {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "the load did not start: {} writes in 60 s",
-                self.acked.load(Ordering::SeqCst)
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let acked = std::slice::from_ref(&self.acked);
+        wait_progress(acked, &[0], BEFORE, "before the test acts under load");
         self
     }
 
@@ -224,7 +217,7 @@ fn bookmark(sock: &Path, name: &str) -> u64 {
     let start = Instant::now();
     while status(sock)["window_end_ns"].as_u64().unwrap_or(0) < t {
         assert!(
-            start.elapsed().as_secs() < 5,
+            start.elapsed() < crate::harness::PATIENCE,
             "the window does not reach {t}"
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -255,10 +248,13 @@ fn enable_async(sock: &Path, dir: &Path) -> JoinHandle<Option<serde_json::Value>
 }
 
 /// Wait until the catch-up has journaled at least `bytes` (status `journal_bytes`) while
-/// still catching up; false if `cdp_enable` answered first.
+/// still catching up; false if `cdp_enable` answered first (at most [`PATIENCE`]: a loaded
+/// machine journals slowly, and a catch-up cut short by the deadline is not one that ended).
+///
+/// [`PATIENCE`]: crate::harness::PATIENCE
 fn wait_catching_up(sock: &Path, bytes: u64, en: &JoinHandle<Option<serde_json::Value>>) -> bool {
     let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(20) && !en.is_finished() {
+    while t.elapsed() < crate::harness::PATIENCE && !en.is_finished() {
         let st = status(sock);
         if st["catching_up"] == true && st["journal_bytes"].as_u64().unwrap_or(0) >= bytes {
             return true;

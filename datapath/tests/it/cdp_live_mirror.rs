@@ -5,7 +5,7 @@
 //! volume's content then, the other site is not changed, and the mirror stays up throughout.
 
 use crate::cdp_live::{bookmark, enable_under_load};
-use crate::harness::{Server, free_port, pattern};
+use crate::harness::{PATIENCE, Server, free_port, pattern};
 use crate::rawnbd::Client;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -258,7 +258,7 @@ fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
     drop(c);
     let mut b = b;
     b.kill();
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
     let jdir = |s: &str| root.path().join(format!("{s}.cdp"));
     let on = |s: &Server, site: &str, wait: f64| {
         let r = s.rpc_with(
@@ -295,7 +295,7 @@ fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
         .unwrap_or(0)
         < VOL as u64
     {
-        assert!(t.elapsed() < Duration::from_secs(10), "the catch-up ran");
+        assert!(t.elapsed() < PATIENCE, "the catch-up ran");
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(
@@ -314,7 +314,7 @@ fn a_history_switched_on_during_a_resync_holds_what_the_resync_wrote() {
     wait_mirror_state(&b, "up", Duration::from_secs(10));
     let t = std::time::Instant::now();
     while b.rpc("cdp_status")[0]["catching_up"] != false {
-        assert!(t.elapsed() < Duration::from_secs(5), "whole once resynced");
+        assert!(t.elapsed() < PATIENCE, "whole once resynced");
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut c = Client::connect(b.addr, "vol0", false);

@@ -5,7 +5,7 @@
 //! before the site lost its peer and from the resync's end on are exact.
 
 use crate::failover::{KEY, WitnessProc};
-use crate::harness::{Server, free_port, pattern, wait_mirror_state};
+use crate::harness::{PATIENCE, Server, free_port, pattern, wait_mirror_state, wait_until};
 use crate::rawnbd::Client;
 use std::path::Path;
 use std::time::Duration;
@@ -102,27 +102,29 @@ fn a_returning_sites_history_refuses_the_moments_its_peer_wrote_alone() {
     // Both windows reach t_before (the idle journals' time marks) before the loss.
     crate::cdp::wait_window(&[&jb, &ja], t_before, "no time mark");
     b.kill();
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
     // Written by the survivor alone: 32 regions (2 MiB to resync at 1 MiB/s).
     writes(&a, &mut model, 100, 32);
     let t_alone = clock::now();
     std::thread::sleep(Duration::from_millis(200));
     let b = b.respawn();
     wait_mirror_state(&b, "resyncing", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(300));
-    let st = b.rpc("cdp_status")[0].clone();
+    // Its history's start recovered (waited for instead of a fixed 300 ms, which a loaded
+    // machine may overrun and which only shortens what is left of the 2 s resync).
+    let status = || b.rpc("cdp_status")[0].clone();
+    wait_until(
+        PATIENCE,
+        || status()["whole_until_seq"].as_u64().is_some(),
+        || format!("{}", status()),
+    );
+    let st = status();
     assert_eq!(st["vouched"], false, "while resynced: {st}");
     assert!(st["whole_until_seq"].as_u64().is_some(), "{st}");
     let t_resync = clock::now();
     writes(&a, &mut model, 200, 4);
     wait_mirror_state(&a, "up", Duration::from_secs(30));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
-    wait_vouched(
-        &b,
-        true,
-        Duration::from_secs(5),
-        "vouched for once resynced",
-    );
+    wait_vouched(&b, true, PATIENCE, "vouched for once resynced");
     assert_eq!(a.rpc("cdp_status")[0]["vouched"], true);
     let t_after = clock::now();
     // The newest moments reach past t_after once the idle journals mark time.
@@ -214,8 +216,8 @@ fn a_fenced_sites_idle_history_does_not_cover_what_its_peer_wrote_alone() {
     let t_before = clock::now();
     crate::cdp::wait_window(&[&jb], t_before, "no time mark");
     h.link_ab(false);
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
-    wait_mirror_state(&b, "fenced", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
+    wait_mirror_state(&b, "fenced", PATIENCE);
     writes(&a, &mut model, 100, 8);
     let t_alone = clock::now();
     // Long enough for idle time marks at b (one a second).
@@ -238,12 +240,7 @@ fn a_fenced_sites_idle_history_does_not_cover_what_its_peer_wrote_alone() {
     h.link_ab(true);
     wait_mirror_state(&a, "up", Duration::from_secs(30));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
-    wait_vouched(
-        &b,
-        true,
-        Duration::from_secs(5),
-        "vouched for once resynced",
-    );
+    wait_vouched(&b, true, PATIENCE, "vouched for once resynced");
     let t_after = clock::now();
     crate::cdp::wait_window(&[&jb, &ja], t_after, "no time mark after the resync");
     match at(&jb, Point::Time(t_alone)) {
@@ -285,11 +282,12 @@ fn a_disable_at_a_fenced_site_does_not_move_its_last_vouched_moment() {
     wait_mirror_state(&b, "up", Duration::from_secs(10));
     let mut model = vec![0u8; VOL];
     writes(&a, &mut model, 1, 4);
-    // Idle: the follower's journal ends with a lone time mark (rewritten in place each second).
-    std::thread::sleep(Duration::from_millis(2500));
+    // Idle: the follower's journal ends with a lone time mark (rewritten in place each second),
+    // waited for (a loaded machine writes it late).
+    crate::cdp::wait_window(&[&jb], clock::now(), "no time mark after the writes");
     h.link_ab(false);
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
-    wait_mirror_state(&b, "fenced", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
+    wait_mirror_state(&b, "fenced", PATIENCE);
     writes(&a, &mut model, 100, 4);
     let t_alone = clock::now();
     std::thread::sleep(Duration::from_millis(1200));
@@ -354,9 +352,9 @@ fn a_takeover_refuses_the_moments_before_it_at_the_site_taken_over() {
     std::thread::sleep(Duration::from_millis(200));
     let r = a.rpc_with("mirror_takeover", serde_json::json!({"volume": "vol0"}));
     assert_eq!(r["result"]["asked"], true, "{r}");
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
     writes(&a, &mut model, 100, 4);
-    wait_vouched(&a, true, Duration::from_secs(5), "vouched for as survivor");
+    wait_vouched(&a, true, PATIENCE, "vouched for as survivor");
     let t_after = clock::now();
     crate::cdp::wait_window(&[&ja], t_after, "no time mark after the takeover");
     assert!(
@@ -386,17 +384,12 @@ fn a_bookmark_is_refused_while_the_replica_is_not_vouched_for() {
     let (a, mut b) = up_pair(root.path(), w.addr);
     let mut model = vec![0u8; VOL];
     b.kill();
-    wait_mirror_state(&a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&a, "survivor", PATIENCE);
     // 2 MiB to resync at 1 MiB/s.
     writes(&a, &mut model, 100, 32);
     let b = b.respawn();
     wait_mirror_state(&b, "resyncing", Duration::from_secs(10));
-    wait_vouched(
-        &b,
-        false,
-        Duration::from_secs(5),
-        "vouched for while resynced",
-    );
+    wait_vouched(&b, false, PATIENCE, "vouched for while resynced");
     let p = serde_json::json!({"volume": "vol0", "name": "mid-resync"});
     let r = b.rpc_with("cdp_bookmark", p.clone());
     assert!(
@@ -412,12 +405,7 @@ fn a_bookmark_is_refused_while_the_replica_is_not_vouched_for() {
         "{listed}"
     );
     wait_mirror_state(&b, "up", Duration::from_secs(30));
-    wait_vouched(
-        &b,
-        true,
-        Duration::from_secs(5),
-        "vouched for once resynced",
-    );
+    wait_vouched(&b, true, PATIENCE, "vouched for once resynced");
     let r = b.rpc_with("cdp_bookmark", p);
     assert!(r["result"].is_object(), "once vouched for: {r}");
 }

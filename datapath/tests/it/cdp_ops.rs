@@ -992,7 +992,7 @@ fn retired_segments_are_reused_in(tmp: tempfile::TempDir) {
     };
     while waiting() > store::RECYCLED_KEEP || !consolidated() {
         assert!(
-            t.elapsed() < Duration::from_secs(8),
+            t.elapsed() < crate::harness::PATIENCE,
             "{} files still wait; consolidated: {}",
             waiting(),
             consolidated()

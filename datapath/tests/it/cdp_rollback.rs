@@ -7,7 +7,7 @@ use crate::harness::{Server, free_port, pattern, sha, wait_mirror_state};
 use crate::rawnbd::Client;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use twinblk::layer::cdp::store::{self, Load};
 
 const SIZE: usize = 4 << 20;
@@ -158,14 +158,7 @@ fn a_group_rolls_back_in_place_and_the_rollback_is_undone_or_confirmed() {
     let cfg = s.config.display().to_string();
     let log = workload(s.addr, &names, &dirs, 1, 30);
     let t = log[17].1;
-    let newest = log.iter().map(|(_, t)| *t).max().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for d in &dirs {
-        while last(d).1 < newest {
-            assert!(Instant::now() < deadline, "no time mark in {}", d.display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    wait_marks(&dirs, &log);
     let ts = t.to_string();
     // The daemon holds the volumes: refused, nothing changed.
     let before: Vec<String> = names.iter().map(|v| sha(&img(v))).collect();
@@ -606,13 +599,8 @@ fn a_mirrored_volume_rolled_back_at_one_site_ends_with_that_content_at_both() {
 /// one time every member's window reaches).
 fn wait_marks(dirs: &[PathBuf], log: &[(Update, u64)]) {
     let newest = log.iter().map(|(_, t)| *t).max().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for d in dirs {
-        while last(d).1 < newest {
-            assert!(Instant::now() < deadline, "no time mark in {}", d.display());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    crate::cdp::wait_window(&dirs, newest, "no time mark after the newest update");
 }
 
 /// `--all` for a volume whose file holds data its journal lacks: the undo returns to what the

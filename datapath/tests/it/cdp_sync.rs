@@ -6,7 +6,7 @@
 //! the last sync and every acknowledged but unsynced write's region counted as changed.
 
 use crate::cdp::{kill_9_keeps_every_acknowledged_write, volume};
-use crate::harness::{Server, pattern};
+use crate::harness::{PATIENCE, Server, pattern, wait_until};
 use crate::rawnbd::Client;
 use std::path::PathBuf;
 use twinblk::frontend::nbd::proto::cmd;
@@ -213,7 +213,18 @@ fn a_failed_write_of_the_stop_into_the_map_is_written_again() {
     let tmp = disk_dir();
     const SIZE: u64 = 8 * MIB;
     let (dir, mut s, c, synced) = stopped_with_a_failed_map_write(&tmp, SIZE);
-    std::thread::sleep(std::time::Duration::from_millis(1_600));
+    // The layer's write again, a second later: waited for on the disk (a fixed 1.6 s may pass
+    // before it on a loaded machine), then the crash.
+    wait_until(
+        PATIENCE,
+        || {
+            matches!(
+                twinblk::layer::cdp::degraded::read_prior(&dir, SIZE),
+                Prior::Stopped { after, .. } if after == synced
+            )
+        },
+        || "degraded.map was not written again".to_string(),
+    );
     s.kill();
     let (_, prior) = RegionMap::open(&dir, SIZE).unwrap();
     let Prior::Stopped { after, .. } = prior else {

@@ -1,6 +1,6 @@
 //! Tests with real NBD clients nobody here wrote: nbdinfo, nbdcopy, qemu-img, qemu-io, fio.
 
-use crate::harness::{Server, need, pattern, run};
+use crate::harness::{PATIENCE, Server, need, pattern, run, wait_until};
 use std::process::Command;
 
 const RAM: &str = "[reactor]\ncores=[0]\nwait='adaptive'\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='1GiB'\n";
@@ -190,7 +190,18 @@ fn sigterm_under_load_finishes_in_flight_writes() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Under load: fio's writes are counted (a fixed 1.5 s may pass before fio has started
+    // on a loaded machine).
+    let written = || {
+        srv.rpc("volume_stats")[0]["write_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until(
+        PATIENCE,
+        || written() >= 4 << 20,
+        || format!("fio wrote {} bytes", written()),
+    );
     assert!(srv.stop(), "daemon did not exit cleanly under load");
     let _ = fio.wait();
 }

@@ -1,6 +1,7 @@
 //! Operator input at the control socket (docs/control.md): a wrong request is refused with an
 //! error naming what is wrong and changes nothing; the connection keeps serving.
 
+use crate::harness::{PATIENCE, wait_until};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -197,6 +198,21 @@ fn cdp_view_open_refuses_a_name_of_the_wrong_type_or_length_instead_of_using_vie
     assert_eq!(jobs, json!([]), "{jobs}");
 }
 
+/// Some process waits for an `flock` of `path` (a blocked request, `->`, in /proc/locks on
+/// its inode, whose field is MAJOR:MINOR:INODE).
+fn flock_waited(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).unwrap().ino().to_string();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("->"))
+        .any(|l| {
+            l.split_whitespace()
+                .any(|f| f.matches(':').count() == 2 && f.rsplit(':').next() == Some(&ino))
+        })
+}
+
 #[test]
 fn a_group_bookmark_refused_on_one_volume_is_set_on_none_even_when_the_name_comes_meanwhile() {
     use std::os::fd::AsRawFd;
@@ -230,7 +246,13 @@ fn a_group_bookmark_refused_on_one_volume_is_set_on_none_even_when_the_name_come
             json!({"group": "g", "name": "upgrade"}),
         )
     });
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The call waits for b's lock (waited for: on a loaded machine the call starts late).
+    let lock_path = jb.join("bookmarks.lock");
+    wait_until(
+        PATIENCE,
+        || flock_waited(&lock_path),
+        || "the group bookmark never waited for b's lock".to_string(),
+    );
     // Meanwhile the other writer sets the same name on b, then lets go.
     std::fs::write(jb.join("bookmarks"), "upgrade\t1\n").unwrap();
     drop(lock);
@@ -245,8 +267,9 @@ fn a_group_bookmark_refused_on_one_volume_is_set_on_none_even_when_the_name_come
 }
 
 /// A daemon in `dir` with a 512 MiB RAM volume `big` (and `more` volumes), and a client
-/// thread whose `cdp_enable` of `big` (waiting for its catch-up, up to 120 s) starts now: the
-/// daemon, its control socket, when the thread started, and its answer with how long it took.
+/// thread whose `cdp_enable` of `big` (waiting for its catch-up, up to 120 s) started, its
+/// catch-up running: the daemon, its control socket, when the thread started, and its answer
+/// with how long it took.
 #[allow(clippy::type_complexity)]
 fn enabling(
     dir: &Path,
@@ -276,6 +299,14 @@ fn enabling(
         );
         (r, t.elapsed())
     });
+    // Its catch-up runs (waited for: on a loaded machine the call starts late; one that ended
+    // already is the caller's failure to report).
+    let running = || rpc(&sock, "cdp_status", Value::Null)["result"][0]["catching_up"] == true;
+    wait_until(
+        PATIENCE,
+        || running() || enable.is_finished(),
+        || "cdp_enable's catch-up never ran".to_string(),
+    );
     (d, sock, t, enable)
 }
 
@@ -286,7 +317,6 @@ fn other_changes_are_served_while_cdp_enable_waits_for_its_catch_up() {
         dir.path(),
         "[[volume]]\nname='small'\nbackend='malloc'\nsize='1MiB'\n",
     );
-    std::thread::sleep(std::time::Duration::from_millis(100));
     let r = rpc(
         &sock,
         "nbd_export_add",
@@ -361,7 +391,6 @@ fn nqns_iqns_and_host_names_with_nul_or_control_characters_are_refused() {
 fn a_cdp_disable_during_cdp_enables_catch_up_ends_the_enables_wait() {
     let dir = tempfile::tempdir().unwrap();
     let (_d, sock, _, enable) = enabling(dir.path(), "");
-    std::thread::sleep(std::time::Duration::from_millis(100));
     let d = rpc(&sock, "cdp_disable", json!({"volume": "big"}));
     assert!(d.get("error").is_none(), "{d}");
     let (r, took) = enable.join().unwrap();
@@ -504,10 +533,7 @@ fn sixteen_idle_clients_leave_room_for_none_and_one_leaving_frees_a_place() {
         if r.get("result").is_some() {
             break;
         }
-        assert!(
-            t.elapsed().as_secs() < 5,
-            "no place after a client left: {r}"
-        );
+        assert!(t.elapsed() < PATIENCE, "no place after a client left: {r}");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -120,7 +120,7 @@ impl Server {
         let (mut nbd, mut nvmf) = (None, None);
         while nbd.is_none() || nvmf.is_none() {
             let (is_nvmf, hp) = rx
-                .recv_timeout(Duration::from_secs(20))
+                .recv_timeout(PATIENCE)
                 .expect("twinblk printed no endpoint");
             let a: SocketAddr = hp.parse().unwrap();
             if is_nvmf {
@@ -143,12 +143,13 @@ impl Server {
         format!("nbd://{}/{export}", self.addr)
     }
 
-    /// SIGTERM and wait; true if it exited 0 within the deadline.
+    /// SIGTERM and wait; true if it exited 0 within the deadline ([`PATIENCE`]: the daemon's
+    /// own stop deadline is 10 s, and a loaded machine may take longer to exit after it).
     pub fn stop(&mut self) -> bool {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
+        while t.elapsed() < PATIENCE {
             if let Some(st) = self.child.try_wait().unwrap() {
                 if !st.success() {
                     eprintln!("twinblk ({}) exited with {st}", self.config.display());
@@ -158,7 +159,7 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!(
-            "twinblk ({}) did not exit within 20 s of SIGTERM; killed",
+            "twinblk ({}) did not exit within {PATIENCE:?} of SIGTERM; killed",
             self.config.display()
         );
         let _ = self.child.kill();
@@ -341,5 +342,101 @@ pub fn wait_mirror_state(s: &Server, want: &str, within: Duration) {
             mirror_state(s)
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How long a test waits for a condition that needs only the machine to make progress (a
+/// state reached, a load's writes done): generous, since CI runs many daemons at once on two
+/// cores; a wait that ends sooner costs nothing.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Wait until `cond` holds, polling every 5 ms; panic with `what()` after `within`.
+#[track_caller]
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < within, "not within {within:?}: {}", what());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A count of operations a load thread completed, shared with the test, so that the test
+/// waits for the load's progress instead of sleeping for it (a loaded machine makes the load
+/// slow: it is counted, not timed).
+#[derive(Clone, Default)]
+pub struct Progress(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Progress {
+    /// One more operation done.
+    pub fn tick(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Operations done so far.
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Run `round` (a load of a fixed time) again until `enough` holds after it, at most
+/// [`PATIENCE`] (then the caller's assertion reports it): a loaded machine does less in a
+/// round's time, so a test that needs an amount of load counts it instead of timing it. A
+/// fast machine runs one round.
+pub fn rounds_until(mut round: impl FnMut(), mut enough: impl FnMut() -> bool) {
+    let t = Instant::now();
+    loop {
+        round();
+        if enough() || t.elapsed() > PATIENCE {
+            return;
+        }
+        eprintln!("not enough load after a round: again");
+    }
+}
+
+/// The counts of `all` now.
+pub fn counts(all: &[Progress]) -> Vec<usize> {
+    all.iter().map(Progress::get).collect()
+}
+
+/// Wait until each of `all` did `more` operations beyond `from` (its count then; at most
+/// [`PATIENCE`]: a load that cannot go on for that long is a failure); `when` names the
+/// moment in the failure.
+#[track_caller]
+pub fn wait_progress(all: &[Progress], from: &[usize], more: usize, when: &str) {
+    wait_until(
+        PATIENCE,
+        || counts(all).iter().zip(from).all(|(d, f)| *d >= f + more),
+        || {
+            format!(
+                "{when}: the load did not go on ({from:?} then {:?})",
+                counts(all)
+            )
+        },
+    );
+}
+
+/// When a test's association last heard from it (the Connect or a Keep Alive sent), for
+/// [`retry_if_silent`]; `None` once its Keep Alive timer no longer runs.
+pub type Alive = std::cell::Cell<Option<Instant>>;
+
+/// Run `attempt` until it passes, at most 5 times, for a test whose NVMe/TCP association is
+/// torn down `kato` after the last Connect or Keep Alive: `attempt` sets `alive` as it sends
+/// them (and `None` once the timer is stopped). A loaded machine may leave a test silent that
+/// long between two commands, and then the target rightly ends the association: a failure
+/// after `kato` or more without one proves nothing and the attempt is made again; a failure
+/// sooner, or with the timer stopped, is reported at once.
+pub fn retry_if_silent(kato: Duration, attempt: impl Fn(&Alive)) {
+    use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+    for n in 1.. {
+        let alive: Alive = std::cell::Cell::new(Some(Instant::now()));
+        let Err(e) = catch_unwind(AssertUnwindSafe(|| attempt(&alive))) else {
+            return;
+        };
+        match alive.get().map(|t| t.elapsed()) {
+            Some(silent) if silent >= kato && n < 5 => {
+                eprintln!("attempt {n} failed after {silent:?} without a Keep Alive: again");
+            }
+            _ => resume_unwind(e),
+        }
     }
 }

@@ -654,7 +654,9 @@ fn commands_inside_the_window_held_for_a_gap_are_all_run() {
     for i in 0..n_cmds {
         b.scsi(1000 + i, &TUR, 0, 0x80, &[]);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // An immediate NOP-Out after them is answered once the target read them (they are held,
+    // so its NOP-In comes first): no fixed time for them to arrive.
+    b.nop(0x7000);
     a.cmd_sn = sn;
     assert_eq!(status_of(&mut a, 5, &TUR, 0).0, 0, "CmdSN sn on A");
     let mut answered = 0;
@@ -704,7 +706,9 @@ fn a_command_held_behind_a_closed_connections_command_runs() {
     x.scsi(10, &TUR, 0, 0x80, &[]);
     a.cmd_sn = sn + 2;
     a.scsi(20, &TUR, 0, 0x80, &[]);
-    std::thread::sleep(Duration::from_millis(200));
+    // The target read X's command (held: the NOP-In of an immediate NOP-Out after it comes
+    // first) before the Logout closes X; no fixed time for it to arrive.
+    x.nop(0x7000);
     // One segment on A: CmdSN sn (fills the gap), then Logout "close the connection" CID 1.
     let mut c = bhs(0x01, 0x80);
     put32(&mut c, 16, 21);
@@ -716,7 +720,9 @@ fn a_command_held_behind_a_closed_connections_command_runs() {
     let mut seg = frame(c, &[], false);
     seg.extend(frame(l, &[], false));
     a.s.write_all(&seg).unwrap();
-    a.s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    // At once, or it never runs; a loaded machine may take seconds.
+    a.s.set_read_timeout(Some(crate::harness::PATIENCE))
+        .unwrap();
     let mut got20 = false;
     let mut seen = Vec::new();
     while let Some((h, _)) = a.read_pdu() {
@@ -727,7 +733,7 @@ fn a_command_held_behind_a_closed_connections_command_runs() {
             break;
         }
     }
-    eprintln!("A received (opcode, itt): {seen:x?}; CmdSN sn+2 answered within 3 s: {got20}");
+    eprintln!("A received (opcode, itt): {seen:x?}; CmdSN sn+2 answered: {got20}");
     if !got20 {
         a.s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut h = bhs(0x40, 0x80 | 0x40);
@@ -945,8 +951,8 @@ fn an_immediate_tmf_with_a_cmd_sn_past_the_window_stops_nothing() {
 
 /// A daemon (two reactors) whose LBA 64 (512-byte blocks) is slow: updates over it wait
 /// `slow_ms` at the device; a session of [`NAME`]/[`ISID`] past its unit attentions has a
-/// write of `data` (8 blocks, immediate) over it in flight. The daemon, its address, the
-/// session and when the write was sent.
+/// write of `data` (8 blocks, immediate) over it in flight, taken by the target
+/// ([`Raw::write_taken`]). The daemon, its address, the session and when the write was sent.
 fn old_write_held(slow_ms: u64, data: &[u8]) -> (twinblk::Daemon, SocketAddr, Raw, Instant) {
     let text = format!(
         "[reactor]\ncores=[0,1]\npin=false\n[nbd]\nlisten=[]\n[nvmf]\nlisten=[]\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n[[volume]]\nname='vol0'\nbackend='malloc'\nsize='16MiB'\nslow_range=[32768, 4096]\nslow_ms={slow_ms}\n"
@@ -956,8 +962,8 @@ fn old_write_held(slow_ms: u64, data: &[u8]) -> (twinblk::Daemon, SocketAddr, Ra
     let mut sn = 1;
     past_ua(&mut a, &mut sn);
     a.cmd_sn = sn;
-    a.scsi(sn, &write10(64, 8), 8 * 512, 0xA0, data);
-    (d, addr, a, Instant::now())
+    let written = a.write_taken(sn, &write10(64, 8), data);
+    (d, addr, a, written)
 }
 
 /// A reinstatement waits for the old session's writes (RFC 7143 §6.3.5; SAM-5 I_T nexus
@@ -971,14 +977,14 @@ fn old_write_held(slow_ms: u64, data: &[u8]) -> (twinblk::Daemon, SocketAddr, Ra
 fn a_reinstatement_waits_for_the_old_sessions_writes_and_reports_the_nexus_loss() {
     // An old write over the slow blocks, its data immediate: at the device for 1.5 s.
     let data = pattern(26, 8 * 512);
-    let (_d, addr, _a, _) = old_write_held(1500, &data);
-    std::thread::sleep(Duration::from_millis(200));
-    let t = Instant::now();
+    let (_d, addr, _a, written) = old_write_held(1500, &data);
     let (mut b, _, keys) = lead(addr, NAME, ISID);
-    let answered = t.elapsed();
+    // From the write's sending, which is before its 1.5 s at the device began however slow
+    // the machine is (from the login's sending, a slow start of the write ate into it).
+    let answered = written.elapsed();
     assert!(
-        answered >= Duration::from_millis(900),
-        "the new login was answered {answered:?} after it was sent, while the old session's write was still at the device: {keys}"
+        answered >= Duration::from_millis(1300),
+        "the new login was answered {answered:?} after the old session's write was sent, while that write was still at the device: {keys}"
     );
     // The first command of the new session: the nexus loss, once.
     let (st, key, asc, ascq, _) = status_of(&mut b, 1, &TUR, 0);
@@ -1006,7 +1012,6 @@ fn a_retried_login_still_waits_for_the_session_the_held_one_reinstated() {
     // The old session's write is at the device for 2.5 s.
     let data = pattern(28, 8 * 512);
     let (_d, addr, _a, written) = old_write_held(2500, &data);
-    std::thread::sleep(Duration::from_millis(200));
     // The first reinstating login, held; its initiator gives up on it.
     let first = login_send(addr, NAME, ISID, 0, 0, Some(IQN), 1);
     std::thread::sleep(Duration::from_millis(300));

@@ -255,7 +255,7 @@ fn a_host_read_failing_at_the_device_fails_the_replica() {
     let t = Instant::now();
     while status(&b)["state"] != "failed" {
         assert!(
-            t.elapsed() < Duration::from_secs(5),
+            t.elapsed() < crate::harness::PATIENCE,
             "the read failure did not fail the replica: {}",
             status(&b)
         );
@@ -298,7 +298,7 @@ fn a_flush_failing_at_the_followers_device_fails_its_replica() {
     let t = Instant::now();
     while status(&b)["state"] != "failed" {
         assert!(
-            t.elapsed() < Duration::from_secs(5),
+            t.elapsed() < crate::harness::PATIENCE,
             "the failed flush did not fail the follower's replica: {}",
             status(&b)
         );

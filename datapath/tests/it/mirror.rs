@@ -4,7 +4,10 @@
 //! messages are refused without being applied; the link's handshake is authenticated (no key,
 //! a wrong key, a replayed HELLO/AUTH or WELCOME: refused, nothing applied).
 
-use crate::harness::{Server, free_port, need, pattern, run, same_files};
+use crate::harness::{
+    PATIENCE, Progress, Server, free_port, need, pattern, rounds_until, run, same_files,
+    wait_progress,
+};
 use crate::linkauth::fake_leader_accept;
 use crate::rawnbd::Client;
 use std::io::{Read, Write};
@@ -80,7 +83,7 @@ pub(crate) fn wait_up(s: &Server) {
     let t = Instant::now();
     while status(s)["state"] != "up" {
         assert!(
-            t.elapsed() < Duration::from_secs(10),
+            t.elapsed() < PATIENCE,
             "mirror link never came up: {}",
             status(s)
         );
@@ -118,7 +121,7 @@ fn data_written_at_either_site_reads_back_identical_at_the_other() {
     let t = Instant::now();
     while (ana(&a), ana(&b)) != (Some(1), Some(2)) {
         assert!(
-            t.elapsed() < Duration::from_secs(5),
+            t.elapsed() < PATIENCE,
             "ANA states {:?} / {:?}",
             ana(&a),
             ana(&b)
@@ -226,11 +229,19 @@ fn two_writers_one_per_site_on_the_same_blocks_leave_identical_replicas() {
         "--runtime=3",
         "--randrepeat=0",
     ];
-    let mut fa = fio_write(&a.uri("vol0"), &job);
-    let mut fb = fio_write(&b.uri("vol0"), &job);
-    assert!(
-        fa.wait().unwrap().success() && fb.wait().unwrap().success(),
-        "fio failed"
+    // Again while a site has 500 updates or fewer (a loaded machine does less in 3 s: the
+    // load is counted, not timed).
+    let updates = |s: &Server| status(s)["updates"].as_u64().unwrap();
+    rounds_until(
+        || {
+            let mut fa = fio_write(&a.uri("vol0"), &job);
+            let mut fb = fio_write(&b.uri("vol0"), &job);
+            assert!(
+                fa.wait().unwrap().success() && fb.wait().unwrap().success(),
+                "fio failed"
+            );
+        },
+        || updates(&a) > 500 && updates(&b) > 500,
     );
     let (sa, sb) = (status(&a), status(&b));
     eprintln!("site a: {sa}\nsite b: {sb}");
@@ -243,12 +254,13 @@ fn two_writers_one_per_site_on_the_same_blocks_leave_identical_replicas() {
     );
 }
 
-/// Pipeline 4 KiB writes with distinct patterns until the connection ends; returns the
-/// acknowledged (offset, seed) pairs.
+/// Pipeline 4 KiB writes with distinct patterns until the connection ends, counting each
+/// acknowledged one in `done`; returns the acknowledged (offset, seed) pairs.
 fn pipelined_writer(
     addr: SocketAddr,
     base: u64,
     seed0: u64,
+    done: Progress,
 ) -> std::thread::JoinHandle<Vec<(u64, u64)>> {
     std::thread::spawn(move || {
         let mut c = Client::connect(addr, "vol0", false);
@@ -281,7 +293,10 @@ fn pipelined_writer(
             let e = u32::from_be_bytes(h[4..8].try_into().unwrap());
             let i = u64::from_be_bytes(h[8..16].try_into().unwrap());
             match e {
-                0 => acked.push((base + i * 4096, seed0 + i)),
+                0 => {
+                    acked.push((base + i * 4096, seed0 + i));
+                    done.tick();
+                }
                 err::ESHUTDOWN | err::EIO => {}
                 other => panic!("unexpected error {other}"),
             }
@@ -295,9 +310,11 @@ fn pipelined_writer(
 fn every_write_acknowledged_before_a_stop_of_both_sites_is_on_both_replicas() {
     let root = tempfile::tempdir().unwrap();
     let (mut a, mut b) = pair(root.path(), 3_000);
-    let wa = pipelined_writer(a.addr, 0, 1_000_000);
-    let wb = pipelined_writer(b.addr, 32 << 20, 2_000_000);
-    std::thread::sleep(Duration::from_millis(300));
+    let done = [Progress::default(), Progress::default()];
+    let wa = pipelined_writer(a.addr, 0, 1_000_000, done[0].clone());
+    let wb = pipelined_writer(b.addr, 32 << 20, 2_000_000, done[1].clone());
+    // Writes acknowledged at both sites before the stop (counted, not timed).
+    wait_progress(&done, &[0, 0], 64, "before the stop");
     let (sa, sb) = (a.stop(), b.stop());
     assert!(sa && sb, "clean stop failed (site a: {sa}, site b: {sb})");
     let (acked_a, acked_b) = (wa.join().unwrap(), wb.join().unwrap());
@@ -753,21 +770,27 @@ fn volumes_spread_over_reactors_each_with_its_own_link_and_requests_cross_reacto
         let rs = s.rpc("reactor_stats");
         (0..2).map(|i| rs[i]["open_conns"].as_u64().unwrap()).sum()
     };
+    // Again while a reactor has 100 messages or fewer (a loaded machine does less in 2 s:
+    // the load is counted, not timed).
+    let msgs = |i: usize| a.rpc("reactor_stats")[i]["msgs"].as_u64().unwrap();
     let before = [open(&a), open(&b)];
-    let mut fios = Vec::new();
-    for v in ["vol0", "vol1"] {
-        for s in [&a, &b] {
-            fios.push(fio_write(&s.uri(v), &job));
+    let round = || {
+        let mut fios = Vec::new();
+        for v in ["vol0", "vol1"] {
+            for s in [&a, &b] {
+                fios.push(fio_write(&s.uri(v), &job));
+            }
+            let t = Instant::now();
+            while v == "vol0" && (open(&a) < before[0] + 2 || open(&b) < before[1] + 2) {
+                assert!(t.elapsed() < Duration::from_secs(20), "fio never connected");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
-        let t = Instant::now();
-        while v == "vol0" && (open(&a) < before[0] + 2 || open(&b) < before[1] + 2) {
-            assert!(t.elapsed() < Duration::from_secs(20), "fio never connected");
-            std::thread::sleep(Duration::from_millis(10));
+        for mut f in fios {
+            assert!(f.wait().unwrap().success(), "fio failed");
         }
-    }
-    for mut f in fios {
-        assert!(f.wait().unwrap().success(), "fio failed");
-    }
+    };
+    rounds_until(round, || msgs(0) > 100 && msgs(1) > 100);
     let rs = a.rpc("reactor_stats");
     assert!(
         rs[0]["msgs"].as_u64().unwrap() > 100 && rs[1]["msgs"].as_u64().unwrap() > 100,
@@ -956,7 +979,7 @@ fn a_follower_whose_leader_resets_the_link_mid_send_still_stops_cleanly() {
     wait_up(&b);
     // Three pipelined writers keep more in flight (12 MiB) than the socket buffers hold.
     let ws: Vec<_> = (0..3u64)
-        .map(|i| pipelined_writer(b.addr, i << 24, 7 + i * 10_000))
+        .map(|i| pipelined_writer(b.addr, i << 24, 7 + i * 10_000, Progress::default()))
         .collect();
     let t = Instant::now();
     while status(&b)["updates"].as_u64().unwrap_or(0) < 2048 {
@@ -1188,11 +1211,11 @@ fn cutting_the_link_under_load_with_sends_in_flight_leaves_identical_replicas() 
     let mut b = start_site(root.path(), "b", "a", pb, pr, 20_000);
     wait_up(&a);
     wait_up(&b);
-    let wa = pipelined_writer(a.addr, 0, 5_000_000);
-    let wb = pipelined_writer(b.addr, 32 << 20, 6_000_000);
+    let wa = pipelined_writer(a.addr, 0, 5_000_000, Progress::default());
+    let wb = pipelined_writer(b.addr, 32 << 20, 6_000_000, Progress::default());
     let t = Instant::now();
     let mut sessions = 0;
-    while t.elapsed() < Duration::from_secs(20) && relay.cuts < 4 {
+    while t.elapsed() < PATIENCE && relay.cuts < 4 {
         let s = status(&b);
         if s["state"] == "up" && s["session"].as_u64().unwrap_or(0) > sessions {
             sessions = s["session"].as_u64().unwrap_or(0);
@@ -1207,7 +1230,7 @@ fn cutting_the_link_under_load_with_sends_in_flight_leaves_identical_replicas() 
     wait_up(&b);
     let t = Instant::now();
     while status(&a)["backlog_bytes"].as_u64().unwrap_or(0) > 0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", status(&a));
+        assert!(t.elapsed() < PATIENCE, "{}", status(&a));
         std::thread::sleep(Duration::from_millis(20));
     }
     let (sa, sb) = (status(&a), status(&b));

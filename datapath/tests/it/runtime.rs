@@ -4,7 +4,7 @@
 //! that change nothing, forced removal closing connections while other volumes keep serving,
 //! and changes under load on another volume.
 
-use crate::harness::pattern;
+use crate::harness::{PATIENCE, pattern, wait_until};
 use crate::rawnbd::Client;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -402,8 +402,14 @@ fn forced_removal_closes_an_nbd_client_and_changes_under_load_disturb_no_other_v
         );
         ok(&sock, "volume_delete", json!({"name": name}));
     }
+    // The other volume goes on serving: its load's next I/O is waited for (a loaded machine
+    // may not give it one in a fixed 200 ms).
     let before = done.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(
+        PATIENCE,
+        || done.load(Ordering::Relaxed) > before || load.is_finished(),
+        || "the other volume kept serving".to_string(),
+    );
     stop.store(true, Ordering::Relaxed);
     load.join()
         .expect("the load on the other volume saw no error");

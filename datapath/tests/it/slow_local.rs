@@ -6,7 +6,10 @@
 //! in-process witness, and a relay on the link where a test cuts it.
 
 use crate::failover::{KEY, WitnessProc};
-use crate::harness::{Server, free_port, mirror_state, pattern, same_files, wait_mirror_state};
+use crate::harness::{
+    PATIENCE, Progress, Server, counts, free_port, mirror_state, pattern, same_files,
+    wait_mirror_state, wait_progress, wait_until,
+};
 use crate::rawnbd::Client;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -223,6 +226,34 @@ fn send_write(c: &mut Client, cookie: u64, offset: u64, data: &[u8]) {
     c.send_request(cmd::WRITE, 0, cookie, offset, data.len() as u32, data);
 }
 
+/// Run `send` (requests to a site) and wait until the mirror counter `field` of vol0 at `s`
+/// moved past its value before: `updates` counts the requests (flushes too) that site's
+/// mirror took from its hosts, `replicated` the updates (not flushes) a leader sequenced and
+/// sent its follower. A test that needs its request that far before it acts (a kill, a cut,
+/// a switchover) waits for it instead of sleeping (a loaded machine makes it slow).
+fn taken<T>(s: &Server, field: &str, send: impl FnOnce() -> T) -> T {
+    taken_n(s, field, 1, send)
+}
+
+/// As [`taken`], for `n` requests.
+fn taken_n<T>(s: &Server, field: &str, n: u64, send: impl FnOnce() -> T) -> T {
+    let count = || s.rpc("mirror_status")[0][field].as_u64().unwrap_or(0);
+    let from = count();
+    let sent = send();
+    wait_until(
+        PATIENCE,
+        || count() >= from + n,
+        || {
+            format!(
+                "{field} at {} is {} of {from} + {n}",
+                s.config.display(),
+                count()
+            )
+        },
+    );
+    sent
+}
+
 /// Read the answers of `n` requests (no reads among them): cookie -> NBD error.
 fn answers(c: &mut Client, n: usize) -> std::collections::HashMap<u64, u32> {
     (0..n)
@@ -241,8 +272,8 @@ pub(crate) fn read_at(s: &Server, offset: u64, len: u32) -> Vec<u8> {
         match c.read(offset, len) {
             Ok(d) => return d,
             Err(e) => assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "reads at {} refused for 5 s (error {e}), state {}",
+                t.elapsed() < PATIENCE,
+                "reads at {} refused for {PATIENCE:?} (error {e}), state {}",
                 s.config.display(),
                 mirror_state(s)
             ),
@@ -279,10 +310,9 @@ fn a_survivors_slow_apply_never_lands_over_a_newer_write() {
     let mut p = pair(true, &format!("slow_range=[{S}, 4096]\nslow_ms=1500"), "");
     let (w1, w2, want) = w1_w2();
     let mut c1 = Client::connect(p.a.addr, "vol0", false);
-    send_write(&mut c1, 1, S, &w1);
-    std::thread::sleep(Duration::from_millis(300));
+    taken(&p.a, "replicated", || send_write(&mut c1, 1, S, &w1));
     p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     let mut c2 = Client::connect(p.a.addr, "vol0", false);
     assert_eq!(c2.write(S + 4096, &w2), 0, "W2 failed at the survivor");
     assert_eq!(answers(&mut c1, 1)[&1], 0, "W1 failed at the survivor");
@@ -308,10 +338,9 @@ fn a_follower_survivors_slow_apply_never_lands_over_a_newer_write() {
     let mut p = pair(true, "", &format!("slow_range=[{S}, 4096]\nslow_ms=2500"));
     let (w1, w2, want) = w1_w2();
     let mut c1 = Client::connect(p.b.addr, "vol0", false);
-    send_write(&mut c1, 1, S, &w1);
-    std::thread::sleep(Duration::from_millis(300));
+    taken(&p.b, "updates", || send_write(&mut c1, 1, S, &w1));
     p.a.kill();
-    wait_mirror_state(&p.b, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "survivor", PATIENCE);
     let mut c2 = Client::connect(p.b.addr, "vol0", false);
     assert_eq!(c2.write(S + 4096, &w2), 0, "W2 failed at the survivor");
     let e1 = answers(&mut c1, 1)[&1];
@@ -344,13 +373,12 @@ fn a_fenced_sites_apply_still_running_never_lands_over_its_resync() {
     let p = pair(true, "", &format!("slow_range=[{S}, 4096]\nslow_ms=3000"));
     let (w1, w2, want) = w1_w2();
     let mut c1 = Client::connect(p.a.addr, "vol0", false);
-    send_write(&mut c1, 1, S, &w1);
-    std::thread::sleep(Duration::from_millis(200));
+    taken(&p.a, "replicated", || send_write(&mut c1, 1, S, &w1));
     p.relay.cut();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     assert_eq!(answers(&mut c1, 1)[&1], 0, "W1 failed at the survivor");
     assert_eq!(c1.write(S + 4096, &w2), 0, "W2 failed at the survivor");
-    wait_mirror_state(&p.b, "fenced", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "fenced", PATIENCE);
     p.relay.heal();
     wait_mirror_state(&p.b, "up", Duration::from_secs(10));
     wait_mirror_state(&p.a, "up", Duration::from_secs(10));
@@ -379,8 +407,7 @@ fn a_write_slow_at_a_stopping_leader(witness: bool) {
     );
     let w1 = pattern(11, 4096);
     let mut c1 = Client::connect(p.a.addr, "vol0", false);
-    send_write(&mut c1, 1, S, &w1);
-    std::thread::sleep(Duration::from_millis(300));
+    taken(&p.a, "replicated", || send_write(&mut c1, 1, S, &w1));
     let t = Instant::now();
     assert!(p.a.stop(), "the leader's stop failed or hung");
     eprintln!("the leader stopped in {:?}", t.elapsed());
@@ -395,7 +422,7 @@ fn a_write_slow_at_a_stopping_leader(witness: bool) {
     let t = Instant::now();
     while !(mirror_state(&p.a) == "up" && mirror_state(&p.b) == "up") {
         assert!(
-            t.elapsed() < Duration::from_secs(15),
+            t.elapsed() < PATIENCE,
             "the pair never came back: a {}, b {}",
             mirror_state(&p.a),
             mirror_state(&p.b)
@@ -436,8 +463,9 @@ fn a_flush_waiting_for_a_slow_peer_flush_is_answered_by_the_survivor() {
     let p = pair(true, "", "slow_flush=true\nslow_ms=3000");
     let mut c = Client::connect(p.a.addr, "vol0", false);
     assert_eq!(c.write(0, &pattern(1, 4096)), 0);
-    c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
-    std::thread::sleep(Duration::from_millis(200));
+    taken(&p.a, "updates", || {
+        c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[])
+    });
     let cut = Instant::now();
     p.relay.cut();
     let (cookie, e, _) = c.read_reply(0);
@@ -476,7 +504,7 @@ fn a_late_failure_at_the_follower_leaves_the_leader_serving_alone() {
     assert_eq!(mirror_state(&p.a), "survivor");
     assert_eq!(c1.write(S + 4096, &w2), 0, "W2 failed at the survivor");
     assert!(read_at(&p.a, S, 8192) == want);
-    wait_mirror_state(&p.b, "failed", Duration::from_secs(2));
+    wait_mirror_state(&p.b, "failed", PATIENCE);
     let mut cb = Client::connect(p.b.addr, "vol0", false);
     assert!(cb.read(S, 4096).is_err(), "a failed replica served a read");
     repair(&p.b);
@@ -497,7 +525,7 @@ fn a_late_failure_at_the_follower_leaves_the_leader_serving_alone() {
 fn a_resync_copy_failing_late_at_the_target_leaves_the_source_serving() {
     let mut p = pair(true, "", "");
     p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     let mut c = Client::connect(p.a.addr, "vol0", false);
     assert_eq!(c.write(S, &pattern(3, 4096)), 0);
     let text = std::fs::read_to_string(&p.b.config).unwrap();
@@ -546,8 +574,9 @@ fn a_switchover_whose_drain_waits_for_a_slow_follower_apply_rolls_back_cleanly()
         &format!("slow_range=[{S}, 4096]\nslow_ms=7000"),
     );
     let mut c = Client::connect(p.a.addr, "vol0", false);
-    send_write(&mut c, 1, S, &pattern(5, 4096));
-    std::thread::sleep(Duration::from_millis(200));
+    taken(&p.a, "replicated", || {
+        send_write(&mut c, 1, S, &pattern(5, 4096))
+    });
     let t = Instant::now();
     let r = p.a.rpc_with(
         "mirror_switchover",
@@ -591,8 +620,9 @@ fn a_flush_across_a_short_link_flap_is_answered() {
     let p = pair(true, "", "slow_flush=true\nslow_ms=1000");
     let mut c = Client::connect(p.a.addr, "vol0", false);
     assert_eq!(c.write(0, &pattern(1, 4096)), 0);
-    c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
-    std::thread::sleep(Duration::from_millis(200));
+    taken(&p.a, "updates", || {
+        c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[])
+    });
     let cut = Instant::now();
     p.relay.cut();
     p.relay.heal();
@@ -623,7 +653,7 @@ fn a_peer_flush_failing_late_leaves_the_leader_flushing_alone() {
     eprintln!("the flush answered {e} after {:?}", t.elapsed());
     assert_eq!(cookie, 7);
     assert_eq!(e, 0, "the leader failed a flush its own replica did");
-    wait_mirror_state(&p.b, "failed", Duration::from_secs(2));
+    wait_mirror_state(&p.b, "failed", PATIENCE);
     assert_eq!(mirror_state(&p.a), "survivor");
     assert_eq!(c.write(4096, &pattern(2, 4096)), 0);
     repair(&p.b);
@@ -641,8 +671,9 @@ fn a_flush_slow_beyond_the_stop_deadline_ends_the_stop_and_is_repaired() {
     let mut p = pair(true, "", "slow_flush=true\nslow_ms=60000");
     let mut c = Client::connect(p.a.addr, "vol0", false);
     assert_eq!(c.write(0, &pattern(1, 4096)), 0);
-    c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
-    std::thread::sleep(Duration::from_millis(200));
+    taken(&p.a, "updates", || {
+        c.send_request(cmd::FLUSH, 0, 7, 0, 0, &[])
+    });
     let t = Instant::now();
     assert!(p.b.stop(), "the follower's stop failed or hung");
     eprintln!("the follower stopped in {:?}", t.elapsed());
@@ -653,7 +684,7 @@ fn a_flush_slow_beyond_the_stop_deadline_ends_the_stop_and_is_repaired() {
     eprintln!("the flush answered {e} after {:?}", t.elapsed());
     assert_eq!(cookie, 7);
     assert!(e == 0 || e == twinblk::frontend::nbd::proto::err::EIO);
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     assert_eq!(c.write(4096, &pattern(2, 4096)), 0);
     repair(&p.b);
     p.b = respawn(p.b);
@@ -676,8 +707,9 @@ fn a_flush_slow_beyond_the_stop_deadline_ends_the_stop_and_is_repaired() {
 fn an_unrelated_write_does_not_wait_for_a_slow_sector_at_the_peer() {
     let p = pair(true, "", &format!("slow_range=[{S}, 4096]\nslow_ms=12000"));
     let mut c1 = Client::connect(p.a.addr, "vol0", false);
-    send_write(&mut c1, 1, S, &pattern(1, 4096));
-    std::thread::sleep(Duration::from_millis(300));
+    taken(&p.a, "replicated", || {
+        send_write(&mut c1, 1, S, &pattern(1, 4096))
+    });
     let mut c2 = Client::connect(p.a.addr, "vol0", false);
     let t = Instant::now();
     let e = c2.write(1 << 20, &pattern(2, 4096));
@@ -705,8 +737,9 @@ fn an_unrelated_write_does_not_wait_for_a_slow_sector_at_the_peer() {
 fn a_slow_sector_at_the_follower_fails_it_over_instead_of_stopping_the_volume() {
     let mut p = pair(true, "", &format!("slow_range=[{S}, 4096]\nslow_ms=12000"));
     let mut c1 = Client::connect(p.a.addr, "vol0", false);
-    send_write(&mut c1, 1, S, &pattern(1, 4096));
-    std::thread::sleep(Duration::from_millis(300));
+    taken(&p.a, "replicated", || {
+        send_write(&mut c1, 1, S, &pattern(1, 4096))
+    });
     let mut c2 = Client::connect(p.a.addr, "vol0", false);
     let t = Instant::now();
     let e = c2.write(1 << 20, &pattern(2, 4096));
@@ -775,7 +808,7 @@ fn a_slow_sector_at_the_leader_hands_the_volume_to_the_follower() {
 fn a_resync_target_stopped_with_a_slow_copy_is_resynced_again() {
     let mut p = pair(true, "", "");
     p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     let mut c = Client::connect(p.a.addr, "vol0", false);
     assert_eq!(c.write(S, &pattern(3, 4096)), 0);
     let text = std::fs::read_to_string(&p.b.config).unwrap();
@@ -785,7 +818,7 @@ fn a_resync_target_stopped_with_a_slow_copy_is_resynced_again() {
     )
     .unwrap();
     p.b = respawn(p.b);
-    wait_mirror_state(&p.b, "resyncing", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "resyncing", PATIENCE);
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     assert!(p.b.stop(), "the target's stop failed or hung");
@@ -818,9 +851,12 @@ fn a_switchover_with_slow_flushes_at_both_sites_answers_them() {
     let mut cb = Client::connect(p.b.addr, "vol0", false);
     assert_eq!(ca.write(0, &pattern(1, 4096)), 0);
     assert_eq!(cb.write(4096, &pattern(2, 4096)), 0);
-    ca.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
-    cb.send_request(cmd::FLUSH, 0, 8, 0, 0, &[]);
-    std::thread::sleep(Duration::from_millis(100));
+    taken(&p.a, "updates", || {
+        taken(&p.b, "updates", || {
+            ca.send_request(cmd::FLUSH, 0, 7, 0, 0, &[]);
+            cb.send_request(cmd::FLUSH, 0, 8, 0, 0, &[]);
+        })
+    });
     let t = Instant::now();
     let r = p.a.rpc_with(
         "mirror_switchover",
@@ -849,8 +885,9 @@ fn a_switchover_with_slow_flushes_at_both_sites_answers_them() {
 fn a_switchover_waits_for_a_slow_apply_at_the_new_leader() {
     let p = pair(true, "", &format!("slow_range=[{S}, 4096]\nslow_ms=1500"));
     let mut cb = Client::connect(p.b.addr, "vol0", false);
-    send_write(&mut cb, 1, S, &pattern(1, 4096));
-    std::thread::sleep(Duration::from_millis(100));
+    taken(&p.b, "updates", || {
+        send_write(&mut cb, 1, S, &pattern(1, 4096))
+    });
     let r = p.a.rpc_with(
         "mirror_switchover",
         serde_json::json!({"volume": "vol0", "to": "b", "wait_s": 10.0}),
@@ -881,24 +918,26 @@ fn after_a_miscompare_the_follower_serves_what_the_compare_saw_even_when_the_lea
     let mut p = pair(true, "", &format!("slow_range=[{S}, 4096]\nslow_ms=3000"));
     let w = pattern(1, 4096);
     let mut ca = Client::connect(p.a.addr, "vol0", false);
-    send_write(&mut ca, 1, S, &w);
-    std::thread::sleep(Duration::from_millis(200));
+    taken(&p.a, "replicated", || send_write(&mut ca, 1, S, &w));
     let mut cb = Controller::connect(p.b.nvmf_addr, NQN, &crate::nvmf_fused_resv::host(2)).unwrap();
     let bs = cb.ns_info(1).unwrap().block_size;
     let mut q = cb.io_queue(1, 8).unwrap();
-    let caw = std::thread::spawn(move || {
-        let t = Instant::now();
-        let r = q
-            .compare_and_write(
-                1,
-                S / u64::from(bs),
-                &vec![0u8; 4096],
-                &pattern(2, 4096),
-                bs,
-            )
-            .unwrap();
-        (r, t.elapsed(), q)
+    let caw = taken(&p.b, "updates", || {
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = q
+                .compare_and_write(
+                    1,
+                    S / u64::from(bs),
+                    &vec![0u8; 4096],
+                    &pattern(2, 4096),
+                    bs,
+                )
+                .unwrap();
+            (r, t.elapsed(), q)
+        })
     });
+    // Taken at b and forwarded; its arrival at a is not counted anywhere: a margin for it.
     std::thread::sleep(Duration::from_millis(300));
     p.a.kill();
     let (r, took, _q) = caw.join().unwrap();
@@ -908,7 +947,7 @@ fn after_a_miscompare_the_follower_serves_what_the_compare_saw_even_when_the_lea
         (sc::COMPARE_FAILURE, sc::FUSED_FAILED),
         "it compared against W"
     );
-    wait_mirror_state(&p.b, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "survivor", PATIENCE);
     let got = read_at(&p.b, S, 4096);
     assert!(
         got == w,
@@ -1039,10 +1078,12 @@ fn a_resync_ends_under_a_writer_on_a_slow_block_of_the_source() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut p = pair(true, &format!("slow_range=[{S}, 4096]\nslow_ms=150"), "");
     p.b.kill();
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = Arc::clone(&stop);
     let addr = p.a.addr;
+    let done = Progress::default();
+    let acked = done.clone();
     let writer = std::thread::spawn(move || {
         let mut c = Client::connect(addr, "vol0", false);
         let mut last = None;
@@ -1051,17 +1092,20 @@ fn a_resync_ends_under_a_writer_on_a_slow_block_of_the_source() {
             i += 1;
             if c.write(S, &pattern(100 + i, 4096)) == 0 {
                 last = Some(i);
+                acked.tick();
             }
         }
         last
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The writer writes before the resync and after it (counted, not timed).
+    let done = [done];
+    wait_progress(&done, &[0], 3, "before the resync");
     p.b = respawn(p.b);
     let t = Instant::now();
     wait_mirror_state(&p.b, "up", Duration::from_secs(15));
-    wait_mirror_state(&p.a, "up", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "up", PATIENCE);
     eprintln!("resynced in {:?} under the writer", t.elapsed());
-    std::thread::sleep(Duration::from_millis(500));
+    wait_progress(&done, &counts(&done), 3, "after the resync");
     stop.store(true, Ordering::SeqCst);
     let last = writer.join().unwrap().expect("writes acknowledged");
     for s in [&p.a, &p.b] {
@@ -1089,7 +1133,13 @@ fn a_quick_kill_during_a_slow_apply(kill_leader: bool) {
     // The write comes in at the site that stays.
     let stays = if kill_leader { p.b.addr } else { p.a.addr };
     let mut c = Client::connect(stays, "vol0", false);
-    send_write(&mut c, 1, S, &w1);
+    // Taken where it came in (and sent by the leader), then a margin for it to reach the
+    // killed site's apply (not counted anywhere).
+    if kill_leader {
+        taken(&p.b, "updates", || send_write(&mut c, 1, S, &w1));
+    } else {
+        taken(&p.a, "replicated", || send_write(&mut c, 1, S, &w1));
+    }
     std::thread::sleep(Duration::from_millis(300));
     if kill_leader {
         p.a = respawn(p.a);
@@ -1141,8 +1191,9 @@ fn a_late_failure_at_the_follower_during_a_switchover_drain_rolls_it_back() {
         ),
     );
     let mut c = Client::connect(p.a.addr, "vol0", false);
-    send_write(&mut c, 1, S, &pattern(1, 4096));
-    std::thread::sleep(Duration::from_millis(100));
+    taken(&p.a, "replicated", || {
+        send_write(&mut c, 1, S, &pattern(1, 4096))
+    });
     let t = Instant::now();
     let r = p.a.rpc_with(
         "mirror_switchover",
@@ -1154,8 +1205,8 @@ fn a_late_failure_at_the_follower_during_a_switchover_drain_rolls_it_back() {
         "a switchover to a failed replica: {r}"
     );
     assert_eq!(answers(&mut c, 1)[&1], 0, "the write failed at the leader");
-    wait_mirror_state(&p.a, "survivor", Duration::from_secs(5));
-    wait_mirror_state(&p.b, "failed", Duration::from_secs(5));
+    wait_mirror_state(&p.a, "survivor", PATIENCE);
+    wait_mirror_state(&p.b, "failed", PATIENCE);
     assert_eq!(c.write(S + 4096, &pattern(2, 4096)), 0);
     repair(&p.b);
     p.b = respawn(p.b);
@@ -1183,8 +1234,9 @@ fn a_short_slow_sector_at_the_follower_never_leaves_the_volume_diverged() {
         &format!("slow_range=[{S}, 4096]\nslow_ms=3000"),
     );
     let mut c = Client::connect(p.a.addr, "vol0", false);
-    send_write(&mut c, 1, S, &pattern(1, 4096));
-    std::thread::sleep(Duration::from_millis(100));
+    taken(&p.a, "replicated", || {
+        send_write(&mut c, 1, S, &pattern(1, 4096))
+    });
     // 14 MiB in flight behind it, elsewhere.
     for i in 0..14u64 {
         send_write(&mut c, 2 + i, (1 + i) << 20, &pattern(2 + i, 1 << 20));
@@ -1203,7 +1255,7 @@ fn a_short_slow_sector_at_the_follower_never_leaves_the_volume_diverged() {
         t.elapsed(),
         st["state"]
     );
-    wait_mirror_state(&p.b, "up", Duration::from_secs(5));
+    wait_mirror_state(&p.b, "up", PATIENCE);
     stop_and_compare(p, "replicas differ");
 }
 
@@ -1308,12 +1360,14 @@ fn updates_waiting_for_backlog_room_are_served_by_the_survivor_after_a_cut() {
         &format!("slow_range=[{S}, 4096]\nslow_ms=3000"),
     );
     let mut c = Client::connect(p.a.addr, "vol0", false);
-    send_write(&mut c, 1, S, &pattern(1, 4096));
-    std::thread::sleep(Duration::from_millis(100));
-    for i in 0..14u64 {
-        send_write(&mut c, 2 + i, (1 + i) << 20, &pattern(2 + i, 1 << 20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    taken(&p.a, "replicated", || {
+        send_write(&mut c, 1, S, &pattern(1, 4096))
+    });
+    taken_n(&p.a, "updates", 14, || {
+        for i in 0..14u64 {
+            send_write(&mut c, 2 + i, (1 + i) << 20, &pattern(2 + i, 1 << 20));
+        }
+    });
     p.relay.cut();
     let got = answers(&mut c, 15);
     let failed: Vec<_> = got.iter().filter(|(_, e)| **e != 0).collect();

@@ -5,7 +5,9 @@
 //! exactly one leader and no stall; bad requests are refused with a clear error.
 
 use crate::failover::{KEY, WitnessProc, persistent_pair, site_with};
-use crate::harness::{Server, free_port, pattern, wait_mirror_state};
+use crate::harness::{
+    Progress, Server, counts, free_port, pattern, wait_mirror_state, wait_progress,
+};
 use crate::rawnbd::Client;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -18,8 +20,14 @@ use std::time::{Duration, Instant};
 /// Every write in order: (offset, seed, acknowledged); and how many failed.
 type Log = (Vec<(u64, u64, bool)>, usize);
 
-/// A QD1 writer over its own 2 MiB region at `base` until `stop`.
-fn writer(addr: SocketAddr, base: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Log> {
+/// A QD1 writer over its own 2 MiB region at `base` until `stop`, counting each write
+/// answered in `done`.
+fn writer(
+    addr: SocketAddr,
+    base: u64,
+    stop: Arc<AtomicBool>,
+    done: Progress,
+) -> std::thread::JoinHandle<Log> {
     std::thread::spawn(move || {
         let mut c = Client::connect(addr, "vol0", false);
         let (mut acked, mut failed) = (Vec::new(), 0);
@@ -30,6 +38,7 @@ fn writer(addr: SocketAddr, base: u64, stop: Arc<AtomicBool>) -> std::thread::Jo
             let ok = c.write(off, &pattern(seed, 4096)) == 0;
             acked.push((off, seed, ok));
             failed += usize::from(!ok);
+            done.tick();
             i += 1;
         }
         (acked, failed)
@@ -103,6 +112,9 @@ fn pair(root: &Path) -> (WitnessProc, Server, Server) {
     (w, a, b)
 }
 
+/// Writes each writer does before the first switchover and after each one.
+const WRITES_BETWEEN: usize = 12;
+
 /// (1) and (2): a writer at each site keeps writing while the leadership goes a → b → a →
 /// b → a, asked alternately at the leader and at the follower: no write fails, the path
 /// states follow, and every acknowledged write reads back at both sites.
@@ -112,9 +124,17 @@ fn writes_from_both_sites_continue_across_switchovers_back_and_forth() {
     let (_w, a, b) = pair(root.path());
     assert_eq!(leadership(&a), (true, 0));
     let stop = Arc::new(AtomicBool::new(false));
-    let wa = writer(a.addr, 0, Arc::clone(&stop));
-    let wb = writer(b.addr, 4 << 20, Arc::clone(&stop));
-    std::thread::sleep(Duration::from_millis(300));
+    let done = [Progress::default(), Progress::default()];
+    let wa = writer(a.addr, 0, Arc::clone(&stop), done[0].clone());
+    let wb = writer(b.addr, 4 << 20, Arc::clone(&stop), done[1].clone());
+    // Both writers write before each switchover and after the last (counted, not timed: a
+    // loaded machine makes them slow).
+    wait_progress(
+        &done,
+        &[0, 0],
+        WRITES_BETWEEN,
+        "before the first switchover",
+    );
     for (i, (to, at)) in [("b", &a), ("a", &a), ("b", &b), ("a", &b)]
         .into_iter()
         .enumerate()
@@ -136,7 +156,7 @@ fn writes_from_both_sites_continue_across_switchovers_back_and_forth() {
         };
         assert_eq!(sa["path_state"], want, "{sa}");
         assert!(sa["leader_since_unix_ms"].as_u64().is_some(), "{sa}");
-        std::thread::sleep(Duration::from_millis(200));
+        wait_progress(&done, &counts(&done), WRITES_BETWEEN, "after a switchover");
     }
     stop.store(true, Ordering::SeqCst);
     let (la, lb) = (wa.join().unwrap(), wb.join().unwrap());
@@ -287,8 +307,8 @@ fn a_link_cut_during_a_switchover_ends_with_exactly_one_leader() {
         "b did not take term 1 at the next session"
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let wa = writer(a.addr, 0, Arc::clone(&stop));
-    let wb = writer(b.addr, 4 << 20, Arc::clone(&stop));
+    let wa = writer(a.addr, 0, Arc::clone(&stop), Progress::default());
+    let wb = writer(b.addr, 4 << 20, Arc::clone(&stop), Progress::default());
     // (cut before the request in direction a → b only, delay after the request)
     let cases = [
         (Some(Dir::Rev), 0u64),
