@@ -65,6 +65,7 @@ fn survivor(size: u64, dir: &std::path::Path) -> Engine {
         leads: None,
         boot: 0,
         host_restarted: false,
+        fenced_unanswered: None,
     };
     save(&path, &p).expect("state file");
     let cfg = EngineConfig {
