@@ -931,3 +931,71 @@ fn a_failed_writes_record_folded_into_the_base_copy_is_never_served() {
     c.disconnect();
     assert!(s.stop());
 }
+
+/// A base write that fails late (`b`, held behind the slow `a`: its record is durable first)
+/// while `degraded.map` cannot be written either (the journal's device failing too:
+/// `fail_map_writes`), then a clean stop, whose write of the map fails as well, and a restart
+/// once the map can be written: no map says the history ends before `b`'s record, so the
+/// newest point after the restart must still be the volume (which never held `b`'s bytes),
+/// or be refused.
+#[test]
+fn a_failed_write_no_map_recorded_is_not_the_newest_point_after_a_clean_stop() {
+    use twinblk::frontend::nbd::proto::cmd;
+    let root = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = root.path().join("j");
+    let body = |map: &str| {
+        format!(
+            "[reactor]\ncores=[0]\npin=false\n\
+             [[volume]]\nname='v'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+             slow_range=[{SLOW}, 4096]\nslow_ms=300\n\
+             fail_range=[{}, 4096]\nfail_writes_only=true\n\
+             [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n{map}",
+            root.path().join("v.img").display(),
+            SLOW + 4096,
+            dir.display()
+        )
+    };
+    let mut s = Server::start(root.path(), &body("fail_map_writes=1000\n"));
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(0, &pattern(1, 8192)), 0);
+    c.send_request(cmd::WRITE, 0, 10, SLOW, 4096, &pattern(2, 4096));
+    c.send_request(cmd::WRITE, 0, 11, SLOW, 8192, &pattern(3, 8192));
+    let mut replies: Vec<(u64, u32)> = (0..2)
+        .map(|_| c.read_reply(0))
+        .map(|r| (r.0, r.1))
+        .collect();
+    replies.sort();
+    assert_eq!(replies[0], (10, 0), "a is done");
+    assert_ne!(replies[1].1, 0, "b fails");
+    let volume = c.read(0, SIZE as u32).unwrap();
+    assert!(
+        volume[SLOW as usize + 4096..][..4096] == [0u8; 4096],
+        "the volume never held b's bytes"
+    );
+    c.disconnect();
+    assert!(s.stop());
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(
+        h.entries().any(|(_, e)| e.offset == SLOW && e.len == 8192),
+        "b's record reached the journal"
+    );
+    let mut s = Server::start(root.path(), &body(""));
+    let mut c = Client::connect(s.addr, "v", false);
+    assert!(c.read(0, SIZE as u32).unwrap() == volume, "the volume");
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    match pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE) {
+        Ok(got) => assert!(
+            got == volume,
+            "the newest point after the restart holds b's bytes (block at {}: {:?}..; window {})",
+            SLOW + 4096,
+            &got[SLOW as usize + 4096..][..8],
+            pit::window(&h)
+        ),
+        Err(e @ (CdpError::NotWhole { .. } | CdpError::InGap { .. })) => {
+            eprintln!("the newest point is refused: {e}")
+        }
+        Err(e) => panic!("{e}"),
+    }
+    c.disconnect();
+    assert!(s.stop());
+}
