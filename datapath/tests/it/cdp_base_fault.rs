@@ -835,3 +835,188 @@ fn a_write_stalled_in_the_device_is_not_read_until_a_kill_then_every_acknowledge
     newest_is(&dir, &want);
     s.kill();
 }
+
+/// A failed write's record that consolidation folds into `base.img` (review of session 28:
+/// "consolidation may be able to fold a failed write's record into base.img; readers are
+/// protected by degraded.map"). `b` (held behind the slow `a`, failing once `a` is done) has its
+/// record in a segment before the newest (5 MiB of acknowledged writes follow it while `a` is
+/// slow). While the daemon runs, consolidation leaves that segment alone (the newest segment's
+/// mark is at or before `b`); after the clean stop the newest segment is sealed clean and the
+/// mark no longer holds it, so a pass folds `b`'s bytes into the base copy. No point served, then
+/// or after the restart, holds them (`degraded.map`, then the restart's gap record, refuse the
+/// points after the record before `b` until its range is journaled again from the base), and
+/// after the restart the newest point is the volume.
+#[test]
+fn a_failed_writes_record_folded_into_the_base_copy_is_never_served() {
+    use twinblk::frontend::nbd::proto::cmd;
+    use twinblk::layer::cdp::retain::{Retention, consolidate_once};
+    let root = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = root.path();
+    let dir = root.join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [[volume]]\nname='v'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+         slow_range=[{SLOW}, 4096]\nslow_ms=5000\n\
+         fail_range=[{}, 4096]\nfail_writes_only=true\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        root.join("v.img").display(),
+        SLOW + 4096,
+        dir.display()
+    );
+    let mut s = Server::start(root, &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(0, &pattern(1, 8192)), 0);
+    c.send_request(cmd::WRITE, 0, 10, SLOW, 4096, &pattern(2, 4096));
+    c.send_request(cmd::WRITE, 0, 11, SLOW, 8192, &pattern(3, 8192));
+    let mut bulk = Client::connect(s.addr, "v", false);
+    for i in 0..40u64 {
+        let off = (2 << 20) + (i % 8) * (128 << 10);
+        assert_eq!(bulk.write(off, &pattern(20 + i, 128 << 10)), 0);
+    }
+    let mut replies: Vec<(u64, u32)> = (0..2)
+        .map(|_| c.read_reply(0))
+        .map(|r| (r.0, r.1))
+        .collect();
+    replies.sort();
+    assert_eq!(replies[0], (10, 0), "a is done");
+    assert_ne!(replies[1].1, 0, "b fails");
+    let volume = c.read(0, SIZE as u32).unwrap();
+    assert!(
+        volume[SLOW as usize + 4096..][..4096] == [0u8; 4096],
+        "the volume never held b's bytes"
+    );
+    // b's bytes, which no served point may hold.
+    let b_bytes = pattern(3, 8192)[4096..].to_vec();
+    let check = |when: &str| {
+        let h = store::load(&dir, Load::ReadOnly).unwrap();
+        let mut served = 0;
+        for seq in h.first_seq()..=h.last_seq {
+            match pit::read_at(&h, Point::Seq(seq), SLOW + 4096, 4096) {
+                Ok(got) => {
+                    served += 1;
+                    assert!(
+                        got != b_bytes,
+                        "{when}: point {seq} holds the failed write's bytes (window {})",
+                        pit::window(&h)
+                    );
+                }
+                Err(
+                    CdpError::NotWhole { .. } | CdpError::InGap { .. } | CdpError::Outside { .. },
+                ) => {}
+                Err(e) => panic!("{when}: point {seq}: {e}"),
+            }
+        }
+        eprintln!("{when}: {served} points served, window {}", pit::window(&h));
+        h
+    };
+    let fold = || {
+        let r = Retention {
+            age_ns: None,
+            bytes: Some(1),
+        };
+        while let Some(done) = consolidate_once(&dir, &r, clock::now()).unwrap() {
+            eprintln!("consolidated up to {}", done.base_seq);
+        }
+    };
+    fold();
+    check("while the daemon that failed b runs");
+    c.disconnect();
+    bulk.disconnect();
+    assert!(s.stop());
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    let (seg, b) = h
+        .entries()
+        .find(|(_, e)| e.offset == SLOW && e.len == 8192)
+        .map(|(g, e)| (g, e.seq))
+        .expect("b's record is durable");
+    assert!(
+        seg < h.segments.last().unwrap().header.segno,
+        "b's record is in a segment before the newest (a was not slow enough here)"
+    );
+    fold();
+    let h = check("after the clean stop and a consolidation");
+    assert!(
+        h.meta.base_seq >= b,
+        "the scenario folds b's record into the base copy (base point {}, b {b})",
+        h.meta.base_seq
+    );
+    let mut s = Server::start(root, &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert!(c.read(0, SIZE as u32).unwrap() == volume, "the volume");
+    fold();
+    let h = check("after the restart");
+    assert!(
+        pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap() == volume,
+        "the newest point is the volume"
+    );
+    c.disconnect();
+    assert!(s.stop());
+}
+
+/// A base write that fails late (`b`, held behind the slow `a`: its record is durable first)
+/// while `degraded.map` cannot be written either (the journal's device failing too:
+/// `fail_map_writes`), then a clean stop, whose write of the map fails as well, and a restart
+/// once the map can be written: no map says the history ends before `b`'s record, so the
+/// newest point after the restart must still be the volume (which never held `b`'s bytes),
+/// or be refused.
+#[test]
+fn a_failed_write_no_map_recorded_is_not_the_newest_point_after_a_clean_stop() {
+    use twinblk::frontend::nbd::proto::cmd;
+    let root = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = root.path().join("j");
+    let body = |map: &str| {
+        format!(
+            "[reactor]\ncores=[0]\npin=false\n\
+             [[volume]]\nname='v'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+             slow_range=[{SLOW}, 4096]\nslow_ms=300\n\
+             fail_range=[{}, 4096]\nfail_writes_only=true\n\
+             [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n{map}",
+            root.path().join("v.img").display(),
+            SLOW + 4096,
+            dir.display()
+        )
+    };
+    let mut s = Server::start(root.path(), &body("fail_map_writes=1000\n"));
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(0, &pattern(1, 8192)), 0);
+    c.send_request(cmd::WRITE, 0, 10, SLOW, 4096, &pattern(2, 4096));
+    c.send_request(cmd::WRITE, 0, 11, SLOW, 8192, &pattern(3, 8192));
+    let mut replies: Vec<(u64, u32)> = (0..2)
+        .map(|_| c.read_reply(0))
+        .map(|r| (r.0, r.1))
+        .collect();
+    replies.sort();
+    assert_eq!(replies[0], (10, 0), "a is done");
+    assert_ne!(replies[1].1, 0, "b fails");
+    let volume = c.read(0, SIZE as u32).unwrap();
+    assert!(
+        volume[SLOW as usize + 4096..][..4096] == [0u8; 4096],
+        "the volume never held b's bytes"
+    );
+    c.disconnect();
+    assert!(s.stop());
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(
+        h.entries().any(|(_, e)| e.offset == SLOW && e.len == 8192),
+        "b's record reached the journal"
+    );
+    let mut s = Server::start(root.path(), &body(""));
+    let mut c = Client::connect(s.addr, "v", false);
+    assert!(c.read(0, SIZE as u32).unwrap() == volume, "the volume");
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    match pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE) {
+        Ok(got) => assert!(
+            got == volume,
+            "the newest point after the restart holds b's bytes (block at {}: {:?}..; window {})",
+            SLOW + 4096,
+            &got[SLOW as usize + 4096..][..8],
+            pit::window(&h)
+        ),
+        Err(e @ (CdpError::NotWhole { .. } | CdpError::InGap { .. })) => {
+            eprintln!("the newest point is refused: {e}")
+        }
+        Err(e) => panic!("{e}"),
+    }
+    c.disconnect();
+    assert!(s.stop());
+}

@@ -291,4 +291,32 @@ mod tests {
         drop(w);
         assert_eq!(running(dir, 7).unwrap(), None);
     }
+
+    /// Files no writer of this history left at `done`, or a watermark at the top of its range:
+    /// never a panic. Unlocked, whatever lies there means nothing (a directory, an empty file);
+    /// held exclusively by some other process (any reader of the file may lock it), one that
+    /// does not check fails the read; a start cannot put its file over a directory and fails
+    /// with an error naming it; a watermark of `u64::MAX` is read as is.
+    #[test]
+    fn odd_files_at_done_are_errors_or_nothing_never_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        std::fs::create_dir(path(dir)).unwrap();
+        assert_eq!(running(dir, 7).unwrap(), None, "an unlocked directory");
+        let e = Published::create(dir, 7, 1).unwrap_err().to_string();
+        assert!(e.contains("rename"), "{e}");
+        std::fs::remove_dir(path(dir)).unwrap();
+        std::fs::write(path(dir), b"").unwrap();
+        assert_eq!(running(dir, 7).unwrap(), None, "an unlocked empty file");
+        let other = File::open(path(dir)).unwrap();
+        // SAFETY: plain syscall on an open descriptor.
+        assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let e = running(dir, 7).unwrap_err().to_string();
+        assert!(e.contains("0 bytes"), "{e}");
+        drop(other);
+        let mut w = Published::create(dir, 7, u64::MAX - 1).unwrap();
+        w.set(u64::MAX);
+        assert_eq!(running(dir, 7).unwrap(), Some(u64::MAX));
+        drop(w);
+    }
 }

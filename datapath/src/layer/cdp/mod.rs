@@ -981,9 +981,16 @@ impl Drop for CdpChannel {
         // The watermark as the channel leaves it (`cdp_status` after a run-time switch-off);
         // its lock goes with the channel: readers then take every record.
         self.publish_done();
-        if let Err(e) = self.regions.persist() {
-            tracing::error!(error = %e, "cdp: cannot save the changed regions; the next start journals the whole volume again");
-        }
+        // A map that could not be written says nothing of this run's stop (its failed updates,
+        // its updates without a record): the log is then not sealed, so that the next start
+        // compares its tail with the base (a failed update's record is not the newest point).
+        let map_saved = match self.regions.persist() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cdp: cannot save the changed regions; the log is not sealed, so the next start compares its tail with the base, but updates made without a record since the journal stopped are not in the history");
+                false
+            }
+        };
         if self.journal.in_flight() == 0
             && let Err(e) = self.journal.sync_now()
         {
@@ -995,8 +1002,10 @@ impl Drop for CdpChannel {
         // record lacks its base write, and it then skips the comparison of tail.rs.
         // (Not after CDP was switched off at run time: no start compares a history that ended
         // so, it journals the whole volume again; and the reactor must not wait for the sync.)
-        // (Nor when the base's device writes its cache back only after this layer is gone.)
-        if !matches!(self.at_stop, AtStop::NoSeal)
+        // (Nor when the base's device writes its cache back only after this layer is gone, nor
+        // when the map could not be written: above.)
+        if map_saved
+            && !matches!(self.at_stop, AtStop::NoSeal)
             && self.journal.in_flight() == 0
             && self.ops.iter().all(|(_, p)| p.base.is_some())
         {
