@@ -981,3 +981,17 @@ fn a_site_whose_grant_answer_was_lost_serves_once_the_witness_is_heard_again() {
         "the survivor refused a write"
     );
 }
+
+/// As `nvmf_ana::linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed`, but site a comes
+/// back without its state: its state directory emptied and its replica an empty file of the
+/// same size (a replaced disk). It must rejoin as a new replica, serve nothing before site b
+/// copied it all, and then read back the whole pattern through its path alone.
+/// (The guest runs in `crate::linux_guest`; the test sits in this module, apart from the other
+/// guest tests in name order, so that the two test threads seldom both wait for one guest.)
+#[test]
+fn linux_nvme_multipath_reads_a_site_back_without_state_only_once_it_is_whole() {
+    crate::linux_guest::failover_guest(
+        "linux_nvme_multipath_reads_a_site_back_without_state_only_once_it_is_whole",
+        true,
+    );
+}

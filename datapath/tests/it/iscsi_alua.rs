@@ -301,3 +301,17 @@ fn a_single_site_volume_keeps_its_one_group_optimised() {
     assert_eq!(inq[6] & 0x10, 0);
     drop(d);
 }
+
+/// A site dies under the kernel's iSCSI initiator: two sites of a mirrored volume with a
+/// witness; the guest, which the host list places at site b, logs in to site b alone (its
+/// path active/optimized) and writes a pattern a MiB at a time while site a, the leader, is
+/// SIGKILLed (the guest rewrites MiB 4 until it sees site a gone). What site b answers while
+/// it waits for the witness must be something Linux retries: no write fails, the pattern
+/// reads back whole, the kernel log shows no I/O error; site b's replica holds the pattern
+/// and site b serves as the survivor.
+/// (The guest runs in `crate::linux_guest`; the test sits in this module, apart from the other
+/// guest tests in name order, so that the two test threads seldom both wait for one guest.)
+#[test]
+fn linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed() {
+    crate::linux_guest::iscsi_failover_guest();
+}

@@ -3,7 +3,10 @@
 //! (`guest` module: Debian's kernel, an initramfs built by the test; KVM where it works, TCG
 //! otherwise). Skipped, with the reason printed, where the machine cannot run a guest (no apt
 //! access, no QEMU obtainable, `TWINBLK_SKIP_GUEST=1`); once the guest boots every check must
-//! pass.
+//! pass. The failover scenarios' tests sit in other modules (`nvmf_ana`, `failover`,
+//! `iscsi_alua`) and call [`failover_guest`] and [`iscsi_failover_guest`] here: apart in name
+//! order, two of them are seldom scheduled at once, one test thread waiting for the other's
+//! guest (one guest runs at a time).
 
 use crate::failover::{KEY, WitnessProc, witness_site_body};
 use crate::guest::{self, Run};
@@ -366,41 +369,9 @@ fn linux_initiators_attach_a_read_only_view_read_only() {
     );
 }
 
-/// A site dies under the kernel's NVMe/TCP initiator: two sites of a mirrored volume with a
-/// witness and a `state_dir` each, the guest connected to both (native multipath; site a, the
-/// leader, optimized). The guest writes a pattern through the namespace head a MiB at a time,
-/// flushing each; at MiB 4 it asks for site a's SIGKILL and rewrites that MiB until it sees
-/// site a's controller down, then writes the rest. Linux must carry the writes over to site b,
-/// which serves once the witness grants it survivor: no write fails, the pattern reads back
-/// whole through the head, site b's path turns ANA optimized, and the kernel log shows no I/O
-/// error. Site a is then started again with its state: Linux reconnects to it by itself, its
-/// path turns usable once site b resynced what it missed, and through site a alone (site b's
-/// controller disconnected) the pattern reads back whole. Both replicas then hold the pattern
-/// and mirror again. (The longest MiB write, what the failover cost the guest, is printed;
-/// under TCG it is not a measure of the RTO.)
-#[test]
-fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
-    failover_guest(
-        "linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed",
-        false,
-    );
-}
-
-/// As [`linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed`], but site a comes
-/// back without its state: its state directory emptied and its replica an empty file of the
-/// same size (a replaced disk). It must rejoin as a new replica, serve nothing before site b
-/// copied it all, and then read back the whole pattern through its path alone.
-#[test]
-fn linux_nvme_multipath_reads_a_site_back_without_state_only_once_it_is_whole() {
-    failover_guest(
-        "linux_nvme_multipath_reads_a_site_back_without_state_only_once_it_is_whole",
-        true,
-    );
-}
-
 /// The failover scenario (`tools/guest/linux/failover.sh`) against sites a and b; site a
 /// restarts with its state, or, when `wiped`, without it.
-fn failover_guest(test: &str, wiped: bool) {
+pub(crate) fn failover_guest(test: &str, wiped: bool) {
     let kit = match guest::kit() {
         Ok(k) => k,
         Err(reason) => {
@@ -526,15 +497,9 @@ fn failover_guest(test: &str, wiped: bool) {
     drop((a, b, w));
 }
 
-/// A site dies under the kernel's iSCSI initiator: two sites of a mirrored volume with a
-/// witness; the guest, which the host list places at site b, logs in to site b alone (its
-/// path active/optimized) and writes a pattern a MiB at a time while site a, the leader, is
-/// SIGKILLed (the guest rewrites MiB 4 until it sees site a gone). What site b answers while
-/// it waits for the witness must be something Linux retries: no write fails, the pattern
-/// reads back whole, the kernel log shows no I/O error; site b's replica holds the pattern
-/// and site b serves as the survivor.
-#[test]
-fn linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed() {
+/// The iSCSI failover scenario (`tools/guest/linux/iscsi-failover.sh`), test
+/// `iscsi_alua::linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed`.
+pub(crate) fn iscsi_failover_guest() {
     let test = "linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed";
     let kit = match guest::kit() {
         Ok(k) => k,

@@ -340,3 +340,25 @@ fn an_idle_admin_queue_hears_of_a_failover_without_sending_anything() {
     wait_states(&b, &[("va", "survivor"), ("vb", "survivor")]);
     eprintln!("site b's idle admin queue: {events} ANA change event(s) by itself");
 }
+
+/// A site dies under the kernel's NVMe/TCP initiator: two sites of a mirrored volume with a
+/// witness and a `state_dir` each, the guest connected to both (native multipath; site a, the
+/// leader, optimized). The guest writes a pattern through the namespace head a MiB at a time,
+/// flushing each; at MiB 4 it asks for site a's SIGKILL and rewrites that MiB until it sees
+/// site a's controller down, then writes the rest. Linux must carry the writes over to site b,
+/// which serves once the witness grants it survivor: no write fails, the pattern reads back
+/// whole through the head, site b's path turns ANA optimized, and the kernel log shows no I/O
+/// error. Site a is then started again with its state: Linux reconnects to it by itself, its
+/// path turns usable once site b resynced what it missed, and through site a alone (site b's
+/// controller disconnected) the pattern reads back whole. Both replicas then hold the pattern
+/// and mirror again. (The longest MiB write, what the failover cost the guest, is printed;
+/// under TCG it is not a measure of the RTO.)
+/// (The guest runs in `crate::linux_guest`; the test sits in this module, apart from the other
+/// guest tests in name order, so that the two test threads seldom both wait for one guest.)
+#[test]
+fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
+    crate::linux_guest::failover_guest(
+        "linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed",
+        false,
+    );
+}

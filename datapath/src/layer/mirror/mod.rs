@@ -76,7 +76,7 @@ pub struct MirrorInfo {
 /// site is about to serve again or to fence. A host told "inaccessible" then gives the path
 /// up: Linux's iSCSI initiator marks the port group unavailable and fails every later I/O on
 /// it without sending it, so a single-path host lost its disk for good when the other site
-/// died (`linux_guest::linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed`).
+/// died (`iscsi_alua::linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed`).
 pub fn path_state(mode: Mode, role: Role, leased: bool) -> PathState {
     match (mode, role) {
         (Mode::Mirroring, _) if !leased => PathState::Transitioning,
