@@ -1,6 +1,7 @@
 # Shell functions for the scenarios where the kernel's iSCSI initiator (iscsi_tcp, open-iscsi's
 # iscsid/iscsiadm) logs in to sites of a mirrored volume (sourced by iscsi.sh and
-# iscsi-failover.sh after /init defined `check` and `uptime_s`; the caller sets H and IQN).
+# iscsi-failover.sh after /init defined `check` and `uptime_s`; the caller sets H and IQN;
+# readonly.sh takes only the initiator's set-up).
 # Sourcing it writes the initiator's configuration and starts iscsid.
 mkdir -p /etc/iscsi /var/lib/iscsi /run/lock/iscsi /var/lock/iscsi
 echo "InitiatorName=iqn.2026-12.io.twinblk.test:linux-guest" > /etc/iscsi/initiatorname.iscsi

@@ -96,24 +96,7 @@ fi
 
 # --- iSCSI, the read-only view (node record by hand, as iscsi.sh does: the target lists its
 # loopback portal)
-mkdir -p /etc/iscsi /var/lib/iscsi /run/lock/iscsi /var/lock/iscsi
-echo "InitiatorName=iqn.2026-12.io.twinblk.test:linux-guest" > /etc/iscsi/initiatorname.iscsi
-cat > /etc/iscsi/iscsid.conf <<CONF
-node.startup = manual
-node.session.timeo.replacement_timeout = 30
-node.conn[0].timeo.login_timeout = 15
-node.conn[0].timeo.logout_timeout = 15
-node.conn[0].timeo.noop_out_interval = 5
-node.conn[0].timeo.noop_out_timeout = 15
-CONF
-echo "root:x:0:0:root:/root:/bin/sh" > /etc/passwd
-echo "root:x:0:" > /etc/group
-iscsid -f -c /etc/iscsi/iscsid.conf -i /etc/iscsi/initiatorname.iscsi > /tmp/iscsid.log 2>&1 &
-i=0
-while ! grep -q ISCSIADM_ABSTRACT_NAMESPACE /proc/net/unix && [ $i -lt 100 ]; do
-    sleep 0.1
-    i=$((i + 1))
-done
+. /etc/twinblk/iscsi-paths.sh
 P="$H:$tb_iport"
 iscsiadm -m node -o new -T "$tb_roiqn" -p "$P" > /tmp/node.out 2>&1
 t=$(uptime_s)
