@@ -27,7 +27,7 @@
 
 use super::error::io_err;
 use super::format;
-use super::store::CdpError;
+use super::error::CdpError;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
