@@ -25,9 +25,9 @@
 //!   the mapping unused from then on: readers see a window that stops growing, never a record
 //!   that is not done.
 
+use super::error::CdpError;
 use super::error::io_err;
 use super::format;
-use super::error::CdpError;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
