@@ -149,8 +149,17 @@ impl Engine {
             slot.epoch
                 .store(p.epoch, std::sync::atomic::Ordering::SeqCst);
         }
+        // Its device still holds what it applied before the fence: saved at a clean stop (which
+        // flushed it), or the same boot (a process restarted on a running host keeps its
+        // device's cache). A power loss since (another boot id, or one unknown) may have dropped
+        // acknowledged writes it never flushed, which the peer kept: serving alone on the grant
+        // would read without them and copy the stale regions over the peer's (test
+        // `restart_grant::a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_the_grant`).
+        let device_kept =
+            p.clean || (p.boot != 0 && self.cfg.boot_id != 0 && p.boot == self.cfg.boot_id);
         if mode == Mode::Fenced
             && p.mode == 2
+            && device_kept
             && let Some(takeover) = p.fenced_unanswered
         {
             // Fenced for want of the witness's answer, its replica then holding every
