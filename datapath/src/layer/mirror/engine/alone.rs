@@ -380,10 +380,15 @@ impl Engine {
                 }
             }
             Grant::Unanswered { takeover } => {
-                self.witness_retried = false;
+                // A request asked again after the holder's grant was given back: its grant,
+                // if the witness gave it, is a takeover as when answered (above), adopted so
+                // from the witness's word, after a restart too (state flags bit 4). Before, it
+                // was adopted as a plain grant.
+                let retried = std::mem::take(&mut self.witness_retried);
                 self.fence("neither the peer nor the witness is reachable");
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
-                self.fenced_unanswered = Some((seq, takeover));
+                self.fenced_unanswered = Some((seq, takeover || retried));
+                self.unanswered_retried = retried && !takeover;
                 // Persisted with the fence (state flags bit 3): a restart before the witness's
                 // word still adopts the grant (restore.rs).
                 self.persist(false);
@@ -559,7 +564,7 @@ impl Engine {
         if !is_me || epoch <= self.given_back {
             if self.mode == Mode::Fenced
                 && holder == 0
-                && !takeover
+                && (!takeover || self.unanswered_retried)
                 && !self.sess.up
                 && !self.draining
                 && self.sess.number != 0
@@ -572,8 +577,10 @@ impl Engine {
                 // name a holder, or refuse it as stale at a later epoch). Before, it stayed
                 // fenced: with the peer fenced so too, or waiting, nobody served until the
                 // link returned. Once per such fence: the answer fences again, or serves.
+                // (A request asked again after a give-back stays one: its grant a takeover.)
                 tracing::warn!(volume = %self.cfg.name, epoch,
                     "mirror: the witness holds nothing for the group after an unanswered request; asking again");
+                self.witness_retried = self.unanswered_retried;
                 self.witness.ask_fenced();
             }
             if self.mode == Mode::Mirroring {
@@ -612,6 +619,9 @@ impl Engine {
                 tracing::warn!(volume = %self.cfg.name, epoch, takeover,
                     "mirror: the witness holds the volume for this site (its answer was lost); survivor");
                 if takeover {
+                    // The group's: every volume of it takes this grant as a takeover (its
+                    // mark is in memory; restarted, this volume's state brought it back).
+                    slot.asking_takeover(epoch.saturating_sub(1));
                     self.taken_over(io);
                 }
                 self.become_survivor(io, epoch);

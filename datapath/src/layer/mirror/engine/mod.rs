@@ -303,6 +303,10 @@ pub struct Engine {
     watching: Option<Arc<super::failover::FailoverSlot>>,
     /// Counted in this group slot's `FailoverSlot::withdrawn` (`publish_withdrawn`).
     withdrawn_in: Option<Arc<super::failover::FailoverSlot>>,
+    /// `fenced_unanswered`'s request was asked again after the holder's grant was given back
+    /// (`witness_retried`; its takeover flag set for that): asked once more as such when the
+    /// witness's word names nobody (`adopt_lost_grant`), unlike an operator's takeover.
+    unanswered_retried: bool,
     /// A resync target that finished receiving in session `.0`: its source may still push
     /// metadata states (a change crossing the target's RESYNC_DONE_ACK) until a PONG for the
     /// PING sent right after that confirmation (clock `.1`) shows the source has read it
@@ -406,6 +410,7 @@ impl Engine {
             metas_crossing: Vec::new(),
             watching: None,
             withdrawn_in: None,
+            unanswered_retried: false,
             since_start: true,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
