@@ -326,11 +326,13 @@ impl Engine {
         self.publish_withdrawn();
         self.publish_watching(&slot);
         if self.durable.failed || self.failed.is_some() {
-            // Stopped here: never ask for (or take) a grant.
-            slot.in_sync
-                .store(false, std::sync::atomic::Ordering::SeqCst);
+            // Stopped here: never ask for (or take) a grant, so what this site knows of the
+            // group's epoch is not this volume's concern (counted neither way: a volume failed
+            // for good does not keep the others from learning it).
+            self.stop_sync();
             return;
         }
+        self.publish_sync(self.sess.up && self.mode == Mode::Mirroring);
         self.check_grant(io, &slot);
         self.adopt_lost_grant(io, &slot);
         self.ask_again_if_released(&slot);
@@ -431,6 +433,35 @@ impl Engine {
             } else {
                 self.stop_watching();
             }
+        }
+    }
+
+    /// Count this volume in the group's `FailoverSlot::synced` (mirroring in sync here, `now`)
+    /// or `unsynced`: the failover thread takes the witness's epoch as known only while no
+    /// volume of the group is out of sync (`FailoverSlot::in_sync_now`). A failed volume is
+    /// counted in neither (`stop_sync`): it never asks for a grant.
+    pub(super) fn publish_sync(&mut self, now: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let slot = self.cfg.failover.clone();
+        let same = match (&self.sync_in, &slot) {
+            (Some((c, was)), Some(s)) => Arc::ptr_eq(c, s) && *was == now,
+            (c, s) => c.is_none() && s.is_none(),
+        };
+        if same {
+            return;
+        }
+        self.stop_sync();
+        if let Some(s) = slot {
+            if now { &s.synced } else { &s.unsynced }.fetch_add(1, SeqCst);
+            self.sync_in = Some((s, now));
+        }
+    }
+
+    /// Not counted in `synced` or `unsynced` any more (also when the engine goes).
+    pub(super) fn stop_sync(&mut self) {
+        if let Some((slot, now)) = self.sync_in.take() {
+            if now { &slot.synced } else { &slot.unsynced }
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 

@@ -307,6 +307,9 @@ pub struct Engine {
     /// (`witness_retried`; its takeover flag set for that): asked once more as such when the
     /// witness's word names nobody (`adopt_lost_grant`), unlike an operator's takeover.
     unanswered_retried: bool,
+    /// Counted in this group slot's `FailoverSlot::synced` (`true`) or `unsynced`
+    /// (`publish_sync`).
+    sync_in: Option<(Arc<super::failover::FailoverSlot>, bool)>,
     /// A resync target that finished receiving in session `.0`: its source may still push
     /// metadata states (a change crossing the target's RESYNC_DONE_ACK) until a PONG for the
     /// PING sent right after that confirmation (clock `.1`) shows the source has read it
@@ -411,6 +414,7 @@ impl Engine {
             watching: None,
             withdrawn_in: None,
             unanswered_retried: false,
+            sync_in: None,
             since_start: true,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
@@ -1444,6 +1448,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop_watching();
         self.stop_withdrawn();
+        self.stop_sync();
         if self.persist_clean_stop() {
             self.actlog_clean_stop();
         }
