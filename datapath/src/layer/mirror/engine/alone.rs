@@ -391,6 +391,7 @@ impl Engine {
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
                 self.fenced_unanswered = Some((seq, takeover || retried));
                 self.unanswered_retried = retried && !takeover;
+                self.unanswered_epoch = slot.view_epoch.load(std::sync::atomic::Ordering::SeqCst);
                 // Persisted with the fence (state flags bit 3): a restart before the witness's
                 // word still adopts the grant (restore.rs).
                 self.persist(false);
@@ -608,10 +609,13 @@ impl Engine {
                 // name a holder, or refuse it as stale at a later epoch). Before, it stayed
                 // fenced: with the peer fenced so too, or waiting, nobody served until the
                 // link returned. Once per such fence: the answer fences again, or serves.
-                // (A request asked again after a give-back stays one: its grant a takeover.)
+                // (A request asked again after a give-back stays one: its grant a takeover. So
+                // is this one when the word's epoch is above the one seen at the fence: a grant
+                // came and went meanwhile, another site's, given back without resyncing this
+                // one (an operator's release): it may have acknowledged alone.)
                 tracing::warn!(volume = %self.cfg.name, epoch,
                     "mirror: the witness holds nothing for the group after an unanswered request; asking again");
-                self.witness_retried = self.unanswered_retried;
+                self.witness_retried = self.unanswered_retried || epoch > self.unanswered_epoch;
                 self.witness.ask_fenced();
             }
             if self.mode == Mode::Mirroring {

@@ -307,6 +307,9 @@ pub struct Engine {
     /// (`witness_retried`; its takeover flag set for that): asked once more as such when the
     /// witness's word names nobody (`adopt_lost_grant`), unlike an operator's takeover.
     unanswered_retried: bool,
+    /// The witness's epoch as this site saw it when `fenced_unanswered`'s request went
+    /// unanswered: a word naming nobody at a later one shows another grant came and went.
+    unanswered_epoch: u64,
     /// Counted in this group slot's `FailoverSlot::synced` (`true`) or `unsynced`
     /// (`publish_sync`).
     sync_in: Option<(Arc<super::failover::FailoverSlot>, bool)>,
@@ -414,6 +417,7 @@ impl Engine {
             watching: None,
             withdrawn_in: None,
             unanswered_retried: false,
+            unanswered_epoch: 0,
             sync_in: None,
             since_start: true,
             written: RegionMap::new(size, g),

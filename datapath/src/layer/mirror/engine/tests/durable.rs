@@ -747,3 +747,42 @@ fn a_site_fenced_for_an_unanswered_request_the_witness_never_granted_asks_again(
     }
     assert!(!sb.want.load(SeqCst), "asked again and again");
 }
+
+/// As above, but the witness's word, once heard again, names nobody holding the group at a
+/// later epoch than a last saw (3): a grant came and went while a was fenced, the peer's
+/// (only another site's grant is given back while a watches for its answer). Nobody may have
+/// served since a's fence no more: the peer's grant was given back without resyncing a (an
+/// operator's release of a survivor lost for good, say). a asks once more, and a grant
+/// answered so is a takeover, as a denied site's second request (every region ever written
+/// to the peer, the history below told it may be stale). Failed before: a plain grant.
+#[test]
+fn a_site_fenced_for_an_unanswered_request_asks_again_as_a_takeover_after_another_grant_came_and_went()
+ {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    let (mut a, sa, _b, _, mut io, _rng, _) =
+        super::failover::cut_and_answer(193, UNREACHABLE, UNREACHABLE);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    sa.want.store(false, SeqCst);
+    let now = Instant::now();
+    // The witness's word: nobody holds the group, at epoch 3 (b's grant, given back).
+    sa.publish_view(0, 3, 1);
+    a.engine.tick(&mut io, now);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "not asked again");
+    let (size, g) = (a.engine.cfg.size, a.engine.cfg.dirty_granularity);
+    a.engine.written = RegionMap::all(size, g);
+    sa.epoch.store(4, SeqCst);
+    sa.publish_view(1, 4, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!((a.engine.mode(), a.engine.grant_epoch), (Mode::Survivor, 4));
+    assert_eq!(
+        a.engine.dirty_bytes(),
+        a.engine.written.bytes(),
+        "a plain grant after another site's grant was given back (the peer is not given every region ever written)"
+    );
+    assert!(
+        sa.takeover_at(4),
+        "the group's other volumes take it as plain"
+    );
+}
