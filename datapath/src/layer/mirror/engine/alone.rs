@@ -335,6 +335,7 @@ impl Engine {
         self.publish_sync(self.sess.up && self.mode == Mode::Mirroring);
         self.check_grant(io, &slot);
         self.adopt_lost_grant(io, &slot);
+        self.give_back_unadoptable(&slot);
         self.ask_again_if_released(&slot);
         if self.sess.up {
             // A second request's answer read in session (or none: the link's loss asks
@@ -685,6 +686,35 @@ impl Engine {
                 self.persist_mode(Mode::Survivor);
             }
         }
+    }
+
+    /// Restored fenced for want of an answer, its host restarted since (restore.rs: its device
+    /// may have dropped acknowledged writes the peer kept): a grant the witness's first word
+    /// names this site's is given back, never served on, so the peer, denied while it was
+    /// held, asks again (`ask_again_if_released`: a takeover) and serves. Before, nobody
+    /// served until the link returned. A first word naming another holder or none ends it.
+    fn give_back_unadoptable(&mut self, slot: &crate::layer::mirror::failover::FailoverSlot) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.unadoptable {
+            return;
+        }
+        if self.mode != Mode::Fenced || self.witness.pending() {
+            self.unadoptable = self.mode == Mode::Fenced;
+            return;
+        }
+        let Some((is_me, _, epoch)) = slot.view() else {
+            return; // no word yet
+        };
+        if is_me && epoch > self.given_back {
+            if slot.watching.load(SeqCst) != 0 || slot.survivors.load(SeqCst) != 0 {
+                return; // another volume of the group may take it: left to it
+            }
+            tracing::warn!(volume = %self.cfg.name, epoch,
+                "mirror: the witness holds the volume for this site, whose device may have lost writes since its fence (its host restarted); giving the grant back");
+            self.given_back = epoch;
+            slot.release.store(epoch, SeqCst);
+        }
+        self.unadoptable = false;
     }
 
     /// Taken over by an operator: which regions differ from the peer is unknown, so the peer

@@ -310,6 +310,9 @@ pub struct Engine {
     /// The witness's epoch as this site saw it when `fenced_unanswered`'s request went
     /// unanswered: a word naming nobody at a later one shows another grant came and went.
     unanswered_epoch: u64,
+    /// Restored fenced for want of an answer whose device may have dropped acknowledged writes
+    /// since (restore.rs): a grant the witness holds for it is given back, never served on.
+    unadoptable: bool,
     /// Counted in this group slot's `FailoverSlot::synced` (`true`) or `unsynced`
     /// (`publish_sync`).
     sync_in: Option<(Arc<super::failover::FailoverSlot>, bool)>,
@@ -418,6 +421,7 @@ impl Engine {
             withdrawn_in: None,
             unanswered_retried: false,
             unanswered_epoch: 0,
+            unadoptable: false,
             sync_in: None,
             since_start: true,
             written: RegionMap::new(size, g),

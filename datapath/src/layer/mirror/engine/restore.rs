@@ -172,6 +172,11 @@ impl Engine {
             // restart forgot it: the grant sat at the witness as this site's, the peer denied,
             // and neither site served until the link returned.
             self.fenced_unanswered = Some((0, takeover));
+        } else if mode == Mode::Fenced && p.fenced_unanswered.is_some() {
+            // Never served on; the grant it may hold is given back at the witness's first word
+            // naming it (`give_back_unadoptable`), so the peer, denied while it was held, asks
+            // again and serves (its replica holds every acknowledged write).
+            self.unadoptable = true;
         }
         self.mode = mode;
         self.stats.set_mode(mode);

@@ -410,10 +410,12 @@ fn a_takeover_whose_answer_was_lost_is_adopted_as_one_after_a_restart() {
 /// it; b, denied, keeps it). a must not serve on the witness's word: its replica no longer
 /// holds every acknowledged write, and serving it would read without W and, as the resync's
 /// source, copy its stale region over b's (W lost at both). Failed before: the fence's reason
-/// was restored whatever became of the device since.
+/// was restored whatever became of the device since. Nor may it keep the grant: it gives it
+/// back, b asks again and serves, and the two converge with W (before the give-back, nobody
+/// served until the link returned).
 #[test]
 fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_the_grant() {
-    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
@@ -472,4 +474,40 @@ fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_
         a.engine.mode()
     );
     assert_eq!(b.disk.borrow().bytes[off as usize], w, "b keeps W");
+    // a gives the grant back (kept, b stayed denied and nobody served until the link
+    // returned); b, denied while a held it, asks again once the witness shows it given back,
+    // is granted (a takeover: a gets every region), and serves with W.
+    assert_eq!(
+        sa2.release.load(SeqCst),
+        1,
+        "the grant held for a not given back"
+    );
+    sa.want.store(false, SeqCst);
+    sb.want.store(false, SeqCst);
+    sb.publish_view(0, 1, 2);
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask again");
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    sa2.publish_view(2, 2, 1);
+    a.engine.tick(&mut io, now);
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    for (s, name) in [(&a, "a"), (&b, "b")] {
+        assert!(
+            s.disk.borrow().bytes[off as usize..off as usize + 4096]
+                .iter()
+                .all(|&x| x == w),
+            "the acknowledged W is gone at {name}"
+        );
+    }
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after the resync"
+    );
 }
