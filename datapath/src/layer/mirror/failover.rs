@@ -56,11 +56,11 @@ pub struct FailoverSlot {
     pub outcome: AtomicU8,
     /// The granted epoch (also set by an engine that restores a survivor's grant).
     pub epoch: AtomicU64,
-    /// Engines of the group mirroring in sync here, and those that are not (each engine
-    /// counted once, in one of them, a failed one in neither: `Engine::publish_sync`). The group is in sync only while
-    /// none is out ([`FailoverSlot::in_sync_now`]): one flag each engine overwrote with its
-    /// own state let a mirroring volume make the site learn the witness's epoch while another
-    /// volume of the group was fenced, its replica missing the holder's writes.
+    /// Engines of the group mirroring in session here, and those fenced (each engine counted
+    /// once at most: `Engine::publish_sync_mode`). The group is in sync only while one mirrors
+    /// and none is fenced ([`FailoverSlot::in_sync_now`]): one flag each engine overwrote with
+    /// its own state let a mirroring volume make the site learn the witness's epoch while
+    /// another volume of the group was fenced, its replica missing the holder's writes.
     pub synced: std::sync::atomic::AtomicU32,
     /// (See `synced`.)
     pub unsynced: std::sync::atomic::AtomicU32,
@@ -207,7 +207,8 @@ impl FailoverSlot {
 
     /// Whether every volume of the group mirrors in sync here now: only then does the failover
     /// thread take the witness's epoch as one this site knows.
-    /// (Every engine of the group restored, `members`, is counted in one or the other.)
+    /// (And every engine of the group restored, `members`: a fenced one is counted from its
+    /// restore.)
     pub fn in_sync_now(&self) -> bool {
         self.unsynced.load(SeqCst) == 0
             && self.synced.load(SeqCst) > 0

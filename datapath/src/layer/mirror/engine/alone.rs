@@ -332,7 +332,7 @@ impl Engine {
             self.stop_sync();
             return;
         }
-        self.publish_sync(self.sess.up && self.mode == Mode::Mirroring);
+        self.publish_sync_mode();
         self.check_grant(io, &slot);
         self.adopt_lost_grant(io, &slot);
         self.give_back_unadoptable(&slot);
@@ -438,11 +438,22 @@ impl Engine {
         }
     }
 
-    /// Count this volume in the group's `FailoverSlot::synced` (mirroring in sync here, `now`)
-    /// or `unsynced`: the failover thread takes the witness's epoch as known only while no
-    /// volume of the group is out of sync (`FailoverSlot::in_sync_now`). A failed volume is
-    /// counted in neither (`stop_sync`): it never asks for a grant.
-    pub(super) fn publish_sync(&mut self, now: bool) {
+    /// Count this volume in the group's `FailoverSlot::synced` (mirroring in session) or
+    /// `unsynced` (fenced: its replica may miss the holder's writes, and it may ask again, once
+    /// that grant is given back or after an unanswered request), or in neither (resyncing, a
+    /// new or restarted replica before its first session: they ask for no grant until in
+    /// sync; a survivor; a failed replica, `stop_sync`). The failover thread takes the
+    /// witness's epoch as known only while some volume of the group mirrors and none is fenced
+    /// (`FailoverSlot::in_sync_now`).
+    pub(super) fn publish_sync_mode(&mut self) {
+        match self.mode {
+            Mode::Mirroring if self.sess.up => self.publish_sync(true),
+            Mode::Fenced => self.publish_sync(false),
+            _ => self.stop_sync(),
+        }
+    }
+
+    fn publish_sync(&mut self, now: bool) {
         use std::sync::atomic::Ordering::SeqCst;
         let slot = self.cfg.failover.clone();
         let same = match (&self.sync_in, &slot) {

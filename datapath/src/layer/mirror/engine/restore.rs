@@ -19,9 +19,9 @@ impl Engine {
     /// Load the persisted replica state (called once, before any I/O), the leadership with it.
     pub fn restore(&mut self) -> Result<(), String> {
         let r = self.restore_state();
-        // Not in sync before its first session (counted before `restored`, so the group is
-        // not taken as in sync, its epoch learned, while this volume is not).
-        self.publish_sync(false);
+        // Restored fenced: counted out of sync before `restored`, so the group is not taken as
+        // in sync, its epoch learned, while this volume is fenced.
+        self.publish_sync_mode();
         let reason = if self.term > 0 {
             "restored (a switchover before the restart)"
         } else {

@@ -1016,9 +1016,21 @@ fn a_group_is_in_sync_at_a_site_only_while_every_volume_of_it_is() {
             "x fenced (x ticks first: {order}): the group taken as in sync at a"
         );
     }
+    // x is a resync target (or a replica before its first session): it asks for no grant
+    // until in sync, so it must not keep the site from learning the epoch (the witness would
+    // refuse y as stale when its peer is lost during x's resync).
+    ax.engine.mode = Mode::Resyncing;
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(
+        sa.in_sync_now(),
+        "y in sync, x resyncing: the group not in sync"
+    );
+    ax.engine.mode = Mode::Fenced;
+    ax.engine.tick(&mut io, now);
+    assert!(!sa.in_sync_now(), "x fenced again: the group in sync");
     // x's replica fails: it never asks for a grant again, so y alone decides (a volume
-    // failed for good must not keep the site from learning the epoch: the witness would
-    // refuse y as stale when its peer is lost).
+    // failed for good must not keep the site from learning the epoch).
     ax.engine.fail_replica("a write", 0, 4096, Errno::IO);
     ax.engine.tick(&mut io, now);
     ay.engine.tick(&mut io, now);
