@@ -56,8 +56,14 @@ pub struct FailoverSlot {
     pub outcome: AtomicU8,
     /// The granted epoch (also set by an engine that restores a survivor's grant).
     pub epoch: AtomicU64,
-    /// The mirror is in sync (the thread may adopt the witness's epoch as known).
-    pub in_sync: AtomicBool,
+    /// Engines of the group mirroring in session here, and those fenced (each engine counted
+    /// once at most: `Engine::publish_sync_mode`). The group is in sync only while one mirrors
+    /// and none is fenced ([`FailoverSlot::in_sync_now`]): one flag each engine overwrote with
+    /// its own state let a mirroring volume make the site learn the witness's epoch while
+    /// another volume of the group was fenced, its replica missing the holder's writes.
+    pub synced: std::sync::atomic::AtomicU32,
+    /// (See `synced`.)
+    pub unsynced: std::sync::atomic::AtomicU32,
     /// Non-zero: give this epoch's grant back (the resync brought the peer up to date).
     pub release: AtomicU64,
     /// Volumes of the group serving alone; the grant is given back when the last one is in
@@ -197,6 +203,16 @@ impl FailoverSlot {
     /// Drop the count [`FailoverSlot::claim_grant`] took.
     pub fn unclaim(&self) {
         self.survivors.fetch_sub(1, SeqCst);
+    }
+
+    /// Whether every volume of the group mirrors in sync here now: only then does the failover
+    /// thread take the witness's epoch as one this site knows.
+    /// (And every engine of the group restored, `members`: a fenced one is counted from its
+    /// restore.)
+    pub fn in_sync_now(&self) -> bool {
+        self.unsynced.load(SeqCst) == 0
+            && self.synced.load(SeqCst) > 0
+            && self.restored.load(SeqCst) >= self.members.load(SeqCst)
     }
 
     /// Whether this site claims the group as preferred now (see `members`), before the
@@ -463,7 +479,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
         // it): until then the witness refuses it as stale, so losing the former survivor
         // would stop the volume at both sites. Beat at once.
         for (i, (_, slot, _)) in groups.iter().enumerate() {
-            let now_in_sync = slot.in_sync.load(SeqCst);
+            let now_in_sync = slot.in_sync_now();
             if now_in_sync && !was_in_sync[i] {
                 next_beat = now;
             }
@@ -489,7 +505,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         let slot = &groups[i].1;
                         let holder = v.holder.map(|h| h.get()).unwrap_or(0);
                         slot.publish_view(holder, v.epoch.0, cfg.site_id);
-                        if slot.in_sync.load(SeqCst) && v.epoch.0 > known[i].0 {
+                        if slot.in_sync_now() && v.epoch.0 > known[i].0 {
                             known[i] = v.epoch;
                             slot.known_epoch.store(v.epoch.0, SeqCst);
                         }

@@ -10,8 +10,10 @@
 //! may have dropped writes it had not flushed, and it is not reconciled yet; bit 3 (mode 2
 //! only): fenced for want of the witness's answer to a request for the grant, its replica
 //! holding every acknowledged write (the witness may have granted that request: a restart
-//! adopts such a grant as before it, [`Persisted::fenced_unanswered`]); bit 4 (with bit 3
-//! only): that request was an operator's takeover; other bits 0) |
+//! adopts such a grant as before it, [`Persisted::fenced_unanswered`], unless its host
+//! restarted since an unclean stop); bit 4 (with bit 3
+//! only): that request's grant is a takeover (an operator's, or a request asked again after
+//! the holder's grant was given back); other bits 0) |
 //! epoch u64 | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
 //! written words u32 | words u64 ... | suspect words u32 | words u64 ... | replica identity
 //! u64 | leadership term u64 | boot id u128 | CRC32C u32 of everything before it. The dirty bitmap holds the regions written while the peer was away
@@ -100,9 +102,11 @@ pub struct Persisted {
     pub host_restarted: bool,
     /// Fenced for want of the witness's answer to a request for the grant (flags bit 3, mode 2
     /// only), the replica then holding every acknowledged write: `Some(takeover)`, whether
-    /// that request was an operator's takeover (bit 4). The witness may hold the grant for
+    /// that request's grant is a takeover (bit 4: an operator's, or asked again after the
+    /// holder's grant was given back). The witness may hold the grant for
     /// this site: restarted, the site adopts it from the witness's word as it would have
-    /// without the restart (engine `adopt_lost_grant`). `None`: not so fenced, or a file of
+    /// without the restart (engine `adopt_lost_grant`), unless its device may have dropped
+    /// unflushed writes since (an unclean stop, and another or an unknown boot id). `None`: not so fenced, or a file of
     /// version 5 or older.
     pub fenced_unanswered: Option<bool>,
 }

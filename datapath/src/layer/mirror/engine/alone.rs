@@ -326,13 +326,16 @@ impl Engine {
         self.publish_withdrawn();
         self.publish_watching(&slot);
         if self.durable.failed || self.failed.is_some() {
-            // Stopped here: never ask for (or take) a grant.
-            slot.in_sync
-                .store(false, std::sync::atomic::Ordering::SeqCst);
+            // Stopped here: never ask for (or take) a grant, so what this site knows of the
+            // group's epoch is not this volume's concern (counted neither way: a volume failed
+            // for good does not keep the others from learning it).
+            self.stop_sync();
             return;
         }
+        self.publish_sync_mode();
         self.check_grant(io, &slot);
         self.adopt_lost_grant(io, &slot);
+        self.give_back_unadoptable(&slot);
         self.ask_again_if_released(&slot);
         if self.sess.up {
             // A second request's answer read in session (or none: the link's loss asks
@@ -380,10 +383,16 @@ impl Engine {
                 }
             }
             Grant::Unanswered { takeover } => {
-                self.witness_retried = false;
+                // A request asked again after the holder's grant was given back: its grant,
+                // if the witness gave it, is a takeover as when answered (above), adopted so
+                // from the witness's word, after a restart too (state flags bit 4). Before, it
+                // was adopted as a plain grant.
+                let retried = std::mem::take(&mut self.witness_retried);
                 self.fence("neither the peer nor the witness is reachable");
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
-                self.fenced_unanswered = Some((seq, takeover));
+                self.fenced_unanswered = Some((seq, takeover || retried));
+                self.unanswered_retried = retried && !takeover;
+                self.unanswered_epoch = slot.view_epoch.load(std::sync::atomic::Ordering::SeqCst);
                 // Persisted with the fence (state flags bit 3): a restart before the witness's
                 // word still adopts the grant (restore.rs).
                 self.persist(false);
@@ -426,6 +435,46 @@ impl Engine {
             } else {
                 self.stop_watching();
             }
+        }
+    }
+
+    /// Count this volume in the group's `FailoverSlot::synced` (mirroring in session) or
+    /// `unsynced` (fenced: its replica may miss the holder's writes, and it may ask again, once
+    /// that grant is given back or after an unanswered request), or in neither (resyncing, a
+    /// new or restarted replica before its first session: they ask for no grant until in
+    /// sync; a survivor; a failed replica, `stop_sync`). The failover thread takes the
+    /// witness's epoch as known only while some volume of the group mirrors and none is fenced
+    /// (`FailoverSlot::in_sync_now`).
+    pub(super) fn publish_sync_mode(&mut self) {
+        match self.mode {
+            Mode::Mirroring if self.sess.up => self.publish_sync(true),
+            Mode::Fenced => self.publish_sync(false),
+            _ => self.stop_sync(),
+        }
+    }
+
+    fn publish_sync(&mut self, now: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let slot = self.cfg.failover.clone();
+        let same = match (&self.sync_in, &slot) {
+            (Some((c, was)), Some(s)) => Arc::ptr_eq(c, s) && *was == now,
+            (c, s) => c.is_none() && s.is_none(),
+        };
+        if same {
+            return;
+        }
+        self.stop_sync();
+        if let Some(s) = slot {
+            if now { &s.synced } else { &s.unsynced }.fetch_add(1, SeqCst);
+            self.sync_in = Some((s, now));
+        }
+    }
+
+    /// Not counted in `synced` or `unsynced` any more (also when the engine goes).
+    pub(super) fn stop_sync(&mut self) {
+        if let Some((slot, now)) = self.sync_in.take() {
+            if now { &slot.synced } else { &slot.unsynced }
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -559,7 +608,7 @@ impl Engine {
         if !is_me || epoch <= self.given_back {
             if self.mode == Mode::Fenced
                 && holder == 0
-                && !takeover
+                && (!takeover || self.unanswered_retried)
                 && !self.sess.up
                 && !self.draining
                 && self.sess.number != 0
@@ -572,8 +621,13 @@ impl Engine {
                 // name a holder, or refuse it as stale at a later epoch). Before, it stayed
                 // fenced: with the peer fenced so too, or waiting, nobody served until the
                 // link returned. Once per such fence: the answer fences again, or serves.
+                // (A request asked again after a give-back stays one: its grant a takeover. So
+                // is this one when the word's epoch is above the one seen at the fence: a grant
+                // came and went meanwhile, another site's, given back without resyncing this
+                // one (an operator's release): it may have acknowledged alone.)
                 tracing::warn!(volume = %self.cfg.name, epoch,
                     "mirror: the witness holds nothing for the group after an unanswered request; asking again");
+                self.witness_retried = self.unanswered_retried || epoch > self.unanswered_epoch;
                 self.witness.ask_fenced();
             }
             if self.mode == Mode::Mirroring {
@@ -612,6 +666,9 @@ impl Engine {
                 tracing::warn!(volume = %self.cfg.name, epoch, takeover,
                     "mirror: the witness holds the volume for this site (its answer was lost); survivor");
                 if takeover {
+                    // The group's: every volume of it takes this grant as a takeover (its
+                    // mark is in memory; restarted, this volume's state brought it back).
+                    slot.asking_takeover(epoch.saturating_sub(1));
                     self.taken_over(io);
                 }
                 self.become_survivor(io, epoch);
@@ -640,6 +697,35 @@ impl Engine {
                 self.persist_mode(Mode::Survivor);
             }
         }
+    }
+
+    /// Restored fenced for want of an answer, its host restarted since (restore.rs: its device
+    /// may have dropped acknowledged writes the peer kept): a grant the witness's first word
+    /// names this site's is given back, never served on, so the peer, denied while it was
+    /// held, asks again (`ask_again_if_released`: a takeover) and serves. Before, nobody
+    /// served until the link returned. A first word naming another holder or none ends it.
+    fn give_back_unadoptable(&mut self, slot: &crate::layer::mirror::failover::FailoverSlot) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.unadoptable {
+            return;
+        }
+        if self.mode != Mode::Fenced || self.witness.pending() {
+            self.unadoptable = self.mode == Mode::Fenced;
+            return;
+        }
+        let Some((is_me, _, epoch)) = slot.view() else {
+            return; // no word yet
+        };
+        if is_me && epoch > self.given_back {
+            if slot.watching.load(SeqCst) != 0 || slot.survivors.load(SeqCst) != 0 {
+                return; // another volume of the group may take it: left to it
+            }
+            tracing::warn!(volume = %self.cfg.name, epoch,
+                "mirror: the witness holds the volume for this site, whose device may have lost writes since its fence (its host restarted); giving the grant back");
+            self.given_back = epoch;
+            slot.release.store(epoch, SeqCst);
+        }
+        self.unadoptable = false;
     }
 
     /// Taken over by an operator: which regions differ from the peer is unknown, so the peer

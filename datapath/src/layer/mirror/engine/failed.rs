@@ -213,9 +213,10 @@ impl Engine {
         self.failed = Some(why.clone());
         self.stats.set_failure(&why);
         self.publish_withdrawn();
+        // (Never asks again: counted neither in sync nor out, `failover_tick`.)
+        self.stop_sync();
         if let Some(slot) = &self.cfg.failover {
             use std::sync::atomic::Ordering::SeqCst;
-            slot.in_sync.store(false, SeqCst);
             // Its own request not sent yet is withdrawn, but the flag is the group's: only
             // when no other volume of the group waits on a request or is fenced for want of
             // an answer (`FailoverSlot::watching`, this volume's own count aside). Withdrawn

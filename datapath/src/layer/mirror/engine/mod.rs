@@ -303,6 +303,19 @@ pub struct Engine {
     watching: Option<Arc<super::failover::FailoverSlot>>,
     /// Counted in this group slot's `FailoverSlot::withdrawn` (`publish_withdrawn`).
     withdrawn_in: Option<Arc<super::failover::FailoverSlot>>,
+    /// `fenced_unanswered`'s request was asked again after the holder's grant was given back
+    /// (`witness_retried`; its takeover flag set for that): asked once more as such when the
+    /// witness's word names nobody (`adopt_lost_grant`), unlike an operator's takeover.
+    unanswered_retried: bool,
+    /// The witness's epoch as this site saw it when `fenced_unanswered`'s request went
+    /// unanswered: a word naming nobody at a later one shows another grant came and went.
+    unanswered_epoch: u64,
+    /// Restored fenced for want of an answer whose device may have dropped acknowledged writes
+    /// since (restore.rs): a grant the witness holds for it is given back, never served on.
+    unadoptable: bool,
+    /// Counted in this group slot's `FailoverSlot::synced` (`true`) or `unsynced`
+    /// (`publish_sync`).
+    sync_in: Option<(Arc<super::failover::FailoverSlot>, bool)>,
     /// A resync target that finished receiving in session `.0`: its source may still push
     /// metadata states (a change crossing the target's RESYNC_DONE_ACK) until a PONG for the
     /// PING sent right after that confirmation (clock `.1`) shows the source has read it
@@ -406,6 +419,10 @@ impl Engine {
             metas_crossing: Vec::new(),
             watching: None,
             withdrawn_in: None,
+            unanswered_retried: false,
+            unanswered_epoch: 0,
+            unadoptable: false,
+            sync_in: None,
             since_start: true,
             written: RegionMap::new(size, g),
             suspect: RegionMap::new(size, g),
@@ -1439,6 +1456,7 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop_watching();
         self.stop_withdrawn();
+        self.stop_sync();
         if self.persist_clean_stop() {
             self.actlog_clean_stop();
         }

@@ -19,6 +19,9 @@ impl Engine {
     /// Load the persisted replica state (called once, before any I/O), the leadership with it.
     pub fn restore(&mut self) -> Result<(), String> {
         let r = self.restore_state();
+        // Restored fenced: counted out of sync before `restored`, so the group is not taken as
+        // in sync, its epoch learned, while this volume is fenced.
+        self.publish_sync_mode();
         let reason = if self.term > 0 {
             "restored (a switchover before the restart)"
         } else {
@@ -149,8 +152,17 @@ impl Engine {
             slot.epoch
                 .store(p.epoch, std::sync::atomic::Ordering::SeqCst);
         }
+        // Its device still holds what it applied before the fence: saved at a clean stop (which
+        // flushed it), or the same boot (a process restarted on a running host keeps its
+        // device's cache). A power loss since (another boot id, or one unknown) may have dropped
+        // acknowledged writes it never flushed, which the peer kept: serving alone on the grant
+        // would read without them and copy the stale regions over the peer's (test
+        // `restart_grant::a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_the_grant`).
+        let device_kept =
+            p.clean || (p.boot != 0 && self.cfg.boot_id != 0 && p.boot == self.cfg.boot_id);
         if mode == Mode::Fenced
             && p.mode == 2
+            && device_kept
             && let Some(takeover) = p.fenced_unanswered
         {
             // Fenced for want of the witness's answer, its replica then holding every
@@ -160,6 +172,11 @@ impl Engine {
             // restart forgot it: the grant sat at the witness as this site's, the peer denied,
             // and neither site served until the link returned.
             self.fenced_unanswered = Some((0, takeover));
+        } else if mode == Mode::Fenced && p.fenced_unanswered.is_some() {
+            // Never served on; the grant it may hold is given back at the witness's first word
+            // naming it (`give_back_unadoptable`), so the peer, denied while it was held, asks
+            // again and serves (its replica holds every acknowledged write).
+            self.unadoptable = true;
         }
         self.mode = mode;
         self.stats.set_mode(mode);

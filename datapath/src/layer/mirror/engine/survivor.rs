@@ -123,8 +123,6 @@ impl Witness {
         takeover_flag: &AtomicBool,
         site: SiteNow,
     ) -> Grant {
-        slot.in_sync
-            .store(site.up && site.mode == Mode::Mirroring, SeqCst);
         let takeover = takeover_flag.load(SeqCst)
             && matches!(site.mode, Mode::Waiting | Mode::Mirroring | Mode::Fenced);
         if takeover && !self.takeover {
@@ -254,7 +252,6 @@ mod tests {
             w.tick(&slot, &flag, site(true, Mode::Mirroring)),
             Grant::Wait
         );
-        assert!(slot.in_sync.load(SeqCst));
         let never = SiteNow {
             had_session: false,
             ..site(false, Mode::Mirroring)

@@ -637,6 +637,67 @@ fn a_grant_asked_again_after_the_holders_grant_was_given_back_is_a_takeover() {
     );
 }
 
+/// As above, but the answer to the second request is lost (the witness granted it, its reply
+/// dropped): a fences for want of it and adopts the grant from the witness's word. That grant
+/// is the same one, after the holder's grant was given back: a takeover (every region ever
+/// written to the peer, the history below told it may be stale), for every volume of the
+/// group, and so after a restart before the word (state flags bit 4). Failed before: the
+/// request's lost answer was adopted as a plain grant.
+#[test]
+fn a_lost_answer_to_a_request_asked_again_after_a_give_back_is_adopted_as_a_takeover() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    for restart in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, sa, _b, _, mut io, _rng, _) =
+            super::failover::cut_and_answer(167, DENIED, GRANTED);
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        a.engine.cfg.state_file = Some(dir.path().join("a"));
+        a.engine
+            .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+        sa.want.store(false, SeqCst);
+        let now = Instant::now();
+        // Denied while b (site 2) held epoch 3; the witness's word then shows it given back.
+        a.engine.denied_by = Some((3, sa.view_seq.load(SeqCst)));
+        sa.publish_view(0, 3, 1);
+        a.engine.tick(&mut io, now);
+        a.engine.tick(&mut io, now);
+        assert!(sa.want.swap(false, SeqCst), "not asked again");
+        // The witness grants it (epoch 4); the answer is lost.
+        sa.outcome.store(UNREACHABLE, SeqCst);
+        a.engine.tick(&mut io, now);
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        let sa = if restart {
+            let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+            a.engine.cfg.failover = Some(Arc::clone(&sa2));
+            crash_and_restart(&mut a);
+            assert_eq!(a.engine.mode(), Mode::Fenced);
+            sa2
+        } else {
+            sa
+        };
+        // (Regions mirrored in earlier sessions: written, neither dirty nor suspect.)
+        let (size, g) = (a.engine.cfg.size, a.engine.cfg.dirty_granularity);
+        a.engine.written = RegionMap::all(size, g);
+        // The witness's word: a holds the group at epoch 4.
+        sa.publish_view(1, 4, 1);
+        a.engine.tick(&mut io, now);
+        assert_eq!(
+            (a.engine.mode(), a.engine.grant_epoch),
+            (Mode::Survivor, 4),
+            "restart {restart}"
+        );
+        assert_eq!(
+            a.engine.dirty_bytes(),
+            a.engine.written.bytes(),
+            "restart {restart}: the lost answer adopted as a plain grant (the peer is not given every region ever written)"
+        );
+        assert!(
+            sa.takeover_at(4),
+            "restart {restart}: another volume of the group takes the grant as a plain one"
+        );
+    }
+}
+
 /// Both sites lose their link while the witness is out of reach: both requests go
 /// unanswered and the witness records nothing; both fence for want of an answer. The witness
 /// is heard again (its word: nobody holds the group), the link still down: a site fenced so
@@ -685,4 +746,43 @@ fn a_site_fenced_for_an_unanswered_request_the_witness_never_granted_asks_again(
         b.engine.tick(&mut io, now);
     }
     assert!(!sb.want.load(SeqCst), "asked again and again");
+}
+
+/// As above, but the witness's word, once heard again, names nobody holding the group at a
+/// later epoch than a last saw (3): a grant came and went while a was fenced, the peer's
+/// (only another site's grant is given back while a watches for its answer). Nobody may have
+/// served since a's fence no more: the peer's grant was given back without resyncing a (an
+/// operator's release of a survivor lost for good, say). a asks once more, and a grant
+/// answered so is a takeover, as a denied site's second request (every region ever written
+/// to the peer, the history below told it may be stale). Failed before: a plain grant.
+#[test]
+fn a_site_fenced_for_an_unanswered_request_asks_again_as_a_takeover_after_another_grant_came_and_went()
+ {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    let (mut a, sa, _b, _, mut io, _rng, _) =
+        super::failover::cut_and_answer(193, UNREACHABLE, UNREACHABLE);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    sa.want.store(false, SeqCst);
+    let now = Instant::now();
+    // The witness's word: nobody holds the group, at epoch 3 (b's grant, given back).
+    sa.publish_view(0, 3, 1);
+    a.engine.tick(&mut io, now);
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.swap(false, SeqCst), "not asked again");
+    let (size, g) = (a.engine.cfg.size, a.engine.cfg.dirty_granularity);
+    a.engine.written = RegionMap::all(size, g);
+    sa.epoch.store(4, SeqCst);
+    sa.publish_view(1, 4, 1);
+    sa.outcome.store(GRANTED, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!((a.engine.mode(), a.engine.grant_epoch), (Mode::Survivor, 4));
+    assert_eq!(
+        a.engine.dirty_bytes(),
+        a.engine.written.bytes(),
+        "a plain grant after another site's grant was given back (the peer is not given every region ever written)"
+    );
+    assert!(
+        sa.takeover_at(4),
+        "the group's other volumes take it as plain"
+    );
 }

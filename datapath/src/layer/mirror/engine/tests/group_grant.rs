@@ -975,3 +975,71 @@ fn a_preferred_site_restarted_without_its_peer_does_not_claim_the_group() {
         );
     }
 }
+
+/// Volume x of the group is fenced at site a (denied: the peer serves it alone at the
+/// group's grant, its replica missing those writes), volume y mirrors in sync. The site must
+/// not count as in sync for the group: the failover thread would take the witness's epoch
+/// as known (`FailoverSlot::in_sync_now`), and x's next request (asked again once that
+/// grant is given back, or once more after an unanswered one) would pass the witness's stale
+/// check for writes x never had. Failed before: `in_sync` was one flag each volume
+/// overwrote with its own state at each tick, so y's tick made the group in sync.
+#[test]
+fn a_group_is_in_sync_at_a_site_only_while_every_volume_of_it_is() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(157);
+    let mut slot = 0;
+    let (mut ay, sa, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut ax, _, _bx, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    ax.engine.cfg.failover = Some(Arc::clone(&sa));
+    ax.engine.fence("test: denied, the peer holds the group");
+    by.engine.link_down("cut");
+    by.wire.clear();
+    ay.engine.link_down("cut");
+    ay.wire.clear();
+    meet(&mut ay, &mut by, &mut io);
+    run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+    assert_eq!(
+        (ay.engine.mode(), ax.engine.mode()),
+        (Mode::Mirroring, Mode::Fenced)
+    );
+    let now = Instant::now();
+    for order in [true, false] {
+        if order {
+            ax.engine.tick(&mut io, now);
+            ay.engine.tick(&mut io, now);
+        } else {
+            ay.engine.tick(&mut io, now);
+            ax.engine.tick(&mut io, now);
+        }
+        assert!(
+            !sa.in_sync_now(),
+            "x fenced (x ticks first: {order}): the group taken as in sync at a"
+        );
+    }
+    // x is a resync target (or a replica before its first session): it asks for no grant
+    // until in sync, so it must not keep the site from learning the epoch (the witness would
+    // refuse y as stale when its peer is lost during x's resync).
+    ax.engine.mode = Mode::Resyncing;
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(
+        sa.in_sync_now(),
+        "y in sync, x resyncing: the group not in sync"
+    );
+    ax.engine.mode = Mode::Fenced;
+    ax.engine.tick(&mut io, now);
+    assert!(!sa.in_sync_now(), "x fenced again: the group in sync");
+    // x's replica fails: it never asks for a grant again, so y alone decides (a volume
+    // failed for good must not keep the site from learning the epoch).
+    ax.engine.fail_replica("a write", 0, 4096, Errno::IO);
+    ax.engine.tick(&mut io, now);
+    ay.engine.tick(&mut io, now);
+    assert!(
+        sa.in_sync_now(),
+        "y in sync, x failed: the group not in sync"
+    );
+    // Once x is gone (its engine dropped), y alone decides.
+    drop(ax);
+    ay.engine.tick(&mut io, now);
+    assert!(sa.in_sync_now(), "y in sync, x gone: the group not in sync");
+}

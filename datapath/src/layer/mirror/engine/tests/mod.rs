@@ -928,6 +928,7 @@ fn crash_and_restart(s: &mut Site) {
     // count in it goes.)
     s.engine.stop_watching();
     s.engine.stop_withdrawn();
+    s.engine.stop_sync();
     s.disk.borrow_mut().pending.clear();
     let fresh = Engine::new(
         cfg,

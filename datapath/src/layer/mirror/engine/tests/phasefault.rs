@@ -183,7 +183,7 @@ impl Wit {
             self.claim(i, claim, true);
             let h = self.holder.map_or(0, |h| h as u32 + 1);
             s.publish_view(h, self.epoch, i as u32 + 1);
-            if s.in_sync.load(SeqCst) {
+            if s.in_sync_now() {
                 self.known[i] = self.known[i].max(self.epoch);
             }
         }

@@ -403,3 +403,111 @@ fn a_takeover_whose_answer_was_lost_is_adopted_as_one_after_a_restart() {
         "adopted after the restart as a plain grant"
     );
 }
+
+/// As `a_site_restarted_before_it_adopted_a_lost_grant_serves_on_it_once_the_witness_says_so`,
+/// but a's *host* restarted (a power loss: another boot id), not only its process: its device
+/// dropped what it had never flushed, an acknowledged write W among them (both sites applied
+/// it; b, denied, keeps it). a must not serve on the witness's word: its replica no longer
+/// holds every acknowledged write, and serving it would read without W and, as the resync's
+/// source, copy its stale region over b's (W lost at both). Failed before: the fence's reason
+/// was restored whatever became of the device since. Nor may it keep the grant: it gives it
+/// back, b asks again and serves, and the two converge with W (before the give-back, nobody
+/// served until the link returned).
+#[test]
+fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_the_grant() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(151);
+    let mut slot = 0;
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    for (s, n) in [(&mut a, "a"), (&mut b, "b")] {
+        s.engine.cfg.state_file = Some(dir.path().join(n));
+        s.engine
+            .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+        s.engine.persist(false);
+        assert!(s.engine.wait_persisted());
+    }
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    let (off, w) = (8192u64, 0xA7u8);
+    write_at(&mut a, &mut io, &mut slot, off, w, 4096);
+    exchange(&mut a, &mut b, &mut io, &mut rng, 4);
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (1, 0), "W acknowledged");
+    assert_eq!(
+        a.disk.borrow().flushes,
+        0,
+        "a's device flushed W: no loss to model"
+    );
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    both_ask(&mut a, &mut b, &mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    sb.publish_view(1, 1, 2);
+    sb.outcome.store(DENIED, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    // The power goes at a: its device keeps only what it flushed (nothing).
+    a.disk.borrow_mut().bytes = vec![0; SIZE as usize];
+    a.engine.cfg.boot_id = 2;
+    let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    // The witness's first word to the new process: a holds the group at epoch 1.
+    sa2.publish_view(1, 1, 1);
+    for _ in 0..3 {
+        a.engine.tick(&mut io, Instant::now());
+        while complete_one(&mut a, &mut io, &mut rng) {}
+        past_peer_lease(&mut a, &mut io);
+    }
+    assert!(
+        !a.engine.may_read(Instant::now()) && a.engine.mode() != Mode::Survivor,
+        "a serves alone ({:?}) with the acknowledged W gone from its device",
+        a.engine.mode()
+    );
+    assert_eq!(b.disk.borrow().bytes[off as usize], w, "b keeps W");
+    // a gives the grant back (kept, b stayed denied and nobody served until the link
+    // returned); b, denied while a held it, asks again once the witness shows it given back,
+    // is granted (a takeover: a gets every region), and serves with W.
+    assert_eq!(
+        sa2.release.load(SeqCst),
+        1,
+        "the grant held for a not given back"
+    );
+    sa.want.store(false, SeqCst);
+    sb.want.store(false, SeqCst);
+    sb.publish_view(0, 1, 2);
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask again");
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    sa2.publish_view(2, 2, 1);
+    a.engine.tick(&mut io, now);
+    meet(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    for (s, name) in [(&a, "a"), (&b, "b")] {
+        assert!(
+            s.disk.borrow().bytes[off as usize..off as usize + 4096]
+                .iter()
+                .all(|&x| x == w),
+            "the acknowledged W is gone at {name}"
+        );
+    }
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after the resync"
+    );
+}
