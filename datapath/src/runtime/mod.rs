@@ -85,35 +85,6 @@ pub fn pin_to_core(core: usize) -> std::io::Result<()> {
     }
 }
 
-/// The nice value of a daemon's bulk background threads (CDP's consolidation and segment
-/// preparation): where they share a core with a reactor (no spare core to place them on,
-/// [`Housekeeping`]) the scheduler gives them about a tenth of it while the reactor is busy
-/// (CFS weight 110 against 1,024), enough for consolidation to keep up, and they preempt the
-/// reactor less; on an idle core they run at full speed.
-pub const BACKGROUND_NICE: i32 = 10;
-
-/// Give the calling thread [`BACKGROUND_NICE`] unless it is already nicer (a daemon started
-/// with `nice 19` stays there): only ever lowers its priority, so no privilege is needed.
-pub fn lower_priority() -> std::io::Result<()> {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() } as libc::id_t;
-    // SAFETY: reads this thread's nice value (-1 is also a valid value: errno tells).
-    let now = unsafe {
-        *libc::__errno_location() = 0;
-        libc::getpriority(libc::PRIO_PROCESS, tid)
-    };
-    if now >= BACKGROUND_NICE {
-        return Ok(());
-    }
-    // SAFETY: sets the nice value of this thread (Linux: PRIO_PROCESS with a thread id).
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE) };
-    if rc != 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// The CPUs a daemon's other threads (control socket, metrics, CDP helpers, the mirror's
 /// persister and witness client) run on: those the calling thread may use less the reactors'
 /// `cores`, so a pinned reactor's core is its own (SPDK's model: background work never
@@ -185,26 +156,6 @@ impl Housekeeping {
 mod housekeeping_tests {
     use super::Housekeeping;
     use std::os::unix::thread::JoinHandleExt;
-
-    /// A thread that lowers its priority runs at the background nice value; its process's
-    /// other threads keep theirs.
-    #[test]
-    fn a_background_thread_lowers_only_its_own_priority() {
-        // SAFETY: getpriority/gettid read this thread's values.
-        let nice = || unsafe {
-            *libc::__errno_location() = 0;
-            libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
-        };
-        let before = nice();
-        let got = std::thread::spawn(move || {
-            super::lower_priority().expect("setpriority");
-            nice()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(got, super::BACKGROUND_NICE.max(before));
-        assert_eq!(nice(), before, "the calling thread is unchanged");
-    }
 
     /// The set leaves the reactors' cores out; a thread placed on it runs only there; with
     /// every CPU taken by reactors there is no set.

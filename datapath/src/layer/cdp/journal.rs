@@ -1338,9 +1338,6 @@ pub fn spare_thread(
     std::thread::Builder::new()
         .name("cdp-segments".into())
         .spawn(move || {
-            if let Err(e) = crate::runtime::lower_priority() {
-                tracing::debug!(error = %e, "cdp: cannot lower the cdp-segments thread's priority");
-            }
             // When each directory whose preparation failed is tried again (a full or failing
             // device may recover; until then the writer creates its own segments).
             let mut retry: std::collections::HashMap<PathBuf, Instant> = Default::default();

@@ -859,9 +859,6 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("cdp-retention".into())
         .spawn(move || {
-            if let Err(e) = crate::runtime::lower_priority() {
-                tracing::debug!(error = %e, "cdp: cannot lower the cdp-retention thread's priority");
-            }
             let mut bytes = Vec::new();
             let mut kept: std::collections::HashMap<PathBuf, Kept> =
                 std::collections::HashMap::new();
