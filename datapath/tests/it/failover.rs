@@ -26,11 +26,25 @@ pub(crate) struct WitnessProc {
 
 impl WitnessProc {
     pub(crate) fn start(dir: &Path, key: &[u8], addr: Option<SocketAddr>) -> WitnessProc {
+        Self::start_with_grace(dir, key, addr, Duration::from_millis(500))
+    }
+
+    /// [`WitnessProc::start`] with its tie grace (how long a request from the site that is not
+    /// a group's preferred one waits for the preferred site's) `tie_grace`: long where a test's
+    /// premise is that each volume's leader keeps it on a cut (both sites ask at once, but a
+    /// loaded machine may hold one of them back past the 500 ms grace, and the other site
+    /// then rightly wins the volume).
+    pub(crate) fn start_with_grace(
+        dir: &Path,
+        key: &[u8],
+        addr: Option<SocketAddr>,
+        tie_grace: Duration,
+    ) -> WitnessProc {
         let cfg = twinblk_witness::Config {
             listen: addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
             state: dir.join("witness.state"),
             key: twinblk_witness::Key::new(key).unwrap(),
-            tie_grace: Duration::from_millis(500),
+            tie_grace,
             init: true,
         };
         let mut w = twinblk_witness::Witness::open(cfg).expect("witness");

@@ -268,7 +268,7 @@ fn listed_hosts_see_their_own_sites_ports_optimised_whichever_site_leads() {
 #[test]
 fn after_a_failover_the_inaccessible_states_are_the_same_for_every_host() {
     let root = tempfile::tempdir().unwrap();
-    let w = WitnessProc::start(root.path(), KEY, None);
+    let w = WitnessProc::start_with_grace(root.path(), KEY, None, crate::harness::PATIENCE);
     let (pa, pb) = (free_port(), free_port());
     let (to_a, to_b) = (Proxy::new(pa), Proxy::new(pb));
     let (ia, ib) = (free_port(), free_port());

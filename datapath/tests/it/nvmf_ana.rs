@@ -206,7 +206,7 @@ fn read_write(q: &mut Queue, nsid: u32) -> (u16, u16) {
 #[test]
 fn each_volume_is_its_own_ana_group_and_a_fenced_one_answers_ana_inaccessible() {
     let root = tempfile::tempdir().unwrap();
-    let w = WitnessProc::start(root.path(), KEY, None);
+    let w = WitnessProc::start_with_grace(root.path(), KEY, None, crate::harness::PATIENCE);
     let (pa, pb) = (free_port(), free_port());
     // Each site reaches the other only through a proxy, so the link can be cut.
     let (to_a, to_b) = (Proxy::new(pa), Proxy::new(pb));
