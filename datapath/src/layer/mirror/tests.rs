@@ -357,6 +357,26 @@ fn each_site_reports_the_other_sites_path_as_the_other_site_does() {
     }
 }
 
+/// A site mirroring without a read lease (the link just lost, the witness being asked) is
+/// transitioning, which hosts retry, never inaccessible, which Linux's iSCSI initiator takes
+/// as the path gone for good; a site that has decided not to serve (fenced, resyncing,
+/// waiting) is inaccessible.
+#[test]
+fn a_site_waiting_for_the_decision_is_transitioning_and_a_fenced_one_inaccessible() {
+    use super::{Mode, path_state};
+    use crate::bdev::volume::PathState;
+    for role in [Role::Leader, Role::Follower] {
+        assert_eq!(
+            path_state(Mode::Mirroring, role, false),
+            PathState::Transitioning
+        );
+        for mode in [Mode::Fenced, Mode::Resyncing, Mode::Waiting] {
+            assert_eq!(path_state(mode, role, false), PathState::Inaccessible);
+            assert_eq!(path_state(mode, role, true), PathState::Inaccessible);
+        }
+    }
+}
+
 /// The poller bounds the reactor's sleep only for what must not wait the reactor's longest
 /// sleep (a held-back ACK, an update waiting for the activity log), never with its periodic
 /// tick: a timeout of a few ms on every wait cost 7 µs of server CPU per mirrored write
