@@ -202,8 +202,13 @@ pub struct Spare {
     pub ready: AtomicU64,
     /// Write the spare's blocks once (zeroes) before use.
     pub zero: AtomicBool,
-    /// Held by the helper while it prepares `want`; the writer only try-locks it (never
-    /// waits), so the two never create the same segment.
+    /// The helper is preparing a spare's file ([`store::stage_spare`]): a writer that finds
+    /// no spare ready waits for it, at most [`SPARE_WAIT`].
+    pub staging: AtomicBool,
+    /// Held by the helper only while it installs its prepared file as the segment `want`
+    /// names (a rename and a directory sync, [`store::install_spare`]), and by the writer
+    /// at a switch; the writer only try-locks it, so the two never create the same segment
+    /// and the writer never waits for a preparation.
     pub lock: std::sync::Mutex<()>,
     /// The volume's mappings of its segment files (mapped.rs): the helper maps each spare,
     /// the writer appends through the active segment's, the retention thread reads sealed
@@ -373,6 +378,9 @@ pub struct Journal {
     seg_large: u64,
     /// Bytes of small batches appended in a row to the active segment, without a mapping.
     small_run: u64,
+    /// When this switch first found no spare ready while the helper was preparing one
+    /// ([`SPARE_WAIT`]).
+    spare_wait: Option<Instant>,
     /// Whether the writer asked the helper to map the active segment part way.
     map_ask: MapAsk,
 }
@@ -515,6 +523,7 @@ impl Journal {
             seg_bytes: 0,
             seg_large: 0,
             small_run: 0,
+            spare_wait: None,
             map_ask: MapAsk::No,
         })
     }
@@ -1078,8 +1087,8 @@ impl Journal {
     }
 
     /// Close the active segment and start the next one (no append in flight or queued for it),
-    /// its header naming `low` ([`Journal::issue`]). False: the helper is preparing it right
-    /// now; try again next turn.
+    /// its header naming `low` ([`Journal::issue`]). False: the helper is installing it right
+    /// now, or preparing it for less than [`SPARE_WAIT`]; try again next turn.
     fn next_segment(&mut self, io: &mut IoCx, low: u64) -> Result<bool, store::CdpError> {
         let first = self.durable + 1;
         let segno = self.segno + 1;
@@ -1090,6 +1099,13 @@ impl Journal {
             Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
         };
         let spare = spare_slot.ready.load(Ordering::Acquire) == segno;
+        if !spare && spare_slot.staging.load(Ordering::Acquire) {
+            let since = *self.spare_wait.get_or_insert_with(Instant::now);
+            if since.elapsed() < SPARE_WAIT {
+                return Ok(false);
+            }
+        }
+        self.spare_wait = None;
         let file = if spare {
             store::open_spare(&self.dir, segno)?
         } else {
@@ -1282,6 +1298,12 @@ const UNMAP_WAIT: Duration = Duration::from_millis(50);
 /// How long the helper waits before preparing a directory's segment again after a failure.
 const SPARE_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a writer that needs the next segment waits for the helper preparing it before
+/// it creates the segment itself on the reactor ([`Journal::next_segment`]): a helper that
+/// is slow (starved of CPU, a slow device) never holds the journal, and so the production
+/// writes, for longer.
+pub const SPARE_WAIT: Duration = Duration::from_millis(5);
+
 /// Whether the writer of `spare`'s volume appends to segments in `dir` through mappings
 /// (mapped.rs): on tmpfs always, on a disk with `sync = "flush"` ([`Spare::map_disk`]).
 pub fn mappable(dir: &std::path::Path, spare: &Spare) -> bool {
@@ -1296,19 +1318,21 @@ pub fn mappable(dir: &std::path::Path, spare: &Spare) -> bool {
     }
 }
 
-/// Map the spare segment `segno` just prepared for `v` when its writer appends through
-/// mappings ([`mappable`]); a file that cannot be mapped (sparse: the filesystem was full; or
-/// a page that could not be made writable) is appended with `pwrite`.
-fn map_spare(v: &SpareOf, segno: u64) {
+/// Map the spare just prepared for `v` under the staging name when its writer appends
+/// through mappings ([`mappable`]; the mapping follows the file to its segment name); a file
+/// that cannot be mapped (sparse: the filesystem was full; or a page that could not be made
+/// writable) is appended with `pwrite`. True if mapped.
+fn map_spare(v: &SpareOf) -> bool {
     let maps = &v.spare.maps;
     if !mappable(&v.dir, &v.spare) {
-        return;
+        return false;
     }
-    let path = store::seg_path(&v.dir, segno);
+    let path = store::staged_path(&v.dir);
     match maps.map_path(&path, 0) {
-        Ok(_) => v.spare.mapped_segno.store(segno, Ordering::Release),
+        Ok(_) => true,
         Err(e) => {
-            tracing::debug!(path = %path.display(), error = %e, "cdp: spare segment not mapped; appended with pwrite")
+            tracing::debug!(path = %path.display(), error = %e, "cdp: spare segment not mapped; appended with pwrite");
+            false
         }
     }
 }
@@ -1327,6 +1351,33 @@ fn map_active(v: &SpareOf, segno: u64, from: u64) {
             s.active_failed.store(segno, Ordering::Release);
         }
     }
+}
+
+/// Prepare `v`'s next segment (the helper thread): its file under the staging name with no
+/// lock held (the long part: allocation, zeroes, mapping, sync), then, under the spare's lock,
+/// installed as the segment the writer wants now; a writer that created a segment itself
+/// meanwhile wants the one after it, and gets this file.
+fn prepare(v: &SpareOf, vols: &[SpareOf]) -> Result<(), store::CdpError> {
+    let s = &v.spare;
+    s.staging.store(true, Ordering::Release);
+    let staged = store::stage_spare(&v.dir, v.size, s.zero.load(Relaxed));
+    let mapped = staged.is_ok() && {
+        unmap_all_retired(vols);
+        map_spare(v)
+    };
+    let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+    s.staging.store(false, Ordering::Release);
+    staged?;
+    let want = s.want.load(Ordering::Acquire);
+    if want == 0 || s.ready.load(Ordering::Acquire) == want {
+        return Ok(()); // switched off meanwhile: the staged file waits for the next use
+    }
+    store::install_spare(&v.dir, want)?;
+    if mapped {
+        s.mapped_segno.store(want, Ordering::Release);
+    }
+    s.ready.store(want, Ordering::Release);
+    Ok(())
 }
 
 /// Start the thread that prepares each volume's next segment off the reactors; it stops when
@@ -1361,7 +1412,6 @@ pub fn spare_thread(
                     if want != 0 && s.ready.load(Ordering::Acquire) != want {
                         s.maps.sweep(&v.dir);
                     }
-                    let _guard = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                     let want = s.want.load(Ordering::Acquire);
                     if want == 0
                         || s.ready.load(Ordering::Acquire) == want
@@ -1369,16 +1419,12 @@ pub fn spare_thread(
                     {
                         continue;
                     }
-                    let zero = s.zero.load(Ordering::Relaxed);
-                    match store::prepare_spare(&v.dir, want, v.size, zero) {
+                    match prepare(v, &vols) {
                         Ok(()) => {
-                            unmap_all_retired(&vols);
-                            map_spare(v, want);
                             if retry.remove(&v.dir).is_some() {
                                 tracing::info!(dir = %v.dir.display(),
                                     "cdp: the next segment is prepared ahead again");
                             }
-                            s.ready.store(want, Ordering::Release);
                         }
                         Err(e) => {
                             if !retry.contains_key(&v.dir) {

@@ -992,28 +992,38 @@ fn reuse_listed(
     size: u64,
     listed: Vec<(PathBuf, u64)>,
 ) -> Result<bool, CdpError> {
+    let path = seg_path(dir, segno);
+    let tmp = path.with_extension("spare");
+    if !take_listed(size, listed, &tmp)? {
+        return Ok(false);
+    }
+    std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    sync_dir(dir)?;
+    Ok(true)
+}
+
+/// Take the first waiting file of `size` bytes in `listed` as `to`, its header zeroed and
+/// synced (files of another size are deleted). False when none was there.
+fn take_listed(size: u64, listed: Vec<(PathBuf, u64)>, to: &Path) -> Result<bool, CdpError> {
     for (p, len) in listed {
         if len != size {
             let _ = std::fs::remove_file(&p);
             continue;
         }
-        let path = seg_path(dir, segno);
-        let tmp = path.with_extension("spare");
-        match std::fs::rename(&p, &tmp) {
+        match std::fs::rename(&p, to) {
             Ok(()) => {}
-            // Trimmed by the retention thread since the listing ([`trim_recycled`]).
+            // Trimmed by the retention thread since the listing ([`trim_recycled`]), or taken
+            // by the writer or the segment thread meanwhile.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_err("rename", &p)(e)),
         }
         let f = OpenOptions::new()
             .write(true)
-            .open(&tmp)
-            .map_err(io_err("open", &tmp))?;
+            .open(to)
+            .map_err(io_err("open", to))?;
         f.write_all_at(&[0u8; format::SEG_HEADER], 0)
-            .map_err(io_err("zero", &tmp))?;
-        f.sync_all().map_err(io_err("sync", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-        sync_dir(dir)?;
+            .map_err(io_err("zero", to))?;
+        f.sync_all().map_err(io_err("sync", to))?;
         return Ok(true);
     }
     Ok(false)
@@ -1273,22 +1283,33 @@ fn remove_index(dir: &Path, segno: u64) -> Result<(), CdpError> {
     }
 }
 
-/// Prepare segment `segno` as a spare (off the reactor): a waiting consolidated segment's
-/// file if there is one (its blocks already written), else a new file preallocated, all
-/// zeroes where `zero` (its blocks written once, so later appends need no allocation by the
-/// filesystem); header all zeroes (the writer writes it as the segment's first append),
-/// synced with its directory. A newest segment whose header is all zeroes is an unused spare
-/// to recovery.
+/// Prepare segment `segno` as a spare (off the reactor): [`stage_spare`], then
+/// [`install_spare`].
 pub fn prepare_spare(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<(), CdpError> {
-    // (As in `create_segment`: a leftover index of the number is not this segment's.)
-    remove_index(dir, segno)?;
+    stage_spare(dir, size, zero)?;
+    install_spare(dir, segno)
+}
+
+/// Where the segment thread prepares the next segment's file ([`stage_spare`]) before it
+/// takes a segment number ([`install_spare`]).
+pub fn staged_path(dir: &Path) -> PathBuf {
+    dir.join("next.spare")
+}
+
+/// Prepare the next segment's file under [`staged_path`] (the segment thread, holding no
+/// lock the writer takes: this is the part that can take long): a waiting consolidated
+/// segment's file if there is one (its blocks already written), else a new file
+/// preallocated, all zeroes where `zero` (its blocks written once, so later appends need no
+/// allocation by the filesystem); header all zeroes (the writer writes it as the segment's
+/// first append); synced. A file left there before (a crash, a preparation never installed)
+/// is replaced.
+pub fn stage_spare(dir: &Path, size: u64, zero: bool) -> Result<PathBuf, CdpError> {
+    let tmp = staged_path(dir);
     // A consolidated segment's file first: its blocks stay allocated, so the journal
     // device's use does not move with every segment.
-    if reuse_recycled(dir, segno, size)? {
-        return Ok(());
+    if take_listed(size, recycled(dir), &tmp)? {
+        return Ok(tmp);
     }
-    let path = seg_path(dir, segno);
-    let tmp = path.with_extension("spare");
     let f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -1310,7 +1331,17 @@ pub fn prepare_spare(dir: &Path, segno: u64, size: u64, zero: bool) -> Result<()
         }
     }
     f.sync_all().map_err(io_err("sync", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    Ok(tmp)
+}
+
+/// Make the file [`stage_spare`] prepared segment `segno` (the segment thread, under the
+/// spare's lock: a rename and a directory sync), synced with its directory. A newest segment
+/// whose header is all zeroes is an unused spare to recovery.
+pub fn install_spare(dir: &Path, segno: u64) -> Result<(), CdpError> {
+    // (As in `create_segment`: a leftover index of the number is not this segment's.)
+    remove_index(dir, segno)?;
+    let path = seg_path(dir, segno);
+    std::fs::rename(staged_path(dir), &path).map_err(io_err("rename", &path))?;
     sync_dir(dir)
 }
 

@@ -461,7 +461,7 @@ fn the_segment_helper_tries_again_after_a_failure() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().to_path_buf();
     let spare = Arc::new(Spare::default());
-    let squatter = store::seg_path(&dir, 2).with_extension("spare");
+    let squatter = store::staged_path(&dir);
     std::fs::create_dir(&squatter).unwrap();
     std::fs::write(squatter.join("x"), b"x").unwrap();
     spare.want.store(2, Ordering::Release);
@@ -806,4 +806,144 @@ fn a_request_to_map_part_way_keeps_o_direct_out_while_the_helper_has_it() {
     w.j.seal().unwrap();
     reads_back(&w.dir, &written, 3);
     idle.thread().unpark();
+}
+
+/// The helper prepares the next segment holding no lock the writer takes: a writer that
+/// needs the segment while the helper is still preparing it waits at most SPARE_WAIT, then
+/// creates it itself on the reactor, and the helper's file, once ready, becomes the segment
+/// after that one (never written over the writer's own). Until session 29 the helper held the
+/// switch's lock through its whole preparation, and a helper starved of CPU held the writer,
+/// and so the production writes, for as long (10 s in a mirrored benchmark).
+#[test]
+fn a_writer_waits_for_a_slow_helper_at_most_a_bounded_time_then_creates_the_segment_itself() {
+    let mut io = IoCx::new(64, 16, 128 * 1024, 8).expect("ring");
+    let Some(w) = disk_writer(&mut io, 1 << 20, false) else {
+        return;
+    };
+    let DiskWriter {
+        d: _d,
+        dir,
+        mut j,
+        stats,
+        spare,
+    } = w;
+    let st = |a: &AtomicU64| a.load(Ordering::Acquire);
+    // The helper has started preparing segment 2 and not finished (as when it gets no CPU).
+    spare.want.store(2, Ordering::Release);
+    spare.staging.store(true, Ordering::Release);
+    let data = vec![7u8; 4096];
+    let mut last = 0;
+    let mut off = 0u64;
+    let began = Instant::now();
+    while j.segno() == 1 {
+        if !j.has_queued() {
+            last = j.record(&mut io, Op::Write, off % (32 << 20), 4096, Some(&data));
+            off += 4096;
+        }
+        j.issue(&mut io, &|s| s);
+        if j.sync_inflight.is_some() {
+            complete_all(&mut io, &mut j);
+        }
+        assert!(
+            began.elapsed() < harness_patience(),
+            "the writer never left segment 1 ({stats:?})"
+        );
+    }
+    assert!(
+        began.elapsed() >= SPARE_WAIT,
+        "it waited for the helper first"
+    );
+    assert_eq!(st(&stats.switches_created), 1, "{stats:?}");
+    assert_eq!(st(&stats.switches_prepared), 0, "{stats:?}");
+    while j.has_queued() {
+        j.issue(&mut io, &|s| s);
+        if j.sync_inflight.is_some() {
+            complete_all(&mut io, &mut j);
+        }
+    }
+    assert!(j.durable() >= last && !j.stopped(), "{stats:?}");
+    let header2 = std::fs::read(store::seg_path(&dir, 2)).unwrap()[..format::SEG_HEADER].to_vec();
+    assert!(header2.iter().any(|&b| b != 0), "segment 2 has its header");
+    // The helper finishes: its file becomes segment 3, the one the writer wants now.
+    spare.staging.store(false, Ordering::Release);
+    let v = SpareOf {
+        dir: dir.clone(),
+        size: 1 << 20,
+        spare: Arc::clone(&spare),
+    };
+    prepare(&v, std::slice::from_ref(&v)).unwrap();
+    assert_eq!(st(&spare.ready), 3);
+    assert!(!store::staged_path(&dir).exists());
+    assert_eq!(
+        std::fs::read(store::seg_path(&dir, 2)).unwrap()[..format::SEG_HEADER],
+        header2[..],
+        "the writer's segment is untouched"
+    );
+    assert!(
+        std::fs::read(store::seg_path(&dir, 3)).unwrap()[..format::SEG_HEADER]
+            .iter()
+            .all(|&b| b == 0),
+        "segment 3 is the helper's spare (header all zeroes)"
+    );
+    // And the next switch takes it at once.
+    while j.segno() == 2 {
+        if !j.has_queued() {
+            j.record(&mut io, Op::Write, off % (32 << 20), 4096, Some(&data));
+            off += 4096;
+        }
+        j.issue(&mut io, &|s| s);
+        if j.sync_inflight.is_some() {
+            complete_all(&mut io, &mut j);
+        }
+    }
+    assert_eq!(st(&stats.switches_prepared), 1, "{stats:?}");
+    assert_eq!(st(&stats.switches_created), 1, "{stats:?}");
+}
+
+/// While the helper prepares a spare (staging it), it holds none of the writer's locks: the
+/// writer's switch lock is free for the whole preparation.
+#[test]
+fn the_helper_holds_no_lock_of_the_writer_while_it_prepares_a_spare() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    let spare = Arc::new(Spare::default());
+    spare.want.store(2, Ordering::Release);
+    let v = SpareOf {
+        dir: dir.clone(),
+        size: 64 << 20,
+        spare: Arc::clone(&spare),
+    };
+    spare.zero.store(true, Relaxed); // a long preparation: 64 MiB written
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (spare, stop) = (Arc::clone(&spare), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            // Looks at the lock while the helper stages, as a writer's switch would.
+            let (mut looks, mut free) = (0u64, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                if spare.staging.load(Ordering::Acquire) {
+                    looks += 1;
+                    if spare.lock.try_lock().is_ok() {
+                        free += 1;
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                std::hint::spin_loop();
+            }
+            (looks, free)
+        })
+    };
+    prepare(&v, std::slice::from_ref(&v)).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let (looks, free) = watcher.join().unwrap();
+    assert_eq!(spare.ready.load(Ordering::Acquire), 2);
+    assert!(store::seg_path(&dir, 2).exists());
+    assert!(
+        free > 0,
+        "a writer found the lock free during the preparation ({free} of {looks} looks)"
+    );
+}
+
+fn harness_patience() -> Duration {
+    Duration::from_secs(60)
 }
