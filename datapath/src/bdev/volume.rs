@@ -6,8 +6,8 @@
 //! differently, never by touching a front end.
 
 use crate::bdev::{BlockDevice, DeviceInfo};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 /// How this site serves a volume to hosts, as its top layer publishes it. Front ends map it
 /// to their own vocabulary (NVMe ANA states, SCSI ALUA target port group states); a volume
@@ -37,11 +37,51 @@ impl PathState {
 }
 
 /// A volume's published [`PathState`] and a count of its changes (lock-free: written by the
-/// layer that decides it, read by every front end's queues).
-#[derive(Debug)]
+/// layer that decides it, read by every front end's queues), and who wants to be woken when it
+/// changes ([`PathCell::watch`]: a front end whose hosts hear of changes without asking, as
+/// NVMe's ANA change notice; the cell knows nothing of who they are).
 pub struct PathCell {
     state: AtomicU8,
     changes: AtomicU64,
+    /// Called after each change (under this lock only on a change or a (un)registration,
+    /// never per I/O).
+    watchers: Mutex<Vec<(u64, Wake)>>,
+    next_watch: AtomicU64,
+}
+
+/// What a watcher of a [`PathCell`] runs after each change: quick, never blocking (it runs on
+/// the thread that published the change, usually a reactor).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for PathCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PathCell")
+            .field("state", &self.get())
+            .field("changes", &self.changes())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registration made by [`PathCell::watch`]; dropping it ends it.
+#[derive(Debug)]
+pub struct PathWatch {
+    cell: Weak<PathCell>,
+    id: u64,
+}
+
+impl PathWatch {
+    /// Whether this watches `cell`.
+    pub fn watches(&self, cell: &Arc<PathCell>) -> bool {
+        std::ptr::eq(self.cell.as_ptr(), Arc::as_ptr(cell))
+    }
+}
+
+impl Drop for PathWatch {
+    fn drop(&mut self) {
+        if let Some(c) = self.cell.upgrade() {
+            c.lock_watchers().retain(|(id, _)| *id != self.id);
+        }
+    }
 }
 
 impl PathCell {
@@ -50,6 +90,23 @@ impl PathCell {
         Self {
             state: AtomicU8::new(state as u8),
             changes: AtomicU64::new(0),
+            watchers: Mutex::new(Vec::new()),
+            next_watch: AtomicU64::new(0),
+        }
+    }
+
+    fn lock_watchers(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Wake)>> {
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `wake` after every change of `cell` from now on, until the returned registration
+    /// is dropped.
+    pub fn watch(cell: &Arc<PathCell>, wake: Wake) -> PathWatch {
+        let id = cell.next_watch.fetch_add(1, Ordering::Relaxed);
+        cell.lock_watchers().push((id, wake));
+        PathWatch {
+            cell: Arc::downgrade(cell),
+            id,
         }
     }
 
@@ -67,6 +124,15 @@ impl PathCell {
         }
         self.state.store(state as u8, Ordering::Release);
         self.changes.fetch_add(1, Ordering::Release);
+        // Woken outside the lock (a watcher may register or drop a registration meanwhile).
+        let wakes: Vec<Wake> = self
+            .lock_watchers()
+            .iter()
+            .map(|(_, w)| Arc::clone(w))
+            .collect();
+        for w in wakes {
+            w();
+        }
         true
     }
 
@@ -139,5 +205,35 @@ mod tests {
         assert!(c.set(PathState::Transitioning));
         assert_eq!(c.get(), PathState::Transitioning);
         assert_eq!(c.changes(), 2);
+    }
+
+    #[test]
+    fn a_watcher_is_woken_at_each_change_until_its_registration_is_dropped() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let c = Arc::new(PathCell::new(PathState::Optimized));
+        let woken = Arc::new(AtomicUsize::new(0));
+        let w = Arc::clone(&woken);
+        let watch = PathCell::watch(
+            &c,
+            Arc::new(move || {
+                w.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        assert!(watch.watches(&c));
+        assert!(!watch.watches(&Arc::new(PathCell::new(PathState::Optimized))));
+        assert!(!c.set(PathState::Optimized));
+        assert_eq!(woken.load(Ordering::SeqCst), 0, "no change, no wake");
+        assert!(c.set(PathState::Inaccessible));
+        assert!(c.set(PathState::Transitioning));
+        assert_eq!(woken.load(Ordering::SeqCst), 2);
+        drop(watch);
+        assert!(c.set(PathState::Optimized));
+        assert_eq!(woken.load(Ordering::SeqCst), 2, "not after the drop");
+        // A registration outliving its cell drops quietly.
+        let c2 = Arc::new(PathCell::new(PathState::Optimized));
+        let late = PathCell::watch(&c2, Arc::new(|| {}));
+        drop(c2);
+        drop(late);
     }
 }

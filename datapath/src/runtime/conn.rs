@@ -39,6 +39,8 @@ pub struct Env<'a> {
     pub vol_counters: &'a mut [VolCounters],
     /// The connection's key (for user_data and I/O tags).
     pub key: u32,
+    /// This reactor's id (index in [`Shared::mailboxes`]: where notes to this connection go).
+    pub reactor: usize,
     /// The reactor is stopping: take no new requests.
     pub stopping: bool,
 }

@@ -495,6 +495,7 @@ impl Reactor {
             counters: &mut self.counters,
             vol_counters: &mut self.vol_counters,
             key,
+            reactor: self.id,
             stopping: self.stopping.is_some(),
         };
         (entry, env)

@@ -233,6 +233,11 @@ pub enum Note {
     Op(Box<OpReq>),
     /// To a home: some reactor's in-flight count reached zero while a pair was pending.
     Drained,
+    /// To an admin queue: a path state cell it watches changed (`NvmfConn::watch_ana`).
+    AnaChanged {
+        /// The admin queue's connection key.
+        key: u32,
+    },
     /// To a queue: the outcome of a fused pair (`status`: compare, `status2`: write) or of a
     /// diverted access (`status`; read data in `data`).
     Done {
@@ -331,9 +336,10 @@ impl Note {
     pub fn conn(&self) -> Option<u32> {
         match self {
             Note::Fused(_) | Note::Op(_) | Note::Drained => None,
-            Note::Done { key, .. } | Note::Abort { key, .. } | Note::AbortDone { key, .. } => {
-                Some(*key)
-            }
+            Note::Done { key, .. }
+            | Note::Abort { key, .. }
+            | Note::AbortDone { key, .. }
+            | Note::AnaChanged { key } => Some(*key),
         }
     }
 }

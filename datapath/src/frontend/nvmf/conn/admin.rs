@@ -21,12 +21,12 @@
 //!   yet); an Abort beyond them completes at once with Abort Command Limit Exceeded.
 
 use super::{INCAPSULE_MAX, MAX_AERS, MAX_XFER, MDTS, MQES, NvmfConn, Role};
-use crate::bdev::volume::PathState;
+use crate::bdev::volume::{PathCell, PathState};
 use crate::frontend::nvmf::atomic::{AbortReply, Note};
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, admin, feat, lid, sgl};
 use crate::frontend::nvmf::ctrl::{self, Controller};
 use crate::frontend::nvmf::{NvmfShared, status};
-use crate::runtime::Env;
+use crate::runtime::{Env, Msg, NoteTo};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -432,6 +432,44 @@ impl NvmfConn {
     pub(super) fn ana_event_possible(&self) -> bool {
         matches!(&self.role, Role::Admin(st)
             if !st.aers.is_empty() && st.aec & (1 << 11) != 0 && !st.ana_masked)
+    }
+
+    /// Watch the path state cells of the subsystem's ANA groups once an ANA change event
+    /// could be reported (and again when the groups' volumes or cells changed): each change
+    /// sends this queue a note through its reactor's mailbox, so it reports the event in the
+    /// turn the change arrives, idle or not. The registrations go with the queue.
+    pub(super) fn watch_ana(&mut self, env: &Env<'_>) {
+        if !self.ana_event_possible() {
+            return;
+        }
+        let (Some(s), Role::Admin(st)) = (
+            self.ctrl.as_ref().and_then(|c| c.subsys.as_ref()),
+            &mut self.role,
+        ) else {
+            return;
+        };
+        let cells = || {
+            s.ana_groups
+                .iter()
+                .filter_map(|g| env.vols.get(g.volume)?.as_ref())
+                .flat_map(|v| std::iter::once(&v.path).chain(v.peer_path.as_ref()))
+        };
+        let same = cells().count() == st.ana_watch.len()
+            && cells().zip(&st.ana_watch).all(|(c, w)| w.watches(c));
+        if same {
+            return;
+        }
+        let mailbox = Arc::clone(&env.shared.mailboxes[env.reactor]);
+        let key = env.key;
+        let wake: crate::bdev::volume::Wake = Arc::new(move || {
+            mailbox.send(Msg::Note {
+                to: NoteTo::Conn(key),
+                note: Box::new(Note::AnaChanged { key }),
+            })
+        });
+        st.ana_watch = cells()
+            .map(|c| PathCell::watch(c, Arc::clone(&wake)))
+            .collect();
     }
 
     /// Complete one held Async Event Request when the state of one of the subsystem's ANA

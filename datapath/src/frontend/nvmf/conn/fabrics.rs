@@ -157,6 +157,7 @@ impl NvmfConn {
                         .collect()
                 }),
                 ana_masked: false,
+                ana_watch: Vec::new(),
                 features: Default::default(),
                 ka_off: false,
             });

@@ -14,11 +14,11 @@
 //!   CC.EN 0 to 1) and stopped while the controller is disabled or shut down after having
 //!   been enabled; every receive carries a linked timeout of what is left of it, and a timer
 //!   that ran out tears the controller down (its I/O queues' sockets are shut down and they
-//!   close on their own reactors). While an ANA change event could be reported (an
-//!   Asynchronous Event Request held, the ANA notice enabled and not masked), the receive's
-//!   timeout is at most [`ANA_LOOK`], so an idle admin queue sees a volume's path state change
-//!   within that time instead of at the host's next command (its next Keep Alive: seconds,
-//!   for which a host's I/O waits on a failover).
+//!   close on their own reactors). Once an ANA change event could be reported (an
+//!   Asynchronous Event Request held, the ANA notice enabled and not masked), the queue
+//!   watches the path state cells of its subsystem's ANA groups: a change sends it a note, so
+//!   an idle admin queue reports it in the turn it happens instead of at the host's next
+//!   command (its next Keep Alive: seconds, for which a host's I/O waits on a failover).
 //! - Io: NVM commands on the namespaces of the controller's subsystem. Media accesses enter
 //!   the volume's atomic section (`atomic`) or are diverted to its home while a fused pair is
 //!   pending; fused pairs go to the home; reservation permissions are cached per namespace
@@ -108,9 +108,6 @@ pub const ADMIN_SQSIZE_MAX: u16 = cmd::ASQSZ - 1;
 pub const MAX_R2T: usize = 32;
 /// Async Event Requests held at once (AERL + 1).
 const MAX_AERS: usize = 4;
-/// How often an idle admin queue that could report an ANA change event looks for one (see the
-/// module doc): about what a failover's decision takes, a few wake-ups a second per controller.
-pub const ANA_LOOK: Duration = Duration::from_millis(20);
 /// `Req::op` of a fused Compare+Write pair (not an NVMe opcode: bit 7 is never set in one
 /// this queue accepts).
 const OP_FUSED: u8 = 0xFF;
@@ -140,6 +137,11 @@ struct AdminState {
     /// with RAE clear: no further ANA event until it does (Base 2.0, Asynchronous Event
     /// Request: events of a reported type are masked until their log page is read).
     ana_masked: bool,
+    /// Registrations with the path state cells of the subsystem's ANA groups (each group's
+    /// volume: this site's and the other site's), made once an ANA change event could be
+    /// reported: a change sends this queue a note, so an idle admin queue reports it at once
+    /// instead of at the host's next command ([`NvmfConn::watch_ana`]).
+    ana_watch: Vec<crate::bdev::volume::PathWatch>,
     /// The Feature values the host set (`features`; defaults until it does).
     features: features::FeatureValues,
     /// The Keep Alive Timer is not active: the controller was disabled (CC.EN 1 to 0) or shut
@@ -214,7 +216,7 @@ pub struct NvmfConn {
     r2t_wait: VecDeque<[u8; cmd::SQE_LEN]>,
     spare: Vec<Vec<u8>>,
     kato_ts: Box<types::Timespec>,
-    /// The armed receive carries a linked timeout (the Keep Alive Timer's or [`ANA_LOOK`]).
+    /// The armed receive carries a linked timeout (the Keep Alive Timer's).
     kato_armed: bool,
     /// Admin queue with a non-zero KATO: when the Keep Alive Timer expires. Restarted only
     /// by a Keep Alive command, a Set Features of KATO and the controller's enabling
@@ -643,10 +645,8 @@ impl NvmfConn {
         if deadline.is_some_and(|d| d <= now) {
             return self.keep_alive_expired(env);
         }
-        let look = self.ana_event_possible().then(|| now + ANA_LOOK);
-        if let Some(deadline) = deadline.into_iter().chain(look).min() {
-            // The receive waits at most until the Keep Alive Timer expires, or until the
-            // next look for an ANA change to report.
+        if let Some(deadline) = deadline {
+            // The receive waits at most until the Keep Alive Timer expires.
             let left = deadline
                 .saturating_duration_since(now)
                 .max(Duration::from_micros(1));
@@ -704,9 +704,9 @@ impl Conn for NvmfConn {
         self.life.recv_armed = false;
         if res <= 0 {
             if res == -libc::ECANCELED && self.kato_armed && !self.life.cancel_sent {
-                // The receive's timeout ran out: the Keep Alive Timer expired, unless it was
-                // a look for ANA changes or the clocks' granularity ended it a little early
-                // (then `flush` reports what changed and the next receive waits the rest).
+                // The receive's timeout ran out: the Keep Alive Timer expired, unless the
+                // clocks' granularity ended it a little early (then the next receive waits
+                // the rest).
                 let expired = self.kato_ms() > 0
                     && self
                         .ka_deadline
@@ -777,6 +777,7 @@ impl Conn for NvmfConn {
             // Commands left in the buffer by backpressure (or by a stop) can run now.
             self.process(env);
         }
+        self.watch_ana(env);
         self.async_events(env);
         if self.life.broken {
             self.tx.drop_pending();
@@ -862,7 +863,9 @@ impl Conn for NvmfConn {
                     self.respond(cid, Status::SUCCESS, u64::from(!aborted));
                 }
             }
-            Note::Fused(_) | Note::Op(_) | Note::Drained => {}
+            // A path state this admin queue watches changed: `flush`, at the end of this
+            // turn, reports it (`async_events`).
+            Note::AnaChanged { .. } | Note::Fused(_) | Note::Op(_) | Note::Drained => {}
         }
     }
 }
