@@ -39,6 +39,7 @@ if [[ -z ${NEW_BIN:-} ]]; then
     cargo build --release --quiet --bin twinblk
     NEW_BIN=$PWD/target/release/twinblk
 fi
+source benches/cdp_site.sh # (the working directory is the repository root here)
 WORK=$(mktemp -d /tmp/cdp_retention_cpu.XXXXXX)
 JDIR=$(mktemp -d "$SHM/cdp_retention_cpu.XXXXXX")
 PID=""
@@ -58,30 +59,7 @@ ticks() { # pid -> "comm ticks" per thread, summed by name
 one() { # name binary -> a result line
     local name=$1 bin=$2 uri="nbd://127.0.0.1:$PORT/vol0"
     rm -rf "${JDIR:?}"/*
-    cat >"$WORK/c.toml" <<CFG
-[reactor]
-cores = [0]
-wait = "$WAIT"
-[nbd]
-listen = ["127.0.0.1:$PORT"]
-[nvmf]
-listen = []
-[[volume]]
-name = "vol0"
-backend = "malloc"
-size = "1GiB"
-block_size = 4096
-[volume.cdp]
-dir = "$JDIR/vol0"
-segment_size = "64MiB"
-retention_bytes = "512MiB"
-CFG
-    "$bin" serve --config "$WORK/c.toml" >"$WORK/log" 2>&1 &
-    PID=$!
-    for _ in $(seq 100); do
-        nbdinfo "$uri" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    cdp_site_serve "$bin" "$WAIT"
     taskset -c 1 fio --name=prefill --ioengine=nbd --uri="$uri" --rw=write --bs=1m --iodepth=8 \
         --size=256M >/dev/null
     taskset -c 1 fio --name=warm --ioengine=nbd --uri="$uri" --rw=randwrite --bs=64k --iodepth=8 \

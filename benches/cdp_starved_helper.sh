@@ -27,6 +27,7 @@ if [[ -z ${NEW_BIN:-} ]]; then
     cargo build --release --quiet --bin twinblk
     NEW_BIN=$PWD/target/release/twinblk
 fi
+source benches/cdp_site.sh # (the working directory is the repository root here)
 WORK=$(mktemp -d /tmp/cdp_starved_helper.XXXXXX)
 JDIR=$(mktemp -d "$SHM/cdp_starved_helper.XXXXXX")
 PID=""
@@ -41,30 +42,7 @@ trap cleanup EXIT
 one() { # name binary -> a result line
     local name=$1 bin=$2 uri="nbd://127.0.0.1:$PORT/vol0"
     rm -rf "${JDIR:?}"/*
-    cat >"$WORK/c.toml" <<CFG
-[reactor]
-cores = [0]
-wait = "interrupt"
-[nbd]
-listen = ["127.0.0.1:$PORT"]
-[nvmf]
-listen = []
-[[volume]]
-name = "vol0"
-backend = "malloc"
-size = "1GiB"
-block_size = 4096
-[volume.cdp]
-dir = "$JDIR/vol0"
-segment_size = "64MiB"
-retention_bytes = "512MiB"
-CFG
-    "$bin" serve --config "$WORK/c.toml" >"$WORK/log" 2>&1 &
-    PID=$!
-    for _ in $(seq 100); do
-        nbdinfo "$uri" >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    cdp_site_serve "$bin" interrupt
     local t n=0
     for t in /proc/"$PID"/task/*; do
         case $(cat "$t/comm") in cdp-*) renice -n 19 -p "$(basename "$t")" >/dev/null; n=$((n + 1)) ;; esac
