@@ -124,15 +124,10 @@ fn assert_passed(run: &Run, required: &[&str]) {
 /// both sites' replica files.
 #[test]
 fn linux_iscsi_initiator_writes_at_one_site_and_reads_at_the_other() {
-    let kit = match guest::kit() {
-        Ok(k) => k,
-        Err(reason) => {
-            guest::skip(
-                "linux_iscsi_initiator_writes_at_one_site_and_reads_at_the_other",
-                &reason,
-            );
-            return;
-        }
+    let Some(kit) =
+        guest::kit_or_skip("linux_iscsi_initiator_writes_at_one_site_and_reads_at_the_other")
+    else {
+        return;
     };
     let root = tempfile::tempdir().unwrap();
     // The initiator name tools/guest/linux/iscsi.sh gives the guest, at site b.
@@ -203,15 +198,10 @@ fn linux_iscsi_initiator_writes_at_one_site_and_reads_at_the_other() {
 /// kernel log is clean. Both replicas hold the last pattern.
 #[test]
 fn linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote() {
-    let kit = match guest::kit() {
-        Ok(k) => k,
-        Err(reason) => {
-            guest::skip(
-                "linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote",
-                &reason,
-            );
-            return;
-        }
+    let Some(kit) =
+        guest::kit_or_skip("linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote")
+    else {
+        return;
     };
     let root = tempfile::tempdir().unwrap();
     // The host NQN tools/guest/linux/nvme.sh gives the guest, at site b.
@@ -278,15 +268,8 @@ fn linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote() {
 /// error and no write that reached a read-only device.
 #[test]
 fn linux_initiators_attach_a_read_only_view_read_only() {
-    let kit = match guest::kit() {
-        Ok(k) => k,
-        Err(reason) => {
-            guest::skip(
-                "linux_initiators_attach_a_read_only_view_read_only",
-                &reason,
-            );
-            return;
-        }
+    let Some(kit) = guest::kit_or_skip("linux_initiators_attach_a_read_only_view_read_only") else {
+        return;
     };
     use crate::cdp::{last, volume};
     use crate::harness::{in_process, pattern};
@@ -372,12 +355,8 @@ fn linux_initiators_attach_a_read_only_view_read_only() {
 /// The failover scenario (`tools/guest/linux/failover.sh`) against sites a and b; site a
 /// restarts with its state, or, when `wiped`, without it.
 pub(crate) fn failover_guest(test: &str, wiped: bool) {
-    let kit = match guest::kit() {
-        Ok(k) => k,
-        Err(reason) => {
-            guest::skip(test, &reason);
-            return;
-        }
+    let Some(kit) = guest::kit_or_skip(test) else {
+        return;
     };
     let root = tempfile::tempdir().unwrap();
     let w = WitnessProc::start(root.path(), KEY, None);
@@ -501,12 +480,8 @@ pub(crate) fn failover_guest(test: &str, wiped: bool) {
 /// `iscsi_alua::linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed`.
 pub(crate) fn iscsi_failover_guest() {
     let test = "linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed";
-    let kit = match guest::kit() {
-        Ok(k) => k,
-        Err(reason) => {
-            guest::skip(test, &reason);
-            return;
-        }
+    let Some(kit) = guest::kit_or_skip(test) else {
+        return;
     };
     let root = tempfile::tempdir().unwrap();
     let w = WitnessProc::start(root.path(), KEY, None);

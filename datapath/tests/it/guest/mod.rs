@@ -117,6 +117,12 @@ pub fn kit() -> Result<&'static Kit, String> {
     }
 }
 
+/// The kit, or `None` after saying why `test` does not run here ([`skip`]; the test then
+/// returns).
+pub fn kit_or_skip(test: &str) -> Option<&'static Kit> {
+    kit().map_err(|reason| skip(test, &reason)).ok()
+}
+
 /// Print why the test does not run (the test then returns). Written to the process's stderr
 /// itself, not through `eprintln!`, so that the line shows in a plain `cargo test` run, whose
 /// harness keeps the captured output of passing tests to itself.
