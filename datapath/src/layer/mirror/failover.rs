@@ -105,7 +105,8 @@ pub struct FailoverSlot {
     pub known_epoch: AtomicU64,
     /// The grant epoch of the resync source a volume of the group last finished receiving
     /// from (its RESYNC_DONE): in sync with that grant's holder, this site knows that epoch
-    /// (the failover thread raises its known epoch to it before it asks).
+    /// (the failover thread raises its known epoch to it before it asks). Also the epoch a
+    /// volume restored fenced for want of an answer knew at its fence (restore.rs).
     pub learned_epoch: AtomicU64,
     /// Volumes in the group (set by the daemon), how many of their engines have restored
     /// their state, and how many this site leads now (engines count themselves, and move

@@ -118,7 +118,14 @@ impl Engine {
         // Nothing is acknowledged alone before the lost peer's read lease has certainly
         // expired (docs/mirror-protocol.md, "Read lease"); `release_alone` lets it go.
         let now = Instant::now();
-        if let Some(t) = self.sess.peer_lease_end().filter(|&t| t > now) {
+        if self.sess.number == 0 {
+            // No session in this process (restarted fenced): the peer's read lease rests on
+            // PINGs the old process answered, unknown here. Waited out from now, as by a
+            // survivor restored after a crash.
+            let l = self.sess.lease();
+            let t = now + l + lease_margin(l);
+            self.alone_after = Some(self.alone_after.map_or(t, |a| a.max(t)));
+        } else if let Some(t) = self.sess.peer_lease_end().filter(|&t| t > now) {
             self.alone_after = Some(t);
             tracing::info!(volume = %self.cfg.name, wait_ms = (t - now).as_millis() as u64,
                 "mirror: survivor; holding acknowledgements until the peer's read lease has expired");
@@ -611,7 +618,7 @@ impl Engine {
                 && (!takeover || self.unanswered_retried)
                 && !self.sess.up
                 && !self.draining
-                && self.sess.number != 0
+                && (self.sess.number != 0 || self.witness.is_restored_unanswered())
             {
                 // Fenced for want of an answer, and the witness's word since names nobody:
                 // it granted nothing (its answer was a denial on the tie, or it was out of
@@ -627,6 +634,9 @@ impl Engine {
                 // one (an operator's release): it may have acknowledged alone.)
                 tracing::warn!(volume = %self.cfg.name, epoch,
                     "mirror: the witness holds nothing for the group after an unanswered request; asking again");
+                // (Restored, the fence's epoch is the one the site knew then, persisted with it;
+                // bit 4 after a restart cannot tell an operator's takeover from a request asked
+                // again after a give-back: asked again, plain, its grant taken as a takeover.)
                 self.witness_retried = self.unanswered_retried || epoch > self.unanswered_epoch;
                 self.witness.ask_fenced();
             }
@@ -671,15 +681,9 @@ impl Engine {
                     slot.asking_takeover(epoch.saturating_sub(1));
                     self.taken_over(io);
                 }
+                // (Fenced before a restart, the state's flags bit 3: `become_survivor` waits out
+                // the peer's read lease the old process may have given.)
                 self.become_survivor(io, epoch);
-                if self.sess.number == 0 {
-                    // Fenced before a restart (the state's flags bit 3, restore.rs): the peer's
-                    // read lease rests on PINGs the old process answered, unknown here. Waited
-                    // out from now, as by a survivor restored after a crash.
-                    let l = self.sess.lease();
-                    let t = Instant::now() + l + lease_margin(l);
-                    self.alone_after = Some(self.alone_after.map_or(t, |a| a.max(t)));
-                }
                 // (Counted by `become_survivor` now.)
                 slot.unclaim();
             }

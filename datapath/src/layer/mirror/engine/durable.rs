@@ -137,10 +137,18 @@ impl Engine {
             clean,
             // (Only a survivor holds a grant: the source's "in sync" at its resync's end is
             // saved before the grant is given back.)
-            epoch: if mode == Mode::Survivor {
-                self.grant_epoch
-            } else {
-                0
+            // Fenced for want of an answer (flags bit 3): the group's epoch this site knows,
+            // at which a restart asks again (restore.rs; asked at 0, the witness would refuse
+            // it as stale).
+            epoch: match (mode, self.fenced_unanswered, &self.cfg.failover) {
+                (Mode::Survivor, _, _) => self.grant_epoch,
+                (Mode::Fenced, Some(_), Some(slot)) if self.failed.is_none() => {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    slot.known_epoch
+                        .load(SeqCst)
+                        .max(slot.learned_epoch.load(SeqCst))
+                }
+                _ => 0,
             },
             size: self.cfg.size,
             granularity: self.cfg.dirty_granularity,

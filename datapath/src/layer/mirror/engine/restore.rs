@@ -172,6 +172,18 @@ impl Engine {
             // restart forgot it: the grant sat at the witness as this site's, the peer denied,
             // and neither site served until the link returned.
             self.fenced_unanswered = Some((0, takeover));
+            // And asked again when that word names nobody (`adopt_lost_grant`), as without the
+            // restart: at the group's epoch it knew then (saved with the fence; 0 in older
+            // files), which the failover thread takes as known (`learned_epoch`). A request
+            // persisted as a takeover's (bit 4: an operator's, or one asked again after a
+            // give-back; which, unknown here) is asked again plain, its grant a takeover.
+            self.unanswered_epoch = p.epoch;
+            self.unanswered_retried = takeover;
+            self.witness.restored_unanswered();
+            if let Some(slot) = &self.cfg.failover {
+                slot.learned_epoch
+                    .fetch_max(p.epoch, std::sync::atomic::Ordering::SeqCst);
+            }
         } else if mode == Mode::Fenced && p.fenced_unanswered.is_some() {
             // Never served on; the grant it may hold is given back at the witness's first word
             // naming it (`give_back_unadoptable`), so the peer, denied while it was held, asks

@@ -77,6 +77,10 @@ pub(super) struct Witness {
     answered_takeover: bool,
     /// A fenced site may ask once more ([`Witness::ask_fenced`]).
     fenced_retry: bool,
+    /// Restored fenced for want of an answer, its device holding what it applied before the
+    /// fence ([`Witness::restored_unanswered`]): that second request is asked without a
+    /// session in this process.
+    restored: bool,
 }
 
 impl Witness {
@@ -106,6 +110,20 @@ impl Witness {
         self.asked = false;
         self.answered = false;
         self.fenced_retry = true;
+    }
+
+    /// Restored from a fence for want of an answer whose replica still holds every write
+    /// acknowledged before it (restore.rs): its second request ([`Witness::ask_fenced`]) is
+    /// the old process's, asked by this one without a session of its own (before, a restarted
+    /// site never asked again: with its peer lost for good, only an operator's takeover made
+    /// the volume serve again).
+    pub(super) fn restored_unanswered(&mut self) {
+        self.restored = true;
+    }
+
+    /// See [`Witness::restored_unanswered`].
+    pub(super) fn is_restored_unanswered(&self) -> bool {
+        self.restored
     }
 
     /// The link went down: the next loss asks again.
@@ -138,12 +156,13 @@ impl Witness {
         if !takeover
             && !self.takeover
             && (site.up
-                || !site.had_session
+                || !(site.had_session || (retry && self.restored))
                 || (site.mode != Mode::Mirroring && !retry)
                 || site.draining)
         {
             if site.up || site.draining {
                 self.fenced_retry = false;
+                self.restored = false;
             }
             return Grant::Wait;
         }
