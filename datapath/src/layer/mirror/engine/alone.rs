@@ -106,6 +106,7 @@ impl Engine {
     /// now on, finishing every held update, and record what the peer misses.
     pub(super) fn become_survivor(&mut self, io: &mut IoCx, epoch: u64) {
         self.grant_epoch = epoch;
+        self.witness.complete_at(epoch);
         // (Whatever grant a lost answer may have left is this one now.)
         self.fenced_unanswered = None;
         self.since_start = false;
@@ -302,6 +303,7 @@ impl Engine {
                 // witness's stale check for grants it never saw the writes of.
                 let seen = slot.view_epoch.load(std::sync::atomic::Ordering::SeqCst);
                 if self.target.source_epoch <= seen {
+                    self.witness.complete_at(self.target.source_epoch);
                     slot.learned_epoch.fetch_max(
                         self.target.source_epoch,
                         std::sync::atomic::Ordering::SeqCst,
@@ -367,6 +369,24 @@ impl Engine {
                     // region ever written to the peer, the history below told it may be
                     // stale). The epoch and the resync's direction are the same either way.
                     slot.asking_takeover(epoch.saturating_sub(1));
+                }
+                if !takeover
+                    && self.mode == Mode::Fenced
+                    && !self
+                        .witness
+                        .complete_for(slot.asked_epoch.load(std::sync::atomic::Ordering::SeqCst))
+                {
+                    // The site's known epoch (the group's), at which the request was asked,
+                    // was taught by another volume of the group after this one's replica was
+                    // last complete: a grant came between whose writes it misses. It stays
+                    // fenced; another volume of the group serves on the grant, or the failover
+                    // thread gives it back (`unclaimed_grant`).
+                    tracing::error!(volume = %self.cfg.name, epoch,
+                        "mirror: the witness granted the group, but this volume's replica misses a grant since it was last in sync; fenced");
+                    self.witness_retried = false;
+                    self.fence("the group's grant is newer than this volume's replica");
+                    self.publish_watching(&slot);
+                    return;
                 }
                 let takeover = takeover || slot.takeover_at(epoch);
                 // (Already the survivor at this epoch, from the witness's word before its

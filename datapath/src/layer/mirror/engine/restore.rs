@@ -59,6 +59,7 @@ impl Engine {
         // restarted, the site took itself for the holder, never gave the grant back, and
         // followed the rules of a source holding one.)
         self.grant_epoch = if p.mode == 1 { p.epoch } else { 0 };
+        self.witness.complete_at(self.grant_epoch);
         if let Some((term, leads)) = p.leads
             && term > 0
         {
@@ -180,6 +181,7 @@ impl Engine {
             self.unanswered_epoch = p.epoch;
             self.unanswered_retried = takeover;
             self.witness.restored_unanswered();
+            self.witness.complete_at(p.epoch);
             if let Some(slot) = &self.cfg.failover {
                 slot.learned_epoch
                     .fetch_max(p.epoch, std::sync::atomic::Ordering::SeqCst);

@@ -81,6 +81,11 @@ pub(super) struct Witness {
     /// fence ([`Witness::restored_unanswered`]): that second request is asked without a
     /// session in this process.
     restored: bool,
+    /// The group's epoch at which this volume's replica was last known complete: the site's
+    /// known epoch when its session last ended in sync (or restored with a fence for want of
+    /// an answer), or the grant epoch of its own last RESYNC_DONE, or a grant it served on
+    /// ([`Witness::complete_at`]).
+    complete: u64,
 }
 
 impl Witness {
@@ -126,10 +131,31 @@ impl Witness {
         self.restored
     }
 
-    /// The link went down: the next loss asks again.
-    pub(super) fn link_lost(&mut self) {
+    /// The link went down: the next loss asks again. `in_sync_at`: the site's known epoch
+    /// if this volume was mirroring in sync until now (its replica then held every write of
+    /// that epoch's grants), else `None`.
+    pub(super) fn link_lost(&mut self, in_sync_at: Option<u64>) {
         self.asked = false;
         self.answered = false;
+        if let Some(e) = in_sync_at {
+            self.complete = self.complete.max(e);
+        }
+    }
+
+    /// This volume's replica holds every write of the group's grants up to `epoch` (its own
+    /// resync from that grant's holder completed, or it serves on that grant, or restored).
+    pub(super) fn complete_at(&mut self, epoch: u64) {
+        self.complete = self.complete.max(epoch);
+    }
+
+    /// Whether this volume may serve on the group's grant answered to a plain request asked
+    /// at the site's known epoch `asked` (`FailoverSlot::asked_epoch`): only if its replica was
+    /// complete at that epoch. The site's known epoch is the group's: another volume of the
+    /// group may have raised it (its own RESYNC_DONE) while this one was fenced, missing the
+    /// writes of the grants between (before, it served on the next grant without them). An
+    /// operator's takeover accepts that (not judged here).
+    pub(super) fn complete_for(&self, asked: u64) -> bool {
+        self.complete >= asked
     }
 
     /// Once per engine tick: publish whether the site is in sync, ask for the grant when due,
@@ -431,7 +457,7 @@ mod tests {
             Grant::Wait
         );
         // A later loss asks anew.
-        w.link_lost();
+        w.link_lost(Some(0));
         assert_eq!(
             w.tick(&slot, &flag, site(false, Mode::Mirroring)),
             Grant::Wait

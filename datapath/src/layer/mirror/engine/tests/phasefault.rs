@@ -110,6 +110,7 @@ impl Wit {
             } else {
                 self.known[i]
             };
+            s.asked_epoch.store(asked, SeqCst);
             let me = i as u32 + 1;
             let lost = crate::layer::mirror::failover::UNREACHABLE;
             if !self.lossy {
