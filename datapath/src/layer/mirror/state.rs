@@ -6,7 +6,7 @@
 //! replica never in sync) |
 //! clean u8 (1: written at a clean stop, the bitmaps are exact) | flags u8 (bit 0: this site
 //! was the volume's leader (it may hold an activity log); bit 1: this site leads at `term`;
-//! bit 2: the host restarted after this site stopped uncleanly while in sync, so its device
+//! bit 2: the host restarted after this site stopped uncleanly while in sync or fenced, so its device
 //! may have dropped writes it had not flushed, and it is not reconciled yet; bit 3 (mode 2
 //! only): fenced for want of the witness's answer to a request for the grant, its replica
 //! holding every acknowledged write (the witness may have granted that request: a restart

@@ -79,8 +79,20 @@ impl Engine {
         // sync stopped uncleanly, from its activity log (actlog.rs).
         let led = p.led || self.role == Role::Leader;
         self.led = led;
-        let (unclean, logged) = if p.mode == 0 {
-            self.restore_actlog(p.clean, led)
+        // A fenced site whose host restarted since it stopped uncleanly (another boot id, or
+        // flags bit 2 kept from an earlier start): its device may have dropped writes both
+        // sites acknowledged before the fence, which the peer kept. Two fenced sites reconcile
+        // from the leader; so its copy must not win (docs/mirror-protocol.md, "Power loss": it
+        // announces state 6 as a site stopped in sync does, and receives), and its regions
+        // that may have lost writes (its activity log's, or every region ever written when
+        // unknown) are suspect, listed to the peer, which copies them here.
+        let fenced_power_loss = p.mode == 2
+            && !p.clean
+            && (p.host_restarted
+                || (p.boot != 0 && self.cfg.boot_id != 0 && p.boot != self.cfg.boot_id));
+        let (unclean, logged) = if p.mode == 0 || fenced_power_loss {
+            let (u, l) = self.restore_actlog(p.clean, led);
+            (u || fenced_power_loss, l)
         } else {
             (false, None)
         };
@@ -105,6 +117,9 @@ impl Engine {
         self.suspect = RegionMap::from_words(size, g, suspect);
         if let Some(m) = &logged {
             self.suspect.or_with(m);
+        } else if fenced_power_loss && led {
+            // (Its log unknown: whatever it applied may be gone.)
+            self.suspect.or_with(&self.written);
         }
         self.al.unclean = unclean;
         // Its host restarted since (or had, at an earlier start not reconciled since): a power
