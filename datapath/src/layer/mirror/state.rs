@@ -14,8 +14,9 @@
 //! restarted since an unclean stop); bit 4 (with bit 3
 //! only): that request's grant is a takeover (an operator's, or a request asked again after
 //! the holder's grant was given back); other bits 0) |
-//! epoch u64 (a survivor: its grant's; fenced with bit 3: the group's epoch the site knew at
-//! the fence, at which a restart asks the witness again, 0 in files written before; else 0;
+//! epoch u64 (a survivor: its grant's; fenced with bit 3: the epoch at which this replica was
+//! last complete, the site's known epoch when its session ended in sync, at which a restart
+//! asks the witness again, 0 in files written before; else 0;
 //! a build that does not know the fenced meaning ignores it) | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
 //! written words u32 | words u64 ... | suspect words u32 | words u64 ... | replica identity
 //! u64 | leadership term u64 | boot id u128 | CRC32C u32 of everything before it. The dirty bitmap holds the regions written while the peer was away

@@ -126,6 +126,11 @@ impl Witness {
         self.restored = true;
     }
 
+    /// The epoch at which this volume's replica was last known complete (see `complete`).
+    pub(super) fn complete(&self) -> u64 {
+        self.complete
+    }
+
     /// See [`Witness::restored_unanswered`].
     pub(super) fn is_restored_unanswered(&self) -> bool {
         self.restored

@@ -530,7 +530,21 @@ fn a_site_restarted_fenced_for_an_unanswered_request_asks_again_in_its_new_proce
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
     let mut rng = Rng(181);
     let mut slot = 0;
-    let (mut a, sa, mut b, sb) = super::failover::traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    // (The failover threads' known epoch, learned in sync.)
+    sa.known_epoch.store(3, SeqCst);
+    sb.known_epoch.store(3, SeqCst);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    for _ in 0..20 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    deliver(&mut a, &mut b, &mut io, 5);
+    deliver(&mut b, &mut a, &mut io, 5);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    break_link(&mut a, &mut b);
     for (s, n) in [(&mut a, "a"), (&mut b, "b")] {
         s.engine.cfg.state_file = Some(dir.path().join(n));
         s.engine
@@ -538,9 +552,6 @@ fn a_site_restarted_fenced_for_an_unanswered_request_asks_again_in_its_new_proce
         s.engine.persist(false);
         assert!(s.engine.wait_persisted());
     }
-    // (The failover threads' known epoch, learned in sync.)
-    sa.known_epoch.store(3, SeqCst);
-    sb.known_epoch.store(3, SeqCst);
     sa.publish_view(0, 3, 1);
     sb.publish_view(0, 3, 2);
     let now = Instant::now();
@@ -617,4 +628,27 @@ fn a_site_restarted_fenced_for_an_unanswered_request_asks_again_in_its_new_proce
         0x5A,
         "an acknowledged write lost"
     );
+}
+
+/// A fence for want of an answer saves the epoch at which this volume's replica was last
+/// complete (the site's known epoch when its session ended in sync: 0 here), not the group's
+/// known epoch at the save: another volume of the group may have raised that since (its own
+/// RESYNC_DONE, say to 5) while this one, fenced, missed the writes of the grants between;
+/// restarted at 5, its request would pass the witness's stale check and it would serve
+/// without them.
+#[test]
+fn a_fence_for_want_of_an_answer_saves_the_epoch_its_replica_was_complete_at() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b, _sb, _io, _rng, _slot) = a_granted_unanswered_b_denied(187, dir.path());
+    let sa = a.engine.cfg.failover.clone().unwrap();
+    sa.learned_epoch.store(5, SeqCst);
+    sa.known_epoch.store(5, SeqCst);
+    a.engine.persist(false);
+    assert!(a.engine.wait_persisted());
+    let p = crate::layer::mirror::state::load(&dir.path().join("a"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((p.mode, p.fenced_unanswered.is_some()), (2, true));
+    assert_eq!(p.epoch, 0, "the group's epoch saved as this replica's");
 }
