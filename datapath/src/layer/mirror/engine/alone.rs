@@ -342,6 +342,16 @@ impl Engine {
             return;
         }
         self.publish_sync_mode();
+        if self.mode == Mode::Mirroring
+            && self.sess.up
+            && let Some((_, _, e)) = slot.view()
+        {
+            // Mirroring in session, this replica holds every write acknowledged so far, so
+            // those of every grant the witness has issued (its word is older than now): the
+            // epoch its replica is complete at (`Witness::complete_for`), known before the
+            // site's (learned only while the whole group is in sync).
+            self.witness.complete_at(e);
+        }
         self.check_grant(io, &slot);
         self.adopt_lost_grant(io, &slot);
         self.give_back_unadoptable(&slot);

@@ -82,9 +82,9 @@ pub(super) struct Witness {
     /// session in this process.
     restored: bool,
     /// The group's epoch at which this volume's replica was last known complete: the site's
-    /// known epoch when its session last ended in sync (or restored with a fence for want of
-    /// an answer), or the grant epoch of its own last RESYNC_DONE, or a grant it served on
-    /// ([`Witness::complete_at`]).
+    /// known epoch when its session last ended in sync, or the witness's epoch seen while it
+    /// mirrored in session (or restored with a fence for want of an answer), or the grant
+    /// epoch of its own last RESYNC_DONE, or a grant it served on ([`Witness::complete_at`]).
     complete: u64,
 }
 

@@ -1110,3 +1110,44 @@ fn a_volume_denied_before_another_taught_the_groups_epoch_never_serves_on_the_ne
         "y serves alone at b without a's writes at epoch 1"
     );
 }
+
+/// The other side of the check above: a volume mirroring in session while the witness's word
+/// shows the group at epoch 1 (the peer's grant, taken by another volume of the group there)
+/// holds every write of that grant: denied once its own link is lost (the peer holds the
+/// group), then asking again once that grant is given back, at 1, it serves on the grant.
+/// Counted complete only at the site's known epoch (0: learned only while the whole group
+/// is in sync), it stayed fenced.
+#[test]
+fn a_volume_mirroring_through_the_peers_grant_serves_on_the_next_one() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut a, _sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    let now = Instant::now();
+    // The witness's word: a holds the group at epoch 1; b's volume mirrors in session.
+    sb.publish_view(1, 1, 2);
+    b.engine.tick(&mut io, now);
+    break_link(&mut a, &mut b);
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask");
+    sb.outcome.store(DENIED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    // a's grant is given back; b asks again, at 1, and is granted 2.
+    sb.publish_view(0, 1, 2);
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask again");
+    sb.asked_epoch.store(1, SeqCst);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(
+        (b.engine.mode(), b.engine.grant_epoch),
+        (Mode::Survivor, 2),
+        "a volume in sync through the peer's grant refuses the next one"
+    );
+}
