@@ -1,4 +1,5 @@
-//! A slow WAN link: an in-test UDP proxy delays every datagram by 300 ms each way.
+//! A slow WAN link: an in-test UDP proxy delays every datagram by 300 ms each way; and a link
+//! that delivers every datagram twice (the network's duplicates, both ways).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use crate::harness::*;
 
 const DELAY: Duration = Duration::from_millis(300);
 
-/// Forwards client → witness and back, every datagram `DELAY` late (one thread per datagram).
+/// Forwards client → witness and back, every datagram `delay` late (one thread per datagram),
+/// `copies` times.
 struct Proxy {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -21,6 +23,10 @@ struct Proxy {
 
 impl Proxy {
     fn new(witness: SocketAddr) -> Self {
+        Self::with(witness, DELAY, 1)
+    }
+
+    fn with(witness: SocketAddr, delay: Duration, copies: usize) -> Self {
         let front = UdpSocket::bind("127.0.0.1:0").expect("bind front");
         let back = UdpSocket::bind("127.0.0.1:0").expect("bind back");
         back.connect(witness).expect("connect");
@@ -45,8 +51,10 @@ impl Proxy {
                     let data = buf[..n].to_vec();
                     let b = b1.try_clone().expect("clone");
                     std::thread::spawn(move || {
-                        std::thread::sleep(DELAY);
-                        let _ = b.send(&data);
+                        std::thread::sleep(delay);
+                        for _ in 0..copies {
+                            let _ = b.send(&data);
+                        }
                     });
                 }
             }
@@ -61,8 +69,10 @@ impl Proxy {
                     let f = front.try_clone().expect("clone");
                     if let Some(to) = to {
                         std::thread::spawn(move || {
-                            std::thread::sleep(DELAY);
-                            let _ = f.send_to(&data, to);
+                            std::thread::sleep(delay);
+                            for _ in 0..copies {
+                                let _ = f.send_to(&data, to);
+                            }
                         });
                     }
                 }
@@ -116,4 +126,59 @@ fn a_grant_gets_through_a_link_with_300_ms_each_way() {
     let w = w.stop();
     assert_eq!(w.table().groups[&GroupId(5)].epoch, Epoch(1));
     println!("slow link: grant round trip {rtt:?}");
+}
+
+/// Every datagram arrives twice, both ways: the witness answers a request's second copy
+/// BEHIND (its counter is not above the one it took), and a site reads two answers to one
+/// datagram (the second of a finished call ignored, a BEHIND first makes it resend, a new
+/// counter). One grant per epoch still, a release taken once, the peer then granted at the
+/// next epoch, and no site's call fails or takes another's answer for its own.
+#[test]
+fn duplicated_datagrams_change_no_outcome() {
+    use twinblk_witness::client::ReleaseOutcome;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = start(&state_path(&dir), any_port(), 200);
+    let proxy = Proxy::with(w.addr, Duration::from_millis(5), 2);
+    let (mut a, mut b) = (client(proxy.addr, 1), client(proxy.addr, 2));
+    let g = GroupId(9);
+    let claim = |preferred| {
+        vec![Claim {
+            group: g,
+            preferred,
+        }]
+    };
+    for _ in 0..3 {
+        let v = a.heartbeat(&claim(true)).expect("heartbeat");
+        assert_eq!((v.len(), v[0].holder, v[0].epoch), (1, None, Epoch(0)));
+        b.heartbeat(&claim(false)).expect("heartbeat");
+    }
+    let got = a.request_grant(g, Epoch(0), true).expect("grant");
+    assert_eq!(got, GrantOutcome::Granted { epoch: Epoch(1) });
+    // Asked again (a retransmission's intent): the same grant, no new epoch.
+    let got = a.request_grant(g, Epoch(0), true).expect("grant");
+    assert_eq!(got, GrantOutcome::Granted { epoch: Epoch(1) });
+    match b.request_grant(g, Epoch(0), false).expect("answer") {
+        GrantOutcome::Denied { holder, epoch, .. } => {
+            assert_eq!((holder, epoch), (Some(site(1)), Epoch(1)))
+        }
+        other => panic!("b granted while a holds the group: {other:?}"),
+    }
+    match a.release(g, Epoch(1)).expect("release") {
+        ReleaseOutcome::Released(v) => assert_eq!((v.holder, v.epoch), (None, Epoch(1))),
+        other => panic!("release not taken: {other:?}"),
+    }
+    // (b knows epoch 1 now, say from a heartbeat in sync.)
+    let got = b.request_grant(g, Epoch(1), false).expect("grant");
+    assert_eq!(got, GrantOutcome::Granted { epoch: Epoch(2) });
+    // a's release again (retried after a lost answer): not the holder, nothing changes.
+    match a.release(g, Epoch(1)).expect("release") {
+        ReleaseOutcome::NotHolder(v) => assert_eq!((v.holder, v.epoch), (Some(site(2)), Epoch(2))),
+        other => panic!("a stale release taken: {other:?}"),
+    }
+    let v = a.heartbeat(&claim(true)).expect("heartbeat");
+    assert_eq!((v[0].holder, v[0].epoch), (Some(site(2)), Epoch(2)));
+    drop(proxy);
+    let w = w.stop();
+    let rec = w.table().groups[&g];
+    assert_eq!((rec.epoch, rec.holder), (Epoch(2), Some(site(2))));
 }

@@ -105,8 +105,14 @@ pub struct FailoverSlot {
     pub known_epoch: AtomicU64,
     /// The grant epoch of the resync source a volume of the group last finished receiving
     /// from (its RESYNC_DONE): in sync with that grant's holder, this site knows that epoch
-    /// (the failover thread raises its known epoch to it before it asks).
+    /// (the failover thread raises its known epoch to it before it asks). Also the epoch a
+    /// volume restored fenced for want of an answer knew at its fence (restore.rs).
     pub learned_epoch: AtomicU64,
+    /// The known epoch the failover thread's last request for the group was asked at (set
+    /// before it is sent): a volume answered with its grant serves on it only if its replica
+    /// was complete at that epoch (`Witness::complete_for`; the site's known epoch is the
+    /// group's, which another volume's RESYNC_DONE may have raised while this one was fenced).
+    pub asked_epoch: AtomicU64,
     /// Volumes in the group (set by the daemon), how many of their engines have restored
     /// their state, and how many this site leads now (engines count themselves, and move
     /// the count at a switchover): the group is claimed as preferred when this site leads
@@ -429,6 +435,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 tracing::warn!(volume = %name, "mirror: peer lost; asking the witness for a survivor grant");
                 known[i]
             };
+            slot.asked_epoch.store(asked.0, SeqCst);
             // Marked before it is sent: its answer may be lost while the witness grants it.
             let mark_was = as_takeover.then(|| slot.asking_takeover(asked.0));
             client.set_timeout(cfg.request_timeout);

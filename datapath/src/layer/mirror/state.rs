@@ -6,7 +6,7 @@
 //! replica never in sync) |
 //! clean u8 (1: written at a clean stop, the bitmaps are exact) | flags u8 (bit 0: this site
 //! was the volume's leader (it may hold an activity log); bit 1: this site leads at `term`;
-//! bit 2: the host restarted after this site stopped uncleanly while in sync, so its device
+//! bit 2: the host restarted after this site stopped uncleanly while in sync or fenced, so its device
 //! may have dropped writes it had not flushed, and it is not reconciled yet; bit 3 (mode 2
 //! only): fenced for want of the witness's answer to a request for the grant, its replica
 //! holding every acknowledged write (the witness may have granted that request: a restart
@@ -14,7 +14,10 @@
 //! restarted since an unclean stop); bit 4 (with bit 3
 //! only): that request's grant is a takeover (an operator's, or a request asked again after
 //! the holder's grant was given back); other bits 0) |
-//! epoch u64 | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
+//! epoch u64 (a survivor: its grant's; fenced with bit 3: the epoch at which this replica was
+//! last complete, the site's known epoch when its session ended in sync, at which a restart
+//! asks the witness again, 0 in files written before; else 0;
+//! a build that does not know the fenced meaning ignores it) | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
 //! written words u32 | words u64 ... | suspect words u32 | words u64 ... | replica identity
 //! u64 | leadership term u64 | boot id u128 | CRC32C u32 of everything before it. The dirty bitmap holds the regions written while the peer was away
 //! (a survivor's, to send); the written bitmap every region ever written (a new, empty

@@ -516,6 +516,28 @@ impl Engine {
         }
     }
 
+    /// Whether this site's mode lets it announce state 5 or 6 when unclean: in sync, waiting
+    /// for its first session; or fenced with its host restarted since (restore.rs: its device
+    /// may have dropped writes its peer kept, so it receives, state 6).
+    pub(super) fn al_state_mode(&self) -> bool {
+        self.mode == Mode::Waiting || (self.mode == Mode::Fenced && self.al.host_restarted)
+    }
+
+    /// [`decide_session`] for this site in state `me`, the peer in `peer`: a fenced site whose
+    /// host restarted (state 6) never sends to a new replica (as state 2: the fenced copy may
+    /// lack what a survivor, since lost, acknowledged alone), which state 6 of a site stopped
+    /// in sync would.
+    pub(super) fn al_decide_session(&self, me: u32, peer: u32) -> Result<Session, String> {
+        if me == 6 && self.mode == Mode::Fenced && peer == 4 {
+            return Err(
+                "this site is fenced (its host restarted since) and the peer is a new \
+                 replica: neither holds every acknowledged write for sure; refusing"
+                    .into(),
+            );
+        }
+        Ok(decide_session(me, peer, self.role == Role::Leader))
+    }
+
     /// A clean stop: write the extents of the updates still tracked (normally none: an empty
     /// set, marked clean) and wait until it is on disk. An unclean site (not reconciled yet)
     /// leaves its log as it was.

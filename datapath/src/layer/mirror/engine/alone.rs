@@ -106,6 +106,7 @@ impl Engine {
     /// now on, finishing every held update, and record what the peer misses.
     pub(super) fn become_survivor(&mut self, io: &mut IoCx, epoch: u64) {
         self.grant_epoch = epoch;
+        self.witness.complete_at(epoch);
         // (Whatever grant a lost answer may have left is this one now.)
         self.fenced_unanswered = None;
         self.since_start = false;
@@ -118,7 +119,14 @@ impl Engine {
         // Nothing is acknowledged alone before the lost peer's read lease has certainly
         // expired (docs/mirror-protocol.md, "Read lease"); `release_alone` lets it go.
         let now = Instant::now();
-        if let Some(t) = self.sess.peer_lease_end().filter(|&t| t > now) {
+        if self.sess.number == 0 {
+            // No session in this process (restarted fenced): the peer's read lease rests on
+            // PINGs the old process answered, unknown here. Waited out from now, as by a
+            // survivor restored after a crash.
+            let l = self.sess.lease();
+            let t = now + l + lease_margin(l);
+            self.alone_after = Some(self.alone_after.map_or(t, |a| a.max(t)));
+        } else if let Some(t) = self.sess.peer_lease_end().filter(|&t| t > now) {
             self.alone_after = Some(t);
             tracing::info!(volume = %self.cfg.name, wait_ms = (t - now).as_millis() as u64,
                 "mirror: survivor; holding acknowledgements until the peer's read lease has expired");
@@ -295,6 +303,7 @@ impl Engine {
                 // witness's stale check for grants it never saw the writes of.
                 let seen = slot.view_epoch.load(std::sync::atomic::Ordering::SeqCst);
                 if self.target.source_epoch <= seen {
+                    self.witness.complete_at(self.target.source_epoch);
                     slot.learned_epoch.fetch_max(
                         self.target.source_epoch,
                         std::sync::atomic::Ordering::SeqCst,
@@ -333,6 +342,16 @@ impl Engine {
             return;
         }
         self.publish_sync_mode();
+        if self.mode == Mode::Mirroring
+            && self.sess.up
+            && let Some((_, _, e)) = slot.view()
+        {
+            // Mirroring in session, this replica holds every write acknowledged so far, so
+            // those of every grant the witness has issued (its word is older than now): the
+            // epoch its replica is complete at (`Witness::complete_for`), known before the
+            // site's (learned only while the whole group is in sync).
+            self.witness.complete_at(e);
+        }
         self.check_grant(io, &slot);
         self.adopt_lost_grant(io, &slot);
         self.give_back_unadoptable(&slot);
@@ -360,6 +379,24 @@ impl Engine {
                     // region ever written to the peer, the history below told it may be
                     // stale). The epoch and the resync's direction are the same either way.
                     slot.asking_takeover(epoch.saturating_sub(1));
+                }
+                if !takeover
+                    && self.mode == Mode::Fenced
+                    && !self
+                        .witness
+                        .complete_for(slot.asked_epoch.load(std::sync::atomic::Ordering::SeqCst))
+                {
+                    // The site's known epoch (the group's), at which the request was asked,
+                    // was taught by another volume of the group after this one's replica was
+                    // last complete: a grant came between whose writes it misses. It stays
+                    // fenced; another volume of the group serves on the grant, or the failover
+                    // thread gives it back (`unclaimed_grant`).
+                    tracing::error!(volume = %self.cfg.name, epoch,
+                        "mirror: the witness granted the group, but this volume's replica misses a grant since it was last in sync; fenced");
+                    self.witness_retried = false;
+                    self.fence("the group's grant is newer than this volume's replica");
+                    self.publish_watching(&slot);
+                    return;
                 }
                 let takeover = takeover || slot.takeover_at(epoch);
                 // (Already the survivor at this epoch, from the witness's word before its
@@ -611,7 +648,7 @@ impl Engine {
                 && (!takeover || self.unanswered_retried)
                 && !self.sess.up
                 && !self.draining
-                && self.sess.number != 0
+                && (self.sess.number != 0 || self.witness.is_restored_unanswered())
             {
                 // Fenced for want of an answer, and the witness's word since names nobody:
                 // it granted nothing (its answer was a denial on the tie, or it was out of
@@ -627,6 +664,9 @@ impl Engine {
                 // one (an operator's release): it may have acknowledged alone.)
                 tracing::warn!(volume = %self.cfg.name, epoch,
                     "mirror: the witness holds nothing for the group after an unanswered request; asking again");
+                // (Restored, the fence's epoch is the one the site knew then, persisted with it;
+                // bit 4 after a restart cannot tell an operator's takeover from a request asked
+                // again after a give-back: asked again, plain, its grant taken as a takeover.)
                 self.witness_retried = self.unanswered_retried || epoch > self.unanswered_epoch;
                 self.witness.ask_fenced();
             }
@@ -671,15 +711,9 @@ impl Engine {
                     slot.asking_takeover(epoch.saturating_sub(1));
                     self.taken_over(io);
                 }
+                // (Fenced before a restart, the state's flags bit 3: `become_survivor` waits out
+                // the peer's read lease the old process may have given.)
                 self.become_survivor(io, epoch);
-                if self.sess.number == 0 {
-                    // Fenced before a restart (the state's flags bit 3, restore.rs): the peer's
-                    // read lease rests on PINGs the old process answered, unknown here. Waited
-                    // out from now, as by a survivor restored after a crash.
-                    let l = self.sess.lease();
-                    let t = Instant::now() + l + lease_margin(l);
-                    self.alone_after = Some(self.alone_after.map_or(t, |a| a.max(t)));
-                }
                 // (Counted by `become_survivor` now.)
                 slot.unclaim();
             }

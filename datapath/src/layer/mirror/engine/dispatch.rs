@@ -83,7 +83,11 @@ impl Engine {
             }
             _ => {}
         }
-        self.witness.link_lost();
+        let in_sync_at = (self.mode == Mode::Mirroring)
+            .then_some(self.cfg.failover.as_ref())
+            .flatten()
+            .map(|s| s.known_epoch.load(std::sync::atomic::Ordering::SeqCst));
+        self.witness.link_lost(in_sync_at);
         self.peer_unflushed.session_ended();
         self.fail_held();
         self.fail_metas();

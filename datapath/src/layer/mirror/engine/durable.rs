@@ -137,10 +137,15 @@ impl Engine {
             clean,
             // (Only a survivor holds a grant: the source's "in sync" at its resync's end is
             // saved before the grant is given back.)
-            epoch: if mode == Mode::Survivor {
-                self.grant_epoch
-            } else {
-                0
+            // Fenced for want of an answer (flags bit 3): the epoch at which this volume's
+            // replica was last complete (the site's known epoch when its session ended in
+            // sync, survivor.rs `complete`; not the group's now, which another volume may have
+            // raised since), at which a restart asks again (restore.rs; asked at 0, the witness
+            // would refuse it as stale).
+            epoch: match (mode, self.fenced_unanswered) {
+                (Mode::Survivor, _) => self.grant_epoch,
+                (Mode::Fenced, Some(_)) if self.failed.is_none() => self.witness.complete(),
+                _ => 0,
             },
             size: self.cfg.size,
             granularity: self.cfg.dirty_granularity,

@@ -456,7 +456,7 @@ impl Engine {
     /// 0 in sync (or fresh), 1 survivor, 2 fenced, 3 resyncing, 4 new, 5 in sync but stopped
     /// uncleanly (actlog.rs), 6 as 5 with its host restarted since.
     pub fn replica_state(&self) -> u32 {
-        if self.al.unclean && self.mode == Mode::Waiting && !self.new_replica {
+        if self.al.unclean && self.al_state_mode() && !self.new_replica {
             // In sync, stopped uncleanly: its next session reconciles (actlog.rs); 6 when its
             // host restarted too (its device may have dropped unflushed writes).
             return if self.al.host_restarted { 6 } else { 5 };
@@ -662,7 +662,7 @@ impl Engine {
         // "the leader" is read.
         self.agree_leader(peer_lead)?;
         let me = self.replica_state();
-        match decide_session(me, peer, self.role == Role::Leader) {
+        match self.al_decide_session(me, peer)? {
             Session::InSync => {
                 // In sync (or both new and empty).
                 self.new_replica = false;

@@ -59,6 +59,7 @@ impl Engine {
         // restarted, the site took itself for the holder, never gave the grant back, and
         // followed the rules of a source holding one.)
         self.grant_epoch = if p.mode == 1 { p.epoch } else { 0 };
+        self.witness.complete_at(self.grant_epoch);
         if let Some((term, leads)) = p.leads
             && term > 0
         {
@@ -78,8 +79,20 @@ impl Engine {
         // sync stopped uncleanly, from its activity log (actlog.rs).
         let led = p.led || self.role == Role::Leader;
         self.led = led;
-        let (unclean, logged) = if p.mode == 0 {
-            self.restore_actlog(p.clean, led)
+        // A fenced site whose host restarted since it stopped uncleanly (another boot id, or
+        // flags bit 2 kept from an earlier start): its device may have dropped writes both
+        // sites acknowledged before the fence, which the peer kept. Two fenced sites reconcile
+        // from the leader; so its copy must not win (docs/mirror-protocol.md, "Power loss": it
+        // announces state 6 as a site stopped in sync does, and receives), and its regions
+        // that may have lost writes (its activity log's, or every region ever written when
+        // unknown) are suspect, listed to the peer, which copies them here.
+        let fenced_power_loss = p.mode == 2
+            && !p.clean
+            && (p.host_restarted
+                || (p.boot != 0 && self.cfg.boot_id != 0 && p.boot != self.cfg.boot_id));
+        let (unclean, logged) = if p.mode == 0 || fenced_power_loss {
+            let (u, l) = self.restore_actlog(p.clean, led);
+            (u || fenced_power_loss, l)
         } else {
             (false, None)
         };
@@ -104,6 +117,9 @@ impl Engine {
         self.suspect = RegionMap::from_words(size, g, suspect);
         if let Some(m) = &logged {
             self.suspect.or_with(m);
+        } else if fenced_power_loss && led {
+            // (Its log unknown: whatever it applied may be gone.)
+            self.suspect.or_with(&self.written);
         }
         self.al.unclean = unclean;
         // Its host restarted since (or had, at an earlier start not reconciled since): a power
@@ -172,6 +188,19 @@ impl Engine {
             // restart forgot it: the grant sat at the witness as this site's, the peer denied,
             // and neither site served until the link returned.
             self.fenced_unanswered = Some((0, takeover));
+            // And asked again when that word names nobody (`adopt_lost_grant`), as without the
+            // restart: at the group's epoch it knew then (saved with the fence; 0 in older
+            // files), which the failover thread takes as known (`learned_epoch`). A request
+            // persisted as a takeover's (bit 4: an operator's, or one asked again after a
+            // give-back; which, unknown here) is asked again plain, its grant a takeover.
+            self.unanswered_epoch = p.epoch;
+            self.unanswered_retried = takeover;
+            self.witness.restored_unanswered();
+            self.witness.complete_at(p.epoch);
+            if let Some(slot) = &self.cfg.failover {
+                slot.learned_epoch
+                    .fetch_max(p.epoch, std::sync::atomic::Ordering::SeqCst);
+            }
         } else if mode == Mode::Fenced && p.fenced_unanswered.is_some() {
             // Never served on; the grant it may hold is given back at the witness's first word
             // naming it (`give_back_unadoptable`), so the peer, denied while it was held, asks

@@ -77,6 +77,15 @@ pub(super) struct Witness {
     answered_takeover: bool,
     /// A fenced site may ask once more ([`Witness::ask_fenced`]).
     fenced_retry: bool,
+    /// Restored fenced for want of an answer, its device holding what it applied before the
+    /// fence ([`Witness::restored_unanswered`]): that second request is asked without a
+    /// session in this process.
+    restored: bool,
+    /// The group's epoch at which this volume's replica was last known complete: the site's
+    /// known epoch when its session last ended in sync, or the witness's epoch seen while it
+    /// mirrored in session (or restored with a fence for want of an answer), or the grant
+    /// epoch of its own last RESYNC_DONE, or a grant it served on ([`Witness::complete_at`]).
+    complete: u64,
 }
 
 impl Witness {
@@ -108,10 +117,50 @@ impl Witness {
         self.fenced_retry = true;
     }
 
-    /// The link went down: the next loss asks again.
-    pub(super) fn link_lost(&mut self) {
+    /// Restored from a fence for want of an answer whose replica still holds every write
+    /// acknowledged before it (restore.rs): its second request ([`Witness::ask_fenced`]) is
+    /// the old process's, asked by this one without a session of its own (before, a restarted
+    /// site never asked again: with its peer lost for good, only an operator's takeover made
+    /// the volume serve again).
+    pub(super) fn restored_unanswered(&mut self) {
+        self.restored = true;
+    }
+
+    /// The epoch at which this volume's replica was last known complete (see `complete`).
+    pub(super) fn complete(&self) -> u64 {
+        self.complete
+    }
+
+    /// See [`Witness::restored_unanswered`].
+    pub(super) fn is_restored_unanswered(&self) -> bool {
+        self.restored
+    }
+
+    /// The link went down: the next loss asks again. `in_sync_at`: the site's known epoch
+    /// if this volume was mirroring in sync until now (its replica then held every write of
+    /// that epoch's grants), else `None`.
+    pub(super) fn link_lost(&mut self, in_sync_at: Option<u64>) {
         self.asked = false;
         self.answered = false;
+        if let Some(e) = in_sync_at {
+            self.complete = self.complete.max(e);
+        }
+    }
+
+    /// This volume's replica holds every write of the group's grants up to `epoch` (its own
+    /// resync from that grant's holder completed, or it serves on that grant, or restored).
+    pub(super) fn complete_at(&mut self, epoch: u64) {
+        self.complete = self.complete.max(epoch);
+    }
+
+    /// Whether this volume may serve on the group's grant answered to a plain request asked
+    /// at the site's known epoch `asked` (`FailoverSlot::asked_epoch`): only if its replica was
+    /// complete at that epoch. The site's known epoch is the group's: another volume of the
+    /// group may have raised it (its own RESYNC_DONE) while this one was fenced, missing the
+    /// writes of the grants between (before, it served on the next grant without them). An
+    /// operator's takeover accepts that (not judged here).
+    pub(super) fn complete_for(&self, asked: u64) -> bool {
+        self.complete >= asked
     }
 
     /// Once per engine tick: publish whether the site is in sync, ask for the grant when due,
@@ -138,12 +187,13 @@ impl Witness {
         if !takeover
             && !self.takeover
             && (site.up
-                || !site.had_session
+                || !(site.had_session || (retry && self.restored))
                 || (site.mode != Mode::Mirroring && !retry)
                 || site.draining)
         {
             if site.up || site.draining {
                 self.fenced_retry = false;
+                self.restored = false;
             }
             return Grant::Wait;
         }
@@ -412,7 +462,7 @@ mod tests {
             Grant::Wait
         );
         // A later loss asks anew.
-        w.link_lost();
+        w.link_lost(Some(0));
         assert_eq!(
             w.tick(&slot, &flag, site(false, Mode::Mirroring)),
             Grant::Wait

@@ -648,3 +648,59 @@ fn a_reconciliation_source_stopped_cleanly_keeps_its_exact_regions() {
         a.engine.dirty_bytes()
     );
 }
+
+/// Both sites fence (the link cut, no witness answering either), then one site's host loses
+/// its power: its disk drops an acknowledged write W it had not flushed (both sites applied W
+/// before the cut; the other site keeps it). Restarted, the site is fenced (state 2) as its
+/// peer, and two fenced sites reconcile from the leader: if the leader's host is the one that
+/// restarted, its copy of W's region (stale: W gone) must not win, nor may it serve reads of
+/// it. The power-loss rule (state 6) covered only a site stopped in sync. Failed before for
+/// the leader: W was gone at both sites (its region neither suspect at the leader nor listed
+/// by the follower), or the replicas differed.
+#[test]
+fn a_fenced_leader_whose_host_restarted_never_reconciles_its_stale_copy_over_the_peer() {
+    for lost in [Role::Leader, Role::Follower] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+        let (off, w) = (3 * EXTENT, 0xA7);
+        {
+            let durable = if lost == Role::Leader {
+                a.disk.borrow().bytes.clone()
+            } else {
+                b.disk.borrow().bytes.clone()
+            };
+            write_at(&mut a, &mut io, &mut slot, off, w, 4096);
+            run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+            collect(&mut a);
+            assert_eq!((a.ok, a.outstanding), (2, 0), "W acknowledged");
+            // The link is cut; neither site is granted the volume: both fence.
+            for s in [&mut a, &mut b] {
+                s.engine.link_down("test");
+                s.engine.fence("test: no grant");
+                assert!(s.engine.wait_persisted());
+            }
+            let down = if lost == Role::Leader { &mut a } else { &mut b };
+            // The host restarts: the disk kept only what was flushed.
+            down.disk.borrow_mut().bytes = durable;
+            down.engine.cfg.boot_id = 2;
+            crash_and_restart(down);
+        }
+        reconnect(&mut a, &mut b, &mut io);
+        pump(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        for (s, name) in [(&a, "a"), (&b, "b")] {
+            let d = s.disk.borrow();
+            assert!(
+                d.bytes[off as usize..off as usize + 4096]
+                    .iter()
+                    .all(|&x| x == w),
+                "{lost:?} lost its power while fenced: the acknowledged W is gone at {name}"
+            );
+        }
+        assert!(same_replicas(&a, &b), "{lost:?}: replicas differ");
+        assert_eq!(
+            (a.engine.mode(), b.engine.mode()),
+            (Mode::Mirroring, Mode::Mirroring)
+        );
+    }
+}

@@ -1043,3 +1043,111 @@ fn a_group_is_in_sync_at_a_site_only_while_every_volume_of_it_is() {
     ay.engine.tick(&mut io, now);
     assert!(sa.in_sync_now(), "y in sync, x gone: the group not in sync");
 }
+
+/// The epoch of RESYNC_DONE is the group's knowledge, taken from one volume: the witness's
+/// epochs are the group's. Two volumes x and y of one group at b: a holds the group (epoch 1,
+/// survivor for both), both fenced at b, denied; y's replica misses a's writes at epoch 1.
+/// x's link returns and a resyncs b's x, whose RESYNC_DONE carries epoch 1: b knows epoch 1
+/// (so x, in sync at 1, is granted when a is lost: kept). Then a gives its grant back without
+/// resyncing y (an operator's release of a lost survivor, or a's y failed) and is lost: y,
+/// denied at 1 while a held it, asks again, and b's group is granted at 2 (asked at 1, which
+/// x taught). x must serve on it; y must not: its replica was complete only at the epoch the
+/// site knew at its denial (0), and a grant came between. Failed before: y served without
+/// a's writes at epoch 1.
+#[test]
+fn a_volume_denied_before_another_taught_the_groups_epoch_never_serves_on_the_next_grant() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut ax, mut bx, mut io) = lose_peer(true);
+    let mut rng = Rng(163);
+    let mut slot = 0;
+    let sb = bx.engine.cfg.failover.clone().unwrap();
+    let (_ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    by.engine.cfg.failover = Some(Arc::clone(&sb));
+    let now = Instant::now();
+    by.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "y does not ask");
+    sb.publish_view(1, 1, 2);
+    sb.outcome.store(DENIED, SeqCst);
+    by.engine.tick(&mut io, now);
+    bx.engine.tick(&mut io, now);
+    assert_eq!(
+        (bx.engine.mode(), by.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    meet(&mut ax, &mut bx, &mut io);
+    assert_eq!(
+        (ax.engine.mode(), bx.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut ax, &mut bx, &mut io, &mut rng);
+    assert_eq!(bx.engine.mode(), Mode::Mirroring);
+    assert_eq!(sb.learned_epoch.load(SeqCst), 1, "x in sync at 1");
+    // a gives epoch 1 back without resyncing y, and is lost.
+    break_link(&mut ax, &mut bx);
+    sb.publish_view(0, 1, 2);
+    let now = Instant::now();
+    by.engine.tick(&mut io, now);
+    bx.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "nobody asks");
+    // (The failover thread asks at 1, which x taught, and is granted 2.)
+    sb.asked_epoch.store(1, SeqCst);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    for _ in 0..2 {
+        bx.engine.tick(&mut io, now);
+        by.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (bx.engine.mode(), bx.engine.grant_epoch),
+        (Mode::Survivor, 2),
+        "x, in sync at 1, does not serve on the grant"
+    );
+    assert_ne!(
+        by.engine.mode(),
+        Mode::Survivor,
+        "y serves alone at b without a's writes at epoch 1"
+    );
+}
+
+/// The other side of the check above: a volume mirroring in session while the witness's word
+/// shows the group at epoch 1 (the peer's grant, taken by another volume of the group there)
+/// holds every write of that grant: denied once its own link is lost (the peer holds the
+/// group), then asking again once that grant is given back, at 1, it serves on the grant.
+/// Counted complete only at the site's known epoch (0: learned only while the whole group
+/// is in sync), it stayed fenced.
+#[test]
+fn a_volume_mirroring_through_the_peers_grant_serves_on_the_next_one() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut a, _sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    let now = Instant::now();
+    // The witness's word: a holds the group at epoch 1; b's volume mirrors in session.
+    sb.publish_view(1, 1, 2);
+    b.engine.tick(&mut io, now);
+    break_link(&mut a, &mut b);
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask");
+    sb.outcome.store(DENIED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    // a's grant is given back; b asks again, at 1, and is granted 2.
+    sb.publish_view(0, 1, 2);
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask again");
+    sb.asked_epoch.store(1, SeqCst);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(
+        (b.engine.mode(), b.engine.grant_epoch),
+        (Mode::Survivor, 2),
+        "a volume in sync through the peer's grant refuses the next one"
+    );
+}

@@ -3,6 +3,7 @@
 //! volumes, a new process: a new failover slot for the group), a replica failing (repaired by
 //! its site's restart, at the latest before the end), the witness's answers all lost
 //! for a turn (a grant recorded but unanswered, a release not taken, no heartbeat answered),
+//! or every datagram to and from the witness arriving twice for a turn (`Wit::dup`),
 //! writes at whichever site takes them, local completions in random order.
 //!
 //! Model: four engines (x and y at sites a and b, a leading both), one failover slot per site
@@ -450,6 +451,8 @@ fn run(seed: u64, turns: usize) {
             }
             4 => g.restart(faults.below(2) as usize),
             5..=7 => g.w.lossy = true,
+            // Every datagram to and from the witness arrives twice (phasefault.rs, `Wit::dup`).
+            20..=22 => g.w.dup = true,
             8..=17 => {
                 let (i, v) = (faults.below(2) as usize, faults.below(2) as usize);
                 g.write(i, v);
@@ -481,6 +484,7 @@ fn run(seed: u64, turns: usize) {
         }
         g.turn();
         g.w.lossy = false;
+        g.w.dup = false;
         if t % 8 == 0 {
             for row in &mut g.s {
                 for s in row.iter_mut() {

@@ -67,6 +67,13 @@ pub(super) struct Wit {
     /// Turns each site's request has been waiting out a tie (the client asks again within its
     /// deadline: three turns here, then it is denied).
     pub(super) tie_turns: [u32; 2],
+    /// This turn every datagram arrives twice: each request and release is seen twice by the
+    /// witness (a retransmission, or the network's duplicate: the second is idempotent, or
+    /// answered NOT_HOLDER), a release is taken but the answer the site waits for is the
+    /// second one, lost (the thread retries it at the next turn, when it is seen a third
+    /// time), and each answer reaches the failover thread twice (the client takes the first
+    /// matching one; a second answer of the same call is the same word again, a new view).
+    pub(super) dup: bool,
 }
 
 impl Wit {
@@ -89,12 +96,18 @@ impl Wit {
                     let _ = s.release.compare_exchange(0, r, SeqCst, SeqCst);
                 }
             } else if r != 0 && crate::layer::mirror::failover::decide_release(s, r) {
-                if r == self.epoch && self.holder == Some(i) {
-                    self.holder = None;
-                    self.preferred_lost = false;
+                for _ in 0..1 + self.dup as usize {
+                    if r == self.epoch && self.holder == Some(i) {
+                        self.holder = None;
+                        self.preferred_lost = false;
+                    }
+                    let h = self.holder.map_or(0, |h| h as u32 + 1);
+                    s.publish_view(h, self.epoch, i as u32 + 1);
                 }
-                let h = self.holder.map_or(0, |h| h as u32 + 1);
-                s.publish_view(h, self.epoch, i as u32 + 1);
+                if self.dup {
+                    // Taken, its answer lost: retried at the next turn.
+                    let _ = s.release.compare_exchange(0, r, SeqCst, SeqCst);
+                }
             }
             s.releasing.store(0, SeqCst);
         }
@@ -110,68 +123,71 @@ impl Wit {
             } else {
                 self.known[i]
             };
+            s.asked_epoch.store(asked, SeqCst);
             let me = i as u32 + 1;
             let lost = crate::layer::mirror::failover::UNREACHABLE;
-            if !self.lossy {
-                // (The request's PREFERRED flag: the configured or led preference, not
-                // withdrawn.)
-                self.claim(i, s.preferred_now(), false);
-            }
-            if !(self.holder.is_none() && self.preferred.is_some_and(|p| p != i)) {
-                self.tie_turns[i] = 0;
-            }
-            let tie = self.holder.is_none()
-                && asked >= self.epoch
-                && self.preferred.is_some_and(|p| p != i)
-                && !self.preferred_lost;
-            if self.holder.is_none() && asked < self.epoch && self.preferred == Some(i) {
-                self.preferred_lost = true;
-            }
-            match self.holder {
-                None if tie && self.tie_turns[i] < 3 && !self.lossy => {
-                    // TIE_WAIT: the client asks again (next turn), within its deadline.
-                    self.tie_turns[i] += 1;
-                    s.want.store(true, SeqCst);
+            for _ in 0..1 + self.dup as usize {
+                if !self.lossy {
+                    // (The request's PREFERRED flag: the configured or led preference, not
+                    // withdrawn.)
+                    self.claim(i, s.preferred_now(), false);
                 }
-                None if tie => {
-                    // TIE_WAIT until the client's deadline: denied, nobody named.
+                if !(self.holder.is_none() && self.preferred.is_some_and(|p| p != i)) {
                     self.tie_turns[i] = 0;
-                    s.outcome
-                        .store(if self.lossy { lost } else { DENIED }, SeqCst);
-                    if !self.lossy {
-                        s.publish_view(0, self.epoch, me);
-                    }
                 }
-                Some(h) if h != i && self.lossy => s.outcome.store(lost, SeqCst),
-                Some(h) if h != i => {
-                    s.publish_view(h as u32 + 1, self.epoch, me);
-                    s.outcome.store(DENIED, SeqCst);
+                let tie = self.holder.is_none()
+                    && asked >= self.epoch
+                    && self.preferred.is_some_and(|p| p != i)
+                    && !self.preferred_lost;
+                if self.holder.is_none() && asked < self.epoch && self.preferred == Some(i) {
+                    self.preferred_lost = true;
                 }
-                None if asked < self.epoch => {
-                    s.outcome
-                        .store(if self.lossy { lost } else { DENIED }, SeqCst);
-                    if !self.lossy {
-                        s.publish_view(0, self.epoch, me);
+                match self.holder {
+                    None if tie && self.tie_turns[i] < 3 && !self.lossy => {
+                        // TIE_WAIT: the client asks again (next turn), within its deadline.
+                        self.tie_turns[i] += 1;
+                        s.want.store(true, SeqCst);
                     }
-                }
-                _ => {
-                    if self.holder.is_none() {
-                        self.epoch = self.epoch.max(asked) + 1;
-                        self.holder = Some(i);
-                        self.preferred_lost = false;
-                    }
-                    self.known[i] = self.epoch;
-                    s.epoch.store(self.epoch, SeqCst);
-                    s.known_epoch.store(self.epoch, SeqCst);
-                    if self.lossy {
-                        // Recorded, the answer lost.
+                    None if tie => {
+                        // TIE_WAIT until the client's deadline: denied, nobody named.
+                        self.tie_turns[i] = 0;
                         s.outcome
-                            .store(crate::layer::mirror::failover::UNREACHABLE, SeqCst);
-                        continue;
+                            .store(if self.lossy { lost } else { DENIED }, SeqCst);
+                        if !self.lossy {
+                            s.publish_view(0, self.epoch, me);
+                        }
                     }
-                    s.granted_takeover.store(takeover, SeqCst);
-                    s.publish_view(me, self.epoch, me);
-                    s.outcome.store(GRANTED, SeqCst);
+                    Some(h) if h != i && self.lossy => s.outcome.store(lost, SeqCst),
+                    Some(h) if h != i => {
+                        s.publish_view(h as u32 + 1, self.epoch, me);
+                        s.outcome.store(DENIED, SeqCst);
+                    }
+                    None if asked < self.epoch => {
+                        s.outcome
+                            .store(if self.lossy { lost } else { DENIED }, SeqCst);
+                        if !self.lossy {
+                            s.publish_view(0, self.epoch, me);
+                        }
+                    }
+                    _ => {
+                        if self.holder.is_none() {
+                            self.epoch = self.epoch.max(asked) + 1;
+                            self.holder = Some(i);
+                            self.preferred_lost = false;
+                        }
+                        if self.lossy {
+                            // Recorded, the answer lost (the thread learns nothing of it).
+                            s.outcome
+                                .store(crate::layer::mirror::failover::UNREACHABLE, SeqCst);
+                            continue;
+                        }
+                        self.known[i] = self.epoch;
+                        s.epoch.store(self.epoch, SeqCst);
+                        s.known_epoch.store(self.epoch, SeqCst);
+                        s.granted_takeover.store(takeover, SeqCst);
+                        s.publish_view(me, self.epoch, me);
+                        s.outcome.store(GRANTED, SeqCst);
+                    }
                 }
             }
         }
@@ -182,7 +198,9 @@ impl Wit {
             let claim = s.preferred_now() && s.withdrawn.load(SeqCst) == 0;
             self.claim(i, claim, true);
             let h = self.holder.map_or(0, |h| h as u32 + 1);
-            s.publish_view(h, self.epoch, i as u32 + 1);
+            for _ in 0..1 + self.dup as usize {
+                s.publish_view(h, self.epoch, i as u32 + 1);
+            }
             if s.in_sync_now() {
                 self.known[i] = self.known[i].max(self.epoch);
             }

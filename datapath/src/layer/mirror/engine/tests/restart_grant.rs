@@ -511,3 +511,144 @@ fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_
         "replicas differ after the resync"
     );
 }
+
+/// Two sites with state files, in sync at the group's epoch 3 (a grant and its release
+/// before), the link cut with traffic in flight; both ask the witness, which answers neither
+/// (out of reach for the requests' deadline: it granted nothing), so both fence for want of
+/// an answer. a restarts from its state (a new process, a new failover slot, the same boot)
+/// before the witness is heard again; its first word names nobody holding the group at epoch
+/// 3. a must ask again, plain and at the epoch it knew at its fence (3: asked at the new
+/// process's 0, the witness refuses it as stale), and serve on the grant once answered, after
+/// the read lease b may hold from a's old process; it then resyncs b. Failed before: the new
+/// process never asked (the fenced site's second request needed a session in this process),
+/// and nobody served until the link returned or an operator took over.
+#[test]
+fn a_site_restarted_fenced_for_an_unanswered_request_asks_again_in_its_new_process() {
+    use crate::layer::mirror::failover::{FailoverSlot, GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(181);
+    let mut slot = 0;
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    // (The failover threads' known epoch, learned in sync.)
+    sa.known_epoch.store(3, SeqCst);
+    sb.known_epoch.store(3, SeqCst);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    for _ in 0..20 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    deliver(&mut a, &mut b, &mut io, 5);
+    deliver(&mut b, &mut a, &mut io, 5);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    break_link(&mut a, &mut b);
+    for (s, n) in [(&mut a, "a"), (&mut b, "b")] {
+        s.engine.cfg.state_file = Some(dir.path().join(n));
+        s.engine
+            .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+        s.engine.persist(false);
+        assert!(s.engine.wait_persisted());
+    }
+    sa.publish_view(0, 3, 1);
+    sb.publish_view(0, 3, 2);
+    let now = Instant::now();
+    both_ask(&mut a, &mut b, &mut io, now);
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    collect(&mut a);
+    collect(&mut b);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    let sa2 = Arc::new(FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    // The witness's first word to the new process: nobody holds the group, at epoch 3.
+    sa2.publish_view(0, 3, 1);
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    a.engine.tick(&mut io, now);
+    assert!(
+        sa2.want.swap(false, SeqCst),
+        "restarted fenced for want of an answer, a never asks again: nobody serves"
+    );
+    assert!(
+        !sa2.takeover.load(SeqCst),
+        "asked as an operator's takeover"
+    );
+    assert_eq!(
+        sa2.learned_epoch
+            .load(SeqCst)
+            .max(sa2.known_epoch.load(SeqCst)),
+        3,
+        "asked at an epoch other than the one a knew at its fence (the witness refuses 0 as stale)"
+    );
+    // Granted at 4: a plain grant (nobody served since a's fence).
+    sa2.epoch.store(4, SeqCst);
+    sa2.publish_view(1, 4, 1);
+    sa2.outcome.store(GRANTED, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!((a.engine.mode(), a.engine.grant_epoch), (Mode::Survivor, 4));
+    assert!(!sa2.takeover_at(4), "taken as a takeover");
+    assert_eq!(sa2.watching.load(SeqCst), 0, "watching leaks");
+    // Nothing is acknowledged alone before the lease b may hold from a's old process.
+    assert!(a.engine.wait_persisted());
+    a.engine.tick(&mut io, now);
+    let before = a.ok;
+    write_at(&mut a, &mut io, &mut slot, 8192, 0x5A, 4096);
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    a.engine.tick(&mut io, now);
+    collect(&mut a);
+    assert_eq!(a.ok, before, "acknowledged alone within the peer's lease");
+    past_peer_lease(&mut a, &mut io);
+    collect(&mut a);
+    assert_eq!(a.ok, before + 1, "the survivor's write is not acknowledged");
+    b.engine.link_down("a restarted");
+    b.wire.clear();
+    meet(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Survivor, Mode::Resyncing)
+    );
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ after the resync"
+    );
+    assert_eq!(
+        b.disk.borrow().bytes[8192],
+        0x5A,
+        "an acknowledged write lost"
+    );
+}
+
+/// A fence for want of an answer saves the epoch at which this volume's replica was last
+/// complete (the site's known epoch when its session ended in sync: 0 here), not the group's
+/// known epoch at the save: another volume of the group may have raised that since (its own
+/// RESYNC_DONE, say to 5) while this one, fenced, missed the writes of the grants between;
+/// restarted at 5, its request would pass the witness's stale check and it would serve
+/// without them.
+#[test]
+fn a_fence_for_want_of_an_answer_saves_the_epoch_its_replica_was_complete_at() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b, _sb, _io, _rng, _slot) = a_granted_unanswered_b_denied(187, dir.path());
+    let sa = a.engine.cfg.failover.clone().unwrap();
+    sa.learned_epoch.store(5, SeqCst);
+    sa.known_epoch.store(5, SeqCst);
+    a.engine.persist(false);
+    assert!(a.engine.wait_persisted());
+    let p = crate::layer::mirror::state::load(&dir.path().join("a"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((p.mode, p.fenced_unanswered.is_some()), (2, true));
+    assert_eq!(p.epoch, 0, "the group's epoch saved as this replica's");
+}
