@@ -46,6 +46,7 @@ pub mod error;
 mod failure;
 pub mod format;
 pub mod journal;
+pub mod kept;
 pub mod live;
 pub mod mapped;
 pub mod pit;

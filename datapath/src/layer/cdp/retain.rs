@@ -357,6 +357,9 @@ fn consolidate_once_in(
     if let Some(mv) = moving {
         m.base_seq = mv.to;
         m.base_time = mv.to_time;
+        // The base copy's identity names the new point before the meta does
+        // (docs/cdp-integrity.md).
+        super::kept::write_id(dir, meta.size, meta.vol_id, mv.to)?;
         store::write_meta(dir, &m)?;
         store::clear_moving(dir)?;
     }

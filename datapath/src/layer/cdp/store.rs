@@ -271,8 +271,6 @@ pub fn open_or_create(
                 .open(&tmp)
                 .map_err(io_err("open", &tmp))?;
             f.set_len(size).map_err(io_err("size", &tmp))?;
-            f.sync_all().map_err(io_err("sync", &tmp))?;
-            std::fs::rename(&tmp, &base).map_err(io_err("rename", &base))?;
             let m = Meta {
                 block_size,
                 vol_id: random_id(),
@@ -281,7 +279,14 @@ pub fn open_or_create(
                 base_seq: 0,
                 base_time: 0,
             };
+            // Its identity after the volume's bytes (docs/cdp-integrity.md).
+            f.write_all_at(&super::kept::encode_id(m.vol_id, 0), size)
+                .map_err(io_err("write", &tmp))?;
+            f.sync_all().map_err(io_err("sync", &tmp))?;
+            std::fs::rename(&tmp, &base).map_err(io_err("rename", &base))?;
             write_atomic(dir, &mp, &m.encode())?;
+            // Its map (whole) before any segment is marked (docs/cdp-integrity.md).
+            drop(super::degraded::RegionMap::open(dir, size)?);
             Ok(m)
         }
         Err(e) => Err(io_err("read", &mp)(e)),
@@ -505,6 +510,14 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         running: None,
     };
     refuse_another_history(dir, &meta, &nums)?;
+    // A base copy put in this one's place is refused; a history of an earlier version gets
+    // its map and the base copy's identity before this run marks a segment
+    // (docs/cdp-integrity.md).
+    if super::kept::is_kept(dir, &nums) {
+        super::kept::check_base(dir, &meta, h.moving.as_ref())?;
+    } else if mode == Load::Recover {
+        super::kept::upgrade(dir, &meta)?;
+    }
     let mut consolidated = Vec::new();
     for (i, &segno) in nums.iter().enumerate() {
         let last_file = i + 1 == nums.len();
