@@ -501,6 +501,10 @@ struct Appender {
     /// The header mark of the segments it creates while it journals a crash comparison
     /// (the crashed run's, tail.rs); `None`: each segment's first sequence.
     low: Option<u64>,
+    /// The run's done watermark (done.rs): readers of the history while it runs stop at the
+    /// last record whose block is in the volume (before session 28 they took every durable
+    /// record, the rolled-back content before the volume held it).
+    done: super::done::Published,
 }
 
 impl Appender {
@@ -533,6 +537,14 @@ impl Appender {
         self.records += 1;
     }
 
+    /// Every record appended so far is durable and its block (if any) in the volume: readers
+    /// may take them.
+    fn done(&mut self) {
+        if self.batch.is_empty() {
+            self.done.set(self.next_seq - 1);
+        }
+    }
+
     /// Append the batch (padded) and make it durable.
     fn flush(&mut self) -> Result<(), CdpError> {
         if self.batch.is_empty() {
@@ -563,6 +575,12 @@ impl Appender {
         store::append_sync(&self.dir, segno, self.pos, &self.batch)?;
         self.pos += need;
         self.batch.clear();
+        #[cfg(test)]
+        tests::AFTER_DURABLE.with(|f| {
+            if let Some(f) = f.borrow_mut().as_mut() {
+                f(&self.dir);
+            }
+        });
         Ok(())
     }
 }
@@ -697,6 +715,7 @@ fn sweep(
             if app.batch.len() >= BATCH {
                 app.flush()?;
                 write_pending(&mut pending)?;
+                app.done();
                 prog.batches += 1;
             }
             at += n as u64;
@@ -705,7 +724,9 @@ fn sweep(
         }
     }
     app.flush()?;
-    write_pending(&mut pending)
+    write_pending(&mut pending)?;
+    app.done();
+    Ok(())
 }
 
 /// Run a prepared rollback (see the module doc); `progress` is told as it goes.
@@ -762,6 +783,8 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
         // creates keep the crashed run's mark: a run stopped part way leaves the next start
         // comparing from there.
         low: crashed,
+        // Readers stop at the history's end until blocks reach the volume.
+        done: super::done::Published::create(dir, h.meta.vol_id, h.last_seq)?,
     };
     if compare.is_some() {
         let pieces = super::tail::differences(&h, &t.volume, |off, bytes| {
@@ -777,6 +800,8 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
             Ok(())
         })?;
         app.flush()?;
+        // (The volume's own content: nothing to write.)
+        app.done();
         app.low = None;
         if pieces > 0 {
             tracing::warn!(volume = %t.name, pieces,
@@ -819,6 +844,7 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
             // after the history's newest point refuses them; its own point is the volume.
             app.push(Op::Gap, h.last_seq, 0, None);
             app.flush()?;
+            app.done();
         }
         app.low = None;
     }
@@ -982,5 +1008,61 @@ mod tests {
         }
         drop(held);
         lock_daemon(d.path()).unwrap();
+    }
+
+    /// A hook given a rollback's directory.
+    type Hook = Box<dyn FnMut(&Path)>;
+
+    thread_local! {
+        /// Called after each batch a rollback on this thread made durable (its directory).
+        pub(super) static AFTER_DURABLE: std::cell::RefCell<Option<Hook>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// A reader of the history while a rollback runs (a view, a restore) takes no record of
+    /// the rollback's whose block the volume does not hold yet: at each batch made durable,
+    /// before its blocks are written, the newest point a reader sees is the volume. Before
+    /// session 28 it saw the batch's records (the rolled-back content) at once.
+    #[test]
+    fn a_reader_during_a_rollback_never_takes_a_record_before_its_block_is_in_the_volume() {
+        const SIZE: u64 = 64 * 4096;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cdp");
+        std::fs::create_dir(&dir).unwrap();
+        store::testing::history(&dir, 0x70b, SIZE, 0, &[(1, 1..=40)]);
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        let vol = d.path().join("volume");
+        std::fs::write(&vol, pit::read_at(&h, Point::Seq(40), 0, SIZE).unwrap()).unwrap();
+        let want = pit::read_at(&h, Point::Seq(5), 0, SIZE).unwrap();
+        let checks = std::rc::Rc::new(std::cell::Cell::new(0u32));
+        let (c, v) = (std::rc::Rc::clone(&checks), vol.clone());
+        AFTER_DURABLE.with(|f| {
+            *f.borrow_mut() = Some(Box::new(move |dir: &Path| {
+                let h = store::load(dir, store::Load::ReadOnly).unwrap();
+                let seen = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap();
+                assert!(
+                    seen == std::fs::read(&v).unwrap(),
+                    "a reader's newest point (sequence {}) is not the volume",
+                    h.last_seq
+                );
+                c.set(c.get() + 1);
+            }));
+        });
+        let t = Target {
+            name: "v".into(),
+            dir: dir.clone(),
+            volume: vol.clone(),
+            segment_size: 1 << 20,
+            mirror_state: None,
+            all: false,
+        };
+        let r = prepare(t, Goal::To(Point::Seq(5))).and_then(|p| run(p, |_| {}));
+        AFTER_DURABLE.with(|f| f.borrow_mut().take());
+        r.unwrap();
+        assert!(checks.get() >= 2, "{} batches", checks.get());
+        assert!(std::fs::read(&vol).unwrap() == want);
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        assert_eq!(h.running, None, "the run's watermark is gone with it");
+        assert!(pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap() == want);
     }
 }
