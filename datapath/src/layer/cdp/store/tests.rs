@@ -499,3 +499,53 @@ fn a_sealed_segments_damaged_last_record_header_is_kept_in_a_copy() {
         "the sealed segment as it was is kept"
     );
 }
+
+/// A history whose records carry times at the top of the range (`u64::MAX`), and requests at
+/// it: read, resolved, restored, bounded by a watermark and held by a bookmark without a panic
+/// or a wrapped time.
+#[test]
+fn times_at_the_top_of_the_range_are_read_and_requested_without_overflow() {
+    use super::super::pit::{self, Point};
+    use format::testing::put_header;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let meta = testing::history(dir, 0xc0d, 64 * 4096, 0, &[]);
+    let mut s1 = vec![0u8; 1 << 20];
+    put_header(&mut s1, meta.vol_id, 1, 1);
+    let mut at = format::SEG_HEADER;
+    for (q, t) in [(1u64, u64::MAX - 1), (2, u64::MAX), (3, u64::MAX)] {
+        format::RecHeader::write_record(
+            &mut s1[at..],
+            format::Op::Write,
+            q,
+            t,
+            q * 4096,
+            4096,
+            &[q as u8; 4096],
+            meta.vol_id,
+        );
+        at += format::REC_HEADER + 4096;
+    }
+    std::fs::write(seg_path(dir, 1), &s1).unwrap();
+    let h = load(dir, Load::ReadOnly).unwrap();
+    assert_eq!((h.last_seq, h.last_time), (3, u64::MAX));
+    assert_eq!(pit::resolve(&h, Point::Time(u64::MAX)).unwrap(), 3);
+    assert_eq!(pit::resolve(&h, Point::Time(u64::MAX - 1)).unwrap(), 1);
+    let b = pit::read_at(&h, Point::Time(u64::MAX), 2 * 4096, 4096).unwrap();
+    assert!(b.iter().all(|&x| x == 2));
+    let out = dir.join("r.img");
+    pit::restore(&h, Point::Time(u64::MAX), &out, |_, _| {}).unwrap();
+    let mut k = load(dir, Load::ReadOnly).unwrap();
+    k.keep_until(1);
+    assert_eq!((k.last_seq, k.last_time), (1, u64::MAX - 1));
+    super::super::bookmark::set(dir, "top", u64::MAX, false).unwrap();
+    assert_eq!(super::super::bookmark::hold(dir), Some(u64::MAX));
+    let _ = super::super::retain::consolidate_once(
+        dir,
+        &super::super::retain::Retention {
+            age_ns: Some(1),
+            bytes: None,
+        },
+        u64::MAX,
+    );
+}
