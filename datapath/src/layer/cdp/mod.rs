@@ -1212,6 +1212,9 @@ impl Poller for CdpPoller {
                 p.answered = true;
                 c.done.push((p.from, p.tag, Err(Errno::IO)));
             }
+            // Their base operations not done: failed updates for the history too, written
+            // now (a device hung on one keeps the process from exiting: it is killed).
+            c.fail_unfinished();
             c.complete_durable();
         }
     }
