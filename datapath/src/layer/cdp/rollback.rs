@@ -304,6 +304,10 @@ pub struct Prepared {
     pub reverts: u64,
     /// Nothing to do for this volume ([`run`] changes nothing; the lock is held all the same).
     pub skip: Option<Skip>,
+    /// Compare the whole volume: an interrupted run whose history a recovery cut before its
+    /// `before` (the records after the cut, which named regions the volume changed in, are
+    /// set aside).
+    whole: bool,
 }
 
 /// Check everything, change nothing: the daemon lock, the marker, the point and, for a
@@ -345,6 +349,7 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
             found,
             reverts: 0,
             skip: Some(skip),
+            whole: false,
         });
     }
     let prior = super::degraded::read_prior(&t.dir, h.meta.size);
@@ -361,9 +366,23 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         (Some(m), super::degraded::Prior::Stopped { after, regions: None, .. })
             if !m.done && *after >= m.before
     );
-    if own_cut {
+    // The same, the cut before `before` (a record of the history the run began from damaged):
+    // the records after the cut are set aside, so the regions they changed are not known: the
+    // run goes on comparing the whole volume, to its point if that is still readable (at or
+    // before the cut), else, with `--all`, to another point that is (it replaces the
+    // interrupted run's target). Refused, the volume could not be served again (the daemon
+    // refuses to start over the interrupted run): before session 28 it was.
+    // (Found by this read when no recovery ran since the damage: the history ends there.)
+    let cut_before = match (&found, &prior) {
+        (Some(m), super::degraded::Prior::Stopped { after, regions: None, .. }) if !m.done => {
+            *after < m.before
+        }
+        (Some(m), _) => !m.done && h.lost && h.last_seq < m.before,
+        _ => false,
+    };
+    if own_cut || cut_before {
         tracing::warn!(dir = %t.dir.display(),
-            "cdp: the interrupted rollback's own records were cut by recovery; it is completed, and the daemon's next start journals the whole volume again");
+            "cdp: the interrupted rollback's history was cut by recovery; it is completed, and the daemon's next start journals the whole volume again");
     } else if let super::degraded::Prior::Stopped {
         after,
         regions: Some(bits),
@@ -377,7 +396,7 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
             "its history is whole only up to sequence {after}: when the daemon stopped, the mirror did not vouch for this site's replica after it (its peer may have written alone; or the journal had stopped); start this site so it rejoins its peer (the history is whole again once the replica is current), stop it, then roll back"
         ));
     }
-    if prior != super::degraded::Prior::Whole && !own_cut {
+    if prior != super::degraded::Prior::Whole && !own_cut && !cut_before {
         return refuse(
             "its journal stopped in the daemon's last run and has not caught up (degraded.map): start the daemon once, which journals the changed regions again, stop it, then roll back".into(),
         );
@@ -404,8 +423,17 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         (Goal::To(p), None) => (p, false, None),
         (Goal::To(_), Some(m)) if m.done || m.undo => return refuse(m.describe()),
         (Goal::To(p), Some(m)) => {
-            // Only the same rollback may be rerun.
-            if pit::resolve(&h, p).ok() != Some(m.target) {
+            // Only the same rollback may be rerun; or, its target cut away, with `--all`
+            // another point (the whole volume is compared).
+            let target_gone = cut_before && pit::resolve(&h, Point::Seq(m.target)).is_err();
+            if pit::resolve(&h, p).ok() != Some(m.target) && !(target_gone && t.all) {
+                if target_gone {
+                    return refuse(format!(
+                        "{}; its target is no longer in the history (a recovery cut it after sequence {}): roll back with --all to a point at or before that, which completes the interrupted rollback there",
+                        m.describe(),
+                        h.open_gap.map_or(0, |g| g.0)
+                    ));
+                }
                 return refuse(m.describe());
             }
             (p, false, Some(m.before))
@@ -452,6 +480,7 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         found,
         reverts,
         skip: None,
+        whole: cut_before,
     })
 }
 
@@ -747,7 +776,12 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
     // As a daemon's start would: cut a torn tail (an interrupted run's), drop spares.
     let h = load_for_writing(dir)?;
     let block = u64::from(h.meta.block_size.max(1));
-    let mut ranges = if t.all {
+    // (A rerun whose recovery just cut the history before its `before`: as in `prepare`.)
+    let whole = p.whole
+        || p
+            .resume_before
+            .is_some_and(|b| h.open_gap.is_some_and(|g| g.0 < b));
+    let mut ranges = if t.all || whole {
         vec![(0, h.meta.size)]
     } else {
         candidates(&h, p.seq)
