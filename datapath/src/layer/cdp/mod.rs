@@ -311,12 +311,18 @@ impl CdpDevice {
         // again below (stamp.rs). Also when the journal had stopped in that run (the map's
         // changed regions do not name the writes made since; before session 27 only they were
         // journaled again): the history stays whole up to where it stopped.
+        // A log not sealed (a crash, or a directory put back from a copy taken while a daemon
+        // ran) over a base file written well after the history's last record: the same
+        // (stamp::written_after; before session 28 only the tail was compared).
         if let Some(base) = s.seed.as_deref()
-            && h.sealed
             && !s.volatile
             && !matches!(prior, degraded::Prior::Stopped { regions: None, .. })
             && let Some(last) = h.segments.last()
-            && stamp::changed(&s.dir, &meta, &last.header, base)
+            && if h.sealed {
+                stamp::changed(&s.dir, &meta, &last.header, base)
+            } else {
+                stamp::written_after(base, h.last_time)
+            }
         {
             let (after, after_time) = prior.whole_until(h.last_seq, h.last_time);
             tracing::warn!(dir = %s.dir.display(), base = %base.display(), after,

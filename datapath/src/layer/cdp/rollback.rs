@@ -403,10 +403,15 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
     }
     // A log sealed clean whose volume was written since (stamp.rs): its records do not name
     // every region that differs from a point (`--all` compares the whole volume).
-    if h.sealed
-        && !t.all
+    // So is a log not sealed (a crash, or a copy taken while a daemon ran) whose volume file
+    // was written well after its last record (stamp::written_after), for a new run.
+    if !t.all
         && let Some(last) = h.segments.last()
-        && super::stamp::changed(&t.dir, &h.meta, &last.header, &t.volume)
+        && if h.sealed {
+            super::stamp::changed(&t.dir, &h.meta, &last.header, &t.volume)
+        } else {
+            found.is_none() && super::stamp::written_after(&t.volume, h.last_time)
+        }
     {
         return refuse(
             "the volume was written since the clean stop that sealed its history (without its journal, or the directory is an older copy): start the daemon once, which journals the whole volume again, stop it, then roll back (or roll back with --all)".into(),
@@ -1067,6 +1072,14 @@ mod tests {
         let h = store::load(&dir, store::Load::ReadOnly).unwrap();
         let vol = d.path().join("volume");
         std::fs::write(&vol, pit::read_at(&h, Point::Seq(40), 0, SIZE).unwrap()).unwrap();
+        // The fixture's records are stamped at time = sequence (1970): a volume file modified
+        // after them would be one written since (stamp::written_after).
+        File::options()
+            .write(true)
+            .open(&vol)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH)
+            .unwrap();
         let want = pit::read_at(&h, Point::Seq(5), 0, SIZE).unwrap();
         let checks = std::rc::Rc::new(std::cell::Cell::new(0u32));
         let (c, v) = (std::rc::Rc::clone(&checks), vol.clone());

@@ -17,8 +17,10 @@
 //! Invariants: a stamp counts only for the segment it names (number, first sequence, creation
 //! time): a later run's segment of the same number (after a cut) is not its. Without a stamp
 //! for the sealed segment (a directory of an earlier version, a block device, a stamp that
-//! could not be written) the start trusts the seal as before. A write within the filesystem's
-//! timestamp granularity (a few ms) after the stop is not seen.
+//! could not be written) the start trusts the seal as before. A write after the stop stamps
+//! another modification time: the stop returns only once the coarse clock passed the one it
+//! recorded (before session 28, on kernels without multigrain timestamps, a write in the same
+//! clock tick as the last one before the stop kept it, and was not seen).
 
 use super::error::{io_err, sync_dir};
 use super::format::{self, Meta, SegHeader};
@@ -71,7 +73,31 @@ pub fn record(dir: &Path, meta: &Meta, segno: u64, base: &Path) -> Result<(), Cd
         return sync_dir(dir);
     }
     let seg = store::segment_header(dir, segno)?;
-    store::write_atomic(dir, &path(dir), &encode(meta, &seg, &m))
+    store::write_atomic(dir, &path(dir), &encode(meta, &seg, &m))?;
+    past_tick(&m);
+    Ok(())
+}
+
+/// Return once the coarse wall clock (the one a write stamps a file with, on kernels without
+/// multigrain timestamps, before Linux 6.13, and their file systems) has passed `m`'s
+/// modification time, so that a write after the stop stamps another (at most a clock tick,
+/// a few ms; not when that time is further ahead, a clock stepped back: then any write stamps
+/// an earlier time, another one too).
+fn past_tick(m: &std::fs::Metadata) {
+    let mtime = (m.mtime() as i128) * 1_000_000_000 + i128::from(m.mtime_nsec());
+    let coarse = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec through the pointer.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(50);
+    while coarse() <= mtime && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Whether `base` was changed since the clean stop that sealed `seg` (the history's last
@@ -103,6 +129,25 @@ pub fn changed(dir: &Path, meta: &Meta, seg: &SegHeader, base: &Path) -> bool {
         }
         _ => true,
     }
+}
+
+/// How long after a history's last record a base file may still have been written by the
+/// updates of that run: their records are stamped as they arrive, a time mark every idle
+/// second keeps the last record's time within about a second of a crash, and a base write
+/// may complete some seconds after its record on a loaded or slow device.
+pub const WRITTEN_AFTER_SLACK_NS: u64 = 10_000_000_000;
+
+/// Whether `base`, a file, was modified well after `last_time` (site time of a history's last
+/// record, a log not sealed clean): by something other than the run that journaled it (a
+/// directory put back from a copy taken while a daemon ran, the volume written since). Not
+/// for a block device (its times say nothing of writes), nor a file that cannot be read.
+pub fn written_after(base: &Path, last_time: u64) -> bool {
+    std::fs::metadata(base).is_ok_and(|m| {
+        let mtime = (m.mtime().max(0) as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(m.mtime_nsec().max(0) as u64);
+        m.is_file() && mtime > last_time.saturating_add(WRITTEN_AFTER_SLACK_NS)
+    })
 }
 
 #[cfg(test)]
@@ -146,5 +191,26 @@ mod tests {
         b[70] ^= 1;
         std::fs::write(path(dir), &b).unwrap();
         assert!(changed(dir, &meta, &seg, &base), "a damaged stamp");
+    }
+
+    /// A write right after the stop (within the file system's timestamp granularity, a clock
+    /// tick: the time a write stamps is the coarse clock's) is seen: the stop returns only once
+    /// the coarse clock has passed the modification time it recorded, so any later write
+    /// stamps another one. Before session 28 a write in the same tick as the last write before
+    /// the stop kept the time, and the start trusted the seal.
+    #[test]
+    fn a_write_right_after_the_stop_is_seen() {
+        let d = tempfile::tempdir_in("/var/tmp").unwrap();
+        let dir = d.path();
+        let meta = store::testing::history(dir, 7, 64 * 4096, 0, &[(1, 1..=5)]);
+        let base = d.path().join("v.img");
+        let seg = store::segment_header(dir, 1).unwrap();
+        for round in 0..20 {
+            std::fs::write(&base, vec![1u8; 4096]).unwrap();
+            std::fs::File::open(&base).unwrap().sync_all().unwrap();
+            record(dir, &meta, 1, &base).unwrap();
+            std::fs::write(&base, vec![2u8; 4096]).unwrap();
+            assert!(changed(dir, &meta, &seg, &base), "round {round}: written since");
+        }
     }
 }
