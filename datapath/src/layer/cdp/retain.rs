@@ -292,6 +292,11 @@ fn consolidate_once_in(
         path: store::consolidate_lock(dir),
         source,
     })?;
+    // A base copy put in this one's place is never written into (nor given this history's
+    // identity: docs/cdp-integrity.md); the pass fails naming it.
+    if super::kept::is_kept(dir, &in_use) {
+        super::kept::check_base(dir, &meta, store::read_moving(dir, &meta)?.as_ref())?;
+    }
     let held = [
         super::bookmark::hold(dir),
         super::view::hold(dir),

@@ -103,21 +103,47 @@ fn a_base_copy_replaced_by_another_file_is_refused() {
                 r => panic!("{what}: {mode:?}: {r:?}"),
             }
         }
+        // Nor does a consolidation pass write into it (or give it this history's identity).
+        let r = crate::layer::cdp::retain::consolidate_once(
+            dir,
+            &crate::layer::cdp::retain::Retention {
+                age_ns: None,
+                bytes: Some(1),
+            },
+            u64::MAX,
+        );
+        assert!(r.is_err(), "{what}: consolidated: {r:?}");
         assert!(std::fs::read(&bp).unwrap() == bytes, "{what}: untouched");
-        assert!(store::seg_path(dir, 2).exists());
+        assert!(store::seg_path(dir, 1).exists() && store::seg_path(dir, 2).exists());
     }
+    // The right one back: consolidation goes on, and the identity follows the base point.
+    std::fs::write(&bp, &good).unwrap();
+    let c = crate::layer::cdp::retain::consolidate_once(
+        dir,
+        &crate::layer::cdp::retain::Retention {
+            age_ns: None,
+            bytes: Some(1),
+        },
+        u64::MAX,
+    )
+    .unwrap()
+    .expect("a pass");
+    assert_eq!(c.base_seq, 10);
+    store::load(dir, Load::ReadOnly).unwrap();
+    let b = std::fs::read(&bp).unwrap();
+    assert_eq!(decode_id(&b[SIZE as usize..]).unwrap(), (VOL, 10));
     // A pass that wrote the identity of its `to`, not the meta yet.
-    let mut b = good.clone();
-    b[SIZE as usize..].copy_from_slice(&encode_id(VOL, 10));
+    let mut b = std::fs::read(&bp).unwrap();
+    b[SIZE as usize..].copy_from_slice(&encode_id(VOL, 20));
     std::fs::write(&bp, &b).unwrap();
     assert!(store::load(dir, Load::ReadOnly).is_err());
     store::write_moving(
         dir,
         &format::Moving {
             vol_id: meta.vol_id,
-            from: 0,
-            to: 10,
-            to_time: 10,
+            from: 10,
+            to: 20,
+            to_time: 20,
         },
     )
     .unwrap();
