@@ -5,16 +5,9 @@
 //!
 //! Model: the writer ([`Published`], made off the reactors by a start or `cdp_enable`) writes
 //! the file under a temporary name with its first watermark, takes an exclusive `flock` on it,
-//! maps it shared and renames it `done`; it then moves the watermark ([`Published::set`]: an
-//! atomic store into memory of its own, and a wake-up of the helper only when it sleeps) and
-//! holds the lock until it is dropped (its home channel goes) or its process ends. A helper
-//! thread of its own (`cdp-done`) owns the mapping and copies the value into it with one
-//! guarded atomic store: on a disk file system the first store after the kernel wrote the page
-//! back takes a write fault into the file system (`page_mkwrite`: a journal handle, a wait
-//! while the file system is frozen), which must not stall a reactor (before session 28 the
-//! reactor made the store). Once woken it naps a millisecond after each store before it looks
-//! again, so a busy writer wakes it about once a millisecond at most, and readers see the
-//! watermark that much behind. A reader ([`running`]) probes the lock without waiting:
+//! maps it shared and renames it `done`; it then moves the watermark with one guarded atomic
+//! store into the mapping ([`Published::set`]) and holds the lock until it is dropped (its home
+//! channel goes) or its process ends. A reader ([`running`]) probes the lock without waiting:
 //! refused, the writer runs and its watermark is read from a read-only mapping with an atomic
 //! load; granted, or no file, no writer runs and the watermark means nothing.
 //!
@@ -27,9 +20,6 @@
 //!   file renamed into place, and never changed after: a reader that finds the lock held
 //!   finds it whole; one that does not check fails the read (how far updates are done is
 //!   then unknown).
-//! - The helper stores only values [`Published::set`] was given, the latest one it sees each
-//!   time, and the last one in the end: the file's word never runs ahead of the writer's
-//!   watermark, it only lags it (a reader's window ends a little earlier).
 //! - Nothing is synced: after a crash the lock is gone and the file means nothing.
 //! - A store that faults (the file's device failing) leaves the watermark where it was and
 //!   the mapping unused from then on: readers see a window that stops growing, never a record
@@ -42,9 +32,6 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::time::Duration;
 
 /// The file's name in the directory.
 pub const FILE: &str = "done";
@@ -135,58 +122,10 @@ impl Drop for Map {
 pub struct Published {
     /// Holds the lock while this value lives.
     _file: File,
-    /// What the helper is to store, and whether it sleeps.
-    shared: Arc<Shared>,
-    /// The helper (woken by [`Published::set`]).
-    helper: std::thread::Thread,
-    /// The value last set.
+    /// `None` once a store faulted.
+    map: Option<Map>,
+    /// The value last stored.
     last: u64,
-}
-
-/// Between [`Published::set`] and its helper.
-struct Shared {
-    /// The value to store.
-    want: AtomicU64,
-    /// The helper parks (or is about to): a new value must wake it.
-    asleep: AtomicBool,
-    /// The writer is gone: the helper ends.
-    stop: AtomicBool,
-}
-
-/// The helper's nap after each store before it looks again.
-const NAP: Duration = Duration::from_millis(1);
-
-/// The helper's loop: copy `s.want` into `map`'s word (stored: `last`) until told to stop.
-fn helper(s: &Shared, mut map: Option<Map>, mut last: u64) {
-    loop {
-        let v = s.want.load(SeqCst);
-        if v != last {
-            last = v;
-            if let Some(m) = &map {
-                // SAFETY: the word is aligned and writable in this live shared mapping; no one
-                // else writes it (this thread owns the mapping).
-                if !unsafe { crate::bdev::sigbus::store_u64(m.word(), v) } {
-                    tracing::error!(
-                        seq = v,
-                        "cdp: cannot update the done watermark (its file's page faulted): readers of the running history see it end where it was"
-                    );
-                    map = None;
-                }
-            }
-            std::thread::sleep(NAP);
-            continue;
-        }
-        if s.stop.load(SeqCst) {
-            return;
-        }
-        // Announced before the last look: a `set` after it sees the flag and wakes this
-        // thread (SeqCst orders the two stores and the two loads).
-        s.asleep.store(true, SeqCst);
-        if s.want.load(SeqCst) == last && !s.stop.load(SeqCst) {
-            std::thread::park_timeout(Duration::from_secs(1));
-        }
-        s.asleep.store(false, SeqCst);
-    }
 }
 
 impl std::fmt::Debug for Published {
@@ -220,63 +159,38 @@ impl Published {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(io_err("lock", &tmp)(std::io::Error::last_os_error()));
         }
-        // Mapped through an open file of its own: a mapping keeps its open file alive, and
-        // with it that file's lock, so the locked one must not be mapped (the helper may unmap
-        // after this value is dropped; the lock must go with it).
-        let for_map = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&tmp)
-            .map_err(io_err("open", &tmp))?;
-        let map = Map::new(&for_map, libc::PROT_READ | libc::PROT_WRITE, &tmp)?;
-        drop(for_map);
-        let shared = Arc::new(Shared {
-            want: AtomicU64::new(seq),
-            asleep: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-        });
-        let s = Arc::clone(&shared);
-        let h = std::thread::Builder::new()
-            .name("cdp-done".into())
-            .spawn(move || helper(&s, Some(map), seq))
-            .map_err(io_err("start the helper of", &tmp))?;
-        let helper = h.thread().clone();
-        let published = Published {
-            _file: file,
-            shared,
-            helper,
-            last: seq,
-        };
-        // (Dropped on failure: the helper ends.)
+        let map = Map::new(&file, libc::PROT_READ | libc::PROT_WRITE, &tmp)?;
         std::fs::rename(&tmp, path(dir)).map_err(io_err("rename", &tmp))?;
-        Ok(published)
+        Ok(Published {
+            _file: file,
+            map: Some(map),
+            last: seq,
+        })
     }
 
-    /// Move the watermark to `seq`: an atomic store, and a wake-up of the helper (a system
-    /// call) only when it sleeps; the helper stores it into the file (see the module's model).
+    /// Move the watermark to `seq` (one atomic store when it changed; no system call).
     pub fn set(&mut self, seq: u64) {
         if seq == self.last {
             return;
         }
         self.last = seq;
-        self.shared.want.store(seq, SeqCst);
-        if self.shared.asleep.load(SeqCst) {
-            self.helper.unpark();
+        let Some(m) = &self.map else {
+            return;
+        };
+        // SAFETY: the word is aligned and writable in this live shared mapping; no one else
+        // writes it.
+        if !unsafe { crate::bdev::sigbus::store_u64(m.word(), seq) } {
+            tracing::error!(
+                seq,
+                "cdp: cannot update the done watermark (its file's page faulted): readers of the running history see it end where it was"
+            );
+            self.map = None;
         }
     }
 
-    /// The value last set.
+    /// The value last stored.
     pub fn value(&self) -> u64 {
         self.last
-    }
-}
-
-impl Drop for Published {
-    /// The helper ends (not waited for: the lock goes with the file now, and readers then take
-    /// every record whatever the word says).
-    fn drop(&mut self) {
-        self.shared.stop.store(true, SeqCst);
-        self.helper.unpark();
     }
 }
 
@@ -347,8 +261,7 @@ mod tests {
         assert!(!dir.join(TMP).exists(), "renamed into place");
         assert_eq!(running(dir, 7).unwrap(), Some(10));
         w.set(25);
-        reads(dir, 25);
-        assert_eq!(w.value(), 25);
+        assert_eq!((running(dir, 7).unwrap(), w.value()), (Some(25), 25));
         drop(w);
         assert_eq!(running(dir, 7).unwrap(), None, "the writer is gone");
         // A later writer replaces it, and what a start killed while writing it left.
@@ -379,50 +292,6 @@ mod tests {
         assert_eq!(running(dir, 7).unwrap(), None);
     }
 
-    /// Faults this thread has taken so far (minor and major).
-    fn thread_faults() -> i64 {
-        // SAFETY: an all-zero rusage is a valid value of the plain C struct.
-        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: getrusage writes one rusage through the pointer.
-        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) }, 0);
-        u.ru_minflt + u.ru_majflt
-    }
-
-    /// Wait (patiently: a loaded machine) until `dir`'s running watermark reads `want`.
-    fn reads(dir: &Path, want: u64) {
-        let t = std::time::Instant::now();
-        while running(dir, 7).unwrap() != Some(want) {
-            assert!(
-                t.elapsed() < std::time::Duration::from_secs(60),
-                "the watermark never reads {want}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-
-    /// On a disk file system the first store into the file's page after the kernel wrote it
-    /// back takes a write fault into the file system (`page_mkwrite`, which may wait on the
-    /// file system's journal or a freeze): the store is made by a helper thread, never by the
-    /// thread that moves the watermark (a reactor). Before session 28 the reactor took it. The
-    /// watermark still only ever reads values it was moved to, and reaches the last one.
-    #[test]
-    fn moving_the_watermark_never_faults_the_callers_thread() {
-        let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        let dir = d.path();
-        let mut w = Published::create(dir, 7, 10).unwrap();
-        let f = File::open(path(dir)).unwrap();
-        for v in 11..=40u64 {
-            // Written back: the page is clean and write-protected again.
-            f.sync_all().unwrap();
-            let before = thread_faults();
-            w.set(v);
-            assert_eq!(thread_faults(), before, "set({v}) faulted the caller's thread");
-            reads(dir, v);
-        }
-        drop(w);
-        assert_eq!(running(dir, 7).unwrap(), None);
-    }
-
     /// Files no writer of this history left at `done`, or a watermark at the top of its range:
     /// never a panic. Unlocked, whatever lies there means nothing (a directory, an empty file);
     /// held exclusively by some other process (any reader of the file may lock it), one that
@@ -447,7 +316,7 @@ mod tests {
         drop(other);
         let mut w = Published::create(dir, 7, u64::MAX - 1).unwrap();
         w.set(u64::MAX);
-        reads(dir, u64::MAX);
+        assert_eq!(running(dir, 7).unwrap(), Some(u64::MAX));
         drop(w);
     }
 }
