@@ -491,7 +491,15 @@ fn a_flush_the_base_fails_ends_the_whole_history_at_the_last_completed_flush() {
     };
     std::thread::sleep(Duration::from_millis(WORKS_MS + 200).saturating_sub(started.elapsed()));
     assert_eq!(c.write(8192, &pattern(2, 8192)), 0);
-    let w1 = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
+    // (The done watermark's helper stores it in the file up to about a millisecond after.)
+    let t = std::time::Instant::now();
+    let w1 = loop {
+        let w1 = store::load(&dir, Load::ReadOnly).unwrap().last_seq;
+        if w1 > w0 || t.elapsed() > Duration::from_secs(30) {
+            break w1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert!(w1 > w0);
     c.send_request(cmd::FLUSH, 0, 5, 0, 0, &[]);
     assert_ne!(c.read_reply(0).1, 0, "the flush fails");
@@ -1018,5 +1026,79 @@ fn a_failed_write_no_map_recorded_is_not_the_newest_point_after_a_clean_stop() {
         Err(e) => panic!("{e}"),
     }
     c.disconnect();
+    assert!(s.stop());
+}
+
+/// A stop whose deadline passes with a base write still in flight (a device that hangs on it,
+/// `stall_range`: never completed, not even failed) fails that update to its host and aborts; its record is durable (a write after it
+/// was acknowledged), the volume never got its bytes. Before session 28 the history then read
+/// it as after a crash: the newest point served the failed write's bytes, no map saying where
+/// the history was whole. Now the stop counts it as a failed base update: `degraded.map` says
+/// the history is whole only up to the record before it, and after the restart the newest
+/// point is the volume.
+#[test]
+fn a_stop_that_gives_up_on_an_update_in_flight_never_serves_its_record() {
+    use twinblk::frontend::nbd::proto::cmd;
+    let root = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = root.path();
+    let dir = root.join("j");
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [[volume]]\nname='v'\nbackend='uring'\nsize={SIZE}\nblock_size=4096\npath='{}'\n\
+         stall_range=[{SLOW}, 4096]\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        root.join("v.img").display(),
+        dir.display()
+    );
+    let mut s = Server::start(root, &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(0, &pattern(1, 8192)), 0);
+    let slow = pattern(2, 4096);
+    c.send_request(cmd::WRITE, 0, 10, SLOW, 4096, &slow);
+    // Acknowledged once its record and every record before it (the slow write's) are durable.
+    let mut d = Client::connect(s.addr, "v", false);
+    assert_eq!(d.write(8192, &pattern(3, 8192)), 0);
+    d.disconnect();
+    // The stop waits its deadline (10 s) for the hung write, then fails it and aborts; the
+    // process cannot exit while the device holds the write, so it is killed then.
+    s.signal(libc::SIGTERM);
+    let t = std::time::Instant::now();
+    while twinblk::layer::cdp::degraded::read_prior(&dir, SIZE)
+        == twinblk::layer::cdp::degraded::Prior::Whole
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "degraded.map never says the stop failed the hung write"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.kill();
+    drop(c);
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(
+        h.entries().any(|(_, e)| e.offset == SLOW),
+        "the slow write's record is durable"
+    );
+    for seq in h.first_seq()..=h.last_seq {
+        match pit::read_at(&h, Point::Seq(seq), SLOW, 4096) {
+            Ok(got) => assert!(
+                got != slow,
+                "point {seq} holds the bytes of a write the volume never got (window {})",
+                pit::window(&h)
+            ),
+            Err(CdpError::NotWhole { .. } | CdpError::InGap { .. } | CdpError::Outside { .. }) => {}
+            Err(e) => panic!("point {seq}: {e}"),
+        }
+    }
+    let img = std::fs::read(root.join("v.img")).unwrap();
+    assert!(img[SLOW as usize..][..4096] == [0u8; 4096], "never written");
+    // (Restarted without the hung sector.)
+    let body = body.replace(&format!("stall_range=[{SLOW}, 4096]\n"), "");
+    let mut s = Server::start(root, &body);
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    assert!(
+        pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap() == img[..SIZE as usize],
+        "the newest point is the volume"
+    );
     assert!(s.stop());
 }

@@ -203,3 +203,48 @@ fn a_base_written_after_a_degraded_clean_stop_is_journaled_whole_again() {
         Err(e) => panic!("the newest point is refused: {e}"),
     }
 }
+
+/// The CDP directory put back from a copy taken **while the daemon ran** (its log not sealed:
+/// the start compares only the tail from the newest segment's mark, as after a crash), over a
+/// volume written since in regions that tail does not name. The base file was modified well
+/// after the copy's last record (stamp::written_after): the start journals the whole volume
+/// again behind a gap record. Before session 28 the newest point served those regions as they
+/// were in the copy.
+#[test]
+fn a_directory_put_back_from_a_copy_taken_while_running_never_serves_the_volume_as_it_was_then()
+{
+    let (tmp, dir, body) = file_volume();
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    for i in 0..8u64 {
+        assert_eq!(c.write(i * 65536, &pattern(i + 1, 65536)), 0);
+    }
+    let copy = tmp.path().join("copy");
+    copy_dir(&dir, &copy);
+    // Later than the copy's last record by more than the slack (a time mark a second keeps
+    // it within about a second of the copy).
+    std::thread::sleep(
+        std::time::Duration::from_nanos(twinblk::layer::cdp::stamp::WRITTEN_AFTER_SLACK_NS)
+            + std::time::Duration::from_secs(2),
+    );
+    assert_eq!(c.write(SIZE - 65536, &pattern(500, 65536)), 0);
+    c.disconnect();
+    assert!(s.stop(), "clean stop");
+    std::fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&copy, &dir);
+    assert!(!store::load(&dir, Load::ReadOnly).unwrap().sealed);
+    let mut s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "v", false);
+    let volume = c.read(0, SIZE as u32).unwrap();
+    c.disconnect();
+    assert!(s.stop(), "clean stop");
+    let h = store::load(&dir, Load::ReadOnly).unwrap();
+    match pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE) {
+        Ok(newest) => assert!(
+            newest == volume,
+            "the newest point is not the volume (first difference at byte {:?})",
+            newest.iter().zip(&volume).position(|(a, b)| a != b)
+        ),
+        Err(e) => panic!("the newest point is refused: {e}"),
+    }
+}

@@ -505,6 +505,106 @@ fn an_interrupted_rollback_whose_own_records_are_cut_is_still_completed() {
     assert!(newest == model(&log, 0, |w| w <= t));
 }
 
+/// Flip a byte of the payload of the record `e` (segment `segno`) of `dir`.
+fn damage(dir: &Path, segno: u64, e: &twinblk::layer::cdp::format::Entry) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(store::seg_path(dir, segno))
+        .unwrap();
+    let at = e.pos + 64 + 10;
+    let mut x = [0u8; 1];
+    f.read_exact_at(&mut x, at).unwrap();
+    f.write_all_at(&[!x[0]], at).unwrap();
+}
+
+/// A rollback interrupted part way whose rerun's recovery cuts the history **before** the
+/// run's `before` (a record of the history it began from damaged since): the records after
+/// the cut, and the regions they changed, are set aside. With its point still readable (the
+/// cut after it) the rerun completes it comparing the whole volume; with its point cut away,
+/// the rerun is refused naming the way out, and `--all` to a point before the cut completes
+/// it there. The daemon then starts. Before session 28 every rerun and undo was refused ("its
+/// journal stopped ... start the daemon once") while the daemon refused to start over the
+/// interrupted run: the volume could not be served without removing the marker by hand.
+#[test]
+fn an_interrupted_rollback_whose_history_is_cut_before_it_began_is_still_completed() {
+    use twinblk::layer::cdp::format::Op;
+    use twinblk::layer::cdp::pit::Point;
+    use twinblk::layer::cdp::rollback::{self, Goal};
+    for point_cut_away in [false, true] {
+        let Rewritten {
+            root,
+            s,
+            cfg,
+            dirs,
+            log,
+            t,
+            target,
+        } = rewritten_after_a_point();
+        let p = rollback::prepare(target.clone(), Goal::To(Point::Time(t))).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rollback::run(p, |g| {
+                if g.batches > 0 && g.compared < g.total {
+                    panic!("interrupted");
+                }
+            })
+        }));
+        assert!(r.is_err(), "the run was not interrupted");
+        let m = rollback::load_marker(&dirs[0]).unwrap().expect("marker");
+        let h = store::load(&dirs[0], Load::ReadOnly).unwrap();
+        // A write record before `before`: after the point (one of the rewrites), or before it.
+        let (segno, e) = h
+            .entries()
+            .filter(|(_, e)| e.op == Op::Write && e.seq < m.before)
+            .filter(|(_, e)| if point_cut_away { e.time < t } else { e.time > t })
+            .map(|(n, e)| (n, *e))
+            .nth(usize::from(point_cut_away))
+            .expect("a record to damage");
+        damage(&dirs[0], segno, &e);
+        // Its segment's index (a cache) gone too, as a consolidation pass that meets the
+        // damage deletes it: recovery scans the segment and cuts there.
+        let _ = std::fs::remove_file(store::seg_path(&dirs[0], segno).with_extension("idx"));
+        let want_at = if point_cut_away {
+            // The point before the damaged record.
+            let h = store::load(&dirs[0], Load::ReadOnly).unwrap();
+            h.entries()
+                .filter(|(_, x)| x.seq < e.seq)
+                .map(|(_, x)| x.time)
+                .last()
+                .unwrap_or(h.meta.created)
+        } else {
+            t
+        };
+        let again = ["--volume", "v", "--time", &t.to_string()];
+        if point_cut_away {
+            refused(&rollback(&cfg, &again), "--all");
+            ok(&rollback(
+                &cfg,
+                &["--volume", "v", "--time", &want_at.to_string(), "--all"],
+            ));
+        } else {
+            ok(&rollback(&cfg, &again));
+        }
+        let want = model(&log, 0, |w| w <= want_at);
+        let img = root.path().join("a-v.img");
+        assert!(
+            std::fs::read(&img).unwrap() == want,
+            "rolled back (point cut away: {point_cut_away})"
+        );
+        assert!(rollback::load_marker(&dirs[0]).unwrap().unwrap().done);
+        let mut s = s.respawn();
+        let mut c = Client::connect(s.addr, "v", false);
+        assert!(c.read(0, SIZE as u32).unwrap() == want, "the daemon serves it");
+        c.disconnect();
+        assert!(s.stop());
+        let h = store::load(&dirs[0], Load::ReadOnly).unwrap();
+        let newest =
+            twinblk::layer::cdp::pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE as u64).unwrap();
+        assert!(newest == want, "the newest point is the volume");
+    }
+}
+
 /// A mirrored pair: the volume is rolled back at site a, site b yields; after both restart
 /// they mirror again ("up" at both) and both replicas hold the rolled-back content. Without
 /// the yield the peer's newer copy wins at both sites: never two replicas "in sync" that

@@ -62,7 +62,7 @@ fn realtime_offset(mut read: impl FnMut(libc::clockid_t) -> u64) -> u64 {
         let r = read(libc::CLOCK_REALTIME);
         let m2 = read(libc::CLOCK_MONOTONIC);
         let window = m2.saturating_sub(m1);
-        let off = r.saturating_sub(m1 + window / 2);
+        let off = r.saturating_sub(m1.saturating_add(window / 2));
         if best.is_none_or(|(w, _)| window < w) {
             best = Some((window, off));
         }
@@ -123,12 +123,12 @@ fn stamp(
 ) -> u64 {
     let mono = read(libc::CLOCK_MONOTONIC);
     if mono < next.load(Ordering::Relaxed) {
-        return mono + off;
+        return mono.saturating_add(off);
     }
     next.store(mono.saturating_add(CHECK_EVERY_NS), Ordering::Relaxed);
     let wall = read(libc::CLOCK_REALTIME);
     if wall.saturating_sub(mono) <= off.saturating_add(STEP_NS) {
-        return mono + off;
+        return mono.saturating_add(off);
     }
     let want = realtime_offset(&mut read);
     let cur = offset.load(Ordering::Relaxed);
@@ -152,15 +152,22 @@ fn stamp(
             );
         }
     }
-    read(libc::CLOCK_MONOTONIC) + offset.load(Ordering::Relaxed)
+    read(libc::CLOCK_MONOTONIC).saturating_add(offset.load(Ordering::Relaxed))
 }
 
-/// Make site time from now on exceed `t` (a time found in a journal).
+/// Make site time from now on exceed `t` (a time found in a journal; at `u64::MAX`, reach it:
+/// site time saturates there, every later record then stamped with it, never a lower one).
 pub fn not_before(t: u64) {
     let mono = read(libc::CLOCK_MONOTONIC);
-    let need = t.saturating_sub(mono) + 1;
-    if need > offset() {
-        OFFSET.fetch_max(need, Ordering::Relaxed);
+    let cur = offset();
+    raise(&OFFSET, cur, t, mono);
+}
+
+/// Raise `offset` (holding `cur`) so that `mono` plus it exceeds `t` (or is `u64::MAX`).
+fn raise(offset: &AtomicU64, cur: u64, t: u64, mono: u64) {
+    let need = t.saturating_sub(mono).saturating_add(1);
+    if need > cur {
+        offset.fetch_max(need, Ordering::Relaxed);
     }
 }
 
@@ -277,6 +284,37 @@ mod tests {
         let t = st(&mut f, &off, &refused, &next, o);
         assert!(off.load(Ordering::Relaxed).abs_diff(1010 * S as u64) < 10_000);
         assert!(t > o + f.mono - 10_000, "followed at the next check");
+    }
+
+    /// Times at the top of the range (a record's time at or near `u64::MAX`: a clock set
+    /// wildly ahead once, a history copied from one): site time saturates at `u64::MAX` and
+    /// never wraps back below the records. Before session 28, `monotonic + offset` overflowed:
+    /// a panic in a debug build; in a release build a time wrapped to near zero, below every
+    /// record, so the next recovery cut the history at the first record stamped with it.
+    #[test]
+    fn site_time_saturates_at_the_top_of_its_range_never_wraps() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        for t in [u64::MAX, u64::MAX - 1, u64::MAX - 5_000_000_000] {
+            let off = AtomicU64::new(1);
+            super::raise(&off, 1, t, 0);
+            super::raise(&off, off.load(Ordering::Relaxed), t, 5_000_000_000);
+            let mut f = Fake {
+                mono: 5_000_000_000,
+                wall: 0,
+                n: 0,
+                stall_at: 0,
+                stall: 0,
+            };
+            let (refused, next) = (AtomicU64::new(0), AtomicU64::new(0));
+            let mut last = t;
+            for _ in 0..3 {
+                f.mono += super::CHECK_EVERY_NS;
+                let o = off.load(Ordering::Relaxed);
+                let now = super::stamp(&off, &refused, &next, o, |c| f.read(c));
+                assert!(now >= last && now > t.min(u64::MAX - 1), "{now} after {t}");
+                last = now;
+            }
+        }
     }
 
     /// A stall between the readings (the thread preempted) must not shift the offset: the

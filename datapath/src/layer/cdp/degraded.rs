@@ -157,11 +157,12 @@ pub fn decode(bytes: &[u8], regions: u64) -> Prior {
     }
 }
 
-/// What `dir`'s map says, read only (no file: the journal is whole).
+/// What `dir`'s map says, read only (no file: the journal is whole, unless the history is
+/// kept, docs/cdp-integrity.md: then the map was deleted).
 pub fn read_prior(dir: &Path, size: u64) -> Prior {
     match std::fs::read(dir.join(FILE)) {
         Ok(b) => decode(&b, regions_of(size)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Prior::Whole,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => super::kept::missing_map(dir),
         Err(_) => Prior::Stopped {
             after: 0,
             after_time: 0,
@@ -214,7 +215,7 @@ impl RegionMap {
             b.truncate(n);
             decode(&b, regions)
         } else {
-            Prior::Whole
+            super::kept::missing_map(dir)
         };
         let header = Header {
             state: 0,

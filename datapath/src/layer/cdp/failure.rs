@@ -206,6 +206,54 @@ impl CdpChannel {
         self.try_complete(key);
     }
 
+    /// A stop gave up waiting (its deadline passed, `abort`) and failed to their callers the
+    /// updates whose base operations are not done: the volume may never hold them (a device
+    /// hung on one keeps the process from exiting until it is killed). They count as failed base updates ([`Self::base_done`]):
+    /// `degraded.map` says the history is whole only up to the record before the oldest, and
+    /// their ranges (and those of the updates journaled after it) changed, so no point after it
+    /// serves their records and the next start journals those regions again. Before session
+    /// 28 nothing said so: their records were read as after a crash, the newest point until
+    /// the next start's comparison (docs/cdp-format.md, "Readers of a running history").
+    pub(super) fn fail_unfinished(&mut self) {
+        let failed: Vec<((u64, u64), (u64, u64))> = self
+            .ops
+            .iter()
+            .filter(|(_, p)| p.base.is_none() && p.last_seq > 0 && p.range.0 < p.range.1)
+            .map(|(_, p)| (p.before, p.range))
+            .collect();
+        let Some(before) = failed.iter().map(|f| f.0).min() else {
+            return;
+        };
+        tracing::warn!(
+            updates = failed.len(),
+            after = before.0,
+            "cdp: the stop leaves updates whose base operations are not done (failed to their callers): the history is whole only up to the record before the oldest"
+        );
+        self.base_failed = Some(self.base_failed.map_or(before, |b| b.min(before)));
+        if self.off || self.regions.active {
+            for (b, r) in failed {
+                self.lower_end(b, r);
+            }
+            return;
+        }
+        let (after, after_time) = [self.vouched.unvouched, self.whole_after, self.base_failed]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(before);
+        if let Err(e) = self.regions.stopped(after, after_time, clock::now()) {
+            tracing::error!(error = %e, "cdp: cannot record in degraded.map that the stop failed updates in flight");
+        }
+        for (_, p) in self.ops.iter() {
+            if p.last_seq > after || p.last_seq == 0 {
+                self.regions.mark(p.range.0, p.range.1 - p.range.0);
+            }
+        }
+        for (_, r) in failed {
+            self.regions.mark(r.0, r.1 - r.0);
+        }
+    }
+
     /// Flush the base once per segment, unasked (no caller waits for it): the writes done before
     /// it then count as durable in the device (`flushed`), so the mark of the segments after
     /// the next ([`base_low`]) need not reach back before them however seldom the hosts flush

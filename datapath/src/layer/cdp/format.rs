@@ -277,6 +277,8 @@ impl SegHeader {
         put64(&mut b, 48, self.size);
         put32(&mut b, 56, self.encode_low());
         seal(&mut b, 60);
+        // (Outside the CRC: readers of earlier versions ignore these bytes.)
+        b[super::kept::MARK_AT..][..super::kept::MARK.len()].copy_from_slice(super::kept::MARK);
         b
     }
 
@@ -747,6 +749,9 @@ pub(crate) mod testing {
             low: Some(first_seq),
         };
         img[..SEG_HEADER].copy_from_slice(&h.encode());
+        // A segment of an earlier version (not kept, docs/cdp-integrity.md): the fixtures'
+        // histories have no `degraded.map` nor base copy identity.
+        img[super::super::kept::MARK_AT..][..8].fill(0);
     }
 }
 

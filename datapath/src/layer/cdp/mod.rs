@@ -46,6 +46,7 @@ pub mod error;
 mod failure;
 pub mod format;
 pub mod journal;
+pub mod kept;
 pub mod live;
 pub mod mapped;
 pub mod pit;
@@ -310,12 +311,18 @@ impl CdpDevice {
         // again below (stamp.rs). Also when the journal had stopped in that run (the map's
         // changed regions do not name the writes made since; before session 27 only they were
         // journaled again): the history stays whole up to where it stopped.
+        // A log not sealed (a crash, or a directory put back from a copy taken while a daemon
+        // ran) over a base file written well after the history's last record: the same
+        // (stamp::written_after; before session 28 only the tail was compared).
         if let Some(base) = s.seed.as_deref()
-            && h.sealed
             && !s.volatile
             && !matches!(prior, degraded::Prior::Stopped { regions: None, .. })
             && let Some(last) = h.segments.last()
-            && stamp::changed(&s.dir, &meta, &last.header, base)
+            && if h.sealed {
+                stamp::changed(&s.dir, &meta, &last.header, base)
+            } else {
+                stamp::written_after(base, h.last_time)
+            }
         {
             let (after, after_time) = prior.whole_until(h.last_seq, h.last_time);
             tracing::warn!(dir = %s.dir.display(), base = %base.display(), after,
@@ -1211,6 +1218,9 @@ impl Poller for CdpPoller {
                 p.answered = true;
                 c.done.push((p.from, p.tag, Err(Errno::IO)));
             }
+            // Their base operations not done: failed updates for the history too, written
+            // now (a device hung on one keeps the process from exiting: it is killed).
+            c.fail_unfinished();
             c.complete_durable();
         }
     }

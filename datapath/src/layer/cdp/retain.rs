@@ -292,6 +292,11 @@ fn consolidate_once_in(
         path: store::consolidate_lock(dir),
         source,
     })?;
+    // A base copy put in this one's place is never written into (nor given this history's
+    // identity: docs/cdp-integrity.md); the pass fails naming it.
+    if super::kept::is_kept(dir, &in_use) {
+        super::kept::check_base(dir, &meta, store::read_moving(dir, &meta)?.as_ref())?;
+    }
     let held = [
         super::bookmark::hold(dir),
         super::view::hold(dir),
@@ -357,6 +362,9 @@ fn consolidate_once_in(
     if let Some(mv) = moving {
         m.base_seq = mv.to;
         m.base_time = mv.to_time;
+        // The base copy's identity names the new point before the meta does
+        // (docs/cdp-integrity.md).
+        super::kept::write_id(dir, meta.size, meta.vol_id, mv.to)?;
         store::write_meta(dir, &m)?;
         store::clear_moving(dir)?;
     }

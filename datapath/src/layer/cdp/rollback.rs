@@ -304,6 +304,10 @@ pub struct Prepared {
     pub reverts: u64,
     /// Nothing to do for this volume ([`run`] changes nothing; the lock is held all the same).
     pub skip: Option<Skip>,
+    /// Compare the whole volume: an interrupted run whose history a recovery cut before its
+    /// `before` (the records after the cut, which named regions the volume changed in, are
+    /// set aside).
+    whole: bool,
 }
 
 /// Check everything, change nothing: the daemon lock, the marker, the point and, for a
@@ -345,6 +349,7 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
             found,
             reverts: 0,
             skip: Some(skip),
+            whole: false,
         });
     }
     let prior = super::degraded::read_prior(&t.dir, h.meta.size);
@@ -361,9 +366,23 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         (Some(m), super::degraded::Prior::Stopped { after, regions: None, .. })
             if !m.done && *after >= m.before
     );
-    if own_cut {
+    // The same, the cut before `before` (a record of the history the run began from damaged):
+    // the records after the cut are set aside, so the regions they changed are not known: the
+    // run goes on comparing the whole volume, to its point if that is still readable (at or
+    // before the cut), else, with `--all`, to another point that is (it replaces the
+    // interrupted run's target). Refused, the volume could not be served again (the daemon
+    // refuses to start over the interrupted run): before session 28 it was.
+    // (Found by this read when no recovery ran since the damage: the history ends there.)
+    let cut_before = match (&found, &prior) {
+        (Some(m), super::degraded::Prior::Stopped { after, regions: None, .. }) if !m.done => {
+            *after < m.before
+        }
+        (Some(m), _) => !m.done && h.lost && h.last_seq < m.before,
+        _ => false,
+    };
+    if own_cut || cut_before {
         tracing::warn!(dir = %t.dir.display(),
-            "cdp: the interrupted rollback's own records were cut by recovery; it is completed, and the daemon's next start journals the whole volume again");
+            "cdp: the interrupted rollback's history was cut by recovery; it is completed, and the daemon's next start journals the whole volume again");
     } else if let super::degraded::Prior::Stopped {
         after,
         regions: Some(bits),
@@ -377,17 +396,22 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
             "its history is whole only up to sequence {after}: when the daemon stopped, the mirror did not vouch for this site's replica after it (its peer may have written alone; or the journal had stopped); start this site so it rejoins its peer (the history is whole again once the replica is current), stop it, then roll back"
         ));
     }
-    if prior != super::degraded::Prior::Whole && !own_cut {
+    if prior != super::degraded::Prior::Whole && !own_cut && !cut_before {
         return refuse(
             "its journal stopped in the daemon's last run and has not caught up (degraded.map): start the daemon once, which journals the changed regions again, stop it, then roll back".into(),
         );
     }
     // A log sealed clean whose volume was written since (stamp.rs): its records do not name
     // every region that differs from a point (`--all` compares the whole volume).
-    if h.sealed
-        && !t.all
+    // So is a log not sealed (a crash, or a copy taken while a daemon ran) whose volume file
+    // was written well after its last record (stamp::written_after), for a new run.
+    if !t.all
         && let Some(last) = h.segments.last()
-        && super::stamp::changed(&t.dir, &h.meta, &last.header, &t.volume)
+        && if h.sealed {
+            super::stamp::changed(&t.dir, &h.meta, &last.header, &t.volume)
+        } else {
+            found.is_none() && super::stamp::written_after(&t.volume, h.last_time)
+        }
     {
         return refuse(
             "the volume was written since the clean stop that sealed its history (without its journal, or the directory is an older copy): start the daemon once, which journals the whole volume again, stop it, then roll back (or roll back with --all)".into(),
@@ -404,8 +428,17 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         (Goal::To(p), None) => (p, false, None),
         (Goal::To(_), Some(m)) if m.done || m.undo => return refuse(m.describe()),
         (Goal::To(p), Some(m)) => {
-            // Only the same rollback may be rerun.
-            if pit::resolve(&h, p).ok() != Some(m.target) {
+            // Only the same rollback may be rerun; or, its target cut away, with `--all`
+            // another point (the whole volume is compared).
+            let target_gone = cut_before && pit::resolve(&h, Point::Seq(m.target)).is_err();
+            if pit::resolve(&h, p).ok() != Some(m.target) && !(target_gone && t.all) {
+                if target_gone {
+                    return refuse(format!(
+                        "{}; its target is no longer in the history (a recovery cut it after sequence {}): roll back with --all to a point at or before that, which completes the interrupted rollback there",
+                        m.describe(),
+                        h.open_gap.map_or(0, |g| g.0)
+                    ));
+                }
                 return refuse(m.describe());
             }
             (p, false, Some(m.before))
@@ -452,6 +485,7 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
         found,
         reverts,
         skip: None,
+        whole: cut_before,
     })
 }
 
@@ -501,6 +535,10 @@ struct Appender {
     /// The header mark of the segments it creates while it journals a crash comparison
     /// (the crashed run's, tail.rs); `None`: each segment's first sequence.
     low: Option<u64>,
+    /// The run's done watermark (done.rs): readers of the history while it runs stop at the
+    /// last record whose block is in the volume (before session 28 they took every durable
+    /// record, the rolled-back content before the volume held it).
+    done: super::done::Published,
 }
 
 impl Appender {
@@ -533,6 +571,14 @@ impl Appender {
         self.records += 1;
     }
 
+    /// Every record appended so far is durable and its block (if any) in the volume: readers
+    /// may take them.
+    fn done(&mut self) {
+        if self.batch.is_empty() {
+            self.done.set(self.next_seq - 1);
+        }
+    }
+
     /// Append the batch (padded) and make it durable.
     fn flush(&mut self) -> Result<(), CdpError> {
         if self.batch.is_empty() {
@@ -563,6 +609,12 @@ impl Appender {
         store::append_sync(&self.dir, segno, self.pos, &self.batch)?;
         self.pos += need;
         self.batch.clear();
+        #[cfg(test)]
+        tests::AFTER_DURABLE.with(|f| {
+            if let Some(f) = f.borrow_mut().as_mut() {
+                f(&self.dir);
+            }
+        });
         Ok(())
     }
 }
@@ -697,6 +749,7 @@ fn sweep(
             if app.batch.len() >= BATCH {
                 app.flush()?;
                 write_pending(&mut pending)?;
+                app.done();
                 prog.batches += 1;
             }
             at += n as u64;
@@ -705,7 +758,9 @@ fn sweep(
         }
     }
     app.flush()?;
-    write_pending(&mut pending)
+    write_pending(&mut pending)?;
+    app.done();
+    Ok(())
 }
 
 /// Run a prepared rollback (see the module doc); `progress` is told as it goes.
@@ -726,7 +781,12 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
     // As a daemon's start would: cut a torn tail (an interrupted run's), drop spares.
     let h = load_for_writing(dir)?;
     let block = u64::from(h.meta.block_size.max(1));
-    let mut ranges = if t.all {
+    // (A rerun whose recovery just cut the history before its `before`: as in `prepare`.)
+    let whole = p.whole
+        || p
+            .resume_before
+            .is_some_and(|b| h.open_gap.is_some_and(|g| g.0 < b));
+    let mut ranges = if t.all || whole {
         vec![(0, h.meta.size)]
     } else {
         candidates(&h, p.seq)
@@ -762,6 +822,8 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
         // creates keep the crashed run's mark: a run stopped part way leaves the next start
         // comparing from there.
         low: crashed,
+        // Readers stop at the history's end until blocks reach the volume.
+        done: super::done::Published::create(dir, h.meta.vol_id, h.last_seq)?,
     };
     if compare.is_some() {
         let pieces = super::tail::differences(&h, &t.volume, |off, bytes| {
@@ -777,6 +839,8 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
             Ok(())
         })?;
         app.flush()?;
+        // (The volume's own content: nothing to write.)
+        app.done();
         app.low = None;
         if pieces > 0 {
             tracing::warn!(volume = %t.name, pieces,
@@ -819,6 +883,7 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
             // after the history's newest point refuses them; its own point is the volume.
             app.push(Op::Gap, h.last_seq, 0, None);
             app.flush()?;
+            app.done();
         }
         app.low = None;
     }
@@ -982,5 +1047,69 @@ mod tests {
         }
         drop(held);
         lock_daemon(d.path()).unwrap();
+    }
+
+    /// A hook given a rollback's directory.
+    type Hook = Box<dyn FnMut(&Path)>;
+
+    thread_local! {
+        /// Called after each batch a rollback on this thread made durable (its directory).
+        pub(super) static AFTER_DURABLE: std::cell::RefCell<Option<Hook>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// A reader of the history while a rollback runs (a view, a restore) takes no record of
+    /// the rollback's whose block the volume does not hold yet: at each batch made durable,
+    /// before its blocks are written, the newest point a reader sees is the volume. Before
+    /// session 28 it saw the batch's records (the rolled-back content) at once.
+    #[test]
+    fn a_reader_during_a_rollback_never_takes_a_record_before_its_block_is_in_the_volume() {
+        const SIZE: u64 = 64 * 4096;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("cdp");
+        std::fs::create_dir(&dir).unwrap();
+        store::testing::history(&dir, 0x70b, SIZE, 0, &[(1, 1..=40)]);
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        let vol = d.path().join("volume");
+        std::fs::write(&vol, pit::read_at(&h, Point::Seq(40), 0, SIZE).unwrap()).unwrap();
+        // The fixture's records are stamped at time = sequence (1970): a volume file modified
+        // after them would be one written since (stamp::written_after).
+        File::options()
+            .write(true)
+            .open(&vol)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH)
+            .unwrap();
+        let want = pit::read_at(&h, Point::Seq(5), 0, SIZE).unwrap();
+        let checks = std::rc::Rc::new(std::cell::Cell::new(0u32));
+        let (c, v) = (std::rc::Rc::clone(&checks), vol.clone());
+        AFTER_DURABLE.with(|f| {
+            *f.borrow_mut() = Some(Box::new(move |dir: &Path| {
+                let h = store::load(dir, store::Load::ReadOnly).unwrap();
+                let seen = pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap();
+                assert!(
+                    seen == std::fs::read(&v).unwrap(),
+                    "a reader's newest point (sequence {}) is not the volume",
+                    h.last_seq
+                );
+                c.set(c.get() + 1);
+            }));
+        });
+        let t = Target {
+            name: "v".into(),
+            dir: dir.clone(),
+            volume: vol.clone(),
+            segment_size: 1 << 20,
+            mirror_state: None,
+            all: false,
+        };
+        let r = prepare(t, Goal::To(Point::Seq(5))).and_then(|p| run(p, |_| {}));
+        AFTER_DURABLE.with(|f| f.borrow_mut().take());
+        r.unwrap();
+        assert!(checks.get() >= 2, "{} batches", checks.get());
+        assert!(std::fs::read(&vol).unwrap() == want);
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        assert_eq!(h.running, None, "the run's watermark is gone with it");
+        assert!(pit::read_at(&h, Point::Seq(h.last_seq), 0, SIZE).unwrap() == want);
     }
 }

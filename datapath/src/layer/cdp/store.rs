@@ -271,8 +271,6 @@ pub fn open_or_create(
                 .open(&tmp)
                 .map_err(io_err("open", &tmp))?;
             f.set_len(size).map_err(io_err("size", &tmp))?;
-            f.sync_all().map_err(io_err("sync", &tmp))?;
-            std::fs::rename(&tmp, &base).map_err(io_err("rename", &base))?;
             let m = Meta {
                 block_size,
                 vol_id: random_id(),
@@ -281,7 +279,14 @@ pub fn open_or_create(
                 base_seq: 0,
                 base_time: 0,
             };
+            // Its identity after the volume's bytes (docs/cdp-integrity.md).
+            f.write_all_at(&super::kept::encode_id(m.vol_id, 0), size)
+                .map_err(io_err("write", &tmp))?;
+            f.sync_all().map_err(io_err("sync", &tmp))?;
+            std::fs::rename(&tmp, &base).map_err(io_err("rename", &base))?;
             write_atomic(dir, &mp, &m.encode())?;
+            // Its map (whole) before any segment is marked (docs/cdp-integrity.md).
+            drop(super::degraded::RegionMap::open(dir, size)?);
             Ok(m)
         }
         Err(e) => Err(io_err("read", &mp)(e)),
@@ -505,6 +510,14 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         running: None,
     };
     refuse_another_history(dir, &meta, &nums)?;
+    // A base copy put in this one's place is refused; a history of an earlier version gets
+    // its map and the base copy's identity before this run marks a segment
+    // (docs/cdp-integrity.md).
+    if super::kept::is_kept(dir, &nums) {
+        super::kept::check_base(dir, &meta, h.moving.as_ref())?;
+    } else if mode == Load::Recover {
+        super::kept::upgrade(dir, &meta)?;
+    }
     let mut consolidated = Vec::new();
     for (i, &segno) in nums.iter().enumerate() {
         let last_file = i + 1 == nums.len();
@@ -607,6 +620,14 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                         s.last_time,
                     )
                 });
+                // No record of this use found after the end, but the log stops short of the
+                // records the next segment's header or the segment's own index (a clean stop's
+                // seal, an earlier recovery's) says it held: its last record is damaged (an
+                // acknowledged one; before, it was zeroed with no copy kept).
+                let short = s.stopped.is_some()
+                    && later.is_none()
+                    && held_until(dir, segno, &meta, last_file)
+                        .is_some_and(|until| until > s.last_seq);
                 let i = Index {
                     segno,
                     end: s.end,
@@ -617,7 +638,17 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
                 // reader's index of a cut log: recovery would take its end for the log's and
                 // zero the records after the damage without scanning, so without keeping their
                 // copy below.
-                cache = mode == Load::Recover || (!last_file && later.is_none());
+                cache = mode == Load::Recover || (!last_file && later.is_none() && !short);
+                if short && let Some(why) = &s.stopped {
+                    if mode == Load::Recover {
+                        keep_cut_copy(&path);
+                    }
+                    h.lost = true;
+                    h.cut = Some(format!(
+                        "segment {segno}: the log ends at byte {} ({why}) before records it held (its index or the next segment's header says so); what follows is cut",
+                        s.end
+                    ));
+                }
                 if let Some(why) = s.stopped
                     && let Some(at) = later
                 {
@@ -838,6 +869,25 @@ fn records_after_header(file: &File, meta: &Meta, last_seq: u64, last_time: u64)
             last_time,
         )
         .is_some()
+}
+
+/// The last sequence segment `segno` held, as far as something other than
+/// its records says: the next segment's header (valid, this history's, the next number) when
+/// it is not the last file, else its index file (any that decodes and is of this segment,
+/// even one its damaged last record no longer matches). `None`: nothing says.
+fn held_until(dir: &Path, segno: u64, meta: &Meta, last_file: bool) -> Option<u64> {
+    if !last_file {
+        let next = segno.checked_add(1)?;
+        let path = seg_path(dir, next);
+        let f = File::open(&path).ok()?;
+        return read_header(&f, &path)
+            .ok()
+            .filter(|sh| sh.vol_id == meta.vol_id && sh.segno == next)
+            .map(|sh| sh.first_seq.saturating_sub(1));
+    }
+    let b = std::fs::read(idx_path(dir, segno)).ok()?;
+    let i = Index::decode(&b).ok().filter(|i| i.segno == segno)?;
+    i.entries.last().map(|e| e.seq)
 }
 
 /// How much of a spare (a trailing segment whose header is all zeroes) after its header is

@@ -176,6 +176,8 @@ mod tests {
         let mut h = SegHeader::decode(&img).unwrap();
         h.low = Some(low);
         img[..format::SEG_HEADER].copy_from_slice(&h.encode());
+        // Not kept, as the fixture's (its base copy, written above, has no identity).
+        img[super::super::kept::MARK_AT..][..8].fill(0);
         std::fs::write(&p, img).unwrap();
         let mut volume = copy.clone();
         volume[5 * 4096..6 * 4096].fill(0);

@@ -444,3 +444,108 @@ fn a_running_writers_history_is_read_only_up_to_its_done_watermark() {
     assert_eq!((h.running, h.last_seq), (None, 20), "a recovery reads all");
     drop(w);
 }
+
+/// A sealed segment whose last record's header is damaged (none of this use follows it: the
+/// scan's end looks like a clean one) ends before the records the next segment's header, or
+/// the segment's own index, says it held: acknowledged records. Before, recovery zeroed the
+/// damaged record with no copy kept (and a reader cached the index of the cut log, so the
+/// next recovery zeroed it without scanning); now a copy is kept (`*.cut.damaged`) and the
+/// history is not whole after the cut.
+#[test]
+fn a_sealed_segments_damaged_last_record_header_is_kept_in_a_copy() {
+    use format::testing::{put_header, put_records};
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let meta = testing::history(dir, 0xc0b, 1 << 20, 0, &[]);
+    let mut s1 = vec![0u8; 1 << 20];
+    put_header(&mut s1, meta.vol_id, 1, 1);
+    put_records(&mut s1, meta.vol_id, 1..=50);
+    // Record 50's header (its sequence field).
+    s1[format::SEG_HEADER + 49 * (format::REC_HEADER + 4096) + 9] ^= 1;
+    std::fs::write(seg_path(dir, 1), &s1).unwrap();
+    let mut s2 = vec![0u8; 1 << 20];
+    put_header(&mut s2, meta.vol_id, 2, 51);
+    put_records(&mut s2, meta.vol_id, 51..=60);
+    std::fs::write(seg_path(dir, 2), &s2).unwrap();
+    // A reader first: it must not cache the index of the cut log.
+    let r = load(dir, Load::ReadOnly).unwrap();
+    assert_eq!(r.last_seq, 49);
+    let h = load(dir, Load::Recover).unwrap();
+    assert_eq!(h.last_seq, 49);
+    assert!(h.lost, "{:?}", h.cut);
+    let copy = seg_path(dir, 1).with_extension("cdp.cut.damaged");
+    assert!(
+        std::fs::read(&copy).is_ok_and(|c| c == s1),
+        "the segment as it was is kept"
+    );
+
+    // The newest segment, sealed by a clean stop (its index), its last record's header
+    // damaged since.
+    let e = tempfile::tempdir().unwrap();
+    let dir = e.path();
+    let meta = testing::history(dir, 0xc0c, 1 << 20, 0, &[(1, 1..=20)]);
+    let used = (format::SEG_HEADER + 20 * (format::REC_HEADER + 4096)) as u64;
+    seal_index(dir, &meta, 1, used).unwrap();
+    let mut s1 = std::fs::read(seg_path(dir, 1)).unwrap();
+    s1[format::SEG_HEADER + 19 * (format::REC_HEADER + 4096) + 9] ^= 1;
+    std::fs::write(seg_path(dir, 1), &s1).unwrap();
+    let h = load(dir, Load::Recover).unwrap();
+    assert_eq!(h.last_seq, 19);
+    assert!(h.lost, "{:?}", h.cut);
+    assert_eq!(h.open_gap.map(|g| g.0), Some(19));
+    let copy = seg_path(dir, 1).with_extension("cdp.cut.damaged");
+    assert!(
+        std::fs::read(&copy).is_ok_and(|c| c == s1),
+        "the sealed segment as it was is kept"
+    );
+}
+
+/// A history whose records carry times at the top of the range (`u64::MAX`), and requests at
+/// it: read, resolved, restored, bounded by a watermark and held by a bookmark without a panic
+/// or a wrapped time.
+#[test]
+fn times_at_the_top_of_the_range_are_read_and_requested_without_overflow() {
+    use super::super::pit::{self, Point};
+    use format::testing::put_header;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let meta = testing::history(dir, 0xc0d, 64 * 4096, 0, &[]);
+    let mut s1 = vec![0u8; 1 << 20];
+    put_header(&mut s1, meta.vol_id, 1, 1);
+    let mut at = format::SEG_HEADER;
+    for (q, t) in [(1u64, u64::MAX - 1), (2, u64::MAX), (3, u64::MAX)] {
+        format::RecHeader::write_record(
+            &mut s1[at..],
+            format::Op::Write,
+            q,
+            t,
+            q * 4096,
+            4096,
+            &[q as u8; 4096],
+            meta.vol_id,
+        );
+        at += format::REC_HEADER + 4096;
+    }
+    std::fs::write(seg_path(dir, 1), &s1).unwrap();
+    let h = load(dir, Load::ReadOnly).unwrap();
+    assert_eq!((h.last_seq, h.last_time), (3, u64::MAX));
+    assert_eq!(pit::resolve(&h, Point::Time(u64::MAX)).unwrap(), 3);
+    assert_eq!(pit::resolve(&h, Point::Time(u64::MAX - 1)).unwrap(), 1);
+    let b = pit::read_at(&h, Point::Time(u64::MAX), 2 * 4096, 4096).unwrap();
+    assert!(b.iter().all(|&x| x == 2));
+    let out = dir.join("r.img");
+    pit::restore(&h, Point::Time(u64::MAX), &out, |_, _| {}).unwrap();
+    let mut k = load(dir, Load::ReadOnly).unwrap();
+    k.keep_until(1);
+    assert_eq!((k.last_seq, k.last_time), (1, u64::MAX - 1));
+    super::super::bookmark::set(dir, "top", u64::MAX, false).unwrap();
+    assert_eq!(super::super::bookmark::hold(dir), Some(u64::MAX));
+    let _ = super::super::retain::consolidate_once(
+        dir,
+        &super::super::retain::Retention {
+            age_ns: Some(1),
+            bytes: None,
+        },
+        u64::MAX,
+    );
+}
