@@ -24,9 +24,10 @@
 //! has, the turn's SQEs wait for the next turn's enter (at most one turn in a row). Such a
 //! sleep counts the *quiet* sends it submits ([`crate::uring::IoCx::push_send_quiet`]: sends
 //! whose completion their connection needs for nothing else) as expected completions and
-//! wakes for one event beyond them. So a mirrored write at queue depth 1 costs its leader one
-//! turn and one `io_uring_enter` per event (the host's request, the peer's ACK) instead of
-//! a submit, a turn for the send's completion, an empty turn and a sleep.
+//! wakes for one event beyond them. So under the `interrupt` policy a mirrored write at queue
+//! depth 1 costs its leader one turn and one `io_uring_enter` per event (the host's request,
+//! the peer's ACK) instead of a submit, a turn for the send's completion, an empty turn and a
+//! sleep. (`adaptive` at queue depth 1 spins after work, as before.)
 //!
 //! Invariants:
 //! - Everything a connection owns (socket, buffers, in-flight requests) lives on one reactor;
