@@ -59,7 +59,11 @@ impl PollCx<'_> {
 /// A poller's answer after a turn that did work ([`Poller::after_work`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterWork {
-    /// Its next poll has work: the reactor runs the next turn before it sleeps.
+    /// Not answered: the reactor submits the turn's SQEs and runs the next turn, as it did
+    /// before it asked.
+    Unknown,
+    /// Its next poll has work: the reactor runs the next turn before it sleeps, and may leave
+    /// this turn's SQEs to that turn's enter.
     Work,
     /// Nothing for the next turn: the reactor may sleep, not past this deadline.
     Sleep(Option<Instant>),
@@ -79,10 +83,10 @@ pub trait Poller {
     /// [`Poller::poll`] has work that must not wait for the reactor's next wake-up (a
     /// completion, a wake, a message to send, something its state changed for during the
     /// turn's later steps); else [`AfterWork::Sleep`] with what [`Poller::deadline`] would
-    /// say. The default says it has work, so a poller that does not answer keeps that extra
-    /// turn.
+    /// say. The default, [`AfterWork::Unknown`], keeps the reactor's loop as it was without
+    /// this question.
     fn after_work(&self, _chans: &mut [Box<dyn Channel>], _now: Instant) -> AfterWork {
-        AfterWork::Work
+        AfterWork::Unknown
     }
     /// While stopping: this poller still serves other reactors' requests (the reactor keeps
     /// running until every reactor has drained).

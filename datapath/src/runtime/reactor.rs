@@ -20,8 +20,9 @@
 //!
 //! A reactor with pollers (whose every sleep is bounded) also sleeps right after a turn that
 //! did work, where the policy would let an idle turn sleep, when no poller has work for the
-//! next turn ([`Poller::after_work`]; one that does not answer keeps the extra turn); when one
-//! has, the turn's SQEs wait for the next turn's enter (at most one turn in a row). Such a
+//! next turn ([`Poller::after_work`]; with one that does not answer, such as CDP's, the loop
+//! is as it was); when one has, the turn's SQEs wait for the next turn's enter (at most one
+//! turn in a row). Such a
 //! sleep counts the *quiet* sends it submits ([`crate::uring::IoCx::push_send_quiet`]: sends
 //! whose completion their connection needs for nothing else) as expected completions and
 //! wakes for one event beyond them. So under the `interrupt` policy a mirrored write at queue
@@ -356,7 +357,7 @@ impl Reactor {
                 match self.nothing_left(now) {
                     Some(AfterWork::Sleep(until)) => (true, false, Some(until)),
                     Some(AfterWork::Work) => (false, !self.deferred, None),
-                    None => (false, false, None),
+                    Some(AfterWork::Unknown) | None => (false, false, None),
                 }
             } else {
                 (false, false, None)
@@ -397,22 +398,29 @@ impl Reactor {
     /// After a working turn (not stopping): whether the next turn would find nothing to do
     /// but completions, so the reactor may sleep at once instead of running it
     /// (`AfterWork::Sleep`, with the pollers' earliest deadline), or a poller has work for it
-    /// (`AfterWork::Work`). `None`: not known; the reactor runs the next turn as always. Only
-    /// a reactor with pollers (whose every sleep is bounded, at most `POLLER_MAX_SLEEP`) asks
-    /// its pollers; with none it keeps its old loop.
+    /// (`AfterWork::Work`). `None`: not known (a poller that does not answer); the reactor
+    /// submits and runs the next turn as always. Only a reactor with pollers (whose every
+    /// sleep is bounded, at most `POLLER_MAX_SLEEP`) asks its pollers; with none it keeps its
+    /// old loop.
     fn nothing_left(&mut self, now: Instant) -> Option<AfterWork> {
         if self.pollers.is_empty() || !self.closing.is_empty() || !self.restacking.is_empty() {
             return None;
         }
         let mut until: Option<Instant> = None;
+        let mut work = false;
         for p in &self.pollers {
             match p.after_work(&mut self.chans, now) {
-                AfterWork::Work => return Some(AfterWork::Work),
+                AfterWork::Unknown => return None,
+                AfterWork::Work => work = true,
                 AfterWork::Sleep(Some(d)) => until = Some(until.map_or(d, |u| u.min(d))),
                 AfterWork::Sleep(None) => {}
             }
         }
-        Some(AfterWork::Sleep(until))
+        Some(if work {
+            AfterWork::Work
+        } else {
+            AfterWork::Sleep(until)
+        })
     }
 
     /// Submit queued SQEs; with `block`, wait for a completion (pollers' deadlines measured
