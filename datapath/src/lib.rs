@@ -36,9 +36,11 @@
 //!
 //! Invariants that hold everywhere: no lock or allocation per I/O on the data path (the
 //! control plane, connection setup and reservation changes may take locks); SQEs are queued
-//! during a reactor turn and submitted together with one `io_uring_enter` per turn (a
-//! connection's replies leave in one send per turn), though a turn that finds no work may also
-//! enter the kernel to sleep, and a completion handed to another reactor costs an eventfd write
+//! during a reactor turn and submitted together with at most one `io_uring_enter` per turn (a
+//! connection's replies leave in one send per turn; the enter may also sleep, after a turn
+//! that found no work or, on a reactor with pollers, after one that left nothing for the next;
+//! a turn whose pollers have work for the next leaves its SQEs to that turn's enter), and a
+//! completion handed to another reactor costs an eventfd write
 //! only when that reactor sleeps; a connection and its I/O live on one reactor; every buffer
 //! handed to the kernel is owned by the in-flight table (or its connection) until its
 //! completion (a mirror link's payloads: by the references its batch in flight holds); a mirrored volume's updates are ordered by one engine on one reactor per site.

@@ -254,6 +254,13 @@ impl Mailbox {
 
     /// Owner: take one message.
     pub fn pop(&self) -> Option<Msg> {
+        // Every turn asks, and nearly every time the queue is empty: `is_empty` (two loads)
+        // says so without the full fence `ArrayQueue::pop` takes to say it. A message pushed
+        // meanwhile is taken at the next turn, or stops the sleep (`prepare_sleep`), as one
+        // pushed just after a `pop` always was.
+        if self.queue.is_empty() {
+            return None;
+        }
         self.queue.pop()
     }
 

@@ -56,6 +56,19 @@ impl PollCx<'_> {
     }
 }
 
+/// A poller's answer after a turn that did work ([`Poller::after_work`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterWork {
+    /// Not answered: the reactor submits the turn's SQEs and runs the next turn, as it did
+    /// before it asked.
+    Unknown,
+    /// Its next poll has work: the reactor runs the next turn before it sleeps, and may leave
+    /// this turn's SQEs to that turn's enter.
+    Work,
+    /// Nothing for the next turn: the reactor may sleep, not past this deadline.
+    Sleep(Option<Instant>),
+}
+
 /// A layer's per-reactor work.
 pub trait Poller {
     /// One turn's work; true when it did any.
@@ -65,6 +78,16 @@ pub trait Poller {
     /// should not give its next due time here but run at the first turn after it: a short
     /// timeout on every wait costs far more than the work (see the mirror's poller).
     fn deadline(&self, chans: &mut [Box<dyn Channel>], now: Instant) -> Option<Instant>;
+    /// Asked after a turn that did work, before the reactor sleeps at once instead of running
+    /// one more turn to find nothing: [`AfterWork::Work`] when this poller's next
+    /// [`Poller::poll`] has work that must not wait for the reactor's next wake-up (a
+    /// completion, a wake, a message to send, something its state changed for during the
+    /// turn's later steps); else [`AfterWork::Sleep`] with what [`Poller::deadline`] would
+    /// say. The default, [`AfterWork::Unknown`], keeps the reactor's loop as it was without
+    /// this question.
+    fn after_work(&self, _chans: &mut [Box<dyn Channel>], _now: Instant) -> AfterWork {
+        AfterWork::Unknown
+    }
     /// While stopping: this poller still serves other reactors' requests (the reactor keeps
     /// running until every reactor has drained).
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool;

@@ -18,6 +18,18 @@
 //! A reactor with pollers never sleeps past the earliest poller deadline (nor 10 ms). The policy
 //! can change while the reactor runs: it reads its [`super::wait::WaitCell`] once per turn.
 //!
+//! A reactor with pollers (whose every sleep is bounded) also sleeps right after a turn that
+//! did work, where the policy would let an idle turn sleep, when no poller has work for the
+//! next turn ([`Poller::after_work`]; with one that does not answer, such as CDP's, the loop
+//! is as it was); when one has, the turn's SQEs wait for the next turn's enter (at most one
+//! turn in a row). Such a
+//! sleep counts the *quiet* sends it submits ([`crate::uring::IoCx::push_send_quiet`]: sends
+//! whose completion their connection needs for nothing else) as expected completions and
+//! wakes for one event beyond them. So under the `interrupt` policy a mirrored write at queue
+//! depth 1 costs its leader one turn and one `io_uring_enter` per event (the host's request,
+//! the peer's ACK) instead of a submit, a turn for the send's completion, an empty turn and a
+//! sleep. (`adaptive` at queue depth 1 spins after work, as before.)
+//!
 //! Invariants:
 //! - Everything a connection owns (socket, buffers, in-flight requests) lives on one reactor;
 //!   other threads reach a reactor only through its [`Mailbox`].
@@ -31,7 +43,7 @@
 
 use super::conn::{Conn, Env};
 use super::mailbox::{Msg, NoteTo};
-use super::poller::{Completion, PollCx, Poller};
+use super::poller::{AfterWork, Completion, PollCx, Poller};
 use super::stats::{Counters, ReactorStats, VolCounters};
 use super::{Mailbox, Shared};
 use crate::bdev::volume::Volume;
@@ -123,6 +135,8 @@ pub struct Reactor {
     services: Vec<u32>,
     drained: bool,
     pipelining: Pipelining,
+    /// The last turn left its SQEs to this turn's enter (`Reactor::nothing_left`).
+    deferred: bool,
 }
 
 /// Whether the clients of this reactor pipeline their requests (the adaptive policy's signal).
@@ -216,6 +230,7 @@ impl Reactor {
             services: Vec::new(),
             drained: false,
             pipelining: Pipelining::default(),
+            deferred: false,
             conns: Slab::with_capacity(64),
             dirty: Vec::with_capacity(64),
             mailbox: Arc::clone(&shared.mailboxes[id]),
@@ -323,8 +338,7 @@ impl Reactor {
                 }
             }
             // Messages held for a full mailbox are retried every turn, so never sleep on them.
-            let may_block = !worked
-                && super::mailbox::held() == 0
+            let may_sleep = super::mailbox::held() == 0
                 && match self.policy {
                     WaitPolicy::Poll => false,
                     WaitPolicy::Interrupt => true,
@@ -334,10 +348,32 @@ impl Reactor {
                         self.pipelining.active() || now.duration_since(last_work) >= spin
                     }
                 };
-            let blocked = self.submit(
-                may_block || self.stopping.is_some() && !worked && super::mailbox::held() == 0,
-                now,
-            );
+            let may_block = !worked && may_sleep;
+            // After a working turn, sleep at once when the next turn would find nothing
+            // (see `nothing_left`); else submit now, or, when a poller has work for the next
+            // turn anyway, leave this turn's SQEs to that turn's enter (once in a row, so a
+            // poller that always has work never holds them back).
+            let (sleep_now, defer, until) = if worked && may_sleep && self.stopping.is_none() {
+                match self.nothing_left(now) {
+                    Some(AfterWork::Sleep(until)) => (true, false, Some(until)),
+                    Some(AfterWork::Work) => (false, !self.deferred, None),
+                    Some(AfterWork::Unknown) | None => (false, false, None),
+                }
+            } else {
+                (false, false, None)
+            };
+            self.deferred = defer;
+            let blocked = if defer {
+                false
+            } else {
+                self.submit(
+                    may_block
+                        || sleep_now
+                        || self.stopping.is_some() && !worked && super::mailbox::held() == 0,
+                    now,
+                    until,
+                )
+            };
             if blocked {
                 // Time spent blocked in the ring is idle time, not part of the next turn.
                 let after = Instant::now();
@@ -359,9 +395,38 @@ impl Reactor {
             .publish_volumes(&self.vol_counters[..self.vol_hwm]);
     }
 
+    /// After a working turn (not stopping): whether the next turn would find nothing to do
+    /// but completions, so the reactor may sleep at once instead of running it
+    /// (`AfterWork::Sleep`, with the pollers' earliest deadline), or a poller has work for it
+    /// (`AfterWork::Work`). `None`: not known (a poller that does not answer); the reactor
+    /// submits and runs the next turn as always. Only a reactor with pollers (whose every
+    /// sleep is bounded, at most `POLLER_MAX_SLEEP`) asks its pollers; with none it keeps its
+    /// old loop.
+    fn nothing_left(&mut self, now: Instant) -> Option<AfterWork> {
+        if self.pollers.is_empty() || !self.closing.is_empty() || !self.restacking.is_empty() {
+            return None;
+        }
+        let mut until: Option<Instant> = None;
+        let mut work = false;
+        for p in &self.pollers {
+            match p.after_work(&mut self.chans, now) {
+                AfterWork::Unknown => return None,
+                AfterWork::Work => work = true,
+                AfterWork::Sleep(Some(d)) => until = Some(until.map_or(d, |u| u.min(d))),
+                AfterWork::Sleep(None) => {}
+            }
+        }
+        Some(if work {
+            AfterWork::Work
+        } else {
+            AfterWork::Sleep(until)
+        })
+    }
+
     /// Submit queued SQEs; with `block`, wait for a completion (pollers' deadlines measured
-    /// from `now`, the loop's clock reading just before). True when it blocked.
-    fn submit(&mut self, block: bool, now: Instant) -> bool {
+    /// from `now`, the loop's clock reading just before; `until`: their earliest, when the
+    /// caller has it already). True when it blocked.
+    fn submit(&mut self, block: bool, now: Instant, until: Option<Option<Instant>>) -> bool {
         // With DEFER_TASKRUN, completions wait in the kernel until this thread enters the ring
         // with GETEVENTS; the TASKRUN flag says some are waiting (the crate's submit sets
         // GETEVENTS when it sees the flag).
@@ -369,6 +434,9 @@ impl Reactor {
             let sq = self.io.ring.submission();
             !sq.is_empty() || sq.taskrun()
         };
+        // Quiet sends (`IoCx::push_send_quiet`) submitted by this enter: their completions
+        // are expected, not events to wake for.
+        let quiet = self.io.take_quiet_sends();
         if block && self.mailbox.prepare_sleep() {
             self.counters.enters += 1;
             let r = if self.stopping.is_some() || !self.pollers.is_empty() {
@@ -380,14 +448,34 @@ impl Reactor {
                     POLLER_MAX_SLEEP
                 }
                 .as_nanos() as u64;
-                for p in &self.pollers {
-                    if let Some(d) = p.deadline(&mut self.chans, now) {
-                        ns = ns.min(d.saturating_duration_since(now).as_nanos() as u64 + 1_000);
+                let mut bound = |d: Instant| {
+                    ns = ns.min(d.saturating_duration_since(now).as_nanos() as u64 + 1_000);
+                };
+                match until {
+                    Some(until) => until.into_iter().for_each(&mut bound),
+                    None => {
+                        for p in &self.pollers {
+                            if let Some(d) = p.deadline(&mut self.chans, now) {
+                                bound(d);
+                            }
+                        }
                     }
                 }
                 let ts = types::Timespec::new().nsec(ns as u32);
                 let args = types::SubmitArgs::new().timespec(&ts);
-                self.io.ring.submitter().submit_with_args(1, &args)
+                // Wake for one event beyond the quiet sends' completions (so a send that
+                // completes within this very call does not end the sleep at once); only
+                // under this bounded wait, and not while stopping. A quiet send that
+                // completes later, or fails, is seen at the next event or the timeout.
+                let want = if self.stopping.is_none() {
+                    1 + quiet
+                } else {
+                    1
+                };
+                self.io
+                    .ring
+                    .submitter()
+                    .submit_with_args(want as usize, &args)
             } else {
                 self.io.ring.submit_and_wait(1)
             };

@@ -138,14 +138,32 @@ impl SendQueue {
     /// The queue must not be dropped while [`Self::armed`] (the kernel reads `sending` until
     /// the completion is reaped).
     pub unsafe fn start(&mut self, io: &mut IoCx, fd: RawFd, key: u32) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.start_quiet(io, fd, key, false) };
+    }
+
+    /// As [`Self::start`]; with `quiet`, as a quiet send ([`IoCx::push_send_quiet`]): the
+    /// caller says its connection needs the completion for nothing else (its receive is
+    /// armed, nothing else waits for the send). Everything pending goes in the one send.
+    ///
+    /// # Safety
+    /// As for [`Self::start`].
+    pub unsafe fn start_quiet(&mut self, io: &mut IoCx, fd: RawFd, key: u32, quiet: bool) {
         if self.armed || self.pending.is_empty() {
             return;
         }
         std::mem::swap(&mut self.sending, &mut self.pending);
         self.pending.clear();
         self.sent = 0;
-        // SAFETY: forwarded from the caller.
-        unsafe { self.arm(io, fd, key) };
+        if quiet {
+            // SAFETY: `sending` is not modified while the send is armed (the type's
+            // invariant) and the caller keeps the queue alive until the completion.
+            unsafe { io.push_send_quiet(fd, &self.sending, key) };
+            self.armed = true;
+        } else {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.arm(io, fd, key) };
+        }
     }
 
     /// The send in flight completed with `res`: go on with the rest of a short send, or be

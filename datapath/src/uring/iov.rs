@@ -102,16 +102,50 @@ impl IoCx {
     /// `list` and every buffer it points at must stay valid, in place and unmodified until the
     /// completion is reaped.
     pub unsafe fn push_sendmsg(&mut self, fd: i32, list: &mut SendList, key: u32) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.sendmsg(fd, list, key, false) };
+    }
+
+    /// As [`IoCx::push_sendmsg`], as a quiet send ([`IoCx::push_send_quiet`]) when the whole
+    /// rest of `list` fits in one `sendmsg` and `quiet` says the connection needs its
+    /// completion for nothing else. True when it went as a quiet send.
+    ///
+    /// # Safety
+    /// As for [`IoCx::push_sendmsg`].
+    pub unsafe fn push_sendmsg_quiet(
+        &mut self,
+        fd: i32,
+        list: &mut SendList,
+        key: u32,
+        quiet: bool,
+    ) -> bool {
+        let quiet = quiet && list.entries() <= MAX_IOV;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.sendmsg(fd, list, key, quiet) };
+        quiet
+    }
+
+    /// # Safety
+    /// As for [`IoCx::push_sendmsg`].
+    unsafe fn sendmsg(&mut self, fd: i32, list: &mut SendList, key: u32, quiet: bool) {
         let n = list.entries().min(MAX_IOV);
         list.hdr.msg_iov = list.iov[list.head..].as_mut_ptr();
         list.hdr.msg_iovlen = n as _;
+        let flags = if quiet {
+            libc::MSG_NOSIGNAL | libc::MSG_WAITALL
+        } else {
+            libc::MSG_NOSIGNAL
+        };
         let sqe = io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd), &*list.hdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
+            .flags(flags as u32)
             .build()
             .user_data(UserData::new(Kind::Send, key).0);
         // SAFETY: the caller keeps the header, the iovecs (in the list, not changed while
         // armed) and the buffers valid until the completion.
         unsafe { self.push(&sqe) };
+        if quiet {
+            self.quiet_pushed();
+        }
     }
 }
 

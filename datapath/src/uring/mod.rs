@@ -16,7 +16,10 @@
 //! buffers (5.1), fixed files (5.1), IORING_OP_FSYNC (5.1), IORING_OP_SEND/RECV (5.6),
 //! IORING_OP_FALLOCATE (5.6), IORING_OP_SENDMSG (5.3), multishot accept (5.19),
 //! IORING_OP_ASYNC_CANCEL (5.5),
-//! sparse file-table registration and updates (5.19 for IORING_REGISTER_FILES2 sparse).
+//! sparse file-table registration and updates (5.19 for IORING_REGISTER_FILES2 sparse);
+//! io_uring's own retry of a short send under `MSG_WAITALL` on a stream socket (quiet sends,
+//! [`IoCx::push_send_quiet`]; tested on 6.18: an older kernel completes such a send short, and
+//! its connection sends the rest as for any short send, one event or bounded wait later).
 
 pub mod buf;
 pub mod iov;
@@ -191,6 +194,8 @@ pub struct IoCx {
     file_slots: u32,
     /// Slots given back by [`IoCx::unregister_file`], reused first.
     free_files: Vec<u32>,
+    /// Quiet sends queued since the last submission ([`IoCx::push_send_quiet`]).
+    quiet_sends: u32,
 }
 
 /// At most this many bytes of bounce buffers (for operations larger than a pool buffer, or
@@ -248,6 +253,7 @@ impl IoCx {
             next_file: 0,
             file_slots,
             free_files: Vec::new(),
+            quiet_sends: 0,
         })
     }
 
@@ -322,6 +328,39 @@ impl IoCx {
         unsafe { self.push(&sqe) };
     }
 
+    /// Queue a *quiet* send of `buf` for connection `key`: one whose completion the
+    /// connection needs for nothing but its bookkeeping (everything it had to send is in it,
+    /// its receive is armed), so a reactor that sleeps right after submitting it may count its
+    /// completion as expected rather than as an event to wake for
+    /// ([`IoCx::take_quiet_sends`]). Sent with `MSG_WAITALL`, under which io_uring retries a
+    /// short send on a stream socket itself (`io_net_retry`), so it completes whole unless
+    /// the socket fails.
+    ///
+    /// # Safety
+    /// As for [`IoCx::push_send`].
+    pub unsafe fn push_send_quiet(&mut self, fd: i32, buf: &[u8], key: u32) {
+        let sqe =
+            io_uring::opcode::Send::new(io_uring::types::Fd(fd), buf.as_ptr(), buf.len() as u32)
+                .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
+                .build()
+                .user_data(UserData::new(Kind::Send, key).0);
+        // SAFETY: the caller keeps `buf` alive and untouched until the completion.
+        unsafe { self.push(&sqe) };
+        self.quiet_sends += 1;
+    }
+
+    /// A quiet sendmsg or send was queued by this module's other pushes.
+    pub(crate) fn quiet_pushed(&mut self) {
+        self.quiet_sends += 1;
+    }
+
+    /// The quiet sends queued since the last submission, and forget them: the caller is
+    /// about to submit. A sleep that submits them waits for that many completions more than
+    /// it wants events (each completes within the submission, or later on its own).
+    pub fn take_quiet_sends(&mut self) -> u32 {
+        std::mem::take(&mut self.quiet_sends)
+    }
+
     /// Queue one SQE, submitting early only if the queue is full.
     ///
     /// # Safety
@@ -337,7 +376,9 @@ impl IoCx {
             self.counters.sq_full += 1;
             // The queue is full: hand what is queued to the kernel now. EBUSY means the
             // completion queue is full; the reactor reaps it on its next turn, and the kernel
-            // keeps overflowed completions, so submitting again is safe.
+            // keeps overflowed completions, so submitting again is safe. (Quiet sends
+            // submitted here are reaped by the next turn like any completion.)
+            self.quiet_sends = 0;
             match self.ring.submit() {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
@@ -370,6 +411,7 @@ impl IoCx {
                 }
             }
             self.counters.sq_full += 1;
+            self.quiet_sends = 0;
             match self.ring.submit() {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {

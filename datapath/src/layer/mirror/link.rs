@@ -337,18 +337,24 @@ impl LinkConn {
     /// Arm a send: the rest of the batch in flight, or else everything queued as a new batch
     /// (one `sendmsg`: every message's header and payload as a scatter list).
     fn arm_send(&mut self, env: &mut Env<'_>) {
+        // A new batch of everything queued on an open link whose receive is armed (by the
+        // flush) is a quiet send: its completion only gives the payloads back. The rest of a
+        // short send, a handshake's or a closing link's send is not.
+        let mut quiet = self.state == State::Up && !self.stopping;
         if self.list.left() == 0 {
             debug_assert!(self.inflight.is_empty(), "the last batch was not released");
             self.inflight.append(&mut self.tx);
             self.list.clear();
             self.inflight.fill(&mut self.list);
+        } else {
+            quiet = false;
         }
         // SAFETY: the list and `inflight` (which holds a reference to every payload the list
         // points at, so none is freed, reused or changed) are not modified while the send is
         // armed, and the link is not done while it is.
         unsafe {
             env.io
-                .push_sendmsg(self.fd.as_raw_fd(), &mut self.list, env.key)
+                .push_sendmsg_quiet(self.fd.as_raw_fd(), &mut self.list, env.key, quiet)
         };
         self.send_armed = true;
     }

@@ -43,7 +43,7 @@ use crate::bdev::{
     BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, LOWER_SLOT, ReadStart,
     Start,
 };
-use crate::runtime::{Completion, Mailbox, Msg, PollCx, Poller, PollerSource};
+use crate::runtime::{AfterWork, Completion, Mailbox, Msg, PollCx, Poller, PollerSource};
 use crate::uring::{Errno, IoCx, IoTag};
 use engine::{Engine, EngineConfig, Mode, Role, Update};
 use stats::MirrorStats;
@@ -221,6 +221,13 @@ pub struct MirrorPoller {
 }
 
 impl MirrorPoller {
+    /// The poller's deadline ([`Poller::deadline`]) for engine `e`.
+    fn sleep_until(e: &Engine, now: Instant) -> Option<Instant> {
+        // (An update waiting for the activity log's write is looked at again soon.)
+        let soon = e.ack_deadline().into_iter().chain(e.actlog_deadline(now));
+        soon.min()
+    }
+
     /// Dial the peer (the follower's side of the link), off the common path.
     #[cold]
     fn dial(&self, cx: &mut PollCx<'_>) {
@@ -298,10 +305,19 @@ impl Poller for MirrorPoller {
         // every wait's timeout fall anywhere in (0, 5 ms] instead of 10 ms, and that alone
         // cost 7 µs of server CPU per mirrored write at QD1 on the Xeon VM (45.0 against 37.8
         // µs, same number of timer starts and wakeups per write: benches/RESULTS.md, session 7).
-        let e = engine_of(chans, self.vol)?;
-        // (An update waiting for the activity log's write is looked at again soon.)
-        let soon = e.ack_deadline().into_iter().chain(e.actlog_deadline(now));
-        soon.min()
+        Self::sleep_until(engine_of(chans, self.vol)?, now)
+    }
+
+    fn after_work(&self, chans: &mut [Box<dyn Channel>], now: Instant) -> AfterWork {
+        // The periodic work when due (as before, at the first turn after it), and whatever
+        // the engine has for the next poll.
+        if now >= self.next_tick {
+            return AfterWork::Work;
+        }
+        match engine_of(chans, self.vol) {
+            Some(e) if !e.has_work(now) => AfterWork::Sleep(Self::sleep_until(e, now)),
+            _ => AfterWork::Work,
+        }
     }
 
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool {

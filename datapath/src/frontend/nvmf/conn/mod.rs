@@ -782,8 +782,14 @@ impl Conn for NvmfConn {
         if self.life.broken {
             self.tx.drop_pending();
         } else {
+            // Quiet (its completion needs no turn) when the receive is armed below and the
+            // send holds back nothing: not closing, not paused (a pause waits for the send).
+            let quiet = !self.life.closing && !self.paused();
             // SAFETY: the connection is not done while a send is armed (`try_close`).
-            unsafe { self.tx.start(env.io, self.fd.as_raw_fd(), env.key) };
+            unsafe {
+                self.tx
+                    .start_quiet(env.io, self.fd.as_raw_fd(), env.key, quiet)
+            };
         }
         if !self.life.closing && !self.life.recv_armed && !self.paused() {
             self.arm_recv(env);

@@ -497,6 +497,15 @@ impl Engine {
         h.submit(snap)
     }
 
+    /// The activity log has work for the poller's next turn: a set to hand to the persister,
+    /// a flush to start, updates waiting for the log or for the survivor state.
+    pub(super) fn actlog_pending(&self) -> bool {
+        self.al.changed
+            || self.al.flush_wanted
+            || self.al.blocked
+            || !self.al.after_durable.is_empty()
+    }
+
     /// When the poller must look again (an update waits for the log's write).
     pub fn actlog_deadline(&self, now: Instant) -> Option<Instant> {
         self.al.blocked.then(|| now + Duration::from_micros(200))

@@ -80,6 +80,12 @@ impl Durable {
         self.gate != 0
     }
 
+    /// Something waits for the persister (answers, a generation, a grant to give back), or
+    /// the state could not be persisted: the engine's poll looks at it every turn.
+    pub(super) fn pending(&self) -> bool {
+        self.gate != 0 || !self.held.is_empty() || self.release.is_some() || self.failed
+    }
+
     /// Persister generation `generation` is on disk (or nothing is persisted here).
     pub(super) fn is_durable(&self, generation: u64) -> bool {
         generation == 0

@@ -604,6 +604,28 @@ impl Engine {
             && self.done.is_empty()
     }
 
+    /// Whether the poller's next turn has work here that must not wait for the reactor's
+    /// next wake-up (`Poller::after_work`): finished requests to hand back, messages or an
+    /// ACK to send, a link to drop. Outside plain mirroring with a session up, or with
+    /// anything unusual pending (a drain, a resync, answers or updates waiting for the state
+    /// file or the activity log, a switchover, a failure), always true: the reactor then runs
+    /// the extra turn it always ran before sleeping.
+    pub fn has_work(&self, now: Instant) -> bool {
+        let steady = self.mode == Mode::Mirroring
+            && self.sess.up
+            && self.resync.is_none()
+            && !self.draining
+            && self.failed.is_none()
+            && self.alone_held.is_empty()
+            && !self.durable.pending()
+            && !self.actlog_pending()
+            && self.kill_link.is_none()
+            && self.sw.phase == Phase::Idle
+            && self.sw.held.is_empty()
+            && self.done.is_empty();
+        !steady || self.sess.would_send(now, self.aq.applied.wm)
+    }
+
     /// The read lease this site announces in HELLO/WELCOME (`announced_lease_ms`).
     pub fn announced_lease_ms(&self) -> u32 {
         announced_lease_ms(self.cfg.peer_dead, self.cfg.failover.is_some())

@@ -250,13 +250,18 @@ impl PeerSession {
     /// Whether the ACK policy (see [`ACK_BATCH`]) says to send an ACK now, the applied
     /// watermark being `wm`.
     pub(super) fn ack_due(&mut self, now: Instant, wm: u64) -> bool {
-        let lag = wm - self.ack_sent;
-        if lag == 0 {
+        if wm == self.ack_sent {
             self.ack_pending_since = None;
             return false;
         }
         let since = *self.ack_pending_since.get_or_insert(now);
-        match lag {
+        self.ack_policy(now, wm, since)
+    }
+
+    /// The ACK policy itself, the oldest unacknowledged update having waited since `since`.
+    fn ack_policy(&self, now: Instant, wm: u64, since: Instant) -> bool {
+        match wm - self.ack_sent {
+            0 => false,
             1 => !self.rx_since_flush,
             l => l >= ACK_BATCH || now.duration_since(since) >= ACK_WINDOW,
         }
@@ -274,6 +279,17 @@ impl PeerSession {
     /// Anything to send (messages or an ACK).
     pub(super) fn wants_send(&mut self, now: Instant, wm: u64) -> bool {
         self.up && (!self.outbox.is_empty() || self.ack_due(now, wm))
+    }
+
+    /// What [`Self::wants_send`] would answer at `now`, without starting the ACK window.
+    pub(super) fn would_send(&self, now: Instant, wm: u64) -> bool {
+        if !self.up {
+            return false;
+        }
+        if !self.outbox.is_empty() {
+            return true;
+        }
+        self.ack_policy(now, wm, self.ack_pending_since.unwrap_or(now))
     }
 
     /// Move pending messages (and an ACK up to `wm` if one is due) to `out`.
@@ -475,5 +491,39 @@ mod tests {
         s.end();
         assert_eq!(s.ack_deadline(3), None);
         assert!(!s.wants_send(t, 3));
+    }
+
+    /// `would_send` (asked before a reactor sleeps) answers what `wants_send` (the next
+    /// turn's) would, and starts no ACK window.
+    #[test]
+    fn would_send_answers_as_wants_send_without_starting_the_window() {
+        let mut s = session();
+        assert!(!s.would_send(Instant::now(), 1), "down: nothing to send");
+        s.start();
+        let t = Instant::now();
+        s.received();
+        for (at, wm) in [
+            (t, 0),
+            (t, 1),
+            (t, 3),
+            (t + ACK_WINDOW, 3),
+            (t, 1 + ACK_BATCH),
+        ] {
+            let mut probe = session();
+            probe.start();
+            probe.received();
+            let would = probe.would_send(at, wm);
+            assert_eq!(probe.ack_pending_since, None, "would_send starts no window");
+            assert_eq!(would, probe.wants_send(at, wm), "at +{:?}, wm {wm}", at - t);
+        }
+        // Once the window runs, both measure from its start.
+        assert!(!s.wants_send(t, 3));
+        let later = t + ACK_WINDOW;
+        assert_eq!(s.would_send(later, 3), s.wants_send(later, 3));
+        assert!(s.would_send(later, 3));
+        // Messages queued: something to send whatever the watermark.
+        s.take_outbox(&mut TxQueue::default(), 3);
+        s.ping();
+        assert!(s.would_send(t, 3));
     }
 }

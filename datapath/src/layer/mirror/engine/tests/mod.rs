@@ -741,6 +741,54 @@ fn acks_are_batched_for_a_stream_and_immediate_for_a_lone_update() {
     assert_eq!(b.engine.stats().acks_sent.load(Relaxed), before + 1);
 }
 
+/// What a reactor asks before it sleeps right after a working turn (`Engine::has_work`): a
+/// message to send, the follower's ACK due at the next turn and an answer not handed back
+/// are work; in between, and once everything is answered, there is none.
+#[test]
+fn work_for_the_next_turn_is_what_to_send_and_the_answers_not_handed_back() {
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(5);
+    let mut a = site(Role::Leader, Duration::from_secs(60));
+    let mut b = site(Role::Follower, Duration::from_secs(60));
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    // (The session's first messages.)
+    exchange(&mut a, &mut b, &mut io, &mut rng, 2);
+    let now = Instant::now();
+    assert!(
+        !a.engine.has_work(now) && !b.engine.has_work(now),
+        "in sync, idle"
+    );
+    let tag = IoTag { conn: 1, slot: 1 };
+    let r = a
+        .engine
+        .submit(&mut io, 0, tag, Update::Write(&[7; 512]), 0, false);
+    assert_eq!(r, Start::Pending);
+    a.outstanding += 1;
+    assert!(a.engine.has_work(now), "the WRITE to send");
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    deliver(&mut a, &mut b, &mut io, usize::MAX);
+    assert!(
+        !a.engine.has_work(now),
+        "sent: nothing until the peer's ACK"
+    );
+    while complete_one(&mut b, &mut io, &mut rng) {}
+    b.engine.take_outbox(&mut b.wire); // the turn the WRITE arrived in: the ACK waits
+    assert!(b.wire.is_empty());
+    assert!(b.engine.has_work(now), "the ACK due at the next turn");
+    b.engine.take_outbox(&mut b.wire);
+    assert!(!b.wire.is_empty());
+    assert!(!b.engine.has_work(now), "the ACK is out");
+    receive(&mut b, &mut a, &mut io, usize::MAX);
+    assert!(a.engine.has_work(now), "the answer to hand back");
+    collect(&mut a);
+    assert_eq!(a.ok, 1);
+    assert!(!a.engine.has_work(now), "answered");
+    // Not in plain mirroring: always work (the reactor keeps its extra turn).
+    a.engine.link_down("test");
+    assert!(a.engine.has_work(now));
+}
+
 #[test]
 fn a_full_backlog_marks_the_volume_diverged_and_frees_it() {
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
