@@ -755,6 +755,13 @@ impl Engine {
             if slot.watching.load(SeqCst) != 0 || slot.survivors.load(SeqCst) != 0 {
                 return; // another volume of the group may take it: left to it
             }
+            if slot.restored.load(SeqCst) < slot.members.load(SeqCst) {
+                // Another volume of the group, its state not restored yet, may be a survivor
+                // on this very grant (adopted before the power went, its writes acknowledged
+                // alone): given back under it, it would fence at its first word and its
+                // writes be given up. Looked at again at the next tick.
+                return;
+            }
             tracing::warn!(volume = %self.cfg.name, epoch,
                 "mirror: the witness holds the volume for this site, whose device may have lost writes since its fence (its host restarted); giving the grant back");
             self.given_back = epoch;

@@ -629,6 +629,58 @@ impl Witness {
     }
 }
 
+/// As `a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_the_grant`,
+/// a's volume x in a group of two (one failover slot), x's engine restored before the other
+/// volume's. x gives the grant back only once every engine of the group restored its state
+/// (the other may be a survivor on that grant, adopted before the power went: given back
+/// under it, its writes acknowledged alone would be given up; before, x gave it back at its
+/// first tick), and flagged unused only when every volume of the group was restored fenced for
+/// want of an answer with its host restarted (`FailoverSlot::unadoptable`): only then do the
+/// states prove that nobody served on it.
+#[test]
+fn a_grant_is_given_back_unused_only_when_every_volume_of_the_group_proves_it_unused() {
+    use crate::layer::mirror::failover::FailoverSlot;
+    use std::sync::atomic::Ordering::SeqCst;
+    for other_unadoptable in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, _b, _sb, mut io, mut rng, _slot) =
+            a_granted_unanswered_b_denied(193, dir.path());
+        a.engine.cfg.boot_id = 2;
+        let sa2 = Arc::new(FailoverSlot::default());
+        sa2.members.store(2, SeqCst);
+        a.engine.cfg.failover = Some(Arc::clone(&sa2));
+        crash_and_restart(&mut a);
+        assert_eq!(
+            (sa2.restored.load(SeqCst), sa2.unadoptable.load(SeqCst)),
+            (1, 1)
+        );
+        sa2.publish_view(1, 1, 1);
+        for _ in 0..3 {
+            a.engine.tick(&mut io, Instant::now());
+            while complete_one(&mut a, &mut io, &mut rng) {}
+        }
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        assert_eq!(
+            sa2.release.load(SeqCst),
+            0,
+            "given back before the group's other volume restored its state"
+        );
+        // The other volume's engine restores its state: fenced for want of an answer with its
+        // host restarted too, or anything else.
+        if other_unadoptable {
+            sa2.unadoptable.fetch_add(1, SeqCst);
+        }
+        sa2.restored.fetch_add(1, SeqCst);
+        a.engine.tick(&mut io, Instant::now());
+        assert_eq!(sa2.release.load(SeqCst), 1, "the grant is not given back");
+        assert_eq!(
+            sa2.release_is_unused(1),
+            other_unadoptable,
+            "unused (other volume unadoptable: {other_unadoptable})"
+        );
+    }
+}
+
 /// Two sites with state files, in sync at the group's epoch 3 (a grant and its release
 /// before), the link cut with traffic in flight; both ask the witness, which answers neither
 /// (out of reach for the requests' deadline: it granted nothing), so both fence for want of
