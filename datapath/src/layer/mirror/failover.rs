@@ -279,6 +279,22 @@ pub fn verdict(is_me: bool, holder: u32, epoch: u64, held: u64) -> bool {
 pub fn release_wanted(slot: &FailoverSlot, epoch: u64) -> bool {
     !(slot.survivors.load(SeqCst) > 0 && slot.epoch.load(SeqCst) == epoch)
 }
+/// Whether the failover thread gives `epoch`'s grant back flagged `UNUSED`: the give-back is
+/// unused ([`FailoverSlot::release_is_unused`]) and the witness is not an older one, which
+/// drops the flag unanswered: one that answered a heartbeat (`beat_answered`) after an unused
+/// release of the group went unanswered (`dropped`) is taken as older, and the grant is given
+/// back plain (docs/witness-protocol.md, "An unused release": compatibility). A witness out of
+/// reach (no heartbeat answered since) keeps being sent the flag.
+pub fn send_unused(
+    slot: &FailoverSlot,
+    epoch: u64,
+    dropped: Option<std::time::Instant>,
+    beat_answered: Option<std::time::Instant>,
+) -> bool {
+    let older_witness = dropped.is_some_and(|t| beat_answered.is_some_and(|b| b > t));
+    slot.release_is_unused(epoch) && !older_witness
+}
+
 /// The failover thread decides whether to send the release of `epoch` ([`release_wanted`]),
 /// under `releasing` (cleared once the release is answered or given up): a volume adopting
 /// that grant meanwhile ([`FailoverSlot::claim_grant`]) either is counted before the
@@ -427,9 +443,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             if epoch != 0 {
                 retry[i] = None;
                 client.set_timeout(cfg.request_timeout);
-                let older_witness =
-                    unused_dropped[i].is_some_and(|t| beat_answered.is_some_and(|b| b > t));
-                let unused = slot.release_is_unused(epoch) && !older_witness;
+                let unused = send_unused(slot, epoch, unused_dropped[i], beat_answered);
                 let answer = if unused {
                     tracing::info!(volume = %name, epoch,
                         "mirror: giving back a grant never served on (unused): the peer may be granted at the epoch before it");
@@ -699,6 +713,22 @@ mod tests {
         s.survivors.store(1, SeqCst);
         assert!(!release_wanted(&s, 7), "a survivor serves on epoch 7");
         assert!(release_wanted(&s, 6), "an older grant");
+    }
+
+    #[test]
+    fn an_unused_release_an_older_witness_dropped_is_sent_again_plain() {
+        let s = FailoverSlot::default();
+        s.release_unused.store(4, SeqCst);
+        let t0 = std::time::Instant::now();
+        let later = t0 + std::time::Duration::from_millis(300);
+        assert!(send_unused(&s, 4, None, None));
+        assert!(send_unused(&s, 4, None, Some(t0)));
+        // Unanswered, and no heartbeat answered since: out of reach, keep the flag.
+        assert!(send_unused(&s, 4, Some(later), Some(t0)));
+        assert!(send_unused(&s, 4, Some(t0), None));
+        // A heartbeat answered after it: an older witness drops the flag; plain.
+        assert!(!send_unused(&s, 4, Some(t0), Some(later)));
+        assert!(!send_unused(&s, 5, None, None), "another epoch");
     }
 
     #[test]
