@@ -220,11 +220,34 @@ impl WitnessClient {
 
     /// Gives back this site's grant of `group` at `epoch` (once both sites are in sync).
     pub fn release(&mut self, group: GroupId, epoch: Epoch) -> Result<ReleaseOutcome, ClientError> {
+        self.release_as(group, epoch, false)
+    }
+
+    /// Gives back this site's grant of `group` at `epoch`, never served on (flag `UNUSED`:
+    /// docs/witness-protocol.md, "An unused release"). Only where this site's state proves
+    /// that no write was acknowledged on the grant. An older witness drops it unanswered
+    /// (`Timeout`): the caller then gives the grant back with [`WitnessClient::release`].
+    pub fn release_unused(
+        &mut self,
+        group: GroupId,
+        epoch: Epoch,
+    ) -> Result<ReleaseOutcome, ClientError> {
+        self.release_as(group, epoch, true)
+    }
+
+    fn release_as(
+        &mut self,
+        group: GroupId,
+        epoch: Epoch,
+        unused: bool,
+    ) -> Result<ReleaseOutcome, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        match self
-            .exchange(vec![Body::Release { group, epoch }], deadline)?
-            .pop()
-        {
+        let body = Body::Release {
+            group,
+            epoch,
+            unused,
+        };
+        match self.exchange(vec![body], deadline)?.pop() {
             Some(Body::State {
                 status: ReleaseStatus::Ok,
                 view,

@@ -43,6 +43,9 @@ pub const VIEW_LEN: usize = 24;
 pub const MAX_LEN: usize = MIN_LEN + MAX_ENTRIES * VIEW_LEN;
 /// Header/entry flag: the sender is the group's preferred site.
 pub const FLAG_PREFERRED: u8 = 1;
+/// RELEASE flag: the grant given back was never served on (docs/witness-protocol.md, "An
+/// unused release"). An older witness drops a RELEASE with it (a flag the type does not allow).
+pub const FLAG_UNUSED: u8 = 2;
 /// Shortest accepted key, in bytes.
 pub const MIN_KEY_LEN: usize = 16;
 /// Longest accepted key, in bytes (a key file larger than this is a mistake, not a key).
@@ -290,8 +293,13 @@ pub enum Body {
         known: Epoch,
         preferred: bool,
     },
-    /// site → witness: I give back my grant of `group` at `epoch`.
-    Release { group: GroupId, epoch: Epoch },
+    /// site → witness: I give back my grant of `group` at `epoch`; `unused`: no write was
+    /// ever acknowledged on it (flag `UNUSED`).
+    Release {
+        group: GroupId,
+        epoch: Epoch,
+        unused: bool,
+    },
     /// witness → site: answers HEARTBEAT, one view per claim, same order.
     View { views: Vec<GroupView> },
     /// witness → site: the requester holds the group at `view.epoch`.
@@ -430,10 +438,15 @@ pub fn encode(out: &mut Vec<u8>, msg: &Msg, key: &Key) -> Result<(), EncodeError
             r.epoch = known.0;
             r.flags = if *preferred { FLAG_PREFERRED } else { 0 };
         }
-        Body::Release { group, epoch } => {
+        Body::Release {
+            group,
+            epoch,
+            unused,
+        } => {
             r.ty = T_RELEASE;
             r.group = group.0;
             r.epoch = epoch.0;
+            r.flags = if *unused { FLAG_UNUSED } else { 0 };
         }
         Body::View { views } => {
             if views.len() > MAX_ENTRIES {
@@ -552,10 +565,10 @@ pub fn decode(buf: &[u8], key: &Key) -> Result<Msg, DecodeError> {
     ) {
         return Err(DecodeError::Type(r.ty));
     }
-    let allowed_flags = if r.ty == T_GRANT_REQUEST {
-        FLAG_PREFERRED
-    } else {
-        0
+    let allowed_flags = match r.ty {
+        T_GRANT_REQUEST => FLAG_PREFERRED,
+        T_RELEASE => FLAG_UNUSED,
+        _ => 0,
     };
     if r.flags & !allowed_flags != 0 {
         return Err(DecodeError::Flags(r.flags));
@@ -627,6 +640,7 @@ pub fn decode(buf: &[u8], key: &Key) -> Result<Msg, DecodeError> {
             Body::Release {
                 group: GroupId(r.group),
                 epoch: Epoch(r.epoch),
+                unused: r.flags & FLAG_UNUSED != 0,
             }
         }
         T_VIEW => {
@@ -780,6 +794,12 @@ mod tests {
             Body::Release {
                 group: GroupId(5),
                 epoch: Epoch(4),
+                unused: false,
+            },
+            Body::Release {
+                group: GroupId(5),
+                epoch: Epoch(4),
+                unused: true,
             },
             Body::View { views: vec![] },
             Body::View { views },
@@ -952,6 +972,45 @@ mod tests {
         buf[44] = 55;
         reseal(&mut buf);
         assert_eq!(decode(&buf, &k), Err(DecodeError::Length));
+    }
+
+    #[test]
+    fn the_unused_flag_is_bit_1_of_a_release_only() {
+        // docs/witness-protocol.md, "An unused release": byte 6 bit 1, RELEASE only.
+        let k = key();
+        let mut buf = Vec::new();
+        let reseal = |b: &mut Vec<u8>| {
+            b.truncate(b.len() - MAC_LEN);
+            let t = k.tag(b);
+            b.extend_from_slice(&t);
+        };
+        let release = |unused| Msg {
+            site: site(1),
+            counter: 9,
+            body: Body::Release {
+                group: GroupId(5),
+                epoch: Epoch(4),
+                unused,
+            },
+        };
+        encode(&mut buf, &release(true), &k).expect("encode");
+        assert_eq!((buf[5], buf[6]), (0x03, 0x02));
+        encode(&mut buf, &release(false), &k).expect("encode");
+        assert_eq!(buf[6], 0);
+        // PREFERRED on a release, UNUSED on a grant request or a heartbeat: refused (an older
+        // witness refuses UNUSED on a release the same way: no answer).
+        buf[6] = FLAG_PREFERRED;
+        reseal(&mut buf);
+        assert_eq!(decode(&buf, &k), Err(DecodeError::Flags(FLAG_PREFERRED)));
+        for m in [&samples()[0], &samples()[2]] {
+            encode(&mut buf, m, &k).expect("encode");
+            buf[6] |= FLAG_UNUSED;
+            reseal(&mut buf);
+            assert!(
+                matches!(decode(&buf, &k), Err(DecodeError::Flags(_))),
+                "{m:?}"
+            );
+        }
     }
 
     #[test]

@@ -305,6 +305,11 @@ pub struct Arbiter {
     last_seen: HashMap<SiteId, Instant>,
     /// Groups whose preferred site asked since the last grant or release and was told STALE.
     pref_lost: HashSet<GroupId>,
+    /// Groups released unused (RELEASE with `UNUSED`) since their last grant: the site that
+    /// released and the epoch it released. A request at the epoch before it from another site
+    /// is not stale (docs/witness-protocol.md, "An unused release"). Memory only: forgotten
+    /// at a restart, which only refuses such a request as stale again.
+    unused_release: HashMap<GroupId, (SiteId, Epoch)>,
     /// Preferred-site conflicts already logged (once per group and site per run).
     conflicts_logged: HashSet<(GroupId, SiteId)>,
     /// When a full group table was last logged.
@@ -334,6 +339,7 @@ impl Arbiter {
             started: now,
             last_seen: HashMap::new(),
             pref_lost: HashSet::new(),
+            unused_release: HashMap::new(),
             conflicts_logged: HashSet::new(),
             full_logged: None,
             sites_full_logged: None,
@@ -463,8 +469,12 @@ impl Arbiter {
                     durability: Durability::Now,
                 }
             }
-            Body::Release { group, epoch } => {
-                let body = self.release(site, *group, *epoch);
+            Body::Release {
+                group,
+                epoch,
+                unused,
+            } => {
+                let body = self.release(site, *group, *epoch, *unused);
                 Outcome::Answer {
                     body,
                     durability: Durability::Now,
@@ -524,7 +534,12 @@ impl Arbiter {
         }
         let is_preferred = rec.preferred == Some(site);
         let new_epoch = rec.epoch.0.max(known.0).checked_add(1);
-        let Some(new_epoch) = new_epoch.filter(|_| known >= rec.epoch) else {
+        // Released unused at the group's epoch by another site: the epoch before it is as
+        // current as any acknowledged write.
+        let unused_before = self.unused_release.get(&group).is_some_and(|&(by, at)| {
+            by != site && at == rec.epoch && known.0.checked_add(1) == Some(at.0)
+        });
+        let Some(new_epoch) = new_epoch.filter(|_| known >= rec.epoch || unused_before) else {
             if is_preferred {
                 self.pref_lost.insert(group);
             }
@@ -548,13 +563,15 @@ impl Arbiter {
         rec.epoch = Epoch(new_epoch);
         rec.holder = Some(site);
         self.pref_lost.remove(&group);
-        tracing::info!(group = %group, site = site.get(), epoch = new_epoch, "granted");
+        self.unused_release.remove(&group);
+        tracing::info!(group = %group, site = site.get(), epoch = new_epoch, unused_before,
+            "granted");
         Body::Grant {
             view: self.view(group),
         }
     }
 
-    fn release(&mut self, site: SiteId, group: GroupId, epoch: Epoch) -> Body {
+    fn release(&mut self, site: SiteId, group: GroupId, epoch: Epoch, unused: bool) -> Body {
         let Some(rec) = self.table.groups.get_mut(&group) else {
             // Never recorded: nothing to release (epoch 0 reads as released already).
             let status = if epoch == Epoch(0) {
@@ -572,7 +589,10 @@ impl Arbiter {
         } else if rec.holder == Some(site) {
             rec.holder = None;
             self.pref_lost.remove(&group);
-            tracing::info!(group = %group, site = site.get(), epoch = epoch.0, "released");
+            if unused {
+                self.unused_release.insert(group, (site, epoch));
+            }
+            tracing::info!(group = %group, site = site.get(), epoch = epoch.0, unused, "released");
             ReleaseStatus::Ok
         } else if rec.holder.is_none() {
             ReleaseStatus::Ok
@@ -691,6 +711,7 @@ mod tests {
             Body::Release {
                 group: full,
                 epoch: Epoch(4),
+                unused: false,
             },
         ) {
             Body::State { status, .. } => assert_eq!(status, ReleaseStatus::NotHolder),
@@ -767,6 +788,7 @@ mod tests {
             Body::Release {
                 group: GroupId(1),
                 epoch: Epoch(1),
+                unused: false,
             },
         );
         assert_eq!(denied(&r.ask(10, 1, 1, false)), Some(DenyReason::TieWait));
@@ -784,6 +806,7 @@ mod tests {
             Body::Release {
                 group: GroupId(1),
                 epoch: Epoch(1),
+                unused: false,
             },
         );
         // Site 2 (preferred) never learned epoch 1.
@@ -802,6 +825,7 @@ mod tests {
             Body::Release {
                 group: GroupId(1),
                 epoch: Epoch(1),
+                unused: false,
             },
         );
         let table = r.a.table().clone();
@@ -870,6 +894,7 @@ mod tests {
         let rel = |e| Body::Release {
             group: GroupId(1),
             epoch: Epoch(e),
+            unused: false,
         };
         let status = |b: Body| match b {
             Body::State { status, view } => (status, view.holder, view.epoch.0),
@@ -888,6 +913,121 @@ mod tests {
         assert_eq!(granted(&r.ask(5, 2, 1, false)), Some(2));
     }
 
+    fn release(epoch: u64, unused: bool) -> Body {
+        Body::Release {
+            group: GroupId(1),
+            epoch: Epoch(epoch),
+            unused,
+        }
+    }
+
+    fn released(b: Body) -> (ReleaseStatus, Option<SiteId>, u64) {
+        match b {
+            Body::State { status, view } => (status, view.holder, view.epoch.0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Both sites in sync at epoch 1; site 1 then granted epoch 2 (its answer lost, the peer
+    /// denied while it holds the group), and gives it back, `unused` or not.
+    fn given_back_after_a_lost_answer(unused: bool) -> Rig {
+        let mut r = Rig::new(0);
+        assert_eq!(granted(&r.ask(0, 1, 0, false)), Some(1));
+        assert_eq!(
+            released(r.send(1, 1, release(1, false))).0,
+            ReleaseStatus::Ok
+        );
+        assert_eq!(granted(&r.ask(2, 1, 1, false)), Some(2));
+        assert_eq!(denied(&r.ask(3, 2, 1, false)), Some(DenyReason::Held));
+        assert_eq!(
+            released(r.send(4, 1, release(2, unused))),
+            (ReleaseStatus::Ok, None, 2)
+        );
+        r
+    }
+
+    #[test]
+    fn an_unused_release_lets_the_peer_ask_at_the_epoch_before_it_once() {
+        let mut r = given_back_after_a_lost_answer(true);
+        // Below the epoch before the grant: it missed a grant that may have been served on.
+        assert_eq!(denied(&r.ask(5, 2, 0, false)), Some(DenyReason::Stale));
+        assert_eq!(granted(&r.ask(6, 2, 1, false)), Some(3));
+        assert_eq!(
+            granted(&r.ask(7, 2, 1, false)),
+            Some(3),
+            "the holder re-answered"
+        );
+        assert_eq!(denied(&r.ask(8, 1, 1, false)), Some(DenyReason::Held));
+        // That grant consumed the mark: given back plain, nobody is let through below 3.
+        assert_eq!(
+            released(r.send(9, 2, release(3, false))).0,
+            ReleaseStatus::Ok
+        );
+        assert_eq!(denied(&r.ask(10, 2, 2, false)), Some(DenyReason::Stale));
+        assert_eq!(denied(&r.ask(11, 1, 2, false)), Some(DenyReason::Stale));
+        assert_eq!(granted(&r.ask(12, 1, 3, false)), Some(4));
+    }
+
+    #[test]
+    fn a_plain_release_lets_no_stale_request_through() {
+        let mut r = given_back_after_a_lost_answer(false);
+        assert_eq!(denied(&r.ask(5, 2, 1, false)), Some(DenyReason::Stale));
+        // An unused release retransmitted after it (the group released already): nothing set.
+        assert_eq!(
+            released(r.send(6, 1, release(2, true))).0,
+            ReleaseStatus::Ok
+        );
+        assert_eq!(denied(&r.ask(7, 2, 1, false)), Some(DenyReason::Stale));
+        // An unused release from a site that does not hold the group: nothing set.
+        let mut r = Rig::new(0);
+        r.ask(0, 1, 0, false);
+        r.send(1, 1, release(1, false));
+        r.ask(2, 1, 1, false);
+        assert_eq!(
+            released(r.send(3, 2, release(2, true))),
+            (ReleaseStatus::NotHolder, Some(s(1)), 2)
+        );
+        r.send(4, 1, release(2, false));
+        assert_eq!(denied(&r.ask(5, 2, 1, false)), Some(DenyReason::Stale));
+    }
+
+    #[test]
+    fn the_site_that_released_unused_is_stale_at_the_epoch_before_it() {
+        // Its host restarted: its replica may lack writes the peer kept; the witness cannot
+        // tell whether it is in sync, so it is refused, and the peer's way stays open.
+        let mut r = given_back_after_a_lost_answer(true);
+        assert_eq!(denied(&r.ask(5, 1, 1, false)), Some(DenyReason::Stale));
+        assert_eq!(granted(&r.ask(6, 2, 1, false)), Some(3));
+    }
+
+    #[test]
+    fn a_restarted_witness_forgets_an_unused_release_and_refuses_as_before() {
+        let mut r = given_back_after_a_lost_answer(true);
+        let bytes = r.a.table().to_bytes();
+        r.a = Arbiter::new(
+            Table::from_bytes(&bytes).expect("state file"),
+            Duration::ZERO,
+            r.t0 + Duration::from_millis(5),
+        );
+        // The state file is as without the flag; the peer is refused as stale (no grant).
+        assert_eq!(denied(&r.ask(6, 2, 1, false)), Some(DenyReason::Stale));
+        assert_eq!(r.a.view(GroupId(1)).epoch, Epoch(2));
+        assert_eq!(r.a.view(GroupId(1)).holder, None);
+    }
+
+    #[test]
+    fn the_tie_rule_still_holds_after_an_unused_release() {
+        // Site 2 preferred and alive: site 1's request at the epoch before is not stale but
+        // waits the tie out like any other.
+        let mut r = Rig::new(1000);
+        assert_eq!(granted(&r.ask(0, 2, 0, true)), Some(1));
+        r.send(1, 2, release(1, false));
+        assert_eq!(granted(&r.ask(2000, 2, 1, true)), Some(2));
+        r.send(2001, 2, release(2, true));
+        assert_eq!(denied(&r.ask(2002, 1, 1, false)), Some(DenyReason::TieWait));
+        assert_eq!(granted(&r.ask(3100, 1, 1, false)), Some(3));
+    }
+
     #[test]
     fn known_epoch_above_the_witness_keeps_epochs_rising() {
         let mut r = Rig::new(0);
@@ -899,6 +1039,7 @@ mod tests {
             Body::Release {
                 group: GroupId(1),
                 epoch: Epoch(42),
+                unused: false,
             },
         );
         assert_eq!(

@@ -903,6 +903,9 @@ fn a_site_restarted_without_state_dir_is_new_and_never_serves_stale_data() {
 struct LossyRelay {
     addr: SocketAddr,
     drop_replies: Arc<AtomicBool>,
+    /// Drop RELEASEs flagged `UNUSED`, as a witness older than that flag does (a flag the
+    /// type does not allow: dropped unanswered).
+    older_witness: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -916,18 +919,27 @@ impl LossyRelay {
             s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
         }
         let addr = front.local_addr().unwrap();
-        let (drop_replies, stop) = (
+        let (drop_replies, stop, older_witness) = (
+            Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
         );
-        let (d, st) = (Arc::clone(&drop_replies), Arc::clone(&stop));
+        let (d, st, old) = (
+            Arc::clone(&drop_replies),
+            Arc::clone(&stop),
+            Arc::clone(&older_witness),
+        );
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             let mut client = None;
             while !st.load(Ordering::SeqCst) {
                 if let Ok((n, from)) = front.recv_from(&mut buf) {
                     client = Some(from);
-                    let _ = back.send(&buf[..n]);
+                    // (Header byte 5: the type, 0x03 RELEASE; byte 6: flags, bit 1 UNUSED.)
+                    let unused_release = n > 6 && buf[5] == 0x03 && buf[6] & 0x02 != 0;
+                    if !(unused_release && old.load(Ordering::SeqCst)) {
+                        let _ = back.send(&buf[..n]);
+                    }
                 }
                 if let Ok(n) = back.recv(&mut buf)
                     && let Some(c) = client
@@ -940,6 +952,7 @@ impl LossyRelay {
         LossyRelay {
             addr,
             drop_replies,
+            older_witness,
             stop,
             thread: Some(thread),
         }
@@ -994,6 +1007,116 @@ fn a_site_whose_grant_answer_was_lost_serves_once_the_witness_is_heard_again() {
         0,
         "the survivor refused a write"
     );
+}
+
+/// The replication link is cut with both sites alive; the witness grants the leader a, whose
+/// answer is lost (its replies dropped), so a fences for want of it, and b is denied (a holds
+/// the volume). a's host then restarts (SIGKILL, another boot id): its device may have lost
+/// writes it never flushed, so it never adopts the grant the witness holds for it and gives
+/// it back, unused (its state says fenced for want of an answer). b, denied while a held it,
+/// asks again at the epoch it knows (the one before a's grant) and must be granted and serve,
+/// its acknowledged writes in place. Failed before (a plain give-back): the witness refused
+/// b's request as stale (`k < epoch`), and neither site served until the link returned.
+#[test]
+fn the_peer_of_a_site_whose_host_restarted_after_a_lost_answer_serves() {
+    peer_of_a_restarted_host(false);
+}
+
+/// As `the_peer_of_a_site_whose_host_restarted_after_a_lost_answer_serves`, the witness an
+/// older one, which drops a RELEASE flagged `UNUSED` unanswered: a, its heartbeats answered,
+/// gives the grant back plain (not held for good), and b is refused as stale as before the
+/// flag (the documented limit with an older witness: an operator's takeover, or the link).
+#[test]
+fn with_an_older_witness_the_give_back_falls_back_to_a_plain_release() {
+    peer_of_a_restarted_host(true);
+}
+
+fn peer_of_a_restarted_host(older_witness: bool) {
+    use crate::mirror::Relay;
+    use std::net::TcpListener;
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let lossy = LossyRelay::start(w.addr);
+    lossy.older_witness.store(older_witness, Ordering::SeqCst);
+    let (pa, pb) = (free_port(), free_port());
+    let (la, lb) = (
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+    );
+    let (to_b, to_a) = (
+        la.local_addr().unwrap().port(),
+        lb.local_addr().unwrap().port(),
+    );
+    let (mut ra, mut rb) = (
+        Relay::start(&la, format!("127.0.0.1:{pb}").parse().unwrap()),
+        Relay::start(&lb, format!("127.0.0.1:{pa}").parse().unwrap()),
+    );
+    let state = |me: &str| {
+        let d = root.path().join(format!("state-{me}"));
+        std::fs::create_dir_all(&d).unwrap();
+        format!("state_dir='{}'", d.display())
+    };
+    let mut a = site_with(root.path(), "a", "b", pa, to_b, lossy.addr, &state("a"));
+    let b = site_with(root.path(), "b", "a", pb, to_a, w.addr, &state("b"));
+    wait_mirror_state(&a, "up", PATIENCE);
+    wait_mirror_state(&b, "up", PATIENCE);
+    let mut c = Client::connect(a.addr, "vol0", false);
+    let data = pattern(11, 4096);
+    assert_eq!(c.write(0, &data), 0);
+    drop(c);
+    // The link goes (the relays stop accepting, then every relayed connection is cut), and
+    // the witness's answers to a with it.
+    lossy.drop_replies.store(true, Ordering::SeqCst);
+    drop((la, lb));
+    ra.cut();
+    rb.cut();
+    drop((ra, rb));
+    wait_mirror_state(&a, "fenced", PATIENCE);
+    wait_mirror_state(&b, "fenced", PATIENCE);
+    eprintln!("a: {}", a.rpc("mirror_status")[0]);
+    eprintln!("b: {}", b.rpc("mirror_status")[0]);
+    // a's host restarts: another boot id; the witness's answers reach it again.
+    let boot = root.path().join("boot_id-a");
+    std::fs::write(&boot, "6f1c9a52-0d3e-4b7a-9c11-2e5d8f4a7b60\n").unwrap();
+    a.kill();
+    let text = std::fs::read_to_string(&a.config).unwrap();
+    let text = text.replacen(
+        "[mirror]\n",
+        &format!("[mirror]\nboot_id_file='{}'\n", boot.display()),
+        1,
+    );
+    std::fs::write(&a.config, text).unwrap();
+    lossy.drop_replies.store(false, Ordering::SeqCst);
+    a.respawn_in_place();
+    let t = Instant::now();
+    if older_witness {
+        // The grant given back (plain): b's witness word shows nobody holding the group.
+        while !{
+            let st = b.rpc("mirror_status")[0]["witness"].clone();
+            st["holder"].is_null() && st["epoch"] == 1
+        } {
+            assert!(t.elapsed() < PATIENCE, "a never gave the grant back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("given back {:?} after a's restart", t.elapsed());
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(mirror_state(&b), "fenced", "b served on a stale request");
+        assert_eq!(
+            mirror_state(&a),
+            "fenced",
+            "a serves after its host restarted"
+        );
+        return;
+    }
+    wait_mirror_state(&b, "survivor", PATIENCE);
+    eprintln!("b survivor {:?} after a's restart", t.elapsed());
+    assert_eq!(
+        mirror_state(&a),
+        "fenced",
+        "a serves after its host restarted"
+    );
+    let mut c = Client::connect(b.addr, "vol0", false);
+    assert_eq!(c.read(0, 4096).unwrap(), data, "an acknowledged write lost");
 }
 
 /// As `nvmf_ana::linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed`, but site a comes

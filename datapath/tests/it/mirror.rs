@@ -1265,14 +1265,14 @@ fn cutting_the_link_under_load_with_sends_in_flight_leaves_identical_replicas() 
 
 /// A TCP relay from `listen` to `to` for the replication link; `cut` shuts every relayed
 /// connection down at once (both directions), as a network failure would.
-struct Relay {
+pub(crate) struct Relay {
     conns: Arc<std::sync::Mutex<Vec<TcpStream>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     cuts: usize,
 }
 
 impl Relay {
-    fn start(listen: &TcpListener, to: SocketAddr) -> Relay {
+    pub(crate) fn start(listen: &TcpListener, to: SocketAddr) -> Relay {
         let l = listen.try_clone().unwrap();
         l.set_nonblocking(true).unwrap();
         let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1307,7 +1307,7 @@ impl Relay {
         }
     }
 
-    fn cut(&mut self) {
+    pub(crate) fn cut(&mut self) {
         for s in self.conns.lock().unwrap().drain(..) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }

@@ -37,7 +37,8 @@ fn sealed(key_bytes: &[u8], mut d: &[u8]) -> Vec<(Vec<u8>, u16)> {
         h[0..4].copy_from_slice(&proto::MAGIC.to_le_bytes());
         h[4] = proto::VERSION;
         h[5] = ty;
-        h[6] = if d[2] & 0x80 != 0 { d[2] } else { d[2] & 1 };
+        // Flags: PREFERRED (bit 0) and UNUSED (bit 1) often, anything now and then.
+        h[6] = if d[2] & 0x80 != 0 { d[2] } else { d[2] & 3 };
         h[7] = if d[3] & 0x80 != 0 { d[3] } else { d[3] % 5 };
         h[8..12].copy_from_slice(&u32::from(d[4] % 4).to_le_bytes());
         h[12..16].copy_from_slice(&u32::from(d[5] % 4).to_le_bytes());

@@ -84,6 +84,7 @@ fn the_witness_ignores_forged_and_replayed_requests_even_across_a_restart() {
             body: Body::Release {
                 group: GroupId(5),
                 epoch: Epoch(1),
+                unused: false,
             },
         },
         &key(),

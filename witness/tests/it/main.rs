@@ -8,3 +8,4 @@ mod forgery;
 mod harness;
 mod race;
 mod slow_link;
+mod unused;

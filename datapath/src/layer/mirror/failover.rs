@@ -66,6 +66,18 @@ pub struct FailoverSlot {
     pub unsynced: std::sync::atomic::AtomicU32,
     /// Non-zero: give this epoch's grant back (the resync brought the peer up to date).
     pub release: AtomicU64,
+    /// Non-zero: the grant of this epoch, to be given back, was never served on (set with
+    /// `release` by a volume restored fenced for want of an answer, its host restarted since,
+    /// while every volume of the group was restored so: `unadoptable`): the failover thread
+    /// gives it back with the witness's `UNUSED` flag (docs/witness-protocol.md, "An unused
+    /// release"), so the peer's request at the epoch before it is not refused as stale.
+    /// Cleared by any volume of the group serving alone ([`FailoverSlot::serving_alone`]).
+    pub release_unused: AtomicU64,
+    /// Engines of the group restored fenced for want of an answer whose host restarted since
+    /// (their device may have lost writes: they never adopt the grant, restore.rs). Never
+    /// decremented: it says what the restored states prove (none served on the grant the
+    /// witness may hold for this site).
+    pub unadoptable: AtomicU32,
     /// Volumes of the group serving alone; the grant is given back when the last one is in
     /// sync again.
     pub survivors: std::sync::atomic::AtomicU32,
@@ -195,6 +207,7 @@ impl FailoverSlot {
     /// the survivor and then calls [`FailoverSlot::unclaim`]); false: nothing changed.
     pub fn claim_grant(&self, epoch: u64) -> bool {
         self.survivors.fetch_add(1, SeqCst);
+        self.serving_alone();
         self.epoch.fetch_max(epoch, SeqCst);
         let _ = self.release.compare_exchange(epoch, 0, SeqCst, SeqCst);
         let giving_back =
@@ -204,6 +217,18 @@ impl FailoverSlot {
             return false;
         }
         true
+    }
+
+    /// A volume of the group is about to serve alone (on any grant): no give-back of the
+    /// group is claimed unused from now on (`release_unused`).
+    pub fn serving_alone(&self) {
+        self.release_unused.store(0, SeqCst);
+    }
+
+    /// Whether the give-back of `epoch` may tell the witness the grant was never served on:
+    /// marked so (`release_unused`) and no volume of the group serves alone now.
+    pub fn release_is_unused(&self, epoch: u64) -> bool {
+        epoch != 0 && self.release_unused.load(SeqCst) == epoch && self.survivors.load(SeqCst) == 0
     }
 
     /// Drop the count [`FailoverSlot::claim_grant`] took.
@@ -254,6 +279,22 @@ pub fn verdict(is_me: bool, holder: u32, epoch: u64, held: u64) -> bool {
 pub fn release_wanted(slot: &FailoverSlot, epoch: u64) -> bool {
     !(slot.survivors.load(SeqCst) > 0 && slot.epoch.load(SeqCst) == epoch)
 }
+/// Whether the failover thread gives `epoch`'s grant back flagged `UNUSED`: the give-back is
+/// unused ([`FailoverSlot::release_is_unused`]) and the witness is not an older one, which
+/// drops the flag unanswered: one that answered a heartbeat (`beat_answered`) after an unused
+/// release of the group went unanswered (`dropped`) is taken as older, and the grant is given
+/// back plain (docs/witness-protocol.md, "An unused release": compatibility). A witness out of
+/// reach (no heartbeat answered since) keeps being sent the flag.
+pub fn send_unused(
+    slot: &FailoverSlot,
+    epoch: u64,
+    dropped: Option<std::time::Instant>,
+    beat_answered: Option<std::time::Instant>,
+) -> bool {
+    let older_witness = dropped.is_some_and(|t| beat_answered.is_some_and(|b| b > t));
+    slot.release_is_unused(epoch) && !older_witness
+}
+
 /// The failover thread decides whether to send the release of `epoch` ([`release_wanted`]),
 /// under `releasing` (cleared once the release is answered or given up): a volume adopting
 /// that grant meanwhile ([`FailoverSlot::claim_grant`]) either is counted before the
@@ -362,6 +403,11 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
     // A release the witness did not answer, retried every heartbeat interval: a grant left
     // held would make the witness deny the peer at the next loss.
     let mut retry: Vec<Option<(u64, std::time::Instant)>> = vec![None; groups.len()];
+    // When a release flagged unused went unanswered: if the witness answers a heartbeat after
+    // that, it is an older witness, which drops the flag (docs/witness-protocol.md, "An
+    // unused release"), and the release is sent plain from then on.
+    let mut unused_dropped: Vec<Option<std::time::Instant>> = vec![None; groups.len()];
+    let mut beat_answered: Option<std::time::Instant> = None;
     let mut was_in_sync = vec![false; groups.len()];
     // A grant answered that no volume may have taken yet (`unclaimed_grant`).
     let mut unclaimed: Vec<Option<(u64, bool)>> = vec![None; groups.len()];
@@ -397,8 +443,22 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             if epoch != 0 {
                 retry[i] = None;
                 client.set_timeout(cfg.request_timeout);
-                match client.release(*group, Epoch(epoch)) {
+                let unused = send_unused(slot, epoch, unused_dropped[i], beat_answered);
+                let answer = if unused {
+                    tracing::info!(volume = %name, epoch,
+                        "mirror: giving back a grant never served on (unused): the peer may be granted at the epoch before it");
+                    client.release_unused(*group, Epoch(epoch))
+                } else {
+                    client.release(*group, Epoch(epoch))
+                };
+                if unused {
+                    unused_dropped[i] = answer.is_err().then(std::time::Instant::now);
+                }
+                match answer {
                     Ok(outcome) => {
+                        let _ = slot
+                            .release_unused
+                            .compare_exchange(epoch, 0, SeqCst, SeqCst);
                         // The group's holder as the witness answered (none once released).
                         let (twinblk_witness::client::ReleaseOutcome::Released(view)
                         | twinblk_witness::client::ReleaseOutcome::NotHolder(view)) = outcome;
@@ -498,6 +558,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             client.set_timeout(cfg.heartbeat * 2);
             match client.heartbeat(&claims_now()) {
                 Ok(views) => {
+                    beat_answered = Some(std::time::Instant::now());
                     if !reachable {
                         tracing::info!("mirror: the witness is reachable again");
                     }
@@ -652,5 +713,44 @@ mod tests {
         s.survivors.store(1, SeqCst);
         assert!(!release_wanted(&s, 7), "a survivor serves on epoch 7");
         assert!(release_wanted(&s, 6), "an older grant");
+    }
+
+    #[test]
+    fn an_unused_release_an_older_witness_dropped_is_sent_again_plain() {
+        let s = FailoverSlot::default();
+        s.release_unused.store(4, SeqCst);
+        let t0 = std::time::Instant::now();
+        let later = t0 + std::time::Duration::from_millis(300);
+        assert!(send_unused(&s, 4, None, None));
+        assert!(send_unused(&s, 4, None, Some(t0)));
+        // Unanswered, and no heartbeat answered since: out of reach, keep the flag.
+        assert!(send_unused(&s, 4, Some(later), Some(t0)));
+        assert!(send_unused(&s, 4, Some(t0), None));
+        // A heartbeat answered after it: an older witness drops the flag; plain.
+        assert!(!send_unused(&s, 4, Some(t0), Some(later)));
+        assert!(!send_unused(&s, 5, None, None), "another epoch");
+    }
+
+    #[test]
+    fn a_give_back_is_unused_only_while_no_volume_of_the_group_served_alone_since() {
+        let s = FailoverSlot::default();
+        assert!(
+            !s.release_is_unused(0) && !s.release_is_unused(4),
+            "never marked"
+        );
+        s.release_unused.store(4, SeqCst);
+        assert!(s.release_is_unused(4));
+        assert!(!s.release_is_unused(5), "another epoch's give-back");
+        s.survivors.store(1, SeqCst);
+        assert!(!s.release_is_unused(4), "a volume serves alone");
+        s.survivors.store(0, SeqCst);
+        // A volume adopting that grant (or any) clears the mark for good: the grant's give-back
+        // after its resync is a plain one.
+        assert!(s.claim_grant(4));
+        s.unclaim();
+        assert!(!s.release_is_unused(4));
+        s.release_unused.store(4, SeqCst);
+        s.serving_alone();
+        assert!(!s.release_is_unused(4));
     }
 }

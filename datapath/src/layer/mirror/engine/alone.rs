@@ -114,6 +114,7 @@ impl Engine {
         if let Some(slot) = &self.cfg.failover {
             slot.survivors
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            slot.serving_alone();
         }
         self.set_mode(Mode::Survivor);
         // Nothing is acknowledged alone before the lost peer's read lease has certainly
@@ -754,9 +755,29 @@ impl Engine {
             if slot.watching.load(SeqCst) != 0 || slot.survivors.load(SeqCst) != 0 {
                 return; // another volume of the group may take it: left to it
             }
+            if slot.restored.load(SeqCst) < slot.members.load(SeqCst) {
+                // Another volume of the group, its state not restored yet, may be a survivor
+                // on this very grant (adopted before the power went, its writes acknowledged
+                // alone): given back under it, it would fence at its first word and its
+                // writes be given up. Looked at again at the next tick.
+                return;
+            }
             tracing::warn!(volume = %self.cfg.name, epoch,
                 "mirror: the witness holds the volume for this site, whose device may have lost writes since its fence (its host restarted); giving the grant back");
             self.given_back = epoch;
+            // Never served on, if every volume of the group was restored so (each state says
+            // fenced for want of an answer, and a survivor's state is durable before its first
+            // write acknowledged alone): the give-back says so (flag `UNUSED`), and the
+            // witness then grants the peer's request at the epoch before this grant, which it
+            // refused as stale before (docs/mirror-protocol.md, "A grant whose answer was
+            // lost").
+            let members = slot.members.load(SeqCst);
+            if members > 0
+                && slot.restored.load(SeqCst) >= members
+                && slot.unadoptable.load(SeqCst) >= members
+            {
+                slot.release_unused.store(epoch, SeqCst);
+            }
             slot.release.store(epoch, SeqCst);
         }
         self.unadoptable = false;

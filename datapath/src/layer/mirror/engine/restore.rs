@@ -164,6 +164,7 @@ impl Engine {
         {
             slot.survivors
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            slot.serving_alone();
             // The witness's answers are judged against the grant held (failover::verdict).
             slot.epoch
                 .store(p.epoch, std::sync::atomic::Ordering::SeqCst);
@@ -206,6 +207,10 @@ impl Engine {
             // naming it (`give_back_unadoptable`), so the peer, denied while it was held, asks
             // again and serves (its replica holds every acknowledged write).
             self.unadoptable = true;
+            if let Some(slot) = &self.cfg.failover {
+                slot.unadoptable
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
         }
         self.mode = mode;
         self.stats.set_mode(mode);

@@ -415,8 +415,11 @@ fn a_takeover_whose_answer_was_lost_is_adopted_as_one_after_a_restart() {
 /// served until the link returned).
 #[test]
 fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_the_grant() {
-    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE};
+    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE, decide_release};
     use std::sync::atomic::Ordering::SeqCst;
+    // The witness's own rules (not a stand-in): a's request is granted (its answer lost), b's
+    // denied while a holds the group, and b's second request answered as the witness would.
+    let mut wit = Witness::new();
     let dir = tempfile::tempdir().unwrap();
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
     let mut rng = Rng(151);
@@ -445,8 +448,14 @@ fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_
     break_link(&mut a, &mut b);
     let now = Instant::now();
     both_ask(&mut a, &mut b, &mut io, now);
+    assert_eq!(wit.ask(1, &sa), Some(1), "a's request is granted");
     sa.outcome.store(UNREACHABLE, SeqCst);
-    sb.publish_view(1, 1, 2);
+    assert_eq!(
+        wit.ask(2, &sb),
+        None,
+        "b's request is denied while a holds the group"
+    );
+    wit.show(&sb, 2);
     sb.outcome.store(DENIED, SeqCst);
     a.engine.tick(&mut io, now);
     b.engine.tick(&mut io, now);
@@ -459,10 +468,12 @@ fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_
     a.disk.borrow_mut().bytes = vec![0; SIZE as usize];
     a.engine.cfg.boot_id = 2;
     let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    sa2.members.store(1, SeqCst);
     a.engine.cfg.failover = Some(Arc::clone(&sa2));
     crash_and_restart(&mut a);
     // The witness's first word to the new process: a holds the group at epoch 1.
-    sa2.publish_view(1, 1, 1);
+    wit.show(&sa2, 1);
+    assert_eq!(sa2.view(), Some((true, 1, 1)));
     for _ in 0..3 {
         a.engine.tick(&mut io, Instant::now());
         while complete_one(&mut a, &mut io, &mut rng) {}
@@ -475,26 +486,40 @@ fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_
     );
     assert_eq!(b.disk.borrow().bytes[off as usize], w, "b keeps W");
     // a gives the grant back (kept, b stayed denied and nobody served until the link
-    // returned); b, denied while a held it, asks again once the witness shows it given back,
-    // is granted (a takeover: a gets every region), and serves with W.
+    // returned), flagged unused (its state proves it never served on it); b, denied while a
+    // held it, asks again once the witness shows it given back, at the epoch it knows (0,
+    // before a's grant: the witness refused it as stale after a plain give-back, and nobody
+    // served), is granted (a takeover: a gets every region), and serves with W.
     assert_eq!(
         sa2.release.load(SeqCst),
         1,
         "the grant held for a not given back"
     );
+    // (The failover thread's turn.)
+    let r = sa2.release.swap(0, SeqCst);
+    assert!(decide_release(&sa2, r));
+    assert!(
+        sa2.release_is_unused(r),
+        "the give-back is not flagged unused"
+    );
+    wit.release(1, &sa2, r, true);
+    sa2.releasing.store(0, SeqCst);
     sa.want.store(false, SeqCst);
     sb.want.store(false, SeqCst);
-    sb.publish_view(0, 1, 2);
+    wit.show(&sb, 2);
     let now = Instant::now();
     b.engine.tick(&mut io, now);
     b.engine.tick(&mut io, now);
     assert!(sb.want.swap(false, SeqCst), "b does not ask again");
-    sb.epoch.store(2, SeqCst);
-    sb.publish_view(2, 2, 2);
+    assert_eq!(
+        wit.ask(2, &sb),
+        Some(2),
+        "the witness refuses b's second request"
+    );
     sb.outcome.store(GRANTED, SeqCst);
     b.engine.tick(&mut io, now);
     assert_eq!(b.engine.mode(), Mode::Survivor);
-    sa2.publish_view(2, 2, 1);
+    wit.show(&sa2, 1);
     a.engine.tick(&mut io, now);
     meet(&mut a, &mut b, &mut io);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
@@ -510,6 +535,150 @@ fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_
         a.disk.borrow().bytes == b.disk.borrow().bytes,
         "replicas differ after the resync"
     );
+}
+
+/// The witness's rules (`twinblk_witness::state::Arbiter`) driven as each site's failover
+/// thread would, for group `GROUP` of these tests' sites 1 (a) and 2 (b).
+struct Witness {
+    rules: twinblk_witness::state::Arbiter,
+    counter: u64,
+}
+
+impl Witness {
+    const GROUP: twinblk_witness::GroupId = twinblk_witness::GroupId(7);
+
+    fn new() -> Self {
+        let rules = twinblk_witness::state::Arbiter::new(
+            twinblk_witness::state::Table::default(),
+            Duration::ZERO,
+            Instant::now(),
+        );
+        Witness { rules, counter: 0 }
+    }
+
+    fn send(
+        &mut self,
+        site: u32,
+        body: twinblk_witness::proto::Body,
+    ) -> twinblk_witness::proto::Body {
+        self.counter += 1;
+        let msg = twinblk_witness::proto::Msg {
+            site: twinblk_witness::SiteId::new(site).expect("site"),
+            counter: self.counter,
+            body,
+        };
+        match self.rules.handle(Instant::now(), &msg) {
+            twinblk_witness::state::Outcome::Answer { body, .. } => body,
+            other => panic!("no answer: {other:?}"),
+        }
+    }
+
+    /// The thread's plain request (at its known epoch, raised to the learned one), its answer
+    /// stored as the thread stores it when it is a grant: the granted epoch, or `None`.
+    fn ask(
+        &mut self,
+        site: u32,
+        slot: &crate::layer::mirror::failover::FailoverSlot,
+    ) -> Option<u64> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let known = slot
+            .known_epoch
+            .load(SeqCst)
+            .max(slot.learned_epoch.load(SeqCst));
+        slot.asked_epoch.store(known, SeqCst);
+        let body = twinblk_witness::proto::Body::GrantRequest {
+            group: Self::GROUP,
+            known: twinblk_witness::Epoch(known),
+            preferred: false,
+        };
+        match self.send(site, body) {
+            twinblk_witness::proto::Body::Grant { view } => {
+                slot.epoch.store(view.epoch.0, SeqCst);
+                slot.known_epoch.store(view.epoch.0, SeqCst);
+                slot.publish_view(site, view.epoch.0, site);
+                Some(view.epoch.0)
+            }
+            _ => None,
+        }
+    }
+
+    fn release(
+        &mut self,
+        site: u32,
+        slot: &crate::layer::mirror::failover::FailoverSlot,
+        epoch: u64,
+        unused: bool,
+    ) {
+        let body = twinblk_witness::proto::Body::Release {
+            group: Self::GROUP,
+            epoch: twinblk_witness::Epoch(epoch),
+            unused,
+        };
+        match self.send(site, body) {
+            twinblk_witness::proto::Body::State { view, .. } => {
+                slot.publish_view(view.holder.map_or(0, |h| h.get()), view.epoch.0, site)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The witness's word (a heartbeat's view) to `site`.
+    fn show(&self, slot: &crate::layer::mirror::failover::FailoverSlot, site: u32) {
+        let v = self.rules.view(Self::GROUP);
+        slot.publish_view(v.holder.map_or(0, |h| h.get()), v.epoch.0, site);
+    }
+}
+
+/// As `a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_the_grant`,
+/// a's volume x in a group of two (one failover slot), x's engine restored before the other
+/// volume's. x gives the grant back only once every engine of the group restored its state
+/// (the other may be a survivor on that grant, adopted before the power went: given back
+/// under it, its writes acknowledged alone would be given up; before, x gave it back at its
+/// first tick), and flagged unused only when every volume of the group was restored fenced for
+/// want of an answer with its host restarted (`FailoverSlot::unadoptable`): only then do the
+/// states prove that nobody served on it.
+#[test]
+fn a_grant_is_given_back_unused_only_when_every_volume_of_the_group_proves_it_unused() {
+    use crate::layer::mirror::failover::FailoverSlot;
+    use std::sync::atomic::Ordering::SeqCst;
+    for other_unadoptable in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, _b, _sb, mut io, mut rng, _slot) =
+            a_granted_unanswered_b_denied(193, dir.path());
+        a.engine.cfg.boot_id = 2;
+        let sa2 = Arc::new(FailoverSlot::default());
+        sa2.members.store(2, SeqCst);
+        a.engine.cfg.failover = Some(Arc::clone(&sa2));
+        crash_and_restart(&mut a);
+        assert_eq!(
+            (sa2.restored.load(SeqCst), sa2.unadoptable.load(SeqCst)),
+            (1, 1)
+        );
+        sa2.publish_view(1, 1, 1);
+        for _ in 0..3 {
+            a.engine.tick(&mut io, Instant::now());
+            while complete_one(&mut a, &mut io, &mut rng) {}
+        }
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        assert_eq!(
+            sa2.release.load(SeqCst),
+            0,
+            "given back before the group's other volume restored its state"
+        );
+        // The other volume's engine restores its state: fenced for want of an answer with its
+        // host restarted too, or anything else.
+        if other_unadoptable {
+            sa2.unadoptable.fetch_add(1, SeqCst);
+        }
+        sa2.restored.fetch_add(1, SeqCst);
+        a.engine.tick(&mut io, Instant::now());
+        assert_eq!(sa2.release.load(SeqCst), 1, "the grant is not given back");
+        assert_eq!(
+            sa2.release_is_unused(1),
+            other_unadoptable,
+            "unused (other volume unadoptable: {other_unadoptable})"
+        );
+    }
 }
 
 /// Two sites with state files, in sync at the group's epoch 3 (a grant and its release
