@@ -684,6 +684,21 @@ impl Engine {
             return;
         }
         let takeover = takeover || slot.takeover_at(epoch);
+        if self.mode == Mode::Fenced && !takeover && !self.witness.may_adopt(epoch) {
+            // Fenced for want of an answer, and the grant named now is above any its lost
+            // request could have won: a grant came between (another site's, given back
+            // without resyncing this volume), and this one is another volume's of the group,
+            // asked at the epoch that volume taught. This replica misses that grant's writes:
+            // fenced, as when such a grant is answered to it (`failover_tick`); the grant is
+            // left to the volume that asked it, or given back (`give_back_unadoptable`) when
+            // none serves on it. Before, it was adopted and this volume served stale data.
+            tracing::error!(volume = %self.cfg.name, epoch, complete = self.witness.complete(),
+                "mirror: the witness holds the group for this site at an epoch above this volume's replica; fenced");
+            self.fence("the group's grant is newer than this volume's replica");
+            self.unadoptable = true;
+            self.publish_watching(slot);
+            return;
+        }
         if self.mode != Mode::Mirroring && !slot.claim_grant(epoch) {
             // Another volume of the group is giving this grant back: left alone (looked at
             // again at the next tick, with the witness's newer word).

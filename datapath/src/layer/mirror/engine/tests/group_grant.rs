@@ -360,6 +360,10 @@ fn a_site_restarted_fenced_gives_back_only_a_grant_held_when_it_came_in_sync() {
         bx.engine.tick(&mut io, now);
         assert_eq!(bx.engine.mode(), Mode::Fenced);
         let e = if x_first { 3 } else { 2 };
+        // (x was in sync at e - 1 when its link went: the grant its request won is at e, one
+        // above, as the witness grants; a grant further above came between, and x, missing
+        // its writes, never adopts it: `a_volume_fenced_for_want_of_an_answer_never_adopts_a_grant_newer_than_its_replica`.)
+        bx.engine.witness.complete_at(e - 1);
         sb.publish_view(2, e, 2);
         // The ticks, and the failover thread's release decision between them.
         let thread = |sb: &crate::layer::mirror::failover::FailoverSlot| {
@@ -1108,5 +1112,69 @@ fn a_volume_denied_before_another_taught_the_groups_epoch_never_serves_on_the_ne
         by.engine.mode(),
         Mode::Survivor,
         "y serves alone at b without a's writes at epoch 1"
+    );
+}
+
+/// As `a_volume_denied_before_another_taught_the_groups_epoch_never_serves_on_the_next_grant`,
+/// but y at b fenced for want of an answer (the witness out of reach for its request's
+/// deadline: it granted nothing) instead of denied, and its reactor stalled while the
+/// witness's word named nobody (a gave its grant back without resyncing y): the next word it
+/// sees names b the group's holder at epoch 2, a grant x asked at 1 (which x taught) and serves
+/// on. y must not take that grant for the one its lost request may have won: its replica was
+/// complete only at 0, and a's grant at 1 came between. Failed before (4145b52 judged only a
+/// grant answered to y's request, not one adopted from the witness's word): y adopted the
+/// grant and served without a's writes at epoch 1.
+#[test]
+fn a_volume_fenced_for_want_of_an_answer_never_adopts_a_grant_newer_than_its_replica() {
+    use crate::layer::mirror::failover::{GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut ax, mut bx, mut io) = lose_peer(true);
+    let mut rng = Rng(167);
+    let mut slot = 0;
+    let sb = bx.engine.cfg.failover.clone().unwrap();
+    let (_ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    by.engine.cfg.failover = Some(Arc::clone(&sb));
+    let now = Instant::now();
+    by.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "y does not ask");
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    by.engine.tick(&mut io, now);
+    assert_eq!(
+        (bx.engine.mode(), by.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    // The witness's word since: a holds the group at 1.
+    sb.publish_view(1, 1, 2);
+    by.engine.tick(&mut io, now);
+    bx.engine.tick(&mut io, now);
+    assert_eq!(by.engine.mode(), Mode::Fenced);
+    meet(&mut ax, &mut bx, &mut io);
+    run_until_in_sync(&mut ax, &mut bx, &mut io, &mut rng);
+    assert_eq!(bx.engine.mode(), Mode::Mirroring);
+    assert_eq!(sb.learned_epoch.load(SeqCst), 1, "x in sync at 1");
+    // a gives epoch 1 back without resyncing y, and is lost; y's reactor stalls meanwhile.
+    break_link(&mut ax, &mut bx);
+    sb.publish_view(0, 1, 2);
+    let now = Instant::now();
+    bx.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "x does not ask");
+    // (The failover thread asks at 1, which x taught, and is granted 2.)
+    sb.asked_epoch.store(1, SeqCst);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    for _ in 0..3 {
+        bx.engine.tick(&mut io, now);
+        by.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (bx.engine.mode(), bx.engine.grant_epoch),
+        (Mode::Survivor, 2),
+        "x, in sync at 1, does not serve on the grant"
+    );
+    assert_ne!(
+        by.engine.mode(),
+        Mode::Survivor,
+        "y adopted the group's grant and serves alone at b without a's writes at epoch 1"
     );
 }
