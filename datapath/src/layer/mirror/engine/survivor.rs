@@ -141,8 +141,8 @@ impl Witness {
         self.restored
     }
 
-    /// The link went down: the next loss asks again. `in_sync_at`: the site's known epoch
-    /// if this volume was mirroring in sync until now (its replica then held every write of
+    /// The link went down: the next loss asks again. `in_sync_at`: the group's epoch the site
+    /// knows or learned (`learned_epoch`) if this volume was mirroring in sync until now (its replica then held every write of
     /// that epoch's grants), else `None`.
     pub(super) fn link_lost(&mut self, in_sync_at: Option<u64>) {
         self.asked = false;

@@ -1178,3 +1178,54 @@ fn a_volume_fenced_for_want_of_an_answer_never_adopts_a_grant_newer_than_its_rep
         "y adopted the group's grant and serves alone at b without a's writes at epoch 1"
     );
 }
+
+/// A volume mirroring in sync when its link goes holds every write of the grants up to the
+/// epoch its site learned, also one another volume of the group taught by its RESYNC_DONE
+/// (`learned_epoch`) before the failover thread took it as known: the failover thread asks
+/// at that epoch. Its request's answer lost, the volume fenced for want of it must adopt the
+/// grant won (one above), as any lost grant of its own. Failed with 3007fd7's adoption rule
+/// alone (the volume's completeness was the known epoch only: fenced, and its peer, denied
+/// while this site held the group, fenced too); 4145b52's rule for an answered grant had the
+/// same gap.
+#[test]
+fn a_volume_in_sync_when_its_link_went_adopts_the_grant_asked_at_the_epoch_another_volume_taught()
+{
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(171);
+    let mut slot = 0;
+    let (mut a, _sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    for _ in 0..10 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    deliver(&mut a, &mut b, &mut io, 5);
+    deliver(&mut b, &mut a, &mut io, 5);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    // Another volume of b's group finished its resync from a's grant at 1 (not known yet).
+    sb.publish_view(0, 1, 2);
+    sb.learned_epoch.store(1, SeqCst);
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask");
+    // (Asked at 1; the witness grants it at 2, and the answer is lost.)
+    sb.asked_epoch.store(1, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    for _ in 0..2 {
+        b.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (b.engine.mode(), b.engine.grant_epoch),
+        (Mode::Survivor, 2),
+        "b, in sync when its link went, does not serve on the grant its lost request won"
+    );
+}
