@@ -683,8 +683,12 @@ impl Engine {
             // stayed fenced, as its peer, denied while this site held the group.
             return;
         }
+        // (An operator's takeover asked by this volume, not one asked again after a give-back,
+        // which is kept as a takeover only for the regions it copies, nor the group's mark,
+        // which such a request's answer sets too: as for an answered grant, `failover_tick`.)
+        let operators = takeover && !self.unanswered_retried;
         let takeover = takeover || slot.takeover_at(epoch);
-        if self.mode == Mode::Fenced && !takeover && !self.witness.may_adopt(epoch) {
+        if self.mode == Mode::Fenced && !operators && !self.witness.may_adopt(epoch) {
             // Fenced for want of an answer, and the grant named now is above any its lost
             // request could have won: a grant came between (another site's, given back
             // without resyncing this volume), and this one is another volume's of the group,

@@ -1229,3 +1229,57 @@ fn a_volume_in_sync_when_its_link_went_adopts_the_grant_asked_at_the_epoch_anoth
         "b, in sync when its link went, does not serve on the grant its lost request won"
     );
 }
+
+/// As `a_volume_denied_before_another_taught_the_groups_epoch_never_serves_on_the_next_grant`,
+/// but the answer to y's second request (asked at 1, which x taught, once a gave its grant
+/// back) is lost: the witness granted it at 2. y, fenced for want of that answer, must not
+/// adopt the grant from the witness's word either: its replica was complete only at 0 (the
+/// answered grant fences it, 4145b52). 3007fd7 skipped its rule for a request asked again
+/// after a give-back (kept as a takeover's, for the regions it copies), not only for an
+/// operator's takeover: y adopted the grant and served without a's writes at epoch 1.
+#[test]
+fn a_volume_whose_second_request_was_lost_never_adopts_a_grant_newer_than_its_replica() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut ax, mut bx, mut io) = lose_peer(true);
+    let mut rng = Rng(173);
+    let mut slot = 0;
+    let sb = bx.engine.cfg.failover.clone().unwrap();
+    let (_ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    by.engine.cfg.failover = Some(Arc::clone(&sb));
+    let now = Instant::now();
+    by.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "y does not ask");
+    sb.publish_view(1, 1, 2);
+    sb.outcome.store(DENIED, SeqCst);
+    by.engine.tick(&mut io, now);
+    bx.engine.tick(&mut io, now);
+    assert_eq!(
+        (bx.engine.mode(), by.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    meet(&mut ax, &mut bx, &mut io);
+    run_until_in_sync(&mut ax, &mut bx, &mut io, &mut rng);
+    assert_eq!(bx.engine.mode(), Mode::Mirroring);
+    assert_eq!(sb.learned_epoch.load(SeqCst), 1, "x in sync at 1");
+    // a gives epoch 1 back without resyncing y; x's link stays up.
+    sb.publish_view(0, 1, 2);
+    let now = Instant::now();
+    by.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "y does not ask again");
+    // (Asked at 1, which x taught; granted at 2, the answer lost.)
+    sb.asked_epoch.store(1, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    by.engine.tick(&mut io, now);
+    assert_eq!(by.engine.mode(), Mode::Fenced);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    for _ in 0..3 {
+        by.engine.tick(&mut io, now);
+    }
+    assert_ne!(
+        by.engine.mode(),
+        Mode::Survivor,
+        "y adopted the grant its second request won and serves alone at b without a's writes at epoch 1"
+    );
+}
