@@ -764,7 +764,7 @@ impl Engine {
                 return; // another volume of the group may take it: left to it
             }
             tracing::warn!(volume = %self.cfg.name, epoch,
-                "mirror: the witness holds the volume for this site, whose device may have lost writes since its fence (its host restarted); giving the grant back");
+                "mirror: the witness holds the volume for this site, whose replica may miss acknowledged writes (its host restarted since its fence, or a grant came between); giving the grant back");
             self.given_back = epoch;
             slot.release.store(epoch, SeqCst);
         }
