@@ -1283,3 +1283,55 @@ fn a_volume_whose_second_request_was_lost_never_adopts_a_grant_newer_than_its_re
         "y adopted the grant its second request won and serves alone at b without a's writes at epoch 1"
     );
 }
+
+/// As `a_volume_in_sync_when_its_link_went_adopts_the_grant_asked_at_the_epoch_another_volume_taught`,
+/// but the witness granted nothing to the lost request (out of reach for its deadline): its
+/// word then names nobody at 1, the volume asks once more (at 1, as the failover thread does
+/// with the epoch learned) and is answered with the grant at 2. In sync when its link went,
+/// it must serve on it (4145b52's rule took its completeness from the known epoch only, 0:
+/// fenced, the grant given back, and the peer, fenced too, never served).
+#[test]
+fn a_volume_in_sync_when_its_link_went_serves_on_the_grant_answered_to_its_second_request() {
+    use crate::layer::mirror::failover::{GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(179);
+    let mut slot = 0;
+    let (mut a, _sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    for _ in 0..10 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    deliver(&mut a, &mut b, &mut io, 5);
+    deliver(&mut b, &mut a, &mut io, 5);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    // Another volume of b's group finished its resync from a's grant at 1 (not known yet).
+    sb.publish_view(0, 1, 2);
+    sb.learned_epoch.store(1, SeqCst);
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask");
+    sb.asked_epoch.store(1, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    // The witness's word: nobody holds the group at 1.
+    sb.publish_view(0, 1, 2);
+    b.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask again");
+    sb.asked_epoch.store(1, SeqCst);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(
+        (b.engine.mode(), b.engine.grant_epoch),
+        (Mode::Survivor, 2),
+        "b, in sync when its link went, does not serve on the grant answered to it"
+    );
+}
