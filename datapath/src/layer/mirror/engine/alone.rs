@@ -694,7 +694,26 @@ impl Engine {
             // stayed fenced, as its peer, denied while this site held the group.
             return;
         }
+        // (An operator's takeover asked by this volume, not one asked again after a give-back,
+        // which is kept as a takeover only for the regions it copies, nor the group's mark,
+        // which such a request's answer sets too: as for an answered grant, `failover_tick`.)
+        let operators = takeover && !self.unanswered_retried;
         let takeover = takeover || slot.takeover_at(epoch);
+        if self.mode == Mode::Fenced && !operators && !self.witness.may_adopt(epoch) {
+            // Fenced for want of an answer, and the grant named now is above any its lost
+            // request could have won: a grant came between (another site's, given back
+            // without resyncing this volume), and this one is another volume's of the group,
+            // asked at the epoch that volume taught. This replica misses that grant's writes:
+            // fenced, as when such a grant is answered to it (`failover_tick`); the grant is
+            // left to the volume that asked it, or given back (`give_back_unadoptable`) when
+            // none serves on it. Before, it was adopted and this volume served stale data.
+            tracing::error!(volume = %self.cfg.name, epoch, complete = self.witness.complete(),
+                "mirror: the witness holds the group for this site at an epoch above this volume's replica; fenced");
+            self.fence("the group's grant is newer than this volume's replica");
+            self.unadoptable = true;
+            self.publish_watching(slot);
+            return;
+        }
         if self.mode != Mode::Mirroring && !slot.claim_grant(epoch) {
             // Another volume of the group is giving this grant back: left alone (looked at
             // again at the next tick, with the witness's newer word).
@@ -763,7 +782,7 @@ impl Engine {
                 return;
             }
             tracing::warn!(volume = %self.cfg.name, epoch,
-                "mirror: the witness holds the volume for this site, whose device may have lost writes since its fence (its host restarted); giving the grant back");
+                "mirror: the witness holds the volume for this site, whose replica may miss acknowledged writes (its host restarted since its fence, or a grant came between); giving the grant back");
             self.given_back = epoch;
             // Never served on, if every volume of the group was restored so (each state says
             // fenced for want of an answer, and a survivor's state is durable before its first

@@ -83,10 +83,16 @@ impl Engine {
             }
             _ => {}
         }
+        // In sync until now, this replica holds every write of the grants up to the group's
+        // epoch: the known one, and one another volume's RESYNC_DONE taught the site
+        // (`learned_epoch`, at which the failover thread asks before it takes it as known).
         let in_sync_at = (self.mode == Mode::Mirroring)
             .then_some(self.cfg.failover.as_ref())
             .flatten()
-            .map(|s| s.known_epoch.load(std::sync::atomic::Ordering::SeqCst));
+            .map(|s| {
+                use std::sync::atomic::Ordering::SeqCst;
+                s.known_epoch.load(SeqCst).max(s.learned_epoch.load(SeqCst))
+            });
         self.witness.link_lost(in_sync_at);
         self.peer_unflushed.session_ended();
         self.fail_held();

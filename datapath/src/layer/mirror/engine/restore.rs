@@ -198,6 +198,12 @@ impl Engine {
             self.unanswered_retried = takeover;
             self.witness.restored_unanswered();
             self.witness.complete_at(p.epoch);
+            if p.epoch == 0 {
+                // (Not saved: a file of an earlier version. Its lost grant is adopted whatever
+                // its epoch, as that version did: refused, it would sit at the witness, the
+                // peer denied, and neither site serve.)
+                self.witness.complete_not_known();
+            }
             if let Some(slot) = &self.cfg.failover {
                 slot.learned_epoch
                     .fetch_max(p.epoch, std::sync::atomic::Ordering::SeqCst);

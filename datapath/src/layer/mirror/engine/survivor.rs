@@ -86,6 +86,11 @@ pub(super) struct Witness {
     /// mirrored in session (or restored with a fence for want of an answer), or the grant
     /// epoch of its own last RESYNC_DONE, or a grant it served on ([`Witness::complete_at`]).
     complete: u64,
+    /// `complete` is not known: restored fenced for want of an answer from a state file
+    /// that did not save it (epoch 0: written before 1166a25, or never in sync at a known
+    /// epoch). A lost grant is then adopted whatever its epoch, as before
+    /// ([`Witness::may_adopt`]).
+    complete_unknown: bool,
 }
 
 impl Witness {
@@ -136,14 +141,15 @@ impl Witness {
         self.restored
     }
 
-    /// The link went down: the next loss asks again. `in_sync_at`: the site's known epoch
-    /// if this volume was mirroring in sync until now (its replica then held every write of
+    /// The link went down: the next loss asks again. `in_sync_at`: the group's epoch the site
+    /// knows or learned (`learned_epoch`) if this volume was mirroring in sync until now (its replica then held every write of
     /// that epoch's grants), else `None`.
     pub(super) fn link_lost(&mut self, in_sync_at: Option<u64>) {
         self.asked = false;
         self.answered = false;
         if let Some(e) = in_sync_at {
             self.complete = self.complete.max(e);
+            self.complete_unknown = false;
         }
     }
 
@@ -151,6 +157,22 @@ impl Witness {
     /// resync from that grant's holder completed, or it serves on that grant, or restored).
     pub(super) fn complete_at(&mut self, epoch: u64) {
         self.complete = self.complete.max(epoch);
+    }
+
+    /// Restored fenced for want of an answer with no epoch saved (see `complete_unknown`).
+    pub(super) fn complete_not_known(&mut self) {
+        self.complete_unknown = true;
+    }
+
+    /// Whether a grant at `epoch` the witness's word names this site the holder of may be
+    /// the one a request of this volume's, its answer lost, won (`adopt_lost_grant`): that
+    /// request was asked at an epoch at which its replica was complete, and the witness grants
+    /// a request asked at `k` at `k + 1` (docs/witness-protocol.md). Above, a grant came
+    /// between whose writes this replica misses (another site's, given back without resyncing
+    /// this volume), and the group's grant named now was asked by another volume of the group
+    /// at the epoch it taught: as with an answered grant ([`Witness::complete_for`]).
+    pub(super) fn may_adopt(&self, epoch: u64) -> bool {
+        self.complete_unknown || epoch <= self.complete.saturating_add(1)
     }
 
     /// Whether this volume may serve on the group's grant answered to a plain request asked

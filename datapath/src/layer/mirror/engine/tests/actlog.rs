@@ -704,3 +704,61 @@ fn a_fenced_leader_whose_host_restarted_never_reconciles_its_stale_copy_over_the
         );
     }
 }
+
+/// As `a_fenced_leader_whose_host_restarted_never_reconciles_its_stale_copy_over_the_peer`,
+/// but the site restarted after its power loss is stopped cleanly (and started again in the
+/// same boot) before its peer comes back: still state 6, its suspect regions kept, and its
+/// stale copy never wins. (40e2dc8 read the power loss only from a state file written by an
+/// unclean stop; the clean stop saved flags bit 2 but the next start ignored it for a fenced
+/// site: it announced state 2, and two fenced sites reconcile from the leader.)
+#[test]
+fn a_fenced_site_whose_host_restarted_stays_state_6_across_a_clean_stop() {
+    for lost in [Role::Leader, Role::Follower] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+        let (off, w) = (3 * EXTENT, 0xA7);
+        {
+            let durable = if lost == Role::Leader {
+                a.disk.borrow().bytes.clone()
+            } else {
+                b.disk.borrow().bytes.clone()
+            };
+            write_at(&mut a, &mut io, &mut slot, off, w, 4096);
+            run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+            collect(&mut a);
+            assert_eq!((a.ok, a.outstanding), (2, 0), "W acknowledged");
+            for s in [&mut a, &mut b] {
+                s.engine.link_down("test");
+                s.engine.fence("test: no grant");
+                assert!(s.engine.wait_persisted());
+            }
+            let down = if lost == Role::Leader { &mut a } else { &mut b };
+            down.disk.borrow_mut().bytes = durable;
+            down.engine.cfg.boot_id = 2;
+            crash_and_restart(down);
+            assert_eq!(down.engine.replica_state(), 6, "{lost:?}: after the power loss");
+            let suspect = down.engine.suspect_bytes();
+            // A clean stop, and a start in the same boot, before the peer is back.
+            stop_and_restart(down);
+            assert_eq!(
+                down.engine.replica_state(),
+                6,
+                "{lost:?}: the power loss forgotten across a clean stop"
+            );
+            assert!(down.engine.suspect_bytes() >= suspect, "{lost:?}: suspect regions lost");
+        }
+        reconnect(&mut a, &mut b, &mut io);
+        pump(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        for (s, name) in [(&a, "a"), (&b, "b")] {
+            let d = s.disk.borrow();
+            assert!(
+                d.bytes[off as usize..off as usize + 4096]
+                    .iter()
+                    .all(|&x| x == w),
+                "{lost:?} lost its power while fenced: the acknowledged W is gone at {name}"
+            );
+        }
+        assert!(same_replicas(&a, &b), "{lost:?}: replicas differ");
+    }
+}

@@ -657,6 +657,11 @@ fn a_lost_answer_to_a_request_asked_again_after_a_give_back_is_adopted_as_a_take
         sa.want.store(false, SeqCst);
         let now = Instant::now();
         // Denied while b (site 2) held epoch 3; the witness's word then shows it given back.
+        // (a's replica complete at 3: b, holding 3, had resynced it and fail-stopped before
+        // giving 3 back, the case a request asked again is for; asked at 3, granted at 4.
+        // Complete at less, a grant at 4 is not one a's request could win: never adopted,
+        // `group_grant::a_volume_whose_second_request_was_lost_never_adopts_a_grant_newer_than_its_replica`.)
+        a.engine.witness.complete_at(3);
         a.engine.denied_by = Some((3, sa.view_seq.load(SeqCst)));
         sa.publish_view(0, 3, 1);
         a.engine.tick(&mut io, now);

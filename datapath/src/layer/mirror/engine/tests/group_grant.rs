@@ -360,6 +360,10 @@ fn a_site_restarted_fenced_gives_back_only_a_grant_held_when_it_came_in_sync() {
         bx.engine.tick(&mut io, now);
         assert_eq!(bx.engine.mode(), Mode::Fenced);
         let e = if x_first { 3 } else { 2 };
+        // (x was in sync at e - 1 when its link went: the grant its request won is at e, one
+        // above, as the witness grants; a grant further above came between, and x, missing
+        // its writes, never adopts it: `a_volume_fenced_for_want_of_an_answer_never_adopts_a_grant_newer_than_its_replica`.)
+        bx.engine.witness.complete_at(e - 1);
         sb.publish_view(2, e, 2);
         // The ticks, and the failover thread's release decision between them.
         let thread = |sb: &crate::layer::mirror::failover::FailoverSlot| {
@@ -1108,6 +1112,226 @@ fn a_volume_denied_before_another_taught_the_groups_epoch_never_serves_on_the_ne
         by.engine.mode(),
         Mode::Survivor,
         "y serves alone at b without a's writes at epoch 1"
+    );
+}
+
+/// As `a_volume_denied_before_another_taught_the_groups_epoch_never_serves_on_the_next_grant`,
+/// but y at b fenced for want of an answer (the witness out of reach for its request's
+/// deadline: it granted nothing) instead of denied, and its reactor stalled while the
+/// witness's word named nobody (a gave its grant back without resyncing y): the next word it
+/// sees names b the group's holder at epoch 2, a grant x asked at 1 (which x taught) and serves
+/// on. y must not take that grant for the one its lost request may have won: its replica was
+/// complete only at 0, and a's grant at 1 came between. Failed before (4145b52 judged only a
+/// grant answered to y's request, not one adopted from the witness's word): y adopted the
+/// grant and served without a's writes at epoch 1.
+#[test]
+fn a_volume_fenced_for_want_of_an_answer_never_adopts_a_grant_newer_than_its_replica() {
+    use crate::layer::mirror::failover::{GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut ax, mut bx, mut io) = lose_peer(true);
+    let mut rng = Rng(167);
+    let mut slot = 0;
+    let sb = bx.engine.cfg.failover.clone().unwrap();
+    let (_ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    by.engine.cfg.failover = Some(Arc::clone(&sb));
+    let now = Instant::now();
+    by.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "y does not ask");
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    by.engine.tick(&mut io, now);
+    assert_eq!(
+        (bx.engine.mode(), by.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    // The witness's word since: a holds the group at 1.
+    sb.publish_view(1, 1, 2);
+    by.engine.tick(&mut io, now);
+    bx.engine.tick(&mut io, now);
+    assert_eq!(by.engine.mode(), Mode::Fenced);
+    meet(&mut ax, &mut bx, &mut io);
+    run_until_in_sync(&mut ax, &mut bx, &mut io, &mut rng);
+    assert_eq!(bx.engine.mode(), Mode::Mirroring);
+    assert_eq!(sb.learned_epoch.load(SeqCst), 1, "x in sync at 1");
+    // a gives epoch 1 back without resyncing y, and is lost; y's reactor stalls meanwhile.
+    break_link(&mut ax, &mut bx);
+    sb.publish_view(0, 1, 2);
+    let now = Instant::now();
+    bx.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "x does not ask");
+    // (The failover thread asks at 1, which x taught, and is granted 2.)
+    sb.asked_epoch.store(1, SeqCst);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    for _ in 0..3 {
+        bx.engine.tick(&mut io, now);
+        by.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (bx.engine.mode(), bx.engine.grant_epoch),
+        (Mode::Survivor, 2),
+        "x, in sync at 1, does not serve on the grant"
+    );
+    assert_ne!(
+        by.engine.mode(),
+        Mode::Survivor,
+        "y adopted the group's grant and serves alone at b without a's writes at epoch 1"
+    );
+}
+
+/// A volume mirroring in sync when its link goes holds every write of the grants up to the
+/// epoch its site learned, also one another volume of the group taught by its RESYNC_DONE
+/// (`learned_epoch`) before the failover thread took it as known: the failover thread asks
+/// at that epoch. Its request's answer lost, the volume fenced for want of it must adopt the
+/// grant won (one above), as any lost grant of its own. Failed with 3007fd7's adoption rule
+/// alone (the volume's completeness was the known epoch only: fenced, and its peer, denied
+/// while this site held the group, fenced too); 4145b52's rule for an answered grant had the
+/// same gap.
+#[test]
+fn a_volume_in_sync_when_its_link_went_adopts_the_grant_asked_at_the_epoch_another_volume_taught() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(171);
+    let mut slot = 0;
+    let (mut a, _sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    for _ in 0..10 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    deliver(&mut a, &mut b, &mut io, 5);
+    deliver(&mut b, &mut a, &mut io, 5);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    // Another volume of b's group finished its resync from a's grant at 1 (not known yet).
+    sb.publish_view(0, 1, 2);
+    sb.learned_epoch.store(1, SeqCst);
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask");
+    // (Asked at 1; the witness grants it at 2, and the answer is lost.)
+    sb.asked_epoch.store(1, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    for _ in 0..2 {
+        b.engine.tick(&mut io, now);
+    }
+    assert_eq!(
+        (b.engine.mode(), b.engine.grant_epoch),
+        (Mode::Survivor, 2),
+        "b, in sync when its link went, does not serve on the grant its lost request won"
+    );
+}
+
+/// As `a_volume_denied_before_another_taught_the_groups_epoch_never_serves_on_the_next_grant`,
+/// but the answer to y's second request (asked at 1, which x taught, once a gave its grant
+/// back) is lost: the witness granted it at 2. y, fenced for want of that answer, must not
+/// adopt the grant from the witness's word either: its replica was complete only at 0 (the
+/// answered grant fences it, 4145b52). 3007fd7 skipped its rule for a request asked again
+/// after a give-back (kept as a takeover's, for the regions it copies), not only for an
+/// operator's takeover: y adopted the grant and served without a's writes at epoch 1.
+#[test]
+fn a_volume_whose_second_request_was_lost_never_adopts_a_grant_newer_than_its_replica() {
+    use crate::layer::mirror::failover::{DENIED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (mut ax, mut bx, mut io) = lose_peer(true);
+    let mut rng = Rng(173);
+    let mut slot = 0;
+    let sb = bx.engine.cfg.failover.clone().unwrap();
+    let (_ay, _, mut by, _) = traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    by.engine.cfg.failover = Some(Arc::clone(&sb));
+    let now = Instant::now();
+    by.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "y does not ask");
+    sb.publish_view(1, 1, 2);
+    sb.outcome.store(DENIED, SeqCst);
+    by.engine.tick(&mut io, now);
+    bx.engine.tick(&mut io, now);
+    assert_eq!(
+        (bx.engine.mode(), by.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    meet(&mut ax, &mut bx, &mut io);
+    run_until_in_sync(&mut ax, &mut bx, &mut io, &mut rng);
+    assert_eq!(bx.engine.mode(), Mode::Mirroring);
+    assert_eq!(sb.learned_epoch.load(SeqCst), 1, "x in sync at 1");
+    // a gives epoch 1 back without resyncing y; x's link stays up.
+    sb.publish_view(0, 1, 2);
+    let now = Instant::now();
+    by.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "y does not ask again");
+    // (Asked at 1, which x taught; granted at 2, the answer lost.)
+    sb.asked_epoch.store(1, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    by.engine.tick(&mut io, now);
+    assert_eq!(by.engine.mode(), Mode::Fenced);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    for _ in 0..3 {
+        by.engine.tick(&mut io, now);
+    }
+    assert_ne!(
+        by.engine.mode(),
+        Mode::Survivor,
+        "y adopted the grant its second request won and serves alone at b without a's writes at epoch 1"
+    );
+}
+
+/// As `a_volume_in_sync_when_its_link_went_adopts_the_grant_asked_at_the_epoch_another_volume_taught`,
+/// but the witness granted nothing to the lost request (out of reach for its deadline): its
+/// word then names nobody at 1, the volume asks once more (at 1, as the failover thread does
+/// with the epoch learned) and is answered with the grant at 2. In sync when its link went,
+/// it must serve on it (4145b52's rule took its completeness from the known epoch only, 0:
+/// fenced, the grant given back, and the peer, fenced too, never served).
+#[test]
+fn a_volume_in_sync_when_its_link_went_serves_on_the_grant_answered_to_its_second_request() {
+    use crate::layer::mirror::failover::{GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(179);
+    let mut slot = 0;
+    let (mut a, _sa) = with_witness(Role::Leader);
+    let (mut b, sb) = with_witness(Role::Follower);
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    for _ in 0..10 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+        submit(&mut b, &mut io, &mut rng, &mut slot);
+    }
+    deliver(&mut a, &mut b, &mut io, 5);
+    deliver(&mut b, &mut a, &mut io, 5);
+    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    // Another volume of b's group finished its resync from a's grant at 1 (not known yet).
+    sb.publish_view(0, 1, 2);
+    sb.learned_epoch.store(1, SeqCst);
+    break_link(&mut a, &mut b);
+    let now = Instant::now();
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask");
+    sb.asked_epoch.store(1, SeqCst);
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    // The witness's word: nobody holds the group at 1.
+    sb.publish_view(0, 1, 2);
+    b.engine.tick(&mut io, now);
+    b.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "b does not ask again");
+    sb.asked_epoch.store(1, SeqCst);
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, now);
+    assert_eq!(
+        (b.engine.mode(), b.engine.grant_epoch),
+        (Mode::Survivor, 2),
+        "b, in sync when its link went, does not serve on the grant answered to it"
     );
 }
 

@@ -821,3 +821,84 @@ fn a_fence_for_want_of_an_answer_saves_the_epoch_its_replica_was_complete_at() {
     assert_eq!((p.mode, p.fenced_unanswered.is_some()), (2, true));
     assert_eq!(p.epoch, 0, "the group's epoch saved as this replica's");
 }
+
+/// Restarted fenced for want of an answer (flags bit 3, the same boot), the epoch its replica
+/// was last complete at saved with the fence (3): the witness's first word names a the
+/// group's holder at 5, above any grant a's lost request (asked at 3) could have won (4): a
+/// grant came between (b's at 4, given back without resyncing a), and the grant at 5 is
+/// another volume's of a's group. a must stay fenced (3007fd7's rule, after a restart). And a
+/// state file with no such epoch (0, as an earlier version wrote with bit 3: read
+/// compatibility) adopts the lost grant whatever its epoch, as that version did.
+#[test]
+fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request_could_have_won()
+{
+    use crate::layer::mirror::failover::{FailoverSlot, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    for known in [3, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(191);
+        let mut slot = 0;
+        let (mut a, sa) = with_witness(Role::Leader);
+        let (mut b, sb) = with_witness(Role::Follower);
+        sa.known_epoch.store(known, SeqCst);
+        sb.known_epoch.store(known, SeqCst);
+        a.engine.link_up(&mut io);
+        b.engine.link_up(&mut io);
+        for _ in 0..20 {
+            submit(&mut a, &mut io, &mut rng, &mut slot);
+            submit(&mut b, &mut io, &mut rng, &mut slot);
+        }
+        deliver(&mut a, &mut b, &mut io, 5);
+        deliver(&mut b, &mut a, &mut io, 5);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {
+        }
+        break_link(&mut a, &mut b);
+        for (s, n) in [(&mut a, "a"), (&mut b, "b")] {
+            s.engine.cfg.state_file = Some(dir.path().join(n));
+            s.engine
+                .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+            s.engine.persist(false);
+            assert!(s.engine.wait_persisted());
+        }
+        let now = Instant::now();
+        both_ask(&mut a, &mut b, &mut io, now);
+        sa.outcome.store(UNREACHABLE, SeqCst);
+        sb.outcome.store(UNREACHABLE, SeqCst);
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {
+        }
+        collect(&mut a);
+        collect(&mut b);
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        assert!(a.engine.wait_persisted());
+        let p = crate::layer::mirror::state::load(&dir.path().join("a"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.mode, p.fenced_unanswered.is_some(), p.epoch), (2, true, known));
+        let sa2 = Arc::new(FailoverSlot::default());
+        a.engine.cfg.failover = Some(Arc::clone(&sa2));
+        crash_and_restart(&mut a);
+        assert_eq!(a.engine.mode(), Mode::Fenced);
+        sa2.epoch.store(5, SeqCst);
+        sa2.publish_view(1, 5, 1);
+        let now = Instant::now();
+        for _ in 0..2 {
+            a.engine.tick(&mut io, now);
+        }
+        if known == 3 {
+            assert_eq!(
+                a.engine.mode(),
+                Mode::Fenced,
+                "complete at 3, a adopted a grant at 5 (another came between)"
+            );
+        } else {
+            assert_eq!(
+                (a.engine.mode(), a.engine.grant_epoch),
+                (Mode::Survivor, 5),
+                "a state file without the fence's epoch no longer adopts the lost grant"
+            );
+        }
+    }
+}
