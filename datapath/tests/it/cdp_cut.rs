@@ -211,8 +211,7 @@ fn a_base_written_after_a_degraded_clean_stop_is_journaled_whole_again() {
 /// again behind a gap record. Before session 28 the newest point served those regions as they
 /// were in the copy.
 #[test]
-fn a_directory_put_back_from_a_copy_taken_while_running_never_serves_the_volume_as_it_was_then()
-{
+fn a_directory_put_back_from_a_copy_taken_while_running_never_serves_the_volume_as_it_was_then() {
     let (tmp, dir, body) = file_volume();
     let mut s = Server::start(tmp.path(), &body);
     let mut c = Client::connect(s.addr, "v", false);

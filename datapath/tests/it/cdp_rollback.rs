@@ -557,7 +557,13 @@ fn an_interrupted_rollback_whose_history_is_cut_before_it_began_is_still_complet
         let (segno, e) = h
             .entries()
             .filter(|(_, e)| e.op == Op::Write && e.seq < m.before)
-            .filter(|(_, e)| if point_cut_away { e.time < t } else { e.time > t })
+            .filter(|(_, e)| {
+                if point_cut_away {
+                    e.time < t
+                } else {
+                    e.time > t
+                }
+            })
             .map(|(n, e)| (n, *e))
             .nth(usize::from(point_cut_away))
             .expect("a record to damage");
@@ -595,7 +601,10 @@ fn an_interrupted_rollback_whose_history_is_cut_before_it_began_is_still_complet
         assert!(rollback::load_marker(&dirs[0]).unwrap().unwrap().done);
         let mut s = s.respawn();
         let mut c = Client::connect(s.addr, "v", false);
-        assert!(c.read(0, SIZE as u32).unwrap() == want, "the daemon serves it");
+        assert!(
+            c.read(0, SIZE as u32).unwrap() == want,
+            "the daemon serves it"
+        );
         c.disconnect();
         assert!(s.stop());
         let h = store::load(&dirs[0], Load::ReadOnly).unwrap();

@@ -161,8 +161,8 @@ pub fn missing_map(dir: &Path) -> super::degraded::Prior {
     if !dir_is_kept(dir) {
         return super::degraded::Prior::Whole;
     }
-    let (after, after_time) = super::store::read_meta(dir)
-        .map_or((0, 0), |m| (m.base_seq, m.window_start()));
+    let (after, after_time) =
+        super::store::read_meta(dir).map_or((0, 0), |m| (m.base_seq, m.window_start()));
     tracing::error!(dir = %dir.display(), after,
         "cdp: degraded.map is missing from a history that had one (deleted): the history is not whole after its base point (the next start journals the whole volume again)");
     super::degraded::Prior::Stopped {

@@ -374,9 +374,14 @@ pub fn prepare(t: Target, goal: Goal) -> Result<Prepared, CdpError> {
     // refuses to start over the interrupted run): before session 28 it was.
     // (Found by this read when no recovery ran since the damage: the history ends there.)
     let cut_before = match (&found, &prior) {
-        (Some(m), super::degraded::Prior::Stopped { after, regions: None, .. }) if !m.done => {
-            *after < m.before
-        }
+        (
+            Some(m),
+            super::degraded::Prior::Stopped {
+                after,
+                regions: None,
+                ..
+            },
+        ) if !m.done => *after < m.before,
         (Some(m), _) => !m.done && h.lost && h.last_seq < m.before,
         _ => false,
     };
@@ -783,8 +788,7 @@ pub fn run(p: Prepared, mut progress: impl FnMut(&Progress)) -> Result<Outcome, 
     let block = u64::from(h.meta.block_size.max(1));
     // (A rerun whose recovery just cut the history before its `before`: as in `prepare`.)
     let whole = p.whole
-        || p
-            .resume_before
+        || p.resume_before
             .is_some_and(|b| h.open_gap.is_some_and(|g| g.0 < b));
     let mut ranges = if t.all || whole {
         vec![(0, h.meta.size)]

@@ -98,11 +98,7 @@ fn record_with(
 ) -> Result<(), CdpError> {
     use std::os::unix::fs::FileTypeExt;
     let m = std::fs::metadata(base).map_err(io_err("stat", base))?;
-    let block = m
-        .file_type()
-        .is_block_device()
-        .then(|| state(&m))
-        .flatten();
+    let block = m.file_type().is_block_device().then(|| state(&m)).flatten();
     if !m.is_file() && block.is_none() {
         // Another kind of file, or a block device whose write counters cannot be read.
         let _ = std::fs::remove_file(path(dir));
@@ -287,7 +283,10 @@ mod tests {
             std::fs::File::open(&base).unwrap().sync_all().unwrap();
             record(dir, &meta, 1, &base).unwrap();
             std::fs::write(&base, vec![2u8; 4096]).unwrap();
-            assert!(changed(dir, &meta, &seg, &base), "round {round}: written since");
+            assert!(
+                changed(dir, &meta, &seg, &base),
+                "round {round}: written since"
+            );
         }
     }
 

@@ -35,7 +35,11 @@ fn a_deleted_map_of_a_kept_history_reads_as_not_whole() {
     pit::read_at(&h, Point::Seq(20), 0, 4096).unwrap();
     std::fs::remove_file(dir.join(degraded::FILE)).unwrap();
     let h = store::load(dir, Load::ReadOnly).unwrap();
-    assert_eq!(h.open_gap.map(|g| g.0), Some(0), "not whole after the base point");
+    assert_eq!(
+        h.open_gap.map(|g| g.0),
+        Some(0),
+        "not whole after the base point"
+    );
     assert!(matches!(
         pit::read_at(&h, Point::Seq(20), 0, 4096),
         Err(CdpError::NotWhole { .. })
@@ -65,7 +69,10 @@ fn a_deleted_map_of_a_kept_history_reads_as_not_whole() {
     assert_eq!(degraded::read_prior(dir, SIZE), Prior::Whole);
     let h = store::load(dir, Load::Recover).unwrap();
     assert_eq!(h.open_gap, None);
-    assert!(dir.join(degraded::FILE).exists(), "the recovery made the map");
+    assert!(
+        dir.join(degraded::FILE).exists(),
+        "the recovery made the map"
+    );
 }
 
 /// `base.img` replaced by another file (the volume's own image, another history's base copy, an
@@ -93,7 +100,10 @@ fn a_base_copy_replaced_by_another_file_is_refused() {
             b[SIZE as usize..].copy_from_slice(&encode_id(VOL, 7));
             b
         }),
-        ("nothing after the volume's bytes", good[..SIZE as usize].to_vec()),
+        (
+            "nothing after the volume's bytes",
+            good[..SIZE as usize].to_vec(),
+        ),
     ];
     for (what, bytes) in cases {
         std::fs::write(&bp, &bytes).unwrap();

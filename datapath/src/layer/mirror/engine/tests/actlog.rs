@@ -736,7 +736,11 @@ fn a_fenced_site_whose_host_restarted_stays_state_6_across_a_clean_stop() {
             down.disk.borrow_mut().bytes = durable;
             down.engine.cfg.boot_id = 2;
             crash_and_restart(down);
-            assert_eq!(down.engine.replica_state(), 6, "{lost:?}: after the power loss");
+            assert_eq!(
+                down.engine.replica_state(),
+                6,
+                "{lost:?}: after the power loss"
+            );
             let suspect = down.engine.suspect_bytes();
             // A clean stop, and a start in the same boot, before the peer is back.
             stop_and_restart(down);
@@ -745,7 +749,10 @@ fn a_fenced_site_whose_host_restarted_stays_state_6_across_a_clean_stop() {
                 6,
                 "{lost:?}: the power loss forgotten across a clean stop"
             );
-            assert!(down.engine.suspect_bytes() >= suspect, "{lost:?}: suspect regions lost");
+            assert!(
+                down.engine.suspect_bytes() >= suspect,
+                "{lost:?}: suspect regions lost"
+            );
         }
         reconnect(&mut a, &mut b, &mut io);
         pump(&mut a, &mut b, &mut io);

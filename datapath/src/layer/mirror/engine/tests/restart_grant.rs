@@ -830,8 +830,7 @@ fn a_fence_for_want_of_an_answer_saves_the_epoch_its_replica_was_complete_at() {
 /// state file with no such epoch (0, as an earlier version wrote with bit 3: read
 /// compatibility) adopts the lost grant whatever its epoch, as that version did.
 #[test]
-fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request_could_have_won()
-{
+fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request_could_have_won() {
     use crate::layer::mirror::failover::{FailoverSlot, UNREACHABLE};
     use std::sync::atomic::Ordering::SeqCst;
     for known in [3, 0] {
@@ -851,13 +850,13 @@ fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request
         }
         deliver(&mut a, &mut b, &mut io, 5);
         deliver(&mut b, &mut a, &mut io, 5);
-        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {
-        }
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
         break_link(&mut a, &mut b);
         for (s, n) in [(&mut a, "a"), (&mut b, "b")] {
             s.engine.cfg.state_file = Some(dir.path().join(n));
-            s.engine
-                .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+            s.engine.set_persister(
+                crate::layer::mirror::persist::Persister::spawn().expect("persister"),
+            );
             s.engine.persist(false);
             assert!(s.engine.wait_persisted());
         }
@@ -867,8 +866,7 @@ fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request
         sb.outcome.store(UNREACHABLE, SeqCst);
         a.engine.tick(&mut io, now);
         b.engine.tick(&mut io, now);
-        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {
-        }
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
         collect(&mut a);
         collect(&mut b);
         assert_eq!(a.engine.mode(), Mode::Fenced);
@@ -876,7 +874,10 @@ fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request
         let p = crate::layer::mirror::state::load(&dir.path().join("a"))
             .unwrap()
             .unwrap();
-        assert_eq!((p.mode, p.fenced_unanswered.is_some(), p.epoch), (2, true, known));
+        assert_eq!(
+            (p.mode, p.fenced_unanswered.is_some(), p.epoch),
+            (2, true, known)
+        );
         let sa2 = Arc::new(FailoverSlot::default());
         a.engine.cfg.failover = Some(Arc::clone(&sa2));
         crash_and_restart(&mut a);
