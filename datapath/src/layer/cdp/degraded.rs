@@ -162,7 +162,7 @@ pub fn decode(bytes: &[u8], regions: u64) -> Prior {
 pub fn read_prior(dir: &Path, size: u64) -> Prior {
     match std::fs::read(dir.join(FILE)) {
         Ok(b) => decode(&b, regions_of(size)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => super::kept::missing_map(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing_map(dir),
         Err(_) => Prior::Stopped {
             after: 0,
             after_time: 0,
@@ -215,7 +215,7 @@ impl RegionMap {
             b.truncate(n);
             decode(&b, regions)
         } else {
-            super::kept::missing_map(dir)
+            missing_map(dir)
         };
         let header = Header {
             state: 0,
@@ -440,6 +440,24 @@ impl RegionMap {
         self.header.state = 0;
         self.header.bitmap_crc = 0;
         self.write_header()
+    }
+}
+
+/// What a missing `degraded.map` of `dir` says: a directory of an earlier version (its history
+/// not kept) is whole; in a kept history the map was deleted, and where the journal may have
+/// stopped is not known: not whole after the base point, every region unknown (logged).
+pub fn missing_map(dir: &Path) -> Prior {
+    if !super::names::dir_is_kept(dir) {
+        return Prior::Whole;
+    }
+    let (after, after_time) =
+        super::names::read_meta(dir).map_or((0, 0), |m| (m.base_seq, m.window_start()));
+    tracing::error!(dir = %dir.display(), after,
+        "cdp: degraded.map is missing from a history that had one (deleted): the history is not whole after its base point (the next start journals the whole volume again)");
+    Prior::Stopped {
+        after,
+        after_time,
+        regions: None,
     }
 }
 

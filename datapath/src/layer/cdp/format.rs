@@ -7,6 +7,11 @@
 
 use thiserror::Error;
 
+/// The mark in a segment header.
+pub const MARK: &[u8; 8] = b"TBCDPKP1";
+/// Where it lies.
+pub const MARK_AT: usize = 64;
+
 /// Bytes of a segment header (records start here).
 pub const SEG_HEADER: usize = 4096;
 /// Bytes of a record header.
@@ -278,7 +283,7 @@ impl SegHeader {
         put32(&mut b, 56, self.encode_low());
         seal(&mut b, 60);
         // (Outside the CRC: readers of earlier versions ignore these bytes.)
-        b[super::kept::MARK_AT..][..super::kept::MARK.len()].copy_from_slice(super::kept::MARK);
+        b[MARK_AT..][..MARK.len()].copy_from_slice(MARK);
         b
     }
 
@@ -751,7 +756,7 @@ pub(crate) mod testing {
         img[..SEG_HEADER].copy_from_slice(&h.encode());
         // A segment of an earlier version (not kept, docs/cdp-integrity.md): the fixtures'
         // histories have no `degraded.map` nor base copy identity.
-        img[super::super::kept::MARK_AT..][..8].fill(0);
+        img[super::MARK_AT..][..8].fill(0);
     }
 }
 

@@ -15,22 +15,15 @@
 
 use super::error::{CdpError, io_err};
 use super::format::{self, Meta, Moving};
+pub use super::format::{MARK, MARK_AT};
+pub use super::names::{dir_is_kept, is_kept, marked};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// The mark in a segment header.
-pub const MARK: &[u8; 8] = b"TBCDPKP1";
-/// Where it lies.
-pub const MARK_AT: usize = 64;
 /// The identity's length (after the volume's bytes in `base.img`).
 pub const ID_LEN: usize = 4096;
 const ID_MAGIC: &[u8; 8] = b"TBCDPBI1";
-
-/// Whether a segment header's bytes carry the mark.
-pub fn marked(header: &[u8]) -> bool {
-    header.get(MARK_AT..MARK_AT + MARK.len()) == Some(&MARK[..])
-}
 
 /// The identity block of the base copy of history `vol_id` holding every record up to
 /// `base_seq`.
@@ -59,30 +52,10 @@ pub fn decode_id(b: &[u8]) -> Result<(u64, u64), String> {
     Ok((format::le64(b, 16), format::le64(b, 24)))
 }
 
-/// Whether `dir`'s history is kept: the newest of segments `nums` whose header checks is
-/// marked (a spare, all zeroes, or a damaged header is passed over).
-pub fn is_kept(dir: &Path, nums: &[u64]) -> bool {
-    for &segno in nums.iter().rev() {
-        let mut hb = vec![0u8; format::SEG_HEADER];
-        let ok = File::open(super::store::seg_path(dir, segno))
-            .and_then(|f| f.read_exact_at(&mut hb, 0))
-            .is_ok();
-        if ok && format::SegHeader::decode(&hb).is_ok() {
-            return marked(&hb);
-        }
-    }
-    false
-}
-
-/// Whether `dir`'s history is kept, listing its segments (false when they cannot be listed).
-pub fn dir_is_kept(dir: &Path) -> bool {
-    super::store::segments_in_use(dir).is_ok_and(|(nums, _)| is_kept(dir, &nums))
-}
-
 /// Write the base copy's identity (history `vol_id`, base point `base_seq`) after the
 /// volume's `size` bytes, synced.
 pub fn write_id(dir: &Path, size: u64, vol_id: u64, base_seq: u64) -> Result<(), CdpError> {
-    let p = super::store::base_path(dir);
+    let p = super::names::base_path(dir);
     let f = OpenOptions::new()
         .write(true)
         .open(&p)
@@ -95,7 +68,7 @@ pub fn write_id(dir: &Path, size: u64, vol_id: u64, base_seq: u64) -> Result<(),
 /// Refuse a base copy that is not this history's at its base point (`meta`'s, or `moving`'s
 /// `to`): another file put in its place.
 pub fn check_base(dir: &Path, meta: &Meta, moving: Option<&Moving>) -> Result<(), CdpError> {
-    let p = super::store::base_path(dir);
+    let p = super::names::base_path(dir);
     let refuse = |why: String| CdpError::Meta {
         path: p.clone(),
         why: format!(
@@ -135,7 +108,7 @@ pub fn check_base(dir: &Path, meta: &Meta, moving: Option<&Moving>) -> Result<()
 /// segment. A base copy missing or shorter than the volume is left as it is (readers refuse it).
 pub fn upgrade(dir: &Path, meta: &Meta) -> Result<(), CdpError> {
     drop(super::degraded::RegionMap::open(dir, meta.size)?);
-    let p = super::store::base_path(dir);
+    let p = super::names::base_path(dir);
     let len = match std::fs::metadata(&p) {
         Ok(m) => m.len(),
         Err(_) => return Ok(()),
@@ -152,24 +125,6 @@ pub fn upgrade(dir: &Path, meta: &Meta) -> Result<(), CdpError> {
         write_id(dir, meta.size, meta.vol_id, meta.base_seq)?;
     }
     Ok(())
-}
-
-/// What a missing `degraded.map` of `dir` says: a directory of an earlier version (its history
-/// not kept) is whole; in a kept history the map was deleted, and where the journal may have
-/// stopped is not known: not whole after the base point, every region unknown (logged).
-pub fn missing_map(dir: &Path) -> super::degraded::Prior {
-    if !dir_is_kept(dir) {
-        return super::degraded::Prior::Whole;
-    }
-    let (after, after_time) =
-        super::store::read_meta(dir).map_or((0, 0), |m| (m.base_seq, m.window_start()));
-    tracing::error!(dir = %dir.display(), after,
-        "cdp: degraded.map is missing from a history that had one (deleted): the history is not whole after its base point (the next start journals the whole volume again)");
-    super::degraded::Prior::Stopped {
-        after,
-        after_time,
-        regions: None,
-    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ pub mod journal;
 pub mod kept;
 pub mod live;
 pub mod mapped;
+pub mod names;
 pub mod pit;
 pub mod ranges;
 pub mod retain;

@@ -24,6 +24,10 @@ use super::clock;
 use super::error::io_err;
 pub use super::error::{CdpError, sync_dir};
 use super::format::{self, Entry, Index, Meta, Moving, SegHeader};
+#[cfg(test)]
+use super::names::is_spare;
+pub use super::names::{base_path, read_meta, seg_path, segments_in_use};
+use super::names::{meta_path, segment_numbers};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -124,11 +128,6 @@ impl History {
     }
 }
 
-/// The file of segment `segno`.
-pub fn seg_path(dir: &Path, segno: u64) -> PathBuf {
-    dir.join(format!("seg-{segno:016x}.cdp"))
-}
-
 fn idx_path(dir: &Path, segno: u64) -> PathBuf {
     dir.join(format!("seg-{segno:016x}.idx"))
 }
@@ -146,15 +145,6 @@ pub fn read_or_zero(f: &File, out: &mut [u8], at: u64) -> std::io::Result<()> {
         done += n;
     }
     Ok(())
-}
-
-/// The base copy.
-pub fn base_path(dir: &Path) -> PathBuf {
-    dir.join("base.img")
-}
-
-fn meta_path(dir: &Path) -> PathBuf {
-    dir.join("cdp.meta")
 }
 
 fn moving_path(dir: &Path) -> PathBuf {
@@ -335,32 +325,6 @@ fn copy_data(src: &Path, dst: &Path, size: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Read the identity of an existing history.
-pub fn read_meta(dir: &Path) -> Result<Meta, CdpError> {
-    let mp = meta_path(dir);
-    let b = std::fs::read(&mp).map_err(io_err("read", &mp))?;
-    Meta::decode(&b).map_err(|e| CdpError::Meta {
-        path: mp,
-        why: e.to_string(),
-    })
-}
-
-fn segment_numbers(dir: &Path) -> Result<Vec<u64>, CdpError> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io_err("list", dir))? {
-        let e = e.map_err(io_err("list", dir))?;
-        let name = e.file_name();
-        let Some(s) = name.to_str() else { continue };
-        if let Some(hex) = s.strip_prefix("seg-").and_then(|r| r.strip_suffix(".cdp"))
-            && let Ok(n) = u64::from_str_radix(hex, 16)
-        {
-            v.push(n);
-        }
-    }
-    v.sort_unstable();
-    Ok(v)
-}
-
 /// A usable index of segment `segno` (checked against the segment), if there is one.
 fn load_index(dir: &Path, file: &File, segno: u64, meta: &Meta) -> Option<Index> {
     let b = std::fs::read(idx_path(dir, segno)).ok()?;
@@ -429,29 +393,6 @@ pub fn seal_index(dir: &Path, meta: &Meta, segno: u64, used: u64) -> Result<(), 
         clean: true,
     };
     write_atomic(dir, &idx_path(dir, segno), &i.encode())
-}
-
-/// A prepared, unused segment (header all zeroes, or shorter than a header).
-fn is_spare(dir: &Path, segno: u64) -> bool {
-    let mut hb = vec![0u8; format::SEG_HEADER];
-    match File::open(seg_path(dir, segno)).and_then(|f| f.read_exact_at(&mut hb, 0)) {
-        Ok(()) => hb.iter().all(|&b| b == 0),
-        Err(_) => false,
-    }
-}
-
-/// The segment numbers of `dir` in order, without the trailing spares (returned apart): the
-/// newest segment in use is the last of the first list.
-pub fn segments_in_use(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), CdpError> {
-    let mut nums = segment_numbers(dir)?;
-    let mut spares = Vec::new();
-    while let Some(&n) = nums.last() {
-        if !is_spare(dir, n) {
-            break;
-        }
-        spares.push(nums.pop().expect("last exists"));
-    }
-    Ok((nums, spares))
 }
 
 /// Read the history of `dir` (see [`Load`]).
