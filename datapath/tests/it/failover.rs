@@ -297,6 +297,47 @@ fn losing_the_witness_changes_nothing_but_then_losing_the_peer_fences() {
     assert!(c.read(0, 4096).is_err(), "a fenced site served a read");
 }
 
+/// The site the witness (started in `dir`) has recorded as the preferred one of group `name`
+/// (read from its state file, written when a claim changes).
+pub(crate) fn witness_preferred(dir: &Path, name: &str) -> Option<twinblk_witness::SiteId> {
+    let group = twinblk_witness::GroupId::from_name(name);
+    let table = twinblk_witness::state::Table::load(&dir.join("witness.state"), false).ok()?;
+    table.groups.get(&group).and_then(|r| r.preferred)
+}
+
+/// A site's claim on a group reaches the witness when it changes, not at its next heartbeat:
+/// with heartbeats a minute apart, a switchover to b makes the witness record b as the
+/// group's preferred site within seconds (a stops claiming it, b claims it). Until the claim
+/// arrives, a link lost is granted to whichever site asks first, the site that no longer leads
+/// too (nvmf_ana's two-volume test lost a volume so: a replica that came in sync right before
+/// the cut had not told the witness within the default 200 ms interval).
+#[test]
+fn a_changed_claim_on_a_group_reaches_the_witness_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let slow = "witness_heartbeat_ms=60000";
+    let a = site_with(root.path(), "a", "b", pa, pb, w.addr, slow);
+    let b = site_with(root.path(), "b", "a", pb, pa, w.addr, slow);
+    wait_mirror_state(&a, "up", Duration::from_secs(10));
+    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let preferred = || witness_preferred(root.path(), "vol0");
+    let patience = Duration::from_secs(5);
+    let what = || format!("the witness records {:?} as preferred", preferred());
+    crate::harness::wait_until(patience, || preferred().is_some(), what);
+    let was = preferred();
+    let r = a.rpc_with(
+        "mirror_switchover",
+        serde_json::json!({"volume": "vol0", "to": "b", "wait_s": 10.0}),
+    );
+    assert!(r.get("error").is_none(), "switchover: {r}");
+    crate::harness::wait_until(
+        patience,
+        || preferred().is_some_and(|p| Some(p) != was),
+        what,
+    );
+}
+
 /// Kill one site, write at the survivor, bring the lost site back: it is resynced with only
 /// the regions written meanwhile, serves no I/O until then, and the replicas end identical.
 /// `state`: the sites keep their replica state (`state_dir`); without it the returning site

@@ -285,6 +285,7 @@ fn after_a_failover_the_inaccessible_states_are_the_same_for_every_host() {
     for s in [&a, &b] {
         wait_states(s, &[("va", "up"), ("vb", "up")]);
     }
+    crate::nvmf_ana::wait_claims(root.path());
     let (ia, ib) = (
         SocketAddr::from(([127, 0, 0, 1], ia)),
         SocketAddr::from(([127, 0, 0, 1], ib)),

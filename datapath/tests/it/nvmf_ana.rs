@@ -140,6 +140,22 @@ fn states(s: &Server) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Wait until the witness (started in `root`) records each volume's leader as its group's
+/// preferred site (a for va, b for vb): a site tells it when its replica comes in sync, a
+/// moment after both sites show "up", and until then a cut is granted to whichever site asks
+/// first.
+pub(crate) fn wait_claims(root: &Path) {
+    let claims = || {
+        let p = |v| crate::failover::witness_preferred(root, v);
+        (p("va"), p("vb"))
+    };
+    crate::harness::wait_until(
+        Duration::from_secs(10),
+        || matches!(claims(), (Some(x), Some(y)) if x != y),
+        || format!("the witness's preferred sites (va, vb): {:?}", claims()),
+    );
+}
+
 pub(crate) fn wait_states(s: &Server, want: &[(&str, &str)]) {
     let t = Instant::now();
     loop {
@@ -215,6 +231,7 @@ fn each_volume_is_its_own_ana_group_and_a_fenced_one_answers_ana_inaccessible() 
     for s in [&a, &b] {
         wait_states(s, &[("va", "up"), ("vb", "up")]);
     }
+    wait_claims(root.path());
     let mut ca = Controller::connect(a.nvmf_addr, NQN, &Opts::default()).unwrap();
     let mut cb = Controller::connect(b.nvmf_addr, NQN, &Opts::default()).unwrap();
     for c in [&mut ca, &mut cb] {

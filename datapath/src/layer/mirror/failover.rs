@@ -1,10 +1,11 @@
 //! Failover: asking the witness which site carries on when the sites lose each other.
 //!
 //! Model: one plain thread per daemon (never a reactor: the witness client blocks) owns the
-//! [`twinblk_witness::WitnessClient`]. Every heartbeat interval it sends the witness one
-//! heartbeat naming every mirrored volume (each volume is its own group, `GroupId::from_name`
-//! of its name; the site that leads the group's volumes, configured or moved by a switchover,
-//! is the group's preferred site: [`FailoverSlot::preferred_now`]). An engine that
+//! [`twinblk_witness::WitnessClient`]. Every heartbeat interval, and at once when a claim
+//! changes, it sends the witness one heartbeat naming every mirrored volume (each volume is
+//! its own group, `GroupId::from_name` of its name; the site that leads the group's volumes,
+//! configured or moved by a switchover, is the group's preferred site:
+//! [`FailoverSlot::preferred_now`]; requests for those go first). An engine that
 //! has lost its peer sets its [`FailoverSlot`]'s `want` flag; the thread asks the witness for a
 //! survivor grant and writes the outcome back into the slot, which the engine reads on its next
 //! tick: granted -> survivor, denied -> fenced, witness unreachable -> fenced.
@@ -409,6 +410,10 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
     let mut unused_dropped: Vec<Option<std::time::Instant>> = vec![None; groups.len()];
     let mut beat_answered: Option<std::time::Instant> = None;
     let mut was_in_sync = vec![false; groups.len()];
+    // The claims of the last heartbeat sent.
+    let mut last_claims: Vec<Claim> = Vec::new();
+    let mut unrecorded_wait = Duration::ZERO;
+    let mut asking: Vec<usize> = Vec::with_capacity(groups.len());
     // A grant answered that no volume may have taken yet (`unclaimed_grant`).
     let mut unclaimed: Vec<Option<(u64, bool)>> = vec![None; groups.len()];
     while !stop.load(SeqCst) {
@@ -474,7 +479,14 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             }
             slot.releasing.store(0, SeqCst);
         }
-        for (i, (group, slot, name)) in groups.iter().enumerate() {
+        // The groups this site is preferred for are asked first: the witness grants those at
+        // once, while a request for a group the peer is preferred for waits (its tie grace, or
+        // until the peer asks) and would hold up the requests behind it.
+        asking.clear();
+        asking.extend(0..groups.len());
+        asking.sort_by_key(|&i| !groups[i].1.preferred_now());
+        for &i in &asking {
+            let (group, slot, name) = &groups[i];
             if !slot.want.swap(false, SeqCst) {
                 continue;
             }
@@ -552,11 +564,26 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
             }
             was_in_sync[i] = now_in_sync;
         }
+        // A claim that changed (a volume's replica came in sync, so this site competes for
+        // its group again, or a switchover moved the lead) reaches the witness at once: until
+        // it does, the witness grants the peer's request at a link loss without waiting for
+        // this site, the preferred one, to ask.
+        // A claim the witness did not record (the site that led before still claimed the
+        // group when this one's arrived: a switchover's two sides) is sent again after a short
+        // wait, doubled each time up to the heartbeat interval (a lasting conflict of two
+        // configurations costs no more than the heartbeats).
+        let claims = claims_now();
+        if claims != last_claims {
+            next_beat = now;
+            unrecorded_wait = Duration::ZERO;
+        }
         if now >= next_beat {
             next_beat = now + cfg.heartbeat;
             // A dead witness must not delay a grant request for long.
             client.set_timeout(cfg.heartbeat * 2);
-            match client.heartbeat(&claims_now()) {
+            // (Sent, answered or not: an unanswered claim goes again at the next interval.)
+            let answer = client.heartbeat(&claims);
+            match answer {
                 Ok(views) => {
                     beat_answered = Some(std::time::Instant::now());
                     if !reachable {
@@ -565,6 +592,21 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     reachable = true;
                     for (_, slot, _) in &groups {
                         slot.witness.store(WITNESS_REACHABLE, SeqCst);
+                    }
+                    let unrecorded = views.iter().any(|v| {
+                        claims.iter().any(|c| {
+                            c.group == v.group
+                                && c.preferred
+                                && v.preferred.map(|p| p.get()) != Some(cfg.site_id)
+                        })
+                    });
+                    if unrecorded {
+                        unrecorded_wait = (unrecorded_wait * 2)
+                            .max(Duration::from_millis(20))
+                            .min(cfg.heartbeat);
+                        next_beat = std::time::Instant::now() + unrecorded_wait;
+                    } else {
+                        unrecorded_wait = Duration::ZERO;
                     }
                     for v in views {
                         let Some(i) = groups.iter().position(|g| g.0 == v.group) else {
@@ -589,6 +631,7 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                     }
                 }
             }
+            last_claims = claims;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
