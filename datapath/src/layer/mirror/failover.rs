@@ -980,4 +980,81 @@ mod tests {
         let answered = wh.join().unwrap();
         eprintln!("heartbeats in 2 s, interval 200 ms, claim changing every 30 ms: {answered}");
     }
+
+    /// Site 2 is configured preferred for gx and gy; the witness recorded site 1 for gx (a
+    /// configuration conflict), site 2 for gy. Site 1 heartbeats and never asks for gx (it
+    /// still sees its peer, say). Both of site 2's groups want a grant at once: gx is sorted
+    /// first (configured preferred), waits out the tie until the request timeout, and gy, the
+    /// group the witness would grant at once, waits behind it.
+    #[test]
+    #[ignore = "review: fails on b979fb5 (gy answered after the 2 s request timeout); run with --ignored"]
+    fn review_a_conflicting_groups_tie_holds_up_a_recorded_preferred_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, wstop, wh) = witness_here(dir.path());
+        let gx = GroupId::from_name("gx");
+        let mut one = client(addr, 1);
+        one.heartbeat(&[Claim {
+            group: gx,
+            preferred: true,
+        }])
+        .unwrap();
+        let beat_stop = Arc::new(AtomicBool::new(false));
+        let bs = Arc::clone(&beat_stop);
+        let beater = std::thread::spawn(move || {
+            while !bs.load(SeqCst) {
+                one.heartbeat(&[Claim {
+                    group: gx,
+                    preferred: true,
+                }])
+                .unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let (sx, sy) = (
+            Arc::new(FailoverSlot::default()),
+            Arc::new(FailoverSlot::default()),
+        );
+        let cfg = FailoverConfig {
+            witness: addr,
+            key_file: PathBuf::new(),
+            site_id: 2,
+            heartbeat: Duration::from_millis(200),
+            request_timeout: Duration::from_secs(2),
+            volumes: vec![
+                ("gx".into(), true, Arc::clone(&sx)),
+                ("gy".into(), true, Arc::clone(&sy)),
+            ],
+        };
+        let c = client(addr, 2);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let h = std::thread::spawn(move || run(cfg, c, s));
+        std::thread::sleep(Duration::from_millis(400));
+        let t = std::time::Instant::now();
+        sy.want.store(true, SeqCst);
+        sx.want.store(true, SeqCst);
+        let (mut ty, mut tx) = (None, None);
+        while (ty.is_none() || tx.is_none()) && t.elapsed() < Duration::from_secs(6) {
+            if ty.is_none() && sy.outcome.load(SeqCst) != PENDING {
+                ty = Some((t.elapsed(), sy.outcome.load(SeqCst)));
+            }
+            if tx.is_none() && sx.outcome.load(SeqCst) != PENDING {
+                tx = Some((t.elapsed(), sx.outcome.load(SeqCst)));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!("gy (recorded preferred): {ty:?}; gx (conflict): {tx:?} (1 granted, 2 denied)");
+        stop.store(true, SeqCst);
+        h.join().unwrap();
+        beat_stop.store(true, SeqCst);
+        beater.join().unwrap();
+        wstop.store(true, SeqCst);
+        wh.join().unwrap();
+        let (after, outcome) = ty.unwrap();
+        assert_eq!(outcome, GRANTED);
+        assert!(
+            after < Duration::from_millis(500),
+            "gy answered after {after:?}"
+        );
+    }
 }
