@@ -1057,7 +1057,11 @@ fn call(method: &str, shared: &ControlCx, cfg: &Config) -> Option<Value> {
                     j["home_reactor"] = json!(m.home);
                     j["group"] = json!(m.group);
                     j["path_state"] = json!(shared.rt.volumes.get_any(m.vol).map(|v| path_state_name(v.path.get())));
-                    j["witness"] = m.failover.as_deref().map_or(Value::Null, witness_view);
+                    let me = cfg.mirror.as_ref().map_or(0, |c| c.site_id());
+                    j["witness"] = m
+                        .failover
+                        .as_deref()
+                        .map_or(Value::Null, |f| witness_view(f, me));
                     Some(j)
                 })
                 .collect(),
@@ -1200,11 +1204,17 @@ fn path_state_name(p: crate::bdev::volume::PathState) -> &'static str {
     }
 }
 
-/// What the witness last said about a volume's group, as this site's failover thread saw it.
-fn witness_view(slot: &crate::layer::mirror::failover::FailoverSlot) -> Value {
+/// What the witness last said about a volume's group, as this site's failover thread saw it,
+/// and whether this site (`me`, its site id) claims the group as preferred.
+fn witness_view(slot: &crate::layer::mirror::failover::FailoverSlot, me: u32) -> Value {
     use crate::layer::mirror::failover as f;
     let holder = slot.view_holder.load(Ordering::SeqCst);
+    let preferred = slot.view_preferred.load(Ordering::SeqCst);
+    let claims = slot.preferred_now() && slot.withdrawn.load(Ordering::SeqCst) == 0;
     json!({
+        "preferred": (preferred != 0).then_some(preferred),
+        "claims_preferred": claims,
+        "claim_recorded": !claims || preferred == me,
         "reachable": match slot.witness.load(Ordering::SeqCst) {
             f::WITNESS_REACHABLE => json!(true),
             f::WITNESS_UNREACHABLE => json!(false),

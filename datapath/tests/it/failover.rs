@@ -336,6 +336,22 @@ fn a_changed_claim_on_a_group_reaches_the_witness_at_once() {
         || preferred().is_some_and(|p| Some(p) != was),
         what,
     );
+    // Each site's status says whether it claims the group, and what the witness recorded as
+    // of its last heartbeat (b's is its claim's; a's last one, its withdrawal, a minute ago).
+    let witness = |s: &Server| s.rpc("mirror_status")[0]["witness"].clone();
+    let b_id = preferred().map(|p| u64::from(p.get()));
+    crate::harness::wait_until(
+        patience,
+        || witness(&b)["preferred"].as_u64() == b_id,
+        || format!("b: {}", witness(&b)),
+    );
+    let (wa, wb) = (witness(&a), witness(&b));
+    assert_eq!(wa["claims_preferred"], false, "{wa}");
+    assert_eq!(wb["claims_preferred"], true, "{wb}");
+    assert_eq!(
+        (&wa["claim_recorded"], &wb["claim_recorded"]),
+        (&true.into(), &true.into())
+    );
 }
 
 /// Kill one site, write at the survivor, bring the lost site back: it is resynced with only

@@ -59,8 +59,19 @@ fn witness(m: &Value, site_name: &dyn Fn(u64) -> String) -> String {
         .as_u64()
         .map(site_name)
         .unwrap_or_else(|| "none".into());
+    // A claim the witness has not recorded: another site claims the group too (check both
+    // sites' configuration), or it has not reached the witness yet.
+    let claim = if w["claim_recorded"].as_bool() == Some(false) {
+        let other = w["preferred"]
+            .as_u64()
+            .map(site_name)
+            .unwrap_or_else(|| "nobody".into());
+        format!(", claims preference NOT RECORDED (witness prefers {other})")
+    } else {
+        String::new()
+    };
     format!(
-        "{reach}, holder {holder}, epoch {} (known {}), last answer {}",
+        "{reach}, holder {holder}, epoch {} (known {}), last answer {}{claim}",
         w["epoch"],
         w["known_epoch"],
         w["last_answer"].as_str().unwrap_or("-")
@@ -242,5 +253,26 @@ mod tests {
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(16 << 20), "16.0 MiB");
+    }
+
+    #[test]
+    fn a_claim_the_witness_did_not_record_is_named_with_the_site_it_records() {
+        let name = |id: u64| format!("site{id}");
+        let m = |recorded: bool, preferred: Option<u64>| {
+            serde_json::json!({"witness": {
+                "reachable": true, "epoch": 3, "holder": null, "known_epoch": 3,
+                "last_answer": "none", "preferred": preferred, "claims_preferred": true,
+                "claim_recorded": recorded,
+            }})
+        };
+        let line = witness(&m(false, Some(2)), &name);
+        assert!(
+            line.ends_with("claims preference NOT RECORDED (witness prefers site2)"),
+            "{line}"
+        );
+        let line = witness(&m(false, None), &name);
+        assert!(line.ends_with("(witness prefers nobody)"), "{line}");
+        let line = witness(&m(true, Some(1)), &name);
+        assert!(line.ends_with("last answer none"), "{line}");
     }
 }
