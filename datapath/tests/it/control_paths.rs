@@ -1,0 +1,86 @@
+//! Paths and names an operator gives the control socket (docs/control.md): a directory or file
+//! another volume uses is refused however it is spelt, and a documented name works wherever it
+//! is used.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+/// An in-process daemon with a control socket in `dir`: a RAM volume `base` (4 MiB) and a RAM
+/// volume `j` (8 MiB, 4 KiB blocks) journaled in `dir/cdpj`.
+fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf) {
+    let sock = dir.join("ctl.sock");
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n\
+         [control]\nsocket='{}'\n[runtime]\nmax_volumes=4\n\
+         [[volume]]\nname='base'\nbackend='malloc'\nsize='4MiB'\n\
+         [[volume]]\nname='j'\nbackend='malloc'\nsize='8MiB'\nblock_size=4096\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        sock.display(),
+        dir.join("cdpj").display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    (twinblk::Daemon::start(&cfg).expect("daemon starts"), sock)
+}
+
+fn rpc(sock: &Path, method: &str, params: Value) -> Value {
+    let mut s = UnixStream::connect(sock).expect("control socket");
+    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let _ = writeln!(s, "{req}");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not an answer ({e}): {line:?}"))
+}
+
+fn ok(r: Value) -> Value {
+    assert!(r.get("error").is_none(), "refused: {r}");
+    r["result"].clone()
+}
+
+/// `cdp_enable`'s "a directory another volume's history uses" was checked on the path as
+/// written: `D/../D` or a symbolic link to D passed it, and (with the other volume's journal
+/// switched off, so the directory's lock was free) the volume journaled into the other
+/// volume's history, which then claimed the other's old points as its own.
+#[test]
+fn cdp_enable_refuses_another_volumes_history_directory_however_it_is_spelt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(tmp.path());
+    let hist = tmp.path().join("cdpj");
+    ok(rpc(&sock, "cdp_disable", json!({"volume": "j"})));
+    ok(rpc(
+        &sock,
+        "volume_create",
+        json!({"name": "k", "backend": "malloc", "size": "8M", "block_size": 4096}),
+    ));
+    std::os::unix::fs::symlink(&hist, tmp.path().join("alias")).unwrap();
+    std::fs::create_dir(tmp.path().join("sub")).unwrap();
+    for dir in [
+        hist.join("..").join("cdpj"),
+        tmp.path().join("sub/../cdpj"),
+        tmp.path().join("alias"),
+        tmp.path().join("alias/"),
+    ] {
+        let p = json!({"volume": "k", "dir": dir, "wait": 30});
+        let r = rpc(&sock, "cdp_enable", p.clone());
+        let e = r
+            .get("error")
+            .unwrap_or_else(|| panic!("{p}: accepted: {r}"));
+        assert_eq!(e["code"], -32020, "{p}: {r}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("holds the history of volume \"j\""),
+            "{p}: {r}"
+        );
+    }
+    let st = ok(rpc(&sock, "cdp_status", Value::Null));
+    assert_eq!(st.as_array().unwrap().len(), 1, "{st}");
+    // A directory of its own is taken.
+    ok(rpc(
+        &sock,
+        "cdp_enable",
+        json!({"volume": "k", "dir": tmp.path().join("cdpk"), "wait": 30}),
+    ));
+}
