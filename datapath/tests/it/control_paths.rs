@@ -7,18 +7,21 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-/// An in-process daemon with a control socket in `dir`: a RAM volume `base` (4 MiB) and a RAM
-/// volume `j` (8 MiB, 4 KiB blocks) journaled in `dir/cdpj`.
+/// An in-process daemon with a control socket in `dir`: a RAM volume `base` (4 MiB), a RAM
+/// volume `j` (8 MiB, 4 KiB blocks) journaled in `dir/cdpj` and a file volume `f` (1 MiB) on
+/// `dir/f.img`.
 fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf) {
     let sock = dir.join("ctl.sock");
     let text = format!(
         "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n\
-         [control]\nsocket='{}'\n[runtime]\nmax_volumes=4\n\
+         [control]\nsocket='{}'\n[runtime]\nmax_volumes=8\n\
          [[volume]]\nname='base'\nbackend='malloc'\nsize='4MiB'\n\
          [[volume]]\nname='j'\nbackend='malloc'\nsize='8MiB'\nblock_size=4096\n\
-         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n\
+         [[volume]]\nname='f'\nbackend='uring'\nsize='1MiB'\npath='{}'\ncreate=true\n",
         sock.display(),
-        dir.join("cdpj").display()
+        dir.join("cdpj").display(),
+        dir.join("f.img").display()
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
     (twinblk::Daemon::start(&cfg).expect("daemon starts"), sock)
@@ -83,4 +86,85 @@ fn cdp_enable_refuses_another_volumes_history_directory_however_it_is_spelt() {
         "cdp_enable",
         json!({"volume": "k", "dir": tmp.path().join("cdpk"), "wait": 30}),
     ));
+}
+
+fn refused(sock: &Path, method: &str, p: Value, code: i64, says: &str) {
+    let r = rpc(sock, method, p.clone());
+    let e = r
+        .get("error")
+        .unwrap_or_else(|| panic!("{method} {p}: accepted: {r}"));
+    assert_eq!(e["code"], code, "{method} {p}: {r}");
+    let m = e["message"].as_str().unwrap();
+    assert!(m.contains(says), "{method} {p}: {m}");
+}
+
+/// `volume_create` of a file volume took any path: the file of another served volume (two
+/// volumes then wrote the same blocks), a file inside a CDP history directory, or a relative
+/// path (made in the daemon's working directory, not the operator's).
+#[test]
+fn volume_create_refuses_a_file_another_volume_uses_a_history_directory_or_a_relative_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(tmp.path());
+    let t = tmp.path();
+    std::fs::create_dir(t.join("sub")).unwrap();
+    std::os::unix::fs::symlink(t.join("f.img"), t.join("link.img")).unwrap();
+    let uring = |name: &str, path: &Path| json!({"name": name, "backend": "uring", "size": "1M", "path": path, "create": true});
+    // The configured volume's file, however it is spelt.
+    for path in [t.join("f.img"), t.join("sub/../f.img"), t.join("link.img")] {
+        refused(
+            &sock,
+            "volume_create",
+            uring("u", &path),
+            -32020,
+            "volume \"f\"",
+        );
+    }
+    // A run-time volume's file, until that volume is deleted.
+    ok(rpc(&sock, "volume_create", uring("u1", &t.join("u.img"))));
+    refused(
+        &sock,
+        "volume_create",
+        uring("u2", &t.join("sub/../u.img")),
+        -32020,
+        "volume \"u1\"",
+    );
+    ok(rpc(&sock, "volume_delete", json!({"name": "u1"})));
+    ok(rpc(&sock, "volume_create", uring("u2", &t.join("u.img"))));
+    // Inside a history directory (a new file there, or one of its segments).
+    refused(
+        &sock,
+        "volume_create",
+        uring("u3", &t.join("cdpj/new.img")),
+        -32020,
+        "history",
+    );
+    let seg = std::fs::read_dir(t.join("cdpj"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a file in the history directory");
+    let before = std::fs::metadata(&seg).unwrap().len();
+    refused(
+        &sock,
+        "volume_create",
+        json!({"name": "u3", "backend": "uring", "size": before.div_ceil(512) * 512 + (1 << 20), "path": seg, "create": true}),
+        -32020,
+        "history",
+    );
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        before,
+        "{seg:?} was extended"
+    );
+    // A relative path.
+    refused(
+        &sock,
+        "volume_create",
+        uring("u3", Path::new("rel.img")),
+        -32602,
+        "absolute",
+    );
+    let vols = ok(rpc(&sock, "volume_list", Value::Null));
+    assert_eq!(vols.as_array().unwrap().len(), 4, "{vols}");
 }
