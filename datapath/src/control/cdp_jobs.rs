@@ -130,6 +130,9 @@ pub struct CdpJobs {
     spare: Vec<usize>,
     /// Views placed so far (which spare CPU the next one takes).
     placed: std::sync::atomic::AtomicUsize,
+    /// [`CdpJobs::stop_all`] ran (set under the jobs' lock): no child is started any more,
+    /// since none would be stopped with the daemon.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Default for CdpJobs {
@@ -153,6 +156,7 @@ impl CdpJobs {
             pin,
             spare,
             placed: std::sync::atomic::AtomicUsize::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -284,6 +288,14 @@ impl CdpJobs {
         let err = out
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        // Checked, started and listed under the lock `stop_all` takes: a child is either
+        // listed before it runs (and stopped with the daemon) or never started.
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(format!(
+                "the daemon is stopping: no {kind} is started any more"
+            ));
+        }
         let child = Command::new(exe)
             .args(args)
             .env_remove("RUST_BACKTRACE")
@@ -299,20 +311,17 @@ impl CdpJobs {
             pid = child.id(),
             "cdp: started through the control socket"
         );
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Job {
-                id,
-                kind,
-                volume: volume.to_string(),
-                child,
-                log,
-                started: Instant::now(),
-                started_unix_ms: unix_ms(),
-                params: params.clone(),
-                exit: None,
-            });
+        jobs.push(Job {
+            id,
+            kind,
+            volume: volume.to_string(),
+            child,
+            log,
+            started: Instant::now(),
+            started_unix_ms: unix_ms(),
+            params: params.clone(),
+            exit: None,
+        });
         Ok(id)
     }
 
@@ -507,6 +516,8 @@ impl CdpJobs {
     /// Stop every child still running (the daemon stops).
     pub fn stop_all(&self) {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for j in jobs.iter_mut() {
             if j.exit.is_none() {
                 let code = j.stop();
@@ -574,6 +585,18 @@ mod tests {
         );
         assert!(addr_param(&json!({"nbd": "nowhere"}), "nbd").is_err());
         assert!(addr_param(&json!({"nbd": 9}), "nbd").is_err());
+    }
+
+    /// Once the daemon stopped its children, none is started (it would outlive the daemon).
+    #[test]
+    fn no_child_is_started_after_stop_all() {
+        let j = CdpJobs::default();
+        j.stop_all();
+        let e = j
+            .start("restore", "v", &["--version".to_string()], &json!({}))
+            .unwrap_err();
+        assert!(e.contains("stopping"), "{e}");
+        assert_eq!(j.list(), json!([]));
     }
 
     #[test]

@@ -142,12 +142,13 @@ impl ControlServer {
                     let shared = Arc::clone(&shared);
                     let cfg = cfg.clone();
                     let clients = Arc::clone(&clients);
+                    let stopping = Arc::clone(&stop2);
                     let spawned = std::thread::Builder::new()
                         .name("control-conn".into())
                         .spawn({
                             let clients = Arc::clone(&clients);
                             move || {
-                                serve(conn, &shared, &cfg);
+                                serve(conn, &shared, &cfg, &stopping);
                                 clients.fetch_sub(1, Ordering::SeqCst);
                             }
                         });
@@ -163,9 +164,10 @@ impl ControlServer {
         })
     }
 
-    /// Stop listening and remove the socket file.
+    /// Stop listening and remove the socket file. A client still connected gets error
+    /// `-32000` ("the daemon is stopping") for any further request, and is closed.
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::SeqCst);
         let _ = UnixStream::connect(&self.path); // wake the accept loop
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -293,7 +295,7 @@ pub fn bind_socket(path: &Path, group: Option<u32>) -> std::io::Result<UnixListe
     Ok(listener)
 }
 
-fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config) {
+fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config, stopping: &AtomicBool) {
     let Ok(write_half) = conn.try_clone() else {
         return;
     };
@@ -309,6 +311,13 @@ fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config) {
         {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+        if stopping.load(Ordering::SeqCst) {
+            // The daemon stops its reactors and children next: nothing asked now could be
+            // done, and a view or restore started now would outlive it.
+            let refused = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000, "message": "the daemon is stopping: no request is served any more"}});
+            let _ = writeln!(out, "{refused}");
+            return;
         }
         let reply = if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
             // One answer for the whole over-long line, given first (also to a client that

@@ -17,6 +17,7 @@ mod cdp_view;
 mod clients;
 mod control_input;
 mod control_paths;
+mod control_timing;
 mod failover;
 mod guest;
 mod harness;
