@@ -194,7 +194,8 @@ impl Drop for CdpJobs {
     }
 }
 
-/// The point a request names, as `twinblk cdp` arguments.
+/// The point a request names, as `twinblk cdp` arguments. Each value is joined to its option
+/// (`--bookmark=-x`): a value of its own starting with '-' would be read as an option.
 fn point_args(p: &Value) -> Result<Vec<String>, String> {
     // A key given with the wrong type is an error, never quietly left out (which would let
     // another key of the request name the point).
@@ -219,9 +220,9 @@ fn point_args(p: &Value) -> Result<Vec<String>, String> {
         })
         .transpose()?;
     match (time, seq, bookmark) {
-        (Some(t), None, None) => Ok(vec!["--time".into(), t.to_string()]),
-        (None, Some(s), None) => Ok(vec!["--seq".into(), s.to_string()]),
-        (None, None, Some(b)) => Ok(vec!["--bookmark".into(), b.to_string()]),
+        (Some(t), None, None) => Ok(vec![format!("--time={t}")]),
+        (None, Some(s), None) => Ok(vec![format!("--seq={s}")]),
+        (None, None, Some(b)) => Ok(vec![format!("--bookmark={b}")]),
         _ => Err("params need exactly one of \"time_ns\", \"seq\", \"bookmark\"".into()),
     }
 }
@@ -375,9 +376,10 @@ impl CdpJobs {
         } else {
             vec![name.to_string()]
         };
+        // Values joined to their options: a name may start with '-'.
         for ((c, _), n) in members.iter().zip(&names) {
-            args.extend(["--dir".into(), c.dir.display().to_string()]);
-            args.extend(["--name".into(), n.clone()]);
+            args.push(format!("--dir={}", c.dir.display()));
+            args.push(format!("--name={n}"));
         }
         let (nbd, nvmf, iscsi) = (
             addr_param(p, "nbd")?,
@@ -394,12 +396,10 @@ impl CdpJobs {
             Some(Value::Bool(true)) => args.push("--sandbox".into()),
             Some(v) => return Err(format!("\"sandbox\" must be true or false, not {v}")),
         }
-        args.extend(["--nbd".into(), nbd.clone()]);
         args.extend([
-            "--nvmf".into(),
-            nvmf.clone(),
-            "--iscsi".into(),
-            iscsi.clone(),
+            format!("--nbd={nbd}"),
+            format!("--nvmf={nvmf}"),
+            format!("--iscsi={iscsi}"),
         ]);
         let home = members.first().map_or(0, |(c, _)| c.home);
         args.extend(self.placement(home));
@@ -485,9 +485,12 @@ impl CdpJobs {
                 out.display()
             ));
         }
-        let mut args: Vec<String> = vec!["cdp".into(), "restore".into(), "--dir".into()];
-        args.push(c.dir.display().to_string());
-        args.extend(["--out".into(), out.display().to_string()]);
+        let mut args: Vec<String> = vec![
+            "cdp".into(),
+            "restore".into(),
+            format!("--dir={}", c.dir.display()),
+            format!("--out={}", out.display()),
+        ];
         args.extend(point_args(p)?);
         let id = self.start("restore", volume, &args, p)?;
         let pid = self.with_job(id, |j| j.child.id())?;
@@ -558,13 +561,15 @@ mod tests {
 
     #[test]
     fn points_and_addresses_are_checked_before_anything_starts() {
-        assert_eq!(
-            point_args(&json!({"seq": 5})).unwrap(),
-            vec!["--seq".to_string(), "5".into()]
-        );
+        assert_eq!(point_args(&json!({"seq": 5})).unwrap(), ["--seq=5"]);
         assert_eq!(
             point_args(&json!({"bookmark": "b"})).unwrap(),
-            vec!["--bookmark".to_string(), "b".into()]
+            ["--bookmark=b"]
+        );
+        // A bookmark starting with '-' stays the option's value.
+        assert_eq!(
+            point_args(&json!({"bookmark": "--sandbox"})).unwrap(),
+            ["--bookmark=--sandbox"]
         );
         assert!(point_args(&json!({})).is_err());
         assert!(point_args(&json!({"seq": 5, "time_ns": 1})).is_err());
@@ -576,7 +581,7 @@ mod tests {
         assert!(e.contains("seq"), "{e}");
         assert_eq!(
             point_args(&json!({"seq": 5, "time_ns": null})).unwrap(),
-            vec!["--seq".to_string(), "5".into()]
+            ["--seq=5"]
         );
         assert_eq!(addr_param(&json!({}), "nbd").unwrap(), "");
         assert_eq!(

@@ -168,3 +168,75 @@ fn volume_create_refuses_a_file_another_volume_uses_a_history_directory_or_a_rel
     let vols = ok(rpc(&sock, "volume_list", Value::Null));
     assert_eq!(vols.as_array().unwrap().len(), 4, "{vols}");
 }
+
+/// A view name and a bookmark name may start with '-' (documented: letters, digits, '-', '_',
+/// '.'), but they were given to the view's and restore's command line as an argument of their
+/// own, where `-x` reads as an option: the view did not start ("For more information, try
+/// '--help'.") and the restore failed, for names the daemon had accepted.
+#[test]
+fn view_and_bookmark_names_starting_with_a_dash_are_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='j'\nbackend='malloc'\nsize='1MiB'\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        tmp.path().join("cdpj").display()
+    );
+    let s = crate::harness::Server::start(tmp.path(), &body);
+    let mut at = 0;
+    for mark in ["-x", "--sandbox"] {
+        let r = s.rpc_with("cdp_bookmark", json!({"volume": "j", "name": mark}));
+        assert!(r["error"].is_null(), "{r}");
+        at = r["result"]["time_ns"].as_u64().unwrap();
+    }
+    // A write after them: the window reaches past the bookmarks.
+    let mut c = crate::rawnbd::Client::connect(s.addr, "j", false);
+    assert_eq!(c.write(0, &crate::harness::pattern(7, 4096)), 0);
+    crate::harness::wait_until(
+        crate::harness::PATIENCE,
+        || s.rpc("cdp_status")[0]["window_end_ns"].as_u64() >= Some(at),
+        || format!("the window does not reach {at}: {}", s.rpc("cdp_status")),
+    );
+    let nbd = || format!("127.0.0.1:{}", crate::harness::free_port());
+    for p in [
+        json!({"volume": "j", "seq": 1, "name": "-x", "nbd": nbd()}),
+        json!({"volume": "j", "seq": 1, "name": "--sandbox", "nbd": nbd()}),
+        json!({"volume": "j", "bookmark": "-x", "nbd": nbd()}),
+        json!({"volume": "j", "bookmark": "--sandbox", "name": "-v", "nbd": nbd()}),
+    ] {
+        let r = s.rpc_with("cdp_view_open", p.clone());
+        assert!(r["error"].is_null(), "{p}: {r}");
+        let want = p["name"].as_str().unwrap_or("view");
+        assert_eq!(r["result"]["name"], want, "{p}: {r}");
+        let id = r["result"]["id"].clone();
+        let r = s.rpc_with("cdp_view_close", json!({"id": id}));
+        assert_eq!(r["result"]["exit"], 0, "{p}: {r}");
+    }
+    let out = tmp.path().join("out.img");
+    let r = s.rpc_with(
+        "cdp_restore",
+        json!({"volume": "j", "bookmark": "-x", "out": out}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let id = r["result"]["id"].as_u64().unwrap();
+    crate::harness::wait_until(
+        crate::harness::PATIENCE,
+        || {
+            s.rpc("cdp_jobs")
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["id"] == id && j["state"] != "running")
+        },
+        || format!("restore {id} still running: {}", s.rpc("cdp_jobs")),
+    );
+    let jobs = s.rpc("cdp_jobs");
+    let job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 1 << 20);
+}
