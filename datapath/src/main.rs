@@ -568,6 +568,21 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
                         .with_context(|| format!("{}", d.display()))?;
                 }
             }
+            // A point the view's configuration cannot carry (its integers are signed 64-bit)
+            // is past every history's end: refused as the window refuses it.
+            let past = |v: Option<u64>| v.is_some_and(|x| i64::try_from(x).is_err());
+            if past(point.0) || past(point.1) {
+                let p = match point.0 {
+                    Some(s) => pit::Point::Seq(s),
+                    None => pit::Point::Time(point.1.unwrap_or(u64::MAX)),
+                };
+                for d in &dir {
+                    let h = store::load(d, store::Load::ReadOnly)
+                        .with_context(|| format!("reading {}", d.display()))?;
+                    pit::resolve(&h, p).with_context(|| format!("{}", d.display()))?;
+                }
+                anyhow::bail!("the point is past what a history can hold (at most 2^63 - 1)");
+            }
             let views: Vec<(PathBuf, String)> = dir.iter().cloned().zip(name).collect();
             let cfg = view_config(
                 &views,

@@ -240,3 +240,31 @@ fn view_and_bookmark_names_starting_with_a_dash_are_names() {
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 1 << 20);
 }
+
+/// A point past what a history can hold (`seq` or `time_ns` above 2^63 - 1, as JSON allows
+/// up to 2^64 - 1) failed the view in its own configuration ("the view's configuration ...
+/// TOML parse error ... number too large"), not as the point outside the window it is.
+#[test]
+fn a_view_at_a_point_past_any_history_is_refused_as_outside_the_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='j'\nbackend='malloc'\nsize='1MiB'\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        tmp.path().join("cdpj").display()
+    );
+    let s = crate::harness::Server::start(tmp.path(), &body);
+    for key in ["seq", "time_ns"] {
+        for v in [u64::MAX, 1 << 63] {
+            let mut p = json!({"volume": "j", "nbd": "127.0.0.1:0"});
+            p[key] = json!(v);
+            let r = s.rpc_with("cdp_view_open", p.clone());
+            let m = r["error"]["message"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{p}: {r}"));
+            assert!(
+                m.contains("outside the restorable window") && !m.contains("TOML"),
+                "{p}: {m}"
+            );
+        }
+    }
+}
