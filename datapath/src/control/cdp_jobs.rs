@@ -465,8 +465,15 @@ impl CdpJobs {
         Ok(r)
     }
 
-    /// `cdp_restore`: start a restore of `c`'s history to the new file `out`.
-    pub fn restore(&self, c: &CdpInfo, volume: &str, p: &Value) -> Result<Value, String> {
+    /// `cdp_restore`: start a restore of `c`'s history to the new file `out`, which must be
+    /// in an existing directory outside every history directory of `histories`.
+    pub fn restore(
+        &self,
+        c: &CdpInfo,
+        volume: &str,
+        p: &Value,
+        histories: &[PathBuf],
+    ) -> Result<Value, String> {
         let out = p
             .get("out")
             .and_then(Value::as_str)
@@ -483,6 +490,27 @@ impl CdpJobs {
             return Err(format!(
                 "{} exists: a restore only writes a new file",
                 out.display()
+            ));
+        }
+        // Checked now, not only by the child: the answer comes at once.
+        let parent = out
+            .parent()
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .filter(|d| d.is_dir())
+            .ok_or_else(|| {
+                format!(
+                    "the directory of {} does not exist or is not a directory",
+                    out.display()
+                )
+            })?;
+        if let Some(h) = histories
+            .iter()
+            .find(|h| std::fs::canonicalize(h).is_ok_and(|h| parent.starts_with(h)))
+        {
+            return Err(format!(
+                "{} is inside the CDP history directory {}: restore elsewhere",
+                out.display(),
+                h.display()
             ));
         }
         let mut args: Vec<String> = vec![

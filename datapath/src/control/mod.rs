@@ -820,9 +820,22 @@ fn cdp_call(
                     shared.cdp_jobs.view_open(&members, &label, p)
                 } else {
                     let c = &vols[0];
-                    shared
-                        .cdp_jobs
-                        .restore(c, &shared.rt.volumes.name(c.vol), p)
+                    let vname = shared.rt.volumes.name(c.vol);
+                    // The bookmark is checked now too (the answer comes before the child
+                    // runs); the child reads it again.
+                    if let Some(b) = p.get("bookmark").and_then(Value::as_str)
+                        && !bookmark::load(&c.dir)?.contains_key(b)
+                    {
+                        return Err(format!("volume {vname:?} has no bookmark named {b:?}"));
+                    }
+                    let histories: Vec<PathBuf> = shared
+                        .cdp
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .map(|c| c.dir.clone())
+                        .collect();
+                    shared.cdp_jobs.restore(c, &vname, p, &histories)
                 }
             })());
         }

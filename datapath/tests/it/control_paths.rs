@@ -268,3 +268,50 @@ fn a_view_at_a_point_past_any_history_is_refused_as_outside_the_window() {
         }
     }
 }
+
+/// `cdp_restore` answers at once and runs as a child, but took what it can check at once
+/// without a word: an `out` inside a CDP history directory (the restored image written among
+/// the history's segments), an `out` in a directory that does not exist, a bookmark the
+/// volume does not have; each was only a failed job in `cdp_jobs`, or a file in a history.
+#[test]
+fn cdp_restore_refuses_at_once_an_out_in_a_history_or_nowhere_and_a_missing_bookmark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(tmp.path());
+    let t = tmp.path();
+    let seq = ok(rpc(&sock, "cdp_status", Value::Null))[0]["durable_seq"].clone();
+    for (p, says) in [
+        (
+            json!({"volume": "j", "seq": seq, "out": t.join("cdpj/out.img")}),
+            "history directory",
+        ),
+        (
+            json!({"volume": "j", "seq": seq, "out": t.join("cdpj/../cdpj/seg-9.cdp")}),
+            "history directory",
+        ),
+        (
+            json!({"volume": "j", "seq": seq, "out": t.join("nowhere/out.img")}),
+            "not a directory",
+        ),
+        (
+            json!({"volume": "j", "bookmark": "nope", "out": t.join("out.img")}),
+            "no bookmark named \"nope\"",
+        ),
+        (
+            json!({"volume": "j", "bookmark": "a/b", "out": t.join("out.img")}),
+            "no bookmark named \"a/b\"",
+        ),
+    ] {
+        let r = rpc(&sock, "cdp_restore", p.clone());
+        if let Some(pid) = r["result"]["pid"].as_u64() {
+            // SAFETY: the child this request started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let e = r
+            .get("error")
+            .unwrap_or_else(|| panic!("{p}: accepted: {r}"));
+        assert_eq!(e["code"], -32602, "{p}: {r}");
+        assert!(e["message"].as_str().unwrap().contains(says), "{p}: {r}");
+    }
+    assert_eq!(ok(rpc(&sock, "cdp_jobs", Value::Null)), json!([]));
+    assert!(!t.join("cdpj/out.img").exists());
+}
