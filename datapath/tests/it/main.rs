@@ -16,6 +16,7 @@ mod cdp_sync;
 mod cdp_view;
 mod clients;
 mod control_input;
+mod control_lists;
 mod control_paths;
 mod control_timing;
 mod failover;
