@@ -20,6 +20,7 @@ pub mod cdp_admin;
 pub mod cdp_jobs;
 pub mod config;
 pub mod metrics;
+pub mod strict_json;
 pub mod switchover;
 pub mod verify;
 
@@ -364,8 +365,12 @@ fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
 
 /// Answer one JSON-RPC request line.
 pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
-    let req: Value = match serde_json::from_str(line) {
+    let req: Value = match strict_json::parse(line) {
         Ok(v) => v,
+        // Valid JSON, but which of the values is meant is not known: an invalid request.
+        Err(e) if e.to_string().starts_with(strict_json::TWICE) => {
+            return json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": format!("invalid request: {e}; give each key once (nothing was changed)")}});
+        }
         Err(e) => {
             return json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: {e}")}});
         }

@@ -105,3 +105,45 @@ fn a_host_given_twice_is_refused_and_a_disallow_never_empties_the_list() {
         .unwrap();
     assert_eq!(sub["allowed_hosts"], json!(["nqn.h1"]), "{sub}");
 }
+
+/// One request line, raw.
+fn raw(sock: &Path, line: &str) -> Value {
+    let mut s = UnixStream::connect(sock).expect("control socket");
+    let _ = writeln!(s, "{line}");
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("not an answer ({e}): {answer:?}"))
+}
+
+/// A key given twice in a request (`"read_only": true, "read_only": false`) was taken as its
+/// last value without a word: the export above was served writable. Refused now, at any
+/// level, and nothing changed.
+#[test]
+fn a_key_given_twice_in_a_request_is_refused_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(tmp.path());
+    for line in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"nbd_export_add","params":{"name":"e","volume":"base","read_only":true,"read_only":false}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"nbd_export_add","params":{"name":"e","volume":"base","name":"f"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"export_list","method":"nbd_export_add","params":{"name":"e","volume":"base"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"nbd_export_add","params":{"name":"e","volume":"base"},"params":{"name":"f","volume":"base"}}"#,
+    ] {
+        let r = raw(&sock, line);
+        let e = r
+            .get("error")
+            .unwrap_or_else(|| panic!("{line}: accepted: {r}"));
+        assert_eq!(e["code"], -32600, "{line}: {r}");
+        assert!(
+            e["message"].as_str().unwrap().contains("twice"),
+            "{line}: {r}"
+        );
+    }
+    let exports = rpc(&sock, "export_list", Value::Null)["result"].clone();
+    assert_eq!(exports.as_array().unwrap().len(), 1, "{exports}");
+    // Keys repeated in different objects are not the same key.
+    let r = raw(
+        &sock,
+        r#"{"jsonrpc":"2.0","id":{"name":1},"method":"nbd_export_add","params":{"name":"e","volume":"base","read_only":true}}"#,
+    );
+    assert_eq!(r["result"]["read_only"], true, "{r}");
+}
