@@ -240,6 +240,18 @@ fn addr_param(p: &Value, key: &str) -> Result<String, String> {
     }
 }
 
+/// The address of the first `  SCHEME://ADDR/...` line of a serving daemon's banner.
+fn served_at(banner: &str, scheme: &str) -> Option<String> {
+    let prefix = format!("  {scheme}://");
+    banner.lines().find_map(|l| {
+        let rest = l.strip_prefix(&prefix)?;
+        let addr = rest.split('/').next()?;
+        addr.parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.to_string())
+    })
+}
+
 /// What a child that failed said: its `Error: ...` paragraph (with the causes, without a
 /// backtrace), else its last non-empty line.
 fn failure_of(text: &str) -> String {
@@ -406,13 +418,26 @@ impl CdpJobs {
         let t = Instant::now();
         let id = self.start("view", label, &args, p)?;
         // Serving once it prints its banner's last line; failed if it exits first.
-        loop {
+        let (nbd, nvmf, iscsi) = loop {
             let (exit, text) = self.with_job(id, |j| {
                 j.poll();
                 (j.exit, std::fs::read_to_string(&j.log).unwrap_or_default())
             })?;
             if text.contains("Ctrl-C") {
-                break;
+                // The addresses it listens on, as its banner names them: a port 0 asked
+                // for is the port the system gave.
+                let bound = |given: String, scheme: &str| {
+                    if given.is_empty() {
+                        given
+                    } else {
+                        served_at(&text, scheme).unwrap_or(given)
+                    }
+                };
+                break (
+                    bound(nbd, "nbd"),
+                    bound(nvmf, "nvme+tcp"),
+                    bound(iscsi, "iscsi"),
+                );
             }
             if let Some(code) = exit {
                 let why = failure_of(&text);
@@ -428,7 +453,7 @@ impl CdpJobs {
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));
-        }
+        };
         let pid = self.with_job(id, |j| j.child.id())?;
         let endpoints = |n: &str| {
             json!({
@@ -630,6 +655,15 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("stopping"), "{e}");
         assert_eq!(j.list(), json!([]));
+    }
+
+    #[test]
+    fn the_addresses_a_view_serves_on_are_read_from_its_banner() {
+        let b = "twinblk 0.1.0 serving 1 volume(s)\n  nvme+tcp://127.0.0.1:4421/nqn.x:v\n    nvme connect -t tcp\n  iscsi://[::1]:3261/iqn.x:v/0\n    iscsi-inq iscsi://127.0.0.1:9/x/0\n  nbd://127.0.0.1:35521/v\n    nbdinfo nbd://127.0.0.1:1/v\n";
+        assert_eq!(served_at(b, "nbd").as_deref(), Some("127.0.0.1:35521"));
+        assert_eq!(served_at(b, "nvme+tcp").as_deref(), Some("127.0.0.1:4421"));
+        assert_eq!(served_at(b, "iscsi").as_deref(), Some("[::1]:3261"));
+        assert_eq!(served_at("  nbd://nowhere/v\n", "nbd"), None);
     }
 
     #[test]

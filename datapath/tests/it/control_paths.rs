@@ -315,3 +315,40 @@ fn cdp_restore_refuses_at_once_an_out_in_a_history_or_nowhere_and_a_missing_book
     assert_eq!(ok(rpc(&sock, "cdp_jobs", Value::Null)), json!([]));
     assert!(!t.join("cdpj/out.img").exists());
 }
+
+/// A listen address with port 0 (any free port) was taken, and the answer named port 0
+/// (`nbd://127.0.0.1:0/view`, `"addr": "127.0.0.1:0"`), where nothing listens: the view
+/// served on a port nobody was told. The answer now names the ports the view listens on.
+#[test]
+fn a_view_on_port_zero_answers_the_port_it_serves_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='j'\nbackend='malloc'\nsize='1MiB'\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        tmp.path().join("cdpj").display()
+    );
+    let s = crate::harness::Server::start(tmp.path(), &body);
+    let r = s.rpc_with(
+        "cdp_view_open",
+        json!({"volume": "j", "seq": 1, "nbd": "127.0.0.1:0", "nvmf": "127.0.0.1:0", "iscsi": "127.0.0.1:0"}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let res = &r["result"];
+    let nbd = res["nbd"].as_str().unwrap();
+    let addr: std::net::SocketAddr = nbd
+        .strip_prefix("nbd://")
+        .and_then(|a| a.strip_suffix("/view"))
+        .unwrap_or_else(|| panic!("{res}"))
+        .parse()
+        .unwrap();
+    assert_ne!(addr.port(), 0, "{res}");
+    let mut c = crate::rawnbd::Client::connect(addr, "view", false);
+    assert_eq!(c.read(0, 4096).unwrap(), vec![0u8; 4096]);
+    for k in ["nvmf", "iscsi"] {
+        let a: std::net::SocketAddr = res[k]["addr"].as_str().unwrap().parse().unwrap();
+        assert_ne!(a.port(), 0, "{k}: {res}");
+        std::net::TcpStream::connect(a).unwrap_or_else(|e| panic!("{k} {a}: {e}"));
+    }
+    let r = s.rpc_with("cdp_view_close", json!({"id": res["id"]}));
+    assert_eq!(r["result"]["exit"], 0, "{r}");
+}
