@@ -192,6 +192,43 @@ fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
     lexical(a) == lexical(b)
 }
 
+/// Refuse a directory that exists and holds files but no history (no `cdp.meta`): a new
+/// history would take its files' names whatever is there (`base.img`, a file volume's file
+/// perhaps, replaced by the empty base copy). Only this daemon's lock file may be there (a
+/// `cdp_enable` that failed before making the history leaves it).
+fn refuse_foreign_files(dir: &std::path::Path) -> Result<(), Error> {
+    use crate::layer::cdp::{names, rollback};
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        // Missing (it is made), or not a directory (refused when it is opened).
+        return Ok(());
+    };
+    if names::meta_path(dir).exists() {
+        return Ok(());
+    }
+    let lock = rollback::lock_path(dir);
+    let mut foreign: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path() != lock)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let more = foreign.len().saturating_sub(5);
+    foreign.truncate(5);
+    Err(bad(format!(
+        "directory {} holds files but no CDP history (no cdp.meta): {}{}; a new history would write over files of these names (base.img, ...): give an empty or new directory",
+        dir.display(),
+        foreign.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )))
+}
+
 /// A `cdp_enable` whose change is made: what its answer waits for (the catch-up), without the
 /// admin lock ([`Enabled::answer`]), so other changes are served meanwhile.
 pub(super) struct Enabled {
@@ -268,6 +305,7 @@ pub(super) fn cdp_enable(
             ),
         ));
     }
+    refuse_foreign_files(&dir)?;
     let segment_size = match text("segment_size")? {
         Some(t) => parse_size(&t).map_err(|e| bad(format!("segment_size: {e}")))?,
         None => conf.as_ref().map_or(64 << 20, |c| c.segment_size.0),

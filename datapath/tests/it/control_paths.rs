@@ -352,3 +352,46 @@ fn a_view_on_port_zero_answers_the_port_it_serves_on() {
     let r = s.rpc_with("cdp_view_close", json!({"id": res["id"]}));
     assert_eq!(r["result"]["exit"], 0, "{r}");
 }
+
+/// `cdp_enable` into a directory that holds files but no history made a new history there,
+/// whose files took their names whatever was there: the directory of a file volume whose
+/// file is `base.img` had that file replaced by the new history's empty base copy (the
+/// volume's data gone at the next start). A directory without a history must be empty now.
+#[test]
+fn cdp_enable_refuses_a_directory_with_files_but_no_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vdir = tmp.path().join("v");
+    std::fs::create_dir(&vdir).unwrap();
+    let img = vdir.join("base.img");
+    std::fs::write(&img, vec![0xab; 1 << 20]).unwrap();
+    let sock = tmp.path().join("ctl.sock");
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n\
+         [control]\nsocket='{}'\n\
+         [[volume]]\nname='f'\nbackend='uring'\nsize='1MiB'\npath='{}'\n",
+        sock.display(),
+        img.display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let _d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let r = rpc(
+        &sock,
+        "cdp_enable",
+        json!({"volume": "f", "dir": vdir, "wait": 30}),
+    );
+    let e = r.get("error").unwrap_or_else(|| panic!("accepted: {r}"));
+    assert_eq!(e["code"], -32602, "{r}");
+    assert!(e["message"].as_str().unwrap().contains("base.img"), "{r}");
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        vec![0xab; 1 << 20],
+        "base.img changed"
+    );
+    assert!(!vdir.join("cdp.meta").exists());
+    // An empty directory, or a new one, is taken.
+    ok(rpc(
+        &sock,
+        "cdp_enable",
+        json!({"volume": "f", "dir": tmp.path().join("new/hist"), "wait": 30}),
+    ));
+}
