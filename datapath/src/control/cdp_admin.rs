@@ -359,7 +359,21 @@ pub(super) fn cdp_enable(
         }
     };
     let config = cx.volume_configs.iter().find(|c| c.name == name);
-    let group = match text("group")? {
+    let group = match p.get("group") {
+        None | Some(Value::Null) => None,
+        // A name, as the config file's `group` (a number is not taken for its text).
+        Some(Value::String(g))
+            if !g.is_empty() && g.len() <= 223 && !g.chars().any(char::is_control) =>
+        {
+            Some(g.clone())
+        }
+        Some(g) => {
+            return Err(bad(format!(
+                "\"group\" must be a group's name (1 to 223 bytes, no control characters), not {g}"
+            )));
+        }
+    };
+    let group = match group {
         Some(g) => g,
         None => config
             .and_then(|c| c.group.clone())
