@@ -284,7 +284,8 @@ fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
 
 /// Refuse `path` for a new file volume when another served volume's file or block device is
 /// the same (however it is spelt: `..`, a symbolic link, a hard link) or it is inside a CDP
-/// history directory: two volumes would write the same blocks, or a volume a history's files.
+/// history directory or one of the daemon's state directories: two volumes would write the
+/// same blocks, or a volume a history's or the daemon's state files.
 fn path_in_use(cx: &ControlCx, st: &AdminState, path: &std::path::Path) -> Result<(), Error> {
     let named = |vol: usize| cx.rt.volumes.name(vol);
     if let Ok(meta) = std::fs::metadata(path) {
@@ -310,11 +311,37 @@ fn path_in_use(cx: &ControlCx, st: &AdminState, path: &std::path::Path) -> Resul
             }
         }
     }
-    // The directory the file is (or would be) in, resolved.
-    let parent = path
-        .parent()
-        .and_then(|d| std::fs::canonicalize(d).ok())
-        .unwrap_or_default();
+    // The directory the file is (or would be) in, resolved (when it does not exist: with
+    // `.` and `..` taken out of its path).
+    let parent = path.parent().map_or_else(std::path::PathBuf::new, |d| {
+        std::fs::canonicalize(d).unwrap_or_else(|_| {
+            let mut out = std::path::PathBuf::new();
+            for c in d.components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    c => out.push(c),
+                }
+            }
+            out
+        })
+    });
+    for (setting, d) in &cx.state_dirs {
+        if let Ok(h) = std::fs::canonicalize(d)
+            && parent.starts_with(&h)
+        {
+            return Err((
+                E_IN_USE,
+                format!(
+                    "path {} is inside the daemon's state directory {} ({setting}): put the volume's file elsewhere",
+                    path.display(),
+                    d.display()
+                ),
+            ));
+        }
+    }
     for c in cx.cdp.read().unwrap_or_else(|e| e.into_inner()).iter() {
         if let Ok(h) = std::fs::canonicalize(&c.dir)
             && parent.starts_with(&h)
