@@ -18,7 +18,7 @@
 
 use crate::layer::cdp::CdpInfo;
 use serde_json::{Value, json};
-use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -240,6 +240,31 @@ fn addr_param(p: &Value, key: &str) -> Result<String, String> {
     }
 }
 
+/// Make `dir` (mode 0700) or check it is one this user made so: a real directory, not a
+/// link, of this user, that no one else may write in. Its name is guessable (under the
+/// shared temporary directory), so another user could have put a directory or a link there.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if let Some(up) = dir.parent() {
+        std::fs::create_dir_all(up).map_err(|e| format!("cannot create {}: {e}", up.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is not a private directory of this user (a link, another user's, or writable by others): refusing to write the child's log there; remove it",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// The address of the first `  SCHEME://ADDR/...` line of a serving daemon's banner.
 fn served_at(banner: &str, scheme: &str) -> Option<String> {
     let prefix = format!("  {scheme}://");
@@ -287,8 +312,7 @@ impl CdpJobs {
             .exe
             .as_ref()
             .ok_or("cannot find this daemon's own executable to start the child")?;
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        private_dir(&self.dir)?;
         let id = {
             let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
             let id = *n;
@@ -296,8 +320,14 @@ impl CdpJobs {
             id
         };
         let log = self.dir.join(format!("{kind}-{id}.log"));
-        let out =
-            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        // In a private directory; never through a link.
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let err = out
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
@@ -643,6 +673,45 @@ mod tests {
         );
         assert!(addr_param(&json!({"nbd": "nowhere"}), "nbd").is_err());
         assert!(addr_param(&json!({"nbd": 9}), "nbd").is_err());
+    }
+
+    /// The logs' directory has a name anyone can guess (`/tmp/twinblk-cdp-jobs-PID`): one
+    /// made there by another user, or a symbolic link, would have the daemon create (or
+    /// truncate, through a link planted in it) files where that user chose. Only a private
+    /// directory of this user is written.
+    #[test]
+    fn the_logs_go_only_to_a_private_directory_of_this_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let exe = Some(PathBuf::from("/bin/true"));
+        // A symbolic link in its place.
+        let mut j = CdpJobs::default();
+        j.exe = exe.clone();
+        j.dir = tmp.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &j.dir).unwrap();
+        let e = j.start("restore", "v", &[], &json!({})).unwrap_err();
+        assert!(e.contains("private"), "{e}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        // A directory others may write in.
+        let mut j = CdpJobs::default();
+        j.exe = exe.clone();
+        j.dir = tmp.path().join("open");
+        std::fs::create_dir(&j.dir).unwrap();
+        std::fs::set_permissions(&j.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = j.start("restore", "v", &[], &json!({})).unwrap_err();
+        assert!(e.contains("private"), "{e}");
+        assert_eq!(std::fs::read_dir(&j.dir).unwrap().count(), 0);
+        // Made here: private, and used.
+        let mut j = CdpJobs::default();
+        j.exe = exe;
+        j.dir = tmp.path().join("new");
+        j.start("restore", "v", &[], &json!({})).unwrap();
+        let mode = std::fs::metadata(&j.dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(j.dir.join("restore-1.log").exists());
+        j.stop_all();
     }
 
     /// Once the daemon stopped its children, none is started (it would outlive the daemon).
