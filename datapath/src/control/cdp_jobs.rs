@@ -341,6 +341,8 @@ impl CdpJobs {
         }
         let child = Command::new(exe)
             .args(args)
+            // It stops once this daemon is gone, also killed (a clean stop stops it first).
+            .arg(format!("--parent={}", std::process::id()))
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(out)

@@ -84,3 +84,39 @@ fn a_client_connected_before_the_stop_gets_no_view_or_restore_started_after_it()
     }
     assert!(!tmp.path().join("out.img").exists());
 }
+
+/// A view the daemon started kept serving after the daemon was killed (SIGKILL, a crash):
+/// only a clean stop stopped its children, so an orphaned view went on serving an old point
+/// and holding its history's consolidation back. A child now stops once its daemon is gone.
+#[test]
+fn a_view_stops_when_its_daemon_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n[[volume]]\nname='j'\nbackend='malloc'\nsize='1MiB'\n\
+         [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        tmp.path().join("cdpj").display()
+    );
+    let mut s = crate::harness::Server::start(tmp.path(), &body);
+    let port = crate::harness::free_port();
+    let r = s.rpc_with(
+        "cdp_view_open",
+        json!({"volume": "j", "seq": 1, "nbd": format!("127.0.0.1:{port}")}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let pid = r["result"]["pid"].as_u64().unwrap();
+    assert!(alive(pid));
+    s.kill();
+    let t = std::time::Instant::now();
+    while alive(pid) && t.elapsed() < std::time::Duration::from_secs(15) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left = alive(pid);
+    if left {
+        // SAFETY: the view this test's request started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(
+        !left,
+        "view {pid} still running 15 s after its daemon was killed"
+    );
+}
