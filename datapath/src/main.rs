@@ -136,6 +136,10 @@ enum CdpCmd {
         /// Do not pin the view's reactor to `--core` (`[reactor] pin = false`).
         #[arg(long)]
         no_pin: bool,
+        /// Stop (as on Ctrl-C) once process PID is no longer this one's parent: a daemon
+        /// that started the view and was killed (its control socket's views).
+        #[arg(long, hide = true)]
+        parent: Option<u32>,
     },
     /// Print the restorable window of each volume's history.
     Window {
@@ -161,6 +165,10 @@ enum CdpCmd {
         /// A bookmark (set with the control socket's cdp_bookmark): its time.
         #[arg(long, conflicts_with_all = ["seq", "time"])]
         bookmark: Option<String>,
+        /// Stop (as on Ctrl-C: nothing is left) once process PID is no longer this one's
+        /// parent: a daemon that started the restore and was killed.
+        #[arg(long, hide = true)]
+        parent: Option<u32>,
     },
     /// Roll a volume (or a group) back in place to a point of its history, with the daemon
     /// that serves it stopped: only blocks that differ are rewritten, and journaled, so the
@@ -504,6 +512,23 @@ fn bookmark_time(dirs: &[PathBuf], b: &str) -> Result<u64> {
     at.context("no volume given")
 }
 
+/// With `Some(pid)`: a thread that sends this process SIGINT (its clean stop, as Ctrl-C) once
+/// `pid` is no longer its parent, i.e. the daemon that started it is gone, even killed.
+fn stop_with_parent(parent: Option<u32>) {
+    let Some(pid) = parent else { return };
+    let _ = std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || {
+            // SAFETY: getppid has no preconditions.
+            while unsafe { libc::getppid() } as u32 == pid {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            eprintln!("the daemon that started this (pid {pid}) is gone: stopping");
+            // SAFETY: getpid has no preconditions; kill signals this process.
+            unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+        });
+}
+
 /// `s` as a TOML basic string.
 fn toml_str(s: &str) -> String {
     let mut o = String::from("\"");
@@ -534,7 +559,9 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
             iscsi,
             core,
             no_pin,
+            parent,
         } => {
+            stop_with_parent(parent);
             let t = std::time::Instant::now();
             anyhow::ensure!(
                 dir.len() == name.len(),
@@ -567,6 +594,21 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
                     pit::resolve(&h, pit::Point::Time(at))
                         .with_context(|| format!("{}", d.display()))?;
                 }
+            }
+            // A point the view's configuration cannot carry (its integers are signed 64-bit)
+            // is past every history's end: refused as the window refuses it.
+            let past = |v: Option<u64>| v.is_some_and(|x| i64::try_from(x).is_err());
+            if past(point.0) || past(point.1) {
+                let p = match point.0 {
+                    Some(s) => pit::Point::Seq(s),
+                    None => pit::Point::Time(point.1.unwrap_or(u64::MAX)),
+                };
+                for d in &dir {
+                    let h = store::load(d, store::Load::ReadOnly)
+                        .with_context(|| format!("reading {}", d.display()))?;
+                    pit::resolve(&h, p).with_context(|| format!("{}", d.display()))?;
+                }
+                anyhow::bail!("the point is past what a history can hold (at most 2^63 - 1)");
             }
             let views: Vec<(PathBuf, String)> = dir.iter().cloned().zip(name).collect();
             let cfg = view_config(
@@ -608,7 +650,9 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
             time,
             seq,
             bookmark,
+            parent,
         } => {
+            stop_with_parent(parent);
             anyhow::ensure!(
                 dir.len() == out.len(),
                 "give one --out per --dir ({} and {})",

@@ -56,6 +56,8 @@ pub const REACTOR_WAIT: Duration = Duration::from_secs(15);
 pub struct AdminState {
     /// Slots of the volumes created at run time.
     pub runtime_vols: Vec<usize>,
+    /// The files and block devices of the run-time file volumes, by slot.
+    pub runtime_paths: Vec<(usize, std::path::PathBuf)>,
 }
 
 /// Added to every successful change's result.
@@ -271,6 +273,93 @@ fn check_name(what: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `a` and `b` are the same file or block device (both exist).
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if a.file_type().is_block_device() && b.file_type().is_block_device() {
+        return a.rdev() == b.rdev();
+    }
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// Refuse `path` for a new file volume when another served volume's file or block device is
+/// the same (however it is spelt: `..`, a symbolic link, a hard link) or it is inside a CDP
+/// history directory or one of the daemon's state directories: two volumes would write the
+/// same blocks, or a volume a history's or the daemon's state files.
+fn path_in_use(cx: &ControlCx, st: &AdminState, path: &std::path::Path) -> Result<(), Error> {
+    let named = |vol: usize| cx.rt.volumes.name(vol);
+    if let Ok(meta) = std::fs::metadata(path) {
+        let configured = cx
+            .volume_configs
+            .iter()
+            .filter(|c| c.backend == Backend::Uring)
+            .filter_map(|c| Some((c.name.clone(), c.path.clone()?)));
+        let runtime = st
+            .runtime_paths
+            .iter()
+            .map(|(vol, p)| (named(*vol), p.clone()));
+        for (name, used) in configured.chain(runtime) {
+            if std::fs::metadata(&used).is_ok_and(|m| same_file(&meta, &m)) {
+                return Err((
+                    E_IN_USE,
+                    format!(
+                        "path {} is the file of volume {name:?} ({}): give each volume its own",
+                        path.display(),
+                        used.display()
+                    ),
+                ));
+            }
+        }
+    }
+    // The directory the file is (or would be) in, resolved (when it does not exist: with
+    // `.` and `..` taken out of its path).
+    let parent = path.parent().map_or_else(std::path::PathBuf::new, |d| {
+        std::fs::canonicalize(d).unwrap_or_else(|_| {
+            let mut out = std::path::PathBuf::new();
+            for c in d.components() {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    c => out.push(c),
+                }
+            }
+            out
+        })
+    });
+    for (setting, d) in &cx.state_dirs {
+        if let Ok(h) = std::fs::canonicalize(d)
+            && parent.starts_with(&h)
+        {
+            return Err((
+                E_IN_USE,
+                format!(
+                    "path {} is inside the daemon's state directory {} ({setting}): put the volume's file elsewhere",
+                    path.display(),
+                    d.display()
+                ),
+            ));
+        }
+    }
+    for c in cx.cdp.read().unwrap_or_else(|e| e.into_inner()).iter() {
+        if let Ok(h) = std::fs::canonicalize(&c.dir)
+            && parent.starts_with(&h)
+        {
+            return Err((
+                E_IN_USE,
+                format!(
+                    "path {} is inside the history directory of volume {:?} ({}): put the volume's file elsewhere",
+                    path.display(),
+                    named(c.vol),
+                    c.dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `volume_create {name, backend, size, block_size?, path?, create?}`.
 pub(super) fn volume_create(
     p: &Value,
@@ -341,6 +430,15 @@ pub(super) fn volume_create(
         _ => return Err(bad("backend malloc takes no \"path\"")),
     };
     let create = flag(p, "create")?;
+    if let Some(path) = &path {
+        if !path.is_absolute() {
+            return Err(bad(format!(
+                "path {}: give an absolute path (the daemon's working directory is not yours)",
+                path.display()
+            )));
+        }
+        path_in_use(cx, st, path)?;
+    }
     if let Some(path) = &path
         && !create
         && !path.exists()
@@ -358,7 +456,7 @@ pub(super) fn volume_create(
         backend,
         size: Size(size),
         block_size: block_size as u32,
-        path,
+        path: path.clone(),
         create,
         fail_range: None,
         fail_flush: false,
@@ -425,6 +523,9 @@ pub(super) fn volume_create(
     }
     cx.rt.volumes.publish(slot);
     st.runtime_vols.push(slot);
+    if let Some(path) = path {
+        st.runtime_paths.push((slot, path));
+    }
     tracing::info!(volume = name, slot, size, "control: volume created");
     Ok(json!({
         "name": name,
@@ -511,6 +612,7 @@ pub(super) fn volume_delete(
         .unwrap_or_else(|e| e.into_inner())
         .retain(|c| c.vol != vol);
     st.runtime_vols.retain(|&v| v != vol);
+    st.runtime_paths.retain(|(v, _)| *v != vol);
     tracing::info!(volume = name, slot = vol, "control: volume deleted");
     Ok(json!({"name": name, "deleted": true}))
 }

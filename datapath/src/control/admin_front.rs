@@ -48,6 +48,21 @@ fn check_host(what: &str, h: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Refuse a list naming an entry twice (a disallow of it would remove both).
+fn no_twice(what: &str, list: &[String]) -> Result<(), Error> {
+    if let Some((i, h)) = list
+        .iter()
+        .enumerate()
+        .find(|(i, h)| list[..*i].contains(h))
+    {
+        return Err(bad(format!(
+            "{what} {h:?} is given twice (entries {} and {i}): give each once",
+            list[..i].iter().position(|x| x == h).unwrap_or(0)
+        )));
+    }
+    Ok(())
+}
+
 fn nvmf_hosts(nqn: &str) -> impl Fn(&HostRecord) -> bool + '_ {
     move |r: &HostRecord| r.proto == "nvmf" && r.target == nqn
 }
@@ -109,6 +124,7 @@ pub fn nvmf_subsystem_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Resu
     for h in &hosts {
         check_host("host NQN", h)?;
     }
+    no_twice("host NQN", &hosts)?;
     let mut subs = cx.nvmf.subs_mut();
     if subs.iter().any(|s| s.nqn == nqn) {
         return Err(bad(format!("a subsystem {nqn:?} exists already")));
@@ -250,7 +266,9 @@ fn host_list_change(p: &Value, cx: &ControlCx, allow: bool) -> Result<Value, Err
                     "host {host:?} is not in {nqn:?}'s allowed hosts"
                 )));
             }
-            if sub.allowed_hosts.len() == 1 {
+            // Every entry naming it goes (a list from the config file may name it twice);
+            // none may be left, since an empty list lets every host in.
+            if sub.allowed_hosts.iter().all(|h| h == host) {
                 return Err(bad(format!(
                     "{host:?} is {nqn:?}'s last allowed host: an empty list lets every host in; allow another host first, or remove the subsystem"
                 )));
@@ -335,6 +353,7 @@ pub fn iscsi_target_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result
     for a in &allowed {
         check_host("initiator name", a)?;
     }
+    no_twice("initiator name", &allowed)?;
     let mut tgts = sh.tgts_mut();
     if tgts.iter().any(|t| t.iqn == iqn) {
         return Err(bad(format!("an iSCSI target {iqn:?} exists already")));

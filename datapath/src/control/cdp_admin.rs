@@ -166,6 +166,69 @@ fn target(cx: &ControlCx, p: &Value) -> Result<(usize, Arc<Volume>, Option<CdpIn
     Ok((vol, v, info))
 }
 
+/// Whether `a` and `b` name the same directory: the same file when both exist (`D/../D`, a
+/// symbolic link to D, a trailing `/`), else the same path once `.` and `..` are resolved.
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if a == b {
+        return true;
+    }
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return x.dev() == y.dev() && x.ino() == y.ino();
+    }
+    let lexical = |p: &std::path::Path| {
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                c => out.push(c),
+            }
+        }
+        out
+    };
+    lexical(a) == lexical(b)
+}
+
+/// Refuse a directory that exists and holds files but no history (no `cdp.meta`): a new
+/// history would take its files' names whatever is there (`base.img`, a file volume's file
+/// perhaps, replaced by the empty base copy). Only this daemon's lock file may be there (a
+/// `cdp_enable` that failed before making the history leaves it).
+fn refuse_foreign_files(dir: &std::path::Path) -> Result<(), Error> {
+    use crate::layer::cdp::{names, rollback};
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        // Missing (it is made), or not a directory (refused when it is opened).
+        return Ok(());
+    };
+    if names::meta_path(dir).exists() {
+        return Ok(());
+    }
+    let lock = rollback::lock_path(dir);
+    let mut foreign: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path() != lock)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let more = foreign.len().saturating_sub(5);
+    foreign.truncate(5);
+    Err(bad(format!(
+        "directory {} holds files but no CDP history (no cdp.meta): {}{}; a new history would write over files of these names (base.img, ...): give an empty or new directory",
+        dir.display(),
+        foreign.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )))
+}
+
 /// A `cdp_enable` whose change is made: what its answer waits for (the catch-up), without the
 /// admin lock ([`Enabled::answer`]), so other changes are served meanwhile.
 pub(super) struct Enabled {
@@ -231,7 +294,7 @@ pub(super) fn cdp_enable(
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .find(|c| c.dir == dir && c.vol != vol)
+        .find(|c| c.vol != vol && same_dir(&c.dir, &dir))
     {
         return Err((
             E_IN_USE,
@@ -242,6 +305,7 @@ pub(super) fn cdp_enable(
             ),
         ));
     }
+    refuse_foreign_files(&dir)?;
     let segment_size = match text("segment_size")? {
         Some(t) => parse_size(&t).map_err(|e| bad(format!("segment_size: {e}")))?,
         None => conf.as_ref().map_or(64 << 20, |c| c.segment_size.0),
@@ -295,7 +359,21 @@ pub(super) fn cdp_enable(
         }
     };
     let config = cx.volume_configs.iter().find(|c| c.name == name);
-    let group = match text("group")? {
+    let group = match p.get("group") {
+        None | Some(Value::Null) => None,
+        // A name, as the config file's `group` (a number is not taken for its text).
+        Some(Value::String(g))
+            if !g.is_empty() && g.len() <= 223 && !g.chars().any(char::is_control) =>
+        {
+            Some(g.clone())
+        }
+        Some(g) => {
+            return Err(bad(format!(
+                "\"group\" must be a group's name (1 to 223 bytes, no control characters), not {g}"
+            )));
+        }
+    };
+    let group = match group {
         Some(g) => g,
         None => config
             .and_then(|c| c.group.clone())

@@ -18,7 +18,7 @@
 
 use crate::layer::cdp::CdpInfo;
 use serde_json::{Value, json};
-use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -130,6 +130,9 @@ pub struct CdpJobs {
     spare: Vec<usize>,
     /// Views placed so far (which spare CPU the next one takes).
     placed: std::sync::atomic::AtomicUsize,
+    /// [`CdpJobs::stop_all`] ran (set under the jobs' lock): no child is started any more,
+    /// since none would be stopped with the daemon.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Default for CdpJobs {
@@ -153,6 +156,7 @@ impl CdpJobs {
             pin,
             spare,
             placed: std::sync::atomic::AtomicUsize::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -190,7 +194,8 @@ impl Drop for CdpJobs {
     }
 }
 
-/// The point a request names, as `twinblk cdp` arguments.
+/// The point a request names, as `twinblk cdp` arguments. Each value is joined to its option
+/// (`--bookmark=-x`): a value of its own starting with '-' would be read as an option.
 fn point_args(p: &Value) -> Result<Vec<String>, String> {
     // A key given with the wrong type is an error, never quietly left out (which would let
     // another key of the request name the point).
@@ -215,9 +220,9 @@ fn point_args(p: &Value) -> Result<Vec<String>, String> {
         })
         .transpose()?;
     match (time, seq, bookmark) {
-        (Some(t), None, None) => Ok(vec!["--time".into(), t.to_string()]),
-        (None, Some(s), None) => Ok(vec!["--seq".into(), s.to_string()]),
-        (None, None, Some(b)) => Ok(vec!["--bookmark".into(), b.to_string()]),
+        (Some(t), None, None) => Ok(vec![format!("--time={t}")]),
+        (None, Some(s), None) => Ok(vec![format!("--seq={s}")]),
+        (None, None, Some(b)) => Ok(vec![format!("--bookmark={b}")]),
         _ => Err("params need exactly one of \"time_ns\", \"seq\", \"bookmark\"".into()),
     }
 }
@@ -233,6 +238,43 @@ fn addr_param(p: &Value, key: &str) -> Result<String, String> {
             .map_err(|_| format!("\"{key}\" must be an address host:port, not {s:?}")),
         Some(v) => Err(format!("\"{key}\" must be a string, not {v}")),
     }
+}
+
+/// Make `dir` (mode 0700) or check it is one this user made so: a real directory, not a
+/// link, of this user, that no one else may write in. Its name is guessable (under the
+/// shared temporary directory), so another user could have put a directory or a link there.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if let Some(up) = dir.parent() {
+        std::fs::create_dir_all(up).map_err(|e| format!("cannot create {}: {e}", up.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is not a private directory of this user (a link, another user's, or writable by others): refusing to write the child's log there; remove it",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The address of the first `  SCHEME://ADDR/...` line of a serving daemon's banner.
+fn served_at(banner: &str, scheme: &str) -> Option<String> {
+    let prefix = format!("  {scheme}://");
+    banner.lines().find_map(|l| {
+        let rest = l.strip_prefix(&prefix)?;
+        let addr = rest.split('/').next()?;
+        addr.parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.to_string())
+    })
 }
 
 /// What a child that failed said: its `Error: ...` paragraph (with the causes, without a
@@ -270,8 +312,7 @@ impl CdpJobs {
             .exe
             .as_ref()
             .ok_or("cannot find this daemon's own executable to start the child")?;
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        private_dir(&self.dir)?;
         let id = {
             let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
             let id = *n;
@@ -279,13 +320,29 @@ impl CdpJobs {
             id
         };
         let log = self.dir.join(format!("{kind}-{id}.log"));
-        let out =
-            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        // In a private directory; never through a link.
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let err = out
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+        // Checked, started and listed under the lock `stop_all` takes: a child is either
+        // listed before it runs (and stopped with the daemon) or never started.
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(format!(
+                "the daemon is stopping: no {kind} is started any more"
+            ));
+        }
         let child = Command::new(exe)
             .args(args)
+            // It stops once this daemon is gone, also killed (a clean stop stops it first).
+            .arg(format!("--parent={}", std::process::id()))
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(out)
@@ -299,20 +356,17 @@ impl CdpJobs {
             pid = child.id(),
             "cdp: started through the control socket"
         );
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Job {
-                id,
-                kind,
-                volume: volume.to_string(),
-                child,
-                log,
-                started: Instant::now(),
-                started_unix_ms: unix_ms(),
-                params: params.clone(),
-                exit: None,
-            });
+        jobs.push(Job {
+            id,
+            kind,
+            volume: volume.to_string(),
+            child,
+            log,
+            started: Instant::now(),
+            started_unix_ms: unix_ms(),
+            params: params.clone(),
+            exit: None,
+        });
         Ok(id)
     }
 
@@ -366,9 +420,10 @@ impl CdpJobs {
         } else {
             vec![name.to_string()]
         };
+        // Values joined to their options: a name may start with '-'.
         for ((c, _), n) in members.iter().zip(&names) {
-            args.extend(["--dir".into(), c.dir.display().to_string()]);
-            args.extend(["--name".into(), n.clone()]);
+            args.push(format!("--dir={}", c.dir.display()));
+            args.push(format!("--name={n}"));
         }
         let (nbd, nvmf, iscsi) = (
             addr_param(p, "nbd")?,
@@ -385,25 +440,36 @@ impl CdpJobs {
             Some(Value::Bool(true)) => args.push("--sandbox".into()),
             Some(v) => return Err(format!("\"sandbox\" must be true or false, not {v}")),
         }
-        args.extend(["--nbd".into(), nbd.clone()]);
         args.extend([
-            "--nvmf".into(),
-            nvmf.clone(),
-            "--iscsi".into(),
-            iscsi.clone(),
+            format!("--nbd={nbd}"),
+            format!("--nvmf={nvmf}"),
+            format!("--iscsi={iscsi}"),
         ]);
         let home = members.first().map_or(0, |(c, _)| c.home);
         args.extend(self.placement(home));
         let t = Instant::now();
         let id = self.start("view", label, &args, p)?;
         // Serving once it prints its banner's last line; failed if it exits first.
-        loop {
+        let (nbd, nvmf, iscsi) = loop {
             let (exit, text) = self.with_job(id, |j| {
                 j.poll();
                 (j.exit, std::fs::read_to_string(&j.log).unwrap_or_default())
             })?;
             if text.contains("Ctrl-C") {
-                break;
+                // The addresses it listens on, as its banner names them: a port 0 asked
+                // for is the port the system gave.
+                let bound = |given: String, scheme: &str| {
+                    if given.is_empty() {
+                        given
+                    } else {
+                        served_at(&text, scheme).unwrap_or(given)
+                    }
+                };
+                break (
+                    bound(nbd, "nbd"),
+                    bound(nvmf, "nvme+tcp"),
+                    bound(iscsi, "iscsi"),
+                );
             }
             if let Some(code) = exit {
                 let why = failure_of(&text);
@@ -419,7 +485,7 @@ impl CdpJobs {
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));
-        }
+        };
         let pid = self.with_job(id, |j| j.child.id())?;
         let endpoints = |n: &str| {
             json!({
@@ -456,8 +522,15 @@ impl CdpJobs {
         Ok(r)
     }
 
-    /// `cdp_restore`: start a restore of `c`'s history to the new file `out`.
-    pub fn restore(&self, c: &CdpInfo, volume: &str, p: &Value) -> Result<Value, String> {
+    /// `cdp_restore`: start a restore of `c`'s history to the new file `out`, which must be
+    /// in an existing directory outside every history directory of `histories`.
+    pub fn restore(
+        &self,
+        c: &CdpInfo,
+        volume: &str,
+        p: &Value,
+        histories: &[PathBuf],
+    ) -> Result<Value, String> {
         let out = p
             .get("out")
             .and_then(Value::as_str)
@@ -476,9 +549,33 @@ impl CdpJobs {
                 out.display()
             ));
         }
-        let mut args: Vec<String> = vec!["cdp".into(), "restore".into(), "--dir".into()];
-        args.push(c.dir.display().to_string());
-        args.extend(["--out".into(), out.display().to_string()]);
+        // Checked now, not only by the child: the answer comes at once.
+        let parent = out
+            .parent()
+            .and_then(|d| std::fs::canonicalize(d).ok())
+            .filter(|d| d.is_dir())
+            .ok_or_else(|| {
+                format!(
+                    "the directory of {} does not exist or is not a directory",
+                    out.display()
+                )
+            })?;
+        if let Some(h) = histories
+            .iter()
+            .find(|h| std::fs::canonicalize(h).is_ok_and(|h| parent.starts_with(h)))
+        {
+            return Err(format!(
+                "{} is inside the CDP history directory {}: restore elsewhere",
+                out.display(),
+                h.display()
+            ));
+        }
+        let mut args: Vec<String> = vec![
+            "cdp".into(),
+            "restore".into(),
+            format!("--dir={}", c.dir.display()),
+            format!("--out={}", out.display()),
+        ];
         args.extend(point_args(p)?);
         let id = self.start("restore", volume, &args, p)?;
         let pid = self.with_job(id, |j| j.child.id())?;
@@ -507,6 +604,8 @@ impl CdpJobs {
     /// Stop every child still running (the daemon stops).
     pub fn stop_all(&self) {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for j in jobs.iter_mut() {
             if j.exit.is_none() {
                 let code = j.stop();
@@ -547,13 +646,15 @@ mod tests {
 
     #[test]
     fn points_and_addresses_are_checked_before_anything_starts() {
-        assert_eq!(
-            point_args(&json!({"seq": 5})).unwrap(),
-            vec!["--seq".to_string(), "5".into()]
-        );
+        assert_eq!(point_args(&json!({"seq": 5})).unwrap(), ["--seq=5"]);
         assert_eq!(
             point_args(&json!({"bookmark": "b"})).unwrap(),
-            vec!["--bookmark".to_string(), "b".into()]
+            ["--bookmark=b"]
+        );
+        // A bookmark starting with '-' stays the option's value.
+        assert_eq!(
+            point_args(&json!({"bookmark": "--sandbox"})).unwrap(),
+            ["--bookmark=--sandbox"]
         );
         assert!(point_args(&json!({})).is_err());
         assert!(point_args(&json!({"seq": 5, "time_ns": 1})).is_err());
@@ -565,7 +666,7 @@ mod tests {
         assert!(e.contains("seq"), "{e}");
         assert_eq!(
             point_args(&json!({"seq": 5, "time_ns": null})).unwrap(),
-            vec!["--seq".to_string(), "5".into()]
+            ["--seq=5"]
         );
         assert_eq!(addr_param(&json!({}), "nbd").unwrap(), "");
         assert_eq!(
@@ -574,6 +675,66 @@ mod tests {
         );
         assert!(addr_param(&json!({"nbd": "nowhere"}), "nbd").is_err());
         assert!(addr_param(&json!({"nbd": 9}), "nbd").is_err());
+    }
+
+    /// The logs' directory has a name anyone can guess (`/tmp/twinblk-cdp-jobs-PID`): one
+    /// made there by another user, or a symbolic link, would have the daemon create (or
+    /// truncate, through a link planted in it) files where that user chose. Only a private
+    /// directory of this user is written.
+    #[test]
+    fn the_logs_go_only_to_a_private_directory_of_this_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let exe = Some(PathBuf::from("/bin/true"));
+        // A symbolic link in its place.
+        let mut j = CdpJobs::default();
+        j.exe = exe.clone();
+        j.dir = tmp.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &j.dir).unwrap();
+        let e = j.start("restore", "v", &[], &json!({})).unwrap_err();
+        assert!(e.contains("private"), "{e}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        // A directory others may write in.
+        let mut j = CdpJobs::default();
+        j.exe = exe.clone();
+        j.dir = tmp.path().join("open");
+        std::fs::create_dir(&j.dir).unwrap();
+        std::fs::set_permissions(&j.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = j.start("restore", "v", &[], &json!({})).unwrap_err();
+        assert!(e.contains("private"), "{e}");
+        assert_eq!(std::fs::read_dir(&j.dir).unwrap().count(), 0);
+        // Made here: private, and used.
+        let mut j = CdpJobs::default();
+        j.exe = exe;
+        j.dir = tmp.path().join("new");
+        j.start("restore", "v", &[], &json!({})).unwrap();
+        let mode = std::fs::metadata(&j.dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(j.dir.join("restore-1.log").exists());
+        j.stop_all();
+    }
+
+    /// Once the daemon stopped its children, none is started (it would outlive the daemon).
+    #[test]
+    fn no_child_is_started_after_stop_all() {
+        let j = CdpJobs::default();
+        j.stop_all();
+        let e = j
+            .start("restore", "v", &["--version".to_string()], &json!({}))
+            .unwrap_err();
+        assert!(e.contains("stopping"), "{e}");
+        assert_eq!(j.list(), json!([]));
+    }
+
+    #[test]
+    fn the_addresses_a_view_serves_on_are_read_from_its_banner() {
+        let b = "twinblk 0.1.0 serving 1 volume(s)\n  nvme+tcp://127.0.0.1:4421/nqn.x:v\n    nvme connect -t tcp\n  iscsi://[::1]:3261/iqn.x:v/0\n    iscsi-inq iscsi://127.0.0.1:9/x/0\n  nbd://127.0.0.1:35521/v\n    nbdinfo nbd://127.0.0.1:1/v\n";
+        assert_eq!(served_at(b, "nbd").as_deref(), Some("127.0.0.1:35521"));
+        assert_eq!(served_at(b, "nvme+tcp").as_deref(), Some("127.0.0.1:4421"));
+        assert_eq!(served_at(b, "iscsi").as_deref(), Some("[::1]:3261"));
+        assert_eq!(served_at("  nbd://nowhere/v\n", "nbd"), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod cdp_admin;
 pub mod cdp_jobs;
 pub mod config;
 pub mod metrics;
+pub mod strict_json;
 pub mod switchover;
 pub mod verify;
 
@@ -56,6 +57,9 @@ pub struct ControlCx {
     /// The runtime service index of the checksum executors ([`verify::ChecksumService`]);
     /// `None`: `volume_checksums` is refused.
     pub checksums: Option<u32>,
+    /// The daemon's own state directories (`[mirror]`, `[nvmf]`, `[iscsi]` `state_dir`), each
+    /// with its setting's name: no run-time volume's file goes there.
+    pub state_dirs: Vec<(&'static str, PathBuf)>,
 }
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -142,12 +146,13 @@ impl ControlServer {
                     let shared = Arc::clone(&shared);
                     let cfg = cfg.clone();
                     let clients = Arc::clone(&clients);
+                    let stopping = Arc::clone(&stop2);
                     let spawned = std::thread::Builder::new()
                         .name("control-conn".into())
                         .spawn({
                             let clients = Arc::clone(&clients);
                             move || {
-                                serve(conn, &shared, &cfg);
+                                serve(conn, &shared, &cfg, &stopping);
                                 clients.fetch_sub(1, Ordering::SeqCst);
                             }
                         });
@@ -163,9 +168,10 @@ impl ControlServer {
         })
     }
 
-    /// Stop listening and remove the socket file.
+    /// Stop listening and remove the socket file. A client still connected gets error
+    /// `-32000` ("the daemon is stopping") for any further request, and is closed.
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::SeqCst);
         let _ = UnixStream::connect(&self.path); // wake the accept loop
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -293,7 +299,7 @@ pub fn bind_socket(path: &Path, group: Option<u32>) -> std::io::Result<UnixListe
     Ok(listener)
 }
 
-fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config) {
+fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config, stopping: &AtomicBool) {
     let Ok(write_half) = conn.try_clone() else {
         return;
     };
@@ -309,6 +315,13 @@ fn serve(conn: UnixStream, shared: &ControlCx, cfg: &Config) {
         {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
+        }
+        if stopping.load(Ordering::SeqCst) {
+            // The daemon stops its reactors and children next: nothing asked now could be
+            // done, and a view or restore started now would outlive it.
+            let refused = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32000, "message": "the daemon is stopping: no request is served any more"}});
+            let _ = writeln!(out, "{refused}");
+            return;
         }
         let reply = if line.last() != Some(&b'\n') && line.len() > MAX_LINE {
             // One answer for the whole over-long line, given first (also to a client that
@@ -355,8 +368,12 @@ fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
 
 /// Answer one JSON-RPC request line.
 pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
-    let req: Value = match serde_json::from_str(line) {
+    let req: Value = match strict_json::parse(line) {
         Ok(v) => v,
+        // Valid JSON, but which of the values is meant is not known: an invalid request.
+        Err(e) if e.to_string().starts_with(strict_json::TWICE) => {
+            return json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": format!("invalid request: {e}; give each key once (nothing was changed)")}});
+        }
         Err(e) => {
             return json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: {e}")}});
         }
@@ -811,9 +828,22 @@ fn cdp_call(
                     shared.cdp_jobs.view_open(&members, &label, p)
                 } else {
                     let c = &vols[0];
-                    shared
-                        .cdp_jobs
-                        .restore(c, &shared.rt.volumes.name(c.vol), p)
+                    let vname = shared.rt.volumes.name(c.vol);
+                    // The bookmark is checked now too (the answer comes before the child
+                    // runs); the child reads it again.
+                    if let Some(b) = p.get("bookmark").and_then(Value::as_str)
+                        && !bookmark::load(&c.dir)?.contains_key(b)
+                    {
+                        return Err(format!("volume {vname:?} has no bookmark named {b:?}"));
+                    }
+                    let histories: Vec<PathBuf> = shared
+                        .cdp
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .map(|c| c.dir.clone())
+                        .collect();
+                    shared.cdp_jobs.restore(c, &vname, p, &histories)
                 }
             })());
         }

@@ -175,6 +175,33 @@ fn cdp_enable_refuses_the_segment_size_and_retention_the_config_file_refuses() {
     assert_eq!(st, json!([]), "CDP was switched on: {st}");
 }
 
+/// `cdp_enable`'s `group` took a number as its text (`5` became group "5") and any string,
+/// the empty one or one with control characters too, as a group to bookmark, view and
+/// restore together.
+#[test]
+fn cdp_enable_refuses_a_group_that_is_not_a_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let journal = dir.path().join("journal");
+    for g in [
+        json!(5),
+        json!(""),
+        json!("a\nb"),
+        json!(["g"]),
+        json!(true),
+    ] {
+        let p = json!({"volume": "base", "dir": journal, "group": g, "wait": 5});
+        let r = rpc(&sock, "cdp_enable", p.clone());
+        let e = r
+            .get("error")
+            .unwrap_or_else(|| panic!("cdp_enable {p} succeeded: {r}"));
+        assert_eq!(e["code"], -32602, "{p}: {r}");
+        assert!(e["message"].as_str().unwrap().contains("group"), "{p}: {r}");
+    }
+    let st = rpc(&sock, "cdp_status", Value::Null)["result"].clone();
+    assert_eq!(st, json!([]), "CDP was switched on: {st}");
+}
+
 #[test]
 fn cdp_view_open_refuses_a_name_of_the_wrong_type_or_length_instead_of_using_view() {
     let dir = tempfile::tempdir().unwrap();

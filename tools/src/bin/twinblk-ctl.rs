@@ -840,10 +840,10 @@ fn drill(cli: &Cli, cmd: &DrillCmd) -> i32 {
 fn raw(cli: &Cli, method: &str, params: Option<&str>) -> i32 {
     let params = match params.or(cli.params.as_deref()) {
         None => Value::Null,
-        Some(p) => match serde_json::from_str(p) {
+        Some(p) => match twinblk_tools::ctl::params::parse(p) {
             Ok(v) => v,
             Err(e) => {
-                eprintln!("twinblk-ctl: parameters are not JSON: {e}");
+                eprintln!("twinblk-ctl: parameters are not JSON (or give a key twice): {e}");
                 return exit::USAGE;
             }
         },

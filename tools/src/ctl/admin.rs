@@ -331,8 +331,16 @@ pub fn request(cmd: &Cmd<'_>) -> Result<Request, String> {
                     // The daemon's working directory is not the shell's.
                     let abs = std::path::absolute(path)
                         .map_err(|e| format!("--path {}: {e}", path.display()))?;
+                    // JSON carries text: a path that is not UTF-8 would reach the daemon as
+                    // another path (U+FFFD for each bad byte).
+                    let abs = abs.to_str().ok_or_else(|| {
+                        format!(
+                            "--path {}: not UTF-8, which the control socket cannot carry; rename the file or link to it under a UTF-8 name",
+                            abs.display()
+                        )
+                    })?;
                     p["backend"] = json!("uring");
-                    p["path"] = json!(abs.to_string_lossy());
+                    p["path"] = json!(abs);
                     if *create {
                         p["create"] = json!(true);
                     }

@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod cdp;
+pub mod params;
 pub mod render;
 pub mod verify;
 
