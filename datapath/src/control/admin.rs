@@ -56,6 +56,26 @@ pub const REACTOR_WAIT: Duration = Duration::from_secs(15);
 pub struct AdminState {
     /// Slots of the volumes created at run time.
     pub runtime_vols: Vec<usize>,
+    /// The backing files of the run-time volumes that have one (slot, path).
+    pub runtime_files: Vec<(usize, std::path::PathBuf)>,
+}
+
+/// Every volume's backing file (name, path): the config file's and the run-time ones.
+pub(super) fn volume_files(cx: &ControlCx, st: &AdminState) -> Vec<(String, std::path::PathBuf)> {
+    let configured =
+        (cx.volume_configs.iter()).filter_map(|v| Some((v.name.clone(), v.path.clone()?)));
+    let runtime = (st.runtime_files.iter()).map(|(slot, p)| (cx.rt.volumes.name(*slot), p.clone()));
+    configured.chain(runtime).collect()
+}
+
+/// Every CDP directory (volume name, dir): the config file's and those CDP runs in.
+pub(super) fn cdp_dirs(cx: &ControlCx) -> Vec<(String, std::path::PathBuf)> {
+    let configured = (cx.volume_configs.iter())
+        .filter_map(|v| Some((v.name.clone(), v.cdp.as_ref()?.dir.clone())));
+    let running: Vec<_> = (cx.cdp.read().unwrap_or_else(|e| e.into_inner()).iter())
+        .map(|c| (cx.rt.volumes.name(c.vol), c.dir.clone()))
+        .collect();
+    configured.chain(running).collect()
 }
 
 /// Added to every successful change's result.
@@ -353,6 +373,22 @@ pub(super) fn volume_create(
     if cx.rt.volumes.find(name).is_some() {
         return Err(bad(format!("a volume named {name:?} exists already")));
     }
+    if let Some(path) = &path {
+        // Not another volume's file (the two would write over each other's blocks), nor a
+        // file of a history's directory.
+        let files = volume_files(cx, st);
+        let dirs = cdp_dirs(cx);
+        let mut all: Vec<(&str, &std::path::Path)> = files
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_path()))
+            .collect();
+        all.push((name, path));
+        let dirs: Vec<_> = dirs
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_path()))
+            .collect();
+        crate::control::config::check_volume_paths(&all, &dirs).map_err(bad)?;
+    }
     let vc = VolumeConfig {
         name: name.to_string(),
         backend,
@@ -425,6 +461,9 @@ pub(super) fn volume_create(
     }
     cx.rt.volumes.publish(slot);
     st.runtime_vols.push(slot);
+    if let Some(p) = &vc.path {
+        st.runtime_files.push((slot, p.clone()));
+    }
     tracing::info!(volume = name, slot, size, "control: volume created");
     Ok(json!({
         "name": name,
@@ -511,6 +550,7 @@ pub(super) fn volume_delete(
         .unwrap_or_else(|e| e.into_inner())
         .retain(|c| c.vol != vol);
     st.runtime_vols.retain(|&v| v != vol);
+    st.runtime_files.retain(|&(v, _)| v != vol);
     tracing::info!(volume = name, slot = vol, "control: volume deleted");
     Ok(json!({"name": name, "deleted": true}))
 }

@@ -180,11 +180,7 @@ pub(super) struct Enabled {
 /// `cdp_enable {volume, dir?, segment_size?, retention_age?, retention_bytes?, prezero?,
 /// sync?, group?, wait?}`: the change, under the admin lock; the answer comes from
 /// [`Enabled::answer`], once the lock is released.
-pub(super) fn cdp_enable(
-    p: &Value,
-    cx: &ControlCx,
-    _st: &mut AdminState,
-) -> Result<Enabled, Error> {
+pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, st: &mut AdminState) -> Result<Enabled, Error> {
     let (vol, v, info) = target(cx, p)?;
     let name = v.name.clone();
     if let Some(c) = info.as_ref().filter(|c| !c.stats.off.load(Relaxed)) {
@@ -239,6 +235,21 @@ pub(super) fn cdp_enable(
                 "directory {} holds the history of volume {:?}: give each volume its own",
                 dir.display(),
                 cx.rt.volumes.name(o.vol)
+            ),
+        ));
+    }
+    // A directory that holds a volume's backing file: the history's files (its base copy
+    // `base.img`, its segments) would be that volume's blocks.
+    if let Some((n, f)) = super::admin::volume_files(cx, st)
+        .into_iter()
+        .find(|(_, f)| crate::control::config::inside(f, &dir))
+    {
+        return Err((
+            E_IN_USE,
+            format!(
+                "directory {} holds the backing file {} of volume {n:?}: give the history a directory of its own",
+                dir.display(),
+                f.display()
             ),
         ));
     }

@@ -658,3 +658,63 @@ fn background_cores_outside_the_processs_cpus_are_refused_at_start() {
         "{e}"
     );
 }
+
+#[test]
+fn volume_create_refuses_another_volumes_backing_file_and_a_file_of_a_cdp_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl.sock");
+    let (disk, j) = (dir.path().join("disk.img"), dir.path().join("j"));
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n[runtime]\nmax_volumes=6\n[[volume]]\nname='disk'\nbackend='uring'\nsize='4MiB'\npath='{}'\ncreate=true\n[[volume]]\nname='journaled'\nbackend='malloc'\nsize='4MiB'\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        sock.display(),
+        disk.display(),
+        j.display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let _d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let create = |name: &str, path: &Path| {
+        rpc(
+            &sock,
+            "volume_create",
+            json!({"name": name, "backend": "uring", "size": "4M", "path": path, "create": true}),
+        )
+    };
+    let rt = dir.path().join("rt.img");
+    let r = create("rt", &rt);
+    assert!(r.get("error").is_none(), "{r}");
+    // Another volume's file, by its path or by another path to it: the two would write over
+    // each other's blocks.
+    for (path, want) in [
+        (disk.clone(), "same backing file"),
+        (dir.path().join(".").join("disk.img"), "same backing file"),
+        (rt.clone(), "same backing file"),
+        (j.join("base.img"), "cdp.dir"),
+        (j.join("v.img"), "cdp.dir"),
+    ] {
+        let r = create("other", &path);
+        assert_eq!(r["error"]["code"], -32602, "{}: {r}", path.display());
+        let m = r["error"]["message"].as_str().unwrap();
+        assert!(m.contains(want), "{}: {m}", path.display());
+    }
+    assert!(!j.join("v.img").exists());
+    // Once the run-time volume is gone its file can be used again.
+    let r = rpc(&sock, "volume_delete", json!({"name": "rt"}));
+    assert!(r.get("error").is_none(), "{r}");
+    let r = create("again", &rt);
+    assert!(r.get("error").is_none(), "{r}");
+    // Nor is a history started in a directory that holds a volume's file.
+    let holder = dir.path().join("holder");
+    std::fs::create_dir(&holder).unwrap();
+    let inner = holder.join("base.img");
+    let r = create("inner", &inner);
+    assert!(r.get("error").is_none(), "{r}");
+    let r = rpc(
+        &sock,
+        "cdp_enable",
+        json!({"volume": "again", "dir": holder, "segment_size": "4MiB", "wait": 5}),
+    );
+    assert!(r.get("error").is_some(), "{r}");
+    let m = r["error"]["message"].as_str().unwrap();
+    assert!(m.contains("base.img"), "{m}");
+    assert!(!holder.join("cdp.meta").exists());
+}

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use thiserror::Error;
 
+mod paths;
 mod units;
+pub use paths::{check_volume_paths, inside, same_file};
 pub use units::{Size, parse_age, parse_size};
 
 /// The whole daemon configuration.
@@ -1141,6 +1143,13 @@ impl Config {
                 }
             }
         }
+        let files: Vec<_> = (self.volumes.iter())
+            .filter_map(|v| Some((v.name.as_str(), v.path.as_deref()?)))
+            .collect();
+        let dirs: Vec<_> = (self.volumes.iter())
+            .filter_map(|v| Some((v.name.as_str(), v.cdp.as_ref()?.dir.as_path())))
+            .collect();
+        check_volume_paths(&files, &dirs).or_else(bad)?;
         for v in &self.volumes {
             if (v.leader.is_some() || (v.group.is_some() && v.cdp.is_none())) && !v.mirror {
                 return bad(format!(

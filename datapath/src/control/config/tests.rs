@@ -604,3 +604,43 @@ fn a_volatile_cache_is_for_a_uring_volume() {
     let e = cfg("backend='malloc'\nvolatile_cache=true\n").expect_err("accepted");
     assert!(e.to_string().contains("volatile_cache"), "{e}");
 }
+
+#[test]
+fn two_volumes_on_one_backing_file_or_a_backing_file_in_a_cdp_directory_are_refused() {
+    // Two volumes on one file write over each other's blocks; a volume kept in a CDP
+    // directory (its `base.img`, a segment) is overwritten by that history's own files.
+    let uring = |name: &str, path: &str| {
+        format!("[[volume]]\nname='{name}'\nbackend='uring'\nsize='1MiB'\npath='{path}'\n")
+    };
+    for (two, want) in [
+        (
+            format!("{}{}", uring("a", "/d/v.img"), uring("b", "/d/v.img")),
+            "same backing file",
+        ),
+        (
+            format!("{}{}", uring("a", "/d/v.img"), uring("b", "/d/./v.img")),
+            "same backing file",
+        ),
+        (
+            format!(
+                "{}[volume.cdp]\ndir='/j/a'\n{}",
+                uring("a", "/d/a.img"),
+                uring("b", "/j/a/base.img")
+            ),
+            "in the cdp.dir",
+        ),
+        (
+            format!("{}[volume.cdp]\ndir='/j/a'\n", uring("a", "/j/a/base.img")),
+            "in the cdp.dir",
+        ),
+    ] {
+        let e = Config::from_toml(&two).expect_err(&two).to_string();
+        assert!(e.contains(want), "{two}: {e}");
+    }
+    Config::from_toml(&format!(
+        "{}{}",
+        uring("a", "/d/a.img"),
+        uring("b", "/d/b.img")
+    ))
+    .unwrap();
+}

@@ -1,0 +1,50 @@
+//! Where the configuration's names and paths become files: the checks that two of them never
+//! name one file ([`Config::validate`](super::Config::validate) and the run-time changes).
+
+use std::path::Path;
+
+/// Whether `a` and `b` name one file: the same path once `.` and repeated separators are
+/// dropped, or, where both exist, the same file after symbolic links are followed.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (a.canonicalize(), b.canonicalize()),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
+/// Whether `p` lies in directory `dir` (or below it): by its path, or, where `dir` exists, by
+/// the real directory `p`'s parent is.
+pub fn inside(p: &Path, dir: &Path) -> bool {
+    if p.starts_with(dir) {
+        return true;
+    }
+    let (Some(parent), Ok(d)) = (p.parent(), dir.canonicalize()) else {
+        return false;
+    };
+    parent.canonicalize().is_ok_and(|x| x.starts_with(&d))
+}
+
+/// The backing files of `vols` (name, path) and the CDP directories (name, dir): no two
+/// volumes on one file, and no backing file in a CDP directory.
+pub fn check_volume_paths<'a>(
+    files: &[(&'a str, &'a Path)],
+    cdp_dirs: &[(&'a str, &'a Path)],
+) -> Result<(), String> {
+    for (i, (a, pa)) in files.iter().enumerate() {
+        if let Some((b, _)) = files[..i].iter().find(|(_, pb)| same_file(pa, pb)) {
+            return Err(format!(
+                "volumes {b} and {a} have the same backing file {}: each volume needs its own",
+                pa.display()
+            ));
+        }
+        if let Some((c, d)) = cdp_dirs.iter().find(|(_, d)| inside(pa, d)) {
+            return Err(format!(
+                "volume {a}: its path {} is in the cdp.dir of volume {c} ({}): the history's files would overwrite it",
+                pa.display(),
+                d.display()
+            ));
+        }
+    }
+    Ok(())
+}
