@@ -572,18 +572,7 @@ impl Daemon {
                 .map_err(|e| StartError::IscsiReservations(format!("{}: {e}", dir.display())))?;
             for t in &iscsi_targets {
                 for l in &t.luns {
-                    let name: String = t
-                        .iqn
-                        .chars()
-                        .map(|c| {
-                            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                                c
-                            } else {
-                                '_'
-                            }
-                        })
-                        .collect();
-                    let path = dir.join(format!("{name}-lun{}.pr", l.lun));
+                    let path = crate::control::config::iscsi_pr_path(dir, &t.iqn, l.lun);
                     l.pr.attach(path, &t.iqn, l.lun)
                         .map_err(StartError::IscsiReservations)?;
                 }

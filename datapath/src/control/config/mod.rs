@@ -12,7 +12,7 @@ use thiserror::Error;
 
 mod paths;
 mod units;
-pub use paths::{check_volume_paths, inside, same_file};
+pub use paths::{check_volume_paths, inside, iscsi_pr_path, same_file};
 pub use units::{Size, parse_age, parse_size};
 
 /// The whole daemon configuration.
@@ -1239,6 +1239,10 @@ impl Config {
                 "iscsi.max_connections = {}: must be 1..65535",
                 self.iscsi.max_connections
             ));
+        }
+        if self.iscsi.state_dir.is_some() {
+            let targets = self.effective_iscsi_targets();
+            paths::check_iscsi_pr_files(targets.iter().map(|t| t.iqn.as_str())).or_else(bad)?;
         }
         let mut iqns = std::collections::HashSet::new();
         for t in &self.iscsi.targets {

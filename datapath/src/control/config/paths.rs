@@ -48,3 +48,39 @@ pub fn check_volume_paths<'a>(
     }
     Ok(())
 }
+
+/// The persistent reservation state file of LUN `lun` of iSCSI target `iqn` in `[iscsi]
+/// state_dir` `dir`: `<IQN, characters other than A-Z a-z 0-9 . - as _>-lun<N>.pr`
+/// (docs/iscsi.md).
+pub fn iscsi_pr_path(dir: &Path, iqn: &str, lun: u16) -> std::path::PathBuf {
+    dir.join(format!("{}-lun{lun}.pr", iscsi_pr_stem(iqn)))
+}
+
+fn iscsi_pr_stem(iqn: &str) -> String {
+    iqn.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// No two iSCSI targets whose LUNs' reservation state files would be one file (their names
+/// differ only where [`iscsi_pr_path`] writes `_`).
+pub fn check_iscsi_pr_files<'a>(iqns: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    let mut seen = std::collections::HashMap::new();
+    for iqn in iqns {
+        if let Some(other) = seen.insert(iscsi_pr_stem(iqn), iqn)
+            && other != iqn
+        {
+            return Err(format!(
+                "iSCSI targets {other:?} and {iqn:?} would share one reservation state file in iscsi.state_dir ({}-lunN.pr: characters other than A-Z a-z 0-9 . - become _): rename one",
+                iscsi_pr_stem(iqn)
+            ));
+        }
+    }
+    Ok(())
+}

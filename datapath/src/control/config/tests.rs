@@ -644,3 +644,22 @@ fn two_volumes_on_one_backing_file_or_a_backing_file_in_a_cdp_directory_are_refu
     ))
     .unwrap();
 }
+
+#[test]
+fn two_iscsi_targets_whose_reservation_files_would_be_one_are_refused_with_a_state_dir() {
+    // `[iscsi] state_dir` keeps each LUN's APTPL state in `<IQN, other characters as _>-lun<N>.pr`:
+    // two names that differ only where `_` stands would share one file, each writing over
+    // the other's reservations, and the next start would refuse the other's file.
+    let vols = "[[volume]]\nname='a_b'\nbackend='malloc'\nsize='1MiB'\n[[volume]]\nname='a:b'\nbackend='malloc'\nsize='1MiB'\n";
+    let targets = "[[iscsi.target]]\niqn='iqn.2026-11.io.x:t'\nluns=['a_b']\n[[iscsi.target]]\niqn='iqn.2026-11.io.x_t'\nluns=['a:b']\n";
+    for text in [
+        format!("[iscsi]\nstate_dir='/s'\n{vols}"),
+        format!("[iscsi]\nstate_dir='/s'\n{targets}{vols}"),
+    ] {
+        let e = Config::from_toml(&text).expect_err(&text).to_string();
+        assert!(e.contains("reservation state file"), "{text}: {e}");
+    }
+    // Without a state directory there are no files.
+    Config::from_toml(vols).unwrap();
+    Config::from_toml(&format!("{targets}{vols}")).unwrap();
+}
