@@ -1240,6 +1240,10 @@ impl Config {
                 self.iscsi.max_connections
             ));
         }
+        if self.nvmf.state_dir.is_some() {
+            let subs = self.effective_subsystems();
+            paths::check_nvmf_resv_files(subs.iter().map(|s| s.nqn.as_str())).or_else(bad)?;
+        }
         if self.iscsi.state_dir.is_some() {
             let targets = self.effective_iscsi_targets();
             paths::check_iscsi_pr_files(targets.iter().map(|t| t.iqn.as_str())).or_else(bad)?;

@@ -84,3 +84,21 @@ pub fn check_iscsi_pr_files<'a>(iqns: impl IntoIterator<Item = &'a str>) -> Resu
     }
     Ok(())
 }
+
+/// No two NVMe subsystems whose reservation state files would be one file (`resv-<crc32c of
+/// the NQN>.json`, [`crate::frontend::nvmf::resv::state_path`]: two NQNs of one CRC).
+pub fn check_nvmf_resv_files<'a>(nqns: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
+    let mut seen = std::collections::HashMap::new();
+    for nqn in nqns {
+        let file = crate::frontend::nvmf::resv::state_path(Path::new(""), nqn);
+        if let Some(other) = seen.insert(file.clone(), nqn)
+            && other != nqn
+        {
+            return Err(format!(
+                "NVMe subsystems {other:?} and {nqn:?} would share one reservation state file in nvmf.state_dir ({}: the CRC32C of the NQN): rename one",
+                file.display()
+            ));
+        }
+    }
+    Ok(())
+}

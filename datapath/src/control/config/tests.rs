@@ -663,3 +663,25 @@ fn two_iscsi_targets_whose_reservation_files_would_be_one_are_refused_with_a_sta
     Config::from_toml(vols).unwrap();
     Config::from_toml(&format!("{targets}{vols}")).unwrap();
 }
+
+#[test]
+fn two_nvmf_subsystems_whose_reservation_files_would_be_one_are_refused_with_a_state_dir() {
+    // `[nvmf] state_dir` keeps a subsystem's reservations in `resv-<crc32c of its NQN>.json`:
+    // two NQNs of one CRC (made so: a CRC is linear) would share one file, and the next start
+    // would refuse the other's.
+    let (a, b) = (
+        "nqn.2026-11.io.test:aaaaaaaaaa",
+        "nqn.2026-11.io.test:bbf`mbkaaa",
+    );
+    assert_eq!(
+        crate::checksum::crc32c(a.as_bytes()),
+        crate::checksum::crc32c(b.as_bytes())
+    );
+    let body = format!(
+        "[[nvmf.subsystem]]\nnqn='{a}'\nnamespaces=['v']\n[[nvmf.subsystem]]\nnqn='{b}'\nnamespaces=['w']\n[[volume]]\nname='v'\nbackend='malloc'\nsize='1MiB'\n[[volume]]\nname='w'\nbackend='malloc'\nsize='1MiB'\n"
+    );
+    let text = format!("[nvmf]\nstate_dir='/s'\n{body}");
+    let e = Config::from_toml(&text).expect_err(&text).to_string();
+    assert!(e.contains("reservation state file"), "{text}: {e}");
+    Config::from_toml(&body).unwrap();
+}
