@@ -457,7 +457,14 @@ impl CdpJobs {
     }
 
     /// `cdp_restore`: start a restore of `c`'s history to the new file `out`.
-    pub fn restore(&self, c: &CdpInfo, volume: &str, p: &Value) -> Result<Value, String> {
+    /// `histories`: every history directory of the daemon, none of which `out` may be in.
+    pub fn restore(
+        &self,
+        c: &CdpInfo,
+        volume: &str,
+        p: &Value,
+        histories: &[PathBuf],
+    ) -> Result<Value, String> {
         let out = p
             .get("out")
             .and_then(Value::as_str)
@@ -470,6 +477,10 @@ impl CdpJobs {
                     .into(),
             );
         }
+        let dirs: Vec<&Path> = std::iter::once(c.dir.as_path())
+            .chain(histories.iter().map(PathBuf::as_path))
+            .collect();
+        crate::layer::cdp::pit::check_out(out, &dirs).map_err(|e| e.to_string())?;
         if out.exists() {
             return Err(format!(
                 "{} exists: a restore only writes a new file",

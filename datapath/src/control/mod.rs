@@ -811,9 +811,19 @@ fn cdp_call(
                     shared.cdp_jobs.view_open(&members, &label, p)
                 } else {
                     let c = &vols[0];
+                    let histories: Vec<_> = (shared.cdp.read().unwrap_or_else(|e| e.into_inner()))
+                        .iter()
+                        .map(|c| c.dir.clone())
+                        .chain(
+                            shared
+                                .volume_configs
+                                .iter()
+                                .filter_map(|v| Some(v.cdp.as_ref()?.dir.clone())),
+                        )
+                        .collect();
                     shared
                         .cdp_jobs
-                        .restore(c, &shared.rt.volumes.name(c.vol), p)
+                        .restore(c, &shared.rt.volumes.name(c.vol), p, &histories)
                 }
             })());
         }

@@ -16,13 +16,7 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 /// Whether `p` lies in directory `dir` (or below it): by its path, or, where `dir` exists, by
 /// the real directory `p`'s parent is.
 pub fn inside(p: &Path, dir: &Path) -> bool {
-    if p.starts_with(dir) {
-        return true;
-    }
-    let (Some(parent), Ok(d)) = (p.parent(), dir.canonicalize()) else {
-        return false;
-    };
-    parent.canonicalize().is_ok_and(|x| x.starts_with(&d))
+    crate::layer::cdp::pit::in_dir(p, dir)
 }
 
 /// The backing files of `vols` (name, path) and the CDP directories (name, dir): no two

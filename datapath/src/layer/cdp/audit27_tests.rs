@@ -219,7 +219,8 @@ fn every_point_read_through_a_view_is_the_model_before_and_after_consolidation()
             let got = pit::read_at(&h, Point::Seq(p), 0, SIZE).unwrap();
             assert!(&got == want, "{why}: point read at {p}");
         }
-        let out = d.path().join(format!("r-{from}.img"));
+        let o = tempfile::tempdir().unwrap(); // outside the history
+        let out = o.path().join(format!("r-{from}.img"));
         pit::restore(&h, Point::Seq(seq - 1), &out, |_, _| {}).unwrap();
         assert!(
             std::fs::read(&out).unwrap() == states[seq as usize - 1],
@@ -313,7 +314,8 @@ fn sequences_and_times_near_the_largest_value_read_and_consolidate_exactly() {
         );
         assert!(seen[r].iter().all(|&x| x == want(b)), "view, block {b}");
     }
-    let out = d.path().join("r.img");
+    let o = tempfile::tempdir().unwrap(); // outside the history
+    let out = o.path().join("r.img");
     pit::restore(&h, Point::Seq(p), &out, |_, _| {}).unwrap();
     assert!(std::fs::read(&out).unwrap() == got);
     let r = super::retain::Retention {

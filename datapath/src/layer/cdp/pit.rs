@@ -361,6 +361,32 @@ pub enum Progress {
     Records { applied: u64, total: u64 },
 }
 
+/// Whether `p` lies in directory `dir` or below it: by its path (once `.` and repeated
+/// separators are dropped), or, where both exist, by the real directory of `p`'s parent.
+pub fn in_dir(p: &Path, dir: &Path) -> bool {
+    if p.starts_with(dir) {
+        return true;
+    }
+    let (Some(parent), Ok(d)) = (p.parent(), dir.canonicalize()) else {
+        return false;
+    };
+    parent.canonicalize().is_ok_and(|x| x.starts_with(&d))
+}
+
+/// Refuse a restore's output `out` in one of the history directories `dirs`: there it would
+/// take one of a history's own names (a segment not used yet, `consolidating`, `bookmarks`),
+/// and that history would no longer load.
+pub fn check_out(out: &Path, dirs: &[&Path]) -> Result<(), CdpError> {
+    match dirs.iter().find(|d| in_dir(out, d)) {
+        Some(d) => Err(CdpError::Refused(format!(
+            "{} is in the history's directory {}: restore to a file outside every history directory",
+            out.display(),
+            d.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The temporary name a restore into `out` writes under (same directory, so the final rename
 /// stays on one file system): `.NAME.restore-partial`.
 pub fn partial_path(out: &Path) -> std::path::PathBuf {
@@ -525,6 +551,7 @@ pub fn restore_unnamed(
     out: &Path,
     mut progress: impl FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Restored, CdpError> {
+    check_out(out, &[&h.dir])?;
     // Consolidation waits while the base copy and the segments are read.
     let reading = store::lock_reading(&h.dir);
     // A segment retired since `h` was loaded: the partial file is gone (dropped), and the
@@ -664,5 +691,35 @@ mod tests {
             h.last_seq
         );
         assert!(out.exists());
+    }
+
+    /// A restore's output is a new file outside the history it reads: in the history's
+    /// directory it would be one of the history's own names (a segment number not used yet,
+    /// `consolidating`, `bookmarks`) and the history would no longer load.
+    #[test]
+    fn a_restore_into_the_history_directory_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("j");
+        std::fs::create_dir(&dir).unwrap();
+        store::testing::history(&dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=20)]);
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        for name in [
+            "consolidating",
+            "bookmarks",
+            "seg-0000000000000009.cdp",
+            "x.img",
+        ] {
+            for out in [dir.join(name), d.path().join("j/./").join(name)] {
+                let r = restore(&h, Point::Seq(h.last_seq), &out, |_, _| {});
+                let after = store::load(&dir, store::Load::ReadOnly).map(|h| h.last_seq);
+                let e = r.expect_err(&format!("{}: loads after: {after:?}", out.display()));
+                assert!(e.to_string().contains("history's directory"), "{e}");
+                assert!(!out.exists() && !partial_path(&out).exists());
+            }
+        }
+        assert_eq!(
+            store::load(&dir, store::Load::ReadOnly).unwrap().last_seq,
+            20
+        );
     }
 }
