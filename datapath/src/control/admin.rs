@@ -388,6 +388,7 @@ pub(super) fn volume_create(
             .map(|(n, d)| (n.as_str(), d.as_path()))
             .collect();
         crate::control::config::check_volume_paths(&all, &dirs).map_err(bad)?;
+        crate::control::config::check_not_a_state_file(path, &cx.state_files).map_err(bad)?;
     }
     let vc = VolumeConfig {
         name: name.to_string(),

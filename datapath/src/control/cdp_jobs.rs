@@ -457,13 +457,15 @@ impl CdpJobs {
     }
 
     /// `cdp_restore`: start a restore of `c`'s history to the new file `out`.
-    /// `histories`: every history directory of the daemon, none of which `out` may be in.
+    /// `histories`: every history directory of the daemon, none of which `out` may be in;
+    /// `state_files`: the daemon's state files, none of which `out` may be.
     pub fn restore(
         &self,
         c: &CdpInfo,
         volume: &str,
         p: &Value,
         histories: &[PathBuf],
+        state_files: &[PathBuf],
     ) -> Result<Value, String> {
         let out = p
             .get("out")
@@ -481,6 +483,7 @@ impl CdpJobs {
             .chain(histories.iter().map(PathBuf::as_path))
             .collect();
         crate::layer::cdp::pit::check_out(out, &dirs).map_err(|e| e.to_string())?;
+        crate::control::config::check_not_a_state_file(out, state_files)?;
         if out.exists() {
             return Err(format!(
                 "{} exists: a restore only writes a new file",

@@ -51,6 +51,9 @@ pub struct ControlCx {
     /// The configured volumes (`cdp_enable` takes a volume's `[volume.cdp]` settings and
     /// group from here when the request does not give them).
     pub volume_configs: Vec<config::VolumeConfig>,
+    /// The daemon's state files ([`config::Config::state_files`]): no restore output or
+    /// run-time volume's file is one of them.
+    pub state_files: Vec<PathBuf>,
     /// Views and restores started through the control socket ([`cdp_jobs`]).
     pub cdp_jobs: cdp_jobs::CdpJobs,
     /// The runtime service index of the checksum executors ([`verify::ChecksumService`]);
@@ -821,9 +824,13 @@ fn cdp_call(
                                 .filter_map(|v| Some(v.cdp.as_ref()?.dir.clone())),
                         )
                         .collect();
-                    shared
-                        .cdp_jobs
-                        .restore(c, &shared.rt.volumes.name(c.vol), p, &histories)
+                    shared.cdp_jobs.restore(
+                        c,
+                        &shared.rt.volumes.name(c.vol),
+                        p,
+                        &histories,
+                        &shared.state_files,
+                    )
                 }
             })());
         }

@@ -823,6 +823,7 @@ impl Daemon {
             cdp: Arc::clone(&daemon.cdp),
             cdp_lists,
             volume_configs: cfg.volumes.clone(),
+            state_files: cfg.state_files(),
             cdp_jobs: crate::control::cdp_jobs::CdpJobs::new(
                 cfg.reactor.cores.clone(),
                 cfg.reactor.pin,

@@ -12,7 +12,7 @@ use thiserror::Error;
 
 mod paths;
 mod units;
-pub use paths::{check_volume_paths, inside, iscsi_pr_path, same_file};
+pub use paths::{check_not_a_state_file, check_volume_paths, inside, iscsi_pr_path, same_file};
 pub use units::{Size, parse_age, parse_size};
 
 /// The whole daemon configuration.
@@ -1150,6 +1150,11 @@ impl Config {
             .filter_map(|v| Some((v.name.as_str(), v.cdp.as_ref()?.dir.as_path())))
             .collect();
         check_volume_paths(&files, &dirs).or_else(bad)?;
+        let state_files = self.state_files();
+        for (name, f) in &files {
+            check_not_a_state_file(f, &state_files)
+                .or_else(|e| bad(format!("volume {name}: {e}")))?;
+        }
         for v in &self.volumes {
             if (v.leader.is_some() || (v.group.is_some() && v.cdp.is_none())) && !v.mirror {
                 return bad(format!(

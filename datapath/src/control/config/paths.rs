@@ -1,7 +1,7 @@
 //! Where the configuration's names and paths become files: the checks that two of them never
 //! name one file ([`Config::validate`](super::Config::validate) and the run-time changes).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Whether `a` and `b` name one file: the same path once `.` and repeated separators are
 /// dropped, or, where both exist, the same file after symbolic links are followed.
@@ -17,6 +17,63 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 /// the real directory `p`'s parent is.
 pub fn inside(p: &Path, dir: &Path) -> bool {
     crate::layer::cdp::pit::in_dir(p, dir)
+}
+
+impl super::Config {
+    /// The files the daemon keeps in its state directories, and their temporary names: per
+    /// mirrored volume `<volume>.mirror-state` and `.mirror-al` in `[mirror] state_dir`, per
+    /// subsystem `resv-<crc>.json` in `[nvmf] state_dir`, per iSCSI LUN `<IQN>-lun<N>.pr`
+    /// in `[iscsi] state_dir`.
+    pub fn state_files(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        if let Some(d) = self.mirror.as_ref().and_then(|m| m.state_dir.as_ref()) {
+            for vol in self.volumes.iter().filter(|v| v.mirror) {
+                let state = d.join(format!("{}.mirror-state", vol.name));
+                for ext in ["tmp", "mirror-al", "al-tmp"] {
+                    v.push(state.with_extension(ext));
+                }
+                v.push(state);
+            }
+        }
+        if let Some(d) = &self.nvmf.state_dir {
+            for s in self.effective_subsystems() {
+                let f = crate::frontend::nvmf::resv::state_path(d, &s.nqn);
+                v.push(f.with_extension("json.tmp"));
+                v.push(f);
+            }
+        }
+        if let Some(d) = &self.iscsi.state_dir {
+            for t in self.effective_iscsi_targets() {
+                for lun in 0..t.luns.len() as u16 {
+                    let f = iscsi_pr_path(d, &t.iqn, lun);
+                    v.push(f.with_extension("tmp"));
+                    v.push(f);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// Whether `a` and `b` are one place: one path, or one name in one directory (the
+/// directories compared as [`same_file`] does; the files need not exist).
+pub fn same_place(a: &Path, b: &Path) -> bool {
+    same_file(a, b)
+        || (a.file_name() == b.file_name()
+            && matches!((a.parent(), b.parent()), (Some(x), Some(y)) if same_file(x, y)))
+}
+
+/// Refuse `path` when it is one of the daemon's state files `files` ([`super::Config::state_files`]):
+/// the daemon's state would be replaced, or would replace what is written there.
+pub fn check_not_a_state_file(path: &Path, files: &[PathBuf]) -> Result<(), String> {
+    match files.iter().find(|f| same_place(path, f)) {
+        Some(f) => Err(format!(
+            "{} is a state file of the daemon ({}): give another path",
+            path.display(),
+            f.display()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The backing files of `vols` (name, path) and the CDP directories (name, dir): no two

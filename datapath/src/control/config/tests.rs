@@ -685,3 +685,31 @@ fn two_nvmf_subsystems_whose_reservation_files_would_be_one_are_refused_with_a_s
     assert!(e.contains("reservation state file"), "{text}: {e}");
     Config::from_toml(&body).unwrap();
 }
+
+#[test]
+fn a_backing_file_that_is_a_state_file_of_the_daemon_is_refused() {
+    // The volume's blocks would be the daemon's state (a reservation file, a replica state),
+    // or the daemon's state the volume's blocks. Other files in a state directory are fine
+    // (README: the volumes' files in the mirror's state_dir).
+    let crc = crate::checksum::crc32c(b"nqn.2026-11.io.twinblk:v");
+    let vol =
+        |path: &str| format!("[[volume]]\nname='v'\nbackend='uring'\nsize='1MiB'\npath='{path}'\n");
+    for text in [
+        format!(
+            "[nvmf]\nstate_dir='/s'\n{}",
+            vol(&format!("/s/resv-{crc:08x}.json"))
+        ),
+        format!(
+            "[nvmf]\nstate_dir='/s/'\n{}",
+            vol(&format!("/s/./resv-{crc:08x}.json.tmp"))
+        ),
+        format!(
+            "[iscsi]\nstate_dir='/s'\n{}",
+            vol("/s/iqn.2026-11.io.twinblk_v-lun0.pr")
+        ),
+    ] {
+        let e = Config::from_toml(&text).expect_err(&text).to_string();
+        assert!(e.contains("state file"), "{text}: {e}");
+    }
+    Config::from_toml(&format!("[nvmf]\nstate_dir='/s'\n{}", vol("/s/v.img"))).unwrap();
+}
