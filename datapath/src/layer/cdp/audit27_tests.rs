@@ -579,3 +579,40 @@ fn a_history_at_the_largest_sequence_number_is_refused_by_the_journal_not_wrappe
         ),
     }
 }
+
+/// The same for segment numbers: a history whose newest segment is numbered `u64::MAX` has
+/// no number for the segment a writer starts; it is refused by name, not a panic of
+/// `segno + 1`.
+#[test]
+fn a_history_at_the_largest_segment_number_is_refused_by_the_journal_not_wrapped() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("j");
+    std::fs::create_dir(&dir).unwrap();
+    store::testing::history(&dir, VOL, SIZE, 0, &[(u64::MAX, 1..=5)]);
+    assert_eq!(store::load(&dir, Load::ReadOnly).unwrap().last_seq, 5);
+    let base: std::sync::Arc<dyn crate::bdev::BlockDevice> =
+        std::sync::Arc::new(crate::bdev::malloc::MallocDevice::new(SIZE, 4096).unwrap());
+    let s = super::CdpSettings {
+        dir: dir.clone(),
+        segment_size: 4 << 20,
+        seed: None,
+        volatile: false,
+        base_cache: false,
+        prezero: false,
+        sync: super::journal::SyncPolicy::default(),
+        vouched: false,
+    };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        super::CdpDevice::open(base.clone(), &s, 0, 0).map(|_| ())
+    }));
+    match r {
+        Ok(Err(e)) => assert!(e.to_string().contains("segment number"), "{e}"),
+        Ok(Ok(())) => panic!("opened a journal with no next segment number"),
+        Err(p) => panic!(
+            "panicked: {:?}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or(p.downcast_ref::<&str>().copied())
+        ),
+    }
+}

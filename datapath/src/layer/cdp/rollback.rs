@@ -175,6 +175,19 @@ pub fn load_for_writing(dir: &Path) -> Result<store::History, CdpError> {
             u64::MAX
         )));
     }
+    // Likewise its segments: the writer's first is numbered one past the newest.
+    if let Some(g) = h
+        .segments
+        .last()
+        .filter(|g| g.header.segno > u64::MAX - (1 << 48))
+    {
+        return Err(CdpError::Refused(format!(
+            "{}: the history's newest segment has segment number {}, too near the largest ({}) to journal on: a history numbered from 1 never gets there (made or damaged so); journal into a new directory",
+            dir.display(),
+            g.header.segno,
+            u64::MAX
+        )));
+    }
     if let Ok(Some(m)) = load_marker(dir) {
         super::clock::not_before(m.started);
     }
