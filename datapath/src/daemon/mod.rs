@@ -523,12 +523,13 @@ impl Daemon {
             let secret = match (&t.chap_secret, &t.chap_secret_file) {
                 (Some(s), _) => Some(s.as_bytes().to_vec()),
                 (None, Some(f)) => {
-                    let text =
-                        std::fs::read_to_string(f).map_err(|source| StartError::ChapSecret {
+                    let line = crate::control::config::first_line(f).map_err(|source| {
+                        StartError::ChapSecret {
                             target: t.iqn.clone(),
                             source,
-                        })?;
-                    Some(text.lines().next().unwrap_or("").as_bytes().to_vec())
+                        }
+                    })?;
+                    Some(line.into_bytes())
                 }
                 (None, None) => None,
             };

@@ -153,3 +153,61 @@ pub fn check_nvmf_resv_files<'a>(nqns: impl IntoIterator<Item = &'a str>) -> Res
     }
     Ok(())
 }
+
+/// Longest first line [`first_line`] reads.
+const MAX_LINE: u64 = 64 << 10;
+
+/// The first line of file `path` (a secret named by the config, `chap_secret_file`), read
+/// up to its newline only, and at most 64 KiB: what follows is never read (a FIFO whose
+/// writer stays, /dev/zero, a volume's image named by mistake).
+pub fn first_line(path: &Path) -> std::io::Result<String> {
+    use std::io::{BufRead, Read};
+    let mut r = std::io::BufReader::new(std::fs::File::open(path)?.take(MAX_LINE + 1));
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line)?;
+    if line.len() as u64 > MAX_LINE {
+        return Err(std::io::Error::other(format!(
+            "its first line is longer than {MAX_LINE} bytes"
+        )));
+    }
+    while line.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) {
+        line.pop();
+    }
+    String::from_utf8(line).map_err(|_| std::io::Error::other("its first line is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the first line is read: a file that goes on (a FIFO whose writer stays, a device
+    /// such as /dev/zero, a volume's image named by mistake) is not read to its end.
+    #[test]
+    fn a_secret_files_first_line_is_read_without_reading_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("secret");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let f2 = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut w = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
+            w.write_all(b"0123456789abcdef\nmore").unwrap();
+            // The writer stays a while before it closes: its end is not the line's.
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        });
+        let t = std::time::Instant::now();
+        assert_eq!(first_line(&fifo).unwrap(), "0123456789abcdef");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
+        writer.join().unwrap();
+        // A file without a newline: at most 64 KiB of it is read.
+        let big = d.path().join("big");
+        std::fs::write(&big, vec![b'x'; 1 << 20]).unwrap();
+        assert!(first_line(&big).is_err());
+    }
+}
