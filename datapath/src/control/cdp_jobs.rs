@@ -18,7 +18,6 @@
 
 use crate::layer::cdp::CdpInfo;
 use serde_json::{Value, json};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -110,6 +109,28 @@ impl Job {
         self.exit = Some(c);
         c
     }
+}
+
+/// Make `dir` (mode 0700) or check the one there: a directory, not a link, of this process's
+/// user, closed to others; the logs are written there by a daemon that usually runs as root,
+/// under a name anyone can foresee in the shared temporary directory.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no memory effects.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is not a directory of this daemon's user closed to others (a link, another user's, or writable by others): refusing to write the children's logs there",
+            dir.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The children started through the control socket.
@@ -270,8 +291,7 @@ impl CdpJobs {
             .exe
             .as_ref()
             .ok_or("cannot find this daemon's own executable to start the child")?;
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))?;
+        private_dir(&self.dir)?;
         let id = {
             let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
             let id = *n;
@@ -279,8 +299,19 @@ impl CdpJobs {
             id
         };
         let log = self.dir.join(format!("{kind}-{id}.log"));
-        let out =
-            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        // Made anew (an earlier daemon's of the same pid, or anything else, is removed:
+        // removing never follows a link), never opened through a link.
+        let _ = std::fs::remove_file(&log);
+        let out = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&log)
+                .map_err(|e| format!("cannot create {}: {e}", log.display()))?
+        };
         let err = out
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
@@ -588,6 +619,49 @@ mod tests {
         );
         assert!(addr_param(&json!({"nbd": "nowhere"}), "nbd").is_err());
         assert!(addr_param(&json!({"nbd": 9}), "nbd").is_err());
+    }
+
+    /// The logs' directory is a fixed name under the shared temporary directory: one made
+    /// there by another user (or open to others) with a link at a log's name made the daemon
+    /// (root) truncate and write the link's target. Such a directory is refused, and a log is
+    /// created anew, never through a link.
+    #[test]
+    fn a_log_is_never_written_through_a_link_or_into_a_directory_open_to_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let mut j = CdpJobs::new(vec![0], false, Vec::new());
+        j.exe = Some(PathBuf::from("/bin/true"));
+        j.dir = d.path().join("jobs");
+        std::fs::create_dir(&j.dir).unwrap();
+        std::os::unix::fs::symlink(&victim, j.dir.join("restore-1.log")).unwrap();
+        // Open to others: refused, nothing written.
+        std::fs::set_permissions(&j.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let r = j.start("restore", "v", &[], &json!({}));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = std::fs::read_to_string(&victim).unwrap();
+        assert!(r.is_err(), "{r:?}: the link's target now holds {now:?}");
+        assert!(r.unwrap_err().contains("refusing"));
+        assert_eq!(now, "precious");
+        // Closed to others, with a link left at a log's name: the log replaces the link.
+        std::fs::set_permissions(&j.dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let id = j.start("restore", "v", &[], &json!({})).unwrap();
+        let log = j.dir.join(format!("restore-{id}.log"));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(
+            !std::fs::symlink_metadata(&log)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // The directory itself a link: refused.
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        j.dir = d.path().join("linked");
+        std::os::unix::fs::symlink(&real, &j.dir).unwrap();
+        let e = j.start("restore", "v", &[], &json!({})).unwrap_err();
+        assert!(e.contains("refusing"), "{e}");
     }
 
     #[test]
