@@ -111,28 +111,6 @@ impl Job {
     }
 }
 
-/// Make `dir` (mode 0700) or check the one there: a directory, not a link, of this process's
-/// user, closed to others; the logs are written there by a daemon that usually runs as root,
-/// under a name anyone can foresee in the shared temporary directory.
-fn private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    // SAFETY: geteuid has no memory effects.
-    let me = unsafe { libc::geteuid() };
-    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} is not a directory of this daemon's user closed to others (a link, another user's, or writable by others): refusing to write the children's logs there",
-            dir.display()
-        ));
-    }
-    Ok(())
-}
-
 /// The children started through the control socket.
 pub struct CdpJobs {
     jobs: Mutex<Vec<Job>>,
@@ -291,7 +269,7 @@ impl CdpJobs {
             .exe
             .as_ref()
             .ok_or("cannot find this daemon's own executable to start the child")?;
-        private_dir(&self.dir)?;
+        crate::control::config::private_dir(&self.dir, "the children's logs")?;
         let id = {
             let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
             let id = *n;

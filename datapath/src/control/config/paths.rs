@@ -176,6 +176,29 @@ pub fn first_line(path: &Path) -> std::io::Result<String> {
     String::from_utf8(line).map_err(|_| std::io::Error::other("its first line is not UTF-8"))
 }
 
+/// Make `dir` (mode 0700) or check the one there: a directory, not a link, of this process's
+/// user, closed to others. For directories under a name anyone can foresee in the shared
+/// temporary directory (the CDP jobs' logs, the demo's files), written by a process that
+/// often runs as root; `what` names what goes there.
+pub fn private_dir(dir: &Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no memory effects.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is not a directory of this daemon's user closed to others (a link, another user's, or writable by others): refusing to write {what} there",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
