@@ -14,7 +14,7 @@ use super::store::{self, CdpError, History};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::ops::ControlFlow;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// A point in a volume's history.
@@ -507,13 +507,16 @@ fn create_partial(out: &Path) -> Result<(std::path::PathBuf, File), CdpError> {
         source,
     };
     let f = loop {
+        // Never through a link at the name (anyone who can write `out`'s directory could
+        // have put one there): it would be truncated and written, then named `out`.
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
-            .map_err(|e| io("create", e))?;
+            .map_err(|e| io("create (not through a link)", e))?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
@@ -524,7 +527,7 @@ fn create_partial(out: &Path) -> Result<(std::path::PathBuf, File), CdpError> {
         }
         // The name may have been renamed to `out` or removed by its holder meanwhile.
         let mine = f.metadata().map_err(|e| io("stat", e))?;
-        match std::fs::metadata(&tmp) {
+        match std::fs::symlink_metadata(&tmp) {
             Ok(m) if m.ino() == mine.ino() && m.dev() == mine.dev() => break f,
             _ => continue,
         }
@@ -691,6 +694,31 @@ mod tests {
             h.last_seq
         );
         assert!(out.exists());
+    }
+
+    /// The temporary name beside `out` is never opened through a link: a link there (made by
+    /// anyone who can write `out`'s directory, e.g. a shared one) made the restore truncate
+    /// and write the link's target, then name the link `out`.
+    #[test]
+    fn a_restore_never_writes_through_a_link_at_its_temporary_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("j");
+        std::fs::create_dir(&dir).unwrap();
+        store::testing::history(&dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=20)]);
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let out = d.path().join("restored.img");
+        std::os::unix::fs::symlink(&victim, partial_path(&out)).unwrap();
+        let r = restore(&h, Point::Seq(h.last_seq), &out, |_, _| {});
+        let now = std::fs::read(&victim).unwrap();
+        assert!(
+            r.is_err(),
+            "{r:?}: the link's target now holds {} bytes",
+            now.len()
+        );
+        assert_eq!(now, b"precious");
+        assert!(!out.exists());
     }
 
     /// A restore's output is a new file outside the history it reads: in the history's
