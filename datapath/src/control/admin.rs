@@ -373,6 +373,14 @@ pub(super) fn volume_create(
     if cx.rt.volumes.find(name).is_some() {
         return Err(bad(format!("a volume named {name:?} exists already")));
     }
+    let names: Vec<String> = (cx.rt.volumes.list().into_iter())
+        .map(|(_, v)| v.name.clone())
+        .collect();
+    crate::control::config::check_case_unique(
+        "volume names",
+        names.iter().map(String::as_str).chain([name]),
+    )
+    .map_err(bad)?;
     if let Some(path) = &path {
         // Not another volume's file (the two would write over each other's blocks), nor a
         // file of a history's directory.

@@ -718,3 +718,42 @@ fn volume_create_refuses_another_volumes_backing_file_and_a_file_of_a_cdp_direct
     assert!(m.contains("base.img"), "{m}");
     assert!(!holder.join("cdp.meta").exists());
 }
+
+#[test]
+fn run_time_names_that_differ_only_in_case_from_one_in_use_are_refused() {
+    // iSCSI names are case-insensitive: volume `BASE`'s default target would be `base`'s.
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let r = rpc(
+        &sock,
+        "volume_create",
+        json!({"name": "BASE", "backend": "malloc", "size": "1M"}),
+    );
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only in case"),
+        "{r}"
+    );
+    let r = rpc(
+        &sock,
+        "iscsi_target_add",
+        json!({"iqn": "iqn.2026-11.io.test:t"}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let r = rpc(
+        &sock,
+        "iscsi_target_add",
+        json!({"iqn": "iqn.2026-11.io.test:T"}),
+    );
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only in case"),
+        "{r}"
+    );
+}

@@ -13,8 +13,8 @@ use thiserror::Error;
 mod paths;
 mod units;
 pub use paths::{
-    check_not_a_state_file, check_volume_paths, first_line, inside, iscsi_pr_path, private_dir,
-    same_file,
+    check_case_unique, check_not_a_state_file, check_volume_paths, first_line, inside,
+    iscsi_pr_path, private_dir, same_file,
 };
 pub use units::{Size, parse_age, parse_size};
 
@@ -1248,14 +1248,7 @@ impl Config {
                 self.iscsi.max_connections
             ));
         }
-        if self.nvmf.state_dir.is_some() {
-            let subs = self.effective_subsystems();
-            paths::check_nvmf_resv_files(subs.iter().map(|s| s.nqn.as_str())).or_else(bad)?;
-        }
-        if self.iscsi.state_dir.is_some() {
-            let targets = self.effective_iscsi_targets();
-            paths::check_iscsi_pr_files(targets.iter().map(|t| t.iqn.as_str())).or_else(bad)?;
-        }
+        self.check_names_to_files().or_else(bad)?;
         let mut iqns = std::collections::HashSet::new();
         for t in &self.iscsi.targets {
             let form = ["iqn.", "eui.", "naa."]

@@ -20,6 +20,22 @@ pub fn inside(p: &Path, dir: &Path) -> bool {
 }
 
 impl super::Config {
+    /// The names that become names of files or of iSCSI targets ([`super::Config::validate`]):
+    /// volume and target names unique ignoring case, and no two state files that are one.
+    pub(super) fn check_names_to_files(&self) -> Result<(), String> {
+        check_case_unique("volume names", self.volumes.iter().map(|v| v.name.as_str()))?;
+        let targets = self.effective_iscsi_targets();
+        check_case_unique("iSCSI target names", targets.iter().map(|t| t.iqn.as_str()))?;
+        if self.nvmf.state_dir.is_some() {
+            let subs = self.effective_subsystems();
+            check_nvmf_resv_files(subs.iter().map(|s| s.nqn.as_str()))?;
+        }
+        if self.iscsi.state_dir.is_some() {
+            check_iscsi_pr_files(targets.iter().map(|t| t.iqn.as_str()))?;
+        }
+        Ok(())
+    }
+
     /// The files the daemon keeps in its state directories, and their temporary names: per
     /// mirrored volume `<volume>.mirror-state` and `.mirror-al` in `[mirror] state_dir`, per
     /// subsystem `resv-<crc>.json` in `[nvmf] state_dir`, per iSCSI LUN `<IQN>-lun<N>.pr`
@@ -195,6 +211,26 @@ pub fn private_dir(dir: &Path, what: &str) -> Result<(), String> {
             "{} is not a directory of this daemon's user closed to others (a link, another user's, or writable by others): refusing to write {what} there",
             dir.display()
         ));
+    }
+    Ok(())
+}
+
+/// No two of `names` (`what`: volume names, iSCSI target names) that differ only in ASCII
+/// case: iSCSI names are case-insensitive (RFC 3720 3.2.6.1), a volume's name is its default
+/// target's and part of its state files' names (one file on a case-insensitive filesystem).
+pub fn check_case_unique<'a>(
+    what: &str,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), String> {
+    let mut seen = std::collections::HashMap::new();
+    for n in names {
+        if let Some(o) = seen.insert(n.to_ascii_lowercase(), n)
+            && o != n
+        {
+            return Err(format!(
+                "{what} {o:?} and {n:?} differ only in case: iSCSI names are case-insensitive, and some filesystems' names too; rename one"
+            ));
+        }
     }
     Ok(())
 }

@@ -713,3 +713,23 @@ fn a_backing_file_that_is_a_state_file_of_the_daemon_is_refused() {
     }
     Config::from_toml(&format!("[nvmf]\nstate_dir='/s'\n{}", vol("/s/v.img"))).unwrap();
 }
+
+#[test]
+fn names_that_differ_only_in_case_are_refused() {
+    // iSCSI names are case-insensitive (RFC 3720 3.2.6.1: stringprep folds them to lower
+    // case), and a volume's name is its default target's: `vol` and `VOL` would be one target
+    // to an initiator (and one state file on a case-insensitive filesystem).
+    let vol = |n: &str| format!("[[volume]]\nname='{n}'\nbackend='malloc'\nsize='1MiB'\n");
+    let e = Config::from_toml(&format!("{}{}", vol("vol"), vol("VOL"))).unwrap_err();
+    assert!(e.to_string().contains("only in case"), "{e}");
+    let t = |iqn: &str, lun: &str| format!("[[iscsi.target]]\niqn='{iqn}'\nluns=['{lun}']\n");
+    let text = format!(
+        "{}{}{}{}",
+        t("iqn.2026-11.io.x:t", "a"),
+        t("iqn.2026-11.io.x:T", "b"),
+        vol("a"),
+        vol("b")
+    );
+    let e = Config::from_toml(&text).unwrap_err();
+    assert!(e.to_string().contains("only in case"), "{e}");
+}
