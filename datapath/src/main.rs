@@ -672,6 +672,11 @@ fn cdp(cmd: CdpCmd) -> Result<()> {
                 (None, Some(s)) => pit::Point::Seq(s),
                 (None, None) => anyhow::bail!("give --time, --seq or --bookmark"),
             };
+            // No output in a history's directory (any of the group's).
+            let dirs: Vec<&std::path::Path> = dir.iter().map(|d| d.as_path()).collect();
+            for o in &out {
+                pit::check_out(o, &dirs)?;
+            }
             // Every history is read and the point checked before anything is written.
             let mut hs = Vec::new();
             for d in &dir {

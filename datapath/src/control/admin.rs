@@ -60,6 +60,24 @@ pub struct AdminState {
     pub runtime_paths: Vec<(usize, std::path::PathBuf)>,
 }
 
+/// Every volume's backing file (name, path): the config file's and the run-time ones.
+pub(super) fn volume_files(cx: &ControlCx, st: &AdminState) -> Vec<(String, std::path::PathBuf)> {
+    let configured =
+        (cx.volume_configs.iter()).filter_map(|v| Some((v.name.clone(), v.path.clone()?)));
+    let runtime = (st.runtime_paths.iter()).map(|(slot, p)| (cx.rt.volumes.name(*slot), p.clone()));
+    configured.chain(runtime).collect()
+}
+
+/// Every CDP directory (volume name, dir): the config file's and those CDP runs in.
+pub(super) fn cdp_dirs(cx: &ControlCx) -> Vec<(String, std::path::PathBuf)> {
+    let configured = (cx.volume_configs.iter())
+        .filter_map(|v| Some((v.name.clone(), v.cdp.as_ref()?.dir.clone())));
+    let running: Vec<_> = (cx.cdp.read().unwrap_or_else(|e| e.into_inner()).iter())
+        .map(|c| (cx.rt.volumes.name(c.vol), c.dir.clone()))
+        .collect();
+    configured.chain(running).collect()
+}
+
 /// Added to every successful change's result.
 pub fn lasts() -> Value {
     json!(
@@ -450,6 +468,31 @@ pub(super) fn volume_create(
     }
     if cx.rt.volumes.find(name).is_some() {
         return Err(bad(format!("a volume named {name:?} exists already")));
+    }
+    let names: Vec<String> = (cx.rt.volumes.list().into_iter())
+        .map(|(_, v)| v.name.clone())
+        .collect();
+    crate::control::config::check_case_unique(
+        "volume names",
+        names.iter().map(String::as_str).chain([name]),
+    )
+    .map_err(bad)?;
+    if let Some(path) = &path {
+        // Not another volume's file (the two would write over each other's blocks), nor a
+        // file of a history's directory.
+        let files = volume_files(cx, st);
+        let dirs = cdp_dirs(cx);
+        let mut all: Vec<(&str, &std::path::Path)> = files
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.as_path()))
+            .collect();
+        all.push((name, path));
+        let dirs: Vec<_> = dirs
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_path()))
+            .collect();
+        crate::control::config::check_volume_paths(&all, &dirs).map_err(bad)?;
+        crate::control::config::check_not_a_state_file(path, &cx.state_files).map_err(bad)?;
     }
     let vc = VolumeConfig {
         name: name.to_string(),

@@ -358,6 +358,11 @@ pub fn iscsi_target_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result
     if tgts.iter().any(|t| t.iqn == iqn) {
         return Err(bad(format!("an iSCSI target {iqn:?} exists already")));
     }
+    crate::control::config::check_case_unique(
+        "iSCSI target names",
+        tgts.iter().map(|t| t.iqn.as_str()).chain([iqn]),
+    )
+    .map_err(bad)?;
     let t = IscsiTarget {
         iqn: iqn.to_string(),
         luns: Vec::new(),

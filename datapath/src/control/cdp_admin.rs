@@ -243,11 +243,7 @@ pub(super) struct Enabled {
 /// `cdp_enable {volume, dir?, segment_size?, retention_age?, retention_bytes?, prezero?,
 /// sync?, group?, wait?}`: the change, under the admin lock; the answer comes from
 /// [`Enabled::answer`], once the lock is released.
-pub(super) fn cdp_enable(
-    p: &Value,
-    cx: &ControlCx,
-    _st: &mut AdminState,
-) -> Result<Enabled, Error> {
+pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, st: &mut AdminState) -> Result<Enabled, Error> {
     let (vol, v, info) = target(cx, p)?;
     let name = v.name.clone();
     if let Some(c) = info.as_ref().filter(|c| !c.stats.off.load(Relaxed)) {
@@ -306,6 +302,21 @@ pub(super) fn cdp_enable(
         ));
     }
     refuse_foreign_files(&dir)?;
+    // A directory that holds a volume's backing file: the history's files (its base copy
+    // `base.img`, its segments) would be that volume's blocks.
+    if let Some((n, f)) = super::admin::volume_files(cx, st)
+        .into_iter()
+        .find(|(_, f)| crate::control::config::inside(f, &dir))
+    {
+        return Err((
+            E_IN_USE,
+            format!(
+                "directory {} holds the backing file {} of volume {n:?}: give the history a directory of its own",
+                dir.display(),
+                f.display()
+            ),
+        ));
+    }
     let segment_size = match text("segment_size")? {
         Some(t) => parse_size(&t).map_err(|e| bad(format!("segment_size: {e}")))?,
         None => conf.as_ref().map_or(64 << 20, |c| c.segment_size.0),

@@ -18,7 +18,6 @@
 
 use crate::layer::cdp::CdpInfo;
 use serde_json::{Value, json};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -240,31 +239,6 @@ fn addr_param(p: &Value, key: &str) -> Result<String, String> {
     }
 }
 
-/// Make `dir` (mode 0700) or check it is one this user made so: a real directory, not a
-/// link, of this user, that no one else may write in. Its name is guessable (under the
-/// shared temporary directory), so another user could have put a directory or a link there.
-fn private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    if let Some(up) = dir.parent() {
-        std::fs::create_dir_all(up).map_err(|e| format!("cannot create {}: {e}", up.display()))?;
-    }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
-    }
-    let m = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} is not a private directory of this user (a link, another user's, or writable by others): refusing to write the child's log there; remove it",
-            dir.display()
-        ));
-    }
-    Ok(())
-}
-
 /// The address of the first `  SCHEME://ADDR/...` line of a serving daemon's banner.
 fn served_at(banner: &str, scheme: &str) -> Option<String> {
     let prefix = format!("  {scheme}://");
@@ -312,7 +286,7 @@ impl CdpJobs {
             .exe
             .as_ref()
             .ok_or("cannot find this daemon's own executable to start the child")?;
-        private_dir(&self.dir)?;
+        crate::control::config::private_dir(&self.dir, "the children's logs")?;
         let id = {
             let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
             let id = *n;
@@ -320,14 +294,19 @@ impl CdpJobs {
             id
         };
         let log = self.dir.join(format!("{kind}-{id}.log"));
-        // In a private directory; never through a link.
-        let out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        // Made anew (an earlier daemon's of the same pid, or anything else, is removed:
+        // removing never follows a link), never opened through a link.
+        let _ = std::fs::remove_file(&log);
+        let out = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&log)
+                .map_err(|e| format!("cannot create {}: {e}", log.display()))?
+        };
         let err = out
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
@@ -523,13 +502,15 @@ impl CdpJobs {
     }
 
     /// `cdp_restore`: start a restore of `c`'s history to the new file `out`, which must be
-    /// in an existing directory outside every history directory of `histories`.
+    /// in an existing directory outside every history directory of `histories` and none of
+    /// the daemon's state files `state_files`.
     pub fn restore(
         &self,
         c: &CdpInfo,
         volume: &str,
         p: &Value,
         histories: &[PathBuf],
+        state_files: &[PathBuf],
     ) -> Result<Value, String> {
         let out = p
             .get("out")
@@ -543,6 +524,11 @@ impl CdpJobs {
                     .into(),
             );
         }
+        let dirs: Vec<&Path> = std::iter::once(c.dir.as_path())
+            .chain(histories.iter().map(PathBuf::as_path))
+            .collect();
+        crate::layer::cdp::pit::check_out(out, &dirs).map_err(|e| e.to_string())?;
+        crate::control::config::check_not_a_state_file(out, state_files)?;
         if out.exists() {
             return Err(format!(
                 "{} exists: a restore only writes a new file",
@@ -694,7 +680,7 @@ mod tests {
         j.dir = tmp.path().join("link");
         std::os::unix::fs::symlink(&elsewhere, &j.dir).unwrap();
         let e = j.start("restore", "v", &[], &json!({})).unwrap_err();
-        assert!(e.contains("private"), "{e}");
+        assert!(e.contains("refusing"), "{e}");
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
         // A directory others may write in.
         let mut j = CdpJobs::default();
@@ -703,7 +689,7 @@ mod tests {
         std::fs::create_dir(&j.dir).unwrap();
         std::fs::set_permissions(&j.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = j.start("restore", "v", &[], &json!({})).unwrap_err();
-        assert!(e.contains("private"), "{e}");
+        assert!(e.contains("refusing"), "{e}");
         assert_eq!(std::fs::read_dir(&j.dir).unwrap().count(), 0);
         // Made here: private, and used.
         let mut j = CdpJobs::default();
@@ -735,6 +721,49 @@ mod tests {
         assert_eq!(served_at(b, "nvme+tcp").as_deref(), Some("127.0.0.1:4421"));
         assert_eq!(served_at(b, "iscsi").as_deref(), Some("[::1]:3261"));
         assert_eq!(served_at("  nbd://nowhere/v\n", "nbd"), None);
+    }
+
+    /// The logs' directory is a fixed name under the shared temporary directory: one made
+    /// there by another user (or open to others) with a link at a log's name made the daemon
+    /// (root) truncate and write the link's target. Such a directory is refused, and a log is
+    /// created anew, never through a link.
+    #[test]
+    fn a_log_is_never_written_through_a_link_or_into_a_directory_open_to_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let mut j = CdpJobs::new(vec![0], false, Vec::new());
+        j.exe = Some(PathBuf::from("/bin/true"));
+        j.dir = d.path().join("jobs");
+        std::fs::create_dir(&j.dir).unwrap();
+        std::os::unix::fs::symlink(&victim, j.dir.join("restore-1.log")).unwrap();
+        // Open to others: refused, nothing written.
+        std::fs::set_permissions(&j.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let r = j.start("restore", "v", &[], &json!({}));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = std::fs::read_to_string(&victim).unwrap();
+        assert!(r.is_err(), "{r:?}: the link's target now holds {now:?}");
+        assert!(r.unwrap_err().contains("refusing"));
+        assert_eq!(now, "precious");
+        // Closed to others, with a link left at a log's name: the log replaces the link.
+        std::fs::set_permissions(&j.dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let id = j.start("restore", "v", &[], &json!({})).unwrap();
+        let log = j.dir.join(format!("restore-{id}.log"));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(
+            !std::fs::symlink_metadata(&log)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // The directory itself a link: refused.
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        j.dir = d.path().join("linked");
+        std::os::unix::fs::symlink(&real, &j.dir).unwrap();
+        let e = j.start("restore", "v", &[], &json!({})).unwrap_err();
+        assert!(e.contains("refusing"), "{e}");
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct ControlCx {
     /// The configured volumes (`cdp_enable` takes a volume's `[volume.cdp]` settings and
     /// group from here when the request does not give them).
     pub volume_configs: Vec<config::VolumeConfig>,
+    /// The daemon's state files ([`config::Config::state_files`]): no restore output or
+    /// run-time volume's file is one of them.
+    pub state_files: Vec<PathBuf>,
     /// Views and restores started through the control socket ([`cdp_jobs`]).
     pub cdp_jobs: cdp_jobs::CdpJobs,
     /// The runtime service index of the checksum executors ([`verify::ChecksumService`]);
@@ -836,14 +839,19 @@ fn cdp_call(
                     {
                         return Err(format!("volume {vname:?} has no bookmark named {b:?}"));
                     }
-                    let histories: Vec<PathBuf> = shared
-                        .cdp
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
+                    let histories: Vec<_> = (shared.cdp.read().unwrap_or_else(|e| e.into_inner()))
                         .iter()
                         .map(|c| c.dir.clone())
+                        .chain(
+                            shared
+                                .volume_configs
+                                .iter()
+                                .filter_map(|v| Some(v.cdp.as_ref()?.dir.clone())),
+                        )
                         .collect();
-                    shared.cdp_jobs.restore(c, &vname, p, &histories)
+                    shared
+                        .cdp_jobs
+                        .restore(c, &vname, p, &histories, &shared.state_files)
                 }
             })());
         }

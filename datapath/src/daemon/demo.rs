@@ -237,8 +237,10 @@ fn stop_all(sites: &mut [Site]) {
 /// Run the demo until Ctrl-C.
 pub fn run(o: DemoOptions) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
+    // Its configs, sockets and witness key: never in a directory another user can write.
+    crate::control::config::private_dir(&o.dir, "the demo's configs and witness key")
+        .map_err(anyhow::Error::msg)?;
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-    std::fs::create_dir_all(&o.dir).with_context(|| format!("creating {}", o.dir.display()))?;
     let mut sites = vec![start_witness(&o)?];
     for i in 0..2 {
         match start_site(&o, i) {
@@ -330,6 +332,32 @@ pub fn run(o: DemoOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The demo's directory (default `/tmp/twinblk-demo`, a name anyone can foresee) is
+    /// refused when it is open to others (or a link, or another user's): the demo writes its
+    /// configs there (through any link found at their names) and takes a witness key found
+    /// there as its own.
+    #[test]
+    fn the_demo_refuses_a_directory_open_to_others_before_it_starts_anything() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("demo");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let o = DemoOptions {
+            dir: dir.clone(),
+            nbd_port: 1,
+            repl_port: 1,
+            nvmf_port: 1,
+            iscsi_port: 1,
+            witness_port: 1,
+            size: "1MiB".into(),
+            exe: d.path().join("no-such-twinblk"),
+        };
+        let e = format!("{:#}", run(o).unwrap_err());
+        assert!(e.contains("refusing"), "{e}");
+        assert!(!dir.join("witness.key").exists(), "nothing written");
+    }
     use crate::control::config::Config;
 
     #[test]

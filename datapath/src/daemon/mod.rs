@@ -523,12 +523,13 @@ impl Daemon {
             let secret = match (&t.chap_secret, &t.chap_secret_file) {
                 (Some(s), _) => Some(s.as_bytes().to_vec()),
                 (None, Some(f)) => {
-                    let text =
-                        std::fs::read_to_string(f).map_err(|source| StartError::ChapSecret {
+                    let line = crate::control::config::first_line(f).map_err(|source| {
+                        StartError::ChapSecret {
                             target: t.iqn.clone(),
                             source,
-                        })?;
-                    Some(text.lines().next().unwrap_or("").as_bytes().to_vec())
+                        }
+                    })?;
+                    Some(line.into_bytes())
                 }
                 (None, None) => None,
             };
@@ -572,18 +573,7 @@ impl Daemon {
                 .map_err(|e| StartError::IscsiReservations(format!("{}: {e}", dir.display())))?;
             for t in &iscsi_targets {
                 for l in &t.luns {
-                    let name: String = t
-                        .iqn
-                        .chars()
-                        .map(|c| {
-                            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                                c
-                            } else {
-                                '_'
-                            }
-                        })
-                        .collect();
-                    let path = dir.join(format!("{name}-lun{}.pr", l.lun));
+                    let path = crate::control::config::iscsi_pr_path(dir, &t.iqn, l.lun);
                     l.pr.attach(path, &t.iqn, l.lun)
                         .map_err(StartError::IscsiReservations)?;
                 }
@@ -834,6 +824,7 @@ impl Daemon {
             cdp: Arc::clone(&daemon.cdp),
             cdp_lists,
             volume_configs: cfg.volumes.clone(),
+            state_files: cfg.state_files(),
             cdp_jobs: crate::control::cdp_jobs::CdpJobs::new(
                 cfg.reactor.cores.clone(),
                 cfg.reactor.pin,

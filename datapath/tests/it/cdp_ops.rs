@@ -1138,3 +1138,118 @@ fn a_point_read_or_restored_after_a_consolidation_retired_a_listed_segment_is_ri
         "the restored newest point"
     );
 }
+
+/// `cdp_restore` into a history directory (the volume's own or another's) is refused at once:
+/// the restored image there took a name of that history's (here `consolidating`) and the
+/// history no longer loaded.
+#[test]
+fn cdp_restore_into_a_history_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ja, jb) = (tmp.path().join("ja"), tmp.path().join("jb"));
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n\
+         [[volume]]\nname='a'\nbackend='malloc'\nsize={SIZE}\nblock_size=4096\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n\
+         [[volume]]\nname='b'\nbackend='malloc'\nsize={SIZE}\nblock_size=4096\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        ja.display(),
+        jb.display()
+    );
+    let s = Server::start(tmp.path(), &body);
+    let mut c = Client::connect(s.addr, "a", false);
+    assert_eq!(c.write(0, &pattern(1, 4096)), 0);
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+    let st = s.rpc("cdp_status");
+    let end = st[0]["window_end_ns"].as_u64().unwrap();
+    for out in [
+        jb.join("consolidating"),
+        ja.join("consolidating"),
+        ja.join("./x.img"),
+    ] {
+        let r = s.rpc_with(
+            "cdp_restore",
+            serde_json::json!({"volume": "a", "time_ns": end, "out": out.display().to_string()}),
+        );
+        let msg = r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if msg.is_empty() {
+            // What it did: wait for the job, then try to read the history written into.
+            std::thread::sleep(Duration::from_secs(2));
+            let loads = [&ja, &jb].map(|d| store::load(d, Load::ReadOnly).map(|h| h.last_seq));
+            panic!(
+                "{}: {r}; jobs {}; the histories load: {loads:?}",
+                out.display(),
+                s.rpc("cdp_jobs")
+            );
+        }
+        assert!(
+            msg.contains("history's directory"),
+            "{}: {msg}",
+            out.display()
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// Nor is a restore (or a run-time volume) put at one of the daemon's state files: a restored
+/// image named as the subsystem's reservation file made the next start refuse it.
+#[test]
+fn cdp_restore_and_volume_create_onto_a_state_file_are_refused() {
+    use twinblk::frontend::nvmf::resv;
+    let tmp = tempfile::tempdir().unwrap();
+    let (j, state) = (tmp.path().join("j"), tmp.path().join("nvmf-state"));
+    let body = format!(
+        "[reactor]\ncores=[0]\npin=false\n[runtime]\nmax_volumes=4\n\
+         [[volume]]\nname='v'\nbackend='malloc'\nsize={SIZE}\nblock_size=4096\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        j.display()
+    );
+    let s = Server::start_nvmf(
+        tmp.path(),
+        &format!("state_dir='{}'", state.display()),
+        &body,
+    );
+    let mut c = Client::connect(s.addr, "v", false);
+    assert_eq!(c.write(0, &pattern(1, 4096)), 0);
+    assert_eq!(c.flush(), 0);
+    c.disconnect();
+    let end = s.rpc("cdp_status")[0]["window_end_ns"].as_u64().unwrap();
+    let nqn = "nqn.2026-11.io.twinblk:v";
+    let out = resv::state_path(&state, nqn);
+    let r = s.rpc_with(
+        "cdp_restore",
+        serde_json::json!({"volume": "v", "time_ns": end, "out": out.display().to_string()}),
+    );
+    let msg = r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if msg.is_empty() {
+        std::thread::sleep(Duration::from_secs(2));
+        let load = resv::ResvTable::new(1)
+            .load(&state, nqn)
+            .map_err(|e| e.to_string());
+        panic!(
+            "{r}; jobs {}; the reservations load: {load:?}",
+            s.rpc("cdp_jobs")
+        );
+    }
+    assert!(msg.contains("state file"), "{msg}");
+    assert!(!out.exists());
+    let create = |path: &std::path::Path| {
+        s.rpc_with(
+            "volume_create",
+            serde_json::json!({"name": "rt", "backend": "uring", "size": "4M", "path": path, "create": true}),
+        )
+    };
+    let r = create(&out);
+    let msg = r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("state file"), "{r}");
+    assert!(!out.exists());
+    // Another name in the state directory is the operator's to use.
+    let r = create(&state.join("rt.img"));
+    assert!(r["error"].is_null(), "{r}");
+}

@@ -137,3 +137,37 @@ fn a_stopped_restore_leaves_nothing_and_a_finished_one_is_named_at_the_end() {
     assert!(e.is_err(), "an existing file replaced");
     assert_eq!(names_in(&outs), vec!["a.img".to_string()]);
 }
+
+/// A group restore never writes into one of the group's history directories: volume a's image
+/// as b's `consolidating` was restored and named there, and b's history no longer loaded.
+#[test]
+fn a_group_restore_into_another_members_history_directory_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = two_histories(tmp.path());
+    let t = store::load(&dirs[1], Load::ReadOnly)
+        .unwrap()
+        .last_time
+        .min(store::load(&dirs[0], Load::ReadOnly).unwrap().last_time);
+    let into = dirs[1].join("consolidating");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_twinblk"))
+        .args(["cdp", "restore", "--time", &t.to_string()])
+        .arg("--dir")
+        .arg(&dirs[0])
+        .arg("--dir")
+        .arg(&dirs[1])
+        .arg("--out")
+        .arg(&into)
+        .arg("--out")
+        .arg(tmp.path().join("b.img"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let loads = store::load(&dirs[1], Load::ReadOnly).map(|h| h.last_seq);
+    assert!(
+        !o.status.success(),
+        "restored; b's history loads: {loads:?}"
+    );
+    assert!(err.contains("history's directory"), "{err}");
+    assert!(!into.exists());
+    loads.unwrap();
+}

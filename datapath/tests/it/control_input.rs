@@ -685,3 +685,103 @@ fn background_cores_outside_the_processs_cpus_are_refused_at_start() {
         "{e}"
     );
 }
+
+#[test]
+fn volume_create_refuses_another_volumes_backing_file_and_a_file_of_a_cdp_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl.sock");
+    let (disk, j) = (dir.path().join("disk.img"), dir.path().join("j"));
+    let text = format!(
+        "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n[nvmf]\nlisten=['127.0.0.1:0']\n[iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n[runtime]\nmax_volumes=6\n[[volume]]\nname='disk'\nbackend='uring'\nsize='4MiB'\npath='{}'\ncreate=true\n[[volume]]\nname='journaled'\nbackend='malloc'\nsize='4MiB'\n[volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+        sock.display(),
+        disk.display(),
+        j.display()
+    );
+    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
+    let _d = twinblk::Daemon::start(&cfg).expect("daemon starts");
+    let create = |name: &str, path: &Path| {
+        rpc(
+            &sock,
+            "volume_create",
+            json!({"name": name, "backend": "uring", "size": "4M", "path": path, "create": true}),
+        )
+    };
+    let rt = dir.path().join("rt.img");
+    let r = create("rt", &rt);
+    assert!(r.get("error").is_none(), "{r}");
+    // Another volume's file, by its path or by another path to it: the two would write over
+    // each other's blocks.
+    // (Answered "in use", -32020, naming the volume whose file or history it is.)
+    for (path, want) in [
+        (disk.clone(), "is the file of volume \"disk\""),
+        (dir.path().join(".").join("disk.img"), "is the file of volume \"disk\""),
+        (rt.clone(), "is the file of volume \"rt\""),
+        (j.join("base.img"), "history directory of volume \"journaled\""),
+        (j.join("v.img"), "history directory of volume \"journaled\""),
+    ] {
+        let r = create("other", &path);
+        assert_eq!(r["error"]["code"], -32020, "{}: {r}", path.display());
+        let m = r["error"]["message"].as_str().unwrap();
+        assert!(m.contains(want), "{}: {m}", path.display());
+    }
+    assert!(!j.join("v.img").exists());
+    // Once the run-time volume is gone its file can be used again.
+    let r = rpc(&sock, "volume_delete", json!({"name": "rt"}));
+    assert!(r.get("error").is_none(), "{r}");
+    let r = create("again", &rt);
+    assert!(r.get("error").is_none(), "{r}");
+    // Nor is a history started in a directory that holds a volume's file.
+    let holder = dir.path().join("holder");
+    std::fs::create_dir(&holder).unwrap();
+    let inner = holder.join("base.img");
+    let r = create("inner", &inner);
+    assert!(r.get("error").is_none(), "{r}");
+    let r = rpc(
+        &sock,
+        "cdp_enable",
+        json!({"volume": "again", "dir": holder, "segment_size": "4MiB", "wait": 5}),
+    );
+    assert!(r.get("error").is_some(), "{r}");
+    let m = r["error"]["message"].as_str().unwrap();
+    assert!(m.contains("base.img"), "{m}");
+    assert!(!holder.join("cdp.meta").exists());
+}
+
+#[test]
+fn run_time_names_that_differ_only_in_case_from_one_in_use_are_refused() {
+    // iSCSI names are case-insensitive: volume `BASE`'s default target would be `base`'s.
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock) = daemon(dir.path());
+    let r = rpc(
+        &sock,
+        "volume_create",
+        json!({"name": "BASE", "backend": "malloc", "size": "1M"}),
+    );
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only in case"),
+        "{r}"
+    );
+    let r = rpc(
+        &sock,
+        "iscsi_target_add",
+        json!({"iqn": "iqn.2026-11.io.test:t"}),
+    );
+    assert!(r["error"].is_null(), "{r}");
+    let r = rpc(
+        &sock,
+        "iscsi_target_add",
+        json!({"iqn": "iqn.2026-11.io.test:T"}),
+    );
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only in case"),
+        "{r}"
+    );
+}

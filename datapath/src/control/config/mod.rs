@@ -10,7 +10,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use thiserror::Error;
 
+mod paths;
 mod units;
+pub use paths::{
+    check_case_unique, check_not_a_state_file, check_volume_paths, first_line, inside,
+    iscsi_pr_path, private_dir, same_file,
+};
 pub use units::{Size, parse_age, parse_size};
 
 /// The whole daemon configuration.
@@ -1141,6 +1146,18 @@ impl Config {
                 }
             }
         }
+        let files: Vec<_> = (self.volumes.iter())
+            .filter_map(|v| Some((v.name.as_str(), v.path.as_deref()?)))
+            .collect();
+        let dirs: Vec<_> = (self.volumes.iter())
+            .filter_map(|v| Some((v.name.as_str(), v.cdp.as_ref()?.dir.as_path())))
+            .collect();
+        check_volume_paths(&files, &dirs).or_else(bad)?;
+        let state_files = self.state_files();
+        for (name, f) in &files {
+            check_not_a_state_file(f, &state_files)
+                .or_else(|e| bad(format!("volume {name}: {e}")))?;
+        }
         for v in &self.volumes {
             if (v.leader.is_some() || (v.group.is_some() && v.cdp.is_none())) && !v.mirror {
                 return bad(format!(
@@ -1231,6 +1248,7 @@ impl Config {
                 self.iscsi.max_connections
             ));
         }
+        self.check_names_to_files().or_else(bad)?;
         let mut iqns = std::collections::HashSet::new();
         for t in &self.iscsi.targets {
             let form = ["iqn.", "eui.", "naa."]

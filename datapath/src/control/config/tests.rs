@@ -604,3 +604,132 @@ fn a_volatile_cache_is_for_a_uring_volume() {
     let e = cfg("backend='malloc'\nvolatile_cache=true\n").expect_err("accepted");
     assert!(e.to_string().contains("volatile_cache"), "{e}");
 }
+
+#[test]
+fn two_volumes_on_one_backing_file_or_a_backing_file_in_a_cdp_directory_are_refused() {
+    // Two volumes on one file write over each other's blocks; a volume kept in a CDP
+    // directory (its `base.img`, a segment) is overwritten by that history's own files.
+    let uring = |name: &str, path: &str| {
+        format!("[[volume]]\nname='{name}'\nbackend='uring'\nsize='1MiB'\npath='{path}'\n")
+    };
+    for (two, want) in [
+        (
+            format!("{}{}", uring("a", "/d/v.img"), uring("b", "/d/v.img")),
+            "same backing file",
+        ),
+        (
+            format!("{}{}", uring("a", "/d/v.img"), uring("b", "/d/./v.img")),
+            "same backing file",
+        ),
+        (
+            format!(
+                "{}[volume.cdp]\ndir='/j/a'\n{}",
+                uring("a", "/d/a.img"),
+                uring("b", "/j/a/base.img")
+            ),
+            "in the cdp.dir",
+        ),
+        (
+            format!("{}[volume.cdp]\ndir='/j/a'\n", uring("a", "/j/a/base.img")),
+            "in the cdp.dir",
+        ),
+    ] {
+        let e = Config::from_toml(&two).expect_err(&two).to_string();
+        assert!(e.contains(want), "{two}: {e}");
+    }
+    Config::from_toml(&format!(
+        "{}{}",
+        uring("a", "/d/a.img"),
+        uring("b", "/d/b.img")
+    ))
+    .unwrap();
+}
+
+#[test]
+fn two_iscsi_targets_whose_reservation_files_would_be_one_are_refused_with_a_state_dir() {
+    // `[iscsi] state_dir` keeps each LUN's APTPL state in `<IQN, other characters as _>-lun<N>.pr`:
+    // two names that differ only where `_` stands would share one file, each writing over
+    // the other's reservations, and the next start would refuse the other's file.
+    let vols = "[[volume]]\nname='a_b'\nbackend='malloc'\nsize='1MiB'\n[[volume]]\nname='a:b'\nbackend='malloc'\nsize='1MiB'\n";
+    let targets = "[[iscsi.target]]\niqn='iqn.2026-11.io.x:t'\nluns=['a_b']\n[[iscsi.target]]\niqn='iqn.2026-11.io.x_t'\nluns=['a:b']\n";
+    for text in [
+        format!("[iscsi]\nstate_dir='/s'\n{vols}"),
+        format!("[iscsi]\nstate_dir='/s'\n{targets}{vols}"),
+    ] {
+        let e = Config::from_toml(&text).expect_err(&text).to_string();
+        assert!(e.contains("reservation state file"), "{text}: {e}");
+    }
+    // Without a state directory there are no files.
+    Config::from_toml(vols).unwrap();
+    Config::from_toml(&format!("{targets}{vols}")).unwrap();
+}
+
+#[test]
+fn two_nvmf_subsystems_whose_reservation_files_would_be_one_are_refused_with_a_state_dir() {
+    // `[nvmf] state_dir` keeps a subsystem's reservations in `resv-<crc32c of its NQN>.json`:
+    // two NQNs of one CRC (made so: a CRC is linear) would share one file, and the next start
+    // would refuse the other's.
+    let (a, b) = (
+        "nqn.2026-11.io.test:aaaaaaaaaa",
+        "nqn.2026-11.io.test:bbf`mbkaaa",
+    );
+    assert_eq!(
+        crate::checksum::crc32c(a.as_bytes()),
+        crate::checksum::crc32c(b.as_bytes())
+    );
+    let body = format!(
+        "[[nvmf.subsystem]]\nnqn='{a}'\nnamespaces=['v']\n[[nvmf.subsystem]]\nnqn='{b}'\nnamespaces=['w']\n[[volume]]\nname='v'\nbackend='malloc'\nsize='1MiB'\n[[volume]]\nname='w'\nbackend='malloc'\nsize='1MiB'\n"
+    );
+    let text = format!("[nvmf]\nstate_dir='/s'\n{body}");
+    let e = Config::from_toml(&text).expect_err(&text).to_string();
+    assert!(e.contains("reservation state file"), "{text}: {e}");
+    Config::from_toml(&body).unwrap();
+}
+
+#[test]
+fn a_backing_file_that_is_a_state_file_of_the_daemon_is_refused() {
+    // The volume's blocks would be the daemon's state (a reservation file, a replica state),
+    // or the daemon's state the volume's blocks. Other files in a state directory are fine
+    // (README: the volumes' files in the mirror's state_dir).
+    let crc = crate::checksum::crc32c(b"nqn.2026-11.io.twinblk:v");
+    let vol =
+        |path: &str| format!("[[volume]]\nname='v'\nbackend='uring'\nsize='1MiB'\npath='{path}'\n");
+    for text in [
+        format!(
+            "[nvmf]\nstate_dir='/s'\n{}",
+            vol(&format!("/s/resv-{crc:08x}.json"))
+        ),
+        format!(
+            "[nvmf]\nstate_dir='/s/'\n{}",
+            vol(&format!("/s/./resv-{crc:08x}.json.tmp"))
+        ),
+        format!(
+            "[iscsi]\nstate_dir='/s'\n{}",
+            vol("/s/iqn.2026-11.io.twinblk_v-lun0.pr")
+        ),
+    ] {
+        let e = Config::from_toml(&text).expect_err(&text).to_string();
+        assert!(e.contains("state file"), "{text}: {e}");
+    }
+    Config::from_toml(&format!("[nvmf]\nstate_dir='/s'\n{}", vol("/s/v.img"))).unwrap();
+}
+
+#[test]
+fn names_that_differ_only_in_case_are_refused() {
+    // iSCSI names are case-insensitive (RFC 3720 3.2.6.1: stringprep folds them to lower
+    // case), and a volume's name is its default target's: `vol` and `VOL` would be one target
+    // to an initiator (and one state file on a case-insensitive filesystem).
+    let vol = |n: &str| format!("[[volume]]\nname='{n}'\nbackend='malloc'\nsize='1MiB'\n");
+    let e = Config::from_toml(&format!("{}{}", vol("vol"), vol("VOL"))).unwrap_err();
+    assert!(e.to_string().contains("only in case"), "{e}");
+    let t = |iqn: &str, lun: &str| format!("[[iscsi.target]]\niqn='{iqn}'\nluns=['{lun}']\n");
+    let text = format!(
+        "{}{}{}{}",
+        t("iqn.2026-11.io.x:t", "a"),
+        t("iqn.2026-11.io.x:T", "b"),
+        vol("a"),
+        vol("b")
+    );
+    let e = Config::from_toml(&text).unwrap_err();
+    assert!(e.to_string().contains("only in case"), "{e}");
+}

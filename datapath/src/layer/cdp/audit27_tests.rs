@@ -219,7 +219,8 @@ fn every_point_read_through_a_view_is_the_model_before_and_after_consolidation()
             let got = pit::read_at(&h, Point::Seq(p), 0, SIZE).unwrap();
             assert!(&got == want, "{why}: point read at {p}");
         }
-        let out = d.path().join(format!("r-{from}.img"));
+        let o = tempfile::tempdir().unwrap(); // outside the history
+        let out = o.path().join(format!("r-{from}.img"));
         pit::restore(&h, Point::Seq(seq - 1), &out, |_, _| {}).unwrap();
         assert!(
             std::fs::read(&out).unwrap() == states[seq as usize - 1],
@@ -313,7 +314,8 @@ fn sequences_and_times_near_the_largest_value_read_and_consolidate_exactly() {
         );
         assert!(seen[r].iter().all(|&x| x == want(b)), "view, block {b}");
     }
-    let out = d.path().join("r.img");
+    let o = tempfile::tempdir().unwrap(); // outside the history
+    let out = o.path().join("r.img");
     pit::restore(&h, Point::Seq(p), &out, |_, _| {}).unwrap();
     assert!(std::fs::read(&out).unwrap() == got);
     let r = super::retain::Retention {
@@ -509,4 +511,108 @@ fn segments_filled_to_their_last_byte_are_whole() {
     let h = store::load(dir, Load::ReadOnly).unwrap();
     let got = pit::read_at(&h, Point::Seq(21), 0, SIZE).unwrap();
     assert!((1..=21u64).all(|b| got[b as usize * 4096] == b as u8));
+}
+
+/// A history whose last record has the largest sequence number (or time) a record can carry:
+/// the next start has no number for its next record. Opened as a journal, it is refused by
+/// name (never a panic of `last + 1`, never numbers that wrap to 0 and end the log there).
+#[test]
+fn a_history_at_the_largest_sequence_number_is_refused_by_the_journal_not_wrapped() {
+    use super::format::{Op, REC_HEADER, RecHeader};
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("j");
+    std::fs::create_dir(&dir).unwrap();
+    let first = u64::MAX - 3;
+    let meta = store::testing::history(&dir, VOL, SIZE, first - 1, &[]);
+    // Small times: a writer's recovery raises this process's site time, shared by every test
+    // of the binary, to the records' times.
+    let meta = super::format::Meta {
+        base_time: 1,
+        ..meta
+    };
+    std::fs::write(super::names::meta_path(&dir), meta.encode()).unwrap();
+    let mut img = vec![0u8; 1 << 20];
+    super::format::testing::put_header(&mut img, VOL, 1, first);
+    let mut at = SEG_HEADER;
+    for q in first..=u64::MAX {
+        let t = q - first + 2;
+        RecHeader::write_record(
+            &mut img[at..],
+            Op::Write,
+            q,
+            t,
+            0,
+            4096,
+            &[7; 4096],
+            meta.vol_id,
+        );
+        at += REC_HEADER + 4096;
+    }
+    // And a record after it (no sequence number follows u64::MAX: it ends the log).
+    RecHeader::write_record(&mut img[at..], Op::Write, 1, 9, 0, 4096, &[8; 4096], VOL);
+    std::fs::write(store::seg_path(&dir, 1), &img).unwrap();
+    let r = std::panic::catch_unwind(|| store::load(&dir, Load::ReadOnly).map(|h| h.last_seq));
+    assert!(matches!(r, Ok(Ok(u64::MAX))), "{r:?}");
+    let base: std::sync::Arc<dyn crate::bdev::BlockDevice> =
+        std::sync::Arc::new(crate::bdev::malloc::MallocDevice::new(SIZE, 4096).unwrap());
+    let s = super::CdpSettings {
+        dir: dir.clone(),
+        segment_size: 4 << 20,
+        seed: None,
+        volatile: false,
+        base_cache: false,
+        prezero: false,
+        sync: super::journal::SyncPolicy::default(),
+        vouched: false,
+    };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        super::CdpDevice::open(base.clone(), &s, 0, 0).map(|_| ())
+    }));
+    match r {
+        Ok(Err(e)) => assert!(e.to_string().contains("sequence"), "{e}"),
+        Ok(Ok(())) => panic!("opened a journal with no next sequence number"),
+        Err(p) => panic!(
+            "panicked: {:?}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or(p.downcast_ref::<&str>().copied())
+        ),
+    }
+}
+
+/// The same for segment numbers: a history whose newest segment is numbered `u64::MAX` has
+/// no number for the segment a writer starts; it is refused by name, not a panic of
+/// `segno + 1`.
+#[test]
+fn a_history_at_the_largest_segment_number_is_refused_by_the_journal_not_wrapped() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("j");
+    std::fs::create_dir(&dir).unwrap();
+    store::testing::history(&dir, VOL, SIZE, 0, &[(u64::MAX, 1..=5)]);
+    assert_eq!(store::load(&dir, Load::ReadOnly).unwrap().last_seq, 5);
+    let base: std::sync::Arc<dyn crate::bdev::BlockDevice> =
+        std::sync::Arc::new(crate::bdev::malloc::MallocDevice::new(SIZE, 4096).unwrap());
+    let s = super::CdpSettings {
+        dir: dir.clone(),
+        segment_size: 4 << 20,
+        seed: None,
+        volatile: false,
+        base_cache: false,
+        prezero: false,
+        sync: super::journal::SyncPolicy::default(),
+        vouched: false,
+    };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        super::CdpDevice::open(base.clone(), &s, 0, 0).map(|_| ())
+    }));
+    match r {
+        Ok(Err(e)) => assert!(e.to_string().contains("segment number"), "{e}"),
+        Ok(Ok(())) => panic!("opened a journal with no next segment number"),
+        Err(p) => panic!(
+            "panicked: {:?}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or(p.downcast_ref::<&str>().copied())
+        ),
+    }
 }

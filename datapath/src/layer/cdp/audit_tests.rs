@@ -274,7 +274,8 @@ fn a_view_reads_its_point_while_consolidation_runs_up_to_it() {
         &[(1, 1..=50), (2, 51..=60), (3, 61..=70)],
     );
     let h = store::load(dir, Load::ReadOnly).unwrap();
-    let want = d.path().join("want.img");
+    let o = tempfile::tempdir().unwrap(); // outside the history
+    let want = o.path().join("want.img");
     super::pit::restore(&h, super::pit::Point::Seq(55), &want, |_, _| {}).unwrap();
     let want = std::fs::read(&want).unwrap();
     let v = super::view::ViewDevice::open(&super::view::ViewSpec {
@@ -416,7 +417,8 @@ fn a_view_checks_only_the_records_its_point_reads() {
     let dir = d.path();
     store::testing::history(dir, VOL, 64 * 4096, 0, &[(1, 1..=50), (2, 51..=70)]);
     let h = store::load(dir, Load::Recover).unwrap();
-    let want = d.path().join("want.img");
+    let o = tempfile::tempdir().unwrap(); // outside the history
+    let want = o.path().join("want.img");
     super::pit::restore(&h, super::pit::Point::Seq(70), &want, |_, _| {}).unwrap();
     let want = std::fs::read(&want).unwrap();
     // Record 2 (block 2) is overwritten by record 66 before the point.

@@ -521,7 +521,7 @@ pub fn scan(seg: &[u8], vol_id: u64, vol_size: u64, prev_seq: u64, prev_time: u6
             return s;
         }
         if h.op != Op::Pad {
-            if h.seq != s.last_seq + 1 {
+            if s.last_seq.checked_add(1) != Some(h.seq) {
                 s.stopped = Some(FormatError::Field("sequence"));
                 return s;
             }

@@ -14,7 +14,7 @@ use super::store::{self, CdpError, History};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::ops::ControlFlow;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// A point in a volume's history.
@@ -361,6 +361,32 @@ pub enum Progress {
     Records { applied: u64, total: u64 },
 }
 
+/// Whether `p` lies in directory `dir` or below it: by its path (once `.` and repeated
+/// separators are dropped), or, where both exist, by the real directory of `p`'s parent.
+pub fn in_dir(p: &Path, dir: &Path) -> bool {
+    if p.starts_with(dir) {
+        return true;
+    }
+    let (Some(parent), Ok(d)) = (p.parent(), dir.canonicalize()) else {
+        return false;
+    };
+    parent.canonicalize().is_ok_and(|x| x.starts_with(&d))
+}
+
+/// Refuse a restore's output `out` in one of the history directories `dirs`: there it would
+/// take one of a history's own names (a segment not used yet, `consolidating`, `bookmarks`),
+/// and that history would no longer load.
+pub fn check_out(out: &Path, dirs: &[&Path]) -> Result<(), CdpError> {
+    match dirs.iter().find(|d| in_dir(out, d)) {
+        Some(d) => Err(CdpError::Refused(format!(
+            "{} is in the history's directory {}: restore to a file outside every history directory",
+            out.display(),
+            d.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The temporary name a restore into `out` writes under (same directory, so the final rename
 /// stays on one file system): `.NAME.restore-partial`.
 pub fn partial_path(out: &Path) -> std::path::PathBuf {
@@ -481,13 +507,16 @@ fn create_partial(out: &Path) -> Result<(std::path::PathBuf, File), CdpError> {
         source,
     };
     let f = loop {
+        // Never through a link at the name (anyone who can write `out`'s directory could
+        // have put one there): it would be truncated and written, then named `out`.
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
-            .map_err(|e| io("create", e))?;
+            .map_err(|e| io("create (not through a link)", e))?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
@@ -498,7 +527,7 @@ fn create_partial(out: &Path) -> Result<(std::path::PathBuf, File), CdpError> {
         }
         // The name may have been renamed to `out` or removed by its holder meanwhile.
         let mine = f.metadata().map_err(|e| io("stat", e))?;
-        match std::fs::metadata(&tmp) {
+        match std::fs::symlink_metadata(&tmp) {
             Ok(m) if m.ino() == mine.ino() && m.dev() == mine.dev() => break f,
             _ => continue,
         }
@@ -525,6 +554,7 @@ pub fn restore_unnamed(
     out: &Path,
     mut progress: impl FnMut(Progress) -> ControlFlow<()>,
 ) -> Result<Restored, CdpError> {
+    check_out(out, &[&h.dir])?;
     // Consolidation waits while the base copy and the segments are read.
     let reading = store::lock_reading(&h.dir);
     // A segment retired since `h` was loaded: the partial file is gone (dropped), and the
@@ -664,5 +694,60 @@ mod tests {
             h.last_seq
         );
         assert!(out.exists());
+    }
+
+    /// The temporary name beside `out` is never opened through a link: a link there (made by
+    /// anyone who can write `out`'s directory, e.g. a shared one) made the restore truncate
+    /// and write the link's target, then name the link `out`.
+    #[test]
+    fn a_restore_never_writes_through_a_link_at_its_temporary_name() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("j");
+        std::fs::create_dir(&dir).unwrap();
+        store::testing::history(&dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=20)]);
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let out = d.path().join("restored.img");
+        std::os::unix::fs::symlink(&victim, partial_path(&out)).unwrap();
+        let r = restore(&h, Point::Seq(h.last_seq), &out, |_, _| {});
+        let now = std::fs::read(&victim).unwrap();
+        assert!(
+            r.is_err(),
+            "{r:?}: the link's target now holds {} bytes",
+            now.len()
+        );
+        assert_eq!(now, b"precious");
+        assert!(!out.exists());
+    }
+
+    /// A restore's output is a new file outside the history it reads: in the history's
+    /// directory it would be one of the history's own names (a segment number not used yet,
+    /// `consolidating`, `bookmarks`) and the history would no longer load.
+    #[test]
+    fn a_restore_into_the_history_directory_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("j");
+        std::fs::create_dir(&dir).unwrap();
+        store::testing::history(&dir, 0xfeed, 64 * 4096, 0, &[(1, 1..=20)]);
+        let h = store::load(&dir, store::Load::ReadOnly).unwrap();
+        for name in [
+            "consolidating",
+            "bookmarks",
+            "seg-0000000000000009.cdp",
+            "x.img",
+        ] {
+            for out in [dir.join(name), d.path().join("j/./").join(name)] {
+                let r = restore(&h, Point::Seq(h.last_seq), &out, |_, _| {});
+                let after = store::load(&dir, store::Load::ReadOnly).map(|h| h.last_seq);
+                let e = r.expect_err(&format!("{}: loads after: {after:?}", out.display()));
+                assert!(e.to_string().contains("history's directory"), "{e}");
+                assert!(!out.exists() && !partial_path(&out).exists());
+            }
+        }
+        assert_eq!(
+            store::load(&dir, store::Load::ReadOnly).unwrap().last_seq,
+            20
+        );
     }
 }

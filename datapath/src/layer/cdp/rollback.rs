@@ -165,6 +165,29 @@ pub fn lock_path(dir: &Path) -> PathBuf {
 /// the rollback must not stamp records before it).
 pub fn load_for_writing(dir: &Path) -> Result<store::History, CdpError> {
     let h = store::load(dir, store::Load::Recover)?;
+    // A writer numbers its records on from the last (docs/cdp-format.md, "Time and sequence
+    // numbers"): a history numbered near the top of the range has no numbers left for them.
+    if h.last_seq > u64::MAX - (1 << 48) {
+        return Err(CdpError::Refused(format!(
+            "{}: the history's last record has sequence number {}, too near the largest ({}) to journal on: a history numbered from 1 never gets there (made or damaged so); journal into a new directory",
+            dir.display(),
+            h.last_seq,
+            u64::MAX
+        )));
+    }
+    // Likewise its segments: the writer's first is numbered one past the newest.
+    if let Some(g) = h
+        .segments
+        .last()
+        .filter(|g| g.header.segno > u64::MAX - (1 << 48))
+    {
+        return Err(CdpError::Refused(format!(
+            "{}: the history's newest segment has segment number {}, too near the largest ({}) to journal on: a history numbered from 1 never gets there (made or damaged so); journal into a new directory",
+            dir.display(),
+            g.header.segno,
+            u64::MAX
+        )));
+    }
     if let Ok(Some(m)) = load_marker(dir) {
         super::clock::not_before(m.started);
     }

@@ -490,12 +490,14 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         // records between were written before it (a segment starts at the writer's durable
         // end), and are lost (a damaged record header, none seen after it).
         let starts_after = header.as_ref().is_ok_and(|sh| {
-            sh.vol_id == meta.vol_id && sh.segno == segno && sh.first_seq > h.last_seq + 1
+            sh.vol_id == meta.vol_id
+                && sh.segno == segno
+                && sh.first_seq > h.last_seq.saturating_add(1)
         });
         let header = header.and_then(|sh| {
             if sh.vol_id != meta.vol_id || sh.segno != segno {
                 Err("belongs to another history or has another number".to_string())
-            } else if sh.first_seq != h.last_seq + 1 {
+            } else if h.last_seq.checked_add(1) != Some(sh.first_seq) {
                 Err(format!(
                     "starts at sequence {}, the history's last is {}",
                     sh.first_seq, h.last_seq
@@ -534,7 +536,9 @@ pub fn load(dir: &Path, mode: Load) -> Result<History, CdpError> {
         // while nothing follows its end.
         let mut cache = false;
         let index = match load_index(dir, &file, segno, &meta)
-            .filter(|i| i.entries.first().is_none_or(|e| e.seq == h.last_seq + 1))
+            .filter(|i| {
+                (i.entries.first()).is_none_or(|e| h.last_seq.checked_add(1) == Some(e.seq))
+            })
             .filter(|i| !last_file || ends_at(&file, i.end, &meta, header.first_seq))
         {
             Some(i) => {

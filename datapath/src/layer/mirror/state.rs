@@ -164,7 +164,20 @@ pub const DEFAULT_BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// [`DEFAULT_BOOT_ID`]) as a 128-bit number; 0 when it cannot be read or is not 32 hex digits
 /// (with dashes ignored).
 pub fn boot_id(path: &Path) -> u128 {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    // Its first line, up to the 37 bytes of a UUID and its newline: nothing after it is read
+    // (a FIFO whose writer stays, /dev/zero, a big file named by mistake).
+    use std::io::{BufRead, Read};
+    let Ok(f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let mut line = Vec::new();
+    if std::io::BufReader::new(f.take(64))
+        .read_until(b'\n', &mut line)
+        .is_err()
+    {
+        return 0;
+    }
+    let Ok(text) = String::from_utf8(line) else {
         return 0;
     };
     let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
@@ -348,6 +361,34 @@ pub fn decode(b: &[u8]) -> Result<Persisted, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The boot id file (`[mirror] boot_id_file`) is read up to what a boot id can be, never
+    /// to its end: a FIFO whose writer stays, /dev/zero, a big file named by mistake.
+    #[test]
+    fn the_boot_id_file_is_read_no_further_than_a_boot_id() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("boot_id");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let f2 = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut w = std::fs::OpenOptions::new().write(true).open(&f2).unwrap();
+            w.write_all(b"0f0e0d0c-0b0a-0908-0706-050403020100\n")
+                .unwrap();
+            w.write_all(&[b'x'; 4096]).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        });
+        let t = std::time::Instant::now();
+        assert_eq!(boot_id(&fifo), 0x0f0e0d0c_0b0a_0908_0706_050403020100);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
+        writer.join().unwrap();
+    }
 
     /// A leader's state in sync, written at a clean stop (the older-version tests' base).
     fn in_sync() -> Persisted {

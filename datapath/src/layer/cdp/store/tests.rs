@@ -533,7 +533,8 @@ fn times_at_the_top_of_the_range_are_read_and_requested_without_overflow() {
     assert_eq!(pit::resolve(&h, Point::Time(u64::MAX - 1)).unwrap(), 1);
     let b = pit::read_at(&h, Point::Time(u64::MAX), 2 * 4096, 4096).unwrap();
     assert!(b.iter().all(|&x| x == 2));
-    let out = dir.join("r.img");
+    let o = tempfile::tempdir().unwrap(); // outside the history
+    let out = o.path().join("r.img");
     pit::restore(&h, Point::Time(u64::MAX), &out, |_, _| {}).unwrap();
     let mut k = load(dir, Load::ReadOnly).unwrap();
     k.keep_until(1);
