@@ -302,8 +302,9 @@ fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
 
 /// Refuse `path` for a new file volume when another served volume's file or block device is
 /// the same (however it is spelt: `..`, a symbolic link, a hard link) or it is inside a CDP
-/// history directory or one of the daemon's state directories: two volumes would write the
-/// same blocks, or a volume a history's or the daemon's state files.
+/// history directory: two volumes would write the same blocks, or a volume a history's files.
+/// (The daemon's own state files are refused by name: `check_not_a_state_file`; other files
+/// in its state directories are the operator's, as in the config file.)
 fn path_in_use(cx: &ControlCx, st: &AdminState, path: &std::path::Path) -> Result<(), Error> {
     let named = |vol: usize| cx.rt.volumes.name(vol);
     if let Ok(meta) = std::fs::metadata(path) {
@@ -346,20 +347,6 @@ fn path_in_use(cx: &ControlCx, st: &AdminState, path: &std::path::Path) -> Resul
             out
         })
     });
-    for (setting, d) in &cx.state_dirs {
-        if let Ok(h) = std::fs::canonicalize(d)
-            && parent.starts_with(&h)
-        {
-            return Err((
-                E_IN_USE,
-                format!(
-                    "path {} is inside the daemon's state directory {} ({setting}): put the volume's file elsewhere",
-                    path.display(),
-                    d.display()
-                ),
-            ));
-        }
-    }
     for c in cx.cdp.read().unwrap_or_else(|e| e.into_inner()).iter() {
         if let Ok(h) = std::fs::canonicalize(&c.dir)
             && parent.starts_with(&h)

@@ -60,9 +60,6 @@ pub struct ControlCx {
     /// The runtime service index of the checksum executors ([`verify::ChecksumService`]);
     /// `None`: `volume_checksums` is refused.
     pub checksums: Option<u32>,
-    /// The daemon's own state directories (`[mirror]`, `[nvmf]`, `[iscsi]` `state_dir`), each
-    /// with its setting's name: no run-time volume's file goes there.
-    pub state_dirs: Vec<(&'static str, PathBuf)>,
 }
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};

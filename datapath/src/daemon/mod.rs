@@ -831,17 +831,6 @@ impl Daemon {
                 housekeeping.map(|h| h.cpus()).unwrap_or_default(),
             ),
             checksums: Some(CHECKSUM_SERVICE),
-            state_dirs: [
-                (
-                    "[mirror] state_dir",
-                    cfg.mirror.as_ref().and_then(|m| m.state_dir.clone()),
-                ),
-                ("[nvmf] state_dir", cfg.nvmf.state_dir.clone()),
-                ("[iscsi] state_dir", cfg.iscsi.state_dir.clone()),
-            ]
-            .into_iter()
-            .filter_map(|(k, d)| Some((k, d?)))
-            .collect(),
         });
         daemon.control_cx = Some(Arc::clone(&cx));
         if !cfg.control.socket.as_os_str().is_empty() {

@@ -714,9 +714,15 @@ fn volume_create_refuses_another_volumes_backing_file_and_a_file_of_a_cdp_direct
     // (Answered "in use", -32020, naming the volume whose file or history it is.)
     for (path, want) in [
         (disk.clone(), "is the file of volume \"disk\""),
-        (dir.path().join(".").join("disk.img"), "is the file of volume \"disk\""),
+        (
+            dir.path().join(".").join("disk.img"),
+            "is the file of volume \"disk\"",
+        ),
         (rt.clone(), "is the file of volume \"rt\""),
-        (j.join("base.img"), "history directory of volume \"journaled\""),
+        (
+            j.join("base.img"),
+            "history directory of volume \"journaled\"",
+        ),
         (j.join("v.img"), "history directory of volume \"journaled\""),
     ] {
         let r = create("other", &path);

@@ -395,38 +395,3 @@ fn cdp_enable_refuses_a_directory_with_files_but_no_history() {
         json!({"volume": "f", "dir": tmp.path().join("new/hist"), "wait": 30}),
     ));
 }
-
-/// A file volume's path inside one of the daemon's own state directories (`[nvmf]`,
-/// `[iscsi]` or `[mirror]` `state_dir`: reservations, replica state) was taken: with
-/// `"create": true` a state file of that name would be extended and written over by hosts.
-#[test]
-fn volume_create_refuses_a_path_in_the_daemons_state_directories() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let sock = t.join("ctl.sock");
-    let text = format!(
-        "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n\
-         [nvmf]\nlisten=['127.0.0.1:0']\nstate_dir='{}'\n\
-         [iscsi]\nlisten=['127.0.0.1:0']\nstate_dir='{}'\n\
-         [control]\nsocket='{}'\n[[volume]]\nname='base'\nbackend='malloc'\nsize='1MiB'\n",
-        t.join("nvst").display(),
-        t.join("isst").display(),
-        sock.display()
-    );
-    let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
-    let _d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    for path in [t.join("nvst/x.img"), t.join("isst/sub/../y.img")] {
-        let p =
-            json!({"name": "u", "backend": "uring", "size": "1M", "path": path, "create": true});
-        let r = rpc(&sock, "volume_create", p.clone());
-        let e = r
-            .get("error")
-            .unwrap_or_else(|| panic!("{p}: accepted: {r}"));
-        assert_eq!(e["code"], -32020, "{p}: {r}");
-        assert!(
-            e["message"].as_str().unwrap().contains("state directory"),
-            "{p}: {r}"
-        );
-        assert!(!path.exists(), "{path:?} was made");
-    }
-}
