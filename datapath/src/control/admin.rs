@@ -291,76 +291,36 @@ fn check_name(what: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether `a` and `b` are the same file or block device (both exist).
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    if a.file_type().is_block_device() && b.file_type().is_block_device() {
-        return a.rdev() == b.rdev();
-    }
-    a.dev() == b.dev() && a.ino() == b.ino()
-}
-
 /// Refuse `path` for a new file volume when another served volume's file or block device is
-/// the same (however it is spelt: `..`, a symbolic link, a hard link) or it is inside a CDP
-/// history directory: two volumes would write the same blocks, or a volume a history's files.
-/// (The daemon's own state files are refused by name: `check_not_a_state_file`; other files
-/// in its state directories are the operator's, as in the config file.)
+/// the same (however it is spelt: `..`, a symbolic link, a hard link, another device node:
+/// `config::same_file`) or it is inside a CDP history directory (`config::inside`): two
+/// volumes would write the same blocks, or a volume a history's files. (The daemon's own
+/// state files are refused by name: `check_not_a_state_file`; other files in its state
+/// directories are the operator's, as in the config file.)
 fn path_in_use(cx: &ControlCx, st: &AdminState, path: &std::path::Path) -> Result<(), Error> {
-    let named = |vol: usize| cx.rt.volumes.name(vol);
-    if let Ok(meta) = std::fs::metadata(path) {
-        let configured = cx
-            .volume_configs
-            .iter()
-            .filter(|c| c.backend == Backend::Uring)
-            .filter_map(|c| Some((c.name.clone(), c.path.clone()?)));
-        let runtime = st
-            .runtime_paths
-            .iter()
-            .map(|(vol, p)| (named(*vol), p.clone()));
-        for (name, used) in configured.chain(runtime) {
-            if std::fs::metadata(&used).is_ok_and(|m| same_file(&meta, &m)) {
-                return Err((
-                    E_IN_USE,
-                    format!(
-                        "path {} is the file of volume {name:?} ({}): give each volume its own",
-                        path.display(),
-                        used.display()
-                    ),
-                ));
-            }
-        }
+    use crate::control::config::{inside, same_file};
+    if let Some((name, used)) = volume_files(cx, st)
+        .into_iter()
+        .find(|(_, used)| same_file(path, used))
+    {
+        return Err((
+            E_IN_USE,
+            format!(
+                "path {} is the file of volume {name:?} ({}): give each volume its own",
+                path.display(),
+                used.display()
+            ),
+        ));
     }
-    // The directory the file is (or would be) in, resolved (when it does not exist: with
-    // `.` and `..` taken out of its path).
-    let parent = path.parent().map_or_else(std::path::PathBuf::new, |d| {
-        std::fs::canonicalize(d).unwrap_or_else(|_| {
-            let mut out = std::path::PathBuf::new();
-            for c in d.components() {
-                match c {
-                    std::path::Component::ParentDir => {
-                        out.pop();
-                    }
-                    std::path::Component::CurDir => {}
-                    c => out.push(c),
-                }
-            }
-            out
-        })
-    });
-    for c in cx.cdp.read().unwrap_or_else(|e| e.into_inner()).iter() {
-        if let Ok(h) = std::fs::canonicalize(&c.dir)
-            && parent.starts_with(&h)
-        {
-            return Err((
-                E_IN_USE,
-                format!(
-                    "path {} is inside the history directory of volume {:?} ({}): put the volume's file elsewhere",
-                    path.display(),
-                    named(c.vol),
-                    c.dir.display()
-                ),
-            ));
-        }
+    if let Some((name, dir)) = cdp_dirs(cx).into_iter().find(|(_, d)| inside(path, d)) {
+        return Err((
+            E_IN_USE,
+            format!(
+                "path {} is inside the history directory of volume {name:?} ({}): put the volume's file elsewhere",
+                path.display(),
+                dir.display()
+            ),
+        ));
     }
     Ok(())
 }
@@ -465,20 +425,6 @@ pub(super) fn volume_create(
     )
     .map_err(bad)?;
     if let Some(path) = &path {
-        // Not another volume's file (the two would write over each other's blocks), nor a
-        // file of a history's directory.
-        let files = volume_files(cx, st);
-        let dirs = cdp_dirs(cx);
-        let mut all: Vec<(&str, &std::path::Path)> = files
-            .iter()
-            .map(|(n, p)| (n.as_str(), p.as_path()))
-            .collect();
-        all.push((name, path));
-        let dirs: Vec<_> = dirs
-            .iter()
-            .map(|(n, d)| (n.as_str(), d.as_path()))
-            .collect();
-        crate::control::config::check_volume_paths(&all, &dirs).map_err(bad)?;
         crate::control::config::check_not_a_state_file(path, &cx.state_files).map_err(bad)?;
     }
     let vc = VolumeConfig {

@@ -166,32 +166,6 @@ fn target(cx: &ControlCx, p: &Value) -> Result<(usize, Arc<Volume>, Option<CdpIn
     Ok((vol, v, info))
 }
 
-/// Whether `a` and `b` name the same directory: the same file when both exist (`D/../D`, a
-/// symbolic link to D, a trailing `/`), else the same path once `.` and `..` are resolved.
-fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if a == b {
-        return true;
-    }
-    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
-        return x.dev() == y.dev() && x.ino() == y.ino();
-    }
-    let lexical = |p: &std::path::Path| {
-        let mut out = PathBuf::new();
-        for c in p.components() {
-            match c {
-                std::path::Component::ParentDir => {
-                    out.pop();
-                }
-                std::path::Component::CurDir => {}
-                c => out.push(c),
-            }
-        }
-        out
-    };
-    lexical(a) == lexical(b)
-}
-
 /// Refuse a directory that exists and holds files but no history (no `cdp.meta`): a new
 /// history would take its files' names whatever is there (`base.img`, a file volume's file
 /// perhaps, replaced by the empty base copy). Only this daemon's lock file may be there (a
@@ -290,7 +264,7 @@ pub(super) fn cdp_enable(p: &Value, cx: &ControlCx, st: &mut AdminState) -> Resu
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .find(|c| c.vol != vol && same_dir(&c.dir, &dir))
+        .find(|c| c.vol != vol && crate::control::config::same_file(&c.dir, &dir))
     {
         return Err((
             E_IN_USE,

@@ -3,20 +3,42 @@
 
 use std::path::{Path, PathBuf};
 
-/// Whether `a` and `b` name one file: the same path once `.` and repeated separators are
-/// dropped, or, where both exist, the same file after symbolic links are followed.
+/// Whether `a` and `b` name one file: where both exist, one file (one device and inode,
+/// whatever links or `..` lead to it; for block devices one device number, whatever node);
+/// else the same path once `.`, `..` and repeated separators are resolved by its text.
 pub fn same_file(a: &Path, b: &Path) -> bool {
-    a == b
-        || matches!(
-            (a.canonicalize(), b.canonicalize()),
-            (Ok(x), Ok(y)) if x == y
-        )
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) if x.file_type().is_block_device() && y.file_type().is_block_device() => {
+            x.rdev() == y.rdev()
+        }
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => lexical(a) == lexical(b),
+    }
+}
+
+/// `p` with `.` and `..` resolved by its text alone (for paths that do not exist yet).
+pub fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Whether `p` lies in directory `dir` (or below it): by its path, or, where `dir` exists, by
 /// the real directory `p`'s parent is.
 pub fn inside(p: &Path, dir: &Path) -> bool {
-    crate::layer::cdp::pit::in_dir(p, dir)
+    crate::layer::cdp::pit::in_dir(p, dir) || lexical(p).starts_with(lexical(dir))
 }
 
 impl super::Config {
