@@ -16,7 +16,10 @@
 # on core 0 with wait = "interrupt"; fio's nbd engine on core 1 writes 3,000 random 4 KiB
 # writes at that depth to site a (warm-up), then N more while perf stat counts both processes. Printed
 # per run and as medians per binary: user and system µs per write at a and b, their sum, and
-# each site's reactor thread's system calls and context switches per write (a, then b).
+# each site's reactor thread's system calls and context switches per write (a, then b), and the
+# TCP segments each site sent per write on the replication link (from ss: all, and those with
+# data; the rest are pure acknowledgements, whose receive path the sender pays on loopback;
+# fio's connection has closed when they are counted, so it is not in them).
 #
 # Environment: N, IODEPTH (default 1), REPS, OLD_BIN, BASE_PORT (default 14600). Needs fio (nbd engine), nbdinfo
 # (libnbd-bin), perf, python3. Listens on 127.0.0.1 only; always cleans up.
@@ -53,6 +56,22 @@ SCRIPT=mirror_cpu_split
 source benches/ram_pair.sh # (the working directory is the repository root here)
 
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
+# TCP segments sent by PID's sockets so far, all of them and those with data (ss's segs_out and
+# data_segs_out summed; a pure acknowledgement is the difference).
+segs() {
+    ss -tinpH 2>/dev/null | python3 -c '
+import re, sys
+pid, segs, data, mine = sys.argv[1], 0, 0, False
+for line in sys.stdin:
+    if "users:(" in line:
+        mine = re.search(r"pid=" + pid + r",", line) is not None
+    elif mine:
+        m = re.search(r"\bsegs_out:(\d+)", line)
+        d = re.search(r"\bdata_segs_out:(\d+)", line)
+        segs += int(m.group(1)) if m else 0
+        data += int(d.group(1)) if d else 0
+print(segs, data)' "$1"
+}
 
 port=$BASE_PORT
 RESULTS=$WORK/results.txt
@@ -84,11 +103,16 @@ run() { # label bin
     local au0 as0 bu0 bs0 au1 as1 bu1 bs1
     read -r au0 as0 < <(ticks "$a")
     read -r bu0 bs0 < <(ticks "$b")
+    local sa0 da0 sb0 db0 sa1 da1 sb1 db1
+    read -r sa0 da0 < <(segs "$a")
+    read -r sb0 db0 < <(segs "$b")
     perf stat --per-thread -e raw_syscalls:sys_enter,context-switches -p "$a,$b" \
         -o "$WORK/$label.perf" -- taskset -c 1 fio --name=count "${args[@]}" --number_ios="$N" \
         --io_size="$((N * 4))k" --output-format=json >"$WORK/$label.fio" 2>&1
     read -r au1 as1 < <(ticks "$a")
     read -r bu1 bs1 < <(ticks "$b")
+    read -r sa1 da1 < <(segs "$a")
+    read -r sb1 db1 < <(segs "$b")
     local ta tb
     ta=$(ls "/proc/$a/task" | tr '\n' ,)
     tb=$(ls "/proc/$b/task" | tr '\n' ,)
@@ -96,7 +120,8 @@ run() { # label bin
     wait "$a" "$b" 2>/dev/null || true
     PIDS=()
     python3 - "$label" "$N" "$(getconf CLK_TCK)" "$au0" "$as0" "$au1" "$as1" "$bu0" "$bs0" \
-        "$bu1" "$bs1" "$ta" "$tb" "$WORK/$label.perf" "$WORK/$label.fio" >>"$RESULTS" <<'PY'
+        "$bu1" "$bs1" "$ta" "$tb" "$WORK/$label.perf" "$WORK/$label.fio" \
+        "$((sa1 - sa0)) $((da1 - da0)) $((sb1 - sb0)) $((db1 - db0))" >>"$RESULTS" <<'PY'
 import re, sys
 import json
 label, n, tck = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -121,7 +146,10 @@ reactors = [next((k for k in counts if k.startswith("reactor-") and k.rsplit("-"
 row = [us(au1 - au0), us(as1 - as0), us(bu1 - bu0), us(bs1 - bs0)]
 sc = [counts.get(r, {}).get("raw_syscalls:sys_enter", 0) / n for r in reactors]
 cs = [counts.get(r, {}).get("context-switches", 0) / n for r in reactors]
-print(label, *(f"{x:.2f}" for x in row), " ".join(f"{x:.2f}" for x in sc), "|", " ".join(f"{x:.2f}" for x in cs))
+# TCP segments sent per write by each site: all, then those carrying data (a, then b).
+sg = [int(x) / n for x in sys.argv[16].split()]
+print(label, *(f"{x:.2f}" for x in row), " ".join(f"{x:.2f}" for x in sc), "|", " ".join(f"{x:.2f}" for x in cs),
+      "|", f"{sg[0]:.2f} {sg[1]:.2f} {sg[2]:.2f} {sg[3]:.2f}")
 PY
     tail -1 "$RESULTS" >&2
 }
@@ -138,17 +166,20 @@ for line in open(sys.argv[1]):
     p = line.split()
     rows.setdefault(p[0], []).append(p[1:])
 print(f"mirror_cpu_split: mirrored 4 KiB randwrite QD{sys.argv[3]}, N={sys.argv[2]} per run, medians of {len(next(iter(rows.values())))} runs")
-print("| binary | a user µs | a sys µs | b user µs | b sys µs | total µs / write | syscalls / write (a b) | context switches / write (a b) |")
-print("|---|---|---|---|---|---|---|---|")
+print("| binary | a user µs | a sys µs | b user µs | b sys µs | total µs / write | syscalls / write (a b) | context switches / write (a b) | link TCP segments sent / write, (with data) (a b) |")
+print("|---|---|---|---|---|---|---|---|---|")
 med = {}
 for label, rs in rows.items():
     cols = [statistics.median(float(r[i]) for r in rs) for i in range(4)]
     bar = rs[0].index("|")
+    bar2 = rs[0].index("|", bar + 1)
     sc = [statistics.median(float(r[i]) for r in rs) for i in range(4, bar)]
-    cs = [statistics.median(float(r[i]) for r in rs) for i in range(bar + 1, len(rs[0]))]
+    cs = [statistics.median(float(r[i]) for r in rs) for i in range(bar + 1, bar2)]
+    sg = [statistics.median(float(r[i]) for r in rs) for i in range(bar2 + 1, len(rs[0]))]
     med[label] = sum(cols)
     print(f"| {label} | " + " | ".join(f"{c:.2f}" for c in cols) + f" | {sum(cols):.2f} | "
-          + " ".join(f"{x:.2f}" for x in sc) + " | " + " ".join(f"{x:.2f}" for x in cs) + " |")
+          + " ".join(f"{x:.2f}" for x in sc) + " | " + " ".join(f"{x:.2f}" for x in cs) + " | "
+          + f"{sg[0]:.2f} ({sg[1]:.2f}) {sg[2]:.2f} ({sg[3]:.2f}) |")
     for r in rs:
         print(f"  {label} run: " + " ".join(r))
 if "old" in med:
