@@ -957,9 +957,9 @@ fn a_site_restarted_without_state_dir_is_new_and_never_serves_stale_data() {
 
 /// A UDP relay between a site and the witness whose replies can be dropped (the requests
 /// always reach the witness).
-struct LossyRelay {
-    addr: SocketAddr,
-    drop_replies: Arc<AtomicBool>,
+pub(crate) struct LossyRelay {
+    pub(crate) addr: SocketAddr,
+    pub(crate) drop_replies: Arc<AtomicBool>,
     /// Drop RELEASEs flagged `UNUSED`, as a witness older than that flag does (a flag the
     /// type does not allow: dropped unanswered).
     older_witness: Arc<AtomicBool>,
@@ -968,7 +968,7 @@ struct LossyRelay {
 }
 
 impl LossyRelay {
-    fn start(witness: SocketAddr) -> LossyRelay {
+    pub(crate) fn start(witness: SocketAddr) -> LossyRelay {
         let front = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let back = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         back.connect(witness).unwrap();
@@ -1088,6 +1088,17 @@ fn with_an_older_witness_the_give_back_falls_back_to_a_plain_release() {
     peer_of_a_restarted_host(true);
 }
 
+/// a, restarted, serves nothing: fenced (its fence for want of an answer saved before the
+/// kill) or waiting for the link (killed before it was saved, a second after the request: a
+/// loaded machine; restored in sync, see `lost_grant_restart`).
+fn assert_not_serving(a: &Server) {
+    let st = mirror_state(a);
+    assert!(
+        st == "fenced" || st == "waiting",
+        "a serves after its host restarted: {st}"
+    );
+}
+
 fn peer_of_a_restarted_host(older_witness: bool) {
     use crate::mirror::Relay;
     use std::net::TcpListener;
@@ -1121,6 +1132,14 @@ fn peer_of_a_restarted_host(older_witness: bool) {
     let data = pattern(11, 4096);
     assert_eq!(c.write(0, &data), 0);
     drop(c);
+    // The premise: the witness holds the group for a (its preferred site), b denied. Until a's
+    // claim is recorded the first request wins, and b's reaches the witness directly while
+    // a's goes through the relay (a loaded machine made b the survivor so, 1 run in 2 here).
+    crate::harness::wait_until(
+        PATIENCE,
+        || witness_preferred(root.path(), "vol0").is_some(),
+        || "the witness never recorded a as the preferred site".to_string(),
+    );
     // The link goes (the relays stop accepting, then every relayed connection is cut), and
     // the witness's answers to a with it.
     lossy.drop_replies.store(true, Ordering::SeqCst);
@@ -1158,20 +1177,22 @@ fn peer_of_a_restarted_host(older_witness: bool) {
         eprintln!("given back {:?} after a's restart", t.elapsed());
         std::thread::sleep(Duration::from_secs(3));
         assert_eq!(mirror_state(&b), "fenced", "b served on a stale request");
-        assert_eq!(
-            mirror_state(&a),
-            "fenced",
-            "a serves after its host restarted"
-        );
+        assert_not_serving(&a);
         return;
     }
-    wait_mirror_state(&b, "survivor", PATIENCE);
-    eprintln!("b survivor {:?} after a's restart", t.elapsed());
-    assert_eq!(
-        mirror_state(&a),
-        "fenced",
-        "a serves after its host restarted"
+    crate::harness::wait_until(
+        PATIENCE,
+        || mirror_state(&b) == "survivor",
+        || {
+            format!(
+                "b never became the survivor; a: {}; b: {}",
+                a.rpc("mirror_status")[0],
+                b.rpc("mirror_status")[0]
+            )
+        },
     );
+    eprintln!("b survivor {:?} after a's restart", t.elapsed());
+    assert_not_serving(&a);
     let mut c = Client::connect(b.addr, "vol0", false);
     assert_eq!(c.read(0, 4096).unwrap(), data, "an acknowledged write lost");
 }

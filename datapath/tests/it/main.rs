@@ -37,6 +37,7 @@ mod layering;
 mod linkauth;
 mod linux_guest;
 mod local_errors;
+mod lost_grant_restart;
 mod lost_survivor;
 mod malformed;
 mod metrics;

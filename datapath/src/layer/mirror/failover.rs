@@ -76,7 +76,8 @@ pub struct FailoverSlot {
     /// Cleared by any volume of the group serving alone ([`FailoverSlot::serving_alone`]).
     pub release_unused: AtomicU64,
     /// Engines of the group restored fenced for want of an answer whose host restarted since
-    /// (their device may have lost writes: they never adopt the grant, restore.rs). Never
+    /// (their device may have lost writes: they never adopt the grant, restore.rs), or restored
+    /// in sync after a kill (a request perhaps unanswered, its fence not saved yet). Never
     /// decremented: it says what the restored states prove (none served on the grant the
     /// witness may hold for this site).
     pub unadoptable: AtomicU32,

@@ -754,8 +754,9 @@ impl Engine {
     }
 
     /// Restored fenced for want of an answer, its host restarted since (restore.rs: its device
-    /// may have dropped acknowledged writes the peer kept): a grant the witness's first word
-    /// names this site's is given back, never served on, so the peer, denied while it was
+    /// may have dropped acknowledged writes the peer kept), or restored in sync after a kill
+    /// (its request perhaps unanswered, the fence not saved yet): a grant the witness's first
+    /// word names this site's is given back, never served on, so the peer, denied while it was
     /// held, asks again (`ask_again_if_released`: a takeover) and serves. Before, nobody
     /// served until the link returned. A first word naming another holder or none ends it.
     fn give_back_unadoptable(&mut self, slot: &crate::layer::mirror::failover::FailoverSlot) {
@@ -763,8 +764,10 @@ impl Engine {
         if !self.unadoptable {
             return;
         }
-        if self.mode != Mode::Fenced || self.witness.pending() {
-            self.unadoptable = self.mode == Mode::Fenced;
+        // (Restored in sync after a kill: `Waiting` until its first session, restore.rs.)
+        let unserved = matches!(self.mode, Mode::Fenced | Mode::Waiting);
+        if !unserved || self.witness.pending() {
+            self.unadoptable = unserved;
             return;
         }
         let Some((is_me, _, epoch)) = slot.view() else {
@@ -782,7 +785,7 @@ impl Engine {
                 return;
             }
             tracing::warn!(volume = %self.cfg.name, epoch,
-                "mirror: the witness holds the volume for this site, whose replica may miss acknowledged writes (its host restarted since its fence, or a grant came between); giving the grant back");
+                "mirror: the witness holds the volume for this site on a grant it never served on (its host restarted since its fence, a grant came between, or it was killed while asking); giving the grant back");
             self.given_back = epoch;
             // Never served on, if every volume of the group was restored so (each state says
             // fenced for want of an answer, and a survivor's state is durable before its first

@@ -217,6 +217,22 @@ impl Engine {
                 slot.unadoptable
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
+        } else if p.mode == 0 && !p.clean && !self.new_replica {
+            // Killed in sync, perhaps while its request for a grant was unanswered (the link
+            // lost, the witness's answer lost or not come yet: the fence for want of an answer
+            // is saved at the request's deadline, a second later). The witness may hold the
+            // group for this site on a grant this replica never recorded, so never served on
+            // (a survivor's state is durable before its first write acknowledged alone); the
+            // peer, denied while it is held, would wait for the link with this site, and
+            // neither serve (test `lost_grant_restart`). Given back at the witness's first word
+            // naming this site, as a fence for want of an answer after a host restart
+            // (`give_back_unadoptable`); a session with the peer first gives it back as a
+            // site in sync again (alone.rs, `adopt_lost_grant`).
+            self.unadoptable = true;
+            if let Some(slot) = &self.cfg.failover {
+                slot.unadoptable
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
         }
         self.mode = mode;
         self.stats.set_mode(mode);
