@@ -819,21 +819,23 @@ fn a_fence_for_want_of_an_answer_saves_the_epoch_its_replica_was_complete_at() {
         .unwrap()
         .unwrap();
     assert_eq!((p.mode, p.fenced_unanswered.is_some()), (2, true));
-    assert_eq!(p.epoch, 0, "the group's epoch saved as this replica's");
+    // (One more than the epoch, 0: version 7.)
+    assert_eq!(p.epoch, 1, "the group's epoch saved as this replica's");
 }
 
 /// Restarted fenced for want of an answer (flags bit 3, the same boot), the epoch its replica
 /// was last complete at saved with the fence (3): the witness's first word names a the
 /// group's holder at 5, above any grant a's lost request (asked at 3) could have won (4): a
 /// grant came between (b's at 4, given back without resyncing a), and the grant at 5 is
-/// another volume's of a's group. a must stay fenced (3007fd7's rule, after a restart). And a
-/// state file with no such epoch (0, as an earlier version wrote with bit 3: read
-/// compatibility) adopts the lost grant whatever its epoch, as that version did.
+/// another volume's of a's group. a must stay fenced (3007fd7's rule, after a restart); so too
+/// complete at 0. And a version-6 state file with no such epoch (0, as versions before 1166a25
+/// wrote with bit 3, and version 6 at epoch 0: read compatibility) adopts the lost grant
+/// whatever its epoch, as those versions did.
 #[test]
 fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request_could_have_won() {
     use crate::layer::mirror::failover::{FailoverSlot, UNREACHABLE};
     use std::sync::atomic::Ordering::SeqCst;
-    for known in [3, 0] {
+    for (known, v6) in [(3, false), (0, false), (0, true)] {
         let dir = tempfile::tempdir().unwrap();
         let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
         let mut rng = Rng(191);
@@ -876,8 +878,19 @@ fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request
             .unwrap();
         assert_eq!(
             (p.mode, p.fenced_unanswered.is_some(), p.epoch),
-            (2, true, known)
+            (2, true, known + 1)
         );
+        if v6 {
+            // As version 6 wrote it: the epoch itself, 0.
+            let path = dir.path().join("a");
+            let mut b = std::fs::read(&path).unwrap();
+            b.truncate(b.len() - 4);
+            b[4] = 6;
+            b[8..16].copy_from_slice(&known.to_le_bytes());
+            let crc = crate::checksum::crc32c(&b);
+            b.extend_from_slice(&crc.to_le_bytes());
+            std::fs::write(&path, &b).unwrap();
+        }
         let sa2 = Arc::new(FailoverSlot::default());
         a.engine.cfg.failover = Some(Arc::clone(&sa2));
         crash_and_restart(&mut a);
@@ -888,11 +901,11 @@ fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request
         for _ in 0..2 {
             a.engine.tick(&mut io, now);
         }
-        if known == 3 {
+        if !v6 {
             assert_eq!(
                 a.engine.mode(),
                 Mode::Fenced,
-                "complete at 3, a adopted a grant at 5 (another came between)"
+                "complete at {known}, a adopted a grant at 5 (another came between)"
             );
         } else {
             assert_eq!(
@@ -902,4 +915,44 @@ fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request
             );
         }
     }
+}
+
+/// As `group_grant::a_volume_fenced_for_want_of_an_answer_never_adopts_a_grant_newer_than_its_replica`,
+/// after a restart: a asked at epoch 0 (its replica complete there; the group's first
+/// failover) and fenced for want of the answer; restarted from its state on the same host, the
+/// witness's first word to the new process names a the group's holder at epoch 3. A request
+/// asked at 0 is granted at 1: grants came and went meanwhile (the peer's, given back without
+/// resyncing this volume), and this one is another volume's of the group, asked at the epoch
+/// that volume taught. a's replica misses their writes: it must not serve on it, as it does not
+/// without the restart. Failed before: the fence's epoch was saved as 0, which the restore took
+/// for "not saved" (a file of an earlier version) and adopted whatever epoch: a served alone
+/// without the writes of the grants between. The state file (version 7) now saves one more
+/// than that epoch, 0 only for an earlier version's file.
+#[test]
+fn a_site_restarted_fenced_at_epoch_0_never_adopts_a_grant_newer_than_its_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b, _sb, mut io, _rng, _slot) = a_granted_unanswered_b_denied(181, dir.path());
+    let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    sa2.publish_view(1, 3, 1);
+    let now = Instant::now();
+    for _ in 0..3 {
+        a.engine.tick(&mut io, now);
+    }
+    assert_ne!(
+        a.engine.mode(),
+        Mode::Survivor,
+        "restarted, a adopted a grant newer than its replica and serves alone without its writes"
+    );
+    // Its own grant (asked at 0, granted at 1) is still adopted after a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b, _sb, mut io, _rng, _slot) = a_granted_unanswered_b_denied(183, dir.path());
+    let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    sa2.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!((a.engine.mode(), a.engine.grant_epoch), (Mode::Survivor, 1));
 }
