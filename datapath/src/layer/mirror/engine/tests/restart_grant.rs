@@ -956,3 +956,84 @@ fn a_site_restarted_fenced_at_epoch_0_never_adopts_a_grant_newer_than_its_replic
     a.engine.tick(&mut io, Instant::now());
     assert_eq!((a.engine.mode(), a.engine.grant_epoch), (Mode::Survivor, 1));
 }
+
+/// The holder restarted without its state after its grant's answer was lost
+/// (docs/mirror-protocol.md, "The holder restarted without its state"): the witness granted a
+/// (epoch 1), a fenced for want of the answer, b was denied; a's process and its state are
+/// then lost (a new, empty replica). Its old process may have served alone on that grant, which
+/// nobody can tell now, so neither site may serve: a never serves nor gives the grant back on
+/// the witness's word, b stays fenced while a holds the group, and with the link back the
+/// session is refused at both (a new replica facing a fenced peer). The operator's way out
+/// (the grant released at the witness, then `twinblk-ctl takeover` at b, asked at the epoch b
+/// last saw) makes b the survivor; a is given every region ever written and the replicas
+/// match, with every write acknowledged before the cut.
+#[test]
+fn a_holder_restarted_without_its_state_after_a_lost_answer_waits_for_an_operator() {
+    use super::phasefault::crash_and_restart_with;
+    use crate::layer::mirror::failover::{FailoverSlot, GRANTED};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, sb, mut io, mut rng, _slot) = a_granted_unanswered_b_denied(197, dir.path());
+    let before_cut = b.disk.borrow().bytes.clone();
+    // (b's request, denied, taken by the failover thread.)
+    sb.want.store(false, SeqCst);
+    assert!(a.engine.wait_persisted());
+    std::fs::remove_file(dir.path().join("a")).unwrap();
+    a.disk.borrow_mut().bytes.fill(0);
+    let sa2 = Arc::new(FailoverSlot::default());
+    crash_and_restart_with(&mut a, Arc::clone(&sa2), false);
+    assert_eq!(
+        a.engine.replica_state(),
+        4,
+        "a restarted without state is not new"
+    );
+    // The witness's words: a holds the group at 1.
+    sa2.publish_view(1, 1, 1);
+    sb.publish_view(1, 1, 2);
+    let now = Instant::now();
+    for _ in 0..3 {
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+    }
+    assert_ne!(a.engine.mode(), Mode::Survivor, "a new replica serves");
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    assert_eq!(
+        sa2.release.load(SeqCst),
+        0,
+        "a gave back a grant its old process may have served on"
+    );
+    assert!(!sb.want.load(SeqCst), "b asks while a holds the group");
+    // The link returns: refused at both.
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    assert_eq!((ra, rb), (4, 2));
+    assert!(a.engine.session_start(&mut io, rb).is_err(), "a accepts");
+    assert!(b.engine.session_start(&mut io, ra).is_err(), "b accepts");
+    assert_ne!(a.engine.mode(), Mode::Survivor);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    // The operator releases a's grant at the witness (epoch kept) and takes over at b.
+    sb.publish_view(0, 1, 2);
+    b.engine.stats().takeover.store(true, SeqCst);
+    b.engine.tick(&mut io, Instant::now());
+    assert!(sb.want.swap(false, SeqCst), "the takeover is not asked");
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.granted_takeover.store(true, SeqCst);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, Instant::now());
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    past_peer_lease(&mut b, &mut io);
+    meet(&mut b, &mut a, &mut io);
+    run_until_in_sync(&mut b, &mut a, &mut io, &mut rng);
+    b.engine.wait_persisted();
+    run_until_in_sync(&mut b, &mut a, &mut io, &mut rng);
+    assert_eq!(sb.release.load(SeqCst), 2, "the grant was never given back");
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ"
+    );
+    assert!(
+        b.disk.borrow().bytes == before_cut,
+        "b's replica changed without a write"
+    );
+}
