@@ -88,8 +88,9 @@ pub(super) struct Witness {
     complete: u64,
     /// `complete` is not known: restored fenced for want of an answer from a state file
     /// that did not save it (a version-6 file's epoch 0: written before 1166a25, or at epoch
-    /// 0, which version 6 could not tell apart). A lost grant is then adopted whatever its
-    /// epoch, as before ([`Witness::may_adopt`]).
+    /// 0, which version 6 could not tell apart; or a version-7 file's 0: an operator's
+    /// takeover, judged by nobody but the operator). A lost grant is then adopted whatever its
+    /// epoch ([`Witness::may_adopt`]).
     complete_unknown: bool,
 }
 
