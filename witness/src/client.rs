@@ -37,8 +37,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum GrantOutcome {
     /// This site is the group's survivor at `epoch`.
     Granted { epoch: Epoch },
-    /// Not granted: fence. `holder` is the current holder (for `Held`); `TieWait` is returned
-    /// only when the deadline passed while the preferred site still had the right of way.
+    /// Not granted: fence. `holder` is the current holder (for `Held`). Never `TieWait`: a tie
+    /// lasting until the deadline is [`ClientError::TieWait`] (a retransmission may have been
+    /// granted, its answer lost).
     Denied {
         reason: DenyReason,
         holder: Option<SiteId>,
@@ -69,6 +70,14 @@ pub enum ClientError {
     Recv(#[source] std::io::Error),
     #[error("no answer from the witness within {0:?}")]
     Timeout(Duration),
+    /// `request_grant` only: the witness answered TIE_WAIT until the deadline (the preferred
+    /// site, alive, kept its right of way and did not ask). Not a denial: a retransmission
+    /// sent as the grace ended may have been granted and its answer lost, so the caller treats
+    /// it as unanswered, as a timeout.
+    #[error(
+        "the witness kept the group for its preferred site {preferred} (alive, not asking) until the deadline {timeout:?}; a last retransmission may have been granted"
+    )]
+    TieWait { preferred: u32, timeout: Duration },
     #[error(
         "the witness has accepted the largest counter there is from this site id: no request of this site can be above it (reset the witness's state for the site)"
     )]
@@ -174,7 +183,8 @@ impl WitnessClient {
 
     /// Asks to become the survivor of `group`. `known_epoch` is the highest epoch at which this
     /// site's replica was complete; `preferred` is whether this site is the group's preferred
-    /// site. Keeps asking while the witness answers TIE_WAIT, up to the deadline.
+    /// site. Keeps asking while the witness answers TIE_WAIT, up to the deadline; still waiting
+    /// then, [`ClientError::TieWait`].
     pub fn request_grant(
         &mut self,
         group: GroupId,
@@ -182,13 +192,21 @@ impl WitnessClient {
         preferred: bool,
     ) -> Result<GrantOutcome, ClientError> {
         let deadline = Instant::now() + self.timeout;
+        // The preferred site of the last TIE_WAIT answered, if the last answer was one.
+        let mut tie: Option<u32> = None;
         loop {
             let body = Body::GrantRequest {
                 group,
                 known: known_epoch,
                 preferred,
             };
-            let answer = self.exchange(vec![body], deadline)?.pop();
+            let answer = match self.exchange(vec![body], deadline) {
+                Ok(mut a) => a.pop(),
+                Err(ClientError::Timeout(timeout)) if let Some(preferred) = tie => {
+                    return Err(ClientError::TieWait { preferred, timeout });
+                }
+                Err(e) => return Err(e),
+            };
             match answer {
                 Some(Body::Grant { view }) => {
                     return Ok(GrantOutcome::Granted { epoch: view.epoch });
@@ -199,12 +217,22 @@ impl WitnessClient {
                     wait_ms,
                 }) => {
                     let now = Instant::now();
+                    if reason == DenyReason::TieWait {
+                        tie = Some(view.preferred.map_or(0, SiteId::get));
+                    }
                     if reason == DenyReason::TieWait && now < deadline {
                         let wait = Duration::from_millis(wait_ms.into())
                             .min(self.retransmit)
                             .min(deadline - now);
                         std::thread::sleep(wait);
                         continue;
+                    }
+                    if reason == DenyReason::TieWait {
+                        // (Past the deadline: as above, not a denial.)
+                        return Err(ClientError::TieWait {
+                            preferred: tie.unwrap_or(0),
+                            timeout: self.timeout,
+                        });
                     }
                     return Ok(GrantOutcome::Denied {
                         reason,

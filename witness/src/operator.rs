@@ -88,8 +88,12 @@ pub fn show(state: &Path, name: Option<&str>) -> Result<String, OperatorError> {
             continue;
         }
         let site = |s: Option<SiteId>| s.map_or("none".to_string(), |s| s.get().to_string());
+        // (An unused release: the other site may be granted once at the epoch before it.)
+        let unused = table.unused.get(g).map_or(String::new(), |(s, _)| {
+            format!(", released unused by site {}", s.get())
+        });
         out.push_str(&format!(
-            "group {g}: epoch {}, holder {}, preferred {}\n",
+            "group {g}: epoch {}, holder {}, preferred {}{unused}\n",
             r.epoch.0,
             site(r.holder),
             site(r.preferred)
@@ -197,6 +201,15 @@ mod tests {
         // Readable while a witness holds the lock.
         let _held = lock(&path).unwrap();
         assert_eq!(show(&path, None).unwrap(), all);
+        // A group released unused says so.
+        let mut t = Table::load(&path, false).unwrap();
+        t.groups.get_mut(&g).unwrap().holder = None;
+        t.unused.insert(g, (SiteId::new(2).unwrap(), Epoch(7)));
+        t.save(&path).unwrap();
+        assert_eq!(
+            show(&path, Some("vol0")).unwrap(),
+            format!("group {g}: epoch 7, holder none, preferred 1, released unused by site 2\n")
+        );
     }
 
     #[test]

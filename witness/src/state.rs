@@ -1,7 +1,8 @@
 //! The witness's state: the persisted table, its file, and the rules that decide grants.
 //!
 //! Model: [`Table`] is everything that must survive a restart: per group `{epoch, holder,
-//! preferred}` and per site the highest request counter accepted. [`Arbiter`] wraps it with
+//! preferred}`, per site the highest request counter accepted, and the groups released unused
+//! ([`Table::unused`]). [`Arbiter`] wraps it with
 //! what may be forgotten on a restart (when each site was last seen, whether a preferred site
 //! asked and lost) and applies the rules of `docs/witness-protocol.md` to one request at a time.
 //! It does no I/O: it tells the caller, per answer, how durable the table must be before the
@@ -29,11 +30,15 @@ use crate::proto::{
 
 /// State file magic.
 pub const STATE_MAGIC: &[u8; 8] = b"TBWSTATE";
-/// State file version this build reads and writes.
+/// State file version this build writes while no group is marked released unused (and reads).
 pub const STATE_VERSION: u32 = 1;
+/// State file version written while a group is marked released unused: version 1 plus those
+/// marks ([`Table::unused`]); read too. An older witness refuses it (unsupported version).
+pub const STATE_VERSION_UNUSED: u32 = 2;
 const STATE_HEADER: usize = 32;
 const SITE_REC: usize = 16;
 const GROUP_REC: usize = 24;
+const UNUSED_REC: usize = 24;
 const CRC_LEN: usize = 4;
 
 /// One group's persisted record.
@@ -96,6 +101,8 @@ pub enum Corruption {
     Groups,
     #[error("a group has a holder but epoch 0")]
     Holder,
+    #[error("an unused-release mark out of order, or not of a released group at its epoch")]
+    Unused,
 }
 
 /// The persisted table.
@@ -104,6 +111,13 @@ pub struct Table {
     pub groups: BTreeMap<GroupId, GroupRec>,
     /// Highest request counter accepted per site.
     pub counters: BTreeMap<SiteId, u64>,
+    /// Groups released unused (RELEASE with `UNUSED`) since their last grant: the site that
+    /// released and the epoch it released (the group's epoch, no holder). A request at the
+    /// epoch before it from another site is not stale, once (docs/witness-protocol.md, "An
+    /// unused release"). Persisted with the rest: before, kept in memory only, a witness
+    /// restarted between the release and the peer's request refused the peer as stale, and
+    /// the releasing site (its host restarted) could not serve either.
+    pub unused: BTreeMap<GroupId, (SiteId, Epoch)>,
     /// How many times this state has been written (diagnostic).
     pub writes: u64,
 }
@@ -122,10 +136,16 @@ impl Table {
             STATE_HEADER + SITE_REC * self.counters.len() + GROUP_REC * groups.len() + CRC_LEN,
         );
         b.extend_from_slice(STATE_MAGIC);
-        b.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        // Version 1 (as before the marks) while none stands, so an older witness reads it.
+        let version = if self.unused.is_empty() {
+            STATE_VERSION
+        } else {
+            STATE_VERSION_UNUSED
+        };
+        b.extend_from_slice(&version.to_le_bytes());
         b.extend_from_slice(&(self.counters.len() as u32).to_le_bytes());
         b.extend_from_slice(&(groups.len() as u32).to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(self.unused.len() as u32).to_le_bytes());
         b.extend_from_slice(&self.writes.to_le_bytes());
         for (site, counter) in &self.counters {
             b.extend_from_slice(&site.get().to_le_bytes());
@@ -137,6 +157,12 @@ impl Table {
             b.extend_from_slice(&r.epoch.0.to_le_bytes());
             b.extend_from_slice(&r.holder.map_or(0, SiteId::get).to_le_bytes());
             b.extend_from_slice(&r.preferred.map_or(0, SiteId::get).to_le_bytes());
+        }
+        for (g, (site, epoch)) in &self.unused {
+            b.extend_from_slice(&g.0.to_le_bytes());
+            b.extend_from_slice(&site.get().to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.extend_from_slice(&epoch.0.to_le_bytes());
         }
         let crc = crc_fast::crc32_iscsi(&b);
         b.extend_from_slice(&crc.to_le_bytes());
@@ -164,16 +190,21 @@ impl Table {
             return Err(Corruption::Magic);
         }
         let version = u32_at(8)?;
-        if version != STATE_VERSION {
+        if version != STATE_VERSION && version != STATE_VERSION_UNUSED {
             return Err(Corruption::Version(version));
         }
         let sites = u32_at(12)? as u64;
         let groups = u32_at(16)? as u64;
-        if u32_at(20)? != 0 {
+        // Version 1: reserved, 0; version 2: the number of unused-release marks, at least one
+        // (a table without one is written as version 1).
+        let unused = u32_at(20)? as u64;
+        if (version == STATE_VERSION) != (unused == 0) {
             return Err(Corruption::Reserved);
         }
-        let want =
-            (STATE_HEADER + CRC_LEN) as u64 + sites * SITE_REC as u64 + groups * GROUP_REC as u64;
+        let want = (STATE_HEADER + CRC_LEN) as u64
+            + sites * SITE_REC as u64
+            + groups * GROUP_REC as u64
+            + unused * UNUSED_REC as u64;
         if b.len() as u64 != want {
             return Err(Corruption::Length);
         }
@@ -217,6 +248,23 @@ impl Table {
             }
             t.groups.insert(GroupId(g), rec);
             at += GROUP_REC;
+        }
+        let mut prev_group: Option<u64> = None;
+        for _ in 0..unused {
+            let g = u64_at(at)?;
+            if prev_group.is_some_and(|p| g <= p) || u32_at(at + 12)? != 0 {
+                return Err(Corruption::Unused);
+            }
+            prev_group = Some(g);
+            let site = SiteId::new(u32_at(at + 8)?).ok_or(Corruption::Unused)?;
+            let epoch = Epoch(u64_at(at + 16)?);
+            // Only a released group at the epoch released (a grant clears the mark).
+            match t.groups.get(&GroupId(g)) {
+                Some(r) if r.holder.is_none() && r.epoch == epoch && epoch.0 > 0 => {}
+                _ => return Err(Corruption::Unused),
+            }
+            t.unused.insert(GroupId(g), (site, epoch));
+            at += UNUSED_REC;
         }
         Ok(t)
     }
@@ -305,11 +353,6 @@ pub struct Arbiter {
     last_seen: HashMap<SiteId, Instant>,
     /// Groups whose preferred site asked since the last grant or release and was told STALE.
     pref_lost: HashSet<GroupId>,
-    /// Groups released unused (RELEASE with `UNUSED`) since their last grant: the site that
-    /// released and the epoch it released. A request at the epoch before it from another site
-    /// is not stale (docs/witness-protocol.md, "An unused release"). Memory only: forgotten
-    /// at a restart, which only refuses such a request as stale again.
-    unused_release: HashMap<GroupId, (SiteId, Epoch)>,
     /// Preferred-site conflicts already logged (once per group and site per run).
     conflicts_logged: HashSet<(GroupId, SiteId)>,
     /// When a full group table was last logged.
@@ -339,7 +382,6 @@ impl Arbiter {
             started: now,
             last_seen: HashMap::new(),
             pref_lost: HashSet::new(),
-            unused_release: HashMap::new(),
             conflicts_logged: HashSet::new(),
             full_logged: None,
             sites_full_logged: None,
@@ -536,7 +578,7 @@ impl Arbiter {
         let new_epoch = rec.epoch.0.max(known.0).checked_add(1);
         // Released unused at the group's epoch by another site: the epoch before it is as
         // current as any acknowledged write.
-        let unused_before = self.unused_release.get(&group).is_some_and(|&(by, at)| {
+        let unused_before = self.table.unused.get(&group).is_some_and(|&(by, at)| {
             by != site && at == rec.epoch && known.0.checked_add(1) == Some(at.0)
         });
         let Some(new_epoch) = new_epoch.filter(|_| known >= rec.epoch || unused_before) else {
@@ -563,7 +605,7 @@ impl Arbiter {
         rec.epoch = Epoch(new_epoch);
         rec.holder = Some(site);
         self.pref_lost.remove(&group);
-        self.unused_release.remove(&group);
+        self.table.unused.remove(&group);
         tracing::info!(group = %group, site = site.get(), epoch = new_epoch, unused_before,
             "granted");
         Body::Grant {
@@ -590,7 +632,7 @@ impl Arbiter {
             rec.holder = None;
             self.pref_lost.remove(&group);
             if unused {
-                self.unused_release.insert(group, (site, epoch));
+                self.table.unused.insert(group, (site, epoch));
             }
             tracing::info!(group = %group, site = site.get(), epoch = epoch.0, unused, "released");
             ReleaseStatus::Ok
@@ -1000,8 +1042,13 @@ mod tests {
         assert_eq!(granted(&r.ask(6, 2, 1, false)), Some(3));
     }
 
+    /// The mark is in the state file: a witness restarted between the unused release and the
+    /// peer's request (a crash, an upgrade) still lets that one request through. Failed before
+    /// (the mark was in memory only): the peer was refused as stale, and the releasing site,
+    /// whose host restarted, cannot serve either: both sites stopped until the link returned or
+    /// an operator took over.
     #[test]
-    fn a_restarted_witness_forgets_an_unused_release_and_refuses_as_before() {
+    fn a_restarted_witness_keeps_an_unused_release() {
         let mut r = given_back_after_a_lost_answer(true);
         let bytes = r.a.table().to_bytes();
         r.a = Arbiter::new(
@@ -1009,10 +1056,17 @@ mod tests {
             Duration::ZERO,
             r.t0 + Duration::from_millis(5),
         );
-        // The state file is as without the flag; the peer is refused as stale (no grant).
-        assert_eq!(denied(&r.ask(6, 2, 1, false)), Some(DenyReason::Stale));
-        assert_eq!(r.a.view(GroupId(1)).epoch, Epoch(2));
-        assert_eq!(r.a.view(GroupId(1)).holder, None);
+        // The releasing site is still refused; the peer is granted, once.
+        assert_eq!(denied(&r.ask(6, 1, 1, false)), Some(DenyReason::Stale));
+        assert_eq!(granted(&r.ask(7, 2, 1, false)), Some(3));
+        r.send(8, 2, release(3, false));
+        let bytes = r.a.table().to_bytes();
+        r.a = Arbiter::new(
+            Table::from_bytes(&bytes).expect("state file"),
+            Duration::ZERO,
+            r.t0 + Duration::from_millis(9),
+        );
+        assert_eq!(denied(&r.ask(10, 1, 2, false)), Some(DenyReason::Stale));
     }
 
     #[test]
@@ -1095,6 +1149,62 @@ mod tests {
         for n in 0..b.len() {
             assert!(Table::from_bytes(&b[..n]).is_err(), "truncated to {n}");
         }
+    }
+
+    /// A table with unused-release marks is written as version 2 (and read back); without
+    /// one, as version 1, byte for byte as before the marks, so an older witness reads it.
+    /// A mark of a group held, at another epoch, or unknown is refused.
+    #[test]
+    fn unused_marks_are_a_version_2_file_and_checked() {
+        let mut t = Table::default();
+        t.counters.insert(s(1), 7);
+        for g in 1..=3u64 {
+            t.groups.insert(
+                GroupId(g),
+                GroupRec {
+                    epoch: Epoch(g + 1),
+                    holder: None,
+                    preferred: Some(s(2)),
+                },
+            );
+        }
+        let v1 = t.to_bytes();
+        assert_eq!(v1[8..12], 1u32.to_le_bytes());
+        assert_eq!(v1[20..24], [0; 4]);
+        t.unused.insert(GroupId(1), (s(1), Epoch(2)));
+        t.unused.insert(GroupId(3), (s(2), Epoch(4)));
+        let b = t.to_bytes();
+        assert_eq!(b[8..12], 2u32.to_le_bytes());
+        assert_eq!(b.len(), 36 + 16 + 3 * 24 + 2 * 24);
+        assert_eq!(Table::from_bytes(&b), Ok(t.clone()));
+        for i in 0..b.len() {
+            let mut bad = b.clone();
+            bad[i] ^= 0x10;
+            assert!(Table::from_bytes(&bad).is_err(), "flip at {i}");
+        }
+        let reseal = |mut b: Vec<u8>| {
+            let n = b.len() - CRC_LEN;
+            let crc = crc_fast::crc32_iscsi(&b[..n]);
+            b[n..].copy_from_slice(&crc.to_le_bytes());
+            b
+        };
+        let mark_at = 36 + 16 + 3 * 24 - CRC_LEN;
+        // The mark's epoch not the group's.
+        let mut bad = b.clone();
+        bad[mark_at + 16] = 3;
+        assert_eq!(Table::from_bytes(&reseal(bad)), Err(Corruption::Unused));
+        // A mark of a group not recorded.
+        let mut bad = b.clone();
+        bad[mark_at] = 9;
+        assert!(Table::from_bytes(&reseal(bad)).is_err());
+        // A mark of a held group.
+        let mut held = t.clone();
+        held.groups.get_mut(&GroupId(1)).expect("group").holder = Some(s(2));
+        assert_eq!(Table::from_bytes(&held.to_bytes()), Err(Corruption::Unused));
+        // Version 2 without a mark, or version 1 with one.
+        let mut bad = v1.clone();
+        bad[8] = 2;
+        assert_eq!(Table::from_bytes(&reseal(bad)), Err(Corruption::Reserved));
     }
 
     #[test]

@@ -1147,10 +1147,24 @@ fn peer_of_a_restarted_host(older_witness: bool) {
     ra.cut();
     rb.cut();
     drop((ra, rb));
+    let t0 = Instant::now();
     wait_mirror_state(&a, "fenced", PATIENCE);
     wait_mirror_state(&b, "fenced", PATIENCE);
     eprintln!("a: {}", a.rpc("mirror_status")[0]);
     eprintln!("b: {}", b.rpc("mirror_status")[0]);
+    // The fence is written lazily, off the reactor: the kill below must come after it is on
+    // disk. Killed before, a restarts from "in sync" and never gives the grant back (it
+    // serves nothing, b stays denied until the link returns: not what this test checks), as
+    // about one run in five did on a loaded machine.
+    let file = root.path().join("state-a").join("vol0.mirror-state");
+    while twinblk::layer::mirror::state::load(&file)
+        .ok()
+        .flatten()
+        .is_none_or(|p| p.mode != 2 || p.fenced_unanswered.is_none())
+    {
+        assert!(t0.elapsed() < PATIENCE, "the fence was never persisted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // a's host restarts: another boot id; the witness's answers reach it again.
     let boot = root.path().join("boot_id-a");
     std::fs::write(&boot, "6f1c9a52-0d3e-4b7a-9c11-2e5d8f4a7b60\n").unwrap();

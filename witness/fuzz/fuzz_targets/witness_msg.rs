@@ -7,7 +7,21 @@
 //! - what the rules answer encodes and decodes back to itself as an answer;
 //! - the grant invariants hold after every message: at most one holder per group, a holder only
 //!   at an epoch above 0, and no group's epoch ever goes down;
-//! - the table written to the state file parses back to itself.
+//! - the table written to the state file parses back to itself;
+//! - the UNUSED rule (docs/witness-protocol.md, "An unused release"), against a model kept
+//!   here from the answers: a request whose known epoch is below the group's (or `2^64 − 1`)
+//!   with no holder is refused STALE unless the group is marked released unused at its epoch
+//!   by another site and the request knows exactly the epoch before it, and then it is not
+//!   refused STALE; a grant is at `max(epoch, known) + 1` and clears the mark; only the
+//!   holder's own RELEASE with `UNUSED` at the group's epoch sets it; the witness's persisted
+//!   marks are the model's, also across a restart of the witness from its state file (a step
+//!   byte 255);
+//! - forged and replayed datagrams change nothing: every accepted datagram fails to decode
+//!   under another key and with any one bit flipped, every answer fails under another key,
+//!   and every request handled a second time is answered BEHIND (no lower than its counter)
+//!   with the table and the model unchanged;
+//! - a header byte 255 puts its field at its largest value (site, holder, counter, group,
+//!   epoch; `aux` 56 entries), which must be handled like any other.
 //!
 //! The first input byte picks the mode: even = the rest is one raw datagram (exercises the
 //! length, magic, version and MAC checks; almost everything fails the MAC); odd = the rest is a
@@ -19,20 +33,27 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use twinblk_witness::proto::{self, Body, Key, Msg};
+use twinblk_witness::proto::{self, Body, DenyReason, Epoch, GroupId, Key, Msg, SiteId};
 use twinblk_witness::state::{Arbiter, Outcome, Table};
 
 const KEY: &[u8] = b"fuzz-key-0123456789abcdef";
+/// Another key: nothing sealed with `KEY` may decode under it.
+const OTHER_KEY: &[u8] = b"fuzz-key-0123456789abcdeF";
 
 static CHECK_MAC: std::sync::Once = std::sync::Once::new();
 
 /// Datagrams built from a field-by-field description, sealed with the key: a header whose
 /// fields come from a few input bytes each (small ranges, so collisions between sites, groups
 /// and epochs are frequent), a body of `aux` entries, and a correct MAC.
+///
+/// Requests come more often than answers, and a counter byte below 128 takes the site's next
+/// counter (so sequences of accepted requests are found), 128 to 254 a small one (replays),
+/// 255 the largest.
 fn sealed(key_bytes: &[u8], mut d: &[u8]) -> Vec<(Vec<u8>, u16)> {
     let mut out = Vec::new();
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
     while d.len() >= 10 {
-        let ty = [0x01, 0x02, 0x03, 0x81, 0x82, 0x83, 0x84, d[0]][(d[1] % 8) as usize];
+        let ty = [0x02, 0x03, 0x02, 0x03, 0x01, 0x81, 0x84, d[0]][(d[1] % 8) as usize];
         let mut h = vec![0u8; proto::HEADER_LEN];
         h[0..4].copy_from_slice(&proto::MAGIC.to_le_bytes());
         h[4] = proto::VERSION;
@@ -40,12 +61,30 @@ fn sealed(key_bytes: &[u8], mut d: &[u8]) -> Vec<(Vec<u8>, u16)> {
         // Flags: PREFERRED (bit 0) and UNUSED (bit 1) often, anything now and then.
         h[6] = if d[2] & 0x80 != 0 { d[2] } else { d[2] & 3 };
         h[7] = if d[3] & 0x80 != 0 { d[3] } else { d[3] % 5 };
-        h[8..12].copy_from_slice(&u32::from(d[4] % 4).to_le_bytes());
-        h[12..16].copy_from_slice(&u32::from(d[5] % 4).to_le_bytes());
-        h[16..24].copy_from_slice(&u64::from(d[6]).to_le_bytes());
-        h[24..32].copy_from_slice(&u64::from(d[7] % 4).to_le_bytes());
-        h[32..40].copy_from_slice(&u64::from(d[8] % 8).to_le_bytes());
-        let n = usize::from(d[9] % 4);
+        // A byte 255: the field at its largest value.
+        let small = |b: u8, m: u8| if b == 255 { u64::MAX } else { u64::from(b % m) };
+        let small32 = |b: u8, m: u8| if b == 255 { u32::MAX } else { u32::from(b % m) };
+        h[8..12].copy_from_slice(&small32(d[4], 4).to_le_bytes());
+        // (site 0 and the largest site id are refused, or recorded, like any other)
+        h[12..16].copy_from_slice(&small32(d[5], 4).to_le_bytes());
+        let site = small32(d[4], 4);
+        let counter = match d[6] {
+            255 => u64::MAX,
+            c @ 128.. => u64::from(c - 128),
+            _ => {
+                let n = next.entry(site).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            }
+        };
+        h[16..24].copy_from_slice(&counter.to_le_bytes());
+        h[24..32].copy_from_slice(&small(d[7], 4).to_le_bytes());
+        h[32..40].copy_from_slice(&small(d[8], 8).to_le_bytes());
+        let n = if d[9] == 255 {
+            proto::MAX_ENTRIES
+        } else {
+            usize::from(d[9] % 4)
+        };
         h[44..48].copy_from_slice(&(n as u32).to_le_bytes());
         let entry = if ty == 0x81 { 24 } else { 12 };
         d = &d[10..];
@@ -156,6 +195,72 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Checks one answered request against the UNUSED rule and keeps the model of the marks
+/// (`before`: the table before the request).
+fn unused_rule(
+    before: &Table,
+    marks: &mut BTreeMap<GroupId, (SiteId, Epoch)>,
+    msg: &Msg,
+    answer: &Body,
+) {
+    let site = msg.site;
+    match (&msg.body, answer) {
+        (Body::GrantRequest { group, known, .. }, _) => {
+            let rec = before.groups.get(group).copied().unwrap_or_default();
+            if rec.holder.is_some() {
+                // Held: re-answered to the holder, denied to the other; no epoch judged.
+                return;
+            }
+            let applies = marks.get(group).is_some_and(|&(by, at)| {
+                by != site && at == rec.epoch && known.0.checked_add(1) == Some(at.0)
+            });
+            let stale = known.0 < rec.epoch.0 || known.0 == u64::MAX;
+            let refused_stale = matches!(
+                answer,
+                Body::Deny {
+                    reason: DenyReason::Stale,
+                    ..
+                }
+            );
+            if stale && !applies {
+                assert!(
+                    refused_stale
+                        || matches!(
+                            answer,
+                            Body::Deny {
+                                reason: DenyReason::Full,
+                                ..
+                            }
+                        ),
+                    "a stale request not refused: {msg:?} -> {answer:?}"
+                );
+            }
+            if !stale || applies {
+                assert!(!refused_stale, "refused as stale: {msg:?} -> {answer:?}");
+            }
+            if let Body::Grant { view } = answer {
+                let want = rec.epoch.0.max(known.0).checked_add(1).expect("not stale");
+                assert_eq!(view.epoch.0, want, "granted at the wrong epoch");
+                marks.remove(group);
+            }
+        }
+        (
+            Body::Release {
+                group,
+                epoch,
+                unused,
+            },
+            Body::State { .. },
+        ) => {
+            let rec = before.groups.get(group).copied().unwrap_or_default();
+            if *unused && rec.holder == Some(site) && rec.epoch == *epoch {
+                marks.insert(*group, (site, *epoch));
+            }
+        }
+        _ => {}
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     let Some((&mode, rest)) = input.split_first() else {
         return;
@@ -177,40 +282,84 @@ fuzz_target!(|input: &[u8]| {
     } else {
         sealed(KEY, rest)
     };
+    let other = Key::new(OTHER_KEY).expect("other key");
+    let grace = Duration::from_millis(500);
     let t0 = Instant::now();
     let mut now = t0;
-    let mut arb = Arbiter::new(Table::default(), Duration::from_millis(500), t0);
+    let mut arb = Arbiter::new(Table::default(), grace, t0);
     let mut epochs: BTreeMap<u64, u64> = BTreeMap::new();
+    // The UNUSED marks as the rules must keep them: group -> (releasing site, epoch).
+    let mut marks: BTreeMap<GroupId, (SiteId, Epoch)> = BTreeMap::new();
     let mut buf = Vec::new();
     for (dg, step) in &datagrams {
+        if *step == 255 * 8 {
+            // The witness restarted from its state file: the marks are in it.
+            let back = Table::from_bytes(&arb.table().to_bytes()).expect("the state file parses");
+            arb = Arbiter::new(back, grace, now);
+        }
         now += Duration::from_millis(u64::from(*step));
+        assert!(
+            proto::decode(dg, &other).is_err(),
+            "a datagram decodes under another key"
+        );
         let Ok(msg) = proto::decode(dg, &key) else {
             continue;
         };
         proto::encode(&mut buf, &msg, &key).expect("a decoded message encodes");
         assert_eq!(&buf, dg, "re-encoding differs");
-        match arb.handle(now, &msg) {
+        // Any one bit flipped (the MAC covers every byte, and is itself checked).
+        let bit = (usize::from(*step) * 31 + dg.len()) % (dg.len() * 8);
+        let mut forged = dg.clone();
+        forged[bit / 8] ^= 1 << (bit % 8);
+        assert!(
+            proto::decode(&forged, &key).is_err(),
+            "a datagram with bit {bit} flipped decodes"
+        );
+        let before = arb.table().clone();
+        let outcome = arb.handle(now, &msg);
+        match &outcome {
             Outcome::Answer { body, .. } => {
                 let answer = Msg {
                     site: msg.site,
                     counter: msg.counter,
-                    body,
+                    body: body.clone(),
                 };
                 proto::encode(&mut buf, &answer, &key).expect("answers encode");
                 let back = proto::decode_answer(&buf, &key).expect("answers decode");
                 assert_eq!(back, answer);
+                assert!(
+                    proto::decode_answer(&buf, &other).is_err(),
+                    "an answer decodes under another key"
+                );
                 if let (Body::GrantRequest { .. }, Body::Grant { view }) = (&msg.body, &answer.body)
                 {
                     assert_eq!(view.holder, Some(msg.site));
                 }
+                unused_rule(&before, &mut marks, &msg, body);
             }
             Outcome::Replay { .. } | Outcome::NotRequest | Outcome::TooManySites => {}
         }
+        assert_eq!(
+            arb.table().unused,
+            marks,
+            "the persisted marks are not the rule's"
+        );
         for (g, rec) in &arb.table().groups {
             assert!(rec.holder.is_none() || rec.epoch.0 > 0, "holder at epoch 0");
             let prev = epochs.insert(g.0, rec.epoch.0).unwrap_or(0);
             assert!(rec.epoch.0 >= prev, "epoch went down");
         }
+        // The same datagram again (a replay, a duplicate): nothing changes.
+        let after = arb.table().clone();
+        match (arb.handle(now, &msg), &outcome) {
+            (Outcome::Replay { highest }, Outcome::Answer { .. } | Outcome::Replay { .. }) => {
+                assert!(highest >= msg.counter, "BEHIND below the replayed counter")
+            }
+            (Outcome::NotRequest, Outcome::NotRequest) => {}
+            (Outcome::TooManySites, Outcome::TooManySites) => {}
+            (again, first) => panic!("replayed: {again:?} after {first:?}"),
+        }
+        assert_eq!(arb.table(), &after, "a replay changed the table");
     }
     let bytes = arb.table().to_bytes();
     let back = Table::from_bytes(&bytes).expect("the state file parses");

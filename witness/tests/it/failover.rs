@@ -207,3 +207,31 @@ fn a_corrupt_or_missing_state_file_refuses_to_start() {
         .expect("missing file refused without init");
     assert!(format!("{err}").contains("--init"));
 }
+
+/// A tie that lasts until the call's deadline (the preferred site alive and beating, never
+/// asking) ends in `ClientError::TieWait` naming the preferred site: not a denial (a
+/// retransmission may have been granted once the preferred site's grace ended, its answer
+/// lost: the caller must treat the call as unanswered and watch the witness's word, as the
+/// failover thread does with every error), and not a plain timeout (the witness answered every
+/// datagram). Before, it ended in `Timeout`, so the site logged "neither the peer nor the
+/// witness is reachable", and `GrantOutcome::Denied`'s doc promised a TIE_WAIT denial.
+#[test]
+fn a_tie_lasting_until_the_deadline_is_reported_as_a_tie() {
+    const GRACE_MS: u64 = 60_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = start(&state_path(&dir), any_port(), GRACE_MS);
+    let group = GroupId::from_name("vg-tie-deadline");
+    let mut p = client(w.addr, PREFERRED);
+    preferred_heartbeat(&mut p, group);
+    let mut o = client(w.addr, OTHER);
+    o.set_timeout(Duration::from_millis(700));
+    let t0 = Instant::now();
+    match o.request_grant(group, Epoch(0), false) {
+        Err(twinblk_witness::ClientError::TieWait { preferred, .. }) => {
+            assert_eq!(preferred, PREFERRED)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(700));
+    w.stop();
+}

@@ -560,6 +560,14 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                         "mirror: the witness denied survivorship; fencing");
                     DENIED
                 }
+                // The preferred site's right of way lasted the whole call: as unanswered (a last
+                // retransmission may have been granted, its answer lost; the engine watches the
+                // witness's word and asks again when it names nobody), but said as it is.
+                Err(e @ twinblk_witness::ClientError::TieWait { .. }) => {
+                    tracing::error!(volume = %name, error = %e,
+                        "mirror: the witness held the group for its preferred site until the request's deadline (that site alive and not asking, or both sites configured preferred); fencing, asking again at the witness's next word");
+                    UNREACHABLE
+                }
                 Err(e) => {
                     tracing::error!(volume = %name, error = %e,
                         "mirror: neither the peer nor the witness is reachable; fencing");

@@ -2,7 +2,7 @@
 //! survivor, fenced, resyncing), the witness epoch it holds, and its region bitmaps.
 //!
 //! Format (little-endian), one small file per volume, `<state_dir>/<volume>.mirror-state`:
-//! `"TBMS"` | version u8 = 6 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
+//! `"TBMS"` | version u8 = 7 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
 //! replica never in sync) |
 //! clean u8 (1: written at a clean stop, the bitmaps are exact) | flags u8 (bit 0: this site
 //! was the volume's leader (it may hold an activity log); bit 1: this site leads at `term`;
@@ -14,10 +14,10 @@
 //! restarted since an unclean stop); bit 4 (with bit 3
 //! only): that request's grant is a takeover (an operator's, or a request asked again after
 //! the holder's grant was given back); other bits 0) |
-//! epoch u64 (a survivor: its grant's; fenced with bit 3: the epoch at which this replica was
-//! last complete, the site's known epoch when its session ended in sync, at which a restart
-//! asks the witness again, 0 in files written before; else 0;
-//! a build that does not know the fenced meaning ignores it) | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
+//! epoch u64 (a survivor: its grant's; fenced with bit 3: one more than the epoch at which this
+//! replica was last complete, the site's known epoch when its session ended in sync, at which
+//! a restart asks the witness again; 0: not known, or with bit 4 an operator's takeover, whose
+//! grant is adopted whatever its epoch; else 0) | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
 //! written words u32 | words u64 ... | suspect words u32 | words u64 ... | replica identity
 //! u64 | leadership term u64 | boot id u128 | CRC32C u32 of everything before it. The dirty bitmap holds the regions written while the peer was away
 //! (a survivor's, to send); the written bitmap every region ever written (a new, empty
@@ -31,7 +31,14 @@
 //! number) of the process that wrote the file; 0: unknown. A site that did not stop cleanly
 //! and finds another boot id at its start knows its host restarted since (a power loss may
 //! have dropped its device's volatile cache), not only its process (docs/mirror-protocol.md,
-//! "Power loss"). Version 5 (still read) is version 6 without bits 3 and 4
+//! "Power loss"). Version 6 (still read) is version 7 with a fence's epoch (bit 3) saved as
+//! the epoch itself, so 0 there is either a file written before 1166a25 (no epoch saved) or a
+//! fence at epoch 0 (the group's first failover): read as not known (and its lost grant then
+//! adopted whatever its epoch); an epoch above 0 is read as known. Version 7 tells them
+//! apart: a fence at epoch 0 restored from a version-6 file adopted a grant newer than its
+//! replica (engine test
+//! `restart_grant::a_site_restarted_fenced_at_epoch_0_never_adopts_a_grant_newer_than_its_replica`).
+//! A version-6 build refuses a version-7 file. Version 5 (still read) is version 6 without bits 3 and 4
 //! ([`Persisted::fenced_unanswered`] `None`); a version-5 build refuses a version-6 file.
 //! Version 4 (still read) is version 5 without the boot id and bit 2
 //! ([`Persisted::boot`] 0, [`Persisted::host_restarted`] false). A build older than version 5
@@ -76,7 +83,9 @@ pub struct Persisted {
     pub mode: u8,
     /// Written at a clean stop: the bitmap is exact.
     pub clean: bool,
-    /// The witness epoch held as survivor.
+    /// The witness epoch held as survivor; fenced for want of an answer
+    /// ([`Persisted::fenced_unanswered`]), one more than the epoch at which the replica was last
+    /// complete, 0 when that is not known (a version-6 file's 0); otherwise 0.
     pub epoch: u64,
     /// Volume size (a file for another size is refused).
     pub size: u64,
@@ -189,7 +198,7 @@ pub fn boot_id(path: &Path) -> u128 {
 
 const MAGIC: &[u8; 4] = b"TBMS";
 /// The version written.
-const VERSION: u8 = 6;
+const VERSION: u8 = 7;
 
 /// Write `p` to `path` atomically.
 pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -282,7 +291,7 @@ pub fn decode(b: &[u8]) -> Result<Persisted, &'static str> {
         4 => body[7] & !3 == 0,
         5 => body[7] & !7 == 0,
         // Bit 4 only with bit 3, and both only for a fenced state.
-        6 => body[7] & !31 == 0 && (body[7] & 0x18 == 0 || (body[7] & 8 != 0 && body[5] == 2)),
+        6 | 7 => body[7] & !31 == 0 && (body[7] & 0x18 == 0 || (body[7] & 8 != 0 && body[5] == 2)),
         _ => false,
     };
     if !flags_ok || body[5] > 4 || body[6] > 1 {
@@ -340,10 +349,15 @@ pub fn decode(b: &[u8]) -> Result<Persisted, &'static str> {
     if at != body.len() {
         return bad("bitmap length");
     }
+    let epoch = match u64_at(8) {
+        // A version-6 fence's epoch, saved as is: 0 not known, else one more (version 7).
+        e if version == 6 && body[7] & 8 != 0 && e != 0 => e.saturating_add(1),
+        e => e,
+    };
     Ok(Persisted {
         mode: body[5],
         clean: body[6] == 1,
-        epoch: u64_at(8),
+        epoch,
         size: u64_at(16),
         granularity: u64_at(24),
         bitmap: dirty,
@@ -499,6 +513,44 @@ mod tests {
         };
         save(&path, &p).unwrap();
         as_version(&path, 5, 0);
+        assert_eq!(load(&path), Ok(Some(p)));
+    }
+
+    /// A fence's epoch (bit 3) is saved one more than the epoch its replica was complete at,
+    /// 0 for not known (version 7). A version-6 file saved the epoch itself: 0 there is read
+    /// as not known, another value as known (one more); the fence at epoch 0 that version 6
+    /// could not tell from an earlier file's is saved as 1 now.
+    #[test]
+    fn a_fences_epoch_is_saved_one_more_and_a_version_6_zero_is_not_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.mirror-state");
+        for (saved, v6_reads) in [(0, 0), (1, 2), (5, 6), (u64::MAX, u64::MAX)] {
+            let p = Persisted {
+                mode: 2,
+                epoch: saved,
+                fenced_unanswered: Some(false),
+                ..in_sync()
+            };
+            save(&path, &p).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap()[4], 7);
+            assert_eq!(load(&path), Ok(Some(p.clone())));
+            as_version(&path, 6, 0);
+            assert_eq!(
+                load(&path),
+                Ok(Some(Persisted {
+                    epoch: v6_reads,
+                    ..p
+                }))
+            );
+        }
+        // Without bit 3 a version-6 epoch is read as is (a survivor's grant).
+        let p = Persisted {
+            mode: 1,
+            epoch: 4,
+            ..in_sync()
+        };
+        save(&path, &p).unwrap();
+        as_version(&path, 6, 0);
         assert_eq!(load(&path), Ok(Some(p)));
     }
 

@@ -143,14 +143,17 @@ impl Engine {
             clean,
             // (Only a survivor holds a grant: the source's "in sync" at its resync's end is
             // saved before the grant is given back.)
-            // Fenced for want of an answer (flags bit 3): the epoch at which this volume's
-            // replica was last complete (the site's known epoch when its session ended in
-            // sync, survivor.rs `complete`; not the group's now, which another volume may have
-            // raised since), at which a restart asks again (restore.rs; asked at 0, the witness
-            // would refuse it as stale).
+            // Fenced for want of an answer (flags bit 3): one more than the epoch at which this
+            // volume's replica was last complete (the site's known epoch when its session
+            // ended in sync, survivor.rs `complete`; not the group's now, which another volume
+            // may have raised since), at which a restart asks again (restore.rs; asked at 0,
+            // the witness would refuse it as stale); 0 when not known, and for an operator's
+            // takeover, whose grant is adopted whatever its epoch (`adopt_lost_grant`, as when
+            // answered: the operator accepted the loss), so after a restart too.
             epoch: match (mode, self.fenced_unanswered) {
                 (Mode::Survivor, _) => self.grant_epoch,
-                (Mode::Fenced, Some(_)) if self.failed.is_none() => self.witness.complete(),
+                (Mode::Fenced, Some((_, true))) if !self.unanswered_retried => 0,
+                (Mode::Fenced, Some(_)) if self.failed.is_none() => self.witness.saved_complete(),
                 _ => 0,
             },
             size: self.cfg.size,

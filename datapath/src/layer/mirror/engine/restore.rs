@@ -190,23 +190,25 @@ impl Engine {
             // and neither site served until the link returned.
             self.fenced_unanswered = Some((0, takeover));
             // And asked again when that word names nobody (`adopt_lost_grant`), as without the
-            // restart: at the group's epoch it knew then (saved with the fence; 0 in older
-            // files), which the failover thread takes as known (`learned_epoch`). A request
+            // restart: at the group's epoch it knew then (saved with the fence, one more; 0:
+            // not known), which the failover thread takes as known (`learned_epoch`). A request
             // persisted as a takeover's (bit 4: an operator's, or one asked again after a
             // give-back; which, unknown here) is asked again plain, its grant a takeover.
-            self.unanswered_epoch = p.epoch;
+            let complete = p.epoch.checked_sub(1);
+            self.unanswered_epoch = complete.unwrap_or(0);
             self.unanswered_retried = takeover;
             self.witness.restored_unanswered();
-            self.witness.complete_at(p.epoch);
-            if p.epoch == 0 {
-                // (Not saved: a file of an earlier version. Its lost grant is adopted whatever
-                // its epoch, as that version did: refused, it would sit at the witness, the
-                // peer denied, and neither site serve.)
+            self.witness.complete_at(complete.unwrap_or(0));
+            if complete.is_none() {
+                // (Not saved: a version-6 file's 0, written before 1166a25 or at epoch 0. Its
+                // lost grant is adopted whatever its epoch, as those versions did: refused, a
+                // grant of its own would sit at the witness, the peer denied, and neither site
+                // serve. A version-7 file says which: a fence at 0 adopts no grant above 1.)
                 self.witness.complete_not_known();
             }
             if let Some(slot) = &self.cfg.failover {
                 slot.learned_epoch
-                    .fetch_max(p.epoch, std::sync::atomic::Ordering::SeqCst);
+                    .fetch_max(complete.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
             }
         } else if mode == Mode::Fenced && p.fenced_unanswered.is_some() {
             // Never served on; the grant it may hold is given back at the witness's first word

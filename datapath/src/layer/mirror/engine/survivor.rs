@@ -87,9 +87,10 @@ pub(super) struct Witness {
     /// epoch of its own last RESYNC_DONE, or a grant it served on ([`Witness::complete_at`]).
     complete: u64,
     /// `complete` is not known: restored fenced for want of an answer from a state file
-    /// that did not save it (epoch 0: written before 1166a25, or never in sync at a known
-    /// epoch). A lost grant is then adopted whatever its epoch, as before
-    /// ([`Witness::may_adopt`]).
+    /// that did not save it (a version-6 file's epoch 0: written before 1166a25, or at epoch
+    /// 0, which version 6 could not tell apart; or a version-7 file's 0: an operator's
+    /// takeover, judged by nobody but the operator). A lost grant is then adopted whatever its
+    /// epoch ([`Witness::may_adopt`]).
     complete_unknown: bool,
 }
 
@@ -157,6 +158,16 @@ impl Witness {
     /// resync from that grant's holder completed, or it serves on that grant, or restored).
     pub(super) fn complete_at(&mut self, epoch: u64) {
         self.complete = self.complete.max(epoch);
+    }
+
+    /// `complete` as the state file saves it with a fence for want of an answer: one more,
+    /// 0 when not known (state.rs, version 7).
+    pub(super) fn saved_complete(&self) -> u64 {
+        if self.complete_unknown {
+            0
+        } else {
+            self.complete.saturating_add(1)
+        }
     }
 
     /// Restored fenced for want of an answer with no epoch saved (see `complete_unknown`).

@@ -876,3 +876,38 @@ fn a_slow_apply_at_a_resyncing_survivor_does_not_fail_its_replica() {
     );
     assert_eq!(a.engine.mode(), Mode::Survivor);
 }
+
+/// A request that ties until its deadline (the witness kept the group for the preferred site,
+/// alive and not asking: `ClientError::TieWait`) is unanswered for the engine, not denied: b
+/// fences for want of the answer and asks again at every word of the witness naming nobody
+/// holding the group, however many ties in a row, and serves once granted (the preferred site
+/// gone silent). A denial would end the asking (a denied site asks again only when a holder it
+/// was denied for gives the grant back): b would stay fenced until the link returned.
+#[test]
+fn a_request_tied_until_its_deadline_is_asked_again_at_each_word_until_granted() {
+    use crate::layer::mirror::failover::{GRANTED, PENDING, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let (_a, _sa, mut b, sb, mut io, _rng, _) = cut_and_answer(29, PENDING, UNREACHABLE);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    for tie in 0..3 {
+        // The witness's word: nobody holds the group (the tie goes on).
+        sb.publish_view(0, 0, 2);
+        b.engine.tick(&mut io, Instant::now());
+        assert!(
+            sb.want.swap(false, SeqCst),
+            "tie {tie}: b does not ask again"
+        );
+        sb.outcome.store(UNREACHABLE, SeqCst);
+        b.engine.tick(&mut io, Instant::now());
+        assert_eq!(b.engine.mode(), Mode::Fenced);
+    }
+    sb.publish_view(0, 0, 2);
+    b.engine.tick(&mut io, Instant::now());
+    assert!(sb.want.swap(false, SeqCst), "b does not ask again");
+    sb.epoch.store(1, SeqCst);
+    sb.publish_view(2, 1, 2);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, Instant::now());
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!((b.engine.mode(), b.engine.grant_epoch), (Mode::Survivor, 1));
+}

@@ -819,21 +819,23 @@ fn a_fence_for_want_of_an_answer_saves_the_epoch_its_replica_was_complete_at() {
         .unwrap()
         .unwrap();
     assert_eq!((p.mode, p.fenced_unanswered.is_some()), (2, true));
-    assert_eq!(p.epoch, 0, "the group's epoch saved as this replica's");
+    // (One more than the epoch, 0: version 7.)
+    assert_eq!(p.epoch, 1, "the group's epoch saved as this replica's");
 }
 
 /// Restarted fenced for want of an answer (flags bit 3, the same boot), the epoch its replica
 /// was last complete at saved with the fence (3): the witness's first word names a the
 /// group's holder at 5, above any grant a's lost request (asked at 3) could have won (4): a
 /// grant came between (b's at 4, given back without resyncing a), and the grant at 5 is
-/// another volume's of a's group. a must stay fenced (3007fd7's rule, after a restart). And a
-/// state file with no such epoch (0, as an earlier version wrote with bit 3: read
-/// compatibility) adopts the lost grant whatever its epoch, as that version did.
+/// another volume's of a's group. a must stay fenced (3007fd7's rule, after a restart); so too
+/// complete at 0. And a version-6 state file with no such epoch (0, as versions before 1166a25
+/// wrote with bit 3, and version 6 at epoch 0: read compatibility) adopts the lost grant
+/// whatever its epoch, as those versions did.
 #[test]
 fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request_could_have_won() {
     use crate::layer::mirror::failover::{FailoverSlot, UNREACHABLE};
     use std::sync::atomic::Ordering::SeqCst;
-    for known in [3, 0] {
+    for (known, v6) in [(3, false), (0, false), (0, true)] {
         let dir = tempfile::tempdir().unwrap();
         let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
         let mut rng = Rng(191);
@@ -876,8 +878,19 @@ fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request
             .unwrap();
         assert_eq!(
             (p.mode, p.fenced_unanswered.is_some(), p.epoch),
-            (2, true, known)
+            (2, true, known + 1)
         );
+        if v6 {
+            // As version 6 wrote it: the epoch itself, 0.
+            let path = dir.path().join("a");
+            let mut b = std::fs::read(&path).unwrap();
+            b.truncate(b.len() - 4);
+            b[4] = 6;
+            b[8..16].copy_from_slice(&known.to_le_bytes());
+            let crc = crate::checksum::crc32c(&b);
+            b.extend_from_slice(&crc.to_le_bytes());
+            std::fs::write(&path, &b).unwrap();
+        }
         let sa2 = Arc::new(FailoverSlot::default());
         a.engine.cfg.failover = Some(Arc::clone(&sa2));
         crash_and_restart(&mut a);
@@ -888,11 +901,11 @@ fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request
         for _ in 0..2 {
             a.engine.tick(&mut io, now);
         }
-        if known == 3 {
+        if !v6 {
             assert_eq!(
                 a.engine.mode(),
                 Mode::Fenced,
-                "complete at 3, a adopted a grant at 5 (another came between)"
+                "complete at {known}, a adopted a grant at 5 (another came between)"
             );
         } else {
             assert_eq!(
@@ -902,4 +915,125 @@ fn a_site_restarted_fenced_for_want_of_an_answer_adopts_only_a_grant_its_request
             );
         }
     }
+}
+
+/// As `group_grant::a_volume_fenced_for_want_of_an_answer_never_adopts_a_grant_newer_than_its_replica`,
+/// after a restart: a asked at epoch 0 (its replica complete there; the group's first
+/// failover) and fenced for want of the answer; restarted from its state on the same host, the
+/// witness's first word to the new process names a the group's holder at epoch 3. A request
+/// asked at 0 is granted at 1: grants came and went meanwhile (the peer's, given back without
+/// resyncing this volume), and this one is another volume's of the group, asked at the epoch
+/// that volume taught. a's replica misses their writes: it must not serve on it, as it does not
+/// without the restart. Failed before: the fence's epoch was saved as 0, which the restore took
+/// for "not saved" (a file of an earlier version) and adopted whatever epoch: a served alone
+/// without the writes of the grants between. The state file (version 7) now saves one more
+/// than that epoch, 0 only for an earlier version's file.
+#[test]
+fn a_site_restarted_fenced_at_epoch_0_never_adopts_a_grant_newer_than_its_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b, _sb, mut io, _rng, _slot) = a_granted_unanswered_b_denied(181, dir.path());
+    let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    sa2.publish_view(1, 3, 1);
+    let now = Instant::now();
+    for _ in 0..3 {
+        a.engine.tick(&mut io, now);
+    }
+    assert_ne!(
+        a.engine.mode(),
+        Mode::Survivor,
+        "restarted, a adopted a grant newer than its replica and serves alone without its writes"
+    );
+    // Its own grant (asked at 0, granted at 1) is still adopted after a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _b, _sb, mut io, _rng, _slot) = a_granted_unanswered_b_denied(183, dir.path());
+    let sa2 = Arc::new(crate::layer::mirror::failover::FailoverSlot::default());
+    a.engine.cfg.failover = Some(Arc::clone(&sa2));
+    crash_and_restart(&mut a);
+    sa2.publish_view(1, 1, 1);
+    a.engine.tick(&mut io, Instant::now());
+    assert_eq!((a.engine.mode(), a.engine.grant_epoch), (Mode::Survivor, 1));
+}
+
+/// The holder restarted without its state after its grant's answer was lost
+/// (docs/mirror-protocol.md, "The holder restarted without its state"): the witness granted a
+/// (epoch 1), a fenced for want of the answer, b was denied; a's process and its state are
+/// then lost (a new, empty replica). Its old process may have served alone on that grant, which
+/// nobody can tell now, so neither site may serve: a never serves nor gives the grant back on
+/// the witness's word, b stays fenced while a holds the group, and with the link back the
+/// session is refused at both (a new replica facing a fenced peer). The operator's way out
+/// (the grant released at the witness, then `twinblk-ctl takeover` at b, asked at the epoch b
+/// last saw) makes b the survivor; a is given every region ever written and the replicas
+/// match, with every write acknowledged before the cut.
+#[test]
+fn a_holder_restarted_without_its_state_after_a_lost_answer_waits_for_an_operator() {
+    use super::phasefault::crash_and_restart_with;
+    use crate::layer::mirror::failover::{FailoverSlot, GRANTED};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, sb, mut io, mut rng, _slot) = a_granted_unanswered_b_denied(197, dir.path());
+    let before_cut = b.disk.borrow().bytes.clone();
+    // (b's request, denied, taken by the failover thread.)
+    sb.want.store(false, SeqCst);
+    assert!(a.engine.wait_persisted());
+    std::fs::remove_file(dir.path().join("a")).unwrap();
+    a.disk.borrow_mut().bytes.fill(0);
+    let sa2 = Arc::new(FailoverSlot::default());
+    crash_and_restart_with(&mut a, Arc::clone(&sa2), false);
+    assert_eq!(
+        a.engine.replica_state(),
+        4,
+        "a restarted without state is not new"
+    );
+    // The witness's words: a holds the group at 1.
+    sa2.publish_view(1, 1, 1);
+    sb.publish_view(1, 1, 2);
+    let now = Instant::now();
+    for _ in 0..3 {
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+    }
+    assert_ne!(a.engine.mode(), Mode::Survivor, "a new replica serves");
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    assert_eq!(
+        sa2.release.load(SeqCst),
+        0,
+        "a gave back a grant its old process may have served on"
+    );
+    assert!(!sb.want.load(SeqCst), "b asks while a holds the group");
+    // The link returns: refused at both.
+    let (ra, rb) = (a.engine.replica_state(), b.engine.replica_state());
+    assert_eq!((ra, rb), (4, 2));
+    assert!(a.engine.session_start(&mut io, rb).is_err(), "a accepts");
+    assert!(b.engine.session_start(&mut io, ra).is_err(), "b accepts");
+    assert_ne!(a.engine.mode(), Mode::Survivor);
+    assert_eq!(b.engine.mode(), Mode::Fenced);
+    // The operator releases a's grant at the witness (epoch kept) and takes over at b.
+    sb.publish_view(0, 1, 2);
+    b.engine.stats().takeover.store(true, SeqCst);
+    b.engine.tick(&mut io, Instant::now());
+    assert!(sb.want.swap(false, SeqCst), "the takeover is not asked");
+    sb.epoch.store(2, SeqCst);
+    sb.publish_view(2, 2, 2);
+    sb.granted_takeover.store(true, SeqCst);
+    sb.outcome.store(GRANTED, SeqCst);
+    b.engine.tick(&mut io, Instant::now());
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(b.engine.mode(), Mode::Survivor);
+    past_peer_lease(&mut b, &mut io);
+    meet(&mut b, &mut a, &mut io);
+    run_until_in_sync(&mut b, &mut a, &mut io, &mut rng);
+    b.engine.wait_persisted();
+    run_until_in_sync(&mut b, &mut a, &mut io, &mut rng);
+    assert_eq!(sb.release.load(SeqCst), 2, "the grant was never given back");
+    assert!(
+        a.disk.borrow().bytes == b.disk.borrow().bytes,
+        "replicas differ"
+    );
+    assert!(
+        b.disk.borrow().bytes == before_cut,
+        "b's replica changed without a write"
+    );
 }
