@@ -239,6 +239,16 @@ impl Daemon {
         {
             return Err(StartError::BackgroundCores { cpu, allowed });
         }
+        // Every history directory holding files but no history is refused before anything is
+        // written (a new history would take its files' names: cdp_enable checks the same).
+        for v in &cfg.volumes {
+            if let Some(c) = v.cdp.as_ref().filter(|c| c.enabled) {
+                cdp::names::refuse_foreign_files(&c.dir).map_err(|source| StartError::Cdp {
+                    name: v.name.clone(),
+                    source,
+                })?;
+            }
+        }
         let mut volumes = Vec::new();
         let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
         let mut cdp_devs: Vec<Arc<CdpDevice>> = Vec::new();
