@@ -59,4 +59,5 @@ mod shutdown;
 mod silent_link;
 mod slow_local;
 mod soak_history;
+mod state_lock;
 mod switchover;
