@@ -41,6 +41,7 @@ mod lost_survivor;
 mod malformed;
 mod metrics;
 mod mirror;
+mod mirror_control_input;
 mod nbd_limits;
 mod netfault;
 mod netfault_inject;
