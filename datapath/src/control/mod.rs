@@ -993,8 +993,8 @@ fn takeover(
             "no witness is configured: a takeover needs the witness's grant".into(),
         ));
     }
-    // Only where the engine asks for it (layer/mirror/engine/survivor.rs): a request left
-    // at a survivor stayed pending and was asked, as a takeover, whenever the site next fenced.
+    // Only where the engine asks for it (layer/mirror/engine/survivor.rs): a request left at
+    // a survivor stayed pending while it served alone (the engine now drops it there too).
     let state = m.stats.snapshot(name, m.leader).state;
     let why = match state {
         "waiting" | "fenced" | "down" | "diverged" => None,

@@ -289,10 +289,10 @@ fn takeover(s: &Server) -> Value {
 
 /// `mirror_takeover` was accepted (`"asked": true`) whatever the site's state: at a site in
 /// session with its peer the engine dropped it at its next tick, but at a survivor it stayed
-/// pending (`takeover_pending` true for as long as the site served alone) and would have been
-/// asked of the witness, as a takeover that accepts data loss, whenever the site next fenced.
-/// It is now refused, naming the state, unless the site waits, holds writes with the link
-/// down, is fenced or diverged (docs/control.md), and a refused one leaves nothing pending.
+/// pending (`takeover_pending` true for as long as the site served alone, until it mirrored
+/// again). It is now refused, naming the state, unless the site waits, holds writes with the
+/// link down, is fenced or diverged (docs/control.md), and a refused one leaves nothing
+/// pending.
 #[test]
 fn mirror_takeover_is_refused_at_a_site_in_session_or_serving_alone_and_leaves_nothing_pending() {
     let root = tempfile::tempdir().unwrap();
