@@ -30,14 +30,7 @@ const DEAD_HOLDER_WAIT: Duration = Duration::from_secs(3);
 /// The state directories' locks, held while this value lives.
 #[derive(Debug)]
 pub struct StateLocks {
-    held: Vec<(PathBuf, File)>,
-}
-
-impl StateLocks {
-    /// The directories locked.
-    pub fn dirs(&self) -> impl Iterator<Item = &Path> {
-        self.held.iter().map(|(d, _)| d.as_path())
-    }
+    _held: Vec<File>,
 }
 
 /// The state directories of `cfg`, each once (one directory named by several sections is
@@ -67,10 +60,9 @@ pub fn state_dirs(cfg: &Config) -> Vec<(PathBuf, Vec<&'static str>)> {
 pub fn lock_state_dirs(cfg: &Config) -> Result<StateLocks, String> {
     let mut held = Vec::new();
     for (dir, sections) in state_dirs(cfg) {
-        let f = lock_dir(&dir, &sections.join(" and "))?;
-        held.push((dir, f));
+        held.push(lock_dir(&dir, &sections.join(" and "))?);
     }
-    Ok(StateLocks { held })
+    Ok(StateLocks { _held: held })
 }
 
 /// The lock of directory `dir` (`what`: the sections naming it, for the messages).
