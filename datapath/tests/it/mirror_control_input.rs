@@ -349,3 +349,87 @@ fn mirror_takeover_is_refused_at_a_site_in_session_or_serving_alone_and_leaves_n
     let (mut a, mut b) = (a, b);
     assert!(a.stop() && b.stop(), "clean stop failed");
 }
+
+/// `mirror_switchover` with the shortest wait (`wait_s` 0.1) while the leader's drain takes
+/// longer (a link of 150 ms each way, a writer with a write in flight): the answer must say
+/// what happened to the leadership.
+#[test]
+fn a_switchover_whose_wait_ends_during_the_drain_answers_what_became_of_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use twinblk_tools::twinlink::{LinkSpec, Proxy, Shape};
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb, pp) = (free_port(), free_port(), free_port());
+    let slow = Shape {
+        delay_ms: 150.0,
+        ..Shape::default()
+    };
+    // b dials a through the proxy.
+    let proxy = Proxy::start(
+        &[(
+            LinkSpec {
+                name: "ab".into(),
+                listen: format!("127.0.0.1:{pp}").parse().unwrap(),
+                target: format!("127.0.0.1:{pa}").parse().unwrap(),
+                udp: false,
+            },
+            [slow, slow],
+        )],
+        twinblk_tools::twinlink::DEFAULT_MAX_QUEUE,
+    )
+    .expect("proxy");
+    let state = |me: &str| {
+        let d = root.path().join(format!("state-{me}"));
+        std::fs::create_dir_all(&d).unwrap();
+        format!("state_dir='{}'", d.display())
+    };
+    let a = crate::failover::site_with(root.path(), "a", "b", pa, pb, w.addr, &state("a"));
+    let b = crate::failover::site_with(root.path(), "b", "a", pb, pp, w.addr, &state("b"));
+    wait_mirror_state(&a, "up", PATIENCE);
+    wait_mirror_state(&b, "up", PATIENCE);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, addr) = (Arc::clone(&stop), a.addr);
+        std::thread::spawn(move || {
+            let mut c = Client::connect(addr, "vol0", false);
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                assert_eq!(c.write((i % 64) * 4096, &pattern(i, 4096)), 0);
+                i += 1;
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let before = a.rpc("mirror_status")[0]["leader_term"].as_u64().unwrap();
+        let r = a.rpc_with(
+            "mirror_switchover",
+            json!({"volume": "vol0", "to": "b", "wait_s": 0.1}),
+        );
+        std::thread::sleep(std::time::Duration::from_secs(6));
+        let st = a.rpc("mirror_status")[0].clone();
+        let moved = st["leader_term"].as_u64().unwrap() > before;
+        eprintln!(
+            "answer {r}; afterwards a: role {} term {}",
+            st["role"], st["leader_term"]
+        );
+        outcomes.push((r.get("error").is_none(), moved, r));
+        if moved {
+            // Back to a for the next round.
+            let r = b.rpc_with(
+                "mirror_switchover",
+                json!({"volume": "vol0", "to": "a", "wait_s": 30}),
+            );
+            assert!(r.get("error").is_none(), "{r}");
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    for (ok, moved, r) in &outcomes {
+        assert_eq!(ok, moved, "the answer and the leadership disagree: {r}");
+    }
+    drop(proxy);
+}
