@@ -271,8 +271,21 @@ fn rollback_cmd(
             _ => Ok(None),
         }
     };
+    // The replica states are the daemon's: refused while a daemon (or another rollback) holds
+    // the mirror's state directory (daemon/state_lock.rs), held until this command ends.
+    let lock_states = || -> Result<Option<std::fs::File>> {
+        match cfg.mirror.as_ref().and_then(|m| m.state_dir.as_ref()) {
+            Some(d) if vols.iter().any(|v| v.mirror) => {
+                twinblk::daemon::state_lock::lock_dir(d, "[mirror] state_dir")
+                    .map(Some)
+                    .map_err(anyhow::Error::msg)
+            }
+            _ => Ok(None),
+        }
+    };
     if yield_to_peer {
         running()?;
+        let _states = lock_states()?;
         for v in &vols {
             let st = state_of(v)?
                 .with_context(|| format!("volume {} is not mirrored: nothing to yield", v.name))?;
@@ -323,6 +336,7 @@ fn rollback_cmd(
         return Ok(());
     }
     running()?;
+    let _states = lock_states()?;
     let (time, seq, bm) = point;
     anyhow::ensure!(
         seq.is_none() || dirs.len() == 1,

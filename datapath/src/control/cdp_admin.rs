@@ -166,41 +166,12 @@ fn target(cx: &ControlCx, p: &Value) -> Result<(usize, Arc<Volume>, Option<CdpIn
     Ok((vol, v, info))
 }
 
-/// Refuse a directory that exists and holds files but no history (no `cdp.meta`): a new
-/// history would take its files' names whatever is there (`base.img`, a file volume's file
-/// perhaps, replaced by the empty base copy). Only this daemon's lock file may be there (a
-/// `cdp_enable` that failed before making the history leaves it).
+/// Refuse a directory that holds files but no history ([`names::refuse_foreign_files`]; the
+/// daemon's start checks the config file's directories the same way).
+///
+/// [`names::refuse_foreign_files`]: crate::layer::cdp::names::refuse_foreign_files
 fn refuse_foreign_files(dir: &std::path::Path) -> Result<(), Error> {
-    use crate::layer::cdp::{names, rollback};
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        // Missing (it is made), or not a directory (refused when it is opened).
-        return Ok(());
-    };
-    if names::meta_path(dir).exists() {
-        return Ok(());
-    }
-    let lock = rollback::lock_path(dir);
-    let mut foreign: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.path() != lock)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    if foreign.is_empty() {
-        return Ok(());
-    }
-    foreign.sort();
-    let more = foreign.len().saturating_sub(5);
-    foreign.truncate(5);
-    Err(bad(format!(
-        "directory {} holds files but no CDP history (no cdp.meta): {}{}; a new history would write over files of these names (base.img, ...): give an empty or new directory",
-        dir.display(),
-        foreign.join(", "),
-        if more > 0 {
-            format!(" and {more} more")
-        } else {
-            String::new()
-        }
-    )))
+    crate::layer::cdp::names::refuse_foreign_files(dir).map_err(|e| bad(e.to_string()))
 }
 
 /// A `cdp_enable` whose change is made: what its answer waits for (the catch-up), without the

@@ -425,13 +425,16 @@ pub fn handle_line(line: &str, shared: &ControlCx, cfg: &Config) -> Value {
             Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
         };
     }
-    if method == "mirror_takeover" || method == "mirror_resync" {
-        let r = if method == "mirror_takeover" {
-            takeover(req.get("params"), shared, cfg)
-        } else {
-            resync(req.get("params"), shared)
+    if method == "mirror_takeover" {
+        return match takeover(req.get("params"), shared, cfg) {
+            Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
+            Err((code, m)) => {
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": m}})
+            }
         };
-        return match r {
+    }
+    if method == "mirror_resync" {
+        return match resync(req.get("params"), shared) {
             Ok(v) => json!({"jsonrpc": "2.0", "id": id, "result": v}),
             Err(m) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": m}}),
         };
@@ -968,15 +971,46 @@ fn mirror_of<'a>(shared: &'a ControlCx, vol: usize, name: &str) -> Result<&'a Mi
         .ok_or_else(|| format!("volume {name:?} is not mirrored"))
 }
 
-fn takeover(params: Option<&Value>, shared: &ControlCx, cfg: &Config) -> Result<Value, String> {
+/// JSON-RPC error code of a `mirror_takeover` refused for the volume's state at this site (in
+/// session with its peer, a survivor, resyncing, failed): nothing was asked.
+pub const TAKEOVER_NOT_NOW: i64 = -32012;
+
+/// `mirror_takeover {"volume": NAME}`: ask the witness for the volume's group as a takeover.
+fn takeover(
+    params: Option<&Value>,
+    shared: &ControlCx,
+    cfg: &Config,
+) -> Result<Value, (i64, String)> {
+    let bad = |m: String| (-32602, m);
     let name = params
         .and_then(|p| p.get("volume"))
         .and_then(Value::as_str)
-        .ok_or("params must name the volume: {\"volume\": NAME}")?;
-    let vol = volume_index(shared, name)?;
-    let m = mirror_of(shared, vol, name)?;
+        .ok_or_else(|| bad("params must name the volume: {\"volume\": NAME}".into()))?;
+    let vol = volume_index(shared, name).map_err(bad)?;
+    let m = mirror_of(shared, vol, name).map_err(bad)?;
     if cfg.mirror.as_ref().and_then(|c| c.witness).is_none() {
-        return Err("no witness is configured: a takeover needs the witness's grant".into());
+        return Err(bad(
+            "no witness is configured: a takeover needs the witness's grant".into(),
+        ));
+    }
+    // Only where the engine asks for it (layer/mirror/engine/survivor.rs): a request left at
+    // a survivor stayed pending while it served alone (the engine now drops it there too).
+    let state = m.stats.snapshot(name, m.leader).state;
+    let why = match state {
+        "waiting" | "fenced" | "down" | "diverged" => None,
+        "up" => Some("in session with its peer"),
+        "survivor" => Some("serving alone on the witness's grant already"),
+        "resyncing" => Some("its replica is being resynced"),
+        "failed" => Some("the volume is stopped at this site (see mirror_status's failure)"),
+        _ => Some("not a state a takeover is asked from"),
+    };
+    if let Some(why) = why {
+        return Err((
+            TAKEOVER_NOT_NOW,
+            format!(
+                "volume {name:?} is {state} at this site ({why}): a takeover is for a site that waits for its peer, holds writes with the link down, is fenced or diverged (mirror_status shows the state); nothing was asked"
+            ),
+        ));
     }
     m.stats.takeover.store(true, Ordering::SeqCst);
     tracing::warn!(

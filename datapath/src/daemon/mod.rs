@@ -8,6 +8,7 @@
 //!   its deadline) and exited, so nothing acknowledged is lost on SIGINT/SIGTERM.
 
 pub mod demo;
+pub mod state_lock;
 
 pub use crate::control::build::build_device;
 
@@ -126,6 +127,10 @@ pub enum StartError {
         #[source]
         source: crate::layer::cdp::store::CdpError,
     },
+    /// A state directory (`[mirror]`, `[nvmf]` or `[iscsi] state_dir`) is held by another
+    /// process, or its lock cannot be taken ([`state_lock`]).
+    #[error("{0}")]
+    StateDir(String),
     /// The sites' shared key (`mirror.witness_key_file`), which authenticates the replication
     /// links, could not be loaded.
     #[error("mirror: the link key (mirror.witness_key_file)")]
@@ -171,6 +176,8 @@ pub struct Daemon {
     /// Prepares each CDP journal's next segment (off the reactors).
     segments: Option<JoinHandle<()>>,
     retention_stop: Arc<AtomicBool>,
+    /// The state directories' locks, released at the stop.
+    state_locks: Option<state_lock::StateLocks>,
 }
 
 /// What survives of volume `v`'s data at a restart, for its mirror's replica state.
@@ -239,6 +246,18 @@ impl Daemon {
         {
             return Err(StartError::BackgroundCores { cpu, allowed });
         }
+        // Every history directory holding files but no history is refused before anything is
+        // written (a new history would take its files' names: cdp_enable checks the same).
+        for v in &cfg.volumes {
+            if let Some(c) = v.cdp.as_ref().filter(|c| c.enabled) {
+                cdp::names::refuse_foreign_files(&c.dir).map_err(|source| StartError::Cdp {
+                    name: v.name.clone(),
+                    source,
+                })?;
+            }
+        }
+        // One daemon per state directory: taken before any state file is read or written.
+        let state_locks = state_lock::lock_state_dirs(cfg).map_err(StartError::StateDir)?;
         let mut volumes = Vec::new();
         let mut mirror_devs: Vec<Arc<MirrorDevice>> = Vec::new();
         let mut cdp_devs: Vec<Arc<CdpDevice>> = Vec::new();
@@ -719,6 +738,7 @@ impl Daemon {
             cdp: Arc::new(std::sync::RwLock::new(cdp_infos)),
             segments: None,
             retention_stop: Arc::new(AtomicBool::new(false)),
+            state_locks: Some(state_locks),
         };
         // The helper threads run also without a journal at start: CDP can be switched on at
         // run time (their lists change then).
@@ -971,6 +991,8 @@ impl Daemon {
         for c in self.cdp.read().unwrap_or_else(|e| e.into_inner()).iter() {
             c.device.release_lock();
         }
+        // Nothing writes a state file any more: the next daemon may take the directories.
+        self.state_locks = None;
     }
 }
 

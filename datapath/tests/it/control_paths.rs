@@ -395,3 +395,65 @@ fn cdp_enable_refuses_a_directory_with_files_but_no_history() {
         json!({"volume": "f", "dir": tmp.path().join("new/hist"), "wait": 30}),
     ));
 }
+
+/// The config file's `[volume.cdp] dir` was not checked at the start as `cdp_enable` checks
+/// its directory: a directory holding files but no history (no `cdp.meta`) got a new
+/// history whose files took their names whatever was there (a `base.img` replaced by the
+/// empty base copy). The daemon now refuses to start, naming the directory and its files,
+/// before it writes anything there; an empty directory and one with a history still start.
+#[test]
+fn a_configured_cdp_directory_with_files_but_no_history_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vdir = tmp.path().join("v");
+    std::fs::create_dir(&vdir).unwrap();
+    let img = vdir.join("base.img");
+    let content: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&img, &content).unwrap();
+    std::fs::write(vdir.join("notes.txt"), b"someone's notes\n").unwrap();
+    let config = |dir: &Path| {
+        let text = format!(
+            "[reactor]\ncores=[0]\npin=false\nwait='adaptive'\n[nbd]\nlisten=['127.0.0.1:0']\n\
+             [control]\nsocket='{}'\n\
+             [[volume]]\nname='f'\nbackend='uring'\nsize='1MiB'\npath='{}'\ncreate=true\n\
+             [volume.cdp]\ndir='{}'\nsegment_size='4MiB'\n",
+            tmp.path().join("ctl.sock").display(),
+            tmp.path().join("f.img").display(),
+            dir.display()
+        );
+        twinblk::control::config::Config::from_toml(&text).expect("test config")
+    };
+    let e = match twinblk::Daemon::start(&config(&vdir)) {
+        Ok(_) => panic!("a daemon started on a directory holding base.img but no history"),
+        Err(e) => format!("{:#}", anyhow::Error::from(e)),
+    };
+    for want in [
+        vdir.display().to_string(),
+        "base.img".into(),
+        "notes.txt".into(),
+        "no CDP history".into(),
+    ] {
+        assert!(e.contains(&want), "{want:?} not in: {e}");
+    }
+    assert_eq!(std::fs::read(&img).unwrap(), content, "base.img changed");
+    let mut left: Vec<_> = std::fs::read_dir(&vdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["base.img", "notes.txt"],
+        "something was written there"
+    );
+    // An empty directory starts (a new history), and starts again (its history).
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for _ in 0..2 {
+        let mut d = twinblk::Daemon::start(&config(&empty)).expect("an empty directory starts");
+        d.stop();
+    }
+    assert!(empty.join("cdp.meta").exists());
+    // A directory that does not exist yet is made.
+    let mut d = twinblk::Daemon::start(&config(&tmp.path().join("new/hist"))).expect("new dir");
+    d.stop();
+}

@@ -472,6 +472,15 @@ fn run(cli: Cli) -> i32 {
                 Ok(r) => {
                     if cli.json {
                         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    } else if let Some(why) = &r.refused {
+                        if r.state == "up" {
+                            println!(
+                                "{}: nothing done: this site still sees its peer (state up)",
+                                r.volume
+                            );
+                        } else {
+                            println!("{}: nothing done: {why}", r.volume);
+                        }
                     } else if r.granted {
                         println!(
                             "{}: the witness granted this site the volume (epoch {}); it serves alone now (state {})",

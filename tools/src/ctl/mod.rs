@@ -592,12 +592,23 @@ pub struct TakeoverReport {
     pub witness_answer: Value,
     /// The group's epoch and holder as the site saw them.
     pub witness: Value,
+    /// Why the site asked nothing (`mirror_takeover` refused for the volume's state there:
+    /// in session with its peer, a survivor, resyncing, failed); null when it asked.
+    pub refused: Option<String>,
 }
+
+/// `mirror_takeover`'s error code for a volume whose state at the site is not one a takeover
+/// is asked from (the daemon's `control::TAKEOVER_NOT_NOW`).
+pub const TAKEOVER_NOT_NOW: i64 = -32012;
 
 /// Ask the site at `socket` to take `volume` over (`mirror_takeover`) and wait up to `wait`
 /// for the witness's answer.
 pub fn takeover(socket: &Path, volume: &str, wait: Duration) -> Result<TakeoverReport, CallError> {
-    call(socket, "mirror_takeover", json!({"volume": volume}))?;
+    let refused = match call(socket, "mirror_takeover", json!({"volume": volume})) {
+        Ok(_) => None,
+        Err(CallError::Daemon { code, message, .. }) if code == TAKEOVER_NOT_NOW => Some(message),
+        Err(e) => return Err(e),
+    };
     let t = std::time::Instant::now();
     loop {
         let st = call(socket, "mirror_status", Value::Null)?;
@@ -607,15 +618,16 @@ pub fn takeover(socket: &Path, volume: &str, wait: Duration) -> Result<TakeoverR
             .cloned()
             .unwrap_or(Value::Null);
         let pending = m["takeover_pending"] == true;
-        if !pending || t.elapsed() >= wait {
+        if refused.is_some() || !pending || t.elapsed() >= wait {
             let state = m["state"].as_str().unwrap_or("?").to_string();
             return Ok(TakeoverReport {
                 volume: volume.to_string(),
-                answered: !pending,
-                granted: !pending && state == "survivor",
+                answered: refused.is_some() || !pending,
+                granted: refused.is_none() && !pending && state == "survivor",
                 state,
                 witness_answer: m["witness"]["last_answer"].clone(),
                 witness: m["witness"].clone(),
+                refused,
             });
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -13,8 +13,8 @@ use thiserror::Error;
 mod paths;
 mod units;
 pub use paths::{
-    check_case_unique, check_not_a_state_file, check_volume_paths, first_line, inside,
-    iscsi_pr_path, private_dir, same_file,
+    STATE_LOCK_FILE, check_case_unique, check_not_a_state_file, check_volume_paths, first_line,
+    inside, iscsi_pr_path, private_dir, same_file,
 };
 pub use units::{Size, parse_age, parse_size};
 

@@ -61,9 +61,18 @@ impl super::Config {
     /// The files the daemon keeps in its state directories, and their temporary names: per
     /// mirrored volume `<volume>.mirror-state` and `.mirror-al` in `[mirror] state_dir`, per
     /// subsystem `resv-<crc>.json` in `[nvmf] state_dir`, per iSCSI LUN `<IQN>-lun<N>.pr`
-    /// in `[iscsi] state_dir`.
+    /// in `[iscsi] state_dir`, and in each the daemon's lock `twinblk.lock`
+    /// (`daemon/state_lock.rs`).
     pub fn state_files(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();
+        let dirs = [
+            self.mirror.as_ref().and_then(|m| m.state_dir.as_ref()),
+            self.nvmf.state_dir.as_ref(),
+            self.iscsi.state_dir.as_ref(),
+        ];
+        for d in dirs.into_iter().flatten() {
+            v.push(d.join(STATE_LOCK_FILE));
+        }
         if let Some(d) = self.mirror.as_ref().and_then(|m| m.state_dir.as_ref()) {
             for vol in self.volumes.iter().filter(|v| v.mirror) {
                 let state = d.join(format!("{}.mirror-state", vol.name));
@@ -92,6 +101,10 @@ impl super::Config {
         v
     }
 }
+
+/// The lock file a daemon holds in each of its state directories (its name is the daemon's,
+/// `daemon/state_lock.rs`, which takes it; named here, below the daemon, for the path checks).
+pub const STATE_LOCK_FILE: &str = "twinblk.lock";
 
 /// Whether `a` and `b` are one place: one path, or one name in one directory (the
 /// directories compared as [`same_file`] does; the files need not exist).

@@ -24,6 +24,53 @@ pub fn meta_path(dir: &Path) -> PathBuf {
     dir.join("cdp.meta")
 }
 
+/// The daemon lock (`daemon.lock`: a daemon journaling here, or a rollback, holds it).
+pub fn lock_path(dir: &Path) -> PathBuf {
+    dir.join("daemon.lock")
+}
+
+/// Refuse a directory that exists and holds files but no history (no `cdp.meta`): a new
+/// history would take its files' names whatever is there (`base.img`, a file volume's file
+/// perhaps, replaced by the empty base copy). Only a daemon's lock file may be there (a
+/// `cdp_enable` or a start that failed before making the history leaves it). A directory that
+/// is missing (it is made) or is not one (refused when it is opened) passes. Reads only:
+/// `cdp_enable` and the daemon's start ask before anything is written there.
+pub fn refuse_foreign_files(dir: &Path) -> Result<(), CdpError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    if meta_path(dir).exists() {
+        return Ok(());
+    }
+    let lock = lock_path(dir);
+    let mut foreign: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path() != lock)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let more = foreign.len().saturating_sub(5);
+    foreign.truncate(5);
+    let what = if segment_numbers(dir).is_ok_and(|v| !v.is_empty()) {
+        "it holds a history's segments, so its cdp.meta was lost: put cdp.meta back, or move the directory's files away to start a new history"
+    } else {
+        "give an empty or new directory"
+    };
+    Err(CdpError::Refused(format!(
+        "directory {} holds files but no CDP history (no cdp.meta): {}{}; a new history would write over files of these names (base.img, ...): {what}",
+        dir.display(),
+        foreign.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )))
+}
+
 /// Read the identity of an existing history.
 pub fn read_meta(dir: &Path) -> Result<Meta, CdpError> {
     let mp = meta_path(dir);

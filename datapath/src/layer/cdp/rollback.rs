@@ -155,9 +155,9 @@ pub fn marker_path(dir: &Path) -> PathBuf {
     dir.join("rollback")
 }
 
-/// The daemon lock of `dir`.
+/// The daemon lock of `dir` ([`super::names::lock_path`]).
 pub fn lock_path(dir: &Path) -> PathBuf {
-    dir.join("daemon.lock")
+    super::names::lock_path(dir)
 }
 
 /// A writer's load of `dir`'s history ([`store::Load::Recover`]), with site time also raised

@@ -100,7 +100,7 @@ pub struct MirrorStats {
     /// The leadership term (docs/mirror-protocol.md, "Leadership").
     pub term: AtomicU64,
     /// An operator's switchover request for the engine's next tick: 0 none,
-    /// [`SWITCH_GIVE`] or [`SWITCH_TAKE`] (taken by the engine).
+    /// [`SWITCH_GIVE`], [`SWITCH_TAKE`] or [`SWITCH_CANCEL`] (taken by the engine).
     pub switch_req: std::sync::atomic::AtomicU8,
     /// Switchovers that failed or were rolled back since the start (the control socket
     /// waits for this or the term to change).
@@ -113,6 +113,9 @@ pub struct MirrorStats {
 pub const SWITCH_GIVE: u8 = 1;
 /// [`MirrorStats::switch_req`]: ask the leader to hand the leadership to this site.
 pub const SWITCH_TAKE: u8 = 2;
+/// [`MirrorStats::switch_req`]: the asker's wait ran out: a drain under way is rolled back
+/// (nothing else is: a handover already made stands).
+pub const SWITCH_CANCEL: u8 = 3;
 
 /// The last leadership change and the switchover under way.
 #[derive(Default, Clone, Debug)]

@@ -7,9 +7,13 @@
 //! its outcome is read back from the term, the leadership and the failure counter, never by
 //! waiting on the engine.
 
-use super::stats::{MirrorStats, SWITCH_GIVE, SWITCH_TAKE};
+use super::stats::{MirrorStats, SWITCH_CANCEL, SWITCH_GIVE, SWITCH_TAKE};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long [`progress`] waits, once the caller's wait ran out during the leader's drain, for
+/// the engine to roll the drain back or finish its handover (it ticks every 10 ms at most).
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
 /// Refuse (with the reason) unless volume `name`'s pair is up and in sync at this site and no
 /// switchover runs: a switchover copies nothing. `leader`: the configured role.
@@ -104,9 +108,32 @@ pub fn progress(
     }
     if expired {
         stats.switch_req.store(0, Relaxed);
-        if stats.snapshot(name, leader).switchover == Some("asked") {
-            // The leader never answered the ask (lost, or ignored: see its status).
-            stats.set_switch_phase(None);
+        match stats.snapshot(name, leader).switchover {
+            Some("asked") => {
+                // The leader never answered the ask (lost, or ignored: see its status).
+                stats.set_switch_phase(None);
+            }
+            Some("draining") => {
+                // The drain would go on past the answer (up to its own limit) and could hand
+                // over after it said "not completed": rolled back, and the answer is what
+                // became of it (a handover made first stands).
+                stats.switch_req.store(SWITCH_CANCEL, Relaxed);
+                let t = Instant::now();
+                while t.elapsed() < CANCEL_WAIT {
+                    if stats.term.load(Relaxed) > r.term && stats.leads() == Some(r.to_me) {
+                        return Progress::Moved {
+                            term: stats.term.load(Relaxed),
+                        };
+                    }
+                    if stats.switch_failures.load(Relaxed) != r.failures {
+                        return Progress::Failed(
+                            stats.switch_error().unwrap_or_else(|| "rolled back".into()),
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            _ => {}
         }
         return Progress::Failed(format!(
             "no switchover within {:.1} s (the leader's `mirror_status` field `last_switchover_error` may say why)",

@@ -207,6 +207,13 @@ impl Witness {
     ) -> Grant {
         let takeover = takeover_flag.load(SeqCst)
             && matches!(site.mode, Mode::Waiting | Mode::Mirroring | Mode::Fenced);
+        if !takeover && !self.takeover && takeover_flag.load(SeqCst) {
+            // A request where the site asks the witness for nothing (a survivor holds the
+            // grant, a resync's target is in session): dropped, never kept for a later state
+            // (it was, at a survivor, until the site mirrored again: `takeover_pending` all
+            // along, and asked as a takeover had the link just failed then).
+            takeover_flag.store(false, SeqCst);
+        }
         if takeover && !self.takeover {
             // A new request for the grant, whatever was asked before.
             self.takeover = true;

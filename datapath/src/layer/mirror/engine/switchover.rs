@@ -219,6 +219,13 @@ impl Engine {
         match self.stats.switch_req.swap(0, Relaxed) {
             super::super::stats::SWITCH_GIVE => self.switch_begin(now, "requested here"),
             super::super::stats::SWITCH_TAKE => self.switch_ask(),
+            super::super::stats::SWITCH_CANCEL => {
+                if matches!(self.sw.phase, Phase::Draining { .. }) {
+                    self.switch_abort(
+                        "the asker's wait ran out during the drain; rolled back, the leader is unchanged",
+                    );
+                }
+            }
             _ => {}
         }
         match self.sw.phase {

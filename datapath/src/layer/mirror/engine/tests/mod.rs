@@ -947,6 +947,7 @@ mod peercache;
 mod phasefault;
 mod restart_grant;
 mod resyncloss;
+mod takeover_flag;
 
 /// Spare data vectors are bounded in bytes, not only in count: a burst of 8 MiB updates
 /// leaves at most `SPARE_BYTES` behind (it could leave 8 GiB when the bound was 1024 vectors).
