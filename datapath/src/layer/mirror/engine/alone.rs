@@ -192,6 +192,13 @@ impl Engine {
 
     /// No grant: fail everything held and serve no I/O.
     pub(super) fn fence(&mut self, why: &str) {
+        self.fence_with(why, |_| {});
+    }
+
+    /// As [`Self::fence`], `mark` run just before the mode change hands the state to the
+    /// persister: what it sets is saved in that one state (a fence for want of an answer with
+    /// its flag; saved as two states, a kill between them restarted a plain fence).
+    fn fence_with(&mut self, why: &str, mark: impl FnOnce(&mut Self)) {
         self.fenced_unanswered = None;
         self.denied_by = None;
         self.give_up_held();
@@ -199,6 +206,7 @@ impl Engine {
         for (from, tag, _) in std::mem::take(&mut self.alone_held) {
             self.done.push((from, tag, Err(Errno::IO)));
         }
+        mark(self);
         self.set_mode(Mode::Fenced);
         tracing::error!(volume = %self.cfg.name, why, suspect_bytes = self.suspect_bytes(),
             "mirror: fenced; this site serves no I/O for the volume");
@@ -426,14 +434,15 @@ impl Engine {
                 // from the witness's word, after a restart too (state flags bit 4). Before, it
                 // was adopted as a plain grant.
                 let retried = std::mem::take(&mut self.witness_retried);
-                self.fence("neither the peer nor the witness is reachable");
                 let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
-                self.fenced_unanswered = Some((seq, takeover || retried));
-                self.unanswered_retried = retried && !takeover;
-                self.unanswered_epoch = slot.view_epoch.load(std::sync::atomic::Ordering::SeqCst);
-                // Persisted with the fence (state flags bit 3): a restart before the witness's
-                // word still adopts the grant (restore.rs).
-                self.persist(false);
+                let epoch = slot.view_epoch.load(std::sync::atomic::Ordering::SeqCst);
+                // Persisted in the fence's one state (flags bit 3): a restart before the
+                // witness's word still adopts the grant (restore.rs), or gives it back.
+                self.fence_with("neither the peer nor the witness is reachable", |e| {
+                    e.fenced_unanswered = Some((seq, takeover || retried));
+                    e.unanswered_retried = retried && !takeover;
+                    e.unanswered_epoch = epoch;
+                });
             }
             Grant::LostInSession => {
                 // Not fenced (the peer is in session): only watched for, so a grant the

@@ -62,7 +62,7 @@ use crate::layer::mirror::state::{Persisted, ReplicaData};
 pub(super) struct Durable {
     /// The daemon's persister (none: the engine starts its own when it first persists).
     persister: Option<Arc<Persister>>,
-    handle: Option<Arc<PersistHandle>>,
+    pub(super) handle: Option<Arc<PersistHandle>>,
     /// Successful answers wait until this generation is durable (0: nothing waits).
     gate: u64,
     /// The answers waiting for `gate`.

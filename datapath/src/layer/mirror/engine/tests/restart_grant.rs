@@ -1037,3 +1037,51 @@ fn a_holder_restarted_without_its_state_after_a_lost_answer_waits_for_an_operato
         "b's replica changed without a write"
     );
 }
+
+/// A fence for want of the witness's answer is saved as one state that says so (flags bit 3).
+/// Before, the fence was handed to the persister first as a plain one and the flag a moment
+/// later: a site killed while the first was being written (milliseconds) restarted fenced with
+/// nothing saying its request may have been granted, so it neither adopted nor gave back the
+/// grant the witness held for it, the peer denied while it was held: neither site served until
+/// the link returned (seen end to end in `failover::the_peer_of_a_site_whose_host_restarted_after_a_lost_answer_serves`
+/// on a loaded machine: a restored fenced, no give-back).
+#[test]
+fn a_fence_for_want_of_an_answer_is_saved_in_one_state_with_its_flag() {
+    use crate::layer::mirror::failover::UNREACHABLE;
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(131);
+    let (mut a, sa) = with_witness(Role::Leader);
+    let (mut b, _sb) = with_witness(Role::Follower);
+    a.engine.cfg.state_file = Some(dir.path().join("a"));
+    a.engine.link_up(&mut io);
+    b.engine.link_up(&mut io);
+    let mut slot = 0;
+    for _ in 0..8 {
+        submit(&mut a, &mut io, &mut rng, &mut slot);
+    }
+    exchange(&mut a, &mut b, &mut io, &mut rng, 4);
+    a.engine.link_down("test");
+    let now = Instant::now();
+    a.engine.tick(&mut io, now);
+    assert!(sa.want.load(SeqCst), "no grant asked for");
+    while complete_one(&mut a, &mut io, &mut rng) {}
+    a.engine.persist(false);
+    let h = Arc::clone(a.engine.durable.handle.as_ref().expect("a state file"));
+    let before = h.submitted();
+    sa.outcome.store(UNREACHABLE, SeqCst);
+    a.engine.tick(&mut io, now);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
+    assert_eq!(
+        h.submitted() - before,
+        1,
+        "the fence is handed to the persister as more than one state: the first without its flag"
+    );
+    assert!(h.wait(h.submitted(), Duration::from_secs(10)));
+    let p = crate::layer::mirror::state::load(&dir.path().join("a"))
+        .unwrap()
+        .expect("saved");
+    assert_eq!(p.mode, 2, "saved fenced");
+    assert!(p.fenced_unanswered.is_some(), "saved without its flag");
+}
