@@ -581,11 +581,11 @@ pub fn later_record(
     first_seq: u64,
     not_before: u64,
 ) -> Option<usize> {
+    // (A SIMD search: the rest of a segment file is mostly zeroes, up to its whole size.)
+    let magic = memchr::memmem::Finder::new(&REC_MAGIC);
     let mut pos = from;
     while pos + REC_HEADER <= seg.len() {
-        let at = seg[pos..seg.len() - REC_HEADER + 4]
-            .windows(4)
-            .position(|w| w == REC_MAGIC)?;
+        let at = magic.find(&seg[pos..seg.len() - REC_HEADER + 4])?;
         pos += at;
         if let Ok(h) = RecHeader::decode(&seg[pos..], vol_id)
             && h.op != Op::Pad
