@@ -260,7 +260,7 @@ fn rollback_cmd(
             (Some(m), true) => {
                 let dir = m.state_dir.as_ref().with_context(|| {
                     format!(
-                        "volume {}: mirrored without [mirror] state_dir: a restart makes it a new                          replica that its peer overwrites; nothing to roll back here",
+                        "volume {}: mirrored without [mirror] state_dir: a restart makes it a new replica that its peer overwrites; nothing to roll back here",
                         v.name
                     )
                 })?;
@@ -372,7 +372,7 @@ fn rollback_cmd(
     for (v, c) in &dirs {
         anyhow::ensure!(
             v.backend == Backend::Uring && v.path.is_some(),
-            "volume {}: a RAM volume's content does not outlive its daemon: nothing to roll              back in place (twinblk cdp restore or view serve a point)",
+            "volume {}: a RAM volume's content does not outlive its daemon: nothing to roll back in place (twinblk cdp restore or view serve a point)",
             v.name
         );
         let t = rollback::Target {
@@ -451,7 +451,7 @@ fn rollback_cmd(
                 );
             }
             println!(
-                "{name}: rolled back to sequence {} ({} records journaled, {} bytes rewritten);                  not confirmed: --undo returns to sequence {}, --confirm keeps it",
+                "{name}: rolled back to sequence {} ({} records journaled, {} bytes rewritten); not confirmed: --undo returns to sequence {}, --confirm keeps it",
                 o.seq, o.records, o.progress.written, o.before
             );
         }

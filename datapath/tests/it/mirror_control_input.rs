@@ -408,7 +408,19 @@ fn a_switchover_whose_wait_ends_during_the_drain_answers_what_became_of_it() {
             "mirror_switchover",
             json!({"volume": "vol0", "to": "b", "wait_s": 0.1}),
         );
-        std::thread::sleep(std::time::Duration::from_secs(6));
+        // Whatever the answer, the step ends (at most the drain's 5 s bound): then the
+        // leadership is what it stays (a drain going on after an answer "not completed" is
+        // seen here as a move).
+        crate::harness::wait_until(
+            std::time::Duration::from_secs(10),
+            || {
+                [&a, &b]
+                    .iter()
+                    .all(|s| s.rpc("mirror_status")[0]["switchover"].is_null())
+            },
+            || "a switchover step still under way 10 s after the request".to_string(),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
         let st = a.rpc("mirror_status")[0].clone();
         let moved = st["leader_term"].as_u64().unwrap() > before;
         eprintln!(
