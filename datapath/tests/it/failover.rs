@@ -1088,64 +1088,112 @@ fn with_an_older_witness_the_give_back_falls_back_to_a_plain_release() {
     peer_of_a_restarted_host(true);
 }
 
+/// A pair whose link runs through relays the test cuts, site a (the preferred one) reaching
+/// the witness through a [`LossyRelay`], b directly; each site with a state directory; both
+/// up, and the witness's record of a as the group's preferred site awaited (until it is
+/// recorded the first request wins, and b's reaches the witness directly while a's goes
+/// through the relay: a loaded machine made b the survivor so).
+pub(crate) struct RelayedPair {
+    pub(crate) root: tempfile::TempDir,
+    /// (Kept running for the pair's life.)
+    _w: WitnessProc,
+    pub(crate) lossy: LossyRelay,
+    pub(crate) a: Server,
+    pub(crate) b: Server,
+    link: Option<(
+        std::net::TcpListener,
+        std::net::TcpListener,
+        crate::mirror::Relay,
+        crate::mirror::Relay,
+    )>,
+}
+
+impl RelayedPair {
+    pub(crate) fn start(older_witness: bool) -> RelayedPair {
+        use crate::mirror::Relay;
+        use std::net::TcpListener;
+        let root = tempfile::tempdir().unwrap();
+        let w = WitnessProc::start(root.path(), KEY, None);
+        let lossy = LossyRelay::start(w.addr);
+        lossy.older_witness.store(older_witness, Ordering::SeqCst);
+        let (pa, pb) = (free_port(), free_port());
+        let (la, lb) = (
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let (to_b, to_a) = (
+            la.local_addr().unwrap().port(),
+            lb.local_addr().unwrap().port(),
+        );
+        let (ra, rb) = (
+            Relay::start(&la, format!("127.0.0.1:{pb}").parse().unwrap()),
+            Relay::start(&lb, format!("127.0.0.1:{pa}").parse().unwrap()),
+        );
+        let state = |me: &str| {
+            let d = root.path().join(format!("state-{me}"));
+            std::fs::create_dir_all(&d).unwrap();
+            format!("state_dir='{}'", d.display())
+        };
+        let a = site_with(root.path(), "a", "b", pa, to_b, lossy.addr, &state("a"));
+        let b = site_with(root.path(), "b", "a", pb, to_a, w.addr, &state("b"));
+        wait_mirror_state(&a, "up", PATIENCE);
+        wait_mirror_state(&b, "up", PATIENCE);
+        crate::harness::wait_until(
+            PATIENCE,
+            || witness_preferred(root.path(), "vol0").is_some(),
+            || "the witness never recorded a as the preferred site".to_string(),
+        );
+        RelayedPair {
+            root,
+            _w: w,
+            lossy,
+            a,
+            b,
+            link: Some((la, lb, ra, rb)),
+        }
+    }
+
+    /// The link goes: the relays stop accepting, then every relayed connection is cut.
+    pub(crate) fn cut_link(&mut self) {
+        if let Some((la, lb, mut ra, mut rb)) = self.link.take() {
+            drop((la, lb));
+            ra.cut();
+            rb.cut();
+        }
+    }
+
+    /// Site a's next start names another boot id: its host restarted.
+    pub(crate) fn restart_as_another_boot(&self, id: &str) {
+        let boot = self.root.path().join("boot_id-a");
+        std::fs::write(&boot, format!("{id}\n")).unwrap();
+        let text = std::fs::read_to_string(&self.a.config).unwrap();
+        let text = text.replacen(
+            "[mirror]\n",
+            &format!("[mirror]\nboot_id_file='{}'\n", boot.display()),
+            1,
+        );
+        std::fs::write(&self.a.config, text).unwrap();
+    }
+}
+
 fn peer_of_a_restarted_host(older_witness: bool) {
-    use crate::mirror::Relay;
-    use std::net::TcpListener;
-    let root = tempfile::tempdir().unwrap();
-    let w = WitnessProc::start(root.path(), KEY, None);
-    let lossy = LossyRelay::start(w.addr);
-    lossy.older_witness.store(older_witness, Ordering::SeqCst);
-    let (pa, pb) = (free_port(), free_port());
-    let (la, lb) = (
-        TcpListener::bind("127.0.0.1:0").unwrap(),
-        TcpListener::bind("127.0.0.1:0").unwrap(),
-    );
-    let (to_b, to_a) = (
-        la.local_addr().unwrap().port(),
-        lb.local_addr().unwrap().port(),
-    );
-    let (mut ra, mut rb) = (
-        Relay::start(&la, format!("127.0.0.1:{pb}").parse().unwrap()),
-        Relay::start(&lb, format!("127.0.0.1:{pa}").parse().unwrap()),
-    );
-    let state = |me: &str| {
-        let d = root.path().join(format!("state-{me}"));
-        std::fs::create_dir_all(&d).unwrap();
-        format!("state_dir='{}'", d.display())
-    };
-    let mut a = site_with(root.path(), "a", "b", pa, to_b, lossy.addr, &state("a"));
-    let b = site_with(root.path(), "b", "a", pb, to_a, w.addr, &state("b"));
-    wait_mirror_state(&a, "up", PATIENCE);
-    wait_mirror_state(&b, "up", PATIENCE);
-    let mut c = Client::connect(a.addr, "vol0", false);
+    let mut p = RelayedPair::start(older_witness);
+    let mut c = Client::connect(p.a.addr, "vol0", false);
     let data = pattern(11, 4096);
     assert_eq!(c.write(0, &data), 0);
     drop(c);
-    // The premise: the witness holds the group for a (its preferred site), b denied. Until a's
-    // claim is recorded the first request wins, and b's reaches the witness directly while
-    // a's goes through the relay (a loaded machine made b the survivor so, 1 run in 2 here).
-    crate::harness::wait_until(
-        PATIENCE,
-        || witness_preferred(root.path(), "vol0").is_some(),
-        || "the witness never recorded a as the preferred site".to_string(),
-    );
-    // The link goes (the relays stop accepting, then every relayed connection is cut), and
-    // the witness's answers to a with it.
-    lossy.drop_replies.store(true, Ordering::SeqCst);
-    drop((la, lb));
-    ra.cut();
-    rb.cut();
-    drop((ra, rb));
+    // The link goes, and the witness's answers to a with it.
+    p.lossy.drop_replies.store(true, Ordering::SeqCst);
+    p.cut_link();
     let t0 = Instant::now();
-    wait_mirror_state(&a, "fenced", PATIENCE);
-    wait_mirror_state(&b, "fenced", PATIENCE);
+    let (a, b) = (&p.a, &p.b);
+    wait_mirror_state(a, "fenced", PATIENCE);
+    wait_mirror_state(b, "fenced", PATIENCE);
     eprintln!("a: {}", a.rpc("mirror_status")[0]);
     eprintln!("b: {}", b.rpc("mirror_status")[0]);
     // The fence is written lazily, off the reactor: the kill below must come after it is on
-    // disk. Killed before, a restarts from "in sync" and never gives the grant back (it
-    // serves nothing, b stays denied until the link returns: not what this test checks), as
-    // about one run in five did on a loaded machine.
-    let file = root.path().join("state-a").join("vol0.mirror-state");
+    // disk. Killed before, a restarts from "in sync" (the case of `lost_grant_restart`).
+    let file = p.root.path().join("state-a").join("vol0.mirror-state");
     while twinblk::layer::mirror::state::load(&file)
         .ok()
         .flatten()
@@ -1155,18 +1203,11 @@ fn peer_of_a_restarted_host(older_witness: bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
     // a's host restarts: another boot id; the witness's answers reach it again.
-    let boot = root.path().join("boot_id-a");
-    std::fs::write(&boot, "6f1c9a52-0d3e-4b7a-9c11-2e5d8f4a7b60\n").unwrap();
-    a.kill();
-    let text = std::fs::read_to_string(&a.config).unwrap();
-    let text = text.replacen(
-        "[mirror]\n",
-        &format!("[mirror]\nboot_id_file='{}'\n", boot.display()),
-        1,
-    );
-    std::fs::write(&a.config, text).unwrap();
-    lossy.drop_replies.store(false, Ordering::SeqCst);
-    a.respawn_in_place();
+    p.a.kill();
+    p.restart_as_another_boot("6f1c9a52-0d3e-4b7a-9c11-2e5d8f4a7b60");
+    p.lossy.drop_replies.store(false, Ordering::SeqCst);
+    p.a.respawn_in_place();
+    let (a, b) = (&p.a, &p.b);
     let t = Instant::now();
     if older_witness {
         // The grant given back (plain): b's witness word shows nobody holding the group.
@@ -1179,9 +1220,9 @@ fn peer_of_a_restarted_host(older_witness: bool) {
         }
         eprintln!("given back {:?} after a's restart", t.elapsed());
         std::thread::sleep(Duration::from_secs(3));
-        assert_eq!(mirror_state(&b), "fenced", "b served on a stale request");
+        assert_eq!(mirror_state(b), "fenced", "b served on a stale request");
         assert_eq!(
-            mirror_state(&a),
+            mirror_state(a),
             "fenced",
             "a serves after its host restarted"
         );
@@ -1189,7 +1230,7 @@ fn peer_of_a_restarted_host(older_witness: bool) {
     }
     crate::harness::wait_until(
         PATIENCE,
-        || mirror_state(&b) == "survivor",
+        || mirror_state(b) == "survivor",
         || {
             format!(
                 "b never became the survivor; a: {}; b: {}",
@@ -1200,7 +1241,7 @@ fn peer_of_a_restarted_host(older_witness: bool) {
     );
     eprintln!("b survivor {:?} after a's restart", t.elapsed());
     assert_eq!(
-        mirror_state(&a),
+        mirror_state(a),
         "fenced",
         "a serves after its host restarted"
     );
