@@ -552,6 +552,16 @@ fn a_fenced_leaders_unacknowledged_write_is_overwritten_by_its_resync() {
 }
 
 /// Sites a and b with persisted replica state (`state_dir` under `root`).
+/// A witness and a [`persistent_pair`] on free ports, both sites up.
+pub(crate) fn witnessed_pair_up(root: &Path) -> (WitnessProc, Server, Server) {
+    let w = WitnessProc::start(root, KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let (a, b) = persistent_pair(root, pa, pb, w.addr);
+    wait_mirror_state(&a, "up", PATIENCE);
+    wait_mirror_state(&b, "up", PATIENCE);
+    (w, a, b)
+}
+
 pub(crate) fn persistent_pair(
     root: &Path,
     pa: u16,
@@ -574,11 +584,7 @@ pub(crate) fn persistent_pair(
 #[test]
 fn a_survivor_that_cannot_persist_its_state_fails_io_instead_of_acknowledging() {
     let root = tempfile::tempdir().unwrap();
-    let w = WitnessProc::start(root.path(), KEY, None);
-    let (pa, pb) = (free_port(), free_port());
-    let (a, mut b) = persistent_pair(root.path(), pa, pb, w.addr);
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (_w, a, mut b) = witnessed_pair_up(root.path());
     let mut c = Client::connect(a.addr, "vol0", false);
     assert_eq!(c.write(0, &pattern(1, 4096)), 0);
     std::fs::remove_dir_all(root.path().join("state-a")).unwrap();
@@ -608,11 +614,7 @@ fn a_survivor_that_cannot_persist_its_state_fails_io_instead_of_acknowledging() 
 #[test]
 fn restarting_both_sites_in_the_wrong_order_never_serves_stale_data() {
     let root = tempfile::tempdir().unwrap();
-    let w = WitnessProc::start(root.path(), KEY, None);
-    let (pa, pb) = (free_port(), free_port());
-    let (a, mut b) = persistent_pair(root.path(), pa, pb, w.addr);
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (_w, a, mut b) = witnessed_pair_up(root.path());
     let mut c = Client::connect(a.addr, "vol0", false);
     assert_eq!(c.write(0, &pattern(1, 4096)), 0);
     // B dies; A carries on and writes block 0 again: B's copy is now stale.
@@ -656,11 +658,7 @@ fn restarting_both_sites_in_the_wrong_order_never_serves_stale_data() {
 #[test]
 fn a_new_empty_replica_gets_only_the_regions_ever_written() {
     let root = tempfile::tempdir().unwrap();
-    let w = WitnessProc::start(root.path(), KEY, None);
-    let (pa, pb) = (free_port(), free_port());
-    let (a, mut b) = persistent_pair(root.path(), pa, pb, w.addr);
-    wait_mirror_state(&a, "up", Duration::from_secs(10));
-    wait_mirror_state(&b, "up", Duration::from_secs(10));
+    let (_w, a, mut b) = witnessed_pair_up(root.path());
     // Writes land in 6 regions of 64 KiB out of 256.
     let mut c = Client::connect(a.addr, "vol0", false);
     for i in 0..6u64 {

@@ -5,7 +5,7 @@
 //! refused with a JSON-RPC error that says why unless the value is legal, and a refused one
 //! changes nothing; the pair serves writes at both sites and stays in sync afterwards.
 
-use crate::failover::{KEY, WitnessProc, persistent_pair};
+use crate::failover::{KEY, WitnessProc};
 use crate::harness::{PATIENCE, Server, free_port, pattern, rpc_at, wait_mirror_state};
 use crate::rawnbd::Client;
 use serde_json::{Value, json};
@@ -144,11 +144,7 @@ fn fixed(s: &Server) -> Value {
 #[test]
 fn mirror_methods_answer_extreme_and_wrong_values_with_errors_and_the_pair_serves_on() {
     let root = tempfile::tempdir().unwrap();
-    let w = WitnessProc::start(root.path(), KEY, None);
-    let (pa, pb) = (free_port(), free_port());
-    let (a, b) = persistent_pair(root.path(), pa, pb, w.addr);
-    wait_mirror_state(&a, "up", PATIENCE);
-    wait_mirror_state(&b, "up", PATIENCE);
+    let (_w, a, b) = crate::failover::witnessed_pair_up(root.path());
     // A volume that is not mirrored, for the "not mirrored" refusals.
     let r = a.rpc_with(
         "volume_create",
@@ -296,11 +292,7 @@ fn takeover(s: &Server) -> Value {
 #[test]
 fn mirror_takeover_is_refused_at_a_site_in_session_or_serving_alone_and_leaves_nothing_pending() {
     let root = tempfile::tempdir().unwrap();
-    let w = WitnessProc::start(root.path(), KEY, None);
-    let (pa, pb) = (free_port(), free_port());
-    let (a, b) = persistent_pair(root.path(), pa, pb, w.addr);
-    wait_mirror_state(&a, "up", PATIENCE);
-    wait_mirror_state(&b, "up", PATIENCE);
+    let (_w, a, b) = crate::failover::witnessed_pair_up(root.path());
     for s in [&a, &b] {
         let r = takeover(s);
         let e = r
