@@ -1295,6 +1295,7 @@ fn witness_view(slot: &crate::layer::mirror::failover::FailoverSlot, me: u32) ->
         "last_answer": match slot.outcome.load(Ordering::SeqCst) {
             f::GRANTED => "granted",
             f::DENIED => "denied",
+            f::UNREACHABLE if slot.tie.load(Ordering::SeqCst) => "tie",
             f::UNREACHABLE => "unreachable",
             _ => "none",
         },

@@ -56,6 +56,10 @@ pub struct FailoverSlot {
     pub takeover_from: AtomicU64,
     /// `PENDING`, `GRANTED`, `DENIED` or `UNREACHABLE`.
     pub outcome: AtomicU8,
+    /// With `outcome` `UNREACHABLE`: the witness answered, a tie (the preferred site's right of
+    /// way) until the request's deadline; for the operator's status only (the engines take it
+    /// as unanswered).
+    pub tie: AtomicBool,
     /// The granted epoch (also set by an engine that restores a survivor's grant).
     pub epoch: AtomicU64,
     /// Engines of the group mirroring in session here, and those fenced (each engine counted
@@ -566,14 +570,19 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 Err(e @ twinblk_witness::ClientError::TieWait { .. }) => {
                     tracing::error!(volume = %name, error = %e,
                         "mirror: the witness held the group for its preferred site until the request's deadline (that site alive and not asking, or both sites configured preferred); fencing, asking again at the witness's next word");
+                    slot.tie.store(true, SeqCst);
                     UNREACHABLE
                 }
                 Err(e) => {
                     tracing::error!(volume = %name, error = %e,
                         "mirror: neither the peer nor the witness is reachable; fencing");
+                    slot.tie.store(false, SeqCst);
                     UNREACHABLE
                 }
             };
+            if outcome != UNREACHABLE {
+                slot.tie.store(false, SeqCst);
+            }
             slot.outcome.store(outcome, SeqCst);
             if outcome == GRANTED {
                 unclaimed[i] = Some((slot.epoch.load(SeqCst), false));
@@ -838,11 +847,19 @@ mod tests {
     fn witness_here(
         dir: &std::path::Path,
     ) -> (SocketAddr, Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+        witness_with_grace(dir, Duration::from_secs(1))
+    }
+
+    /// [`witness_here`] with its tie grace.
+    fn witness_with_grace(
+        dir: &std::path::Path,
+        tie_grace: Duration,
+    ) -> (SocketAddr, Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
         let cfg = twinblk_witness::Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             state: dir.join("witness.state"),
             key: Key::new(KEY).unwrap(),
-            tie_grace: Duration::from_secs(1),
+            tie_grace,
             init: true,
         };
         let mut w = twinblk_witness::Witness::open(cfg).unwrap();
@@ -920,6 +937,48 @@ mod tests {
         eprintln!("site 2 heartbeats answered in 3 s at a 200 ms interval: {answered}");
         // 1 at once + 4 backing off (20..160 ms) + about 13 at the interval.
         assert!((12..=24).contains(&answered), "{answered} heartbeats");
+    }
+
+    /// Site 1 recorded as vol0's preferred site and alive, never asking; site 2 (its own claim
+    /// a conflict, so not preferred) asks: the witness answers TIE_WAIT until the request's
+    /// deadline (2 s, the grace a minute). The outcome is unanswered for the engines, and
+    /// `tie` says why for the operator (`mirror_status` `last_answer` "tie"; before, it said
+    /// "unreachable", the witness's answers notwithstanding). A later request answered
+    /// otherwise clears it.
+    #[test]
+    fn a_tie_until_the_deadline_is_recorded_as_a_tie_and_cleared_by_the_next_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, wstop, wh) = witness_with_grace(dir.path(), Duration::from_secs(60));
+        let mut one = client(addr, 1);
+        let v = one.heartbeat(&vol0(true)).unwrap();
+        assert_eq!(v[0].preferred, SiteId::new(1));
+        let (slot, stop, h) = thread_of(addr, 2, Duration::from_millis(200));
+        slot.want.store(true, SeqCst);
+        let t = std::time::Instant::now();
+        while slot.outcome.load(SeqCst) == PENDING {
+            assert!(t.elapsed() < Duration::from_secs(10), "no answer");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(slot.outcome.load(SeqCst), UNREACHABLE);
+        assert!(
+            slot.tie.load(SeqCst),
+            "a tie to its deadline not recorded as one"
+        );
+        // Site 1 withdraws its claim: site 2's next request is granted, the tie forgotten.
+        one.heartbeat(&vol0(false)).unwrap();
+        slot.outcome.store(PENDING, SeqCst);
+        slot.want.store(true, SeqCst);
+        let t = std::time::Instant::now();
+        while slot.outcome.load(SeqCst) == PENDING {
+            assert!(t.elapsed() < Duration::from_secs(10), "no answer");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(slot.outcome.load(SeqCst), GRANTED);
+        assert!(!slot.tie.load(SeqCst), "the tie outlived the next answer");
+        stop.store(true, SeqCst);
+        h.join().unwrap();
+        wstop.store(true, SeqCst);
+        wh.join().unwrap();
     }
 
     /// Site 2's claim arrives while site 1 still claims the group (a switchover's two sides);
