@@ -769,3 +769,67 @@ fn a_fenced_site_whose_host_restarted_stays_state_6_across_a_clean_stop() {
         assert!(same_replicas(&a, &b), "{lost:?}: replicas differ");
     }
 }
+
+/// A follower that holds a log file from a leadership before (here: one extent left in it)
+/// is reconciled, and mirroring again empties that file (`al_mirroring`), which it never
+/// writes again while it follows. It then loses its power in sync, its device dropping a
+/// write both sites acknowledged (W): restarted, it must announce state 6 and get W back
+/// from the leader. Before, its emptied log file counted as the proof of a clean stop (a
+/// leader's log covers what it applied; a follower's says nothing of what it applied since),
+/// so it announced 0 and mirrored with W gone from its replica: it served data older than an
+/// acknowledged write.
+#[test]
+fn a_follower_whose_old_log_was_emptied_and_that_lost_its_power_gets_the_leaders_copy() {
+    use crate::layer::mirror::alfile::{self, AlLoad, AlSnapshot};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    let log = super::super::actlog::actlog_path(b.engine.cfg.state_file.as_ref().unwrap());
+    let left = AlSnapshot {
+        generation: 1,
+        clean: false,
+        extent: EXTENT,
+        size: b.engine.cfg.size,
+        extents: vec![5],
+        slot_bytes: alfile::slot_bytes(EXTENTS),
+    };
+    alfile::save(&log, &left).unwrap();
+    stop_and_restart(&mut b);
+    assert_eq!(b.engine.replica_state(), 5, "the old log's extent not seen");
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    assert!(b.engine.wait_actlog_persisted());
+    assert!(
+        matches!(alfile::load(&log), AlLoad::Valid(s) if s.extents.is_empty()),
+        "the old log is not emptied once reconciled"
+    );
+    let (off, w) = (3 * EXTENT, 0xA7);
+    let durable = b.disk.borrow().bytes.clone();
+    write_at(&mut a, &mut io, &mut slot, off, w, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (2, 0), "W acknowledged");
+    // The power goes at b: its disk kept only what was flushed; the leader sees the link drop.
+    a.engine.link_down("test");
+    b.disk.borrow_mut().bytes = durable;
+    b.engine.cfg.boot_id = 2;
+    crash_and_restart(&mut b);
+    assert_eq!(
+        b.engine.replica_state(),
+        6,
+        "a follower that lost its power announces itself as one that stopped cleanly"
+    );
+    reconnect(&mut a, &mut b, &mut io);
+    pump(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    for (s, name) in [(&a, "a"), (&b, "b")] {
+        let d = s.disk.borrow();
+        assert!(
+            d.bytes[off as usize..off as usize + 4096]
+                .iter()
+                .all(|&x| x == w),
+            "the acknowledged W is gone at {name}"
+        );
+    }
+    assert!(same_replicas(&a, &b), "replicas differ");
+}
