@@ -33,8 +33,9 @@
 //! - Written lazily (nothing waits): **fenced** (a crash restarts from "in sync" or "new":
 //!   the site serves nothing until a session decides, the same as a crash just before the
 //!   fence; a fenced site acknowledges nothing, so there is nothing to protect), **resyncing**
-//!   (a crash restarts the target from its earlier non-serving state and the survivor's
-//!   session resyncs it again; the window where an *operator* could take over a half-copied
+//!   (a crash restarts the target from its earlier non-serving state, or once this one is on
+//!   disk as resyncing again, replica state 3, which receives in every session (restore.rs);
+//!   the survivor's session resyncs it again; the window where an *operator* could take over a half-copied
 //!   replica from that older state is a few milliseconds, see docs/architecture.md). The end
 //!   of a received resync is written lazily too (restarting as "resyncing" only means being
 //!   resynced again), but as any site that mirrors again its answers wait for it (above).

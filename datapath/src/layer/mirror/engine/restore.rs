@@ -140,6 +140,13 @@ impl Engine {
                 Mode::Waiting
             }
             1 => Mode::Survivor,
+            // Cut in the middle of a resync it received: its replica half-copied, it announces
+            // 3 again, so every session makes it receive (restored fenced, it announced 2, and
+            // the leader of two fenced sites is the source: a half-copied leader copied its
+            // stale regions over the acknowledged writes of its fenced source, test
+            // `actlog::a_leader_restarted_in_the_middle_of_its_resync_is_never_the_source_of_the_next`).
+            // As in the process it restarted from, it asks for no grant and is not taken over.
+            3 => Mode::Resyncing,
             _ => Mode::Fenced,
         };
         if mode == Mode::Survivor {

@@ -833,3 +833,76 @@ fn a_follower_whose_old_log_was_emptied_and_that_lost_its_power_gets_the_leaders
     }
     assert!(same_replicas(&a, &b), "replicas differ");
 }
+
+/// The leader is the target of a reconciliation from its peer (b, in sync, a fenced), which
+/// acknowledges a write alone (W) and copies it; the leader restarts from its state saved
+/// at the session start ("resyncing", 3) before it applied the copy, and b, its RESYNC_DONE
+/// out but unconfirmed, is fenced (the witness's denial, stood in for here). When they meet,
+/// the half-copied leader must not be the source: b holds W, and the pair must end with it.
+#[test]
+fn a_leader_restarted_in_the_middle_of_its_resync_is_never_the_source_of_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    a.engine.link_down("test");
+    a.engine.fence("test: no grant");
+    assert!(a.engine.wait_persisted());
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Resyncing, Mode::Survivor)
+    );
+    assert!(b.engine.wait_persisted());
+    let (off, w) = (3 * EXTENT, 0xA7);
+    write_at(&mut b, &mut io, &mut slot, off, w, 4096);
+    // b copies (W among the regions) and sends RESYNC_DONE; a never applies the copies.
+    let mut sent = false;
+    for _ in 0..2000 {
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        b.engine.wait_persisted();
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        if b.engine
+            .resync
+            .as_ref()
+            .is_some_and(|r| r.awaiting_ack() && r.done_gate.is_none())
+        {
+            sent = true;
+            break;
+        }
+    }
+    assert!(sent, "RESYNC_DONE never sent");
+    collect(&mut b);
+    assert_eq!(b.ok, 1, "W acknowledged");
+    assert_ne!(a.disk.borrow().bytes[off as usize], w, "W applied at a");
+    // a restarts from its state (resyncing); b, unsure, is fenced.
+    crash_and_restart(&mut a);
+    b.engine.link_down("test");
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(b.engine.mode(), Mode::Mirroring, "the source is unsure");
+    b.engine.fence("test: the witness denied it");
+    assert!(b.engine.wait_persisted());
+    assert_eq!(
+        (a.engine.replica_state(), b.engine.replica_state()),
+        (3, 2),
+        "the half-copied leader announces itself fenced (it would be the source of two fenced sites)"
+    );
+    reconnect(&mut a, &mut b, &mut io);
+    pump(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    for (s, name) in [(&a, "a"), (&b, "b")] {
+        let d = s.disk.borrow();
+        assert!(
+            d.bytes[off as usize..off as usize + 4096]
+                .iter()
+                .all(|&x| x == w),
+            "the acknowledged W is gone at {name} (a announced {}, modes {:?}/{:?})",
+            a.engine.replica_state(),
+            a.engine.mode(),
+            b.engine.mode()
+        );
+    }
+    assert!(same_replicas(&a, &b), "replicas differ");
+}
