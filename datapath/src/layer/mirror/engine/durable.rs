@@ -34,8 +34,8 @@
 //!   the site serves nothing until a session decides, the same as a crash just before the
 //!   fence; a fenced site acknowledges nothing, so there is nothing to protect), **resyncing**
 //!   (a crash restarts the target from its earlier non-serving state, or once this one is on
-//!   disk as resyncing again, replica state 3, which receives in every session (restore.rs);
-//!   the survivor's session resyncs it again; the window where an *operator* could take over a half-copied
+//!   disk fenced, announcing replica state 3 again, which receives in every session
+//!   (restore.rs); the survivor's session resyncs it again; the window where an *operator* could take over a half-copied
 //!   replica from that older state is a few milliseconds, see docs/architecture.md). The end
 //!   of a received resync is written lazily too (restarting as "resyncing" only means being
 //!   resynced again), but as any site that mirrors again its answers wait for it (above).
@@ -140,7 +140,7 @@ impl Engine {
         };
         Persisted {
             // States 5 and 6 are not modes: the activity log and `clean` say them again.
-            mode: replica::replica_state(mode, self.new_replica) as u8,
+            mode: replica::replica_state(mode, self.new_replica, self.target.half_copied) as u8,
             clean,
             // (Only a survivor holds a grant: the source's "in sync" at its resync's end is
             // saved before the grant is given back.)

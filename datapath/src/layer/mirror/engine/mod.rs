@@ -446,6 +446,7 @@ impl Engine {
         if m == Mode::Mirroring {
             self.al_mirroring();
         }
+        self.target.half_copied &= m == Mode::Fenced;
         self.mode = m;
         self.stats.set_mode(m);
         self.publish_lease();
@@ -461,7 +462,7 @@ impl Engine {
             // host restarted too (its device may have dropped unflushed writes).
             return if self.al.host_restarted { 6 } else { 5 };
         }
-        replica::replica_state(self.mode, self.new_replica)
+        replica::replica_state(self.mode, self.new_replica, self.target.half_copied)
     }
 
     /// Reads may be served at `now` (docs/mirror-protocol.md, "Read lease"): always as the

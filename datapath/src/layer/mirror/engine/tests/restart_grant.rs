@@ -248,11 +248,9 @@ fn a_site_restarted_before_it_adopted_a_lost_grant_serves_on_it_once_the_witness
 
 /// As above, but a's state file says "resyncing" when it restarts (a session in which it
 /// received was cut in the middle: its replica half copied, the source serving alone
-/// meanwhile; stood in for here by saving that mode): restored resyncing (it was restored
-/// fenced before `actlog::a_leader_restarted_in_the_middle_of_its_resync_is_never_the_source_of_the_next`),
-/// it must never serve on the witness's word naming it the holder of a grant asked before.
-/// Guards the fix above: only a fence for want of an answer, persisted as such, is adopted
-/// after a restart.
+/// meanwhile; stood in for here by saving that mode): restored fenced, it must never serve
+/// on the witness's word naming it the holder of a grant asked before. Guards the fix above:
+/// only a fence for want of an answer, persisted as such, is adopted after a restart.
 #[test]
 fn a_site_restarted_in_the_middle_of_a_resync_never_adopts_a_grant_from_before_it() {
     use std::sync::atomic::Ordering::SeqCst;
@@ -267,14 +265,14 @@ fn a_site_restarted_in_the_middle_of_a_resync_never_adopts_a_grant_from_before_i
     a.engine.persist(false);
     assert!(a.engine.wait_persisted());
     crash_and_restart(&mut a);
-    assert_eq!(a.engine.mode(), Mode::Resyncing);
+    assert_eq!(a.engine.mode(), Mode::Fenced);
     sa2.publish_view(1, 1, 1);
     for _ in 0..3 {
         a.engine.tick(&mut io, Instant::now());
     }
     assert_eq!(
         a.engine.mode(),
-        Mode::Resyncing,
+        Mode::Fenced,
         "a replica restored from the middle of a resync serves as the survivor"
     );
     assert_eq!(sa2.release.load(SeqCst), 0);
