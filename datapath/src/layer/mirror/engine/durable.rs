@@ -24,7 +24,9 @@
 //!   (everything, as after any crash), which is safe.
 //! - **Mirroring (again)**: a site that starts mirroring (its first session after a start,
 //!   or the end of a resync at either end) acknowledges nothing before "in sync, not stopped
-//!   cleanly" is durable. Otherwise a power loss right after could restart it from the older
+//!   cleanly" is durable: neither its initiators' answers nor its ACKs of the peer's updates,
+//!   which answer the peer's initiators (`ack_wm`; while any state the answers wait
+//!   for is not durable, a survivor's too). Otherwise a power loss right after could restart it from the older
 //!   state: a clean stop's (state 0: nothing to reconcile, so writes its disk had not flushed
 //!   would be lost for good) or a survivor's (its whole replica, missing those writes, copied
 //!   over its peer's).
@@ -241,6 +243,21 @@ impl Engine {
         let g = self.persist(false);
         if matches!(m, Mode::Survivor | Mode::Mirroring) && g != 0 {
             self.durable.gate = g;
+        }
+    }
+
+    /// The applied watermark the peer may be told (ACK): while a state this site's answers
+    /// wait for is not on disk (`gate`: it starts mirroring, or serves alone), no more than it
+    /// was told. An ACK answers the peer's initiators as this site's own answers do: a follower
+    /// restarted after a clean stop acknowledged the leader's updates before its "in sync, not
+    /// stopped cleanly" was on disk, and a power loss then restarted it announcing 0 without
+    /// writes both sites had acknowledged (test
+    /// `actlog::a_site_that_starts_mirroring_acknowledges_the_peers_updates_only_once_that_is_on_disk`).
+    pub(super) fn ack_wm(&self) -> u64 {
+        if self.durable.gate != 0 {
+            self.sess.acked().min(self.aq.applied.wm)
+        } else {
+            self.aq.applied.wm
         }
     }
 

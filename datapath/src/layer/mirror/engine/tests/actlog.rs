@@ -906,3 +906,56 @@ fn a_leader_restarted_in_the_middle_of_its_resync_is_never_the_source_of_the_nex
     }
     assert!(same_replicas(&a, &b), "replicas differ");
 }
+
+/// A follower restarted after a clean stop (its state "in sync, stopped cleanly") starts
+/// mirroring; its "in sync, not stopped cleanly" is not on disk yet (its persister held)
+/// when the leader's initiator writes W. The follower applies W but must not acknowledge it
+/// to the leader before that state is on disk: a power loss in between would restart it from
+/// the clean stop's state, announcing 0 (nothing to reconcile) without W, which its device
+/// dropped, while the leader had acknowledged W to its host. (Only the follower's own
+/// initiators' answers waited for that state; its ACK, which answers the leader's, did not.)
+#[test]
+fn a_site_that_starts_mirroring_acknowledges_the_peers_updates_only_once_that_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(47);
+    let mut a = stateful(Role::Leader, dir.path());
+    let mut b = stateful(Role::Follower, dir.path());
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    // b stops cleanly and starts again, its persister held from then on.
+    let pb = Persister::spawn().unwrap();
+    let fresh = Engine::new(
+        b.engine.cfg.clone(),
+        Box::new(SlowChannel(Rc::clone(&b.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    drop(std::mem::replace(&mut b.engine, fresh));
+    b.engine.set_persister(Arc::clone(&pb));
+    b.engine.restore().expect("restore");
+    assert_eq!(b.engine.replica_state(), 0);
+    pb.hold(true);
+    let _unhold = Unhold(Arc::clone(&pb));
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 0, 0x11, 4096);
+    for _ in 0..50 {
+        pump(&mut a, &mut b, &mut io);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        std::thread::sleep(ACK_WINDOW);
+    }
+    collect(&mut a);
+    assert_eq!(b.disk.borrow().bytes[0], 0x11, "applied at the follower");
+    assert_eq!(
+        a.ok, 0,
+        "acknowledged before the follower's 'in sync, not stopped cleanly' was on disk"
+    );
+    pb.hold(false);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    assert_eq!(a.ok, 1);
+}
