@@ -14,7 +14,8 @@
 //! used ones with no update tracked on them.
 //!
 //! At a restart ([`Engine::restore_actlog`]), a site in sync whose log holds extents (or
-//! that cannot tell) is *unclean*: it announces replica state 5, its log's extents become
+//! that cannot tell; or, keeping no log now, whose state file says it did not stop cleanly)
+//! is *unclean*: it announces replica state 5, its log's extents become
 //! suspect regions, and [`decide_session`] turns its session into a reconciliation (a resync
 //! whose source is the site that kept running, or the leader when both restarted).
 //!
@@ -597,7 +598,15 @@ impl Engine {
                     let off = e * s.extent;
                     m.set_range(off, s.extent.min(size - off));
                 }
-                (!s.extents.is_empty(), Some(m))
+                // A site that keeps no log now (it follows) left this file from when it led:
+                // emptied once reconciled (`al_mirroring`), it says nothing of what the site
+                // applied since, so the state file's flag says whether it stopped cleanly, as
+                // without a file. (Before, a follower so emptied that lost its power announced
+                // state 0, and mirrored without the acknowledged writes its device dropped.)
+                (
+                    !s.extents.is_empty() || (!clean && !self.al.enabled),
+                    Some(m),
+                )
             }
             AlLoad::Valid(s) => {
                 tracing::warn!(volume = %self.cfg.name, path = %path.display(), size = s.size,

@@ -117,7 +117,7 @@ impl Engine {
     /// Move pending messages (and an ACK if the watermark moved) to `out`: headers, and
     /// payloads by reference to their updates' buffers (txq.rs).
     pub fn take_tx(&mut self, out: &mut TxQueue) {
-        self.sess.take_outbox(out, self.aq.applied.wm);
+        self.sess.take_outbox(out, self.ack_wm());
     }
 
     /// [`Engine::take_tx`] gathered into one byte buffer (tests, which read the stream as

@@ -24,7 +24,9 @@
 //!   (everything, as after any crash), which is safe.
 //! - **Mirroring (again)**: a site that starts mirroring (its first session after a start,
 //!   or the end of a resync at either end) acknowledges nothing before "in sync, not stopped
-//!   cleanly" is durable. Otherwise a power loss right after could restart it from the older
+//!   cleanly" is durable: neither its initiators' answers nor its ACKs of the peer's updates,
+//!   which answer the peer's initiators (`ack_wm`; while any state the answers wait
+//!   for is not durable, a survivor's too). Otherwise a power loss right after could restart it from the older
 //!   state: a clean stop's (state 0: nothing to reconcile, so writes its disk had not flushed
 //!   would be lost for good) or a survivor's (its whole replica, missing those writes, copied
 //!   over its peer's).
@@ -33,8 +35,9 @@
 //! - Written lazily (nothing waits): **fenced** (a crash restarts from "in sync" or "new":
 //!   the site serves nothing until a session decides, the same as a crash just before the
 //!   fence; a fenced site acknowledges nothing, so there is nothing to protect), **resyncing**
-//!   (a crash restarts the target from its earlier non-serving state and the survivor's
-//!   session resyncs it again; the window where an *operator* could take over a half-copied
+//!   (a crash restarts the target from its earlier non-serving state, or once this one is on
+//!   disk fenced, announcing replica state 3 again, which receives in every session
+//!   (restore.rs); the survivor's session resyncs it again; the window where an *operator* could take over a half-copied
 //!   replica from that older state is a few milliseconds, see docs/architecture.md). The end
 //!   of a received resync is written lazily too (restarting as "resyncing" only means being
 //!   resynced again), but as any site that mirrors again its answers wait for it (above).
@@ -139,7 +142,7 @@ impl Engine {
         };
         Persisted {
             // States 5 and 6 are not modes: the activity log and `clean` say them again.
-            mode: replica::replica_state(mode, self.new_replica) as u8,
+            mode: replica::replica_state(mode, self.new_replica, self.target.half_copied) as u8,
             clean,
             // (Only a survivor holds a grant: the source's "in sync" at its resync's end is
             // saved before the grant is given back.)
@@ -240,6 +243,21 @@ impl Engine {
         let g = self.persist(false);
         if matches!(m, Mode::Survivor | Mode::Mirroring) && g != 0 {
             self.durable.gate = g;
+        }
+    }
+
+    /// The applied watermark the peer may be told (ACK): while a state this site's answers
+    /// wait for is not on disk (`gate`: it starts mirroring, or serves alone), no more than it
+    /// was told. An ACK answers the peer's initiators as this site's own answers do: a follower
+    /// restarted after a clean stop acknowledged the leader's updates before its "in sync, not
+    /// stopped cleanly" was on disk, and a power loss then restarted it announcing 0 without
+    /// writes both sites had acknowledged (test
+    /// `actlog::a_site_that_starts_mirroring_acknowledges_the_peers_updates_only_once_that_is_on_disk`).
+    pub(super) fn ack_wm(&self) -> u64 {
+        if self.durable.gate != 0 {
+            self.sess.acked().min(self.aq.applied.wm)
+        } else {
+            self.aq.applied.wm
         }
     }
 

@@ -446,6 +446,7 @@ impl Engine {
         if m == Mode::Mirroring {
             self.al_mirroring();
         }
+        self.target.half_copied &= m == Mode::Fenced;
         self.mode = m;
         self.stats.set_mode(m);
         self.publish_lease();
@@ -461,7 +462,7 @@ impl Engine {
             // host restarted too (its device may have dropped unflushed writes).
             return if self.al.host_restarted { 6 } else { 5 };
         }
-        replica::replica_state(self.mode, self.new_replica)
+        replica::replica_state(self.mode, self.new_replica, self.target.half_copied)
     }
 
     /// Reads may be served at `now` (docs/mirror-protocol.md, "Read lease"): always as the
@@ -623,7 +624,7 @@ impl Engine {
             && self.sw.phase == Phase::Idle
             && self.sw.held.is_empty()
             && self.done.is_empty();
-        !steady || self.sess.would_send(now, self.aq.applied.wm)
+        !steady || self.sess.would_send(now, self.ack_wm())
     }
 
     /// The read lease this site announces in HELLO/WELCOME (`announced_lease_ms`).
@@ -911,12 +912,12 @@ impl Engine {
 
     /// Anything to send (messages or an ACK).
     pub fn wants_send(&mut self, now: Instant) -> bool {
-        self.sess.wants_send(now, self.aq.applied.wm)
+        self.sess.wants_send(now, self.ack_wm())
     }
 
     /// When a held-back ACK falls due (the reactor may sleep until then, not longer).
     pub fn ack_deadline(&self) -> Option<Instant> {
-        self.sess.ack_deadline(self.aq.applied.wm)
+        self.sess.ack_deadline(self.ack_wm())
     }
 
     /// `data` copied into a buffer of the update's own: the one copy of write data at a site.

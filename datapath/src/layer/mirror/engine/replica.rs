@@ -36,12 +36,14 @@ pub fn state_name(s: u32) -> &'static str {
     }
 }
 
-/// The replica state of a site in `mode` (`new_replica`: never in sync yet).
-pub fn replica_state(mode: Mode, new_replica: bool) -> u32 {
+/// The replica state of a site in `mode` (`new_replica`: never in sync yet; `half_copied`:
+/// restored fenced from the middle of a resync it received, which says 3 again).
+pub fn replica_state(mode: Mode, new_replica: bool, half_copied: bool) -> u32 {
     match mode {
         Mode::Waiting if new_replica => 4,
         Mode::Mirroring | Mode::Waiting => 0,
         Mode::Survivor => 1,
+        Mode::Fenced if half_copied => 3,
         Mode::Fenced => 2,
         Mode::Resyncing => 3,
     }
@@ -161,12 +163,13 @@ mod tests {
 
     #[test]
     fn replica_states_of_modes() {
-        assert_eq!(replica_state(Mode::Waiting, true), 4);
-        assert_eq!(replica_state(Mode::Waiting, false), 0);
-        assert_eq!(replica_state(Mode::Mirroring, true), 0);
-        assert_eq!(replica_state(Mode::Survivor, false), 1);
-        assert_eq!(replica_state(Mode::Fenced, false), 2);
-        assert_eq!(replica_state(Mode::Resyncing, false), 3);
+        assert_eq!(replica_state(Mode::Waiting, true, false), 4);
+        assert_eq!(replica_state(Mode::Waiting, false, false), 0);
+        assert_eq!(replica_state(Mode::Mirroring, true, false), 0);
+        assert_eq!(replica_state(Mode::Survivor, false, false), 1);
+        assert_eq!(replica_state(Mode::Fenced, false, false), 2);
+        assert_eq!(replica_state(Mode::Resyncing, false, false), 3);
+        assert_eq!(replica_state(Mode::Fenced, false, true), 3);
         assert_eq!(state_name(7), "new");
     }
 }

@@ -142,6 +142,13 @@ impl Engine {
             1 => Mode::Survivor,
             _ => Mode::Fenced,
         };
+        // Cut in the middle of a resync it received: restored fenced (serving nothing, an
+        // operator's takeover possible as before), its half-copied replica announced as state 3
+        // again, so every session makes it receive. Announced 2, it was the source of the session
+        // of two fenced sites when it led, and copied its stale regions over the acknowledged
+        // writes of its fenced source (test
+        // `actlog::a_leader_restarted_in_the_middle_of_its_resync_is_never_the_source_of_the_next`).
+        self.target.half_copied = p.mode == 3;
         if mode == Mode::Survivor {
             if p.clean && same_geometry {
                 self.dirty = RegionMap::from_words(size, g, p.bitmap);

@@ -325,6 +325,10 @@ pub(super) struct ResyncTarget {
     /// The replica's flush after the last copy: started, and finished well.
     flushing: bool,
     flushed: bool,
+    /// Restored from a state saved as resyncing (restore.rs): the replica is half-copied, so
+    /// the site, fenced, announces and saves state 3 until its mode changes or a resync to it
+    /// starts (never 2: the leader of two fenced sites is the source of their session).
+    pub(super) half_copied: bool,
 }
 
 impl ResyncTarget {

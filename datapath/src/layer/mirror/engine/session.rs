@@ -247,6 +247,11 @@ impl PeerSession {
         self.rx_since_flush = true;
     }
 
+    /// The applied watermark last sent in an ACK this session.
+    pub(super) fn acked(&self) -> u64 {
+        self.ack_sent
+    }
+
     /// Whether the ACK policy (see [`ACK_BATCH`]) says to send an ACK now, the applied
     /// watermark being `wm`.
     pub(super) fn ack_due(&mut self, now: Instant, wm: u64) -> bool {

@@ -769,3 +769,193 @@ fn a_fenced_site_whose_host_restarted_stays_state_6_across_a_clean_stop() {
         assert!(same_replicas(&a, &b), "{lost:?}: replicas differ");
     }
 }
+
+/// A follower that holds a log file from a leadership before (here: one extent left in it)
+/// is reconciled, and mirroring again empties that file (`al_mirroring`), which it never
+/// writes again while it follows. It then loses its power in sync, its device dropping a
+/// write both sites acknowledged (W): restarted, it must announce state 6 and get W back
+/// from the leader. Before, its emptied log file counted as the proof of a clean stop (a
+/// leader's log covers what it applied; a follower's says nothing of what it applied since),
+/// so it announced 0 and mirrored with W gone from its replica: it served data older than an
+/// acknowledged write.
+#[test]
+fn a_follower_whose_old_log_was_emptied_and_that_lost_its_power_gets_the_leaders_copy() {
+    use crate::layer::mirror::alfile::{self, AlLoad, AlSnapshot};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    let log = super::super::actlog::actlog_path(b.engine.cfg.state_file.as_ref().unwrap());
+    let left = AlSnapshot {
+        generation: 1,
+        clean: false,
+        extent: EXTENT,
+        size: b.engine.cfg.size,
+        extents: vec![5],
+        slot_bytes: alfile::slot_bytes(EXTENTS),
+    };
+    alfile::save(&log, &left).unwrap();
+    stop_and_restart(&mut b);
+    assert_eq!(b.engine.replica_state(), 5, "the old log's extent not seen");
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    assert!(b.engine.wait_actlog_persisted());
+    assert!(
+        matches!(alfile::load(&log), AlLoad::Valid(s) if s.extents.is_empty()),
+        "the old log is not emptied once reconciled"
+    );
+    let (off, w) = (3 * EXTENT, 0xA7);
+    let durable = b.disk.borrow().bytes.clone();
+    write_at(&mut a, &mut io, &mut slot, off, w, 4096);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    assert_eq!((a.ok, a.outstanding), (2, 0), "W acknowledged");
+    // The power goes at b: its disk kept only what was flushed; the leader sees the link drop.
+    a.engine.link_down("test");
+    b.disk.borrow_mut().bytes = durable;
+    b.engine.cfg.boot_id = 2;
+    crash_and_restart(&mut b);
+    assert_eq!(
+        b.engine.replica_state(),
+        6,
+        "a follower that lost its power announces itself as one that stopped cleanly"
+    );
+    reconnect(&mut a, &mut b, &mut io);
+    pump(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    for (s, name) in [(&a, "a"), (&b, "b")] {
+        let d = s.disk.borrow();
+        assert!(
+            d.bytes[off as usize..off as usize + 4096]
+                .iter()
+                .all(|&x| x == w),
+            "the acknowledged W is gone at {name}"
+        );
+    }
+    assert!(same_replicas(&a, &b), "replicas differ");
+}
+
+/// The leader is the target of a reconciliation from its peer (b, in sync, a fenced), which
+/// acknowledges a write alone (W) and copies it; the leader restarts from its state saved
+/// at the session start ("resyncing", 3) before it applied the copy, and b, its RESYNC_DONE
+/// out but unconfirmed, is fenced (the witness's denial, stood in for here). When they meet,
+/// the half-copied leader must not be the source: b holds W, and the pair must end with it.
+#[test]
+fn a_leader_restarted_in_the_middle_of_its_resync_is_never_the_source_of_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b, mut io, mut rng, mut slot) = in_sync_pair(dir.path());
+    a.engine.link_down("test");
+    a.engine.fence("test: no grant");
+    assert!(a.engine.wait_persisted());
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!(
+        (a.engine.mode(), b.engine.mode()),
+        (Mode::Resyncing, Mode::Survivor)
+    );
+    assert!(b.engine.wait_persisted());
+    let (off, w) = (3 * EXTENT, 0xA7);
+    write_at(&mut b, &mut io, &mut slot, off, w, 4096);
+    // b copies (W among the regions) and sends RESYNC_DONE; a never applies the copies.
+    let mut sent = false;
+    for _ in 0..2000 {
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut b, &mut io, &mut rng) {}
+        b.engine.wait_persisted();
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        if b.engine
+            .resync
+            .as_ref()
+            .is_some_and(|r| r.awaiting_ack() && r.done_gate.is_none())
+        {
+            sent = true;
+            break;
+        }
+    }
+    assert!(sent, "RESYNC_DONE never sent");
+    collect(&mut b);
+    assert_eq!(b.ok, 1, "W acknowledged");
+    assert_ne!(a.disk.borrow().bytes[off as usize], w, "W applied at a");
+    // a restarts from its state (resyncing); b, unsure, is fenced.
+    crash_and_restart(&mut a);
+    b.engine.link_down("test");
+    b.engine.tick(&mut io, Instant::now());
+    assert_eq!(b.engine.mode(), Mode::Mirroring, "the source is unsure");
+    b.engine.fence("test: the witness denied it");
+    assert!(b.engine.wait_persisted());
+    assert_eq!(
+        (a.engine.replica_state(), b.engine.replica_state()),
+        (3, 2),
+        "the half-copied leader announces itself fenced (it would be the source of two fenced sites)"
+    );
+    reconnect(&mut a, &mut b, &mut io);
+    pump(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    for (s, name) in [(&a, "a"), (&b, "b")] {
+        let d = s.disk.borrow();
+        assert!(
+            d.bytes[off as usize..off as usize + 4096]
+                .iter()
+                .all(|&x| x == w),
+            "the acknowledged W is gone at {name} (a announced {}, modes {:?}/{:?})",
+            a.engine.replica_state(),
+            a.engine.mode(),
+            b.engine.mode()
+        );
+    }
+    assert!(same_replicas(&a, &b), "replicas differ");
+}
+
+/// A follower restarted after a clean stop (its state "in sync, stopped cleanly") starts
+/// mirroring; its "in sync, not stopped cleanly" is not on disk yet (its persister held)
+/// when the leader's initiator writes W. The follower applies W but must not acknowledge it
+/// to the leader before that state is on disk: a power loss in between would restart it from
+/// the clean stop's state, announcing 0 (nothing to reconcile) without W, which its device
+/// dropped, while the leader had acknowledged W to its host. (Only the follower's own
+/// initiators' answers waited for that state; its ACK, which answers the leader's, did not.)
+#[test]
+fn a_site_that_starts_mirroring_acknowledges_the_peers_updates_only_once_that_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(47);
+    let mut a = stateful(Role::Leader, dir.path());
+    let mut b = stateful(Role::Follower, dir.path());
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    // b stops cleanly and starts again, its persister held from then on.
+    let pb = Persister::spawn().unwrap();
+    let fresh = Engine::new(
+        b.engine.cfg.clone(),
+        Box::new(SlowChannel(Rc::clone(&b.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    drop(std::mem::replace(&mut b.engine, fresh));
+    b.engine.set_persister(Arc::clone(&pb));
+    b.engine.restore().expect("restore");
+    assert_eq!(b.engine.replica_state(), 0);
+    pb.hold(true);
+    let _unhold = Unhold(Arc::clone(&pb));
+    reconnect(&mut a, &mut b, &mut io);
+    assert_eq!(b.engine.mode(), Mode::Mirroring);
+    let mut slot = 0;
+    write_at(&mut a, &mut io, &mut slot, 0, 0x11, 4096);
+    for _ in 0..50 {
+        pump(&mut a, &mut b, &mut io);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        std::thread::sleep(ACK_WINDOW);
+    }
+    collect(&mut a);
+    assert_eq!(b.disk.borrow().bytes[0], 0x11, "applied at the follower");
+    assert_eq!(
+        a.ok, 0,
+        "acknowledged before the follower's 'in sync, not stopped cleanly' was on disk"
+    );
+    pb.hold(false);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    collect(&mut a);
+    assert_eq!(a.ok, 1);
+}
