@@ -30,6 +30,15 @@ fn started(h: &mut Hosts, extra_a: &str, extra_b: &str) -> (Server, Server) {
     let a = h.site_with(A, extra_a);
     let b = h.site_with(B, extra_b);
     wait_both(&a, &b, "up");
+    // The tests' premise: the witness's state file records a (the leader) as the group's
+    // preferred site. Until a's claim arrives the first request wins: on a loaded machine b was
+    // granted so in `a_witness_restart_during_the_failover_gives_no_second_grant`, the witness
+    // killed before the record was written.
+    crate::harness::wait_until(
+        PATIENCE,
+        || crate::failover::witness_preferred(h.root(), "vol0").is_some(),
+        || "the witness never recorded a as the preferred site".to_string(),
+    );
     (a, b)
 }
 
@@ -252,14 +261,6 @@ fn without_the_witness_a_partition_fences_both_sites_and_the_heal_reconciles_the
 fn a_witness_restart_during_the_failover_gives_no_second_grant() {
     let mut h = Hosts::new();
     let (a, b) = started(&mut h, "", "");
-    // The premise: the witness's state file records a as the group's preferred site (until a's
-    // claim arrives the first request wins: b was granted so on a loaded machine, the record
-    // not written before the kill).
-    crate::harness::wait_until(
-        PATIENCE,
-        || crate::failover::witness_preferred(h.root(), "vol0").is_some(),
-        || "the witness never recorded a as the preferred site".to_string(),
-    );
     // Cut the link and take the witness down at the same moment; it comes back (from its
     // state file) while both sites are asking.
     h.kill_witness();
