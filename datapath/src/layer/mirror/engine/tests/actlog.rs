@@ -609,15 +609,9 @@ fn a_site_whose_host_restarted_while_its_peer_fenced_gets_the_fenced_copy() {
         reconnect(&mut a, &mut b, &mut io);
         pump(&mut a, &mut b, &mut io);
         run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
-        for (s, name) in [(&a, "a"), (&b, "b")] {
-            let d = s.disk.borrow();
-            assert!(
-                d.bytes[off as usize..off as usize + 4096]
-                    .iter()
-                    .all(|&x| x == w),
-                "{lost:?} lost its power: the acknowledged W is gone at {name}"
-            );
-        }
+        assert_both_hold(&a, &b, off, w, |name| {
+            format!("{lost:?} lost its power: the acknowledged W is gone at {name}")
+        });
         assert!(same_replicas(&a, &b), "{lost:?}");
         assert_eq!(
             (a.engine.mode(), b.engine.mode()),
@@ -688,15 +682,9 @@ fn a_fenced_leader_whose_host_restarted_never_reconciles_its_stale_copy_over_the
         reconnect(&mut a, &mut b, &mut io);
         pump(&mut a, &mut b, &mut io);
         run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
-        for (s, name) in [(&a, "a"), (&b, "b")] {
-            let d = s.disk.borrow();
-            assert!(
-                d.bytes[off as usize..off as usize + 4096]
-                    .iter()
-                    .all(|&x| x == w),
-                "{lost:?} lost its power while fenced: the acknowledged W is gone at {name}"
-            );
-        }
+        assert_both_hold(&a, &b, off, w, |name| {
+            format!("{lost:?} lost its power while fenced: the acknowledged W is gone at {name}")
+        });
         assert!(same_replicas(&a, &b), "{lost:?}: replicas differ");
         assert_eq!(
             (a.engine.mode(), b.engine.mode()),
@@ -757,15 +745,9 @@ fn a_fenced_site_whose_host_restarted_stays_state_6_across_a_clean_stop() {
         reconnect(&mut a, &mut b, &mut io);
         pump(&mut a, &mut b, &mut io);
         run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
-        for (s, name) in [(&a, "a"), (&b, "b")] {
-            let d = s.disk.borrow();
-            assert!(
-                d.bytes[off as usize..off as usize + 4096]
-                    .iter()
-                    .all(|&x| x == w),
-                "{lost:?} lost its power while fenced: the acknowledged W is gone at {name}"
-            );
-        }
+        assert_both_hold(&a, &b, off, w, |name| {
+            format!("{lost:?} lost its power while fenced: the acknowledged W is gone at {name}")
+        });
         assert!(same_replicas(&a, &b), "{lost:?}: replicas differ");
     }
 }
@@ -822,15 +804,9 @@ fn a_follower_whose_old_log_was_emptied_and_that_lost_its_power_gets_the_leaders
     reconnect(&mut a, &mut b, &mut io);
     pump(&mut a, &mut b, &mut io);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
-    for (s, name) in [(&a, "a"), (&b, "b")] {
-        let d = s.disk.borrow();
-        assert!(
-            d.bytes[off as usize..off as usize + 4096]
-                .iter()
-                .all(|&x| x == w),
-            "the acknowledged W is gone at {name}"
-        );
-    }
+    assert_both_hold(&a, &b, off, w, |name| {
+        format!("the acknowledged W is gone at {name}")
+    });
     assert!(same_replicas(&a, &b), "replicas differ");
 }
 
@@ -892,18 +868,14 @@ fn a_leader_restarted_in_the_middle_of_its_resync_is_never_the_source_of_the_nex
     reconnect(&mut a, &mut b, &mut io);
     pump(&mut a, &mut b, &mut io);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
-    for (s, name) in [(&a, "a"), (&b, "b")] {
-        let d = s.disk.borrow();
-        assert!(
-            d.bytes[off as usize..off as usize + 4096]
-                .iter()
-                .all(|&x| x == w),
+    assert_both_hold(&a, &b, off, w, |name| {
+        format!(
             "the acknowledged W is gone at {name} (a announced {}, modes {:?}/{:?})",
             a.engine.replica_state(),
             a.engine.mode(),
             b.engine.mode()
-        );
-    }
+        )
+    });
     assert!(same_replicas(&a, &b), "replicas differ");
 }
 
@@ -958,4 +930,19 @@ fn a_site_that_starts_mirroring_acknowledges_the_peers_updates_only_once_that_is
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     collect(&mut a);
     assert_eq!(a.ok, 1);
+}
+
+/// Both sites' replicas hold W (`w` repeated over the 4 KiB at `off`); `what` names the
+/// failure for a site.
+fn assert_both_hold(a: &Site, b: &Site, off: u64, w: u8, what: impl Fn(&str) -> String) {
+    for (s, name) in [(a, "a"), (b, "b")] {
+        let d = s.disk.borrow();
+        assert!(
+            d.bytes[off as usize..off as usize + 4096]
+                .iter()
+                .all(|&x| x == w),
+            "{}",
+            what(name)
+        );
+    }
 }
