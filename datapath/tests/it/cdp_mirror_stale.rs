@@ -215,6 +215,13 @@ fn a_fenced_sites_idle_history_does_not_cover_what_its_peer_wrote_alone() {
     let before = model.clone();
     let t_before = clock::now();
     crate::cdp::wait_window(&[&jb], t_before, "no time mark");
+    // (a, the leader, survives the cut only once the witness recorded it as the preferred
+    // site: until then the first request wins.)
+    crate::harness::wait_until(
+        PATIENCE,
+        || crate::failover::witness_preferred(h.root(), "vol0").is_some(),
+        || "the witness never recorded a as the preferred site".to_string(),
+    );
     h.link_ab(false);
     wait_mirror_state(&a, "survivor", PATIENCE);
     wait_mirror_state(&b, "fenced", PATIENCE);
@@ -285,6 +292,13 @@ fn a_disable_at_a_fenced_site_does_not_move_its_last_vouched_moment() {
     // Idle: the follower's journal ends with a lone time mark (rewritten in place each second),
     // waited for (a loaded machine writes it late).
     crate::cdp::wait_window(&[&jb], clock::now(), "no time mark after the writes");
+    // (a, the leader, survives the cut only once the witness recorded it as the preferred
+    // site: until then the first request wins.)
+    crate::harness::wait_until(
+        PATIENCE,
+        || crate::failover::witness_preferred(h.root(), "vol0").is_some(),
+        || "the witness never recorded a as the preferred site".to_string(),
+    );
     h.link_ab(false);
     wait_mirror_state(&a, "survivor", PATIENCE);
     wait_mirror_state(&b, "fenced", PATIENCE);
