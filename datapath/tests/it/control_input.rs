@@ -18,16 +18,7 @@ fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf) {
     (twinblk::Daemon::start(&cfg).expect("daemon starts"), sock)
 }
 
-fn rpc(sock: &Path, method: &str, params: Value) -> Value {
-    let mut s = UnixStream::connect(sock).expect("control socket");
-    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    // A daemon with no room answers "busy" at once and closes, maybe before the request is
-    // written (EPIPE, seen once in CI): the answer is read either way.
-    let _ = writeln!(s, "{req}");
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not an answer ({e}): {line:?}"))
-}
+use crate::harness::rpc_at as rpc;
 
 #[test]
 fn unknown_parameters_are_refused_by_name_and_change_nothing() {

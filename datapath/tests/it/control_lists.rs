@@ -2,8 +2,6 @@
 //! twice is refused, and a disallow never leaves a subsystem open to every host.
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 /// An in-process daemon with NVMe/TCP and iSCSI front ends and a control socket in `dir`; its
@@ -22,14 +20,7 @@ fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf) {
     (twinblk::Daemon::start(&cfg).expect("daemon starts"), sock)
 }
 
-fn rpc(sock: &Path, method: &str, params: Value) -> Value {
-    let mut s = UnixStream::connect(sock).expect("control socket");
-    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let _ = writeln!(s, "{req}");
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not an answer ({e}): {line:?}"))
-}
+use crate::harness::rpc_at as rpc;
 
 /// `allowed_hosts` `["h", "h"]` was taken as given; `nvmf_host_disallow` of `h` then passed
 /// the "last allowed host" check (two entries) and removed both, leaving the list empty,
@@ -106,14 +97,7 @@ fn a_host_given_twice_is_refused_and_a_disallow_never_empties_the_list() {
     assert_eq!(sub["allowed_hosts"], json!(["nqn.h1"]), "{sub}");
 }
 
-/// One request line, raw.
-fn raw(sock: &Path, line: &str) -> Value {
-    let mut s = UnixStream::connect(sock).expect("control socket");
-    let _ = writeln!(s, "{line}");
-    let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer).unwrap();
-    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("not an answer ({e}): {answer:?}"))
-}
+use crate::harness::raw_at as raw;
 
 /// A key given twice in a request (`"read_only": true, "read_only": false`) was taken as its
 /// last value without a word: the export above was served writable. Refused now, at any

@@ -3,8 +3,6 @@
 //! is used.
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 /// An in-process daemon with a control socket in `dir`: a RAM volume `base` (4 MiB), a RAM
@@ -27,14 +25,7 @@ fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf) {
     (twinblk::Daemon::start(&cfg).expect("daemon starts"), sock)
 }
 
-fn rpc(sock: &Path, method: &str, params: Value) -> Value {
-    let mut s = UnixStream::connect(sock).expect("control socket");
-    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let _ = writeln!(s, "{req}");
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not an answer ({e}): {line:?}"))
-}
+use crate::harness::rpc_at as rpc;
 
 fn ok(r: Value) -> Value {
     assert!(r.get("error").is_none(), "refused: {r}");

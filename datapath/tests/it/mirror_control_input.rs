@@ -9,23 +9,12 @@ use crate::failover::{KEY, WitnessProc};
 use crate::harness::{PATIENCE, Server, free_port, pattern, rpc_at, wait_mirror_state};
 use crate::rawnbd::Client;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 /// One raw request line to `sock`; its answer, which must come within [`PATIENCE`] and be a
 /// JSON-RPC answer (a result or an error with a code and a message).
 fn raw(sock: &Path, line: &str) -> Value {
-    let mut s = UnixStream::connect(sock).expect("control socket");
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    s.write_all(line.as_bytes()).unwrap();
-    s.write_all(b"\n").unwrap();
-    let mut answer = String::new();
-    BufReader::new(s)
-        .read_line(&mut answer)
-        .unwrap_or_else(|e| panic!("no answer within {PATIENCE:?} ({e}) to {}", cut(line)));
-    let v: Value = serde_json::from_str(&answer)
-        .unwrap_or_else(|e| panic!("not an answer ({e}): {answer:?} to {}", cut(line)));
+    let v = crate::harness::raw_at(sock, line);
     match (v.get("result"), v.get("error")) {
         (Some(_), None) => {}
         (None, Some(e)) => {
