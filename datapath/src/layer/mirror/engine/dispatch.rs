@@ -76,8 +76,10 @@ impl Engine {
                 "the session ended during the drain; rolled back, the leader is unchanged",
             ),
             switchover::Phase::Idle => self.stats.set_switch_phase(None),
-            switchover::Phase::Handed { .. } => {
-                // A follower of the new term either way; the next session agrees on it.
+            switchover::Phase::Handed { .. } | switchover::Phase::Handing { .. } => {
+                // A follower of the new term either way (SWITCH sent or not: the next
+                // session's agreement gives the peer the term this site follows at); what
+                // waited goes on as this site's forwards at the next tick.
                 self.sw.phase = switchover::Phase::Idle;
                 self.stats.set_switch_phase(None);
             }
@@ -181,9 +183,7 @@ impl Engine {
         match h.ty {
             // Sent by the peer as follower before it saw this site's SWITCH: it takes them
             // back as the leader (switchover.rs).
-            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw | Meta
-                if matches!(self.sw.phase, switchover::Phase::Handed { .. }) =>
-            {
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw | Meta if self.sw.handed() => {
                 if h.ty != Meta {
                     self.check_range(h)?;
                 }
