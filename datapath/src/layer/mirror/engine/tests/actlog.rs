@@ -973,7 +973,9 @@ fn assert_both_hold(a: &Site, b: &Site, off: u64, w: u8, what: impl Fn(&str) -> 
 /// or, if the SWITCH waits for it, for a while first), its device keeps what it had before the
 /// switchover, and it restarts on another boot. `clean_first`: a was stopped cleanly and
 /// restarted just before (its log empty and clean), else its log holds W0's extents.
-/// `killed`: a's process only (the same boot, its device kept). b kept running, its link lost.
+/// `killed`: a's process only (the same boot, its device kept). b kept running, its link lost;
+/// `b_fenced`: b fenced meanwhile (the witness out of its reach: two fenced sites reconcile
+/// from the leader, and a must not be the source).
 /// When they meet, the agreement must make b the leader (term 1), and both sites must hold W1
 /// and W2 with identical replicas (so a serves them after a later failover to it). Failed
 /// before with `clean_first` and the power lost: SWITCH went before "follower of term 1" was on
@@ -983,8 +985,14 @@ fn assert_both_hold(a: &Site, b: &Site, off: u64, w: u8, what: impl Fn(&str) -> 
 fn an_old_leader_losing_power_after_its_switch_gets_back_what_b_ordered() {
     use crate::layer::mirror::stats::SWITCH_GIVE;
     use std::sync::atomic::Ordering::Relaxed;
-    for (clean_first, killed) in [(true, false), (false, false), (true, true)] {
-        let what = format!("clean_first {clean_first} killed {killed}");
+    for (clean_first, killed, b_fenced) in [
+        (true, false, false),
+        (true, false, true),
+        (false, false, false),
+        (true, true, false),
+        (true, true, true),
+    ] {
+        let what = format!("clean_first {clean_first} killed {killed} b_fenced {b_fenced}");
         let dir = tempfile::tempdir().unwrap();
         let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
         let mut rng = Rng(233);
@@ -1081,6 +1089,10 @@ fn an_old_leader_losing_power_after_its_switch_gets_back_what_b_ordered() {
         }
         b.engine.link_down("a lost its power");
         b.wire.clear();
+        if b_fenced {
+            b.engine.fence("test: the witness out of reach");
+            assert!(b.engine.wait_persisted());
+        }
         crash_and_restart(&mut a);
         reconnect_agreeing(&mut a, &mut b, &mut io);
         assert!(
