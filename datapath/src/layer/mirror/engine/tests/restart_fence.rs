@@ -224,3 +224,128 @@ fn a_denial_is_saved_with_the_fence_and_not_acted_on_after_a_host_restart() {
     assert_eq!(b.engine.mode(), Mode::Fenced);
     assert!(!b.engine.may_read(Instant::now()));
 }
+
+/// A volume fenced for want of an answer (flags bit 3) restarted, whose new process's first
+/// word names its site the group's holder at an epoch above any grant its lost request could
+/// have won: it fences again as a plain fence (`adopt_lost_grant`), as it does without the
+/// restart. As `group_grant::a_volume_fenced_for_want_of_an_answer_never_adopts_a_grant_newer_than_its_replica`,
+/// with b (both volumes x and y of its group) restarted from its state files on the same host
+/// right after x was granted the group at epoch 2 (asked at 1, which x learned in sync with
+/// a's grant at 1), before y saw that word; y at b was complete only at 0 (saved with its
+/// fence as 1). After the restart x serves on its grant, y at b must neither serve (its
+/// replica may lack writes of a's grant at 1) nor give the grant back under x; and y is not
+/// stopped for good: once a's y (which kept every acknowledged write of y) meets it, a
+/// reconciles it and both serve with identical replicas.
+#[test]
+fn a_volume_restarted_fenced_for_want_of_an_answer_that_finds_a_newer_grant_stays_fenced_safely() {
+    use crate::layer::mirror::failover::{FailoverSlot, GRANTED, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ax, mut bx, mut io) = lose_peer(true);
+    let mut rng = Rng(229);
+    let mut slot = 0;
+    let sb = bx.engine.cfg.failover.clone().unwrap();
+    let (mut ay, _, mut by, _) = super::failover::traffic_then_cut(&mut io, &mut rng, &mut slot, 5);
+    by.engine.cfg.failover = Some(Arc::clone(&sb));
+    sb.members.store(2, SeqCst);
+    for (s, n) in [(&mut bx, "bx"), (&mut by, "by")] {
+        s.engine.cfg.state_file = Some(dir.path().join(n));
+        s.engine
+            .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
+        s.engine.persist(false);
+        assert!(s.engine.wait_persisted());
+    }
+    let now = Instant::now();
+    by.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "y does not ask");
+    sb.outcome.store(UNREACHABLE, SeqCst);
+    by.engine.tick(&mut io, now);
+    assert_eq!(
+        (bx.engine.mode(), by.engine.mode()),
+        (Mode::Fenced, Mode::Fenced)
+    );
+    // a holds the group at 1; x at a resyncs x at b, which learns epoch 1.
+    sb.publish_view(1, 1, 2);
+    by.engine.tick(&mut io, now);
+    bx.engine.tick(&mut io, now);
+    meet(&mut ax, &mut bx, &mut io);
+    run_until_in_sync(&mut ax, &mut bx, &mut io, &mut rng);
+    assert_eq!(sb.learned_epoch.load(SeqCst), 1, "x in sync at 1");
+    // a gives epoch 1 back without resyncing y, and is lost; x at b asks at 1, granted 2.
+    break_link(&mut ax, &mut bx);
+    sb.publish_view(0, 1, 2);
+    let now = Instant::now();
+    bx.engine.tick(&mut io, now);
+    assert!(sb.want.swap(false, SeqCst), "x does not ask");
+    sb.asked_epoch.store(1, SeqCst);
+    sb.epoch.store(2, SeqCst);
+    sb.outcome.store(GRANTED, SeqCst);
+    bx.engine.tick(&mut io, now);
+    assert_eq!(
+        (bx.engine.mode(), bx.engine.grant_epoch),
+        (Mode::Survivor, 2)
+    );
+    assert_eq!(by.engine.mode(), Mode::Fenced);
+    // b restarts (both volumes: a new process, a new failover slot), y before its tick saw
+    // the grant.
+    assert!(bx.engine.wait_persisted() && by.engine.wait_persisted());
+    let p = crate::layer::mirror::state::load(&dir.path().join("by"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (p.mode, p.fenced_unanswered.is_some(), p.epoch),
+        (2, true, 1),
+        "y's fence for want of an answer not saved so"
+    );
+    let sb2 = Arc::new(FailoverSlot::default());
+    sb2.members.store(2, SeqCst);
+    for s in [&mut bx, &mut by] {
+        s.engine.cfg.failover = Some(Arc::clone(&sb2));
+        crash_and_restart(s);
+    }
+    assert_eq!(
+        (bx.engine.mode(), by.engine.mode()),
+        (Mode::Survivor, Mode::Fenced)
+    );
+    // The new process's first word: b holds the group at 2.
+    sb2.publish_view(2, 2, 2);
+    for _ in 0..3 {
+        let now = Instant::now();
+        bx.engine.tick(&mut io, now);
+        by.engine.tick(&mut io, now);
+        while complete_one(&mut bx, &mut io, &mut rng) || complete_one(&mut by, &mut io, &mut rng) {
+        }
+    }
+    past_peer_lease(&mut bx, &mut io);
+    assert!(
+        bx.engine.may_read(Instant::now()),
+        "x does not serve on its grant"
+    );
+    assert!(
+        by.engine.mode() == Mode::Fenced && !by.engine.may_read(Instant::now()),
+        "y at b serves ({:?}) on a grant newer than its replica",
+        by.engine.mode()
+    );
+    assert_eq!(
+        sb2.release.load(SeqCst),
+        0,
+        "the grant x serves on is given back"
+    );
+    // The link returns for y: a's y, which holds every acknowledged write of y, reconciles b's.
+    meet(&mut ay, &mut by, &mut io);
+    run_until_in_sync(&mut ay, &mut by, &mut io, &mut rng);
+    assert_eq!(
+        (ay.engine.mode(), by.engine.mode()),
+        (Mode::Mirroring, Mode::Mirroring),
+        "y not in sync again"
+    );
+    assert!(
+        ay.disk.borrow().bytes == by.disk.borrow().bytes,
+        "y's replicas differ"
+    );
+    let now = Instant::now();
+    assert!(
+        ay.engine.may_read(now) && by.engine.may_read(now),
+        "y serves nowhere"
+    );
+}
