@@ -484,6 +484,12 @@ impl Engine {
                 "mirror: too many metadata commands wait for the peer; refusing one");
             return Start::Done(meta_result(META_INTERNAL));
         }
+        if matches!(self.sw.phase, switchover::Phase::Handing { .. }) {
+            // The old leader of a switchover before its SWITCH (its new role not on disk
+            // yet): the peer still follows and would refuse a META. Not decided: the host
+            // retries (as for a META that crosses the SWITCH at the new leader).
+            return Start::Done(meta_result(META_INTERNAL));
+        }
         match (self.mode, self.role, self.sess.up) {
             (Mode::Survivor, _, _) => {
                 // Alone; a peer being resynced meanwhile gets the change too.

@@ -766,6 +766,13 @@ impl Engine {
 
     /// Start an initiator's update the normal (mirrored) way.
     fn start_mirrored(&mut self, io: &mut IoCx, k: usize) {
+        if self.role == Role::Follower && self.sw.holds() {
+            // The old leader of a switchover, waiting for its new role to reach the disk
+            // before it sends SWITCH (`Phase::Handing`): the peer still follows, so nothing is
+            // forwarded (or flushed through it) yet; resumed after SWITCH.
+            self.sw.held.push_back(k);
+            return;
+        }
         let upd = self.ops[k].upd;
         if upd == Upd::Flush {
             return self.start_flush(io, k);

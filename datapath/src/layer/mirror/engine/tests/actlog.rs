@@ -1118,3 +1118,70 @@ fn an_old_leader_losing_power_after_its_switch_gets_back_what_b_ordered() {
         assert!(a.engine.may_read(now) && b.engine.may_read(now), "{what}");
     }
 }
+
+/// While the old leader waits for "follower of term 1" to reach its disk before it sends
+/// SWITCH (its persister held), an initiator's write and flush at it are held: nothing is
+/// forwarded to b, which still follows and would drop the link at a forward. Once the state
+/// is on disk, SWITCH goes first, then the write as a forward to b: answered without an
+/// error, on both replicas, b leading term 1.
+#[test]
+fn the_old_leader_forwards_nothing_before_its_switch() {
+    use crate::layer::mirror::stats::SWITCH_GIVE;
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(239);
+    let p = Persister::spawn().unwrap();
+    let mut a = stateful_on(Role::Leader, dir.path(), true, Arc::clone(&p));
+    let mut b = stateful(Role::Follower, dir.path());
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(a.engine.wait_persisted());
+    p.hold(true);
+    let _unhold = Unhold(Arc::clone(&p));
+    a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
+    a.engine.tick(&mut io, Instant::now());
+    assert!(
+        matches!(
+            a.engine.sw.phase,
+            super::super::switchover::Phase::Handing { .. }
+        ),
+        "a does not wait for its new role on disk: {:?}",
+        a.engine.sw.phase
+    );
+    let mut slot = 0;
+    let (off, w) = (3 * EXTENT, 0xC3u8);
+    write_at(&mut a, &mut io, &mut slot, off, w, 4096);
+    flush_at(&mut a, &mut io, &mut slot);
+    for _ in 0..20 {
+        a.engine.tick(&mut io, Instant::now());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    a.engine.take_outbox(&mut a.wire);
+    let mut at = 0;
+    while let wire::Decoded::Msg(h, r) = wire::decode(&a.wire[at..]) {
+        assert!(
+            !matches!(
+                h.ty,
+                wire::Type::Switch | wire::Type::FwdWrite | wire::Type::Flush
+            ),
+            "{:?} sent before a's new role is on disk",
+            h.ty
+        );
+        at += r.end;
+    }
+    p.hold(false);
+    for _ in 0..4 {
+        pump(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    }
+    collect(&mut a);
+    assert_eq!(
+        (a.ok, a.failed, a.outstanding),
+        (2, 0, 0),
+        "the write and flush held during the hand-over"
+    );
+    assert!(b.engine.leads() && !a.engine.leads() && b.engine.term() == 1);
+    assert_both_hold(&a, &b, off, w, |name| format!("the write is not at {name}"));
+    assert!(same_replicas(&a, &b));
+}
