@@ -459,9 +459,13 @@ impl Engine {
     }
 
     /// The metadata commands held while the resync's source could still decide alone
-    /// (`peer_meta_crossing`), decided once it cannot (or failed, the session gone).
+    /// (`peer_meta_crossing`), or while this site, handing the leadership over, has not sent
+    /// SWITCH yet: decided (or sent as META) once it cannot (or failed, the session gone).
     pub(super) fn submit_crossing_metas(&mut self) {
-        if self.metas_crossing.is_empty() || self.peer_meta_crossing() {
+        if self.metas_crossing.is_empty()
+            || self.peer_meta_crossing()
+            || matches!(self.sw.phase, switchover::Phase::Handing { .. })
+        {
             return;
         }
         for (from, tag, cmd) in std::mem::take(&mut self.metas_crossing) {
@@ -486,9 +490,10 @@ impl Engine {
         }
         if matches!(self.sw.phase, switchover::Phase::Handing { .. }) {
             // The old leader of a switchover before its SWITCH (its new role not on disk
-            // yet): the peer still follows and would refuse a META. Not decided: the host
-            // retries (as for a META that crosses the SWITCH at the new leader).
-            return Start::Done(meta_result(META_INTERNAL));
+            // yet): the peer still follows and would refuse a META. Held, and sent to the new
+            // leader after SWITCH (`submit_crossing_metas`, at the next tick).
+            self.metas_crossing.push((from, tag, cmd.to_vec()));
+            return Start::Pending;
         }
         match (self.mode, self.role, self.sess.up) {
             (Mode::Survivor, _, _) => {

@@ -321,7 +321,7 @@ pub struct Engine {
     /// PING sent right after that confirmation (clock `.1`) shows the source has read it
     /// (`takes_peer_meta_state`, `peer_meta_crossing`).
     resync_received: Option<(u32, u64)>,
-    /// This site's metadata commands held meanwhile (a target that leads: `submit_meta`).
+    /// This site's metadata commands held meanwhile (a target that leads), or before SWITCH.
     metas_crossing: Vec<(u32, IoTag, Vec<u8>)>,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: RegionMap,
