@@ -66,6 +66,7 @@ fn survivor(size: u64, dir: &std::path::Path) -> Engine {
         boot: 0,
         host_restarted: false,
         fenced_unanswered: None,
+        fenced_denied: false,
     };
     save(&path, &p).expect("state file");
     let cfg = EngineConfig {

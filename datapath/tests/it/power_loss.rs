@@ -208,6 +208,27 @@ fn an_old_leader_losing_power_after_a_switchover_keeps_what_it_applied() {
     );
 }
 
+/// a hands the leadership to b; W is then written through b (ordered by b) or through a
+/// (forwarded to b), acknowledged, in a's disk's cache only; a loses its power right after; b
+/// serves alone; a comes back (the follower of b's term: it sends SWITCH only once that is
+/// on disk) and is resynced with what b recorded as acknowledged by a and not flushed there;
+/// then b is lost: a must serve W. (The window in which a's state was not on disk yet, SWITCH
+/// already sent, is closed by the engine; engine test
+/// `actlog::an_old_leader_losing_power_after_its_switch_gets_back_what_b_ordered`.)
+#[test]
+fn an_old_leader_losing_power_after_a_switchover_gets_back_what_the_new_leader_acknowledged() {
+    use {At::*, Step::*};
+    for (seed, through) in [(47, B), (48, A)] {
+        scenario(
+            "",
+            seed,
+            &[SwitchToB, Write(through), Lose(A), Back(A)],
+            A,
+            "W, acknowledged under b's leadership and lost with a's power, was never copied back to a",
+        );
+    }
+}
+
 /// A clean stop of both sites writes their caches back: the files are the same. (The mirror's
 /// clean-stop flush is an `fdatasync` of the replica's path, which does not reach this
 /// device's RAM: what this checks is that the device is dropped, and writes back, at a clean

@@ -344,6 +344,7 @@ mod tests {
             boot: 0,
             host_restarted: false,
             fenced_unanswered: None,
+            fenced_denied: false,
         }
     }
 

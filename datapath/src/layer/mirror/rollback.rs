@@ -192,6 +192,7 @@ mod tests {
             boot: 0,
             host_restarted: false,
             fenced_unanswered: None,
+            fenced_denied: false,
         }
     }
 

@@ -2,7 +2,7 @@
 //! survivor, fenced, resyncing), the witness epoch it holds, and its region bitmaps.
 //!
 //! Format (little-endian), one small file per volume, `<state_dir>/<volume>.mirror-state`:
-//! `"TBMS"` | version u8 = 7 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
+//! `"TBMS"` | version u8 = 8 | mode u8 (0 in sync, 1 survivor, 2 fenced, 3 resyncing, 4 new
 //! replica never in sync) |
 //! clean u8 (1: written at a clean stop, the bitmaps are exact) | flags u8 (bit 0: this site
 //! was the volume's leader (it may hold an activity log); bit 1: this site leads at `term`;
@@ -13,8 +13,12 @@
 //! adopts such a grant as before it, [`Persisted::fenced_unanswered`], unless its host
 //! restarted since an unclean stop); bit 4 (with bit 3
 //! only): that request's grant is a takeover (an operator's, or a request asked again after
-//! the holder's grant was given back); other bits 0) |
-//! epoch u64 (a survivor: its grant's; fenced with bit 3: one more than the epoch at which this
+//! the holder's grant was given back); bit 5 (mode 2 only, never with bit 3): fenced because
+//! the witness denied this site while its peer held the group, its replica holding every
+//! acknowledged write (a restart asks the witness once more when that grant is given back,
+//! [`Persisted::fenced_denied`], unless its host restarted since an unclean stop); other bits
+//! 0) |
+//! epoch u64 (a survivor: its grant's; fenced with bit 3 or bit 5: one more than the epoch at which this
 //! replica was last complete, the site's known epoch when its session ended in sync, at which
 //! a restart asks the witness again; 0: not known, or with bit 4 an operator's takeover, whose
 //! grant is adopted whatever its epoch; else 0) | volume size u64 | granularity u64 | dirty words u32 | words u64 ... |
@@ -38,7 +42,9 @@
 //! apart: a fence at epoch 0 restored from a version-6 file adopted a grant newer than its
 //! replica (engine test
 //! `restart_grant::a_site_restarted_fenced_at_epoch_0_never_adopts_a_grant_newer_than_its_replica`).
-//! A version-6 build refuses a version-7 file. Version 5 (still read) is version 6 without bits 3 and 4
+//! A version-6 build refuses a version-7 file. Version 7 (still read) is version 8 without
+//! bit 5 ([`Persisted::fenced_denied`] false); a version-7 build refuses a version-8 file.
+//! Version 5 (still read) is version 6 without bits 3 and 4
 //! ([`Persisted::fenced_unanswered`] `None`); a version-5 build refuses a version-6 file.
 //! Version 4 (still read) is version 5 without the boot id and bit 2
 //! ([`Persisted::boot`] 0, [`Persisted::host_restarted`] false). A build older than version 5
@@ -84,7 +90,7 @@ pub struct Persisted {
     /// Written at a clean stop: the bitmap is exact.
     pub clean: bool,
     /// The witness epoch held as survivor; fenced for want of an answer
-    /// ([`Persisted::fenced_unanswered`]), one more than the epoch at which the replica was last
+    /// ([`Persisted::fenced_unanswered`]) or denied ([`Persisted::fenced_denied`]), one more than the epoch at which the replica was last
     /// complete, 0 when that is not known (a version-6 file's 0); otherwise 0.
     pub epoch: u64,
     /// Volume size (a file for another size is refused).
@@ -121,6 +127,13 @@ pub struct Persisted {
     /// unflushed writes since (an unclean stop, and another or an unknown boot id). `None`: not so fenced, or a file of
     /// version 5 or older.
     pub fenced_unanswered: Option<bool>,
+    /// Fenced because the witness denied this site while its peer held the group (flags bit
+    /// 5, mode 2 only, never with bit 3), the replica then holding every acknowledged write
+    /// (the epoch field: one more than the epoch it was complete at). Restarted with its
+    /// device kept, the site asks the witness once more when a word shows that grant given
+    /// back, as it would have without the restart (engine `ask_again_if_released`). false: not
+    /// so fenced, or a file of version 7 or older.
+    pub fenced_denied: bool,
 }
 
 /// What becomes of a replica's data when its process restarts.
@@ -198,7 +211,7 @@ pub fn boot_id(path: &Path) -> u128 {
 
 const MAGIC: &[u8; 4] = b"TBMS";
 /// The version written.
-const VERSION: u8 = 7;
+const VERSION: u8 = 8;
 
 /// Write `p` to `path` atomically.
 pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
@@ -208,11 +221,13 @@ pub fn save(path: &Path, p: &Persisted) -> std::io::Result<()> {
     let (term, leads) = p.leads.unwrap_or((0, false));
     // (Only a fenced state says it is fenced for want of an answer.)
     let unanswered = p.fenced_unanswered.filter(|_| p.mode == 2);
+    let denied = p.fenced_denied && p.mode == 2 && unanswered.is_none();
     let flags = p.led as u8
         | (u8::from(leads) << 1)
         | (u8::from(p.host_restarted) << 2)
         | (u8::from(unanswered.is_some()) << 3)
-        | (u8::from(unanswered == Some(true)) << 4);
+        | (u8::from(unanswered == Some(true)) << 4)
+        | (u8::from(denied) << 5);
     b.extend_from_slice(&[VERSION, p.mode, p.clean as u8, flags]);
     b.extend_from_slice(&p.epoch.to_le_bytes());
     b.extend_from_slice(&p.size.to_le_bytes());
@@ -292,6 +307,12 @@ pub fn decode(b: &[u8]) -> Result<Persisted, &'static str> {
         5 => body[7] & !7 == 0,
         // Bit 4 only with bit 3, and both only for a fenced state.
         6 | 7 => body[7] & !31 == 0 && (body[7] & 0x18 == 0 || (body[7] & 8 != 0 && body[5] == 2)),
+        // Bit 5 only for a fenced state, never with bit 3.
+        8 => {
+            body[7] & !63 == 0
+                && (body[7] & 0x18 == 0 || (body[7] & 8 != 0 && body[5] == 2))
+                && (body[7] & 0x20 == 0 || (body[7] & 8 == 0 && body[5] == 2))
+        }
         _ => false,
     };
     if !flags_ok || body[5] > 4 || body[6] > 1 {
@@ -369,6 +390,7 @@ pub fn decode(b: &[u8]) -> Result<Persisted, &'static str> {
         boot,
         host_restarted: body[7] & 4 != 0,
         fenced_unanswered: (body[7] & 8 != 0).then_some(body[7] & 16 != 0),
+        fenced_denied: body[7] & 32 != 0,
     })
 }
 
@@ -421,6 +443,7 @@ mod tests {
             boot: 0,
             host_restarted: false,
             fenced_unanswered: None,
+            fenced_denied: false,
         }
     }
 
@@ -456,6 +479,7 @@ mod tests {
             boot: 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
             host_restarted: true,
             fenced_unanswered: None,
+            fenced_denied: false,
         };
         save(&path, &p).unwrap();
         assert_eq!(load(&path), Ok(Some(p)));
@@ -506,7 +530,7 @@ mod tests {
         assert!(flags(2, 0x10).is_err(), "bit 4 without bit 3");
         assert!(flags(0, 0x08).is_err(), "bit 3 in sync");
         assert!(flags(3, 0x08).is_err(), "bit 3 resyncing");
-        assert!(flags(2, 0x20).is_err(), "an unknown bit");
+        assert!(flags(2, 0x40).is_err(), "an unknown bit");
         let p = Persisted {
             mode: 2,
             ..in_sync()
@@ -532,7 +556,7 @@ mod tests {
                 ..in_sync()
             };
             save(&path, &p).unwrap();
-            assert_eq!(std::fs::read(&path).unwrap()[4], 7);
+            assert_eq!(std::fs::read(&path).unwrap()[4], 8);
             assert_eq!(load(&path), Ok(Some(p.clone())));
             as_version(&path, 6, 0);
             assert_eq!(
@@ -552,6 +576,61 @@ mod tests {
         save(&path, &p).unwrap();
         as_version(&path, 6, 0);
         assert_eq!(load(&path), Ok(Some(p)));
+    }
+
+    /// A fence denied while the peer held the group (flags bit 5, version 8) round-trips for a
+    /// fenced state with its epoch; it is refused in another mode, beside bit 3, and in a
+    /// version-7 file (which never wrote it); a version-7 file without it still loads.
+    #[test]
+    fn a_denied_fence_round_trips_only_for_a_fenced_state_and_version_8() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.mirror-state");
+        let p = Persisted {
+            mode: 2,
+            epoch: 4,
+            fenced_denied: true,
+            ..in_sync()
+        };
+        save(&path, &p).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap()[7] & 0x20, 0x20);
+        assert_eq!(load(&path), Ok(Some(p.clone())));
+        // (Not written for another mode, nor beside a fence for want of an answer.)
+        for q in [
+            Persisted {
+                mode: 0,
+                ..p.clone()
+            },
+            Persisted {
+                fenced_unanswered: Some(false),
+                ..p.clone()
+            },
+        ] {
+            save(&path, &q).unwrap();
+            assert!(!load(&path).unwrap().unwrap().fenced_denied);
+        }
+        let with = |v: u8, mode: u8, f: u8| {
+            save(&path, &p).unwrap();
+            let mut b = std::fs::read(&path).unwrap();
+            b.truncate(b.len() - 4);
+            b[4] = v;
+            b[5] = mode;
+            b[7] = f;
+            let crc = crate::checksum::crc32c(&b);
+            b.extend_from_slice(&crc.to_le_bytes());
+            decode(&b)
+        };
+        assert!(with(8, 2, 0x20).is_ok());
+        assert!(with(8, 0, 0x20).is_err(), "bit 5 in sync");
+        assert!(with(8, 3, 0x20).is_err(), "bit 5 resyncing");
+        assert!(with(8, 2, 0x28).is_err(), "bit 5 with bit 3");
+        assert!(with(7, 2, 0x20).is_err(), "bit 5 in a version-7 file");
+        let q = Persisted {
+            fenced_denied: false,
+            ..p
+        };
+        save(&path, &q).unwrap();
+        as_version(&path, 7, 0);
+        assert_eq!(load(&path), Ok(Some(q)));
     }
 
     #[test]
@@ -589,6 +668,7 @@ mod tests {
                 boot: 0,
                 host_restarted: false,
                 fenced_unanswered: None,
+                fenced_denied: false,
             }
         );
         // Version 1 had no flags: a set bit 0 there is refused.

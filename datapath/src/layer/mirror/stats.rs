@@ -124,7 +124,7 @@ struct SwitchInfo {
     since_unix_ms: Option<u64>,
     /// Why the leadership is what it is.
     reason: String,
-    /// The switchover step under way (`draining`, `handed`, `taking`, `asked`), if any.
+    /// The switchover step under way (`draining`, `handing`, `handed`, `taking`, `asked`), if any.
     phase: Option<&'static str>,
     /// Why the last switchover failed, if one did.
     error: Option<String>,
@@ -209,7 +209,7 @@ pub struct MirrorSnapshot {
     pub leader_since_unix_ms: Option<u64>,
     /// Why this site leads or follows (`configured`, `restored`, a switchover, ...).
     pub leader_reason: String,
-    /// The switchover step under way at this site (`draining`, `handed`, `taking`,
+    /// The switchover step under way at this site (`draining`, `handing`, `handed`, `taking`,
     /// `asked`), or null.
     pub switchover: Option<&'static str>,
     /// Why the last switchover requested or run here failed (null: none did).

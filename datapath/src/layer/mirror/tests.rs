@@ -277,6 +277,7 @@ fn an_in_sync_state_file_of_other_or_lost_data_restarts_the_replica_as_new() {
         boot: 0,
         host_restarted: false,
         fenced_unanswered: None,
+        fenced_denied: false,
     };
     let cases = [
         (ReplicaData::Kept { identity: 7 }, 7, 0),

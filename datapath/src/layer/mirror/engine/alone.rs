@@ -417,16 +417,20 @@ impl Engine {
             }
             Grant::Fence(why) => {
                 let asked_again = std::mem::take(&mut self.witness_retried);
-                self.fence(why);
                 // Denied while the peer holds the group: asked again if the witness shows
-                // that grant given back (once: not after a request so asked).
-                if !asked_again
-                    && let Some((false, holder, epoch)) = slot.view()
-                    && holder != 0
-                {
-                    let seq = slot.view_seq.load(std::sync::atomic::Ordering::SeqCst);
-                    self.denied_by = Some((epoch, seq));
-                }
+                // that grant given back (once: not after a request so asked). Saved in the
+                // fence's one state (flags bit 5), so a restart with the link still down asks
+                // the same (restore.rs); before, it was in memory only, and the restarted
+                // site, a plain fence, waited for the link while nobody served (test
+                // `restart_fence::a_site_restarted_after_a_denial_asks_again_once_the_holders_grant_is_given_back`).
+                let denied = match slot.view() {
+                    Some((false, holder, epoch)) if !asked_again && holder != 0 => Some((
+                        epoch,
+                        slot.view_seq.load(std::sync::atomic::Ordering::SeqCst),
+                    )),
+                    _ => None,
+                };
+                self.fence_with(why, |e| e.denied_by = denied);
             }
             Grant::Unanswered { takeover } => {
                 // A request asked again after the holder's grant was given back: its grant,
@@ -536,7 +540,11 @@ impl Engine {
     /// Fenced because the peer held the group (`denied_by`), the link still down: once a word
     /// newer than the denial shows nobody holding the group at that grant's epoch (the holder
     /// gave it back without resyncing this site: a resync source that fail-stopped right after
-    /// the resync, durable.rs; or an operator's release), ask the witness once more. Before,
+    /// the resync, durable.rs; a holder restarted after its answer was lost, which gives it back
+    /// unused; or an operator's release), ask the witness once more (restored from a state
+    /// saved so, restore.rs, its new process does the same: the epoch then is one more than the
+    /// one its replica was complete at, the only grant the witness may let its request pass
+    /// after). Before,
     /// a denied site never asked again: with the holder stopped for good, the volume served
     /// nowhere. The witness grants only a site that knows the group's epoch (learned in sync),
     /// so a site whose replica lacks the holder's writes is refused as stale.

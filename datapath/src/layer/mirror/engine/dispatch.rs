@@ -76,8 +76,10 @@ impl Engine {
                 "the session ended during the drain; rolled back, the leader is unchanged",
             ),
             switchover::Phase::Idle => self.stats.set_switch_phase(None),
-            switchover::Phase::Handed { .. } => {
-                // A follower of the new term either way; the next session agrees on it.
+            switchover::Phase::Handed { .. } | switchover::Phase::Handing { .. } => {
+                // A follower of the new term either way (SWITCH sent or not: the next
+                // session's agreement gives the peer the term this site follows at); what
+                // waited goes on as this site's forwards at the next tick.
                 self.sw.phase = switchover::Phase::Idle;
                 self.stats.set_switch_phase(None);
             }
@@ -181,9 +183,7 @@ impl Engine {
         match h.ty {
             // Sent by the peer as follower before it saw this site's SWITCH: it takes them
             // back as the leader (switchover.rs).
-            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw | Meta
-                if matches!(self.sw.phase, switchover::Phase::Handed { .. }) =>
-            {
+            FwdWrite | FwdZeroes | FwdUnmap | FwdCaw | Meta if self.sw.handed() => {
                 if h.ty != Meta {
                     self.check_range(h)?;
                 }
@@ -459,9 +459,13 @@ impl Engine {
     }
 
     /// The metadata commands held while the resync's source could still decide alone
-    /// (`peer_meta_crossing`), decided once it cannot (or failed, the session gone).
+    /// (`peer_meta_crossing`), or while this site, handing the leadership over, has not sent
+    /// SWITCH yet: decided (or sent as META) once it cannot (or failed, the session gone).
     pub(super) fn submit_crossing_metas(&mut self) {
-        if self.metas_crossing.is_empty() || self.peer_meta_crossing() {
+        if self.metas_crossing.is_empty()
+            || self.peer_meta_crossing()
+            || matches!(self.sw.phase, switchover::Phase::Handing { .. })
+        {
             return;
         }
         for (from, tag, cmd) in std::mem::take(&mut self.metas_crossing) {
@@ -483,6 +487,13 @@ impl Engine {
             tracing::warn!(volume = %self.cfg.name, waiting = self.metas.len(),
                 "mirror: too many metadata commands wait for the peer; refusing one");
             return Start::Done(meta_result(META_INTERNAL));
+        }
+        if matches!(self.sw.phase, switchover::Phase::Handing { .. }) {
+            // The old leader of a switchover before its SWITCH (its new role not on disk
+            // yet): the peer still follows and would refuse a META. Held, and sent to the new
+            // leader after SWITCH (`submit_crossing_metas`, at the next tick).
+            self.metas_crossing.push((from, tag, cmd.to_vec()));
+            return Start::Pending;
         }
         match (self.mode, self.role, self.sess.up) {
             (Mode::Survivor, _, _) => {

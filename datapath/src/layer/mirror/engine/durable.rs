@@ -157,6 +157,11 @@ impl Engine {
                 (Mode::Survivor, _) => self.grant_epoch,
                 (Mode::Fenced, Some((_, true))) if !self.unanswered_retried => 0,
                 (Mode::Fenced, Some(_)) if self.failed.is_none() => self.witness.saved_complete(),
+                // Denied while the peer held the group (flags bit 5): the same, at which a
+                // restart asks again once that grant is given back (restore.rs).
+                (Mode::Fenced, None) if self.denied_by.is_some() && self.failed.is_none() => {
+                    self.witness.saved_complete()
+                }
                 _ => 0,
             },
             size: self.cfg.size,
@@ -186,6 +191,14 @@ impl Engine {
                 (Mode::Fenced, Some((_, takeover))) if self.failed.is_none() => Some(takeover),
                 _ => None,
             },
+            // Denied while the peer held the group: a restart asks again once that grant is
+            // given back (`ask_again_if_released`), as without the restart; never once its
+            // replica failed, and only with the epoch its replica was complete at known.
+            fenced_denied: mode == Mode::Fenced
+                && self.fenced_unanswered.is_none()
+                && self.denied_by.is_some()
+                && self.failed.is_none()
+                && self.witness.saved_complete() != 0,
         }
     }
 

@@ -321,7 +321,7 @@ pub struct Engine {
     /// PING sent right after that confirmation (clock `.1`) shows the source has read it
     /// (`takes_peer_meta_state`, `peer_meta_crossing`).
     resync_received: Option<(u32, u64)>,
-    /// This site's metadata commands held meanwhile (a target that leads: `submit_meta`).
+    /// This site's metadata commands held meanwhile (a target that leads), or before SWITCH.
     metas_crossing: Vec<(u32, IoTag, Vec<u8>)>,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: RegionMap,
@@ -766,6 +766,13 @@ impl Engine {
 
     /// Start an initiator's update the normal (mirrored) way.
     fn start_mirrored(&mut self, io: &mut IoCx, k: usize) {
+        if self.role == Role::Follower && self.sw.holds() {
+            // The old leader of a switchover, waiting for its new role to reach the disk
+            // before it sends SWITCH (`Phase::Handing`): the peer still follows, so nothing is
+            // forwarded (or flushed through it) yet; resumed after SWITCH.
+            self.sw.held.push_back(k);
+            return;
+        }
         let upd = self.ops[k].upd;
         if upd == Upd::Flush {
             return self.start_flush(io, k);

@@ -217,6 +217,32 @@ impl Engine {
                 slot.learned_epoch
                     .fetch_max(complete.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
             }
+        } else if mode == Mode::Fenced
+            && p.mode == 2
+            && device_kept
+            && p.fenced_denied
+            && p.epoch != 0
+        {
+            // Denied while the peer held the group (flags bit 5), its replica then holding
+            // every acknowledged write, complete at the saved epoch less one. Without the
+            // restart it asked the witness once more when a word showed that grant given back
+            // (alone.rs, `ask_again_if_released`); restarted with the link still down it was a
+            // plain fence that never asked (no session in its process), and with the holder
+            // stopped (its grant given back unused, say) nobody served until the link
+            // returned. So the denial is restored: the grant watched for is the one right after
+            // the epoch its replica was complete at (a later one the witness refuses a request
+            // at that epoch as stale anyway), any word of this process newer than the fence,
+            // the request asked at that epoch (`learned_epoch`) without a session of its own,
+            // its grant a takeover as before the restart, and answered only after the read lease
+            // the old process may have given the peer (`become_survivor`).
+            let complete = p.epoch - 1;
+            self.denied_by = Some((p.epoch, 0));
+            self.witness.restored_denied();
+            self.witness.complete_at(complete);
+            if let Some(slot) = &self.cfg.failover {
+                slot.learned_epoch
+                    .fetch_max(complete, std::sync::atomic::Ordering::SeqCst);
+            }
         } else if mode == Mode::Fenced && p.fenced_unanswered.is_some() {
             // Never served on; the grant it may hold is given back at the witness's first word
             // naming it (`give_back_unadoptable`), so the peer, denied while it was held, asks

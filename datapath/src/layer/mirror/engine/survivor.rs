@@ -77,9 +77,10 @@ pub(super) struct Witness {
     answered_takeover: bool,
     /// A fenced site may ask once more ([`Witness::ask_fenced`]).
     fenced_retry: bool,
-    /// Restored fenced for want of an answer, its device holding what it applied before the
-    /// fence ([`Witness::restored_unanswered`]): that second request is asked without a
-    /// session in this process.
+    /// Restored fenced for want of an answer, or denied while the peer held the group, its
+    /// device holding what it applied before the fence ([`Witness::restored_unanswered`],
+    /// [`Witness::restored_denied`]): that second request is asked without a session in this
+    /// process.
     restored: bool,
     /// The group's epoch at which this volume's replica was last known complete: the site's
     /// known epoch when its session last ended in sync, or the witness's epoch seen while it
@@ -129,6 +130,14 @@ impl Witness {
     /// site never asked again: with its peer lost for good, only an operator's takeover made
     /// the volume serve again).
     pub(super) fn restored_unanswered(&mut self) {
+        self.restored = true;
+    }
+
+    /// Restored from a fence denied while the peer held the group, its device holding what it
+    /// applied before the fence (restore.rs): the second request ([`Witness::ask_fenced`]) once
+    /// that grant is given back is the old process's, asked by this one without a session of
+    /// its own, as for [`Witness::restored_unanswered`].
+    pub(super) fn restored_denied(&mut self) {
         self.restored = true;
     }
 

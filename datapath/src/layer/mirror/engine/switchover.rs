@@ -5,8 +5,9 @@
 //! only says who dials the link (`cfg.role`). Each site holds `(term, role)`; term 0 is the
 //! configuration, each switchover adds one, and the site leading term T is the only one that
 //! creates T + 1. A switchover is a drain at the leader ([`Phase::Draining`]: nothing new is
-//! sequenced, everything sequenced gets confirmed), SWITCH (the leader is then the follower of
-//! T + 1: [`Phase::Handed`] until SWITCH_ACK), and at the other site a take-over that
+//! sequenced, everything sequenced gets confirmed), then the leader becomes the follower of
+//! T + 1 and waits until that is on disk ([`Phase::Handing`]), SWITCH ([`Phase::Handed`]
+//! until SWITCH_ACK), and at the other site a take-over that
 //! sequences nothing before its new term is on disk ([`Phase::Taking`]), then SWITCH_ACK.
 //! Updates arriving meanwhile wait in [`Switch::held`] (op keys, arrival order) and take the
 //! normal path once the phase is idle again ([`Engine::resume_held`]): so none fails because
@@ -19,6 +20,10 @@
 //! - A SWITCH is sent only when no update sequenced by this site is outstanding, so the
 //!   receiver has applied everything up to its `seq` and the session's numbering simply
 //!   continues at the new leader.
+//! - A SWITCH is sent only once "follower of T + 1" is on disk here: a site that applies an
+//!   update as the follower of T + 1 (which no activity log of its covers) never restarts as
+//!   the leader of T, whose activity log would then decide what it may have lost (test
+//!   `actlog::an_old_leader_losing_power_after_its_switch_gets_back_what_b_ordered`).
 //! - An op is in `held` only while the phase is not idle (or until the next tick resumes it),
 //!   and is not in any other list meanwhile.
 
@@ -36,6 +41,10 @@ pub(super) enum Phase {
     /// Leader: nothing new is sequenced; SWITCH with `term` goes once nothing sequenced is
     /// outstanding, or the switchover is rolled back at `until`.
     Draining { term: u64, until: Instant },
+    /// Old leader, drained and now a follower of `term`: SWITCH goes once persister
+    /// generation `generation` (that role) is on disk; until then nothing new is forwarded,
+    /// and forwards and META of the peer (sent as follower) are dropped, as in `Handed`.
+    Handing { term: u64, generation: u64 },
     /// Old leader (now a follower of `term`): SWITCH sent, waiting for SWITCH_ACK; forwards
     /// and META that cross it are dropped.
     Handed { term: u64 },
@@ -62,7 +71,16 @@ impl Default for Switch {
 impl Switch {
     /// New updates wait (not sequenced, not forwarded) in this phase.
     pub(super) fn holds(&self) -> bool {
-        matches!(self.phase, Phase::Draining { .. } | Phase::Taking { .. })
+        matches!(
+            self.phase,
+            Phase::Draining { .. } | Phase::Handing { .. } | Phase::Taking { .. }
+        )
+    }
+
+    /// Forwards and META of the peer are dropped: it sent them as follower before it saw this
+    /// site's SWITCH, and takes them back as the leader.
+    pub(super) fn handed(&self) -> bool {
+        matches!(self.phase, Phase::Handing { .. } | Phase::Handed { .. })
     }
 }
 
@@ -232,6 +250,12 @@ impl Engine {
             Phase::Draining { term, until } => {
                 if self.drained() {
                     self.hand_over(io, term);
+                    if let Phase::Handing { term, generation } = self.sw.phase
+                        && self.durable_at(generation)
+                    {
+                        // (No state file: at once.)
+                        self.send_switch(io, term);
+                    }
                 } else if now >= until || !self.sess.up || self.mode != Mode::Mirroring {
                     self.switch_abort(if now >= until {
                         "the leader could not drain within 5 s (updates kept being outstanding); rolled back, the leader is unchanged"
@@ -253,6 +277,11 @@ impl Engine {
                             None,
                         );
                     }
+                }
+            }
+            Phase::Handing { term, generation } => {
+                if self.durable_at(generation) && self.sess.up {
+                    self.send_switch(io, term);
                 }
             }
             Phase::Idle | Phase::Handed { .. } => {}
@@ -340,8 +369,25 @@ impl Engine {
                 .all(|(k, op)| op.upd == Upd::Flush || self.sw.held.contains(&k))
     }
 
-    /// Drained: SWITCH, then this site follows; what waited is the new leader's to order.
-    fn hand_over(&mut self, io: &mut IoCx, term: u64) {
+    /// Drained: this site follows term `term` from now, and sends SWITCH once that is on disk
+    /// (`Phase::Handing`). Sent before, a power loss (or a kill) before the state was written
+    /// restarted this site as the leader of the old term while it had applied the new
+    /// leader's updates as its follower, which no activity log of its covers: with its log
+    /// empty (a clean start just before) it announced state 0 and mirrored without the
+    /// acknowledged writes its device dropped (test
+    /// `actlog::an_old_leader_losing_power_after_its_switch_gets_back_what_b_ordered`). Restored
+    /// as the follower of `term` and not clean, it is reconciled from the new leader, which
+    /// copies the regions it acknowledged since its last flush. Nothing is sequenced or
+    /// forwarded meanwhile (its updates wait, as in the drain), so a crash before the state is
+    /// on disk restarts it as the leader of the old term with nothing applied since.
+    fn hand_over(&mut self, _io: &mut IoCx, term: u64) {
+        let generation = self.set_role(Role::Follower, term, "switchover: handed to the peer");
+        self.sw.phase = Phase::Handing { term, generation };
+        self.stats.set_switch_phase(Some("handing"));
+    }
+
+    /// "Follower of `term`" is on disk: SWITCH, then what waited is the new leader's to order.
+    fn send_switch(&mut self, io: &mut IoCx, term: u64) {
         let seq = self.sess.last_seq();
         self.send(
             Header {
@@ -351,7 +397,6 @@ impl Engine {
             },
             None,
         );
-        self.set_role(Role::Follower, term, "switchover: handed to the peer");
         self.sw.phase = Phase::Handed { term };
         self.stats.set_switch_phase(Some("handed"));
         for k in std::mem::take(&mut self.sw.held) {

@@ -55,6 +55,11 @@ fn stateful_on(role: Role, dir: &std::path::Path, log: bool, p: Arc<Persister>) 
 /// The site stops cleanly (the engine's drop) and starts again from its state files over the
 /// same replica.
 fn stop_and_restart(s: &mut Site) {
+    stop_and_restart_on(s, Persister::spawn().expect("persister"));
+}
+
+/// The same, the new engine with the persister `p`.
+fn stop_and_restart_on(s: &mut Site, p: Arc<Persister>) {
     let fresh = Engine::new(
         s.engine.cfg.clone(),
         Box::new(SlowChannel(Rc::clone(&s.disk))),
@@ -62,8 +67,7 @@ fn stop_and_restart(s: &mut Site) {
         Arc::new(MirrorStats::default()),
     );
     drop(std::mem::replace(&mut s.engine, fresh));
-    s.engine
-        .set_persister(Persister::spawn().expect("persister"));
+    s.engine.set_persister(p);
     s.engine.restore().expect("restore after a clean stop");
 }
 
@@ -79,6 +83,21 @@ fn reconnect(a: &mut Site, b: &mut Site, io: &mut IoCx) {
     b.engine.set_peer_incarnation(a.engine.incarnation());
     a.engine.session_start(io, sb).expect("session at a");
     b.engine.session_start(io, sa).expect("session at b");
+}
+
+/// As [`reconnect`], each site's leadership word (HELLO's, WELCOME's) taken before either
+/// starts its session, so the sites agree on the leader as the link's handshake makes them.
+fn reconnect_agreeing(a: &mut Site, b: &mut Site, io: &mut IoCx) {
+    a.engine.link_down("test");
+    b.engine.link_down("test");
+    a.wire.clear();
+    b.wire.clear();
+    let (sa, sb) = (a.engine.replica_state(), b.engine.replica_state());
+    let (la, lb) = (a.engine.leadership(), b.engine.leadership());
+    a.engine.set_peer_incarnation(b.engine.incarnation());
+    b.engine.set_peer_incarnation(a.engine.incarnation());
+    a.engine.start_session(io, sb, lb).expect("session at a");
+    b.engine.start_session(io, sa, la).expect("session at b");
 }
 
 /// Tick both sites until the leader's activity log has admitted what waits for it.
@@ -945,4 +964,224 @@ fn assert_both_hold(a: &Site, b: &Site, off: u64, w: u8, what: impl Fn(&str) -> 
             what(name)
         );
     }
+}
+
+/// A planned switchover from a (leader of term 0) to b; writes are then acknowledged under
+/// b's leadership through both sites (W1 ordered by b, W2 forwarded by a), in a's device cache
+/// only. a loses its power right after its SWITCH went out: its state and activity log files
+/// are what was on disk then (a's persister is held, as a slow `fsync`, until after the SWITCH
+/// or, if the SWITCH waits for it, for a while first), its device keeps what it had before the
+/// switchover, and it restarts on another boot. `clean_first`: a was stopped cleanly and
+/// restarted just before (its log empty and clean), else its log holds W0's extents.
+/// `killed`: a's process only (the same boot, its device kept). b kept running, its link lost;
+/// `b_fenced`: b fenced meanwhile (the witness out of its reach: two fenced sites reconcile
+/// from the leader, and a must not be the source).
+/// When they meet, the agreement must make b the leader (term 1), and both sites must hold W1
+/// and W2 with identical replicas (so a serves them after a later failover to it). Failed
+/// before with `clean_first` and the power lost: SWITCH went before "follower of term 1" was on
+/// disk, a restarted as the leader of term 0 with an empty, clean log, announced state 0 and
+/// mirrored with W1 and W2 gone from its replica.
+#[test]
+fn an_old_leader_losing_power_after_its_switch_gets_back_what_b_ordered() {
+    use crate::layer::mirror::stats::SWITCH_GIVE;
+    use std::sync::atomic::Ordering::Relaxed;
+    for (clean_first, killed, b_fenced) in [
+        (true, false, false),
+        (true, false, true),
+        (false, false, false),
+        (true, true, false),
+        (true, true, true),
+    ] {
+        let what = format!("clean_first {clean_first} killed {killed} b_fenced {b_fenced}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(233);
+        let p = Persister::spawn().unwrap();
+        let mut a = stateful_on(Role::Leader, dir.path(), true, Arc::clone(&p));
+        let mut b = stateful(Role::Follower, dir.path());
+        reconnect(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        let mut slot = 0;
+        write_at(&mut a, &mut io, &mut slot, 0, 0x11, 8192);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        if clean_first {
+            stop_and_restart_on(&mut a, Arc::clone(&p));
+            reconnect(&mut a, &mut b, &mut io);
+            run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+            assert_eq!(a.engine.mode(), Mode::Mirroring, "{what}");
+        }
+        assert!(a.engine.wait_persisted());
+        assert!(a.engine.wait_actlog_persisted());
+        let state = a.engine.cfg.state_file.clone().unwrap();
+        let log = super::super::actlog::actlog_path(&state);
+        // (A clean stop flushed a's device: all of it is durable now.)
+        let durable = a.disk.borrow().bytes.clone();
+        // The switchover, a's state writes held back.
+        p.hold(true);
+        let _unhold = Unhold(Arc::clone(&p));
+        a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
+        let mut at_switch = None;
+        for i in 0..400 {
+            let now = Instant::now();
+            a.engine.tick(&mut io, now);
+            if at_switch.is_none()
+                && matches!(
+                    a.engine.sw.phase,
+                    super::super::switchover::Phase::Handed { .. }
+                )
+            {
+                // SWITCH is in a's outbox: the power may go from now on.
+                at_switch = Some((std::fs::read(&state).unwrap(), std::fs::read(&log).ok()));
+                p.hold(false);
+            }
+            if i == 100 {
+                p.hold(false);
+            }
+            deliver(&mut a, &mut b, &mut io, usize::MAX);
+            b.engine.tick(&mut io, now);
+            b.engine.wait_persisted();
+            deliver(&mut b, &mut a, &mut io, usize::MAX);
+            while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng)
+            {
+            }
+            if at_switch.is_some()
+                && b.engine.leads()
+                && b.engine.sw.phase == super::super::switchover::Phase::Idle
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (state_at_switch, log_at_switch) = at_switch.expect("no SWITCH");
+        assert!(
+            b.engine.leads() && !a.engine.leads(),
+            "{what}: no switchover"
+        );
+        assert_eq!((a.engine.term(), b.engine.term()), (1, 1), "{what}");
+        // W1 through b (ordered by b), W2 through a (forwarded to b): acknowledged.
+        let (w1, w2) = ((3 * EXTENT, 0xA7u8), (5 * EXTENT, 0xB7u8));
+        let (oka, okb) = (a.ok, b.ok);
+        write_at(&mut b, &mut io, &mut slot, w1.0, w1.1, 4096);
+        write_at(&mut a, &mut io, &mut slot, w2.0, w2.1, 4096);
+        for _ in 0..4 {
+            pump(&mut a, &mut b, &mut io);
+            run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        }
+        collect(&mut a);
+        collect(&mut b);
+        assert_eq!(
+            (a.ok - oka, b.ok - okb, a.outstanding, b.outstanding),
+            (1, 1, 0, 0),
+            "{what}: W1 and W2 not acknowledged"
+        );
+        // a's power goes: its files as they were on disk when SWITCH left, its device's cache
+        // gone.
+        assert!(a.engine.wait_persisted());
+        assert!(a.engine.wait_actlog_persisted());
+        std::fs::write(&state, &state_at_switch).unwrap();
+        match &log_at_switch {
+            Some(l) => std::fs::write(&log, l).unwrap(),
+            None => drop(std::fs::remove_file(&log)),
+        }
+        if !killed {
+            a.disk.borrow_mut().bytes = durable;
+            a.engine.cfg.boot_id = 2;
+        }
+        b.engine.link_down("a lost its power");
+        b.wire.clear();
+        if b_fenced {
+            b.engine.fence("test: the witness out of reach");
+            assert!(b.engine.wait_persisted());
+        }
+        crash_and_restart(&mut a);
+        reconnect_agreeing(&mut a, &mut b, &mut io);
+        assert!(
+            b.engine.leads() && !a.engine.leads() && a.engine.term() == 1,
+            "{what}: the agreement did not make b the leader of term 1"
+        );
+        for _ in 0..4 {
+            pump(&mut a, &mut b, &mut io);
+            run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        }
+        assert_eq!(
+            (a.engine.mode(), b.engine.mode()),
+            (Mode::Mirroring, Mode::Mirroring),
+            "{what}"
+        );
+        for (off, w) in [w1, w2] {
+            assert_both_hold(&a, &b, off, w, |name| {
+                format!("{what}: the acknowledged {w:#x} is gone at {name}")
+            });
+        }
+        assert!(same_replicas(&a, &b), "{what}: replicas differ");
+        let now = Instant::now();
+        assert!(a.engine.may_read(now) && b.engine.may_read(now), "{what}");
+    }
+}
+
+/// While the old leader waits for "follower of term 1" to reach its disk before it sends
+/// SWITCH (its persister held), an initiator's write and flush at it are held: nothing is
+/// forwarded to b, which still follows and would drop the link at a forward. Once the state
+/// is on disk, SWITCH goes first, then the write as a forward to b: answered without an
+/// error, on both replicas, b leading term 1.
+#[test]
+fn the_old_leader_forwards_nothing_before_its_switch() {
+    use crate::layer::mirror::stats::SWITCH_GIVE;
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(239);
+    let p = Persister::spawn().unwrap();
+    let mut a = stateful_on(Role::Leader, dir.path(), true, Arc::clone(&p));
+    let mut b = stateful(Role::Follower, dir.path());
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(a.engine.wait_persisted());
+    p.hold(true);
+    let _unhold = Unhold(Arc::clone(&p));
+    a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
+    a.engine.tick(&mut io, Instant::now());
+    assert!(
+        matches!(
+            a.engine.sw.phase,
+            super::super::switchover::Phase::Handing { .. }
+        ),
+        "a does not wait for its new role on disk: {:?}",
+        a.engine.sw.phase
+    );
+    let mut slot = 0;
+    let (off, w) = (3 * EXTENT, 0xC3u8);
+    write_at(&mut a, &mut io, &mut slot, off, w, 4096);
+    flush_at(&mut a, &mut io, &mut slot);
+    for _ in 0..20 {
+        a.engine.tick(&mut io, Instant::now());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    a.engine.take_outbox(&mut a.wire);
+    let mut at = 0;
+    while let wire::Decoded::Msg(h, r) = wire::decode(&a.wire[at..]) {
+        assert!(
+            !matches!(
+                h.ty,
+                wire::Type::Switch | wire::Type::FwdWrite | wire::Type::Flush
+            ),
+            "{:?} sent before a's new role is on disk",
+            h.ty
+        );
+        at += r.end;
+    }
+    p.hold(false);
+    for _ in 0..4 {
+        pump(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    }
+    collect(&mut a);
+    assert_eq!(
+        (a.ok, a.failed, a.outstanding),
+        (2, 0, 0),
+        "the write and flush held during the hand-over"
+    );
+    assert!(b.engine.leads() && !a.engine.leads() && b.engine.term() == 1);
+    assert_both_hold(&a, &b, off, w, |name| format!("the write is not at {name}"));
+    assert!(same_replicas(&a, &b));
 }

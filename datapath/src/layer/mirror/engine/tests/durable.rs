@@ -330,6 +330,7 @@ fn a_restored_survivor_without_a_grant_does_not_wait_for_the_witness() {
             boot: 0,
             host_restarted: false,
             fenced_unanswered: None,
+            fenced_denied: false,
         },
     )
     .unwrap();

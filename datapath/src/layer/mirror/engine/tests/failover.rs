@@ -179,6 +179,7 @@ fn suspect_regions_are_persisted_and_unknown_ones_after_a_leaders_crash_are_ever
             boot: 0,
             host_restarted: false,
             fenced_unanswered: None,
+            fenced_denied: false,
         };
         let v1 = p.suspect.is_none();
         save(&path, &p).unwrap();

@@ -675,3 +675,75 @@ fn a_pong_for_a_ping_never_sent_does_not_close_the_targets_window() {
         "a PONG for a PING never sent closed the window"
     );
 }
+
+/// A metadata command at the old leader while it waits for "follower of term 1" to reach its
+/// disk before it sends SWITCH (its persister held): b still follows and would drop the link
+/// at a META, so none goes; it is held and sent after SWITCH, decided by the new leader b and
+/// answered without an error, the state the same at both sites.
+#[test]
+fn a_metadata_command_at_the_old_leader_before_its_switch_waits_for_the_new_leader() {
+    use crate::layer::mirror::stats::SWITCH_GIVE;
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut a, ca) = with_meta(Role::Leader);
+    let (mut b, cb) = with_meta(Role::Follower);
+    let p = crate::layer::mirror::persist::Persister::spawn().unwrap();
+    a.engine.cfg.state_file = Some(dir.path().join("a"));
+    a.engine.set_persister(Arc::clone(&p));
+    b.engine.cfg.state_file = Some(dir.path().join("b"));
+    b.engine
+        .set_persister(crate::layer::mirror::persist::Persister::spawn().unwrap());
+    a.engine.session_start(&mut io, 0).unwrap();
+    b.engine.session_start(&mut io, 0).unwrap();
+    for _ in 0..3 {
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+    }
+    assert!(a.engine.wait_persisted());
+    p.hold(true);
+    a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
+    a.engine.tick(&mut io, Instant::now());
+    let handing = matches!(
+        a.engine.sw.phase,
+        super::super::switchover::Phase::Handing { .. }
+    );
+    assert_eq!(meta(&mut a, &mut io, 1, &[3]), Start::Pending);
+    for _ in 0..10 {
+        a.engine.tick(&mut io, Instant::now());
+    }
+    a.engine.take_outbox(&mut a.wire);
+    let mut at = 0;
+    let mut early = Vec::new();
+    while let wire::Decoded::Msg(h, r) = wire::decode(&a.wire[at..]) {
+        if matches!(
+            h.ty,
+            wire::Type::Meta | wire::Type::MetaState | wire::Type::Switch
+        ) {
+            early.push(h.ty);
+        }
+        at += r.end;
+    }
+    p.hold(false);
+    assert!(handing, "a does not wait for its new role on disk");
+    assert!(
+        early.is_empty(),
+        "{early:?} sent before a's new role is on disk"
+    );
+    for _ in 0..50 {
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        a.engine.wait_persisted();
+        b.engine.wait_persisted();
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        collect(&mut a);
+        if a.outstanding == 0 {
+            break;
+        }
+    }
+    assert_eq!((a.ok, a.failed, a.outstanding), (1, 0, 0), "the command");
+    assert!(b.engine.leads() && !a.engine.leads(), "no switchover");
+    assert_eq!((*ca.0.lock().unwrap(), *cb.0.lock().unwrap()), (3, 3));
+}

@@ -945,6 +945,7 @@ mod lease;
 mod meta;
 mod peercache;
 mod phasefault;
+mod restart_fence;
 mod restart_grant;
 mod resyncloss;
 mod takeover_flag;

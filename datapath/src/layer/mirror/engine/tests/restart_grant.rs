@@ -539,7 +539,7 @@ fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_
 
 /// The witness's rules (`twinblk_witness::state::Arbiter`) driven as each site's failover
 /// thread would, for group `GROUP` of these tests' sites 1 (a) and 2 (b).
-struct Witness {
+pub(super) struct Witness {
     rules: twinblk_witness::state::Arbiter,
     counter: u64,
 }
@@ -547,7 +547,7 @@ struct Witness {
 impl Witness {
     const GROUP: twinblk_witness::GroupId = twinblk_witness::GroupId(7);
 
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let rules = twinblk_witness::state::Arbiter::new(
             twinblk_witness::state::Table::default(),
             Duration::ZERO,
@@ -575,7 +575,7 @@ impl Witness {
 
     /// The thread's plain request (at its known epoch, raised to the learned one), its answer
     /// stored as the thread stores it when it is a grant: the granted epoch, or `None`.
-    fn ask(
+    pub(super) fn ask(
         &mut self,
         site: u32,
         slot: &crate::layer::mirror::failover::FailoverSlot,
@@ -602,7 +602,7 @@ impl Witness {
         }
     }
 
-    fn release(
+    pub(super) fn release(
         &mut self,
         site: u32,
         slot: &crate::layer::mirror::failover::FailoverSlot,
@@ -623,7 +623,7 @@ impl Witness {
     }
 
     /// The witness's word (a heartbeat's view) to `site`.
-    fn show(&self, slot: &crate::layer::mirror::failover::FailoverSlot, site: u32) {
+    pub(super) fn show(&self, slot: &crate::layer::mirror::failover::FailoverSlot, site: u32) {
         let v = self.rules.view(Self::GROUP);
         slot.publish_view(v.holder.map_or(0, |h| h.get()), v.epoch.0, site);
     }
