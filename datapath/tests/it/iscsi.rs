@@ -1044,7 +1044,20 @@ pub(crate) fn iscsi_site_with(
     let s = Server::start_nvmf(
         &d,
         &format!("[iscsi]\nlisten=['127.0.0.1:{port}']\n{iscsi}"),
-        &crate::mirror::site_body(root, me, peer, listen, peer_port, 10_000),
+        // The link is declared dead after 2 s of silence, not 400 ms: these tests are about
+        // SCSI across two sites, and a reactor starved for 400 ms on a loaded machine dropped
+        // the link in the middle of libiscsi's suite (seen: "peer silent past the heartbeat
+        // timeout", then ASYMMETRIC ACCESS STATE CHANGED to a test that expects none). A site
+        // killed by a test closes its sockets, so the peer still sees it at once.
+        &crate::mirror::site_body_with(
+            root,
+            me,
+            peer,
+            listen,
+            peer_port,
+            10_000,
+            "peer_dead_ms=2000\n",
+        ),
     );
     (s, SocketAddr::from(([127, 0, 0, 1], port)))
 }

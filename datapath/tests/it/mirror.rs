@@ -39,10 +39,23 @@ pub(crate) fn site_body(
     peer_port: u16,
     timeout_ms: u64,
 ) -> String {
+    site_body_with(dir, me, peer, listen, peer_port, timeout_ms, "")
+}
+
+/// As [`site_body`], with `mirror` (TOML lines) added to its `[mirror]` table.
+pub(crate) fn site_body_with(
+    dir: &Path,
+    me: &str,
+    peer: &str,
+    listen: u16,
+    peer_port: u16,
+    timeout_ms: u64,
+    mirror: &str,
+) -> String {
     format!(
         "[reactor]\ncores=[0]\npin=false\n\
          [mirror]\nsite='{me}'\npeer_site='{peer}'\nlisten=['127.0.0.1:{listen}']\n\
-         peer='127.0.0.1:{peer_port}'\npeer_timeout_ms={timeout_ms}\nwitness_key_file='{}'\n\
+         peer='127.0.0.1:{peer_port}'\npeer_timeout_ms={timeout_ms}\nwitness_key_file='{}'\n{mirror}\
          [[volume]]\nname='vol0'\nbackend='uring'\nsize={SIZE}\npath='{}'\nmirror=true\n",
         key_file(dir, KEY).display(),
         dir.join(format!("{me}.img")).display()
