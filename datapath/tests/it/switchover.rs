@@ -306,6 +306,28 @@ fn a_link_cut_during_a_switchover_ends_with_exactly_one_leader() {
         (false, 1),
         "b did not take term 1 at the next session"
     );
+    // b took the lead at that session's start, with no switchover of its own to acknowledge:
+    // no SWITCH_ACK refused by a ("SWITCH_ACK for no switchover"), no reconnection for it
+    // (before, a dropped the link at it and the sites met once more).
+    let status = |s: &Server| s.rpc("mirror_status")[0].clone();
+    std::thread::sleep(Duration::from_millis(300));
+    let (sa, sb) = (status(&a), status(&b));
+    assert_eq!(
+        (sa["rejected"].as_u64(), sb["rejected"].as_u64()),
+        (Some(0), Some(0)),
+        "a message refused after the lead taken at a session start: {sa} {sb}"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let (sa2, sb2) = (status(&a), status(&b));
+    assert_eq!(
+        (
+            sa2["session"].as_u64(),
+            sb2["session"].as_u64(),
+            sa2["rejected"].as_u64()
+        ),
+        (sa["session"].as_u64(), sb["session"].as_u64(), Some(0)),
+        "the sites met again: {sa2} {sb2}"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let wa = writer(a.addr, 0, Arc::clone(&stop), Progress::default());
     let wb = writer(b.addr, 4 << 20, Arc::clone(&stop), Progress::default());

@@ -135,6 +135,12 @@ pub struct FailoverSlot {
     /// was complete at that epoch (`Witness::complete_for`; the site's known epoch is the
     /// group's, which another volume's RESYNC_DONE may have raised while this one was fenced).
     pub asked_epoch: AtomicU64,
+    /// One more than the highest known epoch a plain request (not an operator's takeover) of
+    /// the group was asked at in this process (0: none yet; set before it is sent): a grant
+    /// above the epoch a lost request could win is adopted only if no plain request was asked
+    /// at the epoch just below it (`Witness::may_adopt`: then the witness made it through the
+    /// peer's unused release).
+    pub asked_plain: AtomicU64,
     /// Volumes in the group (set by the daemon), how many of their engines have restored
     /// their state, and how many this site leads now (engines count themselves, and move
     /// the count at a switchover): the group is claimed as preferred when this site leads
@@ -532,6 +538,10 @@ fn run(cfg: FailoverConfig, mut client: WitnessClient, stop: Arc<AtomicBool>) {
                 known[i]
             };
             slot.asked_epoch.store(asked.0, SeqCst);
+            if !as_takeover {
+                slot.asked_plain
+                    .fetch_max(asked.0.saturating_add(1), SeqCst);
+            }
             // Marked before it is sent: its answer may be lost while the witness grants it.
             let mark_was = as_takeover.then(|| slot.asking_takeover(asked.0));
             client.set_timeout(cfg.request_timeout);

@@ -565,7 +565,7 @@ impl Engine {
                 self.witness_retried = true;
                 tracing::warn!(volume = %self.cfg.name, epoch,
                     "mirror: the grant the peer held is given back; asking the witness again");
-                self.witness.ask_fenced();
+                self.witness.ask_after_give_back(epoch);
             }
             // Another grant since (or the view is being written): that grant's holder decides.
             Some((_, _, e)) if e > epoch => self.denied_by = None,
@@ -716,7 +716,14 @@ impl Engine {
         // which such a request's answer sets too: as for an answered grant, `failover_tick`.)
         let operators = takeover && !self.unanswered_retried;
         let takeover = takeover || slot.takeover_at(epoch);
-        if self.mode == Mode::Fenced && !operators && !self.witness.may_adopt(epoch) {
+        if self.mode == Mode::Fenced
+            && !operators
+            && !self.witness.may_adopt(
+                epoch,
+                slot.asked_plain.load(SeqCst),
+                slot.takeover_at(epoch),
+            )
+        {
             // Fenced for want of an answer, and the grant named now is above any its lost
             // request could have won: a grant came between (another site's, given back
             // without resyncing this volume), and this one is another volume's of the group,

@@ -83,7 +83,11 @@ impl Engine {
                 self.sw.phase = switchover::Phase::Idle;
                 self.stats.set_switch_phase(None);
             }
-            _ => {}
+            switchover::Phase::Taking { ref mut ack, .. } => {
+                // The peer's hand-over ended with this session (above, at its end): a
+                // SWITCH_ACK in the next one would be refused, the link dropped again.
+                *ack = false;
+            }
         }
         // In sync until now, this replica holds every write of the grants up to the group's
         // epoch: the known one, and one another volume's RESYNC_DONE taught the site

@@ -93,6 +93,11 @@ pub(super) struct Witness {
     /// takeover, judged by nobody but the operator). A lost grant is then adopted whatever its
     /// epoch ([`Witness::may_adopt`]).
     complete_unknown: bool,
+    /// The epoch of the peer's grant that denied this site, seen given back before this
+    /// site's request was asked again ([`Witness::ask_after_give_back`]; 0: none): a grant
+    /// one above it the witness's word names this site's may be adopted
+    /// ([`Witness::may_adopt`]). Cleared once the link is up.
+    peer_given_back: u64,
 }
 
 impl Witness {
@@ -122,6 +127,13 @@ impl Witness {
         self.asked = false;
         self.answered = false;
         self.fenced_retry = true;
+    }
+
+    /// [`Witness::ask_fenced`] once the peer's grant at `epoch` that denied this site is seen
+    /// given back (nobody holds the group at that epoch).
+    pub(super) fn ask_after_give_back(&mut self, epoch: u64) {
+        self.ask_fenced();
+        self.peer_given_back = epoch;
     }
 
     /// Restored from a fence for want of an answer whose replica still holds every write
@@ -191,8 +203,32 @@ impl Witness {
     /// between whose writes this replica misses (another site's, given back without resyncing
     /// this volume), and the group's grant named now was asked by another volume of the group
     /// at the epoch it taught: as with an answered grant ([`Witness::complete_for`]).
-    pub(super) fn may_adopt(&self, epoch: u64) -> bool {
-        self.complete_unknown || epoch <= self.complete.saturating_add(1)
+    ///
+    /// One grant above `k + 1` is the request's too: `g + 1`, where `g` is the peer's grant
+    /// that denied this site and was then seen given back (`peer_given_back`), when the
+    /// group's plain requests in this process were asked at `g − 1` at most (`asked_plain`,
+    /// the highest such epoch + 1, 0: none: `FailoverSlot::asked_plain`) and this replica was
+    /// complete at `g − 1`. After that word (nobody holding the group at `g`) the witness
+    /// grants this site `g + 1` only to a request asked at `g` (none was: `asked_plain`; an
+    /// older process's would have known `g` in sync, which its denial at `g` rules out) or at
+    /// `g − 1` while the group is marked released unused at `g` by the peer
+    /// (docs/witness-protocol.md, "An unused release": no write was acknowledged on `g`, the
+    /// replicas are as they were at `g − 1`). So this replica holds every acknowledged write.
+    /// Not a grant a lost operator's takeover may have made (`takeover`: asked at the
+    /// witness's epoch). Before, such a grant (denied while the peer held the group, asking
+    /// again once the peer gave it back unused, the answer lost) was refused and given back:
+    /// both sites stopped until the link returned (test
+    /// `restart_fence::a_denied_site_adopts_the_grant_after_an_unused_give_back_when_its_answer_is_lost`).
+    pub(super) fn may_adopt(&self, epoch: u64, asked_plain: u64, takeover: bool) -> bool {
+        let g = self.peer_given_back;
+        self.complete_unknown
+            || epoch <= self.complete.saturating_add(1)
+            || (!takeover
+                && g != 0
+                && epoch == g.saturating_add(1)
+                && asked_plain != 0
+                && asked_plain <= g
+                && self.complete.saturating_add(1) >= g)
     }
 
     /// Whether this volume may serve on the group's grant answered to a plain request asked
@@ -243,6 +279,7 @@ impl Witness {
             if site.up || site.draining {
                 self.fenced_retry = false;
                 self.restored = false;
+                self.peer_given_back = 0;
             }
             return Grant::Wait;
         }
@@ -340,6 +377,39 @@ mod tests {
             mode,
             draining: false,
         }
+    }
+
+    /// `may_adopt` above the epoch a lost request could win: only the grant one above the
+    /// peer's grant seen given back, asked below it, this replica complete there.
+    #[test]
+    fn a_grant_two_above_the_replica_is_adopted_only_after_the_peers_give_back() {
+        let mut w = Witness::default();
+        w.link_lost(Some(3));
+        assert!(w.may_adopt(4, 4, false), "the grant a request at 3 wins");
+        assert!(!w.may_adopt(5, 4, false), "no give-back seen");
+        w.ask_after_give_back(4);
+        assert!(
+            w.may_adopt(5, 4, false),
+            "the grant through the unused mark at 4"
+        );
+        assert!(
+            !w.may_adopt(5, 5, false),
+            "a request asked at 4: 4's writes missing"
+        );
+        assert!(!w.may_adopt(5, 0, false), "nothing asked in this process");
+        assert!(!w.may_adopt(5, 4, true), "a takeover's grant");
+        assert!(!w.may_adopt(6, 4, false), "above the give-back's");
+        let mut older = Witness::default();
+        older.link_lost(Some(2));
+        older.ask_after_give_back(4);
+        assert!(
+            !older.may_adopt(5, 3, false),
+            "a replica complete below the epoch before the give-back"
+        );
+        let slot = FailoverSlot::default();
+        let flag = AtomicBool::new(false);
+        w.tick(&slot, &flag, site(true, Mode::Fenced));
+        assert!(!w.may_adopt(5, 4, false), "kept once the link is up");
     }
 
     #[test]

@@ -48,8 +48,16 @@ pub(super) enum Phase {
     /// Old leader (now a follower of `term`): SWITCH sent, waiting for SWITCH_ACK; forwards
     /// and META that cross it are dropped.
     Handed { term: u64 },
-    /// New leader of `term`: waits until persister generation `generation` is on disk.
-    Taking { term: u64, generation: u64 },
+    /// New leader of `term`: waits until persister generation `generation` is on disk, then
+    /// sends SWITCH_ACK if `ack` (taken over at a SWITCH). Not after a lead adopted at a
+    /// session start: the peer's hand-over, if any, ended with the old session (`link_down`),
+    /// so it refused SWITCH_ACK ("for no switchover") and dropped the link, one more
+    /// reconnection (test `actlog::a_lead_adopted_at_a_session_start_sends_no_switch_ack`).
+    Taking {
+        term: u64,
+        generation: u64,
+        ack: bool,
+    },
 }
 
 /// The switchover's state.
@@ -225,7 +233,11 @@ impl Engine {
             }
         }
         let generation = self.set_role(role, term, "adopted at a session start (leader)");
-        self.sw.phase = Phase::Taking { term, generation };
+        self.sw.phase = Phase::Taking {
+            term,
+            generation,
+            ack: false,
+        };
         self.stats.set_switch_phase(Some("taking"));
         Ok(())
     }
@@ -264,11 +276,15 @@ impl Engine {
                     });
                 }
             }
-            Phase::Taking { term, generation } => {
+            Phase::Taking {
+                term,
+                generation,
+                ack,
+            } => {
                 if self.durable_at(generation) {
                     self.sw.phase = Phase::Idle;
                     self.stats.set_switch_phase(None);
-                    if self.sess.up {
+                    if ack && self.sess.up {
                         self.send(
                             Header {
                                 offset: term,
@@ -468,6 +484,7 @@ impl Engine {
         self.sw.phase = Phase::Taking {
             term: h.offset,
             generation,
+            ack: true,
         };
         self.stats.set_switch_phase(Some("taking"));
         Ok(())

@@ -1185,3 +1185,148 @@ fn the_old_leader_forwards_nothing_before_its_switch() {
     assert_both_hold(&a, &b, off, w, |name| format!("the write is not at {name}"));
     assert!(same_replicas(&a, &b));
 }
+
+/// A switchover whose SWITCH is lost (the link cut right after a handed over): at the next
+/// session b takes the lead of term 1 from the agreement, with no switchover of its own to
+/// acknowledge. It must send no SWITCH_ACK: a (whose handing-over ended with the old
+/// session) refused it ("SWITCH_ACK for no switchover") and dropped the link, one extra
+/// reconnection after every such switchover (seen in the log of
+/// `it::switchover::a_link_cut_during_a_switchover_ends_with_exactly_one_leader`). Failed
+/// before: a refused b's SWITCH_ACK.
+#[test]
+fn a_lead_adopted_at_a_session_start_sends_no_switch_ack() {
+    use crate::layer::mirror::stats::SWITCH_GIVE;
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(241);
+    let mut a = stateful(Role::Leader, dir.path());
+    let mut b = stateful(Role::Follower, dir.path());
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
+    for _ in 0..200 {
+        a.engine.tick(&mut io, Instant::now());
+        if matches!(
+            a.engine.sw.phase,
+            super::super::switchover::Phase::Handed { .. }
+        ) {
+            break;
+        }
+        a.engine.wait_persisted();
+    }
+    assert!(
+        matches!(
+            a.engine.sw.phase,
+            super::super::switchover::Phase::Handed { .. }
+        ),
+        "a did not hand over: {:?}",
+        a.engine.sw.phase
+    );
+    // SWITCH is lost with the link.
+    a.engine.take_outbox(&mut a.wire);
+    a.wire.clear();
+    assert!(!a.engine.leads() && a.engine.term() == 1);
+    assert!(b.engine.leads() || b.engine.term() == 0);
+    reconnect_agreeing(&mut a, &mut b, &mut io);
+    assert!(
+        b.engine.leads() && b.engine.term() == 1,
+        "b does not lead term 1 after the agreement"
+    );
+    let rejected = |s: &Site| s.engine.stats().rejected.load(Relaxed);
+    let (ra, rb) = (rejected(&a), rejected(&b));
+    for _ in 0..20 {
+        let now = Instant::now();
+        a.engine.wait_persisted();
+        b.engine.wait_persisted();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        b.engine.take_outbox(&mut b.wire);
+        let mut at = 0;
+        while let wire::Decoded::Msg(h, r) = wire::decode(&b.wire[at..]) {
+            assert_ne!(
+                h.ty,
+                wire::Type::SwitchAck,
+                "b acknowledges a switchover it adopted at a session start"
+            );
+            at += r.end;
+        }
+        receive(&mut b, &mut a, &mut io, usize::MAX);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+    }
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(
+        (rejected(&a), rejected(&b)),
+        (ra, rb),
+        "a message was refused"
+    );
+    assert!(a.engine.is_up() && b.engine.is_up(), "the session ended");
+    assert!(b.engine.leads() && !a.engine.leads());
+    assert_eq!((a.engine.term(), b.engine.term()), (1, 1));
+}
+
+/// As `a_lead_adopted_at_a_session_start_sends_no_switch_ack`, with SWITCH received: b takes
+/// over, its new term not on disk yet, when the link is cut; at the next session a's
+/// hand-over is over (it ended with the old session), so b, its term on disk now, must not
+/// send the SWITCH_ACK it owed the old session (a refused it and dropped the link).
+#[test]
+fn a_switch_ack_owed_to_an_ended_session_is_not_sent_in_the_next() {
+    use crate::layer::mirror::stats::SWITCH_GIVE;
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(251);
+    let p = Persister::spawn().unwrap();
+    let mut a = stateful(Role::Leader, dir.path());
+    let mut b = stateful_on(Role::Follower, dir.path(), true, Arc::clone(&p));
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(b.engine.wait_persisted());
+    a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
+    p.hold(true);
+    let unhold = Unhold(Arc::clone(&p));
+    for _ in 0..200 {
+        a.engine.tick(&mut io, Instant::now());
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        if matches!(
+            b.engine.sw.phase,
+            super::super::switchover::Phase::Taking { .. }
+        ) {
+            break;
+        }
+        a.engine.wait_persisted();
+    }
+    assert!(
+        matches!(
+            b.engine.sw.phase,
+            super::super::switchover::Phase::Taking { .. }
+        ),
+        "b did not take over: {:?}",
+        b.engine.sw.phase
+    );
+    reconnect_agreeing(&mut a, &mut b, &mut io);
+    drop(unhold);
+    assert!(b.engine.wait_persisted());
+    let rejected = |s: &Site| s.engine.stats().rejected.load(Relaxed);
+    let ra = rejected(&a);
+    for _ in 0..20 {
+        b.engine.tick(&mut io, Instant::now());
+        b.engine.take_outbox(&mut b.wire);
+        let mut at = 0;
+        while let wire::Decoded::Msg(h, r) = wire::decode(&b.wire[at..]) {
+            assert_ne!(
+                h.ty,
+                wire::Type::SwitchAck,
+                "b acknowledges a switchover in a session after it"
+            );
+            at += r.end;
+        }
+        receive(&mut b, &mut a, &mut io, usize::MAX);
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+    }
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert_eq!(rejected(&a), ra, "a refused a message");
+    assert!(a.engine.is_up() && b.engine.is_up(), "the session ended");
+    assert!(b.engine.leads() && !a.engine.leads());
+    assert_eq!((a.engine.term(), b.engine.term()), (1, 1));
+}

@@ -349,3 +349,88 @@ fn a_volume_restarted_fenced_for_want_of_an_answer_that_finds_a_newer_grant_stay
         "y serves nowhere"
     );
 }
+
+/// As `a_site_restarted_after_a_denial_asks_again_once_the_holders_grant_is_given_back`,
+/// with b's process kept or restarted, but the answer to b's second request lost: the witness
+/// granted it at epoch 2 (asked at 0, the epoch before a's grant at 1, which a gave back
+/// unused) and b fenced for want of that answer. The witness's next word names b the holder
+/// at 2: b must adopt it and serve with W (its replica is complete at 0, and a grant at 2
+/// answering a request asked at 0 is one the witness makes only through a's unused release:
+/// no write was acknowledged on 1). Failed before: b took the grant for one newer than its
+/// replica (`may_adopt` accepted 1 at most), fenced and gave it back, and neither site served
+/// until the link returned. a never serves meanwhile, and once the link returns b resyncs a.
+#[test]
+fn a_denied_site_adopts_the_grant_after_an_unused_give_back_when_its_answer_is_lost() {
+    use crate::layer::mirror::failover::{FailoverSlot, UNREACHABLE};
+    use std::sync::atomic::Ordering::SeqCst;
+    for restart_b in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b, mut sb, mut wit, mut io, mut rng) =
+            a_granted_unanswered_b_denied_by_the_rules(233, dir.path());
+        if restart_b {
+            // b's process is killed and restarted on the same host, the link still down.
+            sb = Arc::new(FailoverSlot::default());
+            sb.members.store(1, SeqCst);
+            b.engine.cfg.failover = Some(Arc::clone(&sb));
+            crash_and_restart(&mut b);
+            assert_eq!(b.engine.mode(), Mode::Fenced);
+            wit.show(&sb, 2);
+            b.engine.tick(&mut io, Instant::now());
+        }
+        let sa2 = a_restarts_after_a_power_loss_and_gives_back_unused(
+            &mut a, &mut wit, &mut io, &mut rng,
+        );
+        wit.show(&sb, 2);
+        assert_eq!(sb.view(), Some((false, 0, 1)), "the grant is given back");
+        let now = Instant::now();
+        b.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        assert!(
+            sb.want.swap(false, SeqCst),
+            "b never asks again once the grant that denied it is given back"
+        );
+        // The witness grants b's request at 2; its answer is lost.
+        assert_eq!(
+            wit.ask_lost(2, &sb),
+            Some(2),
+            "the witness refuses b's request"
+        );
+        sb.outcome.store(UNREACHABLE, SeqCst);
+        b.engine.tick(&mut io, now);
+        assert_eq!(b.engine.mode(), Mode::Fenced, "restart {restart_b}");
+        // The witness's next word: b holds the group at 2.
+        wit.show(&sb, 2);
+        assert_eq!(sb.view(), Some((true, 2, 2)));
+        for _ in 0..3 {
+            b.engine.tick(&mut io, Instant::now());
+            while complete_one(&mut b, &mut io, &mut rng) {}
+        }
+        assert_eq!(
+            sb.release.load(SeqCst),
+            0,
+            "b gives back the grant it won (restart {restart_b})"
+        );
+        assert_eq!(
+            b.engine.mode(),
+            Mode::Survivor,
+            "b does not adopt its grant (restart {restart_b})"
+        );
+        past_peer_lease(&mut b, &mut io);
+        assert!(b.engine.may_read(Instant::now()), "b does not serve");
+        assert!(holds_w(&b), "b serves without W");
+        assert!(
+            !a.engine.may_read(Instant::now()) && a.engine.mode() != Mode::Survivor,
+            "a serves beside b"
+        );
+        // The link returns: b resyncs a.
+        wit.show(&sa2, 1);
+        a.engine.tick(&mut io, Instant::now());
+        meet(&mut a, &mut b, &mut io);
+        run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+        assert!(holds_w(&a) && holds_w(&b), "W lost at a site");
+        assert!(
+            a.disk.borrow().bytes == b.disk.borrow().bytes,
+            "replicas differ after the resync"
+        );
+    }
+}

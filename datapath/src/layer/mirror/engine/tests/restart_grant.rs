@@ -586,6 +586,7 @@ impl Witness {
             .load(SeqCst)
             .max(slot.learned_epoch.load(SeqCst));
         slot.asked_epoch.store(known, SeqCst);
+        slot.asked_plain.fetch_max(known + 1, SeqCst);
         let body = twinblk_witness::proto::Body::GrantRequest {
             group: Self::GROUP,
             known: twinblk_witness::Epoch(known),
@@ -598,6 +599,31 @@ impl Witness {
                 slot.publish_view(site, view.epoch.0, site);
                 Some(view.epoch.0)
             }
+            _ => None,
+        }
+    }
+
+    /// The thread's plain request as [`Witness::ask`], its answer lost: only the asked epoch
+    /// is stored (the thread sets it before it sends); returns the epoch granted, if any.
+    pub(super) fn ask_lost(
+        &mut self,
+        site: u32,
+        slot: &crate::layer::mirror::failover::FailoverSlot,
+    ) -> Option<u64> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let known = slot
+            .known_epoch
+            .load(SeqCst)
+            .max(slot.learned_epoch.load(SeqCst));
+        slot.asked_epoch.store(known, SeqCst);
+        slot.asked_plain.fetch_max(known + 1, SeqCst);
+        let body = twinblk_witness::proto::Body::GrantRequest {
+            group: Self::GROUP,
+            known: twinblk_witness::Epoch(known),
+            preferred: false,
+        };
+        match self.send(site, body) {
+            twinblk_witness::proto::Body::Grant { view } => Some(view.epoch.0),
             _ => None,
         }
     }
