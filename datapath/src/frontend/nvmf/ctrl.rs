@@ -260,23 +260,39 @@ impl Subsystem {
 }
 
 /// The namespace ids whose attributes differ between two copies of a subsystem, ascending:
-/// added, removed, or removed and added again (another volume or generation).
+/// added, removed, or removed and added again (another volume or generation). One walk of
+/// both lists (each ascending by nsid, each nsid once).
 pub fn changed_nsids(old: &Subsystem, new: &Subsystem) -> Vec<u32> {
     let key = |n: &Namespace| (n.nsid, n.volume, n.since);
-    let mut out: Vec<u32> = old
-        .namespaces
-        .iter()
-        .filter(|o| !new.namespaces.iter().any(|n| key(n) == key(o)))
-        .chain(
-            new.namespaces
-                .iter()
-                .filter(|n| !old.namespaces.iter().any(|o| key(n) == key(o))),
-        )
-        .map(|n| n.nsid)
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
+    let (mut a, mut b) = (
+        old.namespaces.iter().peekable(),
+        new.namespaces.iter().peekable(),
+    );
+    let mut out = Vec::new();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return out,
+            (Some(o), Some(n)) if o.nsid == n.nsid => {
+                if key(o) != key(n) {
+                    out.push(o.nsid);
+                }
+                a.next();
+                b.next();
+            }
+            (Some(o), Some(n)) if o.nsid < n.nsid => {
+                out.push(o.nsid);
+                a.next();
+            }
+            (Some(o), None) => {
+                out.push(o.nsid);
+                a.next();
+            }
+            (_, Some(n)) => {
+                out.push(n.nsid);
+                b.next();
+            }
+        }
+    }
 }
 
 /// The state of volume index `volume`'s ANA group as a host at `host` (`None`: not listed)
@@ -658,6 +674,11 @@ mod tests {
         let e = d.with_changed_namespaces(&[(1, 4), (2, 6)]);
         assert_eq!(changed_nsids(&c, &e), vec![1]);
         assert_eq!(changed_nsids(&c, &c), Vec::<u32>::new());
+        // Interleaved: 3 stays, 1 and 5 go, 2 and 6 come.
+        let f = a.with_changed_namespaces(&[(1, 1), (3, 3), (5, 5)]);
+        let g = f.with_changed_namespaces(&[(2, 2), (3, 3), (6, 6)]);
+        assert_eq!(changed_nsids(&f, &g), vec![1, 2, 5, 6]);
+        assert_eq!(changed_nsids(&g, &f), vec![1, 2, 5, 6]);
     }
 
     #[test]
