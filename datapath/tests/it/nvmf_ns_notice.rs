@@ -271,7 +271,9 @@ fn a_namespace_added_and_removed_under_a_connected_host_is_announced_and_followe
 
 /// With Namespace Attribute Notices disabled (bit 8 of Feature 0Bh clear) a change completes
 /// no held event request, yet the Changed Namespace List records it; enabled afterwards, the
-/// next change is announced. Malformed requests for the log are refused and clear nothing.
+/// next change is announced, one event until the log is read, and one made while no event
+/// request is held is reported on the next one the host posts. Malformed requests for the log
+/// are refused and clear nothing.
 #[test]
 fn namespace_notices_disabled_send_no_event_and_malformed_log_requests_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -378,6 +380,18 @@ fn namespace_notices_disabled_send_no_event_and_malformed_log_requests_are_refus
     let ev = event(&mut c, aer, "namespace 7 removed");
     assert_eq!(ev.result & 0xFF_FFFF, NS_CHANGED);
     assert_eq!(changed_log(&mut c, false), vec![7]);
+    // A change while no event request is held: queued, reported on the next one posted.
+    ok(
+        &sock,
+        "nvmf_namespace_add",
+        json!({"nqn": NQN, "volume": "n3", "nsid": 3}),
+    );
+    let ka = c.admin.submit(Sqe::new(0x18), &[], 0).unwrap();
+    assert_eq!(c.admin.complete().unwrap().cid, ka, "the change is taken");
+    let aer = c.admin.submit(Sqe::new(0x0C), &[], 0).unwrap();
+    let ev = event(&mut c, aer, "namespace 3 added before the request");
+    assert_eq!(ev.result & 0xFF_FFFF, NS_CHANGED);
+    assert_eq!(changed_log(&mut c, false), vec![3]);
 }
 
 /// Reservations are the namespaces': adding and removing another namespace while the holder

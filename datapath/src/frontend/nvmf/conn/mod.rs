@@ -148,7 +148,7 @@ struct AdminState {
     ana_watch: Vec<crate::bdev::volume::PathWatch>,
     /// The Feature values the host set (`features`; defaults until it does).
     features: features::FeatureValues,
-    /// The Changed Namespace List log page's content (`admin`: namespace changes).
+    /// The Changed Namespace List log page and the state of its event (`namespaces`).
     ns_changed: namespaces::ChangedNs,
     /// The Keep Alive Timer is not active: the controller was disabled (CC.EN 1 to 0) or shut
     /// down (CC.SHN) and not enabled again since. (From Connect to the first CC.EN = 1 it
