@@ -569,7 +569,7 @@ pub(super) fn volume_delete(
             ),
         ));
     }
-    if let Some(h) = describe_hosts(cx, |r| r.volumes.contains(&vol)) {
+    if let Some(h) = describe_hosts(cx, |r| r.reaches(vol)) {
         return Err((
             E_IN_USE,
             format!("volume {name:?} is still reached by {h}: wait for them to close"),

@@ -2,12 +2,16 @@
 //! [`super::admin`]'s; docs/control.md, "Run-time changes").
 //!
 //! A subsystem or target is immutable: a change builds a changed copy and puts it in the
-//! table in the old one's place (under the table's write lock), so connections keep the copy
-//! they connected to and never lock per I/O. Consequences, all documented:
-//! - a namespace or LUN change to a subsystem or target with connected hosts is refused
-//!   unless `force: true`, which closes those connections first (they reconnect and see the
-//!   new set; their reservations on a run-time subsystem or target start over, since they
-//!   are kept per copy);
+//! table in the old one's place (under the table's write lock), so connections keep a copy
+//! and never lock per I/O. Consequences, all documented:
+//! - a namespace change reaches connected NVMe/TCP hosts without closing anything: the new
+//!   copy's generation is published (`ctrl::Subsystem::publish`), each queue takes the new
+//!   copy at its next command, and every admin queue of the subsystem is sent a note so an
+//!   idle one takes it at once and reports the Namespace Attribute Changed event; the hosts'
+//!   records list the new volumes; reservations of the namespaces that stay are kept;
+//! - a LUN change to a target with connected hosts is refused unless `force: true`, which
+//!   closes those connections first (they reconnect and see the new set; their reservations
+//!   on a run-time target start over, since they are kept per copy);
 //! - an allowed host list change applies to the next connections; `nvmf_host_disallow` with
 //!   `force: true` also closes the host's connections.
 
@@ -19,11 +23,12 @@ use super::admin::{
 use crate::frontend::iscsi::{IscsiLun, IscsiTarget};
 use crate::frontend::nvmf::ctrl::Subsystem;
 use crate::runtime::hosts::HostRecord;
+use crate::runtime::{Msg, NoteTo};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// Highest namespace id a run-time namespace may take.
-pub const MAX_NSID: u64 = 1024;
+pub const MAX_NSID: u64 = crate::frontend::nvmf::ctrl::MAX_NSID as u64;
 /// Highest LUN a run-time LUN may take.
 pub const MAX_LUN: u64 = 255;
 
@@ -129,8 +134,7 @@ pub fn nvmf_subsystem_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Resu
     if subs.iter().any(|s| s.nqn == nqn) {
         return Err(bad(format!("a subsystem {nqn:?} exists already")));
     }
-    let mut sub = Subsystem::with_namespaces(nqn.to_string(), hosts, &[]);
-    sub.runtime = true;
+    let sub = Subsystem::at_runtime(nqn.to_string(), hosts);
     let out = subsystem_json(cx, &sub);
     subs.push(Arc::new(sub));
     tracing::info!(nqn, "control: NVMe-oF subsystem added");
@@ -156,32 +160,45 @@ pub fn nvmf_subsystem_remove(
     Ok(json!({"nqn": nqn, "removed": true, "closed_connections": closed}))
 }
 
-/// Replace subsystem `nqn` (a run-time one) by `change`'s copy, closing its connections
-/// first when `force` (refused while connected otherwise).
+/// Replace subsystem `nqn` (a run-time one) by `change`'s copy, with its connections: each
+/// queue takes the new copy at its next command, every admin queue is told at once (for the
+/// Namespace Attribute Changed event) and the hosts' records list the new volumes. The reply
+/// and how many controllers were told.
 fn change_namespaces(
     cx: &ControlCx,
     nqn: &str,
-    force: bool,
     change: impl FnOnce(&Subsystem) -> Result<Vec<(u32, usize)>, Error>,
 ) -> Result<(Value, usize), Error> {
     let pick = nvmf_hosts(nqn);
-    // Checked and swapped under the write lock: a queue registers under the read lock and
-    // only with the very copy in the table (see `frontend::nvmf`), so none slips in between.
-    let new = {
+    // Swapped, published and the records updated under the write lock: a queue registers
+    // under the read lock with the copy in the table (see `frontend::nvmf`), so its record
+    // either has the new volumes or is updated here.
+    let (new, told) = {
         let mut subs = cx.nvmf.subs_mut();
         let i = find_sub(&subs, nqn, Some("change its namespaces"))?;
-        in_use(cx, force, &format!("subsystem {nqn:?}"), &pick)?;
         let ns = change(&subs[i])?;
-        let mut sub =
-            Subsystem::with_namespaces(nqn.to_string(), subs[i].allowed_hosts.clone(), &ns);
-        sub.runtime = true;
-        let new = Arc::new(sub);
+        let new = Arc::new(subs[i].with_changed_namespaces(&ns));
         subs[i] = Arc::clone(&new);
-        new
+        new.publish();
+        let vols: Vec<usize> = new.namespaces.iter().map(|n| n.volume).collect();
+        let mut told = 0;
+        for (_, r) in cx.rt.hosts.list().into_iter().filter(|(_, r)| pick(r)) {
+            r.set_volumes(vols.clone());
+            // An admin queue reports the event; an I/O queue takes the copy at its next
+            // command by itself.
+            if r.queue == Some(0)
+                && let Some(m) = cx.rt.mailboxes.get(r.reactor)
+            {
+                m.send(Msg::Note {
+                    to: NoteTo::Conn(r.conn),
+                    note: Box::new(crate::frontend::nvmf::Note::NsChanged { key: r.conn }),
+                });
+                told += 1;
+            }
+        }
+        (new, told)
     };
-    // Then the connections to the old copy close (new ones see the new namespaces).
-    let closed = if force { disconnect(cx, &pick)? } else { 0 };
-    Ok((subsystem_json(cx, &new), closed))
+    Ok((subsystem_json(cx, &new), told))
 }
 
 /// `nvmf_namespace_add {nqn, volume, nsid?, force?}`.
@@ -195,9 +212,10 @@ pub fn nvmf_namespace_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Resu
     {
         return Err(bad(format!("nsid {n}: give 1 to {MAX_NSID}")));
     }
-    let force = flag(p, "force")?;
+    // Accepted as before; a namespace change closes no connection any more.
+    flag(p, "force")?;
     let mut chosen = 0;
-    let (mut out, closed) = change_namespaces(cx, nqn, force, |sub| {
+    let (mut out, told) = change_namespaces(cx, nqn, |sub| {
         let mut ns = sub.numbered();
         let id = match nsid {
             Some(n) if ns.iter().any(|&(x, _)| u64::from(x) == n) => {
@@ -215,7 +233,8 @@ pub fn nvmf_namespace_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Resu
         Ok(ns)
     })?;
     out["nsid"] = json!(chosen);
-    out["closed_connections"] = json!(closed);
+    out["closed_connections"] = json!(0);
+    out["notified_controllers"] = json!(told);
     tracing::info!(nqn, nsid = chosen, volume = %v.name, "control: NVMe-oF namespace added");
     Ok(out)
 }
@@ -228,8 +247,8 @@ pub fn nvmf_namespace_remove(
 ) -> Result<Value, Error> {
     let nqn = s(p, "nqn")?;
     let nsid = num(p, "nsid")?.ok_or_else(|| bad("params need \"nsid\""))?;
-    let force = flag(p, "force")?;
-    let (mut out, closed) = change_namespaces(cx, nqn, force, |sub| {
+    flag(p, "force")?;
+    let (mut out, told) = change_namespaces(cx, nqn, |sub| {
         let ns = sub.numbered();
         if !ns.iter().any(|&(x, _)| u64::from(x) == nsid) {
             return Err(bad(format!("subsystem {nqn:?} has no namespace {nsid}")));
@@ -239,7 +258,8 @@ pub fn nvmf_namespace_remove(
             .filter(|&(x, _)| u64::from(x) != nsid)
             .collect())
     })?;
-    out["closed_connections"] = json!(closed);
+    out["closed_connections"] = json!(0);
+    out["notified_controllers"] = json!(told);
     tracing::info!(nqn, nsid, "control: NVMe-oF namespace removed");
     Ok(out)
 }

@@ -673,7 +673,7 @@ fn host_list(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String
             .hosts
             .list()
             .into_iter()
-            .filter(|(_, r)| filter.is_none_or(|f| r.volumes.contains(&f)))
+            .filter(|(_, r)| filter.is_none_or(|f| r.reaches(f)))
             .map(|(id, r)| {
                 json!({
                     "id": id,
@@ -683,7 +683,7 @@ fn host_list(params: Option<&Value>, shared: &ControlCx) -> Result<Value, String
                     "peer": r.peer.map(|a| a.to_string()),
                     "host": r.host,
                     "target": r.target,
-                    "volumes": r.volumes.iter().filter_map(vname).collect::<Vec<_>>(),
+                    "volumes": r.volumes().iter().filter_map(vname).collect::<Vec<_>>(),
                     "queue": r.queue,
                     "controller": r.controller,
                     "site": r.site,

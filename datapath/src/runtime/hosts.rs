@@ -14,13 +14,17 @@
 //! - The one value that changes per I/O, the requests in flight, is an atomic the connection
 //!   stores at most once per reactor turn (relaxed): a listing may trail the connection by a
 //!   turn, and a record is only ever read whole by the control thread.
+//! - The volumes a connection reaches change only by a run-time change of what it connected
+//!   to (an NVMe namespace added or removed while hosts stay connected): the control thread
+//!   sets them under the record's own mutex, which no I/O path takes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// What a connection says about itself (fixed at registration, except the requests in flight).
+/// What a connection says about itself (fixed at registration, except the requests in flight
+/// and the volumes it reaches).
 #[derive(Debug)]
 pub struct HostRecord {
     /// Protocol: `nbd`, `nvmf`, `iscsi`.
@@ -37,8 +41,9 @@ pub struct HostRecord {
     /// What the host connected to: the NVMe subsystem NQN, the iSCSI target name, the NBD
     /// export name.
     pub target: String,
-    /// The volumes the connection reaches (indexes into the runtime's volumes).
-    pub volumes: Vec<usize>,
+    /// The volumes the connection reaches (indexes into the runtime's volumes): see
+    /// [`HostRecord::volumes`].
+    volumes: Mutex<Vec<usize>>,
     /// NVMe/TCP: the queue id (0: the admin queue).
     pub queue: Option<u16>,
     /// NVMe/TCP: the controller id the queue belongs to.
@@ -59,7 +64,7 @@ impl HostRecord {
             peer: None,
             host: None,
             target,
-            volumes: Vec::new(),
+            volumes: Mutex::new(Vec::new()),
             queue: None,
             controller: None,
             site: None,
@@ -71,6 +76,27 @@ impl HostRecord {
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
     }
+
+    /// The volumes the connection reaches now (indexes into the runtime's volumes).
+    pub fn volumes(&self) -> Vec<usize> {
+        lock_vols(&self.volumes).clone()
+    }
+
+    /// Whether the connection reaches volume index `vol` now.
+    pub fn reaches(&self, vol: usize) -> bool {
+        lock_vols(&self.volumes).contains(&vol)
+    }
+
+    /// Set the volumes the connection reaches: at registration, and when a run-time change
+    /// of its target moved them (never per I/O).
+    pub fn set_volumes(&self, vols: Vec<usize>) {
+        *lock_vols(&self.volumes) = vols;
+    }
+}
+
+fn lock_vols(m: &Mutex<Vec<usize>>) -> MutexGuard<'_, Vec<usize>> {
+    // One assignment per change: a poisoned list is still whole.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The daemon's registry of connected hosts.
@@ -159,8 +185,8 @@ mod tests {
     #[test]
     fn a_record_is_listed_until_its_handle_is_dropped() {
         let hosts = Arc::new(Hosts::default());
-        let mut r = HostRecord::new("nbd", 1, 7, "vol0".into());
-        r.volumes = vec![0];
+        let r = HostRecord::new("nbd", 1, 7, "vol0".into());
+        r.set_volumes(vec![0]);
         let a = hosts.register(r);
         let b = hosts.register(HostRecord::new("nvmf", 0, 3, "nqn.x".into()));
         a.set_inflight(5);

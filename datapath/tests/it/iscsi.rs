@@ -1216,7 +1216,7 @@ fn a_logged_in_session_is_listed_in_the_hosts_registry_until_it_closes() {
     assert_eq!(h.proto, "iscsi");
     assert_eq!(h.host.as_deref(), Some("iqn.2026-11.test:raw"));
     assert_eq!(h.target, IQN);
-    assert_eq!(h.volumes, vec![0]);
+    assert_eq!(h.volumes(), vec![0]);
     assert_eq!(h.peer, Some(r.s.local_addr().unwrap()));
     drop(r);
     let t = std::time::Instant::now();

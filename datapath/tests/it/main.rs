@@ -52,6 +52,7 @@ mod nvmf_ana;
 mod nvmf_conformance;
 mod nvmf_fused_resv;
 mod nvmf_limits;
+mod nvmf_ns_notice;
 mod power_loss;
 mod rawnbd;
 mod reactor_wait;

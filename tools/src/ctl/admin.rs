@@ -464,6 +464,14 @@ fn closed(r: &Value) -> String {
     }
 }
 
+/// A namespace change's controllers told of it (they stay connected and rescan).
+fn notified(r: &Value) -> String {
+    match r["notified_controllers"].as_u64() {
+        Some(0) | None => String::new(),
+        Some(n) => format!("; {n} connected controller(s) notified"),
+    }
+}
+
 fn namespaces(r: &Value) -> String {
     let v: Vec<String> = r["namespaces"]
         .as_array()
@@ -561,7 +569,7 @@ pub fn render(method: &str, params: &Value, r: &Value) -> String {
         "nvmf_namespace_add" | "nvmf_namespace_remove" => {
             let _ = writeln!(
                 o,
-                "NVMe-oF subsystem {}: namespace {} {}{}; namespaces now: {}",
+                "NVMe-oF subsystem {}: namespace {} {}{}{}; namespaces now: {}",
                 st(&r["nqn"]),
                 id("nsid"),
                 if method == "nvmf_namespace_add" {
@@ -570,6 +578,7 @@ pub fn render(method: &str, params: &Value, r: &Value) -> String {
                     "removed"
                 },
                 closed(r),
+                notified(r),
                 namespaces(r)
             );
         }
@@ -807,6 +816,15 @@ mod tests {
         );
         assert!(
             t.starts_with("NVMe-oF subsystem nqn.x: namespace 2 removed; namespaces now: 1=a\n"),
+            "{t}"
+        );
+        let t = render(
+            "nvmf_namespace_add",
+            &json!({"nqn": "nqn.x", "volume": "b"}),
+            &json!({"nqn": "nqn.x", "nsid": 2, "closed_connections": 0, "notified_controllers": 2, "namespaces": [{"nsid": 1, "volume": "a"}, {"nsid": 2, "volume": "b"}], "lasts": "until the daemon stops"}),
+        );
+        assert!(
+            t.starts_with("NVMe-oF subsystem nqn.x: namespace 2 added; 2 connected controller(s) notified; namespaces now: 1=a, 2=b\n"),
             "{t}"
         );
     }

@@ -164,7 +164,7 @@ impl Fanout {
         let settle = Settle::new(waiter);
         let mut sent = 0usize;
         for (_, rec) in self.hosts.list() {
-            if rec.proto != "iscsi" || !rec.volumes.contains(&vol) {
+            if rec.proto != "iscsi" || !rec.reaches(vol) {
                 continue;
             }
             let Some(m) = self.mailboxes.get(rec.reactor) else {
@@ -217,8 +217,8 @@ mod tests {
             .map(|_| Arc::new(Mailbox::with_capacity(16).unwrap()))
             .collect();
         let rec = |reactor, conn, proto, vols: Vec<usize>| {
-            let mut r = HostRecord::new(proto, reactor, conn, "iqn.t".into());
-            r.volumes = vols;
+            let r = HostRecord::new(proto, reactor, conn, "iqn.t".into());
+            r.set_volumes(vols);
             hosts.register(r)
         };
         // Two iSCSI sessions of volume 3, one of another volume, one NVMe/TCP queue.

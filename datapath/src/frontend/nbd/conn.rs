@@ -386,7 +386,7 @@ impl NbdConn {
         self.phase = Phase::Transmission;
         let mut rec = HostRecord::new("nbd", env.io.reactor, env.key, e.name.clone());
         rec.peer = crate::transport::tcp::peer_addr(&self.fd);
-        rec.volumes = vec![e.volume];
+        rec.set_volumes(vec![e.volume]);
         self.host = Some(env.shared.hosts.register(rec));
         true
     }

@@ -238,6 +238,12 @@ pub enum Note {
         /// The admin queue's connection key.
         key: u32,
     },
+    /// To an admin queue, from the control thread: its subsystem's namespace set changed
+    /// (`NvmfConn::follow_subsys` takes the new one in the turn this arrives).
+    NsChanged {
+        /// The admin queue's connection key.
+        key: u32,
+    },
     /// To a queue: the outcome of a fused pair (`status`: compare, `status2`: write) or of a
     /// diverted access (`status`; read data in `data`).
     Done {
@@ -339,7 +345,8 @@ impl Note {
             Note::Done { key, .. }
             | Note::Abort { key, .. }
             | Note::AbortDone { key, .. }
-            | Note::AnaChanged { key } => Some(*key),
+            | Note::AnaChanged { key }
+            | Note::NsChanged { key } => Some(*key),
         }
     }
 }

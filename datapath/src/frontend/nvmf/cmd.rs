@@ -512,8 +512,8 @@ pub fn identify_ctrl(b: &mut [u8], c: &CtrlIdentity<'_>) {
     b[77] = c.mdts;
     put16(b, 78, c.cntlid);
     put32(b, 80, VERSION);
-    // OAES: ANA change notices (bit 11).
-    put32(b, 92, if c.discovery { 0 } else { 1 << 11 });
+    // OAES: Namespace Attribute Notices (bit 8), ANA change notices (bit 11).
+    put32(b, 92, if c.discovery { 0 } else { (1 << 8) | (1 << 11) });
     put32(b, 96, CTRATT);
     b[111] = if c.discovery { 2 } else { 1 }; // CNTRLTYPE
     b[258] = ACL; // ACL (0's based)
@@ -926,7 +926,12 @@ mod tests {
             ("MDTS", 77, 1, int(5, 1)),
             ("CNTLID", 78, 2, int(0x7FF9, 2)),
             ("VER", 80, 4, int(0x0001_0400, 4)),
-            ("OAES: ANA change notices", 92, 4, int(1 << 11, 4)),
+            (
+                "OAES: namespace attribute and ANA change notices",
+                92,
+                4,
+                int((1 << 8) | (1 << 11), 4),
+            ),
             ("CTRATT: 128-bit host id", 96, 4, int(1, 4)),
             ("CNTRLTYPE: I/O", 111, 1, int(1, 1)),
             ("ACL", 258, 1, int(3, 1)),

@@ -2,8 +2,12 @@
 //!
 //! Model: a [`Subsystem`] is immutable; the daemon's table holds `Arc<Subsystem>`s and a
 //! change made at run time (a namespace, an allowed host) replaces the subsystem with a
-//! changed copy. A controller keeps the copy it connected to, so its queues never take a lock
-//! to find a namespace. Controllers come and go with admin queues: the [`Registry`] maps cntlid to a
+//! changed copy. A queue keeps a copy, so it never takes a lock to find a namespace. The
+//! copies of one subsystem share its namespace generation (an atomic, [`Subsystem::stale`]):
+//! a namespace change numbers its copy one more and publishes that number once the copy is in
+//! the table, so a queue holding an older copy sees, by one atomic load per command, that it
+//! must fetch the new one (under the table's read lock, once per change); the changed NSIDs
+//! are the difference of the two copies ([`changed_nsids`]). Controllers come and go with admin queues: the [`Registry`] maps cntlid to a
 //! [`Controller`] behind a `Mutex` taken only on Connect, queue close and teardown, never on
 //! the I/O path (an I/O queue holds its own `Arc<Controller>` and its subsystem's index).
 //!
@@ -29,7 +33,7 @@ use crate::bdev::host_path::{self, Site};
 use crate::bdev::volume::{PathState, Volume};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Highest controller id of the dynamic controller model (NVMe base spec: FFF0h..FFFFh are
@@ -37,6 +41,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const MAX_CNTLID: u16 = 0xFFEF;
 /// Default number of I/O queues a controller may create (Set Features can lower it).
 pub const MAX_IO_QUEUES: u16 = 64;
+/// Highest namespace id of a run-time subsystem (its reservation table has a slot for each).
+pub const MAX_NSID: u32 = 1024;
 
 /// One namespace of a subsystem.
 #[derive(Clone, Debug)]
@@ -50,6 +56,9 @@ pub struct Namespace {
     /// The namespace's identifiers (NGUID, EUI-64, UUID): derived from the subsystem NQN and
     /// the nsid only, so both sites report the same ones for the same namespace.
     pub ids: cmd::NsIds,
+    /// The namespace generation of the subsystem when this namespace was added (0: from the
+    /// start): a namespace removed and added again is another namespace to a host.
+    pub since: u64,
 }
 
 /// An NVM subsystem.
@@ -69,6 +78,11 @@ pub struct Subsystem {
     pub ana_groups: Vec<AnaGroup>,
     /// Added through the control socket (lasts until the daemon stops), not from the config.
     pub runtime: bool,
+    /// The namespace generation of the subsystem's newest copy, shared by all its copies
+    /// ([`Subsystem::stale`]).
+    pub ns_live: Arc<AtomicU64>,
+    /// This copy's namespace generation.
+    pub ns_gen: u64,
 }
 
 /// An ANA group of a subsystem: one volume's namespaces.
@@ -110,6 +124,7 @@ impl Subsystem {
                 volume,
                 ana_group: ana_group_of(volume),
                 ids: cmd::NsIds::derive(&nqn, nsid),
+                since: 0,
             })
             .collect();
         let mut ana_groups: Vec<AnaGroup> = Vec::new();
@@ -125,7 +140,9 @@ impl Subsystem {
         }
         ana_groups.sort_by_key(|g| g.id);
         let serial = format!("TB{:08X}", crate::checksum::crc32c(nqn.as_bytes()));
-        let resv = Arc::new(super::resv::ResvTable::new(namespaces.len()));
+        // A namespace's reservations are in slot nsid - 1 ([`Subsystem::resv_slot`]).
+        let slots = namespaces.last().map_or(0, |n| n.nsid as usize);
+        let resv = Arc::new(super::resv::ResvTable::new(slots));
         Self {
             nqn,
             serial,
@@ -134,7 +151,64 @@ impl Subsystem {
             resv,
             ana_groups,
             runtime: false,
+            ns_live: Arc::new(AtomicU64::new(0)),
+            ns_gen: 0,
         }
+    }
+
+    /// A subsystem added through the control socket: no namespace yet, and a reservation
+    /// slot for every namespace id it may have (1 to [`MAX_NSID`]), so its table is kept
+    /// across namespace changes.
+    pub fn at_runtime(nqn: String, allowed_hosts: Vec<String>) -> Self {
+        let mut s = Self::with_namespaces(nqn, allowed_hosts, &[]);
+        s.resv = Arc::new(super::resv::ResvTable::new(MAX_NSID as usize));
+        s.runtime = true;
+        s
+    }
+
+    /// A copy with the namespaces `(nsid, volume)` instead (a namespace change, for the
+    /// table; [`Subsystem::publish`] once it is there): its generation is one more; the
+    /// namespaces that stay keep their generation and their reservations (the table is
+    /// shared when it has a slot for each nsid), the ones added or removed start with none.
+    pub fn with_changed_namespaces(&self, ns: &[(u32, usize)]) -> Self {
+        let next = self.ns_gen + 1;
+        let mut s = Self::with_namespaces(self.nqn.clone(), self.allowed_hosts.clone(), ns);
+        for n in &mut s.namespaces {
+            n.since = match self.ns(n.nsid) {
+                Some(o) if o.volume == n.volume => o.since,
+                _ => next,
+            };
+        }
+        s.runtime = self.runtime;
+        s.ns_live = Arc::clone(&self.ns_live);
+        s.ns_gen = next;
+        if self.resv.slots() >= s.resv.slots() {
+            s.resv = Arc::clone(&self.resv);
+            for nsid in changed_nsids(self, &s) {
+                s.resv.reset(nsid as usize - 1);
+            }
+        }
+        s
+    }
+
+    /// Make this copy's generation the subsystem's: call once it is in the table (under the
+    /// table's write lock), so a queue that sees the new generation finds this copy there.
+    pub fn publish(&self) {
+        self.ns_live.store(self.ns_gen, Ordering::Release);
+    }
+
+    /// Whether a newer copy of this subsystem (another namespace set) is in the table: one
+    /// atomic load, read by a queue per command.
+    pub fn stale(&self) -> bool {
+        self.ns_live.load(Ordering::Acquire) != self.ns_gen
+    }
+
+    /// The reservation table slot of namespace index `idx`: nsid - 1 (the index itself in a
+    /// configured subsystem, numbered 1, 2, ...).
+    pub fn resv_slot(&self, idx: usize) -> usize {
+        self.namespaces
+            .get(idx)
+            .map_or(usize::MAX, |n| n.nsid as usize - 1)
     }
 
     /// `(nsid, volume)` of every namespace.
@@ -182,6 +256,42 @@ impl Subsystem {
             .filter_map(|g| volumes.get(g.volume)?.as_ref())
             .map(|v| v.path.changes() + v.peer_path.as_ref().map_or(0, |p| p.changes()))
             .sum()
+    }
+}
+
+/// The namespace ids whose attributes differ between two copies of a subsystem, ascending:
+/// added, removed, or removed and added again (another volume or generation). One walk of
+/// both lists (each ascending by nsid, each nsid once).
+pub fn changed_nsids(old: &Subsystem, new: &Subsystem) -> Vec<u32> {
+    let key = |n: &Namespace| (n.nsid, n.volume, n.since);
+    let (mut a, mut b) = (
+        old.namespaces.iter().peekable(),
+        new.namespaces.iter().peekable(),
+    );
+    let mut out = Vec::new();
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return out,
+            (Some(o), Some(n)) if o.nsid == n.nsid => {
+                if key(o) != key(n) {
+                    out.push(o.nsid);
+                }
+                a.next();
+                b.next();
+            }
+            (Some(o), Some(n)) if o.nsid < n.nsid => {
+                out.push(o.nsid);
+                a.next();
+            }
+            (Some(o), None) => {
+                out.push(o.nsid);
+                a.next();
+            }
+            (_, Some(n)) => {
+                out.push(n.nsid);
+                b.next();
+            }
+        }
     }
 }
 
@@ -542,6 +652,33 @@ mod tests {
         assert_eq!(s.ns(2).map(|n| n.volume), Some(4));
         assert!(s.ns(0).is_none() && s.ns(3).is_none());
         assert_eq!(s.nn(), 2);
+    }
+
+    #[test]
+    fn a_namespace_change_numbers_its_copy_and_names_what_changed() {
+        let a = Subsystem::at_runtime("nqn.a".into(), vec![]);
+        let b = a.with_changed_namespaces(&[(1, 4), (3, 5)]);
+        assert_eq!((a.ns_gen, b.ns_gen), (0, 1));
+        assert!(!a.stale(), "not published yet");
+        b.publish();
+        assert!(a.stale() && !b.stale());
+        assert_eq!(changed_nsids(&a, &b), vec![1, 3]);
+        assert_eq!(b.resv_slot(1), 2, "nsid 3's slot");
+        assert!(Arc::ptr_eq(&a.resv, &b.resv), "reservations kept");
+        // Namespace 3 removed, 2 added: 1 stays as it was.
+        let c = b.with_changed_namespaces(&[(1, 4), (2, 6)]);
+        assert_eq!(changed_nsids(&b, &c), vec![2, 3]);
+        assert_eq!(c.ns(1).map(|n| n.since), Some(1));
+        // Removed and added again (same volume): changed all the same.
+        let d = c.with_changed_namespaces(&[(2, 6)]);
+        let e = d.with_changed_namespaces(&[(1, 4), (2, 6)]);
+        assert_eq!(changed_nsids(&c, &e), vec![1]);
+        assert_eq!(changed_nsids(&c, &c), Vec::<u32>::new());
+        // Interleaved: 3 stays, 1 and 5 go, 2 and 6 come.
+        let f = a.with_changed_namespaces(&[(1, 1), (3, 3), (5, 5)]);
+        let g = f.with_changed_namespaces(&[(2, 2), (3, 3), (6, 6)]);
+        assert_eq!(changed_nsids(&f, &g), vec![1, 2, 5, 6]);
+        assert_eq!(changed_nsids(&g, &f), vec![1, 2, 5, 6]);
     }
 
     #[test]

@@ -13,8 +13,10 @@
 //! Model: everything in [`NvmfShared`] is built before the reactors start and handed to each
 //! connection at construction. Listener addresses are read-only; the subsystem table may
 //! change at run time (control socket) under its `RwLock`, taken only at Connect, by the
-//! discovery log page and by the control socket, never per I/O: a controller keeps the
-//! `Arc<Subsystem>` it connected to (immutable; a change replaces it in the table). A queue
+//! discovery log page, by the control socket and once per namespace change by each queue,
+//! never per I/O: a queue keeps an `Arc<Subsystem>` (immutable; a change replaces it in the
+//! table), and takes the new one when its copy's namespace generation is no longer the
+//! subsystem's (one atomic load per command: `ctrl::Subsystem::stale`). A queue
 //! registers as a host under the table's read lock, and only while its subsystem is still
 //! there, so a removal that finds no host of a subsystem knows none will connect to it; the controller
 //! registry is locked only on the Connect/teardown path; the reservation lock is taken only by

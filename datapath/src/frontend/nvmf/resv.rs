@@ -447,6 +447,32 @@ impl ResvTable {
         }
     }
 
+    /// The namespace slots of the table.
+    pub fn slots(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Forget slot `i`'s registrants and reservation (its namespace was removed from or added
+    /// to a subsystem at run time: a new namespace starts with none); persisted like a
+    /// command's change when the table is (a failed write is logged: the state in memory is
+    /// what counts, as the namespace is not the one the file knew).
+    pub fn reset(&self, i: usize) {
+        let mut g = lock(&self.inner);
+        let Some(cur) = g.ns.get_mut(i) else {
+            return;
+        };
+        if *cur == NsResv::default() {
+            return;
+        }
+        *cur = NsResv::default();
+        if let Some(path) = g.path.clone()
+            && let Err(e) = save(&path, &g.nqn, &g.ns)
+        {
+            tracing::error!(error = %e, "cannot persist the reservation state of a changed namespace");
+        }
+        self.versions[i].fetch_add(1, Ordering::Release);
+    }
+
     /// Version of namespace index `i` (changes whenever its state does).
     pub fn version(&self, i: usize) -> u64 {
         self.versions

@@ -349,7 +349,7 @@ impl IscsiConn {
                 rec.site = self
                     .host_site
                     .map(|s| self.sh.host_sites.name_of(s).to_string());
-                rec.volumes = t.luns.iter().map(|l| l.volume).collect();
+                rec.set_volumes(t.luns.iter().map(|l| l.volume).collect());
                 // Registered under the table's read lock and only while the target is still
                 // there (the module's model); else the session ends at once.
                 let sh = std::sync::Arc::clone(&self.sh);

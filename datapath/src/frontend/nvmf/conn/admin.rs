@@ -1,7 +1,9 @@
 //! Admin commands: Identify, Get Log Page, Async Event Request, Keep Alive and Abort; Get/Set
 //! Features are dispatched here and decided in `features`.
 //!
-//! Model: data returned to the host is built whole in `scratch` and sent from it. ANA: each
+//! Model: data returned to the host is built whole in `scratch` and sent from it; Identify,
+//! Features and log pages describe the queue's copy of the subsystem, the newest one
+//! (`namespaces`: namespace changes at run time). ANA: each
 //! namespace is in its volume's group (id = volume index + 1); the ANA log page has one
 //! descriptor per group of the subsystem, with the state its volume publishes (a
 //! `PathCell`), and the subsystem's change count is the sum of its volumes' change counts.
@@ -29,6 +31,9 @@ use crate::frontend::nvmf::{NvmfShared, status};
 use crate::runtime::{Env, Msg, NoteTo};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+/// Get Log Page, Command Dword 10 bit 15: Retain Asynchronous Event.
+const RAE: u32 = 1 << 15;
 
 impl NvmfConn {
     pub(super) fn admin(&mut self, env: &mut Env<'_>, nv: &NvmfShared, sqe: Sqe<'_>, _data: &[u8]) {
@@ -93,6 +98,14 @@ impl NvmfConn {
                     return self.respond(cid, Status::INVALID_FIELD, 0);
                 }
                 self.scratch.drain(..lpo as usize);
+                if (sqe.cdw(10) & 0xFF) as u8 == lid::CHANGED_NS
+                    && sqe.cdw(10) & RAE == 0
+                    && let Role::Admin(st) = &mut self.role
+                {
+                    // Read with RAE clear: the list starts over and the event may be
+                    // reported again (Base 2.0, Get Log Page RAE; Changed Namespace List).
+                    st.ns_changed.acknowledge();
+                }
                 self.respond_scratch(cid, want);
             }
             admin::SET_FEATURES => {
@@ -158,7 +171,9 @@ impl NvmfConn {
         let cns = sqe.cdw(10) & 0xFF;
         self.scratch.clear();
         self.scratch.resize(cmd::IDENTIFY_LEN, 0);
-        let sub = ctrl.subsys.as_deref();
+        // The queue's copy: the namespaces the subsystem has now.
+        let sub = self.subsys.clone();
+        let sub = sub.as_deref();
         match (cns, sub) {
             (0x01, _) => {
                 let (subnqn, serial, nn) = match sub {
@@ -287,12 +302,17 @@ impl NvmfConn {
                 self.scratch.resize(cmd::LOG_512, 0);
                 cmd::fw_slot_log(&mut self.scratch);
             }
-            (lid::CHANGED_NS, false) => self.scratch.resize(cmd::IDENTIFY_LEN, 0),
+            (lid::CHANGED_NS, false) => {
+                if let Role::Admin(st) = &self.role {
+                    st.ns_changed.log(&mut self.scratch);
+                }
+                self.scratch.resize(cmd::IDENTIFY_LEN, 0);
+            }
             // Reservation notification: none is ever posted, so always the empty page (log
             // page count 0, type 0: empty; 64 bytes).
             (lid::RESV_NOTIFICATION, false) => self.scratch.resize(64, 0),
             (lid::ANA, false) => {
-                if sqe.cdw(10) & (1 << 15) == 0
+                if sqe.cdw(10) & RAE == 0
                     && let Role::Admin(st) = &mut self.role
                 {
                     // Read with RAE clear: ANA change events may be reported again.
@@ -301,7 +321,7 @@ impl NvmfConn {
                 let Some(c) = self.ctrl.clone() else {
                     return Status::INTERNAL;
                 };
-                let Some(s) = c.subsys.clone() else {
+                let Some(s) = self.subsys.clone() else {
                     return Status::INTERNAL;
                 };
                 let vols = env.vols;
@@ -442,10 +462,7 @@ impl NvmfConn {
         if !self.ana_event_possible() {
             return;
         }
-        let (Some(s), Role::Admin(st)) = (
-            self.ctrl.as_ref().and_then(|c| c.subsys.as_ref()),
-            &mut self.role,
-        ) else {
+        let (Some(s), Role::Admin(st)) = (self.subsys.as_ref(), &mut self.role) else {
             return;
         };
         let cells = || {
@@ -472,20 +489,18 @@ impl NvmfConn {
             .collect();
     }
 
-    /// Complete one held Async Event Request when the state of one of the subsystem's ANA
-    /// groups changed since this controller last reported it.
+    /// Complete one held Async Event Request when the subsystem's namespace set changed
+    /// (`namespaces`) or the state of one of its ANA groups changed since this controller
+    /// last reported it.
     pub(super) fn async_events(&mut self, env: &Env<'_>) {
+        self.namespace_event();
         let Role::Admin(st) = &self.role else {
             return;
         };
         if !self.ana_event_possible() {
             return;
         }
-        let Some((c, s)) = self
-            .ctrl
-            .as_ref()
-            .and_then(|c| Some((c, c.subsys.as_ref()?)))
-        else {
+        let (Some(c), Some(s)) = (self.ctrl.as_ref(), self.subsys.as_ref()) else {
             return;
         };
         let chg = s.ana_changes(env.vols);
@@ -501,7 +516,7 @@ impl NvmfConn {
                 .iter()
                 .zip(&st.ana_view)
                 .any(|(g, seen)| ctrl::host_group_state(env.vols, g.volume, host) != *seen);
-        let Some(s) = self.ctrl.as_ref().and_then(|c| c.subsys.clone()) else {
+        let Some(s) = self.subsys.clone() else {
             return;
         };
         let Role::Admin(st) = &mut self.role else {

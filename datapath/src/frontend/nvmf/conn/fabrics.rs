@@ -159,6 +159,7 @@ impl NvmfConn {
                 ana_masked: false,
                 ana_watch: Vec::new(),
                 features: Default::default(),
+                ns_changed: Default::default(),
                 ka_off: false,
             });
             (c, found)
@@ -214,27 +215,28 @@ impl NvmfConn {
             .as_ref()
             .and_then(|c| c.host_site)
             .map(|s| nv.host_sites.name_of(s).to_string());
-        rec.volumes = sub
-            .as_ref()
-            .map(|s| s.namespaces.iter().map(|n| n.volume).collect())
-            .unwrap_or_default();
         rec.queue = Some(qid);
         rec.controller = Some(id);
         // Registered under the table's read lock, and only while the subsystem is still
         // there (see the module's model): a removal then either sees this host or is seen.
-        // An admin queue must hold the very copy in the table (a namespace change swapped
-        // in since it looked would be missed); an I/O queue, its controller's subsystem.
+        // An admin queue must hold the very copy in the table (its controller's state was
+        // set up from it); an I/O queue takes the copy in the table now (the namespaces its
+        // controller has now), and its record lists that copy's volumes: a namespace change
+        // (under the write lock) then either updates this record or was made before it.
+        let mut sub = sub;
         {
             let subs = nv.subs();
-            let current = sub.as_ref().is_none_or(|s| {
-                subs.iter().any(|x| {
-                    if qid == 0 {
-                        std::sync::Arc::ptr_eq(x, s)
-                    } else {
-                        x.nqn == s.nqn
+            let current = match &sub {
+                None => true,
+                Some(s) if qid == 0 => subs.iter().any(|x| std::sync::Arc::ptr_eq(x, s)),
+                Some(s) => match subs.iter().find(|x| x.nqn == s.nqn) {
+                    Some(x) => {
+                        sub = Some(std::sync::Arc::clone(x));
+                        true
                     }
-                })
-            });
+                    None => false,
+                },
+            };
             if !current {
                 drop(subs);
                 if qid == 0 {
@@ -246,6 +248,11 @@ impl NvmfConn {
                 self.role = Role::None;
                 return Err((Status::CONNECT_BUSY, 0));
             }
+            rec.set_volumes(
+                sub.as_ref()
+                    .map(|s| s.namespaces.iter().map(|n| n.volume).collect())
+                    .unwrap_or_default(),
+            );
             self.host = Some(env.shared.hosts.register(rec));
         }
         self.subsys = sub;
@@ -288,6 +295,9 @@ impl NvmfConn {
                     // async event configuration too (KATO stays: it came with Connect).
                     st.features = Default::default();
                     st.aec = 0;
+                    // An event owed or reported is forgotten with the requests; the changed
+                    // namespaces stay listed until the log page is read.
+                    st.ns_changed.reset_events();
                     if let Some(c) = &self.ctrl {
                         c.reset_queues();
                     }

@@ -28,7 +28,7 @@
 
 use super::{NvmfConn, Role};
 use crate::frontend::nvmf::cmd::{self, Sqe, Status, feat};
-use crate::frontend::nvmf::ctrl::{Controller, MAX_IO_QUEUES};
+use crate::frontend::nvmf::ctrl::{Controller, MAX_IO_QUEUES, Subsystem};
 use std::sync::atomic::Ordering;
 
 /// Arbitration: AB (bits 2:0) 111b, no burst limit; priority weights 0.
@@ -141,8 +141,8 @@ pub(super) fn feature_caps(ctrl: &Controller, fid: u8) -> Option<u32> {
 
 /// The scope check of Get/Set Features (Base 2.0, Feature Values; Figure 92 for the NSIDs
 /// that are neither valid nor the broadcast value).
-fn target(ctrl: &Controller, caps: u32, nsid: u32, set: bool) -> Result<Target, Status> {
-    let sub = ctrl.subsys.as_deref();
+/// `sub`: the queue's copy of the subsystem (the namespaces it has now).
+fn target(sub: Option<&Subsystem>, caps: u32, nsid: u32, set: bool) -> Result<Target, Status> {
     let nn = sub.map_or(0, |s| s.nn());
     if caps & NS_SPECIFIC == 0 {
         return match nsid {
@@ -181,14 +181,14 @@ impl NvmfConn {
         if sqe.cdw(10) & (1 << 31) != 0 {
             return (Status::FEAT_NOT_SAVEABLE, 0);
         }
-        let to = match target(ctrl, caps, sqe.nsid(), true) {
+        let to = match target(self.subsys.as_deref(), caps, sqe.nsid(), true) {
             Ok(to) => to,
             Err(s) => return (s, 0),
         };
         let nsids: Vec<u32> = match to {
             Target::Controller => Vec::new(),
             Target::Namespace(n) => vec![n],
-            Target::AllNamespaces => ctrl
+            Target::AllNamespaces => self
                 .subsys
                 .iter()
                 .flat_map(|s| s.namespaces.iter().map(|n| n.nsid))
@@ -294,7 +294,7 @@ impl NvmfConn {
         if matches!(fid, feat::RESV_MASK | feat::RESV_PERSIST) && sqe.nsid() == 0xFFFF_FFFF {
             return Err(Status::INVALID_FIELD);
         }
-        let to = target(ctrl, caps, sqe.nsid(), false)?;
+        let to = target(self.subsys.as_deref(), caps, sqe.nsid(), false)?;
         if sel == 0b011 {
             return Ok(Some(u64::from(caps)));
         }

@@ -61,7 +61,8 @@ impl NvmfConn {
     }
 
     /// What this host may do on namespace index `idx` of its subsystem: one atomic load, and
-    /// the lock only when the reservation state changed since the last look.
+    /// the lock only when the reservation state changed since the last look. The cache is by
+    /// reservation slot (nsid - 1) and emptied when the queue takes a new namespace set.
     pub(super) fn resv_access(&mut self, idx: usize) -> Access {
         let Some(sub) = self.subsys.as_deref() else {
             return Access {
@@ -69,6 +70,7 @@ impl NvmfConn {
                 write: false,
             };
         };
+        let idx = sub.resv_slot(idx);
         let v = sub.resv.version(idx);
         if let Some(&(cv, a)) = self.resv_cache.get(idx)
             && cv == v

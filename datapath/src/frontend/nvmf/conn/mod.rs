@@ -19,7 +19,8 @@
 //!   watches the path state cells of its subsystem's ANA groups: a change sends it a note, so
 //!   an idle admin queue reports it in the turn it happens instead of at the host's next
 //!   command (its next Keep Alive: seconds, for which a host's I/O waits on a failover).
-//! - Io: NVM commands on the namespaces of the controller's subsystem. Media accesses enter
+//! - Io: NVM commands on the namespaces of the controller's subsystem (as it is now: a queue
+//!   takes a changed namespace set at its next command, `namespaces`). Media accesses enter
 //!   the volume's atomic section (`atomic`) or are diverted to its home while a fused pair is
 //!   pending; fused pairs go to the home; reservation permissions are cached per namespace
 //!   and re-read only when the namespace's reservation version moves (`resv`).
@@ -33,6 +34,8 @@
 //! - [`transfer`]: command data in (R2T, H2CData) and out (C2HData);
 //! - [`fabrics`]: ICReq, Connect, Property Get/Set;
 //! - [`admin`]: admin commands (Identify, log pages incl. ANA, Abort, events);
+//! - [`namespaces`]: namespace changes at run time (following the subsystem's newest copy,
+//!   the Changed Namespace List log page, the Namespace Attribute Changed event);
 //! - [`features`]: Get/Set Features (scopes, values, capabilities);
 //! - [`io`]: NVM I/O commands;
 //! - [`atomics`]: fused Compare+Write handed to the volume's home;
@@ -61,6 +64,7 @@ mod fabrics;
 mod features;
 mod fusing;
 mod io;
+mod namespaces;
 mod reservations;
 mod transfer;
 
@@ -144,6 +148,8 @@ struct AdminState {
     ana_watch: Vec<crate::bdev::volume::PathWatch>,
     /// The Feature values the host set (`features`; defaults until it does).
     features: features::FeatureValues,
+    /// The Changed Namespace List log page and the state of its event (`namespaces`).
+    ns_changed: namespaces::ChangedNs,
     /// The Keep Alive Timer is not active: the controller was disabled (CC.EN 1 to 0) or shut
     /// down (CC.SHN) and not enabled again since. (From Connect to the first CC.EN = 1 it
     /// runs, so an association that is never enabled does not stay for ever.)
@@ -510,6 +516,10 @@ impl NvmfConn {
 
     fn execute(&mut self, env: &mut Env<'_>, nv: &NvmfShared, sqe: Sqe<'_>, data: &[u8]) {
         let cid = sqe.cid();
+        // One atomic load: the namespace set this command sees is the newest.
+        if self.subsys.as_ref().is_some_and(|s| s.stale()) {
+            self.follow_subsys(env.vols);
+        }
         if self.life.shutting_down {
             return self.fail_early(&sqe, Status::NS_NOT_READY);
         }
@@ -777,6 +787,10 @@ impl Conn for NvmfConn {
             // Commands left in the buffer by backpressure (or by a stop) can run now.
             self.process(env);
         }
+        if matches!(self.role, Role::Admin(_)) && self.subsys.as_ref().is_some_and(|s| s.stale()) {
+            // A namespace change reaches an idle admin queue here (the control thread's note).
+            self.follow_subsys(env.vols);
+        }
         self.watch_ana(env);
         self.async_events(env);
         if self.life.broken {
@@ -871,7 +885,12 @@ impl Conn for NvmfConn {
             }
             // A path state this admin queue watches changed: `flush`, at the end of this
             // turn, reports it (`async_events`).
-            Note::AnaChanged { .. } | Note::Fused(_) | Note::Op(_) | Note::Drained => {}
+            // Likewise for a namespace change (`follow_subsys` in `flush`).
+            Note::AnaChanged { .. }
+            | Note::NsChanged { .. }
+            | Note::Fused(_)
+            | Note::Op(_)
+            | Note::Drained => {}
         }
     }
 }

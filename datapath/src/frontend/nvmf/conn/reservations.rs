@@ -66,7 +66,7 @@ impl NvmfConn {
                 return self.respond(cid, Status::SGL_INVALID_DATA, 0);
             }
             let want = (numd * 4) as u32;
-            let Some(snap) = sub.resv.snapshot(idx) else {
+            let Some(snap) = sub.resv.snapshot(sub.resv_slot(idx)) else {
                 return self.respond(cid, Status::INVALID_NS, 0);
             };
             snap.report_ext(&mut self.scratch, ptpl);
@@ -112,7 +112,7 @@ impl NvmfConn {
             key2,
         };
         let status = match self.replicated_reservation(env, sub, idx, cid, &cmd) {
-            Routed::Local => sub.resv.update(idx, |n| cmd.apply(n)),
+            Routed::Local => sub.resv.update(sub.resv_slot(idx), |n| cmd.apply(n)),
             Routed::Answer(status) => status,
             Routed::Pending => return,
         };
