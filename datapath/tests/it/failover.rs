@@ -305,6 +305,19 @@ pub(crate) fn witness_preferred(dir: &Path, name: &str) -> Option<twinblk_witnes
     table.groups.get(&group).and_then(|r| r.preferred)
 }
 
+/// Wait until the witness (started in `dir`) records a preferred site for `vol0` (the
+/// leader a's claim, sent once its replica is in sync: a moment after both sites show "up").
+/// The premise of a test that cuts the link (or kills both sites, or restarts the witness)
+/// and expects a to keep the volume: until the claim is recorded there is no tie to break,
+/// and the first request wins, b's as well as a's.
+pub(crate) fn wait_preferred_recorded(dir: &Path) {
+    crate::harness::wait_until(
+        PATIENCE,
+        || witness_preferred(dir, "vol0").is_some(),
+        || "the witness never recorded a as the preferred site".to_string(),
+    );
+}
+
 /// A site's claim on a group reaches the witness when it changes, not at its next heartbeat:
 /// with heartbeats a minute apart, a switchover to b makes the witness record b as the
 /// group's preferred site within seconds (a stops claiming it, b claims it). Until the claim
@@ -1136,11 +1149,7 @@ impl RelayedPair {
         let b = site_with(root.path(), "b", "a", pb, to_a, w.addr, &state("b"));
         wait_mirror_state(&a, "up", PATIENCE);
         wait_mirror_state(&b, "up", PATIENCE);
-        crate::harness::wait_until(
-            PATIENCE,
-            || witness_preferred(root.path(), "vol0").is_some(),
-            || "the witness never recorded a as the preferred site".to_string(),
-        );
+        wait_preferred_recorded(root.path());
         RelayedPair {
             root,
             _w: w,
