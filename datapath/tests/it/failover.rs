@@ -830,34 +830,29 @@ fn a_killed_site_restarts_as_a_new_replica(
         std::fs::create_dir_all(&d).unwrap();
         format!("state_dir='{}'", d.display())
     };
-    let a = site_vol(
-        root.path(),
-        "a",
-        &witness_site_body(
+    // A read lease of 1 s (`peer_dead_ms` 2000) instead of 200 ms: the 96 reads after the
+    // resync are served under the lease, which lapses (reads refused, the path state
+    // transitioning for a moment, the session up) when a PONG is later than 150 ms, as it
+    // was on a loaded machine (4 CPU spinners beside two test threads: "read after the
+    // resync: 5", a's path state transitioning then optimised within 0.2 ms and no link
+    // loss). What is checked here is what a restarted site serves, not that lease.
+    let body = |me: &str, peer: &str, listen: u16, peer_port: u16| {
+        let body = witness_site_body(
             root.path(),
-            "a",
-            "b",
-            pa,
-            pb,
+            me,
+            peer,
+            listen,
+            peer_port,
             w.addr,
-            &extra("a"),
-            &volume("a"),
-        ),
-    );
-    let b = site_vol(
-        root.path(),
-        "b",
-        &witness_site_body(
-            root.path(),
-            "b",
-            "a",
-            pb,
-            pa,
-            w.addr,
-            &extra("b"),
-            &volume("b"),
-        ),
-    );
+            &extra(me),
+            &volume(me),
+        );
+        let longer = body.replacen("peer_dead_ms=400", "peer_dead_ms=2000", 1);
+        assert_ne!(longer, body, "no peer_dead_ms=400 to lengthen");
+        longer
+    };
+    let a = site_vol(root.path(), "a", &body("a", "b", pa, pb));
+    let b = site_vol(root.path(), "b", &body("b", "a", pb, pa));
     wait_mirror_state(&a, "up", Duration::from_secs(10));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
     // 12 MiB acknowledged through site a, one chunk every 256 KiB.
