@@ -1119,7 +1119,16 @@ impl RelayedPair {
         use crate::mirror::Relay;
         use std::net::TcpListener;
         let root = tempfile::tempdir().unwrap();
-        let w = WitnessProc::start(root.path(), KEY, None);
+        // A tie grace of PATIENCE: every test here expects a (the preferred site) to be
+        // granted at the cut. With its answers dropped, a's failover thread (heartbeats and
+        // requests in turn) may wait 400 ms for a heartbeat's answer before it sends its
+        // request, leaving it about 100 ms of the default 500 ms grace (counted from the
+        // heartbeat the witness last had from it): a
+        // loaded machine held it back past that and b was rightly granted
+        // (`lost_grant_restart::a_site_whose_host_restarted_while_its_grant_answer_is_lost_gives_the_grant_back`:
+        // 'state survivor never became fenced'). b's later request, once a's restart gave the
+        // grant back, meets no tie: a restarted without its peer withdraws its claim.
+        let w = WitnessProc::start_with_grace(root.path(), KEY, None, PATIENCE);
         let lossy = LossyRelay::start(w.addr);
         lossy.older_witness.store(older_witness, Ordering::SeqCst);
         let (pa, pb) = (free_port(), free_port());
