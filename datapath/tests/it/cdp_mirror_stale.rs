@@ -217,11 +217,7 @@ fn a_fenced_sites_idle_history_does_not_cover_what_its_peer_wrote_alone() {
     crate::cdp::wait_window(&[&jb], t_before, "no time mark");
     // (a, the leader, survives the cut only once the witness recorded it as the preferred
     // site: until then the first request wins.)
-    crate::harness::wait_until(
-        PATIENCE,
-        || crate::failover::witness_preferred(h.root(), "vol0").is_some(),
-        || "the witness never recorded a as the preferred site".to_string(),
-    );
+    crate::failover::wait_preferred_recorded(h.root());
     h.link_ab(false);
     wait_mirror_state(&a, "survivor", PATIENCE);
     wait_mirror_state(&b, "fenced", PATIENCE);
@@ -294,11 +290,7 @@ fn a_disable_at_a_fenced_site_does_not_move_its_last_vouched_moment() {
     crate::cdp::wait_window(&[&jb], clock::now(), "no time mark after the writes");
     // (a, the leader, survives the cut only once the witness recorded it as the preferred
     // site: until then the first request wins.)
-    crate::harness::wait_until(
-        PATIENCE,
-        || crate::failover::witness_preferred(h.root(), "vol0").is_some(),
-        || "the witness never recorded a as the preferred site".to_string(),
-    );
+    crate::failover::wait_preferred_recorded(h.root());
     h.link_ab(false);
     wait_mirror_state(&a, "survivor", PATIENCE);
     wait_mirror_state(&b, "fenced", PATIENCE);
@@ -349,7 +341,10 @@ fn a_takeover_refuses_the_moments_before_it_at_the_site_taken_over() {
     let t_before = clock::now();
     let ja = root.path().join("a.cdp");
     crate::cdp::wait_window(&[&ja], t_before, "no time mark");
-    // Together: neither site lives long enough after the other to ask for a grant.
+    // Together: neither site lives long enough after the other to be granted (b, asking
+    // once a is gone, waits the tie grace for a, once the witness recorded a as the
+    // preferred site: until then b's first request would be granted at once).
+    crate::failover::wait_preferred_recorded(root.path());
     a.kill();
     b.kill();
     drop(b);

@@ -305,6 +305,19 @@ pub(crate) fn witness_preferred(dir: &Path, name: &str) -> Option<twinblk_witnes
     table.groups.get(&group).and_then(|r| r.preferred)
 }
 
+/// Wait until the witness (started in `dir`) records a preferred site for `vol0` (the
+/// leader a's claim, sent once its replica is in sync: a moment after both sites show "up").
+/// The premise of a test that cuts the link (or kills both sites, or restarts the witness)
+/// and expects a to keep the volume: until the claim is recorded there is no tie to break,
+/// and the first request wins, b's as well as a's.
+pub(crate) fn wait_preferred_recorded(dir: &Path) {
+    crate::harness::wait_until(
+        PATIENCE,
+        || witness_preferred(dir, "vol0").is_some(),
+        || "the witness never recorded a as the preferred site".to_string(),
+    );
+}
+
 /// A site's claim on a group reaches the witness when it changes, not at its next heartbeat:
 /// with heartbeats a minute apart, a switchover to b makes the witness record b as the
 /// group's preferred site within seconds (a stops claiming it, b claims it). Until the claim
@@ -817,34 +830,29 @@ fn a_killed_site_restarts_as_a_new_replica(
         std::fs::create_dir_all(&d).unwrap();
         format!("state_dir='{}'", d.display())
     };
-    let a = site_vol(
-        root.path(),
-        "a",
-        &witness_site_body(
+    // A read lease of 1 s (`peer_dead_ms` 2000) instead of 200 ms: the 96 reads after the
+    // resync are served under the lease, which lapses (reads refused, the path state
+    // transitioning for a moment, the session up) when a PONG is later than 150 ms, as it
+    // was on a loaded machine (4 CPU spinners beside two test threads: "read after the
+    // resync: 5", a's path state transitioning then optimised within 0.2 ms and no link
+    // loss). What is checked here is what a restarted site serves, not that lease.
+    let body = |me: &str, peer: &str, listen: u16, peer_port: u16| {
+        let body = witness_site_body(
             root.path(),
-            "a",
-            "b",
-            pa,
-            pb,
+            me,
+            peer,
+            listen,
+            peer_port,
             w.addr,
-            &extra("a"),
-            &volume("a"),
-        ),
-    );
-    let b = site_vol(
-        root.path(),
-        "b",
-        &witness_site_body(
-            root.path(),
-            "b",
-            "a",
-            pb,
-            pa,
-            w.addr,
-            &extra("b"),
-            &volume("b"),
-        ),
-    );
+            &extra(me),
+            &volume(me),
+        );
+        let longer = body.replacen("peer_dead_ms=400", "peer_dead_ms=2000", 1);
+        assert_ne!(longer, body, "no peer_dead_ms=400 to lengthen");
+        longer
+    };
+    let a = site_vol(root.path(), "a", &body("a", "b", pa, pb));
+    let b = site_vol(root.path(), "b", &body("b", "a", pb, pa));
     wait_mirror_state(&a, "up", Duration::from_secs(10));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
     // 12 MiB acknowledged through site a, one chunk every 256 KiB.
@@ -1111,7 +1119,16 @@ impl RelayedPair {
         use crate::mirror::Relay;
         use std::net::TcpListener;
         let root = tempfile::tempdir().unwrap();
-        let w = WitnessProc::start(root.path(), KEY, None);
+        // A tie grace of PATIENCE: every test here expects a (the preferred site) to be
+        // granted at the cut. With its answers dropped, a's failover thread (heartbeats and
+        // requests in turn) may wait 400 ms for a heartbeat's answer before it sends its
+        // request, leaving it about 100 ms of the default 500 ms grace (counted from the
+        // heartbeat the witness last had from it): a
+        // loaded machine held it back past that and b was rightly granted
+        // (`lost_grant_restart::a_site_whose_host_restarted_while_its_grant_answer_is_lost_gives_the_grant_back`:
+        // 'state survivor never became fenced'). b's later request, once a's restart gave the
+        // grant back, meets no tie: a restarted without its peer withdraws its claim.
+        let w = WitnessProc::start_with_grace(root.path(), KEY, None, PATIENCE);
         let lossy = LossyRelay::start(w.addr);
         lossy.older_witness.store(older_witness, Ordering::SeqCst);
         let (pa, pb) = (free_port(), free_port());
@@ -1136,11 +1153,7 @@ impl RelayedPair {
         let b = site_with(root.path(), "b", "a", pb, to_a, w.addr, &state("b"));
         wait_mirror_state(&a, "up", PATIENCE);
         wait_mirror_state(&b, "up", PATIENCE);
-        crate::harness::wait_until(
-            PATIENCE,
-            || witness_preferred(root.path(), "vol0").is_some(),
-            || "the witness never recorded a as the preferred site".to_string(),
-        );
+        wait_preferred_recorded(root.path());
         RelayedPair {
             root,
             _w: w,
@@ -1259,4 +1272,42 @@ fn linux_nvme_multipath_reads_a_site_back_without_state_only_once_it_is_whole() 
         "linux_nvme_multipath_reads_a_site_back_without_state_only_once_it_is_whole",
         true,
     );
+}
+
+/// A mirroring site whose peer is late to answer a PING, for less than the heartbeat
+/// timeout, keeps serving its hosts' reads: the peer frozen for 300 ms (under
+/// `peer_dead_ms`, 400), three times, the session never ends and neither site is granted
+/// anything, yet a refuses the reads that arrive once its read lease (200 ms from the last
+/// answered PING's send) has lapsed, with EIO over NBD: a loaded machine's late PONG did the
+/// same to `a_site_restarted_without_state_dir_is_new_and_never_serves_stale_data` and
+/// `switchover::a_link_cut_during_a_switchover_ends_with_exactly_one_leader` (their reads
+/// after the resync). Safe, but no site serves a host that has only this path while nothing
+/// failed; holding such a read until the lease is renewed or the session ends would serve it.
+#[test]
+#[ignore = "limit: a mirroring site refuses reads while its read lease has lapsed, even with its session up (docs/mirror-protocol.md, \"Read lease\"); holding them until the lease is renewed or the session ends is not built"]
+fn a_peer_late_by_less_than_the_heartbeat_timeout_costs_no_read() {
+    let root = tempfile::tempdir().unwrap();
+    let (_w, a, b) = witnessed_pair_up(root.path());
+    let mut c = Client::connect(a.addr, "vol0", false);
+    assert_eq!(c.write(0, &pattern(1, 4096)), 0);
+    let mut refused = 0;
+    for _ in 0..3 {
+        b.signal(libc::SIGSTOP);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(300) {
+            match c.read(0, 4096) {
+                Ok(d) => assert!(d == pattern(1, 4096), "a served other data"),
+                Err(_) => refused += 1,
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        b.signal(libc::SIGCONT);
+        wait_mirror_state(&a, "up", PATIENCE);
+    }
+    assert_eq!(
+        (mirror_state(&a).as_str(), mirror_state(&b).as_str()),
+        ("up", "up"),
+        "the session ended: the premise (a peer late by less than the heartbeat timeout)"
+    );
+    assert_eq!(refused, 0, "reads refused at a mirroring site in session");
 }

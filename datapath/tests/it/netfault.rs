@@ -34,11 +34,7 @@ fn started(h: &mut Hosts, extra_a: &str, extra_b: &str) -> (Server, Server) {
     // preferred site. Until a's claim arrives the first request wins: on a loaded machine b was
     // granted so in `a_witness_restart_during_the_failover_gives_no_second_grant`, the witness
     // killed before the record was written.
-    crate::harness::wait_until(
-        PATIENCE,
-        || crate::failover::witness_preferred(h.root(), "vol0").is_some(),
-        || "the witness never recorded a as the preferred site".to_string(),
-    );
+    crate::failover::wait_preferred_recorded(h.root());
     (a, b)
 }
 

@@ -155,6 +155,10 @@ pub(crate) fn pair_with(witness: bool, mirror: &str, faults_a: &str, faults_b: &
     let b = site(root.path(), "b", "a", pb, pr, wa, mirror, faults_b);
     wait_mirror_state(&a, "up", Duration::from_secs(10));
     wait_mirror_state(&b, "up", Duration::from_secs(10));
+    if witness {
+        // The premise of every test here that cuts the link: a (the leader) is granted.
+        crate::failover::wait_preferred_recorded(root.path());
+    }
     Pair {
         root,
         w,

@@ -599,7 +599,12 @@ pub fn boot_acting(
     for f in [&console, &results] {
         std::fs::write(f, b"").unwrap_or_else(|e| panic!("{}: {e}", f.display()));
     }
-    let mut append = format!("console=ttyS0 loglevel=6 panic=-1 tb.scenario={scenario}");
+    // `no_timer_check`: no boot-time test of the timer's IO-APIC routing, which under TCG on
+    // a loaded host fails ("..MP-BIOS bug: 8254 timer not connected to IO-APIC", seen beside
+    // 4 CPU spinners) and its line then failed /init's kernel-log check (whose `BUG:` it
+    // matches) in a run whose storage checks all passed.
+    let mut append =
+        format!("console=ttyS0 loglevel=6 panic=-1 no_timer_check tb.scenario={scenario}");
     for (k, v) in args {
         append.push_str(&format!(" tb.{k}={v}"));
     }
