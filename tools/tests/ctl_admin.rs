@@ -399,15 +399,37 @@ fn nvmf_and_iscsi_round_trips_through_twinblk_ctl() {
         q.read(3, 100, (data.len() / 512) as u32, 512).unwrap(),
         data
     );
-    // Connected: a namespace change is refused without --force (11), the volume in use (11).
-    let t = expect(
+    // Connected: the volume is in use (11); a namespace change reaches the connected host
+    // without --force (its controller is notified, not disconnected: docs/nvmf.md, "Namespace
+    // changes"), and I/O to the removed namespace is refused on the same queue until it is
+    // added again.
+    expect(s, &["volume", "delete", "nv"], 11, "namespace 3 of");
+    assert_eq!(q.read(3, 100, 8, 512).unwrap(), data[..4096]);
+    expect(
         s,
         &["nvmf", "namespace", "remove", nqn, "--nsid", "3"],
-        11,
-        "connection(s)",
+        0,
+        "namespace 3 removed; 1 connected controller(s) notified; namespaces now: none",
     );
-    assert!(t.contains("again with --force"), "{t}");
-    expect(s, &["volume", "delete", "nv"], 11, "namespace 3 of");
+    assert!(
+        q.read(3, 100, 8, 512).is_err(),
+        "namespace 3 read after its removal"
+    );
+    expect(
+        s,
+        &[
+            "nvmf",
+            "namespace",
+            "add",
+            nqn,
+            "--volume",
+            "nv",
+            "--nsid",
+            "3",
+        ],
+        0,
+        "namespace 3 added; 1 connected controller(s) notified; namespaces now: 3=nv",
+    );
     assert_eq!(q.read(3, 100, 8, 512).unwrap(), data[..4096]);
 
     // Allowed hosts: host2 added, host1 taken out with its connections.
