@@ -413,6 +413,11 @@ impl LinkConn {
         let Some(e) = engine(env.chans, vol) else {
             return Err(format!("volume {name:?} is not mirrored here"));
         };
+        if !e.leadership_durable() {
+            return Err(format!(
+                "{name:?}: this site's new role (a switchover's) is not on disk yet; the peer dials again"
+            ));
+        }
         let c = e.config();
         if c.role != Role::Leader {
             return Err(format!("this site is not the leader of {name:?}"));
@@ -499,6 +504,11 @@ impl LinkConn {
         if e.is_diverged() {
             return Err(format!(
                 "{name:?}: the replicas diverged while the follower was away; a resync is needed"
+            ));
+        }
+        if !e.leadership_durable() {
+            return Err(format!(
+                "{name:?}: this site's new role (a switchover's) is not on disk yet; the peer dials again"
             ));
         }
         if e.replica_state() != p.l_state
@@ -747,6 +757,10 @@ impl Conn for LinkConn {
             let Some(e) = engine(env.chans, vol) else {
                 return self.close(env, "volume not mirrored");
             };
+            if !e.leadership_durable() {
+                // (A switchover's new role not on disk yet: no session on it; dialled again.)
+                return self.close(env, "this site's new role is not on disk yet");
+            }
             let nonce_f = match wire::nonce() {
                 Ok(n) => n,
                 Err(err) => {

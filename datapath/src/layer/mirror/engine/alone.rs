@@ -552,7 +552,12 @@ impl Engine {
         let Some((epoch, at)) = self.denied_by else {
             return;
         };
-        if self.mode != Mode::Fenced || self.sess.up || self.draining {
+        if self.draining {
+            // Stopping: nothing is asked, and the denial is kept for the clean stop's state
+            // (the next process asks, restore.rs; before, a stop saved a plain fence).
+            return;
+        }
+        if self.mode != Mode::Fenced || self.sess.up {
             self.denied_by = None;
             return;
         }

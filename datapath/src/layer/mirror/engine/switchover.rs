@@ -65,6 +65,11 @@ pub(super) struct Switch {
     pub(super) phase: Phase,
     /// Updates (op keys) that wait for the phase to end, in arrival order.
     pub(super) held: VecDeque<usize>,
+    /// The persister generation of a hand-over's "follower of T + 1" while it may not be on
+    /// disk yet: kept past the phase (a session that ends during `Handing` sets it back to
+    /// `Idle`), so that no later session starts on a role the disk does not hold
+    /// ([`Engine::leadership_durable`]).
+    pub(super) role_unsaved: Option<u64>,
 }
 
 impl Default for Switch {
@@ -72,6 +77,7 @@ impl Default for Switch {
         Self {
             phase: Phase::Idle,
             held: VecDeque::new(),
+            role_unsaved: None,
         }
     }
 }
@@ -314,6 +320,24 @@ impl Engine {
         self.durable.is_durable(generation)
     }
 
+    /// The role this site would announce at a session start (its leadership word) is on
+    /// disk. False from a hand-over until its "follower of T + 1" is durable, also once the
+    /// session that carried it ended (the hand-over's phase is then over): a session started
+    /// meanwhile would have this site apply the new leader's updates as its follower while
+    /// its file still says "leader of T", and a power loss then restarted it as that leader
+    /// with nothing covering those updates (found by a review: a link cut during `Handing`
+    /// and back before the state write ended). The link refuses to start a session while
+    /// false (link.rs: the HELLO it would send or answer); the peer dials again.
+    pub fn leadership_durable(&mut self) -> bool {
+        match self.sw.role_unsaved {
+            Some(g) if !self.durable_at(g) => false,
+            _ => {
+                self.sw.role_unsaved = None;
+                true
+            }
+        }
+    }
+
     /// The leader starts a switchover to the peer (an operator here, or the peer's
     /// SWITCH_ASK); refused (recorded) unless the pair mirrors in sync.
     pub(super) fn switch_begin(&mut self, now: Instant, who: &str) {
@@ -399,6 +423,7 @@ impl Engine {
     fn hand_over(&mut self, _io: &mut IoCx, term: u64) {
         let generation = self.set_role(Role::Follower, term, "switchover: handed to the peer");
         self.sw.phase = Phase::Handing { term, generation };
+        self.sw.role_unsaved = Some(generation);
         self.stats.set_switch_phase(Some("handing"));
     }
 

@@ -966,6 +966,78 @@ fn assert_both_hold(a: &Site, b: &Site, off: u64, w: u8, what: impl Fn(&str) -> 
     }
 }
 
+/// A link cut while the old leader waits for its "follower of term 1" to reach the disk
+/// (`Handing`) ends the phase, but not the wait: until that state is durable the site must not
+/// start a session (the link asks `leadership_durable` before it sends or answers a HELLO), or
+/// it would apply the new leader's updates as its follower while its file still says "leader
+/// of term 0", and a power loss would restart it as that leader with nothing covering them
+/// (a review found it: the phase went back to idle at the cut and nothing else waited).
+#[test]
+fn a_link_cut_during_the_hand_over_starts_no_session_before_the_new_role_is_on_disk() {
+    use crate::layer::mirror::stats::SWITCH_GIVE;
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let mut rng = Rng(239);
+    let p = Persister::spawn().unwrap();
+    let mut a = stateful_on(Role::Leader, dir.path(), true, Arc::clone(&p));
+    let mut b = stateful(Role::Follower, dir.path());
+    reconnect(&mut a, &mut b, &mut io);
+    run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
+    assert!(a.engine.wait_persisted());
+    assert!(a.engine.leadership_durable(), "nothing handed over yet");
+    p.hold(true);
+    let _unhold = Unhold(Arc::clone(&p));
+    a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
+    for _ in 0..200 {
+        a.engine.tick(&mut io, Instant::now());
+        if matches!(
+            a.engine.sw.phase,
+            super::super::switchover::Phase::Handing { .. }
+        ) {
+            break;
+        }
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        b.engine.tick(&mut io, Instant::now());
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+    }
+    assert!(
+        matches!(
+            a.engine.sw.phase,
+            super::super::switchover::Phase::Handing { .. }
+        ),
+        "a never handed over"
+    );
+    assert!(
+        !a.engine.leadership_durable(),
+        "handing, the new role not on disk"
+    );
+    a.engine
+        .link_down("test: the link cut during the hand-over");
+    b.engine
+        .link_down("test: the link cut during the hand-over");
+    assert_eq!(a.engine.sw.phase, super::super::switchover::Phase::Idle);
+    assert!(
+        !a.engine.leadership_durable(),
+        "a session may start on a role the disk does not hold"
+    );
+    p.hold(false);
+    assert!(a.engine.wait_persisted());
+    assert!(
+        a.engine.leadership_durable(),
+        "the new role is on disk: sessions may start again"
+    );
+    let st = crate::layer::mirror::state::load(&a.engine.cfg.state_file.clone().unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(
+        !st.leads.is_some_and(|(t, l)| l && t == 0),
+        "the state on disk still says leader of term 0: {:?}",
+        st.leads
+    );
+}
+
 /// A planned switchover from a (leader of term 0) to b; writes are then acknowledged under
 /// b's leadership through both sites (W1 ordered by b, W2 forwarded by a), in a's device cache
 /// only. a loses its power right after its SWITCH went out: its state and activity log files

@@ -182,6 +182,39 @@ fn a_site_restarted_after_a_denial_asks_again_once_the_holders_grant_is_given_ba
     );
 }
 
+/// A clean stop keeps the denial: the stop drains the engine and ticks it (as the layer's
+/// poller does while stopping), and its last state, written at the engine's drop, must still
+/// say "denied while the peer held the group". Failed before: the drain's tick dropped the
+/// denial, so the stop saved a plain fence and the restarted site never asked again once the
+/// holder gave the grant back (found by a review of the denial's save).
+#[test]
+fn a_clean_stop_keeps_the_saved_denial() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_a, mut b, _sb, _wit, mut io, _rng) =
+        a_granted_unanswered_b_denied_by_the_rules(229, dir.path());
+    assert!(b.engine.wait_persisted());
+    // The stop: the poller drains and ticks the engine, then the engine is dropped (its clean
+    // stop's state written then).
+    b.engine.begin_drain();
+    b.engine.tick(&mut io, Instant::now());
+    b.engine.tick(&mut io, Instant::now());
+    let fresh = Engine::new(
+        b.engine.cfg.clone(),
+        Box::new(SlowChannel(Rc::clone(&b.disk))),
+        0,
+        Arc::new(MirrorStats::default()),
+    );
+    drop(std::mem::replace(&mut b.engine, fresh));
+    let p = crate::layer::mirror::state::load(&dir.path().join("b"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (p.mode, p.clean, p.fenced_denied, p.epoch),
+        (2, true, true, 1),
+        "the clean stop did not keep the denial"
+    );
+}
+
 /// The denial is saved in the fence's one state (flags bit 5, with one more than the epoch at
 /// which b's replica was complete), and restored only while b's device kept what it applied
 /// before the fence: restarted on another boot (a power loss may have dropped W from its
