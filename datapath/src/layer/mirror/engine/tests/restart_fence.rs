@@ -15,7 +15,7 @@ use super::*;
 /// witness's rules: a's request is granted (epoch 1) and its answer lost (a fences for want of
 /// it), b's denied while a holds the group (b fenced, denied by a's grant).
 #[allow(clippy::type_complexity)]
-fn a_granted_unanswered_b_denied_by_the_rules(
+pub(super) fn a_granted_unanswered_b_denied_by_the_rules(
     seed: u64,
     dir: &std::path::Path,
 ) -> (
@@ -69,8 +69,8 @@ fn a_granted_unanswered_b_denied_by_the_rules(
     (a, b, sb, wit, io, rng)
 }
 
-const OFF: u64 = 8192;
-const W: u8 = 0xB5;
+pub(super) const OFF: u64 = 8192;
+pub(super) const W: u8 = 0xB5;
 
 /// Whether the 4 KiB at `OFF` hold W at `s`.
 fn holds_w(s: &Site) -> bool {

@@ -415,54 +415,19 @@ fn a_takeover_whose_answer_was_lost_is_adopted_as_one_after_a_restart() {
 /// served until the link returned).
 #[test]
 fn a_site_whose_host_restarted_after_a_fence_for_want_of_an_answer_never_adopts_the_grant() {
-    use crate::layer::mirror::failover::{DENIED, GRANTED, UNREACHABLE, decide_release};
+    use crate::layer::mirror::failover::{GRANTED, decide_release};
     use std::sync::atomic::Ordering::SeqCst;
     // The witness's own rules (not a stand-in): a's request is granted (its answer lost), b's
     // denied while a holds the group, and b's second request answered as the witness would.
-    let mut wit = Witness::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
-    let mut rng = Rng(151);
-    let mut slot = 0;
-    let (mut a, sa) = with_witness(Role::Leader);
-    let (mut b, sb) = with_witness(Role::Follower);
-    for (s, n) in [(&mut a, "a"), (&mut b, "b")] {
-        s.engine.cfg.state_file = Some(dir.path().join(n));
-        s.engine
-            .set_persister(crate::layer::mirror::persist::Persister::spawn().expect("persister"));
-        s.engine.persist(false);
-        assert!(s.engine.wait_persisted());
-    }
-    a.engine.link_up(&mut io);
-    b.engine.link_up(&mut io);
-    let (off, w) = (8192u64, 0xA7u8);
-    write_at(&mut a, &mut io, &mut slot, off, w, 4096);
-    exchange(&mut a, &mut b, &mut io, &mut rng, 4);
-    collect(&mut a);
-    assert_eq!((a.ok, a.outstanding), (1, 0), "W acknowledged");
+    let (mut a, mut b, sb, mut wit, mut io, mut rng) =
+        super::restart_fence::a_granted_unanswered_b_denied_by_the_rules(151, dir.path());
+    let sa = a.engine.cfg.failover.clone().expect("a's failover slot");
+    let (off, w) = (super::restart_fence::OFF, super::restart_fence::W);
     assert_eq!(
         a.disk.borrow().flushes,
         0,
         "a's device flushed W: no loss to model"
-    );
-    break_link(&mut a, &mut b);
-    let now = Instant::now();
-    both_ask(&mut a, &mut b, &mut io, now);
-    assert_eq!(wit.ask(1, &sa), Some(1), "a's request is granted");
-    sa.outcome.store(UNREACHABLE, SeqCst);
-    assert_eq!(
-        wit.ask(2, &sb),
-        None,
-        "b's request is denied while a holds the group"
-    );
-    wit.show(&sb, 2);
-    sb.outcome.store(DENIED, SeqCst);
-    a.engine.tick(&mut io, now);
-    b.engine.tick(&mut io, now);
-    while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
-    assert_eq!(
-        (a.engine.mode(), b.engine.mode()),
-        (Mode::Fenced, Mode::Fenced)
     );
     // The power goes at a: its device keeps only what it flushed (nothing).
     a.disk.borrow_mut().bytes = vec![0; SIZE as usize];
