@@ -316,6 +316,18 @@ impl Collector for Site {
         )?;
         counter(
             &mut e,
+            "mirror_reads_held",
+            "Host reads held for want of a read lease, then served or refused.",
+            &mcount(&|s| s.reads_held),
+        )?;
+        counter(
+            &mut e,
+            "mirror_reads_held_refused",
+            "Held host reads refused in the end (the site came to serve nothing, or the peer timeout).",
+            &mcount(&|s| s.reads_held_refused),
+        )?;
+        counter(
+            &mut e,
             "mirror_updates",
             "Updates submitted by this site's initiators.",
             &mcount(&|s| s.updates),

@@ -38,7 +38,7 @@ pub mod wait;
 pub use acceptor::{Acceptor, Listener, Service};
 pub use conn::{Conn, Env, Note};
 pub use mailbox::{Mailbox, Msg, NoteTo};
-pub use poller::{AfterWork, Completion, PollCx, Poller, PollerSource};
+pub use poller::{AfterWork, Completion, PollCx, Poller, PollerSource, ReadData};
 pub use reactor::{Reactor, RingSizes, STOP_DEADLINE, WaitPolicy};
 pub use restack::{Restack, Restacked, restack_at};
 pub use stats::{Counters, ReactorStats, VolCounters};

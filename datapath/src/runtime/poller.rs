@@ -19,6 +19,9 @@ use std::time::Instant;
 /// A finished request to deliver: the issuing reactor, its tag, the outcome.
 pub type Completion = (u32, IoTag, Result<(), Errno>);
 
+/// A read's data to deliver to its owner on the poller's reactor ([`PollCx::complete_read`]).
+pub type ReadData = (IoTag, Vec<u8>);
+
 /// What a poller may touch and ask for.
 pub struct PollCx<'a> {
     /// The reactor's ring.
@@ -30,6 +33,7 @@ pub struct PollCx<'a> {
     /// The reactor is stopping.
     pub stopping: bool,
     pub(super) completions: &'a mut Vec<Completion>,
+    pub(super) reads: &'a mut Vec<ReadData>,
     pub(super) spawned: &'a mut Vec<Box<dyn Conn>>,
     pub(super) wakes: &'a mut Vec<u32>,
 }
@@ -38,6 +42,13 @@ impl PollCx<'_> {
     /// Deliver a finished request to its connection (on this reactor or another).
     pub fn complete(&mut self, from: u32, tag: IoTag, result: Result<(), Errno>) {
         self.completions.push((from, tag, result));
+    }
+
+    /// Deliver a read's data to its owner on this reactor (a read a layer held and then
+    /// served from a device that answered it at once: the owner gets it as a device
+    /// completion with this data). The vector is recycled after the delivery.
+    pub fn complete_read(&mut self, tag: IoTag, data: Vec<u8>) {
+        self.reads.push((tag, data));
     }
 
     /// Every finished request of `done`, drained.

@@ -129,6 +129,8 @@ pub struct Reactor {
     /// Layers' pollers running on this reactor.
     pollers: Vec<Box<dyn Poller>>,
     completions: Vec<Completion>,
+    /// Reads the pollers served this turn with their data (`PollCx::complete_read`).
+    read_data: Vec<super::poller::ReadData>,
     spawned: Vec<Box<dyn Conn>>,
     wakes: Vec<u32>,
     /// Connection keys of the services (index as in `Shared::services`).
@@ -225,6 +227,7 @@ impl Reactor {
             restacking: Vec::new(),
             pollers,
             completions: Vec::with_capacity(256),
+            read_data: Vec::new(),
             spawned: Vec::new(),
             wakes: Vec::new(),
             services: Vec::new(),
@@ -530,7 +533,7 @@ impl Reactor {
                 Msg::Block(r) => self.on_block_request(r),
                 Msg::BlockDone { tag, result, data } => {
                     self.io.recycle_vec(data);
-                    self.deliver(tag, result);
+                    self.deliver(tag, result, &[]);
                 }
                 Msg::Spawn(conn) => {
                     if self.stopping.is_none() {
@@ -710,6 +713,7 @@ impl Reactor {
                 now,
                 stopping,
                 completions: &mut self.completions,
+                reads: &mut self.read_data,
                 spawned: &mut self.spawned,
                 wakes: &mut self.wakes,
             };
@@ -740,6 +744,15 @@ impl Reactor {
             }
             self.completions = done;
         }
+        if !self.read_data.is_empty() {
+            worked = true;
+            let mut reads = std::mem::take(&mut self.read_data);
+            for (tag, data) in reads.drain(..) {
+                self.deliver(tag, Ok(()), &data);
+                self.io.recycle_vec(data);
+            }
+            self.read_data = reads;
+        }
         worked
     }
 
@@ -747,25 +760,25 @@ impl Reactor {
     /// request to the layer under it) here or on reactor `from`.
     fn answer(&mut self, from: u32, tag: IoTag, result: Result<(), Errno>) {
         if from as usize == self.id {
-            self.deliver(tag, result);
+            self.deliver(tag, result, &[]);
         } else {
             let data = self.io.spare_vecs.pop().unwrap_or_default();
             self.shared.mailboxes[from as usize].send(Msg::BlockDone { tag, result, data });
         }
     }
 
-    /// Hand a finished request to its owner on this reactor.
-    fn deliver(&mut self, tag: IoTag, result: Result<(), Errno>) {
+    /// Hand a finished request to its owner on this reactor (`data`: what a read produced).
+    fn deliver(&mut self, tag: IoTag, result: Result<(), Errno>, data: &[u8]) {
         match tag.owner() {
             Owner::Conn(key) => {
                 if let Some(entry) = self.conns.get_mut(key as usize) {
-                    entry.conn.on_io(tag.slot, result, &[]);
+                    entry.conn.on_io(tag.slot, result, data);
                     self.mark(key);
                 }
             }
             Owner::Channel(vol) => {
                 if let Some(c) = self.chans.get_mut(vol as usize) {
-                    c.on_own_io(&mut self.io, tag.slot, result, &[]);
+                    c.on_own_io(&mut self.io, tag.slot, result, data);
                 }
             }
         }

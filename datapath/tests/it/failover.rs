@@ -1277,14 +1277,13 @@ fn linux_nvme_multipath_reads_a_site_back_without_state_only_once_it_is_whole() 
 /// A mirroring site whose peer is late to answer a PING, for less than the heartbeat
 /// timeout, keeps serving its hosts' reads: the peer frozen for 300 ms (under
 /// `peer_dead_ms`, 400), three times, the session never ends and neither site is granted
-/// anything, yet a refuses the reads that arrive once its read lease (200 ms from the last
-/// answered PING's send) has lapsed, with EIO over NBD: a loaded machine's late PONG did the
+/// anything. Site a's read lease (200 ms from the last answered PING's send) lapses each
+/// time: the reads that come then are held until the late PONG renews it (`held.rs`), never
+/// refused (before, each was refused with EIO over NBD: a loaded machine's late PONG did the
 /// same to `a_site_restarted_without_state_dir_is_new_and_never_serves_stale_data` and
-/// `switchover::a_link_cut_during_a_switchover_ends_with_exactly_one_leader` (their reads
-/// after the resync). Safe, but no site serves a host that has only this path while nothing
-/// failed; holding such a read until the lease is renewed or the session ends would serve it.
+/// `switchover::a_link_cut_during_a_switchover_ends_with_exactly_one_leader`), and
+/// `mirror_status` counts them (`reads_held`; this checks the premise: reads were held).
 #[test]
-#[ignore = "limit: a mirroring site refuses reads while its read lease has lapsed, even with its session up (docs/mirror-protocol.md, \"Read lease\"); holding them until the lease is renewed or the session ends is not built"]
 fn a_peer_late_by_less_than_the_heartbeat_timeout_costs_no_read() {
     let root = tempfile::tempdir().unwrap();
     let (_w, a, b) = witnessed_pair_up(root.path());
@@ -1310,4 +1309,8 @@ fn a_peer_late_by_less_than_the_heartbeat_timeout_costs_no_read() {
         "the session ended: the premise (a peer late by less than the heartbeat timeout)"
     );
     assert_eq!(refused, 0, "reads refused at a mirroring site in session");
+    let st = crate::mirror::status(&a);
+    let held = st["reads_held"].as_u64().unwrap();
+    assert!(held > 0, "no read was held: the lease never lapsed ({st})");
+    assert_eq!(st["reads_held_refused"], 0, "{st}");
 }

@@ -56,6 +56,7 @@ mod nvmf_ns_notice;
 mod power_loss;
 mod rawnbd;
 mod reactor_wait;
+mod read_hold;
 mod read_only;
 mod runtime;
 mod shutdown;

@@ -19,10 +19,16 @@
 //! the runtime as a poller source for the home reactor; the engine's own device operations
 //! complete to the channel ([`crate::uring::IoTag::channel`]). The poller also publishes the
 //! volume's path state ([`path_state`]) for the front ends.
+//!
+//! A read that finds no read lease while one may come soon is held by the channel it came to
+//! and answered at a later turn of the reactor's mirror poller ([`held`]): the home reactor's
+//! [`MirrorPoller`], and on every other reactor a [`HeldReadPoller`] that does nothing else
+//! (one look at an empty list per turn).
 
 pub mod alfile;
 pub mod engine;
 pub mod failover;
+pub mod held;
 pub mod link;
 pub mod mode;
 pub mod persist;
@@ -43,7 +49,7 @@ use crate::bdev::{
     BdevError, BlockDevice, BlockOp, BlockRequest, Channel, DeviceInfo, LOWER_SLOT, ReadStart,
     Start,
 };
-use crate::runtime::{AfterWork, Completion, Mailbox, Msg, PollCx, Poller, PollerSource};
+use crate::runtime::{AfterWork, Completion, Mailbox, Msg, PollCx, Poller, PollerSource, ReadData};
 use crate::uring::{Errno, IoCx, IoTag};
 use engine::{Engine, EngineConfig, Mode, Role, Update};
 use stats::MirrorStats;
@@ -174,19 +180,26 @@ impl MirrorDevice {
 
 impl PollerSource for MirrorDevice {
     fn poller_for(&self, reactor: usize) -> Option<Box<dyn Poller>> {
-        (reactor == self.home).then(|| {
-            Box::new(MirrorPoller {
+        if reactor != self.home {
+            return Some(Box::new(HeldReadPoller {
                 vol: self.vol,
-                peer: self.peer,
-                path: Arc::clone(&self.path),
-                peer_path: Arc::clone(&self.peer_path),
-                next_tick: Instant::now(),
-                last_tick: Instant::now(),
-                sleeping: false,
+                from: reactor as u32,
                 done: Vec::new(),
-                key: Arc::clone(&self.key),
-            }) as Box<dyn Poller>
-        })
+                reads: Vec::new(),
+            }));
+        }
+        Some(Box::new(MirrorPoller {
+            vol: self.vol,
+            peer: self.peer,
+            path: Arc::clone(&self.path),
+            peer_path: Arc::clone(&self.peer_path),
+            next_tick: Instant::now(),
+            last_tick: Instant::now(),
+            sleeping: false,
+            done: Vec::new(),
+            reads: Vec::new(),
+            key: Arc::clone(&self.key),
+        }))
     }
 }
 
@@ -217,6 +230,8 @@ pub struct MirrorPoller {
     /// The engine's finished requests of this turn, swapped out of it (empty between turns;
     /// swapped rather than taken so both vectors keep their capacity).
     done: Vec<Completion>,
+    /// Held reads served this turn with their data (empty between turns).
+    reads: Vec<ReadData>,
     key: Arc<twinblk_witness::Key>,
 }
 
@@ -275,11 +290,29 @@ impl Poller for MirrorPoller {
         let peer_state = e.peer_path_state();
         let kick = e.wants_send(now) || e.kill_link.is_some() || (stopping && e.idle());
         let link = e.link_key;
-        let worked = !e.done.is_empty();
+        let mut worked = !e.done.is_empty();
         if worked {
             std::mem::swap(&mut e.done, &mut self.done);
             // Parts of split updates answer their original.
             c.splits.join(&mut self.done);
+        }
+        if !c.held.is_empty() {
+            let e = &mut c.engine;
+            let v = held::verdict(e.may_read(Instant::now()), e.may_read_soon());
+            let mut read = |io: &mut IoCx, h: &held::Held| {
+                held::Outcome::of(e.host_read(io, h.tag, h.offset, h.len), io)
+            };
+            let to = Answers {
+                from: c.reactor,
+                done: &mut self.done,
+                reads: &mut self.reads,
+            };
+            worked |= answer_held(&mut c.held, v, &c.stats, cx.io, to, &mut read);
+        }
+        for (tag, data) in self.reads.drain(..) {
+            cx.complete_read(tag, data);
+        }
+        if !self.done.is_empty() {
             cx.complete_all(&mut self.done);
         }
         if self.path.set(state) {
@@ -305,7 +338,12 @@ impl Poller for MirrorPoller {
         // every wait's timeout fall anywhere in (0, 5 ms] instead of 10 ms, and that alone
         // cost 7 µs of server CPU per mirrored write at QD1 on the Xeon VM (45.0 against 37.8
         // µs, same number of timer starts and wakeups per write: benches/RESULTS.md, session 7).
-        Self::sleep_until(engine_of(chans, self.vol)?, now)
+        let c = channel_of(chans, self.vol)?;
+        let held = c.held.deadline();
+        Self::sleep_until(&c.engine, now)
+            .into_iter()
+            .chain(held)
+            .min()
     }
 
     fn after_work(&self, chans: &mut [Box<dyn Channel>], now: Instant) -> AfterWork {
@@ -314,8 +352,17 @@ impl Poller for MirrorPoller {
         if now >= self.next_tick {
             return AfterWork::Work;
         }
-        match engine_of(chans, self.vol) {
-            Some(e) if !e.has_work(now) => AfterWork::Sleep(Self::sleep_until(e, now)),
+        match channel_of(chans, self.vol) {
+            Some(c) if c.held.due(held_verdict(&c.engine), now) => AfterWork::Work,
+            Some(c) if !c.engine.has_work(now) => {
+                let held = c.held.deadline();
+                AfterWork::Sleep(
+                    Self::sleep_until(&c.engine, now)
+                        .into_iter()
+                        .chain(held)
+                        .min(),
+                )
+            }
             _ => AfterWork::Work,
         }
     }
@@ -325,10 +372,54 @@ impl Poller for MirrorPoller {
     }
 
     fn abort(&mut self, chans: &mut [Box<dyn Channel>]) {
-        if let Some(e) = engine_of(chans, self.vol) {
-            e.abort_requests();
+        if let Some(c) = channel_of(chans, self.vol) {
+            c.engine.abort_requests();
+            c.held.expire();
         }
     }
+}
+
+/// The verdict for the reads held at the home reactor, now.
+fn held_verdict(e: &Engine) -> held::Verdict {
+    held::verdict(e.may_read(Instant::now()), e.may_read_soon())
+}
+
+/// Where a poller's answers to held reads go: completions for reactor `from` (this one), and
+/// the data of reads served at once (for [`PollCx::complete_read`]).
+struct Answers<'a> {
+    from: u32,
+    done: &'a mut Vec<Completion>,
+    reads: &'a mut Vec<ReadData>,
+}
+
+/// Answer what `held` may answer under verdict `v` (taken on a clock read after the reads
+/// were held): serve through `read`, refuse with [`Errno::UNAVAILABLE`]; answers go `to`.
+/// True when any was answered.
+fn answer_held(
+    held: &mut held::HeldReads,
+    v: held::Verdict,
+    stats: &MirrorStats,
+    io: &mut IoCx,
+    to: Answers<'_>,
+    read: &mut dyn FnMut(&mut IoCx, &held::Held) -> held::Outcome,
+) -> bool {
+    let Answers { from, done, reads } = to;
+    let now = Instant::now();
+    if !held.due(v, now) {
+        return false;
+    }
+    held.release(v, now, |h, v| match v {
+        held::Verdict::Serve => match read(io, h) {
+            held::Outcome::Pending => {}
+            held::Outcome::Data(d) => reads.push((h.tag, d)),
+            held::Outcome::Failed(e) => done.push((from, h.tag, Err(e))),
+        },
+        _ => {
+            stats.inc(&stats.reads_held_refused);
+            done.push((from, h.tag, Err(Errno::UNAVAILABLE)));
+        }
+    });
+    true
 }
 
 impl BlockDevice for MirrorDevice {
@@ -367,6 +458,7 @@ impl BlockDevice for MirrorDevice {
                 home,
                 vol: self.vol as u32,
                 from: io.reactor as u32,
+                held: held::HeldReads::new(self.cfg.peer_timeout),
             }));
         }
         let mut cfg = self.cfg.clone();
@@ -382,6 +474,8 @@ impl BlockDevice for MirrorDevice {
             reactor: io.reactor as u32,
             engine,
             splits: split::Splits::default(),
+            held: held::HeldReads::new(self.cfg.peer_timeout),
+            stats: Arc::clone(&self.stats),
         }))
     }
 }
@@ -392,6 +486,9 @@ pub struct MirrorChannel {
     reactor: u32,
     /// Updates too long for one message, in parts.
     splits: split::Splits,
+    /// Reads held for want of a read lease ([`held`]).
+    held: held::HeldReads,
+    stats: Arc<MirrorStats>,
 }
 
 impl MirrorChannel {
@@ -411,12 +508,18 @@ impl MirrorChannel {
 
 impl Channel for MirrorChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        // Refused without a read lease (docs/mirror-protocol.md, "Read lease"): the other
-        // site's path may serve it.
-        if !self.engine.may_read(Instant::now()) {
-            return ReadStart::Failed(Errno::UNAVAILABLE);
+        // Without a read lease (docs/mirror-protocol.md, "Read lease"): held while one may
+        // come soon, else refused (the other site's path may serve it).
+        let now = Instant::now();
+        match held::verdict(self.engine.may_read(now), self.engine.may_read_soon()) {
+            held::Verdict::Serve => self.engine.host_read(io, tag, offset, len),
+            held::Verdict::Hold => {
+                self.stats.inc(&self.stats.reads_held);
+                self.held.hold(tag, offset, len, now);
+                ReadStart::Pending
+            }
+            held::Verdict::Refuse => ReadStart::Failed(Errno::UNAVAILABLE),
         }
-        self.engine.host_read(io, tag, offset, len)
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {
@@ -524,9 +627,44 @@ pub struct RemoteChannel {
     home: Arc<Mailbox>,
     vol: u32,
     from: u32,
+    /// Reads held for want of a read lease ([`held`]; answered by this reactor's
+    /// [`HeldReadPoller`]).
+    held: held::HeldReads,
+}
+
+/// A host read of the local replica on a reactor other than the volume's home (`inner`: the
+/// replica's channel there); a failure is reported to the home engine ([`engine::host_read_failure`]).
+fn local_read<'a>(
+    inner: &'a mut dyn Channel,
+    stats: &MirrorStats,
+    io: &mut IoCx,
+    tag: IoTag,
+    offset: u64,
+    len: u32,
+) -> ReadStart<'a> {
+    match inner.read(io, tag, offset, len) {
+        ReadStart::Failed(e) => {
+            let only_copy = stats.mode() == Mode::Survivor;
+            ReadStart::Failed(engine::host_read_failure(
+                stats,
+                only_copy,
+                offset,
+                u64::from(len),
+                e,
+            ))
+        }
+        r => r,
+    }
 }
 
 impl RemoteChannel {
+    /// The verdict for a read here now, from what the home reactor's engine published.
+    fn verdict(&self) -> held::Verdict {
+        let soon =
+            !self.stats.failed() && matches!(self.stats.mode(), Mode::Mirroring | Mode::Survivor);
+        held::verdict(self.stats.may_read(), soon)
+    }
+
     fn hand_over(
         &mut self,
         io: &mut IoCx,
@@ -571,23 +709,18 @@ impl RemoteChannel {
 
 impl Channel for RemoteChannel {
     fn read(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, len: u32) -> ReadStart<'_> {
-        // The home reactor's engine publishes its read lease (`MirrorStats::may_read`).
-        if !self.stats.may_read() {
-            return ReadStart::Failed(Errno::UNAVAILABLE);
-        }
-        match self.inner.read(io, tag, offset, len) {
-            ReadStart::Failed(e) => {
-                let only_copy = self.stats.mode() == Mode::Survivor;
-                ReadStart::Failed(engine::host_read_failure(
-                    &self.stats,
-                    only_copy,
-                    offset,
-                    u64::from(len),
-                    e,
-                ))
+        // The home reactor's engine publishes its read lease (`MirrorStats::may_read`);
+        // without one, held while one may come soon, else refused.
+        match self.verdict() {
+            held::Verdict::Serve => {}
+            held::Verdict::Hold => {
+                self.stats.inc(&self.stats.reads_held);
+                self.held.hold(tag, offset, len, Instant::now());
+                return ReadStart::Pending;
             }
-            r => r,
+            held::Verdict::Refuse => return ReadStart::Failed(Errno::UNAVAILABLE),
         }
+        local_read(&mut *self.inner, &self.stats, io, tag, offset, len)
     }
 
     fn write(&mut self, io: &mut IoCx, tag: IoTag, offset: u64, data: &[u8], fua: bool) -> Start {
@@ -628,7 +761,84 @@ impl Channel for RemoteChannel {
         self.inner.on_own_io(io, slot, result, data);
     }
 
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
+
     fn lower_box(&mut self) -> Option<&mut Box<dyn Channel>> {
         Some(&mut self.inner)
+    }
+}
+
+/// A mirrored volume's work on a reactor other than its home: answering the reads its
+/// [`RemoteChannel`] held for want of a read lease. It looks at the engine's published
+/// lease (`MirrorStats`) every millisecond while it holds any (the lease comes back on the
+/// home reactor, not through an event here); with none held, one look at an empty list.
+pub struct HeldReadPoller {
+    vol: usize,
+    /// This reactor.
+    from: u32,
+    /// Answers of this turn (empty between turns).
+    done: Vec<Completion>,
+    reads: Vec<ReadData>,
+}
+
+/// How often a reactor other than the home looks at its held reads.
+const HELD_LOOK: Duration = Duration::from_millis(1);
+
+fn remote_of(chans: &mut [Box<dyn Channel>], vol: usize) -> Option<&mut RemoteChannel> {
+    chans
+        .get_mut(vol)?
+        .as_any_mut()?
+        .downcast_mut::<RemoteChannel>()
+}
+
+impl Poller for HeldReadPoller {
+    fn poll(&mut self, cx: &mut PollCx<'_>) -> bool {
+        let Some(c) = remote_of(cx.chans, self.vol) else {
+            return false;
+        };
+        if c.held.is_empty() {
+            return false;
+        }
+        let v = c.verdict();
+        let (inner, stats) = (&mut *c.inner, &*c.stats);
+        let mut read = |io: &mut IoCx, h: &held::Held| {
+            held::Outcome::of(local_read(inner, stats, io, h.tag, h.offset, h.len), io)
+        };
+        let to = Answers {
+            from: self.from,
+            done: &mut self.done,
+            reads: &mut self.reads,
+        };
+        let worked = answer_held(&mut c.held, v, &c.stats, cx.io, to, &mut read);
+        for (tag, data) in self.reads.drain(..) {
+            cx.complete_read(tag, data);
+        }
+        cx.complete_all(&mut self.done);
+        worked
+    }
+
+    fn deadline(&self, chans: &mut [Box<dyn Channel>], now: Instant) -> Option<Instant> {
+        let c = remote_of(chans, self.vol)?;
+        (!c.held.is_empty()).then(|| now + HELD_LOOK)
+    }
+
+    fn after_work(&self, chans: &mut [Box<dyn Channel>], now: Instant) -> AfterWork {
+        match remote_of(chans, self.vol) {
+            Some(c) if c.held.due(c.verdict(), now) => AfterWork::Work,
+            Some(c) if !c.held.is_empty() => AfterWork::Sleep(Some(now + HELD_LOOK)),
+            _ => AfterWork::Sleep(None),
+        }
+    }
+
+    fn busy(&self, _chans: &mut [Box<dyn Channel>]) -> bool {
+        false
+    }
+
+    fn abort(&mut self, chans: &mut [Box<dyn Channel>]) {
+        if let Some(c) = remote_of(chans, self.vol) {
+            c.held.expire();
+        }
     }
 }

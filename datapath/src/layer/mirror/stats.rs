@@ -59,6 +59,12 @@ pub struct MirrorStats {
     /// Local device errors answered to the initiator without taking the replica out of
     /// service (a survivor or resync source: the volume's only current copy).
     pub local_errors: AtomicU64,
+    /// Host reads held because the site had no read lease for a moment (then served or
+    /// refused: `held.rs`).
+    pub reads_held: AtomicU64,
+    /// Of those, the ones refused in the end (the site came to serve nothing, or the read
+    /// waited `peer_timeout`).
+    pub reads_held_refused: AtomicU64,
     /// Leader: extents in the activity log.
     pub actlog_extents: AtomicU64,
     /// Leader: versions of the activity log handed to the persister since the start.
@@ -184,6 +190,12 @@ pub struct MirrorSnapshot {
     pub local_errors: u64,
     /// The last of them: what failed, where, and the errno (null: none since the start).
     pub last_local_error: Option<String>,
+    /// Host reads held for want of a read lease (a late PONG, a survivor waiting out its
+    /// peer's lease), since the start; each was then served or refused.
+    pub reads_held: u64,
+    /// Of those, the ones refused in the end (the site came to serve nothing, or the read
+    /// waited the peer timeout).
+    pub reads_held_refused: u64,
     /// Extents in the activity log (leader).
     pub actlog_extents: u64,
     /// Versions of the activity log written since the start (leader).
@@ -262,6 +274,11 @@ impl MirrorStats {
             *e = Some(why.to_string());
         }
         self.failed.store(true, Relaxed);
+    }
+
+    /// The volume is stopped at this site (`set_failure`; one load).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Relaxed)
     }
 
     /// A local device error was answered without taking the replica out of service
@@ -412,6 +429,8 @@ impl MirrorStats {
             resync_unreadable_bytes: self.resync_unreadable_bytes.load(Relaxed),
             local_errors: self.local_errors.load(Relaxed),
             last_local_error: self.last_local_error.lock().ok().and_then(|e| e.clone()),
+            reads_held: self.reads_held.load(Relaxed),
+            reads_held_refused: self.reads_held_refused.load(Relaxed),
             actlog_extents: self.actlog_extents.load(Relaxed),
             actlog_writes: self.actlog_writes.load(Relaxed),
             rtt_p50_us: rtt,

@@ -392,9 +392,11 @@ fn the_pollers_deadline_is_not_its_periodic_tick() {
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
     let (engine, _dev) = engine(&mut io, Role::Leader, 1 << 20);
     let mut chans: Vec<Box<dyn Channel>> = vec![Box::new(MirrorChannel {
+        stats: Arc::new(super::stats::MirrorStats::default()),
         engine,
         reactor: 0,
         splits: Splits::default(),
+        held: super::held::HeldReads::new(std::time::Duration::from_secs(1)),
     })];
     let now = Instant::now();
     let poller = MirrorPoller {
@@ -407,6 +409,7 @@ fn the_pollers_deadline_is_not_its_periodic_tick() {
         last_tick: now,
         sleeping: false,
         done: Vec::new(),
+        reads: Vec::new(),
         key: Arc::new(twinblk_witness::Key::new(&[7; 32]).unwrap()),
     };
     assert_eq!(poller.deadline(&mut chans, now), None);

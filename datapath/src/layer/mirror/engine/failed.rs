@@ -152,6 +152,14 @@ impl Engine {
         }
     }
 
+    /// Reads refused now ([`Engine::may_read`] false) may be served soon, so a read is held
+    /// rather than refused (`held.rs`): mirroring (its lease lapsed, or the link was just lost
+    /// and the witness is being asked) or a survivor waiting out its peer's lease; never
+    /// once the replica failed or in a mode that serves nothing.
+    pub fn may_read_soon(&self) -> bool {
+        self.failed.is_none() && matches!(self.mode, Mode::Mirroring | Mode::Survivor)
+    }
+
     /// A host read the local device failed in its completion (`Channel::read_failed`): as
     /// one refused at once ([`Self::host_read`]), reported for the next tick; returns the
     /// answer.
