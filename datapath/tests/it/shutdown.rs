@@ -36,34 +36,38 @@ fn every_write_acknowledged_across_a_stop_is_on_disk_after_restart() {
                 }
             })
         };
-        std::thread::sleep(std::time::Duration::from_millis(5 + round * 10));
-        let stopper = std::thread::spawn(move || {
-            d.stop();
-            d
-        });
-        // Collect replies until the server closes the connection.
+        // One write acknowledged first (on a loaded machine the writer may not have sent a
+        // thing within the sleep below), then the stop, while the writer goes on.
         let mut acked = Vec::new();
         let mut shut = 0;
-        loop {
+        let reply = |c: &mut Client, acked: &mut Vec<u64>, shut: &mut usize| {
             let mut h = [0u8; 16];
             if c.s.read_exact(&mut h).is_err() {
-                break;
+                return false;
             }
             assert_eq!(&h[0..4], &proto::SIMPLE_REPLY_MAGIC.to_be_bytes());
             let e = u32::from_be_bytes(h[4..8].try_into().unwrap());
             let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
             match e {
                 0 => acked.push(cookie),
-                err::ESHUTDOWN => shut += 1,
+                err::ESHUTDOWN => *shut += 1,
                 other => panic!("unexpected error {other} for write {cookie}"),
             }
-        }
+            true
+        };
+        assert!(
+            reply(&mut c, &mut acked, &mut shut),
+            "round {round}: no first reply"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5 + round * 10));
+        let stopper = std::thread::spawn(move || {
+            d.stop();
+            d
+        });
+        // Collect replies until the server closes the connection.
+        while reply(&mut c, &mut acked, &mut shut) {}
         let _ = writer.join();
         drop(stopper.join().unwrap());
-        assert!(
-            !acked.is_empty(),
-            "round {round}: nothing was acknowledged before the stop"
-        );
         // Restart on the same file and check every acknowledged write.
         let (_d2, addr2) = in_process(&vol);
         let mut r = Client::connect(addr2, "disk", true);

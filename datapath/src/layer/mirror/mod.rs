@@ -353,7 +353,10 @@ impl Poller for MirrorPoller {
             return AfterWork::Work;
         }
         match channel_of(chans, self.vol) {
-            Some(c) if c.held.due(held_verdict(&c.engine), now) => AfterWork::Work,
+            // (The verdict reads the clock: asked only while reads are held.)
+            Some(c) if !c.held.is_empty() && c.held.due(held_verdict(&c.engine), now) => {
+                AfterWork::Work
+            }
             Some(c) if !c.engine.has_work(now) => {
                 let held = c.held.deadline();
                 AfterWork::Sleep(
@@ -826,7 +829,7 @@ impl Poller for HeldReadPoller {
 
     fn after_work(&self, chans: &mut [Box<dyn Channel>], now: Instant) -> AfterWork {
         match remote_of(chans, self.vol) {
-            Some(c) if c.held.due(c.verdict(), now) => AfterWork::Work,
+            Some(c) if !c.held.is_empty() && c.held.due(c.verdict(), now) => AfterWork::Work,
             Some(c) if !c.held.is_empty() => AfterWork::Sleep(Some(now + HELD_LOOK)),
             _ => AfterWork::Sleep(None),
         }
