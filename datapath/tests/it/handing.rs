@@ -104,16 +104,19 @@ fn record(s: &TcpStream) -> (Arc<Mutex<Vec<Type>>>, std::thread::JoinHandle<()>)
     (seen, t)
 }
 
-/// Ask the site at `sock` to hand vol0 to `to`, with a wait its held state write outlasts
-/// (the call answers at the end of its wait, as the old leader's confirmation never comes);
-/// the site must then be handing: the follower, its new role not on disk, no SWITCH sent.
+/// Ask the site at `sock` to hand vol0 to `to`, with a wait its held state write outlasts:
+/// the call must answer "not completed" and say why (before, it answered that `to` leads,
+/// while no SWITCH had gone and a crash would have restarted this site as the leader); the
+/// site must then be handing: the follower, its new role not on disk.
 fn hand_over_held(sock: &Path, to: &str) {
     let r = rpc_at(
         sock,
         "mirror_switchover",
         json!({"volume": "vol0", "to": to, "wait_s": 0.5}),
     );
-    eprintln!("mirror_switchover during the held state write: {r}");
+    assert_eq!(r["error"]["code"], -32011, "{r}");
+    let why = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("not on disk"), "{r}");
     let s = status(sock);
     assert_eq!(s["switchover"], "handing", "{s}");
     assert_eq!(s["role"], "follower", "{s}");
