@@ -3,7 +3,8 @@
 //!
 //! Model: the follower sends META and waits for the leader's META_STATE; the leader executes,
 //! sends META_STATE to the follower and completes once its META_ACK comes. [`MetaRepl`] owns
-//! the commands waiting for the peer (a slab) and the META_STATE tokens; it returns the
+//! the commands waiting for the peer (a slab), this site's commands held before they are
+//! decided or sent ([`Crossing`]) and the META_STATE tokens; it returns the
 //! answers to give ((reactor, tag, result)); the engine executes and installs through the
 //! [`MetaHandler`] and sends through the session.
 //!
@@ -14,7 +15,9 @@
 //! sent after it, until that work is done ([`MetaRepl::hold`], released by the engine's tick).
 //!
 //! Invariants: an entry stays until its answer even when its initiator was failed on the
-//! timeout, so a late answer never completes a newer request; an unchanged answer decided on
+//! timeout, so a late answer never completes a newer request; a held command is failed at its
+//! deadline and dropped, never decided; waiting and held ones together are at most
+//! [`MAX_WAITS`]; an unchanged answer decided on
 //! state the follower may not have yet waits for every earlier change's META_ACK; tokens
 //! increase by one per META_STATE sent, from 1, and META_STATEs and META_ACKs leave in the
 //! order they were decided (a held one holds every later one); a META_ACK for a token beyond
