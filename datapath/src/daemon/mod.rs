@@ -950,6 +950,14 @@ impl Daemon {
         &self.nbd_exports
     }
 
+    /// The mirrored volumes' replica-state persister (with a `[mirror] state_dir`). Its test
+    /// hook [`Persister::hold`] stands in for a state write that hangs without an error, for
+    /// the integration tests of an in-process daemon.
+    #[doc(hidden)]
+    pub fn mirror_persister(&self) -> Option<Arc<Persister>> {
+        self.persister.clone()
+    }
+
     /// Cores the reactors run on.
     pub fn cores(&self) -> &[usize] {
         &self.cores

@@ -21,6 +21,7 @@ mod control_paths;
 mod control_timing;
 mod failover;
 mod guest;
+mod handing;
 mod harness;
 mod hosts;
 mod iscsi;

@@ -98,10 +98,18 @@ pub fn progress(
     let term = stats.term.load(Relaxed);
     if term > r.term && stats.leads() == Some(r.to_me) {
         // Moved; wait a little for the old leader's confirmation (SWITCH_ACK).
-        if stats.snapshot(name, leader).switchover.is_none() || expired {
-            return Progress::Moved { term };
-        }
-        return Progress::Waiting;
+        return match stats.snapshot(name, leader).switchover {
+            None => Progress::Moved { term },
+            // The old leader's "follower of the new term" is not on disk yet: no SWITCH has
+            // gone, and a crash now restarts this site as the leader. Not completed (before,
+            // answered moved: test `it::handing`); it goes on once the state is written.
+            Some("handing") if expired => Progress::Failed(format!(
+                "this site handed the leadership over, but its new role (follower of term {term}) is not on disk yet: the state write has not finished within {:.1} s; SWITCH goes once it has, or, the link lost meanwhile, the next session makes the peer the leader (`mirror_status` `switchover` says `handing` until then)",
+                wait.as_secs_f64()
+            )),
+            _ if expired => Progress::Moved { term },
+            _ => Progress::Waiting,
+        };
     }
     if stats.switch_failures.load(Relaxed) != r.failures {
         return Progress::Failed(stats.switch_error().unwrap_or_else(|| "failed".into()));

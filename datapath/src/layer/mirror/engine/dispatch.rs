@@ -465,15 +465,19 @@ impl Engine {
     /// The metadata commands held while the resync's source could still decide alone
     /// (`peer_meta_crossing`), or while this site, handing the leadership over, has not sent
     /// SWITCH yet: decided (or sent as META) once it cannot (or failed, the session gone).
+    /// Each keeps its deadline: one held longer than its peer timeout (a state write that
+    /// hangs without an error keeps a hand-over in `Handing`) fails with EIO, as any request
+    /// waiting for the peer (`MetaRepl::expire`), never decided.
     pub(super) fn submit_crossing_metas(&mut self) {
-        if self.metas_crossing.is_empty()
+        if !self.metas.crossing()
             || self.peer_meta_crossing()
             || matches!(self.sw.phase, switchover::Phase::Handing { .. })
         {
             return;
         }
-        for (from, tag, cmd) in std::mem::take(&mut self.metas_crossing) {
-            if let Start::Done(r) = self.submit_meta(from, tag, &cmd) {
+        for c in self.metas.take_crossing() {
+            let (from, tag) = c.who;
+            if let Start::Done(r) = self.submit_meta_until(from, tag, &c.cmd, c.deadline) {
                 self.done.push((from, tag, r));
             }
         }
@@ -481,10 +485,27 @@ impl Engine {
 
     /// A metadata command from this site's initiator.
     pub(super) fn submit_meta(&mut self, from: u32, tag: IoTag, cmd: &[u8]) -> Start {
+        let deadline = Instant::now() + self.cfg.peer_timeout;
+        self.submit_meta_until(from, tag, cmd, deadline)
+    }
+
+    /// Hold `from`'s command `cmd` (answered by `deadline` at most) until it may be decided or
+    /// sent (`submit_crossing_metas`); refused with Internal Error when `meta::MAX_WAITS`
+    /// commands wait or are held already, rather than held without limit.
+    fn hold_meta(&mut self, from: u32, tag: IoTag, cmd: &[u8], deadline: Instant) -> Start {
+        if self.metas.cross((from, tag), cmd, deadline) {
+            return Start::Pending;
+        }
+        tracing::warn!(volume = %self.cfg.name, waiting = self.metas.len(),
+            "mirror: too many metadata commands wait or are held; refusing one");
+        Start::Done(meta_result(META_INTERNAL))
+    }
+
+    /// A metadata command from this site's initiator, answered by `deadline` at most.
+    fn submit_meta_until(&mut self, from: u32, tag: IoTag, cmd: &[u8], deadline: Instant) -> Start {
         let Some(h) = self.cfg.meta.clone() else {
             return Start::Done(Err(Errno::NOTSUP));
         };
-        let deadline = Instant::now() + self.cfg.peer_timeout;
         if self.metas.full() && matches!(self.mode, Mode::Mirroring) {
             // The peer has left MAX_WAITS commands unanswered (their initiators may have
             // given up long ago): refuse more rather than keep them for ever.
@@ -496,8 +517,7 @@ impl Engine {
             // The old leader of a switchover before its SWITCH (its new role not on disk
             // yet): the peer still follows and would refuse a META. Held, and sent to the new
             // leader after SWITCH (`submit_crossing_metas`, at the next tick).
-            self.metas_crossing.push((from, tag, cmd.to_vec()));
-            return Start::Pending;
+            return self.hold_meta(from, tag, cmd, deadline);
         }
         match (self.mode, self.role, self.sess.up) {
             (Mode::Survivor, _, _) => {
@@ -528,8 +548,7 @@ impl Engine {
             (Mode::Mirroring, Role::Leader, true) if self.peer_meta_crossing() => {
                 // The resync's source may still decide alone (`peer_meta_crossing`): held for
                 // that round trip, then decided (`submit_crossing_metas`).
-                self.metas_crossing.push((from, tag, cmd.to_vec()));
-                Start::Pending
+                self.hold_meta(from, tag, cmd, deadline)
             }
             (Mode::Mirroring, Role::Leader, true) => match h.execute(self.vol, cmd) {
                 // Unchanged, but decided on state the follower may not have yet: answered
@@ -628,8 +647,8 @@ impl Engine {
         for (from, tag) in self.metas.fail_all() {
             self.done.push((from, tag, Err(Errno::IO)));
         }
-        for (from, tag, _) in std::mem::take(&mut self.metas_crossing) {
-            self.done.push((from, tag, Err(Errno::IO)));
+        for c in self.metas.take_crossing() {
+            self.done.push((c.who.0, c.who.1, Err(Errno::IO)));
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Model: the follower sends META and waits for the leader's META_STATE; the leader executes,
 //! sends META_STATE to the follower and completes once its META_ACK comes. [`MetaRepl`] owns
-//! the commands waiting for the peer (a slab) and the META_STATE tokens; it returns the
+//! the commands waiting for the peer (a slab), this site's commands held before they are
+//! decided or sent ([`Crossing`]) and the META_STATE tokens; it returns the
 //! answers to give ((reactor, tag, result)); the engine executes and installs through the
 //! [`MetaHandler`] and sends through the session.
 //!
@@ -14,7 +15,9 @@
 //! sent after it, until that work is done ([`MetaRepl::hold`], released by the engine's tick).
 //!
 //! Invariants: an entry stays until its answer even when its initiator was failed on the
-//! timeout, so a late answer never completes a newer request; an unchanged answer decided on
+//! timeout, so a late answer never completes a newer request; a held command is failed at its
+//! deadline and dropped, never decided; waiting and held ones together are at most
+//! [`MAX_WAITS`]; an unchanged answer decided on
 //! state the follower may not have yet waits for every earlier change's META_ACK; tokens
 //! increase by one per META_STATE sent, from 1, and META_STATEs and META_ACKs leave in the
 //! order they were decided (a held one holds every later one); a META_ACK for a token beyond
@@ -201,9 +204,20 @@ struct MetaWait {
 }
 
 /// At most this many metadata commands wait for the peer at once (each entry stays until its
-/// answer or the session's end, even after its initiator was failed on the timeout); more are
-/// refused with Internal Error.
+/// answer or the session's end, even after its initiator was failed on the timeout), those
+/// held before they are decided or sent ([`MetaRepl::cross`]) included; more are refused with
+/// Internal Error.
 pub(super) const MAX_WAITS: usize = 1024;
+
+/// This site's initiator's command held before it is decided or sent: while the resync's
+/// source may still decide alone, or while this site, handing the leadership over, has not
+/// sent SWITCH (`Engine::submit_crossing_metas`). Failed at `deadline` (its peer timeout from
+/// its arrival, kept when it is submitted later), never decided.
+pub(super) struct Crossing {
+    pub(super) who: Initiator,
+    pub(super) cmd: Vec<u8>,
+    pub(super) deadline: Instant,
+}
 
 /// The metadata commands waiting for the peer and the META_STATE tokens (see the module doc).
 pub(super) struct MetaRepl {
@@ -213,6 +227,8 @@ pub(super) struct MetaRepl {
     sent_token: u64,
     /// Messages and answers held, in order, each behind the work it waits for.
     held: std::collections::VecDeque<(Vec<Settle>, Held)>,
+    /// This site's commands held before they are decided or sent, in arrival order.
+    crossing: std::collections::VecDeque<Crossing>,
 }
 
 impl MetaRepl {
@@ -222,7 +238,32 @@ impl MetaRepl {
             next_token: 1,
             sent_token: 0,
             held: std::collections::VecDeque::new(),
+            crossing: std::collections::VecDeque::new(),
         }
+    }
+
+    /// Hold `who`'s command `cmd` until it may be decided or sent (until `deadline` at most:
+    /// [`MetaRepl::expire`]); false, nothing held, when [`MAX_WAITS`] commands wait already.
+    pub(super) fn cross(&mut self, who: Initiator, cmd: &[u8], deadline: Instant) -> bool {
+        if self.full() {
+            return false;
+        }
+        self.crossing.push_back(Crossing {
+            who,
+            cmd: cmd.to_vec(),
+            deadline,
+        });
+        true
+    }
+
+    /// Some command is held before it is decided or sent.
+    pub(super) fn crossing(&self) -> bool {
+        !self.crossing.is_empty()
+    }
+
+    /// The commands held before they are decided or sent, in arrival order (none held after).
+    pub(super) fn take_crossing(&mut self) -> std::collections::VecDeque<Crossing> {
+        std::mem::take(&mut self.crossing)
     }
 
     /// `h` waits for `settles` (and for everything held before it): `Some(h)` to send or give
@@ -358,10 +399,19 @@ impl MetaRepl {
         Ok(answers)
     }
 
-    /// The initiators whose commands waited past their deadline (the entries stay for the
-    /// answer).
+    /// The initiators whose commands waited past their deadline (a wait's entry stays for the
+    /// answer; a held command, never decided nor sent, is dropped).
     pub(super) fn expire(&mut self, now: Instant) -> Vec<Initiator> {
         let mut expired = Vec::new();
+        if self.crossing.iter().any(|c| c.deadline <= now) {
+            self.crossing.retain(|c| {
+                let keep = c.deadline > now;
+                if !keep {
+                    expired.push(c.who);
+                }
+                keep
+            });
+        }
         for (_, m) in self.waits.iter_mut() {
             if m.deadline <= now
                 && let Some(who) = m.initiator.take()
@@ -372,19 +422,20 @@ impl MetaRepl {
         expired
     }
 
-    /// Forget every command (the session ended or the daemon stops): their initiators.
+    /// Forget every command waiting for the peer (the session ended, the daemon stops, or a
+    /// take-over): their initiators. (Held ones: [`MetaRepl::take_crossing`].)
     pub(super) fn fail_all(&mut self) -> Vec<Initiator> {
         self.waits.drain().filter_map(|m| m.initiator).collect()
     }
 
-    /// [`MAX_WAITS`] commands wait: take no more.
+    /// [`MAX_WAITS`] commands wait (held ones included): take no more.
     pub(super) fn full(&self) -> bool {
-        self.waits.len() >= MAX_WAITS
+        self.len() >= MAX_WAITS
     }
 
-    /// Commands waiting for the peer (answered or given up by their initiators).
+    /// Commands waiting for the peer (answered or given up by their initiators) or held.
     pub(super) fn len(&self) -> usize {
-        self.waits.len()
+        self.waits.len() + self.crossing.len()
     }
 
     /// Nothing waits.

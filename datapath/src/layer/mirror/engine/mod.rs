@@ -321,8 +321,6 @@ pub struct Engine {
     /// PING sent right after that confirmation (clock `.1`) shows the source has read it
     /// (`takes_peer_meta_state`, `peer_meta_crossing`).
     resync_received: Option<(u32, u64)>,
-    /// This site's metadata commands held meanwhile (a target that leads), or before SWITCH.
-    metas_crossing: Vec<(u32, IoTag, Vec<u8>)>,
     /// Regions ever written here (a new, empty replica is sent only these).
     written: RegionMap,
     /// Suspect regions: updates applied here that the peer never confirmed (recorded when
@@ -416,7 +414,6 @@ impl Engine {
             witness_retried: false,
             given_back: 0,
             resync_received: None,
-            metas_crossing: Vec::new(),
             watching: None,
             withdrawn_in: None,
             unanswered_retried: false,
@@ -1419,7 +1416,7 @@ impl Engine {
     /// Fail initiators whose requests waited longer than the peer timeout.
     pub fn expire(&mut self, now: Instant) {
         for (from, tag) in self.metas.expire(now) {
-            // The entry stays for the answer (see `MetaRepl`).
+            // A wait's entry stays for the answer; a held command is dropped (see `MetaRepl`).
             self.stats.inc(&self.stats.timeouts);
             self.done.push((from, tag, Err(Errno::IO)));
         }

@@ -14,7 +14,7 @@ use super::*;
 use crate::layer::mirror::persist::Persister;
 
 /// Releases a held persister when dropped (also when the test fails).
-struct Unhold(Arc<Persister>);
+pub(super) struct Unhold(pub(super) Arc<Persister>);
 
 impl Drop for Unhold {
     fn drop(&mut self) {

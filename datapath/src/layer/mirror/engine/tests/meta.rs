@@ -747,3 +747,83 @@ fn a_metadata_command_at_the_old_leader_before_its_switch_waits_for_the_new_lead
     assert!(b.engine.leads() && !a.engine.leads(), "no switchover");
     assert_eq!((*ca.0.lock().unwrap(), *cb.0.lock().unwrap()), (3, 3));
 }
+
+/// The old leader's metadata commands held while its "follower of term 1" does not reach the
+/// disk (its persister hangs without an error) are bounded like everything else a host waits
+/// for in the mirror: each fails with EIO at its peer timeout (counted as a timeout, never
+/// decided: the counter is unchanged at both sites), and at most `MAX_WAITS` are held at once,
+/// one more refused at once with Internal Error. Before, they waited, without limit, until
+/// the link dropped.
+#[test]
+fn metadata_commands_held_by_a_hand_over_that_never_reaches_the_disk_are_bounded() {
+    use crate::layer::mirror::stats::SWITCH_GIVE;
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+    let (mut a, ca) = with_meta(Role::Leader);
+    let (mut b, cb) = with_meta(Role::Follower);
+    let p = crate::layer::mirror::persist::Persister::spawn().unwrap();
+    a.engine.cfg.state_file = Some(dir.path().join("a"));
+    a.engine.set_persister(Arc::clone(&p));
+    a.engine.session_start(&mut io, 0).unwrap();
+    b.engine.session_start(&mut io, 0).unwrap();
+    for _ in 0..3 {
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+    }
+    assert!(a.engine.wait_persisted());
+    p.hold(true);
+    let _unhold = super::actlog::Unhold(Arc::clone(&p));
+    a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
+    a.engine.tick(&mut io, Instant::now());
+    assert!(
+        matches!(
+            a.engine.sw.phase,
+            super::super::switchover::Phase::Handing { .. }
+        ),
+        "a does not wait for its new role on disk: {:?}",
+        a.engine.sw.phase
+    );
+    let limit = super::super::meta::MAX_WAITS;
+    for i in 0..limit {
+        assert_eq!(
+            meta(&mut a, &mut io, i as u32, &[1]),
+            Start::Pending,
+            "command {i}"
+        );
+    }
+    assert_eq!(
+        meta(&mut a, &mut io, limit as u32, &[1]),
+        Start::Done(meta_result(META_INTERNAL)),
+        "held beyond the limit"
+    );
+    a.engine.tick(&mut io, Instant::now());
+    assert!(a.engine.done.is_empty(), "answered before the timeout");
+    let late = Instant::now() + a.engine.cfg.peer_timeout + Duration::from_millis(1);
+    a.engine.tick(&mut io, late);
+    assert!(
+        matches!(
+            a.engine.sw.phase,
+            super::super::switchover::Phase::Handing { .. }
+        ),
+        "the hand-over ended: {:?}",
+        a.engine.sw.phase
+    );
+    let results: Vec<_> = a.engine.done.drain(..).map(|(_, _, r)| r).collect();
+    assert_eq!(results.len(), limit, "held past the peer timeout");
+    assert!(results.iter().all(|r| *r == Err(Errno::IO)), "{results:?}");
+    assert_eq!(a.engine.stats().timeouts.load(Relaxed), limit as u64);
+    a.outstanding -= limit;
+    // Not decided anywhere, not even later.
+    p.hold(false);
+    for _ in 0..20 {
+        let now = Instant::now();
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        a.engine.wait_persisted();
+        deliver(&mut a, &mut b, &mut io, usize::MAX);
+        deliver(&mut b, &mut a, &mut io, usize::MAX);
+    }
+    assert!(a.engine.done.is_empty(), "{:?}", a.engine.done);
+    assert_eq!((*ca.0.lock().unwrap(), *cb.0.lock().unwrap()), (0, 0));
+}
