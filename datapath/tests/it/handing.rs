@@ -211,6 +211,22 @@ fn accept_within(l: &TcpListener, within: Duration) -> Option<TcpStream> {
     }
 }
 
+/// The site (control socket `sock`, persister `p`) leading the session on the fake peer's
+/// end `s` hands vol0 over to `to` with its state write held, and the link is cut during the
+/// hand-over; nothing it sent on `s` was a SWITCH.
+fn cut_during_a_held_hand_over(p: &Persister, sock: &Path, to: &str, s: &TcpStream) {
+    let (seen, reader) = record(s);
+    p.hold(true);
+    hand_over_held(sock, to);
+    s.shutdown(Shutdown::Both).unwrap();
+    reader.join().unwrap();
+    let sent = seen.lock().unwrap().clone();
+    assert!(
+        !sent.contains(&Type::Switch),
+        "SWITCH sent before the new role is on disk: {sent:?}"
+    );
+}
+
 /// The listening site a (the configured leader) hands vol0 over to a fake follower and its
 /// state write hangs; the link is cut. A follower's HELLO is then refused (no WELCOME, the
 /// link closed) for as long as "follower of term 1" is not on disk, and starts the session
@@ -226,18 +242,8 @@ fn a_listening_site_answers_no_hello_before_its_handed_over_role_is_on_disk() {
         .expect("a state directory has a persister");
     let _unhold = Unhold(Arc::clone(&p));
     let s = dial(port).expect("the first session");
-    let (seen, reader) = record(&s);
     wait_session(&sock, "leader", 0);
-    p.hold(true);
-    hand_over_held(&sock, "b");
-    // The link cut during the hand-over.
-    s.shutdown(Shutdown::Both).unwrap();
-    reader.join().unwrap();
-    let sent = seen.lock().unwrap().clone();
-    assert!(
-        !sent.contains(&Type::Switch),
-        "SWITCH sent before the new role is on disk: {sent:?}"
-    );
+    cut_during_a_held_hand_over(&p, &sock, "b", &s);
     wait_until(
         PATIENCE,
         || status(&sock)["link_up"] == false,
@@ -292,17 +298,8 @@ fn a_dialling_site_sends_no_hello_before_its_handed_over_role_is_on_disk() {
     let mut s = accept_within(&l, PATIENCE).expect("b dials");
     let (h, nonce) = hello_nonce(&mut s).expect("b's HELLO");
     welcome(&mut s, &h, nonce, leadership_word(1, false));
-    let (seen, reader) = record(&s);
     wait_session(&sock, "leader", 1);
-    p.hold(true);
-    hand_over_held(&sock, "a");
-    s.shutdown(Shutdown::Both).unwrap();
-    reader.join().unwrap();
-    let sent = seen.lock().unwrap().clone();
-    assert!(
-        !sent.contains(&Type::Switch),
-        "SWITCH sent before the new role is on disk: {sent:?}"
-    );
+    cut_during_a_held_hand_over(&p, &sock, "a", &s);
     // b dials again every 200 ms: each connection is closed without a HELLO.
     let mut closed = 0;
     let t = Instant::now();

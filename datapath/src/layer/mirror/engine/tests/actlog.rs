@@ -22,6 +22,27 @@ impl Drop for Unhold {
     }
 }
 
+/// Site `a`, leading in sync, is asked to hand the leadership over with its persister `p`
+/// held: it drains at once and then waits in `handing` for "follower of term 1" to reach the
+/// disk. The guard releases `p` when dropped.
+pub(super) fn start_held_hand_over(a: &mut Site, io: &mut IoCx, p: &Arc<Persister>) -> Unhold {
+    use crate::layer::mirror::stats::SWITCH_GIVE;
+    use std::sync::atomic::Ordering::Relaxed;
+    p.hold(true);
+    let unhold = Unhold(Arc::clone(p));
+    a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
+    a.engine.tick(io, Instant::now());
+    assert!(
+        matches!(
+            a.engine.sw.phase,
+            super::super::switchover::Phase::Handing { .. }
+        ),
+        "a does not wait for its new role on disk: {:?}",
+        a.engine.sw.phase
+    );
+    unhold
+}
+
 /// Activity log extents in these tests: 4 KiB, at most 8 (the volume has 16).
 const EXTENT: u64 = 4096;
 const EXTENTS: u32 = 8;
@@ -1198,8 +1219,6 @@ fn an_old_leader_losing_power_after_its_switch_gets_back_what_b_ordered() {
 /// error, on both replicas, b leading term 1.
 #[test]
 fn the_old_leader_forwards_nothing_before_its_switch() {
-    use crate::layer::mirror::stats::SWITCH_GIVE;
-    use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
     let mut rng = Rng(239);
@@ -1209,18 +1228,7 @@ fn the_old_leader_forwards_nothing_before_its_switch() {
     reconnect(&mut a, &mut b, &mut io);
     run_until_in_sync(&mut a, &mut b, &mut io, &mut rng);
     assert!(a.engine.wait_persisted());
-    p.hold(true);
-    let _unhold = Unhold(Arc::clone(&p));
-    a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
-    a.engine.tick(&mut io, Instant::now());
-    assert!(
-        matches!(
-            a.engine.sw.phase,
-            super::super::switchover::Phase::Handing { .. }
-        ),
-        "a does not wait for its new role on disk: {:?}",
-        a.engine.sw.phase
-    );
+    let _unhold = start_held_hand_over(&mut a, &mut io, &p);
     let mut slot = 0;
     let (off, w) = (3 * EXTENT, 0xC3u8);
     write_at(&mut a, &mut io, &mut slot, off, w, 4096);

@@ -676,6 +676,35 @@ fn a_pong_for_a_ping_never_sent_does_not_close_the_targets_window() {
     );
 }
 
+/// Sites a (leader, its state file in `dir` written by the returned persister) and b
+/// (follower), each with a metadata handler counting commands, in session and in sync.
+#[allow(clippy::type_complexity)]
+fn meta_pair_in_session(
+    dir: &std::path::Path,
+    io: &mut IoCx,
+) -> (
+    (Site, Arc<Counter>),
+    (Site, Arc<Counter>),
+    Arc<crate::layer::mirror::persist::Persister>,
+) {
+    let (mut a, ca) = with_meta(Role::Leader);
+    let (mut b, cb) = with_meta(Role::Follower);
+    let p = crate::layer::mirror::persist::Persister::spawn().unwrap();
+    a.engine.cfg.state_file = Some(dir.join("a"));
+    a.engine.set_persister(Arc::clone(&p));
+    b.engine.cfg.state_file = Some(dir.join("b"));
+    b.engine
+        .set_persister(crate::layer::mirror::persist::Persister::spawn().unwrap());
+    a.engine.session_start(io, 0).unwrap();
+    b.engine.session_start(io, 0).unwrap();
+    for _ in 0..3 {
+        deliver(&mut a, &mut b, io, usize::MAX);
+        deliver(&mut b, &mut a, io, usize::MAX);
+    }
+    assert!(a.engine.wait_persisted());
+    ((a, ca), (b, cb), p)
+}
+
 /// A metadata command at the old leader while it waits for "follower of term 1" to reach its
 /// disk before it sends SWITCH (its persister held): b still follows and would drop the link
 /// at a META, so none goes; it is held and sent after SWITCH, decided by the new leader b and
@@ -686,21 +715,7 @@ fn a_metadata_command_at_the_old_leader_before_its_switch_waits_for_the_new_lead
     use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
-    let (mut a, ca) = with_meta(Role::Leader);
-    let (mut b, cb) = with_meta(Role::Follower);
-    let p = crate::layer::mirror::persist::Persister::spawn().unwrap();
-    a.engine.cfg.state_file = Some(dir.path().join("a"));
-    a.engine.set_persister(Arc::clone(&p));
-    b.engine.cfg.state_file = Some(dir.path().join("b"));
-    b.engine
-        .set_persister(crate::layer::mirror::persist::Persister::spawn().unwrap());
-    a.engine.session_start(&mut io, 0).unwrap();
-    b.engine.session_start(&mut io, 0).unwrap();
-    for _ in 0..3 {
-        deliver(&mut a, &mut b, &mut io, usize::MAX);
-        deliver(&mut b, &mut a, &mut io, usize::MAX);
-    }
-    assert!(a.engine.wait_persisted());
+    let ((mut a, ca), (mut b, cb), p) = meta_pair_in_session(dir.path(), &mut io);
     p.hold(true);
     a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
     a.engine.tick(&mut io, Instant::now());
@@ -756,34 +771,11 @@ fn a_metadata_command_at_the_old_leader_before_its_switch_waits_for_the_new_lead
 /// the link dropped.
 #[test]
 fn metadata_commands_held_by_a_hand_over_that_never_reaches_the_disk_are_bounded() {
-    use crate::layer::mirror::stats::SWITCH_GIVE;
-    use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
     let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
-    let (mut a, ca) = with_meta(Role::Leader);
-    let (mut b, cb) = with_meta(Role::Follower);
-    let p = crate::layer::mirror::persist::Persister::spawn().unwrap();
-    a.engine.cfg.state_file = Some(dir.path().join("a"));
-    a.engine.set_persister(Arc::clone(&p));
-    a.engine.session_start(&mut io, 0).unwrap();
-    b.engine.session_start(&mut io, 0).unwrap();
-    for _ in 0..3 {
-        deliver(&mut a, &mut b, &mut io, usize::MAX);
-        deliver(&mut b, &mut a, &mut io, usize::MAX);
-    }
-    assert!(a.engine.wait_persisted());
-    p.hold(true);
-    let _unhold = super::actlog::Unhold(Arc::clone(&p));
-    a.engine.stats().switch_req.store(SWITCH_GIVE, Relaxed);
-    a.engine.tick(&mut io, Instant::now());
-    assert!(
-        matches!(
-            a.engine.sw.phase,
-            super::super::switchover::Phase::Handing { .. }
-        ),
-        "a does not wait for its new role on disk: {:?}",
-        a.engine.sw.phase
-    );
+    let ((mut a, ca), (mut b, cb), p) = meta_pair_in_session(dir.path(), &mut io);
+    let _unhold = super::actlog::start_held_hand_over(&mut a, &mut io, &p);
+    use std::sync::atomic::Ordering::Relaxed;
     let limit = super::super::meta::MAX_WAITS;
     for i in 0..limit {
         assert_eq!(
