@@ -8,8 +8,8 @@
 //! What must hold: every command is answered exactly once (no duplicate, no lost one); no write
 //! reaches the old volume after the removal returned (its content, read through another
 //! subsystem, does not change from then on); a command sent before the re-add never reaches the
-//! new volume (a write whose data came after the removal fails with Invalid Namespace or Format
-//! and is on neither volume); a command sent after the removal returned never reaches the old
+//! new volume (a write whose data came after the removal fails with Invalid Namespace or Format,
+//! with DNR, and is on neither volume); a command sent after the removal returned never reaches the old
 //! one; after the re-add NSID 1 is the new volume; the reservation held on the old namespace is
 //! gone from the new one.
 
@@ -156,6 +156,8 @@ struct Cmd {
     /// The phase when it was sent.
     sent: u8,
     status: Option<u16>,
+    /// Do Not Retry, in its response capsule.
+    dnr: bool,
     answers: u32,
     read: Vec<u8>,
 }
@@ -184,7 +186,7 @@ fn send(w: &Mutex<TcpStream>, b: &[u8]) {
         .expect("sending to the target");
 }
 
-fn answer(st: &mut QState, cid: u16, status: u16) {
+fn answer(st: &mut QState, cid: u16, status: u16, dnr: bool) {
     match st.cmds.get_mut(&cid) {
         None => st
             .errors
@@ -198,6 +200,7 @@ fn answer(st: &mut QState, cid: u16, status: u16) {
                 ));
             } else {
                 c.status = Some(status);
+                c.dnr = dnr;
                 st.answered += 1;
             }
         }
@@ -266,12 +269,17 @@ fn reader(mut rq: Queue, st: Arc<Mutex<QState>>, w: Arc<Mutex<TcpStream>>) -> Re
                 }
                 c.read[off..off + p.data.len()].copy_from_slice(&p.data);
                 if p.flags & 0x08 != 0 {
-                    answer(&mut s, cid, 0);
+                    answer(&mut s, cid, 0, false);
                 }
             }
             5 => {
                 let st16 = u16at(8 + 14);
-                answer(&mut st.lock().unwrap(), u16at(8 + 12), (st16 >> 1) & 0x7FF);
+                answer(
+                    &mut st.lock().unwrap(),
+                    u16at(8 + 12),
+                    (st16 >> 1) & 0x7FF,
+                    st16 & 0x8000 != 0,
+                );
             }
             k => return Err(format!("unexpected PDU type {k}")),
         }
@@ -327,6 +335,7 @@ fn sender(
                 data,
                 sent,
                 status: None,
+                dnr: false,
                 answers: 0,
                 read: Vec::new(),
             },
@@ -600,6 +609,9 @@ fn commands_racing_a_namespace_removal_and_re_add_are_answered_once_and_stay_on_
             };
             if status == INVALID_NS && cmd.sent == REMOVED {
                 refused_while_removed += 1;
+            }
+            if status == INVALID_NS && !cmd.dnr {
+                bad.push(format!("{who}: Invalid Namespace or Format without DNR"));
             }
             let range = cmd.off as usize..cmd.off as usize + cmd.len;
             match cmd.kind {
