@@ -17,8 +17,8 @@
 
 use super::ControlCx;
 use super::admin::{
-    AdminState, E_CONFIGURED, E_IN_USE, Error, bad, describe_hosts, disconnect, flag, lasts, num,
-    plain_only, s, strings, volume,
+    AdminState, E_CONFIGURED, E_FAILED, E_IN_USE, Error, REACTOR_WAIT, bad, describe_hosts,
+    disconnect, flag, lasts, num, plain_only, s, strings, volume,
 };
 use crate::frontend::iscsi::{IscsiLun, IscsiTarget};
 use crate::frontend::nvmf::ctrl::Subsystem;
@@ -201,6 +201,61 @@ fn change_namespaces(
     Ok((subsystem_json(cx, &new), told))
 }
 
+/// After a namespace of `nqn` was removed: tell every I/O queue of the subsystem to take the
+/// new namespace set and wait until each has no command of a namespace it lacks left at the
+/// device (`Note::NsDrain`; a queue that closes meanwhile answers by closing). Commands the
+/// queues accepted before the change finish on the removed namespace's volume; once this
+/// returns, none is left, and no command can reach that volume through the NSID any more.
+/// How many queues were asked.
+fn settle_queues(cx: &ControlCx, nqn: &str) -> Result<usize, Error> {
+    let pick = nvmf_hosts(nqn);
+    let queues: Vec<Arc<HostRecord>> = cx
+        .rt
+        .hosts
+        .list()
+        .into_iter()
+        .map(|(_, r)| r)
+        .filter(|r| pick(r) && r.queue.is_some_and(|q| q > 0))
+        .collect();
+    // Room for every answer: a reactor never waits to send one.
+    let (tx, rx) = std::sync::mpsc::sync_channel(queues.len().max(1));
+    let mut asked = 0;
+    for r in &queues {
+        if let Some(m) = cx.rt.mailboxes.get(r.reactor) {
+            m.send(Msg::Note {
+                to: NoteTo::Conn(r.conn),
+                note: Box::new(crate::frontend::nvmf::Note::NsDrain {
+                    key: r.conn,
+                    done: tx.clone(),
+                }),
+            });
+            asked += 1;
+        }
+    }
+    drop(tx);
+    let deadline = std::time::Instant::now() + REACTOR_WAIT;
+    let mut settled = 0;
+    while settled < asked {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(()) => settled += 1,
+            // Every queue still owing an answer closed (its commands finished first).
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                return Err((
+                    E_FAILED,
+                    format!(
+                        "the namespace is removed, but {} of {asked} I/O queue(s) of {nqn:?} still had commands of it at the device after {} s: they finish on its volume",
+                        asked - settled,
+                        REACTOR_WAIT.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(asked)
+}
+
 /// `nvmf_namespace_add {nqn, volume, nsid?, force?}`.
 pub fn nvmf_namespace_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Result<Value, Error> {
     let nqn = s(p, "nqn")?;
@@ -258,6 +313,8 @@ pub fn nvmf_namespace_remove(
             .filter(|&(x, _)| u64::from(x) != nsid)
             .collect())
     })?;
+    // The reply waits until no command the queues accepted for it is left at the device.
+    settle_queues(cx, nqn)?;
     out["closed_connections"] = json!(0);
     out["notified_controllers"] = json!(told);
     tracing::info!(nqn, nsid, "control: NVMe-oF namespace removed");

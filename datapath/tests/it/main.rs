@@ -54,6 +54,7 @@ mod nvmf_conformance;
 mod nvmf_fused_resv;
 mod nvmf_limits;
 mod nvmf_ns_notice;
+mod nvmf_ns_race;
 mod power_loss;
 mod rawnbd;
 mod reactor_wait;

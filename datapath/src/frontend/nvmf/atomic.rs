@@ -244,6 +244,16 @@ pub enum Note {
         /// The admin queue's connection key.
         key: u32,
     },
+    /// To an I/O queue, from the control thread, after a namespace was removed: take the
+    /// newest namespace set, then answer on `done` once no request of a namespace that is not
+    /// in it is left at the device (`NvmfConn::settle_drains`); a queue that closes first
+    /// drops `done`, which answers too.
+    NsDrain {
+        /// The queue's connection key.
+        key: u32,
+        /// Where the answer goes.
+        done: std::sync::mpsc::SyncSender<()>,
+    },
     /// To a queue: the outcome of a fused pair (`status`: compare, `status2`: write) or of a
     /// diverted access (`status`; read data in `data`).
     Done {
@@ -346,7 +356,8 @@ impl Note {
             | Note::Abort { key, .. }
             | Note::AbortDone { key, .. }
             | Note::AnaChanged { key }
-            | Note::NsChanged { key } => Some(*key),
+            | Note::NsChanged { key }
+            | Note::NsDrain { key, .. } => Some(*key),
         }
     }
 }

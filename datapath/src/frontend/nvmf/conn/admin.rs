@@ -369,8 +369,8 @@ impl NvmfConn {
         }
         // Not yet given an R2T: drop it.
         // (A fused half aborted takes its partner with it: `fail_early`.)
-        if let Some(pos) = self.r2t_wait.iter().position(|s| Sqe(s).cid() == cid) {
-            let sqe = self.r2t_wait.remove(pos).expect("found");
+        if let Some(pos) = self.r2t_wait.iter().position(|(s, _)| Sqe(s).cid() == cid) {
+            let (sqe, _) = self.r2t_wait.remove(pos).expect("found");
             self.fail_early(&Sqe(&sqe), Status::ABORT_REQUESTED);
             return true;
         }

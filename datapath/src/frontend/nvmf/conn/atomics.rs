@@ -100,6 +100,7 @@ impl NvmfConn {
             counted: None,
             remote: true,
             vol,
+            ns: self.ns_key(idx),
         }) as u32;
         sec.begin_fused();
         let from = Origin {

@@ -14,8 +14,9 @@
 
 use crate::frontend::nvmf::cmd::{SQE_LEN, fuse};
 
-/// One half, its data complete: the SQE and the data.
-pub(super) type Half = ([u8; SQE_LEN], Vec<u8>);
+/// One half, its data complete: the SQE, the data and the namespace generation its capsule
+/// arrived in (`NvmfConn::cmd_gen`).
+pub(super) type Half = ([u8; SQE_LEN], Vec<u8>, u64);
 
 /// A fused pair known from its capsules' arrival.
 struct Pair {
@@ -194,7 +195,7 @@ mod tests {
     fn half(cid: u16) -> Half {
         let mut s = [0u8; SQE_LEN];
         s[2..4].copy_from_slice(&cid.to_le_bytes());
-        (s, vec![cid as u8])
+        (s, vec![cid as u8], 0)
     }
 
     #[test]

@@ -39,6 +39,11 @@ impl NvmfConn {
         let Some(idx) = sub.ns_index(nsid) else {
             return Err(Status::INVALID_NS);
         };
+        if sub.namespaces[idx].since > self.cmd_gen {
+            // Added after the command arrived (its NSID was then inactive, or another
+            // namespace's that was removed since): not the namespace it named.
+            return Err(Status::INVALID_NS);
+        }
         // The namespace's ANA group is its volume's: refused with a path status (never a
         // media error) unless this site serves the volume.
         let Some(Some(vol)) = vols.get(sub.namespaces[idx].volume) else {
@@ -46,6 +51,15 @@ impl NvmfConn {
         };
         path_status(vol.path.get())?;
         Ok((idx, sub.namespaces[idx].volume))
+    }
+
+    /// The namespace index `idx` of this queue's copy as a request records it: (NSID, the
+    /// generation it was added in).
+    pub(super) fn ns_key(&self, idx: usize) -> (u32, u64) {
+        self.subsys
+            .as_ref()
+            .and_then(|s| s.namespaces.get(idx))
+            .map_or((0, 0), |n| (n.nsid, n.since))
     }
 
     /// The bytes a Write or Compare moves by its NLB (`None`: another command, or a namespace
@@ -190,6 +204,7 @@ impl NvmfConn {
             counted: None,
             remote: false,
             vol,
+            ns: self.ns_key(idx),
         };
         let counted = section.map(|_| vol);
         let started = match op {

@@ -20,7 +20,8 @@
 //!   an idle admin queue reports it in the turn it happens instead of at the host's next
 //!   command (its next Keep Alive: seconds, for which a host's I/O waits on a failover).
 //! - Io: NVM commands on the namespaces of the controller's subsystem (as it is now: a queue
-//!   takes a changed namespace set at its next command, `namespaces`). Media accesses enter
+//!   takes a changed namespace set at its next command capsule, and a command never runs on a
+//!   namespace added after it arrived, `namespaces`). Media accesses enter
 //!   the volume's atomic section (`atomic`) or are diverted to its home while a fused pair is
 //!   pending; fused pairs go to the home; reservation permissions are cached per namespace
 //!   and re-read only when the namespace's reservation version moves (`resv`).
@@ -172,6 +173,8 @@ struct Xfer {
     discard: bool,
     /// Its data was damaged on the way: answered with this once all of it has arrived.
     fail: Option<Status>,
+    /// The namespace generation of the queue's copy when its capsule arrived (`cmd_gen`).
+    arrived_gen: u64,
 }
 
 /// A command at the device.
@@ -191,6 +194,10 @@ struct Req {
     remote: bool,
     /// The volume (reactor slot) it is for.
     vol: usize,
+    /// The namespace it runs through: (NSID, the generation it was added in); NSID 0: none.
+    /// A namespace change waits until no request of a namespace that is gone is left
+    /// (`namespaces::settle_drains`).
+    ns: (u32, u64),
 }
 
 /// An NVMe/TCP connection.
@@ -219,7 +226,8 @@ pub struct NvmfConn {
     scratch: Vec<u8>,
     reqs: Slab<Req>,
     xfers: Slab<Xfer>,
-    r2t_wait: VecDeque<[u8; cmd::SQE_LEN]>,
+    /// Commands waiting for an R2T slot, with the namespace generation they arrived in.
+    r2t_wait: VecDeque<([u8; cmd::SQE_LEN], u64)>,
     spare: Vec<Vec<u8>>,
     kato_ts: Box<types::Timespec>,
     /// The armed receive carries a linked timeout (the Keep Alive Timer's).
@@ -243,6 +251,14 @@ pub struct NvmfConn {
     resv_cache: Vec<(u64, Access)>,
     /// This queue's entry in the hosts registry (from its Connect until it closes).
     host: Option<crate::runtime::hosts::HostHandle>,
+    /// The namespace generation of this queue's subsystem copy when the command being
+    /// executed arrived: a namespace added after it (`Namespace::since` greater) is not the
+    /// one the command named, so the command gets Invalid Namespace or Format
+    /// (`namespaces`).
+    cmd_gen: u64,
+    /// Namespace removals waiting for this queue to have no request of a removed namespace
+    /// left (`Note::NsDrain`; answered by `settle_drains`).
+    ns_drains: Vec<std::sync::mpsc::SyncSender<()>>,
 }
 impl NvmfConn {
     /// A connection on an accepted socket, serving the subsystems of `nv`.
@@ -282,6 +298,8 @@ impl NvmfConn {
             leaves: Vec::new(),
             resv_cache: Vec::new(),
             host: None,
+            cmd_gen: 0,
+            ns_drains: Vec::new(),
         }
     }
 
@@ -380,6 +398,13 @@ impl NvmfConn {
             return;
         };
         self.sqhd = (self.sqhd + 1) % self.qsize.max(1);
+        // The namespace set the command names is the newest at its arrival (one atomic
+        // load); its data may come later, after another change (`cmd_gen`).
+        if self.subsys.as_ref().is_some_and(|s| s.stale()) {
+            self.follow_subsys(env.vols);
+        }
+        let arrived_gen = self.subsys.as_ref().map_or(0, |s| s.ns_gen);
+        self.cmd_gen = arrived_gen;
         let cid = sqe.cid();
         if let Some(first) = self.fusing.arrived(cid, sqe.fuse()) {
             // A whole first half whose next capsule is not its second.
@@ -446,9 +471,9 @@ impl NvmfConn {
                 return self.fail_early(&sqe, Status::INTERNAL);
             }
             if self.xfers.len() >= MAX_R2T {
-                self.r2t_wait.push_back(*sqe.0);
+                self.r2t_wait.push_back((*sqe.0, arrived_gen));
             } else {
-                self.issue_r2t(*sqe.0);
+                self.issue_r2t(*sqe.0, arrived_gen);
             }
             return;
         }
@@ -516,10 +541,8 @@ impl NvmfConn {
 
     fn execute(&mut self, env: &mut Env<'_>, nv: &NvmfShared, sqe: Sqe<'_>, data: &[u8]) {
         let cid = sqe.cid();
-        // One atomic load: the namespace set this command sees is the newest.
-        if self.subsys.as_ref().is_some_and(|s| s.stale()) {
-            self.follow_subsys(env.vols);
-        }
+        // The namespace set is the newest (`capsule`, `transfer_done`); `cmd_gen` is the one
+        // the command arrived in.
         if self.life.shutting_down {
             return self.fail_early(&sqe, Status::NS_NOT_READY);
         }
@@ -533,8 +556,13 @@ impl NvmfConn {
                 }
                 // Paired by the order the capsules came (`fusing.rs`), run once both halves
                 // have their data.
-                return match self.fusing.ready(cid, f, (*sqe.0, data.to_vec())) {
-                    fusing::Ready::Run((first, cmp), (second, wdata)) => {
+                return match self
+                    .fusing
+                    .ready(cid, f, (*sqe.0, data.to_vec(), self.cmd_gen))
+                {
+                    fusing::Ready::Run((first, cmp, g1), (second, wdata, g2)) => {
+                        // The pair names what was there when its first half arrived.
+                        self.cmd_gen = g1.min(g2);
                         self.fused(env, nv, first, cmp, Sqe(&second), &wdata)
                     }
                     fusing::Ready::Wait => {}
@@ -793,6 +821,7 @@ impl Conn for NvmfConn {
         }
         self.watch_ana(env);
         self.async_events(env);
+        self.settle_drains();
         if self.life.broken {
             self.tx.drop_pending();
         } else {
@@ -835,7 +864,7 @@ impl Conn for NvmfConn {
         self.life.closed
     }
 
-    fn on_note(&mut self, _env: &mut Env<'_>, note: crate::runtime::Note) {
+    fn on_note(&mut self, env: &mut Env<'_>, note: crate::runtime::Note) {
         let Ok(note) = note.downcast::<Note>() else {
             return;
         };
@@ -870,6 +899,13 @@ impl Conn for NvmfConn {
                 ..
             } => {
                 reply.answer(self.abort_cmd(cntlid, sqid, cid));
+            }
+            Note::NsDrain { done, .. } => {
+                if self.subsys.as_ref().is_some_and(|s| s.stale()) {
+                    self.follow_subsys(env.vols);
+                }
+                self.ns_drains.push(done);
+                self.settle_drains();
             }
             Note::AbortDone {
                 cntlid,

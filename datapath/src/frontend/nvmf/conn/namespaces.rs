@@ -10,6 +10,14 @@
 //! NSIDs that differ between its old and new copy ([`ctrl::changed_nsids`]) to its
 //! [`ChangedNs`], and owes an event when the notice is enabled at that moment.
 //!
+//! Commands racing a change (docs/nvmf.md, "Namespace changes"): a command names the namespace
+//! set its queue has when its capsule arrives (`NvmfConn::cmd_gen`, kept with a command that
+//! waits for its data); it runs on the newest set, where a namespace added after its arrival
+//! (`Namespace::since`) is not the one it named: Invalid Namespace or Format. A request at the
+//! device records its namespace (NSID, `since`); after a removal the control thread asks
+//! every I/O queue (`Note::NsDrain`) and [`NvmfConn::settle_drains`] answers once none of the
+//! queue's requests runs through a namespace its copy no longer has.
+//!
 //! Invariants:
 //! - The log lists at most [`MAX_CHANGED`] NSIDs, ascending, each once; past that its first
 //!   entry is FFFFFFFFh and the rest zero, until it is read with RAE clear.
@@ -19,6 +27,8 @@
 //!   Request (a change with none held waits for the next one the host posts).
 //! - The ANA change count and states an admin queue last reported are carried over to the new
 //!   copy by group id, so a namespace change is not taken for an ANA change.
+//! - A command never executes on a namespace added after it arrived; once a queue answered a
+//!   `Note::NsDrain`, it has no request of a namespace missing from its copy and starts none.
 
 use super::{NvmfConn, Role};
 use crate::bdev::volume::Volume;
@@ -146,6 +156,29 @@ impl NvmfConn {
         }
         self.resv_cache.clear();
         self.subsys = Some(new);
+    }
+
+    /// Answer the namespace removals waiting for this queue (`Note::NsDrain`) once none of
+    /// its requests at the device (or at a volume's home) runs through a namespace that is not
+    /// in its copy: from then on nothing this queue started reaches a removed namespace's
+    /// volume, and the removal may return.
+    pub(super) fn settle_drains(&mut self) {
+        if self.ns_drains.is_empty() {
+            return;
+        }
+        let sub = self.subsys.as_deref();
+        let gone = self.reqs.iter().any(|(_, r)| {
+            r.ns.0 != 0
+                && sub
+                    .and_then(|s| s.ns(r.ns.0))
+                    .is_none_or(|n| n.since != r.ns.1)
+        });
+        if !gone {
+            for d in self.ns_drains.drain(..) {
+                // The control thread may have stopped waiting: nothing to do then.
+                let _ = d.send(());
+            }
+        }
     }
 
     /// Complete one held Asynchronous Event Request with the Namespace Attribute Changed

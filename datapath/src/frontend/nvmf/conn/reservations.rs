@@ -164,6 +164,8 @@ impl NvmfConn {
                     counted: None,
                     remote: false,
                     vol,
+                    // Decided by the leader: no media access through the namespace.
+                    ns: (0, 0),
                 });
                 debug_assert_eq!(k as u32, tag.slot);
                 Routed::Pending

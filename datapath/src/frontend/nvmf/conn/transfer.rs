@@ -27,7 +27,8 @@ use crate::runtime::Env;
 
 impl NvmfConn {
     /// Ask for a command's data with one R2T covering the whole transfer.
-    pub(super) fn issue_r2t(&mut self, sqe: [u8; cmd::SQE_LEN]) {
+    /// `arrived_gen`: the namespace generation the command arrived in (`NvmfConn::cmd_gen`).
+    pub(super) fn issue_r2t(&mut self, sqe: [u8; cmd::SQE_LEN], arrived_gen: u64) {
         let (cid, total) = (Sqe(&sqe).cid(), Sqe(&sqe).sgl_len());
         let buf = self.spare.pop().unwrap_or_default();
         let ttag = self.xfers.insert(Xfer {
@@ -37,6 +38,7 @@ impl NvmfConn {
             buf,
             discard: false,
             fail: None,
+            arrived_gen,
         });
         pdu::put_r2t(&mut self.tx.pending, cid, ttag as u16, 0, total, self.dg);
     }
@@ -45,9 +47,9 @@ impl NvmfConn {
     pub(super) fn next_r2t(&mut self) {
         if self.xfers.len() < MAX_R2T
             && !self.terminated
-            && let Some(sqe) = self.r2t_wait.pop_front()
+            && let Some((sqe, arrived_gen)) = self.r2t_wait.pop_front()
         {
-            self.issue_r2t(sqe);
+            self.issue_r2t(sqe, arrived_gen);
         }
     }
 
@@ -132,7 +134,15 @@ impl NvmfConn {
     /// damaged data earned; an aborted one was answered already.
     fn transfer_done(&mut self, env: &mut Env<'_>, nv: &NvmfShared, x: &Xfer, data: &[u8]) {
         match (x.discard, x.fail) {
-            (false, _) => self.execute(env, nv, Sqe(&x.sqe), data),
+            (false, _) => {
+                // It runs on the newest namespace set (one atomic load), but names the set
+                // of its arrival: a namespace added since is not the one it named.
+                if self.subsys.as_ref().is_some_and(|s| s.stale()) {
+                    self.follow_subsys(env.vols);
+                }
+                self.cmd_gen = x.arrived_gen;
+                self.execute(env, nv, Sqe(&x.sqe), data)
+            }
             (true, Some(status)) => self.fail_early(&Sqe(&x.sqe), status),
             (true, None) => {}
         }
