@@ -134,7 +134,7 @@ pub fn nvmf_subsystem_add(p: &Value, cx: &ControlCx, _: &mut AdminState) -> Resu
     if subs.iter().any(|s| s.nqn == nqn) {
         return Err(bad(format!("a subsystem {nqn:?} exists already")));
     }
-    let sub = Subsystem::at_runtime(nqn.to_string(), hosts);
+    let sub = Subsystem::at_runtime(nqn.to_string(), hosts, cx.rt.volumes.capacity());
     let out = subsystem_json(cx, &sub);
     subs.push(Arc::new(sub));
     tracing::info!(nqn, "control: NVMe-oF subsystem added");

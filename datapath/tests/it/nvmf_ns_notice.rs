@@ -212,7 +212,11 @@ fn a_namespace_added_and_removed_under_a_connected_host_is_announced_and_followe
         let id = c.identify(0x01, 0).unwrap();
         u32::from_le_bytes(id[516..520].try_into().unwrap())
     };
-    assert_eq!(nn(&mut c), 2, "NN");
+    assert_eq!(
+        nn(&mut c),
+        1024,
+        "NN: the highest NSID it may have, whatever it has"
+    );
     assert_eq!(
         rw(&mut q, 2, 0x22),
         (0, 0),
@@ -251,8 +255,12 @@ fn a_namespace_added_and_removed_under_a_connected_host_is_announced_and_followe
         .admin
         .cmd(Sqe::new(0x06).nsid(2).cdw(10, 0), &[], 4096)
         .unwrap();
-    assert_eq!(r.status, INVALID_NS, "Identify Namespace 2: above NN now");
-    assert_eq!(nn(&mut c), 1, "NN");
+    assert_eq!(r.status, 0, "Identify Namespace 2: inactive now");
+    assert!(
+        r.data.iter().all(|&b| b == 0),
+        "Identify Namespace 2: zero-filled, inactive"
+    );
+    assert_eq!(nn(&mut c), 1024, "NN unchanged");
     assert_eq!(rw(&mut q, 1, 0x13), (0, 0), "namespace 1 serves on");
     assert_eq!(
         rw(&mut q2, 1, 0x14),
@@ -474,4 +482,100 @@ fn reservations_of_the_namespaces_that_stay_are_kept_across_namespace_changes() 
         "after a removal"
     );
     assert_eq!(rw(&mut q2, 2, 0x34), (0, 0), "namespace 2 is free");
+}
+
+/// What Identify Controller says of a run-time subsystem holds for every namespace set it can
+/// come to, since a host reads it once, at connect (Linux sizes its ANA log buffer from it then,
+/// `16 + NANAGRPID * 32 + MNAN * 4` bytes, and drops an ANA log whose groups overflow that
+/// buffer or whose group id is above ANAGRPMAX, so an added namespace in a new group never
+/// became usable in a Linux guest: `linux_guest`'s read-only view test). NN and MNAN are the
+/// highest NSID `nvmf_namespace_add` accepts (1024), ANAGRPMAX and NANAGRPID cover every
+/// group a volume slot can make (`max_volumes`, 8 here); none of them moves when namespaces
+/// in new groups come and go, and the ANA log of the larger set fits what they promise.
+/// Identify Namespace of an inactive NSID up to NN is zero-filled (success), above NN
+/// Invalid Namespace.
+#[test]
+fn identify_controller_of_a_run_time_subsystem_covers_every_namespace_set_it_can_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, sock, nv) = daemon(dir.path());
+    setup(&sock);
+    let mut c = Controller::connect(nv, NQN, &Opts::default()).unwrap();
+    let limits = |c: &mut Controller| {
+        let id = c.identify(0x01, 0).unwrap();
+        let at = |o: usize| u32::from_le_bytes(id[o..o + 4].try_into().unwrap());
+        // NN, MNAN, ANAGRPMAX, NANAGRPID
+        (at(516), at(540), at(344), at(348))
+    };
+    let at_connect = limits(&mut c);
+    assert_eq!(
+        at_connect,
+        (1024, 1024, 8, 8),
+        "NN, MNAN, ANAGRPMAX, NANAGRPID of a run-time subsystem with one namespace"
+    );
+    // Namespaces on two more volumes: two more ANA groups.
+    for (v, nsid) in [("n2", 2), ("n3", 7)] {
+        ok(
+            &sock,
+            "nvmf_namespace_add",
+            json!({"nqn": NQN, "volume": v, "nsid": nsid}),
+        );
+    }
+    assert_eq!(c.active_ns().unwrap(), vec![1, 2, 7]);
+    assert_eq!(limits(&mut c), at_connect, "unchanged by the additions");
+    // The ANA log read as Linux reads it, in the size it took at connect.
+    let (nn, mnan, grpmax, ngrps_max) = at_connect;
+    assert!(nn >= 7 && mnan <= nn);
+    let size = 16 + ngrps_max as usize * 32 + mnan as usize * 4;
+    let log = c.log(0x0C, 0, 0, size as u32).unwrap();
+    let ngrps = u16::from_le_bytes(log[8..10].try_into().unwrap());
+    assert_eq!(ngrps, 3, "one group per volume");
+    let mut off = 16;
+    let mut seen = Vec::new();
+    for _ in 0..ngrps {
+        assert!(off + 32 <= size, "a descriptor past the promised size");
+        let grpid = u32::from_le_bytes(log[off..off + 4].try_into().unwrap());
+        let n = u32::from_le_bytes(log[off + 4..off + 8].try_into().unwrap()) as usize;
+        assert!(
+            (1..=grpmax).contains(&grpid),
+            "group {grpid} above ANAGRPMAX"
+        );
+        off += 32;
+        assert!(off + 4 * n <= size, "NSIDs past the promised size");
+        for k in 0..n {
+            seen.push(u32::from_le_bytes(
+                log[off + 4 * k..off + 4 * k + 4].try_into().unwrap(),
+            ));
+        }
+        off += 4 * n;
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, vec![1, 2, 7], "every namespace in the ANA log");
+    // Inactive NSIDs up to NN: zero-filled; above NN: Invalid Namespace.
+    for nsid in [3, 1024] {
+        let r = c
+            .admin
+            .cmd(Sqe::new(0x06).nsid(nsid).cdw(10, 0), &[], 4096)
+            .unwrap();
+        assert_eq!(r.status, 0, "Identify Namespace {nsid}: inactive");
+        assert!(r.data.iter().all(|&b| b == 0), "inactive {nsid}: all zero");
+    }
+    let r = c
+        .admin
+        .cmd(Sqe::new(0x06).nsid(1025).cdw(10, 0), &[], 4096)
+        .unwrap();
+    assert_eq!(r.status, INVALID_NS, "Identify Namespace 1025: above NN");
+    let r = rpc(
+        &sock,
+        "nvmf_namespace_add",
+        json!({"nqn": NQN, "volume": "n2", "nsid": 1025}),
+    );
+    assert!(r.get("error").is_some(), "no NSID above NN: {r}");
+    for nsid in [2, 7] {
+        ok(
+            &sock,
+            "nvmf_namespace_remove",
+            json!({"nqn": NQN, "nsid": nsid}),
+        );
+    }
+    assert_eq!(limits(&mut c), at_connect, "unchanged by the removals");
 }

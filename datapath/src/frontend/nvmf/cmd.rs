@@ -439,7 +439,7 @@ pub struct CtrlIdentity<'a> {
     pub serial: &'a str,
     /// Discovery controller (else an I/O controller).
     pub discovery: bool,
-    /// Highest namespace id.
+    /// Highest namespace id the subsystem may have (NN and MNAN; `Subsystem::nn`).
     pub nn: u32,
     /// MDTS (power of two of 4 KiB pages).
     pub mdts: u8,
@@ -447,9 +447,9 @@ pub struct CtrlIdentity<'a> {
     pub maxcmd: u16,
     /// In-capsule data bytes accepted.
     pub incapsule: u32,
-    /// Highest ANA group id (ANAGRPMAX).
+    /// Highest ANA group id the subsystem may have (ANAGRPMAX).
     pub anagrpmax: u32,
-    /// ANA groups the subsystem has (NANAGRPID; one descriptor each in the ANA log).
+    /// ANA groups the subsystem may have (NANAGRPID; one descriptor each in the ANA log).
     pub nanagrpid: u32,
 }
 

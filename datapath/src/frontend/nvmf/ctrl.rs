@@ -78,6 +78,10 @@ pub struct Subsystem {
     pub ana_groups: Vec<AnaGroup>,
     /// Added through the control socket (lasts until the daemon stops), not from the config.
     pub runtime: bool,
+    /// A run-time subsystem's ANA group ids may be 1 to this (the daemon's volume slots,
+    /// `[runtime] max_volumes`: a group is a volume's, [`ana_group_of`]); 0 for a configured
+    /// one. See [`Subsystem::nn`].
+    pub group_slots: u32,
     /// The namespace generation of the subsystem's newest copy, shared by all its copies
     /// ([`Subsystem::stale`]).
     pub ns_live: Arc<AtomicU64>,
@@ -151,6 +155,7 @@ impl Subsystem {
             resv,
             ana_groups,
             runtime: false,
+            group_slots: 0,
             ns_live: Arc::new(AtomicU64::new(0)),
             ns_gen: 0,
         }
@@ -158,11 +163,13 @@ impl Subsystem {
 
     /// A subsystem added through the control socket: no namespace yet, and a reservation
     /// slot for every namespace id it may have (1 to [`MAX_NSID`]), so its table is kept
-    /// across namespace changes.
-    pub fn at_runtime(nqn: String, allowed_hosts: Vec<String>) -> Self {
+    /// across namespace changes. `volume_slots`: the daemon's (its namespaces' ANA groups are
+    /// 1 to that).
+    pub fn at_runtime(nqn: String, allowed_hosts: Vec<String>, volume_slots: usize) -> Self {
         let mut s = Self::with_namespaces(nqn, allowed_hosts, &[]);
         s.resv = Arc::new(super::resv::ResvTable::new(MAX_NSID as usize));
         s.runtime = true;
+        s.group_slots = u32::try_from(volume_slots).unwrap_or(u32::MAX).max(1);
         s
     }
 
@@ -180,6 +187,7 @@ impl Subsystem {
             };
         }
         s.runtime = self.runtime;
+        s.group_slots = self.group_slots;
         s.ns_live = Arc::clone(&self.ns_live);
         s.ns_gen = next;
         if self.resv.slots() >= s.resv.slots() {
@@ -237,14 +245,37 @@ impl Subsystem {
         self.namespaces.iter().position(|n| n.nsid == nsid)
     }
 
-    /// Highest namespace id.
+    /// Identify Controller NN (and MNAN): the highest NSID the subsystem may have. A host
+    /// reads it once, at connect, and sizes by it (Linux: its ANA log buffer, with MNAN), so
+    /// it must hold for every namespace set the subsystem can come to: a configured
+    /// subsystem's highest NSID (its set never changes), a run-time one's [`MAX_NSID`] (the
+    /// highest `nvmf_namespace_add` accepts). NSIDs up to it without a namespace are
+    /// inactive, above it invalid.
     pub fn nn(&self) -> u32 {
+        if self.runtime {
+            return MAX_NSID;
+        }
         self.namespaces.last().map_or(0, |n| n.nsid)
     }
 
-    /// Highest ANA group id of the subsystem (Identify Controller ANAGRPMAX; 0: none).
+    /// Highest ANA group id of the subsystem (Identify Controller ANAGRPMAX; 0: none): like
+    /// [`Subsystem::nn`], for every set it can come to (a run-time subsystem's: the highest
+    /// group a volume slot makes; Linux drops an ANA log with a group above it).
     pub fn ana_grpmax(&self) -> u32 {
+        if self.runtime {
+            return self.group_slots;
+        }
         self.ana_groups.last().map_or(0, |g| g.id)
+    }
+
+    /// How many ANA groups the subsystem may have (Identify Controller NANAGRPID; one
+    /// descriptor each in the ANA log): a configured subsystem's groups; for a run-time one,
+    /// one per volume slot, at most one per NSID (Linux sizes its ANA log buffer by it).
+    pub fn ana_groups_max(&self) -> u32 {
+        if self.runtime {
+            return self.group_slots.min(MAX_NSID);
+        }
+        self.ana_groups.len() as u32
     }
 
     /// The subsystem's ANA change count: the sum of its groups' volumes' path changes at this
@@ -656,7 +687,7 @@ mod tests {
 
     #[test]
     fn a_namespace_change_numbers_its_copy_and_names_what_changed() {
-        let a = Subsystem::at_runtime("nqn.a".into(), vec![]);
+        let a = Subsystem::at_runtime("nqn.a".into(), vec![], 8);
         let b = a.with_changed_namespaces(&[(1, 4), (3, 5)]);
         assert_eq!((a.ns_gen, b.ns_gen), (0, 1));
         assert!(!a.stale(), "not published yet");
@@ -679,6 +710,13 @@ mod tests {
         let g = f.with_changed_namespaces(&[(2, 2), (3, 3), (6, 6)]);
         assert_eq!(changed_nsids(&f, &g), vec![1, 2, 5, 6]);
         assert_eq!(changed_nsids(&g, &f), vec![1, 2, 5, 6]);
+        // What Identify Controller reports does not move with the set.
+        for s in [&a, &f, &g] {
+            assert_eq!(
+                (s.nn(), s.ana_grpmax(), s.ana_groups_max()),
+                (MAX_NSID, 8, 8)
+            );
+        }
     }
 
     #[test]

@@ -192,7 +192,7 @@ impl NvmfConn {
                         maxcmd: MQES + 1,
                         incapsule: INCAPSULE_MAX,
                         anagrpmax: sub.map_or(0, |s| s.ana_grpmax()),
-                        nanagrpid: sub.map_or(0, |s| s.ana_groups.len() as u32),
+                        nanagrpid: sub.map_or(0, |s| s.ana_groups_max()),
                     },
                 );
                 Status::SUCCESS
