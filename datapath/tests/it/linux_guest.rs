@@ -1,5 +1,5 @@
-//! The Linux kernel's own initiators against a two-site mirrored cluster and a read-only
-//! point-in-time view, in a QEMU guest
+//! The Linux kernel's own initiators against a two-site mirrored cluster, a read-only
+//! point-in-time view and namespaces added and removed under a connected host, in a QEMU guest
 //! (`guest` module: Debian's kernel, an initramfs built by the test; KVM where it works, TCG
 //! otherwise). Skipped, with the reason printed, where the machine cannot run a guest (no apt
 //! access, no QEMU obtainable, `TWINBLK_SKIP_GUEST=1`); once the guest boots every check must
@@ -266,6 +266,14 @@ fn linux_nvme_multipath_across_both_sites_reads_what_either_site_wrote() {
 /// read-only (sd logs "Write Protect is on", from MODE SENSE's WP), reads the same md5 and
 /// refuses a write. Disconnect and logout leave nothing attached; the kernel log shows no I/O
 /// error and no write that reached a read-only device.
+///
+/// The writable volume is served by a run-time subsystem (`nvmf_subsystem_add`; a configured
+/// one refuses namespace changes), and while the kernel is connected to it the test adds a
+/// second volume as namespace 2 and later removes it (docs/nvmf.md, "Namespace changes"): the
+/// kernel must rescan on the Namespace Attribute Changed event and show a block device with
+/// nsid 2 within 10 s, which reads what the test wrote into that volume's file and takes a
+/// pattern the test then finds in the file; after the removal the device must be gone within
+/// 10 s and namespace 1 still read its pattern and take a new one.
 #[test]
 fn linux_initiators_attach_a_read_only_view_read_only() {
     let Some(kit) = guest::kit_or_skip("linux_initiators_attach_a_read_only_view_read_only") else {
@@ -296,17 +304,43 @@ fn linux_initiators_attach_a_read_only_view_read_only() {
     d.stop();
     let want = md5_of(&data);
 
+    let sock = tmp.path().join("ctl.sock");
     let text = format!(
         "[reactor]\ncores=[0]\nwait='adaptive'\npin=false\n[nvmf]\nlisten=['127.0.0.1:0']\n\
-         [iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket=''\n\
+         [iscsi]\nlisten=['127.0.0.1:0']\n[control]\nsocket='{}'\n\
          [[volume]]\nname='vol0'\nbackend='cdp-view'\nsize={SIZE}\nblock_size=4096\n\
          [volume.view]\ndir='{}'\ntime={t}\nsandbox=false\n\
          [[volume]]\nname='plain'\nbackend='malloc'\nsize={SIZE}\nblock_size=4096\n",
+        sock.display(),
         dir.display()
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
     let mut d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    let run = guest::boot(
+    // The writable volume in a run-time subsystem, and the volume its namespace 2 will be: a
+    // file holding a pattern the guest must read.
+    let ok = |method: &str, params: serde_json::Value| {
+        let r = crate::harness::rpc_at(&sock, method, params.clone());
+        assert!(r.get("error").is_none(), "{method} {params}: {r}");
+    };
+    let live = "nqn.2026-11.io.twinblk:live";
+    ok("nvmf_subsystem_add", serde_json::json!({"nqn": live}));
+    ok(
+        "nvmf_namespace_add",
+        serde_json::json!({"nqn": live, "volume": "plain", "nsid": 1}),
+    );
+    let second = tmp.path().join("second.img");
+    let first_mib = pattern(13, (MIB << 20) as usize);
+    let mut img = first_mib.clone();
+    img.resize(SIZE as usize, 0);
+    std::fs::write(&second, &img).unwrap();
+    ok(
+        "volume_create",
+        serde_json::json!({"name": "second", "backend": "uring", "size": SIZE,
+            "block_size": 4096, "path": second.display().to_string()}),
+    );
+    // What the control socket answered to the guest's ns-add and ns-remove, in order.
+    let mut changes: Vec<(String, serde_json::Value)> = Vec::new();
+    let run = guest::boot_acting(
         kit,
         "read-only-view",
         "readonly",
@@ -314,13 +348,31 @@ fn linux_initiators_attach_a_read_only_view_read_only() {
             ("host", "10.0.2.2".to_string()),
             ("nvport", listener(&d, Proto::Nvmf).port().to_string()),
             ("ronqn", "nqn.2026-11.io.twinblk:vol0".to_string()),
-            ("rwnqn", "nqn.2026-11.io.twinblk:plain".to_string()),
+            ("rwnqn", live.to_string()),
             ("iport", listener(&d, Proto::Iscsi).port().to_string()),
             ("roiqn", "iqn.2026-11.io.twinblk:vol0".to_string()),
             ("md5", want),
             ("mib", MIB.to_string()),
+            ("ns2md5", md5_of(&first_mib)),
         ],
         timeout(),
+        &mut |l| match l {
+            guest::Line::Info { key, .. } if key == "ns-add" && changes.is_empty() => {
+                let p = serde_json::json!({"nqn": live, "volume": "second", "nsid": 2});
+                changes.push((
+                    "nvmf_namespace_add".into(),
+                    crate::harness::rpc_at(&sock, "nvmf_namespace_add", p),
+                ));
+            }
+            guest::Line::Info { key, .. } if key == "ns-remove" && changes.len() == 1 => {
+                let p = serde_json::json!({"nqn": live, "nsid": 2});
+                changes.push((
+                    "nvmf_namespace_remove".into(),
+                    crate::harness::rpc_at(&sock, "nvmf_namespace_remove", p),
+                ));
+            }
+            _ => {}
+        },
     );
     d.stop();
     assert_passed(
@@ -336,6 +388,12 @@ fn linux_initiators_attach_a_read_only_view_read_only() {
             "nvme-connect-rw",
             "nvme-rw-writable",
             "nvme-rw-write",
+            "nvme-ns-added",
+            "nvme-ns-read",
+            "nvme-ns-write",
+            "nvme-ns-removed",
+            "nvme-ns1-kept",
+            "nvme-ns1-write",
             "nvme-disconnect-rw",
             "iscsi-login",
             "iscsi-ro",
@@ -346,8 +404,32 @@ fn linux_initiators_attach_a_read_only_view_read_only() {
             "kernel-log",
         ],
     );
+    // The namespace changes were the host's, each answered without error, and with the
+    // guest's controller connected: it was notified.
+    assert_eq!(
+        changes.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>(),
+        ["nvmf_namespace_add", "nvmf_namespace_remove"],
+        "the guest asked for the add and the removal: {changes:?}"
+    );
+    for (m, r) in &changes {
+        assert!(r.get("error").is_none(), "{m}: {r}");
+        assert_eq!(
+            r["result"]["notified_controllers"], 1,
+            "{m}: the guest's controller was told: {r}"
+        );
+    }
+    // What the guest wrote through namespace 2 is in its volume's file.
+    let wrote = run
+        .info("nvme-ns-write-md5")
+        .expect("the guest reported namespace 2's pattern");
+    assert_eq!(
+        md5_prefix(&second, MIB << 20),
+        wrote,
+        "the second volume's file holds the pattern the guest wrote through namespace 2"
+    );
     eprintln!(
-        "linux read-only view guest: {MIB} MiB read per protocol, guest {:.1} s",
+        "linux read-only view guest: {MIB} MiB read per protocol, namespace 2 added, used and removed in {} s of guest time, guest {:.1} s",
+        run.info("ns-change-s").unwrap_or("?"),
         run.elapsed.as_secs_f64()
     );
 }

@@ -6,10 +6,14 @@
 # pattern written reads back. iSCSI (iscsi_tcp, open-iscsi): the sd disk of the view must be
 # read-only (MODE SENSE WP; sd logs "Write Protect is on"), read the same data and refuse a
 # write. /init's kernel-log check then finds no I/O error: the writes never reached a target.
+# With tb.ns2md5, the writable volume's subsystem is a run-time one and, while the kernel is
+# connected to it, the host adds a namespace and removes it again (ns_change): the kernel must
+# rescan on the Namespace Attribute Changed event, attach and detach a block device.
 #
 # Kernel command line: tb.host, tb.nvport (NVMe/TCP listener), tb.ronqn (the view's
 # subsystem), tb.rwnqn (a writable volume's), tb.iport (iSCSI portal), tb.roiqn (the view's
-# target), tb.md5 (md5 of the view's first tb.mib MiB, as the host computed it), tb.mib.
+# target), tb.md5 (md5 of the view's first tb.mib MiB, as the host computed it), tb.mib,
+# tb.ns2md5 (md5 of the first tb.mib MiB of the volume the host adds as namespace 2).
 H=${tb_host:-10.0.2.2}
 MIB=${tb_mib:-1}
 . /etc/twinblk/nvme-paths.sh
@@ -69,6 +73,61 @@ nvme_detach() {
     fi
 }
 
+# ns_head NSID: the namespace head's block device of NSID (its sysfs nsid), if there is one
+ns_head() {
+    for d in /sys/block/nvme*n*; do
+        n=$(basename "$d")
+        case "$n" in nvme*c*) continue ;; esac
+        [ "$(cat "$d/nsid" 2>/dev/null)" = "$1" ] && echo "$n" && return 0
+    done
+    return 1
+}
+# ctrl_ns: the controller's namespaces (its nvmeXcYnZ path devices) and the heads, one line
+ctrl_ns() {
+    echo "paths: $(ls -d /sys/class/nvme/nvme*/nvme*c*n* 2>/dev/null | xargs -n1 basename 2>/dev/null | tr '\n' ' ')heads: $(ls /sys/block | grep -E '^nvme[0-9]+n[0-9]+$' | tr '\n' ' ')"
+}
+# ns_change DEV MD5: with the host connected to the run-time subsystem tb.rwnqn (DEV its
+# namespace 1, whose first MIB MiB have md5 MD5), the host adds namespace 2 (asked by the info
+# line ns-add; its volume's first MIB MiB have md5 tb.ns2md5): within 10 s the kernel must show
+# a block device with nsid 2 that reads that md5 and takes a pattern (O_DIRECT, read back; the
+# host finds it in the volume's file). Then the host removes it (info ns-remove): within 10 s
+# the device must be gone, and DEV must still read MD5 and take a new pattern.
+ns_change() {
+    t=$(uptime_s)
+    t0=$t
+    info ns-add "$tb_rwnqn nsid 2"
+    N2=
+    j=0
+    while [ $j -lt 100 ]; do
+        N2=$(ns_head 2) && [ -b "/dev/$N2" ] && break
+        N2=
+        sleep 0.1
+        j=$((j + 1))
+    done
+    if [ -z "$N2" ]; then
+        check nvme-ns-added FAIL "no block device with nsid 2 within 10 s of ns-add (${t}s..$(uptime_s)s); $(ctrl_ns); kernel: $(dmesg | grep -i nvme | tail -5 | tr '\n' '|')"
+        return 1
+    fi
+    check nvme-ns-added PASS "/dev/$N2 (nsid 2, $(cat /sys/block/$N2/size) sectors) in ${t}s..$(uptime_s)s; $(ctrl_ns); kernel: $(dmesg | grep -i 'rescanning' | tail -1)"
+    readback "/dev/$N2" "$tb_ns2md5" nvme-ns-read
+    pattern "/dev/$N2" "/dev/$N2" nvme-ns-write
+    t=$(uptime_s)
+    info ns-remove "$tb_rwnqn nsid 2"
+    j=0
+    while [ $j -lt 100 ] && { [ -e "/sys/block/$N2" ] || ns_head 2 > /dev/null; }; do
+        sleep 0.1
+        j=$((j + 1))
+    done
+    if [ -e "/sys/block/$N2" ] || ns_head 2 > /dev/null; then
+        check nvme-ns-removed FAIL "/dev/$N2 still there 10 s after ns-remove (${t}s..$(uptime_s)s); $(ctrl_ns)"
+    else
+        check nvme-ns-removed PASS "/dev/$N2 gone in ${t}s..$(uptime_s)s; $(ctrl_ns)"
+    fi
+    readback "/dev/$1" "$2" nvme-ns1-kept
+    pattern "/dev/$1" "/dev/$1" nvme-ns1-write
+    info ns-change-s "$(awk "BEGIN { print $(uptime_s) - $t0 }")"
+}
+
 # --- NVMe/TCP, the read-only view
 if nvme_attach nvme-connect-ro "$tb_ronqn"; then
     is_ro "$NS"
@@ -91,6 +150,7 @@ if nvme_attach nvme-connect-rw "$tb_rwnqn"; then
         check nvme-rw-writable FAIL "/sys/block/$NS/ro '$RO_SYS', blockdev --getro '$RO_IOCTL' (want 0)"
     fi
     pattern "/dev/$NS" "/dev/$NS" nvme-rw-write
+    [ -n "$tb_ns2md5" ] && ns_change "$NS" "$(cat /tmp/last.md5 2>/dev/null)"
     nvme_detach nvme-disconnect-rw "$tb_rwnqn"
 fi
 
