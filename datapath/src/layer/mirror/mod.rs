@@ -418,7 +418,7 @@ fn answer_held(
             held::Outcome::Failed(e) => done.push((from, h.tag, Err(e))),
         },
         _ => {
-            stats.inc(&stats.reads_held_refused);
+            stats.inc_shared(&stats.reads_held_refused);
             done.push((from, h.tag, Err(Errno::UNAVAILABLE)));
         }
     });
@@ -517,7 +517,7 @@ impl Channel for MirrorChannel {
         match held::verdict(self.engine.may_read(now), self.engine.may_read_soon()) {
             held::Verdict::Serve => self.engine.host_read(io, tag, offset, len),
             held::Verdict::Hold => {
-                self.stats.inc(&self.stats.reads_held);
+                self.stats.inc_shared(&self.stats.reads_held);
                 self.held.hold(tag, offset, len, now);
                 ReadStart::Pending
             }
@@ -717,7 +717,7 @@ impl Channel for RemoteChannel {
         match self.verdict() {
             held::Verdict::Serve => {}
             held::Verdict::Hold => {
-                self.stats.inc(&self.stats.reads_held);
+                self.stats.inc_shared(&self.stats.reads_held);
                 self.held.hold(tag, offset, len, Instant::now());
                 return ReadStart::Pending;
             }
