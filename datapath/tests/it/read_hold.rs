@@ -230,3 +230,28 @@ fn a_read_held_on_the_other_reactor_of_a_resumed_site_that_is_then_fenced_is_nev
         "the read was not held (the premise: it reached b without a lease): {st}"
     );
 }
+
+/// A reactor other than a mirrored volume's home, holding no read, sleeps as a reactor
+/// without pollers does (until its next event): its `HeldReadPoller` is dormant
+/// (`Poller::dormant`) and bounds no sleep. Idle for a second, site a's reactor 1 (no
+/// connection with work, no link) entered its ring a few times at most, where a 10 ms bound
+/// on every sleep woke it about 100 times. (Entries, not turns: a turn with work is followed
+/// by the adaptive policy's spin, many turns without an entry.)
+#[test]
+fn a_reactor_holding_no_read_sleeps_unbounded_as_without_a_poller() {
+    let root = tempfile::tempdir().unwrap();
+    let (_w, a, _b) = ram_pair_on_two_reactors(root.path());
+    let st = crate::mirror::status(&a);
+    assert_eq!(st["home_reactor"], 0, "vol0's home");
+    let enters = || a.rpc("reactor_stats")[1]["enters"].as_u64().unwrap();
+    // (Settled: the adaptive policy's spin after the start's last work is long over.)
+    std::thread::sleep(Duration::from_millis(300));
+    let before = enters();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = enters() - before;
+    assert!(
+        idle < 30,
+        "an idle reactor holding no read entered its ring {idle} times in 1 s: {}",
+        a.rpc("reactor_stats")
+    );
+}

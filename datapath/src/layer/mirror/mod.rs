@@ -23,7 +23,8 @@
 //! A read that finds no read lease while one may come soon is held by the channel it came to
 //! and answered at a later turn of the reactor's mirror poller ([`held`]): the home reactor's
 //! [`MirrorPoller`], and on every other reactor a [`HeldReadPoller`] that does nothing else
-//! (one look at an empty list per turn).
+//! (one look at an empty list per turn; dormant while it holds nothing, so it changes
+//! neither how long that reactor sleeps nor its loop: [`crate::runtime::Poller::dormant`]).
 
 pub mod alfile;
 pub mod engine;
@@ -837,6 +838,12 @@ impl Poller for HeldReadPoller {
 
     fn busy(&self, _chans: &mut [Box<dyn Channel>]) -> bool {
         false
+    }
+
+    fn dormant(&self, chans: &mut [Box<dyn Channel>]) -> bool {
+        // Holding nothing: the reactor sleeps as if this poller were not there (a read held
+        // during a turn wakes it before the reactor decides how long to sleep).
+        remote_of(chans, self.vol).is_none_or(|c| c.held.is_empty())
     }
 
     fn abort(&mut self, chans: &mut [Box<dyn Channel>]) {
