@@ -104,6 +104,15 @@ pub trait Poller {
     fn busy(&self, chans: &mut [Box<dyn Channel>]) -> bool;
     /// The stop deadline passed: fail what still waits.
     fn abort(&mut self, chans: &mut [Box<dyn Channel>]);
+    /// Nothing to do until a connection on this reactor gives it some (no periodic work,
+    /// nothing waiting: the mirror's `HeldReadPoller` holding no read): the reactor then runs
+    /// as if it had no such poller (its sleeps unbounded, its old loop after a working turn,
+    /// [`Poller::after_work`] and [`Poller::deadline`] not asked for it alone). Asked before
+    /// each sleep, after the turn's work, so a poller given work in a turn is awake when the
+    /// reactor decides how long to sleep. The default: never dormant.
+    fn dormant(&self, _chans: &mut [Box<dyn Channel>]) -> bool {
+        false
+    }
     /// Its layer left the volume's stack (a run-time restack): the reactor drops it. Asked
     /// after each restack on the reactor.
     fn retired(&self, _chans: &mut [Box<dyn Channel>]) -> bool {

@@ -15,7 +15,9 @@
 //!
 //! Wait policies: `poll` never blocks (lowest latency, a core at 100 %); `interrupt` blocks
 //! whenever a turn finds no work; `adaptive` spins for `spin` after the last work, then blocks.
-//! A reactor with pollers never sleeps past the earliest poller deadline (nor 10 ms). The policy
+//! A reactor with pollers never sleeps past the earliest poller deadline (nor 10 ms); a poller
+//! that is dormant ([`Poller::dormant`]: nothing to do until a connection gives it some)
+//! does not count, so a reactor whose pollers all are sleeps as one without pollers. The policy
 //! can change while the reactor runs: it reads its [`super::wait::WaitCell`] once per turn.
 //!
 //! A reactor with pollers (whose every sleep is bounded) also sleeps right after a turn that
@@ -317,7 +319,7 @@ impl Reactor {
                 // reactor has drained.
                 if self.drained
                     && super::mailbox::held() == 0
-                    && (self.pollers.is_empty() || self.shared.running.load(Ordering::SeqCst) == 0)
+                    && (!self.pollers_awake() || self.shared.running.load(Ordering::SeqCst) == 0)
                 {
                     break;
                 }
@@ -406,7 +408,7 @@ impl Reactor {
     /// sleep is bounded, at most `POLLER_MAX_SLEEP`) asks its pollers; with none it keeps its
     /// old loop.
     fn nothing_left(&mut self, now: Instant) -> Option<AfterWork> {
-        if self.pollers.is_empty() || !self.closing.is_empty() || !self.restacking.is_empty() {
+        if !self.pollers_awake() || !self.closing.is_empty() || !self.restacking.is_empty() {
             return None;
         }
         let mut until: Option<Instant> = None;
@@ -426,6 +428,14 @@ impl Reactor {
         })
     }
 
+    /// The reactor has a poller that is not dormant ([`Poller::dormant`]): its sleeps are
+    /// bounded and it asks its pollers after a working turn. (One call per poller, only
+    /// when the reactor is about to sleep.)
+    fn pollers_awake(&mut self) -> bool {
+        let chans = &mut self.chans;
+        self.pollers.iter().any(|p| !p.dormant(chans))
+    }
+
     /// Submit queued SQEs; with `block`, wait for a completion (pollers' deadlines measured
     /// from `now`, the loop's clock reading just before; `until`: their earliest, when the
     /// caller has it already). True when it blocked.
@@ -442,7 +452,7 @@ impl Reactor {
         let quiet = self.io.take_quiet_sends();
         if block && self.mailbox.prepare_sleep() {
             self.counters.enters += 1;
-            let r = if self.stopping.is_some() || !self.pollers.is_empty() {
+            let r = if self.stopping.is_some() || self.pollers_awake() {
                 // Bounded wait while stopping, so the deadline is noticed, and while pollers
                 // have periodic work: never past the earliest poller deadline.
                 let mut ns = if self.stopping.is_some() {

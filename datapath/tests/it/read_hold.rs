@@ -176,3 +176,82 @@ fn a_read_held_at_a_resumed_site_that_is_then_fenced_is_refused_never_served_sta
     assert!(st["reads_held"].as_u64().unwrap() > 0, "{st}");
     assert!(st["reads_held_refused"].as_u64().unwrap() > 0, "{st}");
 }
+
+/// The reactor `c` (a host connected to `s`) runs on, from `host_list`.
+fn reactor_of(s: &Server, c: &Client) -> u64 {
+    let me = c.s.local_addr().unwrap().to_string();
+    let hosts = s.rpc("host_list");
+    let h = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["peer"].as_str() == Some(me.as_str()))
+        .unwrap_or_else(|| panic!("host {me} not listed: {hosts}"));
+    h["reactor"].as_u64().unwrap()
+}
+
+/// As `a_read_held_at_a_resumed_site_that_is_then_fenced_is_refused_never_served_stale`, on
+/// the reactor that is not the volume's home (its channel holds the read itself and its
+/// `HeldReadPoller` answers it from the lease the home engine publishes): site b frozen past
+/// the heartbeat timeout, a granted the volume acknowledges new data alone, and a host read
+/// sent to b's other reactor after that acknowledgement is held once b resumes without a
+/// lease (the only read b gets then: `reads_held` grows), then refused or served the new
+/// data, never the old.
+#[test]
+fn a_read_held_on_the_other_reactor_of_a_resumed_site_that_is_then_fenced_is_never_served_stale() {
+    let root = tempfile::tempdir().unwrap();
+    let (_w, a, b) = ram_pair_on_two_reactors(root.path());
+    crate::failover::wait_preferred_recorded(root.path());
+    assert_eq!(crate::mirror::status(&b)["home_reactor"], 0, "vol0's home");
+    let old = pattern(31, 4096);
+    let new = pattern(32, 4096);
+    let mut ca = Client::connect(a.addr, "vol0", false);
+    assert_eq!(ca.write(0, &old), 0);
+    // A host of b on reactor 1 (connections are dealt round-robin: one of two lands there).
+    let mut late = (0..4)
+        .map(|_| Client::connect(b.addr, "vol0", false))
+        .find(|c| reactor_of(&b, c) == 1)
+        .expect("no host of b on reactor 1");
+    assert_eq!(late.read(0, 4096).unwrap(), old);
+    b.signal(libc::SIGSTOP);
+    wait_mirror_state(&a, "survivor", PATIENCE);
+    assert_eq!(ca.write(0, &new), 0);
+    let late_read = std::thread::spawn(move || late.read(0, 4096));
+    std::thread::sleep(Duration::from_millis(100));
+    b.signal(libc::SIGCONT);
+    let got = late_read.join().unwrap();
+    assert!(
+        got.as_ref().map_or(true, |d| *d == new),
+        "b's other reactor served the old data for a read sent after a acknowledged the new"
+    );
+    let st = crate::mirror::status(&b);
+    assert!(
+        st["reads_held"].as_u64().unwrap() > 0,
+        "the read was not held (the premise: it reached b without a lease): {st}"
+    );
+}
+
+/// A reactor other than a mirrored volume's home, holding no read, sleeps as a reactor
+/// without pollers does (until its next event): its `HeldReadPoller` is dormant
+/// (`Poller::dormant`) and bounds no sleep. Idle for a second, site a's reactor 1 (no
+/// connection with work, no link) entered its ring a few times at most, where a 10 ms bound
+/// on every sleep woke it about 100 times. (Entries, not turns: a turn with work is followed
+/// by the adaptive policy's spin, many turns without an entry.)
+#[test]
+fn a_reactor_holding_no_read_sleeps_unbounded_as_without_a_poller() {
+    let root = tempfile::tempdir().unwrap();
+    let (_w, a, _b) = ram_pair_on_two_reactors(root.path());
+    let st = crate::mirror::status(&a);
+    assert_eq!(st["home_reactor"], 0, "vol0's home");
+    let enters = || a.rpc("reactor_stats")[1]["enters"].as_u64().unwrap();
+    // (Settled: the adaptive policy's spin after the start's last work is long over.)
+    std::thread::sleep(Duration::from_millis(300));
+    let before = enters();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = enters() - before;
+    assert!(
+        idle < 30,
+        "an idle reactor holding no read entered its ring {idle} times in 1 s: {}",
+        a.rpc("reactor_stats")
+    );
+}

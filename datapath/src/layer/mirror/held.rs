@@ -106,8 +106,11 @@ impl HeldReads {
         !self.is_empty() && (v != Verdict::Hold || self.deadline().is_some_and(|d| now >= d))
     }
 
-    /// Every held read is refused at the next look (a stop's deadline passed).
+    /// Every held read is refused at the next look (a stop's deadline passed), and so is any
+    /// read held from now on (its connection or the NVMe atomic-section executor may still
+    /// start one: holding it `limit` would keep the reactor that long past the deadline).
     pub fn expire(&mut self) {
+        self.limit = Duration::ZERO;
         let now = Instant::now();
         for h in &mut self.reads {
             h.until = h.until.min(now);
@@ -230,5 +233,29 @@ mod tests {
         assert_eq!(refused.last(), Some(&tag(5)));
         assert_eq!(served, vec![tag(2)], "nothing served twice");
         assert!(h.is_empty());
+    }
+
+    /// After a stop's deadline a read is held no more: one that comes then (a connection
+    /// still finishing its work, the NVMe atomic-section executor running its queue) is
+    /// refused at the next look, not `limit` later, so the reactor exits soon after the
+    /// deadline.
+    #[test]
+    fn a_read_held_after_the_stop_deadline_is_refused_at_the_next_look() {
+        let mut h = HeldReads::new(Duration::from_secs(10));
+        h.expire();
+        let t = Instant::now();
+        h.hold(tag(1), 0, 512, t);
+        assert_eq!(
+            h.deadline(),
+            Some(t),
+            "held for the whole limit after the deadline"
+        );
+        assert!(h.due(Verdict::Hold, t));
+        let mut refused = Vec::new();
+        h.release(Verdict::Hold, t, |r, v| {
+            assert_eq!(v, Verdict::Refuse);
+            refused.push(r.tag)
+        });
+        assert_eq!(refused, vec![tag(1)]);
     }
 }

@@ -23,7 +23,8 @@
 //! A read that finds no read lease while one may come soon is held by the channel it came to
 //! and answered at a later turn of the reactor's mirror poller ([`held`]): the home reactor's
 //! [`MirrorPoller`], and on every other reactor a [`HeldReadPoller`] that does nothing else
-//! (one look at an empty list per turn).
+//! (one look at an empty list per turn; dormant while it holds nothing, so it changes
+//! neither how long that reactor sleeps nor its loop: [`crate::runtime::Poller::dormant`]).
 
 pub mod alfile;
 pub mod engine;
@@ -418,7 +419,7 @@ fn answer_held(
             held::Outcome::Failed(e) => done.push((from, h.tag, Err(e))),
         },
         _ => {
-            stats.inc(&stats.reads_held_refused);
+            stats.inc_shared(&stats.reads_held_refused);
             done.push((from, h.tag, Err(Errno::UNAVAILABLE)));
         }
     });
@@ -517,7 +518,7 @@ impl Channel for MirrorChannel {
         match held::verdict(self.engine.may_read(now), self.engine.may_read_soon()) {
             held::Verdict::Serve => self.engine.host_read(io, tag, offset, len),
             held::Verdict::Hold => {
-                self.stats.inc(&self.stats.reads_held);
+                self.stats.inc_shared(&self.stats.reads_held);
                 self.held.hold(tag, offset, len, now);
                 ReadStart::Pending
             }
@@ -717,7 +718,7 @@ impl Channel for RemoteChannel {
         match self.verdict() {
             held::Verdict::Serve => {}
             held::Verdict::Hold => {
-                self.stats.inc(&self.stats.reads_held);
+                self.stats.inc_shared(&self.stats.reads_held);
                 self.held.hold(tag, offset, len, Instant::now());
                 return ReadStart::Pending;
             }
@@ -837,6 +838,12 @@ impl Poller for HeldReadPoller {
 
     fn busy(&self, _chans: &mut [Box<dyn Channel>]) -> bool {
         false
+    }
+
+    fn dormant(&self, chans: &mut [Box<dyn Channel>]) -> bool {
+        // Holding nothing: the reactor sleeps as if this poller were not there (a read held
+        // during a turn wakes it before the reactor decides how long to sleep).
+        remote_of(chans, self.vol).is_none_or(|c| c.held.is_empty())
     }
 
     fn abort(&mut self, chans: &mut [Box<dyn Channel>]) {

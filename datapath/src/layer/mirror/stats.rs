@@ -229,9 +229,16 @@ pub struct MirrorSnapshot {
 }
 
 impl MirrorStats {
-    /// Count one.
+    /// Count one (a counter only the home reactor's engine writes: a load and a store).
     pub fn inc(&self, c: &AtomicU64) {
         c.store(c.load(Relaxed) + 1, Relaxed);
+    }
+
+    /// Count one in a counter every reactor's channel of the volume writes (`reads_held`,
+    /// `reads_held_refused`): an atomic add, so counts made at once on two reactors are
+    /// not lost.
+    pub fn inc_shared(&self, c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
     }
 
     /// Publish the engine's mode.

@@ -414,3 +414,51 @@ fn the_pollers_deadline_is_not_its_periodic_tick() {
     };
     assert_eq!(poller.deadline(&mut chans, now), None);
 }
+
+/// Reads held on several reactors at once are each counted (`reads_held` is written by
+/// every reactor's channel of the volume, not by the home engine alone): two reactors'
+/// channels hold reads side by side and the counter says how many they held in all.
+#[test]
+fn reads_held_on_two_reactors_at_once_are_all_counted() {
+    use super::RemoteChannel;
+    use super::engine::Mode;
+    use crate::bdev::{Channel, ReadStart};
+    use crate::runtime::Mailbox;
+    use crate::uring::IoTag;
+    const READS: u32 = 200_000;
+    let stats = Arc::new(MirrorStats::default());
+    // Mirroring without a read lease (none published): every read is held.
+    stats.set_mode(Mode::Mirroring);
+    stats.set_read_until(0);
+    let dev = MallocDevice::new(1 << 20, 512).expect("malloc");
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (1..=2u32)
+        .map(|from| {
+            let (stats, dev, start) = (Arc::clone(&stats), Arc::clone(&dev), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+                let mut c = RemoteChannel {
+                    inner: dev.open_channel(&mut io).expect("channel"),
+                    stats,
+                    home: Arc::new(Mailbox::new().expect("mailbox")),
+                    vol: 0,
+                    from,
+                    held: super::held::HeldReads::new(Duration::from_secs(60)),
+                };
+                start.wait();
+                for slot in 0..READS {
+                    let r = c.read(&mut io, IoTag::conn(1, slot), 0, 512);
+                    assert!(matches!(r, ReadStart::Pending), "not held");
+                }
+                c.held.len()
+            })
+        })
+        .collect();
+    let held: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(held, 2 * READS as usize);
+    assert_eq!(
+        stats.reads_held.load(std::sync::atomic::Ordering::Relaxed),
+        u64::from(2 * READS),
+        "reads held on two reactors at once were lost from the count"
+    );
+}
