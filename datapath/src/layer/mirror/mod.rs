@@ -664,9 +664,13 @@ fn local_read<'a>(
 impl RemoteChannel {
     /// The verdict for a read here now, from what the home reactor's engine published.
     fn verdict(&self) -> held::Verdict {
+        // (The mode is looked at only without a lease: a served read costs one load.)
+        if self.stats.may_read() {
+            return held::Verdict::Serve;
+        }
         let soon =
             !self.stats.failed() && matches!(self.stats.mode(), Mode::Mirroring | Mode::Survivor);
-        held::verdict(self.stats.may_read(), soon)
+        held::verdict(false, soon)
     }
 
     fn hand_over(
