@@ -651,7 +651,9 @@ fn nvme_discovery_generation_inactive_namespaces_and_write_cache_follow_the_spec
         "GENCTR {before} -> {after} across a new subsystem"
     );
     let mut c = Controller::connect(nv, nqn, &opts).unwrap();
-    for nsid in [1u32, 2] {
+    // A run-time subsystem's NN is the highest NSID it can ever have (1024, docs/nvmf.md),
+    // so every NSID up to it without a namespace is inactive.
+    for nsid in [1u32, 2, 4, 1024] {
         let r = c
             .admin
             .cmd(Sqe::new(0x06).nsid(nsid).cdw(10, 0), &[], 4096)
@@ -661,7 +663,7 @@ fn nvme_discovery_generation_inactive_namespaces_and_write_cache_follow_the_spec
     }
     let r = c
         .admin
-        .cmd(Sqe::new(0x06).nsid(4).cdw(10, 0), &[], 4096)
+        .cmd(Sqe::new(0x06).nsid(1025).cdw(10, 0), &[], 4096)
         .unwrap();
     assert_eq!(r.status, 0x0B, "NSID above NN: Invalid Namespace or Format");
     let set_vwc = |c: &mut Controller, wce: u32| {
