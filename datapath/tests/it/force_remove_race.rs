@@ -1,7 +1,8 @@
 //! Control calls that cut hosts off a volume with `force` (closing their connections) while
 //! writes of theirs are at a slow device and more race the call (docs/control.md):
-//! `nbd_export_remove`, `iscsi_lun_remove`, `iscsi_lun_add`, `iscsi_target_remove` and
-//! `nvmf_namespace_remove` (which closes nothing), each with `force`. (`volume_delete` closes no connection: it is refused while an
+//! `nbd_export_remove`, `iscsi_lun_remove`, `iscsi_lun_add`, `iscsi_target_remove`,
+//! `nvmf_subsystem_remove`, `nvmf_host_disallow` and `nvmf_namespace_remove` (which closes
+//! nothing), each with `force`. (`volume_delete` closes no connection: it is refused while an
 //! export names the volume or a host reaches it.)
 //!
 //! What must hold: once the call has answered, nothing sent through the path it removed
@@ -447,10 +448,28 @@ fn nvmf_case(method: &str, params: Value, closes: u64) {
 }
 
 #[test]
+fn nvmf_subsystem_remove_with_force_answers_only_once_no_write_of_the_subsystem_is_left() {
+    nvmf_case(
+        "nvmf_subsystem_remove",
+        json!({"nqn": NQN, "force": true}),
+        2,
+    );
+}
+
+#[test]
 fn nvmf_namespace_remove_with_force_answers_only_once_no_write_of_the_namespace_is_left() {
     nvmf_case(
         "nvmf_namespace_remove",
         json!({"nqn": NQN, "nsid": 1, "force": true}),
         0,
+    );
+}
+
+#[test]
+fn nvmf_host_disallow_with_force_answers_only_once_no_write_of_the_host_is_left() {
+    nvmf_case(
+        "nvmf_host_disallow",
+        json!({"nqn": NQN, "host": Opts::default().host.nqn, "force": true}),
+        2,
     );
 }
