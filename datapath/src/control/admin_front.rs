@@ -76,6 +76,19 @@ fn iscsi_hosts(iqn: &str) -> impl Fn(&HostRecord) -> bool + '_ {
     move |r: &HostRecord| r.proto == "iscsi" && r.target == iqn
 }
 
+/// [`disconnect`] for NVMe/TCP connections: the I/O queues `pick` selects first, then the
+/// rest (the admin queues). A controller whose admin queue closes is torn down, its I/O
+/// queues' sockets shut at once (`Controller::teardown`): commands they had at the device would
+/// finish on the volume unanswered. Closed cleanly first, each queue answers them, then
+/// closes; the call waits for that as before. How many connections closed.
+fn disconnect_queues_first(
+    cx: &ControlCx,
+    pick: impl Fn(&HostRecord) -> bool,
+) -> Result<usize, Error> {
+    let io = disconnect(cx, |r| pick(r) && r.queue.is_some_and(|q| q > 0))?;
+    Ok(io + disconnect(cx, &pick)?)
+}
+
 /// Refuse while `pick` selects connected hosts, unless `force`; the message names `what`.
 fn in_use(
     cx: &ControlCx,
@@ -155,7 +168,7 @@ pub fn nvmf_subsystem_remove(
         in_use(cx, force, &format!("subsystem {nqn:?}"), &nvmf_hosts(nqn))?;
         subs.remove(i);
     }
-    let closed = disconnect(cx, nvmf_hosts(nqn))?;
+    let closed = disconnect_queues_first(cx, nvmf_hosts(nqn))?;
     tracing::info!(nqn, closed, "control: NVMe-oF subsystem removed");
     Ok(json!({"nqn": nqn, "removed": true, "closed_connections": closed}))
 }
@@ -357,7 +370,7 @@ fn host_list_change(p: &Value, cx: &ControlCx, allow: bool) -> Result<Value, Err
         new
     };
     let closed = if !allow && force {
-        disconnect(cx, |r| {
+        disconnect_queues_first(cx, |r| {
             r.proto == "nvmf" && r.target == nqn && r.host.as_deref() == Some(host)
         })?
     } else {

@@ -20,6 +20,7 @@ mod control_lists;
 mod control_paths;
 mod control_timing;
 mod failover;
+mod force_remove_race;
 mod guest;
 mod handing;
 mod harness;
