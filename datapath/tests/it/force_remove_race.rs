@@ -13,7 +13,7 @@
 
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -62,16 +62,7 @@ fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf, SocketAddr, SocketAddr, Sock
     (d, sock, nbd, iscsi, nvmf)
 }
 
-fn ok(sock: &Path, method: &str, params: Value) -> Value {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("control socket");
-    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    writeln!(s, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    let r: Value = serde_json::from_str(&line).unwrap();
-    assert!(r.get("error").is_none(), "{method} {params}: {r}");
-    r["result"].clone()
-}
+use crate::harness::rpc_ok as ok;
 
 /// [`ok`], and when it answered (how long it took goes to the test's output).
 fn timed(sock: &Path, method: &str, params: Value) -> (Value, Instant) {

@@ -240,6 +240,13 @@ pub fn rpc_at(socket: &Path, method: &str, params: serde_json::Value) -> serde_j
     raw_at(socket, &req.to_string())
 }
 
+/// One call to the control socket at `socket` that must succeed: its result.
+pub fn rpc_ok(socket: &Path, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let r = rpc_at(socket, method, params.clone());
+    assert!(r.get("error").is_none(), "{method} {params}: {r}");
+    r["result"].clone()
+}
+
 /// One raw request line to the control socket at `socket`; its answer, which must come within
 /// [`PATIENCE`] and be JSON. (A daemon with no room answers "busy" at once and closes, maybe
 /// before the request is written: EPIPE, seen once in CI; the answer is read either way.)

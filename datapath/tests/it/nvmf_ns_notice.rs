@@ -5,8 +5,7 @@
 //! Namespace Attribute Changed, log page 04h) and reads the changed NSIDs in the Changed
 //! Namespace List log page (NVMe Base 2.0); malformed requests for that log are refused.
 
-use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,20 +37,7 @@ fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf, SocketAddr) {
     (d, sock, nv)
 }
 
-fn rpc(sock: &Path, method: &str, params: Value) -> Value {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("control socket");
-    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    writeln!(s, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap()
-}
-
-fn ok(sock: &Path, method: &str, params: Value) -> Value {
-    let r = rpc(sock, method, params.clone());
-    assert!(r.get("error").is_none(), "{method} {params}: {r}");
-    r["result"].clone()
-}
+use crate::harness::{rpc_at as rpc, rpc_ok as ok};
 
 /// A run-time subsystem with volume `n1` as namespace 1, and volumes `n2`, `n3` not in it.
 fn setup(sock: &Path) {

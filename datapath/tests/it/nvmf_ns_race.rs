@@ -13,9 +13,9 @@
 //! one; after the re-add NSID 1 is the new volume; the reservation held on the old namespace is
 //! gone from the new one.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -76,16 +76,7 @@ fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf, SocketAddr) {
     (d, sock, nv)
 }
 
-fn ok(sock: &Path, method: &str, params: Value) -> Value {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("control socket");
-    let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    writeln!(s, "{req}").unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    let r: Value = serde_json::from_str(&line).unwrap();
-    assert!(r.get("error").is_none(), "{method} {params}: {r}");
-    r["result"].clone()
-}
+use crate::harness::rpc_ok as ok;
 
 /// `len` bytes at byte offset `off` of a volume filled with `tag`: every 16 bytes the tag, the
 /// offset and the tag again, so a block is recognisable wherever it is read.

@@ -112,6 +112,26 @@ fn reads_held_on_either_reactor_from_a_ram_replica_are_served_once_the_lease_is_
     assert_eq!(st["reads_held_refused"], 0, "{st}");
 }
 
+/// Site b frozen until site a serves alone and has acknowledged `new` at offset 0 (through
+/// `ca`); then a read of offset 0 is sent to b through `late` (it waits in b's socket) and b is
+/// resumed. When a acknowledged, and the read's answer.
+fn read_sent_to_a_resumed_site(
+    a: &Server,
+    b: &Server,
+    ca: &mut Client,
+    mut late: Client,
+    new: &[u8],
+) -> (Instant, Result<Vec<u8>, u32>) {
+    b.signal(libc::SIGSTOP);
+    wait_mirror_state(a, "survivor", PATIENCE);
+    assert_eq!(ca.write(0, new), 0);
+    let acked = Instant::now();
+    let late_read = std::thread::spawn(move || late.read(0, 4096));
+    std::thread::sleep(Duration::from_millis(100));
+    b.signal(libc::SIGCONT);
+    (acked, late_read.join().unwrap())
+}
+
 /// Site b frozen past the heartbeat timeout: site a is granted the volume and acknowledges new
 /// data alone while b is stopped. A host read sent to b after that acknowledgement (it waits
 /// in b's socket) finds b resumed without a lease: it is held, then refused once b learns it
@@ -127,7 +147,7 @@ fn a_read_held_at_a_resumed_site_that_is_then_fenced_is_refused_never_served_sta
     let mut ca = Client::connect(a.addr, "vol0", false);
     assert_eq!(ca.write(0, &old), 0);
     let mut cb = Client::connect(b.addr, "vol0", false);
-    let mut late = Client::connect(b.addr, "vol0", false);
+    let late = Client::connect(b.addr, "vol0", false);
     assert_eq!(cb.read(0, 4096).unwrap(), old);
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -149,14 +169,7 @@ fn a_read_held_at_a_resumed_site_that_is_then_fenced_is_refused_never_served_sta
         })
     };
     std::thread::sleep(Duration::from_millis(50));
-    b.signal(libc::SIGSTOP);
-    wait_mirror_state(&a, "survivor", PATIENCE);
-    assert_eq!(ca.write(0, &new), 0);
-    let acked = Instant::now();
-    let late_read = std::thread::spawn(move || late.read(0, 4096));
-    std::thread::sleep(Duration::from_millis(100));
-    b.signal(libc::SIGCONT);
-    let got = late_read.join().unwrap();
+    let (acked, got) = read_sent_to_a_resumed_site(&a, &b, &mut ca, late, &new);
     assert!(
         got.as_ref().map_or(true, |d| *d == new),
         "b served the old data for a read sent after a acknowledged the new"
@@ -213,13 +226,7 @@ fn a_read_held_on_the_other_reactor_of_a_resumed_site_that_is_then_fenced_is_nev
         .find(|c| reactor_of(&b, c) == 1)
         .expect("no host of b on reactor 1");
     assert_eq!(late.read(0, 4096).unwrap(), old);
-    b.signal(libc::SIGSTOP);
-    wait_mirror_state(&a, "survivor", PATIENCE);
-    assert_eq!(ca.write(0, &new), 0);
-    let late_read = std::thread::spawn(move || late.read(0, 4096));
-    std::thread::sleep(Duration::from_millis(100));
-    b.signal(libc::SIGCONT);
-    let got = late_read.join().unwrap();
+    let (_, got) = read_sent_to_a_resumed_site(&a, &b, &mut ca, late, &new);
     assert!(
         got.as_ref().map_or(true, |d| *d == new),
         "b's other reactor served the old data for a read sent after a acknowledged the new"
