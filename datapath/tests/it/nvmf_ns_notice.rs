@@ -9,7 +9,6 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use twinblk::daemon::Proto;
 use twinblk_tools::nvmf::{Completion, Controller, Opts, Queue, Sqe};
 
 const NQN: &str = "nqn.2026-11.io.twinblk:live";
@@ -28,12 +27,7 @@ fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf, SocketAddr) {
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
     let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    let nv = d
-        .listeners()
-        .into_iter()
-        .find(|(x, _)| *x == Proto::Nvmf)
-        .unwrap()
-        .1;
+    let nv = crate::harness::nvmf_addr(&d);
     (d, sock, nv)
 }
 

@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
-use twinblk::daemon::Proto;
 use twinblk_tools::nvmf::{Controller, Host, Opts, Queue, ResvReport, Sqe, racqa, rrega, sc};
 
 const LIVE: &str = "nqn.2026-11.io.twinblk:race";
@@ -67,12 +66,7 @@ fn daemon(dir: &Path) -> (twinblk::Daemon, PathBuf, SocketAddr) {
     );
     let cfg = twinblk::control::config::Config::from_toml(&text).expect("test config");
     let d = twinblk::Daemon::start(&cfg).expect("daemon starts");
-    let nv = d
-        .listeners()
-        .into_iter()
-        .find(|(x, _)| *x == Proto::Nvmf)
-        .unwrap()
-        .1;
+    let nv = crate::harness::nvmf_addr(&d);
     (d, sock, nv)
 }
 
