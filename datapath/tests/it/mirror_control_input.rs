@@ -422,7 +422,18 @@ fn a_switchover_whose_wait_ends_during_the_drain_answers_what_became_of_it() {
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
     for (ok, moved, r) in &outcomes {
-        assert_eq!(ok, moved, "the answer and the leadership disagree: {r}");
+        // "Not completed" because the old leader's new role was not on disk yet within the
+        // wait: nothing is rolled back then, the switchover goes on once the state is written
+        // (docs/control.md), so the leadership must have moved; any other "not completed" is
+        // a rollback, and a success a move.
+        let goes_on = r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is not on disk yet"));
+        assert_eq!(
+            *ok || goes_on,
+            *moved,
+            "the answer and the leadership disagree: {r}"
+        );
     }
     drop(proxy);
 }
