@@ -45,6 +45,15 @@ pub fn verdict(may_read: bool, holdable: bool) -> Verdict {
     }
 }
 
+/// Reads refused now may be served soon, so a read is held rather than refused: the site is
+/// mirroring (its lease lapsed, or the link was just lost and the witness is being asked) or a
+/// survivor waiting out its peer's lease, and its replica has not failed. (The one rule for
+/// the home reactor's engine and the other reactors' published state.)
+pub fn may_come(mode: super::mode::Mode, failed: bool) -> bool {
+    use super::mode::Mode;
+    !failed && matches!(mode, Mode::Mirroring | Mode::Survivor)
+}
+
 /// One held read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Held {

@@ -668,9 +668,10 @@ impl RemoteChannel {
         if self.stats.may_read() {
             return held::Verdict::Serve;
         }
-        let soon =
-            !self.stats.failed() && matches!(self.stats.mode(), Mode::Mirroring | Mode::Survivor);
-        held::verdict(false, soon)
+        held::verdict(
+            false,
+            held::may_come(self.stats.mode(), self.stats.failed()),
+        )
     }
 
     fn hand_over(

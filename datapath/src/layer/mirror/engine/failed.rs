@@ -157,7 +157,7 @@ impl Engine {
     /// and the witness is being asked) or a survivor waiting out its peer's lease; never
     /// once the replica failed or in a mode that serves nothing.
     pub fn may_read_soon(&self) -> bool {
-        self.failed.is_none() && matches!(self.mode, Mode::Mirroring | Mode::Survivor)
+        crate::layer::mirror::held::may_come(self.mode, self.failed.is_some())
     }
 
     /// A host read the local device failed in its completion (`Channel::read_failed`): as

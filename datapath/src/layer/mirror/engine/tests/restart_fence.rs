@@ -81,12 +81,14 @@ fn holds_w(s: &Site) -> bool {
 
 /// a's power goes (its device keeps nothing it did not flush) and it restarts: fenced for want
 /// of an answer with its host restarted, it gives the grant the witness holds for it back,
-/// flagged unused (restart_grant.rs), through the failover thread's turn.
+/// flagged unused (restart_grant.rs), through the failover thread's turn; b's failover slot
+/// `sb` is then shown the witness's view, the grant given back.
 fn a_restarts_after_a_power_loss_and_gives_back_unused(
     a: &mut Site,
     wit: &mut Witness,
     io: &mut IoCx,
     rng: &mut Rng,
+    sb: &crate::layer::mirror::failover::FailoverSlot,
 ) -> Arc<crate::layer::mirror::failover::FailoverSlot> {
     use crate::layer::mirror::failover::{FailoverSlot, decide_release};
     use std::sync::atomic::Ordering::SeqCst;
@@ -111,6 +113,8 @@ fn a_restarts_after_a_power_loss_and_gives_back_unused(
     );
     wit.release(1, &sa2, r, true);
     sa2.releasing.store(0, SeqCst);
+    wit.show(sb, 2);
+    assert_eq!(sb.view(), Some((false, 0, 1)), "the grant is given back");
     sa2
 }
 
@@ -144,10 +148,9 @@ fn a_site_restarted_after_a_denial_asks_again_once_the_holders_grant_is_given_ba
         !sb2.want.load(SeqCst),
         "b asks while the peer still holds the group"
     );
-    let sa2 =
-        a_restarts_after_a_power_loss_and_gives_back_unused(&mut a, &mut wit, &mut io, &mut rng);
-    wit.show(&sb2, 2);
-    assert_eq!(sb2.view(), Some((false, 0, 1)), "the grant is given back");
+    let sa2 = a_restarts_after_a_power_loss_and_gives_back_unused(
+        &mut a, &mut wit, &mut io, &mut rng, &sb2,
+    );
     let now = Instant::now();
     b.engine.tick(&mut io, now);
     b.engine.tick(&mut io, now);
@@ -242,10 +245,9 @@ fn a_denial_is_saved_with_the_fence_and_not_acted_on_after_a_host_restart() {
     sb2.members.store(1, SeqCst);
     b.engine.cfg.failover = Some(Arc::clone(&sb2));
     crash_and_restart(&mut b);
-    let _sa2 =
-        a_restarts_after_a_power_loss_and_gives_back_unused(&mut a, &mut wit, &mut io, &mut rng);
-    wit.show(&sb2, 2);
-    assert_eq!(sb2.view(), Some((false, 0, 1)), "the grant is given back");
+    let _sa2 = a_restarts_after_a_power_loss_and_gives_back_unused(
+        &mut a, &mut wit, &mut io, &mut rng, &sb2,
+    );
     for _ in 0..3 {
         b.engine.tick(&mut io, Instant::now());
         while complete_one(&mut b, &mut io, &mut rng) {}
@@ -411,10 +413,8 @@ fn a_denied_site_adopts_the_grant_after_an_unused_give_back_when_its_answer_is_l
             b.engine.tick(&mut io, Instant::now());
         }
         let sa2 = a_restarts_after_a_power_loss_and_gives_back_unused(
-            &mut a, &mut wit, &mut io, &mut rng,
+            &mut a, &mut wit, &mut io, &mut rng, &sb,
         );
-        wit.show(&sb, 2);
-        assert_eq!(sb.view(), Some((false, 0, 1)), "the grant is given back");
         let now = Instant::now();
         b.engine.tick(&mut io, now);
         b.engine.tick(&mut io, now);

@@ -546,26 +546,11 @@ impl Witness {
         slot: &crate::layer::mirror::failover::FailoverSlot,
     ) -> Option<u64> {
         use std::sync::atomic::Ordering::SeqCst;
-        let known = slot
-            .known_epoch
-            .load(SeqCst)
-            .max(slot.learned_epoch.load(SeqCst));
-        slot.asked_epoch.store(known, SeqCst);
-        slot.asked_plain.fetch_max(known + 1, SeqCst);
-        let body = twinblk_witness::proto::Body::GrantRequest {
-            group: Self::GROUP,
-            known: twinblk_witness::Epoch(known),
-            preferred: false,
-        };
-        match self.send(site, body) {
-            twinblk_witness::proto::Body::Grant { view } => {
-                slot.epoch.store(view.epoch.0, SeqCst);
-                slot.known_epoch.store(view.epoch.0, SeqCst);
-                slot.publish_view(site, view.epoch.0, site);
-                Some(view.epoch.0)
-            }
-            _ => None,
-        }
+        let e = self.ask_lost(site, slot)?;
+        slot.epoch.store(e, SeqCst);
+        slot.known_epoch.store(e, SeqCst);
+        slot.publish_view(site, e, site);
+        Some(e)
     }
 
     /// The thread's plain request as [`Witness::ask`], its answer lost: only the asked epoch
