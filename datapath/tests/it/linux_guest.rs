@@ -558,6 +558,101 @@ pub(crate) fn failover_guest(test: &str, wiped: bool) {
     drop((a, b, w));
 }
 
+/// The link-cut scenario (`tools/guest/linux/nvme-split.sh`), test
+/// `nvmf_ana::linux_nvme_multipath_moves_a_fenced_volume_to_its_leaders_site_when_the_link_is_cut`.
+pub(crate) fn split_guest(test: &str) {
+    use crate::nvmf_ana::{NQN, Proxy, site_sized, wait_claims, wait_states};
+    let Some(kit) = guest::kit_or_skip(test) else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let w = crate::failover::WitnessProc::start_with_grace(
+        root.path(),
+        crate::failover::KEY,
+        None,
+        crate::harness::PATIENCE,
+    );
+    let (pa, pb) = (free_port(), free_port());
+    // Each site reaches the other only through a proxy, so the link can be cut.
+    let (mut to_a, mut to_b) = (Proxy::new(pa), Proxy::new(pb));
+    // The host NQN tools/guest/linux/nvme-paths.sh gives the guest, at site b.
+    let hosts = "[[host]]\nname='nqn.2014-08.org.nvmexpress:uuid:5d1a6c1e-7a1b-4c55-9a57-2b1c0e1f7e11'\nsite='b'\n";
+    let mib = (pattern_mib() / 4).max(4);
+    let size = format!("{}MiB", mib);
+    let a = site_sized(root.path(), "a", "b", pa, to_b.port, &w, "", hosts, &size);
+    let b = site_sized(root.path(), "b", "a", pb, to_a.port, &w, "", hosts, &size);
+    for s in [&a, &b] {
+        wait_states(s, &[("va", "up"), ("vb", "up")]);
+    }
+    wait_claims(root.path());
+    let mut args = two_site_args(&a, &b, mib, [("cutat", "2")]);
+    args.retain(|(k, _)| *k != "nqn");
+    args.push(("nqn", NQN.to_string()));
+    let (mut cut, mut restored) = (false, false);
+    let run = guest::boot_acting(
+        kit,
+        "nvme-split",
+        "nvme-split",
+        &args,
+        timeout(),
+        &mut |l| match l {
+            guest::Line::Info { key, .. } if key == "cut-link" && !cut => {
+                to_a.cut();
+                to_b.cut();
+                cut = true;
+                eprintln!("linux guest nvme-split: the link between the sites cut");
+            }
+            guest::Line::Info { key, .. } if key == "restore-link" && cut && !restored => {
+                to_a = Proxy::on(to_a.port, pa);
+                to_b = Proxy::on(to_b.port, pb);
+                restored = true;
+                eprintln!("linux guest nvme-split: the link restored");
+            }
+            _ => {}
+        },
+    );
+    assert_passed(
+        &run,
+        &[
+            "modules",
+            "network",
+            "connect-a",
+            "connect-b",
+            "multipath",
+            "write-through-cut",
+            "paths-split",
+            "paths-mirroring",
+            "disconnect-a-1",
+            "va-at-b",
+            "vb-at-b",
+            "controllers-gone",
+            "kernel-log",
+        ],
+    );
+    for s in [&a, &b] {
+        wait_states(s, &[("va", "up"), ("vb", "up")]);
+    }
+    for v in ["va", "vb"] {
+        let want = run
+            .info(&format!("{v}-md5"))
+            .expect("the guest reported its patterns' md5");
+        for site in ["a", "b"] {
+            let got = md5_prefix(&root.path().join(format!("{site}-{v}.img")), mib << 20);
+            assert_eq!(
+                got, want,
+                "site {site}'s replica of {v} holds the guest's pattern"
+            );
+        }
+    }
+    eprintln!(
+        "linux NVMe/TCP nvme-split guest: {mib} MiB per volume, link cut at MiB 2 among {} rewrite(s) of it, longest MiB write {} ms, guest {:.1} s",
+        run.info("rewrites").unwrap_or("?"),
+        run.info("longest-mib-ms").unwrap_or("?"),
+        run.elapsed.as_secs_f64()
+    );
+    drop((a, b, w, to_a, to_b));
+}
+
 /// The iSCSI failover scenario (`tools/guest/linux/iscsi-failover.sh`), test
 /// `iscsi_alua::linux_iscsi_initiator_carries_on_at_site_b_when_site_a_is_killed`.
 pub(crate) fn iscsi_failover_guest() {

@@ -4,7 +4,8 @@
 //! (a TCP proxy between the sites closes), each site keeps the volume it leads (the witness
 //! grants each volume to its leader) and fences the other. Over NVMe/TCP with the project's
 //! initiator, each site's ANA log shows each group in its own state, and I/O to the fenced
-//! namespace answers ANA Inaccessible (SCT 3h, SC 02h), never a media error.
+//! namespace answers ANA Inaccessible (SCT 3h, SC 02h), never a media error. The same pair
+//! with the link cut under the Linux kernel's initiator is the last test (a guest).
 
 use crate::failover::{KEY, WitnessProc};
 use crate::harness::{Server, free_port, pattern};
@@ -19,7 +20,8 @@ pub(crate) const NQN: &str = "nqn.2026-11.test:two-volumes";
 const ANA_INACCESSIBLE: u16 = 0x302;
 
 /// A TCP proxy to `127.0.0.1:to` that can be cut: open connections are shut down and new
-/// ones refused (its listener closes).
+/// ones refused (its listener closes). A cut link is restored by a new proxy on the same port
+/// ([`Proxy::on`]).
 pub(crate) struct Proxy {
     pub(crate) port: u16,
     cut: Arc<AtomicBool>,
@@ -28,7 +30,23 @@ pub(crate) struct Proxy {
 
 impl Proxy {
     pub(crate) fn new(to: u16) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::on(0, to)
+    }
+
+    /// A proxy listening on `127.0.0.1:port` (0: any free port), e.g. the port of one that
+    /// was cut, so the sites' dials reach the peer again.
+    pub(crate) fn on(port: u16, to: u16) -> Proxy {
+        // (A cut proxy's listener closes within its accept loop's 5 ms nap.)
+        let t = Instant::now();
+        let l = loop {
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(_) if t.elapsed() < Duration::from_secs(2) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("proxy on port {port}: {e}"),
+            }
+        };
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
@@ -101,6 +119,24 @@ pub(crate) fn site_with(
     front: &str,
     tail: &str,
 ) -> Server {
+    site_sized(
+        root, me, peer, listen, peer_port, witness, front, tail, "4MiB",
+    )
+}
+
+/// As [`site_with`], with volumes of `size` (a TOML size string).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn site_sized(
+    root: &Path,
+    me: &str,
+    peer: &str,
+    listen: u16,
+    peer_port: u16,
+    witness: &WitnessProc,
+    front: &str,
+    tail: &str,
+    size: &str,
+) -> Server {
     let d = root.join(me);
     std::fs::create_dir_all(&d).unwrap();
     let key = root.join("witness.key");
@@ -115,7 +151,7 @@ pub(crate) fn site_with(
     );
     for (v, leader) in [("va", "a"), ("vb", "b")] {
         body += &format!(
-            "[[volume]]\nname='{v}'\nbackend='uring'\nsize='4MiB'\npath='{}'\nmirror=true\nleader='{leader}'\n",
+            "[[volume]]\nname='{v}'\nbackend='uring'\nsize='{size}'\npath='{}'\nmirror=true\nleader='{leader}'\n",
             root.join(format!("{me}-{v}.img")).display()
         );
     }
@@ -377,5 +413,22 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
     crate::linux_guest::failover_guest(
         "linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed",
         false,
+    );
+}
+
+/// The link between the sites is cut under the kernel's NVMe/TCP initiator, both sites up
+/// (`tools/guest/linux/nvme-split.sh`): the two volumes of this module (`va` led by site a,
+/// `vb` by site b) with the guest placed at site b by the host list, so Linux sends both
+/// volumes' I/O to site b. The link is cut among the guest's writes; the witness grants each
+/// volume to its leader, site b fences `va` and Linux must move `va`'s writes to site a, a
+/// live path it was not using, because site b answers ANA Inaccessible (a media error would
+/// fail the guest's write). No write fails, both patterns read back, the paths show the split
+/// and, once the link is restored and site b caught `va` up, the mirroring states again; both
+/// patterns then read back through site b alone and are in all four replica files.
+/// (The guest runs in `crate::linux_guest`.)
+#[test]
+fn linux_nvme_multipath_moves_a_fenced_volume_to_its_leaders_site_when_the_link_is_cut() {
+    crate::linux_guest::split_guest(
+        "linux_nvme_multipath_moves_a_fenced_volume_to_its_leaders_site_when_the_link_is_cut",
     );
 }

@@ -212,11 +212,18 @@ impl Engine {
             "mirror: fenced; this site serves no I/O for the volume");
     }
 
-    /// The peer's replica wins (this site fences, or is about to be resynced by a survivor):
-    /// every update still tracked here is given up, its initiator failed (outcome unknown),
-    /// never sent again, and its regions recorded as suspect, since updates applied here (or
-    /// being applied) that the peer never confirmed may be on this replica only: the
-    /// survivor copies those regions too when it resyncs this site.
+    /// The peer's replica wins (this site fences, or is about to be resynced by a survivor),
+    /// or a reconciliation starts: every update still tracked here is given up, never sent
+    /// again, and its regions recorded as suspect, since updates applied here (or being
+    /// applied) that the peer never confirmed may be on this replica only: the survivor
+    /// copies those regions too when it resyncs this site. Its initiator is answered
+    /// `Errno::UNAVAILABLE` (NVMe ANA Inaccessible, SCSI ALUA unavailable): a multipath host
+    /// retries it at the site that serves, and a write, write-zeroes, unmap or flush done
+    /// again there is harmless whether or not it reached a replica here (as EIO, a media
+    /// error, Linux failed the host's write: test
+    /// `failover::a_fenced_site_answers_its_held_updates_unavailable_for_the_host_to_retry_at_the_winner`).
+    /// A compare-and-write is answered EIO: its outcome is unknown, and done again where it
+    /// was applied it would miscompare against itself.
     pub(super) fn give_up_held(&mut self) {
         let mut suspect = self.take_suspect();
         // (With the peer's unflushed regions: handed over now, so forgotten there.)
@@ -237,8 +244,13 @@ impl Engine {
         for k in keys {
             let op = &mut self.ops[k];
             op.stage.confirm();
+            let e = if op.caw {
+                Errno::IO
+            } else {
+                Errno::UNAVAILABLE
+            };
             if let Some((from, tag)) = op.initiator.take() {
-                self.done.push((from, tag, Err(Errno::IO)));
+                self.done.push((from, tag, Err(e)));
             }
             self.settle(k);
         }

@@ -277,6 +277,9 @@ impl Stage {
 pub(super) struct Op {
     pub(super) origin: Origin,
     pub(super) upd: Upd,
+    /// Began as a compare-and-write (`upd` is `Write` once it matched): an initiator whose
+    /// update is given up is told EIO, not to retry it elsewhere (`Engine::give_up_held`).
+    pub(super) caw: bool,
     pub(super) offset: u64,
     pub(super) len: u64,
     pub(super) fua: bool,
@@ -318,6 +321,7 @@ impl Op {
         Self {
             origin,
             upd,
+            caw: upd == Upd::Caw,
             offset,
             len,
             fua,

@@ -52,6 +52,63 @@ fn the_granted_site_finishes_held_writes_and_the_other_fences() {
     }
 }
 
+/// A site that fences (the witness granted its peer) answers the updates it held (its own
+/// unconfirmed ones, its unsent forwards, a flush) as unavailable: NVMe ANA Inaccessible,
+/// SCSI NOT READY / TARGET PORT IN UNAVAILABLE STATE, which a multipath host retries at the
+/// site that won, where writing the same data again is harmless. Before, they failed with
+/// EIO, a media error to NVMe and SCSI that Linux fails the host's write on (the Linux
+/// guest's link cut, `nvmf_ana::linux_nvme_multipath_moves_a_fenced_volume_...`, saw a dd
+/// fail with it). A compare-and-write's outcome is unknown (the winner may have applied it,
+/// and compared again there it would miscompare against itself): still an I/O error.
+#[test]
+fn a_fenced_site_answers_its_held_updates_unavailable_for_the_host_to_retry_at_the_winner() {
+    use crate::layer::mirror::failover::{DENIED, GRANTED};
+    use std::sync::atomic::Ordering::SeqCst;
+    for grant_to_a in [true, false] {
+        let mut io = IoCx::new(8, 2, 4096, 4).expect("ring");
+        let mut rng = Rng(11);
+        let (mut a, sa) = with_witness(Role::Leader);
+        let (mut b, sb) = with_witness(Role::Follower);
+        a.engine.link_up(&mut io);
+        b.engine.link_up(&mut io);
+        let mut slot = 0;
+        for s in [&mut a, &mut b] {
+            for _ in 0..10 {
+                submit(s, &mut io, &mut rng, &mut slot);
+            }
+            submit_caw(s, &mut io, &mut slot, 0);
+            flush_at(s, &mut io, &mut slot);
+        }
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        break_link(&mut a, &mut b);
+        let now = Instant::now();
+        both_ask(&mut a, &mut b, &mut io, now);
+        let (win, lose) = if grant_to_a { (&sa, &sb) } else { (&sb, &sa) };
+        win.epoch.store(1, SeqCst);
+        win.outcome.store(GRANTED, SeqCst);
+        lose.outcome.store(DENIED, SeqCst);
+        a.engine.tick(&mut io, now);
+        b.engine.tick(&mut io, now);
+        while complete_one(&mut a, &mut io, &mut rng) || complete_one(&mut b, &mut io, &mut rng) {}
+        collect(&mut a);
+        collect(&mut b);
+        let lose = if grant_to_a { &b } else { &a };
+        assert_eq!(lose.engine.mode(), Mode::Fenced);
+        assert_eq!(
+            (lose.outstanding, lose.ok),
+            (0, 0),
+            "answered every request, none ok"
+        );
+        assert_eq!(lose.errors.len(), 11, "ten updates and a flush failed");
+        assert!(
+            lose.errors.iter().all(|e| *e == Errno::UNAVAILABLE),
+            "grant to a: {grant_to_a}: {:?}",
+            lose.errors
+        );
+        assert_eq!(lose.caw_errors, vec![Errno::IO], "grant to a: {grant_to_a}");
+    }
+}
+
 #[test]
 fn a_fenced_leader_gets_back_the_regions_only_it_had_applied() {
     let (mut a, mut b, mut io, mut rng) = fenced_leader_with_unconfirmed_updates();

@@ -93,12 +93,16 @@ struct Site {
     outstanding: usize,
     ok: usize,
     failed: usize,
+    /// The errors of those failed (plain updates and flushes), in the order answered.
+    errors: Vec<Errno>,
     /// Slots of this site's compare-and-writes in flight.
     caws: std::collections::HashSet<u32>,
     caw_ok: usize,
     caw_miscompare: usize,
     /// Compare-and-writes failed with an I/O error (outcome unknown: link drops).
     caw_failed: usize,
+    /// Their errors.
+    caw_errors: Vec<Errno>,
     /// Slots of compare-and-writes on the hot blocks (racing plain writes).
     hot_caws: std::collections::HashSet<u32>,
     /// Their outcomes: written, miscompared, failed.
@@ -146,10 +150,12 @@ fn site(role: Role, timeout: Duration) -> Site {
         outstanding: 0,
         ok: 0,
         failed: 0,
+        errors: Vec::new(),
         caws: Default::default(),
         caw_ok: 0,
         caw_miscompare: 0,
         caw_failed: 0,
+        caw_errors: Vec::new(),
         hot_caws: Default::default(),
         hot: [0; 3],
     }
@@ -237,13 +243,19 @@ fn collect(s: &mut Site) {
             match r {
                 Ok(()) => s.caw_ok += 1,
                 Err(Errno::MISCOMPARE) => s.caw_miscompare += 1,
-                Err(_) => s.caw_failed += 1,
+                Err(e) => {
+                    s.caw_failed += 1;
+                    s.caw_errors.push(e);
+                }
             }
             continue;
         }
         match r {
             Ok(()) => s.ok += 1,
-            Err(_) => s.failed += 1,
+            Err(e) => {
+                s.failed += 1;
+                s.errors.push(e);
+            }
         }
     }
 }
