@@ -12,9 +12,10 @@
 //! - records the failed update's region, and every region of an update it still tracks (not
 //!   confirmed by the peer), as *suspect* (`give_up_held`, as a fence does), so the peer
 //!   copies them back when this site is resynced;
-//! - fails every held request (EIO: outcome unknown) and serves nothing more for the volume
-//!   (reads and writes EIO, path state inaccessible), until the daemon restarts with a
-//!   working device;
+//! - fails every held request, the failed one among them (unavailable, as a fence does:
+//!   NVMe ANA Inaccessible, so a multipath host retries it at the peer; a compare-and-write
+//!   EIO, its outcome unknown) and serves nothing more for the volume (path state
+//!   inaccessible), until the daemon restarts with a working device;
 //! - persists the *fenced* replica state (the session decision then makes this site the
 //!   target of the survivor's resync);
 //! - drops the link (the peer fails over through the witness), withdraws its preferred claim
@@ -170,7 +171,7 @@ impl Engine {
     /// This site may hold the volume's only current copy: a survivor, or a resync source
     /// still waiting to hear its target has everything (`source_unsure` makes it a mirroring
     /// site that lost its peer: the target may not have finished).
-    fn only_current_copy(&self) -> bool {
+    pub(super) fn only_current_copy(&self) -> bool {
         self.mode == Mode::Survivor || self.resync.is_some()
     }
 

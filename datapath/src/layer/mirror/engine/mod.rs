@@ -1267,11 +1267,18 @@ impl Engine {
         if upd == Upd::Flush {
             self.al_flush_done(k, r.is_ok());
         }
+        // A device error at a site whose peer takes the volume over (its replica fails below,
+        // `local_failure`): the request is answered as the fence answers the others it held
+        // (`give_up_held`: unavailable, retried by a multipath host at the peer; a
+        // compare-and-write EIO).
+        let handed_over = device && !self.only_current_copy();
         {
             let op = &mut self.ops[k];
             op.applying -= 1;
             if let Err(e) = r {
-                op.apply_err = Some(e);
+                let retry_there =
+                    handed_over && e != Errno::MISCOMPARE && !op.caw && upd != Upd::ResyncRead;
+                op.apply_err = Some(if retry_there { Errno::UNAVAILABLE } else { e });
             } else {
                 op.applied = true;
             }

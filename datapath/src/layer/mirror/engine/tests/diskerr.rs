@@ -173,6 +173,8 @@ fn a_write_failing_at_the_follower_fails_its_replica_and_the_leader_serves_alone
     );
     assert_eq!(p.a.engine.mode(), Mode::Survivor);
     assert_eq!(p.b.outstanding, 0, "the failed site left requests");
+    // Its own write, held: unavailable, for its host to retry at the leader (was EIO).
+    assert_eq!((p.b.ok, p.b.errors.clone()), (0, vec![Errno::UNAVAILABLE]));
     assert_eq!(p.asked, [true, false], "the failed site asked for a grant");
     assert_failed(&mut p.b, &mut p.io);
     assert!(
@@ -196,7 +198,8 @@ fn a_write_failing_at_the_follower_fails_its_replica_and_the_leader_serves_alone
 }
 
 /// A write fails at the leader's replica after the follower applied it: the leader answers
-/// EIO, fails its replica (the region suspect) and drops the link; the follower is granted
+/// it, and the other write it held, as unavailable (NVMe ANA Inaccessible: a multipath host
+/// retries them at the follower; before, EIO, a media error), fails its replica (the region suspect) and drops the link; the follower is granted
 /// the volume and acknowledges its writes alone; the leader, restarted with a working
 /// device, gets the follower's copy of that region back.
 #[test]
@@ -225,6 +228,11 @@ fn a_write_failing_at_the_leader_fails_its_replica_and_the_follower_serves_alone
     assert_eq!(p.b.engine.mode(), Mode::Survivor);
     assert_eq!(p.a.outstanding, 0, "the failed site left requests");
     assert!(p.a.failed >= 1, "the failed write was acknowledged");
+    assert!(
+        p.a.errors.iter().all(|e| *e == Errno::UNAVAILABLE),
+        "answered as unavailable (the follower has them): {:?}",
+        p.a.errors
+    );
     assert_eq!(p.asked, [false, true], "the failed site asked for a grant");
     assert_failed(&mut p.a, &mut p.io);
     assert!(
