@@ -15,7 +15,7 @@ use crate::iscsi::two_sites;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// MiB of each pattern the guest writes (`TWINBLK_GUEST_MIB` overrides; the volume is 64 MiB).
 fn pattern_mib() -> u64 {
@@ -585,10 +585,11 @@ pub(crate) fn split_guest(test: &str) {
         wait_states(s, &[("va", "up"), ("vb", "up")]);
     }
     wait_claims(root.path());
-    let mut args = two_site_args(&a, &b, mib, [("cutat", "2")]);
+    let mut args = two_site_args(&a, &b, mib, [("switchat", "1"), ("cutat", "2")]);
     args.retain(|(k, _)| *k != "nqn");
     args.push(("nqn", NQN.to_string()));
     let (mut cut, mut restored) = (false, false);
+    let mut switched: Option<(serde_json::Value, Duration)> = None;
     let run = guest::boot_acting(
         kit,
         "nvme-split",
@@ -596,6 +597,16 @@ pub(crate) fn split_guest(test: &str) {
         &args,
         timeout(),
         &mut |l| match l {
+            guest::Line::Info { key, .. } if key == "switch-vb" && switched.is_none() => {
+                // Asked at site b, the leader, while the guest writes vb through it.
+                let t = Instant::now();
+                let r = b.rpc_with(
+                    "mirror_switchover",
+                    serde_json::json!({"volume": "vb", "to": "a"}),
+                );
+                eprintln!("linux guest nvme-split: vb switched over to a: {r}");
+                switched = Some((r, t.elapsed()));
+            }
             guest::Line::Info { key, .. } if key == "cut-link" && !cut => {
                 to_a.cut();
                 to_b.cut();
@@ -619,6 +630,7 @@ pub(crate) fn split_guest(test: &str) {
             "connect-a",
             "connect-b",
             "multipath",
+            "paths-switched",
             "write-through-cut",
             "paths-split",
             "paths-mirroring",
@@ -628,6 +640,23 @@ pub(crate) fn split_guest(test: &str) {
             "controllers-gone",
             "kernel-log",
         ],
+    );
+    // The switchover moved vb's leadership while the guest rewrote it (its 5 s window).
+    let (r, took) = switched.expect("the guest asked for the switchover");
+    let vol = &r["result"]["volumes"][0];
+    assert_eq!(
+        (vol["leader"].as_str(), vol["changed"].as_bool()),
+        (Some("a"), Some(true)),
+        "vb's switchover: {r}"
+    );
+    let window_ms: u64 = run
+        .info("switch-window")
+        .and_then(|w| w.split(' ').next())
+        .and_then(|ms| ms.parse().ok())
+        .expect("the guest reported its switchover window");
+    assert!(
+        took < Duration::from_millis(window_ms),
+        "the switchover took {took:?}, longer than the guest's writes around it ({window_ms} ms)"
     );
     for s in [&a, &b] {
         wait_states(s, &[("va", "up"), ("vb", "up")]);
@@ -645,7 +674,8 @@ pub(crate) fn split_guest(test: &str) {
         }
     }
     eprintln!(
-        "linux NVMe/TCP nvme-split guest: {mib} MiB per volume, link cut at MiB 2 among {} rewrite(s) of it, longest MiB write {} ms, guest {:.1} s",
+        "linux NVMe/TCP nvme-split guest: {mib} MiB per volume, vb switched over in {took:?} ({}), link cut at MiB 2 among {} rewrite(s) of it (va+vb), longest MiB write {} ms, guest {:.1} s",
+        run.info("switch-window").unwrap_or("?"),
         run.info("rewrites").unwrap_or("?"),
         run.info("longest-mib-ms").unwrap_or("?"),
         run.elapsed.as_secs_f64()

@@ -1,28 +1,33 @@
-# Scenario `nvme-split` (sourced by /init): the replication link between the two sites is cut
-# under the kernel's NVMe/TCP initiator while both sites stay up. Two mirrored volumes in one
-# subsystem: va (namespace 1) led by site a, vb (namespace 2) led by site b. The host list
-# places this host at site b, so both namespaces' paths through site b are ANA optimized and
-# site a's non-optimized: Linux sends every I/O to site b. The guest writes a pattern to each
-# namespace head, a MiB of va then a MiB of vb (O_DIRECT, each MiB flushed). At MiB tb.cutat a
-# background loop starts rewriting that MiB of va, the guest asks the host to cut the link
-# (info `cut-link`), and the loop goes on until va's path through site b is no longer
-# optimized and two more rewrites are done, so the cut lands among writes in flight at site
-# b (each MiB is several commands). The witness grants each
-# volume to its leader: site b fences va (its path inaccessible, a live path that answers) and
-# Linux must carry va's writes over to site a, a path it was not using; vb stays at site b. No
-# write may fail and both patterns must read back through the heads; then va's path through
-# site a is optimized and through site b inaccessible, vb's the other way round. The guest
-# then asks the host to restore the link (info `restore-link`): once site b has caught va up
-# from site a, both namespaces' paths through site b are optimized again and site a's
-# non-optimized (90 s at most), and with site a's controller disconnected both patterns read
-# back through site b alone.
+# Scenario `nvme-split` (sourced by /init): a planned switchover, then a cut of the replication
+# link between the two sites, under the kernel's NVMe/TCP initiator, both sites up. Two
+# mirrored volumes in one subsystem: va (namespace 1) led by site a, vb (namespace 2) led by
+# site b. The host list places this host at site b, so both namespaces' paths through site b
+# are ANA optimized and site a's non-optimized, whichever site leads: Linux sends every I/O
+# to site b. The guest writes a pattern to each namespace head, a MiB of va then a MiB of vb
+# (O_DIRECT, each MiB flushed). At MiB tb.switchat a background loop rewrites that MiB of vb
+# for 5 s while the guest asks the host to move vb's leadership to site a (info `switch-vb`,
+# `mirror_switchover`): no write may fail and the paths stay as they were. At MiB tb.cutat
+# background loops rewrite that MiB of both volumes while the guest asks the host to cut the
+# link (info `cut-link`), until both volumes' paths through site b are no longer optimized
+# and two more rewrites of each are done, so the cut lands among writes in flight at site b
+# (each MiB is several commands). The witness grants each volume to its leader, now site a
+# for both: site b fences them (its paths inaccessible, live paths that answer) and Linux must
+# carry both volumes' writes over to site a, paths it was not using. No write may fail and
+# both patterns must read back through the heads; both volumes' paths through site a are then
+# optimized and through site b inaccessible. The guest then asks the host to restore the link
+# (info `restore-link`): once site b has caught up from site a, both namespaces' paths through
+# site b are optimized again and site a's non-optimized (90 s at most), and with site a's
+# controller disconnected both patterns read back through site b alone.
 #
 # Kernel command line: tb.host, tb.porta, tb.portb (the sites' NVMe/TCP listeners), tb.nqn,
-# tb.mib (MiB written to each volume), tb.cutat (the MiB at which the link is cut).
-# Infos: va-md5, vb-md5, cut-link, restore-link, rewrites, longest-mib-ms.
+# tb.mib (MiB written to each volume), tb.switchat and tb.cutat (the MiBs at which vb is
+# switched over and the link is cut, below tb.mib).
+# Infos: va-md5, vb-md5, switch-vb, switch-window (how long vb was rewritten around the
+# switchover), cut-link, restore-link, rewrites (of each volume during the cut), longest-mib-ms.
 H=${tb_host:-10.0.2.2}
 NQN=$tb_nqn
 MIB=${tb_mib:-8}
+SWITCHAT=${tb_switchat:-1}
 CUTAT=${tb_cutat:-2}
 . /etc/twinblk/nvme-paths.sh
 
@@ -70,8 +75,40 @@ put() {
     [ "$ms" -gt "$LONGEST" ] && LONGEST=$ms
 }
 
+# bg_start NAME FILE DEV I: MiB I of FILE rewritten through DEV in the background until
+# /tmp/stop-NAME exists (each failure a line of /tmp/failed-NAME, each rewrite's milliseconds
+# a line of /tmp/rewrites-NAME); its pid in BG_NAME
+bg_start() {
+    rm -f "/tmp/stop-$1" "/tmp/failed-$1"
+    : > "/tmp/rewrites-$1"
+    (
+        while [ ! -e "/tmp/stop-$1" ]; do
+            t=$(uptime_s)
+            dd if="$2" of="$3" bs=1M count=1 skip="$4" seek="$4" oflag=direct conv=fsync 2> "/tmp/bg-$1.err" ||
+                echo "$(tr '\n' ' ' < "/tmp/bg-$1.err")" >> "/tmp/failed-$1"
+            echo "$(ms_since "$t")" >> "/tmp/rewrites-$1"
+        done
+    ) &
+    eval "BG_$1=$!"
+}
+# rewrites NAME: how many rewrites NAME's loop has done
+rewrites() { wc -l < "/tmp/rewrites-$1"; }
+# bg_stop NAME WHAT: stop NAME's loop; its rewrites in REWRITES, its longest in LONGEST, its
+# failures added to FAILED (as WHAT)
+bg_stop() {
+    touch "/tmp/stop-$1"
+    eval "wait \$BG_$1"
+    REWRITES=$(rewrites "$1")
+    for ms in $(cat "/tmp/rewrites-$1"); do
+        [ "$ms" -gt "$LONGEST" ] && LONGEST=$ms
+    done
+    [ -s "/tmp/failed-$1" ] && FAILED="$FAILED $2:$(tr '\n' ' ' < "/tmp/failed-$1")"
+}
+# b_optimized: a path through site b is still optimized
+b_optimized() { [ "$(ana_ns b 1)" = optimized ] || [ "$(ana_ns b 2)" = optimized ]; }
+
 MIRRORING="va non-optimized/optimized vb non-optimized/optimized"
-SPLIT="va optimized/inaccessible vb inaccessible/optimized"
+SPLIT="va optimized/inaccessible vb optimized/inaccessible"
 if connect a "$tb_porta" && connect b "$tb_portb"; then
     HA=$(head_of 1)
     HB=$(head_of 2)
@@ -90,65 +127,68 @@ if connect a "$tb_porta" && connect b "$tb_portb"; then
         info vb-md5 "$wb"
         FAILED=
         LONGEST=0
-        REWRITES=0
         SEEN=
+        CUT_REWRITES=0
         i=0
         t0=$(uptime_s)
         while [ $i -lt "$MIB" ]; do
             put /tmp/pa "/dev/$HA" $i
+            put /tmp/pb "/dev/$HB" $i
+            if [ $i -eq "$SWITCHAT" ]; then
+                # vb's leadership moves to site a while its writes go on through site b.
+                bg_start sw /tmp/pb "/dev/$HB" $i
+                sleep 0.2
+                t=$(uptime_s)
+                info switch-vb "at MiB $i, $t s"
+                sleep 5
+                bg_stop sw "vb@$i (background, switchover)"
+                info switch-window "$(ms_since "$t") ms, $REWRITES rewrites"
+                if [ "$(paths)" = "$MIRRORING" ]; then
+                    check paths-switched PASS "$(paths) after vb's switchover"
+                else
+                    check paths-switched FAIL "'$(paths)' after vb's switchover, want '$MIRRORING'"
+                fi
+            fi
             if [ $i -eq "$CUTAT" ]; then
-                # MiB CUTAT of va rewritten in the background (each failure to /tmp/failed,
-                # each rewrite's milliseconds a line of /tmp/rewrites) while the link is cut.
-                rm -f /tmp/stop /tmp/failed
-                : > /tmp/rewrites
-                (
-                    while [ ! -e /tmp/stop ]; do
-                        t=$(uptime_s)
-                        dd if=/tmp/pa of="/dev/$HA" bs=1M count=1 skip="$i" seek="$i" oflag=direct conv=fsync 2> /tmp/bg.err ||
-                            echo "$(tr '\n' ' ' < /tmp/bg.err)" >> /tmp/failed
-                        echo "$(ms_since "$t")" >> /tmp/rewrites
-                    done
-                ) &
-                BG=$!
+                # The link cut while both volumes' writes are in flight at site b.
+                bg_start ca /tmp/pa "/dev/$HA" $i
+                bg_start cb /tmp/pb "/dev/$HB" $i
                 sleep 0.2
                 info cut-link "at MiB $i, $(uptime_s) s"
                 j=0
-                while [ "$(ana_ns b 1)" = optimized ] && [ $j -lt 200 ]; do
+                while b_optimized && [ $j -lt 200 ]; do
                     sleep 0.1
                     j=$((j + 1))
                 done
-                [ "$(ana_ns b 1)" = optimized ] || SEEN="va's path through b $(ana_ns b 1) after $((j * 100)) ms"
-                n=$(wc -l < /tmp/rewrites)
+                b_optimized || SEEN="no path through b optimized after $((j * 100)) ms"
+                na=$(rewrites ca)
+                nb=$(rewrites cb)
                 j=0
-                while [ "$(wc -l < /tmp/rewrites)" -lt $((n + 2)) ] && [ $j -lt 300 ]; do
+                while { [ "$(rewrites ca)" -lt $((na + 2)) ] || [ "$(rewrites cb)" -lt $((nb + 2)) ]; } && [ $j -lt 300 ]; do
                     sleep 0.1
                     j=$((j + 1))
                 done
-                touch /tmp/stop
-                wait $BG
-                REWRITES=$(wc -l < /tmp/rewrites)
-                for ms in $(cat /tmp/rewrites); do
-                    [ "$ms" -gt "$LONGEST" ] && LONGEST=$ms
-                done
-                [ -s /tmp/failed ] && FAILED="$FAILED va@$i (background):$(tr '\n' ' ' < /tmp/failed)"
+                bg_stop ca "va@$i (background, cut)"
+                ra=$REWRITES
+                bg_stop cb "vb@$i (background, cut)"
+                CUT_REWRITES="$ra+$REWRITES"
             fi
-            put /tmp/pb "/dev/$HB" $i
             i=$((i + 1))
         done
-        info rewrites "$REWRITES"
+        info rewrites "$CUT_REWRITES"
         info longest-mib-ms "$LONGEST"
         ga=$(dd if="/dev/$HA" bs=1M count="$MIB" iflag=direct 2> /tmp/dd.err | md5sum | cut -d' ' -f1)
         gb=$(dd if="/dev/$HB" bs=1M count="$MIB" iflag=direct 2>> /tmp/dd.err | md5sum | cut -d' ' -f1)
         if [ -z "$SEEN" ]; then
-            check write-through-cut FAIL "va's path through b stayed optimized 20 s after the cut ($REWRITES rewrites of MiB $CUTAT)"
+            check write-through-cut FAIL "a path through b stayed optimized 20 s after the cut ($(paths); $CUT_REWRITES rewrites of MiB $CUTAT)"
         elif [ -n "$FAILED" ]; then
             check write-through-cut FAIL "MiB writes failed:$FAILED"
         elif [ "$ga" != "$wa" ] || [ "$gb" != "$wb" ]; then
             check write-through-cut FAIL "read back va $ga (wrote $wa), vb $gb (wrote $wb) $(tr '\n' ' ' < /tmp/dd.err)"
         else
-            check write-through-cut PASS "$MIB MiB to each volume in ${t0}s..$(uptime_s)s, link cut at MiB $CUTAT among $REWRITES rewrites of it ($SEEN), no write failed, longest MiB ${LONGEST} ms; both read back as written"
+            check write-through-cut PASS "$MIB MiB to each volume in ${t0}s..$(uptime_s)s, vb switched over at MiB $SWITCHAT, the link cut at MiB $CUTAT among $CUT_REWRITES rewrites of it ($SEEN), no write failed, longest MiB ${LONGEST} ms; both read back as written"
         fi
-        # Each volume at the site that leads it (20 s at most: ANA change notices, log reads).
+        # Both volumes at site a, which leads them (20 s at most: ANA change notices, log reads).
         if wait_paths "$SPLIT" 200; then
             check paths-split PASS "$(paths)"
         else
