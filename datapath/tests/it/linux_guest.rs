@@ -580,7 +580,7 @@ pub(crate) fn split_guest(test: &str) {
     let mib = (pattern_mib() / 4).max(4);
     let size = format!("{}MiB", mib);
     let a = site_sized(root.path(), "a", "b", pa, to_b.port, &w, "", hosts, &size);
-    let b = site_sized(root.path(), "b", "a", pb, to_a.port, &w, "", hosts, &size);
+    let mut b = site_sized(root.path(), "b", "a", pb, to_a.port, &w, "", hosts, &size);
     for s in [&a, &b] {
         wait_states(s, &[("va", "up"), ("vb", "up")]);
     }
@@ -588,7 +588,7 @@ pub(crate) fn split_guest(test: &str) {
     let mut args = two_site_args(&a, &b, mib, [("switchat", "1"), ("cutat", "2")]);
     args.retain(|(k, _)| *k != "nqn");
     args.push(("nqn", NQN.to_string()));
-    let (mut cut, mut restored) = (false, false);
+    let (mut cut, mut restored, mut stopped) = (false, false, None);
     let mut switched: Option<(serde_json::Value, Duration)> = None;
     let run = guest::boot_acting(
         kit,
@@ -619,6 +619,12 @@ pub(crate) fn split_guest(test: &str) {
                 restored = true;
                 eprintln!("linux guest nvme-split: the link restored");
             }
+            guest::Line::Info { key, .. } if key == "stop-b" && restored && stopped.is_none() => {
+                // Mirroring again (the guest saw the paths): site b's clean stop.
+                let clean = b.stop();
+                eprintln!("linux guest nvme-split: site b stopped (SIGTERM), exit 0: {clean}");
+                stopped = Some(clean);
+            }
             _ => {}
         },
     );
@@ -637,6 +643,10 @@ pub(crate) fn split_guest(test: &str) {
             "disconnect-a-1",
             "va-at-b",
             "vb-at-b",
+            "reconnect-a",
+            "write-through-stop",
+            "va-at-a",
+            "vb-at-a",
             "controllers-gone",
             "kernel-log",
         ],
@@ -658,9 +668,9 @@ pub(crate) fn split_guest(test: &str) {
         took < Duration::from_millis(window_ms),
         "the switchover took {took:?}, longer than the guest's writes around it ({window_ms} ms)"
     );
-    for s in [&a, &b] {
-        wait_states(s, &[("va", "up"), ("vb", "up")]);
-    }
+    assert_eq!(stopped, Some(true), "site b's clean stop (exit 0)");
+    // Site a serves both volumes alone since site b's stop.
+    wait_states(&a, &[("va", "survivor"), ("vb", "survivor")]);
     for v in ["va", "vb"] {
         let want = run
             .info(&format!("{v}-md5"))

@@ -420,7 +420,7 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
 /// initiator, both sites up (`tools/guest/linux/nvme-split.sh`): the two volumes of this
 /// module (`va` led by site a, `vb` by site b) with the guest placed at site b by the host
 /// list, so Linux sends both volumes' I/O to site b. While the guest rewrites `vb` through
-/// site b, its leadership moves to site a (`mirror_switchover`, asked at b): no write fails, the
+/// site b, its leadership moves to site a (`mirror_switchover`, asked at b, within 3 s of writes): no write fails, the
 /// paths stay as they were, and the switchover answers done within the guest's writes. The
 /// link is then cut among the guest's writes to both volumes; the witness grants each volume
 /// to its leader (site a), site b fences both and Linux must move their writes to site a, live
@@ -428,7 +428,8 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
 /// ANA Inaccessible (a media error would fail the guest's write). No write fails, both
 /// patterns read back, the paths show both volumes at site a and, once the link is restored
 /// and site b caught up, the mirroring states again; both patterns then read back through
-/// site b alone and are in all four replica files.
+/// site b alone. Last, site b is stopped cleanly (SIGTERM) among writes in flight there: none
+/// fails, both patterns read back through site a, and are in all four replica files.
 /// (The guest runs in `crate::linux_guest`.)
 #[test]
 fn linux_nvme_multipath_moves_a_fenced_volume_to_its_leaders_site_when_the_link_is_cut() {

@@ -5,7 +5,7 @@
 # are ANA optimized and site a's non-optimized, whichever site leads: Linux sends every I/O
 # to site b. The guest writes a pattern to each namespace head, a MiB of va then a MiB of vb
 # (O_DIRECT, each MiB flushed). At MiB tb.switchat a background loop rewrites that MiB of vb
-# for 5 s while the guest asks the host to move vb's leadership to site a (info `switch-vb`,
+# for 3 s while the guest asks the host to move vb's leadership to site a (info `switch-vb`,
 # `mirror_switchover`): no write may fail and the paths stay as they were. At MiB tb.cutat
 # background loops rewrite that MiB of both volumes while the guest asks the host to cut the
 # link (info `cut-link`), until both volumes' paths through site b are no longer optimized
@@ -17,13 +17,17 @@
 # optimized and through site b inaccessible. The guest then asks the host to restore the link
 # (info `restore-link`): once site b has caught up from site a, both namespaces' paths through
 # site b are optimized again and site a's non-optimized (90 s at most), and with site a's
-# controller disconnected both patterns read back through site b alone.
+# controller disconnected both patterns read back through site b alone. Last, site a's
+# controller connected again, the host stops site b cleanly (info `stop-b`, SIGTERM: planned
+# maintenance) while background loops rewrite a MiB of each volume through it: no write may
+# fail and both patterns read back, through site a.
 #
 # Kernel command line: tb.host, tb.porta, tb.portb (the sites' NVMe/TCP listeners), tb.nqn,
 # tb.mib (MiB written to each volume), tb.switchat and tb.cutat (the MiBs at which vb is
 # switched over and the link is cut, below tb.mib).
 # Infos: va-md5, vb-md5, switch-vb, switch-window (how long vb was rewritten around the
-# switchover), cut-link, restore-link, rewrites (of each volume during the cut), longest-mib-ms.
+# switchover), cut-link, restore-link, rewrites (of each volume during the cut), longest-mib-ms,
+# stop-b.
 H=${tb_host:-10.0.2.2}
 NQN=$tb_nqn
 MIB=${tb_mib:-8}
@@ -140,7 +144,7 @@ if connect a "$tb_porta" && connect b "$tb_portb"; then
                 sleep 0.2
                 t=$(uptime_s)
                 info switch-vb "at MiB $i, $t s"
-                sleep 5
+                sleep 3
                 bg_stop sw "vb@$i (background, switchover)"
                 info switch-window "$(ms_since "$t") ms, $REWRITES rewrites"
                 if [ "$(paths)" = "$MIRRORING" ]; then
@@ -201,6 +205,40 @@ if connect a "$tb_porta" && connect b "$tb_portb"; then
             disconnect a 1
             readback "/dev/$HA" "$wa" va-at-b
             readback "/dev/$HB" "$wb" vb-at-b
+            # Site a back, then site b stopped cleanly (planned maintenance) among writes in
+            # flight there: Linux must carry them over to site a.
+            if connect a "$tb_porta" reconnect-a && wait_paths "$MIRRORING" 300; then
+                FAILED=
+                bg_start sa /tmp/pa "/dev/$HA" 0
+                bg_start sb /tmp/pb "/dev/$HB" 0
+                sleep 0.2
+                info stop-b "$(uptime_s) s"
+                j=0
+                while [ "$(cat /sys/class/nvme/$CTRL_b/state 2> /dev/null)" = live ] && [ $j -lt 300 ]; do
+                    sleep 0.1
+                    j=$((j + 1))
+                done
+                st=$(cat /sys/class/nvme/$CTRL_b/state 2> /dev/null)
+                na=$(rewrites sa)
+                nb=$(rewrites sb)
+                j=0
+                while { [ "$(rewrites sa)" -lt $((na + 2)) ] || [ "$(rewrites sb)" -lt $((nb + 2)) ]; } && [ $j -lt 300 ]; do
+                    sleep 0.1
+                    j=$((j + 1))
+                done
+                bg_stop sa "va@0 (background, stop)"
+                ra=$REWRITES
+                bg_stop sb "vb@0 (background, stop)"
+                if [ "$st" = live ]; then
+                    check write-through-stop FAIL "site b's controller still live 30 s after its stop was asked"
+                elif [ -n "$FAILED" ]; then
+                    check write-through-stop FAIL "MiB writes failed:$FAILED"
+                else
+                    check write-through-stop PASS "site b stopped among $ra+$REWRITES rewrites (its controller $st), no write failed, $(paths)"
+                fi
+                readback "/dev/$HA" "$wa" va-at-a
+                readback "/dev/$HB" "$wb" vb-at-a
+            fi
         else
             check paths-mirroring FAIL "'$(paths)' after 90 s, want '$MIRRORING'"
         fi
