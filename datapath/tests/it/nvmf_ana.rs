@@ -420,9 +420,9 @@ fn linux_nvme_multipath_carries_on_at_site_b_when_site_a_is_killed() {
 /// initiator, both sites up (`tools/guest/linux/nvme-split.sh`): the two volumes of this
 /// module (`va` led by site a, `vb` by site b) with the guest placed at site b by the host
 /// list, so Linux sends both volumes' I/O to site b. While the guest rewrites `vb` through
-/// site b, its leadership moves to site a (`mirror_switchover`, asked at b, within 3 s of writes): no write fails, the
-/// paths stay as they were, and the switchover answers done within the guest's writes. The
-/// link is then cut among the guest's writes to both volumes; the witness grants each volume
+/// site b for 3 s, its leadership moves to site a (`mirror_switchover`, asked at b): no write
+/// fails, the paths stay as they were, and the switchover answers done within the guest's
+/// writes. The link is then cut among the guest's writes to both volumes; the witness grants each volume
 /// to its leader (site a), site b fences both and Linux must move their writes to site a, live
 /// paths it was not using, because site b answers the writes it held ANA Transition and then
 /// ANA Inaccessible (a media error would fail the guest's write). No write fails, both
