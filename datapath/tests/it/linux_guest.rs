@@ -577,7 +577,7 @@ pub(crate) fn split_guest(test: &str) {
     let (mut to_a, mut to_b) = (Proxy::new(pa), Proxy::new(pb));
     // The host NQN tools/guest/linux/nvme-paths.sh gives the guest, at site b.
     let hosts = "[[host]]\nname='nqn.2014-08.org.nvmexpress:uuid:5d1a6c1e-7a1b-4c55-9a57-2b1c0e1f7e11'\nsite='b'\n";
-    let mib = (pattern_mib() / 4).max(4);
+    let mib = (pattern_mib() / 8).max(4);
     let size = format!("{}MiB", mib);
     let a = site_sized(root.path(), "a", "b", pa, to_b.port, &w, "", hosts, &size);
     let mut b = site_sized(root.path(), "b", "a", pb, to_a.port, &w, "", hosts, &size);
