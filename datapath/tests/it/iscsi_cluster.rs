@@ -1,16 +1,40 @@
 //! What hypervisor clusters do over iSCSI against the two sites of a mirrored volume: a
 //! Windows failover cluster's SCSI-3 persistent reservations (nodes registered through both
 //! sites, the owner node removing the keys of nodes that left with PREEMPT, then a planned
-//! switchover of the volume's leadership), and ESXi's ATS heartbeats (COMPARE AND WRITE of one
-//! block from hosts at both sites on one LBA, with writes elsewhere interleaved).
+//! switchover of the volume's leadership; a failover and the failed site's restart with a
+//! stale APTPL file), and ESXi's ATS heartbeats (COMPARE AND WRITE of one block from hosts at
+//! both sites on one LBA, with writes elsewhere interleaved, also while the leadership moves
+//! back and forth).
 
-use crate::iscsi::{Raw, prin, prout, status_of, two_sites, write_one};
+use crate::iscsi::{Raw, prout, status_of, two_sites, write_one};
 use crate::iscsi_alua::{list, session, stpg};
 use std::time::{Duration, Instant};
 
 const CONFLICT: u8 = 0x18;
 /// SCSI reservation type 5: Write Exclusive - Registrants Only (a Windows cluster's).
 const WE_RO: u8 = 5;
+
+/// PERSISTENT RESERVE IN service action `sa`: its data, after the unit attentions a host
+/// takes on the way (10 s at most).
+fn prin(r: &mut Raw, itt: u32, sa: u8) -> Vec<u8> {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5E;
+    cdb[1] = sa;
+    cdb[7..9].copy_from_slice(&4096u16.to_be_bytes());
+    let t = Instant::now();
+    loop {
+        let (st, key, asc, ascq, d) = status_of(r, itt, &cdb, 4096);
+        if st == 0 {
+            return d;
+        }
+        assert!(
+            key == 0x06 && t.elapsed() < Duration::from_secs(10),
+            "PERSISTENT RESERVE IN {sa}: {:?}",
+            (st, key, asc, ascq)
+        );
+        eprintln!("PERSISTENT RESERVE IN {sa}: unit attention {asc:#04x}/{ascq:#04x}");
+    }
+}
 
 /// READ KEYS: (PRgeneration, the keys).
 fn keys(r: &mut Raw, itt: u32) -> (u32, Vec<u64>) {
@@ -122,5 +146,412 @@ fn a_cluster_owner_preempting_a_departed_nodes_key_removes_it_at_both_sites() {
     assert_eq!(keys(&mut n1, 203), (g0 + 4, vec![k3]));
     assert_eq!(write_one(&mut n2, 204, bs), CONFLICT);
     drop((n1, n2, n3));
+    drop((a, b));
+}
+
+/// A barrier of `n` threads whose wait gives up (panics) after 30 s: a thread that failed
+/// never holds the others forever.
+struct Gate {
+    n: usize,
+    state: std::sync::Mutex<(usize, u64)>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    fn new(n: usize) -> std::sync::Arc<Gate> {
+        std::sync::Arc::new(Gate {
+            n,
+            state: std::sync::Mutex::new((0, 0)),
+            cv: std::sync::Condvar::new(),
+        })
+    }
+
+    fn wait(&self) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let round = g.1;
+        g.0 += 1;
+        if g.0 == self.n {
+            *g = (0, round + 1);
+            self.cv.notify_all();
+            return;
+        }
+        let t = Instant::now();
+        while g.1 == round {
+            assert!(t.elapsed() < Duration::from_secs(30), "a party never came");
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// COMPARE AND WRITE (16) of one block at `lba` sent as task `itt` (immediate data).
+fn send_caw(r: &mut Raw, itt: u32, lba: u64, cmp: &[u8], data: &[u8]) {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x89;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[13] = 1;
+    r.scsi(
+        itt,
+        &cdb,
+        (cmp.len() + data.len()) as u32,
+        0xA0,
+        &[cmp, data].concat(),
+    );
+}
+
+/// The SCSI Responses of tasks `itts` (in any order): (status, sense key) of each, in `itts`'
+/// order.
+fn responses(r: &mut Raw, itts: &[u32]) -> Vec<(u8, u8)> {
+    let mut got = vec![None; itts.len()];
+    while got.iter().any(Option::is_none) {
+        let (h, d) = r.read_pdu().expect("a SCSI Response");
+        assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response, got opcode {:#x}", h[0]);
+        let itt = u32::from_be_bytes(h[16..20].try_into().unwrap());
+        let i = itts.iter().position(|&t| t == itt).expect("a task sent");
+        let key = if d.len() >= 16 { d[4] & 0x0F } else { 0 };
+        got[i] = Some((h[3], key));
+    }
+    got.into_iter().map(Option::unwrap).collect()
+}
+
+/// ESXi's ATS heartbeat through round-robin paths to both sites: hosts at site a and at site
+/// b read the heartbeat block, then all send COMPARE AND WRITE of that block at once, each
+/// with its own new data, while each also writes the block next to it and a block of its own
+/// (two commands in flight per session). In every round exactly one COMPARE AND WRITE is GOOD
+/// and every other one is MISCOMPARE (never another error, never two winners); every host,
+/// at either site, then reads the winner's data; no write is lost, and both sites read the
+/// same blocks at the end.
+#[test]
+fn ats_heartbeats_from_both_sites_have_one_winner_per_round_and_lose_no_write() {
+    use crate::harness::pattern;
+    use crate::iscsi::{read_blocks, write10};
+    const HOSTS: usize = 4;
+    const ROUNDS: u64 = 25;
+    const HB: u32 = 8;
+    let root = tempfile::tempdir().unwrap();
+    let (a, ia, b, ib) = two_sites(root.path(), "");
+    let barrier = Gate::new(HOSTS);
+    // (`pattern` ignores its seed's lowest bit: even seeds only.)
+    let seed = |round: u64, host: usize| 1000 * round + 2 * host as u64 + 2;
+    let threads: Vec<_> = (0..HOSTS)
+        .map(|i| {
+            let addr = if i % 2 == 0 { ia } else { ib };
+            let barrier = std::sync::Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut r = session(addr, &format!("iqn.2026-12.test:esx{i}"));
+                let mut itt = 1000;
+                let mut out = Vec::new();
+                for round in 0..ROUNDS {
+                    itt += 10;
+                    let cur = read_blocks(&mut r, itt, HB, 1);
+                    barrier.wait();
+                    let mine = pattern(seed(round, i), 512);
+                    // The neighbour block (every host, the last one's stays) and its own.
+                    r.scsi(itt + 1, &write10(HB + 1, 1), 512, 0xA0, &mine);
+                    send_caw(&mut r, itt + 2, u64::from(HB), &cur, &mine);
+                    r.scsi(itt + 3, &write10(100 + i as u32, 1), 512, 0xA0, &mine);
+                    let s = responses(&mut r, &[itt + 1, itt + 2, itt + 3]);
+                    assert_eq!((s[0], s[2]), ((0, 0), (0, 0)), "host {i} round {round}");
+                    assert!(
+                        s[1] == (0, 0) || s[1] == (0x02, 0x0E),
+                        "host {i} round {round}: COMPARE AND WRITE {:?}",
+                        s[1]
+                    );
+                    barrier.wait();
+                    let after = read_blocks(&mut r, itt + 4, HB, 1);
+                    barrier.wait();
+                    out.push((s[1].0 == 0, after));
+                }
+                out
+            })
+        })
+        .collect();
+    let results: Vec<Vec<(bool, Vec<u8>)>> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for round in 0..ROUNDS as usize {
+        let winners: Vec<usize> = (0..HOSTS).filter(|&i| results[i][round].0).collect();
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let want = pattern(seed(round as u64, winners[0]), 512);
+        for (i, r) in results.iter().enumerate() {
+            assert!(
+                r[round].1 == want,
+                "round {round}: host {i} reads another heartbeat"
+            );
+        }
+    }
+    let mut ra = session(ia, "iqn.2026-12.test:check-a");
+    let mut rb = session(ib, "iqn.2026-12.test:check-b");
+    let (da, db) = (
+        read_blocks(&mut ra, 50, 0, 128),
+        read_blocks(&mut rb, 50, 0, 128),
+    );
+    assert!(da == db, "both sites read the same blocks");
+    for i in 0..HOSTS {
+        let at = (100 + i) * 512;
+        assert!(
+            da[at..at + 512] == pattern(seed(ROUNDS - 1, i), 512),
+            "host {i}'s last write"
+        );
+    }
+    drop((ra, rb));
+    drop((a, b));
+}
+
+/// A Windows cluster's reservation through a failover: nodes registered with APTPL through
+/// both sites, node 1 holding Write Exclusive - Registrants Only through site a (the leader),
+/// which is killed; site b becomes the survivor (witness) and reports the same keys, holder
+/// and PRgeneration; node 2 takes over there with PREEMPT AND ABORT. Site a restarts with its
+/// own (now stale) APTPL file: once resynced it reports the survivor's state, never the one
+/// on its disk (node 1's reservation is not resurrected, PRgeneration does not go back), and
+/// refuses node 1's writes.
+#[test]
+fn a_restarted_sites_stale_aptpl_state_never_comes_back_after_a_failover() {
+    use crate::failover::{KEY, WitnessProc};
+    use crate::harness::free_port;
+    use crate::nvmf_ana::{site_with, wait_claims, wait_states};
+    use std::net::SocketAddr;
+    let (k1, k2) = (0x11u64, 0x22u64);
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let (ia, ib) = (free_port(), free_port());
+    let front = |me: &str, port: u16| {
+        format!(
+            "[iscsi]\nlisten=['127.0.0.1:{port}']\nstate_dir='{}'\n[[iscsi.target]]\n\
+             iqn='{}'\nluns=['va']\n",
+            root.path().join(me).join("pr").display(),
+            crate::iscsi::IQN
+        )
+    };
+    let mut a = site_with(root.path(), "a", "b", pa, pb, &w, &front("a", ia), "");
+    let b = site_with(root.path(), "b", "a", pb, pa, &w, &front("b", ib), "");
+    for s in [&a, &b] {
+        wait_states(s, &[("va", "up")]);
+    }
+    wait_claims(root.path());
+    let (ia, ib) = (
+        SocketAddr::from(([127, 0, 0, 1], ia)),
+        SocketAddr::from(([127, 0, 0, 1], ib)),
+    );
+    let mut n1 = session(ia, "iqn.2026-12.test:node1");
+    let mut n2 = session(ib, "iqn.2026-12.test:node2");
+    let bs = 512;
+    assert_eq!(
+        crate::iscsi::prout_flags(&mut n1, 10, 0, 0, 0, k1, 0x01).0,
+        0
+    );
+    assert_eq!(
+        crate::iscsi::prout_flags(&mut n2, 10, 0, 0, 0, k2, 0x01).0,
+        0
+    );
+    assert_eq!(prout(&mut n1, 11, 1, WE_RO, k1, 0).0, 0);
+    let before = keys(&mut n2, 12);
+    assert_eq!(before.1, vec![k1, k2]);
+    // Site a dies: site b survives with the same state.
+    drop(n1);
+    a.kill();
+    wait_states(&b, &[("va", "survivor")]);
+    let t = Instant::now();
+    let mut itt = 100;
+    loop {
+        itt += 1;
+        if status_of(&mut n2, itt, &[0; 6], 0).0 == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "site b never served");
+    }
+    assert_eq!(keys(&mut n2, 20), before);
+    assert_eq!(reservation(&mut n2, 21), (before.0, Some((k1, WE_RO))));
+    // Node 2 takes the disk over at the survivor.
+    assert_eq!(prout(&mut n2, 22, 5, WE_RO, k2, k1).0, 0);
+    let after = (before.0 + 1, vec![k2]);
+    assert_eq!(keys(&mut n2, 23), after);
+    assert_eq!(write_one(&mut n2, 24, bs), 0);
+    // Site a comes back with its own APTPL file (node 1 holding): resynced from b, it
+    // reports b's state.
+    let a = a.respawn();
+    wait_states(&a, &[("va", "up")]);
+    wait_states(&b, &[("va", "up")]);
+    let mut n1 = session(ia, "iqn.2026-12.test:node1");
+    assert_eq!(keys(&mut n1, 30), after, "site a: the survivor's keys");
+    assert_eq!(reservation(&mut n1, 31), (after.0, Some((k2, WE_RO))));
+    assert_eq!(write_one(&mut n1, 32, bs), CONFLICT, "node 1 preempted");
+    assert_eq!(keys(&mut n2, 33), after);
+    drop((n1, n2));
+    drop((a, b, w));
+}
+
+/// (status, sense key) of a command a host retries on another try: a unit attention or NOT
+/// READY (an ALUA state in transition or unavailable).
+fn retryable(s: (u8, u8)) -> bool {
+    s.0 == 0x02 && matches!(s.1, 0x06 | 0x02)
+}
+
+/// READ(10) of one block: its data, or (status, sense key).
+fn try_read(r: &mut Raw, itt: u32, lba: u32) -> Result<Vec<u8>, (u8, u8)> {
+    r.scsi(itt, &crate::iscsi::read10(lba, 1), 512, 0xC0, &[]);
+    let mut out = Vec::new();
+    loop {
+        let (h, d) = r.read_pdu().expect("Data-In or a SCSI Response");
+        match h[0] & 0x3F {
+            0x25 => {
+                out.extend_from_slice(&d);
+                if h[1] & 0x01 != 0 {
+                    assert_eq!(h[3], 0);
+                    return Ok(out);
+                }
+            }
+            0x21 => {
+                let key = if d.len() >= 16 { d[4] & 0x0F } else { 0 };
+                return if h[3] == 0 { Ok(out) } else { Err((h[3], key)) };
+            }
+            op => panic!("opcode {op:#x}"),
+        }
+    }
+}
+
+/// Until `f` (given a fresh task tag) answers something a host does not retry (10 s at most).
+fn until_final<T>(
+    itt: &mut u32,
+    mut f: impl FnMut(u32) -> Result<T, (u8, u8)>,
+) -> Result<T, (u8, u8)> {
+    let t = Instant::now();
+    loop {
+        *itt += 1;
+        match f(*itt) {
+            Err(s) if retryable(s) && t.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// ATS heartbeats from hosts at both sites while the volume's leadership moves to site b and
+/// back (SET TARGET PORT GROUPS from another host). A host retries a command answered with a
+/// unit attention or NOT READY (ALUA transitioning), as ESXi does; such an answer says the
+/// command was not carried out. Every round: at most one COMPARE AND WRITE is GOOD; the block
+/// then holds the GOOD one's data, or, without a GOOD one, the data it held or that of a
+/// host whose outcome was reported unknown (an error other than MISCOMPARE and the retried
+/// ones), never that of a host that saw only retried answers and MISCOMPARE (a CAW applied
+/// while answered as not done, the retry then miscomparing against its own data).
+#[test]
+fn ats_heartbeats_keep_one_winner_per_round_across_switchovers() {
+    use crate::harness::pattern;
+    const HOSTS: usize = 4;
+    const ROUNDS: u64 = 150;
+    const HB: u32 = 8;
+    let root = tempfile::tempdir().unwrap();
+    let (a, ia, b, ib) = two_sites(root.path(), "");
+    let barrier = Gate::new(HOSTS);
+    let start = Gate::new(HOSTS + 1);
+    // (`pattern` ignores its seed's lowest bit: even seeds only.)
+    let seed = |round: u64, host: usize| 1000 * round + 2 * host as u64 + 2;
+    let threads: Vec<_> = (0..HOSTS)
+        .map(|i| {
+            let addr = if i % 2 == 0 { ia } else { ib };
+            let barrier = std::sync::Arc::clone(&barrier);
+            let start = std::sync::Arc::clone(&start);
+            std::thread::spawn(move || {
+                let mut r = session(addr, &format!("iqn.2026-12.test:esx{i}"));
+                r.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut itt = 1000;
+                let mut out = Vec::new();
+                start.wait();
+                for round in 0..ROUNDS {
+                    let cur = until_final(&mut itt, |t| try_read(&mut r, t, HB)).expect("read");
+                    barrier.wait();
+                    let mine = pattern(seed(round, i), 512);
+                    let w = until_final(&mut itt, |t| {
+                        r.scsi(
+                            t,
+                            &crate::iscsi::write10(100 + i as u32, 1),
+                            512,
+                            0xA0,
+                            &mine,
+                        );
+                        match responses(&mut r, &[t])[0] {
+                            (0, _) => Ok(()),
+                            s => Err(s),
+                        }
+                    });
+                    assert_eq!(w, Ok(()), "host {i} round {round}: write");
+                    let mut seen = Vec::new();
+                    let _ = until_final(&mut itt, |t| {
+                        send_caw(&mut r, t, u64::from(HB), &cur, &mine);
+                        let s = responses(&mut r, &[t])[0];
+                        seen.push(s);
+                        if s.0 == 0 { Ok(()) } else { Err(s) }
+                    });
+                    barrier.wait();
+                    let after = until_final(&mut itt, |t| try_read(&mut r, t, HB)).expect("read");
+                    barrier.wait();
+                    out.push((cur, seen, after));
+                }
+                out
+            })
+        })
+        .collect();
+    // The switchovers, while the rounds run.
+    let mut asker = session(ib, "iqn.2026-12.test:asker");
+    start.wait();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut moves = 0;
+    let mut itt = 5000;
+    for target in [2u16, 1, 2, 1] {
+        itt += 10;
+        let s = until_final(&mut itt, |t| {
+            match stpg(&mut asker, t, &list(&[(0x0, target)])) {
+                (0, ..) => Ok(()),
+                (st, k, ..) => Err((st, k)),
+            }
+        });
+        moves += usize::from(s.is_ok());
+    }
+    assert!(moves >= 2, "the leadership moved {moves} times");
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let retried = results
+        .iter()
+        .flatten()
+        .filter(|(_, seen, _)| seen.iter().any(|&s| retryable(s)))
+        .count();
+    eprintln!("{moves} moves, {retried} COMPARE AND WRITEs retried");
+    for round in 0..ROUNDS as usize {
+        let prev = &results[0][round].0;
+        let after = &results[0][round].2;
+        for (i, r) in results.iter().enumerate() {
+            assert!(
+                r[round].2 == *after,
+                "round {round}: host {i} reads another block"
+            );
+        }
+        let good: Vec<usize> = (0..HOSTS)
+            .filter(|&i| results[i][round].1.iter().any(|s| s.0 == 0))
+            .collect();
+        let holder = (0..HOSTS).find(|&i| *after == pattern(seed(round as u64, i), 512));
+        match (good.as_slice(), holder) {
+            ([w], Some(h)) if *w == h => {}
+            ([], None) => assert!(
+                after == prev,
+                "round {round}: the block changed to no host's data"
+            ),
+            ([], Some(h)) => {
+                let seen = &results[h][round].1;
+                assert!(
+                    seen.iter()
+                        .any(|&s| s.0 != 0 && !retryable(s) && s.1 != 0x0E),
+                    "round {round}: host {h}'s COMPARE AND WRITE was applied, answered {seen:?}"
+                );
+            }
+            (g, h) => panic!(
+                "round {round}: GOOD for {g:?}, the block holds host {h:?}'s data; answers {:?}",
+                results.iter().map(|r| &r[round].1).collect::<Vec<_>>()
+            ),
+        }
+    }
+    drop(asker);
     drop((a, b));
 }
