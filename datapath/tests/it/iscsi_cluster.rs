@@ -555,3 +555,117 @@ fn ats_heartbeats_keep_one_winner_per_round_across_switchovers() {
     drop(asker);
     drop((a, b));
 }
+
+/// SCSI command `cdb` with `data` (immediate) as task `itt`: (status, sense key, ASC, ASCQ).
+fn out_cmd(r: &mut Raw, itt: u32, cdb: &[u8], data: &[u8]) -> (u8, u8, u8, u8) {
+    r.scsi(itt, cdb, data.len() as u32, 0xA0, data);
+    let (h, d) = r.read_pdu().expect("a SCSI Response");
+    assert_eq!(h[0] & 0x3F, 0x21, "SCSI Response, got opcode {:#x}", h[0]);
+    if d.len() >= 16 {
+        (h[3], d[4] & 0x0F, d[14], d[15])
+    } else {
+        (h[3], 0, 0, 0)
+    }
+}
+
+/// Blocks `from..to` read through `r` (1 MiB at a time, the MAXIMUM TRANSFER LENGTH).
+fn read_range(r: &mut Raw, itt: &mut u32, from: u32, to: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(2048) as u16;
+        *itt += 1;
+        out.extend_from_slice(&crate::iscsi::read_blocks(r, *itt, at, n));
+        at += u32::from(n);
+    }
+    out
+}
+
+/// ESXi's space reclamation and zeroing at the block limits the target advertises (VPD B0h),
+/// sent through the follower site of a mirrored volume: UNMAP with 256 descriptors (the
+/// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT; 257 are refused, INVALID FIELD IN PARAMETER LIST),
+/// WRITE SAME(16) of 65535 blocks (the MAXIMUM WRITE SAME LENGTH; 65536 are refused, INVALID
+/// FIELD IN CDB) with UNMAP and a zero block, and with a pattern. Both sites then read the
+/// same blocks, and exactly the blocks named changed.
+#[test]
+fn unmap_and_write_same_at_their_limits_through_the_follower_leave_both_sites_equal() {
+    use crate::harness::pattern;
+    use crate::iscsi::write10;
+    let root = tempfile::tempdir().unwrap();
+    let (a, ia, b, ib) = two_sites(root.path(), "");
+    let mut ra = session(ia, "iqn.2026-12.test:esx-a");
+    let mut rb = session(ib, "iqn.2026-12.test:esx-b");
+    let mut itt = 10;
+    // Blocks 0..2048 written through site a.
+    let data = pattern(77, 2048 * 512);
+    for (i, c) in data.chunks(64 * 512).enumerate() {
+        itt += 1;
+        assert_eq!(out_cmd(&mut ra, itt, &write10(64 * i as u32, 64), c).0, 0);
+    }
+    // UNMAP through site b: 256 descriptors, every other 4-block run of 0..2048.
+    let list = |n: usize| {
+        let mut l = vec![0u8; 8];
+        l[0..2].copy_from_slice(&((6 + 16 * n) as u16).to_be_bytes());
+        l[2..4].copy_from_slice(&((16 * n) as u16).to_be_bytes());
+        for i in 0..n as u64 {
+            l.extend_from_slice(&(8 * i % 2048).to_be_bytes());
+            l.extend_from_slice(&4u32.to_be_bytes());
+            l.extend_from_slice(&[0; 4]);
+        }
+        l
+    };
+    let unmap = |len: usize| {
+        let mut c = [0u8; 10];
+        c[0] = 0x42;
+        c[7..9].copy_from_slice(&(len as u16).to_be_bytes());
+        c
+    };
+    let l257 = list(257);
+    assert_eq!(
+        out_cmd(&mut rb, 2, &unmap(l257.len()), &l257),
+        (0x02, 0x05, 0x26, 0x00),
+        "257 descriptors"
+    );
+    let l256 = list(256);
+    assert_eq!(out_cmd(&mut rb, 3, &unmap(l256.len()), &l256).0, 0);
+    // WRITE SAME(16) through site b: a pattern over 65536..131071, then UNMAP with zeroes over
+    // it; a pattern over 2048..67583.
+    let ws16 = |lba: u64, n: u32, flags: u8| {
+        let mut c = [0u8; 16];
+        c[0] = 0x93;
+        c[1] = flags;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&n.to_be_bytes());
+        c
+    };
+    let blk = pattern(78, 512);
+    assert_eq!(
+        out_cmd(&mut rb, 4, &ws16(2048, 65536, 0), &blk),
+        (0x02, 0x05, 0x24, 0x00),
+        "65536 blocks"
+    );
+    assert_eq!(out_cmd(&mut rb, 5, &ws16(65536, 65535, 0), &blk).0, 0);
+    assert_eq!(
+        out_cmd(&mut rb, 6, &ws16(65536, 65535, 0x08), &[0; 512]).0,
+        0
+    );
+    assert_eq!(out_cmd(&mut rb, 7, &ws16(2048, 65535, 0), &blk).0, 0);
+    // Both sites read the same, and what was asked.
+    let total = 131072u32;
+    let (da, db) = (
+        read_range(&mut ra, &mut itt, 0, total),
+        read_range(&mut rb, &mut itt, 0, total),
+    );
+    assert!(da == db, "both sites read the same blocks");
+    for (i, c) in da.chunks(512).enumerate() {
+        let want: &[u8] = match i {
+            0..2048 if i % 8 < 4 => &[0; 512],
+            0..2048 => &data[i * 512..(i + 1) * 512],
+            2048..67583 => &blk,
+            _ => &[0; 512],
+        };
+        assert!(c == want, "block {i}");
+    }
+    drop((ra, rb));
+    drop((a, b));
+}
