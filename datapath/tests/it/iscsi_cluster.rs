@@ -669,3 +669,76 @@ fn unmap_and_write_same_at_their_limits_through_the_follower_leave_both_sites_eq
     drop((ra, rb));
     drop((a, b));
 }
+
+/// A cluster node's registration commands through both sites while the volume's leadership
+/// moves to site b and back (SET TARGET PORT GROUPS from another host): every PERSISTENT
+/// RESERVE OUT is answered GOOD, or with an answer a multipath host retries (a unit attention,
+/// or NOT READY: ALUA state transition); never HARDWARE ERROR for a command that was simply not
+/// decided while the leadership moved. Both sites then report the same keys, the last each
+/// node registered.
+#[test]
+fn registrations_during_switchovers_are_good_or_retryable() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let root = tempfile::tempdir().unwrap();
+    let (a, ia, b, ib) = two_sites(root.path(), "");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let start = Gate::new(3);
+    let nodes: Vec<_> = [(ia, 0x1000u64), (ib, 0x2000)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (addr, base))| {
+            let stop = std::sync::Arc::clone(&stop);
+            let start = std::sync::Arc::clone(&start);
+            std::thread::spawn(move || {
+                let mut r = session(addr, &format!("iqn.2026-12.test:node{i}"));
+                r.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                start.wait();
+                let (mut itt, mut key, mut bad) = (100u32, 0u64, Vec::new());
+                let t = Instant::now();
+                while !stop.load(Ordering::Acquire) && t.elapsed() < Duration::from_secs(30) {
+                    itt += 1;
+                    let next = base + u64::from(itt);
+                    // REGISTER AND IGNORE EXISTING KEY: the new key, whatever the old.
+                    let s = prout(&mut r, itt, 6, 0, 0, next);
+                    if s.0 == 0 {
+                        key = next;
+                    } else if !retryable((s.0, s.1)) {
+                        bad.push(s);
+                    }
+                }
+                (r, key, bad)
+            })
+        })
+        .collect();
+    let mut asker = session(ib, "iqn.2026-12.test:asker");
+    start.wait();
+    let mut itt = 5000;
+    let mut moves = 0;
+    for target in [2u16, 1, 2, 1, 2, 1] {
+        itt += 10;
+        let s = until_final(&mut itt, |t| {
+            match stpg(&mut asker, t, &list(&[(0x0, target)])) {
+                (0, ..) => Ok(()),
+                (st, k, ..) => Err((st, k)),
+            }
+        });
+        moves += usize::from(s.is_ok());
+    }
+    stop.store(true, Ordering::Release);
+    let mut done: Vec<_> = nodes.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(moves >= 3, "the leadership moved {moves} times");
+    for (i, (_, _, bad)) in done.iter().enumerate() {
+        assert!(bad.is_empty(), "node {i}: answers {bad:?}");
+    }
+    let mut want: Vec<u64> = done.iter().map(|d| d.1).collect();
+    want.sort_unstable();
+    let ka = keys(&mut done[0].0, 90_000);
+    assert_eq!(ka.1, want, "site a's keys");
+    assert_eq!(
+        keys(&mut done[1].0, 90_000),
+        ka,
+        "site b reports site a's state"
+    );
+    drop(asker);
+    drop((a, b));
+}
