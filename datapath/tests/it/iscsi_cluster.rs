@@ -742,3 +742,96 @@ fn registrations_during_switchovers_are_good_or_retryable() {
     drop(asker);
     drop((a, b));
 }
+
+/// The designators of VPD page 83h: (association, designator type, identifier) each.
+fn designators(r: &mut Raw, itt: u32) -> Vec<(u8, u8, Vec<u8>)> {
+    let (st, _, _, _, d) = status_of(r, itt, &[0x12, 0x01, 0x83, 0x10, 0x00, 0], 4096);
+    assert_eq!((st, d[1]), (0, 0x83), "INQUIRY VPD 83h");
+    let end = 4 + u16::from_be_bytes([d[2], d[3]]) as usize;
+    assert_eq!(d.len(), end, "PAGE LENGTH");
+    let mut out = Vec::new();
+    let mut at = 4;
+    while at < end {
+        let len = d[at + 3] as usize;
+        out.push((
+            (d[at + 1] >> 4) & 3,
+            d[at + 1] & 0x0F,
+            d[at + 4..at + 4 + len].to_vec(),
+        ));
+        at += 4 + len;
+    }
+    assert_eq!(at, end);
+    out
+}
+
+/// What ESXi and Windows MPIO merge paths by and group them by, at both sites of a mirrored
+/// volume (SPC-4 §7.8.6, §6.37): the logical unit's designators (NAA, T10 vendor id) and the
+/// target device name are the same at both sites; each site's target port has its own relative
+/// target port identifier and target port group (designator types 4 and 5, association 01b),
+/// and REPORT TARGET PORT GROUPS at that site lists that group first with that one port, and
+/// the other site's group with the other site's port; the target port's SCSI name string
+/// ends with the site's target portal group tag.
+#[test]
+fn both_sites_identify_one_logical_unit_and_a_port_and_group_of_their_own() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, ia, b, ib) = two_sites(root.path(), "");
+    let mut ra = session(ia, "iqn.2026-12.test:esx");
+    let mut rb = session(ib, "iqn.2026-12.test:esx");
+    let (da, db) = (designators(&mut ra, 10), designators(&mut rb, 10));
+    let lu = |d: &[(u8, u8, Vec<u8>)]| -> Vec<(u8, u8, Vec<u8>)> {
+        d.iter().filter(|x| x.0 != 1).cloned().collect()
+    };
+    assert_eq!(lu(&da), lu(&db), "one logical unit and target device");
+    assert!(
+        lu(&da).iter().any(|x| (x.0, x.1) == (0, 3)),
+        "an NAA designator"
+    );
+    let port = |d: &[(u8, u8, Vec<u8>)], ty: u8| -> Vec<u8> {
+        let v: Vec<_> = d.iter().filter(|x| (x.0, x.1) == (1, ty)).collect();
+        assert_eq!(v.len(), 1, "one target port designator of type {ty}");
+        v[0].2.clone()
+    };
+    let id = |v: Vec<u8>| {
+        assert_eq!(v.len(), 4);
+        u16::from_be_bytes([v[2], v[3]])
+    };
+    let (rel_a, tpg_a) = (id(port(&da, 4)), id(port(&da, 5)));
+    let (rel_b, tpg_b) = (id(port(&db, 4)), id(port(&db, 5)));
+    assert_ne!(rel_a, rel_b, "a relative target port per site");
+    assert_ne!(tpg_a, tpg_b, "a target port group per site");
+    for (d, tpg) in [(&da, tpg_a), (&db, tpg_b)] {
+        let name = String::from_utf8(port(d, 8)).unwrap();
+        assert!(
+            name.trim_end_matches('\0')
+                .ends_with(&format!(",t,0x{tpg:04x}")),
+            "{name}"
+        );
+    }
+    // RTPG: (group, its relative ports) per descriptor.
+    let rtpg = |r: &mut Raw, itt: u32| -> Vec<(u16, Vec<u16>)> {
+        let cdb = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        let (st, _, _, _, d) = status_of(r, itt, &cdb, 256);
+        assert_eq!(st, 0);
+        let mut out = Vec::new();
+        let mut at = 4;
+        while at < d.len() {
+            let n = d[at + 7] as usize;
+            let ports = (0..n)
+                .map(|i| u16::from_be_bytes([d[at + 8 + 4 * i + 2], d[at + 8 + 4 * i + 3]]))
+                .collect();
+            out.push((u16::from_be_bytes([d[at + 2], d[at + 3]]), ports));
+            at += 8 + 4 * n;
+        }
+        out
+    };
+    assert_eq!(
+        rtpg(&mut ra, 11),
+        [(tpg_a, vec![rel_a]), (tpg_b, vec![rel_b])]
+    );
+    assert_eq!(
+        rtpg(&mut rb, 11),
+        [(tpg_b, vec![rel_b]), (tpg_a, vec![rel_a])]
+    );
+    drop((ra, rb));
+    drop((a, b));
+}
