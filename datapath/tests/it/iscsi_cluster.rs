@@ -4,7 +4,8 @@
 //! switchover of the volume's leadership; a failover and the failed site's restart with a
 //! stale APTPL file), and ESXi's ATS heartbeats (COMPARE AND WRITE of one block from hosts at
 //! both sites on one LBA, with writes elsewhere interleaved, also while the leadership moves
-//! back and forth).
+//! back and forth and while either site is killed); UNMAP and WRITE SAME at their limits; the
+//! identity (VPD 83h) and port groups (RTPG) of both sites; registrations during switchovers.
 
 use crate::iscsi::{Raw, prout, status_of, two_sites, write_one};
 use crate::iscsi_alua::{list, session, stpg};
@@ -834,4 +835,169 @@ fn both_sites_identify_one_logical_unit_and_a_port_and_group_of_their_own() {
     );
     drop((ra, rb));
     drop((a, b));
+}
+
+/// ATS heartbeats from hosts at both sites of a mirrored volume with a witness while one site
+/// is killed (`kill_leader`: site a, the volume's leader, else site b, its follower): the other
+/// site goes on as the survivor. Hosts at the killed site lose their connection (the outcome of
+/// a COMPARE AND WRITE they had sent is unknown) and stop; the other hosts retry what is
+/// answered with a unit attention or NOT READY. Every round: at most one GOOD, and the block
+/// holds the GOOD one's data, or without one, the data it held or that of a host whose outcome
+/// is unknown; never that of a host answered MISCOMPARE (or only retryable answers).
+fn ats_heartbeats_with_a_site_killed(kill_leader: bool) {
+    use crate::failover::{KEY, WitnessProc};
+    use crate::harness::{free_port, pattern};
+    use crate::nvmf_ana::{site_with, wait_claims, wait_states};
+    use std::net::SocketAddr;
+    const HOSTS: usize = 4;
+    const ROUNDS: u64 = 120;
+    const HB: u32 = 8;
+    let root = tempfile::tempdir().unwrap();
+    let w = WitnessProc::start(root.path(), KEY, None);
+    let (pa, pb) = (free_port(), free_port());
+    let (ia, ib) = (free_port(), free_port());
+    let front = |port: u16| {
+        format!(
+            "[iscsi]\nlisten=['127.0.0.1:{port}']\n[[iscsi.target]]\niqn='{}'\nluns=['va']\n",
+            crate::iscsi::IQN
+        )
+    };
+    let mut a = site_with(root.path(), "a", "b", pa, pb, &w, &front(ia), "");
+    let mut b = site_with(root.path(), "b", "a", pb, pa, &w, &front(ib), "");
+    // Hosts at the killed site: odd indexes at site b, even ones at site a.
+    let dies = move |i: usize| i.is_multiple_of(2) == kill_leader;
+    for s in [&a, &b] {
+        wait_states(s, &[("va", "up")]);
+    }
+    wait_claims(root.path());
+    let (ia, ib) = (
+        SocketAddr::from(([127, 0, 0, 1], ia)),
+        SocketAddr::from(([127, 0, 0, 1], ib)),
+    );
+    let barrier = Gate::new(HOSTS);
+    let start = Gate::new(HOSTS + 1);
+    // (`pattern` ignores its seed's lowest bit: even seeds only.)
+    let seed = |round: u64, host: usize| 1000 * round + 2 * host as u64 + 2;
+    let threads: Vec<_> = (0..HOSTS)
+        .map(|i| {
+            let addr = if i % 2 == 0 { ia } else { ib };
+            let (barrier, start) = (
+                std::sync::Arc::clone(&barrier),
+                std::sync::Arc::clone(&start),
+            );
+            std::thread::spawn(move || {
+                let mut r = Some(session(addr, &format!("iqn.2026-12.test:esx{i}")));
+                let mut itt = 1000;
+                let mut out = Vec::new();
+                start.wait();
+                let mut cur = Vec::new();
+                for round in 0..ROUNDS {
+                    // (answers, unknown outcome, the block after the round)
+                    let mut seen = Vec::new();
+                    let mut unknown = false;
+                    let mut step = |f: &mut dyn FnMut(&mut Raw, &mut u32)| {
+                        if let Some(c) = r.as_mut() {
+                            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                f(c, &mut itt)
+                            }));
+                            if ok.is_err() {
+                                // The connection broke (site b killed): nothing more here.
+                                assert!(dies(i), "host {i} lost its connection");
+                                r = None;
+                                return false;
+                            }
+                        }
+                        r.is_some()
+                    };
+                    step(&mut |c, itt| {
+                        cur = until_final(itt, |t| try_read(c, t, HB)).expect("read");
+                    });
+                    barrier.wait();
+                    let mine = pattern(seed(round, i), 512);
+                    let alive = step(&mut |c, itt| {
+                        let _ = until_final(itt, |t| {
+                            send_caw(c, t, u64::from(HB), &cur, &mine);
+                            let s = responses(c, &[t])[0];
+                            seen.push(s);
+                            if s.0 == 0 { Ok(()) } else { Err(s) }
+                        });
+                    });
+                    unknown |= !alive && !seen.iter().any(|s| s.0 == 0 || s.1 == 0x0E);
+                    barrier.wait();
+                    let mut after = None;
+                    step(&mut |c, itt| {
+                        after = Some(until_final(itt, |t| try_read(c, t, HB)).expect("read"));
+                    });
+                    barrier.wait();
+                    out.push((seen, unknown, after));
+                }
+                out
+            })
+        })
+        .collect();
+    start.wait();
+    std::thread::sleep(Duration::from_millis(30));
+    let (gone, stays) = if kill_leader {
+        (&mut a, &b)
+    } else {
+        (&mut b, &a)
+    };
+    gone.kill();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    wait_states(stays, &[("va", "survivor")]);
+    let (seer, dier) = if kill_leader { (1, 0) } else { (0, 1) };
+    let mut prev = vec![0u8; 512];
+    for round in 0..ROUNDS as usize {
+        let after = results[seer][round]
+            .2
+            .clone()
+            .expect("a host at the survivor reads");
+        for (i, r) in results.iter().enumerate() {
+            if let Some(x) = &r[round].2 {
+                assert!(*x == after, "round {round}: host {i} reads another block");
+            }
+        }
+        let good: Vec<usize> = (0..HOSTS)
+            .filter(|&i| results[i][round].0.iter().any(|s| s.0 == 0))
+            .collect();
+        let holder = (0..HOSTS).find(|&i| after == pattern(seed(round as u64, i), 512));
+        match (good.as_slice(), holder) {
+            ([w], Some(h)) if *w == h => {}
+            ([], None) => assert!(
+                after == prev,
+                "round {round}: the block changed to no host's data"
+            ),
+            ([], Some(h)) => {
+                let (seen, unknown, _) = &results[h][round];
+                assert!(
+                    *unknown
+                        || seen
+                            .iter()
+                            .any(|&s| s.0 != 0 && !retryable(s) && s.1 != 0x0E),
+                    "round {round}: host {h}'s COMPARE AND WRITE was applied, answered {seen:?}"
+                );
+            }
+            (g, h) => panic!(
+                "round {round}: GOOD for {g:?}, the block holds host {h:?}'s data; answers {:?}",
+                results.iter().map(|r| &r[round].0).collect::<Vec<_>>()
+            ),
+        }
+        prev = after;
+    }
+    let died = results[dier].iter().position(|r| r.2.is_none());
+    eprintln!("the killed site's hosts stopped in round {died:?}");
+    assert!(died.is_some(), "the site was killed while the rounds ran");
+    drop((a, b, w));
+}
+
+#[test]
+fn ats_heartbeats_keep_one_winner_per_round_when_the_follower_is_killed() {
+    ats_heartbeats_with_a_site_killed(false);
+}
+
+/// As above with the leader killed: hosts at site b had COMPARE AND WRITEs forwarded to site a
+/// undecided or decided when it died (docs/mirror-protocol.md, "Compare and write").
+#[test]
+fn ats_heartbeats_keep_one_winner_per_round_when_the_leader_is_killed() {
+    ats_heartbeats_with_a_site_killed(true);
 }
