@@ -307,7 +307,8 @@ fn ats_heartbeats_from_both_sites_have_one_winner_per_round_and_lose_no_write() 
 /// and PRgeneration; node 2 takes over there with PREEMPT AND ABORT. Site a restarts with its
 /// own (now stale) APTPL file: once resynced it reports the survivor's state, never the one
 /// on its disk (node 1's reservation is not resurrected, PRgeneration does not go back), and
-/// refuses node 1's writes.
+/// refuses node 1's writes. Then, after a CLEAR and a new reservation, site b restarts without
+/// any state of its own and reports and enforces site a's.
 #[test]
 fn a_restarted_sites_stale_aptpl_state_never_comes_back_after_a_failover() {
     use crate::failover::{KEY, WitnessProc};
@@ -381,6 +382,34 @@ fn a_restarted_sites_stale_aptpl_state_never_comes_back_after_a_failover() {
     assert_eq!(reservation(&mut n1, 31), (after.0, Some((k2, WE_RO))));
     assert_eq!(write_one(&mut n1, 32, bs), CONFLICT, "node 1 preempted");
     assert_eq!(keys(&mut n2, 33), after);
+    // CLEAR through site a, node 1 registers again and reserves (APTPL); then site b restarts
+    // without any state of its own (its state directory gone): it reports and enforces site
+    // a's state, PRgeneration included.
+    assert_eq!(prout(&mut n1, 34, 6, 0, 0, k1).0, 0);
+    assert_eq!(prout(&mut n1, 35, 3, 0, k1, 0).0, 0, "CLEAR");
+    assert_eq!(keys(&mut n2, 36), (after.0 + 2, vec![]));
+    assert_eq!(
+        crate::iscsi::prout_flags(&mut n1, 37, 0, 0, 0, k1, 0x01).0,
+        0
+    );
+    assert_eq!(prout(&mut n1, 38, 1, WE_RO, k1, 0).0, 0);
+    let last = keys(&mut n1, 39);
+    assert_eq!(last, (after.0 + 3, vec![k1]));
+    drop(n2);
+    let mut b = b;
+    b.kill();
+    std::fs::remove_dir_all(root.path().join("b").join("pr")).unwrap();
+    let b = b.respawn();
+    wait_states(&b, &[("va", "up")]);
+    let mut n2 = session(ib, "iqn.2026-12.test:node2");
+    assert_eq!(keys(&mut n2, 40), last, "site b: site a's keys");
+    assert_eq!(reservation(&mut n2, 41), (last.0, Some((k1, WE_RO))));
+    assert_eq!(
+        write_one(&mut n2, 42, bs),
+        CONFLICT,
+        "node 2 is no registrant"
+    );
+    assert_eq!(keys(&mut n1, 43), last);
     drop((n1, n2));
     drop((a, b, w));
 }
