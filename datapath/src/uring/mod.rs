@@ -155,6 +155,11 @@ impl Errno {
     /// lease): path-related for a multipath front end (NVMe: ANA inaccessible, so the host
     /// retries on the other path), an I/O error for NBD.
     pub const UNAVAILABLE: Errno = Errno(libc::ENOTCONN);
+    /// The volume's leadership moved (a planned switchover) while the request waited for the
+    /// old leader's decision, and nothing was decided: the same request may be sent again
+    /// (NVMe: ANA transition; SCSI: NOT READY, ASYMMETRIC ACCESS STATE TRANSITION), an I/O
+    /// error for NBD.
+    pub const TRANSITION: Errno = Errno(libc::EAGAIN);
 }
 
 /// Counters the ring side keeps (published by the reactor with its own).

@@ -1,6 +1,7 @@
 //! iSCSI EXTENDED COPY (LID1) end to end: copies within a LUN (overlapping both ways),
 //! between LUNs, across both sites of a mirrored volume, behind a COMPARE AND WRITE, on an
-//! unavailable path, aborted; malformed parameter lists; qemu-img's copy offloading. The raw
+//! unavailable path, aborted, through the follower while the leadership moves; malformed
+//! parameter lists; qemu-img's copy offloading. The raw
 //! initiator and the sites are `iscsi.rs`'s.
 
 use crate::harness::{pattern, run};
@@ -521,4 +522,60 @@ fn qemu_img_convert_with_copy_offloading_clones_one_lun_to_another() {
         .arg(&src)
         .arg(&l1));
     assert!(out.contains("Images are identical"), "{out}");
+}
+
+/// ESXi's clone offload through the follower site while the volume's leadership moves back
+/// and forth (SET TARGET PORT GROUPS from another host): a 16 MiB EXTENDED COPY (one segment of
+/// 32768 blocks) is answered GOOD, or with an answer a host sends the copy again on (a unit
+/// attention, NOT READY: ALUA transition or unavailable), never another error; once GOOD, both
+/// sites read the copy.
+#[test]
+fn extended_copy_through_the_follower_survives_switchovers() {
+    use crate::iscsi_alua::{list, session, stpg};
+    let root = tempfile::tempdir().unwrap();
+    let (_a, ia, _b, ib) = two_sites(root.path(), "");
+    let mut hb = session(ib, "iqn.2026-12.test:esx-b");
+    let mut ha = session(ia, "iqn.2026-12.test:esx-a");
+    let blocks = 32768u32;
+    let p = pattern(41, (blocks * 512) as usize);
+    write_big(&mut hb, 10, 0, &p);
+    let naa = naa_of(&mut hb, 100, 0);
+    let copy = xcopy_list(1, 0, &[naa], &[(0, 0, blocks as u16, 0, 65536)]);
+    let asker = std::thread::spawn(move || {
+        let mut moved = 0;
+        for (i, g) in [2u16, 1, 2, 1].into_iter().enumerate() {
+            if stpg(&mut ha, 200 + i as u32, &list(&[(0x0, g)])).0 == 0 {
+                moved += 1;
+            }
+        }
+        moved
+    });
+    let t = std::time::Instant::now();
+    let mut itt = 1000;
+    let mut copies = 0;
+    loop {
+        itt += 1;
+        let s = xcopy(&mut hb, itt, 0, &copy);
+        copies += 1;
+        if s.0 == 0 && asker.is_finished() {
+            break;
+        }
+        assert!(
+            s.0 == 0 || (s.0 == 2 && matches!(s.1, 2 | 6)),
+            "EXTENDED COPY {copies}: {s:?}"
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(30));
+    }
+    assert!(asker.join().unwrap() >= 2, "the leadership moved");
+    let mut hb2 = session(ib, "iqn.2026-12.test:check-b");
+    let mut ha2 = session(ia, "iqn.2026-12.test:check-a");
+    assert!(
+        read_big(&mut hb2, 5000, 65536, blocks) == p,
+        "site b has the copy"
+    );
+    assert!(
+        read_big(&mut ha2, 5000, 65536, blocks) == p,
+        "site a has the copy"
+    );
+    eprintln!("{copies} copies");
 }

@@ -28,6 +28,7 @@ mod hosts;
 mod iscsi;
 mod iscsi_alua;
 mod iscsi_async;
+mod iscsi_cluster;
 mod iscsi_dataout;
 mod iscsi_limits;
 mod iscsi_mcs;

@@ -747,7 +747,8 @@ pub fn outcome_code(o: Outcome) -> u16 {
 
 /// The outcome of a PERSISTENT RESERVE OUT sent through a mirrored volume's channel, from its
 /// completion: a decided status, or why it was not decided (this site cannot reach the volume's
-/// decision: another path may; anything else: an internal error, never a decided answer).
+/// decision: another path may; the leadership moved while it waited: to be sent again;
+/// anything else: an internal error, never a decided answer).
 pub fn outcome_of(r: Result<(), crate::uring::Errno>) -> Outcome {
     use crate::layer::mirror::engine::META_STATUS;
     use crate::uring::Errno;
@@ -766,6 +767,10 @@ pub fn outcome_of(r: Result<(), crate::uring::Errno>) -> Outcome {
     }
     if e == Errno::UNAVAILABLE || e == Errno::SHUTDOWN {
         Outcome::Check(Sense::ALUA_UNAVAILABLE)
+    } else if e == Errno::TRANSITION {
+        // Not decided: the leadership moved while it waited (a switchover); the host sends
+        // it again (SPC-4 §5.15.2.6: a transition's commands are retried).
+        Outcome::Check(Sense::ALUA_TRANSITION)
     } else {
         Outcome::Check(Sense::INTERNAL)
     }

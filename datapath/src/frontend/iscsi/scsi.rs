@@ -1115,6 +1115,8 @@ pub fn sense_of(e: crate::uring::Errno, write: bool) -> Sense {
         // This site cannot serve it (no read lease, fenced, refused): another path may, so
         // the path's state, never a medium error (multipath does not fail over on those).
         Errno::SHUTDOWN | Errno::UNAVAILABLE => Sense::ALUA_UNAVAILABLE,
+        // The leadership moved while it waited: not done, to be sent again.
+        Errno::TRANSITION => Sense::ALUA_TRANSITION,
         _ if write => Sense::WRITE_ERROR,
         _ => Sense::READ_ERROR,
     }
@@ -1455,6 +1457,7 @@ mod tests {
             assert_eq!(sense_of(e, true), Sense::ALUA_UNAVAILABLE, "{e:?} write");
             assert_eq!(sense_of(e, false), Sense::ALUA_UNAVAILABLE, "{e:?} read");
         }
+        assert_eq!(sense_of(Errno::TRANSITION, true), Sense::ALUA_TRANSITION);
         assert_eq!(sense_of(Errno::IO, true), Sense::WRITE_ERROR);
         assert_eq!(sense_of(Errno::IO, false), Sense::READ_ERROR);
     }

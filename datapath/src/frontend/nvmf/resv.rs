@@ -276,9 +276,6 @@ impl NsResv {
                     } else {
                         self.remove_key(prkey, None)
                     }
-                } else if self.holder.as_ref() == Some(host) {
-                    self.rtype = t;
-                    true
                 } else if self
                     .holder
                     .and_then(|h| self.reg(&h).map(|r| r.rkey))
@@ -942,6 +939,42 @@ mod tests {
         assert_eq!(n.acquire(&A, 0, 7, 12, 0), Err(Status::INVALID_FIELD));
         n.release(&B, 1, 0, 20).unwrap();
         assert!(n.registrants.is_empty() && n.rtype == 0);
+    }
+
+    /// SPC-4 §5.13.11.4.3 (NVMe 2.0 §8.19.7 likewise): a PREEMPT whose key is not the
+    /// holder's removes the registrants with that key and leaves the reservation alone, also
+    /// when the holder itself sends it (a Windows failover cluster's owner node removes the
+    /// keys of nodes that left the cluster so); one whose key is the holder's own changes the
+    /// type and removes the other registrants with that key (not the sender).
+    #[test]
+    fn the_holder_preempting_another_key_removes_that_registrant() {
+        let mut n = NsResv::default();
+        n.register(&A, 0, false, 0, 10).unwrap();
+        n.register(&B, 0, false, 0, 20).unwrap();
+        n.register(&C, 0, false, 0, 30).unwrap();
+        n.acquire(&A, 0, rtype::WE_REGISTRANTS_ONLY, 10, 0).unwrap();
+        let g = n.generation;
+        n.acquire(&A, 1, rtype::WE_REGISTRANTS_ONLY, 10, 20)
+            .unwrap();
+        assert!(
+            n.reg(&B).is_none(),
+            "the preempted key's registrant is gone"
+        );
+        assert!(n.reg(&C).is_some() && n.reg(&A).is_some());
+        assert_eq!((n.holder, n.rtype), (Some(A), rtype::WE_REGISTRANTS_ONLY));
+        assert_eq!(n.generation, g + 1);
+        assert!(!n.access(&B).write);
+        // A key nobody has: conflict, nothing changes.
+        assert_eq!(
+            n.acquire(&A, 1, rtype::WE_REGISTRANTS_ONLY, 10, 99),
+            Err(CONFLICT)
+        );
+        assert_eq!(n.generation, g + 1);
+        // The holder preempts its own key: new type; another nexus with that key goes.
+        n.register(&B, 0, false, 0, 10).unwrap();
+        n.acquire(&A, 1, rtype::EXCLUSIVE_ACCESS, 10, 10).unwrap();
+        assert_eq!((n.holder, n.rtype), (Some(A), rtype::EXCLUSIVE_ACCESS));
+        assert!(n.reg(&B).is_none() && n.reg(&A).is_some() && n.reg(&C).is_some());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub enum Outcome {
 }
 
 /// Every device error a front end can be given (see [`Errno`]), and what it becomes.
-pub const ERRNO_TABLE: [(Errno, &str, Outcome); 8] = [
+pub const ERRNO_TABLE: [(Errno, &str, Outcome); 9] = [
     (Errno::INVAL, "INVAL", Outcome::Fixed(Status::INVALID_FIELD)),
     (Errno::IO, "IO", Outcome::Media),
     (
@@ -59,6 +59,11 @@ pub const ERRNO_TABLE: [(Errno, &str, Outcome); 8] = [
         Errno::UNAVAILABLE,
         "UNAVAILABLE",
         Outcome::Fixed(Status::ANA_INACCESSIBLE),
+    ),
+    (
+        Errno::TRANSITION,
+        "TRANSITION",
+        Outcome::Fixed(Status::ANA_TRANSITION),
     ),
 ];
 
@@ -188,6 +193,12 @@ mod tests {
                 Status::ANA_INACCESSIBLE,
                 Status::ANA_INACCESSIBLE,
             ),
+            (
+                Errno::TRANSITION,
+                Status::ANA_TRANSITION,
+                Status::ANA_TRANSITION,
+                Status::ANA_TRANSITION,
+            ),
         ];
         assert_eq!(
             cases.len(),
@@ -198,10 +209,11 @@ mod tests {
             assert_eq!(status_of(e, io::READ), read, "{e:?} read");
             assert_eq!(status_of(e, io::WRITE), write, "{e:?} write");
             assert_eq!(status_of(e, io::RESV_REGISTER), resv, "{e:?} register");
-            // A path status only for UNAVAILABLE (this site cannot serve it, another may).
+            // A path status only for UNAVAILABLE (this site cannot serve it, another may) and
+            // TRANSITION (the leadership moved: not decided, to be sent again).
             assert_eq!(
                 status_of(e, io::WRITE).0 >> 8 == 3,
-                e == Errno::UNAVAILABLE,
+                e == Errno::UNAVAILABLE || e == Errno::TRANSITION,
                 "{e:?}"
             );
         }

@@ -92,12 +92,17 @@ impl Task {
     }
 }
 
+/// The sense of an NVMe status the volume's home executor answers (COMPARE AND WRITE, and
+/// accesses diverted behind one).
 fn nv_sense(s: NvStatus) -> Result<(), Sense> {
     match s {
         NvStatus::SUCCESS => Ok(()),
         NvStatus::COMPARE_FAILED => Err(Sense::MISCOMPARE),
         NvStatus::LBA_RANGE => Err(Sense::LBA_OUT_OF_RANGE),
-        NvStatus::NS_NOT_READY => Err(Sense::ALUA_UNAVAILABLE),
+        // A path this site cannot serve now (another may), or the leadership moving: the
+        // ALUA sense, on which multipath hosts retry, never a medium error.
+        NvStatus::NS_NOT_READY | NvStatus::ANA_INACCESSIBLE => Err(Sense::ALUA_UNAVAILABLE),
+        NvStatus::ANA_TRANSITION => Err(Sense::ALUA_TRANSITION),
         NvStatus::NS_WRITE_PROTECTED => Err(Sense::WRITE_PROTECTED),
         NvStatus::READ_ERROR => Err(Sense::READ_ERROR),
         NvStatus::INVALID_FIELD | NvStatus::SGL_INVALID_DATA => Err(Sense::INVALID_FIELD_CDB),
@@ -1367,5 +1372,35 @@ fn spc2_out(sa: u8) -> prs::PrOut {
         key: 0,
         sa_key: 0,
         aptpl: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A COMPARE AND WRITE (or an access diverted behind one) that the volume's home executor
+    /// answers with an NVMe path status (the mirror refused it at this site, or the leadership
+    /// moved) is answered with the ALUA sense, so a multipath host retries it on a path, never
+    /// with a medium error, which ESXi takes as a failed ATS (SPC-4 §5.15.2.4); the NVMe statuses
+    /// come from the errno table (`nvmf::status::status_of`).
+    #[test]
+    fn path_statuses_of_the_home_executor_become_alua_senses() {
+        use crate::frontend::nvmf::status::status_of;
+        use crate::uring::Errno;
+        let w = crate::frontend::nvmf::cmd::io::WRITE;
+        assert_eq!(
+            nv_sense(status_of(Errno::UNAVAILABLE, w)),
+            Err(Sense::ALUA_UNAVAILABLE)
+        );
+        assert_eq!(
+            nv_sense(status_of(Errno::TRANSITION, w)),
+            Err(Sense::ALUA_TRANSITION)
+        );
+        assert_eq!(
+            nv_sense(status_of(Errno::SHUTDOWN, w)),
+            Err(Sense::ALUA_UNAVAILABLE)
+        );
+        assert_eq!(nv_sense(status_of(Errno::IO, w)), Err(Sense::WRITE_ERROR));
     }
 }

@@ -485,9 +485,11 @@ impl Engine {
         // It acknowledges everything up to its seq: forwards ordered before it complete.
         self.sess.on_ack(h.seq)?;
         self.on_peer_wm();
-        // Metadata commands sent to the old leader after it stopped deciding: not decided.
+        // Metadata commands sent to the old leader after it stopped deciding: not decided,
+        // answered as a path in transition, which hosts send again (an internal error they
+        // do not: Linux and ESXi fail a SCSI command on HARDWARE ERROR).
         for (from, tag) in self.metas.fail_all() {
-            self.done.push((from, tag, meta_result(META_INTERNAL)));
+            self.done.push((from, tag, Err(Errno::TRANSITION)));
         }
         for k in self.follower.take_all() {
             let op = &mut self.ops[k];
