@@ -446,6 +446,23 @@ fn volume_create_refuses_a_size_past_what_a_file_offset_can_address_as_a_bad_siz
     }
 }
 
+/// One call, asked again while the daemon answers that it has too many control clients
+/// ("try again": the previous round's connections may not be reaped yet on a loaded machine;
+/// seen once in a full run), 10 s at most.
+fn rpc_unless_busy(sock: &Path, method: &str, p: Value) -> Value {
+    let t = std::time::Instant::now();
+    loop {
+        let r = rpc(sock, method, p.clone());
+        let busy = r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("too many control clients"));
+        if !busy || t.elapsed() > std::time::Duration::from_secs(10) {
+            return r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn the_same_change_asked_by_many_clients_at_once_is_made_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -467,7 +484,7 @@ fn the_same_change_asked_by_many_clients_at_once_is_made_once() {
         let answers: Vec<Value> = (0..8)
             .map(|_| {
                 let (s, p) = (sock.clone(), p.clone());
-                std::thread::spawn(move || rpc(&s, method, p))
+                std::thread::spawn(move || rpc_unless_busy(&s, method, p))
             })
             .collect::<Vec<_>>()
             .into_iter()
