@@ -25,6 +25,17 @@ fn cdp_status_and_bookmarks_through_twinblk_ctl() {
     assert!(t.contains("db (group oracle): journal running"), "{t}");
     assert!(t.contains("(target 2.0 h)"), "{t}");
     assert!(t.contains("--time "), "{t}");
+    // `status` asks for the journals too: a running one is no problem, and is shown.
+    let o = ctl(s, &["status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("CDP at "), "{}", text(&o));
+    assert!(text(&o).contains(": journal running"), "{}", text(&o));
+    let o = ctl(s, &["--json", "status"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        j["groups"][0]["volumes"][0]["sites"][0]["cdp"]["journal"], "running",
+        "{j}"
+    );
     let o = ctl(s, &["--json", "cdp", "status", "db"]);
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j[0]["volume"], "db");

@@ -245,6 +245,8 @@ pub struct SiteReport {
     pub volumes: Vec<Value>,
     /// Its mirrored volumes (`mirror_status`).
     pub mirrors: Vec<Value>,
+    /// Its CDP journals (`cdp_status`; empty from a daemon without the method).
+    pub cdp: Vec<Value>,
 }
 
 /// The witness's record of a group, read from its state file.
@@ -265,6 +267,8 @@ pub struct VolumeAtSite {
     pub site: String,
     /// Its `mirror_status` entry (null: not mirrored there, or the site did not answer).
     pub mirror: Value,
+    /// Its `cdp_status` entry (null: no journal there, or the site did not answer).
+    pub cdp: Value,
 }
 
 /// One volume at both sites.
@@ -339,16 +343,21 @@ pub fn site_report(arg: &SiteArg) -> SiteReport {
         version: None,
         volumes: Vec::new(),
         mirrors: Vec::new(),
+        cdp: Vec::new(),
     };
     let answers = (|| -> Result<_, CallError> {
         Ok((
             call(&arg.socket, "daemon_info", Value::Null)?,
             call(&arg.socket, "volume_list", Value::Null)?,
             call(&arg.socket, "mirror_status", Value::Null)?,
+            match call(&arg.socket, "cdp_status", Value::Null) {
+                Err(CallError::Daemon { code: -32601, .. }) => Value::Null,
+                r => r?,
+            },
         ))
     })();
     match answers {
-        Ok((info, vols, mirrors)) => {
+        Ok((info, vols, mirrors, cdp)) => {
             r.reachable = true;
             if let Some(site) = info["mirror"]["site"].as_str() {
                 r.name = site.to_string();
@@ -358,6 +367,7 @@ pub fn site_report(arg: &SiteArg) -> SiteReport {
             r.version = info["version"].as_str().map(str::to_string);
             r.volumes = vols.as_array().cloned().unwrap_or_default();
             r.mirrors = mirrors.as_array().cloned().unwrap_or_default();
+            r.cdp = cdp.as_array().cloned().unwrap_or_default();
         }
         Err(e) => r.error = Some(e.to_string()),
     }
@@ -449,12 +459,19 @@ pub fn assemble(
                     .find(|m| m["volume"] == name.as_str())
                     .cloned()
                     .unwrap_or(Value::Null),
+                cdp: s
+                    .cdp
+                    .iter()
+                    .find(|c| c["volume"] == name.as_str())
+                    .cloned()
+                    .unwrap_or(Value::Null),
             })
             .collect();
         let mut vp = Vec::new();
         if mirrored {
             judge_mirror(&name, &sites, &per_site, &site_name, &mut vp);
         }
+        judge_cdp(&name, &per_site, &mut vp);
         problems.extend(vp.iter().cloned());
         let v = VolumeReport {
             volume: name,
@@ -505,6 +522,33 @@ pub fn assemble(
         sites,
         groups,
         witness_state,
+    }
+}
+
+/// The problems of one volume's CDP journals: one that stopped (`degraded`: its history
+/// ends, the volume serves unprotected), one not whole yet (catching up after `cdp_enable`:
+/// no point up to now can be restored or bookmarked), a rollback in place waiting for
+/// `--confirm` or `--undo`. A journal switched off at run time is the operator's choice.
+fn judge_cdp(name: &str, per_site: &[VolumeAtSite], out: &mut Vec<String>) {
+    for v in per_site.iter().filter(|v| !v.cdp.is_null()) {
+        let (c, at) = (&v.cdp, format!("{name} at {}", v.site));
+        if c["journal"] == "degraded" {
+            out.push(format!(
+                "{at}: CDP journal DEGRADED (the history ends at sequence {}): {}",
+                c["durable_seq"],
+                c["degraded_note"]
+                    .as_str()
+                    .unwrap_or("see `twinblk-ctl cdp status`")
+            ));
+        }
+        if c["catching_up"] == true {
+            out.push(format!(
+                "{at}: CDP history catching up (not whole yet: no point after the switch-on can be restored or bookmarked until it is)"
+            ));
+        }
+        if let Some(r) = c["rollback"].as_str() {
+            out.push(format!("{at}: CDP rollback in place not confirmed: {r}"));
+        }
     }
 }
 
@@ -686,6 +730,73 @@ mod tests {
                 json!({"jsonrpc": "2.0", "id": 1, "result": {"ok": true}})
             );
         })
+    }
+
+    fn cdp_site(name: &str, journal: Value) -> SiteReport {
+        SiteReport {
+            name: name.into(),
+            socket: PathBuf::from(format!("/tmp/{name}.sock")),
+            reachable: true,
+            error: None,
+            site_id: None,
+            witness: None,
+            version: Some("0.1.0".into()),
+            volumes: vec![json!({"name": "db", "size": 8 << 20, "block_size": 512})],
+            mirrors: Vec::new(),
+            cdp: vec![journal],
+        }
+    }
+
+    #[test]
+    fn a_cdp_journal_that_stopped_or_is_not_whole_is_a_problem_of_the_status() {
+        let journal = |j: &str, catching_up: bool, rollback: Value| {
+            json!({"volume": "db", "journal": j, "catching_up": catching_up,
+                "degraded_note": if j == "degraded" { json!("appending failed: No space left on device (os error 28); the next start journals the changed regions again") } else { Value::Null },
+                "degraded_since_ns": if j == "degraded" { json!(5) } else { Value::Null },
+                "durable_seq": 41, "rollback": rollback, "vouched": true})
+        };
+        let running = assemble(
+            vec![cdp_site("a", journal("running", false, Value::Null))],
+            None,
+        );
+        assert!(running.in_sync, "{:?}", running.problems);
+        assert_eq!(running.exit_code(), exit::OK);
+        // Switched off by an operator at run time: not a problem.
+        let off = assemble(
+            vec![cdp_site("a", journal("off", false, Value::Null))],
+            None,
+        );
+        assert!(off.in_sync, "{:?}", off.problems);
+        for (j, says) in [
+            (
+                journal("degraded", false, Value::Null),
+                "db at a: CDP journal DEGRADED (the history ends at sequence 41): appending failed: No space left",
+            ),
+            (
+                journal("running", true, Value::Null),
+                "db at a: CDP history catching up",
+            ),
+            (
+                journal(
+                    "running",
+                    false,
+                    json!(
+                        "rolled back to sequence 7 (time 9) at 10, not confirmed; --undo returns to sequence 40"
+                    ),
+                ),
+                "db at a: CDP rollback in place not confirmed: rolled back to sequence 7",
+            ),
+        ] {
+            let st = assemble(vec![cdp_site("a", j)], None);
+            assert!(!st.in_sync, "{says}");
+            assert_eq!(st.exit_code(), exit::NOT_IN_SYNC, "{says}");
+            assert!(
+                st.problems.iter().any(|p| p.starts_with(says)),
+                "{says}: {:?}",
+                st.problems
+            );
+            assert!(!st.groups[0].volumes[0].in_sync, "{says}");
+        }
     }
 
     #[test]

@@ -82,7 +82,9 @@ fn volume(out: &mut String, v: &VolumeReport, site_name: &dyn Fn(u64) -> String)
     let size = v.size.map(bytes).unwrap_or_default();
     let verdict = if v.in_sync { "in sync" } else { "NOT IN SYNC" };
     if !v.mirrored {
-        let _ = writeln!(out, "  volume {} ({size}): not mirrored", v.volume);
+        let more = if v.in_sync { "" } else { "; problems below" };
+        let _ = writeln!(out, "  volume {} ({size}): not mirrored{more}", v.volume);
+        cdp_lines(out, v);
         return;
     }
     let _ = writeln!(out, "  volume {} ({size}): {verdict}", v.volume);
@@ -170,6 +172,25 @@ fn volume(out: &mut String, v: &VolumeReport, site_name: &dyn Fn(u64) -> String)
                 s.site
             );
         }
+    }
+    cdp_lines(out, v);
+}
+
+/// One line per site where the volume has a CDP journal.
+fn cdp_lines(out: &mut String, v: &VolumeReport) {
+    for s in v.sites.iter().filter(|s| !s.cdp.is_null()) {
+        let c = &s.cdp;
+        let mut what = format!("journal {}", c["journal"].as_str().unwrap_or("?"));
+        if c["catching_up"] == true {
+            what.push_str(", catching up");
+        }
+        if c["vouched"] == false {
+            what.push_str(", not vouched for by the mirror");
+        }
+        if !c["rollback"].is_null() {
+            what.push_str(", rollback not confirmed");
+        }
+        let _ = writeln!(out, "    CDP at {}: {what}", s.site);
     }
 }
 
