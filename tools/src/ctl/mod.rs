@@ -61,14 +61,14 @@ pub mod exit {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The socket could not be reached.
-    #[error(
-        "cannot reach {path}: {source} (is `twinblk serve` running, and is this the socket of its [control] section?)"
-    )]
+    #[error("cannot reach {path}: {source} ({hint})")]
     Connect {
         /// The socket.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+        /// What it means, from what is at the path.
+        hint: String,
     },
     /// The daemon's answer could not be read.
     #[error("{path}: reading the answer: {what}")]
@@ -91,6 +91,31 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// The socket at `path` could not be reached: `source`, explained by what is there.
+    pub fn connect(path: &Path, source: std::io::Error) -> CallError {
+        use std::io::ErrorKind as K;
+        use std::os::unix::fs::FileTypeExt;
+        let daemon = "is `twinblk serve` running, and is this the socket of its [control] section?";
+        let hint = match source.kind() {
+            K::NotFound => format!("no socket there: {daemon}"),
+            K::PermissionDenied => "no permission: the socket is mode 0660 in a directory of mode 0750; run as the daemon's user or as a member of the daemon's [control] group".to_string(),
+            K::ConnectionRefused => match std::fs::metadata(path) {
+                Ok(m) if !m.file_type().is_socket() => {
+                    "not a socket: give the [control] socket path of the daemon's config, not another file".to_string()
+                }
+                _ => format!(
+                    "no daemon listens on it: a socket left by a daemon that stopped? {daemon}"
+                ),
+            },
+            _ => daemon.to_string(),
+        };
+        CallError::Connect {
+            path: path.to_path_buf(),
+            source,
+            hint,
+        }
+    }
+
     /// The exit code for this failure: unreachable, the run-time changes' refusals "in use"
     /// and "from the config file" (any command, also `call`), else [`exit::ERROR`].
     pub fn exit_code(&self) -> i32 {
@@ -155,6 +180,22 @@ pub fn answer_timeout(method: &str, params: &Value) -> Duration {
     })
 }
 
+/// Methods that change nothing (a call of one of them without an answer changed nothing).
+const READINGS: &[&str] = &[
+    "daemon_info",
+    "volume_list",
+    "export_list",
+    "reactor_stats",
+    "volume_stats",
+    "mirror_status",
+    "cdp_status",
+    "cdp_bookmarks",
+    "cdp_jobs",
+    "host_list",
+    "nvmf_subsystems",
+    "volume_checksums",
+];
+
 /// As [`call`], waiting at most `timeout` for the answer.
 pub fn call_timeout(
     path: &Path,
@@ -162,10 +203,7 @@ pub fn call_timeout(
     params: Value,
     timeout: Duration,
 ) -> Result<Value, CallError> {
-    let mut s = UnixStream::connect(path).map_err(|source| CallError::Connect {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut s = UnixStream::connect(path).map_err(|source| CallError::connect(path, source))?;
     let reply_err = |what: String| CallError::Reply {
         path: path.to_path_buf(),
         what,
@@ -177,11 +215,34 @@ pub fn call_timeout(
     let sent = writeln!(s, "{req}");
     let mut line = String::new();
     let read = BufReader::new(s).read_line(&mut line);
+    // Without an answer the outcome of a change is unknown: say so, never just an OS error.
+    let unknown = if READINGS.contains(&method) {
+        String::new()
+    } else {
+        format!(
+            "; whether {method} was done is not known: look (e.g. `status`, the lists) before asking again"
+        )
+    };
     match (sent, read) {
         (_, Ok(n)) if n > 0 => {}
-        (Err(e), _) => return Err(reply_err(e.to_string())),
-        (Ok(()), Err(e)) => return Err(reply_err(e.to_string())),
-        (Ok(()), Ok(_)) => {}
+        (Err(e), _) => return Err(reply_err(format!("{e}{unknown}"))),
+        (Ok(()), Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(reply_err(format!(
+                "no answer within {} s (the daemon took the request but did not answer: busy with a long call, or stuck){unknown}",
+                timeout.as_secs_f64()
+            )));
+        }
+        (Ok(()), Err(e)) => return Err(reply_err(format!("{e}{unknown}"))),
+        (Ok(()), Ok(_)) => {
+            return Err(reply_err(format!(
+                "the daemon closed the connection without answering (it stopped or crashed during the call?){unknown}"
+            )));
+        }
     }
     let reply: Value =
         serde_json::from_str(&line).map_err(|e| reply_err(format!("not JSON ({e}): {line:?}")))?;
@@ -797,6 +858,83 @@ mod tests {
             );
             assert!(!st.groups[0].volumes[0].in_sync, "{says}");
         }
+    }
+
+    #[test]
+    fn a_socket_that_cannot_be_reached_is_explained_by_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = |p: &Path| call(p, "daemon_info", Value::Null).unwrap_err().to_string();
+        // Nothing there.
+        let m = msg(&dir.path().join("none.sock"));
+        assert!(
+            m.contains("no socket there: is `twinblk serve` running"),
+            "{m}"
+        );
+        // A file that is not a socket (e.g. the config file given by mistake).
+        let f = dir.path().join("twinblk.toml");
+        std::fs::write(&f, "x").unwrap();
+        let m = msg(&f);
+        assert!(m.contains("not a socket"), "{m}");
+        // A socket nobody listens on: a daemon that stopped without removing it.
+        let stale = dir.path().join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        let m = msg(&stale);
+        assert!(m.contains("no daemon listens on it"), "{m}");
+        // No permission: the socket's mode and group (root passes any mode, so built).
+        let e = CallError::connect(
+            &stale,
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        assert!(
+            e.to_string()
+                .contains("a member of the daemon's [control] group"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), exit::UNREACHABLE);
+    }
+
+    #[test]
+    fn a_call_without_an_answer_says_so_and_that_the_outcome_is_not_known() {
+        let dir = tempfile::tempdir().unwrap();
+        // The daemon takes the request and stops (or crashes) before it answers.
+        let sock = dir.path().join("gone.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+        });
+        let e = call(&sock, "volume_create", json!({"name": "v"})).unwrap_err();
+        t.join().unwrap();
+        let m = e.to_string();
+        assert!(
+            m.contains("closed the connection without answering")
+                && m.contains("whether volume_create was done is not known"),
+            "{m}"
+        );
+        assert_eq!(e.exit_code(), exit::ERROR);
+        // The daemon takes the request and does not answer in time.
+        let sock = dir.path().join("mute.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(800));
+            drop(s);
+        });
+        let e = call_timeout(
+            &sock,
+            "nbd_export_add",
+            json!({}),
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        t.join().unwrap();
+        let m = e.to_string();
+        assert!(
+            m.contains("no answer within 0.2 s")
+                && m.contains("whether nbd_export_add was done is not known"),
+            "{m}"
+        );
     }
 
     #[test]
