@@ -275,6 +275,15 @@ pub fn verify(sites: &[SiteArg], o: &VerifyOpts) -> Result<VerifyReport, VerifyE
     }
     let (a, size_a) = prepare(sa, &o.volume)?;
     let (b, size_b) = prepare(sb, &o.volume)?;
+    if a.name == b.name {
+        // A replica compared with itself would always be "identical".
+        return Err(VerifyError::Usage(format!(
+            "{} and {} reach the same site {}: give each site's socket once",
+            sa.socket.display(),
+            sb.socket.display(),
+            a.name
+        )));
+    }
     if size_a != size_b {
         return Err(VerifyError::Refused(format!(
             "{}: {size_a} bytes at site {}, {size_b} at site {}",
