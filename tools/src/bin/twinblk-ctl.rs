@@ -719,7 +719,10 @@ fn cdp(cli: &Cli, cmd: &CdpCmd) -> i32 {
             if let Some(w) = wait {
                 p["wait"] = Value::from(*w);
             }
-            (ctl::call(&socket, "cdp_enable", p), cdp::render_enable)
+            (
+                cdp::with_enable_progress(&socket, volume, || ctl::call(&socket, "cdp_enable", p)),
+                cdp::render_enable,
+            )
         }
         CdpCmd::Disable { volume } => (
             ctl::call(
