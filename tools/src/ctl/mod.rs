@@ -723,7 +723,12 @@ pub fn takeover(socket: &Path, volume: &str, wait: Duration) -> Result<TakeoverR
             .cloned()
             .unwrap_or(Value::Null);
         let pending = m["takeover_pending"] == true;
-        if refused.is_some() || !pending || t.elapsed() >= wait {
+        // The engine clears the request when the witness answers and becomes `survivor`
+        // once the grant is taken (its state written first): a grant seen before the state
+        // follows is awaited, not reported as not granted.
+        let taking =
+            !pending && m["witness"]["last_answer"] == "granted" && m["state"] != "survivor";
+        if refused.is_some() || (!pending && !taking) || t.elapsed() >= wait {
             let state = m["state"].as_str().unwrap_or("?").to_string();
             return Ok(TakeoverReport {
                 volume: volume.to_string(),
