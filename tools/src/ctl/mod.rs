@@ -651,7 +651,13 @@ fn judge_mirror(
             out.push(format!("{at}: {d} dirty bytes to copy to the peer"));
         }
         if m["resync_running"] == true {
-            out.push(format!("{at}: resync running"));
+            if m["resync_paused"] == true {
+                out.push(format!(
+                    "{at}: resync PAUSED by an operator (its copies wait; only a last pass is never paused): `twinblk-ctl resync {name} resume`"
+                ));
+            } else {
+                out.push(format!("{at}: resync running"));
+            }
         }
         if m["takeover_pending"] == true {
             out.push(format!("{at}: a takeover waits for the witness"));
@@ -811,6 +817,70 @@ mod tests {
             mirrors: Vec::new(),
             cdp: vec![journal],
         }
+    }
+
+    #[test]
+    fn a_paused_resync_is_shown_paused_not_as_a_rate_and_time_left() {
+        let site = |name: &str, id: u64, m: Value| SiteReport {
+            name: name.into(),
+            socket: PathBuf::from(format!("/tmp/{name}.sock")),
+            reachable: true,
+            error: None,
+            site_id: Some(id),
+            witness: None,
+            version: Some("0.1.0".into()),
+            volumes: vec![json!({"name": "vol0", "size": 64u64 << 20, "block_size": 512})],
+            mirrors: vec![m],
+            cdp: Vec::new(),
+        };
+        let mirror = |role: &str, state: &str, extra: Value| {
+            let mut m = json!({"volume": "vol0", "role": role, "state": state, "group": "vol0",
+                "dirty_bytes": 0, "resync_running": false, "link_up": true, "session": 2,
+                "witness": null});
+            for (k, v) in extra.as_object().unwrap() {
+                m[k] = v.clone();
+            }
+            m
+        };
+        let st = |extra: Value| {
+            assemble(
+                vec![
+                    site("a", 1, mirror("leader", "survivor", extra)),
+                    site("b", 2, mirror("follower", "resyncing", json!({}))),
+                ],
+                None,
+            )
+        };
+        let paused = st(json!({"dirty_bytes": 32u64 << 20, "resync_running": true,
+            "resync_paused": true, "resync_rate_bytes_per_s": 1u64 << 20, "resync_eta_s": 32.0}));
+        assert!(
+            paused
+                .problems
+                .iter()
+                .any(|p| p.contains("vol0 at a: resync PAUSED")
+                    && p.contains("twinblk-ctl resync vol0 resume")),
+            "{:?}",
+            paused.problems
+        );
+        let screen = render::status(&paused);
+        assert!(screen.contains("PAUSED"), "{screen}");
+        assert!(!screen.contains("s left"), "{screen}");
+        let limited = st(json!({"dirty_bytes": 32u64 << 20, "resync_running": true,
+            "resync_paused": false, "resync_rate_bytes_per_s": 1u64 << 20, "resync_eta_s": 32.0,
+            "resync_rate_limit_bytes_per_s": 2u64 << 20}));
+        let screen = render::status(&limited);
+        assert!(
+            screen.contains("1.0 MiB/s, 32.0 s left, limited to 2.0 MiB/s"),
+            "{screen}"
+        );
+        assert!(
+            limited
+                .problems
+                .iter()
+                .any(|p| p == "vol0 at a: resync running"),
+            "{:?}",
+            limited.problems
+        );
     }
 
     #[test]

@@ -34,15 +34,23 @@ fn link(m: &Value) -> String {
 }
 
 fn resync(m: &Value) -> String {
-    if m["resync_running"] == true {
-        format!(
-            "{}/s, {:.1} s left",
-            bytes(m["resync_rate_bytes_per_s"].as_u64().unwrap_or(0)),
-            m["resync_eta_s"].as_f64().unwrap_or(0.0)
-        )
-    } else {
-        "-".into()
+    if m["resync_running"] != true {
+        return "-".into();
     }
+    let rate = bytes(m["resync_rate_bytes_per_s"].as_u64().unwrap_or(0));
+    if m["resync_paused"] == true {
+        // The rate is the average since the start and the time left follows from it: while
+        // paused neither says when it ends.
+        return format!("PAUSED (average {rate}/s so far)");
+    }
+    let mut s = format!(
+        "{rate}/s, {:.1} s left",
+        m["resync_eta_s"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(l) = m["resync_rate_limit_bytes_per_s"].as_u64() {
+        let _ = write!(s, ", limited to {}/s", bytes(l));
+    }
+    s
 }
 
 fn witness(m: &Value, site_name: &dyn Fn(u64) -> String) -> String {
